@@ -1,0 +1,194 @@
+"""Array backends: NumPy on the CPU, CuPy on CUDA devices.
+
+This is the only module that imports numpy or cupy. Everything that differs between the two
+(scatter-add, strided windows, random generators, special functions, DLPack, synchronisation,
+host copies) is one named method of :class:`Backend`; ops and optimisers call those and never
+branch on the device themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BackendUnavailable, DeviceError
+
+float32 = np.dtype("float32")
+float64 = np.dtype("float64")
+float16 = np.dtype("float16")
+int32 = np.dtype("int32")
+int64 = np.dtype("int64")
+bool_ = np.dtype("bool")
+
+DEFAULT_FLOAT = float32
+_FLOAT_KINDS = "f"
+
+
+def is_float(dtype) -> bool:
+    """True for floating dtypes (the only ones that can carry gradients)."""
+    return dtype.kind == "f"
+
+
+class Backend:
+    """One device: its array module ``xp`` and the few helpers where NumPy and CuPy differ."""
+
+    __slots__ = ("name", "xp", "array_type", "device_id", "_special", "_strides")
+
+    def __init__(self, name: str, xp, device_id: int | None = None):
+        self.name = name
+        self.xp = xp
+        self.array_type = xp.ndarray
+        self.device_id = device_id
+        self._special = None
+        self._strides = None
+
+    def __repr__(self) -> str:
+        return f"device(type={self.name!r})"
+
+    # --- arrays -----------------------------------------------------------------------------
+    def asarray(self, data, dtype=None):
+        """Array on this device (a copy only when the dtype or device changes)."""
+        if self.device_id is None:
+            return np.asarray(data, dtype=dtype)
+        with self.xp.cuda.Device(self.device_id):
+            return self.xp.asarray(data, dtype=dtype)
+
+    def to_host(self, a) -> np.ndarray:
+        """A NumPy array with the same values (no copy on the CPU)."""
+        return a if self.device_id is None else a.get()
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU)."""
+        if self.device_id is not None:
+            self.xp.cuda.Device(self.device_id).synchronize()
+
+    def from_dlpack(self, obj):
+        return self.xp.from_dlpack(obj)
+
+    # --- helpers where NumPy and CuPy differ -----------------------------------------------
+    def scatter_add(self, out, index, values) -> None:
+        """``out[index] += values`` with repeated indices counted once each (unbuffered)."""
+        if self.device_id is None:
+            np.add.at(out, index, values)
+        else:
+            import cupyx
+
+            cupyx.scatter_add(out, index, values)
+
+    def as_strided(self, a, shape, strides):
+        """A read-only strided view of ``a`` (strides in bytes)."""
+        if self.device_id is None:
+            return np.lib.stride_tricks.as_strided(a, shape, strides, writeable=False)
+        return self.xp.lib.stride_tricks.as_strided(a, shape, strides)
+
+    def erf(self, x):
+        """The error function, elementwise."""
+        if self._special is None:
+            if self.device_id is None:
+                import scipy.special as special
+            else:
+                import cupyx.scipy.special as special
+            self._special = special
+        return self._special.erf(x)
+
+    def generator(self, seed: int | None):
+        """A fresh random generator for this device."""
+        if self.device_id is None:
+            return np.random.Generator(np.random.PCG64(seed))
+        with self.xp.cuda.Device(self.device_id):
+            return self.xp.random.Generator(self.xp.random.XORWOW(seed))
+
+
+CPU = Backend("cpu", np)
+_cuda: dict[int, Backend] = {}
+_cupy = None
+
+
+def _import_cupy():
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy
+        except ImportError as e:  # pragma: no cover - depends on the machine
+            raise BackendUnavailable(
+                "CUDA devices need CuPy, which is not installed: "
+                "pip install 'nodegrad[gpu]' (or a cupy-cudaXXx wheel matching your CUDA)"
+            ) from e
+        _cupy = cupy
+    return _cupy
+
+
+def cuda_backend(index: int) -> Backend:
+    """The backend of CUDA device ``index`` (imports CuPy on first use)."""
+    b = _cuda.get(index)
+    if b is None:
+        cupy = _import_cupy()
+        n = cupy.cuda.runtime.getDeviceCount()
+        if not 0 <= index < n:
+            raise DeviceError(f"device 'cuda:{index}' does not exist; this machine has {n} GPU(s)")
+        b = _cuda[index] = Backend(f"cuda:{index}", cupy, index)
+    return b
+
+
+def get_backend(device) -> Backend:
+    """Resolve ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a Backend to a Backend."""
+    if device is None or device is CPU:
+        return CPU
+    if isinstance(device, Backend):
+        return device
+    if not isinstance(device, str):
+        raise DeviceError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+    name = device.strip().lower()
+    if name == "cpu":
+        return CPU
+    if name == "cuda" or name == "gpu":
+        return cuda_backend(0)
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return cuda_backend(int(name[5:]))
+    raise DeviceError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def backend_of(a) -> Backend:
+    """The backend that owns array ``a``."""
+    if type(a) is np.ndarray or isinstance(a, np.ndarray | np.generic):
+        return CPU
+    if _cupy is not None and isinstance(a, _cupy.ndarray):
+        return cuda_backend(a.device.id)
+    raise DeviceError(f"expected a NumPy or CuPy array, got {type(a).__name__}")
+
+
+def cuda_available() -> bool:
+    """True when CuPy is installed and sees at least one GPU."""
+    try:
+        cupy = _import_cupy()
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def dlpack_backend(obj) -> Backend:
+    """The backend for an object exporting ``__dlpack_device__``."""
+    kind, index = obj.__dlpack_device__()
+    if int(kind) == 1:  # kDLCPU
+        return CPU
+    if int(kind) in (2, 3):  # kDLCUDA, kDLCUDAHost
+        return cuda_backend(int(index))
+    raise DeviceError(f"from_dlpack: unsupported DLPack device type {kind}")
+
+
+def as_dtype(dtype):
+    """NumPy dtype from a dtype-like (None stays None)."""
+    return None if dtype is None else np.dtype(dtype)
+
+
+def can_cast(src, dst) -> bool:
+    """True when storing ``src`` values in ``dst`` stays within a kind (float to int does not)."""
+    return bool(np.can_cast(src, dst, "same_kind"))
+
+
+def is_array(x) -> bool:
+    """True for a NumPy or CuPy array."""
+    return isinstance(x, np.ndarray) or (_cupy is not None and isinstance(x, _cupy.ndarray))
+
+
+ndarray = np.ndarray
+generic = np.generic

@@ -1,0 +1,433 @@
+"""Reverse-mode autodiff: the Node graph, grad mode, anomaly mode and the backward engine.
+
+Every recorded operation leaves a :class:`Node` (primitive, parameters, parents and what its VJP
+needs). ``backward`` visits the nodes reachable from the outputs in reverse topological order
+(an iterative sort by child counts, so deep graphs never recurse); each node sums the cotangents
+its children sent, applies its primitive's vector-Jacobian product and sends one message to each
+parent. No Jacobian is ever formed. The engine only sees tensors through ``.data``, ``.node``,
+``.requires_grad`` and ``.grad``, so this module sits below ``tensor``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._backend import backend_of
+from .errors import AnomalyError, GradError, InplaceError
+
+
+class _Mode:
+    __slots__ = ("grad_enabled", "anomaly")
+
+    def __init__(self) -> None:
+        self.grad_enabled = True
+        self.anomaly = False
+
+
+mode = _Mode()
+
+
+class Node:
+    """One recorded operation: its primitive, parameters, parents and what its VJP reads.
+
+    ``parents[i]`` is the Node of input i, the input tensor itself when it is a leaf that
+    requires grad, or None. ``args`` holds the inputs when the VJP reads them, ``out`` the output
+    array when it reads the output; both are dropped once the VJP has run.
+    """
+
+    __slots__ = ("prim", "params", "parents", "args", "out", "shapes", "versions", "alive",
+                 "hooks", "trace")
+
+    def __init__(self, prim, params, parents, args, out, shapes, versions):
+        self.prim = prim
+        self.params = params
+        self.parents = parents
+        self.args = args
+        self.out = out
+        self.shapes = shapes
+        self.versions = versions
+        self.alive = True
+        self.hooks = None
+        self.trace = None
+
+    def __repr__(self) -> str:
+        return f"<Node {self.prim.name}>"
+
+    def name(self) -> str:
+        return self.prim.name
+
+
+class Spec:
+    """Shape and dtype of an input whose value the VJP does not need (so the node did not keep it)."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype):
+        self.shape = shape
+        self.dtype = dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+# --- grad mode ------------------------------------------------------------------------------
+class _GradMode:
+    """Context manager and decorator that sets whether operations are recorded."""
+
+    enabled: bool
+
+    def __enter__(self):
+        self._prev = mode.grad_enabled
+        mode.grad_enabled = self.enabled
+
+    def __exit__(self, *exc):
+        mode.grad_enabled = self._prev
+
+    def __call__(self, fn):
+        enabled = self.enabled
+
+        def wrapper(*args, **kwargs):
+            prev = mode.grad_enabled
+            mode.grad_enabled = enabled
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                mode.grad_enabled = prev
+
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+class no_grad(_GradMode):
+    """Run without recording the graph (evaluation, optimiser updates)."""
+
+    enabled = False
+
+
+class enable_grad(_GradMode):
+    """Record the graph even inside ``no_grad``."""
+
+    enabled = True
+
+
+class set_grad_enabled(_GradMode):
+    """Record the graph or not, as ``enabled`` says."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = bool(enabled)
+        self._prev = mode.grad_enabled
+        mode.grad_enabled = self.enabled  # like PyTorch, also works as a plain call
+
+    def __enter__(self):
+        pass
+
+
+def is_grad_enabled() -> bool:
+    return mode.grad_enabled
+
+
+class detect_anomaly:
+    """Raise :class:`AnomalyError` at the first op whose forward or backward yields NaN/Inf.
+
+    While active each node also remembers where in user code it was created, and the error
+    names the primitive and that place.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self._prev = mode.anomaly
+        mode.anomaly = self.enabled
+
+    def __exit__(self, *exc):
+        mode.anomaly = self._prev
+
+
+def creation_site() -> str:
+    """The innermost stack frame outside nodegrad, as 'file:line in function: code'."""
+    for fr in reversed(traceback.extract_stack()[:-1]):
+        if "/nodegrad/" not in fr.filename.replace("\\", "/"):
+            return f"{fr.filename}:{fr.lineno} in {fr.name}: {fr.line}"
+    return "<unknown>"
+
+
+def _check_finite(xp, g, what: str, node: Node) -> None:
+    if g.dtype.kind == "f" and not bool(xp.isfinite(g).all()):
+        where = node.trace or "<unknown>"
+        raise AnomalyError(f"{what} of '{node.prim.name}' produced NaN/Inf; "
+                           f"the forward op was created at {where}")
+
+
+# --- hooks ------------------------------------------------------------------------------------
+class RemovableHandle:
+    """Returned by ``register_hook``; ``remove()`` takes the hook off again."""
+
+    def __init__(self, hooks: list, fn: Callable):
+        self._hooks = hooks
+        self._fn = fn
+
+    def remove(self) -> None:
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+
+# --- the engine -----------------------------------------------------------------------------
+def _toposort_counts(starts: Sequence[Node]) -> dict:
+    """Number of edges into each reachable node (child -> parent, plus one per start)."""
+    counts: dict = {}
+    stack = list(starts)
+    while stack:
+        n = stack.pop()
+        c = counts.get(n)
+        if c is not None:
+            counts[n] = c + 1
+        else:
+            counts[n] = 1
+            for p in n.parents:
+                if type(p) is Node:
+                    stack.append(p)
+    return counts
+
+
+def _topo_order(starts: Sequence[Node]) -> list:
+    """Reachable nodes, each before its parents."""
+    counts = _toposort_counts(starts)
+    order, ready = [], []
+    for s in starts:
+        counts[s] -= 1
+        if counts[s] == 0:
+            ready.append(s)
+    while ready:
+        n = ready.pop()
+        order.append(n)
+        for p in n.parents:
+            if type(p) is Node:
+                counts[p] -= 1
+                if counts[p] == 0:
+                    ready.append(p)
+    return order
+
+
+def _key(t):
+    """The graph vertex of a tensor: its node, or the tensor itself for a leaf."""
+    return t.node if t.node is not None else t
+
+
+def _run_hooks(hooks, g):
+    for h in list(hooks):
+        r = h(g)
+        if r is not None:
+            g = r
+    return g
+
+
+def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
+    """Send node ``n``'s VJP messages to its parents (summed into ``pending``)."""
+    if not n.alive:
+        raise GradError(
+            f"backward through '{n.prim.name}' a second time: its saved values were freed by "
+            "the first backward; pass retain_graph=True to the first call")
+    if n.versions is not None:
+        for cell, v in n.versions:
+            if cell[0] != v:
+                raise InplaceError(
+                    f"a value that '{n.prim.name}' saved for backward was modified in place "
+                    f"(version {cell[0]}, expected {v}); use an out-of-place op instead")
+    T = type(g)
+    prim = n.prim
+    ans = None if n.out is None else T(n.out, n if create_graph else None, create_graph)
+    args = n.args
+    if args is None:
+        args = tuple(Spec(s, g.dtype) for s in n.shapes)
+    params = n.params
+    parents = n.parents
+    if prim.vjp_all is not None:
+        needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
+        grads = prim.vjp_all(needs, g, ans, *args, **params)
+    else:
+        rules = prim.vjp
+        grads = [None if (p is None or (wanted is not None and p not in wanted))
+                 else rules[i](g, ans, *args, **params) for i, p in enumerate(parents)]
+    for i, p in enumerate(parents):
+        if p is None:
+            continue
+        gi = grads[i]
+        if gi is None or (wanted is not None and p not in wanted):
+            continue
+        shape = n.shapes[i]
+        if gi.shape != shape:
+            gi = gi.sum_to(shape)
+        if mode.anomaly:
+            _check_finite(backend_of(gi.data).xp, gi.data, "backward", n)
+        prev = pending.get(p)
+        pending[p] = gi if prev is None else prev + gi
+
+
+def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
+    """Add ``g`` into ``leaf.grad``; the stored array is never shared with another tensor."""
+    if create_graph:
+        leaf.grad = g if leaf.grad is None else leaf.grad + g
+        return
+    d = g.data
+    old = leaf.grad
+    if old is None:
+        if id(d) in seen or not d.flags.owndata:
+            d = d.copy()
+        seen.add(id(d))
+        leaf.grad = type(g)(d)
+    elif old.shape == d.shape and old.dtype == d.dtype and old.node is None:
+        old.data += d
+        old._bump()
+    else:
+        leaf.grad = type(g)(old.data + d)
+
+
+def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = False,
+                 create_graph: bool = False, targets: Sequence | None = None,
+                 accumulate: bool = True, allow_unused: bool = True) -> list | None:
+    """Propagate ``cotangents`` from ``roots`` back through the graph.
+
+    With ``targets=None`` every leaf that requires grad accumulates into ``.grad``. With targets,
+    only those tensors' gradients are computed, and returned (``accumulate=False``) or added
+    into their ``.grad`` (``accumulate=True``).
+    """
+    pending: dict = {}
+    seen: set = set()
+    for r, c in zip(roots, cotangents):
+        if not r.requires_grad:
+            raise GradError("backward: tensor does not require grad and has no graph "
+                            "(did you compute it under no_grad, or from data only?)")
+        k = _key(r)
+        seen.add(id(c.data))
+        prev = pending.get(k)
+        pending[k] = c if prev is None else prev + c
+    starts = [_key(r) for r in roots if r.node is not None]
+
+    wanted = None
+    tkeys = None
+    if targets is not None:
+        tkeys = [_key(t) for t in targets]
+        tset = set(tkeys)
+        order = _topo_order(starts)
+        wanted = set(tset)  # vertices that lead to a target
+        for n in reversed(order):
+            if n not in wanted and any(p in wanted for p in n.parents if p is not None):
+                wanted.add(n)
+        results: dict = {}
+
+    prev_mode = mode.grad_enabled
+    mode.grad_enabled = create_graph
+    try:
+        counts = _toposort_counts(starts)
+        ready = []
+        for s in starts:
+            counts[s] -= 1
+            if counts[s] == 0:
+                ready.append(s)
+        while ready:
+            n = ready.pop()
+            g = pending.pop(n, None)
+            if g is not None:
+                if n.hooks:
+                    g = _run_hooks(n.hooks, g)
+                if tkeys is not None and n in tset:
+                    results[n] = g
+                if wanted is None or any(p in wanted for p in n.parents if p is not None):
+                    _apply_vjps(n, g, create_graph, wanted, pending)
+                if not retain_graph:
+                    n.args = n.out = None
+                    n.alive = False
+            for p in n.parents:
+                if type(p) is Node:
+                    c = counts[p] - 1
+                    counts[p] = c
+                    if c == 0:
+                        ready.append(p)
+        # what is left in pending are leaves
+        for leaf, g in pending.items():
+            if leaf._hooks:
+                g = _run_hooks(leaf._hooks, g)
+            if tkeys is None:
+                _accumulate_leaf(leaf, g, create_graph, seen)
+            elif leaf in tset:
+                results[leaf] = g
+    finally:
+        mode.grad_enabled = prev_mode
+
+    if tkeys is None:
+        return None
+    out = []
+    for t, k in zip(targets, tkeys):
+        g = results.get(k)
+        if g is None and not allow_unused:
+            raise GradError("grad: one of the inputs was not used to compute the outputs; "
+                            "pass allow_unused=True to get None for it")
+        out.append(g)
+    if accumulate:
+        for t, g in zip(targets, out):
+            if g is not None:
+                _accumulate_leaf(t, g, create_graph, seen)
+        return None
+    return out
+
+
+def grad(outputs, inputs, grad_outputs=None, *, retain_graph: bool | None = None,
+         create_graph: bool = False, allow_unused: bool = False) -> list:
+    """Gradients of ``outputs`` with respect to ``inputs``, like ``torch.autograd.grad``.
+
+    Nothing is accumulated into ``.grad``. With ``create_graph=True`` the results are themselves
+    differentiable, which is how higher-order derivatives are taken.
+    """
+    outputs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+    inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    cots = _default_cotangents(outputs, grad_outputs)
+    for t in inputs:
+        if not t.requires_grad:
+            raise GradError("grad: an input does not require grad; "
+                            "create it with requires_grad=True")
+    return run_backward(outputs, cots, retain_graph=create_graph if retain_graph is None
+                        else retain_graph, create_graph=create_graph, targets=inputs,
+                        accumulate=False, allow_unused=allow_unused)
+
+
+def _default_cotangents(outputs: list, grad_outputs) -> list:
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif not isinstance(grad_outputs, list | tuple):
+        grad_outputs = [grad_outputs]
+    cots = []
+    for o, c in zip(outputs, grad_outputs):
+        if c is None:
+            if o.data.size != 1:
+                raise GradError(
+                    f"backward: a gradient can be created implicitly only for a scalar output, "
+                    f"got shape {tuple(o.shape)}; pass the output's cotangent explicitly")
+            c = o.ones_like()
+        elif not hasattr(c, "node"):
+            c = type(o)(o.backend.asarray(c, dtype=o.dtype))
+        if tuple(c.shape) != tuple(o.shape):
+            raise GradError(f"backward: gradient has shape {tuple(c.shape)} but the output has "
+                            f"shape {tuple(o.shape)}")
+        cots.append(c)
+    return cots
+
+
+def backward(tensors, grad_tensors=None, *, retain_graph: bool | None = None,
+             create_graph: bool = False, inputs=None) -> None:
+    """Accumulate gradients of ``tensors`` into the ``.grad`` of the leaves (or of ``inputs``)."""
+    tensors = list(tensors) if isinstance(tensors, list | tuple) else [tensors]
+    cots = _default_cotangents(tensors, grad_tensors)
+    if retain_graph is None:
+        retain_graph = create_graph
+    if inputs is not None:
+        inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    run_backward(tensors, cots, retain_graph=retain_graph, create_graph=create_graph,
+                 targets=inputs, accumulate=True)
+
+
+Hook = Callable[[Any], Any]

@@ -1,0 +1,236 @@
+"""Elementwise primitives: arithmetic, transcendental functions, activations, comparisons.
+
+Binary ops broadcast as NumPy does; the engine sums each cotangent back to its input's shape,
+so the rules below are written for equal shapes. Python numbers never upcast a float32 tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as B
+from ..primitive import primitive
+from ..tensor import Tensor
+
+_EW = "elementwise"
+
+
+def _as(mask, like):
+    """A boolean mask as 0/1 in ``like``'s dtype."""
+    return astype(mask, like.dtype)
+
+
+# --- arithmetic ------------------------------------------------------------------------------
+add = primitive("add", lambda xp, x, y: xp.add(x, y),
+                (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW,
+                doc="x + y, broadcasting.")
+subtract = primitive("subtract", lambda xp, x, y: xp.subtract(x, y),
+                     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none", kind=_EW,
+                     doc="x - y, broadcasting.")
+multiply = primitive("multiply", lambda xp, x, y: xp.multiply(x, y),
+                     (lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x), kind=_EW,
+                     doc="x * y, broadcasting.")
+divide = primitive("divide", lambda xp, x, y: xp.true_divide(x, y),
+                   (lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * x / (y * y)),
+                   kind=_EW, doc="x / y (true division), broadcasting.")
+negative = primitive("negative", lambda xp, x: xp.negative(x), lambda g, ans, x: -g,
+                     saves="none", kind=_EW, doc="-x.")
+
+
+def _log_base(x):
+    if isinstance(x, Tensor):
+        return log(where(x == 0, 1, x))
+    return math.log(x) if x > 0 else (0.0 if x == 0 else math.nan)
+
+
+power = primitive(
+    "power", lambda xp, x, y: xp.power(x, y),
+    (lambda g, ans, x, y: g * y * x ** (y - 1),
+     lambda g, ans, x, y: g * ans * _log_base(x)),
+    saves="both", kind=_EW, doc="x ** y; d/dy uses log x (0 where x == 0).")
+remainder = primitive(
+    "remainder", lambda xp, x, y: xp.remainder(x, y),
+    (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_divide(x, y)),
+    kind=_EW, doc="x mod y with the sign of y (Python's %).")
+floor_divide = primitive("floor_divide", lambda xp, x, y: xp.floor_divide(x, y), kind=_EW,
+                         doc="x // y (no gradient).")
+
+# --- transcendental --------------------------------------------------------------------------
+exp = primitive("exp", lambda xp, x: xp.exp(x), lambda g, ans, x: g * ans, saves="out",
+                kind=_EW, doc="e**x.")
+expm1 = primitive("expm1", lambda xp, x: xp.expm1(x), lambda g, ans, x: g * (ans + 1),
+                  saves="out", kind=_EW, doc="e**x - 1, accurate near 0.")
+log = primitive("log", lambda xp, x: xp.log(x), lambda g, ans, x: g / x, kind=_EW,
+                doc="Natural logarithm.")
+log1p = primitive("log1p", lambda xp, x: xp.log1p(x), lambda g, ans, x: g / (x + 1),
+                  kind=_EW, doc="log(1 + x), accurate near 0.")
+sqrt = primitive("sqrt", lambda xp, x: xp.sqrt(x), lambda g, ans, x: g / (ans * 2),
+                 saves="out", kind=_EW, doc="Square root.")
+square = primitive("square", lambda xp, x: xp.square(x), lambda g, ans, x: g * (x * 2),
+                   kind=_EW, doc="x * x.")
+abs = primitive("abs", lambda xp, x: xp.abs(x), lambda g, ans, x: g * sign(x), kind=_EW,
+                doc="|x|; its gradient at 0 is 0.")
+sign = primitive("sign", lambda xp, x: xp.sign(x), kind=_EW, doc="-1, 0 or 1 (no gradient).")
+sin = primitive("sin", lambda xp, x: xp.sin(x), lambda g, ans, x: g * cos(x), kind=_EW,
+                doc="Sine.")
+cos = primitive("cos", lambda xp, x: xp.cos(x), lambda g, ans, x: -(g * sin(x)), kind=_EW,
+                doc="Cosine.")
+tan = primitive("tan", lambda xp, x: xp.tan(x), lambda g, ans, x: g * (ans * ans + 1),
+                saves="out", kind=_EW, doc="Tangent.")
+tanh = primitive("tanh", lambda xp, x: xp.tanh(x), lambda g, ans, x: g * (1 - ans * ans),
+                 saves="out", kind=_EW, doc="Hyperbolic tangent.")
+_SQRT_2_OVER_PI = 2.0 / math.sqrt(math.pi)
+erf = primitive("erf", lambda xp, x: B.backend_of(x).erf(x),
+                lambda g, ans, x: g * (exp(-(x * x)) * _SQRT_2_OVER_PI), kind=_EW,
+                doc="The error function.")
+
+
+def _sigmoid(xp, x):
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+sigmoid = primitive("sigmoid", _sigmoid, lambda g, ans, x: g * (ans * (1 - ans)), saves="out",
+                    kind=_EW, doc="1 / (1 + e**-x), computed without overflow.")
+
+# --- activations -----------------------------------------------------------------------------
+relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: g * _as(ans > 0, g),
+                 saves="out", kind=_EW, doc="max(x, 0); its gradient at 0 is 0.")
+_leaky_relu = primitive(
+    "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),
+    lambda g, ans, x, negative_slope: g * where(x > 0, 1.0, negative_slope).astype(g.dtype),
+    kind=_EW, doc="x for x > 0, else negative_slope * x.")
+
+
+def leaky_relu(x, negative_slope: float = 0.01):
+    """x for x > 0, else ``negative_slope * x``."""
+    return _leaky_relu(x, negative_slope=float(negative_slope))
+
+
+def _softplus_fwd(xp, x, beta, threshold):
+    bx = x * beta
+    soft = (xp.log1p(xp.exp(-xp.abs(bx))) + xp.maximum(bx, 0)) / beta
+    return xp.where(bx > threshold, x, soft)
+
+
+_softplus = primitive(
+    "softplus", _softplus_fwd,
+    lambda g, ans, x, beta, threshold: g * where(x * beta > threshold, 1.0,
+                                                 sigmoid(x * beta)).astype(g.dtype),
+    kind=_EW, doc="log(1 + e**(beta x)) / beta, linear above ``threshold``.")
+
+
+def softplus(x, beta: float = 1.0, threshold: float = 20.0):
+    """Smooth ReLU: log(1 + exp(beta * x)) / beta (x itself where beta * x > threshold)."""
+    return _softplus(x, beta=float(beta), threshold=float(threshold))
+
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def _gelu_fwd(xp, x, approximate):
+    if approximate == "tanh":
+        return 0.5 * x * (1 + xp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+    return 0.5 * x * (1 + B.backend_of(x).erf(x * _INV_SQRT2))
+
+
+def _gelu_vjp(g, ans, x, approximate):
+    if approximate == "tanh":
+        inner = (x + x * x * x * 0.044715) * _GELU_C
+        t = tanh(inner)
+        d_inner = (x * x * (3 * 0.044715) + 1) * _GELU_C
+        return g * ((t + 1) * 0.5 + x * 0.5 * (1 - t * t) * d_inner)
+    cdf = (erf(x * _INV_SQRT2) + 1) * 0.5
+    pdf = exp(x * x * -0.5) * _INV_SQRT_2PI
+    return g * (cdf + x * pdf)
+
+
+_gelu = primitive("gelu", _gelu_fwd, _gelu_vjp, kind=_EW,
+                  doc="x * Phi(x) (exact, with erf) or its tanh approximation.")
+
+
+def gelu(x, approximate: str = "none"):
+    """Gaussian error linear unit; ``approximate='tanh'`` uses the tanh formula."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _gelu(x, approximate=approximate)
+
+
+# --- selection -------------------------------------------------------------------------------
+def _pick(g, a, b):
+    """g where a beats b, half of g at ties (PyTorch's convention for max/min of two)."""
+    return g * (_as(a > b, g) + _as(a == b, g) * 0.5)
+
+
+maximum = primitive("maximum", lambda xp, x, y: xp.maximum(x, y),
+                    (lambda g, ans, x, y: _pick(g, x, y), lambda g, ans, x, y: _pick(g, y, x)),
+                    kind=_EW, doc="Elementwise max; ties split the gradient evenly.")
+minimum = primitive("minimum", lambda xp, x, y: xp.minimum(x, y),
+                    (lambda g, ans, x, y: _pick(g, y, x), lambda g, ans, x, y: _pick(g, x, y)),
+                    kind=_EW, doc="Elementwise min; ties split the gradient evenly.")
+
+
+def _clip_dx(g, ans, x, lo, hi):
+    keep = None
+    if lo is not None:
+        keep = x >= lo
+    if hi is not None:
+        keep = (x <= hi) if keep is None else logical_and(keep, x <= hi)
+    return g if keep is None else g * _as(keep, g)
+
+
+clip = primitive(
+    "clip", lambda xp, x, lo, hi: x.copy() if lo is None and hi is None else xp.clip(x, lo, hi),
+    (_clip_dx,
+     lambda g, ans, x, lo, hi: g * _as(x < lo, g),
+     lambda g, ans, x, lo, hi: g * _as(x > hi, g)),
+    kind=_EW, doc="Limit x to [lo, hi] (either may be None); gradient passes inside, inclusive.")
+
+
+def _where_fwd(xp, cond, x, y):
+    return xp.where(cond, x, y)
+
+
+where = primitive("where", _where_fwd,
+                  (None, lambda g, ans, c, x, y: where(c, g, 0),
+                   lambda g, ans, c, x, y: where(c, 0, g)),
+                  kind=_EW, doc="x where cond is true, else y.")
+
+# --- casts -----------------------------------------------------------------------------------
+_astype = primitive("astype", lambda xp, x, dtype, src: x.astype(dtype),
+                    lambda g, ans, x, dtype, src: astype(g, src), saves="none", kind=_EW,
+                    promote=False, doc="Convert to another dtype (differentiable between floats).")
+
+
+def astype(x, dtype):
+    """``x`` converted to ``dtype`` (the same tensor if it already has it)."""
+    dtype = B.as_dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    return _astype(x, dtype=dtype, src=x.dtype)
+
+
+# --- no gradient -----------------------------------------------------------------------------
+def _nodiff(name, f, doc):
+    return primitive(name, f, kind=_EW, promote=False, doc=doc)
+
+
+equal = _nodiff("equal", lambda xp, x, y: xp.equal(x, y), "x == y.")
+not_equal = _nodiff("not_equal", lambda xp, x, y: xp.not_equal(x, y), "x != y.")
+less = _nodiff("less", lambda xp, x, y: xp.less(x, y), "x < y.")
+less_equal = _nodiff("less_equal", lambda xp, x, y: xp.less_equal(x, y), "x <= y.")
+greater = _nodiff("greater", lambda xp, x, y: xp.greater(x, y), "x > y.")
+greater_equal = _nodiff("greater_equal", lambda xp, x, y: xp.greater_equal(x, y), "x >= y.")
+logical_and = _nodiff("logical_and", lambda xp, x, y: xp.logical_and(x, y), "x and y.")
+logical_or = _nodiff("logical_or", lambda xp, x, y: xp.logical_or(x, y), "x or y.")
+logical_xor = _nodiff("logical_xor", lambda xp, x, y: xp.logical_xor(x, y), "x xor y.")
+logical_not = _nodiff("logical_not", lambda xp, x: xp.logical_not(x), "not x.")
+isnan = _nodiff("isnan", lambda xp, x: xp.isnan(x), "True where x is NaN.")
+isinf = _nodiff("isinf", lambda xp, x: xp.isinf(x), "True where x is +-Inf.")
+isfinite = _nodiff("isfinite", lambda xp, x: xp.isfinite(x), "True where x is finite.")
+floor = _nodiff("floor", lambda xp, x: xp.floor(x), "Round down (no gradient).")
+ceil = _nodiff("ceil", lambda xp, x: xp.ceil(x), "Round up (no gradient).")
+round = _nodiff("round", lambda xp, x: xp.round(x), "Round half to even (no gradient).")
+trunc = _nodiff("trunc", lambda xp, x: xp.trunc(x), "Round toward zero (no gradient).")

@@ -1,0 +1,255 @@
+"""Tensor operators and methods, attached in one table (JAX's array_methods pattern).
+
+Methods follow PyTorch's names (``x.sum(dim=1)``, ``x.transpose(0, 1)``, ``x.view(...)``) and
+also take NumPy's ``axis=``/``keepdims=``. ``x.max(dim=1)`` returns (values, indices) as in
+PyTorch; ``x.max(axis=1)`` returns values as in NumPy. In-place operators mutate when no graph
+is being recorded; otherwise they record the out-of-place op and rebind the tensor to it, and a
+backward that saved the old value then refuses (as PyTorch's version counter does).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from .. import _backend as B
+from ..autodiff import mode
+from ..errors import DTypeError, GradError, ShapeError
+from ..primitive import Primitive, bind
+from ..tensor import Tensor
+from . import elementwise as E
+from . import index as I
+from . import linalg as L
+from . import nn as N
+from . import reduce as R
+from . import shape as S
+
+MaxMin = namedtuple("MaxMin", ["values", "indices"])
+
+
+def _axis(axis, dim):
+    if dim is not None:
+        if axis is not None:
+            raise TypeError("pass either axis= (NumPy) or dim= (PyTorch), not both")
+        return dim
+    return axis
+
+
+def _keep(keepdims, keepdim):
+    return bool(keepdims or keepdim)
+
+
+def _reducer(fn):
+    def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
+        return fn(self, _axis(axis, dim), _keep(keepdims, keepdim))
+
+    method.__name__ = fn.__name__
+    method.__doc__ = fn.__doc__
+    return method
+
+
+def _extreme(fn, argfn):
+    def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
+        k = _keep(keepdims, keepdim)
+        if dim is not None and axis is None:
+            return MaxMin(fn(self, dim, k), argfn(self, dim, k))
+        return fn(self, axis, k)
+
+    method.__name__ = fn.__name__
+    method.__doc__ = fn.__doc__ + " With dim= (PyTorch) returns (values, indices)."
+    return method
+
+
+def _stat(fn):
+    def method(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=False,
+               correction=None):
+        return fn(self, _axis(axis, dim), ddof if correction is None else correction,
+                  _keep(keepdims, keepdim))
+
+    method.__name__ = fn.__name__
+    method.__doc__ = fn.__doc__
+    return method
+
+
+def _transpose_method(self, *dims):
+    """Two dims: swap them (PyTorch). A full permutation: permute (NumPy). None: reverse."""
+    if len(dims) == 2 and all(isinstance(d, int) for d in dims):
+        return S.swapaxes(self, dims[0], dims[1])
+    if not dims:
+        return S.transpose(self)
+    return S.transpose(self, S.shape_arg(dims))
+
+
+def _to(self, *args, device=None, dtype=None):
+    """``to(device)``, ``to(dtype)`` or both; differentiable."""
+    for a in args:
+        if isinstance(a, str) or isinstance(a, B.Backend):
+            device = a
+        elif isinstance(a, Tensor):
+            device, dtype = a.device, a.dtype
+        else:
+            dtype = a
+    out = self
+    if dtype is not None:
+        out = E.astype(out, dtype)
+    if device is not None:
+        out = S.to_device(out, device)
+    return out
+
+
+def _needs_graph(self, other) -> bool:
+    return mode.grad_enabled and (self.requires_grad or (isinstance(other, Tensor)
+                                                         and other.requires_grad))
+
+
+def _rebind(self, result: Tensor) -> Tensor:
+    self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
+    self._bump()
+    return self
+
+
+def _alias(self) -> Tensor:
+    """Another handle on the same value and graph position, with its own version counter."""
+    return Tensor(self.data, self.node, self.requires_grad)
+
+
+def _inplace(op, name):
+    def method(self, other):
+        if _needs_graph(self, other):
+            if self.node is None and self.requires_grad:
+                raise GradError(f"{name}: a leaf tensor that requires grad cannot be changed in "
+                                "place while recording; wrap the update in nodegrad.no_grad()")
+            return _rebind(self, op(_alias(self), other))
+        prev = mode.grad_enabled
+        mode.grad_enabled = False
+        try:
+            res = op(self, other).data
+        finally:
+            mode.grad_enabled = prev
+        if res.dtype != self.dtype and not B.can_cast(res.dtype, self.dtype):
+            raise DTypeError(f"{name}: result of dtype {res.dtype} cannot be stored in place "
+                             f"in a tensor of dtype {self.dtype}")
+        if res.shape != self.shape:
+            raise ShapeError(f"{name}: the result's shape {res.shape} does not fit in place "
+                             f"into shape {self.shape}")
+        self.data[...] = res
+        self._bump()
+        return self
+
+    method.__name__ = name
+    return method
+
+
+def _setitem(self, index, value):
+    if _needs_graph(self, value):
+        if self.node is None and self.requires_grad:
+            raise GradError("setitem: a leaf tensor that requires grad cannot be changed in "
+                            "place while recording; wrap the update in nodegrad.no_grad()")
+        _rebind(self, I.index_update(_alias(self), index, value))
+        return
+    v = value.data if isinstance(value, Tensor) else value
+    if B.is_array(v) and B.backend_of(v) is not self.backend:
+        v = self.backend.asarray(B.backend_of(v).to_host(v))
+    self.data[I.norm_index(index, self.backend, "setitem")] = v
+    self._bump()
+
+
+def _r(op):
+    return lambda self, other: op(other, self)
+
+
+_methods = {
+    # operators
+    "__add__": E.add, "__radd__": _r(E.add), "__sub__": E.subtract, "__rsub__": _r(E.subtract),
+    "__mul__": E.multiply, "__rmul__": _r(E.multiply), "__truediv__": E.divide,
+    "__rtruediv__": _r(E.divide), "__pow__": E.power, "__rpow__": _r(E.power),
+    "__mod__": E.remainder, "__rmod__": _r(E.remainder), "__floordiv__": E.floor_divide,
+    "__rfloordiv__": _r(E.floor_divide), "__matmul__": L.matmul, "__rmatmul__": _r(L.matmul),
+    "__neg__": E.negative, "__pos__": lambda self: self, "__abs__": E.abs,
+    "__eq__": E.equal, "__ne__": E.not_equal, "__lt__": E.less, "__le__": E.less_equal,
+    "__gt__": E.greater, "__ge__": E.greater_equal, "__and__": E.logical_and,
+    "__or__": E.logical_or, "__xor__": E.logical_xor, "__invert__": E.logical_not,
+    "__getitem__": I.getitem, "__setitem__": _setitem,
+    "__iadd__": _inplace(E.add, "add_"), "__isub__": _inplace(E.subtract, "sub_"),
+    "__imul__": _inplace(E.multiply, "mul_"), "__itruediv__": _inplace(E.divide, "div_"),
+    "add_": _inplace(E.add, "add_"), "sub_": _inplace(E.subtract, "sub_"),
+    "mul_": _inplace(E.multiply, "mul_"), "div_": _inplace(E.divide, "div_"),
+    # arithmetic and elementwise functions
+    "add": E.add, "sub": E.subtract, "mul": E.multiply, "div": E.divide, "pow": E.power,
+    "neg": E.negative, "exp": E.exp, "expm1": E.expm1, "log": E.log, "log1p": E.log1p,
+    "sqrt": E.sqrt, "square": E.square, "abs": E.abs, "sign": E.sign, "sin": E.sin,
+    "cos": E.cos, "tan": E.tan, "tanh": E.tanh, "sigmoid": E.sigmoid, "relu": E.relu,
+    "erf": E.erf, "floor": E.floor, "ceil": E.ceil, "round": E.round,
+    "isnan": E.isnan, "isinf": E.isinf, "isfinite": E.isfinite,
+    "maximum": E.maximum, "minimum": E.minimum,
+    "clip": lambda self, min=None, max=None: E.clip(self, min, max),
+    "clamp": lambda self, min=None, max=None: E.clip(self, min, max),
+    # reductions
+    "sum": _reducer(R.sum), "mean": _reducer(R.mean), "any": _reducer(R.any),
+    "all": _reducer(R.all), "max": _extreme(R.max, R.argmax), "min": _extreme(R.min, R.argmin),
+    "argmax": _reducer(R.argmax), "argmin": _reducer(R.argmin),
+    "var": _stat(R.var), "std": _stat(R.std),
+    "logsumexp": _reducer(N.logsumexp),
+    "softmax": lambda self, axis=-1, *, dim=None: N.softmax(self, _axis(axis, dim)),
+    "log_softmax": lambda self, axis=-1, *, dim=None: N.log_softmax(self, _axis(axis, dim)),
+    # shapes
+    "reshape": S.reshape, "view": S.reshape, "flatten": S.flatten, "ravel": S.ravel,
+    "squeeze": lambda self, axis=None, *, dim=None: S.squeeze(self, _axis(axis, dim)),
+    "unsqueeze": S.expand_dims, "expand_dims": S.expand_dims, "expand": S.expand,
+    "expand_as": lambda self, other: S.broadcast_to(self, other.shape),
+    "broadcast_to": S.broadcast_to, "sum_to": S.sum_to, "permute": S.permute,
+    "transpose": _transpose_method, "swapaxes": S.swapaxes, "moveaxis": S.moveaxis,
+    "flip": lambda self, axis=None, *, dims=None: S.flip(self, _axis(axis, dims)),
+    "split": S.split_sizes, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
+    "matmul": L.matmul,
+    "take_along_axis": I.take_along_axis,
+    "gather": lambda self, dim, index: I.take_along_axis(self, index, dim),
+    # dtypes and devices
+    "astype": E.astype, "type": E.astype, "to": _to,
+    "float": lambda self: E.astype(self, B.float32),
+    "double": lambda self: E.astype(self, B.float64),
+    "half": lambda self: E.astype(self, B.float16),
+    "long": lambda self: E.astype(self, B.int64), "int": lambda self: E.astype(self, B.int32),
+    "bool": lambda self: E.astype(self, B.bool_),
+    "cpu": lambda self: S.to_device(self, "cpu"),
+    "cuda": lambda self, device=0: S.to_device(self, f"cuda:{device}" if isinstance(device, int)
+                                               else device),
+}
+
+_properties = {
+    "T": property(lambda self: S.transpose(self), doc="All axes reversed."),
+    "mT": property(lambda self: S.swapaxes(self, -1, -2), doc="Last two axes swapped."),
+}
+
+
+def _as_method(name: str, fn):
+    """Primitives are not descriptors: wrap them so ``x.exp()`` passes ``x`` as the first input."""
+    if not isinstance(fn, Primitive):
+        return fn
+    if fn.name in _BINARY:
+        def method(self, other):
+            return bind(fn, (self, other), _NO_PARAMS)
+    else:
+        def method(self, *args, **params):
+            return bind(fn, (self, *args), params)
+    method.__name__ = name
+    method.__doc__ = fn.__doc__
+    return method
+
+
+_NO_PARAMS: dict = {}
+_BINARY = {"add", "subtract", "multiply", "divide", "power", "remainder", "floor_divide",
+           "matmul", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
+           "logical_and", "logical_or", "logical_xor", "maximum", "minimum"}
+
+
+def install() -> None:
+    """Attach the operators and methods to Tensor."""
+    for name, fn in _methods.items():
+        setattr(Tensor, name, _as_method(name, fn))
+    for name, prop in _properties.items():
+        setattr(Tensor, name, prop)
+    Tensor.__hash__ = object.__hash__  # defining __eq__ must not make tensors unhashable
+    Tensor.__iter__ = lambda self: (self[i] for i in range(len(self)))
+
+
+install()

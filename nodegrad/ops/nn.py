@@ -1,0 +1,70 @@
+"""Fused primitives for stability: logsumexp, softmax, log_softmax.
+
+Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick), so logits of
+±1e4 give finite values and finite gradients.
+"""
+
+from __future__ import annotations
+
+from ..primitive import primitive
+from .elementwise import exp
+from .reduce import _sum
+from .shape import broadcast_to, keepdims_shape, norm_axes, norm_axis, reshape
+
+
+def _shifted(xp, x, axis):
+    m = xp.max(x, axis=axis, keepdims=True)
+    return x - xp.where(xp.isfinite(m), m, 0), m
+
+
+def _lse_fwd(xp, x, axis, keepdims):
+    z, m = _shifted(xp, x, axis)
+    out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + xp.where(xp.isfinite(m), m, 0)
+    return out if keepdims else xp.squeeze(out, axis=axis) if axis is not None else out.reshape(())
+
+
+def _lse_vjp(g, ans, x, axis, keepdims):
+    shape = keepdims_shape(x.shape, axis)
+    if not keepdims:
+        g, ans = reshape(g, shape), reshape(ans, shape)
+    return broadcast_to(g, x.shape) * exp(x - ans)
+
+
+_logsumexp = primitive("logsumexp", _lse_fwd, _lse_vjp, saves="both", kind="reduce",
+                       doc="log(sum(exp(x))) over axes, with the max subtracted first.")
+
+
+def logsumexp(x, axis=None, keepdims: bool = False):
+    """log Σ exp(x) over ``axis``, stable for large |x|; its gradient is the softmax."""
+    return _logsumexp(x, axis=norm_axes(axis, x.ndim, "logsumexp"), keepdims=bool(keepdims))
+
+
+def _softmax_fwd(xp, x, axis):
+    z, _ = _shifted(xp, x, axis)
+    e = xp.exp(z)
+    return e / xp.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax_fwd(xp, x, axis):
+    z, _ = _shifted(xp, x, axis)
+    return z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
+
+
+_softmax = primitive(
+    "softmax", _softmax_fwd,
+    lambda g, ans, x, axis: ans * (g - _sum(g * ans, axis=(axis,), keepdims=True)),
+    saves="out", kind="reduce", doc="exp(x) / sum(exp(x)) along an axis.")
+_log_softmax = primitive(
+    "log_softmax", _log_softmax_fwd,
+    lambda g, ans, x, axis: g - exp(ans) * _sum(g, axis=(axis,), keepdims=True),
+    saves="out", kind="reduce", doc="x - logsumexp(x) along an axis.")
+
+
+def softmax(x, axis: int = -1):
+    """Probabilities along ``axis``: exp(x - max) normalised."""
+    return _softmax(x, axis=norm_axis(axis, x.ndim, "softmax"))
+
+
+def log_softmax(x, axis: int = -1):
+    """Log-probabilities along ``axis``: x - logsumexp(x), without overflow."""
+    return _log_softmax(x, axis=norm_axis(axis, x.ndim, "log_softmax"))

@@ -1,0 +1,116 @@
+"""Reductions: sum, mean, max/min (ties split evenly), var/std, argmax/argmin, any/all."""
+
+from __future__ import annotations
+
+from ..primitive import primitive
+from .elementwise import astype, sqrt
+from .shape import broadcast_to, keepdims_shape, norm_axes, reshape
+
+_RED = "reduce"
+
+
+def _count(shape, axes) -> int:
+    n = 1
+    for i, s in enumerate(shape):
+        if axes is None or i in axes:
+            n *= s
+    return n
+
+
+def _spread(g, x, axis, keepdims):
+    """g (reduced over ``axis``) broadcast back to x's shape."""
+    if not keepdims:
+        g = reshape(g, keepdims_shape(x.shape, axis))
+    return broadcast_to(g, x.shape)
+
+
+_sum = primitive("sum", lambda xp, x, axis, keepdims: xp.sum(x, axis=axis, keepdims=keepdims),
+                 lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims),
+                 saves="none", kind=_RED, doc="Sum over axes.")
+_mean = primitive(
+    "mean", lambda xp, x, axis, keepdims: xp.mean(x, axis=axis, keepdims=keepdims),
+    lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims) / _count(x.shape, axis),
+    saves="none", kind=_RED, doc="Mean over axes.")
+
+
+def _extreme_vjp(g, ans, x, axis, keepdims):
+    """Route g to the positions that attained the extreme, split evenly among ties."""
+    if not keepdims:
+        ans = reshape(ans, keepdims_shape(x.shape, axis))
+    hit = astype(x == ans, g.dtype)
+    return _spread(g, x, axis, keepdims) * hit / _sum(hit, axis=axis, keepdims=True)
+
+
+_max = primitive("max", lambda xp, x, axis, keepdims: xp.max(x, axis=axis, keepdims=keepdims),
+                 _extreme_vjp, saves="both", kind=_RED,
+                 doc="Maximum over axes; tied maxima share the gradient evenly.")
+_min = primitive("min", lambda xp, x, axis, keepdims: xp.min(x, axis=axis, keepdims=keepdims),
+                 _extreme_vjp, saves="both", kind=_RED,
+                 doc="Minimum over axes; tied minima share the gradient evenly.")
+_argmax = primitive("argmax", lambda xp, x, axis, keepdims: xp.argmax(x, axis=axis,
+                                                                      keepdims=keepdims),
+                    kind=_RED, promote=False, doc="Index of the maximum (no gradient).")
+_argmin = primitive("argmin", lambda xp, x, axis, keepdims: xp.argmin(x, axis=axis,
+                                                                      keepdims=keepdims),
+                    kind=_RED, promote=False, doc="Index of the minimum (no gradient).")
+_any = primitive("any", lambda xp, x, axis, keepdims: xp.any(x, axis=axis, keepdims=keepdims),
+                 kind=_RED, promote=False, doc="True if any element is nonzero.")
+_all = primitive("all", lambda xp, x, axis, keepdims: xp.all(x, axis=axis, keepdims=keepdims),
+                 kind=_RED, promote=False, doc="True if every element is nonzero.")
+
+
+def sum(x, axis=None, keepdims: bool = False):
+    """Sum over ``axis`` (an int, a tuple, or None for all)."""
+    return _sum(x, axis=norm_axes(axis, x.ndim, "sum"), keepdims=bool(keepdims))
+
+
+def mean(x, axis=None, keepdims: bool = False):
+    """Arithmetic mean over ``axis``."""
+    return _mean(x, axis=norm_axes(axis, x.ndim, "mean"), keepdims=bool(keepdims))
+
+
+def max(x, axis=None, keepdims: bool = False):
+    """Largest value over ``axis`` (NumPy's max / amax; ties share the gradient)."""
+    return _max(x, axis=norm_axes(axis, x.ndim, "max"), keepdims=bool(keepdims))
+
+
+def min(x, axis=None, keepdims: bool = False):
+    """Smallest value over ``axis`` (ties share the gradient)."""
+    return _min(x, axis=norm_axes(axis, x.ndim, "min"), keepdims=bool(keepdims))
+
+
+def _one_axis(axis, ndim, op):
+    if axis is None:
+        return None
+    return norm_axes(axis, ndim, op)[0]
+
+
+def argmax(x, axis: int | None = None, keepdims: bool = False):
+    """Index of the largest value (flattened when ``axis`` is None)."""
+    return _argmax(x, axis=_one_axis(axis, x.ndim, "argmax"), keepdims=bool(keepdims))
+
+
+def argmin(x, axis: int | None = None, keepdims: bool = False):
+    """Index of the smallest value (flattened when ``axis`` is None)."""
+    return _argmin(x, axis=_one_axis(axis, x.ndim, "argmin"), keepdims=bool(keepdims))
+
+
+def any(x, axis=None, keepdims: bool = False):
+    return _any(x, axis=norm_axes(axis, x.ndim, "any"), keepdims=bool(keepdims))
+
+
+def all(x, axis=None, keepdims: bool = False):
+    return _all(x, axis=norm_axes(axis, x.ndim, "all"), keepdims=bool(keepdims))
+
+
+def var(x, axis=None, ddof: int = 0, keepdims: bool = False):
+    """Variance over ``axis`` with NumPy's ``ddof`` (0: population; PyTorch's default is 1)."""
+    axes = norm_axes(axis, x.ndim, "var")
+    n = _count(x.shape, axes) - ddof
+    centred = x - _mean(x, axis=axes, keepdims=True)
+    return _sum(centred * centred, axis=axes, keepdims=bool(keepdims)) / n
+
+
+def std(x, axis=None, ddof: int = 0, keepdims: bool = False):
+    """Standard deviation, sqrt(var) (same ``ddof`` convention)."""
+    return sqrt(var(x, axis, ddof, keepdims))

@@ -1,0 +1,324 @@
+"""Shape primitives: reshape, transpose, broadcast and its adjoint sum_to, concatenate, pad, flip,
+device moves; and the helpers that normalise axes and shapes for every op family.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from .. import _backend as B
+from ..errors import ShapeError
+from ..primitive import primitive
+from ..tensor import Tensor
+
+_SH = "shape"
+
+
+# --- argument normalisation (shared by the op families) --------------------------------------
+def norm_axis(axis: int, ndim: int, op: str) -> int:
+    """A non-negative axis, or a ShapeError naming the op."""
+    if not -ndim <= axis < builtins.max(ndim, 1):
+        raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dims")
+    return axis % ndim if ndim else 0
+
+
+def norm_axes(axis, ndim: int, op: str):
+    """None, or a sorted tuple of distinct non-negative axes."""
+    if axis is None:
+        return None
+    if isinstance(axis, int | Tensor):
+        axis = (int(axis),)
+    axes = tuple(sorted({norm_axis(int(a), ndim, op) for a in axis}))
+    if len(axes) != len(tuple(axis)):
+        raise ShapeError(f"{op}: repeated axis in {tuple(axis)}")
+    return axes
+
+
+def shape_arg(shape) -> tuple:
+    """A shape from ``f(2, 3)`` or ``f((2, 3))`` style arguments."""
+    if len(shape) == 1 and isinstance(shape[0], list | tuple):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+def keepdims_shape(shape: tuple, axes) -> tuple:
+    """``shape`` with the reduced ``axes`` (None: all) set to 1."""
+    if axes is None:
+        return (1,) * len(shape)
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+# --- reshape and friends ---------------------------------------------------------------------
+_reshape = primitive("reshape", lambda xp, x, shape: xp.reshape(x, shape),
+                     lambda g, ans, x, shape: reshape(g, x.shape), saves="none", kind=_SH,
+                     doc="Same values in a new shape.")
+
+
+def reshape(x, *shape):
+    """``x`` viewed with a new shape (one entry may be -1)."""
+    shape = shape_arg(shape)
+    if shape == x.shape:
+        return x
+    return _reshape(x, shape=shape)
+
+
+def expand_dims(x, axis: int):
+    """Insert a length-1 axis at ``axis`` (PyTorch: ``unsqueeze``)."""
+    ax = norm_axis(axis, x.ndim + 1, "expand_dims")
+    return reshape(x, x.shape[:ax] + (1,) + x.shape[ax:])
+
+
+unsqueeze = expand_dims
+
+
+def squeeze(x, axis=None):
+    """Drop length-1 axes (all of them, or those in ``axis``)."""
+    if axis is None:
+        return reshape(x, tuple(s for s in x.shape if s != 1))
+    axes = norm_axes(axis, x.ndim, "squeeze")
+    for a in axes:
+        if x.shape[a] != 1:
+            raise ShapeError(f"squeeze: axis {a} has length {x.shape[a]}, not 1")
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes))
+
+
+def flatten(x, start_dim: int = 0, end_dim: int = -1):
+    """Merge axes ``start_dim..end_dim`` into one (PyTorch's flatten)."""
+    if x.ndim == 0:
+        return reshape(x, (1,))
+    s = norm_axis(start_dim, x.ndim, "flatten")
+    e = norm_axis(end_dim, x.ndim, "flatten")
+    n = 1
+    for d in x.shape[s:e + 1]:
+        n *= d
+    return reshape(x, x.shape[:s] + (n,) + x.shape[e + 1:])
+
+
+def ravel(x):
+    return reshape(x, (-1,))
+
+
+# --- axis order ------------------------------------------------------------------------------
+_transpose = primitive("transpose", lambda xp, x, axes: xp.transpose(x, axes),
+                       lambda g, ans, x, axes: _transpose(g, axes=_inverse(axes)),
+                       saves="none", kind=_SH, doc="Permute the axes.")
+
+
+def _inverse(perm: tuple) -> tuple:
+    inv = [0] * len(perm)
+    for i, p in enumerate(perm):
+        inv[p] = i
+    return tuple(inv)
+
+
+def transpose(x, axes=None):
+    """Permute axes (NumPy: reverse them when ``axes`` is None)."""
+    if axes is None:
+        axes = tuple(range(x.ndim - 1, -1, -1))
+    axes = tuple(norm_axis(int(a), x.ndim, "transpose") for a in axes)
+    if sorted(axes) != list(range(x.ndim)):
+        raise ShapeError(f"transpose: axes {axes} are not a permutation of {x.ndim} dims")
+    if axes == tuple(range(x.ndim)):
+        return x
+    return _transpose(x, axes=axes)
+
+
+def permute(x, *dims):
+    """PyTorch's name for :func:`transpose` with explicit axes."""
+    return transpose(x, shape_arg(dims))
+
+
+def swapaxes(x, axis1: int, axis2: int):
+    """Exchange two axes."""
+    perm = list(range(x.ndim))
+    a, b = norm_axis(axis1, x.ndim, "swapaxes"), norm_axis(axis2, x.ndim, "swapaxes")
+    perm[a], perm[b] = perm[b], perm[a]
+    return transpose(x, perm)
+
+
+def moveaxis(x, source: int, destination: int):
+    s = norm_axis(source, x.ndim, "moveaxis")
+    d = norm_axis(destination, x.ndim, "moveaxis")
+    perm = [i for i in range(x.ndim) if i != s]
+    perm.insert(d, s)
+    return transpose(x, perm)
+
+
+# --- broadcasting ----------------------------------------------------------------------------
+def _sum_to_fwd(xp, x, shape):
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, s in enumerate(shape) if s == 1 and x.shape[lead + i] != 1)
+    out = xp.sum(x, axis=axes, keepdims=True) if axes else x
+    return out.reshape(shape)
+
+
+_broadcast_to = primitive("broadcast_to", lambda xp, x, shape: xp.broadcast_to(x, shape),
+                          lambda g, ans, x, shape: sum_to(g, x.shape), saves="none", kind=_SH,
+                          doc="A read-only broadcast view.")
+_sum_to = primitive("sum_to", _sum_to_fwd, lambda g, ans, x, shape: broadcast_to(g, x.shape),
+                    saves="none", kind=_SH,
+                    doc="Sum over broadcast axes to reach ``shape`` (the adjoint of broadcast_to).")
+
+
+def broadcast_to(x, shape):
+    shape = tuple(shape)
+    return x if x.shape == shape else _broadcast_to(x, shape=shape)
+
+
+def sum_to(x, shape):
+    """Sum ``x`` over the axes that broadcasting added or stretched, to get ``shape``."""
+    shape = tuple(shape)
+    return x if x.shape == shape else _sum_to(x, shape=shape)
+
+
+def expand(x, *sizes):
+    """PyTorch's expand: broadcast to ``sizes`` (-1 keeps a size)."""
+    sizes = shape_arg(sizes)
+    lead = len(sizes) - x.ndim
+    shape = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
+    return broadcast_to(x, shape)
+
+
+# --- joining and splitting -------------------------------------------------------------------
+def _concat_vjp(needs, g, ans, *xs, axis):
+    out, start = [], 0
+    for need, x in zip(needs, xs):
+        n = x.shape[axis]
+        if need:
+            idx = (slice(None),) * axis + (slice(start, start + n),)
+            out.append(g[idx])
+        else:
+            out.append(None)
+        start += n
+    return out
+
+
+_concatenate = primitive("concatenate", lambda xp, *xs, axis: xp.concatenate(xs, axis=axis),
+                         vjp_all=_concat_vjp, saves="none", kind=_SH,
+                         doc="Join tensors along an existing axis.")
+
+
+def concatenate(tensors, axis: int = 0):
+    """Join tensors along ``axis`` (PyTorch: ``cat``)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ShapeError("concatenate: expected at least one tensor")
+    ax = norm_axis(axis, tensors[0].ndim, "concatenate")
+    return _concatenate(*tensors, axis=ax)
+
+
+cat = concatenate
+
+
+def stack(tensors, axis: int = 0):
+    """Join tensors of one shape along a new axis."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ShapeError("stack: expected at least one tensor")
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        raise ShapeError(f"stack: all tensors must have one shape, got {sorted(shapes)}")
+    ax = norm_axis(axis, tensors[0].ndim + 1, "stack")
+    return concatenate([expand_dims(t, ax) for t in tensors], axis=ax)
+
+
+def split(x, indices_or_sections, axis: int = 0) -> list:
+    """NumPy's split: ``n`` equal sections, or cut before each index in a list."""
+    ax = norm_axis(axis, x.ndim, "split")
+    n = x.shape[ax]
+    if isinstance(indices_or_sections, int):
+        k = indices_or_sections
+        if k <= 0 or n % k:
+            raise ShapeError(f"split: axis {ax} of length {n} does not split into {k} "
+                             "equal sections")
+        cuts = [n // k * i for i in range(1, k)]
+    else:
+        cuts = [int(i) for i in indices_or_sections]
+    bounds = [0] + cuts + [n]
+    pre = (slice(None),) * ax
+    return [x[pre + (slice(a, b),)] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def split_sizes(x, split_size_or_sections, dim: int = 0) -> list:
+    """PyTorch's split: chunks of ``split_size`` (the last may be smaller), or listed sizes."""
+    ax = norm_axis(dim, x.ndim, "split")
+    n = x.shape[ax]
+    if isinstance(split_size_or_sections, int):
+        s = split_size_or_sections
+        if s <= 0:
+            raise ShapeError(f"split: split_size must be positive, got {s}")
+        sizes = [builtins.min(s, n - i) for i in range(0, n, s)]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+        if builtins.sum(sizes) != n:
+            raise ShapeError(f"split: sizes {sizes} do not add up to {n} (axis {ax})")
+    cuts, acc = [], 0
+    for s in sizes[:-1]:
+        acc += s
+        cuts.append(acc)
+    return split(x, cuts, ax)
+
+
+def chunk(x, chunks: int, dim: int = 0) -> list:
+    """PyTorch's chunk: ``chunks`` pieces of size ceil(n / chunks)."""
+    n = x.shape[norm_axis(dim, x.ndim, "chunk")]
+    return split_sizes(x, -(-n // chunks), dim)
+
+
+# --- padding and flipping --------------------------------------------------------------------
+def _pad_vjp(g, ans, x, pad_width, value):
+    return g[tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width, x.shape))]
+
+
+_pad = primitive("pad", lambda xp, x, pad_width, value: xp.pad(x, pad_width, constant_values=value),
+                 _pad_vjp, saves="none", kind=_SH, doc="Pad with a constant.")
+
+
+def pad(x, pad_width, mode: str = "constant", constant_values=0):
+    """NumPy's pad (constant mode): ``pad_width`` is an int, a (before, after) pair or one per axis."""
+    if mode != "constant":
+        raise ValueError(f"pad: mode {mode!r} is not supported; only 'constant'")
+    if isinstance(pad_width, int):
+        pw = ((pad_width, pad_width),) * x.ndim
+    else:
+        pw = tuple(pad_width)
+        if len(pw) == 2 and all(isinstance(p, int) for p in pw):
+            pw = (tuple(pw),) * x.ndim
+        pw = tuple((int(a), int(b)) for a, b in pw)
+    if len(pw) != x.ndim or builtins.min((v for p in pw for v in p), default=0) < 0:
+        raise ShapeError(f"pad: pad_width {pad_width} does not fit a tensor of shape {x.shape}")
+    return _pad(x, pad_width=pw, value=constant_values)
+
+
+_flip = primitive("flip", lambda xp, x, axis: xp.flip(x, axis),
+                  lambda g, ans, x, axis: _flip(g, axis=axis), saves="none", kind=_SH,
+                  doc="Reverse the order along axes.")
+
+
+def flip(x, axis=None):
+    """Reverse the order of elements along ``axis`` (all axes when None)."""
+    axes = norm_axes(axis, x.ndim, "flip")
+    return _flip(x, axis=axes)
+
+
+copy = primitive("copy", lambda xp, x: x.copy(), lambda g, ans, x: g, saves="none", kind=_SH,
+                 doc="A copy that stays in the graph (PyTorch: clone).")
+clone = copy
+
+# --- devices ---------------------------------------------------------------------------------
+_to_device = primitive(
+    "to_device", lambda xp, x, dst, src: B.get_backend(dst).asarray(B.backend_of(x).to_host(x))
+    if B.get_backend(dst).device_id is None or B.backend_of(x).device_id is None
+    else B.get_backend(dst).asarray(x),
+    lambda g, ans, x, dst, src: _to_device(g, dst=src, src=dst), saves="none", kind=_SH,
+    doc="Move to another device (the gradient moves back).")
+
+
+def to_device(x, device):
+    """``x`` on ``device`` (the same tensor if it is already there)."""
+    dst = B.get_backend(device)
+    src = B.backend_of(x.data)
+    if dst is src:
+        return x
+    return _to_device(x, dst=dst.name, src=src.name)

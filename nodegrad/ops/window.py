@@ -1,0 +1,88 @@
+"""Sliding windows: the strided view that convolution and pooling are built on.
+
+``sliding_window_view`` returns, without copying, every window of ``x`` along the chosen axes
+(with stride and dilation), window positions first and window offsets appended last. Its VJP,
+``fold``, adds each window back where it came from; the Python loop runs over window offsets
+(a kernel's few taps), never over positions. Each is the other's VJP.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from .. import _backend as B
+from ..errors import ShapeError
+from ..primitive import primitive
+from .shape import norm_axis
+
+
+def _n_windows(length: int, k: int, stride: int, dilation: int) -> int:
+    return (length - dilation * (k - 1) - 1) // stride + 1
+
+
+def _windows_fwd(xp, x, axes, window, stride, dilation):
+    shape = list(x.shape)
+    strides = list(x.strides)
+    for ax, k, s, d in zip(axes, window, stride, dilation):
+        shape[ax] = _n_windows(x.shape[ax], k, s, d)
+        strides[ax] = x.strides[ax] * s
+    shape += list(window)
+    strides += [x.strides[ax] * d for ax, d in zip(axes, dilation)]
+    return B.backend_of(x).as_strided(x, tuple(shape), tuple(strides))
+
+
+def _fold_fwd(xp, g, axes, window, stride, dilation, shape):
+    out = xp.zeros(shape, dtype=g.dtype)
+    m = len(axes)
+    npos = [g.shape[ax] for ax in axes]
+    for taps in itertools.product(*(range(k) for k in window)):
+        dst = [slice(None)] * len(shape)
+        for ax, t, n, s, d in zip(axes, taps, npos, stride, dilation):
+            dst[ax] = slice(t * d, t * d + s * (n - 1) + 1, s)
+        out[tuple(dst)] += g[(Ellipsis,) + taps] if m else g
+    return out
+
+
+_windows = primitive(
+    "sliding_window_view", _windows_fwd,
+    lambda g, ans, x, axes, window, stride, dilation: _fold(
+        g, axes=axes, window=window, stride=stride, dilation=dilation, shape=x.shape),
+    saves="none", kind="window", doc="Strided windows (a view, no copy).")
+_fold = primitive(
+    "fold", _fold_fwd,
+    lambda g, ans, v, axes, window, stride, dilation, shape: _windows(
+        g, axes=axes, window=window, stride=stride, dilation=dilation),
+    saves="none", kind="window", doc="Add windows back into an array of ``shape``.")
+
+
+def _per_axis(v, n: int, name: str) -> tuple:
+    t = (v,) * n if isinstance(v, int) else tuple(int(i) for i in v)
+    if len(t) != n or min(t, default=1) < 1:
+        raise ShapeError(f"sliding_window_view: {name} {v!r} must be positive, one per axis ({n})")
+    return t
+
+
+def sliding_window_view(x, window_shape, axis=None, *, stride=1, dilation=1):
+    """All windows of ``window_shape`` along ``axis`` (default: the last axes), as a view.
+
+    The result has ``x``'s shape with each windowed axis replaced by its number of windows,
+    followed by the window axes: for (N, C, L) with a window of 3 on axis 2, (N, C, L - 2, 3).
+    """
+    window = (window_shape,) if isinstance(window_shape, int) else tuple(window_shape)
+    m = len(window)
+    if axis is None:
+        axis = tuple(range(x.ndim - m, x.ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(norm_axis(a, x.ndim, "sliding_window_view") for a in axes)
+    if len(set(axes)) != len(axes) or len(axes) != m:
+        raise ShapeError(f"sliding_window_view: need one distinct axis per window dim, got "
+                         f"axes {axis} for window {window}")
+    window = _per_axis(window, m, "window_shape")
+    stride = _per_axis(stride, m, "stride")
+    dilation = _per_axis(dilation, m, "dilation")
+    for ax, k, s, d in zip(axes, window, stride, dilation):
+        if _n_windows(x.shape[ax], k, s, d) < 1:
+            raise ShapeError(
+                f"sliding_window_view: a window of {k} (dilation {d}) does not fit axis {ax} of "
+                f"length {x.shape[ax]} (shape {tuple(x.shape)})")
+    return _windows(x, axes=axes, window=window, stride=stride, dilation=dilation)

@@ -1,0 +1,401 @@
+"""Tensor: an array on a device plus the autodiff bookkeeping, and the creation functions.
+
+A tensor holds its backend array in ``data``; if it was produced by a recorded operation,
+``node`` points into the graph, and a leaf that ``requires_grad`` collects ``grad``. The
+operator methods (``x + y``, ``x.sum()``, ...) are the primitives of ``nodegrad.ops``, attached
+in ``ops/methods.py`` so each op keeps one home.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from . import _backend as B
+from .autodiff import RemovableHandle, run_backward, _default_cotangents
+from .errors import DTypeError, GradError
+
+float16, float32, float64 = B.float16, B.float32, B.float64
+int32, int64, bool_ = B.int32, B.int64, B.bool_
+
+
+class Tensor:
+    """An n-d array with reverse-mode autodiff. Create one with :func:`nodegrad.tensor`."""
+
+    __slots__ = ("data", "node", "requires_grad", "grad", "_version", "_hooks", "__weakref__")
+    __array_ufunc__ = None  # NumPy defers ``ndarray op Tensor`` to our reflected operators
+    __hash__ = object.__hash__  # ``==`` is elementwise, as in PyTorch
+
+    def __init__(self, data, node=None, requires_grad: bool = False):
+        self.data = data
+        self.node = node
+        self.requires_grad = requires_grad
+        self.grad = None
+        self._version = None
+        self._hooks = None
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def backend(self) -> B.Backend:
+        return B.backend_of(self.data)
+
+    @property
+    def device(self) -> str:
+        """``'cpu'`` or ``'cuda:N'``."""
+        return B.backend_of(self.data).name
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.node is None
+
+    @property
+    def grad_fn(self):
+        """The Node that produced this tensor (None for leaves)."""
+        return self.node
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device != "cpu"
+
+    def size(self, dim: int | None = None):
+        """The shape (PyTorch's name), or one dimension of it."""
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    def numel(self) -> int:
+        return self.data.size
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def __len__(self) -> int:
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    # --- conversion -----------------------------------------------------------------------
+    def numpy(self):
+        """The values as a NumPy array (shares memory on the CPU, copies from a GPU)."""
+        return B.backend_of(self.data).to_host(self.data)
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): tensor of shape {self.shape} has {self.data.size} "
+                             "elements, expected 1")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def __dlpack__(self, *args, **kwargs):
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
+    def __bool__(self) -> bool:
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is "
+                             "ambiguous; use .any() or .all()")
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.kind not in "iub" or self.data.size != 1:
+            raise TypeError("only integer tensors of one element can be used as an index")
+        return int(self.item())
+
+    def __repr__(self) -> str:
+        import numpy as np
+
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        extra = []
+        if self.dtype != float32 and self.dtype != int64 and self.dtype != bool_:
+            extra.append(f"dtype={self.dtype}")
+        if self.device != "cpu":
+            extra.append(f"device='{self.device}'")
+        if self.node is not None:
+            extra.append(f"grad_fn=<{self.node.prim.name}>")
+        elif self.requires_grad:
+            extra.append("requires_grad=True")
+        return "tensor(" + body + "".join(", " + e for e in extra) + ")"
+
+    # --- autodiff -------------------------------------------------------------------------
+    def detach(self) -> Tensor:
+        """The same values, cut from the graph (shares memory and the version counter)."""
+        t = Tensor(self.data)
+        t._version = self._ensure_version()
+        return t
+
+    def detach_(self) -> Tensor:
+        self.node = None
+        self.requires_grad = False
+        return self
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Mark a leaf as a variable whose gradient ``backward`` accumulates."""
+        if requires_grad and self.data.dtype.kind != "f":
+            raise GradError(f"only floating tensors can require grad, got dtype {self.dtype}")
+        if not requires_grad and self.node is not None:
+            raise GradError("requires_grad_(False) on a non-leaf; use detach() instead")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def backward(self, gradient=None, retain_graph: bool | None = None,
+                 create_graph: bool = False, inputs: Sequence[Tensor] | None = None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (PyTorch semantics).
+
+        ``gradient`` is the cotangent, required unless ``self`` has one element. The graph is
+        freed afterwards unless ``retain_graph``; ``create_graph`` records the backward pass
+        itself, for higher-order derivatives.
+        """
+        if self.data.dtype.kind != "f":
+            raise GradError(f"backward: the output has integer dtype {self.dtype}")
+        if not self.requires_grad:
+            raise GradError("backward: tensor does not require grad and has no graph "
+                            "(did you compute it under no_grad, or from data only?)")
+        cots = _default_cotangents([self], [gradient])
+        if retain_graph is None:
+            retain_graph = create_graph
+        if inputs is not None:
+            inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+        run_backward([self], cots, retain_graph=retain_graph, create_graph=create_graph,
+                     targets=inputs, accumulate=True)
+
+    def register_hook(self, fn: Callable) -> RemovableHandle:
+        """Call ``fn(grad)`` when this tensor's gradient is computed; a returned tensor replaces it."""
+        if not self.requires_grad:
+            raise GradError("register_hook: tensor does not require grad")
+        if self.node is not None:
+            if self.node.hooks is None:
+                self.node.hooks = []
+            hooks = self.node.hooks
+        else:
+            if self._hooks is None:
+                self._hooks = []
+            hooks = self._hooks
+        hooks.append(fn)
+        return RemovableHandle(hooks, fn)
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on a non-leaf after backward (leaves always keep it)."""
+        if self.node is None:
+            return
+        import weakref
+
+        ref = weakref.ref(self)
+
+        def keep(g):
+            t = ref()
+            if t is not None:
+                t.grad = g if t.grad is None else t.grad + g
+
+        self.register_hook(keep)
+
+    # --- in-place bookkeeping -------------------------------------------------------------
+    def _ensure_version(self) -> list:
+        if self._version is None:
+            self._version = [0]
+        return self._version
+
+    def _bump(self) -> None:
+        """Record an in-place change, so a backward that saved the old value can refuse."""
+        if self._version is not None:
+            self._version[0] += 1
+
+    def _check_inplace(self, what: str) -> None:
+        from .autodiff import mode
+
+        if mode.grad_enabled and self.requires_grad and self.node is None:
+            raise GradError(f"{what}: a leaf tensor that requires grad cannot be changed in "
+                            "place while recording; wrap the update in nodegrad.no_grad()")
+
+    def zero_(self) -> Tensor:
+        self._check_inplace("zero_")
+        self.data[...] = 0
+        self._bump()
+        return self
+
+    def fill_(self, value) -> Tensor:
+        self._check_inplace("fill_")
+        self.data[...] = value
+        self._bump()
+        return self
+
+    def copy_(self, src) -> Tensor:
+        """Copy ``src``'s values into this tensor in place (same shape after broadcasting)."""
+        self._check_inplace("copy_")
+        src_data = src.data if isinstance(src, Tensor) else src
+        be = B.backend_of(self.data)
+        if B.is_array(src_data) and B.backend_of(src_data) is not be:
+            src_data = be.asarray(B.backend_of(src_data).to_host(src_data))
+        self.data[...] = src_data
+        self._bump()
+        return self
+
+    def ones_like(self) -> Tensor:
+        return Tensor(B.backend_of(self.data).xp.ones_like(self.data))
+
+
+# --- creation -------------------------------------------------------------------------------
+def _infer(data, dtype, backend: B.Backend):
+    """Array for ``data``: Python floats become float32, arrays keep their dtype."""
+    dtype = B.as_dtype(dtype)
+    if isinstance(data, Tensor):
+        data = data.data
+    if B.is_array(data):
+        src = B.backend_of(data)
+        if src is not backend:
+            data = src.to_host(data)
+        return backend.asarray(data, dtype=dtype).copy()
+    if hasattr(data, "__dlpack__") and not isinstance(data, list | tuple):
+        return backend.asarray(from_dlpack(data).numpy(), dtype=dtype).copy()
+    a = B.np.asarray(data) if dtype is None else B.np.asarray(data, dtype=dtype)
+    if dtype is None and a.dtype == float64:
+        a = a.astype(B.DEFAULT_FLOAT)
+    if a.dtype.kind in "OUS":
+        raise DTypeError(f"tensor: cannot make a tensor from {type(data).__name__} data "
+                         f"(NumPy infers dtype {a.dtype})")
+    return backend.asarray(a)
+
+
+def _finish(data, requires_grad: bool) -> Tensor:
+    if requires_grad and data.dtype.kind != "f":
+        raise GradError(f"only floating tensors can require grad, got dtype {data.dtype}")
+    return Tensor(data, None, bool(requires_grad))
+
+
+def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A new leaf tensor holding a copy of ``data``.
+
+    Python floats become float32 (the default), Python ints int64; NumPy arrays keep their
+    dtype unless ``dtype`` is given. ``device`` is ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+    """
+    be = B.get_backend(device)
+    return _finish(_infer(data, dtype, be), requires_grad)
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """Like :func:`tensor`, but shares memory with an array already of that dtype and device."""
+    be = B.get_backend(device)
+    if isinstance(data, Tensor) and dtype is None and device is None:
+        return data
+    if B.is_array(data) and B.backend_of(data) is be:
+        return Tensor(data if dtype is None else data.astype(dtype, copy=False))
+    return _finish(_infer(data, dtype, be), False)
+
+
+def from_numpy(a) -> Tensor:
+    """A tensor sharing memory with the NumPy array ``a``."""
+    if not isinstance(a, B.ndarray):
+        raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(a).__name__}")
+    return Tensor(a)
+
+
+def from_dlpack(obj) -> Tensor:
+    """A tensor sharing memory with any DLPack producer (PyTorch, JAX, CuPy, NumPy)."""
+    be = B.dlpack_backend(obj)
+    return Tensor(be.from_dlpack(obj))
+
+
+def _shape_arg(shape) -> tuple:
+    if len(shape) == 1 and isinstance(shape[0], list | tuple):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+def _filled(fill: Callable, shape, dtype, device, requires_grad) -> Tensor:
+    be = B.get_backend(device)
+    dtype = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
+    return _finish(fill(be.xp, _shape_arg(shape), dtype), requires_grad)
+
+
+def zeros(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _filled(lambda xp, s, d: xp.zeros(s, d), shape, dtype, device, requires_grad)
+
+
+def ones(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _filled(lambda xp, s, d: xp.ones(s, d), shape, dtype, device, requires_grad)
+
+
+def empty(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    return _filled(lambda xp, s, d: xp.empty(s, d), shape, dtype, device, requires_grad)
+
+
+def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if dtype is None and isinstance(fill_value, bool):
+        dtype = bool_
+    elif dtype is None and isinstance(fill_value, int):
+        dtype = int64
+    return _filled(lambda xp, s, d: xp.full(s, fill_value, d), (shape,), dtype, device,
+                   requires_grad)
+
+
+def _like(x: Tensor, dtype, device):
+    return (x.dtype if dtype is None else dtype), (x.device if device is None else device)
+
+
+def zeros_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    d, dev = _like(x, dtype, device)
+    return zeros(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
+
+
+def ones_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    d, dev = _like(x, dtype, device)
+    return ones(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
+
+
+def full_like(x: Tensor, fill_value, dtype=None, device=None,
+              requires_grad: bool = False) -> Tensor:
+    d, dev = _like(x, dtype, device)
+    return full(x.shape, fill_value, dtype=d, device=dev, requires_grad=requires_grad)
+
+
+def empty_like(x: Tensor, dtype=None, device=None) -> Tensor:
+    d, dev = _like(x, dtype, device)
+    return empty(x.shape, dtype=d, device=dev)
+
+
+def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
+    """Evenly spaced values in [start, stop); int64 for integer arguments, else float32."""
+    if stop is None:
+        start, stop = 0, start
+    if dtype is None:
+        ints = all(isinstance(v, int) for v in (start, stop, step))
+        dtype = int64 if ints else B.DEFAULT_FLOAT
+    be = B.get_backend(device)
+    return Tensor(be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype)))
+
+
+def linspace(start, stop, num: int = 50, dtype=None, device=None) -> Tensor:
+    be = B.get_backend(device)
+    return Tensor(be.xp.linspace(start, stop, num).astype(B.as_dtype(dtype) or B.DEFAULT_FLOAT))
+
+
+def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
+    be = B.get_backend(device)
+    return Tensor(be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT))
