@@ -180,6 +180,11 @@ def as_dtype(dtype):
     return None if dtype is None else np.dtype(dtype)
 
 
+def format_array(a, prefix: str) -> str:
+    """NumPy's text form of a host array, indented to follow ``prefix``."""
+    return np.array2string(a, separator=", ", prefix=prefix)
+
+
 def can_cast(src, dst) -> bool:
     """True when storing ``src`` values in ``dst`` stays within a kind (float to int does not)."""
     return bool(np.can_cast(src, dst, "same_kind"))

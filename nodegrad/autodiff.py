@@ -19,11 +19,12 @@ from .errors import AnomalyError, GradError, InplaceError
 
 
 class _Mode:
-    __slots__ = ("grad_enabled", "anomaly")
+    __slots__ = ("grad_enabled", "anomaly", "in_backward")
 
     def __init__(self) -> None:
         self.grad_enabled = True
         self.anomaly = False
+        self.in_backward = None  # the node whose VJP runs (anomaly mode only)
 
 
 mode = _Mode()
@@ -60,7 +61,7 @@ class Node:
 
 
 class Spec:
-    """Shape and dtype of an input whose value the VJP does not need (so the node did not keep it)."""
+    """Shape and dtype of an input whose value the VJP does not need (the node did not keep it)."""
 
     __slots__ = ("shape", "dtype")
 
@@ -158,9 +159,14 @@ def creation_site() -> str:
 
 def _check_finite(xp, g, what: str, node: Node) -> None:
     if g.dtype.kind == "f" and not bool(xp.isfinite(g).all()):
-        where = node.trace or "<unknown>"
-        raise AnomalyError(f"{what} of '{node.prim.name}' produced NaN/Inf; "
-                           f"the forward op was created at {where}")
+        raise anomaly_error(node, what)
+
+
+def anomaly_error(node: Node, step: str) -> AnomalyError:
+    """The error for NaN/Inf met in ``node``'s backward (``step`` names the op inside the VJP)."""
+    where = node.trace or "<unknown: created before detect_anomaly was on>"
+    return AnomalyError(f"backward of '{node.prim.name}' produced NaN/Inf (in its {step}); "
+                        f"that '{node.prim.name}' was created at {where}")
 
 
 # --- hooks ------------------------------------------------------------------------------------
@@ -246,6 +252,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
         args = tuple(Spec(s, g.dtype) for s in n.shapes)
     params = n.params
     parents = n.parents
+    if mode.anomaly:
+        mode.in_backward = n
     if prim.vjp_all is not None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
@@ -263,9 +271,10 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
         if gi.shape != shape:
             gi = gi.sum_to(shape)
         if mode.anomaly:
-            _check_finite(backend_of(gi.data).xp, gi.data, "backward", n)
+            _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
         prev = pending.get(p)
         pending[p] = gi if prev is None else prev + gi
+    mode.in_backward = None
 
 
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
@@ -358,11 +367,12 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 results[leaf] = g
     finally:
         mode.grad_enabled = prev_mode
+        mode.in_backward = None
 
     if tkeys is None:
         return None
     out = []
-    for t, k in zip(targets, tkeys):
+    for k in tkeys:
         g = results.get(k)
         if g is None and not allow_unused:
             raise GradError("grad: one of the inputs was not used to compute the outputs; "

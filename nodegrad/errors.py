@@ -22,7 +22,7 @@ class BackendUnavailable(DeviceError, ImportError):
 
 
 class GradError(RuntimeError):
-    """Autodiff misuse: backward of a non-scalar without a gradient, grad of integers, a freed graph."""
+    """Autodiff misuse: non-scalar backward without a gradient, grad of integers, a freed graph."""
 
 
 class InplaceError(GradError):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import _backend as B
-from .autodiff import Node, creation_site, mode, _check_finite
-from .errors import AnomalyError, DTypeError, DeviceError, ShapeError
+from .autodiff import Node, anomaly_error, creation_site, mode
+from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
 
 REGISTRY: dict[str, Primitive] = {}
@@ -127,6 +127,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
         bad = any(d.dtype.kind == "f" and not bool(backend.xp.isfinite(d).all())
                   for d in datas if hasattr(d, "dtype"))
         if not bad:
+            if mode.in_backward is not None:
+                raise anomaly_error(mode.in_backward, f"'{prim.name}' step")
             raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
                                f"at {creation_site()}")
     if not (record and mode.grad_enabled) or out.dtype.kind != "f" or (
@@ -160,4 +162,4 @@ def _record(prim: Primitive, args: tuple, datas: list, params: dict, out) -> Ten
     return t
 
 
-__all__ = ["Primitive", "primitive", "bind", "REGISTRY", "_check_finite"]
+__all__ = ["Primitive", "primitive", "bind", "REGISTRY"]

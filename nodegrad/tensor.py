@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from . import _backend as B
-from .autodiff import RemovableHandle, run_backward, _default_cotangents
+from .autodiff import RemovableHandle, _default_cotangents, run_backward
 from .errors import DTypeError, GradError
 
 float16, float32, float64 = B.float16, B.float32, B.float64
@@ -129,9 +129,7 @@ class Tensor:
         return int(self.item())
 
     def __repr__(self) -> str:
-        import numpy as np
-
-        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        body = B.format_array(self.numpy(), prefix="tensor(")
         extra = []
         if self.dtype != float32 and self.dtype != int64 and self.dtype != bool_:
             extra.append(f"dtype={self.dtype}")
@@ -186,7 +184,7 @@ class Tensor:
                      targets=inputs, accumulate=True)
 
     def register_hook(self, fn: Callable) -> RemovableHandle:
-        """Call ``fn(grad)`` when this tensor's gradient is computed; a returned tensor replaces it."""
+        """Call ``fn(grad)`` when the gradient here is computed; a returned value replaces it."""
         if not self.requires_grad:
             raise GradError("register_hook: tensor does not require grad")
         if self.node is not None:

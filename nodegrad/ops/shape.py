@@ -276,7 +276,7 @@ _pad = primitive("pad", lambda xp, x, pad_width, value: xp.pad(x, pad_width, con
 
 
 def pad(x, pad_width, mode: str = "constant", constant_values=0):
-    """NumPy's pad (constant mode): ``pad_width`` is an int, a (before, after) pair or one per axis."""
+    """NumPy's constant-mode pad; ``pad_width``: an int, a (before, after) pair or one per axis."""
     if mode != "constant":
         raise ValueError(f"pad: mode {mode!r} is not supported; only 'constant'")
     if isinstance(pad_width, int):

@@ -1,0 +1,275 @@
+"""The engine: accumulation, retain/create graph, hooks, freeing, in-place detection, anomalies."""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+
+
+def test_backward_accumulates_on_leaves():
+    x = ng.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    (x * x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [2, 4, 6])
+    (x * 3).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [5, 7, 9])
+
+
+def test_shared_subexpression_sums_messages():
+    # a node with two children receives the sum of both VJP messages
+    x = ng.tensor(2.0, requires_grad=True)
+    h = x * x
+    y = h * 3 + h.exp()
+    y.backward()
+    assert x.grad.item() == pytest.approx(3 * 4 + np.exp(4) * 4, rel=1e-6)
+
+
+def test_grad_not_shared_between_leaves():
+    a = ng.tensor([1.0, 2.0], requires_grad=True)
+    b = ng.tensor([3.0, 4.0], requires_grad=True)
+    (a + b).sum().backward()
+    assert a.grad.data is not b.grad.data
+    with ng.no_grad():
+        a.grad *= 10
+    np.testing.assert_allclose(b.grad.numpy(), [1, 1])
+
+
+def test_broadcast_gradients_sum_to_input_shape():
+    x = ng.ones(3, 1, requires_grad=True)
+    y = ng.ones(1, 4, requires_grad=True)
+    z = ng.ones(2, 3, 4, requires_grad=True)
+    (x * y + z).sum().backward()
+    assert x.grad.shape == (3, 1) and y.grad.shape == (1, 4) and z.grad.shape == (2, 3, 4)
+    np.testing.assert_allclose(x.grad.numpy(), np.full((3, 1), 8.0))
+    np.testing.assert_allclose(y.grad.numpy(), np.full((1, 4), 6.0))
+
+
+def test_retain_graph_and_freed_graph_error():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    y = (x.exp() * 2).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 4 * np.exp([1.0, 2.0]), rtol=1e-6)
+    with pytest.raises(ng.GradError, match="second time"):
+        y.backward()
+
+
+def test_graph_freed_after_backward():
+    x = ng.tensor(np.ones(4, np.float32), requires_grad=True)
+    h = x.exp()  # exp keeps its output for the VJP
+    ref = weakref.ref(h.data)
+    y = (h * 2).sum()
+    del h
+    gc.collect()
+    assert ref() is not None  # still needed by the pending backward
+    y.backward()
+    gc.collect()
+    assert ref() is None  # freed once its VJP ran, although y is alive
+    assert y.node.args is None and y.node.out is None
+
+
+def test_create_graph_gives_second_derivative():
+    x = ng.tensor(1.5, requires_grad=True)
+    y = x ** 3
+    (g,) = ng.autodiff.grad(y, [x], create_graph=True)
+    assert g.item() == pytest.approx(3 * 1.5 ** 2)
+    (h,) = ng.autodiff.grad(g, [x])
+    assert h.item() == pytest.approx(6 * 1.5)
+
+
+def test_backward_create_graph_then_backward_on_grad():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    (x.sin().sum()).backward(create_graph=True)
+    g = x.grad
+    x.grad = None
+    g.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), -np.sin([1.0, 2.0]), rtol=1e-6)
+
+
+def test_backward_inputs_restricts_accumulation():
+    a = ng.tensor(1.0, requires_grad=True)
+    b = ng.tensor(2.0, requires_grad=True)
+    (a * b).backward(inputs=[a])
+    assert a.grad.item() == 2.0 and b.grad is None
+
+
+def test_non_scalar_backward_needs_gradient():
+    x = ng.ones(3, requires_grad=True)
+    y = x * 2
+    with pytest.raises(ng.GradError, match="scalar"):
+        y.backward()
+    y.backward(ng.tensor([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(x.grad.numpy(), [2, 4, 6])
+    with pytest.raises(ng.GradError, match="shape"):
+        (x * 2).backward(ng.ones(4))
+
+
+def test_backward_without_graph_errors():
+    with pytest.raises(ng.GradError, match="does not require grad"):
+        ng.ones(3).sum().backward()
+    x = ng.ones(3, requires_grad=True)
+    with ng.no_grad():
+        y = (x * 2).sum()
+    assert not y.requires_grad
+    with pytest.raises(ng.GradError):
+        y.backward()
+
+
+def test_integer_tensors_cannot_require_grad():
+    with pytest.raises(ng.GradError, match="floating"):
+        ng.tensor([1, 2], requires_grad=True)
+    with pytest.raises(ng.GradError, match="floating"):
+        ng.arange(3).requires_grad_()
+    with pytest.raises(ng.GradError, match="integer"):
+        ng.grad(lambda x: (x * 1.0).sum())(ng.arange(3))
+
+
+def test_no_grad_and_enable_grad():
+    x = ng.ones(2, requires_grad=True)
+    with ng.no_grad():
+        assert not (x * 2).requires_grad
+        with ng.enable_grad():
+            assert (x * 2).requires_grad
+    assert (x * 2).requires_grad
+
+    @ng.no_grad()
+    def f(t):
+        return t * 2
+
+    assert not f(x).requires_grad
+    assert ng.is_grad_enabled()
+    with ng.set_grad_enabled(False):
+        assert not ng.is_grad_enabled()
+    assert ng.is_grad_enabled()
+
+
+def test_detach_and_requires_grad_():
+    x = ng.ones(2, requires_grad=True)
+    y = (x * 2).detach()
+    assert not y.requires_grad and y.node is None
+    z = ng.ones(2).requires_grad_()
+    assert z.requires_grad and z.is_leaf
+    assert not (x * 2).is_leaf
+
+
+def test_hooks_modify_gradient_and_remove():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    seen = []
+    hx = x.register_hook(lambda g: seen.append(g.numpy().copy()))
+    h = x * 3
+    hh = h.register_hook(lambda g: g * 10)
+    (h * h).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 3 * 10 * 2 * np.array([3.0, 6.0]))
+    np.testing.assert_allclose(seen[0], x.grad.numpy())
+    hx.remove()
+    hh.remove()
+    x.grad = None
+    (x * 3).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [3, 3])
+    assert len(seen) == 1
+
+
+def test_retain_grad_on_intermediate():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 2
+    h.retain_grad()
+    (h ** 2).sum().backward()
+    np.testing.assert_allclose(h.grad.numpy(), [4.0, 8.0])
+
+
+def test_inplace_change_of_saved_value_is_detected():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    y = x.exp()
+    z = y * 2
+    with ng.no_grad():
+        y += 1
+    with pytest.raises(ng.InplaceError, match="multiply"):
+        z.sum().backward()
+
+
+def test_inplace_on_saved_input_is_detected():
+    w = ng.tensor([1.0, 2.0], requires_grad=True)
+    data = ng.tensor([3.0, 4.0])
+    y = (w * data).sum()
+    data.add_(1.0)  # the data tensor does not require grad: mutation happens in place
+    with pytest.raises(ng.InplaceError):
+        y.backward()
+
+
+def test_inplace_on_leaf_requiring_grad_is_refused():
+    x = ng.ones(2, requires_grad=True)
+    with pytest.raises(ng.GradError, match="leaf"):
+        x += 1
+    with pytest.raises(ng.GradError, match="leaf"):
+        x[0] = 3.0
+    with ng.no_grad():
+        x -= 0.5
+        x[1] = 2.0
+    np.testing.assert_allclose(x.numpy(), [0.5, 2.0])
+
+
+def test_inplace_on_non_leaf_records_out_of_place():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 1
+    y *= 3
+    y[0] = 5.0
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [0.0, 3.0])
+
+
+def test_inplace_dtype_error():
+    i = ng.arange(3)
+    with pytest.raises(ng.DTypeError):
+        i += 0.5
+
+
+def test_anomaly_forward_names_primitive_and_site():
+    with ng.detect_anomaly():
+        x = ng.tensor([0.0, 1.0], requires_grad=True)
+        with pytest.warns(RuntimeWarning), pytest.raises(ng.AnomalyError, match="'log'") as e:
+            ng.log(x)
+    assert "test_autodiff.py" in str(e.value)
+
+
+def test_anomaly_backward_names_primitive_and_where_created():
+    with ng.detect_anomaly():
+        x = ng.tensor([0.0, 1.0], requires_grad=True)
+        y = ng.sqrt(x).sum()
+        with pytest.warns(RuntimeWarning), pytest.raises(ng.AnomalyError) as e:
+            y.backward()
+    msg = str(e.value)
+    assert "backward of 'sqrt'" in msg and "test_autodiff.py" in msg
+
+
+def test_anomaly_off_gives_ieee_results():
+    x = ng.tensor([0.0, 1.0], requires_grad=True)
+    with pytest.warns(RuntimeWarning):
+        y = ng.sqrt(x).sum()
+        y.backward()
+    assert np.isinf(x.grad.numpy()[0])
+
+
+def test_deep_graph_does_not_recurse():
+    x = ng.tensor(1.0, requires_grad=True)
+    y = x
+    for _ in range(20000):
+        y = y * 1.0
+    y.backward()
+    assert x.grad.item() == 1.0
+
+
+def test_same_input_twice():
+    x = ng.tensor(3.0, requires_grad=True)
+    (x * x).backward()
+    assert x.grad.item() == 6.0
+
+
+def test_autodiff_grad_unused_input():
+    a = ng.tensor(1.0, requires_grad=True)
+    b = ng.tensor(1.0, requires_grad=True)
+    with pytest.raises(ng.GradError, match="not used"):
+        ng.autodiff.grad(a * 2, [a, b])
+    ga, gb = ng.autodiff.grad(a * 2, [a, b], allow_unused=True)
+    assert ga.item() == 2.0 and gb is None

@@ -1,0 +1,70 @@
+"""The NumPy/CuPy split lives in one module; GPU tests run only where CuPy sees a device."""
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+
+PKG = pathlib.Path(ng.__file__).parent
+gpu = pytest.mark.skipif(not ng.cuda_available(), reason="needs CuPy and a CUDA device")
+
+
+def test_only_backend_imports_numpy_or_cupy():
+    offenders = []
+    for f in PKG.rglob("*.py"):
+        if f.name == "_backend.py":
+            continue
+        src = f.read_text()
+        if re.search(r"^\s*(import|from)\s+(numpy|cupy|cupyx)\b", src, re.M):
+            offenders.append(str(f.relative_to(PKG)))
+    assert offenders == []
+
+
+def test_lower_layers_do_not_import_higher_ones():
+    order = ["errors", "_backend", "autodiff", "tensor", "primitive"]
+    for i, name in enumerate(order):
+        src = (PKG / f"{name}.py").read_text()
+        for higher in order[i + 1:] + ["ops", "func", "testing"]:
+            assert not re.search(rf"^\s*from \.{higher}\b", src, re.M), (name, higher)
+
+
+def test_primitive_declared_once_and_documented():
+    for name, p in ng.primitives.items():
+        assert p.name == name and p.__doc__, name
+
+
+@gpu
+def test_cuda_roundtrip_and_gradients():
+    x = ng.tensor(np.arange(6.0, dtype=np.float32).reshape(2, 3), device="cuda",
+                  requires_grad=True)
+    assert x.device == "cuda:0"
+    y = (ng.tanh(x @ x.T) * 2).sum()
+    y.backward()
+    xc = ng.tensor(np.arange(6.0, dtype=np.float32).reshape(2, 3), requires_grad=True)
+    (ng.tanh(xc @ xc.T) * 2).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), xc.grad.numpy(), rtol=1e-5)
+
+
+@gpu
+def test_cuda_device_mixing_is_an_error():
+    with pytest.raises(ng.DeviceError, match="different devices"):
+        ng.ones(2, device="cuda") + ng.ones(2)
+
+
+@gpu
+def test_to_device_is_differentiable():
+    x = ng.ones(3, requires_grad=True)
+    (x.to("cuda") * 2).sum().backward()
+    assert x.grad.device == "cpu"
+    np.testing.assert_allclose(x.grad.numpy(), [2, 2, 2])
+
+
+@gpu
+def test_cuda_random_reproducible():
+    ng.manual_seed(3)
+    a = ng.randn(5, device="cuda").numpy()
+    ng.manual_seed(3)
+    np.testing.assert_array_equal(a, ng.randn(5, device="cuda").numpy())

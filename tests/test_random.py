@@ -1,0 +1,49 @@
+"""Random numbers: reproducible for a seed, right dtypes and ranges."""
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+
+
+def test_manual_seed_reproduces():
+    ng.manual_seed(123)
+    a = ng.randn(4, 3).numpy()
+    b = ng.rand(5).numpy()
+    ng.manual_seed(123)
+    np.testing.assert_array_equal(a, ng.randn(4, 3).numpy())
+    np.testing.assert_array_equal(b, ng.rand(5).numpy())
+
+
+def test_generator_objects_are_independent():
+    g1, g2 = ng.Generator(seed=7), ng.Generator(seed=7)
+    x = ng.randn(3, generator=g1).numpy()
+    ng.randn(10)  # the default generator does not affect g2
+    np.testing.assert_array_equal(x, ng.randn(3, generator=g2).numpy())
+    state = g1.get_state()
+    y = ng.rand(4, generator=g1).numpy()
+    g1.set_state(state)
+    np.testing.assert_array_equal(y, ng.rand(4, generator=g1).numpy())
+
+
+def test_dtypes_and_ranges():
+    g = ng.Generator(seed=0)
+    assert ng.randn(100, generator=g).dtype == ng.float32
+    assert ng.randn(3, dtype=ng.float64, generator=g).dtype == ng.float64
+    u = ng.rand(1000, generator=g).numpy()
+    assert u.min() >= 0 and u.max() < 1
+    i = ng.randint(3, 7, (1000,), generator=g).numpy()
+    assert i.min() == 3 and i.max() == 6 and i.dtype == np.int64
+    p = ng.randperm(10, generator=g).numpy()
+    assert sorted(p.tolist()) == list(range(10))
+    n = ng.normal(2.0, 0.5, (20000,), generator=g).numpy()
+    assert abs(n.mean() - 2.0) < 0.02 and abs(n.std() - 0.5) < 0.02
+    assert ng.uniform(-1, 1, 10, generator=g).numpy().min() >= -1
+    assert ng.randn(2, requires_grad=True).requires_grad
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        ng.manual_seed(-1)
+    with pytest.raises(ValueError, match="empty"):
+        ng.randint(5, 5, (2,))
