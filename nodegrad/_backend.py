@@ -52,6 +52,12 @@ class Backend:
         with self.xp.cuda.Device(self.device_id):
             return self.xp.asarray(data, dtype=dtype)
 
+    def scope(self):
+        """A context in which new arrays and kernels land on this device."""
+        if self.device_id is None:
+            return _NULL
+        return self.xp.cuda.Device(self.device_id)
+
     def to_host(self, a) -> np.ndarray:
         """A NumPy array with the same values (no copy on the CPU)."""
         return a if self.device_id is None else a.get()
@@ -95,9 +101,18 @@ class Backend:
         if self.device_id is None:
             return np.random.Generator(np.random.PCG64(seed))
         with self.xp.cuda.Device(self.device_id):
-            return self.xp.random.Generator(self.xp.random.XORWOW(seed))
+            return self.xp.random.default_rng(seed)  # XORWOW
 
 
+class _NullScope:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NULL = _NullScope()
 CPU = Backend("cpu", np)
 _cuda: dict[int, Backend] = {}
 _cupy = None

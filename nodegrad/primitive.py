@@ -33,11 +33,9 @@ class Primitive:
         self.kind = kind
         self.save_in, self.save_out = _SAVES[saves]
         self.promote = promote
+        self.differentiable = vjp is not None or vjp_all is not None
         self.__doc__ = doc
 
-    @property
-    def differentiable(self) -> bool:
-        return self.vjp is not None or self.vjp_all is not None
 
     def __call__(self, *args, **params):
         return bind(self, args, params)
@@ -71,10 +69,41 @@ def _device_error(prim, a, b) -> DeviceError:
                        "move them with .to(device) first")
 
 
-def _shape_error(prim, datas, params, e) -> ShapeError:
+_SHAPE_WORDS = ("shape", "broadcast", "dimension", "size", "axis", "mismatch", "reshape")
+
+
+def _value_error(prim, datas, params, e: ValueError) -> ValueError:
+    """A ShapeError naming the op and the shapes (or the op alone, for other value errors)."""
     shapes = ", ".join(str(tuple(d.shape)) if hasattr(d, "shape") else repr(d) for d in datas)
     ps = "".join(f", {k}={v!r}" for k, v in params.items() if k != "index")
-    return ShapeError(f"{prim.name}: cannot apply to shapes {shapes}{ps}: {e}")
+    if any(w in str(e) for w in _SHAPE_WORDS):
+        return ShapeError(f"{prim.name}: cannot apply to shapes {shapes}{ps}: {e}")
+    return ValueError(f"{prim.name} (shapes {shapes}{ps}): {e}")
+
+
+def _anomaly(prim, backend, datas, out) -> None:
+    """Raise if ``out`` has NaN/Inf that its inputs did not (detect_anomaly mode)."""
+    xp = backend.xp
+    if out.dtype.kind != "f" or bool(xp.isfinite(out).all()):
+        return
+    if any(getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
+           and not bool(xp.isfinite(d).all()) for d in datas):
+        return
+    if mode.in_backward is not None:
+        raise anomaly_error(mode.in_backward, f"'{prim.name}' step")
+    raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
+                       f"at {creation_site()}")
+
+
+_ndarray = B.ndarray
+_CPU = B.CPU
+_F64 = B.float64
+_SCALARS = (float, int, bool, type(None))
+
+
+def _mixed(prim, a, b) -> DTypeError:
+    return DTypeError(f"{prim.name}: mixed float dtypes {a} and {b}; nodegrad never promotes "
+                      "silently, convert one explicitly (x.astype(...), .float(), .double())")
 
 
 def bind(prim: Primitive, args: tuple, params: dict):
@@ -86,55 +115,49 @@ def bind(prim: Primitive, args: tuple, params: dict):
     for a in args:
         if isinstance(a, Tensor):
             d = a.data
-            b = B.CPU if type(d) is B.ndarray else B.backend_of(d)
             if a.requires_grad:
                 record = True
-        elif a is None or type(a) is float or type(a) is int or type(a) is bool:
+        elif type(a) in _SCALARS:
             datas.append(a)
             continue
         elif B.is_array(a):
             d = a
-            b = B.backend_of(d)
         elif isinstance(a, B.generic):
             datas.append(a.item())
             continue
         else:
             raise TypeError(f"{prim.name}: expected tensors or numbers, got {type(a).__name__}")
-        if backend is None:
+        b = _CPU if type(d) is _ndarray else B.backend_of(d)
+        if backend is not b:
+            if backend is not None:
+                raise _device_error(prim, backend, b)
             backend = b
-        elif b is not backend:
-            raise _device_error(prim, backend, b)
         dt = d.dtype
         if dt.kind == "f":
             if fdt is None:
                 fdt = dt
             elif dt != fdt:
-                raise DTypeError(
-                    f"{prim.name}: mixed float dtypes {fdt} and {dt}; nodegrad never promotes "
-                    "silently, convert one explicitly (x.astype(...), .float(), .double())")
+                raise _mixed(prim, fdt, dt)
         datas.append(d)
     if backend is None:
-        backend = B.CPU
+        backend = _CPU
     try:
-        out = prim.fwd(backend.xp, *datas, **params)
+        if backend is _CPU:
+            out = prim.fwd(backend.xp, *datas, **params)
+        else:
+            with backend.scope():
+                out = prim.fwd(backend.xp, *datas, **params)
     except ValueError as e:
-        raise _shape_error(prim, datas, params, e) from e
-    if type(out) is not backend.array_type and not B.is_array(out):
+        raise _value_error(prim, datas, params, e) from e
+    if type(out) is not _ndarray and not B.is_array(out):
         out = backend.asarray(out)  # NumPy returns scalars from some 0-d ops
-    if prim.promote and fdt is None and out.dtype == B.float64:
+    if fdt is None and prim.promote and out.dtype == _F64:
         out = out.astype(B.DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
-    if mode.anomaly and out.dtype.kind == "f" and not bool(backend.xp.isfinite(out).all()):
-        bad = any(d.dtype.kind == "f" and not bool(backend.xp.isfinite(d).all())
-                  for d in datas if hasattr(d, "dtype"))
-        if not bad:
-            if mode.in_backward is not None:
-                raise anomaly_error(mode.in_backward, f"'{prim.name}' step")
-            raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
-                               f"at {creation_site()}")
-    if not (record and mode.grad_enabled) or out.dtype.kind != "f" or (
-            prim.vjp is None and prim.vjp_all is None):
-        return Tensor(out)
-    return _record(prim, args, datas, params, out)
+    if mode.anomaly:
+        _anomaly(prim, backend, datas, out)
+    if record and mode.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
+        return _record(prim, args, datas, params, out)
+    return Tensor(out)
 
 
 def _record(prim: Primitive, args: tuple, datas: list, params: dict, out) -> Tensor:

@@ -7,6 +7,7 @@ their target dtype (float32 by default) so no float64 temporaries appear.
 from __future__ import annotations
 
 from . import _backend as B
+from .errors import DeviceError
 from .tensor import Tensor, _finish, _shape_arg
 
 
@@ -46,17 +47,21 @@ class Generator:
     # --- samples as raw arrays (used by layers such as dropout) ---------------------------
     def random(self, shape, dtype=None):
         """Uniform samples in [0, 1)."""
-        return self.rng.random(shape, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+        with self.backend.scope():
+            return self.rng.random(shape, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
 
     def normal(self, shape, dtype=None):
         """Standard normal samples."""
-        return self.rng.standard_normal(shape, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+        with self.backend.scope():
+            return self.rng.standard_normal(shape, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
 
     def integers(self, low: int, high: int, shape, dtype=None):
-        return self.rng.integers(low, high, size=shape, dtype=B.as_dtype(dtype) or B.int64)
+        with self.backend.scope():
+            return self.rng.integers(low, high, size=shape, dtype=B.as_dtype(dtype) or B.int64)
 
     def permutation(self, n: int):
-        return self.rng.permutation(n)
+        with self.backend.scope():
+            return self.rng.permutation(n)
 
 
 _default: dict[str, Generator] = {}
@@ -83,7 +88,7 @@ def manual_seed(seed: int) -> None:
 def _gen(generator, device) -> Generator:
     if generator is not None:
         if device is not None and B.get_backend(device) is not generator.backend:
-            raise B.DeviceError(f"generator is on {generator.device} but device={device!r}")
+            raise DeviceError(f"generator is on {generator.device} but device={device!r}")
         return generator
     return default_generator(device)
 

@@ -328,7 +328,8 @@ def _shape_arg(shape) -> tuple:
 def _filled(fill: Callable, shape, dtype, device, requires_grad) -> Tensor:
     be = B.get_backend(device)
     dtype = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
-    return _finish(fill(be.xp, _shape_arg(shape), dtype), requires_grad)
+    with be.scope():
+        return _finish(fill(be.xp, _shape_arg(shape), dtype), requires_grad)
 
 
 def zeros(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -386,14 +387,18 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
         ints = all(isinstance(v, int) for v in (start, stop, step))
         dtype = int64 if ints else B.DEFAULT_FLOAT
     be = B.get_backend(device)
-    return Tensor(be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype)))
+    with be.scope():
+        return Tensor(be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype)))
 
 
 def linspace(start, stop, num: int = 50, dtype=None, device=None) -> Tensor:
     be = B.get_backend(device)
-    return Tensor(be.xp.linspace(start, stop, num).astype(B.as_dtype(dtype) or B.DEFAULT_FLOAT))
+    with be.scope():
+        return Tensor(be.xp.linspace(start, stop, num).astype(B.as_dtype(dtype) or
+                                                                B.DEFAULT_FLOAT))
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
     be = B.get_backend(device)
-    return Tensor(be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT))
+    with be.scope():
+        return Tensor(be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT))

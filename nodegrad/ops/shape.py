@@ -17,6 +17,8 @@ _SH = "shape"
 # --- argument normalisation (shared by the op families) --------------------------------------
 def norm_axis(axis: int, ndim: int, op: str) -> int:
     """A non-negative axis, or a ShapeError naming the op."""
+    if 0 <= axis < ndim:
+        return axis
     if not -ndim <= axis < builtins.max(ndim, 1):
         raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dims")
     return axis % ndim if ndim else 0
@@ -130,10 +132,13 @@ def permute(x, *dims):
 
 def swapaxes(x, axis1: int, axis2: int):
     """Exchange two axes."""
-    perm = list(range(x.ndim))
-    a, b = norm_axis(axis1, x.ndim, "swapaxes"), norm_axis(axis2, x.ndim, "swapaxes")
-    perm[a], perm[b] = perm[b], perm[a]
-    return transpose(x, perm)
+    nd = x.ndim
+    a, b = norm_axis(axis1, nd, "swapaxes"), norm_axis(axis2, nd, "swapaxes")
+    if a == b:
+        return x
+    perm = list(range(nd))
+    perm[a], perm[b] = b, a
+    return _transpose(x, axes=tuple(perm))
 
 
 def moveaxis(x, source: int, destination: int):
