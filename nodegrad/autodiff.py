@@ -254,22 +254,19 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
     parents = n.parents
     if mode.anomaly:
         mode.in_backward = n
-    if prim.vjp_all is not None:
+    rules = prim.vjp
+    if rules is None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
-    else:
-        rules = prim.vjp
-        grads = [None if (p is None or (wanted is not None and p not in wanted))
-                 else rules[i](g, ans, *args, **params) for i, p in enumerate(parents)]
+    shapes = n.shapes
     for i, p in enumerate(parents):
-        if p is None:
+        if p is None or (wanted is not None and p not in wanted):
             continue
-        gi = grads[i]
-        if gi is None or (wanted is not None and p not in wanted):
+        gi = grads[i] if rules is None else rules[i](g, ans, *args, **params)
+        if gi is None:
             continue
-        shape = n.shapes[i]
-        if gi.shape != shape:
-            gi = gi.sum_to(shape)
+        if gi.shape != shapes[i]:
+            gi = gi.sum_to(shapes[i])
         if mode.anomaly:
             _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
         prev = pending.get(p)
