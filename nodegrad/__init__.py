@@ -7,59 +7,21 @@
 tensor([2., 4., 6.])
 """
 
-from . import _backend
+from . import _backend, nn
 from ._backend import cuda_available
 from .autodiff import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
-from .errors import (
-                       AnomalyError,
-                       BackendUnavailable,
-                       DeviceError,
-                       DTypeError,
-                       GradError,
-                       InplaceError,
-                       ShapeError,
-)
+from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,
+                     InplaceError, ShapeError)
 from .func import grad, tree_flatten, tree_map, tree_unflatten, value_and_grad, vjp
-from .ops import *  # noqa: F401,F403  (every primitive as ng.name)
-from .ops import __dict__ as _ops_ns
+from .io import CheckpointError, load, save
+from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .primitive import REGISTRY as primitives
-from .random import (
-                       Generator,
-                       default_generator,
-                       manual_seed,
-                       normal,
-                       rand,
-                       randint,
-                       randn,
-                       randperm,
-                       uniform,
-)
-from .tensor import (
-                       Tensor,
-                       arange,
-                       as_tensor,
-                       bool_,
-                       empty,
-                       empty_like,
-                       eye,
-                       float16,
-                       float32,
-                       float64,
-                       from_dlpack,
-                       from_numpy,
-                       full,
-                       full_like,
-                       int32,
-                       int64,
-                       linspace,
-                       ones,
-                       ones_like,
-                       tensor,
-                       zeros,
-                       zeros_like,
-)
+from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,
+                     randperm, uniform)
+from .tensor import (Tensor, arange, as_tensor, bool_, empty, empty_like, eye, float16, float32,
+                     float64, from_dlpack, from_numpy, full, full_like, int32, int64, linspace,
+                     ones, ones_like, tensor, zeros, zeros_like)
 from .testing import gradcheck
 
 __version__ = "0.1.0"
 dtype = _backend.np.dtype
-del _ops_ns

@@ -24,6 +24,14 @@ register_pytree_node(dict, lambda d: ([d[k] for k in sorted(d)], sorted(d)),
                      lambda keys, c: dict(zip(keys, c)))
 
 
+def _registered_base(x):
+    """A registered class that ``x`` subclasses (e.g. Module for a Linear), else None."""
+    for cls in _registry:
+        if cls not in (tuple, list, dict) and isinstance(x, cls):
+            return cls
+    return None
+
+
 class TreeDef:
     """The shape of a tree without its leaves."""
 
@@ -56,12 +64,16 @@ def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
     def go(x):
         if x is None:
             return TreeDef(type(None), None, ())
-        entry = _registry.get(type(x))
+        kind = type(x)
+        entry = _registry.get(kind)
         if entry is None:
-            leaves.append(x)
-            return _LEAF
+            kind = _registered_base(x)
+            if kind is None:
+                leaves.append(x)
+                return _LEAF
+            entry = _registry[kind]
         children, aux = entry[0](x)
-        return TreeDef(type(x), aux, tuple(go(c) for c in children))
+        return TreeDef(kind, aux, tuple(go(c) for c in children))
 
     return leaves, go(tree)
 

@@ -98,7 +98,7 @@ relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: where
                  saves="out", kind=_EW, doc="max(x, 0); its gradient at 0 is 0.")
 _leaky_relu = primitive(
     "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),
-    lambda g, ans, x, negative_slope: g * where(x > 0, 1.0, negative_slope).astype(g.dtype),
+    lambda g, ans, x, negative_slope: where(x > 0, g, g * negative_slope),
     kind=_EW, doc="x for x > 0, else negative_slope * x.")
 
 

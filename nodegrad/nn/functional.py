@@ -1,0 +1,321 @@
+"""The function form of every layer and loss (``nodegrad.nn.functional``, imported as F).
+
+Layers here are compositions of primitives, so their gradients (and gradients of gradients)
+come from the engine. Convolution is one matrix product over strided windows (im2col): the
+windows are a view, the single copy is the reshape into columns, and the input gradient folds
+the column gradient back with one strided add per kernel tap.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as B
+from .. import ops
+from ..autodiff import no_grad
+from ..errors import DTypeError, ShapeError
+from ..ops import (gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh,
+                   where)
+from ..random import Generator, default_generator
+from ..tensor import Tensor
+from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+                     huber_loss, kl_div, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
+
+__all__ = [
+    "linear", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "global_avg_pool", "dropout", "batch_norm",
+    "layer_norm", "embedding", "one_hot", "relu", "leaky_relu", "prelu", "elu", "gelu",
+    "sigmoid", "tanh", "softplus", "silu", "softmax", "log_softmax", "flatten",
+    "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "where",
+]
+
+
+def _tuple(v, n: int, name: str, op: str) -> tuple:
+    t = (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
+    if len(t) != n:
+        raise ValueError(f"{op}: {name} must be an int or {n} ints, got {v!r}")
+    return t
+
+
+def _check_input(x: Tensor, nd: int, op: str, what: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
+    if x.ndim != nd + 2:
+        raise ShapeError(f"{op}: expected input of shape {what}, got {tuple(x.shape)}")
+
+
+# --- affine -----------------------------------------------------------------------------------
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in)."""
+    if x.shape[-1:] != weight.shape[1:]:
+        raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape "
+                         f"{tuple(x.shape)}) but the weight expects {weight.shape[1]}")
+    y = x @ weight.mT
+    return y if bias is None else y + bias
+
+
+# --- convolution ------------------------------------------------------------------------------
+def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: str):
+    _check_input(x, nd, op, what)
+    n, c = x.shape[:2]
+    o, cg = w.shape[:2]
+    k = tuple(w.shape[2:])
+    if w.ndim != nd + 2:
+        raise ShapeError(f"{op}: weight must have {nd + 2} dims (out, in/groups, *kernel), got "
+                         f"{tuple(w.shape)}")
+    if groups < 1 or c != cg * groups or o % groups:
+        raise ShapeError(f"{op}: input has {c} channels but the weight expects "
+                         f"{cg} x groups={groups} (weight {tuple(w.shape)})")
+    stride = _tuple(stride, nd, "stride", op)
+    dilation = _tuple(dilation, nd, "dilation", op)
+    padding = _tuple(padding, nd, "padding", op)
+    if any(padding):
+        x = ops.pad(x, ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
+    sp = tuple(range(2, 2 + nd))
+    win = ops.sliding_window_view(x, k, axis=sp, stride=stride, dilation=dilation)
+    out_sp = tuple(win.shape[2:2 + nd])
+    npos, kk = math.prod(out_sp), math.prod(k)
+    kax = tuple(range(2 + nd, 2 + 2 * nd))
+    if groups == 1:
+        cols = ops.reshape(ops.transpose(win, (0,) + sp + (1,) + kax), (n * npos, c * kk))
+        y = cols @ ops.reshape(w, (o, c * kk)).mT                       # (N·P, O)
+        y = ops.moveaxis(ops.reshape(y, (n,) + out_sp + (o,)), -1, 1)   # (N, O, *out)
+    else:
+        g = groups
+        win = ops.reshape(win, (n, g, cg) + out_sp + k)
+        perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
+        cols = ops.reshape(ops.transpose(win, perm), (g, n * npos, cg * kk))
+        wg = ops.reshape(w, (g, o // g, cg * kk)).mT                     # (G, Cg·K, O/G)
+        y = ops.reshape(cols @ wg, (g, n) + out_sp + (o // g,))
+        perm = (1, 0, 2 + nd) + tuple(range(2, 2 + nd))
+        y = ops.reshape(ops.transpose(y, perm), (n, o) + out_sp)
+    if b is not None:
+        y = y + ops.reshape(b, (o,) + (1,) * nd)
+    return y
+
+
+def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """1-D convolution (cross-correlation, as PyTorch): x (N, C, L), weight (O, C/groups, K)."""
+    return _conv(x, weight, bias, stride, padding, dilation, groups, 1, "conv1d", "(N, C, L)")
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """2-D convolution: x (N, C, H, W), weight (O, C/groups, KH, KW)."""
+    return _conv(x, weight, bias, stride, padding, dilation, groups, 2, "conv2d",
+                 "(N, C, H, W)")
+
+
+# --- pooling ----------------------------------------------------------------------------------
+def _pool(x, kernel, stride, padding, dilation, nd, op, what, reduce, pad_value):
+    _check_input(x, nd, op, what)
+    k = _tuple(kernel, nd, "kernel_size", op)
+    s = k if stride is None else _tuple(stride, nd, "stride", op)
+    p = _tuple(padding, nd, "padding", op)
+    d = _tuple(dilation, nd, "dilation", op)
+    if any(pi > ki // 2 for pi, ki in zip(p, k)):
+        raise ValueError(f"{op}: padding {p} must be at most half the kernel {k}")
+    if any(p):
+        x = ops.pad(x, ((0, 0), (0, 0)) + tuple((q, q) for q in p), constant_values=pad_value)
+    win = ops.sliding_window_view(x, k, axis=tuple(range(2, 2 + nd)), stride=s, dilation=d)
+    return reduce(win, axis=tuple(range(2 + nd, 2 + 2 * nd)))
+
+
+def max_pool1d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
+    """Max over sliding windows of (N, C, L); tied maxima share the gradient."""
+    return _pool(x, kernel_size, stride, padding, dilation, 1, "max_pool1d", "(N, C, L)",
+                 ops.max, -math.inf)
+
+
+def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
+    """Max over sliding windows of (N, C, H, W); tied maxima share the gradient."""
+    return _pool(x, kernel_size, stride, padding, dilation, 2, "max_pool2d", "(N, C, H, W)",
+                 ops.max, -math.inf)
+
+
+def avg_pool1d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
+    """Mean over sliding windows (zero padding counts, as PyTorch's default)."""
+    return _pool(x, kernel_size, stride, padding, 1, 1, "avg_pool1d", "(N, C, L)", ops.mean,
+                 0.0)
+
+
+def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
+    """Mean over sliding windows of (N, C, H, W) (zero padding counts)."""
+    return _pool(x, kernel_size, stride, padding, 1, 2, "avg_pool2d", "(N, C, H, W)", ops.mean,
+                 0.0)
+
+
+def _adaptive_axis(x, axis: int, size: int):
+    n = x.shape[axis]
+    if n % size == 0:
+        shape = x.shape[:axis] + (size, n // size) + x.shape[axis + 1:]
+        return ops.mean(ops.reshape(x, shape), axis=axis + 1)
+    pieces = []
+    for i in range(size):  # PyTorch's bins: [floor(i n / s), ceil((i + 1) n / s))
+        lo, hi = (i * n) // size, -((-(i + 1) * n) // size)
+        idx = (slice(None),) * axis + (slice(lo, hi),)
+        pieces.append(ops.mean(x[idx], axis=axis, keepdims=True))
+    return ops.concatenate(pieces, axis=axis)
+
+
+def adaptive_avg_pool1d(x: Tensor, output_size: int) -> Tensor:
+    """Average into ``output_size`` bins along L (PyTorch's bin edges)."""
+    _check_input(x, 1, "adaptive_avg_pool1d", "(N, C, L)")
+    return _adaptive_axis(x, 2, int(output_size))
+
+
+def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
+    """Average into an (oh, ow) grid of bins."""
+    _check_input(x, 2, "adaptive_avg_pool2d", "(N, C, H, W)")
+    oh, ow = _tuple(output_size, 2, "output_size", "adaptive_avg_pool2d")
+    return _adaptive_axis(_adaptive_axis(x, 2, oh), 3, ow)
+
+
+def global_avg_pool(x: Tensor) -> Tensor:
+    """Mean over every spatial axis: (N, C, ...) -> (N, C)."""
+    if x.ndim < 3:
+        raise ShapeError(f"global_avg_pool: expected (N, C, ...) with spatial axes, got "
+                         f"{tuple(x.shape)}")
+    return ops.mean(x, axis=tuple(range(2, x.ndim)))
+
+
+# --- regularisation and normalisation ---------------------------------------------------------
+def dropout(x: Tensor, p: float = 0.5, training: bool = True, mode: str = "inverted",
+            generator: Generator | None = None) -> Tensor:
+    """Zero each unit with probability ``p``; both modes keep the expected activation.
+
+    ``"inverted"`` (PyTorch's) scales kept units by 1/(1-p) while training and is the identity
+    at test time. ``"classic"`` (the notes') masks while training and multiplies by the keep
+    probability 1-p at test time.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if mode not in ("inverted", "classic"):
+        raise ValueError(f"dropout: mode must be 'inverted' or 'classic', got {mode!r}")
+    if not training:
+        return x if mode == "inverted" or p == 0 else x * (1.0 - p)
+    if p == 0:
+        return x
+    if p == 1:
+        return x * 0.0
+    gen = generator or default_generator(x.device)
+    keep = gen.random(x.shape, x.dtype) >= x.dtype.type(p)
+    mask = keep.astype(x.dtype)
+    if mode == "inverted":
+        mask *= x.dtype.type(1.0 / (1.0 - p))
+    return x * mask
+
+
+def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalise each channel (axis 1) by batch statistics (training) or running ones (eval).
+
+    In training the running statistics move by ``momentum`` toward the batch mean and the
+    unbiased batch variance, as PyTorch does.
+    """
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm: expected (N, C, ...) input, got {tuple(x.shape)}")
+    c = x.shape[1]
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    if training or running_mean is None:
+        count = x.numel() // c
+        if training and count < 2:
+            raise ValueError(f"batch_norm: need more than one value per channel when "
+                             f"training, got input of shape {tuple(x.shape)}")
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        var = ops.var(x, axis=axes, keepdims=True)
+        if training and running_mean is not None:
+            with no_grad():
+                m = x.dtype.type(momentum)
+                rm, rv = running_mean.data, running_var.data
+                rm *= 1 - m
+                rm += m * mean.data.reshape(c)
+                rv *= 1 - m
+                rv += m * var.data.reshape(c) * x.dtype.type(count / max(count - 1, 1))
+                running_mean._bump()
+                running_var._bump()
+    else:
+        mean = ops.reshape(running_mean, shape)
+        var = ops.reshape(running_var, shape)
+    y = (x - mean) / ops.sqrt(var + eps)
+    if weight is not None:
+        y = y * ops.reshape(weight, shape)
+    if bias is not None:
+        y = y + ops.reshape(bias, shape)
+    return y
+
+
+def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` axes of each sample."""
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if tuple(x.shape[x.ndim - len(ns):]) != ns:
+        raise ShapeError(f"layer_norm: input {tuple(x.shape)} does not end in normalized_shape "
+                         f"{ns}")
+    axes = tuple(range(x.ndim - len(ns), x.ndim))
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    var = ops.var(x, axis=axes, keepdims=True)
+    y = (x - mean) / ops.sqrt(var + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def embedding(idx: Tensor, weight: Tensor) -> Tensor:
+    """Rows of ``weight`` picked by integer ``idx``; gradients add up for repeated indices."""
+    if idx.dtype.kind not in "iu":
+        raise DTypeError(f"embedding: indices must be integers, got {idx.dtype}")
+    n = weight.shape[0]
+    if idx.numel():
+        lo, hi = int(idx.data.min()), int(idx.data.max())
+        if lo < 0 or hi >= n:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"embedding: index {bad} is out of range for {n} embeddings")
+    return weight[idx]
+
+
+def one_hot(labels: Tensor, num_classes: int, dtype=None) -> Tensor:
+    """(…,) integer labels -> (…, num_classes) indicator vectors (float32 by default)."""
+    if labels.dtype.kind not in "iu":
+        raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
+    d = labels.data
+    if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
+        raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got range "
+                         f"[{int(d.min())}, {int(d.max())}]")
+    xp = B.backend_of(d).xp
+    eye = xp.eye(num_classes, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+    return Tensor(eye[d])
+
+
+# --- activations ------------------------------------------------------------------------------
+def prelu(x: Tensor, weight: Tensor) -> Tensor:
+    """x for x > 0, else a·x with a learnable slope: one shared, or one per channel (axis 1)."""
+    if weight.numel() > 1:
+        if x.ndim < 2 or x.shape[1] != weight.numel():
+            raise ShapeError(f"prelu: {weight.numel()} slopes need input with that many "
+                             f"channels on axis 1, got {tuple(x.shape)}")
+        weight = ops.reshape(weight, (weight.numel(),) + (1,) * (x.ndim - 2))
+    else:
+        weight = ops.reshape(weight, ())
+    return where(x > 0, x, x * weight)
+
+
+def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
+    """x for x > 0, else alpha·(eˣ − 1); the exponential sees min(x, 0), so no overflow."""
+    return where(x > 0, x, ops.expm1(ops.minimum(x, 0.0)) * alpha)
+
+
+def silu(x: Tensor) -> Tensor:
+    """x·sigmoid(x) (swish)."""
+    return x * sigmoid(x)
+
+
+def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
+    return ops.flatten(x, start_dim, end_dim)
+

@@ -1,0 +1,172 @@
+r"""Weight initialisers (in place, like ``torch.nn.init``), with the notes' formulas.
+
+Fans: for a weight of shape (out, in, *kernel), fan_in = in·∏kernel and fan_out = out·∏kernel.
+The notes' argument: a layer multiplies the input variance by fan_in·σ², so σ² ≈ 1/fan_in keeps
+the forward signal (LeCun / the notes' simple Xavier), σ² = 2/(fan_in + fan_out) balances forward
+and backward (Xavier/Glorot), and σ² = 2/fan_in compensates ReLU killing half the signal (He).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from .. import _backend as B
+from ..autodiff import no_grad
+from ..random import Generator, default_generator
+from ..tensor import Tensor
+
+_GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0),
+          "selu": 0.75, "conv1d": 1.0, "conv2d": 1.0, "gelu": math.sqrt(2.0)}
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
+    """The factor by which a nonlinearity scales the variance, as PyTorch tabulates it."""
+    if nonlinearity == "leaky_relu":
+        a = 0.01 if param is None else param
+        return math.sqrt(2.0 / (1 + a * a))
+    if nonlinearity not in _GAINS:
+        raise ValueError(f"calculate_gain: unknown nonlinearity {nonlinearity!r}; "
+                         f"expected one of {sorted(_GAINS) + ['leaky_relu']}")
+    return _GAINS[nonlinearity]
+
+
+def fan_in_and_fan_out(t: Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight of shape (out, in, *kernel)."""
+    if t.ndim < 2:
+        raise ValueError(f"fan_in_and_fan_out: need a weight with at least 2 dims, got shape "
+                         f"{tuple(t.shape)}")
+    k = math.prod(t.shape[2:])
+    return t.shape[1] * k, t.shape[0] * k
+
+
+def _fill(t: Tensor, sample: Callable, generator: Generator | None) -> Tensor:
+    gen = generator or default_generator(t.device)
+    with no_grad():
+        t.data[...] = sample(gen).astype(t.dtype, copy=False)
+        t._bump()
+    return t
+
+
+def _uniform(gen, shape, dtype, low, high):
+    return gen.random(shape, dtype) * (high - low) + low
+
+
+def constant_(t: Tensor, val: float) -> Tensor:
+    with no_grad():
+        t.data[...] = val
+        t._bump()
+    return t
+
+
+def zeros_(t: Tensor) -> Tensor:
+    return constant_(t, 0.0)
+
+
+def ones_(t: Tensor) -> Tensor:
+    return constant_(t, 1.0)
+
+
+def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0,
+            generator: Generator | None = None) -> Tensor:
+    """N(mean, std²). The notes' small random init is ``normal_(w, std=0.01)``."""
+    return _fill(t, lambda g: g.normal(t.shape, t.dtype) * std + mean, generator)
+
+
+def uniform_(t: Tensor, a: float = 0.0, b: float = 1.0,
+             generator: Generator | None = None) -> Tensor:
+    """U[a, b)."""
+    return _fill(t, lambda g: _uniform(g, t.shape, t.dtype, a, b), generator)
+
+
+def xavier_uniform_(t: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
+    r"""Glorot: U(±gain·√(6 / (fan_in + fan_out)))."""
+    fi, fo = fan_in_and_fan_out(t)
+    bound = gain * math.sqrt(6.0 / (fi + fo))
+    return uniform_(t, -bound, bound, generator)
+
+
+def xavier_normal_(t: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
+    r"""Glorot: N(0, gain²·2 / (fan_in + fan_out)), the notes' Xavier."""
+    fi, fo = fan_in_and_fan_out(t)
+    return normal_(t, 0.0, gain * math.sqrt(2.0 / (fi + fo)), generator)
+
+
+def lecun_normal_(t: Tensor, generator: Generator | None = None) -> Tensor:
+    r"""N(0,1)·√(1/fan_in): the notes' simple Xavier (LeCun normal)."""
+    fi, _ = fan_in_and_fan_out(t)
+    return normal_(t, 0.0, math.sqrt(1.0 / fi), generator)
+
+
+simple_xavier_normal_ = lecun_normal_
+
+
+def _kaiming_std(t, a, mode, nonlinearity) -> float:
+    fi, fo = fan_in_and_fan_out(t)
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"kaiming: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    fan = fi if mode == "fan_in" else fo
+    return calculate_gain(nonlinearity, a) / math.sqrt(fan)
+
+
+def kaiming_normal_(t: Tensor, a: float = 0.0, mode: str = "fan_in",
+                    nonlinearity: str = "leaky_relu", generator: Generator | None = None) -> Tensor:
+    r"""He ("Xavier2"): N(0,1)·gain/√fan; for ReLU gain = √2, so σ² = 2/fan_in."""
+    return normal_(t, 0.0, _kaiming_std(t, a, mode, nonlinearity), generator)
+
+
+def kaiming_uniform_(t: Tensor, a: float = 0.0, mode: str = "fan_in",
+                     nonlinearity: str = "leaky_relu",
+                     generator: Generator | None = None) -> Tensor:
+    r"""He uniform: U(±gain·√(3/fan)), the same variance as :func:`kaiming_normal_`."""
+    bound = math.sqrt(3.0) * _kaiming_std(t, a, mode, nonlinearity)
+    return uniform_(t, -bound, bound, generator)
+
+
+def orthogonal_(t: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
+    """A (semi-)orthogonal matrix from the QR decomposition of a Gaussian one, times ``gain``."""
+    if t.ndim < 2:
+        raise ValueError(f"orthogonal_: need at least 2 dims, got shape {tuple(t.shape)}")
+    rows, cols = t.shape[0], math.prod(t.shape[1:])
+
+    def sample(g):
+        a = B.backend_of(t.data).to_host(g.normal((max(rows, cols), min(rows, cols)), B.float64))
+        q, r = B.np.linalg.qr(a)
+        q = q * B.np.sign(B.np.diag(r))
+        q = q if rows >= cols else q.T
+        return B.backend_of(t.data).asarray((gain * q).reshape(t.shape))
+
+    return _fill(t, sample, generator)
+
+
+def default_bound(fan_in: int) -> float:
+    """PyTorch's default for Linear/Conv weights and biases: U(±1/√fan_in)."""
+    return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+
+# init= choices that layers accept (a callable taking the weight also works)
+SCHEMES: dict[str, Callable] = {
+    "default": lambda w: uniform_(w, -default_bound(fan_in_and_fan_out(w)[0]),
+                                  default_bound(fan_in_and_fan_out(w)[0])),
+    "he": lambda w: kaiming_normal_(w, nonlinearity="relu"),
+    "kaiming": lambda w: kaiming_normal_(w, nonlinearity="relu"),
+    "he_uniform": lambda w: kaiming_uniform_(w, nonlinearity="relu"),
+    "xavier": xavier_normal_,
+    "xavier_uniform": xavier_uniform_,
+    "lecun": lecun_normal_,
+    "small_normal": lambda w: normal_(w, 0.0, 0.01),
+    "orthogonal": orthogonal_,
+    "zeros": zeros_,
+}
+
+
+def init_weight(w: Tensor, scheme) -> Tensor:
+    """Apply an ``init=`` choice: a name from :data:`SCHEMES` or a callable."""
+    if callable(scheme):
+        scheme(w)
+        return w
+    if scheme not in SCHEMES:
+        raise ValueError(f"init: unknown scheme {scheme!r}; expected a callable or one of "
+                         f"{sorted(SCHEMES)}")
+    SCHEMES[scheme](w)
+    return w

@@ -1,0 +1,130 @@
+"""Containers: Sequential, ModuleList, ModuleDict, ParameterList."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+
+from ..module import Module, Parameter
+
+
+class Sequential(Module):
+    """Modules applied in order: ``Sequential(Linear(40, 100), ReLU(), Linear(100, 10))``."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], dict | OrderedDict):
+            for name, m in modules[0].items():
+                self.add_module(str(name), m)
+        else:
+            for i, m in enumerate(modules):
+                if not isinstance(m, Module):
+                    raise TypeError(f"Sequential: item {i} is {type(m).__name__}, not a Module")
+                self.add_module(str(i), m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i):
+        mods = list(self._modules.values())
+        if isinstance(i, slice):
+            return Sequential(*mods[i])
+        return mods[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def append(self, m: Module) -> Sequential:
+        self.add_module(str(len(self)), m)
+        return self
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are registered."""
+
+    def __init__(self, modules: Iterable[Module] = ()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, m: Module) -> ModuleList:
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleList: expected a Module, got {type(m).__name__}")
+        self.add_module(str(len(self._modules)), m)
+        return self
+
+    def extend(self, ms: Iterable[Module]) -> ModuleList:
+        for m in ms:
+            self.append(m)
+        return self
+
+    def __getitem__(self, i):
+        mods = list(self._modules.values())
+        return ModuleList(mods[i]) if isinstance(i, slice) else mods[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+
+class ModuleDict(Module):
+    """A dict of modules whose parameters are registered."""
+
+    def __init__(self, modules: dict | None = None):
+        super().__init__()
+        for k, m in (modules or {}).items():
+            self[k] = m
+
+    def __setitem__(self, key: str, m: Module) -> None:
+        self.add_module(str(key), m)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._modules
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+
+class ParameterList(Module):
+    """A list of parameters registered under '0', '1', ..."""
+
+    def __init__(self, params: Iterable[Parameter] = ()):
+        super().__init__()
+        for p in params:
+            self.append(p)
+
+    def append(self, p: Parameter) -> ParameterList:
+        self.register_parameter(str(len(self._parameters)), p if isinstance(p, Parameter)
+                                else Parameter(p))
+        return self
+
+    def __getitem__(self, i: int) -> Parameter:
+        return list(self._parameters.values())[i]
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters.values())

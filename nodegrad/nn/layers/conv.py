@@ -1,0 +1,126 @@
+"""Convolution and pooling layers (one matrix product per convolution; see nn.functional)."""
+
+from __future__ import annotations
+
+import math
+
+from ...tensor import empty
+from .. import functional as F
+from .. import init as I
+from ..module import Module, Parameter
+
+
+class _ConvNd(Module):
+    nd: int = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, init="default", device=None,
+                 dtype=None):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{type(self).__name__}: in_channels ({in_channels}) and "
+                             f"out_channels ({out_channels}) must be divisible by groups "
+                             f"({groups})")
+        k = (kernel_size,) * self.nd if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.weight = Parameter(empty(out_channels, in_channels // groups, *k, device=device,
+                                      dtype=dtype))
+        self.bias = Parameter(empty(out_channels, device=device, dtype=dtype)) if bias else None
+        self.init = init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default: W, b ~ U(±1/√fan_in) with fan_in = in/groups·∏kernel."""
+        I.init_weight(self.weight, self.init)
+        if self.bias is not None:
+            fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
+            if self.init == "default":
+                I.uniform_(self.bias, -I.default_bound(fan_in), I.default_bound(fan_in))
+            else:
+                I.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding:
+            s += f", padding={self.padding}"
+        if self.dilation != 1:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s
+
+
+class Conv1d(_ConvNd):
+    """Convolution over (N, C, L); weight (out, in/groups, k)."""
+
+    nd = 1
+
+    def forward(self, x):
+        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class Conv2d(_ConvNd):
+    """Convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
+
+    nd = 2
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class _Pool(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}"
+
+
+class MaxPool1d(_Pool):
+    def forward(self, x):
+        return F.max_pool1d(x, self.kernel_size, self.stride, self.padding)
+
+
+class MaxPool2d(_Pool):
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool1d(_Pool):
+    def forward(self, x):
+        return F.avg_pool1d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2d(_Pool):
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AdaptiveAvgPool1d(Module):
+    def __init__(self, output_size: int):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool1d(x, self.output_size)
+
+
+class AdaptiveAvgPool2d(Module):
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+
+class GlobalAvgPool(Module):
+    """Mean over all spatial axes: (N, C, ...) -> (N, C)."""
+
+    def forward(self, x):
+        return F.global_avg_pool(x)

@@ -1,0 +1,25 @@
+"""Dropout: inverted (PyTorch's, the default) or classic (the notes': scale at test time)."""
+
+from __future__ import annotations
+
+from ...random import Generator
+from .. import functional as F
+from ..module import Module
+
+
+class Dropout(Module):
+    """Zero units with probability ``p`` while training; see ``nn.functional.dropout``."""
+
+    def __init__(self, p: float = 0.5, mode: str = "inverted", generator: Generator | None = None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        if mode not in ("inverted", "classic"):
+            raise ValueError(f"Dropout: mode must be 'inverted' or 'classic', got {mode!r}")
+        self.p, self.mode, self.generator = p, mode, generator
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, self.mode, self.generator)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode!r}"

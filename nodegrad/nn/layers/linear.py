@@ -1,0 +1,82 @@
+"""Affine layers and friends: Linear, Identity, Flatten, Embedding."""
+
+from __future__ import annotations
+
+from ... import ops
+from ...tensor import empty
+from .. import functional as F
+from .. import init as I
+from ..module import Module, Parameter
+
+
+class Linear(Module):
+    """y = x Wᵀ + b with W of shape (out_features, in_features).
+
+    Default init (``init="default"``) is PyTorch's: W and b ~ U(±1/√in_features), so results
+    match models trained with PyTorch defaults (the MNIST-1D paper's). For deep ReLU stacks
+    ``init="he"`` keeps activation variance constant, as the notes derive.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 init="default", device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = Parameter(empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.init = init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        I.init_weight(self.weight, self.init)
+        if self.bias is not None:
+            bound = I.default_bound(self.in_features)
+            I.uniform_(self.bias, -bound, bound) if self.init == "default" else I.zeros_(
+                self.bias)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class Identity(Module):
+    """Returns its input."""
+
+    def forward(self, x):
+        return x
+
+
+class Flatten(Module):
+    """Merge axes start_dim..end_dim (default: all but the batch axis)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return ops.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Embedding(Module):
+    """A lookup table of ``num_embeddings`` vectors; default init N(0, 1) as PyTorch."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, init="normal", device=None,
+                 dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.weight = Parameter(empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        if init == "normal":
+            I.normal_(self.weight)
+        else:
+            I.init_weight(self.weight, init)
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"

@@ -1,0 +1,398 @@
+"""Module and Parameter: PyTorch's shape, with a pytree underneath.
+
+Assigning a Parameter, a Module, or a list/dict of modules to an attribute registers it;
+``named_parameters()`` gives dotted names and ``state_dict()`` is that flat mapping (plus
+persistent buffers). ``functional_call(model, params, *x)`` runs a model with other tensors in
+place of its parameters, which is how ``grad``/``vjp`` work on modules; modules are also pytree
+nodes, so ``ng.grad(loss)(model, x, y)`` returns a model-shaped gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+
+from .. import _backend as B
+from ..autodiff import RemovableHandle, no_grad
+from ..errors import ShapeError
+from ..func.tree import register_pytree_node
+from ..tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a Module registers as trainable (``requires_grad`` by default)."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad: bool = True):
+        if isinstance(data, Tensor):
+            data = data.data
+        elif not B.is_array(data):
+            data = B.np.asarray(data, dtype=B.DEFAULT_FLOAT)
+        if requires_grad and data.dtype.kind != "f":
+            raise TypeError(f"Parameter: only floating tensors can require grad, got {data.dtype}")
+        super().__init__(data, None, requires_grad)
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + super().__repr__()
+
+    def __deepcopy__(self, memo):
+        p = Parameter(self.data.copy(), self.requires_grad)
+        memo[id(self)] = p
+        return p
+
+
+class Module:
+    """Base class of every layer and model: override ``forward``, call the module."""
+
+    training: bool
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_hooks", [])
+        object.__setattr__(self, "_forward_pre_hooks", [])
+        object.__setattr__(self, "training", True)
+
+    # --- registration ---------------------------------------------------------------------
+    def __setattr__(self, name: str, value) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("call super().__init__() before assigning to a Module")
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store and not isinstance(value, Parameter | Module):
+                if store is self._buffers and (value is None or isinstance(value, Tensor)):
+                    store[name] = value
+                    return
+                if store is self._parameters and value is None:
+                    store[name] = None
+                    return
+                del store[name]
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif _is_module_seq(value):
+            from .layers.container import ModuleList
+
+            self._modules[name] = ModuleList(value)
+        elif _is_module_map(value):
+            from .layers.container import ModuleDict
+
+            self._modules[name] = ModuleDict(value)
+        else:
+            object.__setattr__(self, name, value)
+            return
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name: str):
+        d = self.__dict__
+        for store in ("_parameters", "_buffers", "_modules"):
+            s = d.get(store)
+            if s is not None and name in s:
+                return s[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        self._parameters[name] = param
+
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        """A tensor that is state but not trained (e.g. batch norm's running mean)."""
+        self._buffers[name] = tensor
+        if not persistent:
+            self._non_persistent.add(name)
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        self._modules[name] = module
+
+    # --- traversal ------------------------------------------------------------------------
+    def named_modules(self, prefix: str = "", memo: set | None = None) -> Iterator:
+        memo = set() if memo is None else memo
+        if id(self) in memo:
+            return
+        memo.add(id(self))
+        yield prefix, self
+        for name, m in self._modules.items():
+            if m is not None:
+                yield from m.named_modules(f"{prefix}.{name}" if prefix else name, memo)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self) -> Iterator:
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def _named(self, store: str, prefix: str, recurse: bool) -> Iterator:
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mp, m in mods:
+            for name, t in getattr(m, store).items():
+                if t is None or id(t) in seen:
+                    continue
+                seen.add(id(t))
+                yield (f"{mp}.{name}" if mp else name), t
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator:
+        """(dotted name, Parameter) pairs; a parameter shared by two layers appears once."""
+        yield from self._named("_parameters", prefix, recurse)
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator:
+        yield from self._named("_buffers", prefix, recurse)
+
+    def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters()
+                   if p.requires_grad or not trainable_only)
+
+    # --- modes, devices, gradients --------------------------------------------------------
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (dropout active, batch norm uses batch statistics)."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Freeze (False) or unfreeze every parameter in this subtree."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parameters():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad.data[...] = 0
+
+    def to(self, device=None, dtype=None) -> Module:
+        """Move (and/or cast) parameters and buffers in place; Parameter objects are kept."""
+        if isinstance(device, B.np.dtype | type) and dtype is None:
+            device, dtype = None, device
+        be = None if device is None else B.get_backend(device)
+        dt = None if dtype is None else B.as_dtype(dtype)
+        for t in list(self.parameters()) + list(self.buffers()):
+            d = t.data
+            if be is not None and B.backend_of(d) is not be:
+                d = be.asarray(B.backend_of(d).to_host(d))
+            if dt is not None and d.dtype.kind == "f":
+                d = d.astype(dt)
+            if d is not t.data:
+                t.data = d
+                t._bump()
+                if t.grad is not None:
+                    t.grad = None
+        return self
+
+    def cuda(self, device: int = 0) -> Module:
+        return self.to(f"cuda:{device}")
+
+    def cpu(self) -> Module:
+        return self.to("cpu")
+
+    def float(self) -> Module:
+        return self.to(dtype=B.float32)
+
+    def double(self) -> Module:
+        return self.to(dtype=B.float64)
+
+    def apply(self, fn: Callable[[Module], None]) -> Module:
+        for m in self.modules():
+            fn(m)
+        return self
+
+    # --- state ----------------------------------------------------------------------------
+    def state_dict(self) -> OrderedDict:
+        """Parameters and persistent buffers by dotted name (detached, sharing memory)."""
+        out = OrderedDict()
+        for name, p in self.named_parameters():
+            out[name] = p.detach()
+        for mp, m in self.named_modules():
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    out[f"{mp}.{name}" if mp else name] = b.detach()
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> tuple[list, list]:
+        """Copy values in by name; with ``strict``, missing/unexpected names or any shape
+        difference raise one error listing all of them. Returns (missing, unexpected)."""
+        own = OrderedDict(self.named_parameters())
+        for mp, m in self.named_modules():
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    own[f"{mp}.{name}" if mp else name] = b
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        bad = []
+        for k, t in own.items():
+            if k in state_dict:
+                v = state_dict[k]
+                shape = tuple(v.shape)
+                if shape != tuple(t.shape):
+                    bad.append(f"{k}: checkpoint {shape} vs model {tuple(t.shape)}")
+        if bad or (strict and (missing or unexpected)):
+            parts = []
+            if missing:
+                parts.append("missing: " + ", ".join(missing))
+            if unexpected:
+                parts.append("unexpected: " + ", ".join(unexpected))
+            if bad:
+                parts.append("shape mismatch: " + "; ".join(bad))
+            raise ShapeError(f"load_state_dict into {type(self).__name__}: " + " | ".join(parts))
+        with no_grad():
+            for k, t in own.items():
+                if k in state_dict:
+                    v = state_dict[k]
+                    v = v.data if isinstance(v, Tensor) else v
+                    be = B.backend_of(t.data)
+                    if B.is_array(v) and B.backend_of(v) is not be:
+                        v = B.backend_of(v).to_host(v)
+                    t.data[...] = be.asarray(v, dtype=t.dtype)
+                    t._bump()
+        return missing, unexpected
+
+    # --- calling --------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        for hook in self._forward_pre_hooks:
+            r = hook(self, args)
+            if r is not None:
+                args = r if isinstance(r, tuple) else (r,)
+        out = self.forward(*args, **kwargs)
+        for hook in self._forward_hooks:
+            r = hook(self, args, out)
+            if r is not None:
+                out = r
+        return out
+
+    def register_forward_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(module, inputs, output)`` after each forward; a returned value replaces it."""
+        self._forward_hooks.append(hook)
+        return RemovableHandle(self._forward_hooks, hook)
+
+    def register_forward_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(module, inputs)`` before each forward; a returned tuple replaces the inputs."""
+        self._forward_pre_hooks.append(hook)
+        return RemovableHandle(self._forward_pre_hooks, hook)
+
+    # --- display --------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = []
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        n = self.num_parameters()
+        count = f"  # {n:,} parameters" if n and not self._modules else ""
+        if not lines:
+            return head + ")" + count
+        total = f"  # {n:,} parameters in all" if n else ""
+        return head + "\n" + "\n".join(lines) + "\n)" + total
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
+                      | set(self._modules))
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k in ("_forward_hooks", "_forward_pre_hooks"):
+                object.__setattr__(new, k, list(v))
+            else:
+                object.__setattr__(new, k, copy.deepcopy(v, memo))
+        return new
+
+
+def _is_module_seq(v) -> bool:
+    return isinstance(v, list | tuple) and len(v) > 0 and all(isinstance(m, Module) for m in v)
+
+
+def _is_module_map(v) -> bool:
+    return (isinstance(v, dict) and len(v) > 0
+            and all(isinstance(m, Module) for m in v.values()))
+
+
+# --- functional use ---------------------------------------------------------------------------
+def _swap(module: Module, tensors: dict) -> list:
+    """Put ``tensors`` (by dotted name) in place of parameters/buffers; return what to restore."""
+    mods = dict(module.named_modules())
+    undo = []
+    for name, t in tensors.items():
+        mp, _, leaf = name.rpartition(".")
+        owner = mods.get(mp)
+        if owner is None or (leaf not in owner._parameters and leaf not in owner._buffers):
+            raise KeyError(f"functional_call: {type(module).__name__} has no parameter or "
+                           f"buffer named {name!r}")
+        store = owner._parameters if leaf in owner._parameters else owner._buffers
+        undo.append((store, leaf, store[leaf]))
+        store[leaf] = t
+    return undo
+
+
+def functional_call(module: Module, params: dict, *args, **kwargs):
+    """Call ``module`` with ``params`` (dotted name -> tensor) in place of its own tensors."""
+    undo = _swap(module, dict(params))
+    try:
+        return module(*args, **kwargs)
+    finally:
+        for store, leaf, old in reversed(undo):
+            store[leaf] = old
+
+
+def _flatten_module(m: Module):
+    names = [n for n, _ in m.named_parameters()]
+    return [p for _, p in m.named_parameters()], (m, tuple(names))
+
+
+def _unflatten_module(aux, leaves):
+    m, names = aux
+    new = copy.copy(m)
+    clones = {}
+    for mp, sub in m.named_modules():
+        c = new if mp == "" else copy.copy(sub)
+        object.__setattr__(c, "_parameters", OrderedDict(sub._parameters))
+        object.__setattr__(c, "_modules", OrderedDict(sub._modules))
+        clones[mp] = c
+    for mp, c in clones.items():
+        for k in list(c._modules):
+            key = f"{mp}.{k}" if mp else k
+            if key in clones:
+                c._modules[k] = clones[key]
+    for name, leaf in zip(names, leaves):
+        mp, _, k = name.rpartition(".")
+        clones[mp]._parameters[k] = leaf
+    return new
+
+
+register_pytree_node(Module, _flatten_module, _unflatten_module)

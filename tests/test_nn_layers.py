@@ -1,0 +1,216 @@
+"""Layers: outputs and gradients against PyTorch with the same weights, finite differences,
+dropout's expectation, and errors that name the layer and the expected shape."""
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+from nodegrad import nn
+from nodegrad.nn import functional as F
+
+rng = np.random.default_rng(0)
+
+
+def _copy_weights(ours, theirs):
+    ours.load_state_dict({k: ng.tensor(v.detach().numpy()) for k, v in
+                          theirs.state_dict().items()})
+
+
+def _compare(ours, theirs, x, atol=1e-9, train=True):
+    """Same input through both (float64): outputs, input grads and parameter grads agree."""
+    torch = pytest.importorskip("torch")
+    ours.double().train(train)
+    theirs.double().train(train)
+    _copy_weights(ours, theirs)
+    xo = ng.tensor(x, requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    yo, yt = ours(xo), theirs(xt)
+    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), atol=atol, rtol=1e-7)
+    v = rng.standard_normal(yo.shape)
+    yo.backward(ng.tensor(v))
+    yt.backward(torch.tensor(v))
+    np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), atol=atol, rtol=1e-7)
+    tp = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), tp[name].grad.numpy(), atol=atol, rtol=1e-7,
+                                   err_msg=f"{name} of {theirs}")
+    return ours, theirs
+
+
+@pytest.mark.parametrize("kw", [
+    dict(stride=1, padding=0, dilation=1, groups=1),
+    dict(stride=2, padding=1, dilation=1, groups=1),
+    dict(stride=1, padding=2, dilation=2, groups=1),
+    dict(stride=2, padding=1, dilation=1, groups=2),
+])
+def test_conv1d_matches_torch(kw):
+    torch = pytest.importorskip("torch")
+    _compare(nn.Conv1d(4, 6, 3, **kw), torch.nn.Conv1d(4, 6, 3, **kw),
+             rng.standard_normal((2, 4, 11)))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(stride=1, padding=0, dilation=1, groups=1),
+    dict(stride=(2, 1), padding=(1, 2), dilation=1, groups=1),
+    dict(stride=1, padding=1, dilation=(2, 1), groups=3),
+])
+def test_conv2d_matches_torch(kw):
+    torch = pytest.importorskip("torch")
+    _compare(nn.Conv2d(3, 6, (3, 2), **kw), torch.nn.Conv2d(3, 6, (3, 2), **kw),
+             rng.standard_normal((2, 3, 7, 6)))
+
+
+def test_linear_and_activations_match_torch():
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((5, 4))
+    _compare(nn.Linear(4, 3), torch.nn.Linear(4, 3), x)
+    _compare(nn.Sequential(nn.Linear(4, 3), nn.PReLU(3)),
+             torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.PReLU(3)), x)
+    for ours, theirs in [(nn.ELU(0.7), torch.nn.ELU(0.7)), (nn.GELU(), torch.nn.GELU()),
+                         (nn.GELU("tanh"), torch.nn.GELU("tanh")),
+                         (nn.LeakyReLU(0.2), torch.nn.LeakyReLU(0.2)),
+                         (nn.Softplus(2.0), torch.nn.Softplus(2.0)), (nn.SiLU(), torch.nn.SiLU()),
+                         (nn.Softmax(1), torch.nn.Softmax(1)),
+                         (nn.LogSoftmax(1), torch.nn.LogSoftmax(1)),
+                         (nn.Sigmoid(), torch.nn.Sigmoid()), (nn.Tanh(), torch.nn.Tanh())]:
+        _compare(nn.Sequential(nn.Linear(4, 3), ours),
+                 torch.nn.Sequential(torch.nn.Linear(4, 3), theirs), x)
+
+
+@pytest.mark.parametrize("cls,tcls,shape,kw", [
+    ("MaxPool1d", "MaxPool1d", (2, 3, 9), dict(kernel_size=3, stride=2, padding=1)),
+    ("MaxPool2d", "MaxPool2d", (2, 3, 6, 7), dict(kernel_size=2)),
+    ("AvgPool1d", "AvgPool1d", (2, 3, 9), dict(kernel_size=3, stride=2, padding=1)),
+    ("AvgPool2d", "AvgPool2d", (2, 3, 6, 7), dict(kernel_size=(2, 3), stride=1)),
+    ("AdaptiveAvgPool1d", "AdaptiveAvgPool1d", (2, 3, 10), dict(output_size=4)),
+    ("AdaptiveAvgPool2d", "AdaptiveAvgPool2d", (2, 3, 7, 6), dict(output_size=(3, 2))),
+])
+def test_pooling_matches_torch(cls, tcls, shape, kw):
+    torch = pytest.importorskip("torch")
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float64)  # no ties
+    _compare(getattr(nn, cls)(**kw), getattr(torch.nn, tcls)(**kw), x)
+
+
+def test_batchnorm_train_and_eval_match_torch():
+    torch = pytest.importorskip("torch")
+    for ours, theirs, shape in [(nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3), (6, 3)),
+                                (nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3), (4, 3, 5)),
+                                (nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3), (4, 3, 2, 5))]:
+        with torch.no_grad():
+            theirs.weight.uniform_(0.5, 1.5)
+            theirs.bias.uniform_(-0.5, 0.5)
+        x = rng.standard_normal(shape) * 3 + 1
+        _compare(ours, theirs, x, train=True)  # also updates the running statistics
+        np.testing.assert_allclose(ours.running_mean.numpy(), theirs.running_mean.numpy(),
+                                   rtol=1e-10)
+        np.testing.assert_allclose(ours.running_var.numpy(), theirs.running_var.numpy(),
+                                   rtol=1e-10)
+        ours.eval()
+        theirs.eval()
+        x2 = ng.tensor(rng.standard_normal(shape))
+        np.testing.assert_allclose(ours(x2).numpy(),
+                                   theirs(torch.tensor(x2.numpy())).detach().numpy(), rtol=1e-10)
+
+
+def test_layernorm_and_embedding_match_torch():
+    torch = pytest.importorskip("torch")
+    _compare(nn.LayerNorm((3, 4)), torch.nn.LayerNorm((3, 4)), rng.standard_normal((2, 3, 4)))
+    emb, temb = nn.Embedding(5, 3).double(), torch.nn.Embedding(5, 3).double()
+    _copy_weights(emb, temb)
+    idx = np.array([[0, 4, 4], [1, 0, 2]])
+    out = emb(ng.tensor(idx))
+    tout = temb(torch.tensor(idx))
+    np.testing.assert_allclose(out.numpy(), tout.detach().numpy())
+    out.sum().backward()
+    tout.sum().backward()
+    np.testing.assert_allclose(emb.weight.grad.numpy(), temb.weight.grad.numpy())
+
+
+@pytest.mark.parametrize("f,shapes", [
+    (lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1, dilation=2), [(2, 2, 9), (3, 2, 2),
+                                                                           (3,)]),
+    (lambda x, w, b: F.conv2d(x, w, b, padding=1, groups=2), [(1, 4, 4, 3), (2, 2, 2, 2), (2,)]),
+    (lambda x: F.max_pool2d(x, 2), [(1, 2, 4, 4)]),
+    (lambda x: F.avg_pool1d(x, 3, 2, 1), [(2, 2, 7)]),
+    (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [(5, 3), (3,), (3,)]),
+    (lambda x, w, b: F.layer_norm(x, 4, w, b), [(2, 4), (4,), (4,)]),
+    (lambda x, a: F.prelu(x, a), [(3, 2, 2), (2,)]),
+])
+def test_layers_gradcheck(f, shapes):
+    arrays = [rng.standard_normal(s) for s in shapes]
+    assert ng.gradcheck(f, *arrays, atol=1e-6)
+
+
+def test_conv_second_order():
+    x, w = rng.standard_normal((1, 2, 6)), rng.standard_normal((2, 2, 3))
+    assert ng.gradcheck(lambda x, w: F.conv1d(x, w, stride=2, padding=1), x, w, order=2)
+
+
+def test_dropout_keeps_expectation_in_both_modes():
+    x = ng.ones(200_000)
+    g = ng.Generator(seed=0)
+    inv = F.dropout(x, 0.3, training=True, generator=g).numpy()
+    assert abs(inv.mean() - 1.0) < 0.01 and abs((inv == 0).mean() - 0.3) < 0.01
+    assert F.dropout(x, 0.3, training=False) is x
+    classic = F.dropout(x, 0.3, training=True, mode="classic", generator=g).numpy()
+    test_time = F.dropout(x, 0.3, training=False, mode="classic").numpy()
+    assert abs(classic.mean() - test_time.mean()) < 0.01 and test_time[0] == pytest.approx(0.7)
+    d = nn.Dropout(0.5)
+    d.eval()
+    assert d(x) is x
+    with pytest.raises(ValueError):
+        nn.Dropout(1.5)
+
+
+def test_dropout_gradient_uses_same_mask():
+    x = ng.ones(1000, requires_grad=True)
+    y = F.dropout(x, 0.5, generator=ng.Generator(seed=1))
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), y.numpy())
+
+
+def test_layer_errors_name_layer_and_shape():
+    with pytest.raises(ng.ShapeError, match=r"conv1d: expected input of shape \(N, C, L\)"):
+        nn.Conv1d(2, 3, 3)(ng.ones(2, 5))
+    with pytest.raises(ng.ShapeError, match="input has 3 channels"):
+        nn.Conv2d(2, 3, 3)(ng.ones(1, 3, 5, 5))
+    with pytest.raises(ng.ShapeError, match="linear: input has 5 features"):
+        nn.Linear(4, 2)(ng.ones(3, 5))
+    with pytest.raises(ng.ShapeError, match=r"BatchNorm1d\(3\)"):
+        nn.BatchNorm1d(3)(ng.ones(4, 2))
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        nn.BatchNorm1d(3)(ng.ones(1, 3))
+    with pytest.raises(IndexError, match="index 7 is out of range for 5"):
+        nn.Embedding(5, 2)(ng.tensor([1, 7]))
+    with pytest.raises(ng.ShapeError, match="does not fit"):
+        F.max_pool1d(ng.ones(1, 1, 2), 3)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv1d(3, 4, 3, groups=2)
+
+
+def test_conv_backward_has_no_python_loop_over_positions():
+    # the windowed view's gradient loops over kernel taps only: a long signal costs the
+    # same number of recorded ops as a short one
+    def count_nodes(length):
+        x = ng.randn(1, 2, length, requires_grad=True)
+        y = F.conv1d(x, ng.randn(3, 2, 5, requires_grad=True)).sum()
+        n, stack, seen = 0, [y.node], set()
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            n += 1
+            stack.extend(p for p in node.parents if isinstance(p, ng.autodiff.Node))
+        return n
+
+    assert count_nodes(20) == count_nodes(2000)
+
+
+def test_one_hot_and_flatten():
+    oh = F.one_hot(ng.tensor([0, 2]), 3)
+    np.testing.assert_array_equal(oh.numpy(), [[1, 0, 0], [0, 0, 1]])
+    with pytest.raises(ValueError, match="labels must lie"):
+        F.one_hot(ng.tensor([3]), 3)
+    assert nn.Flatten()(ng.ones(2, 3, 4)).shape == (2, 12)
+    assert nn.GlobalAvgPool()(ng.ones(2, 3, 4, 5)).shape == (2, 3)

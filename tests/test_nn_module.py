@@ -1,0 +1,154 @@
+"""Module system: registration, state dicts, modes, freezing, hooks, functional use."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+from nodegrad import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8))
+        self.heads = [nn.Linear(8, 2), nn.Linear(8, 3)]  # a list registers as ModuleList
+        self.scale = nn.Parameter(ng.ones(1))
+        self.register_buffer("seen", ng.zeros(1))
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.heads[0](h) * self.scale, self.heads[1](h)
+
+
+def test_registration_and_names():
+    m = Net()
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["scale", "body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias",
+                     "heads.0.weight", "heads.0.bias", "heads.1.weight", "heads.1.bias"]
+    assert isinstance(m.heads, nn.ModuleList)
+    assert [n for n, _ in m.named_buffers()] == ["seen", "body.2.running_mean",
+                                                  "body.2.running_var",
+                                                  "body.2.num_batches_tracked"]
+    assert m.num_parameters() == 1 + 4 * 8 + 8 + 8 + 8 + 8 * 2 + 2 + 8 * 3 + 3
+    sd = m.state_dict()
+    assert "body.2.running_mean" in sd and "seen" in sd
+
+
+def test_shared_parameter_counted_once():
+    lin = nn.Linear(3, 3)
+    seq = nn.Sequential(lin, nn.ReLU(), lin)
+    assert len(list(seq.parameters())) == 2
+
+
+def test_train_eval_propagates():
+    m = Net()
+    m.eval()
+    assert not any(mod.training for mod in m.modules())
+    m.train()
+    assert all(mod.training for mod in m.modules())
+
+
+def test_load_state_dict_roundtrip_and_errors():
+    a, b = Net(), Net()
+    b.load_state_dict(a.state_dict())
+    for (_, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    sd = a.state_dict()
+    sd.pop("scale")
+    sd["extra"] = ng.ones(1)
+    sd["heads.0.weight"] = ng.ones(5, 8)
+    with pytest.raises(ng.ShapeError) as e:
+        b.load_state_dict(sd)
+    msg = str(e.value)
+    assert "missing: scale" in msg and "unexpected: extra" in msg
+    assert "heads.0.weight: checkpoint (5, 8) vs model (2, 8)" in msg
+    sd["heads.0.weight"] = ng.ones(2, 8)
+    missing, unexpected = b.load_state_dict(sd, strict=False)
+    assert missing == ["scale"] and unexpected == ["extra"]
+
+
+def test_freeze_subtree():
+    m = Net()
+    m.body.requires_grad_(False)
+    x = ng.randn(5, 4)
+    out = m(x)
+    (out[0].sum() + out[1].sum()).backward()
+    assert all(p.grad is None for p in m.body.parameters())
+    assert m.heads[0].weight.grad is not None
+    assert m.num_parameters(trainable_only=True) < m.num_parameters()
+
+
+def test_zero_grad():
+    m = nn.Linear(2, 2)
+    m(ng.ones(1, 2)).sum().backward()
+    m.zero_grad(set_to_none=False)
+    assert m.weight.grad.numpy().sum() == 0
+    m.zero_grad()
+    assert m.weight.grad is None
+
+
+def test_forward_hooks_read_and_replace():
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    seen = []
+    h = m[0].register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    m(ng.ones(2, 3))
+    assert seen == [(2, 4)]
+    h.remove()
+    m(ng.ones(2, 3))
+    assert len(seen) == 1
+    m[1].register_forward_hook(lambda mod, inp, out: out * 0)
+    assert m(ng.ones(2, 3)).numpy().sum() == 0
+    m[0].register_forward_pre_hook(lambda mod, inp: (inp[0] * 0,))
+
+
+def test_repr_has_tree_and_counts():
+    r = repr(Net())
+    assert "(body): Sequential(" in r and "Linear(in_features=4, out_features=8" in r
+    assert "parameters in all" in r
+
+
+def test_to_dtype_keeps_parameter_identity():
+    m = nn.Linear(2, 2)
+    w = m.weight
+    m.to(ng.float64)
+    assert m.weight is w and w.dtype == ng.float64
+    assert m(ng.ones(1, 2, dtype=ng.float64)).dtype == ng.float64
+
+
+def test_functional_call_and_grad_over_module():
+    m = nn.Linear(3, 1)
+    x = ng.randn(4, 3)
+    params = {k: v * 2 for k, v in m.state_dict().items()}
+    y = nn.functional_call(m, params, x)
+    np.testing.assert_allclose(y.numpy(), (x.numpy() @ (2 * m.weight.numpy()).T
+                                           + 2 * m.bias.numpy()), rtol=1e-5)
+    g = ng.grad(lambda mod: mod(x).sum())(m)
+    assert isinstance(g, nn.Linear) and m.weight.grad is None
+    np.testing.assert_allclose(g.weight.numpy()[0], x.numpy().sum(0), rtol=1e-5)
+    with pytest.raises(KeyError, match="nope"):
+        nn.functional_call(m, {"nope": ng.ones(1)}, x)
+
+
+def test_deepcopy_is_independent():
+    m = Net()
+    c = copy.deepcopy(m)
+    with ng.no_grad():
+        c.scale += 1
+    assert m.scale.item() == 1.0 and c.scale.item() == 2.0
+    assert isinstance(c.scale, nn.Parameter)
+
+
+def test_setattr_before_init_is_clear():
+    class Bad(nn.Module):
+        def __init__(self):
+            self.w = nn.Parameter(ng.ones(1))
+
+    with pytest.raises(AttributeError, match="super"):
+        Bad()
+
+
+def test_parameter_of_ints_refused():
+    with pytest.raises(TypeError):
+        nn.Parameter(ng.arange(3))
