@@ -15,7 +15,8 @@ def _blocks():
 
 
 @pytest.mark.parametrize("code", _blocks())
-def test_readme_python_blocks_run(code, capsys):
+def test_readme_python_blocks_run(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # blocks may write files
     exec(compile(code, "README.md", "exec"), {})
 
 
