@@ -181,11 +181,23 @@ def _clip_dx(g, ans, x, lo, hi):
     return g if keep is None else g * _as(keep, g)
 
 
+def _clip_dlo(g, ans, x, lo, hi):
+    hit = x < lo
+    if hi is not None:  # crossed bounds give hi, as in NumPy and PyTorch
+        hit = logical_and(hit, lo <= hi)
+    return g * _as(hit, g)
+
+
+def _clip_dhi(g, ans, x, lo, hi):
+    hit = x > hi
+    if lo is not None:
+        hit = logical_or(hit, lo > hi)
+    return g * _as(hit, g)
+
+
 clip = primitive(
     "clip", lambda xp, x, lo, hi: x.copy() if lo is None and hi is None else xp.clip(x, lo, hi),
-    (_clip_dx,
-     lambda g, ans, x, lo, hi: g * _as(x < lo, g),
-     lambda g, ans, x, lo, hi: g * _as(x > hi, g)),
+    (_clip_dx, _clip_dlo, _clip_dhi),
     kind=_EW, doc="Limit x to [lo, hi] (either may be None); gradient passes inside, inclusive.")
 
 

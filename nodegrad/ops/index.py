@@ -87,23 +87,24 @@ def index_update(x, index, value):
 
 
 # --- along an axis ---------------------------------------------------------------------------
-def _along(xp, idx, axis):
-    """Full fancy index equivalent to take_along_axis(·, idx, axis)."""
+def _along(xp, idx, axis, shape):
+    """Full fancy index into an array of ``shape`` equivalent to take_along_axis(·, idx, axis);
+    as in NumPy, length-1 axes of the array or of ``idx`` broadcast against the other."""
     nd = idx.ndim
     out = []
     for d in range(nd):
         if d == axis:
             out.append(idx)
         else:
-            shape = [1] * nd
-            shape[d] = idx.shape[d]
-            out.append(xp.arange(idx.shape[d]).reshape(shape))
+            ix = [1] * nd
+            ix[d] = shape[d]
+            out.append(xp.arange(shape[d]).reshape(ix))
     return tuple(out)
 
 
 def _scatter_along_fwd(xp, g, idx, axis, shape):
     out = xp.zeros(shape, dtype=g.dtype)
-    full = _along(xp, xp.broadcast_to(idx, g.shape), axis)
+    full = _along(xp, xp.broadcast_to(idx, g.shape), axis, shape)
     B.backend_of(out).scatter_add(out, full, g)
     return out
 

@@ -13,7 +13,8 @@ from .shape import broadcast_to, keepdims_shape, norm_axes, norm_axis, reshape
 
 
 def _shifted(xp, x, axis):
-    m = xp.max(x, axis=axis, keepdims=True)
+    # max has no identity: an empty tensor takes the sum (zeros of the same shape) as its shift
+    m = xp.max(x, axis=axis, keepdims=True) if x.size else xp.sum(x, axis=axis, keepdims=True)
     return x - xp.where(xp.isfinite(m), m, 0), m
 
 

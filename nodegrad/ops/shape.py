@@ -276,8 +276,13 @@ def _pad_vjp(g, ans, x, pad_width, value):
     return g[tuple(slice(lo, lo + s) for (lo, _), s in zip(pad_width, x.shape))]
 
 
-_pad = primitive("pad", lambda xp, x, pad_width, value: xp.pad(x, pad_width, constant_values=value),
-                 _pad_vjp, saves="none", kind=_SH, doc="Pad with a constant.")
+def _pad_fwd(xp, x, pad_width, value):
+    if not pad_width:  # a 0-d tensor (NumPy's pad rejects an empty pad_width)
+        return x.copy()
+    return xp.pad(x, pad_width, constant_values=value)
+
+
+_pad = primitive("pad", _pad_fwd, _pad_vjp, saves="none", kind=_SH, doc="Pad with a constant.")
 
 
 def pad(x, pad_width, mode: str = "constant", constant_values=0):

@@ -1,0 +1,16 @@
+"""Shared fixtures. Op-matrix helpers (cases, domains, layouts) live in ``_opcases.py``."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    """A NumPy generator with a fixed seed, fresh for each test."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
+def float_dtype(request):
+    """Each floating dtype nodegrad computes in."""
+    return request.param
