@@ -96,6 +96,27 @@ class Backend:
             self._special = special
         return self._special.erf(x)
 
+    def copy_stream(self):
+        """A side stream for host-to-device copies that overlap compute (None on the CPU)."""
+        if self.device_id is None:
+            return None
+        with self.xp.cuda.Device(self.device_id):
+            return self.xp.cuda.Stream(non_blocking=True)
+
+    def upload(self, host_arrays, stream=None) -> list:
+        """Host arrays on this device, copied on ``stream`` and finished on return.
+
+        Made for a prefetch thread: the copies of the next batch run on the side stream while
+        the default stream computes; on the CPU the arrays are returned as they are.
+        """
+        if self.device_id is None:
+            return [np.asarray(a) for a in host_arrays]
+        with self.xp.cuda.Device(self.device_id), stream if stream is not None else _NULL:
+            out = [self.xp.asarray(a) for a in host_arrays]
+        if stream is not None:
+            stream.synchronize()
+        return out
+
     def generator(self, seed: int | None):
         """A fresh random generator for this device."""
         if self.device_id is None:

@@ -1,0 +1,214 @@
+"""Datasets: the protocol, array datasets with vectorised gathering, splits and k-fold indices.
+
+A dataset is anything with ``__len__`` and ``__getitem__``. Array datasets also offer
+``gather(indices)``, which returns a whole batch with one fancy-indexing call per array; the
+DataLoader uses it when present, so no Python loop runs per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from .. import _backend as B
+from ..errors import ShapeError
+from ..random import default_generator
+
+np = B.np
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What the DataLoader needs: a length and one sample per index."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+def _host(a) -> np.ndarray:
+    """A host NumPy array from an array, a Tensor or a nested list."""
+    if hasattr(a, "numpy") and not isinstance(a, np.ndarray):
+        return a.numpy()
+    if B.is_array(a) and not isinstance(a, np.ndarray):
+        return B.backend_of(a).to_host(a)
+    return np.asarray(a)
+
+
+def check_labels(labels: np.ndarray, classes: int, name: str = "labels") -> None:
+    """Raise ValueError unless ``labels`` are integers in ``[0, classes)``."""
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers to check against classes={classes}, "
+                         f"got dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels[(labels < 0) | (labels >= classes)]
+        raise ValueError(f"{name} must lie in [0, {classes}), found {bad.size} outside, "
+                         f"e.g. {bad.flat[0]}")
+
+
+class ArrayDataset:
+    """Samples are the rows of equally long host arrays, e.g. ``ArrayDataset(x, y)``.
+
+    ``ds[i]`` is the tuple ``(x[i], y[i])``; ``ds.gather(idx)`` the batch ``(x[idx], y[idx])``.
+    With ``classes`` the last array holds integer labels and must lie in ``[0, classes)``.
+    """
+
+    def __init__(self, *arrays, classes: int | None = None):
+        if not arrays:
+            raise ValueError("ArrayDataset needs at least one array")
+        self.arrays = tuple(_host(a) for a in arrays)
+        for a in self.arrays:
+            if a.ndim == 0:
+                raise ShapeError("ArrayDataset: arrays need a sample axis, got a 0-d array")
+        lengths = [len(a) for a in self.arrays]
+        if len(set(lengths)) > 1:
+            raise ShapeError(f"ArrayDataset: inputs and labels have different lengths {lengths}")
+        if lengths[0] == 0:
+            raise ValueError("ArrayDataset: the dataset is empty")
+        self.classes = classes
+        if classes is not None:
+            check_labels(self.arrays[-1], classes)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, index):
+        return tuple(a[index] for a in self.arrays)
+
+    def gather(self, indices) -> tuple:
+        """The batch of samples ``indices`` as one array per field (vectorised)."""
+        return tuple(a[indices] for a in self.arrays)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{a.dtype}{list(a.shape)}" for a in self.arrays)
+        return f"{type(self).__name__}({shapes})"
+
+
+class TensorDataset(ArrayDataset):
+    """An ArrayDataset built from nodegrad Tensors (kept as host arrays; the loader moves them)."""
+
+
+class Subset:
+    """The samples ``indices`` of ``dataset``, still vectorised when the parent gathers."""
+
+    def __init__(self, dataset: Dataset, indices):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=B.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        if isinstance(index, int | np.integer):
+            return self.dataset[int(self.indices[index])]
+        return self.gather(index)
+
+    @property
+    def classes(self) -> int | None:
+        return getattr(self.dataset, "classes", None)
+
+    def gather(self, indices) -> tuple:
+        """The batch ``indices`` (positions in this subset)."""
+        idx = self.indices[indices]
+        if hasattr(self.dataset, "gather"):
+            return self.dataset.gather(idx)
+        return _stack([self.dataset[int(i)] for i in idx])
+
+    @property
+    def arrays(self) -> tuple:
+        """Every field of the subset as host arrays (for fitting preprocessing on it)."""
+        return self.gather(np.arange(len(self)))
+
+    def __repr__(self) -> str:
+        return f"Subset({len(self)} of {len(self.dataset)})"
+
+
+def _stack(samples: Sequence) -> tuple:
+    """Stack per-sample tuples into one array per field (the default collate)."""
+    first = samples[0]
+    if isinstance(first, tuple | list):
+        return tuple(np.stack([_host(s[k]) for s in samples]) for k in range(len(first)))
+    return (np.stack([_host(s) for s in samples]),)
+
+
+def _rng(seed) -> np.random.Generator:
+    """A NumPy generator from an int, a NumPy Generator, an ng.Generator, or None (ng's default)."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if hasattr(seed, "rng") and isinstance(seed.rng, np.random.Generator):
+        return seed.rng
+    if seed is None:
+        return default_generator("cpu").rng
+    return np.random.default_rng(seed)
+
+
+def _fold_assignment(n: int, k: int, rng: np.random.Generator, stratify=None) -> np.ndarray:
+    """A fold number per sample: folds differ in size by at most one (and per class too)."""
+    perm = rng.permutation(n)
+    if stratify is not None:
+        labels = _host(stratify)
+        if len(labels) != n:
+            raise ShapeError(f"stratify has {len(labels)} labels for {n} samples")
+        perm = perm[np.argsort(labels[perm], kind="stable")]
+    fold = np.empty(n, dtype=B.int64)
+    fold[perm] = np.arange(n) % k
+    return fold
+
+
+def random_split(dataset: Dataset, lengths: Sequence[int | float], seed=None) -> list[Subset]:
+    """Disjoint random Subsets of the given lengths (ints summing to len, or fractions to 1).
+
+    ``seed`` is an int, a NumPy Generator or an ``ng.Generator`` (None: ng's default one).
+    """
+    n = len(dataset)
+    lengths = list(lengths)
+    if lengths and all(isinstance(x, float) for x in lengths):
+        if abs(sum(lengths) - 1) > 1e-6:
+            raise ValueError(f"random_split: fractions must sum to 1, got {sum(lengths)}")
+        counts = [int(np.floor(f * n)) for f in lengths]
+        for i in range(n - sum(counts)):  # hand out the remainder one by one
+            counts[i % len(counts)] += 1
+        lengths = counts
+    if any(x < 0 for x in lengths) or sum(lengths) != n:
+        raise ValueError(f"random_split: lengths {lengths} must be >= 0 and sum to {n}")
+    perm = _rng(seed).permutation(n)
+    bounds = np.cumsum([0] + lengths)
+    return [Subset(dataset, perm[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def train_val_split(dataset: Dataset, val_fraction: float = 0.1, seed=0,
+                    stratify=None) -> tuple[Subset, Subset]:
+    """A reproducible (train, validation) split; ``stratify`` (labels) keeps class proportions."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"train_val_split: val_fraction must be in (0, 1), got {val_fraction}")
+    n = len(dataset)
+    n_val = int(round(val_fraction * n))
+    if not 0 < n_val < n:
+        raise ValueError(f"train_val_split: {n} samples give an empty split at {val_fraction}")
+    rng = _rng(seed)
+    if stratify is None:
+        perm = rng.permutation(n)
+        return Subset(dataset, np.sort(perm[n_val:])), Subset(dataset, np.sort(perm[:n_val]))
+    labels = _host(stratify)
+    if len(labels) != n:
+        raise ShapeError(f"stratify has {len(labels)} labels for {n} samples")
+    perm = rng.permutation(n)
+    perm = perm[np.argsort(labels[perm], kind="stable")]  # shuffled within each class
+    # evenly spaced picks from the class-sorted order go to validation
+    i = np.arange(n)
+    take = (i + 1) * n_val // n != i * n_val // n  # exactly n_val evenly spaced positions
+    val = np.zeros(n, dtype=bool)
+    val[perm[take]] = True
+    return Subset(dataset, np.flatnonzero(~val)), Subset(dataset, np.flatnonzero(val))
+
+
+def kfold_indices(n: int, k: int = 5, seed=0, stratify=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` pairs ``(train_idx, val_idx)``; each sample is validated exactly once.
+
+    Folds are random (``seed``) and differ in size by at most one; with ``stratify`` (labels)
+    each class is spread evenly over the folds.
+    """
+    if k < 2 or k > n:
+        raise ValueError(f"kfold_indices: need 2 <= k <= n, got k={k}, n={n}")
+    fold = _fold_assignment(n, k, _rng(seed), stratify)
+    return [(np.flatnonzero(fold != i), np.flatnonzero(fold == i)) for i in range(k)]

@@ -1,0 +1,235 @@
+"""DataLoader: seeded, vectorised minibatches, moved to the device ahead of use by a thread.
+
+The order of epoch ``e`` is a permutation drawn from ``(seed, e)`` and the augmentation of
+batch ``b`` uses a generator drawn from ``(seed, e, b)``, so a loader is a pure function of its
+seed and position: ``state_dict()`` records that position and a restored loader yields the
+remaining batches of the epoch bit-identically, with or without prefetching.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import _backend as B
+from ..random import default_generator
+from ..tensor import Tensor
+from .dataset import Dataset, _stack
+
+np = B.np
+_END = object()
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class DataLoader:
+    """Minibatches of ``dataset`` as nodegrad tensors on ``device``.
+
+    Args:
+        dataset: an ArrayDataset/Subset (gathered with one indexing call per batch) or any
+            object with ``__len__`` and ``__getitem__`` (gathered sample by sample).
+        batch_size: samples per batch (the last one may be smaller unless ``drop_last``).
+        shuffle: a fresh seeded permutation every epoch; otherwise the dataset order.
+        drop_last: drop the final incomplete batch.
+        seed: base seed of shuffling and augmentation (int); ``generator`` (an ng.Generator)
+            supplies one instead; with neither, ng's default generator does (``ng.manual_seed``).
+        collate_fn: builds a batch from a list of samples (switches to per-sample gathering).
+        transform: applied to the input batch (the first field) on the host as
+            ``transform(x, rng=rng)``, e.g. an augmentation from :mod:`nodegrad.data.augment`.
+        prefetch: batches prepared ahead by a background thread (0: none, in the caller).
+            None (the default) means 2 on a CUDA device, where the copies overlap GPU compute,
+            and 0 on the CPU, where a thread only competes with the model for the GIL.
+        device: where batches land; floating fields become ``dtype``, integer fields int64.
+
+    ``len(loader)`` is the number of batches per epoch. Iterating starts the next epoch (or
+    resumes the position restored by :meth:`load_state_dict`).
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int = 32, shuffle: bool = False,
+                 drop_last: bool = False, seed: int | None = None, generator=None,
+                 collate_fn: Callable | None = None, transform: Callable | None = None,
+                 prefetch: int | None = None, device="cpu", dtype=B.float32):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+                or batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be an int >= 1, got {batch_size!r}")
+        self.backend = B.get_backend(device)
+        if prefetch is None:
+            prefetch = 0 if self.backend.device_id is None else 2
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("DataLoader: the dataset is empty")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.collate_fn = collate_fn
+        self.transform = transform
+        self.prefetch = prefetch
+        self.dtype = B.as_dtype(dtype)
+        self._n = n
+        self._vectorised = collate_fn is None and hasattr(dataset, "gather")
+        if seed is None and (shuffle or transform is not None):
+            if generator is None:
+                generator = default_generator("cpu")
+            seed = int(generator.integers(0, 2**63 - 1, ()))
+        self.seed = seed
+        self._epoch = 0
+        self._batch = 0  # batches of the current epoch already handed out
+        self._resume = False
+        self._active: object | None = None
+
+    # --- size and position --------------------------------------------------------------------
+    def __len__(self) -> int:
+        """The number of batches per epoch."""
+        full, rest = divmod(self._n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next (or current) iteration draws its order from."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start the next iteration at the beginning of ``epoch``."""
+        self._epoch, self._batch, self._resume = int(epoch), 0, True
+
+    def state_dict(self) -> dict:
+        """The position within the epoch, as plain data for a checkpoint."""
+        epoch, batch = self._epoch, self._batch
+        if batch >= len(self):
+            epoch, batch = epoch + 1, 0
+        return {"seed": self.seed, "epoch": epoch, "batch": batch, "num_samples": self._n,
+                "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at ``state``'s position: the next iteration yields the rest of that epoch."""
+        for key, mine in (("num_samples", self._n), ("batch_size", self.batch_size),
+                          ("shuffle", self.shuffle), ("drop_last", self.drop_last)):
+            if state[key] != mine:
+                raise ValueError(f"load_state_dict: {key} is {mine} here but {state[key]} in "
+                                 "the state; the batch order would differ")
+        self.seed = state["seed"]
+        self._epoch, self._batch, self._resume = int(state["epoch"]), int(state["batch"]), True
+
+    # --- batches --------------------------------------------------------------------------------
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self._n)
+        ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 0))
+        return np.random.default_rng(ss).permutation(self._n)
+
+    def _host_batch(self, order: np.ndarray, epoch: int, b: int):
+        """Batch ``b`` of the epoch on the host: gathered, collated and transformed."""
+        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        if self._vectorised:
+            fields = self.dataset.gather(idx)
+        else:
+            samples = [self.dataset[int(i)] for i in idx]
+            fields = self.collate_fn(samples) if self.collate_fn else _stack(samples)
+        if self.transform is not None:
+            ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b))
+            fields = list(fields)
+            fields[0] = self.transform(fields[0], rng=np.random.default_rng(ss))
+        return fields
+
+    def _convert(self, a):
+        """Floating host arrays to ``dtype``, integer ones to int64; anything else as it is."""
+        if isinstance(a, np.ndarray):
+            if a.dtype.kind == "f":
+                return a.astype(self.dtype, copy=False)
+            if a.dtype.kind in "iu":
+                return a.astype(B.int64, copy=False)
+        return a
+
+    def _device_batch(self, fields, stream):
+        """Host batch -> tensors on the device (tuple, dict or single array alike)."""
+        if isinstance(fields, dict):
+            keys = list(fields)
+            vals = self._device_batch([fields[k] for k in keys], stream)
+            return dict(zip(keys, vals))
+        single = isinstance(fields, np.ndarray)
+        items = [fields] if single else list(fields)
+        items = [self._convert(a) for a in items]
+        pos = [i for i, a in enumerate(items) if isinstance(a, np.ndarray)]
+        moved = self.backend.upload([items[i] for i in pos], stream)
+        for i, a in zip(pos, moved):
+            items[i] = Tensor(a)
+        return items[0] if single else tuple(items)
+
+    def _load(self, order, epoch: int, b: int, stream):
+        return self._device_batch(self._host_batch(order, epoch, b), stream)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._resume and self._batch > 0 or self._batch >= len(self):
+            self._epoch, self._batch = self._epoch + 1, 0  # the last iteration stopped early
+        self._resume = False
+        token = object()
+        self._active = token
+        epoch, start = self._epoch, self._batch
+        order = self._order(epoch)
+        if self.prefetch == 0:
+            return self._serial(order, epoch, start, token)
+        return self._threaded(order, epoch, start, token)
+
+    def _advance(self, token, b: int) -> None:
+        if self._active is token:
+            self._batch = b + 1
+
+    def _serial(self, order, epoch, start, token):
+        for b in range(start, len(self)):
+            batch = self._load(order, epoch, b, None)
+            self._advance(token, b)
+            yield batch
+
+    def _threaded(self, order, epoch, start, token):
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def produce():
+            try:
+                stream = self.backend.copy_stream()
+                for b in range(start, len(self)):
+                    if stop.is_set() or not put(self._load(order, epoch, b, stream)):
+                        return
+                put(_END)
+            except BaseException as e:  # handed to the consumer, raised there
+                put(_Failure(e))
+
+        worker = threading.Thread(target=produce, name="nodegrad-prefetch", daemon=True)
+        worker.start()
+        try:
+            b = start
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                self._advance(token, b)
+                b += 1
+                yield item
+        finally:
+            stop.set()
+
+    def __repr__(self) -> str:
+        return (f"DataLoader({len(self)} batches of {self.batch_size}, shuffle={self.shuffle}, "
+                f"prefetch={self.prefetch}, device='{self.backend.name}')")
