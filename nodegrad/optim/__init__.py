@@ -1,0 +1,25 @@
+"""Optimisers, learning-rate schedules, gradient clipping and regularisation.
+
+>>> import nodegrad as ng
+>>> w = ng.tensor([1.0, -2.0], requires_grad=True)
+>>> opt = ng.optim.SGD([w], lr=0.1)
+>>> (w * w).sum().backward()
+>>> opt.step()
+>>> w
+tensor([ 0.8, -1.6], requires_grad=True)
+"""
+
+from . import lr_scheduler
+from .adadelta import Adadelta
+from .adagrad import Adagrad
+from .adam import Adam
+from .adamw import AdamW
+from .base import Optimizer
+from .clip import clip_grad_norm_, clip_grad_value_
+from .nadam import NAdam
+from .regularisation import l2_penalty
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
+           "lr_scheduler", "clip_grad_norm_", "clip_grad_value_", "l2_penalty"]

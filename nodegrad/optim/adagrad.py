@@ -1,0 +1,46 @@
+"""Adagrad: per-coordinate step sizes from the running sum of squared gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .base import Optimizer, check_hyper
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad (Duchi, Hazan & Singer, 2011): divide by the root of all past squared gradients.
+
+    With gradient ``g_t`` (after ``maximize`` and L2 ``weight_decay``), learning rate η, decay
+    ``lr_decay`` δ and accumulator start ``s_0`` = ``initial_accumulator_value``::
+
+        η_t = η / (1 + (t - 1) δ)
+        s_t = s_{t-1} + g_t²
+        θ_t = θ_{t-1} - η_t g_t / (√s_t + ε)
+
+    Coordinates with large past gradients take small steps: a diagonal preconditioner that
+    only shrinks, which suits sparse features and hurts long non-convex runs.
+    """
+
+    def __init__(self, params: Iterable, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize: bool = False,
+                 strict: bool = False, flat: bool = True):
+        for name, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay),
+                        ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
+            check_hyper(name, v)
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize), strict=strict, flat=flat)
+
+    def state_init(self, h: dict) -> dict[str, float]:
+        return {"sum": h["initial_accumulator_value"]}
+
+    def update(self, xp, p, g, st, h) -> None:
+        s, tmp = st["sum"], st.tmp(0)
+        clr = h["lr"] / (1 + (st.t - 1) * h["lr_decay"])
+        xp.multiply(g, g, out=tmp)
+        s += tmp
+        xp.sqrt(s, out=tmp)
+        tmp += h["eps"]
+        xp.divide(g, tmp, out=tmp)
+        tmp *= clr
+        p -= tmp

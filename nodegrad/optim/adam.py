@@ -1,0 +1,66 @@
+"""Adam: momentum on the gradient, RMSprop on its scale, both bias-corrected."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .base import Optimizer, check_hyper
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, 2015), with optional AMSGrad and L2 weight decay.
+
+    With gradient ``g_t`` (negated if ``maximize``; plus ``λ θ_{t-1}`` for ``weight_decay`` λ,
+    the L2 form), betas (β₁, β₂) and learning rate η::
+
+        m_t = β₁ m_{t-1} + (1 - β₁) g_t          m̂_t = m_t / (1 - β₁ᵗ)
+        v_t = β₂ v_{t-1} + (1 - β₂) g_t²         v̂_t = v_t / (1 - β₂ᵗ)
+        v̂_t ← max(v̂_{t-1}, v̂_t)                  (amsgrad, Reddi et al. 2018)
+        θ_t = θ_{t-1} - η m̂_t / (√v̂_t + ε)
+
+    One of the lecture notes writes the last line with ``g_t`` in place of ``m̂_t``; that is a
+    typo (it would make Adam RMSprop with bias correction). This implements the published
+    algorithm of Kingma & Ba, with ε added after the square root as PyTorch does, so its
+    trajectory matches ``torch.optim.Adam``. ``decoupled_weight_decay=True`` gives AdamW.
+    """
+
+    def __init__(self, params: Iterable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False, strict: bool = False, flat: bool = True):
+        check_hyper("lr", lr)
+        check_hyper("betas", betas, 0.0, 1.0)
+        check_hyper("eps", eps)
+        check_hyper("weight_decay", weight_decay)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay),
+                         strict=strict, flat=flat)
+
+    def state_init(self, h: dict) -> dict[str, float]:
+        init = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+        if h["amsgrad"]:
+            init["max_exp_avg_sq"] = 0.0
+        return init
+
+    def update(self, xp, p, g, st, h) -> None:
+        b1, b2 = h["betas"]
+        m, v, tmp, t = st["exp_avg"], st["exp_avg_sq"], st.tmp(0), st.t
+        xp.subtract(g, m, out=tmp)  # m += (1 - b1) (g - m), PyTorch's lerp
+        tmp *= 1 - b1
+        m += tmp
+        v *= b2
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp
+        if h["amsgrad"]:
+            vmax = st["max_exp_avg_sq"]
+            xp.maximum(vmax, v, out=vmax)
+            v = vmax
+        # eta m_hat / (sqrt(v_hat) + eps) = (eta s / (1 - b1^t)) m / (sqrt(v) + eps s),
+        # s = sqrt(1 - b2^t): the bias corrections fold into two scalars (one pass fewer)
+        s = (1 - b2 ** t) ** 0.5
+        xp.sqrt(v, out=tmp)
+        tmp += h["eps"] * s
+        xp.divide(m, tmp, out=tmp)
+        tmp *= h["lr"] * s / (1 - b1 ** t)
+        p -= tmp

@@ -1,0 +1,514 @@
+"""The Optimizer base: parameter groups, schedules, state, and one vectorised update per group.
+
+An algorithm writes two things, once, against the array module ``xp``: :meth:`Optimizer.state_init`
+(its per-element state and initial values) and :meth:`Optimizer.update` (one step on flat
+arrays). The base owns everything else: parameter groups, hyperparameters that may be callables
+of the step, the gradient transforms every algorithm shares (``maximize``, L2 or decoupled weight
+decay), per-parameter step counts, ``zero_grad`` and ``state_dict``.
+
+Vectorised path: at construction the parameters of a group that share a device and dtype are
+copied into one contiguous buffer and each ``p.data`` becomes a view of it. A step gathers the
+gradients with one ``concatenate`` (none at all after ``zero_grad(set_to_none=False)``, whose
+gradients are views of a flat buffer too) and runs the update as a handful of array calls over
+the whole group, however many tensors it holds. ``flat=False`` leaves every ``p.data`` where it
+is and updates tensor by tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .._backend import backend_of, is_array
+from ..autodiff import enable_grad
+from ..errors import GradError, ShapeError
+from ..tensor import Tensor
+
+_NOT_HYPER = ("params", "param_names")
+
+
+class _Bucket:
+    """Parameters of one group on one device with one dtype, stored in one flat array."""
+
+    __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
+                 "gviews", "work", "tmps", "arrays", "scalars", "uniform")
+
+    def __init__(self, params: list, pos: list[int], scalar_init: dict):
+        p0 = params[0].data
+        self.params, self.pos = params, pos
+        self.backend = be = backend_of(p0)
+        self.xp = xp = be.xp
+        self.shapes = [p.data.shape for p in params]
+        self.offsets = [0]
+        for p in params:
+            self.offsets.append(self.offsets[-1] + p.data.size)
+        with be.scope():
+            if len(params) == 1 and p0.flags.c_contiguous:
+                self.flat = p0.reshape(-1)  # a lone contiguous tensor is its own flat buffer
+                self.views = [p0]
+            else:
+                self.flat = xp.empty(self.offsets[-1], p0.dtype)
+                self.views = []
+                for p, lo, hi, shape in zip(params, self.offsets, self.offsets[1:], self.shapes):
+                    self.flat[lo:hi] = p.data.reshape(-1)
+                    p.data = self.flat[lo:hi].reshape(shape)
+                    self.views.append(p.data)
+        self.grad = self.gviews = self.work = None
+        self.tmps: list = []
+        self.arrays: dict = {}
+        fresh = {"step": 0, **scalar_init}
+        self.scalars = [fresh] * len(params)  # one dict per parameter, shared while in lockstep
+        self.uniform = True
+
+    def tmp(self, k: int):
+        """The k-th scratch buffer (flat, allocated once)."""
+        while len(self.tmps) <= k:
+            self.tmps.append(self.xp.empty_like(self.flat))
+        return self.tmps[k]
+
+    def ensure(self, init: dict) -> None:
+        """Allocate the state arrays named in ``init`` that do not exist yet."""
+        for name, value in init.items():
+            if name not in self.arrays:
+                with self.backend.scope():
+                    self.arrays[name] = self.xp.full(self.flat.shape, value, self.flat.dtype)
+
+    def merge_scalars(self) -> None:
+        """Let neighbouring parameters with equal scalar state share one dict (one update)."""
+        s = self.scalars
+        for i in range(1, len(s)):
+            if s[i] is not s[i - 1] and s[i] == s[i - 1]:
+                s[i] = s[i - 1]
+        self.uniform = all(x is s[0] for x in s)
+
+
+class _State:
+    """What :meth:`Optimizer.update` sees besides the arrays: step ``t``, state, scratch, scalars.
+
+    ``st["exp_avg"]`` is a state array, ``st.tmp(k)`` a scratch array (both flat, the same length
+    as ``p``); ``st.scalars`` holds per-parameter numbers such as NAdam's running product.
+    """
+
+    __slots__ = ("_b", "_sl", "t", "scalars")
+
+    def __init__(self, b: _Bucket, sl: slice, scalars: dict):
+        self._b, self._sl, self.scalars = b, sl, scalars
+        self.t = scalars["step"]
+
+    def __getitem__(self, name: str):
+        return self._b.arrays[name][self._sl]
+
+    def tmp(self, k: int = 0):
+        return self._b.tmp(k)[self._sl]
+
+
+class Optimizer:
+    """Base of every optimiser: parameter groups, step counter, state and the shared transforms.
+
+    ``params`` is an iterable of tensors, of ``(name, tensor)`` pairs (names appear in errors), or
+    of dicts (parameter groups) with a ``"params"`` entry and per-group hyperparameters that
+    override ``defaults``. A hyperparameter may be a callable of the step ``t`` (1 for the first
+    update), e.g. ``lr=lambda t: 0.1 / t ** 0.5``. Parameters whose ``grad`` is None are skipped,
+    as in PyTorch, unless ``strict=True``, which raises an error naming the parameter.
+    """
+
+    #: per-parameter numbers besides ``step`` and their initial values (e.g. NAdam's mu product)
+    scalar_init: dict[str, float] = {}
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any], *, strict: bool = False,
+                 flat: bool = True):
+        if isinstance(params, Tensor):
+            raise TypeError("params must be an iterable of tensors or dicts, got a Tensor; "
+                            "wrap it in a list")
+        self.defaults = dict(defaults)
+        self.strict = strict
+        self.flat = flat
+        self.step_count = 0
+        self.param_groups: list[dict] = []
+        self._buckets: list[list[_Bucket]] = []
+        groups = [params] if isinstance(params, dict) else list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    def __repr__(self) -> str:
+        lines = [type(self).__name__ + " ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(g.items()) if k not in _NOT_HYPER]
+        return "\n".join(lines) + "\n)"
+
+    # --- what an algorithm writes ---------------------------------------------------------
+    def state_init(self, h: dict) -> dict[str, float]:
+        """The per-element state arrays under hyperparameters ``h``: name -> initial value."""
+        return {}
+
+    def update(self, xp, p, g, st: _State, h: dict) -> None:
+        """One step in place on the flat parameter array ``p`` given its gradient ``g`` (read only).
+
+        ``g`` already has ``maximize`` and weight decay applied; ``st.t`` is this parameter's step
+        (1 on its first update). Use ``out=`` and ``st.tmp(k)`` so nothing is allocated.
+        """
+        raise NotImplementedError
+
+    # --- parameter groups -------------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group of parameters (its own hyperparameters override the defaults)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        ps = group["params"]
+        ps = [ps] if isinstance(ps, Tensor) else list(ps)
+        if ps and isinstance(ps[0], tuple):
+            group.setdefault("param_names", [n for n, _ in ps])
+            ps = [p for _, p in ps]
+        group["params"] = ps
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(ps):
+            where = _describe(group, len(self.param_groups), i, p)
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but {where} is a "
+                                f"{type(p).__name__}")
+            if p.node is not None:
+                raise ValueError(f"can't optimize a non-leaf Tensor: {where} was computed by "
+                                 f"'{p.node.name()}'; pass the leaf it was computed from")
+            if p.dtype.kind != "f":
+                raise TypeError(f"{where} has dtype {p.dtype}; only floating tensors can be "
+                                "optimised")
+            if id(p) in seen:
+                raise ValueError(f"{where} appears more than once in the optimizer's groups")
+            seen.add(id(p))
+        for k, v in self.defaults.items():
+            group.setdefault(k, v)
+        self.param_groups.append(group)
+        self._buckets.append(self._make_buckets(group))
+
+    def _make_buckets(self, group: dict) -> list[_Bucket]:
+        """Split a group by device, dtype and requires_grad; re-home each part into one buffer."""
+        ps = group["params"]
+        if not self.flat:
+            return [_Bucket([p], [i], self.scalar_init) for i, p in enumerate(ps)]
+        parts: dict = {}
+        for i, p in enumerate(ps):
+            key = (backend_of(p.data), p.dtype, bool(p.requires_grad))
+            parts.setdefault(key, []).append(i)
+        return [_Bucket([ps[i] for i in pos], pos, self.scalar_init) for pos in parts.values()]
+
+    def _hyper(self, group: dict, t: int) -> dict:
+        return {k: (v(t) if callable(v) else v) for k, v in group.items() if k not in _NOT_HYPER}
+
+    # --- the step ---------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Update every parameter that has a gradient; returns ``closure()`` when one is given."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        self.step_count += 1
+        for gi, group in enumerate(self.param_groups):
+            self._sync(gi)
+            h = self._hyper(group, self.step_count)
+            for b in self._buckets[gi]:
+                with b.backend.scope():
+                    self._step_bucket(b, h, gi)
+        return loss
+
+    def _sync(self, gi: int) -> None:
+        """Follow parameters whose ``data`` was replaced (copy it into the flat buffer)."""
+        for b in self._buckets[gi]:
+            for i, p in enumerate(b.params):
+                d = p.data
+                if d is b.views[i]:
+                    continue
+                v = b.views[i]
+                if d.shape != v.shape:
+                    raise ShapeError(f"{_describe(self.param_groups[gi], gi, b.pos[i], p)} "
+                                     f"changed shape from {v.shape} to {d.shape} since the "
+                                     "optimizer was built")
+                if d.dtype != v.dtype or backend_of(d) is not b.backend:
+                    entries = self._extract(gi)
+                    self._buckets[gi] = self._make_buckets(self.param_groups[gi])
+                    self._install(gi, entries)
+                    return
+                v[...] = d
+                p.data = v
+
+    def _step_bucket(self, b: _Bucket, h: dict, gi: int) -> None:
+        grads = []
+        n_missing = 0
+        for i, p in enumerate(b.params):
+            g = p.grad
+            if g is None:
+                n_missing += 1
+                if self.strict:
+                    what = _describe(self.param_groups[gi], gi, b.pos[i], p)
+                    raise GradError(
+                        f"{type(self).__name__}.step: {what} has no gradient (was it used in "
+                        "the loss, and did backward run?); strict=False skips such parameters, "
+                        "as PyTorch does")
+                grads.append(None)
+                continue
+            g = g.data
+            if g.shape != b.shapes[i]:
+                what = _describe(self.param_groups[gi], gi, b.pos[i], p)
+                raise ShapeError(f"the gradient of {what} has shape {g.shape}")
+            grads.append(g)
+        n = len(grads)
+        if n_missing == n:
+            return
+        if n_missing == 0 and b.uniform:
+            runs = [(0, n)]
+        else:
+            runs = _runs(grads, b.scalars)
+        b.ensure(self.state_init(h))
+        if b.work is None:
+            b.work = b.xp.empty_like(b.flat)
+        decoupled = bool(h.get("decoupled_weight_decay", False))
+        for s, e in runs:
+            sl = slice(b.offsets[s], b.offsets[e])
+            g = self._gather(b, grads, s, e, sl)
+            g = self._transform(b, b.flat[sl], g, sl, h, decoupled)
+            sc = dict(b.scalars[s])
+            sc["step"] += 1
+            self.update(b.xp, b.flat[sl], g, _State(b, sl, sc), h)
+            b.scalars[s:e] = [sc] * (e - s)
+            for p in b.params[s:e]:
+                if p._version is not None:
+                    p._version[0] += 1
+        if len(runs) > 1 or runs[0] != (0, n):
+            b.merge_scalars()
+
+    @staticmethod
+    def _gather(b: _Bucket, grads: list, s: int, e: int, sl: slice):
+        """The gradients of parameters s..e-1 as one flat array (one concatenate at most)."""
+        if e - s == 1:
+            return grads[s].reshape(-1)
+        gv = b.gviews
+        if gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
+            return b.grad[sl]
+        out = b.work[sl]
+        b.xp.concatenate([grads[i].reshape(-1) for i in range(s, e)], out=out)
+        return out
+
+    @staticmethod
+    def _transform(b: _Bucket, p, g, sl: slice, h: dict, decoupled: bool):
+        """The gradient transforms shared by all algorithms: maximize, then weight decay."""
+        xp = b.xp
+        if h.get("maximize", False):
+            w = b.work[sl]
+            xp.negative(g, out=w)
+            g = w
+        wd = h.get("weight_decay", 0)
+        if wd:
+            if decoupled:  # decoupled (AdamW): theta <- theta (1 - lr lambda)
+                xp.multiply(p, 1 - h["lr"] * wd, out=p)
+            else:  # L2 (coupled): g <- g + lambda theta
+                tmp, w = b.tmp(0)[sl], b.work[sl]
+                xp.multiply(p, wd, out=tmp)
+                xp.add(g, tmp, out=w)
+                g = w
+        return g
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradients: set them to None (default), or to zero in place.
+
+        With ``set_to_none=False`` the existing gradients become zeroed views of one flat buffer
+        per group, which ``backward`` then accumulates into and ``step`` reads without a copy.
+        """
+        for buckets in self._buckets:
+            for b in buckets:
+                if set_to_none:
+                    for p in b.params:
+                        p.grad = None
+                    continue
+                if b.grad is None:
+                    with b.backend.scope():
+                        b.grad = b.xp.zeros_like(b.flat)
+                    b.gviews = [b.grad[lo:hi].reshape(shape) for lo, hi, shape in
+                                zip(b.offsets, b.offsets[1:], b.shapes)]
+                else:
+                    b.grad.fill(0)
+                for p, v in zip(b.params, b.gviews):
+                    if p.grad is None:
+                        continue
+                    if p.grad.data is v:
+                        p.grad._bump()
+                    else:
+                        p.grad = Tensor(v)
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        """Per-parameter state, ``{param: {"step": t, name: array, ...}}`` (live views)."""
+        out = {}
+        for buckets in self._buckets:
+            for b in buckets:
+                for i, p in enumerate(b.params):
+                    entry = self._entry(b, i, copy=False)
+                    if entry is not None:
+                        out[p] = entry
+        return out
+
+    @staticmethod
+    def _entry(b: _Bucket, i: int, copy: bool) -> dict | None:
+        sc = b.scalars[i]
+        if sc["step"] == 0:
+            return None
+        lo, hi = b.offsets[i], b.offsets[i + 1]
+        entry = dict(sc)
+        for name, a in b.arrays.items():
+            v = a[lo:hi].reshape(b.shapes[i])
+            entry[name] = v.copy() if copy else v
+        return entry
+
+    def _extract(self, gi: int) -> list:
+        """Copies of group ``gi``'s per-parameter state, by position in the group (None: fresh)."""
+        entries: list = [None] * len(self.param_groups[gi]["params"])
+        for b in self._buckets[gi]:
+            for i, pos in enumerate(b.pos):
+                entries[pos] = self._entry(b, i, copy=True)
+        return entries
+
+    def _install(self, gi: int, entries: list) -> None:
+        """Set group ``gi``'s state from per-parameter entries (already validated)."""
+        init = self.state_init(self._hyper(self.param_groups[gi], self.step_count + 1))
+        for b in self._buckets[gi]:
+            names = dict(init)
+            for pos in b.pos:
+                if entries[pos] is not None:
+                    names.update({k: 0.0 for k, v in entries[pos].items() if _is_arrayish(v)})
+            b.arrays = {}
+            b.ensure({k: init.get(k, 0.0) for k in names})
+            fresh = {"step": 0, **self.scalar_init}
+            for i, pos in enumerate(b.pos):
+                e = entries[pos]
+                lo, hi = b.offsets[i], b.offsets[i + 1]
+                if e is None:
+                    b.scalars[i] = fresh
+                    continue
+                b.scalars[i] = {k: v for k, v in e.items() if not _is_arrayish(v)}
+                for name, a in b.arrays.items():
+                    if name in e:
+                        a[lo:hi] = _to_backend(b, e[name]).reshape(-1)
+            b.merge_scalars()
+
+    def state_dict(self) -> dict:
+        """A copy of the state: per-parameter state by index, and the groups' settings."""
+        state, groups, start = {}, [], 0
+        for gi, group in enumerate(self.param_groups):
+            for pos, e in enumerate(self._extract(gi)):
+                if e is not None:
+                    state[start + pos] = e
+            saved = {k: v for k, v in group.items() if k != "params"}
+            saved["params"] = list(range(start, start + len(group["params"])))
+            groups.append(saved)
+            start += len(group["params"])
+        return {"state": state, "param_groups": groups, "step_count": self.step_count}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a :meth:`state_dict`; a clear error when it does not fit these parameters."""
+        name = type(self).__name__
+        try:
+            saved_groups, state = state_dict["param_groups"], state_dict["state"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and "
+                             "'param_groups' (from Optimizer.state_dict())") from None
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{name}.load_state_dict: the saved state has {len(saved_groups)} "
+                             f"parameter group(s), this optimizer has {len(self.param_groups)}")
+        where: dict = {}
+        for gi, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(sg["params"]) != len(g["params"]):
+                raise ValueError(f"{name}.load_state_dict: group {gi} has {len(sg['params'])} "
+                                 f"parameter(s) in the saved state, {len(g['params'])} here")
+            lacking = sorted(set(self.defaults) - set(sg))
+            if lacking:
+                raise ValueError(f"{name}.load_state_dict: group {gi} of the saved state lacks "
+                                 f"the hyperparameters {lacking} (was it saved by another "
+                                 "optimiser?)")
+            names = sg.get("param_names")
+            if names is not None and g.get("param_names") not in (None, names):
+                raise ValueError(f"{name}.load_state_dict: group {gi}'s parameter names differ: "
+                                 f"saved {names}, here {g['param_names']}")
+            for pos, idx in enumerate(sg["params"]):
+                where[idx] = (gi, pos)
+        entries = [[None] * len(g["params"]) for g in self.param_groups]
+        for idx, e in state.items():
+            if idx not in where:
+                raise ValueError(f"{name}.load_state_dict: state for parameter index {idx}, which "
+                                 "no saved group lists")
+            gi, pos = where[idx]
+            sg, g = saved_groups[gi], self.param_groups[gi]
+            p = g["params"][pos]
+            desc = _describe(g, gi, pos, p)
+            h = self._hyper({k: v for k, v in sg.items() if k not in _NOT_HYPER},
+                            self.step_count + 1)
+            expected = set(self.state_init(h)) | set(self.scalar_init) | {"step"}
+            got = set(e)
+            if got != expected:
+                missing, extra = sorted(expected - got), sorted(got - expected)
+                raise ValueError(f"{name}.load_state_dict: the state of {desc} does not match "
+                                 f"{name} with these settings: missing {missing}, unexpected "
+                                 f"{extra} (was it saved by another optimiser?)")
+            for k, v in e.items():
+                if _is_arrayish(v) and tuple(v.shape) != tuple(p.shape):
+                    raise ShapeError(f"{name}.load_state_dict: state '{k}' of {desc} has shape "
+                                     f"{tuple(v.shape)}, the parameter has shape {p.shape}")
+            entries[gi][pos] = e
+        for sg, g in zip(saved_groups, self.param_groups):
+            g.update({k: v for k, v in sg.items() if k not in _NOT_HYPER})
+        self.step_count = int(state_dict.get("step_count", 0))
+        for gi in range(len(self.param_groups)):
+            self._install(gi, entries[gi])
+
+
+def _describe(group: dict, gi: int, pos: int, p) -> str:
+    """'parameter 'fc.weight' (group 0, index 2, shape (3, 4))' for error messages."""
+    names = group.get("param_names")
+    label = f"'{names[pos]}' " if names is not None and pos < len(names) else ""
+    shape = getattr(p, "shape", None)
+    return f"parameter {label}(group {gi}, index {pos}, shape {shape})"
+
+
+def _runs(grads: list, scalars: list) -> list[tuple[int, int]]:
+    """Maximal stretches of parameters that have a gradient and share their scalar state."""
+    runs, s, n = [], None, len(grads)
+    for i in range(n + 1):
+        ok = i < n and grads[i] is not None
+        if s is not None and (not ok or scalars[i] is not scalars[s]):
+            runs.append((s, i))
+            s = None
+        if ok and s is None:
+            s = i
+    return runs
+
+
+def _is_arrayish(v) -> bool:
+    return is_array(v) or isinstance(v, Tensor)
+
+
+def _to_backend(b: _Bucket, a):
+    """``a`` (an array or Tensor from a state dict) as an array on the bucket's device."""
+    if isinstance(a, Tensor):
+        a = a.data
+    if is_array(a) and backend_of(a) is b.backend:
+        return a
+    if is_array(a):
+        a = backend_of(a).to_host(a)
+    return b.backend.asarray(a)
+
+
+def check_hyper(name: str, value, lo: float = 0.0, hi: float | None = None) -> None:
+    """Raise ValueError unless ``lo <= value`` (and ``value < hi``); callables are not checked."""
+    if callable(value):
+        return
+    if isinstance(value, tuple | list):
+        for i, v in enumerate(value):
+            check_hyper(f"{name}[{i}]", v, lo, hi)
+        return
+    if not value >= lo or (hi is not None and not value < hi):
+        rng = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+        raise ValueError(f"invalid {name}: {value} (expected {rng})")

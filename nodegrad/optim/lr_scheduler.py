@@ -1,0 +1,307 @@
+"""Learning-rate schedules: each sets its groups' ``lr`` once per ``step()``, PyTorch's protocol.
+
+Call ``scheduler.step()`` after ``optimizer.step()``. Every schedule here except
+:class:`ReduceLROnPlateau` is a closed-form function of the step count ``t`` (0 before the first
+update) and the groups' initial learning rates η, so schedules compose by multiplication:
+``LinearWarmup(CosineAnnealingLR(opt, 1000), 100)`` warms up, then anneals. Each has
+``state_dict()`` and ``load_state_dict()`` for resuming.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Any
+
+from .base import Optimizer
+
+
+class LRScheduler:
+    """Base: ``step()`` advances ``last_epoch`` and writes ``lr_at(t)`` into the groups."""
+
+    def __init__(self, optimizer: Optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        self.optimizer = optimizer
+        for i, g in enumerate(optimizer.param_groups):
+            if callable(g["lr"]):
+                raise TypeError(f"group {i}'s lr is a callable schedule already; use either a "
+                                "callable lr or a scheduler, not both")
+            g.setdefault("initial_lr", g["lr"])
+        self.base_lrs: list[float] = [g["initial_lr"] for g in optimizer.param_groups]
+        self.last_epoch = -1
+        self._last_lr: list[float] = list(self.base_lrs)
+        self.step()
+
+    def lr_at(self, t: int) -> list[float]:
+        """The learning rate of each group after ``t`` scheduler steps."""
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Advance one step and set every group's ``lr``."""
+        self.last_epoch += 1
+        self._set(self.lr_at(self.last_epoch))
+
+    def _set(self, lrs: list[float]) -> None:
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
+        self._last_lr = list(lrs)
+
+    def get_last_lr(self) -> list[float]:
+        """The learning rates set by the last ``step()``."""
+        return list(self._last_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the optimizer (nested schedulers as their own state dicts)."""
+        return {k: (v.state_dict() if isinstance(v, LRScheduler) else v)
+                for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for k, v in state_dict.items():
+            cur = self.__dict__.get(k)
+            if isinstance(cur, LRScheduler):
+                cur.load_state_dict(v)
+            else:
+                self.__dict__[k] = v
+
+
+class StepLR(LRScheduler):
+    """``η γ^⌊t / step_size⌋``: multiply by γ every ``step_size`` steps."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+        if step_size < 1:
+            raise ValueError(f"step_size must be a positive integer, got {step_size}")
+        self.step_size, self.gamma = int(step_size), gamma
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        return [b * self.gamma ** (t // self.step_size) for b in self.base_lrs]
+
+
+class MultiStepLR(LRScheduler):
+    """``η γ^k`` where k counts the milestones reached (``t >= m``)."""
+
+    def __init__(self, optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.1):
+        self.milestones, self.gamma = sorted(int(m) for m in milestones), gamma
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        return [b * self.gamma ** bisect_right(self.milestones, t) for b in self.base_lrs]
+
+
+class ExponentialLR(LRScheduler):
+    """``η γ^t``."""
+
+    def __init__(self, optimizer: Optimizer, gamma: float):
+        self.gamma = gamma
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        return [b * self.gamma ** t for b in self.base_lrs]
+
+
+class InverseSqrtLR(LRScheduler):
+    """The notes' ``η / √k`` for the k-th update (k = t + 1): the Robbins–Monro-style decay.
+
+    Σ η_k diverges while η_k → 0, which is what SGD needs to converge on convex problems.
+    """
+
+    def lr_at(self, t: int) -> list[float]:
+        return [b / math.sqrt(t + 1) for b in self.base_lrs]
+
+
+class CosineAnnealingLR(LRScheduler):
+    """``η_min + (η - η_min)(1 + cos(π t / T_max)) / 2`` (SGDR without restarts)."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
+        if T_max < 1:
+            raise ValueError(f"T_max must be a positive integer, got {T_max}")
+        self.T_max, self.eta_min = int(T_max), eta_min
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        c = (1 + math.cos(math.pi * t / self.T_max)) / 2
+        return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
+
+
+class LinearWarmup(LRScheduler):
+    """Multiply a schedule (or a constant lr) by a factor rising linearly to 1 (warm-up).
+
+    ``factor(t) = start_factor + (1 - start_factor) min(t, warmup_steps) / warmup_steps``, as
+    PyTorch's ``LinearLR``; ``LinearWarmup(StepLR(opt, 30), 5)`` equals PyTorch's
+    ``ChainedScheduler([LinearLR(opt, 1/3, total_iters=5), StepLR(opt, 30)])``. Arguments to
+    ``step`` (a metric, for :class:`ReduceLROnPlateau`) go to the wrapped schedule.
+    """
+
+    def __init__(self, schedule: LRScheduler | Optimizer, warmup_steps: int,
+                 start_factor: float = 1 / 3):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be a positive integer, got {warmup_steps}")
+        if not 0 <= start_factor <= 1:
+            raise ValueError(f"start_factor must be in [0, 1], got {start_factor}")
+        self.inner = schedule if isinstance(schedule, LRScheduler) else None
+        self.warmup_steps, self.start_factor = int(warmup_steps), start_factor
+        super().__init__(schedule.optimizer if self.inner is not None else schedule)
+
+    def factor(self, t: int) -> float:
+        s = self.start_factor
+        return s + (1 - s) * min(t, self.warmup_steps) / self.warmup_steps
+
+    def step(self, *args) -> None:
+        self.last_epoch += 1
+        if self.inner is None:
+            lrs = self.base_lrs
+        else:
+            if self.last_epoch > 0:  # the wrapped schedule made its first step when built
+                self.inner.step(*args)
+            lrs = self.inner.get_last_lr()
+        f = self.factor(self.last_epoch)
+        self._set([f * lr for lr in lrs])
+
+
+class OneCycleLR(LRScheduler):
+    """The 1cycle policy (Smith & Topin): lr up from ``max_lr / div_factor`` to ``max_lr``, down.
+
+    Over ``pct_start`` of ``total_steps`` the lr anneals (cosine or linear) up to ``max_lr``
+    while momentum (or Adam's β₁) anneals down from ``max_momentum`` to ``base_momentum``; then
+    both reverse, the lr ending at ``max_lr / (div_factor · final_div_factor)``. With
+    ``three_phase`` the lr comes back to the start before the final descent. As PyTorch's.
+    """
+
+    def __init__(self, optimizer: Optimizer, max_lr: float | Sequence[float],
+                 total_steps: int, pct_start: float = 0.3, anneal_strategy: str = "cos",
+                 cycle_momentum: bool = True, base_momentum: float = 0.85,
+                 max_momentum: float = 0.95, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, three_phase: bool = False):
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps}")
+        if not 0 <= pct_start <= 1:
+            raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        groups = optimizer.param_groups
+        n = len(groups)
+        max_lrs = list(max_lr) if isinstance(max_lr, list | tuple) else [max_lr] * n
+        self.total_steps, self.anneal_strategy = int(total_steps), anneal_strategy
+        self.max_lrs = max_lrs
+        self.initial_lrs = [m / div_factor for m in max_lrs]
+        self.min_lrs = [i / final_div_factor for i in self.initial_lrs]
+        for g, lr in zip(groups, self.initial_lrs):
+            g["initial_lr"] = lr
+        T = self.total_steps
+        if three_phase:  # (end step, lr from, lr to, momentum from, momentum to)
+            self.phases = [(pct_start * T - 1, "initial", "max", "max", "base"),
+                           (2 * pct_start * T - 2, "max", "initial", "base", "max"),
+                           (T - 1, "initial", "min", "max", "max")]
+        else:
+            self.phases = [(pct_start * T - 1, "initial", "max", "max", "base"),
+                           (T - 1, "max", "min", "base", "max")]
+        self.cycle_momentum = cycle_momentum
+        self.momentum_key = None
+        if cycle_momentum:
+            if "betas" in groups[0]:
+                self.momentum_key = "betas"
+            elif "momentum" in groups[0]:
+                self.momentum_key = "momentum"
+            else:
+                raise ValueError(f"{type(optimizer).__name__} has neither momentum nor betas; "
+                                 "pass cycle_momentum=False")
+        self.momenta = {"base": base_momentum, "max": max_momentum}
+        super().__init__(optimizer)
+
+    def _anneal(self, start: float, end: float, pct: float) -> float:
+        if self.anneal_strategy == "cos":
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
+
+    def _phase(self, t: int) -> tuple:
+        start = 0.0
+        for i, ph in enumerate(self.phases):
+            if t <= ph[0] or i == len(self.phases) - 1:
+                return ph, (t - start) / (ph[0] - start)
+            start = ph[0]
+        raise AssertionError("unreachable")
+
+    def lr_at(self, t: int) -> list[float]:
+        if t > self.total_steps:
+            raise ValueError(f"OneCycleLR stepped {t} times, but total_steps is "
+                             f"{self.total_steps}")
+        ph, pct = self._phase(t)
+        lrs = {"initial": self.initial_lrs, "max": self.max_lrs, "min": self.min_lrs}
+        return [self._anneal(lrs[ph[1]][i], lrs[ph[2]][i], pct) for i in range(len(self.max_lrs))]
+
+    def step(self) -> None:
+        super().step()
+        if self.cycle_momentum:
+            ph, pct = self._phase(self.last_epoch)
+            m = self._anneal(self.momenta[ph[3]], self.momenta[ph[4]], pct)
+            for g in self.optimizer.param_groups:
+                if self.momentum_key == "betas":
+                    g["betas"] = (m, *g["betas"][1:])
+                else:
+                    g["momentum"] = m
+
+
+class ReduceLROnPlateau(LRScheduler):
+    """Multiply the lr by ``factor`` when a metric has not improved for ``patience`` steps.
+
+    ``step(metric)`` once per evaluation. Improvement means beating the best value by
+    ``threshold`` (relative or absolute); after a reduction, ``cooldown`` steps are ignored; the
+    lr never goes below ``min_lr`` and changes smaller than ``eps`` are skipped. As PyTorch's,
+    except that the current lr is this scheduler's own (so it composes with :class:`LinearWarmup`).
+    """
+
+    def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
+                 patience: int = 10, threshold: float = 1e-4, threshold_mode: str = "rel",
+                 cooldown: int = 0, min_lr: float | Sequence[float] = 0.0, eps: float = 1e-8):
+        if factor >= 1.0:
+            raise ValueError(f"factor should be < 1.0, got {factor}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        n = len(optimizer.param_groups)
+        if isinstance(min_lr, list | tuple):
+            if len(min_lr) != n:
+                raise ValueError(f"expected {n} min_lrs, got {len(min_lr)}")
+            self.min_lrs = list(min_lr)
+        else:
+            self.min_lrs = [min_lr] * n
+        self.optimizer = optimizer
+        self.mode, self.factor, self.patience = mode, factor, patience
+        self.threshold, self.threshold_mode = threshold, threshold_mode
+        self.cooldown, self.eps = cooldown, eps
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = self.cooldown_counter = 0
+        self.last_epoch = 0
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self._last_lr = list(self.base_lrs)
+
+    def _is_better(self, a: float) -> bool:
+        best, th = self.best, self.threshold
+        if self.mode == "min":
+            return a < best * (1 - th) if self.threshold_mode == "rel" else a < best - th
+        return a > best * (1 + th) if self.threshold_mode == "rel" else a > best + th
+
+    def step(self, metrics: float) -> None:  # type: ignore[override]
+        """Record this evaluation's metric; reduce the lr when it has stalled."""
+        current = float(metrics)
+        self.last_epoch += 1
+        if self._is_better(current):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        lrs = list(self._last_lr)
+        if self.num_bad_epochs > self.patience:
+            for i, old in enumerate(lrs):
+                new = max(old * self.factor, self.min_lrs[i])
+                if old - new > self.eps:
+                    lrs[i] = new
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+        self._set(lrs)

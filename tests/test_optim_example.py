@@ -1,0 +1,33 @@
+"""The optimiser example's claims at small scale: GD needs O(κ) iterations, momentum O(√κ)."""
+
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _example():
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import optimizers_on_quadratic
+    finally:
+        sys.path.pop(0)
+    return optimizers_on_quadratic
+
+
+def test_gd_scales_with_kappa_and_momentum_with_its_root():
+    ex = _example()
+    kappas = [10, 100]
+    its = {m: [ex.best_lr(m, ex.quadratic(k), [])[1] for k in kappas]
+           for m in ("GD", "Momentum", "Nesterov")}
+    slope = {m: np.log(b / a) / np.log(10) for m, (a, b) in its.items()}
+    assert 0.9 < slope["GD"] < 1.1, its
+    assert 0.4 < slope["Momentum"] < 0.65 and 0.4 < slope["Nesterov"] < 0.65, its
+
+
+def test_adam_reaches_rosenbrock_minimum():
+    ex = _example()
+    lr, its = ex.best_lr("Adam", ex.rosenbrock(tol=1e-2, cap=3000), [1.0, 0.5, 0.25])
+    assert its is not None and its < 3000
