@@ -28,6 +28,7 @@ __all__ = [
     "sigmoid", "tanh", "softplus", "silu", "softmax", "log_softmax", "flatten",
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "where",
+    "rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention", "multi_head_attention",
 ]
 
 
@@ -319,3 +320,5 @@ def silu(x: Tensor) -> Tensor:
 def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     return ops.flatten(x, start_dim, end_dim)
 
+
+from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell, scaled_dot_product_attention  # noqa: E402, E501

@@ -2,12 +2,14 @@
 
 from .activation import (ELU, GELU, LeakyReLU, LogSoftmax, PReLU, ReLU, SiLU, Sigmoid, Softmax,
                          Softplus, Tanh)
+from .attention import MultiheadAttention, TransformerEncoderLayer
 from .container import ModuleDict, ModuleList, ParameterList, Sequential
 from .conv import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, Conv1d, Conv2d,
                    GlobalAvgPool, MaxPool1d, MaxPool2d)
 from .dropout import Dropout
 from .linear import Embedding, Flatten, Identity, Linear
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss,
                    MSELoss, NLLLoss)
 
@@ -28,11 +30,15 @@ __all__ = [
     "Embedding",
     "Flatten",
     "GELU",
+    "GRU",
+    "GRUCell",
     "GlobalAvgPool",
     "HuberLoss",
     "Identity",
     "KLDivLoss",
     "L1Loss",
+    "LSTM",
+    "LSTMCell",
     "LayerNorm",
     "LeakyReLU",
     "Linear",
@@ -42,9 +48,12 @@ __all__ = [
     "MaxPool2d",
     "ModuleDict",
     "ModuleList",
+    "MultiheadAttention",
     "NLLLoss",
     "PReLU",
     "ParameterList",
+    "RNN",
+    "RNNCell",
     "ReLU",
     "Sequential",
     "SiLU",
@@ -52,4 +61,5 @@ __all__ = [
     "Softmax",
     "Softplus",
     "Tanh",
+    "TransformerEncoderLayer",
 ]

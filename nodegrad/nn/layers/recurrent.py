@@ -1,0 +1,254 @@
+"""Recurrent layers: RNN (tanh or relu), GRU and LSTM, and their single-step cells.
+
+Parameter names, shapes, gate order and results are PyTorch's, so a state dict copied from
+``torch.nn.GRU`` reproduces its outputs: per layer k and direction, ``weight_ih_l{k}`` (G·H, I),
+``weight_hh_l{k}`` (G·H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (G·H), with ``_reverse`` for the
+backward direction; G = 1 (RNN), 3 (GRU: r, z, n) or 4 (LSTM: i, f, g, o). The time loop lives in
+``nn.rnn_functional.recurrent_layer``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ... import ops
+from ...errors import ShapeError
+from ...tensor import Tensor, empty, zeros
+from .. import functional as F
+from .. import init as I
+from .. import rnn_functional as R
+from ..module import Module, Parameter
+
+
+def _reset(module: Module, hidden_size: int, init) -> None:
+    """PyTorch's default: every weight and bias ~ U(±1/√hidden_size); otherwise ``init``
+    (a name from ``nn.init.SCHEMES`` or a callable) on each weight matrix and zero biases."""
+    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
+    for name, p in module.named_parameters():
+        if init == "default":
+            I.uniform_(p, -bound, bound)
+        elif name.startswith("weight"):
+            I.init_weight(p, init)
+        else:
+            I.zeros_(p)
+
+
+class _RNNBase(Module):
+    """Shared by RNN, GRU and LSTM: the parameters, the shape checks and the layer loop."""
+
+    mode = "RNN_TANH"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 init="default", device=None, dtype=None):
+        super().__init__()
+        name = type(self).__name__
+        if hidden_size <= 0 or num_layers <= 0 or input_size <= 0:
+            raise ValueError(f"{name}: input_size, hidden_size and num_layers must be positive, "
+                             f"got {input_size}, {hidden_size}, {num_layers}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"{name}: dropout must be in [0, 1], got {dropout}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional = bidirectional
+        self.init = init
+        gh = R._GATES[self.mode] * hidden_size
+        dirs = 2 if bidirectional else 1
+
+        def new(*shape):
+            return Parameter(empty(*shape, device=device, dtype=dtype))
+
+        for layer in range(num_layers):
+            n_in = input_size if layer == 0 else hidden_size * dirs
+            for sfx in ("", "_reverse")[:dirs]:
+                setattr(self, f"weight_ih_l{layer}{sfx}", new(gh, n_in))
+                setattr(self, f"weight_hh_l{layer}{sfx}", new(gh, hidden_size))
+                if bias:
+                    setattr(self, f"bias_ih_l{layer}{sfx}", new(gh))
+                    setattr(self, f"bias_hh_l{layer}{sfx}", new(gh))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _reset(self, self.hidden_size, self.init)
+
+    def _weights(self, layer: int) -> list[tuple]:
+        sfxs = ("", "_reverse") if self.bidirectional else ("",)
+        return [tuple(getattr(self, f"{k}_l{layer}{s}") if self.bias or k.startswith("weight")
+                      else None for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                for s in sfxs]
+
+    def _check_state(self, h, want: tuple, what: str, unbatched: bool):
+        name = type(self).__name__
+        shape = want[::2] if unbatched else want
+        if not isinstance(h, Tensor) or tuple(h.shape) != shape:
+            got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+            raise ShapeError(f"{name}: expected {what} of shape {shape} "
+                             f"(num_layers * num_directions, {'' if unbatched else 'N, '}"
+                             f"hidden_size), got {got}")
+        return ops.reshape(h, want) if unbatched else h
+
+    def forward(self, input: Tensor, hx=None):
+        """input (L, N, I) ((N, L, I) with batch_first) or unbatched (L, I); returns the output
+        (…, D·H) and h_n (num_layers·D, N, H) — for LSTM (h_n, c_n) — as PyTorch."""
+        name = type(self).__name__
+        lead = "(N, L, " if self.batch_first else "(L, N, "
+        if input.ndim not in (2, 3) or input.shape[-1] != self.input_size:
+            raise ShapeError(f"{name}(input_size={self.input_size}): expected input of shape "
+                             f"{lead}{self.input_size}) or unbatched (L, {self.input_size}), "
+                             f"got {tuple(input.shape)}")
+        unbatched = input.ndim == 2
+        x = ops.expand_dims(input, 1) if unbatched else \
+            ops.swapaxes(input, 0, 1) if self.batch_first else input
+        dirs = 2 if self.bidirectional else 1
+        want = (self.num_layers * dirs, x.shape[1], self.hidden_size)
+        lstm = self.mode == "LSTM"
+        if hx is None:
+            h0 = zeros(*want, dtype=x.dtype, device=x.device)
+            c0 = h0 if lstm else None
+        elif lstm:
+            if not isinstance(hx, tuple | list) or len(hx) != 2:
+                raise ValueError(f"{name}: the initial state must be a pair (h0, c0)")
+            h0 = self._check_state(hx[0], want, "h0", unbatched)
+            c0 = self._check_state(hx[1], want, "c0", unbatched)
+        else:
+            h0, c0 = self._check_state(hx, want, "h0", unbatched), None
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            if layer and self.dropout and self.training:
+                x = F.dropout(x, self.dropout, True)
+            sl = slice(layer * dirs, (layer + 1) * dirs)
+            h0l = h0 if self.num_layers == 1 else h0[sl]
+            c0l = None if c0 is None else c0 if self.num_layers == 1 else c0[sl]
+            x, h, c = R.recurrent_layer(x, h0l, c0l, self._weights(layer), self.mode)
+            hs.append(h)
+            cs.append(c)
+        h_n = hs[0] if len(hs) == 1 else ops.concatenate(hs, 0)
+        c_n = (cs[0] if len(cs) == 1 else ops.concatenate(cs, 0)) if lstm else None
+        if unbatched:
+            x = ops.reshape(x, (x.shape[0], x.shape[2]))
+            h_n = ops.reshape(h_n, (h_n.shape[0], h_n.shape[2]))
+            c_n = None if c_n is None else ops.reshape(c_n, (c_n.shape[0], c_n.shape[2]))
+        elif self.batch_first:
+            x = ops.swapaxes(x, 0, 1)
+        return (x, (h_n, c_n)) if lstm else (x, h_n)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for k, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
+                           ("bidirectional", False)):
+            if getattr(self, k) != default:
+                s += f", {k}={getattr(self, k)}"
+        return s
+
+
+class RNN(_RNNBase):
+    """Elman RNN: h_t = act(x_t Wᵢₕᵀ + bᵢₕ + h_{t-1} Wₕₕᵀ + bₕₕ), act ``"tanh"`` or ``"relu"``.
+
+    Default init as PyTorch: every weight and bias ~ U(±1/√hidden_size).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, init="default", device=None,
+                 dtype=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, init, device, dtype)
+        self.nonlinearity = nonlinearity
+        self.mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"  # one gate either way
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
+
+
+class GRU(_RNNBase):
+    """Gated recurrent unit, PyTorch's gates (r, z, n):
+    r, z = σ(Wᵢx + bᵢ + Wₕh + bₕ), n = tanh(Wᵢₙx + bᵢₙ + r ⊙ (Wₕₙh + bₕₙ)), h' = (1-z) n + z h.
+
+    Default init as PyTorch: every weight and bias ~ U(±1/√hidden_size).
+    """
+
+    mode = "GRU"
+
+
+class LSTM(_RNNBase):
+    """Long short-term memory, PyTorch's gates (i, f, g, o): c' = f c + i g, h' = o tanh(c').
+
+    ``forward`` returns (output, (h_n, c_n)) and takes ``(h0, c0)``. Default init as PyTorch:
+    every weight and bias ~ U(±1/√hidden_size).
+    """
+
+    mode = "LSTM"
+
+
+# --- cells ------------------------------------------------------------------------------------
+class _CellBase(Module):
+    gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init="default",
+                 device=None, dtype=None):
+        super().__init__()
+        self.input_size, self.hidden_size, self.init = input_size, hidden_size, init
+        g = self.gates * hidden_size
+        self.weight_ih = Parameter(empty(g, input_size, device=device, dtype=dtype))
+        self.weight_hh = Parameter(empty(g, hidden_size, device=device, dtype=dtype))
+        self.bias_ih = Parameter(empty(g, device=device, dtype=dtype)) if bias else None
+        self.bias_hh = Parameter(empty(g, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _reset(self, self.hidden_size, self.init)
+
+    def _args(self):
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+    def _check(self, x: Tensor) -> None:
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{type(self).__name__}(input_size={self.input_size}): expected "
+                             f"input of shape (N, {self.input_size}) or ({self.input_size},), "
+                             f"got {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}" + (
+            "" if self.bias_ih is not None else ", bias=False")
+
+
+class RNNCell(_CellBase):
+    """One Elman step (``nn.functional.rnn_cell``); default init U(±1/√hidden_size)."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", init="default", device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, init, device, dtype)
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got "
+                             f"{nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        self._check(input)
+        return R.rnn_cell(input, hx, *self._args(), nonlinearity=self.nonlinearity)
+
+
+class GRUCell(_CellBase):
+    """One GRU step (``nn.functional.gru_cell``); default init U(±1/√hidden_size)."""
+
+    gates = 3
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        self._check(input)
+        return R.gru_cell(input, hx, *self._args())
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step (``nn.functional.lstm_cell``) returning (h', c'); default init
+    U(±1/√hidden_size)."""
+
+    gates = 4
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        self._check(input)
+        return R.lstm_cell(input, hx, *self._args())

@@ -1,0 +1,355 @@
+"""Function forms of the recurrent cells and of attention, and the time loop the RNN layers run.
+
+Everything is composed from primitives, so gradients (and gradients of gradients) come from the
+engine. A recurrent layer loops over time only: the input projection x Wᵢₕᵀ is one matrix product
+over many steps, each step does one product h Wₕₕᵀ for all gates (and both directions of a
+bidirectional layer at once), and the gates are slices of it. Attention is softmax(q kᵀ/√d + mask) v
+with the max-subtracting softmax, so large scores stay finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .. import ops
+from ..autodiff import is_grad_enabled
+from ..errors import ShapeError
+from ..random import Generator
+from ..tensor import Tensor
+from . import functional as F
+
+__all__ = ["rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention",
+           "multi_head_attention"]
+
+_GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}
+
+
+# --- the gate updates, shared by the cells and the layers ---------------------------------
+def _act(mode: str):
+    return ops.relu if mode == "RNN_RELU" else ops.tanh
+
+
+def _gru_update(gi: Tensor, gh: Tensor, h: Tensor, n_h: int) -> Tensor:
+    """GRU, gates (r, z, n): n = tanh(iₙ + r ⊙ hₙ), h' = (1 - z) ⊙ n + z ⊙ h = n + z ⊙ (h - n).
+
+    ``gi`` = x Wᵢₕᵀ + bᵢₕ and ``gh`` = h Wₕₕᵀ + bₕₕ, both (..., 3H); r and z see their sum.
+    """
+    rz = ops.sigmoid((gi + gh)[..., :2 * n_h])
+    n = ops.tanh(gi[..., 2 * n_h:] + rz[..., :n_h] * gh[..., 2 * n_h:])
+    return n + rz[..., n_h:] * (h - n)
+
+
+def _lstm_update(a: Tensor, c: Tensor, n_h: int) -> tuple[Tensor, Tensor]:
+    """LSTM, gates (i, f, g, o) of the summed pre-activations ``a``: c' = f c + i g, h' = o tanh c'.
+
+    One sigmoid over all four gates (the g part is unused) saves three slices per step.
+    """
+    s = ops.sigmoid(a)
+    g = ops.tanh(a[..., 2 * n_h:3 * n_h])
+    c = s[..., n_h:2 * n_h] * c + s[..., :n_h] * g
+    return s[..., 3 * n_h:] * ops.tanh(c), c
+
+
+# --- cells ------------------------------------------------------------------------------------
+def _cell_args(op: str, x: Tensor, h, w_ih: Tensor, w_hh: Tensor, gates: int):
+    """Check a cell's shapes; return x and h as 2-d tensors and whether to drop the batch axis."""
+    n_h, n_in = w_hh.shape[1], w_ih.shape[1]
+    if tuple(w_ih.shape) != (gates * n_h, n_in) or tuple(w_hh.shape) != (gates * n_h, n_h):
+        raise ShapeError(f"{op}: expected w_ih of shape ({gates}*H, I) and w_hh of shape "
+                         f"({gates}*H, H), got {tuple(w_ih.shape)} and {tuple(w_hh.shape)}")
+    if x.ndim not in (1, 2) or x.shape[-1] != n_in:
+        raise ShapeError(f"{op}: expected input of shape (N, {n_in}) or ({n_in},), got "
+                         f"{tuple(x.shape)}")
+    unbatched = x.ndim == 1
+    if unbatched:
+        x = ops.reshape(x, (1, n_in))
+    want = (x.shape[0], n_h)
+    hs = [] if h is None else list(h) if isinstance(h, tuple | list) else [h]
+    for i, t in enumerate(hs):
+        if unbatched and t.ndim == 1:
+            t = hs[i] = ops.reshape(t, (1, n_h))
+        if tuple(t.shape) != want:
+            shape = (n_h,) if unbatched else want
+            raise ShapeError(f"{op}: expected hidden state of shape {shape}, got "
+                             f"{tuple(t.shape)}")
+    return x, hs, unbatched
+
+
+def _zeros_state(x: Tensor, n_h: int) -> Tensor:
+    return Tensor(x.backend.xp.zeros((x.shape[0], n_h), dtype=x.dtype))
+
+
+def rnn_cell(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+             nonlinearity: str = "tanh") -> Tensor:
+    """One Elman step h' = act(x Wᵢₕᵀ + bᵢₕ + h Wₕₕᵀ + bₕₕ), act tanh or relu (hx None: zeros)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    x, hs, unbatched = _cell_args("rnn_cell", input, hx, w_ih, w_hh, 1)
+    h = hs[0] if hs else _zeros_state(x, w_hh.shape[1])
+    a = F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    h = ops.relu(a) if nonlinearity == "relu" else ops.tanh(a)
+    return ops.reshape(h, h.shape[1:]) if unbatched else h
+
+
+def gru_cell(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> Tensor:
+    """One GRU step with PyTorch's gate order (r, z, n) and n = tanh(Wᵢₙx + bᵢₙ + r(Wₕₙh + bₕₙ))."""
+    x, hs, unbatched = _cell_args("gru_cell", input, hx, w_ih, w_hh, 3)
+    n_h = w_hh.shape[1]
+    h = hs[0] if hs else _zeros_state(x, n_h)
+    h = _gru_update(F.linear(x, w_ih, b_ih), F.linear(h, w_hh, b_hh), h, n_h)
+    return ops.reshape(h, h.shape[1:]) if unbatched else h
+
+
+def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor] | None, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One LSTM step, gates (i, f, g, o) as PyTorch; ``hx`` = (h, c) or None; returns (h', c')."""
+    x, hs, unbatched = _cell_args("lstm_cell", input, hx, w_ih, w_hh, 4)
+    n_h = w_hh.shape[1]
+    if hs and len(hs) != 2:
+        raise ValueError("lstm_cell: hx must be a pair (h, c)")
+    h, c = hs if hs else (_zeros_state(x, n_h), _zeros_state(x, n_h))
+    h, c = _lstm_update(F.linear(x, w_ih, b_ih) + F.linear(h, w_hh, b_hh), c, n_h)
+    if unbatched:
+        h, c = ops.reshape(h, h.shape[1:]), ops.reshape(c, c.shape[1:])
+    return h, c
+
+
+# --- the time loop of one layer -----------------------------------------------------------
+# How many elements of memory traffic cost about as much as one more op's overhead (~15 µs).
+_OP_ELEMS = 1 << 15
+
+
+def _chunk_len(steps: int, step_elems: int, x_elems: int, x_grad: bool, recording: bool) -> int:
+    """Time steps per input-projection matrix product.
+
+    Without a graph, all of them (one product). With one, the backward of slicing a step out of
+    a chunk writes a whole chunk, and that of slicing a chunk out of the input the whole input,
+    so one product for all steps would make backward quadratic in time; k ≈ √(cost per chunk /
+    cost per step) balances the two and keeps it ~linear.
+    """
+    if not recording:
+        return steps
+    k = round(math.sqrt(((x_elems if x_grad else 0) + _OP_ELEMS) / max(step_elems, 1)))
+    return max(1, min(steps, k))
+
+
+def _stack_dirs(ts: Sequence[Tensor]) -> Tensor:
+    """(D, ...) from one tensor per direction."""
+    return ops.expand_dims(ts[0], 0) if len(ts) == 1 else ops.stack(ts)
+
+
+def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[tuple],
+                    mode: str) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Run one (bi)directional recurrent layer over a sequence.
+
+    ``x`` (T, N, I); ``h0``/``c0`` (D, N, H); ``weights`` one (w_ih, w_hh, b_ih, b_hh) per
+    direction (biases may be None); ``mode`` "RNN_TANH", "RNN_RELU", "GRU" or "LSTM". Returns the
+    output (T, N, D·H), h_n (D, N, H) and c_n (LSTM) or None. Both directions run together: the
+    reverse one reads the time-flipped input, the input projection of a chunk of steps is one
+    product (D, k·N, I) @ (D, I, G·H), and each step one product (D, N, H) @ (D, H, G·H).
+    """
+    steps, batch, n_in = x.shape
+    n_dir, n_h = len(weights), h0.shape[-1]
+    # stacked per direction and made contiguous once, so every product below is a plain GEMM
+    w_ih = ops.copy(ops.swapaxes(_stack_dirs([w[0] for w in weights]), 1, 2))   # (D, I, GH)
+    w_hh = ops.copy(ops.swapaxes(_stack_dirs([w[1] for w in weights]), 1, 2))
+    w_hh = ops.expand_dims(w_hh, 1)                                              # (D, 1, H, GH)
+    n_g = w_ih.shape[-1]
+    b_ih = b_hh = None
+    if weights[0][2] is not None:
+        b_ih = ops.expand_dims(_stack_dirs([w[2] for w in weights]), 1)          # (D, 1, GH)
+        b_hh = ops.reshape(_stack_dirs([w[3] for w in weights]), (n_dir, 1, 1, n_g))
+        if mode != "GRU":  # the biases only add up, so fold b_hh into the input projection
+            b_ih, b_hh = b_ih + ops.reshape(b_hh, b_ih.shape), None
+        else:  # GRU's b_hn sits inside r ⊙ (·): broadcast once, not summed back every step
+            b_hh = ops.broadcast_to(b_hh, (n_dir, 1, batch, n_g))
+    xd = ops.expand_dims(x, 0) if n_dir == 1 else ops.stack([x, ops.flip(x, 0)])  # (D, T, N, I)
+    recording = is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, *(w for ws in weights for w in ws)))
+    k = _chunk_len(steps, n_dir * batch * n_g, xd.numel(), x.requires_grad, recording)
+    h = ops.expand_dims(h0, 1)                                                   # (D, 1, N, H)
+    c = None if c0 is None else ops.expand_dims(c0, 1)
+    act = _act(mode)
+    outs = []
+    for start in range(0, steps, k):
+        xs = xd if k >= steps else xd[:, start:start + k]
+        n = xs.shape[1]
+        gis = ops.reshape(xs, (n_dir, n * batch, n_in)) @ w_ih
+        if b_ih is not None:
+            gis = gis + b_ih
+        gis = ops.reshape(gis, (n_dir, n, batch, n_g))                           # (D, k, N, GH)
+        for j in range(n):
+            gi = gis if n == 1 else gis[:, j:j + 1]
+            gh = h @ w_hh
+            if mode == "GRU":
+                h = _gru_update(gi, gh if b_hh is None else gh + b_hh, h, n_h)
+            elif mode == "LSTM":
+                h, c = _lstm_update(gi + gh, c, n_h)
+            else:
+                h = act(gi + gh)
+            outs.append(h)
+    y = ops.concatenate(outs, 1)                                                 # (D, T, N, H)
+    if n_dir == 1:
+        y = ops.reshape(y, (steps, batch, n_h))
+    else:
+        y = ops.concatenate([y[0], ops.flip(y[1], 0)], -1)
+    h_n = ops.reshape(h, tuple(h0.shape))
+    return y, h_n, None if c is None else ops.reshape(c, tuple(c0.shape))
+
+
+# --- attention --------------------------------------------------------------------------------
+def _as_tensor(m, like: Tensor) -> Tensor:
+    if isinstance(m, Tensor):
+        return m
+    return Tensor(like.backend.asarray(m))
+
+
+def _mask_bias(mask, like: Tensor, masked_when: bool) -> Tensor:
+    """An additive mask: a boolean one becomes 0 / -inf (-inf where ``mask == masked_when``),
+    a float one is used as given (in ``like``'s dtype)."""
+    m = _as_tensor(mask, like)
+    if m.dtype.kind == "b":
+        xp = like.backend.xp
+        off = m.data if masked_when else xp.logical_not(m.data)
+        return Tensor(xp.where(off, -xp.inf, 0).astype(like.dtype))
+    if m.dtype.kind != "f":
+        raise TypeError(f"attention: a mask must be boolean or floating, got {m.dtype}")
+    return m if m.dtype == like.dtype else ops.astype(m, like.dtype)
+
+
+def _causal_bias(n_q: int, n_k: int, like: Tensor) -> Tensor:
+    xp = like.backend.xp
+    keep = xp.tril(xp.ones((n_q, n_k), dtype=bool))
+    return Tensor(xp.where(keep, 0, -xp.inf).astype(like.dtype))
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float,
+            scale: float, generator: Generator | None) -> tuple[Tensor, Tensor]:
+    """softmax(q kᵀ · scale + bias) v; returns the output and the (dropped-out) weights."""
+    scores = (q * scale) @ k.mT
+    if bias is not None:
+        scores = scores + bias
+    w = ops.softmax(scores, -1)
+    if dropout_p > 0:
+        w = F.dropout(w, dropout_p, True, generator=generator)
+    return w @ v, w
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
+                                 dropout_p: float = 0.0, is_causal: bool = False,
+                                 scale: float | None = None,
+                                 generator: Generator | None = None) -> Tensor:
+    """softmax(q kᵀ / √E + mask) v over (..., L, E), (..., S, E), (..., S, Ev) -> (..., L, Ev).
+
+    As PyTorch's function of this name: a boolean ``attn_mask`` marks with True the pairs that
+    TAKE PART (the opposite of MultiheadAttention's masks); a float one is added to the scores.
+    ``dropout_p`` drops attention weights whenever it is > 0 (pass 0 in evaluation).
+    """
+    if query.ndim < 2 or key.ndim < 2 or value.ndim < 2:
+        raise ShapeError(f"scaled_dot_product_attention: expected query (..., L, E), key "
+                         f"(..., S, E) and value (..., S, Ev), got {tuple(query.shape)}, "
+                         f"{tuple(key.shape)} and {tuple(value.shape)}")
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2]:
+        raise ShapeError(f"scaled_dot_product_attention: query (..., L, E) and key (..., S, E) "
+                         f"must share E and key and value must share S, got "
+                         f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
+    n_q, n_k = query.shape[-2], key.shape[-2]
+    bias = _causal_bias(n_q, n_k, query) if is_causal else \
+        None if attn_mask is None else _mask_bias(attn_mask, query, masked_when=False)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    return _attend(query, key, value, bias, dropout_p, scale, generator)[0]
+
+
+def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: int,
+                         in_proj_weight: Tensor | None, in_proj_bias: Tensor | None,
+                         out_proj_weight: Tensor, out_proj_bias: Tensor | None, *,
+                         key_padding_mask=None, need_weights: bool = True, attn_mask=None,
+                         average_attn_weights: bool = True, is_causal: bool = False,
+                         dropout_p: float = 0.0, training: bool = True,
+                         q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
+                         v_proj_weight: Tensor | None = None,
+                         generator: Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    """PyTorch's multi-head attention on sequence-first inputs: query (L, N, E), key (S, N, Ek),
+    value (S, N, Ev), or unbatched (L, E) etc. Returns (output (L, N, E), weights or None).
+
+    Masks follow ``nn.MultiheadAttention``: in a boolean ``attn_mask`` ((L, S) or (N·heads, L, S))
+    or ``key_padding_mask`` ((N, S)) True means NOT allowed to attend; float masks are added.
+    Weights are (N, L, S) averaged over heads, or (N, heads, L, S); dropout acts on them.
+    ``is_causal`` without ``attn_mask`` masks future positions.
+    """
+    op = "multi_head_attention"
+    batched = query.ndim == 3
+    if query.ndim not in (2, 3) or key.ndim != query.ndim or value.ndim != query.ndim:
+        raise ShapeError(f"{op}: expected query (L, N, E), key (S, N, Ek), value (S, N, Ev) or "
+                         f"all unbatched, got {tuple(query.shape)}, {tuple(key.shape)}, "
+                         f"{tuple(value.shape)}")
+    if not batched:
+        query, key, value = (ops.expand_dims(t, 1) for t in (query, key, value))
+        if key_padding_mask is not None:
+            key_padding_mask = _as_tensor(key_padding_mask, query)
+            key_padding_mask = ops.expand_dims(key_padding_mask, 0)
+    n_q, batch, embed = query.shape
+    n_k = key.shape[0]
+    if key.shape[:2] != (n_k, batch) or value.shape[:2] != (n_k, batch):
+        raise ShapeError(f"{op}: key and value must be (S, N={batch}, ·) with one S, got "
+                         f"{tuple(key.shape)} and {tuple(value.shape)}")
+    if embed % num_heads:
+        raise ValueError(f"{op}: embed_dim {embed} is not divisible by num_heads {num_heads}")
+    d = embed // num_heads
+    # projections: one product for self-attention with the packed weight, else three
+    if q_proj_weight is None:
+        if in_proj_weight is None or tuple(in_proj_weight.shape) != (3 * embed, embed):
+            got = None if in_proj_weight is None else tuple(in_proj_weight.shape)
+            raise ShapeError(f"{op}: expected in_proj_weight of shape ({3 * embed}, {embed}), "
+                             f"got {got}")
+        if query is key and key is value:
+            q, k, v = ops.split(F.linear(query, in_proj_weight, in_proj_bias), 3, -1)
+        else:
+            ws = ops.split(in_proj_weight, 3, 0)
+            bs = [None] * 3 if in_proj_bias is None else ops.split(in_proj_bias, 3, 0)
+            q, k, v = (F.linear(t, w, b) for t, w, b in zip((query, key, value), ws, bs))
+    else:
+        bs = [None] * 3 if in_proj_bias is None else ops.split(in_proj_bias, 3, 0)
+        q, k, v = (F.linear(t, w, b) for t, w, b in zip(
+            (query, key, value), (q_proj_weight, k_proj_weight, v_proj_weight), bs))
+
+    def heads(t, n):  # (n, N, E) -> (N, heads, n, d)
+        return ops.transpose(ops.reshape(t, (n, batch, num_heads, d)), (1, 2, 0, 3))
+
+    q, k, v = heads(q, n_q), heads(k, n_k), heads(v, n_k)
+    bias = None
+    if attn_mask is not None:
+        m = _mask_bias(attn_mask, q, masked_when=True)
+        if tuple(m.shape) == (batch * num_heads, n_q, n_k):
+            m = ops.reshape(m, (batch, num_heads, n_q, n_k))
+        elif tuple(m.shape) != (n_q, n_k):
+            raise ShapeError(f"{op}: expected attn_mask of shape ({n_q}, {n_k}) or "
+                             f"({batch * num_heads}, {n_q}, {n_k}), got {tuple(m.shape)}")
+        bias = m
+    elif is_causal:
+        bias = _causal_bias(n_q, n_k, q)
+    if key_padding_mask is not None:
+        m = _mask_bias(key_padding_mask, q, masked_when=True)
+        if tuple(m.shape) != (batch, n_k):
+            raise ShapeError(f"{op}: expected key_padding_mask of shape ({batch}, {n_k}), got "
+                             f"{tuple(m.shape)}")
+        m = ops.reshape(m, (batch, 1, 1, n_k))
+        bias = m if bias is None else bias + m
+    p = dropout_p if training else 0.0
+    out, w = _attend(q, k, v, bias, p, 1.0 / math.sqrt(d), generator)           # (N, h, L, d)
+    out = ops.reshape(ops.transpose(out, (2, 0, 1, 3)), (n_q, batch, embed))
+    out = F.linear(out, out_proj_weight, out_proj_bias)
+    if not need_weights:
+        w = None
+    elif average_attn_weights:
+        w = ops.mean(w, axis=1)
+    if not batched:
+        out = ops.reshape(out, (n_q, embed))
+        if w is not None:
+            w = ops.reshape(w, w.shape[1:])
+    return out, w
