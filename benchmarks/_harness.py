@@ -1,0 +1,379 @@
+"""The timing harness: interleaved repetitions, medians, ratios, the environment and the table.
+
+A :class:`Workload` gives one step function per framework, all built from the same NumPy data.
+Every repetition times a block of steps of each framework in turn (the order rotates), so slow
+drift of these shared machines hits all of them alike. A time is the median over repetitions;
+a ratio is the median over repetitions of the ratio within one repetition. Before each block the
+harness waits until no thread of the process is still spinning (see :func:`_settle`) and runs
+one untimed step, so no framework pays for the previous one's idle BLAS/OpenMP threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+Step = Callable[[], object]
+Factory = Callable[[dict], Step]
+FRAMEWORKS = ("nodegrad", "torch", "floor")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark: its data and a step builder per framework.
+
+    Each builder receives a private copy of ``data()`` and returns a zero-argument ``step``.
+    ``step()`` returns the loss (or the forward output, for a floor), which the harness compares
+    once across frameworks before timing; a floor with nothing to compare returns None.
+    Times are shown as seconds * ``scale`` in ``unit`` (W5: µs per op, scale = 1e6 / 100).
+    """
+
+    id: str
+    label: str
+    data: Callable[[], dict]
+    nodegrad: Factory
+    torch: Factory | None = None
+    floor: Factory | None = None
+    floor_name: str = "NumPy"
+    unit: str = "ms/step"
+    scale: float = 1e3
+
+
+@dataclass(frozen=True)
+class Settings:
+    reps: int = 41          # timed repetitions per framework (median over them)
+    block_s: float = 0.02   # each repetition runs enough steps to last about this long
+    warm_s: float = 0.3     # warm-up time per framework before timing
+    rewarm: int = 1         # untimed steps before each block (after waiting for quiet)
+
+
+DEFAULT = Settings()
+QUICK = Settings(reps=15, block_s=0.01, warm_s=0.1)
+
+
+# --- environment -----------------------------------------------------------------------------
+def import_torch(disabled: bool = False):
+    """The torch module, or None when it is not installed (or disabled by ``--no-torch``)."""
+    if disabled:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _openblas_fn(name: str):
+    """The OpenBLAS function ``name`` (e.g. 'get_corename') NumPy is linked with, or None."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower()
+                            and ln.split()[-1].startswith("/")})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            for prefix in ("scipy_openblas_", "openblas_"):
+                for suffix in ("64_", ""):
+                    fn = getattr(lib, prefix + name + suffix, None)
+                    if fn is not None:
+                        return fn
+    except (OSError, AttributeError, ValueError):
+        pass
+    return None
+
+
+def _openblas() -> dict:
+    """The OpenBLAS core type and thread count NumPy runs with (best effort, via ctypes)."""
+    info: dict = {}
+    core, nthreads = _openblas_fn("get_corename"), _openblas_fn("get_num_threads")
+    if core is not None:
+        core.restype = ctypes.c_char_p
+        info["openblas_core"] = core().decode()
+    if nthreads is not None:
+        nthreads.restype = ctypes.c_int
+        info["openblas_threads"] = nthreads()
+    return info
+
+
+def set_blas_threads(n: int) -> bool:
+    """Set OpenBLAS's thread count for this process at run time (no environment variable)."""
+    fn = _openblas_fn("set_num_threads")
+    if fn is None:
+        return False
+    fn.argtypes = [ctypes.c_int]
+    fn(int(n))
+    return True
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git() -> str | None:
+    """Short commit of the working tree, with '+dirty' when nodegrad/ has local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "nodegrad"], capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
+def environment(torch) -> dict:
+    import nodegrad
+
+    env = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),  # read only, never set
+        "cpu_count": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "nodegrad": nodegrad.__version__,
+        "git": _git(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    env.update(_openblas())
+    return env
+
+
+def header(env: dict, settings: Settings) -> str:
+    torch = "- (not installed, or --no-torch)" if env["torch"] is None else \
+        f"{env['torch']} ({env['torch_threads']} threads)"
+    blas = ""
+    if "openblas_core" in env:
+        blas = f" (OpenBLAS core {env['openblas_core']}, {env.get('openblas_threads')} threads)"
+    return "\n".join([
+        f"# nodegrad {env['nodegrad']} (git {env['git'] or '?'})  {env['date']}",
+        f"# python {env['python']}  numpy {env['numpy']}{blas}  torch {torch}",
+        f"# OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE'] or 'unset'}  cpus {env['cpu_count']}"
+        f"  cpu {env['cpu']}",
+        f"# median of {settings.reps} interleaved repetitions (~{settings.block_s * 1e3:g} ms "
+        "each); ng/X = median of per-repetition ratios nodegrad / X, < 1: nodegrad is faster",
+        "# bg = cores busy with other processes meanwhile (above ~0.2 the figures are disturbed)",
+    ])
+
+
+# --- timing ----------------------------------------------------------------------------------
+def _as_float(v) -> float | None:
+    """A returned loss/output as one number (the sum of its elements) for the cross-check."""
+    if v is None:
+        return None
+    if hasattr(v, "detach"):  # torch
+        v = v.detach().cpu().numpy()
+    return float(np.asarray(v, dtype=np.float64).sum())
+
+
+def _check(values: dict) -> str:
+    """'ok' when every framework's first-step value matches nodegrad's (rtol 1e-3)."""
+    ref = values.get("nodegrad")
+    others = {k: v for k, v in values.items() if k != "nodegrad" and v is not None}
+    if ref is None or not others:
+        return "-"
+    if not np.isfinite(ref):
+        return "nan"
+    bad = [f"{k} {abs(v - ref) / max(abs(ref), 1e-12):.0e}" for k, v in others.items()
+           if not abs(v - ref) <= 1e-3 * max(abs(ref), 1e-6)]
+    return "ok" if not bad else "DIFF " + ",".join(bad)
+
+
+def _settle(slice_s: float = 0.01, max_s: float = 0.5) -> float:
+    """Sleep until the process stops using CPU (its BLAS/OpenMP worker threads stop spinning).
+
+    OpenBLAS's workers spin for ~0.1 s after a multithreaded product and PyTorch's OpenMP
+    workers for ~10 ms; on a 2-core machine they would steal a core from the next framework.
+    """
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_s:
+        c = time.process_time()
+        time.sleep(slice_s)
+        if time.process_time() - c < 0.1 * slice_s:
+            break
+    return time.perf_counter() - t0
+
+
+def _busy() -> tuple[float, float, float]:
+    """(wall s, CPU s used by the whole machine, CPU s used by this process) for load accounting."""
+    wall, own = time.perf_counter(), time.process_time()
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        machine = (sum(v) - v[3] - (v[4] if len(v) > 4 else 0)) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        machine = float("nan")
+    return wall, machine, own
+
+
+def background_cores(start: tuple, end: tuple) -> float | None:
+    """Cores' worth of CPU that other processes used between two :func:`_busy` readings."""
+    wall, machine, own = (b - a for a, b in zip(start, end))
+    if not np.isfinite(machine) or wall <= 0:
+        return None
+    return max(0.0, (machine - own) / wall)
+
+
+def _inner(step: Step, settings: Settings) -> int:
+    """Warm ``step`` up and return how many calls fill one timed block."""
+    t0 = time.perf_counter()
+    n = 0
+    while n < 3 or time.perf_counter() - t0 < settings.warm_s:
+        step()
+        n += 1
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t)
+    return max(1, round(settings.block_s / max(best, 1e-9)))
+
+
+def measure(w: Workload, settings: Settings, torch) -> dict:
+    """Build every available framework's step, cross-check them, time them interleaved."""
+    factories = {"nodegrad": w.nodegrad, "torch": w.torch if torch is not None else None,
+                 "floor": w.floor}
+    steps: dict[str, Step] = {}
+    for name, make in factories.items():
+        if make is not None:
+            data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in w.data().items()}
+            steps[name] = make(data)
+    check = _check({name: _as_float(step()) for name, step in steps.items()})
+    names = list(steps)
+    inner = {name: _inner(steps[name], settings) for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    gc.collect()
+    start = _busy()
+    for r in range(settings.reps):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            step, n = steps[name], inner[name]
+            _settle()
+            for _ in range(settings.rewarm):
+                step()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step()
+            samples[name].append((time.perf_counter() - t0) / n)
+    res = _summarise(w, samples, inner, check)
+    res["background_cores"] = background_cores(start, _busy())
+    return res
+
+
+def _summarise(w: Workload, samples: dict, inner: dict, check: str) -> dict:
+    res: dict = {"id": w.id, "label": w.label, "unit": w.unit, "floor_name": w.floor_name,
+                 "check": check}
+    med = {}
+    for name in FRAMEWORKS:
+        s = samples.get(name)
+        if not s:
+            res[name] = None
+            continue
+        q1, _, q3 = (x * w.scale for x in statistics.quantiles(s, n=4)) if len(s) > 1 \
+            else (s[0] * w.scale,) * 3
+        med[name] = statistics.median(s) * w.scale
+        res[name] = {"median": med[name], "q1": q1, "q3": q3, "steps_per_rep": inner[name],
+                     "reps": len(s)}
+    for other, key in (("torch", "ratio_torch"), ("floor", "ratio_floor")):
+        if other in med:
+            # the ratio within each repetition, then the median: blocks of one repetition run
+            # back to back, so a change of machine speed between repetitions cancels out
+            res[key] = statistics.median(a / b for a, b in zip(samples["nodegrad"],
+                                                               samples[other]))
+            res[key + "_of_medians"] = med["nodegrad"] / med[other]
+        else:
+            res[key] = res[key + "_of_medians"] = None
+    return res
+
+
+# --- the table -------------------------------------------------------------------------------
+_COLS = (("id", 3, "<"), ("workload", 45, "<"), ("unit", 7, "<"), ("nodegrad", 8, ">"),
+         ("PyTorch", 8, ">"), ("ng/PT", 6, ">"), ("floor", 8, ">"), ("ng/floor", 8, ">"),
+         ("floor is", 15, "<"), ("bg", 4, ">"), ("check", 5, "<"))
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "  ".join(f"{c:{a}{n}}" for c, (_, n, a) in zip(cells, _COLS)).rstrip()
+
+
+def table_header() -> str:
+    head = _row([c[0] for c in _COLS])
+    return head + "\n" + "-" * len(head)
+
+
+def _num(x, fmt: str) -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def table_row(r: dict) -> str:
+    def med(name):
+        return None if r[name] is None else r[name]["median"]
+
+    return _row([r["id"], r["label"], r["unit"], _num(med("nodegrad"), ".3g"),
+                 _num(med("torch"), ".3g"), _num(r["ratio_torch"], ".2f"),
+                 _num(med("floor"), ".3g"), _num(r["ratio_floor"], ".2f"),
+                 r["floor_name"] if r["floor"] is not None else "-",
+                 _num(r["background_cores"], ".1f"), r["check"]])
+
+
+# --- command line ----------------------------------------------------------------------------
+def parse_args(argv, description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--reps", type=int, help="timed repetitions (default 41, quick 15)")
+    p.add_argument("--only", metavar="IDS", help="comma-separated workload ids, e.g. W1,W5")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    return p.parse_args(argv)
+
+
+def main(workloads: Sequence[Workload], argv=None, description: str = "") -> int:
+    """Time ``workloads``, print the table (row by row), optionally write JSON."""
+    args = parse_args(argv, description or __doc__.splitlines()[0])
+    settings = QUICK if args.quick else DEFAULT
+    if args.reps:
+        settings = replace(settings, reps=args.reps)
+    if args.only:
+        wanted = {s.strip().upper() for s in args.only.split(",")}
+        workloads = [w for w in workloads if w.id.upper() in wanted]
+        if not workloads:
+            print(f"no workload matches --only {args.only}", file=sys.stderr)
+            return 2
+    torch = import_torch(args.no_torch)
+    env = environment(torch)
+    print(header(env, settings))
+    print(table_header(), flush=True)
+    results = []
+    for w in workloads:
+        r = measure(w, settings, torch)
+        results.append(r)
+        print(table_row(r), flush=True)
+    if args.json:
+        out = {"env": env, "settings": vars(args) | {"reps": settings.reps,
+                                                     "block_s": settings.block_s},
+               "results": results}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"# results written to {args.json}")
+    return 0

@@ -1,0 +1,132 @@
+"""W1: one SGD training step of a ReLU MLP 40-100-100-10 on a batch of 100 (MNIST-1D's shape).
+
+Softmax cross-entropy, SGD with lr 0.1. nodegrad is written from raw tensors (no nn module
+yet); PyTorch as its users write it (``nn.Sequential``, ``F.cross_entropy``, ``optim.SGD``);
+the floor is the same step written by hand in NumPy. The builders here also serve W2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._harness import Workload, main
+
+SIZES = (40, 100, 100, 10)
+BATCH = 100
+LR = 0.1
+
+
+def make_data(sizes=SIZES, batch=BATCH, seed=0) -> dict:
+    """Random inputs and labels, He-initialised weights ``w{i}`` (in, out), small biases."""
+    rng = np.random.default_rng(seed)
+    d = {"x": rng.standard_normal((batch, sizes[0]), dtype=np.float32),
+         "y": rng.integers(0, sizes[-1], batch)}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        d[f"w{i}"] = rng.standard_normal((a, b), dtype=np.float32) * np.float32((2 / a) ** 0.5)
+        d[f"b{i}"] = rng.uniform(-0.1, 0.1, b).astype(np.float32)
+    return d
+
+
+def _layers(d: dict) -> int:
+    return sum(1 for k in d if k.startswith("w"))
+
+
+def nodegrad_sgd(d: dict, lr: float = LR):
+    import nodegrad as ng
+
+    n = _layers(d)
+    params = []
+    for i in range(n):
+        params += [ng.tensor(d[f"w{i}"], requires_grad=True),
+                   ng.tensor(d[f"b{i}"], requires_grad=True)]
+    x, y = ng.tensor(d["x"]), ng.tensor(d["y"][:, None])
+
+    def step():
+        h = x
+        for i in range(n):
+            h = h @ params[2 * i] + params[2 * i + 1]
+            if i < n - 1:
+                h = ng.relu(h)
+        loss = -ng.take_along_axis(ng.log_softmax(h, -1), y, 1).mean()
+        loss.backward()
+        with ng.no_grad():
+            for p in params:
+                p -= lr * p.grad
+                p.grad = None
+        return loss
+
+    return step
+
+
+def torch_sgd(d: dict, lr: float = LR):
+    import torch
+    import torch.nn.functional as F
+
+    n = _layers(d)
+    layers = []
+    for i in range(n):
+        w = d[f"w{i}"]
+        lin = torch.nn.Linear(*w.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            lin.bias.copy_(torch.from_numpy(d[f"b{i}"]))
+        layers += [lin, torch.nn.ReLU()] if i < n - 1 else [lin]
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def numpy_sgd(d: dict, lr: float = LR):
+    """The whole step by hand: forward, softmax cross-entropy gradient, backward, update."""
+    n = _layers(d)
+    ws = [d[f"w{i}"] for i in range(n)]
+    bs = [d[f"b{i}"] for i in range(n)]
+    x, y = d["x"], d["y"]
+    rows = np.arange(len(y))
+    inv_n = 1.0 / len(y)
+
+    def step():
+        acts = [x]
+        h = x
+        for i in range(n):
+            h = h @ ws[i]
+            h += bs[i]
+            if i < n - 1:
+                np.maximum(h, 0, out=h)
+            acts.append(h)
+        z = h - h.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        loss = np.log(s[:, 0]).mean() - z[rows, y].mean()
+        g = e / s
+        g[rows, y] -= 1
+        g *= inv_n
+        for i in reversed(range(n)):
+            a = acts[i]
+            dw, db = a.T @ g, g.sum(axis=0)
+            if i > 0:
+                g = g @ ws[i].T
+                g *= a > 0
+            ws[i] -= lr * dw
+            bs[i] -= lr * db
+        return loss
+
+    return step
+
+
+WORKLOADS = [
+    Workload("W1", "MLP 40-100-100-10, SGD, batch 100", make_data, nodegrad_sgd, torch_sgd,
+             numpy_sgd, floor_name="NumPy step"),
+]
+
+if __name__ == "__main__":
+    raise SystemExit(main(WORKLOADS, description=__doc__.splitlines()[0]))
