@@ -1,8 +1,8 @@
 """W1: one SGD training step of a ReLU MLP 40-100-100-10 on a batch of 100 (MNIST-1D's shape).
 
-Softmax cross-entropy, SGD with lr 0.1. nodegrad is written from raw tensors (no nn module
-yet); PyTorch as its users write it (``nn.Sequential``, ``F.cross_entropy``, ``optim.SGD``);
-the floor is the same step written by hand in NumPy. The builders here also serve W2.
+Softmax cross-entropy, SGD with lr 0.1. Both frameworks as their users write it
+(``nn.Sequential``, ``F.cross_entropy``, ``optim.SGD``) from the same weights; the floor is the
+same step written by hand in NumPy. The builders here also serve W2.
 """
 
 from __future__ import annotations
@@ -31,34 +31,35 @@ def _layers(d: dict) -> int:
     return sum(1 for k in d if k.startswith("w"))
 
 
-def nodegrad_sgd(d: dict, lr: float = LR):
+def nodegrad_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
+    """The step as a nodegrad user writes it: nn.Sequential, F.cross_entropy, an optimiser."""
     import nodegrad as ng
+    from nodegrad import nn
+    from nodegrad.nn import functional as F
 
     n = _layers(d)
-    params = []
+    layers = []
     for i in range(n):
-        params += [ng.tensor(d[f"w{i}"], requires_grad=True),
-                   ng.tensor(d[f"b{i}"], requires_grad=True)]
-    x, y = ng.tensor(d["x"]), ng.tensor(d["y"][:, None])
+        w = d[f"w{i}"]
+        lin = nn.Linear(*w.shape)
+        lin.load_state_dict({"weight": ng.tensor(np.ascontiguousarray(w.T)),
+                             "bias": ng.tensor(d[f"b{i}"])})
+        layers += [lin, nn.ReLU()] if i < n - 1 else [lin]
+    model = nn.Sequential(*layers)
+    opt = getattr(ng.optim, optimizer)(model.parameters(), lr=lr)
+    x, y = ng.tensor(d["x"]), ng.tensor(d["y"])
 
     def step():
-        h = x
-        for i in range(n):
-            h = h @ params[2 * i] + params[2 * i + 1]
-            if i < n - 1:
-                h = ng.relu(h)
-        loss = -ng.take_along_axis(ng.log_softmax(h, -1), y, 1).mean()
+        loss = F.cross_entropy(model(x), y)
         loss.backward()
-        with ng.no_grad():
-            for p in params:
-                p -= lr * p.grad
-                p.grad = None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
         return loss
 
     return step
 
 
-def torch_sgd(d: dict, lr: float = LR):
+def torch_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
     import torch
     import torch.nn.functional as F
 
@@ -72,7 +73,7 @@ def torch_sgd(d: dict, lr: float = LR):
             lin.bias.copy_(torch.from_numpy(d[f"b{i}"]))
         layers += [lin, torch.nn.ReLU()] if i < n - 1 else [lin]
     model = torch.nn.Sequential(*layers)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = getattr(torch.optim, optimizer)(model.parameters(), lr=lr)
     x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
 
     def step():
@@ -124,7 +125,7 @@ def numpy_sgd(d: dict, lr: float = LR):
 
 
 WORKLOADS = [
-    Workload("W1", "MLP 40-100-100-10, SGD, batch 100", make_data, nodegrad_sgd, torch_sgd,
+    Workload("W1", "MLP 40-100-100-10, SGD, batch 100", make_data, nodegrad_step, torch_step,
              numpy_sgd, floor_name="NumPy step"),
 ]
 

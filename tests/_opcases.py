@@ -47,7 +47,7 @@ ND = ("matrix", "3d", "size1", "empty", "noncontig")  # at least two dims
 ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "gelu",
           "gelu_tanh", "matmul", "logsumexp", "softmax", "log_softmax", "sum", "mean", "max",
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
-          "einsum", "power")
+          "einsum", "power", "linear")
 
 
 @dataclass(frozen=True)
@@ -637,6 +637,19 @@ def _matmul(draw, layout):
 
 case("matmul", _matmul, layouts=("vector", "matrix", "3d", "size1", "rank", "empty",
                                  "noncontig"))
+
+
+
+def _linear(draw, layout):
+    i, o, b, c = (draw(st.integers(1, 3)) for _ in range(4))
+    lead = {"vector": (), "matrix": (b,), "3d": (b, c), "empty": (0,)}[layout]
+    x, w = arr(draw, lead + (i,)), arr(draw, (o, i))
+    if draw(st.booleans()):
+        return Call(ng.linear, (x, w, arr(draw, (o,))), torch.nn.functional.linear)
+    return Call(ng.linear, (x, w), torch.nn.functional.linear)
+
+
+case("linear", _linear, layouts=("vector", "matrix", "3d", "empty"))
 
 # subscripts, and operand shapes as letters (an upper-case letter is an axis of length 1)
 EINSUM = {

@@ -52,8 +52,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if x.shape[-1:] != weight.shape[1:]:
         raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape "
                          f"{tuple(x.shape)}) but the weight expects {weight.shape[1]}")
-    y = x @ weight.mT
-    return y if bias is None else y + bias
+    if x.ndim == 0 or weight.ndim != 2 or (bias is not None and bias.shape != weight.shape[:1]):
+        raise ShapeError(f"linear: need x (..., in), weight (out, in) and bias (out,); got "
+                         f"{tuple(x.shape)}, {tuple(weight.shape)}, "
+                         f"{None if bias is None else tuple(bias.shape)}")
+    return ops.linear(x, weight, bias)
 
 
 # --- convolution ------------------------------------------------------------------------------

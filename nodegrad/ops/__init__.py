@@ -53,7 +53,7 @@ from .elementwise import (
 )
 from .index import getitem, index_update, take_along_axis
 from .linalg import einsum, matmul, outer
-from .nn import log_softmax, logsumexp, softmax
+from .nn import linear, log_softmax, logsumexp, softmax
 from .reduce import all, any, argmax, argmin, max, mean, min, std, sum, var
 from .shape import (
                           broadcast_to,
@@ -122,6 +122,7 @@ __all__ = [
     "leaky_relu",
     "less",
     "less_equal",
+    "linear",
     "log",
     "log1p",
     "log_softmax",

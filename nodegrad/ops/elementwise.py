@@ -94,7 +94,7 @@ sigmoid = primitive("sigmoid", _sigmoid, lambda g, ans, x: g * (ans * (1 - ans))
                     kind=_EW, doc="1 / (1 + e**-x), computed without overflow.")
 
 # --- activations -----------------------------------------------------------------------------
-relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: where(ans > 0, g, 0),
+relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: g * (ans > 0),
                  saves="out", kind=_EW, doc="max(x, 0); its gradient at 0 is 0.")
 _leaky_relu = primitive(
     "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),

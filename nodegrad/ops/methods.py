@@ -13,7 +13,7 @@ from collections import namedtuple
 
 from .. import _backend as B
 from ..autodiff import mode
-from ..errors import DTypeError, GradError, ShapeError
+from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..primitive import Primitive, bind
 from ..tensor import Tensor
 from . import elementwise as E
@@ -112,26 +112,34 @@ def _alias(self) -> Tensor:
     return Tensor(self.data, self.node, self.requires_grad)
 
 
+_UFUNCS = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "true_divide"}
+
+
 def _inplace(op, name):
+    ufunc = _UFUNCS[op.name]
+
     def method(self, other):
         if _needs_graph(self, other):
             if self.node is None and self.requires_grad:
                 raise GradError(f"{name}: a leaf tensor that requires grad cannot be changed in "
                                 "place while recording; wrap the update in nodegrad.no_grad()")
             return _rebind(self, op(_alias(self), other))
-        prev = mode.grad_enabled
-        mode.grad_enabled = False
+        be = self.backend
+        o = other.data if isinstance(other, Tensor) else other
+        if B.is_array(o):
+            if B.backend_of(o) is not be:
+                raise DeviceError(f"{name}: operands are on different devices "
+                                  f"({be.name} and {B.backend_of(o).name})")
+            if o.dtype.kind == "f" and self.dtype.kind == "f" and o.dtype != self.dtype:
+                raise DTypeError(f"{name}: mixed float dtypes {self.dtype} and {o.dtype}")
         try:
-            res = op(self, other).data
-        finally:
-            mode.grad_enabled = prev
-        if res.dtype != self.dtype and not B.can_cast(res.dtype, self.dtype):
-            raise DTypeError(f"{name}: result of dtype {res.dtype} cannot be stored in place "
-                             f"in a tensor of dtype {self.dtype}")
-        if res.shape != self.shape:
-            raise ShapeError(f"{name}: the result's shape {res.shape} does not fit in place "
-                             f"into shape {self.shape}")
-        self.data[...] = res
+            getattr(be.xp, ufunc)(self.data, o, out=self.data, casting="same_kind")
+        except TypeError as e:  # NumPy's casting error, e.g. int tensor += 0.5
+            raise DTypeError(f"{name}: the result cannot be stored in place in a tensor of "
+                             f"dtype {self.dtype}: {e}") from None
+        except ValueError as e:
+            raise ShapeError(f"{name}: an operand of shape {getattr(o, 'shape', ())} does not "
+                             f"broadcast in place into shape {self.shape}: {e}") from None
         self._bump()
         return self
 

@@ -69,3 +69,30 @@ def softmax(x, axis: int = -1):
 def log_softmax(x, axis: int = -1):
     """Log-probabilities along ``axis``: x - logsumexp(x), without overflow."""
     return _log_softmax(x, axis=norm_axis(axis, x.ndim, "log_softmax"))
+
+
+# --- affine ---------------------------------------------------------------------------------
+def _linear_fwd(xp, x, w, b):
+    out = xp.matmul(x, w.T)
+    if b is not None:
+        out += b  # in place into the product, as addmm: no second batch-sized array
+    return out
+
+
+def _linear_dw(g, ans, x, w, b):
+    k = x.shape[-1]
+    return reshape(g, (-1, g.shape[-1])).mT @ reshape(x, (-1, k))
+
+
+def _linear_db(g, ans, x, w, b):
+    return _sum(g, axis=tuple(range(g.ndim - 1)), keepdims=False) if g.ndim > 1 else g
+
+
+_linear = primitive("linear", _linear_fwd,
+                    (lambda g, ans, x, w, b: g @ w, _linear_dw, _linear_db), kind="linalg",
+                    doc="x Wᵀ + b in one product with the bias added in place.")
+
+
+def linear(x, weight, bias=None):
+    """x Wᵀ + b (weight of shape (out, in)) as one primitive: one product, no extra buffer."""
+    return _linear(x, weight, bias)

@@ -32,15 +32,23 @@ def _windows_fwd(xp, x, axes, window, stride, dilation):
 
 
 def _fold_fwd(xp, g, axes, window, stride, dilation, shape):
-    out = xp.zeros(shape, dtype=g.dtype)
     m = len(axes)
+    lead = g.ndim - m
+    rest = tuple(a for a in range(lead) if a not in axes)
+    # Work with the windowed axes first and all other axes (batch, channels) innermost, so each
+    # tap below adds long contiguous rows instead of many short strided ones.
+    gt = xp.ascontiguousarray(xp.transpose(g, tuple(range(lead, g.ndim)) + axes + rest))
+    out = xp.zeros(tuple(shape[a] for a in axes) + tuple(shape[r] for r in rest), dtype=g.dtype)
     npos = [g.shape[ax] for ax in axes]
     for taps in itertools.product(*(range(k) for k in window)):
-        dst = [slice(None)] * len(shape)
-        for ax, t, n, s, d in zip(axes, taps, npos, stride, dilation):
-            dst[ax] = slice(t * d, t * d + s * (n - 1) + 1, s)
-        out[tuple(dst)] += g[(Ellipsis,) + taps] if m else g
-    return out
+        dst = tuple(slice(t * d, t * d + s * (n - 1) + 1, s)
+                    for t, n, s, d in zip(taps, npos, stride, dilation))
+        out[dst] += gt[taps]
+    perm = axes + rest  # axis i of ``out`` is axis perm[i] of the result
+    inv = [0] * len(perm)
+    for i, a in enumerate(perm):
+        inv[a] = i
+    return xp.transpose(out, inv)
 
 
 _windows = primitive(
