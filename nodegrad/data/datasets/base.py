@@ -7,12 +7,13 @@ The cache directory is ``$NODEGRAD_DATA`` if set, else ``$XDG_CACHE_HOME/nodegra
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ... import _backend as B
+from ...io import atomic_write
 from ..dataset import ArrayDataset
 
 np = B.np
@@ -79,17 +80,9 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
 
 def save_npz(path: Path, **arrays) -> None:
     """Write ``arrays`` to ``path`` atomically (temporary file + rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write(path, buf.getvalue())
 
 
 def load_npz(path: Path, keys) -> dict | None:
