@@ -46,19 +46,20 @@ class _BatchNorm(Module):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch norm over (N, C) or (N, C, L)."""
+    """Batch norm over (N, C) or (N, C, L). Init: gamma = 1, beta = 0 (the identity map),
+    running mean 0 and variance 1, as PyTorch."""
 
     dims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
-    """Batch norm over (N, C, H, W)."""
+    """Batch norm over (N, C, H, W). Init: gamma = 1, beta = 0, running mean 0, variance 1."""
 
     dims = (4,)
 
 
 class LayerNorm(Module):
-    """Normalise each sample over its trailing ``normalized_shape`` axes."""
+    """Normalise each sample over its trailing ``normalized_shape`` axes (init: gamma 1, beta 0)."""
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  device=None, dtype=None):
