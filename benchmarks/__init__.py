@@ -8,7 +8,8 @@ its module name to ``SUITE`` below; nothing else needs to change. See ``benchmar
 import importlib
 
 # The workload files (each holds one or more workloads); rows are printed sorted by id.
-SUITE = ("mlp", "mlp_large", "conv", "gru_step", "overhead", "optim_step", "data_loader")
+SUITE = ("mlp", "mlp_large", "conv", "gru_step", "overhead", "per_example", "optim_step",
+         "data_loader")
 
 
 def all_workloads() -> list:

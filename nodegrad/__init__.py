@@ -12,7 +12,8 @@ from ._backend import cuda_available
 from .autodiff import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,
                      InplaceError, ShapeError)
-from .func import grad, tree_flatten, tree_map, tree_unflatten, value_and_grad, vjp
+from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, tree_flatten, tree_map,
+                   tree_unflatten, value_and_grad, vjp, vmap)
 from .io import CheckpointError, load, save
 from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .primitive import REGISTRY as primitives

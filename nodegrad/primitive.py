@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import _backend as B
+from .batching import TRACES as _TRACES
+from .batching import batch_bind, elementwise_rule, reduce_rule
 from .autodiff import Node, anomaly_error, creation_site, mode
 from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
@@ -59,9 +61,99 @@ def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = 
         raise ValueError(f"primitive {name!r} is declared twice")
     if callable(vjp):
         vjp = (vjp,)
-    p = Primitive(name, fwd, vjp, vjp_all, jvp, batch, kind, saves, promote, doc)
+    p = Primitive(name, fwd, vjp, vjp_all, None, batch, kind, saves, promote, doc)
+    p.jvp = _jvp_rule(p, jvp)
+    if batch is None and kind == "elementwise":
+        p.batch = elementwise_rule(p)
+    elif batch is None and kind == "reduce":
+        p.batch = reduce_rule(p)
     REGISTRY[name] = p
     return p
+
+
+# --- JVP rules ------------------------------------------------------------------------------
+# A JVP rule is ``rule(tangents, ans, *inputs, **params) -> tangent of the output`` (or None for
+# zero), written with tensor ops so it can itself be differentiated. ``tangents`` has one entry
+# per input, None where the tangent is zero; ``ans`` and the inputs are what the node kept (as
+# for the VJP). A declaration passes a callable, a tuple of per-input rules
+# ``(t_i, ans, *inputs, **params) -> contribution`` (summed and broadcast to the output), or:
+#   "vjp"          the VJP rules are also the JVP rules: elementwise ops, whose Jacobian is diagonal
+#   "linear"       the op is linear in its differentiable inputs: apply it to the tangents
+#   "multilinear"  linear in each input separately (matmul, einsum): sum of one-tangent products
+def _jvp_rule(p: Primitive, how):
+    if how is None or callable(how):
+        return how
+    if how == "vjp":
+        return None if p.vjp is None else _per_input_jvp(p.vjp)
+    if isinstance(how, tuple):
+        return _per_input_jvp(how)
+    if how == "linear":
+        return _linear_jvp(p)
+    if how == "multilinear":
+        return _multilinear_jvp(p)
+    raise ValueError(f"primitive {p.name}: unknown JVP rule {how!r}")
+
+
+def _shape(a) -> tuple:
+    return tuple(getattr(a, "shape", ()))
+
+
+def _broadcast(t, shape: tuple):
+    if tuple(t.shape) == shape:
+        return t
+    return bind(REGISTRY["broadcast_to"], (t,), {"shape": shape})
+
+
+def _per_input_jvp(rules):
+    def rule(tangents, ans, *args, **params):
+        out_shape = B.np.broadcast_shapes(*(_shape(a) for a in args))
+        total = None
+        for r, t in zip(rules, tangents):
+            if t is None or r is None:
+                continue
+            c = r(_broadcast(t, out_shape), ans, *args, **params)
+            total = c if total is None else total + c
+        return None if total is None else _broadcast(total, out_shape)
+
+    return rule
+
+
+def _zero_for(a, like):
+    """A zero tangent for input ``a`` (a tensor, a shape-only spec or a number)."""
+    if type(a) in _SCALARS:
+        return 0
+    return Tensor(like.backend.xp.zeros(_shape(a), dtype=a.dtype))
+
+
+def _linear_jvp(p: Primitive):
+    diff = p.vjp  # None entries mark inputs that are not differentiated (indices)
+
+    def rule(tangents, ans, *args, **params):
+        like = next(t for t in tangents if t is not None)
+        ts = []
+        for i, (a, t) in enumerate(zip(args, tangents)):
+            if diff is not None and diff[i] is None:
+                ts.append(a)
+            elif t is not None:
+                ts.append(t)
+            else:
+                ts.append(_zero_for(a, like))
+        return bind(p, tuple(ts), params)
+
+    return rule
+
+
+def _multilinear_jvp(p: Primitive):
+    def rule(tangents, ans, *args, **params):
+        total = None
+        for i, t in enumerate(tangents):
+            if t is None:
+                continue
+            c = bind(p, args[:i] + (t,) + args[i + 1:], params)
+            total = c if total is None else total + c
+        return total
+
+    return rule
 
 
 def _device_error(prim, a, b) -> DeviceError:
@@ -108,6 +200,8 @@ def _mixed(prim, a, b) -> DTypeError:
 
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
+    if _TRACES:  # a vmap is active
+        return batch_bind(bind, prim, args, params)
     backend = None
     fdt = None
     record = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..autodiff import mode, run_backward
+from ..batching import TRACES, lowered
 from ..errors import GradError
 from ..primitive import primitive
 from ..tensor import Tensor, tensor, zeros_like
@@ -19,6 +20,7 @@ from .tree import tree_flatten, tree_unflatten
 _depth = [0]  # how many transforms are currently evaluating their function
 
 _alias = primitive("alias", lambda xp, x: x, lambda g, ans, x: g, saves="none", kind="shape",
+                   jvp="linear", batch=lambda v, b: (_alias(v[0]), b[0]),
                    doc="The same value as a new graph vertex (a transform's input).")
 
 
@@ -108,6 +110,8 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
 
     def wrapped(*args, **kwargs):
         nums = _argnums(argnums, len(args), "value_and_grad")
+        if TRACES:  # inside vmap: differentiate the batched computation underneath
+            return _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs)
         a, ins, defs, higher = _prepare(args, nums, "grad")
         res = _call(f, a, kwargs)
         if has_aux:
@@ -124,6 +128,68 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
 
     wrapped.__name__ = f"value_and_grad({getattr(f, '__name__', 'f')})"
     return wrapped
+
+
+def _prepare_batched(args: tuple, nums: tuple, op: str):
+    """``_prepare`` inside vmap: inputs become plain batched leaves at the bottom (broadcast
+    along every active vmap where not batched), handed to ``f`` seen as examples."""
+    from .vmap import full_batch, rewrap
+
+    levels = list(TRACES)
+    args = list(args)
+    ins, defs = [], []
+    for n in nums:
+        leaves, td = tree_flatten(args[n])
+        bottoms = [full_batch(x)[1] for x in leaves]
+        with lowered(0):
+            made = [_make_input(b, op) for b in bottoms]
+        args[n] = tree_unflatten(td, [rewrap(m, levels) for m in made])
+        ins.append(made)
+        defs.append(td)
+    higher = mode.grad_enabled and (_depth[0] > 0 or any(
+        t.node is not None for per in ins for t in per))
+    return args, ins, defs, higher, levels
+
+
+def to_bottom(xs: list, levels: list, op: str) -> list:
+    """Plain batched tensors under ``xs`` (examples inside the vmaps ``levels``)."""
+    from .vmap import full_batch
+
+    if TRACES != levels:
+        raise GradError(f"{op}: a function made inside vmap was called outside it")
+    return [full_batch(x)[1] for x in xs]
+
+
+def from_bottom(tree, levels: list):
+    from .vmap import rewrap
+
+    leaves, td = tree_flatten(tree)
+    return tree_unflatten(td, [rewrap(t, levels) for t in leaves])
+
+
+def _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs):
+    """value_and_grad under vmap: the inputs become batched leaves at the bottom (one row per
+    example, broadcast where an input was not batched), ``f`` runs on them seen as examples, and
+    one backward pass from the sum of the per-example values gives every example's gradient,
+    since batching rules never mix examples."""
+    args, ins, defs, higher, levels = _prepare_batched(args, nums, "grad")
+    res = _call(f, args, kwargs)
+    if has_aux:
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise GradError("grad: has_aux=True needs f to return (value, aux)")
+        out, aux = res
+    else:
+        out, aux = res, None
+    if not isinstance(out, Tensor) or out.shape != ():
+        _scalar_out(out, "grad")
+    bottom = to_bottom([out], levels, "grad")[0]
+    with lowered(0):
+        gs = _grads([bottom], [bottom.ones_like()], ins, defs, higher, False)
+        value = bottom if higher else bottom.detach()
+    gs = [from_bottom(gt, levels) for gt in gs]
+    g = gs[0] if isinstance(argnums, int) else tuple(gs)
+    value = from_bottom(value, levels)
+    return ((value, aux) if has_aux else value), g
 
 
 def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
@@ -149,10 +215,15 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
     ``vjp_fn`` can be called more than once.
     """
     nums = tuple(range(len(primals)))
-    a, ins, defs, higher = _prepare(primals, nums, "vjp")
+    levels = None
+    if TRACES:  # inside vmap: differentiate the batched computation underneath
+        a, ins, defs, higher, levels = _prepare_batched(primals, nums, "vjp")
+    else:
+        a, ins, defs, higher = _prepare(primals, nums, "vjp")
     res = _call(f, a, {})
     out, aux = (res if has_aux else (res, None))
     outs, out_def = tree_flatten(out)
+    bottoms = outs if levels is None else to_bottom(outs, levels, "vjp")
 
     def vjp_fn(cotangent):
         cots, cdef = tree_flatten(cotangent)
@@ -165,7 +236,17 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
                 raise GradError(f"vjp: cotangent shape {tuple(c.shape)} does not match the "
                                 f"output shape {tuple(o.shape)}")
             cts.append(c)
-        return tuple(_grads(outs, cts, ins, defs, higher, True))
+        if levels is None:
+            return tuple(_grads(outs, cts, ins, defs, higher, True))
+        cts = to_bottom(cts, levels, "vjp")
+        with lowered(0):
+            gs = _grads(bottoms, cts, ins, defs, higher, True)
+        return tuple(from_bottom(g, levels) for g in gs)
 
-    shown = out if higher else tree_unflatten(out_def, [o.detach() for o in outs])
+    if levels is not None:
+        with lowered(0):
+            shown = [o if higher else o.detach() for o in bottoms]
+        shown = from_bottom(tree_unflatten(out_def, shown), levels)
+    else:
+        shown = out if higher else tree_unflatten(out_def, [o.detach() for o in outs])
     return (shown, vjp_fn, aux) if has_aux else (shown, vjp_fn)

@@ -13,6 +13,7 @@ import math
 from .. import _backend as B
 from .. import ops
 from ..autodiff import no_grad
+from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..ops import (gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh,
                    where)
@@ -277,7 +278,7 @@ def embedding(idx: Tensor, weight: Tensor) -> Tensor:
         raise DTypeError(f"embedding: indices must be integers, got {idx.dtype}")
     n = weight.shape[0]
     if idx.numel():
-        lo, hi = int(idx.data.min()), int(idx.data.max())
+        lo, hi = int(values(idx).min()), int(values(idx).max())
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
             raise IndexError(f"embedding: index {bad} is out of range for {n} embeddings")
@@ -288,10 +289,14 @@ def one_hot(labels: Tensor, num_classes: int, dtype=None) -> Tensor:
     """(…,) integer labels -> (…, num_classes) indicator vectors (float32 by default)."""
     if labels.dtype.kind not in "iu":
         raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
-    d = labels.data
+    d = values(labels)
     if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
         raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got range "
                          f"[{int(d.min())}, {int(d.max())}]")
+    if isinstance(labels, BatchTracer):  # inside vmap: with batchable ops
+        classes = Tensor(B.backend_of(d).xp.arange(num_classes))
+        return ops.astype(ops.expand_dims(labels, -1) == classes,
+                          B.as_dtype(dtype) or B.DEFAULT_FLOAT)
     xp = B.backend_of(d).xp
     eye = xp.eye(num_classes, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
     return Tensor(eye[d])

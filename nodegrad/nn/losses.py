@@ -7,6 +7,7 @@ Cross-entropy is the notes' −log z_l = −(y_l − log Σ exp y_k), computed a
 from __future__ import annotations
 
 from .. import ops
+from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor
 
@@ -62,7 +63,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean",
 def _class_target(target: Tensor, n_classes: int, ignore_index: int, op: str) -> None:
     if target.dtype.kind not in "iu":
         raise DTypeError(f"{op}: class targets must be integers, got {target.dtype}")
-    d = target.data
+    d = values(target)  # inside vmap: every example's targets
     bad = (d < 0) | (d >= n_classes)
     if ignore_index is not None:
         bad &= d != ignore_index

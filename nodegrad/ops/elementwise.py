@@ -13,6 +13,7 @@ from ..primitive import primitive
 from ..tensor import Tensor
 
 _EW = "elementwise"
+_J = "vjp"  # elementwise: the Jacobian is diagonal, so the VJP rules are the JVP rules
 
 
 def _as(mask, like):
@@ -22,19 +23,20 @@ def _as(mask, like):
 
 # --- arithmetic ------------------------------------------------------------------------------
 add = primitive("add", lambda xp, x, y: xp.add(x, y),
-                (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW,
+                (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
 subtract = primitive("subtract", lambda xp, x, y: xp.subtract(x, y),
-                     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none", kind=_EW,
+                     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
+                     kind=_EW, jvp=_J,
                      doc="x - y, broadcasting.")
 multiply = primitive("multiply", lambda xp, x, y: xp.multiply(x, y),
-                     (lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x), kind=_EW,
+                     (lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x), kind=_EW, jvp=_J,
                      doc="x * y, broadcasting.")
 divide = primitive("divide", lambda xp, x, y: xp.true_divide(x, y),
                    (lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * x / (y * y)),
-                   kind=_EW, doc="x / y (true division), broadcasting.")
+                   kind=_EW, jvp=_J, doc="x / y (true division), broadcasting.")
 negative = primitive("negative", lambda xp, x: xp.negative(x), lambda g, ans, x: -g,
-                     saves="none", kind=_EW, doc="-x.")
+                     saves="none", kind=_EW, jvp=_J, doc="-x.")
 
 
 def _log_base(x):
@@ -47,41 +49,41 @@ power = primitive(
     "power", lambda xp, x, y: xp.power(x, y),
     (lambda g, ans, x, y: g * y * x ** (y - 1),
      lambda g, ans, x, y: g * ans * _log_base(x)),
-    saves="both", kind=_EW, doc="x ** y; d/dy uses log x (0 where x == 0).")
+    saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
 remainder = primitive(
     "remainder", lambda xp, x, y: xp.remainder(x, y),
     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_divide(x, y)),
-    kind=_EW, doc="x mod y with the sign of y (Python's %).")
+    kind=_EW, jvp=_J, doc="x mod y with the sign of y (Python's %).")
 floor_divide = primitive("floor_divide", lambda xp, x, y: xp.floor_divide(x, y), kind=_EW,
                          doc="x // y (no gradient).")
 
 # --- transcendental --------------------------------------------------------------------------
 exp = primitive("exp", lambda xp, x: xp.exp(x), lambda g, ans, x: g * ans, saves="out",
-                kind=_EW, doc="e**x.")
+                kind=_EW, jvp=_J, doc="e**x.")
 expm1 = primitive("expm1", lambda xp, x: xp.expm1(x), lambda g, ans, x: g * (ans + 1),
-                  saves="out", kind=_EW, doc="e**x - 1, accurate near 0.")
-log = primitive("log", lambda xp, x: xp.log(x), lambda g, ans, x: g / x, kind=_EW,
+                  saves="out", kind=_EW, jvp=_J, doc="e**x - 1, accurate near 0.")
+log = primitive("log", lambda xp, x: xp.log(x), lambda g, ans, x: g / x, kind=_EW, jvp=_J,
                 doc="Natural logarithm.")
 log1p = primitive("log1p", lambda xp, x: xp.log1p(x), lambda g, ans, x: g / (x + 1),
-                  kind=_EW, doc="log(1 + x), accurate near 0.")
+                  kind=_EW, jvp=_J, doc="log(1 + x), accurate near 0.")
 sqrt = primitive("sqrt", lambda xp, x: xp.sqrt(x), lambda g, ans, x: g / (ans * 2),
-                 saves="out", kind=_EW, doc="Square root.")
+                 saves="out", kind=_EW, jvp=_J, doc="Square root.")
 square = primitive("square", lambda xp, x: xp.square(x), lambda g, ans, x: g * (x * 2),
-                   kind=_EW, doc="x * x.")
-abs = primitive("abs", lambda xp, x: xp.abs(x), lambda g, ans, x: g * sign(x), kind=_EW,
+                   kind=_EW, jvp=_J, doc="x * x.")
+abs = primitive("abs", lambda xp, x: xp.abs(x), lambda g, ans, x: g * sign(x), kind=_EW, jvp=_J,
                 doc="|x|; its gradient at 0 is 0.")
 sign = primitive("sign", lambda xp, x: xp.sign(x), kind=_EW, doc="-1, 0 or 1 (no gradient).")
-sin = primitive("sin", lambda xp, x: xp.sin(x), lambda g, ans, x: g * cos(x), kind=_EW,
+sin = primitive("sin", lambda xp, x: xp.sin(x), lambda g, ans, x: g * cos(x), kind=_EW, jvp=_J,
                 doc="Sine.")
-cos = primitive("cos", lambda xp, x: xp.cos(x), lambda g, ans, x: -(g * sin(x)), kind=_EW,
+cos = primitive("cos", lambda xp, x: xp.cos(x), lambda g, ans, x: -(g * sin(x)), kind=_EW, jvp=_J,
                 doc="Cosine.")
 tan = primitive("tan", lambda xp, x: xp.tan(x), lambda g, ans, x: g * (ans * ans + 1),
-                saves="out", kind=_EW, doc="Tangent.")
+                saves="out", kind=_EW, jvp=_J, doc="Tangent.")
 tanh = primitive("tanh", lambda xp, x: xp.tanh(x), lambda g, ans, x: g * (1 - ans * ans),
-                 saves="out", kind=_EW, doc="Hyperbolic tangent.")
+                 saves="out", kind=_EW, jvp=_J, doc="Hyperbolic tangent.")
 _SQRT_2_OVER_PI = 2.0 / math.sqrt(math.pi)
 erf = primitive("erf", lambda xp, x: B.backend_of(x).erf(x),
-                lambda g, ans, x: g * (exp(-(x * x)) * _SQRT_2_OVER_PI), kind=_EW,
+                lambda g, ans, x: g * (exp(-(x * x)) * _SQRT_2_OVER_PI), kind=_EW, jvp=_J,
                 doc="The error function.")
 
 
@@ -91,15 +93,15 @@ def _sigmoid(xp, x):
 
 
 sigmoid = primitive("sigmoid", _sigmoid, lambda g, ans, x: g * (ans * (1 - ans)), saves="out",
-                    kind=_EW, doc="1 / (1 + e**-x), computed without overflow.")
+                    kind=_EW, jvp=_J, doc="1 / (1 + e**-x), computed without overflow.")
 
 # --- activations -----------------------------------------------------------------------------
 relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: g * (ans > 0),
-                 saves="out", kind=_EW, doc="max(x, 0); its gradient at 0 is 0.")
+                 saves="out", kind=_EW, jvp=_J, doc="max(x, 0); its gradient at 0 is 0.")
 _leaky_relu = primitive(
     "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),
     lambda g, ans, x, negative_slope: where(x > 0, g, g * negative_slope),
-    kind=_EW, doc="x for x > 0, else negative_slope * x.")
+    kind=_EW, jvp=_J, doc="x for x > 0, else negative_slope * x.")
 
 
 def leaky_relu(x, negative_slope: float = 0.01):
@@ -117,7 +119,7 @@ _softplus = primitive(
     "softplus", _softplus_fwd,
     lambda g, ans, x, beta, threshold: g * where(x * beta > threshold, 1.0,
                                                  sigmoid(x * beta)).astype(g.dtype),
-    kind=_EW, doc="log(1 + e**(beta x)) / beta, linear above ``threshold``.")
+    kind=_EW, jvp=_J, doc="log(1 + e**(beta x)) / beta, linear above ``threshold``.")
 
 
 def softplus(x, beta: float = 1.0, threshold: float = 20.0):
@@ -147,7 +149,7 @@ def _gelu_vjp(g, ans, x, approximate):
     return g * (cdf + x * pdf)
 
 
-_gelu = primitive("gelu", _gelu_fwd, _gelu_vjp, kind=_EW,
+_gelu = primitive("gelu", _gelu_fwd, _gelu_vjp, kind=_EW, jvp=_J,
                   doc="x * Phi(x) (exact, with erf) or its tanh approximation.")
 
 
@@ -166,10 +168,10 @@ def _pick(g, a, b):
 
 maximum = primitive("maximum", lambda xp, x, y: xp.maximum(x, y),
                     (lambda g, ans, x, y: _pick(g, x, y), lambda g, ans, x, y: _pick(g, y, x)),
-                    kind=_EW, doc="Elementwise max; ties split the gradient evenly.")
+                    kind=_EW, jvp=_J, doc="Elementwise max; ties split the gradient evenly.")
 minimum = primitive("minimum", lambda xp, x, y: xp.minimum(x, y),
                     (lambda g, ans, x, y: _pick(g, y, x), lambda g, ans, x, y: _pick(g, x, y)),
-                    kind=_EW, doc="Elementwise min; ties split the gradient evenly.")
+                    kind=_EW, jvp=_J, doc="Elementwise min; ties split the gradient evenly.")
 
 
 def _clip_dx(g, ans, x, lo, hi):
@@ -198,7 +200,8 @@ def _clip_dhi(g, ans, x, lo, hi):
 clip = primitive(
     "clip", lambda xp, x, lo, hi: x.copy() if lo is None and hi is None else xp.clip(x, lo, hi),
     (_clip_dx, _clip_dlo, _clip_dhi),
-    kind=_EW, doc="Limit x to [lo, hi] (either may be None); gradient passes inside, inclusive.")
+    kind=_EW, jvp=_J,
+    doc="Limit x to [lo, hi] (either may be None); gradient passes inside, inclusive.")
 
 
 def _where_fwd(xp, cond, x, y):
@@ -208,11 +211,12 @@ def _where_fwd(xp, cond, x, y):
 where = primitive("where", _where_fwd,
                   (None, lambda g, ans, c, x, y: where(c, g, 0),
                    lambda g, ans, c, x, y: where(c, 0, g)),
-                  kind=_EW, doc="x where cond is true, else y.")
+                  kind=_EW, jvp=_J, doc="x where cond is true, else y.")
 
 # --- casts -----------------------------------------------------------------------------------
 _astype = primitive("astype", lambda xp, x, dtype, src: x.astype(dtype),
                     lambda g, ans, x, dtype, src: astype(g, src), saves="none", kind=_EW,
+                    jvp="linear",
                     promote=False, doc="Convert to another dtype (differentiable between floats).")
 
 

@@ -7,11 +7,13 @@ Each gather has its scatter as VJP and the scatter has the gather as VJP: double
 from __future__ import annotations
 
 from .. import _backend as B
+from ..batching import BatchTracer, batched, front, rank_up, size_of
 from ..errors import DTypeError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
 from .shape import norm_axis
 
+_L = "linear"  # linear in its differentiable inputs: the JVP applies the op to the tangents
 _IX = "index"
 
 
@@ -26,6 +28,9 @@ def norm_index(index, backend: B.Backend, op: str = "getitem") -> tuple:
         index = (index,)
     out = []
     for i in index:
+        if isinstance(i, BatchTracer):
+            raise TypeError(f"{op}: a batched index tensor inside vmap is not supported; use "
+                            "take_along_axis or a one-hot mask")
         if isinstance(i, Tensor):
             i = i.data
             if B.backend_of(i) is not backend:
@@ -51,12 +56,59 @@ def _scatter_fwd(xp, g, index, shape):
     return out
 
 
+# --- batching: the batch axis goes first, ``(slice(None),) + index`` indexes the batch -------
+def _adv_bdim(index: tuple) -> int:
+    """Where the batch axis lands in ``x[(slice(None),) + index]``: first, unless advanced
+    indices that are not adjacent send their axes to the front (NumPy's rule)."""
+    arrays = [i for i in index if B.is_array(i)]
+    if not arrays:
+        return 0
+    adv = [k for k, i in enumerate(index) if B.is_array(i) or isinstance(i, int)]
+    if adv == list(range(adv[0], adv[0] + len(adv))):
+        return 0
+    shapes = []
+    for a in arrays:
+        shapes.extend([(int(a.sum()),)] * a.ndim if a.dtype.kind == "b" else [a.shape])
+    return len(B.np.broadcast_shapes(*shapes))
+
+
+def _getitem_batch(v, b, index):
+    return _getitem(front(v[0], b[0]), index=(slice(None),) + index), _adv_bdim(index)
+
+
+def _example_sub(xp, shape, index, dtype) -> tuple:
+    """The shape of ``x[index]`` for an example ``x`` of ``shape``."""
+    return xp.broadcast_to(xp.zeros((), dtype=dtype), shape)[index].shape
+
+
+def _scatter_batch(v, b, index, shape):
+    from .shape import moveaxis
+
+    g = front(v[0], b[0])
+    sub = _example_sub(g.backend.xp, shape, index, g.dtype)
+    g = moveaxis(rank_up(g, 0, len(sub)), 0, _adv_bdim(index))
+    return _scatter(g, index=(slice(None),) + index, shape=(v[0].shape[b[0]],) + shape), 0
+
+
+def _setitem_batch(vals, bdims, index):
+    from .shape import moveaxis
+
+    n = size_of(vals, bdims)
+    x = batched(vals[0], bdims[0], n)
+    ex = x.shape[1:]
+    sub = _example_sub(x.backend.xp, ex, index, x.dtype)
+    v = rank_up(batched(vals[1], bdims[1], n), 0, len(sub))
+    v = moveaxis(v, 0, _adv_bdim(index))
+    return _setitem(x, v, index=(slice(None),) + index), 0
+
+
 _getitem = primitive("getitem", lambda xp, x, index: x[index],
                      lambda g, ans, x, index: _scatter(g, index=index, shape=x.shape),
-                     saves="none", kind=_IX, doc="x[index] (basic and advanced indexing).")
+                     saves="none", kind=_IX, jvp=_L, batch=_getitem_batch,
+                     doc="x[index] (basic and advanced indexing).")
 _scatter = primitive("scatter_add", _scatter_fwd,
                      lambda g, ans, v, index, shape: _getitem(g, index=index),
-                     saves="none", kind=_IX,
+                     saves="none", kind=_IX, jvp=_L, batch=_scatter_batch,
                      doc="zeros(shape) with v added at index (repeats add up).")
 
 
@@ -78,7 +130,8 @@ _setitem = primitive(
     "setitem", _setitem_fwd,
     (lambda g, ans, x, v, index: _setitem(g, 0, index=index),
      lambda g, ans, x, v, index: _getitem(g, index=index)),
-    saves="none", kind=_IX, doc="A copy of x with x[index] = v (v broadcasts).")
+    saves="none", kind=_IX, jvp=_L, batch=_setitem_batch,
+    doc="A copy of x with x[index] = v (v broadcasts).")
 
 
 def index_update(x, index, value):
@@ -109,14 +162,27 @@ def _scatter_along_fwd(xp, g, idx, axis, shape):
     return out
 
 
+def _along_batch(prim):
+    def rule(vals, bdims, axis, **shape):
+        n = size_of(vals, bdims)
+        a, i = (batched(v, b, n) for v, b in zip(vals, bdims))
+        if shape:
+            shape = {"shape": (n,) + shape["shape"]}
+        return prim(a, i, axis=axis + 1, **shape), 0
+
+    return rule
+
+
 _take_along = primitive(
     "take_along_axis", lambda xp, x, idx, axis: xp.take_along_axis(x, idx, axis=axis),
     (lambda g, ans, x, idx, axis: _scatter_along(g, idx, axis=axis, shape=x.shape), None),
-    kind=_IX, doc="Pick one element per position along an axis (gathers by index).")
+    kind=_IX, jvp=_L, doc="Pick one element per position along an axis (gathers by index).")
+_take_along.batch = _along_batch(_take_along)
 _scatter_along = primitive(
     "scatter_add_along_axis", _scatter_along_fwd,
     (lambda g, ans, v, idx, axis, shape: _take_along(g, idx, axis=axis), None),
-    kind=_IX, doc="zeros(shape) with v added at idx along axis (repeats add up).")
+    kind=_IX, jvp=_L, doc="zeros(shape) with v added at idx along axis (repeats add up).")
+_scatter_along.batch = _along_batch(_scatter_along)
 
 
 def take_along_axis(x, indices, axis: int):

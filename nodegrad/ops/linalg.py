@@ -10,6 +10,7 @@ import string
 
 from ..errors import ShapeError
 from ..primitive import primitive
+from ..batching import front, rank_up, size_of
 from .shape import expand_dims, reshape, swapaxes
 
 
@@ -30,6 +31,8 @@ def _matmul_db(g, ans, a, b):
         return g * a if b.ndim == 1 else expand_dims(a, -1) * expand_dims(g, -2)
     if b.ndim == 1:
         return reshape(matmul(_mT(a), expand_dims(g, -1)), g.shape[:-1] + (a.shape[-1],))
+    if a.shape[-2] == 1 and a.ndim > 2 and b.ndim > 2:  # stacked outer products (vmap'ed
+        return _mT(a) * g                                # layers): a broadcast multiply
     if b.ndim == 2 and a.ndim > 2:  # shared weight (x @ W over a batch): one GEMM
         k = a.shape[-1]
         return matmul(_mT(reshape(a, (-1, k))), reshape(g, (-1, g.shape[-1])))
@@ -42,7 +45,32 @@ def _matmul_fwd(xp, a, b):
     return xp.matmul(a, b)
 
 
+def _matmul_batch(vals, bdims):
+    """Example operands promoted to matrices, batch axis first, batch dims aligned; 1-d rules
+    undone afterwards."""
+    n = size_of(vals, bdims)
+    ops, ones = [], []
+    for v, b, pos in zip(vals, bdims, (-2, -1)):
+        nd = v.ndim - (b is not None)
+        ones.append(nd == 1)
+        v = front(v, b)
+        if nd == 1:
+            k = v.shape[-1]
+            lead = () if b is None else (n,)
+            v = reshape(v, lead + ((1, k) if pos == -2 else (k, 1)))
+        ops.append((v, None if b is None else 0, max(nd, 2)))
+    r = max(o[2] for o in ops)
+    a, b = (v if bd is None else rank_up(v, bd, r) for v, bd, _ in ops)
+    out = matmul(a, b)
+    if ones[0] or ones[1]:
+        shape = out.shape[:-2] + ((out.shape[-2],) if not ones[0] else ()) + (
+            (out.shape[-1],) if not ones[1] else ())
+        out = reshape(out, shape)
+    return out, 0
+
+
 matmul = primitive("matmul", _matmul_fwd, (_matmul_da, _matmul_db), kind="linalg",
+                   jvp="multilinear", batch=_matmul_batch,
                    doc="Matrix product with NumPy's rules (1-d operands, broadcast batches).")
 
 
@@ -105,9 +133,17 @@ def _einsum_vjp(needs, g, ans, *ops, terms, out):
     return grads
 
 
+def _einsum_batch(vals, bdims, terms, out):
+    c = next(ch for ch in string.ascii_letters if ch not in "".join(terms) + out)
+    ops = [v if b is None else front(v, b) for v, b in zip(vals, bdims)]
+    ts = tuple(t if b is None else c + t for t, b in zip(terms, bdims))
+    return _einsum(*ops, terms=ts, out=c + out), 0
+
+
 _einsum = primitive("einsum", lambda xp, *ops, terms, out: xp.einsum(
     ",".join(terms) + "->" + out, *ops, optimize=len(ops) > 2),
-    vjp_all=_einsum_vjp, kind="linalg", doc="Einstein summation.")
+    vjp_all=_einsum_vjp, kind="linalg", jvp="multilinear", batch=_einsum_batch,
+    doc="Einstein summation.")
 
 
 def einsum(subscripts: str, *operands):

@@ -6,10 +6,11 @@ Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick),
 
 from __future__ import annotations
 
+from ..batching import batched, front, rank_up, size_of
 from ..primitive import primitive
 from .elementwise import exp
 from .reduce import _sum
-from .shape import broadcast_to, keepdims_shape, norm_axes, norm_axis, reshape
+from .shape import broadcast_to, keepdims_shape, norm_axes, norm_axis, reshape, swapaxes
 
 
 def _shifted(xp, x, axis):
@@ -31,7 +32,13 @@ def _lse_vjp(g, ans, x, axis, keepdims):
     return broadcast_to(g, x.shape) * exp(x - ans)
 
 
+def _lse_jvp(ts, ans, x, axis, keepdims):
+    a = ans if keepdims else reshape(ans, keepdims_shape(x.shape, axis))
+    return _sum(ts[0] * exp(x - a), axis=axis, keepdims=keepdims)
+
+
 _logsumexp = primitive("logsumexp", _lse_fwd, _lse_vjp, saves="both", kind="reduce",
+                       jvp=_lse_jvp,
                        doc="log(sum(exp(x))) over axes, with the max subtracted first.")
 
 
@@ -54,11 +61,13 @@ def _log_softmax_fwd(xp, x, axis):
 _softmax = primitive(
     "softmax", _softmax_fwd,
     lambda g, ans, x, axis: ans * (g - _sum(g * ans, axis=(axis,), keepdims=True)),
-    saves="out", kind="reduce", doc="exp(x) / sum(exp(x)) along an axis.")
+    saves="out", kind="reduce", doc="exp(x) / sum(exp(x)) along an axis.",
+    jvp="vjp")  # the softmax Jacobian diag(s) - s sᵀ is symmetric
 _log_softmax = primitive(
     "log_softmax", _log_softmax_fwd,
     lambda g, ans, x, axis: g - exp(ans) * _sum(g, axis=(axis,), keepdims=True),
-    saves="out", kind="reduce", doc="x - logsumexp(x) along an axis.")
+    saves="out", kind="reduce", doc="x - logsumexp(x) along an axis.",
+    jvp=lambda ts, ans, x, axis: ts[0] - _sum(ts[0] * exp(ans), axis=(axis,), keepdims=True))
 
 
 def softmax(x, axis: int = -1):
@@ -88,8 +97,33 @@ def _linear_db(g, ans, x, w, b):
     return _sum(g, axis=tuple(range(g.ndim - 1)), keepdims=False) if g.ndim > 1 else g
 
 
+def _linear_jvp(ts, ans, x, w, b):
+    tx, tw, tb = ts
+    out = None if tx is None else _linear(tx, w, None)
+    if tw is not None:
+        out = _linear(x, tw, None) if out is None else out + _linear(x, tw, None)
+    if tb is not None:
+        out = broadcast_to(tb, x.shape[:-1] + w.shape[:1]) if out is None else out + tb
+    return out
+
+
+def _linear_batch(vals, bdims):
+    (x, w, b), (bx, bw, bb) = vals, bdims
+    if bw is None and bb is None:  # a batch of inputs through one layer: still one product
+        return _linear(front(x, bx), w, b), 0
+    n = size_of(vals, bdims)
+    x, w = batched(x, bx, n), batched(w, bw, n)
+    lead = x.shape[1:-1]
+    out = reshape(reshape(x, (n, -1, x.shape[-1])) @ swapaxes(w, -1, -2),
+                  (n,) + lead + (w.shape[1],))
+    if b is not None:
+        out = out + (b if bb is None else rank_up(b, bb, len(lead) + 1))
+    return out, 0
+
+
 _linear = primitive("linear", _linear_fwd,
                     (lambda g, ans, x, w, b: g @ w, _linear_dw, _linear_db), kind="linalg",
+                    jvp=_linear_jvp, batch=_linear_batch,
                     doc="x Wᵀ + b in one product with the bias added in place.")
 
 

@@ -26,11 +26,11 @@ def _spread(g, x, axis, keepdims):
 
 _sum = primitive("sum", lambda xp, x, axis, keepdims: xp.sum(x, axis=axis, keepdims=keepdims),
                  lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims),
-                 saves="none", kind=_RED, doc="Sum over axes.")
+                 saves="none", kind=_RED, jvp="linear", doc="Sum over axes.")
 _mean = primitive(
     "mean", lambda xp, x, axis, keepdims: xp.mean(x, axis=axis, keepdims=keepdims),
     lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims) / _count(x.shape, axis),
-    saves="none", kind=_RED, doc="Mean over axes.")
+    saves="none", kind=_RED, jvp="linear", doc="Mean over axes.")
 
 
 def _extreme_vjp(g, ans, x, axis, keepdims):
@@ -41,11 +41,20 @@ def _extreme_vjp(g, ans, x, axis, keepdims):
     return _spread(g, x, axis, keepdims) * hit / _sum(hit, axis=axis, keepdims=True)
 
 
+def _extreme_jvp(ts, ans, x, axis, keepdims):
+    """The mean of the tangent over the positions that attained the extreme."""
+    if not keepdims:
+        ans = reshape(ans, keepdims_shape(x.shape, axis))
+    hit = astype(x == ans, ts[0].dtype)
+    return (_sum(ts[0] * hit, axis=axis, keepdims=keepdims)
+            / _sum(hit, axis=axis, keepdims=keepdims))
+
+
 _max = primitive("max", lambda xp, x, axis, keepdims: xp.max(x, axis=axis, keepdims=keepdims),
-                 _extreme_vjp, saves="both", kind=_RED,
+                 _extreme_vjp, saves="both", kind=_RED, jvp=_extreme_jvp,
                  doc="Maximum over axes; tied maxima share the gradient evenly.")
 _min = primitive("min", lambda xp, x, axis, keepdims: xp.min(x, axis=axis, keepdims=keepdims),
-                 _extreme_vjp, saves="both", kind=_RED,
+                 _extreme_vjp, saves="both", kind=_RED, jvp=_extreme_jvp,
                  doc="Minimum over axes; tied minima share the gradient evenly.")
 _argmax = primitive("argmax", lambda xp, x, axis, keepdims: xp.argmax(x, axis=axis,
                                                                       keepdims=keepdims),

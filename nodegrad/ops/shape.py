@@ -7,10 +7,12 @@ from __future__ import annotations
 import builtins
 
 from .. import _backend as B
+from ..batching import batched, front, size_of
 from ..errors import ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
 
+_L = "linear"  # linear in its differentiable inputs: the JVP applies the op to the tangents
 _SH = "shape"
 
 
@@ -52,7 +54,9 @@ def keepdims_shape(shape: tuple, axes) -> tuple:
 
 # --- reshape and friends ---------------------------------------------------------------------
 _reshape = primitive("reshape", lambda xp, x, shape: xp.reshape(x, shape),
-                     lambda g, ans, x, shape: reshape(g, x.shape), saves="none", kind=_SH,
+                     lambda g, ans, x, shape: reshape(g, x.shape), saves="none", kind=_SH, jvp=_L,
+                     batch=lambda v, b, shape: (_reshape(front(v[0], b[0]),
+                                                         shape=(v[0].shape[b[0]],) + shape), 0),
                      doc="Same values in a new shape.")
 
 
@@ -103,7 +107,9 @@ def ravel(x):
 # --- axis order ------------------------------------------------------------------------------
 _transpose = primitive("transpose", lambda xp, x, axes: xp.transpose(x, axes),
                        lambda g, ans, x, axes: _transpose(g, axes=_inverse(axes)),
-                       saves="none", kind=_SH, doc="Permute the axes.")
+                       saves="none", kind=_SH, jvp=_L, doc="Permute the axes.",
+                       batch=lambda v, b, axes: (_transpose(front(v[0], b[0]), axes=(0,) + tuple(
+                           a + 1 for a in axes)), 0))
 
 
 def _inverse(perm: tuple) -> tuple:
@@ -158,11 +164,33 @@ def _sum_to_fwd(xp, x, shape):
     return out.reshape(shape)
 
 
+def _broadcast_batch(v, b, shape):
+    x = front(v[0], b[0])
+    ex = x.shape[1:]
+    x = reshape(x, x.shape[:1] + (1,) * (len(shape) - len(ex)) + ex)
+    return _broadcast_to(x, shape=x.shape[:1] + shape), 0
+
+
+def _sum_to_batch(v, b, shape):
+    x = front(v[0], b[0])
+    lead = x.ndim - 1 - len(shape)
+    if lead:
+        x = _sum_fn(x, axis=tuple(range(1, lead + 1)))
+    return sum_to(x, x.shape[:1] + shape), 0
+
+
+def _sum_fn(x, axis):
+    from .reduce import sum as _s
+
+    return _s(x, axis=axis)
+
+
 _broadcast_to = primitive("broadcast_to", lambda xp, x, shape: xp.broadcast_to(x, shape),
-                          lambda g, ans, x, shape: sum_to(g, x.shape), saves="none", kind=_SH,
+                          lambda g, ans, x, shape: sum_to(g, x.shape), saves="none",
+                          kind=_SH, jvp=_L, batch=_broadcast_batch,
                           doc="A read-only broadcast view.")
 _sum_to = primitive("sum_to", _sum_to_fwd, lambda g, ans, x, shape: broadcast_to(g, x.shape),
-                    saves="none", kind=_SH,
+                    saves="none", kind=_SH, jvp=_L, batch=_sum_to_batch,
                     doc="Sum over broadcast axes to reach ``shape`` (the adjoint of broadcast_to).")
 
 
@@ -199,8 +227,14 @@ def _concat_vjp(needs, g, ans, *xs, axis):
     return out
 
 
+def _concat_batch(vals, bdims, axis):
+    n = size_of(vals, bdims)
+    return _concatenate(*(batched(v, b, n) for v, b in zip(vals, bdims)), axis=axis + 1), 0
+
+
 _concatenate = primitive("concatenate", lambda xp, *xs, axis: xp.concatenate(xs, axis=axis),
-                         vjp_all=_concat_vjp, saves="none", kind=_SH,
+                         vjp_all=_concat_vjp, saves="none", kind=_SH, jvp=_L,
+                         batch=_concat_batch,
                          doc="Join tensors along an existing axis.")
 
 
@@ -282,7 +316,11 @@ def _pad_fwd(xp, x, pad_width, value):
     return xp.pad(x, pad_width, constant_values=value)
 
 
-_pad = primitive("pad", _pad_fwd, _pad_vjp, saves="none", kind=_SH, doc="Pad with a constant.")
+_pad = primitive("pad", _pad_fwd, _pad_vjp, saves="none", kind=_SH, doc="Pad with a constant.",
+                 jvp=lambda ts, ans, x, pad_width, value: _pad(ts[0], pad_width=pad_width,
+                                                                value=0),
+                 batch=lambda v, b, pad_width, value: (_pad(front(v[0], b[0]), value=value,
+                                                            pad_width=((0, 0),) + pad_width), 0))
 
 
 def pad(x, pad_width, mode: str = "constant", constant_values=0):
@@ -302,7 +340,9 @@ def pad(x, pad_width, mode: str = "constant", constant_values=0):
 
 
 _flip = primitive("flip", lambda xp, x, axis: xp.flip(x, axis),
-                  lambda g, ans, x, axis: _flip(g, axis=axis), saves="none", kind=_SH,
+                  lambda g, ans, x, axis: _flip(g, axis=axis), saves="none", kind=_SH, jvp=_L,
+                  batch=lambda v, b, axis: (_flip(front(v[0], b[0]), axis=tuple(
+                      range(1, v[0].ndim)) if axis is None else tuple(a + 1 for a in axis)), 0),
                   doc="Reverse the order along axes.")
 
 
@@ -313,6 +353,7 @@ def flip(x, axis=None):
 
 
 copy = primitive("copy", lambda xp, x: x.copy(), lambda g, ans, x: g, saves="none", kind=_SH,
+                 jvp=_L, batch=lambda v, b: (copy(v[0]), b[0]),
                  doc="A copy that stays in the graph (PyTorch: clone).")
 clone = copy
 
@@ -321,7 +362,8 @@ _to_device = primitive(
     "to_device", lambda xp, x, dst, src: B.get_backend(dst).asarray(B.backend_of(x).to_host(x))
     if B.get_backend(dst).device_id is None or B.backend_of(x).device_id is None
     else B.get_backend(dst).asarray(x),
-    lambda g, ans, x, dst, src: _to_device(g, dst=src, src=dst), saves="none", kind=_SH,
+    lambda g, ans, x, dst, src: _to_device(g, dst=src, src=dst), saves="none", kind=_SH, jvp=_L,
+    batch=lambda v, b, dst, src: (_to_device(v[0], dst=dst, src=src), b[0]),
     doc="Move to another device (the gradient moves back).")
 
 

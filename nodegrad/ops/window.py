@@ -11,9 +11,12 @@ from __future__ import annotations
 import itertools
 
 from .. import _backend as B
+from ..batching import front
 from ..errors import ShapeError
 from ..primitive import primitive
 from .shape import norm_axis
+
+_L = "linear"  # linear in its differentiable inputs: the JVP applies the op to the tangents
 
 
 def _n_windows(length: int, k: int, stride: int, dilation: int) -> int:
@@ -55,12 +58,16 @@ _windows = primitive(
     "sliding_window_view", _windows_fwd,
     lambda g, ans, x, axes, window, stride, dilation: _fold(
         g, axes=axes, window=window, stride=stride, dilation=dilation, shape=x.shape),
-    saves="none", kind="window", doc="Strided windows (a view, no copy).")
+    saves="none", kind="window", jvp=_L, doc="Strided windows (a view, no copy).",
+    batch=lambda v, b, axes, **p: (_windows(front(v[0], b[0]), axes=tuple(a + 1 for a in axes),
+                                            **p), 0))
 _fold = primitive(
     "fold", _fold_fwd,
     lambda g, ans, v, axes, window, stride, dilation, shape: _windows(
         g, axes=axes, window=window, stride=stride, dilation=dilation),
-    saves="none", kind="window", doc="Add windows back into an array of ``shape``.")
+    saves="none", kind="window", jvp=_L, doc="Add windows back into an array of ``shape``.",
+    batch=lambda v, b, axes, shape, **p: (_fold(front(v[0], b[0]), axes=tuple(a + 1 for a in axes),
+                                                shape=(v[0].shape[b[0]],) + shape, **p), 0))
 
 
 def _per_axis(v, n: int, name: str) -> tuple:

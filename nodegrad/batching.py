@@ -1,0 +1,190 @@
+"""Batching for ``vmap``: the batch tracer, the stack of active vmap levels, category rules.
+
+While a ``vmap`` runs, each batched value is a :class:`BatchTracer`: it looks like one example
+(its ``shape`` has no batch axis) and carries the whole batch in ``val`` with the batch axis at
+``bdim``. ``bind`` checks one global (:data:`TRACES`, the active levels) and, when it is
+non-empty, hands the call to :func:`batch_bind`, which calls the primitive's batching rule
+``batch(vals, bdims, **params) -> (out, out_bdim)`` on the unwrapped values with the level
+removed, so nested vmaps peel one level per bind and the values underneath record the graph for
+``grad`` as usual. Elementwise and reduction primitives get their rule from their ``kind``
+(below); shape, index, window and linear-algebra primitives declare theirs.
+"""
+
+from __future__ import annotations
+
+from .errors import ShapeError
+from .tensor import Tensor
+
+
+class Level:
+    """One active vmap: its batch size."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+_POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
+TRACES: list = []  # the active vmap levels, innermost last
+
+
+class BatchTracer(Tensor):
+    """A batched value seen as one example: ``val`` holds the batch along axis ``bdim``."""
+
+    __slots__ = ("val", "bdim", "level")
+
+    def __init__(self, val: Tensor, bdim: int, level: Level):
+        shape = val.shape[:bdim] + val.shape[bdim + 1:]
+        dt = val.dtype
+        xp = val.backend.xp
+        # ``data`` has the example's shape and dtype but no memory, filled with poison (NaN,
+        # the most negative integer) so code that reads values behind the ops' back shows it
+        fill = _POISON.get(dt.kind, 0) if dt.kind != "i" else xp.iinfo(dt).min
+        super().__init__(xp.broadcast_to(xp.full((), fill, dtype=dt), shape))
+        self.val, self.bdim, self.level = val, bdim, level
+
+    def _no_values(self, *a, **k):
+        raise TypeError("inside vmap a batched tensor has no single value (data-dependent "
+                        "Python control flow or conversion); use where/masks instead")
+
+    numpy = item = tolist = __bool__ = __float__ = __int__ = __index__ = __array__ = _no_values
+
+    def __repr__(self) -> str:
+        return f"BatchTracer(shape={tuple(self.shape)}, bdim={self.bdim}, val={self.val!r})"
+
+
+def values(t):
+    """The array behind ``t`` for validation only: for a batched tensor inside vmap, the values
+    of the whole batch (so range checks see every example), else ``t.data``."""
+    while type(t) is BatchTracer:
+        t = t.val
+    return t.data
+
+
+class lowered:
+    """Run with only the ``n`` outermost vmap levels active."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.saved = TRACES[self.n:]
+        del TRACES[self.n:]
+
+    def __exit__(self, *exc):
+        TRACES.extend(self.saved)
+
+
+def batch_bind(bind, prim, args: tuple, params: dict):
+    """``bind`` for when a vmap is active: batch the call at the innermost level."""
+    top = TRACES[-1]
+    n = len(TRACES) - 1
+    if not any(type(a) is BatchTracer and a.level is top for a in args):
+        with lowered(n):
+            return bind(prim, args, params)
+    vals, bdims = [], []
+    for a in args:
+        if type(a) is BatchTracer and a.level is top:
+            vals.append(a.val)
+            bdims.append(a.bdim)
+        else:
+            vals.append(a)
+            bdims.append(None)
+    if prim.batch is None:
+        raise NotImplementedError(f"vmap: primitive '{prim.name}' has no batching rule")
+    with lowered(n):
+        out, bd = prim.batch(vals, bdims, **params)
+    return out if bd is None else BatchTracer(out, bd, top)
+
+
+# --- helpers for batching rules (vals: the unwrapped inputs, bdims: their batch axes) -----------
+def size_of(vals, bdims) -> int:
+    for v, b in zip(vals, bdims):
+        if b is not None:
+            return v.shape[b]
+    raise ValueError("no batched input")
+
+
+def front(v, bd):
+    """``v`` with its batch axis first (unchanged when unbatched)."""
+    if bd is None or bd == 0:
+        return v
+    from .ops.shape import moveaxis
+
+    return moveaxis(v, bd, 0)
+
+
+def batched(v, bd, size: int):
+    """``v`` with a batch axis first, broadcast (a view) when it had none."""
+    if bd is not None:
+        return front(v, bd)
+    from .ops.shape import broadcast_to, reshape
+
+    if not isinstance(v, Tensor):
+        v = Tensor(Tensor(0.0).backend.asarray(v))
+    return broadcast_to(reshape(v, (1,) + tuple(v.shape)), (size,) + tuple(v.shape))
+
+
+def rank_up(v, bd, rank: int):
+    """Batch axis first and length-1 axes after it, so the example part has ``rank`` dims."""
+    from .ops.shape import reshape
+
+    v = front(v, bd)
+    ex = tuple(v.shape[1:])
+    if len(ex) == rank:
+        return v
+    return reshape(v, (v.shape[0],) + (1,) * (rank - len(ex)) + ex)
+
+
+def _ex_ndim(v, bd) -> int:
+    nd = len(getattr(v, "shape", ()))
+    return nd - (bd is not None)
+
+
+def elementwise_rule(prim):
+    """Elementwise ops: batch axes first, example parts aligned on the right as they broadcast."""
+
+    def rule(vals, bdims, **params):
+        rank = max(_ex_ndim(v, b) for v, b in zip(vals, bdims))
+        args = tuple(v if b is None else rank_up(v, b, rank) for v, b in zip(vals, bdims))
+        from .primitive import bind
+
+        return bind(prim, args, params), 0
+
+    return rule
+
+
+def reduce_rule(prim):
+    """Reductions (``axis`` an int, a tuple or None for all): shift the axes past the batch."""
+
+    def rule(vals, bdims, **params):
+        from .ops.shape import reshape
+        from .primitive import bind
+
+        x = front(vals[0], bdims[0])
+        nd = x.ndim - 1
+        axis = params.get("axis")
+        p = dict(params)
+        if isinstance(axis, int):
+            p["axis"] = axis + 1
+        elif axis is not None:
+            p["axis"] = tuple(a + 1 for a in axis)
+        elif prim.name in ("argmax", "argmin"):  # over the flattened example
+            out = bind(prim, (reshape(x, (x.shape[0], -1)),), dict(p, axis=1))
+            if params.get("keepdims"):
+                out = reshape(out, (x.shape[0],) + (1,) * nd)
+            return out, 0
+        else:
+            p["axis"] = tuple(range(1, nd + 1))
+        return bind(prim, (x,) + tuple(vals[1:]), p), 0
+
+    return rule
+
+
+def check_sizes(sizes) -> int:
+    sizes = set(sizes)
+    if len(sizes) != 1:
+        raise ShapeError(f"vmap: batched inputs have different sizes along their batch axes: "
+                         f"{sorted(sizes)}")
+    return sizes.pop()

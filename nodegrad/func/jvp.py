@@ -1,0 +1,273 @@
+"""Forward mode on the same engine: jvp, linearize, and the Jacobian and Hessian transforms.
+
+``jvp(f, primals, tangents)`` evaluates ``f`` once on fresh differentiation inputs, which
+records the graph exactly as for ``grad``, and then pushes the tangents *forward* through the
+recorded nodes in topological order, calling each primitive's JVP rule (``Primitive.jvp``, see
+``nodegrad/primitive.py``). This is JAX's ``linearize``: the primal pass happens once and the
+tangent pass can be repeated for many tangents (``jacfwd`` does so, one per input coordinate).
+
+The JVP rules are written with tensor operations, like the VJP rules, so the tangent pass is
+itself recorded when a surrounding transform needs it: ``jvp`` of ``grad`` (forward-over-reverse,
+used by ``hvp`` and ``hessian``), ``grad`` of ``jvp`` and ``jvp`` of ``jvp`` all compose. No
+primitive uses the double-VJP fallback: every differentiable primitive declares a rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from ..autodiff import Spec, _key, _topo_order, mode
+from ..errors import GradError
+from ..tensor import Tensor, zeros_like
+from ..batching import TRACES, lowered
+from .grad import (_argnums, _call, _depth, _prepare, _prepare_batched, from_bottom, to_bottom,
+                   value_and_grad, vjp)
+from .tree import tree_flatten, tree_unflatten
+
+
+def _as_tangent(t, like: Tensor, op: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        t = Tensor(like.backend.asarray(t, dtype=like.dtype))
+    if tuple(t.shape) != tuple(like.shape):
+        raise GradError(f"{op}: tangent shape {tuple(t.shape)} does not match the primal shape "
+                        f"{tuple(like.shape)}")
+    if t.dtype != like.dtype:
+        raise GradError(f"{op}: tangent dtype {t.dtype} does not match the primal dtype "
+                        f"{like.dtype}")
+    return t
+
+
+def _push(ins: list, tans: list, outs: list) -> list:
+    """Tangents of ``outs`` given tangents ``tans`` of the graph inputs ``ins`` (None: zero)."""
+    tan: dict = {}
+    for t, u in zip(ins, tans):
+        tan[_key(t)] = u
+    starts = [o.node for o in outs if o.node is not None]
+    for n in reversed(_topo_order(starts)):  # parents before children
+        if n in tan:
+            continue  # a differentiation input (an alias of an outer value)
+        ts = tuple(None if p is None else tan.get(p) for p in n.parents)
+        like = next((t for t in ts if t is not None), None)
+        if like is None:
+            continue
+        if not n.alive:
+            raise GradError(f"jvp through '{n.prim.name}' after its saved values were freed by "
+                            "a backward pass")
+        args = n.args
+        if args is None:
+            args = tuple(Spec(s, like.dtype) for s in n.shapes)
+        ans = None if n.out is None else Tensor(n.out, n, True)
+        t = n.prim.jvp(ts, ans, *args, **n.params)
+        if t is not None:
+            tan[n] = t
+    return [tan.get(_key(o)) if o.requires_grad else None for o in outs]
+
+
+def linearize(f: Callable, *primals):
+    """``(f(*primals), jvp_fn)``: ``jvp_fn(*tangents)`` pushes tangents through f's graph.
+
+    ``f`` runs once; each ``jvp_fn`` call is one forward tangent pass (no re-evaluation).
+    """
+    nums = tuple(range(len(primals)))
+    levels = None
+    if TRACES:  # inside vmap: push tangents through the batched computation underneath
+        a, ins_per_arg, defs, higher, levels = _prepare_batched(primals, nums, "jvp")
+    else:
+        a, ins_per_arg, defs, higher = _prepare(primals, nums, "jvp")
+    out = _call(f, a, {})
+    outs, out_def = tree_flatten(out)
+    for o in outs:
+        if not isinstance(o, Tensor):
+            raise GradError(f"jvp: f must return tensors (or a tree of them), got "
+                            f"{type(o).__name__}")
+    ins = [t for per in ins_per_arg for t in per]
+    if levels is not None:
+        outs = to_bottom(outs, levels, "jvp")
+
+    def jvp_fn(*tangents):
+        if len(tangents) != len(primals):
+            raise GradError(f"jvp: {len(tangents)} tangents for {len(primals)} primals")
+        flat = []
+        for tg, td in zip(tangents, defs):
+            leaves, tdef = tree_flatten(tg)
+            if tdef != td:
+                raise GradError(f"jvp: tangent structure {tdef} does not match the primal {td}")
+            flat.extend(leaves)
+        if levels is not None:
+            flat = to_bottom(flat, levels, "jvp")
+        flat = [_as_tangent(u, p, "jvp") for u, p in zip(flat, ins)]
+        need = higher or any(u.requires_grad for u in flat)
+        prev = mode.grad_enabled
+        mode.grad_enabled = need
+        _depth[0] += 1
+        try:
+            with lowered(0 if levels is not None else len(TRACES)):
+                touts = _push(ins, flat, outs)
+                touts = [zeros_like(o) if t is None else (t if need else t.detach())
+                         for t, o in zip(touts, outs)]
+        finally:
+            _depth[0] -= 1
+            mode.grad_enabled = prev
+        res = tree_unflatten(out_def, touts)
+        return res if levels is None else from_bottom(res, levels)
+
+    with lowered(0 if levels is not None else len(TRACES)):
+        shown = outs if higher else [o.detach() for o in outs]
+    shown = tree_unflatten(out_def, shown)
+    return (shown if levels is None else from_bottom(shown, levels)), jvp_fn
+
+
+def jvp(f: Callable, primals: Sequence, tangents: Sequence):
+    """``(f(*primals), J u)``: the output and its directional derivative along ``tangents``.
+
+    ``primals`` and ``tangents`` are tuples with one entry (a tensor or a tree) per argument of
+    ``f``; the tangent output has the structure of the output.
+    """
+    primals, tangents = tuple(primals), tuple(tangents)
+    out, fn = linearize(f, *primals)
+    return out, fn(*tangents)
+
+
+# --- Jacobians --------------------------------------------------------------------------------
+def _basis(x: Tensor):
+    """The unit tangents of ``x``, one per element, in row-major order."""
+    xp = x.backend.xp
+    n = x.numel()
+    eye = xp.eye(n, dtype=x.dtype) if n else xp.zeros((0, 0), dtype=x.dtype)
+    return [Tensor(eye[i].reshape(x.shape)) for i in range(n)]
+
+
+def _stack_last(parts: list, out: Tensor, inp: Tensor) -> Tensor:
+    """Stack per-input-coordinate pieces of shape ``out.shape`` into out.shape + inp.shape."""
+    from ..ops import reshape, stack
+
+    shape = tuple(out.shape) + tuple(inp.shape)
+    if not parts:
+        return Tensor(out.backend.xp.zeros(shape, dtype=out.dtype))
+    return reshape(stack(parts, axis=-1), shape)
+
+
+def _jac_result(per_out: list, out_def, arg_defs, nums_int: bool):
+    """per_out[k][a][i]: Jacobian of output leaf k wrt leaf i of differentiated argument a."""
+    res = []
+    for per_arg in per_out:
+        trees = [tree_unflatten(td, js) for td, js in zip(arg_defs, per_arg)]
+        res.append(trees[0] if nums_int else tuple(trees))
+    return tree_unflatten(out_def, res)
+
+
+def _flat_args(args, nums):
+    leaves, defs = [], []
+    for n in nums:
+        ls, td = tree_flatten(args[n])
+        leaves.append([x if isinstance(x, Tensor) else Tensor(x) for x in ls])
+        defs.append(td)
+    return leaves, defs
+
+
+def jacfwd(f: Callable, argnums: int | Sequence[int] = 0):
+    """The Jacobian of ``f`` by forward mode: one tangent pass per input coordinate.
+
+    For an output of shape S and an input of shape T the Jacobian has shape S + T. With several
+    outputs or inputs (trees, or a tuple ``argnums``) the result nests as in JAX: the output's
+    structure outside, the inputs' structure inside.
+    """
+
+    def wrapped(*args):
+        nums = _argnums(argnums, len(args), "jacfwd")
+        leaves, defs = _flat_args(args, nums)
+
+        def g(*diff):
+            full = list(args)
+            for n, d in zip(nums, diff):
+                full[n] = d
+            return f(*full)
+
+        diff = tuple(tree_unflatten(td, ls) for td, ls in zip(defs, leaves))
+        out, fn = linearize(g, *diff)
+        outs, out_def = tree_flatten(out)
+        per_out = [[[[] for _ in ls] for ls in leaves] for _ in outs]
+        zeros = [[zeros_like(x) for x in ls] for ls in leaves]
+        for a, ls in enumerate(leaves):
+            for i, x in enumerate(ls):
+                for e in _basis(x):
+                    tg = [list(z) for z in zeros]
+                    tg[a][i] = e
+                    touts = tree_flatten(fn(*(tree_unflatten(td, t)
+                                              for td, t in zip(defs, tg))))[0]
+                    for k, t in enumerate(touts):
+                        per_out[k][a][i].append(t)
+        per_out = [[[_stack_last(parts, o, x) for parts, x in zip(pa, ls)]
+                    for pa, ls in zip(po, leaves)] for po, o in zip(per_out, outs)]
+        return _jac_result(per_out, out_def, defs, isinstance(argnums, int))
+
+    wrapped.__name__ = f"jacfwd({getattr(f, '__name__', 'f')})"
+    return wrapped
+
+
+def jacrev(f: Callable, argnums: int | Sequence[int] = 0):
+    """The Jacobian of ``f`` by reverse mode: one backward pass per output coordinate.
+
+    Same result layout as :func:`jacfwd`; cheaper when outputs are fewer than inputs.
+    """
+    from ..ops import reshape, stack
+
+    def wrapped(*args):
+        nums = _argnums(argnums, len(args), "jacrev")
+        leaves, defs = _flat_args(args, nums)
+
+        def g(*diff):
+            full = list(args)
+            for n, d in zip(nums, diff):
+                full[n] = d
+            return f(*full)
+
+        diff = tuple(tree_unflatten(td, ls) for td, ls in zip(defs, leaves))
+        out, fn = vjp(g, *diff)
+        outs, out_def = tree_flatten(out)
+        zeros = [zeros_like(o) for o in outs]
+        per_out = []
+        for k, o in enumerate(outs):
+            rows = []  # one cotangent result (per differentiated leaf) per output coordinate
+            for e in _basis(o):
+                cot = list(zeros)
+                cot[k] = e
+                gs = fn(tree_unflatten(out_def, cot))
+                rows.append([tree_flatten(gi)[0] for gi in gs])
+            per_arg = []
+            for a, ls in enumerate(leaves):
+                js = []
+                for i, x in enumerate(ls):
+                    if rows:
+                        j = reshape(stack([r[a][i] for r in rows], axis=0),
+                                    tuple(o.shape) + tuple(x.shape))
+                    else:
+                        j = _stack_last([], o, x)
+                    js.append(j)
+                per_arg.append(js)
+            per_out.append(per_arg)
+        return _jac_result(per_out, out_def, defs, isinstance(argnums, int))
+
+    wrapped.__name__ = f"jacrev({getattr(f, '__name__', 'f')})"
+    return wrapped
+
+
+def hessian(f: Callable, argnums: int | Sequence[int] = 0):
+    """The Hessian of scalar ``f``: ``jacfwd(jacrev(f))`` (forward-over-reverse)."""
+    return jacfwd(jacrev(f, argnums), argnums)
+
+
+def hvp(f: Callable, primals: Sequence, tangents: Sequence):
+    """``(f(*primals), H v)`` for scalar ``f``, forward-over-reverse without forming H.
+
+    As ``torch.func.hvp``: ``primals`` and ``tangents`` are tuples, one entry per argument; the
+    product has the structure of the primals (a tuple of them when there are several).
+    """
+    primals, tangents = tuple(primals), tuple(tangents)
+    nums = tuple(range(len(primals)))
+    vg = value_and_grad(f, argnums=nums)
+    (value, _), (_, hv) = jvp(vg, primals, tangents)
+    return value, (hv[0] if len(hv) == 1 else hv)
+
+
+__all__ = ["jvp", "linearize", "jacfwd", "jacrev", "hessian", "hvp"]

@@ -1,0 +1,116 @@
+"""``vmap``: vectorise a function written for one example over a batch axis.
+
+``vmap(f)(xs)`` wraps each batched input in a :class:`~nodegrad.batching.BatchTracer` and runs
+``f`` once; every primitive it calls is rewritten by its batching rule into one call on the
+whole batch (no Python loop over examples). vmaps nest (one level each) and compose with
+``grad`` both ways: ``grad(vmap(f))`` differentiates the batched computation like any other,
+and ``vmap(grad(f))`` gives per-example gradients — inside a vmap, ``grad`` differentiates the
+underlying batched computation with respect to a batched copy of its inputs, which is exact
+because batching rules never mix examples, and costs one backward pass for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .. import batching as bt
+from ..batching import TRACES, BatchTracer, Level, lowered
+from ..errors import ShapeError
+from ..ops.shape import broadcast_to, expand_dims, moveaxis, norm_axis
+from ..tensor import Tensor, tensor
+from .tree import tree_flatten, tree_unflatten
+
+
+def _per_leaf(spec, tree, n_args: int | None, what: str) -> list:
+    """One axis (int or None) per leaf of ``tree`` from an int/None or a tuple per argument."""
+    leaves, td = tree_flatten(tree)
+    if spec is None or isinstance(spec, int):
+        return [spec] * len(leaves)
+    spec = tuple(spec)
+    if n_args is not None and len(spec) != n_args:
+        raise ValueError(f"vmap: {what} has {len(spec)} entries for {n_args} arguments")
+    out = []
+    for s, sub in zip(spec, tree):
+        out.extend(_per_leaf(s, sub, None, what))
+    return out
+
+
+def vmap(f: Callable, in_axes=0, out_axes=0):
+    """Vectorise ``f`` over axis ``in_axes`` of its inputs, stacking results on ``out_axes``.
+
+    ``in_axes`` is an int (every input), None (not batched) or a tuple with one entry per
+    positional argument (an int or None applying to that argument's whole tree); ``out_axes``
+    likewise per output. Unbatched outputs are broadcast along the batch axis.
+    """
+
+    def wrapped(*args):
+        axes = _per_leaf(in_axes, args, len(args), "in_axes")
+        leaves, td = tree_flatten(args)
+        sizes, prepared = [], []
+        for x, ax in zip(leaves, axes):
+            if ax is not None:
+                if not isinstance(x, Tensor):
+                    x = tensor(x)
+                ax = norm_axis(ax, x.ndim, "vmap")
+                sizes.append(x.shape[ax])
+            prepared.append((x, ax))
+        if not sizes:
+            raise ValueError("vmap: no input is batched (all in_axes are None)")
+        level = Level(bt.check_sizes(sizes))
+        ins = [x if ax is None else BatchTracer(x, ax, level) for x, ax in prepared]
+        TRACES.append(level)
+        try:
+            out = f(*tree_unflatten(td, ins))
+        finally:
+            TRACES.remove(level)
+        outs, out_def = tree_flatten(out)
+        oaxes = _per_leaf(out_axes, out if isinstance(out_axes, tuple) else outs,
+                          None, "out_axes")
+        res = []
+        for o, ax in zip(outs, oaxes):
+            res.append(_unbatch(o, level, ax))
+        return tree_unflatten(out_def, res)
+
+    wrapped.__name__ = f"vmap({getattr(f, '__name__', 'f')})"
+    return wrapped
+
+
+def _unbatch(o, level: Level, ax):
+    if type(o) is BatchTracer and o.level is level:
+        if ax is None:
+            raise ShapeError("vmap: out_axes is None for an output that depends on the batch")
+        return moveaxis(o.val, o.bdim, norm_axis(ax, o.val.ndim, "vmap"))
+    if ax is None:
+        return o
+    if not isinstance(o, Tensor):
+        o = tensor(o)
+    ax = norm_axis(ax, o.ndim + 1, "vmap")
+    e = expand_dims(o, ax)
+    return broadcast_to(e, e.shape[:ax] + (level.size,) + e.shape[ax + 1:])
+
+
+# --- transforms inside vmap: work on the batched values underneath --------------------------
+def full_batch(x):
+    """``x`` batched at every active level with batch axis 0 at each, and the plain tensor
+    underneath (shape: the batch sizes, outermost first, then the example shape)."""
+    n = len(TRACES)
+    if n == 0:
+        return x, x
+    top = TRACES[-1]
+    with lowered(n - 1):
+        if type(x) is BatchTracer and x.level is top:
+            v = moveaxis(x.val, x.bdim, 0) if x.bdim else x.val
+        else:
+            v = x if isinstance(x, Tensor) else tensor(x)
+            v = broadcast_to(expand_dims(v, 0), (top.size,) + tuple(v.shape))
+        v, bottom = full_batch(v)
+    return BatchTracer(v, 0, top), bottom
+
+
+def rewrap(bottom, levels=None):
+    """Inverse of :func:`full_batch`: a plain batched tensor seen at every active level."""
+    levels = TRACES if levels is None else levels
+    x = bottom
+    for lv in levels:
+        x = BatchTracer(x, 0, lv)
+    return x

@@ -1,0 +1,267 @@
+"""vmap: for every primitive case of ``_opcases``, vmap(f)(xs) equals stacking f(x) (random
+in_axes and out_axes, batched and unbatched operands); per-example gradients (vmap of grad)
+against a Python loop; grad of vmap; nesting; modules via functional_call; torch.func."""
+
+import numpy as np
+import pytest
+from _opcases import CASES, calls
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nodegrad as ng
+from nodegrad import nn
+
+SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+LAYOUTS = ("matrix", "rank", "noncontig", "scalar")
+MATRIX = [pytest.param(c, lay, id=f"{c.name}-{lay}") for c in CASES
+          for lay in LAYOUTS if lay in c.layouts]
+NB = 3
+
+
+def test_every_primitive_has_a_batching_rule():
+    missing = sorted(n for n, p in ng.primitives.items() if p.batch is None)
+    assert not missing, f"primitives without a batching rule: {missing}"
+
+
+def _examples(call, rng):
+    """NB examples of the call's arguments (floats scaled, so domains keep their sign)."""
+    arrs = [np.array(a) for a in call.args]
+    return [[np.asarray(a * (1 + 0.25 * b), dtype=a.dtype) if a.dtype.kind == "f" else a
+             for a in arrs] for b in range(NB)]
+
+
+def _flat(out):
+    return ng.tree_flatten(out)[0]
+
+
+def _batched_inputs(data, arrs, exs):
+    axes, ins = [], []
+    for i, a in enumerate(arrs):
+        ax = data.draw(st.one_of(st.none(), st.integers(0, a.ndim)), label=f"in_axes[{i}]")
+        if ax is None and a.dtype.kind == "f" and not any(x is not None for x in axes):
+            ax = 0 if i == len(arrs) - 1 else None
+        axes.append(ax)
+        ins.append(ng.tensor(a) if ax is None else ng.tensor(np.stack([e[i] for e in exs], ax)))
+    if all(ax is None for ax in axes):
+        axes[0] = 0
+        ins[0] = ng.tensor(np.stack([e[0] for e in exs], 0))
+    for i, ax in enumerate(axes):  # an unbatched operand is the same in every example
+        if ax is None:
+            for e in exs:
+                e[i] = arrs[i]
+    return tuple(axes), ins
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize(("case", "layout"), MATRIX)
+@settings(max_examples=2, **SETTINGS)
+@given(data=st.data())
+def test_vmap_equals_stacking(case, layout, data):
+    call = data.draw(calls(case, layout))
+    arrs = [np.array(a) for a in call.args]
+    exs = _examples(call, np.random.default_rng(0))
+    axes, ins = _batched_inputs(data, arrs, exs)
+    refs = [_flat(call.fn(*(ng.tensor(a) for a in e))) for e in exs]
+    nd = min(r.ndim for r in refs[0])
+    oax = data.draw(st.integers(0, nd), label="out_axes")
+    got = _flat(ng.vmap(call.fn, in_axes=axes, out_axes=oax)(*ins))
+    assert len(got) == len(refs[0])
+    for k, g in enumerate(got):
+        want = np.stack([r[k].numpy() for r in refs], oax)
+        assert g.shape == want.shape and g.dtype == want.dtype
+        np.testing.assert_allclose(g.numpy(), want, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
+@settings(max_examples=1, **SETTINGS)
+@given(data=st.data())
+def test_per_example_gradients_equal_a_loop(case, data):
+    call = data.draw(calls(case, "matrix"))
+    arrs = [np.array(a).astype(np.float64) if np.array(a).dtype.kind == "f" else np.array(a)
+            for a in call.args]
+    fl = [i for i, a in enumerate(arrs) if a.dtype.kind == "f"]
+    exs = _examples(call, None)
+    rng = np.random.default_rng(1)
+    ws = [ng.tensor(rng.standard_normal(o.shape).astype(o.dtype))
+          for o in _flat(call.fn(*map(ng.tensor, arrs)))]
+
+    def loss(*xs):
+        full = [ng.tensor(a) for a in arrs]
+        for i, x in zip(fl, xs):
+            full[i] = x
+        return sum(((o * w).sum().astype("float64") for o, w in zip(_flat(call.fn(*full)), ws)),
+                   ng.tensor(0.0, dtype=ng.float64))
+
+    nums = tuple(range(len(fl)))
+    stacked = [ng.tensor(np.stack([e[i].astype(np.float64) for e in exs])) for i in fl]
+    got = ng.vmap(ng.grad(loss, nums))(*stacked)
+    for b, e in enumerate(exs):
+        want = ng.grad(loss, nums)(*(ng.tensor(e[i].astype(np.float64)) for i in fl))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.numpy()[b], w.numpy(), rtol=1e-7, atol=1e-9)
+
+
+def _mlp():
+    ng.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def test_per_example_gradients_of_a_module():
+    model = _mlp()
+    params = dict(model.named_parameters())
+    rng = np.random.default_rng(2)
+    xs, ys = ng.tensor(rng.standard_normal((6, 5))), ng.tensor(rng.integers(0, 3, 6))
+    params = {k: v.detach().double() for k, v in params.items()}
+
+    def loss(p, x, y):
+        logits = ng.func.functional_call(model, p, ng.expand_dims(x, 0))
+        return nn.functional.cross_entropy(logits, ng.expand_dims(y, 0))
+
+    per = ng.vmap(ng.grad(loss), in_axes=(None, 0, 0))(params, xs, ys)
+    for b in range(6):
+        want = ng.grad(loss)(params, xs[b], ys[b])
+        for k in params:
+            np.testing.assert_allclose(per[k].numpy()[b], want[k].numpy(), rtol=1e-9,
+                                       atol=1e-12)
+    total = ng.grad(lambda p: ng.vmap(loss, in_axes=(None, 0, 0))(p, xs, ys).sum())(params)
+    for k in params:
+        np.testing.assert_allclose(total[k].numpy(), per[k].numpy().sum(0), rtol=1e-9,
+                                   atol=1e-12)
+
+
+def test_nested_vmap_and_grad():
+    rng = np.random.default_rng(3)
+    x = ng.tensor(rng.standard_normal((2, 3, 4)))
+    w = ng.tensor(rng.standard_normal((4, 4)))
+
+    def f(v):
+        return ng.logsumexp(ng.tanh(w @ v) * v)
+
+    got = ng.vmap(ng.vmap(ng.grad(f)), in_axes=1, out_axes=2)(x)
+    assert got.shape == (2, 4, 3)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_allclose(got.numpy()[i, :, j], ng.grad(f)(x[i, j]).numpy(),
+                                       rtol=1e-10)
+    val = ng.vmap(ng.vmap(f))(x)
+    np.testing.assert_allclose(val.numpy(), [[float(f(x[i, j])) for j in range(3)]
+                                             for i in range(2)], rtol=1e-10)
+
+
+def test_batch_extension_example_and_errors():
+    # the notes: f defined for one sample, vmap extends it to a batch of B samples
+    w = ng.tensor(np.arange(6.0).reshape(2, 3))
+
+    def f(x):  # x: (3,) -> (2,)
+        return ng.relu(w @ x - 1.0)
+
+    xs = ng.tensor(np.arange(12.0).reshape(4, 3))
+    np.testing.assert_array_equal(ng.vmap(f)(xs).numpy(),
+                                  np.stack([f(x).numpy() for x in xs]))
+    with pytest.raises(ng.ShapeError, match="different sizes"):
+        ng.vmap(lambda a, b: a + b)(ng.ones(2), ng.ones(3))
+    with pytest.raises(TypeError, match="vmap"):
+        ng.vmap(lambda a: a if a.sum() > 0 else -a)(ng.ones((2, 2)))
+    with pytest.raises(TypeError, match="batched index"):
+        ng.vmap(lambda a, i: a[i])(ng.ones((2, 3)), ng.tensor([0, 1]))
+    out = ng.vmap(lambda a: ng.tensor(1.0))(ng.ones(3))  # unbatched output is broadcast
+    np.testing.assert_array_equal(out.numpy(), [1.0, 1.0, 1.0])
+
+
+def test_against_torch_func_per_example_gradients():
+    torch = pytest.importorskip("torch")
+    from torch.func import grad as tgrad
+    from torch.func import vmap as tvmap
+
+    rng = np.random.default_rng(4)
+    w1, w2 = rng.standard_normal((8, 5)), rng.standard_normal((3, 8))
+    xs, ys = rng.standard_normal((10, 5)), rng.integers(0, 3, 10)
+
+    def nloss(p, x, y):
+        h = ng.tanh(p[0] @ x)
+        return -ng.where(ng.arange(3) == y, ng.log_softmax(p[1] @ h, axis=0), 0.0).sum()
+
+    def tloss(p, x, y):
+        h = torch.tanh(p[0] @ x)
+        return -torch.where(torch.arange(3) == y, torch.log_softmax(p[1] @ h, dim=0), 0.0).sum()
+
+    got = ng.vmap(ng.grad(nloss), in_axes=(None, 0, 0))(
+        (ng.tensor(w1), ng.tensor(w2)), ng.tensor(xs), ng.tensor(ys))
+    want = tvmap(tgrad(tloss), in_dims=(None, 0, 0))(
+        (torch.tensor(w1), torch.tensor(w2)), torch.tensor(xs), torch.tensor(ys))
+    for g, t in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), t.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_transforms_doc_blocks_run():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "transforms.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    for code in blocks:
+        exec(compile(code, "docs/transforms.md", "exec"), {})
+
+
+def test_forward_mode_and_jacobians_inside_vmap():
+    rng = np.random.default_rng(5)
+    xs, us = ng.tensor(rng.standard_normal((4, 3))), ng.tensor(rng.standard_normal((4, 3)))
+    w = ng.tensor(rng.standard_normal((3, 3)))
+
+    def f(x):
+        return ng.tanh(w @ x) * x
+
+    def g(x):
+        return (ng.tanh(w @ x) ** 2).sum()
+
+    _, t = ng.vmap(lambda x, u: ng.jvp(f, (x,), (u,)))(xs, us)
+    c = ng.vmap(lambda x, u: ng.vjp(f, x)[1](u))(xs, us)
+    for b in range(4):
+        np.testing.assert_allclose(t.numpy()[b], ng.jvp(f, (xs[b],), (us[b],))[1].numpy())
+        np.testing.assert_allclose(c[0].numpy()[b], ng.vjp(f, xs[b])[1](us[b])[0].numpy())
+    for jac in (ng.jacfwd, ng.jacrev, ng.hessian):
+        fn = g if jac is ng.hessian else f
+        got = ng.vmap(jac(fn))(xs)
+        for b in range(4):
+            np.testing.assert_allclose(got.numpy()[b], jac(fn)(xs[b]).numpy(), atol=1e-12)
+    _, hv = ng.vmap(lambda x, u: ng.hvp(g, (x,), (u,)))(xs, us)
+    np.testing.assert_allclose(hv.numpy()[1], ng.hvp(g, (xs[1],), (us[1],))[1].numpy())
+    np.testing.assert_allclose(ng.jacfwd(ng.vmap(f))(xs).numpy(),
+                               ng.jacrev(ng.vmap(f))(xs).numpy(), atol=1e-12)
+
+
+NONDIFF = {
+    "floor_divide": lambda x, y: x // y, "sign": ng.sign, "equal": lambda x, y: x == y,
+    "not_equal": lambda x, y: x != y, "less": lambda x, y: x < y,
+    "less_equal": lambda x, y: x <= y, "greater": lambda x, y: x > y,
+    "greater_equal": lambda x, y: x >= y,
+    "logical_and": lambda x, y: ng.logical_and(x > 0, y > 0),
+    "logical_or": lambda x, y: ng.logical_or(x > 0, y > 0),
+    "logical_xor": lambda x, y: ng.logical_xor(x > 0, y > 0),
+    "logical_not": lambda x: ng.logical_not(x > 0), "isnan": ng.isnan, "isinf": ng.isinf,
+    "isfinite": ng.isfinite, "floor": ng.floor, "ceil": ng.ceil, "round": ng.round,
+    "trunc": ng.trunc, "argmax": lambda x: ng.argmax(x, axis=1),
+    "argmin": lambda x: ng.argmin(x, keepdims=True), "any": lambda x: ng.any(x > 1, axis=0),
+    "all": lambda x: ng.all(x > -1, axis=(0, 1), keepdims=True),
+}
+
+
+def test_non_differentiable_primitives_batch():
+    missing = {n for n, p in ng.primitives.items() if not p.differentiable} - set(NONDIFF)
+    assert not missing
+    rng = np.random.default_rng(6)
+    xs = rng.standard_normal((4, 2, 3)) * 3
+    ys = rng.standard_normal((2, 3)) * 3 + 0.5
+    for name, fn in NONDIFF.items():
+        n = fn.__code__.co_argcount if hasattr(fn, "__code__") else 1
+        if n == 2:
+            got = ng.vmap(fn, in_axes=(2, None))(ng.tensor(np.moveaxis(xs, 0, 2)), ng.tensor(ys))
+            want = [fn(ng.tensor(x), ng.tensor(ys)).numpy() for x in xs]
+        else:
+            got = ng.vmap(fn, in_axes=1, out_axes=-1)(ng.tensor(np.moveaxis(xs, 0, 1)))
+            want = [fn(ng.tensor(x)).numpy() for x in xs]
+        want = np.stack(want, 0 if n == 2 else -1)
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=name)
