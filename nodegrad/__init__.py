@@ -7,7 +7,7 @@
 tensor([2., 4., 6.])
 """
 
-from . import _backend, data, nn, optim
+from . import _backend, data, models, nn, optim, train
 from ._backend import cuda_available
 from .autodiff import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,

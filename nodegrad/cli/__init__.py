@@ -1,0 +1,195 @@
+"""The ``nodegrad`` command: ``train``, ``evaluate RUN_DIR`` and ``info``.
+
+``nodegrad train`` with no arguments trains the MNIST-1D CNN for about a minute on a CPU,
+shows progress, and prints the test accuracy and where the run directory and plots are. Bad
+input (unknown names, invalid numbers, unknown config keys, an existing run directory, a
+checkpoint of another model) ends with a one-line error and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from ..io import CheckpointError
+from ..train.callbacks import NonFiniteError
+from .train import (DATASETS, DEFAULTS, OPTIMIZERS, SCHEDULES, UsageError, evaluate_run, info,
+                    train)
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) raised as :class:`UsageError`."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _count(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _float_in(lo: float, hi: float, lo_open: bool = False):
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not (lo < v if lo_open else lo <= v) or not v <= hi:
+            raise argparse.ArgumentTypeError(
+                f"expected a number in {'(' if lo_open else '['}{lo}, {hi}], got {s}")
+        return v
+    return parse
+
+
+def _choice(options: Sequence[str], what: str):
+    def parse(s: str) -> str:
+        if s not in options:
+            raise argparse.ArgumentTypeError(f"unknown {what} {s!r}; choose from "
+                                             f"{', '.join(options)}")
+        return s
+    return parse
+
+
+def _train_parser(prog: str = "nodegrad train") -> _Parser:
+    from ..models import REGISTRY
+    from ..nn.init import SCHEMES
+
+    d = DEFAULTS
+    p = _Parser(prog=prog, description="Train a model; every option's default is shown. "
+                "Values from --config FILE (TOML) apply first, flags override them.",
+                argument_default=argparse.SUPPRESS,
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--model", type=_choice(list(REGISTRY), "model"), metavar="NAME",
+      help=f"one of: {', '.join(REGISTRY)} (default {d['model']})")
+    a("--dataset", type=_choice(list(DATASETS), "dataset"), metavar="NAME",
+      help=f"one of: {', '.join(DATASETS)} (default: the model's own)")
+    a("--epochs", type=_positive_int, help="epochs (default: the model's; the MNIST-1D paper "
+      "trains 150 = 6,000 steps of 100, `nodegrad train` 50 for a one-minute run)")
+    a("--batch-size", type=_positive_int, help="minibatch size (default: the model's)")
+    a("--optimizer", type=_choice(list(OPTIMIZERS), "optimizer"), metavar="NAME",
+      help=f"one of: {', '.join(OPTIMIZERS)} (default: the model's, adam)")
+    a("--lr", type=_float_in(0.0, 1e3, lo_open=True), help="learning rate (default: model's)")
+    a("--weight-decay", type=_float_in(0.0, 1e3), help="L2 weight decay (default 0)")
+    a("--schedule", type=_choice(list(SCHEDULES), "schedule"), metavar="NAME",
+      help=f"learning-rate schedule: {', '.join(SCHEDULES)} (default {d['schedule']})")
+    a("--dropout", type=_float_in(0.0, 1.0), help=f"dropout rate (default {d['dropout']})")
+    a("--init", type=_choice(list(SCHEMES), "init"), metavar="NAME",
+      help=f"weight init: {', '.join(SCHEMES)} (default {d['init']})")
+    a("--augment", action="store_true", help="random shifts (MNIST-1D) / translations (digits)")
+    a("--early-stopping", type=_count, metavar="PATIENCE",
+      help="stop after PATIENCE epochs without a better val_loss, keep the best weights "
+           f"(0: off; default {d['early_stopping']})")
+    a("--ensemble", type=_positive_int, metavar="K",
+      help=f"train K members with seeds seed..seed+K-1 (default {d['ensemble']})")
+    a("--bootstrap", action="store_true", help="ensemble members on bootstrap samples")
+    a("--val-fraction", type=_float_in(0.0, 0.9),
+      help=f"validation share of the training set (default {d['val_fraction']})")
+    a("--checkpoint-every", type=_count, metavar="STEPS",
+      help="also checkpoint every STEPS steps within an epoch (default 0: epoch ends only)")
+    a("--seed", type=_count, help=f"random seed (default {d['seed']})")
+    a("--device", help=f"cpu or cuda[:N] (default {d['device']})")
+    a("--out", metavar="DIR", help="run directory (default runs/MODEL-DATASET-sSEED)")
+    a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    a("--overwrite", action="store_true", help="replace an existing run directory")
+    a("--config", metavar="FILE", help="TOML file of options (keys as the flags, - or _)")
+    a("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog="nodegrad", description="nodegrad: train, evaluate and inspect models.")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info}")
+    sub.add_parser("train", help="train a model (nodegrad train --help for options)",
+                   add_help=False)
+    ev = sub.add_parser("evaluate", help="test metrics of a finished run")
+    ev.add_argument("run_dir")
+    sub.add_parser("info", help="versions, backends, devices, models and datasets")
+    return p
+
+
+def _config_args(path: str) -> dict:
+    """Options from a TOML file, checked by the same parser as the flags."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config file {path} is not valid TOML: {e}") from None
+    cfg = cfg.get("train", cfg)
+    parser = _train_parser()
+    flags = {o.lstrip("-") for act in parser._actions for o in act.option_strings}
+    argv: list[str] = []
+    for key, value in cfg.items():
+        flag = key.replace("_", "-")
+        if flag not in flags or flag in ("config", "help", "h"):
+            raise UsageError(f"config file {path}: unknown key {key!r}; valid keys: "
+                             f"{', '.join(sorted(flags - {'config', 'help', 'h'}))}")
+        if isinstance(value, bool):
+            if value:
+                argv.append(f"--{flag}")
+        else:
+            argv += [f"--{flag}", str(value)]
+    try:
+        return vars(parser.parse_args(argv))
+    except UsageError as e:
+        raise UsageError(f"config file {path}: {e}") from None
+
+
+def parse_train_args(argv: Sequence[str]) -> dict:
+    """DEFAULTS, then --config FILE, then the flags given: the options of one run."""
+    given = vars(_train_parser().parse_args(list(argv)))
+    cfg = _config_args(given["config"]) if "config" in given else {}
+    return {**cfg, **given}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nodegrad`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "train":
+            return train(parse_train_args(argv[1:]))
+        args = _parser().parse_args(argv)
+        if args.command == "evaluate":
+            return evaluate_run(args.run_dir)
+        if args.command == "info":
+            return info()
+        _parser().print_help()
+        return 0 if not argv else 2
+    except UsageError as e:
+        print(f"nodegrad: error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, ValueError, FileExistsError, FileNotFoundError, ImportError,
+            NonFiniteError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"nodegrad: error: {msg}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `nodegrad info | head`
+        sys.stdout = open(os.devnull, "w")  # keeps the flush at exit quiet
+        return 0
+    except KeyboardInterrupt:
+        print("nodegrad: interrupted; continue with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,380 @@
+"""What the ``nodegrad`` subcommands do: build data, model, optimiser and schedule from options,
+train with checkpoints into a run directory, evaluate a run, report the installation."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from .. import _backend as B
+from ..io import CheckpointError, atomic_write, load, save
+
+np = B.np
+
+
+class UsageError(ValueError):
+    """Bad command-line or config input (exit status 2)."""
+
+
+DEFAULTS = {"model": "mnist1d_cnn", "dataset": None, "epochs": None, "batch_size": None,
+            "optimizer": None, "lr": None, "weight_decay": None, "schedule": "none",
+            "dropout": 0.0, "init": "default", "augment": False, "early_stopping": 0,
+            "ensemble": 1, "bootstrap": False, "val_fraction": 0.1, "checkpoint_every": 0,
+            "seed": 0, "device": "cpu", "out": None, "resume": False, "overwrite": False,
+            "quiet": False}
+# how many epochs `nodegrad train` runs by default: the MNIST-1D paper's 6,000 steps (150
+# epochs) for the fast models, fewer for the CNN and GRU so the default run takes about a minute
+QUICK_EPOCHS = {"mnist1d_cnn": 50, "mnist1d_gru": 40}
+DATASETS = {"mnist1d": "mnist1d", "mnist1d-shuffled": "mnist1d", "digits": "digits",
+            "regression1d": "regression1d"}
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop",
+              "adagrad": "Adagrad", "adadelta": "Adadelta", "nadam": "NAdam"}
+SCHEDULES = ("none", "cosine", "step", "exponential", "onecycle", "plateau")
+_RUN_KEYS = ("model", "dataset", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
+             "dropout", "init", "augment", "early_stopping", "ensemble", "bootstrap",
+             "val_fraction", "checkpoint_every", "seed")
+
+
+# --- building blocks ----------------------------------------------------------------------------
+def resolve(opts: dict) -> dict:
+    """Fill defaults from the model's registry entry; check the model fits the dataset."""
+    from ..models import REGISTRY
+
+    o = {**DEFAULTS, **{k: v for k, v in opts.items() if k != "config"}}
+    spec = REGISTRY[o["model"]]
+    if o["dataset"] is None:
+        o["dataset"] = spec.dataset
+    if DATASETS[o["dataset"]] != spec.dataset:
+        fits = [n for n, s in REGISTRY.items() if s.dataset == DATASETS[o["dataset"]]]
+        raise UsageError(f"model {o['model']} is made for {spec.dataset}, not {o['dataset']}; "
+                         f"models for {o['dataset']}: {', '.join(fits)}")
+    d = spec.defaults
+    if o["epochs"] is None:
+        o["epochs"] = d.get("epochs") or QUICK_EPOCHS.get(o["model"], 150)
+    for k in ("batch_size", "optimizer", "lr", "weight_decay"):
+        if o[k] is None:
+            o[k] = d[k]
+    if o["dropout"] and "dropout" not in _params(spec.build):
+        raise UsageError(f"model {o['model']} has no dropout")
+    if o["augment"] and o["dataset"] == "regression1d":
+        raise UsageError("--augment has no augmentation for regression1d")
+    if o["bootstrap"] and o["ensemble"] < 2:
+        raise UsageError("--bootstrap needs --ensemble K with K >= 2")
+    if o["out"] is None:
+        o["out"] = _default_out(f"runs/{o['model']}-{o['dataset']}-s{o['seed']}",
+                                latest=o["overwrite"])
+    return o
+
+
+def _default_out(base: str, latest: bool) -> str:
+    """Without ``--out``: the first unused of ``base``, ``base-2``, ``base-3``, ... so the same
+    command run twice never collides; with ``--overwrite``, the latest used one."""
+    def name(k: int) -> str:
+        return base if k == 1 else f"{base}-{k}"
+
+    k = 1
+    while Path(name(k)).is_dir() and any(Path(name(k)).iterdir()):
+        k += 1
+    return name(max(k - 1, 1)) if latest else name(k)
+
+
+def _params(fn) -> set:
+    import inspect
+
+    return set(inspect.signature(fn).parameters)
+
+
+def load_data(name: str):
+    from ..data import datasets
+
+    if name == "mnist1d-shuffled":
+        return datasets.mnist1d(shuffled=True)
+    return getattr(datasets, name)()
+
+
+def _augmentation(dataset: str):
+    from ..data import augment
+
+    if dataset.startswith("mnist1d"):
+        return augment.RandomShift1d(3, mode="edge")
+    if dataset == "digits":
+        return augment.RandomTranslate2d(1.0)
+    raise UsageError(f"--augment has no augmentation for {dataset}")
+
+
+def build_model(o: dict, seed: int):
+    from ..models import create
+
+    kw = {"init": o["init"]}
+    if o["dropout"]:
+        kw["dropout"] = o["dropout"]
+    model = create(o["model"], seed=seed, **kw)
+    return model.to(o["device"]) if o["device"] != "cpu" else model
+
+
+def build_optimizer(o: dict, model):
+    from .. import optim
+
+    cls = getattr(optim, OPTIMIZERS[o["optimizer"]])
+    kw = {"lr": o["lr"]}
+    if o["weight_decay"]:
+        kw["weight_decay"] = o["weight_decay"]
+    return cls(model.parameters(), **kw)
+
+
+def build_schedule(o: dict, opt, steps: int):
+    from ..optim import lr_scheduler as S
+
+    s = o["schedule"]
+    if s == "none":
+        return None
+    if s == "cosine":
+        return S.CosineAnnealingLR(opt, T_max=steps)
+    if s == "step":
+        return S.StepLR(opt, step_size=max(1, steps // 3), gamma=0.1)
+    if s == "exponential":
+        return S.ExponentialLR(opt, gamma=0.01 ** (1 / max(steps, 1)))
+    if s == "onecycle":
+        return S.OneCycleLR(opt, max_lr=o["lr"], total_steps=steps)
+    return S.ReduceLROnPlateau(opt, factor=0.5, patience=3)
+
+
+def _task(model_name: str) -> str:
+    from ..models import REGISTRY
+
+    return REGISTRY[model_name].task
+
+
+def _loss_and_metrics(task: str):
+    from ..nn import functional as F
+
+    if task == "regression":
+        return F.mse_loss, ["mse", "r2"]
+    return F.cross_entropy, ["accuracy"]
+
+
+# --- train --------------------------------------------------------------------------------------
+def _prepare_dir(o: dict) -> Path:
+    out = Path(o["out"])
+    cfg_path = out / "config.json"
+    if o["resume"]:
+        if o["overwrite"]:
+            raise UsageError("--resume and --overwrite contradict each other")
+        if not cfg_path.exists():
+            raise UsageError(f"cannot resume: {out} holds no run (no config.json)")
+        return out
+    if out.exists() and any(out.iterdir()):
+        if not o["overwrite"]:
+            raise UsageError(f"run directory {out} exists; pass --resume to continue it or "
+                             "--overwrite to replace it (or choose --out)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _saved_options(out: Path, given: dict) -> dict:
+    """On --resume the run's own options, with --epochs (and output flags) from the command."""
+    saved = json.loads((out / "config.json").read_text())
+    if "model" in given and given["model"] != saved["model"]:
+        raise CheckpointError(f"{out} holds a run of {saved['model']}, not {given['model']}")
+    for k in _RUN_KEYS:
+        if k in given and given[k] != saved.get(k):
+            raise UsageError(f"cannot change --{k.replace('_', '-')} when resuming "
+                             f"(the run has {saved.get(k)!r})")
+    return {**saved, **{k: given[k] for k in ("epochs", "quiet", "device") if k in given},
+            "resume": True, "overwrite": False, "out": str(out)}
+
+
+def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
+    from .. import data as D
+    from .. import train as T
+
+    model = build_model(o, seed)
+    opt = build_optimizer(o, model)
+    task = _task(o["model"])
+    loss_fn, metrics = _loss_and_metrics(task)
+    train_set = data.train
+    if o["val_fraction"]:
+        strat = data.y_train if task == "classification" else None
+        train_set, val_set = D.train_val_split(train_set, o["val_fraction"], seed=0,
+                                               stratify=strat)
+    if o["bootstrap"]:
+        rng = np.random.default_rng(seed)
+        train_set = D.Subset(train_set, rng.integers(0, len(train_set), len(train_set)))
+    tf = _augmentation(o["dataset"]) if o["augment"] else None
+    tl = D.DataLoader(train_set, batch_size=o["batch_size"], shuffle=True, seed=seed,
+                      transform=tf, device=o["device"])
+    vl = (D.DataLoader(val_set, batch_size=1000, device=o["device"]) if o["val_fraction"]
+          else None)
+    sched = build_schedule(o, opt, o["epochs"] * len(tl))
+    monitor = "val_loss" if vl is not None else "loss"
+    cbs = [T.ModelCheckpoint(run_dir, monitor=monitor)]
+    if o["early_stopping"]:
+        cbs.append(T.EarlyStopping(monitor, patience=o["early_stopping"]))
+    if not o["quiet"]:
+        cbs.insert(0, T.ProgressBar())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = resume and (run_dir / "checkpoint.safetensors").exists()
+    history = T.fit(model, loss_fn, opt, tl, vl, epochs=o["epochs"], callbacks=cbs,
+                    metrics=metrics, scheduler=sched, run_dir=run_dir,
+                    checkpoint_every=o["checkpoint_every"] or None, resume=resume,
+                    config=o, progress=False)
+    save(model.state_dict(), run_dir / "model.safetensors", {"model": o["model"]})
+    return model, history
+
+
+def _test_report(o: dict, model, data, run_dir: Path, history, plot: bool) -> dict:
+    from .. import train as T
+
+    task = _task(o["model"])
+    loss_fn, metrics = _loss_and_metrics(task)
+    tl = _test_loader(o, data)
+    res = T.evaluate(model, tl, loss_fn, metrics + (["f1"] if task != "regression" else []))
+    plots = []
+    if plot:
+        try:
+            from ..train import plots as P
+
+            cm = None
+            if task == "classification":
+                cm = T.metrics.confusion_matrix(data.y_test, T.predict(model, tl),
+                                                data.info.classes)
+            plots = [str(p) for p in P.plot_run(history, run_dir, cm)]
+        except ImportError:
+            plots = []
+    return {"test": res, "plots": plots}
+
+
+def _test_loader(o: dict, data):
+    from ..data import DataLoader
+
+    return DataLoader(data.test, batch_size=1000, device=o["device"])
+
+
+def _fmt_test(res: dict) -> str:
+    if "accuracy" in res:
+        return f"test accuracy {100 * res['accuracy']:.2f} %  (loss {res['loss']:.4f})"
+    return f"test mse {res['mse']:.4g}  r2 {res['r2']:.4f}"
+
+
+def train(opts: dict) -> int:
+    """``nodegrad train``: returns the exit status."""
+    if opts.get("resume") and "out" not in opts:
+        raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+    o = resolve(opts)
+    out = _prepare_dir(o)
+    if o["resume"]:
+        o = resolve(_saved_options(out, opts))
+    atomic_write(out / "config.json", json.dumps(o, indent=1).encode())
+    data = load_data(o["dataset"])
+    say = (lambda *a: None) if o["quiet"] else print
+    say(f"training {o['model']} on {o['dataset']}: {o['epochs']} epochs, batch "
+        f"{o['batch_size']}, {o['optimizer']} lr {o['lr']}, seed {o['seed']} -> {out}")
+    t0 = time.perf_counter()
+    if o["ensemble"] == 1:
+        model, history = _train_member(o, data, out, o["seed"], o["resume"])
+        report = _test_report(o, model, data, out, history, plot=True)
+        report["stop_reason"] = history.stop_reason
+    else:
+        from ..train import Ensemble
+
+        members, histories, member_reports = [], [], []
+        for i in range(o["ensemble"]):
+            say(f"member {i + 1}/{o['ensemble']} (seed {o['seed'] + i})")
+            mdir = out / f"member-{i}"
+            model, h = _train_member(o, data, mdir, o["seed"] + i, o["resume"])
+            members.append(model)
+            histories.append(h)
+            member_reports.append(_test_report(o, model, data, mdir, h, plot=True))
+        ens = Ensemble(members, histories)
+        report = {"members": [r["test"] for r in member_reports], "plots": []}
+        if _task(o["model"]) == "classification":
+            report["test"] = ens.evaluate(data.x_test, data.y_test)
+    report["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    atomic_write(out / "results.json", json.dumps(report, indent=1).encode())
+    if o["ensemble"] == 1:
+        if report.get("stop_reason"):
+            say(report["stop_reason"])
+        print(_fmt_test(report["test"]))
+    else:
+        for i, r in enumerate(report["members"]):
+            print(f"member {i + 1}: " + _fmt_test(r))
+        if "test" in report:
+            t = report["test"]
+            print(f"ensemble of {o['ensemble']}: test accuracy {100 * t['ensemble']:.2f} % "
+                  f"(members' mean {100 * t['member_mean']:.2f} %)")
+    print(f"run directory: {out}")
+    if report["plots"]:
+        print("plots: " + ", ".join(report["plots"]))
+    return 0
+
+
+# --- evaluate and info --------------------------------------------------------------------------
+def evaluate_run(run_dir: str) -> int:
+    """``nodegrad evaluate RUN_DIR``: test metrics of the run's final (or last saved) weights."""
+    from ..train.checkpoint import check_compatible
+
+    out = Path(run_dir)
+    cfg = out / "config.json"
+    if not cfg.exists():
+        raise UsageError(f"{out} is not a nodegrad run directory (no config.json)")
+    o = json.loads(cfg.read_text())
+    dirs = [out / f"member-{i}" for i in range(o.get("ensemble", 1))] \
+        if o.get("ensemble", 1) > 1 else [out]
+    data = load_data(o["dataset"])
+    loss_fn, metrics = _loss_and_metrics(_task(o["model"]))
+    from .. import train as T
+
+    models = []
+    for d in dirs:
+        path = d / "model.safetensors"
+        if not path.exists():
+            path = d / "checkpoint.safetensors"
+        if not path.exists():
+            raise CheckpointError(f"{d} has no weights yet (train it first)")
+        tensors = load(path)
+        weights = {k[6:] if k.startswith("model/") else k: v for k, v in tensors.items()
+                   if not k.startswith("state/")}
+        model = build_model(o, o["seed"])
+        check_compatible(model, weights, str(path))
+        model.load_state_dict(weights)
+        models.append(model)
+        print(f"{d}: " + _fmt_test(T.evaluate(model, _test_loader(o, data), loss_fn, metrics)))
+    if len(models) > 1 and _task(o["model"]) == "classification":
+        acc = T.Ensemble(models).evaluate(data.x_test, data.y_test)["ensemble"]
+        print(f"ensemble of {len(models)}: test accuracy {100 * acc:.2f} %")
+    return 0
+
+
+def _version(mod: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(mod)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def info() -> int:
+    """``nodegrad info``: versions, backends, devices, models and datasets."""
+    import nodegrad as ng
+
+    from ..data.datasets import cache_dir
+    from ..models import REGISTRY
+
+    print(f"nodegrad {ng.__version__}  python {platform.python_version()}  "
+          f"({sys.executable})")
+    for pkg in ("numpy", "scipy", "safetensors", "matplotlib", "tqdm", "mnist1d",
+                "scikit-learn", "cupy-cuda12x"):
+        print(f"  {pkg:<13} {_version(pkg)}")
+    gpus = "available" if ng.cuda_available() else "not available"
+    print(f"backends: numpy (cpu); cupy (cuda) {gpus}")
+    print(f"data cache: {cache_dir()}")
+    print("models: " + ", ".join(f"{n} ({s.dataset})" for n, s in REGISTRY.items()))
+    print("datasets: " + ", ".join(DATASETS))
+    print("optimizers: " + ", ".join(OPTIMIZERS) + "; schedules: " + ", ".join(SCHEDULES))
+    return 0

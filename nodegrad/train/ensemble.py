@@ -1,0 +1,62 @@
+"""Ensembles: K members trained from different seeds (optionally on bootstrap samples); the
+ensemble predicts the average of the members' class probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .. import _backend as B
+from ..data import DataLoader, Subset
+from ..nn import Module
+from ..random import manual_seed
+from .loop import History, fit, predict
+from .metrics import accuracy
+
+np = B.np
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+@dataclass
+class Ensemble:
+    """Trained members, their histories, and the averaged-probability prediction."""
+
+    members: list[Module]
+    histories: list[History] = field(default_factory=list)
+
+    def predict_proba(self, data, batch_size: int = 512) -> np.ndarray:
+        """Mean of the members' softmax probabilities."""
+        return np.mean([_softmax(predict(m, data, batch_size).astype(np.float64))
+                        for m in self.members], axis=0)
+
+    def evaluate(self, x, y) -> dict:
+        """Accuracy of each member and of the ensemble on arrays ``x``, ``y``."""
+        members = [accuracy(y, predict(m, x)) for m in self.members]
+        return {"members": members, "member_mean": float(np.mean(members)),
+                "ensemble": accuracy(y, self.predict_proba(x))}
+
+
+def train_ensemble(build: Callable[[], Module], make_optimizer: Callable, loss_fn: Callable,
+                   dataset, k: int = 5, seed: int = 0, bootstrap: bool = False,
+                   batch_size: int = 32, epochs: int = 10, val_loader: Iterable | None = None,
+                   **fit_kwargs) -> Ensemble:
+    """Train ``k`` members: member i is built and shuffled with seed ``seed + i`` and, with
+    ``bootstrap``, trained on a sample of ``len(dataset)`` drawn with replacement."""
+    members, histories = [], []
+    for i in range(k):
+        manual_seed(seed + i)
+        model = build()
+        data = dataset
+        if bootstrap:
+            rng = np.random.default_rng(seed + i)
+            data = Subset(dataset, rng.integers(0, len(dataset), len(dataset)))
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, seed=seed + i)
+        histories.append(fit(model, loss_fn, make_optimizer(model), loader, val_loader,
+                             epochs=epochs, **fit_kwargs))
+        members.append(model)
+    return Ensemble(members, histories)

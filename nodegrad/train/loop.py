@@ -1,0 +1,324 @@
+"""The training loop: :func:`fit` (minibatch training with callbacks, validation, checkpoints
+and exact resume), :func:`evaluate` and :func:`predict`.
+
+Modes switch automatically: ``model.train()`` while fitting, ``model.eval()`` and ``no_grad``
+for validation and prediction (dropout off, batch norm on running statistics).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import _backend as B
+from ..autodiff import no_grad
+from ..data import ArrayDataset, DataLoader
+from ..io import CheckpointError
+from ..nn import Module
+from ..optim import Optimizer
+from ..optim.lr_scheduler import LRScheduler
+from ..random import default_generator
+from ..tensor import Tensor
+from . import checkpoint as C
+from .callbacks import Callback, HistoryWriter, LRSchedule, NaNGuard, ProgressBar
+from .metrics import METRICS
+
+np = B.np
+
+
+class History:
+    """What a run recorded: one row per epoch (``epochs``) and per step (``steps``)."""
+
+    def __init__(self, epochs: list | None = None, steps: list | None = None,
+                 stop_reason: str | None = None):
+        self.epochs: list[dict] = epochs or []
+        self.steps: list[dict] = steps or []
+        self.stop_reason = stop_reason
+
+    def __getitem__(self, key: str) -> list:
+        """The column ``key`` of the epoch rows (None where absent)."""
+        return [r.get(key) for r in self.epochs]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    @property
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+    def best(self, monitor: str = "val_loss", mode: str = "min") -> dict:
+        """The epoch row with the best ``monitor``."""
+        rows = [r for r in self.epochs if monitor in r]
+        if not rows:
+            raise KeyError(f"History.best: {monitor!r} was never logged")
+        pick = min if mode == "min" else max
+        return pick(rows, key=lambda r: r[monitor])
+
+    def to_dict(self) -> dict:
+        return {"epochs": self.epochs, "steps": self.steps, "stop_reason": self.stop_reason}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> History:
+        return cls(list(d["epochs"]), list(d["steps"]), d.get("stop_reason"))
+
+    def __repr__(self) -> str:
+        return f"History({len(self.epochs)} epochs, {len(self.steps)} steps, last={self.last})"
+
+
+def _split_batch(batch) -> tuple[Any, Any]:
+    if isinstance(batch, dict):
+        return batch["x"] if "x" in batch else batch["input"], batch.get("y", batch.get("target"))
+    if isinstance(batch, list | tuple):
+        return batch[0], batch[1] if len(batch) > 1 else None
+    return batch, None
+
+
+def _host(t) -> np.ndarray:
+    a = t.numpy() if isinstance(t, Tensor) else t
+    return B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a)
+
+
+def _metric_fns(metrics) -> dict[str, Callable]:
+    out = {}
+    for m in metrics or ():
+        if callable(m):
+            out[getattr(m, "__name__", "metric")] = m
+        elif m in METRICS:
+            out[m] = METRICS[m]
+        else:
+            raise ValueError(f"unknown metric {m!r}; choose from {sorted(METRICS)} or pass a "
+                             "callable (y_true, outputs) -> float")
+    return out
+
+
+def evaluate(model: Module, loader: Iterable, loss_fn: Callable | None = None,
+             metrics: Sequence = ("accuracy",)) -> dict[str, float]:
+    """Mean loss and ``metrics`` of ``model`` over ``loader`` (eval mode, no gradients)."""
+    fns = _metric_fns(metrics)
+    was = model.training
+    model.eval()
+    outs, ys, total, n = [], [], 0.0, 0
+    try:
+        with no_grad():
+            for batch in loader:
+                x, y = _split_batch(batch)
+                out = model(x)
+                if loss_fn is not None:
+                    total += float(loss_fn(out, y).item()) * len(x)
+                n += len(x)
+                outs.append(_host(out))
+                ys.append(_host(y))
+    finally:
+        model.train(was)
+    res: dict[str, float] = {}
+    if loss_fn is not None:
+        res["loss"] = total / max(n, 1)
+    if fns:
+        o, t = np.concatenate(outs), np.concatenate(ys)
+        res.update({k: float(f(t, o)) for k, f in fns.items()})
+    return res
+
+
+def predict(model: Module, data, batch_size: int = 512) -> np.ndarray:
+    """The model's outputs on ``data`` (a loader, a Tensor or an array) as one host array."""
+    if isinstance(data, Tensor | np.ndarray) or B.is_array(data):
+        data = DataLoader(ArrayDataset(_host(data)), batch_size=batch_size)
+    was = model.training
+    model.eval()
+    outs = []
+    try:
+        with no_grad():
+            for batch in data:
+                outs.append(_host(model(_split_batch(batch)[0])))
+    finally:
+        model.train(was)
+    return np.concatenate(outs)
+
+
+class Trainer:
+    """One training run; :func:`fit` builds and runs it. Callbacks receive it and may read
+    ``model``, ``optimizer``, ``epoch`` (0-based, current), ``step`` (optimiser steps done),
+    ``batch`` (batches of this epoch done), ``history``, ``last_loss`` and set
+    ``stop_training``."""
+
+    def __init__(self, model: Module, loss_fn: Callable, optimizer: Optimizer,
+                 train_loader: DataLoader, val_loader: Iterable | None = None, epochs: int = 1,
+                 callbacks: Sequence[Callback] = (), metrics: Sequence = ("accuracy",),
+                 scheduler: LRScheduler | None = None, scheduler_interval: str = "step",
+                 run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+                 resume: bool = False, config: dict | None = None, progress: bool = True,
+                 nan_guard: bool = True):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.train_loader, self.val_loader, self.epochs = train_loader, val_loader, int(epochs)
+        self.metric_fns = _metric_fns(metrics)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.config = dict(config or {})
+        self.model_info = {"model": type(model).__name__}
+        cbs: list[Callback] = []
+        if progress:
+            cbs.append(ProgressBar())
+        if nan_guard:
+            cbs.append(NaNGuard())
+        if scheduler is not None:
+            cbs.append(LRSchedule(scheduler, scheduler_interval))
+        cbs += list(callbacks)
+        if self.run_dir is not None:
+            cbs.append(HistoryWriter(self.run_dir))
+        self.callbacks = cbs
+        self.epoch = self.step = self.batch = 0
+        self.history = History()
+        self.stop_training, self.stop_reason = False, None
+        self.last_loss = float("nan")
+        self._acc: dict[str, float] = {}
+        self._train_time = 0.0
+        if resume:
+            self.restore()
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.run_dir is None:
+            raise ValueError("Trainer: checkpoints need a run_dir")
+        return self.run_dir / C.FILENAME
+
+    def state_dict(self) -> dict:
+        """Everything but the weights that a resumed run needs to continue bit-identically."""
+        return {"epoch": self.epoch, "step": self.step, "batch": self.batch,
+                "acc": dict(self._acc), "train_time": self._train_time,
+                "stop_training": self.stop_training, "stop_reason": self.stop_reason,
+                "history": self.history.to_dict(), "loader": self.train_loader.state_dict(),
+                "rng": default_generator("cpu").get_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "callbacks": [[type(c).__name__, c.state_dict()] for c in self._stateful()],
+                "model_info": self.model_info, "config": self.config}
+
+    def _stateful(self) -> list[Callback]:
+        return [c for c in self.callbacks if c.state_dict()]
+
+    def save_checkpoint(self) -> None:
+        C.save_checkpoint(self.checkpoint_path, self.model, self.state_dict())
+
+    def restore(self) -> None:
+        """Continue from the run directory's checkpoint."""
+        path = self.checkpoint_path
+        if not path.exists():
+            raise CheckpointError(f"cannot resume: no checkpoint in {self.run_dir}")
+        s = C.load_checkpoint(path, self.model)
+        if s["model_info"] != self.model_info:
+            raise CheckpointError(f"{path} was saved from {s['model_info']['model']}, not "
+                                  f"{self.model_info['model']}")
+        mine = self._stateful()
+        names = [type(c).__name__ for c in mine]
+        saved = [n for n, _ in s["callbacks"]]
+        if names != saved:
+            raise CheckpointError(f"cannot resume: the run had the stateful callbacks {saved}, "
+                                  f"now {names}")
+        self.optimizer.load_state_dict(s["optimizer"])
+        for c, (_, st) in zip(mine, s["callbacks"]):
+            c.load_state_dict(st)
+        self.train_loader.load_state_dict(s["loader"])
+        default_generator("cpu").set_state(s["rng"])
+        self.epoch, self.step, self.batch = s["epoch"], s["step"], s["batch"]
+        self._acc, self._train_time = dict(s["acc"]), s["train_time"]
+        self.stop_training, self.stop_reason = s["stop_training"], s["stop_reason"]
+        self.history = History.from_dict(s["history"])
+
+    # --- the loop -------------------------------------------------------------------------------
+    def _call(self, hook: str, *args) -> None:
+        for c in self.callbacks:
+            getattr(c, hook)(self, *args)
+
+    def _lr(self) -> float:
+        lr = self.optimizer.param_groups[0]["lr"]
+        return float(lr(self.optimizer.step_count + 1) if callable(lr) else lr)
+
+    def _train_step(self, batch) -> None:
+        x, y = _split_batch(batch)
+        self.optimizer.zero_grad()
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        loss.backward()
+        self.last_loss = float(loss.item())
+        self._call("on_after_backward")
+        lr = self._lr()
+        self.optimizer.step()
+        self.step += 1
+        self.batch += 1
+        n = len(x)
+        acc = self._acc
+        acc["n"] = acc.get("n", 0) + n
+        acc["loss"] = acc.get("loss", 0.0) + self.last_loss * n
+        if self.metric_fns:
+            t, o = _host(y), _host(out.detach())
+            for k, f in self.metric_fns.items():
+                acc[k] = acc.get(k, 0.0) + float(f(t, o)) * n
+        self.history.steps.append({"step": self.step, "epoch": self.epoch + 1,
+                                   "loss": self.last_loss, "lr": lr})
+        self._call("on_batch_end", {"step": self.step, "loss": self.last_loss, "lr": lr})
+
+    def _end_epoch(self, t0: float) -> None:
+        acc, n = self._acc, max(self._acc.get("n", 0), 1)
+        self._train_time += time.perf_counter() - t0
+        row = {"epoch": self.epoch + 1, "step": self.step, "loss": acc.get("loss", 0.0) / n}
+        row.update({k: acc.get(k, 0.0) / n for k in self.metric_fns})
+        if self.val_loader is not None:
+            v = evaluate(self.model, self.val_loader, self.loss_fn, list(self.metric_fns))
+            row.update({f"val_{k}": val for k, val in v.items()})
+        row["lr"] = self._lr()
+        row["time"] = round(self._train_time, 3)
+        self.history.epochs.append(row)
+        self._call("on_epoch_end", row)
+        self.epoch, self.batch, self._acc = self.epoch + 1, 0, {}
+
+    def fit(self) -> History:
+        """Train until ``epochs`` are done or a callback stops the run; returns the history."""
+        self.model.train()
+        self._call("on_train_begin")
+        loader = self.train_loader
+        while self.epoch < self.epochs and not self.stop_training:
+            if self.batch == 0:
+                loader.set_epoch(self.epoch)
+                self._call("on_epoch_begin")
+            t0 = time.perf_counter()
+            for batch in loader:
+                self._train_step(batch)
+                every = self.checkpoint_every
+                if self.run_dir is not None and every and self.step % every == 0 \
+                        and self.batch < len(loader):
+                    self._train_time += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    self.save_checkpoint()
+                if self.stop_training:
+                    break
+            self._end_epoch(t0)
+            if self.run_dir is not None:
+                self.save_checkpoint()
+        self.history.stop_reason = self.stop_reason
+        self._call("on_train_end")
+        self.model.eval()
+        return self.history
+
+
+def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: DataLoader,
+        val_loader: Iterable | None = None, epochs: int = 1, callbacks: Sequence[Callback] = (),
+        metrics: Sequence = ("accuracy",), scheduler: LRScheduler | None = None,
+        scheduler_interval: str = "step", run_dir: str | os.PathLike | None = None,
+        checkpoint_every: int | None = None, resume: bool = False, config: dict | None = None,
+        progress: bool = True, nan_guard: bool = True) -> History:
+    """Train ``model`` for ``epochs`` over ``train_loader``; returns the :class:`History`.
+
+    Each epoch ends with validation on ``val_loader`` (``val_*`` entries) and, with a
+    ``run_dir``, a resumable checkpoint (also every ``checkpoint_every`` steps) plus
+    ``history.csv``/``history.json``. ``resume=True`` continues from ``run_dir``'s checkpoint
+    and ends with the weights an uninterrupted run would have had, bit for bit.
+    ``scheduler`` steps after every optimiser step (``scheduler_interval="epoch"``: every
+    epoch; ReduceLROnPlateau: every epoch on ``val_loss``). A progress bar and a NaN guard are on
+    by default.
+    """
+    return Trainer(model, loss_fn, optimizer, train_loader, val_loader, epochs, callbacks,
+                   metrics, scheduler, scheduler_interval, run_dir, checkpoint_every, resume,
+                   config, progress, nan_guard).fit()
