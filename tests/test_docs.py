@@ -26,6 +26,13 @@ def test_readme_quick_start_commands_exist():
         assert (ROOT / path).exists(), path
 
 
+def test_quick_start_trains_with_the_nodegrad_command():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start\n\n```bash\n(.*?)```", text, re.S).group(1)
+    assert block.splitlines()[0].startswith("pip install . && nodegrad train")
+    assert 'nodegrad = "nodegrad.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
 def test_fit_1d_regression_example_learns():
     sys.path.insert(0, str(ROOT / "examples"))
     try:

@@ -1,0 +1,30 @@
+"""Every benchmark workload builds and its frameworks agree on the first step, so the suite
+cannot rot silently (timing itself belongs to ``python -m benchmarks``, never to tests)."""
+
+import numpy as np
+import pytest
+
+from benchmarks import all_workloads
+from benchmarks._harness import _as_float, _check, import_torch
+
+WORKLOADS = all_workloads()
+
+
+@pytest.mark.parametrize("w", WORKLOADS, ids=[w.id for w in WORKLOADS])
+def test_workload_runs_and_frameworks_agree(w):
+    torch = import_torch()
+    values = {}
+    for name, make in {"nodegrad": w.nodegrad, "floor": w.floor,
+                       "torch": w.torch if torch is not None else None}.items():
+        if make is not None:
+            data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in w.data().items()}
+            step = make(data)
+            values[name] = _as_float(step())
+            step()  # a second step runs too (state carried between steps)
+    assert values["nodegrad"] is None or np.isfinite(values["nodegrad"])
+    assert _check(values) in ("ok", "-"), _check(values)
+
+
+def test_suite_ids_are_unique():
+    ids = [w.id for w in WORKLOADS]
+    assert len(ids) == len(set(ids))
