@@ -1,6 +1,6 @@
 """The ``nodegrad`` command: ``train``, ``evaluate RUN_DIR`` and ``info``.
 
-``nodegrad train`` with no arguments trains the MNIST-1D CNN for about a minute on a CPU,
+``nodegrad train`` with no arguments trains the MNIST-1D CNN in about 10 seconds on a CPU,
 shows progress, and prints the test accuracy and where the run directory and plots are. Bad
 input (unknown names, invalid numbers, unknown config keys, an existing run directory, a
 checkpoint of another model) ends with a one-line error and a non-zero exit status.
