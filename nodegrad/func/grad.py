@@ -114,12 +114,7 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
             return _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs)
         a, ins, defs, higher = _prepare(args, nums, "grad")
         res = _call(f, a, kwargs)
-        if has_aux:
-            if not (isinstance(res, tuple) and len(res) == 2):
-                raise GradError("grad: has_aux=True needs f to return (value, aux)")
-            out, aux = res
-        else:
-            out, aux = res, None
+        out, aux = _split_aux(res, has_aux)
         out = _scalar_out(out, "grad")
         gs = _grads([out], [out.ones_like()], ins, defs, higher, False)
         g = gs[0] if isinstance(argnums, int) else tuple(gs)
@@ -167,6 +162,15 @@ def from_bottom(tree, levels: list):
     return tree_unflatten(td, [rewrap(t, levels) for t in leaves])
 
 
+def _split_aux(res, has_aux: bool) -> tuple:
+    """``(value, aux)`` from what ``f`` returned (``aux`` is None without ``has_aux``)."""
+    if not has_aux:
+        return res, None
+    if not (isinstance(res, tuple) and len(res) == 2):
+        raise GradError("grad: has_aux=True needs f to return (value, aux)")
+    return res
+
+
 def _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs):
     """value_and_grad under vmap: the inputs become batched leaves at the bottom (one row per
     example, broadcast where an input was not batched), ``f`` runs on them seen as examples, and
@@ -174,12 +178,7 @@ def _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs):
     since batching rules never mix examples."""
     args, ins, defs, higher, levels = _prepare_batched(args, nums, "grad")
     res = _call(f, args, kwargs)
-    if has_aux:
-        if not (isinstance(res, tuple) and len(res) == 2):
-            raise GradError("grad: has_aux=True needs f to return (value, aux)")
-        out, aux = res
-    else:
-        out, aux = res, None
+    out, aux = _split_aux(res, has_aux)
     if not isinstance(out, Tensor) or out.shape != ():
         _scalar_out(out, "grad")
     bottom = to_bottom([out], levels, "grad")[0]

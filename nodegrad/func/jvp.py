@@ -165,6 +165,18 @@ def _flat_args(args, nums):
     return leaves, defs
 
 
+def _restrict(f: Callable, args: tuple, nums: Sequence[int], leaves, defs) -> tuple:
+    """``f`` as a function of the differentiated arguments only, and those arguments."""
+
+    def g(*diff):
+        full = list(args)
+        for n, d in zip(nums, diff):
+            full[n] = d
+        return f(*full)
+
+    return (g, *(tree_unflatten(td, ls) for td, ls in zip(defs, leaves)))
+
+
 def jacfwd(f: Callable, argnums: int | Sequence[int] = 0):
     """The Jacobian of ``f`` by forward mode: one tangent pass per input coordinate.
 
@@ -176,15 +188,7 @@ def jacfwd(f: Callable, argnums: int | Sequence[int] = 0):
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacfwd")
         leaves, defs = _flat_args(args, nums)
-
-        def g(*diff):
-            full = list(args)
-            for n, d in zip(nums, diff):
-                full[n] = d
-            return f(*full)
-
-        diff = tuple(tree_unflatten(td, ls) for td, ls in zip(defs, leaves))
-        out, fn = linearize(g, *diff)
+        out, fn = linearize(*_restrict(f, args, nums, leaves, defs))
         outs, out_def = tree_flatten(out)
         per_out = [[[[] for _ in ls] for ls in leaves] for _ in outs]
         zeros = [[zeros_like(x) for x in ls] for ls in leaves]
@@ -215,15 +219,7 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0):
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacrev")
         leaves, defs = _flat_args(args, nums)
-
-        def g(*diff):
-            full = list(args)
-            for n, d in zip(nums, diff):
-                full[n] = d
-            return f(*full)
-
-        diff = tuple(tree_unflatten(td, ls) for td, ls in zip(defs, leaves))
-        out, fn = vjp(g, *diff)
+        out, fn = vjp(*_restrict(f, args, nums, leaves, defs))
         outs, out_def = tree_flatten(out)
         zeros = [zeros_like(o) for o in outs]
         per_out = []
