@@ -19,9 +19,16 @@ def _shifted(xp, x, axis):
     return x - xp.where(xp.isfinite(m), m, 0), m
 
 
+def _log_pos(xp, s):
+    # log of a sum of exponentials: -inf, without a divide-by-zero warning, where the sum is 0
+    # (an empty axis, or every input -inf); elsewhere the sum is >= 1 after the shift
+    ok = s > 0
+    return xp.where(ok, xp.log(xp.where(ok, s, 1)), -xp.inf)
+
+
 def _lse_fwd(xp, x, axis, keepdims):
     z, m = _shifted(xp, x, axis)
-    out = xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True)) + xp.where(xp.isfinite(m), m, 0)
+    out = _log_pos(xp, xp.sum(xp.exp(z), axis=axis, keepdims=True)) + xp.where(xp.isfinite(m), m, 0)
     return out if keepdims else xp.squeeze(out, axis=axis) if axis is not None else out.reshape(())
 
 
@@ -55,7 +62,7 @@ def _softmax_fwd(xp, x, axis):
 
 def _log_softmax_fwd(xp, x, axis):
     z, _ = _shifted(xp, x, axis)
-    return z - xp.log(xp.sum(xp.exp(z), axis=axis, keepdims=True))
+    return z - _log_pos(xp, xp.sum(xp.exp(z), axis=axis, keepdims=True))
 
 
 _softmax = primitive(
