@@ -27,7 +27,8 @@ DEFAULTS = {"model": "mnist1d_cnn", "dataset": None, "epochs": None, "batch_size
             "seed": 0, "device": "cpu", "out": None, "resume": False, "overwrite": False,
             "quiet": False}
 # how many epochs `nodegrad train` runs by default: the MNIST-1D paper's 6,000 steps (150
-# epochs) for the fast models, fewer for the CNN and GRU so the default run takes well under a minute
+# epochs) for the fast models, fewer for the CNN and GRU so the default run takes well under
+# a minute
 QUICK_EPOCHS = {"mnist1d_cnn": 50, "mnist1d_gru": 40}
 DATASETS = {"mnist1d": "mnist1d", "mnist1d-shuffled": "mnist1d", "digits": "digits",
             "regression1d": "regression1d"}
