@@ -80,6 +80,23 @@ def test_bad_input_one_line_error(args, needle, capsys):
     assert needle in _err_line(capsys)
 
 
+@pytest.mark.parametrize("device, needle", [("foo", "unknown device 'foo'"),
+                                            ("cuda:x", "unknown device")])
+def test_bad_device_one_line_error_and_no_run_dir(device, needle, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--device", device, "--out", str(out)]) == 1
+    assert needle in _err_line(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(ng.cuda_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cupy_one_line_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--device", "cuda", "--out", str(out)]) == 1
+    assert "CUDA" in _err_line(capsys)
+    assert not out.exists()
+
+
 def test_bad_config_refused(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text("epochz = 3\n")

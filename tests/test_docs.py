@@ -1,4 +1,5 @@
-"""The README's code runs as written, and the main example reaches its accuracy."""
+"""The README's and the doc pages' code runs as written, and the main example reaches its
+accuracy."""
 
 import pathlib
 import re
@@ -20,10 +21,28 @@ def test_readme_python_blocks_run(code, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), {})
 
 
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
+def test_doc_page_python_blocks_run_in_order(page, tmp_path, monkeypatch, capsys):
+    """A page's blocks share one namespace, as a reader runs them one after another."""
+    from nodegrad.primitive import REGISTRY
+
+    monkeypatch.chdir(tmp_path)
+    before = dict(REGISTRY)  # a page may define its own primitive; other tests enumerate them
+    ns: dict = {}
+    try:
+        for code in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(),
+                               re.S):
+            exec(compile(code, f"docs/{page}", "exec"), ns)
+    finally:
+        REGISTRY.clear()
+        REGISTRY.update(before)
+
+
 def test_readme_quick_start_commands_exist():
     text = (ROOT / "README.md").read_text()
-    for path in re.findall(r"python (examples/\S+\.py)", text):
-        assert (ROOT / path).exists(), path
+    for doc in [text, *(p.read_text() for p in (ROOT / "docs").glob("*.md"))]:
+        for path in re.findall(r"python ((?:examples|benchmarks)/\S+\.py)", doc):
+            assert (ROOT / path).exists(), path
 
 
 def test_quick_start_trains_with_the_nodegrad_command():

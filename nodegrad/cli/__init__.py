@@ -1,4 +1,4 @@
-"""The ``nodegrad`` command: ``train``, ``evaluate RUN_DIR`` and ``info``.
+"""The ``nodegrad`` command: ``train``, ``evaluate RUN_DIR``, ``info``, ``diagnose``, ``gradcheck``.
 
 ``nodegrad train`` with no arguments trains the MNIST-1D CNN in about 10 seconds on a CPU,
 shows progress, and prints the test accuracy and where the run directory and plots are. Bad
@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..errors import DeviceError
 from ..io import CheckpointError
 from ..train.callbacks import NonFiniteError
 from .train import (DATASETS, DEFAULTS, OPTIMIZERS, SCHEDULES, UsageError, evaluate_run, info,
@@ -28,24 +29,21 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def _int_at_least(lo: int):
+    """An argparse type: an integer >= ``lo``."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+    return parse
 
 
-def _count(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0)
 
 
 def _float_in(lo: float, hi: float, lo_open: bool = False):
@@ -119,12 +117,16 @@ def _train_parser(prog: str = "nodegrad train") -> _Parser:
 
 def _parser() -> _Parser:
     p = _Parser(prog="nodegrad", description="nodegrad: train, evaluate and inspect models.")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info,gradcheck,diagnose}")
     sub.add_parser("train", help="train a model (nodegrad train --help for options)",
                    add_help=False)
     ev = sub.add_parser("evaluate", help="test metrics of a finished run")
     ev.add_argument("run_dir")
     sub.add_parser("info", help="versions, backends, devices, models and datasets")
+    sub.add_parser("gradcheck", add_help=False,  # gradcheck
+                   help="autodiff vs finite-difference gradients (nodegrad gradcheck --help)")
+    sub.add_parser("diagnose", add_help=False,  # diagnose
+                   help="per-layer activation/gradient statistics (nodegrad diagnose --help)")
     return p
 
 
@@ -172,6 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "train":
             return train(parse_train_args(argv[1:]))
+        if argv and argv[0] == "gradcheck":  # gradcheck
+            from .gradcheck import run as gradcheck_run
+
+            return gradcheck_run(argv[1:])
+        if argv and argv[0] == "diagnose":  # diagnose
+            from .diagnose import run as diagnose_run
+
+            return diagnose_run(argv[1:])
         args = _parser().parse_args(argv)
         if args.command == "evaluate":
             return evaluate_run(args.run_dir)
@@ -182,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"nodegrad: error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, ValueError, FileExistsError, FileNotFoundError, ImportError,
-            NonFiniteError) as e:
+    except (CheckpointError, DeviceError, ValueError, FileExistsError, FileNotFoundError,
+            ImportError, NonFiniteError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"nodegrad: error: {msg}", file=sys.stderr)
         return 1

@@ -267,6 +267,7 @@ def train(opts: dict) -> int:
     if opts.get("resume") and "out" not in opts:
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
     o = resolve(opts)
+    B.get_backend(o["device"])  # an unknown or unavailable device fails before any file is written
     out = _prepare_dir(o)
     if o["resume"]:
         o = resolve(_saved_options(out, opts))

@@ -12,13 +12,17 @@
 True
 """
 
-from . import callbacks, checkpoint, ensemble, metrics
+from . import callbacks, checkpoint, ensemble, metrics, transfer
 from .callbacks import (Callback, EarlyStopping, GradientClipping, HistoryWriter, LRSchedule,
                         ModelCheckpoint, NaNGuard, NonFiniteError, ProgressBar)
 from .ensemble import Ensemble, train_ensemble
 from .loop import History, Trainer, evaluate, fit, predict
+from .transfer import (LoadReport, freeze, load_pretrained, param_groups, replace_head,
+                       replace_module, trainable_summary, unfreeze)
 
 __all__ = ["Callback", "EarlyStopping", "Ensemble", "GradientClipping", "History",
-           "HistoryWriter", "LRSchedule", "ModelCheckpoint", "NaNGuard", "NonFiniteError",
-           "ProgressBar", "Trainer", "callbacks", "checkpoint", "ensemble", "evaluate", "fit",
-           "metrics", "predict", "train_ensemble"]
+           "HistoryWriter", "LRSchedule", "LoadReport", "ModelCheckpoint", "NaNGuard",
+           "NonFiniteError", "ProgressBar", "Trainer", "callbacks", "checkpoint", "ensemble",
+           "evaluate", "fit", "freeze", "load_pretrained", "metrics", "param_groups", "predict",
+           "replace_head", "replace_module", "train_ensemble", "trainable_summary", "transfer",
+           "unfreeze"]
