@@ -16,96 +16,51 @@ from collections.abc import Sequence
 from ..errors import DeviceError
 from ..io import CheckpointError
 from ..train.callbacks import NonFiniteError
+from .args import Parser, choice, count, float_in, positive_int
 from .train import (DATASETS, DEFAULTS, OPTIMIZERS, SCHEDULES, UsageError, evaluate_run, info,
                     train)
 
 __all__ = ["main"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) raised as :class:`UsageError`."""
-
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def _int_at_least(lo: int):
-    """An argparse type: an integer >= ``lo``."""
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_count = _int_at_least(0)
-
-
-def _float_in(lo: float, hi: float, lo_open: bool = False):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        if not (lo < v if lo_open else lo <= v) or not v <= hi:
-            raise argparse.ArgumentTypeError(
-                f"expected a number in {'(' if lo_open else '['}{lo}, {hi}], got {s}")
-        return v
-    return parse
-
-
-def _choice(options: Sequence[str], what: str):
-    def parse(s: str) -> str:
-        if s not in options:
-            raise argparse.ArgumentTypeError(f"unknown {what} {s!r}; choose from "
-                                             f"{', '.join(options)}")
-        return s
-    return parse
-
-
-def _train_parser(prog: str = "nodegrad train") -> _Parser:
+def _train_parser(prog: str = "nodegrad train") -> Parser:
     from ..models import REGISTRY
     from ..nn.init import SCHEMES
 
     d = DEFAULTS
-    p = _Parser(prog=prog, description="Train a model; every option's default is shown. "
-                "Values from --config FILE (TOML) apply first, flags override them.",
-                argument_default=argparse.SUPPRESS,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=prog, description="Train a model; every option's default is shown. "
+               "Values from --config FILE (TOML) apply first, flags override them.",
+               argument_default=argparse.SUPPRESS,
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
-    a("--model", type=_choice(list(REGISTRY), "model"), metavar="NAME",
+    a("--model", type=choice(list(REGISTRY), "model"), metavar="NAME",
       help=f"one of: {', '.join(REGISTRY)} (default {d['model']})")
-    a("--dataset", type=_choice(list(DATASETS), "dataset"), metavar="NAME",
+    a("--dataset", type=choice(list(DATASETS), "dataset"), metavar="NAME",
       help=f"one of: {', '.join(DATASETS)} (default: the model's own)")
-    a("--epochs", type=_positive_int, help="epochs (default: the model's; the MNIST-1D paper "
+    a("--epochs", type=positive_int, help="epochs (default: the model's; the MNIST-1D paper "
       "trains 150 = 6,000 steps of 100, `nodegrad train` 50 for a one-minute run)")
-    a("--batch-size", type=_positive_int, help="minibatch size (default: the model's)")
-    a("--optimizer", type=_choice(list(OPTIMIZERS), "optimizer"), metavar="NAME",
+    a("--batch-size", type=positive_int, help="minibatch size (default: the model's)")
+    a("--optimizer", type=choice(list(OPTIMIZERS), "optimizer"), metavar="NAME",
       help=f"one of: {', '.join(OPTIMIZERS)} (default: the model's, adam)")
-    a("--lr", type=_float_in(0.0, 1e3, lo_open=True), help="learning rate (default: model's)")
-    a("--weight-decay", type=_float_in(0.0, 1e3), help="L2 weight decay (default 0)")
-    a("--schedule", type=_choice(list(SCHEDULES), "schedule"), metavar="NAME",
+    a("--lr", type=float_in(0.0, 1e3, lo_open=True), help="learning rate (default: model's)")
+    a("--weight-decay", type=float_in(0.0, 1e3), help="L2 weight decay (default 0)")
+    a("--schedule", type=choice(list(SCHEDULES), "schedule"), metavar="NAME",
       help=f"learning-rate schedule: {', '.join(SCHEDULES)} (default {d['schedule']})")
-    a("--dropout", type=_float_in(0.0, 1.0), help=f"dropout rate (default {d['dropout']})")
-    a("--init", type=_choice(list(SCHEMES), "init"), metavar="NAME",
+    a("--dropout", type=float_in(0.0, 1.0), help=f"dropout rate (default {d['dropout']})")
+    a("--init", type=choice(list(SCHEMES), "init"), metavar="NAME",
       help=f"weight init: {', '.join(SCHEMES)} (default {d['init']})")
     a("--augment", action="store_true", help="random shifts (MNIST-1D) / translations (digits)")
-    a("--early-stopping", type=_count, metavar="PATIENCE",
+    a("--early-stopping", type=count, metavar="PATIENCE",
       help="stop after PATIENCE epochs without a better val_loss, keep the best weights "
            f"(0: off; default {d['early_stopping']})")
-    a("--ensemble", type=_positive_int, metavar="K",
+    a("--ensemble", type=positive_int, metavar="K",
       help=f"train K members with seeds seed..seed+K-1 (default {d['ensemble']})")
     a("--bootstrap", action="store_true", help="ensemble members on bootstrap samples")
-    a("--val-fraction", type=_float_in(0.0, 0.9),
+    a("--val-fraction", type=float_in(0.0, 0.9),
       help=f"validation share of the training set (default {d['val_fraction']})")
-    a("--checkpoint-every", type=_count, metavar="STEPS",
+    a("--checkpoint-every", type=count, metavar="STEPS",
       help="also checkpoint every STEPS steps within an epoch (default 0: epoch ends only)")
-    a("--seed", type=_count, help=f"random seed (default {d['seed']})")
+    a("--seed", type=count, help=f"random seed (default {d['seed']})")
     a("--device", help=f"cpu or cuda[:N] (default {d['device']})")
     a("--out", metavar="DIR", help="run directory (default runs/MODEL-DATASET-sSEED)")
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -115,8 +70,8 @@ def _train_parser(prog: str = "nodegrad train") -> _Parser:
     return p
 
 
-def _parser() -> _Parser:
-    p = _Parser(prog="nodegrad", description="nodegrad: train, evaluate and inspect models.")
+def _parser() -> Parser:
+    p = Parser(prog="nodegrad", description="nodegrad: train, evaluate and inspect models.")
     sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info,gradcheck,diagnose}")
     sub.add_parser("train", help="train a model (nodegrad train --help for options)",
                    add_help=False)

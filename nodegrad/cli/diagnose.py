@@ -52,43 +52,43 @@ OUTPUTS = ("report.txt", "report.json", "activations.png", "profile.png", "repor
 def parser(prog: str = "nodegrad diagnose") -> argparse.ArgumentParser:
     """The options of ``nodegrad diagnose`` (one-line errors, like the other subcommands)."""
     from ..models import REGISTRY
-    from ..nn.init import SCHEMES
-    from . import _Parser, _choice, _count, _float_in, _positive_int
     from ..diagnostics.deep_mlp import ACTIVATIONS
+    from ..nn.init import SCHEMES
+    from .args import Parser, choice, count, float_in, positive_int
 
     d = DEFAULTS
     models = [DEEP_MLP, *REGISTRY]
-    p = _Parser(prog=prog, argument_default=argparse.SUPPRESS,
-                description="Per-layer activation and gradient statistics of a model on one "
-                "batch at initialisation: a table, warnings (dead ReLUs, saturation, vanishing "
-                "or exploding gradients, collapsing activations) and pictures in --out; "
-                "optionally their course over --steps training steps.")
+    p = Parser(prog=prog, argument_default=argparse.SUPPRESS,
+               description="Per-layer activation and gradient statistics of a model on one "
+               "batch at initialisation: a table, warnings (dead ReLUs, saturation, vanishing "
+               "or exploding gradients, collapsing activations) and pictures in --out; "
+               "optionally their course over --steps training steps.")
     a = p.add_argument
-    a("--model", type=_choice(models, "model"), metavar="NAME",
+    a("--model", type=choice(models, "model"), metavar="NAME",
       help=f"{DEEP_MLP} (the notes' deep MLP) or a zoo model: {', '.join(REGISTRY)} "
            f"(default {d['model']})")
-    a("--init", type=_choice(list(SCHEMES), "init"), metavar="NAME",
+    a("--init", type=choice(list(SCHEMES), "init"), metavar="NAME",
       help=f"weight init: {', '.join(SCHEMES)} (default {d['init']})")
-    a("--depth", type=_positive_int, help=f"{DEEP_MLP}: hidden layers (default {d['depth']})")
-    a("--width", type=_positive_int, help=f"{DEEP_MLP}: units per layer (default {d['width']})")
-    a("--activation", type=_choice(list(ACTIVATIONS), "activation"), metavar="NAME",
+    a("--depth", type=positive_int, help=f"{DEEP_MLP}: hidden layers (default {d['depth']})")
+    a("--width", type=positive_int, help=f"{DEEP_MLP}: units per layer (default {d['width']})")
+    a("--activation", type=choice(list(ACTIVATIONS), "activation"), metavar="NAME",
       help=f"{DEEP_MLP}: {', '.join(ACTIVATIONS)} (default {d['activation']})")
-    a("--dataset", type=_choice(list(DATASETS), "dataset"), metavar="NAME",
+    a("--dataset", type=choice(list(DATASETS), "dataset"), metavar="NAME",
       help=f"one of: {', '.join(DATASETS)} (default: the model's own; mnist1d for "
            f"{DEEP_MLP})")
-    a("--batch-size", type=_positive_int,
+    a("--batch-size", type=positive_int,
       help=f"samples in the batch the statistics are taken on (default {d['batch_size']})")
-    a("--steps", type=_count, help="train this many steps, recording gradient flow (default 0)")
-    a("--every", type=_positive_int, metavar="K",
+    a("--steps", type=count, help="train this many steps, recording gradient flow (default 0)")
+    a("--every", type=positive_int, metavar="K",
       help="with --steps: record every K steps (default: steps // 50, at least 1)")
-    a("--optimizer", type=_choice(list(OPTIMIZERS), "optimizer"), metavar="NAME",
+    a("--optimizer", type=choice(list(OPTIMIZERS), "optimizer"), metavar="NAME",
       help=f"with --steps: one of {', '.join(OPTIMIZERS)} (default: the model's; "
            f"{DEEP_MLP_TRAINING['optimizer']} for {DEEP_MLP})")
-    a("--lr", type=_float_in(0.0, 1e3, lo_open=True),
+    a("--lr", type=float_in(0.0, 1e3, lo_open=True),
       help=f"with --steps: learning rate (default: the model's; {DEEP_MLP_TRAINING['lr']} for "
            f"{DEEP_MLP})")
-    a("--bins", type=_count, help=f"histogram bins (default {d['bins']})")
-    a("--seed", type=_count, help=f"seed of the weights and the batch (default {d['seed']})")
+    a("--bins", type=count, help=f"histogram bins (default {d['bins']})")
+    a("--seed", type=count, help=f"seed of the weights and the batch (default {d['seed']})")
     a("--device", help=f"cpu or cuda[:N] (default {d['device']})")
     a("--out", metavar="DIR", help="output directory (default runs/diagnose-MODEL-INIT-sSEED)")
     a("--overwrite", action="store_true", help="replace the files of an earlier diagnose in "

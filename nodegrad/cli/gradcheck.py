@@ -21,43 +21,16 @@ import argparse
 import importlib
 import importlib.util
 import inspect
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .. import _backend as B
+from .args import Parser, int_at_least, positive_float
 from .train import UsageError
 
 np = B.np
 DEFAULT_TOL = 1e-5
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s}")
-    return v
-
-
-def _int_at_least(lo: int):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
-        return v
-    return parse
 
 
 def _shape(s: str) -> tuple:
@@ -71,16 +44,16 @@ def _shape(s: str) -> tuple:
     return shape
 
 
-def parser(prog: str = "nodegrad gradcheck") -> _Parser:
+def parser(prog: str = "nodegrad gradcheck") -> Parser:
     from ..models import REGISTRY
 
-    p = _Parser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                description="Compare every parameter's autodiff gradient with central finite "
-                "differences in float64 (on a float64 copy of the model). Exit status: 0 all "
-                "within --tol, 1 a gradient disagrees, 2 bad input.",
-                epilog="FACTORY returns (model, x, y), (model, x, y, loss_fn), or a module "
-                "(then give --input-shape; the loss is the MSE against random targets). It is "
-                "called with seed=SEED when it has a 'seed' parameter.")
+    p = Parser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+               description="Compare every parameter's autodiff gradient with central finite "
+               "differences in float64 (on a float64 copy of the model). Exit status: 0 all "
+               "within --tol, 1 a gradient disagrees, 2 bad input.",
+               epilog="FACTORY returns (model, x, y), (model, x, y, loss_fn), or a module "
+               "(then give --input-shape; the loss is the MSE against random targets). It is "
+               "called with seed=SEED when it has a 'seed' parameter.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="NAME",
                      help=f"a zoo model: {', '.join(REGISTRY)}")
@@ -88,14 +61,14 @@ def parser(prog: str = "nodegrad gradcheck") -> _Parser:
                      help="your factory: path/to/file.py:make or package.module:make")
     p.add_argument("--input-shape", type=_shape, metavar="N,D,...",
                    help="batch shape for a factory that returns a bare module")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=8,
+    p.add_argument("--batch-size", type=int_at_least(1), default=8,
                    help="zoo models: samples of the dataset to check on")
-    p.add_argument("--eps", type=_positive_float, default=1e-6, help="finite-difference step")
-    p.add_argument("--max-per-param", type=_int_at_least(0), default=50, metavar="N",
+    p.add_argument("--eps", type=positive_float, default=1e-6, help="finite-difference step")
+    p.add_argument("--max-per-param", type=int_at_least(0), default=50, metavar="N",
                    help="entries checked per parameter, drawn at random (0: all)")
-    p.add_argument("--seed", type=_int_at_least(0), default=0,
+    p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="seed of the model, the batch and the entries drawn")
-    p.add_argument("--tol", type=_positive_float, default=DEFAULT_TOL,
+    p.add_argument("--tol", type=positive_float, default=DEFAULT_TOL,
                    help="largest relative error accepted")
     return p
 

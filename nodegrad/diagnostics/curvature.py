@@ -256,11 +256,16 @@ def hessian_eigenvalues(f: Callable, params, k: int = 1, method: str = "lanczos"
     finds repeats. ``hvp`` picks forward-over-reverse (``"forward"``) or reverse-over-reverse
     (``"reverse"``) products. Values come best first (by |λ|, descending or ascending).
     """
-    op = "hessian_eigenvalues"
+    return _eigenvalues("hessian_eigenvalues", f, params, k, method, iters, seed, which, tol,
+                        hvp, "the parameters have only {} entries")
+
+
+def _eigenvalues(op: str, f: Callable, params, k: int, method: str, iters: int, seed: int,
+                 which: str, tol: float, hvp: str, too_few: str) -> list[float]:
     _check(op, k, method, iters, which, tol)
     H = _HVP(f, params, hvp, op)
     if k > H.n:
-        raise ValueError(f"{op}: k={k} but the parameters have only {H.n} entries")
+        raise ValueError(f"{op}: k={k} but " + too_few.format(H.n))
     rng = np.random.default_rng(seed)
     if method == "lanczos":
         return _lanczos(H, k, iters, rng, tol, which)
@@ -277,14 +282,11 @@ def model_hessian_eigenvalues(model, loss_fn: Callable, x, y, k: int = 3,
     are cast to the parameters' dtype (``model.double()`` gives float64 curvature). The forward
     pass runs once (one dropout mask, one batch-norm update in training mode).
     """
-    from ..nn.module import Module, functional_call
+    from ..nn.module import functional_call
+    from .gradcheck import check_model_and_loss
 
     op = "model_hessian_eigenvalues"
-    if not isinstance(model, Module):
-        raise TypeError(f"{op}: expected an nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"{op}: loss_fn must be callable as loss_fn(output, y), got "
-                        f"{type(loss_fn).__name__}")
+    check_model_and_loss(op, model, loss_fn)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError(f"{op}: {type(model).__name__} has no trainable parameters")
@@ -294,14 +296,8 @@ def model_hessian_eigenvalues(model, loss_fn: Callable, x, y, k: int = 3,
     def f(ps):
         return loss_fn(functional_call(model, ps, x), y)
 
-    _check(op, k, method, iters, which, tol)
-    H = _HVP(f, params, hvp, op)
-    if k > H.n:
-        raise ValueError(f"{op}: k={k} but the model has only {H.n} trainable parameters")
-    rng = np.random.default_rng(seed)
-    if method == "lanczos":
-        return _lanczos(H, k, iters, rng, tol, which)
-    return _power(H, k, iters, rng, tol, which)
+    return _eigenvalues(op, f, params, k, method, iters, seed, which, tol, hvp,
+                        "the model has only {} trainable parameters")
 
 
 def _as_input(a, dtype, device):

@@ -54,6 +54,17 @@ def _generator_state(device):
     return gen, gen.get_state()
 
 
+def check_model_and_loss(op: str, model, loss_fn) -> None:
+    """The errors every ``f(model, loss_fn, x, y)`` diagnostic gives for a wrong first pair."""
+    from ..nn.module import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"{op}: expected an nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"{op}: loss_fn must be callable as loss_fn(output, y), got "
+                        f"{type(loss_fn).__name__}")
+
+
 def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
                     max_per_param: int | None = 50, seed: int = 0, *,
                     floor: float = 1e-3) -> list[dict]:
@@ -67,14 +78,8 @@ def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
     (of the worst entry), ``analytic`` and ``numeric`` (there), and ``max_abs_grad``. Relative
     errors divide by at least ``floor`` times the model's largest gradient entry.
     """
-    from ..nn.module import Module
-
     op = "check_gradients"
-    if not isinstance(model, Module):
-        raise TypeError(f"{op}: expected an nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"{op}: loss_fn must be callable as loss_fn(output, y), got "
-                        f"{type(loss_fn).__name__}")
+    check_model_and_loss(op, model, loss_fn)
     if not (isinstance(eps, int | float) and 0 < eps < 1):
         raise ValueError(f"{op}: eps must be a number in (0, 1), got {eps!r}")
     if max_per_param is not None and (not isinstance(max_per_param, int)
