@@ -28,3 +28,19 @@ def test_workload_runs_and_frameworks_agree(w):
 def test_suite_ids_are_unique():
     ids = [w.id for w in WORKLOADS]
     assert len(ids) == len(set(ids))
+
+
+def test_e2e_script_runs_both_frameworks_from_the_same_weights(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    from benchmarks import e2e
+
+    out = tmp_path / "runs.json"
+    table = e2e.main(["--steps", "80", "--models", "logreg", "--json", str(out)])
+    assert "| logreg |" in table
+    runs = json.loads(out.read_text())["logreg"]
+    for fw in ("nodegrad", "torch"):
+        (run,) = runs[fw]
+        assert run["wall"] > 0 and run["rss_mb"] > 0
+        assert 0.15 < run["accuracy"] < 0.45, (fw, run)  # trained past chance (10 %)
