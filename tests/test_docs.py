@@ -4,15 +4,15 @@ accuracy."""
 import pathlib
 import re
 import sys
+from unittest.mock import patch
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _blocks():
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, re.S)
+def _blocks(path: str = "README.md") -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / path).read_text(), re.S)
 
 
 @pytest.mark.parametrize("code", _blocks())
@@ -22,20 +22,15 @@ def test_readme_python_blocks_run(code, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
-def test_doc_page_python_blocks_run_in_order(page, tmp_path, monkeypatch, capsys):
+def test_doc_page_python_blocks_run_in_order(page, tmp_path, monkeypatch):
     """A page's blocks share one namespace, as a reader runs them one after another."""
     from nodegrad.primitive import REGISTRY
 
     monkeypatch.chdir(tmp_path)
-    before = dict(REGISTRY)  # a page may define its own primitive; other tests enumerate them
     ns: dict = {}
-    try:
-        for code in re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(),
-                               re.S):
+    with patch.dict(REGISTRY):  # a page may define its own primitive; other tests enumerate them
+        for code in _blocks(f"docs/{page}"):
             exec(compile(code, f"docs/{page}", "exec"), ns)
-    finally:
-        REGISTRY.clear()
-        REGISTRY.update(before)
 
 
 def test_readme_quick_start_commands_exist():

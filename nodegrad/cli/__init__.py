@@ -78,9 +78,9 @@ def _parser() -> Parser:
     ev = sub.add_parser("evaluate", help="test metrics of a finished run")
     ev.add_argument("run_dir")
     sub.add_parser("info", help="versions, backends, devices, models and datasets")
-    sub.add_parser("gradcheck", add_help=False,  # gradcheck
+    sub.add_parser("gradcheck", add_help=False,
                    help="autodiff vs finite-difference gradients (nodegrad gradcheck --help)")
-    sub.add_parser("diagnose", add_help=False,  # diagnose
+    sub.add_parser("diagnose", add_help=False,
                    help="per-layer activation/gradient statistics (nodegrad diagnose --help)")
     return p
 
@@ -129,11 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "train":
             return train(parse_train_args(argv[1:]))
-        if argv and argv[0] == "gradcheck":  # gradcheck
+        if argv and argv[0] == "gradcheck":
             from .gradcheck import run as gradcheck_run
 
             return gradcheck_run(argv[1:])
-        if argv and argv[0] == "diagnose":  # diagnose
+        if argv and argv[0] == "diagnose":
             from .diagnose import run as diagnose_run
 
             return diagnose_run(argv[1:])
