@@ -145,6 +145,9 @@ def test_indexing_and_windows_match_numpy(rng):
                                                    constant_values=-1.5))
     np.testing.assert_array_equal(ng.pad(ng.tensor(np.array(2.0)), 1).numpy(),
                                   np.pad(np.array(2.0), 1))
+    per_axis = ((1, 2), (3, 4), (5, 6))  # NumPy's value per axis and side
+    np.testing.assert_array_equal(ng.pad(t, 1, constant_values=per_axis).numpy(),
+                                  np.pad(x, 1, constant_values=per_axis))
     np.testing.assert_allclose(ng.einsum("ijk,jk->i", t, ng.tensor(x[0])).numpy(),
                                np.einsum("ijk,jk->i", x, x[0]))
     np.testing.assert_array_equal(ng.index_update(t, (slice(None), 1), 0.5).numpy()[:, 1], 0.5)
