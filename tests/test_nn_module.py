@@ -152,3 +152,13 @@ def test_setattr_before_init_is_clear():
 def test_parameter_of_ints_refused():
     with pytest.raises(TypeError):
         nn.Parameter(ng.arange(3))
+
+
+def test_get_submodule_walks_dotted_paths_as_pytorch():
+    inner = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    model = nn.Sequential(inner, nn.Linear(3, 1))
+    assert model.get_submodule("") is model
+    assert model.get_submodule("0") is inner
+    assert model.get_submodule("0.0") is inner[0]
+    with pytest.raises(AttributeError, match="has no submodule '5'.*'0.5'"):
+        model.get_submodule("0.5")

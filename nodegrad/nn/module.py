@@ -138,6 +138,18 @@ class Module:
         for _, m in self.named_children():
             yield m
 
+    def get_submodule(self, target: str) -> Module:
+        """The submodule at dotted path ``target`` (``""``: this module), as in PyTorch; an
+        AttributeError names the first part of the path that does not exist."""
+        m = self
+        for part in target.split(".") if target else ():
+            sub = m._modules.get(part)
+            if sub is None:
+                raise AttributeError(f"get_submodule: {type(m).__name__} has no submodule "
+                                     f"{part!r} (looking for {target!r})")
+            m = sub
+        return m
+
     def _named(self, store: str, prefix: str, recurse: bool) -> Iterator:
         seen = set()
         mods = self.named_modules(prefix) if recurse else [(prefix, self)]
@@ -346,11 +358,13 @@ def _is_module_map(v) -> bool:
 # --- functional use ---------------------------------------------------------------------------
 def _swap(module: Module, tensors: dict) -> list:
     """Put ``tensors`` (by dotted name) in place of parameters/buffers; return what to restore."""
-    mods = dict(module.named_modules())
     undo = []
     for name, t in tensors.items():
         mp, _, leaf = name.rpartition(".")
-        owner = mods.get(mp)
+        try:
+            owner = module.get_submodule(mp)
+        except AttributeError:
+            owner = None
         if owner is None or (leaf not in owner._parameters and leaf not in owner._buffers):
             raise KeyError(f"functional_call: {type(module).__name__} has no parameter or "
                            f"buffer named {name!r}")

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _backend as B
+from ..errors import ShapeError
 from ..nn import Module
 from .magnitude import global_magnitude, l1_unstructured
-from .mask import SUFFIX, _check_module, apply_masks, get_masks, masked_parameters
+from .mask import SUFFIX, _check_module, apply_masks, get_masks, masked_parameters, remask
 from .mask import prunable_weights as _prunable
 
 np = B.np
@@ -42,23 +43,19 @@ def rewind(model: Module, state: Mapping) -> Module:
     """Copy the weights of a :func:`snapshot` back into ``model`` in place, then re-apply its
     masks: kept weights equal the saved ones bit for bit, pruned ones are exactly zero."""
     _check_module(model, "rewind")
-    own = {k: v for k, v in model.state_dict().items() if k not in _mask_keys(model)}
+    skip = _mask_keys(model)
+    own = [k for k in model.state_dict() if k not in skip]
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
     if missing or extra:
         raise ValueError(f"rewind: the snapshot does not fit {type(model).__name__} (missing "
                          f"{missing[:3]}, unexpected {extra[:3]})")
-    for k, t in own.items():
-        v = state[k]
-        v = v.numpy() if hasattr(v, "numpy") and not B.is_array(v) else v
-        if tuple(v.shape) != tuple(t.shape):
-            raise ValueError(f"rewind: {k} has shape {tuple(v.shape)} in the snapshot, "
-                             f"{tuple(t.shape)} in the model")
-        t.data[...] = B.backend_of(t.data).asarray(v, dtype=t.dtype)
-        t._bump()
+    try:
+        model.load_state_dict(state, strict=False)  # the masks are the only names left out
+    except ShapeError as e:
+        raise ShapeError(f"rewind: {e}") from None
     for _, m, n in masked_parameters(model):
-        p = m._parameters[n]
-        B.backend_of(p.data).xp.multiply(p.data, m._buffers[n + SUFFIX].data, out=p.data)
+        remask(m._parameters[n], m._buffers[n + SUFFIX])
     return model
 
 
@@ -182,14 +179,9 @@ def _accuracy(out: Any, fn: str) -> tuple[float, dict]:
                     f"'accuracy', got {type(out).__name__}")
 
 
-def _fraction(model: Module, selected: list[tuple[Module, str]]) -> float:
-    total = kept = 0
-    for m, n in selected:
-        mk = m._buffers.get(n + SUFFIX)
-        size = m._parameters[n].numel()
-        total += size
-        kept += size if mk is None else int(np.count_nonzero(mk.numpy()))
-    return kept / max(total, 1)
+def _fraction(masks: dict) -> float:
+    """The share of weights the masks keep (every selected weight is masked after a round)."""
+    return sum(int(v.sum()) for v in masks.values()) / max(sum(v.size for v in masks.values()), 1)
 
 
 def iterative_magnitude_pruning(
@@ -278,8 +270,8 @@ def iterative_magnitude_pruning(
         else:
             for (m, n), name in zip(selected, dotted):
                 l1_unstructured(m, n, rates.get(name, amount_per_round))
-        frac = _fraction(model, selected)
         masks = {k_: v for k_, v in get_masks(model).items() if k_ in dotted}
+        frac = _fraction(masks)
         _restore(model, saved["w"])
         ctx = RoundContext(r, "ticket", frac, k)
         acc, metrics = _accuracy(train_fn(model, ctx), fn)

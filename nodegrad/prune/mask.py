@@ -130,8 +130,7 @@ class _ForwardMask:
             return None
         if isinstance(p, Parameter):
             _ensure_grad_hook(module, self.name, p)
-            xp = B.backend_of(p.data).xp
-            xp.multiply(p.data, mask.data, out=p.data)
+            remask(p, mask)
         else:  # a tensor substituted by functional_call: mask it in the graph, for this call
             swapped = module.__dict__.setdefault("_prune_swapped", {})
             swapped[self.name] = p
@@ -158,14 +157,23 @@ def _hooked(module: Module, name: str) -> bool:
     return any(isinstance(h, _ForwardMask) and h.name == name for h in module._forward_pre_hooks)
 
 
+def _masked(module: Module, name: str) -> bool:
+    """Parameter ``name`` of ``module`` carries a live mask (buffer and hook)."""
+    return _hooked(module, name) and (name + SUFFIX) in module._buffers
+
+
+def remask(p: Tensor, mask: Tensor) -> None:
+    """Zero ``p``'s pruned entries in place: through the optimiser's flat-buffer views too."""
+    B.backend_of(p.data).xp.multiply(p.data, mask.data, out=p.data)
+
+
 # --- public API -----------------------------------------------------------------------------
 def is_pruned(module: Module, name: str | None = None) -> bool:
     """Whether parameter ``name`` of ``module`` carries a mask (any parameter, for None)."""
     _check_module(module, "is_pruned")
     if name is None:
-        return any(_hooked(m, n) and (n + SUFFIX) in m._buffers
-                   for m in module.modules() for n in m._parameters)
-    return _hooked(module, name) and (name + SUFFIX) in module._buffers
+        return any(_masked(m, n) for m in module.modules() for n in m._parameters)
+    return _masked(module, name)
 
 
 def apply_mask(module: Module, name: str, mask) -> Module:
@@ -186,8 +194,7 @@ def apply_mask(module: Module, name: str, mask) -> Module:
         old._bump()
     else:
         module.register_buffer(key, Tensor(m))
-    xp = B.backend_of(p.data).xp
-    xp.multiply(p.data, module._buffers[key].data, out=p.data)  # writes through optimiser views
+    remask(p, module._buffers[key])
     p._bump()
     if not _hooked(module, name):
         module.register_forward_pre_hook(_ForwardMask(name))
@@ -208,13 +215,12 @@ def remove(module: Module, name: str) -> Module:
     buffer and hooks go. The Parameter object is kept (optimisers still hold it)."""
     p = _param(module, name, "remove")
     key = name + SUFFIX
-    if not _hooked(module, name) or key not in module._buffers:
+    if not _masked(module, name):
         raise ValueError(f"remove: parameter {name!r} of {type(module).__name__} has no mask "
                          "(prune it first)")
     mask = module._buffers.pop(key)
     module._non_persistent.discard(key)
-    xp = B.backend_of(p.data).xp
-    xp.multiply(p.data, mask.data, out=p.data)
+    remask(p, mask)
     p._bump()
     module._forward_pre_hooks[:] = [h for h in module._forward_pre_hooks
                                     if not (isinstance(h, _ForwardMask) and h.name == name)]
@@ -232,7 +238,7 @@ def masked_parameters(model: Module) -> list[tuple[str, Module, str]]:
     out = []
     for mp, m in model.named_modules():
         for n, p in m._parameters.items():
-            if p is not None and _hooked(m, n) and (n + SUFFIX) in m._buffers:
+            if p is not None and _masked(m, n):
                 out.append((f"{mp}.{n}" if mp else n, m, n))
     return out
 
@@ -245,8 +251,10 @@ def get_masks(model: Module) -> dict:
 def _resolve(model: Module, dotted: str, fn: str) -> tuple[Module, str]:
     """The module owning dotted parameter name ``dotted`` and the local name."""
     mp, _, leaf = dotted.rpartition(".")
-    mods = dict(model.named_modules())
-    owner = mods.get(mp)
+    try:
+        owner = model.get_submodule(mp)
+    except AttributeError:
+        owner = None
     if owner is None or owner._parameters.get(leaf) is None:
         names = [n for n, _ in model.named_parameters()]
         raise ValueError(f"{fn}: {type(model).__name__} has no parameter named {dotted!r}; its "

@@ -79,19 +79,18 @@ class SparsityReport:
 def sparsity(model: Module) -> SparsityReport:
     """A :class:`SparsityReport` of ``model``: what its masks prune, parameter by parameter."""
     _check_module(model, "sparsity")
-    masked = {full for full, _, _ in masked_parameters(model)}
     owners = {full: (m, n) for full, m, n in masked_parameters(model)}
     rows = []
     for name, p in model.named_parameters():
         a = p.numpy()
         zeros = int(a.size - np.count_nonzero(a))
-        if name in masked:
+        if name in owners:
             m, n = owners[name]
             mk = m._buffers[n + SUFFIX].numpy()
             pruned = int(mk.size - np.count_nonzero(mk))
         else:
             pruned = 0
         rows.append({"name": name, "shape": tuple(p.shape), "numel": int(a.size),
-                     "pruned": pruned, "zeros": zeros, "masked": name in masked,
+                     "pruned": pruned, "zeros": zeros, "masked": name in owners,
                      "sparsity": pruned / max(int(a.size), 1)})
     return SparsityReport(rows)

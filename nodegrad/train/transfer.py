@@ -191,11 +191,13 @@ def load_pretrained(model: Module, source, *, strict: bool = True,
 def _owner(model: Module, name: str, fn: str) -> tuple[Module, str]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{fn}: name must be a non-empty dotted module name, got {name!r}")
-    mods = dict(model.named_modules())
     parent, _, leaf = name.rpartition(".")
-    owner = mods.get(parent)
+    try:
+        owner = model.get_submodule(parent)
+    except AttributeError:
+        owner = None
     if owner is None or leaf not in owner._modules:
-        names = [n for n in mods if n]
+        names = [n for n, _ in model.named_modules() if n]
         raise KeyError(f"{fn}: {type(model).__name__} has no submodule {name!r}; it has "
                        f"{', '.join(names) or 'none'}")
     return owner, leaf
@@ -266,7 +268,8 @@ def freeze(model: Module, prefixes: str | Iterable[str] | None = None) -> list[s
     """Stop training the parameters under ``prefixes`` (all when None): ``requires_grad=False``
     and their ``grad`` cleared, so backward computes nothing for them and no optimiser step
     moves them. Returns the names frozen. Batch-norm running statistics still update in
-    training mode (as in PyTorch); call ``.eval()`` on such layers to hold them too."""
+    training mode (as in PyTorch), and ``fit`` puts every layer in training mode: frozen
+    batch-norm layers hold their statistics with ``layer.momentum = 0``."""
     return _set_requires_grad(model, prefixes, False, "freeze")
 
 
