@@ -117,11 +117,20 @@ class GradientFlowMonitor(Callback):
             return
         self._armed = False
         layers: dict = {}
+        params: dict = {}
+        self._before = {}
         for name, m in self._layers:
             entry: dict = {"type": type(m).__name__}
-            grads = [p.grad.data for p in m.parameters() if p.grad is not None]
-            entry["grad_norm"] = (math.sqrt(sum(_norm(g) ** 2 for g in grads)) if grads
-                                  else None)
+            own = "" if m is tr.model else name
+            sq, seen = 0.0, False
+            for pname, p in m.named_parameters():
+                full = f"{own}.{pname}" if own else pname
+                g = None if p.grad is None else _norm(p.grad.data)
+                params[full] = {"layer": name, "norm": _norm(p.data), "grad_norm": g}
+                self._before[full] = (p, B.backend_of(p.data).xp.array(p.data, copy=True))
+                if g is not None:
+                    sq, seen = sq + g ** 2, True
+            entry["grad_norm"] = math.sqrt(sq) if seen else None
             if name in self._acts:
                 _, _, a = self._acts[name]
                 kind, applied = module_kind(m), "module"
@@ -134,16 +143,6 @@ class GradientFlowMonitor(Callback):
                              dead_frac=dead, saturated_frac=sat, nonlinearity=kind)
             layers[name] = entry
         self._acts = {}
-        params: dict = {}
-        self._before = {}
-        for name, m in self._layers:
-            own = "" if m is tr.model else name
-            for pname, p in m.named_parameters():
-                full = f"{own}.{pname}" if own else pname
-                g = p.grad
-                params[full] = {"layer": name, "norm": _norm(p.data),
-                                "grad_norm": None if g is None else _norm(g.data)}
-                self._before[full] = (p, B.backend_of(p.data).xp.array(p.data, copy=True))
         self._row = {"layers": layers, "params": params, "loss": tr.last_loss}
 
     def on_batch_end(self, tr, logs) -> None:
@@ -201,7 +200,7 @@ class GradientFlowMonitor(Callback):
         return path
 
     def state_dict(self) -> dict:
-        return {"every": self.every, "record": json.loads(json.dumps(self.record))}
+        return {"every": self.every, "record": self.record}  # encoded at once by the checkpoint
 
     def load_state_dict(self, state: dict) -> None:
         if state["every"] != self.every:

@@ -193,7 +193,8 @@ class Trainer:
                 "history": self.history.to_dict(), "loader": self.train_loader.state_dict(),
                 "rng": default_generator("cpu").get_state(),
                 "optimizer": self.optimizer.state_dict(),
-                "callbacks": [[type(c).__name__, c.state_dict()] for c in self._stateful()],
+                "callbacks": [[type(c).__name__, st] for c in self.callbacks
+                              if (st := c.state_dict())],
                 "model_info": self.model_info, "config": self.config}
 
     def _stateful(self) -> list[Callback]:
