@@ -57,6 +57,15 @@ def test_constant_init_is_found_and_stays_symmetric_under_training():
     assert "linear1.weight: 100 units, 1 distinct (groups of 100); stuck" in text
 
 
+def test_exact_match_treats_signed_zeros_as_equal():
+    layer = nn.Linear(2, 3)
+    layer.weight.data[...] = np.array([[0.0, 1.0], [-0.0, 1.0], [2.0, 3.0]])
+    layer.bias.data[...] = 0.0
+    for atol in (0.0, 1e-300):  # the exact (bytes) path and the tolerance path agree
+        (found,) = symmetric_units(layer, atol=atol)
+        assert found["groups"] == [[0, 1]]
+
+
 def test_two_equal_units_are_separable_until_their_outgoing_weights_match_too():
     ng.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))

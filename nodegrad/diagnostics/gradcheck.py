@@ -86,6 +86,8 @@ def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
                                       or isinstance(max_per_param, bool) or max_per_param < 1):
         raise ValueError(f"{op}: max_per_param must be an integer >= 1 or None, got "
                          f"{max_per_param!r}")
+    if not (isinstance(floor, int | float) and floor >= 0):
+        raise ValueError(f"{op}: floor must be a number >= 0, got {floor!r}")
     m = copy.deepcopy(model).to(dtype=B.float64)
     named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
     if not named:
@@ -109,8 +111,9 @@ def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
         grads = run_backward([out], [out.ones_like().reshape(out.shape)],
                              targets=[p for _, p in named], accumulate=False, allow_unused=True)
 
-    if not (isinstance(floor, int | float) and floor >= 0):
-        raise ValueError(f"{op}: floor must be a number >= 0, got {floor!r}")
+    base = float(out.item())  # the generator is reset per call: what loss() gives unperturbed
+    if not np.isfinite(base):
+        raise ValueError(f"{op}: the loss is not finite ({base}); cannot compare gradients")
     analytics = [np.zeros(p.shape) if g is None else g.numpy().astype(np.float64)
                  for (_, p), g in zip(named, grads)]
     g_max = max(float(np.abs(a).max()) if a.size else 0.0 for a in analytics)
@@ -118,7 +121,6 @@ def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
     rng = np.random.default_rng(seed)
     rows = []
     with no_grad():
-        base = float(loss().item())
         for (name, p), analytic in zip(named, analytics):
             n = p.numel()
             if max_per_param is None or n <= max_per_param:
@@ -151,8 +153,6 @@ def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
                          "index": tuple(int(i) for i in np.unravel_index(j, p.shape))
                          if p.shape else (), "analytic": a, "numeric": num,
                          "max_abs_grad": float(np.abs(analytic).max()) if n else 0.0})
-    if not np.isfinite(base):
-        raise ValueError(f"{op}: the loss is not finite ({base}); cannot compare gradients")
     return rows
 
 

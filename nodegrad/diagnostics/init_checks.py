@@ -31,7 +31,7 @@ def _group_rows(rows: np.ndarray, atol: float) -> list[list[int]]:
     n = rows.shape[0]
     if n < 2:
         return []
-    rows = rows.reshape(n, -1)
+    rows = rows.reshape(n, -1) + 0.0  # -0.0 becomes 0.0: equal rows get equal bytes
     if atol == 0.0:
         groups: dict = {}
         for i in range(n):
