@@ -32,7 +32,7 @@ from .. import _backend as B
 from ..errors import DeviceError
 from ..io import atomic_write
 from ..train.callbacks import Callback
-from .train import DATASETS, OPTIMIZERS, UsageError, _default_out, load_data
+from .train import DATASETS, OPTIMIZERS, UsageError, _default_out, _loss_and_metrics, load_data
 
 np = B.np
 
@@ -188,12 +188,6 @@ def _batch(o: dict, data):
             tensor(data.y_train[idx], device=o["device"]))
 
 
-def _loss_fn(task: str):
-    from ..nn import functional as F
-
-    return F.mse_loss if task == "regression" else F.cross_entropy
-
-
 class _StopAfter(Callback):
     """Stop ``fit`` after a number of optimiser steps (mid-epoch if need be)."""
 
@@ -224,9 +218,8 @@ def _train(o: dict, model, data, out: Path, say) -> tuple[dict, int, str | None]
     stopped = None
     history = None
     try:
-        history = T.fit(model, _loss_fn(o["task"]), opt, loader, epochs=epochs,
-              callbacks=[monitor, _StopAfter(o["steps"])],
-              metrics=["accuracy"] if o["task"] == "classification" else [], progress=False)
+        history = T.fit(model, _loss_and_metrics(o["task"])[0], opt, loader, epochs=epochs,
+              callbacks=[monitor, _StopAfter(o["steps"])], metrics=[], progress=False)
     except T.NonFiniteError as e:
         stopped = str(e).splitlines()[0]
         monitor.remove()
@@ -281,7 +274,7 @@ def run(argv: Sequence[str]) -> int:
     data = load_data(o["dataset"])
     model = _build(o, data)
     x, y = _batch(o, data)
-    loss_fn = _loss_fn(o["task"])
+    loss_fn = _loss_and_metrics(o["task"])[0]
     what = (f"{DEEP_MLP} depth {o['depth']} width {o['width']} {o['activation']}"
             if o["model"] == DEEP_MLP else o["model"])
     say(f"diagnosing {what}, init {o['init']}, on a batch of {len(x)} {o['dataset']} samples "

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import _backend as B
-from .args import Parser, int_at_least, positive_float
+from .args import Parser, count, positive_float, positive_int
 from .train import UsageError
 
 np = B.np
@@ -45,6 +45,7 @@ def _shape(s: str) -> tuple:
 
 
 def parser(prog: str = "nodegrad gradcheck") -> Parser:
+    """The options of ``nodegrad gradcheck`` (one-line errors, like the other subcommands)."""
     from ..models import REGISTRY
 
     p = Parser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -61,12 +62,12 @@ def parser(prog: str = "nodegrad gradcheck") -> Parser:
                      help="your factory: path/to/file.py:make or package.module:make")
     p.add_argument("--input-shape", type=_shape, metavar="N,D,...",
                    help="batch shape for a factory that returns a bare module")
-    p.add_argument("--batch-size", type=int_at_least(1), default=8,
+    p.add_argument("--batch-size", type=positive_int, default=8,
                    help="zoo models: samples of the dataset to check on")
     p.add_argument("--eps", type=positive_float, default=1e-6, help="finite-difference step")
-    p.add_argument("--max-per-param", type=int_at_least(0), default=50, metavar="N",
+    p.add_argument("--max-per-param", type=count, default=50, metavar="N",
                    help="entries checked per parameter, drawn at random (0: all)")
-    p.add_argument("--seed", type=int_at_least(0), default=0,
+    p.add_argument("--seed", type=count, default=0,
                    help="seed of the model, the batch and the entries drawn")
     p.add_argument("--tol", type=positive_float, default=DEFAULT_TOL,
                    help="largest relative error accepted")
@@ -77,7 +78,7 @@ def parser(prog: str = "nodegrad gradcheck") -> Parser:
 def _zoo(name: str, batch: int, seed: int):
     from ..models import REGISTRY, create
     from ..nn import functional as F
-    from .train import load_data
+    from .train import _loss_and_metrics, load_data
 
     if name not in REGISTRY:
         raise UsageError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
@@ -86,7 +87,7 @@ def _zoo(name: str, batch: int, seed: int):
     data = load_data(spec.dataset)
     n = len(data.x_train)
     idx = np.sort(np.random.default_rng(seed).choice(n, size=min(batch, n), replace=False))
-    loss = F.cross_entropy if spec.task == "classification" else F.mse_loss
+    loss = _loss_and_metrics(spec.task)[0]
     what = (f"{name} on {len(idx)} samples of {spec.dataset}, "
             f"{'cross-entropy' if loss is F.cross_entropy else 'MSE'}")
     return model, data.x_train[idx], data.y_train[idx], loss, what
@@ -110,7 +111,7 @@ def _load_factory(target: str):
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except BaseException as e:  # the user's code: any error becomes one line
+        except Exception as e:  # the user's code: any error becomes one line
             sys.modules.pop(name, None)
             raise UsageError(f"--module: importing {mod_part} raised {_one_line(e)}") from None
         finally:
@@ -120,7 +121,7 @@ def _load_factory(target: str):
             module = importlib.import_module(mod_part)
         except ModuleNotFoundError as e:
             raise UsageError(f"--module: no module named {e.name!r} (from {target!r})") from None
-        except BaseException as e:
+        except Exception as e:
             raise UsageError(f"--module: importing {mod_part} raised {_one_line(e)}") from None
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
@@ -151,7 +152,7 @@ def _user(target: str, input_shape, seed: int):
         takes_seed = False
     try:
         made = fn(seed=seed) if takes_seed else fn()
-    except BaseException as e:
+    except Exception as e:
         raise UsageError(f"--module: {target}() raised {_one_line(e)}") from None
     loss = None
     if isinstance(made, Module):
@@ -164,7 +165,7 @@ def _user(target: str, input_shape, seed: int):
         x = x.astype(dt)
         try:
             out = model(Tensor(x))
-        except BaseException as e:
+        except Exception as e:
             raise UsageError(f"--module: the model on input of shape {input_shape} raised "
                              f"{_one_line(e)}") from None
         y = rng.standard_normal(tuple(out.shape))
@@ -203,9 +204,7 @@ def run(argv: Sequence[str]) -> int:
     per = None if a.max_per_param == 0 else a.max_per_param
     try:
         rows = check_gradients(model, loss, x, y, eps=a.eps, max_per_param=per, seed=a.seed)
-    except BaseException as e:
-        if isinstance(e, KeyboardInterrupt):
-            raise
+    except Exception as e:
         raise UsageError(f"gradcheck: {_one_line(e)}") from None
     print(f"gradcheck: {what}; float64, eps {a.eps:g}, "
           f"{'all entries' if per is None else f'up to {per} entries'} per parameter")

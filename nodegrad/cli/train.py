@@ -65,6 +65,7 @@ def resolve(opts: dict) -> dict:
         raise UsageError("--augment has no augmentation for regression1d")
     if o["bootstrap"] and o["ensemble"] < 2:
         raise UsageError("--bootstrap needs --ensemble K with K >= 2")
+    B.get_backend(o["device"])  # an unknown or unavailable device fails before any file is written
     if o["out"] is None:
         o["out"] = _default_out(f"runs/{o['model']}-{o['dataset']}-s{o['seed']}",
                                 latest=o["overwrite"])
@@ -267,7 +268,6 @@ def train(opts: dict) -> int:
     if opts.get("resume") and "out" not in opts:
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
     o = resolve(opts)
-    B.get_backend(o["device"])  # an unknown or unavailable device fails before any file is written
     out = _prepare_dir(o)
     if o["resume"]:
         o = resolve(_saved_options(out, opts))
