@@ -330,3 +330,14 @@ def test_plots_write_pngs(tmp_path):
         assert p.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="plot_activation_grid: no reports"):
         P.plot_activation_grid({}, tmp_path / "x.png")
+
+
+def test_init_comparison_takes_arrays_and_plots_need_histograms(tmp_path):
+    x = np.random.default_rng(0).standard_normal((16, 40)).astype(np.float32)
+    reports = init_comparison(x.tolist(), schemes=["he", "xavier"], depth=2, width=8)
+    assert list(reports) == ["he", "xavier"] and len(reports["he"]) == 5
+    with pytest.raises(ValueError, match="x must be a non-empty batch"):
+        init_comparison(np.zeros((0, 40)), schemes=["he"])
+    bare = init_comparison(x, schemes=["he"], depth=2, width=8, bins=0)
+    with pytest.raises(ValueError, match="no histograms"):
+        P.plot_activation_grid(bare, tmp_path / "grid.png")

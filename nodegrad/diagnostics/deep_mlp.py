@@ -10,11 +10,12 @@ biases start at zero, as the notes' variance argument assumes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from .. import nn
 from ..random import manual_seed
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .stats import LayerReport, layer_stats
 
 ACTIVATIONS: Mapping[str, type] = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU,
@@ -61,10 +62,13 @@ def init_comparison(x, y=None, *, activation: str = "tanh",
     if isinstance(schemes, str) or not schemes:
         raise ValueError(f"init_comparison: schemes must be a non-empty sequence of names, got "
                          f"{schemes!r}")
+    x = as_tensor(x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"init_comparison: x must be a non-empty batch (N, ...), got shape "
+                         f"{tuple(x.shape)}")
     reports = {}
     for s in schemes:
         manual_seed(seed)
-        model = DeepMLP(int(x[0].numel()) if isinstance(x, Tensor) else int(x[0].size), depth,
-                        width, classes, activation, init=s)
+        model = DeepMLP(math.prod(x.shape[1:]), depth, width, classes, activation, init=s)
         reports[s] = layer_stats(model, x, y, bins=bins)
     return reports

@@ -31,6 +31,7 @@ from ..autodiff import no_grad
 from ..errors import ShapeError
 from ..nn import Module, functional_call
 from ..tensor import Tensor
+from ..train.plots import _plt
 
 np = B.np
 
@@ -269,15 +270,6 @@ def surface_2d(model: Module, loss_fn: Callable, batches, n: int = 21, span: flo
 
 
 # --- plots ------------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _curves(c) -> dict:
     if c is None:
         return {}

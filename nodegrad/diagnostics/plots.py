@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .. import _backend as B
+from ..train.plots import _plt
 from .stats import RECTIFIERS, SATURATING, LayerRecord, LayerReport
 
 np = B.np
@@ -28,15 +29,6 @@ SCHEME_LABELS = {"small_normal": "N(0, 0.01²)", "xavier": "Xavier N(0, 2/(n_in+
                  "he": "He N(0, 2/n_in)", "kaiming": "He N(0, 2/n_in)",
                  "he_uniform": "He uniform", "default": "default U(±1/√n_in)",
                  "orthogonal": "orthogonal", "zeros": "zeros"}
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig, path) -> Path:
@@ -107,8 +99,11 @@ def plot_activation_grid(reports: Mapping[str, LayerReport], path: str | os.Path
     """
     if not reports:
         raise ValueError("plot_activation_grid: no reports to draw")
-    plt = _plt()
     rows = {k: _grid_layers(v, layers) for k, v in reports.items()}
+    if any(not recs or any(not r.activation.hist for r in recs) for recs in rows.values()):
+        raise ValueError("plot_activation_grid: the reports have no histograms; take them with "
+                         "layer_stats(..., bins=50) rather than bins=0")
+    plt = _plt()
     ncol = max(len(v) for v in rows.values()) + 1
     fig, axes = plt.subplots(len(rows), ncol, figsize=(1.55 * ncol + 1.2, 1.7 * len(rows) + 0.6),
                              squeeze=False, dpi=80)
