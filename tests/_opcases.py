@@ -11,18 +11,51 @@ that each case really records the primitives it names.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nodegrad as ng
 
 P = ng.primitives
+
+
+def drawn(max_examples: int):
+    """Run a parametrised test's body under a fresh ``@given(data=st.data())`` for each item.
+
+    The test takes ``data`` as its last argument; pytest supplies the others. Decorating the
+    parametrised test itself with ``@given`` makes hypothesis's pytest plugin wrap the function's
+    settings one level deeper for every item it runs, so past ~1,000 items (the op matrix) a
+    settings lookup overflows the stack under a derandomised (CI) profile. A new inner function
+    per item keeps that depth at one. ``database=None``: one inner function serves every item, so
+    a stored example of one case must not be replayed into another."""
+
+    def deco(test):
+        sig = inspect.signature(test)
+
+        @functools.wraps(test)
+        def run(*args, **kwargs):
+            @settings(max_examples=max_examples, deadline=None, database=None,
+                      suppress_health_check=[HealthCheck.too_slow])
+            @given(data=st.data())
+            def body(data):
+                test(*args, data=data, **kwargs)
+
+            body()
+
+        run.__signature__ = sig.replace(parameters=[p for p in sig.parameters.values()
+                                                    if p.name != "data"])
+        return run
+
+    return deco
 
 
 class _Lazy:

@@ -3,6 +3,18 @@
 import numpy as np
 import pytest
 
+import nodegrad as ng
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the reason, where CuPy or a CUDA device is missing."""
+    if ng.cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
 
 @pytest.fixture
 def rng():

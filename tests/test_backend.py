@@ -9,7 +9,7 @@ import pytest
 import nodegrad as ng
 
 PKG = pathlib.Path(ng.__file__).parent
-gpu = pytest.mark.skipif(not ng.cuda_available(), reason="needs CuPy and a CUDA device")
+gpu = pytest.mark.gpu
 
 
 def test_only_backend_imports_numpy_or_cupy():

@@ -232,7 +232,7 @@ def test_errors():
         kfold_indices(10, 1)
 
 
-@pytest.mark.skipif(not ng.cuda_available(), reason="needs CuPy and a CUDA device")
+@pytest.mark.gpu
 @pytest.mark.parametrize("prefetch", [None, 0])
 def test_cuda_batches_match_cpu_batches(prefetch):
     aug = GaussianNoise(0.1)

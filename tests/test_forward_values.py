@@ -10,14 +10,13 @@ from _opcases import (
     PREDICATES,
     SCALAR_FORMS,
     arr,
+    drawn,
     shapes,
 )
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nodegrad as ng
 
-SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 FORWARD_IDS = [pytest.param(f, id=f.name) for f in FORWARD]
 
 
@@ -29,8 +28,7 @@ def test_every_primitive_without_gradient_has_a_forward_case():
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.parametrize("f", FORWARD_IDS)
-@settings(max_examples=25, **SETTINGS)
-@given(data=st.data())
+@drawn(25)
 def test_non_differentiable_matches_numpy(f, data):
     args, params = f.build(data.draw)
     ts = [ng.Tensor(np.array(a), None, a.dtype.kind == "f") for a in args]
@@ -65,8 +63,7 @@ UNARY_REF = [
                          ids=[r[1].__name__ if r[1].__name__ != "<lambda>" else str(i)
                               for i, r in enumerate(UNARY_REF)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=10, **SETTINGS)
-@given(data=st.data())
+@drawn(10)
 def test_unary_values_match_numpy(fn, ref, domain, dtype, data):
     (s,) = data.draw(shapes(data.draw(st.sampled_from(["scalar", "vector", "3d", "empty"]))))
     x = arr(data.draw, s, domain).astype(dtype)

@@ -3,13 +3,10 @@ against the VJP, ⟨v, J u⟩ = ⟨Jᵀ v, u⟩), Jacobians, Hessians, HVPs and 
 
 import numpy as np
 import pytest
-from _opcases import CASES, CASES_BY_NAME, ORDER2, calls, recorded
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from _opcases import CASES, CASES_BY_NAME, ORDER2, calls, recorded, drawn
 
 import nodegrad as ng
 
-SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 LAYOUTS = ("matrix", "rank", "noncontig")
 MATRIX = [pytest.param(c, lay, id=f"{c.name}-{lay}") for c in CASES
           for lay in LAYOUTS if lay in c.layouts]
@@ -50,8 +47,7 @@ def _flat(out):
 
 @pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
 @pytest.mark.parametrize(("case", "layout"), MATRIX)
-@settings(max_examples=2, **SETTINGS)
-@given(data=st.data())
+@drawn(2)
 def test_jvp_matches_vjp_and_finite_differences(case, layout, data):
     call = data.draw(calls(case, layout))
     rng = np.random.default_rng(0)
@@ -77,8 +73,7 @@ def test_jvp_matches_vjp_and_finite_differences(case, layout, data):
 
 @pytest.mark.parametrize("name", ["multiply", "exp", "tanh", "softmax", "matmul", "max",
                                   "take_along_axis", "concatenate", "linear", "einsum"])
-@settings(max_examples=1, **SETTINGS)
-@given(data=st.data())
+@drawn(1)
 def test_jvp_records_the_named_primitives(name, data):
     case = CASES_BY_NAME[name]
     call = data.draw(calls(case, "matrix"))
@@ -86,8 +81,7 @@ def test_jvp_records_the_named_primitives(name, data):
 
 
 @pytest.mark.parametrize("name", ORDER2[:12])
-@settings(max_examples=1, **SETTINGS)
-@given(data=st.data())
+@drawn(1)
 def test_second_order_forward_over_reverse(name, data):
     """jvp of the VJP (the tangent pass through a backward graph) against reverse-over-reverse."""
     call = data.draw(calls(CASES_BY_NAME[name], "matrix"))

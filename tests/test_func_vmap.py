@@ -4,14 +4,12 @@ against a Python loop; grad of vmap; nesting; modules via functional_call; torch
 
 import numpy as np
 import pytest
-from _opcases import CASES, calls
-from hypothesis import HealthCheck, given, settings
+from _opcases import CASES, calls, drawn
 from hypothesis import strategies as st
 
 import nodegrad as ng
 from nodegrad import nn
 
-SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 LAYOUTS = ("matrix", "rank", "noncontig", "scalar")
 MATRIX = [pytest.param(c, lay, id=f"{c.name}-{lay}") for c in CASES
           for lay in LAYOUTS if lay in c.layouts]
@@ -54,8 +52,7 @@ def _batched_inputs(data, arrs, exs):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize(("case", "layout"), MATRIX)
-@settings(max_examples=2, **SETTINGS)
-@given(data=st.data())
+@drawn(2)
 def test_vmap_equals_stacking(case, layout, data):
     call = data.draw(calls(case, layout))
     arrs = [np.array(a) for a in call.args]
@@ -74,8 +71,7 @@ def test_vmap_equals_stacking(case, layout, data):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
-@settings(max_examples=1, **SETTINGS)
-@given(data=st.data())
+@drawn(1)
 def test_per_example_gradients_equal_a_loop(case, data):
     call = data.draw(calls(case, "matrix"))
     arrs = [np.array(a).astype(np.float64) if np.array(a).dtype.kind == "f" else np.array(a)

@@ -4,13 +4,10 @@ ranks, empty axes, strided and transposed views); second order for a representat
 
 import numpy as np
 import pytest
-from _opcases import CASES, CASES_BY_NAME, ORDER2, Call, calls, noncontig, recorded
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from _opcases import CASES, CASES_BY_NAME, ORDER2, Call, calls, noncontig, recorded, drawn
 
 import nodegrad as ng
 
-SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 MATRIX = [pytest.param(c, lay, id=f"{c.name}-{lay}") for c in CASES for lay in c.layouts]
 SECOND = [pytest.param(CASES_BY_NAME[n], lay, id=f"{n}-{lay}") for n in ORDER2
           for lay in ("matrix", "size1", "rank", "noncontig") if lay in CASES_BY_NAME[n].layouts]
@@ -47,8 +44,7 @@ def test_noncontig_layout_hands_ops_a_strided_transposed_view():
 
 @pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
 @pytest.mark.parametrize(("case", "layout"), MATRIX)
-@settings(max_examples=4, **SETTINGS)
-@given(data=st.data())
+@drawn(4)
 def test_gradcheck(case, layout, data):
     call = data.draw(calls(case, layout))
     missing = set(case.prims) - recorded(call)
@@ -57,8 +53,7 @@ def test_gradcheck(case, layout, data):
 
 
 @pytest.mark.parametrize(("case", "layout"), SECOND)
-@settings(max_examples=2, **SETTINGS)
-@given(data=st.data())
+@drawn(2)
 def test_gradcheck_second_order(case, layout, data):
     call = data.draw(calls(case, layout))
     ng.gradcheck(call.fn, *call.args, order=2, **case.tol)

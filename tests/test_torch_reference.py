@@ -4,9 +4,7 @@ logits, repeated indices, im2col windows)."""
 
 import numpy as np
 import pytest
-from _opcases import CASES, calls
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from _opcases import CASES, calls, drawn
 
 import nodegrad as ng
 from nodegrad.testing import compare_with_torch
@@ -18,7 +16,6 @@ DTYPES = (np.float32, np.float64)
 TOL = {np.float32: {"atol": 1e-5, "rtol": 1e-4}, np.float64: {"atol": 1e-10, "rtol": 1e-8}}
 TABLE = [pytest.param(c, lay, dt, id=f"{c.name}-{lay}-{dt.__name__}")
          for c in CASES if c.has_torch for lay in c.layouts for dt in DTYPES]
-SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 
 
 def compare(ng_fn, torch_fn, *arrays, dtype=np.float64):
@@ -29,8 +26,7 @@ def compare(ng_fn, torch_fn, *arrays, dtype=np.float64):
 
 @pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
 @pytest.mark.parametrize(("case", "layout", "dtype"), TABLE)
-@settings(max_examples=3, **SETTINGS)
-@given(data=st.data())
+@drawn(3)
 def test_matches_torch(case, layout, dtype, data):
     call = data.draw(calls(case, layout))
     if call.torch_fn is not None:  # e.g. a negative-step slice, which torch lacks
