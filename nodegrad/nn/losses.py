@@ -126,7 +126,12 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     c = input.shape[axis]
     wshape = (c,) + (1,) * (input.ndim - 2) if input.ndim > 1 else (c,)
     if target.dtype.kind == "f":  # class probabilities
-        _same_shape(input, target, "cross_entropy")
+        if tuple(target.shape) != tuple(input.shape):
+            raise ShapeError(
+                f"cross_entropy: a float target is read as class probabilities (soft labels) "
+                f"and needs the input's shape {tuple(input.shape)}, got "
+                f"{tuple(target.shape)}; for class indices pass an integer tensor "
+                "(target.long())")
         t = target if label_smoothing == 0 else target * (1 - label_smoothing) + label_smoothing / c
         terms = -logp * t
         if weight is not None:
