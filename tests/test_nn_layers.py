@@ -112,6 +112,33 @@ def test_batchnorm_train_and_eval_match_torch():
                                    theirs(torch.tensor(x2.numpy())).detach().numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (6, 3)), ("BatchNorm2d", (4, 3, 2, 2))])
+def test_batchnorm_loads_a_state_dict_without_num_batches_tracked(cls, shape):
+    """PyTorch checkpoints written before 0.4.1 have no counter: load_state_dict accepts them
+    (strict too) and keeps the current counter, as PyTorch does."""
+    torch = pytest.importorskip("torch")
+    from nodegrad.train import load_pretrained
+
+    ours, theirs = getattr(nn, cls)(3), getattr(torch.nn, cls)(3)
+    for _ in range(2):
+        ours(ng.randn(*shape))
+        theirs(torch.randn(*shape))
+    old = {k: v.detach().numpy() + 1 for k, v in getattr(torch.nn, cls)(3).state_dict().items()
+           if k != "num_batches_tracked"}
+    assert ours.load_state_dict({k: ng.tensor(v) for k, v in old.items()}) == ([], [])
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in old.items()})
+    assert int(ours.num_batches_tracked.item()) == int(theirs.num_batches_tracked) == 2
+    for k in old:
+        np.testing.assert_array_equal(ours.state_dict()[k].numpy(), old[k])
+    # inside a model, and through load_pretrained (a torch state dict saved as-is)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    model.load_state_dict(sd)
+    assert load_pretrained(model, sd).missing == []
+    with pytest.raises(ng.ShapeError, match="missing: 1.running_var"):
+        model.load_state_dict({k: v for k, v in sd.items() if k != "1.running_var"})
+
+
 def test_layernorm_and_embedding_match_torch():
     torch = pytest.importorskip("torch")
     _compare(nn.LayerNorm((3, 4)), torch.nn.LayerNorm((3, 4)), rng.standard_normal((2, 3, 4)))
