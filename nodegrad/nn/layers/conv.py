@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+from ...errors import ShapeError
 from ...tensor import empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
+
+
+def _named(layer: Module, fn, *args):
+    """``fn(*args)``, a shape error re-raised naming the layer (class and settings)."""
+    try:
+        return fn(*args)
+    except ShapeError as e:
+        raise ShapeError(f"{type(layer).__name__}({layer.extra_repr()}): {e}") from None
 
 
 class _ConvNd(Module):
@@ -58,8 +67,8 @@ class Conv1d(_ConvNd):
     nd = 1
 
     def forward(self, x):
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        return _named(self, F.conv1d, x, self.weight, self.bias, self.stride, self.padding,
+                      self.dilation, self.groups)
 
 
 class Conv2d(_ConvNd):
@@ -68,8 +77,8 @@ class Conv2d(_ConvNd):
     nd = 2
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        return _named(self, F.conv2d, x, self.weight, self.bias, self.stride, self.padding,
+                      self.dilation, self.groups)
 
 
 class _Pool(Module):
@@ -83,22 +92,22 @@ class _Pool(Module):
 
 class MaxPool1d(_Pool):
     def forward(self, x):
-        return F.max_pool1d(x, self.kernel_size, self.stride, self.padding)
+        return _named(self, F.max_pool1d, x, self.kernel_size, self.stride, self.padding)
 
 
 class MaxPool2d(_Pool):
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return _named(self, F.max_pool2d, x, self.kernel_size, self.stride, self.padding)
 
 
 class AvgPool1d(_Pool):
     def forward(self, x):
-        return F.avg_pool1d(x, self.kernel_size, self.stride, self.padding)
+        return _named(self, F.avg_pool1d, x, self.kernel_size, self.stride, self.padding)
 
 
 class AvgPool2d(_Pool):
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return _named(self, F.avg_pool2d, x, self.kernel_size, self.stride, self.padding)
 
 
 class AdaptiveAvgPool1d(Module):
