@@ -174,7 +174,8 @@ def test_resume_says_where_and_cleans_temporary_files(tmp_path):
     state = C.load_checkpoint(tmp_path / "checkpoint.safetensors")
     assert state["threads"] == C.blas_threads() and state["wall_time"] > 0
     tr = _run_tiny(tmp_path, 3, resume=True)
-    assert tr.resumed_from == {"epoch": 3, "step": 8, "batch": 0}
+    assert tr.resumed_from == {"epoch": 3, "step": 8, "batch": 0,
+                               "wall_time": state["wall_time"]}
     assert not stale.exists()
     assert tr.wall_time >= state["wall_time"]  # the total, not the time since the resume
     assert [r["step"] for r in tr.history.steps] == list(range(1, 13))

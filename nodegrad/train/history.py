@@ -71,14 +71,19 @@ class StepLog(Sequence):
         data = "".join(json.dumps(r) + "\n" for r in self._pending).encode()
         if not data and self.path.exists() and self.path.stat().st_size == self._size:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "r+b" if self.path.exists() else "wb") as f:
-            f.seek(self._size)
-            f.truncate()
-            f.write(data)
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "r+b" if self.path.exists() else "wb") as f:
+                f.seek(self._size)
+                f.truncate()
+                f.write(data)
+                f.flush()
+                if sync:
+                    os.fsync(f.fileno())
+        except OSError as e:  # name the file (a failed write names none)
+            if e.errno is None or e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         self._rows += len(self._pending)
         self._size += len(data)
         self._pending = []

@@ -7,6 +7,7 @@ for validation and prediction (dropout off, batch norm on running statistics).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -124,7 +125,8 @@ class Trainer:
     """One training run; :func:`fit` builds and runs it. Callbacks receive it and may read
     ``model``, ``optimizer``, ``epoch`` (0-based, current), ``step`` (optimiser steps done),
     ``batch`` (batches of this epoch done), ``history``, ``last_loss``, ``resumed_from``
-    (epoch, step and batch where a resumed run continued; None otherwise), ``wall_time``
+    (epoch, step and batch where a resumed run continued and the wall time spent before it;
+    None otherwise), ``wall_time``
     (seconds, over all sessions of a resumed run) and set ``stop_training``."""
 
     def __init__(self, model: Module, loss_fn: Callable, optimizer: Optimizer,
@@ -235,7 +237,8 @@ class Trainer:
             steps.extend(h.get("steps", []))
             steps.flush()
         self.history = History(list(h["epochs"]), steps, h.get("stop_reason"))
-        self.resumed_from = {"epoch": self.epoch + 1, "step": self.step, "batch": self.batch}
+        self.resumed_from = {"epoch": self.epoch + 1, "step": self.step, "batch": self.batch,
+                             "wall_time": self._wall_before}
         if diff := C.threads_differ(s.get("threads", {}), self.threads):
             what = ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in sorted(diff.items()))
             warnings.warn(f"resuming {self.run_dir} with other BLAS thread counts ({what}): the "
@@ -295,9 +298,13 @@ class Trainer:
         if hasattr(loader, "__len__") and len(loader) == 0:
             raise _no_batches("fit", loader)
         try:
-            return self._fit()
-        finally:
-            self.history.steps.flush(sync=False)
+            history = self._fit()
+        except BaseException:
+            with contextlib.suppress(OSError):  # keep the steps so far, and the first error
+                self.history.steps.flush(sync=False)
+            raise
+        self.history.steps.flush(sync=False)
+        return history
 
     def _fit(self) -> History:
         self.model.train()
