@@ -34,7 +34,7 @@ def test_tiny_run_and_evaluate(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "test accuracy" in text and str(out) in text and "curves.png" in text
     for f in ("config.json", "checkpoint.safetensors", "model.safetensors", "history.csv",
-              "results.json", "curves.png", "lr.png", "confusion.png"):
+              "steps.jsonl", "results.json", "curves.png", "lr.png", "confusion.png"):
         assert (out / f).exists(), f
     res = json.loads((out / "results.json").read_text())
     assert res["test"]["accuracy"] > 0.8
