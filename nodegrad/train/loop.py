@@ -126,8 +126,8 @@ class Trainer:
     ``model``, ``optimizer``, ``epoch`` (0-based, current), ``step`` (optimiser steps done),
     ``batch`` (batches of this epoch done), ``history``, ``last_loss``, ``resumed_from``
     (epoch, step and batch where a resumed run continued and the wall time spent before it;
-    None otherwise), ``wall_time``
-    (seconds, over all sessions of a resumed run) and set ``stop_training``."""
+    None otherwise), ``wall_time`` (seconds, over all sessions of a resumed run) and set
+    ``stop_training``."""
 
     def __init__(self, model: Module, loss_fn: Callable, optimizer: Optimizer,
                  train_loader: DataLoader, val_loader: Iterable | None = None, epochs: int = 1,
