@@ -213,14 +213,16 @@ def _promote(prim: Primitive, args: tuple) -> tuple:
     :mod:`.dtypes`, cached by operand dtypes, and a cast of a tensor is the differentiable
     ``astype``, so a cotangent returns to its input in the input's own dtype.
     """
-    pos = range(len(args)) if prim.operands is True else prim.operands
+    pos = prim.operands
+    if pos is True:
+        pos = range(len(args))
     dt = None
     for i in pos:
         a = args[i]
         if type(a) in _SCALARS:
             continue
         d = getattr(a, "dtype", None)
-        if d is None:
+        if d is dt or d is None:
             continue
         if dt is None:
             dt = d
@@ -243,14 +245,28 @@ def _promote(prim: Primitive, args: tuple) -> tuple:
     return tuple(out)
 
 
+def _float_dtype(prim: Primitive, datas: list):
+    """The one float dtype among the arrays (None if none); two raise (no silent float64)."""
+    fdt = None
+    for d in datas:
+        dt = getattr(d, "dtype", None)
+        if dt is not None and dt.kind == "f":
+            if fdt is None:
+                fdt = dt
+            elif dt != fdt:
+                raise _mixed(prim, fdt, dt)
+    return fdt
+
+
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
-    if prim.operands is not None and len(args) > 1:
-        args = _promote(prim, args)
-    if _TRACES:  # a vmap is active
+    if _TRACES:  # a vmap is active: promote on the examples' shapes (a 0-d example is 0-d)
+        if prim.operands is not None and len(args) > 1:
+            args = _promote(prim, args)
         return batch_bind(bind, prim, args, params)
     backend = None
-    fdt = None
+    first = None
+    mixed = False
     record = False
     datas = []
     for a in args:
@@ -274,12 +290,19 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 raise _device_error(prim, backend, b)
             backend = b
         dt = d.dtype
-        if dt.kind == "f":
-            if fdt is None:
-                fdt = dt
-            elif dt != fdt:
-                raise _mixed(prim, fdt, dt)
+        if dt is not first:
+            if first is None:
+                first = dt
+            elif dt != first:
+                mixed = True
         datas.append(d)
+    fdt = first if first is not None and first.kind == "f" else None
+    if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
+        if prim.operands is not None:
+            promoted = _promote(prim, args)
+            if promoted is not args:
+                return bind(prim, promoted, params)
+        fdt = _float_dtype(prim, datas)
     if backend is None:
         backend = _CPU
     try:
