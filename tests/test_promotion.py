@@ -128,6 +128,13 @@ def test_python_scalars_never_upcast_within_a_category(name):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
 
 
+def test_python_ints_out_of_range_raise_instead_of_wrapping():
+    i8 = ng.tensor(np.array([1, 2], "int8"))
+    assert (i8 + 1).dtype == np.int8 and (2 * i8).tolist() == [2, 4]
+    with pytest.raises(OverflowError, match="1000"):  # PyTorch wraps around to -24
+        i8 + 1000
+
+
 def test_result_type_matches_torch_over_levels():
     shapes = [(2,), ()]
     for (a, b), sa, sb in itertools.product(PAIRS, shapes, shapes):
