@@ -4,6 +4,7 @@ A primitive carries its name, its forward on backend arrays (it receives ``xp``)
 written with differentiable tensor operations (so ``create_graph=True`` gives higher orders and
 nothing is recorded otherwise), what its node must keep (``saves``), and slots for a JVP rule
 and a batching rule. Parameters such as ``axis`` are keywords, kept hashable where possible.
+``bind`` brings operands of different dtypes to one first, by PyTorch's rules (:mod:`.dtypes`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ _SAVES = {"inputs": (True, False), "out": (False, True), "both": (True, True),
 class Primitive:
     """The record of one operation. Call it like a function: ``exp(x)``."""
 
-    def __init__(self, name, fwd, vjp, vjp_all, jvp, batch, kind, saves, promote, operands, doc):
+    def __init__(self, name, fwd, vjp, vjp_all, jvp, batch, kind, saves, promote, doc,
+                 operands=None):
         self.name = name
         self.fwd = fwd
         self.vjp = vjp
@@ -69,7 +71,7 @@ def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = 
         operands = "all" if kind == "elementwise" else None
     if operands == "all":
         operands = True
-    p = Primitive(name, fwd, vjp, vjp_all, None, batch, kind, saves, promote, operands, doc)
+    p = Primitive(name, fwd, vjp, vjp_all, None, batch, kind, saves, promote, doc, operands)
     p.jvp = _jvp_rule(p, jvp)
     if batch is None and kind == "elementwise":
         p.batch = elementwise_rule(p)
