@@ -11,6 +11,7 @@ from . import _backend, data, diagnostics, models, nn, optim, prune, train
 from ._backend import cuda_available
 from .autodiff import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .diagnostics.graph import draw_graph
+from .dtypes import result_type
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,
                      InplaceError, ShapeError)
 from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, tree_flatten, tree_map,

@@ -790,6 +790,10 @@ def _typed(draw, shape, kind):
     if kind in ("int", "intnz"):
         ints = st.integers(-5, 5).filter(lambda v: v != 0 or kind == "int")
         return draw(hnp.arrays(np.int64, shape, elements=ints))
+    if kind in ("int8", "uint8"):
+        return draw(hnp.arrays(np.dtype(kind), shape))
+    if kind == "shift":  # shift counts: non-negative and below the narrowest width drawn
+        return draw(hnp.arrays(np.int64, shape, elements=st.integers(0, 7)))
     if kind == "bool":
         return draw(hnp.arrays(np.bool_, shape))
     dt = draw(st.sampled_from([np.float32, np.float64]))
@@ -813,8 +817,24 @@ def _fw_inputs(*kinds, layouts=BASE + ("rank",)):
 
 
 FORWARD: list[Forward] = []
+_CAT = {"b": 0, "u": 1, "i": 1, "f": 2}
+
+
+def _like_torch(f):
+    """NumPy's ``f`` on operands cast as PyTorch promotes them: an int meets a float in the
+    float's dtype, and a 0-d operand counts only when its category is higher (it is a scalar)."""
+    def ref(*xs, **kw):
+        dims = [a.dtype for a in xs if a.ndim]
+        top = max((_CAT[d.kind] for d in dims), default=-1)
+        use = dims + [a.dtype for a in xs if not a.ndim and _CAT[a.dtype.kind] > top]
+        fl = [d for d in use if d.kind == "f"]
+        dt = fl[0] if fl else np.result_type(*use)
+        return f(*(a.astype(dt) for a in xs), **kw)
+    return ref
+
+
 for _n in ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal"):
-    FORWARD.append(Forward(_n, getattr(ng, _n), getattr(np, _n),
+    FORWARD.append(Forward(_n, getattr(ng, _n), _like_torch(getattr(np, _n)),
                            _fw_inputs("special", ("special", "int"))))
 for _n in ("logical_and", "logical_or", "logical_xor"):
     FORWARD.append(Forward(_n, getattr(ng, _n), getattr(np, _n),
@@ -824,8 +844,16 @@ FORWARD.append(Forward("logical_not", ng.logical_not, np.logical_not,
 for _n in ("isnan", "isinf", "isfinite", "floor", "ceil", "round", "trunc"):
     FORWARD.append(Forward(_n, getattr(ng, _n), getattr(np, _n), _fw_inputs("special")))
 FORWARD.append(Forward("sign", ng.sign, np.sign, _fw_inputs(("special", "int"))))
-FORWARD.append(Forward("floor_divide", ng.floor_divide, np.floor_divide,
+FORWARD.append(Forward("floor_divide", ng.floor_divide, _like_torch(np.floor_divide),
                        _fw_inputs(("coarse", "int"), ("nonzero", "intnz"))))
+for _n in ("bitwise_and", "bitwise_or", "bitwise_xor"):
+    FORWARD.append(Forward(_n, getattr(ng, _n), _like_torch(getattr(np, _n)),
+                           _fw_inputs(("int", "int8", "bool"), ("int", "uint8", "bool"))))
+FORWARD.append(Forward("bitwise_not", ng.bitwise_not, np.invert,
+                       _fw_inputs(("int", "int8", "uint8", "bool"))))
+for _n in ("left_shift", "right_shift"):
+    FORWARD.append(Forward(_n, getattr(ng, _n), _like_torch(getattr(np, _n)),
+                           _fw_inputs(("int", "int8"), "shift")))
 
 
 def _reduce_fw(name, allow_empty, axis_kind):
@@ -849,6 +877,8 @@ _reduce_fw("all", True, "many")
 
 
 # --- dtype policy --------------------------------------------------------------------------
+INTEGER_ONLY = {"bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "left_shift",
+                "right_shift"}  # refuse float tensors (tested in test_promotion.py)
 PREDICATES = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
               "logical_and", "logical_or", "logical_xor", "logical_not", "isnan", "isinf",
               "isfinite"}

@@ -59,9 +59,19 @@ def _check_window(x: Tensor, k: tuple, dilation: tuple, padding: tuple, op: str)
                          "kernel, more padding or a longer input")
 
 
+def _check_dtype(x: Tensor, weight: Tensor, layer: str) -> None:
+    """Refuse an input whose dtype differs from the weight's, as PyTorch's layers do: an integer
+    input would otherwise be promoted silently, a float64 one raise deep inside the product."""
+    if x.dtype != weight.dtype:
+        how = ".float()" if weight.dtype == B.float32 else f".to({weight.dtype})"
+        raise DTypeError(f"{layer}: the input has dtype {x.dtype} but the layer's weight is "
+                         f"{weight.dtype}; convert the input with x{how} first")
+
+
 # --- affine -----------------------------------------------------------------------------------
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in)."""
+    _check_dtype(x, weight, "Linear")
     if x.shape[-1:] != weight.shape[1:]:
         raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape "
                          f"{tuple(x.shape)}) but the weight expects {weight.shape[1]}")
@@ -75,6 +85,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 # --- convolution ------------------------------------------------------------------------------
 def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: str):
     _check_input(x, nd, op, what)
+    _check_dtype(x, w, f"Conv{nd}d")
     n, c = x.shape[:2]
     o, cg = w.shape[:2]
     k = tuple(w.shape[2:])

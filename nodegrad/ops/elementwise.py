@@ -1,7 +1,8 @@
 """Elementwise primitives: arithmetic, transcendental functions, activations, comparisons.
 
 Binary ops broadcast as NumPy does; the engine sums each cotangent back to its input's shape,
-so the rules below are written for equal shapes. Python numbers never upcast a float32 tensor.
+so the rules below are written for equal shapes. Operands of different dtypes are brought to
+one by the engine (PyTorch's promotion, ``nodegrad.dtypes``); Python numbers never upcast.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from ..errors import DTypeError
 from ..primitive import primitive
 from ..tensor import Tensor
 
@@ -21,11 +23,26 @@ def _as(mask, like):
     return astype(mask, like.dtype)
 
 
+def _no_bools(name, f):
+    """A forward that refuses bool with bool, which PyTorch does not define for this op (NumPy
+    would answer in int8)."""
+    def fwd(xp, x, y, **params):
+        if _is_bool(x) and _is_bool(y):
+            raise DTypeError(f"{name}: not defined for two bool operands (as in PyTorch); "
+                             "convert with .long() or .int() first")
+        return f(xp, x, y, **params)
+    return fwd
+
+
+def _is_bool(v) -> bool:
+    return type(v) is bool or getattr(v, "dtype", None) == B.bool_
+
+
 # --- arithmetic ------------------------------------------------------------------------------
 add = primitive("add", lambda xp, x, y: xp.add(x, y),
                 (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
-subtract = primitive("subtract", lambda xp, x, y: xp.subtract(x, y),
+subtract = primitive("subtract", _no_bools("subtract", lambda xp, x, y: xp.subtract(x, y)),
                      (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
                      kind=_EW, jvp=_J,
                      doc="x - y, broadcasting.")
@@ -55,15 +72,17 @@ def _power_dx(g, ans, x, y):
 
 
 power = primitive(
-    "power", lambda xp, x, y: xp.power(x, y),
+    "power", _no_bools("power", lambda xp, x, y: xp.power(x, y)),
     (_power_dx,
      lambda g, ans, x, y: g * ans * _log_base(x)),
     saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
 remainder = primitive(
-    "remainder", lambda xp, x, y: xp.remainder(x, y),
+    "remainder", _no_bools("remainder", lambda xp, x, y: xp.remainder(x, y)),
     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_divide(x, y)),
     kind=_EW, jvp=_J, doc="x mod y with the sign of y (Python's %).")
-floor_divide = primitive("floor_divide", lambda xp, x, y: xp.floor_divide(x, y), kind=_EW,
+floor_divide = primitive("floor_divide",
+                         _no_bools("floor_divide", lambda xp, x, y: xp.floor_divide(x, y)),
+                         kind=_EW,
                          doc="x // y (no gradient).")
 
 # --- transcendental --------------------------------------------------------------------------
@@ -220,7 +239,7 @@ def _where_fwd(xp, cond, x, y):
 where = primitive("where", _where_fwd,
                   (None, lambda g, ans, c, x, y: where(c, g, 0),
                    lambda g, ans, c, x, y: where(c, 0, g)),
-                  kind=_EW, jvp=_J, doc="x where cond is true, else y.")
+                  kind=_EW, jvp=_J, operands=(1, 2), doc="x where cond is true, else y.")
 
 # --- casts -----------------------------------------------------------------------------------
 _astype = primitive("astype", lambda xp, x, dtype, src: x.astype(dtype),
@@ -252,6 +271,32 @@ logical_and = _nodiff("logical_and", lambda xp, x, y: xp.logical_and(x, y), "x a
 logical_or = _nodiff("logical_or", lambda xp, x, y: xp.logical_or(x, y), "x or y.")
 logical_xor = _nodiff("logical_xor", lambda xp, x, y: xp.logical_xor(x, y), "x xor y.")
 logical_not = _nodiff("logical_not", lambda xp, x: xp.logical_not(x), "not x.")
+
+
+def _integral(name, f):
+    """A forward that refuses float operands: bitwise ops are for integer and bool tensors."""
+    def fwd(xp, *xs):
+        for v in xs:
+            if type(v) is float or getattr(v, "dtype", B.bool_).kind not in "biu":
+                dt = getattr(v, "dtype", type(v).__name__)
+                raise DTypeError(f"{name}: needs integer or bool operands, got {dt}; use the "
+                                 "logical_* functions or comparisons for float tensors")
+        return f(xp, *xs)
+    return fwd
+
+
+bitwise_and = _nodiff("bitwise_and", _integral("bitwise_and", lambda xp, x, y: xp.bitwise_and(
+    x, y)), "x & y: bitwise on integers, logical on bools.")
+bitwise_or = _nodiff("bitwise_or", _integral("bitwise_or", lambda xp, x, y: xp.bitwise_or(
+    x, y)), "x | y: bitwise on integers, logical on bools.")
+bitwise_xor = _nodiff("bitwise_xor", _integral("bitwise_xor", lambda xp, x, y: xp.bitwise_xor(
+    x, y)), "x ^ y: bitwise on integers, logical on bools.")
+bitwise_not = _nodiff("bitwise_not", _integral("bitwise_not", lambda xp, x: xp.invert(x)),
+                      "~x: bitwise on integers, logical on bools.")
+left_shift = _nodiff("left_shift", _no_bools("left_shift", _integral(
+    "left_shift", lambda xp, x, y: xp.left_shift(x, y))), "x << y, on integers.")
+right_shift = _nodiff("right_shift", _no_bools("right_shift", _integral(
+    "right_shift", lambda xp, x, y: xp.right_shift(x, y))), "x >> y (arithmetic), on integers.")
 isnan = _nodiff("isnan", lambda xp, x: xp.isnan(x), "True where x is NaN.")
 isinf = _nodiff("isinf", lambda xp, x: xp.isinf(x), "True where x is +-Inf.")
 isfinite = _nodiff("isfinite", lambda xp, x: xp.isfinite(x), "True where x is finite.")

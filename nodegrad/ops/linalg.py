@@ -70,7 +70,7 @@ def _matmul_batch(vals, bdims):
 
 
 matmul = primitive("matmul", _matmul_fwd, (_matmul_da, _matmul_db), kind="linalg",
-                   jvp="multilinear", batch=_matmul_batch,
+                   jvp="multilinear", batch=_matmul_batch, operands="all",
                    doc="Matrix product with NumPy's rules (1-d operands, broadcast batches).")
 
 
@@ -142,7 +142,7 @@ def _einsum_batch(vals, bdims, terms, out):
 
 _einsum = primitive("einsum", lambda xp, *ops, terms, out: xp.einsum(
     ",".join(terms) + "->" + out, *ops, optimize=len(ops) > 2),
-    vjp_all=_einsum_vjp, kind="linalg", jvp="multilinear", batch=_einsum_batch,
+    vjp_all=_einsum_vjp, kind="linalg", jvp="multilinear", batch=_einsum_batch, operands="all",
     doc="Einstein summation.")
 
 

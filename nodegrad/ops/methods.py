@@ -130,7 +130,8 @@ def _inplace(op, name):
             if B.backend_of(o) is not be:
                 raise DeviceError(f"{name}: operands are on different devices "
                                   f"({be.name} and {B.backend_of(o).name})")
-            if o.dtype.kind == "f" and self.dtype.kind == "f" and o.dtype != self.dtype:
+            if (o.dtype.kind == "f" and self.dtype.kind == "f" and o.dtype != self.dtype
+                    and o.ndim):  # a 0-d operand counts as a scalar (type promotion)
                 raise DTypeError(f"{name}: mixed float dtypes {self.dtype} and {o.dtype}")
         try:
             getattr(be.xp, ufunc)(self.data, o, out=self.data, casting="same_kind")
@@ -174,8 +175,11 @@ _methods = {
     "__rfloordiv__": _r(E.floor_divide), "__matmul__": L.matmul, "__rmatmul__": _r(L.matmul),
     "__neg__": E.negative, "__pos__": lambda self: self, "__abs__": E.abs,
     "__eq__": E.equal, "__ne__": E.not_equal, "__lt__": E.less, "__le__": E.less_equal,
-    "__gt__": E.greater, "__ge__": E.greater_equal, "__and__": E.logical_and,
-    "__or__": E.logical_or, "__xor__": E.logical_xor, "__invert__": E.logical_not,
+    "__gt__": E.greater, "__ge__": E.greater_equal, "__and__": E.bitwise_and,
+    "__rand__": _r(E.bitwise_and), "__or__": E.bitwise_or, "__ror__": _r(E.bitwise_or),
+    "__xor__": E.bitwise_xor, "__rxor__": _r(E.bitwise_xor), "__invert__": E.bitwise_not,
+    "__lshift__": E.left_shift, "__rlshift__": _r(E.left_shift),
+    "__rshift__": E.right_shift, "__rrshift__": _r(E.right_shift),
     "__getitem__": I.getitem, "__setitem__": _setitem,
     "__iadd__": _inplace(E.add, "add_"), "__isub__": _inplace(E.subtract, "sub_"),
     "__imul__": _inplace(E.multiply, "mul_"), "__itruediv__": _inplace(E.divide, "div_"),
@@ -189,6 +193,10 @@ _methods = {
     "erf": E.erf, "floor": E.floor, "ceil": E.ceil, "round": E.round,
     "isnan": E.isnan, "isinf": E.isinf, "isfinite": E.isfinite,
     "maximum": E.maximum, "minimum": E.minimum,
+    "bitwise_and": E.bitwise_and, "bitwise_or": E.bitwise_or, "bitwise_xor": E.bitwise_xor,
+    "bitwise_not": E.bitwise_not, "bitwise_left_shift": E.left_shift,
+    "bitwise_right_shift": E.right_shift, "logical_and": E.logical_and,
+    "logical_or": E.logical_or, "logical_xor": E.logical_xor, "logical_not": E.logical_not,
     "clip": lambda self, min=None, max=None: E.clip(self, min, max),
     "clamp": lambda self, min=None, max=None: E.clip(self, min, max),
     # reductions
@@ -247,7 +255,8 @@ def _as_method(name: str, fn):
 _NO_PARAMS: dict = {}
 _BINARY = {"add", "subtract", "multiply", "divide", "power", "remainder", "floor_divide",
            "matmul", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
-           "logical_and", "logical_or", "logical_xor", "maximum", "minimum"}
+           "logical_and", "logical_or", "logical_xor", "maximum", "minimum", "bitwise_and",
+           "bitwise_or", "bitwise_xor", "left_shift", "right_shift"}
 
 
 def install() -> None:

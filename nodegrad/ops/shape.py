@@ -234,7 +234,7 @@ def _concat_batch(vals, bdims, axis):
 
 _concatenate = primitive("concatenate", lambda xp, *xs, axis: xp.concatenate(xs, axis=axis),
                          vjp_all=_concat_vjp, saves="none", kind=_SH, jvp=_L,
-                         batch=_concat_batch,
+                         batch=_concat_batch, operands="all",
                          doc="Join tensors along an existing axis.")
 
 
