@@ -10,7 +10,9 @@ parent. No Jacobian is ever formed. The engine only sees tensors through ``.data
 
 from __future__ import annotations
 
+import threading
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,13 +20,19 @@ from ._backend import backend_of
 from .errors import AnomalyError, GradError, InplaceError
 
 
-class _Mode:
-    __slots__ = ("grad_enabled", "anomaly", "in_backward")
+class _Mode(threading.local):
+    """The calling thread's modes, as in PyTorch: set in one thread, never seen in another.
 
-    def __init__(self) -> None:
-        self.grad_enabled = True
-        self.anomaly = False
-        self.in_backward = None  # the node whose VJP runs (anomaly mode only)
+    Each thread gets its own copy of these attributes, starting from the class defaults below
+    (so a new thread records gradients even when the one that started it is inside no_grad).
+    """
+
+    grad_enabled = True
+    inference = False
+    anomaly = False
+    in_backward = None  # the node whose VJP runs (anomaly mode only)
+    traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
+    depth = 0  # how many transforms are evaluating their function (see func/grad.py)
 
 
 mode = _Mode()
@@ -128,14 +136,54 @@ class set_grad_enabled(_GradMode):
 
 
 def is_grad_enabled() -> bool:
+    """Whether operations are recorded in the calling thread."""
     return mode.grad_enabled
+
+
+class inference_mode:
+    """Run without recording, like ``no_grad``, marked as inference; also a decorator.
+
+    As ``torch.inference_mode``: ``inference_mode(False)`` turns it off (and recording on).
+    PyTorch's inference tensors have no counterpart: outputs are plain tensors without a graph.
+    """
+
+    def __new__(cls, mode: bool | Callable = True):
+        if callable(mode):  # used bare: @inference_mode
+            return cls()(mode)
+        return super().__new__(cls)
+
+    def __init__(self, mode: bool = True):
+        self.enabled = bool(mode)
+
+    def __enter__(self):
+        self._prev = (mode.grad_enabled, mode.inference)
+        mode.grad_enabled, mode.inference = not self.enabled, self.enabled
+
+    def __exit__(self, *exc):
+        mode.grad_enabled, mode.inference = self._prev
+
+    def __call__(self, fn):
+        enabled = self.enabled
+
+        def wrapper(*args, **kwargs):
+            with inference_mode(enabled):
+                return fn(*args, **kwargs)
+
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+def is_inference_mode_enabled() -> bool:
+    """Whether the calling thread is inside ``inference_mode``."""
+    return mode.inference
 
 
 class detect_anomaly:
     """Raise :class:`AnomalyError` at the first op whose forward or backward yields NaN/Inf.
 
     While active each node also remembers where in user code it was created, and the error
-    names the primitive and that place.
+    names the primitive and that place (or the input that already held NaN, and its origin).
     """
 
     def __init__(self, enabled: bool = True):
@@ -147,6 +195,11 @@ class detect_anomaly:
 
     def __exit__(self, *exc):
         mode.anomaly = self._prev
+
+
+def is_anomaly_enabled() -> bool:
+    """Whether the calling thread is inside ``detect_anomaly``."""
+    return mode.anomaly
 
 
 def creation_site() -> str:
@@ -162,11 +215,85 @@ def _check_finite(xp, g, what: str, node: Node) -> None:
         raise anomaly_error(node, what)
 
 
+# Leaf tensors made by creation functions while anomaly mode is on: id -> (weak ref, where).
+# Keyed by id, since a tensor's ``==`` is elementwise; an entry leaves with its tensor.
+_sites: dict = {}
+
+
+def note_creation(t) -> None:
+    """Remember where user code created tensor ``t`` (called only in anomaly mode)."""
+    key = id(t)
+
+    def forget(ref):
+        if _sites.get(key, (None,))[0] is ref:
+            del _sites[key]
+
+    _sites[key] = (weakref.ref(t, forget), creation_site())
+
+
+def has_nan(d) -> bool:
+    """True when ``d`` (an array or a Python number) holds a NaN."""
+    if isinstance(d, float):
+        return d != d
+    kind = getattr(getattr(d, "dtype", None), "kind", "")
+    return kind in "fc" and bool(backend_of(d).xp.isnan(d).any())
+
+
+def origin(t) -> str:
+    """Where the tensor ``t`` came from, as far as the graph and anomaly mode know."""
+    n = getattr(t, "node", None)
+    if n is not None:
+        where = (f"created at {n.trace}" if n.trace else
+                 "recorded before detect_anomaly was on, so its line is unknown")
+        return f"it was produced by '{n.prim.name}', {where}"
+    if not hasattr(t, "node"):
+        return "it was passed in as a number" if isinstance(t, float) else "it is a raw array"
+    ref, site = _sites.get(id(t), (None, None))
+    if ref is not None and ref() is t:
+        return f"it is a leaf tensor created at {site}"
+    return ("it is a leaf tensor (data, a parameter, or a result computed without recording) "
+            "made before detect_anomaly was on, so its line is unknown")
+
+
+def input_held_nan(op: str, i: int, n: int, a, d, where: str = "") -> str:
+    """The message for NaN that came into ``op`` with its input ``i`` of ``n`` (``where``:
+    the call, when known)."""
+    if isinstance(d, float):
+        what = "the number nan"
+    else:
+        xp = backend_of(d).xp
+        what = (f"shape {tuple(d.shape)} {d.dtype}, {int(xp.isnan(d).sum())} of {d.size} "
+                "elements NaN")
+    arg = f"argument {i}" if n == 1 else f"argument {i} of {n}"
+    return (f"the input of '{op}' already held NaN ({arg}, {what}){where}; the NaN did not "
+            f"start in '{op}': {origin(a)}")
+
+
+def _nan_input_of(node: Node) -> str | None:
+    """Why ``node``'s backward met NaN when that NaN was already in the node's input."""
+    name = node.prim.name
+    n = len(node.parents)
+    if node.args is not None:
+        for i, a in enumerate(node.args):
+            d = getattr(a, "data", a)
+            if not isinstance(a, Spec) and has_nan(d):
+                return input_held_nan(name, i, n, a, d)
+    for i, p in enumerate(node.parents):  # leaves can still be looked at
+        if p is not None and type(p) is not Node and has_nan(p.data):
+            return input_held_nan(name, i, n, p, p.data)
+    if node.out is not None and has_nan(node.out):
+        return (f"the output of '{name}' already held NaN in the forward pass; run the forward "
+                "inside detect_anomaly too to see where the NaN started")
+    return None
+
+
 def anomaly_error(node: Node, step: str) -> AnomalyError:
     """The error for NaN/Inf met in ``node``'s backward (``step`` names the op inside the VJP)."""
     where = node.trace or "<unknown: created before detect_anomaly was on>"
-    return AnomalyError(f"backward of '{node.prim.name}' produced NaN/Inf (in its {step}); "
-                        f"that '{node.prim.name}' was created at {where}")
+    msg = (f"backward of '{node.prim.name}' produced NaN/Inf (in its {step}); "
+           f"that '{node.prim.name}' was created at {where}")
+    came_in = _nan_input_of(node)
+    return AnomalyError(msg if came_in is None else f"{msg}; {came_in}")
 
 
 # --- hooks ------------------------------------------------------------------------------------

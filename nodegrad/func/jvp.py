@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from ..autodiff import Spec, _key, _topo_order, mode
 from ..errors import GradError
 from ..tensor import Tensor, zeros_like
-from ..batching import TRACES, lowered
-from .grad import (_argnums, _call, _depth, _prepare, _prepare_batched, from_bottom, to_bottom,
+from ..batching import lowered
+from .grad import (_argnums, _call, _prepare, _prepare_batched, from_bottom, to_bottom,
                    value_and_grad, vjp)
 from .tree import tree_flatten, tree_unflatten
 
@@ -70,7 +70,7 @@ def linearize(f: Callable, *primals):
     """
     nums = tuple(range(len(primals)))
     levels = None
-    if TRACES:  # inside vmap: push tangents through the batched computation underneath
+    if mode.traces:  # inside vmap: push tangents through the batched computation underneath
         a, ins_per_arg, defs, higher, levels = _prepare_batched(primals, nums, "jvp")
     else:
         a, ins_per_arg, defs, higher = _prepare(primals, nums, "jvp")
@@ -99,19 +99,19 @@ def linearize(f: Callable, *primals):
         need = higher or any(u.requires_grad for u in flat)
         prev = mode.grad_enabled
         mode.grad_enabled = need
-        _depth[0] += 1
+        mode.depth += 1
         try:
-            with lowered(0 if levels is not None else len(TRACES)):
+            with lowered(0 if levels is not None else len(mode.traces)):
                 touts = _push(ins, flat, outs)
                 touts = [zeros_like(o) if t is None else (t if need else t.detach())
                          for t, o in zip(touts, outs)]
         finally:
-            _depth[0] -= 1
+            mode.depth -= 1
             mode.grad_enabled = prev
         res = tree_unflatten(out_def, touts)
         return res if levels is None else from_bottom(res, levels)
 
-    with lowered(0 if levels is not None else len(TRACES)):
+    with lowered(0 if levels is not None else len(mode.traces)):
         shown = outs if higher else [o.detach() for o in outs]
     shown = tree_unflatten(out_def, shown)
     return (shown if levels is None else from_bottom(shown, levels)), jvp_fn
