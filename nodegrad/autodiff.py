@@ -20,22 +20,50 @@ from ._backend import backend_of
 from .errors import AnomalyError, GradError, InplaceError
 
 
-class _Mode(threading.local):
-    """The calling thread's modes, as in PyTorch: set in one thread, never seen in another.
+class Modes:
+    """One thread's modes, as in PyTorch: set in one thread, never seen in another.
 
-    Each thread gets its own copy of these attributes, starting from the class defaults below
-    (so a new thread records gradients even when the one that started it is inside no_grad).
+    Each thread gets its own record (from :func:`modes`) on first use, with these defaults, so
+    a new thread records gradients even when the thread that started it is inside no_grad.
     """
 
-    grad_enabled = True
-    inference = False
-    anomaly = False
-    in_backward = None  # the node whose VJP runs (anomaly mode only)
-    traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
-    depth = 0  # how many transforms are evaluating their function (see func/grad.py)
+    __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth")
+
+    def __init__(self) -> None:
+        self.grad_enabled = True
+        self.inference = False
+        self.anomaly = False
+        self.in_backward = None  # the node whose VJP runs (anomaly mode only)
+        self.traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
+        self.depth = 0  # how many transforms are evaluating their function (see func/grad.py)
 
 
-mode = _Mode()
+class _PerThread(threading.local):
+    def __init__(self) -> None:  # runs once in each thread that touches it
+        self.modes = Modes()
+
+
+_per_thread = _PerThread()
+
+
+def modes() -> Modes:
+    """The calling thread's modes; hot paths read it once per call."""
+    return _per_thread.modes
+
+
+class _CurrentModes:
+    """``mode.name`` reads and sets ``name`` in the calling thread's :class:`Modes`."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        return getattr(_per_thread.modes, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(_per_thread.modes, name, value)
+
+
+mode = _CurrentModes()
 
 
 class Node:
@@ -89,22 +117,24 @@ class _GradMode:
     enabled: bool
 
     def __enter__(self):
-        self._prev = mode.grad_enabled
-        mode.grad_enabled = self.enabled
+        m = _per_thread.modes
+        self._prev = m.grad_enabled
+        m.grad_enabled = self.enabled
 
     def __exit__(self, *exc):
-        mode.grad_enabled = self._prev
+        _per_thread.modes.grad_enabled = self._prev
 
     def __call__(self, fn):
         enabled = self.enabled
 
         def wrapper(*args, **kwargs):
-            prev = mode.grad_enabled
-            mode.grad_enabled = enabled
+            m = _per_thread.modes
+            prev = m.grad_enabled
+            m.grad_enabled = enabled
             try:
                 return fn(*args, **kwargs)
             finally:
-                mode.grad_enabled = prev
+                m.grad_enabled = prev
 
         wrapper.__name__ = getattr(fn, "__name__", "wrapper")
         wrapper.__doc__ = fn.__doc__
@@ -128,8 +158,9 @@ class set_grad_enabled(_GradMode):
 
     def __init__(self, enabled: bool):
         self.enabled = bool(enabled)
-        self._prev = mode.grad_enabled
-        mode.grad_enabled = self.enabled  # like PyTorch, also works as a plain call
+        m = _per_thread.modes
+        self._prev = m.grad_enabled
+        m.grad_enabled = self.enabled  # like PyTorch, also works as a plain call
 
     def __enter__(self):
         pass
@@ -137,7 +168,7 @@ class set_grad_enabled(_GradMode):
 
 def is_grad_enabled() -> bool:
     """Whether operations are recorded in the calling thread."""
-    return mode.grad_enabled
+    return _per_thread.modes.grad_enabled
 
 
 class inference_mode:
@@ -156,11 +187,13 @@ class inference_mode:
         self.enabled = bool(mode)
 
     def __enter__(self):
-        self._prev = (mode.grad_enabled, mode.inference)
-        mode.grad_enabled, mode.inference = not self.enabled, self.enabled
+        m = _per_thread.modes
+        self._prev = (m.grad_enabled, m.inference)
+        m.grad_enabled, m.inference = not self.enabled, self.enabled
 
     def __exit__(self, *exc):
-        mode.grad_enabled, mode.inference = self._prev
+        m = _per_thread.modes
+        m.grad_enabled, m.inference = self._prev
 
     def __call__(self, fn):
         enabled = self.enabled
@@ -176,7 +209,7 @@ class inference_mode:
 
 def is_inference_mode_enabled() -> bool:
     """Whether the calling thread is inside ``inference_mode``."""
-    return mode.inference
+    return _per_thread.modes.inference
 
 
 class detect_anomaly:
@@ -190,16 +223,17 @@ class detect_anomaly:
         self.enabled = enabled
 
     def __enter__(self):
-        self._prev = mode.anomaly
-        mode.anomaly = self.enabled
+        m = _per_thread.modes
+        self._prev = m.anomaly
+        m.anomaly = self.enabled
 
     def __exit__(self, *exc):
-        mode.anomaly = self._prev
+        _per_thread.modes.anomaly = self._prev
 
 
 def is_anomaly_enabled() -> bool:
     """Whether the calling thread is inside ``detect_anomaly``."""
-    return mode.anomaly
+    return _per_thread.modes.anomaly
 
 
 def creation_site() -> str:
@@ -359,7 +393,7 @@ def _run_hooks(hooks, g):
     return g
 
 
-def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
+def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes) -> None:
     """Send node ``n``'s VJP messages to its parents (summed into ``pending``)."""
     if not n.alive:
         raise GradError(
@@ -379,8 +413,9 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
         args = tuple(Spec(s, g.dtype) for s in n.shapes)
     params = n.params
     parents = n.parents
-    if mode.anomaly:
-        mode.in_backward = n
+    anomaly = m.anomaly
+    if anomaly:
+        m.in_backward = n
     rules = prim.vjp
     if rules is None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
@@ -394,11 +429,11 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
             continue
         if gi.shape != shapes[i]:
             gi = gi.sum_to(shapes[i])
-        if mode.anomaly:
+        if anomaly:
             _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
         prev = pending.get(p)
         pending[p] = gi if prev is None else prev + gi
-    mode.in_backward = None
+    m.in_backward = None
 
 
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
@@ -453,8 +488,9 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 wanted.add(n)
         results: dict = {}
 
-    prev_mode = mode.grad_enabled
-    mode.grad_enabled = create_graph
+    m = _per_thread.modes
+    prev_mode = m.grad_enabled
+    m.grad_enabled = create_graph
     try:
         counts = _toposort_counts(starts)
         ready = []
@@ -471,7 +507,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 if tkeys is not None and n in tset:
                     results[n] = g
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
-                    _apply_vjps(n, g, create_graph, wanted, pending)
+                    _apply_vjps(n, g, create_graph, wanted, pending, m)
                 if not retain_graph:
                     n.args = n.out = None
                     n.alive = False
@@ -490,8 +526,8 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
             elif leaf in tset:
                 results[leaf] = g
     finally:
-        mode.grad_enabled = prev_mode
-        mode.in_backward = None
+        m.grad_enabled = prev_mode
+        m.in_backward = None
 
     if tkeys is None:
         return None

@@ -2,7 +2,7 @@
 
 While a ``vmap`` runs, each batched value is a :class:`BatchTracer`: it looks like one example
 (its ``shape`` has no batch axis) and carries the whole batch in ``val`` with the batch axis at
-``bdim``. ``bind`` checks the calling thread's active levels (``mode.traces``, kept per thread
+``bdim``. ``bind`` checks the calling thread's active levels (``modes().traces``, per thread
 like every mode, see ``autodiff``) and, when there are any, hands the call to
 :func:`batch_bind`, which calls the primitive's batching rule
 ``batch(vals, bdims, **params) -> (out, out_bdim)`` on the unwrapped values with the level
@@ -13,7 +13,7 @@ removed, so nested vmaps peel one level per bind and the values underneath recor
 
 from __future__ import annotations
 
-from .autodiff import mode
+from .autodiff import modes
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -32,7 +32,7 @@ _POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
 
 def levels() -> tuple:
     """The calling thread's active vmap levels, innermost last (each thread has its own)."""
-    return mode.traces
+    return modes().traces
 
 
 class pushed:
@@ -42,11 +42,12 @@ class pushed:
         self.level = level
 
     def __enter__(self):
-        self.saved = mode.traces
-        mode.traces = self.saved + (self.level,)
+        m = self.m = modes()
+        self.saved = m.traces
+        m.traces = self.saved + (self.level,)
 
     def __exit__(self, *exc):
-        mode.traces = self.saved
+        self.m.traces = self.saved
 
 
 class BatchTracer(Tensor):
@@ -89,16 +90,17 @@ class lowered:
         self.n = n
 
     def __enter__(self):
-        self.saved = mode.traces
-        mode.traces = self.saved[:self.n]
+        m = self.m = modes()
+        self.saved = m.traces
+        m.traces = self.saved[:self.n]
 
     def __exit__(self, *exc):
-        mode.traces = self.saved
+        self.m.traces = self.saved
 
 
 def batch_bind(bind, prim, args: tuple, params: dict):
     """``bind`` for when a vmap is active: batch the call at the innermost level."""
-    traces = mode.traces
+    traces = modes().traces
     top = traces[-1]
     n = len(traces) - 1
     if not any(type(a) is BatchTracer and a.level is top for a in args):

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from . import _backend as B
 from .batching import batch_bind, elementwise_rule, reduce_rule
-from .autodiff import Node, anomaly_error, creation_site, has_nan, input_held_nan, mode
+from .autodiff import (Node, _per_thread, anomaly_error, creation_site, has_nan, input_held_nan,
+                       modes)
 from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
 
@@ -181,9 +182,10 @@ def _anomaly(prim, backend, args, datas, out) -> None:
     bad = [i for i, d in enumerate(datas) if getattr(d, "dtype", None) is not None
            and d.dtype.kind == "f" and not bool(xp.isfinite(d).all())
            or isinstance(d, float) and d != d]
-    if mode.in_backward is not None:
+    node = modes().in_backward
+    if node is not None:
         if not bad:
-            raise anomaly_error(mode.in_backward, f"'{prim.name}' step")
+            raise anomaly_error(node, f"'{prim.name}' step")
         return  # the result check of that backward says where it came from
     if not bad:
         raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
@@ -207,7 +209,7 @@ def _mixed(prim, a, b) -> DTypeError:
 
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
-    m = mode  # this thread's modes
+    m = _per_thread.modes  # this thread's modes, read once
     if m.traces:  # a vmap is active
         return batch_bind(bind, prim, args, params)
     backend = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .. import batching as bt
-from ..autodiff import mode
+from ..autodiff import modes
 from ..batching import BatchTracer, Level, lowered, pushed
 from ..errors import ShapeError
 from ..ops.shape import broadcast_to, expand_dims, moveaxis, norm_axis
@@ -91,7 +91,7 @@ def _unbatch(o, level: Level, ax):
 def full_batch(x):
     """``x`` batched at every active level with batch axis 0 at each, and the plain tensor
     underneath (shape: the batch sizes, outermost first, then the example shape)."""
-    traces = mode.traces
+    traces = modes().traces
     n = len(traces)
     if n == 0:
         return x, x
@@ -108,7 +108,7 @@ def full_batch(x):
 
 def rewrap(bottom, levels=None):
     """Inverse of :func:`full_batch`: a plain batched tensor seen at every active level."""
-    levels = mode.traces if levels is None else levels
+    levels = modes().traces if levels is None else levels
     x = bottom
     for lv in levels:
         x = BatchTracer(x, 0, lv)
