@@ -179,9 +179,9 @@ def _anomaly(prim, backend, args, datas, out) -> None:
     xp = backend.xp
     if out.dtype.kind != "f" or bool(xp.isfinite(out).all()):
         return
-    bad = [i for i, d in enumerate(datas) if getattr(d, "dtype", None) is not None
-           and d.dtype.kind == "f" and not bool(xp.isfinite(d).all())
-           or isinstance(d, float) and d != d]
+    bad = [i for i, d in enumerate(datas)  # inputs holding NaN/Inf (a NaN number counts)
+           if (getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
+               and not bool(xp.isfinite(d).all())) or (isinstance(d, float) and d != d)]
     node = modes().in_backward
     if node is not None:
         if not bad:
