@@ -38,17 +38,16 @@ class Modes:
         self.depth = 0  # how many transforms are evaluating their function (see func/grad.py)
 
 
-class _PerThread(threading.local):
-    def __init__(self) -> None:  # runs once in each thread that touches it
-        self.modes = Modes()
-
-
-_per_thread = _PerThread()
+_per_thread = threading.local()  # .modes: the thread's Modes (a plain local reads fastest)
 
 
 def modes() -> Modes:
-    """The calling thread's modes; hot paths read it once per call."""
-    return _per_thread.modes
+    """The calling thread's modes (bind inlines this: one read per operation)."""
+    try:
+        return _per_thread.modes
+    except AttributeError:  # the thread's first use
+        m = _per_thread.modes = Modes()
+        return m
 
 
 class _CurrentModes:
@@ -57,10 +56,10 @@ class _CurrentModes:
     __slots__ = ()
 
     def __getattr__(self, name: str):
-        return getattr(_per_thread.modes, name)
+        return getattr(modes(), name)
 
     def __setattr__(self, name: str, value) -> None:
-        setattr(_per_thread.modes, name, value)
+        setattr(modes(), name, value)
 
 
 mode = _CurrentModes()
@@ -117,18 +116,18 @@ class _GradMode:
     enabled: bool
 
     def __enter__(self):
-        m = _per_thread.modes
+        m = modes()
         self._prev = m.grad_enabled
         m.grad_enabled = self.enabled
 
     def __exit__(self, *exc):
-        _per_thread.modes.grad_enabled = self._prev
+        modes().grad_enabled = self._prev
 
     def __call__(self, fn):
         enabled = self.enabled
 
         def wrapper(*args, **kwargs):
-            m = _per_thread.modes
+            m = modes()
             prev = m.grad_enabled
             m.grad_enabled = enabled
             try:
@@ -158,7 +157,7 @@ class set_grad_enabled(_GradMode):
 
     def __init__(self, enabled: bool):
         self.enabled = bool(enabled)
-        m = _per_thread.modes
+        m = modes()
         self._prev = m.grad_enabled
         m.grad_enabled = self.enabled  # like PyTorch, also works as a plain call
 
@@ -168,7 +167,7 @@ class set_grad_enabled(_GradMode):
 
 def is_grad_enabled() -> bool:
     """Whether operations are recorded in the calling thread."""
-    return _per_thread.modes.grad_enabled
+    return modes().grad_enabled
 
 
 class inference_mode:
@@ -187,12 +186,12 @@ class inference_mode:
         self.enabled = bool(mode)
 
     def __enter__(self):
-        m = _per_thread.modes
+        m = modes()
         self._prev = (m.grad_enabled, m.inference)
         m.grad_enabled, m.inference = not self.enabled, self.enabled
 
     def __exit__(self, *exc):
-        m = _per_thread.modes
+        m = modes()
         m.grad_enabled, m.inference = self._prev
 
     def __call__(self, fn):
@@ -209,7 +208,7 @@ class inference_mode:
 
 def is_inference_mode_enabled() -> bool:
     """Whether the calling thread is inside ``inference_mode``."""
-    return _per_thread.modes.inference
+    return modes().inference
 
 
 class detect_anomaly:
@@ -223,17 +222,17 @@ class detect_anomaly:
         self.enabled = enabled
 
     def __enter__(self):
-        m = _per_thread.modes
+        m = modes()
         self._prev = m.anomaly
         m.anomaly = self.enabled
 
     def __exit__(self, *exc):
-        _per_thread.modes.anomaly = self._prev
+        modes().anomaly = self._prev
 
 
 def is_anomaly_enabled() -> bool:
     """Whether the calling thread is inside ``detect_anomaly``."""
-    return _per_thread.modes.anomaly
+    return modes().anomaly
 
 
 def creation_site() -> str:
@@ -488,7 +487,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 wanted.add(n)
         results: dict = {}
 
-    m = _per_thread.modes
+    m = modes()
     prev_mode = m.grad_enabled
     m.grad_enabled = create_graph
     try:

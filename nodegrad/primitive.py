@@ -209,7 +209,10 @@ def _mixed(prim, a, b) -> DTypeError:
 
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
-    m = _per_thread.modes  # this thread's modes, read once
+    try:
+        m = _per_thread.modes  # this thread's modes (autodiff.modes, inlined), read once
+    except AttributeError:
+        m = modes()
     if m.traces:  # a vmap is active
         return batch_bind(bind, prim, args, params)
     backend = None
