@@ -5,7 +5,9 @@ needs). ``backward`` visits the nodes reachable from the outputs in reverse topo
 (an iterative sort by child counts, so deep graphs never recurse); each node sums the cotangents
 its children sent, applies its primitive's vector-Jacobian product and sends one message to each
 parent. No Jacobian is ever formed. The engine only sees tensors through ``.data``, ``.node``,
-``.requires_grad`` and ``.grad``, so this module sits below ``tensor``.
+``.requires_grad`` and ``.grad``, so this module sits below ``tensor``. The modes (grad,
+inference, anomaly, and what vmap/grad/jvp keep while they run) belong to the calling thread,
+as in PyTorch: one :class:`Modes` record per thread.
 """
 
 from __future__ import annotations

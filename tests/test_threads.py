@@ -217,6 +217,34 @@ def test_transform_in_one_thread_does_not_make_another_higher_order():
         _join([t], errors)
 
 
+def test_inference_mode_as_torch():
+    """Recording off inside, back after; ``inference_mode(False)`` and ``enable_grad`` turn it
+    on again; works as a decorator with and without arguments."""
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    with ng.inference_mode():
+        assert ng.is_inference_mode_enabled() and not ng.is_grad_enabled()
+        assert not (x * 2).requires_grad
+        with ng.inference_mode(False):
+            assert not ng.is_inference_mode_enabled() and (x * 2).requires_grad
+        with ng.enable_grad():
+            assert (x * 2).requires_grad
+        assert not (x * 2).requires_grad
+    assert not ng.is_inference_mode_enabled() and (x * 2).requires_grad
+
+    @ng.inference_mode
+    def bare(v):
+        return (v * 2).requires_grad, ng.is_inference_mode_enabled()
+
+    @ng.inference_mode(False)
+    def off(v):
+        return (v * 2).requires_grad, ng.is_inference_mode_enabled()
+
+    assert bare(x) == (False, True)
+    with ng.no_grad():
+        assert off(x) == (True, False)
+    assert ng.is_grad_enabled() and not ng.is_inference_mode_enabled()
+
+
 # --- two training loops at once give exactly the sequential weights ----------------------------
 def _task(seed: int, sizes: tuple, loss_fn, act):
     """A small model, its data and loss: the initial weights are kept to restart from."""
