@@ -9,7 +9,8 @@ tensor([2., 4., 6.])
 
 from . import _backend, data, diagnostics, models, nn, optim, prune, train
 from ._backend import cuda_available
-from .autodiff import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_enabled,
+                       is_grad_enabled, is_inference_mode_enabled, no_grad, set_grad_enabled)
 from .diagnostics.graph import draw_graph
 from .dtypes import result_type
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,

@@ -161,7 +161,8 @@ def cuda_backend(index: int) -> Backend:
         n = cupy.cuda.runtime.getDeviceCount()
         if not 0 <= index < n:
             raise DeviceError(f"device 'cuda:{index}' does not exist; this machine has {n} GPU(s)")
-        b = _cuda[index] = Backend(f"cuda:{index}", cupy, index)
+        # setdefault: one Backend per device even when two threads get here at once
+        b = _cuda.setdefault(index, Backend(f"cuda:{index}", cupy, index))
     return b
 
 

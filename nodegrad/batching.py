@@ -2,8 +2,9 @@
 
 While a ``vmap`` runs, each batched value is a :class:`BatchTracer`: it looks like one example
 (its ``shape`` has no batch axis) and carries the whole batch in ``val`` with the batch axis at
-``bdim``. ``bind`` checks one global (:data:`TRACES`, the active levels) and, when it is
-non-empty, hands the call to :func:`batch_bind`, which calls the primitive's batching rule
+``bdim``. ``bind`` checks the calling thread's active levels (``modes().traces``, per thread
+like every mode, see ``autodiff``) and, when there are any, hands the call to
+:func:`batch_bind`, which calls the primitive's batching rule
 ``batch(vals, bdims, **params) -> (out, out_bdim)`` on the unwrapped values with the level
 removed, so nested vmaps peel one level per bind and the values underneath record the graph for
 ``grad`` as usual. Elementwise and reduction primitives get their rule from their ``kind``
@@ -12,6 +13,7 @@ removed, so nested vmaps peel one level per bind and the values underneath recor
 
 from __future__ import annotations
 
+from .autodiff import modes
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -26,7 +28,26 @@ class Level:
 
 
 _POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
-TRACES: list = []  # the active vmap levels, innermost last
+
+
+def levels() -> tuple:
+    """The calling thread's active vmap levels, innermost last (each thread has its own)."""
+    return modes().traces
+
+
+class pushed:
+    """Run with ``level`` as the innermost active vmap level of this thread."""
+
+    def __init__(self, level: Level):
+        self.level = level
+
+    def __enter__(self):
+        m = self.m = modes()
+        self.saved = m.traces
+        m.traces = self.saved + (self.level,)
+
+    def __exit__(self, *exc):
+        self.m.traces = self.saved
 
 
 class BatchTracer(Tensor):
@@ -69,17 +90,19 @@ class lowered:
         self.n = n
 
     def __enter__(self):
-        self.saved = TRACES[self.n:]
-        del TRACES[self.n:]
+        m = self.m = modes()
+        self.saved = m.traces
+        m.traces = self.saved[:self.n]
 
     def __exit__(self, *exc):
-        TRACES.extend(self.saved)
+        self.m.traces = self.saved
 
 
 def batch_bind(bind, prim, args: tuple, params: dict):
     """``bind`` for when a vmap is active: batch the call at the innermost level."""
-    top = TRACES[-1]
-    n = len(TRACES) - 1
+    traces = modes().traces
+    top = traces[-1]
+    n = len(traces) - 1
     if not any(type(a) is BatchTracer and a.level is top for a in args):
         with lowered(n):
             return bind(prim, args, params)

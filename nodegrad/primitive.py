@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import _backend as B
-from .batching import TRACES as _TRACES
 from .batching import batch_bind, elementwise_rule, reduce_rule
-from .autodiff import Node, anomaly_error, creation_site, mode
+from .autodiff import (Node, _per_thread, anomaly_error, creation_site, has_nan, input_held_nan,
+                       modes)
 from .dtypes import _key_of, result_type_of_keys
 from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
@@ -183,18 +183,27 @@ def _value_error(prim, datas, params, e: ValueError) -> ValueError:
     return ValueError(f"{prim.name} (shapes {shapes}{ps}): {e}")
 
 
-def _anomaly(prim, backend, datas, out) -> None:
-    """Raise if ``out`` has NaN/Inf that its inputs did not (detect_anomaly mode)."""
+def _anomaly(prim, backend, args, datas, out) -> None:
+    """Raise if ``out`` has NaN/Inf that its inputs did not, or NaN that came in with an input
+    (detect_anomaly mode)."""
     xp = backend.xp
     if out.dtype.kind != "f" or bool(xp.isfinite(out).all()):
         return
-    if any(getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
-           and not bool(xp.isfinite(d).all()) for d in datas):
-        return
-    if mode.in_backward is not None:
-        raise anomaly_error(mode.in_backward, f"'{prim.name}' step")
-    raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
-                       f"at {creation_site()}")
+    bad = [i for i, d in enumerate(datas)  # inputs holding NaN/Inf (a NaN number counts)
+           if (getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
+               and not bool(xp.isfinite(d).all())) or (isinstance(d, float) and d != d)]
+    node = modes().in_backward
+    if node is not None:
+        if not bad:
+            raise anomaly_error(node, f"'{prim.name}' step")
+        return  # the result check of that backward says where it came from
+    if not bad:
+        raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
+                           f"at {creation_site()}")
+    for i in bad:  # an Inf that came in (a mask, say) passes, as without anomaly mode
+        if has_nan(datas[i]):
+            raise AnomalyError(input_held_nan(prim.name, i, len(args), args[i], datas[i],
+                                              f" when called at {creation_site()}"))
 
 
 _ndarray = B.ndarray
@@ -262,7 +271,11 @@ def _float_dtype(prim: Primitive, datas: list):
 
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
-    if _TRACES:  # a vmap is active: promote on the examples' shapes (a 0-d example is 0-d)
+    try:
+        m = _per_thread.modes  # this thread's modes (autodiff.modes, inlined), read once
+    except AttributeError:
+        m = modes()
+    if m.traces:  # a vmap is active: promote on the examples' shapes (a 0-d example is 0-d)
         if prim.operands is not None and len(args) > 1:
             args = _promote(prim, args)
         return batch_bind(bind, prim, args, params)
@@ -319,14 +332,14 @@ def bind(prim: Primitive, args: tuple, params: dict):
         out = backend.asarray(out)  # NumPy returns scalars from some 0-d ops
     if fdt is None and prim.promote and out.dtype.kind == "f" and out.dtype != _DEFAULT_FLOAT:
         out = out.astype(_DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
-    if mode.anomaly:
-        _anomaly(prim, backend, datas, out)
-    if record and mode.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
-        return _record(prim, args, datas, params, out)
+    if m.anomaly:
+        _anomaly(prim, backend, args, datas, out)
+    if record and m.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
+        return _record(prim, args, datas, params, out, m.anomaly)
     return Tensor(out)
 
 
-def _record(prim: Primitive, args: tuple, datas: list, params: dict, out) -> Tensor:
+def _record(prim: Primitive, args: tuple, datas: list, params: dict, out, anomaly) -> Tensor:
     parents = []
     shapes = []
     versions = [] if prim.save_in or prim.save_out else None
@@ -346,7 +359,7 @@ def _record(prim: Primitive, args: tuple, datas: list, params: dict, out) -> Ten
     if prim.save_out:
         cell = t._version = [0]
         versions.append((cell, 0))
-    if mode.anomaly:
+    if anomaly:
         node.trace = creation_site()
     return t
 

@@ -72,8 +72,8 @@ def default_generator(device=None) -> Generator:
     """The generator that sampling functions use on ``device`` when none is passed."""
     be = B.get_backend(device)
     g = _default.get(be.name)
-    if g is None:
-        g = _default[be.name] = Generator(be, _seed[0])
+    if g is None:  # setdefault: threads meeting here at once share one generator
+        g = _default.setdefault(be.name, Generator(be, _seed[0]))
     return g
 
 
