@@ -305,3 +305,13 @@ __all__ += [
     "max_unpool1d", "max_unpool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "lp_pool1d",
     "lp_pool2d", "unfold", "fold", "pixel_shuffle", "pixel_unshuffle", "interpolate", "upsample",
 ]
+
+# --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------
+from .norm_functional import (alpha_dropout, bilinear, dropout1d, dropout2d,  # noqa: E402
+                              dropout3d, embedding_bag, group_norm, instance_norm,
+                              local_response_norm, rms_norm)
+
+__all__ += [
+    "group_norm", "instance_norm", "local_response_norm", "rms_norm", "dropout1d", "dropout2d",
+    "dropout3d", "alpha_dropout", "bilinear", "embedding_bag",
+]

@@ -77,3 +77,18 @@ __all__ += [
     "PixelShuffle", "PixelUnshuffle", "Unfold", "Upsample", "UpsamplingBilinear2d",
     "UpsamplingNearest2d",
 ]
+
+# --- per-sample norms, dropout variants, bilinear, bags, unflatten, transformers ---------------
+from .dropout import AlphaDropout, Dropout1d, Dropout2d, Dropout3d  # noqa: E402
+from .linear_extra import Bilinear, EmbeddingBag, Unflatten  # noqa: E402
+from .sample_norm import (GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,  # noqa: E402
+                          LocalResponseNorm, RMSNorm)
+from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer,  # noqa: E402
+                          TransformerEncoder)
+
+__all__ += [
+    "AlphaDropout", "Bilinear", "Dropout1d", "Dropout2d", "Dropout3d", "EmbeddingBag",
+    "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm",
+    "RMSNorm", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
+    "TransformerEncoder", "Unflatten",
+]
