@@ -339,3 +339,41 @@ def test_conv_pool_errors_name_the_op():
         F.interpolate(x)
     with pytest.raises(ValueError, match=r"ConvTranspose1d: in_channels \(3\)"):
         nn.ConvTranspose1d(3, 4, 2, groups=2)
+
+
+COMPOSITES = [
+    (lambda x, w: F.conv_transpose1d(x, w, stride=2, padding=1, output_padding=1),
+     [(2, 4, 5), (4, 3, 3)]),
+    (lambda x, w: F.conv_transpose2d(x, w, stride=2, groups=2), [(2, 4, 3, 3), (4, 1, 2, 2)]),
+    (lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)[0], [(2, 2, 5, 6)]),
+    (lambda x: F.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), [(2, 3, 8)]),
+    (lambda x: F.adaptive_max_pool2d(x, (2, 3)), [(2, 2, 5, 7)]),
+    (lambda x: F.unfold(x, 2, padding=1), [(2, 2, 3, 4)]),
+    (lambda x: F.fold(x, (3, 4), 2), [(2, 8, 6)]),
+    (lambda x: F.pixel_shuffle(x, 2), [(2, 8, 2, 3)]),
+    (lambda x: F.interpolate(x, size=(5, 3), mode="bicubic"), [(2, 2, 3, 4)]),
+    (lambda x: F.interpolate(x, scale_factor=2, mode="nearest"), [(2, 2, 3)]),
+    (lambda x, w, b: F.group_norm(x, 2, w, b), [(2, 4, 5), (4,), (4,)]),
+    (lambda x: F.local_response_norm(x, 3), [(2, 4, 5)]),
+    (lambda x, w: F.rms_norm(x, 5, w), [(3, 5), (5,)]),
+    (lambda a, b, w: F.bilinear(a, b, w), [(3, 2), (3, 4), (2, 2, 4)]),
+]
+
+
+@pytest.mark.parametrize("f,shapes", COMPOSITES)
+def test_composites_under_vmap_and_jvp(f, shapes):
+    """vmap over a leading batch equals a loop; the JVP equals the VJP's transpose."""
+    batch = 3
+    stacked = [rng.standard_normal((batch,) + s) for s in shapes]
+    got = ng.vmap(f)(*[ng.tensor(a) for a in stacked]).numpy()
+    want = np.stack([f(*[ng.tensor(a[i]) for a in stacked]).numpy() for i in range(batch)])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    xs = [ng.tensor(a[0]) for a in stacked]
+    us = [ng.tensor(rng.standard_normal(s)) for s in shapes]
+    out, tout = ng.jvp(f, xs, us)
+    v = rng.standard_normal(out.shape)
+    ins = [ng.tensor(a[0], requires_grad=True) for a in stacked]
+    (f(*ins) * ng.tensor(v)).sum().backward()
+    lhs = float((tout.numpy() * v).sum())
+    rhs = sum(float((i.grad.numpy() * u.numpy()).sum()) for i, u in zip(ins, us))
+    assert lhs == pytest.approx(rhs, rel=1e-9, abs=1e-12)
