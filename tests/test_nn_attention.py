@@ -295,3 +295,17 @@ def test_fully_masked_query_gives_zeros_as_torch(kind):
     assert ng.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(
         q, k, v, attn_mask=ng.tensor(mask)), rng.standard_normal((4, 6)),
         rng.standard_normal((5, 6)), rng.standard_normal((5, 3)))
+
+
+def test_multihead_attention_fully_masked_query_matches_torch_without_weights():
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.MultiheadAttention(8, 2), torch.nn.MultiheadAttention(8, 2)
+    _load(ours, theirs)
+    x = _pair((3, 2, 8))
+    am = np.zeros((3, 3), bool)
+    am[1] = True                                   # query 1 may attend to nothing
+    out_o, _ = ours(x[0], x[0], x[0], attn_mask=ng.tensor(am), need_weights=False)
+    out_t, _ = theirs(x[1], x[1], x[1], attn_mask=torch.tensor(am), need_weights=False)
+    _backward_and_compare([out_o], [out_t], [x], ours, theirs)
+    _, w = ours(x[0], x[0], x[0], attn_mask=ng.tensor(am))  # PyTorch gives NaN weights here
+    assert np.isfinite(w.numpy()).all() and not w.numpy()[:, 1].any()
