@@ -174,7 +174,7 @@ def test_unflatten_matches_torch():
 
 @pytest.mark.parametrize("cls,shape,channel_axes", [
     ("Dropout1d", (20, 30, 8), 2), ("Dropout1d", (30, 8), 1),
-    ("Dropout2d", (20, 30, 3, 4), 2), ("Dropout2d", (30, 3, 4), 1),
+    ("Dropout2d", (20, 30, 3, 4), 2), ("Dropout2d", (30, 20, 4), 2),
     ("Dropout3d", (10, 30, 2, 3, 2), 2),
 ])
 def test_channel_dropout_zeroes_whole_channels(cls, shape, channel_axes):
@@ -210,12 +210,19 @@ def test_alpha_dropout_keeps_mean_and_variance():
         (1.7580993408473766 ** 2 * 0.5 + 1) * 0.5), 12)}
 
 
+_BAG, _OFFSETS = ng.tensor(np.array([0, 4, 1, 1, 3, 2])), ng.tensor(np.array([0, 2, 2]))
+
+
 @pytest.mark.parametrize("f,shapes", [
     (lambda x, w, b: F.group_norm(x, 2, w, b), [(3, 4, 3), (4,), (4,)]),
     (lambda x, w, b: F.instance_norm(x, weight=w, bias=b), [(2, 3, 4), (3,), (3,)]),
     (lambda x: F.local_response_norm(x, 3, alpha=0.5), [(2, 4, 3)]),
     (lambda x, w: F.rms_norm(x, 3, w), [(2, 3), (3,)]),
     (lambda a, b, w, c: F.bilinear(a, b, w, c), [(3, 2), (3, 4), (2, 2, 4), (2,)]),
+    (lambda w, p: F.embedding_bag(_BAG, w, _OFFSETS, mode="sum", per_sample_weights=p),
+     [(5, 3), (6,)]),
+    (lambda w: F.embedding_bag(_BAG, w, _OFFSETS, mode="mean", padding_idx=1), [(5, 3)]),
+    (lambda w: F.embedding_bag(_BAG, w, _OFFSETS, mode="max"), [(5, 3)]),
 ])
 def test_norm_layers_gradcheck(f, shapes):
     assert ng.gradcheck(f, *[rng.standard_normal(s) for s in shapes], atol=1e-6)

@@ -139,3 +139,15 @@ def test_transformer_errors_name_the_layer():
         nn.TransformerDecoderLayer(8, 2, 16)(ng.zeros(3, 2, 8), ng.zeros(3, 2, 4))
     with pytest.raises(ValueError, match="TransformerDecoderLayer: activation"):
         nn.TransformerDecoderLayer(8, 2, 16, activation="tanh")
+
+
+def test_decoder_layer_gradcheck():
+    layer = nn.TransformerDecoderLayer(4, 2, 6, dropout=0.0).double()
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def f(tgt, mem, w):
+        p = dict(params, **{"linear1.weight": w})
+        return nn.functional_call(layer, p, tgt, mem)
+
+    assert ng.gradcheck(f, rng.standard_normal((3, 1, 4)), rng.standard_normal((2, 1, 4)),
+                        params["linear1.weight"].numpy(), atol=1e-6)

@@ -129,8 +129,11 @@ def _feature_dropout(x, p, training, generator, nd, op):
     if p == 1:
         return x * 0.0
     lead = x.ndim - nd  # 1 unbatched, 2 batched: one draw per channel of each sample
+    if nd == 2 and x.ndim == 3:
+        lead = 2  # PyTorch 2.13 reads 3-d input to dropout2d as (N, C, L)
     gen = generator or default_generator(x.device)
-    keep = gen.random(tuple(x.shape[:lead]) + (1,) * nd, x.dtype) >= x.dtype.type(p)
+    keep = gen.random(tuple(x.shape[:lead]) + (1,) * (x.ndim - lead), x.dtype) >= \
+        x.dtype.type(p)
     return x * (keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p)))
 
 
@@ -142,7 +145,8 @@ def dropout1d(x: Tensor, p: float = 0.5, training: bool = True,
 
 def dropout2d(x: Tensor, p: float = 0.5, training: bool = True,
               generator: Generator | None = None) -> Tensor:
-    """Zero whole channels of (N, C, H, W) or (C, H, W) with probability ``p``."""
+    """Zero whole channels of (N, C, H, W) with probability ``p``; 3-d input is read as
+    (N, C, L), as PyTorch 2.13 does (it warns that this will change; use dropout1d)."""
     return _feature_dropout(x, p, training, generator, 2, "dropout2d")
 
 

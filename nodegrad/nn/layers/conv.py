@@ -82,6 +82,9 @@ class Conv3d(_ConvNd):
                         self.groups)
 
 
+_POOL_DEFAULTS = dict(dilation=1, ceil_mode=False, return_indices=False, count_include_pad=True)
+
+
 class _Pool(Module):
     """A pooling layer: its arguments are stored and passed to ``F.<name>`` as keywords."""
 
@@ -98,7 +101,7 @@ class _Pool(Module):
         s = f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}"
         if self.padding:
             s += f", padding={self.padding}"
-        return s + "".join(f", {k}={v}" for k, v in self.kw.items())
+        return s + "".join(f", {k}={v}" for k, v in self.kw.items() if v != _POOL_DEFAULTS.get(k))
 
 
 class _MaxPool(_Pool):
