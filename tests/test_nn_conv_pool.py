@@ -337,6 +337,8 @@ def test_conv_pool_errors_name_the_op():
         F.interpolate(x, size=4, align_corners=True)
     with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
         F.interpolate(x)
+    with pytest.raises(ng.DTypeError, match="conv_transpose1d: expected floating input"):
+        F.conv_transpose1d(ng.tensor(np.ones((1, 2, 3), np.int64)), ng.ones(2, 2, 2))
     with pytest.raises(ValueError, match=r"ConvTranspose1d: in_channels \(3\)"):
         nn.ConvTranspose1d(3, 4, 2, groups=2)
 

@@ -15,7 +15,7 @@ import math
 from .. import ops
 from ..autodiff import no_grad
 from ..batching import values
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ops.index import _scatter_along
 from ..ops.window import fold_windows
 from ..tensor import Tensor
@@ -50,6 +50,9 @@ def _conv_transpose(x, w, b, stride, padding, output_padding, groups, dilation, 
     if not isinstance(w, Tensor) or w.ndim != nd + 2:
         raise ShapeError(f"{op}: weight must have {nd + 2} dims (in, out/groups, *kernel), got "
                          f"{None if not isinstance(w, Tensor) else tuple(w.shape)}")
+    if x.dtype.kind != "f" or w.dtype.kind != "f":
+        raise DTypeError(f"{op}: expected floating input and weight, got {x.dtype} and "
+                         f"{w.dtype}")
     n, c = x.shape[:2]
     cin, og = w.shape[:2]
     k = tuple(w.shape[2:])

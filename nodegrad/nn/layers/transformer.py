@@ -107,10 +107,13 @@ class TransformerDecoderLayer(Module):
 
 
 class TransformerEncoder(Module):
-    """``num_layers`` copies of an encoder layer, then an optional norm."""
+    """``num_layers`` copies of an encoder layer, then an optional norm. PyTorch's
+    ``enable_nested_tensor`` and ``mask_check`` (inference fast-path switches that do not change
+    results) are accepted for compatibility."""
 
     def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int,
-                 norm: Module | None = None):
+                 norm: Module | None = None, enable_nested_tensor: bool = True,
+                 mask_check: bool = True):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"TransformerEncoder: num_layers must be >= 1, got {num_layers}")
