@@ -1,11 +1,15 @@
 """The timing harness: interleaved repetitions, medians, ratios, the environment and the table.
 
 A :class:`Workload` gives one step function per framework, all built from the same NumPy data.
-Every repetition times a block of steps of each framework in turn (the order rotates), so slow
-drift of these shared machines hits all of them alike. A time is the median over repetitions;
-a ratio is the median over repetitions of the ratio within one repetition. Before each block the
-harness waits until no thread of the process is still spinning (see :func:`_settle`) and runs
-one untimed step, so no framework pays for the previous one's idle BLAS/OpenMP threads.
+By default each framework runs in a process of its own (a worker that builds its step once and
+times blocks of steps on request), as a user runs one framework or the other: inside one process
+PyTorch's and OpenBLAS's thread pools contend and flatter the slower library. ``--in-process``
+keeps the old single-process mode, labelled as such. Every repetition times a block of steps of
+each framework in turn (the order rotates), so slow drift of these shared machines hits all of
+them alike. A time is the median over repetitions; a ratio is the median over repetitions of the
+ratio within one repetition. Before and after each block a worker waits until none of its threads
+is still spinning (see :func:`_settle`), so no framework pays for another one's idle BLAS/OpenMP
+threads, and runs one untimed step first.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import ctypes
 import gc
 import json
+import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -161,7 +166,7 @@ def environment(torch) -> dict:
     return env
 
 
-def header(env: dict, settings: Settings) -> str:
+def header(env: dict, settings: Settings, separate: bool = True) -> str:
     torch = "- (not installed, or --no-torch)" if env["torch"] is None else \
         f"{env['torch']} ({env['torch_threads']} threads)"
     blas = ""
@@ -174,6 +179,9 @@ def header(env: dict, settings: Settings) -> str:
         f"  cpu {env['cpu']}",
         f"# median of {settings.reps} interleaved repetitions (~{settings.block_s * 1e3:g} ms "
         "each); ng/X = median of per-repetition ratios nodegrad / X, < 1: nodegrad is faster",
+        "# each framework in its own process" if separate else
+        "# IN-PROCESS mode: all frameworks in one process (their thread pools contend; "
+        "ratios differ from what a user running one framework sees)",
         "# bg = cores busy with other processes meanwhile (above ~0.2 the figures are disturbed)",
     ])
 
@@ -251,15 +259,30 @@ def _inner(step: Step, settings: Settings) -> int:
     return max(1, round(settings.block_s / max(best, 1e-9)))
 
 
+def _fresh(w: Workload) -> dict:
+    """A private copy of the workload's data for one framework."""
+    return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in w.data().items()}
+
+
+def _time_block(step: Step, n: int, settings: Settings) -> float:
+    """Seconds per step over one block of ``n`` steps, after quiet and the untimed re-warm."""
+    _settle()
+    for _ in range(settings.rewarm):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n
+
+
 def measure(w: Workload, settings: Settings, torch) -> dict:
-    """Build every available framework's step, cross-check them, time them interleaved."""
+    """In-process mode: build every framework's step here, cross-check, time them interleaved."""
     factories = {"nodegrad": w.nodegrad, "torch": w.torch if torch is not None else None,
                  "floor": w.floor}
     steps: dict[str, Step] = {}
     for name, make in factories.items():
         if make is not None:
-            data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in w.data().items()}
-            steps[name] = make(data)
+            steps[name] = make(_fresh(w))
     check = _check({name: _as_float(step()) for name, step in steps.items()})
     names = list(steps)
     inner = {name: _inner(steps[name], settings) for name in names}
@@ -269,16 +292,105 @@ def measure(w: Workload, settings: Settings, torch) -> dict:
     for r in range(settings.reps):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            step, n = steps[name], inner[name]
-            _settle()
-            for _ in range(settings.rewarm):
-                step()
-            t0 = time.perf_counter()
-            for _ in range(n):
-                step()
-            samples[name].append((time.perf_counter() - t0) / n)
+            samples[name].append(_time_block(steps[name], inner[name], settings))
     res = _summarise(w, samples, inner, check)
     res["background_cores"] = background_cores(start, _busy())
+    return res
+
+
+# --- one process per framework ---------------------------------------------------------------
+def _find(module: str, wid: str) -> Workload:
+    """The workload ``wid`` of the benchmark module ``module`` (how a worker finds its job)."""
+    import importlib
+
+    for w in importlib.import_module(module).WORKLOADS:
+        if w.id == wid:
+            return w
+    raise LookupError(f"no workload {wid} in {module}")
+
+
+def _worker(module: str, wid: str, framework: str, settings: Settings, conn) -> None:
+    """Build one framework's step, report its first value and block size, then time blocks of
+    steps whenever the parent asks ("block"), until it says "stop"."""
+    try:
+        w = _find(module, wid)
+        step = getattr(w, framework)(_fresh(w))
+        value = _as_float(step())
+        n = _inner(step, settings)
+        _settle()
+        conn.send(("ready", value, n))
+        while conn.recv() == "block":
+            t = _time_block(step, n, settings)
+            _settle()  # quiet before the parent hands the machine to the next framework
+            conn.send(("time", t, time.process_time()))
+    except BaseException as e:  # reported to the parent, which names the workload
+        conn.send(("error", f"{type(e).__name__}: {e}", None))
+    finally:
+        conn.close()
+
+
+class _Worker:
+    """A framework's step living in its own (spawned) process."""
+
+    def __init__(self, w: Workload, framework: str, settings: Settings):
+        module = getattr(w, framework).__module__
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(module, w.id, framework, settings, child),
+                                daemon=True)
+        self.proc.start()
+        child.close()
+        self.name, self.cpu = framework, 0.0
+        self.value, self.n = self._reply("ready")
+
+    def _reply(self, kind: str):
+        msg = self.conn.recv()
+        if msg[0] == "error":
+            raise RuntimeError(f"{self.name} worker failed: {msg[1]}")
+        assert msg[0] == kind, msg
+        return msg[1], msg[2]
+
+    def block(self) -> float:
+        self.conn.send("block")
+        t, self.cpu = self._reply("time")
+        return t
+
+    def close(self) -> None:
+        try:
+            self.conn.send("stop")
+        except OSError:
+            pass
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def measure_processes(w: Workload, settings: Settings, torch) -> dict:
+    """Each framework's step in its own process, built one after another, timed interleaved."""
+    factories = {"nodegrad": w.nodegrad, "torch": w.torch if torch is not None else None,
+                 "floor": w.floor}
+    workers: dict[str, _Worker] = {}
+    try:
+        for name, make in factories.items():
+            if make is not None:
+                workers[name] = _Worker(w, name, settings)
+        check = _check({name: wk.value for name, wk in workers.items()})
+        names = list(workers)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        cpu0 = {name: wk.cpu for name, wk in workers.items()}
+        start = _busy()
+        for r in range(settings.reps):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                samples[name].append(workers[name].block())
+        end = _busy()
+    finally:
+        for wk in workers.values():
+            wk.close()
+    res = _summarise(w, samples, {name: wk.n for name, wk in workers.items()}, check)
+    # the workers' CPU is ours: only the rest of the machine counts as background
+    own = sum(wk.cpu - cpu0[name] for name, wk in workers.items())
+    res["background_cores"] = background_cores(start, (end[0], end[1], end[2] + own))
     return res
 
 
@@ -346,6 +458,9 @@ def parse_args(argv, description: str) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="timed repetitions (default 41, quick 15)")
     p.add_argument("--only", metavar="IDS", help="comma-separated workload ids, e.g. W1,W5")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every framework in this one process (their thread pools contend; "
+                        "by default each framework runs in a process of its own)")
     return p.parse_args(argv)
 
 
@@ -363,15 +478,17 @@ def main(workloads: Sequence[Workload], argv=None, description: str = "") -> int
             return 2
     torch = import_torch(args.no_torch)
     env = environment(torch)
-    print(header(env, settings))
+    print(header(env, settings, separate=not args.in_process))
     print(table_header(), flush=True)
+    run = measure if args.in_process else measure_processes
     results = []
     for w in workloads:
-        r = measure(w, settings, torch)
+        r = run(w, settings, torch)
         results.append(r)
         print(table_row(r), flush=True)
     if args.json:
-        out = {"env": env, "settings": vars(args) | {"reps": settings.reps,
+        out = {"env": env, "mode": "in-process" if args.in_process else "separate processes",
+               "settings": vars(args) | {"reps": settings.reps,
                                                      "block_s": settings.block_s},
                "results": results}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

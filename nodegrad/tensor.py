@@ -89,8 +89,15 @@ class Tensor:
 
     # --- conversion -----------------------------------------------------------------------
     def numpy(self):
-        """The values as a NumPy array (shares memory on the CPU, copies from a GPU)."""
-        return B.backend_of(self.data).to_host(self.data)
+        """The values as a NumPy array (shares memory on the CPU, copies from a GPU).
+
+        Read-only for a tensor that requires grad: a write would change, unseen, a value the
+        graph may have saved. ``.detach().numpy()`` gives a writable array, as in PyTorch."""
+        a = B.backend_of(self.data).to_host(self.data)
+        if self.requires_grad:
+            a = a.view()
+            a.flags.writeable = False
+        return a
 
     def item(self):
         if self.data.size != 1:
@@ -103,6 +110,8 @@ class Tensor:
 
     def __array__(self, dtype=None, copy=None):
         a = self.numpy()
+        if copy:
+            return a.astype(a.dtype if dtype is None else dtype, copy=True)
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def __dlpack__(self, *args, **kwargs):

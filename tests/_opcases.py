@@ -80,7 +80,7 @@ ND = ("matrix", "3d", "size1", "empty", "noncontig")  # at least two dims
 ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "gelu",
           "gelu_tanh", "matmul", "logsumexp", "softmax", "log_softmax", "sum", "mean", "max",
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
-          "einsum", "power", "linear")
+          "einsum", "power", "linear", "binary_cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ DOMAINS = {
     "wide": _f(-3, 3),
     "pos": _f(0.2, 3),  # log, sqrt, the base of power
     "log1p": _f(-0.5, 3),
+    "prob": _f(0.05, 0.95),  # binary cross-entropy: probabilities and soft targets
     "nonzero": st.one_of(_f(-2, -0.5), _f(0.5, 2)),  # divisors
     "tan": _f(-1.2, 1.2),  # away from the poles at +-pi/2
     "kink0": _f(-2, 2).filter(lambda v: abs(v) > 0.05),  # abs, relu, leaky_relu
@@ -342,6 +343,7 @@ ew("minimum", ng.minimum, lambda x, y: torch.minimum(x, y), "offgrid", "grid")
 ew("where", ng.where, lambda c, x, y: torch.where(c, x, y), "bool", "real", "real")
 ew("where_scalar", lambda c, x: ng.where(c, x, 0.5), lambda c, x: torch.where(c, x, 0.5),
    "bool", "real", prims=("where",))
+
 ew("clip_tensor", ng.clip,  # torch's clamp does not broadcast x against the bounds
    lambda x, lo, hi: torch.clamp(torch.broadcast_tensors(x, lo, hi)[0], lo, hi),
    "offgrid", "lo", "hi", prims=("clip",))
@@ -366,6 +368,15 @@ def _clip(draw, layout):
 
 
 case("clip", _clip)
+
+
+def _bce(draw, layout):
+    (s,) = draw(shapes(layout))  # torch needs equal shapes: no broadcasting layouts
+    return Call(lambda p, t: P["binary_cross_entropy"](p, t), (arr(draw, s, "prob"),
+                arr(draw, s, "prob")), lambda p, t: F.binary_cross_entropy(p, t, reduction="none"))
+
+
+case("binary_cross_entropy", _bce)
 
 
 # --- reductions ----------------------------------------------------------------------------
@@ -852,6 +863,7 @@ SCALAR_FORMS = {
     "floor_divide": [lambda x: x // 1.5, lambda x: 2.5 // x],
     "leaky_relu": [lambda x: ng.leaky_relu(x, 0.2)],
     "softplus": [lambda x: ng.softplus(x, 2.0, 5.0)],
+    "binary_cross_entropy": [lambda x: P["binary_cross_entropy"](ng.sigmoid(x), 0.25)],
     "gelu": [ng.gelu, lambda x: ng.gelu(x, approximate="tanh")],
     "maximum": [lambda x: ng.maximum(x, 0.5), lambda x: ng.maximum(0.5, x)],
     "minimum": [lambda x: ng.minimum(x, 0.5), lambda x: ng.minimum(0.5, x)],

@@ -25,6 +25,17 @@ def test_workload_runs_and_frameworks_agree(w):
     assert _check(values) in ("ok", "-"), _check(values)
 
 
+def test_separate_process_mode_times_every_framework():
+    """Each framework's step is built and timed in a worker process of its own."""
+    from benchmarks._harness import Settings, measure_processes
+
+    (w,) = [w for w in WORKLOADS if w.id == "W5"]
+    r = measure_processes(w, Settings(reps=2, block_s=0.002, warm_s=0.01), import_torch())
+    assert r["check"] in ("ok", "-")
+    assert r["nodegrad"]["reps"] == 2 and r["nodegrad"]["median"] > 0
+    assert r["floor"]["median"] > 0 and r["ratio_floor"] > 0
+
+
 def test_suite_ids_are_unique():
     ids = [w.id for w in WORKLOADS]
     assert len(ids) == len(set(ids))

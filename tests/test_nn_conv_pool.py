@@ -319,7 +319,8 @@ def test_conv_pool_errors_name_the_op():
         F.conv_transpose1d(x, ng.ones(2, 2, 2), stride=2, output_padding=2)
     with pytest.raises(ng.ShapeError, match=r"conv3d: expected input of shape \(N, C, D, H, W\)"):
         F.conv3d(x, ng.ones(2, 2, 1, 1, 1))
-    with pytest.raises(ng.ShapeError, match="max_pool1d: a window of 7"):
+    with pytest.raises(ng.ShapeError, match=r"max_pool1d: kernel size \(7,\) is larger than "
+                                            r"the padded input"):
         F.max_pool1d(x, 7)
     with pytest.raises(ValueError, match="avg_pool2d: padding"):
         F.avg_pool2d(ng.ones(1, 1, 4, 4), 2, padding=2)

@@ -112,6 +112,33 @@ def test_batchnorm_train_and_eval_match_torch():
                                    theirs(torch.tensor(x2.numpy())).detach().numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("cls, shape", [("BatchNorm1d", (6, 3)), ("BatchNorm2d", (4, 3, 2, 2))])
+def test_batchnorm_loads_a_state_dict_without_num_batches_tracked(cls, shape):
+    """PyTorch checkpoints written before 0.4.1 have no counter: load_state_dict accepts them
+    (strict too) and keeps the current counter, as PyTorch does."""
+    torch = pytest.importorskip("torch")
+    from nodegrad.train import load_pretrained
+
+    ours, theirs = getattr(nn, cls)(3), getattr(torch.nn, cls)(3)
+    for _ in range(2):
+        ours(ng.randn(*shape))
+        theirs(torch.randn(*shape))
+    old = {k: v.detach().numpy() + 1 for k, v in getattr(torch.nn, cls)(3).state_dict().items()
+           if k != "num_batches_tracked"}
+    assert ours.load_state_dict({k: ng.tensor(v) for k, v in old.items()}) == ([], [])
+    theirs.load_state_dict({k: torch.tensor(v) for k, v in old.items()})
+    assert int(ours.num_batches_tracked.item()) == int(theirs.num_batches_tracked) == 2
+    for k in old:
+        np.testing.assert_array_equal(ours.state_dict()[k].numpy(), old[k])
+    # inside a model, and through load_pretrained (a torch state dict saved as-is)
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    model.load_state_dict(sd)
+    assert load_pretrained(model, sd).missing == []
+    with pytest.raises(ng.ShapeError, match="missing: 1.running_var"):
+        model.load_state_dict({k: v for k, v in sd.items() if k != "1.running_var"})
+
+
 def test_layernorm_and_embedding_match_torch():
     torch = pytest.importorskip("torch")
     _compare(nn.LayerNorm((3, 4)), torch.nn.LayerNorm((3, 4)), rng.standard_normal((2, 3, 4)))
@@ -182,10 +209,30 @@ def test_layer_errors_name_layer_and_shape():
         nn.BatchNorm1d(3)(ng.ones(1, 3))
     with pytest.raises(IndexError, match="index 7 is out of range for 5"):
         nn.Embedding(5, 2)(ng.tensor([1, 7]))
-    with pytest.raises(ng.ShapeError, match="does not fit"):
+    with pytest.raises(ng.ShapeError, match=r"max_pool1d: kernel size \(3,\) is larger than the "
+                       r"padded input \(2,\)"):
         F.max_pool1d(ng.ones(1, 1, 2), 3)
     with pytest.raises(ValueError, match="divisible by groups"):
         nn.Conv1d(3, 4, 3, groups=2)
+
+
+@pytest.mark.parametrize("layer, x, says", [
+    (nn.Conv1d(1, 2, 5), (1, 1, 3), r"Conv1d\(1, 2, kernel_size=\(5,\).*conv1d: kernel size "
+     r"\(5,\) is larger than the padded input \(3,\) \(input \(1, 1, 3\), padding \(0,\)\)"),
+    (nn.Conv1d(1, 2, 6, padding=1), (2, 1, 3), r"Conv1d\(.*padding=1\).*padded input \(5,\)"),
+    (nn.Conv2d(1, 2, 3, dilation=3), (1, 1, 5, 9), r"Conv2d\(.*dilation=3\): conv2d: kernel "
+     r"size \(3, 3\) with dilation \(3, 3\) \(spanning \(7, 7\)\) is larger than the padded "
+     r"input \(5, 9\)"),
+    (nn.MaxPool2d(4), (1, 1, 3, 3), r"MaxPool2d\(kernel_size=4.*max_pool2d: kernel size \(4, 4\)"),
+    (nn.MaxPool1d(3), (1, 1, 2), r"MaxPool1d\(kernel_size=3.*\(2,\)"),
+    (nn.AvgPool1d(4, padding=1), (1, 1, 1), r"AvgPool1d\(.*avg_pool1d: .*padded input \(3,\) "
+     r"\(input \(1, 1, 1\), padding \(1,\)\)"),
+    (nn.AvgPool2d((1, 5)), (1, 1, 4, 4), r"AvgPool2d\(.*kernel size \(1, 5\).*\(4, 4\)"),
+])
+def test_kernel_longer_than_the_padded_input_names_the_layer(layer, x, says):
+    with pytest.raises(ng.ShapeError, match=says) as e:
+        nn.Sequential(nn.Identity(), layer)(ng.zeros(*x))
+    assert "sliding_window_view" not in str(e.value)
 
 
 def test_conv_backward_has_no_python_loop_over_positions():

@@ -122,3 +122,61 @@ def test_loss_modules():
     x, t = ng.randn(4, 3), ng.tensor([0, 1, 2, 1])
     assert nn.CrossEntropyLoss()(x, t).item() == pytest.approx(F.cross_entropy(x, t).item())
     assert nn.MSELoss(reduction="sum")(x, x * 0).item() == pytest.approx((x * x).sum().item())
+
+
+# --- saturated predictions: PyTorch's numbers, never NaN ------------------------------------
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # log(0) in the target's gradient
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_binary_cross_entropy_at_zero_and_one_matches_torch(dtype, reduction):
+    """p = 0 or 1 (a saturated sigmoid): the logs clamp at -100 and the gradient's denominator
+    p(1 - p) at 1e-12, as PyTorch, so values and gradients are PyTorch's, finite in p."""
+    torch = pytest.importorskip("torch")
+    p = np.array([0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1e-13, 0.3], dtype)
+    t = np.array([0.0, 1.0, 1.0, 0.0, 0.25, 0.75, 0.5, 0.6], dtype)
+    w = np.linspace(0.5, 2.0, 8).astype(dtype)
+    po, to = ng.tensor(p, requires_grad=True), ng.tensor(t, requires_grad=True)
+    pt, tt = torch.tensor(p, requires_grad=True), torch.tensor(t, requires_grad=True)
+    lo = F.binary_cross_entropy(po, to, ng.tensor(w), reduction=reduction)
+    lt = torch.nn.functional.binary_cross_entropy(pt, tt, torch.tensor(w), reduction=reduction)
+    rtol = 1e-6 if dtype == "float32" else 1e-10  # rounding: the weight is applied first
+    assert lo.dtype == dtype
+    np.testing.assert_allclose(lo.numpy(), lt.detach().numpy(), rtol=rtol)
+    v = np.linspace(-1.0, 2.0, 8).astype(dtype) if reduction == "none" else np.array(1.5, dtype)
+    lo.backward(ng.tensor(v))
+    lt.backward(torch.tensor(v))
+    assert po.grad.dtype == dtype and np.isfinite(po.grad.numpy()).all()
+    np.testing.assert_allclose(po.grad.numpy(), pt.grad.numpy(), rtol=rtol)
+    np.testing.assert_allclose(to.grad.numpy(), tt.grad.numpy(), rtol=rtol)  # ±inf at 0 and 1
+
+
+def test_binary_cross_entropy_refuses_non_probabilities():
+    for bad in ([0.5, 1.5], [-0.1, 0.5], [np.nan, 0.5]):
+        with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*with_logits"):
+            F.binary_cross_entropy(ng.tensor(bad), ng.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("pos_weight", [None, [0.5, 2.0, 3.0, 1.0, 1.0]])
+def test_binary_cross_entropy_with_logits_at_zero_and_far_out(pos_weight):
+    """At x = 0 the gradient is sigmoid(0) - t (it was 1 - t: both kinks of the stable form
+    took the subgradient 0); at |x| of 800 it stays finite and exact."""
+    tf = pytest.importorskip("torch").nn.functional
+    z = np.array([0.0, 0.0, 800.0, -800.0, 1e-3])
+    y = np.array([0.3, 1.0, 0.0, 1.0, 0.5])
+    if pos_weight is None:
+        _check(F.binary_cross_entropy_with_logits, tf.binary_cross_entropy_with_logits, z, y,
+               atol=1e-12)
+    else:
+        _check(lambda a, b, c: F.binary_cross_entropy_with_logits(a, b, pos_weight=c),
+               lambda a, b, c: tf.binary_cross_entropy_with_logits(a, b, pos_weight=c), z, y,
+               np.array(pos_weight), atol=1e-12)
+    assert ng.gradcheck(lambda a: F.binary_cross_entropy_with_logits(a, ng.tensor(y)),
+                        np.array([0.0, 0.5, -0.5, 2.0, -3.0]), order=2)
+
+
+def test_float_class_labels_say_they_are_read_as_probabilities():
+    x = ng.randn(4, 3)
+    with pytest.raises(ng.ShapeError, match=r"float target is read as class probabilities "
+                       r"\(soft labels\) and needs the input's shape \(4, 3\), got \(4,\);"
+                       r".*integer tensor"):
+        F.cross_entropy(x, ng.tensor([0.0, 1.0, 2.0, 1.0]))

@@ -162,3 +162,37 @@ def test_setitem_and_indexing_without_grad():
     assert x.numpy()[1].tolist() == [2.0, 2.0, 2.0]
     assert x.numpy()[:, 0].tolist() == [5.0, 2.0, 6.0]
     assert x[x > 1.0].shape == (5,)
+
+
+def test_numpy_of_a_tensor_in_the_graph_is_read_only():
+    """A write through ``.numpy()`` would change a value the graph saved, unseen by the version
+    counter (here the gradient would be -1,999,800 instead of 0.64): it raises instead."""
+    x = ng.tensor([0.5, -1.0], dtype=ng.float64, requires_grad=True)
+    y = ng.tanh(x)
+    z = (y * y).sum()
+    view = y.numpy()
+    assert view[0] == np.tanh(0.5)  # reading keeps working, without a copy
+    assert np.shares_memory(view, y.data)
+    with pytest.raises(ValueError, match="read-only"):
+        view[0] = 100
+    with pytest.raises(ValueError, match="read-only"):
+        x.numpy()[...] = 0  # a leaf that requires grad too
+    with pytest.raises(ValueError, match="read-only"):
+        np.asarray(y)[0] = 100
+    z.backward()
+    t = np.tanh([0.5, -1.0])
+    np.testing.assert_allclose(x.grad.numpy(), 2 * t * (1 - t * t))
+    # the writable ways out, as in PyTorch: detach() (shares memory) or a copy
+    d = y.detach().numpy()
+    d[0] = 100
+    assert y.numpy()[0] == 100
+    c = np.array(x)
+    c[0] = 7
+    assert x.numpy()[0] == 0.5
+    # a tensor that needs no gradient hands out a writable view sharing its memory (PyTorch)
+    plain = ng.tensor([1.0, 2.0])
+    plain.numpy()[0] = 5
+    assert plain.tolist() == [5.0, 2.0]
+    g = x.grad.numpy()
+    g[0] = 0.0  # gradients do not require grad: writable
+    assert x.grad.numpy()[0] == 0.0

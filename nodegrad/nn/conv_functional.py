@@ -124,12 +124,10 @@ def _pool_setup(x, kernel, stride, padding, dilation, ceil_mode, nd, op):
                          f"non-negative, got {k}, {s}, {d}, {p}")
     if any(pi > ki // 2 for pi, ki in zip(p, k)):
         raise ValueError(f"{op}: padding {p} must be at most half the kernel {k}")
+    F._check_window(x, k, d, p, op)
     out, extra = [], []
     for li, ki, si, pi, di in zip(x.shape[2:], k, s, p, d):
         span = di * (ki - 1) + 1
-        if li + 2 * pi < span:
-            raise ShapeError(f"{op}: a window of {ki} (dilation {di}) does not fit an input of "
-                             f"length {li} padded by {pi} (input {tuple(x.shape)})")
         o = (li + 2 * pi - span + (si - 1 if ceil_mode else 0)) // si + 1
         if ceil_mode and (o - 1) * si >= li + pi:
             o -= 1
@@ -363,10 +361,7 @@ def unfold(x: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     p = _ints(padding, 2, "padding", op)
     s = _ints(stride, 2, "stride", op)
     n, c = x.shape[:2]
-    for li, ki, pi, di in zip(x.shape[2:], k, p, d):
-        if li + 2 * pi < di * (ki - 1) + 1:
-            raise ShapeError(f"{op}: kernel {k} (dilation {d}) does not fit input "
-                             f"{tuple(x.shape)} padded by {p}")
+    F._check_window(x, k, d, p, op)
     win = _windows(x, k, s, p, d, (0, 0), 0.0)                       # (N, C, oh, ow, kh, kw)
     cols = ops.reshape(ops.transpose(win, (0, 1, 4, 5, 2, 3)), (n, c * k[0] * k[1], -1))
     return cols[0] if unbatched else cols

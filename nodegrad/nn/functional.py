@@ -47,6 +47,18 @@ def _check_input(x: Tensor, nd: int, op: str, what: str) -> None:
         raise ShapeError(f"{op}: expected input of shape {what}, got {tuple(x.shape)}")
 
 
+def _check_window(x: Tensor, k: tuple, dilation: tuple, padding: tuple, op: str) -> None:
+    """The kernel must fit in the padded input: say so in the layer's terms."""
+    nd = len(k)
+    size = tuple(x.shape[2 + i] + 2 * padding[i] for i in range(nd))
+    span = tuple(d * (ki - 1) + 1 for ki, d in zip(k, dilation))
+    if any(s > n for s, n in zip(span, size)):
+        dil = f" with dilation {dilation} (spanning {span})" if max(dilation) > 1 else ""
+        raise ShapeError(f"{op}: kernel size {k}{dil} is larger than the padded input "
+                         f"{size} (input {tuple(x.shape)}, padding {padding}); use a smaller "
+                         "kernel, more padding or a longer input")
+
+
 # --- affine -----------------------------------------------------------------------------------
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in)."""
@@ -75,6 +87,7 @@ def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: st
     stride = _tuple(stride, nd, "stride", op)
     dilation = _tuple(dilation, nd, "dilation", op)
     padding = _tuple(padding, nd, "padding", op)
+    _check_window(x, k, dilation, padding, op)
     if any(padding):
         x = ops.pad(x, ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
     sp = tuple(range(2, 2 + nd))

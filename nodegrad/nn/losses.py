@@ -6,9 +6,12 @@ Cross-entropy is the notes' −log z_l = −(y_l − log Σ exp y_k), computed a
 
 from __future__ import annotations
 
+import math
+
 from .. import ops
 from ..batching import values
 from ..errors import DTypeError, ShapeError
+from ..ops.nn import binary_cross_entropy as _bce
 from ..tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -123,7 +126,12 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     c = input.shape[axis]
     wshape = (c,) + (1,) * (input.ndim - 2) if input.ndim > 1 else (c,)
     if target.dtype.kind == "f":  # class probabilities
-        _same_shape(input, target, "cross_entropy")
+        if tuple(target.shape) != tuple(input.shape):
+            raise ShapeError(
+                f"cross_entropy: a float target is read as class probabilities (soft labels) "
+                f"and needs the input's shape {tuple(input.shape)}, got "
+                f"{tuple(target.shape)}; for class indices pass an integer tensor "
+                "(target.long())")
         t = target if label_smoothing == 0 else target * (1 - label_smoothing) + label_smoothing / c
         terms = -logp * t
         if weight is not None:
@@ -148,11 +156,15 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
 
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          reduction: str = "mean") -> Tensor:
-    """−[t log p + (1 − t) log(1 − p)] for probabilities p; logs clamped at −100 (as PyTorch)."""
+    """−[t log p + (1 − t) log(1 − p)] for probabilities p; logs clamped at −100 and the
+    gradient finite at p = 0 or 1, with PyTorch's values and gradients."""
     _same_shape(input, target, "binary_cross_entropy")
-    lo = ops.maximum(ops.log(input), -100.0)
-    l1 = ops.maximum(ops.log1p(-input), -100.0)
-    loss = -(target * lo + (1 - target) * l1)
+    p = values(input)
+    if bool((~((p >= 0) & (p <= 1))).any()):
+        raise ValueError("binary_cross_entropy: input must hold probabilities in [0, 1] (got "
+                         "values outside it, or NaN); for logits use "
+                         "binary_cross_entropy_with_logits")
+    loss = _bce(input, target)
     if weight is not None:
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy")
@@ -163,7 +175,9 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      pos_weight: Tensor | None = None) -> Tensor:
     """BCE of sigmoid(input), computed from the logits without overflow."""
     _same_shape(input, target, "binary_cross_entropy_with_logits")
-    softplus_neg = ops.log1p(ops.exp(-ops.abs(input))) + ops.relu(-input)  # log(1 + e^-x)
+    # log(1 + e^-x) = −log sigmoid(x), stable for large |x|; its gradient is −sigmoid(−x)
+    # everywhere, x = 0 included
+    softplus_neg = ops.softplus(-input, threshold=math.inf)
     if pos_weight is None:
         loss = (1 - target) * input + softplus_neg
     else:

@@ -47,6 +47,8 @@ class Module:
     """Base class of every layer and model: override ``forward``, call the module."""
 
     training: bool
+    # buffers ``load_state_dict`` may find absent (added after older checkpoints were written)
+    _optional_buffers: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -250,6 +252,12 @@ class Module:
                     out[f"{mp}.{name}" if mp else name] = b.detach()
         return out
 
+    def _optional_keys(self) -> set[str]:
+        """State names a checkpoint may lack (e.g. batch norm's ``num_batches_tracked``, which
+        PyTorch checkpoints before 0.4.1 do not have); loading keeps their current values."""
+        return {f"{mp}.{n}" if mp else n for mp, m in self.named_modules()
+                for n in m._optional_buffers if m._buffers.get(n) is not None}
+
     def load_state_dict(self, state_dict, strict: bool = True) -> tuple[list, list]:
         """Copy values in by name; with ``strict``, missing/unexpected names or any shape
         difference raise one error listing all of them. Returns (missing, unexpected)."""
@@ -258,7 +266,8 @@ class Module:
             for name, b in m._buffers.items():
                 if b is not None and name not in m._non_persistent:
                     own[f"{mp}.{name}" if mp else name] = b
-        missing = [k for k in own if k not in state_dict]
+        optional = self._optional_keys()  # absent from older checkpoints: kept as they are
+        missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]
         bad = []
         for k, t in own.items():

@@ -45,9 +45,18 @@ def _log_base(x):
     return math.log(x) if x > 0 else (0.0 if x == 0 else math.nan)
 
 
+def _power_dx(g, ans, x, y):
+    """y x^(y-1); 0 where y == 0 and x == 0 (x^0 is constant in x: no 0 * inf, as PyTorch).
+    The masked exponent keeps higher orders finite there and exact elsewhere."""
+    if not isinstance(y, Tensor):
+        return g * 0 if y == 0 else g * y * x ** (y - 1)
+    m = logical_and(y == 0, x == 0)
+    return where(m, 0, g * y * x ** (where(m, 1, y) - 1))
+
+
 power = primitive(
     "power", lambda xp, x, y: xp.power(x, y),
-    (lambda g, ans, x, y: g * y * x ** (y - 1),
+    (_power_dx,
      lambda g, ans, x, y: g * ans * _log_base(x)),
     saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
 remainder = primitive(

@@ -1,4 +1,4 @@
-"""Fused primitives for stability: logsumexp, softmax, log_softmax.
+"""Fused primitives for stability: logsumexp, softmax, log_softmax, binary cross-entropy.
 
 Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick), so logits of
 ±1e4 give finite values and finite gradients.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..batching import batched, front, rank_up, size_of
 from ..primitive import primitive
-from .elementwise import exp
+from .elementwise import exp, log, log1p, maximum
 from .reduce import _sum
 from .shape import broadcast_to, keepdims_shape, norm_axes, norm_axis, reshape, swapaxes
 
@@ -85,6 +85,34 @@ def softmax(x, axis: int = -1):
 def log_softmax(x, axis: int = -1):
     """Log-probabilities along ``axis``: x - logsumexp(x), without overflow."""
     return _log_softmax(x, axis=norm_axis(axis, x.ndim, "log_softmax"))
+
+
+# --- binary cross-entropy -------------------------------------------------------------------
+_BCE_EPS = 9.99999996e-13  # PyTorch's EPSILON (1e-12 as a float32) under p(1 - p)
+
+
+def _clamped_log(xp, x, at):
+    # max(log x, -100) without a divide-by-zero warning where x == 0 (NaN still propagates)
+    return xp.where(at, -100.0, xp.maximum(xp.log(xp.where(at, 1, x)), -100.0))
+
+
+def _bce_fwd(xp, p, t):
+    return -(t * _clamped_log(xp, p, p == 0) + (1 - t) * _clamped_log(xp, 1 - p, p == 1))
+
+
+_bce = primitive(
+    "binary_cross_entropy", _bce_fwd,
+    (lambda g, ans, p, t: g * (p - t) / maximum(p * (1 - p), _BCE_EPS),
+     lambda g, ans, p, t: g * (log1p(-p) - log(p))),
+    kind="elementwise", jvp="vjp",
+    doc="-[t log p + (1 - t) log(1 - p)], logs clamped at -100 and the gradient's "
+        "denominator p(1 - p) at 1e-12, as PyTorch: finite at p = 0 or 1.")
+
+
+def binary_cross_entropy(p, t):
+    """Elementwise BCE of probabilities ``p`` against targets ``t`` (PyTorch's values and
+    gradients, finite for a saturated p of exactly 0 or 1)."""
+    return _bce(p, t)
 
 
 # --- affine ---------------------------------------------------------------------------------

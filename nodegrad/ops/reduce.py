@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
+from ..autodiff import no_grad
 from ..primitive import primitive
-from .elementwise import astype, sqrt
+from .elementwise import astype, sqrt, where
 from .shape import broadcast_to, keepdims_shape, norm_axes, reshape
 
 _RED = "reduce"
@@ -113,13 +116,28 @@ def all(x, axis=None, keepdims: bool = False):
 
 
 def var(x, axis=None, ddof: int = 0, keepdims: bool = False):
-    """Variance over ``axis`` with NumPy's ``ddof`` (0: population; PyTorch's default is 1)."""
+    """Variance over ``axis`` with NumPy's ``ddof`` (0: population; PyTorch's default is 1).
+
+    With ``ddof`` >= N it divides by 0, as PyTorch: inf, or NaN where all values are equal."""
     axes = norm_axes(axis, x.ndim, "var")
     n = _count(x.shape, axes) - ddof
-    centred = x - _mean(x, axis=axes, keepdims=True)
+    if n <= 0:  # inf/NaN, not -0.0 or a negative variance from 0 / -k; with the mean held
+        # constant the gradient is inf * (x - mean), not NaN from the mean's path
+        warnings.warn(f"var: ddof (correction) {ddof} leaves {n} degrees of freedom "
+                      f"({n + ddof} values per result): the result is inf, or NaN where they "
+                      "are all equal", RuntimeWarning, stacklevel=3)
+        n = 0.0
+        with no_grad():
+            m = _mean(x, axis=axes, keepdims=True)
+    else:
+        m = _mean(x, axis=axes, keepdims=True)
+    centred = x - m
     return _sum(centred * centred, axis=axes, keepdims=bool(keepdims)) / n
 
 
 def std(x, axis=None, ddof: int = 0, keepdims: bool = False):
-    """Standard deviation, sqrt(var) (same ``ddof`` convention)."""
-    return sqrt(var(x, axis, ddof, keepdims))
+    """Standard deviation, sqrt(var); its gradient is 0 where the deviation is 0 (PyTorch),
+    not 0 * inf."""
+    v = var(x, axis, ddof, keepdims)
+    zero = v == 0
+    return where(zero, 0, sqrt(where(zero, 1, v)))

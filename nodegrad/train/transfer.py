@@ -162,13 +162,14 @@ def load_pretrained(model: Module, source, *, strict: bool = True,
     state = _rename(state, rename, fn)
     skips = _prefixes(skip, fn)
     own = dict(model.state_dict())
+    optional = model._optional_keys()  # e.g. num_batches_tracked, absent from old checkpoints
     rep = LoadReport(source=where)
     fit: dict = {}
     # the model's order first (safetensors files store names sorted), then the checkpoint's
     for k in list(own) + [k for k in state if k not in own]:
         skipped = any(matches(k, s) for s in skips)
         if k not in state:
-            if not skipped:
+            if not skipped and k not in optional:
                 rep.missing.append(k)
         elif skipped:
             rep.skipped.append(k)

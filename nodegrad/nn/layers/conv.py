@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import math
 
+from ...errors import ShapeError
 from ...tensor import empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
+
+
+def _named(layer: Module, fn, *args):
+    """``fn(*args)``, a shape error re-raised naming the layer (class and settings)."""
+    try:
+        return fn(*args)
+    except ShapeError as e:
+        raise ShapeError(f"{type(layer).__name__}({layer.extra_repr()}): {e}") from None
 
 
 class _ConvNd(Module):
@@ -58,8 +67,8 @@ class Conv1d(_ConvNd):
     nd = 1
 
     def forward(self, x):
-        return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        return _named(self, F.conv1d, x, self.weight, self.bias, self.stride, self.padding,
+                      self.dilation, self.groups)
 
 
 class Conv2d(_ConvNd):
@@ -68,8 +77,8 @@ class Conv2d(_ConvNd):
     nd = 2
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        return _named(self, F.conv2d, x, self.weight, self.bias, self.stride, self.padding,
+                      self.dilation, self.groups)
 
 
 class Conv3d(_ConvNd):
@@ -78,8 +87,8 @@ class Conv3d(_ConvNd):
     nd = 3
 
     def forward(self, x):
-        return F.conv3d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        return _named(self, F.conv3d, x, self.weight, self.bias, self.stride, self.padding,
+                      self.dilation, self.groups)
 
 
 _POOL_DEFAULTS = dict(dilation=1, ceil_mode=False, return_indices=False, count_include_pad=True)
@@ -95,7 +104,8 @@ class _Pool(Module):
         self.kernel_size, self.stride, self.padding, self.kw = kernel_size, stride, padding, kw
 
     def forward(self, x):
-        return getattr(F, self.fn)(x, self.kernel_size, self.stride, self.padding, **self.kw)
+        return _named(self, lambda: getattr(F, self.fn)(x, self.kernel_size, self.stride,
+                                                        self.padding, **self.kw))
 
     def extra_repr(self) -> str:
         s = f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}"

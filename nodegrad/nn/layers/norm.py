@@ -10,6 +10,8 @@ from ..module import Module, Parameter
 
 class _BatchNorm(Module):
     dims: tuple = ()
+    # PyTorch before 0.4.1 wrote no counter: such a checkpoint loads and keeps the current one
+    _optional_buffers = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None,

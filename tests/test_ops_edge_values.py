@@ -1,0 +1,105 @@
+"""Edge values where a naive rule gives NaN or a wrong sign: PyTorch's numbers instead.
+
+std of a constant, ``x ** 0`` at 0, and variances with ``correction >= N``; each forward and
+gradient against PyTorch.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+
+
+def _both(fn_ng, fn_torch, x, cotangent=None):
+    """Values and gradients of ``fn`` in nodegrad and PyTorch (float64)."""
+    torch = pytest.importorskip("torch")
+    xo, xt = ng.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degrees of freedom <= 0, 0 / 0
+        yo, yt = fn_ng(xo), fn_torch(xt)
+        v = np.ones(yo.shape) if cotangent is None else cotangent
+        yo.backward(ng.tensor(v))
+        yt.backward(torch.tensor(v))
+    return yo.numpy(), yt.detach().numpy(), xo.grad.numpy(), xt.grad.numpy()
+
+
+def _same(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert (np.signbit(a) == np.signbit(b)).all(), (a, b)  # no -0.0 where torch has 0.0
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+@pytest.mark.parametrize("correction", [0, 1])
+def test_std_of_a_constant_has_gradient_zero(axis, correction):
+    x = np.array([[2.0, 2.0, 2.0], [1.0, 2.0, 4.0]])
+    if axis == 0:
+        x = x.T.copy()
+    kw = {} if axis is None else {"dim": axis}
+    yo, yt, go, gt = _both(lambda t: t.std(correction=correction, **kw),
+                           lambda t: t.std(correction=correction, **kw), x)
+    _same(yo, yt)
+    _same(go, gt)
+    assert np.isfinite(go).all()
+
+
+def test_std_of_an_exact_constant_is_zero_with_zero_gradient_at_higher_order():
+    x = ng.tensor([3.0, 3.0, 3.0, 3.0], requires_grad=True)
+    s = ng.std(x)
+    (g,) = ng.autodiff.grad(s, [x], create_graph=True)
+    assert s.item() == 0.0 and (g.numpy() == 0).all()
+    assert ng.gradcheck(lambda a: ng.std(a, 0, 1), np.array([[1.0, 3.0], [2.0, 5.0]]), order=2)
+
+
+@pytest.mark.parametrize("x", [[0.0, 1.0, -2.0], [0.0, 0.0]])
+def test_power_zero_at_zero_has_gradient_zero(x):
+    torch = pytest.importorskip("torch")
+    x = np.array(x)
+    yo, yt, go, gt = _both(lambda t: t ** 0, lambda t: t ** 0, x)
+    _same(yo, yt)
+    _same(go, gt)
+    # a tensor exponent: 0 where the exponent is 0, also at x = 0; y's gradient as torch
+    y = np.array([0.0, 0.0, 1.0])[: len(x)]
+    yo_, yt_ = ng.tensor(y, requires_grad=True), torch.tensor(y, requires_grad=True)
+    _, _, go, gt = _both(lambda t: t ** yo_, lambda t: t ** yt_, x)
+    _same(go, gt)
+    np.testing.assert_allclose(yo_.grad.numpy(), yt_.grad.numpy())
+    # finite and exact at second order where the exponent is 0 but x is not
+    assert ng.gradcheck(lambda a, b: a ** b, np.array([0.5, 2.0]), np.array([0.0, 0.0]),
+                        order=2)
+    assert ng.gradcheck(lambda a: a ** 0, np.array([0.0, 1.5]), order=2)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+@pytest.mark.parametrize("correction", [3, 4, 5])
+@pytest.mark.parametrize("fn", ["var", "std"])
+def test_variance_with_correction_at_least_n_is_inf_or_nan(fn, correction):
+    """N = 3 values: dividing by max(N - correction, 0) = 0 gives inf, or NaN for a constant,
+    as PyTorch, never -2.33 or -0.0; the gradient is non-finite, never a plausible number."""
+    x = np.array([[1.0, 2.0, 4.0], [2.0, 2.0, 2.0]])
+    yo, yt, go, gt = _both(lambda t: getattr(t, fn)(dim=1, correction=correction),
+                           lambda t: getattr(t, fn)(dim=1, correction=correction), x)
+    np.testing.assert_array_equal(yo, [np.inf, np.nan])
+    np.testing.assert_array_equal(yo, yt)
+    assert not np.isfinite(go).any()
+    if correction == 3:  # for correction > N along a dim torch's rule 2 / (N - c) gives
+        np.testing.assert_array_equal(go, gt)  # finite gradients of an inf; we keep inf
+    # the whole tensor: same values; the gradient is inf * (x - mean) (torch: +inf everywhere)
+    for row in x:
+        yo, yt, go, _ = _both(lambda t: getattr(t, fn)(correction=correction),
+                              lambda t: getattr(t, fn)(correction=correction), row)
+        np.testing.assert_array_equal(yo, yt)
+        assert not np.isfinite(go).any()
+    with pytest.warns(RuntimeWarning, match=r"var: ddof \(correction\) 4 leaves -1 degrees"):
+        ng.tensor([1.0, 2.0, 4.0]).var(correction=4)
+
+
+def test_variance_with_correction_at_least_n_inside_vmap():
+    x = ng.tensor([[1.0, 2.0, 4.0], [2.0, 2.0, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(ng.vmap(lambda r: ng.var(r, ddof=5))(x).numpy(),
+                                      [np.inf, np.nan])
+        g = ng.vmap(ng.grad(lambda r: ng.var(r, ddof=3)))(x).numpy()
+    np.testing.assert_array_equal(g, [[-np.inf, -np.inf, np.inf], [np.nan] * 3])
