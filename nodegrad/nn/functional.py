@@ -330,3 +330,17 @@ def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
 
 
 from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell, scaled_dot_product_attention  # noqa: E402, E501
+
+# --- more activations and normalize -------------------------------------------------------------
+from ..ops import (celu, glu, hardshrink, hardsigmoid, hardswish, hardtanh, logsigmoid,  # noqa: E402
+                   mish, relu6, selu, softmin, softshrink, softsign, tanhshrink, threshold)
+
+
+def normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """x / max(‖x‖_p, eps) along ``dim`` (unit vectors; zero vectors stay zero)."""
+    return x / ops.clamp_min(ops.vector_norm(x, p, dim, keepdim=True), eps)
+
+
+__all__ += ["celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "logsigmoid",
+            "mish", "normalize", "relu6", "selu", "softmin", "softshrink", "softsign",
+            "tanhshrink", "threshold"]

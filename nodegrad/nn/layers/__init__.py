@@ -63,3 +63,11 @@ __all__ = [
     "Tanh",
     "TransformerEncoderLayer",
 ]
+
+from .activation import (CELU, GLU, SELU, Hardshrink, Hardsigmoid, Hardswish,  # noqa: E402
+                         Hardtanh, LogSigmoid, Mish, ReLU6, Softmin, Softshrink, Softsign,
+                         Tanhshrink, Threshold)
+
+__all__ += ["CELU", "GLU", "SELU", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh",
+            "LogSigmoid", "Mish", "ReLU6", "Softmin", "Softshrink", "Softsign", "Tanhshrink",
+            "Threshold"]
