@@ -291,7 +291,8 @@ hypot = primitive("hypot", lambda xp, x, y: xp.hypot(x, y),
                   saves="both", kind=_EW, jvp=_J, doc="sqrt(x**2 + y**2) without overflow.")
 copysign = primitive(
     "copysign", lambda xp, x, y: xp.copysign(x, y),
-    (lambda g, ans, x, y: g * where(x == 0, 0, ans / where(x == 0, 1, x)), None),
+    (lambda g, ans, x, y: g * where(x == 0, 0, ans / where(x == 0, 1, x)),
+     lambda g, ans, x, y: g * 0),
     saves="both", kind=_EW, jvp=_J,
     doc="|x| with the sign of y; y gets no gradient (as in PyTorch).")
 logaddexp = primitive("logaddexp", lambda xp, x, y: xp.logaddexp(x, y),
@@ -319,9 +320,11 @@ fmod = primitive("fmod", lambda xp, x, y: xp.fmod(x, y),
 
 
 def _xlogy_fwd(xp, x, y):
-    safe = xp.where(x == 0, 1, y)
-    out = xp.where(x == 0, 0, x * xp.log(safe))
-    return xp.where(xp.isnan(y), xp.nan, out) if out.dtype.kind == "f" else out
+    dt = xp.result_type(x, y)
+    dt = dt if dt.kind == "f" else B.float64
+    safe = xp.asarray(xp.where(x == 0, 1, y), dtype=dt)
+    out = xp.where(x == 0, 0, x * xp.log(safe)).astype(dt, copy=False)
+    return xp.where(xp.isnan(y), xp.nan, out).astype(dt, copy=False)
 
 
 xlogy = primitive("xlogy", _xlogy_fwd,

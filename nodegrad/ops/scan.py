@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections import namedtuple
 
 from .. import _backend as B
+from ..autodiff import is_grad_enabled
 from ..batching import reduce_rule
 from ..primitive import primitive
 from .elementwise import exp, log, logical_and, where
 from .index import take_along_axis
 from .reduce import _sum
-from .shape import flip, norm_axis, reshape
+from ..tensor import Tensor
+from .shape import expand_dims, flip, moveaxis, norm_axis, reshape
 
 CumExtreme = namedtuple("CumExtreme", ["values", "indices"])
 
@@ -44,12 +46,28 @@ def _zero_masks(x, axis):
 
 
 def _cumprod_vjp(g, ans, x, axis):
+    if is_grad_enabled():  # a graph of the gradient is wanted: the polynomial form
+        return _cumprod_vjp_poly(g, x, axis)
     # before the first zero x_k: revcumsum(g·ans)/x (ans is 0 from k on); at x_k: the sum over
-    # j >= k of g_j times the product of the others, a cumprod with x_k set to 1; after: 0
+    # j >= k of g_j times the product of the others, a cumprod with x_k set to 1; after: 0.
+    # (Exact, but constant in the zero pattern, so not for a second derivative at zeros.)
     before, first = _zero_masks(x, axis)
     part1 = _reverse(_cumsum, g * ans, axis) / where(before, x, 1)
     part2 = _reverse(_cumsum, g * _cumprod(where(first, 1, x), axis=axis), axis)
     return where(before, part1, where(first, part2, 0))
+
+
+def _cumprod_vjp_poly(g, x, axis):
+    """sum_{j>=i} g_j prod_{m<=j, m!=i} x_m through an n×n table per lane: O(n²), but a
+    polynomial in x, so its own derivatives are right at zeros too (PyTorch does the same)."""
+    n = x.shape[axis]
+    xl, gl = moveaxis(x, axis, -1), moveaxis(g, axis, -1)
+    xp = x.backend.xp
+    eye = Tensor(xp.eye(n, dtype=bool))
+    upper = Tensor(xp.triu(xp.ones((n, n), dtype=bool)))
+    table = _cumprod(where(eye, 1, expand_dims(xl, -2)), axis=xl.ndim)  # [.., i, j]
+    out = _sum(where(upper, expand_dims(gl, -2) * table, 0), axis=(xl.ndim,), keepdims=False)
+    return moveaxis(out, -1, axis)
 
 
 def _cumprod_jvp(ts, ans, x, axis):
