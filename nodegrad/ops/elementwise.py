@@ -328,7 +328,7 @@ def _xlogy_fwd(xp, x, y):
 
 
 xlogy = primitive("xlogy", _xlogy_fwd,
-                  (lambda g, ans, x, y: g * _xlogy(_as(x != 0, g), y),
+                  (lambda g, ans, x, y: where(logical_and(x == 0, y <= 0), 0, _xlogy(g, y)),
                    lambda g, ans, x, y: g * x / y),
                   kind=_EW, jvp=_J, doc="x * log(y), 0 where x == 0 (even if y == 0).")
 _xlogy = xlogy
