@@ -190,6 +190,16 @@ def test_logcumsumexp_is_stable(float_dtype):
             dtype=float_dtype)
 
 
+def test_logsumexp_over_several_dims(rng, float_dtype):
+    x = rng.standard_normal((2, 3, 4)) * 50
+    for dim in ((0, 1), (0, 2), (-1, 0, 1)):
+        for keep in (False, True):
+            compare(lambda t: t.logsumexp(dim=dim, keepdim=keep),
+                    lambda t: t.logsumexp(dim=dim, keepdim=keep), x, dtype=float_dtype)
+            compare(lambda t: ng.logsumexp(t, dim, keep),
+                    lambda t: torch.logsumexp(t, dim, keep), x, dtype=float_dtype)
+
+
 def test_norms_at_zero_and_matrix_norms(rng, float_dtype):
     z = np.array([[0.0, 0.0, 0.0], [1.0, -2.0, 0.0]])
     for ord_ in (2, 1, 3, 0.5, math.inf, -math.inf, 0):
