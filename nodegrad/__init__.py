@@ -22,6 +22,8 @@ from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .primitive import REGISTRY as primitives
 from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,
                      randperm, uniform)
+from .random import (bernoulli, multinomial, normal_, rand_like, randint_like, randn_like,
+                     uniform_)
 from .tensor import (Tensor, arange, as_tensor, bool_, empty, empty_like, eye, float16, float32,
                      float64, from_dlpack, from_numpy, full, full_like, int32, int64, linspace,
                      ones, ones_like, tensor, zeros, zeros_like)

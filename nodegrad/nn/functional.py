@@ -339,3 +339,17 @@ __all__ += [
     "group_norm", "instance_norm", "local_response_norm", "rms_norm", "dropout1d", "dropout2d",
     "dropout3d", "alpha_dropout", "bilinear", "embedding_bag",
 ]
+
+# --- more activations and normalize -------------------------------------------------------------
+from ..ops import (celu, glu, hardshrink, hardsigmoid, hardswish, hardtanh, logsigmoid,  # noqa: E402
+                   mish, relu6, selu, softmin, softshrink, softsign, tanhshrink, threshold)
+
+
+def normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """x / max(‖x‖_p, eps) along ``dim`` (unit vectors; zero vectors stay zero)."""
+    return x / ops.clamp_min(ops.vector_norm(x, p, dim, keepdim=True), eps)
+
+
+__all__ += ["celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "logsigmoid",
+            "mish", "normalize", "relu6", "selu", "softmin", "softshrink", "softsign",
+            "tanhshrink", "threshold"]

@@ -188,3 +188,41 @@ __all__ = [
     "var",
     "where",
 ]
+
+# --- the wider operator surface: elementwise, activations, scans, reductions, sorting ---------
+from . import linalg  # noqa: E402  (ng.linalg: vector_norm, matrix_norm, ...)
+from .activation import (  # noqa: E402
+    celu, glu, hardshrink, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, selu,
+    softmin, softshrink, softsign, tanhshrink, threshold,
+)
+from .elementwise import (  # noqa: E402
+    acos, acosh, allclose, asin, asinh, atan, atan2, atanh, clamp_min, clamp_max, copysign,
+    cosh, deg2rad, exp2, fmod, frac, hypot, isclose, lerp, log2, log10, logaddexp, logaddexp2,
+    nan_to_num, rad2deg, reciprocal, rsqrt, sinc, sinh, trunc_divide, xlogy,
+)
+from .elementwise import div as divide  # noqa: E402, F811  (PyTorch's rounding_mode too)
+from .reduce import (  # noqa: E402
+    amax, amin, aminmax, count_nonzero, matrix_norm, nanmean, nansum, norm, prod, std_mean,
+    var_mean, vector_norm,
+)
+from .scan import cummax, cummin, cumprod, cumsum, logcumsumexp  # noqa: E402
+from .sort import (  # noqa: E402
+    argsort, bucketize, kthvalue, median, quantile, searchsorted, sort, topk, unique,
+)
+
+linalg.vector_norm, linalg.matrix_norm, linalg.norm = vector_norm, matrix_norm, norm
+
+__all__ += [  # noqa: PLE0605
+    "linalg",
+    "acos", "acosh", "allclose", "asin", "asinh", "atan", "atan2", "atanh", "clamp_min",
+    "clamp_max", "copysign", "cosh", "deg2rad", "exp2", "fmod", "frac", "hypot", "isclose",
+    "lerp", "log2", "log10", "logaddexp", "logaddexp2", "nan_to_num", "rad2deg", "reciprocal",
+    "rsqrt", "sinc", "sinh", "trunc_divide", "xlogy",
+    "celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "logsigmoid", "mish",
+    "relu6", "selu", "softmin", "softshrink", "softsign", "tanhshrink", "threshold",
+    "cummax", "cummin", "cumprod", "cumsum", "logcumsumexp",
+    "amax", "amin", "aminmax", "count_nonzero", "matrix_norm", "nanmean", "nansum", "norm",
+    "prod", "std_mean", "var_mean", "vector_norm",
+    "argsort", "bucketize", "kthvalue", "median", "quantile", "searchsorted", "sort", "topk",
+    "unique",
+]

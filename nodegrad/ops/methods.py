@@ -270,3 +270,44 @@ def install() -> None:
 
 
 install()
+
+
+# --- the wider operator surface (PyTorch's Tensor methods) ------------------------------------
+def _install_more() -> None:
+    from .. import random as Rnd
+    from . import activation as A
+    from . import scan as C
+    from . import sort as O
+
+    def dimmed(fn):  # dim= (PyTorch) or axis= (NumPy) for a function whose second arg is dim
+        def method(self, dim=None, *args, axis=None, **kw):
+            return fn(self, _axis(axis, dim), *args, **kw)
+
+        method.__name__, method.__doc__ = fn.__name__, fn.__doc__
+        return method
+
+    more = {
+        "asin": E.asin, "acos": E.acos, "atan": E.atan, "atan2": E.atan2, "sinh": E.sinh,
+        "cosh": E.cosh, "asinh": E.asinh, "acosh": E.acosh, "atanh": E.atanh, "log2": E.log2,
+        "log10": E.log10, "exp2": E.exp2, "rsqrt": E.rsqrt, "reciprocal": E.reciprocal,
+        "hypot": E.hypot, "copysign": E.copysign, "logaddexp": E.logaddexp,
+        "logaddexp2": E.logaddexp2, "lerp": E.lerp, "fmod": E.fmod, "xlogy": E.xlogy,
+        "sinc": E.sinc, "deg2rad": E.deg2rad, "rad2deg": E.rad2deg, "nan_to_num": E.nan_to_num,
+        "clamp_min": E.clamp_min, "clamp_max": E.clamp_max, "frac": E.frac,
+        "isclose": E.isclose, "allclose": E.allclose, "div": E.div, "divide": E.div,
+        "hardshrink": A.hardshrink, "trunc": E.trunc,
+        "cumsum": dimmed(C.cumsum), "cumprod": dimmed(C.cumprod), "cummax": dimmed(C.cummax),
+        "cummin": dimmed(C.cummin), "logcumsumexp": dimmed(C.logcumsumexp),
+        "prod": R.prod, "amax": R.amax, "amin": R.amin, "aminmax": R.aminmax,
+        "nansum": R.nansum, "nanmean": R.nanmean, "count_nonzero": R.count_nonzero,
+        "norm": R.norm, "median": O.median, "quantile": O.quantile, "sort": O.sort,
+        "argsort": O.argsort, "topk": O.topk, "kthvalue": O.kthvalue, "unique": O.unique,
+        "bernoulli": Rnd.bernoulli, "multinomial": Rnd.multinomial, "normal_": Rnd.normal_,
+        "uniform_": Rnd.uniform_,
+    }
+    _methods.update(more)
+    for name, fn in more.items():
+        setattr(Tensor, name, _as_method(name, fn))
+
+
+_install_more()

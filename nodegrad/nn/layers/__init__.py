@@ -92,3 +92,11 @@ __all__ += [
     "RMSNorm", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
     "TransformerEncoder", "Unflatten",
 ]
+
+from .activation import (CELU, GLU, SELU, Hardshrink, Hardsigmoid, Hardswish,  # noqa: E402
+                         Hardtanh, LogSigmoid, Mish, ReLU6, Softmin, Softshrink, Softsign,
+                         Tanhshrink, Threshold)
+
+__all__ += ["CELU", "GLU", "SELU", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh",
+            "LogSigmoid", "Mish", "ReLU6", "Softmin", "Softshrink", "Softsign", "Tanhshrink",
+            "Threshold"]
