@@ -11,7 +11,7 @@ from ..batching import BatchTracer, batched, front, rank_up, size_of
 from ..errors import DTypeError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
-from .shape import norm_axis
+from .shape import moveaxis, norm_axis
 
 _L = "linear"  # linear in its differentiable inputs: the JVP applies the op to the tangents
 _IX = "index"
@@ -82,8 +82,6 @@ def _example_sub(xp, shape, index, dtype) -> tuple:
 
 
 def _scatter_batch(v, b, index, shape):
-    from .shape import moveaxis
-
     g = front(v[0], b[0])
     sub = _example_sub(g.backend.xp, shape, index, g.dtype)
     g = moveaxis(rank_up(g, 0, len(sub)), 0, _adv_bdim(index))
@@ -91,8 +89,6 @@ def _scatter_batch(v, b, index, shape):
 
 
 def _setitem_batch(vals, bdims, index):
-    from .shape import moveaxis
-
     n = size_of(vals, bdims)
     x = batched(vals[0], bdims[0], n)
     ex = x.shape[1:]

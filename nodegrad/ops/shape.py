@@ -175,14 +175,8 @@ def _sum_to_batch(v, b, shape):
     x = front(v[0], b[0])
     lead = x.ndim - 1 - len(shape)
     if lead:
-        x = _sum_fn(x, axis=tuple(range(1, lead + 1)))
+        x = x.sum(axis=tuple(range(1, lead + 1)))  # a method: reduce sits above shape
     return sum_to(x, x.shape[:1] + shape), 0
-
-
-def _sum_fn(x, axis):
-    from .reduce import sum as _s
-
-    return _s(x, axis=axis)
 
 
 _broadcast_to = primitive("broadcast_to", lambda xp, x, shape: xp.broadcast_to(x, shape),
