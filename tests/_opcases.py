@@ -753,6 +753,222 @@ def _fold(draw, layout):
 case("sliding_window_view", _sliding)
 case("fold", _fold, has_torch=False)
 
+
+# =============================================================================================
+# --- PyTorch's indexing ops: gather, scatter*, index_*, masked_*, take, put ------------------
+# Index tensors are call arguments (vmap then batches them too); an index may be smaller than
+# the input in the other dims (PyTorch's rule). Repeats appear where PyTorch defines the result
+# (adds, selects); set-style scatters draw distinct positions (PyTorch leaves repeats unspecified).
+# =============================================================================================
+def _dim_index(draw, s, ax, *, distinct=False, src=None):
+    """An int64 index for PyTorch's gather/scatter along ``ax`` of a tensor of shape ``s``: at
+    most ``s[d]`` (or ``src[d]``) long in the other dims; ``distinct``: no position twice per
+    line along ``ax``."""
+    n = s[ax]
+    shape = []
+    for d in range(len(s)):
+        top = min(s[d], src[d]) if src is not None else s[d]
+        if d == ax:
+            top = (min(n, src[d]) if src is not None else n) if distinct else 4
+            if src is not None and not distinct:
+                top = src[d]
+        shape.append(draw(st.integers(0, top)) if n else 0)
+    if not n:
+        return np.zeros(shape, np.int64)
+    if distinct:
+        rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+        full = list(shape)
+        full[ax] = n
+        perm = np.argsort(rng.random(full), axis=ax)
+        return np.ascontiguousarray(perm[tuple(slice(0, k) for k in shape)])
+    return draw(hnp.arrays(np.int64, shape, elements=st.integers(0, n - 1)))
+
+
+def _lay(layout):
+    return "matrix" if layout == "scalar" else layout
+
+
+def _gather(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.integers(-max(len(s), 1), max(len(s), 1) - 1)) if s else 0
+    idx = _dim_index(draw, s, ax % len(s)) if s else np.array(0, np.int64)
+    if draw(st.booleans()):
+        return Call(lambda x, i: x.gather(ax, i), (arr(draw, s), idx),
+                    lambda t, i: t.gather(ax, i))
+    return Call(lambda x, i: ng.gather(x, ax, i), (arr(draw, s), idx),
+                lambda t, i: torch.gather(t, ax, i))
+
+
+def _src_shape(draw, s):
+    return tuple(d + draw(st.integers(0, 1)) for d in s)
+
+
+def _scatter(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(0, len(s) - 1))
+    ss = _src_shape(draw, s)
+    idx = _dim_index(draw, s, ax, distinct=True, src=ss)
+    if draw(st.booleans()):
+        v = draw(DOMAINS["real"])
+        return Call(lambda x, i: ng.scatter(x, ax, i, v), (arr(draw, s), idx),
+                    lambda t, i: torch.scatter(t, ax, i, v))
+    # torch 2.13's scatter backward fails when src is larger than the index: cut it first
+    cut = tuple(slice(0, k) for k in idx.shape)
+    return Call(lambda x, i, u: x.scatter(ax, i, u), (arr(draw, s), idx, arr(draw, ss)),
+                lambda t, i, u: t.scatter(ax, i, u[cut]))
+
+
+def _scatter_add_dim(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(0, len(s) - 1))
+    ss = _src_shape(draw, s)
+    ss = ss[:ax] + (ss[ax] + 2,) + ss[ax + 1:]
+    idx = _dim_index(draw, s, ax, src=ss)
+    cut = tuple(slice(0, k) for k in idx.shape)  # see _scatter
+    return Call(lambda x, i, u: ng.scatter_add(x, ax, i, u), (arr(draw, s), idx, arr(draw, ss)),
+                lambda t, i, u: torch.scatter_add(t, ax, i, u[cut]))
+
+
+def _scatter_reduce_case(reduce):
+    domain = {"prod": "nonzero", "amax": "distinct", "amin": "distinct"}.get(reduce, "real")
+
+    def build(draw, layout):
+        (s,) = draw(shapes(_lay(layout)))
+        ax = draw(st.integers(0, len(s) - 1))
+        ss = _src_shape(draw, s)
+        ss = ss[:ax] + (ss[ax] + 2,) + ss[ax + 1:]
+        idx = _dim_index(draw, s, ax, src=ss)
+        inc = draw(st.booleans())
+        if domain == "distinct":  # no ties anywhere: the max is not at a kink
+            both = arr(draw, (math.prod(s) + math.prod(ss),), "distinct")
+            x, u = both[:math.prod(s)].reshape(s), both[math.prod(s):].reshape(ss)
+        else:
+            x, u = arr(draw, s, domain), arr(draw, ss, domain)
+        cut = tuple(slice(0, k) for k in idx.shape)  # see _scatter
+        return Call(lambda x, i, u: ng.scatter_reduce(x, ax, i, u, reduce, include_self=inc),
+                    (x, idx, u),
+                    lambda t, i, u: t.scatter_reduce(ax, i, u[cut], reduce, include_self=inc))
+
+    return build
+
+
+def _index_1d_arr(draw, n, *, distinct=False, negative=False):
+    if not n:
+        return np.zeros(0, np.int64)
+    if distinct:
+        return np.array(draw(st.permutations(range(n)))[:draw(st.integers(0, n))], np.int64)
+    lo = -n if negative else 0
+    return np.array(draw(st.lists(st.integers(lo, n - 1), max_size=5)), np.int64)
+
+
+def _index_select(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    i = _index_1d_arr(draw, s[ax])
+    return Call(lambda x, i: ng.index_select(x, ax, i), (arr(draw, s), i),
+                lambda t, i: torch.index_select(t, ax, i))
+
+
+def _index_put_like(kind):
+    def build(draw, layout):
+        (s,) = draw(shapes(_lay(layout)))
+        ax = draw(st.integers(-len(s), len(s) - 1))
+        i = _index_1d_arr(draw, s[ax], distinct=kind == "copy")
+        src = s[:ax % len(s)] + (len(i),) + s[ax % len(s) + 1:]
+        if kind == "add":
+            alpha = draw(st.sampled_from([1, 2.5]))
+            return Call(lambda x, i, u: x.index_add(ax, i, u, alpha=alpha),
+                        (arr(draw, s), i, arr(draw, src)),
+                        lambda t, i, u: t.index_add(ax, i, u, alpha=alpha))
+        return Call(lambda x, i, u: ng.index_copy(x, ax, i, u), (arr(draw, s), i, arr(draw, src)),
+                    lambda t, i, u: torch.index_copy(t, ax, i, u))
+
+    return build
+
+
+def _index_fill(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    number = draw(st.booleans())
+    i = _index_1d_arr(draw, s[ax], negative=number)  # torch: negatives with a number value only
+    if number:
+        v = draw(DOMAINS["real"])
+        return Call(lambda x, i: ng.index_fill(x, ax, i, v), (arr(draw, s), i),
+                    lambda t, i: t.index_fill(ax, i, v))
+    return Call(lambda x, i, v: x.index_fill(ax, i, v), (arr(draw, s), i, arr(draw, ())),
+                lambda t, i, v: t.index_fill(ax, i, v))
+
+
+def _masked_fill(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    if draw(st.booleans()):
+        return Call(lambda x, m: x.masked_fill(m, -1.5), (arr(draw, s), m),
+                    lambda t, m: t.masked_fill(m, -1.5))
+    return Call(lambda x, m, v: ng.masked_fill(x, m, v), (arr(draw, s), m, arr(draw, ())),
+                lambda t, m, v: torch.masked_fill(t, m, v))
+
+
+def _masked_scatter(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    k = int(np.broadcast_to(m, s).sum())
+    src = draw(st.sampled_from([(k + draw(st.integers(0, 2)),), s]))
+    return Call(lambda x, u: ng.masked_scatter(x, m, u), (arr(draw, s), arr(draw, src)),
+                lambda t, u: t.masked_scatter(torch.as_tensor(m), u))
+
+
+def _masked_select(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    return Call(lambda x: x.masked_select(m), (arr(draw, s),),
+                lambda t: t.masked_select(torch.as_tensor(m)))
+
+
+def _take(draw, layout):
+    (s,) = draw(shapes(layout))
+    n = math.prod(s)
+    ishape = draw(st.sampled_from([(), (3,), (2, 2)])) if n else (0,)
+    i = draw(hnp.arrays(np.int64, ishape, elements=st.integers(-n, n - 1))) if n else \
+        np.zeros(0, np.int64)
+    return Call(lambda x, i: ng.take(x, i), (arr(draw, s), i), lambda t, i: torch.take(t, i))
+
+
+def _put(draw, layout, acc):
+    (s,) = draw(shapes(layout))
+    n = math.prod(s)
+    if acc:
+        i = np.array(draw(st.lists(st.integers(-n, n - 1), max_size=5)) if n else [], np.int64)
+    else:
+        i = np.array(draw(st.permutations(range(n)))[:draw(st.integers(0, n))], np.int64)
+    return Call(lambda x, i, u: x.put(i, u, accumulate=acc), (arr(draw, s), i, arr(draw, i.shape)),
+                lambda t, i, u: t.put(i, u, accumulate=acc))
+
+
+case("gather", _gather, ("take_along_axis",))
+case("scatter", _scatter, ("scatter_along_axis",))
+case("scatter_add_dim", _scatter_add_dim, ("scatter_add_along_axis",))
+for _r in ("sum", "mean"):
+    case(f"scatter_reduce_{_r}", _scatter_reduce_case(_r), ("scatter_add_along_axis",))
+for _r in ("prod", "amax", "amin"):
+    case(f"scatter_reduce_{_r}", _scatter_reduce_case(_r), ("scatter_reduce_along_axis",))
+case("index_select", _index_select, ("take_along_axis",))
+case("index_add", _index_put_like("add"), ("scatter_add_along_axis",))
+case("index_copy", _index_put_like("copy"), ("scatter_along_axis",))
+case("index_fill", _index_fill, ("where",))
+case("masked_fill", _masked_fill, ("where",))
+case("masked_scatter", _masked_scatter, ("setitem",))
+case("masked_select", _masked_select, ("getitem",))
+case("take", _take, ("take_along_axis",))
+case("put", lambda d, lay: _put(d, lay, False), ("scatter_along_axis",))
+case("put_accumulate", lambda d, lay: _put(d, lay, True), ("scatter_add_along_axis",))
+ORDER2 = ORDER2 + ("gather", "scatter", "scatter_reduce_prod", "scatter_reduce_amax",
+                   "scatter_reduce_mean", "index_add", "masked_scatter", "put_accumulate")
+
+
 CASES_BY_NAME = {c.name: c for c in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
 assert all("matrix" in c.layouts for c in CASES if "noncontig" in c.layouts)

@@ -49,9 +49,26 @@ from .elementwise import (
                           tan,
                           tanh,
                           trunc,
-                          where,
 )
 from .index import getitem, index_update, take_along_axis
+from .index import (  # PyTorch's indexing ops
+                          argwhere,
+                          gather,
+                          index_add,
+                          index_copy,
+                          index_fill,
+                          index_select,
+                          masked_fill,
+                          masked_scatter,
+                          masked_select,
+                          nonzero,
+                          put,
+                          scatter,
+                          scatter_add,
+                          scatter_reduce,
+                          take,
+                          where,
+)
 from .linalg import einsum, matmul, outer
 from .nn import linear, log_softmax, logsumexp, softmax
 from .reduce import all, any, argmax, argmin, max, mean, min, std, sum, var
@@ -175,4 +192,20 @@ __all__ = [
     "unsqueeze",
     "var",
     "where",
+    # PyTorch's indexing ops
+    "argwhere",
+    "gather",
+    "index_add",
+    "index_copy",
+    "index_fill",
+    "index_select",
+    "masked_fill",
+    "masked_scatter",
+    "masked_select",
+    "nonzero",
+    "put",
+    "scatter",
+    "scatter_add",
+    "scatter_reduce",
+    "take",
 ]

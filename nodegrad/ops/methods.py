@@ -210,7 +210,13 @@ _methods = {
     "split": S.split_sizes, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
     "matmul": L.matmul,
     "take_along_axis": I.take_along_axis,
-    "gather": lambda self, dim, index: I.take_along_axis(self, index, dim),
+    # PyTorch's indexing ops
+    "gather": I.gather, "scatter": I.scatter, "scatter_add": I.scatter_add,
+    "scatter_reduce": I.scatter_reduce, "index_select": I.index_select,
+    "index_add": I.index_add, "index_copy": I.index_copy, "index_fill": I.index_fill,
+    "masked_fill": I.masked_fill, "masked_scatter": I.masked_scatter,
+    "masked_select": I.masked_select, "take": I.take, "put": I.put, "nonzero": I.nonzero,
+    "argwhere": I.argwhere,
     # dtypes and devices
     "astype": E.astype, "type": E.astype, "to": _to,
     "float": lambda self: E.astype(self, B.float32),
