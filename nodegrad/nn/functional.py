@@ -30,6 +30,7 @@ __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "where",
     "rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention", "multi_head_attention",
+    "pad",
 ]
 
 
@@ -330,3 +331,8 @@ def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
 
 
 from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell, scaled_dot_product_attention  # noqa: E402, E501
+
+
+# --- PyTorch's pad: (left, right) widths from the last dim back; constant, reflect, replicate,
+# circular; negative widths crop --------------------------------------------------------------
+from ..ops.arrange import torch_pad as pad  # noqa: E402

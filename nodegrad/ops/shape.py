@@ -77,8 +77,16 @@ def expand_dims(x, axis: int):
 unsqueeze = expand_dims
 
 
-def squeeze(x, axis=None):
-    """Drop length-1 axes (all of them, or those in ``axis``)."""
+def squeeze(x, axis=None, *, dim=None):
+    """Drop length-1 axes: all of them, or those in ``axis`` (NumPy: another length is an
+    error), or those in ``dim`` (PyTorch: other lengths stay; a 0-d tensor is returned)."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError("squeeze: pass either axis= (NumPy) or dim= (PyTorch), not both")
+        axes = norm_axes(dim, builtins.max(x.ndim, 1), "squeeze")
+        if x.ndim == 0:
+            return x
+        return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes or s != 1))
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
     axes = norm_axes(axis, x.ndim, "squeeze")
