@@ -1185,12 +1185,13 @@ def _torch_pad(draw, layout, mode):
     for n in reversed(s[len(s) - k:]):
         lo = draw(st.integers(-(n // 2), 2))
         hi = draw(st.integers(-(n // 2), 2))
+        if n + min(lo, 0) + min(hi, 0) < 1 or not pads:  # the last dim: no crop, pads >= 1
+            lo, hi = max(lo, 0), max(hi, 1)
         kept = n + min(lo, 0) + min(hi, 0)
         cap = kept - 1 if mode == "reflect" else kept
         if mode != "constant":
             lo, hi = min(lo, cap), min(hi, cap)
         pads += [lo, hi]
-    pads[1] = max(pads[1], 1)  # something to pad
     value = draw(DOMAINS["real"]) if mode == "constant" else None
     return Call(lambda x: ng.nn.functional.pad(x, pads, mode, value), (arr(draw, s),),
                 lambda t: F.pad(t, pads, mode=mode, value=value))

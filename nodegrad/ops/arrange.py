@@ -254,6 +254,8 @@ def unflatten(x, dim: int, sizes):
             -1 in sizes and (known == 0 or n % known)):
         raise ShapeError(f"unflatten: sizes {sizes} do not multiply to the length {n} of dim "
                          f"{ax} (shape {tuple(x.shape)})")
+    if -1 in sizes:  # from the dim's length: the total may be 0
+        sizes = tuple(n // known if s == -1 else s for s in sizes)
     return reshape(x, x.shape[:ax] + sizes + x.shape[ax + 1:])
 
 
