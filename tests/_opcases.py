@@ -764,6 +764,488 @@ def _fold(draw, layout):
 case("sliding_window_view", _sliding)
 case("fold", _fold, has_torch=False)
 
+
+# =============================================================================================
+# --- PyTorch's indexing ops: gather, scatter*, index_*, masked_*, take, put ------------------
+# Index tensors are call arguments (vmap then batches them too); an index may be smaller than
+# the input in the other dims (PyTorch's rule). Repeats appear where PyTorch defines the result
+# (adds, selects); set-style scatters draw distinct positions (PyTorch leaves repeats unspecified).
+# =============================================================================================
+def _dim_index(draw, s, ax, *, distinct=False, src=None):
+    """An int64 index for PyTorch's gather/scatter along ``ax`` of a tensor of shape ``s``: at
+    most ``s[d]`` (or ``src[d]``) long in the other dims; ``distinct``: no position twice per
+    line along ``ax``."""
+    n = s[ax]
+    shape = []
+    for d in range(len(s)):
+        top = min(s[d], src[d]) if src is not None else s[d]
+        if d == ax:
+            top = (min(n, src[d]) if src is not None else n) if distinct else 4
+            if src is not None and not distinct:
+                top = src[d]
+        shape.append(draw(st.integers(0, top)) if n else 0)
+    if not n:
+        return np.zeros(shape, np.int64)
+    if distinct:
+        rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+        full = list(shape)
+        full[ax] = n
+        perm = np.argsort(rng.random(full), axis=ax)
+        return np.ascontiguousarray(perm[tuple(slice(0, k) for k in shape)])
+    return draw(hnp.arrays(np.int64, shape, elements=st.integers(0, n - 1)))
+
+
+def _lay(layout):
+    return "matrix" if layout == "scalar" else layout
+
+
+def _gather(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.integers(-max(len(s), 1), max(len(s), 1) - 1)) if s else 0
+    idx = _dim_index(draw, s, ax % len(s)) if s else np.array(0, np.int64)
+    if draw(st.booleans()):
+        return Call(lambda x, i: x.gather(ax, i), (arr(draw, s), idx),
+                    lambda t, i: t.gather(ax, i))
+    return Call(lambda x, i: ng.gather(x, ax, i), (arr(draw, s), idx),
+                lambda t, i: torch.gather(t, ax, i))
+
+
+def _src_shape(draw, s):
+    return tuple(d + draw(st.integers(0, 1)) for d in s)
+
+
+def _scatter(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(0, len(s) - 1))
+    ss = _src_shape(draw, s)
+    idx = _dim_index(draw, s, ax, distinct=True, src=ss)
+    if draw(st.booleans()):
+        v = draw(DOMAINS["real"])
+        return Call(lambda x, i: ng.scatter(x, ax, i, v), (arr(draw, s), idx),
+                    lambda t, i: torch.scatter(t, ax, i, v))
+    # torch 2.13's scatter backward fails when src is larger than the index: cut it first
+    cut = tuple(slice(0, k) for k in idx.shape)
+    return Call(lambda x, i, u: x.scatter(ax, i, u), (arr(draw, s), idx, arr(draw, ss)),
+                lambda t, i, u: t.scatter(ax, i, u[cut]))
+
+
+def _scatter_add_dim(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(0, len(s) - 1))
+    ss = _src_shape(draw, s)
+    ss = ss[:ax] + (ss[ax] + 2,) + ss[ax + 1:]
+    idx = _dim_index(draw, s, ax, src=ss)
+    cut = tuple(slice(0, k) for k in idx.shape)  # see _scatter
+    return Call(lambda x, i, u: ng.scatter_add(x, ax, i, u), (arr(draw, s), idx, arr(draw, ss)),
+                lambda t, i, u: torch.scatter_add(t, ax, i, u[cut]))
+
+
+def _scatter_reduce_case(reduce):
+    domain = {"prod": "nonzero", "amax": "distinct", "amin": "distinct"}.get(reduce, "real")
+
+    def build(draw, layout):
+        (s,) = draw(shapes(_lay(layout)))
+        ax = draw(st.integers(0, len(s) - 1))
+        ss = _src_shape(draw, s)
+        ss = ss[:ax] + (ss[ax] + 2,) + ss[ax + 1:]
+        idx = _dim_index(draw, s, ax, src=ss)
+        inc = draw(st.booleans())
+        if domain == "distinct":  # no ties anywhere: the max is not at a kink
+            both = arr(draw, (math.prod(s) + math.prod(ss),), "distinct")
+            x, u = both[:math.prod(s)].reshape(s), both[math.prod(s):].reshape(ss)
+        else:
+            x, u = arr(draw, s, domain), arr(draw, ss, domain)
+        cut = tuple(slice(0, k) for k in idx.shape)  # see _scatter
+        return Call(lambda x, i, u: ng.scatter_reduce(x, ax, i, u, reduce, include_self=inc),
+                    (x, idx, u),
+                    lambda t, i, u: t.scatter_reduce(ax, i, u[cut], reduce, include_self=inc))
+
+    return build
+
+
+def _index_1d_arr(draw, n, *, distinct=False, negative=False):
+    if not n:
+        return np.zeros(0, np.int64)
+    if distinct:
+        return np.array(draw(st.permutations(range(n)))[:draw(st.integers(0, n))], np.int64)
+    lo = -n if negative else 0
+    return np.array(draw(st.lists(st.integers(lo, n - 1), max_size=5)), np.int64)
+
+
+def _index_select(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    i = _index_1d_arr(draw, s[ax])
+    return Call(lambda x, i: ng.index_select(x, ax, i), (arr(draw, s), i),
+                lambda t, i: torch.index_select(t, ax, i))
+
+
+def _index_put_like(kind):
+    def build(draw, layout):
+        (s,) = draw(shapes(_lay(layout)))
+        ax = draw(st.integers(-len(s), len(s) - 1))
+        i = _index_1d_arr(draw, s[ax], distinct=kind == "copy")
+        src = s[:ax % len(s)] + (len(i),) + s[ax % len(s) + 1:]
+        if kind == "add":
+            alpha = draw(st.sampled_from([1, 2.5]))
+            return Call(lambda x, i, u: x.index_add(ax, i, u, alpha=alpha),
+                        (arr(draw, s), i, arr(draw, src)),
+                        lambda t, i, u: t.index_add(ax, i, u, alpha=alpha))
+        return Call(lambda x, i, u: ng.index_copy(x, ax, i, u), (arr(draw, s), i, arr(draw, src)),
+                    lambda t, i, u: torch.index_copy(t, ax, i, u))
+
+    return build
+
+
+def _index_fill(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    number = draw(st.booleans())
+    i = _index_1d_arr(draw, s[ax], negative=number)  # torch: negatives with a number value only
+    if number:
+        v = draw(DOMAINS["real"])
+        return Call(lambda x, i: ng.index_fill(x, ax, i, v), (arr(draw, s), i),
+                    lambda t, i: t.index_fill(ax, i, v))
+    return Call(lambda x, i, v: x.index_fill(ax, i, v), (arr(draw, s), i, arr(draw, ())),
+                lambda t, i, v: t.index_fill(ax, i, v))
+
+
+def _masked_fill(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    if draw(st.booleans()):
+        return Call(lambda x, m: x.masked_fill(m, -1.5), (arr(draw, s), m),
+                    lambda t, m: t.masked_fill(m, -1.5))
+    return Call(lambda x, m, v: ng.masked_fill(x, m, v), (arr(draw, s), m, arr(draw, ())),
+                lambda t, m, v: torch.masked_fill(t, m, v))
+
+
+def _masked_scatter(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    k = int(np.broadcast_to(m, s).sum())
+    src = draw(st.sampled_from([(k + draw(st.integers(0, 2)),), s]))
+    return Call(lambda x, u: ng.masked_scatter(x, m, u), (arr(draw, s), arr(draw, src)),
+                lambda t, u: t.masked_scatter(torch.as_tensor(m), u))
+
+
+def _masked_select(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    return Call(lambda x: x.masked_select(m), (arr(draw, s),),
+                lambda t: t.masked_select(torch.as_tensor(m)))
+
+
+def _take(draw, layout):
+    (s,) = draw(shapes(layout))
+    n = math.prod(s)
+    ishape = draw(st.sampled_from([(), (3,), (2, 2)])) if n else (0,)
+    i = draw(hnp.arrays(np.int64, ishape, elements=st.integers(-n, n - 1))) if n else \
+        np.zeros(0, np.int64)
+    return Call(lambda x, i: ng.take(x, i), (arr(draw, s), i), lambda t, i: torch.take(t, i))
+
+
+def _put(draw, layout, acc):
+    (s,) = draw(shapes(layout))
+    n = math.prod(s)
+    if acc:
+        i = np.array(draw(st.lists(st.integers(-n, n - 1), max_size=5)) if n else [], np.int64)
+    else:
+        i = np.array(draw(st.permutations(range(n)))[:draw(st.integers(0, n))], np.int64)
+    return Call(lambda x, i, u: x.put(i, u, accumulate=acc), (arr(draw, s), i, arr(draw, i.shape)),
+                lambda t, i, u: t.put(i, u, accumulate=acc))
+
+
+case("gather", _gather, ("take_along_axis",))
+case("scatter", _scatter, ("scatter_along_axis",))
+case("scatter_add_dim", _scatter_add_dim, ("scatter_add_along_axis",))
+for _r in ("sum", "mean"):
+    case(f"scatter_reduce_{_r}", _scatter_reduce_case(_r), ("scatter_add_along_axis",))
+for _r in ("prod", "amax", "amin"):
+    case(f"scatter_reduce_{_r}", _scatter_reduce_case(_r), ("scatter_reduce_along_axis",))
+case("index_select", _index_select, ("take_along_axis",))
+case("index_add", _index_put_like("add"), ("scatter_add_along_axis",))
+case("index_copy", _index_put_like("copy"), ("scatter_along_axis",))
+case("index_fill", _index_fill, ("where",))
+case("masked_fill", _masked_fill, ("where",))
+case("masked_scatter", _masked_scatter, ("setitem",))
+case("masked_select", _masked_select, ("getitem",))
+case("take", _take, ("take_along_axis",))
+case("put", lambda d, lay: _put(d, lay, False), ("scatter_along_axis",))
+case("put_accumulate", lambda d, lay: _put(d, lay, True), ("scatter_add_along_axis",))
+ORDER2 = ORDER2 + ("gather", "scatter", "scatter_reduce_prod", "scatter_reduce_amax",
+                   "scatter_reduce_mean", "index_add", "masked_scatter", "put_accumulate")
+
+
+
+# =============================================================================================
+# --- PyTorch's rearranging ops (ops/arrange.py: compositions of shape and index primitives) --
+# =============================================================================================
+def _repeat(draw, layout):
+    (s,) = draw(shapes(layout))
+    sizes = tuple(draw(st.integers(1, 3)) for _ in range(len(s) + draw(st.integers(0, 1))))
+    sizes = sizes or (2,)
+    return Call(lambda x: x.repeat(*sizes), (arr(draw, s),), lambda t: t.repeat(*sizes))
+
+
+def _tile(draw, layout):
+    (s,) = draw(shapes(layout))
+    dims = tuple(draw(st.integers(0, 2)) for _ in range(draw(st.integers(1, len(s) + 1))))
+    return Call(lambda x: ng.tile(x, dims), (arr(draw, s),), lambda t: torch.tile(t, dims))
+
+
+def _repeat_interleave(draw, layout, counts):
+    (s,) = draw(shapes(layout))
+    dim = draw(st.none() | st.integers(-len(s), len(s) - 1)) if s else None
+    n = math.prod(s) if dim is None else s[dim]
+    if counts:
+        r = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, 2)))
+        return Call(lambda x: x.repeat_interleave(ng.tensor(r), dim), (arr(draw, s),),
+                    lambda t: t.repeat_interleave(torch.as_tensor(r), dim))
+    r = draw(st.integers(0, 3))
+    return Call(lambda x: ng.repeat_interleave(x, r, dim), (arr(draw, s),),
+                lambda t: torch.repeat_interleave(t, r, dim))
+
+
+def _roll(draw, layout):
+    (s,) = draw(shapes(layout))
+    long_axes = [d for d, n in enumerate(s) if n >= 2] or [0]
+    s = s if s[long_axes[0]] >= 2 else s[:0] + (2,) + s[1:]
+    ax = draw(st.sampled_from(long_axes))
+    shifts = [draw(st.integers(1, s[ax] - 1)) * draw(st.sampled_from([1, -1]))]
+    dims = [ax - len(s) if draw(st.booleans()) else ax]
+    if len(s) > 1 and draw(st.booleans()):
+        dims.append(draw(st.integers(0, len(s) - 1)))
+        shifts.append(draw(st.integers(-5, 5)))
+    return Call(lambda x: x.roll(shifts, dims), (arr(draw, s),),
+                lambda t: torch.roll(t, shifts, dims))
+
+
+def _triangle(name):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        k = draw(st.integers(-3, 3))
+        return Call(lambda x: getattr(ng, name)(x, k), (arr(draw, s),),
+                    lambda t: getattr(torch, name)(t, k))
+
+    return build
+
+
+def _diagonal(draw, layout):
+    (s,) = draw(shapes(layout))
+    d1, d2 = draw(st.permutations(range(len(s))))[:2]
+    off = draw(st.integers(-3, 3))
+    return Call(lambda x: x.diagonal(off, d1, d2), (arr(draw, s),),
+                lambda t: torch.diagonal(t, off, d1, d2))
+
+
+def _diag(draw, layout):
+    off = draw(st.integers(-2, 2))
+    (s,) = draw(shapes(layout))
+    return Call(lambda x: ng.diag(x, off), (arr(draw, s),), lambda t: torch.diag(t, off))
+
+
+def _diag_embed(draw, layout):
+    (s,) = draw(shapes(layout))
+    d1, d2 = draw(st.permutations(range(len(s) + 1)))[:2]
+    off = draw(st.integers(-2, 2))
+    return Call(lambda x: ng.diag_embed(x, off, d1, d2), (arr(draw, s),),
+                lambda t: torch.diag_embed(t, off, d1, d2))
+
+
+def _trace(draw, layout):
+    (s,) = draw(shapes(layout))
+    return Call(lambda x: x.trace(), (arr(draw, s),), lambda t: torch.trace(t))
+
+
+def _vectors(draw, layout):
+    k = 2 if layout == "vector" else 3
+    return tuple(arr(draw, (draw(st.integers(0 if layout == "empty" else 1, 3)),))
+                 for _ in range(k))
+
+
+def _meshgrid(draw, layout):
+    xs = _vectors(draw, layout)
+    ix = draw(st.sampled_from(["ij", "xy"]))
+    return Call(lambda *ts: ng.stack(ng.meshgrid(*ts, indexing=ix)), xs,
+                lambda *ts: torch.stack(torch.meshgrid(*ts, indexing=ix)))
+
+
+def _cartesian_prod(draw, layout):
+    xs = _vectors(draw, layout)
+    return Call(lambda *ts: ng.cartesian_prod(*ts), xs, lambda *ts: torch.cartesian_prod(*ts))
+
+
+def _unflatten(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    n = s[ax]
+    sizes = draw(st.sampled_from([(1, n), (n, 1), (-1, 1), (1, -1, 1)] +
+                                 ([(2, n // 2), (2, -1)] if n and n % 2 == 0 else [])))
+    return Call(lambda x: x.unflatten(ax, sizes), (arr(draw, s),),
+                lambda t: t.unflatten(ax, sizes))
+
+
+def _narrow(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    n = s[ax]
+    start = draw(st.integers(-n, n)) if n else 0
+    length = draw(st.integers(0, n - start % n if n and start < n else 0))
+    return Call(lambda x: x.narrow(ax, start, length), (arr(draw, s),),
+                lambda t: t.narrow(ax, start, length))
+
+
+def _unbind(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.sampled_from([d for d, n in enumerate(s) if n]))
+    return Call(lambda x: x.unbind(ax), (arr(draw, s),))  # a tuple: compared in test_ops_shapes
+
+
+def _movedim(draw, layout):
+    (s,) = draw(shapes(layout))
+    a, b = draw(st.permutations(range(len(s))))[:2]
+    if len(s) >= 3 and draw(st.booleans()):
+        src, dst = (a, b), (b, a)
+    else:
+        src, dst = a, b
+    return Call(lambda x: ng.movedim(x, src, dst), (arr(draw, s),),
+                lambda t: torch.movedim(t, src, dst))
+
+
+def _view_as(draw, layout):
+    (s,) = draw(shapes(layout))
+    other = np.zeros((1,) + s[::-1])
+    return Call(lambda x: x.view_as(ng.tensor(other)), (arr(draw, s),),
+                lambda t: t.reshape(t.shape[::-1]).view_as(torch.as_tensor(other)))
+
+
+def _rot90(draw, layout):
+    (s,) = draw(shapes(layout))
+    k = draw(st.integers(-3, 5).filter(lambda k: k % 4))
+    dims = tuple(draw(st.permutations(range(len(s))))[:2])
+    return Call(lambda x: x.rot90(k, dims), (arr(draw, s),), lambda t: torch.rot90(t, k, dims))
+
+
+def _flip_lr_ud(name):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        return Call(getattr(ng, name), (arr(draw, s),), getattr(torch, name))
+
+    return build
+
+
+def _atleast(n):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        return Call(getattr(ng, f"atleast_{n}d"), (arr(draw, s),),
+                    getattr(torch, f"atleast_{n}d"))
+
+    return build
+
+
+def _block_diag(draw, layout):
+    k = draw(st.integers(1, 3))
+    lo = 0 if layout == "empty" else 1
+    shs = [tuple(draw(st.integers(lo, 3)) for _ in range(draw(st.integers(0, 2))))
+           for _ in range(k)]
+    return Call(lambda *ts: ng.block_diag(*ts), tuple(arr(draw, s) for s in shs),
+                lambda *ts: torch.block_diag(*ts))
+
+
+def _hvdstack(name):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        k = draw(st.integers(1, 3))
+        join = {"hstack": 1 if len(s) > 1 else 0, "vstack": 0, "dstack": 2}[name]
+        shs = []
+        for _ in range(k):
+            t = list(s)
+            if len(t) > join and name != "vstack" or (name == "vstack" and len(t) > 1):
+                t[join] = draw(st.integers(1, 3))
+            shs.append(tuple(t))
+        return Call(lambda *ts: getattr(ng, name)(ts), tuple(arr(draw, t) for t in shs),
+                    lambda *ts: getattr(torch, name)(ts))
+
+    return build
+
+
+def _pad_modes(draw, layout):
+    """NumPy's pad modes in ng.pad (repeats in the index: the gradient adds them up)."""
+    (s,) = draw(shapes(layout))
+    mode = draw(st.sampled_from(["reflect", "symmetric", "edge", "wrap"]))
+    pw = [(draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in s]
+    pw[draw(st.integers(0, len(s) - 1))] = (1, 2)
+    pw = tuple(pw)
+    return Call(lambda x: ng.pad(x, pw, mode=mode), (arr(draw, s),),
+                lambda t: torch.as_tensor(np.pad(t.detach().numpy(), pw, mode=mode)))
+
+
+def _torch_pad(draw, layout, mode):
+    """nn.functional.pad: the last 1-3 dims of a batched or unbatched input; negative widths
+    crop (constant mode: any; other modes: after the crop, widths fit the cropped length)."""
+    (s,) = draw(shapes(layout))
+    if mode != "constant":  # room to reflect
+        s = s[:-1] + (max(s[-1], 2),)
+    k = draw(st.integers(1, min(3, len(s))))
+    k = k if len(s) in (k + 1, k + 2) else len(s) - 1 if len(s) > 1 else 1
+    pads = []
+    for n in reversed(s[len(s) - k:]):
+        lo = draw(st.integers(-(n // 2), 2))
+        hi = draw(st.integers(-(n // 2), 2))
+        if n + min(lo, 0) + min(hi, 0) < 1 or not pads:  # the last dim: no crop, pads >= 1
+            lo, hi = max(lo, 0), max(hi, 1)
+        kept = n + min(lo, 0) + min(hi, 0)
+        cap = kept - 1 if mode == "reflect" else kept
+        if mode != "constant":
+            lo, hi = min(lo, cap), min(hi, cap)
+        pads += [lo, hi]
+    value = draw(DOMAINS["real"]) if mode == "constant" else None
+    return Call(lambda x: ng.nn.functional.pad(x, pads, mode, value), (arr(draw, s),),
+                lambda t: F.pad(t, pads, mode=mode, value=value))
+
+
+case("repeat", _repeat, ("reshape",))
+case("tile", _tile, ("reshape",))
+case("repeat_interleave", lambda d, lay: _repeat_interleave(d, lay, False), ("reshape",))
+case("repeat_interleave_counts", lambda d, lay: _repeat_interleave(d, lay, True), ("getitem",))
+case("roll", _roll, ("concatenate",), ("vector", "matrix", "3d", "size1", "noncontig"))
+case("tril", _triangle("tril"), ("where",), ND)
+case("triu", _triangle("triu"), ("where",), ND)
+case("diagonal", _diagonal, ("getitem",), ND)
+case("diag_1d", _diag, ("setitem",), ("vector",))
+case("diag_2d", _diag, ("getitem",), ("matrix", "noncontig"))
+case("diag_embed", _diag_embed, ("setitem",), UNARY[1:])
+case("trace", _trace, ("getitem", "sum"), ("matrix", "noncontig"))
+case("meshgrid", _meshgrid, ("reshape",), ("vector", "3d", "empty"))
+case("cartesian_prod", _cartesian_prod, ("concatenate",), ("vector", "3d", "empty"))
+case("unflatten", _unflatten, ("reshape",), UNARY[1:])
+case("narrow", _narrow, ("getitem",), UNARY[1:])
+case("unbind", _unbind, ("getitem",), UNARY[1:], has_torch=False)
+case("movedim", _movedim, ("transpose",), ND)
+case("view_as", _view_as, ("reshape",))
+case("rot90", _rot90, ("flip",), ND)
+case("flipud", _flip_lr_ud("flipud"), ("flip",), UNARY[1:])
+case("fliplr", _flip_lr_ud("fliplr"), ("flip",), ND)
+case("atleast_1d", _atleast(1), ("reshape",), ("scalar",))
+case("atleast_2d", _atleast(2), ("reshape",), ("scalar", "vector"))
+case("atleast_3d", _atleast(3), ("reshape",), ("scalar", "vector", "matrix", "noncontig"))
+case("block_diag", _block_diag, ("pad", "concatenate"), ("vector", "empty"))
+case("hstack", _hvdstack("hstack"), ("concatenate",), UNARY[1:])
+case("vstack", _hvdstack("vstack"), ("concatenate",), UNARY[1:])
+case("dstack", _hvdstack("dstack"), ("concatenate",), UNARY[1:])
+case("pad_modes", _pad_modes, ("getitem",), ("vector", "matrix", "3d", "size1", "noncontig"),
+     has_torch=False)
+case("torch_pad", lambda d, lay: _torch_pad(d, lay, "constant"), ("pad",), ND)
+for _m in ("reflect", "replicate", "circular"):
+    case(f"torch_pad_{_m}", lambda d, lay, m=_m: _torch_pad(d, lay, m), ("getitem",),
+         ("matrix", "3d", "noncontig"))
+ORDER2 = ORDER2 + ("repeat", "roll", "diag_embed", "torch_pad_reflect", "block_diag")
+
+
 CASES_BY_NAME = {c.name: c for c in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
 assert all("matrix" in c.layouts for c in CASES if "noncontig" in c.layouts)

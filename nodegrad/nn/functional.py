@@ -30,6 +30,7 @@ __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "where",
     "rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention", "multi_head_attention",
+    "pad",
 ]
 
 
@@ -353,3 +354,8 @@ def normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Te
 __all__ += ["celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "logsigmoid",
             "mish", "normalize", "relu6", "selu", "softmin", "softshrink", "softsign",
             "tanhshrink", "threshold"]
+
+
+# --- PyTorch's pad: (left, right) widths from the last dim back; constant, reflect, replicate,
+# circular; negative widths crop --------------------------------------------------------------
+from ..ops.arrange import torch_pad as pad  # noqa: E402

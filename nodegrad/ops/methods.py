@@ -21,6 +21,7 @@ from . import index as I
 from . import linalg as L
 from . import nn as N
 from . import reduce as R
+from . import arrange as A
 from . import shape as S
 
 MaxMin = namedtuple("MaxMin", ["values", "indices"])
@@ -209,7 +210,9 @@ _methods = {
     "log_softmax": lambda self, axis=-1, *, dim=None: N.log_softmax(self, _axis(axis, dim)),
     # shapes
     "reshape": S.reshape, "view": S.reshape, "flatten": S.flatten, "ravel": S.ravel,
-    "squeeze": lambda self, axis=None, *, dim=None: S.squeeze(self, _axis(axis, dim)),
+    "squeeze": lambda self, dim=None, *, axis=None: (S.squeeze(self, axis) if axis is not None
+                                                     else S.squeeze(self, dim=dim)
+                                                     if dim is not None else S.squeeze(self)),
     "unsqueeze": S.expand_dims, "expand_dims": S.expand_dims, "expand": S.expand,
     "expand_as": lambda self, other: S.broadcast_to(self, other.shape),
     "broadcast_to": S.broadcast_to, "sum_to": S.sum_to, "permute": S.permute,
@@ -218,7 +221,19 @@ _methods = {
     "split": S.split_sizes, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
     "matmul": L.matmul,
     "take_along_axis": I.take_along_axis,
-    "gather": lambda self, dim, index: I.take_along_axis(self, index, dim),
+    # PyTorch's indexing ops
+    "gather": I.gather, "scatter": I.scatter, "scatter_add": I.scatter_add,
+    "scatter_reduce": I.scatter_reduce, "index_select": I.index_select,
+    "index_add": I.index_add, "index_copy": I.index_copy, "index_fill": I.index_fill,
+    "masked_fill": I.masked_fill, "masked_scatter": I.masked_scatter,
+    "masked_select": I.masked_select, "take": I.take, "put": I.put, "nonzero": I.nonzero,
+    "argwhere": I.argwhere,
+    # PyTorch's rearranging ops
+    "repeat": A.tensor_repeat, "repeat_interleave": A.repeat_interleave, "tile": A.tile,
+    "roll": A.roll, "tril": A.tril, "triu": A.triu, "diag": A.diag, "diagonal": A.diagonal,
+    "diag_embed": A.diag_embed, "trace": A.trace, "unflatten": A.unflatten,
+    "narrow": A.narrow, "unbind": A.unbind, "movedim": A.movedim, "view_as": A.view_as,
+    "rot90": A.rot90, "flipud": A.flipud, "fliplr": A.fliplr,
     # dtypes and devices
     "astype": E.astype, "type": E.astype, "to": _to,
     "float": lambda self: E.astype(self, B.float32),
