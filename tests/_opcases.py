@@ -998,6 +998,144 @@ EINSUM["empty"] += [("ii->i", None)]
 ORDER2 = ORDER2 + ("inv", "solve", "det", "slogdet", "cholesky", "solve_triangular", "eigh",
                    "eigvalsh", "qr", "svd", "svdvals", "pinv", "matrix_exp", "det_singular")
 
+
+# --- distances and losses (nn.functional) --------------------------------------------------
+# Kinks kept away from the draws: differences of "offgrid" and "grid" values are never 0, and
+# margins (0.3, 0.7) are off the quarter grid that sums of such values lie on.
+NF = ng.nn.functional
+LOSS = ("vector", "matrix", "empty", "noncontig")
+_REDS = st.sampled_from(["mean", "sum", "none"])
+
+
+def _rows(draw, layout, d_min=1):
+    """(N, D) for matrix/noncontig, (D,) for vector, (0, D) for empty."""
+    d = draw(st.integers(d_min, 4))
+    return {"vector": (d,), "matrix": (draw(st.integers(1, 4)), d), "empty": (0, d)}[layout]
+
+
+def _pair_loss(name, fn, tfn, prims, extra=None, layouts=LOSS, d1="offgrid", d2="grid"):
+    """``fn(x1, x2, **kw)`` on two row batches (and an optional third operand)."""
+    def build(draw, layout):
+        s = _rows(draw, layout)
+        kw = draw(extra) if extra is not None else {}
+        return Call(lambda a, b: fn(a, b, **kw), (arr(draw, s, d1), arr(draw, s, d2)),
+                    lambda a, b: tfn(a, b, **kw))
+
+    case(name, build, prims, layouts)
+
+
+_pair_loss("cosine_similarity", lambda a, b, dim: NF.cosine_similarity(a, b, dim=dim),
+           lambda a, b, dim: F.cosine_similarity(a, b, dim=dim), ("sqrt", "divide"),
+           st.fixed_dictionaries({"dim": st.sampled_from([-1, 0])}), d2="nonzero")
+_pair_loss("pairwise_distance", NF.pairwise_distance, F.pairwise_distance, ("sum",),
+           st.fixed_dictionaries({"p": st.sampled_from([1.0, 2.0, 3.0]),
+                                  "keepdim": st.booleans()}))
+_pair_loss("soft_margin_loss", lambda a, b, reduction: NF.soft_margin_loss(a, ng.sign(b),
+           reduction=reduction), lambda a, b, reduction: F.soft_margin_loss(
+               a, b.sign().detach(), reduction=reduction), ("softplus",),
+           st.fixed_dictionaries({"reduction": _REDS}), d2="nonzero")
+_pair_loss("multilabel_soft_margin_loss", lambda a, b, reduction: NF.multilabel_soft_margin_loss(
+    a, (b > 0).astype(a.dtype), reduction=reduction),
+    lambda a, b, reduction: F.multilabel_soft_margin_loss(a, (b > 0).to(a.dtype),
+                                                          reduction=reduction),
+    ("softplus",), st.fixed_dictionaries({"reduction": _REDS}), layouts=("matrix", "noncontig"),
+    d1="wide", d2="nonzero")
+_pair_loss("margin_ranking_loss", lambda a, b, reduction: NF.margin_ranking_loss(
+    a, b, ng.sign(a - b + 0.01), 0.3, reduction), lambda a, b, reduction: F.margin_ranking_loss(
+        a, b, (a - b + 0.01).sign().detach(), 0.3, reduction=reduction), ("relu",),
+    st.fixed_dictionaries({"reduction": _REDS}))
+_pair_loss("hinge_embedding_loss", lambda a, b, reduction: NF.hinge_embedding_loss(
+    a, ng.sign(b), 0.7, reduction), lambda a, b, reduction: F.hinge_embedding_loss(
+        a, b.sign(), 0.7, reduction=reduction), ("relu", "where"),
+    st.fixed_dictionaries({"reduction": _REDS}), d2="nonzero")
+
+
+def _poisson(draw, layout):
+    """Counts as a constant target (the Stirling term of ``full`` jumps at target 1)."""
+    s = _rows(draw, layout)
+    t = draw(hnp.arrays(np.int64, s, elements=st.integers(0, 5))).astype(np.float64)
+    kw = {"log_input": draw(st.booleans()), "full": draw(st.booleans()),
+          "reduction": draw(_REDS)}
+    return Call(lambda x: NF.poisson_nll_loss(x, ng.tensor(t).astype(x.dtype), **kw),
+                (arr(draw, s, "pos"),),
+                lambda x: F.poisson_nll_loss(x, torch.as_tensor(t, dtype=x.dtype), **kw))
+
+
+case("poisson_nll_loss", _poisson, ("multiply",), LOSS)
+_pair_loss("gaussian_nll_loss", lambda a, v, **kw: NF.gaussian_nll_loss(a, a * 0 + 0.5, v, **kw),
+           lambda a, v, **kw: F.gaussian_nll_loss(a, a.detach() * 0 + 0.5, v, **kw),
+           ("log", "divide"), st.fixed_dictionaries({"full": st.booleans(),
+                                                     "reduction": _REDS}), d2="pos")
+
+
+def _cos_embed(draw, layout):
+    s = _rows(draw, layout)
+    y = np.where(draw(hnp.arrays(np.bool_, s[:-1])), 1, -1).astype(np.int64)
+    red = draw(_REDS)
+    return Call(lambda a, b: NF.cosine_embedding_loss(a, b, ng.tensor(y), 0.2, red),
+                (arr(draw, s, "offgrid"), arr(draw, s, "nonzero")),
+                lambda a, b: F.cosine_embedding_loss(a, b, torch.as_tensor(y), 0.2,
+                                                     reduction=red))
+
+
+def _triplet(draw, layout):
+    s = _rows(draw, layout)
+    kw = {"p": draw(st.sampled_from([1.0, 2.0])), "swap": draw(st.booleans()),
+          "reduction": draw(_REDS), "margin": 0.7}
+    return Call(lambda a, p, n: NF.triplet_margin_loss(a, p, n, **kw),
+                (arr(draw, s, "offgrid"), arr(draw, s, "grid"), arr(draw, s, "grid") + 1 / 16),
+                lambda a, p, n: F.triplet_margin_loss(a, p, n, **kw))
+
+
+def _multi_margin(draw, layout):
+    s = _rows(draw, layout, d_min=2)
+    t = draw(hnp.arrays(np.int64, s[:-1], elements=st.integers(0, s[-1] - 1)))
+    w = arr(draw, (s[-1],), "pos")
+    kw = {"p": draw(st.sampled_from([1, 2])), "margin": 0.7, "reduction": draw(_REDS)}
+    return Call(lambda x: NF.multi_margin_loss(x, ng.tensor(t), weight=ng.tensor(w).astype(
+        x.dtype), **kw), (arr(draw, s, "offgrid"),),
+                lambda x: F.multi_margin_loss(x, torch.as_tensor(t), weight=torch.as_tensor(
+                    w, dtype=x.dtype), **kw))
+
+
+def _cdist(draw, layout):
+    m, p, r = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    lead = {"matrix": (), "3d": (draw(st.integers(1, 2)),), "empty": (0,)}[layout]
+    pn = draw(st.sampled_from([1.0, 2.0, 3.0]))
+    return Call(lambda a, b: NF.cdist(a, b, p=pn), (arr(draw, lead + (p, m), "offgrid"),
+                arr(draw, lead + (r, m), "grid")), lambda a, b: torch.cdist(a, b, p=pn))
+
+
+def _ctc(draw, layout):
+    """Logits → log_softmax → CTC (PyTorch's CTC gradient assumes log-softmax inputs)."""
+    t, c = draw(st.integers(1, 6)), draw(st.integers(2, 4))
+    n = None if layout == "matrix" else draw(st.integers(1, 3))
+    nn_ = n or 1
+    in_len = np.array([draw(st.integers(0 if n else t, t)) for _ in range(nn_)])
+    tg_len = np.array([draw(st.integers(0, max((k - 1) // 2, 0))) for k in in_len])
+    s_max = max(int(tg_len.max()), 1)
+    tg = draw(hnp.arrays(np.int64, (nn_, s_max), elements=st.integers(1, c - 1)))
+    red = draw(_REDS)
+    if n is None:
+        args = (tg[0, :tg_len[0]], int(in_len[0]), int(tg_len[0]))
+        shape = (t, c)
+    else:
+        args = (tg, in_len, tg_len)
+        shape = (t, n, c)
+    return Call(lambda x: NF.ctc_loss(ng.log_softmax(x, axis=-1), *(ng.tensor(a) for a in args),
+                                      reduction=red),
+                (arr(draw, shape, "wide"),),
+                lambda x: F.ctc_loss(x.log_softmax(-1), *(torch.as_tensor(a) for a in args),
+                                     reduction=red))
+
+
+case("cosine_embedding_loss", _cos_embed, ("sqrt", "relu"), ("vector", "matrix", "noncontig"))
+case("triplet_margin_loss", _triplet, ("relu", "sum"), LOSS)
+case("multi_margin_loss", _multi_margin, ("relu", "take_along_axis"), ("vector", "matrix",
+                                                                       "noncontig"))
+case("cdist", _cdist, ("sum", "subtract"), ("matrix", "3d", "empty"))
+case("ctc_loss", _ctc, ("logsumexp", "take_along_axis"), ("matrix", "3d"))
+
 CASES_BY_NAME = {c.name: c for c in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
 assert all("matrix" in c.layouts for c in CASES if "noncontig" in c.layouts)

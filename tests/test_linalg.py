@@ -62,6 +62,7 @@ def test_slogdet_sign_and_negative_determinants():
                        a, **TOL)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the infinite eigenvector gradient
 def test_eigh_repeated_eigenvalues():
     """Eigenvalues keep a finite gradient at a repeated eigenvalue (eigvalsh, or eigh's values
     alone); the eigenvectors' gradient is not finite there, in PyTorch too."""

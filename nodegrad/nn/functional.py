@@ -330,3 +330,14 @@ def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
 
 
 from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell, scaled_dot_product_attention  # noqa: E402, E501
+
+# --- distances and margin, ranking, count and sequence losses --------------------------------
+from .losses import (cdist, cosine_embedding_loss, cosine_similarity, ctc_loss,  # noqa: E402
+                     gaussian_nll_loss, hinge_embedding_loss, margin_ranking_loss,
+                     multi_margin_loss, multilabel_soft_margin_loss, pairwise_distance,
+                     poisson_nll_loss, soft_margin_loss, triplet_margin_loss)
+
+__all__ += ["cosine_similarity", "pairwise_distance", "cdist", "cosine_embedding_loss",
+            "margin_ranking_loss", "triplet_margin_loss", "hinge_embedding_loss",
+            "multi_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
+            "poisson_nll_loss", "gaussian_nll_loss", "ctc_loss"]

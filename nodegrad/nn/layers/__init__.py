@@ -63,3 +63,14 @@ __all__ = [
     "Tanh",
     "TransformerEncoderLayer",
 ]
+
+# --- distances and margin, ranking, count and sequence losses --------------------------------
+from .distance import CosineSimilarity, PairwiseDistance  # noqa: E402
+from .loss import (CosineEmbeddingLoss, CTCLoss, GaussianNLLLoss, HingeEmbeddingLoss,  # noqa: E402
+                   MarginRankingLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, PoissonNLLLoss,
+                   SoftMarginLoss, TripletMarginLoss)
+
+__all__ += ["CosineSimilarity", "PairwiseDistance", "CosineEmbeddingLoss", "CTCLoss",
+            "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
+            "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss",
+            "TripletMarginLoss"]
