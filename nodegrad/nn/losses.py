@@ -405,8 +405,13 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor, full: bool = F
 _NEG = -1e30  # log 0 for the CTC recursion: finite, so unreachable states give 0 gradient
 
 
+def _host(x):
+    """A NumPy copy of an index argument (tensor on any device, list or number)."""
+    return x.backend.to_host(values(x)) if isinstance(x, Tensor) else B.np.asarray(x)
+
+
 def _lengths(x, n: int, name: str):
-    a = B.np.asarray(values(x) if isinstance(x, Tensor) else x).reshape(-1).astype(B.np.int64)
+    a = _host(x).reshape(-1).astype(B.np.int64)
     if a.shape != (n,):
         raise ShapeError(f"ctc_loss: {name} must have one entry per batch element ({n}), got "
                          f"{a.shape[0]}")
@@ -428,7 +433,7 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
     t_max, n, c = lp.shape
     if not 0 <= blank < c:
         raise ValueError(f"ctc_loss: blank={blank} is not a class index for C={c}")
-    tg = B.np.asarray(values(targets) if isinstance(targets, Tensor) else targets)
+    tg = _host(targets)
     if tg.dtype.kind not in "iu":
         raise DTypeError(f"ctc_loss: targets must be integers, got {tg.dtype}")
     in_len = _lengths(input_lengths, n, "input_lengths")

@@ -475,7 +475,7 @@ def _qr_jvp(ts, ans, a, mode):
     return concatenate([reshape(dq, lead + (_size(dq),)), reshape(dr, lead + (_size(dr),))], -1)
 
 
-qr = primitive("qr", _qr_fwd, _qr_vjp, saves="both", kind="linalg", jvp=_qr_jvp,
+qr = primitive("qr", _qr_fwd, _qr_vjp, saves="out", kind="linalg", jvp=_qr_jvp,
                batch=_batch1("qr"), doc="QR decomposition, Q and R packed flat (see linalg.qr).")
 
 
@@ -514,7 +514,7 @@ def _eigh_jvp(ts, ans, a, uplo):
     return concatenate([dw, reshape(dv, lead + (_size(dv),))], -1)
 
 
-eigh = primitive("eigh", _eigh_fwd, _eigh_vjp, saves="both", kind="linalg", jvp=_eigh_jvp,
+eigh = primitive("eigh", _eigh_fwd, _eigh_vjp, saves="out", kind="linalg", jvp=_eigh_jvp,
                  batch=_batch1("eigh"),
                  doc="Symmetric eigendecomposition, (w, V) packed flat (see linalg.eigh).")
 
@@ -524,13 +524,19 @@ def _eigvecs(a, uplo):
     return _unpack(eigh(a, uplo=uplo), ((n,), (n, n)))[1]
 
 
+def _eigvalsh_vjp(g, ans, a, uplo):
+    v = _eigvecs(a, uplo)
+    return matmul(v * expand_dims(g, -2), _mT(v))
+
+
+def _eigvalsh_jvp(ts, ans, a, uplo):
+    v = _eigvecs(a, uplo)
+    return (v * matmul(_sym(ts[0]), v)).sum(axis=-2)
+
+
 eigvalsh = primitive(
-    "eigvalsh", lambda xp, a, uplo: xp.linalg.eigvalsh(a, UPLO=uplo),
-    lambda g, ans, a, uplo: matmul(_eigvecs(a, uplo) * expand_dims(g, -2),
-                                   _mT(_eigvecs(a, uplo))),
-    saves="inputs", kind="linalg", batch=_batch1("eigvalsh"),
-    jvp=lambda ts, ans, a, uplo: (_eigvecs(a, uplo) * matmul(_sym(ts[0]), _eigvecs(a, uplo))
-                                  ).sum(axis=-2),
+    "eigvalsh", lambda xp, a, uplo: xp.linalg.eigvalsh(a, UPLO=uplo), _eigvalsh_vjp,
+    saves="inputs", kind="linalg", batch=_batch1("eigvalsh"), jvp=_eigvalsh_jvp,
     doc="Eigenvalues of a symmetric matrix (ascending); finite gradient V diag(ḡ) Vᵀ.")
 
 
@@ -598,7 +604,7 @@ def _svd_jvp(ts, ans, a, full_matrices):
                         reshape(_mT(dv), lead + (_size(dv),))], -1)
 
 
-svd = primitive("svd", _svd_fwd, _svd_vjp, saves="both", kind="linalg", jvp=_svd_jvp,
+svd = primitive("svd", _svd_fwd, _svd_vjp, saves="out", kind="linalg", jvp=_svd_jvp,
                 batch=_batch1("svd"),
                 doc="Singular value decomposition, (U, S, Vh) packed flat (see linalg.svd).")
 
