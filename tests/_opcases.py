@@ -1245,6 +1245,387 @@ for _m in ("reflect", "replicate", "circular"):
          ("matrix", "3d", "noncontig"))
 ORDER2 = ORDER2 + ("repeat", "roll", "diag_embed", "torch_pad_reflect", "block_diag")
 
+# --- linear algebra (ng.linalg) ------------------------------------------------------------
+# Well-conditioned draws: A/2 + (n + 1) I for general square matrices (diagonally dominant),
+# X Xᵀ + n I for SPD ones (read through sym(), as the symmetric-input rules assume), a spread
+# diagonal (10, 20, ...) added for eigen- and singular values far apart. Eigen- and singular
+# vectors are signed by their diagonal entries in both libraries (LAPACK's signs are free).
+LA = ng.linalg
+LINALG = ("matrix", "3d", "size1", "empty", "noncontig")
+
+
+def _batch(draw, layout):
+    """Leading batch axes of one operand for a linalg layout."""
+    return {"matrix": (), "3d": (draw(st.integers(1, 3)),), "size1": (1, draw(st.integers(2, 3))),
+            "empty": (0,)}[layout]
+
+
+def _wellcond(draw, lead, n):
+    return arr(draw, lead + (n, n)) * 0.5 + (n + 1) * np.eye(n)
+
+
+def _spd(draw, lead, n):
+    x = arr(draw, lead + (n, n))
+    return x @ np.swapaxes(x, -1, -2) + n * np.eye(n)
+
+
+def _spread(m, n, descending=False):
+    """10, 20, ... on the diagonal (descending: largest first, as singular values come)."""
+    d = np.zeros((m, n))
+    k = min(m, n)
+    v = 10.0 * np.arange(1, k + 1)
+    d[range(k), range(k)] = v[::-1] if descending else v
+    return d
+
+
+def _spread_like(a):
+    """_spread for a nodegrad or torch tensor, in its dtype."""
+    d = _spread(*a.shape[-2:])
+    return d.astype(a.dtype) if isinstance(a, ng.Tensor) else torch.as_tensor(d, dtype=a.dtype)
+
+
+def _sym(t):
+    return (t + t.swapaxes(-1, -2)) * 0.5
+
+
+def _tsym(t):
+    return (t + t.transpose(-1, -2)) * 0.5
+
+
+def _flatcat(*ts):
+    """One flat tensor from several outputs (compare_with_torch compares one)."""
+    return ng.concatenate([t.reshape(-1) for t in ts])
+
+
+def _tflatcat(*ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _signed(u, vh=None):
+    """Columns of u (rows of vh) times the sign of u's diagonal; nodegrad or torch tensors."""
+    k = min(u.shape[-2], u.shape[-1])
+    d = (ng.einsum("...ii->...i", u[..., :k, :k]) if isinstance(u, ng.Tensor)
+         else u.diagonal(0, -2, -1)[..., :k])
+    sg = ng.sign(d) if isinstance(u, ng.Tensor) else torch.sign(d).detach()
+    su = u[..., :k] * sg[..., None, :]
+    return su if vh is None else (su, vh[..., :k, :] * sg[..., :, None])
+
+
+def _la1(name, fn, tfn, make, prims=None, layouts=LINALG, nmin=1, **kw):
+    """A one-matrix op on ``make(draw, lead, n)``."""
+    def build(draw, layout):
+        n = draw(st.integers(nmin, 4))
+        return Call(fn, (make(draw, _batch(draw, layout), n),), tfn)
+
+    case(name, build, prims or (name,), layouts, **kw)
+
+
+_la1("inv", LA.inv, torch.linalg.inv, _wellcond)
+_la1("det", LA.det, torch.linalg.det, _wellcond)
+_la1("slogdet", lambda a: LA.slogdet(a).logabsdet, lambda a: torch.linalg.slogdet(a)[1],
+     lambda d, lead, n: _wellcond(d, lead, n) * np.sign(d(st.integers(-1, 0)) + 0.5))
+_la1("matrix_exp", LA.matrix_exp, torch.linalg.matrix_exp, lambda d, lead, n: arr(d, lead + (n, n)),
+     ("matmul",))
+_la1("cholesky", lambda a: LA.cholesky(_sym(a)), lambda a: torch.linalg.cholesky(_tsym(a)), _spd)
+_la1("cholesky_upper", lambda a: LA.cholesky(_sym(a), upper=True),
+     lambda a: torch.linalg.cholesky(_tsym(a), upper=True), _spd, ("cholesky",))
+_la1("eigvalsh", lambda a: LA.eigvalsh(_sym(a) + _spread_like(a)),
+     lambda a: torch.linalg.eigvalsh(_tsym(a) + _spread_like(a)),
+     lambda d, lead, n: arr(d, lead + (n, n)))
+_la1("eigh", lambda a: _flatcat(*_eigh(LA.eigh, a, False)),
+     lambda a: _tflatcat(*_eigh(torch.linalg.eigh, a, True)),
+     lambda d, lead, n: arr(d, lead + (n, n)))
+_la1("eigh_upper", lambda a: LA.eigh(_sym(a) + _spread_like(a), UPLO="U").eigenvalues,
+     lambda a: torch.linalg.eigh(_tsym(a) + _spread_like(a), UPLO="U").eigenvalues,
+     lambda d, lead, n: arr(d, lead + (n, n)), ("eigh",))
+
+
+def _eigh(f, a, is_torch):
+    s = (a + a.transpose(-1, -2)) * 0.5 if is_torch else _sym(a)
+    w, v = f(s + _spread_like(a))
+    return w, _signed(v)
+
+
+def _rect(draw, lead, m, n):
+    return arr(draw, lead + (m, n)) * 0.5 + _spread(m, n, descending=True)
+
+
+def _la_rect(name, fn, tfn, prims=None, layouts=LINALG, **kw):
+    def build(draw, layout):
+        m, n = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        return Call(fn, (_rect(draw, _batch(draw, layout), m, n),), tfn)
+
+    case(name, build, prims or (name,), layouts, **kw)
+
+
+_la_rect("qr", lambda a: _flatcat(*LA.qr(a)), lambda a: _tflatcat(*torch.linalg.qr(a)))
+_la_rect("qr_complete_wide", lambda a: _flatcat(*LA.qr(a.swapaxes(-1, -2) if a.shape[-2] >
+                                                       a.shape[-1] else a, mode="complete")),
+         lambda a: _tflatcat(*torch.linalg.qr(a.transpose(-1, -2) if a.shape[-2] > a.shape[-1]
+                                              else a, mode="complete")), ("qr",))
+_la_rect("svd", lambda a: _flatcat(*_svd(LA.svd(a, full_matrices=False))),
+         lambda a: _tflatcat(*_svd(torch.linalg.svd(a, full_matrices=False))))
+_la_rect("svd_full", lambda a: _flatcat(*_svd(LA.svd(a))),
+         lambda a: _tflatcat(*_svd(torch.linalg.svd(a))), ("svd",))
+_la_rect("svdvals", LA.svdvals, torch.linalg.svdvals)
+_la_rect("pinv", LA.pinv, torch.linalg.pinv)
+
+
+def _svd(res):
+    u, s, vh = res
+    k = s.shape[-1]  # full_matrices: the extra columns are not unique and get no gradient
+    u, vh = _signed(u[..., :k], vh[..., :k, :])
+    return u, s, vh
+
+
+def _solve(draw, layout, vector=False):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    la = lb = _batch(draw, layout)
+    if layout == "size1":  # (1, b, n, n) against (b, n, k): batch axes broadcast
+        lb = la[1:]
+    a = _wellcond(draw, la, n)
+    b = arr(draw, lb + ((n,) if vector else (n, k)))
+    if vector:
+        b = arr(draw, la + (n,))
+    return Call(LA.solve, (a, b), torch.linalg.solve)
+
+
+def _solve_left(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    lead = _batch(draw, layout)
+    return Call(lambda a, b: LA.solve(a, b, left=False), (_wellcond(draw, lead, n),
+                arr(draw, lead + (k, n))), lambda a, b: torch.linalg.solve(a, b, left=False))
+
+
+def _solve_tri(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    up, left, unit = draw(st.booleans()), draw(st.booleans()), draw(st.booleans())
+    lead = _batch(draw, layout)
+    b = arr(draw, lead + ((n, k) if left else (k, n)))
+    kw = dict(upper=up, left=left, unitriangular=unit)
+    return Call(lambda a, b: LA.solve_triangular(a, b, **kw), (_wellcond(draw, lead, n), b),
+                lambda a, b: torch.linalg.solve_triangular(a, b, **kw))
+
+
+def _cho_solve(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    lead, up = _batch(draw, layout), draw(st.booleans())
+    return Call(lambda a, b: LA.cholesky_solve(b, LA.cholesky(_sym(a), upper=up), upper=up),
+                (_spd(draw, lead, n), arr(draw, lead + (n, k))),
+                lambda a, b: torch.cholesky_solve(b, torch.linalg.cholesky(_tsym(a), upper=up),
+                                                  upper=up))
+
+
+def _tri_solve(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    lead, up, tr = _batch(draw, layout), draw(st.booleans()), draw(st.booleans())
+    return Call(lambda b, a: LA.triangular_solve(b, a, up, tr)[0],
+                (arr(draw, lead + (n, k)), _wellcond(draw, lead, n)),
+                lambda b, a: torch.linalg.solve_triangular(a.mT if tr else a, b,
+                                                           upper=up != tr))
+
+
+def _lstsq(draw, layout):
+    n, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    m = n + draw(st.integers(0, 2))
+    lead = _batch(draw, layout)
+    return Call(lambda a, b: LA.lstsq(a, b).solution, (_rect(draw, lead, m, n),
+                arr(draw, lead + (m, k))), lambda a, b: torch.linalg.lstsq(a, b).solution)
+
+
+def _mpow(draw, layout):
+    n, p = draw(st.integers(1, 4)), draw(st.sampled_from([-2, 2, 3, 4]))
+    return Call(lambda a: LA.matrix_power(a, p),
+                (_wellcond(draw, _batch(draw, layout), n) / (n + 1),),
+                lambda a: torch.linalg.matrix_power(a, p))
+
+
+def _cross(draw, layout):
+    (s,) = draw(shapes("3d" if layout == "size1" else layout))
+    s = s if layout != "scalar" else ()
+    s = s + (3,)
+    t = tuple(1 if layout == "size1" and draw(st.booleans()) else d for d in s[:-1]) + (3,)
+    dim = draw(st.sampled_from([-1, len(s) - 1]))
+    return Call(lambda a, b: LA.cross(a, b, dim=dim), (arr(draw, s), arr(draw, t)),
+                lambda a, b: torch.linalg.cross(a, b, dim=dim))
+
+
+def _multi_dot(draw, layout):
+    k = draw(st.integers(2, 4))
+    dims = [draw(st.integers(0 if layout == "empty" else 1, 4)) for _ in range(k + 1)]
+    shs = [(dims[i], dims[i + 1]) for i in range(k)]
+    if draw(st.booleans()):
+        shs[0] = shs[0][1:]
+    if draw(st.booleans()):
+        shs[-1] = shs[-1][:1]
+    return Call(lambda *ts: LA.multi_dot(ts), tuple(arr(draw, s) for s in shs),
+                lambda *ts: torch.linalg.multi_dot(ts))
+
+
+def _det_singular(draw, layout):
+    """A repeated column: det is 0 and its gradient the (finite) cofactor matrix. PyTorch 2.13
+    returns 0 there, so this case checks against finite differences only."""
+    n = draw(st.integers(2, 4))
+    a = _wellcond(draw, _batch(draw, layout), n)
+    a[..., -1] = a[..., 0]
+    return Call(LA.det, (a,))
+
+
+case("solve", _solve, layouts=LINALG)
+case("solve_vector", lambda d, lay: _solve(d, lay, True), ("solve",), LINALG)
+case("solve_left_false", _solve_left, ("solve",), LINALG)
+case("solve_triangular", _solve_tri, layouts=LINALG)
+case("cholesky_solve", _cho_solve, ("cholesky", "solve_triangular"), LINALG)
+case("triangular_solve", _tri_solve, ("solve_triangular",), LINALG)
+case("lstsq", _lstsq, ("pinv", "matmul"), LINALG)
+case("matrix_power", _mpow, ("matmul",), LINALG)
+case("cross", _cross, ("multiply", "subtract", "getitem"), ("vector", "matrix", "3d", "size1",
+                                                            "empty", "noncontig"))
+case("multi_dot", _multi_dot, ("matmul",), ("matrix", "empty"))
+case("det_singular", _det_singular, ("det",), ("matrix", "3d", "noncontig"), has_torch=False)
+EINSUM["matrix"] += [("ii->i", None), ("ii", None), ("ij,jj->i", None)]
+EINSUM["3d"] += [("iij->j", None), ("ijj->ij", None)]
+EINSUM["empty"] += [("ii->i", None)]
+ORDER2 = ORDER2 + ("inv", "solve", "det", "slogdet", "cholesky", "solve_triangular", "eigh",
+                   "eigvalsh", "qr", "svd", "svdvals", "pinv", "matrix_exp", "det_singular")
+
+
+# --- distances and losses (nn.functional) --------------------------------------------------
+# Kinks kept away from the draws: differences of "offgrid" and "grid" values are never 0, and
+# margins (0.3, 0.7) are off the quarter grid that sums of such values lie on.
+NF = ng.nn.functional
+LOSS = ("vector", "matrix", "empty", "noncontig")
+_REDS = st.sampled_from(["mean", "sum", "none"])
+
+
+def _rows(draw, layout, d_min=1):
+    """(N, D) for matrix/noncontig, (D,) for vector, (0, D) for empty."""
+    d = draw(st.integers(d_min, 4))
+    return {"vector": (d,), "matrix": (draw(st.integers(1, 4)), d), "empty": (0, d)}[layout]
+
+
+def _pair_loss(name, fn, tfn, prims, extra=None, layouts=LOSS, d1="offgrid", d2="grid"):
+    """``fn(x1, x2, **kw)`` on two row batches (and an optional third operand)."""
+    def build(draw, layout):
+        s = _rows(draw, layout)
+        kw = draw(extra) if extra is not None else {}
+        return Call(lambda a, b: fn(a, b, **kw), (arr(draw, s, d1), arr(draw, s, d2)),
+                    lambda a, b: tfn(a, b, **kw))
+
+    case(name, build, prims, layouts)
+
+
+_pair_loss("cosine_similarity", lambda a, b, dim: NF.cosine_similarity(a, b, dim=dim),
+           lambda a, b, dim: F.cosine_similarity(a, b, dim=dim), ("sqrt", "divide"),
+           st.fixed_dictionaries({"dim": st.sampled_from([-1, 0])}), d2="nonzero")
+_pair_loss("pairwise_distance", NF.pairwise_distance, F.pairwise_distance, ("sum",),
+           st.fixed_dictionaries({"p": st.sampled_from([1.0, 2.0, 3.0]),
+                                  "keepdim": st.booleans()}))
+_pair_loss("soft_margin_loss", lambda a, b, reduction: NF.soft_margin_loss(a, ng.sign(b),
+           reduction=reduction), lambda a, b, reduction: F.soft_margin_loss(
+               a, b.sign().detach(), reduction=reduction), ("softplus",),
+           st.fixed_dictionaries({"reduction": _REDS}), d2="nonzero")
+_pair_loss("multilabel_soft_margin_loss", lambda a, b, reduction: NF.multilabel_soft_margin_loss(
+    a, (b > 0).astype(a.dtype), reduction=reduction),
+    lambda a, b, reduction: F.multilabel_soft_margin_loss(a, (b > 0).to(a.dtype),
+                                                          reduction=reduction),
+    ("softplus",), st.fixed_dictionaries({"reduction": _REDS}), layouts=("matrix", "noncontig"),
+    d1="wide", d2="nonzero")
+_pair_loss("margin_ranking_loss", lambda a, b, reduction: NF.margin_ranking_loss(
+    a, b, ng.sign(a - b + 0.01), 0.3, reduction), lambda a, b, reduction: F.margin_ranking_loss(
+        a, b, (a - b + 0.01).sign().detach(), 0.3, reduction=reduction), ("relu",),
+    st.fixed_dictionaries({"reduction": _REDS}))
+_pair_loss("hinge_embedding_loss", lambda a, b, reduction: NF.hinge_embedding_loss(
+    a, ng.sign(b), 0.7, reduction), lambda a, b, reduction: F.hinge_embedding_loss(
+        a, b.sign(), 0.7, reduction=reduction), ("relu", "where"),
+    st.fixed_dictionaries({"reduction": _REDS}), d2="nonzero")
+
+
+def _poisson(draw, layout):
+    """Counts as a constant target (the Stirling term of ``full`` jumps at target 1)."""
+    s = _rows(draw, layout)
+    t = draw(hnp.arrays(np.int64, s, elements=st.integers(0, 5))).astype(np.float64)
+    kw = {"log_input": draw(st.booleans()), "full": draw(st.booleans()),
+          "reduction": draw(_REDS)}
+    return Call(lambda x: NF.poisson_nll_loss(x, ng.tensor(t).astype(x.dtype), **kw),
+                (arr(draw, s, "pos"),),
+                lambda x: F.poisson_nll_loss(x, torch.as_tensor(t, dtype=x.dtype), **kw))
+
+
+case("poisson_nll_loss", _poisson, ("multiply",), LOSS)
+_pair_loss("gaussian_nll_loss", lambda a, v, **kw: NF.gaussian_nll_loss(a, a * 0 + 0.5, v, **kw),
+           lambda a, v, **kw: F.gaussian_nll_loss(a, a.detach() * 0 + 0.5, v, **kw),
+           ("log", "divide"), st.fixed_dictionaries({"full": st.booleans(),
+                                                     "reduction": _REDS}), d2="pos")
+
+
+def _cos_embed(draw, layout):
+    s = _rows(draw, layout)
+    y = np.where(draw(hnp.arrays(np.bool_, s[:-1])), 1, -1).astype(np.int64)
+    red = draw(_REDS)
+    return Call(lambda a, b: NF.cosine_embedding_loss(a, b, ng.tensor(y), 0.2, red),
+                (arr(draw, s, "offgrid"), arr(draw, s, "nonzero")),
+                lambda a, b: F.cosine_embedding_loss(a, b, torch.as_tensor(y), 0.2,
+                                                     reduction=red))
+
+
+def _triplet(draw, layout):
+    s = _rows(draw, layout)
+    kw = {"p": draw(st.sampled_from([1.0, 2.0])), "swap": draw(st.booleans()),
+          "reduction": draw(_REDS), "margin": 0.7}
+    return Call(lambda a, p, n: NF.triplet_margin_loss(a, p, n, **kw),
+                (arr(draw, s, "offgrid"), arr(draw, s, "grid"), arr(draw, s, "grid") + 1 / 16),
+                lambda a, p, n: F.triplet_margin_loss(a, p, n, **kw))
+
+
+def _multi_margin(draw, layout):
+    s = _rows(draw, layout, d_min=2)
+    t = draw(hnp.arrays(np.int64, s[:-1], elements=st.integers(0, s[-1] - 1)))
+    w = arr(draw, (s[-1],), "pos")
+    kw = {"p": draw(st.sampled_from([1, 2])), "margin": 0.7, "reduction": draw(_REDS)}
+    return Call(lambda x: NF.multi_margin_loss(x, ng.tensor(t), weight=ng.tensor(w).astype(
+        x.dtype), **kw), (arr(draw, s, "offgrid"),),
+                lambda x: F.multi_margin_loss(x, torch.as_tensor(t), weight=torch.as_tensor(
+                    w, dtype=x.dtype), **kw))
+
+
+def _cdist(draw, layout):
+    m, p, r = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    lead = {"matrix": (), "3d": (draw(st.integers(1, 2)),), "empty": (0,)}[layout]
+    pn = draw(st.sampled_from([1.0, 2.0, 3.0]))
+    return Call(lambda a, b: NF.cdist(a, b, p=pn), (arr(draw, lead + (p, m), "offgrid"),
+                arr(draw, lead + (r, m), "grid")), lambda a, b: torch.cdist(a, b, p=pn))
+
+
+def _ctc(draw, layout):
+    """Logits → log_softmax → CTC (PyTorch's CTC gradient assumes log-softmax inputs)."""
+    t, c = draw(st.integers(1, 6)), draw(st.integers(2, 4))
+    n = None if layout == "matrix" else draw(st.integers(1, 3))
+    nn_ = n or 1
+    in_len = np.array([draw(st.integers(0 if n else t, t)) for _ in range(nn_)])
+    tg_len = np.array([draw(st.integers(0, max((k - 1) // 2, 0))) for k in in_len])
+    s_max = max(int(tg_len.max()), 1)
+    tg = draw(hnp.arrays(np.int64, (nn_, s_max), elements=st.integers(1, c - 1)))
+    red = draw(_REDS)
+    if n is None:
+        args = (tg[0, :tg_len[0]], int(in_len[0]), int(tg_len[0]))
+        shape = (t, c)
+    else:
+        args = (tg, in_len, tg_len)
+        shape = (t, n, c)
+    return Call(lambda x: NF.ctc_loss(ng.log_softmax(x, axis=-1), *(ng.tensor(a) for a in args),
+                                      reduction=red),
+                (arr(draw, shape, "wide"),),
+                lambda x: F.ctc_loss(x.log_softmax(-1), *(torch.as_tensor(a) for a in args),
+                                     reduction=red))
+
+
+case("cosine_embedding_loss", _cos_embed, ("sqrt", "relu"), ("vector", "matrix", "noncontig"))
+case("triplet_margin_loss", _triplet, ("relu", "sum"), LOSS)
+case("multi_margin_loss", _multi_margin, ("relu", "take_along_axis"), ("vector", "matrix",
+                                                                       "noncontig"))
+case("cdist", _cdist, ("sum", "subtract"), ("matrix", "3d", "empty"))
+case("ctc_loss", _ctc, ("logsumexp", "take_along_axis"), ("matrix", "3d"))
 
 CASES_BY_NAME = {c.name: c for c in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"

@@ -359,3 +359,14 @@ __all__ += ["celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh",
 # --- PyTorch's pad: (left, right) widths from the last dim back; constant, reflect, replicate,
 # circular; negative widths crop --------------------------------------------------------------
 from ..ops.arrange import torch_pad as pad  # noqa: E402
+
+# --- distances and margin, ranking, count and sequence losses --------------------------------
+from .losses import (cdist, cosine_embedding_loss, cosine_similarity, ctc_loss,  # noqa: E402
+                     gaussian_nll_loss, hinge_embedding_loss, margin_ranking_loss,
+                     multi_margin_loss, multilabel_soft_margin_loss, pairwise_distance,
+                     poisson_nll_loss, soft_margin_loss, triplet_margin_loss)
+
+__all__ += ["cosine_similarity", "pairwise_distance", "cdist", "cosine_embedding_loss",
+            "margin_ranking_loss", "triplet_margin_loss", "hinge_embedding_loss",
+            "multi_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
+            "poisson_nll_loss", "gaussian_nll_loss", "ctc_loss"]

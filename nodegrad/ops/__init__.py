@@ -278,7 +278,6 @@ __all__ = [
 ]
 
 # --- the wider operator surface: elementwise, activations, scans, reductions, sorting ---------
-from . import linalg  # noqa: E402  (ng.linalg: vector_norm, matrix_norm, ...)
 from .activation import (  # noqa: E402
     celu, glu, hardshrink, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, selu,
     softmin, softshrink, softsign, tanhshrink, threshold,
@@ -298,10 +297,7 @@ from .sort import (  # noqa: E402
     argsort, bucketize, kthvalue, median, quantile, searchsorted, sort, topk, unique,
 )
 
-linalg.vector_norm, linalg.matrix_norm, linalg.norm = vector_norm, matrix_norm, norm
-
 __all__ += [  # noqa: PLE0605
-    "linalg",
     "acos", "acosh", "allclose", "asin", "asinh", "atan", "atan2", "atanh", "clamp_min",
     "clamp_max", "copysign", "cosh", "deg2rad", "exp2", "fmod", "frac", "hypot", "isclose",
     "lerp", "log2", "log10", "logaddexp", "logaddexp2", "nan_to_num", "rad2deg", "reciprocal",
