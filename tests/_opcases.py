@@ -80,7 +80,8 @@ ND = ("matrix", "3d", "size1", "empty", "noncontig")  # at least two dims
 ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "gelu",
           "gelu_tanh", "matmul", "logsumexp", "softmax", "log_softmax", "sum", "mean", "max",
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
-          "einsum", "power", "linear", "binary_cross_entropy")
+          "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
+          "conv_weight_grad")
 
 
 @dataclass(frozen=True)
@@ -763,6 +764,70 @@ def _fold(draw, layout):
 
 case("sliding_window_view", _sliding)
 case("fold", _fold, has_torch=False)
+
+
+# --- convolution: conv and its two gradients (each the others' VJP) -------------------------
+@st.composite
+def conv_geometry(draw, layout):
+    """(x shape, w shape, stride, padding, dilation, groups): "vector" 1-D, "matrix" 2-D,
+    "3d" grouped 1-D, "empty" a batch of 0; every window fits the padded input."""
+    nd = 2 if layout == "matrix" else 1
+    g = draw(st.integers(2, 3)) if layout == "3d" else 1
+    cg, og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    n = 0 if layout == "empty" else draw(st.integers(1, 2))
+    k, stride, pad, dil, sp = [], [], [], [], []
+    for _ in range(nd):
+        ki, si, di = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+        pi = draw(st.integers(0, 1))
+        span = di * (ki - 1) + 1
+        sp.append(max(span - 2 * pi, 1) + draw(st.integers(0, 2)))
+        k.append(ki), stride.append(si), pad.append(pi), dil.append(di)
+    return ((n, g * cg) + tuple(sp), (g * og, cg) + tuple(k), tuple(stride), tuple(pad),
+            tuple(dil), g)
+
+
+def _tconv(nd):
+    return torch.nn.functional.conv1d if nd == 1 else torch.nn.functional.conv2d
+
+
+def _conv_out(xs, ws, s, p, d):
+    return (xs[0], ws[0]) + tuple((n + 2 * pi - di * (k - 1) - 1) // si + 1
+                                  for n, k, si, pi, di in zip(xs[2:], ws[2:], s, p, d))
+
+
+def _conv_case(draw, layout):
+    xs, ws, s, p, d, g = draw(conv_geometry(layout))
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    f = ng.nn.functional.conv1d if len(s) == 1 else ng.nn.functional.conv2d
+    args = (arr(draw, xs), arr(draw, ws))
+    if draw(st.booleans()):
+        return Call(lambda x, w, b: f(x, w, b, **kw), args + (arr(draw, ws[:1]),),
+                    lambda x, w, b: _tconv(len(s))(x, w, b, **kw))
+    return Call(lambda x, w: f(x, w, **kw), args, lambda x, w: _tconv(len(s))(x, w, **kw))
+
+
+def _conv_input_grad_case(draw, layout):
+    xs, ws, s, p, d, g = draw(conv_geometry(layout))
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    tfn = torch.nn.grad.conv1d_input if len(s) == 1 else torch.nn.grad.conv2d_input
+    return Call(lambda gy, w: P["conv_input_grad"](gy, w, shape=xs, **kw),
+                (arr(draw, _conv_out(xs, ws, s, p, d)), arr(draw, ws)),
+                lambda gy, w: tfn(xs, w, gy, **kw))
+
+
+def _conv_weight_grad_case(draw, layout):
+    xs, ws, s, p, d, g = draw(conv_geometry(layout))
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    tfn = torch.nn.grad.conv1d_weight if len(s) == 1 else torch.nn.grad.conv2d_weight
+    return Call(lambda x, gy: P["conv_weight_grad"](x, gy, shape=ws, **kw),
+                (arr(draw, xs), arr(draw, _conv_out(xs, ws, s, p, d))),
+                lambda x, gy: tfn(x, ws, gy, **kw))
+
+
+CONV = ("vector", "matrix", "3d", "empty", "noncontig")
+case("conv", _conv_case, layouts=CONV)
+case("conv_input_grad", _conv_input_grad_case, layouts=CONV)
+case("conv_weight_grad", _conv_weight_grad_case, layouts=CONV)
 
 
 # =============================================================================================

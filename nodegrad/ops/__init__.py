@@ -105,6 +105,7 @@ from .arrange import (  # PyTorch's rearranging ops, NumPy's pad modes
                           vstack,
 )
 from .linalg import einsum, matmul, outer
+from .conv import conv
 from .nn import linear, log_softmax, logsumexp, softmax
 from .reduce import all, any, argmax, argmin, max, mean, min, std, sum, var
 from .shape import (
@@ -179,6 +180,7 @@ __all__ = [
     "less",
     "less_equal",
     "linear",
+    "conv",
     "log",
     "log1p",
     "log_softmax",
