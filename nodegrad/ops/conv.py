@@ -33,8 +33,12 @@ def _out_shape(xshape, wshape, stride, padding, dilation) -> tuple:
 def _cols(xp, x, k, stride, padding, dilation, groups):
     """The windows of ``x`` as columns (G, N·P, Cg·K), and the output's spatial shape."""
     nd = len(k)
-    if any(padding):
-        x = xp.pad(x, ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
+    if any(padding):  # zeros and one copy: xp.pad's general machinery costs more than the copy
+        xpad = xp.zeros(x.shape[:2] + tuple(n + 2 * p for n, p in zip(x.shape[2:], padding)),
+                        dtype=x.dtype)
+        xpad[(slice(None), slice(None)) + tuple(slice(p, p + n) for p, n in
+                                                zip(padding, x.shape[2:]))] = x
+        x = xpad
     out = tuple(_out_size(n, ki, s, 0, d)
                 for n, ki, s, d in zip(x.shape[2:], k, stride, dilation))
     st = x.strides
@@ -68,7 +72,8 @@ def _conv_fwd(xp, x, w, b, stride, padding, dilation, groups):
         y = cols[0] @ w.reshape(o, -1).T                                 # (N·P, O)
         if b is not None:
             y += b
-        return xp.moveaxis(y.reshape((n,) + out + (o,)), -1, 1)        # (N, O, *out), a view
+        y = y.reshape((n,) + out + (o,))
+        return y.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))      # (N, O, *out), a view
     og = o // groups
     y = cols @ w.reshape(groups, og, -1).transpose(0, 2, 1)             # (G, N·P, Og)
     if b is not None:
@@ -91,7 +96,7 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
     cols = rows @ wt                                                     # (G, N·P, K·Cg)
     cols = cols.reshape((groups, n) + out + k + (cg,))
     if groups > 1:  # (N, *out, *k, G, Cg): channels innermost, as in the buffer below
-        cols = xp.moveaxis(cols, 0, -2)
+        cols = cols.transpose(tuple(range(1, 2 + 2 * nd)) + (0, 2 + 2 * nd))
     cols = cols.reshape((n,) + out + k + (c,))
     padded = tuple(s + 2 * p for s, p in zip(shape[2:], padding))
     buf = xp.zeros((n,) + padded + (c,), dtype=cols.dtype)
@@ -100,7 +105,7 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
                     for t, m, s, d in zip(taps, out, stride, dilation))
         buf[(slice(None),) + dst] += cols[(slice(None),) * (1 + nd) + taps]
     buf = buf[(slice(None),) + tuple(slice(p, p + s) for p, s in zip(padding, shape[2:]))]
-    return xp.moveaxis(buf, -1, 1)
+    return buf.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))
 
 
 def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):
