@@ -30,8 +30,10 @@ def _out_shape(xshape, wshape, stride, padding, dilation) -> tuple:
         for n, k, s, p, d in zip(xshape[2:], wshape[2:], stride, padding, dilation))
 
 
-def _cols(xp, x, k, stride, padding, dilation, groups):
-    """The windows of ``x`` as columns (G, N·P, Cg·K), and the output's spatial shape."""
+def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
+    """The windows of ``x`` as columns (G, N·P, Cg·K), and the output's spatial shape (the
+    first ``out`` positions when given: a transposed convolution's output padding may leave
+    room for more windows than its input had)."""
     nd = len(k)
     if any(padding):  # zeros and one copy: xp.pad's general machinery costs more than the copy
         xpad = xp.zeros(x.shape[:2] + tuple(n + 2 * p for n, p in zip(x.shape[2:], padding)),
@@ -39,8 +41,9 @@ def _cols(xp, x, k, stride, padding, dilation, groups):
         xpad[(slice(None), slice(None)) + tuple(slice(p, p + n) for p, n in
                                                 zip(padding, x.shape[2:]))] = x
         x = xpad
-    out = tuple(_out_size(n, ki, s, 0, d)
-                for n, ki, s, d in zip(x.shape[2:], k, stride, dilation))
+    if out is None:
+        out = tuple(_out_size(n, ki, s, 0, d)
+                    for n, ki, s, d in zip(x.shape[2:], k, stride, dilation))
     st = x.strides
     win = B.backend_of(x).as_strided(
         x, x.shape[:2] + out + k,
@@ -110,7 +113,7 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
 
 def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):
     k = tuple(shape[2:])
-    cols, _ = _cols(xp, x, k, stride, padding, dilation, groups)        # (G, N·P, Cg·K)
+    cols, _ = _cols(xp, x, k, stride, padding, dilation, groups, g.shape[2:])  # (G, N·P, Cg·K)
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
     if groups == 1:
         return (rows[0].T @ cols[0]).reshape(shape)
@@ -118,6 +121,15 @@ def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):
 
 
 # --- the VJPs, JVPs and batching rules ----------------------------------------------------------
+def _conv_like(x, w, g, **p):
+    """conv(x, w) cut to the positions of ``g`` (an output-padded transposed convolution's
+    adjoint sees only the windows its input had)."""
+    y = _conv(x, w, None, **p)
+    if tuple(y.shape[2:]) != tuple(g.shape[2:]):
+        y = y[(slice(None), slice(None)) + tuple(slice(0, m) for m in g.shape[2:])]
+    return y
+
+
 def _conv_db(g, ans, x, w, b, **p):
     return _sum(g, axis=(0,) + tuple(range(2, g.ndim)), keepdims=False)
 
@@ -194,14 +206,14 @@ _conv = primitive(
     doc="N-d convolution (cross-correlation) as one product over strided windows, bias in place.")
 _conv_input_grad = primitive(
     "conv_input_grad", _input_grad_fwd,
-    (lambda c, ans, g, w, shape, **p: _conv(c, w, None, **p),
+    (lambda c, ans, g, w, shape, **p: _conv_like(c, w, g, **p),
      lambda c, ans, g, w, shape, **p: _conv_weight_grad(c, g, shape=tuple(w.shape), **p)),
     kind="linalg", jvp="multilinear", batch=_input_grad_batch, operands="all",
     doc="Transposed convolution of g (the input gradient of conv) into an input of ``shape``.")
 _conv_weight_grad = primitive(
     "conv_weight_grad", _weight_grad_fwd,
     (lambda c, ans, x, g, shape, **p: _conv_input_grad(g, c, shape=tuple(x.shape), **p),
-     lambda c, ans, x, g, shape, **p: _conv(x, c, None, **p)),
+     lambda c, ans, x, g, shape, **p: _conv_like(x, c, g, **p)),
     kind="linalg", jvp="multilinear", batch=_weight_grad_batch, operands="all",
     doc="The weight gradient of conv: a product of g with the input's windows, of ``shape``.")
 
@@ -213,3 +225,11 @@ def conv(x, weight, bias=None, *, stride: tuple, padding: tuple, dilation: tuple
     caller, :func:`nodegrad.nn.functional.conv1d` and friends)."""
     return _conv(x, weight, bias, stride=tuple(stride), padding=tuple(padding),
                  dilation=tuple(dilation), groups=int(groups))
+
+
+def conv_transpose(x, weight, *, stride: tuple, padding: tuple, dilation: tuple, groups: int,
+                   shape: tuple):
+    """Transposed convolution of x (N, C, *spatial) with weight (C, O/groups, *kernel) into an
+    output of ``shape``: the input gradient of the convolution with that weight."""
+    return _conv_input_grad(x, weight, stride=tuple(stride), padding=tuple(padding),
+                            dilation=tuple(dilation), groups=int(groups), shape=tuple(shape))
