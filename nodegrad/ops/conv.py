@@ -30,31 +30,47 @@ def _out_shape(xshape, wshape, stride, padding, dilation) -> tuple:
         for n, k, s, p, d in zip(xshape[2:], wshape[2:], stride, padding, dilation))
 
 
+def _channels_last(x):
+    """(N, C, *spatial) as (N, *spatial, C): a view (contiguous when ``x`` came from conv)."""
+    return x.transpose((0,) + tuple(range(2, x.ndim)) + (1,))
+
+
 def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
-    """The windows of ``x`` as columns (G, N·P, Cg·K), and the output's spatial shape (the
-    first ``out`` positions when given: a transposed convolution's output padding may leave
-    room for more windows than its input had)."""
+    """The windows of ``x`` as columns (G, N·P, K·Cg), channels innermost, and the output's
+    spatial shape (the first ``out`` positions when given: a transposed convolution's output
+    padding may leave room for more windows than its input had). Windows of a channels-last
+    array are runs of whole rows, so the one copy here moves contiguous blocks."""
     nd = len(k)
-    if any(padding):  # zeros and one copy: xp.pad's general machinery costs more than the copy
-        xpad = xp.zeros(x.shape[:2] + tuple(n + 2 * p for n, p in zip(x.shape[2:], padding)),
-                        dtype=x.dtype)
-        xpad[(slice(None), slice(None)) + tuple(slice(p, p + n) for p, n in
-                                                zip(padding, x.shape[2:]))] = x
-        x = xpad
-    if out is None:
-        out = tuple(_out_size(n, ki, s, 0, d)
-                    for n, ki, s, d in zip(x.shape[2:], k, stride, dilation))
-    st = x.strides
-    win = B.backend_of(x).as_strided(
-        x, x.shape[:2] + out + k,
-        st[:2] + tuple(st[2 + i] * stride[i] for i in range(nd))
-        + tuple(st[2 + i] * dilation[i] for i in range(nd)))
     n, c = x.shape[:2]
-    g = groups
-    win = win.reshape((n, g, c // g) + out + k)  # (N, G, Cg, *out, *k)
-    perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
-    cols = win.transpose(perm).reshape(g, n * math.prod(out), (c // g) * math.prod(k))
-    return cols, out
+    xl = _channels_last(x)
+    if any(padding):  # zeros and one copy: xp.pad's general machinery costs more than the copy
+        xpad = xp.zeros((n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,),
+                        dtype=x.dtype)
+        xpad[(slice(None),) + tuple(slice(p, p + m) for p, m in
+                                    zip(padding, x.shape[2:]))] = xl
+        xl = xpad
+    if out is None:
+        out = tuple(_out_size(m, ki, s, 0, d)
+                    for m, ki, s, d in zip(xl.shape[1:-1], k, stride, dilation))
+    st = xl.strides
+    win = B.backend_of(xl).as_strided(
+        xl, (n,) + out + k + (c,),
+        st[:1] + tuple(st[1 + i] * stride[i] for i in range(nd))
+        + tuple(st[1 + i] * dilation[i] for i in range(nd)) + st[-1:])
+    npos, kk, g = math.prod(out), math.prod(k), groups
+    if g == 1:
+        return win.reshape(1, n * npos, kk * c), out
+    win = win.reshape((n,) + out + k + (g, c // g))  # (N, *out, *k, G, Cg)
+    perm = (1 + 2 * nd,) + tuple(range(1 + 2 * nd)) + (2 + 2 * nd,)
+    return win.transpose(perm).reshape(g, n * npos, kk * (c // g)), out
+
+
+def _kernel_rows(w, groups):
+    """The weight (O, Cg, *k) as (G, Og, K·Cg), channels innermost like the columns."""
+    nd = w.ndim - 2
+    o, cg = w.shape[:2]
+    wt = w.reshape((groups, o // groups, cg) + tuple(w.shape[2:]))
+    return wt.transpose((0, 1) + tuple(range(3, 3 + nd)) + (2,)).reshape(groups, o // groups, -1)
 
 
 def _grad_rows(xp, g, groups):
@@ -71,14 +87,15 @@ def _conv_fwd(xp, x, w, b, stride, padding, dilation, groups):
     o, k = w.shape[0], tuple(w.shape[2:])
     cols, out = _cols(xp, x, k, stride, padding, dilation, groups)
     n = x.shape[0]
+    wt = _kernel_rows(w, groups)                                        # (G, Og, K·Cg)
     if groups == 1:
-        y = cols[0] @ w.reshape(o, -1).T                                 # (N·P, O)
+        y = cols[0] @ wt[0].T                                            # (N·P, O)
         if b is not None:
             y += b
         y = y.reshape((n,) + out + (o,))
         return y.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))      # (N, O, *out), a view
     og = o // groups
-    y = cols @ w.reshape(groups, og, -1).transpose(0, 2, 1)             # (G, N·P, Og)
+    y = cols @ wt.transpose(0, 2, 1)                                     # (G, N·P, Og)
     if b is not None:
         y += b.reshape(groups, 1, og)
     y = y.reshape((groups, n) + out + (og,))
@@ -90,13 +107,10 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
     """Transposed convolution: every output position's window gradient, folded back."""
     nd = g.ndim - 2
     n, c = shape[:2]
-    o, cg, k = w.shape[0], w.shape[1], tuple(w.shape[2:])
-    og = o // groups
+    cg, k = w.shape[1], tuple(w.shape[2:])
     out = tuple(g.shape[2:])
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
-    wt = w.reshape((groups, og, cg) + k)
-    wt = wt.transpose((0, 1) + tuple(range(3, 3 + nd)) + (2,)).reshape(groups, og, -1)
-    cols = rows @ wt                                                     # (G, N·P, K·Cg)
+    cols = rows @ _kernel_rows(w, groups)                                # (G, N·P, K·Cg)
     cols = cols.reshape((groups, n) + out + k + (cg,))
     if groups > 1:  # (N, *out, *k, G, Cg): channels innermost, as in the buffer below
         cols = cols.transpose(tuple(range(1, 2 + 2 * nd)) + (0, 2 + 2 * nd))
@@ -113,11 +127,15 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
 
 def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):
     k = tuple(shape[2:])
-    cols, _ = _cols(xp, x, k, stride, padding, dilation, groups, g.shape[2:])  # (G, N·P, Cg·K)
+    nd = len(k)
+    cols, _ = _cols(xp, x, k, stride, padding, dilation, groups, g.shape[2:])  # (G, N·P, K·Cg)
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
     if groups == 1:
-        return (rows[0].T @ cols[0]).reshape(shape)
-    return (rows.transpose(0, 2, 1) @ cols).reshape(shape)
+        dw = rows[0].T @ cols[0]
+    else:
+        dw = rows.transpose(0, 2, 1) @ cols                              # (G, Og, K·Cg)
+    dw = dw.reshape((shape[0],) + k + (shape[1],))                       # (O, *k, Cg)
+    return xp.ascontiguousarray(dw.transpose((0, 1 + nd) + tuple(range(1, 1 + nd))))
 
 
 # --- the VJPs, JVPs and batching rules ----------------------------------------------------------
