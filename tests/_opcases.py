@@ -81,7 +81,7 @@ ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "ge
           "gelu_tanh", "matmul", "logsumexp", "softmax", "log_softmax", "sum", "mean", "max",
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
-          "conv_weight_grad")
+          "conv_weight_grad", "cross_entropy", "cross_entropy_grad")
 
 
 @dataclass(frozen=True)
@@ -822,6 +822,45 @@ def _conv_weight_grad_case(draw, layout):
     return Call(lambda x, gy: P["conv_weight_grad"](x, gy, shape=ws, **kw),
                 (arr(draw, xs), arr(draw, _conv_out(xs, ws, s, p, d))),
                 lambda x, gy: tfn(x, ws, gy, **kw))
+
+
+
+
+# --- softmax cross-entropy against class indices (fused) -----------------------------------
+def _ce_draw(draw, layout):
+    """Logits, targets (-1 is ignored; the first target is always kept), axis, reduction."""
+    c = draw(st.integers(2, 4))
+    lead = {"vector": (), "matrix": (draw(st.integers(1, 4)),),
+            "3d": (draw(st.integers(1, 3)), draw(st.integers(1, 3)))}[layout]
+    xs = lead[:1] + (c,) + lead[1:]
+    t = draw(hnp.arrays(np.int64, lead, elements=st.integers(-1, c - 1)))
+    t.reshape(-1)[:1] = draw(st.integers(0, c - 1))
+    red = draw(st.sampled_from(["mean", "sum", "none"]))
+    return arr(draw, xs), t, (0 if not lead else 1), red
+
+
+def _cross_entropy(draw, layout):
+    x, t, _, red = _ce_draw(draw, layout)
+    return Call(lambda x, t: ng.nn.functional.cross_entropy(x, t, ignore_index=-1,
+                                                            reduction=red),
+                (x, t), lambda x, t: F.cross_entropy(x, t, ignore_index=-1, reduction=red))
+
+
+def _cross_entropy_grad(draw, layout):
+    x, t, ax, red = _ce_draw(draw, layout)
+    g = arr(draw, t.shape if red == "none" else ())
+
+    def tfn(x, g, t):
+        loss = F.cross_entropy(x, t, ignore_index=-1, reduction=red)
+        return torch.autograd.grad(loss, x, g, create_graph=True)[0]
+
+    return Call(lambda x, g, t: P["cross_entropy_grad"](x, g, t, axis=ax, ignore_index=-1,
+                                                         reduction=red), (x, g, t), tfn)
+
+
+CE = ("vector", "matrix", "3d", "noncontig")
+case("cross_entropy", _cross_entropy, layouts=CE)
+case("cross_entropy_grad", _cross_entropy_grad, layouts=CE)
 
 
 CONV = ("vector", "matrix", "3d", "empty", "noncontig")
@@ -2221,6 +2260,25 @@ def _isclose_build(draw):
 
 
 FORWARD.append(Forward("isclose", ng.isclose, np.isclose, _isclose_build))
+
+
+def _ce_weights_ref(t, ignore_index, reduction, dtype):
+    keep = (t != ignore_index).astype(dtype)
+    if reduction == "mean":
+        n = keep.sum()
+        return keep / n if n else np.full(t.shape, np.nan, dtype)
+    return keep
+
+
+def _ce_weights_build(draw):
+    (s,) = draw(shapes(draw(st.sampled_from(BASE))))
+    t = draw(hnp.arrays(np.int64, s, elements=st.integers(-1, 3)))
+    return (t,), {"ignore_index": -1, "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+                  "dtype": np.dtype(draw(st.sampled_from(["float32", "float64"])))}
+
+
+FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_weights"](t, **p),
+                       _ce_weights_ref, _ce_weights_build))
 
 PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({
