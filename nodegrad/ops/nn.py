@@ -127,8 +127,9 @@ def _linear_fwd(xp, x, w, b):
 
 
 def _linear_dw(g, ans, x, w, b):
-    k = x.shape[-1]
-    return reshape(g, (-1, g.shape[-1])).mT @ reshape(x, (-1, k))
+    if g.ndim == 2:  # the usual (batch, out) case: no reshapes to bind
+        return g.mT @ x
+    return reshape(g, (-1, g.shape[-1])).mT @ reshape(x, (-1, x.shape[-1]))
 
 
 def _linear_db(g, ans, x, w, b):
