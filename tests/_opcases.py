@@ -329,6 +329,8 @@ ew("tanh", ng.tanh, lambda x: x.tanh(), "wide")
 ew("erf", ng.erf, lambda x: torch.erf(x), "wide")
 ew("sigmoid", ng.sigmoid, lambda x: x.sigmoid(), "wide")
 ew("relu", ng.relu, lambda x: x.relu(), "kink0")
+ew("relu_grad", lambda g, a: P["relu_grad"](g, a), lambda g, a: g * (a > 0) + 0 * a, "real",
+   "kink0")
 ew("leaky_relu", lambda x: ng.leaky_relu(x, 0.1), lambda x: F.leaky_relu(x, 0.1), "kink0")
 ew("leaky_relu_default", ng.leaky_relu, lambda x: F.leaky_relu(x), "kink0",
    prims=("leaky_relu",))
@@ -2282,6 +2284,7 @@ FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_
 
 PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({
+    "relu_grad": [lambda x: P["relu_grad"](x, 1.0), lambda x: P["relu_grad"](2.0, x)],
     "atan2": [lambda x: ng.atan2(x, 1.5), lambda x: ng.atan2(0.5, x)],
     "hypot": [lambda x: ng.hypot(x, 2.0)],
     "copysign": [lambda x: ng.copysign(x, -1.0), lambda x: ng.copysign(2.0, x)],
