@@ -11,7 +11,6 @@ from ..batching import batched, front, rank_up, size_of
 from ..primitive import primitive
 from .elementwise import exp, log, log1p, maximum
 from .reduce import _sum
-from .reduce import sum as _sum_all
 from .shape import (broadcast_to, expand_dims, keepdims_shape, norm_axes, norm_axis, reshape,
                     swapaxes)
 
@@ -223,12 +222,12 @@ def _ce_grad_dg(c, ans, x, g, t, axis, ignore_index, reduction):
     # d/dg of (softmax(x) - onehot)·keep·g: the same map with a unit g, contracted with c
     per = _sum(c * _ce_grad(x, 1.0, t, axis=axis, ignore_index=ignore_index,
                             reduction=reduction), axis=(axis,), keepdims=False)
-    return per if reduction == "none" else _sum_all(per)
+    return per if reduction == "none" else _sum(per, axis=tuple(range(per.ndim)), keepdims=False)
 
 
 def _ce_jvp(ts, ans, x, t, axis, ignore_index, reduction):
     d = _ce_grad(x, 1.0, t, axis=axis, ignore_index=ignore_index, reduction=reduction) * ts[0]
-    return _sum(d, axis=(axis,), keepdims=False) if reduction == "none" else _sum_all(d)
+    return _sum(d, axis=(axis,) if reduction == "none" else tuple(range(d.ndim)), keepdims=False)
 
 
 def _ce_grad_jvp(ts, ans, x, g, t, axis, ignore_index, reduction):
