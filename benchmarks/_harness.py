@@ -333,7 +333,8 @@ class _Worker:
     """A framework's step living in its own (spawned) process."""
 
     def __init__(self, w: Workload, framework: str, settings: Settings):
-        module = getattr(w, framework).__module__
+        fn = getattr(w, framework)
+        module = getattr(fn, "func", fn).__module__  # a functools.partial names its function's
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker, args=(module, w.id, framework, settings, child),

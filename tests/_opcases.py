@@ -80,7 +80,8 @@ ND = ("matrix", "3d", "size1", "empty", "noncontig")  # at least two dims
 ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "gelu",
           "gelu_tanh", "matmul", "logsumexp", "softmax", "log_softmax", "sum", "mean", "max",
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
-          "einsum", "power", "linear", "binary_cross_entropy")
+          "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
+          "conv_weight_grad", "cross_entropy", "cross_entropy_grad")
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,8 @@ ew("tanh", ng.tanh, lambda x: x.tanh(), "wide")
 ew("erf", ng.erf, lambda x: torch.erf(x), "wide")
 ew("sigmoid", ng.sigmoid, lambda x: x.sigmoid(), "wide")
 ew("relu", ng.relu, lambda x: x.relu(), "kink0")
+ew("relu_grad", lambda g, a: P["relu_grad"](g, a), lambda g, a: g * (a > 0) + 0 * a, "real",
+   "kink0")
 ew("leaky_relu", lambda x: ng.leaky_relu(x, 0.1), lambda x: F.leaky_relu(x, 0.1), "kink0")
 ew("leaky_relu_default", ng.leaky_relu, lambda x: F.leaky_relu(x), "kink0",
    prims=("leaky_relu",))
@@ -766,6 +769,109 @@ def _fold(draw, layout):
 
 case("sliding_window_view", _sliding)
 case("fold", _fold, has_torch=False)
+
+
+# --- convolution: conv and its two gradients (each the others' VJP) -------------------------
+@st.composite
+def conv_geometry(draw, layout):
+    """(x shape, w shape, stride, padding, dilation, groups): "vector" 1-D, "matrix" 2-D,
+    "3d" grouped 1-D, "empty" a batch of 0; every window fits the padded input."""
+    nd = 2 if layout == "matrix" else 1
+    g = draw(st.integers(2, 3)) if layout == "3d" else 1
+    cg, og = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    n = 0 if layout == "empty" else draw(st.integers(1, 2))
+    k, stride, pad, dil, sp = [], [], [], [], []
+    for _ in range(nd):
+        ki, si, di = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+        pi = draw(st.integers(0, 1))
+        span = di * (ki - 1) + 1
+        sp.append(max(span - 2 * pi, 1) + draw(st.integers(0, 2)))
+        k.append(ki), stride.append(si), pad.append(pi), dil.append(di)
+    return ((n, g * cg) + tuple(sp), (g * og, cg) + tuple(k), tuple(stride), tuple(pad),
+            tuple(dil), g)
+
+
+def _tconv(nd):
+    return torch.nn.functional.conv1d if nd == 1 else torch.nn.functional.conv2d
+
+
+def _conv_out(xs, ws, s, p, d):
+    return (xs[0], ws[0]) + tuple((n + 2 * pi - di * (k - 1) - 1) // si + 1
+                                  for n, k, si, pi, di in zip(xs[2:], ws[2:], s, p, d))
+
+
+def _conv_case(draw, layout):
+    xs, ws, s, p, d, g = draw(conv_geometry(layout))
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    f = ng.nn.functional.conv1d if len(s) == 1 else ng.nn.functional.conv2d
+    args = (arr(draw, xs), arr(draw, ws))
+    if draw(st.booleans()):
+        return Call(lambda x, w, b: f(x, w, b, **kw), args + (arr(draw, ws[:1]),),
+                    lambda x, w, b: _tconv(len(s))(x, w, b, **kw))
+    return Call(lambda x, w: f(x, w, **kw), args, lambda x, w: _tconv(len(s))(x, w, **kw))
+
+
+def _conv_input_grad_case(draw, layout):
+    xs, ws, s, p, d, g = draw(conv_geometry(layout))
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    tfn = torch.nn.grad.conv1d_input if len(s) == 1 else torch.nn.grad.conv2d_input
+    return Call(lambda gy, w: P["conv_input_grad"](gy, w, shape=xs, **kw),
+                (arr(draw, _conv_out(xs, ws, s, p, d)), arr(draw, ws)),
+                lambda gy, w: tfn(xs, w, gy, **kw))
+
+
+def _conv_weight_grad_case(draw, layout):
+    xs, ws, s, p, d, g = draw(conv_geometry(layout))
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    tfn = torch.nn.grad.conv1d_weight if len(s) == 1 else torch.nn.grad.conv2d_weight
+    return Call(lambda x, gy: P["conv_weight_grad"](x, gy, shape=ws, **kw),
+                (arr(draw, xs), arr(draw, _conv_out(xs, ws, s, p, d))),
+                lambda x, gy: tfn(x, ws, gy, **kw))
+
+
+
+
+# --- softmax cross-entropy against class indices (fused) -----------------------------------
+def _ce_draw(draw, layout):
+    """Logits, targets (-1 is ignored; the first target is always kept), axis, reduction."""
+    c = draw(st.integers(2, 4))
+    lead = {"vector": (), "matrix": (draw(st.integers(1, 4)),),
+            "3d": (draw(st.integers(1, 3)), draw(st.integers(1, 3)))}[layout]
+    xs = lead[:1] + (c,) + lead[1:]
+    t = draw(hnp.arrays(np.int64, lead, elements=st.integers(-1, c - 1)))
+    t.reshape(-1)[:1] = draw(st.integers(0, c - 1))
+    red = draw(st.sampled_from(["mean", "sum", "none"]))
+    return arr(draw, xs), t, (0 if not lead else 1), red
+
+
+def _cross_entropy(draw, layout):
+    x, t, _, red = _ce_draw(draw, layout)
+    return Call(lambda x, t: ng.nn.functional.cross_entropy(x, t, ignore_index=-1,
+                                                            reduction=red),
+                (x, t), lambda x, t: F.cross_entropy(x, t, ignore_index=-1, reduction=red))
+
+
+def _cross_entropy_grad(draw, layout):
+    x, t, ax, red = _ce_draw(draw, layout)
+    g = arr(draw, t.shape if red == "none" else ())
+
+    def tfn(x, g, t):
+        loss = F.cross_entropy(x, t, ignore_index=-1, reduction=red)
+        return torch.autograd.grad(loss, x, g, create_graph=True)[0]
+
+    return Call(lambda x, g, t: P["cross_entropy_grad"](x, g, t, axis=ax, ignore_index=-1,
+                                                         reduction=red), (x, g, t), tfn)
+
+
+CE = ("vector", "matrix", "3d", "noncontig")
+case("cross_entropy", _cross_entropy, layouts=CE)
+case("cross_entropy_grad", _cross_entropy_grad, layouts=CE)
+
+
+CONV = ("vector", "matrix", "3d", "empty", "noncontig")
+case("conv", _conv_case, layouts=CONV)
+case("conv_input_grad", _conv_input_grad_case, layouts=CONV)
+case("conv_weight_grad", _conv_weight_grad_case, layouts=CONV)
 
 
 # =============================================================================================
@@ -2171,8 +2277,28 @@ def _isclose_build(draw):
 
 FORWARD.append(Forward("isclose", ng.isclose, np.isclose, _isclose_build))
 
+
+def _ce_weights_ref(t, ignore_index, reduction, dtype):
+    keep = (t != ignore_index).astype(dtype)
+    if reduction == "mean":
+        n = keep.sum()
+        return keep / n if n else np.full(t.shape, np.nan, dtype)
+    return keep
+
+
+def _ce_weights_build(draw):
+    (s,) = draw(shapes(draw(st.sampled_from(BASE))))
+    t = draw(hnp.arrays(np.int64, s, elements=st.integers(-1, 3)))
+    return (t,), {"ignore_index": -1, "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
+                  "dtype": np.dtype(draw(st.sampled_from(["float32", "float64"])))}
+
+
+FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_weights"](t, **p),
+                       _ce_weights_ref, _ce_weights_build))
+
 PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({
+    "relu_grad": [lambda x: P["relu_grad"](x, 1.0), lambda x: P["relu_grad"](2.0, x)],
     "atan2": [lambda x: ng.atan2(x, 1.5), lambda x: ng.atan2(0.5, x)],
     "hypot": [lambda x: ng.hypot(x, 2.0)],
     "copysign": [lambda x: ng.copysign(x, -1.0), lambda x: ng.copysign(2.0, x)],

@@ -256,6 +256,8 @@ NONDIFF.update({  # the wider operator surface
     "isclose": lambda x, y: ng.isclose(x, y, atol=1.0),
     "searchsorted": lambda x: ng.searchsorted(ng.sort(x).values, x * 0.5, right=True),
     "trunc_divide": lambda x, y: ng.trunc_divide(x, y),
+    "cross_entropy_weights": lambda x: ng.primitives["cross_entropy_weights"](
+        _ints(x), ignore_index=0, reduction="mean", dtype=np.dtype("float64")),
 })
 
 

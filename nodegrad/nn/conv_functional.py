@@ -3,9 +3,9 @@ with ``ceil_mode``/indices, unpooling, adaptive max and power-average pooling, i
 (``unfold``/``fold``), pixel shuffles and ``interpolate`` — all in PyTorch's semantics.
 
 Every function is a composite of primitives, so gradients of any order come from the engine. A
-transposed convolution is the input gradient of a convolution: one matrix product gives every
-window's contribution and ``fold_windows`` (col2im, the adjoint of the sliding-window view) adds
-the overlapping windows back with one strided add per kernel tap, never per position.
+transposed convolution is the input gradient of a convolution, the ``conv_input_grad``
+primitive: one matrix product gives every window's contribution and one strided add per kernel
+tap (never per position) folds the overlapping windows back.
 """
 
 from __future__ import annotations
@@ -77,22 +77,10 @@ def _conv_transpose(x, w, b, stride, padding, output_padding, groups, dilation, 
     if min(out_sp) < 1:
         raise ShapeError(f"{op}: input {tuple(x.shape)} with kernel {k}, stride {s}, padding {p}"
                          f" gives an empty output {out_sp}")
-    g, cg = groups, c // groups
-    npos, kk = math.prod(in_sp), math.prod(k)
-    # every input position's window: cols[g, n·P, o·K] = Σ_c x[n, g·cg + c, P] w[g·cg + c, o, K]
-    xg = ops.reshape(ops.transpose(ops.reshape(x, (n, g, cg, npos)), (1, 0, 3, 2)),
-                     (g, n * npos, cg))
-    cols = xg @ ops.reshape(w, (g, cg, og * kk))                         # (G, N·P, Og·K)
-    cols = ops.reshape(cols, (g, n) + in_sp + (og,) + k)
-    perm = (1, 0, 2 + nd) + tuple(range(2, 2 + nd)) + tuple(range(3 + nd, 3 + 2 * nd))
-    cols = ops.reshape(ops.transpose(cols, perm), (n, g * og) + in_sp + k)
-    tight = tuple(f - oi for f, oi in zip(full, op_))
-    y = fold_windows(cols, (n, g * og) + tight, tuple(range(2, 2 + nd)), stride=s, dilation=d)
-    if any(op_):  # output_padding: rows past the last window, on the far side
-        y = ops.pad(y, ((0, 0), (0, 0)) + tuple((0, oi) for oi in op_))
-    y = _crop(y, p, out_sp)
+    y = ops.conv_transpose(x, w, stride=s, padding=p, dilation=d, groups=groups,
+                           shape=(n, groups * og) + out_sp)
     if b is not None:
-        y = y + ops.reshape(b, (g * og,) + (1,) * nd)
+        y = y + ops.reshape(b, (groups * og,) + (1,) * nd)
     return y
 
 

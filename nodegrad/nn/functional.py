@@ -1,14 +1,13 @@
 """The function form of every layer and loss (``nodegrad.nn.functional``, imported as F).
 
 Layers here are compositions of primitives, so their gradients (and gradients of gradients)
-come from the engine. Convolution is one matrix product over strided windows (im2col): the
-windows are a view, the single copy is the reshape into columns, and the input gradient folds
-the column gradient back with one strided add per kernel tap.
+come from the engine. Convolution is the fused ``conv`` primitive (:mod:`nodegrad.ops.conv`):
+one matrix product over strided windows, with its input and weight gradients as primitives of
+their own.
 """
 
 from __future__ import annotations
 
-import math
 
 from .. import _backend as B
 from .. import ops
@@ -99,30 +98,13 @@ def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: st
     stride = _tuple(stride, nd, "stride", op)
     dilation = _tuple(dilation, nd, "dilation", op)
     padding = _tuple(padding, nd, "padding", op)
+    if min(stride + dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"{op}: stride and dilation must be positive and padding non-negative, "
+                         f"got stride={stride}, dilation={dilation}, padding={padding}")
+    if b is not None and tuple(b.shape) != (o,):
+        raise ShapeError(f"{op}: bias must have shape ({o},), got {tuple(b.shape)}")
     _check_window(x, k, dilation, padding, op)
-    if any(padding):
-        x = ops.pad(x, ((0, 0), (0, 0)) + tuple((p, p) for p in padding))
-    sp = tuple(range(2, 2 + nd))
-    win = ops.sliding_window_view(x, k, axis=sp, stride=stride, dilation=dilation)
-    out_sp = tuple(win.shape[2:2 + nd])
-    npos, kk = math.prod(out_sp), math.prod(k)
-    kax = tuple(range(2 + nd, 2 + 2 * nd))
-    if groups == 1:
-        cols = ops.reshape(ops.transpose(win, (0,) + sp + (1,) + kax), (n * npos, c * kk))
-        y = cols @ ops.reshape(w, (o, c * kk)).mT                       # (N·P, O)
-        y = ops.moveaxis(ops.reshape(y, (n,) + out_sp + (o,)), -1, 1)   # (N, O, *out)
-    else:
-        g = groups
-        win = ops.reshape(win, (n, g, cg) + out_sp + k)
-        perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,) + tuple(range(3 + nd, 3 + 2 * nd))
-        cols = ops.reshape(ops.transpose(win, perm), (g, n * npos, cg * kk))
-        wg = ops.reshape(w, (g, o // g, cg * kk)).mT                     # (G, Cg·K, O/G)
-        y = ops.reshape(cols @ wg, (g, n) + out_sp + (o // g,))
-        perm = (1, 0, 2 + nd) + tuple(range(2, 2 + nd))
-        y = ops.reshape(ops.transpose(y, perm), (n, o) + out_sp)
-    if b is not None:
-        y = y + ops.reshape(b, (o,) + (1,) * nd)
-    return y
+    return ops.conv(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
 def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,

@@ -14,6 +14,7 @@ from .. import ops
 from ..autodiff import no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
+from ..ops.nn import _ce as _fused_ce
 from ..ops.nn import binary_cross_entropy as _bce
 from ..tensor import Tensor
 
@@ -125,6 +126,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got "
                          f"{label_smoothing}")
     axis = 0 if input.ndim == 1 else 1
+    if (target.dtype.kind in "iu" and weight is None and label_smoothing == 0
+            and reduction in _REDUCTIONS and input.dtype.kind == "f"):
+        # the common case in one fused primitive: log-softmax, pick and reduce in one pass
+        _check_logits(input, target, "nll_loss")
+        _class_target(target, input.shape[axis], ignore_index, "nll_loss")
+        return _fused_ce(input, target, axis=axis, ignore_index=ignore_index,
+                         reduction=reduction)
     logp = ops.log_softmax(input, axis=axis)
     c = input.shape[axis]
     wshape = (c,) + (1,) * (input.ndim - 2) if input.ndim > 1 else (c,)

@@ -105,6 +105,7 @@ from .arrange import (  # PyTorch's rearranging ops, NumPy's pad modes
                           vstack,
 )
 from .linalg import einsum, matmul, outer
+from .conv import conv, conv_transpose
 from .nn import linear, log_softmax, logsumexp, softmax
 from .reduce import all, any, argmax, argmin, max, mean, min, std, sum, var
 from .shape import (
@@ -179,6 +180,8 @@ __all__ = [
     "less",
     "less_equal",
     "linear",
+    "conv",
+    "conv_transpose",
     "log",
     "log1p",
     "log_softmax",

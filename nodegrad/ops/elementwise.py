@@ -124,7 +124,17 @@ sigmoid = primitive("sigmoid", _sigmoid, lambda g, ans, x: g * (ans * (1 - ans))
                     kind=_EW, jvp=_J, doc="1 / (1 + e**-x), computed without overflow.")
 
 # --- activations -----------------------------------------------------------------------------
-relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: g * (ans > 0),
+def _relu_grad_fwd(xp, g, ans):
+    dt = getattr(g, "dtype", None) or getattr(ans, "dtype", None)  # a Python g keeps float32
+    return g * (ans > 0) if dt is None else xp.multiply(g, ans > 0, dtype=dt)
+
+
+_relu_grad = primitive(
+    "relu_grad", _relu_grad_fwd,
+    (lambda c, out, g, ans: _relu_grad(c, ans), lambda c, out, g, ans: None), kind=_EW,
+    jvp=(lambda t, out, g, ans: _relu_grad(t, ans), None),  # zero almost everywhere in ans
+    doc="g where relu's output is positive, else 0: relu's VJP in one bind (no mask to cast).")
+relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: _relu_grad(g, ans),
                  saves="out", kind=_EW, jvp=_J, doc="max(x, 0); its gradient at 0 is 0.")
 _leaky_relu = primitive(
     "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),

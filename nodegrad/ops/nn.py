@@ -1,4 +1,5 @@
-"""Fused primitives for stability: logsumexp, softmax, log_softmax, binary cross-entropy.
+"""Fused primitives for stability and speed: logsumexp, softmax, log_softmax, binary and
+softmax cross-entropy, linear.
 
 Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick), so logits of
 ±1e4 give finite values and finite gradients.
@@ -10,7 +11,8 @@ from ..batching import batched, front, rank_up, size_of
 from ..primitive import primitive
 from .elementwise import exp, log, log1p, maximum
 from .reduce import _sum
-from .shape import broadcast_to, keepdims_shape, norm_axes, norm_axis, reshape, swapaxes
+from .shape import (broadcast_to, expand_dims, keepdims_shape, norm_axes, norm_axis, reshape,
+                    swapaxes)
 
 
 def _shifted(xp, x, axis):
@@ -124,8 +126,9 @@ def _linear_fwd(xp, x, w, b):
 
 
 def _linear_dw(g, ans, x, w, b):
-    k = x.shape[-1]
-    return reshape(g, (-1, g.shape[-1])).mT @ reshape(x, (-1, k))
+    if g.ndim == 2:  # the usual (batch, out) case: no reshapes to bind
+        return g.mT @ x
+    return reshape(g, (-1, g.shape[-1])).mT @ reshape(x, (-1, x.shape[-1]))
 
 
 def _linear_db(g, ans, x, w, b):
@@ -165,3 +168,151 @@ _linear = primitive("linear", _linear_fwd,
 def linear(x, weight, bias=None):
     """x Wᵀ + b (weight of shape (out, in)) as one primitive: one product, no extra buffer."""
     return _linear(x, weight, bias)
+
+
+# --- softmax cross-entropy against class indices ----------------------------------------------
+def _ce_keep(xp, t, ignore_index, reduction, dtype):
+    """Each target's weight: 1 (0 where ignored), over the kept count for a mean."""
+    keep = xp.ones(t.shape, dtype) if ignore_index is None else (t != ignore_index).astype(dtype)
+    if reduction == "mean":
+        count = keep.sum()
+        keep = keep / count if count else xp.full(t.shape, xp.nan, dtype)
+    return keep
+
+
+def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
+    logp = _log_softmax_fwd(xp, x, axis)
+    safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
+    picked = xp.take_along_axis(logp, xp.expand_dims(safe, axis), axis).squeeze(axis)
+    loss = -picked * _ce_keep(xp, t, ignore_index, reduction if reduction != "mean" else "sum",
+                              x.dtype)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    keep = _ce_keep(xp, t, ignore_index, "sum", x.dtype).sum()
+    return total / keep if keep else xp.asarray(xp.nan, dtype=x.dtype)
+
+
+def _ce_grad_fwd(xp, x, g, t, axis, ignore_index, reduction):
+    s = _ce_keep(xp, t, ignore_index, reduction, x.dtype) * g   # each target's cotangent
+    p = _softmax_fwd(xp, x, axis)
+    safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
+    onehot = xp.zeros_like(p)
+    xp.put_along_axis(onehot, xp.expand_dims(safe, axis), 1, axis)
+    p -= onehot
+    p *= xp.expand_dims(s, axis)
+    return p
+
+
+def _ce_weights(x, g, t, axis, ignore_index, reduction):
+    """Each target's cotangent g·keep (/count for a mean), with the class axis restored."""
+    keep = _ce_keep_p(t, ignore_index=ignore_index, reduction=reduction, dtype=x.dtype)
+    return expand_dims(keep * g, axis)
+
+
+def _ce_grad_dx(c, ans, x, g, t, axis, ignore_index, reduction):
+    s = _softmax(x, axis=axis)
+    cs = c * _ce_weights(x, g, t, axis, ignore_index, reduction)
+    return s * (cs - _sum(cs * s, axis=(axis,), keepdims=True))
+
+
+def _ce_grad_dg(c, ans, x, g, t, axis, ignore_index, reduction):
+    # d/dg of (softmax(x) - onehot)·keep·g: the same map with a unit g, contracted with c
+    per = _sum(c * _ce_grad(x, 1.0, t, axis=axis, ignore_index=ignore_index,
+                            reduction=reduction), axis=(axis,), keepdims=False)
+    return per if reduction == "none" else _sum(per, axis=tuple(range(per.ndim)), keepdims=False)
+
+
+def _ce_jvp(ts, ans, x, t, axis, ignore_index, reduction):
+    d = _ce_grad(x, 1.0, t, axis=axis, ignore_index=ignore_index, reduction=reduction) * ts[0]
+    return _sum(d, axis=(axis,) if reduction == "none" else tuple(range(d.ndim)), keepdims=False)
+
+
+def _ce_grad_jvp(ts, ans, x, g, t, axis, ignore_index, reduction):
+    tx, tg = ts[0], ts[1]
+    out = None
+    if tx is not None:  # the softmax's JVP, weighted per target
+        s = _softmax(x, axis=axis)
+        out = s * (tx - _sum(tx * s, axis=(axis,), keepdims=True)) * _ce_weights(
+            x, g, t, axis, ignore_index, reduction)
+    if tg is not None:
+        c = _ce_grad(x, tg, t, axis=axis, ignore_index=ignore_index, reduction=reduction)
+        out = c if out is None else out + c
+    return out
+
+
+def _keep_batch(vals, bdims, ignore_index, reduction, dtype):
+    t = front(vals[0], bdims[0])
+    keep = _ce_keep_p(t, ignore_index=ignore_index, dtype=dtype,
+                      reduction="sum" if reduction == "mean" else reduction)
+    if reduction == "mean":  # each example's own count
+        rest = tuple(range(1, t.ndim))
+        keep = keep / (_sum(keep, axis=rest, keepdims=True) if rest else keep)
+    return keep, 0
+
+
+def _merged(v, bd, n):
+    """A batched operand (B, N, ...) as (B·N, ...); a 0-d example becomes (B,)."""
+    v = batched(v, bd, n)
+    return v.reshape((-1,) + tuple(v.shape[2:])) if v.ndim > 1 else v
+
+
+def _ce_batch(vals, bdims, axis, ignore_index, reduction):
+    (x, t), (bx, bt) = vals, bdims
+    n = size_of(vals, bdims)
+    xb, tb = batched(x, bx, n), batched(t, bt, n)
+    ax = axis if xb.ndim > 2 else 1
+    loss = _ce(_merged(xb, 0, n), _merged(tb, 0, n), axis=ax, ignore_index=ignore_index,
+               reduction="none")
+    loss = loss.reshape(tuple(tb.shape))                                 # (B, ...)
+    if reduction == "none":
+        return loss, 0
+    rest = tuple(range(1, loss.ndim))
+    total = _sum(loss, axis=rest, keepdims=False) if rest else loss
+    if reduction == "sum":
+        return total, 0
+    keep = _ce_keep_p(tb, ignore_index=ignore_index, reduction="sum", dtype=x.dtype)
+    count = _sum(keep, axis=rest, keepdims=False) if rest else keep
+    return total / count, 0
+
+
+def _ce_grad_batch(vals, bdims, axis, ignore_index, reduction):
+    (x, g, t), (bx, bg, bt) = vals, bdims
+    n = size_of(vals, bdims)
+    xb, tb = batched(x, bx, n), batched(t, bt, n)
+    ax = axis if xb.ndim > 2 else 1
+    rest = tuple(range(1, tb.ndim))
+    if bg is None:
+        gb = g if isinstance(g, float | int) else broadcast_to(g, (n,) + tuple(g.shape))
+    else:
+        gb = front(g, bg)
+    if reduction != "none":  # one g per example: spread it over that example's targets
+        if not isinstance(gb, float | int):
+            gb = gb.reshape((n,) + (1,) * len(rest))
+        if reduction == "mean":
+            keep = _ce_keep_p(tb, ignore_index=ignore_index, reduction="sum", dtype=x.dtype)
+            count = _sum(keep, axis=rest, keepdims=True) if rest else keep
+            gb = gb / count
+        gb = broadcast_to(gb, tuple(tb.shape))
+    elif isinstance(gb, float | int):
+        gb = broadcast_to(gb, tuple(tb.shape))
+    dx = _ce_grad(_merged(xb, 0, n), _merged(gb, 0, n), _merged(tb, 0, n), axis=ax,
+                  ignore_index=ignore_index, reduction="none")
+    return dx.reshape(tuple(xb.shape)), 0
+
+
+_ce_keep_p = primitive(
+    "cross_entropy_weights", lambda xp, t, ignore_index, reduction, dtype: _ce_keep(
+        xp, t, ignore_index, reduction, dtype), promote=False,
+    batch=_keep_batch,
+    doc="Each class target's weight: 1, 0 where ignored, over the kept count for a mean.")
+_ce_grad = primitive(
+    "cross_entropy_grad", _ce_grad_fwd, (_ce_grad_dx, _ce_grad_dg, None), kind="nn",
+    jvp=_ce_grad_jvp, batch=_ce_grad_batch, operands=(0, 1),
+    doc="(softmax(x) - onehot(t))·g·keep (/count): the logits' gradient of cross_entropy.")
+_ce = primitive(
+    "cross_entropy", _ce_fwd, (lambda g, ans, x, t, **p: _ce_grad(x, g, t, **p), None),
+    kind="nn", jvp=_ce_jvp, batch=_ce_batch, operands=None,
+    doc="Softmax cross-entropy of logits against class indices, in one pass.")

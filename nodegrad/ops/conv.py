@@ -1,0 +1,253 @@
+"""Convolution as three fused primitives that are each other's VJPs.
+
+``conv`` (N-d cross-correlation with stride, padding, dilation and groups, bias added in place)
+is one matrix product over the input's strided windows (im2col). Its input gradient
+``conv_input_grad`` is the transposed convolution: one product of the output gradient with the
+kernel, folded back with one strided add per kernel tap. Its weight gradient
+``conv_weight_grad`` is one product of the output gradient with the windows. The three are
+bilinear and close under differentiation, so gradients of any order stay inside them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from .. import _backend as B
+from ..batching import batched, front, size_of
+from ..primitive import primitive
+from .reduce import _sum
+from .shape import broadcast_to, reshape
+
+
+def _out_size(length: int, k: int, s: int, p: int, d: int) -> int:
+    return (length + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _out_shape(xshape, wshape, stride, padding, dilation) -> tuple:
+    return (xshape[0], wshape[0]) + tuple(
+        _out_size(n, k, s, p, d)
+        for n, k, s, p, d in zip(xshape[2:], wshape[2:], stride, padding, dilation))
+
+
+def _channels_last(x):
+    """(N, C, *spatial) as (N, *spatial, C): a view (contiguous when ``x`` came from conv)."""
+    return x.transpose((0,) + tuple(range(2, x.ndim)) + (1,))
+
+
+def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
+    """The windows of ``x`` as columns (G, N·P, K·Cg), channels innermost, and the output's
+    spatial shape (the first ``out`` positions when given: a transposed convolution's output
+    padding may leave room for more windows than its input had). Windows of a channels-last
+    array are runs of whole rows, so the one copy here moves contiguous blocks."""
+    nd = len(k)
+    n, c = x.shape[:2]
+    xl = _channels_last(x)
+    if any(padding):  # zeros and one copy: xp.pad's general machinery costs more than the copy
+        xpad = xp.zeros((n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,),
+                        dtype=x.dtype)
+        xpad[(slice(None),) + tuple(slice(p, p + m) for p, m in
+                                    zip(padding, x.shape[2:]))] = xl
+        xl = xpad
+    if out is None:
+        out = tuple(_out_size(m, ki, s, 0, d)
+                    for m, ki, s, d in zip(xl.shape[1:-1], k, stride, dilation))
+    st = xl.strides
+    win = B.backend_of(xl).as_strided(
+        xl, (n,) + out + k + (c,),
+        st[:1] + tuple(st[1 + i] * stride[i] for i in range(nd))
+        + tuple(st[1 + i] * dilation[i] for i in range(nd)) + st[-1:])
+    npos, kk, g = math.prod(out), math.prod(k), groups
+    if g == 1:
+        return win.reshape(1, n * npos, kk * c), out
+    win = win.reshape((n,) + out + k + (g, c // g))  # (N, *out, *k, G, Cg)
+    perm = (1 + 2 * nd,) + tuple(range(1 + 2 * nd)) + (2 + 2 * nd,)
+    return win.transpose(perm).reshape(g, n * npos, kk * (c // g)), out
+
+
+def _kernel_rows(w, groups):
+    """The weight (O, Cg, *k) as (G, Og, K·Cg), channels innermost like the columns."""
+    nd = w.ndim - 2
+    o, cg = w.shape[:2]
+    wt = w.reshape((groups, o // groups, cg) + tuple(w.shape[2:]))
+    return wt.transpose((0, 1) + tuple(range(3, 3 + nd)) + (2,)).reshape(groups, o // groups, -1)
+
+
+def _grad_rows(xp, g, groups):
+    """The output gradient (N, O, *out) as rows (G, N·P, Og)."""
+    n, o = g.shape[:2]
+    nd = g.ndim - 2
+    gg = g.reshape((n, groups, o // groups) + g.shape[2:])
+    perm = (1, 0) + tuple(range(3, 3 + nd)) + (2,)
+    return gg.transpose(perm).reshape(groups, n * math.prod(g.shape[2:]), o // groups)
+
+
+def _conv_fwd(xp, x, w, b, stride, padding, dilation, groups):
+    nd = x.ndim - 2
+    o, k = w.shape[0], tuple(w.shape[2:])
+    cols, out = _cols(xp, x, k, stride, padding, dilation, groups)
+    n = x.shape[0]
+    wt = _kernel_rows(w, groups)                                        # (G, Og, K·Cg)
+    if groups == 1:
+        y = cols[0] @ wt[0].T                                            # (N·P, O)
+        if b is not None:
+            y += b
+        y = y.reshape((n,) + out + (o,))
+        return y.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))      # (N, O, *out), a view
+    og = o // groups
+    y = cols @ wt.transpose(0, 2, 1)                                     # (G, N·P, Og)
+    if b is not None:
+        y += b.reshape(groups, 1, og)
+    y = y.reshape((groups, n) + out + (og,))
+    perm = (1, 0, 2 + nd) + tuple(range(2, 2 + nd))
+    return y.transpose(perm).reshape((n, o) + out)
+
+
+def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
+    """Transposed convolution: every output position's window gradient, folded back."""
+    nd = g.ndim - 2
+    n, c = shape[:2]
+    cg, k = w.shape[1], tuple(w.shape[2:])
+    out = tuple(g.shape[2:])
+    rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
+    cols = rows @ _kernel_rows(w, groups)                                # (G, N·P, K·Cg)
+    cols = cols.reshape((groups, n) + out + k + (cg,))
+    if groups > 1:  # (N, *out, *k, G, Cg): channels innermost, as in the buffer below
+        cols = cols.transpose(tuple(range(1, 2 + 2 * nd)) + (0, 2 + 2 * nd))
+    cols = cols.reshape((n,) + out + k + (c,))
+    padded = tuple(s + 2 * p for s, p in zip(shape[2:], padding))
+    buf = xp.zeros((n,) + padded + (c,), dtype=cols.dtype)
+    for taps in itertools.product(*(range(ki) for ki in k)):
+        dst = tuple(slice(t * d, t * d + s * (m - 1) + 1, s)
+                    for t, m, s, d in zip(taps, out, stride, dilation))
+        buf[(slice(None),) + dst] += cols[(slice(None),) * (1 + nd) + taps]
+    buf = buf[(slice(None),) + tuple(slice(p, p + s) for p, s in zip(padding, shape[2:]))]
+    return buf.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))
+
+
+def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):
+    k = tuple(shape[2:])
+    nd = len(k)
+    cols, _ = _cols(xp, x, k, stride, padding, dilation, groups, g.shape[2:])  # (G, N·P, K·Cg)
+    rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
+    if groups == 1:
+        dw = rows[0].T @ cols[0]
+    else:
+        dw = rows.transpose(0, 2, 1) @ cols                              # (G, Og, K·Cg)
+    dw = dw.reshape((shape[0],) + k + (shape[1],))                       # (O, *k, Cg)
+    return xp.ascontiguousarray(dw.transpose((0, 1 + nd) + tuple(range(1, 1 + nd))))
+
+
+# --- the VJPs, JVPs and batching rules ----------------------------------------------------------
+def _conv_like(x, w, g, **p):
+    """conv(x, w) cut to the positions of ``g`` (an output-padded transposed convolution's
+    adjoint sees only the windows its input had)."""
+    y = _conv(x, w, None, **p)
+    if tuple(y.shape[2:]) != tuple(g.shape[2:]):
+        y = y[(slice(None), slice(None)) + tuple(slice(0, m) for m in g.shape[2:])]
+    return y
+
+
+def _conv_db(g, ans, x, w, b, **p):
+    return _sum(g, axis=(0,) + tuple(range(2, g.ndim)), keepdims=False)
+
+
+def _conv_jvp(ts, ans, x, w, b, stride, padding, dilation, groups):
+    tx, tw, tb = ts
+    p = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    out = None if tx is None else _conv(tx, w, None, **p)
+    if tw is not None:
+        c = _conv(x, tw, None, **p)
+        out = c if out is None else out + c
+    if tb is not None:
+        shape = _out_shape(x.shape, w.shape, stride, padding, dilation)
+        c = broadcast_to(reshape(tb, (-1,) + (1,) * (len(shape) - 2)), shape)
+        out = c if out is None else out + c
+    return out
+
+
+def _merge(v, bd, n):
+    """(B, N, C, ...) from a batched operand, then (N, B·C, ...): the batch becomes groups."""
+    v = batched(v, bd, n)
+    v = v.moveaxis(0, 1)
+    return v.reshape((v.shape[0], -1) + tuple(v.shape[3:]))
+
+
+def _conv_batch(vals, bdims, stride, padding, dilation, groups):
+    (x, w, b), (bx, bw, bb) = vals, bdims
+    p = dict(stride=stride, padding=padding, dilation=dilation)
+    if bw is None and bb is None:  # a batch of inputs through one kernel: fold it into N
+        x = front(x, bx)
+        y = _conv(x.reshape((-1,) + tuple(x.shape[2:])), w, b, groups=groups, **p)
+        return y.reshape(tuple(x.shape[:2]) + tuple(y.shape[1:])), 0
+    n = size_of(vals, bdims)
+    w = batched(w, bw, n)
+    o = w.shape[1]
+    wm = w.reshape((-1,) + tuple(w.shape[2:]))
+    bm = None if b is None else batched(b, bb, n).reshape((-1,))
+    y = _conv(_merge(x, bx, n), wm, bm, groups=groups * n, **p)            # (N, B·O, *out)
+    return y.reshape((y.shape[0], n, o) + tuple(y.shape[2:])).moveaxis(1, 0), 0
+
+
+def _input_grad_batch(vals, bdims, stride, padding, dilation, groups, shape):
+    (g, w), (bg, bw) = vals, bdims
+    p = dict(stride=stride, padding=padding, dilation=dilation)
+    if bw is None:
+        g = front(g, bg)
+        m = g.shape[0]
+        dx = _conv_input_grad(g.reshape((-1,) + tuple(g.shape[2:])), w, groups=groups,
+                              shape=(m * shape[0],) + tuple(shape[1:]), **p)
+        return dx.reshape((m,) + tuple(shape)), 0
+    n = size_of(vals, bdims)
+    wm = batched(w, bw, n)
+    wm = wm.reshape((-1,) + tuple(wm.shape[2:]))
+    dx = _conv_input_grad(_merge(g, bg, n), wm, groups=groups * n,
+                          shape=(shape[0], n * shape[1]) + tuple(shape[2:]), **p)
+    return dx.reshape((shape[0], n) + tuple(shape[1:])).moveaxis(1, 0), 0
+
+
+def _weight_grad_batch(vals, bdims, stride, padding, dilation, groups, shape):
+    (x, g), (bx, bg) = vals, bdims
+    n = size_of(vals, bdims)
+    dw = _conv_weight_grad(_merge(x, bx, n), _merge(g, bg, n), stride=stride, padding=padding,
+                           dilation=dilation, groups=groups * n,
+                           shape=(n * shape[0],) + tuple(shape[1:]))
+    return dw.reshape((n,) + tuple(shape)), 0
+
+
+_conv = primitive(
+    "conv", _conv_fwd,
+    (lambda g, ans, x, w, b, **p: _conv_input_grad(g, w, shape=tuple(x.shape), **p),
+     lambda g, ans, x, w, b, **p: _conv_weight_grad(x, g, shape=tuple(w.shape), **p),
+     _conv_db),
+    kind="linalg", jvp=_conv_jvp, batch=_conv_batch, operands="all",
+    doc="N-d convolution (cross-correlation) as one product over strided windows, bias in place.")
+_conv_input_grad = primitive(
+    "conv_input_grad", _input_grad_fwd,
+    (lambda c, ans, g, w, shape, **p: _conv_like(c, w, g, **p),
+     lambda c, ans, g, w, shape, **p: _conv_weight_grad(c, g, shape=tuple(w.shape), **p)),
+    kind="linalg", jvp="multilinear", batch=_input_grad_batch, operands="all",
+    doc="Transposed convolution of g (the input gradient of conv) into an input of ``shape``.")
+_conv_weight_grad = primitive(
+    "conv_weight_grad", _weight_grad_fwd,
+    (lambda c, ans, x, g, shape, **p: _conv_input_grad(g, c, shape=tuple(x.shape), **p),
+     lambda c, ans, x, g, shape, **p: _conv_like(x, c, g, **p)),
+    kind="linalg", jvp="multilinear", batch=_weight_grad_batch, operands="all",
+    doc="The weight gradient of conv: a product of g with the input's windows, of ``shape``.")
+
+
+def conv(x, weight, bias=None, *, stride: tuple, padding: tuple, dilation: tuple,
+         groups: int = 1):
+    """Convolution of x (N, C, *spatial) with weight (O, C/groups, *kernel), PyTorch's layout;
+    stride, padding and dilation are tuples with one entry per spatial axis (checked by the
+    caller, :func:`nodegrad.nn.functional.conv1d` and friends)."""
+    return _conv(x, weight, bias, stride=tuple(stride), padding=tuple(padding),
+                 dilation=tuple(dilation), groups=int(groups))
+
+
+def conv_transpose(x, weight, *, stride: tuple, padding: tuple, dilation: tuple, groups: int,
+                   shape: tuple):
+    """Transposed convolution of x (N, C, *spatial) with weight (C, O/groups, *kernel) into an
+    output of ``shape``: the input gradient of the convolution with that weight."""
+    return _conv_input_grad(x, weight, stride=tuple(stride), padding=tuple(padding),
+                            dilation=tuple(dilation), groups=int(groups), shape=tuple(shape))
