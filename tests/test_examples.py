@@ -31,6 +31,8 @@ CASES = {
                                   ["double_descent.png"]),
     "augmentation_grid.py": (["--rows", "2"], ["augmentation_grid.png"]),
     "linear_regions.py": (["--quick"], ["linear_regions.png"]),
+    "bottleneck_pca.py": (["--quick"], ["bottleneck_pca.png"]),
+    "nonlinearities.py": (["--quick"], ["nonlinearities.png"]),
 }
 # these two also write into an explicit --out (as `--out docs/figures` would)
 EXPLICIT_OUT = {"autodiff_diagnostics.py", "double_descent_mnist1d.py"}
