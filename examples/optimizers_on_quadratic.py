@@ -2,10 +2,11 @@
 
 The notes' claims, checked with ``nodegrad.optim``: on a quadratic of condition number κ, gradient
 descent needs O(κ) iterations and heavy-ball or Nesterov momentum O(√κ) (each with its textbook
-step size and momentum); diagonal preconditioners (Adagrad, RMSProp, Adam) shine when the
-curvature is axis-aligned and lose much of that edge when the same quadratic is rotated. Adaptive
-methods and every method on Rosenbrock get the best learning rate of a grid. Prints markdown
-tables and writes a PNG of the paths (needs matplotlib).
+step size and momentum); diagonal preconditioners (Adagrad, RMSProp, Adadelta, Adam) shine when
+the curvature is axis-aligned and lose much of that edge when the same quadratic is rotated; SGD
+with the notes' fixed 1/√t decay (``InverseSqrtLR``) is compared on the same problems. Adaptive
+methods, the decayed SGD and every method on Rosenbrock get the best learning rate of a grid.
+Prints markdown tables and writes a PNG of the paths (needs matplotlib).
 
 Run: ``python examples/optimizers_on_quadratic.py [--quick] [--out DIR] [--no-plot]`` (the PNG
 goes to DIR/optimizer_paths.png, default runs/examples/optimizers_on_quadratic).
@@ -23,7 +24,7 @@ import numpy as np
 
 import nodegrad as ng
 
-METHODS = ["GD", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adam"]
+METHODS = ["GD", "SGD 1/√t", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adadelta", "Adam"]
 PATIENCE = 2000  # a run that finds no point closer to x* for this long has stalled
 
 
@@ -65,7 +66,7 @@ def rosenbrock(tol: float = 1e-4, cap: int = 30000):
 def make_optimizer(method: str, params, lr: float, prob: Problem):
     """Momentum settings: the textbook optimum on quadratics, 0.9 on Rosenbrock."""
     k = prob.kappa
-    if method == "GD":
+    if method in ("GD", "SGD 1/√t"):  # the latter with InverseSqrtLR, see run()
         return ng.optim.SGD(params, lr=lr)
     if method == "Momentum":  # Polyak: beta = ((√κ - 1) / (√κ + 1))²
         beta = ((math.sqrt(k) - 1) / (math.sqrt(k) + 1)) ** 2 if k else 0.9
@@ -77,6 +78,8 @@ def make_optimizer(method: str, params, lr: float, prob: Problem):
         return ng.optim.Adagrad(params, lr=lr)
     if method == "RMSProp":
         return ng.optim.RMSprop(params, lr=lr)
+    if method == "Adadelta":
+        return ng.optim.Adadelta(params, lr=lr)
     return ng.optim.Adam(params, lr=lr)
 
 
@@ -93,12 +96,16 @@ def run(method: str, prob: Problem, lr: float, limit: int, record: bool = False)
     """Iterations until ||x - x*|| <= tol (None if not within ``limit``), and the path."""
     x = ng.tensor(prob.x0.copy(), requires_grad=True)
     opt = make_optimizer(method, [x], lr, prob)
+    # the notes' fixed decay: the k-th update uses lr / √k
+    sched = ng.optim.lr_scheduler.InverseSqrtLR(opt) if method == "SGD 1/√t" else None
     path = [prob.x0.copy()] if record else None
     closest, when = math.inf, 0
     for it in range(1, limit + 1):
         opt.zero_grad()
         prob.loss(x).backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         xs = x.numpy()
         if record:
             path.append(xs.copy())
@@ -202,7 +209,8 @@ def plot(probs, results, out: str) -> None:
         z = prob.loss(ng.tensor(np.stack([gx.ravel(), gy.ravel()]))).numpy().reshape(gx.shape)
         ax.contour(gx, gy, np.log10(z + 1e-12), levels=25, cmap="Greys", linewidths=0.6)
         for m, path in paths.items():
-            ax.plot(path[:, 0], path[:, 1], ".-", ms=2, lw=0.9, label=m)
+            ax.plot(path[:, 0], path[:, 1], ".-", ms=2, lw=0.9, label=m,
+                    color=f"C{METHODS.index(m)}")  # one colour per method in every panel
         ax.plot(*prob.xstar, "k*", ms=12)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])

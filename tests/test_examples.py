@@ -30,6 +30,10 @@ CASES = {
     "double_descent_mnist1d.py": (["--widths", "2", "8", "--steps", "50", "--seeds", "1"],
                                   ["double_descent.png"]),
     "augmentation_grid.py": (["--rows", "2"], ["augmentation_grid.png"]),
+    "linear_regions.py": (["--quick"], ["linear_regions.png"]),
+    "bottleneck_pca.py": (["--quick"], ["bottleneck_pca.png"]),
+    "nonlinearities.py": (["--quick"], ["nonlinearities.png"]),
+    "sgd_noise.py": (["--quick"], ["sgd_noise.png"]),
 }
 # these two also write into an explicit --out (as `--out docs/figures` would)
 EXPLICIT_OUT = {"autodiff_diagnostics.py", "double_descent_mnist1d.py"}

@@ -31,3 +31,23 @@ def test_adam_reaches_rosenbrock_minimum():
     ex = _example()
     lr, its = ex.best_lr("Adam", ex.rosenbrock(tol=1e-2, cap=3000), [1.0, 0.5, 0.25])
     assert its is not None and its < 3000
+
+
+def test_inverse_sqrt_decay_slows_deterministic_gd():
+    """SGD with the notes' η/√t reaches the minimum, but later than constant-step GD does."""
+    ex = _example()
+    prob = ex.quadratic(10, tol=1e-3)
+    lr = 2 / 11
+    gd, _ = ex.run("GD", prob, lr, 20000)
+    decayed, path = ex.run("SGD 1/√t", prob, lr, 20000, record=True)
+    assert gd is not None and decayed is not None and decayed > 3 * gd, (gd, decayed)
+    # the first update takes the full step: x1 = x0 - lr A x0, as GD's does
+    _, gd_path = ex.run("GD", prob, lr, 1, record=True)
+    np.testing.assert_allclose(path[1], gd_path[1], rtol=1e-6)
+
+
+def test_adadelta_joins_the_comparison():
+    ex = _example()
+    assert "Adadelta" in ex.METHODS and "SGD 1/√t" in ex.METHODS
+    lr, its = ex.best_lr("Adadelta", ex.quadratic(10, tol=1e-3, cap=3000), [4.0, 2.0])
+    assert its is not None and its < 3000

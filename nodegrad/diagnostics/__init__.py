@@ -1,5 +1,6 @@
 """Seeing inside a network: per-layer activation and gradient statistics, the recorded graph as
-boxes and arrows, initialisation and curvature checks, loss landscapes, and their pictures.
+boxes and arrows, initialisation and curvature checks, loss landscapes, the linear regions of
+ReLU networks, and their pictures.
 
 >>> import nodegrad as ng
 >>> from nodegrad import diagnostics as D
@@ -11,7 +12,7 @@ True
 matplotlib is imported only when a picture is drawn.
 """
 
-from . import landscape
+from . import landscape, regions
 from .callback import GradientFlowMonitor
 from .curvature import hessian_eigenvalues, model_hessian_eigenvalues
 from .deep_mlp import DeepMLP, init_comparison
@@ -31,5 +32,5 @@ __all__ = ["DeepMLP", "GradientFlowMonitor", "LayerRecord", "LayerReport", "Summ
            "init_comparison", "interpolate", "landscape", "layer_stats", "layer_variances",
            "model_hessian_eigenvalues", "plot_activation_grid", "plot_grad_norms",
            "plot_interpolation", "plot_layer_profile", "plot_surface", "plot_training",
-           "plot_unit_fractions", "plot_update_ratios", "random_direction", "surface_2d",
+           "plot_unit_fractions", "plot_update_ratios", "random_direction", "regions", "surface_2d",
            "symmetric_units", "variance_across_depth", "variance_verdict", "warnings"]
