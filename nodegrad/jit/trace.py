@@ -108,10 +108,23 @@ class Recorder:
 
     def effect(self, fn, args: tuple, kwargs: dict):
         """Run ``fn`` eagerly now and record it to be called again on replay."""
+        # tensors holding traced values are fed from their slots on replay; any other
+        # argument (an optimiser, a buffer that lives outside the program) is passed as is
+        pos = [i for i, a in enumerate(args) if isinstance(a, Tensor) and id(a.data) in self.slot]
+        ins = tuple(self.slot[id(args[i].data)] for i in pos)
         res = self._run_untraced(fn, args, kwargs)
         out = self._new(res) if B.is_array(res) else None
         name = getattr(fn, "__qualname__", "effect")
-        self.instrs.append(Instr("effect", name, lambda: fn(*args, **kwargs), (), out))
+        if pos:
+            def call(*vals):
+                a = list(args)
+                for i, v in zip(pos, vals):
+                    a[i] = Tensor(v)
+                return fn(*a, **kwargs)
+        else:
+            def call():
+                return fn(*args, **kwargs)
+        self.instrs.append(Instr("effect", name, call, ins, out))
         return res
 
     def accumulate(self, fn, leaf, g, create_graph: bool) -> None:
