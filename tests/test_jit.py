@@ -273,3 +273,52 @@ def test_jitted_steps_equal_eager_steps_mnist1d_cnn():
     assert le == lj
     for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
         assert _same(a.numpy(), b.numpy()), n
+
+
+def test_train_and_eval_modes_get_their_own_programs():
+    ng.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    step = ng.jit(lambda x: model(x), state=model)
+    x = ng.randn(3, 4)
+    step(x)
+    model.eval()
+    with ng.no_grad():
+        assert _same(step(x).numpy(), model(x).numpy())
+    assert step.traces == 2
+
+
+def test_fit_with_jit_equals_fit_without():
+    from nodegrad import data as D
+    from nodegrad import train as T
+
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((60, 40)).astype(np.float32)
+    ys = rng.integers(0, 10, 60)
+
+    def run(jit):
+        ng.manual_seed(0)
+        model = zoo.CNN()
+        opt = ng.optim.Adam(model.parameters(), lr=1e-3)
+        loader = D.DataLoader(D.ArrayDataset(xs, ys), batch_size=16, shuffle=True, seed=0)
+        h = T.fit(model, ng.nn.functional.cross_entropy, opt, loader, epochs=2, progress=False,
+                  jit=jit)
+        return h, model
+
+    he, me = run(False)
+    hj, mj = run(True)
+    assert [r["loss"] for r in he.epochs] == [r["loss"] for r in hj.epochs]
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+
+
+def test_cli_train_jit_gives_the_same_weights(tmp_path, capsys):
+    from nodegrad.cli import main
+
+    args = ["train", "--model", "digits_mlp", "--epochs", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*args, "--jit", "--out", str(tmp_path / "jit")]) == 0
+    a = ng.load(tmp_path / "eager" / "model.safetensors")
+    b = ng.load(tmp_path / "jit" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert _same(np.asarray(a[k]), np.asarray(b[k])), k

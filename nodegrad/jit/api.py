@@ -50,6 +50,8 @@ class Jitted:
     def __init__(self, fn: Callable, state: Any = None, max_cache: int = 32) -> None:
         self.fn = fn
         self.state = state
+        objs = state if isinstance(state, tuple | list) else (state,)
+        self._modules = [mod for o in objs if hasattr(o, "training") for mod in o.modules()]
         self.max_cache = max_cache
         self.cache: OrderedDict = OrderedDict()
         self.traces = 0  # how many times the function was traced
@@ -93,6 +95,8 @@ class Jitted:
     def _signature(self, leaves: list, tdef, m):
         """The cache key, the input arrays, and whether this call must run eagerly."""
         key = [_def_key(tdef), m.grad_enabled]
+        if self._modules:  # train() and eval() change what a module computes
+            key.append(tuple(mod.training for mod in self._modules))
         arrays = []
         firsts: dict = {}
         for x in leaves:
