@@ -322,3 +322,36 @@ def test_cli_train_jit_gives_the_same_weights(tmp_path, capsys):
     assert a.keys() == b.keys()
     for k in a:
         assert _same(np.asarray(a[k]), np.asarray(b[k])), k
+
+
+def test_in_place_updates_are_replayed_in_place():
+    def f(x, b):
+        h = x * 2.0
+        h += b  # in place, no graph
+        h[0] = 7.0
+        h[1:, 0] = b[1:, 1]
+        x -= 1.0  # the caller's tensor changes, as in eager
+        return h
+
+    jf = ng.jit(f)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a, b = rng.standard_normal((2, 3, 3)).astype(np.float32)
+        xe, xj = ng.tensor(a), ng.tensor(a)
+        want = f(xe, ng.tensor(b)).numpy()
+        assert _same(jf(xj, ng.tensor(b)).numpy(), want)
+        assert _same(xj.numpy(), xe.numpy())
+    assert jf.traces == 1
+
+
+def test_a_traced_index_makes_the_signature_run_eagerly():
+    def f(x, i):
+        h = x * 1.0
+        h[i.argmax()] = 0.0
+        return h
+
+    jf = ng.jit(f)
+    for _ in range(3):
+        x, i = ng.randn(4), ng.randn(4)
+        assert _same(jf(x, i).numpy(), f(x, i).numpy())
+    assert jf.program is None and jf.traces == 1

@@ -142,6 +142,16 @@ class Recorder:
             self.slot.pop(id(grad.data), None)  # its value is now the accumulated one
             self.aliases[id(grad.data)] = lambda: leaf.grad.data
 
+    def mutate(self, name: str, fn, target, *args, params=None) -> None:
+        """Run ``fn(target_array, *arg_values)`` (it changes the target in place) and record it."""
+        vals = [a.data if isinstance(a, Tensor) else a for a in args]
+        ins = (self.slot_of(target, target.data),) + tuple(
+            self.slot_of(a, v) for a, v in zip(args, vals))
+        if params is not None and self.fallback is None and _holds_traced(params, self.slot):
+            self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
+        fn(target.data, *vals)
+        self.instrs.append(Instr("effect", name, fn, ins, None))
+
     def concrete(self, data, what: str) -> None:
         """Refuse to turn a traced value into a Python value (it would be frozen at trace)."""
         if id(data) in self.slot:
