@@ -34,23 +34,43 @@ class Program:
         self.backend = backend
         self.nslots = nslots
         self.instrs = eliminate_dead_code(instrs, out_slots)
-        self._code = [(i.fn, i.ins, i.out) for i in self.instrs]
-        env = [None] * nslots
-        for s, v in consts.items():
-            env[s] = v
-        self._env0 = env
+        self._fn = self._compile(fast=False)
+        self._fast = False
+
+    def _var(self, s: int) -> str:
+        return f"c{s}" if s in self.consts else f"v{s}"
+
+    def _compile(self, fast: bool):
+        """The program as one straight-line Python function (no interpreter loop, locals only).
+
+        With ``fast``, an op whose first replay needed no result conversion calls its bare
+        forward."""
+        ns: dict = {f"c{s}": v for s, v in self.consts.items()}
+        args = ", ".join(f"_a{k}" for k in range(len(self.in_slots)))
+        lines = [f"def _run({args}):"]
+        lines += [f"    v{s} = _a{k}" for k, s in enumerate(self.in_slots)]
+        for k, i in enumerate(self.instrs):
+            fn = i.fn
+            if fast and i.kind == "op" and not fn.converts:
+                fn = fn.fast
+            ns[f"f{k}"] = fn
+            call = f"f{k}({', '.join(self._var(a) for a in i.ins)})"
+            lines.append(f"    v{i.out} = {call}" if i.out is not None else f"    {call}")
+        lines.append(f"    return [{', '.join(self._var(s) for s in self.out_slots)}]")
+        exec(compile("\n".join(lines), "<nodegrad.jit program>", "exec"), ns)
+        return ns["_run"]
 
     def run(self, inputs: list) -> list:
         """Replay on ``inputs`` (arrays, in the order of the traced inputs)."""
-        env = self._env0.copy()
-        for s, a in zip(self.in_slots, inputs):
-            env[s] = a
         if self.backend is not None and self.backend.device_id is not None:
             with self.backend.scope():
-                _execute(self._code, env)
+                outs = self._fn(*inputs)
         else:
-            _execute(self._code, env)
-        return [env[s] for s in self.out_slots]
+            outs = self._fn(*inputs)
+        if not self._fast:  # the first replay has shown which ops need no conversion
+            self._fn = self._compile(fast=True)
+            self._fast = True
+        return outs
 
     def __len__(self) -> int:
         return len(self.instrs)
@@ -80,13 +100,6 @@ def _const(v) -> str:
     if shape is None:
         return repr(v)
     return f"const{tuple(shape)}"
-
-
-def _execute(code: list, env: list) -> None:
-    for fn, ins, out in code:
-        r = fn(*[env[i] for i in ins])
-        if out is not None:
-            env[out] = r
 
 
 def eliminate_dead_code(instrs: list, out_slots: list) -> list:

@@ -9,6 +9,8 @@ gradient accumulation, random draws) are recorded whole (:func:`nodegrad.autodif
 
 from __future__ import annotations
 
+from functools import partial
+
 from .. import _backend as B
 from ..autodiff import creation_site, modes
 from ..errors import JitError
@@ -188,7 +190,10 @@ def _holds_traced(v, slots: dict) -> bool:
 
 
 def _op(prim, params: dict, backend, out):
-    """The replay function of one primitive: its forward, with bind's result conversions."""
+    """The replay function of one primitive: its forward, with bind's result conversions.
+
+    Its ``fast`` attribute is the bare forward; the program switches to it after a first replay
+    showed that no conversion was needed (the result type depends only on the signature)."""
     fwd, xp, dtype, arr = prim.fwd, backend.xp, out.dtype, type(out)
     asarray = backend.asarray
 
@@ -196,9 +201,13 @@ def _op(prim, params: dict, backend, out):
         o = fwd(xp, *d, **params)
         if type(o) is not arr:
             o = asarray(o)
+            op.converts = True
         if o.dtype != dtype:
             o = o.astype(dtype)
+            op.converts = True
         return o
 
     op.__name__ = prim.name
+    op.converts = False
+    op.fast = partial(fwd, xp, **params)
     return op
