@@ -76,7 +76,10 @@ class Jitted:
             # inside another trace (it records these ops itself), under vmap or a
             # differentiating transform, or debugging: run the function as written
             return self.fn(*args, **kwargs)
-        leaves, tdef = tree_flatten((args, kwargs))
+        if not kwargs and all(type(a) is Tensor for a in args):  # the common case, quickly
+            leaves, tdef = list(args), None
+        else:
+            leaves, tdef = tree_flatten((args, kwargs))
         key, arrays, eager = self._signature(leaves, tdef, m)
         if eager:
             return self.fn(*args, **kwargs)
@@ -88,13 +91,15 @@ class Jitted:
         if entry.program is None:
             return self.fn(*args, **kwargs)
         outs = entry.program.run(arrays)
+        if entry.out_def is None:  # the function returned one tensor
+            return Tensor(outs[0])
         it = iter(outs)
         res = [Tensor(next(it)) if k is None else k for k in entry.out_kinds]
         return tree_unflatten(entry.out_def, res)
 
     def _signature(self, leaves: list, tdef, m):
         """The cache key, the input arrays, and whether this call must run eagerly."""
-        key = [_def_key(tdef), m.grad_enabled]
+        key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled]
         if self._modules:  # train() and eval() change what a module computes
             key.append(tuple(mod.training for mod in self._modules))
         arrays = []
@@ -140,7 +145,7 @@ class Jitted:
             else:
                 kinds.append(o)
         program = None if reason is not None else rec.program(in_slots, slots)
-        entry = _Entry(program, out_def, kinds, reason)
+        entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason)
         self.cache[key] = entry
         if len(self.cache) > self.max_cache:
             self.cache.popitem(last=False)
