@@ -18,6 +18,7 @@ from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, 
 from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, tree_flatten, tree_map,
                    tree_unflatten, value_and_grad, vjp, vmap)
 from .io import CheckpointError, load, save
+from .jit import disable_jit, jit
 from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .primitive import REGISTRY as primitives
 from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,

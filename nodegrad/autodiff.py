@@ -29,7 +29,8 @@ class Modes:
     a new thread records gradients even when the thread that started it is inside no_grad.
     """
 
-    __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth")
+    __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth",
+                 "jit")
 
     def __init__(self) -> None:
         self.grad_enabled = True
@@ -38,6 +39,7 @@ class Modes:
         self.in_backward = None  # the node whose VJP runs (anomaly mode only)
         self.traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
         self.depth = 0  # how many transforms are evaluating their function (see func/grad.py)
+        self.jit = None  # the recorder of the jit trace in progress (see jit/trace.py), or None
 
 
 _per_thread = threading.local()  # .modes: the thread's Modes (a plain local reads fastest)
@@ -65,6 +67,23 @@ class _CurrentModes:
 
 
 mode = _CurrentModes()
+
+
+def effect(fn: Callable) -> Callable:
+    """Mark ``fn`` as a step with effects outside the array program (an optimiser update, a
+    random draw): under a jit trace it runs once and is replayed by calling it again."""
+
+    def wrapper(*args, **kwargs):
+        rec = modes().jit
+        if rec is None:
+            return fn(*args, **kwargs)
+        return rec.effect(fn, args, kwargs)
+
+    wrapper.__name__ = getattr(fn, "__name__", "effect")
+    wrapper.__qualname__ = getattr(fn, "__qualname__", wrapper.__name__)
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__wrapped__ = fn
+    return wrapper
 
 
 class Node:
@@ -439,6 +458,10 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes)
 
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
     """Add ``g`` into ``leaf.grad``; the stored array is never shared with another tensor."""
+    rec = modes().jit
+    if rec is not None:  # under a jit trace: one replayable step, which then reads leaf.grad
+        rec.accumulate(_accumulate_leaf, leaf, g, create_graph)
+        return
     if create_graph:
         leaf.grad = g if leaf.grad is None else leaf.grad + g
         return

@@ -36,3 +36,7 @@ class AnomalyError(FloatingPointError):
 class LinAlgError(RuntimeError):
     """A matrix a decomposition or solve cannot take: singular, not positive definite (as
     ``torch.linalg.LinAlgError``, a RuntimeError)."""
+
+
+class JitError(RuntimeError):
+    """A function that ``nodegrad.jit`` cannot capture (Python reading a traced value, ...)."""

@@ -334,6 +334,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
         out = out.astype(_DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
     if m.anomaly:
         _anomaly(prim, backend, args, datas, out)
+    if m.jit is not None:  # a jit trace is in progress: it keeps this op for replay
+        m.jit.record(prim, args, datas, params, out, backend)
     if record and m.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
         return _record(prim, args, datas, params, out, m.anomaly)
     return Tensor(out)

@@ -7,6 +7,7 @@ their target dtype (float32 by default) so no float64 temporaries appear.
 from __future__ import annotations
 
 from . import _backend as B
+from .autodiff import effect
 from .errors import DeviceError, DTypeError, ShapeError
 from .tensor import Tensor, _finish, _shape_arg
 
@@ -54,6 +55,15 @@ class Generator:
         """Standard normal samples."""
         with self.backend.scope():
             return self.rng.standard_normal(shape, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+
+    @effect  # under nodegrad.jit each replay draws afresh, as the eager step would
+    def keep_mask(self, shape, dtype, p: float, scale: float = 1.0):
+        """A dropout mask: ``scale`` where a uniform sample is >= ``p``, else 0, in ``dtype``."""
+        dtype = B.as_dtype(dtype)
+        mask = (self.random(shape, dtype) >= dtype.type(p)).astype(dtype)
+        if scale != 1.0:
+            mask *= dtype.type(scale)
+        return mask
 
     def integers(self, low: int, high: int, shape, dtype=None):
         with self.backend.scope():

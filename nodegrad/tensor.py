@@ -93,6 +93,7 @@ class Tensor:
 
         Read-only for a tensor that requires grad: a write would change, unseen, a value the
         graph may have saved. ``.detach().numpy()`` gives a writable array, as in PyTorch."""
+        self._concrete("numpy()")
         a = B.backend_of(self.data).to_host(self.data)
         if self.requires_grad:
             a = a.view()
@@ -100,6 +101,7 @@ class Tensor:
         return a
 
     def item(self):
+        self._concrete("item()")
         if self.data.size != 1:
             raise ValueError(f"item(): tensor of shape {self.shape} has {self.data.size} "
                              "elements, expected 1")
@@ -121,6 +123,7 @@ class Tensor:
         return self.data.__dlpack_device__()
 
     def __bool__(self) -> bool:
+        self._concrete("bool()")
         if self.data.size != 1:
             raise ValueError(f"the truth value of a tensor with {self.data.size} elements is "
                              "ambiguous; use .any() or .all()")
@@ -149,6 +152,12 @@ class Tensor:
         elif self.requires_grad:
             extra.append("requires_grad=True")
         return "tensor(" + body + "".join(", " + e for e in extra) + ")"
+
+    def _concrete(self, what: str) -> None:
+        """Under a jit trace, refuse to read a traced value into Python (see nodegrad.jit)."""
+        rec = modes().jit
+        if rec is not None:
+            rec.concrete(self.data, what)
 
     # --- autodiff -------------------------------------------------------------------------
     def detach(self) -> Tensor:

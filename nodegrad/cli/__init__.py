@@ -71,6 +71,8 @@ def _train_parser(prog: str = "nodegrad train") -> Parser:
     a("--overwrite", action="store_true", help="replace an existing run directory")
     a("--config", metavar="FILE", help="TOML file of options (keys as the flags, - or _)")
     a("--quiet", action="store_true", help="no progress output")
+    a("--jit", action="store_true",
+      help="capture each step's forward and backward once and replay it (nodegrad.jit)")
     return p
 
 

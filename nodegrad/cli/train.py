@@ -25,7 +25,7 @@ DEFAULTS = {"model": "mnist1d_cnn", "dataset": None, "epochs": None, "batch_size
             "dropout": 0.0, "init": "default", "augment": False, "early_stopping": 0,
             "ensemble": 1, "bootstrap": False, "val_fraction": 0.1, "checkpoint_every": 0,
             "seed": 0, "device": "cpu", "out": None, "resume": False, "overwrite": False,
-            "quiet": False}
+            "quiet": False, "jit": False}
 # how many epochs `nodegrad train` runs by default: the MNIST-1D paper's 6,000 steps (150
 # epochs) for the fast models, fewer for the CNN and GRU so the default run takes well under
 # a minute
@@ -199,7 +199,7 @@ def _saved_options(out: Path, given: dict) -> dict:
         if k in given and given[k] != saved.get(k):
             raise UsageError(f"cannot change --{k.replace('_', '-')} when resuming "
                              f"(the run has {saved.get(k)!r})")
-    return {**saved, **{k: given[k] for k in ("epochs", "quiet", "device") if k in given},
+    return {**saved, **{k: given[k] for k in ("epochs", "quiet", "device", "jit") if k in given},
             "resume": True, "overwrite": False, "out": str(out)}
 
 
@@ -252,7 +252,7 @@ def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
     trainer = T.Trainer(model, loss_fn, opt, tl, vl, epochs=o["epochs"], callbacks=cbs,
                         metrics=metrics, scheduler=sched, run_dir=run_dir,
                         checkpoint_every=o["checkpoint_every"] or None, resume=resume,
-                        config=o, progress=False)
+                        config=o, progress=False, jit=o["jit"])
     if trainer.resumed_from is not None:
         print(_resume_line(trainer, run_dir, o["epochs"]))
     history = trainer.fit()

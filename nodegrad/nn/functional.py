@@ -175,10 +175,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, mode: str = "inver
     if p == 1:
         return x * 0.0
     gen = generator or default_generator(x.device)
-    keep = gen.random(x.shape, x.dtype) >= x.dtype.type(p)
-    mask = keep.astype(x.dtype)
-    if mode == "inverted":
-        mask *= x.dtype.type(1.0 / (1.0 - p))
+    mask = gen.keep_mask(x.shape, x.dtype, p, 1.0 / (1.0 - p) if mode == "inverted" else 1.0)
     return x * mask
 
 
@@ -204,14 +201,8 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
         var = ops.var(x, axis=axes, keepdims=True)
         if training and running_mean is not None:
             with no_grad():
-                m = x.dtype.type(momentum)
-                rm, rv = running_mean.data, running_var.data
-                rm *= 1 - m
-                rm += m * mean.data.reshape(c)
-                rv *= 1 - m
-                rv += m * var.data.reshape(c) * x.dtype.type(count / max(count - 1, 1))
-                running_mean._bump()
-                running_var._bump()
+                _update_running(running_mean, running_var, mean, var, momentum,
+                                count / max(count - 1, 1))
     else:
         mean = ops.reshape(running_mean, shape)
         var = ops.reshape(running_var, shape)
@@ -314,6 +305,7 @@ __all__ += [
 ]
 
 # --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------
+from .norm_functional import _count_batch, _update_running  # noqa: E402, F401
 from .norm_functional import (alpha_dropout, bilinear, dropout1d, dropout2d,  # noqa: E402
                               dropout3d, embedding_bag, group_norm, instance_norm,
                               local_response_norm, rms_norm)

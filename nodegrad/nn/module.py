@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from .. import _backend as B
-from ..autodiff import RemovableHandle, no_grad
+from ..autodiff import RemovableHandle, effect, no_grad
 from ..errors import ShapeError
 from ..func.tree import register_pytree_node
 from ..tensor import Tensor
@@ -197,6 +197,7 @@ class Module:
             p.requires_grad = bool(requires_grad)
         return self
 
+    @effect  # one replayed step under nodegrad.jit
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.parameters():
             if set_to_none or p.grad is None:

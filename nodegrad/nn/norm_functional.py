@@ -10,7 +10,7 @@ import math
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import no_grad
+from ..autodiff import effect, no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator
@@ -67,15 +67,10 @@ def instance_norm(x: Tensor, running_mean: Tensor | None = None,
         y, mean, var = _normalise(x, axes, eps)
         if running_mean is not None:
             with no_grad():
-                m = x.dtype.type(momentum)
-                bm = mean.data.reshape(x.shape[:2]).mean(0)
-                bv = var.data.reshape(x.shape[:2]).mean(0) * x.dtype.type(count / (count - 1))
-                running_mean.data *= 1 - m
-                running_mean.data += m * bm
-                running_var.data *= 1 - m
-                running_var.data += m * bv
-                running_mean._bump()
-                running_var._bump()
+                bm = ops.mean(ops.reshape(mean, x.shape[:2]), axis=0)
+                bv = ops.mean(ops.reshape(var, x.shape[:2]), axis=0) * \
+                    x.dtype.type(count / (count - 1))
+                _update_running(running_mean, running_var, bm, bv, momentum, 1.0)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
@@ -114,6 +109,27 @@ def rms_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
 
 
 # --- dropout variants -------------------------------------------------------------------------
+@effect  # under nodegrad.jit a replayed step, as the statistics live outside the program
+def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
+                    momentum: float, unbias: float) -> None:
+    """Move the running statistics toward the batch's: ``r <- (1 - m) r + m b``."""
+    dt = mean.dtype
+    m = dt.type(momentum)
+    rm, rv = running_mean.data, running_var.data
+    rm *= 1 - m
+    rm += m * mean.data.reshape(rm.shape)
+    rv *= 1 - m
+    rv += m * var.data.reshape(rv.shape) * dt.type(unbias)
+    running_mean._bump()
+    running_var._bump()
+
+
+@effect
+def _count_batch(counter: Tensor) -> None:
+    """Add one to a norm layer's batch counter (a replayed step under nodegrad.jit)."""
+    counter.data += 1
+
+
 def _check_p(p: float, op: str) -> None:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{op}: p must be in [0, 1], got {p}")
@@ -132,9 +148,9 @@ def _feature_dropout(x, p, training, generator, nd, op):
     if nd == 2 and x.ndim == 3:
         lead = 2  # PyTorch 2.13 reads 3-d input to dropout2d as (N, C, L)
     gen = generator or default_generator(x.device)
-    keep = gen.random(tuple(x.shape[:lead]) + (1,) * (x.ndim - lead), x.dtype) >= \
-        x.dtype.type(p)
-    return x * (keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p)))
+    mask = gen.keep_mask(tuple(x.shape[:lead]) + (1,) * (x.ndim - lead), x.dtype, p,
+                         1.0 / (1.0 - p))
+    return x * mask
 
 
 def dropout1d(x: Tensor, p: float = 0.5, training: bool = True,
@@ -171,7 +187,7 @@ def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = False,
     al = _SELU_ALPHA_PRIME
     a = 1.0 / math.sqrt((al * al * p + 1) * (1 - p))
     gen = generator or default_generator(x.device)
-    keep = (gen.random(tuple(x.shape), x.dtype) >= x.dtype.type(p)).astype(x.dtype)
+    keep = Tensor(gen.keep_mask(tuple(x.shape), x.dtype, p))
     b = (keep - 1) * x.dtype.type(al * a) + x.dtype.type(al * a * p)
     return x * (keep * x.dtype.type(a)) + b
 

@@ -134,8 +134,13 @@ def _inplace(op, name):
             if (o.dtype.kind == "f" and self.dtype.kind == "f" and o.dtype != self.dtype
                     and o.ndim):  # a 0-d operand counts as a scalar (type promotion)
                 raise DTypeError(f"{name}: mixed float dtypes {self.dtype} and {o.dtype}")
+        fn = getattr(be.xp, ufunc)
         try:
-            getattr(be.xp, ufunc)(self.data, o, out=self.data, casting="same_kind")
+            rec = mode.jit
+            if rec is not None:  # under a jit trace: replayed in place on the same array
+                rec.mutate(name, lambda a, b: fn(a, b, out=a, casting="same_kind"), self, other)
+            else:
+                fn(self.data, o, out=self.data, casting="same_kind")
         except TypeError as e:  # NumPy's casting error, e.g. int tensor += 0.5
             raise DTypeError(f"{name}: the result cannot be stored in place in a tensor of "
                              f"dtype {self.dtype}: {e}") from None
@@ -159,7 +164,12 @@ def _setitem(self, index, value):
     v = value.data if isinstance(value, Tensor) else value
     if B.is_array(v) and B.backend_of(v) is not self.backend:
         v = self.backend.asarray(B.backend_of(v).to_host(v))
-    self.data[I.norm_index(index, self.backend, "setitem")] = v
+    idx = I.norm_index(index, self.backend, "setitem")
+    rec = mode.jit
+    if rec is not None:  # under a jit trace: replayed in place on the same array
+        rec.mutate("setitem", lambda a, b: a.__setitem__(idx, b), self, value, params=idx)
+    else:
+        self.data[idx] = v
     self._bump()
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._backend import backend_of, is_array
-from ..autodiff import enable_grad
+from ..autodiff import effect, enable_grad
 from ..errors import GradError, ShapeError
 from ..tensor import Tensor
 
@@ -201,6 +201,7 @@ class Optimizer:
         return {k: (v(t) if callable(v) else v) for k, v in group.items() if k not in _NOT_HYPER}
 
     # --- the step ---------------------------------------------------------------------------
+    @effect  # under nodegrad.jit the whole update is one replayed step
     def step(self, closure: Callable[[], Any] | None = None):
         """Update every parameter that has a gradient; returns ``closure()`` when one is given."""
         loss = None
@@ -312,6 +313,7 @@ class Optimizer:
                 g = w
         return g
 
+    @effect
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Forget the gradients: set them to None (default), or to zero in place.
 

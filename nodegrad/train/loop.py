@@ -19,6 +19,7 @@ from .. import _backend as B
 from ..autodiff import no_grad
 from ..data import ArrayDataset, DataLoader
 from ..io import CheckpointError, remove_stale_temps
+from ..jit import jit as _jit
 from ..nn import Module
 from ..optim import Optimizer
 from ..optim.lr_scheduler import LRScheduler
@@ -135,8 +136,12 @@ class Trainer:
                  scheduler: LRScheduler | None = None, scheduler_interval: str = "step",
                  run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
                  resume: bool = False, config: dict | None = None, progress: bool = True,
-                 nan_guard: bool = True):
+                 nan_guard: bool = True, jit: bool = False):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        # with jit, zero_grad + forward + loss + backward are one captured program; callbacks
+        # between backward and the update, and the update itself, run as without jit
+        self._forward_backward = (_jit(self._forward_backward_eager, state=(model, optimizer))
+                                  if jit else self._forward_backward_eager)
         self.train_loader, self.val_loader, self.epochs = train_loader, val_loader, int(epochs)
         self.metric_fns = _metric_fns(metrics)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -254,12 +259,16 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         return float(lr(self.optimizer.step_count + 1) if callable(lr) else lr)
 
-    def _train_step(self, batch) -> None:
-        x, y = _split_batch(batch)
+    def _forward_backward_eager(self, x, y):
         self.optimizer.zero_grad()
         out = self.model(x)
         loss = self.loss_fn(out, y)
         loss.backward()
+        return loss, out
+
+    def _train_step(self, batch) -> None:
+        x, y = _split_batch(batch)
+        loss, out = self._forward_backward(x, y)
         self.last_loss = float(loss.item())
         self._call("on_after_backward")
         lr = self._lr()
@@ -342,7 +351,7 @@ def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: Da
         metrics: Sequence = ("accuracy",), scheduler: LRScheduler | None = None,
         scheduler_interval: str = "step", run_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None, resume: bool = False, config: dict | None = None,
-        progress: bool = True, nan_guard: bool = True) -> History:
+        progress: bool = True, nan_guard: bool = True, jit: bool = False) -> History:
     """Train ``model`` for ``epochs`` over ``train_loader``; returns the :class:`History`.
 
     Each epoch ends with validation on ``val_loader`` (``val_*`` entries) and, with a
@@ -353,8 +362,9 @@ def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: Da
     says when it differs). A loader without batches is a ``ValueError``.
     ``scheduler`` steps after every optimiser step (``scheduler_interval="epoch"``: every
     epoch; ReduceLROnPlateau: every epoch on ``val_loss``). A progress bar and a NaN guard are on
-    by default.
+    by default. ``jit=True`` captures each step's forward and backward once per batch shape
+    (:func:`nodegrad.jit`) and replays them, with the same results as without.
     """
     return Trainer(model, loss_fn, optimizer, train_loader, val_loader, epochs, callbacks,
                    metrics, scheduler, scheduler_interval, run_dir, checkpoint_every, resume,
-                   config, progress, nan_guard).fit()
+                   config, progress, nan_guard, jit).fit()

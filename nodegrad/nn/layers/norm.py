@@ -37,7 +37,7 @@ class _BatchNorm(Module):
                              f"{tuple(x.shape)}")
         momentum = self.momentum
         if self.training and self.num_batches_tracked is not None:
-            self.num_batches_tracked.data += 1
+            F._count_batch(self.num_batches_tracked)
             if momentum is None:  # cumulative moving average, as PyTorch
                 momentum = 1.0 / int(self.num_batches_tracked.item())
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,

@@ -67,7 +67,7 @@ class _InstanceNorm(Module):
             x = x[None]
         use_input_stats = self.training or not self.track_running_stats
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.data += 1
+            F._count_batch(self.num_batches_tracked)
         y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             use_input_stats, self.momentum, self.eps)
         return y[0] if unbatched else y

@@ -1,0 +1,14 @@
+"""Capture a function or a whole training step into a program of backend operations, replay it.
+
+``jit(f)`` traces ``f`` on its first call per input signature (recording every primitive's
+forward, the backward's VJPs, gradient accumulation and the optimiser's update) and replays
+the recorded operations on later calls, without the Tensor and Node machinery.
+"""
+
+from .api import Jitted, disable_jit, jit
+from .program import Instr, Program, eliminate_dead_code
+from .trace import Recorder
+
+jit.disable_jit = disable_jit  # so ``nodegrad.jit.disable_jit`` reads when jit is the function
+
+__all__ = ["jit", "disable_jit", "Jitted", "Program", "Instr", "Recorder", "eliminate_dead_code"]

@@ -1,0 +1,180 @@
+"""``jit``: trace a function once per input signature, then replay the captured program.
+
+The first call with a new signature (the tree of arguments; each tensor's shape, dtype and
+device; the values of the other arguments) runs the function eagerly while a recorder keeps
+every backend operation; later calls replay those operations on the new arrays, with no
+Tensor, Node or dispatch work. Programs live in a bounded least-recently-used cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .. import _backend as B
+from ..autodiff import modes
+from ..func.tree import tree_flatten, tree_unflatten
+from ..tensor import Tensor
+from .trace import Recorder
+
+_local = threading.local()  # .disabled: disable_jit depth in this thread
+
+
+class disable_jit:
+    """Within this block (this thread), jitted functions run eagerly, for debugging."""
+
+    def __enter__(self):
+        _local.disabled = getattr(_local, "disabled", 0) + 1
+        return self
+
+    def __exit__(self, *exc):
+        _local.disabled -= 1
+
+
+_EAGER = object()  # the cache entry of a signature that always runs eagerly
+
+
+class _Entry:
+    __slots__ = ("program", "out_def", "out_kinds", "reason")
+
+    def __init__(self, program, out_def, out_kinds, reason=None):
+        self.program, self.out_def, self.out_kinds, self.reason = program, out_def, out_kinds, \
+            reason
+
+
+class Jitted:
+    """A function wrapped by :func:`jit`; call it like the function."""
+
+    def __init__(self, fn: Callable, state: Any = None, max_cache: int = 32) -> None:
+        self.fn = fn
+        self.state = state
+        objs = state if isinstance(state, tuple | list) else (state,)
+        self._modules = [mod for o in objs if hasattr(o, "training") for mod in o.modules()]
+        self.max_cache = max_cache
+        self.cache: OrderedDict = OrderedDict()
+        self.traces = 0  # how many times the function was traced
+        self.last = None  # the most recently used entry
+        self.__name__ = getattr(fn, "__name__", "jitted")
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__wrapped__ = fn
+
+    def clear_cache(self) -> None:
+        """Forget every captured program (the next call traces again)."""
+        self.cache.clear()
+
+    @property
+    def program(self):
+        """The most recently used captured program (print it to read it), or None."""
+        return None if self.last is None else self.last.program
+
+    def __call__(self, *args, **kwargs):
+        m = modes()
+        if (getattr(_local, "disabled", 0) or m.jit is not None or m.traces or m.depth
+                or m.anomaly):
+            # inside another trace (it records these ops itself), under vmap or a
+            # differentiating transform, or debugging: run the function as written
+            return self.fn(*args, **kwargs)
+        if not kwargs and all(type(a) is Tensor for a in args):  # the common case, quickly
+            leaves, tdef = list(args), None
+        else:
+            leaves, tdef = tree_flatten((args, kwargs))
+        key, arrays, eager = self._signature(leaves, tdef, m)
+        if eager:
+            return self.fn(*args, **kwargs)
+        entry = self.cache.get(key)
+        if entry is None:
+            return self._trace(key, leaves, arrays, args, kwargs, m)
+        self.cache.move_to_end(key)
+        self.last = entry
+        if entry.program is None:
+            return self.fn(*args, **kwargs)
+        outs = entry.program.run(arrays)
+        if entry.out_def is None:  # the function returned one tensor
+            return Tensor(outs[0])
+        it = iter(outs)
+        res = [Tensor(next(it)) if k is None else k for k in entry.out_kinds]
+        return tree_unflatten(entry.out_def, res)
+
+    def _signature(self, leaves: list, tdef, m):
+        """The cache key, the input arrays, and whether this call must run eagerly."""
+        key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled]
+        if self._modules:  # train() and eval() change what a module computes
+            key.append(tuple(mod.training for mod in self._modules))
+        arrays = []
+        firsts: dict = {}
+        for x in leaves:
+            if isinstance(x, Tensor):
+                if x.requires_grad and m.grad_enabled:
+                    return None, None, True  # the caller differentiates: build the graph
+                d = x.data
+            elif B.is_array(x):
+                d = x
+            else:
+                try:
+                    hash(x)
+                    key.append(("static", type(x), x))
+                except TypeError:
+                    key.append(("object", id(x)))
+                continue
+            be = B.backend_of(d)
+            key.append((d.shape, d.dtype.str, be.name, firsts.setdefault(id(d), len(arrays))))
+            arrays.append(d)
+        return tuple(key), arrays, False
+
+    def _trace(self, key, leaves, arrays, args, kwargs, m):
+        rec = Recorder()
+        in_slots = [rec.input(a) for a in arrays]
+        m.jit = rec
+        try:
+            out = self.fn(*args, **kwargs)
+        finally:
+            m.jit = None
+        self.traces += 1
+        out_leaves, out_def = tree_flatten(out)
+        reason = rec.fallback
+        kinds, slots = [], []
+        for o in out_leaves:
+            if isinstance(o, Tensor):
+                if self.state is None and o.requires_grad and reason is None:
+                    reason = ("an output requires grad (the function closes over tensors "
+                              "that require grad); pass state= for a training step")
+                kinds.append(None)
+                slots.append(rec.slot_of(o, o.data))
+            else:
+                kinds.append(o)
+        program = None if reason is not None else rec.program(in_slots, slots)
+        entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason)
+        self.cache[key] = entry
+        if len(self.cache) > self.max_cache:
+            self.cache.popitem(last=False)
+        self.last = entry
+        if self.state is not None and program is not None:
+            out = tree_unflatten(out_def, [Tensor(o.data) if isinstance(o, Tensor) else o
+                                           for o in out_leaves])
+        return out
+
+
+def _def_key(tdef):
+    """A hashable form of a tree's structure."""
+    if tdef.kind is None:
+        return None
+    aux = tdef.aux
+    try:
+        hash(aux)
+    except TypeError:
+        aux = tuple(aux) if isinstance(aux, list) else id(aux)
+    return (tdef.kind, aux, tuple(_def_key(c) for c in tdef.children))
+
+
+def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32):
+    """Compile ``fn``: trace it on the first call per input signature, replay afterwards.
+
+    Arguments that are not tensors are static (part of the signature). ``state`` names what a
+    training step reads and changes in place (a model, an optimiser): the step may then call
+    ``backward`` and ``opt.step()``. Use as ``jit(f)`` or ``@jit(state=...)``.
+    """
+    if fn is None:
+        return lambda f: Jitted(f, state, max_cache)
+    return Jitted(fn, state, max_cache)

@@ -1,0 +1,213 @@
+"""The recorder: while a jit trace runs, ``bind`` hands it every primitive it executes.
+
+Arrays are known by identity: an input's array, the result of a recorded operation, or an
+array read from a tensor the trace did not produce (a parameter, a closed-over tensor), which
+becomes a ``load`` of that tensor's current value at the same point of the replay. Any other
+array or number is a constant. Steps with effects outside the arrays (optimiser updates,
+gradient accumulation, random draws) are recorded whole (:func:`nodegrad.autodiff.effect`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .. import _backend as B
+from ..autodiff import creation_site, modes
+from ..errors import JitError
+from ..tensor import Tensor
+from .program import Instr, Program
+
+
+class _AlwaysSeen:
+    """A stand-in for backward's set of fresh arrays: every gradient is copied on replay."""
+
+    __slots__ = ()
+
+    def __contains__(self, item) -> bool:
+        return True
+
+    def add(self, item) -> None:
+        pass
+
+
+_SEEN = _AlwaysSeen()
+
+
+class Recorder:
+    """Collects the instructions of one trace (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.instrs: list[Instr] = []
+        self.nslots = 0
+        self.slot: dict[int, int] = {}  # id(array) -> slot
+        self.keep: list = []  # every object whose id is a key above, kept alive while tracing
+        self.consts: dict[int, object] = {}
+        self.aliases: dict[int, object] = {}  # id(array) -> getter of where it lives now
+        self.fallback: str | None = None  # why this signature must run eagerly, if it must
+        self.backend = None
+
+    # --- slots --------------------------------------------------------------------------------
+    def _new(self, value) -> int:
+        s = self.nslots
+        self.nslots += 1
+        if B.is_array(value):
+            self.slot[id(value)] = s
+            self.keep.append(value)
+        return s
+
+    def input(self, array) -> int:
+        """A slot for an input array (the same array twice gets one slot)."""
+        s = self.slot.get(id(array))
+        if s is None:
+            s = self._new(array)
+            if self.backend is None:
+                self.backend = B.backend_of(array)
+        return s
+
+    def const(self, value) -> int:
+        s = self._new(value)
+        self.consts[s] = value
+        return s
+
+    def _load(self, name: str, getter, array) -> int:
+        shape, dtype = array.shape, array.dtype
+
+        def load():
+            a = getter()
+            if a.shape != shape or a.dtype != dtype:
+                raise JitError(f"jit: {name} changed from shape {shape} {dtype} to "
+                               f"{a.shape} {a.dtype} since the trace; call the jitted "
+                               "function's clear_cache() after changing it")
+            return a
+
+        s = self._new(array)
+        self.instrs.append(Instr("load", name, load, (), s))
+        return s
+
+    def slot_of(self, a, d) -> int:
+        """The slot of argument ``a`` (a tensor, an array or a number) whose data is ``d``."""
+        if not B.is_array(d):
+            return self.const(d)
+        s = self.slot.get(id(d))
+        if s is not None:
+            return s
+        get = self.aliases.get(id(d))
+        if get is not None:
+            return self._load("gradient", get, d)
+        if isinstance(a, Tensor):
+            return self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+        return self.const(d)
+
+    # --- what bind and the engine call --------------------------------------------------------
+    def record(self, prim, args, datas, params, out, backend) -> None:
+        """Keep one primitive application (called by ``bind`` after its forward)."""
+        ins = tuple(self.slot_of(a, d) for a, d in zip(args, datas))
+        if params and self.fallback is None and _holds_traced(params, self.slot):
+            self.fallback = (f"'{prim.name}' takes a traced value as a parameter (at "
+                             f"{creation_site()})")
+        s = self._new(out)
+        self.instrs.append(Instr("op", prim.name, _op(prim, params, backend, out), ins, s))
+
+    def effect(self, fn, args: tuple, kwargs: dict):
+        """Run ``fn`` eagerly now and record it to be called again on replay."""
+        # tensors holding traced values are fed from their slots on replay; any other
+        # argument (an optimiser, a buffer that lives outside the program) is passed as is
+        pos = [i for i, a in enumerate(args) if isinstance(a, Tensor) and id(a.data) in self.slot]
+        ins = tuple(self.slot[id(args[i].data)] for i in pos)
+        res = self._run_untraced(fn, args, kwargs)
+        out = self._new(res) if B.is_array(res) else None
+        name = getattr(fn, "__qualname__", "effect")
+        if pos:
+            def call(*vals):
+                a = list(args)
+                for i, v in zip(pos, vals):
+                    a[i] = Tensor(v)
+                return fn(*a, **kwargs)
+        else:
+            def call():
+                return fn(*args, **kwargs)
+        self.instrs.append(Instr("effect", name, call, ins, out))
+        return res
+
+    def accumulate(self, fn, leaf, g, create_graph: bool) -> None:
+        """Record backward's ``leaf.grad += g``; later reads of ``leaf.grad`` load it afresh."""
+        s = self.slot_of(g, g.data)
+        self._run_untraced(fn, (leaf, g, create_graph, _SEEN), {})
+
+        def acc(v):
+            fn(leaf, Tensor(v), False, _SEEN)
+
+        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None))
+        grad = leaf.grad
+        if grad is not None:
+            self.keep.append(grad.data)
+            self.slot.pop(id(grad.data), None)  # its value is now the accumulated one
+            self.aliases[id(grad.data)] = lambda: leaf.grad.data
+
+    def mutate(self, name: str, fn, target, *args, params=None) -> None:
+        """Run ``fn(target_array, *arg_values)`` (it changes the target in place) and record it."""
+        vals = [a.data if isinstance(a, Tensor) else a for a in args]
+        ins = (self.slot_of(target, target.data),) + tuple(
+            self.slot_of(a, v) for a, v in zip(args, vals))
+        if params is not None and self.fallback is None and _holds_traced(params, self.slot):
+            self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
+        fn(target.data, *vals)
+        self.instrs.append(Instr("effect", name, fn, ins, None))
+
+    def concrete(self, data, what: str) -> None:
+        """Refuse to turn a traced value into a Python value (it would be frozen at trace)."""
+        if id(data) in self.slot:
+            raise JitError(
+                f"jit: {what} on a traced tensor at {creation_site()}: its value is not known "
+                "when the step is captured, and Python code that depends on it would be frozen "
+                "into the program. Return the tensor from the jitted function and read it "
+                "outside, or wrap this call in nodegrad.jit.disable_jit().")
+
+    def _run_untraced(self, fn, args, kwargs):
+        m = modes()
+        m.jit = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            m.jit = self
+
+    def program(self, in_slots: list, out_slots: list) -> Program:
+        return Program(self.instrs, self.nslots, self.consts, in_slots, out_slots,
+                       self.backend)
+
+
+def _holds_traced(v, slots: dict) -> bool:
+    """Whether a parameter value holds an array (or tensor) produced inside the trace."""
+    if isinstance(v, Tensor):
+        v = v.data
+    if B.is_array(v):
+        return id(v) in slots
+    if isinstance(v, dict):
+        return any(_holds_traced(x, slots) for x in v.values())
+    if isinstance(v, list | tuple):
+        return any(_holds_traced(x, slots) for x in v)
+    return False
+
+
+def _op(prim, params: dict, backend, out):
+    """The replay function of one primitive: its forward, with bind's result conversions.
+
+    Its ``fast`` attribute is the bare forward; the program switches to it after a first replay
+    showed that no conversion was needed (the result type depends only on the signature)."""
+    fwd, xp, dtype, arr = prim.fwd, backend.xp, out.dtype, type(out)
+    asarray = backend.asarray
+
+    def op(*d):
+        o = fwd(xp, *d, **params)
+        if type(o) is not arr:
+            o = asarray(o)
+            op.converts = True
+        if o.dtype != dtype:
+            o = o.astype(dtype)
+            op.converts = True
+        return o
+
+    op.__name__ = prim.name
+    op.converts = False
+    op.fast = partial(fwd, xp, **params)
+    return op

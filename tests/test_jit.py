@@ -1,0 +1,357 @@
+"""jit: a traced-and-replayed function equals the eager one (every primitive case, second call on
+new values), retraces on new signatures, keeps a bounded cache, runs Python only at trace time,
+composes with grad and vmap, and replays whole training steps bit-identically."""
+
+import numpy as np
+import pytest
+from _opcases import CASES, calls, drawn
+
+import nodegrad as ng
+from nodegrad import nn
+from nodegrad.models import mnist1d as zoo
+from nodegrad.errors import JitError
+from nodegrad.jit import disable_jit
+
+MATRIX = [pytest.param(c, id=c.name) for c in CASES if "matrix" in c.layouts]
+
+
+def _shuffled(a: np.ndarray, rng) -> np.ndarray:
+    """The same values (so the same domain) in another order: a new input, same signature."""
+    if a.dtype.kind != "f" or a.size < 2:
+        return a
+    return rng.permutation(a.reshape(-1)).reshape(a.shape).astype(a.dtype)
+
+
+def _same(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+def _leaves(out):
+    return [o.numpy() if isinstance(o, ng.Tensor) else o for o in ng.tree_flatten(out)[0]]
+
+
+@pytest.mark.parametrize("case", MATRIX)
+@drawn(1)
+def test_jit_equals_eager_on_every_case(case, data):
+    call = data.draw(calls(case, "matrix"))
+    rng = np.random.default_rng(0)
+    first = [np.array(a) for a in call.args]
+    second = [_shuffled(a, rng) for a in first]
+    jf = ng.jit(call.fn)
+    for arrs in (first, second, first):
+        got = _leaves(jf(*[ng.tensor(a) for a in arrs]))
+        want = _leaves(call.fn(*[ng.tensor(a) for a in arrs]))
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert _same(g, w), case.name
+    assert jf.traces == 1
+
+
+GRAD_CASES = [pytest.param(c, id=c.name) for c in CASES if "matrix" in c.layouts and c.name in
+              ("multiply", "exp", "tanh", "matmul", "softmax", "log_softmax",
+               "sum", "max", "take_along_axis", "concatenate", "linear",
+               "logsumexp", "einsum", "pad", "power")]
+
+
+@pytest.mark.parametrize("case", GRAD_CASES)
+@drawn(1)
+def test_jit_of_grad_equals_grad(case, data):
+    call = data.draw(calls(case, "matrix"))
+    fl = [i for i, a in enumerate(call.args) if np.asarray(a).dtype.kind == "f"]
+    g = ng.grad(lambda *xs: ng.tree_flatten(call.fn(*xs))[0][0].sum(), argnums=tuple(fl))
+    jg = ng.jit(g)
+    rng = np.random.default_rng(1)
+    for arrs in ([np.array(a) for a in call.args],
+                 [_shuffled(np.array(a), rng) for a in call.args]):
+        got = _leaves(jg(*[ng.tensor(a) for a in arrs]))
+        want = _leaves(g(*[ng.tensor(a) for a in arrs]))
+        for x, y in zip(got, want):
+            assert _same(x, y), case.name
+    assert jg.traces == 1
+
+
+# --- signatures, cache, side effects --------------------------------------------------------
+def test_retraces_on_new_shape_dtype_and_static_argument():
+    calls_seen = []
+
+    def f(x, scale):
+        calls_seen.append(x.shape)  # a Python side effect: runs at trace time only
+        return ng.exp(x) * scale
+
+    jf = ng.jit(f)
+    x = ng.randn(3)
+    for _ in range(3):
+        assert _same(jf(x, 2.0).numpy(), f(x, 2.0).numpy())
+    assert jf.traces == 1 and len(calls_seen) == 1 + 3  # 1 trace, 3 eager calls of f itself
+    jf(ng.randn(4), 2.0)  # new shape
+    jf(ng.randn(3, dtype=ng.float64), 2.0)  # new dtype
+    y = jf(x, 3.0)  # new static argument
+    assert _same(y.numpy(), f(x, 3.0).numpy())
+    assert jf.traces == 4
+    jf(ng.randn(4), 2.0)
+    assert jf.traces == 4
+
+
+def test_cache_is_bounded_least_recently_used():
+    jf = ng.jit(lambda x: x * 2.0, max_cache=2)
+    a, b, c = ng.randn(1), ng.randn(2), ng.randn(3)
+    jf(a)
+    jf(b)
+    jf(a)  # a is now the most recent
+    jf(c)  # evicts b
+    assert len(jf.cache) == 2 and jf.traces == 3
+    jf(a)
+    assert jf.traces == 3
+    jf(b)
+    assert jf.traces == 4
+
+
+def test_outputs_are_tensors_in_the_same_tree():
+    jf = ng.jit(lambda d: {"s": d["x"] + d["y"], "p": (d["x"] * d["y"], 7)})
+    d = {"x": ng.randn(2), "y": ng.randn(2)}
+    for _ in range(2):
+        out = jf(d)
+        assert isinstance(out["s"], ng.Tensor) and out["p"][1] == 7
+        assert _same(out["p"][0].numpy(), (d["x"] * d["y"]).numpy())
+
+
+def test_reading_a_traced_value_in_python_is_an_error():
+    def f(x):
+        if x.sum() > 0:  # Python control flow on a tensor value
+            return x
+        return -x
+
+    with pytest.raises(JitError, match="bool"):
+        ng.jit(f)(ng.randn(3))
+    with pytest.raises(JitError, match="item"):
+        ng.jit(lambda x: x * x.sum().item())(ng.randn(3))
+    with disable_jit():
+        assert _same(ng.jit(f)(ng.ones(3)).numpy(), np.ones(3, np.float32))
+
+
+def test_closed_over_tensor_is_read_afresh():
+    w = ng.randn(3)
+    jf = ng.jit(lambda x: x * w)
+    x = ng.randn(3)
+    jf(x)
+    w.data[...] = 5.0  # changed in place after the trace
+    assert _same(jf(x).numpy(), (x * 5.0).numpy())
+    w.data = np.full(3, 2.0, np.float32)  # or replaced: the program loads w.data on every call
+    assert _same(jf(x).numpy(), (x * 2.0).numpy())
+    w.data = np.zeros(4, np.float32)
+    with pytest.raises(JitError, match="changed"):
+        jf(x)
+
+
+def test_dead_code_is_eliminated():
+    def f(x):
+        unused = ng.exp(x) * 3.0  # noqa: F841
+        return x + 1.0
+
+    jf = ng.jit(f)
+    jf(ng.randn(3))
+    assert [i.name for i in jf.program.instrs] == ["add"]
+    assert "add" in str(jf.program)
+
+
+# --- composition with transforms ------------------------------------------------------------
+def _f(x, w):
+    return (ng.tanh(x @ w) * x.sum()).sum(axis=-1)
+
+
+def _g(x, w):
+    return _f(x, w).sum()
+
+
+@pytest.mark.parametrize("name", ["jit_vmap", "vmap_jit", "grad_jit", "jit_grad", "jit_vmap_grad",
+                                  "vmap_grad_jit", "jvp_jit", "jit_jvp", "jit_jvp_grad"])
+def test_composes_with_transforms(name):
+    v = dict(in_axes=(0, None))
+    def jvp(f):
+        return (lambda x, w: ng.jvp(lambda w: f(x, w), (w,), (ng.ones_like(w),))[1])
+    pairs = {
+        "jit_vmap": (ng.jit(ng.vmap(_f, **v)), ng.vmap(_f, **v)),
+        "vmap_jit": (ng.vmap(ng.jit(_f), **v), ng.vmap(_f, **v)),
+        "grad_jit": (ng.grad(ng.jit(_g), argnums=1), ng.grad(_g, argnums=1)),
+        "jit_grad": (ng.jit(ng.grad(_g, argnums=1)), ng.grad(_g, argnums=1)),
+        "jit_vmap_grad": (ng.jit(ng.vmap(ng.grad(_g, argnums=1), **v)),
+                          ng.vmap(ng.grad(_g, argnums=1), **v)),
+        "vmap_grad_jit": (ng.vmap(ng.grad(ng.jit(_g), argnums=1), **v),
+                          ng.vmap(ng.grad(_g, argnums=1), **v)),
+        "jvp_jit": (jvp(ng.jit(_f)), jvp(_f)),
+        "jit_jvp": (ng.jit(jvp(_f)), jvp(_f)),
+        "jit_jvp_grad": (ng.jit(jvp(ng.grad(_g, argnums=1))), jvp(ng.grad(_g, argnums=1))),
+    }
+    tf, ef = pairs[name]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = ng.tensor(rng.standard_normal((5, 3)).astype(np.float32))
+        w = ng.tensor(rng.standard_normal((3, 4)).astype(np.float32))
+        assert _same(tf(x, w).numpy(), ef(x, w).numpy()), name
+
+
+def test_backward_through_a_jitted_function_builds_the_graph():
+    x = ng.randn(5, 3, requires_grad=True)
+    w = ng.randn(3, 4)
+    jg = ng.jit(_g)
+    jg(x, w).backward()
+    got = x.grad.numpy().copy()
+    x.grad = None
+    _g(x, w).backward()
+    assert _same(got, x.grad.numpy())
+
+
+# --- training steps -------------------------------------------------------------------------
+def _mlp():
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 3))
+
+
+def _run(make_model, make_opt, batches, jit: bool, seed: int = 0):
+    ng.manual_seed(seed)
+    model = make_model()
+    opt = make_opt(model.parameters())
+
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = ng.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step = ng.jit(train_step, state=(model, opt)) if jit else train_step
+    ng.manual_seed(seed + 1)  # dropout draws
+    losses = [step(x, y).item() for x, y in batches]
+    return losses, model, step
+
+
+def _batches(n, shape, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(ng.tensor(rng.standard_normal((8,) + shape).astype(np.float32)),
+             ng.tensor(rng.integers(0, classes, 8))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("opt", ["sgd_momentum", "adam", "adamw"])
+def test_jitted_steps_equal_eager_steps_mlp(opt):
+    make_opt = {"sgd_momentum": lambda ps: ng.optim.SGD(ps, lr=0.1, momentum=0.9),
+                "adam": lambda ps: ng.optim.Adam(ps, lr=1e-2),
+                "adamw": lambda ps: ng.optim.AdamW(ps, lr=1e-2, weight_decay=0.1)}[opt]
+    batches = _batches(20, (6,), 3)
+    le, me, _ = _run(_mlp, make_opt, batches, jit=False)
+    lj, mj, step = _run(_mlp, make_opt, batches, jit=True)
+    assert le == lj
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+    assert step.traces == 1
+    assert step.program.counts()["effect"] >= 2  # zero_grad, gradient accumulation, step
+
+
+def test_jitted_steps_equal_eager_steps_with_dropout_batchnorm_and_schedule():
+    def model():
+        return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
+                             nn.Linear(16, 3))
+
+    def make_opt(ps):
+        return ng.optim.SGD(ps, lr=lambda t: 0.1 / t, momentum=0.9)  # a schedule of the step
+
+    batches = _batches(12, (6,), 3)
+    le, me, _ = _run(model, make_opt, batches, jit=False)
+    lj, mj, step = _run(model, make_opt, batches, jit=True)
+    assert le == lj
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+    assert step.traces == 1
+
+
+def test_jitted_steps_equal_eager_steps_mnist1d_cnn():
+    batches = _batches(5, (40,), 10)
+    def make_opt(ps):
+        return (ng.optim.Adam(ps, lr=1e-3))
+    le, me, _ = _run(zoo.CNN, make_opt, batches, jit=False)
+    lj, mj, step = _run(zoo.CNN, make_opt, batches, jit=True)
+    assert le == lj
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+
+
+def test_train_and_eval_modes_get_their_own_programs():
+    ng.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    step = ng.jit(lambda x: model(x), state=model)
+    x = ng.randn(3, 4)
+    step(x)
+    model.eval()
+    with ng.no_grad():
+        assert _same(step(x).numpy(), model(x).numpy())
+    assert step.traces == 2
+
+
+def test_fit_with_jit_equals_fit_without():
+    from nodegrad import data as D
+    from nodegrad import train as T
+
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((60, 40)).astype(np.float32)
+    ys = rng.integers(0, 10, 60)
+
+    def run(jit):
+        ng.manual_seed(0)
+        model = zoo.CNN()
+        opt = ng.optim.Adam(model.parameters(), lr=1e-3)
+        loader = D.DataLoader(D.ArrayDataset(xs, ys), batch_size=16, shuffle=True, seed=0)
+        h = T.fit(model, ng.nn.functional.cross_entropy, opt, loader, epochs=2, progress=False,
+                  jit=jit)
+        return h, model
+
+    he, me = run(False)
+    hj, mj = run(True)
+    assert [r["loss"] for r in he.epochs] == [r["loss"] for r in hj.epochs]
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+
+
+def test_cli_train_jit_gives_the_same_weights(tmp_path, capsys):
+    from nodegrad.cli import main
+
+    args = ["train", "--model", "digits_mlp", "--epochs", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*args, "--jit", "--out", str(tmp_path / "jit")]) == 0
+    a = ng.load(tmp_path / "eager" / "model.safetensors")
+    b = ng.load(tmp_path / "jit" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert _same(np.asarray(a[k]), np.asarray(b[k])), k
+
+
+def test_in_place_updates_are_replayed_in_place():
+    def f(x, b):
+        h = x * 2.0
+        h += b  # in place, no graph
+        h[0] = 7.0
+        h[1:, 0] = b[1:, 1]
+        x -= 1.0  # the caller's tensor changes, as in eager
+        return h
+
+    jf = ng.jit(f)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        a, b = rng.standard_normal((2, 3, 3)).astype(np.float32)
+        xe, xj = ng.tensor(a), ng.tensor(a)
+        want = f(xe, ng.tensor(b)).numpy()
+        assert _same(jf(xj, ng.tensor(b)).numpy(), want)
+        assert _same(xj.numpy(), xe.numpy())
+    assert jf.traces == 1
+
+
+def test_a_traced_index_makes_the_signature_run_eagerly():
+    def f(x, i):
+        h = x * 1.0
+        h[i.argmax()] = 0.0
+        return h
+
+    jf = ng.jit(f)
+    for _ in range(3):
+        x, i = ng.randn(4), ng.randn(4)
+        assert _same(jf(x, i).numpy(), f(x, i).numpy())
+    assert jf.program is None and jf.traces == 1
