@@ -26,7 +26,7 @@ class Level:
 
 
 _POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
-TRACES: list = []  # the active vmap levels, innermost last
+TRACES: list = []  # the active vmap levels (and export recorders), innermost last
 
 
 class BatchTracer(Tensor):
@@ -80,6 +80,9 @@ def batch_bind(bind, prim, args: tuple, params: dict):
     """``bind`` for when a vmap is active: batch the call at the innermost level."""
     top = TRACES[-1]
     n = len(TRACES) - 1
+    if type(top) is not Level:  # a recording trace (nodegrad.onnx's export) sees the call
+        with lowered(n):
+            return top.record(prim, args, params, bind(prim, args, params))
     if not any(type(a) is BatchTracer and a.level is top for a in args):
         with lowered(n):
             return bind(prim, args, params)
