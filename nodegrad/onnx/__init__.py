@@ -6,5 +6,6 @@ Needs the ``onnx`` package (``pip install 'nodegrad[onnx]'``), imported when fir
 
 from ._common import UnsupportedError
 from .export import export
+from .load import OnnxModule, load
 
-__all__ = ["UnsupportedError", "export"]
+__all__ = ["OnnxModule", "UnsupportedError", "export", "load"]

@@ -233,14 +233,14 @@ def _gelu(r, a, p, out, tw):
 
     def c(v):
         return r.const(v, dt)
+    # the operations in the order nodegrad's forward does them, so a round trip is exact
     if p["approximate"] == "tanh":
-        cube = r.node("Mul", [r.node("Mul", [x, x]), x])
-        inner = r.node("Mul", [r.node("Add", [x, r.node("Mul", [cube, c(0.044715)])]),
-                               c(math.sqrt(2.0 / math.pi))])
-        t = r.node("Add", [r.node("Tanh", [inner]), c(1.0)])
+        cube = r.node("Mul", [r.node("Mul", [r.node("Mul", [c(0.044715), x]), x]), x])
+        inner = r.node("Mul", [c(math.sqrt(2.0 / math.pi)), r.node("Add", [x, cube])])
+        t = r.node("Add", [c(1.0), r.node("Tanh", [inner])])
     else:
-        t = r.node("Add", [r.node("Erf", [r.node("Mul", [x, c(1.0 / math.sqrt(2.0))])]), c(1.0)])
-    return r.node("Mul", [r.node("Mul", [x, t]), c(0.5)])
+        t = r.node("Add", [c(1.0), r.node("Erf", [r.node("Mul", [x, c(1.0 / math.sqrt(2.0))])])])
+    return r.node("Mul", [r.node("Mul", [c(0.5), x]), t])
 
 
 def _clip(r, a, p, out, tw):
