@@ -49,6 +49,11 @@ class OnnxModule(Module):
         self.nodes = [(n.op_type, list(n.input), list(n.output),
                        {a.name: _attr(onnx, a) for a in n.attribute}, n.name or n.op_type)
                       for n in g.node]
+        # PyTorch's exporter writes equal initializers once and the others as Identity nodes
+        # on it (norm biases that are all zeros, say); each gets its own parameter back
+        for n in [n for n in self.nodes if n[0] == "Identity" and n[1][0] in inits]:
+            inits[n[2][0]] = np.array(inits[n[1][0]])
+            self.nodes.remove(n)
         for _, _, outs, at, _ in self.nodes:
             at["_n_out"] = len(outs)  # Split without sizes cuts into as many pieces
         bad = sorted({n[0] for n in self.nodes if n[0] not in OPS} |
