@@ -409,3 +409,35 @@ def test_round_trip_layers(build, make):
     x = make(4)
     for a, b in zip(_flat(back(x)), _flat(model(x))):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- the command ------------------------------------------------------------------------------
+def test_cli_export_run_dir(tmp_path, capsys):
+    from nodegrad.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "digits_cnn", "--epochs", "1", "--quiet", "--out",
+                 str(run)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert str(run / "model.onnx") in capsys.readouterr().out
+    proto = onnx.load(str(run / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    trained = models.create("digits_cnn")
+    trained.load_state_dict(ng.load(run / "model.safetensors"))
+    trained.eval()
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    x = _randn(7, *[d.dim_value for d in dims[1:]])
+    got = _session(proto).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, trained(x).numpy(), rtol=RTOL, atol=ATOL)
+    out = tmp_path / "elsewhere" / "digits.onnx"
+    assert main(["export", str(run), "--out", str(out), "--opset", "18"]) == 0
+    assert onnx.load(str(out)).opset_import[0].version == 18
+    for args, needle in ((["export", str(tmp_path)], "no config.json"),
+                         (["export", str(run), "--format", "tflite"], "unknown format"),
+                         (["export", str(run), "--opset", "30"], "at most")):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
