@@ -702,8 +702,9 @@ def export(model: Module, example_inputs, path: str | os.PathLike | None = None,
     for i, (x, name) in enumerate(zip(inputs, names_in)):
         dims = [dynamic_axes.get(i, {}).get(a, s) for a, s in enumerate(x.shape)]
         graph_ins.append(h.make_tensor_value_info(name, _dtype_code(onnx, x.dtype), dims))
-    graph = h.make_graph(nodes, type(model).__name__, graph_ins, graph_outs,
-                         initializer=list(rec.inits.values()))
+    order = {n: i for i, n in enumerate(pnames.values())}  # the weights first, in model order
+    inits = sorted(rec.inits.values(), key=lambda t: order.get(t.name, len(order)))
+    graph = h.make_graph(nodes, type(model).__name__, graph_ins, graph_outs, initializer=inits)
     proto = h.make_model(graph, opset_imports=[h.make_opsetid("", int(opset))],
                          producer_name="nodegrad")
     proto.ir_version = min(proto.ir_version, 10)
