@@ -224,6 +224,35 @@ def test_batch_dependent_slicing_is_refused_not_wrong():
     np.testing.assert_array_equal(got, _randn(3, 2).numpy()[:2])
 
 
+class _ShapeConstant(nn.Module):
+    def forward(self, x):
+        return x + ng.zeros(x.shape[0], 3)
+
+
+class _ShapeNumber(nn.Module):
+    def forward(self, x):
+        return x.sum(axis=0) / x.shape[0]
+
+
+class _StateKeyword(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(2, 3)
+
+    def forward(self, x):
+        return self.rnn(x, hx=x[:1, :, :1] * ng.ones(1, 1, 3))[0]
+
+
+@pytest.mark.parametrize("module,needle", [(_ShapeConstant, "constant of shape"),
+                                           (_ShapeNumber, "number 4 follows"),
+                                           (_StateKeyword, "keyword")])
+def test_values_that_follow_the_batch_size_are_refused(module, needle):
+    x = _randn(4, 3, 2)[:, :, 0] if module is not _StateKeyword else _randn(5, 3, 2)
+    with pytest.raises(UnsupportedError, match=needle):
+        export(module(), x, dynamic_axes={0: {0: "n"}} if module is not _StateKeyword
+               else {0: {1: "batch"}})
+
+
 # --- import -----------------------------------------------------------------------------------
 torch = pytest.importorskip("torch")
 tnn = torch.nn
@@ -441,3 +470,20 @@ def test_cli_export_run_dir(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_onnx_transfer_example_runs(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    res = subprocess.run([sys.executable, str(root / "examples" / "onnx_transfer.py"),
+                          "--per-class", "3", "--steps", "5", "--torch-epochs", "1",
+                          "--seeds", "1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "imported into nodegrad" in res.stdout and "| 3 |" in res.stdout

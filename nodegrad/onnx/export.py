@@ -108,15 +108,37 @@ class _Recorder:
     # the trace-stack protocol (see nodegrad.batching.batch_bind)
     def record(self, prim, args, params, out):
         if self.leaf is not None:
+            for a in args:  # a traced value the layer's hooks did not see (a keyword argument)
+                if isinstance(a, Tensor) and id(a) in self.names and id(a) not in self.params \
+                        and not any(a is b for b in self.leaf_args):
+                    self.fail(f"{type(self.leaf).__name__} is called with a traced value as a "
+                              "keyword argument; pass its inputs positionally")
             return out
         conv = PRIMS.get(prim.name)
         if conv is None:
             self.fail(f"primitive '{prim.name}' has no ONNX counterpart here")
-        shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else None for a in args)
+        shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else a for a in args)
         twin = self.event(prim.name, (params, shapes, tuple(out.shape)))
+        if twin is not None:
+            self._check_twin(prim.name, args, params, shapes, twin)
         name = conv(self, args, params, out, twin)
         self.set(out, name)
         return out
+
+    def _check_twin(self, name, args, params, shapes, twin):
+        """Refuse what would bake the traced size of a dynamic axis into the graph."""
+        t_params, t_shapes, _ = twin
+        for a, s1, s2 in zip(args, shapes, t_shapes):
+            traced = isinstance(a, Tensor) and (id(a) in self.names or id(a) in self.params)
+            if isinstance(a, Tensor) and not traced and s1 != s2:
+                self.fail(f"{name}: a constant of shape {s1} made in the forward follows the "
+                          "dynamic axes (derive it from the input, e.g. zeros_like)")
+            if not isinstance(a, Tensor) and not _same(s1, s2):
+                self.fail(f"{name}: the number {s1} follows the dynamic axes (computed from a "
+                          "shape?); export with dynamic_axes={} or compute it with tensor ops")
+        if name not in _SHAPED and not _same(params, t_params):
+            self.fail(f"{name}: its parameters follow the dynamic axes ({params} vs "
+                      f"{t_params} for another size)")
 
     # module hooks: layers with an ONNX op of their own
     def pre(self, m: Module, args):
@@ -141,6 +163,16 @@ class _Recorder:
             return None
         self.path.pop()
         return None
+
+
+_SHAPED = ("reshape", "broadcast_to", "getitem")  # converters that handle changing parameters
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError):  # arrays inside
+        return repr(a) == repr(b)
 
 
 def _flat(out) -> list:
