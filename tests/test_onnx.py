@@ -86,7 +86,9 @@ class _Ops(nn.Module):
         d = ng.softmax(c, axis=-1) + ng.log_softmax(c, axis=1).exp() + c.max(axis=1,
                                                                               keepdims=True)
         e = ng.where(d > 0.5, d, -d) + ng.sqrt(d.abs() + 1.0) / (1.0 + d.square())
-        return ng.concatenate([e, h.mean(axis=1, keepdims=True), x[:, None, 2].flatten(1)], 1)
+        f = h[:, [0, 2, 2, 7]] * h[..., -3:].max(axis=-1, keepdims=True)  # an index array
+        return ng.concatenate([e, h.mean(axis=1, keepdims=True), x[:, None, 2].flatten(1), f],
+                              1)
 
 
 class _MHA(nn.Module):
@@ -172,6 +174,26 @@ def _trained_bn(bn):
 def test_layer_matrix_exports_and_matches_onnxruntime(build, make):
     ng.manual_seed(0)
     _check_export(build(), make)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(5, 4)
+
+    def forward(self, x, y):
+        return self.a(x) * self.b(y).sigmoid(), ng.concatenate([x, y], axis=1)
+
+
+def test_several_inputs_and_outputs():
+    ng.manual_seed(0)
+    proto = _check_export(_TwoInputs(), lambda b: (_randn(b, 3), _randn(b, 5, seed=1)))
+    assert [i.name for i in proto.graph.input] == ["input_0", "input_1"]
+    assert [o.name for o in proto.graph.output] == ["output_0", "output_1"]
+    named = export(_TwoInputs(), (_randn(2, 3), _randn(2, 5)), input_names=["x", "y"],
+                   output_names=["gated", "joined"])
+    assert [i.name for i in named.graph.input] == ["x", "y"]
+    assert [o.name for o in named.graph.output] == ["gated", "joined"]
 
 
 def test_static_shapes_and_opsets(tmp_path):
@@ -425,6 +447,12 @@ def test_round_trip_zoo_is_exact(name, tmp_path):
     for n, p in back.named_parameters():
         np.testing.assert_array_equal(p.numpy(), ours[n].numpy())
     assert {n for n, _ in back.named_parameters()} == set(ours)
+    from nodegrad.train import load_pretrained
+
+    fresh = models.create(name, seed=2)
+    assert load_pretrained(fresh, back).ok  # an imported model is a pretrained source
+    fresh.eval()
+    np.testing.assert_array_equal(fresh(x).numpy(), model(x).numpy())
 
 
 @pytest.mark.parametrize("build,make", [(b, m) for n, b, m in LAYERS if n in (
