@@ -223,8 +223,24 @@ def _unary(op):
 
 
 def _binary(op):
+    """Arithmetic: numbers become constants of the output's dtype, tensors of another dtype are
+    cast to it (as the forward promoted them)."""
     def conv(r, a, p, out, tw):
-        like = next((x for x in a if isinstance(x, Tensor)), out)
+        names = []
+        for x in a:
+            n = r.name_of(x, out)
+            if isinstance(x, Tensor) and x.dtype != out.dtype and not (
+                    op == "Where" and x is a[0]):
+                n = r.node("Cast", [n], to=_dtype_code(r.onnx, out.dtype))
+            names.append(n)
+        return r.node(op, names)
+    return conv
+
+
+def _compare(op):
+    """Comparisons and logic: numbers become constants of the tensor operand's dtype."""
+    def conv(r, a, p, out, tw):
+        like = next(x for x in a if isinstance(x, Tensor))
         return r.node(op, [r.name_of(x, like) for x in a])
     return conv
 
@@ -419,6 +435,9 @@ def _getitem(r, a, p, out, tw):
             full.append(i)
     full.extend([slice(None)] * (len(shape) - sum(1 for i in full if i is not None)))
     twin_shape = tw[1][0] if tw is not None else shape
+    if tw is not None and not _same(repr(index), repr(tw[0]["index"])):
+        r.fail(f"getitem index {index} follows the dynamic axes (computed from a shape?)")
+    big = int(np.iinfo(_I64).max)
     axes, starts, ends, steps, squeeze, newaxes, gathers = [], [], [], [], [], [], []
     ax = 0
     out_ax = 0
@@ -428,26 +447,30 @@ def _getitem(r, a, p, out, tw):
             out_ax += 1
             continue
         n = shape[ax]
+        dynamic = twin_shape[ax] != n
         if isinstance(i, slice):
             st, en, sp = i.indices(n)
-            if (st, en, sp) != (0, n, 1):
-                if twin_shape[ax] != n and (i.start is not None or i.stop is not None
-                                            or i.step not in (None, 1)):
-                    r.fail(f"getitem slices the dynamic axis {ax} with {i}")
-                if sp < 0 and en < 0:
-                    en = -np.iinfo(_I64).max
+            if len(range(st, en, sp)) == 0:
+                r.fail(f"getitem with an empty slice {i}")
+            if dynamic:  # as written: ONNX clamps the bounds as Python does
+                sp = 1 if i.step is None else int(i.step)
+                st = int(i.start) if i.start is not None else (0 if sp > 0 else big)
+                en = int(i.stop) if i.stop is not None else (big if sp > 0 else -big)
+            elif sp < 0 and en < 0:
+                en = -big
+            if (st, en, sp) not in ((0, n, 1), (0, big, 1)):
                 axes.append(ax)
                 starts.append(st)
                 ends.append(en)
                 steps.append(sp)
             out_ax += 1
         elif isinstance(i, int | np.integer):
-            if twin_shape[ax] != n and i < 0:
-                r.fail(f"getitem takes element {i} of the dynamic axis {ax}")
-            i = int(i) % n
+            i = int(i)
+            if not dynamic:
+                i %= n
             axes.append(ax)
             starts.append(i)
-            ends.append(i + 1)
+            ends.append(i + 1 if i != -1 else big)
             steps.append(1)
             squeeze.append(ax)
         elif B.is_array(i) and i.dtype.kind in "iu":
@@ -459,21 +482,22 @@ def _getitem(r, a, p, out, tw):
         ax += 1
     if len(gathers) > 1:
         r.fail("getitem with several index arrays")
+    if gathers and (squeeze or newaxes):
+        r.fail("getitem mixing an index array with integers or None")
+    if gathers and twin_shape[gathers[0][0]] != shape[gathers[0][0]]:
+        r.fail(f"getitem with an index array on the dynamic axis {gathers[0][0]}")
     y = _slice(r, x, axes, starts, ends, steps) if axes else x
     if gathers:
         gax, idx, _ = gathers[0]
         idx = np.where(idx < 0, idx + shape[gax], idx).astype(_I64)
         # squeezed axes before the gathered one shift it
         y = r.node("Gather", [y, r.const(idx)], axis=gax)
-        squeeze = [s if s < gax else s + idx.ndim - 1 for s in squeeze]
     if squeeze:
         y = _squeeze(r, y, squeeze)
     if newaxes:
         y = _unsqueeze(r, y, newaxes)
     if y == x:
         y = r.node("Identity", [x])
-    if gathers and squeeze and any(s < gathers[0][0] for s in squeeze):
-        r.fail("getitem mixing integer and array indices")
     return y
 
 
@@ -491,10 +515,10 @@ PRIMS = {
     "floor": _unary("Floor"), "ceil": _unary("Ceil"), "isnan": _unary("IsNaN"),
     "logical_not": _unary("Not"), "square": _square, "expm1": _expm1, "log1p": _log1p,
     "leaky_relu": _leaky, "softplus": _softplus, "gelu": _gelu, "clip": _clip,
-    "where": _binary("Where"), "equal": _binary("Equal"), "not_equal": _not_equal,
-    "less": _binary("Less"), "less_equal": _binary("LessOrEqual"),
-    "greater": _binary("Greater"), "greater_equal": _binary("GreaterOrEqual"),
-    "logical_and": _binary("And"), "logical_or": _binary("Or"), "logical_xor": _binary("Xor"),
+    "where": _binary("Where"), "equal": _compare("Equal"), "not_equal": _not_equal,
+    "less": _compare("Less"), "less_equal": _compare("LessOrEqual"),
+    "greater": _compare("Greater"), "greater_equal": _compare("GreaterOrEqual"),
+    "logical_and": _compare("And"), "logical_or": _compare("Or"), "logical_xor": _compare("Xor"),
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
     "logsumexp": _logsumexp, "sum": _reducer("ReduceSum"), "mean": _reducer("ReduceMean"),
