@@ -7,7 +7,7 @@
 tensor([2., 4., 6.])
 """
 
-from . import _backend, data, diagnostics, models, nn, optim, prune, train
+from . import _backend, data, diagnostics, models, nn, onnx, optim, prune, train
 from ._backend import cuda_available
 from .autodiff import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .diagnostics.graph import draw_graph

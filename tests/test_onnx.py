@@ -101,6 +101,25 @@ class _BatchSlices(nn.Module):
                 y[::2, ::-1], (x > 0.5).astype(ng.float32) + x[:, 0:1])
 
 
+class _MoreOps(nn.Module):
+    """The other primitives with an ONNX counterpart."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(ng.randn(6, 3))
+
+    def forward(self, x):                                    # (N, 6)
+        a = ng.logsumexp(x, axis=1, keepdims=True) + ng.logsumexp(
+            x.reshape(x.shape[0], 2, 3), axis=(1, 2))[:, None]
+        b = ng.einsum("ni,ij->nj", x, self.w) + ng.pad(x[:, :1], ((0, 0), (1, 1)),
+                                                       constant_values=0.5)
+        c = ng.flip(x, axis=1)[:, :3] + ng.clip(x[:, 3:], -0.5, 0.7) + ng.expm1(x[:, :3])
+        d = ng.log1p(x.abs()[:, :3]) + ng.maximum(x[:, :3], ng.minimum(x[:, 3:], 0.2))
+        e = x.abs()[:, :3] ** 1.5 + x[:, 3:] ** 2 - ng.sign(x[:, :3]) * x.min(axis=1,
+                                                                               keepdims=True)
+        return ng.concatenate([a, b, c, d, e], axis=1), ng.argmax(x, axis=1)
+
+
 class _MHA(nn.Module):
     def __init__(self, batch_first):
         super().__init__()
@@ -169,6 +188,7 @@ LAYERS = [
      lambda b: _randn(b, 5, 8)),
     ("functional_ops", _Ops, lambda b: _randn(b, 6)),
     ("batch_axis_slices", _BatchSlices, lambda b: _randn(b, 4)),
+    ("more_ops", _MoreOps, lambda b: _randn(b, 6)),
 ]
 
 
