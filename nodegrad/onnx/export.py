@@ -350,7 +350,6 @@ def _arg(op):
 
 
 def _reshape(r, a, p, out, tw):
-    shape = list(p["shape"]) if not isinstance(p["shape"], int) else [p["shape"]]
     shape = list(out.shape)
     in1 = tuple(a[0].shape)
     if tw is not None:
