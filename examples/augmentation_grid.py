@@ -2,12 +2,14 @@
 
 Each row is one training sample: the original first, then one column per augmentation, all
 drawn per sample from one seeded generator. Run: ``python examples/augmentation_grid.py``
-(writes ``augmentation_grid.png``; MNIST-1D is generated into the cache on the first run).
+(writes ``augmentation_grid.png`` to ``--out``, default runs/examples/augmentation_grid;
+MNIST-1D is generated into the cache on the first run).
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import matplotlib
 
@@ -40,7 +42,8 @@ IMAGE_AUGS = {
 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="augmentation_grid.png")
+    p.add_argument("--out", default="runs/examples/augmentation_grid",
+                   help="folder for the figure (default %(default)s)")
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="dataset cache directory (default: user cache)")
@@ -80,10 +83,12 @@ def main(argv=None) -> str:
     fig.suptitle("nodegrad.data.augment: one seeded draw per sample (grey: original)",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=120)
+    path = Path(args.out) / "augmentation_grid.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"wrote {args.out}")
-    return args.out
+    print(f"wrote {path}")
+    return str(path)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 gradients checked against finite differences, Hessian eigenvalues before and after training,
 and the two initialisation failures of the notes (symmetry and vanishing variance).
 
-Run: ``python examples/autodiff_diagnostics.py`` (about 10 s). It writes
-docs/figures/graph_neuron.{png,svg} and docs/figures/graph_digits_mlp.{png,svg} (when Graphviz's
-``dot`` is installed; otherwise the .dot files beside them) and prints the numbers quoted in
-docs/autodiff.md.
+Run: ``python examples/autodiff_diagnostics.py`` (about 10 s). It writes graph_neuron.{png,svg}
+and graph_digits_mlp.{png,svg} (when Graphviz's ``dot`` is installed; otherwise the .dot files
+beside them) to ``--out`` (default runs/examples/autodiff_diagnostics; ``--out docs/figures``
+regenerates the docs' figures) and prints the numbers quoted in docs/autodiff.md.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from nodegrad.diagnostics.init_checks import (format_symmetric_units, format_var
                                               symmetric_units, variance_across_depth)
 from nodegrad.nn import functional as F
 
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+OUT = Path("runs/examples/autodiff_diagnostics")
 
 
 def graphs(out: Path) -> None:
@@ -119,7 +119,9 @@ def _one_blas_thread():
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=FIGURES, help="where the figures go")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="folder for the figures (default %(default)s; "
+                         "--out docs/figures regenerates the docs' figures)")
     a = ap.parse_args(argv)
     with warnings.catch_warnings(), _one_blas_thread():
         warnings.simplefilter("always")

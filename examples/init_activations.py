@@ -2,14 +2,17 @@
 
 1. A deep tanh and a deep ReLU MLP (10 hidden layers of 500 units each) under
    N(0, 0.01²), Xavier and He initialisation: histograms of every layer's activations on 1,000
-   MNIST-1D inputs (docs/figures/init_activations_{tanh,relu}.png), the std per layer as a
+   MNIST-1D inputs (init_activations_{tanh,relu}.png), the std per layer as a
    table.
    Under N(0, 0.01²) the activations collapse towards zero layer after layer; Xavier keeps a
    tanh net's spread, He a ReLU net's.
 2. A deep ReLU MLP (8 × 100, He init) trained for 400 steps with SGD (lr 0.05) and with Adam
    (lr 1e-2 and 1e-3), recorded every 10 steps by ``GradientFlowMonitor``: gradient norms, dead
    ReLUs and update/weight ratios of the Adam lr 1e-2 run as PNGs
-   (docs/figures/training_flow_*.png), the dead shares of all three runs as a table.
+   (training_flow_*.png), the dead shares of all three runs as a table.
+
+The figures go to ``--out`` (default runs/examples/init_activations; ``--out docs/figures``
+regenerates the docs' figures).
 
     python examples/init_activations.py              # one to three minutes on a 2-core CPU
     python examples/init_activations.py --quick      # 4 x 100 nets, 100 steps: seconds
@@ -66,7 +69,9 @@ def train_run(data, opt_name: str, lr: float, depth: int, width: int, steps: int
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs/figures"))
+    ap.add_argument("--out", default="runs/examples/init_activations",
+                    help="folder for the figures (default %(default)s; "
+                         "--out docs/figures regenerates the docs' figures)")
     ap.add_argument("--depth", type=int, default=10)
     ap.add_argument("--width", type=int, default=500)
     ap.add_argument("--samples", type=int, default=1000)

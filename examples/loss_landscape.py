@@ -9,8 +9,9 @@ Trains the MNIST-1D paper's CNN briefly (Adam, lr 1e-2, batch 100) from two seed
 3. evaluates the training loss on a 2D plane through the trained weights along two random
    filter-normalised directions (Li et al. 2018).
 
-Writes docs/figures/landscape_interpolation.png, landscape_between_minima.png and
-landscape_surface.png.
+Writes landscape_interpolation.png, landscape_between_minima.png and landscape_surface.png to
+``--out`` (default runs/examples/loss_landscape; ``--out docs/figures`` regenerates the docs'
+figures).
 
     python examples/loss_landscape.py            # about a minute on 2 cores
 """
@@ -28,7 +29,6 @@ from nodegrad import models, train
 from nodegrad.diagnostics import landscape as L
 from nodegrad.nn import functional as F
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def trained_cnn(d, seed: int, epochs: int):
@@ -46,7 +46,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--n", type=int, default=25, help="grid points per axis of the surface")
     ap.add_argument("--span", type=float, default=1.0)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "figures"))
+    ap.add_argument("--out", default="runs/examples/loss_landscape",
+                    help="folder for the figures (default %(default)s; "
+                         "--out docs/figures regenerates the docs' figures)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,8 @@ Iterative magnitude pruning (Frankle & Carbin) of the MNIST-1D paper's MLP (40-1
 magnitude (the output layer at half the rate, as Frankle & Carbin), rewind the survivors to
 their initial values, train again. Each round's masks are also trained from a fresh random
 initialisation (the control). Prints a table of test accuracy against the fraction of weights
-remaining and writes two PNGs:
+remaining and writes two PNGs to ``--out`` (default runs/examples/lottery_ticket_mnist1d;
+``--out docs/figures`` regenerates the docs' figures):
 
 - ``lottery_accuracy.png``: accuracy vs weights remaining, winning tickets vs random re-init;
 - ``lottery_first_layer.png``: the first layer's masks (hidden units x the 40 input positions)
@@ -35,7 +36,6 @@ import nodegrad as ng  # noqa: E402
 from nodegrad import models, prune, train  # noqa: E402
 from nodegrad.nn import functional as F  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _one_blas_thread():
@@ -202,12 +202,14 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--scope", choices=("layer", "global"), default="layer")
-    p.add_argument("--out-dir", default=str(ROOT / "docs" / "figures"))
+    p.add_argument("--out", default="runs/examples/lottery_ticket_mnist1d",
+                   help="folder for the figures (default %(default)s; "
+                        "--out docs/figures regenerates the docs' figures)")
     p.add_argument("--json", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
 
     data = ng.data.datasets.mnist1d()
-    out = Path(args.out_dir)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     out_amount = args.amount / 2 if args.output_amount is None else args.output_amount
     rates = {"linear3.weight": out_amount} if args.scope == "layer" else None

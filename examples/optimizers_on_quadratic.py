@@ -7,13 +7,15 @@ curvature is axis-aligned and lose much of that edge when the same quadratic is 
 methods and every method on Rosenbrock get the best learning rate of a grid. Prints markdown
 tables and writes a PNG of the paths (needs matplotlib).
 
-Run: ``python examples/optimizers_on_quadratic.py [--quick] [--out optimizer_paths.png]``.
+Run: ``python examples/optimizers_on_quadratic.py [--quick] [--out DIR] [--no-plot]`` (the PNG
+goes to DIR/optimizer_paths.png, default runs/examples/optimizers_on_quadratic).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -137,7 +139,9 @@ def fmt(lr, its, cap) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="coarser grid, looser Rosenbrock tol")
-    ap.add_argument("--out", default="optimizer_paths.png", help="PNG of the paths ('' for none)")
+    ap.add_argument("--out", default="runs/examples/optimizers_on_quadratic",
+                    help="folder for optimizer_paths.png (default %(default)s)")
+    ap.add_argument("--no-plot", action="store_true", help="tables only")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     step = 2.0 if args.quick else 2 ** 0.5
@@ -166,8 +170,8 @@ def main(argv=None) -> dict:
     gd, hb = scaling["GD"][1], scaling["Momentum"][1]
     print(f"\nκ=100: GD {gd} iterations, momentum {hb}; √{gd} = {math.sqrt(gd):.0f}")
 
-    if args.out:
-        plot(probs, results, args.out)
+    if not args.no_plot:
+        plot(probs, results, os.path.join(args.out, "optimizer_paths.png"))
     print(f"\n(total {time.perf_counter() - t0:.1f} s)")
     return {"table": results, "scaling": scaling}
 
@@ -206,6 +210,7 @@ def plot(probs, results, out: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle("Optimiser paths at each method's best learning rate (first ≤ 3000 steps)")
     fig.tight_layout()
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     fig.savefig(out, dpi=110)
     print(f"plot written to {out}")
 

@@ -11,7 +11,8 @@ class there is none to spare):
              fresh head (1e-2), via ``param_groups``
 
 Test accuracy on all test signals of the digits 5-9, mean ± std over seeds (each seed draws
-another labelled subset and another initialisation). Writes docs/figures/transfer_accuracy.png.
+another labelled subset and another initialisation). Writes transfer_accuracy.png to ``--out``
+(default runs/examples/transfer_learning; ``--out docs/figures`` regenerates the docs' figure).
 
     python examples/transfer_learning.py                  # about a minute on 2 cores
     python examples/transfer_learning.py --seeds 2 --per-class 10 --steps 100   # a quick look
@@ -31,7 +32,6 @@ from nodegrad import models, train
 from nodegrad.nn import functional as F
 from nodegrad.train import transfer as T
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 METHODS = ("scratch", "head only", "all layers")
 
 
@@ -83,7 +83,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--per-class", type=int, nargs="+", default=[10, 25, 50])
     ap.add_argument("--steps", type=int, default=200, help="full-batch Adam steps per run")
     ap.add_argument("--pretrain-epochs", type=int, default=30)
-    ap.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "transfer_accuracy.png"))
+    ap.add_argument("--out", default="runs/examples/transfer_learning",
+                    help="folder for the figures (default %(default)s; "
+                         "--out docs/figures regenerates the docs' figures)")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -125,7 +127,8 @@ def main(argv=None) -> dict:
         cells = [f"{np.mean(res[m][n]):.3f} ± {np.std(res[m][n]):.3f}" for m in METHODS]
         print(f"| {n} | " + " | ".join(cells) + " |")
     print(f"({time.perf_counter() - t0:.0f} s)")
-    plot(res, args.per_class, args.figure, ceiling, len(pool))
+    plot(res, args.per_class, pathlib.Path(args.out) / "transfer_accuracy.png", ceiling,
+         len(pool))
     return {"pretrained": acc0, "ceiling": ceiling, "results": res}
 
 

@@ -1,16 +1,22 @@
 """Checkpoints: tensors as safetensors plus JSON metadata, written atomically, never pickle.
 
-``save`` writes to a temporary file in the same folder, flushes it to disk and renames it over
-the target, so a crash leaves either the old file or the new one, never half of one. The format
-is the one ``safetensors.torch`` reads and writes: state dicts move between nodegrad and
-PyTorch when the names match.
+``save`` writes to a temporary file in the same folder, flushes it to disk, renames it over
+the target and flushes the folder, so a crash leaves either the old file or the new one, never
+half of one. The format is the one ``safetensors.torch`` reads and writes: state dicts move
+between nodegrad and PyTorch when the names match. Pickles (``torch.save`` files) are refused,
+never unpickled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import re
+import stat
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,23 +29,111 @@ class CheckpointError(ValueError):
 
 
 _META_KEY = "nodegrad"
+# atomic_write's temporary files: ".<target name>.<8 random characters>.tmp"
+_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    """The process's umask (set and restored; the transient value is the strictest one)."""
+    old = os.umask(0o077)
+    os.umask(old)
+    return old
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk; a no-op where folders cannot be opened."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems cannot fsync a folder
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never a part.
+
+    The new file gets the mode ``open()`` would give it (0666 less the umask); a symbolic link
+    keeps pointing where it did and its target is replaced; the folder is fsynced after the
+    rename. An ``OSError`` names ``path`` (not the temporary file).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as e:  # name the target, not the temporary file (or no file at all)
+        if e.errno is not None and (e.filename is None
+                                    or _TEMP.match(Path(str(e.filename)).name)):
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
         raise
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = []
+    for p in folder.iterdir():
+        if _TEMP.match(p.name) and stat.S_ISREG(p.lstat().st_mode):
+            p.unlink()
+            gone.append(p)
+    return gone
+
+
+def _unencodable(obj, where: str) -> tuple[str, object] | None:
+    """The first value inside ``obj`` that JSON cannot encode, with its key path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str | int | float | bool) and k is not None:
+                return f"{where} (key {k!r})", k
+            if (bad := _unencodable(v, f"{where}[{k!r}]")) is not None:
+                return bad
+        return None
+    if isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            if (bad := _unencodable(v, f"{where}[{i}]")) is not None:
+                return bad
+        return None
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return None
+    return where, obj
+
+
+def _metadata_json(metadata) -> str:
+    try:
+        return json.dumps({} if metadata is None else metadata)
+    except (TypeError, ValueError) as e:
+        bad = _unencodable(metadata, "metadata")
+        if bad is None:  # e.g. a circular reference
+            raise TypeError(f"save: metadata cannot be written as JSON: {e}") from None
+        where, v = bad
+        hint = " (a NumPy/array scalar: pass x.item())" if hasattr(v, "item") else ""
+        raise TypeError(f"save: {where} is {type(v).__name__}{hint}, which JSON cannot encode; "
+                        "metadata may hold str, int, float, bool, None, lists and dicts with "
+                        "string keys") from None
 
 
 def save(state: Mapping[str, Tensor], path: str | os.PathLike,
@@ -56,8 +150,42 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
             raise TypeError(f"save: {k!r} is {type(v).__name__}, not a tensor")
         h = B.backend_of(a).to_host(a)
         arrays[k] = h if h.flags.c_contiguous else h.copy(order="C")  # keeps 0-d arrays 0-d
-    header = {_META_KEY: json.dumps(metadata or {})}
+    header = {_META_KEY: _metadata_json(metadata)}
     atomic_write(path, save(arrays, metadata=header))
+
+
+_CONVERT = ("nodegrad reads safetensors files only and never unpickles; convert it where it can "
+            "be trusted, e.g. `safetensors.torch.save_file(torch.load(f, weights_only=True), "
+            "'model.safetensors')`")
+
+
+def _not_safetensors(path: Path) -> str | None:
+    """Why ``path`` is not a safetensors file, when its first bytes tell (read, never run)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return None  # a safetensors header: its length, then JSON
+    if head[:4] == b"PK\x03\x04":  # a zip: torch.save's format, or NumPy's .npz
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            names = []
+        if any(n.endswith("data.pkl") for n in names):
+            return f"load: {path} is a PyTorch torch.save file (a zipped pickle); {_CONVERT}"
+        if names and all(n.endswith(".npy") for n in names):
+            return (f"load: {path} is a NumPy .npz archive; nodegrad reads safetensors files "
+                    "only; convert it with `safetensors.numpy.save_file(dict(numpy.load(f)), "
+                    "'model.safetensors')`")
+        return f"load: {path} is a zip archive, not a safetensors file"
+    if head[:1] == b"\x80" and head[1:2] and head[1] <= 5:  # pickle protocol 2..5
+        return (f"load: {path} is a Python pickle (e.g. an old-style torch.save file); "
+                f"{_CONVERT}")
+    if head[:6] == b"\x93NUMPY":
+        return (f"load: {path} is a NumPy .npy file; nodegrad reads safetensors files only; "
+                "convert it with `safetensors.numpy.save_file({'name': numpy.load(f)}, "
+                "'model.safetensors')`")
+    return None
 
 
 def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
@@ -67,6 +195,12 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"load: no checkpoint at {path}")
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors"))[:5]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise CheckpointError(f"load: {path} is a directory; give a safetensors file{hint}")
+    if (why := _not_safetensors(path)) is not None:
+        raise CheckpointError(why)
     try:
         out = {}
         with safe_open(str(path), framework="numpy") as f:

@@ -1,7 +1,9 @@
 """A tiny training run for the resume tests: ``python _train_worker.py RUN_DIR MODE [KILL_STEP]``.
 
-MODE ``full`` trains uninterrupted, ``kill`` SIGKILLs itself after step KILL_STEP, ``resume``
-continues from RUN_DIR's checkpoint. The final weights land in RUN_DIR/final.safetensors.
+MODE ``full`` trains uninterrupted, ``kill`` SIGKILLs itself after step KILL_STEP (with the
+steps since the last checkpoint already in steps.jsonl, and half a checkpoint in a temporary
+file, as a kill during a write leaves it), ``resume`` continues from RUN_DIR's checkpoint. The
+final weights land in RUN_DIR/final.safetensors.
 """
 
 import os
@@ -20,6 +22,9 @@ class Killer(train.Callback):
 
     def on_batch_end(self, tr, logs):
         if tr.step == self.at:
+            tr.history.steps.flush()
+            ck = tr.checkpoint_path
+            (ck.parent / f".{ck.name}.x1y2z3w4.tmp").write_bytes(ck.read_bytes()[:100])
             os.kill(os.getpid(), signal.SIGKILL)
 
 

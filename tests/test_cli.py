@@ -1,6 +1,7 @@
 """The `nodegrad` command: a tiny run, its files, resume after SIGKILL, and bad input refused
 with a one-line error and a non-zero exit status (never a traceback)."""
 
+import errno
 import json
 import os
 import pathlib
@@ -33,7 +34,7 @@ def test_tiny_run_and_evaluate(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "test accuracy" in text and str(out) in text and "curves.png" in text
     for f in ("config.json", "checkpoint.safetensors", "model.safetensors", "history.csv",
-              "results.json", "curves.png", "lr.png", "confusion.png"):
+              "steps.jsonl", "results.json", "curves.png", "lr.png", "confusion.png"):
         assert (out / f).exists(), f
     res = json.loads((out / "results.json").read_text())
     assert res["test"]["accuracy"] > 0.8
@@ -189,8 +190,145 @@ def test_cli_resume_after_sigkill_is_bit_identical(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nodegrad", "train", "--resume", "--quiet",
                         "--out", str(broken)], capture_output=True, text=True, timeout=120, env=ENV)
     assert r.returncode == 0, r.stderr
+    assert f"resuming {broken} at epoch " in r.stdout
     a, b = _weights(full / "model.safetensors"), _weights(broken / "model.safetensors")
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     rows = json.loads((broken / "history.json").read_text())["epochs"]
     assert [r["epoch"] for r in rows] == list(range(1, 7))
+
+
+def test_out_under_a_file_or_a_file_is_one_line(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("not a folder")
+    assert main(["train", *TINY, "--out", str(f / "run")]) == 2
+    assert f"is under {f}, which is a file" in _err_line(capsys)
+    assert main(["train", *TINY, "--out", str(f)]) == 2
+    assert "is a file, not a folder" in _err_line(capsys)
+
+
+class _FullFile:
+    """A file on a full disk: every write fails (the error names no file, as the real one)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _fail(monkeypatch, name: str, err: int, at: str = "create"):
+    """Make writing ``name`` fail with ``err`` when its temporary file is created or written
+    (a read-only or full file system, a permission error; as root chmod would not stop it)."""
+    import tempfile
+
+    import nodegrad.io as io
+
+    failing: set[int] = set()
+    mkstemp, fdopen = tempfile.mkstemp, os.fdopen
+
+    def fake_mkstemp(dir=None, prefix=None, suffix=None, **kw):
+        if prefix == f".{name}." and at == "create":
+            raise OSError(err, os.strerror(err), os.path.join(dir, f"{prefix}abcdefgh{suffix}"))
+        fd, tmp = mkstemp(dir=dir, prefix=prefix, suffix=suffix, **kw)
+        if prefix == f".{name}.":
+            failing.add(fd)
+        return fd, tmp
+
+    def fake_fdopen(fd, *a, **kw):
+        f = fdopen(fd, *a, **kw)
+        return _FullFile(f) if fd in failing else f
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", fake_mkstemp)
+    monkeypatch.setattr(io.os, "fdopen", fake_fdopen)
+
+
+@pytest.mark.parametrize("name, err, at, needle", [
+    ("config.json", errno.EROFS, "create", "read-only file system (choose --out on a writable"),
+    ("config.json", errno.EACCES, "create", "permission denied (choose --out where you may"),
+    ("checkpoint.safetensors", errno.ENOSPC, "write",
+     "checkpoint.safetensors: no space left on device (free some space"),
+    ("results.json", errno.EDQUOT, "create", "disk quota exceeded"),
+])
+def test_os_errors_are_one_line(name, err, at, needle, tmp_path, capsys, monkeypatch):
+    _fail(monkeypatch, name, err, at)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 1
+    line = _err_line(capsys)
+    assert line.startswith("nodegrad: error: ") and needle in line, line
+    assert not list(out.glob(".*.tmp"))  # a failed write leaves no temporary file
+
+
+def test_os_errors_outside_atomic_writes_are_one_line(tmp_path, capsys, monkeypatch):
+    import pathlib as pl
+
+    from nodegrad.train import history
+
+    real_open = open
+
+    def full_open(path, mode="r", *a, **kw):
+        f = real_open(path, mode, *a, **kw)
+        return _FullFile(f) if pl.Path(path).name == "steps.jsonl" else f
+
+    monkeypatch.setattr(history, "open", full_open, raising=False)
+    assert main(["train", *TINY, "--out", str(tmp_path / "run")]) == 1
+    assert "steps.jsonl: no space left on device" in _err_line(capsys)
+    monkeypatch.undo()
+    real_mkdir = pl.Path.mkdir
+
+    def denied(self, *a, **kw):
+        if self.name == "run2":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(pl.Path, "mkdir", denied)
+    assert main(["train", *TINY, "--out", str(tmp_path / "run2")]) == 1
+    assert f"{tmp_path / 'run2'}: permission denied" in _err_line(capsys)
+
+
+def test_resume_without_checkpoint_and_where_a_resume_continues(tmp_path, capsys, monkeypatch):
+    from nodegrad import models
+    from nodegrad.train import checkpoint as C
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    for p in out.iterdir():  # as a run killed before its first checkpoint leaves it
+        if p.name != "config.json":
+            p.unlink()
+    (out / ".checkpoint.safetensors.q1w2e3r4.tmp").write_bytes(b"half")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"resuming {out}: no checkpoint yet" in text and "from the start" in text
+    assert not list(out.glob(".*.tmp"))
+    # a real resume says where it continues, and results.json keeps the total wall time
+    state = C.load_checkpoint(out / "checkpoint.safetensors")
+    steps = state["step"]
+    model = models.create("digits_mlp", seed=0)
+    model.load_state_dict(state.pop("_weights"))
+    C.save_checkpoint(out / "checkpoint.safetensors", model, {**state, "wall_time": 1000.0})
+    (out / ".results.json.a1b2c3d4.tmp").write_bytes(b"half")
+    assert main(["train", "--resume", "--epochs", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"resuming {out} at epoch 3/3, step {steps} (the last checkpoint)" in text
+    assert json.loads((out / "results.json").read_text())["wall_time_s"] >= 1000.0
+    assert not list(out.glob(".*.tmp"))
+    assert main(["train", "--resume", "--epochs", "3", "--out", str(out)]) == 0
+    assert "the run had finished (epoch 3" in capsys.readouterr().out
+    # other BLAS thread counts: one warning line
+    monkeypatch.setattr(C, "blas_threads", lambda: {k: v + 1 if isinstance(v, int) else v
+                                                    for k, v in state["threads"].items()})
+    assert main(["train", "--resume", "--epochs", "4", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("nodegrad: warning: resuming") \
+        and "BLAS thread counts" in err[0], err
+

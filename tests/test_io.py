@@ -74,3 +74,116 @@ def test_pytorch_interchange(tmp_path):
     ng.save(m.state_dict(), tmp_path / "ours.safetensors")
     back = st.load_file(str(tmp_path / "ours.safetensors"))
     tm.load_state_dict(back)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_respect_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        ng.save({"a": ng.ones(2)}, tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_symlinked_target_updates_its_target(tmp_path):
+    real = tmp_path / "store" / "m.safetensors"
+    ng.save({"a": ng.ones(2)}, real)
+    link = tmp_path / "m.safetensors"
+    link.symlink_to(real)
+    ng.save({"a": ng.zeros(2)}, link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert ng.load(real)["a"].numpy().tolist() == [0.0, 0.0]
+
+
+def test_folder_is_fsynced_after_the_rename(tmp_path, monkeypatch):
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(
+        "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"),
+                                                     real_replace(a, b))[1])
+    ng.save({"a": ng.ones(2)}, tmp_path / "m.safetensors")
+    assert events == ["file", "rename", "dir"]
+
+
+def test_write_errors_name_the_target_and_leave_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "m.safetensors"
+    ng.save({"a": ng.ones(2)}, path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        ng.save({"a": ng.zeros(2)}, path)
+    monkeypatch.undo()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    assert ng.load(path)["a"].numpy().tolist() == [1.0, 1.0]
+    (tmp_path / "ck").mkdir()
+    with pytest.raises(IsADirectoryError, match="ck"):
+        ng.save({"a": ng.ones(2)}, tmp_path / "ck")
+
+
+def test_remove_stale_temps(tmp_path):
+    from nodegrad.io import remove_stale_temps
+
+    stale = tmp_path / ".checkpoint.safetensors.k2_x9abc.tmp"
+    stale.write_bytes(b"half a file")
+    keep = [tmp_path / "checkpoint.safetensors", tmp_path / ".hidden", tmp_path / "a.tmp"]
+    for p in keep:
+        p.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+def test_metadata_json_cannot_encode_names_the_key(tmp_path):
+    with pytest.raises(TypeError, match=r"metadata\['cfg'\]\['fn'\] is builtin_function"):
+        ng.save({"a": ng.ones(2)}, tmp_path / "m.safetensors", {"cfg": {"fn": print}})
+    with pytest.raises(TypeError, match=r"metadata\['lr'\]\[1\] is float32 .*x\.item\(\)"):
+        ng.save({"a": ng.ones(2)}, tmp_path / "m.safetensors", {"lr": [0.1, np.float32(2)]})
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+class _Evil:
+    """Unpickling this would create a folder: loading must never run it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_load_refuses_directories_pickles_and_torch_files(tmp_path):
+    import pickle
+
+    ng.save({"a": ng.ones(2)}, tmp_path / "run" / "model.safetensors")
+    with pytest.raises(ng.CheckpointError, match="is a directory.*model.safetensors"):
+        ng.load(tmp_path / "run")
+    marker = tmp_path / "unpickled"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"w": _Evil(marker)}))
+    with pytest.raises(ng.CheckpointError, match="pickle.*safetensors files only.*save_file"):
+        ng.load(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    np.savez(tmp_path / "w.npz", w=np.ones(2))
+    with pytest.raises(ng.CheckpointError, match=r"\.npz archive.*save_file"):
+        ng.load(tmp_path / "w.npz")
+    torch = pytest.importorskip("torch")
+    sd = {"w": torch.ones(2)}
+    torch.save(sd, tmp_path / "new.pt")
+    with pytest.raises(ng.CheckpointError, match=r"torch\.save file.*safetensors files only.*"
+                                                 r"safetensors\.torch\.save_file\(torch\.load"):
+        ng.load(tmp_path / "new.pt")
+    torch.save(sd, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(ng.CheckpointError, match="pickle"):
+        ng.load(tmp_path / "old.pt")
+    # the conversion the message names gives a file nodegrad reads
+    st = pytest.importorskip("safetensors.torch")
+    st.save_file(torch.load(tmp_path / "new.pt", weights_only=True), tmp_path / "conv.st")
+    assert ng.load(tmp_path / "conv.st")["w"].numpy().tolist() == [1.0, 1.0]

@@ -180,3 +180,30 @@ def test_reduce_lr_on_plateau_and_step_schedule(digits):
     h = train.fit(model, F.cross_entropy, opt, tl, epochs=2, scheduler=sched, progress=False)
     lrs = [s["lr"] for s in h.steps]
     assert lrs[0] == 0.1 and lrs[-1] == pytest.approx(0.01)
+
+
+def test_a_loader_without_batches_is_a_clear_error():
+    x, y = np.zeros((10, 2), np.float32), np.zeros(10, np.int64)
+    empty = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=32, drop_last=True)
+    model = nn.Linear(2, 2)
+    opt = ng.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"fit: the loader yields no batches \(10 samples, "
+                                         r"batch_size=32, drop_last=True\); lower batch_size"):
+        train.fit(model, F.cross_entropy, opt, empty, progress=False)
+    with pytest.raises(ValueError, match="evaluate: the loader yields no batches"):
+        train.evaluate(model, empty, F.cross_entropy)
+    with pytest.raises(ValueError, match="predict: the loader yields no batches"):
+        train.predict(model, empty)
+    full = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=5)
+    with pytest.raises(ValueError, match="evaluate: the loader yields no batches"):
+        train.fit(model, F.cross_entropy, opt, full, empty, progress=False)  # validation
+
+    class Stream:  # a loader without len() that yields nothing
+        def set_epoch(self, epoch):
+            pass
+
+        def __iter__(self):
+            return iter(())
+
+    with pytest.raises(ValueError, match="fit: the loader yields no batches"):
+        train.fit(model, F.cross_entropy, opt, Stream(), progress=False)

@@ -4,14 +4,18 @@
 ``nodegrad train`` with no arguments trains the MNIST-1D CNN in about 10 seconds on a CPU,
 shows progress, and prints the test accuracy and where the run directory and plots are. Bad
 input (unknown names, invalid numbers, unknown config keys, an existing run directory, a
-checkpoint of another model) ends with a one-line error and a non-zero exit status.
+checkpoint of another model) and every ``OSError`` (a read-only or full disk, a missing
+permission, ``--out`` under a file) end with a one-line error and a non-zero exit status;
+warnings are one ``nodegrad: warning:`` line each.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ..errors import DeviceError
@@ -127,9 +131,35 @@ def parse_train_args(argv: Sequence[str]) -> dict:
     return {**cfg, **given}
 
 
+_HINTS = {errno.ENOSPC: "free some space or choose another --out",
+          errno.EROFS: "choose --out on a writable file system",
+          errno.EACCES: "choose --out where you may write", errno.EPERM: "choose another --out",
+          errno.ENOTDIR: "a part of the path is a file, not a folder",
+          errno.EDQUOT: "disk quota exceeded; free some space or choose another --out"}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an ``OSError``: the file, the system's reason and what to do."""
+    if e.errno is None or e.strerror is None:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    where = f"{e.filename}: " if e.filename else ""
+    hint = f" ({_HINTS[e.errno]})" if e.errno in _HINTS else ""
+    return f"{where}{e.strerror.lower()}{hint}"
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"nodegrad: warning: {str(message).splitlines()[0]}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nodegrad`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     try:
         if argv and argv[0] == "train":
             return train(parse_train_args(argv[1:]))
@@ -155,14 +185,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"nodegrad: error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, DeviceError, ValueError, FileExistsError, FileNotFoundError,
-            ImportError, NonFiniteError) as e:
+    except (CheckpointError, DeviceError, ValueError, ImportError, NonFiniteError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"nodegrad: error: {msg}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `nodegrad info | head`
         sys.stdout = open(os.devnull, "w")  # keeps the flush at exit quiet
         return 0
+    except OSError as e:  # a full or read-only disk, permissions, --out under a file, ...
+        print(f"nodegrad: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("nodegrad: interrupted; continue with --resume", file=sys.stderr)
         return 130

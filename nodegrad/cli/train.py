@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .. import _backend as B
-from ..io import CheckpointError, atomic_write, load, save
+from ..io import CheckpointError, atomic_write, load, remove_stale_temps, save
 
 np = B.np
 
@@ -160,14 +160,26 @@ def _loss_and_metrics(task: str):
 
 
 # --- train --------------------------------------------------------------------------------------
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder, or a path whose existing part is one."""
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"is under {p}, which is a file"
+                raise UsageError(f"--out {out} {what}, not a folder")
+            return
+
+
 def _prepare_dir(o: dict) -> Path:
     out = Path(o["out"])
     cfg_path = out / "config.json"
+    _check_out(out)
     if o["resume"]:
         if o["overwrite"]:
             raise UsageError("--resume and --overwrite contradict each other")
         if not cfg_path.exists():
             raise UsageError(f"cannot resume: {out} holds no run (no config.json)")
+        remove_stale_temps(out)  # what a write killed with the run left
         return out
     if out.exists() and any(out.iterdir()):
         if not o["overwrite"]:
@@ -189,6 +201,17 @@ def _saved_options(out: Path, given: dict) -> dict:
                              f"(the run has {saved.get(k)!r})")
     return {**saved, **{k: given[k] for k in ("epochs", "quiet", "device") if k in given},
             "resume": True, "overwrite": False, "out": str(out)}
+
+
+def _resume_line(trainer, run_dir: Path, epochs: int) -> str:
+    """Where a resumed run continues (or that it had finished)."""
+    at = trainer.resumed_from
+    if at["epoch"] > epochs or trainer.stop_training:
+        return (f"resuming {run_dir}: the run had finished (epoch {at['epoch'] - 1}, step "
+                f"{at['step']}); nothing left to train")
+    within = f", batch {at['batch']} done" if at["batch"] else ""
+    return (f"resuming {run_dir} at epoch {at['epoch']}/{epochs}, step {at['step']}{within} "
+            "(the last checkpoint)")
 
 
 def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
@@ -220,13 +243,21 @@ def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
     if not o["quiet"]:
         cbs.insert(0, T.ProgressBar())
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = resume and (run_dir / "checkpoint.safetensors").exists()
-    history = T.fit(model, loss_fn, opt, tl, vl, epochs=o["epochs"], callbacks=cbs,
-                    metrics=metrics, scheduler=sched, run_dir=run_dir,
-                    checkpoint_every=o["checkpoint_every"] or None, resume=resume,
-                    config=o, progress=False)
+    if resume and not (run_dir / "checkpoint.safetensors").exists():
+        # killed before its first checkpoint: starting over is exactly the uninterrupted run
+        remove_stale_temps(run_dir)
+        print(f"resuming {run_dir}: no checkpoint yet (stopped before its first one); training "
+              "from the start")
+        resume = False
+    trainer = T.Trainer(model, loss_fn, opt, tl, vl, epochs=o["epochs"], callbacks=cbs,
+                        metrics=metrics, scheduler=sched, run_dir=run_dir,
+                        checkpoint_every=o["checkpoint_every"] or None, resume=resume,
+                        config=o, progress=False)
+    if trainer.resumed_from is not None:
+        print(_resume_line(trainer, run_dir, o["epochs"]))
+    history = trainer.fit()
     save(model.state_dict(), run_dir / "model.safetensors", {"model": o["model"]})
-    return model, history
+    return model, history, trainer
 
 
 def _test_report(o: dict, model, data, run_dir: Path, history, plot: bool) -> dict:
@@ -277,8 +308,10 @@ def train(opts: dict) -> int:
     say(f"training {o['model']} on {o['dataset']}: {o['epochs']} epochs, batch "
         f"{o['batch_size']}, {o['optimizer']} lr {o['lr']}, seed {o['seed']} -> {out}")
     t0 = time.perf_counter()
+    before = 0.0  # wall time of the sessions before a resume, from the checkpoints
     if o["ensemble"] == 1:
-        model, history = _train_member(o, data, out, o["seed"], o["resume"])
+        model, history, trainer = _train_member(o, data, out, o["seed"], o["resume"])
+        before = (trainer.resumed_from or {}).get("wall_time", 0.0)
         report = _test_report(o, model, data, out, history, plot=True)
         report["stop_reason"] = history.stop_reason
     else:
@@ -288,7 +321,8 @@ def train(opts: dict) -> int:
         for i in range(o["ensemble"]):
             say(f"member {i + 1}/{o['ensemble']} (seed {o['seed'] + i})")
             mdir = out / f"member-{i}"
-            model, h = _train_member(o, data, mdir, o["seed"] + i, o["resume"])
+            model, h, trainer = _train_member(o, data, mdir, o["seed"] + i, o["resume"])
+            before += (trainer.resumed_from or {}).get("wall_time", 0.0)
             members.append(model)
             histories.append(h)
             member_reports.append(_test_report(o, model, data, mdir, h, plot=True))
@@ -296,7 +330,7 @@ def train(opts: dict) -> int:
         report = {"members": [r["test"] for r in member_reports], "plots": []}
         if _task(o["model"]) == "classification":
             report["test"] = ens.evaluate(data.x_test, data.y_test)
-    report["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    report["wall_time_s"] = round(before + time.perf_counter() - t0, 2)
     atomic_write(out / "results.json", json.dumps(report, indent=1).encode())
     if o["ensemble"] == 1:
         if report.get("stop_reason"):

@@ -16,7 +16,7 @@ import os
 
 from .. import _backend as B
 from ..autodiff import no_grad
-from ..batching import TRACES
+from ..batching import pushed
 from ..nn import Module
 from ..nn import layers as L
 from ..tensor import Tensor
@@ -544,10 +544,18 @@ def _conv_layer(r, m, args, outs, tw):
 
 def _pool_layer(op, nd):
     def conv(r, m, args, outs, tw):
+        kw = dict(getattr(m, "kw", {}))
+        for key, plain in (("ceil_mode", False), ("return_indices", False),
+                           ("divisor_override", None)):
+            if kw.get(key, plain) != plain:
+                r.fail(f"{type(m).__name__} with {key}={kw[key]!r}")
         k = _tup(m.kernel_size, nd)
         s = k if m.stride is None else _tup(m.stride, nd)
         pad = _tup(m.padding, nd)
-        extra = {"count_include_pad": 1} if op == "AveragePool" else {}
+        if op == "AveragePool":
+            extra = {"count_include_pad": int(kw.get("count_include_pad", True))}
+        else:
+            extra = {"dilations": _tup(kw.get("dilation", 1), nd)}
         return [r.node(op, [r.name_of(args[0])], kernel_shape=k, strides=s, pads=pad + pad,
                        **extra)]
     return conv
@@ -668,12 +676,10 @@ def _trace(onnx, model, inputs, opset, build, twin, pnames, paths):
         n = f"input_{i}" if len(inputs) > 1 else "input"
         rec.set(x, n)
         in_names.append(n)
-    TRACES.append(rec)
     try:
-        with no_grad():
+        with no_grad(), pushed(rec):
             out = model(*inputs)
     finally:
-        TRACES.remove(rec)
         for h in handles:
             h.remove()
     return rec, in_names, out

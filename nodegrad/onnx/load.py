@@ -387,11 +387,12 @@ def _pool(kind):
             d = tuple(at.get("dilations") or [1] * nd)
             fn = F.max_pool1d if nd == 1 else F.max_pool2d
             return fn(x, k, s, tuple(pad), d)
-        if any(p) and not at.get("count_include_pad", 0):
-            _fail("AveragePool with padding that is not counted (count_include_pad=0)")
+        counted = bool(at.get("count_include_pad", 0))
+        if p[:nd] != p[nd:] and not counted:
+            _fail("AveragePool with asymmetric padding that is not counted")
         x, pad = _sym(x, p, nd)
         fn = F.avg_pool1d if nd == 1 else F.avg_pool2d
-        return fn(x, k, s, tuple(pad))
+        return fn(x, k, s, tuple(pad), count_include_pad=counted)
     return op
 
 

@@ -122,7 +122,8 @@ class ProgressBar(Callback):
 
 class HistoryWriter(Callback):
     """Write the per-epoch history to ``history.csv`` and ``history.json`` (atomically) in a
-    run directory after every epoch; a resumed run rewrites them from its restored history."""
+    run directory after every epoch; a resumed run rewrites them from its restored history.
+    (The per-step rows are appended to ``steps.jsonl`` by the trainer.)"""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
@@ -132,7 +133,7 @@ class HistoryWriter(Callback):
 
 
 def write_history(history, run_dir: Path) -> None:
-    """history.csv (one row per epoch) and history.json (epochs and steps)."""
+    """history.csv and history.json: one row per epoch (the steps are in steps.jsonl)."""
     rows = history.epochs
     keys: list[str] = []
     for r in rows:
@@ -142,8 +143,8 @@ def write_history(history, run_dir: Path) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write(Path(run_dir) / "history.csv", buf.getvalue().encode())
-    atomic_write(Path(run_dir) / "history.json",
-                 json.dumps(history.to_dict(), indent=1).encode())
+    doc = {"epochs": rows, "stop_reason": history.stop_reason, "steps": "steps.jsonl"}
+    atomic_write(Path(run_dir) / "history.json", json.dumps(doc, indent=1).encode())
 
 
 def _better(mode: str, a: float, best: float, min_delta: float) -> bool:

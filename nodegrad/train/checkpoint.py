@@ -3,7 +3,8 @@
 ``checkpoint.safetensors`` in the run directory holds the model's weights (``model/<name>``),
 the optimiser's state arrays and every other array of state (``state/...``); its JSON metadata
 holds the rest: epoch, step, position of the loader within the epoch, RNG states, scheduler and
-callback state, history and config. It is written atomically (:func:`nodegrad.io.atomic_write`),
+callback state, the per-epoch history, how far ``steps.jsonl`` (the per-step history) reached,
+the BLAS thread counts and config. It is written atomically (:func:`nodegrad.io.atomic_write`),
 so a run killed at any moment leaves the previous checkpoint or the new one, never half a file.
 """
 
@@ -51,6 +52,25 @@ def _decode(obj: Any, arrays: dict) -> Any:
     if isinstance(obj, list):
         return [_decode(v, arrays) for v in obj]
     return obj
+
+
+def blas_threads() -> dict[str, int | str]:
+    """The thread count of each loaded BLAS (threadpoolctl when installed), else the variables
+    that set it: matrix products may sum in another order with another count."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        env = {f"env:{k}": os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                   "MKL_NUM_THREADS") if k in os.environ}
+        return {**env, "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1}
+    return {f"{i['internal_api']}:{i.get('prefix', '')}": int(i["num_threads"])
+            for i in threadpool_info() if i.get("user_api") == "blas"}
+
+
+def threads_differ(saved: dict, now: dict) -> dict[str, tuple]:
+    """The entries (in both) whose thread counts differ: {name: (saved, now)}."""
+    return {k: (saved[k], now[k]) for k in saved.keys() & now.keys() if saved[k] != now[k]}
 
 
 def save_checkpoint(path: str | os.PathLike, model: Module, state: dict) -> None:

@@ -7,8 +7,10 @@ for validation and prediction (dropout off, batch norm on running statistics).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 from .. import _backend as B
 from ..autodiff import no_grad
 from ..data import ArrayDataset, DataLoader
-from ..io import CheckpointError
+from ..io import CheckpointError, remove_stale_temps
 from ..nn import Module
 from ..optim import Optimizer
 from ..optim.lr_scheduler import LRScheduler
@@ -24,48 +26,10 @@ from ..random import default_generator
 from ..tensor import Tensor
 from . import checkpoint as C
 from .callbacks import Callback, HistoryWriter, LRSchedule, NaNGuard, ProgressBar
+from .history import STEPS_FILE, History, StepLog
 from .metrics import METRICS
 
 np = B.np
-
-
-class History:
-    """What a run recorded: one row per epoch (``epochs``) and per step (``steps``)."""
-
-    def __init__(self, epochs: list | None = None, steps: list | None = None,
-                 stop_reason: str | None = None):
-        self.epochs: list[dict] = epochs or []
-        self.steps: list[dict] = steps or []
-        self.stop_reason = stop_reason
-
-    def __getitem__(self, key: str) -> list:
-        """The column ``key`` of the epoch rows (None where absent)."""
-        return [r.get(key) for r in self.epochs]
-
-    def __len__(self) -> int:
-        return len(self.epochs)
-
-    @property
-    def last(self) -> dict:
-        return self.epochs[-1] if self.epochs else {}
-
-    def best(self, monitor: str = "val_loss", mode: str = "min") -> dict:
-        """The epoch row with the best ``monitor``."""
-        rows = [r for r in self.epochs if monitor in r]
-        if not rows:
-            raise KeyError(f"History.best: {monitor!r} was never logged")
-        pick = min if mode == "min" else max
-        return pick(rows, key=lambda r: r[monitor])
-
-    def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "steps": self.steps, "stop_reason": self.stop_reason}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> History:
-        return cls(list(d["epochs"]), list(d["steps"]), d.get("stop_reason"))
-
-    def __repr__(self) -> str:
-        return f"History({len(self.epochs)} epochs, {len(self.steps)} steps, last={self.last})"
 
 
 def _split_batch(batch) -> tuple[Any, Any]:
@@ -79,6 +43,21 @@ def _split_batch(batch) -> tuple[Any, Any]:
 def _host(t) -> np.ndarray:
     a = t.numpy() if isinstance(t, Tensor) else t
     return B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a)
+
+
+def _no_batches(fn: str, loader) -> ValueError:
+    """The error for a loader that yields nothing, with what makes it empty."""
+    ds = getattr(loader, "dataset", None)
+    parts = []
+    if ds is not None and hasattr(ds, "__len__"):
+        parts.append(f"{len(ds)} samples")
+    for k in ("batch_size", "drop_last"):
+        if hasattr(loader, k):
+            parts.append(f"{k}={getattr(loader, k)}")
+    why = f" ({', '.join(parts)})" if parts else ""
+    hint = ("; lower batch_size or pass drop_last=False" if getattr(loader, "drop_last", False)
+            else "")
+    return ValueError(f"{fn}: the loader yields no batches{why}{hint}")
 
 
 def _metric_fns(metrics) -> dict[str, Callable]:
@@ -113,6 +92,8 @@ def evaluate(model: Module, loader: Iterable, loss_fn: Callable | None = None,
                 ys.append(_host(y))
     finally:
         model.train(was)
+    if not outs:
+        raise _no_batches("evaluate", loader)
     res: dict[str, float] = {}
     if loss_fn is not None:
         res["loss"] = total / max(n, 1)
@@ -135,13 +116,17 @@ def predict(model: Module, data, batch_size: int = 512) -> np.ndarray:
                 outs.append(_host(model(_split_batch(batch)[0])))
     finally:
         model.train(was)
+    if not outs:
+        raise _no_batches("predict", data)
     return np.concatenate(outs)
 
 
 class Trainer:
     """One training run; :func:`fit` builds and runs it. Callbacks receive it and may read
     ``model``, ``optimizer``, ``epoch`` (0-based, current), ``step`` (optimiser steps done),
-    ``batch`` (batches of this epoch done), ``history``, ``last_loss`` and set
+    ``batch`` (batches of this epoch done), ``history``, ``last_loss``, ``resumed_from``
+    (epoch, step and batch where a resumed run continued and the wall time spent before it;
+    None otherwise), ``wall_time`` (seconds, over all sessions of a resumed run) and set
     ``stop_training``."""
 
     def __init__(self, model: Module, loss_fn: Callable, optimizer: Optimizer,
@@ -170,11 +155,15 @@ class Trainer:
             cbs.append(HistoryWriter(self.run_dir))
         self.callbacks = cbs
         self.epoch = self.step = self.batch = 0
-        self.history = History()
+        steps = StepLog(self.run_dir / STEPS_FILE) if self.run_dir is not None else None
+        self.history = History(steps=steps)
         self.stop_training, self.stop_reason = False, None
         self.last_loss = float("nan")
         self._acc: dict[str, float] = {}
         self._train_time = 0.0
+        self._wall_before, self._t_start = 0.0, time.perf_counter()
+        self.resumed_from: dict | None = None
+        self.threads = C.blas_threads()
         if resume:
             self.restore()
 
@@ -185,12 +174,22 @@ class Trainer:
             raise ValueError("Trainer: checkpoints need a run_dir")
         return self.run_dir / C.FILENAME
 
+    @property
+    def wall_time(self) -> float:
+        """Seconds since this run began, summed over the sessions of a resumed run."""
+        return self._wall_before + time.perf_counter() - self._t_start
+
     def state_dict(self) -> dict:
-        """Everything but the weights that a resumed run needs to continue bit-identically."""
+        """Everything but the weights that a resumed run needs to continue bit-identically.
+
+        The per-step rows stay in their file (flushed here); the state holds how far it reached.
+        """
         return {"epoch": self.epoch, "step": self.step, "batch": self.batch,
                 "acc": dict(self._acc), "train_time": self._train_time,
+                "wall_time": self.wall_time, "threads": self.threads,
                 "stop_training": self.stop_training, "stop_reason": self.stop_reason,
-                "history": self.history.to_dict(), "loader": self.train_loader.state_dict(),
+                "history": {"epochs": self.history.epochs, "stop_reason": self.history.stop_reason},
+                "steps": self.history.steps.position, "loader": self.train_loader.state_dict(),
                 "rng": default_generator("cpu").get_state(),
                 "optimizer": self.optimizer.state_dict(),
                 "callbacks": [[type(c).__name__, st] for c in self.callbacks
@@ -204,8 +203,10 @@ class Trainer:
         C.save_checkpoint(self.checkpoint_path, self.model, self.state_dict())
 
     def restore(self) -> None:
-        """Continue from the run directory's checkpoint."""
+        """Continue from the run directory's checkpoint (after deleting the temporary files a
+        killed write left); warn when the BLAS thread counts differ from the run's."""
         path = self.checkpoint_path
+        remove_stale_temps(self.run_dir)
         if not path.exists():
             raise CheckpointError(f"cannot resume: no checkpoint in {self.run_dir}")
         s = C.load_checkpoint(path, self.model)
@@ -226,7 +227,23 @@ class Trainer:
         self.epoch, self.step, self.batch = s["epoch"], s["step"], s["batch"]
         self._acc, self._train_time = dict(s["acc"]), s["train_time"]
         self.stop_training, self.stop_reason = s["stop_training"], s["stop_reason"]
-        self.history = History.from_dict(s["history"])
+        self._wall_before = float(s.get("wall_time", s["train_time"]))
+        h = s["history"]
+        if "steps" in s:
+            steps = StepLog.resume(self.run_dir / STEPS_FILE, s["steps"]["rows"],
+                                   s["steps"]["bytes"])
+        else:  # a checkpoint from before steps.jsonl: its rows move to the file
+            steps = StepLog(self.run_dir / STEPS_FILE)
+            steps.extend(h.get("steps", []))
+            steps.flush()
+        self.history = History(list(h["epochs"]), steps, h.get("stop_reason"))
+        self.resumed_from = {"epoch": self.epoch + 1, "step": self.step, "batch": self.batch,
+                             "wall_time": self._wall_before}
+        if diff := C.threads_differ(s.get("threads", {}), self.threads):
+            what = ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in sorted(diff.items()))
+            warnings.warn(f"resuming {self.run_dir} with other BLAS thread counts ({what}): the "
+                          "weights may differ in the last bits from an uninterrupted run",
+                          RuntimeWarning, stacklevel=2)
 
     # --- the loop -------------------------------------------------------------------------------
     def _call(self, hook: str, *args) -> None:
@@ -277,6 +294,19 @@ class Trainer:
 
     def fit(self) -> History:
         """Train until ``epochs`` are done or a callback stops the run; returns the history."""
+        loader = self.train_loader
+        if hasattr(loader, "__len__") and len(loader) == 0:
+            raise _no_batches("fit", loader)
+        try:
+            history = self._fit()
+        except BaseException:
+            with contextlib.suppress(OSError):  # keep the steps so far, and the first error
+                self.history.steps.flush(sync=False)
+            raise
+        self.history.steps.flush(sync=False)
+        return history
+
+    def _fit(self) -> History:
         self.model.train()
         self._call("on_train_begin")
         loader = self.train_loader
@@ -285,6 +315,7 @@ class Trainer:
                 loader.set_epoch(self.epoch)
                 self._call("on_epoch_begin")
             t0 = time.perf_counter()
+            started = self.batch
             for batch in loader:
                 self._train_step(batch)
                 every = self.checkpoint_every
@@ -295,6 +326,8 @@ class Trainer:
                     self.save_checkpoint()
                 if self.stop_training:
                     break
+            if started == 0 and self.batch == 0:
+                raise _no_batches("fit", loader)
             self._end_epoch(t0)
             if self.run_dir is not None:
                 self.save_checkpoint()
@@ -314,8 +347,10 @@ def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: Da
 
     Each epoch ends with validation on ``val_loader`` (``val_*`` entries) and, with a
     ``run_dir``, a resumable checkpoint (also every ``checkpoint_every`` steps) plus
-    ``history.csv``/``history.json``. ``resume=True`` continues from ``run_dir``'s checkpoint
-    and ends with the weights an uninterrupted run would have had, bit for bit.
+    ``history.csv``/``history.json`` and the per-step rows appended to ``steps.jsonl``.
+    ``resume=True`` continues from ``run_dir``'s checkpoint and ends with the weights an
+    uninterrupted run would have had, bit for bit (with the same BLAS thread count: a warning
+    says when it differs). A loader without batches is a ``ValueError``.
     ``scheduler`` steps after every optimiser step (``scheduler_interval="epoch"``: every
     epoch; ReduceLROnPlateau: every epoch on ``val_loss``). A progress bar and a NaN guard are on
     by default.
