@@ -161,6 +161,11 @@ LAYERS = [
      lambda b: _randn(b, 4, 6)),
     ("batchnorm2d", lambda: _trained_bn(nn.BatchNorm2d(3)), lambda b: _randn(b, 3, 4, 4)),
     ("layernorm", lambda: nn.LayerNorm((3, 4)), lambda b: _randn(b, 5, 3, 4)),
+    ("groupnorm_instancenorm_rmsnorm", lambda: _seq(nn.GroupNorm(2, 4), nn.InstanceNorm1d(
+        4, affine=True), nn.RMSNorm(6)), lambda b: _randn(b, 4, 6)),
+    ("conv3d", lambda: nn.Conv3d(2, 3, 2, stride=(1, 2, 1), padding=1),
+     lambda b: _randn(b, 2, 4, 5, 3)),
+    ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8), lambda b: _randn(b, 7)),
     ("activations", lambda: _seq(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.LeakyReLU(0.2),
                                  nn.ELU(0.7), nn.Sigmoid(), nn.Tanh(), nn.SiLU(),
                                  nn.Softplus(2.0, 3.0), nn.GELU(), nn.GELU("tanh")),

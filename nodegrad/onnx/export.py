@@ -300,6 +300,11 @@ def _clip(r, a, p, out, tw):
     return y if y != r.name_of(a[0]) else r.node("Identity", [y])
 
 
+def _hardtanh(r, a, p, out, tw):
+    dt = _np_dtype(out)
+    return r.node("Clip", [r.name_of(a[0]), r.const(p["min_val"], dt), r.const(p["max_val"], dt)])
+
+
 def _astype(r, a, p, out, tw):
     return r.node("Cast", [r.name_of(a[0])], to=_dtype_code(r.onnx, p["dtype"]))
 
@@ -514,7 +519,8 @@ PRIMS = {
     "floor": _unary("Floor"), "ceil": _unary("Ceil"), "isnan": _unary("IsNaN"),
     "logical_not": _unary("Not"), "square": _square, "expm1": _expm1, "log1p": _log1p,
     "leaky_relu": _leaky, "softplus": _softplus, "gelu": _gelu, "clip": _clip,
-    "where": _binary("Where"), "equal": _compare("Equal"), "not_equal": _not_equal,
+    "hardtanh": _hardtanh, "where": _binary("Where"), "equal": _compare("Equal"),
+    "not_equal": _not_equal,
     "less": _compare("Less"), "less_equal": _compare("LessOrEqual"),
     "greater": _compare("Greater"), "greater_equal": _compare("GreaterOrEqual"),
     "logical_and": _compare("And"), "logical_or": _compare("Or"), "logical_xor": _compare("Xor"),
@@ -646,7 +652,7 @@ def _recurrent(r, m, args, outs, tw):
 
 
 LAYERS = {
-    L.Conv1d: _conv_layer, L.Conv2d: _conv_layer,
+    L.Conv1d: _conv_layer, L.Conv2d: _conv_layer, L.Conv3d: _conv_layer,
     L.MaxPool1d: _pool_layer("MaxPool", 1), L.MaxPool2d: _pool_layer("MaxPool", 2),
     L.AvgPool1d: _pool_layer("AveragePool", 1), L.AvgPool2d: _pool_layer("AveragePool", 2),
     L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.LayerNorm: _layer_norm,

@@ -364,10 +364,10 @@ def _sym(x, p: list[int], nd: int, value: float = 0.0):
 
 def _conv(m, at, x, w, b=None):
     nd = x.ndim - 2
-    if nd not in (1, 2):
-        _fail(f"Conv over {nd} spatial axes (1 and 2 are supported)")
+    if nd not in (1, 2, 3):
+        _fail(f"Conv over {nd} spatial axes (1 to 3 are supported)")
     x, pad = _sym(x, _pads(at, nd), nd)
-    fn = F.conv1d if nd == 1 else F.conv2d
+    fn = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
     return fn(x, w, b, tuple(at.get("strides") or [1] * nd), tuple(pad),
               tuple(at.get("dilations") or [1] * nd), at.get("group", 1))
 
