@@ -35,7 +35,8 @@ _POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
 
 
 def levels() -> tuple:
-    """The calling thread's active vmap levels, innermost last (each thread has its own)."""
+    """The calling thread's active vmap levels (and export recorders), innermost last (each
+    thread has its own)."""
     return modes().traces
 
 
@@ -107,6 +108,9 @@ def batch_bind(bind, prim, args: tuple, params: dict):
     traces = modes().traces
     top = traces[-1]
     n = len(traces) - 1
+    if type(top) is not Level:  # a recording trace (nodegrad.onnx's export) sees the call
+        with lowered(n):
+            return top.record(prim, args, params, bind(prim, args, params))
     if not any(type(a) is BatchTracer and a.level is top for a in args):
         with lowered(n):
             return bind(prim, args, params)

@@ -1,4 +1,5 @@
-"""The ``nodegrad`` command: ``train``, ``evaluate RUN_DIR``, ``info``, ``diagnose``, ``gradcheck``.
+"""The ``nodegrad`` command: ``train``, ``evaluate RUN_DIR``, ``info``, ``diagnose``, ``gradcheck``,
+``export RUN_DIR``.
 
 ``nodegrad train`` with no arguments trains the MNIST-1D CNN in about 10 seconds on a CPU,
 shows progress, and prints the test accuracy and where the run directory and plots are. Bad
@@ -78,7 +79,8 @@ def _train_parser(prog: str = "nodegrad train") -> Parser:
 
 def _parser() -> Parser:
     p = Parser(prog="nodegrad", description="nodegrad: train, evaluate and inspect models.")
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,info,gradcheck,diagnose}")
+    sub = p.add_subparsers(dest="command",
+                           metavar="{train,evaluate,info,gradcheck,diagnose,export}")
     sub.add_parser("train", help="train a model (nodegrad train --help for options)",
                    add_help=False)
     ev = sub.add_parser("evaluate", help="test metrics of a finished run")
@@ -88,6 +90,8 @@ def _parser() -> Parser:
                    help="autodiff vs finite-difference gradients (nodegrad gradcheck --help)")
     sub.add_parser("diagnose", add_help=False,
                    help="per-layer activation/gradient statistics (nodegrad diagnose --help)")
+    sub.add_parser("export", add_help=False,
+                   help="a finished run's model as ONNX (nodegrad export --help)")
     return p
 
 
@@ -169,6 +173,10 @@ def _main(argv: list[str]) -> int:
             from .diagnose import run as diagnose_run
 
             return diagnose_run(argv[1:])
+        if argv and argv[0] == "export":
+            from .export import run as export_run
+
+            return export_run(argv[1:])
         args = _parser().parse_args(argv)
         if args.command == "evaluate":
             return evaluate_run(args.run_dir)

@@ -1,0 +1,784 @@
+"""Export a module's forward to ONNX by tracing it.
+
+The forward runs twice in eval mode: once on the example inputs and once with the dynamic axes
+(the batch by default) resized. A recorder on the trace stack sees every primitive bound and
+turns it into ONNX nodes; layers whose primitives are no ONNX op (convolution and pooling over
+window views, recurrent layers, embeddings, the norms) are caught by module hooks and written as
+their ONNX op instead. Comparing the two traces tells which shape parameters follow the dynamic
+axes (written as ``0``/``-1`` in a Reshape, ``1`` in an Expand); anything that cannot be written
+faithfully raises :class:`UnsupportedError` naming the op and the module path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .. import _backend as B
+from ..autodiff import no_grad
+from ..batching import pushed
+from ..nn import Module
+from ..nn import layers as L
+from ..tensor import Tensor
+from ._common import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, UnsupportedError, require_onnx
+
+np = B.np
+_I64 = np.int64
+
+
+# --- the recorder -----------------------------------------------------------------------------
+class _Recorder:
+    """Sits on the trace stack while a forward runs; builds nodes (``build``) or only notes what
+    was bound (the second trace, whose parameters reveal the dynamic dimensions)."""
+
+    def __init__(self, onnx, opset: int, build: bool, twin: list | None, names: dict):
+        self.onnx, self.h, self.opset, self.build = onnx, onnx.helper, opset, build
+        self.twin = twin              # the other trace's events (None: no dynamic axes)
+        self.events: list = []
+        self.names: dict[int, str] = {}   # id(tensor) -> value name
+        self.keep: list = []          # keeps traced tensors alive so their ids stay unique
+        self.params = names           # id(parameter or buffer) -> its dotted name
+        self.nodes, self.inits, self.used = [], {}, set()
+        self.count = 0
+        self.path: list[str] = [""]   # module path stack, for error messages
+        self.leaf = None              # the layer whose forward is written as one op
+        self.paths: dict[int, str] = {}
+
+    # naming and emitting
+    def fresh(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def node(self, op: str, ins: list, n_out: int = 1, **attrs):
+        outs = [self.fresh(op.lower()) for _ in range(n_out)]
+        if self.build:
+            self.nodes.append(self.h.make_node(op, ins, outs, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value, dtype=None, hint: str = "const") -> str:
+        arr = np.asarray(value, dtype=dtype)
+        name = self.fresh(hint)
+        if self.build:
+            self.inits[name] = self.onnx.numpy_helper.from_array(arr, name)
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(list(values), dtype=_I64), hint="ints")
+
+    def where(self) -> str:
+        return self.path[-1] or "the top-level module"
+
+    def fail(self, what: str):
+        raise UnsupportedError(f"onnx export: {what} (in module '{self.where()}')")
+
+    def name_of(self, a, like=None) -> str | None:
+        """The value name for argument ``a``: a traced tensor, a parameter, or a new constant."""
+        if a is None:
+            return None
+        if isinstance(a, Tensor):
+            n = self.names.get(id(a))
+            if n is not None:
+                return n
+            p = self.params.get(id(a))
+            if p is not None:
+                if p not in self.inits and self.build:
+                    self.inits[p] = self.onnx.numpy_helper.from_array(
+                        np.ascontiguousarray(B.backend_of(a.data).to_host(a.data)), p)
+                self.names[id(a)] = p
+                return p
+            return self.const(B.backend_of(a.data).to_host(a.data))
+        dt = like.dtype if isinstance(like, Tensor) else None
+        return self.const(a, dtype=dt)
+
+    def set(self, t: Tensor, name: str) -> None:
+        self.names[id(t)] = name
+        self.keep.append(t)
+
+    def event(self, key, data):
+        """Note one traced step; return the other trace's note of the same step."""
+        i = len(self.events)
+        self.events.append((key, data))
+        if self.twin is None:
+            return None
+        if i >= len(self.twin) or self.twin[i][0] != key:
+            self.fail(f"the forward runs differently for another size of the dynamic axes "
+                      f"(at '{key}'); data-dependent control flow cannot be exported")
+        return self.twin[i][1]
+
+    # the trace-stack protocol (see nodegrad.batching.batch_bind)
+    def record(self, prim, args, params, out):
+        if self.leaf is not None:
+            for a in args:  # a traced value the layer's hooks did not see (a keyword argument)
+                if isinstance(a, Tensor) and id(a) in self.names and id(a) not in self.params \
+                        and not any(a is b for b in self.leaf_args):
+                    self.fail(f"{type(self.leaf).__name__} is called with a traced value as a "
+                              "keyword argument; pass its inputs positionally")
+            return out
+        conv = PRIMS.get(prim.name)
+        if conv is None:
+            self.fail(f"primitive '{prim.name}' has no ONNX counterpart here")
+        shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else a for a in args)
+        twin = self.event(prim.name, (params, shapes, tuple(out.shape)))
+        if twin is not None:
+            self._check_twin(prim.name, args, params, shapes, twin)
+        name = conv(self, args, params, out, twin)
+        self.set(out, name)
+        return out
+
+    def _check_twin(self, name, args, params, shapes, twin):
+        """Refuse what would bake the traced size of a dynamic axis into the graph."""
+        t_params, t_shapes, _ = twin
+        for a, s1, s2 in zip(args, shapes, t_shapes):
+            traced = isinstance(a, Tensor) and (id(a) in self.names or id(a) in self.params)
+            if isinstance(a, Tensor) and not traced and s1 != s2:
+                self.fail(f"{name}: a constant of shape {s1} made in the forward follows the "
+                          "dynamic axes (derive it from the input, e.g. zeros_like)")
+            if not isinstance(a, Tensor) and not _same(s1, s2):
+                self.fail(f"{name}: the number {s1} follows the dynamic axes (computed from a "
+                          "shape?); export with dynamic_axes={} or compute it with tensor ops")
+        if name not in _SHAPED and not _same(params, t_params):
+            self.fail(f"{name}: its parameters follow the dynamic axes ({params} vs "
+                      f"{t_params} for another size)")
+
+    # module hooks: layers with an ONNX op of their own
+    def pre(self, m: Module, args):
+        if self.leaf is not None:
+            return None
+        self.path.append(self.paths.get(id(m), type(m).__name__))
+        if type(m) in LAYERS:
+            self.leaf = m
+            self.leaf_args = args
+        return None
+
+    def post(self, m: Module, args, out):
+        if self.leaf is m:
+            self.leaf = None
+            outs = _flat(out)
+            shapes = tuple(tuple(a.shape) for a in args if isinstance(a, Tensor))
+            twin = self.event(type(m).__name__, (shapes, tuple(tuple(o.shape) for o in outs)))
+            names = LAYERS[type(m)](self, m, self.leaf_args, outs, twin)
+            for o, n in zip(outs, names):
+                self.set(o, n)
+        elif self.leaf is not None:
+            return None
+        self.path.pop()
+        return None
+
+
+_SHAPED = ("reshape", "broadcast_to", "getitem")  # converters that handle changing parameters
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError):  # arrays inside
+        return repr(a) == repr(b)
+
+
+def _flat(out) -> list:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, tuple | list):
+        return [t for o in out for t in _flat(o)]
+    return []
+
+
+# --- helpers for the converters ---------------------------------------------------------------
+def _np_dtype(t) -> object:
+    return np.dtype(t.dtype)
+
+
+def _dtype_code(onnx, dt) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+
+
+def _reduce(r: _Recorder, op: str, x: str, axes, keepdims: bool, ndim: int) -> str:
+    axes = tuple(range(ndim)) if axes is None else tuple(a % max(ndim, 1) for a in (
+        axes if isinstance(axes, tuple | list) else (axes,)))
+    if ndim == 0:
+        return r.node("Identity", [x])
+    if op == "ReduceSum" or r.opset >= 18:
+        return r.node(op, [x, r.ints(axes)], keepdims=int(keepdims))
+    return r.node(op, [x], axes=list(axes), keepdims=int(keepdims))
+
+
+def _squeeze(r: _Recorder, x: str, axes) -> str:
+    return r.node("Squeeze", [x, r.ints(axes)])
+
+
+def _unsqueeze(r: _Recorder, x: str, axes) -> str:
+    return r.node("Unsqueeze", [x, r.ints(axes)])
+
+
+def _slice(r: _Recorder, x: str, axes, starts, ends, steps=None) -> str:
+    ins = [x, r.ints(starts), r.ints(ends), r.ints(axes)]
+    if steps is not None:
+        ins.append(r.ints(steps))
+    return r.node("Slice", ins)
+
+
+# --- primitives -------------------------------------------------------------------------------
+def _unary(op):
+    return lambda r, a, p, out, tw: r.node(op, [r.name_of(a[0])])
+
+
+def _binary(op):
+    """Arithmetic: numbers become constants of the output's dtype, tensors of another dtype are
+    cast to it (as the forward promoted them)."""
+    def conv(r, a, p, out, tw):
+        names = []
+        for x in a:
+            n = r.name_of(x, out)
+            if isinstance(x, Tensor) and x.dtype != out.dtype and not (
+                    op == "Where" and x is a[0]):
+                n = r.node("Cast", [n], to=_dtype_code(r.onnx, out.dtype))
+            names.append(n)
+        return r.node(op, names)
+    return conv
+
+
+def _compare(op):
+    """Comparisons and logic: numbers become constants of the tensor operand's dtype."""
+    def conv(r, a, p, out, tw):
+        like = next(x for x in a if isinstance(x, Tensor))
+        return r.node(op, [r.name_of(x, like) for x in a])
+    return conv
+
+
+def _not_equal(r, a, p, out, tw):
+    like = next(x for x in a if isinstance(x, Tensor))
+    return r.node("Not", [r.node("Equal", [r.name_of(x, like) for x in a])])
+
+
+def _square(r, a, p, out, tw):
+    x = r.name_of(a[0])
+    return r.node("Mul", [x, x])
+
+
+def _expm1(r, a, p, out, tw):
+    return r.node("Sub", [r.node("Exp", [r.name_of(a[0])]), r.const(1.0, _np_dtype(out))])
+
+
+def _log1p(r, a, p, out, tw):
+    return r.node("Log", [r.node("Add", [r.name_of(a[0]), r.const(1.0, _np_dtype(out))])])
+
+
+def _leaky(r, a, p, out, tw):
+    return r.node("LeakyRelu", [r.name_of(a[0])], alpha=float(p["negative_slope"]))
+
+
+def _softplus(r, a, p, out, tw):
+    dt = _np_dtype(out)
+    x = r.name_of(a[0])
+    bx = r.node("Mul", [x, r.const(p["beta"], dt)])
+    soft = r.node("Div", [r.node("Softplus", [bx]), r.const(p["beta"], dt)])
+    return r.node("Where", [r.node("Greater", [bx, r.const(p["threshold"], dt)]), x, soft])
+
+
+def _gelu(r, a, p, out, tw):
+    dt = _np_dtype(out)
+    x = r.name_of(a[0])
+
+    def c(v):
+        return r.const(v, dt)
+    # the operations in the order nodegrad's forward does them, so a round trip is exact
+    if p["approximate"] == "tanh":
+        cube = r.node("Mul", [r.node("Mul", [r.node("Mul", [c(0.044715), x]), x]), x])
+        inner = r.node("Mul", [c(math.sqrt(2.0 / math.pi)), r.node("Add", [x, cube])])
+        t = r.node("Add", [c(1.0), r.node("Tanh", [inner])])
+    else:
+        t = r.node("Add", [c(1.0), r.node("Erf", [r.node("Mul", [x, c(1.0 / math.sqrt(2.0))])])])
+    return r.node("Mul", [r.node("Mul", [c(0.5), x]), t])
+
+
+def _clip(r, a, p, out, tw):
+    y = r.name_of(a[0])
+    if a[1] is not None:
+        y = r.node("Max", [y, r.name_of(a[1], a[0])])
+    if a[2] is not None:
+        y = r.node("Min", [y, r.name_of(a[2], a[0])])
+    return y if y != r.name_of(a[0]) else r.node("Identity", [y])
+
+
+def _hardtanh(r, a, p, out, tw):
+    dt = _np_dtype(out)
+    return r.node("Clip", [r.name_of(a[0]), r.const(p["min_val"], dt), r.const(p["max_val"], dt)])
+
+
+def _astype(r, a, p, out, tw):
+    return r.node("Cast", [r.name_of(a[0])], to=_dtype_code(r.onnx, p["dtype"]))
+
+
+def _linear(r, a, p, out, tw):
+    x, w = r.name_of(a[0]), r.name_of(a[1])
+    b = r.name_of(a[2]) if len(a) > 2 and a[2] is not None else None
+    if a[0].ndim == 2:
+        return r.node("Gemm", [x, w] + ([b] if b else []), transB=1)
+    y = r.node("MatMul", [x, r.node("Transpose", [w], perm=[1, 0])])
+    return r.node("Add", [y, b]) if b else y
+
+
+def _einsum(r, a, p, out, tw):
+    return r.node("Einsum", [r.name_of(x) for x in a],
+                  equation=",".join(p["terms"]) + "->" + p["out"])
+
+
+def _softmax(op):
+    return lambda r, a, p, out, tw: r.node(op, [r.name_of(a[0])], axis=int(p["axis"]))
+
+
+def _reducer(op):
+    def conv(r, a, p, out, tw):
+        return _reduce(r, op, r.name_of(a[0]), p["axis"], p["keepdims"], a[0].ndim)
+    return conv
+
+
+def _logsumexp(r, a, p, out, tw):
+    x, nd = r.name_of(a[0]), a[0].ndim
+    m = _reduce(r, "ReduceMax", x, p["axis"], True, nd)
+    s = _reduce(r, "ReduceSum", r.node("Exp", [r.node("Sub", [x, m])]), p["axis"], True, nd)
+    y = r.node("Add", [r.node("Log", [s]), m])
+    if p["keepdims"]:
+        return y
+    axes = range(nd) if p["axis"] is None else p["axis"]
+    axes = (axes,) if isinstance(axes, int) else tuple(axes)
+    return _squeeze(r, y, [ax % nd for ax in axes]) if nd else y
+
+
+def _arg(op):
+    def conv(r, a, p, out, tw):
+        x, ax = r.name_of(a[0]), p["axis"]
+        if ax is None:
+            x, ax = r.node("Reshape", [x, r.ints([-1])]), 0
+        return r.node(op, [x], axis=int(ax), keepdims=int(p["keepdims"]))
+    return conv
+
+
+def _reshape(r, a, p, out, tw):
+    shape = list(out.shape)
+    in1 = tuple(a[0].shape)
+    if tw is not None:
+        (_, (in2,), out2) = tw
+        free = []
+        for i, (s1, s2) in enumerate(zip(out.shape, out2)):
+            if s1 == s2:
+                continue
+            if i < len(in1) and in1[i] == s1 and in2[i] == s2:
+                shape[i] = 0           # copy the input's (dynamic) dimension
+            else:
+                free.append(i)
+        if len(free) > 1:
+            r.fail(f"reshape to {tuple(out.shape)} has several dimensions that follow the "
+                   "dynamic axes; export with fewer dynamic axes")
+        for i in free:
+            shape[i] = -1
+    if 0 in out.shape:
+        r.fail("reshape of an empty tensor")
+    return r.node("Reshape", [r.name_of(a[0]), r.ints(shape)])
+
+
+def _transpose(r, a, p, out, tw):
+    return r.node("Transpose", [r.name_of(a[0])], perm=[int(i) for i in p["axes"]])
+
+
+def _broadcast_to(r, a, p, out, tw):
+    shape = list(out.shape)
+    xs = tuple(a[0].shape)
+    if tw is not None:
+        (_, (xs2,), out2) = tw
+        off = len(shape) - len(xs)
+        for i, (s1, s2) in enumerate(zip(out.shape, out2)):
+            if s1 != s2:
+                j = i - off
+                if j < 0 or xs[j] != s1 or xs2[j] != s2:
+                    r.fail(f"broadcast_to {tuple(out.shape)}: a dimension that follows the "
+                           "dynamic axes is not the input's")
+                shape[i] = 1
+    return r.node("Expand", [r.name_of(a[0]), r.ints(shape)])
+
+
+def _concat(r, a, p, out, tw):
+    return r.node("Concat", [r.name_of(x, out) for x in a], axis=int(p["axis"]))
+
+
+def _pad(r, a, p, out, tw):
+    pw = p["pad_width"]
+    value = p["value"]
+    if np.ndim(value) != 0:
+        r.fail("pad with a value per axis")
+    pads = [int(lo) for lo, _ in pw] + [int(hi) for _, hi in pw]
+    return r.node("Pad", [r.name_of(a[0]), r.ints(pads), r.const(value, _np_dtype(a[0]))],
+                  mode="constant")
+
+
+def _flip(r, a, p, out, tw):
+    nd = a[0].ndim
+    axes = range(nd) if p["axis"] is None else p["axis"]
+    axes = [ax % nd for ax in ((axes,) if isinstance(axes, int) else axes)]
+    big = np.iinfo(_I64).max
+    return _slice(r, r.name_of(a[0]), axes, [-1] * len(axes), [-big] * len(axes),
+                  [-1] * len(axes))
+
+
+def _identity(r, a, p, out, tw):
+    return r.node("Identity", [r.name_of(a[0])])
+
+
+def _getitem(r, a, p, out, tw):
+    """Basic indexing (ints, slices, None, ...) and one integer array, as Slice/Gather."""
+    index = p["index"]
+    x, shape = r.name_of(a[0]), tuple(a[0].shape)
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if sum(1 for i in index if i is Ellipsis) > 1:
+        r.fail("getitem with more than one Ellipsis")
+    full = []
+    for i in index:
+        if i is Ellipsis:
+            full.extend([slice(None)] * (len(shape) - n_real))
+        else:
+            full.append(i)
+    full.extend([slice(None)] * (len(shape) - sum(1 for i in full if i is not None)))
+    twin_shape = tw[1][0] if tw is not None else shape
+    if tw is not None and not _same(repr(index), repr(tw[0]["index"])):
+        r.fail(f"getitem index {index} follows the dynamic axes (computed from a shape?)")
+    big = int(np.iinfo(_I64).max)
+    axes, starts, ends, steps, squeeze, newaxes, gathers = [], [], [], [], [], [], []
+    ax = 0
+    out_ax = 0
+    for i in full:
+        if i is None:
+            newaxes.append(out_ax)
+            out_ax += 1
+            continue
+        n = shape[ax]
+        dynamic = twin_shape[ax] != n
+        if isinstance(i, slice):
+            st, en, sp = i.indices(n)
+            if len(range(st, en, sp)) == 0:
+                r.fail(f"getitem with an empty slice {i}")
+            if dynamic:  # as written: ONNX clamps the bounds as Python does
+                sp = 1 if i.step is None else int(i.step)
+                st = int(i.start) if i.start is not None else (0 if sp > 0 else big)
+                en = int(i.stop) if i.stop is not None else (big if sp > 0 else -big)
+            elif sp < 0 and en < 0:
+                en = -big
+            if (st, en, sp) not in ((0, n, 1), (0, big, 1)):
+                axes.append(ax)
+                starts.append(st)
+                ends.append(en)
+                steps.append(sp)
+            out_ax += 1
+        elif isinstance(i, int | np.integer):
+            i = int(i)
+            if not dynamic:
+                i %= n
+            axes.append(ax)
+            starts.append(i)
+            ends.append(i + 1 if i != -1 else big)
+            steps.append(1)
+            squeeze.append(ax)
+        elif B.is_array(i) and i.dtype.kind in "iu":
+            gathers.append((ax, B.backend_of(i).to_host(i), out_ax))
+            out_ax += i.ndim
+        else:
+            r.fail(f"getitem with index {type(i).__name__} (boolean masks and several index "
+                   "arrays are not exported)")
+        ax += 1
+    if len(gathers) > 1:
+        r.fail("getitem with several index arrays")
+    if gathers and (squeeze or newaxes):
+        r.fail("getitem mixing an index array with integers or None")
+    if gathers and twin_shape[gathers[0][0]] != shape[gathers[0][0]]:
+        r.fail(f"getitem with an index array on the dynamic axis {gathers[0][0]}")
+    y = _slice(r, x, axes, starts, ends, steps) if axes else x
+    if gathers:
+        gax, idx, _ = gathers[0]
+        idx = np.where(idx < 0, idx + shape[gax], idx).astype(_I64)
+        # squeezed axes before the gathered one shift it
+        y = r.node("Gather", [y, r.const(idx)], axis=gax)
+    if squeeze:
+        y = _squeeze(r, y, squeeze)
+    if newaxes:
+        y = _unsqueeze(r, y, newaxes)
+    if y == x:
+        y = r.node("Identity", [x])
+    return y
+
+
+def _matmul(r, a, p, out, tw):
+    return r.node("MatMul", [r.name_of(a[0]), r.name_of(a[1])])
+
+
+PRIMS = {
+    "add": _binary("Add"), "subtract": _binary("Sub"), "multiply": _binary("Mul"),
+    "divide": _binary("Div"), "power": _binary("Pow"), "maximum": _binary("Max"),
+    "minimum": _binary("Min"), "negative": _unary("Neg"), "exp": _unary("Exp"),
+    "log": _unary("Log"), "sqrt": _unary("Sqrt"), "abs": _unary("Abs"), "sin": _unary("Sin"),
+    "cos": _unary("Cos"), "tan": _unary("Tan"), "tanh": _unary("Tanh"), "erf": _unary("Erf"),
+    "sigmoid": _unary("Sigmoid"), "relu": _unary("Relu"), "sign": _unary("Sign"),
+    "floor": _unary("Floor"), "ceil": _unary("Ceil"), "isnan": _unary("IsNaN"),
+    "logical_not": _unary("Not"), "square": _square, "expm1": _expm1, "log1p": _log1p,
+    "leaky_relu": _leaky, "softplus": _softplus, "gelu": _gelu, "clip": _clip,
+    "hardtanh": _hardtanh, "where": _binary("Where"), "equal": _compare("Equal"),
+    "not_equal": _not_equal,
+    "less": _compare("Less"), "less_equal": _compare("LessOrEqual"),
+    "greater": _compare("Greater"), "greater_equal": _compare("GreaterOrEqual"),
+    "logical_and": _compare("And"), "logical_or": _compare("Or"), "logical_xor": _compare("Xor"),
+    "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
+    "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
+    "logsumexp": _logsumexp, "sum": _reducer("ReduceSum"), "mean": _reducer("ReduceMean"),
+    "max": _reducer("ReduceMax"), "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
+    "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
+    "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
+    "copy": _identity, "getitem": _getitem,
+}
+
+
+# --- layers written as one ONNX op ------------------------------------------------------------
+def _tup(v, n: int) -> list[int]:
+    return [int(v)] * n if isinstance(v, int) else [int(i) for i in v]
+
+
+def _conv_layer(r, m, args, outs, tw):
+    nd = m.nd
+    ins = [r.name_of(args[0]), r.name_of(m.weight)] + ([r.name_of(m.bias)] if m.bias is not None
+                                                       else [])
+    pad = _tup(m.padding, nd)
+    return [r.node("Conv", ins, kernel_shape=list(m.kernel_size), strides=_tup(m.stride, nd),
+                   pads=pad + pad, dilations=_tup(m.dilation, nd), group=int(m.groups))]
+
+
+def _pool_layer(op, nd):
+    def conv(r, m, args, outs, tw):
+        kw = dict(getattr(m, "kw", {}))
+        for key, plain in (("ceil_mode", False), ("return_indices", False),
+                           ("divisor_override", None)):
+            if kw.get(key, plain) != plain:
+                r.fail(f"{type(m).__name__} with {key}={kw[key]!r}")
+        k = _tup(m.kernel_size, nd)
+        s = k if m.stride is None else _tup(m.stride, nd)
+        pad = _tup(m.padding, nd)
+        if op == "AveragePool":
+            extra = {"count_include_pad": int(kw.get("count_include_pad", True))}
+        else:
+            extra = {"dilations": _tup(kw.get("dilation", 1), nd)}
+        return [r.node(op, [r.name_of(args[0])], kernel_shape=k, strides=s, pads=pad + pad,
+                       **extra)]
+    return conv
+
+
+def _batch_norm(r, m, args, outs, tw):
+    x = args[0]
+    if m.running_mean is None:
+        r.fail("BatchNorm without running statistics (track_running_stats=False)")
+    dt = _np_dtype(x)
+    c = m.num_features
+    w = r.name_of(m.weight) if m.weight is not None else r.const(np.ones(c, dt))
+    b = r.name_of(m.bias) if m.bias is not None else r.const(np.zeros(c, dt))
+    return [r.node("BatchNormalization", [r.name_of(x), w, b, r.name_of(m.running_mean),
+                                          r.name_of(m.running_var)], epsilon=float(m.eps))]
+
+
+def _layer_norm(r, m, args, outs, tw):
+    x = args[0]
+    dt = _np_dtype(x)
+    ns = tuple(m.normalized_shape)
+    w = r.name_of(m.weight) if m.weight is not None else r.const(np.ones(ns, dt))
+    ins = [r.name_of(x), w] + ([r.name_of(m.bias)] if m.bias is not None else [])
+    return [r.node("LayerNormalization", ins, axis=-len(ns), epsilon=float(m.eps))]
+
+
+def _embedding(r, m, args, outs, tw):
+    return [r.node("Gather", [r.name_of(m.weight), r.name_of(args[0])], axis=0)]
+
+
+# PyTorch's gate order -> ONNX's: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c)
+_ORDER = {"GRU": (1, 0, 2), "LSTM": (0, 3, 1, 2), "RNN_TANH": (0,), "RNN_RELU": (0,)}
+
+
+def _gates(r, w: str, h: int, order) -> str:
+    """``w`` (G·H, …) with its gate blocks put in ONNX's order, as nodes on the initializer (so
+    the initializers keep the layer's names and shapes)."""
+    if list(order) == list(range(len(order))):
+        return w
+    parts = [_slice(r, w, [0], [g * h], [(g + 1) * h]) for g in order]
+    return r.node("Concat", parts, axis=0)
+
+
+def _recurrent(r, m, args, outs, tw):
+    if len(args) != 1 or args[0].ndim != 3:
+        r.fail(f"{type(m).__name__} exported with an initial state or an unbatched input "
+               "(pass a batched input and no state)")
+    op = {"GRU": "GRU", "LSTM": "LSTM"}.get(m.mode, "RNN")
+    order, H = _ORDER[m.mode], m.hidden_size
+    dirs = 2 if m.bidirectional else 1
+    x = r.name_of(args[0])
+    if m.batch_first:
+        x = r.node("Transpose", [x], perm=[1, 0, 2])
+    hs, cs = [], []
+    for layer in range(m.num_layers):
+        ws, rs, bs = [], [], []
+        for (w_ih, w_hh, b_ih, b_hh) in m._weights(layer):
+            ws.append(_unsqueeze(r, _gates(r, r.name_of(w_ih), H, order), [0]))
+            rs.append(_unsqueeze(r, _gates(r, r.name_of(w_hh), H, order), [0]))
+            if b_ih is not None:
+                b = r.node("Concat", [_gates(r, r.name_of(b_ih), H, order),
+                                      _gates(r, r.name_of(b_hh), H, order)], axis=0)
+                bs.append(_unsqueeze(r, b, [0]))
+
+        def cat(vs):
+            return vs[0] if len(vs) == 1 else r.node("Concat", vs, axis=0)
+        attrs = {"hidden_size": H, "direction": "bidirectional" if dirs == 2 else "forward"}
+        if op == "GRU":
+            attrs["linear_before_reset"] = 1
+        if op == "RNN":
+            attrs["activations"] = ["Relu" if m.mode == "RNN_RELU" else "Tanh"] * dirs
+        ins = [x, cat(ws), cat(rs)] + ([cat(bs)] if bs else [])
+        res = r.node(op, ins, n_out=3 if op == "LSTM" else 2, **attrs)
+        y, h = res[0], res[1]
+        if op == "LSTM":
+            cs.append(res[2])
+        hs.append(h)
+        # Y (T, D, N, H) -> (T, N, D·H)
+        y = r.node("Transpose", [y], perm=[0, 2, 1, 3])
+        x = r.node("Reshape", [y, r.ints([0, 0, dirs * H])])
+    if m.batch_first:
+        x = r.node("Transpose", [x], perm=[1, 0, 2])
+    h_n = hs[0] if len(hs) == 1 else r.node("Concat", hs, axis=0)
+    if op == "LSTM":
+        c_n = cs[0] if len(cs) == 1 else r.node("Concat", cs, axis=0)
+        return [x, h_n, c_n]
+    return [x, h_n]
+
+
+LAYERS = {
+    L.Conv1d: _conv_layer, L.Conv2d: _conv_layer, L.Conv3d: _conv_layer,
+    L.MaxPool1d: _pool_layer("MaxPool", 1), L.MaxPool2d: _pool_layer("MaxPool", 2),
+    L.AvgPool1d: _pool_layer("AveragePool", 1), L.AvgPool2d: _pool_layer("AveragePool", 2),
+    L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.LayerNorm: _layer_norm,
+    L.Embedding: _embedding, L.GRU: _recurrent, L.LSTM: _recurrent, L.RNN: _recurrent,
+}
+
+
+# --- the entry point --------------------------------------------------------------------------
+def _resized(x: Tensor, axes) -> Tensor:
+    """``x`` with each dynamic axis one longer (rows repeated cyclically): the second trace."""
+    d = B.backend_of(x.data).to_host(x.data)
+    for ax in axes:
+        n = d.shape[ax]
+        d = np.take(d, np.arange(n + 1) % max(n, 1), axis=ax)
+    return Tensor(Tensor(x.data).backend.asarray(d))
+
+
+def _trace(onnx, model, inputs, opset, build, twin, pnames, paths):
+    rec = _Recorder(onnx, opset, build, twin, pnames)
+    rec.paths = paths
+    handles = []
+    for _, m in model.named_modules():
+        handles.append(m.register_forward_pre_hook(rec.pre))
+        handles.append(m.register_forward_hook(rec.post))
+    in_names = []
+    for i, x in enumerate(inputs):
+        n = f"input_{i}" if len(inputs) > 1 else "input"
+        rec.set(x, n)
+        in_names.append(n)
+    try:
+        with no_grad(), pushed(rec):
+            out = model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return rec, in_names, out
+
+
+def export(model: Module, example_inputs, path: str | os.PathLike | None = None, *,
+           opset: int = DEFAULT_OPSET, dynamic_axes: dict | None = None,
+           input_names: list[str] | None = None, output_names: list[str] | None = None):
+    """Trace ``model``'s forward (in eval mode) on ``example_inputs`` and build an ONNX model
+    (weights as initializers named as in ``named_parameters``), written to ``path`` if given.
+
+    ``dynamic_axes`` maps an input's position to ``{axis: name}``; by default axis 0 of every
+    input is ``"batch"``; ``{}`` makes every shape static. Returns the ``onnx.ModelProto``.
+    """
+    onnx = require_onnx()
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise ValueError(f"onnx export: opset must be in [{MIN_OPSET}, {MAX_OPSET}], got {opset}")
+    if not isinstance(model, Module):
+        raise TypeError(f"onnx export: model must be a nodegrad Module, got "
+                        f"{type(model).__name__}")
+    inputs = tuple(example_inputs) if isinstance(example_inputs, tuple | list) else \
+        (example_inputs,)
+    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
+        raise TypeError("onnx export: example_inputs must be a Tensor or a tuple of Tensors")
+    inputs = tuple(Tensor(x.data) for x in inputs)
+    if dynamic_axes is None:
+        dynamic_axes = {i: {0: "batch"} for i, x in enumerate(inputs) if x.ndim}
+    for i, axes in dynamic_axes.items():
+        if not 0 <= i < len(inputs) or any(not 0 <= a < inputs[i].ndim for a in axes):
+            raise ValueError(f"onnx export: dynamic_axes {dynamic_axes} do not fit the inputs' "
+                             f"shapes {[tuple(x.shape) for x in inputs]}")
+    pnames = {id(t): n for n, t in model.named_parameters()}
+    pnames.update({id(t): n for n, t in model.named_buffers() if t is not None})
+    paths = {id(m): n for n, m in model.named_modules() if n}
+    was_training = model.training
+    model.eval()
+    try:
+        twin = None
+        if any(dynamic_axes.values()):
+            other = tuple(_resized(x, dynamic_axes.get(i, {})) for i, x in enumerate(inputs))
+            twin_rec, _, twin_out = _trace(onnx, model, other, opset, False, None, pnames,
+                                                paths)
+            twin = twin_rec.events
+        rec, in_names, out = _trace(onnx, model, inputs, opset, True, twin, pnames, paths)
+        if twin is not None and len(rec.events) != len(twin):
+            rec.fail("the forward runs differently for another size of the dynamic axes")
+    finally:
+        model.train(was_training)
+    outs = _flat(out)
+    if not outs:
+        raise TypeError("onnx export: the forward returned no tensors")
+    twin_outs = _flat(twin_out) if twin is not None else outs
+    h = onnx.helper
+    if input_names:
+        if len(input_names) != len(inputs):
+            raise ValueError(f"onnx export: {len(input_names)} input names for "
+                             f"{len(inputs)} inputs")
+    names_in = list(input_names or in_names)
+    names_out = list(output_names or (["output"] if len(outs) == 1 else
+                                      [f"output_{i}" for i in range(len(outs))]))
+    nodes = list(rec.nodes)
+    # rename the traced input values to the requested names; outputs via Identity
+    rename = dict(zip(in_names, names_in))
+    for n in nodes:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+    graph_outs = []
+    known = {}  # (traced size, resized size) of each dynamic input axis -> its name
+    if twin is not None:
+        for i, axes in dynamic_axes.items():
+            for a, an in axes.items():
+                known[(inputs[i].shape[a], inputs[i].shape[a] + 1)] = an
+    for o, t, t2, name in zip(outs, outs, twin_outs, names_out):
+        src = rec.names.get(id(o))
+        if src is None:
+            src = rec.name_of(o)
+        nodes.append(h.make_node("Identity", [rename.get(src, src)], [name]))
+        dims = [d if d == d2 else known.get((d, d2), f"{name}_dim{i}") for i, (d, d2) in
+                enumerate(zip(t.shape, t2.shape))]
+        graph_outs.append(h.make_tensor_value_info(name, _dtype_code(onnx, t.dtype), dims))
+    graph_ins = []
+    for i, (x, name) in enumerate(zip(inputs, names_in)):
+        dims = [dynamic_axes.get(i, {}).get(a, s) for a, s in enumerate(x.shape)]
+        graph_ins.append(h.make_tensor_value_info(name, _dtype_code(onnx, x.dtype), dims))
+    order = {n: i for i, n in enumerate(pnames.values())}  # the weights first, in model order
+    inits = sorted(rec.inits.values(), key=lambda t: order.get(t.name, len(order)))
+    graph = h.make_graph(nodes, type(model).__name__, graph_ins, graph_outs, initializer=inits)
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", int(opset))],
+                         producer_name="nodegrad")
+    proto.ir_version = min(proto.ir_version, 10)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        onnx.save(proto, os.fspath(path))
+    return proto
+
+
+__all__ = ["export"]

@@ -1,0 +1,575 @@
+"""Import an ONNX model as a trainable nodegrad module.
+
+Float initializers become :class:`~nodegrad.nn.Parameter` s named after them (dotted names nest
+as submodules, so ``fc.weight`` is ``model.fc.weight``); a Gemm on a weight matrix becomes a real
+:class:`~nodegrad.nn.Linear` (so ``replace_head`` finds the classifier); batch-norm statistics
+become buffers. The forward interprets the graph node by node with nodegrad ops, so ``grad``,
+``vmap`` and optimisers work on it as on any module.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from .. import _backend as B
+from .. import ops
+from ..nn import Linear, Module, Parameter
+from ..nn import functional as F
+from ..nn.rnn_functional import recurrent_layer
+from ..tensor import Tensor
+from ._common import UnsupportedError, require_onnx
+
+np = B.np
+
+
+def _part(s: str) -> str:
+    """One component of a parameter name, made a valid attribute-like name."""
+    s = re.sub(r"\W+", "_", s).strip("_") or "p"
+    return s
+
+
+def _path(name: str) -> tuple[str, ...]:
+    return tuple(_part(p) for p in name.split("."))
+
+
+class OnnxModule(Module):
+    """An ONNX graph run with nodegrad ops; its weights are this module's parameters."""
+
+    def __init__(self, proto):
+        super().__init__()
+        onnx = require_onnx()
+        g = proto.graph
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                          1)
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        self.input_names = [i.name for i in g.input if i.name not in inits]
+        self.output_names = [o.name for o in g.output]
+        self.nodes = [(n.op_type, list(n.input), list(n.output),
+                       {a.name: _attr(onnx, a) for a in n.attribute}, n.name or n.op_type)
+                      for n in g.node]
+        # PyTorch's exporter writes equal initializers once and the others as Identity nodes
+        # on it (norm biases that are all zeros, say); each gets its own parameter back
+        for n in [n for n in self.nodes if n[0] == "Identity" and n[1][0] in inits]:
+            inits[n[2][0]] = np.array(inits[n[1][0]])
+            self.nodes.remove(n)
+        for _, _, outs, at, _ in self.nodes:
+            at["_n_out"] = len(outs)  # Split without sizes cuts into as many pieces
+        bad = sorted({n[0] for n in self.nodes if n[0] not in OPS} |
+                     {f"{n.domain}::{n.op_type}" for n in g.node
+                      if n.domain not in ("", "ai.onnx")})
+        if bad:
+            raise UnsupportedError(f"onnx load: {len(bad)} operator type(s) have no nodegrad "
+                                   f"counterpart here: {', '.join(bad)}")
+        uses: dict[str, int] = {}
+        for n in self.nodes:
+            for i in n[1]:
+                uses[i] = uses.get(i, 0) + 1
+        stats = {n[1][k] for n in self.nodes if n[0] == "BatchNormalization" for k in (3, 4)
+                 if len(n[1]) > k}
+        self._where: dict[str, tuple] = {}   # initializer -> (module path, attribute)
+        self._linears: dict[int, tuple] = {}  # node index -> module path of its Linear
+        taken = set()
+        for k, (op, ins, _, at, _) in enumerate(self.nodes):
+            if op != "Gemm" or at.get("transA", 0) or at.get("alpha", 1.0) != 1.0 \
+                    or at.get("beta", 1.0) != 1.0 or len(ins) < 2:
+                continue
+            w = ins[1]
+            b = ins[2] if len(ins) > 2 and ins[2] else None
+            if w not in inits or inits[w].ndim != 2 or uses.get(w) != 1 \
+                    or inits[w].dtype.kind != "f":
+                continue
+            wt = inits[w] if at.get("transB", 0) else inits[w].T
+            if b is not None and (b not in inits or inits[b].shape != (wt.shape[0],)
+                                  or uses.get(b) != 1):
+                continue
+            path = _path(w)[:-1] if w.endswith(".weight") and "." in w else _path(w)
+            if path in taken:
+                continue
+            taken.add(path)
+            lin = Linear(wt.shape[1], wt.shape[0], bias=b is not None, dtype=wt.dtype)
+            lin.weight.data[...] = B.CPU.asarray(np.ascontiguousarray(wt))
+            if b is not None:
+                lin.bias.data[...] = B.CPU.asarray(inits[b])
+            self._mount(path, lin)
+            self._linears[k] = ".".join(path)
+            self._where[w] = ("linear", k)
+            if b is not None:
+                self._where[b] = ("linear", k)
+        self._consts: dict[str, Tensor] = {}
+        for name, arr in inits.items():
+            if name in self._where:
+                continue
+            t = Tensor(B.CPU.asarray(np.array(arr)))
+            if arr.dtype.kind != "f":
+                self._consts[name] = t
+                continue
+            path = _path(name)
+            owner = self._holder(path[:-1])
+            leaf = path[-1]
+            while leaf in owner._parameters or leaf in owner._buffers or leaf in owner._modules:
+                leaf += "_"
+            if name in stats:
+                owner.register_buffer(leaf, t)
+            else:
+                owner.register_parameter(leaf, Parameter(t))
+            self._where[name] = (".".join(path[:-1]), leaf)
+
+    def _holder(self, path: tuple) -> Module:
+        m = self
+        for p in path:
+            sub = m._modules.get(p)
+            if sub is None:
+                sub = Module()
+                m.add_module(p, sub)
+            m = sub
+        return m
+
+    def _mount(self, path: tuple, mod: Module) -> None:
+        self._holder(path[:-1]).add_module(path[-1], mod)
+
+    def _value(self, name: str) -> Tensor:
+        c = self._consts.get(name)
+        if c is not None:
+            return c
+        where = self._where[name]
+        if where[0] == "linear":
+            raise KeyError(name)
+        owner = self.get_submodule(where[0]) if where[0] else self
+        return getattr(owner, where[1])
+
+    def forward(self, *inputs):
+        if len(inputs) != len(self.input_names):
+            raise TypeError(f"onnx model: expected {len(self.input_names)} inputs "
+                            f"({', '.join(self.input_names)}), got {len(inputs)}")
+        env: dict[str, Tensor | None] = {"": None}
+        for name, x in zip(self.input_names, inputs):
+            env[name] = x if isinstance(x, Tensor) else Tensor(B.CPU.asarray(x))
+        for k, (op, ins, outs, at, nname) in enumerate(self.nodes):
+            if k in self._linears:
+                res = self.get_submodule(self._linears[k])(env[ins[0]])
+            else:
+                args = [env[i] if i in env else self._value(i) for i in ins]
+                try:
+                    res = OPS[op](self, at, *args)
+                except UnsupportedError as e:
+                    raise UnsupportedError(f"onnx node '{nname}' ({op}): {e}") from None
+            res = res if isinstance(res, tuple | list) else (res,)
+            for o, r in zip(outs, res):
+                env[o] = r
+        out = tuple(env[o] for o in self.output_names)
+        return out[0] if len(out) == 1 else out
+
+
+def _attr(onnx, a):
+    v = onnx.helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(v)
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [s.decode() for s in v]
+    return v
+
+
+def load(path: str | os.PathLike | bytes) -> OnnxModule:
+    """Read an ONNX model (a path, or the serialised bytes) into a trainable :class:`OnnxModule`."""
+    onnx = require_onnx()
+    proto = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(os.fspath(path))
+    return OnnxModule(proto)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _ints(t) -> list[int]:
+    if t is None:
+        return []
+    return [int(v) for v in np.asarray(B.backend_of(t.data).to_host(t.data)).reshape(-1)]
+
+
+def _const(arr) -> Tensor:
+    return Tensor(B.CPU.asarray(np.asarray(arr)))
+
+
+def _axes(m, at, args, pos: int):
+    """The ``axes`` of a reduce/squeeze: an input from some opset on, before it an attribute."""
+    if len(args) > pos and args[pos] is not None:
+        return _ints(args[pos])
+    return list(at["axes"]) if "axes" in at else None
+
+
+def _fail(what: str):
+    raise UnsupportedError(what)
+
+
+# --- the operators ----------------------------------------------------------------------------
+def _bin(fn):
+    return lambda m, at, x, y: fn(x, y)
+
+
+def _un(fn):
+    return lambda m, at, x: fn(x)
+
+
+def _div(m, at, x, y):
+    if x.dtype.kind in "iu" and y.dtype.kind in "iu":
+        return ops.astype(ops.trunc(ops.divide(x, y)), x.dtype)
+    return ops.divide(x, y)
+
+
+def _variadic(fn):
+    def op(m, at, *xs):
+        y = xs[0]
+        for x in xs[1:]:
+            y = fn(y, x)
+        return y
+    return op
+
+
+def _gemm(m, at, a, b, c=None):
+    if at.get("transA", 0):
+        a = a.mT
+    if at.get("transB", 0):
+        b = b.mT
+    y = ops.matmul(a, b)
+    if at.get("alpha", 1.0) != 1.0:
+        y = y * at["alpha"]
+    if c is not None:
+        y = y + (c * at["beta"] if at.get("beta", 1.0) != 1.0 else c)
+    return y
+
+
+def _reshape(m, at, x, shape):
+    s = _ints(shape)
+    if not at.get("allowzero", 0):
+        s = [x.shape[i] if v == 0 else v for i, v in enumerate(s)]
+    return ops.reshape(x, tuple(s))
+
+
+def _flatten(m, at, x):
+    ax = at.get("axis", 1) % max(x.ndim, 1) if x.ndim else 0
+    return ops.reshape(x, (math.prod(x.shape[:ax]), math.prod(x.shape[ax:])))
+
+
+def _transpose(m, at, x):
+    perm = at.get("perm") or list(range(x.ndim))[::-1]
+    return ops.transpose(x, tuple(perm))
+
+
+def _squeeze(m, at, x, axes=None):
+    ax = _axes(m, at, (x, axes), 1)
+    if ax is None:
+        return ops.squeeze(x)
+    return ops.squeeze(x, tuple(a % x.ndim for a in ax))
+
+
+def _unsqueeze(m, at, x, axes=None):
+    ax = sorted(a % (x.ndim + len(_axes(m, at, (x, axes), 1)))
+                for a in _axes(m, at, (x, axes), 1))
+    shape = list(x.shape)
+    for a in ax:
+        shape.insert(a, 1)
+    return ops.reshape(x, tuple(shape))
+
+
+def _concat(m, at, *xs):
+    xs = [x for x in xs if x is not None]
+    return ops.concatenate(xs, axis=at["axis"])
+
+
+def _shape(m, at, x):
+    s = list(x.shape)
+    start, end = at.get("start", 0), at.get("end", len(s))
+    return _const(np.asarray(s[start:end], dtype=np.int64))
+
+
+def _gather(m, at, x, idx):
+    ax = at.get("axis", 0) % x.ndim
+    i = idx.data if idx.ndim else int(idx.item())
+    return x[(slice(None),) * ax + (i,)]
+
+
+def _slice(m, at, x, starts, ends, axes=None, steps=None):
+    st, en = _ints(starts), _ints(ends)
+    ax = _ints(axes) if axes is not None else list(range(len(st)))
+    sp = _ints(steps) if steps is not None else [1] * len(st)
+    index = [slice(None)] * x.ndim
+    for a, s, e, p in zip(ax, st, en, sp):
+        index[a % x.ndim] = slice(s, e, p)
+    return x[tuple(index)]
+
+
+def _constant(m, at):
+    if "value" in at:
+        return _const(at["value"])
+    for k, dt in (("value_float", np.float32), ("value_int", np.int64),
+                  ("value_floats", np.float32), ("value_ints", np.int64)):
+        if k in at:
+            return _const(np.asarray(at[k], dtype=dt))
+    _fail(f"Constant with attributes {sorted(at)}")
+
+
+def _constant_of_shape(m, at, shape):
+    v = at.get("value")
+    v = np.zeros(1, np.float32) if v is None else np.asarray(v)
+    return _const(np.full(tuple(_ints(shape)), v.reshape(-1)[0], dtype=v.dtype))
+
+
+def _expand(m, at, x, shape):
+    s = np.broadcast_shapes(tuple(x.shape), tuple(_ints(shape)))
+    return ops.broadcast_to(x, s)
+
+
+def _cast(m, at, x):
+    onnx = require_onnx()
+    return ops.astype(x, onnx.helper.tensor_dtype_to_np_dtype(at["to"]))
+
+
+def _softmax(fn):
+    def op(m, at, x):
+        return fn(x, axis=at.get("axis", -1 if m.opset >= 13 else 1))
+    return op
+
+
+def _reduce(fn):
+    def op(m, at, x, axes=None):
+        ax = _axes(m, at, (x, axes), 1)
+        keep = bool(at.get("keepdims", 1))
+        if not ax:
+            if at.get("noop_with_empty_axes", 0):
+                return x
+            ax = list(range(x.ndim))
+        return fn(x, axis=tuple(a % x.ndim for a in ax), keepdims=keep)
+    return op
+
+
+def _pads(at, nd: int) -> list[int]:
+    if at.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        _fail(f"auto_pad={at['auto_pad']!r}")
+    p = list(at.get("pads") or [0] * 2 * nd)
+    if at.get("auto_pad") == "VALID":
+        p = [0] * 2 * nd
+    return p
+
+
+def _sym(x, p: list[int], nd: int, value: float = 0.0):
+    """``x`` padded where the begin and end pads differ; the symmetric rest is returned."""
+    lo, hi = p[:nd], p[nd:]
+    if lo == hi:
+        return x, lo
+    common = [min(a, b) for a, b in zip(lo, hi)]
+    extra = ((0, 0), (0, 0)) + tuple((a - c, b - c) for a, b, c in zip(lo, hi, common))
+    return ops.pad(x, extra, constant_values=value), common
+
+
+def _conv(m, at, x, w, b=None):
+    nd = x.ndim - 2
+    if nd not in (1, 2, 3):
+        _fail(f"Conv over {nd} spatial axes (1 to 3 are supported)")
+    x, pad = _sym(x, _pads(at, nd), nd)
+    fn = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
+    return fn(x, w, b, tuple(at.get("strides") or [1] * nd), tuple(pad),
+              tuple(at.get("dilations") or [1] * nd), at.get("group", 1))
+
+
+def _pool(kind):
+    def op(m, at, x):
+        nd = x.ndim - 2
+        if nd not in (1, 2):
+            _fail(f"{kind}Pool over {nd} spatial axes")
+        if at.get("ceil_mode", 0):
+            _fail("ceil_mode=1")
+        k = tuple(at["kernel_shape"])
+        s = tuple(at.get("strides") or [1] * nd)
+        p = _pads(at, nd)
+        if kind == "Max":
+            x, pad = _sym(x, p, nd, -math.inf)
+            d = tuple(at.get("dilations") or [1] * nd)
+            fn = F.max_pool1d if nd == 1 else F.max_pool2d
+            return fn(x, k, s, tuple(pad), d)
+        counted = bool(at.get("count_include_pad", 0))
+        if p[:nd] != p[nd:] and not counted:
+            _fail("AveragePool with asymmetric padding that is not counted")
+        x, pad = _sym(x, p, nd)
+        fn = F.avg_pool1d if nd == 1 else F.avg_pool2d
+        return fn(x, k, s, tuple(pad), count_include_pad=counted)
+    return op
+
+
+def _global_avg(m, at, x):
+    return ops.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+def _batch_norm(m, at, x, scale, bias, mean, var):
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, at.get("epsilon", 1e-5))
+
+
+def _layer_norm(m, at, x, scale, bias=None):
+    ax = at.get("axis", -1) % x.ndim
+    eps = at.get("epsilon", 1e-5)
+    axes = tuple(range(ax, x.ndim))
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    var = ops.var(x, axis=axes, keepdims=True)
+    y = (x - mean) / ops.sqrt(var + eps) * scale
+    return y if bias is None else y + bias
+
+
+def _dropout(m, at, x, *rest):
+    return x
+
+
+def _where(m, at, c, x, y):
+    return ops.where(c, x, y)
+
+
+def _clip(m, at, x, lo=None, hi=None):
+    lo = at.get("min", lo) if lo is None else lo
+    hi = at.get("max", hi) if hi is None else hi
+    return ops.clip(x, lo, hi)
+
+
+def _gelu(m, at, x):
+    return ops.gelu(x, approximate=at.get("approximate", "none"))
+
+
+def _elu(m, at, x):
+    return F.elu(x, at.get("alpha", 1.0))
+
+
+def _leaky(m, at, x):
+    return ops.leaky_relu(x, at.get("alpha", 0.01))
+
+
+def _prelu(m, at, x, slope):
+    return ops.where(x > 0, x, x * slope)
+
+
+def _pow(m, at, x, y):
+    return ops.power(x, ops.astype(y, x.dtype) if y.dtype != x.dtype else y)
+
+
+def _split(m, at, x, split=None):
+    ax = at.get("axis", 0) % x.ndim
+    sizes = _ints(split) if split is not None else list(at.get("split") or [])
+    if not sizes:
+        n = at.get("num_outputs") or at["_n_out"]
+        sizes = [-(-x.shape[ax] // n)] * n
+        sizes[-1] = x.shape[ax] - sum(sizes[:-1])
+    cuts = list(np.cumsum(sizes)[:-1])
+    return tuple(ops.split(x, [int(c) for c in cuts], ax))
+
+
+def _einsum(m, at, *xs):
+    return ops.einsum(at["equation"], *xs)
+
+
+def _pad(m, at, x, pads, value=None, axes=None):
+    if at.get("mode", "constant") != "constant":
+        _fail(f"Pad mode {at['mode']!r}")
+    p = _ints(pads)
+    ax = _ints(axes) if axes is not None else list(range(x.ndim))
+    n = len(ax)
+    width = [(0, 0)] * x.ndim
+    for i, a in enumerate(ax):
+        width[a % x.ndim] = (p[i], p[i + n])
+    if any(lo < 0 or hi < 0 for lo, hi in width):
+        _fail("Pad with negative pads")
+    v = 0.0 if value is None else float(value.item())
+    return ops.pad(x, tuple(width), constant_values=v)
+
+
+# ONNX gate order -> PyTorch's: GRU (z, r, h) -> (r, z, n); LSTM (i, o, f, c) -> (i, f, g, o)
+_TORCH_ORDER = {"GRU": (1, 0, 2), "LSTM": (0, 2, 3, 1), "RNN": (0,)}
+
+
+def _reorder(w: Tensor, h: int, order) -> Tensor:
+    if list(order) == list(range(len(order))):
+        return w
+    return ops.concatenate([w[g * h:(g + 1) * h] for g in order], axis=0)
+
+
+def _recurrent(kind):
+    def op(m, at, x, W, R, Bias=None, seq_lens=None, h0=None, c0=None, P=None):
+        if seq_lens is not None:
+            _fail("sequence_lens (variable-length sequences)")
+        if P is not None:
+            _fail("LSTM peepholes")
+        if at.get("clip") is not None:
+            _fail("cell clipping")
+        if kind == "GRU" and not at.get("linear_before_reset", 0):
+            _fail("GRU with linear_before_reset=0 (PyTorch's GRU has 1)")
+        if kind == "LSTM" and at.get("input_forget", 0):
+            _fail("LSTM with input_forget=1")
+        acts = at.get("activations")
+        mode = kind
+        if kind == "RNN":
+            a = (acts or ["Tanh"])[0]
+            if a not in ("Tanh", "Relu") or (acts and len(set(acts)) > 1):
+                _fail(f"RNN activations {acts}")
+            mode = "RNN_RELU" if a == "Relu" else "RNN_TANH"
+        elif acts:
+            want = {"GRU": ["Sigmoid", "Tanh"], "LSTM": ["Sigmoid", "Tanh", "Tanh"]}[kind]
+            if [a for i, a in enumerate(acts)] != want * (len(acts) // len(want)):
+                _fail(f"{kind} activations {acts}")
+        direction = at.get("direction", "forward")
+        if direction == "reverse":
+            _fail("direction='reverse'")
+        if at.get("layout", 0):
+            x = ops.swapaxes(x, 0, 1)
+            h0 = None if h0 is None else ops.swapaxes(h0, 0, 1)
+            c0 = None if c0 is None else ops.swapaxes(c0, 0, 1)
+        H = at["hidden_size"]
+        D = W.shape[0]
+        order = _TORCH_ORDER[kind]
+        G = len(order)
+        weights = []
+        for d in range(D):
+            b_ih = b_hh = None
+            if Bias is not None:
+                b_ih = _reorder(Bias[d][:G * H], H, order)
+                b_hh = _reorder(Bias[d][G * H:], H, order)
+            weights.append((_reorder(W[d], H, order), _reorder(R[d], H, order), b_ih, b_hh))
+        n = x.shape[1]
+        if h0 is None:
+            h0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
+        if kind == "LSTM" and c0 is None:
+            c0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
+        y, h, c = recurrent_layer(x, h0, c0 if kind == "LSTM" else None, weights, mode)
+        y = ops.transpose(ops.reshape(y, (y.shape[0], n, D, H)), (0, 2, 1, 3))
+        if at.get("layout", 0):
+            y = ops.transpose(y, (2, 0, 1, 3))
+            h = ops.swapaxes(h, 0, 1)
+            c = None if c is None else ops.swapaxes(c, 0, 1)
+        return (y, h, c) if kind == "LSTM" else (y, h)
+    return op
+
+
+OPS = {
+    "Add": _bin(ops.add), "Sub": _bin(ops.subtract), "Mul": _bin(ops.multiply), "Div": _div,
+    "Pow": _pow, "Mod": _bin(ops.remainder), "MatMul": _bin(ops.matmul), "Gemm": _gemm,
+    "Max": _variadic(ops.maximum), "Min": _variadic(ops.minimum), "Sum": _variadic(ops.add),
+    "Neg": _un(ops.negative), "Exp": _un(ops.exp), "Log": _un(ops.log), "Sqrt": _un(ops.sqrt),
+    "Abs": _un(ops.abs), "Sin": _un(ops.sin), "Cos": _un(ops.cos), "Tanh": _un(ops.tanh),
+    "Erf": _un(ops.erf), "Sigmoid": _un(ops.sigmoid), "Relu": _un(ops.relu),
+    "Sign": _un(ops.sign), "Floor": _un(ops.floor), "Ceil": _un(ops.ceil),
+    "Reciprocal": _un(lambda x: 1.0 / x), "Softplus": _un(ops.softplus),
+    "Not": _un(ops.logical_not), "IsNaN": _un(ops.isnan), "Identity": _un(lambda x: x),
+    "Equal": _bin(ops.equal), "Less": _bin(ops.less), "Greater": _bin(ops.greater),
+    "LessOrEqual": _bin(ops.less_equal), "GreaterOrEqual": _bin(ops.greater_equal),
+    "And": _bin(ops.logical_and), "Or": _bin(ops.logical_or), "Xor": _bin(ops.logical_xor),
+    "Where": _where, "Clip": _clip, "Gelu": _gelu, "Elu": _elu, "LeakyRelu": _leaky,
+    "PRelu": _prelu, "Softmax": _softmax(ops.softmax), "LogSoftmax": _softmax(ops.log_softmax),
+    "ReduceSum": _reduce(ops.sum), "ReduceMean": _reduce(ops.mean),
+    "ReduceMax": _reduce(ops.max), "ReduceMin": _reduce(ops.min),
+    "ReduceLogSumExp": _reduce(ops.logsumexp),
+    "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze, "Concat": _concat, "Shape": _shape, "Gather": _gather,
+    "Slice": _slice, "Constant": _constant, "ConstantOfShape": _constant_of_shape,
+    "Expand": _expand, "Cast": _cast, "Split": _split, "Einsum": _einsum, "Pad": _pad,
+    "Conv": _conv, "MaxPool": _pool("Max"), "AveragePool": _pool("Average"),
+    "GlobalAveragePool": _global_avg, "BatchNormalization": _batch_norm,
+    "LayerNormalization": _layer_norm, "Dropout": _dropout,
+    "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"), "RNN": _recurrent("RNN"),
+}
+
+__all__ = ["OnnxModule", "load"]

@@ -1,0 +1,556 @@
+"""ONNX both ways: export checked by the full checker and onnxruntime, import checked against
+PyTorch's outputs and gradients, and the round trip nodegrad -> ONNX -> nodegrad."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+from nodegrad import models, nn
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from nodegrad.onnx import UnsupportedError, export, load  # noqa: E402
+
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def _session(proto):
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _flat(out):
+    if isinstance(out, ng.Tensor):
+        return [out.numpy()]
+    return [a for o in out for a in _flat(o)]
+
+
+def _check_export(model, make, batches=(3, 5)):
+    """Export on batch 3, then compare onnxruntime with nodegrad on batches 3 and 5."""
+    model.eval()
+    proto = export(model, make(batches[0]), dynamic_axes=_batch_axes(make))
+    onnx.checker.check_model(proto, full_check=True)
+    sess = _session(proto)
+    for b in batches:
+        x = make(b)
+        xs = x if isinstance(x, tuple) else (x,)
+        want = _flat(model(*xs))
+        got = sess.run(None, {i.name: v.numpy() for i, v in zip(sess.get_inputs(), xs)})
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_allclose(g, w, rtol=RTOL, atol=ATOL)
+    return proto
+
+
+def _batch_axes(make):
+    """The dynamic axes of ``make``'s inputs: those whose size follows the batch size."""
+    x0, x1 = make(3), make(5)
+    x0s, x1s = (x0, x1) if isinstance(x0, tuple) else ((x0,), (x1,))
+    return {i: {a: "batch" for a, (s, t) in enumerate(zip(u.shape, v.shape)) if s != t}
+            for i, (u, v) in enumerate(zip(x0s, x1s))}
+
+
+def _randn(*shape, seed=0):
+    return ng.Tensor(np.random.default_rng(seed + shape[0]).standard_normal(shape)
+                     .astype(np.float32))
+
+
+_INPUT = {"mnist1d": (40,), "digits": (64,), "regression1d": (1,)}
+
+
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_zoo_models_export_and_match_onnxruntime(name):
+    model = models.create(name, seed=0)
+    shape = _INPUT[models.REGISTRY[name].dataset]
+    proto = _check_export(model, lambda b: _randn(b, *shape))
+    inits = {t.name for t in proto.graph.initializer}
+    assert {n for n, _ in model.named_parameters()} <= inits
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+class _Ops(nn.Module):
+    """Functional code in a custom forward: reshape, concat, slicing, indexing, softmaxes."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(6, 8)
+
+    def forward(self, x):
+        h = self.lin(x).tanh()                               # (N, 8)
+        a = ng.concatenate([h[:, :3], h[:, 5:], h[:, 3:5] * 2.0], axis=1)
+        b = a.reshape(a.shape[0], 2, 4).transpose(0, 2, 1)   # (N, 4, 2)
+        c = b[:, 1:, 0] + b[:, ::2, 1].sum(axis=1, keepdims=True) - b[:, -1:, 1]
+        d = ng.softmax(c, axis=-1) + ng.log_softmax(c, axis=1).exp() + c.max(axis=1,
+                                                                              keepdims=True)
+        e = ng.where(d > 0.5, d, -d) + ng.sqrt(d.abs() + 1.0) / (1.0 + d.square())
+        f = h[:, [0, 2, 2, 7]] * h[..., -3:].max(axis=-1, keepdims=True)  # an index array
+        return ng.concatenate([e, h.mean(axis=1, keepdims=True), x[:, None, 2].flatten(1), f],
+                              1)
+
+
+class _BatchSlices(nn.Module):
+    """Slices and elements of the batch axis itself, numbers of other dtypes."""
+
+    def forward(self, x):
+        cols = ng.arange(x.shape[1])                         # int64, not batch-dependent
+        y = ng.where(x > 0, x, 0) + (cols * 2).astype(x.dtype) / 3
+        return (ng.concatenate([x[1:], x[:-1] * 2.0], axis=1), x[-1], x[-2:], x[::-1],
+                y[::2, ::-1], (x > 0.5).astype(ng.float32) + x[:, 0:1])
+
+
+class _MoreOps(nn.Module):
+    """The other primitives with an ONNX counterpart."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(ng.randn(6, 3))
+
+    def forward(self, x):                                    # (N, 6)
+        a = ng.logsumexp(x, axis=1, keepdims=True) + ng.logsumexp(
+            x.reshape(x.shape[0], 2, 3), axis=(1, 2))[:, None]
+        b = ng.einsum("ni,ij->nj", x, self.w) + ng.pad(x[:, :1], ((0, 0), (1, 1)),
+                                                       constant_values=0.5)
+        c = ng.flip(x, axis=1)[:, :3] + ng.clip(x[:, 3:], -0.5, 0.7) + ng.expm1(x[:, :3])
+        d = ng.log1p(x.abs()[:, :3]) + ng.maximum(x[:, :3], ng.minimum(x[:, 3:], 0.2))
+        e = x.abs()[:, :3] ** 1.5 + x[:, 3:] ** 2 - ng.sign(x[:, :3]) * x.min(axis=1,
+                                                                               keepdims=True)
+        return ng.concatenate([a, b, c, d, e], axis=1), ng.argmax(x, axis=1)
+
+
+class _MHA(nn.Module):
+    def __init__(self, batch_first):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def _seq(*m):
+    return nn.Sequential(*m)
+
+
+# (id, module builder, input maker from the batch size)
+LAYERS = [
+    ("linear", lambda: nn.Linear(5, 3), lambda b: _randn(b, 5)),
+    ("linear_3d", lambda: nn.Linear(5, 3, bias=False), lambda b: _randn(b, 4, 5)),
+    ("conv1d", lambda: nn.Conv1d(2, 4, 3), lambda b: _randn(b, 2, 11)),
+    ("conv1d_stride_pad_dil", lambda: nn.Conv1d(2, 4, 3, stride=2, padding=2, dilation=2),
+     lambda b: _randn(b, 2, 13)),
+    ("conv1d_groups", lambda: nn.Conv1d(4, 6, 3, padding=1, groups=2),
+     lambda b: _randn(b, 4, 9)),
+    ("conv2d", lambda: nn.Conv2d(3, 4, 3, padding=1), lambda b: _randn(b, 3, 7, 6)),
+    ("conv2d_stride_dil_groups", lambda: nn.Conv2d(4, 4, (3, 2), stride=(2, 1), padding=(1, 2),
+                                                   dilation=(1, 2), groups=4, bias=False),
+     lambda b: _randn(b, 4, 9, 8)),
+    ("maxpool1d", lambda: nn.MaxPool1d(3, 2, 1), lambda b: _randn(b, 2, 10)),
+    ("maxpool2d", lambda: nn.MaxPool2d(2), lambda b: _randn(b, 2, 6, 7)),
+    ("avgpool1d", lambda: nn.AvgPool1d(3, 2, 1), lambda b: _randn(b, 2, 10)),
+    ("avgpool2d", lambda: nn.AvgPool2d((2, 3), padding=(1, 1)), lambda b: _randn(b, 2, 6, 7)),
+    ("avgpool2d_pad_not_counted", lambda: nn.AvgPool2d(3, 2, 1, count_include_pad=False),
+     lambda b: _randn(b, 2, 6, 7)),
+    ("maxpool2d_dilation", lambda: nn.MaxPool2d(2, 1, dilation=2), lambda b: _randn(b, 2, 6, 7)),
+    ("adaptive_avg1d", lambda: nn.AdaptiveAvgPool1d(3), lambda b: _randn(b, 2, 10)),
+    ("adaptive_avg2d", lambda: nn.AdaptiveAvgPool2d((2, 3)), lambda b: _randn(b, 2, 6, 6)),
+    ("global_avg", lambda: nn.GlobalAvgPool(), lambda b: _randn(b, 3, 4, 5)),
+    ("batchnorm1d", lambda: _trained_bn(nn.BatchNorm1d(4)), lambda b: _randn(b, 4)),
+    ("batchnorm1d_3d", lambda: _trained_bn(nn.BatchNorm1d(4, affine=False)),
+     lambda b: _randn(b, 4, 6)),
+    ("batchnorm2d", lambda: _trained_bn(nn.BatchNorm2d(3)), lambda b: _randn(b, 3, 4, 4)),
+    ("layernorm", lambda: nn.LayerNorm((3, 4)), lambda b: _randn(b, 5, 3, 4)),
+    ("groupnorm_instancenorm_rmsnorm", lambda: _seq(nn.GroupNorm(2, 4), nn.InstanceNorm1d(
+        4, affine=True), nn.RMSNorm(6)), lambda b: _randn(b, 4, 6)),
+    ("conv3d", lambda: nn.Conv3d(2, 3, 2, stride=(1, 2, 1), padding=1),
+     lambda b: _randn(b, 2, 4, 5, 3)),
+    ("hardtanh", lambda: nn.Hardtanh(-0.5, 0.8), lambda b: _randn(b, 7)),
+    ("activations", lambda: _seq(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.LeakyReLU(0.2),
+                                 nn.ELU(0.7), nn.Sigmoid(), nn.Tanh(), nn.SiLU(),
+                                 nn.Softplus(2.0, 3.0), nn.GELU(), nn.GELU("tanh")),
+     lambda b: _randn(b, 4)),
+    ("prelu", lambda: _seq(nn.Conv1d(2, 3, 1), nn.PReLU(3), nn.PReLU()),
+     lambda b: _randn(b, 2, 5)),
+    ("softmaxes", lambda: _seq(nn.Linear(4, 6), nn.Softmax(dim=1), nn.Linear(6, 6),
+                               nn.LogSoftmax(dim=-1)), lambda b: _randn(b, 4)),
+    ("dropout_flatten_identity", lambda: _seq(nn.Dropout(0.5), nn.Flatten(), nn.Identity(),
+                                              nn.Linear(12, 2)), lambda b: _randn(b, 3, 4)),
+    ("embedding", lambda: _seq(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)),
+     lambda b: ng.Tensor(np.random.default_rng(b).integers(0, 10, (b, 3)))),
+    ("gru", lambda: nn.GRU(3, 4), lambda b: _randn(6, b, 3)),
+    ("gru_bi_batch_first", lambda: nn.GRU(3, 4, batch_first=True, bidirectional=True),
+     lambda b: _randn(b, 6, 3)),
+    ("lstm_2layers_bi", lambda: nn.LSTM(3, 4, num_layers=2, bidirectional=True),
+     lambda b: _randn(5, b, 3)),
+    ("lstm_batch_first", lambda: nn.LSTM(3, 4, batch_first=True), lambda b: _randn(b, 5, 3)),
+    ("rnn_tanh_bi", lambda: nn.RNN(3, 4, bidirectional=True), lambda b: _randn(5, b, 3)),
+    ("rnn_relu_no_bias", lambda: nn.RNN(3, 4, nonlinearity="relu", bias=False,
+                                        batch_first=True), lambda b: _randn(b, 5, 3)),
+    ("multihead_attention", lambda: _MHA(False), lambda b: _randn(5, b, 8)),
+    ("multihead_attention_batch_first", lambda: _MHA(True), lambda b: _randn(b, 5, 8)),
+    ("transformer_encoder_layer", lambda: nn.TransformerEncoderLayer(8, 2, 16),
+     lambda b: _randn(5, b, 8)),
+    ("transformer_encoder_layer_pre_norm_gelu", lambda: nn.TransformerEncoderLayer(
+        8, 2, 16, activation="gelu", norm_first=True, batch_first=True),
+     lambda b: _randn(b, 5, 8)),
+    ("functional_ops", _Ops, lambda b: _randn(b, 6)),
+    ("batch_axis_slices", _BatchSlices, lambda b: _randn(b, 4)),
+    ("more_ops", _MoreOps, lambda b: _randn(b, 6)),
+]
+
+
+def _trained_bn(bn):
+    """A batch norm whose running statistics moved away from 0 and 1."""
+    bn.train()
+    for s in range(3):
+        bn(_randn(8, *((4,) if isinstance(bn, nn.BatchNorm1d) else (3, 4, 4)), seed=s) * 2 + 1)
+    return bn
+
+
+@pytest.mark.parametrize("build,make", [(b, m) for _, b, m in LAYERS],
+                         ids=[n for n, _, _ in LAYERS])
+def test_layer_matrix_exports_and_matches_onnxruntime(build, make):
+    ng.manual_seed(0)
+    _check_export(build(), make)
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(5, 4)
+
+    def forward(self, x, y):
+        return self.a(x) * self.b(y).sigmoid(), ng.concatenate([x, y], axis=1)
+
+
+def test_several_inputs_and_outputs():
+    ng.manual_seed(0)
+    proto = _check_export(_TwoInputs(), lambda b: (_randn(b, 3), _randn(b, 5, seed=1)))
+    assert [i.name for i in proto.graph.input] == ["input_0", "input_1"]
+    assert [o.name for o in proto.graph.output] == ["output_0", "output_1"]
+    named = export(_TwoInputs(), (_randn(2, 3), _randn(2, 5)), input_names=["x", "y"],
+                   output_names=["gated", "joined"])
+    assert [i.name for i in named.graph.input] == ["x", "y"]
+    assert [o.name for o in named.graph.output] == ["gated", "joined"]
+
+
+def test_static_shapes_and_opsets(tmp_path):
+    model = models.create("digits_cnn", seed=0)
+    model.eval()
+    x = _randn(2, 64)
+    for opset in (17, 18, 21):
+        proto = export(model, x, tmp_path / "m.onnx", opset=opset, dynamic_axes={})
+        assert proto.opset_import[0].version == opset
+        assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+        got = _session(onnx.load(str(tmp_path / "m.onnx"))).run(None, {"input": x.numpy()})[0]
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="opset"):
+        export(model, x, opset=9)
+
+
+class _Unsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(4, 4))
+
+    def forward(self, x):
+        return ng.sliding_window_view(self.inner(x), 2, axis=1)
+
+
+class _Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = _Unsupported()
+
+    def forward(self, x):
+        return self.block(x)
+
+
+def test_unsupported_op_names_op_and_module_path():
+    with pytest.raises(UnsupportedError, match=r"sliding_window_view.*'block'"):
+        export(_Nested(), _randn(2, 4))
+
+
+class _BatchDependent(nn.Module):
+    def forward(self, x):
+        return x[: x.shape[0] - 1]
+
+
+def test_batch_dependent_slicing_is_refused_not_wrong():
+    with pytest.raises(UnsupportedError, match="follows the dynamic axes"):
+        export(_BatchDependent(), _randn(3, 2))
+    proto = export(_BatchDependent(), _randn(3, 2), dynamic_axes={})  # static: fine
+    got = _session(proto).run(None, {"input": _randn(3, 2).numpy()})[0]
+    np.testing.assert_array_equal(got, _randn(3, 2).numpy()[:2])
+
+
+class _ShapeConstant(nn.Module):
+    def forward(self, x):
+        return x + ng.zeros(x.shape[0], 3)
+
+
+class _ShapeNumber(nn.Module):
+    def forward(self, x):
+        return x.sum(axis=0) / x.shape[0]
+
+
+class _StateKeyword(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(2, 3)
+
+    def forward(self, x):
+        return self.rnn(x, hx=x[:1, :, :1] * ng.ones(1, 1, 3))[0]
+
+
+@pytest.mark.parametrize("module,needle", [(_ShapeConstant, "constant of shape"),
+                                           (_ShapeNumber, "number 4 follows"),
+                                           (_StateKeyword, "keyword")])
+def test_values_that_follow_the_batch_size_are_refused(module, needle):
+    x = _randn(4, 3, 2)[:, :, 0] if module is not _StateKeyword else _randn(5, 3, 2)
+    with pytest.raises(UnsupportedError, match=needle):
+        export(module(), x, dynamic_axes={0: {0: "n"}} if module is not _StateKeyword
+               else {0: {1: "batch"}})
+
+
+# --- import -----------------------------------------------------------------------------------
+torch = pytest.importorskip("torch")
+tnn = torch.nn
+
+
+def _torch_export(model, x, dynamic=True) -> bytes:
+    model.eval()
+    f = io.BytesIO()
+    axes = {"x": {0: "batch"}} if dynamic else None
+    with warnings.catch_warnings():  # the TorchScript exporter's tracer and deprecation notes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes=axes, do_constant_folding=False)
+    return f.getvalue()
+
+
+class _TorchMNIST1DCNN(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = tnn.Conv1d(1, 25, 5, stride=2, padding=1)
+        self.conv2 = tnn.Conv1d(25, 25, 3, stride=2, padding=1)
+        self.conv3 = tnn.Conv1d(25, 25, 3, stride=2, padding=1)
+        self.linear = tnn.Linear(125, 10)
+
+    def forward(self, x):
+        h = self.conv1(x.reshape(x.shape[0], 1, 40)).relu()
+        h = self.conv3(self.conv2(h).relu()).relu()
+        return self.linear(h.flatten(1))
+
+
+class _TorchGRU(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = tnn.GRU(1, 6, batch_first=True, bidirectional=True)
+        self.linear = tnn.Linear(480, 10)
+
+    def forward(self, x):
+        out, _ = self.rnn(x.reshape(x.shape[0], 40, 1))
+        return self.linear(out.flatten(1))
+
+
+class _TorchCNN2d(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = tnn.Conv2d(1, 6, 3, padding=1)
+        self.bn1 = tnn.BatchNorm2d(6)
+        self.conv2 = tnn.Conv2d(6, 8, 3, padding=1)
+        self.bn2 = tnn.BatchNorm2d(8)
+        self.pool = tnn.MaxPool2d(2)
+        self.avg = tnn.AvgPool2d(2)
+        self.fc = tnn.Linear(32, 5)
+
+    def forward(self, x):
+        h = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        h = self.avg(torch.relu(self.bn2(self.conv2(h))))
+        return torch.log_softmax(self.fc(torch.flatten(h, 1)), dim=1)
+
+
+class _TorchEncoder(tnn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = tnn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = tnn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(x, is_causal=False).mean(dim=1))
+
+
+def _bn_stats(model):
+    """Running statistics away from the defaults (as after training)."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, tnn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+TORCH_MODELS = [
+    ("mlp", lambda: tnn.Sequential(tnn.Linear(8, 16), tnn.ReLU(), tnn.Linear(16, 16), tnn.Tanh(),
+                                   tnn.Linear(16, 3)), (8,)),
+    ("mnist1d_cnn", _TorchMNIST1DCNN, (40,)),
+    ("mnist1d_gru", _TorchGRU, (40,)),
+    ("cnn2d_batchnorm_pool", lambda: _bn_stats(_TorchCNN2d()), (1, 8, 8)),
+    ("transformer_encoder_layer", _TorchEncoder, (5, 8)),
+]
+
+
+@pytest.mark.parametrize("build,shape", [(b, s) for _, b, s in TORCH_MODELS],
+                         ids=[n for n, _, _ in TORCH_MODELS])
+def test_pytorch_models_import_with_outputs_and_gradients(build, shape):
+    torch.manual_seed(0)
+    tm = build().eval()
+    model = load(_torch_export(tm, torch.randn(2, *shape)))
+    tnames = dict(tm.named_parameters())
+    names = [n for n, _ in model.named_parameters()]
+    assert set(tnames) & set(names), names  # readable names survive the trip
+    x = np.random.default_rng(3).standard_normal((5, *shape)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tm(tx)
+    w = torch.tensor(np.random.default_rng(4).standard_normal(ty.shape).astype(np.float32))
+    (ty * w).sum().backward()
+    nx = ng.Tensor(x, requires_grad=True)
+    ny = model(nx)
+    np.testing.assert_allclose(ny.numpy(), ty.detach().numpy(), rtol=1e-4, atol=1e-5)
+    (ny * ng.Tensor(w.numpy())).sum().backward()
+    np.testing.assert_allclose(nx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    checked = 0
+    for n, p in model.named_parameters():
+        if n in tnames:
+            np.testing.assert_allclose(p.grad.numpy(), tnames[n].grad.numpy(), rtol=1e-4,
+                                       atol=1e-5, err_msg=n)
+            checked += 1
+    assert checked >= 2
+
+
+def test_imported_model_trains_with_vmap_and_transfer_helpers():
+    from nodegrad.train import freeze, replace_head
+
+    torch.manual_seed(0)
+    tm = _TorchCNN2d()
+    model = load(_torch_export(tm, torch.randn(2, 1, 8, 8)))
+    assert isinstance(model.fc, nn.Linear)
+    head = replace_head(model, 3, seed=0)
+    assert model.fc is head
+    frozen = freeze(model, "conv1")
+    assert frozen == ["conv1.weight", "conv1.bias"]
+    x = _randn(4, 1, 8, 8)
+    assert model(x).shape == (4, 3)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def loss(ps, xi):
+        return nn.functional_call(model, ps, xi[None]).sum()
+
+    per_example = ng.vmap(ng.grad(loss), in_axes=(None, 0))(params, x)
+    whole = ng.grad(lambda ps: nn.functional_call(model, ps, x).sum())(params)
+    for n in params:
+        np.testing.assert_allclose(per_example[n].numpy().sum(0), whole[n].numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    opt = ng.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    before = model.fc.weight.numpy().copy()
+    model(x).sum().backward()
+    opt.step()
+    assert not np.array_equal(before, model.fc.weight.numpy())
+    assert model.conv1.weight.grad is None
+
+
+def test_unsupported_ops_are_listed_together():
+    h = onnx.helper
+    nodes = [h.make_node("Relu", ["x"], ["a"]), h.make_node("Hardmax", ["a"], ["b"]),
+             h.make_node("TopK", ["b", "k"], ["c", "i"]), h.make_node("Hardmax", ["c"], ["y"])]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+                     initializer=[onnx.numpy_helper.from_array(np.array([1], np.int64), "k")])
+    with pytest.raises(UnsupportedError, match="2 operator type.*Hardmax, TopK"):
+        load(h.make_model(g).SerializeToString())
+
+
+# --- round trip -------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_round_trip_zoo_is_exact(name, tmp_path):
+    model = models.create(name, seed=1)
+    model.eval()
+    shape = _INPUT[models.REGISTRY[name].dataset]
+    export(model, _randn(2, *shape), tmp_path / "m.onnx")
+    back = load(tmp_path / "m.onnx")
+    x = _randn(6, *shape, seed=5)
+    np.testing.assert_array_equal(back(x).numpy(), model(x).numpy())
+    ours = dict(model.named_parameters())
+    for n, p in back.named_parameters():
+        np.testing.assert_array_equal(p.numpy(), ours[n].numpy())
+    assert {n for n, _ in back.named_parameters()} == set(ours)
+    from nodegrad.train import load_pretrained
+
+    fresh = models.create(name, seed=2)
+    assert load_pretrained(fresh, back).ok  # an imported model is a pretrained source
+    fresh.eval()
+    np.testing.assert_array_equal(fresh(x).numpy(), model(x).numpy())
+
+
+@pytest.mark.parametrize("build,make", [(b, m) for n, b, m in LAYERS if n in (
+    "conv2d_stride_dil_groups", "batchnorm2d", "layernorm", "lstm_2layers_bi",
+    "gru_bi_batch_first", "transformer_encoder_layer", "functional_ops", "embedding")])
+def test_round_trip_layers(build, make):
+    ng.manual_seed(0)
+    model = build()
+    model.eval()
+    back = load(export(model, make(2), dynamic_axes=_batch_axes(make)).SerializeToString())
+    x = make(4)
+    for a, b in zip(_flat(back(x)), _flat(model(x))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- the command ------------------------------------------------------------------------------
+def test_cli_export_run_dir(tmp_path, capsys):
+    from nodegrad.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "digits_cnn", "--epochs", "1", "--quiet", "--out",
+                 str(run)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert str(run / "model.onnx") in capsys.readouterr().out
+    proto = onnx.load(str(run / "model.onnx"))
+    onnx.checker.check_model(proto, full_check=True)
+    trained = models.create("digits_cnn")
+    trained.load_state_dict(ng.load(run / "model.safetensors"))
+    trained.eval()
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    x = _randn(7, *[d.dim_value for d in dims[1:]])
+    got = _session(proto).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, trained(x).numpy(), rtol=RTOL, atol=ATOL)
+    out = tmp_path / "elsewhere" / "digits.onnx"
+    assert main(["export", str(run), "--out", str(out), "--opset", "18"]) == 0
+    assert onnx.load(str(out)).opset_import[0].version == 18
+    for args, needle in ((["export", str(tmp_path)], "no config.json"),
+                         (["export", str(run), "--format", "tflite"], "unknown format"),
+                         (["export", str(run), "--opset", "30"], "at most")):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+
+
+def test_onnx_transfer_example_runs(tmp_path):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    res = subprocess.run([sys.executable, str(root / "examples" / "onnx_transfer.py"),
+                          "--per-class", "3", "--steps", "5", "--torch-epochs", "1",
+                          "--seeds", "1"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "imported into nodegrad" in res.stdout and "| 3 |" in res.stdout
