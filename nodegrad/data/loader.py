@@ -123,10 +123,11 @@ class DataLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``'s position: the next iteration yields the rest of that epoch."""
-        checks = [("batch_size", self.batch_size), ("shuffle", self.shuffle),
-                  ("drop_last", self.drop_last)]
-        if self.sampler is None or state["batch"] != 0:  # a fresh epoch: the sampler's order
-            checks += [("num_samples", self._n)]
+        checks = [("shuffle", self.shuffle), ("drop_last", self.drop_last)]
+        # a fresh epoch with a sampler takes the sampler's order: it may have another number
+        # of ranks, hence another share and per-rank batch size
+        if self.sampler is None or state["batch"] != 0:
+            checks += [("num_samples", self._n), ("batch_size", self.batch_size)]
             if self.sampler is not None and hasattr(self.sampler, "state_dict"):
                 checks += [("sampler", self.sampler.state_dict())]
         for key, mine in checks:
