@@ -308,3 +308,24 @@ def test_cli_train_under_the_launcher(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert 0 < res["test"]["accuracy"] <= 1
     assert (out / "checkpoint.safetensors").exists() and (out / "model.safetensors").exists()
+
+
+# --- NCCL (one GPU: a world of one over NCCL; more GPUs run the same code under mpirun) -------
+@pytest.mark.gpu
+def test_nccl_communicator_and_ddp_on_the_gpu():
+    if not ng.cuda_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    from nodegrad.distributed.nccl import NCCLCommunicator
+    comm = NCCLCommunicator(SingleProcess())
+    a = ng.tensor(np.arange(6.0, dtype=np.float32), device="cuda").data
+    comm.allreduce(a, "mean")
+    np.testing.assert_allclose(ng.tensor(a).numpy(), np.arange(6.0))
+    ng.manual_seed(0)
+    model = nn.Linear(4, 3).to("cuda")
+    ref = nn.Linear(4, 3)
+    ref.load_state_dict({k: v.to("cpu") for k, v in model.state_dict().items()})
+    ddp = DistributedDataParallel(model, comm)
+    x = ng.randn(5, 4)
+    ddp(x.to("cuda")).sum().backward()
+    ref(x).sum().backward()
+    np.testing.assert_allclose(model.weight.grad.numpy(), ref.weight.grad.numpy(), rtol=1e-5)
