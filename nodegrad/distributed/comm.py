@@ -176,16 +176,16 @@ class MPICommunicator(Communicator):
         t0 = time.monotonic()
         deadline = t0 + self.timeout
         spins = 0
-        while not req.Test():  # spin as MPI's own Wait does, then poll every millisecond
-            spins += 1
-            if spins % 64 == 0:
+        while not req.Test():  # spin briefly, then yield the core (a peer may share it),
+            spins += 1  # then poll every half millisecond
+            if spins % 16 == 0:
                 now = time.monotonic()
                 if now > deadline:
                     raise DistributedError(
                         f"rank {self.rank}: {what} did not complete within {self.timeout:g} s; "
                         "another rank has died, is stuck or left the collective out")
-                if now - t0 > 0.2:
-                    time.sleep(0.001)
+                if now - t0 > 0.001:
+                    time.sleep(0 if now - t0 < 0.05 else 0.0005)
 
     def _host(self, a):
         """``a`` itself when MPI can read it (a contiguous host array), else a host copy and a
