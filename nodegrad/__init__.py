@@ -7,10 +7,12 @@
 tensor([2., 4., 6.])
 """
 
-from . import _backend, data, diagnostics, models, nn, optim, prune, train
+from . import _backend, data, diagnostics, linalg, models, nn, optim, prune, train
 from ._backend import cuda_available
-from .autodiff import detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_grad_enabled
+from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_enabled,
+                       is_grad_enabled, is_inference_mode_enabled, no_grad, set_grad_enabled)
 from .diagnostics.graph import draw_graph
+from .dtypes import result_type
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,
                      InplaceError, ShapeError)
 from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, tree_flatten, tree_map,
@@ -20,6 +22,8 @@ from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .primitive import REGISTRY as primitives
 from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,
                      randperm, uniform)
+from .random import (bernoulli, multinomial, normal_, rand_like, randint_like, randn_like,
+                     uniform_)
 from .tensor import (Tensor, arange, as_tensor, bool_, empty, empty_like, eye, float16, float32,
                      float64, from_dlpack, from_numpy, full, full_like, int32, int64, linspace,
                      ones, ones_like, tensor, zeros, zeros_like)

@@ -80,6 +80,21 @@ class Backend:
 
             cupyx.scatter_add(out, index, values)
 
+    def scatter_reduce(self, out, index, values, op: str) -> None:
+        """``out[index] = op(out[index], values)`` for op "max", "min" or "multiply", repeated
+        indices each applied (unbuffered; CuPy has no product scatter: it runs on the host)."""
+        if self.device_id is None:
+            getattr(np, {"max": "maximum", "min": "minimum"}.get(op, op)).at(out, index, values)
+        elif op in ("max", "min"):
+            import cupyx
+
+            getattr(cupyx, f"scatter_{op}")(out, index, values)
+        else:
+            host = out.get()
+            np.multiply.at(host, tuple(i.get() if hasattr(i, "get") else i for i in index),
+                           values.get())
+            out[...] = self.xp.asarray(host)
+
     def as_strided(self, a, shape, strides):
         """A read-only strided view of ``a`` (strides in bytes)."""
         if self.device_id is None:
@@ -161,7 +176,8 @@ def cuda_backend(index: int) -> Backend:
         n = cupy.cuda.runtime.getDeviceCount()
         if not 0 <= index < n:
             raise DeviceError(f"device 'cuda:{index}' does not exist; this machine has {n} GPU(s)")
-        b = _cuda[index] = Backend(f"cuda:{index}", cupy, index)
+        # setdefault: one Backend per device even when two threads get here at once
+        b = _cuda.setdefault(index, Backend(f"cuda:{index}", cupy, index))
     return b
 
 

@@ -5,12 +5,16 @@ needs). ``backward`` visits the nodes reachable from the outputs in reverse topo
 (an iterative sort by child counts, so deep graphs never recurse); each node sums the cotangents
 its children sent, applies its primitive's vector-Jacobian product and sends one message to each
 parent. No Jacobian is ever formed. The engine only sees tensors through ``.data``, ``.node``,
-``.requires_grad`` and ``.grad``, so this module sits below ``tensor``.
+``.requires_grad`` and ``.grad``, so this module sits below ``tensor``. The modes (grad,
+inference, anomaly, and what vmap/grad/jvp keep while they run) belong to the calling thread,
+as in PyTorch: one :class:`Modes` record per thread.
 """
 
 from __future__ import annotations
 
+import threading
 import traceback
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,16 +22,49 @@ from ._backend import backend_of
 from .errors import AnomalyError, GradError, InplaceError
 
 
-class _Mode:
-    __slots__ = ("grad_enabled", "anomaly", "in_backward")
+class Modes:
+    """One thread's modes, as in PyTorch: set in one thread, never seen in another.
+
+    Each thread gets its own record (from :func:`modes`) on first use, with these defaults, so
+    a new thread records gradients even when the thread that started it is inside no_grad.
+    """
+
+    __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth")
 
     def __init__(self) -> None:
         self.grad_enabled = True
+        self.inference = False
         self.anomaly = False
         self.in_backward = None  # the node whose VJP runs (anomaly mode only)
+        self.traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
+        self.depth = 0  # how many transforms are evaluating their function (see func/grad.py)
 
 
-mode = _Mode()
+_per_thread = threading.local()  # .modes: the thread's Modes (a plain local reads fastest)
+
+
+def modes() -> Modes:
+    """The calling thread's modes (bind inlines this: one read per operation)."""
+    try:
+        return _per_thread.modes
+    except AttributeError:  # the thread's first use
+        m = _per_thread.modes = Modes()
+        return m
+
+
+class _CurrentModes:
+    """``mode.name`` reads and sets ``name`` in the calling thread's :class:`Modes`."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        return getattr(modes(), name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(modes(), name, value)
+
+
+mode = _CurrentModes()
 
 
 class Node:
@@ -81,22 +118,24 @@ class _GradMode:
     enabled: bool
 
     def __enter__(self):
-        self._prev = mode.grad_enabled
-        mode.grad_enabled = self.enabled
+        m = modes()
+        self._prev = m.grad_enabled
+        m.grad_enabled = self.enabled
 
     def __exit__(self, *exc):
-        mode.grad_enabled = self._prev
+        modes().grad_enabled = self._prev
 
     def __call__(self, fn):
         enabled = self.enabled
 
         def wrapper(*args, **kwargs):
-            prev = mode.grad_enabled
-            mode.grad_enabled = enabled
+            m = modes()
+            prev = m.grad_enabled
+            m.grad_enabled = enabled
             try:
                 return fn(*args, **kwargs)
             finally:
-                mode.grad_enabled = prev
+                m.grad_enabled = prev
 
         wrapper.__name__ = getattr(fn, "__name__", "wrapper")
         wrapper.__doc__ = fn.__doc__
@@ -120,33 +159,82 @@ class set_grad_enabled(_GradMode):
 
     def __init__(self, enabled: bool):
         self.enabled = bool(enabled)
-        self._prev = mode.grad_enabled
-        mode.grad_enabled = self.enabled  # like PyTorch, also works as a plain call
+        m = modes()
+        self._prev = m.grad_enabled
+        m.grad_enabled = self.enabled  # like PyTorch, also works as a plain call
 
     def __enter__(self):
         pass
 
 
 def is_grad_enabled() -> bool:
-    return mode.grad_enabled
+    """Whether operations are recorded in the calling thread."""
+    return modes().grad_enabled
+
+
+class inference_mode:
+    """Run without recording, like ``no_grad``, marked as inference; also a decorator.
+
+    As ``torch.inference_mode``: ``inference_mode(False)`` turns it off (and recording on).
+    PyTorch's inference tensors have no counterpart: outputs are plain tensors without a graph.
+    """
+
+    def __new__(cls, mode: bool | Callable = True):
+        if callable(mode):  # used bare: @inference_mode
+            return cls()(mode)
+        return super().__new__(cls)
+
+    def __init__(self, mode: bool = True):
+        self.enabled = bool(mode)
+
+    def __enter__(self):
+        m = modes()
+        self._prev = (m.grad_enabled, m.inference)
+        m.grad_enabled, m.inference = not self.enabled, self.enabled
+
+    def __exit__(self, *exc):
+        m = modes()
+        m.grad_enabled, m.inference = self._prev
+
+    def __call__(self, fn):
+        enabled = self.enabled
+
+        def wrapper(*args, **kwargs):
+            with inference_mode(enabled):
+                return fn(*args, **kwargs)
+
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = fn.__doc__
+        return wrapper
+
+
+def is_inference_mode_enabled() -> bool:
+    """Whether the calling thread is inside ``inference_mode``."""
+    return modes().inference
 
 
 class detect_anomaly:
     """Raise :class:`AnomalyError` at the first op whose forward or backward yields NaN/Inf.
 
     While active each node also remembers where in user code it was created, and the error
-    names the primitive and that place.
+    names the primitive and that place (or the input that already held NaN, and its origin).
     """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
 
     def __enter__(self):
-        self._prev = mode.anomaly
-        mode.anomaly = self.enabled
+        m = modes()
+        self._prev = m.anomaly
+        m.anomaly = self.enabled
 
     def __exit__(self, *exc):
-        mode.anomaly = self._prev
+        modes().anomaly = self._prev
+
+
+def is_anomaly_enabled() -> bool:
+    """Whether the calling thread is inside ``detect_anomaly``."""
+    return modes().anomaly
 
 
 def creation_site() -> str:
@@ -162,11 +250,85 @@ def _check_finite(xp, g, what: str, node: Node) -> None:
         raise anomaly_error(node, what)
 
 
+# Leaf tensors made by creation functions while anomaly mode is on: id -> (weak ref, where).
+# Keyed by id, since a tensor's ``==`` is elementwise; an entry leaves with its tensor.
+_sites: dict = {}
+
+
+def note_creation(t) -> None:
+    """Remember where user code created tensor ``t`` (called only in anomaly mode)."""
+    key = id(t)
+
+    def forget(ref):
+        if _sites.get(key, (None,))[0] is ref:
+            del _sites[key]
+
+    _sites[key] = (weakref.ref(t, forget), creation_site())
+
+
+def has_nan(d) -> bool:
+    """True when ``d`` (an array or a Python number) holds a NaN."""
+    if isinstance(d, float):
+        return d != d
+    kind = getattr(getattr(d, "dtype", None), "kind", "")
+    return kind in "fc" and bool(backend_of(d).xp.isnan(d).any())
+
+
+def origin(t) -> str:
+    """Where the tensor ``t`` came from, as far as the graph and anomaly mode know."""
+    n = getattr(t, "node", None)
+    if n is not None:
+        where = (f"created at {n.trace}" if n.trace else
+                 "recorded before detect_anomaly was on, so its line is unknown")
+        return f"it was produced by '{n.prim.name}', {where}"
+    if not hasattr(t, "node"):
+        return "it was passed in as a number" if isinstance(t, float) else "it is a raw array"
+    ref, site = _sites.get(id(t), (None, None))
+    if ref is not None and ref() is t:
+        return f"it is a leaf tensor created at {site}"
+    return ("it is a leaf tensor (data, a parameter, or a result computed without recording) "
+            "made before detect_anomaly was on, so its line is unknown")
+
+
+def input_held_nan(op: str, i: int, n: int, a, d, where: str = "") -> str:
+    """The message for NaN that came into ``op`` with its input ``i`` of ``n`` (``where``:
+    the call, when known)."""
+    if isinstance(d, float):
+        what = "the number nan"
+    else:
+        xp = backend_of(d).xp
+        what = (f"shape {tuple(d.shape)} {d.dtype}, {int(xp.isnan(d).sum())} of {d.size} "
+                "elements NaN")
+    arg = f"argument {i}" if n == 1 else f"argument {i} of {n}"
+    return (f"the input of '{op}' already held NaN ({arg}, {what}){where}; the NaN did not "
+            f"start in '{op}': {origin(a)}")
+
+
+def _nan_input_of(node: Node) -> str | None:
+    """Why ``node``'s backward met NaN when that NaN was already in the node's input."""
+    name = node.prim.name
+    n = len(node.parents)
+    if node.args is not None:
+        for i, a in enumerate(node.args):
+            d = getattr(a, "data", a)
+            if not isinstance(a, Spec) and has_nan(d):
+                return input_held_nan(name, i, n, a, d)
+    for i, p in enumerate(node.parents):  # leaves can still be looked at
+        if p is not None and type(p) is not Node and has_nan(p.data):
+            return input_held_nan(name, i, n, p, p.data)
+    if node.out is not None and has_nan(node.out):
+        return (f"the output of '{name}' already held NaN in the forward pass; run the forward "
+                "inside detect_anomaly too to see where the NaN started")
+    return None
+
+
 def anomaly_error(node: Node, step: str) -> AnomalyError:
     """The error for NaN/Inf met in ``node``'s backward (``step`` names the op inside the VJP)."""
     where = node.trace or "<unknown: created before detect_anomaly was on>"
-    return AnomalyError(f"backward of '{node.prim.name}' produced NaN/Inf (in its {step}); "
-                        f"that '{node.prim.name}' was created at {where}")
+    msg = (f"backward of '{node.prim.name}' produced NaN/Inf (in its {step}); "
+           f"that '{node.prim.name}' was created at {where}")
+    came_in = _nan_input_of(node)
+    return AnomalyError(msg if came_in is None else f"{msg}; {came_in}")
 
 
 # --- hooks ------------------------------------------------------------------------------------
@@ -234,7 +396,7 @@ def _run_hooks(hooks, g):
     return g
 
 
-def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
+def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes) -> None:
     """Send node ``n``'s VJP messages to its parents (summed into ``pending``)."""
     if not n.alive:
         raise GradError(
@@ -254,8 +416,9 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
         args = tuple(Spec(s, g.dtype) for s in n.shapes)
     params = n.params
     parents = n.parents
-    if mode.anomaly:
-        mode.in_backward = n
+    anomaly = m.anomaly
+    if anomaly:
+        m.in_backward = n
     rules = prim.vjp
     if rules is None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
@@ -269,11 +432,11 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict) -> None:
             continue
         if gi.shape != shapes[i]:
             gi = gi.sum_to(shapes[i])
-        if mode.anomaly:
+        if anomaly:
             _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
         prev = pending.get(p)
         pending[p] = gi if prev is None else prev + gi
-    mode.in_backward = None
+    m.in_backward = None
 
 
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
@@ -328,8 +491,9 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 wanted.add(n)
         results: dict = {}
 
-    prev_mode = mode.grad_enabled
-    mode.grad_enabled = create_graph
+    m = modes()
+    prev_mode = m.grad_enabled
+    m.grad_enabled = create_graph
     try:
         counts = _toposort_counts(starts)
         ready = []
@@ -346,7 +510,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 if tkeys is not None and n in tset:
                     results[n] = g
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
-                    _apply_vjps(n, g, create_graph, wanted, pending)
+                    _apply_vjps(n, g, create_graph, wanted, pending, m)
                 if not retain_graph:
                     n.args = n.out = None
                     n.alive = False
@@ -373,8 +537,8 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
             elif leaf in tset:
                 results[leaf] = g
     finally:
-        mode.grad_enabled = prev_mode
-        mode.in_backward = None
+        m.grad_enabled = prev_mode
+        m.in_backward = None
 
     if tkeys is None:
         return None

@@ -2,16 +2,22 @@
 
 While a ``vmap`` runs, each batched value is a :class:`BatchTracer`: it looks like one example
 (its ``shape`` has no batch axis) and carries the whole batch in ``val`` with the batch axis at
-``bdim``. ``bind`` checks one global (:data:`TRACES`, the active levels) and, when it is
-non-empty, hands the call to :func:`batch_bind`, which calls the primitive's batching rule
+``bdim``. ``bind`` checks the calling thread's active levels (``modes().traces``, per thread
+like every mode, see ``autodiff``) and, when there are any, hands the call to
+:func:`batch_bind`, which calls the primitive's batching rule
 ``batch(vals, bdims, **params) -> (out, out_bdim)`` on the unwrapped values with the level
 removed, so nested vmaps peel one level per bind and the values underneath record the graph for
 ``grad`` as usual. Elementwise and reduction primitives get their rule from their ``kind``
 (below); shape, index, window and linear-algebra primitives declare theirs.
+
+This module sits below ``primitive`` and the ops and imports neither: the helpers move and
+reshape batch axes with Tensor's methods, and the category rules call the primitive they were
+made for, both of which exist by the time any vmap runs (no import circle).
 """
 
 from __future__ import annotations
 
+from .autodiff import modes
 from .errors import ShapeError
 from .tensor import Tensor
 
@@ -26,7 +32,26 @@ class Level:
 
 
 _POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
-TRACES: list = []  # the active vmap levels, innermost last
+
+
+def levels() -> tuple:
+    """The calling thread's active vmap levels, innermost last (each thread has its own)."""
+    return modes().traces
+
+
+class pushed:
+    """Run with ``level`` as the innermost active vmap level of this thread."""
+
+    def __init__(self, level: Level):
+        self.level = level
+
+    def __enter__(self):
+        m = self.m = modes()
+        self.saved = m.traces
+        m.traces = self.saved + (self.level,)
+
+    def __exit__(self, *exc):
+        self.m.traces = self.saved
 
 
 class BatchTracer(Tensor):
@@ -69,17 +94,19 @@ class lowered:
         self.n = n
 
     def __enter__(self):
-        self.saved = TRACES[self.n:]
-        del TRACES[self.n:]
+        m = self.m = modes()
+        self.saved = m.traces
+        m.traces = self.saved[:self.n]
 
     def __exit__(self, *exc):
-        TRACES.extend(self.saved)
+        self.m.traces = self.saved
 
 
 def batch_bind(bind, prim, args: tuple, params: dict):
     """``bind`` for when a vmap is active: batch the call at the innermost level."""
-    top = TRACES[-1]
-    n = len(TRACES) - 1
+    traces = modes().traces
+    top = traces[-1]
+    n = len(traces) - 1
     if not any(type(a) is BatchTracer and a.level is top for a in args):
         with lowered(n):
             return bind(prim, args, params)
@@ -110,31 +137,25 @@ def front(v, bd):
     """``v`` with its batch axis first (unchanged when unbatched)."""
     if bd is None or bd == 0:
         return v
-    from .ops.shape import moveaxis
-
-    return moveaxis(v, bd, 0)
+    return v.moveaxis(bd, 0)
 
 
 def batched(v, bd, size: int):
     """``v`` with a batch axis first, broadcast (a view) when it had none."""
     if bd is not None:
         return front(v, bd)
-    from .ops.shape import broadcast_to, reshape
-
     if not isinstance(v, Tensor):
         v = Tensor(Tensor(0.0).backend.asarray(v))
-    return broadcast_to(reshape(v, (1,) + tuple(v.shape)), (size,) + tuple(v.shape))
+    return v.reshape((1,) + tuple(v.shape)).broadcast_to((size,) + tuple(v.shape))
 
 
 def rank_up(v, bd, rank: int):
     """Batch axis first and length-1 axes after it, so the example part has ``rank`` dims."""
-    from .ops.shape import reshape
-
     v = front(v, bd)
     ex = tuple(v.shape[1:])
     if len(ex) == rank:
         return v
-    return reshape(v, (v.shape[0],) + (1,) * (rank - len(ex)) + ex)
+    return v.reshape((v.shape[0],) + (1,) * (rank - len(ex)) + ex)
 
 
 def _ex_ndim(v, bd) -> int:
@@ -148,9 +169,7 @@ def elementwise_rule(prim):
     def rule(vals, bdims, **params):
         rank = max(_ex_ndim(v, b) for v, b in zip(vals, bdims))
         args = tuple(v if b is None else rank_up(v, b, rank) for v, b in zip(vals, bdims))
-        from .primitive import bind
-
-        return bind(prim, args, params), 0
+        return prim(*args, **params), 0
 
     return rule
 
@@ -159,9 +178,6 @@ def reduce_rule(prim):
     """Reductions (``axis`` an int, a tuple or None for all): shift the axes past the batch."""
 
     def rule(vals, bdims, **params):
-        from .ops.shape import reshape
-        from .primitive import bind
-
         x = front(vals[0], bdims[0])
         nd = x.ndim - 1
         axis = params.get("axis")
@@ -171,13 +187,13 @@ def reduce_rule(prim):
         elif axis is not None:
             p["axis"] = tuple(a + 1 for a in axis)
         elif prim.name in ("argmax", "argmin"):  # over the flattened example
-            out = bind(prim, (reshape(x, (x.shape[0], -1)),), dict(p, axis=1))
+            out = prim(x.reshape((x.shape[0], -1)), **dict(p, axis=1))
             if params.get("keepdims"):
-                out = reshape(out, (x.shape[0],) + (1,) * nd)
+                out = out.reshape((x.shape[0],) + (1,) * nd)
             return out, 0
         else:
             p["axis"] = tuple(range(1, nd + 1))
-        return bind(prim, (x,) + tuple(vals[1:]), p), 0
+        return prim(x, *vals[1:], **p), 0
 
     return rule
 

@@ -31,3 +31,8 @@ class InplaceError(GradError):
 
 class AnomalyError(FloatingPointError):
     """NaN or Inf produced while ``detect_anomaly()`` is active."""
+
+
+class LinAlgError(RuntimeError):
+    """A matrix a decomposition or solve cannot take: singular, not positive definite (as
+    ``torch.linalg.LinAlgError``, a RuntimeError)."""

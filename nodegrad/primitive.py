@@ -4,6 +4,7 @@ A primitive carries its name, its forward on backend arrays (it receives ``xp``)
 written with differentiable tensor operations (so ``create_graph=True`` gives higher orders and
 nothing is recorded otherwise), what its node must keep (``saves``), and slots for a JVP rule
 and a batching rule. Parameters such as ``axis`` are keywords, kept hashable where possible.
+``bind`` brings operands of different dtypes to one first, by PyTorch's rules (:mod:`.dtypes`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import _backend as B
-from .batching import TRACES as _TRACES
 from .batching import batch_bind, elementwise_rule, reduce_rule
-from .autodiff import Node, anomaly_error, creation_site, mode
+from .autodiff import (Node, _per_thread, anomaly_error, creation_site, has_nan, input_held_nan,
+                       modes)
+from .dtypes import _key_of, result_type_of_keys
 from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
 
@@ -25,7 +27,8 @@ _SAVES = {"inputs": (True, False), "out": (False, True), "both": (True, True),
 class Primitive:
     """The record of one operation. Call it like a function: ``exp(x)``."""
 
-    def __init__(self, name, fwd, vjp, vjp_all, jvp, batch, kind, saves, promote, doc):
+    def __init__(self, name, fwd, vjp, vjp_all, jvp, batch, kind, saves, promote, doc,
+                 operands=None):
         self.name = name
         self.fwd = fwd
         self.vjp = vjp
@@ -35,6 +38,7 @@ class Primitive:
         self.kind = kind
         self.save_in, self.save_out = _SAVES[saves]
         self.promote = promote
+        self.operands = operands
         self.differentiable = vjp is not None or vjp_all is not None
         self.__doc__ = doc
 
@@ -48,7 +52,7 @@ class Primitive:
 
 def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = None,
               saves: str = "inputs", kind: str | None = None, jvp=None, batch=None,
-              promote: bool = True, doc: str | None = None) -> Primitive:
+              promote: bool = True, operands="default", doc: str | None = None) -> Primitive:
     """Declare and register a primitive.
 
     ``vjp`` is one rule ``(g, ans, *inputs, **params) -> cotangent`` per input (a bare callable
@@ -56,12 +60,18 @@ def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = 
     cotangents at once, for variadic ops. ``saves`` names what the VJP reads: ``"inputs"``,
     ``"out"``, ``"both"`` or ``"none"`` (then it receives shape-only specs). ``kind``
     ("elementwise", "reduce", "shape", ...) lets later transforms derive batching rules.
+    ``operands`` names the inputs brought to one dtype by type promotion (:mod:`.dtypes`):
+    ``"all"`` (the default for elementwise ops), a tuple of positions, or None.
     """
     if name in REGISTRY:
         raise ValueError(f"primitive {name!r} is declared twice")
     if callable(vjp):
         vjp = (vjp,)
-    p = Primitive(name, fwd, vjp, vjp_all, None, batch, kind, saves, promote, doc)
+    if operands == "default":
+        operands = "all" if kind == "elementwise" else None
+    if operands == "all":
+        operands = True
+    p = Primitive(name, fwd, vjp, vjp_all, None, batch, kind, saves, promote, doc, operands)
     p.jvp = _jvp_rule(p, jvp)
     if batch is None and kind == "elementwise":
         p.batch = elementwise_rule(p)
@@ -173,23 +183,32 @@ def _value_error(prim, datas, params, e: ValueError) -> ValueError:
     return ValueError(f"{prim.name} (shapes {shapes}{ps}): {e}")
 
 
-def _anomaly(prim, backend, datas, out) -> None:
-    """Raise if ``out`` has NaN/Inf that its inputs did not (detect_anomaly mode)."""
+def _anomaly(prim, backend, args, datas, out) -> None:
+    """Raise if ``out`` has NaN/Inf that its inputs did not, or NaN that came in with an input
+    (detect_anomaly mode)."""
     xp = backend.xp
     if out.dtype.kind != "f" or bool(xp.isfinite(out).all()):
         return
-    if any(getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
-           and not bool(xp.isfinite(d).all()) for d in datas):
-        return
-    if mode.in_backward is not None:
-        raise anomaly_error(mode.in_backward, f"'{prim.name}' step")
-    raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
-                       f"at {creation_site()}")
+    bad = [i for i, d in enumerate(datas)  # inputs holding NaN/Inf (a NaN number counts)
+           if (getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
+               and not bool(xp.isfinite(d).all())) or (isinstance(d, float) and d != d)]
+    node = modes().in_backward
+    if node is not None:
+        if not bad:
+            raise anomaly_error(node, f"'{prim.name}' step")
+        return  # the result check of that backward says where it came from
+    if not bad:
+        raise AnomalyError(f"forward of '{prim.name}' produced NaN/Inf from finite inputs "
+                           f"at {creation_site()}")
+    for i in bad:  # an Inf that came in (a mask, say) passes, as without anomaly mode
+        if has_nan(datas[i]):
+            raise AnomalyError(input_held_nan(prim.name, i, len(args), args[i], datas[i],
+                                              f" when called at {creation_site()}"))
 
 
 _ndarray = B.ndarray
 _CPU = B.CPU
-_F64 = B.float64
+_DEFAULT_FLOAT = B.DEFAULT_FLOAT
 _SCALARS = (float, int, bool, type(None))
 
 
@@ -198,12 +217,71 @@ def _mixed(prim, a, b) -> DTypeError:
                       "silently, convert one explicitly (x.astype(...), .float(), .double())")
 
 
+def _promote(prim: Primitive, args: tuple) -> tuple:
+    """``args`` with the operands that take part in type promotion cast to their result type.
+
+    Equal dtypes (the usual case) return at once; otherwise the result type comes from
+    :mod:`.dtypes`, cached by operand dtypes, and a cast of a tensor is the differentiable
+    ``astype``, so a cotangent returns to its input in the input's own dtype.
+    """
+    pos = prim.operands
+    if pos is True:
+        pos = range(len(args))
+    dt = None
+    for i in pos:
+        a = args[i]
+        if type(a) in _SCALARS:
+            continue
+        d = getattr(a, "dtype", None)
+        if d is dt or d is None:
+            continue
+        if dt is None:
+            dt = d
+        elif d != dt:
+            break
+    else:
+        return args
+    try:
+        target = result_type_of_keys(tuple(_key_of(args[i]) for i in pos))
+    except DTypeError as e:
+        raise DTypeError(f"{prim.name}: {e}") from None
+    out = list(args)
+    for i in pos:
+        a = out[i]
+        if isinstance(a, Tensor):
+            if a.dtype != target:
+                out[i] = bind(REGISTRY["astype"], (a,), {"dtype": target, "src": a.dtype})
+        elif B.is_array(a) and a.dtype != target:
+            out[i] = a.astype(target)
+    return tuple(out)
+
+
+def _float_dtype(prim: Primitive, datas: list):
+    """The one float dtype among the arrays (None if none); two raise (no silent float64)."""
+    fdt = None
+    for d in datas:
+        dt = getattr(d, "dtype", None)
+        if dt is not None and dt.kind == "f":
+            if fdt is None:
+                fdt = dt
+            elif dt != fdt:
+                raise _mixed(prim, fdt, dt)
+    return fdt
+
+
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
-    if _TRACES:  # a vmap is active
+    try:
+        m = _per_thread.modes  # this thread's modes (autodiff.modes, inlined), read once
+    except AttributeError:
+        m = modes()
+    if m.traces:  # a vmap is active: promote on the examples' shapes (a 0-d example is 0-d)
+        if prim.operands is not None and len(args) > 1:
+            args = _promote(prim, args)
         return batch_bind(bind, prim, args, params)
     backend = None
-    fdt = None
+    first = None
+    mixed = False
     record = False
     datas = []
     for a in args:
@@ -227,12 +305,19 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 raise _device_error(prim, backend, b)
             backend = b
         dt = d.dtype
-        if dt.kind == "f":
-            if fdt is None:
-                fdt = dt
-            elif dt != fdt:
-                raise _mixed(prim, fdt, dt)
+        if dt is not first:
+            if first is None:
+                first = dt
+            elif dt != first:
+                mixed = True
         datas.append(d)
+    fdt = first if first is not None and first.kind == "f" else None
+    if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
+        if prim.operands is not None:
+            promoted = _promote(prim, args)
+            if promoted is not args:
+                return bind(prim, promoted, params)
+        fdt = _float_dtype(prim, datas)
     if backend is None:
         backend = _CPU
     try:
@@ -245,16 +330,16 @@ def bind(prim: Primitive, args: tuple, params: dict):
         raise _value_error(prim, datas, params, e) from e
     if type(out) is not _ndarray and not B.is_array(out):
         out = backend.asarray(out)  # NumPy returns scalars from some 0-d ops
-    if fdt is None and prim.promote and out.dtype == _F64:
-        out = out.astype(B.DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
-    if mode.anomaly:
-        _anomaly(prim, backend, datas, out)
-    if record and mode.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
-        return _record(prim, args, datas, params, out)
+    if fdt is None and prim.promote and out.dtype.kind == "f" and out.dtype != _DEFAULT_FLOAT:
+        out = out.astype(_DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
+    if m.anomaly:
+        _anomaly(prim, backend, args, datas, out)
+    if record and m.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
+        return _record(prim, args, datas, params, out, m.anomaly)
     return Tensor(out)
 
 
-def _record(prim: Primitive, args: tuple, datas: list, params: dict, out) -> Tensor:
+def _record(prim: Primitive, args: tuple, datas: list, params: dict, out, anomaly) -> Tensor:
     parents = []
     shapes = []
     versions = [] if prim.save_in or prim.save_out else None
@@ -274,7 +359,7 @@ def _record(prim: Primitive, args: tuple, datas: list, params: dict, out) -> Ten
     if prim.save_out:
         cell = t._version = [0]
         versions.append((cell, 0))
-    if mode.anomaly:
+    if anomaly:
         node.trace = creation_site()
     return t
 

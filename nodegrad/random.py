@@ -7,7 +7,7 @@ their target dtype (float32 by default) so no float64 temporaries appear.
 from __future__ import annotations
 
 from . import _backend as B
-from .errors import DeviceError
+from .errors import DeviceError, DTypeError, ShapeError
 from .tensor import Tensor, _finish, _shape_arg
 
 
@@ -72,8 +72,8 @@ def default_generator(device=None) -> Generator:
     """The generator that sampling functions use on ``device`` when none is passed."""
     be = B.get_backend(device)
     g = _default.get(be.name)
-    if g is None:
-        g = _default[be.name] = Generator(be, _seed[0])
+    if g is None:  # setdefault: threads meeting here at once share one generator
+        g = _default.setdefault(be.name, Generator(be, _seed[0]))
     return g
 
 
@@ -135,3 +135,117 @@ def uniform(low: float = 0.0, high: float = 1.0, size=(), dtype=None, device=Non
     size = (size,) if isinstance(size, int) else tuple(size)
     u = _gen(generator, device).random(size, dtype)
     return _finish(u * u.dtype.type(high - low) + u.dtype.type(low), requires_grad)
+
+
+# === sampling from tensors: bernoulli, multinomial, *_like, in-place normal_ / uniform_ ========
+def _check_finite_probs(p, op: str, what: str) -> None:
+    xp = B.backend_of(p).xp
+    if p.size and not bool(((p >= 0) & (p <= 1)).all()):
+        raise ValueError(f"{op}: {what} must lie in [0, 1]")
+    if p.dtype.kind == "f" and not bool(xp.isfinite(p).all()):
+        raise ValueError(f"{op}: {what} must be finite")
+
+
+def bernoulli(input: Tensor, p: float | None = None, *,
+              generator: Generator | None = None) -> Tensor:
+    """0/1 samples, 1 with probability ``input`` (or the number ``p``), in input's dtype."""
+    if input.dtype.kind != "f":
+        raise DTypeError(f"bernoulli: expected floating-point probabilities, got {input.dtype}")
+    probs = input.data if p is None else B.backend_of(input.data).xp.asarray(p, input.dtype)
+    _check_finite_probs(probs, "bernoulli", "probabilities" if p is None else "p")
+    u = _gen(generator, input.device).random(tuple(input.shape), input.dtype)
+    return Tensor((u < probs).astype(input.dtype))
+
+
+def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
+                generator: Generator | None = None) -> Tensor:
+    """Category indices drawn from the (unnormalised) weights in each row of ``input`` (1-d or
+    2-d); without replacement by exponential races (each category at most once)."""
+    if input.dtype.kind != "f":
+        raise DTypeError(f"multinomial: expected floating-point weights, got {input.dtype}")
+    if input.ndim not in (1, 2):
+        raise ShapeError(f"multinomial: weights must be 1-d or 2-d, got shape "
+                         f"{tuple(input.shape)}")
+    w = input.data.reshape(-1, input.shape[-1]).astype(B.float64)
+    xp = B.backend_of(w).xp
+    n = w.shape[1]
+    if n == 0 or not bool(xp.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("multinomial: weights must be finite, non-negative and not empty")
+    total = w.sum(1)
+    if bool((total <= 0).any()):
+        raise ValueError("multinomial: every row of weights needs a positive sum")
+    if num_samples <= 0:
+        raise ValueError(f"multinomial: num_samples must be positive, got {num_samples}")
+    gen = _gen(generator, input.device)
+    rows = w.shape[0]
+    if not replacement:
+        if num_samples > int((w > 0).sum(1).min()):
+            raise ValueError(f"multinomial: cannot draw {num_samples} samples without "
+                             "replacement from a row with fewer nonzero weights")
+        e = -xp.log1p(-gen.random((rows, n), B.float64))  # Exp(1); the smallest e / w wins
+        with B.np.errstate(divide="ignore"):
+            keys = xp.where(w > 0, e / xp.where(w > 0, w, 1), xp.inf)
+        out = xp.argsort(keys, axis=1, kind="stable")[:, :num_samples]
+    else:  # inverse CDF; each row shifted by its index so one searchsorted serves all rows
+        cdf = xp.cumsum(w, 1)
+        cdf = cdf / cdf[:, -1:]
+        shift = xp.arange(rows, dtype=B.float64)[:, None]
+        u = gen.random((rows, num_samples), B.float64)
+        flat = xp.searchsorted((cdf + shift).ravel(), (u + shift).ravel(), side="right")
+        out = flat.reshape(rows, num_samples) - (xp.arange(rows) * n)[:, None]
+        out = xp.minimum(out, n - 1)
+    out = out.astype(B.int64)
+    return Tensor(out if input.ndim == 2 else out[0])
+
+
+def rand_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
+              requires_grad: bool = False) -> Tensor:
+    """Uniform [0, 1) samples shaped (and typed) like ``input``."""
+    return rand(tuple(input.shape), dtype=dtype or input.dtype, device=input.device,
+                generator=generator, requires_grad=requires_grad)
+
+
+def randn_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
+               requires_grad: bool = False) -> Tensor:
+    """Standard normal samples shaped (and typed) like ``input``."""
+    return randn(tuple(input.shape), dtype=dtype or input.dtype, device=input.device,
+                 generator=generator, requires_grad=requires_grad)
+
+
+def randint_like(input: Tensor, low: int = 0, high: int | None = None, *, dtype=None,
+                 generator: Generator | None = None) -> Tensor:
+    """Integers in [low, high) (``randint_like(x, high)`` for [0, high)) shaped like
+    ``input``, in its dtype unless ``dtype`` is given."""
+    if high is None:
+        low, high = 0, low
+    if high <= low:
+        raise ValueError(f"randint_like: empty range [{low}, {high})")
+    d = _gen(generator, input.device).integers(low, high, tuple(input.shape))
+    return Tensor(d.astype(B.as_dtype(dtype) or input.dtype))
+
+
+def _fill_(t: Tensor, what: str, sample) -> Tensor:
+    t._check_inplace(what)
+    if t.dtype.kind != "f":
+        raise DTypeError(f"{what}: expected a floating-point tensor, got {t.dtype}")
+    t.data[...] = sample
+    t._bump()
+    return t
+
+
+def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, *,
+            generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` in place with samples from N(mean, std²)."""
+    if std < 0:
+        raise ValueError(f"normal_: std must be non-negative, got {std}")
+    z = _gen(generator, t.device).normal(tuple(t.shape), t.dtype)
+    return _fill_(t, "normal_", z * z.dtype.type(std) + z.dtype.type(mean))
+
+
+def uniform_(t: Tensor, from_: float = 0.0, to: float = 1.0, *,
+             generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` in place with samples from U[from_, to)."""
+    if from_ > to:
+        raise ValueError(f"uniform_: from_ {from_} must not exceed to {to}")
+    u = _gen(generator, t.device).random(tuple(t.shape), t.dtype)
+    return _fill_(t, "uniform_", u * u.dtype.type(to - from_) + u.dtype.type(from_))

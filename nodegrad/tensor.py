@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from . import _backend as B
-from .autodiff import RemovableHandle, _default_cotangents, run_backward
+from .autodiff import RemovableHandle, _default_cotangents, modes, note_creation, run_backward
 from .errors import DTypeError, GradError
 
 float16, float32, float64 = B.float16, B.float32, B.float64
@@ -234,9 +234,7 @@ class Tensor:
             self._version[0] += 1
 
     def _check_inplace(self, what: str) -> None:
-        from .autodiff import mode
-
-        if mode.grad_enabled and self.requires_grad and self.node is None:
+        if modes().grad_enabled and self.requires_grad and self.node is None:
             raise GradError(f"{what}: a leaf tensor that requires grad cannot be changed in "
                             "place while recording; wrap the update in nodegrad.no_grad()")
 
@@ -292,7 +290,10 @@ def _infer(data, dtype, backend: B.Backend):
 def _finish(data, requires_grad: bool) -> Tensor:
     if requires_grad and data.dtype.kind != "f":
         raise GradError(f"only floating tensors can require grad, got dtype {data.dtype}")
-    return Tensor(data, None, bool(requires_grad))
+    t = Tensor(data, None, bool(requires_grad))
+    if modes().anomaly:
+        note_creation(t)  # so an anomaly error can say where this tensor came from
+    return t
 
 
 def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:

@@ -380,11 +380,11 @@ case("binary_cross_entropy", _bce)
 
 
 # --- reductions ----------------------------------------------------------------------------
-def reduction(name, fn, tfn, domain="real", min_len=1, **kw):
+def reduction(name, fn, tfn, domain="real", min_len=1, nonempty=False, **kw):
     """``fn(x, axis, keepdims)`` over drawn axes, with its torch twin ``tfn(t, dims, keep)``."""
     def build(draw, layout):
         (s,) = draw(shapes(layout))
-        axis = draw(axes(s, min_len=min_len))
+        axis = draw(axes(s, min_len=min_len, nonempty=nonempty))
         keep = draw(st.booleans())
         return Call(lambda x: fn(x, axis, keep), (arr(draw, s, domain),),
                     lambda t: tred(tfn, t, axis, keep))
@@ -764,6 +764,869 @@ def _fold(draw, layout):
 case("sliding_window_view", _sliding)
 case("fold", _fold, has_torch=False)
 
+
+# =============================================================================================
+# --- PyTorch's indexing ops: gather, scatter*, index_*, masked_*, take, put ------------------
+# Index tensors are call arguments (vmap then batches them too); an index may be smaller than
+# the input in the other dims (PyTorch's rule). Repeats appear where PyTorch defines the result
+# (adds, selects); set-style scatters draw distinct positions (PyTorch leaves repeats unspecified).
+# =============================================================================================
+def _dim_index(draw, s, ax, *, distinct=False, src=None):
+    """An int64 index for PyTorch's gather/scatter along ``ax`` of a tensor of shape ``s``: at
+    most ``s[d]`` (or ``src[d]``) long in the other dims; ``distinct``: no position twice per
+    line along ``ax``."""
+    n = s[ax]
+    shape = []
+    for d in range(len(s)):
+        top = min(s[d], src[d]) if src is not None else s[d]
+        if d == ax:
+            top = (min(n, src[d]) if src is not None else n) if distinct else 4
+            if src is not None and not distinct:
+                top = src[d]
+        shape.append(draw(st.integers(0, top)) if n else 0)
+    if not n:
+        return np.zeros(shape, np.int64)
+    if distinct:
+        rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+        full = list(shape)
+        full[ax] = n
+        perm = np.argsort(rng.random(full), axis=ax)
+        return np.ascontiguousarray(perm[tuple(slice(0, k) for k in shape)])
+    return draw(hnp.arrays(np.int64, shape, elements=st.integers(0, n - 1)))
+
+
+def _lay(layout):
+    return "matrix" if layout == "scalar" else layout
+
+
+def _gather(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.integers(-max(len(s), 1), max(len(s), 1) - 1)) if s else 0
+    idx = _dim_index(draw, s, ax % len(s)) if s else np.array(0, np.int64)
+    if draw(st.booleans()):
+        return Call(lambda x, i: x.gather(ax, i), (arr(draw, s), idx),
+                    lambda t, i: t.gather(ax, i))
+    return Call(lambda x, i: ng.gather(x, ax, i), (arr(draw, s), idx),
+                lambda t, i: torch.gather(t, ax, i))
+
+
+def _src_shape(draw, s):
+    return tuple(d + draw(st.integers(0, 1)) for d in s)
+
+
+def _scatter(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(0, len(s) - 1))
+    ss = _src_shape(draw, s)
+    idx = _dim_index(draw, s, ax, distinct=True, src=ss)
+    if draw(st.booleans()):
+        v = draw(DOMAINS["real"])
+        return Call(lambda x, i: ng.scatter(x, ax, i, v), (arr(draw, s), idx),
+                    lambda t, i: torch.scatter(t, ax, i, v))
+    # torch 2.13's scatter backward fails when src is larger than the index: cut it first
+    cut = tuple(slice(0, k) for k in idx.shape)
+    return Call(lambda x, i, u: x.scatter(ax, i, u), (arr(draw, s), idx, arr(draw, ss)),
+                lambda t, i, u: t.scatter(ax, i, u[cut]))
+
+
+def _scatter_add_dim(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(0, len(s) - 1))
+    ss = _src_shape(draw, s)
+    ss = ss[:ax] + (ss[ax] + 2,) + ss[ax + 1:]
+    idx = _dim_index(draw, s, ax, src=ss)
+    cut = tuple(slice(0, k) for k in idx.shape)  # see _scatter
+    return Call(lambda x, i, u: ng.scatter_add(x, ax, i, u), (arr(draw, s), idx, arr(draw, ss)),
+                lambda t, i, u: torch.scatter_add(t, ax, i, u[cut]))
+
+
+def _scatter_reduce_case(reduce):
+    domain = {"prod": "nonzero", "amax": "distinct", "amin": "distinct"}.get(reduce, "real")
+
+    def build(draw, layout):
+        (s,) = draw(shapes(_lay(layout)))
+        ax = draw(st.integers(0, len(s) - 1))
+        ss = _src_shape(draw, s)
+        ss = ss[:ax] + (ss[ax] + 2,) + ss[ax + 1:]
+        idx = _dim_index(draw, s, ax, src=ss)
+        inc = draw(st.booleans())
+        if domain == "distinct":  # no ties anywhere: the max is not at a kink
+            both = arr(draw, (math.prod(s) + math.prod(ss),), "distinct")
+            x, u = both[:math.prod(s)].reshape(s), both[math.prod(s):].reshape(ss)
+        else:
+            x, u = arr(draw, s, domain), arr(draw, ss, domain)
+        cut = tuple(slice(0, k) for k in idx.shape)  # see _scatter
+        return Call(lambda x, i, u: ng.scatter_reduce(x, ax, i, u, reduce, include_self=inc),
+                    (x, idx, u),
+                    lambda t, i, u: t.scatter_reduce(ax, i, u[cut], reduce, include_self=inc))
+
+    return build
+
+
+def _index_1d_arr(draw, n, *, distinct=False, negative=False):
+    if not n:
+        return np.zeros(0, np.int64)
+    if distinct:
+        return np.array(draw(st.permutations(range(n)))[:draw(st.integers(0, n))], np.int64)
+    lo = -n if negative else 0
+    return np.array(draw(st.lists(st.integers(lo, n - 1), max_size=5)), np.int64)
+
+
+def _index_select(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    i = _index_1d_arr(draw, s[ax])
+    return Call(lambda x, i: ng.index_select(x, ax, i), (arr(draw, s), i),
+                lambda t, i: torch.index_select(t, ax, i))
+
+
+def _index_put_like(kind):
+    def build(draw, layout):
+        (s,) = draw(shapes(_lay(layout)))
+        ax = draw(st.integers(-len(s), len(s) - 1))
+        i = _index_1d_arr(draw, s[ax], distinct=kind == "copy")
+        src = s[:ax % len(s)] + (len(i),) + s[ax % len(s) + 1:]
+        if kind == "add":
+            alpha = draw(st.sampled_from([1, 2.5]))
+            return Call(lambda x, i, u: x.index_add(ax, i, u, alpha=alpha),
+                        (arr(draw, s), i, arr(draw, src)),
+                        lambda t, i, u: t.index_add(ax, i, u, alpha=alpha))
+        return Call(lambda x, i, u: ng.index_copy(x, ax, i, u), (arr(draw, s), i, arr(draw, src)),
+                    lambda t, i, u: torch.index_copy(t, ax, i, u))
+
+    return build
+
+
+def _index_fill(draw, layout):
+    (s,) = draw(shapes(_lay(layout)))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    number = draw(st.booleans())
+    i = _index_1d_arr(draw, s[ax], negative=number)  # torch: negatives with a number value only
+    if number:
+        v = draw(DOMAINS["real"])
+        return Call(lambda x, i: ng.index_fill(x, ax, i, v), (arr(draw, s), i),
+                    lambda t, i: t.index_fill(ax, i, v))
+    return Call(lambda x, i, v: x.index_fill(ax, i, v), (arr(draw, s), i, arr(draw, ())),
+                lambda t, i, v: t.index_fill(ax, i, v))
+
+
+def _masked_fill(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    if draw(st.booleans()):
+        return Call(lambda x, m: x.masked_fill(m, -1.5), (arr(draw, s), m),
+                    lambda t, m: t.masked_fill(m, -1.5))
+    return Call(lambda x, m, v: ng.masked_fill(x, m, v), (arr(draw, s), m, arr(draw, ())),
+                lambda t, m, v: torch.masked_fill(t, m, v))
+
+
+def _masked_scatter(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    k = int(np.broadcast_to(m, s).sum())
+    src = draw(st.sampled_from([(k + draw(st.integers(0, 2)),), s]))
+    return Call(lambda x, u: ng.masked_scatter(x, m, u), (arr(draw, s), arr(draw, src)),
+                lambda t, u: t.masked_scatter(torch.as_tensor(m), u))
+
+
+def _masked_select(draw, layout):
+    (s,) = draw(shapes(layout))
+    ms = s[draw(st.integers(0, len(s))):]
+    m = draw(hnp.arrays(np.bool_, tuple(1 if draw(st.booleans()) else d for d in ms)))
+    return Call(lambda x: x.masked_select(m), (arr(draw, s),),
+                lambda t: t.masked_select(torch.as_tensor(m)))
+
+
+def _take(draw, layout):
+    (s,) = draw(shapes(layout))
+    n = math.prod(s)
+    ishape = draw(st.sampled_from([(), (3,), (2, 2)])) if n else (0,)
+    i = draw(hnp.arrays(np.int64, ishape, elements=st.integers(-n, n - 1))) if n else \
+        np.zeros(0, np.int64)
+    return Call(lambda x, i: ng.take(x, i), (arr(draw, s), i), lambda t, i: torch.take(t, i))
+
+
+def _put(draw, layout, acc):
+    (s,) = draw(shapes(layout))
+    n = math.prod(s)
+    if acc:
+        i = np.array(draw(st.lists(st.integers(-n, n - 1), max_size=5)) if n else [], np.int64)
+    else:
+        i = np.array(draw(st.permutations(range(n)))[:draw(st.integers(0, n))], np.int64)
+    return Call(lambda x, i, u: x.put(i, u, accumulate=acc), (arr(draw, s), i, arr(draw, i.shape)),
+                lambda t, i, u: t.put(i, u, accumulate=acc))
+
+
+case("gather", _gather, ("take_along_axis",))
+case("scatter", _scatter, ("scatter_along_axis",))
+case("scatter_add_dim", _scatter_add_dim, ("scatter_add_along_axis",))
+for _r in ("sum", "mean"):
+    case(f"scatter_reduce_{_r}", _scatter_reduce_case(_r), ("scatter_add_along_axis",))
+for _r in ("prod", "amax", "amin"):
+    case(f"scatter_reduce_{_r}", _scatter_reduce_case(_r), ("scatter_reduce_along_axis",))
+case("index_select", _index_select, ("take_along_axis",))
+case("index_add", _index_put_like("add"), ("scatter_add_along_axis",))
+case("index_copy", _index_put_like("copy"), ("scatter_along_axis",))
+case("index_fill", _index_fill, ("where",))
+case("masked_fill", _masked_fill, ("where",))
+case("masked_scatter", _masked_scatter, ("setitem",))
+case("masked_select", _masked_select, ("getitem",))
+case("take", _take, ("take_along_axis",))
+case("put", lambda d, lay: _put(d, lay, False), ("scatter_along_axis",))
+case("put_accumulate", lambda d, lay: _put(d, lay, True), ("scatter_add_along_axis",))
+ORDER2 = ORDER2 + ("gather", "scatter", "scatter_reduce_prod", "scatter_reduce_amax",
+                   "scatter_reduce_mean", "index_add", "masked_scatter", "put_accumulate")
+
+
+
+# =============================================================================================
+# --- PyTorch's rearranging ops (ops/arrange.py: compositions of shape and index primitives) --
+# =============================================================================================
+def _repeat(draw, layout):
+    (s,) = draw(shapes(layout))
+    sizes = tuple(draw(st.integers(1, 3)) for _ in range(len(s) + draw(st.integers(0, 1))))
+    sizes = sizes or (2,)
+    return Call(lambda x: x.repeat(*sizes), (arr(draw, s),), lambda t: t.repeat(*sizes))
+
+
+def _tile(draw, layout):
+    (s,) = draw(shapes(layout))
+    dims = tuple(draw(st.integers(0, 2)) for _ in range(draw(st.integers(1, len(s) + 1))))
+    return Call(lambda x: ng.tile(x, dims), (arr(draw, s),), lambda t: torch.tile(t, dims))
+
+
+def _repeat_interleave(draw, layout, counts):
+    (s,) = draw(shapes(layout))
+    dim = draw(st.none() | st.integers(-len(s), len(s) - 1)) if s else None
+    n = math.prod(s) if dim is None else s[dim]
+    if counts:
+        r = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, 2)))
+        return Call(lambda x: x.repeat_interleave(ng.tensor(r), dim), (arr(draw, s),),
+                    lambda t: t.repeat_interleave(torch.as_tensor(r), dim))
+    r = draw(st.integers(0, 3))
+    return Call(lambda x: ng.repeat_interleave(x, r, dim), (arr(draw, s),),
+                lambda t: torch.repeat_interleave(t, r, dim))
+
+
+def _roll(draw, layout):
+    (s,) = draw(shapes(layout))
+    long_axes = [d for d, n in enumerate(s) if n >= 2] or [0]
+    s = s if s[long_axes[0]] >= 2 else s[:0] + (2,) + s[1:]
+    ax = draw(st.sampled_from(long_axes))
+    shifts = [draw(st.integers(1, s[ax] - 1)) * draw(st.sampled_from([1, -1]))]
+    dims = [ax - len(s) if draw(st.booleans()) else ax]
+    if len(s) > 1 and draw(st.booleans()):
+        dims.append(draw(st.integers(0, len(s) - 1)))
+        shifts.append(draw(st.integers(-5, 5)))
+    return Call(lambda x: x.roll(shifts, dims), (arr(draw, s),),
+                lambda t: torch.roll(t, shifts, dims))
+
+
+def _triangle(name):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        k = draw(st.integers(-3, 3))
+        return Call(lambda x: getattr(ng, name)(x, k), (arr(draw, s),),
+                    lambda t: getattr(torch, name)(t, k))
+
+    return build
+
+
+def _diagonal(draw, layout):
+    (s,) = draw(shapes(layout))
+    d1, d2 = draw(st.permutations(range(len(s))))[:2]
+    off = draw(st.integers(-3, 3))
+    return Call(lambda x: x.diagonal(off, d1, d2), (arr(draw, s),),
+                lambda t: torch.diagonal(t, off, d1, d2))
+
+
+def _diag(draw, layout):
+    off = draw(st.integers(-2, 2))
+    (s,) = draw(shapes(layout))
+    return Call(lambda x: ng.diag(x, off), (arr(draw, s),), lambda t: torch.diag(t, off))
+
+
+def _diag_embed(draw, layout):
+    (s,) = draw(shapes(layout))
+    d1, d2 = draw(st.permutations(range(len(s) + 1)))[:2]
+    off = draw(st.integers(-2, 2))
+    return Call(lambda x: ng.diag_embed(x, off, d1, d2), (arr(draw, s),),
+                lambda t: torch.diag_embed(t, off, d1, d2))
+
+
+def _trace(draw, layout):
+    (s,) = draw(shapes(layout))
+    return Call(lambda x: x.trace(), (arr(draw, s),), lambda t: torch.trace(t))
+
+
+def _vectors(draw, layout):
+    k = 2 if layout == "vector" else 3
+    return tuple(arr(draw, (draw(st.integers(0 if layout == "empty" else 1, 3)),))
+                 for _ in range(k))
+
+
+def _meshgrid(draw, layout):
+    xs = _vectors(draw, layout)
+    ix = draw(st.sampled_from(["ij", "xy"]))
+    return Call(lambda *ts: ng.stack(ng.meshgrid(*ts, indexing=ix)), xs,
+                lambda *ts: torch.stack(torch.meshgrid(*ts, indexing=ix)))
+
+
+def _cartesian_prod(draw, layout):
+    xs = _vectors(draw, layout)
+    return Call(lambda *ts: ng.cartesian_prod(*ts), xs, lambda *ts: torch.cartesian_prod(*ts))
+
+
+def _unflatten(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    n = s[ax]
+    sizes = draw(st.sampled_from([(1, n), (n, 1), (-1, 1), (1, -1, 1)] +
+                                 ([(2, n // 2), (2, -1)] if n and n % 2 == 0 else [])))
+    return Call(lambda x: x.unflatten(ax, sizes), (arr(draw, s),),
+                lambda t: t.unflatten(ax, sizes))
+
+
+def _narrow(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.integers(-len(s), len(s) - 1))
+    n = s[ax]
+    start = draw(st.integers(-n, n)) if n else 0
+    length = draw(st.integers(0, n - start % n if n and start < n else 0))
+    return Call(lambda x: x.narrow(ax, start, length), (arr(draw, s),),
+                lambda t: t.narrow(ax, start, length))
+
+
+def _unbind(draw, layout):
+    (s,) = draw(shapes(layout))
+    ax = draw(st.sampled_from([d for d, n in enumerate(s) if n]))
+    return Call(lambda x: x.unbind(ax), (arr(draw, s),))  # a tuple: compared in test_ops_shapes
+
+
+def _movedim(draw, layout):
+    (s,) = draw(shapes(layout))
+    a, b = draw(st.permutations(range(len(s))))[:2]
+    if len(s) >= 3 and draw(st.booleans()):
+        src, dst = (a, b), (b, a)
+    else:
+        src, dst = a, b
+    return Call(lambda x: ng.movedim(x, src, dst), (arr(draw, s),),
+                lambda t: torch.movedim(t, src, dst))
+
+
+def _view_as(draw, layout):
+    (s,) = draw(shapes(layout))
+    other = np.zeros((1,) + s[::-1])
+    return Call(lambda x: x.view_as(ng.tensor(other)), (arr(draw, s),),
+                lambda t: t.reshape(t.shape[::-1]).view_as(torch.as_tensor(other)))
+
+
+def _rot90(draw, layout):
+    (s,) = draw(shapes(layout))
+    k = draw(st.integers(-3, 5).filter(lambda k: k % 4))
+    dims = tuple(draw(st.permutations(range(len(s))))[:2])
+    return Call(lambda x: x.rot90(k, dims), (arr(draw, s),), lambda t: torch.rot90(t, k, dims))
+
+
+def _flip_lr_ud(name):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        return Call(getattr(ng, name), (arr(draw, s),), getattr(torch, name))
+
+    return build
+
+
+def _atleast(n):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        return Call(getattr(ng, f"atleast_{n}d"), (arr(draw, s),),
+                    getattr(torch, f"atleast_{n}d"))
+
+    return build
+
+
+def _block_diag(draw, layout):
+    k = draw(st.integers(1, 3))
+    lo = 0 if layout == "empty" else 1
+    shs = [tuple(draw(st.integers(lo, 3)) for _ in range(draw(st.integers(0, 2))))
+           for _ in range(k)]
+    return Call(lambda *ts: ng.block_diag(*ts), tuple(arr(draw, s) for s in shs),
+                lambda *ts: torch.block_diag(*ts))
+
+
+def _hvdstack(name):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        k = draw(st.integers(1, 3))
+        join = {"hstack": 1 if len(s) > 1 else 0, "vstack": 0, "dstack": 2}[name]
+        shs = []
+        for _ in range(k):
+            t = list(s)
+            if len(t) > join and name != "vstack" or (name == "vstack" and len(t) > 1):
+                t[join] = draw(st.integers(1, 3))
+            shs.append(tuple(t))
+        return Call(lambda *ts: getattr(ng, name)(ts), tuple(arr(draw, t) for t in shs),
+                    lambda *ts: getattr(torch, name)(ts))
+
+    return build
+
+
+def _pad_modes(draw, layout):
+    """NumPy's pad modes in ng.pad (repeats in the index: the gradient adds them up)."""
+    (s,) = draw(shapes(layout))
+    mode = draw(st.sampled_from(["reflect", "symmetric", "edge", "wrap"]))
+    pw = [(draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in s]
+    pw[draw(st.integers(0, len(s) - 1))] = (1, 2)
+    pw = tuple(pw)
+    return Call(lambda x: ng.pad(x, pw, mode=mode), (arr(draw, s),),
+                lambda t: torch.as_tensor(np.pad(t.detach().numpy(), pw, mode=mode)))
+
+
+def _torch_pad(draw, layout, mode):
+    """nn.functional.pad: the last 1-3 dims of a batched or unbatched input; negative widths
+    crop (constant mode: any; other modes: after the crop, widths fit the cropped length)."""
+    (s,) = draw(shapes(layout))
+    if mode != "constant":  # room to reflect
+        s = s[:-1] + (max(s[-1], 2),)
+    k = draw(st.integers(1, min(3, len(s))))
+    k = k if len(s) in (k + 1, k + 2) else len(s) - 1 if len(s) > 1 else 1
+    pads = []
+    for n in reversed(s[len(s) - k:]):
+        lo = draw(st.integers(-(n // 2), 2))
+        hi = draw(st.integers(-(n // 2), 2))
+        if n + min(lo, 0) + min(hi, 0) < 1 or not pads:  # the last dim: no crop, pads >= 1
+            lo, hi = max(lo, 0), max(hi, 1)
+        kept = n + min(lo, 0) + min(hi, 0)
+        cap = kept - 1 if mode == "reflect" else kept
+        if mode != "constant":
+            lo, hi = min(lo, cap), min(hi, cap)
+        pads += [lo, hi]
+    value = draw(DOMAINS["real"]) if mode == "constant" else None
+    return Call(lambda x: ng.nn.functional.pad(x, pads, mode, value), (arr(draw, s),),
+                lambda t: F.pad(t, pads, mode=mode, value=value))
+
+
+case("repeat", _repeat, ("reshape",))
+case("tile", _tile, ("reshape",))
+case("repeat_interleave", lambda d, lay: _repeat_interleave(d, lay, False), ("reshape",))
+case("repeat_interleave_counts", lambda d, lay: _repeat_interleave(d, lay, True), ("getitem",))
+case("roll", _roll, ("concatenate",), ("vector", "matrix", "3d", "size1", "noncontig"))
+case("tril", _triangle("tril"), ("where",), ND)
+case("triu", _triangle("triu"), ("where",), ND)
+case("diagonal", _diagonal, ("getitem",), ND)
+case("diag_1d", _diag, ("setitem",), ("vector",))
+case("diag_2d", _diag, ("getitem",), ("matrix", "noncontig"))
+case("diag_embed", _diag_embed, ("setitem",), UNARY[1:])
+case("trace", _trace, ("getitem", "sum"), ("matrix", "noncontig"))
+case("meshgrid", _meshgrid, ("reshape",), ("vector", "3d", "empty"))
+case("cartesian_prod", _cartesian_prod, ("concatenate",), ("vector", "3d", "empty"))
+case("unflatten", _unflatten, ("reshape",), UNARY[1:])
+case("narrow", _narrow, ("getitem",), UNARY[1:])
+case("unbind", _unbind, ("getitem",), UNARY[1:], has_torch=False)
+case("movedim", _movedim, ("transpose",), ND)
+case("view_as", _view_as, ("reshape",))
+case("rot90", _rot90, ("flip",), ND)
+case("flipud", _flip_lr_ud("flipud"), ("flip",), UNARY[1:])
+case("fliplr", _flip_lr_ud("fliplr"), ("flip",), ND)
+case("atleast_1d", _atleast(1), ("reshape",), ("scalar",))
+case("atleast_2d", _atleast(2), ("reshape",), ("scalar", "vector"))
+case("atleast_3d", _atleast(3), ("reshape",), ("scalar", "vector", "matrix", "noncontig"))
+case("block_diag", _block_diag, ("pad", "concatenate"), ("vector", "empty"))
+case("hstack", _hvdstack("hstack"), ("concatenate",), UNARY[1:])
+case("vstack", _hvdstack("vstack"), ("concatenate",), UNARY[1:])
+case("dstack", _hvdstack("dstack"), ("concatenate",), UNARY[1:])
+case("pad_modes", _pad_modes, ("getitem",), ("vector", "matrix", "3d", "size1", "noncontig"),
+     has_torch=False)
+case("torch_pad", lambda d, lay: _torch_pad(d, lay, "constant"), ("pad",), ND)
+for _m in ("reflect", "replicate", "circular"):
+    case(f"torch_pad_{_m}", lambda d, lay, m=_m: _torch_pad(d, lay, m), ("getitem",),
+         ("matrix", "3d", "noncontig"))
+ORDER2 = ORDER2 + ("repeat", "roll", "diag_embed", "torch_pad_reflect", "block_diag")
+
+# --- linear algebra (ng.linalg) ------------------------------------------------------------
+# Well-conditioned draws: A/2 + (n + 1) I for general square matrices (diagonally dominant),
+# X Xᵀ + n I for SPD ones (read through sym(), as the symmetric-input rules assume), a spread
+# diagonal (10, 20, ...) added for eigen- and singular values far apart. Eigen- and singular
+# vectors are signed by their diagonal entries in both libraries (LAPACK's signs are free).
+LA = ng.linalg
+LINALG = ("matrix", "3d", "size1", "empty", "noncontig")
+
+
+def _batch(draw, layout):
+    """Leading batch axes of one operand for a linalg layout."""
+    return {"matrix": (), "3d": (draw(st.integers(1, 3)),), "size1": (1, draw(st.integers(2, 3))),
+            "empty": (0,)}[layout]
+
+
+def _wellcond(draw, lead, n):
+    return arr(draw, lead + (n, n)) * 0.5 + (n + 1) * np.eye(n)
+
+
+def _spd(draw, lead, n):
+    x = arr(draw, lead + (n, n))
+    return x @ np.swapaxes(x, -1, -2) + n * np.eye(n)
+
+
+def _spread(m, n, descending=False):
+    """10, 20, ... on the diagonal (descending: largest first, as singular values come)."""
+    d = np.zeros((m, n))
+    k = min(m, n)
+    v = 10.0 * np.arange(1, k + 1)
+    d[range(k), range(k)] = v[::-1] if descending else v
+    return d
+
+
+def _spread_like(a):
+    """_spread for a nodegrad or torch tensor, in its dtype."""
+    d = _spread(*a.shape[-2:])
+    return d.astype(a.dtype) if isinstance(a, ng.Tensor) else torch.as_tensor(d, dtype=a.dtype)
+
+
+def _sym(t):
+    return (t + t.swapaxes(-1, -2)) * 0.5
+
+
+def _tsym(t):
+    return (t + t.transpose(-1, -2)) * 0.5
+
+
+def _flatcat(*ts):
+    """One flat tensor from several outputs (compare_with_torch compares one)."""
+    return ng.concatenate([t.reshape(-1) for t in ts])
+
+
+def _tflatcat(*ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _signed(u, vh=None):
+    """Columns of u (rows of vh) times the sign of u's diagonal; nodegrad or torch tensors."""
+    k = min(u.shape[-2], u.shape[-1])
+    d = (ng.einsum("...ii->...i", u[..., :k, :k]) if isinstance(u, ng.Tensor)
+         else u.diagonal(0, -2, -1)[..., :k])
+    sg = ng.sign(d) if isinstance(u, ng.Tensor) else torch.sign(d).detach()
+    su = u[..., :k] * sg[..., None, :]
+    return su if vh is None else (su, vh[..., :k, :] * sg[..., :, None])
+
+
+def _la1(name, fn, tfn, make, prims=None, layouts=LINALG, nmin=1, **kw):
+    """A one-matrix op on ``make(draw, lead, n)``."""
+    def build(draw, layout):
+        n = draw(st.integers(nmin, 4))
+        return Call(fn, (make(draw, _batch(draw, layout), n),), tfn)
+
+    case(name, build, prims or (name,), layouts, **kw)
+
+
+_la1("inv", LA.inv, torch.linalg.inv, _wellcond)
+_la1("det", LA.det, torch.linalg.det, _wellcond)
+_la1("slogdet", lambda a: LA.slogdet(a).logabsdet, lambda a: torch.linalg.slogdet(a)[1],
+     lambda d, lead, n: _wellcond(d, lead, n) * np.sign(d(st.integers(-1, 0)) + 0.5))
+_la1("matrix_exp", LA.matrix_exp, torch.linalg.matrix_exp, lambda d, lead, n: arr(d, lead + (n, n)),
+     ("matmul",))
+_la1("cholesky", lambda a: LA.cholesky(_sym(a)), lambda a: torch.linalg.cholesky(_tsym(a)), _spd)
+_la1("cholesky_upper", lambda a: LA.cholesky(_sym(a), upper=True),
+     lambda a: torch.linalg.cholesky(_tsym(a), upper=True), _spd, ("cholesky",))
+_la1("eigvalsh", lambda a: LA.eigvalsh(_sym(a) + _spread_like(a)),
+     lambda a: torch.linalg.eigvalsh(_tsym(a) + _spread_like(a)),
+     lambda d, lead, n: arr(d, lead + (n, n)))
+_la1("eigh", lambda a: _flatcat(*_eigh(LA.eigh, a, False)),
+     lambda a: _tflatcat(*_eigh(torch.linalg.eigh, a, True)),
+     lambda d, lead, n: arr(d, lead + (n, n)))
+_la1("eigh_upper", lambda a: LA.eigh(_sym(a) + _spread_like(a), UPLO="U").eigenvalues,
+     lambda a: torch.linalg.eigh(_tsym(a) + _spread_like(a), UPLO="U").eigenvalues,
+     lambda d, lead, n: arr(d, lead + (n, n)), ("eigh",))
+
+
+def _eigh(f, a, is_torch):
+    s = (a + a.transpose(-1, -2)) * 0.5 if is_torch else _sym(a)
+    w, v = f(s + _spread_like(a))
+    return w, _signed(v)
+
+
+def _rect(draw, lead, m, n):
+    return arr(draw, lead + (m, n)) * 0.5 + _spread(m, n, descending=True)
+
+
+def _la_rect(name, fn, tfn, prims=None, layouts=LINALG, **kw):
+    def build(draw, layout):
+        m, n = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        return Call(fn, (_rect(draw, _batch(draw, layout), m, n),), tfn)
+
+    case(name, build, prims or (name,), layouts, **kw)
+
+
+_la_rect("qr", lambda a: _flatcat(*LA.qr(a)), lambda a: _tflatcat(*torch.linalg.qr(a)))
+_la_rect("qr_complete_wide", lambda a: _flatcat(*LA.qr(a.swapaxes(-1, -2) if a.shape[-2] >
+                                                       a.shape[-1] else a, mode="complete")),
+         lambda a: _tflatcat(*torch.linalg.qr(a.transpose(-1, -2) if a.shape[-2] > a.shape[-1]
+                                              else a, mode="complete")), ("qr",))
+_la_rect("svd", lambda a: _flatcat(*_svd(LA.svd(a, full_matrices=False))),
+         lambda a: _tflatcat(*_svd(torch.linalg.svd(a, full_matrices=False))))
+_la_rect("svd_full", lambda a: _flatcat(*_svd(LA.svd(a))),
+         lambda a: _tflatcat(*_svd(torch.linalg.svd(a))), ("svd",))
+_la_rect("svdvals", LA.svdvals, torch.linalg.svdvals)
+_la_rect("pinv", LA.pinv, torch.linalg.pinv)
+
+
+def _svd(res):
+    u, s, vh = res
+    k = s.shape[-1]  # full_matrices: the extra columns are not unique and get no gradient
+    u, vh = _signed(u[..., :k], vh[..., :k, :])
+    return u, s, vh
+
+
+def _solve(draw, layout, vector=False):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    la = lb = _batch(draw, layout)
+    if layout == "size1":  # (1, b, n, n) against (b, n, k): batch axes broadcast
+        lb = la[1:]
+    a = _wellcond(draw, la, n)
+    b = arr(draw, lb + ((n,) if vector else (n, k)))
+    if vector:
+        b = arr(draw, la + (n,))
+    return Call(LA.solve, (a, b), torch.linalg.solve)
+
+
+def _solve_left(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    lead = _batch(draw, layout)
+    return Call(lambda a, b: LA.solve(a, b, left=False), (_wellcond(draw, lead, n),
+                arr(draw, lead + (k, n))), lambda a, b: torch.linalg.solve(a, b, left=False))
+
+
+def _solve_tri(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    up, left, unit = draw(st.booleans()), draw(st.booleans()), draw(st.booleans())
+    lead = _batch(draw, layout)
+    b = arr(draw, lead + ((n, k) if left else (k, n)))
+    kw = dict(upper=up, left=left, unitriangular=unit)
+    return Call(lambda a, b: LA.solve_triangular(a, b, **kw), (_wellcond(draw, lead, n), b),
+                lambda a, b: torch.linalg.solve_triangular(a, b, **kw))
+
+
+def _cho_solve(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    lead, up = _batch(draw, layout), draw(st.booleans())
+    return Call(lambda a, b: LA.cholesky_solve(b, LA.cholesky(_sym(a), upper=up), upper=up),
+                (_spd(draw, lead, n), arr(draw, lead + (n, k))),
+                lambda a, b: torch.cholesky_solve(b, torch.linalg.cholesky(_tsym(a), upper=up),
+                                                  upper=up))
+
+
+def _tri_solve(draw, layout):
+    n, k = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    lead, up, tr = _batch(draw, layout), draw(st.booleans()), draw(st.booleans())
+    return Call(lambda b, a: LA.triangular_solve(b, a, up, tr)[0],
+                (arr(draw, lead + (n, k)), _wellcond(draw, lead, n)),
+                lambda b, a: torch.linalg.solve_triangular(a.mT if tr else a, b,
+                                                           upper=up != tr))
+
+
+def _lstsq(draw, layout):
+    n, k = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    m = n + draw(st.integers(0, 2))
+    lead = _batch(draw, layout)
+    return Call(lambda a, b: LA.lstsq(a, b).solution, (_rect(draw, lead, m, n),
+                arr(draw, lead + (m, k))), lambda a, b: torch.linalg.lstsq(a, b).solution)
+
+
+def _mpow(draw, layout):
+    n, p = draw(st.integers(1, 4)), draw(st.sampled_from([-2, 2, 3, 4]))
+    return Call(lambda a: LA.matrix_power(a, p),
+                (_wellcond(draw, _batch(draw, layout), n) / (n + 1),),
+                lambda a: torch.linalg.matrix_power(a, p))
+
+
+def _cross(draw, layout):
+    (s,) = draw(shapes("3d" if layout == "size1" else layout))
+    s = s if layout != "scalar" else ()
+    s = s + (3,)
+    t = tuple(1 if layout == "size1" and draw(st.booleans()) else d for d in s[:-1]) + (3,)
+    dim = draw(st.sampled_from([-1, len(s) - 1]))
+    return Call(lambda a, b: LA.cross(a, b, dim=dim), (arr(draw, s), arr(draw, t)),
+                lambda a, b: torch.linalg.cross(a, b, dim=dim))
+
+
+def _multi_dot(draw, layout):
+    k = draw(st.integers(2, 4))
+    dims = [draw(st.integers(0 if layout == "empty" else 1, 4)) for _ in range(k + 1)]
+    shs = [(dims[i], dims[i + 1]) for i in range(k)]
+    if draw(st.booleans()):
+        shs[0] = shs[0][1:]
+    if draw(st.booleans()):
+        shs[-1] = shs[-1][:1]
+    return Call(lambda *ts: LA.multi_dot(ts), tuple(arr(draw, s) for s in shs),
+                lambda *ts: torch.linalg.multi_dot(ts))
+
+
+def _det_singular(draw, layout):
+    """A repeated column: det is 0 and its gradient the (finite) cofactor matrix. PyTorch 2.13
+    returns 0 there, so this case checks against finite differences only."""
+    n = draw(st.integers(2, 4))
+    a = _wellcond(draw, _batch(draw, layout), n)
+    a[..., -1] = a[..., 0]
+    return Call(LA.det, (a,))
+
+
+case("solve", _solve, layouts=LINALG)
+case("solve_vector", lambda d, lay: _solve(d, lay, True), ("solve",), LINALG)
+case("solve_left_false", _solve_left, ("solve",), LINALG)
+case("solve_triangular", _solve_tri, layouts=LINALG)
+case("cholesky_solve", _cho_solve, ("cholesky", "solve_triangular"), LINALG)
+case("triangular_solve", _tri_solve, ("solve_triangular",), LINALG)
+case("lstsq", _lstsq, ("pinv", "matmul"), LINALG)
+case("matrix_power", _mpow, ("matmul",), LINALG)
+case("cross", _cross, ("multiply", "subtract", "getitem"), ("vector", "matrix", "3d", "size1",
+                                                            "empty", "noncontig"))
+case("multi_dot", _multi_dot, ("matmul",), ("matrix", "empty"))
+case("det_singular", _det_singular, ("det",), ("matrix", "3d", "noncontig"), has_torch=False)
+EINSUM["matrix"] += [("ii->i", None), ("ii", None), ("ij,jj->i", None)]
+EINSUM["3d"] += [("iij->j", None), ("ijj->ij", None)]
+EINSUM["empty"] += [("ii->i", None)]
+ORDER2 = ORDER2 + ("inv", "solve", "det", "slogdet", "cholesky", "solve_triangular", "eigh",
+                   "eigvalsh", "qr", "svd", "svdvals", "pinv", "matrix_exp", "det_singular")
+
+
+# --- distances and losses (nn.functional) --------------------------------------------------
+# Kinks kept away from the draws: differences of "offgrid" and "grid" values are never 0, and
+# margins (0.3, 0.7) are off the quarter grid that sums of such values lie on.
+NF = ng.nn.functional
+LOSS = ("vector", "matrix", "empty", "noncontig")
+_REDS = st.sampled_from(["mean", "sum", "none"])
+
+
+def _rows(draw, layout, d_min=1):
+    """(N, D) for matrix/noncontig, (D,) for vector, (0, D) for empty."""
+    d = draw(st.integers(d_min, 4))
+    return {"vector": (d,), "matrix": (draw(st.integers(1, 4)), d), "empty": (0, d)}[layout]
+
+
+def _pair_loss(name, fn, tfn, prims, extra=None, layouts=LOSS, d1="offgrid", d2="grid"):
+    """``fn(x1, x2, **kw)`` on two row batches (and an optional third operand)."""
+    def build(draw, layout):
+        s = _rows(draw, layout)
+        kw = draw(extra) if extra is not None else {}
+        return Call(lambda a, b: fn(a, b, **kw), (arr(draw, s, d1), arr(draw, s, d2)),
+                    lambda a, b: tfn(a, b, **kw))
+
+    case(name, build, prims, layouts)
+
+
+_pair_loss("cosine_similarity", lambda a, b, dim: NF.cosine_similarity(a, b, dim=dim),
+           lambda a, b, dim: F.cosine_similarity(a, b, dim=dim), ("sqrt", "divide"),
+           st.fixed_dictionaries({"dim": st.sampled_from([-1, 0])}), d2="nonzero")
+_pair_loss("pairwise_distance", NF.pairwise_distance, F.pairwise_distance, ("sum",),
+           st.fixed_dictionaries({"p": st.sampled_from([1.0, 2.0, 3.0]),
+                                  "keepdim": st.booleans()}))
+_pair_loss("soft_margin_loss", lambda a, b, reduction: NF.soft_margin_loss(a, ng.sign(b),
+           reduction=reduction), lambda a, b, reduction: F.soft_margin_loss(
+               a, b.sign().detach(), reduction=reduction), ("softplus",),
+           st.fixed_dictionaries({"reduction": _REDS}), d2="nonzero")
+_pair_loss("multilabel_soft_margin_loss", lambda a, b, reduction: NF.multilabel_soft_margin_loss(
+    a, (b > 0).astype(a.dtype), reduction=reduction),
+    lambda a, b, reduction: F.multilabel_soft_margin_loss(a, (b > 0).to(a.dtype),
+                                                          reduction=reduction),
+    ("softplus",), st.fixed_dictionaries({"reduction": _REDS}), layouts=("matrix", "noncontig"),
+    d1="wide", d2="nonzero")
+_pair_loss("margin_ranking_loss", lambda a, b, reduction: NF.margin_ranking_loss(
+    a, b, ng.sign(a - b + 0.01), 0.3, reduction), lambda a, b, reduction: F.margin_ranking_loss(
+        a, b, (a - b + 0.01).sign().detach(), 0.3, reduction=reduction), ("relu",),
+    st.fixed_dictionaries({"reduction": _REDS}))
+_pair_loss("hinge_embedding_loss", lambda a, b, reduction: NF.hinge_embedding_loss(
+    a, ng.sign(b), 0.7, reduction), lambda a, b, reduction: F.hinge_embedding_loss(
+        a, b.sign(), 0.7, reduction=reduction), ("relu", "where"),
+    st.fixed_dictionaries({"reduction": _REDS}), d2="nonzero")
+
+
+def _poisson(draw, layout):
+    """Counts as a constant target (the Stirling term of ``full`` jumps at target 1)."""
+    s = _rows(draw, layout)
+    t = draw(hnp.arrays(np.int64, s, elements=st.integers(0, 5))).astype(np.float64)
+    kw = {"log_input": draw(st.booleans()), "full": draw(st.booleans()),
+          "reduction": draw(_REDS)}
+    return Call(lambda x: NF.poisson_nll_loss(x, ng.tensor(t).astype(x.dtype), **kw),
+                (arr(draw, s, "pos"),),
+                lambda x: F.poisson_nll_loss(x, torch.as_tensor(t, dtype=x.dtype), **kw))
+
+
+case("poisson_nll_loss", _poisson, ("multiply",), LOSS)
+_pair_loss("gaussian_nll_loss", lambda a, v, **kw: NF.gaussian_nll_loss(a, a * 0 + 0.5, v, **kw),
+           lambda a, v, **kw: F.gaussian_nll_loss(a, a.detach() * 0 + 0.5, v, **kw),
+           ("log", "divide"), st.fixed_dictionaries({"full": st.booleans(),
+                                                     "reduction": _REDS}), d2="pos")
+
+
+def _cos_embed(draw, layout):
+    s = _rows(draw, layout)
+    y = np.where(draw(hnp.arrays(np.bool_, s[:-1])), 1, -1).astype(np.int64)
+    red = draw(_REDS)
+    return Call(lambda a, b: NF.cosine_embedding_loss(a, b, ng.tensor(y), 0.2, red),
+                (arr(draw, s, "offgrid"), arr(draw, s, "nonzero")),
+                lambda a, b: F.cosine_embedding_loss(a, b, torch.as_tensor(y), 0.2,
+                                                     reduction=red))
+
+
+def _triplet(draw, layout):
+    s = _rows(draw, layout)
+    kw = {"p": draw(st.sampled_from([1.0, 2.0])), "swap": draw(st.booleans()),
+          "reduction": draw(_REDS), "margin": 0.7}
+    return Call(lambda a, p, n: NF.triplet_margin_loss(a, p, n, **kw),
+                (arr(draw, s, "offgrid"), arr(draw, s, "grid"), arr(draw, s, "grid") + 1 / 16),
+                lambda a, p, n: F.triplet_margin_loss(a, p, n, **kw))
+
+
+def _multi_margin(draw, layout):
+    s = _rows(draw, layout, d_min=2)
+    t = draw(hnp.arrays(np.int64, s[:-1], elements=st.integers(0, s[-1] - 1)))
+    w = arr(draw, (s[-1],), "pos")
+    kw = {"p": draw(st.sampled_from([1, 2])), "margin": 0.7, "reduction": draw(_REDS)}
+    return Call(lambda x: NF.multi_margin_loss(x, ng.tensor(t), weight=ng.tensor(w).astype(
+        x.dtype), **kw), (arr(draw, s, "offgrid"),),
+                lambda x: F.multi_margin_loss(x, torch.as_tensor(t), weight=torch.as_tensor(
+                    w, dtype=x.dtype), **kw))
+
+
+def _cdist(draw, layout):
+    m, p, r = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    lead = {"matrix": (), "3d": (draw(st.integers(1, 2)),), "empty": (0,)}[layout]
+    pn = draw(st.sampled_from([1.0, 2.0, 3.0]))
+    return Call(lambda a, b: NF.cdist(a, b, p=pn), (arr(draw, lead + (p, m), "offgrid"),
+                arr(draw, lead + (r, m), "grid")), lambda a, b: torch.cdist(a, b, p=pn))
+
+
+def _ctc(draw, layout):
+    """Logits → log_softmax → CTC (PyTorch's CTC gradient assumes log-softmax inputs)."""
+    t, c = draw(st.integers(1, 6)), draw(st.integers(2, 4))
+    n = None if layout == "matrix" else draw(st.integers(1, 3))
+    nn_ = n or 1
+    in_len = np.array([draw(st.integers(0 if n else t, t)) for _ in range(nn_)])
+    tg_len = np.array([draw(st.integers(0, max((k - 1) // 2, 0))) for k in in_len])
+    s_max = max(int(tg_len.max()), 1)
+    tg = draw(hnp.arrays(np.int64, (nn_, s_max), elements=st.integers(1, c - 1)))
+    red = draw(_REDS)
+    if n is None:
+        args = (tg[0, :tg_len[0]], int(in_len[0]), int(tg_len[0]))
+        shape = (t, c)
+    else:
+        args = (tg, in_len, tg_len)
+        shape = (t, n, c)
+    return Call(lambda x: NF.ctc_loss(ng.log_softmax(x, axis=-1), *(ng.tensor(a) for a in args),
+                                      reduction=red),
+                (arr(draw, shape, "wide"),),
+                lambda x: F.ctc_loss(x.log_softmax(-1), *(torch.as_tensor(a) for a in args),
+                                     reduction=red))
+
+
+case("cosine_embedding_loss", _cos_embed, ("sqrt", "relu"), ("vector", "matrix", "noncontig"))
+case("triplet_margin_loss", _triplet, ("relu", "sum"), LOSS)
+case("multi_margin_loss", _multi_margin, ("relu", "take_along_axis"), ("vector", "matrix",
+                                                                       "noncontig"))
+case("cdist", _cdist, ("sum", "subtract"), ("matrix", "3d", "empty"))
+case("ctc_loss", _ctc, ("logsumexp", "take_along_axis"), ("matrix", "3d"))
+
 CASES_BY_NAME = {c.name: c for c in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
 assert all("matrix" in c.layouts for c in CASES if "noncontig" in c.layouts)
@@ -790,6 +1653,10 @@ def _typed(draw, shape, kind):
     if kind in ("int", "intnz"):
         ints = st.integers(-5, 5).filter(lambda v: v != 0 or kind == "int")
         return draw(hnp.arrays(np.int64, shape, elements=ints))
+    if kind in ("int8", "uint8"):
+        return draw(hnp.arrays(np.dtype(kind), shape))
+    if kind == "shift":  # shift counts: non-negative and below the narrowest width drawn
+        return draw(hnp.arrays(np.int64, shape, elements=st.integers(0, 7)))
     if kind == "bool":
         return draw(hnp.arrays(np.bool_, shape))
     dt = draw(st.sampled_from([np.float32, np.float64]))
@@ -813,8 +1680,24 @@ def _fw_inputs(*kinds, layouts=BASE + ("rank",)):
 
 
 FORWARD: list[Forward] = []
+_CAT = {"b": 0, "u": 1, "i": 1, "f": 2}
+
+
+def _like_torch(f):
+    """NumPy's ``f`` on operands cast as PyTorch promotes them: an int meets a float in the
+    float's dtype, and a 0-d operand counts only when its category is higher (it is a scalar)."""
+    def ref(*xs, **kw):
+        dims = [a.dtype for a in xs if a.ndim]
+        top = max((_CAT[d.kind] for d in dims), default=-1)
+        use = dims + [a.dtype for a in xs if not a.ndim and _CAT[a.dtype.kind] > top]
+        fl = [d for d in use if d.kind == "f"]
+        dt = fl[0] if fl else np.result_type(*use)
+        return f(*(a.astype(dt) for a in xs), **kw)
+    return ref
+
+
 for _n in ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal"):
-    FORWARD.append(Forward(_n, getattr(ng, _n), getattr(np, _n),
+    FORWARD.append(Forward(_n, getattr(ng, _n), _like_torch(getattr(np, _n)),
                            _fw_inputs("special", ("special", "int"))))
 for _n in ("logical_and", "logical_or", "logical_xor"):
     FORWARD.append(Forward(_n, getattr(ng, _n), getattr(np, _n),
@@ -824,8 +1707,16 @@ FORWARD.append(Forward("logical_not", ng.logical_not, np.logical_not,
 for _n in ("isnan", "isinf", "isfinite", "floor", "ceil", "round", "trunc"):
     FORWARD.append(Forward(_n, getattr(ng, _n), getattr(np, _n), _fw_inputs("special")))
 FORWARD.append(Forward("sign", ng.sign, np.sign, _fw_inputs(("special", "int"))))
-FORWARD.append(Forward("floor_divide", ng.floor_divide, np.floor_divide,
+FORWARD.append(Forward("floor_divide", ng.floor_divide, _like_torch(np.floor_divide),
                        _fw_inputs(("coarse", "int"), ("nonzero", "intnz"))))
+for _n in ("bitwise_and", "bitwise_or", "bitwise_xor"):
+    FORWARD.append(Forward(_n, getattr(ng, _n), _like_torch(getattr(np, _n)),
+                           _fw_inputs(("int", "int8", "bool"), ("int", "uint8", "bool"))))
+FORWARD.append(Forward("bitwise_not", ng.bitwise_not, np.invert,
+                       _fw_inputs(("int", "int8", "uint8", "bool"))))
+for _n in ("left_shift", "right_shift"):
+    FORWARD.append(Forward(_n, getattr(ng, _n), _like_torch(getattr(np, _n)),
+                           _fw_inputs(("int", "int8"), "shift")))
 
 
 def _reduce_fw(name, allow_empty, axis_kind):
@@ -849,6 +1740,8 @@ _reduce_fw("all", True, "many")
 
 
 # --- dtype policy --------------------------------------------------------------------------
+INTEGER_ONLY = {"bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "left_shift",
+                "right_shift"}  # refuse float tensors (tested in test_promotion.py)
 PREDICATES = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
               "logical_and", "logical_or", "logical_xor", "logical_not", "isnan", "isinf",
               "isfinite"}
@@ -888,3 +1781,400 @@ MIXED_FORMS = {
     "concatenate": lambda a, b: ng.concatenate([a, b]), "stack": lambda a, b: ng.stack([a, b]),
     "setitem": lambda a, b: ng.index_update(a, 0, b[0]),
 }
+
+
+# === the wider operator surface: elementwise, activations, scans, reductions, sorting ==========
+DOMAINS.update({
+    "unit": _f(-0.9, 0.9),  # asin, acos, atanh
+    "gt1": _f(1.1, 3),  # acosh
+    "withzeros": st.one_of(st.just(0.0), _f(-2, 2)),  # prod, cumprod: exact zeros
+    "withnan": st.one_of(st.just(math.nan), _f(-2, 2)),  # nansum, nanmean
+})
+_NEW: list[Case] = []
+_n0 = len(CASES)
+
+ew("asin", ng.asin, torch.asin, "unit")
+ew("acos", ng.acos, torch.acos, "unit")
+ew("atan", ng.atan, torch.atan, "wide")
+ew("atan2", ng.atan2, torch.atan2, "nonzero", "nonzero")
+ew("sinh", ng.sinh, torch.sinh, "wide")
+ew("cosh", ng.cosh, torch.cosh, "wide")
+ew("asinh", ng.asinh, torch.asinh, "wide")
+ew("acosh", ng.acosh, torch.acosh, "gt1")
+ew("atanh", ng.atanh, torch.atanh, "unit")
+ew("log2", ng.log2, torch.log2, "pos")
+ew("log10", ng.log10, torch.log10, "pos")
+ew("exp2", ng.exp2, torch.exp2, "real")
+ew("rsqrt", ng.rsqrt, torch.rsqrt, "pos")
+ew("reciprocal", ng.reciprocal, torch.reciprocal, "nonzero")
+ew("hypot", ng.hypot, torch.hypot, "real", "nonzero")
+ew("copysign", ng.copysign, torch.copysign, "nonzero", "nonzero")
+ew("logaddexp", ng.logaddexp, torch.logaddexp, "wide", "wide")
+ew("logaddexp2", ng.logaddexp2, torch.logaddexp2, "wide", "wide")
+ew("lerp", ng.lerp, torch.lerp, "real", "real", "real")
+ew("lerp_scalar", lambda a, b: ng.lerp(a, b, 0.75), lambda a, b: torch.lerp(a, b, 0.75),
+   "real", "real", prims=("lerp",))
+ew("fmod", ng.fmod, torch.fmod, "rem_x", "rem_y")
+ew("xlogy", ng.xlogy, torch.xlogy, "nonzero", "pos")
+ew("sinc", ng.sinc, torch.sinc, "wide")
+ew("nan_to_num", ng.nan_to_num, torch.nan_to_num, "real")
+ew("deg2rad", ng.deg2rad, torch.deg2rad, "real", prims=("multiply",))
+ew("rad2deg", ng.rad2deg, torch.rad2deg, "real", prims=("multiply",))
+ew("clamp_min", lambda x: ng.clamp_min(x, 0.5), lambda x: torch.clamp_min(x, 0.5), "offgrid",
+   prims=("clip",))
+ew("clamp_max", lambda x: ng.clamp_max(x, -0.25), lambda x: torch.clamp_max(x, -0.25),
+   "offgrid", prims=("clip",))
+ew("frac", ng.frac, torch.frac, "offgrid", prims=("subtract",))
+# activations (kinks of the piecewise ones sit on the grid; "offgrid" stays 1/8 away)
+ew("hardtanh", ng.hardtanh, F.hardtanh, "offgrid")
+ew("hardtanh_bounds", lambda x: ng.hardtanh(x, -0.5, 2.0), lambda x: F.hardtanh(x, -0.5, 2.0),
+   "offgrid", prims=("hardtanh",))
+ew("relu6", ng.relu6, F.relu6, "offgrid", prims=("hardtanh",))
+# PyTorch's hardsigmoid gradient and celu with alpha != 1 round a constant to float32 even in
+# float64: test_ops_surface compares those at float32 precision
+ew("hardsigmoid", ng.hardsigmoid, None, "offgrid", prims=("hardtanh",))
+ew("hardswish", ng.hardswish, F.hardswish, "offgrid", prims=("hardtanh", "multiply"))
+ew("selu", ng.selu, torch.selu, "kink0", prims=("where", "expm1"))
+ew("celu", ng.celu, F.celu, "kink0", prims=("where", "expm1"))
+ew("celu_alpha", lambda x: ng.celu(x, 0.7), None, "kink0", prims=("where", "expm1"))
+ew("mish", ng.mish, F.mish, "wide", prims=("softplus", "tanh"))
+ew("logsigmoid", ng.logsigmoid, F.logsigmoid, "wide", prims=("softplus",))
+ew("softsign", ng.softsign, F.softsign, "kink0", prims=("abs", "divide"))
+ew("tanhshrink", ng.tanhshrink, F.tanhshrink, "wide", prims=("tanh", "subtract"))
+ew("softshrink", ng.softshrink, F.softshrink, "offgrid", prims=("where",))
+ew("hardshrink", ng.hardshrink, F.hardshrink, "offgrid", prims=("where",))
+ew("threshold", lambda x: ng.threshold(x, 0.5, -1.0), lambda x: F.threshold(x, 0.5, -1.0),
+   "offgrid", prims=("where",))
+
+
+def _one_dim(draw, s):
+    """A dim of ``s`` (0 or -1 for a scalar), sometimes negative."""
+    return draw(st.integers(-max(len(s), 1), max(len(s), 1) - 1))
+
+
+def _glu(draw, layout):
+    (s,) = draw(shapes(layout))
+    dim = draw(st.integers(-len(s), len(s) - 1))
+    s = s[:dim % len(s)] + (2 * max(s[dim], 1),) + s[dim % len(s) + 1:]
+    return Call(lambda x: ng.glu(x, dim), (arr(draw, s, "wide"),), lambda t: F.glu(t, dim))
+
+
+case("glu", _glu, ("sigmoid", "multiply"), ("vector", "matrix", "3d", "size1", "noncontig"))
+
+
+def _softmin(draw, layout):
+    (s,) = draw(shapes(layout))
+    axis = draw(st.integers(-len(s), len(s) - 1))
+    return Call(lambda x: ng.softmin(x, axis), (arr(draw, s, "wide"),),
+                lambda t: F.softmin(t, dim=axis))
+
+
+case("softmin", _softmin, ("softmax", "negative"), UNARY[1:])
+
+
+# scans
+def scan(name, fn, tfn, domain="real", prims=None, layouts=UNARY):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        dim = _one_dim(draw, s)
+        return Call(lambda x: fn(x, dim), (arr(draw, s, domain),), lambda t: tfn(t, dim))
+
+    case(name, build, prims, layouts)
+
+
+scan("cumsum", ng.cumsum, torch.cumsum)
+scan("cumprod", ng.cumprod, torch.cumprod, "withzeros")
+scan("cummax", lambda x, d: ng.cummax(x, d).values, lambda t, d: torch.cummax(t, d).values,
+     "distinct", ("take_along_axis",))
+scan("cummin", lambda x, d: ng.cummin(x, d).values, lambda t, d: torch.cummin(t, d).values,
+     "distinct", ("take_along_axis",))
+scan("logcumsumexp", ng.logcumsumexp, torch.logcumsumexp, "wide")
+
+
+# reductions
+def _tprod(t, dim, keepdim):
+    for d in sorted(dim, reverse=True):
+        t = t.prod(d, keepdim=keepdim)
+    return t
+
+
+reduction("prod", ng.prod, _tprod, "withzeros", min_len=0)
+reduction("amax", ng.amax, lambda t, **k: t.amax(**k), "distinct", prims=("max",))
+reduction("amin", ng.amin, lambda t, **k: t.amin(**k), "distinct", prims=("min",))
+reduction("nansum", ng.nansum, lambda t, **k: t.nansum(**k), "withnan", min_len=0,
+          nonempty=True, prims=("sum", "where"), layouts=UNARY[1:])
+
+
+def _nanmean(draw, layout):
+    """NaNs anywhere but at one entry per reduced lane (an all-NaN lane's gradient is NaN)."""
+    (s,) = draw(shapes(layout))
+    axis = draw(axes(s, nonempty=True))
+    keep = draw(st.booleans())
+    x = arr(draw, s, "withnan")
+    red = tdims(axis, len(s))
+    x[tuple(0 if d in red else slice(None) for d in range(len(s)))] = 0.5
+    return Call(lambda t: ng.nanmean(t, axis, keep), (x,),
+                lambda t: tred(torch.nanmean, t, axis, keep))
+
+
+case("nanmean", _nanmean, ("sum", "where", "divide"), UNARY[1:])
+
+
+def _moments_pair(name, fn, tfn):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        s = tuple(max(d, 2) for d in s) if layout != "size1" else s[:-1] + (max(s[-1], 2),)
+        axis = draw(axes(s, min_len=2, nonempty=True))
+        keep = draw(st.booleans())
+        return Call(lambda x: (lambda a, b: a * 1.5 + b)(*fn(x, axis, keepdim=keep)),
+                    (arr(draw, s, "distinct"),),
+                    lambda t: (lambda a, b: a * 1.5 + b)(*tfn(t, tdims(axis, t.ndim),
+                                                              keepdim=keep)))
+
+    case(name, build, ("mean", "sum"), ("vector", "matrix", "3d", "size1", "noncontig"))
+
+
+_moments_pair("var_mean", ng.var_mean, torch.var_mean)
+_moments_pair("std_mean", ng.std_mean, torch.std_mean)
+
+
+def _aminmax(draw, layout):
+    (s,) = draw(shapes(layout))
+    dim = _one_dim(draw, s) if draw(st.booleans()) and s else None
+    keep = draw(st.booleans())
+    return Call(lambda x: (lambda a, b: a - b * 2)(*ng.aminmax(x, dim=dim, keepdim=keep)),
+                (arr(draw, s, "distinct"),),
+                lambda t: (lambda a, b: a - b * 2)(*torch.aminmax(t, dim=dim, keepdim=keep)))
+
+
+case("aminmax", _aminmax, ("max", "min"), BASE[:-1] + ("noncontig",))
+
+
+@st.composite
+def _abs_distinct(draw, shape):
+    """Entries with distinct absolute values (no ties for the ±inf norms), signs drawn."""
+    n = math.prod(shape)
+    mags = draw(st.lists(st.integers(1, 60), min_size=n, max_size=n, unique=True))
+    signs = draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=n, max_size=n))
+    return (np.array(mags, dtype=np.float64) / 16 * np.array(signs)).reshape(shape)
+
+
+_PRIMES = [p for p in range(2, 400) if all(p % d for d in range(2, int(p ** 0.5) + 1))]
+
+
+def _untied(draw, shape):
+    """Nonzero entries whose sums over disjoint sets never tie: each magnitude carries its own
+    multiple of the square root of a distinct prime (matrix norms take a max of row sums)."""
+    base = arr(draw, shape, "nonzero")
+    n = math.prod(shape)
+    extra = 0.01 * np.sqrt(np.array(_PRIMES[:n], dtype=np.float64)).reshape(shape)
+    return np.sign(base) * (np.abs(base) + extra)
+
+
+def _vector_norm(draw, layout):
+    (s,) = draw(shapes(layout))
+    ord_ = draw(st.sampled_from([2, 1, 3, 0.5, -1.5, math.inf, -math.inf, 0]))
+    if math.isinf(ord_) and layout == "empty":
+        ord_ = 2
+    axis = draw(axes(s, nonempty=True, min_len=1 if math.isinf(ord_) else 0)) if s else None
+    keep = draw(st.booleans())
+    x = draw(_abs_distinct(s)) if math.isinf(ord_) else arr(draw, s, "nonzero")
+    return Call(lambda t: ng.linalg.vector_norm(t, ord_, axis, keep), (x,),
+                lambda t: torch.linalg.vector_norm(t, ord_, tdims(axis, t.ndim), keep))
+
+
+def _matrix_norm(draw, layout):
+    (s,) = draw(shapes(layout))
+    ord_ = draw(st.sampled_from(["fro", math.inf, -math.inf, 1, -1]))
+    d0, d1 = draw(st.permutations(range(len(s))))[:2]
+    keep = draw(st.booleans())
+    return Call(lambda t: ng.linalg.matrix_norm(t, ord_, (d0, d1), keep), (_untied(draw, s),),
+                lambda t: torch.linalg.matrix_norm(t, ord_, (d0, d1), keep))
+
+
+def _normalize(draw, layout):
+    (s,) = draw(shapes(layout))
+    dim = draw(st.integers(-len(s), len(s) - 1))
+    p = draw(st.sampled_from([2.0, 1.0, 3.0]))
+    return Call(lambda t: ng.nn.functional.normalize(t, p, dim), (arr(draw, s, "nonzero"),),
+                lambda t: F.normalize(t, p, dim))
+
+
+def _norm(draw, layout):
+    (s,) = draw(shapes(layout))
+    p = draw(st.sampled_from(["fro", 2, 1, 4]))
+    dim = draw(st.sampled_from([None, -1]))
+    return Call(lambda t: t.norm(p, dim), (arr(draw, s, "nonzero"),),
+                lambda t: torch.norm(t, p, dim))
+
+
+case("vector_norm", _vector_norm)
+case("matrix_norm", _matrix_norm, ("vector_norm",), ("matrix", "3d", "size1", "noncontig"))
+case("normalize", _normalize, ("vector_norm", "divide", "clip"), UNARY[1:-2] + ("noncontig",))
+case("norm", _norm, ("vector_norm",), UNARY[1:-2] + ("noncontig",))
+
+
+# sorting and selection (distinct values: the gradient of a gather at ties is a convention)
+def _sort(draw, layout):
+    (s,) = draw(shapes(layout))
+    dim, desc = _one_dim(draw, s), draw(st.booleans())
+    return Call(lambda x: ng.sort(x, dim, desc).values, (arr(draw, s, "distinct"),),
+                lambda t: torch.sort(t, dim, desc).values)
+
+
+def _topk(draw, layout):
+    (s,) = draw(shapes(layout))
+    dim, largest = _one_dim(draw, s), draw(st.booleans())
+    k = draw(st.integers(0, s[dim]) if s else st.just(1))
+    return Call(lambda x: ng.topk(x, k, dim, largest).values, (arr(draw, s, "distinct"),),
+                lambda t: torch.topk(t, k, dim, largest).values)
+
+
+def _kthvalue(draw, layout):
+    (s,) = draw(shapes(layout))
+    dim, keep = _one_dim(draw, s), draw(st.booleans())
+    k = draw(st.integers(1, s[dim] if s else 1))
+    return Call(lambda x: ng.kthvalue(x, k, dim, keep).values, (arr(draw, s, "distinct"),),
+                lambda t: torch.kthvalue(t, k, dim, keep).values)
+
+
+def _median(draw, layout):
+    (s,) = draw(shapes(layout))
+    if draw(st.booleans()):
+        return Call(ng.median, (arr(draw, s, "distinct"),), torch.median)
+    dim, keep = _one_dim(draw, s), draw(st.booleans())
+    return Call(lambda x: ng.median(x, dim, keep).values, (arr(draw, s, "distinct"),),
+                lambda t: torch.median(t, dim, keep).values)
+
+
+def _quantile(draw, layout):
+    (s,) = draw(shapes(layout))
+    q = draw(st.sampled_from([0.3, 0.5, 1.0, [0.0, 0.25, 0.9]]))
+    dim = _one_dim(draw, s) if s and draw(st.booleans()) else None
+    keep = draw(st.booleans())
+    how = draw(st.sampled_from(["linear", "lower", "higher", "midpoint", "nearest"]))
+    qa = np.array(q)
+
+    def fn(x):
+        qt = ng.tensor(qa.astype(x.dtype)) if qa.ndim else float(q)
+        return ng.quantile(x, qt, dim, keep, interpolation=how)
+
+    def tfn(t):
+        qt = torch.tensor(qa, dtype=t.dtype) if qa.ndim else float(q)
+        return torch.quantile(t, qt, dim, keep, interpolation=how)
+
+    return Call(fn, (arr(draw, s, "distinct"),), tfn)
+
+
+_NONEMPTY = BASE[:-1] + ("noncontig",)
+case("sort", _sort, ("take_along_axis",))
+case("topk", _topk, ("take_along_axis",))
+case("kthvalue", _kthvalue, ("take_along_axis",), _NONEMPTY)
+case("median", _median, ("take_along_axis",), _NONEMPTY)
+case("quantile", _quantile, ("take_along_axis",), _NONEMPTY)
+
+ORDER2 += ("asin", "atan2", "hypot", "logaddexp", "lerp", "xlogy", "hardtanh", "mish",
+           "cumsum", "cumprod", "logcumsumexp", "prod", "vector_norm", "sort", "quantile")
+CASES_BY_NAME.update({c.name: c for c in CASES[_n0:]})
+assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
+
+
+# --- forward values of the new primitives without a gradient -----------------------------------
+def _cumarg_ref(x, axis, largest):
+    out = np.zeros(x.shape, np.int64)
+    xs, os_ = np.moveaxis(x, axis, -1), np.moveaxis(out, axis, -1)
+    for lane in np.ndindex(*xs.shape[:-1]):
+        best, bi = None, 0
+        for i, v in enumerate(xs[lane]):
+            if best is None or (not np.isnan(best) and (np.isnan(v) or (
+                    v >= best if largest else v <= best))):
+                best, bi = v, i
+            elif np.isnan(v):
+                best, bi = v, i
+            os_[lane + (i,)] = bi
+    return out
+
+
+def _axis_build(kinds, **extra):
+    def build(draw):
+        (x,), _ = _fw_inputs(kinds, layouts=BASE[1:])(draw)
+        params = {"axis": draw(st.integers(0, x.ndim - 1))}
+        params.update({k: draw(v) for k, v in extra.items()})
+        return (x,), params
+    return build
+
+
+def _argsort_ref(x, axis, descending):
+    if descending:  # stable descending without negating (ints, NaN): reverse, sort, map back
+        r = np.flip(np.argsort(np.flip(x, axis), axis=axis, kind="stable"), axis)
+        return x.shape[axis] - 1 - r
+    return np.argsort(x, axis=axis, kind="stable")
+
+
+def _searchsorted_build(draw):
+    dt = draw(st.sampled_from([np.float32, np.float64]))
+    n, m = draw(st.integers(1, 6)), draw(st.integers(0, 5))
+    lead = draw(st.sampled_from([(), (2,), (2, 3)]))
+    seq = np.sort(draw(hnp.arrays(dt, lead + (n,), elements=_COARSE)), -1)
+    v = draw(hnp.arrays(dt, lead + (m,) if lead else draw(st.sampled_from([(m,), (2, m), ()])),
+                        elements=_COARSE))
+    return (seq, v), {"right": draw(st.booleans()), "int32": draw(st.booleans())}
+
+
+def _searchsorted_ref(seq, v, right, int32):
+    side = "right" if right else "left"
+    if seq.ndim == 1:
+        out = np.searchsorted(seq, v, side=side)
+    else:
+        out = np.stack([np.searchsorted(seq[i], v[i], side=side)
+                        for i in np.ndindex(*seq.shape[:-1])]).reshape(v.shape)
+    return np.asarray(out).astype(np.int32 if int32 else np.int64)
+
+
+def _trunc_div_ref(x, y):
+    if np.result_type(x, y).kind == "f":
+        return np.trunc(np.true_divide(x, y))
+    return (np.abs(x) // np.abs(y)) * np.sign(x) * np.sign(y)
+
+
+FORWARD.append(Forward("argsort", lambda x, axis, descending: P["argsort"](
+    x, axis=axis, descending=descending), _argsort_ref,
+    _axis_build(("coarse", "int"), descending=st.booleans())))
+FORWARD.append(Forward("cumarg", lambda x, axis, largest: P["cumarg"](
+    x, axis=axis, largest=largest), _cumarg_ref,
+    _axis_build(("coarse", "special", "int"), largest=st.booleans())))
+FORWARD.append(Forward("searchsorted", lambda s, v, right, int32: P["searchsorted"](
+    s, v, right=right, int32=int32), _searchsorted_ref, _searchsorted_build))
+FORWARD.append(Forward("trunc_divide", ng.trunc_divide, _trunc_div_ref,
+                       _fw_inputs(("coarse", "int"), ("nonzero", "intnz"))))
+
+
+def _isclose_build(draw):
+    args, _ = _fw_inputs("special", "special")(draw)
+    return args, {"rtol": draw(st.sampled_from([1e-5, 0.5])),
+                  "atol": draw(st.sampled_from([0.0, 0.6])), "equal_nan": draw(st.booleans())}
+
+
+FORWARD.append(Forward("isclose", ng.isclose, np.isclose, _isclose_build))
+
+PREDICATES |= {"isclose"}
+SCALAR_FORMS.update({
+    "atan2": [lambda x: ng.atan2(x, 1.5), lambda x: ng.atan2(0.5, x)],
+    "hypot": [lambda x: ng.hypot(x, 2.0)],
+    "copysign": [lambda x: ng.copysign(x, -1.0), lambda x: ng.copysign(2.0, x)],
+    "logaddexp": [lambda x: ng.logaddexp(x, 0.5)],
+    "logaddexp2": [lambda x: ng.logaddexp2(1.5, x)],
+    "lerp": [lambda x: ng.lerp(x, 2.0 * x, 0.25), lambda x: ng.lerp(x, 1.0, 0.75)],
+    "fmod": [lambda x: ng.fmod(x, 1.5), lambda x: ng.fmod(2.5, x)],
+    "xlogy": [lambda x: ng.xlogy(x, 2.0), lambda x: ng.xlogy(2.0, x)],
+    "trunc_divide": [lambda x: ng.trunc_divide(x, 1.5), lambda x: x.div(2, rounding_mode="trunc")],
+    "nan_to_num": [ng.nan_to_num, lambda x: ng.nan_to_num(x, 1.0, 2.0, -2.0)],
+    "hardtanh": [ng.hardtanh, lambda x: ng.hardtanh(x, -0.5, 0.5)],
+    "isclose": [lambda x: ng.isclose(x, 0.25), lambda x: ng.isclose(1.5, x, atol=0.1)],
+})
+MIXED_FORMS.update({
+    "atan2": ng.atan2, "hypot": ng.hypot, "copysign": ng.copysign, "logaddexp": ng.logaddexp,
+    "logaddexp2": ng.logaddexp2, "lerp": lambda a, b: ng.lerp(a, b, 0.5),
+    "lerp_weight": lambda a, b: ng.lerp(a, a, b), "fmod": ng.fmod, "xlogy": ng.xlogy,
+    "isclose": ng.isclose, "trunc_divide": ng.trunc_divide,
+})

@@ -228,6 +228,10 @@ def test_forward_mode_and_jacobians_inside_vmap():
                                ng.jacrev(ng.vmap(f))(xs).numpy(), atol=1e-12)
 
 
+def _ints(x):
+    return ng.floor(x).astype("int64")
+
+
 NONDIFF = {
     "floor_divide": lambda x, y: x // y, "sign": ng.sign, "equal": lambda x, y: x == y,
     "not_equal": lambda x, y: x != y, "less": lambda x, y: x < y,
@@ -241,7 +245,18 @@ NONDIFF = {
     "trunc": ng.trunc, "argmax": lambda x: ng.argmax(x, axis=1),
     "argmin": lambda x: ng.argmin(x, keepdims=True), "any": lambda x: ng.any(x > 1, axis=0),
     "all": lambda x: ng.all(x > -1, axis=(0, 1), keepdims=True),
+    "bitwise_and": lambda x, y: _ints(x) & _ints(y), "bitwise_or": lambda x, y: _ints(x) | (y > 0),
+    "bitwise_xor": lambda x, y: _ints(x) ^ _ints(y), "bitwise_not": lambda x: ~_ints(x),
+    "left_shift": lambda x, y: _ints(x) << ng.abs(_ints(y)),
+    "right_shift": lambda x, y: _ints(x) >> ng.abs(_ints(y)),
 }
+NONDIFF.update({  # the wider operator surface
+    "argsort": lambda x: ng.argsort(x, 1, descending=True),
+    "cumarg": lambda x: ng.cummax(x, 0).indices,
+    "isclose": lambda x, y: ng.isclose(x, y, atol=1.0),
+    "searchsorted": lambda x: ng.searchsorted(ng.sort(x).values, x * 0.5, right=True),
+    "trunc_divide": lambda x, y: ng.trunc_divide(x, y),
+})
 
 
 def test_non_differentiable_primitives_batch():

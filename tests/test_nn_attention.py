@@ -243,3 +243,69 @@ def test_errors_name_the_layer_and_the_expected_shape():
         nn.TransformerEncoderLayer(8, 2, 16)(ng.zeros(4, 2, 6))
     with pytest.raises(ng.ShapeError, match="scaled_dot_product_attention"):
         F.scaled_dot_product_attention(ng.zeros(2, 3), ng.zeros(4, 5), ng.zeros(4, 5))
+
+
+# --- grouped-query attention and fully masked queries -----------------------------------------
+@pytest.mark.parametrize("causal", [False, True])
+def test_scaled_dot_product_attention_gqa_matches_torch(causal):
+    torch = pytest.importorskip("torch")
+    q, k, v = _pair((2, 6, 4, 5)), _pair((2, 2, 4, 5)), _pair((2, 2, 4, 3))
+    out_o = F.scaled_dot_product_attention(q[0], k[0], v[0], is_causal=causal, enable_gqa=True)
+    out_t = torch.nn.functional.scaled_dot_product_attention(q[1], k[1], v[1], is_causal=causal,
+                                                             enable_gqa=True)
+    _close(out_o, out_t, "grouped-query attention")
+    g = rng.standard_normal(out_o.shape)
+    out_o.backward(ng.tensor(g))
+    out_t.backward(torch.tensor(g))
+    for o, t in (q, k, v):
+        _close(o.grad, t.grad, "grouped-query attention gradient")
+    with pytest.raises(ng.ShapeError, match="enable_gqa the key heads"):
+        F.scaled_dot_product_attention(q[0], ng.zeros(2, 4, 4, 5), v[0], enable_gqa=True)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float", "causal_long_key"])
+def test_fully_masked_query_gives_zeros_as_torch(kind):
+    """PyTorch 2.13 gives a query with no key to attend to a zero output and zero gradients."""
+    torch = pytest.importorskip("torch")
+    q, k, v = _pair((2, 3, 4, 6)), _pair((2, 3, 5, 6)), _pair((2, 3, 5, 7))
+    m = rng.random((4, 5)) > 0.3
+    m[:, 0] = True
+    m[2] = False                                   # query 2 may attend to nothing
+    if kind == "bool":
+        mo, mt = ng.tensor(m), torch.tensor(m)
+    else:
+        fm = np.where(m, rng.standard_normal((4, 5)), -np.inf)
+        if kind == "causal_long_key":             # a per-head row: masked in head 1 only
+            fm = np.broadcast_to(fm, (3, 4, 5)).copy()
+            fm[1, 0] = -np.inf
+        mo, mt = ng.tensor(fm), torch.tensor(fm)
+    out_o = F.scaled_dot_product_attention(q[0], k[0], v[0], attn_mask=mo)
+    out_t = torch.nn.functional.scaled_dot_product_attention(q[1], k[1], v[1], attn_mask=mt)
+    assert np.isfinite(out_o.numpy()).all()
+    assert not out_o.numpy()[:, :, 2].any()
+    _close(out_o, out_t, "fully masked query")
+    g = rng.standard_normal(out_o.shape)
+    out_o.backward(ng.tensor(g))
+    out_t.backward(torch.tensor(g))
+    for o, t in (q, k, v):
+        assert np.isfinite(o.grad.numpy()).all()
+        _close(o.grad, t.grad, "fully masked query gradient")
+    assert not q[0].grad.numpy()[:, :, 2].any()
+    mask = np.where(m, 0.0, -np.inf)
+    assert ng.gradcheck(lambda q, k, v: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=ng.tensor(mask)), rng.standard_normal((4, 6)),
+        rng.standard_normal((5, 6)), rng.standard_normal((5, 3)))
+
+
+def test_multihead_attention_fully_masked_query_matches_torch_without_weights():
+    torch = pytest.importorskip("torch")
+    ours, theirs = nn.MultiheadAttention(8, 2), torch.nn.MultiheadAttention(8, 2)
+    _load(ours, theirs)
+    x = _pair((3, 2, 8))
+    am = np.zeros((3, 3), bool)
+    am[1] = True                                   # query 1 may attend to nothing
+    out_o, _ = ours(x[0], x[0], x[0], attn_mask=ng.tensor(am), need_weights=False)
+    out_t, _ = theirs(x[1], x[1], x[1], attn_mask=torch.tensor(am), need_weights=False)
+    _backward_and_compare([out_o], [out_t], [x], ours, theirs)
+    _, w = ours(x[0], x[0], x[0], attn_mask=ng.tensor(am))  # PyTorch gives NaN weights here
+    assert np.isfinite(w.numpy()).all() and not w.numpy()[:, 1].any()

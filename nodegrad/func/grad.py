@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..autodiff import mode, run_backward
-from ..batching import TRACES, lowered
+from ..autodiff import modes, run_backward
+from ..batching import lowered
 from ..errors import GradError
 from ..primitive import primitive
 from ..tensor import Tensor, tensor, zeros_like
 from .tree import tree_flatten, tree_unflatten
-
-_depth = [0]  # how many transforms are currently evaluating their function
 
 _alias = primitive("alias", lambda xp, x: x, lambda g, ans, x: g, saves="none", kind="shape",
                    jvp="linear", batch=lambda v, b: (_alias(v[0]), b[0]),
@@ -30,7 +28,7 @@ def _make_input(x, op: str) -> Tensor:
         if x.dtype.kind != "f":
             raise GradError(f"{op}: cannot differentiate with respect to an integer tensor "
                             f"(dtype {x.dtype})")
-        if x.requires_grad and mode.grad_enabled:
+        if x.requires_grad and modes().grad_enabled:
             return _alias(x)
         return Tensor(x.data, None, True)
     t = tensor(x)
@@ -57,20 +55,22 @@ def _prepare(args: tuple, nums: tuple, op: str):
         args[n] = tree_unflatten(td, ins)
         leaves_per_arg.append(ins)
         defs.append(td)
-    higher = mode.grad_enabled and (_depth[0] > 0 or any(
+    m = modes()
+    higher = m.grad_enabled and (m.depth > 0 or any(
         t.node is not None for ins in leaves_per_arg for t in ins))
     return args, leaves_per_arg, defs, higher
 
 
 def _call(f: Callable, args: list, kwargs: dict):
-    prev = mode.grad_enabled
-    mode.grad_enabled = True
-    _depth[0] += 1
+    m = modes()  # this thread's: a transform running in another thread is not seen here
+    prev = m.grad_enabled
+    m.grad_enabled = True
+    m.depth += 1
     try:
         return f(*args, **kwargs)
     finally:
-        _depth[0] -= 1
-        mode.grad_enabled = prev
+        m.depth -= 1
+        m.grad_enabled = prev
 
 
 def _scalar_out(out, op: str) -> Tensor:
@@ -110,7 +110,7 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
 
     def wrapped(*args, **kwargs):
         nums = _argnums(argnums, len(args), "value_and_grad")
-        if TRACES:  # inside vmap: differentiate the batched computation underneath
+        if modes().traces:  # inside vmap: differentiate the batched computation underneath
             return _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs)
         a, ins, defs, higher = _prepare(args, nums, "grad")
         res = _call(f, a, kwargs)
@@ -130,7 +130,7 @@ def _prepare_batched(args: tuple, nums: tuple, op: str):
     along every active vmap where not batched), handed to ``f`` seen as examples."""
     from .vmap import full_batch, rewrap
 
-    levels = list(TRACES)
+    levels = modes().traces
     args = list(args)
     ins, defs = [], []
     for n in nums:
@@ -141,21 +141,22 @@ def _prepare_batched(args: tuple, nums: tuple, op: str):
         args[n] = tree_unflatten(td, [rewrap(m, levels) for m in made])
         ins.append(made)
         defs.append(td)
-    higher = mode.grad_enabled and (_depth[0] > 0 or any(
+    m = modes()
+    higher = m.grad_enabled and (m.depth > 0 or any(
         t.node is not None for per in ins for t in per))
     return args, ins, defs, higher, levels
 
 
-def to_bottom(xs: list, levels: list, op: str) -> list:
+def to_bottom(xs: list, levels: tuple, op: str) -> list:
     """Plain batched tensors under ``xs`` (examples inside the vmaps ``levels``)."""
     from .vmap import full_batch
 
-    if TRACES != levels:
+    if modes().traces != levels:
         raise GradError(f"{op}: a function made inside vmap was called outside it")
     return [full_batch(x)[1] for x in xs]
 
 
-def from_bottom(tree, levels: list):
+def from_bottom(tree, levels: tuple):
     from .vmap import rewrap
 
     leaves, td = tree_flatten(tree)
@@ -215,7 +216,7 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
     """
     nums = tuple(range(len(primals)))
     levels = None
-    if TRACES:  # inside vmap: differentiate the batched computation underneath
+    if modes().traces:  # inside vmap: differentiate the batched computation underneath
         a, ins, defs, higher, levels = _prepare_batched(primals, nums, "vjp")
     else:
         a, ins, defs, higher = _prepare(primals, nums, "vjp")

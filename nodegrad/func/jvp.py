@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..autodiff import Spec, _key, _topo_order, mode
+from ..autodiff import Spec, _key, _topo_order, modes
 from ..errors import GradError
 from ..tensor import Tensor, zeros_like
-from ..batching import TRACES, lowered
-from .grad import (_argnums, _call, _depth, _prepare, _prepare_batched, from_bottom, to_bottom,
+from ..batching import lowered
+from .grad import (_argnums, _call, _prepare, _prepare_batched, from_bottom, to_bottom,
                    value_and_grad, vjp)
 from .tree import tree_flatten, tree_unflatten
 
@@ -70,7 +70,7 @@ def linearize(f: Callable, *primals):
     """
     nums = tuple(range(len(primals)))
     levels = None
-    if TRACES:  # inside vmap: push tangents through the batched computation underneath
+    if modes().traces:  # inside vmap: push tangents through the batched computation underneath
         a, ins_per_arg, defs, higher, levels = _prepare_batched(primals, nums, "jvp")
     else:
         a, ins_per_arg, defs, higher = _prepare(primals, nums, "jvp")
@@ -97,21 +97,22 @@ def linearize(f: Callable, *primals):
             flat = to_bottom(flat, levels, "jvp")
         flat = [_as_tangent(u, p, "jvp") for u, p in zip(flat, ins)]
         need = higher or any(u.requires_grad for u in flat)
-        prev = mode.grad_enabled
-        mode.grad_enabled = need
-        _depth[0] += 1
+        m = modes()
+        prev = m.grad_enabled
+        m.grad_enabled = need
+        m.depth += 1
         try:
-            with lowered(0 if levels is not None else len(TRACES)):
+            with lowered(0 if levels is not None else len(m.traces)):
                 touts = _push(ins, flat, outs)
                 touts = [zeros_like(o) if t is None else (t if need else t.detach())
                          for t, o in zip(touts, outs)]
         finally:
-            _depth[0] -= 1
-            mode.grad_enabled = prev
+            m.depth -= 1
+            m.grad_enabled = prev
         res = tree_unflatten(out_def, touts)
         return res if levels is None else from_bottom(res, levels)
 
-    with lowered(0 if levels is not None else len(TRACES)):
+    with lowered(0 if levels is not None else len(modes().traces)):
         shown = outs if higher else [o.detach() for o in outs]
     shown = tree_unflatten(out_def, shown)
     return (shown if levels is None else from_bottom(shown, levels)), jvp_fn

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .. import batching as bt
-from ..batching import TRACES, BatchTracer, Level, lowered
+from ..autodiff import modes
+from ..batching import BatchTracer, Level, lowered, pushed
 from ..errors import ShapeError
 from ..ops.shape import broadcast_to, expand_dims, moveaxis, norm_axis
 from ..tensor import Tensor, tensor
@@ -58,11 +59,8 @@ def vmap(f: Callable, in_axes=0, out_axes=0):
             raise ValueError("vmap: no input is batched (all in_axes are None)")
         level = Level(bt.check_sizes(sizes))
         ins = [x if ax is None else BatchTracer(x, ax, level) for x, ax in prepared]
-        TRACES.append(level)
-        try:
+        with pushed(level):  # this thread's vmap levels only
             out = f(*tree_unflatten(td, ins))
-        finally:
-            TRACES.remove(level)
         outs, out_def = tree_flatten(out)
         oaxes = _per_leaf(out_axes, out if isinstance(out_axes, tuple) else outs,
                           None, "out_axes")
@@ -93,10 +91,11 @@ def _unbatch(o, level: Level, ax):
 def full_batch(x):
     """``x`` batched at every active level with batch axis 0 at each, and the plain tensor
     underneath (shape: the batch sizes, outermost first, then the example shape)."""
-    n = len(TRACES)
+    traces = modes().traces
+    n = len(traces)
     if n == 0:
         return x, x
-    top = TRACES[-1]
+    top = traces[-1]
     with lowered(n - 1):
         if type(x) is BatchTracer and x.level is top:
             v = moveaxis(x.val, x.bdim, 0) if x.bdim else x.val
@@ -109,7 +108,7 @@ def full_batch(x):
 
 def rewrap(bottom, levels=None):
     """Inverse of :func:`full_batch`: a plain batched tensor seen at every active level."""
-    levels = TRACES if levels is None else levels
+    levels = modes().traces if levels is None else levels
     x = bottom
     for lv in levels:
         x = BatchTracer(x, 0, lv)

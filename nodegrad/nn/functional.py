@@ -30,6 +30,7 @@ __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "where",
     "rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention", "multi_head_attention",
+    "pad",
 ]
 
 
@@ -59,9 +60,19 @@ def _check_window(x: Tensor, k: tuple, dilation: tuple, padding: tuple, op: str)
                          "kernel, more padding or a longer input")
 
 
+def _check_dtype(x: Tensor, weight: Tensor, layer: str) -> None:
+    """Refuse an input whose dtype differs from the weight's, as PyTorch's layers do: an integer
+    input would otherwise be promoted silently, a float64 one raise deep inside the product."""
+    if x.dtype != weight.dtype:
+        how = ".float()" if weight.dtype == B.float32 else f".to({weight.dtype})"
+        raise DTypeError(f"{layer}: the input has dtype {x.dtype} but the layer's weight is "
+                         f"{weight.dtype}; convert the input with x{how} first")
+
+
 # --- affine -----------------------------------------------------------------------------------
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in)."""
+    _check_dtype(x, weight, "Linear")
     if x.shape[-1:] != weight.shape[1:]:
         raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape "
                          f"{tuple(x.shape)}) but the weight expects {weight.shape[1]}")
@@ -75,6 +86,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 # --- convolution ------------------------------------------------------------------------------
 def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: str):
     _check_input(x, nd, op, what)
+    _check_dtype(x, w, f"Conv{nd}d")
     n, c = x.shape[:2]
     o, cg = w.shape[:2]
     k = tuple(w.shape[2:])
@@ -126,46 +138,7 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padd
                  "(N, C, H, W)")
 
 
-# --- pooling ----------------------------------------------------------------------------------
-def _pool(x, kernel, stride, padding, dilation, nd, op, what, reduce, pad_value):
-    _check_input(x, nd, op, what)
-    k = _tuple(kernel, nd, "kernel_size", op)
-    s = k if stride is None else _tuple(stride, nd, "stride", op)
-    p = _tuple(padding, nd, "padding", op)
-    d = _tuple(dilation, nd, "dilation", op)
-    if any(pi > ki // 2 for pi, ki in zip(p, k)):
-        raise ValueError(f"{op}: padding {p} must be at most half the kernel {k}")
-    _check_window(x, k, d, p, op)
-    if any(p):
-        x = ops.pad(x, ((0, 0), (0, 0)) + tuple((q, q) for q in p), constant_values=pad_value)
-    win = ops.sliding_window_view(x, k, axis=tuple(range(2, 2 + nd)), stride=s, dilation=d)
-    return reduce(win, axis=tuple(range(2 + nd, 2 + 2 * nd)))
-
-
-def max_pool1d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
-    """Max over sliding windows of (N, C, L); tied maxima share the gradient."""
-    return _pool(x, kernel_size, stride, padding, dilation, 1, "max_pool1d", "(N, C, L)",
-                 ops.max, -math.inf)
-
-
-def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1) -> Tensor:
-    """Max over sliding windows of (N, C, H, W); tied maxima share the gradient."""
-    return _pool(x, kernel_size, stride, padding, dilation, 2, "max_pool2d", "(N, C, H, W)",
-                 ops.max, -math.inf)
-
-
-def avg_pool1d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
-    """Mean over sliding windows (zero padding counts, as PyTorch's default)."""
-    return _pool(x, kernel_size, stride, padding, 1, 1, "avg_pool1d", "(N, C, L)", ops.mean,
-                 0.0)
-
-
-def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0) -> Tensor:
-    """Mean over sliding windows of (N, C, H, W) (zero padding counts)."""
-    return _pool(x, kernel_size, stride, padding, 1, 2, "avg_pool2d", "(N, C, H, W)", ops.mean,
-                 0.0)
-
-
+# --- pooling (max/avg pooling live in conv_functional with the other pooling) ----------
 def _adaptive_axis(x, axis: int, size: int):
     n = x.shape[axis]
     if n % size == 0:
@@ -344,3 +317,56 @@ def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
 
 
 from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell, scaled_dot_product_attention  # noqa: E402, E501
+
+# --- convolution, pooling and resampling beyond conv1d/2d (conv_functional) -------------------
+from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, avg_pool1d,  # noqa: E402
+                              avg_pool2d, avg_pool3d, conv3d, conv_transpose1d, conv_transpose2d,
+                              fold, interpolate, lp_pool1d, lp_pool2d, max_pool1d, max_pool2d,
+                              max_pool3d, max_unpool1d, max_unpool2d, pixel_shuffle,
+                              pixel_unshuffle, unfold, upsample)
+
+__all__ += [
+    "conv3d", "conv_transpose1d", "conv_transpose2d", "max_pool3d", "avg_pool3d",
+    "max_unpool1d", "max_unpool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "lp_pool1d",
+    "lp_pool2d", "unfold", "fold", "pixel_shuffle", "pixel_unshuffle", "interpolate", "upsample",
+]
+
+# --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------
+from .norm_functional import (alpha_dropout, bilinear, dropout1d, dropout2d,  # noqa: E402
+                              dropout3d, embedding_bag, group_norm, instance_norm,
+                              local_response_norm, rms_norm)
+
+__all__ += [
+    "group_norm", "instance_norm", "local_response_norm", "rms_norm", "dropout1d", "dropout2d",
+    "dropout3d", "alpha_dropout", "bilinear", "embedding_bag",
+]
+
+# --- more activations and normalize -------------------------------------------------------------
+from ..ops import (celu, glu, hardshrink, hardsigmoid, hardswish, hardtanh, logsigmoid,  # noqa: E402
+                   mish, relu6, selu, softmin, softshrink, softsign, tanhshrink, threshold)
+
+
+def normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """x / max(‖x‖_p, eps) along ``dim`` (unit vectors; zero vectors stay zero)."""
+    return x / ops.clamp_min(ops.vector_norm(x, p, dim, keepdim=True), eps)
+
+
+__all__ += ["celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "logsigmoid",
+            "mish", "normalize", "relu6", "selu", "softmin", "softshrink", "softsign",
+            "tanhshrink", "threshold"]
+
+
+# --- PyTorch's pad: (left, right) widths from the last dim back; constant, reflect, replicate,
+# circular; negative widths crop --------------------------------------------------------------
+from ..ops.arrange import torch_pad as pad  # noqa: E402
+
+# --- distances and margin, ranking, count and sequence losses --------------------------------
+from .losses import (cdist, cosine_embedding_loss, cosine_similarity, ctc_loss,  # noqa: E402
+                     gaussian_nll_loss, hinge_embedding_loss, margin_ranking_loss,
+                     multi_margin_loss, multilabel_soft_margin_loss, pairwise_distance,
+                     poisson_nll_loss, soft_margin_loss, triplet_margin_loss)
+
+__all__ += ["cosine_similarity", "pairwise_distance", "cdist", "cosine_embedding_loss",
+            "margin_ranking_loss", "triplet_margin_loss", "hinge_embedding_loss",
+            "multi_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
+            "poisson_nll_loss", "gaussian_nll_loss", "ctc_loss"]

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 
+
+from .. import _backend as B
 from .. import ops
+from ..autodiff import no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..ops.nn import binary_cross_entropy as _bce
@@ -200,3 +203,312 @@ def kl_div(input: Tensor, target: Tensor, reduction: str = "mean",
     if reduction == "batchmean":
         return loss.sum() / (input.shape[0] if input.ndim else 1)
     return _reduce(loss, reduction, "kl_div")
+
+
+# === distances and margin, ranking, count and sequence losses ================================
+# Compositions of primitives with PyTorch's arguments, defaults and reductions; the engine
+# gives their gradients. Norms at a zero vector have gradient 0 there (PyTorch's subgradient).
+def _legacy(size_average, reduce, reduction: str) -> str:
+    """PyTorch's deprecated size_average/reduce flags mapped to ``reduction``."""
+    if size_average is None and reduce is None:
+        return reduction
+    if reduce is False:
+        return "none"
+    return "sum" if size_average is False else "mean"
+
+
+def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
+    """‖d‖_p along ``axis`` (p = inf: max |d|, p = 0: count of nonzeros)."""
+    if p == 2:
+        s = ops.sum(d * d, axis=axis, keepdims=keepdims)
+        pos = s > 0
+        return ops.where(pos, ops.sqrt(ops.where(pos, s, 1.0)), 0.0)
+    a = ops.abs(d)
+    if p == 1:
+        return ops.sum(a, axis=axis, keepdims=keepdims)
+    if p == float("inf"):
+        return ops.max(a, axis=axis, keepdims=keepdims)
+    if p == 0:
+        return ops.sum((a > 0).astype(d.dtype), axis=axis, keepdims=keepdims)
+    if p < 0:
+        raise ValueError(f"p-norm: p must be non-negative, got {p}")
+    s = ops.sum(a ** p, axis=axis, keepdims=keepdims)
+    pos = s > 0
+    return ops.where(pos, ops.where(pos, s, 1.0) ** (1.0 / p), 0.0)
+
+
+def _bshape(a: Tensor, b: Tensor, op: str) -> tuple:
+    try:
+        return tuple(B.np.broadcast_shapes(tuple(a.shape), tuple(b.shape)))
+    except ValueError:
+        raise ShapeError(f"{op}: shapes {tuple(a.shape)} and {tuple(b.shape)} do not "
+                         "broadcast") from None
+
+
+def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """Σ x1·x2 / (max(‖x1‖, eps) · max(‖x2‖, eps)) along ``dim`` (operands broadcast)."""
+    shape = _bshape(x1, x2, "cosine_similarity")
+    x1, x2 = ops.broadcast_to(x1, shape), ops.broadcast_to(x2, shape)
+    n1 = ops.maximum(_pnorm(x1, 2, dim, True), eps)
+    n2 = ops.maximum(_pnorm(x2, 2, dim, True), eps)
+    return ops.sum((x1 / n1) * (x2 / n2), axis=dim)
+
+
+def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
+                      keepdim: bool = False) -> Tensor:
+    """‖x1 − x2 + eps‖_p over the last axis (PyTorch adds eps to the difference)."""
+    _bshape(x1, x2, "pairwise_distance")
+    nd = max(x1.ndim, x2.ndim)
+    return _pnorm(x1 - x2 + eps, p, -1 if nd else 0, keepdim)
+
+
+def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
+          compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> Tensor:
+    """p-norm distances between the rows of x1 (..., P, M) and of x2 (..., R, M): (..., P, R).
+    Computed from the differences (exact; ``compute_mode`` is accepted for PyTorch's API)."""
+    if x1.ndim < 2 or x2.ndim < 2 or x1.shape[-1] != x2.shape[-1]:
+        raise ShapeError(f"cdist: expected (..., P, M) and (..., R, M) with the same M, got "
+                         f"{tuple(x1.shape)} and {tuple(x2.shape)}")
+    d = ops.expand_dims(x1, -2) - ops.expand_dims(x2, -3)
+    return _pnorm(d, p, -1)
+
+
+def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
+                          reduction: str = "mean") -> Tensor:
+    """1 − cos(x1, x2) where target = 1, max(0, cos − margin) where target = −1."""
+    _same_shape(input1, input2, "cosine_embedding_loss")
+    if input1.ndim not in (1, 2) or tuple(target.shape) != tuple(input1.shape[:-1]):
+        raise ShapeError(f"cosine_embedding_loss: expected inputs (N, D) or (D,) and target (N,)"
+                         f" or (), got {tuple(input1.shape)} and target {tuple(target.shape)}")
+    ax = input1.ndim - 1
+    prod = ops.sum(input1 * input2, axis=ax)
+    m1 = ops.sum(input1 * input1, axis=ax) + 1e-12
+    m2 = ops.sum(input2 * input2, axis=ax) + 1e-12
+    cos = prod / ops.sqrt(m1 * m2)
+    loss = ops.where(target == 1, 1 - cos, 0.0) + ops.where(target == -1,
+                                                            ops.relu(cos - margin), 0.0)
+    return _reduce(loss, reduction, "cosine_embedding_loss")
+
+
+def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
+                        reduction: str = "mean") -> Tensor:
+    """max(0, −target·(x1 − x2) + margin): rank x1 above x2 where target = 1."""
+    _bshape(input1, input2, "margin_ranking_loss")
+    return _reduce(ops.relu(-target * (input1 - input2) + margin), reduction,
+                   "margin_ranking_loss")
+
+
+def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0,
+                        p: float = 2.0, eps: float = 1e-6, swap: bool = False,
+                        reduction: str = "mean") -> Tensor:
+    """max(0, d(a, p) − d(a, n) + margin) with pairwise distances; ``swap`` uses
+    min(d(a, n), d(p, n)) (the distance swap of Balntas et al.)."""
+    for t, name in ((anchor, "anchor"), (positive, "positive"), (negative, "negative")):
+        if t.ndim not in (1, 2):
+            raise ShapeError(f"triplet_margin_loss: {name} must be (N, D) or (D,), got "
+                             f"{tuple(t.shape)}")
+    d_pos = pairwise_distance(anchor, positive, p, eps)
+    d_neg = pairwise_distance(anchor, negative, p, eps)
+    if swap:
+        d_neg = ops.minimum(d_neg, pairwise_distance(positive, negative, p, eps))
+    return _reduce(ops.relu(margin + d_pos - d_neg), reduction, "triplet_margin_loss")
+
+
+def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
+                         reduction: str = "mean") -> Tensor:
+    """x where target = 1, max(0, margin − x) where target = −1 (x: a distance)."""
+    _bshape(input, target, "hinge_embedding_loss")
+    loss = (ops.where(target != 1, ops.relu(margin - input), 0.0)
+            + ops.where(target != -1, input, 0.0))
+    return _reduce(loss, reduction, "hinge_embedding_loss")
+
+
+def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float = 1.0,
+                      weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+    """Σ_{i≠y} w_y · max(0, margin − x_y + x_i)^p / C: the multi-class hinge (p = 1 or 2)."""
+    if p not in (1, 2):
+        raise ValueError(f"multi_margin_loss: p must be 1 or 2, got {p}")
+    if input.ndim not in (1, 2):
+        raise ShapeError(f"multi_margin_loss: input must be (N, C) or (C,), got "
+                         f"{tuple(input.shape)}")
+    want = input.shape[:1] if input.ndim == 2 else ()
+    if tuple(target.shape) != tuple(want):
+        raise ShapeError(f"multi_margin_loss: for input {tuple(input.shape)} the target must "
+                         f"have shape {tuple(want)}, got {tuple(target.shape)}")
+    c = input.shape[-1]
+    _class_target(target, c, None, "multi_margin_loss")
+    ax = input.ndim - 1
+    picked = ops.take_along_axis(input, ops.expand_dims(target, -1), ax)
+    z = ops.relu(margin - picked + input)
+    if p == 2:
+        z = z * z
+    if weight is not None:
+        z = z * ops.expand_dims(weight[target], -1)
+    other = Tensor(input.backend.xp.arange(c)) != ops.expand_dims(target, -1)
+    loss = ops.sum(ops.where(other, z, 0.0), axis=ax) / c
+    return _reduce(loss, reduction, "multi_margin_loss")
+
+
+def _log_sigmoid(x: Tensor) -> Tensor:
+    """log σ(x) = −softplus(−x): stable, and smooth at 0 for the engine too."""
+    return -ops.softplus(-x)
+
+
+def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                                reduction: str = "mean") -> Tensor:
+    """Per-class logistic loss averaged over the C classes (last axis): one-vs-all."""
+    _same_shape(input, target, "multilabel_soft_margin_loss")
+    loss = -(target * _log_sigmoid(input) + (1 - target) * _log_sigmoid(-input))
+    if weight is not None:
+        loss = loss * weight
+    ax = input.ndim - 1
+    loss = ops.sum(loss, axis=ax) / input.shape[ax] if input.ndim else loss
+    return _reduce(loss, reduction, "multilabel_soft_margin_loss")
+
+
+def soft_margin_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """log(1 + exp(−y·x)), computed without overflow (y = ±1)."""
+    _same_shape(input, target, "soft_margin_loss")
+    return _reduce(-_log_sigmoid(target * input), reduction, "soft_margin_loss")
+
+
+def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False,
+                     size_average=None, eps: float = 1e-8, reduce=None,
+                     reduction: str = "mean") -> Tensor:
+    """Poisson negative log-likelihood: exp(x) − t·x (``log_input``) or x − t·log(x + eps);
+    ``full`` adds Stirling's t·log t − t + ½ log(2πt) where t > 1."""
+    reduction = _legacy(size_average, reduce, reduction)
+    _bshape(input, target, "poisson_nll_loss")
+    if log_input:
+        loss = ops.exp(input) - target * input
+    else:
+        loss = input - target * ops.log(input + eps)
+    if full:
+        big = target > 1
+        t = ops.where(big, target, 1.0)
+        loss = loss + ops.where(big, t * ops.log(t) - t + 0.5 * ops.log(2 * math.pi * t), 0.0)
+    return _reduce(loss, reduction, "poisson_nll_loss")
+
+
+def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor, full: bool = False,
+                      eps: float = 1e-6, reduction: str = "mean") -> Tensor:
+    """½(log max(var, eps) + (x − t)² / max(var, eps)) [+ ½ log 2π]; the clamp passes the
+    gradient through unchanged, as PyTorch. ``var`` may lack the last axis or have size 1."""
+    if not isinstance(var, Tensor):
+        var = Tensor(input.backend.asarray(var, dtype=input.dtype))
+    shp, vs = tuple(input.shape), tuple(var.shape)
+    if vs != shp:
+        if shp[:-1] == vs:
+            var = ops.expand_dims(var, -1)
+        elif not (shp[:-1] == vs[:-1] and vs and vs[-1] == 1):
+            raise ShapeError(f"gaussian_nll_loss: var of shape {vs} does not fit input of "
+                             f"shape {shp} (same shape, one axis fewer, or last axis 1)")
+    if bool((values(var) < 0).any()):
+        raise ValueError("gaussian_nll_loss: var has negative entries")
+    with no_grad():
+        shift = ops.maximum(var, eps) - var
+    v = var + shift
+    d = input - target
+    loss = 0.5 * (ops.log(v) + d * d / v)
+    if full:
+        loss = loss + 0.5 * math.log(2 * math.pi)
+    return _reduce(loss, reduction, "gaussian_nll_loss")
+
+
+_NEG = -1e30  # log 0 for the CTC recursion: finite, so unreachable states give 0 gradient
+
+
+def _host(x):
+    """A NumPy copy of an index argument (tensor on any device, list or number)."""
+    return x.backend.to_host(values(x)) if isinstance(x, Tensor) else B.np.asarray(x)
+
+
+def _lengths(x, n: int, name: str):
+    a = _host(x).reshape(-1).astype(B.np.int64)
+    if a.shape != (n,):
+        raise ShapeError(f"ctc_loss: {name} must have one entry per batch element ({n}), got "
+                         f"{a.shape[0]}")
+    return a
+
+
+def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: int = 0,
+             reduction: str = "mean", zero_infinity: bool = False) -> Tensor:
+    """Connectionist temporal classification: −log Σ over alignments of the targets, by the
+    forward (alpha) recursion in log space over the blank-extended labels, vectorised over
+    the batch. ``log_probs`` (T, N, C) or (T, C); targets padded (N, S) or concatenated.
+    The gradient is the exact one in log_probs (PyTorch returns the one for the logits behind
+    a log_softmax; the two agree once passed through it)."""
+    if log_probs.ndim not in (2, 3):
+        raise ShapeError(f"ctc_loss: log_probs must be (T, N, C) or (T, C), got "
+                         f"{tuple(log_probs.shape)}")
+    unbatched = log_probs.ndim == 2
+    lp = ops.expand_dims(log_probs, 1) if unbatched else log_probs
+    t_max, n, c = lp.shape
+    if not 0 <= blank < c:
+        raise ValueError(f"ctc_loss: blank={blank} is not a class index for C={c}")
+    tg = _host(targets)
+    if tg.dtype.kind not in "iu":
+        raise DTypeError(f"ctc_loss: targets must be integers, got {tg.dtype}")
+    in_len = _lengths(input_lengths, n, "input_lengths")
+    tg_len = _lengths(target_lengths, n, "target_lengths")
+    if (in_len > t_max).any() or (in_len < 0).any() or (tg_len < 0).any():
+        raise ValueError(f"ctc_loss: input_lengths must lie in [0, T={t_max}] and target "
+                         f"lengths be non-negative, got {in_len.tolist()} / {tg_len.tolist()}")
+    s_max = int(tg_len.max()) if n else 0
+    if unbatched:
+        tg = tg.reshape(1, -1)
+    if tg.ndim == 1:  # concatenated: split into padded rows
+        if tg.shape[0] != tg_len.sum():
+            raise ShapeError(f"ctc_loss: concatenated targets have {tg.shape[0]} entries, "
+                             f"target_lengths sum to {int(tg_len.sum())}")
+        pad = B.np.full((n, s_max), blank, B.np.int64)
+        starts = B.np.concatenate([[0], B.np.cumsum(tg_len)[:-1]]).astype(int)
+        for i in range(n):
+            pad[i, :tg_len[i]] = tg[starts[i]:starts[i] + tg_len[i]]
+        tg = pad
+    elif tg.shape[0] != n or tg.shape[1] < s_max:
+        raise ShapeError(f"ctc_loss: padded targets must be (N={n}, S >= {s_max}), got "
+                         f"{tg.shape}")
+    tg = tg[:, :s_max].astype(B.np.int64)
+    valid = B.np.arange(s_max)[None, :] < tg_len[:, None]
+    if ((tg < 0) | (tg >= c))[valid].any():
+        raise IndexError(f"ctc_loss: a target is out of range for C={c} classes")
+    length = 2 * s_max + 1  # blanks between and around the labels
+    ext = B.np.full((n, length), blank, B.np.int64)
+    ext[:, 1::2] = B.np.where(valid, tg, blank)
+    skip = B.np.zeros((n, length), bool)  # s − 2 → s allowed: a label differing from s − 2
+    skip[:, 3::2] = (ext[:, 3::2] != ext[:, 1:-2:2])
+    xp = lp.backend.xp
+    idx = B.np.broadcast_to(ext[None], (t_max, n, length))
+    em = ops.take_along_axis(lp, Tensor(xp.asarray(idx)), 2)  # (T, N, L)
+    neg = Tensor(xp.full((n, 1), _NEG, dtype=lp.dtype))
+    start = B.np.full((n, length), _NEG)
+    start[:, 0] = 0.0
+    if length > 1:
+        start[:, 1] = 0.0
+    alpha = em[0] + Tensor(xp.asarray(start, dtype=lp.dtype))
+    skip_t = Tensor(xp.asarray(skip))
+    for t in range(1, t_max):
+        a1 = ops.concatenate([neg, alpha[:, :-1]], 1)
+        a2 = ops.where(skip_t, ops.concatenate([neg, neg, alpha[:, :-2]], 1)[:, :length], _NEG)
+        new = ops.logsumexp(ops.stack([alpha, a1, a2]), axis=0) + em[t]
+        live = Tensor(xp.asarray((t < in_len)[:, None]))
+        alpha = ops.where(live, new, alpha)
+    last = 2 * tg_len  # the final blank; the final label is last − 1
+    ends = B.np.stack([last, B.np.maximum(last - 1, 0)], 1)
+    picked = ops.take_along_axis(alpha, Tensor(xp.asarray(ends)), 1)
+    one = Tensor(xp.asarray((tg_len == 0)[:, None] & (B.np.arange(2) == 1)[None]))
+    picked = ops.where(one, _NEG, picked)
+    nll = -ops.logsumexp(picked, axis=1)
+    if (in_len == 0).any():  # no frames: only an empty target has (probability-one) paths
+        empty = B.np.where(tg_len == 0, 0.0, -_NEG)
+        nll = ops.where(Tensor(xp.asarray(in_len == 0)), Tensor(xp.asarray(empty, lp.dtype)), nll)
+    inf = nll > -_NEG / 2  # no alignment exists (target too long for the input)
+    nll = ops.where(inf, 0.0 if zero_infinity else float("inf"), nll)
+    if unbatched:
+        nll = nll[0]
+        if reduction == "mean":
+            return nll / max(int(tg_len[0]), 1)
+    if reduction == "mean":
+        return ops.mean(nll / Tensor(xp.asarray(B.np.maximum(tg_len, 1), dtype=lp.dtype)))
+    return _reduce(nll, reduction, "ctc_loss")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from .. import ops
 from ..autodiff import is_grad_enabled
+from ..batching import values
 from ..errors import ShapeError
 from ..random import Generator
 from ..tensor import Tensor
@@ -228,25 +229,51 @@ def _causal_bias(n_q: int, n_k: int, like: Tensor) -> Tensor:
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float,
             scale: float, generator: Generator | None) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ · scale + bias) v; returns the output and the (dropped-out) weights."""
+    """softmax(q kᵀ · scale + bias) v; returns the output and the (dropped-out) weights.
+
+    A query whose every key is masked (its bias row all -inf) gets zero weights, so a zero
+    output and zero gradients, as PyTorch's scaled_dot_product_attention (not 0/0 = NaN)."""
     scores = (q * scale) @ k.mT
+    dead = None
     if bias is not None:
-        scores = scores + bias
+        if bias.dtype.kind == "f" and bool(bias.backend.xp.isneginf(values(bias)).any()):
+            dead = ops.all(bias == -math.inf, axis=-1, keepdims=True)
+            if not bool(values(dead).any()):
+                dead = None
+        scores = scores + (bias if dead is None else ops.where(dead, 0.0, bias))
     w = ops.softmax(scores, -1)
+    if dead is not None:
+        w = ops.where(dead, 0.0, w)
     if dropout_p > 0:
         w = F.dropout(w, dropout_p, True, generator=generator)
     return w @ v, w
 
 
+def _repeat_heads(t: Tensor, heads: int, what: str) -> Tensor:
+    """(..., Hk, S, E) -> (..., heads, S, E), each key/value head serving heads/Hk query heads
+    in turn (PyTorch's repeat_interleave for grouped-query attention)."""
+    if t.ndim < 3 or heads % t.shape[-3]:
+        raise ShapeError(f"scaled_dot_product_attention: with enable_gqa the {what} heads "
+                         f"(axis -3 of {tuple(t.shape)}) must divide the {heads} query heads")
+    r = heads // t.shape[-3]
+    if r == 1:
+        return t
+    lead, (hk, s, e) = tuple(t.shape[:-3]), tuple(t.shape[-3:])
+    t = ops.broadcast_to(ops.expand_dims(t, -3), lead + (hk, r, s, e))
+    return ops.reshape(t, lead + (hk * r, s, e))
+
+
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
                                  dropout_p: float = 0.0, is_causal: bool = False,
-                                 scale: float | None = None,
+                                 scale: float | None = None, enable_gqa: bool = False,
                                  generator: Generator | None = None) -> Tensor:
     """softmax(q kᵀ / √E + mask) v over (..., L, E), (..., S, E), (..., S, Ev) -> (..., L, Ev).
 
     As PyTorch's function of this name: a boolean ``attn_mask`` marks with True the pairs that
-    TAKE PART (the opposite of MultiheadAttention's masks); a float one is added to the scores.
-    ``dropout_p`` drops attention weights whenever it is > 0 (pass 0 in evaluation).
+    TAKE PART (the opposite of MultiheadAttention's masks); a float one is added to the scores;
+    a query with no key to attend to gets zeros. ``enable_gqa``: key and value may have fewer
+    heads (axis -3) than the query, each shared by a group of query heads. ``dropout_p`` drops
+    attention weights whenever it is > 0 (pass 0 in evaluation).
     """
     if query.ndim < 2 or key.ndim < 2 or value.ndim < 2:
         raise ShapeError(f"scaled_dot_product_attention: expected query (..., L, E), key "
@@ -258,6 +285,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                          f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal, not both")
+    if enable_gqa and query.ndim >= 3:
+        key = _repeat_heads(key, query.shape[-3], "key")
+        value = _repeat_heads(value, query.shape[-3], "value")
     n_q, n_k = query.shape[-2], key.shape[-2]
     bias = _causal_bias(n_q, n_k, query) if is_causal else \
         None if attn_mask is None else _mask_bias(attn_mask, query, masked_when=False)

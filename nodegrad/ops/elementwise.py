@@ -1,7 +1,8 @@
 """Elementwise primitives: arithmetic, transcendental functions, activations, comparisons.
 
 Binary ops broadcast as NumPy does; the engine sums each cotangent back to its input's shape,
-so the rules below are written for equal shapes. Python numbers never upcast a float32 tensor.
+so the rules below are written for equal shapes. Operands of different dtypes are brought to
+one by the engine (PyTorch's promotion, ``nodegrad.dtypes``); Python numbers never upcast.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from ..errors import DTypeError
 from ..primitive import primitive
 from ..tensor import Tensor
 
@@ -21,11 +23,26 @@ def _as(mask, like):
     return astype(mask, like.dtype)
 
 
+def _no_bools(name, f):
+    """A forward that refuses bool with bool, which PyTorch does not define for this op (NumPy
+    would answer in int8)."""
+    def fwd(xp, x, y, **params):
+        if _is_bool(x) and _is_bool(y):
+            raise DTypeError(f"{name}: not defined for two bool operands (as in PyTorch); "
+                             "convert with .long() or .int() first")
+        return f(xp, x, y, **params)
+    return fwd
+
+
+def _is_bool(v) -> bool:
+    return type(v) is bool or getattr(v, "dtype", None) == B.bool_
+
+
 # --- arithmetic ------------------------------------------------------------------------------
 add = primitive("add", lambda xp, x, y: xp.add(x, y),
                 (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
-subtract = primitive("subtract", lambda xp, x, y: xp.subtract(x, y),
+subtract = primitive("subtract", _no_bools("subtract", lambda xp, x, y: xp.subtract(x, y)),
                      (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
                      kind=_EW, jvp=_J,
                      doc="x - y, broadcasting.")
@@ -55,15 +72,17 @@ def _power_dx(g, ans, x, y):
 
 
 power = primitive(
-    "power", lambda xp, x, y: xp.power(x, y),
+    "power", _no_bools("power", lambda xp, x, y: xp.power(x, y)),
     (_power_dx,
      lambda g, ans, x, y: g * ans * _log_base(x)),
     saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
 remainder = primitive(
-    "remainder", lambda xp, x, y: xp.remainder(x, y),
+    "remainder", _no_bools("remainder", lambda xp, x, y: xp.remainder(x, y)),
     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_divide(x, y)),
     kind=_EW, jvp=_J, doc="x mod y with the sign of y (Python's %).")
-floor_divide = primitive("floor_divide", lambda xp, x, y: xp.floor_divide(x, y), kind=_EW,
+floor_divide = primitive("floor_divide",
+                         _no_bools("floor_divide", lambda xp, x, y: xp.floor_divide(x, y)),
+                         kind=_EW,
                          doc="x // y (no gradient).")
 
 # --- transcendental --------------------------------------------------------------------------
@@ -220,7 +239,7 @@ def _where_fwd(xp, cond, x, y):
 where = primitive("where", _where_fwd,
                   (None, lambda g, ans, c, x, y: where(c, g, 0),
                    lambda g, ans, c, x, y: where(c, 0, g)),
-                  kind=_EW, jvp=_J, doc="x where cond is true, else y.")
+                  kind=_EW, jvp=_J, operands=(1, 2), doc="x where cond is true, else y.")
 
 # --- casts -----------------------------------------------------------------------------------
 _astype = primitive("astype", lambda xp, x, dtype, src: x.astype(dtype),
@@ -252,6 +271,32 @@ logical_and = _nodiff("logical_and", lambda xp, x, y: xp.logical_and(x, y), "x a
 logical_or = _nodiff("logical_or", lambda xp, x, y: xp.logical_or(x, y), "x or y.")
 logical_xor = _nodiff("logical_xor", lambda xp, x, y: xp.logical_xor(x, y), "x xor y.")
 logical_not = _nodiff("logical_not", lambda xp, x: xp.logical_not(x), "not x.")
+
+
+def _integral(name, f):
+    """A forward that refuses float operands: bitwise ops are for integer and bool tensors."""
+    def fwd(xp, *xs):
+        for v in xs:
+            if type(v) is float or getattr(v, "dtype", B.bool_).kind not in "biu":
+                dt = getattr(v, "dtype", type(v).__name__)
+                raise DTypeError(f"{name}: needs integer or bool operands, got {dt}; use the "
+                                 "logical_* functions or comparisons for float tensors")
+        return f(xp, *xs)
+    return fwd
+
+
+bitwise_and = _nodiff("bitwise_and", _integral("bitwise_and", lambda xp, x, y: xp.bitwise_and(
+    x, y)), "x & y: bitwise on integers, logical on bools.")
+bitwise_or = _nodiff("bitwise_or", _integral("bitwise_or", lambda xp, x, y: xp.bitwise_or(
+    x, y)), "x | y: bitwise on integers, logical on bools.")
+bitwise_xor = _nodiff("bitwise_xor", _integral("bitwise_xor", lambda xp, x, y: xp.bitwise_xor(
+    x, y)), "x ^ y: bitwise on integers, logical on bools.")
+bitwise_not = _nodiff("bitwise_not", _integral("bitwise_not", lambda xp, x: xp.invert(x)),
+                      "~x: bitwise on integers, logical on bools.")
+left_shift = _nodiff("left_shift", _no_bools("left_shift", _integral(
+    "left_shift", lambda xp, x, y: xp.left_shift(x, y))), "x << y, on integers.")
+right_shift = _nodiff("right_shift", _no_bools("right_shift", _integral(
+    "right_shift", lambda xp, x, y: xp.right_shift(x, y))), "x >> y (arithmetic), on integers.")
 isnan = _nodiff("isnan", lambda xp, x: xp.isnan(x), "True where x is NaN.")
 isinf = _nodiff("isinf", lambda xp, x: xp.isinf(x), "True where x is +-Inf.")
 isfinite = _nodiff("isfinite", lambda xp, x: xp.isfinite(x), "True where x is finite.")
@@ -259,3 +304,181 @@ floor = _nodiff("floor", lambda xp, x: xp.floor(x), "Round down (no gradient).")
 ceil = _nodiff("ceil", lambda xp, x: xp.ceil(x), "Round up (no gradient).")
 round = _nodiff("round", lambda xp, x: xp.round(x), "Round half to even (no gradient).")
 trunc = _nodiff("trunc", lambda xp, x: xp.trunc(x), "Round toward zero (no gradient).")
+
+
+# === more elementwise functions: inverse trig, hyperbolic, logs, pairs ========================
+_LN2, _LN10 = math.log(2.0), math.log(10.0)
+
+asin = primitive("asin", lambda xp, x: xp.arcsin(x), lambda g, ans, x: g / sqrt(1 - x * x),
+                 kind=_EW, jvp=_J, doc="Inverse sine (arcsin).")
+acos = primitive("acos", lambda xp, x: xp.arccos(x), lambda g, ans, x: -g / sqrt(1 - x * x),
+                 kind=_EW, jvp=_J, doc="Inverse cosine (arccos).")
+atan = primitive("atan", lambda xp, x: xp.arctan(x), lambda g, ans, x: g / (x * x + 1),
+                 kind=_EW, jvp=_J, doc="Inverse tangent (arctan).")
+atan2 = primitive("atan2", lambda xp, y, x: xp.arctan2(y, x),
+                  (lambda g, ans, y, x: g * x / (x * x + y * y),
+                   lambda g, ans, y, x: -g * y / (x * x + y * y)),
+                  kind=_EW, jvp=_J, doc="The angle of the point (x, y): atan2(y, x).")
+sinh = primitive("sinh", lambda xp, x: xp.sinh(x), lambda g, ans, x: g * cosh(x), kind=_EW,
+                 jvp=_J, doc="Hyperbolic sine.")
+cosh = primitive("cosh", lambda xp, x: xp.cosh(x), lambda g, ans, x: g * sinh(x), kind=_EW,
+                 jvp=_J, doc="Hyperbolic cosine.")
+asinh = primitive("asinh", lambda xp, x: xp.arcsinh(x), lambda g, ans, x: g / sqrt(x * x + 1),
+                  kind=_EW, jvp=_J, doc="Inverse hyperbolic sine.")
+acosh = primitive("acosh", lambda xp, x: xp.arccosh(x), lambda g, ans, x: g / sqrt(x * x - 1),
+                  kind=_EW, jvp=_J, doc="Inverse hyperbolic cosine (x >= 1).")
+atanh = primitive("atanh", lambda xp, x: xp.arctanh(x), lambda g, ans, x: g / (1 - x * x),
+                  kind=_EW, jvp=_J, doc="Inverse hyperbolic tangent (|x| < 1).")
+log2 = primitive("log2", lambda xp, x: xp.log2(x), lambda g, ans, x: g / (x * _LN2), kind=_EW,
+                 jvp=_J, doc="Base-2 logarithm.")
+log10 = primitive("log10", lambda xp, x: xp.log10(x), lambda g, ans, x: g / (x * _LN10),
+                  kind=_EW, jvp=_J, doc="Base-10 logarithm.")
+exp2 = primitive("exp2", lambda xp, x: xp.exp2(x), lambda g, ans, x: g * ans * _LN2,
+                 saves="out", kind=_EW, jvp=_J, doc="2**x.")
+rsqrt = primitive("rsqrt", lambda xp, x: 1 / xp.sqrt(x),
+                  lambda g, ans, x: g * (ans * ans * ans) * -0.5, saves="out", kind=_EW,
+                  jvp=_J, doc="1 / sqrt(x).")
+reciprocal = primitive("reciprocal", lambda xp, x: 1 / x, lambda g, ans, x: -g * (ans * ans),
+                       saves="out", kind=_EW, jvp=_J, doc="1 / x.")
+hypot = primitive("hypot", lambda xp, x, y: xp.hypot(x, y),
+                  (lambda g, ans, x, y: g * x / ans, lambda g, ans, x, y: g * y / ans),
+                  saves="both", kind=_EW, jvp=_J, doc="sqrt(x**2 + y**2) without overflow.")
+copysign = primitive(
+    "copysign", lambda xp, x, y: xp.copysign(x, y),
+    (lambda g, ans, x, y: g * where(x == 0, 0, ans / where(x == 0, 1, x)),
+     lambda g, ans, x, y: g * 0),
+    saves="both", kind=_EW, jvp=_J,
+    doc="|x| with the sign of y; y gets no gradient (as in PyTorch).")
+logaddexp = primitive("logaddexp", lambda xp, x, y: xp.logaddexp(x, y),
+                      (lambda g, ans, x, y: g * exp(x - ans),
+                       lambda g, ans, x, y: g * exp(y - ans)),
+                      saves="both", kind=_EW, jvp=_J, doc="log(e**x + e**y), stable.")
+logaddexp2 = primitive(
+    "logaddexp2", lambda xp, x, y: xp.logaddexp2(x, y),
+    (lambda g, ans, x, y: g * exp2(x - ans), lambda g, ans, x, y: g * exp2(y - ans)),
+    saves="both", kind=_EW, jvp=_J, doc="log2(2**x + 2**y), stable.")
+
+
+def _lerp_fwd(xp, a, b, w):
+    # PyTorch's two-sided formula: exact at w = 0 and w = 1
+    return xp.where(xp.abs(w) < 0.5, a + w * (b - a), b - (b - a) * (1 - w))
+
+
+lerp = primitive("lerp", _lerp_fwd,
+                 (lambda g, ans, a, b, w: g * (1 - w), lambda g, ans, a, b, w: g * w,
+                  lambda g, ans, a, b, w: g * (b - a)),
+                 kind=_EW, jvp=_J, doc="start + weight * (end - start).")
+fmod = primitive("fmod", lambda xp, x, y: xp.fmod(x, y),
+                 (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * trunc(x / y)),
+                 kind=_EW, jvp=_J, doc="C's fmod: x - trunc(x / y) * y (the sign of x).")
+
+
+def _xlogy_fwd(xp, x, y):
+    dt = xp.result_type(x, y)
+    dt = dt if dt.kind == "f" else B.float64
+    safe = xp.asarray(xp.where(x == 0, 1, y), dtype=dt)
+    out = xp.where(x == 0, 0, x * xp.log(safe)).astype(dt, copy=False)
+    return xp.where(xp.isnan(y), xp.nan, out).astype(dt, copy=False)
+
+
+xlogy = primitive("xlogy", _xlogy_fwd,
+                  (lambda g, ans, x, y: where(logical_and(x == 0, y <= 0), 0, _xlogy(g, y)),
+                   lambda g, ans, x, y: g * x / y),
+                  kind=_EW, jvp=_J, doc="x * log(y), 0 where x == 0 (even if y == 0).")
+_xlogy = xlogy
+_PI = math.pi
+
+
+def _sinc_vjp(g, ans, x):
+    px = x * _PI
+    safe = where(x == 0, 1, x)
+    return g * where(x == 0, 0, (cos(px) - ans) / safe)
+
+
+sinc = primitive("sinc", lambda xp, x: xp.sinc(x), _sinc_vjp, saves="both", kind=_EW, jvp=_J,
+                 doc="sin(pi x) / (pi x), 1 at 0 (the normalised sinc).")
+
+
+def _nan_to_num_fwd(xp, x, nan, posinf, neginf):
+    if x.dtype.kind != "f":
+        return x.copy()
+    return xp.nan_to_num(x, copy=True, nan=nan, posinf=posinf, neginf=neginf)
+
+
+_nan_to_num = primitive(
+    "nan_to_num", _nan_to_num_fwd,
+    lambda g, ans, x, nan, posinf, neginf: g * _as(isfinite(x), g),
+    kind=_EW, jvp=_J, doc="NaN and +-Inf replaced by finite numbers; they get no gradient.")
+
+
+def nan_to_num(x, nan: float = 0.0, posinf: float | None = None, neginf: float | None = None):
+    """NaN to ``nan``, +Inf to ``posinf``, -Inf to ``neginf`` (None: the dtype's extremes)."""
+    return _nan_to_num(x, nan=float(nan), posinf=None if posinf is None else float(posinf),
+                       neginf=None if neginf is None else float(neginf))
+
+
+def deg2rad(x):
+    """Degrees to radians."""
+    return x * (_PI / 180.0)
+
+
+def rad2deg(x):
+    """Radians to degrees."""
+    return x * (180.0 / _PI)
+
+
+def clamp_min(x, min):
+    """max(x, min) with clip's gradient rule (passes inside, inclusive)."""
+    return clip(x, min, None)
+
+
+def clamp_max(x, max):
+    """min(x, max) with clip's gradient rule."""
+    return clip(x, None, max)
+
+
+def frac(x):
+    """The fractional part x - trunc(x) (sign of x); its gradient is 1."""
+    return x - trunc(x)
+
+
+_isclose = primitive(
+    "isclose", lambda xp, a, b, rtol, atol, equal_nan: xp.isclose(a, b, rtol=rtol, atol=atol,
+                                                                 equal_nan=equal_nan),
+    kind=_EW, promote=False, doc="|a - b| <= atol + rtol * |b|, elementwise.")
+
+
+def isclose(a, b, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False):
+    """True where |a - b| <= atol + rtol * |b| (NaNs equal only with ``equal_nan``)."""
+    if rtol < 0 or atol < 0:
+        raise ValueError(f"isclose: rtol and atol must be non-negative, got {rtol}, {atol}")
+    return _isclose(a, b, rtol=float(rtol), atol=float(atol), equal_nan=bool(equal_nan))
+
+
+def allclose(a, b, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False) -> bool:
+    """True when every pair is close (``isclose``); a Python bool, as in PyTorch."""
+    return bool(isclose(a, b, rtol, atol, equal_nan).data.all())
+
+
+def _trunc_divide_fwd(xp, x, y):
+    if xp.result_type(x, y).kind == "f":
+        return xp.trunc(xp.true_divide(x, y))
+    q = xp.floor_divide(x, y)  # round toward zero: step back up where the signs differ
+    return q + ((q * y != x) & ((x < 0) != (y < 0)))
+
+
+trunc_divide = primitive("trunc_divide", _trunc_divide_fwd, kind=_EW, promote=False,
+                         doc="x / y rounded toward zero (no gradient).")
+
+
+def div(x, y, *, rounding_mode: str | None = None):
+    """PyTorch's divide: true division, or rounded with ``rounding_mode`` "trunc" / "floor"
+    (rounded quotients have no gradient, as floor_divide)."""
+    if rounding_mode is None:
+        return divide(x, y)
+    if rounding_mode == "floor":
+        return floor_divide(x, y)
+    if rounding_mode == "trunc":
+        return trunc_divide(x, y)
+    raise ValueError(f"divide: rounding_mode must be None, 'trunc' or 'floor', "
+                     f"got {rounding_mode!r}")

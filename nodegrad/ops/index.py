@@ -1,4 +1,6 @@
-"""Indexing: basic and advanced ``x[index]``, ``take_along_axis``, functional ``x[index] = v``.
+"""Indexing: basic and advanced ``x[index]``, ``take_along_axis``, functional ``x[index] = v``,
+and PyTorch's indexing ops (gather, scatter, scatter_reduce, index_*, masked_*, take, put,
+nonzero) built on the along-an-axis gather and scatters.
 
 Gradients scatter back with an unbuffered add, so an index that repeats counts each time.
 Each gather has its scatter as VJP and the scatter has the gather as VJP: double backward works.
@@ -7,11 +9,12 @@ Each gather has its scatter as VJP and the scatter has the gather as VJP: double
 from __future__ import annotations
 
 from .. import _backend as B
-from ..batching import BatchTracer, batched, front, rank_up, size_of
+from ..batching import BatchTracer, batched, front, rank_up, size_of, values
 from ..errors import DTypeError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
-from .shape import norm_axis
+from .elementwise import where as _where
+from .shape import moveaxis, norm_axis
 
 _L = "linear"  # linear in its differentiable inputs: the JVP applies the op to the tangents
 _IX = "index"
@@ -82,8 +85,6 @@ def _example_sub(xp, shape, index, dtype) -> tuple:
 
 
 def _scatter_batch(v, b, index, shape):
-    from .shape import moveaxis
-
     g = front(v[0], b[0])
     sub = _example_sub(g.backend.xp, shape, index, g.dtype)
     g = moveaxis(rank_up(g, 0, len(sub)), 0, _adv_bdim(index))
@@ -91,8 +92,6 @@ def _scatter_batch(v, b, index, shape):
 
 
 def _setitem_batch(vals, bdims, index):
-    from .shape import moveaxis
-
     n = size_of(vals, bdims)
     x = batched(vals[0], bdims[0], n)
     ex = x.shape[1:]
@@ -148,10 +147,10 @@ def _along(xp, idx, axis, shape):
     for d in range(nd):
         if d == axis:
             out.append(idx)
-        else:
+        else:  # PyTorch's scatter: an index smaller than the target covers its leading part
             ix = [1] * nd
-            ix[d] = shape[d]
-            out.append(xp.arange(shape[d]).reshape(ix))
+            ix[d] = min(shape[d], idx.shape[d])
+            out.append(xp.arange(ix[d]).reshape(ix))
     return tuple(out)
 
 
@@ -180,7 +179,8 @@ _take_along = primitive(
 _take_along.batch = _along_batch(_take_along)
 _scatter_along = primitive(
     "scatter_add_along_axis", _scatter_along_fwd,
-    (lambda g, ans, v, idx, axis, shape: _take_along(g, idx, axis=axis), None),
+    (lambda g, ans, v, idx, axis, shape: _take_along(_fit(g, v.shape, axis), idx, axis=axis),
+     None),
     kind=_IX, jvp=_L, doc="zeros(shape) with v added at idx along axis (repeats add up).")
 _scatter_along.batch = _along_batch(_scatter_along)
 
@@ -198,3 +198,451 @@ def take_along_axis(x, indices, axis: int):
     except IndexError as e:
         raise IndexError(f"take_along_axis: index out of range for axis {ax} of shape "
                          f"{tuple(x.shape)}: {e}") from None
+
+
+
+# =============================================================================================
+# PyTorch's indexing ops. An index is an integer tensor (a primitive input, so vmap can batch
+# it); along ``dim`` it may be smaller than the input in the other dims (PyTorch's rule, unlike
+# NumPy's take_along_axis, which broadcasts). Forward, VJP, JVP and batching of the two new
+# primitives (set and reduce along an axis) are declared here; the rest are exact composites.
+# =============================================================================================
+_REDUCE_UFUNC = {"prod": "multiply", "amax": "max", "amin": "min"}
+
+
+def _fit(x, shape, axis):
+    """``x`` cut to ``shape`` in every dim but ``axis`` where it is longer (PyTorch's smaller
+    index covers the leading part of the other dims)."""
+    cut = [d != axis and x.shape[d] > shape[d] for d in range(x.ndim)]
+    if not any(cut):
+        return x
+    return _getitem(x, index=tuple(slice(0, shape[d]) if c else slice(None)
+                                   for d, c in enumerate(cut)))
+
+
+def _scatter_set_fwd(xp, x, src, idx, axis):
+    out = x.copy()
+    out[_along(xp, idx, axis, x.shape)] = src
+    return out
+
+
+def _scatter_reduce_fwd(xp, x, src, idx, axis, reduce, include_self):
+    out = x.copy()
+    full = _along(xp, idx, axis, x.shape)
+    if not include_self:
+        if reduce == "prod":
+            out[full] = 1
+        else:
+            info = xp.finfo(x.dtype) if x.dtype.kind == "f" else xp.iinfo(x.dtype)
+            big = xp.inf if x.dtype.kind == "f" else info.max
+            out[full] = -big if reduce == "amax" else big
+    B.backend_of(out).scatter_reduce(out, full, src, _REDUCE_UFUNC[reduce])
+    return out
+
+
+def _along_set_batch(prim):
+    def rule(vals, bdims, axis, **params):
+        n = size_of(vals, bdims)
+        args = [v if b is None and not isinstance(v, Tensor) else batched(v, b, n)
+                for v, b in zip(vals, bdims)]
+        return prim(*args, axis=axis + 1, **params), 0
+
+    return rule
+
+
+def _zeros_at(g, idx, axis):
+    """``g`` with the positions that ``idx`` addresses set to 0."""
+    return _scatter_set(g, Tensor(g.backend.xp.zeros(idx.shape, g.dtype)), idx, axis=axis)
+
+
+def _gather_fit(x, idx, axis):
+    return _take_along(_fit(x, idx.shape, axis), idx, axis=axis)
+
+
+def _scatter_reduce_vjp(g, ans, x, src, idx, axis, reduce, include_self):
+    """PyTorch's rule: amax/amin split the gradient evenly among the elements equal to the
+    result; prod divides by the element, or recomputes the product without a lone zero."""
+    f = g.dtype
+    if reduce == "prod":
+        xz = x == 0
+        masked_x = _where(xz, 1.0, x)
+        gx = g * _scatter_reduce(masked_x, src, idx, axis=axis, reduce=reduce,
+                                 include_self=include_self) / masked_x
+        src_zero = src == 0
+        nz = _gather_fit(_scatter_along(src_zero.astype(f), idx, axis=axis, shape=x.shape),
+                         idx, axis)
+        single = src_zero & (nz == 1)
+        without = _scatter_reduce(x, _where(single, 1.0, src), idx, axis=axis, reduce=reduce,
+                                  include_self=include_self)
+        gs = _where(single, _gather_fit(g * without, idx, axis),
+                   _gather_fit(g * ans, idx, axis) / _where(src_zero, 1.0, src))
+    else:
+        value = _gather_fit(ans, idx, axis)
+        x_is, src_is = x == ans, src == value
+        n = _scatter_along(src_is.astype(f), idx, axis=axis, shape=x.shape) + x_is.astype(f)
+        gd = g / n
+        gx = _where(x_is, gd, 0.0)
+        gs = _where(src_is, _gather_fit(gd, idx, axis), 0.0)
+    if not include_self:
+        gx = _zeros_at(gx, idx, axis)
+    return gx, gs
+
+
+def _scatter_reduce_jvp(ts, ans, x, src, idx, axis, reduce, include_self):
+    # the VJP is g times coefficients: the JVP applies their transpose to the tangents
+    ones = Tensor(ans.backend.xp.ones(ans.shape, ans.dtype))
+    cx, cs = _scatter_reduce_vjp(ones, ans, x, src, idx, axis, reduce, include_self)
+    out = None if ts[0] is None else cx * ts[0]
+    if ts[1] is not None:
+        c = _scatter_along(cs * ts[1], idx, axis=axis, shape=tuple(ans.shape))
+        out = c if out is None else out + c
+    return out
+
+
+_scatter_set = primitive(
+    "scatter_along_axis", _scatter_set_fwd,
+    (lambda g, ans, x, src, idx, axis: _zeros_at(g, idx, axis),
+     lambda g, ans, x, src, idx, axis: _gather_fit(g, idx, axis), None),
+    saves="inputs", kind=_IX, jvp=_L,
+    doc="A copy of x with x[idx] = src along an axis (idx and src of one shape).")
+_scatter_set.batch = _along_set_batch(_scatter_set)
+_scatter_reduce = primitive(
+    "scatter_reduce_along_axis", _scatter_reduce_fwd,
+    vjp_all=lambda needs, g, ans, x, src, idx, **p: (*_scatter_reduce_vjp(g, ans, x, src, idx,
+                                                                          **p), None),
+    saves="both", kind=_IX, jvp=_scatter_reduce_jvp,
+    doc="x with src combined in at idx along an axis by prod, amax or amin.")
+_scatter_reduce.batch = _along_set_batch(_scatter_reduce)
+
+
+# --- argument checks -------------------------------------------------------------------------
+def _as_index(op: str, index, like, name: str = "index"):
+    """``index`` as an integer tensor on ``like``'s device, or a DTypeError naming ``op``."""
+    if not isinstance(index, Tensor):
+        index = Tensor(like.backend.asarray(index))
+        if index.dtype.kind == "f" and index.numel() == 0:
+            index = index.astype(B.int64)
+    if index.dtype.kind not in "iu":
+        raise DTypeError(f"{op}: {name} must be an integer tensor, got dtype {index.dtype}")
+    return index
+
+
+def _check_range(op: str, index, n: int, dim: int, negative: bool = False) -> None:
+    v = values(index)
+    if v.size == 0:
+        return
+    lo, hi, low = int(v.min()), int(v.max()), -n if negative else 0
+    if lo < low or hi >= n:
+        raise IndexError(f"{op}: index {lo if lo < low else hi} is out of range for dimension "
+                         f"{dim} of size {n}; expected indices in [{low}, {n - 1}]")
+
+
+def _dim(op: str, dim: int, ndim: int) -> int:
+    return norm_axis(dim, max(ndim, 1), op)
+
+
+def _same_rank(op: str, x, index, name: str = "input") -> None:
+    if index.ndim != x.ndim:
+        raise ShapeError(f"{op}: index has {index.ndim} dims but {name} has {x.ndim} "
+                         f"(shapes {tuple(index.shape)} and {tuple(x.shape)}); they must match")
+
+
+def _not_larger(op: str, index, x, ax, name: str = "input", skip_dim: bool = True) -> None:
+    for d in range(x.ndim):
+        if (d != ax or not skip_dim) and index.shape[d] > x.shape[d]:
+            raise ShapeError(f"{op}: index shape {tuple(index.shape)} exceeds {name} shape "
+                             f"{tuple(x.shape)} in dimension {d}; expected index.size({d}) <= "
+                             f"{name}.size({d})")
+
+
+def _scalar_to_0d(x):
+    return x.reshape((1,)) if x.ndim == 0 else x
+
+
+# --- gather and scatters ---------------------------------------------------------------------
+def gather(input, dim: int, index, *, sparse_grad: bool = False):
+    """PyTorch's gather: ``out[i][j] = input[index[i][j]][j]`` for dim 0; the index may be
+    smaller than the input in the other dims (NumPy's broadcasting rule: take_along_axis)."""
+    index = _as_index("gather", index, input)
+    _same_rank("gather", input, index)
+    if input.ndim == 0:
+        return gather(input.reshape((1,)), 0, index.reshape((1,)), sparse_grad=sparse_grad
+                      ).reshape(())
+    ax = _dim("gather", dim, input.ndim)
+    _not_larger("gather", index, input, ax)
+    _check_range("gather", index, input.shape[ax], ax)
+    return _gather_fit(input, index, ax)
+
+
+def _src_arg(op, input, index, src, value):
+    """``src`` cut to the index's shape, or ``value`` (a number or 0-d tensor) spread over it."""
+    if src is None and value is None:
+        raise TypeError(f"{op}: expected src (a tensor) or value (a number)")
+    if src is None or not isinstance(src, Tensor):
+        v = value if src is None else src
+        if isinstance(v, Tensor):
+            return v.broadcast_to(tuple(index.shape))
+        return Tensor(input.backend.xp.full(index.shape, v, dtype=input.dtype))
+    _same_rank(op, src, index, "src")
+    _not_larger(op, index, src, None, "src", skip_dim=False)
+    return _fit(src, index.shape, None)
+
+
+def _scatter_args(op, input, dim, index):
+    index = _as_index(op, index, input)
+    _same_rank(op, input, index)
+    ax = _dim(op, dim, input.ndim)
+    _not_larger(op, index, input, ax)
+    _check_range(op, index, input.shape[ax] if input.ndim else 1, ax)
+    return index, ax
+
+
+def scatter(input, dim: int, index, src=None, *, value=None, reduce: str | None = None):
+    """PyTorch's scatter: a copy of ``input`` with ``out[index[i][j]][j] = src[i][j]`` (dim 0);
+    ``src`` may be a number. Repeated indices write one of their values (as PyTorch: unspecified
+    which); ``reduce="add"|"multiply"`` combines instead."""
+    if input.ndim == 0:
+        return scatter(input.reshape((1,)), dim, _as_index("scatter", index, input).reshape(
+            (1,)), src if not isinstance(src, Tensor) else src.reshape((1,)), value=value,
+            reduce=reduce).reshape(())
+    index, ax = _scatter_args("scatter", input, dim, index)
+    s = _src_arg("scatter", input, index, src, value)
+    if reduce is None:
+        return _scatter_set(input, s, index, axis=ax)
+    if reduce == "add":
+        return input + _scatter_along(s, index, axis=ax, shape=tuple(input.shape))
+    if reduce == "multiply":
+        return _scatter_reduce(input, s, index, axis=ax, reduce="prod", include_self=True)
+    raise ValueError(f"scatter: reduce must be None, 'add' or 'multiply', got {reduce!r}")
+
+
+def scatter_add(input, dim: int, index, src):
+    """PyTorch's scatter_add: ``out[index[i][j]][j] += src[i][j]`` (dim 0); repeats add up."""
+    if input.ndim == 0:
+        return scatter_add(input.reshape((1,)), 0, _as_index("scatter_add", index, input
+                           ).reshape((1,)), src.reshape((1,))).reshape(())
+    index, ax = _scatter_args("scatter_add", input, dim, index)
+    s = _src_arg("scatter_add", input, index, src, None)
+    return input + _scatter_along(s, index, axis=ax, shape=tuple(input.shape))
+
+
+_REDUCES = ("sum", "prod", "mean", "amax", "amin")
+
+
+def scatter_reduce(input, dim: int, index, src, reduce: str, *, include_self: bool = True):
+    """PyTorch's scatter_reduce: combine ``src`` into ``input`` at ``index`` along ``dim`` by
+    "sum", "prod", "mean", "amax" or "amin"; ``include_self=False`` leaves the old values of
+    the addressed positions out. Gradients follow PyTorch (ties share, zeros handled)."""
+    if reduce not in _REDUCES:
+        raise ValueError(f"scatter_reduce: reduce must be one of {_REDUCES}, got {reduce!r}")
+    if input.ndim == 0:
+        return scatter_reduce(input.reshape((1,)), 0, _as_index("scatter_reduce", index, input
+                              ).reshape((1,)), src.reshape((1,)), reduce,
+                              include_self=include_self).reshape(())
+    index, ax = _scatter_args("scatter_reduce", input, dim, index)
+    s = _src_arg("scatter_reduce", input, index, src, None)
+    if reduce in _REDUCE_UFUNC:
+        return _scatter_reduce(input, s, index, axis=ax, reduce=reduce,
+                               include_self=include_self)
+    base = input if include_self else _zeros_at(input, index, ax)
+    shape = tuple(input.shape)
+    total = base + _scatter_along(s, index, axis=ax, shape=shape)
+    if reduce == "sum":
+        return total
+    xp = input.backend.xp
+    ft = input.dtype if input.dtype.kind == "f" else B.DEFAULT_FLOAT
+    count = _scatter_along(Tensor(xp.ones(index.shape, ft)), index, axis=ax, shape=shape)
+    if include_self:
+        count = count + 1
+    hit = count > 0
+    if input.dtype.kind != "f":
+        return _where(hit, total // _where(hit, count, 1).astype(input.dtype), input)
+    return _where(hit, total / _where(hit, count, 1.0), input)
+
+
+# --- along one dim with a 1-d index ----------------------------------------------------------
+def _index_1d(op, input, dim, index, negative=False):
+    index = _as_index(op, index, input)
+    if index.ndim > 1:
+        raise ShapeError(f"{op}: index must be 0-d or 1-d, got shape {tuple(index.shape)}")
+    ax = _dim(op, dim, input.ndim)
+    _check_range(op, index, input.shape[ax] if input.ndim else 1, ax, negative)
+    return index.reshape((-1,)), ax
+
+
+def _spread_index(index, ax, shape):
+    """A 1-d index laid along ``ax`` and broadcast to ``shape``."""
+    lay = [1] * len(shape)
+    lay[ax] = index.shape[0]
+    return index.reshape(tuple(lay)).broadcast_to(tuple(shape))
+
+
+def index_select(input, dim: int, index):
+    """PyTorch's index_select: the slices ``index`` names along ``dim`` (repeats allowed)."""
+    x = _scalar_to_0d(input)
+    index, ax = _index_1d("index_select", x, dim, index)
+    shape = x.shape[:ax] + (index.shape[0],) + x.shape[ax + 1:]
+    return _take_along(x, _spread_index(index, ax, shape), axis=ax)
+
+
+def _source_like(op, input, ax, index, source):
+    want = input.shape[:ax] + (index.shape[0],) + input.shape[ax + 1:]
+    if tuple(source.shape) != want:
+        raise ShapeError(f"{op}: source has shape {tuple(source.shape)}, expected {want} "
+                         f"(input {tuple(input.shape)} with len(index)={index.shape[0]} "
+                         f"along dim {ax})")
+    return _spread_index(index, ax, want)
+
+
+def index_add(input, dim: int, index, source, *, alpha=1):
+    """PyTorch's index_add: ``input`` plus ``alpha * source`` added at the slices ``index``
+    names along ``dim`` (repeats add up)."""
+    x, src = _scalar_to_0d(input), _scalar_to_0d(source)
+    index, ax = _index_1d("index_add", x, dim, index)
+    idx = _source_like("index_add", x, ax, index, src)
+    if alpha != 1:
+        src = src * alpha
+    return (x + _scatter_along(src, idx, axis=ax, shape=tuple(x.shape))).reshape(input.shape)
+
+
+def index_copy(input, dim: int, index, source):
+    """PyTorch's index_copy: ``input`` with the slices ``index`` names along ``dim`` replaced
+    by those of ``source``."""
+    x, src = _scalar_to_0d(input), _scalar_to_0d(source)
+    index, ax = _index_1d("index_copy", x, dim, index)
+    idx = _source_like("index_copy", x, ax, index, src)
+    return _scatter_set(x, src, idx, axis=ax).reshape(input.shape)
+
+
+def index_fill(input, dim: int, index, value):
+    """PyTorch's index_fill: the slices ``index`` names along ``dim`` set to ``value`` (a
+    number or a 0-d tensor, which then gets the gradient); negative indices count back."""
+    x = _scalar_to_0d(input)
+    index, ax = _index_1d("index_fill", x, dim, index, negative=True)
+    shape = x.shape[:ax] + (index.shape[0],) + x.shape[ax + 1:]
+    if isinstance(value, Tensor) and value.ndim:
+        raise ShapeError(f"index_fill: value must be a number or a 0-d tensor, got shape "
+                         f"{tuple(value.shape)}")
+    ones = Tensor(x.backend.xp.ones(shape, B.DEFAULT_FLOAT))
+    hit = _scatter_along(ones, _spread_index(index, ax, shape), axis=ax, shape=tuple(x.shape))
+    return _where(hit > 0, value, x).reshape(input.shape)  # each position once, repeats or not
+
+
+# --- masks -----------------------------------------------------------------------------------
+def _mask(op, mask, like):
+    if not isinstance(mask, Tensor):
+        mask = Tensor(like.backend.asarray(mask))
+    if mask.dtype.kind != "b":
+        raise DTypeError(f"{op}: mask must be a bool tensor, got dtype {mask.dtype}")
+    return mask
+
+
+def masked_fill(input, mask, value):
+    """PyTorch's masked_fill: ``value`` where ``mask`` (broadcast to the input) is True."""
+    mask = _mask("masked_fill", mask, input)
+    shape = B.np.broadcast_shapes(tuple(input.shape), tuple(mask.shape))
+    if shape != tuple(input.shape):
+        raise ShapeError(f"masked_fill: mask of shape {tuple(mask.shape)} does not broadcast "
+                         f"to the input's shape {tuple(input.shape)}")
+    if isinstance(value, Tensor) and value.ndim:
+        raise ShapeError(f"masked_fill: value must be a number or a 0-d tensor, got shape "
+                         f"{tuple(value.shape)}")
+    return _where(mask, value, input)
+
+
+def _concrete_mask(op, mask, shape):
+    if isinstance(mask, BatchTracer):
+        raise TypeError(f"{op}: a batched mask inside vmap is not supported (the positions "
+                        "depend on its values); use where()")
+    try:
+        return mask.backend.xp.broadcast_to(mask.data, shape)
+    except ValueError:
+        raise ShapeError(f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to "
+                         f"shape {shape}") from None
+
+
+def masked_scatter(input, mask, source):
+    """PyTorch's masked_scatter: the positions where ``mask`` is True, in row-major order,
+    take ``source``'s leading elements (row-major)."""
+    mask = _mask("masked_scatter", mask, input)
+    m = _concrete_mask("masked_scatter", mask, tuple(input.shape))
+    k = int(m.sum())
+    if k > source.numel():
+        raise ShapeError(f"masked_scatter: the mask selects {k} positions but source has only "
+                         f"{source.numel()} elements (shape {tuple(source.shape)})")
+    flat = source.reshape((-1,))
+    if k < flat.shape[0]:
+        flat = flat[:k]
+    return _setitem(input, flat, index=(m,))
+
+
+def masked_select(input, mask):
+    """PyTorch's masked_select: a 1-d tensor of the elements where ``mask`` is True (input and
+    mask broadcast together)."""
+    mask = _mask("masked_select", mask, input)
+    try:
+        shape = B.np.broadcast_shapes(tuple(input.shape), tuple(mask.shape))
+    except ValueError:
+        raise ShapeError(f"masked_select: shapes {tuple(input.shape)} and {tuple(mask.shape)} "
+                         "do not broadcast") from None
+    m = _concrete_mask("masked_select", mask, shape)
+    x = input if tuple(input.shape) == shape else input.broadcast_to(shape)
+    return _getitem(x, index=(m,))
+
+
+# --- flat positions --------------------------------------------------------------------------
+def take(input, index):
+    """PyTorch's take: elements of the flattened input at ``index`` (negative counts back);
+    the result has the index's shape."""
+    index = _as_index("take", index, input)
+    _check_range("take", index, input.numel(), 0, negative=True)
+    flat = _take_along(input.reshape((-1,)), index.reshape((-1,)), axis=0)
+    return flat.reshape(tuple(index.shape))
+
+
+def put(input, index, source, accumulate: bool = False):
+    """PyTorch's put: a copy of ``input`` whose flattened positions ``index`` get ``source``
+    (its elements in order); ``accumulate=True`` adds instead (repeats add up)."""
+    index = _as_index("put", index, input)
+    if index.numel() != source.numel():
+        raise ShapeError(f"put: index has {index.numel()} elements but source has {source.numel()} "
+                         f"(shapes {tuple(index.shape)} and {tuple(source.shape)})")
+    _check_range("put", index, input.numel(), 0, negative=True)
+    x, i, s = input.reshape((-1,)), index.reshape((-1,)), source.reshape((-1,))
+    if accumulate:
+        out = x + _scatter_along(s, i, axis=0, shape=(input.numel(),))
+    else:
+        out = _scatter_set(x, s, i, axis=0)
+    return out.reshape(tuple(input.shape))
+
+
+# --- positions of nonzero elements (no gradient; the shape depends on the values) ------------
+def nonzero(input, *, as_tuple: bool = False):
+    """PyTorch's nonzero: the (n, ndim) int64 indices of the nonzero elements in row-major
+    order, or with ``as_tuple=True`` one 1-d tensor per dim."""
+    if isinstance(input, BatchTracer):
+        raise TypeError("nonzero: the output's shape depends on the values, so it cannot run "
+                        "inside vmap; use where() or a mask")
+    xp = input.backend.xp
+    d = input.data if input.ndim else input.data.reshape((1,))
+    idx = xp.argwhere(d).astype(B.int64)
+    if input.ndim == 0 and not as_tuple:
+        idx = idx[:, :0]
+    if as_tuple:
+        return tuple(Tensor(xp.ascontiguousarray(idx[:, k])) for k in range(idx.shape[1]))
+    return Tensor(idx)
+
+
+def argwhere(input):
+    """PyTorch's argwhere (NumPy's too): nonzero as an (n, ndim) tensor."""
+    return nonzero(input)
+
+
+def where(condition, input=None, other=None):
+    """``where(c, x, y)`` picks elementwise; one argument ``where(c)`` is
+    ``nonzero(c, as_tuple=True)`` (PyTorch and NumPy)."""
+    if input is None and other is None:
+        return nonzero(condition, as_tuple=True)
+    if input is None or other is None:
+        raise TypeError("where: expected one argument (condition) or three")
+    return _where(condition, input, other)

@@ -1,17 +1,21 @@
-"""Products: matmul (batched, with NumPy's 1-d rules) and einsum.
+"""Products (matmul, einsum) and the linear-algebra primitives behind ``ng.linalg``.
 
 The notes' rules: for C = A B, dA = dC Bᵀ and dB = Aᵀ dC. Batch axes broadcast; the engine sums
-them back to each operand's shape.
+them back to each operand's shape. Decompositions follow the standard matrix rules (as
+PyTorch's ``FunctionsManual``), every one batched over leading axes.
 """
 
 from __future__ import annotations
 
 import string
 
-from ..errors import ShapeError
+from .. import _backend as B
+from ..batching import front, rank_up, size_of, values
+from ..errors import GradError, LinAlgError, ShapeError
 from ..primitive import primitive
-from ..batching import front, rank_up, size_of
-from .shape import expand_dims, reshape, swapaxes
+from ..tensor import Tensor
+from .elementwise import logical_and, where
+from .shape import concatenate, expand_dims, reshape, swapaxes
 
 
 def _mT(x):
@@ -70,7 +74,7 @@ def _matmul_batch(vals, bdims):
 
 
 matmul = primitive("matmul", _matmul_fwd, (_matmul_da, _matmul_db), kind="linalg",
-                   jvp="multilinear", batch=_matmul_batch,
+                   jvp="multilinear", batch=_matmul_batch, operands="all",
                    doc="Matrix product with NumPy's rules (1-d operands, broadcast batches).")
 
 
@@ -112,17 +116,35 @@ def _parse(subscripts: str, shapes: list) -> tuple[list, str]:
     return new_terms, out
 
 
+def _undiagonal(t: str, terms, out: str, x) -> tuple[str, list]:
+    """A repeated letter (a diagonal, 'ii') renamed at each later place, with an identity matrix
+    tying the new letter to the old: the gradient lands on the diagonal, zero elsewhere."""
+    if len(set(t)) == len(t):
+        return t, []
+    used = set("".join(terms) + out)
+    free = (c for c in string.ascii_letters if c not in used)
+    new, eyes = "", []
+    for k, c in enumerate(t):
+        if c in new:
+            d = next(free)
+            eye = Tensor(x.backend.xp.eye(x.shape[k], dtype=x.dtype))
+            eyes.append((c + d, eye))
+            c = d
+        new += c
+    return new, eyes
+
+
 def _einsum_vjp(needs, g, ans, *ops, terms, out):
     grads = []
     for i, need in enumerate(needs):
         if not need:
             grads.append(None)
             continue
-        t = terms[i]
-        if len(set(t)) != len(t):
-            raise ShapeError(f"einsum: no gradient for repeated subscripts in {t!r} (a diagonal)")
         others = [ops[j] for j in range(len(ops)) if j != i]
         oterms = [terms[j] for j in range(len(ops)) if j != i]
+        t, eyes = _undiagonal(terms[i], terms, out, ops[i])
+        oterms += [e for e, _ in eyes]
+        others += [m for _, m in eyes]
         have = set(out).union(*oterms) if oterms else set(out)
         kept = "".join(c for c in t if c in have)
         gi = einsum(",".join([out] + oterms) + "->" + kept, g, *others)
@@ -142,7 +164,7 @@ def _einsum_batch(vals, bdims, terms, out):
 
 _einsum = primitive("einsum", lambda xp, *ops, terms, out: xp.einsum(
     ",".join(terms) + "->" + out, *ops, optimize=len(ops) > 2),
-    vjp_all=_einsum_vjp, kind="linalg", jvp="multilinear", batch=_einsum_batch,
+    vjp_all=_einsum_vjp, kind="linalg", jvp="multilinear", batch=_einsum_batch, operands="all",
     doc="Einstein summation.")
 
 
@@ -150,3 +172,490 @@ def einsum(subscripts: str, *operands):
     """NumPy's einsum (with '...'); differentiable in every operand."""
     terms, out = _parse(subscripts, [tuple(o.shape) for o in operands])
     return _einsum(*operands, terms=tuple(terms), out=out)
+
+
+
+# === linear algebra: solves, determinants, decompositions ====================================
+# Every primitive below acts on the last two axes and is batched over the leading ones. A
+# decomposition with several outputs (slogdet, qr, eigh, svd) returns ONE flat array (each
+# output's trailing part flattened and concatenated) that ``nodegrad.linalg`` splits with
+# differentiable slices: one node holds one factorisation, and its VJP reads the cotangents of
+# all outputs from one flat cotangent (zeros for unused outputs).
+def _tri(x, upper: bool = False, k: int = 0):
+    """x with the entries outside its lower (``upper``: upper) triangle, from diagonal k, zeroed."""
+    xp = x.backend.xp
+    m, n = x.shape[-2], x.shape[-1]
+    mask = 1 - xp.tri(m, n, k - 1, dtype=x.dtype) if upper else xp.tri(m, n, k, dtype=x.dtype)
+    return x * Tensor(mask)
+
+
+def _eye(x, n: int | None = None):
+    return Tensor(x.backend.xp.eye(x.shape[-1] if n is None else n, dtype=x.dtype))
+
+
+def _diag(x):
+    return einsum("...ii->...i", x)
+
+
+def _diag_embed(v):
+    return expand_dims(v, -1) * _eye(v)
+
+
+def _sym(x):
+    return (x + _mT(x)) * 0.5
+
+
+def _size(t) -> int:
+    """The number of entries of t's trailing matrix."""
+    return t.shape[-1] * t.shape[-2]
+
+
+def _lead(t) -> tuple:
+    return tuple(t.shape[:-1])
+
+
+def _pack(xp, *arrays, nd: tuple):
+    """Concatenate arrays whose last ``nd[i]`` axes are the output part, flattened."""
+    parts = [a.reshape(a.shape[:a.ndim - k] + (B.np.prod(a.shape[a.ndim - k:], dtype=int),))
+             for a, k in zip(arrays, nd)]
+    return xp.concatenate(parts, axis=-1)
+
+
+def _unpack(t, shapes):
+    """The outputs packed by ``_pack``: one differentiable slice and reshape per shape."""
+    out, i = [], 0
+    lead = _lead(t)
+    for s in shapes:
+        n = 1
+        for d in s:
+            n *= d
+        out.append(reshape(t[..., i:i + n], lead + tuple(s)))
+        i += n
+    return out
+
+
+def _call(op: str, what: str, fn, *a, **k):
+    try:
+        return fn(*a, **k)
+    except B.np.linalg.LinAlgError as e:
+        raise LinAlgError(f"{op}: {what} ({e})") from None
+
+
+def _bcast2(xp, a, b):
+    lead = B.np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return xp.broadcast_to(a, lead + a.shape[-2:]), xp.broadcast_to(b, lead + b.shape[-2:])
+
+
+def _batch1(name: str):
+    """Batch rule of a one-matrix op: batch axis first, the op is batched over leading axes."""
+    def rule(vals, bdims, **params):
+        return globals()[name](front(vals[0], bdims[0]), **params), 0
+    return rule
+
+
+def _batch2(name: str):
+    """Batch rule of a two-matrix op: batch axes first, leading axes aligned to broadcast."""
+    def rule(vals, bdims, **params):
+        r = max(v.ndim - (b is not None) for v, b in zip(vals, bdims))
+        args = [v if b is None else rank_up(v, b, r) for v, b in zip(vals, bdims)]
+        return globals()[name](*args, **params), 0
+    return rule
+
+
+def _right(x, r, upper: bool):
+    """x R⁻¹ for a triangular R (a solve from the right)."""
+    return _mT(solve_triangular(_mT(r), _mT(x), upper=not upper, unitriangular=False))
+
+
+# --- inv, solve, solve_triangular -----------------------------------------------------------
+inv = primitive(
+    "inv", lambda xp, a: _call("inv", "the matrix is singular", xp.linalg.inv, a),
+    lambda g, ans, a: -matmul(matmul(_mT(ans), g), _mT(ans)), saves="out", kind="linalg",
+    jvp=lambda ts, ans, a: -matmul(matmul(ans, ts[0]), ans), batch=_batch1("inv"),
+    doc="Matrix inverse: d(A⁻¹) = −A⁻¹ dA A⁻¹.")
+
+
+def _solve_fwd(xp, a, b):
+    a, b = _bcast2(xp, a, b)
+    return _call("solve", "the matrix is singular", xp.linalg.solve, a, b)
+
+
+def _solve_vjp(needs, g, ans, a, b):
+    gb = solve(_mT(a), g)
+    return (-matmul(gb, _mT(ans)) if needs[0] else None, gb if needs[1] else None)
+
+
+def _solve_jvp(ts, ans, a, b):
+    rhs = ts[1]
+    if ts[0] is not None:
+        rhs = -matmul(ts[0], ans) if rhs is None else rhs - matmul(ts[0], ans)
+    return solve(a, rhs)
+
+
+solve = primitive("solve", _solve_fwd, vjp_all=_solve_vjp, saves="both", kind="linalg",
+                  jvp=_solve_jvp, batch=_batch2("solve"),
+                  doc="X with A X = B (B a matrix): dB̄ = A⁻ᵀ X̄, Ā = −B̄ Xᵀ.")
+
+
+def _tri_np(xp, a, upper, unitriangular):
+    t = xp.triu(a) if upper else xp.tril(a)
+    if unitriangular:
+        n = a.shape[-1]
+        t = t * (1 - xp.eye(n, dtype=a.dtype)) + xp.eye(n, dtype=a.dtype)
+    return t
+
+
+def _solve_tri_fwd(xp, a, b, upper, unitriangular):
+    a, b = _bcast2(xp, a, b)
+    return _call("solve_triangular", "the triangular matrix has a zero on its diagonal",
+                 xp.linalg.solve, _tri_np(xp, a, upper, unitriangular), b)
+
+
+def _solve_tri_vjp(needs, g, ans, a, b, upper, unitriangular):
+    gb = solve_triangular(_mT(a), g, upper=not upper, unitriangular=unitriangular)
+    ga = None
+    if needs[0]:
+        ga = -_tri(matmul(gb, _mT(ans)), upper, (1 if upper else -1) if unitriangular else 0)
+    return (ga, gb if needs[1] else None)
+
+
+def _solve_tri_jvp(ts, ans, a, b, upper, unitriangular):
+    rhs = ts[1]
+    if ts[0] is not None:
+        k = (1 if upper else -1) if unitriangular else 0
+        d = -matmul(_tri(ts[0], upper, k), ans)
+        rhs = d if rhs is None else rhs + d
+    return solve_triangular(a, rhs, upper=upper, unitriangular=unitriangular)
+
+
+solve_triangular = primitive(
+    "solve_triangular", _solve_tri_fwd, vjp_all=_solve_tri_vjp, saves="both", kind="linalg",
+    jvp=_solve_tri_jvp, batch=_batch2("solve_triangular"),
+    doc="X with T X = B, T the lower/upper triangle of A (unit diagonal if asked).")
+
+
+# --- det, slogdet ---------------------------------------------------------------------------
+def _singular(a) -> bool:
+    """True if some matrix of the batch is singular to working precision (decides the rule)."""
+    v = values(a)
+    if v.size == 0:
+        return False
+    xp = a.backend.xp
+    s = xp.linalg.svd(v, compute_uv=False)
+    return bool((s[..., -1] <= s[..., 0] * xp.finfo(v.dtype).eps ** 0.5).any())
+
+
+def _cofactor(a, d):
+    """∂ det A / ∂A: det(A)·A⁻ᵀ, or for singular matrices (PyTorch's finite gradient) the
+    cofactors from the SVD A = U S Vᵀ: det(U) det(Vᵀ) U diag(∏_{j≠i} s_j) Vᵀ."""
+    if not _singular(a):
+        return expand_dims(expand_dims(d, -1), -1) * _mT(inv(a))
+    u, s, vh = _unpack(svd(a, full_matrices=False), _svd_shapes(a.shape, False))
+    n = s.shape[-1]
+    eye = _eye(s)
+    p = s * 0 + 1
+    for j in range(n):  # the product of the other singular values, zeros included
+        p = p * where(eye[j] > 0, 1.0, s[..., j:j + 1])
+    sign = det(u) * det(vh)
+    return expand_dims(expand_dims(sign, -1), -1) * matmul(u * expand_dims(p, -2), vh)
+
+
+det = primitive(
+    "det", lambda xp, a: xp.linalg.det(a),
+    lambda g, ans, a: expand_dims(expand_dims(g, -1), -1) * _cofactor(a, ans), saves="both",
+    kind="linalg", jvp=lambda ts, ans, a: (_cofactor(a, ans) * ts[0]).sum(axis=(-2, -1)),
+    batch=_batch1("det"), doc="Determinant; its gradient is the cofactor matrix (finite when "
+    "singular, as in PyTorch).")
+
+
+def _slogdet_fwd(xp, a):
+    sign, logabs = xp.linalg.slogdet(a)
+    return xp.stack([sign, logabs], axis=-1)
+
+
+def _slogdet_jvp(ts, ans, a):
+    dl = (_mT(inv(a)) * ts[0]).sum(axis=(-2, -1))
+    return concatenate([expand_dims(dl * 0, -1), expand_dims(dl, -1)], -1)
+
+
+slogdet = primitive(
+    "slogdet", _slogdet_fwd,
+    lambda g, ans, a: expand_dims(expand_dims(g[..., 1], -1), -1) * _mT(inv(a)),
+    saves="inputs", kind="linalg", jvp=_slogdet_jvp, batch=_batch1("slogdet"),
+    doc="(sign, log|det|) packed as (..., 2); d log|det A| = tr(A⁻¹ dA), the sign is constant.")
+
+
+# --- cholesky -------------------------------------------------------------------------------
+def _phi(x):
+    """The lower triangle with the diagonal halved (Φ of the Cholesky rules)."""
+    return _tri(x) - _diag_embed(_diag(x)) * 0.5
+
+
+def _cholesky_vjp(g, ans, a):
+    linv = solve_triangular(ans, _eye(ans), upper=False, unitriangular=False)
+    ga = matmul(matmul(_mT(linv), _phi(matmul(_mT(ans), g))), linv)
+    return _sym(ga)
+
+
+def _cholesky_jvp(ts, ans, a):
+    x = solve_triangular(ans, _sym(ts[0]), upper=False, unitriangular=False)  # L⁻¹ dA
+    x = _mT(solve_triangular(ans, _mT(x), upper=False, unitriangular=False))  # L⁻¹ dA L⁻ᵀ
+    return matmul(ans, _phi(x))
+
+
+cholesky = primitive(
+    "cholesky", lambda xp, a: _call("cholesky", "the matrix is not positive-definite",
+                                    xp.linalg.cholesky, a),
+    _cholesky_vjp, saves="out", kind="linalg", jvp=_cholesky_jvp, batch=_batch1("cholesky"),
+    doc="Lower Cholesky factor L (A = L Lᵀ, A read as symmetric); gradient symmetric.")
+
+
+# --- qr -------------------------------------------------------------------------------------
+def _qr_shapes(shape, mode):
+    m, n = shape[-2], shape[-1]
+    k = m if mode == "complete" else min(m, n)
+    return (m, k), (k, n)
+
+
+def _qr_fwd(xp, a, mode):
+    q, r = xp.linalg.qr(a, mode=mode)
+    return _pack(xp, q, r, nd=(2, 2))
+
+
+def _copyltu(m):
+    return _tri(m) + _mT(_tri(m, k=-1))
+
+
+def _qr_vjp_tall(gq, gr, q, r):
+    """m >= n: Ā = (Q̄ + Q copyltu(M)) R⁻ᵀ with M = R R̄ᵀ − Q̄ᵀ Q."""
+    m = matmul(r, _mT(gr)) - matmul(_mT(gq), q)
+    return _right(gq + matmul(q, _copyltu(m)), _mT(r), upper=False)
+
+
+def _qr_vjp(g, ans, a, mode):
+    m, n = a.shape[-2], a.shape[-1]
+    if mode == "complete" and m > n:
+        raise GradError("qr: mode='complete' with more rows than columns is not differentiable "
+                        "(as in PyTorch); use mode='reduced'")
+    shapes = _qr_shapes(a.shape, mode)
+    q, r = _unpack(ans, shapes)
+    gq, gr = _unpack(g, shapes)
+    if m >= n:
+        return _qr_vjp_tall(gq, gr, q, r)
+    u, v = r[..., :m], r[..., m:]
+    gu, gv = gr[..., :m], gr[..., m:]
+    y = matmul(q, v)
+    gx = _qr_vjp_tall(gq + matmul(y, _mT(gv)), gu, q, u)
+    return concatenate([gx, matmul(q, gv)], -1)
+
+
+def _qr_jvp_tall(da, q, r):
+    z = _right(da, r, upper=True)  # dA R⁻¹
+    c = matmul(_mT(q), z)
+    low = _tri(c, k=-1)
+    cw = c - low + _mT(low)  # C − Ω, upper triangular
+    return z - matmul(q, cw), matmul(cw, r)
+
+
+def _qr_jvp(ts, ans, a, mode):
+    m, n = a.shape[-2], a.shape[-1]
+    if mode == "complete" and m > n:
+        raise GradError("qr: mode='complete' with more rows than columns is not differentiable "
+                        "(as in PyTorch); use mode='reduced'")
+    q, r = _unpack(ans, _qr_shapes(a.shape, mode))
+    da = ts[0]
+    if m >= n:
+        dq, dr = _qr_jvp_tall(da, q, r)
+    else:
+        u, v = r[..., :m], r[..., m:]
+        dq, du = _qr_jvp_tall(da[..., :m], q, u)
+        dv = matmul(_mT(q), da[..., m:] - matmul(dq, v))
+        dr = concatenate([du, dv], -1)
+    lead = _lead(dq)[:-1]
+    return concatenate([reshape(dq, lead + (_size(dq),)), reshape(dr, lead + (_size(dr),))], -1)
+
+
+qr = primitive("qr", _qr_fwd, _qr_vjp, saves="out", kind="linalg", jvp=_qr_jvp,
+               batch=_batch1("qr"), doc="QR decomposition, Q and R packed flat (see linalg.qr).")
+
+
+# --- eigh, eigvalsh -------------------------------------------------------------------------
+def _eigh_fwd(xp, a, uplo):
+    w, v = xp.linalg.eigh(a, UPLO=uplo)
+    return _pack(xp, w, v, nd=(1, 2))
+
+
+def _gaps(w, num=None):
+    """E_ij = w_j − w_i with 1 on the diagonal; where a gap is 0 and ``num`` is 0 too, 1 (so an
+    unused output contributes 0, not 0/0, as PyTorch, which skips it)."""
+    e = expand_dims(w, -2) - expand_dims(w, -1) + _eye(w)
+    if num is None:
+        return e
+    return where(logical_and(e == 0, num == 0), 1.0, e)
+
+
+def _eigh_vjp(g, ans, a, uplo):
+    n = a.shape[-1]
+    w, v = _unpack(ans, ((n,), (n, n)))
+    gw, gv = _unpack(g, ((n,), (n, n)))
+    vgv = matmul(_mT(v), gv)
+    skew = (vgv - _mT(vgv)) * 0.5
+    inner = skew / _gaps(w, skew) + _diag_embed(gw)
+    return matmul(matmul(v, inner), _mT(v))
+
+
+def _eigh_jvp(ts, ans, a, uplo):
+    n = a.shape[-1]
+    w, v = _unpack(ans, ((n,), (n, n)))
+    p = matmul(matmul(_mT(v), _sym(ts[0])), v)
+    dw = _diag(p)
+    dv = matmul(v, (p - _diag_embed(dw)) / _gaps(w))
+    lead = _lead(dw)
+    return concatenate([dw, reshape(dv, lead + (_size(dv),))], -1)
+
+
+eigh = primitive("eigh", _eigh_fwd, _eigh_vjp, saves="out", kind="linalg", jvp=_eigh_jvp,
+                 batch=_batch1("eigh"),
+                 doc="Symmetric eigendecomposition, (w, V) packed flat (see linalg.eigh).")
+
+
+def _eigvecs(a, uplo):
+    n = a.shape[-1]
+    return _unpack(eigh(a, uplo=uplo), ((n,), (n, n)))[1]
+
+
+def _eigvalsh_vjp(g, ans, a, uplo):
+    v = _eigvecs(a, uplo)
+    return matmul(v * expand_dims(g, -2), _mT(v))
+
+
+def _eigvalsh_jvp(ts, ans, a, uplo):
+    v = _eigvecs(a, uplo)
+    return (v * matmul(_sym(ts[0]), v)).sum(axis=-2)
+
+
+eigvalsh = primitive(
+    "eigvalsh", lambda xp, a, uplo: xp.linalg.eigvalsh(a, UPLO=uplo), _eigvalsh_vjp,
+    saves="inputs", kind="linalg", batch=_batch1("eigvalsh"), jvp=_eigvalsh_jvp,
+    doc="Eigenvalues of a symmetric matrix (ascending); finite gradient V diag(ḡ) Vᵀ.")
+
+
+# --- svd, svdvals, pinv ---------------------------------------------------------------------
+def _svd_shapes(shape, full):
+    m, n = shape[-2], shape[-1]
+    k = min(m, n)
+    return ((m, m) if full else (m, k)), (k,), ((n, n) if full else (k, n))
+
+
+def _svd_fwd(xp, a, full_matrices):
+    u, s, vh = xp.linalg.svd(a, full_matrices=full_matrices)
+    return _pack(xp, u, s, vh, nd=(2, 1, 2))
+
+
+def _svd_vjp(g, ans, a, full_matrices):
+    m, n = a.shape[-2], a.shape[-1]
+    k = min(m, n)
+    shapes = _svd_shapes(a.shape, full_matrices)
+    u, s, vh = _unpack(ans, shapes)
+    gu, gs, gvh = _unpack(g, shapes)
+    if full_matrices:  # the extra columns are not unique: they get no gradient (PyTorch)
+        u, gu, vh, gvh = u[..., :k], gu[..., :k], vh[..., :k, :], gvh[..., :k, :]
+    ugu = matmul(_mT(u), gu)
+    ugu = ugu - _mT(ugu)
+    vgv = matmul(vh, _mT(gvh))
+    vgv = vgv - _mT(vgv)
+    num = ugu * expand_dims(s, -2) + expand_dims(s, -1) * vgv
+    ga = num / _gaps(s * s, num) + _diag_embed(gs)
+    if m > k:
+        gusinv = gu / expand_dims(s, -2)
+        ga = matmul(matmul(u, ga) + gusinv - matmul(u, matmul(_mT(u), gusinv)), vh)
+    elif n > k:
+        sinvgvh = gvh / expand_dims(s, -1)
+        ga = matmul(u, matmul(ga, vh) + sinvgvh - matmul(matmul(sinvgvh, _mT(vh)), vh))
+    else:
+        ga = matmul(matmul(u, ga), vh)
+    return ga
+
+
+def _svd_jvp(ts, ans, a, full_matrices):
+    m, n = a.shape[-2], a.shape[-1]
+    k = min(m, n)
+    u, s, vh = _unpack(ans, _svd_shapes(a.shape, full_matrices))
+    if full_matrices:  # the extra columns are not unique: zero tangent, as the VJP ignores them
+        u, vh = u[..., :k], vh[..., :k, :]
+    da = ts[0]
+    v = _mT(vh)
+    dp = matmul(matmul(_mT(u), da), v)
+    ds = _diag(dp)
+    f = (1 - _eye(s)) / _gaps(s * s)
+    si, sj = expand_dims(s, -1), expand_dims(s, -2)
+    du = matmul(u, f * (dp * sj + si * _mT(dp)))
+    dv = matmul(v, f * (si * dp + _mT(dp) * sj))
+    if m > n:
+        du = du + (matmul(da, v) - matmul(u, dp)) / sj
+    elif n > m:
+        dv = dv + (matmul(_mT(da), u) - matmul(v, _mT(dp))) / sj
+    if full_matrices:
+        xp = ds.backend.xp
+        du = concatenate([du, Tensor(xp.zeros(du.shape[:-1] + (m - k,), dtype=du.dtype))], -1)
+        dv = concatenate([dv, Tensor(xp.zeros(dv.shape[:-1] + (n - k,), dtype=dv.dtype))], -1)
+    lead = _lead(ds)
+    return concatenate([reshape(du, lead + (_size(du),)), ds,
+                        reshape(_mT(dv), lead + (_size(dv),))], -1)
+
+
+svd = primitive("svd", _svd_fwd, _svd_vjp, saves="out", kind="linalg", jvp=_svd_jvp,
+                batch=_batch1("svd"),
+                doc="Singular value decomposition, (U, S, Vh) packed flat (see linalg.svd).")
+
+
+def _svd_parts(a):
+    return _unpack(svd(a, full_matrices=False), _svd_shapes(a.shape, False))
+
+
+def _svdvals_vjp(g, ans, a):
+    u, _, vh = _svd_parts(a)
+    return matmul(u * expand_dims(g, -2), vh)
+
+
+def _svdvals_jvp(ts, ans, a):
+    u, _, vh = _svd_parts(a)
+    return (u * matmul(ts[0], _mT(vh))).sum(axis=-2)
+
+
+svdvals = primitive("svdvals", lambda xp, a: xp.linalg.svd(a, compute_uv=False), _svdvals_vjp,
+                    saves="inputs", kind="linalg", jvp=_svdvals_jvp, batch=_batch1("svdvals"),
+                    doc="Singular values (descending); finite gradient U diag(ḡ) Vᵀ.")
+
+
+def _pinv_fwd(xp, a, atol, rtol):
+    m, n = a.shape[-2], a.shape[-1]
+    if m == 0 or n == 0:
+        return xp.zeros(a.shape[:-2] + (n, m), dtype=a.dtype)
+    u, s, vh = xp.linalg.svd(a, full_matrices=False)
+    cut = xp.maximum(atol, rtol * s[..., :1])
+    keep = s > cut
+    sinv = xp.where(keep, 1 / xp.where(keep, s, 1), 0).astype(a.dtype)
+    return xp.matmul(xp.swapaxes(vh, -1, -2) * sinv[..., None, :], xp.swapaxes(u, -1, -2))
+
+
+def _pinv_vjp(g, x, a, atol, rtol):
+    xt, gt = _mT(x), _mT(g)
+    xxt, xtx = matmul(x, xt), matmul(xt, x)
+    return (-matmul(matmul(xt, g), xt) + matmul(gt, xxt) - matmul(matmul(a, x), matmul(gt, xxt))
+            + matmul(xtx, gt) - matmul(matmul(xtx, gt), matmul(x, a)))
+
+
+def _pinv_jvp(ts, x, a, atol, rtol):
+    da = ts[0]
+    dat = _mT(da)
+    xt = _mT(x)
+    return (-matmul(matmul(x, da), x)
+            + matmul(matmul(x, xt), dat - matmul(dat, matmul(a, x)))
+            + matmul(dat - matmul(matmul(x, a), dat), matmul(xt, x)))
+
+
+pinv = primitive("pinv", _pinv_fwd, _pinv_vjp, saves="both", kind="linalg", jvp=_pinv_jvp,
+                 batch=_batch1("pinv"),
+                 doc="Moore–Penrose pseudo-inverse (singular values ≤ max(atol, rtol·σ₁) cut); "
+                     "gradient by the constant-rank rule.")

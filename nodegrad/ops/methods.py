@@ -21,6 +21,7 @@ from . import index as I
 from . import linalg as L
 from . import nn as N
 from . import reduce as R
+from . import arrange as A
 from . import shape as S
 
 MaxMin = namedtuple("MaxMin", ["values", "indices"])
@@ -130,7 +131,8 @@ def _inplace(op, name):
             if B.backend_of(o) is not be:
                 raise DeviceError(f"{name}: operands are on different devices "
                                   f"({be.name} and {B.backend_of(o).name})")
-            if o.dtype.kind == "f" and self.dtype.kind == "f" and o.dtype != self.dtype:
+            if (o.dtype.kind == "f" and self.dtype.kind == "f" and o.dtype != self.dtype
+                    and o.ndim):  # a 0-d operand counts as a scalar (type promotion)
                 raise DTypeError(f"{name}: mixed float dtypes {self.dtype} and {o.dtype}")
         try:
             getattr(be.xp, ufunc)(self.data, o, out=self.data, casting="same_kind")
@@ -174,8 +176,11 @@ _methods = {
     "__rfloordiv__": _r(E.floor_divide), "__matmul__": L.matmul, "__rmatmul__": _r(L.matmul),
     "__neg__": E.negative, "__pos__": lambda self: self, "__abs__": E.abs,
     "__eq__": E.equal, "__ne__": E.not_equal, "__lt__": E.less, "__le__": E.less_equal,
-    "__gt__": E.greater, "__ge__": E.greater_equal, "__and__": E.logical_and,
-    "__or__": E.logical_or, "__xor__": E.logical_xor, "__invert__": E.logical_not,
+    "__gt__": E.greater, "__ge__": E.greater_equal, "__and__": E.bitwise_and,
+    "__rand__": _r(E.bitwise_and), "__or__": E.bitwise_or, "__ror__": _r(E.bitwise_or),
+    "__xor__": E.bitwise_xor, "__rxor__": _r(E.bitwise_xor), "__invert__": E.bitwise_not,
+    "__lshift__": E.left_shift, "__rlshift__": _r(E.left_shift),
+    "__rshift__": E.right_shift, "__rrshift__": _r(E.right_shift),
     "__getitem__": I.getitem, "__setitem__": _setitem,
     "__iadd__": _inplace(E.add, "add_"), "__isub__": _inplace(E.subtract, "sub_"),
     "__imul__": _inplace(E.multiply, "mul_"), "__itruediv__": _inplace(E.divide, "div_"),
@@ -189,6 +194,10 @@ _methods = {
     "erf": E.erf, "floor": E.floor, "ceil": E.ceil, "round": E.round,
     "isnan": E.isnan, "isinf": E.isinf, "isfinite": E.isfinite,
     "maximum": E.maximum, "minimum": E.minimum,
+    "bitwise_and": E.bitwise_and, "bitwise_or": E.bitwise_or, "bitwise_xor": E.bitwise_xor,
+    "bitwise_not": E.bitwise_not, "bitwise_left_shift": E.left_shift,
+    "bitwise_right_shift": E.right_shift, "logical_and": E.logical_and,
+    "logical_or": E.logical_or, "logical_xor": E.logical_xor, "logical_not": E.logical_not,
     "clip": lambda self, min=None, max=None: E.clip(self, min, max),
     "clamp": lambda self, min=None, max=None: E.clip(self, min, max),
     # reductions
@@ -201,7 +210,9 @@ _methods = {
     "log_softmax": lambda self, axis=-1, *, dim=None: N.log_softmax(self, _axis(axis, dim)),
     # shapes
     "reshape": S.reshape, "view": S.reshape, "flatten": S.flatten, "ravel": S.ravel,
-    "squeeze": lambda self, axis=None, *, dim=None: S.squeeze(self, _axis(axis, dim)),
+    "squeeze": lambda self, dim=None, *, axis=None: (S.squeeze(self, axis) if axis is not None
+                                                     else S.squeeze(self, dim=dim)
+                                                     if dim is not None else S.squeeze(self)),
     "unsqueeze": S.expand_dims, "expand_dims": S.expand_dims, "expand": S.expand,
     "expand_as": lambda self, other: S.broadcast_to(self, other.shape),
     "broadcast_to": S.broadcast_to, "sum_to": S.sum_to, "permute": S.permute,
@@ -210,7 +221,19 @@ _methods = {
     "split": S.split_sizes, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
     "matmul": L.matmul,
     "take_along_axis": I.take_along_axis,
-    "gather": lambda self, dim, index: I.take_along_axis(self, index, dim),
+    # PyTorch's indexing ops
+    "gather": I.gather, "scatter": I.scatter, "scatter_add": I.scatter_add,
+    "scatter_reduce": I.scatter_reduce, "index_select": I.index_select,
+    "index_add": I.index_add, "index_copy": I.index_copy, "index_fill": I.index_fill,
+    "masked_fill": I.masked_fill, "masked_scatter": I.masked_scatter,
+    "masked_select": I.masked_select, "take": I.take, "put": I.put, "nonzero": I.nonzero,
+    "argwhere": I.argwhere,
+    # PyTorch's rearranging ops
+    "repeat": A.tensor_repeat, "repeat_interleave": A.repeat_interleave, "tile": A.tile,
+    "roll": A.roll, "tril": A.tril, "triu": A.triu, "diag": A.diag, "diagonal": A.diagonal,
+    "diag_embed": A.diag_embed, "trace": A.trace, "unflatten": A.unflatten,
+    "narrow": A.narrow, "unbind": A.unbind, "movedim": A.movedim, "view_as": A.view_as,
+    "rot90": A.rot90, "flipud": A.flipud, "fliplr": A.fliplr,
     # dtypes and devices
     "astype": E.astype, "type": E.astype, "to": _to,
     "float": lambda self: E.astype(self, B.float32),
@@ -247,7 +270,8 @@ def _as_method(name: str, fn):
 _NO_PARAMS: dict = {}
 _BINARY = {"add", "subtract", "multiply", "divide", "power", "remainder", "floor_divide",
            "matmul", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
-           "logical_and", "logical_or", "logical_xor", "maximum", "minimum"}
+           "logical_and", "logical_or", "logical_xor", "maximum", "minimum", "bitwise_and",
+           "bitwise_or", "bitwise_xor", "left_shift", "right_shift"}
 
 
 def install() -> None:
@@ -261,3 +285,44 @@ def install() -> None:
 
 
 install()
+
+
+# --- the wider operator surface (PyTorch's Tensor methods) ------------------------------------
+def _install_more() -> None:
+    from .. import random as Rnd
+    from . import activation as A
+    from . import scan as C
+    from . import sort as O
+
+    def dimmed(fn):  # dim= (PyTorch) or axis= (NumPy) for a function whose second arg is dim
+        def method(self, dim=None, *args, axis=None, **kw):
+            return fn(self, _axis(axis, dim), *args, **kw)
+
+        method.__name__, method.__doc__ = fn.__name__, fn.__doc__
+        return method
+
+    more = {
+        "asin": E.asin, "acos": E.acos, "atan": E.atan, "atan2": E.atan2, "sinh": E.sinh,
+        "cosh": E.cosh, "asinh": E.asinh, "acosh": E.acosh, "atanh": E.atanh, "log2": E.log2,
+        "log10": E.log10, "exp2": E.exp2, "rsqrt": E.rsqrt, "reciprocal": E.reciprocal,
+        "hypot": E.hypot, "copysign": E.copysign, "logaddexp": E.logaddexp,
+        "logaddexp2": E.logaddexp2, "lerp": E.lerp, "fmod": E.fmod, "xlogy": E.xlogy,
+        "sinc": E.sinc, "deg2rad": E.deg2rad, "rad2deg": E.rad2deg, "nan_to_num": E.nan_to_num,
+        "clamp_min": E.clamp_min, "clamp_max": E.clamp_max, "frac": E.frac,
+        "isclose": E.isclose, "allclose": E.allclose, "div": E.div, "divide": E.div,
+        "hardshrink": A.hardshrink, "trunc": E.trunc,
+        "cumsum": dimmed(C.cumsum), "cumprod": dimmed(C.cumprod), "cummax": dimmed(C.cummax),
+        "cummin": dimmed(C.cummin), "logcumsumexp": dimmed(C.logcumsumexp),
+        "prod": R.prod, "amax": R.amax, "amin": R.amin, "aminmax": R.aminmax,
+        "nansum": R.nansum, "nanmean": R.nanmean, "count_nonzero": R.count_nonzero,
+        "norm": R.norm, "median": O.median, "quantile": O.quantile, "sort": O.sort,
+        "argsort": O.argsort, "topk": O.topk, "kthvalue": O.kthvalue, "unique": O.unique,
+        "bernoulli": Rnd.bernoulli, "multinomial": Rnd.multinomial, "normal_": Rnd.normal_,
+        "uniform_": Rnd.uniform_,
+    }
+    _methods.update(more)
+    for name, fn in more.items():
+        setattr(Tensor, name, _as_method(name, fn))
+
+
+_install_more()

@@ -158,7 +158,7 @@ def _linear_batch(vals, bdims):
 
 _linear = primitive("linear", _linear_fwd,
                     (lambda g, ans, x, w, b: g @ w, _linear_dw, _linear_db), kind="linalg",
-                    jvp=_linear_jvp, batch=_linear_batch,
+                    jvp=_linear_jvp, batch=_linear_batch, operands="all",
                     doc="x Wᵀ + b in one product with the bias added in place.")
 
 

@@ -141,3 +141,228 @@ def std(x, axis=None, ddof: int = 0, keepdims: bool = False):
     v = var(x, axis, ddof, keepdims)
     zero = v == 0
     return where(zero, 0, sqrt(where(zero, 1, v)))
+
+
+# === more reductions: prod, amax/amin, nan-aware, counts, norms, moments =======================
+import math as _math  # noqa: E402
+from collections import namedtuple as _namedtuple  # noqa: E402
+
+from ..autodiff import is_grad_enabled  # noqa: E402
+from ..errors import DTypeError as _DTypeError  # noqa: E402
+from ..errors import ShapeError as _ShapeError  # noqa: E402
+from .elementwise import abs as _abs  # noqa: E402
+from .elementwise import isnan as _isnan  # noqa: E402
+from .elementwise import logical_and as _and  # noqa: E402
+from .elementwise import sign as _sign  # noqa: E402
+from .elementwise import where as _where  # noqa: E402
+from .shape import flip as _flip  # noqa: E402
+from .shape import norm_axis  # noqa: E402
+from .shape import pad as _pad  # noqa: E402
+from .shape import transpose as _transpose  # noqa: E402
+from .shape import squeeze as _squeeze  # noqa: E402
+
+MinMax = _namedtuple("MinMax", ["min", "max"])
+
+
+def _kept(ans, x, axis, keepdims):
+    return ans if keepdims else reshape(ans, keepdims_shape(x.shape, axis))
+
+
+def _prod_partials(x, ans, axis, keepdims):
+    """∂prod/∂x_i = the product of the others: ans/x_i without zeros; with one zero, the
+    product of the rest at the zero and 0 elsewhere; with two or more zeros, 0. When a graph
+    of the gradient is wanted, the product of exclusive cumprods from both sides instead: a
+    polynomial, so second derivatives at zeros are right too."""
+    if is_grad_enabled():
+        return _prod_partials_poly(x, axis)
+    ans = _kept(ans, x, axis, keepdims)
+    z = x == 0
+    nz = _sum(z, axis=axis, keepdims=True)
+    rest = _prod(_where(z, 1, x), axis=axis, keepdims=True)
+    return _where(nz == 0, ans / _where(z, 1, x), _where(_and(nz == 1, z), rest, 0))
+
+
+def _prod_partials_poly(x, axis):
+    from .scan import _cumprod
+
+    red = tuple(range(x.ndim)) if axis is None else axis
+    keep = tuple(i for i in range(x.ndim) if i not in red)
+    perm = keep + red
+    xt = _transpose(x, perm)
+    lead = tuple(xt.shape[:len(keep)])
+    n = _math.prod(xt.shape[len(keep):])
+    if n == 0:
+        return x * 0
+    flat = reshape(xt, lead + (n,))
+    ones = ((0, 0),) * len(lead)
+    left = _cumprod(_pad(flat[..., :-1], ones + ((1, 0),), constant_values=1.0), axis=len(lead))
+    right = _flip(_cumprod(_flip(_pad(flat[..., 1:], ones + ((0, 1),), constant_values=1.0),
+                                 len(lead)), axis=len(lead)), len(lead))
+    g = reshape(left * right, tuple(xt.shape))
+    inv = tuple(sorted(range(x.ndim), key=lambda i: perm[i]))
+    return _transpose(g, inv)
+
+
+_prod = primitive(
+    "prod", lambda xp, x, axis, keepdims: xp.prod(x, axis=axis, keepdims=keepdims),
+    lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims)
+    * _prod_partials(x, ans, axis, keepdims),
+    saves="both", kind=_RED,
+    jvp=lambda ts, ans, x, axis, keepdims: _sum(ts[0] * _prod_partials(x, ans, axis, keepdims),
+                                                axis=axis, keepdims=keepdims),
+    doc="Product over axes; exact gradients with zeros in the input.")
+
+
+def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = False):
+    """Product over ``dim`` (an int, a tuple, or None for all); zeros are handled exactly."""
+    ax = dim if dim is not None else axis
+    return _prod(x, axis=norm_axes(ax, x.ndim, "prod"), keepdims=bool(keepdim or keepdims))
+
+
+def amax(x, dim=None, keepdim: bool = False):
+    """Largest value over ``dim``; tied maxima share the gradient evenly (PyTorch's amax)."""
+    return max(x, dim, keepdim)
+
+
+def amin(x, dim=None, keepdim: bool = False):
+    """Smallest value over ``dim``; tied minima share the gradient evenly (PyTorch's amin)."""
+    return min(x, dim, keepdim)
+
+
+def aminmax(x, *, dim=None, keepdim: bool = False) -> MinMax:
+    """(min, max) over ``dim`` (all when None)."""
+    return MinMax(min(x, dim, keepdim), max(x, dim, keepdim))
+
+
+def nansum(x, dim=None, keepdim: bool = False):
+    """Sum treating NaN as zero (NaNs get no gradient)."""
+    return sum(_where(_isnan(x), 0, x), dim, keepdim)
+
+
+def nanmean(x, dim=None, keepdim: bool = False):
+    """Mean of the non-NaN entries (NaN where there are none, as PyTorch: there the
+    gradient is NaN too)."""
+    ok = ~_isnan(x)
+    return sum(_where(ok, x, 0), dim, keepdim) / astype(sum(ok, dim, keepdim), x.dtype)
+
+
+def count_nonzero(x, dim=None):
+    """How many entries are nonzero over ``dim`` (int64)."""
+    return sum(x != 0, dim)
+
+
+def var_mean(x, dim=None, *, correction: int = 1, keepdim: bool = False):
+    """(var, mean) over ``dim`` with PyTorch's default ``correction=1`` (unbiased)."""
+    return var(x, dim, correction, keepdim), mean(x, dim, keepdim)
+
+
+def std_mean(x, dim=None, *, correction: int = 1, keepdim: bool = False):
+    """(std, mean) over ``dim`` with PyTorch's default ``correction=1``."""
+    return std(x, dim, correction, keepdim), mean(x, dim, keepdim)
+
+
+# --- norms -----------------------------------------------------------------------------------
+_INF = _math.inf
+
+
+def _vn_fwd(xp, x, ord, axis, keepdims):
+    a = xp.abs(x)
+    if ord == _INF:
+        out = xp.max(a, axis=axis, keepdims=keepdims)
+    elif ord == -_INF:
+        out = xp.min(a, axis=axis, keepdims=keepdims)
+    elif ord == 0:
+        out = xp.sum(a != 0, axis=axis, keepdims=keepdims)
+    elif ord == 1:
+        out = xp.sum(a, axis=axis, keepdims=keepdims)
+    elif ord == 2:
+        out = xp.sqrt(xp.sum(a * a, axis=axis, keepdims=keepdims))
+    else:
+        out = xp.sum(a ** ord, axis=axis, keepdims=keepdims) ** (1.0 / ord)
+    return xp.asarray(out).astype(x.dtype, copy=False)
+
+
+def _vn_partials(x, ans, ord, axis, keepdims):
+    """∂‖x‖/∂x with PyTorch's conventions: 0 where the norm is 0; ties of ±inf split evenly."""
+    n = _kept(ans, x, axis, keepdims)
+    if ord == 0:
+        return x * 0
+    if ord == 1:
+        return _sign(x)
+    if ord in (_INF, -_INF):
+        hit = astype(_abs(x) == n, x.dtype)
+        return _sign(x) * hit / _sum(hit, axis=axis, keepdims=True)
+    zero = n == 0
+    if ord == 2:
+        return _where(zero, 0, x / _where(zero, 1, n))
+    ax = _abs(_where(x == 0, 1, x))
+    if ord < 1:
+        return _sign(x) * _where(x == 0, 0, ax ** (ord - 1)) * n ** (1 - ord)
+    return _sign(x) * _where(x == 0, 0, ax ** (ord - 1)) * _where(
+        zero, 0, 1 / _where(zero, 1, n) ** (ord - 1))
+
+
+_vector_norm = primitive(
+    "vector_norm", _vn_fwd,
+    lambda g, ans, x, ord, axis, keepdims: _spread(g, x, axis, keepdims)
+    * _vn_partials(x, ans, ord, axis, keepdims),
+    saves="both", kind=_RED,
+    jvp=lambda ts, ans, x, ord, axis, keepdims: _sum(
+        ts[0] * _vn_partials(x, ans, ord, axis, keepdims), axis=axis, keepdims=keepdims),
+    doc="The p-norm over axes (p = 0, ±inf, or any real), PyTorch's gradient conventions.")
+
+
+def _float_only(x, op):
+    if x.dtype.kind != "f":
+        raise _DTypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
+
+
+def vector_norm(x, ord=2, dim=None, keepdim: bool = False):
+    """‖x‖_ord over ``dim`` (all entries when None), as ``torch.linalg.vector_norm``."""
+    _float_only(x, "vector_norm")
+    if isinstance(ord, str) or isinstance(ord, bool):
+        raise ValueError(f"vector_norm: ord must be a number, got {ord!r}")
+    return _vector_norm(x, ord=float(ord), axis=norm_axes(dim, x.ndim, "vector_norm"),
+                        keepdims=bool(keepdim))
+
+
+def _svdvals(a, op, ord):
+    from .linalg import svdvals  # singular values come with the linear-algebra family
+
+    return svdvals(a)
+
+
+def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim: bool = False):
+    """Matrix norms over the two axes ``dim``: 'fro', 'nuc', ±inf, ±1, ±2 (torch.linalg)."""
+    _float_only(A, "matrix_norm")
+    if A.ndim < 2:
+        raise _ShapeError(f"matrix_norm: expected at least 2 dims, got shape {tuple(A.shape)}")
+    if len(tuple(dim)) != 2:
+        raise _ShapeError(f"matrix_norm: dim must name two axes, got {dim!r}")
+    d0, d1 = (norm_axis(int(d), A.ndim, "matrix_norm") for d in dim)
+    if d0 == d1:
+        raise _ShapeError(f"matrix_norm: dim must name two different axes, got {dim!r}")
+    if ord == "fro":
+        return vector_norm(A, 2, (d0, d1), keepdim)
+    if ord in ("nuc", 2, -2):
+        perm = tuple(i for i in range(A.ndim) if i not in (d0, d1)) + (d0, d1)
+        s = _svdvals(_transpose(A, perm), "matrix_norm", ord)
+        out = sum(s, -1) if ord == "nuc" else (max(s, -1) if ord == 2 else min(s, -1))
+        if keepdim:
+            for d in sorted((d0, d1)):
+                out = reshape(out, out.shape[:d] + (1,) + out.shape[d:])
+        return out
+    if ord in (_INF, -_INF, 1, -1):
+        inner, outer = (d1, d0) if ord in (_INF, -_INF) else (d0, d1)
+        s = vector_norm(A, 1, inner, keepdim=True)
+        out = (max if ord > 0 else min)(s, outer, keepdims=True)
+        return out if keepdim else _squeeze(out, (d0, d1))
+    raise ValueError(f"matrix_norm: ord must be 'fro', 'nuc', inf, -inf, 1, -1, 2 or -2, "
+                     f"got {ord!r}")
+
+
+def norm(x, p="fro", dim=None, keepdim: bool = False):
+    """``torch.norm``: the Frobenius / p vector norm over ``dim``, or 'nuc' over two dims."""
+    if p == "nuc":
+        return matrix_norm(x, "nuc", (-2, -1) if dim is None else dim, keepdim)
+    return vector_norm(x, 2 if p == "fro" else p, dim, keepdim)

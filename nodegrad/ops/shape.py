@@ -77,8 +77,16 @@ def expand_dims(x, axis: int):
 unsqueeze = expand_dims
 
 
-def squeeze(x, axis=None):
-    """Drop length-1 axes (all of them, or those in ``axis``)."""
+def squeeze(x, axis=None, *, dim=None):
+    """Drop length-1 axes: all of them, or those in ``axis`` (NumPy: another length is an
+    error), or those in ``dim`` (PyTorch: other lengths stay; a 0-d tensor is returned)."""
+    if dim is not None:
+        if axis is not None:
+            raise TypeError("squeeze: pass either axis= (NumPy) or dim= (PyTorch), not both")
+        axes = norm_axes(dim, builtins.max(x.ndim, 1), "squeeze")
+        if x.ndim == 0:
+            return x
+        return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes or s != 1))
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
     axes = norm_axes(axis, x.ndim, "squeeze")
@@ -175,14 +183,8 @@ def _sum_to_batch(v, b, shape):
     x = front(v[0], b[0])
     lead = x.ndim - 1 - len(shape)
     if lead:
-        x = _sum_fn(x, axis=tuple(range(1, lead + 1)))
+        x = x.sum(axis=tuple(range(1, lead + 1)))  # a method: reduce sits above shape
     return sum_to(x, x.shape[:1] + shape), 0
-
-
-def _sum_fn(x, axis):
-    from .reduce import sum as _s
-
-    return _s(x, axis=axis)
 
 
 _broadcast_to = primitive("broadcast_to", lambda xp, x, shape: xp.broadcast_to(x, shape),
@@ -234,7 +236,7 @@ def _concat_batch(vals, bdims, axis):
 
 _concatenate = primitive("concatenate", lambda xp, *xs, axis: xp.concatenate(xs, axis=axis),
                          vjp_all=_concat_vjp, saves="none", kind=_SH, jvp=_L,
-                         batch=_concat_batch,
+                         batch=_concat_batch, operands="all",
                          doc="Join tensors along an existing axis.")
 
 

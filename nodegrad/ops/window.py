@@ -101,3 +101,24 @@ def sliding_window_view(x, window_shape, axis=None, *, stride=1, dilation=1):
                 f"sliding_window_view: a window of {k} (dilation {d}) does not fit axis {ax} of "
                 f"length {x.shape[ax]} (shape {tuple(x.shape)})")
     return _windows(x, axes=axes, window=window, stride=stride, dilation=dilation)
+
+
+def fold_windows(v, shape, axis, *, stride=1, dilation=1):
+    """Add every window of ``v`` back into zeros of ``shape`` (col2im): the adjoint of
+    ``sliding_window_view`` with the same axes, stride and dilation; windows may overlap."""
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    m = len(axes)
+    shape = tuple(int(s) for s in shape)
+    axes = tuple(norm_axis(a, len(shape), "fold_windows") for a in axes)
+    window = tuple(v.shape[v.ndim - m:])
+    stride = _per_axis(stride, m, "stride")
+    dilation = _per_axis(dilation, m, "dilation")
+    lead = tuple(v.shape[:v.ndim - m])
+    for ax, k, s, d in zip(axes, window, stride, dilation):
+        if lead[ax] != _n_windows(shape[ax], k, s, d):
+            raise ShapeError(f"fold_windows: {lead[ax]} windows of {k} (stride {s}, dilation {d})"
+                             f" do not tile axis {ax} of length {shape[ax]}")
+    if len(lead) != len(shape) or any(a != b for i, (a, b) in enumerate(zip(lead, shape))
+                                      if i not in axes):
+        raise ShapeError(f"fold_windows: windows of shape {tuple(v.shape)} do not fit {shape}")
+    return _fold(v, axes=axes, window=window, stride=stride, dilation=dilation, shape=shape)

@@ -65,3 +65,51 @@ __all__ = [
     "Tanh",
     "TransformerEncoderLayer",
 ]
+
+# --- convolution, pooling and resampling beyond Conv1d/2d --------------------------------------
+from .conv import Conv3d  # noqa: E402
+from .conv_transpose import ConvTranspose1d, ConvTranspose2d  # noqa: E402
+from .pool import (AdaptiveMaxPool1d, AdaptiveMaxPool2d, AvgPool3d, Fold, LPPool1d,  # noqa: E402
+                   LPPool2d, MaxPool3d, MaxUnpool1d, MaxUnpool2d, PixelShuffle, PixelUnshuffle,
+                   Unfold, Upsample, UpsamplingBilinear2d, UpsamplingNearest2d)
+
+__all__ += [
+    "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AvgPool3d", "Conv3d", "ConvTranspose1d",
+    "ConvTranspose2d", "Fold", "LPPool1d", "LPPool2d", "MaxPool3d", "MaxUnpool1d", "MaxUnpool2d",
+    "PixelShuffle", "PixelUnshuffle", "Unfold", "Upsample", "UpsamplingBilinear2d",
+    "UpsamplingNearest2d",
+]
+
+# --- per-sample norms, dropout variants, bilinear, bags, unflatten, transformers ---------------
+from .dropout import AlphaDropout, Dropout1d, Dropout2d, Dropout3d  # noqa: E402
+from .linear_extra import Bilinear, EmbeddingBag, Unflatten  # noqa: E402
+from .sample_norm import (GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d,  # noqa: E402
+                          LocalResponseNorm, RMSNorm)
+from .transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer,  # noqa: E402
+                          TransformerEncoder)
+
+__all__ += [
+    "AlphaDropout", "Bilinear", "Dropout1d", "Dropout2d", "Dropout3d", "EmbeddingBag",
+    "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm",
+    "RMSNorm", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
+    "TransformerEncoder", "Unflatten",
+]
+
+from .activation import (CELU, GLU, SELU, Hardshrink, Hardsigmoid, Hardswish,  # noqa: E402
+                         Hardtanh, LogSigmoid, Mish, ReLU6, Softmin, Softshrink, Softsign,
+                         Tanhshrink, Threshold)
+
+__all__ += ["CELU", "GLU", "SELU", "Hardshrink", "Hardsigmoid", "Hardswish", "Hardtanh",
+            "LogSigmoid", "Mish", "ReLU6", "Softmin", "Softshrink", "Softsign", "Tanhshrink",
+            "Threshold"]
+
+# --- distances and margin, ranking, count and sequence losses --------------------------------
+from .distance import CosineSimilarity, PairwiseDistance  # noqa: E402
+from .loss import (CosineEmbeddingLoss, CTCLoss, GaussianNLLLoss, HingeEmbeddingLoss,  # noqa: E402
+                   MarginRankingLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, PoissonNLLLoss,
+                   SoftMarginLoss, TripletMarginLoss)
+
+__all__ += ["CosineSimilarity", "PairwiseDistance", "CosineEmbeddingLoss", "CTCLoss",
+            "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
+            "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss",
+            "TripletMarginLoss"]

@@ -81,33 +81,81 @@ class Conv2d(_ConvNd):
                       self.dilation, self.groups)
 
 
+class Conv3d(_ConvNd):
+    """Convolution over (N, C, D, H, W); weight (out, in/groups, kd, kh, kw)."""
+
+    nd = 3
+
+    def forward(self, x):
+        return _named(self, F.conv3d, x, self.weight, self.bias, self.stride, self.padding,
+                      self.dilation, self.groups)
+
+
+_POOL_DEFAULTS = dict(dilation=1, ceil_mode=False, return_indices=False, count_include_pad=True)
+
+
 class _Pool(Module):
-    def __init__(self, kernel_size, stride=None, padding=0):
+    """A pooling layer: its arguments are stored and passed to ``F.<name>`` as keywords."""
+
+    fn: str = ""
+
+    def __init__(self, kernel_size, stride=None, padding=0, **kw):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.stride, self.padding, self.kw = kernel_size, stride, padding, kw
+
+    def forward(self, x):
+        return _named(self, lambda: getattr(F, self.fn)(x, self.kernel_size, self.stride,
+                                                        self.padding, **self.kw))
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}"
+        s = f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}"
+        if self.padding:
+            s += f", padding={self.padding}"
+        return s + "".join(f", {k}={v}" for k, v in self.kw.items() if v != _POOL_DEFAULTS.get(k))
 
 
-class MaxPool1d(_Pool):
-    def forward(self, x):
-        return _named(self, F.max_pool1d, x, self.kernel_size, self.stride, self.padding)
+class _MaxPool(_Pool):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 return_indices: bool = False, ceil_mode: bool = False):
+        super().__init__(kernel_size, stride, padding, dilation=dilation,
+                         ceil_mode=ceil_mode, return_indices=return_indices)
 
 
-class MaxPool2d(_Pool):
-    def forward(self, x):
-        return _named(self, F.max_pool2d, x, self.kernel_size, self.stride, self.padding)
+class _AvgPool(_Pool):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: int | None = None):
+        kw = dict(ceil_mode=ceil_mode, count_include_pad=count_include_pad)
+        if divisor_override is not None:
+            kw["divisor_override"] = divisor_override
+        super().__init__(kernel_size, stride, padding, **kw)
 
 
-class AvgPool1d(_Pool):
-    def forward(self, x):
-        return _named(self, F.avg_pool1d, x, self.kernel_size, self.stride, self.padding)
+class MaxPool1d(_MaxPool):
+    """Max over windows of (N, C, L); ``return_indices`` also returns where each max was."""
+
+    fn = "max_pool1d"
 
 
-class AvgPool2d(_Pool):
-    def forward(self, x):
-        return _named(self, F.avg_pool2d, x, self.kernel_size, self.stride, self.padding)
+class MaxPool2d(_MaxPool):
+    """Max over windows of (N, C, H, W)."""
+
+    fn = "max_pool2d"
+
+
+class AvgPool1d(_AvgPool):
+    """Mean over windows of (N, C, L); ``count_include_pad``/``ceil_mode`` as PyTorch."""
+
+    fn = "avg_pool1d"
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+
+class AvgPool2d(_AvgPool):
+    """Mean over windows of (N, C, H, W)."""
+
+    fn = "avg_pool2d"
 
 
 class AdaptiveAvgPool1d(Module):

@@ -23,3 +23,44 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.mode!r}"
+
+
+# --- channel and alpha dropout ----------------------------------------------------------------
+class _DropoutVariant(Module):
+    fn: str = ""
+
+    def __init__(self, p: float = 0.5, generator: Generator | None = None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{type(self).__name__}: p must be in [0, 1], got {p}")
+        self.p, self.generator = p, generator
+
+    def forward(self, x):
+        return getattr(F, self.fn)(x, self.p, self.training, self.generator)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Dropout1d(_DropoutVariant):
+    """Zero whole channels of (N, C, L) while training (neighbouring steps are correlated)."""
+
+    fn = "dropout1d"
+
+
+class Dropout2d(_DropoutVariant):
+    """Zero whole feature maps of (N, C, H, W) while training."""
+
+    fn = "dropout2d"
+
+
+class Dropout3d(_DropoutVariant):
+    """Zero whole feature volumes of (N, C, D, H, W) while training."""
+
+    fn = "dropout3d"
+
+
+class AlphaDropout(_DropoutVariant):
+    """Dropout that keeps SELU's zero mean and unit variance (see F.alpha_dropout)."""
+
+    fn = "alpha_dropout"

@@ -1,0 +1,535 @@
+"""Convolution, pooling and resampling beyond conv1d/2d: transposed and 3-D convolution, pooling
+with ``ceil_mode``/indices, unpooling, adaptive max and power-average pooling, im2col
+(``unfold``/``fold``), pixel shuffles and ``interpolate`` — all in PyTorch's semantics.
+
+Every function is a composite of primitives, so gradients of any order come from the engine. A
+transposed convolution is the input gradient of a convolution: one matrix product gives every
+window's contribution and ``fold_windows`` (col2im, the adjoint of the sliding-window view) adds
+the overlapping windows back with one strided add per kernel tap, never per position.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import ops
+from ..autodiff import no_grad
+from ..batching import values
+from ..errors import DTypeError, ShapeError
+from ..ops.index import _scatter_along
+from ..ops.window import fold_windows
+from ..tensor import Tensor
+from . import functional as F
+
+_SPATIAL = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
+def _ints(v, n: int, name: str, op: str) -> tuple:
+    return F._tuple(v, n, name, op)
+
+
+def _crop(x: Tensor, starts: tuple, sizes: tuple) -> Tensor:
+    """x[..., a:a+n, b:b+m] on the trailing ``len(starts)`` axes (a view when nothing is cut)."""
+    nd = len(starts)
+    if all(s == 0 and n == x.shape[x.ndim - nd + i] for i, (s, n) in enumerate(zip(starts,
+                                                                                  sizes))):
+        return x
+    return x[(slice(None),) * (x.ndim - nd) + tuple(slice(s, s + n) for s, n in
+                                                     zip(starts, sizes))]
+
+
+# --- convolution ------------------------------------------------------------------------------
+def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """3-D convolution: x (N, C, D, H, W), weight (O, C/groups, KD, KH, KW)."""
+    return F._conv(x, weight, bias, stride, padding, dilation, groups, 3, "conv3d", _SPATIAL[3])
+
+
+def _conv_transpose(x, w, b, stride, padding, output_padding, groups, dilation, nd, op):
+    F._check_input(x, nd, op, _SPATIAL[nd])
+    if not isinstance(w, Tensor) or w.ndim != nd + 2:
+        raise ShapeError(f"{op}: weight must have {nd + 2} dims (in, out/groups, *kernel), got "
+                         f"{None if not isinstance(w, Tensor) else tuple(w.shape)}")
+    if x.dtype.kind != "f" or w.dtype.kind != "f":
+        raise DTypeError(f"{op}: expected floating input and weight, got {x.dtype} and "
+                         f"{w.dtype}")
+    n, c = x.shape[:2]
+    cin, og = w.shape[:2]
+    k = tuple(w.shape[2:])
+    if groups < 1 or c != cin or cin % groups:
+        raise ShapeError(f"{op}: input has {c} channels but the weight {tuple(w.shape)} expects "
+                         f"{cin} (in channels, divisible by groups={groups})")
+    s = _ints(stride, nd, "stride", op)
+    p = _ints(padding, nd, "padding", op)
+    op_ = _ints(output_padding, nd, "output_padding", op)
+    d = _ints(dilation, nd, "dilation", op)
+    if min(s + d) < 1 or min(p + op_) < 0:
+        raise ValueError(f"{op}: stride and dilation must be positive and padding and "
+                         f"output_padding non-negative, got stride={s}, dilation={d}, "
+                         f"padding={p}, output_padding={op_}")
+    if any(o >= max(si, di) for o, si, di in zip(op_, s, d)):
+        raise ValueError(f"{op}: output_padding {op_} must be smaller than stride {s} or "
+                         f"dilation {d}")
+    in_sp = tuple(x.shape[2:])
+    full = tuple((li - 1) * si + di * (ki - 1) + 1 + oi
+                 for li, si, di, ki, oi in zip(in_sp, s, d, k, op_))
+    out_sp = tuple(f - 2 * pi for f, pi in zip(full, p))
+    if min(out_sp) < 1:
+        raise ShapeError(f"{op}: input {tuple(x.shape)} with kernel {k}, stride {s}, padding {p}"
+                         f" gives an empty output {out_sp}")
+    g, cg = groups, c // groups
+    npos, kk = math.prod(in_sp), math.prod(k)
+    # every input position's window: cols[g, n·P, o·K] = Σ_c x[n, g·cg + c, P] w[g·cg + c, o, K]
+    xg = ops.reshape(ops.transpose(ops.reshape(x, (n, g, cg, npos)), (1, 0, 3, 2)),
+                     (g, n * npos, cg))
+    cols = xg @ ops.reshape(w, (g, cg, og * kk))                         # (G, N·P, Og·K)
+    cols = ops.reshape(cols, (g, n) + in_sp + (og,) + k)
+    perm = (1, 0, 2 + nd) + tuple(range(2, 2 + nd)) + tuple(range(3 + nd, 3 + 2 * nd))
+    cols = ops.reshape(ops.transpose(cols, perm), (n, g * og) + in_sp + k)
+    tight = tuple(f - oi for f, oi in zip(full, op_))
+    y = fold_windows(cols, (n, g * og) + tight, tuple(range(2, 2 + nd)), stride=s, dilation=d)
+    if any(op_):  # output_padding: rows past the last window, on the far side
+        y = ops.pad(y, ((0, 0), (0, 0)) + tuple((0, oi) for oi in op_))
+    y = _crop(y, p, out_sp)
+    if b is not None:
+        y = y + ops.reshape(b, (g * og,) + (1,) * nd)
+    return y
+
+
+def conv_transpose1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed 1-D convolution (the input gradient of conv1d): weight (C, O/groups, K)."""
+    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation, 1,
+                           "conv_transpose1d")
+
+
+def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed 2-D convolution: x (N, C, H, W), weight (C, O/groups, KH, KW)."""
+    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation, 2,
+                           "conv_transpose2d")
+
+
+# --- pooling ----------------------------------------------------------------------------------
+def _pool_setup(x, kernel, stride, padding, dilation, ceil_mode, nd, op):
+    """Kernel, stride, padding, dilation, output size and the extra right padding ceil_mode
+    needs; PyTorch's rule: the last window must start inside the input or the left padding."""
+    F._check_input(x, nd, op, _SPATIAL[nd])
+    k = _ints(kernel, nd, "kernel_size", op)
+    s = k if stride is None or stride == () else _ints(stride, nd, "stride", op)
+    p = _ints(padding, nd, "padding", op)
+    d = _ints(dilation, nd, "dilation", op)
+    if min(k + s + d) < 1 or min(p) < 0:
+        raise ValueError(f"{op}: kernel_size, stride and dilation must be positive and padding "
+                         f"non-negative, got {k}, {s}, {d}, {p}")
+    if any(pi > ki // 2 for pi, ki in zip(p, k)):
+        raise ValueError(f"{op}: padding {p} must be at most half the kernel {k}")
+    F._check_window(x, k, d, p, op)
+    out, extra = [], []
+    for li, ki, si, pi, di in zip(x.shape[2:], k, s, p, d):
+        span = di * (ki - 1) + 1
+        o = (li + 2 * pi - span + (si - 1 if ceil_mode else 0)) // si + 1
+        if ceil_mode and (o - 1) * si >= li + pi:
+            o -= 1
+        out.append(o)
+        extra.append(max((o - 1) * si + span - li - 2 * pi, 0))
+    return k, s, p, d, tuple(out), tuple(extra)
+
+
+def _windows(x, k, s, p, d, extra, value):
+    nd = len(k)
+    if any(p) or any(extra):
+        x = ops.pad(x, ((0, 0),) * (x.ndim - nd) + tuple((pi, pi + e) for pi, e in zip(p, extra)),
+                    constant_values=value)
+    return ops.sliding_window_view(x, k, axis=tuple(range(x.ndim - nd, x.ndim)), stride=s,
+                                   dilation=d)
+
+
+def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, nd, op):
+    k, s, p, d, out, extra = _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                         nd, op)
+    win = _windows(x, k, s, p, d, extra, -math.inf)
+    kax = tuple(range(2 + nd, 2 + 2 * nd))
+    if not return_indices:
+        return ops.max(win, axis=kax)
+    # the first maximum in scan order, as PyTorch: its value and its flat index in the input
+    flat = ops.reshape(win, tuple(win.shape[:2 + nd]) + (-1,))
+    arg = ops.argmax(flat, axis=-1, keepdims=True)
+    y = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1)
+    xp = x.backend.xp
+    pos = Tensor(xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:]))
+    pwin = ops.reshape(_windows(pos, k, s, p, d, extra, -1), out + (-1,))
+    idx = ops.take_along_axis(ops.broadcast_to(pwin, tuple(flat.shape)), arg, -1)
+    return y, ops.squeeze(idx, -1).detach()
+
+
+def max_pool1d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """Max over sliding windows of (N, C, L); tied maxima share the gradient, except with
+    ``return_indices`` (then the first maximum takes it and its flat index is returned)."""
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 1,
+                     "max_pool1d")
+
+
+def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """Max over sliding windows of (N, C, H, W); see ``max_pool1d`` for ties and indices."""
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 2,
+                     "max_pool2d")
+
+
+def max_pool3d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False, return_indices: bool = False):
+    """Max over sliding windows of (N, C, D, H, W); see ``max_pool1d`` for ties and indices."""
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 3,
+                     "max_pool3d")
+
+
+def _box_count(length, k, s, p, extra, out, inside_pad, xp, dtype):
+    """How many counted positions each window along one axis covers (PyTorch's divisor)."""
+    mark = xp.concatenate([xp.full(p, 1.0 if inside_pad else 0.0), xp.ones(length),
+                           xp.full(p, 1.0 if inside_pad else 0.0), xp.zeros(extra)])
+    cs = xp.concatenate([xp.zeros(1), xp.cumsum(mark)])
+    starts = xp.arange(out) * s
+    return (cs[starts + k] - cs[starts]).astype(dtype)
+
+
+def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+              nd, op):
+    k, s, p, d, out, extra = _pool_setup(x, kernel_size, stride, padding, 1, ceil_mode, nd, op)
+    win = _windows(x, k, s, p, d, extra, 0.0)
+    total = ops.sum(win, axis=tuple(range(2 + nd, 2 + 2 * nd)))
+    if divisor_override:
+        return total / float(divisor_override)
+    if not any(extra) and (count_include_pad or not any(p)):
+        return total / float(math.prod(k))
+    xp = x.backend.xp
+    div = 1.0
+    for i in range(nd):
+        c = _box_count(x.shape[2 + i], k[i], s[i], p[i], extra[i], out[i], count_include_pad,
+                       xp, x.dtype)
+        div = div * c.reshape((-1,) + (1,) * (nd - 1 - i))
+    return total / Tensor(div)
+
+
+def avg_pool1d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True) -> Tensor:
+    """Mean over sliding windows of (N, C, L); padding counts unless ``count_include_pad`` is
+    False; windows that ``ceil_mode`` adds past the padding count only what they cover."""
+    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1,
+                     "avg_pool1d")
+
+
+def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """Mean over sliding windows of (N, C, H, W), PyTorch's divisor rules (see avg_pool1d)."""
+    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, 2, "avg_pool2d")
+
+
+def avg_pool3d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
+    """Mean over sliding windows of (N, C, D, H, W), PyTorch's divisor rules."""
+    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, 3, "avg_pool3d")
+
+
+def _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, nd, op):
+    k = _ints(kernel_size, nd, "kernel_size", op)
+    if not norm_type or not math.isfinite(float(norm_type)):
+        raise ValueError(f"{op}: norm_type must be a finite non-zero power, got {norm_type}")
+    out = _avg_pool(x ** float(norm_type), k, stride, 0, ceil_mode, True, None, nd, op)
+    return (ops.sign(out) * ops.relu(ops.abs(out)) * float(math.prod(k))) ** (1.0 / norm_type)
+
+
+def lp_pool1d(x: Tensor, norm_type: float, kernel_size, stride=None,
+              ceil_mode: bool = False) -> Tensor:
+    """(Σ xᵖ)^(1/p) over sliding windows of (N, C, L) (p = ``norm_type``), as PyTorch."""
+    return _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, 1, "lp_pool1d")
+
+
+def lp_pool2d(x: Tensor, norm_type: float, kernel_size, stride=None,
+              ceil_mode: bool = False) -> Tensor:
+    """(Σ xᵖ)^(1/p) over sliding windows of (N, C, H, W)."""
+    return _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, 2, "lp_pool2d")
+
+
+def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
+    F._check_input(x, nd, op, _SPATIAL[nd])
+    k = _ints(kernel_size, nd, "kernel_size", op)
+    s = k if stride is None else _ints(stride, nd, "stride", op)
+    p = _ints(padding, nd, "padding", op)
+    if output_size is None:
+        out = tuple((li - 1) * si - 2 * pi + ki for li, si, pi, ki in zip(x.shape[2:], s, p, k))
+    else:
+        out = tuple(int(o) for o in output_size)[-nd:]
+        if len(out) != nd:
+            raise ShapeError(f"{op}: output_size {output_size!r} must give {nd} spatial sizes")
+    if not isinstance(indices, Tensor) or tuple(indices.shape) != tuple(x.shape) or \
+            indices.dtype.kind not in "iu":
+        raise ShapeError(f"{op}: indices must be an integer tensor of the input's shape "
+                         f"{tuple(x.shape)}, got {getattr(indices, 'shape', indices)!r}")
+    n, c = x.shape[:2]
+    size = math.prod(out)
+    idx = ops.reshape(indices, (n, c, -1))
+    iv = values(indices)
+    if iv.size and (int(iv.min()) < 0 or int(iv.max()) >= size):
+        raise IndexError(f"{op}: index {int(iv.max()) if iv.max() >= size else int(iv.min())} "
+                         f"is out of range for an output of size {out}")
+    flat = ops.reshape(x, (n, c, -1))
+    y = _scatter_along(flat, idx, axis=2, shape=(n, c, size))
+    with no_grad():
+        ones = Tensor(x.backend.xp.ones(flat.shape, flat.dtype))
+        count = _scatter_along(ones, idx, axis=2, shape=(n, c, size))
+    if iv.size and float(values(count).max()) > 1:
+        # a position picked by several windows holds its value once (PyTorch writes, not adds)
+        # while each window still receives the full gradient there, as PyTorch's backward does
+        y = y - (y - y / ops.maximum(count, 1.0)).detach()
+    return ops.reshape(y, (n, c) + out)
+
+
+def max_unpool1d(x: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+                 output_size=None) -> Tensor:
+    """Put each value back at its ``max_pool1d`` index in zeros of the unpooled size."""
+    return _max_unpool(x, indices, kernel_size, stride, padding, output_size, 1, "max_unpool1d")
+
+
+def max_unpool2d(x: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+                 output_size=None) -> Tensor:
+    """Put each value back at its ``max_pool2d`` index (flat over H·W) in zeros."""
+    return _max_unpool(x, indices, kernel_size, stride, padding, output_size, 2, "max_unpool2d")
+
+
+def _adaptive_bins(xp, n: int, size: int):
+    """Each of ``size`` bins' member indices (PyTorch's edges [⌊i n/s⌋, ⌈(i+1) n/s⌉)), padded
+    to the widest bin by repeating the bin's last member (which changes neither max nor argmax)."""
+    lo = (xp.arange(size) * n) // size
+    hi = -((-(xp.arange(size) + 1) * n) // size)
+    width = int((hi - lo).max())
+    return xp.minimum(lo[:, None] + xp.arange(width)[None, :], hi[:, None] - 1)
+
+
+def _adaptive_max(x, output_size, return_indices, nd, op):
+    F._check_input(x, nd, op, _SPATIAL[nd])
+    sizes = _ints(output_size, nd, "output_size", op)
+    if min(sizes) < 1 or any(li < 1 for li in x.shape[2:]):
+        raise ShapeError(f"{op}: output_size {sizes} and the spatial sizes of "
+                         f"{tuple(x.shape)} must be positive")
+    xp = x.backend.xp
+    bins = [_adaptive_bins(xp, li, si) for li, si in zip(x.shape[2:], sizes)]
+    # index grids (o1, w1, o2, w2, ...) per axis -> gathered (N, C, o1, w1, o2, w2, ...)
+    grid = []
+    for i, b in enumerate(bins):
+        shape = [1] * (2 * nd)
+        shape[2 * i:2 * i + 2] = b.shape
+        grid.append(b.reshape(shape))
+    g = x[(slice(None), slice(None)) + tuple(grid)]
+    perm = (0, 1) + tuple(2 + 2 * i for i in range(nd)) + tuple(3 + 2 * i for i in range(nd))
+    flat = ops.reshape(ops.transpose(g, perm), (x.shape[0], x.shape[1]) + sizes + (-1,))
+    arg = ops.argmax(flat, axis=-1, keepdims=True)
+    y = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1)
+    if not return_indices:
+        return y
+    pos = xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:])
+    pflat = Tensor(pos[tuple(grid)].transpose(tuple(q - 2 for q in perm[2:]))
+                   .reshape(sizes + (-1,)))
+    idx = ops.take_along_axis(ops.broadcast_to(pflat, tuple(flat.shape)), arg, -1)
+    return y, ops.squeeze(idx, -1).detach()
+
+
+def adaptive_max_pool1d(x: Tensor, output_size, return_indices: bool = False):
+    """Max over ``output_size`` bins along L (PyTorch's bin edges); the first maximum of each
+    bin takes the gradient."""
+    return _adaptive_max(x, output_size, return_indices, 1, "adaptive_max_pool1d")
+
+
+def adaptive_max_pool2d(x: Tensor, output_size, return_indices: bool = False):
+    """Max over an (oh, ow) grid of bins of (N, C, H, W)."""
+    return _adaptive_max(x, output_size, return_indices, 2, "adaptive_max_pool2d")
+
+
+# --- im2col -----------------------------------------------------------------------------------
+def unfold(x: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """im2col: (N, C, H, W) -> (N, C·kh·kw, L), one column per sliding window (PyTorch order)."""
+    op = "unfold"
+    unbatched = isinstance(x, Tensor) and x.ndim == 3
+    if unbatched:
+        x = ops.expand_dims(x, 0)
+    F._check_input(x, 2, op, "(N, C, H, W) or (C, H, W)")
+    k = _ints(kernel_size, 2, "kernel_size", op)
+    d = _ints(dilation, 2, "dilation", op)
+    p = _ints(padding, 2, "padding", op)
+    s = _ints(stride, 2, "stride", op)
+    n, c = x.shape[:2]
+    F._check_window(x, k, d, p, op)
+    win = _windows(x, k, s, p, d, (0, 0), 0.0)                       # (N, C, oh, ow, kh, kw)
+    cols = ops.reshape(ops.transpose(win, (0, 1, 4, 5, 2, 3)), (n, c * k[0] * k[1], -1))
+    return cols[0] if unbatched else cols
+
+
+def fold(x: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+    """col2im: (N, C·kh·kw, L) -> (N, C, H, W), overlapping windows added (unfold's adjoint)."""
+    op = "fold"
+    unbatched = isinstance(x, Tensor) and x.ndim == 2
+    if unbatched:
+        x = ops.expand_dims(x, 0)
+    if not isinstance(x, Tensor) or x.ndim != 3:
+        raise ShapeError(f"{op}: expected input of shape (N, C·kh·kw, L) or (C·kh·kw, L), got "
+                         f"{getattr(x, 'shape', x)!r}")
+    size = _ints(output_size, 2, "output_size", op)
+    k = _ints(kernel_size, 2, "kernel_size", op)
+    d = _ints(dilation, 2, "dilation", op)
+    p = _ints(padding, 2, "padding", op)
+    s = _ints(stride, 2, "stride", op)
+    padded = tuple(o + 2 * pi for o, pi in zip(size, p))
+    blocks = tuple((li - di * (ki - 1) - 1) // si + 1 for li, di, ki, si in zip(padded, d, k, s))
+    n, ck, nb = x.shape
+    kk = k[0] * k[1]
+    if ck % kk or nb != blocks[0] * blocks[1] or min(blocks) < 1:
+        raise ShapeError(f"{op}: input {tuple(x.shape)} must have C·{kk} rows and "
+                         f"{blocks[0]}·{blocks[1]} = {blocks[0] * blocks[1]} columns for "
+                         f"output_size {size}, kernel {k}, padding {p}, stride {s}")
+    c = ck // kk
+    win = ops.transpose(ops.reshape(x, (n, c) + k + blocks), (0, 1, 4, 5, 2, 3))
+    y = _crop(fold_windows(win, (n, c) + padded, (2, 3), stride=s, dilation=d), p, size)
+    return y[0] if unbatched else y
+
+
+# --- pixel shuffles ---------------------------------------------------------------------------
+def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
+    """(*, C·r², H, W) -> (*, C, H·r, W·r): channels become r×r sub-pixel blocks."""
+    r = int(upscale_factor)
+    if not isinstance(x, Tensor) or x.ndim < 3 or r < 1 or x.shape[-3] % (r * r):
+        raise ShapeError(f"pixel_shuffle: expected (*, C·{r}², H, W) with a positive factor, got "
+                         f"{getattr(x, 'shape', x)!r} and upscale_factor={upscale_factor}")
+    *lead, c, h, w = x.shape
+    lead, c = tuple(lead), c // (r * r)
+    m = len(lead)
+    y = ops.reshape(x, lead + (c, r, r, h, w))
+    y = ops.transpose(y, tuple(range(m)) + tuple(m + i for i in (0, 3, 1, 4, 2)))
+    return ops.reshape(y, lead + (c, h * r, w * r))
+
+
+def pixel_unshuffle(x: Tensor, downscale_factor: int) -> Tensor:
+    """(*, C, H·r, W·r) -> (*, C·r², H, W): the inverse of ``pixel_shuffle``."""
+    r = int(downscale_factor)
+    if not isinstance(x, Tensor) or x.ndim < 3 or r < 1 or x.shape[-1] % r or x.shape[-2] % r:
+        raise ShapeError(f"pixel_unshuffle: expected (*, C, H·{r}, W·{r}) with a positive factor, "
+                         f"got {getattr(x, 'shape', x)!r} and downscale_factor="
+                         f"{downscale_factor}")
+    *lead, c, h, w = x.shape
+    lead = tuple(lead)
+    m = len(lead)
+    y = ops.reshape(x, lead + (c, h // r, r, w // r, r))
+    y = ops.transpose(y, tuple(range(m)) + tuple(m + i for i in (0, 2, 4, 1, 3)))
+    return ops.reshape(y, lead + (c * r * r, h // r, w // r))
+
+
+# --- interpolation ----------------------------------------------------------------------------
+_MODES = {"nearest": (1, 2, 3), "nearest-exact": (1, 2, 3), "linear": (1,), "bilinear": (2,),
+          "bicubic": (2,), "trilinear": (3,), "area": (1, 2)}
+
+
+def _take(x: Tensor, idx, axis: int) -> Tensor:
+    return x[(slice(None),) * axis + (idx,)]
+
+
+def _weights(w, x: Tensor, axis: int) -> Tensor:
+    return Tensor(w.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - axis - 1)))
+
+
+def _cubic(xp, t, a: float = -0.75):
+    """Keys' cubic-convolution weights of the 4 taps around each source point (PyTorch's A)."""
+    def near(u):
+        return ((a + 2) * u - (a + 3)) * u * u + 1
+
+    def far(u):
+        return ((a * u - 5 * a) * u + 8 * a) * u - 4 * a
+
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+def _resample_axis(x, axis, out, scale, mode, align_corners):
+    xp = x.backend.xp
+    n = x.shape[axis]
+    dst = xp.arange(out)
+    dt = x.dtype
+    if mode in ("nearest", "nearest-exact"):
+        sc = dt.type(1.0 / scale) if scale else dt.type(n) / dt.type(out)
+        if mode == "nearest":
+            src = dst.astype(dt) * sc
+        else:
+            src = xp.maximum((dst.astype(dt) + dt.type(0.5)) * sc - dt.type(0.5), 0) + 0.5
+        return _take(x, xp.minimum(xp.floor(src).astype(xp.int64), n - 1), axis)
+    if align_corners:
+        sc = (n - 1) / (out - 1) if out > 1 else 0.0
+        src = dst.astype(dt) * dt.type(sc)
+    else:
+        sc = dt.type(1.0 / scale) if scale else dt.type(n) / dt.type(out)
+        src = (dst.astype(dt) + dt.type(0.5)) * sc - dt.type(0.5)
+    if mode == "bicubic":
+        i0 = xp.minimum(xp.floor(src).astype(xp.int64), n - 1)
+        taps = _cubic(xp, xp.clip(src - i0, 0, 1).astype(dt))
+        y = None
+        for j, w in enumerate(taps):
+            term = _take(x, xp.clip(i0 - 1 + j, 0, n - 1), axis) * _weights(w, x, axis)
+            y = term if y is None else y + term
+        return y
+    src = xp.maximum(src, 0) if not align_corners else src
+    i0 = xp.minimum(src.astype(xp.int64), n - 1)
+    lam = xp.clip(src - i0, 0, 1)
+    i1 = xp.minimum(i0 + 1, n - 1)
+    return _take(x, i0, axis) * _weights(1 - lam, x, axis) + \
+        _take(x, i1, axis) * _weights(lam, x, axis)
+
+
+def interpolate(x: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+                align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
+                antialias: bool = False) -> Tensor:
+    """Resize the spatial axes of (N, C, ...) as PyTorch: ``nearest``, ``nearest-exact``,
+    ``linear``/``bilinear``/``trilinear``, ``bicubic`` (A = -0.75, clamped borders) and ``area``;
+    ``align_corners`` maps corner pixel centres onto each other. Separable: one axis at a time."""
+    op = "interpolate"
+    if not isinstance(x, Tensor) or x.ndim < 3:
+        raise ShapeError(f"{op}: expected (N, C, ...) with 1 to 3 spatial axes, got "
+                         f"{getattr(x, 'shape', x)!r}")
+    nd = x.ndim - 2
+    if mode not in _MODES:
+        raise ValueError(f"{op}: mode must be one of {sorted(_MODES)}, got {mode!r}")
+    if nd not in _MODES[mode]:
+        ranks = " or ".join(str(d + 2) for d in _MODES[mode])
+        raise ShapeError(f"{op}: mode {mode!r} takes {ranks}-d input, got {tuple(x.shape)}")
+    if antialias:
+        raise ValueError(f"{op}: antialias=True is not supported")
+    if align_corners is not None and mode in ("nearest", "nearest-exact", "area"):
+        raise ValueError(f"{op}: align_corners only applies to the linear and cubic modes, "
+                         f"not {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError(f"{op}: give exactly one of size and scale_factor")
+    if size is not None:
+        out = _ints(size, nd, "size", op)
+        scales = (None,) * nd
+    else:
+        scales = tuple(float(f) for f in ((scale_factor,) * nd if isinstance(
+            scale_factor, int | float) else scale_factor))
+        if len(scales) != nd or min(scales) <= 0:
+            raise ValueError(f"{op}: scale_factor must be positive, one per spatial axis, got "
+                             f"{scale_factor!r}")
+        out = tuple(int(math.floor(li * f)) for li, f in zip(x.shape[2:], scales))
+        if recompute_scale_factor:
+            scales = (None,) * nd
+    if min(out) < 1:
+        raise ShapeError(f"{op}: output size {out} must be positive")
+    if mode == "area":
+        return F.adaptive_avg_pool1d(x, out[0]) if nd == 1 else F.adaptive_avg_pool2d(x, out)
+    y = x
+    for i in range(nd):
+        if out[i] != x.shape[2 + i] or mode not in ("nearest", "nearest-exact") or scales[i]:
+            y = _resample_axis(y, 2 + i, out[i], scales[i], mode, bool(align_corners))
+    return y
+
+
+def upsample(x: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+             align_corners: bool | None = None) -> Tensor:
+    """``interpolate`` under its older name."""
+    return interpolate(x, size, scale_factor, mode, align_corners)

@@ -1,0 +1,271 @@
+"""Per-sample normalisation (group, instance, local-response and RMS norm), channel and alpha
+dropout, the bilinear map and bags of embeddings, in PyTorch's semantics.
+
+All are composites of primitives (their gradients of any order come from the engine).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as B
+from .. import ops
+from ..autodiff import no_grad
+from ..batching import values
+from ..errors import DTypeError, ShapeError
+from ..random import Generator, default_generator
+from ..tensor import Tensor
+
+
+def _affine(y: Tensor, weight, bias, shape) -> Tensor:
+    if weight is not None:
+        y = y * ops.reshape(weight, shape)
+    if bias is not None:
+        y = y + ops.reshape(bias, shape)
+    return y
+
+
+def _normalise(x: Tensor, axes, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    var = ops.var(x, axis=axes, keepdims=True)
+    return (x - mean) / ops.sqrt(var + eps), mean, var
+
+
+def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Normalise each sample over groups of channels (and all spatial axes), then scale and
+    shift per channel: x (N, C, ...) with C divisible by ``num_groups``."""
+    if not isinstance(x, Tensor) or x.ndim < 2 or num_groups < 1 or x.shape[1] % num_groups:
+        raise ShapeError(f"group_norm: expected (N, C, ...) with C divisible by num_groups="
+                         f"{num_groups}, got {getattr(x, 'shape', x)!r}")
+    n, c = x.shape[:2]
+    g = ops.reshape(x, (n, num_groups, -1))
+    y = ops.reshape(_normalise(g, (2,), eps)[0], tuple(x.shape))
+    return _affine(y, weight, bias, (c,) + (1,) * (x.ndim - 2))
+
+
+def instance_norm(x: Tensor, running_mean: Tensor | None = None,
+                  running_var: Tensor | None = None, weight: Tensor | None = None,
+                  bias: Tensor | None = None, use_input_stats: bool = True,
+                  momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Normalise each channel of each sample over its spatial axes: x (N, C, ...).
+
+    With running statistics and ``use_input_stats`` they move toward the batch average of the
+    instance means and unbiased variances (PyTorch's rule); without ``use_input_stats`` the
+    running statistics normalise instead."""
+    if not isinstance(x, Tensor) or x.ndim < 3:
+        raise ShapeError(f"instance_norm: expected (N, C, *spatial), got "
+                         f"{getattr(x, 'shape', x)!r}")
+    c = x.shape[1]
+    shape = (c,) + (1,) * (x.ndim - 2)
+    axes = tuple(range(2, x.ndim))
+    if use_input_stats:
+        count = math.prod(x.shape[2:])
+        if count < 2:
+            raise ValueError(f"instance_norm: need more than one spatial element per channel, "
+                             f"got input of shape {tuple(x.shape)}")
+        y, mean, var = _normalise(x, axes, eps)
+        if running_mean is not None:
+            with no_grad():
+                m = x.dtype.type(momentum)
+                bm = mean.data.reshape(x.shape[:2]).mean(0)
+                bv = var.data.reshape(x.shape[:2]).mean(0) * x.dtype.type(count / (count - 1))
+                running_mean.data *= 1 - m
+                running_mean.data += m * bm
+                running_var.data *= 1 - m
+                running_var.data += m * bv
+                running_mean._bump()
+                running_var._bump()
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("instance_norm: use_input_stats=False needs running_mean and "
+                             "running_var")
+        y = (x - ops.reshape(running_mean, shape)) / ops.sqrt(ops.reshape(running_var, shape)
+                                                               + eps)
+    return _affine(y, weight, bias, shape)
+
+
+def local_response_norm(x: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> Tensor:
+    """x / (k + alpha · mean of x² over ``size`` neighbouring channels)^beta (zero-padded
+    neighbourhood, divided by ``size`` as PyTorch)."""
+    if not isinstance(x, Tensor) or x.ndim < 3 or size < 1:
+        raise ShapeError(f"local_response_norm: expected (N, C, *spatial) and size >= 1, got "
+                         f"{getattr(x, 'shape', x)!r} and size={size}")
+    sq = ops.pad(x * x, ((0, 0), (size // 2, (size - 1) // 2)) + ((0, 0),) * (x.ndim - 2))
+    win = ops.sliding_window_view(sq, size, axis=1)
+    div = ops.sum(win, axis=-1) * (alpha / size) + k
+    return x / div ** beta
+
+
+def rms_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
+             eps: float | None = None) -> Tensor:
+    """x / √(mean(x²) + eps) over the trailing ``normalized_shape`` axes, times ``weight``;
+    ``eps`` defaults to the dtype's machine epsilon, as PyTorch."""
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not isinstance(x, Tensor) or tuple(x.shape[x.ndim - len(ns):]) != ns or x.ndim < len(ns):
+        raise ShapeError(f"rms_norm: input {getattr(x, 'shape', x)!r} does not end in "
+                         f"normalized_shape {ns}")
+    if eps is None:
+        eps = float(B.np.finfo(x.dtype).eps)
+    axes = tuple(range(x.ndim - len(ns), x.ndim))
+    y = x / ops.sqrt(ops.mean(x * x, axis=axes, keepdims=True) + eps)
+    return y if weight is None else y * weight
+
+
+# --- dropout variants -------------------------------------------------------------------------
+def _check_p(p: float, op: str) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p must be in [0, 1], got {p}")
+
+
+def _feature_dropout(x, p, training, generator, nd, op):
+    _check_p(p, op)
+    if not isinstance(x, Tensor) or x.ndim not in (nd + 1, nd + 2):
+        raise ShapeError(f"{op}: expected (N, C, {nd} spatial axes) or unbatched (C, ...), got "
+                         f"{getattr(x, 'shape', x)!r}")
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0.0
+    lead = x.ndim - nd  # 1 unbatched, 2 batched: one draw per channel of each sample
+    if nd == 2 and x.ndim == 3:
+        lead = 2  # PyTorch 2.13 reads 3-d input to dropout2d as (N, C, L)
+    gen = generator or default_generator(x.device)
+    keep = gen.random(tuple(x.shape[:lead]) + (1,) * (x.ndim - lead), x.dtype) >= \
+        x.dtype.type(p)
+    return x * (keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p)))
+
+
+def dropout1d(x: Tensor, p: float = 0.5, training: bool = True,
+              generator: Generator | None = None) -> Tensor:
+    """Zero whole channels of (N, C, L) or (C, L) with probability ``p`` (inverted scaling)."""
+    return _feature_dropout(x, p, training, generator, 1, "dropout1d")
+
+
+def dropout2d(x: Tensor, p: float = 0.5, training: bool = True,
+              generator: Generator | None = None) -> Tensor:
+    """Zero whole channels of (N, C, H, W) with probability ``p``; 3-d input is read as
+    (N, C, L), as PyTorch 2.13 does (it warns that this will change; use dropout1d)."""
+    return _feature_dropout(x, p, training, generator, 2, "dropout2d")
+
+
+def dropout3d(x: Tensor, p: float = 0.5, training: bool = True,
+              generator: Generator | None = None) -> Tensor:
+    """Zero whole channels of (N, C, D, H, W) or (C, D, H, W) with probability ``p``."""
+    return _feature_dropout(x, p, training, generator, 3, "dropout3d")
+
+
+_SELU_ALPHA_PRIME = 1.7580993408473766  # -λ·α of SELU: the value a dropped unit takes
+
+
+def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = False,
+                  generator: Generator | None = None) -> Tensor:
+    """Dropout for SELU networks: dropped units take SELU's negative saturation and an affine
+    map a·x + b restores zero mean and unit variance (PyTorch's a and b)."""
+    _check_p(p, "alpha_dropout")
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return x * 0.0
+    al = _SELU_ALPHA_PRIME
+    a = 1.0 / math.sqrt((al * al * p + 1) * (1 - p))
+    gen = generator or default_generator(x.device)
+    keep = (gen.random(tuple(x.shape), x.dtype) >= x.dtype.type(p)).astype(x.dtype)
+    b = (keep - 1) * x.dtype.type(al * a) + x.dtype.type(al * a * p)
+    return x * (keep * x.dtype.type(a)) + b
+
+
+# --- bilinear and bags of embeddings ----------------------------------------------------------
+def bilinear(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y_o = x1ᵀ W_o x2 + b_o: x1 (..., I1), x2 (..., I2), weight (O, I1, I2) -> (..., O)."""
+    if weight.ndim != 3 or x1.shape[-1:] != weight.shape[1:2] or \
+            x2.shape[-1:] != weight.shape[2:] or x1.shape[:-1] != x2.shape[:-1]:
+        raise ShapeError(f"bilinear: need x1 (..., I1), x2 (..., I2) with the same leading "
+                         f"shape and weight (O, I1, I2), got {tuple(x1.shape)}, "
+                         f"{tuple(x2.shape)}, {tuple(weight.shape)}")
+    o, i1, i2 = weight.shape
+    t = x1 @ ops.reshape(ops.transpose(weight, (1, 0, 2)), (i1, o * i2))   # (..., O·I2)
+    t = ops.reshape(t, tuple(x1.shape[:-1]) + (o, i2))
+    y = ops.sum(t * ops.expand_dims(x2, -2), axis=-1)
+    return y if bias is None else y + bias
+
+
+def _bags(xp, idx, offsets, include_last_offset: bool, op: str):
+    """(B, Lmax) positions into the flat input and their validity mask, for 1-D input."""
+    n = idx.shape[0]
+    off = offsets.astype(xp.int64)
+    if off.ndim != 1 or (off.size and (int(off[0]) != 0 or bool((off[1:] < off[:-1]).any())
+                                       or int(off[-1]) > n)):
+        raise ValueError(f"{op}: offsets must be a 1-d non-decreasing sequence starting at 0 "
+                         f"and at most the input length {n}, got {off.tolist()}")
+    ends = off[1:] if include_last_offset else xp.concatenate([off[1:], xp.array([n])])
+    starts = off[:-1] if include_last_offset else off
+    lens = ends - starts
+    width = max(int(lens.max()) if lens.size else 0, 1)
+    pos = starts[:, None] + xp.arange(width)[None, :]
+    valid = xp.arange(width)[None, :] < lens[:, None]
+    return xp.where(valid, pos, 0), valid
+
+
+def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
+                  max_norm: float | None = None, norm_type: float = 2.0,
+                  scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
+                  per_sample_weights: Tensor | None = None, include_last_offset: bool = False,
+                  padding_idx: int | None = None) -> Tensor:
+    """Sum, mean or max of each bag of embeddings: bags are the rows of a 2-D ``input`` or the
+    slices of a 1-D one cut at ``offsets`` (padded to the longest bag and masked). Entries equal
+    to ``padding_idx`` are left out; an empty bag gives zeros (PyTorch's rules)."""
+    op = "embedding_bag"
+    if mode not in ("sum", "mean", "max"):
+        raise ValueError(f"{op}: mode must be 'sum', 'mean' or 'max', got {mode!r}")
+    if max_norm is not None or scale_grad_by_freq or sparse:
+        raise ValueError(f"{op}: max_norm, scale_grad_by_freq and sparse are not supported")
+    if not isinstance(input, Tensor) or input.dtype.kind not in "iu":
+        raise DTypeError(f"{op}: indices must be an integer tensor, got "
+                         f"{getattr(input, 'dtype', type(input).__name__)}")
+    if weight.ndim != 2:
+        raise ShapeError(f"{op}: weight must be (num_embeddings, dim), got {tuple(weight.shape)}")
+    if per_sample_weights is not None:
+        if mode != "sum":
+            raise ValueError(f"{op}: per_sample_weights need mode='sum', got {mode!r}")
+        if tuple(per_sample_weights.shape) != tuple(input.shape):
+            raise ShapeError(f"{op}: per_sample_weights {tuple(per_sample_weights.shape)} must "
+                             f"have the input's shape {tuple(input.shape)}")
+    xp = weight.backend.xp
+    iv = values(input)
+    num = weight.shape[0]
+    if iv.size and (int(iv.min()) < 0 or int(iv.max()) >= num):
+        bad = int(iv.min()) if int(iv.min()) < 0 else int(iv.max())
+        raise IndexError(f"{op}: index {bad} is out of range for {num} embeddings")
+    psw = per_sample_weights
+    if input.ndim == 2:
+        if offsets is not None:
+            raise ValueError(f"{op}: offsets must be None for 2-d input (each row is a bag)")
+        idx, valid = iv, xp.ones(iv.shape, dtype=bool)
+    elif input.ndim == 1:
+        if offsets is None:
+            raise ValueError(f"{op}: 1-d input needs offsets (where each bag starts)")
+        pos, valid = _bags(xp, iv, values(offsets) if isinstance(offsets, Tensor) else
+                           xp.asarray(offsets), include_last_offset, op)
+        idx = iv[pos] if iv.size else xp.zeros(pos.shape, dtype=iv.dtype)
+        if psw is not None:
+            psw = psw[pos] if iv.size else None
+    else:
+        raise ShapeError(f"{op}: input must be 1-d (with offsets) or 2-d, got "
+                         f"{tuple(input.shape)}")
+    if padding_idx is not None:
+        valid = valid & (idx != (padding_idx % num))
+    emb = weight[idx]                                                    # (B, Lmax, D)
+    mask = Tensor(valid.astype(weight.dtype))
+    count = mask.data.sum(1)
+    if mode == "max":
+        masked = ops.where(Tensor(valid[..., None]), emb, -math.inf)
+        arg = ops.argmax(masked, axis=1, keepdims=True)
+        out = ops.squeeze(ops.take_along_axis(masked, arg, 1), 1)
+        return ops.where(Tensor(count[:, None] > 0), out, 0.0)
+    w = mask if psw is None else mask * psw
+    out = ops.sum(emb * ops.expand_dims(w, -1), axis=1)
+    if mode == "mean":
+        out = out / Tensor(xp.maximum(count, 1)[:, None])
+    return out

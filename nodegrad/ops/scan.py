@@ -1,0 +1,177 @@
+"""Scans along one axis: cumsum, cumprod (exact gradients with zeros), cummax/cummin (values
+gathered at running arg-extremes, so the gradient reaches the selected elements) and a stable
+logcumsumexp. Batching shifts the axis past the batch axis, as for reductions.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from .. import _backend as B
+from ..autodiff import is_grad_enabled
+from ..batching import reduce_rule
+from ..primitive import primitive
+from .elementwise import exp, log, logical_and, where
+from .index import take_along_axis
+from .reduce import _sum
+from ..tensor import Tensor
+from .shape import expand_dims, flip, moveaxis, norm_axis, reshape
+
+CumExtreme = namedtuple("CumExtreme", ["values", "indices"])
+
+
+def _scan(name, fwd, vjp=None, jvp=None, saves="inputs", promote=True, doc=None):
+    p = primitive(name, fwd, vjp, kind="scan", jvp=jvp, saves=saves, promote=promote, doc=doc)
+    p.batch = reduce_rule(p)  # one int ``axis``: shifted past the batch axis
+    return p
+
+
+def _reverse(fn, t, axis):
+    """``fn`` run from the end of ``axis`` to its start."""
+    return flip(fn(flip(t, axis), axis=axis), axis)
+
+
+# --- cumsum ----------------------------------------------------------------------------------
+_cumsum = _scan("cumsum", lambda xp, x, axis: xp.cumsum(x, axis=axis),
+                lambda g, ans, x, axis: _reverse(_cumsum, g, axis), saves="none",
+                jvp="linear", doc="Running sum along an axis.")
+
+
+# --- cumprod ---------------------------------------------------------------------------------
+def _zero_masks(x, axis):
+    """(before the first zero, at the first zero) along ``axis``."""
+    z = x == 0
+    seen = _cumsum(z, axis=axis)
+    return seen == 0, logical_and(z, seen == 1)
+
+
+def _cumprod_vjp(g, ans, x, axis):
+    if is_grad_enabled():  # a graph of the gradient is wanted: the polynomial form
+        return _cumprod_vjp_poly(g, x, axis)
+    # before the first zero x_k: revcumsum(g·ans)/x (ans is 0 from k on); at x_k: the sum over
+    # j >= k of g_j times the product of the others, a cumprod with x_k set to 1; after: 0.
+    # (Exact, but constant in the zero pattern, so not for a second derivative at zeros.)
+    before, first = _zero_masks(x, axis)
+    part1 = _reverse(_cumsum, g * ans, axis) / where(before, x, 1)
+    part2 = _reverse(_cumsum, g * _cumprod(where(first, 1, x), axis=axis), axis)
+    return where(before, part1, where(first, part2, 0))
+
+
+def _cumprod_vjp_poly(g, x, axis):
+    """sum_{j>=i} g_j prod_{m<=j, m!=i} x_m through an n×n table per lane: O(n²), but a
+    polynomial in x, so its own derivatives are right at zeros too (PyTorch does the same)."""
+    n = x.shape[axis]
+    xl, gl = moveaxis(x, axis, -1), moveaxis(g, axis, -1)
+    xp = x.backend.xp
+    eye = Tensor(xp.eye(n, dtype=bool))
+    upper = Tensor(xp.triu(xp.ones((n, n), dtype=bool)))
+    table = _cumprod(where(eye, 1, expand_dims(xl, -2)), axis=xl.ndim)  # [.., i, j]
+    out = _sum(where(upper, expand_dims(gl, -2) * table, 0), axis=(xl.ndim,), keepdims=False)
+    return moveaxis(out, -1, axis)
+
+
+def _cumprod_jvp(ts, ans, x, axis):
+    t = ts[0]
+    before, first = _zero_masks(x, axis)
+    inner = ans * _cumsum(where(before, t / where(before, x, 1), 0), axis=axis)
+    tk = _sum(where(first, t, 0), axis=(axis,), keepdims=True)
+    return where(before, inner, tk * _cumprod(where(first, 1, x), axis=axis))
+
+
+_cumprod = _scan("cumprod", lambda xp, x, axis: xp.cumprod(x, axis=axis), _cumprod_vjp,
+                 jvp=_cumprod_jvp, saves="both",
+                 doc="Running product along an axis; exact gradients with zeros in the input.")
+
+
+# --- cummax / cummin -------------------------------------------------------------------------
+def _cumarg_fwd(xp, x, axis, largest):
+    vals = (xp.maximum if largest else xp.minimum).accumulate(x, axis=axis)
+    hit = x == vals  # a new extreme or a tie: PyTorch keeps the latest index
+    if x.dtype.kind == "f":
+        hit = hit | xp.isnan(x)  # NaN propagates with its index
+    ar = xp.arange(x.shape[axis]).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
+    return xp.maximum.accumulate(xp.where(hit, ar, 0), axis=axis)
+
+
+_cumarg = _scan("cumarg", _cumarg_fwd, promote=False,
+                doc="Index of the running max (largest=True) or min along an axis.")
+
+
+# --- logcumsumexp ----------------------------------------------------------------------------
+def _lcse_fwd(xp, x, axis):
+    return xp.logaddexp.accumulate(x, axis=axis)
+
+
+def _log_parts(t, dtype):
+    """log|t| where t > 0 and where t < 0 (a quarter of the dtype's lowest value elsewhere:
+    its exp is 0, and adding x or subtracting the output cannot overflow)."""
+    low = B.np.finfo(dtype).min / 4
+    la = log(where(t == 0, 1, t * (2 * (t > 0).astype(dtype) - 1)))
+    return where(t > 0, la, low), where(t < 0, la, low)
+
+
+def _lcse_vjp(g, ans, x, axis):
+    # PyTorch's (and TensorFlow's) rule: sum_{j>=i} g_j e^(x_i - ans_j), split by the sign of g
+    pos, neg = _log_parts(g, g.dtype)
+    return (exp(_reverse(_logcumsumexp, pos - ans, axis) + x)
+            - exp(_reverse(_logcumsumexp, neg - ans, axis) + x))
+
+
+def _lcse_jvp(ts, ans, x, axis):
+    pos, neg = _log_parts(ts[0], ts[0].dtype)
+    return (exp(_logcumsumexp(pos + x, axis=axis) - ans)
+            - exp(_logcumsumexp(neg + x, axis=axis) - ans))
+
+
+_logcumsumexp = _scan("logcumsumexp", _lcse_fwd, _lcse_vjp, jvp=_lcse_jvp, saves="both",
+                      doc="log of the running sum of exp along an axis, without overflow.")
+
+
+# --- public functions (PyTorch's dim=, NumPy's axis=) ----------------------------------------
+def _axis(x, dim, axis, op):
+    d = dim if dim is not None else axis
+    if d is None:
+        raise TypeError(f"{op}: pass the axis to scan along (dim=)")
+    return norm_axis(d, x.ndim if x.ndim else 1, op)
+
+
+def _on_1d(fn, x, ax):
+    """Run a scan on a 0-d tensor as on a length-1 vector (PyTorch allows dim 0 / -1)."""
+    if x.ndim:
+        return fn(x, ax)
+    out = fn(reshape(x, (1,)), 0)
+    return tuple(reshape(o, ()) for o in out) if isinstance(out, tuple) else reshape(out, ())
+
+
+def cumsum(x, dim: int | None = None, *, axis: int | None = None):
+    """Running sum along ``dim``."""
+    return _on_1d(lambda t, a: _cumsum(t, axis=a), x, _axis(x, dim, axis, "cumsum"))
+
+
+def cumprod(x, dim: int | None = None, *, axis: int | None = None):
+    """Running product along ``dim``; gradients are exact with zeros in the input."""
+    return _on_1d(lambda t, a: _cumprod(t, axis=a), x, _axis(x, dim, axis, "cumprod"))
+
+
+def _cumextreme(x, dim, axis, largest, op):
+    def run(t, a):
+        idx = _cumarg(t, axis=a, largest=largest)
+        return CumExtreme(take_along_axis(t, idx, a), idx)
+
+    out = _on_1d(run, x, _axis(x, dim, axis, op))
+    return CumExtreme(*out)
+
+
+def cummax(x, dim: int | None = None, *, axis: int | None = None) -> CumExtreme:
+    """(values, indices) of the running maximum; the gradient goes to the selected elements."""
+    return _cumextreme(x, dim, axis, True, "cummax")
+
+
+def cummin(x, dim: int | None = None, *, axis: int | None = None) -> CumExtreme:
+    """(values, indices) of the running minimum."""
+    return _cumextreme(x, dim, axis, False, "cummin")
+
+
+def logcumsumexp(x, dim: int | None = None, *, axis: int | None = None):
+    """log Σ_{i<=j} exp(x_i) along ``dim``, stable for large |x| and -inf entries."""
+    return _on_1d(lambda t, a: _logcumsumexp(t, axis=a), x, _axis(x, dim, axis, "logcumsumexp"))

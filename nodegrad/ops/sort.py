@@ -1,0 +1,262 @@
+"""Sorting and selection: a stable argsort primitive, and sort / topk / kthvalue / median /
+quantile as gathers at its indices, so gradients flow to exactly the selected elements;
+unique, searchsorted and bucketize (no gradient). NaN sorts as the largest value (PyTorch).
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+from .. import _backend as B
+from ..batching import BatchTracer, batched, front, reduce_rule, size_of
+from ..batching import values as _values
+from ..errors import DTypeError, ShapeError
+from ..primitive import primitive
+from ..tensor import Tensor
+from .elementwise import astype, ceil, floor, isnan, lerp, round, where
+from .index import getitem, take_along_axis
+from .reduce import any, argmax
+from .shape import moveaxis, norm_axis, reshape
+
+Sorted = namedtuple("Sorted", ["values", "indices"])
+
+
+def _argsort_fwd(xp, x, axis, descending):
+    if not descending:
+        return xp.argsort(x, axis=axis, kind="stable")
+    # stable descending: sort the reversed axis ascending, reverse back, map the indices
+    r = xp.flip(xp.argsort(xp.flip(x, axis), axis=axis, kind="stable"), axis)
+    return x.shape[axis] - 1 - r
+
+
+_argsort = primitive("argsort", _argsort_fwd, kind="sort", promote=False,
+                     doc="Indices that sort along an axis (stable; NaN sorts last ascending).")
+_argsort.batch = reduce_rule(_argsort)
+
+
+def _dim(x, dim, op) -> int:
+    return norm_axis(dim, x.ndim if x.ndim else 1, op)
+
+
+def _vec(x):
+    return reshape(x, (1,)) if x.ndim == 0 else x
+
+
+def _back(t, was0):
+    return reshape(t, ()) if was0 else t
+
+
+def argsort(x, dim: int = -1, descending: bool = False, stable: bool = False):
+    """Indices that sort ``x`` along ``dim`` (always stable: ties keep their order)."""
+    ax = _dim(x, dim, "argsort")
+    return _back(_argsort(_vec(x), axis=ax, descending=bool(descending)), x.ndim == 0)
+
+
+def sort(x, dim: int = -1, descending: bool = False, stable: bool = False) -> Sorted:
+    """(values, indices) sorted along ``dim``; the gradient goes back through the gather."""
+    ax = _dim(x, dim, "sort")
+    v = _vec(x)
+    idx = _argsort(v, axis=ax, descending=bool(descending))
+    return Sorted(_back(take_along_axis(v, idx, ax), x.ndim == 0), _back(idx, x.ndim == 0))
+
+
+def _first(idx, ax, k):
+    return getitem(idx, (slice(None),) * ax + (slice(0, k),))
+
+
+def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> Sorted:
+    """The ``k`` largest (or smallest) entries along ``dim`` and their indices, in order;
+    ties go to the lower index."""
+    ax = _dim(x, dim, "topk")
+    v = _vec(x)
+    if not 0 <= k <= v.shape[ax]:
+        raise ShapeError(f"topk: k={k} is out of range for dim {dim} of length {v.shape[ax]} "
+                         f"(shape {tuple(x.shape)})")
+    idx = _first(_argsort(v, axis=ax, descending=bool(largest)), ax, k)
+    return Sorted(_back(take_along_axis(v, idx, ax), x.ndim == 0), _back(idx, x.ndim == 0))
+
+
+def kthvalue(x, k: int, dim: int = -1, keepdim: bool = False) -> Sorted:
+    """The ``k``-th smallest entry (1-based) along ``dim`` and its index."""
+    ax = _dim(x, dim, "kthvalue")
+    v = _vec(x)
+    if not 1 <= k <= v.shape[ax]:
+        raise ShapeError(f"kthvalue: k={k} is out of range for dim {dim} of length "
+                         f"{v.shape[ax]} (shape {tuple(x.shape)})")
+    idx = getitem(_argsort(v, axis=ax, descending=False), (slice(None),) * ax
+                  + (slice(k - 1, k),))
+    return _selected(v, idx, ax, keepdim, x.ndim == 0)
+
+
+def _selected(v, idx, ax, keepdim, was0):
+    val = take_along_axis(v, idx, ax)
+    if not keepdim or was0:
+        shape = tuple(s for i, s in enumerate(val.shape) if i != ax)
+        val, idx = reshape(val, shape), reshape(idx, shape)
+    return Sorted(_back(val, was0), _back(idx, was0))
+
+
+def median(x, dim: int | None = None, keepdim: bool = False):
+    """The lower median (no averaging, as PyTorch); with ``dim``: (values, indices). A lane
+    with NaN gives NaN."""
+    if dim is None:
+        return median(reshape(x, (-1,)), 0).values
+    ax = _dim(x, dim, "median")
+    v = _vec(x)
+    n = v.shape[ax]
+    if n == 0:
+        raise ShapeError(f"median: dim {dim} is empty (shape {tuple(x.shape)})")
+    idx = getitem(_argsort(v, axis=ax, descending=False),
+                  (slice(None),) * ax + (slice((n - 1) // 2, (n - 1) // 2 + 1),))
+    if v.dtype.kind == "f":
+        nan = isnan(v)
+        idx = where(any(nan, ax, True), argmax(nan, ax, True), idx)
+    return _selected(v, idx, ax, keepdim, x.ndim == 0)
+
+
+_INTERP = ("linear", "lower", "higher", "midpoint", "nearest")
+
+
+def quantile(x, q, dim: int | None = None, keepdim: bool = False, *,
+             interpolation: str = "linear"):
+    """The ``q``-quantiles (a number or a 1-d tensor in [0, 1]) along ``dim`` (all entries
+    when None), interpolated as ``torch.quantile``; a 1-d ``q`` adds a leading axis."""
+    if interpolation not in _INTERP:
+        raise ValueError(f"quantile: interpolation must be one of {_INTERP}, "
+                         f"got {interpolation!r}")
+    if x.dtype.kind != "f":
+        raise DTypeError(f"quantile: expected a floating-point input, got {x.dtype}")
+    qt = q if isinstance(q, Tensor) else Tensor(x.backend.xp.asarray(q, dtype=x.dtype))
+    if qt.ndim > 1:
+        raise ShapeError(f"quantile: q must be a number or a 1-d tensor, got shape "
+                         f"{tuple(qt.shape)}")
+    qv = _values(qt)
+    if qv.size and not bool(((qv >= 0) & (qv <= 1)).all()):
+        raise ValueError("quantile: q values must lie in [0, 1]")
+    nd = x.ndim
+    if dim is None:
+        v, ax = reshape(x, (-1,)), 0
+    else:
+        ax = _dim(x, dim, "quantile")
+        v = _vec(x)
+    n = v.shape[ax]
+    if n == 0:
+        raise ShapeError(f"quantile: the input is empty along the reduced dims "
+                         f"(shape {tuple(x.shape)})")
+    xs = moveaxis(take_along_axis(v, _argsort(v, axis=ax, descending=False), ax), ax, -1)
+    lead = tuple(xs.shape[:-1])
+    m = 1 if qt.ndim == 0 else qt.shape[0]
+    pos = reshape(qt, (m,)) * float(n - 1)
+    lo, hi = floor(pos), ceil(pos)
+    if interpolation == "nearest":
+        lo = hi = round(pos)
+    elif interpolation == "lower":
+        hi = lo
+    elif interpolation == "higher":
+        lo = hi
+
+    def pick(p):
+        i = astype(p, B.int64)
+        return take_along_axis(xs, _bcast(i, lead), -1)
+
+    below, above = pick(lo), pick(hi)
+    if interpolation == "linear":
+        out = lerp(below, above, pos - lo)
+    elif interpolation == "midpoint":
+        out = lerp(below, above, 0.5)
+    else:
+        out = below
+    out = where(any(isnan(xs), -1, True), float("nan"), out)  # (..., m)
+    out = moveaxis(out, -1, 0)  # (m, ...lead)
+    if keepdim and dim is None:
+        out = reshape(out, (m,) + (1,) * nd)
+    elif keepdim and nd:
+        out = reshape(out, (m,) + lead[:ax] + (1,) + lead[ax:])
+    return reshape(out, out.shape[1:]) if qt.ndim == 0 else out
+
+
+def _bcast(i, lead):
+    from .shape import broadcast_to
+
+    return broadcast_to(reshape(i, (1,) * len(lead) + (i.shape[0],)), lead + (i.shape[0],))
+
+
+# --- unique, searchsorted, bucketize (no gradient) --------------------------------------------
+def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False,
+           dim: int | None = None):
+    """The distinct values (sorted), with the inverse indices and counts on request; over
+    ``dim`` the distinct slices. No gradient; not available inside vmap (the size depends on
+    the values)."""
+    if type(x) is BatchTracer:
+        raise TypeError("unique: the output size depends on the values, so it cannot run "
+                        "inside vmap")
+    xp = x.backend.xp
+    axis = None if dim is None else norm_axis(dim, x.ndim, "unique")
+    res = xp.unique(x.data, return_inverse=True, return_counts=True, axis=axis)
+    out, inv, counts = (Tensor(r) for r in res)
+    inv = reshape(inv, x.shape if axis is None else (x.shape[axis],))
+    extra = ((inv,) if return_inverse else ()) + ((counts,) if return_counts else ())
+    return (out,) + extra if extra else out
+
+
+def _searchsorted_fwd(xp, seq, v, right, int32):
+    side = "right" if right else "left"
+    if seq.ndim == 1:
+        out = xp.searchsorted(seq, v, side=side)
+    else:  # one sorted row per leading index: count the entries below each value
+        below = (seq[..., None, :] <= v[..., :, None]) if right else (
+            seq[..., None, :] < v[..., :, None])
+        out = below.sum(-1)
+    return xp.asarray(out).astype(xp.int32 if int32 else xp.int64)
+
+
+def _searchsorted_batch(vals, bdims, right, int32):
+    (seq, v), (bs, bv) = vals, bdims
+    if bs is None:
+        return _searchsorted(seq, front(v, bv), right=right, int32=int32), 0
+    n = size_of(vals, bdims)
+    seq = batched(seq, bs, n)
+    v = batched(v, bv, n)
+    if seq.ndim == 2:  # one row per example: flatten the values of each example
+        shape = tuple(v.shape)
+        out = _searchsorted(seq, reshape(v, (n, -1)), right=right, int32=int32)
+        return reshape(out, shape), 0
+    return _searchsorted(seq, v, right=right, int32=int32), 0
+
+
+_searchsorted = primitive("searchsorted", _searchsorted_fwd, kind="sort", promote=False,
+                          batch=_searchsorted_batch,
+                          doc="Insertion points of values into sorted rows (no gradient).")
+
+
+def searchsorted(sorted_sequence, values, *, out_int32: bool = False, right: bool = False,
+                 side: str | None = None):
+    """Where ``values`` would go in ``sorted_sequence`` (1-d, or rows matching the leading
+    dims of ``values``) to keep it sorted; ``right``/``side='right'`` after equal entries."""
+    if side is not None:
+        if side not in ("left", "right"):
+            raise ValueError(f"searchsorted: side must be 'left' or 'right', got {side!r}")
+        if right and side == "left":
+            raise ValueError("searchsorted: right=True contradicts side='left'")
+        right = side == "right"
+    seq = sorted_sequence
+    v = _as_tensor(values, seq)
+    if seq.ndim == 0:
+        raise ShapeError("searchsorted: sorted_sequence must have at least 1 dim, got a scalar")
+    if seq.ndim > 1 and tuple(seq.shape[:-1]) != tuple(v.shape[:-1]):
+        raise ShapeError(f"searchsorted: the leading dims of sorted_sequence "
+                         f"{tuple(seq.shape)} and values {tuple(v.shape)} must match")
+    return _searchsorted(seq, v, right=bool(right), int32=bool(out_int32))
+
+
+def bucketize(input, boundaries, *, out_int32: bool = False, right: bool = False):
+    """The bucket of each entry: boundaries[i-1] < x <= boundaries[i] (``right``: [i-1, i))."""
+    if boundaries.ndim != 1:
+        raise ShapeError(f"bucketize: boundaries must be 1-d, got shape "
+                         f"{tuple(boundaries.shape)}")
+    return _searchsorted(boundaries, _as_tensor(input, boundaries), right=bool(right),
+                         int32=bool(out_int32))
+
+
+def _as_tensor(v, like):
+    return v if isinstance(v, Tensor) else Tensor(like.backend.xp.asarray(v, dtype=like.dtype))
