@@ -89,6 +89,35 @@ def test_ddp_in_one_process_equals_the_plain_model():
     assert list(ddp.state_dict()) == [f"module.{k}" for k in model.state_dict()]
 
 
+class _Recording(SingleProcess):
+    """A world of one that notes when each allreduce starts."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def iallreduce(self, a, op="sum"):
+        self.events.append(f"allreduce {a.size}")
+        return super().iallreduce(a, op)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_ddp_starts_allreduces_during_backward(overlap):
+    """With overlap the last layer's buckets start before backward reaches the first layer."""
+    events = []
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5))
+    ddp = DistributedDataParallel(model, _Recording(events), bucket_cap_mb=1e-6, overlap=overlap)
+    def mark(module, inputs, out):  # notes when backward gets to layer 0's output
+        out.register_hook(lambda g: events.append("backward reaches layer 0"))
+
+    model[0].register_forward_hook(mark)
+    ddp(ng.randn(2, 3)).sum().backward()
+    first = events.index("backward reaches layer 0")
+    assert events[:first] == (["allreduce 5", "allreduce 20"] if overlap else [])
+    assert events[first + 1:] == (["allreduce 4", "allreduce 12"] if overlap else
+                                  ["allreduce 5", "allreduce 20", "allreduce 4", "allreduce 12"])
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_ddp_names_parameters_without_gradient():
     class TwoHeads(nn.Module):
         def __init__(self):
