@@ -134,6 +134,7 @@ def equiv(out_dir):
     except DistributedError as e:
         res["mismatch"] = str(e)
     res["world_size"] = N
+    res["local_ranks"] = w.allgather_json(w.local_rank)  # one machine: local = global rank
     if w.rank == 0:
         with open(os.path.join(out_dir, f"equiv-{N}.json"), "w") as f:
             json.dump(res, f)

@@ -270,7 +270,7 @@ def test_ranks_match_one_process_on_the_full_batch(tmp_path, n):
     r = mpirun(n, "equiv", tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / f"equiv-{n}.json").read_text())
-    assert res["world_size"] == n
+    assert res["world_size"] == n and res["local_ranks"] == list(range(n))
     for k in ("mlp_float64", "cnn_float64", "syncbn_float64"):
         assert res[k] < 1e-10, (k, res[k])
     for k in ("mlp_float32", "syncbn_float32"):

@@ -85,6 +85,7 @@ class Communicator:
 
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0  # the rank among those on this machine: which GPU to take
     timeout: float = DEFAULT_TIMEOUT
 
     @property
@@ -163,6 +164,9 @@ class MPICommunicator(Communicator):
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank = node.Get_rank()
+        node.Free()
         self.timeout = float(timeout)
         self._mpi_ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
