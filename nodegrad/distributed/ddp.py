@@ -75,6 +75,7 @@ class DistributedDataParallel(Module):
 
     Every parameter that requires grad must receive a gradient in each synchronised backward
     pass (PyTorch's ``find_unused_parameters=False``); the next forward says which did not.
+    A training forward without a backward (e.g. a loss only looked at) is fine.
     """
 
     def __init__(self, module: Module, comm: Communicator | None = None,
@@ -120,7 +121,7 @@ class DistributedDataParallel(Module):
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
-        if self._armed:
+        if self._armed and self._got:  # a backward ran but left parameters out
             missing = [n for n, p in self.module.named_parameters()
                        if id(p) in self._where and not self._arrived(p)]
             self._armed = False
