@@ -370,3 +370,22 @@ def test_nccl_communicator_and_ddp_on_the_gpu():
     ddp(x.to("cuda")).sum().backward()
     ref(x).sum().backward()
     np.testing.assert_allclose(model.weight.grad.numpy(), ref.weight.grad.numpy(), rtol=1e-5)
+
+
+@mpi
+@pytest.mark.slow
+def test_distributed_benchmark_measures_one_and_two_ranks(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import distributed as bench
+    finally:
+        sys.path.pop(0)
+    assert bench.main(["--quick", "--ranks", "1,2", "--json", str(tmp_path / "r.json")]) == 0
+    runs = json.loads((tmp_path / "r.json").read_text())
+    assert [r["ranks"] for r in runs] == [1, 2]
+    for r in runs:
+        for m in ("W2", "W3"):
+            row = r["models"][m]
+            assert min(row["overlap"], row["after"], row["compute"]) > 0
+            assert ("allreduce_mpi4py" in row) == (r["ranks"] == 2)
+    assert "| W2 (1,863,690 params" in capsys.readouterr().out
