@@ -121,6 +121,9 @@ DOMAINS = {
     "prob": _f(0.05, 0.95),  # binary cross-entropy: probabilities and soft targets
     "nonzero": st.one_of(_f(-2, -0.5), _f(0.5, 2)),  # divisors
     "tan": _f(-1.2, 1.2),  # away from the poles at +-pi/2
+    # sinc's derivative (cos(pi x) - sinc x) / x cancels near 0, in PyTorch's formula too: 0
+    # itself or |x| >= 0.05
+    "sinc": st.one_of(st.just(0.0), _f(-3, 3).filter(lambda v: abs(v) >= 0.05)),
     "kink0": _f(-2, 2).filter(lambda v: abs(v) > 0.05),  # abs, relu, leaky_relu
     "softplus2": _f(-2, 2).filter(lambda v: abs(2 * v - 1.5) > 0.05),  # beta 2, threshold 1.5
     "grid": st.integers(-12, 12).map(lambda k: k / 4),  # dyadic: exact in float32
@@ -1816,7 +1819,7 @@ ew("lerp_scalar", lambda a, b: ng.lerp(a, b, 0.75), lambda a, b: torch.lerp(a, b
    "real", "real", prims=("lerp",))
 ew("fmod", ng.fmod, torch.fmod, "rem_x", "rem_y")
 ew("xlogy", ng.xlogy, torch.xlogy, "nonzero", "pos")
-ew("sinc", ng.sinc, torch.sinc, "wide")
+ew("sinc", ng.sinc, torch.sinc, "sinc")
 ew("nan_to_num", ng.nan_to_num, torch.nan_to_num, "real")
 ew("deg2rad", ng.deg2rad, torch.deg2rad, "real", prims=("multiply",))
 ew("rad2deg", ng.rad2deg, torch.rad2deg, "real", prims=("multiply",))
@@ -2145,7 +2148,7 @@ FORWARD.append(Forward("cumarg", lambda x, axis, largest: P["cumarg"](
     _axis_build(("coarse", "special", "int"), largest=st.booleans())))
 FORWARD.append(Forward("searchsorted", lambda s, v, right, int32: P["searchsorted"](
     s, v, right=right, int32=int32), _searchsorted_ref, _searchsorted_build))
-FORWARD.append(Forward("trunc_divide", ng.trunc_divide, _trunc_div_ref,
+FORWARD.append(Forward("trunc_divide", ng.trunc_divide, _like_torch(_trunc_div_ref),
                        _fw_inputs(("coarse", "int"), ("nonzero", "intnz"))))
 
 

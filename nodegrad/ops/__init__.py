@@ -289,10 +289,10 @@ from .elementwise import (  # noqa: E402
 )
 from .elementwise import div as divide  # noqa: E402, F811  (PyTorch's rounding_mode too)
 from .reduce import (  # noqa: E402
-    amax, amin, aminmax, count_nonzero, matrix_norm, nanmean, nansum, norm, prod, std_mean,
-    var_mean, vector_norm,
+    amax, amin, aminmax, count_nonzero, matrix_norm, nanmean, nansum, norm, std_mean, var_mean,
+    vector_norm,
 )
-from .scan import cummax, cummin, cumprod, cumsum, logcumsumexp  # noqa: E402
+from .scan import cummax, cummin, cumprod, cumsum, logcumsumexp, prod  # noqa: E402
 from .sort import (  # noqa: E402
     argsort, bucketize, kthvalue, median, quantile, searchsorted, sort, topk, unique,
 )

@@ -313,7 +313,7 @@ def _install_more() -> None:
         "hardshrink": A.hardshrink, "trunc": E.trunc,
         "cumsum": dimmed(C.cumsum), "cumprod": dimmed(C.cumprod), "cummax": dimmed(C.cummax),
         "cummin": dimmed(C.cummin), "logcumsumexp": dimmed(C.logcumsumexp),
-        "prod": R.prod, "amax": R.amax, "amin": R.amin, "aminmax": R.aminmax,
+        "prod": C.prod, "amax": R.amax, "amin": R.amin, "aminmax": R.aminmax,
         "nansum": R.nansum, "nanmean": R.nanmean, "count_nonzero": R.count_nonzero,
         "norm": R.norm, "median": O.median, "quantile": O.quantile, "sort": O.sort,
         "argsort": O.argsort, "topk": O.topk, "kthvalue": O.kthvalue, "unique": O.unique,

@@ -147,17 +147,13 @@ def std(x, axis=None, ddof: int = 0, keepdims: bool = False):
 import math as _math  # noqa: E402
 from collections import namedtuple as _namedtuple  # noqa: E402
 
-from ..autodiff import is_grad_enabled  # noqa: E402
 from ..errors import DTypeError as _DTypeError  # noqa: E402
 from ..errors import ShapeError as _ShapeError  # noqa: E402
 from .elementwise import abs as _abs  # noqa: E402
 from .elementwise import isnan as _isnan  # noqa: E402
-from .elementwise import logical_and as _and  # noqa: E402
 from .elementwise import sign as _sign  # noqa: E402
 from .elementwise import where as _where  # noqa: E402
-from .shape import flip as _flip  # noqa: E402
 from .shape import norm_axis  # noqa: E402
-from .shape import pad as _pad  # noqa: E402
 from .shape import transpose as _transpose  # noqa: E402
 from .shape import squeeze as _squeeze  # noqa: E402
 
@@ -166,57 +162,6 @@ MinMax = _namedtuple("MinMax", ["min", "max"])
 
 def _kept(ans, x, axis, keepdims):
     return ans if keepdims else reshape(ans, keepdims_shape(x.shape, axis))
-
-
-def _prod_partials(x, ans, axis, keepdims):
-    """∂prod/∂x_i = the product of the others: ans/x_i without zeros; with one zero, the
-    product of the rest at the zero and 0 elsewhere; with two or more zeros, 0. When a graph
-    of the gradient is wanted, the product of exclusive cumprods from both sides instead: a
-    polynomial, so second derivatives at zeros are right too."""
-    if is_grad_enabled():
-        return _prod_partials_poly(x, axis)
-    ans = _kept(ans, x, axis, keepdims)
-    z = x == 0
-    nz = _sum(z, axis=axis, keepdims=True)
-    rest = _prod(_where(z, 1, x), axis=axis, keepdims=True)
-    return _where(nz == 0, ans / _where(z, 1, x), _where(_and(nz == 1, z), rest, 0))
-
-
-def _prod_partials_poly(x, axis):
-    from .scan import _cumprod
-
-    red = tuple(range(x.ndim)) if axis is None else axis
-    keep = tuple(i for i in range(x.ndim) if i not in red)
-    perm = keep + red
-    xt = _transpose(x, perm)
-    lead = tuple(xt.shape[:len(keep)])
-    n = _math.prod(xt.shape[len(keep):])
-    if n == 0:
-        return x * 0
-    flat = reshape(xt, lead + (n,))
-    ones = ((0, 0),) * len(lead)
-    left = _cumprod(_pad(flat[..., :-1], ones + ((1, 0),), constant_values=1.0), axis=len(lead))
-    right = _flip(_cumprod(_flip(_pad(flat[..., 1:], ones + ((0, 1),), constant_values=1.0),
-                                 len(lead)), axis=len(lead)), len(lead))
-    g = reshape(left * right, tuple(xt.shape))
-    inv = tuple(sorted(range(x.ndim), key=lambda i: perm[i]))
-    return _transpose(g, inv)
-
-
-_prod = primitive(
-    "prod", lambda xp, x, axis, keepdims: xp.prod(x, axis=axis, keepdims=keepdims),
-    lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims)
-    * _prod_partials(x, ans, axis, keepdims),
-    saves="both", kind=_RED,
-    jvp=lambda ts, ans, x, axis, keepdims: _sum(ts[0] * _prod_partials(x, ans, axis, keepdims),
-                                                axis=axis, keepdims=keepdims),
-    doc="Product over axes; exact gradients with zeros in the input.")
-
-
-def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = False):
-    """Product over ``dim`` (an int, a tuple, or None for all); zeros are handled exactly."""
-    ax = dim if dim is not None else axis
-    return _prod(x, axis=norm_axes(ax, x.ndim, "prod"), keepdims=bool(keepdim or keepdims))
 
 
 def amax(x, dim=None, keepdim: bool = False):

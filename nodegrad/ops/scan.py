@@ -5,6 +5,7 @@ logcumsumexp. Batching shifts the axis past the batch axis, as for reductions.
 
 from __future__ import annotations
 
+import math
 from collections import namedtuple
 
 from .. import _backend as B
@@ -13,9 +14,9 @@ from ..batching import reduce_rule
 from ..primitive import primitive
 from .elementwise import exp, log, logical_and, where
 from .index import take_along_axis
-from .reduce import _sum
+from .reduce import _RED, _kept, _spread, _sum
 from ..tensor import Tensor
-from .shape import expand_dims, flip, moveaxis, norm_axis, reshape
+from .shape import expand_dims, flip, moveaxis, norm_axes, norm_axis, pad, reshape, transpose
 
 CumExtreme = namedtuple("CumExtreme", ["values", "indices"])
 
@@ -175,3 +176,53 @@ def cummin(x, dim: int | None = None, *, axis: int | None = None) -> CumExtreme:
 def logcumsumexp(x, dim: int | None = None, *, axis: int | None = None):
     """log Σ_{i<=j} exp(x_i) along ``dim``, stable for large |x| and -inf entries."""
     return _on_1d(lambda t, a: _logcumsumexp(t, axis=a), x, _axis(x, dim, axis, "logcumsumexp"))
+
+
+# --- prod: a reduction whose exact gradient at zeros is built from exclusive cumprods ---------
+def _prod_partials(x, ans, axis, keepdims):
+    """∂prod/∂x_i = the product of the others: ans/x_i without zeros; with one zero, the
+    product of the rest at the zero and 0 elsewhere; with two or more zeros, 0. When a graph
+    of the gradient is wanted, the product of exclusive cumprods from both sides instead: a
+    polynomial, so second derivatives at zeros are right too."""
+    if is_grad_enabled():
+        return _prod_partials_poly(x, axis)
+    ans = _kept(ans, x, axis, keepdims)
+    z = x == 0
+    nz = _sum(z, axis=axis, keepdims=True)
+    rest = _prod(where(z, 1, x), axis=axis, keepdims=True)
+    return where(nz == 0, ans / where(z, 1, x), where(logical_and(nz == 1, z), rest, 0))
+
+
+def _prod_partials_poly(x, axis):
+    red = tuple(range(x.ndim)) if axis is None else axis
+    keep = tuple(i for i in range(x.ndim) if i not in red)
+    perm = keep + red
+    xt = transpose(x, perm)
+    lead = tuple(xt.shape[:len(keep)])
+    n = math.prod(xt.shape[len(keep):])
+    if n == 0:
+        return x * 0
+    flat = reshape(xt, lead + (n,))
+    ones = ((0, 0),) * len(lead)
+    left = _cumprod(pad(flat[..., :-1], ones + ((1, 0),), constant_values=1.0), axis=len(lead))
+    right = flip(_cumprod(flip(pad(flat[..., 1:], ones + ((0, 1),), constant_values=1.0),
+                                 len(lead)), axis=len(lead)), len(lead))
+    g = reshape(left * right, tuple(xt.shape))
+    inv = tuple(sorted(range(x.ndim), key=lambda i: perm[i]))
+    return transpose(g, inv)
+
+
+_prod = primitive(
+    "prod", lambda xp, x, axis, keepdims: xp.prod(x, axis=axis, keepdims=keepdims),
+    lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims)
+    * _prod_partials(x, ans, axis, keepdims),
+    saves="both", kind=_RED,
+    jvp=lambda ts, ans, x, axis, keepdims: _sum(ts[0] * _prod_partials(x, ans, axis, keepdims),
+                                                axis=axis, keepdims=keepdims),
+    doc="Product over axes; exact gradients with zeros in the input.")
+
+
+def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = False):
+    """Product over ``dim`` (an int, a tuple, or None for all); zeros are handled exactly."""
+    ax = dim if dim is not None else axis
+    return _prod(x, axis=norm_axes(ax, x.ndim, "prod"), keepdims=bool(keepdim or keepdims))
