@@ -249,3 +249,43 @@ def is_array(x) -> bool:
 
 ndarray = np.ndarray
 generic = np.generic
+
+
+# --- NCCL (collectives between GPUs, through CuPy) ---------------------------------------------
+class NcclComm:
+    """A NCCL communicator over CuPy: in-place allreduce and broadcast of device arrays on the
+    current stream. Made from the unique id rank 0 drew (:func:`nccl_unique_id`), which the
+    ranks exchange over MPI, as ChainerMN did."""
+
+    def __init__(self, world_size: int, unique_id, rank: int):
+        from cupy.cuda import nccl
+        self._nccl = nccl
+        self.comm = nccl.NcclCommunicator(world_size, tuple(unique_id), rank)
+        self._ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
+        self._types = {"float16": nccl.NCCL_FLOAT16, "float32": nccl.NCCL_FLOAT32,
+                       "float64": nccl.NCCL_FLOAT64, "int32": nccl.NCCL_INT32,
+                       "int64": nccl.NCCL_INT64, "uint8": nccl.NCCL_UINT8}
+
+    def _type(self, a):
+        t = self._types.get(a.dtype.name)
+        if t is None:
+            raise TypeError(f"NCCL cannot reduce {a.dtype} arrays")
+        return t
+
+    def allreduce(self, a, op: str = "sum") -> None:
+        s = _import_cupy().cuda.get_current_stream().ptr
+        self.comm.allReduce(a.data.ptr, a.data.ptr, a.size, self._type(a), self._ops[op], s)
+
+    def broadcast(self, a, root: int = 0) -> None:
+        s = _import_cupy().cuda.get_current_stream().ptr
+        self.comm.bcast(a.data.ptr, a.size, self._type(a), root, s)
+
+    def synchronize(self) -> None:
+        _import_cupy().cuda.get_current_stream().synchronize()
+
+
+def nccl_unique_id() -> list[int]:
+    """A fresh NCCL unique id (drawn on rank 0 and sent to the others), as a list of ints."""
+    _import_cupy()
+    from cupy.cuda import nccl
+    return [int(v) for v in nccl.get_unique_id()]

@@ -378,6 +378,8 @@ def _toposort_counts(starts: Sequence[Node]) -> dict:
             for p in n.parents:
                 if type(p) is Node:
                     stack.append(p)
+                elif p is not None:  # a leaf: counted so that it can be finished early
+                    counts[p] = counts.get(p, 0) + 1
     return counts
 
 
@@ -541,7 +543,15 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                     counts[p] = c
                     if c == 0:
                         ready.append(p)
-        # what is left in pending are leaves
+                elif p is not None and tkeys is None:
+                    c = counts[p] - 1
+                    counts[p] = c
+                    if c == 0 and p in pending:  # no more messages: hooks and .grad now, so
+                        g = pending.pop(p)  # gradient hooks (DDP) run while backward goes on
+                        if p._hooks:
+                            g = _run_hooks(p._hooks, g)
+                        _accumulate_leaf(p, g, create_graph, seen)
+        # what is left in pending are leaves (roots, or any leaf when targets are given)
         for leaf, g in pending.items():
             if leaf._hooks:
                 g = _run_hooks(leaf._hooks, g)

@@ -235,28 +235,39 @@ def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
                       transform=tf, device=o["device"])
     vl = (D.DataLoader(val_set, batch_size=1000, device=o["device"]) if o["val_fraction"]
           else None)
+    comm = _world()
+    if comm is not None:  # each rank's share, so that the schedule counts the steps it runs
+        from ..train.distributed import shard
+        tl = shard(tl, comm)
     sched = build_schedule(o, opt, o["epochs"] * len(tl))
     monitor = "val_loss" if vl is not None else "loss"
     cbs = [T.ModelCheckpoint(run_dir, monitor=monitor)]
     if o["early_stopping"]:
         cbs.append(T.EarlyStopping(monitor, patience=o["early_stopping"]))
-    if not o["quiet"]:
+    main = comm is None or comm.rank == 0
+    if not o["quiet"] and main:
         cbs.insert(0, T.ProgressBar())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if comm is not None:
+        comm.barrier()
     if resume and not (run_dir / "checkpoint.safetensors").exists():
         # killed before its first checkpoint: starting over is exactly the uninterrupted run
-        remove_stale_temps(run_dir)
-        print(f"resuming {run_dir}: no checkpoint yet (stopped before its first one); training "
+        if main:
+            remove_stale_temps(run_dir)
+        if main:
+            print(f"resuming {run_dir}: no checkpoint yet (stopped before its first one); training "
               "from the start")
         resume = False
     trainer = T.Trainer(model, loss_fn, opt, tl, vl, epochs=o["epochs"], callbacks=cbs,
                         metrics=metrics, scheduler=sched, run_dir=run_dir,
                         checkpoint_every=o["checkpoint_every"] or None, resume=resume,
                         config=o, progress=False, jit=o["jit"])
-    if trainer.resumed_from is not None:
+    if trainer.resumed_from is not None and main:
         print(_resume_line(trainer, run_dir, o["epochs"]))
     history = trainer.fit()
-    save(model.state_dict(), run_dir / "model.safetensors", {"model": o["model"]})
+    if main:
+        save(model.state_dict(), run_dir / "model.safetensors", {"model": o["model"]})
     return model, history, trainer
 
 
@@ -294,17 +305,47 @@ def _fmt_test(res: dict) -> str:
     return f"test mse {res['mse']:.4g}  r2 {res['r2']:.4f}"
 
 
+def _world():
+    """The MPI world when ``mpirun`` started this command as one of several ranks, else None."""
+    from ..distributed import init, launched_under_mpi
+    return init() if launched_under_mpi() else None
+
+
+def _on_main(comm, fn, *args):
+    """``fn(*args)`` on rank 0; its result, or its usage or file error, on every rank."""
+    res = err = None
+    if comm is None or comm.rank == 0:
+        try:
+            res = fn(*args)
+        except (UsageError, CheckpointError, OSError) as e:
+            if comm is None:
+                raise
+            err = [type(e).__name__, str(e)]
+    if comm is None:
+        return res
+    res, err = comm.broadcast_json([res, err])
+    if err is not None:
+        raise (CheckpointError if err[0] == "CheckpointError" else UsageError)(err[1])
+    return res
+
+
 def train(opts: dict) -> int:
-    """``nodegrad train``: returns the exit status."""
+    """``nodegrad train``: returns the exit status. Under ``mpirun -np N`` every rank trains
+    its share of each batch (data parallel) and rank 0 alone writes and prints."""
     if opts.get("resume") and "out" not in opts:
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
-    o = resolve(opts)
-    out = _prepare_dir(o)
+    comm = _world()
+    main = comm is None or comm.rank == 0
+    o = _on_main(comm, resolve, opts)  # rank 0 picks the run directory for all
+    out = Path(_on_main(comm, lambda: str(_prepare_dir(o))))
     if o["resume"]:
         o = resolve(_saved_options(out, opts))
-    atomic_write(out / "config.json", json.dumps(o, indent=1).encode())
+    if main:
+        atomic_write(out / "config.json", json.dumps(o, indent=1).encode())
     data = load_data(o["dataset"])
-    say = (lambda *a: None) if o["quiet"] else print
+    say = (lambda *a: None) if o["quiet"] or not main else print
+    if comm is not None:
+        say(f"data parallel over {comm.world_size} ranks, batch {o['batch_size']} per rank")
     say(f"training {o['model']} on {o['dataset']}: {o['epochs']} epochs, batch "
         f"{o['batch_size']}, {o['optimizer']} lr {o['lr']}, seed {o['seed']} -> {out}")
     t0 = time.perf_counter()
@@ -312,6 +353,8 @@ def train(opts: dict) -> int:
     if o["ensemble"] == 1:
         model, history, trainer = _train_member(o, data, out, o["seed"], o["resume"])
         before = (trainer.resumed_from or {}).get("wall_time", 0.0)
+        if not main:
+            return 0
         report = _test_report(o, model, data, out, history, plot=True)
         report["stop_reason"] = history.stop_reason
     else:
@@ -325,7 +368,10 @@ def train(opts: dict) -> int:
             before += (trainer.resumed_from or {}).get("wall_time", 0.0)
             members.append(model)
             histories.append(h)
-            member_reports.append(_test_report(o, model, data, mdir, h, plot=True))
+            if main:
+                member_reports.append(_test_report(o, model, data, mdir, h, plot=True))
+        if not main:
+            return 0
         ens = Ensemble(members, histories)
         report = {"members": [r["test"] for r in member_reports], "plots": []}
         if _task(o["model"]) == "classification":

@@ -47,6 +47,9 @@ class DataLoader:
             None (the default) means 2 on a CUDA device, where the copies overlap GPU compute,
             and 0 on the CPU, where a thread only competes with the model for the GIL.
         device: where batches land; floating fields become ``dtype``, integer fields int64.
+        sampler: an object with ``__len__`` and ``indices(epoch)`` (or PyTorch's ``set_epoch``
+            and ``__iter__``) that picks the samples of each epoch and their order, e.g. a
+            :class:`nodegrad.distributed.DistributedSampler`; excludes ``shuffle``.
 
     ``len(loader)`` is the number of batches per epoch. Iterating starts the next epoch (or
     resumes the position restored by :meth:`load_state_dict`).
@@ -55,7 +58,7 @@ class DataLoader:
     def __init__(self, dataset: Dataset, batch_size: int = 32, shuffle: bool = False,
                  drop_last: bool = False, seed: int | None = None, generator=None,
                  collate_fn: Callable | None = None, transform: Callable | None = None,
-                 prefetch: int | None = None, device="cpu", dtype=B.float32):
+                 prefetch: int | None = None, device="cpu", dtype=B.float32, sampler=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
                 or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be an int >= 1, got {batch_size!r}")
@@ -64,9 +67,13 @@ class DataLoader:
             prefetch = 0 if self.backend.device_id is None else 2
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
-        n = len(dataset)
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler and shuffle=True exclude each other (the "
+                             "sampler sets the order)")
+        n = len(dataset) if sampler is None else len(sampler)
         if n == 0:
             raise ValueError("DataLoader: the dataset is empty")
+        self.sampler = sampler
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -107,22 +114,39 @@ class DataLoader:
         epoch, batch = self._epoch, self._batch
         if batch >= len(self):
             epoch, batch = epoch + 1, 0
-        return {"seed": self.seed, "epoch": epoch, "batch": batch, "num_samples": self._n,
-                "batch_size": self.batch_size, "shuffle": self.shuffle,
-                "drop_last": self.drop_last}
+        state = {"seed": self.seed, "epoch": epoch, "batch": batch, "num_samples": self._n,
+                 "batch_size": self.batch_size, "shuffle": self.shuffle,
+                 "drop_last": self.drop_last}
+        if self.sampler is not None and hasattr(self.sampler, "state_dict"):
+            state["sampler"] = self.sampler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``'s position: the next iteration yields the rest of that epoch."""
-        for key, mine in (("num_samples", self._n), ("batch_size", self.batch_size),
-                          ("shuffle", self.shuffle), ("drop_last", self.drop_last)):
-            if state[key] != mine:
-                raise ValueError(f"load_state_dict: {key} is {mine} here but {state[key]} in "
-                                 "the state; the batch order would differ")
+        checks = [("shuffle", self.shuffle), ("drop_last", self.drop_last)]
+        # a fresh epoch with a sampler takes the sampler's order: it may have another number
+        # of ranks, hence another share and per-rank batch size
+        if self.sampler is None or state["batch"] != 0:
+            checks += [("num_samples", self._n), ("batch_size", self.batch_size)]
+            if self.sampler is not None and hasattr(self.sampler, "state_dict"):
+                checks += [("sampler", self.sampler.state_dict())]
+        for key, mine in checks:
+            if state.get(key) != mine:
+                hint = ("; a run saved mid-epoch resumes mid-epoch only on as many ranks "
+                        "(an end-of-epoch checkpoint resumes on any number)"
+                        if self.sampler is not None else "")
+                raise ValueError(f"load_state_dict: {key} is {mine} here but {state.get(key)} "
+                                 f"in the state; the batch order would differ{hint}")
         self.seed = state["seed"]
         self._epoch, self._batch, self._resume = int(state["epoch"]), int(state["batch"]), True
 
     # --- batches --------------------------------------------------------------------------------
     def _order(self, epoch: int) -> np.ndarray:
+        if self.sampler is not None:
+            if hasattr(self.sampler, "indices"):
+                return np.asarray(self.sampler.indices(epoch))
+            self.sampler.set_epoch(epoch)
+            return np.fromiter(iter(self.sampler), dtype=B.int64)
         if not self.shuffle:
             return np.arange(self._n)
         ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 0))

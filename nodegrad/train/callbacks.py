@@ -215,6 +215,11 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, tr, logs):
         meta = {"epoch": tr.epoch, "step": tr.step, **tr.model_info}
+        if not getattr(tr, "is_main", True):  # distributed: rank 0 writes, the others track
+            if self.save_best and self.monitor in logs \
+                    and _better(self.mode, float(logs[self.monitor]), self.best, 0.0):
+                self.best = float(logs[self.monitor])
+            return
         if self.save_last:
             save(tr.model.state_dict(), self.run_dir / "last.safetensors", meta)
         if self.save_best and self.monitor in logs:

@@ -127,7 +127,8 @@ class Trainer:
     ``model``, ``optimizer``, ``epoch`` (0-based, current), ``step`` (optimiser steps done),
     ``batch`` (batches of this epoch done), ``history``, ``last_loss``, ``resumed_from``
     (epoch, step and batch where a resumed run continued and the wall time spent before it;
-    None otherwise), ``wall_time`` (seconds, over all sessions of a resumed run) and set
+    None otherwise), ``wall_time`` (seconds, over all sessions of a resumed run), ``is_main``
+    (False on the ranks other than 0 of a distributed run, which write no files) and set
     ``stop_training``."""
 
     def __init__(self, model: Module, loss_fn: Callable, optimizer: Optimizer,
@@ -136,7 +137,19 @@ class Trainer:
                  scheduler: LRScheduler | None = None, scheduler_interval: str = "step",
                  run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
                  resume: bool = False, config: dict | None = None, progress: bool = True,
-                 nan_guard: bool = True, jit: bool = False):
+                 nan_guard: bool = True, jit: bool = False,
+                 distributed: bool | None = None):
+        # --- distributed (see train/distributed.py): DDP model, sharded loader, rank 0 writes
+        self.dist = None
+        if distributed is not False:
+            from .distributed import setup
+            self.dist = setup(distributed, model, train_loader)
+        self.net = model
+        if self.dist is not None:
+            model, self.net, train_loader = self.dist.model, self.dist.net, self.dist.loader
+        self.is_main = self.dist is None or self.dist.is_main
+        progress = progress and self.is_main
+        # ---
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         # with jit, zero_grad + forward + loss + backward are one captured program; callbacks
         # between backward and the update, and the update itself, run as without jit
@@ -156,11 +169,12 @@ class Trainer:
         if scheduler is not None:
             cbs.append(LRSchedule(scheduler, scheduler_interval))
         cbs += list(callbacks)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             cbs.append(HistoryWriter(self.run_dir))
         self.callbacks = cbs
         self.epoch = self.step = self.batch = 0
-        steps = StepLog(self.run_dir / STEPS_FILE) if self.run_dir is not None else None
+        steps = (StepLog(self.run_dir / STEPS_FILE) if self.run_dir is not None and self.is_main
+                 else None)
         self.history = History(steps=steps)
         self.stop_training, self.stop_reason = False, None
         self.last_loss = float("nan")
@@ -190,7 +204,7 @@ class Trainer:
         The per-step rows stay in their file (flushed here); the state holds how far it reached.
         """
         return {"epoch": self.epoch, "step": self.step, "batch": self.batch,
-                "acc": dict(self._acc), "train_time": self._train_time,
+                "acc": self._acc_total(), "train_time": self._train_time,
                 "wall_time": self.wall_time, "threads": self.threads,
                 "stop_training": self.stop_training, "stop_reason": self.stop_reason,
                 "history": {"epochs": self.history.epochs, "stop_reason": self.history.stop_reason},
@@ -204,14 +218,23 @@ class Trainer:
     def _stateful(self) -> list[Callback]:
         return [c for c in self.callbacks if c.state_dict()]
 
+    def _acc_total(self) -> dict:
+        """The epoch's running sums (over all ranks in a distributed run: a collective)."""
+        if self.dist is None:
+            return dict(self._acc)
+        return self.dist.sum_dict(self._acc, ["n", "loss", *self.metric_fns])
+
     def save_checkpoint(self) -> None:
-        C.save_checkpoint(self.checkpoint_path, self.model, self.state_dict())
+        state = self.state_dict()  # on every rank (it sums over them); rank 0 writes
+        if self.is_main:
+            C.save_checkpoint(self.checkpoint_path, self.model, state)
 
     def restore(self) -> None:
         """Continue from the run directory's checkpoint (after deleting the temporary files a
         killed write left); warn when the BLAS thread counts differ from the run's."""
         path = self.checkpoint_path
-        remove_stale_temps(self.run_dir)
+        if self.is_main:
+            remove_stale_temps(self.run_dir)
         if not path.exists():
             raise CheckpointError(f"cannot resume: no checkpoint in {self.run_dir}")
         s = C.load_checkpoint(path, self.model)
@@ -230,11 +253,13 @@ class Trainer:
         self.train_loader.load_state_dict(s["loader"])
         default_generator("cpu").set_state(s["rng"])
         self.epoch, self.step, self.batch = s["epoch"], s["step"], s["batch"]
-        self._acc, self._train_time = dict(s["acc"]), s["train_time"]
+        self._acc, self._train_time = dict(s["acc"]) if self.is_main else {}, s["train_time"]
         self.stop_training, self.stop_reason = s["stop_training"], s["stop_reason"]
         self._wall_before = float(s.get("wall_time", s["train_time"]))
         h = s["history"]
-        if "steps" in s:
+        if not self.is_main:  # the other ranks of a distributed run keep no per-step rows
+            steps = None
+        elif "steps" in s:
             steps = StepLog.resume(self.run_dir / STEPS_FILE, s["steps"]["rows"],
                                    s["steps"]["bytes"])
         else:  # a checkpoint from before steps.jsonl: its rows move to the file
@@ -261,7 +286,7 @@ class Trainer:
 
     def _forward_backward_eager(self, x, y):
         self.optimizer.zero_grad()
-        out = self.model(x)
+        out = self.net(x)
         loss = self.loss_fn(out, y)
         loss.backward()
         return loss, out
@@ -270,6 +295,9 @@ class Trainer:
         x, y = _split_batch(batch)
         loss, out = self._forward_backward(x, y)
         self.last_loss = float(loss.item())
+        local_loss = self.last_loss
+        if self.dist is not None:  # every rank logs and acts on the same (mean) loss
+            self.last_loss = self.dist.mean(local_loss)
         self._call("on_after_backward")
         lr = self._lr()
         self.optimizer.step()
@@ -278,7 +306,7 @@ class Trainer:
         n = len(x)
         acc = self._acc
         acc["n"] = acc.get("n", 0) + n
-        acc["loss"] = acc.get("loss", 0.0) + self.last_loss * n
+        acc["loss"] = acc.get("loss", 0.0) + local_loss * n
         if self.metric_fns:
             t, o = _host(y), _host(out.detach())
             for k, f in self.metric_fns.items():
@@ -288,7 +316,8 @@ class Trainer:
         self._call("on_batch_end", {"step": self.step, "loss": self.last_loss, "lr": lr})
 
     def _end_epoch(self, t0: float) -> None:
-        acc, n = self._acc, max(self._acc.get("n", 0), 1)
+        acc = self._acc_total()
+        n = max(acc.get("n", 0), 1)
         self._train_time += time.perf_counter() - t0
         row = {"epoch": self.epoch + 1, "step": self.step, "loss": acc.get("loss", 0.0) / n}
         row.update({k: acc.get(k, 0.0) / n for k in self.metric_fns})
@@ -307,7 +336,12 @@ class Trainer:
         if hasattr(loader, "__len__") and len(loader) == 0:
             raise _no_batches("fit", loader)
         try:
-            history = self._fit()
+            if self.dist is None:
+                history = self._fit()
+            else:  # an error on one rank ends the job, naming the rank, instead of a hang
+                from ..distributed import abort_on_error
+                with abort_on_error(self.dist.comm):
+                    history = self._fit()
         except BaseException:
             with contextlib.suppress(OSError):  # keep the steps so far, and the first error
                 self.history.steps.flush(sync=False)
@@ -351,7 +385,8 @@ def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: Da
         metrics: Sequence = ("accuracy",), scheduler: LRScheduler | None = None,
         scheduler_interval: str = "step", run_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None, resume: bool = False, config: dict | None = None,
-        progress: bool = True, nan_guard: bool = True, jit: bool = False) -> History:
+        progress: bool = True, nan_guard: bool = True, jit: bool = False,
+        distributed: bool | None = None) -> History:
     """Train ``model`` for ``epochs`` over ``train_loader``; returns the :class:`History`.
 
     Each epoch ends with validation on ``val_loader`` (``val_*`` entries) and, with a
@@ -364,7 +399,9 @@ def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: Da
     epoch; ReduceLROnPlateau: every epoch on ``val_loss``). A progress bar and a NaN guard are on
     by default. ``jit=True`` captures each step's forward and backward once per batch shape
     (:func:`nodegrad.jit`) and replays them, with the same results as without.
+    ``distributed=True`` (or ``None`` when launched by ``mpirun``) trains data-parallel over
+    the ranks: see :mod:`nodegrad.train.distributed` and docs/distributed.md.
     """
     return Trainer(model, loss_fn, optimizer, train_loader, val_loader, epochs, callbacks,
                    metrics, scheduler, scheduler_interval, run_dir, checkpoint_every, resume,
-                   config, progress, nan_guard, jit).fit()
+                   config, progress, nan_guard, jit, distributed).fit()

