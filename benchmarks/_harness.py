@@ -300,13 +300,19 @@ def measure(w: Workload, settings: Settings, torch) -> dict:
 
 # --- one process per framework ---------------------------------------------------------------
 def _find(module: str, wid: str) -> Workload:
-    """The workload ``wid`` of the benchmark module ``module`` (how a worker finds its job)."""
+    """The workload ``wid`` (how a worker finds its job): in the module that defines its step
+    builder, else anywhere in the suite (a file may reuse another file's builders)."""
     import importlib
 
-    for w in importlib.import_module(module).WORKLOADS:
-        if w.id == wid:
-            return w
-    raise LookupError(f"no workload {wid} in {module}")
+    mod = importlib.import_module(module)
+    found = [w for w in getattr(mod, "WORKLOADS", ()) if w.id == wid]
+    if not found:
+        from benchmarks import all_workloads
+
+        found = [w for w in all_workloads() if w.id == wid]
+    if not found:
+        raise LookupError(f"no workload {wid} in {module} or the suite")
+    return found[0]
 
 
 def _worker(module: str, wid: str, framework: str, settings: Settings, conn) -> None:
