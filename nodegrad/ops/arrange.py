@@ -413,16 +413,7 @@ def pad(x, pad_width, mode: str = "constant", constant_values=0):
         raise ValueError(f"pad: mode {mode!r} is not supported; expected one of {_NP_MODES}")
     if mode == "constant":
         return S.pad(x, pad_width, constant_values=constant_values)
-    if isinstance(pad_width, int):
-        pw = ((pad_width, pad_width),) * x.ndim
-    else:
-        pw = tuple(pad_width)
-        if len(pw) == 2 and all(isinstance(p, int) for p in pw):
-            pw = (tuple(pw),) * x.ndim
-        pw = tuple((int(a), int(b)) for a, b in pw)
-    if len(pw) != x.ndim or min((v for p in pw for v in p), default=0) < 0:
-        raise ShapeError(f"pad: pad_width {pad_width} does not fit a tensor of shape {x.shape}")
-    return _pad_axes(x, pw, mode, "pad")
+    return _pad_axes(x, S.pad_widths(x, pad_width), mode, "pad")
 
 
 def torch_pad(input, pad, mode: str = "constant", value=None):

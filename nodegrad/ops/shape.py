@@ -334,6 +334,12 @@ def pad(x, pad_width, mode: str = "constant", constant_values=0):
     """NumPy's constant-mode pad; ``pad_width``: an int, a (before, after) pair or one per axis."""
     if mode != "constant":
         raise ValueError(f"pad: mode {mode!r} is not supported; only 'constant'")
+    return _pad(x, pad_width=pad_widths(x, pad_width), value=constant_values)
+
+
+def pad_widths(x, pad_width) -> tuple:
+    """NumPy's ``pad_width`` (an int, a (before, after) pair or one pair per axis) as one
+    non-negative (before, after) pair per axis of ``x``."""
     if isinstance(pad_width, int):
         pw = ((pad_width, pad_width),) * x.ndim
     else:
@@ -343,7 +349,7 @@ def pad(x, pad_width, mode: str = "constant", constant_values=0):
         pw = tuple((int(a), int(b)) for a, b in pw)
     if len(pw) != x.ndim or builtins.min((v for p in pw for v in p), default=0) < 0:
         raise ShapeError(f"pad: pad_width {pad_width} does not fit a tensor of shape {x.shape}")
-    return _pad(x, pad_width=pw, value=constant_values)
+    return pw
 
 
 _flip = primitive("flip", lambda xp, x, axis: xp.flip(x, axis),
