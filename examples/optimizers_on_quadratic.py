@@ -25,6 +25,7 @@ import numpy as np
 import nodegrad as ng
 
 METHODS = ["GD", "SGD 1/√t", "Momentum", "Nesterov", "Adagrad", "RMSProp", "Adadelta", "Adam"]
+JIT = True  # run each optimiser step under ng.jit (about 2x faster; same iterates)
 PATIENCE = 2000  # a run that finds no point closer to x* for this long has stalled
 
 
@@ -100,10 +101,15 @@ def run(method: str, prob: Problem, lr: float, limit: int, record: bool = False)
     sched = ng.optim.lr_scheduler.InverseSqrtLR(opt) if method == "SGD 1/√t" else None
     path = [prob.x0.copy()] if record else None
     closest, when = math.inf, 0
-    for it in range(1, limit + 1):
+    def step():
         opt.zero_grad()
         prob.loss(x).backward()
         opt.step()
+
+    # captured once, replayed each iteration (the schedule's lr is read by opt.step() on replay)
+    step = ng.jit(step, state=(x, opt)) if JIT else step
+    for it in range(1, limit + 1):
+        step()
         if sched is not None:
             sched.step()
         xs = x.numpy()
@@ -149,7 +155,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="runs/examples/optimizers_on_quadratic",
                     help="folder for optimizer_paths.png (default %(default)s)")
     ap.add_argument("--no-plot", action="store_true", help="tables only")
+    ap.add_argument("--no-jit", action="store_true", help="run the steps eagerly")
     args = ap.parse_args(argv)
+    global JIT
+    JIT = not args.no_jit
     t0 = time.perf_counter()
     step = 2.0 if args.quick else 2 ** 0.5
     grid = [4.0 / step ** k for k in range(int(math.log(4e5) / math.log(step)))]

@@ -117,6 +117,11 @@ class Tensor:
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def __dlpack__(self, *args, **kwargs):
+        """Export for other frameworks; refused while the tensor requires grad, as PyTorch does."""
+        if self.requires_grad:
+            raise GradError("__dlpack__: cannot export a tensor that requires grad (the other "
+                            "framework could write into values the graph saved); use "
+                            "tensor.detach()")
         return self.data.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self):

@@ -51,3 +51,19 @@ def test_adadelta_joins_the_comparison():
     assert "Adadelta" in ex.METHODS and "SGD 1/√t" in ex.METHODS
     lr, its = ex.best_lr("Adadelta", ex.quadratic(10, tol=1e-3, cap=3000), [4.0, 2.0])
     assert its is not None and its < 3000
+
+
+def test_jitted_steps_follow_the_eager_path():
+    """The example runs its steps under ng.jit; the iterates equal eager ones, schedule included."""
+    ex = _example()
+    prob = ex.quadratic(10, tol=1e-3)
+    paths = {}
+    for jit in (False, True):
+        ex.JIT = jit
+        try:
+            for m in ("SGD 1/√t", "Adadelta"):
+                paths[jit, m] = ex.run(m, prob, 0.1, 60, record=True)[1]
+        finally:
+            ex.JIT = True
+    for m in ("SGD 1/√t", "Adadelta"):
+        np.testing.assert_array_equal(np.array(paths[True, m]), np.array(paths[False, m]))

@@ -87,6 +87,14 @@ def test_dlpack_roundtrip_with_torch():
     assert c.dtype == ng.float64
 
 
+def test_dlpack_refuses_a_tensor_that_requires_grad():
+    torch = pytest.importorskip("torch")
+    w = ng.ones(3, requires_grad=True)
+    with pytest.raises(ng.errors.GradError, match="detach"):
+        torch.from_dlpack(w)
+    assert torch.from_dlpack(w.detach()).tolist() == [1.0, 1.0, 1.0]
+
+
 def test_repr():
     assert repr(ng.tensor([1.0, 2.0])) == "tensor([1., 2.])"
     assert "requires_grad=True" in repr(ng.ones(1, requires_grad=True))
