@@ -1,9 +1,10 @@
-"""A tiny training run for the resume tests: ``python _train_worker.py RUN_DIR MODE [KILL_STEP]``.
+"""A tiny training run for the resume tests:
+``python _train_worker.py RUN_DIR MODE [KILL_STEP [JIT]]``.
 
 MODE ``full`` trains uninterrupted, ``kill`` SIGKILLs itself after step KILL_STEP (with the
 steps since the last checkpoint already in steps.jsonl, and half a checkpoint in a temporary
 file, as a kill during a write leaves it), ``resume`` continues from RUN_DIR's checkpoint. The
-final weights land in RUN_DIR/final.safetensors.
+final weights land in RUN_DIR/final.safetensors. JIT 1 trains with ``fit(jit=True)``.
 """
 
 import os
@@ -28,7 +29,7 @@ class Killer(train.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(run_dir: str, mode: str, kill_step: int = 0) -> None:
+def main(run_dir: str, mode: str, kill_step: int = 0, jit: int = 0) -> None:
     ng.manual_seed(3)
     d = ng.data.datasets.blobs(n=200, classes=3, dim=4, seed=1, n_test=60)
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
@@ -41,7 +42,8 @@ def main(run_dir: str, mode: str, kill_step: int = 0) -> None:
     if mode == "kill":
         cbs.append(Killer(kill_step))
     train.fit(model, F.cross_entropy, opt, tl, vl, epochs=4, callbacks=cbs, scheduler=sched,
-              run_dir=run_dir, checkpoint_every=3, resume=mode == "resume", progress=False)
+              run_dir=run_dir, checkpoint_every=3, resume=mode == "resume", progress=False,
+              jit=bool(jit))
     ng.save(model.state_dict(), os.path.join(run_dir, "final.safetensors"))
 
 

@@ -39,17 +39,18 @@ def _drop_time(rows):
     return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
-def test_sigkill_mid_epoch_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("jit", [0, 1], ids=["eager", "jit"])
+def test_sigkill_mid_epoch_resume_is_bit_identical(tmp_path, jit):
     full, broken = tmp_path / "full", tmp_path / "broken"
-    assert _run(full, "full").returncode == 0
-    r = _run(broken, "kill", 11)  # epoch 2 of 4 (7 batches each); last checkpoint at step 9
+    assert _run(full, "full", 0, jit).returncode == 0
+    r = _run(broken, "kill", 11, jit)  # epoch 2 of 4 (7 batches each); last checkpoint at step 9
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert not (broken / "final.safetensors").exists()
     state = json.loads((broken / "history.json").read_text())
     assert len(state["epochs"]) == 1
     assert [s["step"] for s in _steps(broken)] == list(range(1, 12))  # beyond the checkpoint
     assert list(broken.glob(".*.tmp"))
-    r = _run(broken, "resume")
+    r = _run(broken, "resume", 0, jit)
     assert r.returncode == 0, r.stderr
     a, b = _weights(full), _weights(broken)
     assert a.keys() == b.keys()
