@@ -7,6 +7,8 @@ the largest differences to OUT/equiv-N.json.
 ``fit RUN_DIR EPOCHS BATCH [MODE STEP]``: fit(distributed=True) with checkpoints into RUN_DIR;
 MODE ``kill`` SIGKILLs rank 1 after STEP, ``raise`` raises there, ``resume`` continues the run.
 Rank 0 writes the final weights to RUN_DIR/final.safetensors.
+``elastic RUN_DIR EPOCHS BATCH [MODE STEP]``: as ``fit`` on shuffled data (also in one process,
+without mpirun), each rank appending the samples of every step to RUN_DIR/seen-MODE-RANK.jsonl.
 ``stall``: rank 1 skips a collective; rank 0 must time out.
 """
 
@@ -141,11 +143,13 @@ def equiv(out_dir):
 
 
 class Fail(ng.train.Callback):
+    """At step ``at`` the last rank kills itself or raises."""
+
     def __init__(self, mode, step):
         self.mode, self.at = mode, step
 
     def on_batch_end(self, tr, logs):
-        if tr.step == self.at and tr.dist.comm.rank == 1:
+        if tr.step == self.at and tr.dist.comm.rank == tr.dist.comm.world_size - 1:
             if self.mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise ValueError(f"failing on purpose at step {self.at}")
@@ -166,6 +170,48 @@ def fit(run_dir, epochs, batch, mode="", step=0):
         ng.save(model.state_dict(), os.path.join(run_dir, "final.safetensors"))
 
 
+class Recording(ng.data.ArrayDataset):
+    """An ArrayDataset that notes the indices the loader gathers."""
+
+    def __init__(self, *arrays):
+        super().__init__(*arrays)
+        self.taken = []
+
+    def gather(self, idx):
+        self.taken.append(np.asarray(idx).tolist())
+        return super().gather(idx)
+
+
+class Seen(ng.train.Callback):
+    """Appends each step's samples (this rank's) to a file, flushed at once."""
+
+    def __init__(self, ds, path):
+        self.ds, self.f = ds, open(path, "a")
+
+    def on_batch_end(self, tr, logs):
+        idx = [i for b in self.ds.taken for i in b]
+        self.ds.taken.clear()
+        self.f.write(json.dumps({"step": tr.step, "epoch": tr.epoch, "idx": idx}) + "\n")
+        self.f.flush()
+
+
+def elastic(run_dir, epochs, batch, mode="", step=0):
+    w = init(timeout=60)
+    ng.manual_seed(0)
+    x, y = data(96, (6,), 4, 7, np.float32)
+    ds = Recording(x, y)
+    model = mlp()
+    opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+    tl = ng.data.DataLoader(ds, batch_size=int(batch), shuffle=True, seed=3, prefetch=0)
+    cbs = [Seen(ds, os.path.join(run_dir, f"seen-{mode or 'run'}-{w.rank}.jsonl"))]
+    cbs += [Fail(mode, int(step))] if mode in ("kill", "raise") else []
+    ng.train.fit(model, F.cross_entropy, opt, tl, epochs=int(epochs), callbacks=cbs,
+                 run_dir=run_dir, checkpoint_every=2, resume=mode == "resume", progress=False,
+                 distributed=True)
+    if w.rank == 0:
+        ng.save(model.state_dict(), os.path.join(run_dir, "final.safetensors"))
+
+
 def stall(out_dir):
     w = init(timeout=3)
     a = np.ones(4)
@@ -176,4 +222,4 @@ def stall(out_dir):
 
 if __name__ == "__main__":
     scenario, *args = sys.argv[1:]
-    {"equiv": equiv, "fit": fit, "stall": stall}[scenario](*args)
+    {"equiv": equiv, "fit": fit, "elastic": elastic, "stall": stall}[scenario](*args)

@@ -263,13 +263,14 @@ def test_mid_epoch_state_resumes_on_another_number_of_ranks(n, layouts, steps):
         assert [np.sort(g).tolist() for g in global_steps] == [w.tolist() for w in want]
 
 
-def _fit_mlp(run_dir, distributed, batch=16, epochs=2):
+def _fit_mlp(run_dir, distributed, batch=16, epochs=2, shuffle=False):
     ng.manual_seed(0)
     rng = np.random.default_rng(7)
     x, y = rng.standard_normal((96, 6)).astype(np.float32), rng.integers(0, 4, 96)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
     opt = ng.optim.Adam(model.parameters(), lr=1e-2)
-    tl = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=batch)
+    tl = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=batch, shuffle=shuffle,
+                            seed=3 if shuffle else None)
     h = ng.train.fit(model, F.cross_entropy, opt, tl, epochs=epochs, run_dir=run_dir,
                      progress=False, distributed=distributed)
     return model, h
@@ -383,17 +384,38 @@ def test_collective_with_a_missing_rank_times_out(tmp_path):
     assert "rank 0: allreduce of 4 values (float64) did not complete within 3 s" in out
 
 
+def worker(n: int, *args, timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """The worker on ``n`` ranks under mpirun, or as one plain process (no MPI) for n = 1."""
+    if n > 1:
+        return mpirun(n, *args, timeout=timeout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "PMIX"))}
+    return run_job([sys.executable, str(WORKER), *map(str, args)], timeout, env)
+
+
 @mpi
-def test_checkpoint_from_two_ranks_resumes_on_four(tmp_path):
-    r = mpirun(2, "fit", tmp_path, 1, 8)  # one epoch, 2 ranks x 8
+@pytest.mark.parametrize("before,after", [((2, 8), (1, 16)), ((1, 16), (2, 8)),
+                                          ((2, 8), (4, 4))])
+def test_mid_epoch_checkpoint_resumes_on_another_number_of_ranks(tmp_path, before, after):
+    """Killed at step 9 (checkpoint at step 8, in the second epoch), resumed on another number
+    of ranks with the same global batch: every sample is read once in each epoch, and the
+    weights are those of one uninterrupted process with batch 16."""
+    r = worker(before[0], "elastic", tmp_path, 2, before[1], "kill", 9)
+    assert r.returncode != 0 and not (tmp_path / "final.safetensors").exists()
+    r = worker(after[0], "elastic", tmp_path, 2, after[1], "resume")
     assert r.returncode == 0, r.stdout + r.stderr
-    r = mpirun(4, "fit", tmp_path, 3, 4, "resume")  # two more, 4 ranks x 4: the same 16
-    assert r.returncode == 0, r.stdout + r.stderr
-    one, _ = _fit_mlp(None, False, batch=16, epochs=3)
+    rows = [json.loads(s) for f in sorted(tmp_path.glob("seen-kill-*.jsonl"))
+            for s in f.read_text().splitlines()]
+    rows = [row for row in rows if row["step"] <= 8]  # what the checkpoint holds
+    rows += [json.loads(s) for f in sorted(tmp_path.glob("seen-resume-*.jsonl"))
+             for s in f.read_text().splitlines()]
+    for epoch in (0, 1):
+        idx = [i for row in rows if row["epoch"] == epoch for i in row["idx"]]
+        assert sorted(idx) == list(range(96)), epoch  # each sample once, as uninterrupted
+    one, _ = _fit_mlp(None, False, batch=16, epochs=2, shuffle=True)
     assert _maxdiff(_weights(tmp_path / "final.safetensors"),
                     {k: v.numpy().astype(np.float64) for k, v in one.state_dict().items()}) < 1e-5
-    rows = [json.loads(s) for s in (tmp_path / "steps.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 19))
+    steps = [json.loads(s)["step"] for s in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
 
 
 @mpi
