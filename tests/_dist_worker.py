@@ -79,6 +79,38 @@ def train_pair(w, make, x, y, B, dtype, sync_bn=False, lr=0.1):
     return max(diff(model, ref), out)
 
 
+def _addr(hexaddr: str) -> str:
+    """An address of /proc/net/tcp{,6} (little-endian hex words) as text."""
+    import ipaddress
+    host = hexaddr.split(":")[0]
+    raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
+    return str(ipaddress.ip_address(raw))
+
+
+def tcp_sockets() -> list:
+    """[local, remote] addresses of this process's TCP sockets (Linux; [] elsewhere)."""
+    if not os.path.isdir("/proc/self/fd"):
+        return []
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            for line in f.read().splitlines()[1:]:
+                cols = line.split()
+                if cols[9] in inodes:
+                    found.append([_addr(cols[1]), _addr(cols[2])])
+    return found
+
+
 def equiv(out_dir):
     w = init(timeout=60)
     N = w.world_size
@@ -136,6 +168,7 @@ def equiv(out_dir):
     except DistributedError as e:
         res["mismatch"] = str(e)
     res["world_size"] = N
+    res["tcp"] = w.allgather_json(tcp_sockets())  # every rank's: loopback only
     res["local_ranks"] = w.allgather_json(w.local_rank)  # one machine: local = global rank
     if w.rank == 0:
         with open(os.path.join(out_dir, f"equiv-{N}.json"), "w") as f:

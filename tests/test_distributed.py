@@ -319,6 +319,18 @@ def test_launch_builds_the_mpirun_command():
     assert launch.program(["run.py", "--x"]) == [sys.executable, "run.py", "--x"]
     cmd = mpirun_command(4, prog, mpirun="/opt/x/bin/mpirun")
     assert cmd[:3] == ["/opt/x/bin/mpirun", "-n", "4"] and cmd[-len(prog):] == prog
+    # one machine: shared memory between the ranks, TCP (where any) on the loopback only
+    five = launch.local_flags("openmpi", (5, 0, 11))
+    assert " ".join(five) == ("--mca pml ob1 --mca btl self,sm --mca btl_tcp_if_include lo "
+                              "--pmixmca ptl_tcp_if_include lo")
+    four = " ".join(launch.local_flags("openmpi", (4, 1, 6)))
+    assert "btl self,vader" in four and "oob_tcp_if_include lo" in four
+    assert launch.local_flags("mpich") == ["-host", "localhost", "-iface", "lo"]
+    if find_mpirun() is not None and launch.mpi_flavour(find_mpirun()) == "openmpi":
+        real = mpirun_command(2, prog)
+        assert "self,sm" in real or "self,vader" in real
+        assert "--hostfile" in mpirun_command(2, prog, hostfile="hosts") and \
+            "btl" not in mpirun_command(2, prog, hostfile="hosts")
     with pytest.raises(SystemExit, match="say what to run"):
         launch.program([])
 
@@ -331,6 +343,10 @@ def test_ranks_match_one_process_on_the_full_batch(tmp_path, n):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / f"equiv-{n}.json").read_text())
     assert res["world_size"] == n and res["local_ranks"] == list(range(n))
+    import ipaddress  # the ranks' own TCP sockets (to the launcher) stay on loopback
+    addrs = [ipaddress.ip_address(a) for rank in res["tcp"] for pair in rank for a in pair]
+    assert all(a.is_loopback or getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback
+               for a in addrs), res["tcp"]
     for k in ("mlp_float64", "cnn_float64", "syncbn_float64"):
         assert res[k] < 1e-10, (k, res[k])
     for k in ("mlp_float32", "syncbn_float32"):
