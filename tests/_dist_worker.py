@@ -1,11 +1,11 @@
 """The program the distributed tests start on N ranks: ``python _dist_worker.py SCENARIO OUT ...``.
 
 ``equiv``: N ranks with per-rank batch B against one process with batch N*B (computed on rank
-0), for an MLP (float64 and float32), the MNIST-1D CNN and a batch-norm model under
-SyncBatchNorm; the sampler's coverage; no_sync accumulation; mismatched models. Rank 0 writes
+0), for an MLP, the MNIST-1D CNN and a batch-norm model under SyncBatchNorm (float64 and
+float32 each); the sampler's coverage; no_sync accumulation; mismatched models. Rank 0 writes
 the largest differences to OUT/equiv-N.json.
 ``fit RUN_DIR EPOCHS BATCH [MODE STEP]``: fit(distributed=True) with checkpoints into RUN_DIR;
-MODE ``kill`` SIGKILLs rank 1 after STEP, ``raise`` raises there, ``resume`` continues the run.
+MODE ``kill`` SIGKILLs the last rank at STEP, ``raise`` raises there, ``resume`` continues the run.
 Rank 0 writes the final weights to RUN_DIR/final.safetensors.
 ``elastic RUN_DIR EPOCHS BATCH [MODE STEP]``: as ``fit`` on shuffled data (also in one process,
 without mpirun), each rank appending the samples of every step to RUN_DIR/seen-MODE-RANK.jsonl.
@@ -120,6 +120,8 @@ def equiv(out_dir):
     res["mlp_float32"] = train_pair(w, mlp, x.astype(np.float32), y, 4, ng.float32)
     x, y = data(N * 3 * K, (40,), 10, 2, np.float64)
     res["cnn_float64"] = train_pair(w, ng.models.mnist1d.CNN, x, y, 3, ng.float64)
+    res["cnn_float32"] = train_pair(w, ng.models.mnist1d.CNN, x.astype(np.float32), y, 3,
+                                    ng.float32)
     x, y = data(N * 5 * K, (2, 8), 3, 3, np.float64)
     res["syncbn_float64"] = train_pair(w, bn_model, x, y, 5, ng.float64, sync_bn=True)
     res["syncbn_float32"] = train_pair(w, bn_model, x.astype(np.float32), y, 5, ng.float32,
