@@ -5,7 +5,8 @@
 float32 each); the sampler's coverage; no_sync accumulation; mismatched models. Rank 0 writes
 the largest differences to OUT/equiv-N.json.
 ``fit RUN_DIR EPOCHS BATCH [MODE STEP]``: fit(distributed=True) with checkpoints into RUN_DIR;
-MODE ``kill`` SIGKILLs the last rank at STEP, ``raise`` raises there, ``resume`` continues the run.
+MODE ``kill`` SIGKILLs the last rank at STEP, ``raise`` raises there, ``killwrite`` SIGKILLs
+rank 0 inside its STEP-th checkpoint write, ``resume`` continues the run.
 Rank 0 writes the final weights to RUN_DIR/final.safetensors.
 ``elastic RUN_DIR EPOCHS BATCH [MODE STEP]``: as ``fit`` on shuffled data (also in one process,
 without mpirun), each rank appending the samples of every step to RUN_DIR/seen-MODE-RANK.jsonl.
@@ -190,8 +191,24 @@ class Fail(ng.train.Callback):
             raise ValueError(f"failing on purpose at step {self.at}")
 
 
+def die_in_checkpoint_write(nth: int) -> None:
+    """SIGKILL this process in its ``nth`` checkpoint write: the new file is complete under
+    its temporary name, the rename into place has not happened."""
+    real, seen = os.replace, [0]
+
+    def replace(src, dst, *a, **k):
+        if os.path.basename(str(dst)) == "checkpoint.safetensors":
+            seen[0] += 1
+            if seen[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst, *a, **k)
+    os.replace = replace
+
+
 def fit(run_dir, epochs, batch, mode="", step=0):
     w = init(timeout=60)
+    if mode == "killwrite" and w.rank == 0:
+        die_in_checkpoint_write(int(step))
     ng.manual_seed(0)
     x, y = data(96, (6,), 4, 7, np.float32)
     model = mlp()

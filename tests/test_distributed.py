@@ -383,6 +383,22 @@ def test_killed_rank_ends_the_job_and_the_run_resumes(tmp_path):
                     {k: v.astype(np.float64) for k, v in
                      _weights(full / "final.safetensors").items()}) == 0.0
 
+    # rank 0, the writer, killed inside a checkpoint write (the one of step 4): the file in
+    # view is still the whole checkpoint of step 2, the resumed run ends as the uninterrupted
+    cut2 = tmp_path / "cut2"
+    cut2.mkdir()
+    r = mpirun(2, "fit", cut2, 3, 8, "killwrite", 2)
+    assert r.returncode != 0
+    assert "rank 0" in r.stdout + r.stderr and "signal 9" in r.stdout + r.stderr
+    assert len(list(cut2.glob(".checkpoint.safetensors.*.tmp"))) == 1  # the unfinished write
+    assert ng.train.checkpoint.load_checkpoint(cut2 / "checkpoint.safetensors")["step"] == 2
+    r = mpirun(2, "fit", cut2, 3, 8, "resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(cut2.glob(".*.tmp"))  # the resume cleared it away
+    assert _maxdiff(_weights(cut2 / "final.safetensors"),
+                    {k: v.astype(np.float64) for k, v in
+                     _weights(full / "final.safetensors").items()}) == 0.0
+
 
 @mpi
 def test_rank_that_raises_ends_the_job_naming_it(tmp_path):
