@@ -112,10 +112,43 @@ def tcp_sockets() -> list:
     return found
 
 
+def allreduce_errors(w) -> list:
+    """The communicator's allreduce (ring and MPI's own) against NumPy on every rank's data:
+    sizes around the ring's threshold and below the number of ranks, each op and dtype, the
+    same bits on every rank, several allreduces in flight finished in reverse order."""
+    bad = []
+    N, r = w.world_size, w.rank
+    for n in (0, 1, N - 1, w.ring_min * N - 1, w.ring_min * N, w.ring_min * N + N + 1):
+        for dt in (np.float32, np.float64, np.int64):
+            for op in ("sum", "mean", "max", "min"):
+                if op == "mean" and dt is np.int64:
+                    continue
+                full = (np.random.default_rng(n).standard_normal((N, n)) * 100).astype(dt)
+                a = full[r].copy()
+                w.allreduce(a, op)
+                want = {"sum": full.sum(0), "mean": full.sum(0) / N, "max": full.max(0),
+                        "min": full.min(0)}[op].astype(dt)
+                tol = 1e-4 if dt is np.float32 else 1e-10
+                if not np.allclose(a, want, rtol=tol, atol=tol):
+                    bad.append(f"{op} of {n} {dt.__name__}")
+                every = w.allgather(a)
+                if not np.array_equal(every, np.broadcast_to(every[0], every.shape)):
+                    bad.append(f"{op} of {n} {dt.__name__} differs between ranks")
+    arrs = [np.full(w.ring_min * N + i, float(r + i)) for i in range(5)]
+    works = [w.iallreduce(x) for x in arrs]
+    for k in reversed(works):
+        k.wait()
+    for i, x in enumerate(arrs):
+        if not np.all(x == sum(q + i for q in range(N))):
+            bad.append(f"allreduce {i} of 5 in flight")
+    return bad
+
+
 def equiv(out_dir):
     w = init(timeout=60)
     N = w.world_size
-    res = {}
+    res = {"allreduce": allreduce_errors(w)}
+    w.ring_min = 1  # the models' small buckets go round the ring too
     x, y = data(N * 4 * K, (6,), 4, 1, np.float64)
     res["mlp_float64"] = train_pair(w, mlp, x, y, 4, ng.float64)
     res["mlp_float32"] = train_pair(w, mlp, x.astype(np.float32), y, 4, ng.float32)

@@ -343,6 +343,7 @@ def test_ranks_match_one_process_on_the_full_batch(tmp_path, n):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / f"equiv-{n}.json").read_text())
     assert res["world_size"] == n and res["local_ranks"] == list(range(n))
+    assert res["allreduce"] == []
     import ipaddress  # the ranks' own TCP sockets (to the launcher) stay on loopback
     addrs = [ipaddress.ip_address(a) for rank in res["tcp"] for pair in rank for a in pair]
     assert all(a.is_loopback or getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback
