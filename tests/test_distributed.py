@@ -203,6 +203,11 @@ def test_sampler_drives_the_loader_and_its_resumable_position():
     with pytest.raises(ValueError, match="mid-epoch only on as many ranks"):
         other.load_state_dict(old)
     other.load_state_dict({**old, "epoch": 3, "batch": 0})
+    # a one-rank shuffling sampler's state into a loader that reads in order: refused
+    one = ng.data.DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, 1, 0, seed=0))
+    next(iter(one))
+    with pytest.raises(ValueError, match="order"):
+        ng.data.DataLoader(ds, batch_size=4).load_state_dict(one.state_dict())
     with pytest.raises(ValueError, match="exclude each other"):
         ng.data.DataLoader(ds, sampler=s, shuffle=True)
 

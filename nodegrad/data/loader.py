@@ -170,9 +170,9 @@ class DataLoader:
         sampler against a plain shuffling loader) continues the same global order: the samples
         not yet consumed are re-split over this loader's ranks, so each is still read once."""
         mine = {"num_samples": self._n, "batch_size": self.batch_size, "shuffle": self.shuffle,
-                "drop_last": self.drop_last}
-        if self.sampler is not None and hasattr(self.sampler, "state_dict"):
-            mine["sampler"] = self.sampler.state_dict()
+                "drop_last": self.drop_last,
+                "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
+                else None}
         epoch, batch = int(state["epoch"]), int(state["batch"])
         if all(state.get(k) == v for k, v in mine.items()):  # the same layout: exact
             self.seed = state["seed"]
