@@ -40,9 +40,9 @@ def _models():
     return {"W2": w2, "W3": w3}
 
 
-def _time_steps(step, steps: int, comm) -> float:
+def _time_steps(step, steps: int, comm, warmup: int = 3) -> float:
     """Median seconds per step over ``steps`` (slowest rank of each step)."""
-    for _ in range(3):
+    for _ in range(warmup):
         step()
     comm.barrier()
     times = []
@@ -87,12 +87,18 @@ def worker(steps: int, out: str) -> None:
         nbytes = 4 * row["params"]
         buf = np.ones(row["params"], np.float32)
         row["bytes"] = nbytes
-        row["allreduce_nodegrad"] = _time_steps(lambda: comm.allreduce(buf), steps, comm)
         mpi = getattr(comm, "comm", None)
-        if mpi is not None:
+        if mpi is None:
+            row["allreduce_nodegrad"] = _time_steps(lambda: comm.allreduce(buf), steps, comm)
+        else:  # alternated, so that a disturbance of the machine hits both alike
             from mpi4py import MPI
-            row["allreduce_mpi4py"] = _time_steps(lambda: mpi.Allreduce(MPI.IN_PLACE, buf),
-                                                  steps, comm)
+            ours, theirs = [], []
+            for _ in range(steps):
+                ours.append(_time_steps(lambda: comm.allreduce(buf), 1, comm, 1))
+                theirs.append(_time_steps(lambda: mpi.Allreduce(MPI.IN_PLACE, buf), 1, comm,
+                                          1))
+            row["allreduce_nodegrad"] = statistics.median(ours)
+            row["allreduce_mpi4py"] = statistics.median(theirs)
         res["models"][name] = row
     if comm.rank == 0:
         Path(out).write_text(json.dumps(res))

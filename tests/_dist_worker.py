@@ -1,12 +1,15 @@
 """The program the distributed tests start on N ranks: ``python _dist_worker.py SCENARIO OUT ...``.
 
 ``equiv``: N ranks with per-rank batch B against one process with batch N*B (computed on rank
-0), for an MLP (float64 and float32), the MNIST-1D CNN and a batch-norm model under
-SyncBatchNorm; the sampler's coverage; no_sync accumulation; mismatched models. Rank 0 writes
+0), for an MLP, the MNIST-1D CNN and a batch-norm model under SyncBatchNorm (float64 and
+float32 each); the sampler's coverage; no_sync accumulation; mismatched models. Rank 0 writes
 the largest differences to OUT/equiv-N.json.
 ``fit RUN_DIR EPOCHS BATCH [MODE STEP]``: fit(distributed=True) with checkpoints into RUN_DIR;
-MODE ``kill`` SIGKILLs rank 1 after STEP, ``raise`` raises there, ``resume`` continues the run.
+MODE ``kill`` SIGKILLs the last rank at STEP, ``raise`` raises there, ``killwrite`` SIGKILLs
+rank 0 inside its STEP-th checkpoint write, ``resume`` continues the run.
 Rank 0 writes the final weights to RUN_DIR/final.safetensors.
+``elastic RUN_DIR EPOCHS BATCH [MODE STEP]``: as ``fit`` on shuffled data (also in one process,
+without mpirun), each rank appending the samples of every step to RUN_DIR/seen-MODE-RANK.jsonl.
 ``stall``: rank 1 skips a collective; rank 0 must time out.
 """
 
@@ -77,15 +80,82 @@ def train_pair(w, make, x, y, B, dtype, sync_bn=False, lr=0.1):
     return max(diff(model, ref), out)
 
 
+def _addr(hexaddr: str) -> str:
+    """An address of /proc/net/tcp{,6} (little-endian hex words) as text."""
+    import ipaddress
+    host = hexaddr.split(":")[0]
+    raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, len(host), 8))
+    return str(ipaddress.ip_address(raw))
+
+
+def tcp_sockets() -> list:
+    """[local, remote] addresses of this process's TCP sockets (Linux; [] elsewhere)."""
+    if not os.path.isdir("/proc/self/fd"):
+        return []
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            for line in f.read().splitlines()[1:]:
+                cols = line.split()
+                if cols[9] in inodes:
+                    found.append([_addr(cols[1]), _addr(cols[2])])
+    return found
+
+
+def allreduce_errors(w) -> list:
+    """The communicator's allreduce (ring and MPI's own) against NumPy on every rank's data:
+    sizes around the ring's threshold and below the number of ranks, each op and dtype, the
+    same bits on every rank, several allreduces in flight finished in reverse order."""
+    bad = []
+    N, r = w.world_size, w.rank
+    for n in (0, 1, N - 1, w.ring_min * N - 1, w.ring_min * N, w.ring_min * N + N + 1):
+        for dt in (np.float32, np.float64, np.int64):
+            for op in ("sum", "mean", "max", "min"):
+                if op == "mean" and dt is np.int64:
+                    continue
+                full = (np.random.default_rng(n).standard_normal((N, n)) * 100).astype(dt)
+                a = full[r].copy()
+                w.allreduce(a, op)
+                want = {"sum": full.sum(0), "mean": full.sum(0) / N, "max": full.max(0),
+                        "min": full.min(0)}[op].astype(dt)
+                tol = 1e-4 if dt is np.float32 else 1e-10
+                if not np.allclose(a, want, rtol=tol, atol=tol):
+                    bad.append(f"{op} of {n} {dt.__name__}")
+                every = w.allgather(a)
+                if not np.array_equal(every, np.broadcast_to(every[0], every.shape)):
+                    bad.append(f"{op} of {n} {dt.__name__} differs between ranks")
+    arrs = [np.full(w.ring_min * N + i, float(r + i)) for i in range(5)]
+    works = [w.iallreduce(x) for x in arrs]
+    for k in reversed(works):
+        k.wait()
+    for i, x in enumerate(arrs):
+        if not np.all(x == sum(q + i for q in range(N))):
+            bad.append(f"allreduce {i} of 5 in flight")
+    return bad
+
+
 def equiv(out_dir):
     w = init(timeout=60)
     N = w.world_size
-    res = {}
+    res = {"allreduce": allreduce_errors(w)}
+    w.ring_min = 1  # the models' small buckets go round the ring too
     x, y = data(N * 4 * K, (6,), 4, 1, np.float64)
     res["mlp_float64"] = train_pair(w, mlp, x, y, 4, ng.float64)
     res["mlp_float32"] = train_pair(w, mlp, x.astype(np.float32), y, 4, ng.float32)
     x, y = data(N * 3 * K, (40,), 10, 2, np.float64)
     res["cnn_float64"] = train_pair(w, ng.models.mnist1d.CNN, x, y, 3, ng.float64)
+    res["cnn_float32"] = train_pair(w, ng.models.mnist1d.CNN, x.astype(np.float32), y, 3,
+                                    ng.float32)
     x, y = data(N * 5 * K, (2, 8), 3, 3, np.float64)
     res["syncbn_float64"] = train_pair(w, bn_model, x, y, 5, ng.float64, sync_bn=True)
     res["syncbn_float32"] = train_pair(w, bn_model, x.astype(np.float32), y, 5, ng.float32,
@@ -134,6 +204,7 @@ def equiv(out_dir):
     except DistributedError as e:
         res["mismatch"] = str(e)
     res["world_size"] = N
+    res["tcp"] = w.allgather_json(tcp_sockets())  # every rank's: loopback only
     res["local_ranks"] = w.allgather_json(w.local_rank)  # one machine: local = global rank
     if w.rank == 0:
         with open(os.path.join(out_dir, f"equiv-{N}.json"), "w") as f:
@@ -141,24 +212,84 @@ def equiv(out_dir):
 
 
 class Fail(ng.train.Callback):
+    """At step ``at`` the last rank kills itself or raises."""
+
     def __init__(self, mode, step):
         self.mode, self.at = mode, step
 
     def on_batch_end(self, tr, logs):
-        if tr.step == self.at and tr.dist.comm.rank == 1:
+        if tr.step == self.at and tr.dist.comm.rank == tr.dist.comm.world_size - 1:
             if self.mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise ValueError(f"failing on purpose at step {self.at}")
 
 
+def die_in_checkpoint_write(nth: int) -> None:
+    """SIGKILL this process in its ``nth`` checkpoint write: the new file is complete under
+    its temporary name, the rename into place has not happened."""
+    real, seen = os.replace, [0]
+
+    def replace(src, dst, *a, **k):
+        if os.path.basename(str(dst)) == "checkpoint.safetensors":
+            seen[0] += 1
+            if seen[0] == nth:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst, *a, **k)
+    os.replace = replace
+
+
 def fit(run_dir, epochs, batch, mode="", step=0):
     w = init(timeout=60)
+    if mode == "killwrite" and w.rank == 0:
+        die_in_checkpoint_write(int(step))
     ng.manual_seed(0)
     x, y = data(96, (6,), 4, 7, np.float32)
     model = mlp()
     opt = ng.optim.Adam(model.parameters(), lr=1e-2)
     tl = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=int(batch))
     cbs = [Fail(mode, int(step))] if mode in ("kill", "raise") else []
+    ng.train.fit(model, F.cross_entropy, opt, tl, epochs=int(epochs), callbacks=cbs,
+                 run_dir=run_dir, checkpoint_every=2, resume=mode == "resume", progress=False,
+                 distributed=True)
+    if w.rank == 0:
+        ng.save(model.state_dict(), os.path.join(run_dir, "final.safetensors"))
+
+
+class Recording(ng.data.ArrayDataset):
+    """An ArrayDataset that notes the indices the loader gathers."""
+
+    def __init__(self, *arrays):
+        super().__init__(*arrays)
+        self.taken = []
+
+    def gather(self, idx):
+        self.taken.append(np.asarray(idx).tolist())
+        return super().gather(idx)
+
+
+class Seen(ng.train.Callback):
+    """Appends each step's samples (this rank's) to a file, flushed at once."""
+
+    def __init__(self, ds, path):
+        self.ds, self.f = ds, open(path, "a")
+
+    def on_batch_end(self, tr, logs):
+        idx = [i for b in self.ds.taken for i in b]
+        self.ds.taken.clear()
+        self.f.write(json.dumps({"step": tr.step, "epoch": tr.epoch, "idx": idx}) + "\n")
+        self.f.flush()
+
+
+def elastic(run_dir, epochs, batch, mode="", step=0):
+    w = init(timeout=60)
+    ng.manual_seed(0)
+    x, y = data(96, (6,), 4, 7, np.float32)
+    ds = Recording(x, y)
+    model = mlp()
+    opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+    tl = ng.data.DataLoader(ds, batch_size=int(batch), shuffle=True, seed=3, prefetch=0)
+    cbs = [Seen(ds, os.path.join(run_dir, f"seen-{mode or 'run'}-{w.rank}.jsonl"))]
+    cbs += [Fail(mode, int(step))] if mode in ("kill", "raise") else []
     ng.train.fit(model, F.cross_entropy, opt, tl, epochs=int(epochs), callbacks=cbs,
                  run_dir=run_dir, checkpoint_every=2, resume=mode == "resume", progress=False,
                  distributed=True)
@@ -176,4 +307,4 @@ def stall(out_dir):
 
 if __name__ == "__main__":
     scenario, *args = sys.argv[1:]
-    {"equiv": equiv, "fit": fit, "stall": stall}[scenario](*args)
+    {"equiv": equiv, "fit": fit, "elastic": elastic, "stall": stall}[scenario](*args)

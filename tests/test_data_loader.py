@@ -118,8 +118,23 @@ def test_stopping_early_starts_a_fresh_epoch_next_time():
 
 def test_load_state_dict_rejects_a_different_configuration():
     state = DataLoader(_ds(), 10, shuffle=True, seed=0).state_dict()
-    with pytest.raises(ValueError, match="batch_size"):
-        DataLoader(_ds(), 12, shuffle=True, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match="order"):
+        DataLoader(_ds(90), 10, shuffle=True, seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match="drop_last"):
+        DataLoader(_ds(), 10, shuffle=True, seed=0, drop_last=True).load_state_dict(state)
+
+
+def test_a_mid_epoch_state_resumes_with_another_batch_size():
+    """The rest of the epoch's order, in batches of the new size: every sample once."""
+    loader = DataLoader(_ds(), 10, shuffle=True, seed=4)
+    it = iter(loader)
+    head = [next(it) for _ in range(3)]
+    other = DataLoader(_ds(), 12, shuffle=True, seed=99)  # the state's seed wins
+    other.load_state_dict(loader.state_dict())
+    ids = [i for x, _ in head for i in (x.numpy()[:, 0] // 3).astype(int)] + \
+        [i for b in _ids(other) for i in b]
+    ref = [i for b in _ids(DataLoader(_ds(), 10, shuffle=True, seed=4)) for i in b]
+    assert ids == ref and len(other) == 3 + 7  # 73 samples left: 6 of 12 and one of 1
 
 
 def test_prefetch_gives_the_same_batches_and_propagates_errors():

@@ -196,22 +196,86 @@ def test_sampler_drives_the_loader_and_its_resumable_position():
     again.load_state_dict(state)
     rest = np.concatenate([b[0].numpy()[:, 0] for b in again])
     np.testing.assert_array_equal(rest, s.indices(2)[4:])
-    # mid-epoch on another number of ranks: refused with the reason; a new epoch is fine
+    # a state without the global position (an older checkpoint) resumes mid-epoch only on as
+    # many ranks; a new epoch is fine
     other = ng.data.DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, 2, 1, seed=0))
+    old = {k: v for k, v in state.items() if k not in ("order", "position")}
     with pytest.raises(ValueError, match="mid-epoch only on as many ranks"):
-        other.load_state_dict(state)
-    other.load_state_dict({**state, "epoch": 3, "batch": 0})
+        other.load_state_dict(old)
+    other.load_state_dict({**old, "epoch": 3, "batch": 0})
+    # a one-rank shuffling sampler's state into a loader that reads in order: refused
+    one = ng.data.DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, 1, 0, seed=0))
+    next(iter(one))
+    with pytest.raises(ValueError, match="order"):
+        ng.data.DataLoader(ds, batch_size=4).load_state_dict(one.state_dict())
     with pytest.raises(ValueError, match="exclude each other"):
         ng.data.DataLoader(ds, sampler=s, shuffle=True)
 
 
-def _fit_mlp(run_dir, distributed, batch=16, epochs=2):
+def _loaders(ds, ranks, batch, seed, drop=False):
+    """One process: a plain shuffling loader; several: one loader per rank over a sampler."""
+    if ranks == 1:
+        return [ng.data.DataLoader(ds, batch, shuffle=True, seed=seed, drop_last=drop)]
+    return [ng.data.DataLoader(ds, batch, seed=seed, drop_last=drop,
+                               sampler=DistributedSampler(ds, ranks, r, seed=seed,
+                                                          drop_last=drop))
+            for r in range(ranks)]
+
+
+def _epoch_ids(batches):
+    return np.concatenate([b[0].numpy()[:, 0] for b in batches]).astype(int)
+
+
+@pytest.mark.parametrize("n,layouts,steps", [
+    (96, [(2, 8), (1, 16)], [2]),           # 2 -> 1, the same global batch
+    (96, [(1, 16), (2, 8)], [2]),           # 1 -> 2
+    (96, [(2, 8), (4, 4)], [3]),            # 2 -> 4
+    (37, [(2, 4), (3, 5)], [2]),            # another global batch, padding
+    (37, [(3, 2), (2, 7), (1, 3)], [3, 1]),  # 3 -> 2 -> 1, twice mid-epoch
+    (37, [(4, 2), (2, 3)], [2]),
+])
+def test_mid_epoch_state_resumes_on_another_number_of_ranks(n, layouts, steps):
+    """Ranks that read ``steps`` batches, then resume on the next layout: over the epoch
+    every sample is read once (plus fewer padded repeats than ranks), as without the break;
+    with the same global batch each step reads the same samples as an uninterrupted run."""
+    ds = ng.data.ArrayDataset(np.arange(n, dtype=np.float64)[:, None])
+    full = _loaders(ds, 1, layouts[0][0] * layouts[0][1], 5)[0]
+    full.set_epoch(1)
+    uninterrupted = _epoch_ids(full)
+    seen, state, global_steps = [], None, []
+    for i, (ranks, batch) in enumerate(layouts):
+        loaders = _loaders(ds, ranks, batch, 5)
+        per_rank = []
+        for ld in loaders:
+            if state is None:
+                ld.set_epoch(1)
+            else:
+                ld.load_state_dict(state)
+            k = steps[i] if i < len(steps) else len(ld)
+            per_rank.append([b[0].numpy()[:, 0].astype(int) for _, b in zip(range(k), ld)])
+        states = [ld.state_dict() for ld in loaders]
+        assert all(st == states[0] for st in states)  # every rank saves the same state
+        state = states[0]
+        assert len({len(b) for b in per_rank}) == 1  # the ranks take equal steps
+        global_steps += [np.concatenate(step) for step in zip(*per_rank)]
+    assert state["epoch"] == 2 and state["batch"] == 0  # the epoch is complete
+    seen = np.concatenate(global_steps)
+    counts = np.bincount(seen, minlength=n)
+    assert counts.min() == 1 and counts.sum() - n < max(r for r, _ in layouts)
+    if len({r * b for r, b in layouts}) == 1:  # the same global batch: the same global steps
+        gb = layouts[0][0] * layouts[0][1]
+        want = [np.sort(uninterrupted[j:j + gb]) for j in range(0, n, gb)]
+        assert [np.sort(g).tolist() for g in global_steps] == [w.tolist() for w in want]
+
+
+def _fit_mlp(run_dir, distributed, batch=16, epochs=2, shuffle=False):
     ng.manual_seed(0)
     rng = np.random.default_rng(7)
     x, y = rng.standard_normal((96, 6)).astype(np.float32), rng.integers(0, 4, 96)
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
     opt = ng.optim.Adam(model.parameters(), lr=1e-2)
-    tl = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=batch)
+    tl = ng.data.DataLoader(ng.data.ArrayDataset(x, y), batch_size=batch, shuffle=shuffle,
+                            seed=3 if shuffle else None)
     h = ng.train.fit(model, F.cross_entropy, opt, tl, epochs=epochs, run_dir=run_dir,
                      progress=False, distributed=distributed)
     return model, h
@@ -260,6 +324,18 @@ def test_launch_builds_the_mpirun_command():
     assert launch.program(["run.py", "--x"]) == [sys.executable, "run.py", "--x"]
     cmd = mpirun_command(4, prog, mpirun="/opt/x/bin/mpirun")
     assert cmd[:3] == ["/opt/x/bin/mpirun", "-n", "4"] and cmd[-len(prog):] == prog
+    # one machine: shared memory between the ranks, TCP (where any) on the loopback only
+    five = launch.local_flags("openmpi", (5, 0, 11))
+    assert " ".join(five) == ("--mca pml ob1 --mca btl self,sm --mca btl_tcp_if_include lo "
+                              "--pmixmca ptl_tcp_if_include lo")
+    four = " ".join(launch.local_flags("openmpi", (4, 1, 6)))
+    assert "btl self,vader" in four and "oob_tcp_if_include lo" in four
+    assert launch.local_flags("mpich") == ["-host", "localhost", "-iface", "lo"]
+    if find_mpirun() is not None and launch.mpi_flavour(find_mpirun()) == "openmpi":
+        real = mpirun_command(2, prog)
+        assert "self,sm" in real or "self,vader" in real
+        assert "--hostfile" in mpirun_command(2, prog, hostfile="hosts") and \
+            "btl" not in mpirun_command(2, prog, hostfile="hosts")
     with pytest.raises(SystemExit, match="say what to run"):
         launch.program([])
 
@@ -272,9 +348,14 @@ def test_ranks_match_one_process_on_the_full_batch(tmp_path, n):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / f"equiv-{n}.json").read_text())
     assert res["world_size"] == n and res["local_ranks"] == list(range(n))
+    assert res["allreduce"] == []
+    import ipaddress  # the ranks' own TCP sockets (to the launcher) stay on loopback
+    addrs = [ipaddress.ip_address(a) for rank in res["tcp"] for pair in rank for a in pair]
+    assert all(a.is_loopback or getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback
+               for a in addrs), res["tcp"]
     for k in ("mlp_float64", "cnn_float64", "syncbn_float64"):
         assert res[k] < 1e-10, (k, res[k])
-    for k in ("mlp_float32", "syncbn_float32"):
+    for k in ("mlp_float32", "cnn_float32", "syncbn_float32"):
         assert res[k] < 1e-5, (k, res[k])
     assert res["no_sync"] < 1e-10 and res["no_sync_ranks_agree"]
     for key, (lo, hi, total, drawn) in res["sampler"].items():
@@ -308,6 +389,22 @@ def test_killed_rank_ends_the_job_and_the_run_resumes(tmp_path):
                     {k: v.astype(np.float64) for k, v in
                      _weights(full / "final.safetensors").items()}) == 0.0
 
+    # rank 0, the writer, killed inside a checkpoint write (the one of step 4): the file in
+    # view is still the whole checkpoint of step 2, the resumed run ends as the uninterrupted
+    cut2 = tmp_path / "cut2"
+    cut2.mkdir()
+    r = mpirun(2, "fit", cut2, 3, 8, "killwrite", 2)
+    assert r.returncode != 0
+    assert "rank 0" in r.stdout + r.stderr and "signal 9" in r.stdout + r.stderr
+    assert len(list(cut2.glob(".checkpoint.safetensors.*.tmp"))) == 1  # the unfinished write
+    assert ng.train.checkpoint.load_checkpoint(cut2 / "checkpoint.safetensors")["step"] == 2
+    r = mpirun(2, "fit", cut2, 3, 8, "resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(cut2.glob(".*.tmp"))  # the resume cleared it away
+    assert _maxdiff(_weights(cut2 / "final.safetensors"),
+                    {k: v.astype(np.float64) for k, v in
+                     _weights(full / "final.safetensors").items()}) == 0.0
+
 
 @mpi
 def test_rank_that_raises_ends_the_job_naming_it(tmp_path):
@@ -325,17 +422,38 @@ def test_collective_with_a_missing_rank_times_out(tmp_path):
     assert "rank 0: allreduce of 4 values (float64) did not complete within 3 s" in out
 
 
+def worker(n: int, *args, timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """The worker on ``n`` ranks under mpirun, or as one plain process (no MPI) for n = 1."""
+    if n > 1:
+        return mpirun(n, *args, timeout=timeout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI", "PMIX"))}
+    return run_job([sys.executable, str(WORKER), *map(str, args)], timeout, env)
+
+
 @mpi
-def test_checkpoint_from_two_ranks_resumes_on_four(tmp_path):
-    r = mpirun(2, "fit", tmp_path, 1, 8)  # one epoch, 2 ranks x 8
+@pytest.mark.parametrize("before,after", [((2, 8), (1, 16)), ((1, 16), (2, 8)),
+                                          ((2, 8), (4, 4))])
+def test_mid_epoch_checkpoint_resumes_on_another_number_of_ranks(tmp_path, before, after):
+    """Killed at step 9 (checkpoint at step 8, in the second epoch), resumed on another number
+    of ranks with the same global batch: every sample is read once in each epoch, and the
+    weights are those of one uninterrupted process with batch 16."""
+    r = worker(before[0], "elastic", tmp_path, 2, before[1], "kill", 9)
+    assert r.returncode != 0 and not (tmp_path / "final.safetensors").exists()
+    r = worker(after[0], "elastic", tmp_path, 2, after[1], "resume")
     assert r.returncode == 0, r.stdout + r.stderr
-    r = mpirun(4, "fit", tmp_path, 3, 4, "resume")  # two more, 4 ranks x 4: the same 16
-    assert r.returncode == 0, r.stdout + r.stderr
-    one, _ = _fit_mlp(None, False, batch=16, epochs=3)
+    rows = [json.loads(s) for f in sorted(tmp_path.glob("seen-kill-*.jsonl"))
+            for s in f.read_text().splitlines()]
+    rows = [row for row in rows if row["step"] <= 8]  # what the checkpoint holds
+    rows += [json.loads(s) for f in sorted(tmp_path.glob("seen-resume-*.jsonl"))
+             for s in f.read_text().splitlines()]
+    for epoch in (0, 1):
+        idx = [i for row in rows if row["epoch"] == epoch for i in row["idx"]]
+        assert sorted(idx) == list(range(96)), epoch  # each sample once, as uninterrupted
+    one, _ = _fit_mlp(None, False, batch=16, epochs=2, shuffle=True)
     assert _maxdiff(_weights(tmp_path / "final.safetensors"),
                     {k: v.numpy().astype(np.float64) for k, v in one.state_dict().items()}) < 1e-5
-    rows = [json.loads(s) for s in (tmp_path / "steps.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, 19))
+    steps = [json.loads(s)["step"] for s in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
 
 
 @mpi

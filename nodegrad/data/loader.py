@@ -3,7 +3,9 @@
 The order of epoch ``e`` is a permutation drawn from ``(seed, e)`` and the augmentation of
 batch ``b`` uses a generator drawn from ``(seed, e, b)``, so a loader is a pure function of its
 seed and position: ``state_dict()`` records that position and a restored loader yields the
-remaining batches of the epoch bit-identically, with or without prefetching.
+remaining batches of the epoch bit-identically, with or without prefetching. The position is
+also kept as a count of the epoch's order consumed over all ranks, so a state saved mid-epoch
+on N ranks resumes on M ranks (or one process): the rest of the order is re-split over them.
 """
 
 from __future__ import annotations
@@ -91,14 +93,44 @@ class DataLoader:
         self.seed = seed
         self._epoch = 0
         self._batch = 0  # batches of the current epoch already handed out
+        # after a mid-epoch resume on another number of ranks: in epoch _split[0] this loader
+        # reads the epoch's order from global position _split[1] on, as batches _split[2], ...
+        self._split: tuple[int, int, int] | None = None
         self._resume = False
         self._active: object | None = None
 
     # --- size and position --------------------------------------------------------------------
     def __len__(self) -> int:
-        """The number of batches per epoch."""
-        full, rest = divmod(self._n, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        """The number of batches per epoch (of the current one, after a resume re-split it)."""
+        start, first = self._split_of(self._epoch)
+        n = self._n if not start else self._share(start)
+        full, rest = divmod(n, self.batch_size)
+        return first + full + (1 if rest and not self.drop_last else 0)
+
+    def _split_of(self, epoch: int) -> tuple[int, int]:
+        """(global start position, first batch index) of ``epoch``'s re-split part, or (0, 0)."""
+        if self._split is not None and self._split[0] == epoch:
+            return self._split[1], self._split[2]
+        return 0, 0
+
+    def _world(self) -> int:
+        """How many ranks share each epoch's order (1 without a distributed sampler)."""
+        return int(getattr(self.sampler, "num_replicas", 1)) if self.sampler is not None else 1
+
+    def _share(self, start: int) -> int:
+        """Samples this loader reads of an epoch's order from global position ``start`` on."""
+        if self.sampler is None:
+            return max(self._n - start, 0)
+        return int(self.sampler.size(start))
+
+    def _order_key(self) -> dict | None:
+        """What fixes the epoch's global order (None: a sampler that cannot re-split it)."""
+        if self.sampler is None:
+            return {"num_samples": self._n, "shuffle": self.shuffle,
+                    "seed": self.seed if self.shuffle else None}
+        if hasattr(self.sampler, "order_state") and hasattr(self.sampler, "size"):
+            return self.sampler.order_state()
+        return None
 
     @property
     def epoch(self) -> int:
@@ -107,54 +139,94 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Start the next iteration at the beginning of ``epoch``."""
-        self._epoch, self._batch, self._resume = int(epoch), 0, True
+        self._epoch, self._batch, self._resume, self._split = int(epoch), 0, True, None
 
     def state_dict(self) -> dict:
-        """The position within the epoch, as plain data for a checkpoint."""
+        """The position within the epoch, as plain data for a checkpoint.
+
+        ``position`` counts the samples of the epoch's global order consumed over all ranks
+        (each rank reads every ``world``-th of them), what a resume on another number of ranks
+        continues from."""
         epoch, batch = self._epoch, self._batch
         if batch >= len(self):
             epoch, batch = epoch + 1, 0
+        start, first = self._split_of(epoch)
+        if batch == 0:
+            start = first = 0
         state = {"seed": self.seed, "epoch": epoch, "batch": batch, "num_samples": self._n,
                  "batch_size": self.batch_size, "shuffle": self.shuffle,
-                 "drop_last": self.drop_last}
+                 "drop_last": self.drop_last, "world": self._world(), "start": start,
+                 "first": first,
+                 "position": start + self._world() * (batch - first) * self.batch_size,
+                 "order": self._order_key()}
         if self.sampler is not None and hasattr(self.sampler, "state_dict"):
             state["sampler"] = self.sampler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at ``state``'s position: the next iteration yields the rest of that epoch."""
-        checks = [("shuffle", self.shuffle), ("drop_last", self.drop_last)]
-        # a fresh epoch with a sampler takes the sampler's order: it may have another number
-        # of ranks, hence another share and per-rank batch size
-        if self.sampler is None or state["batch"] != 0:
-            checks += [("num_samples", self._n), ("batch_size", self.batch_size)]
-            if self.sampler is not None and hasattr(self.sampler, "state_dict"):
-                checks += [("sampler", self.sampler.state_dict())]
-        for key, mine in checks:
-            if state.get(key) != mine:
-                hint = ("; a run saved mid-epoch resumes mid-epoch only on as many ranks "
-                        "(an end-of-epoch checkpoint resumes on any number)"
-                        if self.sampler is not None else "")
-                raise ValueError(f"load_state_dict: {key} is {mine} here but {state.get(key)} "
-                                 f"in the state; the batch order would differ{hint}")
-        self.seed = state["seed"]
-        self._epoch, self._batch, self._resume = int(state["epoch"]), int(state["batch"]), True
+        """Resume at ``state``'s position: the next iteration yields the rest of that epoch.
+
+        A state from another layout (number of ranks, per-rank batch size, or a distributed
+        sampler against a plain shuffling loader) continues the same global order: the samples
+        not yet consumed are re-split over this loader's ranks, so each is still read once."""
+        mine = {"num_samples": self._n, "batch_size": self.batch_size, "shuffle": self.shuffle,
+                "drop_last": self.drop_last,
+                "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
+                else None}
+        epoch, batch = int(state["epoch"]), int(state["batch"])
+        if all(state.get(k) == v for k, v in mine.items()):  # the same layout: exact
+            self.seed = state["seed"]
+            start, first = int(state.get("start", 0)), int(state.get("first", 0))
+            self._split = (epoch, start, first) if start or first else None
+            self._epoch, self._batch, self._resume = epoch, batch, True
+            return
+        theirs, ours = state.get("order"), self._order_key()
+        if state.get("drop_last") != self.drop_last:
+            key, a, b = "drop_last", self.drop_last, state.get("drop_last")
+        elif theirs is None or ours is None:
+            key = next(k for k, v in mine.items() if state.get(k) != v)
+            if batch == 0 and self.sampler is not None:  # a fresh epoch: the sampler's order
+                key = "shuffle" if state.get("shuffle") != self.shuffle else None
+            a, b = mine.get(key), state.get(key)
+        elif (theirs["num_samples"], theirs["shuffle"]) != (ours["num_samples"], ours["shuffle"]):
+            key, a, b = "order", ours, theirs
+        else:
+            key = None
+        if key is not None:
+            hint = ("; a state without the epoch's global position (or from a sampler that "
+                    "cannot re-split it) resumes mid-epoch only on as many ranks"
+                    if self.sampler is not None or "sampler" in state else "")
+            raise ValueError(f"load_state_dict: {key} is {a} here but {b} in the state; the "
+                             f"batch order would differ{hint}")
+        self.seed = state["seed"]  # the augmentation stream goes on; the order's seed is theirs
+        if self.sampler is None:
+            if self.shuffle:
+                self.seed = theirs["seed"]
+        elif theirs is not None and theirs["seed"] is not None:
+            self.sampler.seed = int(theirs["seed"])
+        self._split = (epoch, int(state["position"]), batch) if batch else None
+        self._epoch, self._batch, self._resume = epoch, batch, True
 
     # --- batches --------------------------------------------------------------------------------
     def _order(self, epoch: int) -> np.ndarray:
+        """The indices this loader reads in ``epoch`` (from the re-split position on, if any)."""
+        start = self._split_of(epoch)[0]
         if self.sampler is not None:
+            if start:
+                return np.asarray(self.sampler.indices(epoch, start))
             if hasattr(self.sampler, "indices"):
                 return np.asarray(self.sampler.indices(epoch))
             self.sampler.set_epoch(epoch)
             return np.fromiter(iter(self.sampler), dtype=B.int64)
         if not self.shuffle:
-            return np.arange(self._n)
+            return np.arange(start, self._n)
         ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 0))
-        return np.random.default_rng(ss).permutation(self._n)
+        return np.random.default_rng(ss).permutation(self._n)[start:]
 
     def _host_batch(self, order: np.ndarray, epoch: int, b: int):
         """Batch ``b`` of the epoch on the host: gathered, collated and transformed."""
-        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        i = b - self._split_of(epoch)[1]
+        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
         if self._vectorised:
             fields = self.dataset.gather(idx)
         else:

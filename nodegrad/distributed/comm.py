@@ -1,8 +1,9 @@
 """The communicator: rank, world size and the collectives data-parallel training needs.
 
 :class:`MPICommunicator` wraps an mpi4py communicator and moves backend arrays with the buffer
-(uppercase) calls, so large gradients are never pickled. Every collective is nonblocking under
-the hood and waited on with a deadline, so a rank that died or stopped answering turns into a
+(uppercase) calls, so large gradients are never pickled; a large allreduce is a ring of
+point-to-point messages. Every collective is nonblocking under the hood and waited on with a
+deadline, so a rank that died or stopped answering turns into a
 :class:`DistributedError` instead of a hang. :class:`SingleProcess` is the world of one process:
 the same calls, no MPI needed. :func:`init` picks one (MPI when launched by ``mpirun``).
 """
@@ -20,6 +21,7 @@ from typing import Any
 from .. import _backend as B
 
 DEFAULT_TIMEOUT = 300.0  # seconds a collective may wait for the other ranks
+RING_MIN = 1024  # values per rank from which allreduce runs as a ring (below: MPI's own)
 _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
 _OPS = ("sum", "mean", "max", "min")
 
@@ -152,11 +154,63 @@ class SingleProcess(Communicator):
         return "SingleProcess()"
 
 
+class _Ring:
+    """A ring allreduce in flight, over nonblocking point-to-point messages: N-1 steps of
+    reduce-scatter, then N-1 of allgather, each rank sending and receiving 2(N-1)/N of the
+    buffer (the step-time model of docs/distributed.md). :meth:`Test` completes what has
+    arrived and posts the next step, so the ring moves on whenever it is polled (also during
+    backward). Every rank ends with the same bits: each chunk is reduced once, then copied."""
+
+    def __init__(self, comm, flat, ufunc, tag0: int):
+        self.comm, self.buf, self.ufunc, self.tag0 = comm, flat, ufunc, tag0
+        self.N, self.r = comm.Get_size(), comm.Get_rank()
+        n = flat.size
+        self.bounds = [n * i // self.N for i in range(self.N + 1)]
+        self.tmp = B.np.empty(-(-n // self.N), flat.dtype)
+        self.stage, self.last = 0, 2 * (self.N - 1)
+        self.into = None
+        self.reqs = self._post() if self.last else []
+
+    def _chunk(self, i: int):
+        i %= self.N
+        return self.buf[self.bounds[i]:self.bounds[i + 1]]
+
+    def _post(self) -> list:
+        s, r, N = self.stage, self.r, self.N
+        if s < N - 1:  # reduce-scatter: pass chunk r-s on, add the left's chunk r-s-1 in
+            send, self.into = self._chunk(r - s), self._chunk(r - s - 1)
+            recv = self.tmp[:self.into.size]
+        else:  # allgather: pass the reduced chunk r+1-k on, take chunk r-k from the left
+            k = s - (N - 1)
+            send, recv = self._chunk(r + 1 - k), self._chunk(r - k)
+        tag = self.tag0 + s
+        return [self.comm.Irecv(recv, (r - 1) % N, tag), self.comm.Isend(send, (r + 1) % N, tag)]
+
+    def Test(self) -> bool:
+        while self.stage < self.last:
+            if not _testall(self.reqs):
+                return False
+            if self.stage < self.N - 1:
+                self.ufunc(self.into, self.tmp[:self.into.size], out=self.into)
+            self.stage += 1
+            if self.stage < self.last:
+                self.reqs = self._post()
+        return True
+
+
+def _testall(reqs) -> bool:
+    from mpi4py import MPI
+    return MPI.Request.Testall(reqs)
+
+
 class MPICommunicator(Communicator):
     """Collectives over an mpi4py communicator (``MPI.COMM_WORLD`` by default).
 
-    Device (CuPy) arrays go through host copies here; :func:`nccl_communicator` keeps them on
-    the GPU. ``timeout`` (seconds) bounds every wait.
+    An allreduce of at least ``ring_min`` values per rank runs as a ring over nonblocking
+    point-to-point messages (:class:`_Ring`; Open MPI's nonblocking ``Iallreduce`` was several
+    times slower for gradient-sized buffers); fewer values take MPI's ``Iallreduce``.
+    Device (CuPy) arrays go through host copies here; :class:`~nodegrad.distributed.nccl.
+    NCCLCommunicator` keeps them on the GPU. ``timeout`` (seconds) bounds every wait.
     """
 
     def __init__(self, comm=None, timeout: float = DEFAULT_TIMEOUT):
@@ -169,6 +223,15 @@ class MPICommunicator(Communicator):
         node.Free()
         self.timeout = float(timeout)
         self._mpi_ops = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+        np = B.np
+        self._ufuncs = {"sum": np.add, "mean": np.add, "max": np.maximum, "min": np.minimum}
+        # the ring's messages go over a communicator of their own, each allreduce under its
+        # own tags (ranks start allreduces in the same order, so the tags agree)
+        self._p2p = self.comm.Dup() if self.world_size > 1 else None
+        self._ring_seq = 0
+        self.ring_min = RING_MIN
+        ub = self.comm.Get_attr(MPI.TAG_UB) or 32767
+        self._tag_slots = max(int(ub) // max(2 * (self.world_size - 1), 1), 1)
 
     def __repr__(self) -> str:
         return f"MPICommunicator(rank={self.rank}, world_size={self.world_size})"
@@ -209,7 +272,12 @@ class MPICommunicator(Communicator):
     def iallreduce(self, a, op: str = "sum") -> Work:
         _check_op(op, a)
         h, back = self._host(a)
-        req = self.comm.Iallreduce(self.MPI.IN_PLACE, h, op=self._mpi_ops[op])
+        if self._p2p is not None and h.size >= self.ring_min * self.world_size:
+            tag0 = (self._ring_seq % self._tag_slots) * 2 * (self.world_size - 1)
+            self._ring_seq += 1
+            req = _Ring(self._p2p, h.reshape(-1), self._ufuncs[op], tag0)
+        else:  # a few values: MPI's own (fewer, latency-bound steps)
+            req = self.comm.Iallreduce(self.MPI.IN_PLACE, h, op=self._mpi_ops[op])
         n = self.world_size
 
         def finish():

