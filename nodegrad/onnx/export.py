@@ -165,7 +165,8 @@ class _Recorder:
         return None
 
 
-_SHAPED = ("reshape", "broadcast_to", "getitem")  # converters that handle changing parameters
+# converters that handle parameters that change with the dynamic axes
+_SHAPED = ("reshape", "broadcast_to", "getitem", "conv_input_grad")
 
 
 def _same(a, b) -> bool:
@@ -509,6 +510,57 @@ def _matmul(r, a, p, out, tw):
     return r.node("MatMul", [r.name_of(a[0]), r.name_of(a[1])])
 
 
+def _conv_prim(r, a, p, out, tw):
+    """The fused convolution primitive (``F.conv1d``/``conv2d``/``conv3d`` in a custom forward)."""
+    ins = [r.name_of(a[0]), r.name_of(a[1])] + ([r.name_of(a[2])] if len(a) > 2 and
+                                                 a[2] is not None else [])
+    pad = [int(v) for v in p["padding"]]
+    return r.node("Conv", ins, kernel_shape=list(a[1].shape[2:]),
+                  strides=[int(v) for v in p["stride"]], pads=pad + pad,
+                  dilations=[int(v) for v in p["dilation"]], group=int(p["groups"]))
+
+
+def _conv_transpose_node(r, x: str, w: str, b: str | None, in_sp, out_sp, k, s, pad, d, groups):
+    """ConvTranspose whose output has the spatial sizes ``out_sp`` (through output_padding)."""
+    opad = [o - ((i - 1) * si + di * (ki - 1) + 1 - 2 * pi)
+            for o, i, si, di, ki, pi in zip(out_sp, in_sp, s, d, k, pad)]
+    return r.node("ConvTranspose", [x, w] + ([b] if b else []), kernel_shape=list(k),
+                  strides=list(s), pads=list(pad) + list(pad), dilations=list(d),
+                  output_padding=opad, group=int(groups))
+
+
+def _conv_input_grad(r, a, p, out, tw):
+    """The transposed-convolution primitive (``F.conv_transpose1d``/``2d``); its ``shape``
+    parameter holds the batch size, so only the other entries must agree between traces."""
+    if tw is not None and tuple(p["shape"][1:]) != tuple(tw[0]["shape"][1:]):
+        r.fail("conv_transpose: its output size follows the dynamic axes")
+    x, w = a[0], a[1]
+    return _conv_transpose_node(r, r.name_of(x), r.name_of(w), None, x.shape[2:], out.shape[2:],
+                                w.shape[2:], [int(v) for v in p["stride"]],
+                                [int(v) for v in p["padding"]], [int(v) for v in p["dilation"]],
+                                p["groups"])
+
+
+def _vector_norm(r, a, p, out, tw):
+    """p-norms: ReduceL1/ReduceL2 for 1 and 2, max/min of |x| for ±inf, else Pow, Sum, Pow."""
+    x, nd, o = r.name_of(a[0]), a[0].ndim, p["ord"]
+    axis, keep = p["axis"], p["keepdims"]
+    if o == 2:
+        return _reduce(r, "ReduceL2", x, axis, keep, nd)
+    if o == 1:
+        return _reduce(r, "ReduceL1", x, axis, keep, nd)
+    ax = r.node("Abs", [x])
+    if o == math.inf:
+        return _reduce(r, "ReduceMax", ax, axis, keep, nd)
+    if o == -math.inf:
+        return _reduce(r, "ReduceMin", ax, axis, keep, nd)
+    if o == 0:
+        r.fail("vector_norm with ord=0 (a count of nonzeros)")
+    c = r.const(float(o), _np_dtype(out))
+    s = _reduce(r, "ReduceSum", r.node("Pow", [ax, c]), axis, keep, nd)
+    return r.node("Pow", [s, r.const(1.0 / float(o), _np_dtype(out))])
+
+
 PRIMS = {
     "add": _binary("Add"), "subtract": _binary("Sub"), "multiply": _binary("Mul"),
     "divide": _binary("Div"), "power": _binary("Pow"), "maximum": _binary("Max"),
@@ -530,7 +582,8 @@ PRIMS = {
     "max": _reducer("ReduceMax"), "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
     "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
-    "copy": _identity, "getitem": _getitem,
+    "copy": _identity, "getitem": _getitem, "conv": _conv_prim,
+    "conv_input_grad": _conv_input_grad, "vector_norm": _vector_norm,
 }
 
 
@@ -548,23 +601,151 @@ def _conv_layer(r, m, args, outs, tw):
                    pads=pad + pad, dilations=_tup(m.dilation, nd), group=int(m.groups))]
 
 
+def _conv_transpose_layer(r, m, args, outs, tw):
+    nd = m.nd
+    b = r.name_of(m.bias) if m.bias is not None else None
+    return [_conv_transpose_node(r, r.name_of(args[0]), r.name_of(m.weight), b,
+                                 args[0].shape[2:], outs[0].shape[2:], m.kernel_size,
+                                 _tup(m.stride, nd), _tup(m.padding, nd), _tup(m.dilation, nd),
+                                 m.groups)]
+
+
 def _pool_layer(op, nd):
+    """MaxPool/AveragePool (1-D to 3-D) with PyTorch's ceil_mode; a max pool's indices come
+    from MaxPool's second output, made flat per (sample, channel) plane as PyTorch's."""
     def conv(r, m, args, outs, tw):
         kw = dict(getattr(m, "kw", {}))
-        for key, plain in (("ceil_mode", False), ("return_indices", False),
-                           ("divisor_override", None)):
-            if kw.get(key, plain) != plain:
-                r.fail(f"{type(m).__name__} with {key}={kw[key]!r}")
+        if kw.get("divisor_override") is not None:
+            r.fail(f"{type(m).__name__} with divisor_override={kw['divisor_override']!r}")
         k = _tup(m.kernel_size, nd)
         s = k if m.stride is None else _tup(m.stride, nd)
         pad = _tup(m.padding, nd)
+        extra = {"ceil_mode": int(bool(kw.get("ceil_mode", False)))}
         if op == "AveragePool":
-            extra = {"count_include_pad": int(kw.get("count_include_pad", True))}
+            extra["count_include_pad"] = int(kw.get("count_include_pad", True))
         else:
-            extra = {"dilations": _tup(kw.get("dilation", 1), nd)}
-        return [r.node(op, [r.name_of(args[0])], kernel_shape=k, strides=s, pads=pad + pad,
-                       **extra)]
+            extra["dilations"] = _tup(kw.get("dilation", 1), nd)
+        x = r.name_of(args[0])
+        if not kw.get("return_indices", False):
+            return [r.node(op, [x], kernel_shape=k, strides=s, pads=pad + pad, **extra)]
+        y, idx = r.node(op, [x], n_out=2, kernel_shape=k, strides=s, pads=pad + pad, **extra)
+        plane = math.prod(args[0].shape[2:])
+        return [y, r.node("Mod", [idx, r.const(plane, _I64)])]
     return conv
+
+
+def _lp_pool_layer(r, m, args, outs, tw):
+    """PyTorch's power-average pool, as its formula: (sign(a)·relu(|a|)·K)^(1/p) with a the
+    average of xᵖ over each window (the operations in nodegrad's order)."""
+    nd = args[0].ndim - 2
+    dt = _np_dtype(args[0])
+    k = _tup(m.kernel_size, nd)
+    s = k if m.stride is None else _tup(m.stride, nd)
+    p = float(m.norm_type)
+    xp_ = r.node("Pow", [r.name_of(args[0]), r.const(p, dt)])
+    a = r.node("AveragePool", [xp_], kernel_shape=k, strides=s, pads=[0] * (2 * nd),
+               ceil_mode=int(bool(m.ceil_mode)), count_include_pad=1)
+    mag = r.node("Mul", [r.node("Sign", [a]), r.node("Relu", [r.node("Abs", [a])])])
+    return [r.node("Pow", [r.node("Mul", [mag, r.const(float(math.prod(k)), dt)]),
+                           r.const(1.0 / p, dt)])]
+
+
+def _adaptive_max_layer(r, m, args, outs, tw):
+    """Max over PyTorch's adaptive bins, one axis at a time (max is separable): a MaxPool where
+    the bins tile the axis evenly, else a ReduceMax per bin and a Concat."""
+    if m.return_indices:
+        r.fail(f"{type(m).__name__} with return_indices=True")
+    x = args[0]
+    nd = x.ndim - 2
+    sizes = _tup(m.output_size, nd)
+    y = r.name_of(x)
+    for i, (n, o) in enumerate(zip(x.shape[2:], sizes)):
+        ax = 2 + i
+        if n % o == 0:
+            if n == o:
+                continue
+            kern = [1] * nd
+            kern[i] = n // o
+            y = r.node("MaxPool", [y], kernel_shape=kern, strides=kern)
+            continue
+        parts = []
+        for j in range(o):
+            lo, hi = (j * n) // o, -((-(j + 1) * n) // o)
+            parts.append(_reduce(r, "ReduceMax", _slice(r, y, [ax], [lo], [hi]), (ax,), True,
+                                 x.ndim))
+        y = r.node("Concat", parts, axis=ax)
+    return [y if y != r.name_of(x) else r.node("Identity", [y])]
+
+
+def _lrn_layer(r, m, args, outs, tw):
+    """LRN where its window is PyTorch's (odd sizes); even sizes as the formula: a zero-padded
+    sum of squares over neighbouring channels."""
+    x = args[0]
+    if m.size % 2:
+        return [r.node("LRN", [r.name_of(x)], size=int(m.size), alpha=float(m.alpha),
+                       beta=float(m.beta), bias=float(m.k))]
+    dt = _np_dtype(x)
+    xn = r.name_of(x)
+    sq = r.node("Mul", [xn, xn])
+    lo, hi = m.size // 2, (m.size - 1) // 2
+    pads = [0] * x.ndim
+    pads_hi = [0] * x.ndim
+    pads[1], pads_hi[1] = lo, hi
+    sq = r.node("Pad", [sq, r.ints(pads + pads_hi), r.const(0.0, dt)], mode="constant")
+    c = x.shape[1]
+    total = None
+    for i in range(m.size):
+        part = _slice(r, sq, [1], [i], [i + c])
+        total = part if total is None else r.node("Add", [total, part])
+    div = r.node("Add", [r.node("Mul", [total, r.const(m.alpha / m.size, dt)]), r.const(m.k, dt)])
+    return [r.node("Div", [xn, r.node("Pow", [div, r.const(m.beta, dt)])])]
+
+
+def _unfold_layer(r, m, args, outs, tw):
+    """im2col as a grouped Conv with one-hot kernels (each output channel copies one tap of one
+    input channel, PyTorch's row order), then a Reshape to (N, C·kh·kw, L)."""
+    x = args[0]
+    if x.ndim != 4:
+        r.fail("Unfold of an unbatched input")
+    k, d = _tup(m.kernel_size, 2), _tup(m.dilation, 2)
+    p, s = _tup(m.padding, 2), _tup(m.stride, 2)
+    c, kk = x.shape[1], k[0] * k[1]
+    w = np.zeros((c * kk, 1, k[0], k[1]), _np_dtype(x))
+    for ch in range(c):
+        for t in range(kk):
+            w[ch * kk + t, 0, t // k[1], t % k[1]] = 1
+    y = r.node("Conv", [r.name_of(x), r.const(w)], kernel_shape=k, strides=s, pads=p + p,
+               dilations=d, group=c)
+    return [r.node("Reshape", [y, r.ints([0, c * kk, -1])])]
+
+
+def _fold_layer(r, m, args, outs, tw):
+    x = args[0]
+    if r.opset < 18:
+        r.fail("Fold needs opset 18 or later (ONNX's Col2Im)")
+    if x.ndim != 3:
+        r.fail("Fold of an unbatched input")
+    p = _tup(m.padding, 2)
+    return [r.node("Col2Im", [r.name_of(x), r.ints(_tup(m.output_size, 2)),
+                              r.ints(_tup(m.kernel_size, 2))], dilations=_tup(m.dilation, 2),
+                   pads=p + p, strides=_tup(m.stride, 2))]
+
+
+def _act(op, **fixed):
+    """An activation module written as its ONNX op (attributes from the module, or fixed)."""
+    def conv(r, m, args, outs, tw):
+        attrs = {k: float(v(m)) if callable(v) else v for k, v in fixed.items()}
+        return [r.node(op, [r.name_of(args[0])], **attrs)]
+    return conv
+
+
+def _threshold_layer(r, m, args, outs, tw):
+    if m.value != 0:  # no ONNX op: as nodegrad computes it
+        x = r.name_of(args[0])
+        dt = _np_dtype(args[0])
+        return [r.node("Where", [r.node("Greater", [x, r.const(m.threshold, dt)]), x,
+                                 r.const(m.value, dt)])]
+    return [r.node("ThresholdedRelu", [r.name_of(args[0])], alpha=float(m.threshold))]
 
 
 def _batch_norm(r, m, args, outs, tw):
@@ -653,8 +834,19 @@ def _recurrent(r, m, args, outs, tw):
 
 LAYERS = {
     L.Conv1d: _conv_layer, L.Conv2d: _conv_layer, L.Conv3d: _conv_layer,
+    L.ConvTranspose1d: _conv_transpose_layer, L.ConvTranspose2d: _conv_transpose_layer,
     L.MaxPool1d: _pool_layer("MaxPool", 1), L.MaxPool2d: _pool_layer("MaxPool", 2),
-    L.AvgPool1d: _pool_layer("AveragePool", 1), L.AvgPool2d: _pool_layer("AveragePool", 2),
+    L.MaxPool3d: _pool_layer("MaxPool", 3), L.AvgPool1d: _pool_layer("AveragePool", 1),
+    L.AvgPool2d: _pool_layer("AveragePool", 2), L.AvgPool3d: _pool_layer("AveragePool", 3),
+    L.LPPool1d: _lp_pool_layer, L.LPPool2d: _lp_pool_layer,
+    L.AdaptiveMaxPool1d: _adaptive_max_layer, L.AdaptiveMaxPool2d: _adaptive_max_layer,
+    L.LocalResponseNorm: _lrn_layer, L.Unfold: _unfold_layer, L.Fold: _fold_layer,
+    L.ELU: _act("Elu", alpha=lambda m: m.alpha), L.CELU: _act("Celu", alpha=lambda m: m.alpha),
+    L.SELU: _act("Selu"), L.Hardsigmoid: _act("HardSigmoid", alpha=1.0 / 6.0, beta=0.5),
+    L.Hardswish: _act("HardSwish"), L.Softsign: _act("Softsign"),
+    L.Softshrink: _act("Shrink", bias=lambda m: m.lambd, lambd=lambda m: m.lambd),
+    L.Hardshrink: _act("Shrink", bias=0.0, lambd=lambda m: m.lambd),
+    L.Threshold: _threshold_layer,
     L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.LayerNorm: _layer_norm,
     L.Embedding: _embedding, L.GRU: _recurrent, L.LSTM: _recurrent, L.RNN: _recurrent,
 }

@@ -17,6 +17,7 @@ from .. import _backend as B
 from .. import ops
 from ..nn import Linear, Module, Parameter
 from ..nn import functional as F
+from ..nn import conv_functional as CF
 from ..nn.rnn_functional import recurrent_layer
 from ..tensor import Tensor
 from ._common import UnsupportedError, require_onnx
@@ -375,25 +376,85 @@ def _conv(m, at, x, w, b=None):
 def _pool(kind):
     def op(m, at, x):
         nd = x.ndim - 2
-        if nd not in (1, 2):
-            _fail(f"{kind}Pool over {nd} spatial axes")
-        if at.get("ceil_mode", 0):
-            _fail("ceil_mode=1")
+        if nd not in (1, 2, 3):
+            _fail(f"{kind}Pool over {nd} spatial axes (1 to 3 are supported)")
+        ceil = bool(at.get("ceil_mode", 0))
         k = tuple(at["kernel_shape"])
         s = tuple(at.get("strides") or [1] * nd)
         p = _pads(at, nd)
+        if ceil and p[:nd] != p[nd:]:
+            _fail("ceil_mode=1 with asymmetric padding")
         if kind == "Max":
+            want = at["_n_out"] > 1
+            if want and (p[:nd] != p[nd:] or at.get("storage_order", 0)):
+                _fail("MaxPool indices with asymmetric padding or storage_order=1")
             x, pad = _sym(x, p, nd, -math.inf)
             d = tuple(at.get("dilations") or [1] * nd)
-            fn = F.max_pool1d if nd == 1 else F.max_pool2d
-            return fn(x, k, s, tuple(pad), d)
+            fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+            res = fn(x, k, s, tuple(pad), d, ceil, want)
+            if not want:
+                return res
+            y, idx = res  # PyTorch's indices are flat per plane, ONNX's over the whole tensor
+            n, c = x.shape[:2]
+            plane = math.prod(x.shape[2:])
+            base = np.arange(n * c, dtype=np.int64).reshape((n, c) + (1,) * nd) * plane
+            return y, idx + _const(base)
         counted = bool(at.get("count_include_pad", 0))
         if p[:nd] != p[nd:] and not counted:
             _fail("AveragePool with asymmetric padding that is not counted")
         x, pad = _sym(x, p, nd)
-        fn = F.avg_pool1d if nd == 1 else F.avg_pool2d
-        return fn(x, k, s, tuple(pad), count_include_pad=counted)
+        if nd == 1:
+            return F.avg_pool1d(x, k, s, tuple(pad), ceil, counted)
+        return (F.avg_pool2d, F.avg_pool3d)[nd - 2](x, k, s, tuple(pad), ceil, counted)
     return op
+
+
+def _lp_pool(m, at, x):
+    """(Σ |x|ᵖ)^(1/p) over each window: an average pool of |x|ᵖ times the window size."""
+    nd = x.ndim - 2
+    k = tuple(at["kernel_shape"])
+    p = float(at.get("p", 2))
+    pads = _pads(at, nd)
+    x, pad = _sym(ops.abs(x) ** p, pads, nd)
+    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+    a = fn(x, k, tuple(at.get("strides") or [1] * nd), tuple(pad), bool(at.get("ceil_mode", 0)),
+           True)
+    return (a * float(math.prod(k))) ** (1.0 / p)
+
+
+def _global_max(m, at, x):
+    return ops.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+def _conv_transpose(m, at, x, w, b=None):
+    nd = x.ndim - 2
+    if nd not in (1, 2, 3):
+        _fail(f"ConvTranspose over {nd} spatial axes (1 to 3 are supported)")
+    if at.get("output_shape"):
+        _fail("ConvTranspose with output_shape (give pads and output_padding)")
+    p = _pads(at, nd)
+    s = tuple(at.get("strides") or [1] * nd)
+    d = tuple(at.get("dilations") or [1] * nd)
+    op_ = list(at.get("output_padding") or [0] * nd)
+    lo, hi = p[:nd], p[nd:]
+    common = [min(a, c) for a, c in zip(lo, hi)]
+    # the larger end pad crops more: as output_padding it may not fit, so crop afterwards
+    y = CF._conv_transpose(x, w, b, s, tuple(common), tuple(op_), at.get("group", 1), d, nd,
+                           "ConvTranspose")
+    if lo != hi:
+        y = y[(slice(None), slice(None)) + tuple(
+            slice(a - c, y.shape[2 + i] - (e - c)) for i, (a, e, c) in enumerate(zip(lo, hi,
+                                                                                   common)))]
+    return y
+
+
+def _col2im(m, at, x, image_shape, block_shape):
+    p = list(at.get("pads") or [0, 0, 0, 0])
+    if p[:2] != p[2:]:
+        _fail("Col2Im with asymmetric pads")
+    return F.fold(x, tuple(_ints(image_shape)), tuple(_ints(block_shape)),
+                  tuple(at.get("dilations") or [1, 1]), tuple(p[:2]),
+                  tuple(at.get("strides") or [1, 1]))
 
 
 def _global_avg(m, at, x):
@@ -464,7 +525,9 @@ def _einsum(m, at, *xs):
 
 
 def _pad(m, at, x, pads, value=None, axes=None):
-    if at.get("mode", "constant") != "constant":
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "edge",
+            "wrap": "wrap"}.get(at.get("mode", "constant"))
+    if mode is None:
         _fail(f"Pad mode {at['mode']!r}")
     p = _ints(pads)
     ax = _ints(axes) if axes is not None else list(range(x.ndim))
@@ -472,10 +535,121 @@ def _pad(m, at, x, pads, value=None, axes=None):
     width = [(0, 0)] * x.ndim
     for i, a in enumerate(ax):
         width[a % x.ndim] = (p[i], p[i + n])
-    if any(lo < 0 or hi < 0 for lo, hi in width):
-        _fail("Pad with negative pads")
+    if any(lo < 0 or hi < 0 for lo, hi in width):  # negative pads crop
+        x = x[tuple(slice(-min(lo, 0), x.shape[i] + min(hi, 0)) for i, (lo, hi) in
+                    enumerate(width))]
+        width = [(max(lo, 0), max(hi, 0)) for lo, hi in width]
+    if mode != "constant":
+        return ops.pad(x, tuple(width), mode=mode)
     v = 0.0 if value is None else float(value.item())
     return ops.pad(x, tuple(width), constant_values=v)
+
+
+def _selu(m, at, x):
+    a, g = at.get("alpha"), at.get("gamma")
+    if (a is None or abs(a - 1.6732632) < 1e-6) and (g is None or abs(g - 1.0507010) < 1e-6):
+        return ops.selu(x)
+    return F.elu(x, a if a is not None else 1.6732632) * (g if g is not None else 1.0507010)
+
+
+def _hard_sigmoid(m, at, x):
+    a, b = at.get("alpha", 0.2), at.get("beta", 0.5)
+    if abs(a - 1.0 / 6.0) < 1e-7 and b == 0.5:  # PyTorch's (with nodegrad's rounding)
+        return ops.hardsigmoid(x)
+    return ops.hardtanh(x * a + b, 0.0, 1.0)
+
+
+def _shrink(m, at, x):
+    bias, lambd = at.get("bias", 0.0), at.get("lambd", 0.5)
+    if bias == lambd:
+        return ops.softshrink(x, lambd)
+    if bias == 0:
+        return ops.hardshrink(x, lambd)
+    return ops.where(x > lambd, x - bias, ops.where(x < -lambd, x + bias, 0.0))
+
+
+def _lrn(m, at, x):
+    """ONNX's window [c − ⌊(n−1)/2⌋, c + ⌈(n−1)/2⌉] (PyTorch's for odd n), as nodegrad's
+    local_response_norm computes it."""
+    n = at["size"]
+    alpha, beta, k = at.get("alpha", 1e-4), at.get("beta", 0.75), at.get("bias", 1.0)
+    if n % 2:
+        return F.local_response_norm(x, n, alpha, beta, k)
+    sq = ops.pad(x * x, ((0, 0), ((n - 1) // 2, n // 2)) + ((0, 0),) * (x.ndim - 2))
+    div = ops.sum(ops.sliding_window_view(sq, n, axis=1), axis=-1) * (alpha / n) + k
+    return x / div ** beta
+
+
+def _instance_norm(m, at, x, scale, bias):
+    return F.instance_norm(x, None, None, scale, bias, True, 0.1, at.get("epsilon", 1e-5))
+
+
+def _depth_to_space(m, at, x):
+    b = at["blocksize"]
+    if at.get("mode", "DCR") == "CRD":
+        return F.pixel_shuffle(x, b)
+    n, c, h, w = x.shape
+    y = ops.reshape(x, (n, b, b, c // (b * b), h, w))
+    return ops.reshape(ops.transpose(y, (0, 3, 4, 1, 5, 2)), (n, c // (b * b), h * b, w * b))
+
+
+def _space_to_depth(m, at, x):
+    b = at["blocksize"]
+    n, c, h, w = x.shape
+    y = ops.reshape(x, (n, c, h // b, b, w // b, b))
+    return ops.reshape(ops.transpose(y, (0, 3, 5, 1, 2, 4)), (n, c * b * b, h // b, w // b))
+
+
+def _resize(m, at, x, roi=None, scales=None, sizes=None):
+    """The Resize modes that are PyTorch's interpolate: nearest (asymmetric, floor), linear and
+    cubic (A = −0.75) with half-pixel or align-corners coordinates."""
+    nd = x.ndim - 2
+    mode = at.get("mode", "nearest")
+    ct = at.get("coordinate_transformation_mode", "half_pixel")
+    if at.get("antialias", 0) or at.get("exclude_outside", 0) or at.get("axes"):
+        _fail("Resize with antialias, exclude_outside or axes")
+    sc = [float(v) for v in np.asarray(values_of(scales)).reshape(-1)] if scales is not None \
+        and scales.numel() else None
+    sz = _ints(sizes) if sizes is not None and sizes.numel() else None
+    if (sc or [1.0, 1.0])[:2] != [1.0, 1.0] or (sz is not None and sz[:2] != list(x.shape[:2])):
+        _fail("Resize of the batch or channel axis")
+    if mode == "nearest":
+        nm = at.get("nearest_mode", "round_prefer_floor")
+        if ct == "asymmetric" and nm == "floor":
+            kind, align = "nearest", None
+        elif ct in ("half_pixel", "pytorch_half_pixel") and nm == "round_prefer_ceil":
+            kind, align = "nearest-exact", None
+        else:
+            _fail(f"Resize nearest with coordinate_transformation_mode={ct!r}, "
+                  f"nearest_mode={nm!r}")
+    elif mode in ("linear", "cubic"):
+        if ct not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            _fail(f"Resize {mode} with coordinate_transformation_mode={ct!r}")
+        if mode == "cubic" and (nd != 2 or abs(at.get("cubic_coeff_a", -0.75) + 0.75) > 1e-6):
+            _fail("Resize cubic other than 2-D with cubic_coeff_a=-0.75")
+        kind = "bicubic" if mode == "cubic" else ("linear", "bilinear", "trilinear")[nd - 1]
+        align = ct == "align_corners"
+    else:
+        _fail(f"Resize mode {mode!r}")
+    if sz is not None:
+        return CF.interpolate(x, size=tuple(sz[2:]), mode=kind, align_corners=align)
+    return CF.interpolate(x, scale_factor=tuple(sc[2:]), mode=kind, align_corners=align)
+
+
+def values_of(t: Tensor):
+    return B.backend_of(t.data).to_host(t.data)
+
+
+def _norm(order):
+    def op(m, at, x, axes=None):
+        ax = _axes(m, at, (x, axes), 1)
+        if not ax:
+            if at.get("noop_with_empty_axes", 0):
+                return x
+            ax = list(range(x.ndim))
+        return ops.vector_norm(x, order, tuple(a % x.ndim for a in ax),
+                               bool(at.get("keepdims", 1)))
+    return op
 
 
 # ONNX gate order -> PyTorch's: GRU (z, r, h) -> (r, z, n); LSTM (i, o, f, c) -> (i, f, g, o)
@@ -570,6 +744,15 @@ OPS = {
     "GlobalAveragePool": _global_avg, "BatchNormalization": _batch_norm,
     "LayerNormalization": _layer_norm, "Dropout": _dropout,
     "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"), "RNN": _recurrent("RNN"),
+    "Tan": _un(ops.tan), "ConvTranspose": _conv_transpose, "GlobalMaxPool": _global_max,
+    "LpPool": _lp_pool, "Col2Im": _col2im,
+    "Selu": _selu, "Celu": lambda m, at, x: ops.celu(x, at.get("alpha", 1.0)),
+    "HardSigmoid": _hard_sigmoid, "HardSwish": _un(ops.hardswish), "Mish": _un(ops.mish),
+    "Softsign": _un(ops.softsign), "Shrink": _shrink,
+    "ThresholdedRelu": lambda m, at, x: ops.threshold(x, at.get("alpha", 1.0), 0.0),
+    "LRN": _lrn, "InstanceNormalization": _instance_norm, "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth, "Resize": _resize, "ReduceL2": _norm(2),
+    "ReduceL1": _norm(1),
 }
 
 __all__ = ["OnnxModule", "load"]
