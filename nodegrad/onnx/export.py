@@ -118,7 +118,9 @@ class _Recorder:
         if conv is None:
             self.fail(f"primitive '{prim.name}' has no ONNX counterpart here")
         shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else a for a in args)
-        twin = self.event(prim.name, (params, shapes, tuple(out.shape)))
+        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
+                       self.names and id(a) not in self.params)
+        twin = self.event(prim.name, (params, shapes, tuple(out.shape), consts))
         if twin is not None:
             self._check_twin(prim.name, args, params, shapes, twin)
         name = conv(self, args, params, out, twin)
@@ -127,7 +129,13 @@ class _Recorder:
 
     def _check_twin(self, name, args, params, shapes, twin):
         """Refuse what would bake the traced size of a dynamic axis into the graph."""
-        t_params, t_shapes, _ = twin
+        t_params, t_shapes, _, t_consts = twin
+        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
+                       self.names and id(a) not in self.params)
+        if consts != t_consts:
+            self.fail(f"{name}: a value computed outside the traced operations (say one_hot "
+                      "or a NumPy round trip) depends on the input; it would be baked into "
+                      "the graph")
         for a, s1, s2 in zip(args, shapes, t_shapes):
             traced = isinstance(a, Tensor) and (id(a) in self.names or id(a) in self.params)
             if isinstance(a, Tensor) and not traced and s1 != s2:
@@ -167,6 +175,12 @@ class _Recorder:
 
 # converters that handle parameters that change with the dynamic axes
 _SHAPED = ("reshape", "broadcast_to", "getitem", "conv_input_grad")
+
+
+def _digest(t: Tensor) -> tuple:
+    """Shape, dtype and a hash of the values: tells a constant made from the input."""
+    d = np.ascontiguousarray(B.backend_of(t.data).to_host(t.data))
+    return (d.shape, str(d.dtype), hash(d.tobytes()))
 
 
 def _same(a, b) -> bool:
@@ -425,6 +439,32 @@ def _identity(r, a, p, out, tw):
     return r.node("Identity", [r.name_of(a[0])])
 
 
+def _full_slices(index, twin_index, shape, twin_shape):
+    """``index`` with the slices that differ between the traces only by covering a whole
+    dynamic axis (``x[0:n]`` with n the size) made ``slice(None)``; None if anything else
+    differs."""
+    if len(index) != len(twin_index):
+        return None
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    out, ax = [], 0
+    for i, j in zip(index, twin_index):
+        if i is Ellipsis or i is None:
+            if j is not i:
+                return None
+            ax += (len(shape) - n_real) if i is Ellipsis else 0
+            out.append(i)
+            continue
+        if repr(i) != repr(j):
+            if not (isinstance(i, slice) and isinstance(j, slice)
+                    and i.indices(shape[ax]) == (0, shape[ax], 1)
+                    and j.indices(twin_shape[ax]) == (0, twin_shape[ax], 1)):
+                return None
+            i = slice(None)
+        out.append(i)
+        ax += 1
+    return tuple(out)
+
+
 def _getitem(r, a, p, out, tw):
     """Basic indexing (ints, slices, None, ...) and one integer array, as Slice/Gather."""
     index = p["index"]
@@ -441,7 +481,10 @@ def _getitem(r, a, p, out, tw):
     full.extend([slice(None)] * (len(shape) - sum(1 for i in full if i is not None)))
     twin_shape = tw[1][0] if tw is not None else shape
     if tw is not None and not _same(repr(index), repr(tw[0]["index"])):
-        r.fail(f"getitem index {index} follows the dynamic axes (computed from a shape?)")
+        index = _full_slices(index, tw[0]["index"], shape, twin_shape)
+        if index is None:
+            r.fail(f"getitem index {p['index']} follows the dynamic axes (computed from a "
+                   "shape?)")
     big = int(np.iinfo(_I64).max)
     axes, starts, ends, steps, squeeze, newaxes, gathers = [], [], [], [], [], [], []
     ax = 0
@@ -952,6 +995,9 @@ def export(model: Module, example_inputs, path: str | os.PathLike | None = None,
     for o, t, t2, name in zip(outs, outs, twin_outs, names_out):
         src = rec.names.get(id(o))
         if src is None:
+            if twin is not None and _digest(o) != _digest(t2):
+                rec.fail(f"output {name!r} is computed outside the traced operations (say "
+                         "one_hot or a NumPy round trip) and depends on the input")
             src = rec.name_of(o)
         nodes.append(h.make_node("Identity", [rename.get(src, src)], [name]))
         dims = [d if d == d2 else known.get((d, d2), f"{name}_dim{i}") for i, (d, d2) in

@@ -662,10 +662,35 @@ def _reorder(w: Tensor, h: int, order) -> Tensor:
     return ops.concatenate([w[g * h:(g + 1) * h] for g in order], axis=0)
 
 
+def _one_direction(x, h0, c0, w, mode, reverse: bool, lens):
+    """One direction of a recurrent layer: (T, N, H) outputs, h_n and c_n. With ``lens`` each
+    sequence runs over its first lens[b] steps (backwards from its own end when ``reverse``),
+    its state then held and its outputs zero, as ONNX's sequence_lens."""
+    T, n = x.shape[:2]
+    if lens is None:
+        xs = ops.flip(x, 0) if reverse else x
+        y, h, c = recurrent_layer(xs, h0[None], None if c0 is None else c0[None], [w], mode)
+        return (ops.flip(y, 0) if reverse else y), h[0], None if c is None else c[0]
+    t = np.arange(T)[:, None]
+    valid = t < lens[None, :]                                              # (T, N)
+    order = np.where(valid, lens[None, :] - 1 - t, t) if reverse else np.broadcast_to(t, (T, n))
+    cols = np.broadcast_to(np.arange(n)[None, :], (T, n))
+    xs = x[(order, cols)] if reverse else x
+    h, c, outs = h0[None], None if c0 is None else c0[None], []
+    for k in range(T):
+        yk, hk, ck = recurrent_layer(xs[k:k + 1], h, c, [w], mode)
+        keep = _const(valid[k].reshape(1, n, 1))
+        h = ops.where(keep, hk, h)
+        c = None if c is None else ops.where(keep, ck, c)
+        outs.append(ops.where(keep[0], yk, 0.0))
+    y = ops.concatenate(outs, 0)
+    if reverse:
+        y = y[(order, cols)]
+    return y, h[0], None if c is None else c[0]
+
+
 def _recurrent(kind):
     def op(m, at, x, W, R, Bias=None, seq_lens=None, h0=None, c0=None, P=None):
-        if seq_lens is not None:
-            _fail("sequence_lens (variable-length sequences)")
         if P is not None:
             _fail("LSTM peepholes")
         if at.get("clip") is not None:
@@ -686,8 +711,8 @@ def _recurrent(kind):
             if [a for i, a in enumerate(acts)] != want * (len(acts) // len(want)):
                 _fail(f"{kind} activations {acts}")
         direction = at.get("direction", "forward")
-        if direction == "reverse":
-            _fail("direction='reverse'")
+        if direction not in ("forward", "reverse", "bidirectional"):
+            _fail(f"direction={direction!r}")
         if at.get("layout", 0):
             x = ops.swapaxes(x, 0, 1)
             h0 = None if h0 is None else ops.swapaxes(h0, 0, 1)
@@ -708,8 +733,24 @@ def _recurrent(kind):
             h0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
         if kind == "LSTM" and c0 is None:
             c0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
-        y, h, c = recurrent_layer(x, h0, c0 if kind == "LSTM" else None, weights, mode)
-        y = ops.transpose(ops.reshape(y, (y.shape[0], n, D, H)), (0, 2, 1, 3))
+        lens = None
+        if seq_lens is not None:
+            lens = np.asarray(values_of(seq_lens)).astype(np.int64).reshape(-1)
+            if lens.shape != (n,) or lens.min(initial=1) < 1 or lens.max(initial=0) > x.shape[0]:
+                _fail(f"sequence_lens {lens.tolist()} for {n} sequences of length {x.shape[0]}")
+            if (lens == x.shape[0]).all():
+                lens = None
+        if lens is None and direction != "reverse":
+            y, h, c = recurrent_layer(x, h0, c0 if kind == "LSTM" else None, weights, mode)
+            y = ops.reshape(y, (y.shape[0], n, D, H))
+        else:  # each direction on its own: the reverse one and variable lengths
+            rev = [direction == "reverse" or d == 1 for d in range(D)]
+            runs = [_one_direction(x, h0[d], None if c0 is None else c0[d], weights[d], mode,
+                                   rev[d], lens) for d in range(D)]
+            y = ops.stack([r[0] for r in runs], axis=2)
+            h = ops.stack([r[1] for r in runs])
+            c = ops.stack([r[2] for r in runs]) if kind == "LSTM" else None
+        y = ops.transpose(y, (0, 2, 1, 3))
         if at.get("layout", 0):
             y = ops.transpose(y, (2, 0, 1, 3))
             h = ops.swapaxes(h, 0, 1)
