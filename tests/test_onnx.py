@@ -200,6 +200,148 @@ LAYERS = [
 ]
 
 
+class _Fn(nn.Module):
+    """A forward given as a function of the module and the input (functional forms)."""
+
+    def __init__(self, f, **mods):
+        super().__init__()
+        self.f = f
+        for k, v in mods.items():
+            setattr(self, k, v)
+
+    def forward(self, x):
+        return self.f(self, x)
+
+
+F = nn.functional
+
+# the layers and functions that have an ONNX op of their own beyond the first set, or whose
+# export needed more than their primitives: exported, run by onnxruntime and loaded back exactly
+NEW_LAYERS = [
+    ("conv_transpose1d", lambda: nn.ConvTranspose1d(2, 4, 3, stride=2, padding=1,
+                                                    output_padding=1), lambda b: _randn(b, 2, 7)),
+    ("conv_transpose2d_groups_dil", lambda: nn.ConvTranspose2d(
+        4, 6, (3, 2), stride=(2, 1), padding=(1, 0), groups=2, dilation=(1, 2)),
+     lambda b: _randn(b, 4, 5, 6)),
+    ("conv_transpose2d_no_bias", lambda: nn.ConvTranspose2d(3, 2, 2, stride=2, bias=False),
+     lambda b: _randn(b, 3, 3, 4)),
+    ("f_conv2d_conv_transpose2d", lambda: _Fn(
+        lambda s, x: F.conv_transpose2d(F.conv2d(x, s.w, None, 2, 1), s.w, None, 2, 1, 1),
+        w=nn.Parameter(ng.randn(3, 2, 3, 3) * 0.2)), lambda b: _randn(b, 2, 6, 6)),
+    ("maxpool3d", lambda: nn.MaxPool3d(2, (1, 2, 2), padding=1), lambda b: _randn(b, 2, 4, 5, 4)),
+    ("avgpool3d", lambda: nn.AvgPool3d(2, padding=1, count_include_pad=False),
+     lambda b: _randn(b, 2, 4, 5, 4)),
+    ("maxpool2d_ceil", lambda: nn.MaxPool2d(2, ceil_mode=True), lambda b: _randn(b, 2, 5, 7)),
+    ("maxpool1d_ceil_pad", lambda: nn.MaxPool1d(3, 2, 1, ceil_mode=True),
+     lambda b: _randn(b, 2, 10)),
+    ("avgpool2d_ceil", lambda: nn.AvgPool2d(3, 2, ceil_mode=True), lambda b: _randn(b, 2, 6, 8)),
+    ("avgpool2d_ceil_pad_not_counted", lambda: nn.AvgPool2d(3, 2, 1, ceil_mode=True,
+                                                            count_include_pad=False),
+     lambda b: _randn(b, 2, 6, 8)),
+    ("maxpool2d_indices", lambda: nn.MaxPool2d(2, padding=1, return_indices=True),
+     lambda b: _randn(b, 2, 4, 5)),
+    ("maxpool3d_indices_ceil", lambda: nn.MaxPool3d(2, ceil_mode=True, return_indices=True),
+     lambda b: _randn(b, 1, 3, 5, 4)),
+    ("lppool1d", lambda: nn.LPPool1d(2, 3, 2), lambda b: _randn(b, 2, 9)),
+    ("lppool2d_ceil", lambda: nn.LPPool2d(2, 2, ceil_mode=True), lambda b: _randn(b, 2, 5, 6)),
+    ("adaptive_max1d", lambda: nn.AdaptiveMaxPool1d(3), lambda b: _randn(b, 2, 10)),
+    ("adaptive_max2d", lambda: nn.AdaptiveMaxPool2d((2, 3)), lambda b: _randn(b, 2, 6, 7)),
+    ("local_response_norm", lambda: _seq(nn.LocalResponseNorm(3), nn.LocalResponseNorm(
+        4, 0.1, 0.5, 2.0)), lambda b: _randn(b, 5, 4, 3)),
+    ("unfold", lambda: nn.Unfold((2, 3), dilation=(1, 2), padding=1, stride=(2, 1)),
+     lambda b: _randn(b, 2, 5, 6)),
+    ("elu_selu_celu", lambda: _seq(nn.ELU(0.7), nn.SELU(), nn.CELU(0.5)),
+     lambda b: _randn(b, 7) * 2),
+    ("hard_activations", lambda: _seq(nn.Hardsigmoid(), nn.Linear(7, 7), nn.Hardswish(),
+                                      nn.ReLU6()), lambda b: _randn(b, 7) * 4),
+    ("shrinks_thresholds", lambda: _seq(nn.Softshrink(0.3), nn.Hardshrink(0.2), nn.Softsign(),
+                                        nn.Threshold(0.1, 0.0), nn.Threshold(-0.1, -2.0)),
+     lambda b: _randn(b, 7) * 2),
+    ("more_activations", lambda: _seq(nn.Mish(), nn.LogSigmoid(), nn.Tanhshrink(),
+                                      nn.Softmin(1), nn.GLU()), lambda b: _randn(b, 8)),
+    ("norms_per_sample", lambda: _seq(nn.InstanceNorm2d(3, affine=True), nn.GroupNorm(
+        3, 3)), lambda b: _randn(b, 3, 4, 5)),
+    ("pixel_shuffles", lambda: _seq(nn.PixelShuffle(2), nn.PixelUnshuffle(2)),
+     lambda b: _randn(b, 8, 3, 3)),
+    ("upsample_modes", lambda: _seq(nn.Upsample(scale_factor=2), nn.Upsample(
+        scale_factor=1.5, mode="bilinear"), nn.UpsamplingBilinear2d(size=(5, 7)), nn.Upsample(
+        size=(6, 8), mode="bicubic"), nn.Upsample(size=(7, 9), mode="nearest-exact")),
+     lambda b: _randn(b, 2, 3, 4)),
+    ("pad_modes", lambda: _Fn(lambda s, x: F.pad(F.pad(F.pad(F.pad(
+        x, (1, 2), mode="reflect"), (2, 1), mode="replicate"), (1, 1), mode="circular"),
+        (-1, 2), value=0.5)), lambda b: _randn(b, 2, 5)),
+    ("normalize_cosine_distance", lambda: _Fn(lambda s, x: ng.concatenate([
+        F.normalize(x), s.cos(x, x.flip(axis=1))[:, None], s.dist(x, x * 0.5)[:, None],
+        ng.linalg.vector_norm(x, float("inf"), 1, True)], axis=1),
+        cos=nn.CosineSimilarity(), dist=nn.PairwiseDistance()), lambda b: _randn(b, 4)),
+    ("unflatten_flatten", lambda: _seq(nn.Unflatten(1, (2, 3)), nn.Flatten(0, 1)),
+     lambda b: _randn(b, 6)),
+    ("transformer_decoder_layer", lambda: _Fn(
+        lambda s, x: s.dec(x, x[:3] * 0.5), dec=nn.TransformerDecoderLayer(8, 2, 16)),
+     lambda b: _randn(5, b, 8)),
+]
+
+
+@pytest.mark.parametrize("build,make", [(b, m) for _, b, m in NEW_LAYERS],
+                         ids=[n for n, _, _ in NEW_LAYERS])
+def test_more_layers_export_match_onnxruntime_and_round_trip_exactly(build, make):
+    ng.manual_seed(0)
+    model = build()
+    proto = _check_export(model, make)
+    back = load(proto.SerializeToString())
+    x = make(4)
+    xs = x if isinstance(x, tuple) else (x,)
+    for a, b in zip(_flat(back(*xs)), _flat(model(*xs))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fold_exports_as_col2im_from_opset_18():
+    ng.manual_seed(0)
+    model = nn.Fold((4, 5), (2, 3), padding=1, stride=(1, 2))
+
+    def make(b):
+        return _randn(b, 12, 15)
+    with pytest.raises(UnsupportedError, match=r"Fold needs opset 18.*'Fold'"):
+        export(model, make(2))
+    proto = export(model, make(3), opset=18)
+    onnx.checker.check_model(proto, full_check=True)
+    sess = _session(proto)
+    for b in (3, 5):
+        got = sess.run(None, {"input": make(b).numpy()})[0]
+        np.testing.assert_allclose(got, model(make(b)).numpy(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(load(proto.SerializeToString())(make(4)).numpy(),
+                                  model(make(4)).numpy())
+
+
+class _Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 4)
+
+    def forward(self, x):
+        return self.bag(x)
+
+
+class _OneHot(nn.Module):
+    def forward(self, x):
+        return F.one_hot(x, 5)
+
+
+@pytest.mark.parametrize("model,x,needle", [
+    (lambda: _seq(nn.Linear(4, 4), _Fn(lambda s, x: F.avg_pool1d(x[:, None], 2))),
+     lambda: _randn(2, 4), r"sliding_window_view.*'1'"),
+    (lambda: _seq(nn.AvgPool2d(2, divisor_override=3)), lambda: _randn(2, 1, 4, 4),
+     r"AvgPool2d with divisor_override=3.*'0'"),
+    (lambda: nn.AdaptiveMaxPool1d(2, return_indices=True), lambda: _randn(2, 1, 4),
+     "AdaptiveMaxPool1d with return_indices"),
+    (lambda: _seq(_Bag()), lambda: ng.Tensor(np.arange(6).reshape(2, 3)), r"'0.bag'"),
+    (_OneHot, lambda: ng.Tensor(np.arange(3)), "computed outside the traced operations"),
+])
+def test_what_has_no_counterpart_still_raises(model, x, needle):
+    with pytest.raises(UnsupportedError, match=needle):
+        export(model(), x())
+
+
 def _trained_bn(bn):
     """A batch norm whose running statistics moved away from 0 and 1."""
     bn.train()

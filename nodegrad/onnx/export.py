@@ -130,12 +130,6 @@ class _Recorder:
     def _check_twin(self, name, args, params, shapes, twin):
         """Refuse what would bake the traced size of a dynamic axis into the graph."""
         t_params, t_shapes, _, t_consts = twin
-        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
-                       self.names and id(a) not in self.params)
-        if consts != t_consts:
-            self.fail(f"{name}: a value computed outside the traced operations (say one_hot "
-                      "or a NumPy round trip) depends on the input; it would be baked into "
-                      "the graph")
         for a, s1, s2 in zip(args, shapes, t_shapes):
             traced = isinstance(a, Tensor) and (id(a) in self.names or id(a) in self.params)
             if isinstance(a, Tensor) and not traced and s1 != s2:
@@ -144,6 +138,12 @@ class _Recorder:
             if not isinstance(a, Tensor) and not _same(s1, s2):
                 self.fail(f"{name}: the number {s1} follows the dynamic axes (computed from a "
                           "shape?); export with dynamic_axes={} or compute it with tensor ops")
+        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
+                       self.names and id(a) not in self.params)
+        if consts != t_consts:
+            self.fail(f"{name}: a value computed outside the traced operations (say one_hot "
+                      "or a NumPy round trip) depends on the input; it would be baked into "
+                      "the graph")
         if name not in _SHAPED and not _same(params, t_params):
             self.fail(f"{name}: its parameters follow the dynamic axes ({params} vs "
                       f"{t_params} for another size)")
@@ -373,7 +373,7 @@ def _reshape(r, a, p, out, tw):
     shape = list(out.shape)
     in1 = tuple(a[0].shape)
     if tw is not None:
-        (_, (in2,), out2) = tw
+        (_, (in2,), out2, _) = tw
         free = []
         for i, (s1, s2) in enumerate(zip(out.shape, out2)):
             if s1 == s2:
@@ -400,7 +400,7 @@ def _broadcast_to(r, a, p, out, tw):
     shape = list(out.shape)
     xs = tuple(a[0].shape)
     if tw is not None:
-        (_, (xs2,), out2) = tw
+        (_, (xs2,), out2, _) = tw
         off = len(shape) - len(xs)
         for i, (s1, s2) in enumerate(zip(out.shape, out2)):
             if s1 != s2:
