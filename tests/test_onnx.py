@@ -267,6 +267,14 @@ NEW_LAYERS = [
         scale_factor=1.5, mode="bilinear"), nn.UpsamplingBilinear2d(size=(5, 7)), nn.Upsample(
         size=(6, 8), mode="bicubic"), nn.Upsample(size=(7, 9), mode="nearest-exact")),
      lambda b: _randn(b, 2, 3, 4)),
+    ("upsample_linear_trilinear_area", lambda: _Fn(lambda s, x: ng.concatenate([
+        s.tri(ng.concatenate([x[:, :, None], x[:, :, None]], 2)).mean(axis=2)[..., ::2, ::2],
+        s.area(x) * 0.5, s.rec(x)[..., :3, :4]], axis=1), tri=nn.Upsample(
+        scale_factor=2, mode="trilinear"), area=nn.Upsample(size=(3, 4), mode="area"),
+        rec=nn.Upsample(scale_factor=1.7, mode="bilinear", align_corners=True,
+                        recompute_scale_factor=True)), lambda b: _randn(b, 2, 3, 4)),
+    ("upsample_linear_1d", lambda: nn.Upsample(scale_factor=2.5, mode="linear"),
+     lambda b: _randn(b, 2, 6)),
     ("pad_modes", lambda: _Fn(lambda s, x: F.pad(F.pad(F.pad(F.pad(
         x, (1, 2), mode="reflect"), (2, 1), mode="replicate"), (1, 1), mode="circular"),
         (-1, 2), value=0.5)), lambda b: _randn(b, 2, 5)),

@@ -153,7 +153,7 @@ class _Recorder:
         if self.leaf is not None:
             return None
         self.path.append(self.paths.get(id(m), type(m).__name__))
-        if type(m) in LAYERS:
+        if type(m) in LAYERS and not (isinstance(m, L.Upsample) and m.mode == "area"):
             self.leaf = m
             self.leaf_args = args
         return None
@@ -774,6 +774,37 @@ def _fold_layer(r, m, args, outs, tw):
                    pads=p + p, strides=_tup(m.stride, 2))]
 
 
+def _upsample_layer(r, m, args, outs, tw):
+    """Resize with PyTorch's coordinate rules: nearest is asymmetric with floor, nearest-exact
+    half-pixel rounding up, linear and cubic (A = −0.75) half-pixel or align-corners; a scale
+    factor stays a scale (PyTorch maps coordinates by it), a size becomes the sizes input."""
+    x = args[0]
+    nd = x.ndim - 2
+    mode = m.mode
+    attrs = {}
+    if mode in ("nearest", "nearest-exact"):
+        attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                     nearest_mode="floor")
+        if mode == "nearest-exact":
+            attrs.update(coordinate_transformation_mode="half_pixel",
+                         nearest_mode="round_prefer_ceil")
+    else:
+        attrs = dict(mode="cubic" if mode == "bicubic" else "linear",
+                     coordinate_transformation_mode="align_corners" if m.align_corners
+                     else "half_pixel")
+        if mode == "bicubic":
+            attrs["cubic_coeff_a"] = -0.75
+    xn = r.name_of(x)
+    if m.scale_factor is not None and not m.recompute_scale_factor:
+        sf = m.scale_factor
+        sc = [float(f) for f in ((sf,) * nd if isinstance(sf, int | float) else sf)]
+        scales = r.const(np.asarray([1.0, 1.0] + sc, np.float32), hint="scales")
+        return [r.node("Resize", [xn, "", scales], **attrs)]
+    lead = r.node("Shape", [xn], start=0, end=2)
+    sizes = r.node("Concat", [lead, r.ints(outs[0].shape[2:])], axis=0)
+    return [r.node("Resize", [xn, "", "", sizes], **attrs)]
+
+
 def _act(op, **fixed):
     """An activation module written as its ONNX op (attributes from the module, or fixed)."""
     def conv(r, m, args, outs, tw):
@@ -889,7 +920,8 @@ LAYERS = {
     L.Hardswish: _act("HardSwish"), L.Softsign: _act("Softsign"),
     L.Softshrink: _act("Shrink", bias=lambda m: m.lambd, lambd=lambda m: m.lambd),
     L.Hardshrink: _act("Shrink", bias=0.0, lambd=lambda m: m.lambd),
-    L.Threshold: _threshold_layer,
+    L.Threshold: _threshold_layer, L.Upsample: _upsample_layer,
+    L.UpsamplingNearest2d: _upsample_layer, L.UpsamplingBilinear2d: _upsample_layer,
     L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.LayerNorm: _layer_norm,
     L.Embedding: _embedding, L.GRU: _recurrent, L.LSTM: _recurrent, L.RNN: _recurrent,
 }
