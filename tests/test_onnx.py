@@ -573,6 +573,7 @@ TORCH_MORE = [
         tnn.GELU("tanh"), tnn.SiLU()), (8,)),
     ("norms_shuffles", lambda: tnn.Sequential(
         tnn.Conv2d(2, 8, 1), tnn.InstanceNorm2d(8, affine=True), tnn.GroupNorm(2, 8),
+        tnn.LocalResponseNorm(3), tnn.LocalResponseNorm(4, 0.1, 0.5, 2.0),  # an If inside
         tnn.PixelShuffle(2), tnn.PixelUnshuffle(2)), (2, 3, 4)),
     ("resize_pad_normalize", lambda: _TorchFn(lambda s, x: TF.normalize(s.up(TF.pad(TF.pad(
         x, (1, 2, 0, 1), mode="reflect"), (2, 1, 1, 0), mode="replicate")), dim=1),

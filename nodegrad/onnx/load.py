@@ -47,17 +47,13 @@ class OnnxModule(Module):
         inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
         self.input_names = [i.name for i in g.input if i.name not in inits]
         self.output_names = [o.name for o in g.output]
-        self.nodes = [(n.op_type, list(n.input), list(n.output),
-                       {a.name: _attr(onnx, a) for a in n.attribute}, n.name or n.op_type)
-                      for n in g.node]
+        self.nodes = _nodes(onnx, g)
         # PyTorch's exporter writes equal initializers once and the others as Identity nodes
         # on it (norm biases that are all zeros, say); each gets its own parameter back
         for n in [n for n in self.nodes if n[0] == "Identity" and n[1][0] in inits]:
             inits[n[2][0]] = np.array(inits[n[1][0]])
             self.nodes.remove(n)
-        for _, _, outs, at, _ in self.nodes:
-            at["_n_out"] = len(outs)  # Split without sizes cuts into as many pieces
-        bad = sorted({n[0] for n in self.nodes if n[0] not in OPS} |
+        bad = sorted({n[0] for n in _walk(self.nodes) if n[0] not in OPS and n[0] != "If"} |
                      {f"{n.domain}::{n.op_type}" for n in g.node
                       if n.domain not in ("", "ai.onnx")})
         if bad:
@@ -147,9 +143,23 @@ class OnnxModule(Module):
         env: dict[str, Tensor | None] = {"": None}
         for name, x in zip(self.input_names, inputs):
             env[name] = x if isinstance(x, Tensor) else Tensor(B.CPU.asarray(x))
-        for k, (op, ins, outs, at, nname) in enumerate(self.nodes):
-            if k in self._linears:
-                res = self.get_submodule(self._linears[k])(env[ins[0]])
+        self._run(self.nodes, env, self._linears)
+        out = tuple(env[o] for o in self.output_names)
+        return out[0] if len(out) == 1 else out
+
+    def _run(self, nodes, env: dict, linears: dict) -> None:
+        """Run ``nodes`` in order, their outputs added to ``env`` (a subgraph sees the outer
+        values, as ONNX's scoping)."""
+        for k, (op, ins, outs, at, nname) in enumerate(nodes):
+            if k in linears:
+                res = self.get_submodule(linears[k])(env[ins[0]])
+            elif op == "If":  # a condition on shapes (PyTorch writes some): run one branch
+                cond = env[ins[0]] if ins[0] in env else self._value(ins[0])
+                sub = at["then_branch" if bool(values_of(cond).reshape(-1)[0]) else
+                         "else_branch"]
+                inner = dict(env)
+                self._run(sub[0], inner, {})
+                res = tuple(inner[o] for o in sub[1])
             else:
                 args = [env[i] if i in env else self._value(i) for i in ins]
                 try:
@@ -159,8 +169,33 @@ class OnnxModule(Module):
             res = res if isinstance(res, tuple | list) else (res,)
             for o, r in zip(outs, res):
                 env[o] = r
-        out = tuple(env[o] for o in self.output_names)
-        return out[0] if len(out) == 1 else out
+
+
+def _nodes(onnx, g, sub: bool = False) -> list:
+    """A graph's nodes as (op, inputs, outputs, attributes, name); a subgraph attribute (If's
+    branches) becomes (its nodes, its output names)."""
+    if sub and len(g.initializer):
+        raise UnsupportedError("onnx load: a subgraph with initializers of its own")
+    out = []
+    for n in g.node:
+        at = {}
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                at[a.name] = (_nodes(onnx, a.g, True), [o.name for o in a.g.output])
+            else:
+                at[a.name] = _attr(onnx, a)
+        at["_n_out"] = len(n.output)  # Split without sizes cuts into as many pieces
+        out.append((n.op_type, list(n.input), list(n.output), at, n.name or n.op_type))
+    return out
+
+
+def _walk(nodes):
+    """Every node, those of subgraphs included."""
+    for n in nodes:
+        yield n
+        for v in n[3].values():
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], list):
+                yield from _walk(v[0])
 
 
 def _attr(onnx, a):
