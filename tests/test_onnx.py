@@ -303,6 +303,26 @@ def test_more_layers_export_match_onnxruntime_and_round_trip_exactly(build, make
         np.testing.assert_array_equal(a, b)
 
 
+def test_pad_modes_export_as_pad():
+    """F.pad's reflect and replicate read positions that Pad's reflect and edge give; circular
+    is Pad's wrap from opset 19 (a Gather before)."""
+    model = _Fn(lambda s, x: F.pad(F.pad(F.pad(x, (1, 2, 0, 1), mode="reflect"),
+                                         (2, 1, 0, 0), mode="replicate"), (1, 1, 1, 0),
+                                   mode="circular"))
+    for opset, wrap in ((17, 0), (19, 1)):
+        proto = export(model, _randn(3, 2, 4, 5), opset=opset)
+        pads = [n for n in proto.graph.node if n.op_type == "Pad"]
+        modes = [a.s.decode() for n in pads for a in n.attribute if a.name == "mode"]
+        assert sorted(modes) == sorted(["reflect", "reflect", "edge"] + ["wrap"] * 2 * wrap)
+        sess = _session(proto)
+        for b in (3, 5):
+            x = _randn(b, 2, 4, 5)
+            np.testing.assert_array_equal(sess.run(None, {"input": x.numpy()})[0],
+                                          model(x).numpy())
+        np.testing.assert_array_equal(load(proto.SerializeToString())(x).numpy(),
+                                      model(x).numpy())
+
+
 def test_fold_exports_as_col2im_from_opset_18():
     ng.manual_seed(0)
     model = nn.Fold((4, 5), (2, 3), padding=1, stride=(1, 2))

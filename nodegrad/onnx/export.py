@@ -465,6 +465,24 @@ def _full_slices(index, twin_index, shape, twin_shape):
     return tuple(out)
 
 
+def _pad_mode(idx, n: int, opset: int):
+    """(ONNX mode, before, after) when the index array ``idx`` along an axis of length ``n``
+    reads what a reflect, edge or wrap padding of it would (as ``F.pad`` gathers), else None."""
+    if idx.ndim != 1 or len(idx) <= n:
+        return None
+    whole = np.arange(n)
+    for lo in range(len(idx) - n + 1):
+        if np.array_equal(idx[lo:lo + n], whole):
+            hi = len(idx) - n - lo
+            for np_mode, kind in (("reflect", "reflect"), ("edge", "edge"), ("wrap", "wrap")):
+                if kind == "wrap" and opset < 19:
+                    continue
+                if (np_mode != "reflect" or max(lo, hi) < n) and np.array_equal(
+                        idx, np.pad(whole, (lo, hi), mode=np_mode)):
+                    return kind, lo, hi
+    return None
+
+
 def _getitem(r, a, p, out, tw):
     """Basic indexing (ints, slices, None, ...) and one integer array, as Slice/Gather."""
     index = p["index"]
@@ -538,8 +556,14 @@ def _getitem(r, a, p, out, tw):
     if gathers:
         gax, idx, _ = gathers[0]
         idx = np.where(idx < 0, idx + shape[gax], idx).astype(_I64)
-        # squeezed axes before the gathered one shift it
-        y = r.node("Gather", [y, r.const(idx)], axis=gax)
+        mode = _pad_mode(idx, shape[gax], r.opset)
+        if mode is not None:  # the positions a padding mode reads (F.pad's modes): Pad
+            kind, lo, hi = mode
+            pads = [0] * (2 * len(shape))
+            pads[gax], pads[len(shape) + gax] = lo, hi
+            y = r.node("Pad", [y, r.ints(pads)], mode=kind)
+        else:
+            y = r.node("Gather", [y, r.const(idx)], axis=gax)
     if squeeze:
         y = _squeeze(r, y, squeeze)
     if newaxes:
