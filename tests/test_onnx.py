@@ -323,6 +323,46 @@ def test_pad_modes_export_as_pad():
                                       model(x).numpy())
 
 
+class _Losses(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x, t):
+        z = self.lin(x)
+        return (F.cross_entropy(z, t), F.cross_entropy(z, t, reduction="sum", ignore_index=2),
+                F.cross_entropy(z, t, reduction="none"))
+
+
+def test_cross_entropy_exports_as_softmax_cross_entropy_loss():
+    ng.manual_seed(0)
+
+    def make(b):
+        return _randn(b, 4), ng.Tensor(np.random.default_rng(b).integers(0, 3, b))
+    proto = _check_export(_Losses(), make)
+    assert "SoftmaxCrossEntropyLoss" in {n.op_type for n in proto.graph.node}
+    back, model = load(proto.SerializeToString()), _Losses()
+    model.load_state_dict(dict(back.named_parameters()))
+    x, t = make(4)
+    for a, b in zip(_flat(back(x, t)), _flat(model(x, t))):
+        np.testing.assert_array_equal(a, b)
+    # NegativeLogLikelihoodLoss (PyTorch's nll_loss) against onnxruntime, with class weights
+    h = onnx.helper
+    g = h.make_graph([h.make_node("NegativeLogLikelihoodLoss", ["x", "t", "w"], ["y"],
+                                  reduction="mean", ignore_index=1)], "g",
+                     [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [5, 3]),
+                      h.make_tensor_value_info("t", onnx.TensorProto.INT64, [5])],
+                     [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [])],
+                     initializer=[onnx.numpy_helper.from_array(
+                         np.array([0.5, 1.0, 2.0], np.float32), "w")])
+    nll = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    nll.ir_version = 9
+    xs, ts = _randn(5, 3).numpy(), np.array([0, 1, 2, 2, 0])
+    np.testing.assert_allclose(load(nll.SerializeToString())(ng.Tensor(xs), ng.Tensor(ts))
+                               .numpy(), _session(nll).run(None, {"x": xs, "t": ts})[0],
+                               rtol=RTOL, atol=ATOL)
+
+
 def test_fold_exports_as_col2im_from_opset_18():
     ng.manual_seed(0)
     model = nn.Fold((4, 5), (2, 3), padding=1, stride=(1, 2))

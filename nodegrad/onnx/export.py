@@ -608,6 +608,21 @@ def _conv_input_grad(r, a, p, out, tw):
                                 p["groups"])
 
 
+def _cross_entropy(r, a, p, out, tw):
+    """The fused cross-entropy against class indices: SoftmaxCrossEntropyLoss (same mean over
+    the targets that are not ``ignore_index``)."""
+    x, t = a[0], a[1]
+    if p["axis"] != 1:
+        r.fail("cross_entropy of an unbatched input (logits (N, C, ...) are exported)")
+    tn = r.name_of(t)
+    if t.dtype != np.int64:
+        tn = r.node("Cast", [tn], to=_dtype_code(r.onnx, np.int64))
+    attrs = {"reduction": p["reduction"]}
+    if p["ignore_index"] is not None:
+        attrs["ignore_index"] = int(p["ignore_index"])
+    return r.node("SoftmaxCrossEntropyLoss", [r.name_of(x), tn], **attrs)
+
+
 def _vector_norm(r, a, p, out, tw):
     """p-norms: ReduceL1/ReduceL2 for 1 and 2, max/min of |x| for ±inf, else Pow, Sum, Pow."""
     x, nd, o = r.name_of(a[0]), a[0].ndim, p["ord"]
@@ -651,6 +666,7 @@ PRIMS = {
     "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
     "copy": _identity, "getitem": _getitem, "conv": _conv_prim,
     "conv_input_grad": _conv_input_grad, "vector_norm": _vector_norm,
+    "cross_entropy": _cross_entropy,
 }
 
 

@@ -580,6 +580,20 @@ def _pad(m, at, x, pads, value=None, axes=None):
     return ops.pad(x, tuple(width), constant_values=v)
 
 
+def _ce_loss(nll: bool):
+    """SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss as PyTorch's cross_entropy and
+    nll_loss (class-index targets, optional class weights, ignore_index)."""
+    def op(m, at, x, t, w=None):
+        kw = dict(weight=w, reduction=at.get("reduction", "mean"))
+        if "ignore_index" in at:
+            kw["ignore_index"] = int(at["ignore_index"])
+        if nll:
+            return F.nll_loss(x, t, **kw)
+        loss = F.cross_entropy(x, t, **kw)
+        return (loss, ops.log_softmax(x, axis=1)) if at["_n_out"] > 1 else loss
+    return op
+
+
 def _selu(m, at, x):
     a, g = at.get("alpha"), at.get("gamma")
     if (a is None or abs(a - 1.6732632) < 1e-6) and (g is None or abs(g - 1.0507010) < 1e-6):
@@ -828,7 +842,8 @@ OPS = {
     "ThresholdedRelu": lambda m, at, x: ops.threshold(x, at.get("alpha", 1.0), 0.0),
     "LRN": _lrn, "InstanceNormalization": _instance_norm, "DepthToSpace": _depth_to_space,
     "SpaceToDepth": _space_to_depth, "Resize": _resize, "ReduceL2": _norm(2),
-    "ReduceL1": _norm(1),
+    "ReduceL1": _norm(1), "SoftmaxCrossEntropyLoss": _ce_loss(False),
+    "NegativeLogLikelihoodLoss": _ce_loss(True),
 }
 
 __all__ = ["OnnxModule", "load"]
