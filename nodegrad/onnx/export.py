@@ -43,6 +43,7 @@ class _Recorder:
         self.path: list[str] = [""]   # module path stack, for error messages
         self.leaf = None              # the layer whose forward is written as one op
         self.paths: dict[int, str] = {}
+        self.windows: dict[str, tuple] = {}  # a window view not written yet -> its source
 
     # naming and emitting
     def fresh(self, hint: str) -> str:
@@ -78,6 +79,9 @@ class _Recorder:
         if isinstance(a, Tensor):
             n = self.names.get(id(a))
             if n is not None:
+                if n in self.windows:
+                    self.fail("sliding_window_view: only a max over its windows (max pooling "
+                              "as a function) is exported; use the Conv/Pool layers")
                 return n
             p = self.params.get(id(a))
             if p is not None:
@@ -608,6 +612,33 @@ def _conv_input_grad(r, a, p, out, tw):
                                 p["groups"])
 
 
+def _windows(r, a, p, out, tw):
+    """Windows over the trailing spatial axes of (N, C, ...) wait for a max over them
+    (``F.max_pool*``, which pads with −inf first): together a MaxPool."""
+    x = a[0]
+    nd = len(p["axes"])
+    if x.ndim < 3 or tuple(p["axes"]) != tuple(range(x.ndim - nd, x.ndim)) or nd > x.ndim - 2:
+        r.fail("sliding_window_view other than over the spatial axes of (N, C, ...)")
+    name = r.fresh("windows")
+    r.windows[name] = (r.name_of(x), [int(v) for v in p["window"]],
+                       [int(v) for v in p["stride"]], [int(v) for v in p["dilation"]], x.ndim)
+    return name
+
+
+def _max(r, a, p, out, tw):
+    n = r.names.get(id(a[0]))
+    if n in r.windows:
+        src, k, s, d, nd_in = r.windows[n]
+        nd = len(k)
+        axes = p["axis"]
+        axes = tuple(ax % a[0].ndim for ax in ((axes,) if isinstance(axes, int) else axes or ()))
+        if axes != tuple(range(nd_in, nd_in + nd)) or p["keepdims"]:
+            r.fail("sliding_window_view: only a max over all its window axes is exported")
+        return r.node("MaxPool", [src], kernel_shape=k, strides=s, dilations=d,
+                      pads=[0] * (2 * nd))
+    return _reducer("ReduceMax")(r, a, p, out, tw)
+
+
 def _cross_entropy(r, a, p, out, tw):
     """The fused cross-entropy against class indices: SoftmaxCrossEntropyLoss (same mean over
     the targets that are not ``ignore_index``)."""
@@ -661,12 +692,12 @@ PRIMS = {
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
     "logsumexp": _logsumexp, "sum": _reducer("ReduceSum"), "mean": _reducer("ReduceMean"),
-    "max": _reducer("ReduceMax"), "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
+    "max": _max, "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
     "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
     "copy": _identity, "getitem": _getitem, "conv": _conv_prim,
     "conv_input_grad": _conv_input_grad, "vector_norm": _vector_norm,
-    "cross_entropy": _cross_entropy,
+    "cross_entropy": _cross_entropy, "sliding_window_view": _windows,
 }
 
 

@@ -184,8 +184,11 @@ def _nodes(onnx, g, sub: bool = False) -> list:
                 at[a.name] = (_nodes(onnx, a.g, True), [o.name for o in a.g.output])
             else:
                 at[a.name] = _attr(onnx, a)
-        at["_n_out"] = len(n.output)  # Split without sizes cuts into as many pieces
-        out.append((n.op_type, list(n.input), list(n.output), at, n.name or n.op_type))
+        outs = list(n.output)
+        while outs and not outs[-1]:  # an optional output left out by an empty name
+            outs.pop()
+        at["_n_out"] = len(outs)  # Split without sizes cuts into as many pieces
+        out.append((n.op_type, list(n.input), outs, at, n.name or n.op_type))
     return out
 
 
