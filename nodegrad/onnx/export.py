@@ -748,6 +748,29 @@ def _pool_layer(op, nd):
     return conv
 
 
+def _max_unpool_layer(r, m, args, outs, tw):
+    """MaxUnpool: PyTorch's indices (flat per plane) made ONNX's (flat over the tensor) by
+    adding (n·C + c)·plane, with the batch read from the input's shape."""
+    x, idx = args[0], args[1]
+    nd = x.ndim - 2
+    k = _tup(m.kernel_size, nd)
+    s = k if m.stride is None else _tup(m.stride, nd)
+    pad = _tup(m.padding, nd)
+    out_sp = [int(v) for v in outs[0].shape[2:]]
+    c, plane = x.shape[1], math.prod(out_sp)
+    xn = r.name_of(x)
+    i = r.name_of(idx)
+    if idx.dtype != np.int64:
+        i = r.node("Cast", [i], to=_dtype_code(r.onnx, np.int64))
+    n = r.node("Gather", [r.node("Shape", [xn]), r.const(0, _I64)], axis=0)
+    limit = r.node("Mul", [n, r.const(c * plane, _I64)])
+    base = r.node("Range", [r.const(0, _I64), limit, r.const(plane, _I64)])
+    base = r.node("Reshape", [base, r.ints([-1, c] + [1] * nd)])
+    shape = r.node("Concat", [r.node("Shape", [xn], start=0, end=2), r.ints(out_sp)], axis=0)
+    return [r.node("MaxUnpool", [xn, r.node("Add", [i, base]), shape], kernel_shape=k,
+                   strides=s, pads=pad + pad)]
+
+
 def _lp_pool_layer(r, m, args, outs, tw):
     """PyTorch's power-average pool, as its formula: (sign(a)·relu(|a|)·K)^(1/p) with a the
     average of xᵖ over each window (the operations in nodegrad's order)."""
@@ -984,6 +1007,7 @@ LAYERS = {
     L.MaxPool3d: _pool_layer("MaxPool", 3), L.AvgPool1d: _pool_layer("AveragePool", 1),
     L.AvgPool2d: _pool_layer("AveragePool", 2), L.AvgPool3d: _pool_layer("AveragePool", 3),
     L.LPPool1d: _lp_pool_layer, L.LPPool2d: _lp_pool_layer,
+    L.MaxUnpool1d: _max_unpool_layer, L.MaxUnpool2d: _max_unpool_layer,
     L.AdaptiveMaxPool1d: _adaptive_max_layer, L.AdaptiveMaxPool2d: _adaptive_max_layer,
     L.LocalResponseNorm: _lrn_layer, L.Unfold: _unfold_layer, L.Fold: _fold_layer,
     L.ELU: _act("Elu", alpha=lambda m: m.alpha), L.CELU: _act("Celu", alpha=lambda m: m.alpha),
@@ -993,7 +1017,8 @@ LAYERS = {
     L.Hardshrink: _act("Shrink", bias=0.0, lambd=lambda m: m.lambd),
     L.Threshold: _threshold_layer, L.Upsample: _upsample_layer,
     L.UpsamplingNearest2d: _upsample_layer, L.UpsamplingBilinear2d: _upsample_layer,
-    L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.LayerNorm: _layer_norm,
+    L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.SyncBatchNorm: _batch_norm,
+    L.LayerNorm: _layer_norm,
     L.Embedding: _embedding, L.GRU: _recurrent, L.LSTM: _recurrent, L.RNN: _recurrent,
 }
 

@@ -447,6 +447,31 @@ def _pool(kind):
     return op
 
 
+def _range(m, at, start, limit, delta):
+    a, b, d = (values_of(t).reshape(()) for t in (start, limit, delta))
+    return _const(np.arange(a, b, d, dtype=np.result_type(a, b, d)))
+
+
+def _max_unpool(m, at, x, idx, output_shape=None):
+    """ONNX's indices are flat over the unpooled tensor, PyTorch's over each plane."""
+    nd = x.ndim - 2
+    if nd not in (1, 2):
+        _fail(f"MaxUnpool over {nd} spatial axes (1 and 2 are supported)")
+    k = tuple(at["kernel_shape"])
+    s = tuple(at.get("strides") or [1] * nd)
+    p = _pads(at, nd)
+    if output_shape is not None:
+        out = tuple(_ints(output_shape)[2:])
+    else:
+        out = tuple((li - 1) * si + ki - a - b for li, si, ki, a, b in
+                    zip(x.shape[2:], s, k, p[:nd], p[nd:]))
+    if p[:nd] != p[nd:] and output_shape is None:
+        _fail("MaxUnpool with asymmetric pads and no output_shape")
+    plane = math.prod(out)
+    fn = F.max_unpool1d if nd == 1 else F.max_unpool2d
+    return fn(x, ops.remainder(idx, plane), k, s, tuple(p[:nd]), out)
+
+
 def _lp_pool(m, at, x):
     """(Σ |x|ᵖ)^(1/p) over each window: an average pool of |x|ᵖ times the window size."""
     nd = x.ndim - 2
@@ -838,7 +863,8 @@ OPS = {
     "LayerNormalization": _layer_norm, "Dropout": _dropout,
     "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"), "RNN": _recurrent("RNN"),
     "Tan": _un(ops.tan), "ConvTranspose": _conv_transpose, "GlobalMaxPool": _global_max,
-    "LpPool": _lp_pool, "Col2Im": _col2im,
+    "LpPool": _lp_pool, "Col2Im": _col2im, "MaxUnpool": _max_unpool,
+    "Range": _range,
     "Selu": _selu, "Celu": lambda m, at, x: ops.celu(x, at.get("alpha", 1.0)),
     "HardSigmoid": _hard_sigmoid, "HardSwish": _un(ops.hardswish), "Mish": _un(ops.mish),
     "Softsign": _un(ops.softsign), "Shrink": _shrink,
