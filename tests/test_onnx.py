@@ -228,8 +228,9 @@ NEW_LAYERS = [
     ("f_conv2d_conv_transpose2d", lambda: _Fn(
         lambda s, x: F.conv_transpose2d(F.conv2d(x, s.w, None, 2, 1), s.w, None, 2, 1, 1),
         w=nn.Parameter(ng.randn(3, 2, 3, 3) * 0.2)), lambda b: _randn(b, 2, 6, 6)),
-    ("f_max_pool_ceil_dilation", lambda: _Fn(lambda s, x: ng.concatenate([
-        F.max_pool2d(x, 3, 2, 1, 1, True), F.max_pool2d(x, 2, 1, 0, 2)[..., :4, :4]], 1)),
+    ("f_pooling", lambda: _Fn(lambda s, x: ng.concatenate([p.flatten(1) for p in (
+        F.max_pool2d(x, 3, 2, 1, 1, True), F.max_pool2d(x, 2, 1, 0, 2),
+        F.avg_pool2d(x, 3, 2, 1), F.lp_pool2d(x.abs(), 1.5, 2, 2))], 1)),
      lambda b: _randn(b, 2, 7, 6)),
     ("maxpool3d", lambda: nn.MaxPool3d(2, (1, 2, 2), padding=1), lambda b: _randn(b, 2, 4, 5, 4)),
     ("avgpool3d", lambda: nn.AvgPool3d(2, padding=1, count_include_pad=False),
@@ -407,7 +408,10 @@ class _OneHot(nn.Module):
 
 
 @pytest.mark.parametrize("model,x,needle", [
-    (lambda: _seq(nn.Linear(4, 4), _Fn(lambda s, x: F.avg_pool1d(x[:, None], 2))),
+    (lambda: _seq(nn.Linear(4, 4), _Fn(lambda s, x: F.avg_pool1d(
+        x[:, None], 3, 1, 1, count_include_pad=False))), lambda: _randn(2, 4),
+     r"divided by other than the window size.*'1'"),
+    (lambda: _seq(nn.Linear(4, 4), _Fn(lambda s, x: F.unfold(x[:, None, None], (1, 2)))),
      lambda: _randn(2, 4), r"sliding_window_view: only a max over its windows.*'1'"),
     (lambda: _seq(nn.AvgPool2d(2, divisor_override=3)), lambda: _randn(2, 1, 4, 4),
      r"AvgPool2d with divisor_override=3.*'0'"),

@@ -80,8 +80,9 @@ class _Recorder:
             n = self.names.get(id(a))
             if n is not None:
                 if n in self.windows:
-                    self.fail("sliding_window_view: only a max over its windows (max pooling "
-                              "as a function) is exported; use the Conv/Pool layers")
+                    self.fail("sliding_window_view: only a max over its windows, or their sum "
+                              "divided by the window size, is exported (pooling as a "
+                              "function); use the Conv/Pool layers")
                 return n
             p = self.params.get(id(a))
             if p is not None:
@@ -625,18 +626,51 @@ def _windows(r, a, p, out, tw):
     return name
 
 
-def _max(r, a, p, out, tw):
+def _over_windows(r, a, p, what: str):
+    """The pending window view that a reduction over all its window axes reads, or None."""
     n = r.names.get(id(a[0]))
-    if n in r.windows:
-        src, k, s, d, nd_in = r.windows[n]
-        nd = len(k)
-        axes = p["axis"]
-        axes = tuple(ax % a[0].ndim for ax in ((axes,) if isinstance(axes, int) else axes or ()))
-        if axes != tuple(range(nd_in, nd_in + nd)) or p["keepdims"]:
-            r.fail("sliding_window_view: only a max over all its window axes is exported")
-        return r.node("MaxPool", [src], kernel_shape=k, strides=s, dilations=d,
-                      pads=[0] * (2 * nd))
-    return _reducer("ReduceMax")(r, a, p, out, tw)
+    if n not in r.windows or len(r.windows[n]) != 5:
+        return None
+    src, k, s, d, nd_in = r.windows[n]
+    axes = p["axis"]
+    axes = tuple(ax % a[0].ndim for ax in ((axes,) if isinstance(axes, int) else axes or ()))
+    if axes != tuple(range(nd_in, nd_in + len(k))) or p["keepdims"]:
+        r.fail(f"sliding_window_view: only a {what} over all its window axes is exported")
+    return src, k, s, d
+
+
+def _max(r, a, p, out, tw):
+    w = _over_windows(r, a, p, "max")
+    if w is None:
+        return _reducer("ReduceMax")(r, a, p, out, tw)
+    src, k, s, d = w
+    return r.node("MaxPool", [src], kernel_shape=k, strides=s, dilations=d,
+                  pads=[0] * (2 * len(k)))
+
+
+def _sum(r, a, p, out, tw):
+    """A sum over windows waits for its division by the window size: an AveragePool."""
+    w = _over_windows(r, a, p, "sum")
+    if w is None:
+        return _reducer("ReduceSum")(r, a, p, out, tw)
+    src, k, s, d = w
+    if any(v != 1 for v in d):
+        r.fail("a sum over dilated windows")
+    name = r.fresh("window_sum")
+    r.windows[name] = (src, k, s)
+    return name
+
+
+def _divide(r, a, p, out, tw):
+    n = r.names.get(id(a[0])) if isinstance(a[0], Tensor) else None
+    if n in r.windows and len(r.windows[n]) == 3:
+        src, k, s = r.windows[n]
+        if isinstance(a[1], Tensor) or float(a[1]) != float(math.prod(k)):
+            r.fail("a sum over windows divided by other than the window size (avg_pool with "
+                   "ceil_mode, count_include_pad=False or divisor_override as a function)")
+        return r.node("AveragePool", [src], kernel_shape=k, strides=s, pads=[0] * (2 * len(k)),
+                      count_include_pad=1)
+    return _binary("Div")(r, a, p, out, tw)
 
 
 def _cross_entropy(r, a, p, out, tw):
@@ -676,7 +710,7 @@ def _vector_norm(r, a, p, out, tw):
 
 PRIMS = {
     "add": _binary("Add"), "subtract": _binary("Sub"), "multiply": _binary("Mul"),
-    "divide": _binary("Div"), "power": _binary("Pow"), "maximum": _binary("Max"),
+    "divide": _divide, "power": _binary("Pow"), "maximum": _binary("Max"),
     "minimum": _binary("Min"), "negative": _unary("Neg"), "exp": _unary("Exp"),
     "log": _unary("Log"), "sqrt": _unary("Sqrt"), "abs": _unary("Abs"), "sin": _unary("Sin"),
     "cos": _unary("Cos"), "tan": _unary("Tan"), "tanh": _unary("Tanh"), "erf": _unary("Erf"),
@@ -691,7 +725,7 @@ PRIMS = {
     "logical_and": _compare("And"), "logical_or": _compare("Or"), "logical_xor": _compare("Xor"),
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
-    "logsumexp": _logsumexp, "sum": _reducer("ReduceSum"), "mean": _reducer("ReduceMean"),
+    "logsumexp": _logsumexp, "sum": _sum, "mean": _reducer("ReduceMean"),
     "max": _max, "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
     "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
