@@ -2,11 +2,14 @@
 
 The forward runs twice in eval mode: once on the example inputs and once with the dynamic axes
 (the batch by default) resized. A recorder on the trace stack sees every primitive bound and
-turns it into ONNX nodes; layers whose primitives are no ONNX op (convolution and pooling over
-window views, recurrent layers, embeddings, the norms) are caught by module hooks and written as
-their ONNX op instead. Comparing the two traces tells which shape parameters follow the dynamic
-axes (written as ``0``/``-1`` in a Reshape, ``1`` in an Expand); anything that cannot be written
-faithfully raises :class:`UnsupportedError` naming the op and the module path.
+turns it into ONNX nodes; layers whose primitives are no ONNX op (pooling over window views,
+recurrent layers, embeddings, the norms) or that have an ONNX op of their own (transposed
+convolution, Resize, several activations) are caught by module hooks and written as that op
+instead. A window view waits for the max (or the sum and division) over it that makes it a
+pooling. Comparing the two traces tells which shape parameters follow the dynamic axes (written
+as ``0``/``-1`` in a Reshape, ``1`` in an Expand) and which constants were computed from the
+input; anything that cannot be written faithfully raises :class:`UnsupportedError` naming the
+op and the module path.
 """
 
 from __future__ import annotations
