@@ -2,11 +2,14 @@
 
 The forward runs twice in eval mode: once on the example inputs and once with the dynamic axes
 (the batch by default) resized. A recorder on the trace stack sees every primitive bound and
-turns it into ONNX nodes; layers whose primitives are no ONNX op (convolution and pooling over
-window views, recurrent layers, embeddings, the norms) are caught by module hooks and written as
-their ONNX op instead. Comparing the two traces tells which shape parameters follow the dynamic
-axes (written as ``0``/``-1`` in a Reshape, ``1`` in an Expand); anything that cannot be written
-faithfully raises :class:`UnsupportedError` naming the op and the module path.
+turns it into ONNX nodes; layers whose primitives are no ONNX op (pooling over window views,
+recurrent layers, embeddings, the norms) or that have an ONNX op of their own (transposed
+convolution, Resize, several activations) are caught by module hooks and written as that op
+instead. A window view waits for the max (or the sum and division) over it that makes it a
+pooling. Comparing the two traces tells which shape parameters follow the dynamic axes (written
+as ``0``/``-1`` in a Reshape, ``1`` in an Expand) and which constants were computed from the
+input; anything that cannot be written faithfully raises :class:`UnsupportedError` naming the
+op and the module path.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class _Recorder:
         self.path: list[str] = [""]   # module path stack, for error messages
         self.leaf = None              # the layer whose forward is written as one op
         self.paths: dict[int, str] = {}
+        self.windows: dict[str, tuple] = {}  # a window view not written yet -> its source
 
     # naming and emitting
     def fresh(self, hint: str) -> str:
@@ -78,6 +82,10 @@ class _Recorder:
         if isinstance(a, Tensor):
             n = self.names.get(id(a))
             if n is not None:
+                if n in self.windows:
+                    self.fail("sliding_window_view: only a max over its windows, or their sum "
+                              "divided by the window size, is exported (pooling as a "
+                              "function); use the Conv/Pool layers")
                 return n
             p = self.params.get(id(a))
             if p is not None:
@@ -118,7 +126,9 @@ class _Recorder:
         if conv is None:
             self.fail(f"primitive '{prim.name}' has no ONNX counterpart here")
         shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else a for a in args)
-        twin = self.event(prim.name, (params, shapes, tuple(out.shape)))
+        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
+                       self.names and id(a) not in self.params)
+        twin = self.event(prim.name, (params, shapes, tuple(out.shape), consts))
         if twin is not None:
             self._check_twin(prim.name, args, params, shapes, twin)
         name = conv(self, args, params, out, twin)
@@ -127,7 +137,7 @@ class _Recorder:
 
     def _check_twin(self, name, args, params, shapes, twin):
         """Refuse what would bake the traced size of a dynamic axis into the graph."""
-        t_params, t_shapes, _ = twin
+        t_params, t_shapes, _, t_consts = twin
         for a, s1, s2 in zip(args, shapes, t_shapes):
             traced = isinstance(a, Tensor) and (id(a) in self.names or id(a) in self.params)
             if isinstance(a, Tensor) and not traced and s1 != s2:
@@ -136,6 +146,12 @@ class _Recorder:
             if not isinstance(a, Tensor) and not _same(s1, s2):
                 self.fail(f"{name}: the number {s1} follows the dynamic axes (computed from a "
                           "shape?); export with dynamic_axes={} or compute it with tensor ops")
+        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
+                       self.names and id(a) not in self.params)
+        if consts != t_consts:
+            self.fail(f"{name}: a value computed outside the traced operations (say one_hot "
+                      "or a NumPy round trip) depends on the input; it would be baked into "
+                      "the graph")
         if name not in _SHAPED and not _same(params, t_params):
             self.fail(f"{name}: its parameters follow the dynamic axes ({params} vs "
                       f"{t_params} for another size)")
@@ -145,7 +161,7 @@ class _Recorder:
         if self.leaf is not None:
             return None
         self.path.append(self.paths.get(id(m), type(m).__name__))
-        if type(m) in LAYERS:
+        if type(m) in LAYERS and not (isinstance(m, L.Upsample) and m.mode == "area"):
             self.leaf = m
             self.leaf_args = args
         return None
@@ -165,7 +181,14 @@ class _Recorder:
         return None
 
 
-_SHAPED = ("reshape", "broadcast_to", "getitem")  # converters that handle changing parameters
+# converters that handle parameters that change with the dynamic axes
+_SHAPED = ("reshape", "broadcast_to", "getitem", "conv_input_grad")
+
+
+def _digest(t: Tensor) -> tuple:
+    """Shape, dtype and a hash of the values: tells a constant made from the input."""
+    d = np.ascontiguousarray(B.backend_of(t.data).to_host(t.data))
+    return (d.shape, str(d.dtype), hash(d.tobytes()))
 
 
 def _same(a, b) -> bool:
@@ -358,7 +381,7 @@ def _reshape(r, a, p, out, tw):
     shape = list(out.shape)
     in1 = tuple(a[0].shape)
     if tw is not None:
-        (_, (in2,), out2) = tw
+        (_, (in2,), out2, _) = tw
         free = []
         for i, (s1, s2) in enumerate(zip(out.shape, out2)):
             if s1 == s2:
@@ -385,7 +408,7 @@ def _broadcast_to(r, a, p, out, tw):
     shape = list(out.shape)
     xs = tuple(a[0].shape)
     if tw is not None:
-        (_, (xs2,), out2) = tw
+        (_, (xs2,), out2, _) = tw
         off = len(shape) - len(xs)
         for i, (s1, s2) in enumerate(zip(out.shape, out2)):
             if s1 != s2:
@@ -424,6 +447,50 @@ def _identity(r, a, p, out, tw):
     return r.node("Identity", [r.name_of(a[0])])
 
 
+def _full_slices(index, twin_index, shape, twin_shape):
+    """``index`` with the slices that differ between the traces only by covering a whole
+    dynamic axis (``x[0:n]`` with n the size) made ``slice(None)``; None if anything else
+    differs."""
+    if len(index) != len(twin_index):
+        return None
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    out, ax = [], 0
+    for i, j in zip(index, twin_index):
+        if i is Ellipsis or i is None:
+            if j is not i:
+                return None
+            ax += (len(shape) - n_real) if i is Ellipsis else 0
+            out.append(i)
+            continue
+        if repr(i) != repr(j):
+            if not (isinstance(i, slice) and isinstance(j, slice)
+                    and i.indices(shape[ax]) == (0, shape[ax], 1)
+                    and j.indices(twin_shape[ax]) == (0, twin_shape[ax], 1)):
+                return None
+            i = slice(None)
+        out.append(i)
+        ax += 1
+    return tuple(out)
+
+
+def _pad_mode(idx, n: int, opset: int):
+    """(ONNX mode, before, after) when the index array ``idx`` along an axis of length ``n``
+    reads what a reflect, edge or wrap padding of it would (as ``F.pad`` gathers), else None."""
+    if idx.ndim != 1 or len(idx) <= n:
+        return None
+    whole = np.arange(n)
+    for lo in range(len(idx) - n + 1):
+        if np.array_equal(idx[lo:lo + n], whole):
+            hi = len(idx) - n - lo
+            for np_mode, kind in (("reflect", "reflect"), ("edge", "edge"), ("wrap", "wrap")):
+                if kind == "wrap" and opset < 19:
+                    continue
+                if (np_mode != "reflect" or max(lo, hi) < n) and np.array_equal(
+                        idx, np.pad(whole, (lo, hi), mode=np_mode)):
+                    return kind, lo, hi
+    return None
+
+
 def _getitem(r, a, p, out, tw):
     """Basic indexing (ints, slices, None, ...) and one integer array, as Slice/Gather."""
     index = p["index"]
@@ -440,7 +507,10 @@ def _getitem(r, a, p, out, tw):
     full.extend([slice(None)] * (len(shape) - sum(1 for i in full if i is not None)))
     twin_shape = tw[1][0] if tw is not None else shape
     if tw is not None and not _same(repr(index), repr(tw[0]["index"])):
-        r.fail(f"getitem index {index} follows the dynamic axes (computed from a shape?)")
+        index = _full_slices(index, tw[0]["index"], shape, twin_shape)
+        if index is None:
+            r.fail(f"getitem index {p['index']} follows the dynamic axes (computed from a "
+                   "shape?)")
     big = int(np.iinfo(_I64).max)
     axes, starts, ends, steps, squeeze, newaxes, gathers = [], [], [], [], [], [], []
     ax = 0
@@ -494,8 +564,14 @@ def _getitem(r, a, p, out, tw):
     if gathers:
         gax, idx, _ = gathers[0]
         idx = np.where(idx < 0, idx + shape[gax], idx).astype(_I64)
-        # squeezed axes before the gathered one shift it
-        y = r.node("Gather", [y, r.const(idx)], axis=gax)
+        mode = _pad_mode(idx, shape[gax], r.opset)
+        if mode is not None:  # the positions a padding mode reads (F.pad's modes): Pad
+            kind, lo, hi = mode
+            pads = [0] * (2 * len(shape))
+            pads[gax], pads[len(shape) + gax] = lo, hi
+            y = r.node("Pad", [y, r.ints(pads)], mode=kind)
+        else:
+            y = r.node("Gather", [y, r.const(idx)], axis=gax)
     if squeeze:
         y = _squeeze(r, y, squeeze)
     if newaxes:
@@ -509,9 +585,135 @@ def _matmul(r, a, p, out, tw):
     return r.node("MatMul", [r.name_of(a[0]), r.name_of(a[1])])
 
 
+def _conv_prim(r, a, p, out, tw):
+    """The fused convolution primitive (``F.conv1d``/``conv2d``/``conv3d`` in a custom forward)."""
+    ins = [r.name_of(a[0]), r.name_of(a[1])] + ([r.name_of(a[2])] if len(a) > 2 and
+                                                 a[2] is not None else [])
+    pad = [int(v) for v in p["padding"]]
+    return r.node("Conv", ins, kernel_shape=list(a[1].shape[2:]),
+                  strides=[int(v) for v in p["stride"]], pads=pad + pad,
+                  dilations=[int(v) for v in p["dilation"]], group=int(p["groups"]))
+
+
+def _conv_transpose_node(r, x: str, w: str, b: str | None, in_sp, out_sp, k, s, pad, d, groups):
+    """ConvTranspose whose output has the spatial sizes ``out_sp`` (through output_padding)."""
+    opad = [o - ((i - 1) * si + di * (ki - 1) + 1 - 2 * pi)
+            for o, i, si, di, ki, pi in zip(out_sp, in_sp, s, d, k, pad)]
+    return r.node("ConvTranspose", [x, w] + ([b] if b else []), kernel_shape=list(k),
+                  strides=list(s), pads=list(pad) + list(pad), dilations=list(d),
+                  output_padding=opad, group=int(groups))
+
+
+def _conv_input_grad(r, a, p, out, tw):
+    """The transposed-convolution primitive (``F.conv_transpose1d``/``2d``); its ``shape``
+    parameter holds the batch size, so only the other entries must agree between traces."""
+    if tw is not None and tuple(p["shape"][1:]) != tuple(tw[0]["shape"][1:]):
+        r.fail("conv_transpose: its output size follows the dynamic axes")
+    x, w = a[0], a[1]
+    return _conv_transpose_node(r, r.name_of(x), r.name_of(w), None, x.shape[2:], out.shape[2:],
+                                w.shape[2:], [int(v) for v in p["stride"]],
+                                [int(v) for v in p["padding"]], [int(v) for v in p["dilation"]],
+                                p["groups"])
+
+
+def _windows(r, a, p, out, tw):
+    """Windows over the trailing spatial axes of (N, C, ...) wait for a max over them
+    (``F.max_pool*``, which pads with −inf first): together a MaxPool."""
+    x = a[0]
+    nd = len(p["axes"])
+    if x.ndim < 3 or tuple(p["axes"]) != tuple(range(x.ndim - nd, x.ndim)) or nd > x.ndim - 2:
+        r.fail("sliding_window_view other than over the spatial axes of (N, C, ...)")
+    name = r.fresh("windows")
+    r.windows[name] = (r.name_of(x), [int(v) for v in p["window"]],
+                       [int(v) for v in p["stride"]], [int(v) for v in p["dilation"]], x.ndim)
+    return name
+
+
+def _over_windows(r, a, p, what: str):
+    """The pending window view that a reduction over all its window axes reads, or None."""
+    n = r.names.get(id(a[0]))
+    if n not in r.windows or len(r.windows[n]) != 5:
+        return None
+    src, k, s, d, nd_in = r.windows[n]
+    axes = p["axis"]
+    axes = tuple(ax % a[0].ndim for ax in ((axes,) if isinstance(axes, int) else axes or ()))
+    if axes != tuple(range(nd_in, nd_in + len(k))) or p["keepdims"]:
+        r.fail(f"sliding_window_view: only a {what} over all its window axes is exported")
+    return src, k, s, d
+
+
+def _max(r, a, p, out, tw):
+    w = _over_windows(r, a, p, "max")
+    if w is None:
+        return _reducer("ReduceMax")(r, a, p, out, tw)
+    src, k, s, d = w
+    return r.node("MaxPool", [src], kernel_shape=k, strides=s, dilations=d,
+                  pads=[0] * (2 * len(k)))
+
+
+def _sum(r, a, p, out, tw):
+    """A sum over windows waits for its division by the window size: an AveragePool."""
+    w = _over_windows(r, a, p, "sum")
+    if w is None:
+        return _reducer("ReduceSum")(r, a, p, out, tw)
+    src, k, s, d = w
+    if any(v != 1 for v in d):
+        r.fail("a sum over dilated windows")
+    name = r.fresh("window_sum")
+    r.windows[name] = (src, k, s)
+    return name
+
+
+def _divide(r, a, p, out, tw):
+    n = r.names.get(id(a[0])) if isinstance(a[0], Tensor) else None
+    if n in r.windows and len(r.windows[n]) == 3:
+        src, k, s = r.windows[n]
+        if isinstance(a[1], Tensor) or float(a[1]) != float(math.prod(k)):
+            r.fail("a sum over windows divided by other than the window size (avg_pool with "
+                   "ceil_mode, count_include_pad=False or divisor_override as a function)")
+        return r.node("AveragePool", [src], kernel_shape=k, strides=s, pads=[0] * (2 * len(k)),
+                      count_include_pad=1)
+    return _binary("Div")(r, a, p, out, tw)
+
+
+def _cross_entropy(r, a, p, out, tw):
+    """The fused cross-entropy against class indices: SoftmaxCrossEntropyLoss (same mean over
+    the targets that are not ``ignore_index``)."""
+    x, t = a[0], a[1]
+    if p["axis"] != 1:
+        r.fail("cross_entropy of an unbatched input (logits (N, C, ...) are exported)")
+    tn = r.name_of(t)
+    if t.dtype != np.int64:
+        tn = r.node("Cast", [tn], to=_dtype_code(r.onnx, np.int64))
+    attrs = {"reduction": p["reduction"]}
+    if p["ignore_index"] is not None:
+        attrs["ignore_index"] = int(p["ignore_index"])
+    return r.node("SoftmaxCrossEntropyLoss", [r.name_of(x), tn], **attrs)
+
+
+def _vector_norm(r, a, p, out, tw):
+    """p-norms: ReduceL1/ReduceL2 for 1 and 2, max/min of |x| for ±inf, else Pow, Sum, Pow."""
+    x, nd, o = r.name_of(a[0]), a[0].ndim, p["ord"]
+    axis, keep = p["axis"], p["keepdims"]
+    if o == 2:
+        return _reduce(r, "ReduceL2", x, axis, keep, nd)
+    if o == 1:
+        return _reduce(r, "ReduceL1", x, axis, keep, nd)
+    ax = r.node("Abs", [x])
+    if o == math.inf:
+        return _reduce(r, "ReduceMax", ax, axis, keep, nd)
+    if o == -math.inf:
+        return _reduce(r, "ReduceMin", ax, axis, keep, nd)
+    if o == 0:
+        r.fail("vector_norm with ord=0 (a count of nonzeros)")
+    c = r.const(float(o), _np_dtype(out))
+    s = _reduce(r, "ReduceSum", r.node("Pow", [ax, c]), axis, keep, nd)
+    return r.node("Pow", [s, r.const(1.0 / float(o), _np_dtype(out))])
+
+
 PRIMS = {
     "add": _binary("Add"), "subtract": _binary("Sub"), "multiply": _binary("Mul"),
-    "divide": _binary("Div"), "power": _binary("Pow"), "maximum": _binary("Max"),
+    "divide": _divide, "power": _binary("Pow"), "maximum": _binary("Max"),
     "minimum": _binary("Min"), "negative": _unary("Neg"), "exp": _unary("Exp"),
     "log": _unary("Log"), "sqrt": _unary("Sqrt"), "abs": _unary("Abs"), "sin": _unary("Sin"),
     "cos": _unary("Cos"), "tan": _unary("Tan"), "tanh": _unary("Tanh"), "erf": _unary("Erf"),
@@ -526,11 +728,13 @@ PRIMS = {
     "logical_and": _compare("And"), "logical_or": _compare("Or"), "logical_xor": _compare("Xor"),
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
-    "logsumexp": _logsumexp, "sum": _reducer("ReduceSum"), "mean": _reducer("ReduceMean"),
-    "max": _reducer("ReduceMax"), "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
+    "logsumexp": _logsumexp, "sum": _sum, "mean": _reducer("ReduceMean"),
+    "max": _max, "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
     "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
-    "copy": _identity, "getitem": _getitem,
+    "copy": _identity, "getitem": _getitem, "conv": _conv_prim,
+    "conv_input_grad": _conv_input_grad, "vector_norm": _vector_norm,
+    "cross_entropy": _cross_entropy, "sliding_window_view": _windows,
 }
 
 
@@ -548,23 +752,205 @@ def _conv_layer(r, m, args, outs, tw):
                    pads=pad + pad, dilations=_tup(m.dilation, nd), group=int(m.groups))]
 
 
+def _conv_transpose_layer(r, m, args, outs, tw):
+    nd = m.nd
+    b = r.name_of(m.bias) if m.bias is not None else None
+    return [_conv_transpose_node(r, r.name_of(args[0]), r.name_of(m.weight), b,
+                                 args[0].shape[2:], outs[0].shape[2:], m.kernel_size,
+                                 _tup(m.stride, nd), _tup(m.padding, nd), _tup(m.dilation, nd),
+                                 m.groups)]
+
+
 def _pool_layer(op, nd):
+    """MaxPool/AveragePool (1-D to 3-D) with PyTorch's ceil_mode; a max pool's indices come
+    from MaxPool's second output, made flat per (sample, channel) plane as PyTorch's."""
     def conv(r, m, args, outs, tw):
         kw = dict(getattr(m, "kw", {}))
-        for key, plain in (("ceil_mode", False), ("return_indices", False),
-                           ("divisor_override", None)):
-            if kw.get(key, plain) != plain:
-                r.fail(f"{type(m).__name__} with {key}={kw[key]!r}")
+        if kw.get("divisor_override") is not None:
+            r.fail(f"{type(m).__name__} with divisor_override={kw['divisor_override']!r}")
         k = _tup(m.kernel_size, nd)
         s = k if m.stride is None else _tup(m.stride, nd)
         pad = _tup(m.padding, nd)
+        extra = {"ceil_mode": int(bool(kw.get("ceil_mode", False)))}
         if op == "AveragePool":
-            extra = {"count_include_pad": int(kw.get("count_include_pad", True))}
+            extra["count_include_pad"] = int(kw.get("count_include_pad", True))
         else:
-            extra = {"dilations": _tup(kw.get("dilation", 1), nd)}
-        return [r.node(op, [r.name_of(args[0])], kernel_shape=k, strides=s, pads=pad + pad,
-                       **extra)]
+            extra["dilations"] = _tup(kw.get("dilation", 1), nd)
+        x = r.name_of(args[0])
+        if not kw.get("return_indices", False):
+            return [r.node(op, [x], kernel_shape=k, strides=s, pads=pad + pad, **extra)]
+        y, idx = r.node(op, [x], n_out=2, kernel_shape=k, strides=s, pads=pad + pad, **extra)
+        plane = math.prod(args[0].shape[2:])
+        return [y, r.node("Mod", [idx, r.const(plane, _I64)])]
     return conv
+
+
+def _max_unpool_layer(r, m, args, outs, tw):
+    """MaxUnpool: PyTorch's indices (flat per plane) made ONNX's (flat over the tensor) by
+    adding (n·C + c)·plane, with the batch read from the input's shape."""
+    x, idx = args[0], args[1]
+    nd = x.ndim - 2
+    k = _tup(m.kernel_size, nd)
+    s = k if m.stride is None else _tup(m.stride, nd)
+    pad = _tup(m.padding, nd)
+    out_sp = [int(v) for v in outs[0].shape[2:]]
+    c, plane = x.shape[1], math.prod(out_sp)
+    xn = r.name_of(x)
+    i = r.name_of(idx)
+    if idx.dtype != np.int64:
+        i = r.node("Cast", [i], to=_dtype_code(r.onnx, np.int64))
+    n = r.node("Gather", [r.node("Shape", [xn]), r.const(0, _I64)], axis=0)
+    limit = r.node("Mul", [n, r.const(c * plane, _I64)])
+    base = r.node("Range", [r.const(0, _I64), limit, r.const(plane, _I64)])
+    base = r.node("Reshape", [base, r.ints([-1, c] + [1] * nd)])
+    shape = r.node("Concat", [r.node("Shape", [xn], start=0, end=2), r.ints(out_sp)], axis=0)
+    return [r.node("MaxUnpool", [xn, r.node("Add", [i, base]), shape], kernel_shape=k,
+                   strides=s, pads=pad + pad)]
+
+
+def _lp_pool_layer(r, m, args, outs, tw):
+    """PyTorch's power-average pool, as its formula: (sign(a)·relu(|a|)·K)^(1/p) with a the
+    average of xᵖ over each window (the operations in nodegrad's order)."""
+    nd = args[0].ndim - 2
+    dt = _np_dtype(args[0])
+    k = _tup(m.kernel_size, nd)
+    s = k if m.stride is None else _tup(m.stride, nd)
+    p = float(m.norm_type)
+    xp_ = r.node("Pow", [r.name_of(args[0]), r.const(p, dt)])
+    a = r.node("AveragePool", [xp_], kernel_shape=k, strides=s, pads=[0] * (2 * nd),
+               ceil_mode=int(bool(m.ceil_mode)), count_include_pad=1)
+    mag = r.node("Mul", [r.node("Sign", [a]), r.node("Relu", [r.node("Abs", [a])])])
+    return [r.node("Pow", [r.node("Mul", [mag, r.const(float(math.prod(k)), dt)]),
+                           r.const(1.0 / p, dt)])]
+
+
+def _adaptive_max_layer(r, m, args, outs, tw):
+    """Max over PyTorch's adaptive bins, one axis at a time (max is separable): a MaxPool where
+    the bins tile the axis evenly, else a ReduceMax per bin and a Concat."""
+    if m.return_indices:
+        r.fail(f"{type(m).__name__} with return_indices=True")
+    x = args[0]
+    nd = x.ndim - 2
+    sizes = _tup(m.output_size, nd)
+    y = r.name_of(x)
+    for i, (n, o) in enumerate(zip(x.shape[2:], sizes)):
+        ax = 2 + i
+        if n % o == 0:
+            if n == o:
+                continue
+            kern = [1] * nd
+            kern[i] = n // o
+            y = r.node("MaxPool", [y], kernel_shape=kern, strides=kern)
+            continue
+        parts = []
+        for j in range(o):
+            lo, hi = (j * n) // o, -((-(j + 1) * n) // o)
+            parts.append(_reduce(r, "ReduceMax", _slice(r, y, [ax], [lo], [hi]), (ax,), True,
+                                 x.ndim))
+        y = r.node("Concat", parts, axis=ax)
+    return [y if y != r.name_of(x) else r.node("Identity", [y])]
+
+
+def _lrn_layer(r, m, args, outs, tw):
+    """LRN where its window is PyTorch's (odd sizes); even sizes as the formula: a zero-padded
+    sum of squares over neighbouring channels."""
+    x = args[0]
+    if m.size % 2:
+        return [r.node("LRN", [r.name_of(x)], size=int(m.size), alpha=float(m.alpha),
+                       beta=float(m.beta), bias=float(m.k))]
+    dt = _np_dtype(x)
+    xn = r.name_of(x)
+    sq = r.node("Mul", [xn, xn])
+    lo, hi = m.size // 2, (m.size - 1) // 2
+    pads = [0] * x.ndim
+    pads_hi = [0] * x.ndim
+    pads[1], pads_hi[1] = lo, hi
+    sq = r.node("Pad", [sq, r.ints(pads + pads_hi), r.const(0.0, dt)], mode="constant")
+    c = x.shape[1]
+    total = None
+    for i in range(m.size):
+        part = _slice(r, sq, [1], [i], [i + c])
+        total = part if total is None else r.node("Add", [total, part])
+    div = r.node("Add", [r.node("Mul", [total, r.const(m.alpha / m.size, dt)]), r.const(m.k, dt)])
+    return [r.node("Div", [xn, r.node("Pow", [div, r.const(m.beta, dt)])])]
+
+
+def _unfold_layer(r, m, args, outs, tw):
+    """im2col as a grouped Conv with one-hot kernels (each output channel copies one tap of one
+    input channel, PyTorch's row order), then a Reshape to (N, C·kh·kw, L)."""
+    x = args[0]
+    if x.ndim != 4:
+        r.fail("Unfold of an unbatched input")
+    k, d = _tup(m.kernel_size, 2), _tup(m.dilation, 2)
+    p, s = _tup(m.padding, 2), _tup(m.stride, 2)
+    c, kk = x.shape[1], k[0] * k[1]
+    w = np.zeros((c * kk, 1, k[0], k[1]), _np_dtype(x))
+    for ch in range(c):
+        for t in range(kk):
+            w[ch * kk + t, 0, t // k[1], t % k[1]] = 1
+    y = r.node("Conv", [r.name_of(x), r.const(w)], kernel_shape=k, strides=s, pads=p + p,
+               dilations=d, group=c)
+    return [r.node("Reshape", [y, r.ints([0, c * kk, -1])])]
+
+
+def _fold_layer(r, m, args, outs, tw):
+    x = args[0]
+    if r.opset < 18:
+        r.fail("Fold needs opset 18 or later (ONNX's Col2Im)")
+    if x.ndim != 3:
+        r.fail("Fold of an unbatched input")
+    p = _tup(m.padding, 2)
+    return [r.node("Col2Im", [r.name_of(x), r.ints(_tup(m.output_size, 2)),
+                              r.ints(_tup(m.kernel_size, 2))], dilations=_tup(m.dilation, 2),
+                   pads=p + p, strides=_tup(m.stride, 2))]
+
+
+def _upsample_layer(r, m, args, outs, tw):
+    """Resize with PyTorch's coordinate rules: nearest is asymmetric with floor, nearest-exact
+    half-pixel rounding up, linear and cubic (A = −0.75) half-pixel or align-corners; a scale
+    factor stays a scale (PyTorch maps coordinates by it), a size becomes the sizes input."""
+    x = args[0]
+    nd = x.ndim - 2
+    mode = m.mode
+    attrs = {}
+    if mode in ("nearest", "nearest-exact"):
+        attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                     nearest_mode="floor")
+        if mode == "nearest-exact":
+            attrs.update(coordinate_transformation_mode="half_pixel",
+                         nearest_mode="round_prefer_ceil")
+    else:
+        attrs = dict(mode="cubic" if mode == "bicubic" else "linear",
+                     coordinate_transformation_mode="align_corners" if m.align_corners
+                     else "half_pixel")
+        if mode == "bicubic":
+            attrs["cubic_coeff_a"] = -0.75
+    xn = r.name_of(x)
+    if m.scale_factor is not None and not m.recompute_scale_factor:
+        sf = m.scale_factor
+        sc = [float(f) for f in ((sf,) * nd if isinstance(sf, int | float) else sf)]
+        scales = r.const(np.asarray([1.0, 1.0] + sc, np.float32), hint="scales")
+        return [r.node("Resize", [xn, "", scales], **attrs)]
+    lead = r.node("Shape", [xn], start=0, end=2)
+    sizes = r.node("Concat", [lead, r.ints(outs[0].shape[2:])], axis=0)
+    return [r.node("Resize", [xn, "", "", sizes], **attrs)]
+
+
+def _act(op, **fixed):
+    """An activation module written as its ONNX op (attributes from the module, or fixed)."""
+    def conv(r, m, args, outs, tw):
+        attrs = {k: float(v(m)) if callable(v) else v for k, v in fixed.items()}
+        return [r.node(op, [r.name_of(args[0])], **attrs)]
+    return conv
+
+
+def _threshold_layer(r, m, args, outs, tw):
+    if m.value != 0:  # no ONNX op: as nodegrad computes it
+        x = r.name_of(args[0])
+        dt = _np_dtype(args[0])
+        return [r.node("Where", [r.node("Greater", [x, r.const(m.threshold, dt)]), x,
+                                 r.const(m.value, dt)])]
+    return [r.node("ThresholdedRelu", [r.name_of(args[0])], alpha=float(m.threshold))]
 
 
 def _batch_norm(r, m, args, outs, tw):
@@ -653,9 +1039,23 @@ def _recurrent(r, m, args, outs, tw):
 
 LAYERS = {
     L.Conv1d: _conv_layer, L.Conv2d: _conv_layer, L.Conv3d: _conv_layer,
+    L.ConvTranspose1d: _conv_transpose_layer, L.ConvTranspose2d: _conv_transpose_layer,
     L.MaxPool1d: _pool_layer("MaxPool", 1), L.MaxPool2d: _pool_layer("MaxPool", 2),
-    L.AvgPool1d: _pool_layer("AveragePool", 1), L.AvgPool2d: _pool_layer("AveragePool", 2),
-    L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.LayerNorm: _layer_norm,
+    L.MaxPool3d: _pool_layer("MaxPool", 3), L.AvgPool1d: _pool_layer("AveragePool", 1),
+    L.AvgPool2d: _pool_layer("AveragePool", 2), L.AvgPool3d: _pool_layer("AveragePool", 3),
+    L.LPPool1d: _lp_pool_layer, L.LPPool2d: _lp_pool_layer,
+    L.MaxUnpool1d: _max_unpool_layer, L.MaxUnpool2d: _max_unpool_layer,
+    L.AdaptiveMaxPool1d: _adaptive_max_layer, L.AdaptiveMaxPool2d: _adaptive_max_layer,
+    L.LocalResponseNorm: _lrn_layer, L.Unfold: _unfold_layer, L.Fold: _fold_layer,
+    L.ELU: _act("Elu", alpha=lambda m: m.alpha), L.CELU: _act("Celu", alpha=lambda m: m.alpha),
+    L.SELU: _act("Selu"), L.Hardsigmoid: _act("HardSigmoid", alpha=1.0 / 6.0, beta=0.5),
+    L.Hardswish: _act("HardSwish"), L.Softsign: _act("Softsign"),
+    L.Softshrink: _act("Shrink", bias=lambda m: m.lambd, lambd=lambda m: m.lambd),
+    L.Hardshrink: _act("Shrink", bias=0.0, lambd=lambda m: m.lambd),
+    L.Threshold: _threshold_layer, L.Upsample: _upsample_layer,
+    L.UpsamplingNearest2d: _upsample_layer, L.UpsamplingBilinear2d: _upsample_layer,
+    L.BatchNorm1d: _batch_norm, L.BatchNorm2d: _batch_norm, L.SyncBatchNorm: _batch_norm,
+    L.LayerNorm: _layer_norm,
     L.Embedding: _embedding, L.GRU: _recurrent, L.LSTM: _recurrent, L.RNN: _recurrent,
 }
 
@@ -760,6 +1160,9 @@ def export(model: Module, example_inputs, path: str | os.PathLike | None = None,
     for o, t, t2, name in zip(outs, outs, twin_outs, names_out):
         src = rec.names.get(id(o))
         if src is None:
+            if twin is not None and _digest(o) != _digest(t2):
+                rec.fail(f"output {name!r} is computed outside the traced operations (say "
+                         "one_hot or a NumPy round trip) and depends on the input")
             src = rec.name_of(o)
         nodes.append(h.make_node("Identity", [rename.get(src, src)], [name]))
         dims = [d if d == d2 else known.get((d, d2), f"{name}_dim{i}") for i, (d, d2) in

@@ -17,6 +17,7 @@ from .. import _backend as B
 from .. import ops
 from ..nn import Linear, Module, Parameter
 from ..nn import functional as F
+from ..nn import conv_functional as CF
 from ..nn.rnn_functional import recurrent_layer
 from ..tensor import Tensor
 from ._common import UnsupportedError, require_onnx
@@ -46,17 +47,13 @@ class OnnxModule(Module):
         inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
         self.input_names = [i.name for i in g.input if i.name not in inits]
         self.output_names = [o.name for o in g.output]
-        self.nodes = [(n.op_type, list(n.input), list(n.output),
-                       {a.name: _attr(onnx, a) for a in n.attribute}, n.name or n.op_type)
-                      for n in g.node]
+        self.nodes = _nodes(onnx, g)
         # PyTorch's exporter writes equal initializers once and the others as Identity nodes
         # on it (norm biases that are all zeros, say); each gets its own parameter back
         for n in [n for n in self.nodes if n[0] == "Identity" and n[1][0] in inits]:
             inits[n[2][0]] = np.array(inits[n[1][0]])
             self.nodes.remove(n)
-        for _, _, outs, at, _ in self.nodes:
-            at["_n_out"] = len(outs)  # Split without sizes cuts into as many pieces
-        bad = sorted({n[0] for n in self.nodes if n[0] not in OPS} |
+        bad = sorted({n[0] for n in _walk(self.nodes) if n[0] not in OPS and n[0] != "If"} |
                      {f"{n.domain}::{n.op_type}" for n in g.node
                       if n.domain not in ("", "ai.onnx")})
         if bad:
@@ -146,9 +143,23 @@ class OnnxModule(Module):
         env: dict[str, Tensor | None] = {"": None}
         for name, x in zip(self.input_names, inputs):
             env[name] = x if isinstance(x, Tensor) else Tensor(B.CPU.asarray(x))
-        for k, (op, ins, outs, at, nname) in enumerate(self.nodes):
-            if k in self._linears:
-                res = self.get_submodule(self._linears[k])(env[ins[0]])
+        self._run(self.nodes, env, self._linears)
+        out = tuple(env[o] for o in self.output_names)
+        return out[0] if len(out) == 1 else out
+
+    def _run(self, nodes, env: dict, linears: dict) -> None:
+        """Run ``nodes`` in order, their outputs added to ``env`` (a subgraph sees the outer
+        values, as ONNX's scoping)."""
+        for k, (op, ins, outs, at, nname) in enumerate(nodes):
+            if k in linears:
+                res = self.get_submodule(linears[k])(env[ins[0]])
+            elif op == "If":  # a condition on shapes (PyTorch writes some): run one branch
+                cond = env[ins[0]] if ins[0] in env else self._value(ins[0])
+                sub = at["then_branch" if bool(values_of(cond).reshape(-1)[0]) else
+                         "else_branch"]
+                inner = dict(env)
+                self._run(sub[0], inner, {})
+                res = tuple(inner[o] for o in sub[1])
             else:
                 args = [env[i] if i in env else self._value(i) for i in ins]
                 try:
@@ -158,8 +169,36 @@ class OnnxModule(Module):
             res = res if isinstance(res, tuple | list) else (res,)
             for o, r in zip(outs, res):
                 env[o] = r
-        out = tuple(env[o] for o in self.output_names)
-        return out[0] if len(out) == 1 else out
+
+
+def _nodes(onnx, g, sub: bool = False) -> list:
+    """A graph's nodes as (op, inputs, outputs, attributes, name); a subgraph attribute (If's
+    branches) becomes (its nodes, its output names)."""
+    if sub and len(g.initializer):
+        raise UnsupportedError("onnx load: a subgraph with initializers of its own")
+    out = []
+    for n in g.node:
+        at = {}
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                at[a.name] = (_nodes(onnx, a.g, True), [o.name for o in a.g.output])
+            else:
+                at[a.name] = _attr(onnx, a)
+        outs = list(n.output)
+        while outs and not outs[-1]:  # an optional output left out by an empty name
+            outs.pop()
+        at["_n_out"] = len(outs)  # Split without sizes cuts into as many pieces
+        out.append((n.op_type, list(n.input), outs, at, n.name or n.op_type))
+    return out
+
+
+def _walk(nodes):
+    """Every node, those of subgraphs included."""
+    for n in nodes:
+        yield n
+        for v in n[3].values():
+            if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], list):
+                yield from _walk(v[0])
 
 
 def _attr(onnx, a):
@@ -375,25 +414,110 @@ def _conv(m, at, x, w, b=None):
 def _pool(kind):
     def op(m, at, x):
         nd = x.ndim - 2
-        if nd not in (1, 2):
-            _fail(f"{kind}Pool over {nd} spatial axes")
-        if at.get("ceil_mode", 0):
-            _fail("ceil_mode=1")
+        if nd not in (1, 2, 3):
+            _fail(f"{kind}Pool over {nd} spatial axes (1 to 3 are supported)")
+        ceil = bool(at.get("ceil_mode", 0))
         k = tuple(at["kernel_shape"])
         s = tuple(at.get("strides") or [1] * nd)
         p = _pads(at, nd)
+        if ceil and p[:nd] != p[nd:]:
+            _fail("ceil_mode=1 with asymmetric padding")
         if kind == "Max":
+            want = at["_n_out"] > 1
+            if want and (p[:nd] != p[nd:] or at.get("storage_order", 0)):
+                _fail("MaxPool indices with asymmetric padding or storage_order=1")
             x, pad = _sym(x, p, nd, -math.inf)
             d = tuple(at.get("dilations") or [1] * nd)
-            fn = F.max_pool1d if nd == 1 else F.max_pool2d
-            return fn(x, k, s, tuple(pad), d)
+            fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+            res = fn(x, k, s, tuple(pad), d, ceil, want)
+            if not want:
+                return res
+            y, idx = res  # PyTorch's indices are flat per plane, ONNX's over the whole tensor
+            n, c = x.shape[:2]
+            plane = math.prod(x.shape[2:])
+            base = np.arange(n * c, dtype=np.int64).reshape((n, c) + (1,) * nd) * plane
+            return y, idx + _const(base)
         counted = bool(at.get("count_include_pad", 0))
         if p[:nd] != p[nd:] and not counted:
             _fail("AveragePool with asymmetric padding that is not counted")
         x, pad = _sym(x, p, nd)
-        fn = F.avg_pool1d if nd == 1 else F.avg_pool2d
-        return fn(x, k, s, tuple(pad), count_include_pad=counted)
+        if nd == 1:
+            return F.avg_pool1d(x, k, s, tuple(pad), ceil, counted)
+        return (F.avg_pool2d, F.avg_pool3d)[nd - 2](x, k, s, tuple(pad), ceil, counted)
     return op
+
+
+def _range(m, at, start, limit, delta):
+    a, b, d = (values_of(t).reshape(()) for t in (start, limit, delta))
+    return _const(np.arange(a, b, d, dtype=np.result_type(a, b, d)))
+
+
+def _max_unpool(m, at, x, idx, output_shape=None):
+    """ONNX's indices are flat over the unpooled tensor, PyTorch's over each plane."""
+    nd = x.ndim - 2
+    if nd not in (1, 2):
+        _fail(f"MaxUnpool over {nd} spatial axes (1 and 2 are supported)")
+    k = tuple(at["kernel_shape"])
+    s = tuple(at.get("strides") or [1] * nd)
+    p = _pads(at, nd)
+    if output_shape is not None:
+        out = tuple(_ints(output_shape)[2:])
+    else:
+        out = tuple((li - 1) * si + ki - a - b for li, si, ki, a, b in
+                    zip(x.shape[2:], s, k, p[:nd], p[nd:]))
+    if p[:nd] != p[nd:] and output_shape is None:
+        _fail("MaxUnpool with asymmetric pads and no output_shape")
+    plane = math.prod(out)
+    fn = F.max_unpool1d if nd == 1 else F.max_unpool2d
+    return fn(x, ops.remainder(idx, plane), k, s, tuple(p[:nd]), out)
+
+
+def _lp_pool(m, at, x):
+    """(Σ |x|ᵖ)^(1/p) over each window: an average pool of |x|ᵖ times the window size."""
+    nd = x.ndim - 2
+    k = tuple(at["kernel_shape"])
+    p = float(at.get("p", 2))
+    pads = _pads(at, nd)
+    x, pad = _sym(ops.abs(x) ** p, pads, nd)
+    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+    a = fn(x, k, tuple(at.get("strides") or [1] * nd), tuple(pad), bool(at.get("ceil_mode", 0)),
+           True)
+    return (a * float(math.prod(k))) ** (1.0 / p)
+
+
+def _global_max(m, at, x):
+    return ops.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+def _conv_transpose(m, at, x, w, b=None):
+    nd = x.ndim - 2
+    if nd not in (1, 2, 3):
+        _fail(f"ConvTranspose over {nd} spatial axes (1 to 3 are supported)")
+    if at.get("output_shape"):
+        _fail("ConvTranspose with output_shape (give pads and output_padding)")
+    p = _pads(at, nd)
+    s = tuple(at.get("strides") or [1] * nd)
+    d = tuple(at.get("dilations") or [1] * nd)
+    op_ = list(at.get("output_padding") or [0] * nd)
+    lo, hi = p[:nd], p[nd:]
+    common = [min(a, c) for a, c in zip(lo, hi)]
+    # the larger end pad crops more: as output_padding it may not fit, so crop afterwards
+    y = CF._conv_transpose(x, w, b, s, tuple(common), tuple(op_), at.get("group", 1), d, nd,
+                           "ConvTranspose")
+    if lo != hi:
+        y = y[(slice(None), slice(None)) + tuple(
+            slice(a - c, y.shape[2 + i] - (e - c)) for i, (a, e, c) in enumerate(zip(lo, hi,
+                                                                                   common)))]
+    return y
+
+
+def _col2im(m, at, x, image_shape, block_shape):
+    p = list(at.get("pads") or [0, 0, 0, 0])
+    if p[:2] != p[2:]:
+        _fail("Col2Im with asymmetric pads")
+    return F.fold(x, tuple(_ints(image_shape)), tuple(_ints(block_shape)),
+                  tuple(at.get("dilations") or [1, 1]), tuple(p[:2]),
+                  tuple(at.get("strides") or [1, 1]))
 
 
 def _global_avg(m, at, x):
@@ -464,7 +588,9 @@ def _einsum(m, at, *xs):
 
 
 def _pad(m, at, x, pads, value=None, axes=None):
-    if at.get("mode", "constant") != "constant":
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "edge",
+            "wrap": "wrap"}.get(at.get("mode", "constant"))
+    if mode is None:
         _fail(f"Pad mode {at['mode']!r}")
     p = _ints(pads)
     ax = _ints(axes) if axes is not None else list(range(x.ndim))
@@ -472,10 +598,135 @@ def _pad(m, at, x, pads, value=None, axes=None):
     width = [(0, 0)] * x.ndim
     for i, a in enumerate(ax):
         width[a % x.ndim] = (p[i], p[i + n])
-    if any(lo < 0 or hi < 0 for lo, hi in width):
-        _fail("Pad with negative pads")
+    if any(lo < 0 or hi < 0 for lo, hi in width):  # negative pads crop
+        x = x[tuple(slice(-min(lo, 0), x.shape[i] + min(hi, 0)) for i, (lo, hi) in
+                    enumerate(width))]
+        width = [(max(lo, 0), max(hi, 0)) for lo, hi in width]
+    if mode != "constant":
+        return ops.pad(x, tuple(width), mode=mode)
     v = 0.0 if value is None else float(value.item())
     return ops.pad(x, tuple(width), constant_values=v)
+
+
+def _ce_loss(nll: bool):
+    """SoftmaxCrossEntropyLoss / NegativeLogLikelihoodLoss as PyTorch's cross_entropy and
+    nll_loss (class-index targets, optional class weights, ignore_index)."""
+    def op(m, at, x, t, w=None):
+        kw = dict(weight=w, reduction=at.get("reduction", "mean"))
+        if "ignore_index" in at:
+            kw["ignore_index"] = int(at["ignore_index"])
+        if nll:
+            return F.nll_loss(x, t, **kw)
+        loss = F.cross_entropy(x, t, **kw)
+        return (loss, ops.log_softmax(x, axis=1)) if at["_n_out"] > 1 else loss
+    return op
+
+
+def _selu(m, at, x):
+    a, g = at.get("alpha"), at.get("gamma")
+    if (a is None or abs(a - 1.6732632) < 1e-6) and (g is None or abs(g - 1.0507010) < 1e-6):
+        return ops.selu(x)
+    return F.elu(x, a if a is not None else 1.6732632) * (g if g is not None else 1.0507010)
+
+
+def _hard_sigmoid(m, at, x):
+    a, b = at.get("alpha", 0.2), at.get("beta", 0.5)
+    if abs(a - 1.0 / 6.0) < 1e-7 and b == 0.5:  # PyTorch's (with nodegrad's rounding)
+        return ops.hardsigmoid(x)
+    return ops.hardtanh(x * a + b, 0.0, 1.0)
+
+
+def _shrink(m, at, x):
+    bias, lambd = at.get("bias", 0.0), at.get("lambd", 0.5)
+    if bias == lambd:
+        return ops.softshrink(x, lambd)
+    if bias == 0:
+        return ops.hardshrink(x, lambd)
+    return ops.where(x > lambd, x - bias, ops.where(x < -lambd, x + bias, 0.0))
+
+
+def _lrn(m, at, x):
+    """ONNX's window [c − ⌊(n−1)/2⌋, c + ⌈(n−1)/2⌉] (PyTorch's for odd n), as nodegrad's
+    local_response_norm computes it."""
+    n = at["size"]
+    alpha, beta, k = at.get("alpha", 1e-4), at.get("beta", 0.75), at.get("bias", 1.0)
+    if n % 2:
+        return F.local_response_norm(x, n, alpha, beta, k)
+    sq = ops.pad(x * x, ((0, 0), ((n - 1) // 2, n // 2)) + ((0, 0),) * (x.ndim - 2))
+    div = ops.sum(ops.sliding_window_view(sq, n, axis=1), axis=-1) * (alpha / n) + k
+    return x / div ** beta
+
+
+def _instance_norm(m, at, x, scale, bias):
+    return F.instance_norm(x, None, None, scale, bias, True, 0.1, at.get("epsilon", 1e-5))
+
+
+def _depth_to_space(m, at, x):
+    b = at["blocksize"]
+    if at.get("mode", "DCR") == "CRD":
+        return F.pixel_shuffle(x, b)
+    n, c, h, w = x.shape
+    y = ops.reshape(x, (n, b, b, c // (b * b), h, w))
+    return ops.reshape(ops.transpose(y, (0, 3, 4, 1, 5, 2)), (n, c // (b * b), h * b, w * b))
+
+
+def _space_to_depth(m, at, x):
+    b = at["blocksize"]
+    n, c, h, w = x.shape
+    y = ops.reshape(x, (n, c, h // b, b, w // b, b))
+    return ops.reshape(ops.transpose(y, (0, 3, 5, 1, 2, 4)), (n, c * b * b, h // b, w // b))
+
+
+def _resize(m, at, x, roi=None, scales=None, sizes=None):
+    """The Resize modes that are PyTorch's interpolate: nearest (asymmetric, floor), linear and
+    cubic (A = −0.75) with half-pixel or align-corners coordinates."""
+    nd = x.ndim - 2
+    mode = at.get("mode", "nearest")
+    ct = at.get("coordinate_transformation_mode", "half_pixel")
+    if at.get("antialias", 0) or at.get("exclude_outside", 0) or at.get("axes"):
+        _fail("Resize with antialias, exclude_outside or axes")
+    sc = [float(v) for v in np.asarray(values_of(scales)).reshape(-1)] if scales is not None \
+        and scales.numel() else None
+    sz = _ints(sizes) if sizes is not None and sizes.numel() else None
+    if (sc or [1.0, 1.0])[:2] != [1.0, 1.0] or (sz is not None and sz[:2] != list(x.shape[:2])):
+        _fail("Resize of the batch or channel axis")
+    if mode == "nearest":
+        nm = at.get("nearest_mode", "round_prefer_floor")
+        if ct == "asymmetric" and nm == "floor":
+            kind, align = "nearest", None
+        elif ct in ("half_pixel", "pytorch_half_pixel") and nm == "round_prefer_ceil":
+            kind, align = "nearest-exact", None
+        else:
+            _fail(f"Resize nearest with coordinate_transformation_mode={ct!r}, "
+                  f"nearest_mode={nm!r}")
+    elif mode in ("linear", "cubic"):
+        if ct not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            _fail(f"Resize {mode} with coordinate_transformation_mode={ct!r}")
+        if mode == "cubic" and (nd != 2 or abs(at.get("cubic_coeff_a", -0.75) + 0.75) > 1e-6):
+            _fail("Resize cubic other than 2-D with cubic_coeff_a=-0.75")
+        kind = "bicubic" if mode == "cubic" else ("linear", "bilinear", "trilinear")[nd - 1]
+        align = ct == "align_corners"
+    else:
+        _fail(f"Resize mode {mode!r}")
+    if sz is not None:
+        return CF.interpolate(x, size=tuple(sz[2:]), mode=kind, align_corners=align)
+    return CF.interpolate(x, scale_factor=tuple(sc[2:]), mode=kind, align_corners=align)
+
+
+def values_of(t: Tensor):
+    return B.backend_of(t.data).to_host(t.data)
+
+
+def _norm(order):
+    def op(m, at, x, axes=None):
+        ax = _axes(m, at, (x, axes), 1)
+        if not ax:
+            if at.get("noop_with_empty_axes", 0):
+                return x
+            ax = list(range(x.ndim))
+        return ops.vector_norm(x, order, tuple(a % x.ndim for a in ax),
+                               bool(at.get("keepdims", 1)))
+    return op
 
 
 # ONNX gate order -> PyTorch's: GRU (z, r, h) -> (r, z, n); LSTM (i, o, f, c) -> (i, f, g, o)
@@ -488,10 +739,35 @@ def _reorder(w: Tensor, h: int, order) -> Tensor:
     return ops.concatenate([w[g * h:(g + 1) * h] for g in order], axis=0)
 
 
+def _one_direction(x, h0, c0, w, mode, reverse: bool, lens):
+    """One direction of a recurrent layer: (T, N, H) outputs, h_n and c_n. With ``lens`` each
+    sequence runs over its first lens[b] steps (backwards from its own end when ``reverse``),
+    its state then held and its outputs zero, as ONNX's sequence_lens."""
+    T, n = x.shape[:2]
+    if lens is None:
+        xs = ops.flip(x, 0) if reverse else x
+        y, h, c = recurrent_layer(xs, h0[None], None if c0 is None else c0[None], [w], mode)
+        return (ops.flip(y, 0) if reverse else y), h[0], None if c is None else c[0]
+    t = np.arange(T)[:, None]
+    valid = t < lens[None, :]                                              # (T, N)
+    order = np.where(valid, lens[None, :] - 1 - t, t) if reverse else np.broadcast_to(t, (T, n))
+    cols = np.broadcast_to(np.arange(n)[None, :], (T, n))
+    xs = x[(order, cols)] if reverse else x
+    h, c, outs = h0[None], None if c0 is None else c0[None], []
+    for k in range(T):
+        yk, hk, ck = recurrent_layer(xs[k:k + 1], h, c, [w], mode)
+        keep = _const(valid[k].reshape(1, n, 1))
+        h = ops.where(keep, hk, h)
+        c = None if c is None else ops.where(keep, ck, c)
+        outs.append(ops.where(keep[0], yk, 0.0))
+    y = ops.concatenate(outs, 0)
+    if reverse:
+        y = y[(order, cols)]
+    return y, h[0], None if c is None else c[0]
+
+
 def _recurrent(kind):
     def op(m, at, x, W, R, Bias=None, seq_lens=None, h0=None, c0=None, P=None):
-        if seq_lens is not None:
-            _fail("sequence_lens (variable-length sequences)")
         if P is not None:
             _fail("LSTM peepholes")
         if at.get("clip") is not None:
@@ -512,8 +788,8 @@ def _recurrent(kind):
             if [a for i, a in enumerate(acts)] != want * (len(acts) // len(want)):
                 _fail(f"{kind} activations {acts}")
         direction = at.get("direction", "forward")
-        if direction == "reverse":
-            _fail("direction='reverse'")
+        if direction not in ("forward", "reverse", "bidirectional"):
+            _fail(f"direction={direction!r}")
         if at.get("layout", 0):
             x = ops.swapaxes(x, 0, 1)
             h0 = None if h0 is None else ops.swapaxes(h0, 0, 1)
@@ -534,8 +810,24 @@ def _recurrent(kind):
             h0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
         if kind == "LSTM" and c0 is None:
             c0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
-        y, h, c = recurrent_layer(x, h0, c0 if kind == "LSTM" else None, weights, mode)
-        y = ops.transpose(ops.reshape(y, (y.shape[0], n, D, H)), (0, 2, 1, 3))
+        lens = None
+        if seq_lens is not None:
+            lens = np.asarray(values_of(seq_lens)).astype(np.int64).reshape(-1)
+            if lens.shape != (n,) or lens.min(initial=1) < 1 or lens.max(initial=0) > x.shape[0]:
+                _fail(f"sequence_lens {lens.tolist()} for {n} sequences of length {x.shape[0]}")
+            if (lens == x.shape[0]).all():
+                lens = None
+        if lens is None and direction != "reverse":
+            y, h, c = recurrent_layer(x, h0, c0 if kind == "LSTM" else None, weights, mode)
+            y = ops.reshape(y, (y.shape[0], n, D, H))
+        else:  # each direction on its own: the reverse one and variable lengths
+            rev = [direction == "reverse" or d == 1 for d in range(D)]
+            runs = [_one_direction(x, h0[d], None if c0 is None else c0[d], weights[d], mode,
+                                   rev[d], lens) for d in range(D)]
+            y = ops.stack([r[0] for r in runs], axis=2)
+            h = ops.stack([r[1] for r in runs])
+            c = ops.stack([r[2] for r in runs]) if kind == "LSTM" else None
+        y = ops.transpose(y, (0, 2, 1, 3))
         if at.get("layout", 0):
             y = ops.transpose(y, (2, 0, 1, 3))
             h = ops.swapaxes(h, 0, 1)
@@ -570,6 +862,17 @@ OPS = {
     "GlobalAveragePool": _global_avg, "BatchNormalization": _batch_norm,
     "LayerNormalization": _layer_norm, "Dropout": _dropout,
     "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"), "RNN": _recurrent("RNN"),
+    "Tan": _un(ops.tan), "ConvTranspose": _conv_transpose, "GlobalMaxPool": _global_max,
+    "LpPool": _lp_pool, "Col2Im": _col2im, "MaxUnpool": _max_unpool,
+    "Range": _range,
+    "Selu": _selu, "Celu": lambda m, at, x: ops.celu(x, at.get("alpha", 1.0)),
+    "HardSigmoid": _hard_sigmoid, "HardSwish": _un(ops.hardswish), "Mish": _un(ops.mish),
+    "Softsign": _un(ops.softsign), "Shrink": _shrink,
+    "ThresholdedRelu": lambda m, at, x: ops.threshold(x, at.get("alpha", 1.0), 0.0),
+    "LRN": _lrn, "InstanceNormalization": _instance_norm, "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth, "Resize": _resize, "ReduceL2": _norm(2),
+    "ReduceL1": _norm(1), "SoftmaxCrossEntropyLoss": _ce_loss(False),
+    "NegativeLogLikelihoodLoss": _ce_loss(True),
 }
 
 __all__ = ["OnnxModule", "load"]
