@@ -251,6 +251,58 @@ ndarray = np.ndarray
 generic = np.generic
 
 
+# --- matrix products -------------------------------------------------------------------------
+SMALL_PRODUCT = 1 << 25
+"""Multiply-adds per matrix below which a product runs on one BLAS thread (~1 ms of one core)."""
+
+
+class _BlasThreads:
+    """NumPy's OpenBLAS thread count, read and set through threadpoolctl (found on first use)."""
+
+    lib = None
+    looked = False
+
+    @classmethod
+    def find(cls):
+        cls.looked = True
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # without threadpoolctl every product keeps BLAS's own threads
+            return None
+        libs = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
+                if "numpy" in c.filepath]
+        if libs and libs[0].threading_layer == "pthreads":
+            cls.lib = libs[0]
+        return cls.lib
+
+
+def matmul(a, b):
+    """``a @ b``, with a small CPU product on one BLAS thread.
+
+    A second OpenBLAS thread gains little on a product under :data:`SMALL_PRODUCT` multiply-adds
+    and, when other processes share the cores, waits for a descheduled thread (a W3b step ran
+    ~20x slower); large products keep the thread count the user set.
+    """
+    if type(a) is not np.ndarray:
+        return a @ b
+    k = a.shape[-1] if a.ndim else 1
+    m = a.shape[-2] if a.ndim > 1 else 1
+    n = b.shape[-1] if b.ndim > 1 else 1
+    if m * k * n >= SMALL_PRODUCT:
+        return a @ b
+    lib = _BlasThreads.lib if _BlasThreads.looked else _BlasThreads.find()
+    if lib is None:
+        return a @ b
+    threads = lib.get_num_threads()
+    if threads == 1:
+        return a @ b
+    lib.set_num_threads(1)
+    try:
+        return a @ b
+    finally:
+        lib.set_num_threads(threads)
+
+
 # --- NCCL (collectives between GPUs, through CuPy) ---------------------------------------------
 class NcclComm:
     """A NCCL communicator over CuPy: in-place allreduce and broadcast of device arrays on the

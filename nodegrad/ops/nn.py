@@ -7,6 +7,7 @@ Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick),
 
 from __future__ import annotations
 
+from .. import _backend as B
 from ..batching import batched, front, rank_up, size_of
 from ..primitive import primitive
 from .elementwise import exp, log, log1p, maximum
@@ -119,7 +120,7 @@ def binary_cross_entropy(p, t):
 
 # --- affine ---------------------------------------------------------------------------------
 def _linear_fwd(xp, x, w, b):
-    out = xp.matmul(x, w.T)
+    out = B.matmul(x, w.T)
     if b is not None:
         out += b  # in place into the product, as addmm: no second batch-sized array
     return out
