@@ -1,5 +1,5 @@
 """Fused primitives for stability and speed: logsumexp, softmax, log_softmax, binary and
-softmax cross-entropy, linear.
+softmax cross-entropy, linear, the GRU gate update.
 
 Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick), so logits of
 ±1e4 give finite values and finite gradients.
@@ -10,10 +10,12 @@ from __future__ import annotations
 from .. import _backend as B
 from ..batching import batched, front, rank_up, size_of
 from ..primitive import primitive
-from .elementwise import exp, log, log1p, maximum
+from .elementwise import _sigmoid as _sigmoid_np
+from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, sigmoid,
+                          tanh)
 from .reduce import _sum
-from .shape import (broadcast_to, expand_dims, keepdims_shape, norm_axes, norm_axis, reshape,
-                    swapaxes)
+from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, norm_axes, norm_axis,
+                    reshape, swapaxes)
 
 
 def _shifted(xp, x, axis):
@@ -317,3 +319,74 @@ _ce = primitive(
     "cross_entropy", _ce_fwd, (lambda g, ans, x, t, **p: _ce_grad(x, g, t, **p), None),
     kind="nn", jvp=_ce_jvp, batch=_ce_batch, operands=None,
     doc="Softmax cross-entropy of logits against class indices, in one pass.")
+
+
+# --- the GRU gate update ---------------------------------------------------------------------
+def _gru_fwd(xp, gi, gh, h):
+    n_h = h.shape[-1]
+    rz = _sigmoid_np(xp, gi[..., :2 * n_h] + gh[..., :2 * n_h])
+    n = gh[..., 2 * n_h:] * rz[..., :n_h]
+    n += gi[..., 2 * n_h:]
+    xp.tanh(n, out=n)
+    out = h - n
+    out *= rz[..., n_h:]
+    out += n
+    return out
+
+
+def _gru_parts(gi, gh, h):
+    """r, z, n and hₙ (the h-side of n's pre-activation) as tensors, for the rules."""
+    n_h = h.shape[-1]
+    rz = sigmoid(gi[..., :2 * n_h] + gh[..., :2 * n_h])
+    ghn = gh[..., 2 * n_h:]
+    r = rz[..., :n_h]
+    return rz, r, rz[..., n_h:], tanh(gi[..., 2 * n_h:] + r * ghn), ghn
+
+
+def _gru_vjp(needs, c, ans, gi, gh, h):
+    rz, r, z, n, ghn = _gru_parts(gi, gh, h)
+    cz = c * z
+    da = _tanh_grad(c - cz, n)                                # n's pre-activation
+    drz = _sigmoid_grad(concatenate([da * ghn, c * (h - n)], -1), rz)
+    return (concatenate([drz, da], -1) if needs[0] else None,
+            concatenate([drz, da * r], -1) if needs[1] else None,
+            cz if needs[2] else None)
+
+
+def _gru_jvp(ts, ans, gi, gh, h):
+    tgi, tgh, th = ts
+    rz, r, z, n, ghn = _gru_parts(gi, gh, h)
+    n_h = h.shape[-1]
+    ta = [t[..., :2 * n_h] for t in (tgi, tgh) if t is not None]
+    if not ta:  # only h moves
+        return z * th
+    trz = _sigmoid_grad(ta[0] if len(ta) == 1 else ta[0] + ta[1], rz)
+    tn = trz[..., :n_h] * ghn
+    if tgi is not None:
+        tn = tn + tgi[..., 2 * n_h:]
+    if tgh is not None:
+        tn = tn + r * tgh[..., 2 * n_h:]
+    tn = _tanh_grad(tn, n)
+    out = tn + trz[..., n_h:] * (h - n) - z * tn
+    return out if th is None else out + z * th
+
+
+def _gru_batch(vals, bdims):
+    """Batch axis first; an unbatched operand gets length-1 axes to broadcast against it."""
+    rank = max(v.ndim - (b is not None) for v, b in zip(vals, bdims))
+    ops = [rank_up(v, b, rank) if b is not None else
+           reshape(v, (1,) * (rank + 1 - v.ndim) + tuple(v.shape)) for v, b in zip(vals, bdims)]
+    return _gru(*ops), 0
+
+
+_gru = primitive(
+    "gru_update", _gru_fwd, vjp_all=_gru_vjp, kind="nn", jvp=_gru_jvp, batch=_gru_batch,
+    operands="all",
+    doc="GRU's gates from gi = x Wᵢₕᵀ + bᵢₕ and gh = h Wₕₕᵀ + bₕₕ (gate order r, z, n): "
+        "h' = n + z (h - n), n = tanh(gi_n + r gh_n), in one bind.")
+
+
+def gru_update(gi, gh, h):
+    """One GRU step's gate update: r, z = σ(gi + gh) on the first 2H columns,
+    n = tanh(gi_n + r ⊙ gh_n), h' = (1 - z) ⊙ n + z ⊙ h; the operands broadcast."""
+    return _gru(gi, gh, h)
