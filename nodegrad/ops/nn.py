@@ -186,7 +186,10 @@ def _ce_keep(xp, t, ignore_index, reduction, dtype):
 def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
     logp = _log_softmax_fwd(xp, x, axis)
     safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
-    picked = xp.take_along_axis(logp, xp.expand_dims(safe, axis), axis).squeeze(axis)
+    if logp.ndim == 2 and axis == 1:  # (batch, classes): one gather, no index arrays built
+        picked = logp[xp.arange(logp.shape[0]), safe]
+    else:
+        picked = xp.take_along_axis(logp, xp.expand_dims(safe, axis), axis).squeeze(axis)
     loss = -picked * _ce_keep(xp, t, ignore_index, reduction if reduction != "mean" else "sum",
                               x.dtype)
     if reduction == "none":
@@ -202,6 +205,10 @@ def _ce_grad_fwd(xp, x, g, t, axis, ignore_index, reduction):
     s = _ce_keep(xp, t, ignore_index, reduction, x.dtype) * g   # each target's cotangent
     p = _softmax_fwd(xp, x, axis)
     safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
+    if p.ndim == 2 and axis == 1:  # (batch, classes): subtract the one-hot in place
+        p[xp.arange(p.shape[0]), safe] -= 1
+        p *= s[:, None]
+        return p
     onehot = xp.zeros_like(p)
     xp.put_along_axis(onehot, xp.expand_dims(safe, axis), 1, axis)
     p -= onehot
