@@ -257,23 +257,30 @@ SMALL_PRODUCT = 1 << 25
 
 
 class _BlasThreads:
-    """NumPy's OpenBLAS thread count, read and set through threadpoolctl (found on first use)."""
+    """NumPy's OpenBLAS thread count: the library found by threadpoolctl on first use, its
+    get/set functions then called directly (ctypes, ~0.2 µs each, for every small product)."""
 
-    lib = None
+    get = set = None
     looked = False
 
     @classmethod
-    def find(cls):
+    def find(cls) -> bool:
         cls.looked = True
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:  # without threadpoolctl every product keeps BLAS's own threads
-            return None
-        libs = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
-                if "numpy" in c.filepath]
-        if libs and libs[0].threading_layer == "pthreads":
-            cls.lib = libs[0]
-        return cls.lib
+            return False
+        for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+            if "numpy" not in c.filepath or c.threading_layer != "pthreads":
+                continue
+            for name in ("scipy_openblas_{}64_", "scipy_openblas_{}", "openblas_{}64_",
+                         "openblas_{}"):
+                get = getattr(c.dynlib, name.format("get_num_threads"), None)
+                set_ = getattr(c.dynlib, name.format("set_num_threads"), None)
+                if get is not None and set_ is not None:
+                    cls.get, cls.set = get, set_
+                    return True
+        return False
 
 
 def matmul(a, b):
@@ -290,17 +297,18 @@ def matmul(a, b):
     n = b.shape[-1] if b.ndim > 1 else 1
     if m * k * n >= SMALL_PRODUCT:
         return a @ b
-    lib = _BlasThreads.lib if _BlasThreads.looked else _BlasThreads.find()
-    if lib is None:
+    get = _BlasThreads.get
+    if get is None and (_BlasThreads.looked or not _BlasThreads.find()):
         return a @ b
-    threads = lib.get_num_threads()
+    get = _BlasThreads.get
+    threads = get()
     if threads == 1:
         return a @ b
-    lib.set_num_threads(1)
+    _BlasThreads.set(1)
     try:
         return a @ b
     finally:
-        lib.set_num_threads(threads)
+        _BlasThreads.set(threads)
 
 
 # --- NCCL (collectives between GPUs, through CuPy) ---------------------------------------------
