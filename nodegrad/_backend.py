@@ -3,7 +3,8 @@
 This is the only module that imports numpy or cupy. Everything that differs between the two
 (scatter-add, strided windows, random generators, special functions, DLPack, synchronisation,
 host copies) is one named method of :class:`Backend`; ops and optimisers call those and never
-branch on the device themselves.
+branch on the device themselves. :func:`matmul` is the one matrix product of the forward rules
+(small CPU products on one BLAS thread).
 """
 
 from __future__ import annotations
