@@ -315,20 +315,78 @@ def _find(module: str, wid: str) -> Workload:
     return found[0]
 
 
+def _rss_kib(field: str = "VmRSS") -> int | None:
+    """This process's resident size ("VmRSS") or its high-water mark ("VmHWM") in KiB (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for ln in f:
+                if ln.startswith(field + ":"):
+                    return int(ln.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_hwm() -> int | None:
+    """Reset the high-water mark to the current resident size (Linux's clear_refs) and return
+    that size in KiB, or None where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _rss_kib()
+
+
+def _framework_ready(framework: str) -> None:
+    """Import the framework and run a tiny step of the usual ops (a product, 1-D and 2-D
+    convolutions, ReLU, cross-entropy, backward, Adam), so that the memory baseline taken next
+    already holds the libraries and kernels they load on first use, not the workload's data."""
+    if framework == "torch":
+        import torch as lib
+        from torch.nn import functional as F
+
+        tensor = lib.ones
+    elif framework == "nodegrad":
+        import nodegrad as lib
+        from nodegrad.nn import functional as F
+
+        tensor = lib.ones
+    else:
+        return
+    x = tensor(2, 1, 4, 4, requires_grad=True)
+    w = tensor(1, 1, 3, 3, requires_grad=True)
+    y = F.conv2d(x, w).sum() + F.conv1d(x[:, :, 0], w[:, :, 0]).sum()
+    logits = (x.reshape(2, 16) @ tensor(16, 3)).relu()
+    (F.cross_entropy(logits, lib.zeros(2, dtype=lib.int64)) + y).backward()
+    lib.optim.Adam([x, w]).step()
+
+
 def _worker(module: str, wid: str, framework: str, settings: Settings, conn) -> None:
     """Build one framework's step, report its first value and block size, then time blocks of
-    steps whenever the parent asks ("block"), until it says "stop"."""
+    steps whenever the parent asks ("block"), until it says "stop". Each reply carries the
+    process's peak resident memory above the baseline taken before the step was built."""
     try:
         w = _find(module, wid)
+        _framework_ready(framework)
+        gc.collect()
+        base = _rss_kib()
         step = getattr(w, framework)(_fresh(w))
         value = _as_float(step())
         n = _inner(step, settings)
         _settle()
+        whole = _rss_kib("VmHWM")  # the high-water mark of building and warming up
+        steady = _reset_hwm()  # after warm-up: what the timed steps add to the resident set
         conn.send(("ready", value, n))
         while conn.recv() == "block":
             t = _time_block(step, n, settings)
             _settle()  # quiet before the parent hands the machine to the next framework
-            conn.send(("time", t, time.process_time()))
+            hwm = _rss_kib("VmHWM")
+            peak = None
+            if base is not None and hwm is not None and whole is not None:
+                peak = {"peak_bytes": (max(hwm, whole) - base) * 1024,
+                        "step_peak_bytes": None if steady is None else (hwm - steady) * 1024}
+            conn.send(("time", t, time.process_time(), peak))
     except BaseException as e:  # reported to the parent, which names the workload
         conn.send(("error", f"{type(e).__name__}: {e}", None))
     finally:
@@ -347,7 +405,7 @@ class _Worker:
                                 daemon=True)
         self.proc.start()
         child.close()
-        self.name, self.cpu = framework, 0.0
+        self.name, self.cpu, self.peak = framework, 0.0, None
         self.value, self.n = self._reply("ready")
 
     def _reply(self, kind: str):
@@ -355,6 +413,8 @@ class _Worker:
         if msg[0] == "error":
             raise RuntimeError(f"{self.name} worker failed: {msg[1]}")
         assert msg[0] == kind, msg
+        if len(msg) > 3:
+            self.peak = msg[3]
         return msg[1], msg[2]
 
     def block(self) -> float:
@@ -395,6 +455,11 @@ def measure_processes(w: Workload, settings: Settings, torch) -> dict:
         for wk in workers.values():
             wk.close()
     res = _summarise(w, samples, {name: wk.n for name, wk in workers.items()}, check)
+    for name, wk in workers.items():
+        res[name].update(wk.peak or {"peak_bytes": None, "step_peak_bytes": None})
+    mem = {name: wk.peak["peak_bytes"] for name, wk in workers.items() if wk.peak}
+    res["memory_ratio_torch"] = (mem["nodegrad"] / mem["torch"]
+                                 if "nodegrad" in mem and "torch" in mem else None)
     # the workers' CPU is ours: only the rest of the machine counts as background
     own = sum(wk.cpu - cpu0[name] for name, wk in workers.items())
     res["background_cores"] = background_cores(start, (end[0], end[1], end[2] + own))
@@ -430,7 +495,8 @@ def _summarise(w: Workload, samples: dict, inner: dict, check: str) -> dict:
 # --- the table -------------------------------------------------------------------------------
 _COLS = (("id", 3, "<"), ("workload", 45, "<"), ("unit", 7, "<"), ("nodegrad", 8, ">"),
          ("PyTorch", 8, ">"), ("ng/PT", 6, ">"), ("floor", 8, ">"), ("ng/floor", 8, ">"),
-         ("floor is", 15, "<"), ("bg", 4, ">"), ("check", 5, "<"))
+         ("floor is", 15, "<"), ("ng MiB", 6, ">"), ("PT MiB", 6, ">"), ("bg", 4, ">"),
+         ("check", 5, "<"))
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -450,10 +516,15 @@ def table_row(r: dict) -> str:
     def med(name):
         return None if r[name] is None else r[name]["median"]
 
+    def mib(name):
+        peak = None if r[name] is None else r[name].get("peak_bytes")
+        return None if peak is None else peak / 2 ** 20
+
     return _row([r["id"], r["label"], r["unit"], _num(med("nodegrad"), ".3g"),
                  _num(med("torch"), ".3g"), _num(r["ratio_torch"], ".2f"),
                  _num(med("floor"), ".3g"), _num(r["ratio_floor"], ".2f"),
                  r["floor_name"] if r["floor"] is not None else "-",
+                 _num(mib("nodegrad"), ".1f"), _num(mib("torch"), ".1f"),
                  _num(r["background_cores"], ".1f"), r["check"]])
 
 

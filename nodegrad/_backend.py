@@ -3,7 +3,8 @@
 This is the only module that imports numpy or cupy. Everything that differs between the two
 (scatter-add, strided windows, random generators, special functions, DLPack, synchronisation,
 host copies) is one named method of :class:`Backend`; ops and optimisers call those and never
-branch on the device themselves.
+branch on the device themselves. :func:`matmul` is the one matrix product of the forward rules
+(small CPU products on one BLAS thread).
 """
 
 from __future__ import annotations
@@ -249,6 +250,66 @@ def is_array(x) -> bool:
 
 ndarray = np.ndarray
 generic = np.generic
+
+
+# --- matrix products -------------------------------------------------------------------------
+SMALL_PRODUCT = 1 << 25
+"""Multiply-adds per matrix below which a product runs on one BLAS thread (~1 ms of one core)."""
+
+
+class _BlasThreads:
+    """NumPy's OpenBLAS thread count: the library found by threadpoolctl on first use, its
+    get/set functions then called directly (ctypes, ~0.2 µs each, for every small product)."""
+
+    get = set = None
+    looked = False
+
+    @classmethod
+    def find(cls) -> bool:
+        cls.looked = True
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # without threadpoolctl every product keeps BLAS's own threads
+            return False
+        for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+            if "numpy" not in c.filepath or c.threading_layer != "pthreads":
+                continue
+            for name in ("scipy_openblas_{}64_", "scipy_openblas_{}", "openblas_{}64_",
+                         "openblas_{}"):
+                get = getattr(c.dynlib, name.format("get_num_threads"), None)
+                set_ = getattr(c.dynlib, name.format("set_num_threads"), None)
+                if get is not None and set_ is not None:
+                    cls.get, cls.set = get, set_
+                    return True
+        return False
+
+
+def matmul(a, b):
+    """``a @ b``, with a small CPU product on one BLAS thread.
+
+    A second OpenBLAS thread gains little on a product under :data:`SMALL_PRODUCT` multiply-adds
+    and, when other processes share the cores, waits for a descheduled thread (a W3b step ran
+    ~20x slower); large products keep the thread count the user set.
+    """
+    if type(a) is not np.ndarray:
+        return a @ b
+    k = a.shape[-1] if a.ndim else 1
+    m = a.shape[-2] if a.ndim > 1 else 1
+    n = b.shape[-1] if b.ndim > 1 else 1
+    if m * k * n >= SMALL_PRODUCT:
+        return a @ b
+    get = _BlasThreads.get
+    if get is None and (_BlasThreads.looked or not _BlasThreads.find()):
+        return a @ b
+    get = _BlasThreads.get
+    threads = get()
+    if threads == 1:
+        return a @ b
+    _BlasThreads.set(1)
+    try:
+        return a @ b
+    finally:
+        _BlasThreads.set(threads)
 
 
 # --- NCCL (collectives between GPUs, through CuPy) ---------------------------------------------

@@ -415,8 +415,13 @@ def _run_hooks(hooks, g):
     return g
 
 
-def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes) -> None:
-    """Send node ``n``'s VJP messages to its parents (summed into ``pending``)."""
+def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
+                owned: dict | None = None) -> None:
+    """Send node ``n``'s VJP messages to its parents (summed into ``pending``).
+
+    ``owned`` maps a vertex to the pending sum the engine made itself (no one else holds its
+    array): a further message is added into it in place, with no new array and no bind.
+    """
     if not n.alive:
         raise GradError(
             f"backward through '{n.prim.name}' a second time: its saved values were freed by "
@@ -454,7 +459,14 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes)
         if anomaly:
             _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
         prev = pending.get(p)
-        pending[p] = gi if prev is None else prev + gi
+        if prev is None:
+            pending[p] = gi
+        elif owned is None:
+            pending[p] = prev + gi
+        elif owned.get(p) is prev and prev.dtype == gi.dtype:
+            prev.data += gi.data
+        else:
+            pending[p] = owned[p] = prev + gi
     m.in_backward = None
 
 
@@ -517,6 +529,9 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     m = modes()
     prev_mode = m.grad_enabled
     m.grad_enabled = create_graph
+    # sums the engine owns may grow in place, unless they must stay graph ops (create_graph,
+    # or a jit trace that replays every op it saw)
+    owned = None if create_graph or m.jit is not None else {}
     try:
         counts = _toposort_counts(starts)
         ready = []
@@ -527,13 +542,15 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
         while ready:
             n = ready.pop()
             g = pending.pop(n, None)
+            if owned:
+                owned.pop(n, None)
             if g is not None:
                 if n.hooks:
                     g = _run_hooks(n.hooks, g)
                 if tkeys is not None and n in tset:
                     results[n] = g
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
-                    _apply_vjps(n, g, create_graph, wanted, pending, m)
+                    _apply_vjps(n, g, create_graph, wanted, pending, m, owned)
                 if not retain_graph:
                     n.args = n.out = None
                     n.alive = False
@@ -548,6 +565,8 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                     counts[p] = c
                     if c == 0 and p in pending:  # no more messages: hooks and .grad now, so
                         g = pending.pop(p)  # gradient hooks (DDP) run while backward goes on
+                        if owned:
+                            owned.pop(p, None)
                         if p._hooks:
                             g = _run_hooks(p._hooks, g)
                         _accumulate_leaf(p, g, create_graph, seen)

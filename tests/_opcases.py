@@ -81,7 +81,8 @@ ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "ge
           "gelu_tanh", "matmul", "logsumexp", "softmax", "log_softmax", "sum", "mean", "max",
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
-          "conv_weight_grad", "cross_entropy", "cross_entropy_grad")
+          "conv_weight_grad", "cross_entropy", "cross_entropy_grad", "tanh_grad", "sigmoid_grad",
+          "gru_update")
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,9 @@ ew("tan", ng.tan, lambda x: x.tan(), "tan")
 ew("tanh", ng.tanh, lambda x: x.tanh(), "wide")
 ew("erf", ng.erf, lambda x: torch.erf(x), "wide")
 ew("sigmoid", ng.sigmoid, lambda x: x.sigmoid(), "wide")
+ew("tanh_grad", lambda g, a: P["tanh_grad"](g, a), lambda g, a: g * (1 - a * a), "real", "real")
+ew("sigmoid_grad", lambda g, a: P["sigmoid_grad"](g, a), lambda g, a: g * a * (1 - a), "real",
+   "real")
 ew("relu", ng.relu, lambda x: x.relu(), "kink0")
 ew("relu_grad", lambda g, a: P["relu_grad"](g, a), lambda g, a: g * (a > 0) + 0 * a, "real",
    "kink0")
@@ -866,6 +870,28 @@ def _cross_entropy_grad(draw, layout):
 CE = ("vector", "matrix", "3d", "noncontig")
 case("cross_entropy", _cross_entropy, layouts=CE)
 case("cross_entropy_grad", _cross_entropy_grad, layouts=CE)
+
+
+# --- the GRU gate update (fused) -------------------------------------------------------------
+def _gru_ref(gi, gh, h):
+    n_h = h.shape[-1]
+    rz = (gi[..., :2 * n_h] + gh[..., :2 * n_h]).sigmoid()
+    n = (gi[..., 2 * n_h:] + rz[..., :n_h] * gh[..., 2 * n_h:]).tanh()
+    return n + rz[..., n_h:] * (h - n)
+
+
+def _gru_case(draw, layout):
+    """gi, gh (..., 3H) and h (..., H); in "rank", h is one state broadcast over the batch."""
+    n_h = draw(st.integers(1, 3))
+    lead = {"vector": (), "matrix": (draw(st.integers(1, 4)),), "rank": (draw(st.integers(1, 4)),),
+            "3d": (draw(st.integers(1, 3)), draw(st.integers(1, 3)))}[layout]
+    hl = () if layout == "rank" else lead
+    return Call(lambda gi, gh, h: P["gru_update"](gi, gh, h),
+                (arr(draw, lead + (3 * n_h,), "wide"), arr(draw, lead + (3 * n_h,), "wide"),
+                 arr(draw, hl + (n_h,), "wide")), _gru_ref)
+
+
+case("gru_update", _gru_case, layouts=("vector", "matrix", "3d", "rank", "noncontig"))
 
 
 CONV = ("vector", "matrix", "3d", "empty", "noncontig")
@@ -2299,6 +2325,8 @@ FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_
 PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({
     "relu_grad": [lambda x: P["relu_grad"](x, 1.0), lambda x: P["relu_grad"](2.0, x)],
+    "tanh_grad": [lambda x: P["tanh_grad"](x, 0.5), lambda x: P["tanh_grad"](2.0, x)],
+    "sigmoid_grad": [lambda x: P["sigmoid_grad"](x, 0.25), lambda x: P["sigmoid_grad"](2.0, x)],
     "atan2": [lambda x: ng.atan2(x, 1.5), lambda x: ng.atan2(0.5, x)],
     "hypot": [lambda x: ng.hypot(x, 2.0)],
     "copysign": [lambda x: ng.copysign(x, -1.0), lambda x: ng.copysign(2.0, x)],

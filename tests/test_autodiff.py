@@ -26,6 +26,33 @@ def test_shared_subexpression_sums_messages():
     assert x.grad.item() == pytest.approx(3 * 4 + np.exp(4) * 4, rel=1e-6)
 
 
+def test_many_messages_sum_in_place_without_touching_shared_cotangents():
+    """Messages after the second are added into the engine's own sum; an aliased cotangent (the
+    caller's, or one add sent to both parents) is never written to."""
+    x = ng.tensor(np.arange(6.0, dtype=np.float32).reshape(2, 3), requires_grad=True)
+    w = ng.tensor(np.full((2, 3), 0.5, dtype=np.float32), requires_grad=True)
+    h = x
+    for _ in range(5):
+        h = h * w + x  # x and w each get five messages
+    y = h + h + h  # one add sends the same cotangent to both its parents
+    c = ng.tensor(np.ones((2, 3), dtype=np.float32))
+    y.backward(c, retain_graph=True)
+    np.testing.assert_array_equal(c.numpy(), np.ones((2, 3), dtype=np.float32))
+    xs, ws = x.numpy().astype(np.float64), 0.5
+    # h_k = h_{k-1} w + x: dh5/dx = 1 + w + ... + w^5, dh5/dw = sum_k h_{k-1} w^(5-k)
+    hs = [xs]
+    for _ in range(5):
+        hs.append(hs[-1] * ws + xs)
+    dx = 3 * sum(ws ** k for k in range(6))
+    dw = 3 * sum(hs[k - 1] * ws ** (5 - k) for k in range(1, 6))
+    np.testing.assert_allclose(x.grad.numpy(), dx, rtol=1e-5)
+    np.testing.assert_allclose(w.grad.numpy(), dw, rtol=1e-5)
+    x.grad = None
+    (gx,) = ng.autodiff.grad([y], [x], [c])
+    np.testing.assert_allclose(gx.numpy(), dx, rtol=1e-5)
+    np.testing.assert_array_equal(c.numpy(), np.ones((2, 3), dtype=np.float32))
+
+
 def test_grad_not_shared_between_leaves():
     a = ng.tensor([1.0, 2.0], requires_grad=True)
     b = ng.tensor([3.0, 4.0], requires_grad=True)

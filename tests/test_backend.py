@@ -68,3 +68,24 @@ def test_cuda_random_reproducible():
     a = ng.randn(5, device="cuda").numpy()
     ng.manual_seed(3)
     np.testing.assert_array_equal(a, ng.randn(5, device="cuda").numpy())
+
+
+def test_small_products_run_on_one_blas_thread_and_restore_the_count():
+    """A product under SMALL_PRODUCT multiply-adds switches OpenBLAS to one thread for itself
+    only: the values are a @ b and the user's thread count stands afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 20)).astype(np.float32)
+    b = rng.standard_normal((20, 10)).astype(np.float32)
+    if not B._BlasThreads.looked:
+        B._BlasThreads.find()
+    if B._BlasThreads.get is None:
+        pytest.skip("NumPy is not linked with a pthreads OpenBLAS")
+    for n in (2, 1):
+        with threadpoolctl.threadpool_limits(n, user_api="blas"):
+            before = B._BlasThreads.get()
+            np.testing.assert_array_equal(B.matmul(a, b), a @ b)
+            np.testing.assert_array_equal(B.matmul(a[0], b), a[0] @ b)
+            assert B._BlasThreads.get() == before

@@ -16,6 +16,7 @@ from .. import ops
 from ..autodiff import is_grad_enabled
 from ..batching import values
 from ..errors import ShapeError
+from ..ops.nn import gru_update
 from ..random import Generator
 from ..tensor import Tensor
 from . import functional as F
@@ -36,9 +37,7 @@ def _gru_update(gi: Tensor, gh: Tensor, h: Tensor, n_h: int) -> Tensor:
 
     ``gi`` = x Wᵢₕᵀ + bᵢₕ and ``gh`` = h Wₕₕᵀ + bₕₕ, both (..., 3H); r and z see their sum.
     """
-    rz = ops.sigmoid((gi + gh)[..., :2 * n_h])
-    n = ops.tanh(gi[..., 2 * n_h:] + rz[..., :n_h] * gh[..., 2 * n_h:])
-    return n + rz[..., n_h:] * (h - n)
+    return gru_update(gi, gh, h)  # one fused primitive (nodegrad.ops.nn), not ~16
 
 
 def _lstm_update(a: Tensor, c: Tensor, n_h: int) -> tuple[Tensor, Tensor]:

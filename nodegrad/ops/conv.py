@@ -89,13 +89,13 @@ def _conv_fwd(xp, x, w, b, stride, padding, dilation, groups):
     n = x.shape[0]
     wt = _kernel_rows(w, groups)                                        # (G, Og, K·Cg)
     if groups == 1:
-        y = cols[0] @ wt[0].T                                            # (N·P, O)
+        y = B.matmul(cols[0], wt[0].T)                                           # (N·P, O)
         if b is not None:
             y += b
         y = y.reshape((n,) + out + (o,))
         return y.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))      # (N, O, *out), a view
     og = o // groups
-    y = cols @ wt.transpose(0, 2, 1)                                     # (G, N·P, Og)
+    y = B.matmul(cols, wt.transpose(0, 2, 1))                                    # (G, N·P, Og)
     if b is not None:
         y += b.reshape(groups, 1, og)
     y = y.reshape((groups, n) + out + (og,))
@@ -110,7 +110,7 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
     cg, k = w.shape[1], tuple(w.shape[2:])
     out = tuple(g.shape[2:])
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
-    cols = rows @ _kernel_rows(w, groups)                                # (G, N·P, K·Cg)
+    cols = B.matmul(rows, _kernel_rows(w, groups))                               # (G, N·P, K·Cg)
     cols = cols.reshape((groups, n) + out + k + (cg,))
     if groups > 1:  # (N, *out, *k, G, Cg): channels innermost, as in the buffer below
         cols = cols.transpose(tuple(range(1, 2 + 2 * nd)) + (0, 2 + 2 * nd))
@@ -131,9 +131,9 @@ def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):
     cols, _ = _cols(xp, x, k, stride, padding, dilation, groups, g.shape[2:])  # (G, N·P, K·Cg)
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
     if groups == 1:
-        dw = rows[0].T @ cols[0]
+        dw = B.matmul(rows[0].T, cols[0])
     else:
-        dw = rows.transpose(0, 2, 1) @ cols                              # (G, Og, K·Cg)
+        dw = B.matmul(rows.transpose(0, 2, 1), cols)                             # (G, Og, K·Cg)
     dw = dw.reshape((shape[0],) + k + (shape[1],))                       # (O, *k, Cg)
     return xp.ascontiguousarray(dw.transpose((0, 1 + nd) + tuple(range(1, 1 + nd))))
 

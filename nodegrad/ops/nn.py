@@ -1,5 +1,5 @@
 """Fused primitives for stability and speed: logsumexp, softmax, log_softmax, binary and
-softmax cross-entropy, linear.
+softmax cross-entropy, linear, the GRU gate update.
 
 Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick), so logits of
 ±1e4 give finite values and finite gradients.
@@ -7,12 +7,15 @@ Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick),
 
 from __future__ import annotations
 
+from .. import _backend as B
 from ..batching import batched, front, rank_up, size_of
 from ..primitive import primitive
-from .elementwise import exp, log, log1p, maximum
+from .elementwise import _sigmoid as _sigmoid_np
+from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, sigmoid,
+                          tanh)
 from .reduce import _sum
-from .shape import (broadcast_to, expand_dims, keepdims_shape, norm_axes, norm_axis, reshape,
-                    swapaxes)
+from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, norm_axes, norm_axis,
+                    reshape, swapaxes)
 
 
 def _shifted(xp, x, axis):
@@ -119,7 +122,7 @@ def binary_cross_entropy(p, t):
 
 # --- affine ---------------------------------------------------------------------------------
 def _linear_fwd(xp, x, w, b):
-    out = xp.matmul(x, w.T)
+    out = B.matmul(x, w.T)
     if b is not None:
         out += b  # in place into the product, as addmm: no second batch-sized array
     return out
@@ -183,7 +186,10 @@ def _ce_keep(xp, t, ignore_index, reduction, dtype):
 def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
     logp = _log_softmax_fwd(xp, x, axis)
     safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
-    picked = xp.take_along_axis(logp, xp.expand_dims(safe, axis), axis).squeeze(axis)
+    if logp.ndim == 2 and axis == 1:  # (batch, classes): one gather, no index arrays built
+        picked = logp[xp.arange(logp.shape[0]), safe]
+    else:
+        picked = xp.take_along_axis(logp, xp.expand_dims(safe, axis), axis).squeeze(axis)
     loss = -picked * _ce_keep(xp, t, ignore_index, reduction if reduction != "mean" else "sum",
                               x.dtype)
     if reduction == "none":
@@ -199,6 +205,10 @@ def _ce_grad_fwd(xp, x, g, t, axis, ignore_index, reduction):
     s = _ce_keep(xp, t, ignore_index, reduction, x.dtype) * g   # each target's cotangent
     p = _softmax_fwd(xp, x, axis)
     safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
+    if p.ndim == 2 and axis == 1:  # (batch, classes): subtract the one-hot in place
+        p[xp.arange(p.shape[0]), safe] -= 1
+        p *= s[:, None]
+        return p
     onehot = xp.zeros_like(p)
     xp.put_along_axis(onehot, xp.expand_dims(safe, axis), 1, axis)
     p -= onehot
@@ -316,3 +326,74 @@ _ce = primitive(
     "cross_entropy", _ce_fwd, (lambda g, ans, x, t, **p: _ce_grad(x, g, t, **p), None),
     kind="nn", jvp=_ce_jvp, batch=_ce_batch, operands=None,
     doc="Softmax cross-entropy of logits against class indices, in one pass.")
+
+
+# --- the GRU gate update ---------------------------------------------------------------------
+def _gru_fwd(xp, gi, gh, h):
+    n_h = h.shape[-1]
+    rz = _sigmoid_np(xp, gi[..., :2 * n_h] + gh[..., :2 * n_h])
+    n = gh[..., 2 * n_h:] * rz[..., :n_h]
+    n += gi[..., 2 * n_h:]
+    xp.tanh(n, out=n)
+    out = h - n
+    out *= rz[..., n_h:]
+    out += n
+    return out
+
+
+def _gru_parts(gi, gh, h):
+    """r, z, n and hₙ (the h-side of n's pre-activation) as tensors, for the rules."""
+    n_h = h.shape[-1]
+    rz = sigmoid(gi[..., :2 * n_h] + gh[..., :2 * n_h])
+    ghn = gh[..., 2 * n_h:]
+    r = rz[..., :n_h]
+    return rz, r, rz[..., n_h:], tanh(gi[..., 2 * n_h:] + r * ghn), ghn
+
+
+def _gru_vjp(needs, c, ans, gi, gh, h):
+    rz, r, z, n, ghn = _gru_parts(gi, gh, h)
+    cz = c * z
+    da = _tanh_grad(c - cz, n)                                # n's pre-activation
+    drz = _sigmoid_grad(concatenate([da * ghn, c * (h - n)], -1), rz)
+    return (concatenate([drz, da], -1) if needs[0] else None,
+            concatenate([drz, da * r], -1) if needs[1] else None,
+            cz if needs[2] else None)
+
+
+def _gru_jvp(ts, ans, gi, gh, h):
+    tgi, tgh, th = ts
+    rz, r, z, n, ghn = _gru_parts(gi, gh, h)
+    n_h = h.shape[-1]
+    ta = [t[..., :2 * n_h] for t in (tgi, tgh) if t is not None]
+    if not ta:  # only h moves
+        return z * th
+    trz = _sigmoid_grad(ta[0] if len(ta) == 1 else ta[0] + ta[1], rz)
+    tn = trz[..., :n_h] * ghn
+    if tgi is not None:
+        tn = tn + tgi[..., 2 * n_h:]
+    if tgh is not None:
+        tn = tn + r * tgh[..., 2 * n_h:]
+    tn = _tanh_grad(tn, n)
+    out = tn + trz[..., n_h:] * (h - n) - z * tn
+    return out if th is None else out + z * th
+
+
+def _gru_batch(vals, bdims):
+    """Batch axis first; an unbatched operand gets length-1 axes to broadcast against it."""
+    rank = max(v.ndim - (b is not None) for v, b in zip(vals, bdims))
+    ops = [rank_up(v, b, rank) if b is not None else
+           reshape(v, (1,) * (rank + 1 - v.ndim) + tuple(v.shape)) for v, b in zip(vals, bdims)]
+    return _gru(*ops), 0
+
+
+_gru = primitive(
+    "gru_update", _gru_fwd, vjp_all=_gru_vjp, kind="nn", jvp=_gru_jvp, batch=_gru_batch,
+    operands="all",
+    doc="GRU's gates from gi = x Wᵢₕᵀ + bᵢₕ and gh = h Wₕₕᵀ + bₕₕ (gate order r, z, n): "
+        "h' = n + z (h - n), n = tanh(gi_n + r gh_n), in one bind.")
+
+
+def gru_update(gi, gh, h):
+    """One GRU step's gate update: r, z = σ(gi + gh) on the first 2H columns,
+    n = tanh(gi_n + r ⊙ gh_n), h' = (1 - z) ⊙ n + z ⊙ h; the operands broadcast."""
+    return _gru(gi, gh, h)
