@@ -45,6 +45,7 @@ class Recorder:
         self.aliases: dict[int, object] = {}  # id(array) -> getter of where it lives now
         self.fallback: str | None = None  # why this signature must run eagerly, if it must
         self.backend = None
+        self.meta: dict[int, tuple] = {}  # slot -> (shape, dtype) of the array it held at trace
 
     # --- slots --------------------------------------------------------------------------------
     def _new(self, value) -> int:
@@ -53,6 +54,7 @@ class Recorder:
         if B.is_array(value):
             self.slot[id(value)] = s
             self.keep.append(value)
+            self.meta[s] = (tuple(value.shape), value.dtype)
         return s
 
     def input(self, array) -> int:
@@ -106,7 +108,8 @@ class Recorder:
             self.fallback = (f"'{prim.name}' takes a traced value as a parameter (at "
                              f"{creation_site()})")
         s = self._new(out)
-        self.instrs.append(Instr("op", prim.name, _op(prim, params, backend, out), ins, s))
+        self.instrs.append(Instr("op", prim.name, _op(prim, params, backend, out), ins, s,
+                                 params=params))
 
     def effect(self, fn, args: tuple, kwargs: dict):
         """Run ``fn`` eagerly now and record it to be called again on replay."""
@@ -137,7 +140,7 @@ class Recorder:
         def acc(v):
             fn(leaf, Tensor(v), False, _SEEN)
 
-        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None))
+        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None, access="read"))
         grad = leaf.grad
         if grad is not None:
             self.keep.append(grad.data)
@@ -152,7 +155,7 @@ class Recorder:
         if params is not None and self.fallback is None and _holds_traced(params, self.slot):
             self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
         fn(target.data, *vals)
-        self.instrs.append(Instr("effect", name, fn, ins, None))
+        self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
 
     def concrete(self, data, what: str) -> None:
         """Refuse to turn a traced value into a Python value (it would be frozen at trace)."""
@@ -171,9 +174,10 @@ class Recorder:
         finally:
             m.jit = self
 
-    def program(self, in_slots: list, out_slots: list) -> Program:
+    def program(self, in_slots: list, out_slots: list, **options) -> Program:
+        """The captured program; ``options`` go to :class:`Program` (``optimize``, ``fuse``)."""
         return Program(self.instrs, self.nslots, self.consts, in_slots, out_slots,
-                       self.backend)
+                       self.backend, meta=self.meta, **options)
 
 
 def _holds_traced(v, slots: dict) -> bool:
