@@ -161,7 +161,7 @@ def fuse(prog, instrs: list) -> list:
     groups: list[Group] = []
     made: dict[int, Group] = {}  # slot -> the group whose member computes it
     member_of: dict[int, Group] = {}  # instruction index -> its group
-    for k, i in enumerate(instrs):
+    for i in instrs:
         if i.kind == "effect":
             for g in groups:
                 g.sealed = True

@@ -29,8 +29,9 @@ _UFUNC = {
     "greater": "greater", "greater_equal": "greater_equal", "matmul": "matmul",
 }
 _ELEMENTWISE_OUT = set(_UFUNC) - {"matmul"}  # out= may be the memory of an input
-FRESH = set(_UFUNC) | {"relu", "sigmoid", "sum", "mean", "where", "relu_grad", "exp2", "log2",
-                       "log10", "reciprocal", "rsqrt", "log_softmax", "softmax", "logsumexp"}
+FRESH = set(_UFUNC) | {"copy", "relu", "sigmoid", "sum", "mean", "where", "relu_grad", "exp2",
+                       "log2", "log10", "reciprocal", "rsqrt", "log_softmax", "softmax",
+                       "logsumexp"}
 
 
 # --- alias classes --------------------------------------------------------------------------
@@ -84,6 +85,38 @@ class _Classes:
 
 def _is_array_const(prog, a: int) -> bool:
     return a in prog.consts and hasattr(prog.consts[a], "shape")
+
+
+# --- tensors made inside the step ------------------------------------------------------------
+def constant_loads(rec) -> None:
+    """Turn the loads of tensors that only the program still references (made inside the step:
+    ``zeros``, a VJP's ``Tensor(xp.zeros(...))``) into constants, so the passes below see them;
+    one changed in place starts each call from a fresh copy of its value at the trace."""
+    import sys
+
+    for k, i in enumerate(rec.instrs):
+        if i.kind != "load" or i.out not in rec.loaded:
+            continue
+        t = rec.loaded[i.out]()
+        # held only by the load's closure (and this frame): nothing outside can change it
+        if t is None or sys.getrefcount(t) > 3 or (tuple(t.data.shape), t.data.dtype) != \
+                rec.meta.get(i.out):
+            continue
+        if i.out in rec.before:
+            src = rec.const(rec.before[i.out])
+            rec.instrs[k] = Instr("op", "copy", _copy, (src,), i.out)
+        else:
+            rec.instrs[k] = None
+            rec.consts[i.out] = t.data
+    rec.instrs = [i for i in rec.instrs if i is not None]
+
+
+def _copy(v):
+    return v.copy()
+
+
+_copy.converts = False
+_copy.fast = _copy
 
 
 # --- the rewriting passes -------------------------------------------------------------------

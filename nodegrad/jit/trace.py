@@ -9,6 +9,7 @@ gradient accumulation, random draws) are recorded whole (:func:`nodegrad.autodif
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 from .. import _backend as B
@@ -46,6 +47,8 @@ class Recorder:
         self.fallback: str | None = None  # why this signature must run eagerly, if it must
         self.backend = None
         self.meta: dict[int, tuple] = {}  # slot -> (shape, dtype) of the array it held at trace
+        self.loaded: dict[int, object] = {}  # load slot -> weak reference to its tensor
+        self.before: dict[int, object] = {}  # load slot -> its value before an in-place change
 
     # --- slots --------------------------------------------------------------------------------
     def _new(self, value) -> int:
@@ -97,7 +100,9 @@ class Recorder:
         if get is not None:
             return self._load("gradient", get, d)
         if isinstance(a, Tensor):
-            return self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+            s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+            self.loaded[s] = weakref.ref(a)
+            return s
         return self.const(d)
 
     # --- what bind and the engine call --------------------------------------------------------
@@ -154,6 +159,8 @@ class Recorder:
             self.slot_of(a, v) for a, v in zip(args, vals))
         if params is not None and self.fallback is None and _holds_traced(params, self.slot):
             self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
+        if ins[0] in self.loaded and ins[0] not in self.before:
+            self.before[ins[0]] = target.data.copy()  # a tensor made in the step starts so
         fn(target.data, *vals)
         self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
 
@@ -176,6 +183,9 @@ class Recorder:
 
     def program(self, in_slots: list, out_slots: list, **options) -> Program:
         """The captured program; ``options`` go to :class:`Program` (``optimize``, ``fuse``)."""
+        from .passes import constant_loads
+
+        constant_loads(self)  # a correctness step (fresh copies of changed ones), always
         return Program(self.instrs, self.nslots, self.consts, in_slots, out_slots,
                        self.backend, meta=self.meta, **options)
 
