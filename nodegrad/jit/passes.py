@@ -127,6 +127,7 @@ def optimise(prog, instrs: list) -> list:
     rename: dict[int, int] = {}
     seen: dict = {}  # CSE table: key -> slot; cleared at every effect that may write
     stats = prog.stats
+    fresh: set[int] = set()  # results of ops that make a new array, not escaping
     kept = []
     for i in instrs:
         ins = tuple(rename.get(a, a) for a in i.ins)
@@ -148,10 +149,13 @@ def optimise(prog, instrs: list) -> list:
                 continue
             except Exception:  # leave it to the replay, which reports errors as eager does
                 pass
-        if safe:
+        if not classes.is_written(i.out):
             same = _zero_addend(prog, i, ins, classes)
-            if same is not None:
+            # an output may become g only when g is a new array of this call, not returned
+            if same is not None and (safe or (same in fresh and same not in outs)):
                 rename[i.out] = same
+                if i.out in outs:
+                    outs.add(same)
                 stats["zeros_dropped"] = stats.get("zeros_dropped", 0) + 1
                 continue
             key = _cse_key(prog, i, ins)
@@ -162,6 +166,8 @@ def optimise(prog, instrs: list) -> list:
                     stats["cse"] = stats.get("cse", 0) + 1
                     continue
                 seen[key] = i.out
+        if i.name in FRESH and not classes.is_escaped(i.out):
+            fresh.add(i.out)
         kept.append(i)
     prog.out_slots = [rename.get(s, s) for s in prog.out_slots]
     return eliminate_dead_code(kept, prog.out_slots)
