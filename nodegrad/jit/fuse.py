@@ -78,12 +78,15 @@ def _get_numba():
 
 
 def available(backend) -> bool:
-    """Whether groups can be fused on ``backend`` (numba on the CPU, CuPy on CUDA)."""
+    """Whether groups can be fused on ``backend`` (numba on the CPU, CuPy on CUDA); numba is
+    imported only when a program has a group to compile."""
     if backend is None:
         return False
     if backend.device_id is not None:
         return True
-    return _get_numba() is not None
+    if _numba == "unset":
+        return importlib.util.find_spec("numba") is not None
+    return _numba is not None
 
 
 def set_cache_dir(path) -> None:
@@ -191,7 +194,7 @@ def fuse(prog, instrs: list) -> list:
         if len(g.members) >= 2:
             for m in g.members:
                 member_of[id(m)] = g
-    if not member_of:
+    if not member_of or (not prog.backend.device_id and _get_numba() is None):
         return instrs
     pos = {id(i): k for k, i in enumerate(instrs)}
     readers: dict[int, set] = {}  # slot -> ids of the groups (or -1) that read it
@@ -333,6 +336,8 @@ def _warm(fn, prog, ins, out_specs) -> None:
     for a in ins:
         if a in prog.consts:
             args.append(prog.consts[a])
+        elif a in prog.values:  # the traced array: the same layout, so the same compilation
+            args.append(prog.values[a])
         else:
             s, dt = prog.meta[a]
             args.append(xp.ones(s, dt))

@@ -27,6 +27,7 @@ _UFUNC = {
     "tan": "tan", "tanh": "tanh", "maximum": "maximum", "minimum": "minimum", "power": "power",
     "equal": "equal", "not_equal": "not_equal", "less": "less", "less_equal": "less_equal",
     "greater": "greater", "greater_equal": "greater_equal", "matmul": "matmul",
+    "relu": "maximum",  # relu(x) is maximum(x, 0)
 }
 _ELEMENTWISE_OUT = set(_UFUNC) - {"matmul"}  # out= may be the memory of an input
 FRESH = set(_UFUNC) | {"copy", "relu", "sigmoid", "sum", "mean", "where", "relu_grad", "exp2",
@@ -304,4 +305,6 @@ def out_variant(i: Instr, xp):
     if i.kind != "op" or i.name not in _UFUNC:
         return None
     uf = getattr(xp, _UFUNC[i.name])
+    if i.name == "relu":
+        return lambda x, out: uf(x, 0, out=out)
     return lambda *a: uf(*a[:-1], out=a[-1])

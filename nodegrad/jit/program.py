@@ -34,7 +34,7 @@ class Program:
 
     def __init__(self, instrs: list, nslots: int, consts: dict, in_slots: list,
                  out_slots: list, backend, meta: dict | None = None, optimize: bool = True,
-                 fuse: bool = False) -> None:
+                 fuse: bool = False, values: dict | None = None) -> None:
         self.consts = dict(consts)
         self.in_slots = in_slots
         self.out_slots = list(out_slots)
@@ -51,7 +51,9 @@ class Program:
             if fuse:
                 from . import fuse as F
 
+                self.values = values or {}  # the traced arrays, to compile kernels for them
                 instrs = F.fuse(self, instrs)
+                del self.values
             self.plan = passes.plan_memory(self, instrs)
         self.instrs = instrs
         self._fn = self._compile(fast=False)

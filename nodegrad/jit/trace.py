@@ -186,8 +186,9 @@ class Recorder:
         from .passes import constant_loads
 
         constant_loads(self)  # a correctness step (fresh copies of changed ones), always
+        values = {self.slot[id(a)]: a for a in self.keep if id(a) in self.slot}
         return Program(self.instrs, self.nslots, self.consts, in_slots, out_slots,
-                       self.backend, meta=self.meta, **options)
+                       self.backend, meta=self.meta, values=values, **options)
 
 
 def _holds_traced(v, slots: dict) -> bool:
