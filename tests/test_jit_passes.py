@@ -325,3 +325,18 @@ def test_fused_kernels_on_cuda():
     for _ in range(3):
         _close(jf(x, b).numpy(), f(x, b).numpy())
     assert jf.program.counts()["fused"] >= 1
+
+
+@needs_numba
+def test_a_cache_that_cannot_be_written_means_unfused_not_broken(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setattr(F, "_cache_dir", blocked / "kernels")
+    monkeypatch.setattr(F, "_modules", {})
+
+    def f(x):
+        return ng.relu(x * 2.0 - 0.5) * 3.0
+
+    with pytest.warns(RuntimeWarning, match="fusion failed"):
+        jf = _check(f, ng.randn(6, 5), fuse=True)
+    assert "fused" not in jf.program.counts()

@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,13 +207,18 @@ def fuse(prog, instrs: list) -> list:
     last = {id(g): g.members[-1] for g in groups if len(g.members) >= 2}
     kernels = _Kernels(prog)
     result = []
-    for i in instrs:
-        g = member_of.get(id(i))
-        if g is None:
-            result.append(i)
-        elif last[id(g)] is i:
-            g.members.sort(key=lambda m: pos[id(m)])
-            result.append(kernels.instr(g, outs, readers))
+    try:
+        for i in instrs:
+            g = member_of.get(id(i))
+            if g is None:
+                result.append(i)
+            elif last[id(g)] is i:
+                g.members.sort(key=lambda m: pos[id(m)])
+                result.append(kernels.instr(g, outs, readers))
+    except Exception as e:  # no writable cache, a compiler error: replay unfused, correctly
+        warnings.warn(f"nodegrad.jit: fusion failed ({type(e).__name__}: {e}); this program "
+                      "runs unfused", RuntimeWarning, stacklevel=2)
+        return instrs
     prog.stats["fused_groups"] = sum(1 for i in result if i.kind == "fused")
     return result
 
