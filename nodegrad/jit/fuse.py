@@ -260,8 +260,9 @@ class _Kernels:
                         arrays.append(a)
                     args.append(f"x{arrays.index(a)}")
             tpl = _TEMPLATES[m.name][1]
-            if self.cuda:
+            if self.cuda:  # C forms; CuPy reserves names with a leading underscore
                 tpl = _C_TEMPLATES.get(m.name, tpl.replace("math.", ""))
+                tpl = tpl.replace("_0", "c_zero").replace("_1", "c_one")
             names[m.out] = f"t{j}"
             body.append((f"t{j}", tpl.format(**dict(zip("abc", args)))))
         in_specs = [prog.meta[a] for a in arrays]
@@ -356,7 +357,7 @@ def _cupy_kernel(g: Group, body, results, in_specs, out_specs, nscalars):
     cupy = B._import_cupy()
     t = "float" if g.dtype == B.float32 else "double"
     ins = [f"{'bool' if dt == B.bool_ else t} x{j}" for j, (_s, dt) in enumerate(in_specs)]
-    ins += [f"{t} k{j}" for j in range(nscalars)] + [f"{t} _0", f"{t} _1"]
+    ins += [f"{t} k{j}" for j in range(nscalars)] + [f"{t} c_zero", f"{t} c_one"]
     outs = [f"{'bool' if dt == B.bool_ else t} o{j}" for j, (_s, dt) in enumerate(out_specs)]
     lines = [f"auto {name} = {expr};" for name, expr in body]
     lines += [f"o{j} = {r};" for j, r in enumerate(results)]
