@@ -16,6 +16,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _jit_kernel_cache(tmp_path_factory):
+    """One directory of compiled jit kernels for the whole session (not the user's cache)."""
+    from nodegrad.jit import fuse
+
+    fuse.set_cache_dir(tmp_path_factory.mktemp("jit-kernels"))
+
+
 @pytest.fixture
 def rng():
     """A NumPy generator with a fixed seed, fresh for each test."""

@@ -1,6 +1,9 @@
 """jit: a traced-and-replayed function equals the eager one (every primitive case, second call on
 new values), retraces on new signatures, keeps a bounded cache, runs Python only at trace time,
-composes with grad and vmap, and replays whole training steps bit-identically."""
+composes with grad and vmap, and replays whole training steps bit-identically.
+
+These tests run the optimised program without fusion (``fuse=False``), which must give the same
+bits as eager; tests/test_jit_passes.py checks the passes and fused kernels."""
 
 import numpy as np
 import pytest
@@ -11,6 +14,11 @@ from nodegrad import nn
 from nodegrad.models import mnist1d as zoo
 from nodegrad.errors import JitError
 from nodegrad.jit import disable_jit
+
+
+def _jit(fn=None, **kw):
+    return ng.jit(fn, fuse=False, **kw)
+
 
 MATRIX = [pytest.param(c, id=c.name) for c in CASES if "matrix" in c.layouts]
 
@@ -38,7 +46,7 @@ def test_jit_equals_eager_on_every_case(case, data):
     rng = np.random.default_rng(0)
     first = [np.array(a) for a in call.args]
     second = [_shuffled(a, rng) for a in first]
-    jf = ng.jit(call.fn)
+    jf = _jit(call.fn)
     for arrs in (first, second, first):
         got = _leaves(jf(*[ng.tensor(a) for a in arrs]))
         want = _leaves(call.fn(*[ng.tensor(a) for a in arrs]))
@@ -60,7 +68,7 @@ def test_jit_of_grad_equals_grad(case, data):
     call = data.draw(calls(case, "matrix"))
     fl = [i for i, a in enumerate(call.args) if np.asarray(a).dtype.kind == "f"]
     g = ng.grad(lambda *xs: ng.tree_flatten(call.fn(*xs))[0][0].sum(), argnums=tuple(fl))
-    jg = ng.jit(g)
+    jg = _jit(g)
     rng = np.random.default_rng(1)
     for arrs in ([np.array(a) for a in call.args],
                  [_shuffled(np.array(a), rng) for a in call.args]):
@@ -79,7 +87,7 @@ def test_retraces_on_new_shape_dtype_and_static_argument():
         calls_seen.append(x.shape)  # a Python side effect: runs at trace time only
         return ng.exp(x) * scale
 
-    jf = ng.jit(f)
+    jf = _jit(f)
     x = ng.randn(3)
     for _ in range(3):
         assert _same(jf(x, 2.0).numpy(), f(x, 2.0).numpy())
@@ -94,7 +102,7 @@ def test_retraces_on_new_shape_dtype_and_static_argument():
 
 
 def test_cache_is_bounded_least_recently_used():
-    jf = ng.jit(lambda x: x * 2.0, max_cache=2)
+    jf = _jit(lambda x: x * 2.0, max_cache=2)
     a, b, c = ng.randn(1), ng.randn(2), ng.randn(3)
     jf(a)
     jf(b)
@@ -108,7 +116,7 @@ def test_cache_is_bounded_least_recently_used():
 
 
 def test_outputs_are_tensors_in_the_same_tree():
-    jf = ng.jit(lambda d: {"s": d["x"] + d["y"], "p": (d["x"] * d["y"], 7)})
+    jf = _jit(lambda d: {"s": d["x"] + d["y"], "p": (d["x"] * d["y"], 7)})
     d = {"x": ng.randn(2), "y": ng.randn(2)}
     for _ in range(2):
         out = jf(d)
@@ -123,16 +131,16 @@ def test_reading_a_traced_value_in_python_is_an_error():
         return -x
 
     with pytest.raises(JitError, match="bool"):
-        ng.jit(f)(ng.randn(3))
+        _jit(f)(ng.randn(3))
     with pytest.raises(JitError, match="item"):
-        ng.jit(lambda x: x * x.sum().item())(ng.randn(3))
+        _jit(lambda x: x * x.sum().item())(ng.randn(3))
     with disable_jit():
-        assert _same(ng.jit(f)(ng.ones(3)).numpy(), np.ones(3, np.float32))
+        assert _same(_jit(f)(ng.ones(3)).numpy(), np.ones(3, np.float32))
 
 
 def test_closed_over_tensor_is_read_afresh():
     w = ng.randn(3)
-    jf = ng.jit(lambda x: x * w)
+    jf = _jit(lambda x: x * w)
     x = ng.randn(3)
     jf(x)
     w.data[...] = 5.0  # changed in place after the trace
@@ -149,7 +157,7 @@ def test_dead_code_is_eliminated():
         unused = ng.exp(x) * 3.0  # noqa: F841
         return x + 1.0
 
-    jf = ng.jit(f)
+    jf = _jit(f)
     jf(ng.randn(3))
     assert [i.name for i in jf.program.instrs] == ["add"]
     assert "add" in str(jf.program)
@@ -171,17 +179,17 @@ def test_composes_with_transforms(name):
     def jvp(f):
         return (lambda x, w: ng.jvp(lambda w: f(x, w), (w,), (ng.ones_like(w),))[1])
     pairs = {
-        "jit_vmap": (ng.jit(ng.vmap(_f, **v)), ng.vmap(_f, **v)),
-        "vmap_jit": (ng.vmap(ng.jit(_f), **v), ng.vmap(_f, **v)),
-        "grad_jit": (ng.grad(ng.jit(_g), argnums=1), ng.grad(_g, argnums=1)),
-        "jit_grad": (ng.jit(ng.grad(_g, argnums=1)), ng.grad(_g, argnums=1)),
-        "jit_vmap_grad": (ng.jit(ng.vmap(ng.grad(_g, argnums=1), **v)),
+        "jit_vmap": (_jit(ng.vmap(_f, **v)), ng.vmap(_f, **v)),
+        "vmap_jit": (ng.vmap(_jit(_f), **v), ng.vmap(_f, **v)),
+        "grad_jit": (ng.grad(_jit(_g), argnums=1), ng.grad(_g, argnums=1)),
+        "jit_grad": (_jit(ng.grad(_g, argnums=1)), ng.grad(_g, argnums=1)),
+        "jit_vmap_grad": (_jit(ng.vmap(ng.grad(_g, argnums=1), **v)),
                           ng.vmap(ng.grad(_g, argnums=1), **v)),
-        "vmap_grad_jit": (ng.vmap(ng.grad(ng.jit(_g), argnums=1), **v),
+        "vmap_grad_jit": (ng.vmap(ng.grad(_jit(_g), argnums=1), **v),
                           ng.vmap(ng.grad(_g, argnums=1), **v)),
-        "jvp_jit": (jvp(ng.jit(_f)), jvp(_f)),
-        "jit_jvp": (ng.jit(jvp(_f)), jvp(_f)),
-        "jit_jvp_grad": (ng.jit(jvp(ng.grad(_g, argnums=1))), jvp(ng.grad(_g, argnums=1))),
+        "jvp_jit": (jvp(_jit(_f)), jvp(_f)),
+        "jit_jvp": (_jit(jvp(_f)), jvp(_f)),
+        "jit_jvp_grad": (_jit(jvp(ng.grad(_g, argnums=1))), jvp(ng.grad(_g, argnums=1))),
     }
     tf, ef = pairs[name]
     rng = np.random.default_rng(0)
@@ -194,7 +202,7 @@ def test_composes_with_transforms(name):
 def test_backward_through_a_jitted_function_builds_the_graph():
     x = ng.randn(5, 3, requires_grad=True)
     w = ng.randn(3, 4)
-    jg = ng.jit(_g)
+    jg = _jit(_g)
     jg(x, w).backward()
     got = x.grad.numpy().copy()
     x.grad = None
@@ -220,7 +228,7 @@ def _run(make_model, make_opt, batches, jit: bool, seed: int = 0):
         opt.step()
         return loss
 
-    step = ng.jit(train_step, state=(model, opt)) if jit else train_step
+    step = _jit(train_step, state=(model, opt)) if jit else train_step
     ng.manual_seed(seed + 1)  # dropout draws
     losses = [step(x, y).item() for x, y in batches]
     return losses, model, step
@@ -278,7 +286,7 @@ def test_jitted_steps_equal_eager_steps_mnist1d_cnn():
 def test_train_and_eval_modes_get_their_own_programs():
     ng.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
-    step = ng.jit(lambda x: model(x), state=model)
+    step = _jit(lambda x: model(x), state=model)
     x = ng.randn(3, 4)
     step(x)
     model.eval()
@@ -333,7 +341,7 @@ def test_in_place_updates_are_replayed_in_place():
         x -= 1.0  # the caller's tensor changes, as in eager
         return h
 
-    jf = ng.jit(f)
+    jf = _jit(f)
     rng = np.random.default_rng(0)
     for _ in range(3):
         a, b = rng.standard_normal((2, 3, 3)).astype(np.float32)
@@ -350,7 +358,7 @@ def test_a_traced_index_makes_the_signature_run_eagerly():
         h[i.argmax()] = 0.0
         return h
 
-    jf = ng.jit(f)
+    jf = _jit(f)
     for _ in range(3):
         x, i = ng.randn(4), ng.randn(4)
         assert _same(jf(x, i).numpy(), f(x, i).numpy())

@@ -2,7 +2,9 @@
 
 ``jit(f)`` traces ``f`` on its first call per input signature (recording every primitive's
 forward, the backward's VJPs, gradient accumulation and the optimiser's update) and replays
-the recorded operations on later calls, without the Tensor and Node machinery.
+the recorded operations on later calls, without the Tensor and Node machinery. The program is
+optimised (:mod:`.passes`: CSE, constant folding, kept and reused buffers) and its elementwise
+chains are fused into compiled kernels (:mod:`.fuse`) before the first replay.
 """
 
 from .api import Jitted, disable_jit, jit

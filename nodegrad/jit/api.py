@@ -47,8 +47,11 @@ class _Entry:
 class Jitted:
     """A function wrapped by :func:`jit`; call it like the function."""
 
-    def __init__(self, fn: Callable, state: Any = None, max_cache: int = 32) -> None:
+    def __init__(self, fn: Callable, state: Any = None, max_cache: int = 32,
+                 fuse: bool | None = None, optimize: bool = True) -> None:
         self.fn = fn
+        self.fuse = fuse
+        self.optimize = optimize
         self.state = state
         objs = state if isinstance(state, tuple | list) else (state,)
         self._modules = [mod for o in objs if hasattr(o, "training") for mod in o.modules()]
@@ -97,6 +100,14 @@ class Jitted:
         res = [Tensor(next(it)) if k is None else k for k in entry.out_kinds]
         return tree_unflatten(entry.out_def, res)
 
+    def _fuse(self, rec) -> bool:
+        """Whether to fuse: as asked, else wherever a kernel compiler is installed."""
+        if self.fuse is False or not self.optimize:
+            return False
+        from .fuse import available
+
+        return available(rec.backend)  # without a compiler: replay unfused
+
     def _signature(self, leaves: list, tdef, m):
         """The cache key, the input arrays, and whether this call must run eagerly."""
         key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled]
@@ -144,7 +155,8 @@ class Jitted:
                 slots.append(rec.slot_of(o, o.data))
             else:
                 kinds.append(o)
-        program = None if reason is not None else rec.program(in_slots, slots)
+        program = None if reason is not None else rec.program(
+            in_slots, slots, optimize=self.optimize, fuse=self._fuse(rec))
         entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason)
         self.cache[key] = entry
         if len(self.cache) > self.max_cache:
@@ -168,13 +180,16 @@ def _def_key(tdef):
     return (tdef.kind, aux, tuple(_def_key(c) for c in tdef.children))
 
 
-def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32):
+def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32,
+        fuse: bool | None = None, optimize: bool = True):
     """Compile ``fn``: trace it on the first call per input signature, replay afterwards.
 
     Arguments that are not tensors are static (part of the signature). ``state`` names what a
     training step reads and changes in place (a model, an optimiser): the step may then call
-    ``backward`` and ``opt.step()``. Use as ``jit(f)`` or ``@jit(state=...)``.
+    ``backward`` and ``opt.step()``. ``fuse`` (default: when numba, or CuPy on a GPU, is there)
+    compiles chains of elementwise ops into one kernel; ``optimize=False`` replays the trace as
+    recorded (no CSE, folding or buffer reuse). Use as ``jit(f)`` or ``@jit(state=...)``.
     """
     if fn is None:
-        return lambda f: Jitted(f, state, max_cache)
-    return Jitted(fn, state, max_cache)
+        return lambda f: Jitted(f, state, max_cache, fuse, optimize)
+    return Jitted(fn, state, max_cache, fuse, optimize)

@@ -3,12 +3,14 @@
 Each instruction is ``(fn, ins, out)``: ``fn`` takes the values of slots ``ins`` and its result
 goes to slot ``out`` (None for a pure effect). Kinds: ``op`` (a primitive's forward on raw
 arrays), ``load`` (read a tensor's current array: a parameter, a gradient) and ``effect`` (a
-Python step replayed by calling it again: an optimiser update, a random draw). Constants and
-inputs sit in slots before the first instruction.
+Python step replayed by calling it again: an optimiser update, a random draw) and ``fused`` (one
+compiled kernel for a group of elementwise ops, :mod:`.fuse`). Constants and inputs sit in slots
+before the first instruction. :mod:`.passes` optimises the list and plans buffer reuse.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 
@@ -21,21 +23,43 @@ class Instr:
     fn: object
     ins: tuple
     out: int | None
+    params: object = None  # an op's primitive parameters (for CSE and fusion)
+    access: str = ""  # an effect's: "read" (only reads its inputs), "mutate" (writes ins[0])
+    outs: tuple | None = None  # a fused kernel's output slots (``out`` is then None)
+    group: object = None  # a fused kernel's description (:class:`.fuse.Group`)
 
 
 class Program:
     """Instructions over slots; ``run(inputs)`` replays them on new input arrays."""
 
     def __init__(self, instrs: list, nslots: int, consts: dict, in_slots: list,
-                 out_slots: list, backend) -> None:
-        self.consts = consts
+                 out_slots: list, backend, meta: dict | None = None, optimize: bool = True,
+                 fuse: bool = False, values: dict | None = None) -> None:
+        self.consts = dict(consts)
         self.in_slots = in_slots
-        self.out_slots = out_slots
+        self.out_slots = list(out_slots)
         self.backend = backend
         self.nslots = nslots
-        self.instrs = eliminate_dead_code(instrs, out_slots)
+        self.meta = meta if meta is not None else {}
+        self.stats: dict = {}  # what the passes did (see counts())
+        self.plan = None  # the buffer plan (:func:`.passes.plan_memory`), or None
+        instrs = eliminate_dead_code(instrs, self.out_slots)
+        if meta is not None and optimize:
+            from . import passes
+
+            instrs = passes.optimise(self, instrs)
+            if fuse:
+                from . import fuse as F
+
+                self.values = values or {}  # the traced arrays, to compile kernels for them
+                instrs = F.fuse(self, instrs)
+                del self.values
+            self.plan = passes.plan_memory(self, instrs)
+        self.instrs = instrs
         self._fn = self._compile(fast=False)
+        self._plain = self._fn  # used when the program is already running (re-entry, threads)
         self._fast = False
+        self._lock = threading.Lock()
 
     def _var(self, s: int) -> str:
         return f"c{s}" if s in self.consts else f"v{s}"
@@ -45,16 +69,48 @@ class Program:
 
         With ``fast``, an op whose first replay needed no result conversion calls its bare
         forward."""
+        return self._build(fast, pool=False)
+
+    def _build(self, fast: bool, pool: bool):
+        """The straight-line function; with ``pool``, planned ops write into the program's own
+        buffers (``out=``), allocated once here."""
         ns: dict = {f"c{s}": v for s, v in self.consts.items()}
+        plan = self.plan if pool else None
+        if plan is not None:
+            from .passes import out_variant
+
+            with self.backend.scope():
+                for j, (shape, dtype) in enumerate(plan.buffers):
+                    ns[f"b{j}"] = self.backend.xp.empty(shape, dtype)
+        ns["_empty"] = self.backend.xp.empty if self.backend is not None else None
         args = ", ".join(f"_a{k}" for k in range(len(self.in_slots)))
         lines = [f"def _run({args}):"]
         lines += [f"    v{s} = _a{k}" for k, s in enumerate(self.in_slots)]
         for k, i in enumerate(self.instrs):
             fn = i.fn
+            argv = [self._var(a) for a in i.ins]
+            if i.kind == "fused":
+                ns[f"f{k}"] = fn
+                for s in i.outs:
+                    b = plan.buf.get(s) if plan is not None else None
+                    if b is not None:
+                        lines.append(f"    v{s} = b{b}")
+                    else:
+                        shape, dtype = self.meta[s]
+                        ns[f"d{s}"] = dtype
+                        lines.append(f"    v{s} = _empty({shape}, d{s})")
+                lines.append(f"    f{k}({', '.join([f'v{s}' for s in i.outs] + argv)})")
+                continue
+            b = plan.buf.get(i.out) if plan is not None and i.kind == "op" else None
             if fast and i.kind == "op" and not fn.converts:
+                ofn = out_variant(i, self.backend.xp) if b is not None else None
+                if ofn is not None:
+                    ns[f"f{k}"] = ofn
+                    lines.append(f"    v{i.out} = f{k}({', '.join(argv + [f'b{b}'])})")
+                    continue
                 fn = fn.fast
             ns[f"f{k}"] = fn
-            call = f"f{k}({', '.join(self._var(a) for a in i.ins)})"
+            call = f"f{k}({', '.join(argv)})"
             lines.append(f"    v{i.out} = {call}" if i.out is not None else f"    {call}")
         lines.append(f"    return [{', '.join(self._var(s) for s in self.out_slots)}]")
         exec(compile("\n".join(lines), "<nodegrad.jit program>", "exec"), ns)
@@ -62,24 +118,38 @@ class Program:
 
     def run(self, inputs: list) -> list:
         """Replay on ``inputs`` (arrays, in the order of the traced inputs)."""
-        if self.backend is not None and self.backend.device_id is not None:
-            with self.backend.scope():
-                outs = self._fn(*inputs)
-        else:
-            outs = self._fn(*inputs)
+        if not self._lock.acquire(blocking=False):  # running already: no shared buffers
+            return self._call(self._plain, inputs)
+        try:
+            outs = self._call(self._fn, inputs)
+        finally:
+            self._lock.release()
         if not self._fast:  # the first replay has shown which ops need no conversion
-            self._fn = self._compile(fast=True)
+            self._plain = self._compile(fast=True)
+            self._fn = self._build(fast=True, pool=True) if self.plan else self._plain
             self._fast = True
         return outs
+
+    def _call(self, fn, inputs: list) -> list:
+        if self.backend is not None and self.backend.device_id is not None:
+            with self.backend.scope():
+                return fn(*inputs)
+        return fn(*inputs)
 
     def __len__(self) -> int:
         return len(self.instrs)
 
     def counts(self) -> dict:
-        """How many instructions of each kind the program holds."""
+        """How many instructions of each kind the program holds, how many ops its fused kernels
+        hold (``fused_ops``), and what the passes did (CSE merges, folds, reused buffers...)."""
         c: dict = {}
         for i in self.instrs:
             c[i.kind] = c.get(i.kind, 0) + 1
+            if i.kind == "fused":
+                c["fused_ops"] = c.get("fused_ops", 0) + len(i.group.members)
+        c.update({k: v for k, v in self.stats.items() if v})
+        if self.plan is not None:
+            c.update({k: v for k, v in self.plan.counts().items() if v})
         return c
 
     def __str__(self) -> str:
@@ -87,18 +157,39 @@ class Program:
                  f"{len(self.instrs)} instructions, outputs {self.out_slots}"]
         for s in self.in_slots:
             lines.append(f"  %{s} = input")
+        plan = self.plan
         for i in self.instrs:
-            args = ", ".join(f"%{a}" if a not in self.consts else _const(self.consts[a])
-                             for a in i.ins)
-            lhs = f"%{i.out} = " if i.out is not None else ""
+            args = ", ".join(self._show(a) for a in i.ins)
+            if i.kind == "fused":
+                outs = ", ".join(f"%{s}" + _where(plan, s) for s in i.outs)
+                lines.append(f"  {outs} = fused {i.name}({args})  # {len(i.group.members)} ops"
+                             f" in one kernel")
+                for m in i.group.members:
+                    margs = ", ".join(self._show(a) for a in m.ins)
+                    lines.append(f"      %{m.out} = {m.name}({margs})")
+                continue
+            lhs = f"%{i.out}{_where(plan, i.out)} = " if i.out is not None else ""
             lines.append(f"  {lhs}{i.kind} {i.name}({args})")
+        if plan is not None and plan.buffers:
+            lines.append(f"  buffers: {len(plan.buffers)} kept between calls, written by "
+                         f"{len(plan.buf)} results ({plan.inplace} in place of an input)")
         return "\n".join(lines)
+
+    def _show(self, a: int) -> str:
+        return f"%{a}" if a not in self.consts else _const(self.consts[a])
+
+
+def _where(plan, s) -> str:
+    """`` ->b3`` when slot ``s`` is written into the program's buffer 3."""
+    if plan is None or s is None or s not in plan.buf:
+        return ""
+    return f" ->b{plan.buf[s]}"
 
 
 def _const(v) -> str:
     shape = getattr(v, "shape", None)
-    if shape is None:
-        return repr(v)
+    if shape is None or shape == ():
+        return repr(v.item() if shape == () else v)
     return f"const{tuple(shape)}"
 
 
@@ -107,7 +198,8 @@ def eliminate_dead_code(instrs: list, out_slots: list) -> list:
     live = set(out_slots)
     kept = []
     for i in reversed(instrs):
-        if i.kind == "effect" or (i.out is not None and i.out in live):
+        if i.kind == "effect" or (i.out is not None and i.out in live) or (
+                i.outs is not None and live.intersection(i.outs)):
             live.update(i.ins)
             kept.append(i)
     kept.reverse()

@@ -9,6 +9,7 @@ gradient accumulation, random draws) are recorded whole (:func:`nodegrad.autodif
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 
 from .. import _backend as B
@@ -45,6 +46,9 @@ class Recorder:
         self.aliases: dict[int, object] = {}  # id(array) -> getter of where it lives now
         self.fallback: str | None = None  # why this signature must run eagerly, if it must
         self.backend = None
+        self.meta: dict[int, tuple] = {}  # slot -> (shape, dtype) of the array it held at trace
+        self.loaded: dict[int, object] = {}  # load slot -> weak reference to its tensor
+        self.before: dict[int, object] = {}  # load slot -> its value before an in-place change
 
     # --- slots --------------------------------------------------------------------------------
     def _new(self, value) -> int:
@@ -53,6 +57,7 @@ class Recorder:
         if B.is_array(value):
             self.slot[id(value)] = s
             self.keep.append(value)
+            self.meta[s] = (tuple(value.shape), value.dtype)
         return s
 
     def input(self, array) -> int:
@@ -95,7 +100,9 @@ class Recorder:
         if get is not None:
             return self._load("gradient", get, d)
         if isinstance(a, Tensor):
-            return self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+            s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+            self.loaded[s] = weakref.ref(a)
+            return s
         return self.const(d)
 
     # --- what bind and the engine call --------------------------------------------------------
@@ -106,7 +113,8 @@ class Recorder:
             self.fallback = (f"'{prim.name}' takes a traced value as a parameter (at "
                              f"{creation_site()})")
         s = self._new(out)
-        self.instrs.append(Instr("op", prim.name, _op(prim, params, backend, out), ins, s))
+        self.instrs.append(Instr("op", prim.name, _op(prim, params, backend, out), ins, s,
+                                 params=params))
 
     def effect(self, fn, args: tuple, kwargs: dict):
         """Run ``fn`` eagerly now and record it to be called again on replay."""
@@ -137,7 +145,7 @@ class Recorder:
         def acc(v):
             fn(leaf, Tensor(v), False, _SEEN)
 
-        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None))
+        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None, access="read"))
         grad = leaf.grad
         if grad is not None:
             self.keep.append(grad.data)
@@ -151,8 +159,10 @@ class Recorder:
             self.slot_of(a, v) for a, v in zip(args, vals))
         if params is not None and self.fallback is None and _holds_traced(params, self.slot):
             self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
+        if ins[0] in self.loaded and ins[0] not in self.before:
+            self.before[ins[0]] = target.data.copy()  # a tensor made in the step starts so
         fn(target.data, *vals)
-        self.instrs.append(Instr("effect", name, fn, ins, None))
+        self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
 
     def concrete(self, data, what: str) -> None:
         """Refuse to turn a traced value into a Python value (it would be frozen at trace)."""
@@ -171,9 +181,14 @@ class Recorder:
         finally:
             m.jit = self
 
-    def program(self, in_slots: list, out_slots: list) -> Program:
+    def program(self, in_slots: list, out_slots: list, **options) -> Program:
+        """The captured program; ``options`` go to :class:`Program` (``optimize``, ``fuse``)."""
+        from .passes import constant_loads
+
+        constant_loads(self)  # a correctness step (fresh copies of changed ones), always
+        values = {self.slot[id(a)]: a for a in self.keep if id(a) in self.slot}
         return Program(self.instrs, self.nslots, self.consts, in_slots, out_slots,
-                       self.backend)
+                       self.backend, meta=self.meta, values=values, **options)
 
 
 def _holds_traced(v, slots: dict) -> bool:

@@ -1,0 +1,372 @@
+"""Elementwise fusion: groups of elementwise ops on one shape become one compiled kernel.
+
+On the CPU a group becomes a numba function (loops over the output's indices, each element
+computed in registers, inputs broadcast by index), written as Python source into the cache
+directory and compiled with ``cache=True``, so later processes load the machine code from disk.
+On CUDA a group becomes a CuPy ``ElementwiseKernel`` (CuPy caches its kernels on disk too).
+Without numba (or CuPy) nothing is fused and the program replays op by op.
+
+A kernel computes each element with the same operations in the same order as NumPy, in the same
+dtype (float32 stays float32; constants are passed typed), so arithmetic, comparisons and
+selections give identical bits; transcendental functions (exp, tanh, ...) come from the C math
+library instead of NumPy's vectorised versions and may differ in the last bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import _backend as B
+from .passes import _POINTWISE
+from .program import Instr
+
+# op -> (arity, template over a, b, c; "libm" marks transcendental ops)
+# _0 and _1 are zero and one in the kernel's dtype (a bare 0.0 would be float64 in numba)
+_TEMPLATES: dict[str, tuple] = {
+    "add": (2, "({a} + {b})"), "subtract": (2, "({a} - {b})"),
+    "multiply": (2, "({a} * {b})"), "divide": (2, "({a} / {b})"),
+    "negative": (1, "(-{a})"), "square": (1, "({a} * {a})"),
+    "sqrt": (1, "math.sqrt({a})"), "abs": (1, "abs({a})"),
+    "reciprocal": (1, "(_1 / {a})"), "rsqrt": (1, "(_1 / math.sqrt({a}))"),
+    "maximum": (2, "({a} if ({a} >= {b} or {a} != {a}) else {b})"),
+    "minimum": (2, "({a} if ({a} <= {b} or {a} != {a}) else {b})"),
+    "relu": (1, "({a} if ({a} >= _0 or {a} != {a}) else _0)"),
+    "relu_grad": (2, "({a} * _1 if {b} > _0 else {a} * _0)"),
+    "where": (3, "({b} if {a} else {c})"),
+    "equal": (2, "({a} == {b})"), "not_equal": (2, "({a} != {b})"),
+    "less": (2, "({a} < {b})"), "less_equal": (2, "({a} <= {b})"),
+    "greater": (2, "({a} > {b})"), "greater_equal": (2, "({a} >= {b})"),
+    "exp": (1, "math.exp({a})", "libm"), "expm1": (1, "math.expm1({a})", "libm"),
+    "log": (1, "math.log({a})", "libm"), "log1p": (1, "math.log1p({a})", "libm"),
+    "sin": (1, "math.sin({a})", "libm"), "cos": (1, "math.cos({a})", "libm"),
+    "tan": (1, "math.tan({a})", "libm"), "tanh": (1, "math.tanh({a})", "libm"),
+}
+# the CUDA C forms where they differ from the Python ones (math.f becomes f)
+_C_TEMPLATES = {
+    "abs": "fabs({a})",
+    "maximum": "(({a} >= {b} || {a} != {a}) ? {a} : {b})",
+    "minimum": "(({a} <= {b} || {a} != {a}) ? {a} : {b})",
+    "relu": "(({a} >= _0 || {a} != {a}) ? {a} : _0)",
+    "relu_grad": "({b} > _0 ? {a} * _1 : {a} * _0)",
+    "where": "({a} ? {b} : {c})",
+}
+_BOOL_OUT = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
+_POINTWISE.update(_TEMPLATES)
+# Above this many elements a transcendental op stays NumPy's: its vectorised exp/tanh beat the C
+# library's scalar ones, per element, by more than the saved passes over memory (docs/jit.md).
+LIBM_MAX_SIZE = 512
+
+_numba = "unset"  # the numba module, None when it is not installed (tests set None to force it)
+_cache_dir: Path | None = None
+_modules: dict[str, object] = {}  # kernel source hash -> its loaded module, in this process
+
+
+def _get_numba():
+    global _numba
+    if _numba == "unset":
+        try:
+            import numba
+        except ImportError:
+            numba = None
+        _numba = numba
+    return _numba
+
+
+def available(backend) -> bool:
+    """Whether groups can be fused on ``backend`` (numba on the CPU, CuPy on CUDA); numba is
+    imported only when a program has a group to compile."""
+    if backend is None:
+        return False
+    if backend.device_id is not None:
+        return True
+    if _numba == "unset":
+        return importlib.util.find_spec("numba") is not None
+    return _numba is not None
+
+
+def set_cache_dir(path) -> None:
+    """Write generated kernels (and numba's compiled code) under ``path`` from now on."""
+    global _cache_dir
+    _cache_dir = Path(path)
+
+
+def cache_dir() -> Path:
+    """Where kernels are cached: set_cache_dir's, else $NODEGRAD_CACHE_DIR, else
+    ~/.cache/nodegrad/jit."""
+    if _cache_dir is not None:
+        return _cache_dir
+    env = os.environ.get("NODEGRAD_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "nodegrad" / "jit"
+
+
+# --- finding groups -------------------------------------------------------------------------
+@dataclass
+class Group:
+    """One fused kernel: its members (in program order), result shape and float dtype."""
+
+    shape: tuple
+    dtype: object
+    members: list
+    sealed: bool = False
+
+
+def _key(prog, i: Instr):
+    """(shape, float dtype) when op ``i`` can join a kernel, else None."""
+    if i.kind != "op" or i.name not in _TEMPLATES or i.out not in prog.meta:
+        return None
+    t = _TEMPLATES[i.name]
+    if len(i.ins) != t[0]:
+        return None
+    shape, od = prog.meta[i.out]
+    if not shape or 0 in shape:
+        return None
+    n = 1
+    for d in shape:
+        n *= d
+    on_cpu = prog.backend.device_id is None
+    if on_cpu and len(t) > 2 and n > LIBM_MAX_SIZE:
+        return None
+    floats = {od} if od.kind == "f" else set()
+    for k, a in enumerate(i.ins):
+        if a in prog.meta:
+            s, dt = prog.meta[a]
+            if len(s) > len(shape) or any(x != y and x != 1 for x, y in
+                                           zip(s[::-1], shape[::-1])):
+                return None
+            if i.name == "where" and k == 0:
+                if dt != B.bool_:
+                    return None
+            elif dt.kind == "f":
+                floats.add(dt)
+            else:
+                return None
+        elif a in prog.consts:
+            v = prog.consts[a]
+            if type(v) not in (int, float) or (i.name == "where" and k == 0):
+                return None
+        else:
+            return None
+    if len(floats) != 1:
+        return None
+    dt = floats.pop()
+    if dt not in (B.float32, B.float64) or (od.kind != "f" and i.name not in _BOOL_OUT):
+        return None
+    return (tuple(shape), dt)
+
+
+def fuse(prog, instrs: list) -> list:
+    """Replace groups of two or more fusable ops by one ``fused`` instruction each."""
+    groups: list[Group] = []
+    made: dict[int, Group] = {}  # slot -> the group whose member computes it
+    member_of: dict[int, Group] = {}  # instruction index -> its group
+    for i in instrs:
+        if i.kind == "effect":
+            for g in groups:
+                g.sealed = True
+        key = _key(prog, i)
+        reads = {id(made[a]): made[a] for a in i.ins if a in made}
+        join = [g for g in reads.values() if key is not None and not g.sealed
+                and (g.shape, g.dtype) == key]
+        for g in reads.values():
+            if g not in join:
+                g.sealed = True  # read from outside: no later op may join it
+        if key is None:
+            continue
+        if join:
+            g = join[0]
+            for other in join[1:]:  # this op reads several open groups: they become one
+                g.members.extend(other.members)
+                for m in other.members:
+                    made[m.out] = g
+                other.members = []
+                other.sealed = True
+        else:
+            g = Group(key[0], key[1], [])
+            groups.append(g)
+        g.members.append(i)
+        made[i.out] = g
+    for g in groups:
+        if len(g.members) >= 2:
+            for m in g.members:
+                member_of[id(m)] = g
+    if not member_of or (not prog.backend.device_id and _get_numba() is None):
+        return instrs
+    pos = {id(i): k for k, i in enumerate(instrs)}
+    readers: dict[int, set] = {}  # slot -> ids of the groups (or -1) that read it
+    for i in instrs:
+        g = member_of.get(id(i))
+        for a in i.ins:
+            readers.setdefault(a, set()).add(-1 if g is None else id(g))
+    outs = set(prog.out_slots)
+    last = {id(g): g.members[-1] for g in groups if len(g.members) >= 2}
+    kernels = _Kernels(prog)
+    result = []
+    try:
+        for i in instrs:
+            g = member_of.get(id(i))
+            if g is None:
+                result.append(i)
+            elif last[id(g)] is i:
+                g.members.sort(key=lambda m: pos[id(m)])
+                result.append(kernels.instr(g, outs, readers))
+    except Exception as e:  # no writable cache, a compiler error: replay unfused, correctly
+        warnings.warn(f"nodegrad.jit: fusion failed ({type(e).__name__}: {e}); this program "
+                      "runs unfused", RuntimeWarning, stacklevel=2)
+        return instrs
+    prog.stats["fused_groups"] = sum(1 for i in result if i.kind == "fused")
+    return result
+
+
+# --- kernels ----------------------------------------------------------------------------------
+class _Kernels:
+    """Source, compilation and loading of the kernels of one program."""
+
+    def __init__(self, prog) -> None:
+        self.prog = prog
+        self.cuda = prog.backend.device_id is not None
+
+    def _typed_const(self, value, dtype) -> int:
+        prog = self.prog
+        s = prog.nslots
+        prog.nslots += 1
+        prog.consts[s] = dtype.type(value)
+        return s
+
+    def instr(self, g: Group, outs: set, readers: dict) -> Instr:
+        prog = self.prog
+        inside = {m.out for m in g.members}
+        results = [m.out for m in g.members
+                   if m.out in outs or readers.get(m.out, set()) - {id(g)}]
+        arrays: list[int] = []  # external array inputs, in order of first use
+        scalars: list[int] = []  # typed scalar constants (new const slots)
+        names: dict[int, str] = {}
+        body = []
+        for j, m in enumerate(g.members):
+            args = []
+            for a in m.ins:
+                if a in inside:
+                    args.append(names[a])
+                elif a in prog.consts and not hasattr(prog.consts[a], "shape"):
+                    scalars.append(self._typed_const(prog.consts[a], g.dtype))
+                    args.append(f"k{len(scalars) - 1}")
+                else:
+                    if a not in arrays:
+                        arrays.append(a)
+                    args.append(f"x{arrays.index(a)}")
+            tpl = _TEMPLATES[m.name][1]
+            if self.cuda:  # C forms; CuPy reserves names with a leading underscore
+                tpl = _C_TEMPLATES.get(m.name, tpl.replace("math.", ""))
+                tpl = tpl.replace("_0", "c_zero").replace("_1", "c_one")
+            names[m.out] = f"t{j}"
+            body.append((f"t{j}", tpl.format(**dict(zip("abc", args)))))
+        in_specs = [prog.meta[a] for a in arrays]
+        out_specs = [prog.meta[s] for s in results]
+        zero = self._typed_const(0, g.dtype)
+        one = self._typed_const(1, g.dtype)
+        ins = tuple(arrays) + tuple(scalars) + (zero, one)
+        if self.cuda:
+            fn, src = _cupy_kernel(g, body, [names[s] for s in results], in_specs, out_specs,
+                                   len(scalars))
+        else:
+            src = _numba_source(g.shape, body, [names[s] for s in results], in_specs,
+                                len(scalars))
+            fn = _load(src)
+            _warm(fn, prog, ins, out_specs)  # compiles now, at trace time
+        name = "k" + hashlib.sha1(src.encode()).hexdigest()[:8]
+        return Instr("fused", name, fn, ins, None, outs=tuple(results),
+                     group=g)
+
+
+def _numba_source(shape, body, results, in_specs, nscalars) -> str:
+    nd = len(shape)
+    outs = [f"o{j}" for j in range(len(results))]
+    params = outs + [f"a{j}" for j in range(len(in_specs))] + [
+        f"k{j}" for j in range(nscalars)] + ["_0", "_1"]
+    lines = ["import math", "import numba", "",
+             "",
+             "@numba.njit(cache=True, error_model='numpy', nogil=True)",
+             f"def kernel({', '.join(params)}):"]
+    ind = "    "
+    for d in range(nd):
+        lines.append(f"{ind}for i{d} in range(o0.shape[{d}]):")
+        ind += "    "
+    for j, (s, _dt) in enumerate(in_specs):
+        lines.append(f"{ind}x{j} = a{j}[{_index(s, shape)}]")
+    for name, expr in body:
+        lines.append(f"{ind}{name} = {expr}")
+    full = ", ".join(f"i{d}" for d in range(nd))
+    for o, r in zip(outs, results):
+        lines.append(f"{ind}{o}[{full}] = {r}")
+    return "\n".join(lines) + "\n"
+
+
+def _index(s: tuple, shape: tuple) -> str:
+    """The index of an input of shape ``s`` broadcast to ``shape`` at (i0, i1, ...)."""
+    if not s:
+        return "()"
+    off = len(shape) - len(s)
+    idx = ["0" if n == 1 and shape[off + d] != 1 else f"i{off + d}" for d, n in enumerate(s)]
+    return ", ".join(idx) + ("," if len(idx) == 1 else "")
+
+
+def _load(src: str):
+    """The kernel of ``src``: from this process's modules, or from its file in the cache
+    directory (written once; numba keeps the compiled code beside it)."""
+    h = hashlib.sha1(src.encode()).hexdigest()[:16]
+    mod = _modules.get(h)
+    if mod is None:
+        d = cache_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"ngk_{h}.py"
+        if not path.exists() or path.read_text() != src:
+            tmp = d / f".ngk_{h}.{os.getpid()}.tmp"
+            tmp.write_text(src)
+            os.replace(tmp, path)
+        spec = importlib.util.spec_from_file_location(f"nodegrad_kernels.ngk_{h}", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        _modules[h] = mod
+    return mod.kernel
+
+
+def _warm(fn, prog, ins, out_specs) -> None:
+    """Compile (or load from disk) the kernel for the traced types now, at trace time."""
+    xp = prog.backend.xp
+    args = [xp.empty(s, dt) for s, dt in out_specs]
+    for a in ins:
+        if a in prog.consts:
+            args.append(prog.consts[a])
+        elif a in prog.values:  # the traced array: the same layout, so the same compilation
+            args.append(prog.values[a])
+        else:
+            s, dt = prog.meta[a]
+            args.append(xp.ones(s, dt))
+    fn(*args)
+
+
+# --- CUDA: CuPy's ElementwiseKernel ---------------------------------------------------------
+def _cupy_kernel(g: Group, body, results, in_specs, out_specs, nscalars):
+    """An ElementwiseKernel computing the group (CuPy broadcasts the operands itself)."""
+    cupy = B._import_cupy()
+    t = "float" if g.dtype == B.float32 else "double"
+    ins = [f"{'bool' if dt == B.bool_ else t} x{j}" for j, (_s, dt) in enumerate(in_specs)]
+    ins += [f"{t} k{j}" for j in range(nscalars)] + [f"{t} c_zero", f"{t} c_one"]
+    outs = [f"{'bool' if dt == B.bool_ else t} o{j}" for j, (_s, dt) in enumerate(out_specs)]
+    lines = [f"auto {name} = {expr};" for name, expr in body]
+    lines += [f"o{j} = {r};" for j, r in enumerate(results)]
+    src = "\n".join(lines)
+    k = cupy.ElementwiseKernel(", ".join(ins), ", ".join(outs), src,
+                               "ng_" + hashlib.sha1(src.encode()).hexdigest()[:10])
+    n = len(out_specs)
+
+    def run(*args):
+        k(*args[n:], *args[:n])
+
+    return run, src

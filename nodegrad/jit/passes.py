@@ -1,0 +1,310 @@
+"""Graph passes over a captured program, and its buffer plan.
+
+``optimise`` runs, in order: constant folding (an op whose inputs are all constants is evaluated
+once, now), removal of zero-filled buffers (``zeros + g`` becomes ``g``), common-subexpression
+elimination (the same op with the same parameters on the same slots is computed once) and
+dead-code elimination. ``plan_memory`` then gives the results of ops that can write into an
+``out=`` array a buffer the program keeps between calls, reusing one once every reader of the
+previous result (and of its views) has run, so a replayed step allocates little.
+
+Safety comes first. A slot is *escaped* when its array may outlive the call or be changed
+behind the program's back: an output, an input, a constant, a loaded tensor, an effect's result,
+and whatever an effect other than a pure read receives. Ops other than the known fresh ones may
+return views of their inputs, so slots are grouped into alias classes; a class with an escaped
+or mutated member is never folded, merged or given a shared buffer.
+"""
+
+from __future__ import annotations
+
+from .program import Instr, eliminate_dead_code
+
+# ops whose result is a new array (never a view of an input), with their out= form: the ufunc
+# name and the positions of the operands it takes (the others must be absent)
+_UFUNC = {
+    "add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "true_divide",
+    "negative": "negative", "exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p",
+    "sqrt": "sqrt", "square": "square", "abs": "absolute", "sin": "sin", "cos": "cos",
+    "tan": "tan", "tanh": "tanh", "maximum": "maximum", "minimum": "minimum", "power": "power",
+    "equal": "equal", "not_equal": "not_equal", "less": "less", "less_equal": "less_equal",
+    "greater": "greater", "greater_equal": "greater_equal", "matmul": "matmul",
+    "relu": "maximum",  # relu(x) is maximum(x, 0)
+}
+_ELEMENTWISE_OUT = set(_UFUNC) - {"matmul"}  # out= may be the memory of an input
+FRESH = set(_UFUNC) | {"copy", "relu", "sigmoid", "sum", "mean", "where", "relu_grad", "exp2",
+                       "log2", "log10", "reciprocal", "rsqrt", "log_softmax", "softmax",
+                       "logsumexp"}
+
+
+# --- alias classes --------------------------------------------------------------------------
+class _Classes:
+    """Union-find over slots: an op that is not known to return a new array joins its result
+    with its array inputs (it may be a view of them)."""
+
+    def __init__(self, prog, instrs: list) -> None:
+        self.parent: dict[int, int] = {}
+        meta = prog.meta
+        for i in instrs:
+            if i.kind == "op" and i.name not in FRESH and i.out is not None:
+                for a in i.ins:
+                    if a in meta and a not in prog.consts or _is_array_const(prog, a):
+                        self.union(i.out, a)
+        self.escaped: set[int] = set()  # roots of classes that may outlive the call
+        self.written: set[int] = set()  # roots of classes something may change in place
+        for s in list(prog.in_slots) + list(prog.out_slots) + list(prog.consts):
+            self.escaped.add(self.find(s))
+        for i in instrs:
+            if i.kind == "load" or (i.kind == "effect" and i.out is not None):
+                self.escaped.add(self.find(i.out))
+            if i.kind == "effect" and i.access != "read":
+                hit = i.ins[:1] if i.access == "mutate" else i.ins
+                for a in hit:
+                    self.written.add(self.find(a))
+                if i.access != "mutate":
+                    for a in i.ins:
+                        self.escaped.add(self.find(a))
+
+    def find(self, s: int) -> int:
+        p = self.parent.get(s, s)
+        if p == s:
+            return s
+        r = self.find(p)
+        self.parent[s] = r
+        return r
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+    def is_written(self, s: int) -> bool:
+        return self.find(s) in self.written
+
+    def is_escaped(self, s: int) -> bool:
+        r = self.find(s)
+        return r in self.escaped or r in self.written
+
+
+def _is_array_const(prog, a: int) -> bool:
+    return a in prog.consts and hasattr(prog.consts[a], "shape")
+
+
+# --- tensors made inside the step ------------------------------------------------------------
+def constant_loads(rec) -> None:
+    """Turn the loads of tensors that only the program still references (made inside the step:
+    ``zeros``, a VJP's ``Tensor(xp.zeros(...))``) into constants, so the passes below see them;
+    one changed in place starts each call from a fresh copy of its value at the trace."""
+    import sys
+
+    for k, i in enumerate(rec.instrs):
+        if i.kind != "load" or i.out not in rec.loaded:
+            continue
+        t = rec.loaded[i.out]()
+        # held only by the load's closure (and this frame): nothing outside can change it
+        if t is None or sys.getrefcount(t) > 3 or (tuple(t.data.shape), t.data.dtype) != \
+                rec.meta.get(i.out):
+            continue
+        if i.out in rec.before:
+            src = rec.const(rec.before[i.out])
+            rec.instrs[k] = Instr("op", "copy", _copy, (src,), i.out)
+        else:
+            rec.instrs[k] = None
+            rec.consts[i.out] = t.data
+    rec.instrs = [i for i in rec.instrs if i is not None]
+
+
+def _copy(v):
+    return v.copy()
+
+
+_copy.converts = False
+_copy.fast = _copy
+
+
+# --- the rewriting passes -------------------------------------------------------------------
+def optimise(prog, instrs: list) -> list:
+    """Fold constants, drop zero buffers, merge common subexpressions, drop dead code."""
+    classes = _Classes(prog, instrs)
+    outs = set(prog.out_slots)
+    rename: dict[int, int] = {}
+    seen: dict = {}  # CSE table: key -> slot; cleared at every effect that may write
+    stats = prog.stats
+    fresh: set[int] = set()  # results of ops that make a new array, not escaping
+    kept = []
+    for i in instrs:
+        ins = tuple(rename.get(a, a) for a in i.ins)
+        if ins != i.ins:
+            i = Instr(i.kind, i.name, i.fn, ins, i.out, i.params, i.access)
+        if i.kind == "effect":
+            if i.access != "read":
+                seen.clear()
+            kept.append(i)
+            continue
+        if i.kind != "op" or i.out is None:
+            kept.append(i)
+            continue
+        safe = i.out not in outs and not classes.is_written(i.out)
+        if safe and all(a in prog.consts for a in ins) and not classes.is_escaped(i.out):
+            try:
+                prog.consts[i.out] = i.fn(*(prog.consts[a] for a in ins))
+                stats["folded"] = stats.get("folded", 0) + 1
+                continue
+            except Exception:  # leave it to the replay, which reports errors as eager does
+                pass
+        if not classes.is_written(i.out):
+            same = _zero_addend(prog, i, ins, classes)
+            # an output may become g only when g is a new array of this call, not returned
+            if same is not None and (safe or (same in fresh and same not in outs)):
+                rename[i.out] = same
+                if i.out in outs:
+                    outs.add(same)
+                stats["zeros_dropped"] = stats.get("zeros_dropped", 0) + 1
+                continue
+            key = _cse_key(prog, i, ins)
+            if key is not None:
+                prev = seen.get(key)
+                if prev is not None:
+                    rename[i.out] = prev
+                    stats["cse"] = stats.get("cse", 0) + 1
+                    continue
+                seen[key] = i.out
+        if i.name in FRESH and not classes.is_escaped(i.out):
+            fresh.add(i.out)
+        kept.append(i)
+    prog.out_slots = [rename.get(s, s) for s in prog.out_slots]
+    return eliminate_dead_code(kept, prog.out_slots)
+
+
+def _zero_addend(prog, i: Instr, ins: tuple, classes: _Classes) -> int | None:
+    """The slot ``g`` when ``i`` is ``zeros + g``, ``g + zeros`` or ``g - zeros`` of g's shape
+    and dtype (a zero-filled gradient buffer that is only added to)."""
+    if i.name not in ("add", "subtract") or len(ins) != 2:
+        return None
+    for z, g in ((ins[0], ins[1]), (ins[1], ins[0])):
+        if i.name == "subtract" and z is ins[0]:
+            continue
+        if z not in prog.consts or g in prog.consts or g not in prog.meta:
+            continue
+        v = prog.consts[z]
+        zero = (v == 0) if isinstance(v, int | float) and not isinstance(v, bool) else (
+            hasattr(v, "shape") and v.size > 0 and not v.any())
+        if zero and prog.meta[g] == prog.meta[i.out] and not classes.is_written(g):
+            return g
+    return None
+
+
+def _cse_key(prog, i: Instr, ins: tuple):
+    """A hashable key of (op, parameters, inputs), or None when the parameters do not hash."""
+    try:
+        key = (i.name, _freeze(i.params), tuple(_const_key(prog, a) for a in ins))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _const_key(prog, a: int):
+    if a not in prog.consts:
+        return ("slot", a)
+    v = prog.consts[a]
+    if hasattr(v, "shape"):
+        return ("array", id(v))
+    return ("value", type(v), repr(v))
+
+
+def _freeze(v):
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list | tuple):
+        return (type(v).__name__,) + tuple(_freeze(x) for x in v)
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        return ("array", id(v))
+    return v
+
+
+# --- buffers --------------------------------------------------------------------------------
+class Plan:
+    """Which result slots write into which kept buffer (``buf``), and the buffers' specs."""
+
+    def __init__(self) -> None:
+        self.buf: dict[int, int] = {}
+        self.buffers: list[tuple] = []
+        self.inplace = 0
+
+    def counts(self) -> dict:
+        return {"buffers": len(self.buffers), "buffered_results": len(self.buf),
+                "reused": len(self.buf) - len(self.buffers), "in_place": self.inplace}
+
+
+def _writes_out(i: Instr) -> bool:
+    return (i.kind == "op" and i.name in _UFUNC) or i.kind == "fused"
+
+
+def plan_memory(prog, instrs: list) -> Plan:
+    """Give every fresh, non-escaping result of an ``out=``-capable op or fused kernel a kept
+    buffer, reusing a buffer of the same shape and dtype once the last reader of that result and
+    of its views has run."""
+    classes = _Classes(prog, instrs)
+    last: dict[int, int] = {}  # alias-class root -> index of its last reader
+    for k, i in enumerate(instrs):
+        for a in i.ins:
+            last[classes.find(a)] = k
+    plan = Plan()
+    free: dict[tuple, list[int]] = {}
+    release: dict[int, list[tuple]] = {}  # instruction index -> buffers free after it
+    for k, i in enumerate(instrs):
+        if _writes_out(i):
+            results = i.outs if i.kind == "fused" else (i.out,)
+            for s in results:
+                if classes.is_escaped(s) or s not in prog.meta:
+                    continue
+                spec = prog.meta[s]
+                b = None
+                if i.kind == "fused" or i.name in _ELEMENTWISE_OUT:
+                    b = _in_place(prog, classes, last, k, spec, plan, i, release)
+                if b is not None:
+                    plan.inplace += 1
+                elif free.get(spec):
+                    b = free[spec].pop()
+                else:
+                    b = len(plan.buffers)
+                    plan.buffers.append(spec)
+                plan.buf[s] = b
+                release.setdefault(max(last.get(classes.find(s), k), k), []).append((spec, b))
+        for spec, b in release.pop(k, ()):
+            free.setdefault(spec, []).append(b)
+    return plan
+
+
+def _in_place(prog, classes, last, k, spec, plan, i: Instr, release) -> int | None:
+    """The buffer of an input that ``i`` reads for the last time, of the result's shape and
+    dtype, with no view of it among ``i``'s other inputs (an elementwise op may write where it
+    reads, element by element)."""
+    if i.kind == "fused" and any(m.name not in _POINTWISE for m in i.group.members):
+        return None
+    for a in dict.fromkeys(i.ins):
+        b = plan.buf.get(a)
+        if b is None or prog.meta.get(a) != spec:
+            continue
+        r = classes.find(a)
+        if last.get(r) != k or any(classes.find(x) == r for x in i.ins if x != a):
+            continue
+        if i.kind == "fused" and any(b == plan.buf.get(o) for o in i.outs):
+            continue  # another result of this kernel took it already
+        entries = release.get(k, [])
+        if (spec, b) in entries:
+            entries.remove((spec, b))  # it stays in use, by the result
+            return b
+    return None
+
+
+_POINTWISE = set()  # filled by .fuse with the ops its kernels compute element by element
+
+
+def out_variant(i: Instr, xp):
+    """``f(*inputs, out)``: op ``i`` writing its result into ``out`` (None when it cannot)."""
+    if i.kind != "op" or i.name not in _UFUNC:
+        return None
+    uf = getattr(xp, _UFUNC[i.name])
+    if i.name == "relu":
+        return lambda x, out: uf(x, 0, out=out)
+    return lambda *a: uf(*a[:-1], out=a[-1])

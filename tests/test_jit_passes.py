@@ -1,0 +1,342 @@
+"""jit's passes and fusion: CSE merges and respects in-place changes, constants fold, zero
+buffers go, kept buffers never corrupt outputs or state, fused kernels match eager (bit for bit
+without transcendental functions, else within 1e-6 relative in float32 and 1e-12 in float64) on
+the op matrix and the zoo models, and without numba jit replays unfused."""
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _opcases import CASES, calls, drawn
+
+import nodegrad as ng
+from nodegrad import models
+from nodegrad.jit import fuse as F
+
+needs_numba = pytest.mark.skipif(F._get_numba() is None, reason="needs numba")
+RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
+
+
+def _same(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+def _close(got, want, what=""):
+    """Within RTOL of eager, relative to each element or (near zero) to the array's scale."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    if want.dtype.kind != "f":
+        assert np.array_equal(got, want), what
+        return
+    rtol = RTOL.get(want.dtype, 1e-6)
+    fin = np.isfinite(want)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), what
+    assert np.array_equal(got[~fin & ~np.isnan(want)], want[~fin & ~np.isnan(want)]), what
+    scale = np.abs(want[fin]).max() if fin.any() else 0.0
+    np.testing.assert_allclose(got[fin], want[fin], rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def _leaves(out):
+    return [o.numpy() if isinstance(o, ng.Tensor) else o for o in ng.tree_flatten(out)[0]]
+
+
+def _check(f, *args, fuse=False, calls_=3):
+    """jit(f) equals f on ``args`` for a few calls; bit for bit unless fused."""
+    jf = ng.jit(f, fuse=fuse)
+    for _ in range(calls_):
+        got, want = _leaves(jf(*args)), _leaves(f(*args))
+        for g, w in zip(got, want):
+            assert _same(g, w) if not fuse else _close(g, w) is None
+    return jf
+
+
+# --- the passes -----------------------------------------------------------------------------
+def test_cse_merges_the_same_op_on_the_same_inputs():
+    def f(x, w):
+        return ng.tanh(x @ w) * 2.0 + ng.tanh(x @ w) * 2.0
+
+    jf = _check(f, ng.randn(4, 3), ng.randn(3, 5))
+    c = jf.program.counts()
+    assert c["cse"] == 3 and c["op"] == 4  # matmul, tanh, multiply, add
+
+
+def test_cse_respects_in_place_changes():
+    def f(x):
+        y = x * 1.0
+        a = y * 2.0
+        b = y * 2.0  # the same op as a, but a changes below: b must keep its value
+        a += 1.0
+        y += 1.0
+        c = y * 2.0  # y changed in between: not the same value as a or b
+        return a, b, c
+
+    jf = _check(f, ng.randn(3))
+    assert "cse" not in jf.program.counts()
+
+
+def test_constants_fold_and_zero_buffers_go():
+    def f(x):
+        c = ng.ones(3) * 2.0 + 1.0  # computed from constants only: folded once
+        z = ng.zeros(3)  # a zero buffer that is only added to
+        return (z + x * c) - ng.zeros(3)
+
+    jf = _check(f, ng.randn(3))
+    c = jf.program.counts()
+    assert c["folded"] == 2 and c["zeros_dropped"] == 2
+    assert [i.name for i in jf.program.instrs] == ["multiply"]
+
+
+def test_a_tensor_made_in_the_step_and_changed_in_place_starts_afresh():
+    def f(x):
+        h = ng.zeros(3)
+        h += x
+        h[0] = 5.0
+        return h * 1.0
+
+    jf = ng.jit(f)
+    x = ng.randn(3)
+    for _ in range(3):
+        assert _same(jf(x).numpy(), f(x).numpy())
+
+
+def test_kept_buffers_never_overwrite_returned_values():
+    def f(x):
+        h = ng.exp(x * 0.5)
+        for _ in range(6):
+            h = ng.tanh(h * 1.5 - 0.25) + h
+        v = h.reshape(-1)  # a view of a result that is returned
+        return v, h * 3.0, (h * h).sum()
+
+    rng = np.random.default_rng(0)
+    xs = [ng.tensor(rng.standard_normal((4, 5)).astype(np.float32)) for _ in range(4)]
+    jf = ng.jit(f, fuse=False)
+    kept = [(_leaves(jf(x)), _leaves(f(x))) for x in xs]
+    for got, want in kept:  # earlier results are untouched by later calls
+        for g, w in zip(got, want):
+            assert _same(g, w)
+    c = jf.program.counts()
+    assert c["buffers"] >= 1 and c["reused"] >= 1 and c["in_place"] >= 1
+    assert "->b" in str(jf.program) and "buffers:" in str(jf.program)
+
+
+def test_kept_buffers_do_not_corrupt_training_state():
+    from nodegrad import nn
+
+    def run(jit):
+        ng.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(),
+                              nn.Linear(16, 3))
+        opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = ng.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        s = ng.jit(step, state=(model, opt), fuse=False) if jit else step
+        rng = np.random.default_rng(0)
+        losses = [s(ng.tensor(rng.standard_normal((8, 6)).astype(np.float32)),
+                    ng.tensor(rng.integers(0, 3, 8))) for _ in range(6)]
+        return [t.numpy() for t in losses], model, s
+
+    le, me, _ = run(False)
+    lj, mj, s = run(True)
+    assert all(_same(a, b) for a, b in zip(le, lj))  # each returned loss kept its value
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+    for a, b in zip(me.parameters(), mj.parameters()):
+        assert _same(a.grad.numpy(), b.grad.numpy())
+    assert s.program.plan.buffers
+
+
+def test_a_second_thread_gets_its_own_buffers():
+    jf = ng.jit(lambda x: ng.tanh(x * 2.0) * 3.0 + x, fuse=False)
+    xs = [ng.randn(50, 50) for _ in range(2)]
+    want = [(ng.tanh(x * 2.0) * 3.0 + x).numpy() for x in xs]
+    jf(xs[0])
+    jf(xs[0])
+    bad = []
+
+    def work(k):
+        for _ in range(200):
+            if not _same(jf(xs[k]).numpy(), want[k]):
+                bad.append(k)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    assert not bad
+
+
+def test_optimize_false_replays_the_trace_as_recorded():
+    def f(x):
+        return ng.exp(x) + ng.exp(x)
+
+    jf = ng.jit(f, optimize=False)
+    x = ng.randn(3)
+    jf(x)
+    assert [i.name for i in jf.program.instrs] == ["exp", "exp", "add"]
+    assert _same(jf(x).numpy(), f(x).numpy())
+
+
+# --- fusion ---------------------------------------------------------------------------------
+@needs_numba
+def test_arithmetic_chains_fuse_bit_for_bit():
+    def f(x, b):
+        h = ng.relu(x * 0.5 + b)
+        return ng.where(h > 0.25, h * h - b, -h) / 3.0
+
+    for dt in (ng.float32, ng.float64):
+        x, b = ng.randn(40, 30, dtype=dt), ng.randn(30, dtype=dt)
+        jf = ng.jit(f)
+        for _ in range(3):
+            assert _same(jf(x, b).numpy(), f(x, b).numpy())
+        c = jf.program.counts()
+        assert c["fused"] == 1 and c["fused_ops"] == 9 and "op" not in c
+    text = str(jf.program)
+    assert "fused" in text and "relu(" in text and "ops in one kernel" in text
+
+
+@needs_numba
+def test_fused_gradients_match_within_tolerance():
+    def loss(x, w, b):
+        h = ng.tanh(x @ w + b)
+        return (ng.sigmoid(h) * ng.exp(-h * h) + ng.relu(h)).sum()
+
+    g = ng.value_and_grad(loss, argnums=(1, 2))
+    jg = ng.jit(g)
+    for dt in (ng.float32, ng.float64):
+        x, w, b = ng.randn(8, 5, dtype=dt), ng.randn(5, 6, dtype=dt), ng.randn(6, dtype=dt)
+        for _ in range(2):
+            for a, e in zip(_leaves(jg(x, w, b)), _leaves(g(x, w, b))):
+                _close(a, e)
+        assert jg.program.counts().get("fused", 0) >= 2
+
+
+@needs_numba
+def test_kernels_are_written_to_the_cache_and_shared():
+    def f(x):
+        return ng.relu(x * 3.0 - 1.0)
+
+    a, b = ng.jit(f), ng.jit(f)
+    a(ng.randn(7, 3))
+    b(ng.randn(7, 3))
+    (ka,), (kb,) = ([i for i in j.program.instrs if i.kind == "fused"] for j in (a, b))
+    assert ka.fn is kb.fn  # one source, one kernel, constants passed as arguments
+    src = Path(sys.modules[ka.fn.py_func.__module__].__file__)
+    assert src.parent == F.cache_dir() and "def kernel" in src.read_text()
+    assert list((F.cache_dir() / "__pycache__").glob(src.stem + "*.nbi"))  # numba's disk cache
+
+
+def test_without_numba_jit_replays_unfused(monkeypatch):
+    monkeypatch.setattr(F, "_numba", None)
+    assert not F.available(ng.randn(1).backend)
+
+    def f(x):
+        return ng.tanh(x * 2.0) * 3.0 + 1.0
+
+    jf = _check(f, ng.randn(5, 4), fuse=None)  # the default: fuse where a compiler is there
+    assert "fused" not in jf.program.counts()
+    jf = _check(f, ng.randn(5, 4), fuse=True)  # asked for: still replays, unfused
+    assert "fused" not in jf.program.counts()
+
+
+MATRIX = [pytest.param(c, id=c.name) for c in CASES if "matrix" in c.layouts]
+
+
+@needs_numba
+@pytest.mark.parametrize("case", MATRIX)
+@drawn(1)
+def test_fused_jit_matches_eager_on_every_case(case, data):
+    call = data.draw(calls(case, "matrix"))
+    args = [np.array(a) for a in call.args]
+    jf = ng.jit(call.fn, fuse=True)
+    for _ in range(2):
+        got = _leaves(jf(*[ng.tensor(a) for a in args]))
+        want = _leaves(call.fn(*[ng.tensor(a) for a in args]))
+        for g, w in zip(got, want):
+            if isinstance(w, np.ndarray):
+                _close(g, w, case.name)
+            else:
+                assert g == w
+
+
+def _zoo_batch(spec, rng):
+    if spec.dataset == "mnist1d":
+        x = rng.standard_normal((8, 40))
+    elif spec.dataset == "digits":
+        x = rng.standard_normal((8, 64))
+    else:
+        x = rng.standard_normal((8, 1))
+    y = rng.integers(0, 10, 8) if spec.task == "classification" else rng.standard_normal((8, 1))
+    return ng.tensor(x.astype(np.float32)), ng.tensor(y if y.dtype.kind == "i"
+                                                      else y.astype(np.float32))
+
+
+@needs_numba
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_zoo_models_train_the_same_under_fused_jit(name):
+    spec = models.REGISTRY[name]
+    lossf = (ng.nn.functional.cross_entropy if spec.task == "classification"
+             else ng.nn.functional.mse_loss)
+
+    def run(jit):
+        model = models.create(name, seed=0)
+        opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = lossf(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        s = ng.jit(step, state=(model, opt), fuse=True) if jit else step
+        rng = np.random.default_rng(0)
+        ng.manual_seed(1)
+        losses = [s(*_zoo_batch(spec, rng)).numpy() for _ in range(20)]
+        return losses, model
+
+    le, me = run(False)
+    lj, mj = run(True)
+    for a, b in zip(lj, le):
+        _close(a, b, name)
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        _close(b.numpy(), a.numpy(), f"{name}: {n}")
+
+
+@pytest.mark.gpu
+def test_fused_kernels_on_cuda():
+    dev = "cuda"
+
+    def f(x, b):
+        h = ng.tanh(x * 0.5 + b)
+        return ng.where(h > 0.25, h * h - b, -h) / 3.0 + ng.relu(h)
+
+    x, b = ng.randn(40, 30, device=dev), ng.randn(30, device=dev)
+    jf = ng.jit(f)
+    for _ in range(3):
+        _close(jf(x, b).numpy(), f(x, b).numpy())
+    assert jf.program.counts()["fused"] >= 1
+
+
+@needs_numba
+def test_a_cache_that_cannot_be_written_means_unfused_not_broken(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.setattr(F, "_cache_dir", blocked / "kernels")
+    monkeypatch.setattr(F, "_modules", {})
+
+    def f(x):
+        return ng.relu(x * 2.0 - 0.5) * 3.0
+
+    with pytest.warns(RuntimeWarning, match="fusion failed"):
+        jf = _check(f, ng.randn(6, 5), fuse=True)
+    assert "fused" not in jf.program.counts()
