@@ -11,6 +11,7 @@ the body (the primitive's results are one packed array, unpacked by slicing).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -406,6 +407,26 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
     body = _trace(flat, [], c_leaves, x_leaves)
     carry, ys = _apply(body, [], c_leaves, x_leaves, n, bool(reverse))
     return tree_unflatten(c_def, carry or c_leaves), tree_unflatten(y_def[0], ys)
+
+
+_BODIES: OrderedDict = OrderedDict()  # scan_cached's traced bodies, least recently used first
+
+
+def scan_cached(key: Any, f: Callable, consts: list, init: list, xs: list,
+                reverse: bool = False) -> tuple[list, list]:
+    """``scan`` of ``f(consts, carry, x) -> (carry, y)`` on flat lists of tensors, with the
+    traced body kept between calls: for library loops (the RNN layers) whose ``key`` fixes all
+    that the trace depends on besides the inputs' shapes and dtypes. Not for closures."""
+    n = int(xs[0].shape[0])
+    sig = (key, tuple((tuple(t.shape), t.dtype.str, t.backend.name) for t in consts + init + xs))
+    body = _BODIES.get(sig)
+    if body is None:
+        body = _BODIES[sig] = _trace(lambda k, c, x: f(k, c, x), consts, init, xs)
+        if len(_BODIES) > 64:
+            _BODIES.popitem(last=False)
+    else:
+        _BODIES.move_to_end(sig)
+    return _apply(body, consts, init, xs, n, reverse)
 
 
 def fori_loop(lower: int, upper: int, body_fun: Callable, init_val: Any) -> Any:

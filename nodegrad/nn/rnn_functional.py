@@ -10,6 +10,7 @@ with the max-subtracting softmax, so large scores stay finite.
 from __future__ import annotations
 
 import math
+from functools import partial
 from collections.abc import Sequence
 
 from .. import lax, ops
@@ -168,7 +169,10 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
         else:  # GRU's b_hn sits inside r ⊙ (·): broadcast once, not summed back every step
             b_hh = ops.broadcast_to(b_hh, (n_dir, 1, batch, n_g))
     xd = ops.expand_dims(x, 0) if n_dir == 1 else ops.stack([x, ops.flip(x, 0)])  # (D, T, N, I)
-    if modes().jit is not None and steps > 0:  # under jit: one loop instruction, not T copies
+    m = modes()
+    if steps > 0 and (m.jit is not None or not (m.traces or m.anomaly)):
+        # one lax.scan: under jit one loop instruction, not T copies (eagerly it is also faster
+        # than stepping here); under vmap, ONNX export and anomaly mode every step is seen
         h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, weights, mode)
         return _finish(y, h, c, h0, c0)
     recording = is_grad_enabled() and any(
@@ -222,21 +226,26 @@ def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, we
     b_hh = None
     if mode == "GRU" and weights[0][3] is not None:
         b_hh = ops.reshape(_stack_dirs([w[3] for w in weights]), (n_dir, 1, n_g))
-    act = _act(mode)
+    lstm = mode == "LSTM"
+    consts = [w_hh] if b_hh is None else [w_hh, b_hh]
+    carry, ys = lax.scan_cached(("recurrent_layer", mode, len(consts)), partial(_step, mode, n_h),
+                                consts, [h0] if c0 is None else [h0, c0], [gis])
+    ys = ys[0]
+    return carry[0], carry[1] if lstm else None, ops.moveaxis(ys, 1, 0)
 
-    def step(carry, gi):
-        gh = carry[0] @ w_hh
-        if mode == "GRU":
-            h = _gru_update(gi, gh if b_hh is None else gh + b_hh, carry[0], n_h)
-            return (h,), h
-        if mode == "LSTM":
-            h, c = _lstm_update(gi + gh, carry[1], n_h)
-            return (h, c), h
-        h = act(gi + gh)
-        return (h,), h
 
-    carry, ys = lax.scan(step, (h0,) if c0 is None else (h0, c0), gis)
-    return carry[0], (carry[1] if c0 is not None else None), ops.moveaxis(ys, 1, 0)
+def _step(mode: str, n_h: int, consts: list, carry: list, x: list) -> tuple[list, list]:
+    """One time step of a recurrent layer as a scan body: the new carry (h or h, c) and y = h."""
+    gh = carry[0] @ consts[0]
+    gi = x[0]
+    if mode == "GRU":
+        h = _gru_update(gi, gh if len(consts) == 1 else gh + consts[1], carry[0], n_h)
+        return [h], [h]
+    if mode == "LSTM":
+        h, c = _lstm_update(gi + gh, carry[1], n_h)
+        return [h, c], [h]
+    h = _act(mode)(gi + gh)
+    return [h], [h]
 
 
 # --- attention --------------------------------------------------------------------------------
