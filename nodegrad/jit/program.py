@@ -92,6 +92,7 @@ class Program:
                              for a in i.ins)
             lhs = f"%{i.out} = " if i.out is not None else ""
             lines.append(f"  {lhs}{i.kind} {i.name}({args})")
+            lines += _sub_program(i)
         return "\n".join(lines)
 
 
@@ -112,3 +113,11 @@ def eliminate_dead_code(instrs: list, out_slots: list) -> list:
             kept.append(i)
     kept.reverse()
     return kept
+
+
+def _sub_program(i: Instr) -> list:
+    """The lines of a loop instruction's body program (``lax.scan``), indented under it."""
+    body = getattr(i.fn, "params", {}).get("body")
+    if body is None or not hasattr(body, "program"):
+        return []
+    return ["    | " + ln for ln in str(body.program()).splitlines()]
