@@ -18,7 +18,7 @@ from typing import Any
 from . import _backend as B
 from .autodiff import modes
 from .batching import batched, front, size_of
-from .errors import JitError, ShapeError
+from .errors import DTypeError, JitError, ShapeError
 from .func.grad import vjp as _vjp
 from .func.jvp import jvp as _jvp
 from .func.tree import tree_flatten, tree_unflatten
@@ -192,7 +192,7 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
                              "the carry must keep its shape and dtype")
     dts = {o.dtype for o in outs}
     if len(dts) > 1:
-        raise TypeError(f"{what}: the carry and the per-step outputs must share one dtype, got "
+        raise DTypeError(f"{what}: the carry and the per-step outputs must share one dtype, got "
                         f"{sorted(str(d) for d in dts)}; cast them with .astype()")
     rec.metas = [(tuple(o.shape), o.dtype) for o in outs]
     rec.keep, rec.slot = [], {}  # only the trace needed the example arrays

@@ -7,7 +7,7 @@ import pytest
 
 import nodegrad as ng
 from nodegrad import lax, nn
-from nodegrad.errors import JitError, ShapeError
+from nodegrad.errors import DTypeError, JitError, ShapeError
 from nodegrad.testing import gradcheck
 
 RNG = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def test_scan_errors_name_the_problem():
     with pytest.raises(JitError, match="random draw"):
         lax.scan(lambda c, x: (nn.functional.dropout(c, 0.5, True), None), ng.zeros(3),
                  ng.ones((2, 3)))
-    with pytest.raises(TypeError, match="share one dtype"):
+    with pytest.raises(DTypeError, match="share one dtype"):
         lax.scan(lambda c, x: (c, x), ng.zeros(3), ng.ones((2, 3), dtype="float64"))
 
 
@@ -219,3 +219,29 @@ def test_jit_recurrent_matches_pytorch(mode):
     for g, (_, tp) in zip(gs, tl.named_parameters()):
         np.testing.assert_allclose(g.numpy(), tp.grad.numpy(), rtol=1e-10, atol=1e-10)
     assert [i.name for i in jl.program.instrs].count("scan") == 2
+
+
+def test_printed_program_shows_the_loop_body():
+    w = ng.tensor(W)
+    jf = ng.jit(lambda h0, xs: lax.scan(_cell(w), h0, xs))
+    jf(ng.tensor(H0), ng.tensor(XS))
+    text = str(jf.program)
+    assert "op scan(" in text and "    |   %" in text and "tanh" in text
+
+
+def test_recurrent_layer_scans_eagerly_but_steps_under_vmap():
+    gru = nn.GRU(3, 4)
+    x = ng.randn(5, 2, 3)
+    out = gru(x)[0]
+    assert out.node.prim.name != "scan"  # the outputs are unpacked from the scan's result
+    names, seen, stack = set(), set(), [out.node]
+    while stack:
+        n = stack.pop()
+        if n is None or not isinstance(n, ng.autodiff.Node) or id(n) in seen:
+            continue
+        seen.add(id(n))
+        names.add(n.prim.name)
+        stack.extend(n.parents)
+    assert "scan" in names and "tanh" not in names
+    per = ng.vmap(lambda xi: gru(xi)[0], in_axes=1, out_axes=1)(x)  # stepped, as before
+    np.testing.assert_allclose(per.numpy(), out.numpy(), rtol=1e-5, atol=1e-6)
