@@ -94,6 +94,7 @@ class Body:
         self.dtype = self.metas[0][1] if self.metas else None
         self._program = None
         self.derived: dict = {}
+        self.paired = None  # (backward body, fk, fx, n_y, n_res) of a residual-saving forward
 
     def with_history(self) -> Body:
         """This body, also returning the incoming carries as outputs (the VJP reads them)."""
@@ -105,7 +106,7 @@ class Body:
             b.out_slots = self.out_slots + carry
             b.n_y, b.n_hist = self.n_y + self.n_carry, self.n_carry
             b.metas = self.metas + self.metas[:self.n_carry]
-            b._program, b.derived = None, {}
+            b._program, b.derived, b.paired = None, {}, None
             self.derived["hist"] = b
         return b
 
@@ -195,6 +196,8 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
         raise DTypeError(f"{what}: the carry and the per-step outputs must share one dtype, got "
                         f"{sorted(str(d) for d in dts)}; cast them with .astype()")
     rec.metas = [(tuple(o.shape), o.dtype) for o in outs]
+    rec.avals = {rec.slot[id(a)]: (tuple(a.shape), a.dtype) for a in rec.keep
+                 if id(a) in rec.slot}
     rec.keep, rec.slot = [], {}  # only the trace needed the example arrays
     return Body(rec, slots[0], slots[1], slots[2], out_slots, len(cs))
 
@@ -209,10 +212,17 @@ def _apply(body: Body, consts: list, init: list, xs: list, length: int,
     ins = list(consts) + list(body.rec.captured) + list(init) + list(xs)
     if not body.metas:  # nothing is carried or produced
         return [], []
-    b = body.with_history() if _needs_grad(ins) and body.n_carry else body
+    b = body
+    if _needs_grad(ins) and body.n_carry:
+        b = _with_residuals(body, consts + list(body.rec.captured), init, xs)
+        if b is None:
+            b = body.with_history()
+        else:  # the residuals' VJP may have made constants of its own (they are inputs too)
+            ins = ins[:len(ins) - len(init) - len(xs)] + list(b.rec.captured) + ins[
+                len(ins) - len(init) - len(xs):]
     packed = bind(scan_p, tuple(ins), {"body": b, "length": length, "reverse": reverse})
     carry, ys = b.unpack(packed, length)
-    return carry, ys[:len(ys) - (b.n_hist - body.n_hist)]
+    return carry, ys[:body.n_y]
 
 
 # --- the primitive ----------------------------------------------------------------------------
@@ -257,6 +267,15 @@ def _scan_vjp(needs, g, ans, *args, body: Body, length: int, reverse: bool):
     consts, init, xs = _split(body, args)
     nk_, nc_ = len(consts), body.n_carry
     nc = body.n_carry
+    if body.paired is not None and not modes().grad_enabled:
+        # the forward saved the residuals: the backward is a reverse scan of the VJP's
+        # cotangent half alone (with create_graph the general path below differentiates all)
+        bwd, fk, fx, ny, nres = body.paired
+        gc, gy = body.unpack(g, length)
+        res = body.unpack(ans, length)[1][ny:ny + nres]
+        zk = [zeros_like(consts[i]) for i in fk]
+        carry, gxs = _apply(bwd, consts, gc + zk, xs + gy[:ny] + res, length, not reverse)
+        return _vjp_result(carry, gxs, fk, fx, len(consts), nc, len(xs))
     if body.n_hist < nc:  # the forward kept no carries (it needed no gradient): run it again
         hb = body.with_history()
         ans = bind(scan_p, args, {"body": hb, "length": length, "reverse": reverse})
@@ -269,32 +288,111 @@ def _scan_vjp(needs, g, ans, *args, body: Body, length: int, reverse: bool):
         hist = body.unpack(ans, length)[1][body.n_y - nc:]
     fk = [i for i, t in enumerate(consts) if _is_float(t) and needs[i]]
     fx = [i for i, t in enumerate(xs) if _is_float(t) and needs[nk_ + nc_ + i]]
-    nx = len(xs)
     key = ("vjp", tuple(fk), tuple(fx))
     bwd = body.derived.get(key)
-    if bwd is None:
-        def step(ks, carry, x):
-            gc_, gk_ = carry[:nc], carry[nc:]
-            c, xt, gy_ = x[:nc], x[nc:nc + nx], x[nc + nx:]
-
-            def f(*diff):
-                k2 = _substitute(ks, fk, diff[:len(fk)])
-                x2 = _substitute(xt, fx, diff[len(fk) + nc:])
-                return body(*k2, *diff[len(fk):len(fk) + nc], *x2)
-
-            _, pull = _vjp(f, *[ks[i] for i in fk], *c, *[xt[i] for i in fx])
-            cots = pull(list(gc_) + list(gy_))
-            new_gk = [a + b for a, b in zip(gk_, cots[:len(fk)])]
-            return list(cots[len(fk):len(fk) + nc]) + new_gk, list(cots[len(fk) + nc:])
-
-        zk = [zeros_like(consts[i]) for i in fk]
-        bwd = body.derived[key] = _trace(step, consts, gc + zk, hist + xs + gy, "scan (vjp)")
     zk = [zeros_like(consts[i]) for i in fk]
+    if bwd is None:
+        bwd = body.derived[key] = _vjp_body(body, fk, fx, consts, gc + zk, hist + xs + gy)[0]
     carry, gxs = _apply(bwd, consts, gc + zk, hist + xs + gy, length, not reverse)
+    return _vjp_result(carry, gxs, fk, fx, len(consts), nc, len(xs))
+
+
+def _vjp_result(carry, gxs, fk, fx, nk: int, nc: int, nx: int) -> tuple:
     gks = dict(zip(fk, carry[nc:]))
     gxd = dict(zip(fx, gxs))
-    return tuple([gks.get(i) for i in range(len(consts))] + carry[:nc]
-                 + [gxd.get(i) for i in range(nx)])
+    return tuple([gks.get(i) for i in range(nk)] + carry[:nc] + [gxd.get(i) for i in range(nx)])
+
+
+def _vjp_body(body: Body, fk: list, fx: list, consts: list, carry: list, xs: list):
+    """The body of the reverse scan: (ks; gc, gk; c, x, gy) -> (gc', gk + gk_t; gx), traced on
+    the example values given; also the slots of the forward values it recomputes."""
+    nc, nx = body.n_carry, body.n_x
+    f_outs: list = []
+
+    def step(ks, carry, x):
+        gc_, gk_ = carry[:nc], carry[nc:]
+        c, xt, gy_ = x[:nc], x[nc:nc + nx], x[nc + nx:]
+
+        def f(*diff):
+            k2 = _substitute(ks, fk, diff[:len(fk)])
+            x2 = _substitute(xt, fx, diff[len(fk) + nc:])
+            return body(*k2, *diff[len(fk):len(fk) + nc], *x2)
+
+        outs, pull = _vjp(f, *[ks[i] for i in fk], *c, *[xt[i] for i in fx])
+        rec = modes().jit
+        f_outs.extend(rec.slot.get(id(o.data)) for o in outs)
+        cots = pull(list(gc_) + list(gy_))
+        new_gk = [a + b for a, b in zip(gk_, cots[:len(fk)])]
+        return list(cots[len(fk):len(fk) + nc]) + new_gk, list(cots[len(fk) + nc:])
+
+    return _trace(step, consts, carry, xs, "scan (vjp)"), f_outs
+
+
+class _Part:
+    """Part of a traced body's recording (its primal or its cotangent half)."""
+
+    def __init__(self, rec, keep: set, captured: list) -> None:
+        self.instrs = [i for i in rec.instrs if i.out in keep]
+        self.eqns = [e for e in rec.eqns if e[3] in keep]
+        self.consts, self.nslots, self.backend = rec.consts, rec.nslots, rec.backend
+        self.captured, self.avals = captured, rec.avals
+
+
+def _part_body(rec, ins: list, n_consts: int, n_carry: int, n_x: int, outs: list) -> Body:
+    b = Body.__new__(Body)
+    b.rec, b.in_slots, b.out_slots = rec, ins, outs
+    b.n_consts, b.n_carry, b.n_x, b.n_hist = n_consts, n_carry, n_x, 0
+    b.n_y = len(outs) - n_carry
+    b.metas = [rec.avals[s] for s in outs]
+    b.dtype = b.metas[0][1]
+    b._program, b.derived, b.paired = None, {}, None
+    return b
+
+
+def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | None:
+    """The forward body that also outputs what its VJP reads (the residuals), paired with the
+    cotangent half of that VJP; None when a residual's dtype differs from the outputs'."""
+    fk = [i for i, t in enumerate(consts) if _is_float(t) and t.requires_grad]
+    fx = [i for i, t in enumerate(xs) if _is_float(t) and t.requires_grad]
+    key = ("residuals", tuple(fk), tuple(fx))
+    if key in body.derived:
+        return body.derived[key]
+    nc, nx, ny = body.n_carry, body.n_x, body.n_y
+    ex = [Tensor(init[0].backend.xp.zeros((1,) + shape, dtype=dt))
+          for shape, dt in body.metas]
+    gc = [Tensor(e.data[0]) for e in ex[:nc]]
+    zk = [zeros_like(consts[i]) for i in fk]
+    hist = [Tensor(c.data[None]) for c in init]
+    bwd, f_outs = _vjp_body(body, fk, fx, consts, gc + zk, hist + list(xs) + ex[nc:])
+    rec, ins = bwd.rec, bwd.in_slots
+    k_sl = ins[:bwd.n_consts]
+    g_sl = ins[bwd.n_consts:bwd.n_consts + bwd.n_carry]
+    c_sl = ins[bwd.n_consts + bwd.n_carry:bwd.n_consts + bwd.n_carry + nc]
+    x_sl = ins[bwd.n_consts + bwd.n_carry + nc:bwd.n_consts + bwd.n_carry + nc + nx]
+    gy_sl = ins[bwd.n_consts + bwd.n_carry + nc + nx:]
+    primal = set(k_sl) | set(c_sl) | set(x_sl) | set(rec.consts)
+    for _, _, args, out in rec.eqns:
+        if all(a in primal for a in args):
+            primal.add(out)
+    tangent = {e[3] for e in rec.eqns if e[3] not in primal}
+    free = set(k_sl) | set(x_sl) | set(rec.consts)
+    res: list = []
+    for _, _, args, out in rec.eqns:
+        if out in tangent:
+            res += [a for a in args if a in primal and a not in free and a not in res]
+    res += [s for s in bwd.out_slots if s in primal and s not in free and s not in res]
+    result = None
+    if None not in f_outs and all(s in primal for s in f_outs) and all(
+            rec.avals[s][1] == body.dtype for s in res):
+        fwd = _part_body(_Part(rec, primal, rec.captured), k_sl + c_sl + x_sl, len(k_sl), nc,
+                         nx, f_outs + res)
+        back = _part_body(_Part(rec, tangent, []), k_sl + g_sl + x_sl + gy_sl + res,
+                          len(k_sl), len(g_sl), nx + len(gy_sl) + len(res), bwd.out_slots)
+        back.metas = bwd.metas
+        fwd.paired = (back, fk, fx, ny, len(res))
+        result = fwd
+    body.derived[key] = result
+    return result
 
 
 def _scan_jvp(tangents, ans, *args, body: Body, length: int, reverse: bool):
