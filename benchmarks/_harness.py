@@ -33,7 +33,7 @@ import numpy as np
 
 Step = Callable[[], object]
 Factory = Callable[[dict], Step]
-FRAMEWORKS = ("nodegrad", "torch", "floor")
+FRAMEWORKS = ("nodegrad", "torch", "floor", "jax")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Workload:
     floor_name: str = "NumPy"
     unit: str = "ms/step"
     scale: float = 1e3
+    jax: Factory | None = None  # JAX's jit of the same step: a reference column when installed
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,17 @@ def import_torch(disabled: bool = False):
     except ImportError:
         return None
     return torch
+
+
+def import_jax(disabled: bool = False):
+    """The jax module, or None when it is not installed (``pip install nodegrad[bench]``)."""
+    if disabled:
+        return None
+    try:
+        import jax
+    except ImportError:
+        return None
+    return jax
 
 
 def _openblas_fn(name: str):
@@ -147,7 +159,7 @@ def _git() -> str | None:
     return (head + ("+dirty" if dirty else "")) or None
 
 
-def environment(torch) -> dict:
+def environment(torch, jax=None) -> dict:
     import nodegrad
 
     env = {
@@ -155,6 +167,7 @@ def environment(torch) -> dict:
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
         "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "jax": jax.__version__ if jax is not None else None,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),  # read only, never set
         "cpu_count": os.cpu_count(),
         "cpu": _cpu_model(),
@@ -174,7 +187,8 @@ def header(env: dict, settings: Settings, separate: bool = True) -> str:
         blas = f" (OpenBLAS core {env['openblas_core']}, {env.get('openblas_threads')} threads)"
     return "\n".join([
         f"# nodegrad {env['nodegrad']} (git {env['git'] or '?'})  {env['date']}",
-        f"# python {env['python']}  numpy {env['numpy']}{blas}  torch {torch}",
+        f"# python {env['python']}  numpy {env['numpy']}{blas}  torch {torch}"
+        f"  jax {env.get('jax') or '-'}",
         f"# OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE'] or 'unset'}  cpus {env['cpu_count']}"
         f"  cpu {env['cpu']}",
         f"# median of {settings.reps} interleaved repetitions (~{settings.block_s * 1e3:g} ms "
@@ -183,6 +197,7 @@ def header(env: dict, settings: Settings, separate: bool = True) -> str:
         "# IN-PROCESS mode: all frameworks in one process (their thread pools contend; "
         "ratios differ from what a user running one framework sees)",
         "# bg = cores busy with other processes meanwhile (above ~0.2 the figures are disturbed)",
+        "# 1st = the first call of a step (for jit: trace and compile), ms, nodegrad / JAX",
     ])
 
 
@@ -275,15 +290,23 @@ def _time_block(step: Step, n: int, settings: Settings) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def measure(w: Workload, settings: Settings, torch) -> dict:
+def _factories(w: Workload, torch, jax) -> dict:
+    return {"nodegrad": w.nodegrad, "torch": w.torch if torch is not None else None,
+            "floor": w.floor, "jax": w.jax if jax is not None else None}
+
+
+def measure(w: Workload, settings: Settings, torch, jax=None) -> dict:
     """In-process mode: build every framework's step here, cross-check, time them interleaved."""
-    factories = {"nodegrad": w.nodegrad, "torch": w.torch if torch is not None else None,
-                 "floor": w.floor}
     steps: dict[str, Step] = {}
-    for name, make in factories.items():
+    first: dict[str, float] = {}
+    values: dict = {}
+    for name, make in _factories(w, torch, jax).items():
         if make is not None:
             steps[name] = make(_fresh(w))
-    check = _check({name: _as_float(step()) for name, step in steps.items()})
+            t0 = time.perf_counter()
+            values[name] = _as_float(steps[name]())
+            first[name] = time.perf_counter() - t0
+    check = _check(values)
     names = list(steps)
     inner = {name: _inner(steps[name], settings) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -293,7 +316,7 @@ def measure(w: Workload, settings: Settings, torch) -> dict:
         k = r % len(names)
         for name in names[k:] + names[:k]:
             samples[name].append(_time_block(steps[name], inner[name], settings))
-    res = _summarise(w, samples, inner, check)
+    res = _summarise(w, samples, inner, check, first)
     res["background_cores"] = background_cores(start, _busy())
     return res
 
@@ -372,12 +395,14 @@ def _worker(module: str, wid: str, framework: str, settings: Settings, conn) -> 
         gc.collect()
         base = _rss_kib()
         step = getattr(w, framework)(_fresh(w))
+        t0 = time.perf_counter()
         value = _as_float(step())
+        first = time.perf_counter() - t0
         n = _inner(step, settings)
         _settle()
         whole = _rss_kib("VmHWM")  # the high-water mark of building and warming up
         steady = _reset_hwm()  # after warm-up: what the timed steps add to the resident set
-        conn.send(("ready", value, n))
+        conn.send(("ready", (value, first), n))
         while conn.recv() == "block":
             t = _time_block(step, n, settings)
             _settle()  # quiet before the parent hands the machine to the next framework
@@ -406,7 +431,7 @@ class _Worker:
         self.proc.start()
         child.close()
         self.name, self.cpu, self.peak = framework, 0.0, None
-        self.value, self.n = self._reply("ready")
+        (self.value, self.first), self.n = self._reply("ready")
 
     def _reply(self, kind: str):
         msg = self.conn.recv()
@@ -432,13 +457,11 @@ class _Worker:
             self.proc.kill()
 
 
-def measure_processes(w: Workload, settings: Settings, torch) -> dict:
+def measure_processes(w: Workload, settings: Settings, torch, jax=None) -> dict:
     """Each framework's step in its own process, built one after another, timed interleaved."""
-    factories = {"nodegrad": w.nodegrad, "torch": w.torch if torch is not None else None,
-                 "floor": w.floor}
     workers: dict[str, _Worker] = {}
     try:
-        for name, make in factories.items():
+        for name, make in _factories(w, torch, jax).items():
             if make is not None:
                 workers[name] = _Worker(w, name, settings)
         check = _check({name: wk.value for name, wk in workers.items()})
@@ -454,7 +477,8 @@ def measure_processes(w: Workload, settings: Settings, torch) -> dict:
     finally:
         for wk in workers.values():
             wk.close()
-    res = _summarise(w, samples, {name: wk.n for name, wk in workers.items()}, check)
+    res = _summarise(w, samples, {name: wk.n for name, wk in workers.items()}, check,
+                     {name: wk.first for name, wk in workers.items()})
     for name, wk in workers.items():
         res[name].update(wk.peak or {"peak_bytes": None, "step_peak_bytes": None})
     mem = {name: wk.peak["peak_bytes"] for name, wk in workers.items() if wk.peak}
@@ -466,9 +490,10 @@ def measure_processes(w: Workload, settings: Settings, torch) -> dict:
     return res
 
 
-def _summarise(w: Workload, samples: dict, inner: dict, check: str) -> dict:
+def _summarise(w: Workload, samples: dict, inner: dict, check: str,
+               first: dict | None = None) -> dict:
     res: dict = {"id": w.id, "label": w.label, "unit": w.unit, "floor_name": w.floor_name,
-                 "check": check}
+                 "check": check, "first_call_s": dict(first or {})}
     med = {}
     for name in FRAMEWORKS:
         s = samples.get(name)
@@ -480,7 +505,8 @@ def _summarise(w: Workload, samples: dict, inner: dict, check: str) -> dict:
         med[name] = statistics.median(s) * w.scale
         res[name] = {"median": med[name], "q1": q1, "q3": q3, "steps_per_rep": inner[name],
                      "reps": len(s)}
-    for other, key in (("torch", "ratio_torch"), ("floor", "ratio_floor")):
+    for other, key in (("torch", "ratio_torch"), ("floor", "ratio_floor"),
+                       ("jax", "ratio_jax")):
         if other in med:
             # the ratio within each repetition, then the median: blocks of one repetition run
             # back to back, so a change of machine speed between repetitions cancels out
@@ -495,8 +521,8 @@ def _summarise(w: Workload, samples: dict, inner: dict, check: str) -> dict:
 # --- the table -------------------------------------------------------------------------------
 _COLS = (("id", 3, "<"), ("workload", 45, "<"), ("unit", 7, "<"), ("nodegrad", 8, ">"),
          ("PyTorch", 8, ">"), ("ng/PT", 6, ">"), ("floor", 8, ">"), ("ng/floor", 8, ">"),
-         ("floor is", 15, "<"), ("ng MiB", 6, ">"), ("PT MiB", 6, ">"), ("bg", 4, ">"),
-         ("check", 5, "<"))
+         ("floor is", 15, "<"), ("JAX", 8, ">"), ("ng/JAX", 6, ">"), ("1st", 11, ">"),
+         ("ng MiB", 6, ">"), ("PT MiB", 6, ">"), ("bg", 4, ">"), ("check", 5, "<"))
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -514,16 +540,21 @@ def _num(x, fmt: str) -> str:
 
 def table_row(r: dict) -> str:
     def med(name):
-        return None if r[name] is None else r[name]["median"]
+        return None if r.get(name) is None else r[name]["median"]
+
+    first = r.get("first_call_s") or {}
+    firsts = "/".join(_num(None if first.get(k) is None else first[k] * 1e3, ".0f")
+                      for k in ("nodegrad", "jax") if k == "nodegrad" or k in first)
 
     def mib(name):
-        peak = None if r[name] is None else r[name].get("peak_bytes")
+        peak = None if r.get(name) is None else r[name].get("peak_bytes")
         return None if peak is None else peak / 2 ** 20
 
     return _row([r["id"], r["label"], r["unit"], _num(med("nodegrad"), ".3g"),
                  _num(med("torch"), ".3g"), _num(r["ratio_torch"], ".2f"),
                  _num(med("floor"), ".3g"), _num(r["ratio_floor"], ".2f"),
                  r["floor_name"] if r["floor"] is not None else "-",
+                 _num(med("jax"), ".3g"), _num(r.get("ratio_jax"), ".2f"), firsts,
                  _num(mib("nodegrad"), ".1f"), _num(mib("torch"), ".1f"),
                  _num(r["background_cores"], ".1f"), r["check"]])
 
@@ -536,6 +567,7 @@ def parse_args(argv, description: str) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="timed repetitions (default 41, quick 15)")
     p.add_argument("--only", metavar="IDS", help="comma-separated workload ids, e.g. W1,W5")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    p.add_argument("--no-jax", action="store_true", help="skip the JAX column even if installed")
     p.add_argument("--in-process", action="store_true",
                    help="run every framework in this one process (their thread pools contend; "
                         "by default each framework runs in a process of its own)")
@@ -555,13 +587,14 @@ def main(workloads: Sequence[Workload], argv=None, description: str = "") -> int
             print(f"no workload matches --only {args.only}", file=sys.stderr)
             return 2
     torch = import_torch(args.no_torch)
-    env = environment(torch)
+    jax = import_jax(args.no_jax) if any(w.jax is not None for w in workloads) else None
+    env = environment(torch, jax)
     print(header(env, settings, separate=not args.in_process))
     print(table_header(), flush=True)
     run = measure if args.in_process else measure_processes
     results = []
     for w in workloads:
-        r = run(w, settings, torch)
+        r = run(w, settings, torch, jax)
         results.append(r)
         print(table_row(r), flush=True)
     if args.json:

@@ -7,10 +7,12 @@ on the same data; nodegrad runs its own `train.fit` with a DataLoader, PyTorch t
 users write. Each run is a fresh process, so the peak resident memory (ru_maxrss) of the run
 is measured too; the two frameworks alternate, so drift hits both alike.
 
-    python benchmarks/e2e.py [--seeds 1] [--steps 6000] [--models logreg mlp cnn gru]
+    python benchmarks/e2e.py [--seeds 1] [--steps 6000] [--models logreg mlp cnn gru] [--jit]
 
 Prints a Markdown table: test accuracy after the last step, wall time per run (training and
-the evaluations, not the import), peak RSS, and the ratios nodegrad / PyTorch.
+the evaluations, not the import), peak RSS, and the ratios nodegrad / PyTorch. With ``--jit``
+nodegrad also runs ``train.fit(..., jit=True)`` (each step captured once, then replayed) from
+the same weights, reported beside eager and PyTorch.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def _nodegrad_run(name: str, seed: int, steps: int, init: Path) -> dict:
+def _nodegrad_run(name: str, seed: int, steps: int, init: Path, jit: bool = False) -> dict:
     import nodegrad as ng
     from nodegrad import models, train
     from nodegrad.nn import functional as F
@@ -55,7 +57,7 @@ def _nodegrad_run(name: str, seed: int, steps: int, init: Path) -> dict:
 
     t0 = time.perf_counter()
     train.fit(model, F.cross_entropy, opt, loader, epochs=steps // len(loader),
-              callbacks=[EvalEvery()], progress=False, nan_guard=False)
+              callbacks=[EvalEvery()], progress=False, nan_guard=False, jit=jit)
     wall = time.perf_counter() - t0
     return {"accuracy": train.evaluate(model, test)["accuracy"], "wall": wall, "curve": curve}
 
@@ -134,8 +136,9 @@ def _torch_run(name: str, seed: int, steps: int, init: Path, data: Path) -> dict
 
 def _worker(argv: list[str]) -> None:
     fw, name, seed, steps, init, data = argv
-    run = (_nodegrad_run(name, int(seed), int(steps), Path(init)) if fw == "nodegrad"
-           else _torch_run(name, int(seed), int(steps), Path(init), Path(data)))
+    run = (_nodegrad_run(name, int(seed), int(steps), Path(init), jit=fw == "jit")
+           if fw in ("nodegrad", "jit") else
+           _torch_run(name, int(seed), int(steps), Path(init), Path(data)))
     run["rss_mb"] = _peak_rss_mb()
     print(json.dumps(run))
 
@@ -173,6 +176,8 @@ def main(argv=None) -> str:
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--json", default=None, help="also write every run's numbers here")
+    p.add_argument("--jit", action="store_true",
+                   help="also run nodegrad with train.fit(jit=True), beside eager and PyTorch")
     args = p.parse_args(argv)
     args.steps = max(1, round(args.steps / 40)) * 40  # whole epochs of 40 batches, both sides
     try:
@@ -181,17 +186,20 @@ def main(argv=None) -> str:
         sys.exit("benchmarks/e2e.py compares against PyTorch: pip install torch==2.13.0")
     print(f"# nodegrad vs PyTorch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"{args.steps} steps, {args.seeds} seed(s), cpus {os.cpu_count()}", flush=True)
+    fws = ("nodegrad", "jit", "torch") if args.jit else ("nodegrad", "torch")
     lines = ["| model | test acc. nodegrad | PyTorch | wall nodegrad (s) | PyTorch (s) | "
-             "ng ÷ PT | peak RSS nodegrad (MB) | PyTorch (MB) | ng ÷ PT |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "ng ÷ PT | peak RSS nodegrad (MB) | PyTorch (MB) | ng ÷ PT |"
+             + (" acc. jit | wall jit (s) | jit ÷ eager | jit ÷ PT | RSS jit (MB) |"
+                if args.jit else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" * 5 if args.jit else "")]
     runs: dict = {}
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         data = _prepare(tmp, args.models, args.seeds)
         for name in args.models:
-            res: dict = {"nodegrad": [], "torch": []}
+            res: dict = {fw: [] for fw in fws}
             for s in range(args.seeds):
-                order = ("nodegrad", "torch") if s % 2 == 0 else ("torch", "nodegrad")
+                order = fws if s % 2 == 0 else fws[::-1]
                 for fw in order:
                     res[fw].append(_spawn(fw, name, s, args.steps, tmp, data))
             runs[name] = res
@@ -205,6 +213,13 @@ def main(argv=None) -> str:
                 f"{100 * pt['accuracy'].std():.1f} % | {ng_['wall'].mean():.1f} | "
                 f"{pt['wall'].mean():.1f} | {ratio:.2f} | {ng_['rss_mb'].max():.0f} | "
                 f"{pt['rss_mb'].max():.0f} | {ng_['rss_mb'].max() / pt['rss_mb'].max():.2f} |")
+            if args.jit:
+                j = {k: np.array([r[k] for r in res["jit"]]) for k in ("accuracy", "wall",
+                                                                      "rss_mb")}
+                lines[-1] += (
+                    f" {100 * j['accuracy'].mean():.1f} ± {100 * j['accuracy'].std():.1f} % | "
+                    f"{j['wall'].mean():.1f} | {np.median(j['wall'] / ng_['wall']):.2f} | "
+                    f"{np.median(j['wall'] / pt['wall']):.2f} | {j['rss_mb'].max():.0f} |")
             print(lines[-1], flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))

@@ -1,16 +1,19 @@
-"""J1, J3, J5: the W1, W3 and W5 steps under ``nodegrad.jit`` (captured once, then replayed).
+"""J1-J5, J8: the W1-W5 and W8 steps under ``nodegrad.jit`` (captured once, then replayed).
 
-Same data, weights and PyTorch step as W1/W3/W5; the floor column is nodegrad eager, so its
-ratio is jit / eager. J1 and J3 jit the whole training step (forward, backward, optimiser update,
-zero_grad) with ``state=(model, opt)``; J5 jits ``value_and_grad`` of the 100-op chain, as JAX
-users write it.
+Same data, weights and PyTorch step as W1-W5/W8; the floor column is nodegrad eager, so its
+ratio is jit / eager, and the JAX column (when ``jax`` is installed) is JAX's ``jit`` of the
+same step from the same weights (``benchmarks/jax_steps.py``). J1-J4 jit the whole training
+step (forward, backward, optimiser update, zero_grad) with ``state=(model, opt)``; J4's GRU runs
+its 40 steps as one ``lax.scan``; J5 jits ``value_and_grad`` of the 100-op chain and J8
+``vmap(grad(loss))`` with the squared norms, as JAX users write them. The ``1st`` column is
+the first call (trace and compile) of nodegrad and JAX.
 """
 
 from __future__ import annotations
 
 from functools import partial
 
-from . import conv, mlp, overhead
+from . import conv, gru_step, jax_steps, mlp, mlp_large, overhead, per_example
 from ._harness import Workload, main
 
 
@@ -29,7 +32,7 @@ def _jit_train_step(model, opt, x, y):
     return lambda: step(x, y)
 
 
-def mlp_jit(d: dict):
+def mlp_jit(d: dict, lr: float = mlp.LR, optimizer: str = "SGD"):
     import nodegrad as ng
     from nodegrad import nn
 
@@ -41,8 +44,50 @@ def mlp_jit(d: dict):
         lin.load_state_dict({"weight": ng.tensor(w.T.copy()), "bias": ng.tensor(d[f"b{i}"])})
         layers += [lin, nn.ReLU()] if i < n - 1 else [lin]
     model = nn.Sequential(*layers)
-    opt = ng.optim.SGD(model.parameters(), lr=mlp.LR)
+    opt = getattr(ng.optim, optimizer)(model.parameters(), lr=lr)
     return _jit_train_step(model, opt, ng.tensor(d["x"]), ng.tensor(d["y"]))
+
+
+def gru_jit(d: dict):
+    """W4's BiGRU step under jit: the GRU's time loop is one scan in the captured program."""
+    import nodegrad as ng
+    from nodegrad import nn
+    from nodegrad.nn import functional as F
+
+    gru = nn.GRU(1, gru_step.HIDDEN, batch_first=True, bidirectional=True)
+    fc = nn.Linear(2 * gru_step.HIDDEN * gru_step.STEPS, gru_step.CLASSES)
+    gru.load_state_dict({k: d[k] for k in gru_step._GRU_KEYS})
+    fc.load_state_dict({"weight": d["fc.weight"], "bias": d["fc.bias"]})
+    opt = ng.optim.Adam(list(gru.parameters()) + list(fc.parameters()), lr=gru_step.LR)
+
+    @ng.jit(state=(gru, fc, opt))
+    def step(x, y):
+        out, _ = gru(x)
+        loss = F.cross_entropy(fc(out.reshape(x.shape[0], -1)), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    x, y = ng.tensor(d["x"]), ng.tensor(d["y"])
+    return lambda: step(x, y)
+
+
+def per_example_jit(d: dict):
+    """W8 under jit: ``jit(vmap(grad(loss)))`` and the squared norms, one captured program."""
+    ng, params, loss, x, y = per_example._nodegrad_setup(d)
+    pe = ng.vmap(ng.grad(loss), in_axes=(None, 0, 0))
+
+    @ng.jit
+    def norms(p, x, y):
+        g = pe(p, x, y)
+        total = None
+        for v in g.values():
+            s = (v * v).sum()
+            total = s if total is None else total + s
+        return total
+
+    return lambda: norms(params, x, y)
 
 
 def conv_jit(d: dict, spec: dict):
@@ -102,15 +147,54 @@ def chain_eager(d: dict):
     return chain_value_and_grad(d, jit=False)
 
 
+def mlp_large_jit(d: dict):
+    return mlp_jit(d, lr=mlp_large.LR, optimizer="Adam")
+
+
+def mlp_large_torch(d: dict):
+    return mlp.torch_step(d, lr=mlp_large.LR, optimizer="Adam")
+
+
+def mlp_large_eager(d: dict):
+    return mlp.nodegrad_step(d, lr=mlp_large.LR, optimizer="Adam")
+
+
+def gru_torch(d: dict):
+    return gru_step.torch_step(d)
+
+
+def gru_eager(d: dict):
+    return gru_step.nodegrad_step(d)
+
+
+def per_example_torch(d: dict):
+    return per_example.torch_vmap(d)
+
+
+def per_example_eager(d: dict):
+    return per_example.nodegrad_vmap(d)
+
+
+_EAGER = "nodegrad eager"
 WORKLOADS = [
     Workload("J1", "W1 under jit (MLP SGD step); floor = nodegrad eager", mlp.make_data,
-             mlp_jit, mlp_torch, mlp_eager, floor_name="nodegrad eager"),
+             mlp_jit, mlp_torch, mlp_eager, floor_name=_EAGER, jax=jax_steps.mlp_sgd),
+    Workload("J2", "W2 under jit (MLP 784-1024-1024-10, Adam)",
+             partial(mlp.make_data, mlp_large.SIZES, mlp_large.BATCH), mlp_large_jit,
+             mlp_large_torch, mlp_large_eager, floor_name=_EAGER,
+             jax=jax_steps.mlp_large_adam),
     Workload("J3", "W3 under jit (MNIST-1D CNN, Adam); floor = nodegrad eager",
              partial(conv.make_data, conv.CNN1D), conv_jit_1d, conv_torch, conv_eager,
-             floor_name="nodegrad eager"),
+             floor_name=_EAGER, jax=jax_steps.cnn1d_adam),
+    Workload("J4", "W4 under jit (BiGRU T=40 as one scan, Adam)", gru_step.make_data, gru_jit,
+             gru_torch, gru_eager, floor_name=_EAGER, jax=jax_steps.bigru_adam),
     Workload("J5", "W5 under jit (value_and_grad of 100 ops); floor = nodegrad eager",
              overhead.make_data, chain_value_and_grad, chain_torch, chain_eager,
-             floor_name="nodegrad eager", unit="µs/op", scale=1e6 / overhead.N_OPS),
+             floor_name=_EAGER, unit="µs/op", scale=1e6 / overhead.N_OPS,
+             jax=jax_steps.chain_value_and_grad),
+    Workload("J8", "W8 under jit (per-example grads, vmap(grad))", per_example.make_data,
+             per_example_jit, per_example_torch, per_example_eager, floor_name=_EAGER,
+             jax=jax_steps.per_example_grads),
 ]
 
 if __name__ == "__main__":

@@ -2225,6 +2225,40 @@ CASES_BY_NAME.update({c.name: c for c in CASES[_n0:]})
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
 
 
+# --- loops: nodegrad.lax.scan against a Python loop in PyTorch ---------------------------------
+def _scan_case(draw, layout):
+    """An Elman cell h = tanh(h @ w + x) scanned over T steps (0 for "empty"), forwards or
+    backwards; the result mixes the final carry and the stacked outputs."""
+    n = draw(st.integers(1, 3))
+    steps = 0 if layout == "empty" else draw(st.integers(1, 4))
+    lead = () if layout == "vector" else (draw(st.integers(1, 3)),)
+    reverse = draw(st.booleans())
+    args = (arr(draw, (steps,) + lead + (n,)), arr(draw, lead + (n,)),
+            arr(draw, (n, n)) * 0.5)
+
+    def fn(xs, h0, w):
+        def cell(h, x):
+            h = ng.tanh(h @ w + x)
+            return h, h * h
+        c, ys = ng.lax.scan(cell, h0, xs, reverse=reverse)
+        return c * 0.5 + ys.sum(0)
+
+    def tfn(xs, h0, w):
+        h, ys = h0, []
+        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+            h = torch.tanh(h @ w + xs[t])
+            ys.append(h * h)
+        return h * 0.5 + (sum(ys) if ys else torch.zeros_like(h0))
+
+    return Call(fn, args, tfn)
+
+
+_n1 = len(CASES)
+case("scan", _scan_case, ("scan",), ("vector", "matrix", "empty", "noncontig"))
+ORDER2 += ("scan",)
+CASES_BY_NAME.update({c.name: c for c in CASES[_n1:]})
+
+
 # --- forward values of the new primitives without a gradient -----------------------------------
 def _cumarg_ref(x, axis, largest):
     out = np.zeros(x.shape, np.int64)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from benchmarks import all_workloads
-from benchmarks._harness import _as_float, _check, import_torch
+from benchmarks._harness import _as_float, _check, import_jax, import_torch
 
 WORKLOADS = all_workloads()
 
@@ -36,6 +36,47 @@ def test_separate_process_mode_times_every_framework():
     assert r["floor"]["median"] > 0 and r["ratio_floor"] > 0
 
 
+def _jax_agrees(w) -> None:
+    values = {}
+    for name in ("nodegrad", "jax"):
+        data = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in w.data().items()}
+        step = getattr(w, name)(data)
+        values[name] = _as_float(step())
+        step()
+    assert _check(values) == "ok", _check(values)
+
+
+def test_jax_reference_column_agrees_on_j5():
+    """The JAX column's step computes what nodegrad's does (skipped without jax)."""
+    if import_jax() is None:
+        pytest.skip("jax is not installed (pip install nodegrad[bench])")
+    _jax_agrees(next(w for w in WORKLOADS if w.id == "J5"))
+
+
+JAX_WORKLOADS = [w for w in WORKLOADS if w.jax is not None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("w", JAX_WORKLOADS, ids=[w.id for w in JAX_WORKLOADS])
+def test_jax_reference_steps_agree(w):
+    if import_jax() is None:
+        pytest.skip("jax is not installed (pip install nodegrad[bench])")
+    _jax_agrees(w)
+
+
+@pytest.mark.slow
+def test_separate_process_mode_times_jax_and_first_calls():
+    from benchmarks._harness import Settings, measure_processes, table_row
+
+    if import_jax() is None:
+        pytest.skip("jax is not installed (pip install nodegrad[bench])")
+    (w,) = [w for w in WORKLOADS if w.id == "J5"]
+    r = measure_processes(w, Settings(reps=2, block_s=0.002, warm_s=0.01), None, import_jax())
+    assert r["check"] == "ok" and r["jax"]["median"] > 0 and r["ratio_jax"] > 0
+    assert r["first_call_s"]["nodegrad"] > 0 and r["first_call_s"]["jax"] > 0
+    assert "J5" in table_row(r)
+
+
 def test_suite_ids_are_unique():
     ids = [w.id for w in WORKLOADS]
     assert len(ids) == len(set(ids))
@@ -48,10 +89,11 @@ def test_e2e_script_runs_both_frameworks_from_the_same_weights(tmp_path):
     from benchmarks import e2e
 
     out = tmp_path / "runs.json"
-    table = e2e.main(["--steps", "80", "--models", "logreg", "--json", str(out)])
-    assert "| logreg |" in table
+    table = e2e.main(["--steps", "80", "--models", "logreg", "--json", str(out), "--jit"])
+    assert "| logreg |" in table and "wall jit" in table
     runs = json.loads(out.read_text())["logreg"]
-    for fw in ("nodegrad", "torch"):
+    assert runs["jit"][0]["accuracy"] == pytest.approx(runs["nodegrad"][0]["accuracy"], abs=0.01)
+    for fw in ("nodegrad", "jit", "torch"):
         (run,) = runs[fw]
         assert run["wall"] > 0 and run["rss_mb"] > 0
         assert 0.15 < run["accuracy"] < 0.45, (fw, run)  # trained past chance (10 %)

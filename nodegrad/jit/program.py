@@ -170,6 +170,7 @@ class Program:
                 continue
             lhs = f"%{i.out}{_where(plan, i.out)} = " if i.out is not None else ""
             lines.append(f"  {lhs}{i.kind} {i.name}({args})")
+            lines += _sub_program(i)
         if plan is not None and plan.buffers:
             lines.append(f"  buffers: {len(plan.buffers)} kept between calls, written by "
                          f"{len(plan.buf)} results ({plan.inplace} in place of an input)")
@@ -204,3 +205,11 @@ def eliminate_dead_code(instrs: list, out_slots: list) -> list:
             kept.append(i)
     kept.reverse()
     return kept
+
+
+def _sub_program(i: Instr) -> list:
+    """The lines of a loop instruction's body program (``lax.scan``), indented under it."""
+    body = getattr(i.fn, "params", {}).get("body")
+    if body is None or not hasattr(body, "program"):
+        return []
+    return ["    | " + ln for ln in str(body.program()).splitlines()]

@@ -225,4 +225,5 @@ def _op(prim, params: dict, backend, out):
     op.__name__ = prim.name
     op.converts = False
     op.fast = partial(fwd, xp, **params)
+    op.params = params  # read by Program.__str__ (a loop's body is printed under it)
     return op

@@ -10,10 +10,11 @@ with the max-subtracting softmax, so large scores stay finite.
 from __future__ import annotations
 
 import math
+from functools import partial
 from collections.abc import Sequence
 
-from .. import ops
-from ..autodiff import is_grad_enabled
+from .. import lax, ops
+from ..autodiff import is_grad_enabled, modes
 from ..batching import values
 from ..errors import ShapeError
 from ..ops.nn import gru_update
@@ -167,6 +168,12 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
         else:  # GRU's b_hn sits inside r ⊙ (·): broadcast once, not summed back every step
             b_hh = ops.broadcast_to(b_hh, (n_dir, 1, batch, n_g))
     xd = ops.expand_dims(x, 0) if n_dir == 1 else ops.stack([x, ops.flip(x, 0)])  # (D, T, N, I)
+    m = modes()
+    if steps > 0 and (m.jit is not None or not (m.traces or m.anomaly)):
+        # one lax.scan: under jit one loop instruction, not T copies (eagerly it is also faster
+        # than stepping here); under vmap, ONNX export and anomaly mode every step is seen
+        h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, weights, mode)
+        return _finish(y, h, c, h0, c0)
     recording = is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *(w for ws in weights for w in ws)))
     k = _chunk_len(steps, n_dir * batch * n_g, xd.numel(), x.requires_grad, recording)
@@ -191,13 +198,53 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
             else:
                 h = act(gi + gh)
             outs.append(h)
-    y = ops.concatenate(outs, 1)                                                 # (D, T, N, H)
-    if n_dir == 1:
-        y = ops.reshape(y, (steps, batch, n_h))
+    return _finish(ops.concatenate(outs, 1), h, c, h0, c0)
+
+
+def _finish(y: Tensor, h: Tensor, c, h0: Tensor, c0):
+    """The layer's results from the per-direction outputs y (D, T, N, H) and final states."""
+    if y.shape[0] == 1:
+        y = ops.reshape(y, y.shape[1:])
     else:
         y = ops.concatenate([y[0], ops.flip(y[1], 0)], -1)
     h_n = ops.reshape(h, tuple(h0.shape))
     return y, h_n, None if c is None else ops.reshape(c, tuple(c0.shape))
+
+
+def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, weights,
+                mode: str):
+    """The time loop as one ``lax.scan`` (the input projection of all steps is one product):
+    the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
+    n_dir, steps, batch, n_in = xd.shape
+    n_h, n_g = h0.shape[-1], w_ih.shape[-1]
+    gis = ops.reshape(xd, (n_dir, steps * batch, n_in)) @ w_ih
+    if b_ih is not None:
+        gis = gis + b_ih
+    gis = ops.moveaxis(ops.reshape(gis, (n_dir, steps, batch, n_g)), 1, 0)      # (T, D, N, GH)
+    w_hh = ops.reshape(w_hh, (n_dir, n_h, n_g))
+    b_hh = None
+    if mode == "GRU" and weights[0][3] is not None:
+        b_hh = ops.reshape(_stack_dirs([w[3] for w in weights]), (n_dir, 1, n_g))
+    lstm = mode == "LSTM"
+    consts = [w_hh] if b_hh is None else [w_hh, b_hh]
+    carry, ys = lax.scan_cached(("recurrent_layer", mode, len(consts)), partial(_step, mode, n_h),
+                                consts, [h0] if c0 is None else [h0, c0], [gis])
+    ys = ys[0]
+    return carry[0], carry[1] if lstm else None, ops.moveaxis(ys, 1, 0)
+
+
+def _step(mode: str, n_h: int, consts: list, carry: list, x: list) -> tuple[list, list]:
+    """One time step of a recurrent layer as a scan body: the new carry (h or h, c) and y = h."""
+    gh = carry[0] @ consts[0]
+    gi = x[0]
+    if mode == "GRU":
+        h = _gru_update(gi, gh if len(consts) == 1 else gh + consts[1], carry[0], n_h)
+        return [h], [h]
+    if mode == "LSTM":
+        h, c = _lstm_update(gi + gh, carry[1], n_h)
+        return [h, c], [h]
+    h = _act(mode)(gi + gh)
+    return [h], [h]
 
 
 # --- attention --------------------------------------------------------------------------------

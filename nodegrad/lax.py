@@ -1,0 +1,543 @@
+"""Structured loops with JAX's semantics: ``scan`` and ``fori_loop`` (``nodegrad.lax``).
+
+The loop body is traced once into a small program of primitives (its closed-over tensors become
+explicit inputs) and the whole loop is one ``scan`` primitive: its forward replays the body's
+program once per step, its VJP is a reverse scan of the body's VJP over the saved carries, its
+JVP a scan of the body's JVP, its batching rule a scan of the vmapped body. So under ``ng.jit``
+a loop of any length is one instruction of the forward program, and one of the backward.
+The rules live here, with the transforms they are built from, because they are transforms of
+the body (the primitive's results are one packed array, unpacked by slicing).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from . import _backend as B
+from .autodiff import modes
+from .batching import batched, front, size_of
+from .errors import DTypeError, JitError, ShapeError
+from .func.grad import vjp as _vjp
+from .func.jvp import jvp as _jvp
+from .func.tree import tree_flatten, tree_unflatten
+from .func.vmap import vmap as _vmap
+from .jit.program import Program
+from .jit.trace import Recorder
+from .ops.shape import concatenate, moveaxis, reshape
+from .primitive import bind, primitive
+from .tensor import Tensor, arange, tensor, zeros_like
+
+__all__ = ["scan", "fori_loop"]
+
+
+# --- the body: traced once, run as a program (arrays) or interpreted (tensors) ----------------
+class _BodyRecorder(Recorder):
+    """A recorder for a loop body: tensors it reads from outside become inputs, and steps with
+    effects (random draws, in-place updates) are refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eqns: list = []  # (primitive, params, input slots, output slot)
+        self.captured: list = []  # tensors the body closes over, in slot order
+        self.captured_slots: list = []
+
+    def record(self, prim, args, datas, params, out, backend) -> None:
+        super().record(prim, args, datas, params, out, backend)
+        i = self.instrs[-1]
+        self.eqns.append((prim, params, i.ins, i.out))
+
+    def slot_of(self, a, d) -> int:
+        if isinstance(a, Tensor) and B.is_array(d) and id(d) not in self.slot \
+                and id(d) not in self.aliases:
+            s = self._new(d)
+            self.captured.append(a)
+            self.captured_slots.append(s)
+            return s
+        return super().slot_of(a, d)
+
+    def effect(self, fn, args, kwargs):
+        raise JitError(f"scan: the loop body calls {getattr(fn, '__qualname__', fn)!r}, a step "
+                       "with effects (a random draw, an optimiser update); draw random numbers "
+                       "outside the loop and pass them in as xs")
+
+    def mutate(self, name, fn, target, *args, params=None):
+        raise JitError(f"scan: the loop body changes a tensor in place ({name}); return the new "
+                       "value in the carry instead")
+
+    def accumulate(self, fn, leaf, g, create_graph):
+        raise JitError("scan: the loop body calls backward(); use nodegrad.grad or vjp inside "
+                       "the body instead")
+
+    def concrete(self, data, what: str) -> None:
+        if id(data) in self.slot:
+            raise JitError(f"scan: {what} on a traced value inside the loop body: the body is "
+                           "traced once, so Python control flow cannot depend on its values; "
+                           "use ng.where or masks instead")
+
+
+class Body:
+    """A loop body ``(consts, carry, x) -> (carry, y)`` on flat lists, traced once.
+
+    The last ``n_hist`` y outputs are the incoming carries (kept when a gradient is needed)."""
+
+    def __init__(self, rec: _BodyRecorder, consts, carry, xs, outs, n_carry: int,
+                 n_hist: int = 0) -> None:
+        self.rec = rec
+        self.in_slots = consts + rec.captured_slots + carry + xs
+        self.out_slots = outs
+        self.n_consts = len(consts) + len(rec.captured_slots)
+        self.n_carry, self.n_x, self.n_hist = n_carry, len(xs), n_hist
+        self.n_y = len(outs) - n_carry
+        self.metas = rec.metas  # (shape, dtype) of each output, per step
+        self.dtype = self.metas[0][1] if self.metas else None
+        self._program = None
+        self.derived: dict = {}
+        self.paired = None  # (backward body, fk, fx, n_y, n_res) of a residual-saving forward
+
+    def with_history(self) -> Body:
+        """This body, also returning the incoming carries as outputs (the VJP reads them)."""
+        b = self.derived.get("hist")
+        if b is None:
+            carry = self.in_slots[self.n_consts:self.n_consts + self.n_carry]
+            b = Body.__new__(Body)
+            b.__dict__.update(self.__dict__)
+            b.out_slots = self.out_slots + carry
+            b.n_y, b.n_hist = self.n_y + self.n_carry, self.n_carry
+            b.metas = self.metas + self.metas[:self.n_carry]
+            b._program, b.derived, b.paired = None, {}, None
+            self.derived["hist"] = b
+        return b
+
+    def program(self) -> Program:
+        """The body as an array program (compiled on first use)."""
+        if self._program is None:
+            r = self.rec
+            self._program = Program(list(r.instrs), r.nslots, r.consts, self.in_slots,
+                                    self.out_slots, r.backend)
+        return self._program
+
+    def __call__(self, *ins) -> list:
+        """Run the body on tensors, primitive by primitive (so transforms see every step)."""
+        env = dict(self.rec.consts)
+        env.update(zip(self.in_slots, ins))
+        for prim, params, args, out in self.rec.eqns:
+            env[out] = bind(prim, tuple(env[s] for s in args), params)
+        return [v if isinstance(v, Tensor) else Tensor(v)
+                for v in (env[s] for s in self.out_slots)]
+
+    def sizes(self, length: int) -> list:
+        """Element counts of the packed outputs: final carry, then each stacked y."""
+        out = []
+        for k, (shape, _) in enumerate(self.metas):
+            n = 1
+            for d in shape:
+                n *= d
+            out.append(n if k < self.n_carry else n * length)
+        return out
+
+    def unpack(self, packed: Tensor, length: int) -> tuple[list, list]:
+        """The final carry and the stacked ys (all of them) from the packed result."""
+        res, at = [], 0
+        for k, (n, (shape, _)) in enumerate(zip(self.sizes(length), self.metas)):
+            full = shape if k < self.n_carry else (length,) + shape
+            res.append(reshape(packed[at:at + n], full))
+            at += n
+        return res[:self.n_carry], res[self.n_carry:]
+
+    def __repr__(self) -> str:
+        return (f"<scan body: {len(self.rec.eqns)} primitives, {self.n_consts} constants, "
+                f"{self.n_carry} carried, {self.n_x} scanned>")
+
+
+def _example(t, k: int | None) -> Tensor:
+    """A fresh tensor standing for ``t`` (or its ``k``-th slice) while the body is traced."""
+    d = t.data if isinstance(t, Tensor) else t
+    if k is not None:
+        d = d[0, ...] if d.shape[0] else B.backend_of(d).xp.zeros(d.shape[1:], dtype=d.dtype)
+    return Tensor(d.view() if B.is_array(d) else d)
+
+
+def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan") -> Body:
+    """Trace ``fn(consts, carry, x) -> (carry, y)`` (flat lists of tensors) once."""
+    rec = _BodyRecorder()
+    ks, cs, xt = ([_example(t, None) for t in consts], [_example(t, None) for t in carry],
+                  [_example(t, 0) for t in xs])
+    slots = [[rec._new(t.data) for t in group] for group in (ks, cs, xt)]
+    for t in ks + cs + xt:
+        if rec.backend is None:
+            rec.backend = t.backend
+    m = modes()
+    saved = m.jit, m.traces, m.grad_enabled
+    m.jit, m.traces, m.grad_enabled = rec, (), False
+    try:
+        new_c, ys = fn(ks, cs, xt)
+        outs = []
+        for o in list(new_c) + list(ys):
+            if not isinstance(o, Tensor):
+                o = tensor(o)
+            outs.append(o)
+        out_slots = [rec.slot_of(o, o.data) for o in outs]
+    finally:
+        m.jit, m.traces, m.grad_enabled = saved
+    if rec.fallback is not None:
+        raise JitError(f"{what}: {rec.fallback}; inside a loop body every parameter must be "
+                       "known when it is traced")
+    if rec.backend is None:
+        rec.backend = B.CPU
+    for k, (c, o) in enumerate(zip(cs, outs)):
+        if tuple(c.shape) != tuple(o.shape) or c.dtype != o.dtype:
+            raise ShapeError(f"{what}: the body's carry output {k} has shape {tuple(o.shape)} "
+                             f"{o.dtype}, but the carry came in as {tuple(c.shape)} {c.dtype}; "
+                             "the carry must keep its shape and dtype")
+    dts = {o.dtype for o in outs}
+    if len(dts) > 1:
+        raise DTypeError(f"{what}: the carry and the per-step outputs must share one dtype, got "
+                        f"{sorted(str(d) for d in dts)}; cast them with .astype()")
+    rec.metas = [(tuple(o.shape), o.dtype) for o in outs]
+    rec.avals = {rec.slot[id(a)]: (tuple(a.shape), a.dtype) for a in rec.keep
+                 if id(a) in rec.slot}
+    rec.keep, rec.slot = [], {}  # only the trace needed the example arrays
+    return Body(rec, slots[0], slots[1], slots[2], out_slots, len(cs))
+
+
+def _needs_grad(ts) -> bool:
+    return modes().grad_enabled and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
+
+
+def _apply(body: Body, consts: list, init: list, xs: list, length: int,
+           reverse: bool) -> tuple[list, list]:
+    """Bind the scan primitive; the final carry and the stacked ys (the history left out)."""
+    ins = list(consts) + list(body.rec.captured) + list(init) + list(xs)
+    if not body.metas:  # nothing is carried or produced
+        return [], []
+    b = body
+    if _needs_grad(ins) and body.n_carry:
+        b = _with_residuals(body, consts + list(body.rec.captured), init, xs)
+        if b is None:
+            b = body.with_history()
+        else:  # the residuals' VJP may have made constants of its own (they are inputs too)
+            ins = ins[:len(ins) - len(init) - len(xs)] + list(b.rec.captured) + ins[
+                len(ins) - len(init) - len(xs):]
+    packed = bind(scan_p, tuple(ins), {"body": b, "length": length, "reverse": reverse})
+    carry, ys = b.unpack(packed, length)
+    return carry, ys[:body.n_y]
+
+
+# --- the primitive ----------------------------------------------------------------------------
+def _split(body: Body, args) -> tuple[list, list, list]:
+    nk, nc = body.n_consts, body.n_carry
+    return list(args[:nk]), list(args[nk:nk + nc]), list(args[nk + nc:])
+
+
+def _scan_fwd(xp, *arrays, body: Body, length: int, reverse: bool):
+    consts, carry, xs = _split(body, arrays)
+    out = xp.empty(sum(body.sizes(length)), dtype=body.dtype)
+    views, at = [], 0
+    for k, (n, (shape, _)) in enumerate(zip(body.sizes(length), body.metas)):
+        views.append(out[at:at + n].reshape(shape if k < body.n_carry else (length,) + shape))
+        at += n
+    nc = body.n_carry
+    yv = views[nc:]
+    run = body.program().run
+    for k in range(length):
+        t = length - 1 - k if reverse else k
+        res = run(consts + carry + [x[t, ...] for x in xs])
+        carry = res[:nc]
+        for v, y in zip(yv, res[nc:]):
+            v[t] = y
+    for v, c in zip(views[:nc], carry):
+        v[...] = c
+    return out
+
+
+def _is_float(t) -> bool:
+    return getattr(t, "dtype", None) is not None and t.dtype.kind == "f"
+
+
+def _substitute(base: list, where: list, vals) -> list:
+    out = list(base)
+    for i, v in zip(where, vals):
+        out[i] = v
+    return out
+
+
+def _scan_vjp(needs, g, ans, *args, body: Body, length: int, reverse: bool):
+    consts, init, xs = _split(body, args)
+    nk_, nc_ = len(consts), body.n_carry
+    nc = body.n_carry
+    if body.paired is not None and not modes().grad_enabled:
+        # the forward saved the residuals: the backward is a reverse scan of the VJP's
+        # cotangent half alone (with create_graph the general path below differentiates all)
+        bwd, fk, fx, ny, nres = body.paired
+        gc, gy = body.unpack(g, length)
+        res = body.unpack(ans, length)[1][ny:ny + nres]
+        zk = [zeros_like(consts[i]) for i in fk]
+        carry, gxs = _apply(bwd, consts, gc + zk, xs + gy[:ny] + res, length, not reverse)
+        return _vjp_result(carry, gxs, fk, fx, len(consts), nc, len(xs))
+    if body.n_hist < nc:  # the forward kept no carries (it needed no gradient): run it again
+        hb = body.with_history()
+        ans = bind(scan_p, args, {"body": hb, "length": length, "reverse": reverse})
+        gc, gy = body.unpack(g, length)
+        _, extra = hb.unpack(ans, length)
+        gy = gy + [zeros_like(h) for h in extra[body.n_y:]]
+        hist, body = extra[body.n_y:], hb
+    else:
+        gc, gy = body.unpack(g, length)
+        hist = body.unpack(ans, length)[1][body.n_y - nc:]
+    fk = [i for i, t in enumerate(consts) if _is_float(t) and needs[i]]
+    fx = [i for i, t in enumerate(xs) if _is_float(t) and needs[nk_ + nc_ + i]]
+    key = ("vjp", tuple(fk), tuple(fx))
+    bwd = body.derived.get(key)
+    zk = [zeros_like(consts[i]) for i in fk]
+    if bwd is None:
+        bwd = body.derived[key] = _vjp_body(body, fk, fx, consts, gc + zk, hist + xs + gy)[0]
+    carry, gxs = _apply(bwd, consts, gc + zk, hist + xs + gy, length, not reverse)
+    return _vjp_result(carry, gxs, fk, fx, len(consts), nc, len(xs))
+
+
+def _vjp_result(carry, gxs, fk, fx, nk: int, nc: int, nx: int) -> tuple:
+    gks = dict(zip(fk, carry[nc:]))
+    gxd = dict(zip(fx, gxs))
+    return tuple([gks.get(i) for i in range(nk)] + carry[:nc] + [gxd.get(i) for i in range(nx)])
+
+
+def _vjp_body(body: Body, fk: list, fx: list, consts: list, carry: list, xs: list):
+    """The body of the reverse scan: (ks; gc, gk; c, x, gy) -> (gc', gk + gk_t; gx), traced on
+    the example values given; also the slots of the forward values it recomputes."""
+    nc, nx = body.n_carry, body.n_x
+    f_outs: list = []
+
+    def step(ks, carry, x):
+        gc_, gk_ = carry[:nc], carry[nc:]
+        c, xt, gy_ = x[:nc], x[nc:nc + nx], x[nc + nx:]
+
+        def f(*diff):
+            k2 = _substitute(ks, fk, diff[:len(fk)])
+            x2 = _substitute(xt, fx, diff[len(fk) + nc:])
+            return body(*k2, *diff[len(fk):len(fk) + nc], *x2)
+
+        outs, pull = _vjp(f, *[ks[i] for i in fk], *c, *[xt[i] for i in fx])
+        rec = modes().jit
+        f_outs.extend(rec.slot.get(id(o.data)) for o in outs)
+        cots = pull(list(gc_) + list(gy_))
+        new_gk = [a + b for a, b in zip(gk_, cots[:len(fk)])]
+        return list(cots[len(fk):len(fk) + nc]) + new_gk, list(cots[len(fk) + nc:])
+
+    return _trace(step, consts, carry, xs, "scan (vjp)"), f_outs
+
+
+class _Part:
+    """Part of a traced body's recording (its primal or its cotangent half)."""
+
+    def __init__(self, rec, keep: set, captured: list) -> None:
+        self.instrs = [i for i in rec.instrs if i.out in keep]
+        self.eqns = [e for e in rec.eqns if e[3] in keep]
+        self.consts, self.nslots, self.backend = rec.consts, rec.nslots, rec.backend
+        self.captured, self.avals = captured, rec.avals
+
+
+def _part_body(rec, ins: list, n_consts: int, n_carry: int, n_x: int, outs: list) -> Body:
+    b = Body.__new__(Body)
+    b.rec, b.in_slots, b.out_slots = rec, ins, outs
+    b.n_consts, b.n_carry, b.n_x, b.n_hist = n_consts, n_carry, n_x, 0
+    b.n_y = len(outs) - n_carry
+    b.metas = [rec.avals[s] for s in outs]
+    b.dtype = b.metas[0][1]
+    b._program, b.derived, b.paired = None, {}, None
+    return b
+
+
+def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | None:
+    """The forward body that also outputs what its VJP reads (the residuals), paired with the
+    cotangent half of that VJP; None when a residual's dtype differs from the outputs'."""
+    fk = [i for i, t in enumerate(consts) if _is_float(t) and t.requires_grad]
+    fx = [i for i, t in enumerate(xs) if _is_float(t) and t.requires_grad]
+    key = ("residuals", tuple(fk), tuple(fx))
+    if key in body.derived:
+        return body.derived[key]
+    nc, nx, ny = body.n_carry, body.n_x, body.n_y
+    ex = [Tensor(init[0].backend.xp.zeros((1,) + shape, dtype=dt))
+          for shape, dt in body.metas]
+    gc = [Tensor(e.data[0]) for e in ex[:nc]]
+    zk = [zeros_like(consts[i]) for i in fk]
+    hist = [Tensor(c.data[None]) for c in init]
+    bwd, f_outs = _vjp_body(body, fk, fx, consts, gc + zk, hist + list(xs) + ex[nc:])
+    rec, ins = bwd.rec, bwd.in_slots
+    k_sl = ins[:bwd.n_consts]
+    g_sl = ins[bwd.n_consts:bwd.n_consts + bwd.n_carry]
+    c_sl = ins[bwd.n_consts + bwd.n_carry:bwd.n_consts + bwd.n_carry + nc]
+    x_sl = ins[bwd.n_consts + bwd.n_carry + nc:bwd.n_consts + bwd.n_carry + nc + nx]
+    gy_sl = ins[bwd.n_consts + bwd.n_carry + nc + nx:]
+    primal = set(k_sl) | set(c_sl) | set(x_sl) | set(rec.consts)
+    for _, _, args, out in rec.eqns:
+        if all(a in primal for a in args):
+            primal.add(out)
+    tangent = {e[3] for e in rec.eqns if e[3] not in primal}
+    free = set(k_sl) | set(x_sl) | set(rec.consts)
+    res: list = []
+    for _, _, args, out in rec.eqns:
+        if out in tangent:
+            res += [a for a in args if a in primal and a not in free and a not in res]
+    res += [s for s in bwd.out_slots if s in primal and s not in free and s not in res]
+    result = None
+    if None not in f_outs and all(s in primal for s in f_outs) and all(
+            rec.avals[s][1] == body.dtype for s in res):
+        fwd = _part_body(_Part(rec, primal, rec.captured), k_sl + c_sl + x_sl, len(k_sl), nc,
+                         nx, f_outs + res)
+        back = _part_body(_Part(rec, tangent, []), k_sl + g_sl + x_sl + gy_sl + res,
+                          len(k_sl), len(g_sl), nx + len(gy_sl) + len(res), bwd.out_slots)
+        back.metas = bwd.metas
+        fwd.paired = (back, fk, fx, ny, len(res))
+        result = fwd
+    body.derived[key] = result
+    return result
+
+
+def _scan_jvp(tangents, ans, *args, body: Body, length: int, reverse: bool):
+    consts, init, xs = _split(body, args)
+    tk, tc, tx = _split(body, tangents)
+    nk, nc, nx = len(consts), body.n_carry, len(xs)
+    fk = [i for i, t in enumerate(tk) if t is not None and _is_float(consts[i])]
+    fx = [i for i, t in enumerate(tx) if t is not None and _is_float(xs[i])]
+    tc = [zeros_like(c) if t is None else t for c, t in zip(init, tc)]
+    key = ("jvp", tuple(fk), tuple(fx))
+    jb = body.derived.get(key)
+    if jb is None:
+        def step(ks2, carry2, x2):
+            ks, tks, c, tcs = ks2[:nk], ks2[nk:], carry2[:nc], carry2[nc:]
+            xt, txs = x2[:nx], x2[nx:]
+
+            def f(*diff):
+                k2 = _substitute(ks, fk, diff[:len(fk)])
+                x3 = _substitute(xt, fx, diff[len(fk) + nc:])
+                return body(*k2, *diff[len(fk):len(fk) + nc], *x3)
+
+            prim = [ks[i] for i in fk] + list(c) + [xt[i] for i in fx]
+            out, tout = _jvp(f, tuple(prim), tuple(list(tks) + list(tcs) + list(txs)))
+            return list(out[:nc]) + list(tout[:nc]), list(out[nc:]) + list(tout[nc:])
+
+        jb = body.derived[key] = _trace(step, consts + [tk[i] for i in fk], init + tc,
+                                        xs + [tx[i] for i in fx], "scan (jvp)")
+    carry, ys = _apply(jb, consts + [tk[i] for i in fk], init + tc, xs + [tx[i] for i in fx],
+                       length, reverse)
+    ny = body.n_y
+    parts = carry[nc:] + ys[ny:]
+    return concatenate([reshape(p, (p.numel(),)) for p in parts], 0)
+
+
+def _scan_batch(vals, bdims, body: Body, length: int, reverse: bool):
+    size = size_of(vals, bdims)
+    consts, init, xs = _split(body, vals)
+    kb, cb, xb = _split(body, bdims)
+    consts = [front(v, b) for v, b in zip(consts, kb)]
+    init = [batched(v, b, size) for v, b in zip(init, cb)]
+    xs = [v if b is None else moveaxis(v, b, 1) for v, b in zip(xs, xb)]
+    kin = tuple(None if b is None else 0 for b in kb)
+    xin = tuple(None if b is None else 0 for b in xb)
+    key = ("vmap", kin, xin)
+    vb = body.derived.get(key)
+    nc = body.n_carry
+    if vb is None:
+        axes = kin + (0,) * nc + xin
+
+        def step(ks, carry, x):
+            out = _vmap(lambda *a: body(*a), in_axes=axes, out_axes=0)(*ks, *carry, *x)
+            return list(out[:nc]), list(out[nc:])
+
+        vb = body.derived[key] = _trace(step, consts, init, xs, "scan (vmap)")
+    carry, ys = _apply(vb, consts, init, xs, length, reverse)
+    parts = [reshape(c, (size, -1)) for c in carry]
+    parts += [reshape(moveaxis(y, 1, 0), (size, -1)) for y in ys]
+    return concatenate(parts, 1), 0
+
+
+scan_p = primitive("scan", _scan_fwd, vjp_all=_scan_vjp, jvp=_scan_jvp, batch=_scan_batch,
+                   saves="both", kind="control", promote=False, operands=None,
+                   doc="A loop over the leading axis of xs (see nodegrad.lax.scan).")
+
+
+# --- the public functions ---------------------------------------------------------------------
+def _as_tensor(x, what: str) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    try:
+        return tensor(x)
+    except Exception as e:
+        raise TypeError(f"{what}: expected tensors (or arrays, numbers), got "
+                        f"{type(x).__name__}") from e
+
+
+def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
+         reverse: bool = False) -> tuple[Any, Any]:
+    """JAX's ``lax.scan``: ``carry, y = f(carry, x)`` over the leading axis of ``xs``.
+
+    Returns ``(final carry, ys stacked along a new leading axis)``; ``init``, ``xs`` and the
+    outputs may be trees of tensors. ``f`` is traced once: its values cannot steer Python.
+    """
+    c_leaves, c_def = tree_flatten(init)
+    c_leaves = [_as_tensor(c, "scan: init") for c in c_leaves]
+    x_leaves, x_def = tree_flatten(xs)
+    x_leaves = [_as_tensor(x, "scan: xs") for x in x_leaves]
+    lens = {int(x.shape[0]) if x.ndim else -1 for x in x_leaves}
+    if -1 in lens:
+        raise ShapeError("scan: every leaf of xs needs a leading axis to scan over, got a 0-d "
+                         "tensor")
+    if length is not None:
+        lens.add(int(length))
+    if len(lens) != 1:
+        raise ShapeError(f"scan: xs leaves and length disagree on the number of steps: "
+                         f"{sorted(lens) if lens else 'no xs and no length'}")
+    n = lens.pop()
+    y_def: list = []
+
+    def flat(ks, carry, x):
+        res = f(tree_unflatten(c_def, carry), None if xs is None else tree_unflatten(x_def, x))
+        if not isinstance(res, tuple) or len(res) != 2:
+            raise TypeError(f"scan: f must return a pair (carry, y), got {type(res).__name__}")
+        cl, cd = tree_flatten(res[0])
+        if cd != c_def:
+            raise ShapeError(f"scan: f returned a carry of structure {cd}, but init has {c_def}")
+        yl, yd = tree_flatten(res[1])
+        y_def.append(yd)
+        return cl, yl
+
+    body = _trace(flat, [], c_leaves, x_leaves)
+    carry, ys = _apply(body, [], c_leaves, x_leaves, n, bool(reverse))
+    return tree_unflatten(c_def, carry or c_leaves), tree_unflatten(y_def[0], ys)
+
+
+_BODIES: OrderedDict = OrderedDict()  # scan_cached's traced bodies, least recently used first
+
+
+def scan_cached(key: Any, f: Callable, consts: list, init: list, xs: list,
+                reverse: bool = False) -> tuple[list, list]:
+    """``scan`` of ``f(consts, carry, x) -> (carry, y)`` on flat lists of tensors, with the
+    traced body kept between calls: for library loops (the RNN layers) whose ``key`` fixes all
+    that the trace depends on besides the inputs' shapes and dtypes. Not for closures."""
+    n = int(xs[0].shape[0])
+    sig = (key, tuple((tuple(t.shape), t.dtype.str, t.backend.name) for t in consts + init + xs))
+    body = _BODIES.get(sig)
+    if body is None:
+        body = _BODIES[sig] = _trace(lambda k, c, x: f(k, c, x), consts, init, xs)
+        if len(_BODIES) > 64:
+            _BODIES.popitem(last=False)
+    else:
+        _BODIES.move_to_end(sig)
+    return _apply(body, consts, init, xs, n, reverse)
+
+
+def fori_loop(lower: int, upper: int, body_fun: Callable, init_val: Any) -> Any:
+    """JAX's ``lax.fori_loop``: ``val = body_fun(i, val)`` for i in range(lower, upper).
+
+    The bounds are Python ints (the loop is one scan over ``arange(lower, upper)``); ``i`` is a
+    0-d int64 tensor."""
+    for name, v in (("lower", lower), ("upper", upper)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"fori_loop: {name} must be a Python int, got {type(v).__name__}")
+    if upper <= lower:
+        return init_val
+    idx = arange(lower, upper, dtype="int64")
+    carry, _ = scan(lambda c, i: (body_fun(i, c), None), init_val, idx)
+    return carry
