@@ -155,6 +155,11 @@ def test_empty_dims(float_dtype):
     assert float(ng.prod(ng.tensor(e))) == 1.0
     with pytest.raises(ng.ShapeError, match="median"):
         ng.median(ng.tensor(e), 0)
+    for ord_ in (-1.5, -1, -math.inf):  # no identity over zero entries: PyTorch raises too
+        with pytest.raises(ng.ShapeError, match="vector_norm.*empty"):
+            ng.linalg.vector_norm(ng.tensor(e), ord_, 0)
+        with pytest.raises(RuntimeError):
+            torch.linalg.vector_norm(torch.tensor(e), ord_, 0)
     with pytest.raises(ng.ShapeError, match="quantile"):
         ng.quantile(ng.tensor(e), 0.5)
 

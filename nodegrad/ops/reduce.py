@@ -267,8 +267,15 @@ def vector_norm(x, ord=2, dim=None, keepdim: bool = False):
     _float_only(x, "vector_norm")
     if isinstance(ord, str) or isinstance(ord, bool):
         raise ValueError(f"vector_norm: ord must be a number, got {ord!r}")
-    return _vector_norm(x, ord=float(ord), axis=norm_axes(dim, x.ndim, "vector_norm"),
-                        keepdims=bool(keepdim))
+    axis = norm_axes(dim, x.ndim, "vector_norm")
+    ord = float(ord)
+    if ord < 0:  # no identity: a negative norm over zero entries is undefined, as in PyTorch
+        for a in range(x.ndim) if axis is None else axis:
+            if x.shape[a] == 0:
+                raise _ShapeError(f"vector_norm: cannot take the {ord:g} norm over axis {a}, "
+                                  f"which is empty (shape {tuple(x.shape)}); a negative order "
+                                  f"has no value for zero entries")
+    return _vector_norm(x, ord=ord, axis=axis, keepdims=bool(keepdim))
 
 
 def _svdvals(a, op, ord):
