@@ -352,6 +352,27 @@ def test_in_place_updates_are_replayed_in_place():
     assert jf.traces == 1
 
 
+def test_a_step_without_arguments_reads_and_writes_its_state():
+    # no array input at all: the program learns its backend from the state it loads
+    a = ng.tensor(np.diag([1.0, 10.0]).astype(np.float32))
+    xs = [ng.tensor([1.0, -2.0], requires_grad=True) for _ in range(2)]
+    opts = [ng.optim.SGD([x], lr=0.05, momentum=0.9) for x in xs]
+
+    def make(x, opt):
+        def step():
+            opt.zero_grad()
+            (0.5 * (x @ a @ x)).backward()
+            opt.step()
+        return step
+
+    eager, jitted = make(xs[0], opts[0]), ng.jit(make(xs[1], opts[1]), state=(xs[1], opts[1]))
+    for _ in range(5):
+        eager()
+        jitted()
+        assert _same(xs[1].numpy(), xs[0].numpy())
+    assert jitted.traces == 1
+
+
 def test_a_traced_index_makes_the_signature_run_eagerly():
     def f(x, i):
         h = x * 1.0

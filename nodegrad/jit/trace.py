@@ -86,6 +86,8 @@ class Recorder:
             return a
 
         s = self._new(array)
+        if self.backend is None:
+            self.backend = B.backend_of(array)
         self.instrs.append(Instr("load", name, load, (), s))
         return s
 
@@ -113,6 +115,8 @@ class Recorder:
             self.fallback = (f"'{prim.name}' takes a traced value as a parameter (at "
                              f"{creation_site()})")
         s = self._new(out)
+        if self.backend is None:  # a step without array inputs (it reads only state)
+            self.backend = backend
         self.instrs.append(Instr("op", prim.name, _op(prim, params, backend, out), ins, s,
                                  params=params))
 
