@@ -331,6 +331,10 @@ def matmul(a, b):
     """
     if type(a) is not np.ndarray:
         return a @ b
+    if a.ndim == 3 and b.ndim == 3 and (a.strides[0] == 0) != (b.strides[0] == 0):
+        shared = _shared_product(a, b)
+        if shared is not None:
+            return shared
     k = a.shape[-1] if a.ndim else 1
     m = a.shape[-2] if a.ndim > 1 else 1
     n = b.shape[-1] if b.ndim > 1 else 1
@@ -348,6 +352,20 @@ def matmul(a, b):
         return a @ b
     finally:
         _BlasThreads.set(threads)
+
+
+def _shared_product(a, b):
+    """``a @ b`` for stacks of row (or column) vectors against one matrix repeated along the
+    batch axis (stride 0, as vmap broadcasts unbatched weights): one GEMM instead of a loop of
+    matrix-vector products. None when the shapes are not of that form."""
+    n = a.shape[0]
+    if b.shape[0] != n or n == 0:
+        return None
+    if b.strides[0] == 0 and a.shape[1] == 1:  # (n, 1, k) @ shared (k, p)
+        return matmul(a.reshape(n, a.shape[2]), b[0]).reshape(n, 1, b.shape[2])
+    if a.strides[0] == 0 and b.shape[2] == 1:  # shared (m, k) @ (n, k, 1)
+        return matmul(b.reshape(n, b.shape[1]), a[0].T).reshape(n, a.shape[1], 1)
+    return None
 
 
 # --- NCCL (collectives between GPUs, through CuPy) ---------------------------------------------
