@@ -290,20 +290,21 @@ class _BlasThreads:
 # costs more than the arithmetic (a vmap(grad) step of 256 per-example gradients: ~3000 faults,
 # half its time). Buffers up to 32 MiB therefore come from the heap, and up to 64 MiB of freed
 # heap stays mapped for the next step. The peak resident set is unchanged; an explicit
-# MALLOC_*_ environment setting or NODEGRAD_KEEP_FREED_MEMORY=0 leaves glibc's defaults.
+# MALLOC_*_ or GLIBC_TUNABLES=glibc.malloc.* setting, or NODEGRAD_KEEP_FREED_MEMORY=0, leaves
+# glibc's defaults.
 HEAP_BUFFER_MAX = 32 << 20
 HEAP_KEEP_FREE = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def keep_freed_memory(env=None) -> bool:
+def keep_freed_memory(env: dict | None = None) -> bool:
     """Tune glibc's malloc to reuse freed array buffers (True when applied; see above)."""
     import os
 
     env = os.environ if env is None else env
-    if env.get("NODEGRAD_KEEP_FREED_MEMORY", "1") == "0" or any(
-            k.startswith("MALLOC_") and k.endswith("_") for k in env):
-        return False
+    if env.get("NODEGRAD_KEEP_FREED_MEMORY", "1") == "0" or "glibc.malloc" in env.get(
+            "GLIBC_TUNABLES", "") or any(k.startswith("MALLOC_") and k.endswith("_") for k in env):
+        return False  # the user chose malloc's settings (or none from us)
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
             return False

@@ -97,6 +97,7 @@ def test_keep_freed_memory_respects_opt_outs():
 
     assert B.keep_freed_memory({"NODEGRAD_KEEP_FREED_MEMORY": "0"}) is False
     assert B.keep_freed_memory({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+    assert B.keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) is False
     try:
         glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
     except (AttributeError, ValueError, OSError):
@@ -104,6 +105,7 @@ def test_keep_freed_memory_respects_opt_outs():
     assert B.keep_freed_memory({}) is glibc  # idempotent: the values set at import again
     assert B.KEPT_FREED_MEMORY is (glibc and not any(
         k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
+        and "glibc.malloc" not in os.environ.get("GLIBC_TUNABLES", "")
         and os.environ.get("NODEGRAD_KEEP_FREED_MEMORY", "1") != "0")
 
 
