@@ -32,6 +32,7 @@ class Level:
 
 
 _POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
+_POISONED: dict = {}  # (shape, dtype, xp, device) -> the shared read-only poison array
 
 
 def levels() -> tuple:
@@ -64,10 +65,19 @@ class BatchTracer(Tensor):
         shape = val.shape[:bdim] + val.shape[bdim + 1:]
         dt = val.dtype
         xp = val.backend.xp
-        # ``data`` has the example's shape and dtype but no memory, filled with poison (NaN,
-        # the most negative integer) so code that reads values behind the ops' back shows it
-        fill = _POISON.get(dt.kind, 0) if dt.kind != "i" else xp.iinfo(dt).min
-        super().__init__(xp.broadcast_to(xp.full((), fill, dtype=dt), shape))
+        key = (shape, dt, xp, val.backend.device_id)
+        data = _POISONED.get(key)
+        if data is None:
+            # ``data`` has the example's shape and dtype but no memory, filled with poison (NaN,
+            # the most negative integer) so code that reads values behind the ops' back shows
+            # it; read-only, so one array per shape and dtype is shared by every tracer
+            fill = _POISON.get(dt.kind, 0) if dt.kind != "i" else xp.iinfo(dt).min
+            with val.backend.scope():
+                data = xp.broadcast_to(xp.full((), fill, dtype=dt), shape)
+            if len(_POISONED) >= 256:
+                _POISONED.clear()
+            _POISONED[key] = data
+        super().__init__(data)
         self.val, self.bdim, self.level = val, bdim, level
 
     def _no_values(self, *a, **k):

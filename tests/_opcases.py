@@ -82,7 +82,7 @@ ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "ge
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
           "conv_weight_grad", "cross_entropy", "cross_entropy_grad", "tanh_grad", "sigmoid_grad",
-          "gru_update")
+          "gru_update", "sin_grad", "cos_grad")
 
 
 @dataclass(frozen=True)
@@ -333,6 +333,8 @@ ew("tanh", ng.tanh, lambda x: x.tanh(), "wide")
 ew("erf", ng.erf, lambda x: torch.erf(x), "wide")
 ew("sigmoid", ng.sigmoid, lambda x: x.sigmoid(), "wide")
 ew("tanh_grad", lambda g, a: P["tanh_grad"](g, a), lambda g, a: g * (1 - a * a), "real", "real")
+ew("sin_grad", lambda g, x: P["sin_grad"](g, x), lambda g, x: g * x.cos(), "real", "wide")
+ew("cos_grad", lambda g, x: P["cos_grad"](g, x), lambda g, x: -(g * x.sin()), "real", "wide")
 ew("sigmoid_grad", lambda g, a: P["sigmoid_grad"](g, a), lambda g, a: g * a * (1 - a), "real",
    "real")
 ew("relu", ng.relu, lambda x: x.relu(), "kink0")
@@ -2360,6 +2362,8 @@ PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({
     "relu_grad": [lambda x: P["relu_grad"](x, 1.0), lambda x: P["relu_grad"](2.0, x)],
     "tanh_grad": [lambda x: P["tanh_grad"](x, 0.5), lambda x: P["tanh_grad"](2.0, x)],
+    "sin_grad": [lambda x: P["sin_grad"](x, 0.5), lambda x: P["sin_grad"](2.0, x)],
+    "cos_grad": [lambda x: P["cos_grad"](x, 0.5), lambda x: P["cos_grad"](2.0, x)],
     "sigmoid_grad": [lambda x: P["sigmoid_grad"](x, 0.25), lambda x: P["sigmoid_grad"](2.0, x)],
     "atan2": [lambda x: ng.atan2(x, 1.5), lambda x: ng.atan2(0.5, x)],
     "hypot": [lambda x: ng.hypot(x, 2.0)],

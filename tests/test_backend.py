@@ -1,5 +1,6 @@
 """The NumPy/CuPy split lives in one module; GPU tests run only where CuPy sees a device."""
 
+import os
 import pathlib
 import re
 
@@ -89,3 +90,43 @@ def test_small_products_run_on_one_blas_thread_and_restore_the_count():
             np.testing.assert_array_equal(B.matmul(a, b), a @ b)
             np.testing.assert_array_equal(B.matmul(a[0], b), a[0] @ b)
             assert B._BlasThreads.get() == before
+
+
+def test_keep_freed_memory_respects_opt_outs():
+    from nodegrad import _backend as B
+
+    assert B.keep_freed_memory({"NODEGRAD_KEEP_FREED_MEMORY": "0"}) is False
+    assert B.keep_freed_memory({"MALLOC_TRIM_THRESHOLD_": "131072"}) is False
+    assert B.keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}) is False
+    try:
+        glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        glibc = False
+    assert B.keep_freed_memory({}) is glibc  # idempotent: the values set at import again
+    assert B.KEPT_FREED_MEMORY is (glibc and not any(
+        k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
+        and "glibc.malloc" not in os.environ.get("GLIBC_TUNABLES", "")
+        and os.environ.get("NODEGRAD_KEEP_FREED_MEMORY", "1") != "0")
+
+
+def test_freed_buffers_are_reused_without_page_faults():
+    """After the first round, arrays of a few MiB come back from the heap, not from fresh pages
+    (each fault costs microseconds on a VM)."""
+    from nodegrad import _backend as B
+
+    resource = pytest.importorskip("resource")
+    if not B.KEPT_FREED_MEMORY:
+        pytest.skip("malloc tuning not applied on this platform or environment")
+    x = ng.ones(1_000_000)  # 4 MB float32, as a per-example gradient block
+
+    def churn():
+        for _ in range(10):
+            y = x * 2.0
+            z = y * y
+            del y, z
+
+    churn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    churn()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 500, f"{faults} page faults for 20 arrays of 4 MB (~20000 without reuse)"

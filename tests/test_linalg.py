@@ -198,3 +198,32 @@ def test_errors_where_torch_raises(rng):
     with pytest.raises(ValueError, match="UPLO"):
         LA.eigh(ng.eye(2), UPLO="X")
     assert issubclass(LA.LinAlgError, RuntimeError)  # as torch.linalg.LinAlgError
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4, 1), (3, 1, 6)), ((3, 4, 5), (3, 5, 1)),
+                                   ((2, 3, 4, 1), (2, 3, 1, 2))])
+def test_matmul_stacked_outer_products_gradcheck(sa, sb):
+    """The matmul VJPs' broadcast-multiply branches (inner size 1) in float64."""
+    rng = np.random.default_rng(0)
+    ng.gradcheck(ng.matmul, rng.standard_normal(sa), rng.standard_normal(sb), order=2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_matmul_with_a_broadcast_operand_matches_numpy(dtype):
+    """A stack of vectors against one matrix repeated along the batch axis (stride 0, as vmap
+    broadcasts shared weights) takes one product: same values as NumPy's loop."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(1)
+    w = (rng.standard_normal((7, 5)) * 3).astype(dtype)
+    shared = np.broadcast_to(w, (4, 7, 5))
+    rows = (rng.standard_normal((4, 1, 7)) * 3).astype(dtype)
+    cols = (rng.standard_normal((4, 5, 1)) * 3).astype(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12}
+    for a, b in [(rows, shared), (shared, cols), (rows[:0], shared[:0]), (shared[:0], cols[:0])]:
+        got = B.matmul(a, b)
+        assert got.shape == np.matmul(a, b).shape and got.dtype == np.matmul(a, b).dtype
+        np.testing.assert_allclose(got, np.matmul(a, b), **tol)
+    w2 = np.broadcast_to(w, (3, 7, 5))  # batch sizes that differ: NumPy's own rules and error
+    with pytest.raises(ValueError):
+        B.matmul(rows, w2)

@@ -135,3 +135,35 @@ def test_dropping_the_output_frees_every_node():
     assert _live_nodes() > before  # the last loss still holds its (emptied) graph
     del loss
     assert _live_nodes() == before, "Nodes outlived the loss that owned them"
+
+
+def test_per_example_gradients_freed_by_reference_counting():
+    """vmap(grad) leaves no reference cycle behind: a dropped batch of gradients is freed at
+    once, not at the next garbage collection (which let a W8 step's memory grow 3x)."""
+    w = ng.tensor(np.full((3, 4), 0.5, np.float32))
+    xs = ng.tensor(np.ones((5, 4), np.float32))
+    per_example = ng.vmap(ng.grad(lambda p, x: ng.tanh(ng.linear(x, p["w"])).sum()),
+                          in_axes=(None, 0))
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        g = per_example({"w": w}, xs)["w"]
+        assert g.shape == (5, 3, 4)
+        ref = weakref.ref(g)
+        del g
+        held = _freed(ref)
+    finally:
+        if enabled:
+            gc.enable()
+    assert held is None, f"a dropped per-example gradient is still held by {held}"
+
+
+def test_tree_flatten_leaves_no_cycle():
+    leaf = ng.tensor(np.ones(3, np.float32))
+    ref = weakref.ref(leaf)
+    leaves, td = ng.func.tree_flatten({"a": [leaf, (leaf, None)]})
+    back = ng.func.tree_unflatten(td, leaves)
+    assert back["a"][1][0] is leaf and back["a"][1][1] is None
+    del leaves, back, leaf
+    assert _freed(ref) is None

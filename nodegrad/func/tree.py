@@ -57,39 +57,41 @@ class TreeDef:
 _LEAF = TreeDef(None, None, ())
 
 
+def _flatten(x, leaves: list) -> TreeDef:
+    if x is None:
+        return TreeDef(type(None), None, ())
+    kind = type(x)
+    entry = _registry.get(kind)
+    if entry is None:
+        kind = _registered_base(x)
+        if kind is None:
+            leaves.append(x)
+            return _LEAF
+        entry = _registry[kind]
+    children, aux = entry[0](x)
+    return TreeDef(kind, aux, tuple([_flatten(c, leaves) for c in children]))
+
+
 def tree_flatten(tree: Any) -> tuple[list, TreeDef]:
     """The leaves of ``tree`` in a fixed order (dict keys sorted) and its structure."""
+    # module-level recursion, not a nested function calling itself: such a closure is a
+    # reference cycle that would keep the leaves (whole batches of gradients) alive until the
+    # cyclic garbage collector runs
     leaves: list = []
+    return leaves, _flatten(tree, leaves)
 
-    def go(x):
-        if x is None:
-            return TreeDef(type(None), None, ())
-        kind = type(x)
-        entry = _registry.get(kind)
-        if entry is None:
-            kind = _registered_base(x)
-            if kind is None:
-                leaves.append(x)
-                return _LEAF
-            entry = _registry[kind]
-        children, aux = entry[0](x)
-        return TreeDef(kind, aux, tuple(go(c) for c in children))
 
-    return leaves, go(tree)
+def _unflatten(td: TreeDef, it):
+    if td.kind is None:
+        return next(it)
+    if td.kind is type(None):
+        return None
+    return _registry[td.kind][1](td.aux, [_unflatten(c, it) for c in td.children])
 
 
 def tree_unflatten(treedef: TreeDef, leaves) -> Any:
     """Rebuild a tree of ``treedef``'s shape from ``leaves``."""
-    it = iter(leaves)
-
-    def go(td):
-        if td.kind is None:
-            return next(it)
-        if td.kind is type(None):
-            return None
-        return _registry[td.kind][1](td.aux, [go(c) for c in td.children])
-
-    return go(treedef)
+    return _unflatten(treedef, iter(leaves))
 
 
 def tree_leaves(tree: Any) -> list:

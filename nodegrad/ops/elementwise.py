@@ -7,6 +7,7 @@ one by the engine (PyTorch's promotion, ``nodegrad.dtypes``); Python numbers nev
 
 from __future__ import annotations
 
+import cmath
 import math
 
 from .. import _backend as B
@@ -101,10 +102,37 @@ square = primitive("square", lambda xp, x: xp.square(x), lambda g, ans, x: g * (
 abs = primitive("abs", lambda xp, x: xp.abs(x), lambda g, ans, x: g * sign(x), kind=_EW, jvp=_J,
                 doc="|x|; its gradient at 0 is 0.")
 sign = primitive("sign", lambda xp, x: xp.sign(x), kind=_EW, doc="-1, 0 or 1 (no gradient).")
-sin = primitive("sin", lambda xp, x: xp.sin(x), lambda g, ans, x: g * cos(x), kind=_EW, jvp=_J,
-                doc="Sine.")
-cos = primitive("cos", lambda xp, x: xp.cos(x), lambda g, ans, x: -(g * sin(x)), kind=_EW, jvp=_J,
-                doc="Cosine.")
+def _trig(xp, name: str, x):
+    """``xp.<name>(x)``, keeping a Python number a Python number (NumPy's float64 scalar would
+    upcast a float32 operand)."""
+    if B.is_array(x):
+        return getattr(xp, name)(x)
+    return getattr(cmath if isinstance(x, complex) else math, name)(x)
+
+
+def _sin_grad_fwd(xp, g, x):
+    return g * _trig(xp, "cos", x)
+
+
+def _cos_grad_fwd(xp, g, x):
+    out = g * _trig(xp, "sin", x)
+    if B.is_array(out):
+        return xp.negative(out, out=out)  # in place: no second temporary
+    return -out
+
+
+_sin_grad = primitive(
+    "sin_grad", _sin_grad_fwd,
+    (lambda c, out, g, x: _sin_grad(c, x), lambda c, out, g, x: -(c * g * sin(x))),
+    kind=_EW, jvp=_J, doc="g cos(x): sin's VJP in one bind, not two.")
+_cos_grad = primitive(
+    "cos_grad", _cos_grad_fwd,
+    (lambda c, out, g, x: _cos_grad(c, x), lambda c, out, g, x: -(c * g * cos(x))),
+    kind=_EW, jvp=_J, doc="-g sin(x): cos's VJP in one bind, not three.")
+sin = primitive("sin", lambda xp, x: xp.sin(x), lambda g, ans, x: _sin_grad(g, x), kind=_EW,
+                jvp=_J, doc="Sine.")
+cos = primitive("cos", lambda xp, x: xp.cos(x), lambda g, ans, x: _cos_grad(g, x), kind=_EW,
+                jvp=_J, doc="Cosine.")
 tan = primitive("tan", lambda xp, x: xp.tan(x), lambda g, ans, x: g * (ans * ans + 1),
                 saves="out", kind=_EW, jvp=_J, doc="Tangent.")
 def _tanh_grad_fwd(xp, g, ans):

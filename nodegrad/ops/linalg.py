@@ -27,6 +27,8 @@ def _matmul_da(g, ans, a, b):
         return g * b if a.ndim == 1 else expand_dims(g, -1) * b
     if a.ndim == 1:
         return reshape(matmul(b, expand_dims(g, -1)), g.shape[:-1] + (b.shape[-2],))
+    if b.shape[-1] == 1 and a.ndim > 2 and b.ndim > 2:  # stacked outer products (a vmap'ed
+        return g * _mT(b)                                # layer's weights): a broadcast multiply
     return matmul(g, _mT(b))
 
 

@@ -155,6 +155,12 @@ def _linear_batch(vals, bdims):
     n = size_of(vals, bdims)
     x, w = batched(x, bx, n), batched(w, bw, n)
     lead = x.shape[1:-1]
+    if not lead:  # one row per example: W_i x_i, so the weights' cotangent is the contiguous
+        # outer product g_i x_iᵀ (the matmul rule's broadcast multiply), shaped as the weights
+        out = reshape(w @ expand_dims(x, -1), (n, w.shape[1]))
+        if b is not None:
+            out = out + (b if bb is None else front(b, bb))
+        return out, 0
     out = reshape(reshape(x, (n, -1, x.shape[-1])) @ swapaxes(w, -1, -2),
                   (n,) + lead + (w.shape[1],))
     if b is not None:
