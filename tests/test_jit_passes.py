@@ -154,6 +154,102 @@ def test_kept_buffers_do_not_corrupt_training_state():
     assert s.program.plan.buffers
 
 
+def test_accumulated_gradients_are_taken_without_a_copy_and_stay_intact():
+    from nodegrad import nn
+
+    def run(jit):
+        ng.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+        opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+
+        def step(x, y):
+            loss = ng.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        s = ng.jit(step, state=(model, opt), fuse=False) if jit else step
+        rng = np.random.default_rng(0)
+        held, losses = [], []
+        for _ in range(4):
+            opt.zero_grad(set_to_none=True)
+            losses.append(s(ng.tensor(rng.standard_normal((8, 6)).astype(np.float32)),
+                            ng.tensor(rng.integers(0, 3, 8))).numpy())
+            held.append([(p.grad.data, p.grad.numpy().copy()) for p in model.parameters()])
+        return losses, held, model, s
+
+    le, he, me, _ = run(False)
+    lj, hj, mj, s = run(True)
+    assert s.program.counts().get("owned_grads", 0) >= 2
+    assert all(_same(a, b) for a, b in zip(le, lj))
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+    for call_e, call_j in zip(he, hj):  # a gradient taken over is never written by a later call
+        for (_, want), (arr, snap) in zip(call_e, call_j):
+            assert _same(arr, snap) and _same(arr, want)
+    arrays = [arr for call in hj for arr, _ in call]
+    assert len({id(a) for a in arrays}) == len(arrays)
+
+
+def _per_example_norms():
+    ng.manual_seed(0)
+    sizes = (20, 64, 64, 5)
+    p = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        p[f"w{i}"] = ng.randn(b, a) * (1 / a) ** 0.5
+        p[f"b{i}"] = ng.zeros(b)
+
+    def loss(p, x, y):
+        h = x
+        for i in range(3):
+            h = ng.linear(h, p[f"w{i}"], p[f"b{i}"])
+            h = ng.tanh(h) if i < 2 else h
+        return -ng.where(ng.arange(5) == y, ng.log_softmax(h, axis=-1), 0.0).sum()
+
+    pe = ng.vmap(ng.grad(loss), in_axes=(None, 0, 0))
+
+    def norms(p, x, y):
+        g = pe(p, x, y)
+        return sum((v * v).sum() for v in g.values())
+
+    rng = np.random.default_rng(0)
+    x = ng.tensor(rng.standard_normal((128, 20)).astype(np.float32))
+    y = ng.tensor(rng.integers(0, 5, 128))
+    return norms, (p, x, y)
+
+
+def test_a_replay_releases_dead_intermediates():
+    import tracemalloc
+
+    f, args = _per_example_norms()
+    jf = _check(f, *args, fuse=False)
+    prog = jf.program
+    dels = [ln for lines in prog._releases().values() for ln in lines]
+    assert len(dels) >= 5  # the per-example gradients and their squares are let go
+    peaks = []
+    for g in (jf, f):
+        g(*args)
+        tracemalloc.start()
+        try:
+            g(*args)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[0] <= peaks[1]
+
+
+def test_a_result_laid_out_like_transposed_operands_gets_no_kept_buffer():
+    def f(x):
+        t = x.T
+        return ((t * t) * 2.0).sum()
+
+    x = ng.randn(300, 200)
+    jf = _check(f, x, fuse=False)
+    prog = jf.program
+    sq = [i for i in prog.instrs if i.name == "multiply"][0]
+    assert sq.out not in prog.plan.buf  # NumPy gives it the operands' (transposed) layout
+
+
 def test_a_second_thread_gets_its_own_buffers():
     jf = ng.jit(lambda x: ng.tanh(x * 2.0) * 3.0 + x, fuse=False)
     xs = [ng.randn(50, 50) for _ in range(2)]

@@ -145,7 +145,11 @@ class Recorder:
         def acc(v):
             fn(leaf, Tensor(v), False, _SEEN)
 
-        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None, access="read"))
+        def acc_owned(v):  # v is a new array of this call that nothing else reads (.passes)
+            fn(leaf, Tensor(v), False, set())
+
+        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None,
+                                 params={"owned": acc_owned}, access="read"))
         grad = leaf.grad
         if grad is not None:
             self.keep.append(grad.data)
