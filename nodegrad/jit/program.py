@@ -240,7 +240,8 @@ def eliminate_dead_code(instrs: list, out_slots: list) -> list:
 
 def _sub_program(i: Instr) -> list:
     """The lines of a loop instruction's body program (``lax.scan``), indented under it."""
-    body = getattr(i.fn, "params", {}).get("body")
+    params = getattr(i.fn, "params", {})
+    body = params.get("body")
     if body is None or not hasattr(body, "program"):
         return []
-    return ["    | " + ln for ln in str(body.program()).splitlines()]
+    return ["    | " + ln for ln in str(body.program(params.get("fuse", False))).splitlines()]
