@@ -256,9 +256,12 @@ def _scan_fwd(xp, *arrays, body: Body, length: int, reverse: bool, fuse: bool = 
     nc = body.n_carry
     yv = views[nc:]
     run = body.program(fuse).run
+    # each step's slices, made at C speed (iterating a 1-d array would give scalars, not 0-d)
+    rows = list(zip(*(x if x.ndim > 1 else [x[t, ...] for t in range(length)] for x in xs))) \
+        if xs else [()] * length
     for k in range(length):
         t = length - 1 - k if reverse else k
-        res = run(consts + carry + [x[t, ...] for x in xs])
+        res = run(consts + carry + list(rows[t]))
         carry = res[:nc]
         for v, y in zip(yv, res[nc:]):
             v[t] = y
@@ -391,7 +394,13 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
         if all(a in primal for a in args):
             primal.add(out)
     tangent = {e[3] for e in rec.eqns if e[3] not in primal}
-    free = set(k_sl) | set(x_sl) | set(rec.consts)
+    # values made from the constants alone (a transposed weight) are the same at every step:
+    # the backward recomputes them rather than the forward stacking one copy per step
+    invariant = set(k_sl) | set(rec.consts)
+    for _, _, args, out in rec.eqns:
+        if all(a in invariant for a in args):
+            invariant.add(out)
+    free = set(k_sl) | set(x_sl) | invariant
     res: list = []
     for _, _, args, out in rec.eqns:
         if out in tangent:
@@ -402,7 +411,8 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
             rec.avals[s][1] == body.dtype for s in res):
         fwd = _part_body(_Part(rec, primal, rec.captured), k_sl + c_sl + x_sl, len(k_sl), nc,
                          nx, f_outs + res)
-        back = _part_body(_Part(rec, tangent, []), k_sl + g_sl + x_sl + gy_sl + res,
+        back = _part_body(_Part(rec, tangent | (invariant & primal), []),
+                          k_sl + g_sl + x_sl + gy_sl + res,
                           len(k_sl), len(g_sl), nx + len(gy_sl) + len(res), bwd.out_slots)
         back.metas = bwd.metas
         fwd.paired = (back, fk, fx, ny, len(res))
