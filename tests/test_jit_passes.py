@@ -317,6 +317,31 @@ def test_fused_gradients_match_within_tolerance():
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_full_sum_ends_a_fused_kernel_within_tolerance(dtype):
+    rng = np.random.default_rng(3)
+
+    def f(x, y):
+        t = x * y + 0.25 * x
+        return (t * t - y).sum(), t  # t is also returned: the kernel writes it and sums
+
+    def h(x):
+        return (x * x).sum(axis=0)  # not a full sum: it stays NumPy's
+
+    x = ng.tensor((rng.standard_normal((16, 20)) * 1e3).astype(dtype))
+    y = ng.tensor(rng.standard_normal((16, 20)).astype(dtype))
+    jf = _check(f, x, y, fuse=True)
+    (k,) = [i for i in jf.program.instrs if i.kind == "fused"]
+    assert k.group.reduce is not None and len(k.outs) == 2
+    assert "= sum(" in str(jf.program) and jf.program.counts()["fused_ops"] == 6
+    hx = _check(h, x, fuse=True)
+    assert all(i.group.reduce is None for i in hx.program.instrs if i.kind == "fused")
+    big = ng.tensor(rng.standard_normal((300, 300)).astype(dtype))  # NumPy's pairwise sum wins
+    jb = _check(lambda a: (a * a + a).sum(), big, fuse=True)
+    assert any(i.name == "sum" and i.kind == "op" for i in jb.program.instrs)
+
+
+@needs_numba
 def test_kernels_are_written_to_the_cache_and_shared():
     def f(x):
         return ng.relu(x * 3.0 - 1.0)

@@ -167,7 +167,8 @@ class Program:
         for i in self.instrs:
             c[i.kind] = c.get(i.kind, 0) + 1
             if i.kind == "fused":
-                c["fused_ops"] = c.get("fused_ops", 0) + len(i.group.members)
+                c["fused_ops"] = c.get("fused_ops", 0) + len(i.group.members) + (
+                    i.group.reduce is not None)
         c.update({k: v for k, v in self.stats.items() if v})
         if self.plan is not None:
             c.update({k: v for k, v in self.plan.counts().items() if v})
@@ -183,9 +184,10 @@ class Program:
             args = ", ".join(self._show(a) for a in i.ins)
             if i.kind == "fused":
                 outs = ", ".join(f"%{s}" + _where(plan, s) for s in i.outs)
-                lines.append(f"  {outs} = fused {i.name}({args})  # {len(i.group.members)} ops"
-                             f" in one kernel")
-                for m in i.group.members:
+                red = i.group.reduce
+                lines.append(f"  {outs} = fused {i.name}({args})  # "
+                             f"{len(i.group.members) + (red is not None)} ops in one kernel")
+                for m in i.group.members + ([red] if red is not None else []):
                     margs = ", ".join(self._show(a) for a in m.ins)
                     lines.append(f"      %{m.out} = {m.name}({margs})")
                 continue
