@@ -250,6 +250,27 @@ def test_a_result_laid_out_like_transposed_operands_gets_no_kept_buffer():
     assert sq.out not in prog.plan.buf  # NumPy gives it the operands' (transposed) layout
 
 
+def test_a_step_without_array_inputs_runs_on_its_states_backend():
+    def run(jit):
+        w = ng.tensor(np.linspace(-1.0, 1.0, 12).reshape(3, 4), requires_grad=True)
+        opt = ng.optim.SGD([w], lr=0.1, momentum=0.9)
+
+        def step():
+            opt.zero_grad()
+            loss = ((w * w) * 2.0 + w).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        s = ng.jit(step, state=(w, opt), fuse=False) if jit else step
+        return [s().numpy() for _ in range(4)], w.numpy(), s
+
+    le, we, _ = run(False)
+    lj, wj, s = run(True)
+    assert all(_same(a, b) for a, b in zip(le, lj)) and _same(we, wj)
+    assert s.program.backend is not None and s.program.plan is not None
+
+
 def test_a_second_thread_gets_its_own_buffers():
     jf = ng.jit(lambda x: ng.tanh(x * 2.0) * 3.0 + x, fuse=False)
     xs = [ng.randn(50, 50) for _ in range(2)]

@@ -44,7 +44,7 @@ class Program:
         self.stats: dict = {}  # what the passes did (see counts())
         self.plan = None  # the buffer plan (:func:`.passes.plan_memory`), or None
         instrs = eliminate_dead_code(instrs, self.out_slots)
-        if meta is not None and optimize:
+        if meta is not None and optimize and backend is not None:
             from . import passes
 
             self.values = values or {}  # the traced arrays (kernels are compiled for them)

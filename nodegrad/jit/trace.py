@@ -86,6 +86,8 @@ class Recorder:
             return a
 
         s = self._new(array)
+        if self.backend is None:  # a step without array inputs works on its state's device
+            self.backend = B.backend_of(array)
         self.instrs.append(Instr("load", name, load, (), s))
         return s
 
