@@ -363,6 +363,19 @@ def test_a_full_sum_ends_a_fused_kernel_within_tolerance(dtype):
 
 
 @needs_numba
+def test_tanh_and_sigmoid_gradients_fuse_bit_for_bit():
+    f = ng.grad(lambda x: (ng.tanh(x * 1.5) * 2.0 + ng.sigmoid(x) * x).sum())
+    for dt in (ng.float32, ng.float64):
+        jf = _check(f, ng.randn(300, 40, dtype=dt), fuse=False)  # the reference: unfused
+        x = ng.randn(300, 40, dtype=dt)  # 12000 elements: no transcendental op joins a kernel
+        jf = ng.jit(f, fuse=True)
+        for _ in range(2):
+            assert _same(jf(x).numpy(), f(x).numpy())
+        fused = [m.name for i in jf.program.instrs if i.kind == "fused" for m in i.group.members]
+        assert "tanh_grad" in fused and "sigmoid_grad" in fused
+
+
+@needs_numba
 def test_kernels_are_written_to_the_cache_and_shared():
     def f(x):
         return ng.relu(x * 3.0 - 1.0)

@@ -38,6 +38,9 @@ _TEMPLATES: dict[str, tuple] = {
     "minimum": (2, "({a} if ({a} <= {b} or {a} != {a}) else {b})"),
     "relu": (1, "({a} if ({a} >= _0 or {a} != {a}) else _0)"),
     "relu_grad": (2, "({a} * _1 if {b} > _0 else {a} * _0)"),
+    # the VJPs of tanh and sigmoid from their outputs, in NumPy's order (ops/elementwise.py)
+    "tanh_grad": (2, "({a} * (_1 - {b} * {b}))"),
+    "sigmoid_grad": (2, "({a} * ((_1 - {b}) * {b}))"),
     "where": (3, "({b} if {a} else {c})"),
     "equal": (2, "({a} == {b})"), "not_equal": (2, "({a} != {b})"),
     "less": (2, "({a} < {b})"), "less_equal": (2, "({a} <= {b})"),
