@@ -336,7 +336,7 @@ def _numba_source(shape, body, results, in_specs, nscalars, dtype=None) -> str:
     summed = [(o, r[1:]) for o, r in zip(outs, results) if r.startswith("+")]
     plain = dtype == B.float32  # float32 values add up in float64 as they are; float64 ones
     # with Kahan's compensation, so either stays within NumPy's pairwise error
-    for o, _ in summed:  # compensated (Kahan) summation in float64: as close as NumPy's
+    for o, _ in summed:  # running sums in float64
         lines.append(f"{ind}s_{o} = 0.0")
         lines.append(f"{ind}c_{o} = 0.0")
     size = "o0"  # an array of the kernel's shape gives the loop bounds
