@@ -92,7 +92,7 @@ class Body:
         self.n_y = len(outs) - n_carry
         self.metas = rec.metas  # (shape, dtype) of each output, per step
         self.dtype = self.metas[0][1] if self.metas else None
-        self._program = None
+        self._programs: dict = {}  # fuse flag -> the body's array program
         self.derived: dict = {}
         self.paired = None  # (backward body, fk, fx, n_y, n_res) of a residual-saving forward
 
@@ -106,17 +106,22 @@ class Body:
             b.out_slots = self.out_slots + carry
             b.n_y, b.n_hist = self.n_y + self.n_carry, self.n_carry
             b.metas = self.metas + self.metas[:self.n_carry]
-            b._program, b.derived, b.paired = None, {}, None
+            b._programs, b.derived, b.paired = {}, {}, None
             self.derived["hist"] = b
         return b
 
-    def program(self) -> Program:
-        """The body as an array program (compiled on first use)."""
-        if self._program is None:
+    def program(self, fuse: bool = False) -> Program:
+        """The body as an array program, optimised by jit's passes (CSE, folding, kept buffers:
+        bit-identical results) and, with ``fuse`` (a jitted step's scan), with its elementwise
+        chains fused; compiled on first use. The carry and the per-step outputs are outputs of
+        the program, so they never share a kept buffer: each step returns new arrays."""
+        prog = self._programs.get(fuse)
+        if prog is None:
             r = self.rec
-            self._program = Program(list(r.instrs), r.nslots, r.consts, self.in_slots,
-                                    self.out_slots, r.backend)
-        return self._program
+            prog = self._programs[fuse] = Program(
+                list(r.instrs), r.nslots, r.consts, self.in_slots, self.out_slots, r.backend,
+                meta=dict(r.avals), fuse=fuse)
+        return prog
 
     def __call__(self, *ins) -> list:
         """Run the body on tensors, primitive by primitive (so transforms see every step)."""
@@ -162,6 +167,7 @@ def _example(t, k: int | None) -> Tensor:
 def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan") -> Body:
     """Trace ``fn(consts, carry, x) -> (carry, y)`` (flat lists of tensors) once."""
     rec = _BodyRecorder()
+    rec.fuse = _fusing()  # a nested loop's body fuses when the enclosing jitted step does
     ks, cs, xt = ([_example(t, None) for t in consts], [_example(t, None) for t in carry],
                   [_example(t, 0) for t in xs])
     slots = [[rec._new(t.data) for t in group] for group in (ks, cs, xt)]
@@ -202,6 +208,15 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
     return Body(rec, slots[0], slots[1], slots[2], out_slots, len(cs))
 
 
+def _fusing() -> bool:
+    """Whether the scan being bound belongs to a jitted step that fuses its kernels."""
+    return bool(getattr(modes().jit, "fuse", False))
+
+
+def _params(body: Body, length: int, reverse: bool) -> dict:
+    return {"body": body, "length": length, "reverse": reverse, "fuse": _fusing()}
+
+
 def _needs_grad(ts) -> bool:
     return modes().grad_enabled and any(isinstance(t, Tensor) and t.requires_grad for t in ts)
 
@@ -220,7 +235,7 @@ def _apply(body: Body, consts: list, init: list, xs: list, length: int,
         else:  # the residuals' VJP may have made constants of its own (they are inputs too)
             ins = ins[:len(ins) - len(init) - len(xs)] + list(b.rec.captured) + ins[
                 len(ins) - len(init) - len(xs):]
-    packed = bind(scan_p, tuple(ins), {"body": b, "length": length, "reverse": reverse})
+    packed = bind(scan_p, tuple(ins), _params(b, length, reverse))
     carry, ys = b.unpack(packed, length)
     return carry, ys[:body.n_y]
 
@@ -231,7 +246,7 @@ def _split(body: Body, args) -> tuple[list, list, list]:
     return list(args[:nk]), list(args[nk:nk + nc]), list(args[nk + nc:])
 
 
-def _scan_fwd(xp, *arrays, body: Body, length: int, reverse: bool):
+def _scan_fwd(xp, *arrays, body: Body, length: int, reverse: bool, fuse: bool = False):
     consts, carry, xs = _split(body, arrays)
     out = xp.empty(sum(body.sizes(length)), dtype=body.dtype)
     views, at = [], 0
@@ -240,10 +255,13 @@ def _scan_fwd(xp, *arrays, body: Body, length: int, reverse: bool):
         at += n
     nc = body.n_carry
     yv = views[nc:]
-    run = body.program().run
+    run = body.program(fuse).run
+    # each step's slices, made at C speed (iterating a 1-d array would give scalars, not 0-d)
+    rows = list(zip(*(x if x.ndim > 1 else [x[t, ...] for t in range(length)] for x in xs))) \
+        if xs else [()] * length
     for k in range(length):
         t = length - 1 - k if reverse else k
-        res = run(consts + carry + [x[t, ...] for x in xs])
+        res = run(consts + carry + list(rows[t]))
         carry = res[:nc]
         for v, y in zip(yv, res[nc:]):
             v[t] = y
@@ -263,7 +281,8 @@ def _substitute(base: list, where: list, vals) -> list:
     return out
 
 
-def _scan_vjp(needs, g, ans, *args, body: Body, length: int, reverse: bool):
+def _scan_vjp(needs, g, ans, *args, body: Body, length: int, reverse: bool,
+              fuse: bool = False):
     consts, init, xs = _split(body, args)
     nk_, nc_ = len(consts), body.n_carry
     nc = body.n_carry
@@ -278,7 +297,7 @@ def _scan_vjp(needs, g, ans, *args, body: Body, length: int, reverse: bool):
         return _vjp_result(carry, gxs, fk, fx, len(consts), nc, len(xs))
     if body.n_hist < nc:  # the forward kept no carries (it needed no gradient): run it again
         hb = body.with_history()
-        ans = bind(scan_p, args, {"body": hb, "length": length, "reverse": reverse})
+        ans = bind(scan_p, args, _params(hb, length, reverse))
         gc, gy = body.unpack(g, length)
         _, extra = hb.unpack(ans, length)
         gy = gy + [zeros_like(h) for h in extra[body.n_y:]]
@@ -345,7 +364,7 @@ def _part_body(rec, ins: list, n_consts: int, n_carry: int, n_x: int, outs: list
     b.n_y = len(outs) - n_carry
     b.metas = [rec.avals[s] for s in outs]
     b.dtype = b.metas[0][1]
-    b._program, b.derived, b.paired = None, {}, None
+    b._programs, b.derived, b.paired = {}, {}, None
     return b
 
 
@@ -375,7 +394,13 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
         if all(a in primal for a in args):
             primal.add(out)
     tangent = {e[3] for e in rec.eqns if e[3] not in primal}
-    free = set(k_sl) | set(x_sl) | set(rec.consts)
+    # values made from the constants alone (a transposed weight) are the same at every step:
+    # the backward recomputes them rather than the forward stacking one copy per step
+    invariant = set(k_sl) | set(rec.consts)
+    for _, _, args, out in rec.eqns:
+        if all(a in invariant for a in args):
+            invariant.add(out)
+    free = set(k_sl) | set(x_sl) | invariant
     res: list = []
     for _, _, args, out in rec.eqns:
         if out in tangent:
@@ -386,7 +411,8 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
             rec.avals[s][1] == body.dtype for s in res):
         fwd = _part_body(_Part(rec, primal, rec.captured), k_sl + c_sl + x_sl, len(k_sl), nc,
                          nx, f_outs + res)
-        back = _part_body(_Part(rec, tangent, []), k_sl + g_sl + x_sl + gy_sl + res,
+        back = _part_body(_Part(rec, tangent | (invariant & primal), []),
+                          k_sl + g_sl + x_sl + gy_sl + res,
                           len(k_sl), len(g_sl), nx + len(gy_sl) + len(res), bwd.out_slots)
         back.metas = bwd.metas
         fwd.paired = (back, fk, fx, ny, len(res))
@@ -395,7 +421,8 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
     return result
 
 
-def _scan_jvp(tangents, ans, *args, body: Body, length: int, reverse: bool):
+def _scan_jvp(tangents, ans, *args, body: Body, length: int, reverse: bool,
+              fuse: bool = False):
     consts, init, xs = _split(body, args)
     tk, tc, tx = _split(body, tangents)
     nk, nc, nx = len(consts), body.n_carry, len(xs)
@@ -427,7 +454,7 @@ def _scan_jvp(tangents, ans, *args, body: Body, length: int, reverse: bool):
     return concatenate([reshape(p, (p.numel(),)) for p in parts], 0)
 
 
-def _scan_batch(vals, bdims, body: Body, length: int, reverse: bool):
+def _scan_batch(vals, bdims, body: Body, length: int, reverse: bool, fuse: bool = False):
     size = size_of(vals, bdims)
     consts, init, xs = _split(body, vals)
     kb, cb, xb = _split(body, bdims)

@@ -154,6 +154,123 @@ def test_kept_buffers_do_not_corrupt_training_state():
     assert s.program.plan.buffers
 
 
+def test_accumulated_gradients_are_taken_without_a_copy_and_stay_intact():
+    from nodegrad import nn
+
+    def run(jit):
+        ng.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 3))
+        opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+
+        def step(x, y):
+            loss = ng.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        s = ng.jit(step, state=(model, opt), fuse=False) if jit else step
+        rng = np.random.default_rng(0)
+        held, losses = [], []
+        for _ in range(4):
+            opt.zero_grad(set_to_none=True)
+            losses.append(s(ng.tensor(rng.standard_normal((8, 6)).astype(np.float32)),
+                            ng.tensor(rng.integers(0, 3, 8))).numpy())
+            held.append([(p.grad.data, p.grad.numpy().copy()) for p in model.parameters()])
+        return losses, held, model, s
+
+    le, he, me, _ = run(False)
+    lj, hj, mj, s = run(True)
+    assert s.program.counts().get("owned_grads", 0) >= 2
+    assert all(_same(a, b) for a, b in zip(le, lj))
+    for (n, a), b in zip(me.state_dict().items(), mj.state_dict().values()):
+        assert _same(a.numpy(), b.numpy()), n
+    for call_e, call_j in zip(he, hj):  # a gradient taken over is never written by a later call
+        for (_, want), (arr, snap) in zip(call_e, call_j):
+            assert _same(arr, snap) and _same(arr, want)
+    arrays = [arr for call in hj for arr, _ in call]
+    assert len({id(a) for a in arrays}) == len(arrays)
+
+
+def _per_example_norms():
+    ng.manual_seed(0)
+    sizes = (20, 64, 64, 5)
+    p = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        p[f"w{i}"] = ng.randn(b, a) * (1 / a) ** 0.5
+        p[f"b{i}"] = ng.zeros(b)
+
+    def loss(p, x, y):
+        h = x
+        for i in range(3):
+            h = ng.linear(h, p[f"w{i}"], p[f"b{i}"])
+            h = ng.tanh(h) if i < 2 else h
+        return -ng.where(ng.arange(5) == y, ng.log_softmax(h, axis=-1), 0.0).sum()
+
+    pe = ng.vmap(ng.grad(loss), in_axes=(None, 0, 0))
+
+    def norms(p, x, y):
+        g = pe(p, x, y)
+        return sum((v * v).sum() for v in g.values())
+
+    rng = np.random.default_rng(0)
+    x = ng.tensor(rng.standard_normal((128, 20)).astype(np.float32))
+    y = ng.tensor(rng.integers(0, 5, 128))
+    return norms, (p, x, y)
+
+
+def test_a_replay_releases_dead_intermediates():
+    import tracemalloc
+
+    f, args = _per_example_norms()
+    jf = _check(f, *args, fuse=False)
+    prog = jf.program
+    dels = [ln for lines in prog._releases().values() for ln in lines]
+    assert len(dels) >= 5  # the per-example gradients and their squares are let go
+    peaks = []
+    for g in (jf, f):
+        g(*args)
+        tracemalloc.start()
+        try:
+            g(*args)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[0] <= peaks[1]
+
+
+def test_a_result_laid_out_like_transposed_operands_gets_no_kept_buffer():
+    def f(x):
+        t = x.T
+        return ((t * t) * 2.0).sum()
+
+    x = ng.randn(300, 200)
+    jf = _check(f, x, fuse=False)
+    prog = jf.program
+    sq = [i for i in prog.instrs if i.name == "multiply"][0]
+    assert sq.out not in prog.plan.buf  # NumPy gives it the operands' (transposed) layout
+
+
+def test_a_step_without_array_inputs_runs_on_its_states_backend():
+    def run(jit):
+        w = ng.tensor(np.linspace(-1.0, 1.0, 12).reshape(3, 4), requires_grad=True)
+        opt = ng.optim.SGD([w], lr=0.1, momentum=0.9)
+
+        def step():
+            opt.zero_grad()
+            loss = ((w * w) * 2.0 + w).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        s = ng.jit(step, state=(w, opt), fuse=False) if jit else step
+        return [s().numpy() for _ in range(4)], w.numpy(), s
+
+    le, we, _ = run(False)
+    lj, wj, s = run(True)
+    assert all(_same(a, b) for a, b in zip(le, lj)) and _same(we, wj)
+    assert s.program.backend is not None and s.program.plan is not None
+
+
 def test_a_second_thread_gets_its_own_buffers():
     jf = ng.jit(lambda x: ng.tanh(x * 2.0) * 3.0 + x, fuse=False)
     xs = [ng.randn(50, 50) for _ in range(2)]
@@ -218,6 +335,44 @@ def test_fused_gradients_match_within_tolerance():
             for a, e in zip(_leaves(jg(x, w, b)), _leaves(g(x, w, b))):
                 _close(a, e)
         assert jg.program.counts().get("fused", 0) >= 2
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_full_sum_ends_a_fused_kernel_within_tolerance(dtype):
+    rng = np.random.default_rng(3)
+
+    def f(x, y):
+        t = x * y + 0.25 * x
+        return (t * t - y).sum(), t  # t is also returned: the kernel writes it and sums
+
+    def h(x):
+        return (x * x).sum(axis=0)  # not a full sum: it stays NumPy's
+
+    x = ng.tensor((rng.standard_normal((16, 20)) * 1e3).astype(dtype))
+    y = ng.tensor(rng.standard_normal((16, 20)).astype(dtype))
+    jf = _check(f, x, y, fuse=True)
+    (k,) = [i for i in jf.program.instrs if i.kind == "fused"]
+    assert k.group.reduce is not None and len(k.outs) == 2
+    assert "= sum(" in str(jf.program) and jf.program.counts()["fused_ops"] == 6
+    hx = _check(h, x, fuse=True)
+    assert all(i.group.reduce is None for i in hx.program.instrs if i.kind == "fused")
+    big = ng.tensor(rng.standard_normal((300, 300)).astype(dtype))  # NumPy's pairwise sum wins
+    jb = _check(lambda a: (a * a + a).sum(), big, fuse=True)
+    assert any(i.name == "sum" and i.kind == "op" for i in jb.program.instrs)
+
+
+@needs_numba
+def test_tanh_and_sigmoid_gradients_fuse_bit_for_bit():
+    f = ng.grad(lambda x: (ng.tanh(x * 1.5) * 2.0 + ng.sigmoid(x) * x).sum())
+    for dt in (ng.float32, ng.float64):
+        jf = _check(f, ng.randn(300, 40, dtype=dt), fuse=False)  # the reference: unfused
+        x = ng.randn(300, 40, dtype=dt)  # 12000 elements: no transcendental op joins a kernel
+        jf = ng.jit(f, fuse=True)
+        for _ in range(2):
+            assert _same(jf(x).numpy(), f(x).numpy())
+        fused = [m.name for i in jf.program.instrs if i.kind == "fused" for m in i.group.members]
+        assert "tanh_grad" in fused and "sigmoid_grad" in fused
 
 
 @needs_numba

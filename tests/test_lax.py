@@ -155,7 +155,7 @@ def test_jit_scan_is_one_instruction_and_equals_eager():
     def f(h0, xs):
         return lax.scan(_cell(w), h0, xs)
 
-    jf = ng.jit(f)
+    jf = ng.jit(f, fuse=False)  # the body's passes alone change no bit
     h0, xs = ng.tensor(H0), ng.tensor(XS)
     for _ in range(2):
         (c, ys), (c2, ys2) = jf(h0, xs), f(h0, xs)
@@ -164,7 +164,7 @@ def test_jit_scan_is_one_instruction_and_equals_eager():
     names = [i.name for i in jf.program.instrs if i.kind == "op"]
     assert names.count("scan") == 1 and "tanh" not in names
 
-    g = ng.jit(ng.grad(lambda w, h0, xs: lax.scan(_cell(w), h0, xs)[1].sum()))
+    g = ng.jit(ng.grad(lambda w, h0, xs: lax.scan(_cell(w), h0, xs)[1].sum()), fuse=False)
     ge = ng.grad(lambda w, h0, xs: lax.scan(_cell(w), h0, xs)[1].sum())
     for _ in range(2):
         assert np.array_equal(g(w, h0, xs).numpy(), ge(w, h0, xs).numpy())
@@ -173,6 +173,55 @@ def test_jit_scan_is_one_instruction_and_equals_eager():
     fwd, bwd = (i.fn.params["body"] for i in g.program.instrs if i.name == "scan")
     # the forward saves what the VJP reads, so the backward does not recompute the step
     assert "op tanh(" in str(fwd.program()) and "op tanh(" not in str(bwd.program())
+
+
+def _jit_close(got, want):
+    """Fused kernels may reorder arithmetic: 1e-6 relative in float32, 1e-12 in float64."""
+    got, want = np.asarray(got.numpy()), np.asarray(want.numpy())
+    tol = 1e-6 if want.dtype == np.float32 else 1e-12
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def _fused_ops(prog) -> int:
+    return sum(len(i.group.members) for i in prog.instrs if i.kind == "fused")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_jit_scan_fuses_its_body_and_equals_eager(dtype):
+    pytest.importorskip("numba")
+    w = ng.tensor(W.astype(dtype))
+    b = ng.tensor(RNG.standard_normal(4).astype(dtype))
+
+    def cell(h, x):
+        h = ng.tanh(h @ w + x * 0.5 + b) * 0.9 + h * 0.1
+        return h, ng.sigmoid(h) * h + 1.0
+
+    def f(h0, xs):
+        return lax.scan(cell, h0, xs)
+
+    jf = ng.jit(f, fuse=True)
+    h0, xs = ng.tensor(H0.astype(dtype)), ng.tensor(XS.astype(dtype))
+    for _ in range(3):  # the carry and the stacked ys are new arrays on every call
+        (c, ys), (c2, ys2) = jf(h0, xs), f(h0, xs)
+        held = c.numpy().copy(), ys.numpy().copy()
+        _jit_close(c, c2)
+        _jit_close(ys, ys2)
+        jf(ng.tensor(H0.astype(dtype) * 2), xs)  # a later call leaves these results alone
+        assert np.array_equal(c.numpy(), held[0]) and np.array_equal(ys.numpy(), held[1])
+        xs = ng.tensor(xs.numpy()[::-1].copy())
+    (scan_i,) = [i for i in jf.program.instrs if i.name == "scan"]
+    body = scan_i.fn.params["body"].program(scan_i.fn.params["fuse"])
+    assert _fused_ops(body) >= 3 and "fused" in str(jf.program)
+
+    loss = lambda w_, h0_, xs_: lax.scan(  # noqa: E731
+        lambda h, x: (ng.tanh(h @ w_ + x) * 0.9 + h * 0.1, ng.sigmoid(h) * h), h0_, xs_)[1].sum()
+    g, ge = ng.jit(ng.grad(loss, argnums=(0, 1, 2)), fuse=True), ng.grad(loss, argnums=(0, 1, 2))
+    for _ in range(2):
+        for a, e in zip(g(w, h0, xs), ge(w, h0, xs)):
+            _jit_close(a, e)
+    bodies = [i.fn.params["body"].program(True) for i in g.program.instrs if i.name == "scan"]
+    assert len(bodies) == 2 and all(_fused_ops(p) >= 1 for p in bodies)
 
 
 @pytest.mark.parametrize("mode", ["GRU", "LSTM", "RNN"])
@@ -202,6 +251,29 @@ def test_recurrent_layers_under_jit_use_one_scan(mode):
     names = [i.name for i in jstep.program.instrs if i.kind == "op"]
     assert names.count("scan") == 2 * 2  # per layer: the forward loop and its reverse scan
     assert names.count("tanh") == 0  # no step is unrolled into the outer program
+
+
+@pytest.mark.parametrize("mode", ["GRU", "LSTM", "RNN"])
+def test_recurrent_layers_with_fused_bodies_equal_eager_float64(mode):
+    pytest.importorskip("numba")
+    ng.manual_seed(1)
+    layer = getattr(nn, mode)(5, 6, num_layers=1, dtype="float64")
+    names = [n for n, _ in layer.named_parameters()]
+
+    def loss(*ps_x):
+        out = nn.functional_call(layer, dict(zip(names, ps_x[:-1])), ps_x[-1])[0]
+        return (ng.tanh(out) * out).sum()
+
+    argnums = tuple(range(len(names)))
+    jl, el = ng.jit(ng.grad(loss, argnums=argnums), fuse=True), ng.grad(loss, argnums=argnums)
+    ps = [p.detach() for p in layer.parameters()]
+    for _ in range(2):
+        x = ng.tensor(RNG.standard_normal((7, 3, 5)))
+        for a, e in zip(jl(*ps, x), el(*ps, x)):
+            _jit_close(a, e)
+    scans = [i for i in jl.program.instrs if i.name == "scan"]
+    assert len(scans) == 2 and all(i.fn.params["fuse"] for i in scans)
+    assert any(_fused_ops(i.fn.params["body"].program(True)) for i in scans)
 
 
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])

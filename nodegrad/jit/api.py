@@ -137,6 +137,7 @@ class Jitted:
     def _trace(self, key, leaves, arrays, args, kwargs, m):
         rec = Recorder()
         in_slots = [rec.input(a) for a in arrays]
+        rec.fuse = rec.backend is not None and self._fuse(rec)  # scan bodies read it
         m.jit = rec
         try:
             out = self.fn(*args, **kwargs)

@@ -38,6 +38,9 @@ _TEMPLATES: dict[str, tuple] = {
     "minimum": (2, "({a} if ({a} <= {b} or {a} != {a}) else {b})"),
     "relu": (1, "({a} if ({a} >= _0 or {a} != {a}) else _0)"),
     "relu_grad": (2, "({a} * _1 if {b} > _0 else {a} * _0)"),
+    # the VJPs of tanh and sigmoid from their outputs, in NumPy's order (ops/elementwise.py)
+    "tanh_grad": (2, "({a} * (_1 - {b} * {b}))"),
+    "sigmoid_grad": (2, "({a} * ((_1 - {b}) * {b}))"),
     "where": (3, "({b} if {a} else {c})"),
     "equal": (2, "({a} == {b})"), "not_equal": (2, "({a} != {b})"),
     "less": (2, "({a} < {b})"), "less_equal": (2, "({a} <= {b})"),
@@ -61,6 +64,11 @@ _POINTWISE.update(_TEMPLATES)
 # Above this many elements a transcendental op stays NumPy's: its vectorised exp/tanh beat the C
 # library's scalar ones, per element, by more than the saved passes over memory (docs/jit.md).
 LIBM_MAX_SIZE = 512
+
+# Up to this many elements a full sum at the end of a group is added up inside its kernel: the
+# kernel's one running sum (float64; Kahan-compensated for float64 data) beats NumPy's separate
+# call on small arrays, but not its vectorised pairwise sum on large ones (measured, docs/jit.md)
+REDUCE_MAX_SIZE = {B.float32: 4096, B.float64: 512}
 
 _numba = "unset"  # the numba module, None when it is not installed (tests set None to force it)
 _cache_dir: Path | None = None
@@ -114,6 +122,7 @@ class Group:
     dtype: object
     members: list
     sealed: bool = False
+    reduce: Instr | None = None  # a full ``sum`` of one member's result, computed in the kernel
 
 
 def _key(prog, i: Instr):
@@ -170,6 +179,11 @@ def fuse(prog, instrs: list) -> list:
             for g in groups:
                 g.sealed = True
         key = _key(prog, i)
+        g = made.get(i.ins[0]) if len(i.ins) == 1 else None
+        if g is not None and not g.sealed and _full_sum(prog, i, g):
+            g.reduce = i  # the kernel adds up the result as it makes it
+            g.sealed = True
+            continue
         reads = {id(made[a]): made[a] for a in i.ins if a in made}
         join = [g for g in reads.values() if key is not None and not g.sealed
                 and (g.shape, g.dtype) == key]
@@ -192,8 +206,8 @@ def fuse(prog, instrs: list) -> list:
         g.members.append(i)
         made[i.out] = g
     for g in groups:
-        if len(g.members) >= 2:
-            for m in g.members:
+        if len(g.members) + (g.reduce is not None) >= 2:
+            for m in g.members + ([g.reduce] if g.reduce is not None else []):
                 member_of[id(m)] = g
     if not member_of or (not prog.backend.device_id and _get_numba() is None):
         return instrs
@@ -204,7 +218,8 @@ def fuse(prog, instrs: list) -> list:
         for a in i.ins:
             readers.setdefault(a, set()).add(-1 if g is None else id(g))
     outs = set(prog.out_slots)
-    last = {id(g): g.members[-1] for g in groups if len(g.members) >= 2}
+    last = {id(g): g.reduce or g.members[-1] for g in groups
+            if len(g.members) + (g.reduce is not None) >= 2}
     kernels = _Kernels(prog)
     result = []
     try:
@@ -221,6 +236,27 @@ def fuse(prog, instrs: list) -> list:
         return instrs
     prog.stats["fused_groups"] = sum(1 for i in result if i.kind == "fused")
     return result
+
+
+def _full_sum(prog, i: Instr, g: Group) -> bool:
+    """Whether ``i`` sums all of a member's result to a 0-d array of the group's dtype (on the
+    CPU: a numba kernel accumulates it; CuPy's elementwise kernels do not reduce)."""
+    if i.kind != "op" or i.name != "sum" or prog.backend.device_id is not None:
+        return False
+    p = i.params or {}
+    if p.get("keepdims") or i.out not in prog.meta or i.ins[0] not in prog.meta:
+        return False
+    axis = p.get("axis")
+    nd = len(g.shape)
+    if axis is not None:
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        if sorted(a % nd for a in axes) != list(range(nd)):
+            return False
+    n = 1
+    for d in g.shape:
+        n *= d
+    return (prog.meta[i.out] == ((), g.dtype) and prog.meta[i.ins[0]][0] == g.shape
+            and n <= REDUCE_MAX_SIZE.get(g.dtype, 0))
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -243,6 +279,8 @@ class _Kernels:
         inside = {m.out for m in g.members}
         results = [m.out for m in g.members
                    if m.out in outs or readers.get(m.out, set()) - {id(g)}]
+        if g.reduce is not None:
+            results.append(g.reduce.out)
         arrays: list[int] = []  # external array inputs, in order of first use
         scalars: list[int] = []  # typed scalar constants (new const slots)
         names: dict[int, str] = {}
@@ -270,12 +308,14 @@ class _Kernels:
         zero = self._typed_const(0, g.dtype)
         one = self._typed_const(1, g.dtype)
         ins = tuple(arrays) + tuple(scalars) + (zero, one)
+        if g.reduce is not None:  # the last output is the sum of this member's values
+            names[g.reduce.out] = "+" + names[g.reduce.ins[0]]
         if self.cuda:
             fn, src = _cupy_kernel(g, body, [names[s] for s in results], in_specs, out_specs,
                                    len(scalars))
         else:
             src = _numba_source(g.shape, body, [names[s] for s in results], in_specs,
-                                len(scalars))
+                                len(scalars), g.dtype)
             fn = _load(src)
             _warm(fn, prog, ins, out_specs)  # compiles now, at trace time
         name = "k" + hashlib.sha1(src.encode()).hexdigest()[:8]
@@ -283,7 +323,7 @@ class _Kernels:
                      group=g)
 
 
-def _numba_source(shape, body, results, in_specs, nscalars) -> str:
+def _numba_source(shape, body, results, in_specs, nscalars, dtype=None) -> str:
     nd = len(shape)
     outs = [f"o{j}" for j in range(len(results))]
     params = outs + [f"a{j}" for j in range(len(in_specs))] + [
@@ -293,8 +333,19 @@ def _numba_source(shape, body, results, in_specs, nscalars) -> str:
              "@numba.njit(cache=True, error_model='numpy', nogil=True)",
              f"def kernel({', '.join(params)}):"]
     ind = "    "
+    summed = [(o, r[1:]) for o, r in zip(outs, results) if r.startswith("+")]
+    plain = dtype == B.float32  # float32 values add up in float64 as they are; float64 ones
+    # with Kahan's compensation, so either stays within NumPy's pairwise error
+    for o, _ in summed:  # running sums in float64
+        lines.append(f"{ind}s_{o} = 0.0")
+        lines.append(f"{ind}c_{o} = 0.0")
+    size = "o0"  # an array of the kernel's shape gives the loop bounds
+    if len(summed) == len(outs):
+        full_in = [j for j, (sh, _dt) in enumerate(in_specs) if tuple(sh) == tuple(shape)]
+        size = f"a{full_in[0]}" if full_in else None
     for d in range(nd):
-        lines.append(f"{ind}for i{d} in range(o0.shape[{d}]):")
+        bound = f"{size}.shape[{d}]" if size else str(shape[d])
+        lines.append(f"{ind}for i{d} in range({bound}):")
         ind += "    "
     for j, (s, _dt) in enumerate(in_specs):
         lines.append(f"{ind}x{j} = a{j}[{_index(s, shape)}]")
@@ -302,7 +353,17 @@ def _numba_source(shape, body, results, in_specs, nscalars) -> str:
         lines.append(f"{ind}{name} = {expr}")
     full = ", ".join(f"i{d}" for d in range(nd))
     for o, r in zip(outs, results):
-        lines.append(f"{ind}{o}[{full}] = {r}")
+        if r.startswith("+") and plain:
+            lines.append(f"{ind}s_{o} += float({r[1:]})")
+        elif r.startswith("+"):
+            lines.append(f"{ind}y_{o} = float({r[1:]}) - c_{o}")
+            lines.append(f"{ind}u_{o} = s_{o} + y_{o}")
+            lines.append(f"{ind}c_{o} = (u_{o} - s_{o}) - y_{o}")
+            lines.append(f"{ind}s_{o} = u_{o}")
+        else:
+            lines.append(f"{ind}{o}[{full}] = {r}")
+    for o, _ in summed:
+        lines.append(f"    {o}[()] = s_{o}")
     return "\n".join(lines) + "\n"
 
 

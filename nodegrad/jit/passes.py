@@ -229,10 +229,12 @@ class Plan:
         self.buf: dict[int, int] = {}
         self.buffers: list[tuple] = []
         self.inplace = 0
+        self.owned: set[int] = set()  # results a gradient accumulation stores without a copy
 
     def counts(self) -> dict:
         return {"buffers": len(self.buffers), "buffered_results": len(self.buf),
-                "reused": len(self.buf) - len(self.buffers), "in_place": self.inplace}
+                "reused": len(self.buf) - len(self.buffers), "in_place": self.inplace,
+                "owned_grads": len(self.owned)}
 
 
 def _writes_out(i: Instr) -> bool:
@@ -242,20 +244,27 @@ def _writes_out(i: Instr) -> bool:
 def plan_memory(prog, instrs: list) -> Plan:
     """Give every fresh, non-escaping result of an ``out=``-capable op or fused kernel a kept
     buffer, reusing a buffer of the same shape and dtype once the last reader of that result and
-    of its views has run."""
+    of its views has run. Results that a gradient accumulation takes over (:func:`own_gradients`)
+    and results whose traced array was not C-ordered (NumPy lays a result out as its inputs are;
+    writing a transposed operand into a C-ordered buffer is several times slower) get none."""
     classes = _Classes(prog, instrs)
     last: dict[int, int] = {}  # alias-class root -> index of its last reader
     for k, i in enumerate(instrs):
         for a in i.ins:
             last[classes.find(a)] = k
     plan = Plan()
+    plan.owned = _owned_gradients(prog, instrs, classes, last)
+    values = getattr(prog, "values", {})
     free: dict[tuple, list[int]] = {}
     release: dict[int, list[tuple]] = {}  # instruction index -> buffers free after it
     for k, i in enumerate(instrs):
         if _writes_out(i):
             results = i.outs if i.kind == "fused" else (i.out,)
             for s in results:
-                if classes.is_escaped(s) or s not in prog.meta:
+                if classes.is_escaped(s) or s not in prog.meta or s in plan.owned:
+                    continue
+                v = values.get(s)
+                if i.kind == "op" and v is not None and not _c_ordered(v):
                     continue
                 spec = prog.meta[s]
                 b = None
@@ -273,6 +282,41 @@ def plan_memory(prog, instrs: list) -> Plan:
         for spec, b in release.pop(k, ()):
             free.setdefault(spec, []).append(b)
     return plan
+
+
+def _c_ordered(v) -> bool:
+    flags = getattr(v, "flags", None)
+    return flags is None or bool(flags.c_contiguous)
+
+
+def _owned_gradients(prog, instrs: list, classes: _Classes, last: dict) -> set:
+    """The slots a gradient accumulation may store as the leaf's ``.grad`` without a copy: a new
+    array of this call (a fresh op's or a fused kernel's result) that nothing reads afterwards,
+    neither itself nor a view of it, and that does not leave the program otherwise."""
+    made: set[int] = set()
+    owned: set[int] = set()
+    for k, i in enumerate(instrs):
+        if i.kind == "op" and i.name in FRESH and i.out is not None:
+            made.add(i.out)
+        elif i.kind == "fused":
+            made.update(i.outs)
+        elif (i.kind == "effect" and isinstance(i.params, dict) and "owned" in i.params
+              and len(i.ins) == 1):
+            s = i.ins[0]
+            if s in made and not classes.is_escaped(s) and last.get(classes.find(s)) == k:
+                owned.add(s)
+    return owned
+
+
+def own_gradients(prog, instrs: list) -> list:
+    """Switch the accumulations of the plan's owned results to their no-copy form."""
+    owned = getattr(prog.plan, "owned", ())
+    out = []
+    for i in instrs:
+        if i.kind == "effect" and i.ins and i.ins[0] in owned and isinstance(i.params, dict):
+            i = Instr(i.kind, i.name, i.params["owned"], i.ins, i.out, None, i.access)
+        out.append(i)
+    return out
 
 
 def _in_place(prog, classes, last, k, spec, plan, i: Instr, release) -> int | None:

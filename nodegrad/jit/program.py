@@ -44,17 +44,18 @@ class Program:
         self.stats: dict = {}  # what the passes did (see counts())
         self.plan = None  # the buffer plan (:func:`.passes.plan_memory`), or None
         instrs = eliminate_dead_code(instrs, self.out_slots)
-        if meta is not None and optimize:
+        if meta is not None and optimize and backend is not None:
             from . import passes
 
+            self.values = values or {}  # the traced arrays (kernels are compiled for them)
             instrs = passes.optimise(self, instrs)
             if fuse:
                 from . import fuse as F
 
-                self.values = values or {}  # the traced arrays, to compile kernels for them
                 instrs = F.fuse(self, instrs)
-                del self.values
             self.plan = passes.plan_memory(self, instrs)
+            instrs = passes.own_gradients(self, instrs)
+            del self.values
         self.instrs = instrs
         self._fn = self._compile(fast=False)
         self._plain = self._fn  # used when the program is already running (re-entry, threads)
@@ -84,6 +85,7 @@ class Program:
                     ns[f"b{j}"] = self.backend.xp.empty(shape, dtype)
         ns["_empty"] = self.backend.xp.empty if self.backend is not None else None
         args = ", ".join(f"_a{k}" for k in range(len(self.in_slots)))
+        dead = self._releases()
         lines = [f"def _run({args}):"]
         lines += [f"    v{s} = _a{k}" for k, s in enumerate(self.in_slots)]
         for k, i in enumerate(self.instrs):
@@ -100,6 +102,7 @@ class Program:
                         ns[f"d{s}"] = dtype
                         lines.append(f"    v{s} = _empty({shape}, d{s})")
                 lines.append(f"    f{k}({', '.join([f'v{s}' for s in i.outs] + argv)})")
+                lines += dead.get(k, ())
                 continue
             b = plan.buf.get(i.out) if plan is not None and i.kind == "op" else None
             if fast and i.kind == "op" and not fn.converts:
@@ -107,14 +110,32 @@ class Program:
                 if ofn is not None:
                     ns[f"f{k}"] = ofn
                     lines.append(f"    v{i.out} = f{k}({', '.join(argv + [f'b{b}'])})")
+                    lines += dead.get(k, ())
                     continue
                 fn = fn.fast
             ns[f"f{k}"] = fn
             call = f"f{k}({', '.join(argv)})"
             lines.append(f"    v{i.out} = {call}" if i.out is not None else f"    {call}")
+            lines += dead.get(k, ())
         lines.append(f"    return [{', '.join(self._var(s) for s in self.out_slots)}]")
         exec(compile("\n".join(lines), "<nodegrad.jit program>", "exec"), ns)
         return ns["_run"]
+
+    def _releases(self) -> dict:
+        """Instruction index -> ``del`` lines of the large intermediates it reads last, so a
+        replay holds no more arrays alive than the eager code did (locals live until return)."""
+        last: dict[int, int] = {}
+        for k, i in enumerate(self.instrs):
+            for a in i.ins:
+                last[a] = k
+        keep = set(self.out_slots) | set(self.consts)
+        dead: dict[int, list] = {}
+        for s, k in last.items():
+            spec = self.meta.get(s)
+            if s in keep or spec is None or _nbytes(spec) < RELEASE_BYTES:
+                continue
+            dead.setdefault(k, []).append(f"    del v{s}")
+        return dead
 
     def run(self, inputs: list) -> list:
         """Replay on ``inputs`` (arrays, in the order of the traced inputs)."""
@@ -146,7 +167,8 @@ class Program:
         for i in self.instrs:
             c[i.kind] = c.get(i.kind, 0) + 1
             if i.kind == "fused":
-                c["fused_ops"] = c.get("fused_ops", 0) + len(i.group.members)
+                c["fused_ops"] = c.get("fused_ops", 0) + len(i.group.members) + (
+                    i.group.reduce is not None)
         c.update({k: v for k, v in self.stats.items() if v})
         if self.plan is not None:
             c.update({k: v for k, v in self.plan.counts().items() if v})
@@ -162,9 +184,10 @@ class Program:
             args = ", ".join(self._show(a) for a in i.ins)
             if i.kind == "fused":
                 outs = ", ".join(f"%{s}" + _where(plan, s) for s in i.outs)
-                lines.append(f"  {outs} = fused {i.name}({args})  # {len(i.group.members)} ops"
-                             f" in one kernel")
-                for m in i.group.members:
+                red = i.group.reduce
+                lines.append(f"  {outs} = fused {i.name}({args})  # "
+                             f"{len(i.group.members) + (red is not None)} ops in one kernel")
+                for m in i.group.members + ([red] if red is not None else []):
                     margs = ", ".join(self._show(a) for a in m.ins)
                     lines.append(f"      %{m.out} = {m.name}({margs})")
                 continue
@@ -178,6 +201,16 @@ class Program:
 
     def _show(self, a: int) -> str:
         return f"%{a}" if a not in self.consts else _const(self.consts[a])
+
+
+RELEASE_BYTES = 1 << 16  # smaller intermediates are left to the end of the replay
+
+
+def _nbytes(spec: tuple) -> int:
+    n = 1
+    for d in spec[0]:
+        n *= d
+    return n * spec[1].itemsize
 
 
 def _where(plan, s) -> str:
@@ -209,7 +242,8 @@ def eliminate_dead_code(instrs: list, out_slots: list) -> list:
 
 def _sub_program(i: Instr) -> list:
     """The lines of a loop instruction's body program (``lax.scan``), indented under it."""
-    body = getattr(i.fn, "params", {}).get("body")
+    params = getattr(i.fn, "params", {})
+    body = params.get("body")
     if body is None or not hasattr(body, "program"):
         return []
-    return ["    | " + ln for ln in str(body.program()).splitlines()]
+    return ["    | " + ln for ln in str(body.program(params.get("fuse", False))).splitlines()]

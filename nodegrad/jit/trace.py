@@ -86,7 +86,7 @@ class Recorder:
             return a
 
         s = self._new(array)
-        if self.backend is None:
+        if self.backend is None:  # a step without array inputs works on its state's device
             self.backend = B.backend_of(array)
         self.instrs.append(Instr("load", name, load, (), s))
         return s
@@ -149,7 +149,11 @@ class Recorder:
         def acc(v):
             fn(leaf, Tensor(v), False, _SEEN)
 
-        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None, access="read"))
+        def acc_owned(v):  # v is a new array of this call that nothing else reads (.passes)
+            fn(leaf, Tensor(v), False, set())
+
+        self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None,
+                                 params={"owned": acc_owned}, access="read"))
         grad = leaf.grad
         if grad is not None:
             self.keep.append(grad.data)
