@@ -276,7 +276,12 @@ def recorded(call: Call) -> set:
     """Names of the primitives recorded when ``call`` runs on inputs that require grad."""
     ins = [ng.Tensor(np.array(a), None, a.dtype.kind == "f") for a in call.args]
     out = call.fn(*ins)
-    stack = [o.node for o in (out if isinstance(out, tuple | list) else [out])]
+    return graph_names(out if isinstance(out, tuple | list) else [out])
+
+
+def graph_names(outs) -> set:
+    """Names of the primitives in the graph that produced the tensors ``outs``."""
+    stack = [o.node for o in outs]
     seen, names = set(), set()
     while stack:
         n = stack.pop()

@@ -10,6 +10,8 @@ from nodegrad import lax, nn
 from nodegrad.errors import DTypeError, JitError, ShapeError
 from nodegrad.testing import gradcheck
 
+from _opcases import graph_names
+
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((4, 4)) * 0.5
 XS = RNG.standard_normal((6, 3, 4))
@@ -309,14 +311,7 @@ def test_recurrent_layer_scans_eagerly_but_steps_under_vmap():
     x = ng.randn(5, 2, 3)
     out = gru(x)[0]
     assert out.node.prim.name != "scan"  # the outputs are unpacked from the scan's result
-    names, seen, stack = set(), set(), [out.node]
-    while stack:
-        n = stack.pop()
-        if n is None or not isinstance(n, ng.autodiff.Node) or id(n) in seen:
-            continue
-        seen.add(id(n))
-        names.add(n.prim.name)
-        stack.extend(n.parents)
+    names = graph_names([out])
     assert "scan" in names and "tanh" not in names
     per = ng.vmap(lambda xi: gru(xi)[0], in_axes=1, out_axes=1)(x)  # stepped, as before
     np.testing.assert_allclose(per.numpy(), out.numpy(), rtol=1e-5, atol=1e-6)
