@@ -1,9 +1,11 @@
 """The optimiser example's claims at small scale: GD needs O(κ) iterations, momentum O(√κ)."""
 
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,3 +69,15 @@ def test_jitted_steps_follow_the_eager_path():
             ex.JIT = True
     for m in ("SGD 1/√t", "Adadelta"):
         np.testing.assert_array_equal(np.array(paths[True, m]), np.array(paths[False, m]))
+
+
+@pytest.mark.slow
+def test_the_whole_quick_comparison_runs(tmp_path):
+    """`--quick` end to end (about 40 s): every method's table row and the figure."""
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "optimizers_on_quadratic.py"),
+                          "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for method in ("SGD 1/√t", "Adadelta", "Adam"):
+        assert method in out.stdout
+    assert list(tmp_path.glob("*.png"))
