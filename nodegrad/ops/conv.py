@@ -59,6 +59,12 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
         + tuple(st[1 + i] * dilation[i] for i in range(nd)) + st[-1:])
     npos, kk, g = math.prod(out), math.prod(k), groups
     if g == 1:
+        if c == 1 and stride[-1] == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1):
+            # one input channel: copied taps-major, the runs are whole output rows rather
+            # than one kernel row (~3x faster); the product takes the transposed view as is
+            taps = xp.ascontiguousarray(win.transpose(
+                tuple(range(1 + nd, 2 + 2 * nd)) + tuple(range(1 + nd))))  # (*k, C, N, *out)
+            return taps.reshape(1, kk * c, n * npos).transpose(0, 2, 1), out
         return win.reshape(1, n * npos, kk * c), out
     win = win.reshape((n,) + out + k + (g, c // g))  # (N, *out, *k, G, Cg)
     perm = (1 + 2 * nd,) + tuple(range(1 + 2 * nd)) + (2 + 2 * nd,)
