@@ -130,3 +130,23 @@ def test_freed_buffers_are_reused_without_page_faults():
     churn()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults < 500, f"{faults} page faults for 20 arrays of 4 MB (~20000 without reuse)"
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided", "broadcast"])
+@pytest.mark.parametrize("axis,keepdims", [((0, 2, 3), False), ((0, 2, 3), True), ((0,), False),
+                                           ((2, 3), True), ((1, 2, 3), False), ((0, 1), False)])
+def test_sum_over_outer_axes_matches_numpy(layout, axis, keepdims):
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((64, 8, 8, 16))
+    x = {"nchw": np.ascontiguousarray(base.transpose(0, 3, 1, 2)),
+         "channels_last": base.transpose(0, 3, 1, 2),
+         "strided": base.transpose(0, 3, 1, 2)[:, ::2],
+         "broadcast": np.broadcast_to(base[:1], base.shape).transpose(0, 3, 1, 2)}[layout]
+    for dt in (np.float32, np.float64):
+        xd = x.astype(dt) if layout != "broadcast" else x  # astype keeps the layout
+        got, want = B.sum_outer(xd, axis, keepdims), np.sum(xd, axis=axis, keepdims=keepdims)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-4 if xd.dtype == np.float32 else 1e-12,
+                                   atol=1e-3 if xd.dtype == np.float32 else 1e-10)

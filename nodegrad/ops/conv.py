@@ -59,6 +59,12 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
         + tuple(st[1 + i] * dilation[i] for i in range(nd)) + st[-1:])
     npos, kk, g = math.prod(out), math.prod(k), groups
     if g == 1:
+        if c == 1 and stride[-1] == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1):
+            # one input channel: copied taps-major, the runs are whole output rows rather
+            # than one kernel row (~3x faster); the product takes the transposed view as is
+            taps = xp.ascontiguousarray(win.transpose(
+                tuple(range(1 + nd, 2 + 2 * nd)) + tuple(range(1 + nd))))  # (*k, C, N, *out)
+            return taps.reshape(1, kk * c, n * npos).transpose(0, 2, 1), out
         return win.reshape(1, n * npos, kk * c), out
     win = win.reshape((n,) + out + k + (g, c // g))  # (N, *out, *k, G, Cg)
     perm = (1 + 2 * nd,) + tuple(range(1 + 2 * nd)) + (2 + 2 * nd,)
@@ -109,6 +115,8 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
     n, c = shape[:2]
     cg, k = w.shape[1], tuple(w.shape[2:])
     out = tuple(g.shape[2:])
+    if groups == 1 and any(s > 1 for s in stride) and math.prod(k) <= 32:
+        return _input_grad_strided(xp, g, w, stride, padding, dilation, shape)
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
     cols = B.matmul(rows, _kernel_rows(w, groups))                               # (G, N·P, K·Cg)
     cols = cols.reshape((groups, n) + out + k + (cg,))
@@ -123,6 +131,26 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
         buf[(slice(None),) + dst] += cols[(slice(None),) * (1 + nd) + taps]
     buf = buf[(slice(None),) + tuple(slice(p, p + s) for p, s in zip(padding, shape[2:]))]
     return buf.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))
+
+
+def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
+    """The transposed convolution of a strided ``conv`` (one group): the rows ordered positions
+    first and one product per kernel tap, so each tap's strided add into a positions-first
+    buffer moves whole (N, C) blocks instead of C-long runs (~1.5x faster at 16 channels)."""
+    nd = g.ndim - 2
+    n, c = shape[:2]
+    out = tuple(g.shape[2:])
+    rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])  # (P·N, O)
+    padded = tuple(s + 2 * p for s, p in zip(shape[2:], padding))
+    buf = None
+    for taps in itertools.product(*(range(ki) for ki in w.shape[2:])):
+        part = B.matmul(rows, w[(slice(None), slice(None)) + taps]).reshape(out + (n, c))
+        if buf is None:
+            buf = xp.zeros(padded + (n, c), dtype=part.dtype)
+        buf[tuple(slice(t * d, t * d + s * (m - 1) + 1, s)
+                  for t, m, s, d in zip(taps, out, stride, dilation))] += part
+    buf = buf[tuple(slice(p, p + s) for p, s in zip(padding, shape[2:]))]
+    return buf.transpose((nd, nd + 1) + tuple(range(nd)))                  # (N, C, *spatial)
 
 
 def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):

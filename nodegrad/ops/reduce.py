@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+from .. import _backend as B
 from ..autodiff import no_grad
 from ..primitive import primitive
 from .elementwise import astype, sqrt, where
@@ -27,7 +28,7 @@ def _spread(g, x, axis, keepdims):
     return broadcast_to(g, x.shape)
 
 
-_sum = primitive("sum", lambda xp, x, axis, keepdims: xp.sum(x, axis=axis, keepdims=keepdims),
+_sum = primitive("sum", lambda xp, x, axis, keepdims: B.sum_outer(x, axis, keepdims),
                  lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims),
                  saves="none", kind=_RED, jvp="linear", doc="Sum over axes.")
 _mean = primitive(
