@@ -341,11 +341,9 @@ def matmul(a, b):
     n = b.shape[-1] if b.ndim > 1 else 1
     if m * k * n >= SMALL_PRODUCT:
         return a @ b
-    get = _BlasThreads.get
-    if get is None and (_BlasThreads.looked or not _BlasThreads.find()):
+    if _BlasThreads.get is None and (_BlasThreads.looked or not _BlasThreads.find()):
         return a @ b
-    get = _BlasThreads.get
-    threads = get()
+    threads = _BlasThreads.get()
     if threads == 1:
         return a @ b
     _BlasThreads.set(1)
