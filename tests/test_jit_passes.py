@@ -3,6 +3,7 @@ buffers go, kept buffers never corrupt outputs or state, fused kernels match eag
 without transcendental functions, else within 1e-6 relative in float32 and 1e-12 in float64) on
 the op matrix and the zoo models, and without numba jit replays unfused."""
 
+import math
 import sys
 import threading
 from pathlib import Path
@@ -337,6 +338,10 @@ def test_fused_gradients_match_within_tolerance():
         assert jg.program.counts().get("fused", 0) >= 2
 
 
+def _kernels(jf) -> list:
+    return [i for i in jf.program.instrs if i.kind == "fused"]
+
+
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_full_sum_ends_a_fused_kernel_within_tolerance(dtype):
@@ -346,20 +351,115 @@ def test_a_full_sum_ends_a_fused_kernel_within_tolerance(dtype):
         t = x * y + 0.25 * x
         return (t * t - y).sum(), t  # t is also returned: the kernel writes it and sums
 
-    def h(x):
-        return (x * x).sum(axis=0)  # not a full sum: it stays NumPy's
-
     x = ng.tensor((rng.standard_normal((16, 20)) * 1e3).astype(dtype))
     y = ng.tensor(rng.standard_normal((16, 20)).astype(dtype))
     jf = _check(f, x, y, fuse=True)
-    (k,) = [i for i in jf.program.instrs if i.kind == "fused"]
+    (k,) = _kernels(jf)
     assert k.group.reduce is not None and len(k.outs) == 2
     assert "= sum(" in str(jf.program) and jf.program.counts()["fused_ops"] == 6
-    hx = _check(h, x, fuse=True)
-    assert all(i.group.reduce is None for i in hx.program.instrs if i.kind == "fused")
-    big = ng.tensor(rng.standard_normal((300, 300)).astype(dtype))  # NumPy's pairwise sum wins
-    jb = _check(lambda a: (a * a + a).sum(), big, fuse=True)
-    assert any(i.name == "sum" and i.kind == "op" for i in jb.program.instrs)
+    big = ng.tensor(rng.standard_normal((300, 300)).astype(dtype))
+    jb = _check(lambda a: (a * a + a).sum(), big, fuse=True)  # only the sum leaves the kernel
+    (k,) = _kernels(jb)
+    assert k.group.reduce is not None and k.outs == tuple(jb.program.out_slots)
+    assert not any(i.kind == "op" for i in jb.program.instrs)
+    # a big sum whose kernel must also write its terms (exact arithmetic: no reassociation,
+    # so one running sum) stays NumPy's pairwise sum
+    jw = _check(lambda a: ((a * a + a).sum(), a * a + a), big, fuse=True)
+    assert [i.name for i in jw.program.instrs if i.kind == "op"] == ["sum"]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, axis, keepdims", [
+    ((64, 30, 20), None, False), ((64, 30, 20), (1, 2), False), ((64, 30, 20), 0, False),
+    ((64, 30, 20), (0, 2), True), ((64, 30, 20), -1, True), ((7, 5000), 1, False),
+    ((3, 9000), None, True), ((300,), 0, False), ((256, 100), 0, False)])
+def test_sums_over_axes_fuse_within_tolerance(dtype, shape, axis, keepdims):
+    """A sum over any axes (bias gradients, per-example squared norms) ends the kernel of the
+    elementwise work that feeds it, broadcast inputs included, for small and large sizes."""
+    rng = np.random.default_rng(5)
+    a = ng.tensor(rng.standard_normal(shape[:-1] + (1,)).astype(dtype))
+    b = ng.tensor(rng.standard_normal(shape[-1:]).astype(dtype))
+    c = ng.tensor(rng.standard_normal(shape).astype(dtype))
+
+    def f(a, b, c):
+        t = a * b + c
+        return (t * t - 0.5 * c).sum(axis=axis, keepdims=keepdims)
+
+    jf = _check(f, a, b, c, fuse=True)
+    (k,) = _kernels(jf)
+    assert k.group.reduce is not None and len(k.outs) == 1 and "op" not in jf.program.counts()
+    assert all(spec[0] != shape for spec in jf.program.plan.buffers)  # no (shape) array kept
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sums_of_a_million_elements_are_accurate(dtype):
+    """The kernel's float64 blocked sums stay near the exact sum (float64 reference), as close
+    as NumPy's pairwise sum, on data with a large common offset (an error magnifier)."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(1 << 20) + 3.0).astype(dtype)
+    y = rng.standard_normal((1024, 1024)).astype(dtype)
+    cases = ((lambda v: v * v - v, None, x), (lambda v: v * 1.5 + 0.5, None, x),
+             (lambda m: m * m, 1, y))
+    for term, axis, a in cases:
+        def f(v, term=term, axis=axis):
+            return term(v).sum(axis=axis)
+
+        jf = _check(f, ng.tensor(a), fuse=True)
+        assert _kernels(jf)[0].group.reduce is not None
+        got = jf(ng.tensor(a)).numpy().astype(np.float64)
+        # the exact sum: of float64 terms (float32 data) or of the float64 terms, by fsum
+        terms = term(ng.tensor(a.astype(np.float64))).numpy()
+        exact = np.array([math.fsum(r) for r in terms.reshape(-1, terms.shape[-1])]) if (
+            axis is not None) else math.fsum(terms)
+        mine = np.max(np.abs(got - exact) / np.abs(exact))
+        theirs = np.max(np.abs(f(ng.tensor(a)).numpy() - exact) / np.abs(exact))
+        assert mine <= max(2 * theirs, 4 * np.finfo(dtype).eps), (mine, theirs)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sums_propagate_nan_and_inf_as_numpy_does(dtype):
+    x = np.ones((50, 200), dtype)
+    x[3, 7] = np.nan
+    x[10, 100] = np.inf
+    x[20, 5] = np.inf
+    x[20, 6] = -np.inf  # inf - inf in row 20
+    x[30, 199] = -np.inf
+    x[40, :] = np.finfo(dtype).max  # overflows to inf when squared
+    for f in (lambda v: (v * v + v).sum(), lambda v: (v * 2.0 - v).sum(axis=1),
+              lambda v: (v * 2.0 - v).sum(axis=0), lambda v: (v + 1.0).sum(axis=1) * 0.0,
+              lambda v: (v * v).sum(axis=1, keepdims=True)):
+        with np.errstate(all="ignore"):
+            jf = _check(f, ng.tensor(x), fuse=True)
+        assert _kernels(jf) and _kernels(jf)[0].group.reduce is not None
+
+
+@needs_numba
+def test_per_example_squared_norms_fuse_without_the_outer_products():
+    """jit(vmap(grad)) and the squared norms: each per-example outer product (the weight
+    gradients) is squared and summed inside one kernel, never written (W8's pattern)."""
+    rng = np.random.default_rng(0)
+    params = {"w": ng.tensor(rng.standard_normal((30, 20)).astype(np.float32) * 0.2),
+              "b": ng.tensor(rng.standard_normal(30).astype(np.float32) * 0.1)}
+    x = ng.tensor(rng.standard_normal((64, 20)).astype(np.float32))
+
+    def loss(p, x):
+        return ng.tanh(ng.linear(x, p["w"], p["b"])).sum()
+
+    pe = ng.vmap(ng.grad(loss), in_axes=(None, 0))
+
+    def norms(p, x):
+        g = pe(p, x)
+        return (g["w"] * g["w"]).sum() + (g["b"] * g["b"]).sum(axis=1).sum()
+
+    jf = _check(norms, params, x, fuse=True)
+    text = str(jf.program)
+    assert "= sum(" in text and "axis=(1,)" in text
+    sums = [i for i in jf.program.instrs if i.kind == "op" and i.name == "sum"]
+    assert [jf.program.meta[i.ins[0]][0] for i in sums] == [(64,)]  # the norms' sum only
+    assert all(spec[0] != (64, 30, 20) for spec in jf.program.plan.buffers)
 
 
 @needs_numba
@@ -480,6 +580,25 @@ def test_fused_kernels_on_cuda():
     for _ in range(3):
         _close(jf(x, b).numpy(), f(x, b).numpy())
     assert jf.program.counts()["fused"] >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sums_on_cuda(dtype):
+    """CuPy reduction kernels: full and partial sums of elementwise work, within tolerance."""
+    rng = np.random.default_rng(2)
+    a = ng.tensor(rng.standard_normal((64, 30, 1)).astype(dtype), device="cuda")
+    b = ng.tensor(rng.standard_normal((64, 1, 20)).astype(dtype), device="cuda")
+    for axis, keepdims in ((None, False), ((1, 2), False), (0, True)):
+        def f(a, b):
+            t = a * b
+            return (t * t + 0.5 * a).sum(axis=axis, keepdims=keepdims)
+
+        jf = ng.jit(f)
+        for _ in range(2):
+            _close(jf(a, b).numpy(), f(a, b).numpy())
+        (k,) = _kernels(jf)
+        assert k.group.reduce is not None and "op" not in jf.program.counts()
 
 
 @needs_numba

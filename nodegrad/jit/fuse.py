@@ -65,10 +65,18 @@ _POINTWISE.update(_TEMPLATES)
 # library's scalar ones, per element, by more than the saved passes over memory (docs/jit.md).
 LIBM_MAX_SIZE = 512
 
-# Up to this many elements a full sum at the end of a group is added up inside its kernel: the
-# kernel's one running sum (float64; Kahan-compensated for float64 data) beats NumPy's separate
-# call on small arrays, but not its vectorised pairwise sum on large ones (measured, docs/jit.md)
+# A ``sum`` at the end of a group (over all axes or some) is added up inside its kernel, so the
+# summed array is never written. A kernel whose only result is the sum is compiled with LLVM's
+# reassociation flags (never the NaN/Inf ones), which lets it split the innermost loop's running
+# sum into vector accumulators: far faster than NumPy's multiply-then-sum at every size. Sums
+# run in float64 (float32 data cast once at the end), the innermost axis in blocks of
+# REDUCE_BLOCK elements, so the error stays near NumPy's pairwise sum (docs/jit.md). A kernel
+# that also writes elementwise results keeps NumPy's exact arithmetic for them, so it has no
+# such flags and reduces its innermost axis (a loop-carried add) only up to REDUCE_MAX_SIZE.
 REDUCE_MAX_SIZE = {B.float32: 4096, B.float64: 512}
+REDUCE_BLOCK = 4096
+REASSOC = {"reassoc", "nsz"}  # numba fastmath flags: reorder additions, nothing about NaN/Inf
+
 
 _numba = "unset"  # the numba module, None when it is not installed (tests set None to force it)
 _cache_dir: Path | None = None
@@ -122,7 +130,8 @@ class Group:
     dtype: object
     members: list
     sealed: bool = False
-    reduce: Instr | None = None  # a full ``sum`` of one member's result, computed in the kernel
+    reduce: Instr | None = None  # a ``sum`` of one member's result, computed in the kernel
+    axes: tuple = ()  # the group's axes that ``reduce`` sums over (sorted)
 
 
 def _key(prog, i: Instr):
@@ -180,8 +189,9 @@ def fuse(prog, instrs: list) -> list:
                 g.sealed = True
         key = _key(prog, i)
         g = made.get(i.ins[0]) if len(i.ins) == 1 else None
-        if g is not None and not g.sealed and _full_sum(prog, i, g):
-            g.reduce = i  # the kernel adds up the result as it makes it
+        axes = _summed_axes(prog, i, g) if g is not None and not g.sealed else None
+        if axes is not None:
+            g.reduce, g.axes = i, axes  # the kernel adds up the result as it makes it
             g.sealed = True
             continue
         reads = {id(made[a]): made[a] for a in i.ins if a in made}
@@ -205,19 +215,23 @@ def fuse(prog, instrs: list) -> list:
             groups.append(g)
         g.members.append(i)
         made[i.out] = g
-    for g in groups:
-        if len(g.members) + (g.reduce is not None) >= 2:
-            for m in g.members + ([g.reduce] if g.reduce is not None else []):
-                member_of[id(m)] = g
+    outs = set(prog.out_slots)
+    while True:  # again after a sum has left a kernel that writes other results
+        member_of.clear()
+        for g in groups:
+            if len(g.members) + (g.reduce is not None) >= 2:
+                for m in g.members + ([g.reduce] if g.reduce is not None else []):
+                    member_of[id(m)] = g
+        readers: dict[int, set] = {}  # slot -> ids of the groups (or -1) that read it
+        for i in instrs:
+            g = member_of.get(id(i))
+            for a in i.ins:
+                readers.setdefault(a, set()).add(-1 if g is None else id(g))
+        if not _detach_sums(prog, groups, outs, readers, member_of):
+            break
     if not member_of or (not prog.backend.device_id and _get_numba() is None):
         return instrs
     pos = {id(i): k for k, i in enumerate(instrs)}
-    readers: dict[int, set] = {}  # slot -> ids of the groups (or -1) that read it
-    for i in instrs:
-        g = member_of.get(id(i))
-        for a in i.ins:
-            readers.setdefault(a, set()).add(-1 if g is None else id(g))
-    outs = set(prog.out_slots)
     last = {id(g): g.reduce or g.members[-1] for g in groups
             if len(g.members) + (g.reduce is not None) >= 2}
     kernels = _Kernels(prog)
@@ -238,25 +252,47 @@ def fuse(prog, instrs: list) -> list:
     return result
 
 
-def _full_sum(prog, i: Instr, g: Group) -> bool:
-    """Whether ``i`` sums all of a member's result to a 0-d array of the group's dtype (on the
-    CPU: a numba kernel accumulates it; CuPy's elementwise kernels do not reduce)."""
-    if i.kind != "op" or i.name != "sum" or prog.backend.device_id is not None:
-        return False
-    p = i.params or {}
-    if p.get("keepdims") or i.out not in prog.meta or i.ins[0] not in prog.meta:
-        return False
-    axis = p.get("axis")
+def _summed_axes(prog, i: Instr, g: Group) -> tuple | None:
+    """The group axes over which ``i`` sums a member's whole result in the group's dtype, or
+    None when ``i`` is no such ``sum`` (then it stays an op of its own)."""
+    if i.kind != "op" or i.name != "sum" or i.out not in prog.meta or i.ins[0] not in prog.meta:
+        return None
+    if prog.meta[i.ins[0]][0] != g.shape or prog.meta[i.out][1] != g.dtype:
+        return None
+    axis = (i.params or {}).get("axis")
     nd = len(g.shape)
-    if axis is not None:
-        axes = (axis,) if isinstance(axis, int) else tuple(axis)
-        if sorted(a % nd for a in axes) != list(range(nd)):
-            return False
-    n = 1
-    for d in g.shape:
-        n *= d
-    return (prog.meta[i.out] == ((), g.dtype) and prog.meta[i.ins[0]][0] == g.shape
-            and n <= REDUCE_MAX_SIZE.get(g.dtype, 0))
+    if axis is None:
+        return tuple(range(nd))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(sorted({a % nd for a in axes}))
+    return axes if axes else None
+
+
+def _writes(g: Group, outs: set, readers: dict) -> bool:
+    """Whether the kernel of ``g`` must write an elementwise result (read outside it)."""
+    return any(m.out in outs or readers.get(m.out, set()) - {id(g)} for m in g.members)
+
+
+def _detach_sums(prog, groups: list, outs: set, readers: dict, member_of: dict) -> bool:
+    """Leave a sum to NumPy where its kernel could not add it up well: on CUDA when the kernel
+    also writes elementwise results (a CuPy reduction kernel writes only its sum), and on the
+    CPU when it must also write them and the innermost axis is summed over more than
+    REDUCE_MAX_SIZE elements (no reassociation there: one scalar running sum)."""
+    changed = False
+    cuda = prog.backend.device_id is not None
+    for g in groups:
+        if g.reduce is None or id(g.reduce) not in member_of:
+            continue
+        if not _writes(g, outs, readers):
+            continue
+        n = 1
+        for d in g.shape:
+            n *= d
+        inner = len(g.shape) - 1 in g.axes
+        if cuda or (inner and n > REDUCE_MAX_SIZE.get(g.dtype, 0)):
+            g.reduce, g.axes = None, ()
+            changed = True
+    return changed
 
 
 # --- kernels ----------------------------------------------------------------------------------
@@ -310,12 +346,15 @@ class _Kernels:
         ins = tuple(arrays) + tuple(scalars) + (zero, one)
         if g.reduce is not None:  # the last output is the sum of this member's values
             names[g.reduce.out] = "+" + names[g.reduce.ins[0]]
-        if self.cuda:
+        if self.cuda and g.reduce is not None:
+            fn, src = _cupy_reduction(g, body, names[g.reduce.out][1:], in_specs,
+                                      out_specs[0], len(scalars))
+        elif self.cuda:
             fn, src = _cupy_kernel(g, body, [names[s] for s in results], in_specs, out_specs,
                                    len(scalars))
         else:
-            src = _numba_source(g.shape, body, [names[s] for s in results], in_specs,
-                                len(scalars), g.dtype)
+            src = _numba_source(g, body, [names[s] for s in results], in_specs, out_specs,
+                                len(scalars))
             fn = _load(src)
             _warm(fn, prog, ins, out_specs)  # compiles now, at trace time
         name = "k" + hashlib.sha1(src.encode()).hexdigest()[:8]
@@ -323,47 +362,72 @@ class _Kernels:
                      group=g)
 
 
-def _numba_source(shape, body, results, in_specs, nscalars, dtype=None) -> str:
-    nd = len(shape)
+def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars) -> str:
+    """The numba kernel: loops over the group's indices computing each element in registers,
+    writing the elementwise results and adding up the summed one (the last, marked ``+``)."""
+    shape, nd = g.shape, len(g.shape)
     outs = [f"o{j}" for j in range(len(results))]
     params = outs + [f"a{j}" for j in range(len(in_specs))] + [
         f"k{j}" for j in range(nscalars)] + ["_0", "_1"]
-    lines = ["import math", "import numba", "",
-             "",
-             "@numba.njit(cache=True, error_model='numpy', nogil=True)",
+    summed = results[-1][1:] if results and results[-1].startswith("+") else None
+    plain = [(o, r) for o, r in zip(outs, results) if not r.startswith("+")]
+    flags = ", fastmath={" + ", ".join(map(repr, sorted(REASSOC))) + "}" if (
+        summed is not None and not plain) else ""
+    lines = ["import math", "import numba", "import numpy", "", "",
+             f"@numba.njit(cache=True, error_model='numpy', nogil=True{flags})",
              f"def kernel({', '.join(params)}):"]
     ind = "    "
-    summed = [(o, r[1:]) for o, r in zip(outs, results) if r.startswith("+")]
-    plain = dtype == B.float32  # float32 values add up in float64 as they are; float64 ones
-    # with Kahan's compensation, so either stays within NumPy's pairwise error
-    for o, _ in summed:  # running sums in float64
-        lines.append(f"{ind}s_{o} = 0.0")
-        lines.append(f"{ind}c_{o} = 0.0")
-    size = "o0"  # an array of the kernel's shape gives the loop bounds
-    if len(summed) == len(outs):
+    axes = g.axes if summed is not None else ()
+    kept = [d for d in range(nd) if d not in axes]
+    inner = summed is not None and nd - 1 in axes  # a running sum along the innermost loop
+    acc = "s[" + ", ".join(f"i{d}" for d in kept) + ("," if len(kept) == 1 else "") + "]"
+    if summed is not None and not kept:
+        acc = "s"
+        lines.append(f"{ind}s = 0.0")
+    elif summed is not None:  # the partial sums, in float64
+        lines.append(f"{ind}s = numpy.zeros({tuple(shape[d] for d in kept)!r}, numpy.float64)")
+    size = "o0" if plain else None  # an array of the kernel's shape gives the loop bounds
+    if not plain:
         full_in = [j for j, (sh, _dt) in enumerate(in_specs) if tuple(sh) == tuple(shape)]
         size = f"a{full_in[0]}" if full_in else None
     for d in range(nd):
         bound = f"{size}.shape[{d}]" if size else str(shape[d])
-        lines.append(f"{ind}for i{d} in range({bound}):")
+        if d == nd - 1 and inner and shape[d] > REDUCE_BLOCK:  # blocks of the innermost axis
+            lines.append(f"{ind}for b in range(0, {bound}, {REDUCE_BLOCK}):")
+            ind += "    "
+            lines.append(f"{ind}r = 0.0")
+            lines.append(f"{ind}for i{d} in range(b, min(b + {REDUCE_BLOCK}, {bound})):")
+        elif d == nd - 1 and inner:
+            lines.append(f"{ind}r = 0.0")
+            lines.append(f"{ind}for i{d} in range({bound}):")
+        else:
+            lines.append(f"{ind}for i{d} in range({bound}):")
         ind += "    "
-    for j, (s, _dt) in enumerate(in_specs):
-        lines.append(f"{ind}x{j} = a{j}[{_index(s, shape)}]")
+    for j, (sh, _dt) in enumerate(in_specs):
+        lines.append(f"{ind}x{j} = a{j}[{_index(sh, shape)}]")
     for name, expr in body:
         lines.append(f"{ind}{name} = {expr}")
     full = ", ".join(f"i{d}" for d in range(nd))
-    for o, r in zip(outs, results):
-        if r.startswith("+") and plain:
-            lines.append(f"{ind}s_{o} += float({r[1:]})")
-        elif r.startswith("+"):
-            lines.append(f"{ind}y_{o} = float({r[1:]}) - c_{o}")
-            lines.append(f"{ind}u_{o} = s_{o} + y_{o}")
-            lines.append(f"{ind}c_{o} = (u_{o} - s_{o}) - y_{o}")
-            lines.append(f"{ind}s_{o} = u_{o}")
+    for o, r in plain:
+        lines.append(f"{ind}{o}[{full}] = {r}")
+    if inner:
+        lines.append(f"{ind}r += float({summed})")
+        lines.append(f"{ind[:-4]}{acc} += r")
+    elif summed is not None:
+        lines.append(f"{ind}{acc} += float({summed})")
+    if summed is not None:  # the sums into the output, cast once (keepdims: 0 on summed axes)
+        o, (oshape, _dt) = outs[-1], out_specs[-1]
+        if not kept:
+            lines.append(f"    {o}[{', '.join('0' for _ in oshape) or '()'}] = s")
         else:
-            lines.append(f"{ind}{o}[{full}] = {r}")
-    for o, _ in summed:
-        lines.append(f"    {o}[()] = s_{o}")
+            ind = "    "
+            for k, d in enumerate(kept):
+                lines.append(f"{ind}for j{k} in range({shape[d]}):")
+                ind += "    "
+            src = ", ".join(f"j{k}" for k in range(len(kept))) + ("," if len(kept) == 1 else "")
+            dst = ([f"j{kept.index(d)}" if d in kept else "0" for d in range(nd)]
+                   if len(oshape) == nd else [f"j{k}" for k in range(len(kept))])
+            lines.append(f"{ind}{o}[{', '.join(dst)}{',' if len(dst) == 1 else ''}] = s[{src}]")
     return "\n".join(lines) + "\n"
 
 
@@ -431,3 +495,30 @@ def _cupy_kernel(g: Group, body, results, in_specs, out_specs, nscalars):
         k(*args[n:], *args[:n])
 
     return run, src
+
+
+def _cupy_reduction(g: Group, body, summed, in_specs, out_spec, nscalars):
+    """A ReductionKernel summing the group's member ``summed`` over ``g.axes`` in double
+    precision: each element is computed by a device function and never written."""
+    cupy = B._import_cupy()
+    t = "float" if g.dtype == B.float32 else "double"
+    types = [("bool" if dt == B.bool_ else t) for _s, dt in in_specs]
+    names = [f"x{j}" for j in range(len(in_specs))] + [f"k{j}" for j in range(nscalars)] + [
+        "c_zero", "c_one"]
+    types += [t] * (nscalars + 2)
+    lines = [f"    auto {name} = {expr};" for name, expr in body]
+    h = hashlib.sha1(("\n".join(lines) + summed + t).encode()).hexdigest()[:10]
+    preamble = (f"__device__ double ng_map_{h}("
+                + ", ".join(f"{ty} {n}" for ty, n in zip(types, names)) + ") {\n"
+                + "\n".join(lines) + f"\n    return (double){summed};\n}}\n")
+    k = cupy.ReductionKernel(
+        ", ".join(f"{ty} {n}" for ty, n in zip(types, names)), f"{t} y",
+        f"ng_map_{h}({', '.join(names)})", "a + b", f"y = ({t})a", "0", "ng_sum_" + h,
+        reduce_type="double", preamble=preamble)
+    keepdims = len(out_spec[0]) == len(g.shape)
+    axes = g.axes
+
+    def run(out, *args):
+        k(*args, axis=axes, keepdims=keepdims, out=out)
+
+    return run, preamble

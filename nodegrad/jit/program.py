@@ -189,6 +189,8 @@ class Program:
                              f"{len(i.group.members) + (red is not None)} ops in one kernel")
                 for m in i.group.members + ([red] if red is not None else []):
                     margs = ", ".join(self._show(a) for a in m.ins)
+                    if m is red and len(i.group.axes) < len(i.group.shape):
+                        margs += f", axis={i.group.axes}"
                     lines.append(f"      %{m.out} = {m.name}({margs})")
                 continue
             lhs = f"%{i.out}{_where(plan, i.out)} = " if i.out is not None else ""
