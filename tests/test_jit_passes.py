@@ -395,8 +395,8 @@ def test_sums_over_axes_fuse_within_tolerance(dtype, shape, axis, keepdims):
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_sums_of_a_million_elements_are_accurate(dtype):
-    """The kernel's float64 blocked sums stay near the exact sum (float64 reference), as close
-    as NumPy's pairwise sum, on data with a large common offset (an error magnifier)."""
+    """The kernel's blocked sums stay near the exact sum (math.fsum of float64 terms), about
+    as close as NumPy's pairwise sum, on data with a large common offset (an error magnifier)."""
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(1 << 20) + 3.0).astype(dtype)
     y = rng.standard_normal((1024, 1024)).astype(dtype)
@@ -414,8 +414,11 @@ def test_fused_sums_of_a_million_elements_are_accurate(dtype):
         exact = np.array([math.fsum(r) for r in terms.reshape(-1, terms.shape[-1])]) if (
             axis is not None) else math.fsum(terms)
         mine = np.max(np.abs(got - exact) / np.abs(exact))
-        theirs = np.max(np.abs(f(ng.tensor(a)).numpy() - exact) / np.abs(exact))
-        assert mine <= max(2 * theirs, 4 * np.finfo(dtype).eps), (mine, theirs)
+        want = f(ng.tensor(a)).numpy().astype(np.float64)
+        theirs = np.max(np.abs(want - exact) / np.abs(exact))
+        # float32: rounding the float64-accurate sum once; float64: a few ulps of blocked sums
+        ulps = 4 if dtype == np.float32 else 16
+        assert mine <= max(2 * theirs, ulps * np.finfo(dtype).eps), (mine, theirs)
 
 
 @needs_numba
