@@ -466,6 +466,28 @@ def test_per_example_squared_norms_fuse_without_the_outer_products():
 
 
 @needs_numba
+def test_the_scalars_that_sums_leave_fuse_when_there_are_enough():
+    """Adding up several fused sums (the squared norms of many gradients) is one kernel on 0-d
+    arrays; two or three scalar ops are not worth a kernel call."""
+    rng = np.random.default_rng(4)
+    xs = [ng.tensor(rng.standard_normal((20, 30)).astype(np.float32)) for _ in range(5)]
+
+    def many(*vs):
+        total = None
+        for v in vs:
+            s = (v * v).sum()
+            total = s if total is None else total + s
+        return total
+
+    jf = _check(many, *xs, fuse=True)
+    kernels = _kernels(jf)
+    assert len(kernels) == 6 and "op" not in jf.program.counts()
+    assert [m.name for m in kernels[-1].group.members] == ["add"] * 4
+    jf = _check(many, *xs[:3], fuse=True)  # two adds stay NumPy's
+    assert [i.name for i in jf.program.instrs if i.kind == "op"] == ["add", "add"]
+
+
+@needs_numba
 def test_tanh_and_sigmoid_gradients_fuse_bit_for_bit():
     f = ng.grad(lambda x: (ng.tanh(x * 1.5) * 2.0 + ng.sigmoid(x) * x).sum())
     for dt in (ng.float32, ng.float64):

@@ -9,7 +9,9 @@ Without numba (or CuPy) nothing is fused and the program replays op by op.
 A kernel computes each element with the same operations in the same order as NumPy, in the same
 dtype (float32 stays float32; constants are passed typed), so arithmetic, comparisons and
 selections give identical bits; transcendental functions (exp, tanh, ...) come from the C math
-library instead of NumPy's vectorised versions and may differ in the last bits.
+library instead of NumPy's vectorised versions and may differ in the last bits. A ``sum`` (over
+any axes) that ends a group is added up in its kernel (a CuPy ``ReductionKernel`` on CUDA); the
+summed terms are never written, and the sum is within the fused tolerance of NumPy's.
 """
 
 from __future__ import annotations
@@ -67,18 +69,18 @@ LIBM_MAX_SIZE = 512
 
 # A ``sum`` at the end of a group (over all axes or some) is added up inside its kernel, so the
 # summed array is never written. A kernel whose only result is the sum is compiled with LLVM's
-# reassociation flags (never the NaN/Inf ones), which lets it split the innermost loop's running
-# sum into vector accumulators: far faster than NumPy's multiply-then-sum at every size. Sums
-# run in float64 (float32 data cast once at the end), the innermost axis in blocks of
-# REDUCE_BLOCK elements, so the error stays near NumPy's pairwise sum (docs/jit.md). A kernel
-# that also writes elementwise results keeps NumPy's exact arithmetic for them, so it has no
-# such flags and reduces its innermost axis (a loop-carried add) only up to REDUCE_MAX_SIZE.
-# With the flags, float32 terms are added in float32 vector lanes within a block of 512 (16 per
-# lane, as many as NumPy's pairwise sum adds in a row: twice the speed of float64 lanes), and
-# the blocks' sums in float64.
+# reassociation flags (never the NaN/Inf ones), so the innermost loop's running sum splits into
+# vector accumulators: faster than NumPy's multiply-then-sum at every size (docs/jit.md). The
+# innermost axis is added in blocks of REDUCE_BLOCK elements (float32 terms in float32 lanes,
+# 16 per lane as in NumPy's pairwise sum; float64 ones in float64), the blocks' sums and the
+# other axes in float64, cast once at the end: the error stays at NumPy's pairwise sum's. A
+# kernel that also writes elementwise results keeps NumPy's exact arithmetic for them, so it
+# has no such flags and sums its innermost axis (one loop-carried float64 add) only up to
+# REDUCE_MAX_SIZE elements; above, the sum stays NumPy's.
 REDUCE_MAX_SIZE = {B.float32: 4096, B.float64: 512}
 REDUCE_BLOCK = {B.float32: 512, B.float64: 4096}
 REASSOC = {"reassoc", "nsz"}  # numba fastmath flags: reorder additions, nothing about NaN/Inf
+SCALAR_MIN_OPS = 4  # the fewest ops a kernel on 0-d arrays must hold (see _worth)
 
 
 _numba = "unset"  # the numba module, None when it is not installed (tests set None to force it)
@@ -145,7 +147,7 @@ def _key(prog, i: Instr):
     if len(i.ins) != t[0]:
         return None
     shape, od = prog.meta[i.out]
-    if not shape or 0 in shape:
+    if 0 in shape:
         return None
     n = 1
     for d in shape:
@@ -222,7 +224,7 @@ def fuse(prog, instrs: list) -> list:
     while True:  # again after a sum has left a kernel that writes other results
         member_of.clear()
         for g in groups:
-            if len(g.members) + (g.reduce is not None) >= 2:
+            if _worth(g):
                 for m in g.members + ([g.reduce] if g.reduce is not None else []):
                     member_of[id(m)] = g
         readers: dict[int, set] = {}  # slot -> ids of the groups (or -1) that read it
@@ -235,8 +237,7 @@ def fuse(prog, instrs: list) -> list:
     if not member_of or (not prog.backend.device_id and _get_numba() is None):
         return instrs
     pos = {id(i): k for k, i in enumerate(instrs)}
-    last = {id(g): g.reduce or g.members[-1] for g in groups
-            if len(g.members) + (g.reduce is not None) >= 2}
+    last = {id(g): g.reduce or g.members[-1] for g in groups if _worth(g)}
     kernels = _Kernels(prog)
     result = []
     try:
@@ -253,6 +254,13 @@ def fuse(prog, instrs: list) -> list:
         return instrs
     prog.stats["fused_groups"] = sum(1 for i in result if i.kind == "fused")
     return result
+
+
+def _worth(g: Group) -> bool:
+    """Whether a group saves time as a kernel: two ops or more; on 0-d arrays (the scalars
+    that sums leave) SCALAR_MIN_OPS, as a kernel's call costs about two NumPy scalar ops."""
+    n = len(g.members) + (g.reduce is not None)
+    return n >= (SCALAR_MIN_OPS if not g.shape else 2)
 
 
 def _summed_axes(prog, i: Instr, g: Group) -> tuple | None:
@@ -416,7 +424,7 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars) -> str
         lines.append(f"{ind}x{j} = a{j}[{_index(sh, shape)}]")
     for name, expr in body:
         lines.append(f"{ind}{name} = {expr}")
-    full = ", ".join(f"i{d}" for d in range(nd))
+    full = ", ".join(f"i{d}" for d in range(nd)) or "()"  # 0-d: the scalars after sums
     for o, r in plain:
         lines.append(f"{ind}{o}[{full}] = {r}")
     if inner and lanes32:
