@@ -433,7 +433,8 @@ def test_fused_sums_propagate_nan_and_inf_as_numpy_does(dtype):
     x[40, :] = np.finfo(dtype).max  # overflows to inf when squared
     for f in (lambda v: (v * v + v).sum(), lambda v: (v * 2.0 - v).sum(axis=1),
               lambda v: (v * 2.0 - v).sum(axis=0), lambda v: (v + 1.0).sum(axis=1) * 0.0,
-              lambda v: (v * v).sum(axis=1, keepdims=True)):
+              lambda v: (v * v).sum(axis=1, keepdims=True),
+              lambda v: (ng.relu(v - 1.0) * 2.0).sum(axis=1)):  # relu keeps NaN, as NumPy
         with np.errstate(all="ignore"):
             jf = _check(f, ng.tensor(x), fuse=True)
         assert _kernels(jf) and _kernels(jf)[0].group.reduce is not None
