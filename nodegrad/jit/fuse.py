@@ -527,7 +527,7 @@ def _cupy_reduction(g: Group, body, summed, in_specs, out_spec, nscalars):
         "c_zero", "c_one"]
     types += [t] * (nscalars + 2)
     lines = [f"    auto {name} = {expr};" for name, expr in body]
-    h = hashlib.sha1(("\n".join(lines) + summed + t).encode()).hexdigest()[:10]
+    h = hashlib.sha1(("\n".join(lines) + summed + ",".join(types)).encode()).hexdigest()[:10]
     preamble = (f"__device__ double ng_map_{h}("
                 + ", ".join(f"{ty} {n}" for ty, n in zip(types, names)) + ") {\n"
                 + "\n".join(lines) + f"\n    return (double){summed};\n}}\n")
