@@ -437,7 +437,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     ans = None if n.out is None else T(n.out, n if create_graph else None, create_graph)
     args = n.args
     if args is None:
-        args = tuple(Spec(s, g.dtype) for s in n.shapes)
+        dt = g.data.dtype
+        args = tuple([Spec(s, dt) for s in n.shapes])
     params = n.params
     parents = n.parents
     anomaly = m.anomaly
