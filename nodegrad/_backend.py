@@ -9,6 +9,8 @@ branch on the device themselves. :func:`matmul` is the one matrix product of the
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import BackendUnavailable, DeviceError
@@ -353,13 +355,17 @@ def matmul(a, b):
         _BlasThreads.set(threads)
 
 
+_add_reduce = np.add.reduce  # np.sum without its Python wrapper (same dtypes)
+
+
 def sum_outer(x, axis, keepdims: bool):
     """``x.sum(axis, keepdims)``; a float array summed over all but a few axes that lie together
     in memory (a bias gradient: (N, C, H, W) over N, H, W in either layout) runs as products
     with ones, since NumPy adds such reductions a few elements per inner loop (~10x slower)."""
-    if (type(x) is not np.ndarray or type(axis) is not tuple or x.dtype.kind != "f"
-            or x.dtype.itemsize < 4 or x.size < 4096):
+    if type(x) is not np.ndarray:
         return np.sum(x, axis=axis, keepdims=keepdims)
+    if type(axis) is not tuple or x.dtype.kind != "f" or x.dtype.itemsize < 4 or x.size < 4096:
+        return _add_reduce(x, axis=axis, keepdims=keepdims)
     nd = x.ndim
     red = {a % nd for a in axis}
     kept = [i for i in range(nd) if i not in red]
@@ -367,12 +373,12 @@ def sum_outer(x, axis, keepdims: bool):
     pos = [order.index(i) for i in kept]
     if (not kept or len(red) != len(axis) or pos != list(range(pos[0], pos[0] + len(pos)))
             or not x.transpose(order).flags.c_contiguous):
-        return np.sum(x, axis=axis, keepdims=keepdims)
+        return _add_reduce(x, axis=axis, keepdims=keepdims)
     sizes = [x.shape[i] for i in order]
     lo, hi = pos[0], pos[-1] + 1
-    a, k, b = (int(np.prod(sizes[:lo])), int(np.prod(sizes[lo:hi])), int(np.prod(sizes[hi:])))
+    a, k, b = (math.prod(sizes[:lo]), math.prod(sizes[lo:hi]), math.prod(sizes[hi:]))
     if k > 256 or a * b < 64 * k:
-        return np.sum(x, axis=axis, keepdims=keepdims)
+        return _add_reduce(x, axis=axis, keepdims=keepdims)
     m = x.transpose(order).reshape(a, k * b)
     if a > 1:
         m = matmul(np.ones(a, x.dtype), m)

@@ -437,7 +437,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     ans = None if n.out is None else T(n.out, n if create_graph else None, create_graph)
     args = n.args
     if args is None:
-        args = tuple(Spec(s, g.dtype) for s in n.shapes)
+        dt = g.data.dtype
+        args = tuple([Spec(s, dt) for s in n.shapes])
     params = n.params
     parents = n.parents
     anomaly = m.anomaly
@@ -454,7 +455,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         gi = grads[i] if rules is None else rules[i](g, ans, *args, **params)
         if gi is None:
             continue
-        if gi.shape != shapes[i]:
+        if gi.data.shape != shapes[i]:
             gi = gi.sum_to(shapes[i])
         if anomaly:
             _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
@@ -463,7 +464,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             pending[p] = gi
         elif owned is None:
             pending[p] = prev + gi
-        elif owned.get(p) is prev and prev.dtype == gi.dtype:
+        elif owned.get(p) is prev and prev.data.dtype == gi.data.dtype:
             prev.data += gi.data
         else:
             pending[p] = owned[p] = prev + gi

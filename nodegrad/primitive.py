@@ -344,13 +344,16 @@ def bind(prim: Primitive, args: tuple, params: dict):
 def _record(prim: Primitive, args: tuple, datas: list, params: dict, out, anomaly) -> Tensor:
     parents = []
     shapes = []
-    versions = [] if prim.save_in or prim.save_out else None
+    save_in = prim.save_in
+    versions = [] if save_in or prim.save_out else None
     for a, d in zip(args, datas):
         if isinstance(a, Tensor):
             parents.append((a.node or a) if a.requires_grad else None)
             shapes.append(d.shape)
-            if prim.save_in:
-                cell = a._ensure_version()
+            if save_in:
+                cell = a._version  # Tensor._ensure_version, inlined (the hot path)
+                if cell is None:
+                    cell = a._version = [0]
                 versions.append((cell, cell[0]))
         else:
             parents.append(None)

@@ -502,6 +502,16 @@ def test_tanh_and_sigmoid_gradients_fuse_bit_for_bit():
 
 
 @needs_numba
+def test_sin_and_cos_gradients_join_the_kernels():
+    f = ng.grad(lambda x: (ng.sin(ng.cos(x * 1.5) * 2.0) * x).sum())
+    for dt in (ng.float32, ng.float64):
+        jf = _check(f, ng.randn(10, 10, dtype=dt), fuse=True)  # small: libm ops fuse
+        fused = [m.name for i in jf.program.instrs if i.kind == "fused" for m in i.group.members]
+        assert "sin_grad" in fused and "cos_grad" in fused
+        assert not [i for i in jf.program.instrs if i.kind == "op" and i.name.endswith("_grad")]
+
+
+@needs_numba
 def test_kernels_are_written_to_the_cache_and_shared():
     def f(x):
         return ng.relu(x * 3.0 - 1.0)

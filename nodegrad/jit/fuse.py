@@ -51,6 +51,9 @@ _TEMPLATES: dict[str, tuple] = {
     "log": (1, "math.log({a})", "libm"), "log1p": (1, "math.log1p({a})", "libm"),
     "sin": (1, "math.sin({a})", "libm"), "cos": (1, "math.cos({a})", "libm"),
     "tan": (1, "math.tan({a})", "libm"), "tanh": (1, "math.tanh({a})", "libm"),
+    # the VJPs of sin and cos (g cos x, -(g sin x)), as ops/elementwise.py computes them
+    "sin_grad": (2, "({a} * math.cos({b}))", "libm"),
+    "cos_grad": (2, "(-({a} * math.sin({b})))", "libm"),
 }
 # the CUDA C forms where they differ from the Python ones (math.f becomes f)
 _C_TEMPLATES = {
