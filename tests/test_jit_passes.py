@@ -537,6 +537,8 @@ def test_without_numba_jit_replays_unfused(monkeypatch):
     assert "fused" not in jf.program.counts()
     jf = _check(f, ng.randn(5, 4), fuse=True)  # asked for: still replays, unfused
     assert "fused" not in jf.program.counts()
+    jf = _check(lambda x: (x * x - x).sum(axis=1), ng.randn(300, 400), fuse=True)  # a sum too
+    assert "fused" not in jf.program.counts()
 
 
 MATRIX = [pytest.param(c, id=c.name) for c in CASES if "matrix" in c.layouts]
