@@ -73,7 +73,8 @@ LIBM_MAX_SIZE = 512
 # A ``sum`` at the end of a group (over all axes or some) is added up inside its kernel, so the
 # summed array is never written. A kernel whose only result is the sum is compiled with LLVM's
 # reassociation flags (never the NaN/Inf ones), so the innermost loop's running sum splits into
-# vector accumulators: faster than NumPy's multiply-then-sum at every size (docs/jit.md). The
+# vector accumulators: faster than NumPy's multiply-then-sum at every size (docs/jit.md); the
+# flags may reorder the terms' arithmetic too, which only the (toleranced) sum shows. The
 # innermost axis is added in blocks of REDUCE_BLOCK elements (float32 terms in float32 lanes,
 # 16 per lane as in NumPy's pairwise sum; float64 ones in float64), the blocks' sums and the
 # other axes in float64, cast once at the end: the error stays at NumPy's pairwise sum's. A
