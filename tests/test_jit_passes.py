@@ -366,6 +366,10 @@ def test_a_full_sum_ends_a_fused_kernel_within_tolerance(dtype):
     # so one running sum) stays NumPy's pairwise sum
     jw = _check(lambda a: ((a * a + a).sum(), a * a + a), big, fuse=True)
     assert [i.name for i in jw.program.instrs if i.kind == "op"] == ["sum"]
+    # ... but a sum over the outer axis adds whole rows (no running sum to split): it joins
+    jp = _check(lambda a: ((a * a + a).sum(axis=0), a * a + a), big, fuse=True)
+    (k,) = _kernels(jp)
+    assert k.group.reduce is not None and len(k.outs) == 2 and "op" not in jp.program.counts()
 
 
 @needs_numba
