@@ -20,7 +20,8 @@ from nodegrad.optim import _fused
 pytestmark = pytest.mark.skipif(not _fused.available(get_backend("cpu"), np.dtype("float32")),
                                 reason="the CPU kernels need numba")
 
-SHAPES = [(37, 29), (29,), (3, 3, 2), (), (0,)]
+# gradients under SMALL_GRADIENT elements are gathered in stretches, larger ones read in place
+SHAPES = [(37, 29), (130, 130), (29,), (3, 3, 2), (), (0,), (140, 120)]
 STEPS = 6
 
 CASES = [
@@ -110,6 +111,13 @@ def test_fused_equals_numpy_update_for_other_gradient_layouts(cls, kw, layout):
         want, _ = _train(cls, kw, False, dtype, layout)
         got, _ = _train(cls, kw, True, dtype, layout)
         _assert_same(got, want)
+
+
+def test_the_shapes_cover_lone_and_gathered_small_gradients_and_large_ones():
+    from nodegrad.optim.base import SMALL_GRADIENT
+
+    small = [int(np.prod(s)) < SMALL_GRADIENT for s in SHAPES]
+    assert small == [True, False, True, True, True, True, False]
 
 
 def test_fused_equals_numpy_update_per_tensor_and_with_float64_gradients():

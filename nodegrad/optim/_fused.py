@@ -7,9 +7,11 @@ numba), a CuPy ``ElementwiseKernel`` built from the CUDA C below on a GPU. Both 
 element with the NumPy path's operations, in its order and its dtype (no fused multiply-adds),
 so the fused and NumPy paths give the same bits.
 
-Every kernel is called as ``kernel(p, g, *state, neg, wd_mode, wd, *scalars)`` on flat arrays:
-``neg`` negates the gradient (``maximize``), ``wd_mode`` 1 adds ``wd * p`` to it (L2 weight
-decay), 2 multiplies ``p`` by ``wd`` first (decoupled: ``wd`` is then ``1 - lr λ``).
+Every kernel is called as ``kernel(p, g, *state, k, flags)`` on flat arrays: ``k`` holds its
+scalars in the parameters' dtype (:func:`scalars`; ``k[0]`` the weight decay), ``flags`` is a bit
+set: 1 negates the gradient (``maximize``), 2 adds ``k[0] * p`` to it (L2 weight decay), 4
+multiplies ``p`` by ``k[0]`` first (decoupled: ``k[0] = 1 - lr λ``), 8, 16, ... the algorithm's
+options in the order :meth:`Optimizer.fused_args` lists them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def missing(backend, dtype) -> str:
             "pip install 'nodegrad[jit]'")
 
 
+def scalars(backend, dtype, values: tuple):
+    """A kernel's scalar arguments, each rounded to ``dtype`` as NumPy rounds a Python float:
+    one host array for a numba kernel (one argument to unbox), a tuple on CUDA."""
+    if backend.device_id is None:
+        return B.CPU.asarray(values, dtype)
+    return tuple(dtype.type(x) for x in values)
+
+
 def kernel(backend, name: str):
     """The fused kernel ``name`` ("adam", "sgd", "rmsprop", "adagrad") for ``backend``."""
     if backend.device_id is None:
@@ -57,13 +67,13 @@ def kernel(backend, name: str):
 # --- CUDA: the same updates as CuPy ElementwiseKernels --------------------------------------
 # One kernel per combination of flags (compiled once per process, cached on disk by CuPy); the
 # flags choose which state arrays it writes, the scalars arrive cast to the arrays' dtype T.
-def _pre(neg: bool, wd_mode: int) -> str:
+def _pre(flags: int) -> str:
     src = "T gi = g; T pi = p;\n"
-    if neg:
+    if flags & 1:
         src += "gi = -gi;\n"
-    if wd_mode == 1:
+    if flags & 2:
         src += "gi = gi + pi * wd;\n"
-    elif wd_mode == 2:
+    elif flags & 4:
         src += "pi = pi * wd;\n"
     return src
 
@@ -76,48 +86,46 @@ class _CudaKernels:
         self.built: dict = {}
 
     def _get(self, key: tuple, scalars: str, outs: str, body: str):
-        k = self.built.get(key)
-        if k is None:
-            name = "ng_" + "_".join(str(int(x)) if not isinstance(x, str) else x for x in key)
-            k = self.backend.elementwise_kernel("T g, " + scalars, outs, body, name)
-            self.built[key] = k
+        name = f"ng_{key[0]}_{key[1]}"
+        k = self.built[key] = self.backend.elementwise_kernel("T g, " + scalars, outs, body, name)
         return k
 
-    def adam(self, p, g, m, v, vmax, neg, wd_mode, wd, omb1, b2, omb2, amsgrad, eps_s, step):
-        key = ("adam", neg, wd_mode, amsgrad)
-        k = self.built.get(key)
-        if k is None:
-            body = _pre(neg, wd_mode) + (
+    def adam(self, p, g, m, v, vmax, k, flags):
+        key = ("adam", flags)
+        kern = self.built.get(key)
+        amsgrad = flags & 8
+        if kern is None:
+            body = _pre(flags) + (
                 "T mi = m + (gi - m) * omb1; m = mi;\n"
                 "T vi = v * b2 + (gi * gi) * omb2; v = vi;\n")
             if amsgrad:
                 body += "if (vi > vmax || vi != vi) vmax = vi;\nvi = vmax;\n"
             body += "p = pi - (mi / (sqrt(vi) + eps_s)) * step;"
-            k = self._get(key, "T wd, T omb1, T b2, T omb2, T eps_s, T step",
-                          "T p, T m, T v" + (", T vmax" if amsgrad else ""), body)
-        outs = (p, m, v, vmax) if amsgrad else (p, m, v)
-        k(g, wd, omb1, b2, omb2, eps_s, step, *outs)
+            kern = self._get(key, "T wd, T omb1, T b2, T omb2, T eps_s, T step",
+                             "T p, T m, T v" + (", T vmax" if amsgrad else ""), body)
+        kern(g, *k, *((p, m, v, vmax) if amsgrad else (p, m, v)))
 
-    def sgd(self, p, g, buf, neg, wd_mode, wd, mode, first, mu, damp, omd, nesterov, lr):
-        key = ("sgd", neg, wd_mode, mode, mode and first, mode and damp, mode and nesterov)
-        k = self.built.get(key)
-        if k is None:
-            body = _pre(neg, wd_mode) + "T d = gi;\n"
+    def sgd(self, p, g, buf, k, flags):
+        mode = flags & 8
+        key = ("sgd", flags if mode else flags & 7)
+        kern = self.built.get(key)
+        if kern is None:
+            body = _pre(flags) + "T d = gi;\n"
             if mode:
-                body += ("T b = gi;\n" if first else
-                         "T b = buf * mu + gi * omd;\n" if damp else "T b = buf * mu + gi;\n")
-                body += "buf = b;\n" + ("d = b * mu + gi;\n" if nesterov else "d = b;\n")
+                body += ("T b = gi;\n" if flags & 16 else "T b = buf * mu + gi * omd;\n"
+                         if flags & 32 else "T b = buf * mu + gi;\n")
+                body += "buf = b;\n" + ("d = b * mu + gi;\n" if flags & 64 else "d = b;\n")
             body += "p = pi - d * lr;"
-            k = self._get(key, "T wd, T mu, T omd, T lr", "T p, T buf" if mode else "T p", body)
-        outs = (p, buf) if mode else (p,)
-        k(g, wd, mu, omd, lr, *outs)
+            kern = self._get(key, "T wd, T mu, T omd, T lr", "T p, T buf" if mode else "T p",
+                             body)
+        kern(g, *k, *((p, buf) if mode else (p,)))
 
-    def rmsprop(self, p, g, v, gavg, buf, neg, wd_mode, wd, alpha, oma, centered, eps, mom_on,
-                mom, lr):
-        key = ("rmsprop", neg, wd_mode, centered, mom_on)
-        k = self.built.get(key)
-        if k is None:
-            body = _pre(neg, wd_mode) + "T vi = v * alpha + (gi * gi) * oma; v = vi;\n"
+    def rmsprop(self, p, g, v, gavg, buf, k, flags):
+        key = ("rmsprop", flags)
+        kern = self.built.get(key)
+        centered, mom_on = flags & 8, flags & 16
+        if kern is None:
+            body = _pre(flags) + "T vi = v * alpha + (gi * gi) * oma; v = vi;\n"
             if centered:
                 body += ("T ai = gavg + (gi - gavg) * oma; gavg = ai;\n"
                          "T r = sqrt(vi - ai * ai);\n")
@@ -128,16 +136,15 @@ class _CudaKernels:
                 body += "T b = buf * mom + d; buf = b; d = b;\n"
             body += "p = pi - d * lr;"
             outs = "T p, T v" + (", T gavg" if centered else "") + (", T buf" if mom_on else "")
-            k = self._get(key, "T wd, T alpha, T oma, T eps, T mom, T lr", outs, body)
-        outs = (p, v) + ((gavg,) if centered else ()) + ((buf,) if mom_on else ())
-        k(g, wd, alpha, oma, eps, mom, lr, *outs)
+            kern = self._get(key, "T wd, T alpha, T oma, T eps, T mom, T lr", outs, body)
+        kern(g, *k, p, v, *((gavg,) if centered else ()), *((buf,) if mom_on else ()))
 
-    def adagrad(self, p, g, s, neg, wd_mode, wd, eps, clr):
-        key = ("adagrad", neg, wd_mode)
-        k = self.built.get(key)
-        if k is None:
-            body = _pre(neg, wd_mode) + (
+    def adagrad(self, p, g, s, k, flags):
+        key = ("adagrad", flags)
+        kern = self.built.get(key)
+        if kern is None:
+            body = _pre(flags) + (
                 "T si = s + gi * gi; s = si;\n"
                 "p = pi - (gi / (sqrt(si) + eps)) * clr;")
-            k = self._get(key, "T wd, T eps, T clr", "T p, T s", body)
-        k(g, wd, eps, clr, p, s)
+            kern = self._get(key, "T wd, T eps, T clr", "T p, T s", body)
+        kern(g, *k, p, s)

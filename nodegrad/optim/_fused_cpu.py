@@ -6,8 +6,10 @@ kernel repeats its NumPy path's operations in the same order and dtype (the scal
 already cast to the arrays' dtype, numba contracts nothing into FMAs without ``fastmath``), so
 both paths give the same bits.
 
-Shared arguments: ``neg`` negates the gradient (``maximize``); ``wd_mode`` 1 adds ``wd * p``
-to it (L2 weight decay), 2 multiplies ``p`` by ``wd`` (decoupled: ``wd`` is ``1 - lr λ``).
+Every kernel takes ``(p, g, *state, k, flags)``: flat arrays, ``k`` its scalars as one array of
+the parameters' dtype (``k[0]`` the weight decay), ``flags`` a bit set: 1 negates the gradient
+(``maximize``), 2 adds ``k[0] * p`` to it (L2 weight decay), 4 multiplies ``p`` by ``k[0]``
+first (decoupled decay, ``k[0] = 1 - lr λ``); bits from 8 on are the algorithm's options.
 """
 
 from __future__ import annotations
@@ -20,22 +22,24 @@ _OPTS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
 
 @numba.njit(inline="always", **_OPTS)
-def _transform(g, p, neg, wd_mode, wd):
+def _transform(g, p, flags, wd):
     """The gradient transforms of ``Optimizer._transform``: maximize, then weight decay."""
-    if neg:
+    if flags & 1:
         g = -g
-    if wd_mode == 1:
+    if flags & 2:
         g = g + p * wd
-    elif wd_mode == 2:
+    elif flags & 4:
         p = p * wd
     return g, p
 
 
 @numba.njit(**_OPTS)
-def adam(p, g, m, v, vmax, neg, wd_mode, wd, omb1, b2, omb2, amsgrad, eps_s, step):
-    """Adam/AdamW: ``m``, ``v`` (and ``vmax`` with ``amsgrad``) and ``p`` in one pass."""
+def adam(p, g, m, v, vmax, k, flags):
+    """Adam/AdamW: ``m``, ``v`` (and ``vmax`` with AMSGrad, flag 8) and ``p`` in one pass."""
+    wd, omb1, b2, omb2, eps_s, step = k[0], k[1], k[2], k[3], k[4], k[5]
+    amsgrad = (flags & 8) != 0
     for i in range(p.size):
-        gi, pi = _transform(g[i], p[i], neg, wd_mode, wd)
+        gi, pi = _transform(g[i], p[i], flags, wd)
         mi = m[i]
         mi = mi + (gi - mi) * omb1
         m[i] = mi
@@ -51,10 +55,13 @@ def adam(p, g, m, v, vmax, neg, wd_mode, wd, omb1, b2, omb2, amsgrad, eps_s, ste
 
 
 @numba.njit(**_OPTS)
-def sgd(p, g, buf, neg, wd_mode, wd, mode, first, mu, damp, omd, nesterov, lr):
-    """SGD; ``mode`` 0 without momentum, 1 with (``buf``, set to the gradient when ``first``)."""
+def sgd(p, g, buf, k, flags):
+    """SGD; flags 8 momentum (``buf``), 16 first step (``buf`` = g), 32 dampening, 64 Nesterov."""
+    wd, mu, omd, lr = k[0], k[1], k[2], k[3]
+    mode, first = (flags & 8) != 0, (flags & 16) != 0
+    damp, nesterov = (flags & 32) != 0, (flags & 64) != 0
     for i in range(p.size):
-        gi, pi = _transform(g[i], p[i], neg, wd_mode, wd)
+        gi, pi = _transform(g[i], p[i], flags, wd)
         d = gi
         if mode:
             if first:
@@ -69,10 +76,12 @@ def sgd(p, g, buf, neg, wd_mode, wd, mode, first, mu, damp, omd, nesterov, lr):
 
 
 @numba.njit(**_OPTS)
-def rmsprop(p, g, v, gavg, buf, neg, wd_mode, wd, alpha, oma, centered, eps, mom_on, mom, lr):
-    """RMSprop, plain or centred (``gavg``), with or without momentum (``buf``)."""
+def rmsprop(p, g, v, gavg, buf, k, flags):
+    """RMSprop; flags 8 centred (``gavg``), 16 momentum (``buf``)."""
+    wd, alpha, oma, eps, mom, lr = k[0], k[1], k[2], k[3], k[4], k[5]
+    centered, mom_on = (flags & 8) != 0, (flags & 16) != 0
     for i in range(p.size):
-        gi, pi = _transform(g[i], p[i], neg, wd_mode, wd)
+        gi, pi = _transform(g[i], p[i], flags, wd)
         vi = v[i] * alpha + (gi * gi) * oma
         v[i] = vi
         if centered:
@@ -91,10 +100,11 @@ def rmsprop(p, g, v, gavg, buf, neg, wd_mode, wd, alpha, oma, centered, eps, mom
 
 
 @numba.njit(**_OPTS)
-def adagrad(p, g, s, neg, wd_mode, wd, eps, clr):
+def adagrad(p, g, s, k, flags):
     """Adagrad: the running sum of squares and ``p`` in one pass."""
+    wd, eps, clr = k[0], k[1], k[2]
     for i in range(p.size):
-        gi, pi = _transform(g[i], p[i], neg, wd_mode, wd)
+        gi, pi = _transform(g[i], p[i], flags, wd)
         si = s[i] + gi * gi
         s[i] = si
         p[i] = pi - (gi / (math.sqrt(si) + eps)) * clr

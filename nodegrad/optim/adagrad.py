@@ -47,5 +47,6 @@ class Adagrad(Optimizer):
         tmp *= clr
         p -= tmp
 
-    def fused_args(self, st, h) -> tuple[str, tuple, tuple]:
-        return ("adagrad", ("sum",), (h["eps"], h["lr"] / (1 + (st.t - 1) * h["lr_decay"])))
+    def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
+        clr = h["lr"] / (1 + (st.t - 1) * h["lr_decay"])
+        return "adagrad", ("sum",), (h["eps"], clr), ()

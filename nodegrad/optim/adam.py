@@ -69,9 +69,9 @@ class Adam(Optimizer):
         tmp *= h["lr"] * s / (1 - b1 ** t)
         p -= tmp
 
-    def fused_args(self, st, h) -> tuple[str, tuple, tuple]:
+    def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
         b1, b2 = h["betas"]
         t, ams = st.t, bool(h["amsgrad"])
         s = (1 - b2 ** t) ** 0.5
         return ("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq" if ams else "exp_avg_sq"),
-                (1 - b1, b2, 1 - b2, ams, h["eps"] * s, h["lr"] * s / (1 - b1 ** t)))
+                (1 - b1, b2, 1 - b2, h["eps"] * s, h["lr"] * s / (1 - b1 ** t)), (ams,))

@@ -32,13 +32,15 @@ from ..tensor import Tensor
 from . import _fused
 
 _NOT_HYPER = ("params", "param_names")
+#: gradients with fewer elements go to the fused kernel gathered with their small neighbours
+SMALL_GRADIENT = 1 << 14
 
 
 class _Bucket:
     """Parameters of one group on one device with one dtype, stored in one flat array."""
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
-                 "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused")
+                 "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "swork")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
@@ -67,6 +69,16 @@ class _Bucket:
         self.scalars = [fresh] * len(params)  # one dict per parameter, shared while in lockstep
         self.uniform = True
         self.fused = False  # True when this bucket steps with a fused kernel
+        self.swork = None
+
+    def small_work(self):
+        """Scratch for the fused path's gathered small gradients (all of them fit, at most)."""
+        if self.swork is None:
+            sizes = [hi - lo for lo, hi in zip(self.offsets, self.offsets[1:])]
+            n = sum(x for x in sizes if x < SMALL_GRADIENT)
+            with self.backend.scope():
+                self.swork = self.xp.empty(n, self.flat.dtype)
+        return self.swork
 
     def tmp(self, k: int):
         """The k-th scratch buffer (flat, allocated once)."""
@@ -173,10 +185,10 @@ class Optimizer:
         """
         raise NotImplementedError
 
-    def fused_args(self, st: _State, h: dict) -> tuple[str, tuple, tuple]:
+    def fused_args(self, st: _State, h: dict) -> tuple[str, tuple, tuple, tuple]:
         """The fused form of :meth:`update`: the kernel's name in :mod:`._fused`, the state
-        arrays it updates (names, None for an unused slot) and its scalars after the shared
-        transforms' (floats are cast to the parameters' dtype, bools passed as they are)."""
+        arrays it updates (names; None for an unused slot), its scalars (cast to the parameters'
+        dtype) and its options (bools, flag bits 8, 16, ... in this order)."""
         raise NotImplementedError
 
     # --- parameter groups -------------------------------------------------------------------
@@ -323,28 +335,39 @@ class Optimizer:
 
     def _fused_run(self, b: _Bucket, grads: list, s: int, e: int, sl: slice, st: _State,
                    h: dict, decoupled: bool) -> None:
-        """Parameters s..e-1 in one kernel call over the flat buffers when their gradients are
-        views of the flat gradient buffer, else one call per gradient array (no gather)."""
-        name, names, scalars = self.fused_args(st, h)
+        """Parameters s..e-1 through the fused kernel: one call over the flat buffers when their
+        gradients are views of the flat gradient buffer, else one call per large gradient array
+        (read where it is) and one per stretch of small ones (gathered: a call costs more)."""
+        name, names, values, opts = self.fused_args(st, h)
         kern = _fused.kernel(b.backend, name)
-        cast = b.flat.dtype.type
+        dt = b.flat.dtype
         wd = h.get("weight_decay", 0)
-        wd_mode = 0 if not wd else 2 if decoupled else 1
-        args = (bool(h.get("maximize", False)), wd_mode,
-                cast(1 - h["lr"] * wd if wd_mode == 2 else wd))
-        args += tuple(x if isinstance(x, bool) else cast(x) for x in scalars)
+        flags = bool(h.get("maximize", False)) | (0 if not wd else 4 if decoupled else 2)
+        for j, o in enumerate(opts):
+            flags |= bool(o) << (3 + j)
+        k = _fused.scalars(b.backend, dt, (1 - h["lr"] * wd if flags & 4 else wd, *values))
         state = [b.flat if n is None else b.arrays[n] for n in names]
         gv = b.gviews
         if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
-            kern(b.flat[sl], b.grad[sl], *[a[sl] for a in state], *args)
+            kern(b.flat[sl], b.grad[sl], *[a[sl] for a in state], k, flags)
             return
-        off, dt = b.offsets, b.flat.dtype
-        for i in range(s, e):
-            lo, hi = off[i], off[i + 1]
-            g = grads[i]
-            if g.dtype != dt or not g.flags.c_contiguous:
-                g = b.xp.ascontiguousarray(g, dtype=dt)
-            kern(b.flat[lo:hi], g.reshape(-1), *[a[lo:hi] for a in state], *args)
+        off, i = b.offsets, s
+        while i < e:
+            j = i + 1
+            if off[j] - off[i] < SMALL_GRADIENT:
+                while j < e and off[j + 1] - off[j] < SMALL_GRADIENT:
+                    j += 1
+            lo, hi = off[i], off[j]
+            if j - i > 1:
+                g = b.small_work()[:hi - lo]
+                b.xp.concatenate([grads[q].reshape(-1) for q in range(i, j)], out=g)
+            else:
+                g = grads[i]
+                if g.dtype != dt or not g.flags.c_contiguous:
+                    g = b.xp.ascontiguousarray(g, dtype=dt)
+                g = g.reshape(-1)
+            kern(b.flat[lo:hi], g, *[a[lo:hi] for a in state], k, flags)
+            i = j
 
     @staticmethod
     def _gather(b: _Bucket, grads: list, s: int, e: int, sl: slice):

@@ -67,8 +67,8 @@ class RMSprop(Optimizer):
             tmp *= h["lr"]
         p -= tmp
 
-    def fused_args(self, st, h) -> tuple[str, tuple, tuple]:
-        alpha, centered, mom = h["alpha"], bool(h["centered"]), h["momentum"]
+    def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
+        alpha, centered, mom = h["alpha"], h["centered"], h["momentum"]
         return ("rmsprop", ("square_avg", "grad_avg" if centered else None,
                             "momentum_buffer" if mom > 0 else None),
-                (alpha, 1 - alpha, centered, h["eps"], bool(mom > 0), mom, h["lr"]))
+                (alpha, 1 - alpha, h["eps"], mom, h["lr"]), (centered, mom > 0))

@@ -59,7 +59,7 @@ class SGD(Optimizer):
         xp.multiply(d, h["lr"], out=tmp)
         p -= tmp
 
-    def fused_args(self, st, h) -> tuple[str, tuple, tuple]:
+    def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
         mu, damp = h["momentum"], h["dampening"]
-        return ("sgd", ("momentum_buffer" if mu else None,),
-                (bool(mu), st.t == 1, mu, bool(damp), 1 - damp, bool(h["nesterov"]), h["lr"]))
+        return ("sgd", ("momentum_buffer" if mu else None,), (mu, 1 - damp, h["lr"]),
+                (mu, st.t == 1, damp, h["nesterov"]))
