@@ -14,10 +14,11 @@ the whole group, however many tensors it holds. ``flat=False`` leaves every ``p.
 is and updates tensor by tensor.
 
 Fused path: an algorithm that also writes :meth:`Optimizer.fused_args` (Adam, AdamW, SGD,
-RMSprop, Adagrad) runs its step as one compiled kernel per gradient array instead (numba on the
-CPU, CuPy on CUDA; :mod:`._fused`): one pass that reads p, g and the state and writes p and the
-state, with no gather of the gradients and no scratch buffers, and the same bits as the NumPy
-update. ``fused=None`` (the default) uses it wherever a kernel is available.
+RMSprop, Adagrad) runs its step as compiled kernels instead (numba on the CPU, CuPy on CUDA;
+:mod:`._fused`): one pass that reads p, g and the state and writes p and the state, once per
+large gradient array (read where it is, no gather) or stretch of small ones, with no scratch
+buffers, and the same bits as the NumPy update. ``fused=None`` (the default) uses it wherever a
+kernel is available.
 """
 
 from __future__ import annotations
