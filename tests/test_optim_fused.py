@@ -167,6 +167,21 @@ def test_fused_true_without_numba_names_the_optimiser_and_package(monkeypatch):
     _assert_same(got, want)
 
 
+def test_kernels_that_fail_to_load_fall_back_or_raise(monkeypatch):
+    """E.g. numba with no writable cache directory: None warns and runs NumPy, True raises."""
+    def broken(backend):
+        raise RuntimeError("cannot cache function 'adam': no locator available")
+
+    monkeypatch.setattr(_fused, "load", broken)
+    want, _ = _train("Adam", dict(lr=0.01), False, np.float32)
+    with pytest.warns(RuntimeWarning, match="Adam: the fused kernels on cpu failed to load"):
+        got, opt = _train("Adam", dict(lr=0.01), None, np.float32)
+    _assert_same(got, want)
+    assert not any(b.fused for bs in opt._buckets for b in bs)
+    with pytest.raises(ng.BackendUnavailable, match="no locator available"):
+        _train("Adam", dict(lr=0.01), True, np.float32)
+
+
 @pytest.mark.parametrize("cls,kw", [CASES[1], CASES[9], CASES[14]], ids=[IDS[1], IDS[9], IDS[14]])
 def test_resume_from_a_state_dict_is_bit_identical(cls, kw):
     """A fused run resumed from its state dict (fused or not) continues with the same bits."""

@@ -52,6 +52,13 @@ def scalars(backend, dtype, values: tuple):
     return tuple(dtype.type(x) for x in values)
 
 
+def load(backend) -> None:
+    """Import (on the CPU: compile or load from numba's cache) the kernels' module; raises what
+    the import raises (numba without a writable cache directory, a broken install)."""
+    if backend.device_id is None:
+        from . import _fused_cpu  # noqa: F401
+
+
 def kernel(backend, name: str):
     """The fused kernel ``name`` ("adam", "sgd", "rmsprop", "adagrad") for ``backend``."""
     if backend.device_id is None:

@@ -23,6 +23,7 @@ kernel is available.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -314,6 +315,8 @@ class Optimizer:
         else:
             runs = _runs(grads, b.scalars)
         b.ensure(self.state_init(h))
+        if b.fused and not self._fused_ready(b):
+            b.fused = False
         if b.work is None and not b.fused:
             b.work = b.xp.empty_like(b.flat)
         decoupled = bool(h.get("decoupled_weight_decay", False))
@@ -333,6 +336,21 @@ class Optimizer:
                     p._version[0] += 1
         if len(runs) > 1 or runs[0] != (0, n):
             b.merge_scalars()
+
+    def _fused_ready(self, b: _Bucket) -> bool:
+        """Whether the bucket's kernels load; if not, an error (``fused=True``) or a warning and
+        the NumPy update from now on (``fused=None``)."""
+        try:
+            _fused.load(b.backend)
+            return True
+        except Exception as e:
+            msg = (f"{type(self).__name__}: the fused kernels on {b.backend.name} failed to load "
+                   f"({type(e).__name__}: {e})")
+            if self.fused:
+                raise BackendUnavailable(msg + "; fused=None falls back to the NumPy update") from e
+            warnings.warn(msg + "; this optimizer runs the NumPy update", RuntimeWarning,
+                          stacklevel=5)
+            return False
 
     def _fused_run(self, b: _Bucket, grads: list, s: int, e: int, sl: slice, st: _State,
                    h: dict, decoupled: bool) -> None:
