@@ -1,10 +1,12 @@
-"""O1-O4: one optimiser step on ~1M float32 parameters in 50 tensors, against PyTorch (foreach).
+"""O1-O5: one optimiser step on ~1M float32 parameters in 50 tensors, against PyTorch (foreach).
 
 The model's shapes are 25 weight matrices 200x200 and 25 biases of 200 (1,005,000 parameters);
 the gradients are fixed, so only the update is timed. PyTorch runs its multi-tensor
 (``foreach=True``) implementation. The floor is the same update written by hand in NumPy on
 one preallocated flat array per state (no gathering of gradients): what nodegrad's flat path
-can at best reach. Run: ``python -m benchmarks.optim_step [--quick]``.
+can at best reach with NumPy calls. O1-O4 take nodegrad's default (the fused kernel where numba is
+installed), O5 its NumPy update (``fused=False``). Run: ``python -m benchmarks.optim_step
+[--quick]``.
 """
 
 from __future__ import annotations
@@ -33,15 +35,16 @@ def _split(d: dict) -> tuple[list, list]:
     return [d[f"p{i}"] for i in range(n)], [d[f"g{i}"] for i in range(n)]
 
 
-def nodegrad_step(d: dict, algo: str = "adam", flat: bool = True, in_place: bool = False):
+def nodegrad_step(d: dict, algo: str = "adam", flat: bool = True, in_place: bool = False,
+                  fused: bool | None = None):
     import nodegrad as ng
 
     ps_np, gs_np = _split(d)
     ps = [ng.tensor(p, requires_grad=True) for p in ps_np]
     if algo == "adam":
-        opt = ng.optim.Adam(ps, lr=LR, flat=flat)
+        opt = ng.optim.Adam(ps, lr=LR, flat=flat, fused=fused)
     else:
-        opt = ng.optim.SGD(ps, lr=LR, momentum=0.9, flat=flat)
+        opt = ng.optim.SGD(ps, lr=LR, momentum=0.9, flat=flat, fused=fused)
     for p, g in zip(ps, gs_np):
         p.grad = ng.tensor(g)
     if in_place:  # gradients accumulated into zero_grad(set_to_none=False)'s flat buffer
@@ -132,6 +135,9 @@ WORKLOADS = [
              floor_name="NumPy flat Adam"),
     Workload("O4", "Adam step, per-tensor path (flat=False)", make_data,
              partial(nodegrad_step, flat=False), torch_step, numpy_floor,
+             floor_name="NumPy flat Adam"),
+    Workload("O5", "Adam step, NumPy update (fused=False)", make_data,
+             partial(nodegrad_step, fused=False), torch_step, numpy_floor,
              floor_name="NumPy flat Adam"),
 ]
 

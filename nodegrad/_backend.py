@@ -135,6 +135,18 @@ class Backend:
             stream.synchronize()
         return out
 
+    def elementwise_kernel(self, in_params: str, out_params: str, operation: str, name: str):
+        """A compiled CUDA elementwise kernel (CuPy's ``ElementwiseKernel``; CUDA devices only).
+
+        Built without fused multiply-adds (``--fmad=false``), so each operation rounds as the
+        separate NumPy/CuPy calls it replaces would.
+        """
+        if self.device_id is None:
+            raise BackendUnavailable(f"elementwise_kernel '{name}': CUDA kernels need a CUDA "
+                                     "device; this array is on the CPU")
+        return self.xp.ElementwiseKernel(in_params, out_params, operation, name,
+                                         options=("--fmad=false",))
+
     def generator(self, seed: int | None):
         """A fresh random generator for this device."""
         if self.device_id is None:

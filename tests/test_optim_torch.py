@@ -44,8 +44,9 @@ def _groups(params, groups):
     return [{"params": [params[i] for i in idx], **over} for idx, over in groups]
 
 
-def run_ng(cls, kw, groups=None, roundtrip=60, skip=None, steps=STEPS, flat=True):
+def run_ng(cls, kw, groups=None, roundtrip=60, skip=None, steps=STEPS, flat=True, **extra):
     ps = [ng.tensor(a.copy(), requires_grad=True) for a in INIT]
+    kw = {**kw, **extra}
     opt = getattr(ng.optim, cls)(_groups(ps, groups), flat=flat, **kw)
     traj = []
     for k in range(steps):
@@ -129,7 +130,18 @@ CASES = [
 
 @pytest.mark.parametrize("cls,kw", CASES, ids=[f"{c}-{i}" for i, (c, _) in enumerate(CASES)])
 def test_trajectory_matches_torch(cls, kw):
+    """The default path: the fused kernel where numba is installed, else the NumPy update."""
     assert_same_trajectory(run_ng(cls, kw), run_torch(cls, kw))
+
+
+FUSED = [(i, c, kw) for i, (c, kw) in enumerate(CASES)
+         if c in ("SGD", "Adagrad", "RMSprop", "Adam", "AdamW")]
+
+
+@pytest.mark.parametrize("cls,kw", [c[1:] for c in FUSED], ids=[f"{c}-{i}" for i, c, _ in FUSED])
+def test_numpy_update_matches_torch(cls, kw):
+    """``fused=False``: the NumPy update of the algorithms that also have a fused kernel."""
+    assert_same_trajectory(run_ng(cls, kw, fused=False), run_torch(cls, kw))
 
 
 GROUP_CASES = [

@@ -19,17 +19,19 @@ class Adagrad(Optimizer):
 
     Coordinates with large past gradients take small steps: a diagonal preconditioner that
     only shrinks, which suits sparse features and hurts long non-convex runs.
+    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`).
     """
 
     def __init__(self, params: Iterable, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True):
+                 strict: bool = False, flat: bool = True, fused: bool | None = None):
         for name, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay),
                         ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
             check_hyper(name, v)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize), strict=strict, flat=flat)
+                                      eps=eps, maximize=maximize), strict=strict, flat=flat,
+                         fused=fused)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"sum": h["initial_accumulator_value"]}
@@ -44,3 +46,7 @@ class Adagrad(Optimizer):
         xp.divide(g, tmp, out=tmp)
         tmp *= clr
         p -= tmp
+
+    def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
+        clr = h["lr"] / (1 + (st.t - 1) * h["lr_decay"])
+        return "adagrad", ("sum",), (h["eps"], clr), ()

@@ -21,6 +21,6 @@ class AdamW(Adam):
 
     def __init__(self, params: Iterable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True):
+                 strict: bool = False, flat: bool = True, fused: bool | None = None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, strict=strict, flat=flat)
+                         decoupled_weight_decay=True, strict=strict, flat=flat, fused=fused)

@@ -12,26 +12,37 @@ gradients with one ``concatenate`` (none at all after ``zero_grad(set_to_none=Fa
 gradients are views of a flat buffer too) and runs the update as a handful of array calls over
 the whole group, however many tensors it holds. ``flat=False`` leaves every ``p.data`` where it
 is and updates tensor by tensor.
+
+Fused path: an algorithm that also writes :meth:`Optimizer.fused_args` (Adam, AdamW, SGD,
+RMSprop, Adagrad) runs its step as compiled kernels instead (numba on the CPU, CuPy on CUDA;
+:mod:`._fused`): one pass that reads p, g and the state and writes p and the state, once per
+large gradient array (read where it is, no gather) or stretch of small ones, with no scratch
+buffers, and the same bits as the NumPy update. ``fused=None`` (the default) uses it wherever a
+kernel is available.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._backend import backend_of, is_array
 from ..autodiff import effect, enable_grad
-from ..errors import GradError, ShapeError
+from ..errors import BackendUnavailable, GradError, ShapeError
 from ..tensor import Tensor
+from . import _fused
 
 _NOT_HYPER = ("params", "param_names")
+#: gradients with fewer elements go to the fused kernel gathered with their small neighbours
+SMALL_GRADIENT = 1 << 14
 
 
 class _Bucket:
     """Parameters of one group on one device with one dtype, stored in one flat array."""
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
-                 "gviews", "work", "tmps", "arrays", "scalars", "uniform")
+                 "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "swork")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
@@ -59,6 +70,17 @@ class _Bucket:
         fresh = {"step": 0, **scalar_init}
         self.scalars = [fresh] * len(params)  # one dict per parameter, shared while in lockstep
         self.uniform = True
+        self.fused = False  # True when this bucket steps with a fused kernel
+        self.swork = None
+
+    def small_work(self):
+        """Scratch for the fused path's gathered small gradients (all of them fit, at most)."""
+        if self.swork is None:
+            sizes = [hi - lo for lo, hi in zip(self.offsets, self.offsets[1:])]
+            n = sum(x for x in sizes if x < SMALL_GRADIENT)
+            with self.backend.scope():
+                self.swork = self.xp.empty(n, self.flat.dtype)
+        return self.swork
 
     def tmp(self, k: int):
         """The k-th scratch buffer (flat, allocated once)."""
@@ -110,19 +132,30 @@ class Optimizer:
     override ``defaults``. A hyperparameter may be a callable of the step ``t`` (1 for the first
     update), e.g. ``lr=lambda t: 0.1 / t ** 0.5``. Parameters whose ``grad`` is None are skipped,
     as in PyTorch, unless ``strict=True``, which raises an error naming the parameter.
+
+    ``fused`` (for the algorithms with a fused kernel): None runs each step as one compiled
+    kernel where one is available for the parameters' device and dtype (numba installed on the
+    CPU, CuPy on CUDA; float32/float64) and the NumPy update elsewhere; True requires the kernel
+    (an error says what is missing); False always runs the NumPy update. Both give the same bits.
     """
 
     #: per-parameter numbers besides ``step`` and their initial values (e.g. NAdam's mu product)
     scalar_init: dict[str, float] = {}
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *, strict: bool = False,
-                 flat: bool = True):
+                 flat: bool = True, fused: bool | None = None):
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors or dicts, got a Tensor; "
                             "wrap it in a list")
+        if fused not in (None, True, False):
+            raise TypeError(f"{type(self).__name__}: fused must be None, True or False, got "
+                            f"{fused!r}")
+        if fused and type(self).fused_args is Optimizer.fused_args:
+            raise TypeError(f"{type(self).__name__} has no fused kernel; leave fused=None")
         self.defaults = dict(defaults)
         self.strict = strict
         self.flat = flat
+        self.fused = fused
         self.step_count = 0
         self.param_groups: list[dict] = []
         self._buckets: list[list[_Bucket]] = []
@@ -152,6 +185,12 @@ class Optimizer:
         ``g`` already has ``maximize`` and weight decay applied; ``st.t`` is this parameter's step
         (1 on its first update). Use ``out=`` and ``st.tmp(k)`` so nothing is allocated.
         """
+        raise NotImplementedError
+
+    def fused_args(self, st: _State, h: dict) -> tuple[str, tuple, tuple, tuple]:
+        """The fused form of :meth:`update`: the kernel's name in :mod:`._fused`, the state
+        arrays it updates (names; None for an unused slot), its scalars (cast to the parameters'
+        dtype) and its options (bools, flag bits 8, 16, ... in this order)."""
         raise NotImplementedError
 
     # --- parameter groups -------------------------------------------------------------------
@@ -190,12 +229,23 @@ class Optimizer:
         """Split a group by device, dtype and requires_grad; re-home each part into one buffer."""
         ps = group["params"]
         if not self.flat:
-            return [_Bucket([p], [i], self.scalar_init) for i, p in enumerate(ps)]
-        parts: dict = {}
-        for i, p in enumerate(ps):
-            key = (backend_of(p.data), p.dtype, bool(p.requires_grad))
-            parts.setdefault(key, []).append(i)
-        return [_Bucket([ps[i] for i in pos], pos, self.scalar_init) for pos in parts.values()]
+            buckets = [_Bucket([p], [i], self.scalar_init) for i, p in enumerate(ps)]
+        else:
+            parts: dict = {}
+            for i, p in enumerate(ps):
+                key = (backend_of(p.data), p.dtype, bool(p.requires_grad))
+                parts.setdefault(key, []).append(i)
+            buckets = [_Bucket([ps[i] for i in pos], pos, self.scalar_init)
+                       for pos in parts.values()]
+        if self.fused is not False and type(self).fused_args is not Optimizer.fused_args:
+            for b in buckets:
+                b.fused = _fused.available(b.backend, b.flat.dtype)
+                if self.fused and not b.fused:
+                    raise BackendUnavailable(
+                        f"{type(self).__name__}(fused=True) on {b.backend.name}: "
+                        f"{_fused.missing(b.backend, b.flat.dtype)} (fused=None falls back to "
+                        "the NumPy update where no kernel is available)")
+        return buckets
 
     def _hyper(self, group: dict, t: int) -> dict:
         return {k: (v(t) if callable(v) else v) for k, v in group.items() if k not in _NOT_HYPER}
@@ -265,22 +315,78 @@ class Optimizer:
         else:
             runs = _runs(grads, b.scalars)
         b.ensure(self.state_init(h))
-        if b.work is None:
+        if b.fused and not self._fused_ready(b):
+            b.fused = False
+        if b.work is None and not b.fused:
             b.work = b.xp.empty_like(b.flat)
         decoupled = bool(h.get("decoupled_weight_decay", False))
         for s, e in runs:
             sl = slice(b.offsets[s], b.offsets[e])
-            g = self._gather(b, grads, s, e, sl)
-            g = self._transform(b, b.flat[sl], g, sl, h, decoupled)
             sc = dict(b.scalars[s])
             sc["step"] += 1
-            self.update(b.xp, b.flat[sl], g, _State(b, sl, sc), h)
+            if b.fused:
+                self._fused_run(b, grads, s, e, sl, _State(b, sl, sc), h, decoupled)
+            else:
+                g = self._gather(b, grads, s, e, sl)
+                g = self._transform(b, b.flat[sl], g, sl, h, decoupled)
+                self.update(b.xp, b.flat[sl], g, _State(b, sl, sc), h)
             b.scalars[s:e] = [sc] * (e - s)
             for p in b.params[s:e]:
                 if p._version is not None:
                     p._version[0] += 1
         if len(runs) > 1 or runs[0] != (0, n):
             b.merge_scalars()
+
+    def _fused_ready(self, b: _Bucket) -> bool:
+        """Whether the bucket's kernels load; if not, an error (``fused=True``) or a warning and
+        the NumPy update from now on (``fused=None``)."""
+        try:
+            _fused.load(b.backend)
+            return True
+        except Exception as e:
+            msg = (f"{type(self).__name__}: the fused kernels on {b.backend.name} failed to load "
+                   f"({type(e).__name__}: {e})")
+            if self.fused:
+                raise BackendUnavailable(msg + "; fused=None falls back to the NumPy update") from e
+            warnings.warn(msg + "; this optimizer runs the NumPy update", RuntimeWarning,
+                          stacklevel=5)
+            return False
+
+    def _fused_run(self, b: _Bucket, grads: list, s: int, e: int, sl: slice, st: _State,
+                   h: dict, decoupled: bool) -> None:
+        """Parameters s..e-1 through the fused kernel: one call over the flat buffers when their
+        gradients are views of the flat gradient buffer, else one call per large gradient array
+        (read where it is) and one per stretch of small ones (gathered: a call costs more)."""
+        name, names, values, opts = self.fused_args(st, h)
+        kern = _fused.kernel(b.backend, name)
+        dt = b.flat.dtype
+        wd = h.get("weight_decay", 0)
+        flags = bool(h.get("maximize", False)) | (0 if not wd else 4 if decoupled else 2)
+        for j, o in enumerate(opts):
+            flags |= bool(o) << (3 + j)
+        k = _fused.scalars(b.backend, dt, (1 - h["lr"] * wd if flags & 4 else wd, *values))
+        state = [b.flat if n is None else b.arrays[n] for n in names]
+        gv = b.gviews
+        if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
+            kern(b.flat[sl], b.grad[sl], *[a[sl] for a in state], k, flags)
+            return
+        off, i = b.offsets, s
+        while i < e:
+            j = i + 1
+            if off[j] - off[i] < SMALL_GRADIENT:
+                while j < e and off[j + 1] - off[j] < SMALL_GRADIENT:
+                    j += 1
+            lo, hi = off[i], off[j]
+            if j - i > 1:
+                g = b.small_work()[:hi - lo]
+                b.xp.concatenate([grads[q].reshape(-1) for q in range(i, j)], out=g)
+            else:
+                g = grads[i]
+                if g.dtype != dt or not g.flags.c_contiguous:
+                    g = b.xp.ascontiguousarray(g, dtype=dt)
+                g = g.reshape(-1)
+            kern(b.flat[lo:hi], g, *[a[lo:hi] for a in state], k, flags)
+            i = j
 
     @staticmethod
     def _gather(b: _Bucket, grads: list, s: int, e: int, sl: slice):

@@ -19,17 +19,18 @@ class RMSprop(Optimizer):
         b_t = μ b_{t-1} + δ_t,   θ_t = θ_{t-1} - η b_t   (μ > 0)   else θ_t = θ_{t-1} - η δ_t
 
     ``centered`` divides by an estimate of the gradient's standard deviation instead of its RMS.
+    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`).
     """
 
     def __init__(self, params: Iterable, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered: bool = False, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True):
+                 strict: bool = False, flat: bool = True, fused: bool | None = None):
         for name, v in (("lr", lr), ("alpha", alpha), ("eps", eps),
                         ("weight_decay", weight_decay), ("momentum", momentum)):
             check_hyper(name, v)
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize),
-                         strict=strict, flat=flat)
+                         strict=strict, flat=flat, fused=fused)
 
     def state_init(self, h: dict) -> dict[str, float]:
         init = {"square_avg": 0.0}
@@ -65,3 +66,9 @@ class RMSprop(Optimizer):
         else:
             tmp *= h["lr"]
         p -= tmp
+
+    def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
+        alpha, centered, mom = h["alpha"], h["centered"], h["momentum"]
+        return ("rmsprop", ("square_avg", "grad_avg" if centered else None,
+                            "momentum_buffer" if mom > 0 else None),
+                (alpha, 1 - alpha, h["eps"], mom, h["lr"]), (centered, mom > 0))

@@ -18,11 +18,12 @@ class SGD(Optimizer):
         θ_t = θ_{t-1} - η d_t
 
     This is PyTorch's form (η outside the buffer), so trajectories match ``torch.optim.SGD``.
+    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`).
     """
 
     def __init__(self, params: Iterable, lr=1e-3, momentum=0.0, dampening=0.0,
                  weight_decay=0.0, nesterov: bool = False, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True):
+                 strict: bool = False, flat: bool = True, fused: bool | None = None):
         check_hyper("lr", lr)
         check_hyper("momentum", momentum)
         check_hyper("weight_decay", weight_decay)
@@ -30,7 +31,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), strict=strict, flat=flat)
+                                      maximize=maximize), strict=strict, flat=flat, fused=fused)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"momentum_buffer": 0.0} if h["momentum"] else {}
@@ -57,3 +58,8 @@ class SGD(Optimizer):
                 d = buf
         xp.multiply(d, h["lr"], out=tmp)
         p -= tmp
+
+    def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
+        mu, damp = h["momentum"], h["dampening"]
+        return ("sgd", ("momentum_buffer" if mu else None,), (mu, 1 - damp, h["lr"]),
+                (mu, st.t == 1, damp, h["nesterov"]))
