@@ -138,10 +138,18 @@ def test_fused_equals_numpy_update_per_tensor_and_with_float64_gradients():
     np.testing.assert_allclose(res[1], res[0], rtol=1e-6, atol=1e-7)
 
 
-def test_fused_none_uses_the_kernel_when_available_and_false_never():
+def test_fused_none_uses_the_kernel_when_available_and_false_never(monkeypatch):
     ps = _params(np.float32)
     assert ng.optim.Adam(ps).fused is None
+    import numba  # noqa: F401  (imported already: the kernel costs nothing more to use)
     assert all(b.fused for b in ng.optim.Adam(_params(np.float32))._buckets[0])
+    # numba not imported yet: a small bucket keeps the NumPy update (numba's import and start-up
+    # would cost more than the kernel saves), a large one takes the kernel
+    monkeypatch.delitem(sys.modules, "numba")
+    assert not any(b.fused for b in ng.optim.Adam(_params(np.float32))._buckets[0])
+    big = ng.zeros(_fused.AUTO_MIN_SIZE, requires_grad=True)
+    assert ng.optim.Adam([big])._buckets[0][0].fused
+    assert all(b.fused for b in ng.optim.Adam(_params(np.float32), fused=True)._buckets[0])
     assert not any(b.fused for b in ng.optim.Adam(_params(np.float32), fused=False)._buckets[0])
     # float16 has no kernel: None falls back, True says why
     h = [ng.tensor(np.ones(3, np.float16), requires_grad=True)]

@@ -239,7 +239,8 @@ class Optimizer:
                        for pos in parts.values()]
         if self.fused is not False and type(self).fused_args is not Optimizer.fused_args:
             for b in buckets:
-                b.fused = _fused.available(b.backend, b.flat.dtype)
+                b.fused = (_fused.available(b.backend, b.flat.dtype) if self.fused else
+                           _fused.auto(b.backend, b.flat.dtype, b.flat.size))
                 if self.fused and not b.fused:
                     raise BackendUnavailable(
                         f"{type(self).__name__}(fused=True) on {b.backend.name}: "
