@@ -363,8 +363,9 @@ def _reset_hwm() -> int | None:
 
 def _framework_ready(framework: str) -> None:
     """Import the framework and run a tiny step of the usual ops (a product, 1-D and 2-D
-    convolutions, ReLU, cross-entropy, backward, Adam), so that the memory baseline taken next
-    already holds the libraries and kernels they load on first use, not the workload's data."""
+    convolutions, ReLU, cross-entropy, backward, Adam; for nodegrad with numba installed, its
+    fused Adam, which imports numba), so that the memory baseline taken next already holds the
+    libraries and kernels they load on first use, not the workload's data."""
     if framework == "torch":
         import torch as lib
         from torch.nn import functional as F
@@ -382,7 +383,16 @@ def _framework_ready(framework: str) -> None:
     y = F.conv2d(x, w).sum() + F.conv1d(x[:, :, 0], w[:, :, 0]).sum()
     logits = (x.reshape(2, 16) @ tensor(16, 3)).relu()
     (F.cross_entropy(logits, lib.zeros(2, dtype=lib.int64)) + y).backward()
-    lib.optim.Adam([x, w]).step()
+    if framework == "nodegrad" and _has_numba():  # numba too (fused updates, jit kernels): a
+        lib.optim.Adam([x, w], fused=True).step()  # library loaded on first use, like torch's
+    else:
+        lib.optim.Adam([x, w]).step()
+
+
+def _has_numba() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("numba") is not None
 
 
 def _worker(module: str, wid: str, framework: str, settings: Settings, conn) -> None:
