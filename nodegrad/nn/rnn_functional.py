@@ -17,9 +17,9 @@ from .. import lax, ops
 from ..autodiff import is_grad_enabled, modes
 from ..batching import values
 from ..errors import ShapeError
-from ..ops.nn import gru_update
+from ..ops.nn import gru_scan, gru_update
 from ..random import Generator
-from ..tensor import Tensor
+from ..tensor import Tensor, zeros
 from . import functional as F
 
 __all__ = ["rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention",
@@ -225,6 +225,10 @@ def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, we
     b_hh = None
     if mode == "GRU" and weights[0][3] is not None:
         b_hh = ops.reshape(_stack_dirs([w[3] for w in weights]), (n_dir, 1, n_g))
+    if mode == "GRU":  # one primitive for the whole loop
+        b = zeros(n_dir, n_g, dtype=gis.dtype, device=gis.device) if b_hh is None else ops.reshape(b_hh, (n_dir, n_g))
+        ys = gru_scan(gis, w_hh, b, h0)                                         # (T, D, N, H)
+        return ys[steps - 1], None, ops.moveaxis(ys, 1, 0)
     lstm = mode == "LSTM"
     consts = [w_hh] if b_hh is None else [w_hh, b_hh]
     carry, ys = lax.scan_cached(("recurrent_layer", mode, len(consts)), partial(_step, mode, n_h),

@@ -8,14 +8,16 @@ Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick),
 from __future__ import annotations
 
 from .. import _backend as B
+from ..autodiff import modes
 from ..batching import batched, front, rank_up, size_of
+from ..errors import ShapeError
 from ..primitive import primitive
 from .elementwise import _sigmoid as _sigmoid_np
 from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, sigmoid,
                           tanh)
 from .reduce import _sum
-from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, norm_axes, norm_axis,
-                    reshape, swapaxes)
+from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, moveaxis, norm_axes,
+                    norm_axis, reshape, stack, swapaxes)
 
 
 def _shifted(xp, x, axis):
@@ -403,3 +405,179 @@ def gru_update(gi, gh, h):
     """One GRU step's gate update: r, z = σ(gi + gh) on the first 2H columns,
     n = tanh(gi_n + r ⊙ gh_n), h' = (1 - z) ⊙ n + z ⊙ h; the operands broadcast."""
     return _gru(gi, gh, h)
+
+
+# --- the GRU layer's time loop ---------------------------------------------------------------
+# One primitive for all T steps (both directions at once: D stacks directions, each with its own
+# weights), so a step costs a few array calls instead of a dozen primitives; its VJP is one
+# reverse loop (a second primitive) plus matrix products over all steps at once.
+def _gru_scan_fwd(xp, gi, w, b, h0):
+    steps, n_h = gi.shape[0], h0.shape[-1]
+    out = xp.empty(tuple(gi.shape[:-1]) + (n_h,), dtype=gi.dtype)
+    gh = xp.empty(tuple(h0.shape[:-1]) + (3 * n_h,), dtype=gi.dtype)
+    n = xp.empty(tuple(h0.shape), dtype=gi.dtype)
+    b = b[:, None, :]
+    h = h0
+    for t in range(steps):  # the arithmetic of gru_update, in its order
+        xp.matmul(h, w, out=gh)
+        gh += b
+        git = gi[t]
+        rz = _sigmoid_np(xp, git[..., :2 * n_h] + gh[..., :2 * n_h])
+        xp.multiply(gh[..., 2 * n_h:], rz[..., :n_h], out=n)
+        n += git[..., 2 * n_h:]
+        xp.tanh(n, out=n)
+        h_new = out[t]
+        xp.subtract(h, n, out=h_new)
+        h_new *= rz[..., n_h:]
+        h_new += n
+        h = h_new
+    return out
+
+
+def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
+    steps, n_dir, batch, n_g = gi.shape
+    n_h = n_g // 3
+    out = xp.empty((steps, n_dir, batch, 5, n_h), dtype=gi.dtype)
+    if steps == 0:
+        return out.reshape(steps, n_dir, batch, 5 * n_h)
+    # the gates of every step at once, from the saved states
+    hprev = xp.concatenate([h0[None], hs[:-1]], 0)                          # (T, D, N, H)
+    gh = xp.matmul(hprev, w) + b[:, None, :]
+    rz = _sigmoid_np(xp, gi[..., :2 * n_h] + gh[..., :2 * n_h])
+    r, z, ghn = rz[..., :n_h], rz[..., n_h:], gh[..., 2 * n_h:]
+    n = xp.tanh(gi[..., 2 * n_h:] + r * ghn)
+    # d(pre-activation) = dh_t * k: k for r, z, the h-side n (a r) and n's pre-activation a
+    ka = (1 - z) * (1 - n * n)
+    k = xp.stack([ka * ghn * r * (1 - r), (hprev - n) * z * (1 - z), ka * r, ka], -2)
+    wt = xp.ascontiguousarray(xp.swapaxes(w, -1, -2))                        # (D, 3H, H)
+    dh = g[steps - 1].copy()
+    back = xp.empty((n_dir, batch, n_h), dtype=gi.dtype)
+    for t in range(steps - 1, -1, -1):
+        o = out[t]
+        xp.multiply(dh[:, :, None, :], k[t], out=o[:, :, :4])
+        xp.matmul(o[:, :, :3].reshape(n_dir, batch, n_g), wt, out=back)
+        dprev = o[:, :, 4]
+        xp.multiply(dh, z[t], out=dprev)
+        dprev += back
+        if t:
+            xp.add(g[t - 1], dprev, out=dh)
+    return out.reshape(steps, n_dir, batch, 5 * n_h)
+
+
+def _gru_scan_parts_vjp(g, ans, gi, w, b, h0):
+    """The cotangents from the reverse loop (no graph of the gradient is wanted)."""
+    n_h = h0.shape[-1]
+    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (T, D, N, 5H)
+    dgh = parts[..., :3 * n_h]
+    dgi = concatenate([parts[..., :2 * n_h], parts[..., 3 * n_h:4 * n_h]], -1)
+    return dgi, dgh, parts[0, ..., 4 * n_h:]
+
+
+def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
+    """The same cotangents step by step with gru_update's VJP (differentiable: create_graph, and
+    every transform, see it)."""
+    steps = gi.shape[0]
+    hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
+    gh = hprev @ w + expand_dims(b, 1)
+    wt = swapaxes(w, -1, -2)
+    dgis, dghs = [], []
+    dh = g[steps - 1]
+    for t in range(steps - 1, -1, -1):
+        dgi, dgh, dprev = _gru_vjp((True, True, True), dh, ans[t], gi[t], gh[t], hprev[t])
+        dgis.append(dgi)
+        dghs.append(dgh)
+        dh = dprev + dgh @ wt
+        if t:
+            dh = g[t - 1] + dh
+    return stack(dgis[::-1]), stack(dghs[::-1]), dh
+
+
+def _gru_scan_vjp(needs, g, ans, gi, w, b, h0):
+    steps, n_dir, batch, n_g = gi.shape
+    if steps == 0:
+        return tuple(x * 0 if need else None for x, need in zip((gi, w, b, h0), needs))
+    m = modes()
+    fast = not (m.grad_enabled or m.traces)
+    dgi, dgh, dh0 = (_gru_scan_parts_vjp if fast else _gru_scan_steps_vjp)(g, ans, gi, w, b, h0)
+    dw = None
+    if needs[1]:  # sum over steps and batch of h_{t-1}ᵀ dgh_t: one product per direction
+        hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
+        hp = reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, -1))
+        dw = swapaxes(hp, 1, 2) @ reshape(moveaxis(dgh, 1, 0), (n_dir, steps * batch, n_g))
+    db = _sum(dgh, axis=(0, 2), keepdims=False) if needs[2] else None
+    return (dgi if needs[0] else None, dw, db, dh0 if needs[3] else None)
+
+
+def _gru_scan_jvp(ts, ans, gi, w, b, h0):
+    tgi, tw, tb, th = ts
+    steps = gi.shape[0]
+    hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
+    gh = hprev @ w + expand_dims(b, 1)
+    outs = []
+    for t in range(steps):
+        tgh = None
+        for part in (None if th is None else th @ w, None if tw is None else hprev[t] @ tw,
+                     None if tb is None else expand_dims(tb, 1)):
+            if part is not None:
+                tgh = part if tgh is None else tgh + part
+        th = _gru_jvp((None if tgi is None else tgi[t], tgh, th), ans[t], gi[t], gh[t],
+                      hprev[t])
+        if th is None:
+            th = ans[t] * 0
+        outs.append(th)
+    return stack(outs) if outs else ans * 0
+
+
+def _dir_merged(v, bd, size, lead: int):
+    """``v`` batched along a new axis right before its direction axis (axis ``lead``), merged
+    with it: the batch becomes more directions, each with its own weights and states."""
+    v = batched(v, bd, size)                                         # batch first
+    if lead:
+        v = moveaxis(v, 0, lead)
+    shape = tuple(v.shape)
+    return reshape(v, shape[:lead] + (shape[lead] * shape[lead + 1],) + shape[lead + 2:])
+
+
+def _gru_scan_batch(vals, bdims):
+    size = size_of(vals, bdims)
+    gi, w, b, h0 = (_dir_merged(v, bd, size, lead) for v, bd, lead in
+                    zip(vals, bdims, (1, 0, 0, 0)))
+    out = _gru_scan(gi, w, b, h0)
+    shape = tuple(out.shape)
+    return reshape(out, (shape[0], size, shape[1] // size) + shape[2:]), 1
+
+
+def _gru_scan_grad_batch(vals, bdims):
+    size = size_of(vals, bdims)
+    args = [_dir_merged(v, bd, size, lead) for v, bd, lead in
+            zip(vals, bdims, (1, 1, 1, 0, 0, 0))]
+    out = _gru_scan_grad(*args)
+    shape = tuple(out.shape)
+    return reshape(out, (shape[0], size, shape[1] // size) + shape[2:]), 1
+
+
+_gru_scan = primitive(
+    "gru_scan", _gru_scan_fwd, vjp_all=_gru_scan_vjp, kind="nn", jvp=_gru_scan_jvp,
+    batch=_gru_scan_batch, saves="both", operands="all",
+    doc="A GRU's states over T steps, each direction d with its own weights: h_t = "
+        "gru_update(gi_t, h_{t-1} w + b, h_{t-1}), gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H).")
+_gru_scan_grad = primitive(
+    "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_gru_scan_grad_batch, operands="all",
+    doc="gru_scan's reverse loop: per step the cotangents of gh_t (3H), of n's pre-activation "
+        "(H) and of h_{t-1} (H), (T, D, N, 5H).")
+
+
+def gru_scan(gi, w, b, h0):
+    """A GRU layer's time loop: the states h_t (T, D, N, H) from the input projections
+    gi (T, D, N, 3H) (x Wᵢₕᵀ + bᵢₕ), the recurrent weights w (D, H, 3H) (Wₕₕᵀ), their bias
+    b (D, 3H) and the initial states h0 (D, N, H); D directions (or layers) run side by side."""
+    shapes = [tuple(getattr(t, "shape", ())) for t in (gi, w, b, h0)]
+    ok = len(shapes[0]) == 4 and len(shapes[3]) == 3 and shapes[0][-1] == 3 * shapes[3][-1]
+    if ok:
+        steps, n_dir, batch, n_g = shapes[0]
+        ok = (shapes[1] == (n_dir, n_g // 3, n_g) and shapes[2] == (n_dir, n_g)
+              and shapes[3] == (n_dir, batch, n_g // 3))
+    if not ok:
+        raise ShapeError(f"gru_scan: expected gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H) and h0 "
+                         f"(D, N, H), got {', '.join(str(s) for s in shapes)}")
+    return _gru_scan(gi, w, b, h0)
