@@ -412,65 +412,120 @@ def gru_update(gi, gh, h):
 # weights), so a step costs a few array calls instead of a dozen primitives; its VJP is one
 # reverse loop (a second primitive) plus matrix products over all steps at once.
 def _gru_scan_fwd(xp, gi, w, b, h0):
-    steps, n_h = gi.shape[0], h0.shape[-1]
-    out = xp.empty(tuple(gi.shape[:-1]) + (n_h,), dtype=gi.dtype)
-    gh = xp.empty(tuple(h0.shape[:-1]) + (3 * n_h,), dtype=gi.dtype)
-    n = xp.empty(tuple(h0.shape), dtype=gi.dtype)
-    b = b[:, None, :]
-    h = h0
-    for t in range(steps):  # the arithmetic of gru_update, in its order
-        xp.matmul(h, w, out=gh)
+    # features before batch inside ((D, 3H, N) per step): each gate a contiguous block, so the
+    # elementwise calls run over whole blocks, not rows of H elements
+    steps, n_dir, batch, n_g = gi.shape
+    n_h, dt = n_g // 3, gi.dtype
+    gi, wt, b = _gru_halved(xp, gi, w, b)
+    out = xp.empty((steps, n_dir, n_h, batch), dtype=dt)
+    gh = xp.empty((n_dir, n_g, batch), dtype=dt)
+    rz = xp.empty((n_dir, 2 * n_h, batch), dt)
+    n = xp.empty((n_dir, n_h, batch), dtype=dt)
+    h = xp.swapaxes(h0, -1, -2)
+    for t in range(steps):
+        xp.matmul(wt, h, out=gh)
         gh += b
         git = gi[t]
-        rz = _sigmoid_np(xp, git[..., :2 * n_h] + gh[..., :2 * n_h])
-        xp.multiply(gh[..., 2 * n_h:], rz[..., :n_h], out=n)
-        n += git[..., 2 * n_h:]
+        xp.add(git[:, :2 * n_h], gh[:, :2 * n_h], out=rz)
+        _sigmoid_halved(xp, rz)
+        xp.multiply(gh[:, 2 * n_h:], rz[:, :n_h], out=n)
+        n += git[:, 2 * n_h:]
         xp.tanh(n, out=n)
         h_new = out[t]
         xp.subtract(h, n, out=h_new)
-        h_new *= rz[..., n_h:]
+        h_new *= rz[:, n_h:]
         h_new += n
         h = h_new
-    return out
+    return xp.ascontiguousarray(xp.swapaxes(out, -1, -2))
+
+
+def _gru_halved(xp, gi, w, b):
+    """gi (T, D, 3H, N), Wₕₕ (D, 3H, H) and b (D, 3H, 1) laid out features first, with the r and
+    z rows halved (exact), so their pre-activations come out as x/2 for σ(x) = (1 + tanh(x/2))/2."""
+    n_h = w.shape[-2]
+    gi = xp.swapaxes(gi, -1, -2).copy()
+    wt = xp.swapaxes(w, -1, -2).copy()
+    b = b[:, :, None].copy()
+    for v in (gi[..., :2 * n_h, :], wt[:, :2 * n_h], b[:, :2 * n_h]):
+        v *= 0.5
+    return gi, wt, b
+
+
+def _sigmoid_halved(xp, x):
+    """σ into ``x`` from x/2: (1 + tanh(x/2)) / 2, saturating without overflow."""
+    xp.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+_GRU_CHUNK = 8  # steps whose gates the reverse loop recomputes at once (temporaries stay small)
+
+
+def _gru_gate_factors(xp, hprev, gi, wt, b):
+    """z and the factors k with d(pre-activations) = dh_t * k for a few steps at once (features
+    before batch, r and z rows halved): k (…, 4, H, N) for r, z, the h-side n (a·r) and n's
+    pre-activation a."""
+    n_h = hprev.shape[-2]
+    gh = xp.matmul(wt, hprev)
+    gh += b
+    rz = gi[..., :2 * n_h, :] + gh[..., :2 * n_h, :]
+    _sigmoid_halved(xp, rz)
+    r, z, ghn = rz[..., :n_h, :], rz[..., n_h:, :], gh[..., 2 * n_h:, :]
+    n = r * ghn
+    n += gi[..., 2 * n_h:, :]
+    xp.tanh(n, out=n)
+    k = xp.empty(tuple(n.shape[:-2]) + (4,) + tuple(n.shape[-2:]), dtype=n.dtype)
+    kr, kz, kn, ka = k[..., 0, :, :], k[..., 1, :, :], k[..., 2, :, :], k[..., 3, :, :]
+    xp.multiply(n, n, out=ka)
+    xp.subtract(1, ka, out=ka)
+    xp.subtract(1, z, out=kz)
+    ka *= kz                                                  # (1 - z)(1 - n²)
+    kz *= z
+    xp.subtract(hprev, n, out=kn)
+    kz *= kn                                                  # (h - n) z (1 - z)
+    xp.subtract(1, r, out=kr)
+    kr *= r
+    kr *= ghn
+    kr *= ka                                                  # a gₕₙ r (1 - r)
+    xp.multiply(ka, r, out=kn)
+    return z, k
 
 
 def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
     steps, n_dir, batch, n_g = gi.shape
-    n_h = n_g // 3
-    out = xp.empty((steps, n_dir, batch, 5, n_h), dtype=gi.dtype)
+    n_h, dt = n_g // 3, gi.dtype
+    out = xp.empty((steps, n_dir, 5, n_h, batch), dtype=dt)                 # features first
     if steps == 0:
-        return out.reshape(steps, n_dir, batch, 5 * n_h)
-    # the gates of every step at once, from the saved states
-    hprev = xp.concatenate([h0[None], hs[:-1]], 0)                          # (T, D, N, H)
-    gh = xp.matmul(hprev, w) + b[:, None, :]
-    rz = _sigmoid_np(xp, gi[..., :2 * n_h] + gh[..., :2 * n_h])
-    r, z, ghn = rz[..., :n_h], rz[..., n_h:], gh[..., 2 * n_h:]
-    n = xp.tanh(gi[..., 2 * n_h:] + r * ghn)
-    # d(pre-activation) = dh_t * k: k for r, z, the h-side n (a r) and n's pre-activation a
-    ka = (1 - z) * (1 - n * n)
-    k = xp.stack([ka * ghn * r * (1 - r), (hprev - n) * z * (1 - z), ka * r, ka], -2)
-    wt = xp.ascontiguousarray(xp.swapaxes(w, -1, -2))                        # (D, 3H, H)
+        return out.reshape(steps, n_dir, 5 * n_h, batch)
+    gi, wt, b = _gru_halved(xp, gi, w, b)
+    g, hs, h0 = (xp.swapaxes(v, -1, -2) for v in (g, hs, h0))
+    w = xp.ascontiguousarray(w)
     dh = g[steps - 1].copy()
-    back = xp.empty((n_dir, batch, n_h), dtype=gi.dtype)
-    for t in range(steps - 1, -1, -1):
-        o = out[t]
-        xp.multiply(dh[:, :, None, :], k[t], out=o[:, :, :4])
-        xp.matmul(o[:, :, :3].reshape(n_dir, batch, n_g), wt, out=back)
-        dprev = o[:, :, 4]
-        xp.multiply(dh, z[t], out=dprev)
-        dprev += back
-        if t:
-            xp.add(g[t - 1], dprev, out=dh)
-    return out.reshape(steps, n_dir, batch, 5 * n_h)
+    back = xp.empty((n_dir, n_h, batch), dtype=dt)
+    for t1 in range(steps, 0, -_GRU_CHUNK):
+        t0 = max(0, t1 - _GRU_CHUNK)
+        hprev = hs[t0 - 1:t1 - 1] if t0 else xp.concatenate([h0[None], hs[:t1 - 1]], 0)
+        z, k = _gru_gate_factors(xp, xp.ascontiguousarray(hprev), gi[t0:t1], wt, b)
+        for t in range(t1 - 1, t0 - 1, -1):
+            o = out[t]
+            xp.multiply(dh[:, None], k[t - t0], out=o[:, :4])
+            xp.matmul(w, o[:, :3].reshape(n_dir, n_g, batch), out=back)
+            dprev = o[:, 4]
+            xp.multiply(dh, z[t - t0], out=dprev)
+            dprev += back
+            if t:
+                xp.add(g[t - 1], dprev, out=dh)
+    return out.reshape(steps, n_dir, 5 * n_h, batch)
 
 
 def _gru_scan_parts_vjp(g, ans, gi, w, b, h0):
     """The cotangents from the reverse loop (no graph of the gradient is wanted)."""
     n_h = h0.shape[-1]
-    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (T, D, N, 5H)
-    dgh = parts[..., :3 * n_h]
-    dgi = concatenate([parts[..., :2 * n_h], parts[..., 3 * n_h:4 * n_h]], -1)
-    return dgi, dgh, parts[0, ..., 4 * n_h:]
+    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (T, D, 5H, N)
+    dgh = swapaxes(parts[:, :, :3 * n_h], -1, -2)
+    dgi = swapaxes(concatenate([parts[:, :, :2 * n_h], parts[:, :, 3 * n_h:4 * n_h]], 2), -1, -2)
+    return dgi, dgh, swapaxes(parts[0, :, 4 * n_h:], -1, -2)
 
 
 def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
@@ -564,7 +619,7 @@ _gru_scan = primitive(
 _gru_scan_grad = primitive(
     "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_gru_scan_grad_batch, operands="all",
     doc="gru_scan's reverse loop: per step the cotangents of gh_t (3H), of n's pre-activation "
-        "(H) and of h_{t-1} (H), (T, D, N, 5H).")
+        "(H) and of h_{t-1} (H), features first: (T, D, 5H, N).")
 
 
 def gru_scan(gi, w, b, h0):
