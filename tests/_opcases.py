@@ -2396,9 +2396,9 @@ FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_
 
 def _gru_scan_grad_ref(g, hs, gi, w, b, h0):
     """gru_scan's reverse loop step by step from the GRU's formulas: per step the cotangents of
-    gh (3H), of n's pre-activation (H) and of h_{t-1} (H), features first (T, D, 5H, N)."""
+    gi (3H: r, z, n's pre-activation a), of the h-side n (a r) and of h_{t-1}, (T, D, N, 5H)."""
     n_h = h0.shape[-1]
-    out = np.zeros(gi.shape[:2] + (5 * n_h, gi.shape[2]))
+    out = np.zeros(gi.shape[:3] + (5 * n_h,))
     dh = np.zeros_like(h0)
     for t in reversed(range(gi.shape[0])):
         hp = h0 if t == 0 else hs[t - 1]
@@ -2411,7 +2411,7 @@ def _gru_scan_grad_ref(g, hs, gi, w, b, h0):
         dgh = np.concatenate([da * gh[..., 2 * n_h:] * r * (1 - r), dh * (hp - n) * z * (1 - z),
                               da * r], -1)
         dprev = dh * z + dgh @ w.transpose(0, 2, 1)
-        out[t] = np.concatenate([dgh, da, dprev], -1).swapaxes(-1, -2)
+        out[t] = np.concatenate([dgh[..., :2 * n_h], da, dgh[..., 2 * n_h:], dprev], -1)
         dh = dprev
     return out
 

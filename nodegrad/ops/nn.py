@@ -459,13 +459,13 @@ def _sigmoid_halved(xp, x):
     return x
 
 
-_GRU_CHUNK = 8  # steps whose gates the reverse loop recomputes at once (temporaries stay small)
+_GRU_CHUNK = 1 << 15  # about this many state elements' gates are recomputed at once
 
 
 def _gru_gate_factors(xp, hprev, gi, wt, b):
-    """z and the factors k with d(pre-activations) = dh_t * k for a few steps at once (features
-    before batch, r and z rows halved): k (…, 4, H, N) for r, z, the h-side n (a·r) and n's
-    pre-activation a."""
+    """The factors k with d(pre-activations) = dh_t * k for a few steps at once (features before
+    batch, r and z rows halved), k (…, 5, H, N): r, z, n's pre-activation a, the h-side n (a·r),
+    and z itself (h_{t-1}'s direct share)."""
     n_h = hprev.shape[-2]
     gh = xp.matmul(wt, hprev)
     gh += b
@@ -475,8 +475,8 @@ def _gru_gate_factors(xp, hprev, gi, wt, b):
     n = r * ghn
     n += gi[..., 2 * n_h:, :]
     xp.tanh(n, out=n)
-    k = xp.empty(tuple(n.shape[:-2]) + (4,) + tuple(n.shape[-2:]), dtype=n.dtype)
-    kr, kz, kn, ka = k[..., 0, :, :], k[..., 1, :, :], k[..., 2, :, :], k[..., 3, :, :]
+    k = xp.empty(tuple(n.shape[:-2]) + (5,) + tuple(n.shape[-2:]), dtype=n.dtype)
+    kr, kz, ka, kn = k[..., 0, :, :], k[..., 1, :, :], k[..., 2, :, :], k[..., 3, :, :]
     xp.multiply(n, n, out=ka)
     xp.subtract(1, ka, out=ka)
     xp.subtract(1, z, out=kz)
@@ -489,43 +489,46 @@ def _gru_gate_factors(xp, hprev, gi, wt, b):
     kr *= ghn
     kr *= ka                                                  # a gₕₙ r (1 - r)
     xp.multiply(ka, r, out=kn)
-    return z, k
+    k[..., 4, :, :] = z
+    return k
 
 
 def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
     steps, n_dir, batch, n_g = gi.shape
     n_h, dt = n_g // 3, gi.dtype
-    out = xp.empty((steps, n_dir, 5, n_h, batch), dtype=dt)                 # features first
     if steps == 0:
-        return out.reshape(steps, n_dir, 5 * n_h, batch)
+        return xp.empty((steps, n_dir, batch, 5 * n_h), dtype=dt)
+    out = xp.empty((steps, n_dir, 5, n_h, batch), dtype=dt)                 # features first
     gi, wt, b = _gru_halved(xp, gi, w, b)
     g, hs, h0 = (xp.swapaxes(v, -1, -2) for v in (g, hs, h0))
-    w = xp.ascontiguousarray(w)
+    # h_{t-1} receives w (dr, dz, a·r): as one product over the planes (r, z, a, a·r)
+    w4 = xp.zeros((n_dir, n_h, 4 * n_h), dtype=dt)
+    w4[..., :2 * n_h], w4[..., 3 * n_h:] = w[..., :2 * n_h], w[..., 2 * n_h:]
     dh = g[steps - 1].copy()
     back = xp.empty((n_dir, n_h, batch), dtype=dt)
-    for t1 in range(steps, 0, -_GRU_CHUNK):
-        t0 = max(0, t1 - _GRU_CHUNK)
+    chunk = max(1, _GRU_CHUNK // (n_dir * n_h * batch))
+    for t1 in range(steps, 0, -chunk):
+        t0 = max(0, t1 - chunk)
         hprev = hs[t0 - 1:t1 - 1] if t0 else xp.concatenate([h0[None], hs[:t1 - 1]], 0)
-        z, k = _gru_gate_factors(xp, xp.ascontiguousarray(hprev), gi[t0:t1], wt, b)
+        k = _gru_gate_factors(xp, xp.ascontiguousarray(hprev), gi[t0:t1], wt, b)
         for t in range(t1 - 1, t0 - 1, -1):
             o = out[t]
-            xp.multiply(dh[:, None], k[t - t0], out=o[:, :4])
-            xp.matmul(w, o[:, :3].reshape(n_dir, n_g, batch), out=back)
+            xp.multiply(dh[:, None], k[t - t0], out=o)
+            xp.matmul(w4, o[:, :4].reshape(n_dir, 4 * n_h, batch), out=back)
             dprev = o[:, 4]
-            xp.multiply(dh, z[t - t0], out=dprev)
             dprev += back
             if t:
                 xp.add(g[t - 1], dprev, out=dh)
-    return out.reshape(steps, n_dir, 5 * n_h, batch)
+    out = xp.ascontiguousarray(xp.moveaxis(out, -1, 2))                      # (T, D, N, 5, H)
+    return out.reshape(steps, n_dir, batch, 5 * n_h)
 
 
 def _gru_scan_parts_vjp(g, ans, gi, w, b, h0):
     """The cotangents from the reverse loop (no graph of the gradient is wanted)."""
     n_h = h0.shape[-1]
-    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (T, D, 5H, N)
-    dgh = swapaxes(parts[:, :, :3 * n_h], -1, -2)
-    dgi = swapaxes(concatenate([parts[:, :, :2 * n_h], parts[:, :, 3 * n_h:4 * n_h]], 2), -1, -2)
-    return dgi, dgh, swapaxes(parts[0, :, 4 * n_h:], -1, -2)
+    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (T, D, N, 5H)
+    dgh = concatenate([parts[..., :2 * n_h], parts[..., 3 * n_h:4 * n_h]], -1)
+    return parts[..., :3 * n_h], dgh, parts[0, ..., 4 * n_h:]
 
 
 def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
@@ -618,8 +621,8 @@ _gru_scan = primitive(
         "gru_update(gi_t, h_{t-1} w + b, h_{t-1}), gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H).")
 _gru_scan_grad = primitive(
     "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_gru_scan_grad_batch, operands="all",
-    doc="gru_scan's reverse loop: per step the cotangents of gh_t (3H), of n's pre-activation "
-        "(H) and of h_{t-1} (H), features first: (T, D, 5H, N).")
+    doc="gru_scan's reverse loop: per step the cotangents of gi_t (3H: r, z and n's "
+        "pre-activation a), of the h-side n (a·r) and of h_{t-1}, (T, D, N, 5H).")
 
 
 def gru_scan(gi, w, b, h0):
