@@ -11,6 +11,7 @@ from .. import _backend as B
 from ..autodiff import modes
 from ..batching import batched, front, rank_up, size_of
 from ..errors import ShapeError
+from ..tensor import ones
 from ..primitive import primitive
 from .elementwise import _sigmoid as _sigmoid_np
 from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, sigmoid,
@@ -557,13 +558,18 @@ def _gru_scan_vjp(needs, g, ans, gi, w, b, h0):
     m = modes()
     fast = not (m.grad_enabled or m.traces)
     dgi, dgh, dh0 = (_gru_scan_parts_vjp if fast else _gru_scan_steps_vjp)(g, ans, gi, w, b, h0)
-    dw = None
-    if needs[1]:  # sum over steps and batch of h_{t-1}ᵀ dgh_t: one product per direction
-        hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
-        hp = reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, -1))
-        dw = swapaxes(hp, 1, 2) @ reshape(moveaxis(dgh, 1, 0), (n_dir, steps * batch, n_g))
-    db = _sum(dgh, axis=(0, 2), keepdims=False) if needs[2] else None
-    return (dgi if needs[0] else None, dw, db, dh0 if needs[3] else None)
+    dw = db = None
+    if needs[1] or needs[2]:  # Σ over steps and batch of [h_{t-1}, 1]ᵀ dgh_t: one product per
+        # direction gives the weight's gradient and, from the row of ones, the bias's
+        n_h = h0.shape[-1]
+        one = ones(1, 1, 1, 1, dtype=ans.dtype, device=ans.device)
+        hprev = concatenate([concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0),
+                             broadcast_to(one, (steps, n_dir, batch, 1))], -1)
+        hp = reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, n_h + 1))
+        dwb = swapaxes(hp, 1, 2) @ reshape(moveaxis(dgh, 1, 0), (n_dir, steps * batch, n_g))
+        dw, db = dwb[:, :n_h], dwb[:, n_h]
+    return (dgi if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
+            dh0 if needs[3] else None)
 
 
 def _gru_scan_jvp(ts, ans, gi, w, b, h0):
