@@ -19,7 +19,7 @@ from ..batching import values
 from ..errors import ShapeError
 from ..ops.nn import gru_scan, gru_update
 from ..random import Generator
-from ..tensor import Tensor, zeros
+from ..tensor import Tensor, ones, zeros
 from . import functional as F
 
 __all__ = ["rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention",
@@ -217,7 +217,13 @@ def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, we
     steps is one product): the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
     n_dir, steps, batch, n_in = xd.shape
     n_h, n_g = h0.shape[-1], w_ih.shape[-1]
-    gis = ops.reshape(xd, (n_dir, steps * batch, n_in)) @ w_ih
+    xs = ops.reshape(xd, (n_dir, steps * batch, n_in))
+    if b_ih is not None and n_in <= n_g:  # few inputs: the bias as one more input column of
+        # ones, so one product gives the projection and, backward, both gradients
+        one = ops.broadcast_to(ones(1, 1, 1, dtype=xd.dtype, device=xd.device),
+                               (n_dir, steps * batch, 1))
+        xs, w_ih, b_ih = ops.concatenate([xs, one], -1), ops.concatenate([w_ih, b_ih], 1), None
+    gis = xs @ w_ih
     if b_ih is not None:
         gis = gis + b_ih
     gis = ops.moveaxis(ops.reshape(gis, (n_dir, steps, batch, n_g)), 1, 0)      # (T, D, N, GH)
