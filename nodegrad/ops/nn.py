@@ -498,7 +498,7 @@ def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
     steps, n_dir, batch, n_g = gi.shape
     n_h, dt = n_g // 3, gi.dtype
     if steps == 0:
-        return xp.empty((steps, n_dir, batch, 5 * n_h), dtype=dt)
+        return xp.empty((n_dir, steps, batch, 5 * n_h), dtype=dt)
     out = xp.empty((steps, n_dir, 5, n_h, batch), dtype=dt)                 # features first
     gi, wt, b = _gru_halved(xp, gi, w, b)
     g, hs, h0 = (xp.swapaxes(v, -1, -2) for v in (g, hs, h0))
@@ -520,22 +520,25 @@ def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
             dprev += back
             if t:
                 xp.add(g[t - 1], dprev, out=dh)
-    out = xp.ascontiguousarray(xp.moveaxis(out, -1, 2))                      # (T, D, N, 5, H)
-    return out.reshape(steps, n_dir, batch, 5 * n_h)
+    out = xp.ascontiguousarray(out.transpose(1, 0, 4, 2, 3))                 # (D, T, N, 5, H)
+    return out.reshape(n_dir, steps, batch, 5 * n_h)
 
 
 def _gru_scan_parts_vjp(g, ans, gi, w, b, h0):
-    """The cotangents from the reverse loop (no graph of the gradient is wanted)."""
-    n_h = h0.shape[-1]
-    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (T, D, N, 5H)
-    dgh = concatenate([parts[..., :2 * n_h], parts[..., 3 * n_h:4 * n_h]], -1)
-    return parts[..., :3 * n_h], dgh, parts[0, ..., 4 * n_h:]
+    """The cotangents from the reverse loop (no graph of the gradient is wanted): gi's, the
+    blocks of gh's as (D, T·N, ·) and h0's."""
+    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (D, T, N, 5H)
+    n_dir, steps, batch, n_p = parts.shape
+    n_h = n_p // 5
+    flat = reshape(parts, (n_dir, steps * batch, n_p))
+    return (moveaxis(parts[..., :3 * n_h], 0, 1),
+            [flat[..., :2 * n_h], flat[..., 3 * n_h:4 * n_h]], parts[:, 0, :, 4 * n_h:])
 
 
 def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
     """The same cotangents step by step with gru_update's VJP (differentiable: create_graph, and
     every transform, see it)."""
-    steps = gi.shape[0]
+    steps, n_dir, batch, n_g = gi.shape
     hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
     gh = hprev @ w + expand_dims(b, 1)
     wt = swapaxes(w, -1, -2)
@@ -548,7 +551,8 @@ def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
         dh = dprev + dgh @ wt
         if t:
             dh = g[t - 1] + dh
-    return stack(dgis[::-1]), stack(dghs[::-1]), dh
+    dgh = reshape(moveaxis(stack(dghs[::-1]), 1, 0), (n_dir, steps * batch, n_g))
+    return stack(dgis[::-1]), [dgh], dh
 
 
 def _gru_scan_vjp(needs, g, ans, gi, w, b, h0):
@@ -560,13 +564,14 @@ def _gru_scan_vjp(needs, g, ans, gi, w, b, h0):
     dgi, dgh, dh0 = (_gru_scan_parts_vjp if fast else _gru_scan_steps_vjp)(g, ans, gi, w, b, h0)
     dw = db = None
     if needs[1] or needs[2]:  # Σ over steps and batch of [h_{t-1}, 1]ᵀ dgh_t: one product per
-        # direction gives the weight's gradient and, from the row of ones, the bias's
+        # direction (and block of gh) gives the weight's gradient and, from the ones, the bias's
         n_h = h0.shape[-1]
         one = ones(1, 1, 1, 1, dtype=ans.dtype, device=ans.device)
         hprev = concatenate([concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0),
                              broadcast_to(one, (steps, n_dir, batch, 1))], -1)
-        hp = reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, n_h + 1))
-        dwb = swapaxes(hp, 1, 2) @ reshape(moveaxis(dgh, 1, 0), (n_dir, steps * batch, n_g))
+        hp = swapaxes(reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, n_h + 1)), 1, 2)
+        dwb = [hp @ blk for blk in dgh]
+        dwb = dwb[0] if len(dwb) == 1 else concatenate(dwb, -1)
         dw, db = dwb[:, :n_h], dwb[:, n_h]
     return (dgi if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
             dh0 if needs[3] else None)
@@ -615,9 +620,9 @@ def _gru_scan_grad_batch(vals, bdims):
     size = size_of(vals, bdims)
     args = [_dir_merged(v, bd, size, lead) for v, bd, lead in
             zip(vals, bdims, (1, 1, 1, 0, 0, 0))]
-    out = _gru_scan_grad(*args)
+    out = _gru_scan_grad(*args)                                       # directions first
     shape = tuple(out.shape)
-    return reshape(out, (shape[0], size, shape[1] // size) + shape[2:]), 1
+    return reshape(out, (size, shape[0] // size) + shape[1:]), 0
 
 
 _gru_scan = primitive(
@@ -628,7 +633,8 @@ _gru_scan = primitive(
 _gru_scan_grad = primitive(
     "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_gru_scan_grad_batch, operands="all",
     doc="gru_scan's reverse loop: per step the cotangents of gi_t (3H: r, z and n's "
-        "pre-activation a), of the h-side n (a·r) and of h_{t-1}, (T, D, N, 5H).")
+        "pre-activation a), of the h-side n (a·r) and of h_{t-1}, directions first "
+        "(D, T, N, 5H).")
 
 
 def gru_scan(gi, w, b, h0):
