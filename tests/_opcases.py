@@ -2396,7 +2396,7 @@ FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_
 
 def _gru_scan_grad_ref(g, hs, gi, w, b, h0):
     """gru_scan's reverse loop step by step from the GRU's formulas: per step the cotangents of
-    gi (3H: r, z, n's pre-activation a), of the h-side n (a r) and of h_{t-1}, (D, T, N, 5H)."""
+    gi (3H: r, z, n's pre-activation a), of the h-side n (a r) and of h_{t-1}, (D, 5H, T, N)."""
     n_h = h0.shape[-1]
     out = np.zeros(gi.shape[:3] + (5 * n_h,))
     dh = np.zeros_like(h0)
@@ -2413,7 +2413,7 @@ def _gru_scan_grad_ref(g, hs, gi, w, b, h0):
         dprev = dh * z + dgh @ w.transpose(0, 2, 1)
         out[t] = np.concatenate([dgh[..., :2 * n_h], da, dgh[..., 2 * n_h:], dprev], -1)
         dh = dprev
-    return out.swapaxes(0, 1)
+    return out.transpose(1, 3, 0, 2)
 
 
 def _gru_scan_grad_build(draw):

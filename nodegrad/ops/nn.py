@@ -18,7 +18,7 @@ from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, s
                           tanh)
 from .reduce import _sum
 from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, moveaxis, norm_axes,
-                    norm_axis, reshape, stack, swapaxes)
+                    norm_axis, reshape, stack, swapaxes, transpose)
 
 
 def _shifted(xp, x, axis):
@@ -497,9 +497,9 @@ def _gru_gate_factors(xp, hprev, gi, wt, b):
 def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
     steps, n_dir, batch, n_g = gi.shape
     n_h, dt = n_g // 3, gi.dtype
+    out = xp.empty((n_dir, 5, n_h, steps, batch), dtype=dt)
     if steps == 0:
-        return xp.empty((n_dir, steps, batch, 5 * n_h), dtype=dt)
-    out = xp.empty((steps, n_dir, 5, n_h, batch), dtype=dt)                 # features first
+        return out.reshape(n_dir, 5 * n_h, steps, batch)
     gi, wt, b = _gru_halved(xp, gi, w, b)
     g, hs, h0 = (xp.swapaxes(v, -1, -2) for v in (g, hs, h0))
     # h_{t-1} receives w (dr, dz, a·r): as one product over the planes (r, z, a, a·r)
@@ -513,26 +513,25 @@ def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
         hprev = hs[t0 - 1:t1 - 1] if t0 else xp.concatenate([h0[None], hs[:t1 - 1]], 0)
         k = _gru_gate_factors(xp, xp.ascontiguousarray(hprev), gi[t0:t1], wt, b)
         for t in range(t1 - 1, t0 - 1, -1):
-            o = out[t]
+            o = out[..., t, :]                                               # (D, 5, H, N)
             xp.multiply(dh[:, None], k[t - t0], out=o)
             xp.matmul(w4, o[:, :4].reshape(n_dir, 4 * n_h, batch), out=back)
             dprev = o[:, 4]
             dprev += back
             if t:
                 xp.add(g[t - 1], dprev, out=dh)
-    out = xp.ascontiguousarray(out.transpose(1, 0, 4, 2, 3))                 # (D, T, N, 5, H)
-    return out.reshape(n_dir, steps, batch, 5 * n_h)
+    return out.reshape(n_dir, 5 * n_h, steps, batch)
 
 
 def _gru_scan_parts_vjp(g, ans, gi, w, b, h0):
     """The cotangents from the reverse loop (no graph of the gradient is wanted): gi's, the
     blocks of gh's as (D, T·N, ·) and h0's."""
-    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (D, T, N, 5H)
-    n_dir, steps, batch, n_p = parts.shape
+    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (D, 5H, T, N)
+    n_dir, n_p, steps, batch = parts.shape
     n_h = n_p // 5
-    flat = reshape(parts, (n_dir, steps * batch, n_p))
-    return (moveaxis(parts[..., :3 * n_h], 0, 1),
-            [flat[..., :2 * n_h], flat[..., 3 * n_h:4 * n_h]], parts[:, 0, :, 4 * n_h:])
+    flat = reshape(parts, (n_dir, n_p, steps * batch))
+    return (transpose(parts[:, :3 * n_h], (2, 0, 3, 1)),
+            [flat[:, :2 * n_h], flat[:, 3 * n_h:4 * n_h]], swapaxes(parts[:, 4 * n_h:, 0], 1, 2))
 
 
 def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
@@ -551,7 +550,7 @@ def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
         dh = dprev + dgh @ wt
         if t:
             dh = g[t - 1] + dh
-    dgh = reshape(moveaxis(stack(dghs[::-1]), 1, 0), (n_dir, steps * batch, n_g))
+    dgh = reshape(transpose(stack(dghs[::-1]), (1, 3, 0, 2)), (n_dir, n_g, steps * batch))
     return stack(dgis[::-1]), [dgh], dh
 
 
@@ -563,15 +562,15 @@ def _gru_scan_vjp(needs, g, ans, gi, w, b, h0):
     fast = not (m.grad_enabled or m.traces)
     dgi, dgh, dh0 = (_gru_scan_parts_vjp if fast else _gru_scan_steps_vjp)(g, ans, gi, w, b, h0)
     dw = db = None
-    if needs[1] or needs[2]:  # Σ over steps and batch of [h_{t-1}, 1]ᵀ dgh_t: one product per
+    if needs[1] or needs[2]:  # Σ over steps and batch of dgh_tᵀ [h_{t-1}, 1]: one product per
         # direction (and block of gh) gives the weight's gradient and, from the ones, the bias's
         n_h = h0.shape[-1]
         one = ones(1, 1, 1, 1, dtype=ans.dtype, device=ans.device)
         hprev = concatenate([concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0),
                              broadcast_to(one, (steps, n_dir, batch, 1))], -1)
-        hp = swapaxes(reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, n_h + 1)), 1, 2)
-        dwb = [hp @ blk for blk in dgh]
-        dwb = dwb[0] if len(dwb) == 1 else concatenate(dwb, -1)
+        hp = reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, n_h + 1))
+        dwb = [blk @ hp for blk in dgh]                               # (D, ·, H + 1)
+        dwb = swapaxes(dwb[0] if len(dwb) == 1 else concatenate(dwb, 1), 1, 2)
         dw, db = dwb[:, :n_h], dwb[:, n_h]
     return (dgi if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
             dh0 if needs[3] else None)
@@ -633,8 +632,7 @@ _gru_scan = primitive(
 _gru_scan_grad = primitive(
     "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_gru_scan_grad_batch, operands="all",
     doc="gru_scan's reverse loop: per step the cotangents of gi_t (3H: r, z and n's "
-        "pre-activation a), of the h-side n (a·r) and of h_{t-1}, directions first "
-        "(D, T, N, 5H).")
+        "pre-activation a), of the h-side n (a·r) and of h_{t-1}, laid out (D, 5H, T, N).")
 
 
 def gru_scan(gi, w, b, h0):
