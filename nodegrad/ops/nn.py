@@ -1,5 +1,5 @@
 """Fused primitives for stability and speed: logsumexp, softmax, log_softmax, binary and
-softmax cross-entropy, linear, the GRU gate update.
+softmax cross-entropy, linear, the GRU gate update and the GRU layer's whole time loop.
 
 Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick), so logits of
 ±1e4 give finite values and finite gradients.
@@ -590,8 +590,6 @@ def _gru_scan_jvp(ts, ans, gi, w, b, h0):
                 tgh = part if tgh is None else tgh + part
         th = _gru_jvp((None if tgi is None else tgi[t], tgh, th), ans[t], gi[t], gh[t],
                       hprev[t])
-        if th is None:
-            th = ans[t] * 0
         outs.append(th)
     return stack(outs) if outs else ans * 0
 
