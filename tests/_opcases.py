@@ -82,7 +82,7 @@ ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "ge
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
           "conv_weight_grad", "cross_entropy", "cross_entropy_grad", "tanh_grad", "sigmoid_grad",
-          "gru_update", "sin_grad", "cos_grad")
+          "gru_update", "gru_scan", "sin_grad", "cos_grad")
 
 
 @dataclass(frozen=True)
@@ -899,6 +899,27 @@ def _gru_case(draw, layout):
 
 
 case("gru_update", _gru_case, layouts=("vector", "matrix", "3d", "rank", "noncontig"))
+
+
+def _gru_scan_ref(gi, w, b, h0):
+    hs, h = [], h0
+    for t in range(gi.shape[0]):
+        h = _gru_ref(gi[t], h @ w + b[:, None, :], h)
+        hs.append(h)
+    return torch.stack(hs)
+
+
+def _gru_scan_case(draw, layout):
+    """gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H), h0 (D, N, H); two directions in "3d"."""
+    n_h, steps, batch = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    n_dir = 2 if layout == "3d" else 1
+    return Call(lambda gi, w, b, h0: P["gru_scan"](gi, w, b, h0),
+                (arr(draw, (steps, n_dir, batch, 3 * n_h), "wide"),
+                 arr(draw, (n_dir, n_h, 3 * n_h)), arr(draw, (n_dir, 3 * n_h)),
+                 arr(draw, (n_dir, batch, n_h), "wide")), _gru_scan_ref)
+
+
+case("gru_scan", _gru_scan_case, layouts=("matrix", "3d", "noncontig"))
 
 
 CONV = ("vector", "matrix", "3d", "empty", "noncontig")
@@ -1811,6 +1832,7 @@ class Forward:
     fn: Callable
     ref: Callable
     build: Callable
+    rtol: float = 0.0  # 0: bit-identical; else a float computation checked to this tolerance
 
 
 _SPECIAL = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 0.5, -0.5, 1.5, -2.5])
@@ -2378,6 +2400,41 @@ def _ce_weights_build(draw):
 
 FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_weights"](t, **p),
                        _ce_weights_ref, _ce_weights_build))
+
+
+def _gru_scan_grad_ref(g, hs, gi, w, b, h0):
+    """gru_scan's reverse loop step by step from the GRU's formulas: per step the cotangents of
+    gi (3H: r, z, n's pre-activation a), of the h-side n (a r) and of h_{t-1}, (D, 5H, T, N)."""
+    n_h = h0.shape[-1]
+    out = np.zeros(gi.shape[:3] + (5 * n_h,))
+    dh = np.zeros_like(h0)
+    for t in reversed(range(gi.shape[0])):
+        hp = h0 if t == 0 else hs[t - 1]
+        gh = hp @ w + b[:, None]
+        pre = gi[t] + gh
+        r, z = 1 / (1 + np.exp(-pre[..., :n_h])), 1 / (1 + np.exp(-pre[..., n_h:2 * n_h]))
+        n = np.tanh(gi[t][..., 2 * n_h:] + r * gh[..., 2 * n_h:])
+        dh = dh + g[t]
+        da = dh * (1 - z) * (1 - n * n)
+        dgh = np.concatenate([da * gh[..., 2 * n_h:] * r * (1 - r), dh * (hp - n) * z * (1 - z),
+                              da * r], -1)
+        dprev = dh * z + dgh @ w.transpose(0, 2, 1)
+        out[t] = np.concatenate([dgh[..., :2 * n_h], da, dgh[..., 2 * n_h:], dprev], -1)
+        dh = dprev
+    return out.transpose(1, 3, 0, 2)
+
+
+def _gru_scan_grad_build(draw):
+    n_h, steps, batch = draw(st.integers(1, 2)), draw(st.integers(0, 3)), draw(st.integers(1, 3))
+    n_dir = draw(st.integers(1, 2))
+    state = (steps, n_dir, batch, n_h)
+    return (arr(draw, state), np.tanh(arr(draw, state, "wide")),
+            arr(draw, (steps, n_dir, batch, 3 * n_h), "wide"), arr(draw, (n_dir, n_h, 3 * n_h)),
+            arr(draw, (n_dir, 3 * n_h)), np.tanh(arr(draw, state[1:], "wide"))), {}
+
+
+FORWARD.append(Forward("gru_scan_grad", lambda *a: P["gru_scan_grad"](*a), _gru_scan_grad_ref,
+                       _gru_scan_grad_build, rtol=1e-10))
 
 PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({

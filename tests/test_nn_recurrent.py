@@ -3,6 +3,7 @@ same weights (float64), finite differences, init, dropout between layers, and sh
 
 import numpy as np
 import pytest
+from _opcases import graph_names
 
 import nodegrad as ng
 from nodegrad import nn
@@ -156,6 +157,36 @@ def test_gru_cell_gradcheck_first_and_second_order():
     w_ih, w_hh = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
     b_ih, b_hh = rng.standard_normal(6), rng.standard_normal(6)
     assert ng.gradcheck(F.gru_cell, x, h, w_ih, w_hh, b_ih, b_hh, order=2)
+
+
+def test_bidirectional_gru_layer_gradcheck_first_and_second_order():
+    """The layer's loop primitive (gru_scan): its reverse-loop VJP, and with create_graph the
+    step-by-step VJP that second derivatives run through."""
+    layer = nn.GRU(2, 2, bidirectional=True, dtype="float64")
+    names = [n for n, _ in layer.named_parameters()]
+    x = rng.standard_normal((3, 2, 2))
+    h0 = rng.standard_normal((2, 2, 2))
+
+    def f(x, h0, *ps):
+        y, h = nn.functional_call(layer, dict(zip(names, ps)), x, h0)
+        return ng.tanh(y).sum() + (h * h).sum()
+
+    ps = [p.detach().numpy() for p in layer.parameters()]
+    out = f(*(ng.tensor(a, requires_grad=True) for a in (x, h0, *ps)))
+    assert "gru_scan" in graph_names([out])
+    assert ng.gradcheck(f, x, h0, *ps)
+    assert ng.gradcheck(f, x, h0, *ps, order=2)
+
+
+def test_gru_scan_shape_errors_name_the_operation():
+    from nodegrad.ops.nn import gru_scan
+
+    gi, w, b, h0 = ng.zeros(4, 2, 3, 6), ng.zeros(2, 2, 6), ng.zeros(2, 6), ng.zeros(2, 3, 2)
+    assert gru_scan(gi, w, b, h0).shape == (4, 2, 3, 2)
+    for bad in ((ng.zeros(4, 3, 6), w, b, h0), (gi, ng.zeros(2, 6, 2), b, h0),
+                (gi, w, ng.zeros(2, 1, 6), h0), (gi, w, b, ng.zeros(2, 4, 2))):
+        with pytest.raises(ng.ShapeError, match=r"gru_scan: expected gi \(T, D, N, 3H\)"):
+            gru_scan(*bad)
 
 
 def test_lstm_cell_and_rnn_cell_gradcheck():

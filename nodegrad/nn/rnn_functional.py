@@ -17,9 +17,9 @@ from .. import lax, ops
 from ..autodiff import is_grad_enabled, modes
 from ..batching import values
 from ..errors import ShapeError
-from ..ops.nn import gru_update
+from ..ops.nn import gru_scan, gru_update
 from ..random import Generator
-from ..tensor import Tensor
+from ..tensor import Tensor, ones, zeros
 from . import functional as F
 
 __all__ = ["rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention",
@@ -213,33 +213,37 @@ def _finish(y: Tensor, h: Tensor, c, h0: Tensor, c0):
 
 def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, weights,
                 mode: str):
-    """The time loop as one ``lax.scan`` (the input projection of all steps is one product):
-    the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
+    """The time loop as one ``lax.scan`` (GRU: one ``gru_scan``; the input projection of all
+    steps is one product): the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
     n_dir, steps, batch, n_in = xd.shape
     n_h, n_g = h0.shape[-1], w_ih.shape[-1]
-    gis = ops.reshape(xd, (n_dir, steps * batch, n_in)) @ w_ih
+    xs = ops.reshape(xd, (n_dir, steps * batch, n_in))
+    if b_ih is not None and n_in <= n_g:  # few inputs: the bias as one more input column of
+        # ones, so one product gives the projection and, backward, both gradients
+        one = ops.broadcast_to(ones(1, 1, 1, dtype=xd.dtype, device=xd.device),
+                               (n_dir, steps * batch, 1))
+        xs, w_ih, b_ih = ops.concatenate([xs, one], -1), ops.concatenate([w_ih, b_ih], 1), None
+    gis = xs @ w_ih
     if b_ih is not None:
         gis = gis + b_ih
     gis = ops.moveaxis(ops.reshape(gis, (n_dir, steps, batch, n_g)), 1, 0)      # (T, D, N, GH)
     w_hh = ops.reshape(w_hh, (n_dir, n_h, n_g))
-    b_hh = None
-    if mode == "GRU" and weights[0][3] is not None:
-        b_hh = ops.reshape(_stack_dirs([w[3] for w in weights]), (n_dir, 1, n_g))
+    if mode == "GRU":  # one primitive for the whole loop (see ops.nn.gru_scan)
+        b = zeros(n_dir, n_g, dtype=gis.dtype, device=gis.device) if weights[0][3] is None \
+            else _stack_dirs([w[3] for w in weights])
+        ys = gru_scan(gis, w_hh, b, h0)                                         # (T, D, N, H)
+        return ys[steps - 1], None, ops.moveaxis(ys, 1, 0)
     lstm = mode == "LSTM"
-    consts = [w_hh] if b_hh is None else [w_hh, b_hh]
-    carry, ys = lax.scan_cached(("recurrent_layer", mode, len(consts)), partial(_step, mode, n_h),
-                                consts, [h0] if c0 is None else [h0, c0], [gis])
+    carry, ys = lax.scan_cached(("recurrent_layer", mode), partial(_step, mode, n_h),
+                                [w_hh], [h0] if c0 is None else [h0, c0], [gis])
     ys = ys[0]
     return carry[0], carry[1] if lstm else None, ops.moveaxis(ys, 1, 0)
 
 
 def _step(mode: str, n_h: int, consts: list, carry: list, x: list) -> tuple[list, list]:
-    """One time step of a recurrent layer as a scan body: the new carry (h or h, c) and y = h."""
+    """One time step of an RNN or LSTM layer as a scan body: the new carry (h or h, c), y = h."""
     gh = carry[0] @ consts[0]
     gi = x[0]
-    if mode == "GRU":
-        h = _gru_update(gi, gh if len(consts) == 1 else gh + consts[1], carry[0], n_h)
-        return [h], [h]
     if mode == "LSTM":
         h, c = _lstm_update(gi + gh, carry[1], n_h)
         return [h, c], [h]

@@ -1,5 +1,5 @@
 """Fused primitives for stability and speed: logsumexp, softmax, log_softmax, binary and
-softmax cross-entropy, linear, the GRU gate update.
+softmax cross-entropy, linear, the GRU gate update and the GRU layer's whole time loop.
 
 Each subtracts the maximum before exponentiating (the notes' log-sum-exp trick), so logits of
 ±1e4 give finite values and finite gradients.
@@ -10,14 +10,17 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from ..autodiff import modes
 from ..batching import batched, front, rank_up, size_of
+from ..errors import ShapeError
+from ..tensor import ones
 from ..primitive import primitive
 from .elementwise import _sigmoid as _sigmoid_np
 from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, sigmoid,
                           tanh)
 from .reduce import _sum
-from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, norm_axes, norm_axis,
-                    reshape, swapaxes)
+from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, moveaxis, norm_axes,
+                    norm_axis, reshape, stack, swapaxes, transpose)
 
 
 def _shifted(xp, x, axis):
@@ -445,3 +448,244 @@ def gru_update(gi, gh, h):
     """One GRU step's gate update: r, z = σ(gi + gh) on the first 2H columns,
     n = tanh(gi_n + r ⊙ gh_n), h' = (1 - z) ⊙ n + z ⊙ h; the operands broadcast."""
     return _gru(gi, gh, h)
+
+
+# --- the GRU layer's time loop ---------------------------------------------------------------
+# One primitive for all T steps (both directions at once: D stacks directions, each with its own
+# weights), so a step costs a few array calls instead of a dozen primitives; its VJP is one
+# reverse loop (a second primitive) plus matrix products over all steps at once.
+def _gru_scan_fwd(xp, gi, w, b, h0):
+    # features before batch inside ((D, 3H, N) per step): each gate a contiguous block, so the
+    # elementwise calls run over whole blocks, not rows of H elements
+    steps, n_dir, batch, n_g = gi.shape
+    n_h, dt = n_g // 3, gi.dtype
+    gi, wt, b = _gru_halved(xp, gi, w, b)
+    out = xp.empty((steps, n_dir, n_h, batch), dtype=dt)
+    gh = xp.empty((n_dir, n_g, batch), dtype=dt)
+    rz = xp.empty((n_dir, 2 * n_h, batch), dt)
+    n = xp.empty((n_dir, n_h, batch), dtype=dt)
+    h = xp.swapaxes(h0, -1, -2)
+    for t in range(steps):
+        xp.matmul(wt, h, out=gh)
+        gh += b
+        git = gi[t]
+        xp.add(git[:, :2 * n_h], gh[:, :2 * n_h], out=rz)
+        _sigmoid_halved(xp, rz)
+        xp.multiply(gh[:, 2 * n_h:], rz[:, :n_h], out=n)
+        n += git[:, 2 * n_h:]
+        xp.tanh(n, out=n)
+        h_new = out[t]
+        xp.subtract(h, n, out=h_new)
+        h_new *= rz[:, n_h:]
+        h_new += n
+        h = h_new
+    return xp.ascontiguousarray(xp.swapaxes(out, -1, -2))
+
+
+def _gru_halved(xp, gi, w, b):
+    """gi (T, D, 3H, N), Wₕₕ (D, 3H, H) and b (D, 3H, 1) laid out features first, with the r and
+    z rows halved (exact), so their pre-activations come out as x/2 for σ(x) = (1 + tanh(x/2))/2."""
+    n_h = w.shape[-2]
+    gi = xp.swapaxes(gi, -1, -2).copy()
+    wt = xp.swapaxes(w, -1, -2).copy()
+    b = b[:, :, None].copy()
+    for v in (gi[..., :2 * n_h, :], wt[:, :2 * n_h], b[:, :2 * n_h]):
+        v *= 0.5
+    return gi, wt, b
+
+
+def _sigmoid_halved(xp, x):
+    """σ into ``x`` from x/2: (1 + tanh(x/2)) / 2, saturating without overflow."""
+    xp.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+_GRU_CHUNK = 1 << 15  # about this many state elements' gates are recomputed at once
+
+
+def _gru_gate_factors(xp, hprev, gi, wt, b):
+    """The factors k with d(pre-activations) = dh_t * k for a few steps at once (features before
+    batch, r and z rows halved), k (…, 5, H, N): r, z, n's pre-activation a, the h-side n (a·r),
+    and z itself (h_{t-1}'s direct share)."""
+    n_h = hprev.shape[-2]
+    gh = xp.matmul(wt, hprev)
+    gh += b
+    rz = gi[..., :2 * n_h, :] + gh[..., :2 * n_h, :]
+    _sigmoid_halved(xp, rz)
+    r, z, ghn = rz[..., :n_h, :], rz[..., n_h:, :], gh[..., 2 * n_h:, :]
+    n = r * ghn
+    n += gi[..., 2 * n_h:, :]
+    xp.tanh(n, out=n)
+    k = xp.empty(tuple(n.shape[:-2]) + (5,) + tuple(n.shape[-2:]), dtype=n.dtype)
+    kr, kz, ka, kn = k[..., 0, :, :], k[..., 1, :, :], k[..., 2, :, :], k[..., 3, :, :]
+    xp.multiply(n, n, out=ka)
+    xp.subtract(1, ka, out=ka)
+    xp.subtract(1, z, out=kz)
+    ka *= kz                                                  # (1 - z)(1 - n²)
+    kz *= z
+    xp.subtract(hprev, n, out=kn)
+    kz *= kn                                                  # (h - n) z (1 - z)
+    xp.subtract(1, r, out=kr)
+    kr *= r
+    kr *= ghn
+    kr *= ka                                                  # a gₕₙ r (1 - r)
+    xp.multiply(ka, r, out=kn)
+    k[..., 4, :, :] = z
+    return k
+
+
+def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
+    steps, n_dir, batch, n_g = gi.shape
+    n_h, dt = n_g // 3, gi.dtype
+    out = xp.empty((n_dir, 5, n_h, steps, batch), dtype=dt)
+    if steps == 0:
+        return out.reshape(n_dir, 5 * n_h, steps, batch)
+    gi, wt, b = _gru_halved(xp, gi, w, b)
+    g, hs, h0 = (xp.swapaxes(v, -1, -2) for v in (g, hs, h0))
+    # h_{t-1} receives w (dr, dz, a·r): as one product over the planes (r, z, a, a·r)
+    w4 = xp.zeros((n_dir, n_h, 4 * n_h), dtype=dt)
+    w4[..., :2 * n_h], w4[..., 3 * n_h:] = w[..., :2 * n_h], w[..., 2 * n_h:]
+    dh = g[steps - 1].copy()
+    back = xp.empty((n_dir, n_h, batch), dtype=dt)
+    chunk = max(1, _GRU_CHUNK // (n_dir * n_h * batch))
+    for t1 in range(steps, 0, -chunk):
+        t0 = max(0, t1 - chunk)
+        hprev = hs[t0 - 1:t1 - 1] if t0 else xp.concatenate([h0[None], hs[:t1 - 1]], 0)
+        k = _gru_gate_factors(xp, xp.ascontiguousarray(hprev), gi[t0:t1], wt, b)
+        for t in range(t1 - 1, t0 - 1, -1):
+            o = out[..., t, :]                                               # (D, 5, H, N)
+            xp.multiply(dh[:, None], k[t - t0], out=o)
+            xp.matmul(w4, o[:, :4].reshape(n_dir, 4 * n_h, batch), out=back)
+            dprev = o[:, 4]
+            dprev += back
+            if t:
+                xp.add(g[t - 1], dprev, out=dh)
+    return out.reshape(n_dir, 5 * n_h, steps, batch)
+
+
+def _gru_scan_parts_vjp(g, ans, gi, w, b, h0):
+    """The cotangents from the reverse loop (no graph of the gradient is wanted): gi's, the
+    blocks of gh's as (D, T·N, ·) and h0's."""
+    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (D, 5H, T, N)
+    n_dir, n_p, steps, batch = parts.shape
+    n_h = n_p // 5
+    flat = reshape(parts, (n_dir, n_p, steps * batch))
+    return (transpose(parts[:, :3 * n_h], (2, 0, 3, 1)),
+            [flat[:, :2 * n_h], flat[:, 3 * n_h:4 * n_h]], swapaxes(parts[:, 4 * n_h:, 0], 1, 2))
+
+
+def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
+    """The same cotangents step by step with gru_update's VJP (differentiable: create_graph, and
+    every transform, see it)."""
+    steps, n_dir, batch, n_g = gi.shape
+    hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
+    gh = hprev @ w + expand_dims(b, 1)
+    wt = swapaxes(w, -1, -2)
+    dgis, dghs = [], []
+    dh = g[steps - 1]
+    for t in range(steps - 1, -1, -1):
+        dgi, dgh, dprev = _gru_vjp((True, True, True), dh, ans[t], gi[t], gh[t], hprev[t])
+        dgis.append(dgi)
+        dghs.append(dgh)
+        dh = dprev + dgh @ wt
+        if t:
+            dh = g[t - 1] + dh
+    dgh = reshape(transpose(stack(dghs[::-1]), (1, 3, 0, 2)), (n_dir, n_g, steps * batch))
+    return stack(dgis[::-1]), [dgh], dh
+
+
+def _gru_scan_vjp(needs, g, ans, gi, w, b, h0):
+    steps, n_dir, batch, n_g = gi.shape
+    if steps == 0:
+        return tuple(x * 0 if need else None for x, need in zip((gi, w, b, h0), needs))
+    m = modes()
+    fast = not (m.grad_enabled or m.traces)
+    dgi, dgh, dh0 = (_gru_scan_parts_vjp if fast else _gru_scan_steps_vjp)(g, ans, gi, w, b, h0)
+    dw = db = None
+    if needs[1] or needs[2]:  # Σ over steps and batch of dgh_tᵀ [h_{t-1}, 1]: one product per
+        # direction (and block of gh) gives the weight's gradient and, from the ones, the bias's
+        n_h = h0.shape[-1]
+        one = ones(1, 1, 1, 1, dtype=ans.dtype, device=ans.device)
+        hprev = concatenate([concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0),
+                             broadcast_to(one, (steps, n_dir, batch, 1))], -1)
+        hp = reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, n_h + 1))
+        dwb = [blk @ hp for blk in dgh]                               # (D, ·, H + 1)
+        dwb = swapaxes(dwb[0] if len(dwb) == 1 else concatenate(dwb, 1), 1, 2)
+        dw, db = dwb[:, :n_h], dwb[:, n_h]
+    return (dgi if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
+            dh0 if needs[3] else None)
+
+
+def _gru_scan_jvp(ts, ans, gi, w, b, h0):
+    tgi, tw, tb, th = ts
+    steps = gi.shape[0]
+    hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
+    gh = hprev @ w + expand_dims(b, 1)
+    outs = []
+    for t in range(steps):
+        tgh = None
+        for part in (None if th is None else th @ w, None if tw is None else hprev[t] @ tw,
+                     None if tb is None else expand_dims(tb, 1)):
+            if part is not None:
+                tgh = part if tgh is None else tgh + part
+        th = _gru_jvp((None if tgi is None else tgi[t], tgh, th), ans[t], gi[t], gh[t],
+                      hprev[t])
+        outs.append(th)
+    return stack(outs) if outs else ans * 0
+
+
+def _dir_merged(v, bd, size, lead: int):
+    """``v`` batched along a new axis right before its direction axis (axis ``lead``), merged
+    with it: the batch becomes more directions, each with its own weights and states."""
+    v = batched(v, bd, size)                                         # batch first
+    if lead:
+        v = moveaxis(v, 0, lead)
+    shape = tuple(v.shape)
+    return reshape(v, shape[:lead] + (shape[lead] * shape[lead + 1],) + shape[lead + 2:])
+
+
+def _gru_scan_batch(vals, bdims):
+    size = size_of(vals, bdims)
+    gi, w, b, h0 = (_dir_merged(v, bd, size, lead) for v, bd, lead in
+                    zip(vals, bdims, (1, 0, 0, 0)))
+    out = _gru_scan(gi, w, b, h0)
+    shape = tuple(out.shape)
+    return reshape(out, (shape[0], size, shape[1] // size) + shape[2:]), 1
+
+
+def _gru_scan_grad_batch(vals, bdims):
+    size = size_of(vals, bdims)
+    args = [_dir_merged(v, bd, size, lead) for v, bd, lead in
+            zip(vals, bdims, (1, 1, 1, 0, 0, 0))]
+    out = _gru_scan_grad(*args)                                       # directions first
+    shape = tuple(out.shape)
+    return reshape(out, (size, shape[0] // size) + shape[1:]), 0
+
+
+_gru_scan = primitive(
+    "gru_scan", _gru_scan_fwd, vjp_all=_gru_scan_vjp, kind="nn", jvp=_gru_scan_jvp,
+    batch=_gru_scan_batch, saves="both", operands="all",
+    doc="A GRU's states over T steps, each direction d with its own weights: h_t = "
+        "gru_update(gi_t, h_{t-1} w + b, h_{t-1}), gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H).")
+_gru_scan_grad = primitive(
+    "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_gru_scan_grad_batch, operands="all",
+    doc="gru_scan's reverse loop: per step the cotangents of gi_t (3H: r, z and n's "
+        "pre-activation a), of the h-side n (a·r) and of h_{t-1}, laid out (D, 5H, T, N).")
+
+
+def gru_scan(gi, w, b, h0):
+    """A GRU layer's time loop: the states h_t (T, D, N, H) from the input projections
+    gi (T, D, N, 3H) (x Wᵢₕᵀ + bᵢₕ), the recurrent weights w (D, H, 3H) (Wₕₕᵀ), their bias
+    b (D, 3H) and the initial states h0 (D, N, H); D directions (or layers) run side by side."""
+    shapes = [tuple(getattr(t, "shape", ())) for t in (gi, w, b, h0)]
+    ok = len(shapes[0]) == 4 and len(shapes[3]) == 3 and shapes[0][-1] == 3 * shapes[3][-1]
+    if ok:
+        steps, n_dir, batch, n_g = shapes[0]
+        ok = (shapes[1] == (n_dir, n_g // 3, n_g) and shapes[2] == (n_dir, n_g)
+              and shapes[3] == (n_dir, batch, n_g // 3))
+    if not ok:
+        raise ShapeError(f"gru_scan: expected gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H) and h0 "
+                         f"(D, N, H), got {', '.join(str(s) for s in shapes)}")
+    return _gru_scan(gi, w, b, h0)
