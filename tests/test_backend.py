@@ -150,3 +150,26 @@ def test_sum_over_outer_axes_matches_numpy(layout, axis, keepdims):
         assert got.shape == want.shape and got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-4 if xd.dtype == np.float32 else 1e-12,
                                    atol=1e-3 if xd.dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("shapes", [((256, 100, 1), (256, 1, 40)), ((2, 3, 5, 1), (2, 3, 1, 4)),
+                                    ((3, 1, 1), (3, 1, 1)), ((0, 4, 1), (0, 1, 3))])
+def test_stacked_outer_products_equal_the_broadcast_multiply(shapes):
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        x, y = (rng.standard_normal(s).astype(dt) for s in shapes)
+        x.flat[:1] = np.inf  # inf times 0 gives NaN there, as in NumPy's multiply
+        y.flat[:1] = 0.0
+        with np.errstate(invalid="ignore"):
+            got, want = B.outer_stack(x, y), np.multiply(x, y)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)  # the same products, bit for bit
+        z = ng.tensor(x, requires_grad=True)
+        with np.errstate(invalid="ignore"):
+            assert np.array_equal((z * ng.tensor(y)).numpy(), want, equal_nan=True)
+    # anything else is left to the ufunc
+    assert B.outer_stack(np.ones((2, 3, 1)), np.ones((2, 1, 3), np.float32)) is None
+    assert B.outer_stack(np.ones((2, 3, 2)), np.ones((2, 1, 3))) is None
+    assert B.outer_stack(np.ones((2, 3, 1)), np.ones((4, 1, 3))) is None

@@ -47,7 +47,15 @@ subtract = primitive("subtract", _no_bools("subtract", lambda xp, x, y: xp.subtr
                      (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
                      kind=_EW, jvp=_J,
                      doc="x - y, broadcasting.")
-multiply = primitive("multiply", lambda xp, x, y: xp.multiply(x, y),
+def _multiply(xp, x, y):
+    if getattr(x, "ndim", 0) > 2 and getattr(y, "ndim", 0) > 2:  # per-example weight gradients
+        out = B.outer_stack(x, y)
+        if out is not None:
+            return out
+    return xp.multiply(x, y)
+
+
+multiply = primitive("multiply", _multiply,
                      (lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x), kind=_EW, jvp=_J,
                      doc="x * y, broadcasting.")
 divide = primitive("divide", lambda xp, x, y: xp.true_divide(x, y),
