@@ -173,3 +173,10 @@ def test_stacked_outer_products_equal_the_broadcast_multiply(shapes):
     assert B.outer_stack(np.ones((2, 3, 1)), np.ones((2, 1, 3), np.float32)) is None
     assert B.outer_stack(np.ones((2, 3, 2)), np.ones((2, 1, 3))) is None
     assert B.outer_stack(np.ones((2, 3, 1)), np.ones((4, 1, 3))) is None
+
+
+def test_elementwise_kernel_needs_a_cuda_device():
+    from nodegrad import _backend as B
+
+    with pytest.raises(ng.BackendUnavailable, match="elementwise_kernel 'k'.*CUDA device"):
+        B.get_backend("cpu").elementwise_kernel("T x", "T y", "y = x", "k")

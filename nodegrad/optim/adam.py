@@ -23,8 +23,8 @@ class Adam(Optimizer):
     algorithm of Kingma & Ba, with ε added after the square root as PyTorch does, so its
     trajectory matches ``torch.optim.Adam``. ``decoupled_weight_decay=True`` gives AdamW.
     ``fused`` (see :class:`Optimizer`): None, the default, runs the step as one compiled kernel
-    where numba (CPU) or CuPy (CUDA) is there; unlike PyTorch's CPU default, since it is faster
-    and gives the same bits.
+    where numba (CPU) or CuPy (CUDA) is there (on the CPU for large models, or once numba is
+    imported); unlike PyTorch's CPU default, since it is faster and gives the same bits.
     """
 
     def __init__(self, params: Iterable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,

@@ -18,7 +18,8 @@ RMSprop, Adagrad) runs its step as compiled kernels instead (numba on the CPU, C
 :mod:`._fused`): one pass that reads p, g and the state and writes p and the state, once per
 large gradient array (read where it is, no gather) or stretch of small ones, with no scratch
 buffers, and the same bits as the NumPy update. ``fused=None`` (the default) uses it wherever a
-kernel is available.
+kernel is available, except for small buckets on the CPU before numba is imported
+(:func:`._fused.auto`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class _Bucket:
     """Parameters of one group on one device with one dtype, stored in one flat array."""
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
-                 "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "swork")
+                 "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "loaded",
+                 "swork")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
@@ -71,6 +73,7 @@ class _Bucket:
         self.scalars = [fresh] * len(params)  # one dict per parameter, shared while in lockstep
         self.uniform = True
         self.fused = False  # True when this bucket steps with a fused kernel
+        self.loaded = False  # its kernels are loaded (checked on the first fused step)
         self.swork = None
 
     def small_work(self):
@@ -135,8 +138,10 @@ class Optimizer:
 
     ``fused`` (for the algorithms with a fused kernel): None runs each step as one compiled
     kernel where one is available for the parameters' device and dtype (numba installed on the
-    CPU, CuPy on CUDA; float32/float64) and the NumPy update elsewhere; True requires the kernel
-    (an error says what is missing); False always runs the NumPy update. Both give the same bits.
+    CPU, CuPy on CUDA; float32/float64), on the CPU only for buckets of
+    ``_fused.AUTO_MIN_SIZE`` elements or more until numba is imported, and the NumPy update
+    elsewhere; True requires the kernel (an error says what is missing); False always runs the
+    NumPy update. Both give the same bits.
     """
 
     #: per-parameter numbers besides ``step`` and their initial values (e.g. NAdam's mu product)
@@ -316,8 +321,8 @@ class Optimizer:
         else:
             runs = _runs(grads, b.scalars)
         b.ensure(self.state_init(h))
-        if b.fused and not self._fused_ready(b):
-            b.fused = False
+        if b.fused and not b.loaded:
+            b.fused = b.loaded = self._fused_ready(b)
         if b.work is None and not b.fused:
             b.work = b.xp.empty_like(b.flat)
         decoupled = bool(h.get("decoupled_weight_decay", False))
