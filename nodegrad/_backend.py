@@ -413,6 +413,42 @@ def outer_stack(x, y):
     return np.einsum("...i,...j->...ij", x[..., 0], y[..., 0, :])
 
 
+def matmul_into(a, b, out):
+    """``a @ b`` written into NumPy array ``out`` (a compiled program's buffer), with
+    :func:`matmul`'s shared-weight GEMM and small-product thread rules."""
+    if type(a) is not np.ndarray or type(b) is not np.ndarray:
+        return np.matmul(a, b, out=out)
+    if (a.ndim == 3 and b.ndim == 3 and (a.strides[0] == 0) != (b.strides[0] == 0)
+            and out.flags.c_contiguous and a.shape[0] == b.shape[0] and a.shape[0]):
+        n = a.shape[0]
+        if b.strides[0] == 0 and a.shape[1] == 1:  # (n, 1, k) @ shared (k, p)
+            _matmul_small(a.reshape(n, a.shape[2]), b[0], out.reshape(n, b.shape[2]))
+            return out
+        if a.strides[0] == 0 and b.shape[2] == 1:  # shared (m, k) @ (n, k, 1)
+            _matmul_small(b.reshape(n, b.shape[1]), a[0].T, out.reshape(n, a.shape[1]))
+            return out
+    return _matmul_small(a, b, out)
+
+
+def _matmul_small(a, b, out):
+    """``np.matmul(a, b, out=out)`` on one BLAS thread when the product is small (see
+    :func:`matmul`)."""
+    k = a.shape[-1] if a.ndim else 1
+    m = a.shape[-2] if a.ndim > 1 else 1
+    n = b.shape[-1] if b.ndim > 1 else 1
+    if m * k * n >= SMALL_PRODUCT or (
+            _BlasThreads.get is None and (_BlasThreads.looked or not _BlasThreads.find())):
+        return np.matmul(a, b, out=out)
+    threads = _BlasThreads.get()
+    if threads == 1:
+        return np.matmul(a, b, out=out)
+    _BlasThreads.set(1)
+    try:
+        return np.matmul(a, b, out=out)
+    finally:
+        _BlasThreads.set(threads)
+
+
 def _shared_product(a, b):
     """``a @ b`` for stacks of row (or column) vectors against one matrix repeated along the
     batch axis (stride 0, as vmap broadcasts unbatched weights): one GEMM instead of a loop of

@@ -175,6 +175,36 @@ def test_stacked_outer_products_equal_the_broadcast_multiply(shapes):
     assert B.outer_stack(np.ones((2, 3, 1)), np.ones((4, 1, 3))) is None
 
 
+@pytest.mark.parametrize("shapes", [((100, 40), (256, 40, 1), "wx"),
+                                    ((40, 100), (256, 1, 40), "xw"),
+                                    ((4, 3), (5, 3, 4), "plain"), ((1, 1), (1, 1, 1), "wx")])
+def test_matmul_into_equals_matmul(shapes):
+    """A compiled program's product into its buffer gives matmul's bits, shared weights (stride
+    0 along the batch, as vmap broadcasts them) included."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(1)
+    w_shape, s_shape, kind = shapes
+    for dt in (np.float32, np.float64):
+        w = rng.standard_normal(w_shape).astype(dt)
+        v = rng.standard_normal(s_shape).astype(dt)
+        if kind == "wx":
+            a, b = np.broadcast_to(w, (s_shape[0],) + w_shape), v
+        elif kind == "xw":
+            a, b = v, np.broadcast_to(w, (s_shape[0],) + w_shape)
+        else:
+            a, b = v, w
+        want = B.matmul(a, b)
+        out = np.full(want.shape, np.nan, dt)
+        assert B.matmul_into(a, b, out) is out
+        np.testing.assert_array_equal(out, want)
+        tol = dict(rtol=1e-5, atol=1e-4) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(out, np.matmul(a, b), **tol)
+        strided = np.full(want.shape[:-1] + (2 * want.shape[-1],), np.nan, dt)[..., ::2]
+        B.matmul_into(a, b, strided)  # an out= that is not contiguous takes NumPy's loop
+        np.testing.assert_allclose(strided, want, **tol)
+
+
 def test_elementwise_kernel_needs_a_cuda_device():
     from nodegrad import _backend as B
 

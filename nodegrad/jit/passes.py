@@ -16,6 +16,7 @@ or mutated member is never folded, merged or given a shared buffer.
 
 from __future__ import annotations
 
+from .. import _backend as B
 from .program import Instr, eliminate_dead_code
 
 # ops whose result is a new array (never a view of an input), with their out= form: the ufunc
@@ -348,6 +349,8 @@ def out_variant(i: Instr, xp):
     """``f(*inputs, out)``: op ``i`` writing its result into ``out`` (None when it cannot)."""
     if i.kind != "op" or i.name not in _UFUNC:
         return None
+    if i.name == "matmul" and xp is B.np:  # shared-weight stacks as one GEMM, small on 1 thread
+        return B.matmul_into
     uf = getattr(xp, _UFUNC[i.name])
     if i.name == "relu":
         return lambda x, out: uf(x, 0, out=out)
