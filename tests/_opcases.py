@@ -2431,14 +2431,14 @@ def _gru_np_steps(gi, w, b, h0, reverse):
 
 
 def _gru_scan_loop_ref(gi, w, b, h0, reverse=()):
-    """gru_scan_loop's layout: per step h_{s-1}, 1, r, z, gₙ, n, rows direction-minor."""
+    """gru_scan_loop's layout: per step h_{s-1}, 1, r, 1 - z, gₙ, n, rows direction-minor."""
     n_dir, n_g, steps, batch = gi.shape
     dh = n_dir * (n_g // 3)
     loop = np.zeros((steps + 1, 5 * dh + 1, batch))
     loop[:steps, dh] = 1
     for d, (per, h) in enumerate(_gru_np_steps(gi, w, b, h0, reverse)):
         for s, vals in enumerate(per):
-            for k, v in enumerate(vals[1:]):
+            for k, v in enumerate(vals[1:3] + (1 - vals[3],) + vals[4:]):  # 1 - z kept
                 start = (k and k * dh + 1) + d * v.shape[1]
                 loop[s, start:start + v.shape[1]] = v.T
         loop[steps, d * h.shape[1]:(d + 1) * h.shape[1]] = h.T

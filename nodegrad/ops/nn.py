@@ -465,8 +465,8 @@ def _reversed(reverse: tuple, d: int) -> bool:
 
 def _gru_loop_fwd(xp, gi, w, b, h0, reverse=()):
     # the loop array, one slot of rows per step s (and one after the last): h_{s-1} (DH rows),
-    # a row of ones (the bias column of the recurrent product), r and z (2DH), the h-side n
-    # pre-activation gₙ = Wₕₙh + bₕₙ (DH) and n (DH); states in processing order
+    # a row of ones (the bias column of the recurrent product), r and 1 - z (2DH), the h-side
+    # n pre-activation gₙ = Wₕₙh + bₕₙ (DH) and n (DH); states in processing order
     n_dir, n_g, steps, batch = gi.shape
     n_h = n_g // 3
     dh, dt = n_dir * n_h, gi.dtype
@@ -474,37 +474,38 @@ def _gru_loop_fwd(xp, gi, w, b, h0, reverse=()):
     loop[:, dh] = 1
     loop[-1, dh + 1:] = 0  # the slot after the last step holds only the final state
     loop[0, :dh].reshape(n_dir, n_h, batch)[...] = xp.swapaxes(h0, 1, 2)
-    # the input side per step, gate-major ((T, 3, D, H, N)); r and z halved (exact) so that
-    # σ(x) = (1 + tanh(x/2)) / 2 needs no scaling first (their weight rows are halved too)
+    # the input side per step, gate-major ((T, 3, D, H, N)), r's rows halved and z's halved
+    # and negated (exact), as their weight rows: σ(x) = (1 + tanh(x/2)) / 2 then needs no
+    # scaling first and z's rows come out as 1 - z = σ(-x)
+    scale = xp.asarray([0.5, -0.5, 1.0], dtype=dt)[:, None, None]
     gis = xp.empty((steps, 3, n_dir, n_h, batch), dtype=dt)
     wf = xp.zeros((3, n_dir, n_h, dh + 1), dtype=dt)
     for d in range(n_dir):
         src = gi[d].reshape(3, n_h, steps, batch).transpose(2, 0, 1, 3)  # (T, 3, H, N)
-        if _reversed(reverse, d):
-            src = src[::-1]
-        xp.multiply(src[:, :2], 0.5, out=gis[:, :2, d])
-        gis[:, 2, d] = src[:, 2]
+        xp.multiply(src[::-1] if _reversed(reverse, d) else src, scale, out=gis[:, :, d])
         wf[:, d, :, d * n_h:(d + 1) * n_h] = w[d].reshape(3, n_h, n_h)
         wf[:, d, :, dh] = b[d].reshape(3, n_h)
-    wf[:2] *= 0.5
+    wf *= scale[..., None]
     wf = wf.reshape(3 * dh, dh + 1)
+    half = dt.type(0.5)
+    dot, add, mul, sub, tanh = xp.dot, xp.add, xp.multiply, xp.subtract, xp.tanh
     r1, r2, r3 = dh + 1, 3 * dh + 1, 4 * dh + 1
-    for hin, g3, rz, r, z, ghn, n, h, h_new, girz, gin in zip(
+    for hin, g3, rz, r, zc, ghn, n, h, h_new, girz, gin in zip(
             loop[:-1, :r1], loop[:-1, r1:r3], loop[:-1, r1:r2], loop[:-1, r1:r1 + dh],
             loop[:-1, r1 + dh:r2], loop[:-1, r2:r3], loop[:-1, r3:], loop[:-1, :dh],
             loop[1:, :dh], gis[:, :2].reshape(steps, 2 * dh, batch),
             gis[:, 2].reshape(steps, dh, batch)):
-        xp.matmul(wf, hin, out=g3)                       # (r, z)/2 and gₙ from h_{s-1}
-        xp.add(rz, girz, out=rz)
-        xp.tanh(rz, out=rz)
-        xp.multiply(rz, 0.5, out=rz)
-        xp.add(rz, 0.5, out=rz)                          # r, z
-        xp.multiply(ghn, r, out=n)
-        xp.add(n, gin, out=n)
-        xp.tanh(n, out=n)                                # n = tanh(iₙ + r gₙ)
-        xp.subtract(h, n, out=h_new)
-        xp.multiply(h_new, z, out=h_new)
-        xp.add(h_new, n, out=h_new)                      # h_s = n + z (h_{s-1} - n)
+        dot(wf, hin, out=g3)                             # r/2, -z/2 and gₙ from h_{s-1}
+        add(rz, girz, out=rz)
+        tanh(rz, out=rz)
+        mul(rz, half, out=rz)
+        add(rz, half, out=rz)                            # r, 1 - z
+        mul(ghn, r, out=n)
+        add(n, gin, out=n)
+        tanh(n, out=n)                                   # n = tanh(iₙ + r gₙ)
+        sub(n, h, out=h_new)
+        mul(h_new, zc, out=h_new)
+        add(h_new, h, out=h_new)                         # h_s = h_{s-1} + (1 - z)(n - h_{s-1})
     return loop
 
 
@@ -530,25 +531,23 @@ _GRU_CHUNK = 1 << 16  # state elements per step times steps whose gate factors s
 
 def _gru_factors(xp, loop, o, dh_: int) -> None:
     """Into o's planes 1-5 (steps, 6, DH, N) the factors k of d(pre-activations) = dh_s k_s
-    from the kept gates: z (h_{s-1}'s direct share), a r (gₙ), a gₙ r (1 - r) (r), (h - n)
-    z (1 - z) (z) and a = (1 - z)(1 - n²) (n's pre-activation)."""
+    from the kept gates (loop's slots s to s + 1): z (h_{s-1}'s direct share), a r (gₙ),
+    a gₙ r (1 - r) (r), (h_s - n)(1 - z) = (h_{s-1} - n) z (1 - z) (z), and a = (1 - z)(1 - n²)
+    (n's pre-activation)."""
     r1, r2, r3 = dh_ + 1, 2 * dh_ + 1, 3 * dh_ + 1
-    hp, r, z = loop[:, :dh_], loop[:, r1:r2], loop[:, r2:r3]
-    ghn, n = loop[:, r3:r3 + dh_], loop[:, r3 + dh_:]
+    r, zc, ghn, n = loop[:-1, r1:r2], loop[:-1, r2:r3], loop[:-1, r3:r3 + dh_], loop[:-1, r3 + dh_:]
     kh, kn, kr, kz, ka = (o[:, i] for i in range(1, 6))
-    kh[...] = z
+    one = o.dtype.type(1)
+    xp.subtract(one, zc, out=kh)
     xp.multiply(n, n, out=ka)
-    xp.subtract(1, ka, out=ka)
-    xp.subtract(1, z, out=kz)
-    ka *= kz
-    kz *= z
-    xp.subtract(hp, n, out=kn)
-    kz *= kn
-    xp.subtract(1, r, out=kr)
-    kr *= r
-    kr *= ghn
-    kr *= ka
+    xp.subtract(one, ka, out=ka)
+    ka *= zc
+    xp.subtract(loop[1:, :dh_], n, out=kz)
+    kz *= zc
     xp.multiply(ka, r, out=kn)
+    xp.subtract(one, r, out=kr)
+    kr *= ghn
+    kr *= kn
 
 
 def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
@@ -587,13 +586,14 @@ def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
         m[d, :, 0, d] = m[d, :, 1, d] = xp.eye(n_h, dtype=dt)
     m = m.reshape(dh_, 5 * dh_)
     per_step = list(zip(o[:, 1:], o[:, :5].reshape(steps, 5 * dh_, batch)))
+    mul, dot = xp.multiply, xp.dot
     chunk = max(1, _GRU_CHUNK // (dh_ * batch))  # steps whose factors stay in cache
     for t1 in range(steps, 0, -chunk):
         t0 = max(0, t1 - chunk)
-        _gru_factors(xp, loop[t0:t1], o[t0:t1], dh_)
+        _gru_factors(xp, loop[t0:t1 + 1], o[t0:t1], dh_)
         for ks, ins in reversed(per_step[t0:t1]):
-            xp.multiply(ks, dh, out=ks)
-            xp.matmul(m, ins, out=dh)
+            mul(ks, dh, out=ks)
+            dot(m, ins, out=dh)
     dh0[...] = dh.reshape(n_dir, n_h, batch).transpose(0, 2, 1)
     da = o[:, 3:].reshape(steps, 3, n_dir, n_h, batch)                # r, z, a
     for d in range(n_dir):
