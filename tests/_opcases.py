@@ -915,13 +915,13 @@ def _gru_scan_ref(gi, w, b, h0, reverse=()):
 
 def _gru_scan_case(draw, layout):
     """gi (D, 3H, T, N), w (D, 3H, H), b (D, 3H), h0 (D, N, H); in "3d" two directions, the
-    second one reversed (a bidirectional layer)."""
+    second one reversed (a bidirectional layer), and the states laid out batch-major."""
     from nodegrad.ops.nn import gru_scan
 
     n_h, steps, batch = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     n_dir = 2 if layout == "3d" else 1
     rev = (False, True) if n_dir == 2 else ()
-    return Call(lambda gi, w, b, h0: gru_scan(gi, w, b, h0, reverse=rev),
+    return Call(lambda gi, w, b, h0: gru_scan(gi, w, b, h0, reverse=rev, batch_major=n_dir == 2),
                 (arr(draw, (n_dir, 3 * n_h, steps, batch), "wide"),
                  arr(draw, (n_dir, 3 * n_h, n_h)), arr(draw, (n_dir, 3 * n_h)),
                  arr(draw, (n_dir, batch, n_h), "wide")),

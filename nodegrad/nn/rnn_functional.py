@@ -143,7 +143,7 @@ def _stack_dirs(ts: Sequence[Tensor]) -> Tensor:
 
 
 def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[tuple],
-                    mode: str) -> tuple[Tensor, Tensor, Tensor | None]:
+                    mode: str, batch_first: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Run one (bi)directional recurrent layer over a sequence.
 
     ``x`` (T, N, I); ``h0``/``c0`` (D, N, H); ``weights`` one (w_ih, w_hh, b_ih, b_hh) per
@@ -151,13 +151,14 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     output (T, N, D·H), h_n (D, N, H) and c_n (LSTM) or None. Both directions run together: the
     reverse one reads the time-flipped input, the input projection of a chunk of steps is one
     product (D, k·N, I) @ (D, I, G·H), and each step one product (D, N, H) @ (D, H, G·H).
+    ``batch_first``: the output will be read batch-first (a GRU then lays it out so in memory).
     """
     steps, batch, n_in = x.shape
     n_dir, n_h = len(weights), h0.shape[-1]
     m = modes()
     scan = steps > 0 and (m.jit is not None or not (m.traces or m.anomaly))
     if scan and mode == "GRU":
-        return _gru_layer(x, h0, weights)
+        return _gru_layer(x, h0, weights, batch_first)
     # stacked per direction and made contiguous once, so every product below is a plain GEMM
     w_ih = ops.copy(ops.swapaxes(_stack_dirs([w[0] for w in weights]), 1, 2))   # (D, I, GH)
     w_hh = ops.copy(ops.swapaxes(_stack_dirs([w[1] for w in weights]), 1, 2))
@@ -214,21 +215,22 @@ def _finish(y: Tensor, h: Tensor, c, h0: Tensor, c0):
     return y, h_n, None if c is None else ops.reshape(c, tuple(c0.shape))
 
 
-def _gru_layer(x: Tensor, h0: Tensor, weights: Sequence[tuple]):
+def _gru_layer(x: Tensor, h0: Tensor, weights: Sequence[tuple], batch_first: bool):
     """A GRU layer as one ``gru_scan``: the input projection of every step and direction is one
     product, features first (D, 3H, T·N), and the reverse direction walks the steps backwards
-    inside the loop, so nothing is flipped or transposed here. Returns (y, h_n, None)."""
+    inside the loop, so nothing is flipped or transposed here; with ``batch_first`` the output
+    is laid out batch-major for the caller's swap back. Returns (y, h_n, None)."""
     steps, batch, n_in = x.shape
     n_dir, n_h = len(weights), h0.shape[-1]
-    w_ih = _stack_dirs([w[0] for w in weights])                                 # (D, 3H, I)
-    w_hh = _stack_dirs([w[1] for w in weights])                                 # (D, 3H, H)
+    w_ih = _joined([w[0] for w in weights], (3 * n_h, n_in))                   # (D, 3H, I)
+    w_hh = _joined([w[1] for w in weights], (3 * n_h, n_h))                    # (D, 3H, H)
     xt = ops.reshape(ops.moveaxis(x, -1, 0), (n_in, steps * batch))              # (I, T·N)
     if weights[0][2] is None:
         b = zeros(n_dir, 3 * n_h, dtype=x.dtype, device=x.device)
         gi = w_ih @ xt
     else:
-        b = _stack_dirs([w[3] for w in weights])
-        b_ih = ops.expand_dims(_stack_dirs([w[2] for w in weights]), -1)       # (D, 3H, 1)
+        b = _joined([w[3] for w in weights], (3 * n_h,))
+        b_ih = _joined([w[2] for w in weights], (3 * n_h, 1))                   # (D, 3H, 1)
         if n_in <= 3 * n_h:  # few inputs: the bias as one more input row of ones, so one
             # product gives the projection and, backward, both gradients
             one = ones(1, steps * batch, dtype=x.dtype, device=x.device)
@@ -236,9 +238,16 @@ def _gru_layer(x: Tensor, h0: Tensor, weights: Sequence[tuple]):
         else:
             gi = w_ih @ xt + b_ih
     gi = ops.reshape(gi, (n_dir, 3 * n_h, steps, batch))
-    ys = gru_scan(gi, w_hh, b, h0, reverse=(False, True)[:n_dir])               # (T, N, D, H)
-    h_n = [ys[steps - 1, :, 0]] + ([ys[0, :, 1]] if n_dir == 2 else [])
-    return ops.reshape(ys, (steps, batch, n_dir * n_h)), _stack_dirs(h_n), None
+    ys = gru_scan(gi, w_hh, b, h0, reverse=(False, True)[:n_dir], batch_major=batch_first)
+    last = [steps - 1, 0][:n_dir]  # each direction's final state: its last step in time order
+    return ops.reshape(ys, (steps, batch, n_dir * n_h)), ys[last, :, list(range(n_dir))], None
+
+
+def _joined(ts: Sequence[Tensor], shape: tuple) -> Tensor:
+    """(D,) + ``shape`` from one tensor per direction: one concatenate and one reshape (a stack
+    would add a reshape per tensor, forward and backward)."""
+    return ops.reshape(ts[0] if len(ts) == 1 else ops.concatenate(list(ts), 0),
+                       (len(ts),) + shape)
 
 
 def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, weights,

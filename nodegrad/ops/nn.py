@@ -509,12 +509,16 @@ def _gru_loop_fwd(xp, gi, w, b, h0, reverse=()):
     return loop
 
 
-def _gru_states(xp, loop, n_dir: int, reverse: tuple):
-    """The states (T, N, D, H) in time order from a loop array."""
+def _gru_states(xp, loop, n_dir: int, reverse: tuple, batch_major: bool = False):
+    """The states (T, N, D, H) in time order from a loop array; with ``batch_major`` laid out
+    (N, T, D, H) in memory (a transposed view), as a batch-first layer's output is read."""
     steps, batch = loop.shape[0] - 1, loop.shape[2]
     dh = (loop.shape[1] - 1) // 5
     n_h = dh // n_dir
-    out = xp.empty((steps, batch, n_dir, n_h), dtype=loop.dtype)
+    out = xp.empty((batch, steps, n_dir, n_h) if batch_major else (steps, batch, n_dir, n_h),
+                   dtype=loop.dtype)
+    if batch_major:
+        out = out.transpose(1, 0, 2, 3)
     hs = loop[1:, :dh].reshape(steps, n_dir, n_h, batch)
     for d in range(n_dir):
         src = hs[::-1, d] if _reversed(reverse, d) else hs[:, d]
@@ -522,8 +526,8 @@ def _gru_states(xp, loop, n_dir: int, reverse: tuple):
     return out
 
 
-def _gru_scan_fwd(xp, gi, w, b, h0, loop, reverse=()):
-    return _gru_states(xp, loop, gi.shape[0], reverse)
+def _gru_scan_fwd(xp, gi, w, b, h0, loop, reverse=(), batch_major=False):
+    return _gru_states(xp, loop, gi.shape[0], reverse, batch_major)
 
 
 _GRU_CHUNK = 1 << 16  # state elements per step times steps whose gate factors stay in cache
@@ -662,7 +666,7 @@ def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
     return stack(dgis[::-1]), dgh, hprev, dh
 
 
-def _gru_scan_vjp(needs, g, ans, gi, w, b, h0, loop, reverse=()):
+def _gru_scan_vjp(needs, g, ans, gi, w, b, h0, loop, reverse=(), batch_major=False):
     n_dir, n_g, steps, batch = gi.shape
     if steps == 0:
         return tuple(x * 0 if need else None for x, need in zip((gi, w, b, h0), needs)) + (None,)
@@ -684,7 +688,7 @@ def _gru_scan_vjp(needs, g, ans, gi, w, b, h0, loop, reverse=()):
             dh0 if needs[3] else None, None)
 
 
-def _gru_scan_jvp(ts, ans, gi, w, b, h0, loop, reverse=()):
+def _gru_scan_jvp(ts, ans, gi, w, b, h0, loop, reverse=(), batch_major=False):
     tgi, tw, tb, th = ts[:4]
     gi, w, hs = _steps_form(gi, w, ans, reverse)
     if tgi is not None:
@@ -716,11 +720,12 @@ def _dir_merged(v, bd, size):
     return reshape(v, (shape[0] * shape[1],) + shape[2:])
 
 
-def _gru_scan_batch(vals, bdims, reverse=()):
+def _gru_scan_batch(vals, bdims, reverse=(), batch_major=False):
     size = size_of(vals, bdims)
     gi, w, b, h0 = (_dir_merged(v, bd, size) for v, bd in zip(vals[:4], bdims[:4]))
     n_dir = gi.shape[0] // size
-    out = gru_scan(gi, w, b, h0, tuple(reverse) * size if reverse else ())  # a loop of its own
+    out = gru_scan(gi, w, b, h0, tuple(reverse) * size if reverse else (),  # a loop of its own
+                   batch_major=batch_major)
     shape = tuple(out.shape)
     return reshape(out, shape[:2] + (size, n_dir) + shape[3:]), 2
 
@@ -754,11 +759,12 @@ _gru_scan_grad = primitive(
         "the other, from the states' cotangent and the forward loop's gates.")
 
 
-def gru_scan(gi, w, b, h0, reverse=()):
+def gru_scan(gi, w, b, h0, reverse=(), batch_major: bool = False):
     """A GRU layer's time loop: the states (T, N, D, H) from the input projections gi (D, 3H, T, N)
     (Wᵢₕx + bᵢₕ, features first), the recurrent weights w (D, 3H, H) (Wₕₕ), their bias b (D, 3H)
     and the initial states h0 (D, N, H); D directions run side by side, those with ``reverse[d]``
-    from the last step to the first (a bidirectional layer's backward direction)."""
+    from the last step to the first (a bidirectional layer's backward direction). With
+    ``batch_major`` the states are laid out (N, T, D, H) in memory (same values and shape)."""
     shapes = [tuple(getattr(t, "shape", ())) for t in (gi, w, b, h0)]
     ok = len(shapes[0]) == 4 and len(shapes[3]) == 3 and shapes[0][1] == 3 * shapes[3][-1]
     if ok:
@@ -775,4 +781,4 @@ def gru_scan(gi, w, b, h0, reverse=()):
     if not any(reverse):
         reverse = ()
     loop = _gru_scan_loop(gi, w, b, h0, reverse=reverse)
-    return _gru_scan(gi, w, b, h0, loop, reverse=reverse)
+    return _gru_scan(gi, w, b, h0, loop, reverse=reverse, batch_major=bool(batch_major))
