@@ -603,18 +603,15 @@ def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
     for d in range(n_dir):
         src = da[::-1, :, d] if _reversed(reverse, d) else da[:, :, d]
         dgi[d] = src.transpose(1, 2, 0, 3)
-    if wgrad:  # Σ over steps and batch of d(r, z, gₙ) [h_{s-1}, 1]ᵀ: one product per direction
-        ov = o.reshape(steps, 6, n_dir, n_h, batch)
-        dgh = xp.empty((n_dir, 3, n_h, steps, batch), dtype=dt)
-        for gate, p in ((0, 3), (1, 4), (2, 2)):
-            dgh[:, gate] = ov[:, p].transpose(1, 2, 0, 3)
-        hp1 = xp.empty((n_dir, n_h + 1, steps, batch), dtype=dt)
-        hp1[:, :n_h] = loop[:-1, :dh_].reshape(steps, n_dir, n_h, batch).transpose(1, 2, 0, 3)
-        hp1[:, n_h] = 1
-        full = B.matmul(dgh.reshape(n_dir, n_g, steps * batch),
-                        hp1.reshape(n_dir, n_h + 1, steps * batch).transpose(0, 2, 1))
-        dw[...] = full[..., :n_h].reshape(dw.shape)
-        db[...] = full[..., n_h].reshape(db.shape)
+    if wgrad:  # Σ over steps and batch of d(gₙ, r, z) [h_{s-1}, 1]ᵀ, a product per step on
+        # the planes as they lie (the block-diagonal blocks are the directions' gradients)
+        full = xp.matmul(o[:, 2:5].reshape(steps, 3 * dh_, batch),
+                         loop[:-1, :dh_ + 1].transpose(0, 2, 1)).sum(0)
+        full = full.reshape(3, n_dir, n_h, dh_ + 1)
+        for d in range(n_dir):
+            for gate, p in ((0, 1), (1, 2), (2, 0)):
+                dw[d, gate] = full[p, d, :, d * n_h:(d + 1) * n_h]
+                db[d, gate] = full[p, d, :, dh_]
     else:
         flat[ends[0]:ends[2]] = 0
     return flat
