@@ -487,7 +487,7 @@ def _gru_loop_fwd(xp, gi, w, b, h0, reverse=()):
         wf[:, d, :, dh] = b[d].reshape(3, n_h)
     wf *= scale[..., None]
     wf = wf.reshape(3 * dh, dh + 1)
-    half = dt.type(0.5)
+    half = xp.full((2 * dh, batch), 0.5, dtype=dt)  # an array operand: cheaper than a scalar
     dot, add, mul, sub, tanh = xp.dot, xp.add, xp.multiply, xp.subtract, xp.tanh
     r1, r2, r3 = dh + 1, 3 * dh + 1, 4 * dh + 1
     for hin, g3, rz, r, zc, ghn, n, h, h_new, girz, gin in zip(
