@@ -192,6 +192,20 @@ def test_gru_scan_shape_errors_name_the_operation():
         gru_scan(gi, w, b, h0, reverse=(True,))
 
 
+@pytest.mark.parametrize("steps,batch", [(0, 3), (4, 0)])
+def test_gru_scan_with_no_steps_or_no_batch(steps, batch):
+    """Empty loops give empty states and zero gradients (the reverse loop has nothing to do)."""
+    from nodegrad.ops.nn import gru_scan
+
+    args = [ng.tensor(rng.standard_normal(s), requires_grad=True)
+            for s in ((2, 6, steps, batch), (2, 6, 2), (2, 6), (2, batch, 2))]
+    out = gru_scan(*args, reverse=(False, True))
+    assert out.shape == (steps, batch, 2, 2)
+    (out * 2).sum().backward()
+    for a in args:
+        assert a.grad.shape == a.shape and not a.grad.numpy().any()
+
+
 def test_lstm_cell_and_rnn_cell_gradcheck():
     x, h, c = rng.standard_normal((2, 3)), rng.standard_normal((2, 2)), rng.standard_normal((2, 2))
     w_ih, w_hh, b = rng.standard_normal((8, 3)), rng.standard_normal((8, 2)), rng.standard_normal(8)

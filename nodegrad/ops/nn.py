@@ -530,7 +530,7 @@ def _gru_scan_fwd(xp, gi, w, b, h0, loop, reverse=(), batch_major=False):
     return _gru_states(xp, loop, gi.shape[0], reverse, batch_major)
 
 
-_GRU_CHUNK = 1 << 16  # state elements per step times steps whose gate factors stay in cache
+_GRU_CHUNK = 1 << 16  # about this many state elements' gate factors are computed per pass
 
 
 def _gru_factors(xp, loop, o, dh_: int) -> None:
@@ -591,7 +591,7 @@ def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
     m = m.reshape(dh_, 5 * dh_)
     per_step = list(zip(o[:, 1:], o[:, :5].reshape(steps, 5 * dh_, batch)))
     mul, dot = xp.multiply, xp.dot
-    chunk = max(1, _GRU_CHUNK // (dh_ * batch))  # steps whose factors stay in cache
+    chunk = max(1, _GRU_CHUNK // max(1, dh_ * batch))  # all steps of a small layer at once
     for t1 in range(steps, 0, -chunk):
         t0 = max(0, t1 - chunk)
         _gru_factors(xp, loop[t0:t1 + 1], o[t0:t1], dh_)
