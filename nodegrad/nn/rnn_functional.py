@@ -176,7 +176,7 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     if scan:
         # one lax.scan: under jit one loop instruction, not T copies (eagerly it is also faster
         # than stepping here); under vmap, ONNX export and anomaly mode every step is seen
-        h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, weights, mode)
+        h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, mode)
         return _finish(y, h, c, h0, c0)
     recording = is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *(w for ws in weights for w in ws)))
@@ -222,15 +222,15 @@ def _gru_layer(x: Tensor, h0: Tensor, weights: Sequence[tuple], batch_first: boo
     is laid out batch-major for the caller's swap back. Returns (y, h_n, None)."""
     steps, batch, n_in = x.shape
     n_dir, n_h = len(weights), h0.shape[-1]
-    w_ih = _joined([w[0] for w in weights], (3 * n_h, n_in))                   # (D, 3H, I)
-    w_hh = _joined([w[1] for w in weights], (3 * n_h, n_h))                    # (D, 3H, H)
+    w_ih = _joined([w[0] for w in weights])                                      # (D·3H, I)
+    w_hh = _joined([w[1] for w in weights], (n_dir, 3 * n_h, n_h))             # (D, 3H, H)
     xt = ops.reshape(ops.moveaxis(x, -1, 0), (n_in, steps * batch))              # (I, T·N)
     if weights[0][2] is None:
         b = zeros(n_dir, 3 * n_h, dtype=x.dtype, device=x.device)
         gi = w_ih @ xt
     else:
-        b = _joined([w[3] for w in weights], (3 * n_h,))
-        b_ih = _joined([w[2] for w in weights], (3 * n_h, 1))                   # (D, 3H, 1)
+        b = _joined([w[3] for w in weights], (n_dir, 3 * n_h))
+        b_ih = _joined([w[2] for w in weights], (n_dir * 3 * n_h, 1))           # (D·3H, 1)
         if n_in <= 3 * n_h:  # few inputs: the bias as one more input row of ones, so one
             # product gives the projection and, backward, both gradients
             one = ones(1, steps * batch, dtype=x.dtype, device=x.device)
@@ -243,14 +243,15 @@ def _gru_layer(x: Tensor, h0: Tensor, weights: Sequence[tuple], batch_first: boo
     return ops.reshape(ys, (steps, batch, n_dir * n_h)), ys[last, :, list(range(n_dir))], None
 
 
-def _joined(ts: Sequence[Tensor], shape: tuple) -> Tensor:
-    """(D,) + ``shape`` from one tensor per direction: one concatenate and one reshape (a stack
-    would add a reshape per tensor, forward and backward)."""
-    return ops.reshape(ts[0] if len(ts) == 1 else ops.concatenate(list(ts), 0),
-                       (len(ts),) + shape)
+def _joined(ts: Sequence[Tensor], shape: tuple | None = None) -> Tensor:
+    """The per-direction tensors one after the other along their first axis, reshaped to
+    ``shape``: one concatenate and one reshape (a stack adds a reshape per tensor, forward and
+    backward)."""
+    t = ts[0] if len(ts) == 1 else ops.concatenate(list(ts), 0)
+    return t if shape is None else ops.reshape(t, shape)
 
 
-def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, weights,
+def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih,
                 mode: str):
     """The time loop as one ``lax.scan`` (the input projection of all steps is one product):
     the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
