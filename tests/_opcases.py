@@ -901,22 +901,31 @@ def _gru_case(draw, layout):
 case("gru_update", _gru_case, layouts=("vector", "matrix", "3d", "rank", "noncontig"))
 
 
-def _gru_scan_ref(gi, w, b, h0):
-    hs, h = [], h0
-    for t in range(gi.shape[0]):
-        h = _gru_ref(gi[t], h @ w + b[:, None, :], h)
-        hs.append(h)
-    return torch.stack(hs)
+def _gru_scan_ref(gi, w, b, h0, reverse=()):
+    """Per direction d, the steps in time order (or backwards with ``reverse[d]``): (T, N, D, H)."""
+    outs = []
+    for d in range(gi.shape[0]):
+        h, hs = h0[d], {}
+        times = range(gi.shape[2])
+        for t in (reversed(times) if reverse and reverse[d] else times):
+            h = hs[t] = _gru_ref(gi[d, :, t].T, h @ w[d].T + b[d], h)
+        outs.append(torch.stack([hs[t] for t in times]))
+    return torch.stack(outs, 2)
 
 
 def _gru_scan_case(draw, layout):
-    """gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H), h0 (D, N, H); two directions in "3d"."""
+    """gi (D, 3H, T, N), w (D, 3H, H), b (D, 3H), h0 (D, N, H); in "3d" two directions, the
+    second one reversed (a bidirectional layer), and the states laid out batch-major."""
+    from nodegrad.ops.nn import gru_scan
+
     n_h, steps, batch = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     n_dir = 2 if layout == "3d" else 1
-    return Call(lambda gi, w, b, h0: P["gru_scan"](gi, w, b, h0),
-                (arr(draw, (steps, n_dir, batch, 3 * n_h), "wide"),
-                 arr(draw, (n_dir, n_h, 3 * n_h)), arr(draw, (n_dir, 3 * n_h)),
-                 arr(draw, (n_dir, batch, n_h), "wide")), _gru_scan_ref)
+    rev = (False, True) if n_dir == 2 else ()
+    return Call(lambda gi, w, b, h0: gru_scan(gi, w, b, h0, reverse=rev, batch_major=n_dir == 2),
+                (arr(draw, (n_dir, 3 * n_h, steps, batch), "wide"),
+                 arr(draw, (n_dir, 3 * n_h, n_h)), arr(draw, (n_dir, 3 * n_h)),
+                 arr(draw, (n_dir, batch, n_h), "wide")),
+                lambda gi, w, b, h0: _gru_scan_ref(gi, w, b, h0, rev))
 
 
 case("gru_scan", _gru_scan_case, layouts=("matrix", "3d", "noncontig"))
@@ -2402,39 +2411,85 @@ FORWARD.append(Forward("cross_entropy_weights", lambda t, **p: P["cross_entropy_
                        _ce_weights_ref, _ce_weights_build))
 
 
-def _gru_scan_grad_ref(g, hs, gi, w, b, h0):
-    """gru_scan's reverse loop step by step from the GRU's formulas: per step the cotangents of
-    gi (3H: r, z, n's pre-activation a), of the h-side n (a r) and of h_{t-1}, (D, 5H, T, N)."""
+def _gru_np_steps(gi, w, b, h0, reverse):
+    """The GRU's formulas per direction, in processing order: (t, h_{t-1}, r, z, gₙ, n) per
+    step (each (N, H)), and the final state."""
     n_h = h0.shape[-1]
-    out = np.zeros(gi.shape[:3] + (5 * n_h,))
-    dh = np.zeros_like(h0)
-    for t in reversed(range(gi.shape[0])):
-        hp = h0 if t == 0 else hs[t - 1]
-        gh = hp @ w + b[:, None]
-        pre = gi[t] + gh
-        r, z = 1 / (1 + np.exp(-pre[..., :n_h])), 1 / (1 + np.exp(-pre[..., n_h:2 * n_h]))
-        n = np.tanh(gi[t][..., 2 * n_h:] + r * gh[..., 2 * n_h:])
-        dh = dh + g[t]
-        da = dh * (1 - z) * (1 - n * n)
-        dgh = np.concatenate([da * gh[..., 2 * n_h:] * r * (1 - r), dh * (hp - n) * z * (1 - z),
-                              da * r], -1)
-        dprev = dh * z + dgh @ w.transpose(0, 2, 1)
-        out[t] = np.concatenate([dgh[..., :2 * n_h], da, dgh[..., 2 * n_h:], dprev], -1)
-        dh = dprev
-    return out.transpose(1, 3, 0, 2)
+    out = []
+    for d in range(gi.shape[0]):
+        h, steps = h0[d], []
+        times = range(gi.shape[2])
+        for t in (reversed(times) if reverse and reverse[d] else times):
+            x, gh = gi[d, :, t].T, h @ w[d].T + b[d]
+            r = 1 / (1 + np.exp(-x[:, :n_h] - gh[:, :n_h]))
+            z = 1 / (1 + np.exp(-x[:, n_h:2 * n_h] - gh[:, n_h:2 * n_h]))
+            n = np.tanh(x[:, 2 * n_h:] + r * gh[:, 2 * n_h:])
+            steps.append((t, h, r, z, gh[:, 2 * n_h:], n))
+            h = n + z * (h - n)
+        out.append((steps, h))
+    return out
+
+
+def _gru_scan_loop_ref(gi, w, b, h0, reverse=()):
+    """gru_scan_loop's layout: per step h_{s-1}, 1, r, 1 - z, gₙ, n, rows direction-minor."""
+    n_dir, n_g, steps, batch = gi.shape
+    dh = n_dir * (n_g // 3)
+    loop = np.zeros((steps + 1, 5 * dh + 1, batch))
+    loop[:steps, dh] = 1
+    for d, (per, h) in enumerate(_gru_np_steps(gi, w, b, h0, reverse)):
+        for s, vals in enumerate(per):
+            for k, v in enumerate(vals[1:3] + (1 - vals[3],) + vals[4:]):  # 1 - z kept
+                start = (k and k * dh + 1) + d * v.shape[1]
+                loop[s, start:start + v.shape[1]] = v.T
+        loop[steps, d * h.shape[1]:(d + 1) * h.shape[1]] = h.T
+    loop[steps, dh] = 1
+    return loop
+
+
+def _gru_scan_grad_ref(g, gi, w, b, h0, reverse=()):
+    """gru_scan's reverse loop step by step from the GRU's formulas: the cotangents of gi, w, b
+    and h0, flattened one after the other."""
+    n_h = h0.shape[-1]
+    dgi, dw, db, dh0 = np.zeros_like(gi), np.zeros_like(w), np.zeros_like(b), np.zeros_like(h0)
+    for d, (per, _) in enumerate(_gru_np_steps(gi, w, b, h0, reverse)):
+        dh = np.zeros_like(h0[d])
+        for t, hp, r, z, ghn, n in reversed(per):
+            dh = dh + g[t, :, d]
+            da = dh * (1 - z) * (1 - n * n)
+            dgh = np.concatenate([da * ghn * r * (1 - r), dh * (hp - n) * z * (1 - z), da * r], -1)
+            dgi[d, :, t] = np.concatenate([dgh[:, :2 * n_h], da], -1).T
+            dw[d] += dgh.T @ hp
+            db[d] += dgh.sum(0)
+            dh = dh * z + dgh @ w[d]
+        dh0[d] = dh
+    return np.concatenate([v.ravel() for v in (dgi, dw, db, dh0)])
+
+
+def _gru_scan_args(draw, min_steps):
+    n_h, steps = draw(st.integers(1, 2)), draw(st.integers(min_steps, 3))
+    batch, n_dir = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    rev = draw(st.sampled_from([(), (True,) * n_dir, (False, True)[-n_dir:]]))
+    return (arr(draw, (n_dir, 3 * n_h, steps, batch), "wide"), arr(draw, (n_dir, 3 * n_h, n_h)),
+            arr(draw, (n_dir, 3 * n_h)), np.tanh(arr(draw, (n_dir, batch, n_h), "wide"))), rev
+
+
+def _gru_scan_loop_build(draw):
+    args, rev = _gru_scan_args(draw, 0)
+    return args, {"reverse": rev}
 
 
 def _gru_scan_grad_build(draw):
-    n_h, steps, batch = draw(st.integers(1, 2)), draw(st.integers(0, 3)), draw(st.integers(1, 3))
-    n_dir = draw(st.integers(1, 2))
-    state = (steps, n_dir, batch, n_h)
-    return (arr(draw, state), np.tanh(arr(draw, state, "wide")),
-            arr(draw, (steps, n_dir, batch, 3 * n_h), "wide"), arr(draw, (n_dir, n_h, 3 * n_h)),
-            arr(draw, (n_dir, 3 * n_h)), np.tanh(arr(draw, state[1:], "wide"))), {}
+    (gi, w, b, h0), rev = _gru_scan_args(draw, 0)
+    g = arr(draw, (gi.shape[2], gi.shape[3], gi.shape[0], h0.shape[-1]))
+    return (g, gi, w, b, h0), {"reverse": rev}
 
 
-FORWARD.append(Forward("gru_scan_grad", lambda *a: P["gru_scan_grad"](*a), _gru_scan_grad_ref,
-                       _gru_scan_grad_build, rtol=1e-10))
+FORWARD.append(Forward("gru_scan_loop", lambda *a, **p: P["gru_scan_loop"](*a, **p),
+                       _gru_scan_loop_ref, _gru_scan_loop_build, rtol=1e-10))
+FORWARD.append(Forward(
+    "gru_scan_grad", lambda g, gi, w, b, h0, reverse: P["gru_scan_grad"](
+        g, P["gru_scan_loop"](gi, w, b, h0, reverse=reverse), w, reverse=reverse),
+    _gru_scan_grad_ref, _gru_scan_grad_build, rtol=1e-10))
 
 PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({

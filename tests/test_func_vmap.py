@@ -258,10 +258,14 @@ NONDIFF.update({  # the wider operator surface
     "trunc_divide": lambda x, y: ng.trunc_divide(x, y),
     "cross_entropy_weights": lambda x: ng.primitives["cross_entropy_weights"](
         _ints(x), ignore_index=0, reduction="mean", dtype=np.dtype("float64")),
-    # gru_scan's reverse loop, T = 2 steps of one direction, batch 1, H = 1
+    # gru_scan's forward and reverse loops, T = 2 steps of one direction, batch 1, H = 1
+    "gru_scan_loop": lambda x, y: ng.primitives["gru_scan_loop"](
+        x.reshape(1, 3, 2, 1), y[:1].reshape(1, 3, 1), y[1:], ng.tanh(x[:1, :1]).reshape(1, 1, 1)),
     "gru_scan_grad": lambda x, y: ng.primitives["gru_scan_grad"](
-        x[:, :1].reshape(2, 1, 1, 1), ng.tanh(y[:, 1:2]).reshape(2, 1, 1, 1),
-        x.reshape(2, 1, 1, 3), y[:1].reshape(1, 1, 3), y[1:], x[:1, 2:].reshape(1, 1, 1)),
+        x[:, :1].reshape(2, 1, 1, 1), ng.primitives["gru_scan_loop"](
+            ng.tanh(x).reshape(1, 3, 2, 1), y[:1].reshape(1, 3, 1), y[1:],
+            ng.tanh(y[:1, 2:]).reshape(1, 1, 1), reverse=(True,)),
+        y[:1].reshape(1, 3, 1), reverse=(True,)),
 })
 
 

@@ -181,12 +181,29 @@ def test_bidirectional_gru_layer_gradcheck_first_and_second_order():
 def test_gru_scan_shape_errors_name_the_operation():
     from nodegrad.ops.nn import gru_scan
 
-    gi, w, b, h0 = ng.zeros(4, 2, 3, 6), ng.zeros(2, 2, 6), ng.zeros(2, 6), ng.zeros(2, 3, 2)
-    assert gru_scan(gi, w, b, h0).shape == (4, 2, 3, 2)
-    for bad in ((ng.zeros(4, 3, 6), w, b, h0), (gi, ng.zeros(2, 6, 2), b, h0),
+    gi, w, b, h0 = ng.zeros(2, 6, 4, 3), ng.zeros(2, 6, 2), ng.zeros(2, 6), ng.zeros(2, 3, 2)
+    assert gru_scan(gi, w, b, h0).shape == (4, 3, 2, 2)
+    assert gru_scan(gi, w, b, h0, reverse=(False, True)).shape == (4, 3, 2, 2)
+    for bad in ((ng.zeros(4, 3, 6), w, b, h0), (gi, ng.zeros(2, 2, 6), b, h0),
                 (gi, w, ng.zeros(2, 1, 6), h0), (gi, w, b, ng.zeros(2, 4, 2))):
-        with pytest.raises(ng.ShapeError, match=r"gru_scan: expected gi \(T, D, N, 3H\)"):
+        with pytest.raises(ng.ShapeError, match=r"gru_scan: expected gi \(D, 3H, T, N\)"):
             gru_scan(*bad)
+    with pytest.raises(ng.ShapeError, match="one reverse flag per direction"):
+        gru_scan(gi, w, b, h0, reverse=(True,))
+
+
+@pytest.mark.parametrize("steps,batch", [(0, 3), (4, 0)])
+def test_gru_scan_with_no_steps_or_no_batch(steps, batch):
+    """Empty loops give empty states and zero gradients (the reverse loop has nothing to do)."""
+    from nodegrad.ops.nn import gru_scan
+
+    args = [ng.tensor(rng.standard_normal(s), requires_grad=True)
+            for s in ((2, 6, steps, batch), (2, 6, 2), (2, 6), (2, batch, 2))]
+    out = gru_scan(*args, reverse=(False, True))
+    assert out.shape == (steps, batch, 2, 2)
+    (out * 2).sum().backward()
+    for a in args:
+        assert a.grad.shape == a.shape and not a.grad.numpy().any()
 
 
 def test_lstm_cell_and_rnn_cell_gradcheck():

@@ -143,7 +143,7 @@ def _stack_dirs(ts: Sequence[Tensor]) -> Tensor:
 
 
 def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[tuple],
-                    mode: str) -> tuple[Tensor, Tensor, Tensor | None]:
+                    mode: str, batch_first: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
     """Run one (bi)directional recurrent layer over a sequence.
 
     ``x`` (T, N, I); ``h0``/``c0`` (D, N, H); ``weights`` one (w_ih, w_hh, b_ih, b_hh) per
@@ -151,9 +151,14 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     output (T, N, D·H), h_n (D, N, H) and c_n (LSTM) or None. Both directions run together: the
     reverse one reads the time-flipped input, the input projection of a chunk of steps is one
     product (D, k·N, I) @ (D, I, G·H), and each step one product (D, N, H) @ (D, H, G·H).
+    ``batch_first``: the output will be read batch-first (a GRU then lays it out so in memory).
     """
     steps, batch, n_in = x.shape
     n_dir, n_h = len(weights), h0.shape[-1]
+    m = modes()
+    scan = steps > 0 and (m.jit is not None or not (m.traces or m.anomaly))
+    if scan and mode == "GRU":
+        return _gru_layer(x, h0, weights, batch_first)
     # stacked per direction and made contiguous once, so every product below is a plain GEMM
     w_ih = ops.copy(ops.swapaxes(_stack_dirs([w[0] for w in weights]), 1, 2))   # (D, I, GH)
     w_hh = ops.copy(ops.swapaxes(_stack_dirs([w[1] for w in weights]), 1, 2))
@@ -168,11 +173,10 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
         else:  # GRU's b_hn sits inside r ⊙ (·): broadcast once, not summed back every step
             b_hh = ops.broadcast_to(b_hh, (n_dir, 1, batch, n_g))
     xd = ops.expand_dims(x, 0) if n_dir == 1 else ops.stack([x, ops.flip(x, 0)])  # (D, T, N, I)
-    m = modes()
-    if steps > 0 and (m.jit is not None or not (m.traces or m.anomaly)):
+    if scan:
         # one lax.scan: under jit one loop instruction, not T copies (eagerly it is also faster
         # than stepping here); under vmap, ONNX export and anomaly mode every step is seen
-        h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, weights, mode)
+        h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, mode)
         return _finish(y, h, c, h0, c0)
     recording = is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *(w for ws in weights for w in ws)))
@@ -211,10 +215,46 @@ def _finish(y: Tensor, h: Tensor, c, h0: Tensor, c0):
     return y, h_n, None if c is None else ops.reshape(c, tuple(c0.shape))
 
 
-def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, weights,
+def _gru_layer(x: Tensor, h0: Tensor, weights: Sequence[tuple], batch_first: bool):
+    """A GRU layer as one ``gru_scan``: the input projection of every step and direction is one
+    product, features first (D, 3H, T·N), and the reverse direction walks the steps backwards
+    inside the loop, so nothing is flipped or transposed here; with ``batch_first`` the output
+    is laid out batch-major for the caller's swap back. Returns (y, h_n, None)."""
+    steps, batch, n_in = x.shape
+    n_dir, n_h = len(weights), h0.shape[-1]
+    w_ih = _joined([w[0] for w in weights])                                      # (D·3H, I)
+    w_hh = _joined([w[1] for w in weights], (n_dir, 3 * n_h, n_h))             # (D, 3H, H)
+    xt = ops.reshape(ops.moveaxis(x, -1, 0), (n_in, steps * batch))              # (I, T·N)
+    if weights[0][2] is None:
+        b = zeros(n_dir, 3 * n_h, dtype=x.dtype, device=x.device)
+        gi = w_ih @ xt
+    else:
+        b = _joined([w[3] for w in weights], (n_dir, 3 * n_h))
+        b_ih = _joined([w[2] for w in weights], (n_dir * 3 * n_h, 1))           # (D·3H, 1)
+        if n_in <= 3 * n_h:  # few inputs: the bias as one more input row of ones, so one
+            # product gives the projection and, backward, both gradients
+            one = ones(1, steps * batch, dtype=x.dtype, device=x.device)
+            gi = ops.concatenate([w_ih, b_ih], -1) @ ops.concatenate([xt, one], 0)
+        else:
+            gi = w_ih @ xt + b_ih
+    gi = ops.reshape(gi, (n_dir, 3 * n_h, steps, batch))
+    ys = gru_scan(gi, w_hh, b, h0, reverse=(False, True)[:n_dir], batch_major=batch_first)
+    last = [steps - 1, 0][:n_dir]  # each direction's final state: its last step in time order
+    return ops.reshape(ys, (steps, batch, n_dir * n_h)), ys[last, :, list(range(n_dir))], None
+
+
+def _joined(ts: Sequence[Tensor], shape: tuple | None = None) -> Tensor:
+    """The per-direction tensors one after the other along their first axis, reshaped to
+    ``shape``: one concatenate and one reshape (a stack adds a reshape per tensor, forward and
+    backward)."""
+    t = ts[0] if len(ts) == 1 else ops.concatenate(list(ts), 0)
+    return t if shape is None else ops.reshape(t, shape)
+
+
+def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih,
                 mode: str):
-    """The time loop as one ``lax.scan`` (GRU: one ``gru_scan``; the input projection of all
-    steps is one product): the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
+    """The time loop as one ``lax.scan`` (the input projection of all steps is one product):
+    the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
     n_dir, steps, batch, n_in = xd.shape
     n_h, n_g = h0.shape[-1], w_ih.shape[-1]
     xs = ops.reshape(xd, (n_dir, steps * batch, n_in))
@@ -228,11 +268,6 @@ def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih, we
         gis = gis + b_ih
     gis = ops.moveaxis(ops.reshape(gis, (n_dir, steps, batch, n_g)), 1, 0)      # (T, D, N, GH)
     w_hh = ops.reshape(w_hh, (n_dir, n_h, n_g))
-    if mode == "GRU":  # one primitive for the whole loop (see ops.nn.gru_scan)
-        b = zeros(n_dir, n_g, dtype=gis.dtype, device=gis.device) if weights[0][3] is None \
-            else _stack_dirs([w[3] for w in weights])
-        ys = gru_scan(gis, w_hh, b, h0)                                         # (T, D, N, H)
-        return ys[steps - 1], None, ops.moveaxis(ys, 1, 0)
     lstm = mode == "LSTM"
     carry, ys = lax.scan_cached(("recurrent_layer", mode), partial(_step, mode, n_h),
                                 [w_hh], [h0] if c0 is None else [h0, c0], [gis])

@@ -14,13 +14,13 @@ from ..autodiff import modes
 from ..batching import batched, front, rank_up, size_of
 from ..errors import ShapeError
 from ..tensor import ones
-from ..primitive import primitive
+from ..primitive import REGISTRY, primitive
 from .elementwise import _sigmoid as _sigmoid_np
 from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, sigmoid,
                           tanh)
 from .reduce import _sum
-from .shape import (broadcast_to, concatenate, expand_dims, keepdims_shape, moveaxis, norm_axes,
-                    norm_axis, reshape, stack, swapaxes, transpose)
+from .shape import (broadcast_to, concatenate, expand_dims, flip, keepdims_shape, moveaxis,
+                    norm_axes, norm_axis, reshape, stack, swapaxes, transpose)
 
 
 def _shifted(xp, x, axis):
@@ -451,134 +451,201 @@ def gru_update(gi, gh, h):
 
 
 # --- the GRU layer's time loop ---------------------------------------------------------------
-# One primitive for all T steps (both directions at once: D stacks directions, each with its own
-# weights), so a step costs a few array calls instead of a dozen primitives; its VJP is one
-# reverse loop (a second primitive) plus matrix products over all steps at once.
-def _gru_scan_fwd(xp, gi, w, b, h0):
-    # features before batch inside ((D, 3H, N) per step): each gate a contiguous block, so the
-    # elementwise calls run over whole blocks, not rows of H elements
-    steps, n_dir, batch, n_g = gi.shape
-    n_h, dt = n_g // 3, gi.dtype
-    gi, wt, b = _gru_halved(xp, gi, w, b)
-    out = xp.empty((steps, n_dir, n_h, batch), dtype=dt)
-    gh = xp.empty((n_dir, n_g, batch), dtype=dt)
-    rz = xp.empty((n_dir, 2 * n_h, batch), dt)
-    n = xp.empty((n_dir, n_h, batch), dtype=dt)
-    h = xp.swapaxes(h0, -1, -2)
-    for t in range(steps):
-        xp.matmul(wt, h, out=gh)
-        gh += b
-        git = gi[t]
-        xp.add(git[:, :2 * n_h], gh[:, :2 * n_h], out=rz)
-        _sigmoid_halved(xp, rz)
-        xp.multiply(gh[:, 2 * n_h:], rz[:, :n_h], out=n)
-        n += git[:, 2 * n_h:]
-        xp.tanh(n, out=n)
-        h_new = out[t]
-        xp.subtract(h, n, out=h_new)
-        h_new *= rz[:, n_h:]
-        h_new += n
-        h = h_new
-    return xp.ascontiguousarray(xp.swapaxes(out, -1, -2))
+# Three primitives run a GRU layer's T steps, D directions at once (each with its own weights;
+# a reversed one walks the steps from last to first): ``gru_scan_loop`` is the forward loop and
+# keeps every step's state and gates; ``gru_scan`` is the differentiable op, whose output is the
+# loop's states and whose VJP reads the kept gates, so the reverse loop (``gru_scan_grad``)
+# recomputes nothing. Inside, a step's arrays are (rows, N), features first, the directions
+# stacked in the rows and the gates major (r of every direction, then z, then n): each
+# elementwise call covers one contiguous block, and the recurrent product of all directions is
+# one 2-D GEMM with a block-diagonal weight.
+def _reversed(reverse: tuple, d: int) -> bool:
+    return bool(reverse) and bool(reverse[d])
 
 
-def _gru_halved(xp, gi, w, b):
-    """gi (T, D, 3H, N), Wₕₕ (D, 3H, H) and b (D, 3H, 1) laid out features first, with the r and
-    z rows halved (exact), so their pre-activations come out as x/2 for σ(x) = (1 + tanh(x/2))/2."""
-    n_h = w.shape[-2]
-    gi = xp.swapaxes(gi, -1, -2).copy()
-    wt = xp.swapaxes(w, -1, -2).copy()
-    b = b[:, :, None].copy()
-    for v in (gi[..., :2 * n_h, :], wt[:, :2 * n_h], b[:, :2 * n_h]):
-        v *= 0.5
-    return gi, wt, b
+def _gru_loop_fwd(xp, gi, w, b, h0, reverse=()):
+    # the loop array, one slot of rows per step s (and one after the last): h_{s-1} (DH rows),
+    # a row of ones (the bias column of the recurrent product), r and 1 - z (2DH), the h-side
+    # n pre-activation gₙ = Wₕₙh + bₕₙ (DH) and n (DH); states in processing order
+    n_dir, n_g, steps, batch = gi.shape
+    n_h = n_g // 3
+    dh, dt = n_dir * n_h, gi.dtype
+    loop = xp.empty((steps + 1, 5 * dh + 1, batch), dtype=dt)
+    loop[:, dh] = 1
+    loop[-1, dh + 1:] = 0  # the slot after the last step holds only the final state
+    loop[0, :dh].reshape(n_dir, n_h, batch)[...] = xp.swapaxes(h0, 1, 2)
+    # the input side per step, gate-major ((T, 3, D, H, N)), r's rows halved and z's halved
+    # and negated (exact), as their weight rows: σ(x) = (1 + tanh(x/2)) / 2 then needs no
+    # scaling first and z's rows come out as 1 - z = σ(-x)
+    scale = xp.asarray([0.5, -0.5, 1.0], dtype=dt)[:, None, None]
+    gis = xp.empty((steps, 3, n_dir, n_h, batch), dtype=dt)
+    wf = xp.zeros((3, n_dir, n_h, dh + 1), dtype=dt)
+    for d in range(n_dir):
+        src = gi[d].reshape(3, n_h, steps, batch).transpose(2, 0, 1, 3)  # (T, 3, H, N)
+        xp.multiply(src[::-1] if _reversed(reverse, d) else src, scale, out=gis[:, :, d])
+        wf[:, d, :, d * n_h:(d + 1) * n_h] = w[d].reshape(3, n_h, n_h)
+        wf[:, d, :, dh] = b[d].reshape(3, n_h)
+    wf *= scale[..., None]
+    wf = wf.reshape(3 * dh, dh + 1)
+    half = xp.full((2 * dh, batch), 0.5, dtype=dt)  # an array operand: cheaper than a scalar
+    dot, add, mul, sub, tanh = xp.dot, xp.add, xp.multiply, xp.subtract, xp.tanh
+    r1, r2, r3 = dh + 1, 3 * dh + 1, 4 * dh + 1
+    for hin, g3, rz, r, zc, ghn, n, h, h_new, girz, gin in zip(
+            loop[:-1, :r1], loop[:-1, r1:r3], loop[:-1, r1:r2], loop[:-1, r1:r1 + dh],
+            loop[:-1, r1 + dh:r2], loop[:-1, r2:r3], loop[:-1, r3:], loop[:-1, :dh],
+            loop[1:, :dh], gis[:, :2].reshape(steps, 2 * dh, batch),
+            gis[:, 2].reshape(steps, dh, batch)):
+        dot(wf, hin, out=g3)                             # r/2, -z/2 and gₙ from h_{s-1}
+        add(rz, girz, out=rz)
+        tanh(rz, out=rz)
+        mul(rz, half, out=rz)
+        add(rz, half, out=rz)                            # r, 1 - z
+        mul(ghn, r, out=n)
+        add(n, gin, out=n)
+        tanh(n, out=n)                                   # n = tanh(iₙ + r gₙ)
+        sub(n, h, out=h_new)
+        mul(h_new, zc, out=h_new)
+        add(h_new, h, out=h_new)                         # h_s = h_{s-1} + (1 - z)(n - h_{s-1})
+    return loop
 
 
-def _sigmoid_halved(xp, x):
-    """σ into ``x`` from x/2: (1 + tanh(x/2)) / 2, saturating without overflow."""
-    xp.tanh(x, out=x)
-    x *= 0.5
-    x += 0.5
-    return x
+def _gru_states(xp, loop, n_dir: int, reverse: tuple, batch_major: bool = False):
+    """The states (T, N, D, H) in time order from a loop array; with ``batch_major`` laid out
+    (N, T, D, H) in memory (a transposed view), as a batch-first layer's output is read."""
+    steps, batch = loop.shape[0] - 1, loop.shape[2]
+    dh = (loop.shape[1] - 1) // 5
+    n_h = dh // n_dir
+    out = xp.empty((batch, steps, n_dir, n_h) if batch_major else (steps, batch, n_dir, n_h),
+                   dtype=loop.dtype)
+    if batch_major:
+        out = out.transpose(1, 0, 2, 3)
+    hs = loop[1:, :dh].reshape(steps, n_dir, n_h, batch)
+    for d in range(n_dir):
+        src = hs[::-1, d] if _reversed(reverse, d) else hs[:, d]
+        out[:, :, d] = src.transpose(0, 2, 1)
+    return out
 
 
-_GRU_CHUNK = 1 << 15  # about this many state elements' gates are recomputed at once
+def _gru_scan_fwd(xp, gi, w, b, h0, loop, reverse=(), batch_major=False):
+    return _gru_states(xp, loop, gi.shape[0], reverse, batch_major)
 
 
-def _gru_gate_factors(xp, hprev, gi, wt, b):
-    """The factors k with d(pre-activations) = dh_t * k for a few steps at once (features before
-    batch, r and z rows halved), k (…, 5, H, N): r, z, n's pre-activation a, the h-side n (a·r),
-    and z itself (h_{t-1}'s direct share)."""
-    n_h = hprev.shape[-2]
-    gh = xp.matmul(wt, hprev)
-    gh += b
-    rz = gi[..., :2 * n_h, :] + gh[..., :2 * n_h, :]
-    _sigmoid_halved(xp, rz)
-    r, z, ghn = rz[..., :n_h, :], rz[..., n_h:, :], gh[..., 2 * n_h:, :]
-    n = r * ghn
-    n += gi[..., 2 * n_h:, :]
-    xp.tanh(n, out=n)
-    k = xp.empty(tuple(n.shape[:-2]) + (5,) + tuple(n.shape[-2:]), dtype=n.dtype)
-    kr, kz, ka, kn = k[..., 0, :, :], k[..., 1, :, :], k[..., 2, :, :], k[..., 3, :, :]
+_GRU_CHUNK = 1 << 16  # about this many state elements' gate factors are computed per pass
+
+
+def _gru_factors(xp, loop, o, dh_: int) -> None:
+    """Into o's planes 1-5 (steps, 6, DH, N) the factors k of d(pre-activations) = dh_s k_s
+    from the kept gates (loop's slots s to s + 1): z (h_{s-1}'s direct share), a r (gₙ),
+    a gₙ r (1 - r) (r), (h_s - n)(1 - z) = (h_{s-1} - n) z (1 - z) (z), and a = (1 - z)(1 - n²)
+    (n's pre-activation)."""
+    r1, r2, r3 = dh_ + 1, 2 * dh_ + 1, 3 * dh_ + 1
+    r, zc, ghn, n = loop[:-1, r1:r2], loop[:-1, r2:r3], loop[:-1, r3:r3 + dh_], loop[:-1, r3 + dh_:]
+    kh, kn, kr, kz, ka = (o[:, i] for i in range(1, 6))
+    one = o.dtype.type(1)
+    xp.subtract(one, zc, out=kh)
     xp.multiply(n, n, out=ka)
-    xp.subtract(1, ka, out=ka)
-    xp.subtract(1, z, out=kz)
-    ka *= kz                                                  # (1 - z)(1 - n²)
-    kz *= z
-    xp.subtract(hprev, n, out=kn)
-    kz *= kn                                                  # (h - n) z (1 - z)
-    xp.subtract(1, r, out=kr)
-    kr *= r
-    kr *= ghn
-    kr *= ka                                                  # a gₕₙ r (1 - r)
+    xp.subtract(one, ka, out=ka)
+    ka *= zc
+    xp.subtract(loop[1:, :dh_], n, out=kz)
+    kz *= zc
     xp.multiply(ka, r, out=kn)
-    k[..., 4, :, :] = z
-    return k
+    xp.subtract(one, r, out=kr)
+    kr *= ghn
+    kr *= kn
 
 
-def _gru_scan_grad_fwd(xp, g, hs, gi, w, b, h0):
-    steps, n_dir, batch, n_g = gi.shape
-    n_h, dt = n_g // 3, gi.dtype
-    out = xp.empty((n_dir, 5, n_h, steps, batch), dtype=dt)
+def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
+    # d(pre-activations) = dh_s * k_s with k from the kept gates (one pass over all steps), then
+    # per step two calls: the products dh_s k_s, and one GEMM giving dh_{s-1} from them and g
+    steps, batch, n_dir, n_h = g.shape
+    dh_, n_g, dt = n_dir * n_h, 3 * n_h, g.dtype
+    sizes = (n_dir * n_g * steps * batch, n_dir * n_g * n_h, n_dir * n_g, n_dir * batch * n_h)
+    flat = xp.empty(sum(sizes), dtype=dt)
+    ends = [sum(sizes[:i + 1]) for i in range(4)]
+    dgi = flat[:ends[0]].reshape(n_dir, 3, n_h, steps, batch)
+    dw = flat[ends[0]:ends[1]].reshape(n_dir, 3, n_h, n_h)
+    db = flat[ends[1]:ends[2]].reshape(n_dir, 3, n_h)
+    dh0 = flat[ends[2]:].reshape(n_dir, batch, n_h)
     if steps == 0:
-        return out.reshape(n_dir, 5 * n_h, steps, batch)
-    gi, wt, b = _gru_halved(xp, gi, w, b)
-    g, hs, h0 = (xp.swapaxes(v, -1, -2) for v in (g, hs, h0))
-    # h_{t-1} receives w (dr, dz, a·r): as one product over the planes (r, z, a, a·r)
-    w4 = xp.zeros((n_dir, n_h, 4 * n_h), dtype=dt)
-    w4[..., :2 * n_h], w4[..., 3 * n_h:] = w[..., :2 * n_h], w[..., 2 * n_h:]
-    dh = g[steps - 1].copy()
-    back = xp.empty((n_dir, n_h, batch), dtype=dt)
-    chunk = max(1, _GRU_CHUNK // (n_dir * n_h * batch))
+        flat[...] = 0
+        return flat
+    # per step s the planes: g_{s-1}, dh z (h_{s-1}'s direct share), the cotangents of gₙ (a r),
+    # of r's and z's pre-activations, and a (n's pre-activation); first the factors k
+    o = xp.empty((steps, 6, dh_, batch), dtype=dt)
+    gp = o[:, 0].reshape(steps, n_dir, n_h, batch)
+    dh = xp.empty((dh_, batch), dtype=dt)
+    for d in range(n_dir):
+        src = g[:, :, d].transpose(0, 2, 1)                         # (T, H, N)
+        if _reversed(reverse, d):
+            src = src[::-1]
+        gp[1:, d] = src[:-1]
+        dh[d * n_h:(d + 1) * n_h] = src[-1]
+    gp[0] = 0
+    # dh_{s-1} = g_{s-1} + dh z + Wₕₕᵀ (d gₙ, d r, d z): one block-diagonal weight (DH, 5DH)
+    m = xp.zeros((n_dir, n_h, 5, n_dir, n_h), dtype=dt)
+    for d in range(n_dir):
+        blk = w[d].reshape(3, n_h, n_h)
+        for p, gate in ((2, 2), (3, 0), (4, 1)):
+            m[d, :, p, d] = blk[gate].T
+        m[d, :, 0, d] = m[d, :, 1, d] = xp.eye(n_h, dtype=dt)
+    m = m.reshape(dh_, 5 * dh_)
+    per_step = list(zip(o[:, 1:], o[:, :5].reshape(steps, 5 * dh_, batch)))
+    mul, dot = xp.multiply, xp.dot
+    chunk = max(1, _GRU_CHUNK // max(1, dh_ * batch))  # all steps of a small layer at once
     for t1 in range(steps, 0, -chunk):
         t0 = max(0, t1 - chunk)
-        hprev = hs[t0 - 1:t1 - 1] if t0 else xp.concatenate([h0[None], hs[:t1 - 1]], 0)
-        k = _gru_gate_factors(xp, xp.ascontiguousarray(hprev), gi[t0:t1], wt, b)
-        for t in range(t1 - 1, t0 - 1, -1):
-            o = out[..., t, :]                                               # (D, 5, H, N)
-            xp.multiply(dh[:, None], k[t - t0], out=o)
-            xp.matmul(w4, o[:, :4].reshape(n_dir, 4 * n_h, batch), out=back)
-            dprev = o[:, 4]
-            dprev += back
-            if t:
-                xp.add(g[t - 1], dprev, out=dh)
-    return out.reshape(n_dir, 5 * n_h, steps, batch)
+        _gru_factors(xp, loop[t0:t1 + 1], o[t0:t1], dh_)
+        for ks, ins in reversed(per_step[t0:t1]):
+            mul(ks, dh, out=ks)
+            dot(m, ins, out=dh)
+    dh0[...] = dh.reshape(n_dir, n_h, batch).transpose(0, 2, 1)
+    da = o[:, 3:].reshape(steps, 3, n_dir, n_h, batch)                # r, z, a
+    for d in range(n_dir):
+        src = da[::-1, :, d] if _reversed(reverse, d) else da[:, :, d]
+        dgi[d] = src.transpose(1, 2, 0, 3)
+    if wgrad:  # Σ over steps and batch of d(gₙ, r, z) [h_{s-1}, 1]ᵀ, a product per step on
+        # the planes as they lie (the block-diagonal blocks are the directions' gradients)
+        full = xp.matmul(o[:, 2:5].reshape(steps, 3 * dh_, batch),
+                         loop[:-1, :dh_ + 1].transpose(0, 2, 1)).sum(0)
+        full = full.reshape(3, n_dir, n_h, dh_ + 1)
+        for d in range(n_dir):
+            for gate, p in ((0, 1), (1, 2), (2, 0)):
+                dw[d, gate] = full[p, d, :, d * n_h:(d + 1) * n_h]
+                db[d, gate] = full[p, d, :, dh_]
+    else:
+        flat[ends[0]:ends[2]] = 0
+    return flat
 
 
-def _gru_scan_parts_vjp(g, ans, gi, w, b, h0):
-    """The cotangents from the reverse loop (no graph of the gradient is wanted): gi's, the
-    blocks of gh's as (D, T·N, ·) and h0's."""
-    parts = _gru_scan_grad(g, ans, gi, w, b, h0)                    # (D, 5H, T, N)
-    n_dir, n_p, steps, batch = parts.shape
-    n_h = n_p // 5
-    flat = reshape(parts, (n_dir, n_p, steps * batch))
-    return (transpose(parts[:, :3 * n_h], (2, 0, 3, 1)),
-            [flat[:, :2 * n_h], flat[:, 3 * n_h:4 * n_h]], swapaxes(parts[:, 4 * n_h:, 0], 1, 2))
+def _gru_scan_parts_vjp(needs, g, gi, w, b, h0, loop, reverse):
+    """The cotangents from the reverse loop (no graph of the gradient is wanted)."""
+    flat = _gru_scan_grad(g, loop, w, reverse=reverse, wgrad=bool(needs[1] or needs[2]))
+    out, start = [], 0
+    for x, need in zip((gi, w, b, h0), needs):
+        size = math.prod(x.shape)
+        out.append(reshape(flat[start:start + size], tuple(x.shape)) if need else None)
+        start += size
+    return tuple(out) + (None,)
+
+
+def _in_order(v, reverse: tuple):
+    """(T, D, ...) with the reversed directions' steps flipped: time order <-> processing order."""
+    if not any(reverse):
+        return v
+    parts = [v[:, d:d + 1] for d in range(v.shape[1])]
+    return concatenate([flip(p, 0) if rev else p for p, rev in zip(parts, reverse)], 1)
+
+
+def _steps_form(gi, w, ans, reverse):
+    """gi (T, D, N, 3H), Wₕₕᵀ (D, H, 3H) and the states (T, D, N, H) in processing order, for
+    the step-by-step rules."""
+    return (_in_order(transpose(gi, (2, 0, 3, 1)), reverse), swapaxes(w, 1, 2),
+            _in_order(transpose(ans, (0, 2, 1, 3)), reverse))
 
 
 def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
-    """The same cotangents step by step with gru_update's VJP (differentiable: create_graph, and
-    every transform, see it)."""
+    """The cotangents step by step with gru_update's VJP, in processing order (differentiable:
+    create_graph, and every transform, see it)."""
     steps, n_dir, batch, n_g = gi.shape
     hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
     gh = hprev @ w + expand_dims(b, 1)
@@ -593,35 +660,40 @@ def _gru_scan_steps_vjp(g, ans, gi, w, b, h0):
         if t:
             dh = g[t - 1] + dh
     dgh = reshape(transpose(stack(dghs[::-1]), (1, 3, 0, 2)), (n_dir, n_g, steps * batch))
-    return stack(dgis[::-1]), [dgh], dh
+    return stack(dgis[::-1]), dgh, hprev, dh
 
 
-def _gru_scan_vjp(needs, g, ans, gi, w, b, h0):
-    steps, n_dir, batch, n_g = gi.shape
+def _gru_scan_vjp(needs, g, ans, gi, w, b, h0, loop, reverse=(), batch_major=False):
+    n_dir, n_g, steps, batch = gi.shape
     if steps == 0:
-        return tuple(x * 0 if need else None for x, need in zip((gi, w, b, h0), needs))
+        return tuple(x * 0 if need else None for x, need in zip((gi, w, b, h0), needs)) + (None,)
     m = modes()
-    fast = not (m.grad_enabled or m.traces)
-    dgi, dgh, dh0 = (_gru_scan_parts_vjp if fast else _gru_scan_steps_vjp)(g, ans, gi, w, b, h0)
+    if not (m.grad_enabled or m.traces):
+        return _gru_scan_parts_vjp(needs, g, gi, w, b, h0, loop, reverse)
+    gic, wc, hs = _steps_form(gi, w, ans, reverse)
+    dgi, dgh, hprev, dh0 = _gru_scan_steps_vjp(_in_order(transpose(g, (0, 2, 1, 3)), reverse),
+                                               hs, gic, wc, b, h0)
     dw = db = None
     if needs[1] or needs[2]:  # Σ over steps and batch of dgh_tᵀ [h_{t-1}, 1]: one product per
-        # direction (and block of gh) gives the weight's gradient and, from the ones, the bias's
-        n_h = h0.shape[-1]
+        # direction gives the weight's gradient and, from the ones, the bias's
         one = ones(1, 1, 1, 1, dtype=ans.dtype, device=ans.device)
-        hprev = concatenate([concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0),
-                             broadcast_to(one, (steps, n_dir, batch, 1))], -1)
-        hp = reshape(moveaxis(hprev, 1, 0), (n_dir, steps * batch, n_h + 1))
-        dwb = [blk @ hp for blk in dgh]                               # (D, ·, H + 1)
-        dwb = swapaxes(dwb[0] if len(dwb) == 1 else concatenate(dwb, 1), 1, 2)
-        dw, db = dwb[:, :n_h], dwb[:, n_h]
+        hp = concatenate([hprev, broadcast_to(one, (steps, n_dir, batch, 1))], -1)
+        dwb = dgh @ reshape(moveaxis(hp, 1, 0), (n_dir, steps * batch, n_g // 3 + 1))
+        dw, db = dwb[..., :n_g // 3], dwb[..., n_g // 3]
+    dgi = transpose(_in_order(dgi, reverse), (1, 3, 0, 2))
     return (dgi if needs[0] else None, dw if needs[1] else None, db if needs[2] else None,
-            dh0 if needs[3] else None)
+            dh0 if needs[3] else None, None)
 
 
-def _gru_scan_jvp(ts, ans, gi, w, b, h0):
-    tgi, tw, tb, th = ts
+def _gru_scan_jvp(ts, ans, gi, w, b, h0, loop, reverse=(), batch_major=False):
+    tgi, tw, tb, th = ts[:4]
+    gi, w, hs = _steps_form(gi, w, ans, reverse)
+    if tgi is not None:
+        tgi = _in_order(transpose(tgi, (2, 0, 3, 1)), reverse)
+    if tw is not None:
+        tw = swapaxes(tw, 1, 2)
     steps = gi.shape[0]
-    hprev = concatenate([expand_dims(h0, 0), ans[:steps - 1]], 0)
+    hprev = concatenate([expand_dims(h0, 0), hs[:steps - 1]], 0)
     gh = hprev @ w + expand_dims(b, 1)
     outs = []
     for t in range(steps):
@@ -630,62 +702,80 @@ def _gru_scan_jvp(ts, ans, gi, w, b, h0):
                      None if tb is None else expand_dims(tb, 1)):
             if part is not None:
                 tgh = part if tgh is None else tgh + part
-        th = _gru_jvp((None if tgi is None else tgi[t], tgh, th), ans[t], gi[t], gh[t],
+        th = _gru_jvp((None if tgi is None else tgi[t], tgh, th), hs[t], gi[t], gh[t],
                       hprev[t])
         outs.append(th)
-    return stack(outs) if outs else ans * 0
+    out = stack(outs) if outs else hs * 0
+    return transpose(_in_order(out, reverse), (0, 2, 1, 3))
 
 
-def _dir_merged(v, bd, size, lead: int):
-    """``v`` batched along a new axis right before its direction axis (axis ``lead``), merged
-    with it: the batch becomes more directions, each with its own weights and states."""
+def _dir_merged(v, bd, size):
+    """``v`` batched along a new axis before its direction axis (the first), merged with it: the
+    batch becomes more directions, each with its own weights and states."""
     v = batched(v, bd, size)                                         # batch first
-    if lead:
-        v = moveaxis(v, 0, lead)
     shape = tuple(v.shape)
-    return reshape(v, shape[:lead] + (shape[lead] * shape[lead + 1],) + shape[lead + 2:])
+    return reshape(v, (shape[0] * shape[1],) + shape[2:])
 
 
-def _gru_scan_batch(vals, bdims):
+def _gru_scan_batch(vals, bdims, reverse=(), batch_major=False):
     size = size_of(vals, bdims)
-    gi, w, b, h0 = (_dir_merged(v, bd, size, lead) for v, bd, lead in
-                    zip(vals, bdims, (1, 0, 0, 0)))
-    out = _gru_scan(gi, w, b, h0)
+    gi, w, b, h0 = (_dir_merged(v, bd, size) for v, bd in zip(vals[:4], bdims[:4]))
+    n_dir = gi.shape[0] // size
+    out = gru_scan(gi, w, b, h0, tuple(reverse) * size if reverse else (),  # a loop of its own
+                   batch_major=batch_major)
     shape = tuple(out.shape)
-    return reshape(out, (shape[0], size, shape[1] // size) + shape[2:]), 1
+    return reshape(out, shape[:2] + (size, n_dir) + shape[3:]), 2
 
 
-def _gru_scan_grad_batch(vals, bdims):
-    size = size_of(vals, bdims)
-    args = [_dir_merged(v, bd, size, lead) for v, bd, lead in
-            zip(vals, bdims, (1, 1, 1, 0, 0, 0))]
-    out = _gru_scan_grad(*args)                                       # directions first
-    shape = tuple(out.shape)
-    return reshape(out, (size, shape[0] // size) + shape[1:]), 0
+def _per_example(name: str):
+    """A batching rule that runs the primitive once per example (internal loops only vmap sees
+    through when a test asks for it)."""
+    def rule(vals, bdims, **params):
+        size = size_of(vals, bdims)
+        outs = [REGISTRY[name](*(v if bd is None else front(v, bd)[i]
+                                     for v, bd in zip(vals, bdims)), **params)
+                for i in range(size)]
+        return stack(outs), 0
+    return rule
 
 
+_gru_scan_loop = primitive(
+    "gru_scan_loop", _gru_loop_fwd, kind="nn", batch=_per_example("gru_scan_loop"),
+    operands="all",
+    doc="gru_scan's forward loop: per step h_{s-1}, 1, r, z, gₙ and n, (T+1, 5·DH + 1, N).")
 _gru_scan = primitive(
     "gru_scan", _gru_scan_fwd, vjp_all=_gru_scan_vjp, kind="nn", jvp=_gru_scan_jvp,
     batch=_gru_scan_batch, saves="both", operands="all",
     doc="A GRU's states over T steps, each direction d with its own weights: h_t = "
-        "gru_update(gi_t, h_{t-1} w + b, h_{t-1}), gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H).")
+        "gru_update(gi_t, h_{t-1} Wₕₕᵀ + b, h_{t-1}), gi (D, 3H, T, N), Wₕₕ (D, 3H, H), "
+        "b (D, 3H), h0 (D, N, H), states (T, N, D, H); ``loop`` is gru_scan_loop's result.")
 _gru_scan_grad = primitive(
-    "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_gru_scan_grad_batch, operands="all",
-    doc="gru_scan's reverse loop: per step the cotangents of gi_t (3H: r, z and n's "
-        "pre-activation a), of the h-side n (a·r) and of h_{t-1}, laid out (D, 5H, T, N).")
+    "gru_scan_grad", _gru_scan_grad_fwd, kind="nn", batch=_per_example("gru_scan_grad"),
+    operands="all",
+    doc="gru_scan's reverse loop: the cotangents of gi, Wₕₕ, b and h0, flattened one after "
+        "the other, from the states' cotangent and the forward loop's gates.")
 
 
-def gru_scan(gi, w, b, h0):
-    """A GRU layer's time loop: the states h_t (T, D, N, H) from the input projections
-    gi (T, D, N, 3H) (x Wᵢₕᵀ + bᵢₕ), the recurrent weights w (D, H, 3H) (Wₕₕᵀ), their bias
-    b (D, 3H) and the initial states h0 (D, N, H); D directions (or layers) run side by side."""
+def gru_scan(gi, w, b, h0, reverse=(), batch_major: bool = False):
+    """A GRU layer's time loop: the states (T, N, D, H) from the input projections gi (D, 3H, T, N)
+    (Wᵢₕx + bᵢₕ, features first), the recurrent weights w (D, 3H, H) (Wₕₕ), their bias b (D, 3H)
+    and the initial states h0 (D, N, H); D directions run side by side, those with ``reverse[d]``
+    from the last step to the first (a bidirectional layer's backward direction). With
+    ``batch_major`` the states are laid out (N, T, D, H) in memory (same values and shape)."""
     shapes = [tuple(getattr(t, "shape", ())) for t in (gi, w, b, h0)]
-    ok = len(shapes[0]) == 4 and len(shapes[3]) == 3 and shapes[0][-1] == 3 * shapes[3][-1]
+    ok = len(shapes[0]) == 4 and len(shapes[3]) == 3 and shapes[0][1] == 3 * shapes[3][-1]
     if ok:
-        steps, n_dir, batch, n_g = shapes[0]
-        ok = (shapes[1] == (n_dir, n_g // 3, n_g) and shapes[2] == (n_dir, n_g)
+        n_dir, n_g, steps, batch = shapes[0]
+        ok = (shapes[1] == (n_dir, n_g, n_g // 3) and shapes[2] == (n_dir, n_g)
               and shapes[3] == (n_dir, batch, n_g // 3))
     if not ok:
-        raise ShapeError(f"gru_scan: expected gi (T, D, N, 3H), w (D, H, 3H), b (D, 3H) and h0 "
+        raise ShapeError(f"gru_scan: expected gi (D, 3H, T, N), w (D, 3H, H), b (D, 3H) and h0 "
                          f"(D, N, H), got {', '.join(str(s) for s in shapes)}")
-    return _gru_scan(gi, w, b, h0)
+    reverse = tuple(bool(r) for r in reverse)
+    if reverse and len(reverse) != n_dir:
+        raise ShapeError(f"gru_scan: expected one reverse flag per direction ({n_dir}), got "
+                         f"{len(reverse)}")
+    if not any(reverse):
+        reverse = ()
+    loop = _gru_scan_loop(gi, w, b, h0, reverse=reverse)
+    return _gru_scan(gi, w, b, h0, loop, reverse=reverse, batch_major=bool(batch_major))

@@ -119,7 +119,8 @@ class _RNNBase(Module):
             sl = slice(layer * dirs, (layer + 1) * dirs)
             h0l = h0 if self.num_layers == 1 else h0[sl]
             c0l = None if c0 is None else c0 if self.num_layers == 1 else c0[sl]
-            x, h, c = R.recurrent_layer(x, h0l, c0l, self._weights(layer), self.mode)
+            x, h, c = R.recurrent_layer(x, h0l, c0l, self._weights(layer), self.mode,
+                                        batch_first=self.batch_first and not unbatched)
             hs.append(h)
             cs.append(c)
         h_n = hs[0] if len(hs) == 1 else ops.concatenate(hs, 0)
