@@ -314,9 +314,122 @@ def own_gradients(prog, instrs: list) -> list:
     out = []
     for i in instrs:
         if i.kind == "effect" and i.ins and i.ins[0] in owned and isinstance(i.params, dict):
-            i = Instr(i.kind, i.name, i.params["owned"], i.ins, i.out, None, i.access)
+            i = Instr(i.kind, i.name, i.params["owned"], i.ins, i.out, i.params, i.access)
         out.append(i)
     return out
+
+
+# --- the optimiser's step on the program's gradients -----------------------------------------
+# effects of the library that never read or write a parameter's ``.grad``
+_GRAD_FREE = {"Generator.keep_mask", "_update_running", "_count_batch"}
+_START = "start"  # a leaf's .grad as the call found it
+_UNKNOWN = "unknown"  # a leaf's .grad after something the pass cannot follow
+
+
+class Lowered:
+    """What :func:`lower_gradients` relies on: ``leaves`` whose ``.grad`` must be None when a
+    call starts, and ``groups``, (optimiser, number of parameter groups) pairs that must hold."""
+
+    def __init__(self) -> None:
+        self.leaves: dict[int, object] = {}
+        self.groups: list[tuple] = []
+
+    def holds(self) -> bool:
+        """Whether the program's assumptions hold now (the generated code inlines this)."""
+        return all(p.grad is None for p in self.leaves.values()) and all(
+            len(o.param_groups) == n for o, n in self.groups)
+
+
+def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
+    """Replay an optimiser's ``step()`` on the gradient arrays the program makes, not by a
+    generic effect that reads them back from ``.grad``; drop the stores into ``.grad`` that a
+    later ``zero_grad()`` discards unread, and that ``zero_grad()`` when every gradient it
+    clears is then None anyway. Returns the new list and what a call must check first (the
+    program falls back to the unlowered list when it does not hold), or None when nothing
+    changed.
+
+    Each parameter's ``.grad`` is followed through the list: None (cleared by ``zero_grad``,
+    or as the call found it: then part of the check), the value of a slot (an accumulation that
+    stores a new array of this call, :func:`own_gradients`), or unknown. A gradient read by an
+    op (a ``load``) stops the pass; an effect it does not know makes every gradient unknown."""
+    state: dict[int, object] = {}  # id(leaf) -> None, ("slot", s) or _UNKNOWN; absent: _START
+    low = Lowered()
+    stores: dict[int, int] = {}  # id(leaf) -> index of its pending (droppable) store
+    drop: set[int] = set()
+    new: dict[int, Instr] = {}
+    clobbered = False  # an unknown effect ran: gradients not seen yet are unknown too
+
+    def read(p):
+        st = state.get(id(p), _UNKNOWN if clobbered else _START)
+        if st is _START:  # as the call found it: None, checked at the start
+            low.leaves[id(p)] = p
+            st = state[id(p)] = None
+        return st
+
+    for k, i in enumerate(instrs):
+        if i.kind == "load" and i.name == "gradient":
+            return None
+        if i.kind != "effect" or i.access == "mutate" or i.name in _GRAD_FREE:
+            continue
+        params = i.params if isinstance(i.params, dict) else {}
+        leaf = params.get("leaf")
+        if leaf is not None:  # backward's leaf.grad += g
+            if params.get("owned") is i.fn and read(leaf) is None:
+                state[id(leaf)] = ("slot", i.ins[0])
+                stores[id(leaf)] = k
+            else:
+                state[id(leaf)] = _UNKNOWN
+                stores.pop(id(leaf), None)
+            continue
+        desc = _lowering(params)
+        if desc is not None and desc[0] == "step":
+            sts = [read(p) for p in desc[1]]
+            if not any(st is _UNKNOWN for st in sts):
+                slots = list(dict.fromkeys(st[1] for st in sts if st is not None))
+                index = [None if st is None else slots.index(st[1]) for st in sts]
+                opt = params["args"][0]
+                low.groups.append((opt, len(opt.param_groups)))
+                new[k] = Instr("effect", i.name, desc[2](index), tuple(slots), i.out,
+                               access="read")
+                continue
+        elif desc is not None and desc[0] == "zero_grad":
+            keep = False
+            for p in desc[1]:
+                st = state.get(id(p), _UNKNOWN if clobbered else _START)
+                if st is _START or st is _UNKNOWN or (st is not None and id(p) not in stores):
+                    keep = True
+                if id(p) in stores:
+                    drop.add(stores.pop(id(p)))  # cleared before anything read it
+                state[id(p)] = None
+            if not keep:
+                drop.add(k)
+            continue
+        # an effect that may read or change any .grad: the stores so far stay
+        stores.clear()
+        state = dict.fromkeys(state, _UNKNOWN)
+        clobbered = True
+    if not new and not drop:
+        return None
+    out = [new.get(k, i) for k, i in enumerate(instrs) if k not in drop]
+    prog.stats["lowered_steps"] = len(new)
+    prog.stats["dropped_grad_stores"] = sum(1 for k in drop if instrs[k].params and
+                                            "leaf" in instrs[k].params)
+    return out, low
+
+
+def _lowering(params: dict):
+    """An effect's lowering as its first argument describes it (``Optimizer._jit_lowering``)
+    or, for ``Module.zero_grad()``, ("zero_grad", its parameters); else None."""
+    fn, args, kwargs = params.get("fn"), params.get("args"), params.get("kwargs") or {}
+    if fn is None or not args:
+        return None
+    lower = getattr(args[0], "_jit_lowering", None)
+    if lower is not None:
+        return lower(fn, args[1:], kwargs)
+    if getattr(fn, "__qualname__", "") == "Module.zero_grad" and hasattr(args[0], "parameters"):
+        if kwargs.get("set_to_none", args[1] if len(args) > 1 else True):
+            return ("zero_grad", list(args[0].parameters()))
+    return None
 
 
 def _in_place(prog, classes, last, k, spec, plan, i: Instr, release) -> int | None:

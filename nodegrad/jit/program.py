@@ -43,6 +43,9 @@ class Program:
         self.meta = meta if meta is not None else {}
         self.stats: dict = {}  # what the passes did (see counts())
         self.plan = None  # the buffer plan (:func:`.passes.plan_memory`), or None
+        self.lowered = None  # what the lowered optimiser steps assume (:class:`.passes.Lowered`)
+        self.unlowered = None  # the instructions run when that does not hold
+        self._slow = None  # ... compiled on first need
         instrs = eliminate_dead_code(instrs, self.out_slots)
         if meta is not None and optimize and backend is not None:
             from . import passes
@@ -55,6 +58,9 @@ class Program:
                 instrs = F.fuse(self, instrs)
             self.plan = passes.plan_memory(self, instrs)
             instrs = passes.own_gradients(self, instrs)
+            lowered = passes.lower_gradients(self, instrs)
+            if lowered is not None:  # calls whose assumptions fail run the unlowered list
+                self.unlowered, (instrs, self.lowered) = instrs, lowered
             del self.values
         self.instrs = instrs
         self._fn = self._compile(fast=False)
@@ -72,10 +78,12 @@ class Program:
         forward."""
         return self._build(fast, pool=False)
 
-    def _build(self, fast: bool, pool: bool):
+    def _build(self, fast: bool, pool: bool, instrs: list | None = None):
         """The straight-line function; with ``pool``, planned ops write into the program's own
-        buffers (``out=``), allocated once here."""
+        buffers (``out=``), allocated once here. ``instrs``: the unlowered list (no check)."""
         ns: dict = {f"c{s}": v for s, v in self.consts.items()}
+        check = instrs is None and self.lowered is not None
+        instrs = self.instrs if instrs is None else instrs
         plan = self.plan if pool else None
         if plan is not None:
             from .passes import out_variant
@@ -85,10 +93,21 @@ class Program:
                     ns[f"b{j}"] = self.backend.xp.empty(shape, dtype)
         ns["_empty"] = self.backend.xp.empty if self.backend is not None else None
         args = ", ".join(f"_a{k}" for k in range(len(self.in_slots)))
-        dead = self._releases()
+        dead = self._releases(instrs)
         lines = [f"def _run({args}):"]
+        if check:  # the lowered steps' assumptions, else the unlowered program
+            conds = []
+            for j, p in enumerate(self.lowered.leaves.values()):
+                ns[f"_g{j}"] = p
+                conds.append(f"_g{j}.grad is not None")
+            for j, (opt, n) in enumerate(self.lowered.groups):
+                ns[f"_o{j}"] = opt
+                conds.append(f"len(_o{j}.param_groups) != {n}")
+            ns["_unlowered"] = self._run_unlowered
+            if conds:
+                lines += [f"    if {' or '.join(conds)}:", f"        return _unlowered({args})"]
         lines += [f"    v{s} = _a{k}" for k, s in enumerate(self.in_slots)]
-        for k, i in enumerate(self.instrs):
+        for k, i in enumerate(instrs):
             fn = i.fn
             argv = [self._var(a) for a in i.ins]
             if i.kind == "fused":
@@ -121,11 +140,17 @@ class Program:
         exec(compile("\n".join(lines), "<nodegrad.jit program>", "exec"), ns)
         return ns["_run"]
 
-    def _releases(self) -> dict:
+    def _run_unlowered(self, *inputs):
+        """The program without its lowered optimiser steps (own arrays, no kept buffers)."""
+        if self._slow is None:
+            self._slow = self._build(fast=self._fast, pool=False, instrs=self.unlowered)
+        return self._slow(*inputs)
+
+    def _releases(self, instrs: list | None = None) -> dict:
         """Instruction index -> ``del`` lines of the large intermediates it reads last, so a
         replay holds no more arrays alive than the eager code did (locals live until return)."""
         last: dict[int, int] = {}
-        for k, i in enumerate(self.instrs):
+        for k, i in enumerate(self.instrs if instrs is None else instrs):
             for a in i.ins:
                 last[a] = k
         keep = set(self.out_slots) | set(self.consts)
@@ -149,6 +174,7 @@ class Program:
             self._plain = self._compile(fast=True)
             self._fn = self._build(fast=True, pool=True) if self.plan else self._plain
             self._fast = True
+            self._slow = None
         return outs
 
     def _call(self, fn, inputs: list) -> list:
@@ -179,6 +205,10 @@ class Program:
                  f"{len(self.instrs)} instructions, outputs {self.out_slots}"]
         for s in self.in_slots:
             lines.append(f"  %{s} = input")
+        low = self.lowered
+        if low is not None and (low.leaves or low.groups):
+            lines.append(f"  check: .grad is None on {len(low.leaves)} parameters, "
+                         f"{len(low.groups)} optimiser(s) unchanged (else the unlowered program)")
         plan = self.plan
         for i in self.instrs:
             args = ", ".join(self._show(a) for a in i.ins)

@@ -138,7 +138,9 @@ class Recorder:
         else:
             def call():
                 return fn(*args, **kwargs)
-        self.instrs.append(Instr("effect", name, call, ins, out))
+        # what :func:`.passes.lower_gradients` reads to replay an optimiser's step directly
+        self.instrs.append(Instr("effect", name, call, ins, out,
+                                 params={"fn": fn, "args": args, "kwargs": kwargs}))
         return res
 
     def accumulate(self, fn, leaf, g, create_graph: bool) -> None:
@@ -153,7 +155,7 @@ class Recorder:
             fn(leaf, Tensor(v), False, set())
 
         self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None,
-                                 params={"owned": acc_owned}, access="read"))
+                                 params={"owned": acc_owned, "leaf": leaf}, access="read"))
         grad = leaf.grad
         if grad is not None:
             self.keep.append(grad.data)
