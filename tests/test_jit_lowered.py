@@ -1,7 +1,8 @@
 """jit: an optimiser's step lowered onto the program's own gradient arrays (no ``.grad`` round
 trip, no ``zero_grad`` effect) gives the same bits as eager; schedules, hyperparameters changed
 between calls, gradients set by hand, new parameter groups and a resumed run all behave as
-eager, through the check the program makes at the start of each call."""
+eager, through the check the program makes at the start of each call. A repeated call
+reuses its program without building the signature, under the same conditions."""
 
 import numpy as np
 import pytest
@@ -207,3 +208,44 @@ def test_model_zero_grad_and_a_printed_lowered_program():
     assert "check: .grad is None on 4 parameters" in text
     assert "accumulate_grad" not in text and "zero_grad" not in text
     assert all(p.grad is None for p in model.parameters())
+
+
+# --- the call path: a repeated signature skips building the cache key --------------------------
+def test_a_repeated_call_checks_what_the_signature_checks():
+    jf = ng.jit(lambda x, y: x * 2.0 + y, fuse=False)
+    x, y = ng.randn(3), ng.randn(3)
+    for _ in range(3):
+        assert _same(jf(x, y).numpy(), (x * 2.0 + y).numpy())
+    assert jf.traces == 1
+    assert _same(jf(x, x).numpy(), (x * 2.0 + x).numpy())  # one array twice: its own program
+    assert jf.traces == 2
+    jf(x, y)
+    jf(ng.randn(4), ng.randn(4))  # another shape
+    jf(x.astype(ng.float64), y.astype(ng.float64))  # another dtype
+    assert jf.traces == 4
+    w = ng.randn(3, requires_grad=True)  # the caller differentiates: runs eagerly, with a graph
+    out = jf(w, y)
+    assert out.requires_grad and jf.traces == 4
+    with ng.no_grad():
+        assert not jf(w, y).requires_grad
+    jf.clear_cache()
+    jf(x, y)
+    assert jf.traces == 6
+
+
+def test_a_repeated_call_follows_train_and_eval():
+    ng.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    step = ng.jit(lambda x: model(x), state=model, fuse=False)
+    x = ng.randn(3, 4)
+    with ng.no_grad():
+        for _ in range(3):
+            step(x)
+        trained = step.program
+        model.eval()
+        assert _same(step(x).numpy(), model(x).numpy())
+        assert step.program is not trained
+        model.train()
+        step(x)
+        assert step.program is trained
+    assert step.traces == 2
