@@ -249,3 +249,16 @@ def test_a_repeated_call_follows_train_and_eval():
         step(x)
         assert step.program is trained
     assert step.traces == 2
+
+
+def test_a_loaded_tensor_reads_its_current_value_and_checks_its_shape():
+    w = ng.randn(3)
+    jf = ng.jit(lambda x: x * w, fuse=False)
+    x = ng.randn(3)
+    for _ in range(2):
+        jf(x)
+    w.data = w.data * 2.0  # a new array of the same shape: read afresh
+    assert _same(jf(x).numpy(), (x * w).numpy())
+    w.data = ng.randn(4).numpy()
+    with pytest.raises(ng.errors.JitError, match=r"changed from shape \(3,\)"):
+        jf(x)

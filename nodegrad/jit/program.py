@@ -123,6 +123,15 @@ class Program:
                 lines.append(f"    f{k}({', '.join([f'v{s}' for s in i.outs] + argv)})")
                 lines += dead.get(k, ())
                 continue
+            t = getattr(fn, "tensor", None) if i.kind == "load" else None
+            t = t() if t is not None else None
+            if t is not None:  # a tensor's current array, checked as the load function does
+                ns[f"t{k}"], (ns[f"s{k}"], ns[f"d{k}"]) = t, fn.spec
+                ns[f"f{k}"] = fn
+                lines += [f"    v{i.out} = t{k}.data",
+                          f"    if v{i.out}.shape != s{k} or v{i.out}.dtype != d{k}:",
+                          f"        v{i.out} = f{k}()"]
+                continue
             b = plan.buf.get(i.out) if plan is not None and i.kind == "op" else None
             if fast and i.kind == "op" and not fn.converts:
                 ofn = out_variant(i, self.backend.xp) if b is not None else None

@@ -85,6 +85,7 @@ class Recorder:
                                "function's clear_cache() after changing it")
             return a
 
+        load.spec = (shape, dtype)  # the program inlines a tensor's load (.tensor) with it
         s = self._new(array)
         if self.backend is None:  # a step without array inputs works on its state's device
             self.backend = B.backend_of(array)
@@ -103,6 +104,7 @@ class Recorder:
             return self._load("gradient", get, d)
         if isinstance(a, Tensor):
             s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+            self.instrs[-1].fn.tensor = weakref.ref(a)  # (a strong one would look like a user)
             self.loaded[s] = weakref.ref(a)
             return s
         return self.const(d)
