@@ -286,6 +286,27 @@ def plan_memory(prog, instrs: list) -> Plan:
     return plan
 
 
+def direct_forms(prog, instrs: list) -> None:
+    """Give ops whose forward does more than one array call where one does the same bits a
+    direct replay form (``fn.fast``, used once a first replay showed no result conversion):
+    ``relu_grad(g, ans)`` of two C-ordered arrays of one shape and float dtype is
+    ``multiply(g, ans > 0)`` (its forward copies g into a buffer laid out as ans first, which
+    changes nothing when both are C-ordered)."""
+    values = getattr(prog, "values", {})
+    xp = prog.backend.xp
+    multiply, greater = xp.multiply, xp.greater
+    for i in instrs:
+        if i.kind != "op" or i.name != "relu_grad" or len(i.ins) != 2 or not hasattr(i.fn, "fast"):
+            continue
+        g, ans = (values.get(a) for a in i.ins)
+        if g is None or ans is None or any(a in prog.consts for a in i.ins):
+            continue
+        if (g.shape != ans.shape or g.dtype != ans.dtype or g.dtype.kind != "f"
+                or not (_c_ordered(g) and _c_ordered(ans)) or g.ndim == 0):
+            continue
+        i.fn.fast = lambda g, ans: multiply(g, greater(ans, 0))
+
+
 def _c_ordered(v) -> bool:
     flags = getattr(v, "flags", None)
     return flags is None or bool(flags.c_contiguous)
