@@ -121,6 +121,8 @@ def test_a_gradient_set_between_calls_is_added_to_as_in_eager():
         _assert_same_models(me, mj)
         assert mj[0].weight.grad is None
     assert jitted.traces == 1
+    assert "lowered_steps" not in jitted.program.counts()  # it runs unlowered from then on
+    assert "accumulate_grad" in str(jitted.program)
 
 
 def test_a_parameter_group_added_between_calls_is_stepped():

@@ -44,8 +44,7 @@ class Program:
         self.stats: dict = {}  # what the passes did (see counts())
         self.plan = None  # the buffer plan (:func:`.passes.plan_memory`), or None
         self.lowered = None  # what the lowered optimiser steps assume (:class:`.passes.Lowered`)
-        self.unlowered = None  # the instructions run when that does not hold
-        self._slow = None  # ... compiled on first need
+        self.unlowered = None  # the instructions run once that does not hold
         instrs = eliminate_dead_code(instrs, self.out_slots)
         if meta is not None and optimize and backend is not None:
             from . import passes
@@ -68,6 +67,7 @@ class Program:
         self._plain = self._fn  # used when the program is already running (re-entry, threads)
         self._fast = False
         self._lock = threading.Lock()
+        self._demote = threading.Lock()
 
     def _var(self, s: int) -> str:
         return f"c{s}" if s in self.consts else f"v{s}"
@@ -79,12 +79,11 @@ class Program:
         forward."""
         return self._build(fast, pool=False)
 
-    def _build(self, fast: bool, pool: bool, instrs: list | None = None):
+    def _build(self, fast: bool, pool: bool):
         """The straight-line function; with ``pool``, planned ops write into the program's own
-        buffers (``out=``), allocated once here. ``instrs``: the unlowered list (no check)."""
+        buffers (``out=``), allocated once here."""
         ns: dict = {f"c{s}": v for s, v in self.consts.items()}
-        check = instrs is None and self.lowered is not None
-        instrs = self.instrs if instrs is None else instrs
+        instrs = self.instrs
         plan = self.plan if pool else None
         if plan is not None:
             from .passes import out_variant
@@ -96,7 +95,7 @@ class Program:
         args = ", ".join(f"_a{k}" for k in range(len(self.in_slots)))
         dead = self._releases(instrs)
         lines = [f"def _run({args}):"]
-        if check:  # the lowered steps' assumptions, else the unlowered program
+        if self.lowered is not None:  # the lowered steps' assumptions, else the unlowered program
             conds = []
             for j, p in enumerate(self.lowered.leaves.values()):
                 ns[f"_g{j}"] = p
@@ -151,10 +150,17 @@ class Program:
         return ns["_run"]
 
     def _run_unlowered(self, *inputs):
-        """The program without its lowered optimiser steps (own arrays, no kept buffers)."""
-        if self._slow is None:
-            self._slow = self._build(fast=self._fast, pool=False, instrs=self.unlowered)
-        return self._slow(*inputs)
+        """A call found the lowered steps' assumptions false (a ``.grad`` set outside, a new
+        parameter group): from now on the program runs its unlowered instructions."""
+        with self._demote:
+            if self.lowered is not None:
+                self.instrs, self.unlowered, self.lowered = self.unlowered, None, None
+                for k in ("lowered_steps", "dropped_grad_stores"):
+                    self.stats.pop(k, None)
+                self._plain = self._compile(fast=self._fast)
+                self._fn = self._build(fast=True, pool=True) if self._fast and self.plan \
+                    else self._plain
+        return self._plain(*inputs)  # no kept buffers: another thread may be using them
 
     def _releases(self, instrs: list | None = None) -> dict:
         """Instruction index -> ``del`` lines of the large intermediates it reads last, so a
@@ -184,7 +190,6 @@ class Program:
             self._plain = self._compile(fast=True)
             self._fn = self._build(fast=True, pool=True) if self.plan else self._plain
             self._fast = True
-            self._slow = None
         return outs
 
     def _call(self, fn, inputs: list) -> list:
