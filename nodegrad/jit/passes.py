@@ -6,6 +6,8 @@ elimination (the same op with the same parameters on the same slots is computed 
 dead-code elimination. ``plan_memory`` then gives the results of ops that can write into an
 ``out=`` array a buffer the program keeps between calls, reusing one once every reader of the
 previous result (and of its views) has run, so a replayed step allocates little.
+``lower_gradients`` finally hands an optimiser's step the gradient arrays the program made
+(no round trip through ``.grad``, no ``zero_grad`` effect where nothing reads them).
 
 Safety comes first. A slot is *escaped* when its array may outlive the call or be changed
 behind the program's back: an output, an input, a constant, a loaded tensor, an effect's result,

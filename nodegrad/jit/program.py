@@ -66,6 +66,7 @@ class Program:
         self._fn = self._compile(fast=False)
         self._plain = self._fn  # used when the program is already running (re-entry, threads)
         self._fast = False
+        self._scoped = backend is not None and backend.device_id is not None  # a GPU's
         self._lock = threading.Lock()
         self._demote = threading.Lock()
 
@@ -193,7 +194,7 @@ class Program:
         return outs
 
     def _call(self, fn, inputs: list) -> list:
-        if self.backend is not None and self.backend.device_id is not None:
+        if self._scoped:
             with self.backend.scope():
                 return fn(*inputs)
         return fn(*inputs)
