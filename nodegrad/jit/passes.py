@@ -293,12 +293,19 @@ def direct_forms(prog, instrs: list) -> None:
     direct replay form (``fn.fast``, used once a first replay showed no result conversion):
     ``relu_grad(g, ans)`` of two C-ordered arrays of one shape and float dtype is
     ``multiply(g, ans > 0)`` (its forward copies g into a buffer laid out as ans first, which
-    changes nothing when both are C-ordered)."""
+    changes nothing when both are C-ordered); ``transpose`` is the array's own method."""
     values = getattr(prog, "values", {})
     xp = prog.backend.xp
     multiply, greater = xp.multiply, xp.greater
     for i in instrs:
-        if i.kind != "op" or i.name != "relu_grad" or len(i.ins) != 2 or not hasattr(i.fn, "fast"):
+        if i.kind != "op" or not hasattr(i.fn, "fast"):
+            continue
+        if i.name == "transpose" and len(i.ins) == 1 and isinstance(i.params, dict) and set(
+                i.params) == {"axes"} and isinstance(values.get(i.ins[0]), xp.ndarray):
+            axes = i.params["axes"]  # xp.transpose(x, axes) is the method, behind two calls
+            i.fn.fast = lambda x, axes=axes: x.transpose(axes)
+            continue
+        if i.name != "relu_grad" or len(i.ins) != 2:
             continue
         g, ans = (values.get(a) for a in i.ins)
         if g is None or ans is None or any(a in prog.consts for a in i.ins):
