@@ -366,11 +366,6 @@ class Lowered:
         self.leaves: dict[int, object] = {}
         self.groups: list[tuple] = []
 
-    def holds(self) -> bool:
-        """Whether the program's assumptions hold now (the generated code inlines this)."""
-        return all(p.grad is None for p in self.leaves.values()) and all(
-            len(o.param_groups) == n for o, n in self.groups)
-
 
 def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
     """Replay an optimiser's ``step()`` on the gradient arrays the program makes, not by a
@@ -391,8 +386,11 @@ def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
     new: dict[int, Instr] = {}
     clobbered = False  # an unknown effect ran: gradients not seen yet are unknown too
 
+    def peek(p):
+        return state.get(id(p), _UNKNOWN if clobbered else _START)
+
     def read(p):
-        st = state.get(id(p), _UNKNOWN if clobbered else _START)
+        st = peek(p)
         if st is _START:  # as the call found it: None, checked at the start
             low.leaves[id(p)] = p
             st = state[id(p)] = None
@@ -415,8 +413,8 @@ def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
             continue
         desc = _lowering(params)
         if desc is not None and desc[0] == "step":
-            sts = [read(p) for p in desc[1]]
-            if not any(st is _UNKNOWN for st in sts):
+            if not any(peek(p) is _UNKNOWN for p in desc[1]):
+                sts = [read(p) for p in desc[1]]
                 slots = list(dict.fromkeys(st[1] for st in sts if st is not None))
                 index = [None if st is None else slots.index(st[1]) for st in sts]
                 opt = params["args"][0]
@@ -427,7 +425,7 @@ def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
         elif desc is not None and desc[0] == "zero_grad":
             keep = False
             for p in desc[1]:
-                st = state.get(id(p), _UNKNOWN if clobbered else _START)
+                st = peek(p)
                 if st is _START or st is _UNKNOWN or (st is not None and id(p) not in stores):
                     keep = True
                 if id(p) in stores:
