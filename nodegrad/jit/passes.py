@@ -6,6 +6,8 @@ elimination (the same op with the same parameters on the same slots is computed 
 dead-code elimination. ``plan_memory`` then gives the results of ops that can write into an
 ``out=`` array a buffer the program keeps between calls, reusing one once every reader of the
 previous result (and of its views) has run, so a replayed step allocates little.
+``lower_gradients`` finally hands an optimiser's step the gradient arrays the program made
+(no round trip through ``.grad``, no ``zero_grad`` effect where nothing reads them).
 
 Safety comes first. A slot is *escaped* when its array may outlive the call or be changed
 behind the program's back: an output, an input, a constant, a loaded tensor, an effect's result,
@@ -33,7 +35,9 @@ _UFUNC = {
 _ELEMENTWISE_OUT = set(_UFUNC) - {"matmul"}  # out= may be the memory of an input
 FRESH = set(_UFUNC) | {"copy", "relu", "sigmoid", "sum", "mean", "where", "relu_grad", "exp2",
                        "log2", "log10", "reciprocal", "rsqrt", "log_softmax", "softmax",
-                       "logsumexp"}
+                       "logsumexp",
+                       # a new array or a view of one the op made, never of an input
+                       "linear", "conv", "conv_input_grad", "conv_weight_grad"}
 
 
 # --- alias classes --------------------------------------------------------------------------
@@ -285,6 +289,34 @@ def plan_memory(prog, instrs: list) -> Plan:
     return plan
 
 
+def direct_forms(prog, instrs: list) -> None:
+    """Give ops whose forward does more than one array call where one does the same bits a
+    direct replay form (``fn.fast``, used once a first replay showed no result conversion):
+    ``relu_grad(g, ans)`` of two C-ordered arrays of one shape and float dtype is
+    ``multiply(g, ans > 0)`` (its forward copies g into a buffer laid out as ans first, which
+    changes nothing when both are C-ordered); ``transpose`` is the array's own method."""
+    values = getattr(prog, "values", {})
+    xp = prog.backend.xp
+    multiply, greater = xp.multiply, xp.greater
+    for i in instrs:
+        if i.kind != "op" or not hasattr(i.fn, "fast"):
+            continue
+        if i.name == "transpose" and len(i.ins) == 1 and isinstance(i.params, dict) and set(
+                i.params) == {"axes"} and isinstance(values.get(i.ins[0]), xp.ndarray):
+            axes = i.params["axes"]  # xp.transpose(x, axes) is the method, behind two calls
+            i.fn.fast = lambda x, axes=axes: x.transpose(axes)
+            continue
+        if i.name != "relu_grad" or len(i.ins) != 2:
+            continue
+        g, ans = (values.get(a) for a in i.ins)
+        if g is None or ans is None or any(a in prog.consts for a in i.ins):
+            continue
+        if (g.shape != ans.shape or g.dtype != ans.dtype or g.dtype.kind != "f"
+                or not (_c_ordered(g) and _c_ordered(ans)) or g.ndim == 0):
+            continue
+        i.fn.fast = lambda g, ans: multiply(g, greater(ans, 0))
+
+
 def _c_ordered(v) -> bool:
     flags = getattr(v, "flags", None)
     return flags is None or bool(flags.c_contiguous)
@@ -315,9 +347,120 @@ def own_gradients(prog, instrs: list) -> list:
     out = []
     for i in instrs:
         if i.kind == "effect" and i.ins and i.ins[0] in owned and isinstance(i.params, dict):
-            i = Instr(i.kind, i.name, i.params["owned"], i.ins, i.out, None, i.access)
+            i = Instr(i.kind, i.name, i.params["owned"], i.ins, i.out, i.params, i.access)
         out.append(i)
     return out
+
+
+# --- the optimiser's step on the program's gradients -----------------------------------------
+# effects of the library that never read or write a parameter's ``.grad``
+_GRAD_FREE = {"Generator.keep_mask", "_update_running", "_count_batch"}
+_START = "start"  # a leaf's .grad as the call found it
+_UNKNOWN = "unknown"  # a leaf's .grad after something the pass cannot follow
+
+
+class Lowered:
+    """What :func:`lower_gradients` relies on: ``leaves`` whose ``.grad`` must be None when a
+    call starts, and ``groups``, (optimiser, number of parameter groups) pairs that must hold."""
+
+    def __init__(self) -> None:
+        self.leaves: dict[int, object] = {}
+        self.groups: list[tuple] = []
+
+
+def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
+    """Replay an optimiser's ``step()`` on the gradient arrays the program makes, not by a
+    generic effect that reads them back from ``.grad``; drop the stores into ``.grad`` that a
+    later ``zero_grad()`` discards unread, and that ``zero_grad()`` when every gradient it
+    clears is then None anyway. Returns the new list and what a call must check first (the
+    program falls back to the unlowered list when it does not hold), or None when nothing
+    changed.
+
+    Each parameter's ``.grad`` is followed through the list: None (cleared by ``zero_grad``,
+    or as the call found it: then part of the check), the value of a slot (an accumulation that
+    stores a new array of this call, :func:`own_gradients`), or unknown. A gradient read by an
+    op (a ``load``) stops the pass; an effect it does not know makes every gradient unknown."""
+    state: dict[int, object] = {}  # id(leaf) -> None, ("slot", s) or _UNKNOWN; absent: _START
+    low = Lowered()
+    stores: dict[int, int] = {}  # id(leaf) -> index of its pending (droppable) store
+    drop: set[int] = set()
+    new: dict[int, Instr] = {}
+    clobbered = False  # an unknown effect ran: gradients not seen yet are unknown too
+
+    def peek(p):
+        return state.get(id(p), _UNKNOWN if clobbered else _START)
+
+    def read(p):
+        st = peek(p)
+        if st is _START:  # as the call found it: None, checked at the start
+            low.leaves[id(p)] = p
+            st = state[id(p)] = None
+        return st
+
+    for k, i in enumerate(instrs):
+        if i.kind == "load" and i.name == "gradient":
+            return None
+        if i.kind != "effect" or i.access == "mutate" or i.name in _GRAD_FREE:
+            continue
+        params = i.params if isinstance(i.params, dict) else {}
+        leaf = params.get("leaf")
+        if leaf is not None:  # backward's leaf.grad += g
+            if params.get("owned") is i.fn and read(leaf) is None:
+                state[id(leaf)] = ("slot", i.ins[0])
+                stores[id(leaf)] = k
+            else:
+                state[id(leaf)] = _UNKNOWN
+                stores.pop(id(leaf), None)
+            continue
+        desc = _lowering(params)
+        if desc is not None and desc[0] == "step":
+            if not any(peek(p) is _UNKNOWN for p in desc[1]):
+                sts = [read(p) for p in desc[1]]
+                slots = list(dict.fromkeys(st[1] for st in sts if st is not None))
+                index = [None if st is None else slots.index(st[1]) for st in sts]
+                opt = params["args"][0]
+                low.groups.append((opt, len(opt.param_groups)))
+                new[k] = Instr("effect", i.name, desc[2](index), tuple(slots), i.out,
+                               access="read")
+                continue
+        elif desc is not None and desc[0] == "zero_grad":
+            keep = False
+            for p in desc[1]:
+                st = peek(p)
+                if st is _START or st is _UNKNOWN or (st is not None and id(p) not in stores):
+                    keep = True
+                if id(p) in stores:
+                    drop.add(stores.pop(id(p)))  # cleared before anything read it
+                state[id(p)] = None
+            if not keep:
+                drop.add(k)
+            continue
+        # an effect that may read or change any .grad: the stores so far stay
+        stores.clear()
+        state = dict.fromkeys(state, _UNKNOWN)
+        clobbered = True
+    if not new and not drop:
+        return None
+    out = [new.get(k, i) for k, i in enumerate(instrs) if k not in drop]
+    prog.stats["lowered_steps"] = len(new)
+    prog.stats["dropped_grad_stores"] = sum(1 for k in drop if instrs[k].params and
+                                            "leaf" in instrs[k].params)
+    return out, low
+
+
+def _lowering(params: dict):
+    """An effect's lowering as its first argument describes it (``Optimizer._jit_lowering``)
+    or, for ``Module.zero_grad()``, ("zero_grad", its parameters); else None."""
+    fn, args, kwargs = params.get("fn"), params.get("args"), params.get("kwargs") or {}
+    if fn is None or not args:
+        return None
+    lower = getattr(args[0], "_jit_lowering", None)
+    if lower is not None:
+        return lower(fn, args[1:], kwargs)
+    if getattr(fn, "__qualname__", "") == "Module.zero_grad" and hasattr(args[0], "parameters"):
+        if kwargs.get("set_to_none", args[1] if len(args) > 1 else True):
+            return ("zero_grad", list(args[0].parameters()))
+    return None
 
 
 def _in_place(prog, classes, last, k, spec, plan, i: Instr, release) -> int | None:

@@ -43,6 +43,8 @@ class Program:
         self.meta = meta if meta is not None else {}
         self.stats: dict = {}  # what the passes did (see counts())
         self.plan = None  # the buffer plan (:func:`.passes.plan_memory`), or None
+        self.lowered = None  # what the lowered optimiser steps assume (:class:`.passes.Lowered`)
+        self.unlowered = None  # the instructions run once that does not hold
         instrs = eliminate_dead_code(instrs, self.out_slots)
         if meta is not None and optimize and backend is not None:
             from . import passes
@@ -53,14 +55,20 @@ class Program:
                 from . import fuse as F
 
                 instrs = F.fuse(self, instrs)
+            passes.direct_forms(self, instrs)
             self.plan = passes.plan_memory(self, instrs)
             instrs = passes.own_gradients(self, instrs)
+            lowered = passes.lower_gradients(self, instrs)
+            if lowered is not None:  # calls whose assumptions fail run the unlowered list
+                self.unlowered, (instrs, self.lowered) = instrs, lowered
             del self.values
         self.instrs = instrs
         self._fn = self._compile(fast=False)
         self._plain = self._fn  # used when the program is already running (re-entry, threads)
         self._fast = False
+        self._scoped = backend is not None and backend.device_id is not None  # a GPU's
         self._lock = threading.Lock()
+        self._demote = threading.Lock()
 
     def _var(self, s: int) -> str:
         return f"c{s}" if s in self.consts else f"v{s}"
@@ -76,6 +84,7 @@ class Program:
         """The straight-line function; with ``pool``, planned ops write into the program's own
         buffers (``out=``), allocated once here."""
         ns: dict = {f"c{s}": v for s, v in self.consts.items()}
+        instrs = self.instrs
         plan = self.plan if pool else None
         if plan is not None:
             from .passes import out_variant
@@ -85,10 +94,21 @@ class Program:
                     ns[f"b{j}"] = self.backend.xp.empty(shape, dtype)
         ns["_empty"] = self.backend.xp.empty if self.backend is not None else None
         args = ", ".join(f"_a{k}" for k in range(len(self.in_slots)))
-        dead = self._releases()
+        dead = self._releases(instrs)
         lines = [f"def _run({args}):"]
+        if self.lowered is not None:  # the lowered steps' assumptions, else the unlowered program
+            conds = []
+            for j, p in enumerate(self.lowered.leaves.values()):
+                ns[f"_g{j}"] = p
+                conds.append(f"_g{j}.grad is not None")
+            for j, (opt, n) in enumerate(self.lowered.groups):
+                ns[f"_o{j}"] = opt
+                conds.append(f"len(_o{j}.param_groups) != {n}")
+            ns["_unlowered"] = self._run_unlowered
+            if conds:
+                lines += [f"    if {' or '.join(conds)}:", f"        return _unlowered({args})"]
         lines += [f"    v{s} = _a{k}" for k, s in enumerate(self.in_slots)]
-        for k, i in enumerate(self.instrs):
+        for k, i in enumerate(instrs):
             fn = i.fn
             argv = [self._var(a) for a in i.ins]
             if i.kind == "fused":
@@ -103,6 +123,15 @@ class Program:
                         lines.append(f"    v{s} = _empty({shape}, d{s})")
                 lines.append(f"    f{k}({', '.join([f'v{s}' for s in i.outs] + argv)})")
                 lines += dead.get(k, ())
+                continue
+            t = getattr(fn, "tensor", None) if i.kind == "load" else None
+            t = t() if t is not None else None
+            if t is not None:  # a tensor's current array, checked as the load function does
+                ns[f"t{k}"], (ns[f"s{k}"], ns[f"d{k}"]) = t, fn.spec
+                ns[f"f{k}"] = fn
+                lines += [f"    v{i.out} = t{k}.data",
+                          f"    if v{i.out}.shape != s{k} or v{i.out}.dtype != d{k}:",
+                          f"        v{i.out} = f{k}()"]
                 continue
             b = plan.buf.get(i.out) if plan is not None and i.kind == "op" else None
             if fast and i.kind == "op" and not fn.converts:
@@ -121,11 +150,24 @@ class Program:
         exec(compile("\n".join(lines), "<nodegrad.jit program>", "exec"), ns)
         return ns["_run"]
 
-    def _releases(self) -> dict:
+    def _run_unlowered(self, *inputs):
+        """A call found the lowered steps' assumptions false (a ``.grad`` set outside, a new
+        parameter group): from now on the program runs its unlowered instructions."""
+        with self._demote:
+            if self.lowered is not None:
+                self.instrs, self.unlowered, self.lowered = self.unlowered, None, None
+                for k in ("lowered_steps", "dropped_grad_stores"):
+                    self.stats.pop(k, None)
+                self._plain = self._compile(fast=self._fast)
+                self._fn = self._build(fast=True, pool=True) if self._fast and self.plan \
+                    else self._plain
+        return self._plain(*inputs)  # no kept buffers: another thread may be using them
+
+    def _releases(self, instrs: list | None = None) -> dict:
         """Instruction index -> ``del`` lines of the large intermediates it reads last, so a
         replay holds no more arrays alive than the eager code did (locals live until return)."""
         last: dict[int, int] = {}
-        for k, i in enumerate(self.instrs):
+        for k, i in enumerate(self.instrs if instrs is None else instrs):
             for a in i.ins:
                 last[a] = k
         keep = set(self.out_slots) | set(self.consts)
@@ -152,7 +194,7 @@ class Program:
         return outs
 
     def _call(self, fn, inputs: list) -> list:
-        if self.backend is not None and self.backend.device_id is not None:
+        if self._scoped:
             with self.backend.scope():
                 return fn(*inputs)
         return fn(*inputs)
@@ -179,6 +221,10 @@ class Program:
                  f"{len(self.instrs)} instructions, outputs {self.out_slots}"]
         for s in self.in_slots:
             lines.append(f"  %{s} = input")
+        low = self.lowered
+        if low is not None and (low.leaves or low.groups):
+            lines.append(f"  check: .grad is None on {len(low.leaves)} parameters, "
+                         f"{len(low.groups)} optimiser(s) unchanged (else the unlowered program)")
         plan = self.plan
         for i in self.instrs:
             args = ", ".join(self._show(a) for a in i.ins)

@@ -85,6 +85,7 @@ class Recorder:
                                "function's clear_cache() after changing it")
             return a
 
+        load.spec = (shape, dtype)  # the program inlines a tensor's load (.tensor) with it
         s = self._new(array)
         if self.backend is None:  # a step without array inputs works on its state's device
             self.backend = B.backend_of(array)
@@ -103,6 +104,7 @@ class Recorder:
             return self._load("gradient", get, d)
         if isinstance(a, Tensor):
             s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+            self.instrs[-1].fn.tensor = weakref.ref(a)  # (a strong one would look like a user)
             self.loaded[s] = weakref.ref(a)
             return s
         return self.const(d)
@@ -138,7 +140,9 @@ class Recorder:
         else:
             def call():
                 return fn(*args, **kwargs)
-        self.instrs.append(Instr("effect", name, call, ins, out))
+        # what :func:`.passes.lower_gradients` reads to replay an optimiser's step directly
+        self.instrs.append(Instr("effect", name, call, ins, out,
+                                 params={"fn": fn, "args": args, "kwargs": kwargs}))
         return res
 
     def accumulate(self, fn, leaf, g, create_graph: bool) -> None:
@@ -153,7 +157,7 @@ class Recorder:
             fn(leaf, Tensor(v), False, set())
 
         self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None,
-                                 params={"owned": acc_owned}, access="read"))
+                                 params={"owned": acc_owned, "leaf": leaf}, access="read"))
         grad = leaf.grad
         if grad is not None:
             self.keep.append(grad.data)

@@ -264,14 +264,48 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        self._step(None)
+        return loss
+
+    def _step(self, grads: list | None) -> None:
+        """One update; ``grads[gi][k]`` is the gradient array of group gi's k-th parameter (None:
+        it has none), or ``grads`` is None to read every ``p.grad``."""
         self.step_count += 1
         for gi, group in enumerate(self.param_groups):
             self._sync(gi)
             h = self._hyper(group, self.step_count)
+            given = None if grads is None else grads[gi]
             for b in self._buckets[gi]:
                 with b.backend.scope():
-                    self._step_bucket(b, h, gi)
-        return loss
+                    self._step_bucket(b, h, gi, given)
+
+    def _jit_lowering(self, fn: Callable, args: tuple, kwargs: dict) -> tuple | None:
+        """How :mod:`nodegrad.jit` may replay a recorded call of ``step`` or ``zero_grad``
+        without going through ``p.grad``: ``("step", params, bind)``, where ``bind(index)`` is a
+        function of the gradient arrays (``params[k]``'s is argument ``index[k]``; None: no
+        gradient) that steps as ``step()`` would with those gradients in ``.grad``;
+        ``("zero_grad", params)`` for a ``zero_grad()`` that sets them to None; else None."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        if fn is _STEP and type(self).step is Optimizer.step and not args and not kwargs:
+            return ("step", params, self._bind_step)
+        if fn is _ZERO_GRAD and type(self).zero_grad is Optimizer.zero_grad:
+            set_to_none = kwargs.get("set_to_none", args[0] if args else True)
+            if set_to_none and len(args) + len(kwargs) <= 1:
+                return ("zero_grad", params)
+        return None
+
+    def _bind_step(self, index: list) -> Callable:
+        """The lowered step of :meth:`_jit_lowering` for the argument positions ``index``."""
+        layout, k = [], 0
+        for g in self.param_groups:
+            layout.append(index[k:k + len(g["params"])])
+            k += len(g["params"])
+
+        def step_with(*grads):
+            self._step([[None if j is None else grads[j] for j in pos] for pos in layout])
+
+        step_with.__qualname__ = f"{type(self).__name__}.step"
+        return step_with
 
     def _sync(self, gi: int) -> None:
         """Follow parameters whose ``data`` was replaced (copy it into the flat buffer)."""
@@ -293,11 +327,11 @@ class Optimizer:
                 v[...] = d
                 p.data = v
 
-    def _step_bucket(self, b: _Bucket, h: dict, gi: int) -> None:
+    def _step_bucket(self, b: _Bucket, h: dict, gi: int, given: list | None = None) -> None:
         grads = []
         n_missing = 0
         for i, p in enumerate(b.params):
-            g = p.grad
+            g = p.grad if given is None else given[b.pos[i]]
             if g is None:
                 n_missing += 1
                 if self.strict:
@@ -308,7 +342,8 @@ class Optimizer:
                         "as PyTorch does")
                 grads.append(None)
                 continue
-            g = g.data
+            if given is None:
+                g = g.data
             if g.shape != b.shapes[i]:
                 what = _describe(self.param_groups[gi], gi, b.pos[i], p)
                 raise ShapeError(f"the gradient of {what} has shape {g.shape}")
@@ -577,6 +612,10 @@ class Optimizer:
         self.step_count = int(state_dict.get("step_count", 0))
         for gi in range(len(self.param_groups)):
             self._install(gi, entries[gi])
+
+
+_STEP = Optimizer.step.__wrapped__  # what a jit trace records for step() and zero_grad()
+_ZERO_GRAD = Optimizer.zero_grad.__wrapped__
 
 
 def _describe(group: dict, gi: int, pos: int, p) -> str:

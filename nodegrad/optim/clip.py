@@ -1,4 +1,7 @@
-"""Gradient clipping, in place on ``p.grad``: by global norm and by value."""
+"""Gradient clipping, in place on ``p.grad``: by global norm and by value.
+
+Both work on the gradients' arrays, so under :func:`nodegrad.jit` each is one replayed step
+(:func:`nodegrad.autodiff.effect`) that reads the ``.grad`` of that call."""
 
 from __future__ import annotations
 
@@ -6,11 +9,15 @@ import math
 from collections.abc import Iterable
 
 from .._backend import CPU, backend_of
+from ..autodiff import effect
 from ..tensor import Tensor
 
 
-def _grads(parameters: Iterable[Tensor] | Tensor) -> list[Tensor]:
-    ps = [parameters] if isinstance(parameters, Tensor) else list(parameters)
+def _params(parameters: Iterable[Tensor] | Tensor) -> list[Tensor]:
+    return [parameters] if isinstance(parameters, Tensor) else list(parameters)
+
+
+def _grads(ps: list[Tensor]) -> list[Tensor]:
     return [p.grad for p in ps if p.grad is not None]
 
 
@@ -23,10 +30,15 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     (N + 1e-6))`` (PyTorch's rule: the direction is kept, only the step shrinks). Returns ``N``
     as a 0-d tensor, taken before clipping.
     """
-    grads = _grads(parameters)
-    p = float(norm_type)
+    return Tensor(_clip_norm(_params(parameters), float(max_norm), float(norm_type),
+                             error_if_nonfinite))
+
+
+@effect  # a list, not the caller's iterator: a jit replay calls it again
+def _clip_norm(ps: list, max_norm: float, p: float, error_if_nonfinite: bool):
+    grads = _grads(ps)
     if not grads:
-        return Tensor(CPU.xp.zeros(()))
+        return CPU.xp.zeros(())
     xp = backend_of(grads[0].data).xp
     if p == math.inf:
         parts = [xp.abs(g.data).max() for g in grads if g.data.size]
@@ -43,12 +55,16 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     for g in grads:
         xp.multiply(g.data, coef, out=g.data)
         g._bump()
-    return Tensor(total)
+    return total
 
 
 def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -> None:
     """Clamp every gradient element into ``[-clip_value, clip_value]``, in place."""
-    c = float(clip_value)
-    for g in _grads(parameters):
+    _clip_value(_params(parameters), float(clip_value))
+
+
+@effect
+def _clip_value(ps: list, c: float) -> None:
+    for g in _grads(ps):
         backend_of(g.data).xp.clip(g.data, -c, c, out=g.data)
         g._bump()
