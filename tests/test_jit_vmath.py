@@ -221,3 +221,20 @@ def test_value_and_grad_of_a_tanh_sin_chain_within_tolerance():
         _close(v.numpy(), ve.numpy(), 1e-6)
         for g, e in zip(gs, ges):
             _close(g.numpy(), e.numpy(), 1e-6)
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_a_kernel_whose_only_result_is_a_sum_keeps_libm(axis):
+    # such a kernel is compiled with reassociation flags, which numba passes on to the functions
+    # it calls: _vmath's rounding to integers would not survive them
+    def f(x, w):
+        return ng.tanh(x @ w).sum(axis=axis) * 0.5
+
+    rng = np.random.default_rng(2)
+    w = ng.tensor(rng.standard_normal((4, 3)).astype(np.float32))
+    jf = ng.jit(f)
+    for _ in range(3):
+        x = ng.tensor(rng.standard_normal((8, 4)).astype(np.float32))
+        _close(jf(x, w).numpy(), f(x, w).numpy(), 1e-6)
+    src = _kernel_source(jf)
+    assert "fastmath" in src and "math.tanh(" in src and "_vtanh" not in src

@@ -348,7 +348,10 @@ class _Kernels:
         body = []
         fast = []  # the body with _vmath's functions (float32 CPU kernels), else empty
         checks = []  # the sin/cos arguments that _vmath reduces only up to SINCOS_MAX
-        vec = not self.cuda and g.dtype == B.float32
+        # not in a kernel whose only result is a sum: numba compiles the functions it calls with
+        # its reassociation flags, which would undo _vmath's rounding to integers
+        vec = (not self.cuda and g.dtype == B.float32
+               and not (g.reduce is not None and results == [g.reduce.out]))
         for j, m in enumerate(g.members):
             args = []
             for a in m.ins:
