@@ -10,7 +10,7 @@ A kernel computes each element with the same operations in the same order as Num
 dtype (float32 stays float32; constants are passed typed), so arithmetic, comparisons and
 selections give identical bits. Transcendental functions may differ from NumPy's in the last
 bit: float32 tanh, sin and cos come from :mod:`._vmath` (branch-free, so the loop vectorises;
-correctly rounded in exhaustive sweeps), the others and all float64 ones from the C math library.
+within 0.5003 ulps in exhaustive sweeps), the others and all float64 ones from the C math library.
 A ``sum`` (over any axes) that ends a group is added up in its kernel (a CuPy
 ``ReductionKernel`` on CUDA); the summed terms are never written, and the sum is within the
 fused tolerance of NumPy's.
@@ -71,7 +71,8 @@ _C_TEMPLATES = {
 }
 _BOOL_OUT = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
 # A float32 kernel computing sin or cos is rerun with the C library's when an argument is beyond
-# _vmath's reduction (see _Kernels.instr), so it must never write its result over an input.
+# _vmath's reduction (see _Kernels.instr), so it must never write its result over an input (the
+# buffer planner reads this set by op name: no kernel with these ops writes in place).
 _POINTWISE.update(k for k in _TEMPLATES if k not in _vmath.RANGED)
 # Above this many elements a transcendental op stays NumPy's: its vectorised exp/tanh beat the C
 # library's scalar ones, per element, by more than the saved passes over memory (docs/jit.md).
