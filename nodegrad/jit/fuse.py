@@ -8,10 +8,12 @@ Without numba (or CuPy) nothing is fused and the program replays op by op.
 
 A kernel computes each element with the same operations in the same order as NumPy, in the same
 dtype (float32 stays float32; constants are passed typed), so arithmetic, comparisons and
-selections give identical bits; transcendental functions (exp, tanh, ...) come from the C math
-library instead of NumPy's vectorised versions and may differ in the last bits. A ``sum`` (over
-any axes) that ends a group is added up in its kernel (a CuPy ``ReductionKernel`` on CUDA); the
-summed terms are never written, and the sum is within the fused tolerance of NumPy's.
+selections give identical bits. Transcendental functions may differ from NumPy's in the last
+bit: float32 tanh, sin and cos come from :mod:`._vmath` (branch-free, so the loop vectorises;
+within 0.5003 ulps in exhaustive sweeps), the others and all float64 ones from the C math library.
+A ``sum`` (over any axes) that ends a group is added up in its kernel (a CuPy
+``ReductionKernel`` on CUDA); the summed terms are never written, and the sum is within the
+fused tolerance of NumPy's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _backend as B
+from . import _vmath
 from .passes import _POINTWISE
 from .program import Instr
 
@@ -44,6 +47,8 @@ _TEMPLATES: dict[str, tuple] = {
     "tanh_grad": (2, "({a} * (_1 - {b} * {b}))"),
     "sigmoid_grad": (2, "({a} * ((_1 - {b}) * {b}))"),
     "where": (3, "({b} if {a} else {c})"),
+    # read through the kernel's broadcasting index: no zero-strided view for LLVM to step through
+    "broadcast_to": (1, "{a}"),
     "equal": (2, "({a} == {b})"), "not_equal": (2, "({a} != {b})"),
     "less": (2, "({a} < {b})"), "less_equal": (2, "({a} <= {b})"),
     "greater": (2, "({a} > {b})"), "greater_equal": (2, "({a} >= {b})"),
@@ -65,7 +70,10 @@ _C_TEMPLATES = {
     "where": "({a} ? {b} : {c})",
 }
 _BOOL_OUT = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
-_POINTWISE.update(_TEMPLATES)
+# A float32 kernel computing sin or cos is rerun with the C library's when an argument is beyond
+# _vmath's reduction (see _Kernels.instr), so it must never write its result over an input (the
+# buffer planner reads this set by op name: no kernel with these ops writes in place).
+_POINTWISE.update(k for k in _TEMPLATES if k not in _vmath.RANGED)
 # Above this many elements a transcendental op stays NumPy's: its vectorised exp/tanh beat the C
 # library's scalar ones, per element, by more than the saved passes over memory (docs/jit.md).
 LIBM_MAX_SIZE = 512
@@ -85,6 +93,9 @@ REDUCE_MAX_SIZE = {B.float32: 4096, B.float64: 512}
 REDUCE_BLOCK = {B.float32: 512, B.float64: 4096}
 REASSOC = {"reassoc", "nsz"}  # numba fastmath flags: reorder additions, nothing about NaN/Inf
 SCALAR_MIN_OPS = 4  # the fewest ops a kernel on 0-d arrays must hold (see _worth)
+# LLVM vectorises a loop that writes to arrays it cannot prove apart only behind run-time
+# overlap checks, at most this many (one per pair of written arrays and per written-read pair)
+ALIAS_CHECKS_MAX = 128
 
 
 _numba = "unset"  # the numba module, None when it is not installed (tests set None to force it)
@@ -336,6 +347,12 @@ class _Kernels:
         scalars: list[int] = []  # typed scalar constants (new const slots)
         names: dict[int, str] = {}
         body = []
+        fast = []  # the body with _vmath's functions (float32 CPU kernels), else empty
+        checks = []  # the sin/cos arguments that _vmath reduces only up to SINCOS_MAX
+        # not in a kernel whose only result is a sum: numba compiles the functions it calls with
+        # its reassociation flags, which would undo _vmath's rounding to integers
+        vec = (not self.cuda and g.dtype == B.float32
+               and not (g.reduce is not None and results == [g.reduce.out]))
         for j, m in enumerate(g.members):
             args = []
             for a in m.ins:
@@ -354,6 +371,13 @@ class _Kernels:
                 tpl = tpl.replace("_0", "c_zero").replace("_1", "c_one")
             names[m.out] = f"t{j}"
             body.append((f"t{j}", tpl.format(**dict(zip("abc", args)))))
+            if vec:
+                v = _vmath.TEMPLATES32.get(m.name)
+                fast.append((f"t{j}", v.format(**dict(zip("abc", args))) if v else body[-1][1]))
+                if m.name in _vmath.RANGED:
+                    checks.append(args["ab".index(_vmath.RANGED[m.name])])
+        if fast == body:
+            fast = []
         in_specs = [prog.meta[a] for a in arrays]
         out_specs = [prog.meta[s] for s in results]
         zero = self._typed_const(0, g.dtype)
@@ -368,18 +392,39 @@ class _Kernels:
             fn, src = _cupy_kernel(g, body, [names[s] for s in results], in_specs, out_specs,
                                    len(scalars))
         else:
-            src = _numba_source(g, body, [names[s] for s in results], in_specs, out_specs,
-                                len(scalars))
+            src = _numba_source(g, fast or body, [names[s] for s in results], in_specs,
+                                out_specs, len(scalars), checks)
             fn = _load(src)
+            if checks:  # rerun with the C library's sin/cos when an argument was out of range
+                slow = _numba_source(g, body, [names[s] for s in results], in_specs, out_specs,
+                                     len(scalars))
+                fn = _with_fallback(fn, slow)
             _warm(fn, prog, ins, out_specs)  # compiles now, at trace time
         name = "k" + hashlib.sha1(src.encode()).hexdigest()[:8]
         return Instr("fused", name, fn, ins, None, outs=tuple(results),
                      group=g)
 
 
-def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars) -> str:
+def _with_fallback(kernel, slow_src: str):
+    """``kernel``, rerun as the C-library version ``slow_src`` (compiled when first needed)
+    when it reports an argument that _vmath's sin/cos do not reduce (NaN, inf, huge)."""
+    slow = []
+
+    def run(*args):
+        if kernel(*args):
+            if not slow:
+                slow.append(_load(slow_src))
+            slow[0](*args)
+
+    return run
+
+
+def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars,
+                  checks=()) -> str:
     """The numba kernel: loops over the group's indices computing each element in registers,
-    writing the elementwise results and adding up the summed one (the last, marked ``+``)."""
+    writing the elementwise results and adding up the summed one (the last, marked ``+``).
+    With ``checks`` (sin/cos arguments of _vmath's functions) it returns whether one of them
+    was out of _vmath's range, so that the caller reruns the C-library version."""
     shape, nd = g.shape, len(g.shape)
     outs = [f"o{j}" for j in range(len(results))]
     params = outs + [f"a{j}" for j in range(len(in_specs))] + [
@@ -388,10 +433,15 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars) -> str
     plain = [(o, r) for o, r in zip(outs, results) if not r.startswith("+")]
     flags = ", fastmath={" + ", ".join(map(repr, sorted(REASSOC))) + "}" if (
         summed is not None and not plain) else ""
-    lines = ["import math", "import numba", "import numpy", "", "",
-             f"@numba.njit(cache=True, error_model='numpy', nogil=True{flags})",
-             f"def kernel({', '.join(params)}):"]
+    lines = ["import math", "import numba", "import numpy", ""]
+    if any("_v" in expr for _name, expr in body):  # only _vmath names start with _v
+        lines.append(_vmath.SOURCE)
+    head = len(lines)  # where _copy_out goes, if the kernel needs it
+    lines += ["", f"@numba.njit(cache=True, error_model='numpy', nogil=True{flags})",
+              f"def kernel({', '.join(params)}):"]
     ind = "    "
+    if checks:
+        lines.append(f"{ind}bad = False")
     axes = g.axes if summed is not None else ()
     kept = [d for d in range(nd) if d not in axes]
     inner = summed is not None and nd - 1 in axes  # a running sum along the innermost loop
@@ -408,37 +458,61 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars) -> str
     lanes32 = bool(flags) and g.dtype == B.float32  # float32 partial sums within a block
     block = REDUCE_BLOCK[g.dtype] if flags else REDUCE_MAX_SIZE[g.dtype]
     zero = "_0" if lanes32 else "0.0"
-    for d in range(nd):
-        bound = f"{size}.shape[{d}]" if size else str(shape[d])
-        if d == nd - 1 and inner and shape[d] > block:  # blocks of the innermost axis
-            lines.append(f"{ind}for b in range(0, {bound}, {block}):")
-            ind += "    "
-            lines.append(f"{ind}r = {zero}")
-            # unsigned bounds: LLVM then knows the index is not negative (no wraparound
-            # branch), which it needs to vectorise the loop
-            lines.append(f"{ind}for i{d} in range(numba.uint64(b), "
-                         f"numba.uint64(min(b + {block}, {bound}))):")
-        elif d == nd - 1 and inner:
-            lines.append(f"{ind}r = {zero}")
-            lines.append(f"{ind}for i{d} in range({bound}):")
-        else:
-            lines.append(f"{ind}for i{d} in range({bound}):")
-        ind += "    "
-    for j, (sh, _dt) in enumerate(in_specs):
-        lines.append(f"{ind}x{j} = a{j}[{_index(sh, shape)}]")
-    for name, expr in body:
-        lines.append(f"{ind}{name} = {expr}")
     full = ", ".join(f"i{d}" for d in range(nd)) or "()"  # 0-d: the scalars after sums
-    for o, r in plain:
-        lines.append(f"{ind}{o}[{full}] = {r}")
-    if inner and lanes32:
-        lines.append(f"{ind}r += {summed}")
-        lines.append(f"{ind[:-4]}{acc} += float(r)")
-    elif inner:
-        lines.append(f"{ind}r += float({summed})")
-        lines.append(f"{ind[:-4]}{acc} += r")
-    elif summed is not None:
-        lines.append(f"{ind}{acc} += float({summed})")
+
+    def nest(ind: str, inner_lines: list, value) -> None:
+        """The loops over the group's indices around ``inner_lines``, adding up ``value``."""
+        for d in range(nd):
+            bound = f"{size}.shape[{d}]" if size else str(shape[d])
+            if d == nd - 1 and inner and value and shape[d] > block:  # innermost in blocks
+                lines.append(f"{ind}for b in range(0, {bound}, {block}):")
+                ind += "    "
+                lines.append(f"{ind}r = {zero}")
+                # unsigned bounds: LLVM then knows the index is not negative (no wraparound
+                # branch), which it needs to vectorise the loop
+                lines.append(f"{ind}for i{d} in range(numba.uint64(b), "
+                             f"numba.uint64(min(b + {block}, {bound}))):")
+            elif d == nd - 1 and inner and value:
+                lines.append(f"{ind}r = {zero}")
+                lines.append(f"{ind}for i{d} in range({bound}):")
+            else:
+                lines.append(f"{ind}for i{d} in range({bound}):")
+            ind += "    "
+        lines.extend(ind + x for x in inner_lines)
+        if inner and lanes32 and value:
+            lines.append(f"{ind}r += {value}")
+            lines.append(f"{ind[:-4]}{acc} += float(r)")
+        elif inner and value:
+            lines.append(f"{ind}r += float({value})")
+            lines.append(f"{ind[:-4]}{acc} += r")
+        elif value:
+            lines.append(f"{ind}{acc} += float({value})")
+
+    loads = [f"x{j} = a{j}[{_index(sh, shape)}]" for j, (sh, _dt) in enumerate(in_specs)]
+    work = loads + [f"{name} = {expr}" for name, expr in body]
+    work += [f"bad |= _vbad({x})" for x in dict.fromkeys(checks)]
+    if _scratch(len(plain), len(in_specs), nd, summed is not None and not flags, out_specs):
+        # The loop writes its results into one fresh array (LLVM then needs no run-time
+        # checks that the outputs overlap the inputs, which it gives up on past
+        # ALIAS_CHECKS_MAX, and no in-order running sum holds it back: it vectorises); they
+        # are copied out, and the sum added up in the same order, after it.
+        rows = [r for _o, r in plain]
+        if summed is not None and summed not in rows:
+            rows.append(summed)
+        dt = "numpy.float32" if g.dtype == B.float32 else "numpy.float64"
+        lines.append(f"{ind}w = numpy.empty({(len(rows),) + tuple(shape)!r}, {dt})")
+        nest(ind, work + [f"w[{k}, {full}] = {r}" for k, r in enumerate(rows)], None)
+        for o, r in plain:  # one small function (compiled once) copies each result
+            lines.append(f"{ind}_copy_out({o}, w[{rows.index(r)}])")
+        idx = ", ".join(f"i{d}" for d in range(nd))
+        copy = ["", "", "@numba.njit(error_model='numpy', nogil=True)", "def _copy_out(o, w):"]
+        copy += [f"{'    ' * (d + 1)}for i{d} in range(o.shape[{d}]):" for d in range(nd)]
+        copy += [f"{'    ' * (nd + 1)}o[{idx}] = w[{idx}]"]
+        lines[head:head] = copy
+        if summed is not None:
+            nest(ind, [], f"w[{rows.index(summed)}, {full}]")
+    else:
+        nest(ind, work + [f"{o}[{full}] = {r}" for o, r in plain], summed)
     if summed is not None:  # the sums into the output, cast once (keepdims: 0 on summed axes)
         o, (oshape, _dt) = outs[-1], out_specs[-1]
         if not kept:
@@ -452,7 +526,18 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars) -> str
             dst = ([f"j{kept.index(d)}" if d in kept else "0" for d in range(nd)]
                    if len(oshape) == nd else [f"j{k}" for k in range(len(kept))])
             lines.append(f"{ind}{o}[{', '.join(dst)}{',' if len(dst) == 1 else ''}] = s[{src}]")
+    if checks:
+        lines.append("    return bad")
     return "\n".join(lines) + "\n"
+
+
+def _scratch(nout: int, nin: int, nd: int, ordered_sum: bool, out_specs) -> bool:
+    """Whether a kernel writes its ``nout`` elementwise results through a scratch array: when
+    LLVM would need more than ALIAS_CHECKS_MAX run-time overlap checks between them and the
+    ``nin`` input arrays, or a running sum in order (no reassociation) would stay in the loop."""
+    if nout == 0 or nd == 0 or any(dt.kind != "f" for _s, dt in out_specs):
+        return False
+    return ordered_sum or nout * (nout - 1) // 2 + nout * nin > ALIAS_CHECKS_MAX
 
 
 def _index(s: tuple, shape: tuple) -> str:
