@@ -207,6 +207,7 @@ def _anomaly(prim, backend, args, datas, out) -> None:
 
 
 _ndarray = B.ndarray
+_np = B.np
 _CPU = B.CPU
 _DEFAULT_FLOAT = B.DEFAULT_FLOAT
 _SCALARS = (float, int, bool, type(None))
@@ -270,7 +271,11 @@ def _float_dtype(prim: Primitive, datas: list):
 
 
 def bind(prim: Primitive, args: tuple, params: dict):
-    """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
+    """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it.
+
+    The hot path of every eager op: one pass over the operands (device, dtype, whether any
+    requires grad), the forward, then the Node built in place (no helper calls).
+    """
     try:
         m = _per_thread.modes  # this thread's modes (autodiff.modes, inlined), read once
     except AttributeError:
@@ -311,18 +316,19 @@ def bind(prim: Primitive, args: tuple, params: dict):
             elif dt != first:
                 mixed = True
         datas.append(d)
-    fdt = first if first is not None and first.kind == "f" else None
     if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
         if prim.operands is not None:
             promoted = _promote(prim, args)
             if promoted is not args:
                 return bind(prim, promoted, params)
         fdt = _float_dtype(prim, datas)
-    if backend is None:
+    else:
+        fdt = first
+    if backend is None:  # numbers only
         backend = _CPU
     try:
         if backend is _CPU:
-            out = prim.fwd(backend.xp, *datas, **params)
+            out = prim.fwd(_np, *datas, **params) if params else prim.fwd(_np, *datas)
         else:
             with backend.scope():
                 out = prim.fwd(backend.xp, *datas, **params)
@@ -330,41 +336,47 @@ def bind(prim: Primitive, args: tuple, params: dict):
         raise _value_error(prim, datas, params, e) from e
     if type(out) is not _ndarray and not B.is_array(out):
         out = backend.asarray(out)  # NumPy returns scalars from some 0-d ops
-    if fdt is None and prim.promote and out.dtype.kind == "f" and out.dtype != _DEFAULT_FLOAT:
+    odt = out.dtype
+    if (odt is not _DEFAULT_FLOAT and prim.promote and odt.kind == "f"
+            and (fdt is None or fdt.kind != "f") and odt != _DEFAULT_FLOAT):
         out = out.astype(_DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
+        odt = _DEFAULT_FLOAT
     if m.anomaly:
         _anomaly(prim, backend, args, datas, out)
     if m.jit is not None:  # a jit trace is in progress: it keeps this op for replay
         m.jit.record(prim, args, datas, params, out, backend)
-    if record and m.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
-        return _record(prim, args, datas, params, out, m.anomaly)
-    return Tensor(out)
-
-
-def _record(prim: Primitive, args: tuple, datas: list, params: dict, out, anomaly) -> Tensor:
-    parents = []
-    shapes = []
+    if not (record and m.grad_enabled and prim.differentiable
+            and (odt is _DEFAULT_FLOAT or odt.kind == "f")):
+        return Tensor(out)
+    # record: the node keeps its parents, the input shapes, and what the VJP reads (with the
+    # version of each kept tensor, so an in-place change before backward is caught)
     save_in = prim.save_in
     versions = [] if save_in or prim.save_out else None
-    for a, d in zip(args, datas):
+    parents = []
+    shapes = []
+    for a in args:
         if isinstance(a, Tensor):
             parents.append((a.node or a) if a.requires_grad else None)
-            shapes.append(d.shape)
+            shapes.append(a.data.shape)
             if save_in:
-                cell = a._version  # Tensor._ensure_version, inlined (the hot path)
+                cell = a._version  # Tensor._ensure_version, inlined
                 if cell is None:
                     cell = a._version = [0]
                 versions.append((cell, cell[0]))
         else:
             parents.append(None)
             shapes.append(())
-    node = Node(prim, params, tuple(parents), args if prim.save_in else None,
-                out if prim.save_out else None, tuple(shapes), versions)
-    t = Tensor(out, node, True)
     if prim.save_out:
+        node = Node(prim, params, tuple(parents), args if save_in else None, out,
+                    tuple(shapes), versions)
+        t = Tensor(out, node, True)
         cell = t._version = [0]
         versions.append((cell, 0))
-    if anomaly:
+    else:
+        node = Node(prim, params, tuple(parents), args if save_in else None, None,
+                    tuple(shapes), versions)
+        t = Tensor(out, node, True)
+    if m.anomaly:
         node.trace = creation_site()
     return t
 
