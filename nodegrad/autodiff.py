@@ -415,6 +415,23 @@ def _run_hooks(hooks, g):
     return g
 
 
+def _specs(shapes: tuple, dt) -> tuple:
+    """Shape-only stand-ins for inputs a node did not keep, one per (shape, dtype), reused."""
+    out = []
+    for s in shapes:
+        key = (s, dt)
+        spec = _SPECS.get(key)
+        if spec is None:
+            if len(_SPECS) >= 4096:
+                _SPECS.clear()
+            spec = _SPECS[key] = Spec(s, dt)
+        out.append(spec)
+    return tuple(out)
+
+
+_SPECS: dict = {}  # (shape, dtype) -> Spec; a Spec is read-only, so one serves every node
+
+
 def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                 owned: dict | None = None) -> None:
     """Send node ``n``'s VJP messages to its parents (summed into ``pending``).
@@ -432,13 +449,12 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                 raise InplaceError(
                     f"a value that '{n.prim.name}' saved for backward was modified in place "
                     f"(version {cell[0]}, expected {v}); use an out-of-place op instead")
-    T = type(g)
     prim = n.prim
-    ans = None if n.out is None else T(n.out, n if create_graph else None, create_graph)
+    out = n.out
+    ans = None if out is None else type(g)(out, n if create_graph else None, create_graph)
     args = n.args
     if args is None:
-        dt = g.data.dtype
-        args = tuple([Spec(s, dt) for s in n.shapes])
+        args = _specs(n.shapes, g.data.dtype)
     params = n.params
     parents = n.parents
     anomaly = m.anomaly
@@ -449,10 +465,17 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
     shapes = n.shapes
-    for i, p in enumerate(parents):
+    i = -1
+    for p in parents:
+        i += 1
         if p is None or (wanted is not None and p not in wanted):
             continue
-        gi = grads[i] if rules is None else rules[i](g, ans, *args, **params)
+        if rules is None:
+            gi = grads[i]
+        elif params:
+            gi = rules[i](g, ans, *args, **params)
+        else:
+            gi = rules[i](g, ans, *args)
         if gi is None:
             continue
         if gi.data.shape != shapes[i]:
@@ -468,7 +491,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             prev.data += gi.data
         else:
             pending[p] = owned[p] = prev + gi
-    m.in_backward = None
+    if anomaly:
+        m.in_backward = None
 
 
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
