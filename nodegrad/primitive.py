@@ -270,6 +270,25 @@ def _float_dtype(prim: Primitive, datas: list):
     return fdt
 
 
+def _devices(prim: Primitive, datas: list) -> tuple:
+    """The one backend of the array operands (two devices raise) and whether dtypes differ."""
+    backend = first = None
+    mixed = False
+    for d in datas:
+        if type(d) is not _ndarray and not B.is_array(d):
+            continue
+        b = B.backend_of(d)
+        if backend is not b:
+            if backend is not None:
+                raise _device_error(prim, backend, b)
+            backend = b
+        if first is None:
+            first = d.dtype
+        elif d.dtype != first:
+            mixed = True
+    return backend, mixed
+
+
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it.
 
@@ -284,9 +303,9 @@ def bind(prim: Primitive, args: tuple, params: dict):
         if prim.operands is not None and len(args) > 1:
             args = _promote(prim, args)
         return batch_bind(bind, prim, args, params)
-    backend = None
-    first = None
-    mixed = False
+    first = None  # the first array operand, its type and dtype
+    ftype = fdt = None
+    odd = False  # another operand of another type (device) or dtype: checked after the loop
     record = False
     datas = []
     for a in args:
@@ -304,28 +323,25 @@ def bind(prim: Primitive, args: tuple, params: dict):
             continue
         else:
             raise TypeError(f"{prim.name}: expected tensors or numbers, got {type(a).__name__}")
-        b = _CPU if type(d) is _ndarray else B.backend_of(d)
-        if backend is not b:
-            if backend is not None:
-                raise _device_error(prim, backend, b)
-            backend = b
-        dt = d.dtype
-        if dt is not first:
-            if first is None:
-                first = dt
-            elif dt != first:
-                mixed = True
+        if first is None:
+            first = d
+            ftype = type(d)
+            fdt = d.dtype
+        elif type(d) is not ftype or ftype is not _ndarray or d.dtype is not fdt:
+            odd = True
         datas.append(d)
-    if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
-        if prim.operands is not None:
-            promoted = _promote(prim, args)
-            if promoted is not args:
-                return bind(prim, promoted, params)
-        fdt = _float_dtype(prim, datas)
-    else:
-        fdt = first
-    if backend is None:  # numbers only
+    if odd:
+        backend, mixed = _devices(prim, datas)
+        if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
+            if prim.operands is not None:
+                promoted = _promote(prim, args)
+                if promoted is not args:
+                    return bind(prim, promoted, params)
+            fdt = _float_dtype(prim, datas)
+    elif ftype is _ndarray or first is None:  # NumPy arrays or numbers only
         backend = _CPU
+    else:
+        backend = B.backend_of(first)
     try:
         if backend is _CPU:
             out = prim.fwd(_np, *datas, **params) if params else prim.fwd(_np, *datas)
