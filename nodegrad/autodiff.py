@@ -567,9 +567,9 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
         while ready:
             n = ready.pop()
             g = pending.pop(n, None)
-            if owned:
-                owned.pop(n, None)
             if g is not None:
+                if owned:
+                    owned.pop(n, None)
                 if n.hooks:
                     g = _run_hooks(n.hooks, g)
                 if tkeys is not None and n in tset:
