@@ -474,6 +474,10 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             gi = grads[i]
         elif params:
             gi = rules[i](g, ans, *args, **params)
+        elif len(args) == 2:  # the usual arities called plainly: no argument list built
+            gi = rules[i](g, ans, args[0], args[1])
+        elif len(args) == 1:
+            gi = rules[i](g, ans, args[0])
         else:
             gi = rules[i](g, ans, *args)
         if gi is None:

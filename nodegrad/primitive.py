@@ -344,7 +344,14 @@ def bind(prim: Primitive, args: tuple, params: dict):
         backend = B.backend_of(first)
     try:
         if backend is _CPU:
-            out = prim.fwd(_np, *datas, **params) if params else prim.fwd(_np, *datas)
+            if params:
+                out = prim.fwd(_np, *datas, **params)
+            elif len(datas) == 2:  # the usual arities called plainly: no argument list built
+                out = prim.fwd(_np, datas[0], datas[1])
+            elif len(datas) == 1:
+                out = prim.fwd(_np, datas[0])
+            else:
+                out = prim.fwd(_np, *datas)
         else:
             with backend.scope():
                 out = prim.fwd(backend.xp, *datas, **params)
