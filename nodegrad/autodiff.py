@@ -42,6 +42,7 @@ class Modes:
         self.jit = None  # the recorder of the jit trace in progress (see jit/trace.py), or None
 
 
+_new = object.__new__
 _per_thread = threading.local()  # .modes: the thread's Modes (a plain local reads fastest)
 
 
@@ -111,6 +112,23 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.prim.name}>"
+
+    @staticmethod
+    def make(prim, params, parents, args, out, shapes, versions) -> Node:
+        """``Node(...)`` for bind's hot path, set from Python (a class call runs ``__init__``
+        through C, a costly round trip for a small op)."""
+        n = _new(Node)
+        n.prim = prim
+        n.params = params
+        n.parents = parents
+        n.args = args
+        n.out = out
+        n.shapes = shapes
+        n.versions = versions
+        n.alive = True
+        n.hooks = None
+        n.trace = None
+        return n
 
     def name(self) -> str:
         return self.prim.name

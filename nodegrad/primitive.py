@@ -207,6 +207,8 @@ def _anomaly(prim, backend, args, datas, out) -> None:
 
 
 _ndarray = B.ndarray
+_make = Tensor.make
+_node = Node.make
 _np = B.np
 _CPU = B.CPU
 _DEFAULT_FLOAT = B.DEFAULT_FLOAT
@@ -370,7 +372,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
         m.jit.record(prim, args, datas, params, out, backend)
     if not (record and m.grad_enabled and prim.differentiable
             and (odt is _DEFAULT_FLOAT or odt.kind == "f")):
-        return Tensor(out)
+        return _make(out)
     # record: the node keeps its parents, the input shapes, and what the VJP reads (with the
     # version of each kept tensor, so an in-place change before backward is caught)
     save_in = prim.save_in
@@ -390,15 +392,15 @@ def bind(prim: Primitive, args: tuple, params: dict):
             parents.append(None)
             shapes.append(())
     if prim.save_out:
-        node = Node(prim, params, tuple(parents), args if save_in else None, out,
+        node = _node(prim, params, tuple(parents), args if save_in else None, out,
                     tuple(shapes), versions)
-        t = Tensor(out, node, True)
+        t = _make(out, node, True)
         cell = t._version = [0]
         versions.append((cell, 0))
     else:
-        node = Node(prim, params, tuple(parents), args if save_in else None, None,
+        node = _node(prim, params, tuple(parents), args if save_in else None, None,
                     tuple(shapes), versions)
-        t = Tensor(out, node, True)
+        t = _make(out, node, True)
     if m.anomaly:
         node.trace = creation_site()
     return t
