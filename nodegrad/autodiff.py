@@ -433,21 +433,18 @@ def _run_hooks(hooks, g):
     return g
 
 
-def _specs(shapes: tuple, dt) -> tuple:
-    """Shape-only stand-ins for inputs a node did not keep, one per (shape, dtype), reused."""
-    out = []
-    for s in shapes:
-        key = (s, dt)
-        spec = _SPECS.get(key)
-        if spec is None:
-            if len(_SPECS) >= 4096:
-                _SPECS.clear()
-            spec = _SPECS[key] = Spec(s, dt)
-        out.append(spec)
-    return tuple(out)
+def _specs(key: tuple) -> tuple:
+    """Shape-only stand-ins (Specs) for the inputs a node did not keep, from ``(shapes, dtype)``;
+    read-only, so one tuple serves every node with those shapes."""
+    out = _SPECS.get(key)
+    if out is None:
+        if len(_SPECS) >= 4096:
+            _SPECS.clear()
+        out = _SPECS[key] = tuple([Spec(s, key[1]) for s in key[0]])
+    return out
 
 
-_SPECS: dict = {}  # (shape, dtype) -> Spec; a Spec is read-only, so one serves every node
+_SPECS: dict = {}
 
 
 def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
@@ -472,7 +469,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     ans = None if out is None else type(g)(out, n if create_graph else None, create_graph)
     args = n.args
     if args is None:
-        args = _specs(n.shapes, g.data.dtype)
+        args = _specs((n.shapes, g.data.dtype))
     params = n.params
     parents = n.parents
     anomaly = m.anomaly
