@@ -295,7 +295,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it.
 
     The hot path of every eager op: one pass over the operands (device, dtype, whether any
-    requires grad), the forward, then the Node built in place (no helper calls).
+    requires grad), the forward, then, when recording, the Node built here (no ``_record``).
     """
     try:
         m = _per_thread.modes  # this thread's modes (autodiff.modes, inlined), read once
