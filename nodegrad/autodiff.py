@@ -42,6 +42,7 @@ class Modes:
         self.jit = None  # the recorder of the jit trace in progress (see jit/trace.py), or None
 
 
+_new = object.__new__
 _per_thread = threading.local()  # .modes: the thread's Modes (a plain local reads fastest)
 
 
@@ -111,6 +112,23 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.prim.name}>"
+
+    @staticmethod
+    def make(prim, params, parents, args, out, shapes, versions) -> Node:
+        """``Node(...)`` for bind's hot path, set from Python (a class call runs ``__init__``
+        through C, a costly round trip for a small op)."""
+        n = _new(Node)
+        n.prim = prim
+        n.params = params
+        n.parents = parents
+        n.args = args
+        n.out = out
+        n.shapes = shapes
+        n.versions = versions
+        n.alive = True
+        n.hooks = None
+        n.trace = None
+        return n
 
     def name(self) -> str:
         return self.prim.name
@@ -415,6 +433,20 @@ def _run_hooks(hooks, g):
     return g
 
 
+def _specs(key: tuple) -> tuple:
+    """Shape-only stand-ins (Specs) for the inputs a node did not keep, from ``(shapes, dtype)``;
+    read-only, so one tuple serves every node with those shapes."""
+    out = _SPECS.get(key)
+    if out is None:
+        if len(_SPECS) >= 4096:
+            _SPECS.clear()
+        out = _SPECS[key] = tuple([Spec(s, key[1]) for s in key[0]])
+    return out
+
+
+_SPECS: dict = {}
+
+
 def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                 owned: dict | None = None) -> None:
     """Send node ``n``'s VJP messages to its parents (summed into ``pending``).
@@ -432,13 +464,12 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                 raise InplaceError(
                     f"a value that '{n.prim.name}' saved for backward was modified in place "
                     f"(version {cell[0]}, expected {v}); use an out-of-place op instead")
-    T = type(g)
     prim = n.prim
-    ans = None if n.out is None else T(n.out, n if create_graph else None, create_graph)
+    out = n.out
+    ans = None if out is None else type(g)(out, n if create_graph else None, create_graph)
     args = n.args
     if args is None:
-        dt = g.data.dtype
-        args = tuple([Spec(s, dt) for s in n.shapes])
+        args = _specs((n.shapes, g.data.dtype))
     params = n.params
     parents = n.parents
     anomaly = m.anomaly
@@ -449,10 +480,21 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
     shapes = n.shapes
-    for i, p in enumerate(parents):
+    i = -1
+    for p in parents:
+        i += 1
         if p is None or (wanted is not None and p not in wanted):
             continue
-        gi = grads[i] if rules is None else rules[i](g, ans, *args, **params)
+        if rules is None:
+            gi = grads[i]
+        elif params:
+            gi = rules[i](g, ans, *args, **params)
+        elif len(args) == 2:  # the usual arities called plainly: no argument list built
+            gi = rules[i](g, ans, args[0], args[1])
+        elif len(args) == 1:
+            gi = rules[i](g, ans, args[0])
+        else:
+            gi = rules[i](g, ans, *args)
         if gi is None:
             continue
         if gi.data.shape != shapes[i]:
@@ -468,7 +510,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             prev.data += gi.data
         else:
             pending[p] = owned[p] = prev + gi
-    m.in_backward = None
+    if anomaly:
+        m.in_backward = None
 
 
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
@@ -543,9 +586,9 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
         while ready:
             n = ready.pop()
             g = pending.pop(n, None)
-            if owned:
-                owned.pop(n, None)
             if g is not None:
+                if owned:
+                    owned.pop(n, None)
                 if n.hooks:
                     g = _run_hooks(n.hooks, g)
                 if tkeys is not None and n in tset:

@@ -207,6 +207,9 @@ def _anomaly(prim, backend, args, datas, out) -> None:
 
 
 _ndarray = B.ndarray
+_make = Tensor.make
+_node = Node.make
+_np = B.np
 _CPU = B.CPU
 _DEFAULT_FLOAT = B.DEFAULT_FLOAT
 _SCALARS = (float, int, bool, type(None))
@@ -269,8 +272,31 @@ def _float_dtype(prim: Primitive, datas: list):
     return fdt
 
 
+def _devices(prim: Primitive, datas: list) -> tuple:
+    """The one backend of the array operands (two devices raise) and whether dtypes differ."""
+    backend = first = None
+    mixed = False
+    for d in datas:
+        if type(d) is not _ndarray and not B.is_array(d):
+            continue
+        b = B.backend_of(d)
+        if backend is not b:
+            if backend is not None:
+                raise _device_error(prim, backend, b)
+            backend = b
+        if first is None:
+            first = d.dtype
+        elif d.dtype != first:
+            mixed = True
+    return backend, mixed
+
+
 def bind(prim: Primitive, args: tuple, params: dict):
-    """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it."""
+    """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it.
+
+    The hot path of every eager op: one pass over the operands (device, dtype, whether any
+    requires grad), the forward, then, when recording, the Node built here (no ``_record``).
+    """
     try:
         m = _per_thread.modes  # this thread's modes (autodiff.modes, inlined), read once
     except AttributeError:
@@ -279,9 +305,9 @@ def bind(prim: Primitive, args: tuple, params: dict):
         if prim.operands is not None and len(args) > 1:
             args = _promote(prim, args)
         return batch_bind(bind, prim, args, params)
-    backend = None
-    first = None
-    mixed = False
+    first = None  # the first array operand, its type and dtype
+    ftype = fdt = None
+    odd = False  # another operand of another type (device) or dtype: checked after the loop
     record = False
     datas = []
     for a in args:
@@ -299,30 +325,35 @@ def bind(prim: Primitive, args: tuple, params: dict):
             continue
         else:
             raise TypeError(f"{prim.name}: expected tensors or numbers, got {type(a).__name__}")
-        b = _CPU if type(d) is _ndarray else B.backend_of(d)
-        if backend is not b:
-            if backend is not None:
-                raise _device_error(prim, backend, b)
-            backend = b
-        dt = d.dtype
-        if dt is not first:
-            if first is None:
-                first = dt
-            elif dt != first:
-                mixed = True
+        if first is None:
+            first = d
+            ftype = type(d)
+            fdt = d.dtype
+        elif type(d) is not ftype or ftype is not _ndarray or d.dtype is not fdt:
+            odd = True
         datas.append(d)
-    fdt = first if first is not None and first.kind == "f" else None
-    if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
-        if prim.operands is not None:
-            promoted = _promote(prim, args)
-            if promoted is not args:
-                return bind(prim, promoted, params)
-        fdt = _float_dtype(prim, datas)
-    if backend is None:
+    if odd:
+        backend, mixed = _devices(prim, datas)
+        if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
+            if prim.operands is not None:
+                promoted = _promote(prim, args)
+                if promoted is not args:
+                    return bind(prim, promoted, params)
+            fdt = _float_dtype(prim, datas)
+    elif ftype is _ndarray or first is None:  # NumPy arrays or numbers only
         backend = _CPU
+    else:
+        backend = B.backend_of(first)
     try:
         if backend is _CPU:
-            out = prim.fwd(backend.xp, *datas, **params)
+            if params:
+                out = prim.fwd(_np, *datas, **params)
+            elif len(datas) == 2:  # the usual arities called plainly: no argument list built
+                out = prim.fwd(_np, datas[0], datas[1])
+            elif len(datas) == 1:
+                out = prim.fwd(_np, datas[0])
+            else:
+                out = prim.fwd(_np, *datas)
         else:
             with backend.scope():
                 out = prim.fwd(backend.xp, *datas, **params)
@@ -330,41 +361,47 @@ def bind(prim: Primitive, args: tuple, params: dict):
         raise _value_error(prim, datas, params, e) from e
     if type(out) is not _ndarray and not B.is_array(out):
         out = backend.asarray(out)  # NumPy returns scalars from some 0-d ops
-    if fdt is None and prim.promote and out.dtype.kind == "f" and out.dtype != _DEFAULT_FLOAT:
+    odt = out.dtype
+    if (odt is not _DEFAULT_FLOAT and prim.promote and odt.kind == "f"
+            and (fdt is None or fdt.kind != "f") and odt != _DEFAULT_FLOAT):
         out = out.astype(_DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
+        odt = _DEFAULT_FLOAT
     if m.anomaly:
         _anomaly(prim, backend, args, datas, out)
     if m.jit is not None:  # a jit trace is in progress: it keeps this op for replay
         m.jit.record(prim, args, datas, params, out, backend)
-    if record and m.grad_enabled and out.dtype.kind == "f" and prim.differentiable:
-        return _record(prim, args, datas, params, out, m.anomaly)
-    return Tensor(out)
-
-
-def _record(prim: Primitive, args: tuple, datas: list, params: dict, out, anomaly) -> Tensor:
-    parents = []
-    shapes = []
+    if not (record and m.grad_enabled and prim.differentiable
+            and (odt is _DEFAULT_FLOAT or odt.kind == "f")):
+        return _make(out)
+    # record: the node keeps its parents, the input shapes, and what the VJP reads (with the
+    # version of each kept tensor, so an in-place change before backward is caught)
     save_in = prim.save_in
     versions = [] if save_in or prim.save_out else None
-    for a, d in zip(args, datas):
+    parents = []
+    shapes = []
+    for a in args:
         if isinstance(a, Tensor):
             parents.append((a.node or a) if a.requires_grad else None)
-            shapes.append(d.shape)
+            shapes.append(a.data.shape)
             if save_in:
-                cell = a._version  # Tensor._ensure_version, inlined (the hot path)
+                cell = a._version  # Tensor._ensure_version, inlined
                 if cell is None:
                     cell = a._version = [0]
                 versions.append((cell, cell[0]))
         else:
             parents.append(None)
             shapes.append(())
-    node = Node(prim, params, tuple(parents), args if prim.save_in else None,
-                out if prim.save_out else None, tuple(shapes), versions)
-    t = Tensor(out, node, True)
     if prim.save_out:
+        node = _node(prim, params, tuple(parents), args if save_in else None, out,
+                    tuple(shapes), versions)
+        t = _make(out, node, True)
         cell = t._version = [0]
         versions.append((cell, 0))
-    if anomaly:
+    else:
+        node = _node(prim, params, tuple(parents), args if save_in else None, None,
+                    tuple(shapes), versions)
+        t = _make(out, node, True)
+    if m.anomaly:
         node.trace = creation_site()
     return t
 

@@ -14,6 +14,7 @@ from . import _backend as B
 from .autodiff import RemovableHandle, _default_cotangents, modes, note_creation, run_backward
 from .errors import DTypeError, GradError
 
+_new = object.__new__
 float16, float32, float64 = B.float16, B.float32, B.float64
 int32, int64, bool_ = B.int32, B.int64, B.bool_
 
@@ -32,6 +33,19 @@ class Tensor:
         self.grad = None
         self._version = None
         self._hooks = None
+
+    @staticmethod
+    def make(data, node=None, requires_grad: bool = False) -> Tensor:
+        """``Tensor(data, node, requires_grad)`` for the engine's hot paths, set from Python
+        (a class call runs ``__init__`` through C, a costly round trip for a small op)."""
+        t = _new(Tensor)
+        t.data = data
+        t.node = node
+        t.requires_grad = requires_grad
+        t.grad = None
+        t._version = None
+        t._hooks = None
+        return t
 
     # --- metadata -------------------------------------------------------------------------
     @property

@@ -16,6 +16,7 @@ from ..primitive import primitive
 from ..tensor import Tensor
 
 _EW = "elementwise"
+_ndarray = B.ndarray
 _J = "vjp"  # elementwise: the Jacobian is diagonal, so the VJP rules are the JVP rules
 
 
@@ -119,11 +120,13 @@ def _trig(xp, name: str, x):
 
 
 def _sin_grad_fwd(xp, g, x):
+    if type(x) is _ndarray:  # the common case, without _trig's checks
+        return g * xp.cos(x)
     return g * _trig(xp, "cos", x)
 
 
 def _cos_grad_fwd(xp, g, x):
-    out = g * _trig(xp, "sin", x)
+    out = g * (xp.sin(x) if type(x) is _ndarray else _trig(xp, "sin", x))
     if B.is_array(out):
         return xp.negative(out, out=out)  # in place: no second temporary
     return -out
@@ -145,7 +148,7 @@ tan = primitive("tan", lambda xp, x: xp.tan(x), lambda g, ans, x: g * (ans * ans
                 saves="out", kind=_EW, jvp=_J, doc="Tangent.")
 def _tanh_grad_fwd(xp, g, ans):
     t = ans * ans
-    if B.is_array(t):
+    if type(t) is _ndarray or B.is_array(t):
         xp.subtract(1, t, out=t)  # one temporary for 1 - ans², not two
     else:
         t = 1 - t
