@@ -350,21 +350,7 @@ def matmul(a, b):
         shared = _shared_product(a, b)
         if shared is not None:
             return shared
-    k = a.shape[-1] if a.ndim else 1
-    m = a.shape[-2] if a.ndim > 1 else 1
-    n = b.shape[-1] if b.ndim > 1 else 1
-    if m * k * n >= SMALL_PRODUCT:
-        return a @ b
-    if _BlasThreads.get is None and (_BlasThreads.looked or not _BlasThreads.find()):
-        return a @ b
-    threads = _BlasThreads.get()
-    if threads == 1:
-        return a @ b
-    _BlasThreads.set(1)
-    try:
-        return a @ b
-    finally:
-        _BlasThreads.set(threads)
+    return _matmul_small(a, b)
 
 
 _add_reduce = np.add.reduce  # np.sum without its Python wrapper (same dtypes)
@@ -419,19 +405,13 @@ def matmul_into(a, b, out):
     if type(a) is not np.ndarray or type(b) is not np.ndarray:
         return np.matmul(a, b, out=out)
     if (a.ndim == 3 and b.ndim == 3 and (a.strides[0] == 0) != (b.strides[0] == 0)
-            and out.flags.c_contiguous and a.shape[0] == b.shape[0] and a.shape[0]):
-        n = a.shape[0]
-        if b.strides[0] == 0 and a.shape[1] == 1:  # (n, 1, k) @ shared (k, p)
-            _matmul_small(a.reshape(n, a.shape[2]), b[0], out.reshape(n, b.shape[2]))
-            return out
-        if a.strides[0] == 0 and b.shape[2] == 1:  # shared (m, k) @ (n, k, 1)
-            _matmul_small(b.reshape(n, b.shape[1]), a[0].T, out.reshape(n, a.shape[1]))
-            return out
+            and out.flags.c_contiguous and _shared_product(a, b, out) is not None):
+        return out
     return _matmul_small(a, b, out)
 
 
-def _matmul_small(a, b, out):
-    """``np.matmul(a, b, out=out)`` on one BLAS thread when the product is small (see
+def _matmul_small(a, b, out=None):
+    """``np.matmul(a, b, out=out)``, on one BLAS thread when the product is small (see
     :func:`matmul`)."""
     k = a.shape[-1] if a.ndim else 1
     m = a.shape[-2] if a.ndim > 1 else 1
@@ -449,17 +429,20 @@ def _matmul_small(a, b, out):
         _BlasThreads.set(threads)
 
 
-def _shared_product(a, b):
+def _shared_product(a, b, out=None):
     """``a @ b`` for stacks of row (or column) vectors against one matrix repeated along the
     batch axis (stride 0, as vmap broadcasts unbatched weights): one GEMM instead of a loop of
-    matrix-vector products. None when the shapes are not of that form."""
+    matrix-vector products, into C-contiguous ``out`` when given. None when the shapes are not
+    of that form."""
     n = a.shape[0]
     if b.shape[0] != n or n == 0:
         return None
     if b.strides[0] == 0 and a.shape[1] == 1:  # (n, 1, k) @ shared (k, p)
-        return matmul(a.reshape(n, a.shape[2]), b[0]).reshape(n, 1, b.shape[2])
+        o = None if out is None else out.reshape(n, b.shape[2])
+        return _matmul_small(a.reshape(n, a.shape[2]), b[0], o).reshape(n, 1, b.shape[2])
     if a.strides[0] == 0 and b.shape[2] == 1:  # shared (m, k) @ (n, k, 1)
-        return matmul(b.reshape(n, b.shape[1]), a[0].T).reshape(n, a.shape[1], 1)
+        o = None if out is None else out.reshape(n, a.shape[1])
+        return _matmul_small(b.reshape(n, b.shape[1]), a[0].T, o).reshape(n, a.shape[1], 1)
     return None
 
 

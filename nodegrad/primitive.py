@@ -391,16 +391,13 @@ def bind(prim: Primitive, args: tuple, params: dict):
         else:
             parents.append(None)
             shapes.append(())
-    if prim.save_out:
-        node = _node(prim, params, tuple(parents), args if save_in else None, out,
-                    tuple(shapes), versions)
-        t = _make(out, node, True)
+    save_out = prim.save_out
+    node = _node(prim, params, tuple(parents), args if save_in else None,
+                 out if save_out else None, tuple(shapes), versions)
+    t = _make(out, node, True)
+    if save_out:
         cell = t._version = [0]
         versions.append((cell, 0))
-    else:
-        node = _node(prim, params, tuple(parents), args if save_in else None, None,
-                    tuple(shapes), versions)
-        t = _make(out, node, True)
     if m.anomaly:
         node.trace = creation_site()
     return t
