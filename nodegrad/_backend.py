@@ -9,6 +9,7 @@ branch on the device themselves. :func:`matmul` is the one matrix product of the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -270,6 +271,12 @@ generic = np.generic
 SMALL_PRODUCT = 1 << 25
 """Multiply-adds per matrix below which a product runs on one BLAS thread (~1 ms of one core)."""
 
+BLAS_ONE_THREAD = 1 << 18
+"""Multiply-adds per matrix up to which OpenBLAS itself runs a product on one thread (its GEMM
+rule, 65536 x GEMM_MULTITHREAD_THRESHOLD 4; matrix-vector products switch lower, at 9216, but
+measured no slower with a busy second core): such products skip the thread-count switch,
+~2 µs of a 100-row layer's 4-20 µs products."""
+
 
 class _BlasThreads:
     """NumPy's OpenBLAS thread count: the library found by threadpoolctl on first use, its
@@ -358,13 +365,19 @@ _add_reduce = np.add.reduce  # np.sum without its Python wrapper (same dtypes)
 
 def sum_outer(x, axis, keepdims: bool):
     """``x.sum(axis, keepdims)``; a float array summed over all but a few axes that lie together
-    in memory (a bias gradient: (N, C, H, W) over N, H, W in either layout) runs as products
-    with ones, since NumPy adds such reductions a few elements per inner loop (~10x slower)."""
+    in memory (a bias gradient: (N, C) over N, (N, C, H, W) over N, H, W in either layout) runs
+    as products with ones: NumPy adds such reductions a few elements per inner loop (~10x
+    slower), and a leading axis row by row (2-5x slower than a matrix-vector product)."""
     if type(x) is not np.ndarray:
         return np.sum(x, axis=axis, keepdims=keepdims)
     if type(axis) is not tuple or x.dtype.kind != "f" or x.dtype.itemsize < 4 or x.size < 4096:
         return _add_reduce(x, axis=axis, keepdims=keepdims)
     nd = x.ndim
+    if nd == 2 and len(axis) == 1 and axis[0] in (0, -2) and x.flags.c_contiguous:
+        if x.shape[0] < 32:  # a linear layer's bias gradient, (N, C) over N
+            return _add_reduce(x, axis=axis, keepdims=keepdims)
+        out = _matmul_small(_ones(x.shape[0], x.dtype), x)
+        return out.reshape(1, -1) if keepdims else out
     red = {a % nd for a in axis}
     kept = [i for i in range(nd) if i not in red]
     order = sorted(range(nd), key=lambda i: -x.strides[i])  # memory order, outermost first
@@ -375,16 +388,23 @@ def sum_outer(x, axis, keepdims: bool):
     sizes = [x.shape[i] for i in order]
     lo, hi = pos[0], pos[-1] + 1
     a, k, b = (math.prod(sizes[:lo]), math.prod(sizes[lo:hi]), math.prod(sizes[hi:]))
-    if k > 256 or a * b < 64 * k:
+    if (a < 32 if b == 1 else k > 256 or a * b < 64 * k):
         return _add_reduce(x, axis=axis, keepdims=keepdims)
     m = x.transpose(order).reshape(a, k * b)
     if a > 1:
-        m = matmul(np.ones(a, x.dtype), m)
-    m = m.reshape(k, b)
-    out = m[:, 0].copy() if b == 1 else matmul(m, np.ones(b, x.dtype))
+        m = _matmul_small(_ones(a, x.dtype), m)
+    out = m if b == 1 else _matmul_small(m.reshape(k, b), _ones(b, x.dtype))
     shape = tuple(1 if i in red else x.shape[i] for i in range(nd)) if keepdims else tuple(
         x.shape[i] for i in kept)
     return out.reshape(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, dtype) -> np.ndarray:
+    """A read-only vector of n ones (the summing side of :func:`sum_outer`'s products)."""
+    v = np.ones(n, dtype)
+    v.flags.writeable = False
+    return v
 
 
 def outer_stack(x, y):
@@ -416,7 +436,8 @@ def _matmul_small(a, b, out=None):
     k = a.shape[-1] if a.ndim else 1
     m = a.shape[-2] if a.ndim > 1 else 1
     n = b.shape[-1] if b.ndim > 1 else 1
-    if m * k * n >= SMALL_PRODUCT or (
+    mkn = m * k * n
+    if mkn <= BLAS_ONE_THREAD or mkn >= SMALL_PRODUCT or (
             _BlasThreads.get is None and (_BlasThreads.looked or not _BlasThreads.find())):
         return np.matmul(a, b, out=out)
     threads = _BlasThreads.get()

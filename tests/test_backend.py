@@ -78,8 +78,9 @@ def test_small_products_run_on_one_blas_thread_and_restore_the_count():
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((30, 20)).astype(np.float32)
-    b = rng.standard_normal((20, 10)).astype(np.float32)
+    a = rng.standard_normal((100, 60)).astype(np.float32)  # above BLAS_ONE_THREAD: switched
+    b = rng.standard_normal((60, 50)).astype(np.float32)
+    assert B.BLAS_ONE_THREAD < a.size * b.shape[1] < B.SMALL_PRODUCT
     if not B._BlasThreads.looked:
         B._BlasThreads.find()
     if B._BlasThreads.get is None:
@@ -88,7 +89,7 @@ def test_small_products_run_on_one_blas_thread_and_restore_the_count():
         with threadpoolctl.threadpool_limits(n, user_api="blas"):
             before = B._BlasThreads.get()
             np.testing.assert_array_equal(B.matmul(a, b), a @ b)
-            np.testing.assert_array_equal(B.matmul(a[0], b), a[0] @ b)
+            np.testing.assert_array_equal(B.matmul(a[0], b), a[0] @ b)  # OpenBLAS's own rule
             assert B._BlasThreads.get() == before
 
 
@@ -150,6 +151,36 @@ def test_sum_over_outer_axes_matches_numpy(layout, axis, keepdims):
         assert got.shape == want.shape and got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-4 if xd.dtype == np.float32 else 1e-12,
                                    atol=1e-3 if xd.dtype == np.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("shape", [(100, 100), (31, 200), (1000, 7), (64, 1000)])
+@pytest.mark.parametrize("axis", [(0,), (-2,), (1,)])
+def test_a_bias_gradients_sum_matches_numpy(shape, axis):
+    """(N, C) over N is a product with ones from 32 rows; it equals NumPy's row-by-row sum to
+    float rounding, keeps the dtype and shape, and a non-contiguous array is summed as well."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(1)
+    for dt in (np.float32, np.float64):
+        x = rng.standard_normal(shape).astype(dt)
+        for xd in (x, x[::-1], np.asfortranarray(x)):
+            for keepdims in (False, True):
+                got, want = B.sum_outer(xd, axis, keepdims), np.sum(xd, axis=axis,
+                                                                    keepdims=keepdims)
+                assert got.shape == want.shape and got.dtype == want.dtype
+                exact = np.sum(xd.astype(np.float64), axis=axis, keepdims=keepdims)
+                tol = 1e-5 if dt == np.float32 else 1e-13
+                np.testing.assert_allclose(got, exact, rtol=tol, atol=tol * shape[0])
+
+
+def test_narrow_row_maxima_equal_numpys():
+    from nodegrad.ops.nn import NARROW_ROWS, _row_max
+
+    rng = np.random.default_rng(2)
+    for shape in ((100, 10), (16, NARROW_ROWS), (15, 3), (40, NARROW_ROWS + 1), (100, 1)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        x[1, 0] = np.nan
+        np.testing.assert_array_equal(_row_max(x), x.max(axis=1, keepdims=True))
 
 
 @pytest.mark.parametrize("shapes", [((256, 100, 1), (256, 1, 40)), ((2, 3, 5, 1), (2, 3, 1, 4)),

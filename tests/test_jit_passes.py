@@ -493,6 +493,73 @@ def test_the_scalars_that_sums_leave_fuse_when_there_are_enough():
 
 
 @needs_numba
+def test_max_min_and_relu_kernels_keep_numpys_signed_zeros_and_nans():
+    """NumPy's maximum(a, b) is a where a wins or is NaN, else b: maximum(-0.0, 0.0) is 0.0."""
+    v = np.array([-0.0, 0.0, -1.0, 2.0, np.nan, -np.inf, np.inf], np.float32)
+    a = ng.tensor(np.tile(v, 50 * len(v))[:2450].reshape(49, 50))
+    b = ng.tensor(np.tile(np.roll(v, 3), 50 * len(v))[:2450].reshape(49, 50))
+
+    def f(a, b):
+        return ng.relu(a), ng.maximum(a, b), ng.minimum(a, b), ng.relu(a * 1.0 + b * 0.0)
+
+    jf = ng.jit(f, fuse=True)
+    for _ in range(2):
+        for got, want in zip(_leaves(jf(a, b)), _leaves(f(a, b))):
+            assert got.tobytes() == want.tobytes()
+    assert all(i.kind != "op" for i in jf.program.instrs)  # each alone is a kernel too
+
+
+@needs_numba
+def test_one_slow_op_is_a_kernel_only_on_enough_c_ordered_elements():
+    w = ng.randn(64, 32)
+    relu = ng.value_and_grad(lambda x: (ng.relu(x) @ w).sum())
+    big, small = ng.randn(64, 64), ng.randn(8, 64)
+    kinds = {}
+    for name, x in (("big", big), ("small", small), ("transposed", big.T)):
+        jf = _check(relu, x, fuse=True)
+        _check(relu, x, fuse=False)
+        kinds[name] = sorted({m.name for i in _kernels(jf) for m in i.group.members})
+    assert kinds == {"big": ["relu", "relu_grad"], "small": [], "transposed": []}
+
+
+@needs_numba
+def test_cpu_kernels_never_write_over_their_inputs():
+    """LLVM vectorises a kernel's loop only where its arrays do not overlap."""
+    def f(x, w):
+        return ((ng.tanh(x @ w) * 2.0 + 1.0) @ w).sum()  # tanh's gradient reads a product
+
+    jf = _check(ng.grad(f, argnums=1), ng.randn(64, 64), ng.randn(64, 64), fuse=True)
+    buf = jf.program.plan.buf
+    assert _kernels(jf)
+    for i in _kernels(jf):
+        assert not {buf.get(o) for o in i.outs} & {buf.get(a) for a in i.ins} - {None}
+
+
+def test_cross_entropy_and_its_gradient_share_the_softmax_bit_for_bit():
+    from nodegrad.nn import functional as NF
+
+    def f(x, t):
+        return ng.value_and_grad(lambda z: NF.cross_entropy(z, t))(x)
+
+    rng = np.random.default_rng(0)
+    t = ng.tensor(rng.integers(0, 10, 100))
+    for dt in (np.float32, np.float64):
+        x = ng.tensor((rng.standard_normal((100, 10)) * 5).astype(dt))
+        jf = _check(f, x, t)
+        forms = [i.fn.fast.__qualname__ for i in jf.program.instrs
+                 if i.name.startswith("cross_entropy")]
+        assert forms == ["ce_shared_forms.<locals>.loss", "ce_shared_forms.<locals>.gradient"]
+        bad = x.numpy().copy()
+        bad[3, 4] = np.inf  # a row that is not finite: both take the general path
+        _check(f, ng.tensor(bad), t)
+        loss, gradient = (i.fn.fast for i in jf.program.instrs
+                          if i.name.startswith("cross_entropy"))
+        other = (x.numpy() * 2).astype(dt)
+        loss(x.numpy(), t.numpy())  # a gradient of other logits than the last loss's
+        assert _same(gradient(other, dt(1), t.numpy()), f(ng.tensor(other), t)[1].numpy())
+
+
+@needs_numba
 def test_tanh_and_sigmoid_gradients_fuse_bit_for_bit():
     f = ng.grad(lambda x: (ng.tanh(x * 1.5) * 2.0 + ng.sigmoid(x) * x).sum())
     for dt in (ng.float32, ng.float64):

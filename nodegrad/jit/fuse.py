@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import warnings
@@ -39,9 +40,11 @@ _TEMPLATES: dict[str, tuple] = {
     "negative": (1, "(-{a})"), "square": (1, "({a} * {a})"),
     "sqrt": (1, "math.sqrt({a})"), "abs": (1, "abs({a})"),
     "reciprocal": (1, "(_1 / {a})"), "rsqrt": (1, "(_1 / math.sqrt({a}))"),
-    "maximum": (2, "({a} if ({a} >= {b} or {a} != {a}) else {b})"),
-    "minimum": (2, "({a} if ({a} <= {b} or {a} != {a}) else {b})"),
-    "relu": (1, "({a} if ({a} >= _0 or {a} != {a}) else _0)"),
+    # NumPy's maximum and minimum: the first operand where it wins or is NaN, else the second
+    # (so maximum(-0.0, 0.0) is 0.0)
+    "maximum": (2, "({a} if ({a} > {b} or {a} != {a}) else {b})"),
+    "minimum": (2, "({a} if ({a} < {b} or {a} != {a}) else {b})"),
+    "relu": (1, "({a} if ({a} > _0 or {a} != {a}) else _0)"),
     "relu_grad": (2, "({a} * _1 if {b} > _0 else {a} * _0)"),
     # the VJPs of tanh and sigmoid from their outputs, in NumPy's order (ops/elementwise.py)
     "tanh_grad": (2, "({a} * (_1 - {b} * {b}))"),
@@ -63,9 +66,9 @@ _TEMPLATES: dict[str, tuple] = {
 # the CUDA C forms where they differ from the Python ones (math.f becomes f)
 _C_TEMPLATES = {
     "abs": "fabs({a})",
-    "maximum": "(({a} >= {b} || {a} != {a}) ? {a} : {b})",
-    "minimum": "(({a} <= {b} || {a} != {a}) ? {a} : {b})",
-    "relu": "(({a} >= _0 || {a} != {a}) ? {a} : _0)",
+    "maximum": "(({a} > {b} || {a} != {a}) ? {a} : {b})",
+    "minimum": "(({a} < {b} || {a} != {a}) ? {a} : {b})",
+    "relu": "(({a} > _0 || {a} != {a}) ? {a} : _0)",
     "relu_grad": "({b} > _0 ? {a} * _1 : {a} * _0)",
     "where": "({a} ? {b} : {c})",
 }
@@ -93,6 +96,11 @@ REDUCE_MAX_SIZE = {B.float32: 4096, B.float64: 512}
 REDUCE_BLOCK = {B.float32: 512, B.float64: 4096}
 REASSOC = {"reassoc", "nsz"}  # numba fastmath flags: reorder additions, nothing about NaN/Inf
 SCALAR_MIN_OPS = 4  # the fewest ops a kernel on 0-d arrays must hold (see _worth)
+# ops that NumPy runs 2-3x slower than a kernel even alone (maximum with NaN checks; a multiply
+# by a boolean mask, cast first): a kernel of one such op on ALONE_MIN_SIZE elements or more
+# (a 100 x 100 relu: 4.5 µs in NumPy, 1.3 µs as a kernel)
+SLOW_ALONE = {"relu", "relu_grad", "maximum", "minimum"}
+ALONE_MIN_SIZE = 2048
 # LLVM vectorises a loop that writes to arrays it cannot prove apart only behind run-time
 # overlap checks, at most this many (one per pair of written arrays and per written-read pair)
 ALIAS_CHECKS_MAX = 128
@@ -239,7 +247,7 @@ def fuse(prog, instrs: list) -> list:
     while True:  # again after a sum has left a kernel that writes other results
         member_of.clear()
         for g in groups:
-            if _worth(g):
+            if _worth(prog, g):
                 for m in g.members + ([g.reduce] if g.reduce is not None else []):
                     member_of[id(m)] = g
         readers: dict[int, set] = {}  # slot -> ids of the groups (or -1) that read it
@@ -252,7 +260,7 @@ def fuse(prog, instrs: list) -> list:
     if not member_of or (not prog.backend.device_id and _get_numba() is None):
         return instrs
     pos = {id(i): k for k, i in enumerate(instrs)}
-    last = {id(g): g.reduce or g.members[-1] for g in groups if _worth(g)}
+    last = {id(g): g.reduce or g.members[-1] for g in groups if _worth(prog, g)}
     kernels = _Kernels(prog)
     result = []
     try:
@@ -271,10 +279,18 @@ def fuse(prog, instrs: list) -> list:
     return result
 
 
-def _worth(g: Group) -> bool:
+def _worth(prog, g: Group) -> bool:
     """Whether a group saves time as a kernel: two ops or more; on 0-d arrays (the scalars
-    that sums leave) SCALAR_MIN_OPS, as a kernel's call costs about two NumPy scalar ops."""
+    that sums leave) SCALAR_MIN_OPS, as a kernel's call costs about two NumPy scalar ops; one
+    op of SLOW_ALONE on ALONE_MIN_SIZE elements or more of C-ordered inputs (NumPy lays its
+    result out as a transposed input is, and the products that read it then run other BLAS
+    kernels, with other bits)."""
     n = len(g.members) + (g.reduce is not None)
+    if n == 1 and g.members[0].name in SLOW_ALONE:
+        values = getattr(prog, "values", {})
+        return math.prod(g.shape) >= ALONE_MIN_SIZE and all(
+            getattr(values.get(a), "flags", None) is not None and values[a].flags.c_contiguous
+            for a in g.members[0].ins if a not in prog.consts)
     return n >= (SCALAR_MIN_OPS if not g.shape else 2)
 
 

@@ -202,28 +202,75 @@ def _plain(x, t, axis, ignore_index, reduction) -> bool:
             and (ignore_index is None or (ignore_index < 0 and t.min() >= 0)))
 
 
-def _ce_fwd_plain(xp, x, t, reduction):
-    m = x.max(axis=1, keepdims=True)
-    if not math.isfinite(m.sum()):  # an infinite or NaN row: the general path's care
-        return None
-    z = x - m
-    lse = xp.log(xp.exp(z).sum(axis=1))
-    total = (lse - z[xp.arange(x.shape[0]), t]).sum()
-    return total / x.dtype.type(x.shape[0]) if reduction == "mean" else total
+NARROW_ROWS = 32
+"""Classes up to which a row maximum runs over the transposed logits: NumPy reduces a short
+contiguous row one inner loop per row (100 x 10: 5.6 µs, transposed 2.2 µs)."""
 
 
-def _ce_grad_plain(xp, x, g, t, reduction):
-    m = x.max(axis=1, keepdims=True)
+def _row_max(x):
+    """The maximum of each row of 2-D NumPy ``x``, as a column (the same values as ``x.max``)."""
+    if x.shape[1] <= NARROW_ROWS and x.shape[0] >= 16:
+        return B.np.maximum.reduce(x.T.copy(), axis=0).reshape(-1, 1)
+    return x.max(axis=1, keepdims=True)
+
+
+def _ce_parts(xp, x):
+    """``z = x - max``, ``e = exp(z)`` and e's row sums (a column) of plain logits, which the
+    loss and its gradient share; None when a row is not finite (the general path's care)."""
+    m = _row_max(x)
     if not math.isfinite(m.sum()):
         return None
-    p = x - m
-    xp.exp(p, out=p)
-    p /= p.sum(axis=1, keepdims=True)
+    z = x - m
+    e = xp.exp(z)
+    return z, e, e.sum(axis=1, keepdims=True)
+
+
+def _ce_fwd_plain(xp, x, t, reduction, parts=None):
+    parts = _ce_parts(xp, x) if parts is None else parts
+    if parts is None:
+        return None
+    z, _, s = parts
+    total = (xp.log(s[:, 0]) - z[xp.arange(x.shape[0]), t]).sum()
+    return xp.asarray(total / x.dtype.type(x.shape[0]) if reduction == "mean" else total)
+
+
+def _ce_grad_plain(xp, x, g, t, reduction, parts=None):
+    parts = _ce_parts(xp, x) if parts is None else parts
+    if parts is None:
+        return None
+    _, p, s = parts
+    p /= s
     n = x.shape[0]
     p[xp.arange(n), t] -= 1
     one = x.dtype.type(1)
     p *= (one / x.dtype.type(n) if reduction == "mean" else one) * g
     return p
+
+
+def ce_shared_forms(xp, params: dict):
+    """Replay forms of a ``cross_entropy`` and the ``cross_entropy_grad`` a compiled program
+    runs later on the same logits and targets: the forward keeps its exp and row sums and the
+    gradient divides those instead of recomputing them (the same bits as the two forwards).
+    A gradient given other logits than the last forward's recomputes."""
+    fwd, grad = _ce.fwd, _ce_grad.fwd
+    kept: list = [None]  # (logits, parts) of the last forward, taken by the gradient
+
+    def loss(x, t):
+        kept[0] = None
+        if _plain(x, t, params["axis"], params["ignore_index"], params["reduction"]):
+            parts = _ce_parts(xp, x)
+            if parts is not None:
+                kept[0] = (x, parts)
+                return _ce_fwd_plain(xp, x, t, params["reduction"], parts)
+        return fwd(xp, x, t, **params)
+
+    def gradient(x, g, t):
+        k, kept[0] = kept[0], None
+        if k is not None and k[0] is x and getattr(g, "ndim", 0) == 0:
+            return _ce_grad_plain(xp, x, g, t, params["reduction"], k[1])
+        return grad(xp, x, g, t, **params)
+
+    return loss, gradient
 
 
 def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
