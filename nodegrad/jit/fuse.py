@@ -244,10 +244,13 @@ def fuse(prog, instrs: list) -> list:
         g.members.append(i)
         made[i.out] = g
     outs = set(prog.out_slots)
+    # one slow op alone is a kernel only where the program compiles others: numba's import and
+    # the kernel's loading (~1 s in a fresh process) outweigh a few µs a step in a short run
+    alone = any(_worth(prog, g, alone=False) for g in groups)
     while True:  # again after a sum has left a kernel that writes other results
         member_of.clear()
         for g in groups:
-            if _worth(prog, g):
+            if _worth(prog, g, alone):
                 for m in g.members + ([g.reduce] if g.reduce is not None else []):
                     member_of[id(m)] = g
         readers: dict[int, set] = {}  # slot -> ids of the groups (or -1) that read it
@@ -260,7 +263,7 @@ def fuse(prog, instrs: list) -> list:
     if not member_of or (not prog.backend.device_id and _get_numba() is None):
         return instrs
     pos = {id(i): k for k, i in enumerate(instrs)}
-    last = {id(g): g.reduce or g.members[-1] for g in groups if _worth(prog, g)}
+    last = {id(g): g.reduce or g.members[-1] for g in groups if _worth(prog, g, alone)}
     kernels = _Kernels(prog)
     result = []
     try:
@@ -279,14 +282,16 @@ def fuse(prog, instrs: list) -> list:
     return result
 
 
-def _worth(prog, g: Group) -> bool:
+def _worth(prog, g: Group, alone: bool = True) -> bool:
     """Whether a group saves time as a kernel: two ops or more; on 0-d arrays (the scalars
-    that sums leave) SCALAR_MIN_OPS, as a kernel's call costs about two NumPy scalar ops; one
-    op of SLOW_ALONE on ALONE_MIN_SIZE elements or more of C-ordered inputs (NumPy lays its
-    result out as a transposed input is, and the products that read it then run other BLAS
-    kernels, with other bits)."""
+    that sums leave) SCALAR_MIN_OPS, as a kernel's call costs about two NumPy scalar ops; with
+    ``alone``, one op of SLOW_ALONE on ALONE_MIN_SIZE elements or more of C-ordered inputs
+    (NumPy lays its result out as a transposed input is, and the products that read it then
+    run other BLAS kernels, with other bits)."""
     n = len(g.members) + (g.reduce is not None)
     if n == 1 and g.members[0].name in SLOW_ALONE:
+        if not alone:
+            return False
         values = getattr(prog, "values", {})
         return math.prod(g.shape) >= ALONE_MIN_SIZE and all(
             getattr(values.get(a), "flags", None) is not None and values[a].flags.c_contiguous
