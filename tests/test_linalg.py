@@ -46,6 +46,26 @@ def test_det_of_singular_matrices_has_the_cofactor_gradient():
     compare_with_torch(LA.det, torch.linalg.det, c, **TOL)
 
 
+def test_det_has_finite_second_derivatives_at_every_rank():
+    """Up to MINORS_MAX the singular cofactors are minors' determinants, so a matrix of rank
+    n - 2 or less (where an SVD-based derivative divides by s_i² - s_j² = 0) still has the
+    finite second derivative of a polynomial; above, the SVD rule stands."""
+    from nodegrad.ops.linalg import MINORS_MAX
+
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 4, MINORS_MAX):
+        for rank in range(n):
+            a = rng.standard_normal((n, rank)) @ rng.standard_normal((rank, n))
+            ng.gradcheck(LA.det, a, order=2)
+    tiny = np.array([[5.5, 3e-162, -3e-162, 5.5], [5e-301, 5.0, 0.0, 5e-301],
+                     [0.0, 5e-156, 5.0, 0.0], [3e-162, -3e-162, 5e-156, 3e-162]])
+    ng.gradcheck(LA.det, tiny, order=2)  # a repeated column and a row of tiny entries
+    ng.gradcheck(LA.det, np.zeros((2, 1, 1)), order=2)
+    big = rng.standard_normal((MINORS_MAX + 1, MINORS_MAX + 1))
+    big[:, -1] = big[:, 0]
+    ng.gradcheck(LA.det, big)
+
+
 def rng_matrix(n, seed=0):
     return np.random.default_rng(seed).standard_normal((n, n))
 

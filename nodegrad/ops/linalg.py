@@ -15,6 +15,7 @@ from ..errors import GradError, LinAlgError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
 from .elementwise import logical_and, where
+from .index import getitem
 from .shape import concatenate, expand_dims, reshape, swapaxes
 
 
@@ -347,11 +348,26 @@ def _singular(a) -> bool:
     return bool((s[..., -1] <= s[..., 0] * xp.finfo(v.dtype).eps ** 0.5).any())
 
 
+MINORS_MAX = 6
+"""Size up to which a singular matrix's cofactors are its minors' determinants (n² of them)."""
+
+
 def _cofactor(a, d):
     """∂ det A / ∂A: det(A)·A⁻ᵀ, or for singular matrices (PyTorch's finite gradient) the
-    cofactors from the SVD A = U S Vᵀ: det(U) det(Vᵀ) U diag(∏_{j≠i} s_j) Vᵀ."""
+    cofactors: up to MINORS_MAX, the signed determinants of the minors, whose own derivatives
+    are again cofactors, so the second derivative is finite at any rank; above, from the SVD
+    A = U S Vᵀ: det(U) det(Vᵀ) U diag(∏_{j≠i} s_j) Vᵀ, whose derivative needs distinct
+    singular values (NaN at rank n - 2 and below)."""
     if not _singular(a):
         return expand_dims(expand_dims(d, -1), -1) * _mT(inv(a))
+    n = a.shape[-1]
+    if n <= MINORS_MAX:
+        np, xp = B.np, a.backend.xp
+        keep = xp.asarray(np.array([[k for k in range(n) if k != i] for i in range(n)],
+                                   dtype=np.int64).reshape(n, n - 1))
+        minors = getitem(a, (Ellipsis, keep[:, None, :, None], keep[None, :, None, :]))
+        sign = xp.asarray(1 - 2 * (np.add.outer(np.arange(n), np.arange(n)) % 2), a.dtype)
+        return det(minors) * sign
     u, s, vh = _unpack(svd(a, full_matrices=False), _svd_shapes(a.shape, False))
     n = s.shape[-1]
     eye = _eye(s)
