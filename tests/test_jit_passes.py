@@ -563,6 +563,35 @@ def test_cross_entropy_and_its_gradient_share_the_softmax_bit_for_bit():
         assert _same(gradient(other, dt(1), t.numpy()), f(ng.tensor(other), t)[1].numpy())
 
 
+def test_the_shared_softmax_is_not_mixed_up_between_threads():
+    """Threads replaying one program concurrently: each gradient uses its own forward's exp
+    (or recomputes it), never another thread's."""
+    from nodegrad.nn import functional as NF
+
+    f = ng.value_and_grad(lambda z, t: NF.cross_entropy(z, t))
+    rng = np.random.default_rng(4)
+    xs = [ng.tensor(rng.standard_normal((64, 10)).astype(np.float32) * (k + 1)) for k in range(3)]
+    t = ng.tensor(rng.integers(0, 10, 64))
+    want = [[v.numpy() for v in ng.tree_flatten(f(x, t))[0]] for x in xs]
+    jf = ng.jit(f)
+    jf(xs[0], t)
+    jf(xs[0], t)
+    bad = []
+
+    def work(k):
+        for _ in range(300):
+            got = [v.numpy() for v in ng.tree_flatten(jf(xs[k], t))[0]]
+            if not all(_same(g, w) for g, w in zip(got, want[k])):
+                bad.append(k)
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for th in ts:
+        th.start()
+    for th in ts:
+        th.join(timeout=60)
+    assert not bad and not any(th.is_alive() for th in ts)
+
+
 @needs_numba
 def test_tanh_and_sigmoid_gradients_fuse_bit_for_bit():
     f = ng.grad(lambda x: (ng.tanh(x * 1.5) * 2.0 + ng.sigmoid(x) * x).sum())
