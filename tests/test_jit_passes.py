@@ -272,6 +272,16 @@ def test_a_step_without_array_inputs_runs_on_its_states_backend():
     assert s.program.backend is not None and s.program.plan is not None
 
 
+def _in_threads(work, n: int) -> None:
+    """``work(k)`` for k < n, each in a thread of its own, all started before any is joined."""
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in ts), "a thread did not finish within 60 s"
+
+
 def test_a_second_thread_gets_its_own_buffers():
     jf = ng.jit(lambda x: ng.tanh(x * 2.0) * 3.0 + x, fuse=False)
     xs = [ng.randn(50, 50) for _ in range(2)]
@@ -285,11 +295,7 @@ def test_a_second_thread_gets_its_own_buffers():
             if not _same(jf(xs[k]).numpy(), want[k]):
                 bad.append(k)
 
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(timeout=60)
+    _in_threads(work, 2)
     assert not bad
 
 
@@ -584,12 +590,8 @@ def test_the_shared_softmax_is_not_mixed_up_between_threads():
             if not all(_same(g, w) for g, w in zip(got, want[k])):
                 bad.append(k)
 
-    ts = [threading.Thread(target=work, args=(k,)) for k in range(3)]
-    for th in ts:
-        th.start()
-    for th in ts:
-        th.join(timeout=60)
-    assert not bad and not any(th.is_alive() for th in ts)
+    _in_threads(work, 3)
+    assert not bad
 
 
 @needs_numba
