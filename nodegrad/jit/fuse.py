@@ -122,6 +122,10 @@ def _get_numba():
     return _numba
 
 
+def _numba_loaded() -> bool:
+    return "numba" in sys.modules
+
+
 def available(backend) -> bool:
     """Whether groups can be fused on ``backend`` (numba on the CPU, CuPy on CUDA); numba is
     imported only when a program has a group to compile."""
@@ -244,9 +248,10 @@ def fuse(prog, instrs: list) -> list:
         g.members.append(i)
         made[i.out] = g
     outs = set(prog.out_slots)
-    # one slow op alone is a kernel only where the program compiles others: numba's import and
-    # the kernel's loading (~1 s in a fresh process) outweigh a few µs a step in a short run
-    alone = any(_worth(prog, g, alone=False) for g in groups)
+    # one slow op alone is a kernel only where the program compiles others or numba is loaded
+    # already (by a fused optimiser, another program): numba's import (~0.5-1 s in a fresh
+    # process) outweighs a few µs a step in a short run
+    alone = _numba_loaded() or any(_worth(prog, g, alone=False) for g in groups)
     while True:  # again after a sum has left a kernel that writes other results
         member_of.clear()
         for g in groups:
