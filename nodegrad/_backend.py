@@ -412,9 +412,14 @@ def _sum_plan(shape: tuple, strides: tuple, itemsize: int, axis: tuple, keepdims
     return tuple(order), a, k, b, out
 
 
-@functools.lru_cache(maxsize=64)
 def _ones(n: int, dtype) -> np.ndarray:
-    """A read-only vector of n ones (the summing side of :func:`sum_outer`'s products)."""
+    """A vector of n ones (the summing side of :func:`sum_outer`'s products): read-only and
+    kept for reuse up to 65536 elements, made afresh above (no large array held for good)."""
+    return _kept_ones(n, dtype) if n <= 65536 else np.ones(n, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _kept_ones(n: int, dtype) -> np.ndarray:
     v = np.ones(n, dtype)
     v.flags.writeable = False
     return v
