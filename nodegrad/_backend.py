@@ -425,6 +425,35 @@ def _kept_ones(n: int, dtype) -> np.ndarray:
     return v
 
 
+RELU_MIN_SIZE = 1024
+RELU_ZEROS_MAX = 1 << 20
+_ZEROS: dict = {}  # dtype -> read-only zeros for the largest ReLU yet (<= 4 MiB in float32)
+
+
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.maximum(x, 0)`` of NumPy array ``x`` (into ``out`` when given). NumPy's maximum
+    against a scalar runs 2-3x slower than against an array (a 100x100 float32 ReLU: 6.5
+    against 3.0 µs; 256x1024: 118 against 42), so a float array of RELU_MIN_SIZE to
+    RELU_ZEROS_MAX elements is compared with kept zeros: C-ordered as it is, densely laid out
+    otherwise (a convolution's channels-last output) flat in memory order. The same values."""
+    n = x.size
+    if RELU_MIN_SIZE <= n <= RELU_ZEROS_MAX and x.dtype.kind == "f":
+        z = _ZEROS.get(x.dtype)
+        if z is None or z.size < n:  # grown to the largest ReLU seen, at most RELU_ZEROS_MAX
+            z = _ZEROS[x.dtype] = np.zeros(min(1 << (n - 1).bit_length(), RELU_ZEROS_MAX),
+                                           x.dtype)
+            z.flags.writeable = False
+        if x.flags.c_contiguous:
+            return np.maximum(x, z[:n].reshape(x.shape), out=out)
+        if out is None and min(x.strides) > 0:
+            flat, res = x.ravel("K"), np.empty_like(x)  # res: x's strides, x being dense
+            dst = res.ravel("K")
+            if flat.base is not None and dst.base is not None:  # views: flat in one order
+                np.maximum(flat, z[:n], out=dst)
+                return res
+    return np.maximum(x, 0, out=out)
+
+
 def outer_stack(x, y):
     """``x * y`` for stacks of outer products, x (..., m, 1) and y (..., 1, n) with the same
     leading axes and float dtype (a vmap'ed layer's per-example weight gradients), as an einsum:

@@ -173,6 +173,25 @@ def test_a_bias_gradients_sum_matches_numpy(shape, axis):
                 np.testing.assert_allclose(got, exact, rtol=tol, atol=tol * shape[0])
 
 
+def test_relu_against_kept_zeros_equals_numpys_maximum_in_every_layout():
+    """The same bytes and the same strides as np.maximum(x, 0): C-ordered, channels-last,
+    Fortran, reversed, strided, broadcast, small, float16/64, and into a given buffer."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((64, 48, 5)).astype(np.float32)
+    base.flat[::7], base.flat[::11], base.flat[::13] = -0.0, np.nan, -np.inf
+    layouts = [base, base.transpose(0, 2, 1), np.asfortranarray(base), base[::-1], base[:, ::2],
+               np.broadcast_to(base[:1], base.shape), base[:2, :2], base.astype(np.float64),
+               base.astype(np.float16), rng.standard_normal(B.RELU_ZEROS_MAX + 1)]
+    for x in layouts:
+        got, want = B.relu(x), np.maximum(x, 0)
+        assert got.dtype == want.dtype and got.strides == want.strides
+        assert got.tobytes() == want.tobytes()
+        out = np.empty(x.shape, x.dtype)
+        assert B.relu(x, out) is out and out.tobytes() == want.tobytes()
+
+
 def test_narrow_row_maxima_equal_numpys():
     from nodegrad.ops.nn import NARROW_ROWS, _row_max
 

@@ -208,7 +208,8 @@ _relu_grad = primitive(
     (lambda c, out, g, ans: _relu_grad(c, ans), lambda c, out, g, ans: None), kind=_EW,
     jvp=(lambda t, out, g, ans: _relu_grad(t, ans), None),  # zero almost everywhere in ans
     doc="g where relu's output is positive, else 0: relu's VJP in one bind (no mask to cast).")
-relu = primitive("relu", lambda xp, x: xp.maximum(x, 0), lambda g, ans, x: _relu_grad(g, ans),
+relu = primitive("relu", lambda xp, x: B.relu(x) if type(x) is B.ndarray else xp.maximum(x, 0),
+                 lambda g, ans, x: _relu_grad(g, ans),
                  saves="out", kind=_EW, jvp=_J, doc="max(x, 0); its gradient at 0 is 0.")
 _leaky_relu = primitive(
     "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),
