@@ -379,8 +379,8 @@ def sum_outer(x, axis, keepdims: bool):
     order, a, k, b, shape = plan
     m = x.transpose(order).reshape(a, k * b)
     if a > 1:
-        m = _matmul_small(_ones(a, x.dtype), m)
-    out = m if b == 1 else _matmul_small(m.reshape(k, b), _ones(b, x.dtype))
+        m = _matmul_small(_filled(1, a, x.dtype), m)
+    out = m if b == 1 else _matmul_small(m.reshape(k, b), _filled(1, b, x.dtype))
     return out.reshape(shape)
 
 
@@ -412,22 +412,26 @@ def _sum_plan(shape: tuple, strides: tuple, itemsize: int, axis: tuple, keepdims
     return tuple(order), a, k, b, out
 
 
-def _ones(n: int, dtype) -> np.ndarray:
-    """A vector of n ones (the summing side of :func:`sum_outer`'s products): read-only and
-    kept for reuse up to 65536 elements, made afresh above (no large array held for good)."""
-    return _kept_ones(n, dtype) if n <= 65536 else np.ones(n, dtype)
+FILLED_MAX = 1 << 20
+_FILLED: dict = {}  # (value, dtype) -> a read-only vector grown to the longest asked for
 
 
-@functools.lru_cache(maxsize=64)
-def _kept_ones(n: int, dtype) -> np.ndarray:
-    v = np.ones(n, dtype)
-    v.flags.writeable = False
-    return v
+def _filled(value: float, n: int, dtype) -> np.ndarray:
+    """n copies of ``value`` in ``dtype``, read-only (the ones of :func:`sum_outer`'s products,
+    the zeros of :func:`relu`): a view of one kept vector per value and dtype, grown to the
+    longest asked for up to FILLED_MAX (4 MiB of float32), made afresh above."""
+    if n > FILLED_MAX:
+        return np.full(n, value, dtype)
+    v = _FILLED.get((value, dtype))
+    if v is None or v.size < n:
+        v = np.full(min(1 << max(n - 1, 0).bit_length(), FILLED_MAX), value, dtype)
+        v.flags.writeable = False
+        _FILLED[(value, dtype)] = v
+    return v[:n]
 
 
 RELU_MIN_SIZE = 1024
-RELU_ZEROS_MAX = 1 << 20
-_ZEROS: dict = {}  # dtype -> read-only zeros for the largest ReLU yet (<= 4 MiB in float32)
+RELU_ZEROS_MAX = FILLED_MAX
 
 
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -438,18 +442,14 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     otherwise (a convolution's channels-last output) flat in memory order. The same values."""
     n = x.size
     if RELU_MIN_SIZE <= n <= RELU_ZEROS_MAX and x.dtype.kind == "f":
-        z = _ZEROS.get(x.dtype)
-        if z is None or z.size < n:  # grown to the largest ReLU seen, at most RELU_ZEROS_MAX
-            z = _ZEROS[x.dtype] = np.zeros(min(1 << (n - 1).bit_length(), RELU_ZEROS_MAX),
-                                           x.dtype)
-            z.flags.writeable = False
+        z = _filled(0, n, x.dtype)
         if x.flags.c_contiguous:
-            return np.maximum(x, z[:n].reshape(x.shape), out=out)
+            return np.maximum(x, z.reshape(x.shape), out=out)
         if out is None and min(x.strides) > 0:
             flat, res = x.ravel("K"), np.empty_like(x)  # res: x's strides, x being dense
             dst = res.ravel("K")
             if flat.base is not None and dst.base is not None:  # views: flat in one order
-                np.maximum(flat, z[:n], out=dst)
+                np.maximum(flat, z, out=dst)
                 return res
     return np.maximum(x, 0, out=out)
 

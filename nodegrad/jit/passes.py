@@ -294,10 +294,9 @@ def direct_forms(prog, instrs: list) -> None:
     """Give ops whose forward does more than one array call where one does the same bits a
     direct replay form (``fn.fast``, used once a first replay showed no result conversion):
     ``relu_grad(g, ans)`` of two C-ordered arrays of one shape and float dtype is
-    ``multiply(g, ans > 0)`` (its forward copies g into a buffer laid out as ans first, which
-    changes nothing when both are C-ordered); ``transpose`` is the array's own method; a
-    ``cross_entropy`` and the later ``cross_entropy_grad`` of the same logits and targets share
-    the softmax's exp and sums (:func:`~nodegrad.ops.nn.ce_shared_forms`)."""
+    ``multiply(g, ans > 0)``, what its forward computes then, without the forward's checks;
+    ``transpose`` is the array's own method; a ``cross_entropy`` and the later
+    ``cross_entropy_grad`` of the same logits and targets share the softmax's exp and sums (:func:`~nodegrad.ops.nn.ce_shared_forms`)."""
     values = getattr(prog, "values", {})
     xp = prog.backend.xp
     multiply, greater = xp.multiply, xp.greater
