@@ -296,7 +296,8 @@ def direct_forms(prog, instrs: list) -> None:
     ``relu_grad(g, ans)`` of two C-ordered arrays of one shape and float dtype is
     ``multiply(g, ans > 0)``, what its forward computes then, without the forward's checks;
     ``transpose`` is the array's own method; a ``cross_entropy`` and the later
-    ``cross_entropy_grad`` of the same logits and targets share the softmax's exp and sums (:func:`~nodegrad.ops.nn.ce_shared_forms`)."""
+    ``cross_entropy_grad`` of the same logits and targets share the softmax's exp and sums
+    (:func:`~nodegrad.ops.nn.ce_shared_forms`)."""
     values = getattr(prog, "values", {})
     xp = prog.backend.xp
     multiply, greater = xp.multiply, xp.greater
