@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 
 import numpy as np
 
@@ -432,26 +433,89 @@ def _filled(value: float, n: int, dtype) -> np.ndarray:
 
 RELU_MIN_SIZE = 1024
 RELU_ZEROS_MAX = FILLED_MAX
+_KERNEL_DTYPES = (float32, float64)
+_kernels = None  # ._cpu_kernels once loaded; False when it failed to load
+
+
+def cpu_kernels():
+    """The one-pass loops of :mod:`._cpu_kernels` when numba is imported already (by a fused
+    optimiser or a compiled program), else None: importing numba only for them would cost more
+    than they save. A failed load (no writable cache directory) leaves NumPy's ops for good."""
+    global _kernels
+    k = _kernels
+    if k is None:
+        if sys.modules.get("numba") is None:
+            return None
+        try:
+            from . import _cpu_kernels as k
+        except Exception:  # noqa: BLE001 - any failure leaves NumPy's ops, which give the same bits
+            k = False
+        _kernels = k
+    return k or None
+
+
+def _flat_pair(x: np.ndarray, out: np.ndarray | None):
+    """``x`` and a result array of its layout (``out``, or a new one), both as flat views in
+    memory order; None when ``x`` is not densely laid out or ``out`` has another layout."""
+    if out is None:
+        if x.flags.c_contiguous:
+            res = np.empty_like(x)
+            return x.reshape(-1), res, res.reshape(-1)
+        if min(x.strides) <= 0:
+            return None
+        flat, res = x.ravel("K"), np.empty_like(x)  # res: x's strides, x being dense
+        dst = res.ravel("K")
+        if flat.base is None or dst.base is None:  # not views: x is not dense
+            return None
+        return flat, res, dst
+    if (x.flags.c_contiguous and out.flags.c_contiguous and out.shape == x.shape
+            and out.dtype == x.dtype):
+        return x.reshape(-1), out, out.reshape(-1)
+    return None
 
 
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``np.maximum(x, 0)`` of NumPy array ``x`` (into ``out`` when given). NumPy's maximum
-    against a scalar runs 2-3x slower than against an array (a 100x100 float32 ReLU: 6.5
-    against 3.0 µs; 256x1024: 118 against 42), so a float array of RELU_MIN_SIZE to
-    RELU_ZEROS_MAX elements is compared with kept zeros: C-ordered as it is, densely laid out
-    otherwise (a convolution's channels-last output) flat in memory order. The same values."""
+    """``np.maximum(x, 0, out=out)`` for NumPy arrays, faster. Against the scalar 0 NumPy runs
+    2-3x slower than against an array of zeros of x's shape (100x100: 4.7 against 2.5 µs;
+    256x1024: 118 against 42), so a float array of RELU_MIN_SIZE to RELU_ZEROS_MAX elements is
+    compared with kept zeros: C-ordered as it is, densely laid out otherwise (a convolution's
+    channels-last output) flat in memory order. Where numba is loaded (:func:`cpu_kernels`),
+    float32 and float64 arrays take its one-pass loop instead, 1.5-2x faster again (it reads no
+    zeros). The same values and the same layout as NumPy's."""
     n = x.size
-    if RELU_MIN_SIZE <= n <= RELU_ZEROS_MAX and x.dtype.kind == "f":
-        z = _filled(0, n, x.dtype)
-        if x.flags.c_contiguous:
-            return np.maximum(x, z.reshape(x.shape), out=out)
-        if out is None and min(x.strides) > 0:
-            flat, res = x.ravel("K"), np.empty_like(x)  # res: x's strides, x being dense
-            dst = res.ravel("K")
-            if flat.base is not None and dst.base is not None:  # views: flat in one order
-                np.maximum(flat, z, out=dst)
-                return res
+    if n >= RELU_MIN_SIZE and x.dtype.kind == "f":
+        k = cpu_kernels() if x.dtype in _KERNEL_DTYPES else None
+        if k is not None and (pair := _flat_pair(x, out)) is not None:
+            flat, res, dst = pair
+            k.relu(flat, dst, x.dtype.type(0))
+            return res
+        if n <= RELU_ZEROS_MAX:
+            z = _filled(0, n, x.dtype)
+            if x.flags.c_contiguous:
+                return np.maximum(x, z.reshape(x.shape), out=out)
+            if out is None and min(x.strides) > 0:
+                flat, res = x.ravel("K"), np.empty_like(x)  # res: x's strides, x being dense
+                dst = res.ravel("K")
+                if flat.base is not None and dst.base is not None:  # views: flat in one order
+                    np.maximum(flat, z, out=dst)
+                    return res
     return np.maximum(x, 0, out=out)
+
+
+def relu_grad(g: np.ndarray, ans: np.ndarray) -> np.ndarray | None:
+    """``g * (ans > 0)`` in ``g``'s dtype for two C-ordered NumPy arrays of one shape and float
+    dtype, in one pass where numba is loaded (:func:`cpu_kernels`: 256x1024 float32 in 38 µs
+    against NumPy's 81, which casts the mask first); None where the loop does not apply."""
+    if (g.size < RELU_MIN_SIZE or g.dtype not in _KERNEL_DTYPES or g.dtype != ans.dtype
+            or g.shape != ans.shape or not (g.flags.c_contiguous and ans.flags.c_contiguous)):
+        return None
+    k = cpu_kernels()
+    if k is None:
+        return None
+    out = np.empty_like(g)
+    k.relu_grad(g.reshape(-1), ans.reshape(-1), out.reshape(-1), g.dtype.type(0),
+                g.dtype.type(1))
+    return out
 
 
 def outer_stack(x, y):

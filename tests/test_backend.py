@@ -173,9 +173,24 @@ def test_a_bias_gradients_sum_matches_numpy(shape, axis):
                 np.testing.assert_allclose(got, exact, rtol=tol, atol=tol * shape[0])
 
 
-def test_relu_against_kept_zeros_equals_numpys_maximum_in_every_layout():
-    """The same bytes and the same strides as np.maximum(x, 0): C-ordered, channels-last,
-    Fortran, reversed, strided, broadcast, small, float16/64, and into a given buffer."""
+@pytest.fixture(params=["numpy", "numba"])
+def cpu_kernels(request, monkeypatch):
+    """Runs a test with _backend's numba loops off, then on (as where numba is imported)."""
+    from nodegrad import _backend as B
+
+    if request.param == "numpy":
+        monkeypatch.setattr(B, "_kernels", False)
+    else:
+        pytest.importorskip("numba")
+        monkeypatch.setattr(B, "_kernels", None)
+        assert B.cpu_kernels() is not None
+    return request.param
+
+
+def test_relu_equals_numpys_maximum_in_every_layout(cpu_kernels):
+    """The same bytes and the same strides as np.maximum(x, 0), against kept zeros or in the
+    numba loop: C-ordered, channels-last, Fortran, reversed, strided, broadcast, small,
+    float16/64, and into a given buffer (in place too)."""
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(5)
@@ -190,6 +205,32 @@ def test_relu_against_kept_zeros_equals_numpys_maximum_in_every_layout():
         assert got.tobytes() == want.tobytes()
         out = np.empty(x.shape, x.dtype)
         assert B.relu(x, out) is out and out.tobytes() == want.tobytes()
+        if x.flags.writeable:
+            y = x.copy(order="K")
+            assert B.relu(y, y) is y and y.tobytes() == np.maximum(x, 0, order="K").tobytes()
+
+
+def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
+    """g * (ans > 0) in g's dtype, byte for byte, with signed zeros, NaN and infinities on
+    both sides; other layouts, dtypes or shapes are left to the caller (None)."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(6)
+    for dt in (np.float32, np.float64):
+        g = rng.standard_normal((100, 30)).astype(dt)
+        ans = np.maximum(rng.standard_normal((100, 30)), 0).astype(dt)
+        g.flat[::7], g.flat[::11], g.flat[::13] = -0.0, np.nan, -np.inf
+        ans.flat[::5], ans.flat[::17] = np.nan, np.inf
+        with np.errstate(invalid="ignore"):  # -inf * 0
+            got, want = B.relu_grad(g, ans), np.multiply(g, ans > 0, dtype=dt)
+        if cpu_kernels == "numpy":
+            assert got is None
+            continue
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    g32 = np.ones((100, 30), np.float32)
+    for ans in (np.ones((30, 100), np.float32).T, np.ones((100, 30)), np.ones((100, 31)),
+                np.ones((10, 3), np.float32)):
+        assert B.relu_grad(g32[:ans.shape[0], :ans.shape[1]], ans) is None
 
 
 def test_narrow_row_maxima_equal_numpys():
@@ -260,3 +301,30 @@ def test_elementwise_kernel_needs_a_cuda_device():
 
     with pytest.raises(ng.BackendUnavailable, match="elementwise_kernel 'k'.*CUDA device"):
         B.get_backend("cpu").elementwise_kernel("T x", "T y", "y = x", "k")
+
+
+def test_relu_and_its_gradient_take_the_numba_loops_where_numba_is_loaded(monkeypatch):
+    """Eager ``relu`` and its VJP call the one-pass loops once numba is imported, with the
+    same bits as NumPy's path."""
+    pytest.importorskip("numba")
+    from nodegrad import _backend as B
+
+    x = np.random.default_rng(7).standard_normal((64, 64)).astype(np.float32)
+
+    def run():
+        t = ng.tensor(x, requires_grad=True)
+        y = ng.relu(t)
+        (y * y).sum().backward()
+        return y.numpy().tobytes(), t.grad.numpy().tobytes()
+
+    monkeypatch.setattr(B, "_kernels", False)
+    want = run()
+    monkeypatch.setattr(B, "_kernels", None)
+    k = B.cpu_kernels()
+    calls = []
+    spy = type("Spy", (), {
+        "relu": staticmethod(lambda *a: (calls.append("relu"), k.relu(*a))[1]),
+        "relu_grad": staticmethod(lambda *a: (calls.append("relu_grad"), k.relu_grad(*a))[1])})
+    monkeypatch.setattr(B, "_kernels", spy)
+    assert run() == want
+    assert calls == ["relu", "relu_grad"]
