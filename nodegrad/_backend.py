@@ -431,6 +431,15 @@ def _filled(value: float, n: int, dtype) -> np.ndarray:
     return v[:n]
 
 
+@functools.lru_cache(maxsize=64)
+def row_starts(rows: int, width: int) -> np.ndarray:
+    """``arange(rows) * width`` (int64, read-only, kept): where each row of a C-ordered
+    (rows, width) array starts in its flat view, so one row-wise pick is one ``take``."""
+    out = np.arange(0, rows * width, width, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
 RELU_MIN_SIZE = 1024
 RELU_ZEROS_MAX = FILLED_MAX
 _KERNEL_DTYPES = (float32, float64)

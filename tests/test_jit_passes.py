@@ -572,6 +572,22 @@ def test_cross_entropy_and_its_gradient_share_the_softmax_bit_for_bit():
         assert _same(gradient(other, dt(1), t.numpy()), f(ng.tensor(other), t)[1].numpy())
 
 
+def test_a_replayed_cross_entropy_refuses_targets_out_of_range():
+    """The loss validates targets when traced; a replay given a target outside 0..C-1 (or
+    negative) must still raise, never pick another row's logit from the flat array."""
+    from nodegrad.nn import functional as NF
+
+    f = ng.jit(ng.value_and_grad(lambda z, t: NF.cross_entropy(z, t)))
+    rng = np.random.default_rng(5)
+    x = ng.tensor(rng.standard_normal((8, 4)).astype(np.float32))
+    f(x, ng.tensor(rng.integers(0, 4, 8)))
+    for v in (4, 7, -1, -1 - 8 * 4):
+        t = rng.integers(0, 4, 8)
+        t[2] = v
+        with pytest.raises(IndexError):
+            f(x, ng.tensor(t))
+
+
 def test_the_shared_softmax_is_not_mixed_up_between_threads():
     """Threads replaying one program concurrently: each gradient uses its own forward's exp
     (or recomputes it), never another thread's."""

@@ -195,11 +195,16 @@ def _ce_keep(xp, t, ignore_index, reduction, dtype):
 
 
 def _plain(x, t, axis, ignore_index, reduction) -> bool:
-    """The common case: (batch, classes) NumPy logits, a reduced loss, no target ignored. Then
-    fewer array passes give bit-identical values (non-finite results take the general path)."""
-    return (type(x) is B.ndarray and x.ndim == 2 and axis == 1 and reduction != "none"
+    """The common case: (batch, classes) NumPy logits, a reduced loss, every target a class
+    (none ignored, none out of range). Then fewer array passes give bit-identical values
+    (non-finite results take the general path)."""
+    if not (type(x) is B.ndarray and x.ndim == 2 and axis == 1 and reduction != "none"
             and x.shape[0] > 0 and x.shape[1] > 0 and t.shape == x.shape[:1]
-            and (ignore_index is None or (ignore_index < 0 and t.min() >= 0)))
+            and (ignore_index is None or ignore_index < 0) and t.dtype.kind in "iu"):
+        return False
+    # one reduction checks both ends: a negative target is huge read as unsigned
+    u = t if t.dtype.kind == "u" else t.view(f"u{t.dtype.itemsize}")
+    return int(u.max()) < x.shape[1]
 
 
 NARROW_ROWS = 32
@@ -225,12 +230,18 @@ def _ce_parts(xp, x):
     return z, e, e.sum(axis=1, keepdims=True)
 
 
+def _targets_flat(x, t):
+    """Each row's target as an index into plain logits ``x`` flattened: picking them is one
+    ``take`` (0.9 µs for 100 rows against 1.9 for ``x[arange, t]``; the same elements)."""
+    return B.row_starts(*x.shape) + t
+
+
 def _ce_fwd_plain(xp, x, t, reduction, parts=None):
     parts = _ce_parts(xp, x) if parts is None else parts
     if parts is None:
         return None
     z, _, s = parts
-    total = (xp.log(s[:, 0]) - z[xp.arange(x.shape[0]), t]).sum()
+    total = (xp.log(s[:, 0]) - z.reshape(-1).take(_targets_flat(x, t))).sum()
     return xp.asarray(total / x.dtype.type(x.shape[0]) if reduction == "mean" else total)
 
 
@@ -241,7 +252,10 @@ def _ce_grad_plain(xp, x, g, t, reduction, parts=None):
     _, p, s = parts
     p /= s
     n = x.shape[0]
-    p[xp.arange(n), t] -= 1
+    if p.flags.c_contiguous:  # its flat view: one index per row
+        p.reshape(-1)[_targets_flat(x, t)] -= 1
+    else:  # e of strided logits keeps their layout (a flat reshape would be a copy)
+        p[xp.arange(n), t] -= 1
     one = x.dtype.type(1)
     p *= (one / x.dtype.type(n) if reduction == "mean" else one) * g
     return p
@@ -273,11 +287,28 @@ def ce_shared_forms(xp, params: dict):
     return loss, gradient
 
 
+def _check_targets(t, classes: int, ignore_index) -> None:
+    """Every target a class (or ``ignore_index``), else IndexError: a compiled program replays
+    without the loss's own check, and NumPy would read -1 as the last class. On the host only
+    (on a GPU the check would wait for the device every step)."""
+    if type(t) is not B.ndarray or t.dtype.kind not in "iu" or t.size == 0:
+        return
+    bad = (t < 0) | (t >= classes)
+    if ignore_index is not None:
+        bad &= t != ignore_index
+    if bad.any():
+        raise IndexError(f"cross_entropy: target {int(t[bad].reshape(-1)[0])} is out of range "
+                         f"for {classes} classes (expected 0..{classes - 1}"
+                         + (f" or ignore_index={ignore_index})" if ignore_index is not None
+                            else ")"))
+
+
 def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
     if _plain(x, t, axis, ignore_index, reduction):
         out = _ce_fwd_plain(xp, x, t, reduction)
         if out is not None:
             return out
+    _check_targets(t, x.shape[axis], ignore_index)
     logp = _log_softmax_fwd(xp, x, axis)
     safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
     if logp.ndim == 2 and axis == 1:  # (batch, classes): one gather, no index arrays built
@@ -300,6 +331,7 @@ def _ce_grad_fwd(xp, x, g, t, axis, ignore_index, reduction):
         out = _ce_grad_plain(xp, x, g, t, reduction)
         if out is not None:
             return out
+    _check_targets(t, x.shape[axis], ignore_index)
     s = _ce_keep(xp, t, ignore_index, reduction, x.dtype) * g   # each target's cotangent
     p = _softmax_fwd(xp, x, axis)
     safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
