@@ -385,6 +385,37 @@ def sum_outer(x, axis, keepdims: bool):
     return out.reshape(shape)
 
 
+def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
+    """``f(x)`` = :func:`sum_outer` ``(x, axis, keepdims)`` for NumPy arrays of this shape,
+    dtype and strides, with its plan, ones and products chosen once (a compiled program's
+    replay form: the same calls, so the same bits); another layout takes sum_outer itself."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape)
+    plan = None
+    if type(axis) is tuple and dtype.kind == "f" and dtype.itemsize >= 4 and size >= 4096:
+        plan = _sum_plan(tuple(shape), tuple(strides), dtype.itemsize, axis, keepdims)
+    if plan is None:
+        return functools.partial(_add_reduce, axis=axis, keepdims=keepdims)
+    order, a, k, b, out_shape = plan
+    identity = order == tuple(range(len(shape)))
+    first = product_for(1, a, k * b) if a > 1 else None
+    ones_a = _filled(1, a, dtype) if a > 1 else None
+    second = product_for(k, b, 1) if b > 1 else None
+    ones_b = _filled(1, b, dtype) if b > 1 else None
+    st = tuple(strides)
+
+    def form(x):
+        if x.strides != st:
+            return sum_outer(x, axis, keepdims)
+        m = (x if identity else x.transpose(order)).reshape(a, k * b)
+        if first is not None:
+            m = first(ones_a, m)
+        out = m if second is None else second(m.reshape(k, b), ones_b)
+        return out.reshape(out_shape)
+
+    return form
+
+
 @functools.lru_cache(maxsize=256)
 def _sum_plan(shape: tuple, strides: tuple, itemsize: int, axis: tuple, keepdims: bool):
     """How :func:`sum_outer` sums an array of this layout: (axes in memory order, a, k, b, the
@@ -511,6 +542,26 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
+def relu_form(shape: tuple, dtype):
+    """``f(x, out)`` = :func:`relu` ``(x, out)`` for NumPy arrays of this shape and dtype, the
+    kept zeros taken once (a compiled program's replay form; the same bits). Where numba's
+    loop applies, or the zeros do not, it is relu itself."""
+    dtype = np.dtype(dtype)
+    n = math.prod(shape)
+    if (not RELU_MIN_SIZE <= n <= RELU_ZEROS_MAX or dtype.kind != "f"
+            or (dtype in _KERNEL_DTYPES and cpu_kernels() is not None)):
+        return relu
+    z = _filled(0, n, dtype).reshape(shape)
+    maximum = np.maximum
+
+    def form(x, out=None):
+        if x.flags.c_contiguous and x.shape == z.shape:
+            return maximum(x, z, out=out)
+        return relu(x, out)
+
+    return form
+
+
 def relu_grad(g: np.ndarray, ans: np.ndarray) -> np.ndarray | None:
     """``g * (ans > 0)`` in ``g``'s dtype for two C-ordered NumPy arrays of one shape and float
     dtype, in one pass where numba is loaded (:func:`cpu_kernels`: 256x1024 float32 in 38 µs
@@ -568,6 +619,17 @@ def _matmul_small(a, b, out=None):
         return np.matmul(a, b, out=out)
     finally:
         _BlasThreads.set(threads)
+
+
+def product_for(m: int, k: int, n: int):
+    """The function a compiled program calls for an (m, k) @ (k, n) NumPy product,
+    ``f(a, b[, out])``: ``np.matmul`` itself where :func:`_matmul_small` would not change the
+    thread count, else that wrapper. Decided once per program instead of per call."""
+    mkn = m * k * n
+    if mkn <= BLAS_ONE_THREAD or mkn >= SMALL_PRODUCT or (
+            _BlasThreads.get is None and (_BlasThreads.looked or not _BlasThreads.find())):
+        return np.matmul
+    return _matmul_small
 
 
 def _shared_product(a, b, out=None):

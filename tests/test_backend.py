@@ -348,3 +348,38 @@ def test_relu_and_its_gradient_take_the_numba_loops_where_numba_is_loaded(monkey
     monkeypatch.setattr(B, "_kernels", spy)
     assert run() == want
     assert calls == ["relu", "relu_grad"]
+
+
+def test_replay_forms_give_the_same_bytes_as_the_general_functions():
+    """product_for, sum_form and relu_form (a compiled program's choices, made once) against
+    matmul, sum_outer and relu: byte for byte, a layout other than the planned one included."""
+    from nodegrad import _backend as B
+
+    assert B.product_for(10, 10, 10) is np.matmul  # no thread switch: NumPy's own
+    assert B.product_for(2048, 2048, 2048) is np.matmul
+    assert B.product_for(100, 100, 100) in (B._matmul_small, np.matmul)  # the wrapper, if found
+    rng = np.random.default_rng(8)
+    for m, k, n in ((100, 100, 100), (3, 4, 5), (256, 784, 64)):
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+        assert B.product_for(m, k, n)(a, b).tobytes() == B.matmul(a, b).tobytes()
+        out = np.empty((m, n), np.float32)
+        assert B.product_for(m, k, n)(a, b, out) is out
+        assert out.tobytes() == B.matmul(a, b).tobytes()
+    base = rng.standard_normal((64, 32, 8)).astype(np.float32)
+    for x, axis in ((base, (0,)), (base, (0, 2)), (base.transpose(0, 2, 1), (0, 2)),
+                    (base[:2], (1,)), (base.reshape(64, 256), (0,)), (base, (0, 1, 2))):
+        for keepdims in (False, True):
+            form = B.sum_form(x.shape, x.strides, x.dtype, axis, keepdims)
+            want = B.sum_outer(x, axis, keepdims)
+            assert form(x).tobytes() == want.tobytes() and form(x).shape == want.shape
+            other = np.asfortranarray(x)  # not the planned layout: sum_outer itself
+            assert form(other).tobytes() == B.sum_outer(other, axis, keepdims).tobytes()
+    x = base.reshape(64, 256)
+    x.flat[::7] = -0.0
+    form = B.relu_form(x.shape, x.dtype)
+    for arr in (x, np.asfortranarray(x)):
+        want = B.relu(arr)
+        got = form(arr)
+        assert got.tobytes() == want.tobytes() and got.strides == want.strides
+        out = np.empty_like(arr)
+        assert form(arr, out) is out and out.tobytes() == want.tobytes()

@@ -572,6 +572,32 @@ def test_cross_entropy_and_its_gradient_share_the_softmax_bit_for_bit():
         assert _same(gradient(other, dt(1), t.numpy()), f(ng.tensor(other), t)[1].numpy())
 
 
+def test_products_and_sums_replay_in_forms_chosen_once():
+    """An MLP step's linears, matrix products, bias sums and relus replay through forms made
+    at trace time (no per-call layout or thread-rule decisions), bit for bit as eager."""
+    from nodegrad.nn import functional as NF
+
+    rng = np.random.default_rng(6)
+    ws = [ng.tensor(rng.standard_normal(s).astype(np.float32) * 0.1)
+          for s in ((100, 40), (100,), (10, 100), (10,))]
+
+    def f(x, t, *ws):
+        def loss(w0, b0, w1, b1):
+            h = ng.relu(NF.linear(x, w0, b0))
+            return NF.cross_entropy(NF.linear(h, w1, b1), t)
+        return ng.value_and_grad(loss, argnums=(0, 1, 2, 3))(*ws)
+
+    x = ng.tensor(rng.standard_normal((64, 40)).astype(np.float32))
+    t = ng.tensor(rng.integers(0, 10, 64))
+    jf = _check(f, x, t, *ws)
+    ns = jf.program._fn.__globals__
+    forms = {i.name: getattr(ns.get(f"f{k}"), "__qualname__", "")
+             for k, i in enumerate(jf.program.instrs) if i.kind == "op"}
+    assert forms["linear"] == "_product_form.<locals>.linear"
+    assert forms["sum"] == "sum_form.<locals>.form"
+    assert forms["matmul"] in ("matmul", "_matmul_small")
+
+
 def test_a_replayed_cross_entropy_refuses_targets_out_of_range():
     """The loss validates targets when traced; a replay given a target outside 0..C-1 (or
     negative) must still raise, never pick another row's logit from the flat array."""

@@ -313,6 +313,11 @@ def direct_forms(prog, instrs: list) -> None:
                 if loss is not None:
                     loss.fn.fast, i.fn.fast = ce_shared_forms(xp, i.params)
             continue
+        if i.name in ("linear", "sum", "matmul") and isinstance(i.params, dict) and xp is B.np:
+            form = _product_form(i, [values.get(a) for a in i.ins])
+            if form is not None:
+                i.fn.fast = form
+            continue
         if i.name == "transpose" and len(i.ins) == 1 and isinstance(i.params, dict) and set(
                 i.params) == {"axes"} and isinstance(values.get(i.ins[0]), xp.ndarray):
             axes = i.params["axes"]  # xp.transpose(x, axes) is the method, behind two calls
@@ -327,6 +332,35 @@ def direct_forms(prog, instrs: list) -> None:
                 or not (_c_ordered(g) and _c_ordered(ans)) or g.ndim == 0):
             continue
         i.fn.fast = lambda g, ans: multiply(g, greater(ans, 0))
+
+
+def _product_form(i: Instr, vals: list):
+    """The replay form of a ``matmul`` of two matrices, of a ``linear`` of a matrix (x Wᵀ + b,
+    as ``ops.nn``'s forward) or of a ``sum`` (:func:`~nodegrad._backend.sum_form`), with its
+    product's thread rule and plan decided from the traced arrays; None for other operands."""
+    if not vals or any(type(v) is not B.np.ndarray for v in vals):
+        return None
+    if i.name == "sum" and set(i.params) == {"axis", "keepdims"} and len(vals) == 1:
+        v = vals[0]
+        return B.sum_form(v.shape, v.strides, v.dtype, i.params["axis"], i.params["keepdims"])
+    if i.name == "matmul" and not i.params and len(vals) == 2:
+        a, b = vals
+        if a.ndim == 2 and b.ndim == 2:  # B.matmul's rule for two matrices, decided once
+            return B.product_for(a.shape[0], a.shape[1], b.shape[1])
+        return None
+    if i.name != "linear" or i.params or len(vals) != 3:
+        return None
+    x, w, b = vals
+    if x.ndim != 2 or w.ndim != 2 or b.ndim != 1:
+        return None
+    mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])
+
+    def linear(x, w, b):
+        out = mm(x, w.T)
+        out += b  # in place into the product, as the forward does
+        return out
+
+    return linear
 
 
 def _c_ordered(v) -> bool:
@@ -503,13 +537,22 @@ def _in_place(prog, classes, last, k, spec, plan, i: Instr, release) -> int | No
 _POINTWISE = set()  # filled by .fuse with the ops its kernels compute element by element
 
 
-def out_variant(i: Instr, xp):
-    """``f(*inputs, out)``: op ``i`` writing its result into ``out`` (None when it cannot)."""
+def out_variant(i: Instr, xp, meta: dict | None = None):
+    """``f(*inputs, out)``: op ``i`` writing its result into ``out`` (None when it cannot).
+    With the program's ``meta`` (slot -> (shape, dtype)) a product of two matrices and a relu
+    get their replay forms, chosen once (:func:`~nodegrad._backend.product_for`,
+    :func:`~nodegrad._backend.relu_form`)."""
     if i.kind != "op" or i.name not in _UFUNC:
         return None
+    specs = [meta.get(a) for a in i.ins] if meta is not None else []
     if i.name == "matmul" and xp is B.np:  # shared-weight stacks as one GEMM, small on 1 thread
+        if len(specs) == 2 and all(sp is not None and len(sp[0]) == 2 for sp in specs):
+            (m, k), (_, n) = specs[0][0], specs[1][0]
+            return B.product_for(m, k, n)
         return B.matmul_into
     uf = getattr(xp, _UFUNC[i.name])
     if i.name == "relu":
-        return B.relu if xp is B.np else lambda x, out: uf(x, 0, out=out)
+        if xp is not B.np:
+            return lambda x, out: uf(x, 0, out=out)
+        return B.relu_form(*specs[0]) if specs and specs[0] is not None else B.relu
     return lambda *a: uf(*a[:-1], out=a[-1])

@@ -135,7 +135,7 @@ class Program:
                 continue
             b = plan.buf.get(i.out) if plan is not None and i.kind == "op" else None
             if fast and i.kind == "op" and not fn.converts:
-                ofn = out_variant(i, self.backend.xp) if b is not None else None
+                ofn = out_variant(i, self.backend.xp, self.meta) if b is not None else None
                 if ofn is not None:
                     ns[f"f{k}"] = ofn
                     lines.append(f"    v{i.out} = f{k}({', '.join(argv + [f'b{b}'])})")

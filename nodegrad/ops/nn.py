@@ -203,8 +203,11 @@ def _plain(x, t, axis, ignore_index, reduction) -> bool:
             and (ignore_index is None or ignore_index < 0) and t.dtype.kind in "iu"):
         return False
     # one reduction checks both ends: a negative target is huge read as unsigned
-    u = t if t.dtype.kind == "u" else t.view(f"u{t.dtype.itemsize}")
-    return int(u.max()) < x.shape[1]
+    u = t if t.dtype.kind == "u" else t.view(_UNSIGNED[t.dtype.itemsize])
+    return int(B.np.maximum.reduce(u)) < x.shape[1]
+
+
+_UNSIGNED = {k: B.np.dtype(f"u{k}") for k in (1, 2, 4, 8)}
 
 
 NARROW_ROWS = 32
@@ -223,7 +226,7 @@ def _ce_parts(xp, x):
     if c <= NARROW_ROWS and n >= 16:
         z = x.T.copy()
         m = B.np.maximum.reduce(z, axis=0)
-        if not math.isfinite(m.sum()):
+        if not math.isfinite(B.np.add.reduce(m)):
             return None
         z -= m
         e = xp.exp(z)
@@ -253,7 +256,7 @@ def _ce_fwd_plain(xp, x, t, reduction, parts=None, at=None):
     z, _, s, _ = parts
     at = _targets_flat(parts, t) if at is None else at
     picked = z[xp.arange(x.shape[0]), t] if at is None else z.reshape(-1).take(at)
-    total = (xp.log(s) - picked).sum()
+    total = xp.add.reduce(xp.log(s) - picked)
     return xp.asarray(total / x.dtype.type(x.shape[0]) if reduction == "mean" else total)
 
 
