@@ -525,20 +525,18 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     n = x.size
     if n >= RELU_MIN_SIZE and x.dtype.kind == "f":
         k = cpu_kernels() if x.dtype in _KERNEL_DTYPES else None
-        if k is not None and (pair := _flat_pair(x, out)) is not None:
+        if k is None and n > RELU_ZEROS_MAX:
+            return np.maximum(x, 0, out=out)
+        if k is None and x.flags.c_contiguous:
+            return np.maximum(x, _filled(0, n, x.dtype).reshape(x.shape), out=out)
+        pair = _flat_pair(x, out) if k is not None or out is None else None
+        if pair is not None:
             flat, res, dst = pair
-            k.relu(flat, dst, x.dtype.type(0))
+            if k is None:
+                np.maximum(flat, _filled(0, n, x.dtype), out=dst)
+            else:
+                k.relu(flat, dst, x.dtype.type(0))
             return res
-        if n <= RELU_ZEROS_MAX:
-            z = _filled(0, n, x.dtype)
-            if x.flags.c_contiguous:
-                return np.maximum(x, z.reshape(x.shape), out=out)
-            if out is None and min(x.strides) > 0:
-                flat, res = x.ravel("K"), np.empty_like(x)  # res: x's strides, x being dense
-                dst = res.ravel("K")
-                if flat.base is not None and dst.base is not None:  # views: flat in one order
-                    np.maximum(flat, z, out=dst)
-                    return res
     return np.maximum(x, 0, out=out)
 
 

@@ -261,6 +261,11 @@ def test_cross_entropy_on_narrow_and_wide_rows_matches_a_float64_softmax(dt):
             grad = N._ce_grad_fwd(np, x, dt(1), t, 1, -100, "mean")
             assert grad.shape == x.shape and grad.dtype == dt
             np.testing.assert_allclose(grad, p / len(t), rtol=tol, atol=tol / len(t))
+            for it in (np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.uint64):
+                ti = t.astype(it)  # row * classes overflows these: the index is int64
+                assert N._ce_fwd(np, x, ti, 1, -100, "mean").tobytes() == loss.tobytes()
+                assert N._ce_grad_fwd(np, x, dt(1), ti, 1, -100, "mean").tobytes() == \
+                    grad.tobytes()
 
 
 @pytest.mark.parametrize("shapes", [((256, 100, 1), (256, 1, 40)), ((2, 3, 5, 1), (2, 3, 1, 4)),
