@@ -530,9 +530,59 @@ def test_one_slow_op_is_a_kernel_only_on_enough_c_ordered_elements(monkeypatch):
     # a program with no other kernel leaves them to NumPy while numba is not loaded (its
     # start-up would cost a short run more than they save)
     single = ng.value_and_grad(lambda x: (ng.relu(x) @ w).sum())
-    assert _kernels(_check(single, big, fuse=True))  # numba is loaded in this process
+    assert _kernels(_check(single, big, fuse=None))  # numba is loaded in this process
     monkeypatch.setattr(F, "_numba_loaded", lambda: False)
-    assert not _kernels(_check(single, big, fuse=True))
+    jf = _check(single, big, fuse=None)
+    assert not _kernels(jf) and jf.program.stats["kernels_waiting"] == 2  # relu, its gradient
+    assert _kernels(_check(single, big, fuse=True))  # asked for: whatever numba's start-up
+
+
+@needs_numba
+def test_a_long_running_program_imports_numba_and_traces_again_with_its_kernels(monkeypatch):
+    """Kernels left out for numba's start-up (single slow ops, a small optimiser's update)
+    arrive once the program's replays have taken UPGRADE_AFTER_S: it is traced again with
+    them, and every result keeps its bits (against eager with the NumPy update)."""
+    from nodegrad.jit import api
+    from nodegrad.nn import functional as NF
+    from nodegrad.optim import _fused as OF
+
+    loaded = [False]  # numba as this process would see it: imported by the upgrade
+    monkeypatch.setattr(F, "_numba_loaded", lambda: loaded[0])
+    monkeypatch.setattr(OF, "numba_loaded", lambda: loaded[0])
+    real = F._get_numba
+    monkeypatch.setattr(F, "_get_numba", lambda: loaded.__setitem__(0, True) or real())
+    monkeypatch.setattr(api, "UPGRADE_AFTER_S", 1e-9)  # upgrade after the first replay
+
+    def build(**kw):
+        ng.manual_seed(0)
+        m = ng.nn.Sequential(ng.nn.Linear(64, 64), ng.nn.ReLU(), ng.nn.Linear(64, 10))
+        return m, ng.optim.Adam(m.parameters(), lr=1e-2, **kw)
+
+    def step(m, o, x, t):
+        loss = NF.cross_entropy(m(x), t)
+        loss.backward()
+        o.step()
+        o.zero_grad()
+        return loss
+
+    model, opt = build()
+    buckets = [b for bs in opt._buckets for b in bs]
+    for b in buckets:  # as if made before numba's import: the NumPy update until then
+        b.fused, b.pending = False, True
+    ref_model, ref_opt = build(fused=False)
+    jstep = ng.jit(lambda x, t: step(model, opt, x, t), state=(model, opt))
+    rng = np.random.default_rng(9)
+    for k in range(4):
+        x = ng.tensor(rng.standard_normal((50, 64)).astype(np.float32))
+        t = ng.tensor(rng.integers(0, 10, 50))
+        got, want = jstep(x, t), step(ref_model, ref_opt, x, t)
+        assert _same(got.numpy(), want.numpy())
+        if k == 0:  # traced without numba: its relu and relu_grad wait for it
+            assert jstep.program.stats["kernels_waiting"] == 2 and not _kernels(jstep)
+    assert loaded[0] and jstep.traces == 2  # imported after a replay, then traced again
+    assert _kernels(jstep) and all(b.fused and not b.pending for b in buckets)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert _same(p.numpy(), q.numpy())
 
 
 @needs_numba

@@ -162,6 +162,27 @@ def test_fused_none_uses_the_kernel_when_available_and_false_never(monkeypatch):
         ng.optim.NAdam(_params(np.float32), fused=True)
 
 
+def test_a_small_bucket_takes_the_kernel_once_numba_is_imported(monkeypatch):
+    """fused=None left a small bucket to NumPy while numba was not imported; imported later
+    (by a compiled program, another optimiser), the bucket switches, with the same bits."""
+    import numba
+
+    monkeypatch.delitem(sys.modules, "numba")
+    ps = _params(np.float32)
+    opt = ng.optim.Adam(ps, lr=0.01)
+    bucket = opt._buckets[0][0]
+    assert not bucket.fused and bucket.pending and opt._fused_pending()
+    want, _ = _train("Adam", dict(lr=0.01), False, np.float32, steps=2 * STEPS)
+    for k in range(2 * STEPS):
+        if k == STEPS:
+            monkeypatch.setitem(sys.modules, "numba", numba)
+        for i, p in enumerate(ps):
+            p.grad = ng.tensor(_grad(p, k, i, np.float32, "separate"))
+        opt.step()
+        assert bucket.fused == (k >= STEPS) and bucket.pending == (k < STEPS)
+    _assert_same([p.numpy() for p in ps], want)
+
+
 def test_fused_true_without_numba_names_the_optimiser_and_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)  # as if numba were not installed
     with pytest.raises(ng.BackendUnavailable, match=r"AdamW\(fused=True\) on cpu.*numba.*"

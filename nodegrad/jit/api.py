@@ -9,6 +9,7 @@ Tensor, Node or dispatch work. Programs live in a bounded least-recently-used ca
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -35,13 +36,21 @@ class disable_jit:
 
 _EAGER = object()  # the cache entry of a signature that always runs eagerly
 
+# A program that numba would make faster but that does not import it (single slow ops, a small
+# optimiser's update: numba's start-up, ~0.5-1 s, outweighs their few µs a step in a short run)
+# imports it once its replays have taken this long, and is traced again with the kernels: the
+# start-up then costs at most a tenth of the time already spent, and the kernels give the same
+# bits. A ski-rental rule: pay for the purchase once renting has cost as much.
+UPGRADE_AFTER_S = 10.0
+
 
 class _Entry:
-    __slots__ = ("program", "out_def", "out_kinds", "reason")
+    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait")
 
-    def __init__(self, program, out_def, out_kinds, reason=None):
+    def __init__(self, program, out_def, out_kinds, reason=None, wait=None):
         self.program, self.out_def, self.out_kinds, self.reason = program, out_def, out_kinds, \
             reason
+        self.wait = wait  # replay seconds left until numba is imported for it (None: never)
 
 
 class Jitted:
@@ -88,8 +97,10 @@ class Jitted:
         if hot is not None and not kwargs:
             arrays = _matches(hot, args, m, self._modules)
             if arrays is not None:
-                self.last = hot[0]
-                return _outputs(hot[0], hot[0].program.run(arrays))
+                entry = self.last = hot[0]
+                if entry.wait is not None:
+                    return _outputs(entry, self._timed(entry, arrays))
+                return _outputs(entry, entry.program.run(arrays))
         if not kwargs and all(type(a) is Tensor for a in args):  # the common case, quickly
             leaves, tdef = list(args), None
         else:
@@ -108,15 +119,51 @@ class Jitted:
                 set(map(id, arrays))) == len(arrays):
             self._hot = (entry, tuple((d.shape, d.dtype) for d in arrays), m.grad_enabled,
                          tuple(mod.training for mod in self._modules), key)
+        if entry.wait is not None:
+            return _outputs(entry, self._timed(entry, arrays))
         return _outputs(entry, entry.program.run(arrays))
 
-    def _fuse(self, rec) -> bool:
-        """Whether to fuse: as asked, else wherever a kernel compiler is installed."""
+    def _timed(self, entry: _Entry, arrays: list) -> list:
+        """Replay a program that waits for numba, counting its time (see UPGRADE_AFTER_S); once
+        it has run long enough, import numba and forget the programs (the next calls trace
+        again, now with kernels)."""
+        t0 = time.perf_counter()
+        outs = entry.program.run(arrays)
+        wait = entry.wait
+        if wait is not None:
+            wait -= time.perf_counter() - t0
+            entry.wait = wait if wait > 0 else None
+            if wait <= 0:
+                from .fuse import _get_numba
+
+                if _get_numba() is not None:
+                    self.clear_cache()
+        return outs
+
+    def _waits_for_numba(self, program) -> bool:
+        """Whether importing numba would make ``program`` faster: kernels it left out for the
+        import's cost, or an optimiser it steps that keeps its NumPy update until then."""
+        from .fuse import _numba_loaded, available
+
+        if self.fuse is not None or program.backend is None or _numba_loaded() or (
+                not available(program.backend)) or program.backend.device_id is not None:
+            return False
+        if program.stats.get("kernels_waiting"):
+            return True
+        low = program.lowered
+        return low is not None and any(getattr(opt, "_fused_pending", lambda: False)()
+                                       for opt, _ in low.groups)
+
+    def _fuse(self, rec) -> bool | str:
+        """Whether to fuse: wherever a kernel compiler is installed unless asked not to;
+        "all" for ``fuse=True`` (single slow ops too, whatever numba's import costs)."""
         if self.fuse is False or not self.optimize:
             return False
         from .fuse import available
 
-        return available(rec.backend)  # without a compiler: replay unfused
+        if not available(rec.backend):  # without a compiler: replay unfused
+            return False
+        return "all" if self.fuse else True
 
     def _signature(self, leaves: list, tdef, m):
         """The cache key, the input arrays, and whether this call must run eagerly."""
@@ -168,7 +215,8 @@ class Jitted:
                 kinds.append(o)
         program = None if reason is not None else rec.program(
             in_slots, slots, optimize=self.optimize, fuse=self._fuse(rec))
-        entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason)
+        wait = UPGRADE_AFTER_S if program is not None and self._waits_for_numba(program) else None
+        entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason, wait)
         self.cache[key] = entry
         if self._hot is not None and self._hot[4] in self.cache:  # its calls skip the cache
             self.cache.move_to_end(self._hot[4])
@@ -232,8 +280,10 @@ def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32,
     Arguments that are not tensors are static (part of the signature). ``state`` names what a
     training step reads and changes in place (a model, an optimiser): the step may then call
     ``backward`` and ``opt.step()``. ``fuse`` (default: when numba, or CuPy on a GPU, is there)
-    compiles chains of elementwise ops into one kernel; ``optimize=False`` replays the trace as
-    recorded (no CSE, folding or buffer reuse). Use as ``jit(f)`` or ``@jit(state=...)``.
+    compiles chains of elementwise ops into one kernel; single slow ops too once numba is
+    imported, which a long-running program does itself (:data:`UPGRADE_AFTER_S`) and
+    ``fuse=True`` does at once; ``optimize=False`` replays the trace as recorded (no CSE,
+    folding or buffer reuse). Use as ``jit(f)`` or ``@jit(state=...)``.
     """
     if fn is None:
         return lambda f: Jitted(f, state, max_cache, fuse, optimize)

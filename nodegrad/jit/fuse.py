@@ -210,8 +210,9 @@ def _key(prog, i: Instr):
     return (tuple(shape), dt)
 
 
-def fuse(prog, instrs: list) -> list:
-    """Replace groups of two or more fusable ops by one ``fused`` instruction each."""
+def fuse(prog, instrs: list, everything: bool = False) -> list:
+    """Replace groups of two or more fusable ops by one ``fused`` instruction each; with
+    ``everything`` (``jit(fuse=True)``) single slow ops too, importing numba for them."""
     groups: list[Group] = []
     made: dict[int, Group] = {}  # slot -> the group whose member computes it
     member_of: dict[int, Group] = {}  # instruction index -> its group
@@ -251,7 +252,11 @@ def fuse(prog, instrs: list) -> list:
     # one slow op alone is a kernel only where the program compiles others or numba is loaded
     # already (by a fused optimiser, another program): numba's import (~0.5-1 s in a fresh
     # process) outweighs a few µs a step in a short run
-    alone = _numba_loaded() or any(_worth(prog, g, alone=False) for g in groups)
+    alone = everything or _numba_loaded() or any(_worth(prog, g, alone=False) for g in groups)
+    if not alone and not prog.backend.device_id:  # what importing numba later would compile
+        waiting = sum(1 for g in groups if _worth(prog, g, alone=True))
+        if waiting:
+            prog.stats["kernels_waiting"] = waiting
     while True:  # again after a sum has left a kernel that writes other results
         member_of.clear()
         for g in groups:

@@ -34,7 +34,7 @@ class Program:
 
     def __init__(self, instrs: list, nslots: int, consts: dict, in_slots: list,
                  out_slots: list, backend, meta: dict | None = None, optimize: bool = True,
-                 fuse: bool = False, values: dict | None = None) -> None:
+                 fuse: bool | str = False, values: dict | None = None) -> None:
         self.consts = dict(consts)
         self.in_slots = in_slots
         self.out_slots = list(out_slots)
@@ -54,7 +54,7 @@ class Program:
             if fuse:
                 from . import fuse as F
 
-                instrs = F.fuse(self, instrs)
+                instrs = F.fuse(self, instrs, everything=fuse == "all")
             passes.direct_forms(self, instrs)
             self.plan = passes.plan_memory(self, instrs)
             instrs = passes.own_gradients(self, instrs)

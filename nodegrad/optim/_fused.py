@@ -36,10 +36,11 @@ def available(backend, dtype) -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-# fused=None on the CPU: a bucket of fewer elements keeps the NumPy update unless numba is already
-# imported. Numba's import and start-up cost ~1 s and ~120 MiB once per process, and the kernel
-# saves ~2 ns per element and step over the NumPy update: below this size that takes thousands
-# of steps to pay back, above it a few hundred (W2's 1.86 M parameters save ~4 ms a step).
+# fused=None on the CPU: a bucket of fewer elements keeps the NumPy update until numba is imported
+# (by anyone: the bucket then switches, with the same bits). Numba's import and start-up cost
+# ~1 s and ~120 MiB once per process, and the kernel saves ~2 ns per element and step over the
+# NumPy update: below this size that takes thousands of steps to pay back, above it a few
+# hundred (W2's 1.86 M parameters save ~4 ms a step).
 AUTO_MIN_SIZE = 1 << 16
 
 
@@ -49,6 +50,11 @@ def auto(backend, dtype, size: int) -> bool:
         return False
     return backend.device_id is not None or size >= AUTO_MIN_SIZE or (
         sys.modules.get("numba") is not None)
+
+
+def numba_loaded() -> bool:
+    """Whether numba is imported in this process (by anyone)."""
+    return sys.modules.get("numba") is not None
 
 
 def missing(backend, dtype) -> str:

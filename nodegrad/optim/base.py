@@ -43,7 +43,8 @@ class _Bucket:
     """Parameters of one group on one device with one dtype, stored in one flat array."""
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
-                 "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "loaded",
+                 "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "pending",
+                 "loaded",
                  "swork")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
@@ -73,6 +74,7 @@ class _Bucket:
         self.scalars = [fresh] * len(params)  # one dict per parameter, shared while in lockstep
         self.uniform = True
         self.fused = False  # True when this bucket steps with a fused kernel
+        self.pending = False  # fused=None, left to NumPy until numba is imported (see _fused.auto)
         self.loaded = False  # its kernels are loaded (checked on the first fused step)
         self.swork = None
 
@@ -246,6 +248,8 @@ class Optimizer:
             for b in buckets:
                 b.fused = (_fused.available(b.backend, b.flat.dtype) if self.fused else
                            _fused.auto(b.backend, b.flat.dtype, b.flat.size))
+                b.pending = not b.fused and self.fused is None and _fused.available(
+                    b.backend, b.flat.dtype)
                 if self.fused and not b.fused:
                     raise BackendUnavailable(
                         f"{type(self).__name__}(fused=True) on {b.backend.name}: "
@@ -356,6 +360,8 @@ class Optimizer:
         else:
             runs = _runs(grads, b.scalars)
         b.ensure(self.state_init(h))
+        if b.pending and _fused.numba_loaded():  # imported since: the kernel, the same bits
+            b.fused, b.pending = True, False
         if b.fused and not b.loaded:
             b.fused = b.loaded = self._fused_ready(b)
         if b.work is None and not b.fused:
@@ -377,6 +383,11 @@ class Optimizer:
                     p._version[0] += 1
         if len(runs) > 1 or runs[0] != (0, n):
             b.merge_scalars()
+
+    def _fused_pending(self) -> bool:
+        """Whether a bucket runs the NumPy update only until numba is imported (``fused=None``
+        on a small bucket, :func:`._fused.auto`)."""
+        return any(b.pending for buckets in self._buckets for b in buckets)
 
     def _fused_ready(self, b: _Bucket) -> bool:
         """Whether the bucket's kernels load; if not, an error (``fused=True``) or a warning and
