@@ -477,6 +477,12 @@ _KERNEL_DTYPES = (float32, float64)
 _kernels = None  # ._cpu_kernels once loaded; False when it failed to load
 
 
+def numba_loaded() -> bool:
+    """Whether numba is imported in this process (by anyone: a fused optimiser, a compiled
+    program, the user), so that code using it pays no import."""
+    return sys.modules.get("numba") is not None
+
+
 def cpu_kernels():
     """The one-pass loops of :mod:`._cpu_kernels` when numba is imported already (by a fused
     optimiser or a compiled program), else None: importing numba only for them would cost more
@@ -484,7 +490,7 @@ def cpu_kernels():
     global _kernels
     k = _kernels
     if k is None:
-        if sys.modules.get("numba") is None:
+        if not numba_loaded():
             return None
         try:
             from . import _cpu_kernels as k

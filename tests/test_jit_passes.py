@@ -542,13 +542,13 @@ def test_a_long_running_program_imports_numba_and_traces_again_with_its_kernels(
     """Kernels left out for numba's start-up (single slow ops, a small optimiser's update)
     arrive once the program's replays have taken UPGRADE_AFTER_S: it is traced again with
     them, and every result keeps its bits (against eager with the NumPy update)."""
+    from nodegrad import _backend as B
     from nodegrad.jit import api
     from nodegrad.nn import functional as NF
-    from nodegrad.optim import _fused as OF
 
     loaded = [False]  # numba as this process would see it: imported by the upgrade
     monkeypatch.setattr(F, "_numba_loaded", lambda: loaded[0])
-    monkeypatch.setattr(OF, "numba_loaded", lambda: loaded[0])
+    monkeypatch.setattr(B, "numba_loaded", lambda: loaded[0])
     real = F._get_numba
     monkeypatch.setattr(F, "_get_numba", lambda: loaded.__setitem__(0, True) or real())
     monkeypatch.setattr(api, "UPGRADE_AFTER_S", 1e-9)  # upgrade after the first replay

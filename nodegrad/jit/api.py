@@ -151,8 +151,7 @@ class Jitted:
         if program.stats.get("kernels_waiting"):
             return True
         low = program.lowered
-        return low is not None and any(getattr(opt, "_fused_pending", lambda: False)()
-                                       for opt, _ in low.groups)
+        return low is not None and any(opt._fused_pending() for opt, _ in low.groups)
 
     def _fuse(self, rec) -> bool | str:
         """Whether to fuse: wherever a kernel compiler is installed unless asked not to;

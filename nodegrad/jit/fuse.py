@@ -123,7 +123,7 @@ def _get_numba():
 
 
 def _numba_loaded() -> bool:
-    return "numba" in sys.modules
+    return B.numba_loaded()
 
 
 def available(backend) -> bool:

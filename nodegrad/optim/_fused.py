@@ -48,13 +48,7 @@ def auto(backend, dtype, size: int) -> bool:
     """Whether ``fused=None`` takes the kernel for a bucket of ``size`` elements."""
     if not available(backend, dtype):
         return False
-    return backend.device_id is not None or size >= AUTO_MIN_SIZE or (
-        sys.modules.get("numba") is not None)
-
-
-def numba_loaded() -> bool:
-    """Whether numba is imported in this process (by anyone)."""
-    return sys.modules.get("numba") is not None
+    return backend.device_id is not None or size >= AUTO_MIN_SIZE or B.numba_loaded()
 
 
 def missing(backend, dtype) -> str:

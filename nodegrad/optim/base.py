@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import _backend as B
 from .._backend import backend_of, is_array
 from ..autodiff import effect, enable_grad
 from ..errors import BackendUnavailable, GradError, ShapeError
@@ -360,7 +361,7 @@ class Optimizer:
         else:
             runs = _runs(grads, b.scalars)
         b.ensure(self.state_init(h))
-        if b.pending and _fused.numba_loaded():  # imported since: the kernel, the same bits
+        if b.pending and B.numba_loaded():  # imported since: the kernel, the same bits
             b.fused, b.pending = True, False
         if b.fused and not b.loaded:
             b.fused = b.loaded = self._fused_ready(b)
