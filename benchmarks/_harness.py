@@ -362,10 +362,11 @@ def _reset_hwm() -> int | None:
 
 
 def _framework_ready(framework: str) -> None:
-    """Import the framework and run a tiny step of the usual ops (a product, 1-D and 2-D
-    convolutions, ReLU, cross-entropy, backward, Adam; for nodegrad with numba installed, its
-    fused Adam, which imports numba), so that the memory baseline taken next already holds the
-    libraries and kernels they load on first use, not the workload's data."""
+    """Import the framework and run a tiny step of the usual ops (products, 1-D and 2-D
+    convolutions, ReLU, cross-entropy, backward, Adam, SGD; for nodegrad with numba installed,
+    the fused updates, which import numba, and a ReLU large enough for its numba loops), so
+    that the memory baseline taken next already holds the libraries and kernels they load on
+    first use, not the workload's data."""
     if framework == "torch":
         import torch as lib
         from torch.nn import functional as F
@@ -382,11 +383,15 @@ def _framework_ready(framework: str) -> None:
     w = tensor(1, 1, 3, 3, requires_grad=True)
     y = F.conv2d(x, w).sum() + F.conv1d(x[:, :, 0], w[:, :, 0]).sum()
     logits = (x.reshape(2, 16) @ tensor(16, 3)).relu()
+    tensor(100, 100) @ tensor(100, 100)  # a product large enough for a BLAS thread rule
     (F.cross_entropy(logits, lib.zeros(2, dtype=lib.int64)) + y).backward()
-    if framework == "nodegrad" and _has_numba():  # numba too (fused updates, jit kernels): a
-        lib.optim.Adam([x, w], fused=True).step()  # library loaded on first use, like torch's
-    else:
-        lib.optim.Adam([x, w]).step()
+    fused = {"fused": True} if framework == "nodegrad" and _has_numba() else {}
+    # numba too (fused updates, jit kernels): a library loaded on first use, like torch's
+    lib.optim.Adam([x, w], **fused).step()
+    lib.optim.SGD([x, w], lr=0.1, **fused).step()
+    if fused:
+        big = tensor(32, 32, requires_grad=True)  # the eager ReLU loops, loaded once numba is
+        (big.relu() * big).sum().backward()
 
 
 def _has_numba() -> bool:
