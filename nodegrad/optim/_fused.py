@@ -74,12 +74,18 @@ def load(backend) -> None:
         from . import _fused_cpu  # noqa: F401
 
 
+_cpu: dict = {}  # name -> the loaded numba kernel (no import statement per step)
+
+
 def kernel(backend, name: str):
     """The fused kernel ``name`` ("adam", "sgd", "rmsprop", "adagrad") for ``backend``."""
     if backend.device_id is None:
-        from . import _fused_cpu  # imports numba
+        k = _cpu.get(name)
+        if k is None:
+            from . import _fused_cpu  # imports numba
 
-        return getattr(_fused_cpu, name)
+            k = _cpu.setdefault(name, getattr(_fused_cpu, name))
+        return k
     k = _cuda.get(backend)
     if k is None:
         k = _cuda.setdefault(backend, _CudaKernels(backend))
