@@ -46,7 +46,7 @@ class _Bucket:
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
                  "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "pending",
                  "loaded",
-                 "swork")
+                 "swork", "spans")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
@@ -78,6 +78,7 @@ class _Bucket:
         self.pending = False  # fused=None, left to NumPy until numba is imported (see _fused.auto)
         self.loaded = False  # its kernels are loaded (checked on the first fused step)
         self.swork = None
+        self.spans: dict = {}  # (s, e) -> the fused path's kernel calls (see spans_of)
 
     def small_work(self):
         """Scratch for the fused path's gathered small gradients (all of them fit, at most)."""
@@ -87,6 +88,23 @@ class _Bucket:
             with self.backend.scope():
                 self.swork = self.xp.empty(n, self.flat.dtype)
         return self.swork
+
+    def spans_of(self, s: int, e: int) -> list:
+        """Parameters s..e-1 as the fused path's kernel calls, ``(i, j, lo, hi)``: one per large
+        gradient (read where it is), one per stretch of small ones (gathered: a call costs
+        more). Fixed by the offsets, so worked out once."""
+        spans = self.spans.get((s, e))
+        if spans is None:
+            off, i, spans = self.offsets, s, []
+            while i < e:
+                j = i + 1
+                if off[j] - off[i] < SMALL_GRADIENT:
+                    while j < e and off[j + 1] - off[j] < SMALL_GRADIENT:
+                        j += 1
+                spans.append((i, j, off[i], off[j]))
+                i = j
+            self.spans[(s, e)] = spans
+        return spans
 
     def tmp(self, k: int):
         """The k-th scratch buffer (flat, allocated once)."""
@@ -281,6 +299,9 @@ class Optimizer:
             h = self._hyper(group, self.step_count)
             given = None if grads is None else grads[gi]
             for b in self._buckets[gi]:
+                if b.backend.device_id is None:  # the CPU's scope is a no-op: no context
+                    self._step_bucket(b, h, gi, given)
+                    continue
                 with b.backend.scope():
                     self._step_bucket(b, h, gi, given)
 
@@ -423,13 +444,7 @@ class Optimizer:
         if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
             kern(b.flat[sl], b.grad[sl], *[a[sl] for a in state], k, flags)
             return
-        off, i = b.offsets, s
-        while i < e:
-            j = i + 1
-            if off[j] - off[i] < SMALL_GRADIENT:
-                while j < e and off[j + 1] - off[j] < SMALL_GRADIENT:
-                    j += 1
-            lo, hi = off[i], off[j]
+        for i, j, lo, hi in b.spans_of(s, e):
             if j - i > 1:
                 g = b.small_work()[:hi - lo]
                 b.xp.concatenate([grads[q].reshape(-1) for q in range(i, j)], out=g)
@@ -439,7 +454,6 @@ class Optimizer:
                     g = b.xp.ascontiguousarray(g, dtype=dt)
                 g = g.reshape(-1)
             kern(b.flat[lo:hi], g, *[a[lo:hi] for a in state], k, flags)
-            i = j
 
     @staticmethod
     def _gather(b: _Bucket, grads: list, s: int, e: int, sl: slice):
