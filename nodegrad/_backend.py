@@ -390,19 +390,25 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     dtype and strides, with its plan, ones and products chosen once (a compiled program's
     replay form: the same calls, so the same bits); another layout takes sum_outer itself."""
     dtype = np.dtype(dtype)
-    size = math.prod(shape)
-    plan = None
-    if type(axis) is tuple and dtype.kind == "f" and dtype.itemsize >= 4 and size >= 4096:
-        plan = _sum_plan(tuple(shape), tuple(strides), dtype.itemsize, axis, keepdims)
-    if plan is None:
+    st = tuple(strides)
+    if not (type(axis) is tuple and dtype.kind == "f" and dtype.itemsize >= 4
+            and math.prod(shape) >= 4096):  # NumPy's reduction in any layout
         return functools.partial(_add_reduce, axis=axis, keepdims=keepdims)
+    plan = _sum_plan(tuple(shape), st, dtype.itemsize, axis, keepdims)
+    if plan is None:  # NumPy's reduction for this layout; another may take products
+
+        def reduce(x):
+            if x.strides != st:
+                return sum_outer(x, axis, keepdims)
+            return _add_reduce(x, axis=axis, keepdims=keepdims)
+
+        return reduce
     order, a, k, b, out_shape = plan
     identity = order == tuple(range(len(shape)))
     first = product_for(1, a, k * b) if a > 1 else None
     ones_a = _filled(1, a, dtype) if a > 1 else None
     second = product_for(k, b, 1) if b > 1 else None
     ones_b = _filled(1, b, dtype) if b > 1 else None
-    st = tuple(strides)
 
     def form(x):
         if x.strides != st:
