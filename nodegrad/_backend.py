@@ -374,31 +374,24 @@ def sum_outer(x, axis, keepdims: bool):
         return np.sum(x, axis=axis, keepdims=keepdims)
     if type(axis) is not tuple or x.dtype.kind != "f" or x.dtype.itemsize < 4 or x.size < 4096:
         return _add_reduce(x, axis=axis, keepdims=keepdims)
-    plan = _sum_plan(x.shape, x.strides, x.dtype.itemsize, axis, keepdims)
-    if plan is None:
-        return _add_reduce(x, axis=axis, keepdims=keepdims)
-    order, a, k, b, shape = plan
-    m = x.transpose(order).reshape(a, k * b)
-    if a > 1:
-        m = _matmul_small(_filled(1, a, x.dtype), m)
-    out = m if b == 1 else _matmul_small(m.reshape(k, b), _filled(1, b, x.dtype))
-    return out.reshape(shape)
+    return sum_form(x.shape, x.strides, x.dtype, axis, keepdims)(x)
 
 
+@functools.lru_cache(maxsize=256)
 def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     """``f(x)`` = :func:`sum_outer` ``(x, axis, keepdims)`` for NumPy arrays of this shape,
-    dtype and strides, with its plan, ones and products chosen once (a compiled program's
-    replay form: the same calls, so the same bits); another layout takes sum_outer itself."""
+    dtype and strides (hashable): NumPy's reduction, or :func:`_sum_plan`'s products with
+    ones, each chosen once per layout (sum_outer's, and a compiled program's replay form; the
+    same calls, so the same bits). An array laid out otherwise goes back to sum_outer."""
     dtype = np.dtype(dtype)
-    st = tuple(strides)
     if not (type(axis) is tuple and dtype.kind == "f" and dtype.itemsize >= 4
             and math.prod(shape) >= 4096):  # NumPy's reduction in any layout
         return functools.partial(_add_reduce, axis=axis, keepdims=keepdims)
-    plan = _sum_plan(tuple(shape), st, dtype.itemsize, axis, keepdims)
+    plan = _sum_plan(shape, strides, dtype.itemsize, axis, keepdims)
     if plan is None:  # NumPy's reduction for this layout; another may take products
 
         def reduce(x):
-            if x.strides != st:
+            if x.strides != strides:
                 return sum_outer(x, axis, keepdims)
             return _add_reduce(x, axis=axis, keepdims=keepdims)
 
@@ -411,7 +404,7 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     ones_b = _filled(1, b, dtype) if b > 1 else None
 
     def form(x):
-        if x.strides != st:
+        if x.strides != strides:
             return sum_outer(x, axis, keepdims)
         m = (x if identity else x.transpose(order)).reshape(a, k * b)
         if first is not None:
@@ -422,7 +415,6 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     return form
 
 
-@functools.lru_cache(maxsize=256)
 def _sum_plan(shape: tuple, strides: tuple, itemsize: int, axis: tuple, keepdims: bool):
     """How :func:`sum_outer` sums an array of this layout: (axes in memory order, a, k, b, the
     result's shape), the array read as (a, k, b) C-ordered with the kept axes as k; None when
@@ -617,9 +609,7 @@ def _matmul_small(a, b, out=None):
     k = a.shape[-1] if a.ndim else 1
     m = a.shape[-2] if a.ndim > 1 else 1
     n = b.shape[-1] if b.ndim > 1 else 1
-    mkn = m * k * n
-    if mkn <= BLAS_ONE_THREAD or mkn >= SMALL_PRODUCT or (
-            _BlasThreads.get is None and (_BlasThreads.looked or not _BlasThreads.find())):
+    if not _switches_threads(m * k * n):
         return np.matmul(a, b, out=out)
     threads = _BlasThreads.get()
     if threads == 1:
@@ -635,11 +625,14 @@ def product_for(m: int, k: int, n: int):
     """The function a compiled program calls for an (m, k) @ (k, n) NumPy product,
     ``f(a, b[, out])``: ``np.matmul`` itself where :func:`_matmul_small` would not change the
     thread count, else that wrapper. Decided once per program instead of per call."""
-    mkn = m * k * n
-    if mkn <= BLAS_ONE_THREAD or mkn >= SMALL_PRODUCT or (
-            _BlasThreads.get is None and (_BlasThreads.looked or not _BlasThreads.find())):
-        return np.matmul
-    return _matmul_small
+    return _matmul_small if _switches_threads(m * k * n) else np.matmul
+
+
+def _switches_threads(mkn: int) -> bool:
+    """Whether a product of ``mkn`` multiply-adds runs on one BLAS thread where the user's count
+    is more: between BLAS_ONE_THREAD and SMALL_PRODUCT, when NumPy's OpenBLAS was found."""
+    return BLAS_ONE_THREAD < mkn < SMALL_PRODUCT and (
+        _BlasThreads.get is not None or (not _BlasThreads.looked and _BlasThreads.find()))
 
 
 def _shared_product(a, b, out=None):

@@ -16,6 +16,7 @@ from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..ops.nn import _ce as _fused_ce
 from ..ops.nn import binary_cross_entropy as _bce
+from ..ops.nn import check_class_targets
 from ..tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -70,16 +71,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean",
 def _class_target(target: Tensor, n_classes: int, ignore_index: int, op: str) -> None:
     if target.dtype.kind not in "iu":
         raise DTypeError(f"{op}: class targets must be integers, got {target.dtype}")
-    d = values(target)  # inside vmap: every example's targets
-    bad = (d < 0) | (d >= n_classes)
-    if ignore_index is not None:
-        bad &= d != ignore_index
-    if bool(bad.any()):
-        v = int(d[bad].reshape(-1)[0])
-        raise IndexError(f"{op}: target {v} is out of range for {n_classes} classes "
-                         f"(expected 0..{n_classes - 1}"
-                         + (f" or ignore_index={ignore_index})" if ignore_index is not None
-                            else ")"))
+    check_class_targets(values(target), n_classes, ignore_index, op)  # under vmap: all examples
 
 
 def _check_logits(input: Tensor, target: Tensor, op: str) -> None:

@@ -285,7 +285,7 @@ def ce_shared_forms(xp, params: dict):
     gradient divides those instead of recomputing them (the same bits as the two forwards).
     A gradient given other logits than the last forward's recomputes."""
     fwd, grad = _ce.fwd, _ce_grad.fwd
-    kept: list = [None]  # (logits, parts) of the last forward, taken by the gradient
+    kept: list = [None]  # (logits, targets, parts, indices) of the last forward, for the gradient
 
     def loss(x, t):
         kept[0] = None
@@ -306,20 +306,25 @@ def ce_shared_forms(xp, params: dict):
     return loss, gradient
 
 
-def _check_targets(t, classes: int, ignore_index) -> None:
-    """Every target a class (or ``ignore_index``), else IndexError: a compiled program replays
-    without the loss's own check, and NumPy would read -1 as the last class. On the host only
-    (on a GPU the check would wait for the device every step)."""
-    if type(t) is not B.ndarray or t.dtype.kind not in "iu" or t.size == 0:
-        return
+def check_class_targets(t, classes: int, ignore_index, op: str) -> None:
+    """IndexError naming ``op`` unless every entry of integer array ``t`` is a class index
+    (0..classes-1) or ``ignore_index``."""
     bad = (t < 0) | (t >= classes)
     if ignore_index is not None:
         bad &= t != ignore_index
-    if bad.any():
-        raise IndexError(f"cross_entropy: target {int(t[bad].reshape(-1)[0])} is out of range "
-                         f"for {classes} classes (expected 0..{classes - 1}"
+    if bool(bad.any()):
+        raise IndexError(f"{op}: target {int(t[bad].reshape(-1)[0])} is out of range for "
+                         f"{classes} classes (expected 0..{classes - 1}"
                          + (f" or ignore_index={ignore_index})" if ignore_index is not None
                             else ")"))
+
+
+def _check_targets(t, classes: int, ignore_index) -> None:
+    """The targets' check in the loss's forward: a compiled program replays without the
+    loss's own check, and NumPy would read -1 as the last class. On the host only (on a GPU
+    the check would wait for the device every step)."""
+    if type(t) is B.ndarray and t.dtype.kind in "iu" and t.size:
+        check_class_targets(t, classes, ignore_index, "cross_entropy")
 
 
 def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
