@@ -580,6 +580,39 @@ def relu_grad(g: np.ndarray, ans: np.ndarray) -> np.ndarray | None:
     return out
 
 
+def ce_narrow(x, t):
+    """Softmax cross-entropy's shared parts of (n, c) float logits and n integer targets,
+    worked transposed by the loops of :func:`cpu_kernels` around NumPy's ``exp`` and sum:
+    ``(z, e, s, picked)`` with z = (x - row max)ᵀ, e = exp(z), s = e's column sums in order and
+    picked = each row's target entry of z. False when a target is not a class or a row's
+    maximum is not finite (the caller's general path); None where the loops do not apply."""
+    if (type(x) is not np.ndarray or x.dtype not in _KERNEL_DTYPES or type(t) is not np.ndarray
+            or t.dtype.kind not in "iu" or x.ndim != 2 or t.shape != x.shape[:1]):
+        return None
+    k = cpu_kernels()
+    if k is None:
+        return None
+    n, c = x.shape
+    z = np.empty((c, n), x.dtype)
+    picked = np.empty(n, x.dtype)
+    if k.ce_shift(x, t, z, picked):
+        return False
+    e = np.exp(z)
+    return z, e, np.add.reduce(e, axis=0), picked
+
+
+def ce_narrow_grad(e, s, t, scale):
+    """The gradient of the loss from :func:`ce_narrow`'s parts, ``(e / s - onehot(t)) *
+    scale``, written over ``e`` (c, n) and returned as its (n, c) transpose; None where the
+    loops are not loaded or ``scale`` is not a 0-d value of e's dtype (NumPy then rounds the
+    product in another dtype)."""
+    k = cpu_kernels()
+    if k is None or getattr(scale, "dtype", None) != e.dtype or getattr(scale, "ndim", 1):
+        return None
+    k.ce_grad(e, s, t, e.dtype.type(scale), e.dtype.type(1))
+    return e.T
+
+
 def outer_stack(x, y):
     """``x * y`` for stacks of outer products, x (..., m, 1) and y (..., 1, n) with the same
     leading axes and float dtype (a vmap'ed layer's per-example weight gradients), as an einsum:

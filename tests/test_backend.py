@@ -234,10 +234,10 @@ def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_cross_entropy_on_narrow_and_wide_rows_matches_a_float64_softmax(dt):
+def test_cross_entropy_on_narrow_and_wide_rows_matches_a_float64_softmax(dt, cpu_kernels):
     """The plain path's loss and gradient, worked on transposed logits up to NARROW_ROWS
-    classes and on rows above, in every layout: the float64 reference within a few ulps; the
-    exps and the shifted logits are exactly NumPy's."""
+    classes (by numba's loops where loaded) and on rows above, in every layout: the float64
+    reference within a few ulps; the exps and the shifted logits are exactly NumPy's."""
     from nodegrad.ops import nn as N
 
     rng = np.random.default_rng(2)
@@ -246,8 +246,9 @@ def test_cross_entropy_on_narrow_and_wide_rows_matches_a_float64_softmax(dt):
         x0 = (rng.standard_normal(shape) * 8).astype(dt)
         t = rng.integers(0, shape[1], shape[0])
         for x in (x0, np.asfortranarray(x0), np.repeat(x0, 2, axis=1)[:, ::2]):
-            z, e, s, transposed = N._ce_parts(np, x)
+            z, e, s, transposed, picked = N._ce_parts(np, x, t)
             assert transposed == (shape[1] <= N.NARROW_ROWS and shape[0] >= 16)
+            assert (picked is not None) == (transposed and cpu_kernels == "numba")
             zz = z.T if transposed else z
             want_z = x - x.max(axis=1, keepdims=True)
             assert zz.tobytes() == want_z.tobytes() and (e.T if transposed else e).tobytes() \
@@ -266,6 +267,85 @@ def test_cross_entropy_on_narrow_and_wide_rows_matches_a_float64_softmax(dt):
                 assert N._ce_fwd(np, x, ti, 1, -100, "mean").tobytes() == loss.tobytes()
                 assert N._ce_grad_fwd(np, x, dt(1), ti, 1, -100, "mean").tobytes() == \
                     grad.tobytes()
+
+
+def test_cross_entropy_loops_give_numpys_bits():
+    """Softmax cross-entropy on narrow rows through numba's loops gives the NumPy path's bytes
+    (loss and gradient) for -inf and signed-zero logits, every layout, both dtypes, integer
+    targets of any width, both reductions and a cotangent of another dtype; a NaN or +inf row
+    and a target out of range take the general path in both."""
+    pytest.importorskip("numba")
+    from nodegrad import _backend as B
+    from nodegrad.ops import nn as N
+
+    def both(f):
+        old = B._kernels
+        try:
+            B._kernels = False
+            a = f()
+            B._kernels = None
+            assert B.cpu_kernels() is not None
+            return a, f()
+        finally:
+            B._kernels = old
+
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        for shape in ((100, 10), (16, N.NARROW_ROWS), (33, 1), (64, 2)):
+            for trial in range(6):
+                x0 = (rng.standard_normal(shape) * (1, 8, 30)[trial % 3]).astype(dt)
+                if trial % 2:
+                    x0.flat[1::5] = -np.inf
+                    x0.flat[::3], x0.flat[2::7] = 0.0, -0.0
+                t = rng.integers(0, shape[1], shape[0])
+                for x in (x0, np.asfortranarray(x0), np.repeat(x0, 2, axis=1)[:, ::2]):
+                    for it, red, g in ((np.int64, "mean", 1.0), (np.uint8, "sum", dt(0.5)),
+                                       (np.int32, "mean", np.asarray(2.0, dt)),
+                                       (np.int16, "mean", np.asarray(1.0))):
+                        ti = t.astype(it)
+                        with np.errstate(invalid="ignore", divide="ignore"):
+                            a, b = both(lambda: (
+                                N._ce_fwd(np, x, ti, 1, -100, red).tobytes(),
+                                N._ce_grad_fwd(np, x, g, ti, 1, -100, red).tobytes()))
+                        assert a == b, (dt, shape, trial, it, red)
+    x = rng.standard_normal((100, 10)).astype(np.float32)
+    t = rng.integers(0, 10, 100)
+    assert B.ce_narrow(x, t) is None or B.ce_narrow(x, t)[0].shape == (10, 100)
+    for v in (np.nan, np.inf):
+        xv = x.copy()
+        xv[3, 4] = v
+        with np.errstate(invalid="ignore"):
+            a, b = both(lambda: N._ce_fwd(np, xv, t, 1, -100, "mean").tobytes())
+        assert a == b and np.isnan(np.frombuffer(a, np.float32)[0]) == (v != np.inf)
+    ti = t.copy()
+    ti[5] = -100  # ignored: the general path
+    a, b = both(lambda: N._ce_fwd(np, x, ti, 1, -100, "mean").tobytes())
+    assert a == b
+    for v in (10, -1):
+        ti[5] = v
+        for k in (False, None):
+            old, B._kernels = B._kernels, k
+            try:
+                with pytest.raises(IndexError, match=f"target {v} is out of range"):
+                    N._ce_fwd(np, x, ti, 1, -100, "mean")
+            finally:
+                B._kernels = old
+
+
+def test_log_softmax_of_a_nan_logit_is_nan_not_minus_inf():
+    """A NaN logit makes its row's log-softmax and the loss NaN (as in PyTorch), where the log
+    of the NaN sum once read as the log of zero."""
+    x = np.zeros((4, 3), np.float32)
+    x[1, 2] = np.nan
+    t = ng.tensor(np.array([0, 1, 2, 0]))
+    from nodegrad.nn import functional as F
+
+    assert np.isnan(F.log_softmax(ng.tensor(x), 1).numpy()[1]).all()
+    assert np.isnan(F.cross_entropy(ng.tensor(x), t).item())
+    assert np.isnan(ng.logsumexp(ng.tensor(x), 1).numpy()[1])
+    x[1] = -np.inf  # an empty sum is still -inf's log, without a warning
+    with np.errstate(all="raise"):
+        assert ng.logsumexp(ng.tensor(x), 1).numpy()[1] == -np.inf
 
 
 @pytest.mark.parametrize("shapes", [((256, 100, 1), (256, 1, 40)), ((2, 3, 5, 1), (2, 3, 1, 4)),
