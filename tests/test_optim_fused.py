@@ -113,6 +113,28 @@ def test_fused_equals_numpy_update_for_other_gradient_layouts(cls, kw, layout):
         _assert_same(got, want)
 
 
+@pytest.mark.parametrize("cls,kw", [CASES[3], CASES[6], CASES[9], CASES[16]],
+                         ids=[IDS[3], IDS[6], IDS[9], IDS[16]])
+def test_fused_follows_hyperparameters_changed_between_steps(cls, kw):
+    """The kernel's scalars are kept between steps while they hold: a learning rate, weight
+    decay or maximize changed in the group (as a scheduler does) takes effect at the next
+    step, as in the NumPy update."""
+    runs = []
+    for fused in (False, True):
+        ps = _params(np.float32)
+        opt = getattr(ng.optim, cls)(ps, fused=fused, **kw)
+        for k in range(STEPS):
+            group = opt.param_groups[0]
+            group["lr"] = kw["lr"] * (1, 0.5, 0.25, 2, 3, 1.5)[k]
+            group["weight_decay"] = (0.0, 0.1, 0.1, 0.2, 0.2, 0.2)[k]
+            group["maximize"] = k in (2, 3)
+            for i, p in enumerate(ps):
+                p.grad = ng.tensor(_grad(p, k, i, np.float32, "separate"))
+            opt.step()
+        runs.append([p.numpy().copy() for p in ps])
+    _assert_same(runs[1], runs[0])
+
+
 def test_the_shapes_cover_lone_and_gathered_small_gradients_and_large_ones():
     from nodegrad.optim.base import SMALL_GRADIENT
 

@@ -46,7 +46,7 @@ class _Bucket:
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
                  "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "pending",
                  "loaded",
-                 "swork", "spans")
+                 "swork", "spans", "kargs")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
@@ -79,6 +79,7 @@ class _Bucket:
         self.loaded = False  # its kernels are loaded (checked on the first fused step)
         self.swork = None
         self.spans: dict = {}  # (s, e) -> the fused path's kernel calls (see spans_of)
+        self.kargs: tuple = (None, None, 0)  # the fused kernel's last (key, scalars, flags)
 
     def small_work(self):
         """Scratch for the fused path's gathered small gradients (all of them fit, at most)."""
@@ -435,10 +436,14 @@ class Optimizer:
         kern = _fused.kernel(b.backend, name)
         dt = b.flat.dtype
         wd = h.get("weight_decay", 0)
-        flags = bool(h.get("maximize", False)) | (0 if not wd else 4 if decoupled else 2)
-        for j, o in enumerate(opts):
-            flags |= bool(o) << (3 + j)
-        k = _fused.scalars(b.backend, dt, (1 - h["lr"] * wd if flags & 4 else wd, *values))
+        key = (values, opts, wd, h.get("maximize", False), decoupled, h["lr"] if wd else None)
+        last, k, flags = b.kargs
+        if key != last:  # the scalars array and flags of the last step while they hold
+            flags = bool(key[3]) | (0 if not wd else 4 if decoupled else 2)
+            for j, o in enumerate(opts):
+                flags |= bool(o) << (3 + j)
+            k = _fused.scalars(b.backend, dt, (1 - h["lr"] * wd if flags & 4 else wd, *values))
+            b.kargs = (key, k, flags)
         state = [b.flat if n is None else b.arrays[n] for n in names]
         gv = b.gviews
         if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
