@@ -622,6 +622,43 @@ def test_cross_entropy_and_its_gradient_share_the_softmax_bit_for_bit():
         assert _same(gradient(other, dt(1), t.numpy()), f(ng.tensor(other), t)[1].numpy())
 
 
+@pytest.mark.parametrize("nd", [1, 2])
+def test_a_convolution_and_its_weight_gradient_share_the_columns_bit_for_bit(nd):
+    """A conv's windows gathered once per call for its forward and its weight gradient (1-D
+    and 2-D, strided, padded, dilated, grouped, without bias): eager's bits; a weight gradient
+    of another input than the last forward's gathers its own."""
+    from nodegrad.nn import functional as NF
+
+    conv = NF.conv1d if nd == 1 else NF.conv2d
+    rng = np.random.default_rng(3)
+    cases = [dict(stride=2, padding=1), dict(stride=1, padding=0, dilation=2),
+             dict(stride=1, padding=1, groups=2)]
+    for kw, bias in zip(cases, (True, False, True)):
+        sp = (12,) * nd
+        x = ng.tensor(rng.standard_normal((3, 4) + sp).astype(np.float32))
+        w = ng.tensor(rng.standard_normal((6, 4 // kw.get("groups", 1)) + (3,) * nd)
+                      .astype(np.float32))
+        b = ng.tensor(rng.standard_normal(6).astype(np.float32)) if bias else None
+
+        def f(x, w, b=b, kw=kw):
+            def loss(x, w):
+                return (ng.relu(conv(x, w, b, **kw)) ** 2).sum()
+            return ng.value_and_grad(loss, argnums=(0, 1))(x, w)
+
+        jf = _check(f, x, w)
+        forms = [i.fn.fast.__qualname__ for i in jf.program.instrs
+                 if i.name in ("conv", "conv_weight_grad")]
+        assert forms == ["conv_shared_forms.<locals>.forward",
+                         "conv_shared_forms.<locals>.weight_grad"], kw
+        fwd, wgrad = (i.fn.fast for i in jf.program.instrs
+                      if i.name in ("conv", "conv_weight_grad"))
+        other = ng.tensor(x.numpy() * 2)
+        g = conv(x, w, b, **kw).numpy()
+        fwd(x.numpy(), w.numpy(), *([b.numpy()] if bias else []))
+        want = ng.grad(lambda w: (conv(other, w, b, **kw) * ng.tensor(g)).sum())(w)
+        assert _same(wgrad(other.numpy(), g), want.numpy())
+
+
 def test_products_and_sums_replay_in_forms_chosen_once():
     """An MLP step's linears, matrix products, bias sums and relus replay through forms made
     at trace time (no per-call layout or thread-rule decisions), bit for bit as eager."""

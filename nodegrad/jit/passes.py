@@ -19,6 +19,7 @@ or mutated member is never folded, merged or given a shared buffer.
 from __future__ import annotations
 
 from .. import _backend as B
+from ..ops.conv import conv_shared_forms
 from ..ops.nn import ce_shared_forms
 from .program import Instr, eliminate_dead_code
 
@@ -297,13 +298,24 @@ def direct_forms(prog, instrs: list) -> None:
     ``multiply(g, ans > 0)``, what its forward computes then, without the forward's checks;
     ``transpose`` is the array's own method; a ``cross_entropy`` and the later
     ``cross_entropy_grad`` of the same logits and targets share the softmax's exp and sums
-    (:func:`~nodegrad.ops.nn.ce_shared_forms`)."""
+    (:func:`~nodegrad.ops.nn.ce_shared_forms`); a ``conv`` and the later ``conv_weight_grad``
+    of the same input share its columns (:func:`~nodegrad.ops.conv.conv_shared_forms`)."""
     values = getattr(prog, "values", {})
     xp = prog.backend.xp
     multiply, greater = xp.multiply, xp.greater
     losses: dict = {}  # (logits, targets, params) -> a cross_entropy awaiting its gradient
+    convs: dict = {}  # (input, params) -> a conv awaiting its weight gradient
     for i in instrs:
         if i.kind != "op" or not hasattr(i.fn, "fast"):
+            continue
+        if i.name in ("conv", "conv_weight_grad") and isinstance(i.params, dict):
+            if i.name == "conv" and len(i.ins) in (2, 3):
+                convs[(i.ins[0], _freeze(i.params))] = i
+            elif i.name == "conv_weight_grad" and len(i.ins) == 2 and "shape" in i.params:
+                p = {k: v for k, v in i.params.items() if k != "shape"}
+                conv = convs.pop((i.ins[0], _freeze(p)), None)
+                if conv is not None:
+                    conv.fn.fast, i.fn.fast = conv_shared_forms(xp, conv.params, i.params)
             continue
         if i.name in ("cross_entropy", "cross_entropy_grad") and isinstance(i.params, dict):
             if i.name == "cross_entropy" and len(i.ins) == 2:

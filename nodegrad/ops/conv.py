@@ -89,9 +89,14 @@ def _grad_rows(xp, g, groups):
 
 
 def _conv_fwd(xp, x, w, b, stride, padding, dilation, groups):
+    cols, out = _cols(xp, x, tuple(w.shape[2:]), stride, padding, dilation, groups)
+    return _conv_of_cols(x, w, b, cols, out, groups)
+
+
+def _conv_of_cols(x, w, b, cols, out, groups):
+    """The convolution from the input's columns (:func:`_cols`)."""
     nd = x.ndim - 2
-    o, k = w.shape[0], tuple(w.shape[2:])
-    cols, out = _cols(xp, x, k, stride, padding, dilation, groups)
+    o = w.shape[0]
     n = x.shape[0]
     wt = _kernel_rows(w, groups)                                        # (G, Og, K·Cg)
     if groups == 1:
@@ -154,9 +159,15 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
 
 
 def _weight_grad_fwd(xp, x, g, stride, padding, dilation, groups, shape):
+    cols, _ = _cols(xp, x, tuple(shape[2:]), stride, padding, dilation, groups,
+                    g.shape[2:])                                         # (G, N·P, K·Cg)
+    return _weight_grad_of_cols(xp, g, cols, groups, shape)
+
+
+def _weight_grad_of_cols(xp, g, cols, groups, shape):
+    """The weight gradient from the input's columns (:func:`_cols`)."""
     k = tuple(shape[2:])
     nd = len(k)
-    cols, _ = _cols(xp, x, k, stride, padding, dilation, groups, g.shape[2:])  # (G, N·P, K·Cg)
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
     if groups == 1:
         dw = B.matmul(rows[0].T, cols[0])
@@ -262,6 +273,31 @@ _conv_weight_grad = primitive(
      lambda c, ans, x, g, shape, **p: _conv_like(x, c, g, **p)),
     kind="linalg", jvp="multilinear", batch=_weight_grad_batch, operands="all",
     doc="The weight gradient of conv: a product of g with the input's windows, of ``shape``.")
+
+
+def conv_shared_forms(xp, params: dict, grad_params: dict):
+    """Replay forms of a ``conv`` (``params``) and the ``conv_weight_grad`` (``grad_params``,
+    the same and the weight's shape) a compiled program runs later on the same input: the
+    forward keeps the input's windows as columns and the weight gradient multiplies those
+    instead of gathering them again (the same columns, so the same bits). A weight gradient
+    given another input or output size gathers its own."""
+    stride, padding, dilation, groups = (
+        params[k] for k in ("stride", "padding", "dilation", "groups"))
+    shape, wgrad = grad_params["shape"], _conv_weight_grad.fwd
+    kept: list = [None]  # (input, columns, output size) of the last forward
+
+    def forward(x, w, b=None):
+        cols, out = _cols(xp, x, tuple(w.shape[2:]), stride, padding, dilation, groups)
+        kept[0] = (x, cols, out) if tuple(w.shape) == shape else None
+        return _conv_of_cols(x, w, b, cols, out, groups)
+
+    def weight_grad(x, g):
+        kp, kept[0] = kept[0], None
+        if kp is not None and kp[0] is x and kp[2] == tuple(g.shape[2:]):
+            return _weight_grad_of_cols(xp, g, kp[1], groups, shape)
+        return wgrad(xp, x, g, **grad_params)
+
+    return forward, weight_grad
 
 
 def conv(x, weight, bias=None, *, stride: tuple, padding: tuple, dilation: tuple,
