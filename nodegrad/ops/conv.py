@@ -98,14 +98,16 @@ def _conv_of_cols(x, w, b, cols, out, groups):
     nd = x.ndim - 2
     o = w.shape[0]
     n = x.shape[0]
-    wt = _kernel_rows(w, groups)                                        # (G, Og, K·Cg)
-    if groups == 1:
-        y = B.matmul(cols[0], wt[0].T)                                           # (N·P, O)
+    if groups == 1:  # the kernel as (K·C, O) columns: a plain product, faster than against
+        # the transposed rows for small ones (500 x 75 x 25: 23 against 29 µs), the same bits
+        wc = w.transpose(tuple(range(2, 2 + nd)) + (1, 0)).reshape(-1, o)
+        y = B.matmul(cols[0], wc)                                                # (N·P, O)
         if b is not None:
             y += b
         y = y.reshape((n,) + out + (o,))
         return y.transpose((0, 1 + nd) + tuple(range(1, 1 + nd)))      # (N, O, *out), a view
     og = o // groups
+    wt = _kernel_rows(w, groups)                                        # (G, Og, K·Cg)
     y = B.matmul(cols, wt.transpose(0, 2, 1))                                    # (G, N·P, Og)
     if b is not None:
         y += b.reshape(groups, 1, og)
