@@ -623,11 +623,14 @@ def test_cross_entropy_and_its_gradient_share_the_softmax_bit_for_bit():
 
 
 @pytest.mark.parametrize("nd", [1, 2])
-def test_a_convolution_and_its_weight_gradient_share_the_columns_bit_for_bit(nd):
+def test_a_convolution_and_its_weight_gradient_share_the_columns_bit_for_bit(nd, monkeypatch):
     """A conv's windows gathered once per call for its forward and its weight gradient (1-D
     and 2-D, strided, padded, dilated, grouped, without bias): eager's bits; a weight gradient
-    of another input than the last forward's gathers its own."""
+    of another input than the last forward's, or of columns above the size kept, gathers its
+    own."""
     from nodegrad.nn import functional as NF
+
+    C = sys.modules["nodegrad.ops.conv"]  # the module (the package exports its function)
 
     conv = NF.conv1d if nd == 1 else NF.conv2d
     rng = np.random.default_rng(3)
@@ -657,6 +660,9 @@ def test_a_convolution_and_its_weight_gradient_share_the_columns_bit_for_bit(nd)
         fwd(x.numpy(), w.numpy(), *([b.numpy()] if bias else []))
         want = ng.grad(lambda w: (conv(other, w, b, **kw) * ng.tensor(g)).sum())(w)
         assert _same(wgrad(other.numpy(), g), want.numpy())
+        with monkeypatch.context() as m:
+            m.setattr(C, "SHARED_COLUMNS_MAX", 0)
+            _check(f, x, w)
 
 
 def test_products_and_sums_replay_in_forms_chosen_once():

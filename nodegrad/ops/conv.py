@@ -277,12 +277,19 @@ _conv_weight_grad = primitive(
     doc="The weight gradient of conv: a product of g with the input's windows, of ``shape``.")
 
 
+SHARED_COLUMNS_MAX = 1 << 24
+"""Bytes of a convolution's gathered columns up to which a compiled program keeps them from
+the forward for the weight gradient (:func:`conv_shared_forms`); larger ones are gathered again,
+as eager does, so that a replay's peak memory stays near eager's."""
+
+
 def conv_shared_forms(xp, params: dict, grad_params: dict):
     """Replay forms of a ``conv`` (``params``) and the ``conv_weight_grad`` (``grad_params``,
     the same and the weight's shape) a compiled program runs later on the same input: the
     forward keeps the input's windows as columns and the weight gradient multiplies those
-    instead of gathering them again (the same columns, so the same bits). A weight gradient
-    given another input or output size gathers its own."""
+    instead of gathering them again (the same columns, so the same bits), up to
+    :data:`SHARED_COLUMNS_MAX` bytes. A weight gradient given another input or output size
+    gathers its own."""
     stride, padding, dilation, groups = (
         params[k] for k in ("stride", "padding", "dilation", "groups"))
     shape, wgrad = grad_params["shape"], _conv_weight_grad.fwd
@@ -290,7 +297,8 @@ def conv_shared_forms(xp, params: dict, grad_params: dict):
 
     def forward(x, w, b=None):
         cols, out = _cols(xp, x, tuple(w.shape[2:]), stride, padding, dilation, groups)
-        kept[0] = (x, cols, out) if tuple(w.shape) == shape else None
+        keep = tuple(w.shape) == shape and cols.nbytes <= SHARED_COLUMNS_MAX
+        kept[0] = (x, cols, out) if keep else None
         return _conv_of_cols(x, w, b, cols, out, groups)
 
     def weight_grad(x, g):
