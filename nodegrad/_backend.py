@@ -595,7 +595,7 @@ def ce_narrow(x, t):
     n, c = x.shape
     z = np.empty((c, n), x.dtype)
     picked = np.empty(n, x.dtype)
-    if k.ce_shift(x, _as_int64(t), z, picked):
+    if k.ce_shift(x, int64_indices(t), z, picked):
         return False
     e = np.exp(z)
     return z, e, np.add.reduce(e, axis=0), picked
@@ -609,13 +609,14 @@ def ce_narrow_grad(e, s, t, scale):
     k = cpu_kernels()
     if k is None or getattr(scale, "dtype", None) != e.dtype or getattr(scale, "ndim", 1):
         return None
-    k.ce_grad(e, s, _as_int64(t), e.dtype.type(scale), e.dtype.type(1))
+    k.ce_grad(e, s, int64_indices(t), e.dtype.type(scale), e.dtype.type(1))
     return e.T
 
 
-def _as_int64(t: np.ndarray) -> np.ndarray:
-    """Integer targets as int64 for the loops (one compiled version, not one per integer type;
-    an unsigned target beyond int64 turns negative, which the range check rejects)."""
+def int64_indices(t: np.ndarray) -> np.ndarray:
+    """Integer class indices as int64 (itself when they are): the loops compile once, not per
+    integer type, and index arithmetic cannot overflow a narrow type; an unsigned index beyond
+    int64 turns negative, which a range check rejects."""
     return t if t.dtype == np.int64 else t.astype(np.int64)
 
 

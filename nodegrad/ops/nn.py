@@ -256,8 +256,7 @@ def _targets_flat(parts, t):
     them is one ``take`` (0.9 µs for 100 rows against 1.9 for ``z[arange, t]``); None when z
     is not C-ordered (strided logits: z keeps their layout)."""
     z, transposed = parts[0], parts[3]
-    # in int64: a uint8 target times the rows overflows, and uint64 plus int64 is a float
-    j = t if t.dtype == B.int64 else t.astype(B.int64)
+    j = B.int64_indices(t)  # a uint8 target times the rows overflows; uint64 + int64 is a float
     if transposed:  # (class j, row i) at j * rows + i
         return j * z.shape[1] + B.row_starts(z.shape[1], 1)
     return B.row_starts(*z.shape) + j if z.flags.c_contiguous else None

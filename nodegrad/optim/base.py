@@ -45,8 +45,7 @@ class _Bucket:
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
                  "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "pending",
-                 "loaded",
-                 "swork", "spans", "kargs")
+                 "loaded", "swork", "spans", "kargs")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
