@@ -5,6 +5,8 @@ Prints the functions with the most own time and a breakdown of the step by where
 fixed cost to every Python call, so Python-level code looks heavier than it is; compare the
 shares between runs rather than reading them as wall time. NumPy ufuncs (np.add, np.matmul, ...)
 are invisible to cProfile: their time is the own time of the op's forward (``_matmul_fwd``).
+Like the harness's worker, it first runs a tiny step of the usual ops, so the paths taken where
+numba is loaded (fused updates, the eager loops) are the ones profiled.
 OpenBLAS runs on one thread here by default: with two, its products slow down ~50x under
 cProfile (the profiler and its spinning worker thread interfere), which would hide everything.
 """
@@ -19,7 +21,7 @@ import time
 from collections import defaultdict
 
 from . import all_workloads
-from ._harness import _openblas, set_blas_threads
+from ._harness import _framework_ready, _openblas, set_blas_threads
 
 
 def _area(filename: str, name: str) -> str:
@@ -39,6 +41,7 @@ def profile(workload_id: str, steps: int | None, top: int, sort: str) -> None:
     w = by_id.get(workload_id.upper())
     if w is None:
         raise SystemExit(f"unknown workload {workload_id!r}; choose from {', '.join(by_id)}")
+    _framework_ready("nodegrad")  # as the harness's worker: numba's loops loaded, as they are there
     step = w.nodegrad(w.data())
     step()  # one-off costs (state allocation, the fused optimiser kernels' start-up) not timed
     t0 = time.perf_counter()

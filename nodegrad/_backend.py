@@ -622,14 +622,24 @@ def int64_indices(t: np.ndarray) -> np.ndarray:
 
 def outer_stack(x, y):
     """``x * y`` for stacks of outer products, x (..., m, 1) and y (..., 1, n) with the same
-    leading axes and float dtype (a vmap'ed layer's per-example weight gradients), as an einsum:
-    NumPy's broadcast multiply runs its inner loop over a broadcast axis here, ~2.5x slower for
-    the same products. None for any other operands."""
+    leading axes and float dtype (a vmap'ed layer's per-example weight gradients): a numba loop
+    where it is loaded (256 x 100 x 100: 0.26 against einsum's 1.9 ms), else an einsum (NumPy's
+    broadcast multiply runs its inner loop over a broadcast axis here, ~2.5x slower). One
+    multiply per element either way, so the bits are the multiply's. None for any other
+    operands."""
     if (type(x) is not np.ndarray or type(y) is not np.ndarray or x.ndim != y.ndim
             or x.shape[-1] != 1 or y.shape[-2] != 1 or x.dtype != y.dtype
             or x.dtype.kind != "f" or x.shape[:-2] != y.shape[:-2]):
         return None
-    return np.einsum("...i,...j->...ij", x[..., 0], y[..., 0, :])
+    k = cpu_kernels()
+    if k is None:
+        return np.einsum("...i,...j->...ij", x[..., 0], y[..., 0, :])
+    lead, m, n = x.shape[:-2], x.shape[-2], y.shape[-1]
+    out = np.empty(lead + (m, n), x.dtype)
+    if out.size:
+        b = math.prod(lead)
+        k.outer_stack(x.reshape(b, m), y.reshape(b, n), out.reshape(b, m, n))
+    return out
 
 
 def matmul_into(a, b, out):

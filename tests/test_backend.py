@@ -349,8 +349,9 @@ def test_log_softmax_of_a_nan_logit_is_nan_not_minus_inf():
 
 
 @pytest.mark.parametrize("shapes", [((256, 100, 1), (256, 1, 40)), ((2, 3, 5, 1), (2, 3, 1, 4)),
-                                    ((3, 1, 1), (3, 1, 1)), ((0, 4, 1), (0, 1, 3))])
-def test_stacked_outer_products_equal_the_broadcast_multiply(shapes):
+                                    ((3, 1, 1), (3, 1, 1)), ((0, 4, 1), (0, 1, 3)),
+                                    ((2, 0, 1), (2, 1, 3))])
+def test_stacked_outer_products_equal_the_broadcast_multiply(shapes, cpu_kernels):
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(0)
@@ -362,6 +363,9 @@ def test_stacked_outer_products_equal_the_broadcast_multiply(shapes):
             got, want = B.outer_stack(x, y), np.multiply(x, y)
         assert got.shape == want.shape and got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)  # the same products, bit for bit
+        strided = np.repeat(x, 2, axis=-2)[..., ::2, :]  # a view laid out otherwise
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(B.outer_stack(strided, y), want)
         z = ng.tensor(x, requires_grad=True)
         with np.errstate(invalid="ignore"):
             assert np.array_equal((z * ng.tensor(y)).numpy(), want, equal_nan=True)
