@@ -14,8 +14,9 @@ costs ~0.5 s, more than these loops save in thousands of steps. Compiled with ``
 so later processes load the machine code from disk.
 
 Each loop computes every element with NumPy's operations in NumPy's order and in the arrays'
-dtype, so the bits are NumPy's (an outer product is one multiply per element): ``maximum(x, 0)`` keeps ``x`` where it is greater or NaN, else
-returns the zero (so ``-0.0`` becomes ``0.0``); ``g * (ans > 0)`` multiplies by one or zero.
+dtype, so the bits are NumPy's (an outer product is one multiply per element):
+``maximum(x, 0)`` keeps ``x`` where it is greater or NaN, else returns the zero (so ``-0.0``
+becomes ``0.0``); ``g * (ans > 0)`` multiplies by one or zero.
 The cross-entropy loops leave every transcendental function and every sum to NumPy; what they
 compute (row maxima, shifts, picks, quotients) is exact or one rounding in the dtype.
 """

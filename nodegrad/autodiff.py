@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._backend import backend_of
+from ._backend import ndarray as _ndarray
 from .errors import AnomalyError, GradError, InplaceError
 
 
@@ -476,7 +477,13 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     if anomaly:
         m.in_backward = n
     rules = prim.vjp
-    if rules is None:
+    grads = None
+    if prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
+            and not anomaly:
+        grads = _raw_vjps(prim, n, g, wanted)
+        if grads is not None:
+            rules = None
+    if grads is None and rules is None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
     shapes = n.shapes
@@ -512,6 +519,37 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             pending[p] = owned[p] = prev + gi
     if anomaly:
         m.in_backward = None
+
+
+def _raw_vjps(prim, n: Node, g, wanted) -> list | None:
+    """Node ``n``'s cotangents by its primitive's ``vjp_raw`` (see :func:`.primitive.primitive`)
+    when ``g`` and every array the node kept are NumPy arrays of one float dtype (integer
+    inputs aside), as tensors; else None (the rules then run)."""
+    gd = g.data
+    if type(gd) is not _ndarray:
+        return None
+    dt = gd.dtype
+    args = n.args
+    datas = []
+    if args is None:  # the node kept no inputs: the rule reads only g and the output
+        datas = _specs((n.shapes, dt))
+    else:
+        for a in args:
+            d = getattr(a, "data", a)
+            if type(d) is _ndarray:
+                if d.dtype != dt and d.dtype.kind not in "iub":
+                    return None
+            elif hasattr(d, "shape") and not isinstance(a, Spec):
+                return None  # another device's array
+            datas.append(d)
+    needs = tuple(p is not None and (wanted is None or p in wanted) for p in n.parents)
+    out = n.out
+    res = prim.vjp_raw(needs, gd, out, *datas, **n.params)
+    if res is None:
+        return None
+    make = type(g).make
+    return [None if r is None else make(r if type(r) is _ndarray else backend_of(gd).asarray(r))
+            for r in res]
 
 
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:

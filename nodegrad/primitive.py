@@ -40,6 +40,7 @@ class Primitive:
         self.promote = promote
         self.operands = operands
         self.differentiable = vjp is not None or vjp_all is not None
+        self.vjp_raw = None  # the VJP on host arrays for a first-order backward (see primitive)
         self.__doc__ = doc
 
 
@@ -52,7 +53,8 @@ class Primitive:
 
 def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = None,
               saves: str = "inputs", kind: str | None = None, jvp=None, batch=None,
-              promote: bool = True, operands="default", doc: str | None = None) -> Primitive:
+              promote: bool = True, operands="default", doc: str | None = None,
+              vjp_raw: Callable | None = None) -> Primitive:
     """Declare and register a primitive.
 
     ``vjp`` is one rule ``(g, ans, *inputs, **params) -> cotangent`` per input (a bare callable
@@ -62,6 +64,13 @@ def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = 
     ("elementwise", "reduce", "shape", ...) lets later transforms derive batching rules.
     ``operands`` names the inputs brought to one dtype by type promotion (:mod:`.dtypes`):
     ``"all"`` (the default for elementwise ops), a tuple of positions, or None.
+
+    ``vjp_raw`` ``(needs, g, ans, *inputs, **params) -> tuple | None`` is an optional second
+    form of the VJP for the commonest backward: first order, no transform active, every array a
+    NumPy array of g's dtype (integer inputs aside). It returns the cotangents as arrays (None
+    for an input it was not asked for), computed by the same forwards the rules bind, in the
+    same order, so the bits are the rules'; or None to leave this node to the rules. It skips
+    the binds the rules would make (~4 µs each): a hot op's backward in plain arrays.
     """
     if name in REGISTRY:
         raise ValueError(f"primitive {name!r} is declared twice")
@@ -73,6 +82,7 @@ def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = 
         operands = True
     p = Primitive(name, fwd, vjp, vjp_all, None, batch, kind, saves, promote, doc, operands)
     p.jvp = _jvp_rule(p, jvp)
+    p.vjp_raw = vjp_raw
     if batch is None and kind == "elementwise":
         p.batch = elementwise_rule(p)
     elif batch is None and kind == "reduce":

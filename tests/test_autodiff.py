@@ -300,3 +300,77 @@ def test_autodiff_grad_unused_input():
         ng.autodiff.grad(a * 2, [a, b])
     ga, gb = ng.autodiff.grad(a * 2, [a, b], allow_unused=True)
     assert ga.item() == 2.0 and gb is None
+
+
+# --- the host-array VJPs (vjp_raw) against the rules --------------------------------------------
+def _grads_both_ways(monkeypatch, build, params):
+    """The gradients of ``build(*params)`` with the raw VJPs, then with the rules alone."""
+    from nodegrad.primitive import REGISTRY
+
+    out = []
+    for raw in (True, False):
+        if not raw:
+            for p in REGISTRY.values():
+                monkeypatch.setattr(p, "vjp_raw", None)
+        ts = [ng.tensor(p, requires_grad=True) for p in params]
+        build(*ts).backward()
+        out.append([t.grad.numpy() for t in ts])
+    return out
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["linear2d", "linear3d", "linear1d", "linear_nobias", "matmul",
+                                  "relu_ce", "conv1d", "conv2d_strided", "conv_grouped",
+                                  "conv_nobias"])
+def test_raw_vjps_give_the_rules_bits(monkeypatch, case, dt):
+    F = ng.nn.functional
+    rng = np.random.default_rng(0)
+
+    def r(*s):
+        return rng.standard_normal(s).astype(dt)
+
+    y = ng.tensor(rng.integers(0, 10, 16))
+    builds = {
+        "linear2d": (lambda x, w, b: (ng.linear(x, w, b) ** 2).sum(), [r(16, 5), r(7, 5), r(7)]),
+        "linear3d": (lambda x, w, b: (ng.linear(x, w, b) ** 2).sum(),
+                     [r(4, 3, 5), r(7, 5), r(7)]),
+        "linear1d": (lambda x, w, b: (ng.linear(x, w, b) ** 2).sum(), [r(5), r(7, 5), r(7)]),
+        "linear_nobias": (lambda x, w: (ng.linear(x, w) ** 2).sum(), [r(16, 5), r(7, 5)]),
+        "matmul": (lambda a, b: ((a @ b) ** 2).sum(), [r(6, 5), r(5, 3)]),
+        "relu_ce": (lambda x, w: F.cross_entropy(ng.linear(x, w).relu() - 0.1, y),
+                    [r(16, 5), r(10, 5)]),
+        "conv1d": (lambda x, w, b: (F.conv1d(x, w, b, padding=1) ** 2).sum(),
+                   [r(3, 4, 9), r(6, 4, 3), r(6)]),
+        "conv2d_strided": (lambda x, w, b: (F.conv2d(x, w, b, stride=2) ** 2).sum(),
+                           [r(2, 3, 7, 7), r(4, 3, 3, 3), r(4)]),
+        "conv_grouped": (lambda x, w, b: (F.conv2d(x, w, b, groups=2, dilation=2) ** 2).sum(),
+                         [r(2, 4, 8, 8), r(6, 2, 3, 3), r(6)]),
+        "conv_nobias": (lambda x, w: (F.conv1d(x, w, stride=2) ** 2).sum(),
+                        [r(3, 4, 11), r(5, 4, 3)]),
+    }
+    build, params = builds[case]
+    raw, rules = _grads_both_ways(monkeypatch, build, params)
+    for a, b in zip(raw, rules):
+        assert a.dtype == b.dtype == dt
+        np.testing.assert_array_equal(a, b)
+
+
+def test_raw_vjps_run_only_for_a_plain_first_order_backward(monkeypatch):
+    from nodegrad.ops import nn as opsnn
+
+    calls = []
+    raw = opsnn._linear.vjp_raw
+    monkeypatch.setattr(opsnn._linear, "vjp_raw", lambda *a, **k: calls.append(1) or raw(*a, **k))
+    x = ng.tensor(np.ones((4, 3), np.float32))
+    w = ng.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    ng.linear(x, w).sum().backward()
+    assert calls == [1]
+    (gw,) = ng.autodiff.grad((ng.linear(x, w) ** 2).sum(), [w], create_graph=True)
+    assert calls == [1] and gw.requires_grad  # create_graph: the rules, which record a graph
+    # a float64 cotangent on a float32 output: the rules, which refuse the mix as before
+    with pytest.raises(ng.errors.DTypeError, match="mixed float dtypes"):
+        ng.linear(x, w).backward(ng.tensor(np.ones((4, 2))))
+    assert calls == [1]
+    # grad of a per-example function under vmap: the rules, batched
+    ng.vmap(ng.grad(lambda w, x: ng.linear(x, w).sum()), in_axes=(None, 0))(w, x)
+    assert calls == [1]

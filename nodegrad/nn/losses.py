@@ -68,10 +68,15 @@ def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean",
     return huber_loss(input, target, reduction, beta) / beta
 
 
-def _class_target(target: Tensor, n_classes: int, ignore_index: int, op: str) -> None:
+def _class_target(target: Tensor, n_classes: int, ignore_index: int, op: str,
+                  host_checked: bool = False) -> None:
+    """Integer class indices in range; with ``host_checked``, NumPy targets are left to the
+    op's forward, which checks them itself (so also in a compiled program's replay)."""
     if target.dtype.kind not in "iu":
         raise DTypeError(f"{op}: class targets must be integers, got {target.dtype}")
-    check_class_targets(values(target), n_classes, ignore_index, op)  # under vmap: all examples
+    t = values(target)  # under vmap: all examples
+    if not (host_checked and type(t) is B.ndarray):
+        check_class_targets(t, n_classes, ignore_index, op)
 
 
 def _check_logits(input: Tensor, target: Tensor, op: str) -> None:
@@ -122,7 +127,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
             and reduction in _REDUCTIONS and input.dtype.kind == "f"):
         # the common case in one fused primitive: log-softmax, pick and reduce in one pass
         _check_logits(input, target, "nll_loss")
-        _class_target(target, input.shape[axis], ignore_index, "nll_loss")
+        _class_target(target, input.shape[axis], ignore_index, "nll_loss", host_checked=True)
         return _fused_ce(input, target, axis=axis, ignore_index=ignore_index,
                          reduction=reduction)
     logp = ops.log_softmax(input, axis=axis)

@@ -256,12 +256,19 @@ def _weight_grad_batch(vals, bdims, stride, padding, dilation, groups, shape):
     return dw.reshape((n,) + tuple(shape)), 0
 
 
+def _conv_raw(needs, g, ans, x, w, b, **p):
+    """The three rules above on host arrays (``vjp_raw``): the same forwards and sum."""
+    return (_input_grad_fwd(B.np, g, w, shape=tuple(x.shape), **p) if needs[0] else None,
+            _weight_grad_fwd(B.np, x, g, shape=tuple(w.shape), **p) if needs[1] else None,
+            B.sum_outer(g, (0,) + tuple(range(2, g.ndim)), False) if needs[2] else None)
+
+
 _conv = primitive(
     "conv", _conv_fwd,
     (lambda g, ans, x, w, b, **p: _conv_input_grad(g, w, shape=tuple(x.shape), **p),
      lambda g, ans, x, w, b, **p: _conv_weight_grad(x, g, shape=tuple(w.shape), **p),
      _conv_db),
-    kind="linalg", jvp=_conv_jvp, batch=_conv_batch, operands="all",
+    kind="linalg", jvp=_conv_jvp, batch=_conv_batch, operands="all", vjp_raw=_conv_raw,
     doc="N-d convolution (cross-correlation) as one product over strided windows, bias in place.")
 _conv_input_grad = primitive(
     "conv_input_grad", _input_grad_fwd,

@@ -214,7 +214,8 @@ _relu_grad = primitive(
     doc="g where relu's output is positive, else 0: relu's VJP in one bind (no mask to cast).")
 relu = primitive("relu", lambda xp, x: B.relu(x) if type(x) is B.ndarray else xp.maximum(x, 0),
                  lambda g, ans, x: _relu_grad(g, ans),
-                 saves="out", kind=_EW, jvp=_J, doc="max(x, 0); its gradient at 0 is 0.")
+                 saves="out", kind=_EW, jvp=_J, doc="max(x, 0); its gradient at 0 is 0.",
+                 vjp_raw=lambda needs, g, ans, x: (_relu_grad_fwd(B.np, g, ans),))
 _leaky_relu = primitive(
     "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),
     lambda g, ans, x, negative_slope: where(x > 0, g, g * negative_slope),

@@ -76,8 +76,15 @@ def _matmul_batch(vals, bdims):
     return out, 0
 
 
+def _matmul_raw(needs, g, ans, a, b):
+    """The rules above on host matrices (``vjp_raw``); None (the rules) for other ranks."""
+    if a.ndim != 2 or b.ndim != 2:
+        return None
+    return B.matmul(g, b.T) if needs[0] else None, B.matmul(a.T, g) if needs[1] else None
+
+
 matmul = primitive("matmul", _matmul_fwd, (_matmul_da, _matmul_db), kind="linalg",
-                   jvp="multilinear", batch=_matmul_batch, operands="all",
+                   jvp="multilinear", batch=_matmul_batch, operands="all", vjp_raw=_matmul_raw,
                    doc="Matrix product with NumPy's rules (1-d operands, broadcast batches).")
 
 

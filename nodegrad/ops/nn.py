@@ -174,9 +174,20 @@ def _linear_batch(vals, bdims):
     return out, 0
 
 
+def _linear_raw(needs, g, ans, x, w, b):
+    """The three rules above on host arrays (``vjp_raw``): the same products and sum."""
+    dw = None
+    if needs[1]:
+        dw = (B.matmul(g.T, x) if g.ndim == 2 else
+              B.matmul(g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1])))
+    db = (B.sum_outer(g, tuple(range(g.ndim - 1)), False) if g.ndim > 1 else g) if needs[2] \
+        else None
+    return B.matmul(g, w) if needs[0] else None, dw, db
+
+
 _linear = primitive("linear", _linear_fwd,
                     (lambda g, ans, x, w, b: g @ w, _linear_dw, _linear_db), kind="linalg",
-                    jvp=_linear_jvp, batch=_linear_batch, operands="all",
+                    jvp=_linear_jvp, batch=_linear_batch, operands="all", vjp_raw=_linear_raw,
                     doc="x Wᵀ + b in one product with the bias added in place.")
 
 
@@ -495,6 +506,7 @@ _ce_grad = primitive(
 _ce = primitive(
     "cross_entropy", _ce_fwd, (lambda g, ans, x, t, **p: _ce_grad(x, g, t, **p), None),
     kind="nn", jvp=_ce_jvp, batch=_ce_batch, operands=None,
+    vjp_raw=lambda needs, g, ans, x, t, **p: (_ce_grad_fwd(B.np, x, g, t, **p), None),
     doc="Softmax cross-entropy of logits against class indices, in one pass.")
 
 
