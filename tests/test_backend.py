@@ -473,3 +473,28 @@ def test_replay_forms_give_the_same_bytes_as_the_general_functions():
         assert got.tobytes() == want.tobytes() and got.strides == want.strides
         out = np.empty_like(arr)
         assert form(arr, out) is out and out.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 10), (100, 32), (100, 33), (15, 10), (256, 2)])
+def test_softmax_and_log_softmax_on_narrow_rows(dt, shape):
+    """Narrow rows (<= 32 classes, >= 16 rows) go through the transposed logits: the values of
+    a float64 softmax, a C-ordered result, and rows with a NaN or an infinity as row by row."""
+    from nodegrad.ops import nn as opsnn
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 5).astype(dt)
+    tol = 1e-6 if dt == np.float32 else 1e-14
+    x64 = x.astype(np.float64)
+    z = x64 - x64.max(1, keepdims=True)
+    want = z - np.log(np.exp(z).sum(1, keepdims=True))
+    for fn, ref in ((opsnn._log_softmax_fwd, want), (opsnn._softmax_fwd, np.exp(want))):
+        got = fn(np, x, 1)
+        assert got.dtype == dt and got.flags.c_contiguous
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    x[0, 0], x[1, 1], x[2, :] = np.nan, np.inf, -np.inf
+    with np.errstate(invalid="ignore"):
+        for fn in (opsnn._log_softmax_fwd, opsnn._softmax_fwd):
+            got = fn(np, x, 1)
+            rows = np.concatenate([fn(np, x[i:i + 1], 1) for i in range(3)])  # the general path
+            np.testing.assert_array_equal(got[:3], rows)

@@ -66,12 +66,24 @@ def logsumexp(x, axis=None, keepdims: bool = False):
 
 
 def _softmax_fwd(xp, x, axis):
+    if _narrow(x, axis):  # as log_softmax
+        parts = _narrow_parts(x)
+        if parts is not None:
+            _, e, s = parts
+            e /= s
+            return B.np.ascontiguousarray(e.T)
     z, _ = _shifted(xp, x, axis)
     e = xp.exp(z)
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
 def _log_softmax_fwd(xp, x, axis):
+    if _narrow(x, axis):  # (100, 10): ~3x faster, the row sums in class order
+        parts = _narrow_parts(x)
+        if parts is not None:
+            z, _, s = parts
+            z -= B.np.log(s)
+            return B.np.ascontiguousarray(z.T)
     z, _ = _shifted(xp, x, axis)
     return z - _log_pos(xp, xp.sum(xp.exp(z), axis=axis, keepdims=True))
 
@@ -226,10 +238,32 @@ _UNSIGNED = {k: B.np.dtype(f"u{k}") for k in (1, 2, 4, 8)}
 
 
 NARROW_ROWS = 32
-"""Classes up to which softmax cross-entropy works on the transposed logits (classes outer):
+"""Classes up to which softmax, log_softmax and softmax cross-entropy work on the transposed
+logits (classes outer):
 NumPy reduces, broadcasts and divides a short contiguous row one inner loop per row, and the
 transposed arrays turn those into loops along the batch (100 x 10: 2.2 µs for the row maxima
 against 5.6, 1.0 for the row sums against 4.2)."""
+
+
+def _narrow_parts(x):
+    """``z = x - max``, ``e = exp(z)`` and e's row sums for (rows, classes) logits, z and e
+    transposed (classes outer, C-ordered) and summed in class order; None when a row's maximum
+    is not finite (NaN, ±inf: the general path's care)."""
+    np_ = B.np
+    z = x.T.copy()
+    m = np_.maximum.reduce(z, axis=0)
+    if not math.isfinite(np_.add.reduce(m)):
+        return None
+    z -= m
+    e = np_.exp(z)
+    return z, e, np_.add.reduce(e, axis=0)
+
+
+def _narrow(x, axis) -> bool:
+    """Whether softmax over ``axis`` takes :func:`_narrow_parts`: NumPy float logits (rows,
+    classes) with at most :data:`NARROW_ROWS` classes and 16 rows or more."""
+    return (type(x) is B.ndarray and x.ndim == 2 and axis == 1 and x.shape[1] <= NARROW_ROWS
+            and x.shape[0] >= 16 and x.dtype.kind == "f")
 
 
 def _ce_parts(xp, x, t):
@@ -243,15 +277,8 @@ def _ce_parts(xp, x, t):
         k = B.ce_narrow(x, t)
         if k is not None:
             return None if k is False else (k[0], k[1], k[2], True, k[3])
-        if not _in_range(t, c):
-            return None
-        z = x.T.copy()
-        m = B.np.maximum.reduce(z, axis=0)
-        if not math.isfinite(B.np.add.reduce(m)):
-            return None
-        z -= m
-        e = xp.exp(z)
-        return z, e, B.np.add.reduce(e, axis=0), True, None
+        parts = _narrow_parts(x) if _in_range(t, c) else None
+        return None if parts is None else parts + (True, None)
     if not _in_range(t, c):
         return None
     m = x.max(axis=1, keepdims=True)
