@@ -498,3 +498,86 @@ def test_softmax_and_log_softmax_on_narrow_rows(dt, shape):
             got = fn(np, x, 1)
             rows = np.concatenate([fn(np, x[i:i + 1], 1) for i in range(3)])  # the general path
             np.testing.assert_array_equal(got[:3], rows)
+
+
+@pytest.mark.parametrize("shape", [(256, 100, 100), (1 << 20,), (3, 1000, 701), (2 ** 20 + 3,)])
+def test_large_loops_in_halves_give_numpys_bits(shape):
+    """Full sums and same-shape multiply/add/subtract from SPLIT_MIN elements run in two halves
+    on two threads: NumPy's results bit for bit (the sum split where its pairwise sum splits)."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        a, b = (rng.standard_normal(shape).astype(dt) for _ in range(2))
+        a.flat[5] = np.nan if dt == np.float64 else a.flat[5]
+        for uf in (np.multiply, np.add, np.subtract):
+            np.testing.assert_array_equal(B.binary_halves(uf, a, b), uf(a, b))
+        got, want = B.sum_halves(a), np.add.reduce(a, axis=None)
+        assert got.dtype == want.dtype and (got == want or (np.isnan(got) and np.isnan(want)))
+        z = np.zeros(shape, dt)
+        z.flat[-1] = -0.0
+        nz = -np.abs(z)  # all -0.0
+        assert np.signbit(B.sum_halves(nz)) == np.signbit(np.add.reduce(nz, axis=None))
+        # through the ops: the same values as NumPy's
+        ta, tb = ng.tensor(a), ng.tensor(b)
+        np.testing.assert_array_equal((ta * tb).numpy(), a * b)
+        np.testing.assert_array_equal((ta - tb).numpy(), a - b)
+        assert np.array_equal(ta.sum().numpy(), np.add.reduce(a, axis=None), equal_nan=True)
+        assert ta.sum(keepdims=True).shape == (1,) * a.ndim
+    # anything else is left to NumPy's one loop
+    small = np.ones(B.SPLIT_MIN - 1, np.float32)
+    assert B.sum_halves(small) is None and B.binary_halves(np.add, small, small) is None
+    assert B.binary_halves(np.add, a, a.astype(np.float32)) is None
+    assert B.sum_halves(a.T) is None or a.ndim == 1
+
+
+def test_halves_keep_the_callers_error_state_and_threads():
+    """The helper's half raises under the caller's np.errstate; callers from several threads
+    at once each get their own results; a failing half leaves the helper usable."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nodegrad import _backend as B
+
+    n = B.SPLIT_MIN
+    a = np.ones(2 * n, np.float32)
+    a[-1] = 3e38  # overflows in the second half only
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        B.binary_halves(np.multiply, a, a)
+    a[-1] = 1.0
+    arrays = [np.full(2 * n, k, np.float32) for k in range(8)]
+
+    def work(k):
+        x = arrays[k]
+        return float(B.sum_halves(x)), B.binary_halves(np.add, x, x)[-1]
+
+    with ThreadPoolExecutor(4) as ex:
+        for k, (s, last) in enumerate(ex.map(work, range(8))):
+            assert s == 2 * n * k and last == 2 * k
+
+
+def _halves_in_child(q):
+    from nodegrad import _backend as B
+
+    x = np.ones(2 * B.SPLIT_MIN, np.float32)
+    q.put(float(B.sum_halves(x)))
+
+
+def test_halves_after_fork():
+    """A forked child (a data loader's worker) starts its own helper thread."""
+    import multiprocessing as mp
+
+    from nodegrad import _backend as B
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    B.sum_halves(np.ones(2 * B.SPLIT_MIN, np.float32))  # the parent's helper exists
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_halves_in_child, args=(q,))
+    p.start()
+    try:
+        assert q.get(timeout=60) == 2 * B.SPLIT_MIN
+    finally:
+        p.join(timeout=60)
+        if p.is_alive():
+            p.kill()

@@ -41,16 +41,35 @@ def _is_bool(v) -> bool:
 
 
 # --- arithmetic ------------------------------------------------------------------------------
-add = primitive("add", lambda xp, x, y: xp.add(x, y),
+def _binary(name: str):
+    """The forward ``xp.<name>(x, y)``, in halves on two threads for large NumPy float arrays
+    (:func:`._backend.binary_halves`)."""
+    host = getattr(B.np, name)
+
+    def fwd(xp, x, y):
+        if getattr(x, "size", 0) >= _SPLIT_MIN:
+            out = B.binary_halves(host, x, y)
+            if out is not None:
+                return out
+        return getattr(xp, name)(x, y)
+    return fwd
+
+
+_SPLIT_MIN = B.SPLIT_MIN
+add = primitive("add", _binary("add"),
                 (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
-subtract = primitive("subtract", _no_bools("subtract", lambda xp, x, y: xp.subtract(x, y)),
+subtract = primitive("subtract", _no_bools("subtract", _binary("subtract")),
                      (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
                      kind=_EW, jvp=_J,
                      doc="x - y, broadcasting.")
 def _multiply(xp, x, y):
     if getattr(x, "ndim", 0) > 2 and getattr(y, "ndim", 0) > 2:  # per-example weight gradients
         out = B.outer_stack(x, y)
+        if out is not None:
+            return out
+    if getattr(x, "size", 0) >= _SPLIT_MIN:
+        out = B.binary_halves(B.np.multiply, x, y)
         if out is not None:
             return out
     return xp.multiply(x, y)
