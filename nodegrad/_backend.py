@@ -410,8 +410,9 @@ class _Halves:
                     res = (fn(*args), None)
             except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
                 res = (None, e)
+            fn = args = None  # hold no array past the job (a step's peak memory)
             with cond:
-                self._result = res
+                self._result, res = res, None
                 cond.notify_all()
 
     def run(self, fn, first: tuple, second: tuple):

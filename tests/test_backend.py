@@ -553,6 +553,17 @@ def test_halves_keep_the_callers_error_state_and_threads():
     with ThreadPoolExecutor(4) as ex:
         for k, (s, last) in enumerate(ex.map(work, range(8))):
             assert s == 2 * n * k and last == 2 * k
+    # the helper keeps no array alive after its half (a step's peak memory)
+    import gc
+    import weakref
+
+    x = np.ones(2 * n, np.float32)
+    out = B.binary_halves(np.multiply, x, x)
+    refs = [weakref.ref(x), weakref.ref(out)]
+    B.sum_halves(out)
+    del x, out
+    gc.collect()
+    assert all(r() is None for r in refs)
 
 
 def _halves_in_child(q):
