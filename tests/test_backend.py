@@ -349,6 +349,7 @@ def test_log_softmax_of_a_nan_logit_is_nan_not_minus_inf():
 
 
 @pytest.mark.parametrize("shapes", [((256, 100, 1), (256, 1, 40)), ((2, 3, 5, 1), (2, 3, 1, 4)),
+                                    ((256, 100, 1), (256, 1, 100)),  # in halves on two threads
                                     ((3, 1, 1), (3, 1, 1)), ((0, 4, 1), (0, 1, 3)),
                                     ((2, 0, 1), (2, 1, 3))])
 def test_stacked_outer_products_equal_the_broadcast_multiply(shapes, cpu_kernels):
