@@ -713,6 +713,24 @@ def relu_grad(g: np.ndarray, ans: np.ndarray) -> np.ndarray | None:
     return out
 
 
+def relu_grad_dense(out: np.ndarray, ans: np.ndarray) -> bool:
+    """``out *= (ans > 0)`` in place by :func:`relu_grad`'s loop, for ``out`` laid out as
+    ``ans`` (``np.empty_like``) and both dense in memory, walked flat in memory order (a
+    convolution's channels-last activations: 47,500 floats in 46 against 58 µs with the
+    mask); False where the loop does not apply (nothing written)."""
+    if (out.size < RELU_MIN_SIZE or out.dtype not in _KERNEL_DTYPES or out.dtype != ans.dtype
+            or out.strides != ans.strides or min(ans.strides, default=0) <= 0):
+        return False
+    k = cpu_kernels()
+    if k is None:
+        return False
+    of, af = out.ravel("K"), ans.ravel("K")
+    if of.base is None or af.base is None:  # a copy: not dense
+        return False
+    k.relu_grad(of, af, of, out.dtype.type(0), out.dtype.type(1))
+    return True
+
+
 def ce_narrow(x, t):
     """Softmax cross-entropy's shared parts of (n, c) float logits and n integer targets,
     worked transposed by the loops of :func:`cpu_kernels` around NumPy's ``exp`` and sum:

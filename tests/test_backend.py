@@ -233,6 +233,25 @@ def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
         assert B.relu_grad(g32[:ans.shape[0], :ans.shape[1]], ans) is None
 
 
+def test_relu_grad_across_layouts_equals_numpys_masked_multiply(cpu_kernels):
+    """A gradient laid out otherwise than the activations (a strided conv's input gradient,
+    positions first, against channels-last activations): the same bytes and ans's layout."""
+    from nodegrad.ops.elementwise import _relu_grad_fwd
+
+    rng = np.random.default_rng(7)
+    for dt in (np.float32, np.float64):
+        g = rng.standard_normal((19, 100, 25)).astype(dt).transpose(1, 2, 0)  # (N, C, L)
+        ans = np.maximum(rng.standard_normal((100, 19, 25)), 0).astype(dt).transpose(0, 2, 1)
+        g[0, 0, ::3], g[1, 1, ::2] = np.nan, -0.0
+        ans[2, 2, ::2] = np.inf
+        with np.errstate(invalid="ignore"):
+            got, want = _relu_grad_fwd(np, g, ans), np.multiply(g, ans > 0, dtype=dt)
+        assert got.strides == ans.strides and got.tobytes("A") == want.astype(dt).tobytes("A")
+        sliced = ans[:, :, ::2]  # not dense: NumPy's masked multiply
+        np.testing.assert_array_equal(_relu_grad_fwd(np, g[:, :, ::2], sliced),
+                                      np.multiply(g[:, :, ::2], sliced > 0))
+
+
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_cross_entropy_on_narrow_and_wide_rows_matches_a_float64_softmax(dt, cpu_kernels):
     """The plain path's loss and gradient, worked on transposed logits up to NARROW_ROWS
