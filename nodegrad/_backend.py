@@ -373,8 +373,8 @@ of C-ordered float arrays runs in two halves, one on a helper thread (NumPy rele
 inside its loops): such loops are limited by one core's memory rate (a 2.56 M-element float32
 multiply: 1.0 ms on one thread, 0.57 on two; W8's step was 7 % faster from 2^19 than from
 2^20, which left its 1.02 M-element arrays on one thread), where PyTorch uses its intra-op
-threads. The halves give the
-one-thread result bit for bit (a sum is split where NumPy's pairwise sum splits it)."""
+threads. The halves give the one-thread result bit for bit (a sum is split where NumPy's
+pairwise sum splits it)."""
 
 
 class _Halves:

@@ -480,7 +480,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     grads = None
     if prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
             and not anomaly:
-        grads = _raw_vjps(prim, n, g, wanted)
+        grads = _raw_vjps(prim, n, g, args, wanted)
         if grads is not None:
             rules = None
     if grads is None and rules is None:
@@ -521,27 +521,23 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         m.in_backward = None
 
 
-def _raw_vjps(prim, n: Node, g, wanted) -> list | None:
+def _raw_vjps(prim, n: Node, g, args, wanted) -> list | None:
     """Node ``n``'s cotangents by its primitive's ``vjp_raw`` (see :func:`.primitive.primitive`)
-    when ``g`` and every array the node kept are NumPy arrays of one float dtype (integer
-    inputs aside), as tensors; else None (the rules then run)."""
+    when ``g`` and every array the node kept (``args``: its inputs, or their specs) are NumPy
+    arrays of one float dtype (integer inputs aside), as tensors; else None (the rules run)."""
     gd = g.data
     if type(gd) is not _ndarray:
         return None
     dt = gd.dtype
-    args = n.args
     datas = []
-    if args is None:  # the node kept no inputs: the rule reads only g and the output
-        datas = _specs((n.shapes, dt))
-    else:
-        for a in args:
-            d = getattr(a, "data", a)
-            if type(d) is _ndarray:
-                if d.dtype != dt and d.dtype.kind not in "iub":
-                    return None
-            elif hasattr(d, "shape") and not isinstance(a, Spec):
-                return None  # another device's array
-            datas.append(d)
+    for a in args:
+        d = getattr(a, "data", a)
+        if type(d) is _ndarray:
+            if d.dtype != dt and d.dtype.kind not in "iub":
+                return None
+        elif hasattr(d, "shape") and not isinstance(a, Spec):
+            return None  # another device's array
+        datas.append(d)
     needs = tuple(p is not None and (wanted is None or p in wanted) for p in n.parents)
     out = n.out
     res = prim.vjp_raw(needs, gd, out, *datas, **n.params)

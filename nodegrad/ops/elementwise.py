@@ -56,6 +56,7 @@ def _binary(name: str):
 
 
 _SPLIT_MIN = B.SPLIT_MIN
+_multiply_any = _binary("multiply")
 add = primitive("add", _binary("add"),
                 (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
@@ -63,16 +64,14 @@ subtract = primitive("subtract", _no_bools("subtract", _binary("subtract")),
                      (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
                      kind=_EW, jvp=_J,
                      doc="x - y, broadcasting.")
+
+
 def _multiply(xp, x, y):
     if getattr(x, "ndim", 0) > 2 and getattr(y, "ndim", 0) > 2:  # per-example weight gradients
         out = B.outer_stack(x, y)
         if out is not None:
             return out
-    if getattr(x, "size", 0) >= _SPLIT_MIN:
-        out = B.binary_halves(B.np.multiply, x, y)
-        if out is not None:
-            return out
-    return xp.multiply(x, y)
+    return _multiply_any(xp, x, y)
 
 
 multiply = primitive("multiply", _multiply,
