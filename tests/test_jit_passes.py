@@ -329,6 +329,31 @@ def test_arithmetic_chains_fuse_bit_for_bit():
 
 
 @needs_numba
+def test_kernels_over_whole_arrays_run_as_one_axis_in_any_layout():
+    """Inputs of the kernel's shape (or all ones) let it loop over the elements as one axis; a
+    transposed input is copied first, a (1, 1) one broadcast; the same bits as eager."""
+    def f(x, y, s):
+        h = (x * y + s) * 0.5 - y
+        return h, ((x - s) * h).sum()
+
+    for dt in (ng.float32, ng.float64):
+        y, s = ng.randn(40, 30, dtype=dt), ng.randn(1, 1, dtype=dt)
+        jf = ng.jit(f)
+        for x in (ng.randn(40, 30, dtype=dt), ng.randn(30, 40, dtype=dt).T,
+                  ng.randn(40, 30, dtype=dt)):
+            (h, t), (eh, et) = jf(x, y, s), f(x, y, s)
+            assert _same(h.numpy(), eh.numpy())
+            _close(t, et)
+        assert jf.program.counts()["fused"] == 1
+    g = F.Group((40, 30), np.dtype(np.float32), [])
+    one, full = ((1, 1), np.dtype(np.float32)), ((40, 30), np.dtype(np.float32))
+    flat, specs, prologue, nd = F._flattened(g, [full, one, ((), np.dtype(np.float32))])
+    assert flat.shape == (1200,) and [sp for sp, _ in specs] == [(1200,), (1,), ()]
+    assert nd == 2 and len(prologue) == 2
+    assert F._flattened(g, [full, ((30,), np.dtype(np.float32))])[3] is None  # broadcast rows
+
+
+@needs_numba
 def test_fused_gradients_match_within_tolerance():
     def loss(x, w, b):
         h = ng.tanh(x @ w + b)
