@@ -54,6 +54,16 @@ def test_prod_and_cumprod_with_zeros_match_torch(x, float_dtype):
                 dtype=float_dtype)
 
 
+def test_cumprod_along_a_length_one_axis_passes_the_gradient_through():
+    """The identity: no quotient by x, which lost g·x/x for a subnormal x (gradient 0)."""
+    for x in (np.array([1.4e-45], np.float32), np.array([[1e-44, 3.0]], np.float32)):
+        compare(lambda t: ng.cumprod(t, 0), lambda t: torch.cumprod(t, 0), x, dtype=np.float32)
+        g = ng.grad(lambda t: (ng.cumprod(t, 0) * 0.5).sum())(ng.tensor(x))
+        assert np.array_equal(g.numpy(), np.full(x.shape, 0.5, np.float32))
+        _, t = ng.jvp(lambda a: ng.cumprod(a, 0), (ng.tensor(x),), (ng.ones_like(ng.tensor(x)),))
+        assert np.array_equal(t.numpy(), np.ones(x.shape, np.float32))
+
+
 @pytest.mark.parametrize("x", ZEROS, ids=range(len(ZEROS)))
 def test_second_derivatives_at_zeros_match_torch(x):
     for f, tf in [(lambda t: ng.cumprod(t, 0), lambda t: torch.cumprod(t, 0)),

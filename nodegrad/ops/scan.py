@@ -47,6 +47,8 @@ def _zero_masks(x, axis):
 
 
 def _cumprod_vjp(g, ans, x, axis):
+    if x.shape[axis] == 1:  # the identity: no quotient by x (a subnormal x lost g·ans/x)
+        return g
     if is_grad_enabled():  # a graph of the gradient is wanted: the polynomial form
         return _cumprod_vjp_poly(g, x, axis)
     # before the first zero x_k: revcumsum(g·ans)/x (ans is 0 from k on); at x_k: the sum over
@@ -73,6 +75,8 @@ def _cumprod_vjp_poly(g, x, axis):
 
 def _cumprod_jvp(ts, ans, x, axis):
     t = ts[0]
+    if x.shape[axis] == 1:  # the identity
+        return t
     before, first = _zero_masks(x, axis)
     inner = ans * _cumsum(where(before, t / where(before, x, 1), 0), axis=axis)
     tk = _sum(where(first, t, 0), axis=(axis,), keepdims=True)
