@@ -8,7 +8,9 @@ once: 1.5-2x faster for arrays that are no longer in cache. Softmax cross-entrop
 rows (``ce_shift``, ``ce_grad``) takes two loops around NumPy's ``exp``, ``log`` and sums in
 place of a dozen short NumPy calls. ``outer_stack`` writes stacks of outer products (a vmap'ed
 layer's per-example weight gradients) row by row, where NumPy's einsum and broadcast multiply
-run 3-8x slower. :mod:`._backend` calls them only
+run 3-8x slower. ``fold_taps_1d``/``_2d`` add a strided transposed convolution's per-tap
+products into its input gradient in one pass, where NumPy zeroes a padded buffer and makes one
+strided add per tap. :mod:`._backend` calls them only
 when numba is imported already (by a fused optimiser, a compiled program): importing numba
 costs ~0.5 s, more than these loops save in thousands of steps. Compiled with ``cache=True``,
 so later processes load the machine code from disk.
@@ -16,7 +18,8 @@ so later processes load the machine code from disk.
 Each loop computes every element with NumPy's operations in NumPy's order and in the arrays'
 dtype, so the bits are NumPy's (an outer product is one multiply per element):
 ``maximum(x, 0)`` keeps ``x`` where it is greater or NaN, else returns the zero (so ``-0.0``
-becomes ``0.0``); ``g * (ans > 0)`` multiplies by one or zero.
+becomes ``0.0``); ``g * (ans > 0)`` multiplies by one or zero; a fold adds each element's
+taps to a zero in NumPy's tap order.
 The cross-entropy loops leave every transcendental function and every sum to NumPy; what they
 compute (row maxima, shifts, picks, quotients) is exact or one rounding in the dtype.
 """
@@ -90,3 +93,47 @@ def outer_stack(x, y, out):
             a = x[b, i]
             for j in range(y.shape[1]):
                 out[b, i, j] = a * y[b, j]
+
+
+@numba.njit(**_OPTS)
+def fold_taps_1d(parts, out, stride, pad, dil, zero):
+    """A strided transposed 1-D convolution's fold: ``out[l, n, c]`` (L, N, C) is ``zero``
+    plus, tap by tap in order, ``parts[t, p, n, c]`` (K, P, N, C) for each tap ``t`` whose
+    window ``p = (l + pad - t dil) / stride`` is whole and in range: the adds, and their order,
+    of zeroing a padded buffer and adding each tap's product into it."""
+    nk, npos, nb, nc = parts.shape
+    for lo in range(out.shape[0]):
+        for b in range(nb):
+            for c in range(nc):
+                out[lo, b, c] = zero
+        for t in range(nk):
+            q = lo + pad - t * dil
+            if q < 0 or q % stride != 0 or q // stride >= npos:
+                continue
+            p = q // stride
+            for b in range(nb):
+                for c in range(nc):
+                    out[lo, b, c] += parts[t, p, b, c]
+
+
+@numba.njit(**_OPTS)
+def fold_taps_2d(parts, out, k1, s0, s1, p0, p1, d0, d1, zero):
+    """:func:`fold_taps_1d` over two axes: ``parts`` (K0·K1, P0, P1, N, C) with the taps in
+    row-major order (``k1`` taps along the second axis), ``out`` (L0, L1, N, C)."""
+    nk, n0, n1, nb, nc = parts.shape
+    for a in range(out.shape[0]):
+        for e in range(out.shape[1]):
+            for b in range(nb):
+                for c in range(nc):
+                    out[a, e, b, c] = zero
+            for t in range(nk):
+                t0, t1 = t // k1, t % k1
+                q0 = a + p0 - t0 * d0
+                q1 = e + p1 - t1 * d1
+                if (q0 < 0 or q0 % s0 != 0 or q0 // s0 >= n0 or q1 < 0 or q1 % s1 != 0
+                        or q1 // s1 >= n1):
+                    continue
+                i0, i1 = q0 // s0, q1 // s1
+                for b in range(nb):
+                    for c in range(nc):
+                        out[a, e, b, c] += parts[t, i0, i1, b, c]

@@ -612,3 +612,36 @@ def test_halves_after_fork():
         p.join(timeout=60)
         if p.is_alive():
             p.kill()
+
+
+@pytest.mark.parametrize("case", [((100, 25, 19), (25, 25, 3), (2,), (1,), (1,)),
+                                  ((7, 3, 11), (4, 3, 4), (3,), (2,), (2,)),
+                                  ((4, 2, 9), (3, 2, 5), (2,), (0,), (1,)),
+                                  ((6, 16, 8, 8), (8, 16, 3, 3), (2, 2), (1, 1), (1, 1)),
+                                  ((5, 3, 9, 7), (4, 3, 2, 3), (2, 3), (0, 1), (2, 1))])
+def test_a_strided_input_gradient_folds_with_the_numpy_bits(case, monkeypatch):
+    """The transposed convolution of a strided conv: numba's one fold of the taps' products
+    gives the bytes of zeroing a padded buffer and adding each tap's product into it."""
+    import importlib
+
+    pytest.importorskip("numba")
+    from nodegrad import _backend as B
+
+    conv = importlib.import_module("nodegrad.ops.conv")
+    shape, ws, s, p, d = case
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        out = tuple((n + 2 * pp - dd * (k - 1) - 1) // ss + 1
+                    for n, pp, dd, k, ss in zip(shape[2:], p, d, ws[2:], s))
+        g = rng.standard_normal((shape[0], ws[0]) + out).astype(dt)
+        w = rng.standard_normal(ws).astype(dt)
+        monkeypatch.setattr(B, "_kernels", False)
+        want = conv._input_grad_strided(np, g, w, s, p, d, shape)
+        monkeypatch.setattr(B, "_kernels", None)
+        assert B.cpu_kernels() is not None
+        got = conv._input_grad_strided(np, g, w, s, p, d, shape)
+        assert got.shape == want.shape == shape and got.dtype == want.dtype
+        assert got.tobytes() == want.tobytes()
+    parts = np.ones((2, 3, 3, 4, 2, 2), np.float32)  # three spatial axes: left to NumPy
+    assert B.fold_taps(parts, (5, 5, 5), (2,), (2,) * 3, (0,) * 3, (1,) * 3) is None
+    assert B.fold_taps(np.ones((2, 4, 3, 2))[..., ::2], (7,), (2,), (2,), (0,), (1,)) is None
