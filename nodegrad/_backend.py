@@ -512,6 +512,17 @@ def sum_outer(x, axis, keepdims: bool):
     return sum_form(x.shape, x.strides, x.dtype, axis, keepdims)(x)
 
 
+def sums_as_numpy(x, axis, keepdims: bool) -> bool:
+    """Whether :func:`sum_outer` sums NumPy array ``x`` with NumPy's own reduction (not in
+    halves, not as products with ones): a kernel that adds in NumPy's order then has its bits."""
+    if axis is None or (type(axis) is tuple and len(axis) == x.ndim):
+        if x.size >= SPLIT_MIN:
+            return False
+    if type(axis) is not tuple or x.dtype.kind != "f" or x.dtype.itemsize < 4 or x.size < 4096:
+        return True
+    return _sum_plan(x.shape, x.strides, x.dtype.itemsize, axis, keepdims) is None
+
+
 @functools.lru_cache(maxsize=256)
 def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     """``f(x)`` = :func:`sum_outer` ``(x, axis, keepdims)`` for NumPy arrays of this shape,

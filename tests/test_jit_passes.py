@@ -375,6 +375,76 @@ def _kernels(jf) -> list:
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernels_after_a_convolution_loop_in_its_memory_order_with_the_eager_bits(dtype):
+    """A convolution's result is laid out (N, L, C) in memory: the kernels of what is computed
+    from it (relu, a broadcast scale, their gradients) loop in that order and lay their results
+    out as NumPy did, so the convolutions that read them give the eager bits; a bias gradient
+    that NumPy adds row by row is added in its kernel in that order (the same bits)."""
+    from nodegrad.nn import functional as NF
+
+    rng = np.random.default_rng(2)
+
+    def t(*shape):
+        return ng.tensor(rng.standard_normal(shape).astype(dtype))
+
+    x, w1, b1, w2, b2, s = t(32, 3, 40), t(8, 3, 5), t(8), t(8, 8, 3), t(8), t(8, 1)
+
+    def f(w1, b1, w2, b2, s):
+        h = NF.relu(NF.conv1d(x, w1, b1, stride=2, padding=1)) * s
+        h = NF.relu(NF.conv1d(h, w2, b2, stride=2, padding=1))
+        return (h * h).sum()
+
+    g = ng.grad(f, argnums=(0, 1, 2, 3, 4))
+    jg = ng.jit(g, fuse=True)
+    for _ in range(2):
+        for got, want in zip(jg(w1, b1, w2, b2, s), g(w1, b1, w2, b2, s)):
+            assert _same(got.numpy(), want.numpy())
+    ks = _kernels(jg)  # (0, 2, 1): a convolution's result; (2, 0, 1): its input gradient's
+    assert ks and all(k.group.perm in ((0, 2, 1), (2, 0, 1)) for k in ks)
+    assert "loops in axis order (0, 2, 1)" in str(jg.program)
+    assert any(k.group.layouts for k in ks)
+    # the second layer's bias gradient (32 x 8 x 10 terms, NumPy's reduction eagerly) joined
+    # the relu gradient's kernel after the convolution gradients had read that
+    late = [k for k in ks if k.group.late]
+    assert late and all(k.group.exact for k in late)
+    assert not [i for i in jg.program.instrs if i.kind == "fused" and i.group.exact
+                and not i.group.reduce]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_sum_of_outer_axes_joins_its_kernel_late_with_numpys_bits(dtype):
+    """A sum over the outer axes that NumPy adds row by row (few elements: no products with
+    ones) is added in the kernel in the same order and dtype, from +0.0 as NumPy's (a column
+    of -0.0 sums to +0.0): it joins the kernel even after a product has read its terms.
+    A sum riding along so never makes a kernel of one op that is not worth one alone."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 50)).astype(dtype)
+    x[:, 0] = -0.0
+    x, y = ng.tensor(x), ng.tensor(np.abs(rng.standard_normal((40, 50))).astype(dtype))
+    w = ng.tensor(rng.standard_normal((50, 7)).astype(dtype))
+
+    def f(x, y):
+        t = x * y + x
+        return t @ w, t.sum(axis=0), t.sum(axis=0, keepdims=True)
+
+    jf = ng.jit(f, fuse=True)
+    for _ in range(2):
+        for got, want in zip(_leaves(jf(x, y)), _leaves(f(x, y))):
+            assert _same(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
+    (k,) = _kernels(jf)
+    assert k.group.reduce is not None and k.group.late and k.group.exact
+    assert [i.name for i in jf.program.instrs if i.kind == "op"] == ["matmul", "sum"]
+
+    def one(x):
+        t = x * 2.0
+        return t @ w, t.sum(axis=0)
+
+    assert not _kernels(_check(one, x, fuse=True))
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_full_sum_ends_a_fused_kernel_within_tolerance(dtype):
     rng = np.random.default_rng(3)
 
@@ -541,7 +611,7 @@ def test_max_min_and_relu_kernels_keep_numpys_signed_zeros_and_nans():
 
 
 @needs_numba
-def test_one_slow_op_is_a_kernel_only_on_enough_c_ordered_elements(monkeypatch):
+def test_one_slow_op_is_a_kernel_only_on_enough_elements(monkeypatch):
     w = ng.randn(64, 32)
     relu = ng.value_and_grad(lambda x: (ng.relu(x) @ w).sum() + (x * 2.0 + 1.0).exp().sum())
     big, small = ng.randn(64, 64), ng.randn(8, 64)
@@ -551,7 +621,9 @@ def test_one_slow_op_is_a_kernel_only_on_enough_c_ordered_elements(monkeypatch):
         _check(relu, x, fuse=False)
         kinds[name] = {m.name for i in _kernels(jf) if len(i.group.members) == 1
                        for m in i.group.members}
-    assert kinds == {"big": {"relu"}, "small": set(), "transposed": set()}
+    # a transposed input's relu is a kernel too: its loops run in the input's memory order and
+    # its result is laid out as NumPy's (the product that reads it, the same bits: _check)
+    assert kinds == {"big": {"relu"}, "small": set(), "transposed": {"relu"}}
     # a program with no other kernel leaves them to NumPy while numba is not loaded (its
     # start-up would cost a short run more than they save)
     single = ng.value_and_grad(lambda x: (ng.relu(x) @ w).sum())

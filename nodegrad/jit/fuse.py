@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import _backend as B
@@ -164,6 +164,11 @@ class Group:
     sealed: bool = False
     reduce: Instr | None = None  # a ``sum`` of one member's result, computed in the kernel
     axes: tuple = ()  # the group's axes that ``reduce`` sums over (sorted)
+    after_effect: bool = False  # sealed by an effect: a later sum stays outside (it may mutate)
+    exact: bool = False  # ``reduce`` is added up as NumPy adds it eagerly (:func:`_in_order`)
+    late: bool = False  # ``reduce`` joined once sealed: it rides along, it makes no kernel worth
+    perm: tuple | None = None  # the CPU kernel's loop order when it is not the axes' own
+    layouts: dict = field(default_factory=dict)  # with perm: result slot -> (shape, axes) made
 
 
 def _key(prog, i: Instr):
@@ -219,12 +224,22 @@ def fuse(prog, instrs: list, everything: bool = False) -> list:
     for i in instrs:
         if i.kind == "effect":
             for g in groups:
-                g.sealed = True
+                g.sealed = g.after_effect = True
         key = _key(prog, i)
         g = made.get(i.ins[0]) if len(i.ins) == 1 else None
-        axes = _summed_axes(prog, i, g) if g is not None and not g.sealed else None
-        if axes is not None:
-            g.reduce, g.axes = i, axes  # the kernel adds up the result as it makes it
+        axes = _summed_axes(prog, i, g) if g is not None and g.reduce is None and (
+            not g.after_effect) else None
+        # a sum that the kernel adds up with its eager bits (NumPy's outer-axes order) joins
+        # even a group that others have read since (a layer's bias gradient after its input
+        # and weight gradients): it reads nothing but that member, so the kernel, placed at
+        # its last member, computes it earlier from the same inputs. Another sum (added up
+        # in float64, within tolerance) joins only an open group, whose terms it then need
+        # not write.
+        exact = axes is not None and _in_order(prog, i, axes)
+        if axes is not None and not exact and g.sealed:
+            axes = None
+        if axes is not None:  # added up as the kernel makes it
+            g.reduce, g.axes, g.exact, g.late = i, axes, exact, g.sealed
             g.sealed = True
             continue
         reads = {id(made[a]): made[a] for a in i.ins if a in made}
@@ -249,6 +264,9 @@ def fuse(prog, instrs: list, everything: bool = False) -> list:
         g.members.append(i)
         made[i.out] = g
     outs = set(prog.out_slots)
+    if prog.backend.device_id is None:
+        for g in groups:
+            g.perm = _loop_order(prog, g)
     # one slow op alone is a kernel only where the program compiles others or numba is loaded
     # already (by a fused optimiser, another program): numba's import (~0.5-1 s in a fresh
     # process) outweighs a few µs a step in a short run
@@ -273,7 +291,10 @@ def fuse(prog, instrs: list, everything: bool = False) -> list:
     if not member_of or (not prog.backend.device_id and _get_numba() is None):
         return instrs
     pos = {id(i): k for k, i in enumerate(instrs)}
-    last = {id(g): g.reduce or g.members[-1] for g in groups if _worth(prog, g, alone)}
+    # a kernel runs where its last member ran: every input is ready there, and a sum it adds
+    # up reads only a member
+    last = {id(g): max(g.members, key=lambda m: pos[id(m)]) for g in groups
+            if _worth(prog, g, alone)}
     kernels = _Kernels(prog)
     result = []
     try:
@@ -293,20 +314,75 @@ def fuse(prog, instrs: list, everything: bool = False) -> list:
 
 
 def _worth(prog, g: Group, alone: bool = True) -> bool:
-    """Whether a group saves time as a kernel: two ops or more; on 0-d arrays (the scalars
-    that sums leave) SCALAR_MIN_OPS, as a kernel's call costs about two NumPy scalar ops; with
-    ``alone``, one op of SLOW_ALONE on ALONE_MIN_SIZE elements or more of C-ordered inputs
-    (NumPy lays its result out as a transposed input is, and the products that read it then
-    run other BLAS kernels, with other bits)."""
-    n = len(g.members) + (g.reduce is not None)
+    """Whether a group saves time as a kernel: two ops or more (not counting a sum that joined
+    it once sealed); on 0-d arrays (the scalars that sums leave) SCALAR_MIN_OPS, as a kernel's
+    call costs about two NumPy scalar ops; with ``alone``, one op of SLOW_ALONE on
+    ALONE_MIN_SIZE elements or more: on CUDA of C-ordered inputs (a kernel writes C order,
+    where NumPy lays its result out as a transposed input is, and the products that read it
+    would run other BLAS kernels, with other bits); on the CPU, where a kernel lays its
+    results out as NumPy did (:func:`_loop_order`), with an input laid out as its result,
+    which its loops then read in order."""
+    n = len(g.members) + (g.reduce is not None and not g.late)
     if n == 1 and g.members[0].name in SLOW_ALONE:
         if not alone:
             return False
         values = getattr(prog, "values", {})
-        return math.prod(g.shape) >= ALONE_MIN_SIZE and all(
-            getattr(values.get(a), "flags", None) is not None and values[a].flags.c_contiguous
-            for a in g.members[0].ins if a not in prog.consts)
+        ins = [_order(values.get(a)) for a in g.members[0].ins if a not in prog.consts]
+        if math.prod(g.shape) < ALONE_MIN_SIZE:
+            return False
+        if prog.backend.device_id is not None:
+            return all(o == tuple(range(len(g.shape))) for o in ins)
+        return _order(values.get(g.members[0].out)) in ins
     return n >= (SCALAR_MIN_OPS if not g.shape else 2)
+
+
+def _order(v) -> tuple | None:
+    """The axis order (outermost first) in which array ``v`` is laid out without gaps, or None
+    (no array, gaps, negative strides). C order is ``(0, 1, ...)``."""
+    flags = getattr(v, "flags", None)
+    if flags is None:
+        return None
+    nd = v.ndim
+    if flags.c_contiguous:
+        return tuple(range(nd))
+    perm = tuple(sorted(range(nd), key=lambda d: (-v.strides[d] if v.shape[d] > 1 else 0, d)))
+    return perm if v.transpose(perm).flags.c_contiguous else None
+
+
+def _loop_order(prog, g: Group) -> tuple | None:
+    """The axis order of a CPU kernel's loops when NumPy laid out the member that the group's sum
+    reads (else its first member's result) in another than C order (a convolution's result and
+    what is computed from it): its loops then run in that order, over its arrays transposed to
+    it, its elementwise results are laid out as NumPy laid them out (the ops that read them run
+    as they did eagerly), and a sum of its outer axes adds in NumPy's order. None for C order
+    (or no traced result)."""
+    if len(g.shape) < 2:
+        return None
+    values = getattr(prog, "values", {})
+    summed = [g.reduce.ins[0]] if g.reduce is not None else []  # NumPy summed in its order
+    for m in summed + [m.out for m in g.members]:
+        v = values.get(m)
+        if getattr(v, "shape", None) == g.shape:
+            perm = _order(v)
+            return None if perm is None or perm == tuple(range(len(g.shape))) else perm
+    return None
+
+
+def _outer_sum(prog, i: Instr, axes: tuple) -> bool:
+    """Whether sum ``i`` keeps the innermost axis in memory of the array it sums (traced): its
+    kernel then adds in that array's order, in its dtype, as NumPy's reduction does."""
+    order = _order(getattr(prog, "values", {}).get(i.ins[0]))
+    return prog.backend.device_id is None and order is not None and order[-1] not in axes
+
+
+def _in_order(prog, i: Instr, axes: tuple) -> bool:
+    """Whether a kernel adds up sum ``i`` with its eager bits: an outer-axes sum (see
+    :func:`_outer_sum`) that eagerly is NumPy's own reduction (``B.sums_as_numpy``)."""
+    if not _outer_sum(prog, i, axes):
+        return False
+    v, p = prog.values[i.ins[0]], i.params or {}
+    return type(v) is B.ndarray and B.sums_as_numpy(v, p.get("axis"),
+                                                       bool(p.get("keepdims", False)))
 
 
 def _summed_axes(prog, i: Instr, g: Group) -> tuple | None:
@@ -345,7 +421,7 @@ def _detach_sums(prog, groups: list, outs: set, readers: dict, member_of: dict) 
         n = 1
         for d in g.shape:
             n *= d
-        inner = len(g.shape) - 1 in g.axes
+        inner = (g.perm[-1] if g.perm else len(g.shape) - 1) in g.axes
         if cuda or (inner and n > REDUCE_MAX_SIZE.get(g.dtype, 0)):
             g.reduce, g.axes = None, ()
             changed = True
@@ -423,17 +499,72 @@ class _Kernels:
             fn, src = _cupy_kernel(g, body, [names[s] for s in results], in_specs, out_specs,
                                    len(scalars))
         else:
-            src = _numba_source(g, fast or body, [names[s] for s in results], in_specs,
-                                out_specs, len(scalars), checks)
+            kg, k_in, k_out, glue = g, in_specs, out_specs, None
+            if g.perm is not None:
+                kg, k_in, k_out, glue = _permuted(prog, g, results, in_specs, out_specs,
+                                                  len(ins) - len(arrays))
+            src = _numba_source(kg, fast or body, [names[s] for s in results], k_in,
+                                k_out, len(scalars), checks)
             fn = _load(src)
             if checks:  # rerun with the C library's sin/cos when an argument was out of range
-                slow = _numba_source(g, body, [names[s] for s in results], in_specs, out_specs,
+                slow = _numba_source(kg, body, [names[s] for s in results], k_in, k_out,
                                      len(scalars))
                 fn = _with_fallback(fn, slow)
-            _warm(fn, prog, ins, out_specs)  # compiles now, at trace time
+            if glue is not None:
+                fn = glue(fn)
+            _warm(fn, prog, ins, results, g.layouts)  # compiles now, at trace time
         name = "k" + hashlib.sha1(src.encode()).hexdigest()[:8]
         return Instr("fused", name, fn, ins, None, outs=tuple(results),
                      group=g)
+
+
+def empty_laid_out(xp, spec: tuple, layout: tuple | None):
+    """An empty array of ``spec`` (shape, dtype), laid out as ``layout`` (the shape in memory
+    order and the axes back) says, or C-ordered for None."""
+    if layout is None:
+        return xp.empty(*spec)
+    return xp.empty(layout[0], spec[1]).transpose(layout[1])
+
+
+def _permuted(prog, g: Group, results: list, in_specs: list, out_specs: list, nrest: int):
+    """``(group, in_specs, out_specs, glue)`` of a kernel whose loops run in ``g.perm``'s axis
+    order: the group and specs as seen through arrays transposed to that order, and ``glue(k)``,
+    the function a program calls (its arrays as they are) that calls kernel ``k`` on them
+    transposed (an input of fewer axes first given leading ones). Fills ``g.layouts``: each
+    elementwise result laid out as NumPy laid it out when traced."""
+    perm, shape = g.perm, g.shape
+    nd = len(shape)
+    values = getattr(prog, "values", {})
+    pg = replace(g, shape=tuple(shape[d] for d in perm),
+                 axes=tuple(sorted(perm.index(a) for a in g.axes)))
+    args, k_out, k_in = [], [], []
+    for j, (s, (oshape, dt)) in enumerate(zip(results, out_specs)):
+        if g.reduce is not None and s == g.reduce.out:  # the sum, C-ordered as NumPy's
+            kd = tuple(1 if d in g.axes else shape[d] for d in range(nd))
+            args.append(f"o{j}.transpose({perm})" if len(oshape) == nd
+                        else f"o{j}.reshape({kd}).transpose({perm})")
+            k_out.append((tuple(kd[d] for d in perm), dt))
+            continue
+        order = _order(values.get(s)) or perm
+        g.layouts[s] = (tuple(shape[d] for d in order), tuple(order.index(d) for d in range(nd)))
+        args.append(f"o{j}.transpose({perm})")
+        k_out.append((pg.shape, dt))
+    for j, (sh, dt) in enumerate(in_specs):
+        if not sh:
+            args.append(f"a{j}")
+            k_in.append((sh, dt))
+            continue
+        full = (1,) * (nd - len(sh)) + tuple(sh)
+        args.append(f"a{j}.transpose({perm})" if len(sh) == nd
+                    else f"a{j}.reshape({full}).transpose({perm})")
+        k_in.append((tuple(full[d] for d in perm), dt))
+    params = [f"o{j}" for j in range(len(results))] + [f"a{j}" for j in range(len(in_specs))]
+    rest = [f"r{j}" for j in range(nrest)]
+    src = (f"def glue(kernel):\n    def run({', '.join(params + rest)}):\n"
+           f"        return kernel({', '.join(args + rest)})\n    return run\n")
+    ns: dict = {}
+    exec(compile(src, "<nodegrad.jit kernel glue>", "exec"), ns)
+    return pg, k_in, k_out, ns["glue"]
 
 
 def _with_fallback(kernel, slow_src: str):
@@ -463,8 +594,10 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars,
         f"k{j}" for j in range(nscalars)] + ["_0", "_1"]
     summed = results[-1][1:] if results and results[-1].startswith("+") else None
     plain = [(o, r) for o, r in zip(outs, results) if not r.startswith("+")]
+    axes = g.axes if summed is not None else ()
+    inner = summed is not None and nd - 1 in axes  # a running sum along the innermost loop
     flags = ", fastmath={" + ", ".join(map(repr, sorted(REASSOC))) + "}" if (
-        summed is not None and not plain) else ""
+        inner and not plain) else ""
     lines = ["import math", "import numba", "import numpy", ""]
     if any("_v" in expr for _name, expr in body):  # only _vmath names start with _v
         lines.append(_vmath.SOURCE)
@@ -477,15 +610,16 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars,
     ind = "    "
     if checks:
         lines.append(f"{ind}bad = False")
-    axes = g.axes if summed is not None else ()
     kept = [d for d in range(nd) if d not in axes]
-    inner = summed is not None and nd - 1 in axes  # a running sum along the innermost loop
     acc = "s[" + ", ".join(f"i{d}" for d in kept) + ("," if len(kept) == 1 else "") + "]"
     if summed is not None and not kept:
         acc = "s"
         lines.append(f"{ind}s = 0.0")
-    elif summed is not None:  # the partial sums, in float64
+    elif summed is not None and not (g.exact and not inner):  # the partial sums, in float64
         lines.append(f"{ind}s = numpy.zeros({tuple(shape[d] for d in kept)!r}, numpy.float64)")
+    elif summed is not None:  # NumPy's own sum: in order, in the dtype, from +0.0 as NumPy's
+        dt = "numpy.float32" if g.dtype == B.float32 else "numpy.float64"
+        lines.append(f"{ind}s = numpy.zeros({tuple(shape[d] for d in kept)!r}, {dt})")
     if out_nd is not None:  # the elementwise outputs as one axis too
         lines += [f"{ind}{o} = _flat({o})" for o, _r in plain]
     size = "o0" if plain else None  # an array of the kernel's shape gives the loop bounds
@@ -522,13 +656,16 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars,
         elif inner and value:
             lines.append(f"{ind}r += float({value})")
             lines.append(f"{ind[:-4]}{acc} += r")
+        elif value and g.exact:
+            lines.append(f"{ind}{acc} += {value}")
         elif value:
             lines.append(f"{ind}{acc} += float({value})")
 
     loads = [f"x{j} = a{j}[{_index(sh, shape)}]" for j, (sh, _dt) in enumerate(in_specs)]
     work = loads + [f"{name} = {expr}" for name, expr in body]
     work += [f"bad |= _vbad({x})" for x in dict.fromkeys(checks)]
-    if _scratch(len(plain), len(in_specs), nd, summed is not None and not flags, out_specs):
+    if _scratch(len(plain), len(in_specs), nd, summed is not None and not flags and inner,
+                out_specs):
         # The loop writes its results into one fresh array (LLVM then needs no run-time
         # checks that the outputs overlap the inputs, which it gives up on past
         # ALIAS_CHECKS_MAX, and no in-order running sum holds it back: it vectorises); they
@@ -620,7 +757,7 @@ def _flattened(g: Group, in_specs):
             sh = (math.prod(shape) if tuple(sh) == tuple(shape) else 1,)
         flat_in.append((sh, dt))
     n = math.prod(shape)
-    flat = Group((n,), g.dtype, g.members, g.sealed, g.reduce, (0,) if g.reduce else ())
+    flat = replace(g, shape=(n,), axes=(0,) if g.reduce else ())
     return flat, flat_in, prologue, len(shape)
 
 
@@ -663,10 +800,10 @@ def _load(src: str):
     return mod.kernel
 
 
-def _warm(fn, prog, ins, out_specs) -> None:
+def _warm(fn, prog, ins, results, layouts) -> None:
     """Compile (or load from disk) the kernel for the traced types now, at trace time."""
     xp = prog.backend.xp
-    args = [xp.empty(s, dt) for s, dt in out_specs]
+    args = [empty_laid_out(xp, prog.meta[s], layouts.get(s)) for s in results]
     for a in ins:
         if a in prog.consts:
             args.append(prog.consts[a])

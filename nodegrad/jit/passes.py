@@ -273,6 +273,8 @@ def plan_memory(prog, instrs: list) -> Plan:
                 v = values.get(s)
                 if i.kind == "op" and v is not None and not _c_ordered(v):
                     continue
+                if i.kind == "fused" and s in i.group.layouts:  # laid out as NumPy did
+                    continue
                 spec = prog.meta[s]
                 b = None
                 if i.kind == "fused" or i.name in _ELEMENTWISE_OUT:

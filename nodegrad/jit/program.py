@@ -117,6 +117,10 @@ class Program:
                     b = plan.buf.get(s) if plan is not None else None
                     if b is not None:
                         lines.append(f"    v{s} = b{b}")
+                    elif s in i.group.layouts:  # laid out as NumPy laid it out
+                        shape, axes = i.group.layouts[s]
+                        ns[f"d{s}"] = self.meta[s][1]
+                        lines.append(f"    v{s} = _empty({shape}, d{s}).transpose({axes})")
                     else:
                         shape, dtype = self.meta[s]
                         ns[f"d{s}"] = dtype
@@ -231,8 +235,10 @@ class Program:
             if i.kind == "fused":
                 outs = ", ".join(f"%{s}" + _where(plan, s) for s in i.outs)
                 red = i.group.reduce
+                order = f", loops in axis order {i.group.perm}" if i.group.perm else ""
                 lines.append(f"  {outs} = fused {i.name}({args})  # "
-                             f"{len(i.group.members) + (red is not None)} ops in one kernel")
+                             f"{len(i.group.members) + (red is not None)} ops in one kernel"
+                             + order)
                 for m in i.group.members + ([red] if red is not None else []):
                     margs = ", ".join(self._show(a) for a in m.ins)
                     if m is red and len(i.group.axes) < len(i.group.shape):
