@@ -78,7 +78,8 @@ class _Bucket:
         self.loaded = False  # its kernels are loaded (checked on the first fused step)
         self.swork = None
         self.spans: dict = {}  # (s, e) -> the fused path's kernel calls (see spans_of)
-        self.kargs: tuple = (None, None, 0)  # the fused kernel's last (key, scalars, flags)
+        # the fused path's last (key, scalars, flags) and its kernel (name, function)
+        self.kargs: tuple = (None, None, 0, None, None)
 
     def small_work(self):
         """Scratch for the fused path's gathered small gradients (all of them fit, at most)."""
@@ -277,7 +278,12 @@ class Optimizer:
         return buckets
 
     def _hyper(self, group: dict, t: int) -> dict:
-        return {k: (v(t) if callable(v) else v) for k, v in group.items() if k not in _NOT_HYPER}
+        h = dict(group)  # copied in C; the schedules (callables) evaluated only if there are any
+        for k in _NOT_HYPER:
+            h.pop(k, None)
+        if any(map(callable, h.values())):
+            return {k: (v(t) if callable(v) else v) for k, v in h.items()}
+        return h
 
     # --- the step ---------------------------------------------------------------------------
     @effect  # under nodegrad.jit the whole update is one replayed step
@@ -336,11 +342,10 @@ class Optimizer:
     def _sync(self, gi: int) -> None:
         """Follow parameters whose ``data`` was replaced (copy it into the flat buffer)."""
         for b in self._buckets[gi]:
-            for i, p in enumerate(b.params):
+            for i, (p, v) in enumerate(zip(b.params, b.views)):
                 d = p.data
-                if d is b.views[i]:
+                if d is v:
                     continue
-                v = b.views[i]
                 if d.shape != v.shape:
                     raise ShapeError(f"{_describe(self.param_groups[gi], gi, b.pos[i], p)} "
                                      f"changed shape from {v.shape} to {d.shape} since the "
@@ -432,17 +437,22 @@ class Optimizer:
         gradients are views of the flat gradient buffer, else one call per large gradient array
         (read where it is) and one per stretch of small ones (gathered: a call costs more)."""
         name, names, values, opts = self.fused_args(st, h)
-        kern = _fused.kernel(b.backend, name)
         dt = b.flat.dtype
         wd = h.get("weight_decay", 0)
         key = (values, opts, wd, h.get("maximize", False), decoupled, h["lr"] if wd else None)
-        last, k, flags = b.kargs
+        last, k, flags, kname, kern = b.kargs
+        if kname != name:
+            kern, kname = _fused.kernel(b.backend, name), name
         if key != last:  # the scalars array and flags of the last step while they hold
             flags = bool(key[3]) | (0 if not wd else 4 if decoupled else 2)
             for j, o in enumerate(opts):
                 flags |= bool(o) << (3 + j)
-            k = _fused.scalars(b.backend, dt, (1 - h["lr"] * wd if flags & 4 else wd, *values))
-            b.kargs = (key, k, flags)
+            vals = (1 - h["lr"] * wd if flags & 4 else wd, *values)
+            if type(k) is B.ndarray and k.size == len(vals):  # a CPU kernel's: rounded alike
+                k[:] = vals
+            else:
+                k = _fused.scalars(b.backend, dt, vals)
+        b.kargs = (key, k, flags, kname, kern)
         state = [b.flat if n is None else b.arrays[n] for n in names]
         gv = b.gviews
         if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
