@@ -412,6 +412,30 @@ def test_kernels_after_a_convolution_loop_in_its_memory_order_with_the_eager_bit
 
 
 @needs_numba
+@pytest.mark.parametrize("axis, keepdims", [((0, 1), True), ((0, 1), False), (1, False),
+                                            (None, False), ((0, 2), True)])
+def test_kernels_on_permuted_arrays_with_broadcasts_and_sums(axis, keepdims):
+    """Kernels over arrays laid out in another axis order, with inputs broadcast along some
+    axes, 0-d ones and sums over any axes: eager's values (within the fused tolerance) and
+    eager's layouts for the elementwise results."""
+    rng = np.random.default_rng(8)
+    x = ng.tensor(rng.standard_normal((6, 50, 9)).astype(np.float32))
+    b = ng.tensor(rng.standard_normal((9, 1)).astype(np.float32))
+    c = ng.tensor(np.float32(0.5))
+
+    def f(x, b, c):
+        x = x.permute(1, 2, 0)  # (50, 9, 6), its memory in axis order (2, 0, 1)
+        t = x * b + c
+        return (t * t - x).sum(axis=axis, keepdims=keepdims), ng.relu(t) * 2.0
+
+    jf = _check(f, x, b, c, fuse=True)
+    ks = _kernels(jf)
+    assert ks and all(k.group.perm == (2, 0, 1) for k in ks)
+    got, want = _leaves(jf(x, b, c))[1], _leaves(f(x, b, c))[1]
+    assert got.strides == want.strides and _same(got, want)
+
+
+@needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_sum_of_outer_axes_joins_its_kernel_late_with_numpys_bits(dtype):
     """A sum over the outer axes that NumPy adds row by row (few elements: no products with

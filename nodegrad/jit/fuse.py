@@ -332,7 +332,8 @@ def _worth(prog, g: Group, alone: bool = True) -> bool:
             return False
         if prog.backend.device_id is not None:
             return all(o == tuple(range(len(g.shape))) for o in ins)
-        return _order(values.get(g.members[0].out)) in ins
+        out = _order(values.get(g.members[0].out))
+        return out is not None and out in ins
     return n >= (SCALAR_MIN_OPS if not g.shape else 2)
 
 
