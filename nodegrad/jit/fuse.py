@@ -519,7 +519,7 @@ class _Kernels:
                      group=g)
 
 
-def empty_laid_out(xp, spec: tuple, layout: tuple | None):
+def _empty_laid_out(xp, spec: tuple, layout: tuple | None):
     """An empty array of ``spec`` (shape, dtype), laid out as ``layout`` (the shape in memory
     order and the axes back) says, or C-ordered for None."""
     if layout is None:
@@ -804,7 +804,7 @@ def _load(src: str):
 def _warm(fn, prog, ins, results, layouts) -> None:
     """Compile (or load from disk) the kernel for the traced types now, at trace time."""
     xp = prog.backend.xp
-    args = [empty_laid_out(xp, prog.meta[s], layouts.get(s)) for s in results]
+    args = [_empty_laid_out(xp, prog.meta[s], layouts.get(s)) for s in results]
     for a in ins:
         if a in prog.consts:
             args.append(prog.consts[a])
