@@ -441,6 +441,30 @@ def test_kernels_on_permuted_arrays_with_broadcasts_and_sums(axis, keepdims):
 
 
 @needs_numba
+def test_a_kernel_writes_results_laid_out_otherwise_than_its_loops():
+    """NumPy lays out ``where`` of a transposed and a C-ordered array in C order, while the
+    kernel loops in the transposed one's order: its results, laid out as NumPy's, are written
+    where they are (not into a one-axis copy), on every replay."""
+    rng = np.random.default_rng(12)
+    x = ng.tensor(rng.standard_normal((16, 33, 7)))
+    b = ng.tensor(rng.standard_normal((7, 33, 16)))
+
+    def f(x, b):
+        t = x.permute(2, 1, 0) - 0.5
+        t = ng.where(t > 0, t, b)
+        return t * 2.0, t.reshape(-1)[:5] * 1.0, t.sum()
+
+    jf = ng.jit(f, fuse=True)
+    for _ in range(4):
+        got, want = _leaves(jf(x, b)), _leaves(f(x, b))
+        for g, w in zip(got, want):
+            assert _close(g, w) is None
+        assert got[0].strides == want[0].strides
+    (k,) = _kernels(jf)
+    assert k.group.perm is not None and k.group.layouts
+
+
+@needs_numba
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_sum_of_outer_axes_joins_its_kernel_late_with_numpys_bits(dtype):
     """A sum over the outer axes that NumPy adds row by row (few elements: no products with

@@ -168,7 +168,8 @@ class Group:
     exact: bool = False  # ``reduce`` is added up as NumPy adds it eagerly (:func:`_in_order`)
     late: bool = False  # ``reduce`` joined once sealed: it rides along, it makes no kernel worth
     perm: tuple | None = None  # the CPU kernel's loop order when it is not the axes' own
-    layouts: dict = field(default_factory=dict)  # with perm: result slot -> (shape, axes) made
+    layouts: dict = field(default_factory=dict)  # with perm: result slot -> its traced strides
+    flat: bool = True  # its results are C-ordered in its loops' order (see _flattened)
 
 
 def _key(prog, i: Instr):
@@ -519,12 +520,16 @@ class _Kernels:
                      group=g)
 
 
-def _empty_laid_out(xp, spec: tuple, layout: tuple | None):
-    """An empty array of ``spec`` (shape, dtype), laid out as ``layout`` (the shape in memory
-    order and the axes back) says, or C-ordered for None."""
-    if layout is None:
-        return xp.empty(*spec)
-    return xp.empty(layout[0], spec[1]).transpose(layout[1])
+def _empty_laid_out(xp, spec: tuple, strides: tuple | None, perm: tuple | None = None):
+    """An empty array of ``spec`` (shape, dtype) with ``strides`` (of a dense layout), else
+    laid out in axis order ``perm``, else C-ordered."""
+    shape, dtype = spec
+    if strides is not None:
+        return xp.ndarray(shape, dtype, xp.empty(math.prod(shape), dtype), 0, strides)
+    if perm is None:
+        return xp.empty(shape, dtype)
+    return xp.empty(tuple(shape[d] for d in perm), dtype).transpose(
+        tuple(perm.index(d) for d in range(len(shape))))
 
 
 def _permuted(prog, g: Group, results: list, in_specs: list, out_specs: list, nrest: int):
@@ -546,8 +551,13 @@ def _permuted(prog, g: Group, results: list, in_specs: list, out_specs: list, nr
                         else f"o{j}.reshape({kd}).transpose({perm})")
             k_out.append((tuple(kd[d] for d in perm), dt))
             continue
-        order = _order(values.get(s)) or perm
-        g.layouts[s] = (tuple(shape[d] for d in order), tuple(order.index(d) for d in range(nd)))
+        v = values.get(s)
+        if _order(v) is not None:  # NumPy's own strides (a length-one axis's included)
+            g.layouts[s] = tuple(v.strides)
+            if not v.transpose(perm).flags.c_contiguous:  # laid out otherwise than the loops
+                pg.flat = False
+        else:
+            g.layouts[s] = _empty_laid_out(prog.backend.xp, (shape, dt), None, perm).strides
         args.append(f"o{j}.transpose({perm})")
         k_out.append((pg.shape, dt))
     for j, (sh, dt) in enumerate(in_specs):
@@ -745,9 +755,10 @@ def _flattened(g: Group, in_specs):
     axis (one laid out otherwise is copied first); ``out_nd`` is the outputs' own number of
     axes. LLVM vectorises a loop over n elements where it ran a short inner axis scalar (10 of
     a 10 x 10: J5's forward kernel took 38 against 65 µs). The same elements in the same
-    order: the same bits. Other groups as they are, with ``out_nd`` None."""
+    order: the same bits. Other groups as they are, with ``out_nd`` None, and so a group whose
+    results are not all C-ordered (one laid out as NumPy laid it out, :func:`_permuted`)."""
     shape = g.shape
-    if len(shape) < 2 or (g.reduce is not None and len(g.axes) != len(shape)):
+    if len(shape) < 2 or not g.flat or (g.reduce is not None and len(g.axes) != len(shape)):
         return g, in_specs, [], None
     if any(sh and tuple(sh) != tuple(shape) and any(d != 1 for d in sh) for sh, _dt in in_specs):
         return g, in_specs, [], None

@@ -10,6 +10,7 @@ before the first instruction. :mod:`.passes` optimises the list and plans buffer
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -118,9 +119,10 @@ class Program:
                     if b is not None:
                         lines.append(f"    v{s} = b{b}")
                     elif s in i.group.layouts:  # laid out as NumPy laid it out
-                        shape, axes = i.group.layouts[s]
-                        ns[f"d{s}"] = self.meta[s][1]
-                        lines.append(f"    v{s} = _empty({shape}, d{s}).transpose({axes})")
+                        shape, dtype = self.meta[s]
+                        ns[f"d{s}"], ns["_nd"] = dtype, self.backend.xp.ndarray
+                        lines.append(f"    v{s} = _nd({shape}, d{s}, _empty({math.prod(shape)}, "
+                                     f"d{s}), 0, {i.group.layouts[s]})")
                     else:
                         shape, dtype = self.meta[s]
                         ns[f"d{s}"] = dtype
