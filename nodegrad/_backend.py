@@ -514,13 +514,14 @@ def sum_outer(x, axis, keepdims: bool):
 
 def sums_as_numpy(x, axis, keepdims: bool) -> bool:
     """Whether :func:`sum_outer` sums NumPy array ``x`` with NumPy's own reduction (not in
-    halves, not as products with ones): a kernel that adds in NumPy's order then has its bits."""
-    if axis is None or (type(axis) is tuple and len(axis) == x.ndim):
-        if x.size >= SPLIT_MIN:
-            return False
-    if type(axis) is not tuple or x.dtype.kind != "f" or x.dtype.itemsize < 4 or x.size < 4096:
+    halves, not as products with ones): a kernel that adds in NumPy's order then has its bits.
+    The answer is :func:`sum_form`'s, which marks its NumPy forms (a large full sum, which may
+    go in halves, counts as not)."""
+    if (axis is None or (type(axis) is tuple and len(axis) == x.ndim)) and x.size >= SPLIT_MIN:
+        return False
+    if type(axis) is not tuple:  # sum_outer's own shortcut to NumPy's reduction
         return True
-    return _sum_plan(x.shape, x.strides, x.dtype.itemsize, axis, keepdims) is None
+    return getattr(sum_form(x.shape, x.strides, x.dtype, axis, keepdims), "numpy", False)
 
 
 @functools.lru_cache(maxsize=256)
@@ -532,7 +533,9 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     dtype = np.dtype(dtype)
     if not (type(axis) is tuple and dtype.kind == "f" and dtype.itemsize >= 4
             and math.prod(shape) >= 4096):  # NumPy's reduction in any layout
-        return functools.partial(_add_reduce, axis=axis, keepdims=keepdims)
+        anywhere = functools.partial(_add_reduce, axis=axis, keepdims=keepdims)
+        anywhere.numpy = True  # NumPy's own order (sums_as_numpy)
+        return anywhere
     plan = _sum_plan(shape, strides, dtype.itemsize, axis, keepdims)
     if plan is None:  # NumPy's reduction for this layout; another may take products
 
@@ -541,6 +544,7 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
                 return sum_outer(x, axis, keepdims)
             return _add_reduce(x, axis=axis, keepdims=keepdims)
 
+        reduce.numpy = True
         return reduce
     order, a, k, b, out_shape = plan
     identity = order == tuple(range(len(shape)))

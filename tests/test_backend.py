@@ -645,3 +645,25 @@ def test_a_strided_input_gradient_folds_with_the_numpy_bits(case, monkeypatch):
     parts = np.ones((2, 3, 3, 4, 2, 2), np.float32)  # three spatial axes: left to NumPy
     assert B.fold_taps(parts, (5, 5, 5), (2,), (2,) * 3, (0,) * 3, (1,) * 3) is None
     assert B.fold_taps(np.ones((2, 4, 3, 2))[..., ::2], (7,), (2,), (2,), (0,), (1,)) is None
+
+
+@pytest.mark.parametrize("shape, perm, axis", [
+    ((40, 50), (0, 1), (0,)), ((40, 50), (0, 1), 0), ((256, 100), (0, 1), (0,)),
+    ((100, 25, 19), (0, 2, 1), (0, 2)), ((8, 25, 10), (0, 2, 1), (0, 2)),
+    ((100, 25, 19), (0, 2, 1), (1,)), ((64, 300), (0, 1), (1,))])
+def test_sums_as_numpy_says_which_sums_have_numpys_bits(shape, perm, axis):
+    """Where sums_as_numpy says so, sum_outer's bits are NumPy's own reduction's; the bias
+    gradients it takes as products with ones (from 4096 terms) it reports as not."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(1)
+    mem = tuple(shape[d] for d in perm)
+    x = rng.standard_normal(mem).astype(np.float32).transpose(
+        tuple(perm.index(d) for d in range(len(shape))))
+    said = B.sums_as_numpy(x, axis, False)
+    same = np.array_equal(B.sum_outer(x, axis, False), np.add.reduce(x, axis=axis))
+    if said:
+        assert same
+    size = x.size
+    kept_inner = (perm[-1] not in ((axis,) if isinstance(axis, int) else axis))
+    assert said == (size < 4096 or not isinstance(axis, tuple) or not kept_inner)

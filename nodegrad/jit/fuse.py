@@ -370,19 +370,16 @@ def _loop_order(prog, g: Group) -> tuple | None:
     return None
 
 
-def _outer_sum(prog, i: Instr, axes: tuple) -> bool:
-    """Whether sum ``i`` keeps the innermost axis in memory of the array it sums (traced): its
-    kernel then adds in that array's order, in its dtype, as NumPy's reduction does."""
-    order = _order(getattr(prog, "values", {}).get(i.ins[0]))
-    return prog.backend.device_id is None and order is not None and order[-1] not in axes
-
-
 def _in_order(prog, i: Instr, axes: tuple) -> bool:
-    """Whether a kernel adds up sum ``i`` with its eager bits: an outer-axes sum (see
-    :func:`_outer_sum`) that eagerly is NumPy's own reduction (``B.sums_as_numpy``)."""
-    if not _outer_sum(prog, i, axes):
+    """Whether a CPU kernel adds up sum ``i`` with its eager bits: the sum keeps the innermost
+    axis in memory of the (traced) array it sums, so the kernel adds in that array's order, in
+    its dtype, as NumPy's reduction does, and eagerly it is NumPy's reduction
+    (``B.sums_as_numpy``)."""
+    v = getattr(prog, "values", {}).get(i.ins[0])
+    order = _order(v)
+    if prog.backend.device_id is not None or order is None or order[-1] in axes:
         return False
-    v, p = prog.values[i.ins[0]], i.params or {}
+    p = i.params or {}
     return type(v) is B.ndarray and B.sums_as_numpy(v, p.get("axis"),
                                                        bool(p.get("keepdims", False)))
 
