@@ -810,6 +810,33 @@ def fold_taps(parts, spatial: tuple, kernel: tuple, stride: tuple, padding: tupl
     return out
 
 
+def im2col(xl, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out: tuple,
+           taps_first: bool):
+    """A convolution's windows of C-ordered channels-last ``xl`` (N, *spatial, C), one or two
+    spatial axes, at output positions ``out``: (N, *out, *k, C) contiguous, or with
+    ``taps_first`` (*k, C, N, *out), the padding's zeros written in place. One numba pass
+    copying whole runs instead of a zeroed padded copy and NumPy's strided gather (a copy
+    either way, so the same values). None without numba loaded, for other arrays or more
+    axes."""
+    nd = len(k)
+    kern = cpu_kernels()
+    if (kern is None or nd not in (1, 2) or type(xl) is not np.ndarray
+            or xl.dtype not in _KERNEL_DTYPES or not xl.flags.c_contiguous):
+        return None
+    n, c = xl.shape[0], xl.shape[-1]
+    mem = np.empty(k + (c, n) + out if taps_first else (n,) + out + k + (c,), xl.dtype)
+    if mem.size == 0:
+        return mem
+    if nd == 1:  # as two axes, the first of length one
+        sp, out, k = (1,) + xl.shape[1:2], (1,) + out, (1,) + k
+        stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
+    else:
+        sp = xl.shape[1:3]
+    kern.im2col_2d(xl.reshape(-1), mem.reshape(-1), (n, *sp, c, *out, *k), *stride, *padding,
+                   *dilation, taps_first, xl.dtype.type(0))
+    return mem
+
+
 def outer_stack(x, y):
     """``x * y`` for stacks of outer products, x (..., m, 1) and y (..., 1, n) with the same
     leading axes and float dtype (a vmap'ed layer's per-example weight gradients): a numba loop

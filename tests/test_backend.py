@@ -647,6 +647,46 @@ def test_a_strided_input_gradient_folds_with_the_numpy_bits(case, monkeypatch):
     assert B.fold_taps(np.ones((2, 4, 3, 2))[..., ::2], (7,), (2,), (2,), (0,), (1,)) is None
 
 
+def test_conv_columns_in_one_pass_are_numpys_columns(monkeypatch):
+    """A convolution's windows gathered by numba's one pass (padding written as zeros in
+    place) equal NumPy's padded copy and strided gather element for element, in the same
+    layout, over random shapes, strides, paddings, dilations, channel counts, input layouts
+    and cut output sizes; the loop really runs for some of them."""
+    import importlib
+
+    pytest.importorskip("numba")
+    from nodegrad import _backend as B
+
+    conv = importlib.import_module("nodegrad.ops.conv")
+    rng = np.random.default_rng(5)
+    ran = 0
+    for _ in range(400):
+        nd = int(rng.integers(1, 3))
+        n, c = int(rng.integers(1, 4)), int(rng.choice([1, 2, 3, 8, 16, 24]))
+        sp = tuple(int(v) for v in rng.integers(1, 11, nd))
+        k = tuple(int(v) for v in rng.integers(1, 6, nd))
+        st = tuple(int(v) for v in rng.integers(1, 3, nd))
+        pd = tuple(int(v) for v in rng.integers(0, 5, nd))
+        dl = tuple(int(v) for v in rng.integers(1, 4, nd))
+        full = tuple(conv._out_size(*a) for a in zip(sp, k, st, pd, dl))
+        if min(full) < 1:
+            continue
+        x = rng.standard_normal((n, c) + sp).astype(rng.choice([np.float32, np.float64]))
+        if rng.random() < 0.5:  # laid out channels-last, as a convolution's output
+            x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+        out = tuple(int(rng.integers(1, f + 1)) for f in full) if rng.random() < 0.3 else None
+        monkeypatch.setattr(B, "_kernels", False)
+        want, o1 = conv._cols(np, x, k, st, pd, dl, 1, out)
+        monkeypatch.setattr(B, "_kernels", None)
+        got, o2 = conv._cols(np, x, k, st, pd, dl, 1, out)
+        assert o1 == o2 and got.shape == want.shape and got.strides == want.strides
+        assert got.tobytes() == want.tobytes()
+        ran += conv._cols_in_one_pass(x, conv._channels_last(x), k, st, pd, dl, out) is not None
+    assert ran > 50
+    assert B.im2col(np.ones((2, 5, 3), np.float32)[:, ::-1], (2,), (1,), (0,), (1,), (4,),
+                    False) is None  # not C-ordered: left to NumPy
+
+
 @pytest.mark.parametrize("shape, perm, axis", [
     ((40, 50), (0, 1), (0,)), ((40, 50), (0, 1), 0), ((256, 100), (0, 1), (0,)),
     ((100, 25, 19), (0, 2, 1), (0, 2)), ((8, 25, 10), (0, 2, 1), (0, 2)),

@@ -43,6 +43,10 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
     nd = len(k)
     n, c = x.shape[:2]
     xl = _channels_last(x)
+    if groups == 1:
+        cols = _cols_in_one_pass(x, xl, k, stride, padding, dilation, out)
+        if cols is not None:
+            return cols
     if any(padding):  # zeros and one copy: xp.pad's general machinery costs more than the copy
         xpad = xp.zeros((n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,),
                         dtype=x.dtype)
@@ -69,6 +73,53 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
     win = win.reshape((n,) + out + k + (g, c // g))  # (N, *out, *k, G, Cg)
     perm = (1 + 2 * nd,) + tuple(range(1 + 2 * nd)) + (2 + 2 * nd,)
     return win.transpose(perm).reshape(g, n * npos, kk * (c // g)), out
+
+
+def _cols_in_one_pass(x, xl, k, stride, padding, dilation, out):
+    """:func:`_cols` for one group by :func:`._backend.im2col` (numba loaded, one or two
+    spatial axes), the same columns in the same layouts; None where it does not apply."""
+    if type(xl) is not B.ndarray or B.cpu_kernels() is None:
+        return None
+    if out is None:
+        out = tuple(_out_size(m, ki, s, p, d) for m, ki, s, p, d in
+                    zip(x.shape[2:], k, stride, padding, dilation))
+    n, c = x.shape[:2]
+    npos, kk = math.prod(out), math.prod(k)
+    first = c == 1 and stride[-1] == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1)
+    if not first:
+        if k[-1] * c < 16:  # runs too short for the loop to beat NumPy's gather
+            return None
+        # where the windows already lie as rows, _cols takes them as they are
+        st = xl.strides
+        if any(padding):  # the padded copy's, C-ordered
+            st = _c_strides((n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding))
+                            + (c,), xl.itemsize)
+        ws = (st[0],) + tuple(st[1 + i] * stride[i] for i in range(len(k))) + tuple(
+            st[1 + i] * dilation[i] for i in range(len(k))) + st[-1:]
+        shape = (n,) + out + k + (c,)
+        nd = len(k)
+        if _merges(shape[:1 + nd], ws[:1 + nd]) and _merges(shape[1 + nd:], ws[1 + nd:]):
+            return None
+    mem = B.im2col(xl, k, stride, padding, dilation, out, first)
+    if mem is None:
+        return None
+    if first:
+        return mem.reshape(1, kk * c, n * npos).transpose(0, 2, 1), out
+    return mem.reshape(1, n * npos, kk * c), out
+
+
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    out = [itemsize]
+    for m in reversed(shape[1:]):
+        out.append(out[-1] * m)
+    return tuple(reversed(out))
+
+
+def _merges(shape: tuple, strides: tuple) -> bool:
+    """Whether these axes reshape into one without a copy (NumPy's rule: each stride is the
+    next axis's extent times its stride, axes of extent one aside)."""
+    axes = [(m, s) for m, s in zip(shape, strides) if m != 1]
+    return all(a[1] == b[0] * b[1] for a, b in zip(axes, axes[1:]))
 
 
 def _kernel_rows(w, groups):
