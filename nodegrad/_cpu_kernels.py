@@ -29,9 +29,8 @@ compute (row maxima, shifts, picks, quotients) is exact or one rounding in the d
 from __future__ import annotations
 
 import numba
-import numpy as np
 
-_U = np.uint64  # an unsigned index: no wraparound check
+_U = numba.uint64  # an unsigned index: no wraparound check
 _OPTS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
 
