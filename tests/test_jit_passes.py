@@ -412,6 +412,51 @@ def test_kernels_after_a_convolution_loop_in_its_memory_order_with_the_eager_bit
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_layers_bias_add_joins_its_activations_kernel_with_the_eager_bits(dtype):
+    """With numba loaded, a ``linear`` read only by an op that joins a kernel (a ReLU) replays
+    as the product alone and an ``add`` of the bias inside that kernel: a training step then
+    gives eager's loss and parameters bit for bit. A layer whose output goes elsewhere (the
+    loss; two readers) keeps its bias in place."""
+    import numba  # noqa: F401  (the split waits for numba to be loaded)
+
+    from nodegrad import nn
+    from nodegrad.nn import functional as NF
+
+    def run(jit):
+        ng.manual_seed(0)
+        a, b, c = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 5)
+        model = nn.Sequential(a, nn.ReLU(), b, nn.ReLU(), c)
+        for p in model.parameters():
+            p.data = p.data.astype(dtype)
+        opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+
+        def step(x, y):
+            opt.zero_grad()
+            h = b(NF.relu(a(x)))
+            loss = NF.cross_entropy(c(NF.relu(h)), y) + (h * h).mean() * 1e-3
+            loss.backward()
+            opt.step()
+            return loss
+
+        s = ng.jit(step, state=(model, opt), fuse=True) if jit else step
+        rng = np.random.default_rng(1)
+        losses = [s(ng.tensor(rng.standard_normal((32, 12)).astype(dtype)),
+                    ng.tensor(rng.integers(0, 5, 32))).numpy() for _ in range(4)]
+        return losses, model, s
+
+    le, me, _ = run(False)
+    lj, mj, sj = run(True)
+    assert all(_same(x, y) for x, y in zip(lj, le))
+    for x, y in zip(me.parameters(), mj.parameters()):
+        assert _same(x.numpy(), y.numpy())
+    prog = sj.program
+    assert prog.stats.get("split_biases") == 1  # a's; b's output has two readers, c's the loss
+    assert any("add" in str(k.group.members[0].name) for k in _kernels(sj))
+    assert sum(1 for i in prog.instrs if i.kind == "op" and i.name == "linear") == 3
+
+
+@needs_numba
 @pytest.mark.parametrize("axis, keepdims", [((0, 1), True), ((0, 1), False), (1, False),
                                             (None, False), ((0, 2), True), (2, False)])
 def test_kernels_on_permuted_arrays_with_broadcasts_and_sums(axis, keepdims):

@@ -29,8 +29,10 @@ from pathlib import Path
 
 from .. import _backend as B
 from . import _vmath
+from ..primitive import REGISTRY
 from .passes import _POINTWISE
 from .program import Instr
+from .trace import _op
 
 # op -> (arity, template over a, b, c; "libm" marks transcendental ops)
 # _0 and _1 are zero and one in the kernel's dtype (a bare 0.0 would be float64 in numba)
@@ -216,9 +218,56 @@ def _key(prog, i: Instr):
     return (tuple(shape), dt)
 
 
+def _split_biases(prog, instrs: list) -> list:
+    """A ``linear`` whose only reader is an op that can join a kernel becomes the product
+    alone and an ``add`` of its bias, so the add joins that reader's kernel (a layer's ReLU):
+    one pass over the layer's output fewer. The product is eager's ``x @ W.T`` and the add the
+    same float add as eager's in-place one, so the bits stay eager's. Only on the CPU with
+    numba loaded (the add must not cost a kernel that numba's import would not repay)."""
+    if prog.backend.device_id is not None or not _numba_loaded():
+        return instrs
+    values = getattr(prog, "values", {})
+    readers: dict[int, list] = {}
+    for i in instrs:
+        for a in i.ins:
+            readers.setdefault(a, []).append(i)
+    outs = set(prog.out_slots)
+    result = []
+    for i in instrs:
+        if not (i.kind == "op" and i.name == "linear" and not i.params and len(i.ins) == 3
+                and i.out in prog.meta and i.out in values and i.out not in outs):
+            result.append(i)
+            continue
+        b = i.ins[2]
+        rs = readers.get(i.out, [])
+        shape, dt = prog.meta[i.out]
+        if (b not in prog.meta or prog.meta[b] != ((shape[-1],), dt) or len(rs) != 1
+                or rs[0].ins.count(i.out) != 1 or _key(prog, rs[0]) != (tuple(shape), dt)
+                or not values[i.out].flags.c_contiguous):
+            result.append(i)
+            continue
+        z, none = prog.nslots, prog.nslots + 1
+        prog.nslots += 2
+        prog.consts[none] = None
+        prog.meta[z] = prog.meta[i.out]
+        values[z] = values[i.out]
+        out = values[i.out]
+        product = _op(REGISTRY["linear"], {}, prog.backend, out)
+        x, w = (values.get(a) for a in i.ins[:2])
+        if type(x) is B.np.ndarray and type(w) is B.np.ndarray and x.ndim == w.ndim == 2:
+            mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])  # as _product_form
+            product.fast = lambda x, w, b: mm(x, w.T)
+        result.append(Instr("op", "linear", product, (i.ins[0], i.ins[1], none), z, params={}))
+        result.append(Instr("op", "add", _op(REGISTRY["add"], {}, prog.backend, out), (z, b),
+                            i.out, params={}))
+        prog.stats["split_biases"] = prog.stats.get("split_biases", 0) + 1
+    return result
+
+
 def fuse(prog, instrs: list, everything: bool = False) -> list:
     """Replace groups of two or more fusable ops by one ``fused`` instruction each; with
     ``everything`` (``jit(fuse=True)``) single slow ops too, importing numba for them."""
+    instrs = _split_biases(prog, instrs)
     groups: list[Group] = []
     made: dict[int, Group] = {}  # slot -> the group whose member computes it
     member_of: dict[int, Group] = {}  # instruction index -> its group
