@@ -142,7 +142,6 @@ def fold_taps_2d(parts, out, k1, s0, s1, p0, p1, d0, d1, zero):
                         out[a, e, b, c] += parts[t, i0, i1, b, c]
 
 
-
 @numba.njit(inline="always", **_OPTS)
 def _span(off, step, m, n):
     """The ``t`` in 0..n-1 with 0 <= off + t step < m, as a range (lo, hi), lo <= hi <= n."""

@@ -416,25 +416,27 @@ def test_kernels_after_a_convolution_loop_in_its_memory_order_with_the_eager_bit
 def test_a_layers_bias_add_joins_its_activations_kernel_with_the_eager_bits(dtype):
     """With numba loaded, a ``linear`` read only by an op that joins a kernel (a ReLU) replays
     as the product alone and an ``add`` of the bias inside that kernel: a training step then
-    gives eager's loss and parameters bit for bit. A layer whose output goes elsewhere (the
-    loss; two readers) keeps its bias in place."""
+    gives eager's loss and parameters bit for bit. Each such product keeps the thread rule of
+    its own shape; a layer whose output goes elsewhere (the loss) or to two readers keeps its
+    bias in place."""
     import numba  # noqa: F401  (the split waits for numba to be loaded)
 
+    from nodegrad import _backend as B
     from nodegrad import nn
     from nodegrad.nn import functional as NF
 
     def run(jit):
         ng.manual_seed(0)
-        a, b, c = nn.Linear(12, 16), nn.Linear(16, 16), nn.Linear(16, 5)
-        model = nn.Sequential(a, nn.ReLU(), b, nn.ReLU(), c)
+        a, b, d, c = nn.Linear(12, 128), nn.Linear(128, 128), nn.Linear(128, 16), nn.Linear(16, 5)
+        model = nn.Sequential(a, b, d, c)
         for p in model.parameters():
             p.data = p.data.astype(dtype)
         opt = ng.optim.Adam(model.parameters(), lr=1e-2)
 
         def step(x, y):
             opt.zero_grad()
-            h = b(NF.relu(a(x)))
-            loss = NF.cross_entropy(c(NF.relu(h)), y) + (h * h).mean() * 1e-3
+            z = d(NF.relu(b(NF.relu(a(x)))))  # z: read by the ReLU and by the penalty
+            loss = NF.cross_entropy(c(NF.relu(z)), y) + (z * z).mean() * 1e-3
             loss.backward()
             opt.step()
             return loss
@@ -451,9 +453,12 @@ def test_a_layers_bias_add_joins_its_activations_kernel_with_the_eager_bits(dtyp
     for x, y in zip(me.parameters(), mj.parameters()):
         assert _same(x.numpy(), y.numpy())
     prog = sj.program
-    assert prog.stats.get("split_biases") == 1  # a's; b's output has two readers, c's the loss
-    assert any("add" in str(k.group.members[0].name) for k in _kernels(sj))
-    assert sum(1 for i in prog.instrs if i.kind == "op" and i.name == "linear") == 3
+    assert prog.stats.get("split_biases") == 2  # a's and b's
+    assert sum(1 for k in _kernels(sj) if k.group.members[0].name == "add") == 2
+    split = [i for i in prog.instrs if i.kind == "op" and i.name == "linear"
+             and prog.consts.get(i.ins[2], 0) is None]
+    forms = [i.fn.fast.__defaults__[0] for i in split]
+    assert forms == [B.product_for(32, 12, 128), B.product_for(32, 128, 128)]
 
 
 @needs_numba

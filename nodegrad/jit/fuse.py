@@ -256,7 +256,7 @@ def _split_biases(prog, instrs: list) -> list:
         x, w = (values.get(a) for a in i.ins[:2])
         if type(x) is B.np.ndarray and type(w) is B.np.ndarray and x.ndim == w.ndim == 2:
             mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])  # as _product_form
-            product.fast = lambda x, w, b: mm(x, w.T)
+            product.fast = lambda x, w, b, mm=mm: mm(x, w.T)
         result.append(Instr("op", "linear", product, (i.ins[0], i.ins[1], none), z, params={}))
         result.append(Instr("op", "add", _op(REGISTRY["add"], {}, prog.backend, out), (z, b),
                             i.out, params={}))

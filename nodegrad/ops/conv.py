@@ -94,10 +94,10 @@ def _cols_in_one_pass(x, xl, k, stride, padding, dilation, out):
         if any(padding):  # the padded copy's, C-ordered
             st = _c_strides((n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding))
                             + (c,), xl.itemsize)
-        ws = (st[0],) + tuple(st[1 + i] * stride[i] for i in range(len(k))) + tuple(
-            st[1 + i] * dilation[i] for i in range(len(k))) + st[-1:]
-        shape = (n,) + out + k + (c,)
         nd = len(k)
+        ws = (st[0],) + tuple(st[1 + i] * stride[i] for i in range(nd)) + tuple(
+            st[1 + i] * dilation[i] for i in range(nd)) + st[-1:]
+        shape = (n,) + out + k + (c,)
         if _merges(shape[:1 + nd], ws[:1 + nd]) and _merges(shape[1 + nd:], ws[1 + nd:]):
             return None
     mem = B.im2col(xl, k, stride, padding, dilation, out, first)
