@@ -222,8 +222,10 @@ def _split_biases(prog, instrs: list) -> list:
     """A ``linear`` whose only reader is an op that can join a kernel becomes the product
     alone and an ``add`` of its bias, so the add joins that reader's kernel (a layer's ReLU):
     one pass over the layer's output fewer. The product is eager's ``x @ W.T`` and the add the
-    same float add as eager's in-place one, so the bits stay eager's. Only on the CPU with
-    numba loaded (the add must not cost a kernel that numba's import would not repay)."""
+    same float add as eager's in-place one, so the bits stay eager's. Only before an exact op
+    (not a transcendental one, which would then be computed in a kernel rather than by NumPy:
+    other bits, and not always faster) and on the CPU with numba loaded (the add must not cost
+    a kernel that numba's import would not repay)."""
     if prog.backend.device_id is not None or not _numba_loaded():
         return instrs
     values = getattr(prog, "values", {})
@@ -243,7 +245,7 @@ def _split_biases(prog, instrs: list) -> list:
         shape, dt = prog.meta[i.out]
         if (b not in prog.meta or prog.meta[b] != ((shape[-1],), dt) or len(rs) != 1
                 or rs[0].ins.count(i.out) != 1 or _key(prog, rs[0]) != (tuple(shape), dt)
-                or not values[i.out].flags.c_contiguous):
+                or len(_TEMPLATES[rs[0].name]) > 2 or not values[i.out].flags.c_contiguous):
             result.append(i)
             continue
         z, none = prog.nslots, prog.nslots + 1
