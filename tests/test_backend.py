@@ -683,6 +683,14 @@ def test_conv_columns_in_one_pass_are_numpys_columns(monkeypatch):
         assert got.tobytes() == want.tobytes()
         ran += conv._cols_in_one_pass(x, conv._channels_last(x), k, st, pd, dl, out) is not None
     assert ran > 50
+    # a cut output whose one window along the last axis lies wholly in the padding (its
+    # kernel's one tap at -2): zeros only (once written past the end of its row)
+    x = np.moveaxis(rng.standard_normal((4, 7, 4, 16)).astype(np.float32), -1, 1)
+    monkeypatch.setattr(B, "_kernels", False)
+    want, _ = conv._cols(np, x, (3, 1), (2, 2), (1, 2), (2, 1), 1, (2, 1))
+    monkeypatch.setattr(B, "_kernels", None)
+    got, _ = conv._cols(np, x, (3, 1), (2, 2), (1, 2), (2, 1), 1, (2, 1))
+    assert got.tobytes() == want.tobytes() and not got.any()
     assert B.im2col(np.ones((2, 5, 3), np.float32)[:, ::-1], (2,), (1,), (0,), (1,), (4,),
                     False) is None  # not C-ordered: left to NumPy
 
