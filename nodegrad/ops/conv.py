@@ -39,76 +39,72 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
     """The windows of ``x`` as columns (G, N·P, K·Cg), channels innermost, and the output's
     spatial shape (the first ``out`` positions when given: a transposed convolution's output
     padding may leave room for more windows than its input had). Windows of a channels-last
-    array are runs of whole rows, so the one copy here moves contiguous blocks."""
+    array are runs of whole rows, so the one copy here moves contiguous blocks; with numba
+    loaded, one pass makes that copy (:func:`_cols_in_one_pass`)."""
     nd = len(k)
     n, c = x.shape[:2]
     xl = _channels_last(x)
-    if groups == 1:
-        cols = _cols_in_one_pass(x, xl, k, stride, padding, dilation, out)
-        if cols is not None:
-            return cols
-    if any(padding):  # zeros and one copy: xp.pad's general machinery costs more than the copy
-        xpad = xp.zeros((n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,),
-                        dtype=x.dtype)
-        xpad[(slice(None),) + tuple(slice(p, p + m) for p, m in
-                                    zip(padding, x.shape[2:]))] = xl
-        xl = xpad
     if out is None:
-        out = tuple(_out_size(m, ki, s, 0, d)
-                    for m, ki, s, d in zip(xl.shape[1:-1], k, stride, dilation))
-    st = xl.strides
-    win = B.backend_of(xl).as_strided(
-        xl, (n,) + out + k + (c,),
-        st[:1] + tuple(st[1 + i] * stride[i] for i in range(nd))
-        + tuple(st[1 + i] * dilation[i] for i in range(nd)) + st[-1:])
+        out = tuple(_out_size(m, ki, s, p, d)
+                    for m, ki, s, p, d in zip(x.shape[2:], k, stride, padding, dilation))
     npos, kk, g = math.prod(out), math.prod(k), groups
-    if g == 1:
-        if c == 1 and stride[-1] == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1):
-            # one input channel: copied taps-major, the runs are whole output rows rather
-            # than one kernel row (~3x faster); the product takes the transposed view as is
-            taps = xp.ascontiguousarray(win.transpose(
-                tuple(range(1 + nd, 2 + 2 * nd)) + tuple(range(1 + nd))))  # (*k, C, N, *out)
-            return taps.reshape(1, kk * c, n * npos).transpose(0, 2, 1), out
-        return win.reshape(1, n * npos, kk * c), out
-    win = win.reshape((n,) + out + k + (g, c // g))  # (N, *out, *k, G, Cg)
-    perm = (1 + 2 * nd,) + tuple(range(1 + 2 * nd)) + (2 + 2 * nd,)
-    return win.transpose(perm).reshape(g, n * npos, kk * (c // g)), out
-
-
-def _cols_in_one_pass(x, xl, k, stride, padding, dilation, out):
-    """:func:`_cols` for one group by :func:`._backend.im2col` (numba loaded, one or two
-    spatial axes), the same columns in the same layouts; None where it does not apply."""
-    if type(xl) is not B.ndarray or B.cpu_kernels() is None:
-        return None
-    if out is None:
-        out = tuple(_out_size(m, ki, s, p, d) for m, ki, s, p, d in
-                    zip(x.shape[2:], k, stride, padding, dilation))
-    n, c = x.shape[:2]
-    npos, kk = math.prod(out), math.prod(k)
-    first = c == 1 and stride[-1] == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1)
-    if not first:
-        if k[-1] * c < 16:  # runs too short for the loop to beat NumPy's gather
-            return None
-        # where the windows already lie as rows, _cols takes them as they are
-        st = xl.strides
-        if any(padding):  # the padded copy's, C-ordered
-            st = _c_strides((n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding))
-                            + (c,), xl.itemsize)
-        nd = len(k)
-        ws = (st[0],) + tuple(st[1 + i] * stride[i] for i in range(nd)) + tuple(
-            st[1 + i] * dilation[i] for i in range(nd)) + st[-1:]
-        shape = (n,) + out + k + (c,)
-        if _merges(shape[:1 + nd], ws[:1 + nd]) and _merges(shape[1 + nd:], ws[1 + nd:]):
-            return None
-    mem = B.im2col(xl, k, stride, padding, dilation, out, first)
+    # one input channel: copied taps-major, the runs are whole output rows rather than one
+    # kernel row (~3x faster); the product takes the transposed view as is
+    first = g == 1 and c == 1 and stride[-1] == 1 and out[-1] > (
+        k[-1] if dilation[-1] == 1 else 1)
+    padded = (n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,)
+    mem = _cols_in_one_pass(xl, k, stride, padding, dilation, out, first, padded) if g == 1 \
+        else None
     if mem is None:
-        return None
+        if any(padding):  # zeros and one copy: xp.pad's machinery costs more than the copy
+            xpad = xp.zeros(padded, dtype=x.dtype)
+            xpad[(slice(None),) + tuple(slice(p, p + m) for p, m in
+                                        zip(padding, x.shape[2:]))] = xl
+            xl = xpad
+        win = B.backend_of(xl).as_strided(xl, (n,) + out + k + (c,),
+                                          _window_strides(xl.strides, stride, dilation))
+        if g > 1:
+            win = win.reshape((n,) + out + k + (g, c // g))  # (N, *out, *k, G, Cg)
+            perm = (1 + 2 * nd,) + tuple(range(1 + 2 * nd)) + (2 + 2 * nd,)
+            return win.transpose(perm).reshape(g, n * npos, kk * (c // g)), out
+        if not first:
+            return win.reshape(1, n * npos, kk * c), out
+        mem = xp.ascontiguousarray(win.transpose(
+            tuple(range(1 + nd, 2 + 2 * nd)) + tuple(range(1 + nd))))  # (*k, C, N, *out)
     if first:
         return mem.reshape(1, kk * c, n * npos).transpose(0, 2, 1), out
     return mem.reshape(1, n * npos, kk * c), out
 
 
+def _window_strides(st: tuple, stride: tuple, dilation: tuple) -> tuple:
+    """The strides of the windows (N, *out, *k, C) of a channels-last array of strides ``st``."""
+    nd = len(stride)
+    return (st[:1] + tuple(st[1 + i] * stride[i] for i in range(nd))
+            + tuple(st[1 + i] * dilation[i] for i in range(nd)) + st[-1:])
+
+
+def _cols_in_one_pass(xl, k, stride, padding, dilation, out, first, padded):
+    """The copy of :func:`_cols` for one group by :func:`._backend.im2col` (numba loaded, one
+    or two spatial axes): (N, *out, *k, C), or (*k, C, N, *out) with ``first``, as _cols
+    makes it. None where it does not apply, or where the windows already lie as rows (_cols
+    then takes them as they are, no copy), or where their rows are too short for the loop to
+    beat NumPy's gather (under 16 elements)."""
+    if B.cpu_kernels() is None:
+        return None
+    if not first:
+        c = padded[-1]
+        if k[-1] * c < 16:
+            return None
+        st = _c_strides(padded, xl.itemsize) if any(padding) else xl.strides
+        ws, nd = _window_strides(st, stride, dilation), len(k)
+        shape = (padded[0],) + out + k + (c,)
+        if _merges(shape[:1 + nd], ws[:1 + nd]) and _merges(shape[1 + nd:], ws[1 + nd:]):
+            return None
+    return B.im2col(xl, k, stride, padding, dilation, out, first)
+
+
 def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    """The strides of a C-ordered array of ``shape``."""
     out = [itemsize]
     for m in reversed(shape[1:]):
         out.append(out[-1] * m)
