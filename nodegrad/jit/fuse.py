@@ -253,13 +253,9 @@ def _split_biases(prog, instrs: list) -> list:
         prog.consts[none] = None
         prog.meta[z] = prog.meta[i.out]
         values[z] = values[i.out]
-        out = values[i.out]
-        product = _op(REGISTRY["linear"], {}, prog.backend, out)
-        x, w = (values.get(a) for a in i.ins[:2])
-        if type(x) is B.np.ndarray and type(w) is B.np.ndarray and x.ndim == w.ndim == 2:
-            mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])  # as _product_form
-            product.fast = lambda x, w, b, mm=mm: mm(x, w.T)
-        result.append(Instr("op", "linear", product, (i.ins[0], i.ins[1], none), z, params={}))
+        out = values[i.out]  # (the product's replay form is direct_forms')
+        result.append(Instr("op", "linear", _op(REGISTRY["linear"], {}, prog.backend, out),
+                            (i.ins[0], i.ins[1], none), z, params={}))
         result.append(Instr("op", "add", _op(REGISTRY["add"], {}, prog.backend, out), (z, b),
                             i.out, params={}))
         prog.stats["split_biases"] = prog.stats.get("split_biases", 0) + 1

@@ -328,7 +328,10 @@ def direct_forms(prog, instrs: list) -> None:
                     loss.fn.fast, i.fn.fast = ce_shared_forms(xp, i.params)
             continue
         if i.name in ("linear", "sum", "matmul") and isinstance(i.params, dict) and xp is B.np:
-            form = _product_form(i, [values.get(a) for a in i.ins])
+            ins = i.ins
+            if i.name == "linear" and len(ins) == 3 and prog.consts.get(ins[2], 0) is None:
+                ins = ins[:2]  # no bias (a layer whose add joined a kernel, .fuse)
+            form = _product_form(i, [values.get(a) for a in ins])
             if form is not None:
                 i.fn.fast = form
             continue
@@ -350,8 +353,9 @@ def direct_forms(prog, instrs: list) -> None:
 
 def _product_form(i: Instr, vals: list):
     """The replay form of a ``matmul`` of two matrices, of a ``linear`` of a matrix (x Wᵀ + b,
-    as ``ops.nn``'s forward) or of a ``sum`` (:func:`~nodegrad._backend.sum_form`), with its
-    product's thread rule and plan decided from the traced arrays; None for other operands."""
+    as ``ops.nn``'s forward; ``vals`` without the bias when it has none) or of a ``sum``
+    (:func:`~nodegrad._backend.sum_form`), with its product's thread rule and plan decided
+    from the traced arrays; None for other operands."""
     if not vals or any(type(v) is not B.np.ndarray for v in vals):
         return None
     if i.name == "sum" and set(i.params) == {"axis", "keepdims"} and len(vals) == 1:
@@ -362,12 +366,14 @@ def _product_form(i: Instr, vals: list):
         if a.ndim == 2 and b.ndim == 2:  # B.matmul's rule for two matrices, decided once
             return B.product_for(a.shape[0], a.shape[1], b.shape[1])
         return None
-    if i.name != "linear" or i.params or len(vals) != 3:
+    if i.name != "linear" or i.params or len(vals) not in (2, 3):
         return None
-    x, w, b = vals
-    if x.ndim != 2 or w.ndim != 2 or b.ndim != 1:
+    x, w = vals[:2]
+    if x.ndim != 2 or w.ndim != 2 or (len(vals) == 3 and vals[2].ndim != 1):
         return None
     mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])
+    if len(vals) == 2:
+        return lambda x, w, b, mm=mm: mm(x, w.T)
 
     def linear(x, w, b):
         out = mm(x, w.T)
