@@ -703,14 +703,16 @@ case("matmul", _matmul, layouts=("vector", "matrix", "3d", "size1", "rank", "emp
 
 def _linear(draw, layout):
     i, o, b, c = (draw(st.integers(1, 3)) for _ in range(4))
-    lead = {"vector": (), "matrix": (b,), "3d": (b, c), "empty": (0,)}[layout]
+    if layout == "wide":  # twice as wide as the batch or more: the transposed products
+        i, o = draw(st.integers(6, 9)), draw(st.integers(6, 9))
+    lead = {"vector": (), "matrix": (b,), "wide": (b,), "3d": (b, c), "empty": (0,)}[layout]
     x, w = arr(draw, lead + (i,)), arr(draw, (o, i))
     if draw(st.booleans()):
         return Call(ng.linear, (x, w, arr(draw, (o,))), torch.nn.functional.linear)
     return Call(ng.linear, (x, w), torch.nn.functional.linear)
 
 
-case("linear", _linear, layouts=("vector", "matrix", "3d", "empty"))
+case("linear", _linear, layouts=("vector", "matrix", "wide", "3d", "empty"))
 
 # subscripts, and operand shapes as letters (an upper-case letter is an axis of length 1)
 EINSUM = {

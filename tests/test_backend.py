@@ -3,6 +3,7 @@
 import os
 import pathlib
 import re
+import time
 
 import numpy as np
 import pytest
@@ -91,6 +92,65 @@ def test_small_products_run_on_one_blas_thread_and_restore_the_count():
             np.testing.assert_array_equal(B.matmul(a, b), a @ b)
             np.testing.assert_array_equal(B.matmul(a[0], b), a[0] @ b)  # OpenBLAS's own rule
             assert B._BlasThreads.get() == before
+
+
+def test_a_small_product_keeps_the_users_threads_while_blas_workers_are_awake(monkeypatch):
+    """Right after a product of SMALL_PRODUCT multiply-adds (OpenBLAS's workers still spinning)
+    a smaller one keeps the user's thread count; once BLAS_AWAKE_S has passed it switches to one
+    thread again. The values are a @ b either way, and the count stands afterwards."""
+    from nodegrad import _backend as B
+
+    if not B._BlasThreads.looked:
+        B._BlasThreads.find()
+    if B._BlasThreads.get is None:
+        pytest.skip("NumPy is not linked with a pthreads OpenBLAS")
+    sets = []
+    real_set = B._BlasThreads.set
+    monkeypatch.setattr(B._BlasThreads, "set", lambda n: (sets.append(n), real_set(n))[1])
+    monkeypatch.setattr(B._BlasThreads, "get", lambda: 2)
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((256, 512), np.float32), rng.standard_normal((512, 256), np.float32)
+    small = rng.standard_normal((100, 60), np.float32), rng.standard_normal((60, 50), np.float32)
+    assert big[0].shape[0] * big[0].shape[1] * big[1].shape[1] >= B.SMALL_PRODUCT
+    monkeypatch.setattr(B._BlasThreads, "awake_until", 0.0)
+    monkeypatch.setattr(B, "BLAS_AWAKE_S", 60.0)  # a loaded test machine: no race with time
+    np.testing.assert_array_equal(B.matmul(*small), small[0] @ small[1])
+    assert sets == [1, 2]  # workers asleep: one thread, then the count restored
+    sets.clear()
+    np.testing.assert_array_equal(B.matmul(*big), big[0] @ big[1])
+    assert B._BlasThreads.awake_until > time.perf_counter()
+    np.testing.assert_array_equal(B.matmul(*small), small[0] @ small[1])
+    out = np.empty((100, 50), np.float32)
+    assert B.product_for(100, 60, 50)(*small, out) is out  # a compiled program's form alike
+    assert sets == []
+    B._BlasThreads.awake_until = time.perf_counter() - 1  # BLAS_AWAKE_S has passed
+    B.matmul(*small)
+    assert sets == [1, 2]
+
+
+def test_a_wide_layers_products_run_transposed_with_the_same_values():
+    """linear_product: a layer LINEAR_WIDE times wider than its batch takes (W xᵀ)ᵀ, F-ordered,
+    with the bytes of x Wᵀ (x C-ordered); a narrower one the plain product, C-ordered. The next
+    layer's input gradient (linear_input_grad) takes the layout of its input, (Wᵀ gᵀ)ᵀ for an
+    F-ordered one, with the values of g W."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(2)
+    for rows, k, width in ((256, 784, 1024), (32, 12, 128), (3, 7, 6), (100, 40, 100),
+                           (256, 1024, 10)):
+        x = rng.standard_normal((rows, k), np.float32)
+        w = rng.standard_normal((width, k), np.float32)
+        wide = width >= B.LINEAR_WIDE * rows
+        z = B.linear_product(x, w)
+        assert z.tobytes() == (x @ w.T).tobytes()  # the same bits, in logical order
+        assert z.flags.f_contiguous if wide else z.flags.c_contiguous
+        # the next layer, from width inputs to k outputs: its input gradient takes z's layout
+        g, wl = rng.standard_normal((rows, k), np.float32), w.T.copy()
+        gx = B.linear_input_grad(g, wl, z)
+        np.testing.assert_allclose(gx, g @ wl, rtol=1e-5, atol=1e-3)
+        assert gx.flags.f_contiguous if wide and rows > 1 else gx.flags.c_contiguous
+    x3 = rng.standard_normal((2, 3, 4), np.float32)  # more than a matrix: the plain product
+    assert B.linear_product(x3, rng.standard_normal((16, 4), np.float32)).flags.c_contiguous
 
 
 def test_keep_freed_memory_respects_opt_outs():
@@ -212,7 +272,8 @@ def test_relu_equals_numpys_maximum_in_every_layout(cpu_kernels):
 
 def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
     """g * (ans > 0) in g's dtype, byte for byte, with signed zeros, NaN and infinities on
-    both sides; other layouts, dtypes or shapes are left to the caller (None)."""
+    both sides, for two dense arrays of one layout (C or F); two layouts, other dtypes or shapes
+    are left to the caller (None)."""
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(6)
@@ -227,6 +288,10 @@ def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
             assert got is None
             continue
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+        gf, af = np.asfortranarray(g), np.asfortranarray(ans)  # one layout, not C: the loop too
+        with np.errstate(invalid="ignore"):
+            got = B.relu_grad(gf, af)
+        assert got.flags.f_contiguous and got.tobytes() == want.tobytes()
     g32 = np.ones((100, 30), np.float32)
     for ans in (np.ones((30, 100), np.float32).T, np.ones((100, 30)), np.ones((100, 31)),
                 np.ones((10, 3), np.float32)):
@@ -465,7 +530,7 @@ def test_replay_forms_give_the_same_bytes_as_the_general_functions():
     from nodegrad import _backend as B
 
     assert B.product_for(10, 10, 10) is np.matmul  # no thread switch: NumPy's own
-    assert B.product_for(2048, 2048, 2048) is np.matmul
+    assert B.product_for(2048, 2048, 2048) is B._matmul_large  # notes BLAS's workers awake
     assert B.product_for(100, 100, 100) in (B._matmul_small, np.matmul)  # the wrapper, if found
     rng = np.random.default_rng(8)
     for m, k, n in ((100, 100, 100), (3, 4, 5), (256, 784, 64)):

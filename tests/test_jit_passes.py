@@ -459,7 +459,8 @@ def test_a_layers_bias_add_joins_its_activations_kernel_with_the_eager_bits(dtyp
     split = [i for i in prog.instrs if i.kind == "op" and i.name == "linear"
              and prog.consts.get(i.ins[2], 0) is None]
     forms = [i.fn.fast.__defaults__[0] for i in split]
-    assert forms == [B.product_for(32, 12, 128), B.product_for(32, 128, 128)]
+    # both 4x wider than the batch: the transposed products (B.linear_product), F-ordered
+    assert forms == [B.product_for(128, 12, 32), B.product_for(128, 128, 32)]
 
 
 @needs_numba

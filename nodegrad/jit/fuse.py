@@ -243,9 +243,11 @@ def _split_biases(prog, instrs: list) -> list:
         b = i.ins[2]
         rs = readers.get(i.out, [])
         shape, dt = prog.meta[i.out]
+        flags = values[i.out].flags  # C-ordered, or F-ordered (a wide layer's product)
         if (b not in prog.meta or prog.meta[b] != ((shape[-1],), dt) or len(rs) != 1
                 or rs[0].ins.count(i.out) != 1 or _key(prog, rs[0]) != (tuple(shape), dt)
-                or len(_TEMPLATES[rs[0].name]) > 2 or not values[i.out].flags.c_contiguous):
+                or len(_TEMPLATES[rs[0].name]) > 2
+                or not (flags.c_contiguous or flags.f_contiguous)):
             result.append(i)
             continue
         z, none = prog.nslots, prog.nslots + 1

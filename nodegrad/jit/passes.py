@@ -371,6 +371,17 @@ def _product_form(i: Instr, vals: list):
     x, w = vals[:2]
     if x.ndim != 2 or w.ndim != 2 or (len(vals) == 3 and vals[2].ndim != 1):
         return None
+    if B.linear_transposes(x, w):  # B.linear_product's transposed product, F-ordered
+        mm = B.product_for(w.shape[0], w.shape[1], x.shape[0])
+        if len(vals) == 2:
+            return lambda x, w, b, mm=mm: mm(w, x.T).T
+
+        def linear_t(x, w, b):
+            out = mm(w, x.T).T
+            out += b
+            return out
+
+        return linear_t
     mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])
     if len(vals) == 2:
         return lambda x, w, b, mm=mm: mm(x, w.T)

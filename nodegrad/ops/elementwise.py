@@ -210,7 +210,7 @@ sigmoid = primitive("sigmoid", _sigmoid, lambda g, ans, x: _sigmoid_grad(g, ans)
 def _relu_grad_fwd(xp, g, ans):
     dt = getattr(g, "dtype", None) or getattr(ans, "dtype", None)  # a Python g keeps float32
     if getattr(ans, "ndim", 0) and getattr(g, "shape", None) == ans.shape and ans.dtype == dt:
-        if g.flags.c_contiguous and ans.flags.c_contiguous:  # one layout: no copy needed
+        if g.strides == ans.strides:  # one layout (C, or a wide layer's F): no copy needed
             if type(g) is _ndarray and type(ans) is _ndarray:
                 out = B.relu_grad(g, ans)  # one pass where numba is loaded
                 if out is not None:

@@ -140,10 +140,16 @@ def binary_cross_entropy(p, t):
 
 # --- affine ---------------------------------------------------------------------------------
 def _linear_fwd(xp, x, w, b):
-    out = B.matmul(x, w.T)
+    out = B.linear_product(x, w)  # transposed for a wide layer: F-ordered
     if b is not None:
         out += b  # in place into the product, as addmm: no second batch-sized array
     return out
+
+
+def _linear_dx(g, ans, x, w, b):
+    if g.ndim == 2 and B.f_ordered(getattr(x, "data", None)):  # B.linear_input_grad's layout
+        return (w.mT @ g.mT).mT
+    return g @ w
 
 
 def _linear_dw(g, ans, x, w, b):
@@ -194,11 +200,11 @@ def _linear_raw(needs, g, ans, x, w, b):
               B.matmul(g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1])))
     db = (B.sum_outer(g, tuple(range(g.ndim - 1)), False) if g.ndim > 1 else g) if needs[2] \
         else None
-    return B.matmul(g, w) if needs[0] else None, dw, db
+    return B.linear_input_grad(g, w, x) if needs[0] else None, dw, db
 
 
 _linear = primitive("linear", _linear_fwd,
-                    (lambda g, ans, x, w, b: g @ w, _linear_dw, _linear_db), kind="linalg",
+                    (_linear_dx, _linear_dw, _linear_db), kind="linalg",
                     jvp=_linear_jvp, batch=_linear_batch, operands="all", vjp_raw=_linear_raw,
                     doc="x Wᵀ + b in one product with the bias added in place.")
 
