@@ -768,6 +768,30 @@ def test_conv_columns_in_one_pass_are_numpys_columns(monkeypatch):
                   False) is None  # not C-ordered: left to NumPy
 
 
+def test_a_conv_weight_gradient_of_taps_first_columns_is_the_plain_product():
+    """A one-channel convolution's weight gradient, whose columns are taps-first (F-ordered),
+    runs as the transposed product of two untransposed operands: the plain product's values
+    (rows.T @ cols; OpenBLAS's blocked kernels give the same bits, its small-matrix ones may
+    round otherwise), in the weight's shape and C order, on 1-D and 2-D layers."""
+    import importlib
+
+    conv = importlib.import_module("nodegrad.ops.conv")
+    rng = np.random.default_rng(9)
+    for shape, k, out_c in (((128, 1, 8, 8), (3, 3), 16), ((100, 1, 40), (5,), 25),
+                            ((7, 1, 5, 6), (2, 3), 3)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        nd = len(k)
+        cols, out = conv._cols(np, x, k, (1,) * nd, (1,) * nd, (1,) * nd, 1, None)
+        g = rng.standard_normal((shape[0], out_c) + tuple(out)).astype(np.float32)
+        wshape = (out_c, 1) + k
+        dw = conv._weight_grad_of_cols(np, g, cols, 1, wshape)
+        rows = conv._grad_rows(np, g, 1)
+        plain = np.matmul(rows[0].T, cols[0]).reshape((out_c,) + k + (1,))
+        plain = np.moveaxis(plain, -1, 1)
+        assert dw.shape == wshape and dw.flags.c_contiguous
+        np.testing.assert_allclose(dw, plain, rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape, perm, axis", [
     ((40, 50), (0, 1), (0,)), ((40, 50), (0, 1), 0), ((256, 100), (0, 1), (0,)),
     ((100, 25, 19), (0, 2, 1), (0, 2)), ((8, 25, 10), (0, 2, 1), (0, 2)),
