@@ -573,11 +573,17 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     return form
 
 
+PAIRWISE_ROWS = 1024
+"""Length above which contiguous rows (a sum over the inner axes) keep NumPy's pairwise sum;
+up to it a matrix-vector product adds them 2-7x faster (a wide layer's F-ordered bias gradient,
+1024 rows of 256: 22 against 70 µs) with about the accuracy of NumPy's unrolled blocks of 128."""
+
+
 def _sum_plan(shape: tuple, strides: tuple, itemsize: int, axis: tuple, keepdims: bool):
     """How :func:`sum_outer` sums an array of this layout: (axes in memory order, a, k, b, the
     result's shape), the array read as (a, k, b) C-ordered with the kept axes as k; None when
-    NumPy's reduction is the better (few rows, contiguous rows) or the only way (the kept axes
-    not together in memory, gaps)."""
+    NumPy's reduction is the better (few rows, long contiguous rows) or the only way (the kept
+    axes not together in memory, gaps)."""
     nd = len(shape)
     red = {a % nd for a in axis}
     kept = [i for i in range(nd) if i not in red]
@@ -593,8 +599,8 @@ def _sum_plan(shape: tuple, strides: tuple, itemsize: int, axis: tuple, keepdims
     sizes = [shape[i] for i in order]
     lo, hi = pos[0], pos[-1] + 1
     a, k, b = (math.prod(sizes[:lo]), math.prod(sizes[lo:hi]), math.prod(sizes[hi:]))
-    if a < 32 if b == 1 else a == 1:  # few rows; or contiguous rows: NumPy's pairwise sum
-        return None
+    if a < 32 if b == 1 else a == 1 and b > PAIRWISE_ROWS:  # few rows; or long contiguous
+        return None  # rows, where NumPy's pairwise sum is the more accurate
     out = tuple(1 if i in red else shape[i] for i in range(nd)) if keepdims else tuple(
         shape[i] for i in kept)
     return tuple(order), a, k, b, out
@@ -700,6 +706,27 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
                 k.relu(flat, dst, x.dtype.type(0))
             return res
     return np.maximum(x, 0, out=out)
+
+
+def add_bias(out, b):
+    """``out += b`` in place (``b`` along the last axis of a linear layer's product) and
+    ``out``; for a C- or F-ordered float matrix of RELU_MIN_SIZE elements or more and a bias of
+    its dtype, by :func:`cpu_kernels`' loop where numba is loaded (256 x 1024 float32: 17-20
+    against 41-48 µs; 100 x 100: 1.0 against 2.8). The same float adds, so the same bits."""
+    if (type(out) is np.ndarray and out.ndim == 2 and out.size >= RELU_MIN_SIZE
+            and type(b) is np.ndarray and b.dtype == out.dtype and out.dtype in _KERNEL_DTYPES
+            and b.shape == out.shape[1:]):
+        k = cpu_kernels()
+        if k is not None:
+            flags = out.flags
+            if flags.c_contiguous:
+                k.add_bias(out, b, False)
+                return out
+            if flags.f_contiguous:
+                k.add_bias(out.T, b, True)
+                return out
+    out += b
+    return out
 
 
 def relu_form(shape: tuple, dtype):

@@ -43,6 +43,22 @@ def relu(x, out, zero):
 
 
 @numba.njit(**_OPTS)
+def add_bias(m, b, down):
+    """``m += b`` in place for a C-ordered matrix ``m``: ``b`` along each row (m[i, j] += b[j]),
+    or with ``down`` down each column (m[i, j] += b[i], a transposed view's rows)."""
+    n, k = m.shape
+    if down:
+        for i in range(n):
+            bi = b[i]
+            for j in range(k):
+                m[i, j] += bi
+    else:
+        for i in range(n):
+            for j in range(k):
+                m[i, j] += b[j]
+
+
+@numba.njit(**_OPTS)
 def relu_grad(g, ans, out, zero, one):
     """``out = g * (ans > 0)`` over flat arrays, ``zero`` and ``one`` of their dtype."""
     for i in range(g.size):

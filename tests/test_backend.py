@@ -298,6 +298,30 @@ def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
         assert B.relu_grad(g32[:ans.shape[0], :ans.shape[1]], ans) is None
 
 
+def test_add_bias_equals_numpys_in_place_add(cpu_kernels):
+    """add_bias adds in place with NumPy's bits on C- and F-ordered matrices (numba's loop
+    where loaded), NaN and infinities included; another dtype, a stack or a small matrix gets
+    NumPy's own ``+=``."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(3)
+    for dt in (np.float32, np.float64):
+        for shape, order in (((64, 100), "C"), ((64, 100), "F"), ((256, 40), "F"),
+                             ((10, 10), "C"), ((4, 30, 20), "C")):
+            m = np.asarray(rng.standard_normal(shape), dt, order=order)
+            m.flat[::9] = np.nan
+            b = rng.standard_normal(shape[-1]).astype(dt)
+            b[::7] = np.inf
+            want = m + b
+            got = B.add_bias(m, b)
+            assert got is m and got.flags.f_contiguous == (order == "F" and m.ndim == 2)
+            assert got.tobytes() == want.tobytes()
+    m32 = np.ones((64, 100), np.float32)
+    assert B.add_bias(m32, np.full(100, 0.1)).tobytes() == (np.ones((64, 100), np.float32)
+                                                           + np.full(100, 0.1)).astype(
+        np.float32).tobytes()  # a float64 bias: NumPy's cast, not the loop
+
+
 def test_relu_grad_across_layouts_equals_numpys_masked_multiply(cpu_kernels):
     """A gradient laid out otherwise than the activations (a strided conv's input gradient,
     positions first, against channels-last activations): the same bytes and ans's layout."""
@@ -795,10 +819,11 @@ def test_a_conv_weight_gradient_of_taps_first_columns_is_the_plain_product():
 @pytest.mark.parametrize("shape, perm, axis", [
     ((40, 50), (0, 1), (0,)), ((40, 50), (0, 1), 0), ((256, 100), (0, 1), (0,)),
     ((100, 25, 19), (0, 2, 1), (0, 2)), ((8, 25, 10), (0, 2, 1), (0, 2)),
-    ((100, 25, 19), (0, 2, 1), (1,)), ((64, 300), (0, 1), (1,))])
+    ((100, 25, 19), (0, 2, 1), (1,)), ((64, 300), (0, 1), (1,)), ((4, 2048), (0, 1), (1,))])
 def test_sums_as_numpy_says_which_sums_have_numpys_bits(shape, perm, axis):
     """Where sums_as_numpy says so, sum_outer's bits are NumPy's own reduction's; the bias
-    gradients it takes as products with ones (from 4096 terms) it reports as not."""
+    gradients it takes as products with ones (from 4096 terms; over contiguous rows up to
+    PAIRWISE_ROWS long) it reports as not."""
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(1)
@@ -810,5 +835,8 @@ def test_sums_as_numpy_says_which_sums_have_numpys_bits(shape, perm, axis):
     if said:
         assert same
     size = x.size
-    kept_inner = (perm[-1] not in ((axis,) if isinstance(axis, int) else axis))
-    assert said == (size < 4096 or not isinstance(axis, tuple) or not kept_inner)
+    red = (axis,) if isinstance(axis, int) else axis
+    kept_inner = perm[-1] not in red
+    rows = int(np.prod([shape[d] for d in red]))  # the contiguous rows' length, where not
+    assert said == (size < 4096 or not isinstance(axis, tuple)
+                    or (not kept_inner and rows > B.PAIRWISE_ROWS))

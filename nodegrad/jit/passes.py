@@ -371,15 +371,14 @@ def _product_form(i: Instr, vals: list):
     x, w = vals[:2]
     if x.ndim != 2 or w.ndim != 2 or (len(vals) == 3 and vals[2].ndim != 1):
         return None
+    add_bias = B.add_bias  # the forward's in-place bias add
     if B.linear_transposes(x, w):  # B.linear_product's transposed product, F-ordered
         mm = B.product_for(w.shape[0], w.shape[1], x.shape[0])
         if len(vals) == 2:
             return lambda x, w, b, mm=mm: mm(w, x.T).T
 
         def linear_t(x, w, b):
-            out = mm(w, x.T).T
-            out += b
-            return out
+            return add_bias(mm(w, x.T).T, b)
 
         return linear_t
     mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])
@@ -387,9 +386,7 @@ def _product_form(i: Instr, vals: list):
         return lambda x, w, b, mm=mm: mm(x, w.T)
 
     def linear(x, w, b):
-        out = mm(x, w.T)
-        out += b  # in place into the product, as the forward does
-        return out
+        return add_bias(mm(x, w.T), b)  # in place into the product, as the forward does
 
     return linear
 

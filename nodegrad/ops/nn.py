@@ -141,8 +141,8 @@ def binary_cross_entropy(p, t):
 # --- affine ---------------------------------------------------------------------------------
 def _linear_fwd(xp, x, w, b):
     out = B.linear_product(x, w)  # transposed for a wide layer: F-ordered
-    if b is not None:
-        out += b  # in place into the product, as addmm: no second batch-sized array
+    if b is not None:  # in place into the product, as addmm: no second batch-sized array
+        out = B.add_bias(out, b)
     return out
 
 
