@@ -364,9 +364,9 @@ def _reset_hwm() -> int | None:
 def _framework_ready(framework: str) -> None:
     """Import the framework and run a tiny step of the usual ops (products, 1-D and 2-D
     convolutions, ReLU, cross-entropy, backward, Adam, SGD; for nodegrad with numba installed,
-    the fused updates, which import numba, and a ReLU and a cross-entropy large enough for its
-    numba loops), so that the memory baseline taken next already holds the libraries and
-    kernels they load on first use, not the workload's data."""
+    the fused updates, which import numba, and a linear layer, a ReLU and a cross-entropy large
+    enough for its numba loops), so that the memory baseline taken next already holds the
+    libraries and kernels they load on first use, not the workload's data."""
     if framework == "torch":
         import torch as lib
         from torch.nn import functional as F
@@ -389,9 +389,9 @@ def _framework_ready(framework: str) -> None:
     # numba too (fused updates, jit kernels): a library loaded on first use, like torch's
     lib.optim.Adam([x, w], **fused).step()
     lib.optim.SGD([x, w], lr=0.1, **fused).step()
-    if fused:  # the loops nodegrad's eager ReLU and cross-entropy take once numba is loaded
-        big = tensor(32, 32, requires_grad=True)
-        (big.relu() * big).sum().backward()
+    if fused:  # the loops nodegrad's eager ReLU, bias add and cross-entropy take once numba
+        big = tensor(32, 32, requires_grad=True)  # is loaded
+        (F.linear(big, big, big[0]).relu() * big).sum().backward()
         narrow = tensor(32, 10, requires_grad=True)
         F.cross_entropy(narrow, lib.zeros(32, dtype=lib.int64)).backward()
 
