@@ -918,10 +918,7 @@ def linear_transposes(x, w) -> bool:
     layer after a wide one: 256 x 1024 → 10 in 80-100 against 120 µs)."""
     if type(x) is not np.ndarray or x.ndim != 2:
         return False
-    if w.shape[0] >= LINEAR_WIDE * x.shape[0]:
-        return True
-    flags = x.flags
-    return flags.f_contiguous and not flags.c_contiguous
+    return w.shape[0] >= LINEAR_WIDE * x.shape[0] or f_ordered(x)
 
 
 def linear_product(x, w):
