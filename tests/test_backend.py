@@ -94,7 +94,8 @@ def test_small_products_run_on_one_blas_thread_and_restore_the_count():
             assert B._BlasThreads.get() == before
 
 
-def test_a_small_product_keeps_the_users_threads_while_blas_workers_are_awake(monkeypatch):
+def test_a_small_product_keeps_the_users_threads_while_blas_workers_are_awake(monkeypatch,
+                                                                             request):
     """Right after a product of SMALL_PRODUCT multiply-adds (OpenBLAS's workers still spinning)
     a smaller one keeps the user's thread count; once BLAS_AWAKE_S has passed it switches to one
     thread again. The values are a @ b either way, and the count stands afterwards."""
@@ -106,6 +107,8 @@ def test_a_small_product_keeps_the_users_threads_while_blas_workers_are_awake(mo
         pytest.skip("NumPy is not linked with a pthreads OpenBLAS")
     sets = []
     real_set = B._BlasThreads.set
+    users = B._BlasThreads.get()
+    request.addfinalizer(lambda: real_set(users))  # the pretended count of 2 does not stay
     monkeypatch.setattr(B._BlasThreads, "set", lambda n: (sets.append(n), real_set(n))[1])
     monkeypatch.setattr(B._BlasThreads, "get", lambda: 2)
     rng = np.random.default_rng(1)
