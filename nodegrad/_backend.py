@@ -829,18 +829,20 @@ def int64_indices(t: np.ndarray) -> np.ndarray:
 
 def fold_taps(parts, spatial: tuple, kernel: tuple, stride: tuple, padding: tuple,
               dilation: tuple):
-    """A strided transposed convolution's fold of its per-tap products ``parts`` (K, P...,
-    N, C), the taps in row-major order of ``kernel``, into the (L..., N, C) input gradient
+    """A strided transposed convolution's fold of its per-tap products ``parts`` (K, N,
+    P..., C), the taps in row-major order of ``kernel``, into the (N, L..., C) input gradient
     (``spatial`` = L...), for one or two spatial axes: one numba pass, each element the zero
     and the taps' adds in the order of zeroing a padded buffer and adding each tap's product
-    into it (the same bits), without the padded buffer. None without numba loaded, for other
-    arrays or more axes."""
+    into it (the same bits), without the padded buffer. Channels-last, as a convolution's
+    output lies, so the gradient meets the layer below's activations in their layout (a
+    ReLU's gradient then runs as one loop). None without numba loaded, for other arrays or
+    more axes."""
     nd = len(spatial)
     k = cpu_kernels()
     if (k is None or nd not in (1, 2) or type(parts) is not np.ndarray
             or parts.dtype.kind != "f" or parts.ndim != nd + 3 or not parts.flags.c_contiguous):
         return None
-    out = np.empty(tuple(spatial) + parts.shape[-2:], parts.dtype)
+    out = np.empty(parts.shape[1:2] + tuple(spatial) + parts.shape[-1:], parts.dtype)
     zero = parts.dtype.type(0)
     if nd == 1:
         k.fold_taps_1d(parts, out, stride[0], padding[0], dilation[0], zero)

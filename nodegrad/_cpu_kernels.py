@@ -116,15 +116,15 @@ def outer_stack(x, y, out):
 
 @numba.njit(**_OPTS)
 def fold_taps_1d(parts, out, stride, pad, dil, zero):
-    """A strided transposed 1-D convolution's fold: ``out[l, n, c]`` (L, N, C) is ``zero``
-    plus, tap by tap in order, ``parts[t, p, n, c]`` (K, P, N, C) for each tap ``t`` whose
+    """A strided transposed 1-D convolution's fold: ``out[n, l, c]`` (N, L, C) is ``zero``
+    plus, tap by tap in order, ``parts[t, n, p, c]`` (K, N, P, C) for each tap ``t`` whose
     window ``p = (l + pad - t dil) / stride`` is whole and in range: the adds, and their order,
     of zeroing a padded buffer and adding each tap's product into it."""
-    nk, npos, nb, nc = parts.shape
-    for lo in range(out.shape[0]):
+    nk, nb, npos, nc = parts.shape
+    for lo in range(out.shape[1]):
         for b in range(nb):
             for c in range(nc):
-                out[lo, b, c] = zero
+                out[b, lo, c] = zero
         for t in range(nk):
             q = lo + pad - t * dil
             if q < 0 or q % stride != 0 or q // stride >= npos:
@@ -132,19 +132,19 @@ def fold_taps_1d(parts, out, stride, pad, dil, zero):
             p = q // stride
             for b in range(nb):
                 for c in range(nc):
-                    out[lo, b, c] += parts[t, p, b, c]
+                    out[b, lo, c] += parts[t, b, p, c]
 
 
 @numba.njit(**_OPTS)
 def fold_taps_2d(parts, out, k1, s0, s1, p0, p1, d0, d1, zero):
-    """:func:`fold_taps_1d` over two axes: ``parts`` (K0·K1, P0, P1, N, C) with the taps in
-    row-major order (``k1`` taps along the second axis), ``out`` (L0, L1, N, C)."""
-    nk, n0, n1, nb, nc = parts.shape
-    for a in range(out.shape[0]):
-        for e in range(out.shape[1]):
+    """:func:`fold_taps_1d` over two axes: ``parts`` (K0·K1, N, P0, P1, C) with the taps in
+    row-major order (``k1`` taps along the second axis), ``out`` (N, L0, L1, C)."""
+    nk, nb, n0, n1, nc = parts.shape
+    for a in range(out.shape[1]):
+        for e in range(out.shape[2]):
             for b in range(nb):
                 for c in range(nc):
-                    out[a, e, b, c] = zero
+                    out[b, a, e, c] = zero
             for t in range(nk):
                 t0, t1 = t // k1, t % k1
                 q0 = a + p0 - t0 * d0
@@ -155,7 +155,7 @@ def fold_taps_2d(parts, out, k1, s0, s1, p0, p1, d0, d1, zero):
                 i0, i1 = q0 // s0, q1 // s1
                 for b in range(nb):
                     for c in range(nc):
-                        out[a, e, b, c] += parts[t, i0, i1, b, c]
+                        out[b, a, e, c] += parts[t, b, i0, i1, c]
 
 
 @numba.njit(inline="always", **_OPTS)
