@@ -829,24 +829,25 @@ def int64_indices(t: np.ndarray) -> np.ndarray:
 
 def fold_taps(parts, spatial: tuple, kernel: tuple, stride: tuple, padding: tuple,
               dilation: tuple):
-    """A strided transposed convolution's fold of its per-tap products ``parts`` (K, N,
-    P..., C), the taps in row-major order of ``kernel``, into the (N, L..., C) input gradient
-    (``spatial`` = L...), for one or two spatial axes: one numba pass, each element the zero
-    and the taps' adds in the order of zeroing a padded buffer and adding each tap's product
-    into it (the same bits), without the padded buffer. Channels-last, as a convolution's
-    output lies, so the gradient meets the layer below's activations in their layout (a
-    ReLU's gradient then runs as one loop). None without numba loaded, for other arrays or
-    more axes."""
+    """A strided transposed convolution's fold of its per-tap products into its input
+    gradient, for one or two spatial axes (``spatial`` = L...), the taps in row-major order of
+    ``kernel``: one numba pass, each element the zero and the taps' adds in the order of
+    zeroing a padded buffer and adding each tap's product into it (the same bits), without the
+    padded buffer. One axis: ``parts`` (K, N, P, C) into (N, L, C), channels-last as a
+    convolution's output lies, so the gradient meets the activations below it in their layout
+    (a ReLU's gradient then runs as one loop); two: (K, P0, P1, N, C) into (L0, L1, N, C)
+    (see ``fold_taps_2d``). None without numba loaded, for other arrays or more axes."""
     nd = len(spatial)
     k = cpu_kernels()
     if (k is None or nd not in (1, 2) or type(parts) is not np.ndarray
             or parts.dtype.kind != "f" or parts.ndim != nd + 3 or not parts.flags.c_contiguous):
         return None
-    out = np.empty(parts.shape[1:2] + tuple(spatial) + parts.shape[-1:], parts.dtype)
     zero = parts.dtype.type(0)
     if nd == 1:
+        out = np.empty((parts.shape[1],) + tuple(spatial) + parts.shape[-1:], parts.dtype)
         k.fold_taps_1d(parts, out, stride[0], padding[0], dilation[0], zero)
     else:
+        out = np.empty(tuple(spatial) + parts.shape[-2:], parts.dtype)
         k.fold_taps_2d(parts, out, kernel[1], *stride, *padding, *dilation, zero)
     return out
 

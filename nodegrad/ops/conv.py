@@ -189,27 +189,34 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
 
 def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
     """The transposed convolution of a strided ``conv`` (one group): one product per kernel
-    tap, each tap's product added into a zeroed padded buffer in tap order. With one or two
-    spatial axes and numba loaded, the gradient's rows go batch first (a view of a
-    channels-last gradient), the products into one stack, and one numba pass adds them up into
-    a channels-last result (:func:`._backend.fold_taps`: the same adds in the same order, so
-    the same bits, without the padded buffer; J3's second layer: ~130 against ~180 µs). Else
-    the rows go positions first and the buffer too, so each add moves whole (N, C) blocks
-    instead of C-long runs (~1.5x faster at 16 channels)."""
+    tap, each tap's product added into a zeroed padded buffer in tap order. The gradient's rows
+    go positions first and the buffer too, so each add moves whole (N, C) blocks instead of
+    C-long runs (~1.5x faster at 16 channels). With one or two spatial axes and numba loaded,
+    the products go into one stack and one numba pass adds them up (:func:`._backend.fold_taps`:
+    the same adds in the same order, so the same bits, without the padded buffer; J3's second
+    layer: ~130 against ~180 µs); with one axis the rows go batch first (a view of a
+    channels-last gradient) and the result comes out channels-last."""
     nd = g.ndim - 2
     n, c = shape[:2]
     out = tuple(g.shape[2:])
     k = tuple(w.shape[2:])
     taps = list(itertools.product(*(range(ki) for ki in k)))
     if nd <= 2 and type(g) is B.ndarray and B.cpu_kernels() is not None:
-        rows = _channels_last(g).reshape(-1, g.shape[1])                   # (N·P, O)
+        if nd == 1:
+            rows = _channels_last(g).reshape(-1, g.shape[1])               # (N·P, O)
+            blocks = (n,) + out + (c,)
+        else:
+            rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])
+            blocks = out + (n, c)                                          # (P·N, O) rows
         parts = xp.empty((len(taps), rows.shape[0], c), rows.dtype)
         for j, t in enumerate(taps):
             B.matmul_into(rows, w[(slice(None), slice(None)) + t], parts[j])
-        buf = B.fold_taps(parts.reshape((len(taps), n) + out + (c,)), tuple(shape[2:]), k,
-                          stride, padding, dilation)
-        if buf is not None:  # (N, *spatial, C)
-            return buf.transpose((0, nd + 1) + tuple(range(1, nd + 1)))    # (N, C, *spatial)
+        buf = B.fold_taps(parts.reshape((len(taps),) + blocks), tuple(shape[2:]), k, stride,
+                          padding, dilation)
+        if buf is not None and nd == 1:  # (N, L, C)
+            return buf.transpose(0, 2, 1)                                  # (N, C, L)
+        if buf is not None:  # (L0, L1, N, C)
+            return buf.transpose((nd, nd + 1) + tuple(range(nd)))          # (N, C, *spatial)
     rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])  # (P·N, O)
     padded = tuple(s + 2 * p for s, p in zip(shape[2:], padding))
     buf = None
