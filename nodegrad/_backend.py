@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import threading
-from time import perf_counter as _perf_counter
 
 import numpy as np
 
@@ -275,11 +274,14 @@ generic = np.generic
 SMALL_PRODUCT = 1 << 25
 """Multiply-adds per matrix below which a product runs on one BLAS thread (~1 ms of one core)."""
 
-BLAS_AWAKE_S = 0.01
-"""Seconds after a product of SMALL_PRODUCT multiply-adds or more during which a smaller one
-keeps the user's thread count: OpenBLAS's workers spin for ~0.1 s after a multithreaded product,
-so a second thread then costs nothing it was not costing already (a 784-1024-1024-10 MLP's last
-layer, 256 x 1024 x 10: 90-100 µs on two threads against 140-170 on one)."""
+BLAS_AWAKE_PRODUCTS = 8
+"""How many of the smaller products that follow a product of SMALL_PRODUCT multiply-adds or
+more keep the user's thread count: OpenBLAS's workers spin for ~0.1 s after a multithreaded
+product, so a second thread then costs nothing it was not costing already (a 784-1024-1024-10
+MLP's last layer, 256 x 1024 x 10: 90-100 µs on two threads against 140-170 on one). Counted,
+not timed: a few shapes' bits depend on the thread count (25 x 1000 x 75), so each product's
+count follows from the sequence of products alone, however long each took (a resumed run
+repeats the bits)."""
 
 BLAS_ONE_THREAD = 1 << 18
 """Multiply-adds per matrix up to which OpenBLAS itself runs a product on one thread (its GEMM
@@ -294,7 +296,7 @@ class _BlasThreads:
 
     get = set = None
     looked = False
-    awake_until = 0.0  # perf_counter time until which BLAS's workers are taken to spin
+    awake_left = 0  # smaller products still to keep the user's count (BLAS_AWAKE_PRODUCTS)
 
     @classmethod
     def find(cls) -> bool:
@@ -958,14 +960,18 @@ def matmul_into(a, b, out):
 
 def _matmul_small(a, b, out=None):
     """``np.matmul(a, b, out=out)``, on one BLAS thread when the product is small and BLAS's
-    workers are asleep (see :func:`matmul` and :data:`BLAS_AWAKE_S`)."""
+    workers are asleep (see :func:`matmul` and :data:`BLAS_AWAKE_PRODUCTS`)."""
     k = a.shape[-1] if a.ndim else 1
     m = a.shape[-2] if a.ndim > 1 else 1
     n = b.shape[-1] if b.ndim > 1 else 1
     mkn = m * k * n
     if mkn >= SMALL_PRODUCT:
         return _matmul_large(a, b, out)
-    if not _switches_threads(mkn) or _perf_counter() < _BlasThreads.awake_until:
+    if not _switches_threads(mkn):
+        return np.matmul(a, b, out=out)
+    left = _BlasThreads.awake_left
+    if left:
+        _BlasThreads.awake_left = left - 1
         return np.matmul(a, b, out=out)
     threads = _BlasThreads.get()
     if threads == 1:
@@ -980,7 +986,7 @@ def _matmul_small(a, b, out=None):
 def _matmul_large(a, b, out=None):
     """``np.matmul(a, b, out=out)`` on the user's threads, noting that BLAS's workers are awake."""
     res = np.matmul(a, b, out=out)
-    _BlasThreads.awake_until = _perf_counter() + BLAS_AWAKE_S
+    _BlasThreads.awake_left = BLAS_AWAKE_PRODUCTS
     return res
 
 

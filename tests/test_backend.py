@@ -97,8 +97,9 @@ def test_small_products_run_on_one_blas_thread_and_restore_the_count():
 def test_a_small_product_keeps_the_users_threads_while_blas_workers_are_awake(monkeypatch,
                                                                              request):
     """Right after a product of SMALL_PRODUCT multiply-adds (OpenBLAS's workers still spinning)
-    a smaller one keeps the user's thread count; once BLAS_AWAKE_S has passed it switches to one
-    thread again. The values are a @ b either way, and the count stands afterwards."""
+    the next BLAS_AWAKE_PRODUCTS smaller ones keep the user's thread count, however long they
+    take; the one after switches to one thread again. The values are a @ b either way, and the
+    count stands afterwards."""
     from nodegrad import _backend as B
 
     if not B._BlasThreads.looked:
@@ -115,18 +116,21 @@ def test_a_small_product_keeps_the_users_threads_while_blas_workers_are_awake(mo
     big = rng.standard_normal((256, 512), np.float32), rng.standard_normal((512, 256), np.float32)
     small = rng.standard_normal((100, 60), np.float32), rng.standard_normal((60, 50), np.float32)
     assert big[0].shape[0] * big[0].shape[1] * big[1].shape[1] >= B.SMALL_PRODUCT
-    monkeypatch.setattr(B._BlasThreads, "awake_until", 0.0)
-    monkeypatch.setattr(B, "BLAS_AWAKE_S", 60.0)  # a loaded test machine: no race with time
+    monkeypatch.setattr(B._BlasThreads, "awake_left", 0)
+    monkeypatch.setattr(B, "BLAS_AWAKE_PRODUCTS", 3)
     np.testing.assert_array_equal(B.matmul(*small), small[0] @ small[1])
     assert sets == [1, 2]  # workers asleep: one thread, then the count restored
     sets.clear()
     np.testing.assert_array_equal(B.matmul(*big), big[0] @ big[1])
-    assert B._BlasThreads.awake_until > time.perf_counter()
+    assert B._BlasThreads.awake_left == 3
     np.testing.assert_array_equal(B.matmul(*small), small[0] @ small[1])
+    time.sleep(0.02)  # time does not enter the rule
     out = np.empty((100, 50), np.float32)
     assert B.product_for(100, 60, 50)(*small, out) is out  # a compiled program's form alike
-    assert sets == []
-    B._BlasThreads.awake_until = time.perf_counter() - 1  # BLAS_AWAKE_S has passed
+    tiny = np.ones((10, 10), np.float32)
+    B.matmul(tiny, tiny)  # under BLAS_ONE_THREAD: OpenBLAS's own rule, not counted
+    B.matmul(*small)
+    assert sets == [] and B._BlasThreads.awake_left == 0
     B.matmul(*small)
     assert sets == [1, 2]
 
