@@ -466,8 +466,6 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                     f"a value that '{n.prim.name}' saved for backward was modified in place "
                     f"(version {cell[0]}, expected {v}); use an out-of-place op instead")
     prim = n.prim
-    out = n.out
-    ans = None if out is None else type(g)(out, n if create_graph else None, create_graph)
     args = n.args
     if args is None:
         args = _specs((n.shapes, g.data.dtype))
@@ -477,12 +475,16 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     if anomaly:
         m.in_backward = n
     rules = prim.vjp
-    grads = None
+    grads = ans = None
     if prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
             and not anomaly:
         grads = _raw_vjps(prim, n, g, args, wanted)
         if grads is not None:
             rules = None
+    if grads is None:  # the rules read the output as a tensor (a graph node with create_graph)
+        out = n.out
+        if out is not None:
+            ans = type(g)(out, n if create_graph else None, create_graph)
     if grads is None and rules is None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
