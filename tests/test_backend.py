@@ -717,7 +717,9 @@ def test_halves_after_fork():
                                   ((5, 3, 9, 7), (4, 3, 2, 3), (2, 3), (0, 1), (2, 1))])
 def test_a_strided_input_gradient_folds_with_the_numpy_bits(case, monkeypatch):
     """The transposed convolution of a strided conv: numba's one fold of the taps' products
-    gives the bytes of zeroing a padded buffer and adding each tap's product into it."""
+    gives the bytes of zeroing a padded buffer and adding each tap's product into it; with one
+    spatial axis it lies channels-last, as the convolution outputs (and the ReLU outputs
+    saved from them) it meets below."""
     import importlib
 
     pytest.importorskip("numba")
@@ -738,6 +740,8 @@ def test_a_strided_input_gradient_folds_with_the_numpy_bits(case, monkeypatch):
         got = conv._input_grad_strided(np, g, w, s, p, d, shape)
         assert got.shape == want.shape == shape and got.dtype == want.dtype
         assert got.tobytes() == want.tobytes()
+        if len(shape) == 3:
+            assert got.transpose(0, 2, 1).flags.c_contiguous
     parts = np.ones((2, 3, 3, 4, 2, 2), np.float32)  # three spatial axes: left to NumPy
     assert B.fold_taps(parts, (5, 5, 5), (2,), (2,) * 3, (0,) * 3, (1,) * 3) is None
     assert B.fold_taps(np.ones((2, 4, 3, 2))[..., ::2], (7,), (2,), (2,), (0,), (1,)) is None
