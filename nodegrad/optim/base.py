@@ -45,7 +45,7 @@ class _Bucket:
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
                  "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "pending",
-                 "loaded", "swork", "spans", "kargs")
+                 "loaded", "swork", "plans", "kargs")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
@@ -77,7 +77,7 @@ class _Bucket:
         self.pending = False  # fused=None, left to NumPy until numba is imported (see _fused.auto)
         self.loaded = False  # its kernels are loaded (checked on the first fused step)
         self.swork = None
-        self.spans: dict = {}  # (s, e) -> the fused path's kernel calls (see spans_of)
+        self.plans: dict = {}  # (s, e, state names) -> the fused path's calls (see calls_of)
         # the fused path's last (key, scalars, flags) and its kernel (name, function)
         self.kargs: tuple = (None, None, 0, None, None)
 
@@ -90,22 +90,28 @@ class _Bucket:
                 self.swork = self.xp.empty(n, self.flat.dtype)
         return self.swork
 
-    def spans_of(self, s: int, e: int) -> list:
-        """Parameters s..e-1 as the fused path's kernel calls, ``(i, j, lo, hi)``: one per large
-        gradient (read where it is), one per stretch of small ones (gathered: a call costs
-        more). Fixed by the offsets, so worked out once."""
-        spans = self.spans.get((s, e))
-        if spans is None:
-            off, i, spans = self.offsets, s, []
+    def calls_of(self, s: int, e: int, names: tuple) -> list:
+        """Parameters s..e-1 as the fused path's kernel calls, ``(i, j, work, arrays)``: one per
+        large gradient (read where it is; ``work`` None), one per stretch of small ones
+        (gathered into ``work``: a call costs more), ``arrays`` the parameters' and the state
+        ``names``' views (None: the parameters) that the call updates. Fixed by the offsets
+        and the state arrays, so worked out once (:meth:`ensure` forgets them)."""
+        key = (s, e, names)
+        calls = self.plans.get(key)
+        if calls is None:
+            off, i, calls = self.offsets, s, []
+            state = [self.flat if n is None else self.arrays[n] for n in names]
             while i < e:
                 j = i + 1
                 if off[j] - off[i] < SMALL_GRADIENT:
                     while j < e and off[j + 1] - off[j] < SMALL_GRADIENT:
                         j += 1
-                spans.append((i, j, off[i], off[j]))
+                lo, hi = off[i], off[j]
+                work = self.small_work()[:hi - lo] if j - i > 1 else None
+                calls.append((i, j, work, (self.flat[lo:hi],) + tuple(a[lo:hi] for a in state)))
                 i = j
-            self.spans[(s, e)] = spans
-        return spans
+            self.plans[key] = calls
+        return calls
 
     def tmp(self, k: int):
         """The k-th scratch buffer (flat, allocated once)."""
@@ -119,6 +125,7 @@ class _Bucket:
             if name not in self.arrays:
                 with self.backend.scope():
                     self.arrays[name] = self.xp.full(self.flat.shape, value, self.flat.dtype)
+                self.plans.clear()
 
     def merge_scalars(self) -> None:
         """Let neighbouring parameters with equal scalar state share one dict (one update)."""
@@ -359,33 +366,17 @@ class Optimizer:
                 p.data = v
 
     def _step_bucket(self, b: _Bucket, h: dict, gi: int, given: list | None = None) -> None:
-        grads = []
-        n_missing = 0
-        for i, p in enumerate(b.params):
-            g = p.grad if given is None else given[b.pos[i]]
-            if g is None:
-                n_missing += 1
-                if self.strict:
-                    what = _describe(self.param_groups[gi], gi, b.pos[i], p)
-                    raise GradError(
-                        f"{type(self).__name__}.step: {what} has no gradient (was it used in "
-                        "the loss, and did backward run?); strict=False skips such parameters, "
-                        "as PyTorch does")
-                grads.append(None)
-                continue
-            if given is None:
-                g = g.data
-            if g.shape != b.shapes[i]:
-                what = _describe(self.param_groups[gi], gi, b.pos[i], p)
-                raise ShapeError(f"the gradient of {what} has shape {g.shape}")
-            grads.append(g)
-        n = len(grads)
-        if n_missing == n:
-            return
-        if n_missing == 0 and b.uniform:
-            runs = [(0, n)]
+        if given is None:
+            grads = [None if (g := p.grad) is None else g.data for p in b.params]
         else:
-            runs = _runs(grads, b.scalars)
+            grads = [given[j] for j in b.pos]
+        n = len(grads)
+        if b.uniform and [getattr(g, "shape", None) for g in grads] == b.shapes:
+            runs = [(0, n)]  # the common case: every gradient there, one run
+        else:
+            runs = self._runs_of(b, grads, gi)
+            if not runs:
+                return
         b.ensure(self.state_init(h))
         if b.pending and B.numba_loaded():  # imported since: the kernel, the same bits
             b.fused, b.pending = True, False
@@ -410,6 +401,23 @@ class Optimizer:
                     p._version[0] += 1
         if len(runs) > 1 or runs[0] != (0, n):
             b.merge_scalars()
+
+    def _runs_of(self, b: _Bucket, grads: list, gi: int) -> list[tuple[int, int]]:
+        """The runs of :func:`_runs` after checking the gradients: an error for a missing one
+        with ``strict``, for one of the wrong shape."""
+        for i, g in enumerate(grads):
+            if g is None and self.strict:
+                what = _describe(self.param_groups[gi], gi, b.pos[i], b.params[i])
+                raise GradError(
+                    f"{type(self).__name__}.step: {what} has no gradient (was it used in "
+                    "the loss, and did backward run?); strict=False skips such parameters, "
+                    "as PyTorch does")
+            if g is not None and g.shape != b.shapes[i]:
+                what = _describe(self.param_groups[gi], gi, b.pos[i], b.params[i])
+                raise ShapeError(f"the gradient of {what} has shape {g.shape}")
+        if all(g is None for g in grads):
+            return []
+        return _runs(grads, b.scalars)
 
     def _fused_pending(self) -> bool:
         """Whether a bucket runs the NumPy update only until numba is imported (``fused=None``
@@ -453,21 +461,22 @@ class Optimizer:
             else:
                 k = _fused.scalars(b.backend, dt, vals)
         b.kargs = (key, k, flags, kname, kern)
-        state = [b.flat if n is None else b.arrays[n] for n in names]
         gv = b.gviews
         if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
+            state = [b.flat if n is None else b.arrays[n] for n in names]
             kern(b.flat[sl], b.grad[sl], *[a[sl] for a in state], k, flags)
             return
-        for i, j, lo, hi in b.spans_of(s, e):
-            if j - i > 1:
-                g = b.small_work()[:hi - lo]
-                b.xp.concatenate([grads[q].reshape(-1) for q in range(i, j)], out=g)
+        xp = b.xp
+        for i, j, work, (p, *state) in b.calls_of(s, e, names):
+            if work is not None:
+                xp.concatenate([grads[q].reshape(-1) for q in range(i, j)], out=work)
+                g = work
             else:
                 g = grads[i]
                 if g.dtype != dt or not g.flags.c_contiguous:
-                    g = b.xp.ascontiguousarray(g, dtype=dt)
+                    g = xp.ascontiguousarray(g, dtype=dt)
                 g = g.reshape(-1)
-            kern(b.flat[lo:hi], g, *[a[lo:hi] for a in state], k, flags)
+            kern(p, g, *state, k, flags)
 
     @staticmethod
     def _gather(b: _Bucket, grads: list, s: int, e: int, sl: slice):
@@ -570,6 +579,7 @@ class Optimizer:
                 if entries[pos] is not None:
                     names.update({k: 0.0 for k, v in entries[pos].items() if _is_arrayish(v)})
             b.arrays = {}
+            b.plans.clear()
             b.ensure({k: init.get(k, 0.0) for k in names})
             fresh = {"step": 0, **self.scalar_init}
             for i, pos in enumerate(b.pos):
