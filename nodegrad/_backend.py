@@ -296,6 +296,7 @@ class _BlasThreads:
 
     get = set = None
     looked = False
+    arch = ""  # OpenBLAS's kernel family ("SkylakeX", "Haswell", ...), once found
     awake_left = 0  # smaller products still to keep the user's count (BLAS_AWAKE_PRODUCTS)
 
     @classmethod
@@ -308,6 +309,7 @@ class _BlasThreads:
         for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
             if "numpy" not in c.filepath or c.threading_layer != "pthreads":
                 continue
+            cls.arch = getattr(c, "architecture", "") or ""
             for name in ("scipy_openblas_{}64_", "scipy_openblas_{}", "openblas_{}64_",
                          "openblas_{}"):
                 get = getattr(c.dynlib, name.format("get_num_threads"), None)
@@ -928,8 +930,41 @@ def linear_transposes(x, w) -> bool:
 
 def linear_product(x, w):
     """``x @ w.T`` for a linear layer (``w`` of shape (out, in)), transposed and so F-ordered
-    where :func:`linear_transposes` says."""
-    return matmul(w, x.T).T if linear_transposes(x, w) else matmul(x, w.T)
+    where :func:`linear_transposes` says, with a C-ordered copy of ``w.T`` where
+    :func:`linear_copies_weight` says."""
+    if linear_transposes(x, w):
+        return matmul(w, x.T).T
+    if linear_copies_weight(x, w):
+        return matmul(x, np.ascontiguousarray(w.T))
+    return matmul(x, w.T)
+
+
+SMALL_KERNEL_MNK = 1_000_000
+"""Multiply-adds up to which OpenBLAS's SkylakeX-family builds (:data:`SMALL_KERNEL_ARCHS`)
+run a float32 product by their small-matrix kernels, which skip the packing of larger ones, but
+not with a transposed right operand when the result has more than 1200 entries (or the inner
+dimension is under 32)."""
+SMALL_KERNEL_ARCHS = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
+
+
+def linear_copies_weight(x, w) -> bool:
+    """Whether :func:`linear_product` multiplies by a C-ordered copy of ``w.T`` rather than the
+    transposed view: for a float32 layer whose product the small-matrix kernels would take but
+    for the transposed weight (:data:`SMALL_KERNEL_MNK`). The copy (the weight's size) costs
+    less than the packed product it avoids: 100 x 100 x 100 in 22 against 26 µs, 100 x 40 x 100
+    in 10 against 12, 16 x 100 x 100 in 7.5 against 9.2. Each row's sums are the small
+    kernel's, so the bits differ from the transposed product's, the same in eager and compiled
+    code."""
+    if (type(x) is not np.ndarray or type(w) is not np.ndarray or x.ndim != 2 or w.ndim != 2
+            or x.dtype != float32 or w.dtype != float32 or not x.flags.c_contiguous
+            or not w.flags.c_contiguous):
+        return False
+    (m, k), n = x.shape, w.shape[0]
+    if m < 16 or m * k * n > SMALL_KERNEL_MNK or (m * n <= 1200 and k >= 32):
+        return False
+    if not _BlasThreads.looked:
+        _BlasThreads.find()
+    return _BlasThreads.arch in SMALL_KERNEL_ARCHS
 
 
 def f_ordered(x) -> bool:

@@ -149,7 +149,8 @@ def test_a_wide_layers_products_run_transposed_with_the_same_values():
         w = rng.standard_normal((width, k), np.float32)
         wide = width >= B.LINEAR_WIDE * rows
         z = B.linear_product(x, w)
-        assert z.tobytes() == (x @ w.T).tobytes()  # the same bits, in logical order
+        wt = np.ascontiguousarray(w.T) if B.linear_copies_weight(x, w) else w.T
+        assert z.tobytes() == (x @ wt).tobytes()  # the same bits, in logical order
         assert z.flags.f_contiguous if wide else z.flags.c_contiguous
         # the next layer, from width inputs to k outputs: its input gradient takes z's layout
         g, wl = rng.standard_normal((rows, k), np.float32), w.T.copy()
@@ -158,6 +159,34 @@ def test_a_wide_layers_products_run_transposed_with_the_same_values():
         assert gx.flags.f_contiguous if wide and rows > 1 else gx.flags.c_contiguous
     x3 = rng.standard_normal((2, 3, 4), np.float32)  # more than a matrix: the plain product
     assert B.linear_product(x3, rng.standard_normal((16, 4), np.float32)).flags.c_contiguous
+
+
+def test_small_float32_layers_multiply_by_a_c_ordered_copy_of_the_weight(monkeypatch):
+    """linear_copies_weight: on OpenBLAS's SkylakeX-family kernels a float32 layer of up to
+    SMALL_KERNEL_MNK multiply-adds, whose transposed weight would keep it from the small-matrix
+    kernels, multiplies by a C-ordered copy; not other dtypes, not larger products, not where
+    the transposed product is a small-kernel one already (at most 1200 results, 32 inputs or
+    more), not on other kernel families. linear_product's bits are then the copy's."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((100, 40), np.float32)
+    w = rng.standard_normal((100, 40), np.float32)
+    B._BlasThreads.find()
+    monkeypatch.setattr(B._BlasThreads, "arch", "SkylakeX")
+    assert B.linear_copies_weight(x, w)
+    z = B.linear_product(x, w)
+    assert z.tobytes() == (x @ np.ascontiguousarray(w.T)).tobytes() and z.flags.c_contiguous
+    assert not B.linear_copies_weight(x.astype(np.float64), w.astype(np.float64))
+    assert not B.linear_copies_weight(rng.standard_normal((100, 400), np.float32),
+                                      rng.standard_normal((100, 400), np.float32))  # 4 M
+    assert not B.linear_copies_weight(x, w[:10])  # 1000 results of 40 inputs: small already
+    assert B.linear_copies_weight(x[:, :20].copy(), w[:10, :20].copy())  # 20 inputs: not
+    assert not B.linear_copies_weight(x[:8], w)  # too few rows to repay the copy
+    assert not B.linear_copies_weight(np.asfortranarray(x), w)
+    monkeypatch.setattr(B._BlasThreads, "arch", "Haswell")
+    assert not B.linear_copies_weight(x, w)
+    assert B.linear_product(x, w).tobytes() == (x @ w.T).tobytes()
 
 
 def test_keep_freed_memory_respects_opt_outs():

@@ -382,6 +382,14 @@ def _product_form(i: Instr, vals: list):
 
         return linear_t
     mm = B.product_for(x.shape[0], x.shape[1], w.shape[0])
+    if B.linear_copies_weight(x, w):  # B.linear_product's product with a C-ordered copy of Wᵀ
+        cc = B.np.ascontiguousarray
+
+        def linear_c(x, w, b):  # (an input laid out otherwise than traced: the view, as eager)
+            y = mm(x, cc(w.T)) if x.flags.c_contiguous else mm(x, w.T)
+            return y if b is None else add_bias(y, b)
+
+        return linear_c
     if len(vals) == 2:
         return lambda x, w, b, mm=mm: mm(x, w.T)
 
