@@ -947,6 +947,40 @@ dimension is under 32)."""
 SMALL_KERNEL_ARCHS = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
 
 
+ROW_BLOCKS_MAX = 16
+"""The most row blocks :func:`matmul_row_blocks` splits a product into."""
+
+
+def matmul_row_blocks(a, b):
+    """``a @ b`` for a convolution's columns (rows of windows) and its kernel: on the
+    SkylakeX-family kernels a float32 product of more than :data:`SMALL_KERNEL_MNK`
+    multiply-adds (up to :data:`ROW_BLOCKS_MAX` times that) as blocks of rows, each small
+    enough for the small-matrix kernels: faster than the packed product for the few output
+    channels of a convolution (1000 x 75 x 25: 47 against 56 µs; 8192 x 9 x 16: 35 against
+    47). Each block runs on one thread, whatever the thread count (one product of
+    :data:`BLAS_AWAKE_PRODUCTS`' count); the rows' sums are the small kernel's."""
+    if type(a) is not np.ndarray or type(b) is not np.ndarray or a.ndim != 2 or b.ndim != 2:
+        return matmul(a, b)
+    (m, k), n = a.shape, b.shape[1]
+    per_row = k * n
+    if (a.dtype != float32 or b.dtype != float32 or not b.flags.c_contiguous
+            or not SMALL_KERNEL_MNK < m * per_row <= ROW_BLOCKS_MAX * SMALL_KERNEL_MNK):
+        return matmul(a, b)
+    rows = SMALL_KERNEL_MNK // per_row // 16 * 16
+    if rows < 128:
+        return matmul(a, b)
+    if not _BlasThreads.looked:
+        _BlasThreads.find()
+    if _BlasThreads.arch not in SMALL_KERNEL_ARCHS:
+        return matmul(a, b)
+    if _BlasThreads.awake_left:
+        _BlasThreads.awake_left -= 1
+    out = np.empty((m, n), a.dtype)
+    for i in range(0, m, rows):
+        np.matmul(a[i:i + rows], b, out=out[i:i + rows])
+    return out
+
+
 def linear_copies_weight(x, w) -> bool:
     """Whether :func:`linear_product` multiplies by a C-ordered copy of ``w.T`` rather than the
     transposed view: for a float32 layer whose product the small-matrix kernels would take but

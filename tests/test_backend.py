@@ -189,6 +189,40 @@ def test_small_float32_layers_multiply_by_a_c_ordered_copy_of_the_weight(monkeyp
     assert B.linear_product(x, w).tobytes() == (x @ w.T).tobytes()
 
 
+def test_a_convolutions_product_runs_in_row_blocks_for_the_small_kernels(monkeypatch):
+    """matmul_row_blocks: on the SkylakeX-family kernels a float32 product of more than
+    SMALL_KERNEL_MNK multiply-adds (up to ROW_BLOCKS_MAX times) goes in blocks of rows of at
+    most that many, each the product of its rows (the bits of those block products), counted
+    as one product by the threads rule; other products, dtypes and kernel families are
+    B.matmul's."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((1000, 75), np.float32)  # J3's second convolution: 1.9 M
+    w = rng.standard_normal((75, 25), np.float32)
+    B._BlasThreads.find()
+    monkeypatch.setattr(B._BlasThreads, "arch", "SkylakeX")
+    rows = B.SMALL_KERNEL_MNK // (75 * 25) // 16 * 16
+    blocks = [a[i:i + rows] @ w for i in range(0, 1000, rows)]
+    y = B.matmul_row_blocks(a, w)
+    assert len(blocks) == 2 and y.tobytes() == np.concatenate(blocks).tobytes()
+    np.testing.assert_allclose(y, a @ w, rtol=1e-5, atol=1e-4)
+    f = np.asfortranarray(rng.standard_normal((8192, 9), np.float32))  # taps-first columns
+    wf = rng.standard_normal((9, 16), np.float32)
+    yf = B.matmul_row_blocks(f, wf)
+    r = B.SMALL_KERNEL_MNK // (9 * 16) // 16 * 16
+    assert yf.tobytes() == np.concatenate([f[i:i + r] @ wf for i in range(0, 8192, r)]).tobytes()
+    monkeypatch.setattr(B._BlasThreads, "awake_left", 3)
+    B.matmul_row_blocks(a, w)
+    assert B._BlasThreads.awake_left == 2
+    for x, k in ((a.astype(np.float64), w.astype(np.float64)), (a[:500], w),
+                 (rng.standard_normal((2000, 500), np.float32),
+                  rng.standard_normal((500, 100), np.float32))):  # 100 M: too large
+        assert B.matmul_row_blocks(x, k).tobytes() == B.matmul(x, k).tobytes()
+    monkeypatch.setattr(B._BlasThreads, "arch", "Haswell")
+    assert B.matmul_row_blocks(a, w).tobytes() == B.matmul(a, w).tobytes()
+
+
 def test_keep_freed_memory_respects_opt_outs():
     from nodegrad import _backend as B
 
