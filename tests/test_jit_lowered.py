@@ -330,3 +330,39 @@ def test_tied_unused_and_two_optimisers_equal_eager():
         _assert_same_models(me, mj)
     assert jitted.program.counts()["lowered_steps"] == 2
     assert mj.unused.weight.grad is None
+
+
+def test_the_lean_step_runs_while_its_case_holds_and_steps_as_eager(monkeypatch):
+    """After the traced call and one lowered step through Optimizer._step, a fused optimiser's
+    later steps take its lean path (no _step), with eager's bits. A parameter's data replaced
+    between calls sends that call through _step (which copies the new data in); a loaded
+    state keeps the lean path, which then steps from it as eager does."""
+    pytest.importorskip("numba")
+    (me, oe, eager), (mj, oj, jitted) = _pair(lambda ps: ng.optim.Adam(ps, lr=1e-2, fused=True))
+    calls = []
+    general = ng.optim.Optimizer._step
+    monkeypatch.setattr(ng.optim.Optimizer, "_step",
+                        lambda self, g: (calls.append(self), general(self, g))[1])
+    batches = _batches(9)
+
+    def both(x, y):
+        assert _same(eager(x, y).numpy(), jitted(x, y).numpy())
+        _assert_same_models(me, mj)
+
+    for x, y in batches[:4]:
+        both(x, y)
+    assert calls.count(oj) == 2  # the traced call's and the first replay's only
+    for m in (me, mj):  # new arrays for a weight: the optimiser copies them in
+        w = m[0].weight
+        w.data = w.data * 0.5
+    both(*batches[4])
+    assert calls.count(oj) == 3
+    both(*batches[5])
+    assert calls.count(oj) == 3
+    saved = oe.state_dict()
+    for o in (oe, oj):
+        o.load_state_dict(saved)
+    for x, y in batches[6:]:
+        both(x, y)
+    assert calls.count(oj) == 3 and jitted.traces == 1
+    assert oj.state_dict()["step_count"] == oe.state_dict()["step_count"] == 9

@@ -24,6 +24,7 @@ kernel is available, except for small buckets on the CPU before numba is importe
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -334,17 +335,71 @@ class Optimizer:
         return None
 
     def _bind_step(self, index: list) -> Callable:
-        """The lowered step of :meth:`_jit_lowering` for the argument positions ``index``."""
+        """The lowered step of :meth:`_jit_lowering` for the argument positions ``index``:
+        :meth:`_step` on the given arrays, or, once a step has run that way and while what it
+        relies on holds, :meth:`_lean_step` (the same update with less Python per call)."""
         layout, k = [], 0
         for g in self.param_groups:
             layout.append(index[k:k + len(g["params"])])
             k += len(g["params"])
+        lean: list = [None]
 
         def step_with(*grads):
+            run = lean[0]
+            if run is not None and run(grads):
+                return
             self._step([[None if j is None else grads[j] for j in pos] for pos in layout])
+            lean[0] = self._lean_step(layout)
 
         step_with.__qualname__ = f"{type(self).__name__}.step"
         return step_with
+
+    def _lean_step(self, layout: list) -> Callable | None:
+        """``run(grads)``: one step of a compiled program's lowered ``step()`` on its gradient
+        arrays (group gi's k-th parameter's is ``grads[layout[gi][k]]``), for the common case
+        that the call after a step of :meth:`_step` finds: every parameter has a gradient, every
+        bucket runs its fused kernel and its parameters share their step count. Returns False,
+        having done nothing, when one of these no longer holds or a parameter's ``data`` was
+        replaced (then :meth:`_step` runs). The gradients' shapes are the program's. None when
+        the case does not apply at all."""
+        if any(j is None for pos in layout for j in pos):
+            return None
+        plan, buckets, params, views = [], [], [], []
+        for group, pos, bs in zip(self.param_groups, layout, self._buckets):
+            rows = []
+            for b in bs:
+                if not (b.fused and b.loaded and b.uniform) or b.pending or b.gviews is not None:
+                    return None
+                n = len(b.params)
+                rows.append((b, [pos[j] for j in b.pos], n, slice(0, b.offsets[-1])))
+                buckets.append(b)
+                params += b.params
+                views += b.views
+            plan.append((group, rows))
+        get_data, is_ = operator.attrgetter("data"), operator.is_
+        hyper, fused_run = self._hyper, self._fused_run
+
+        def run(grads) -> bool:
+            if not all(map(is_, map(get_data, params), views)) or not all(
+                    b.uniform and b.fused and b.gviews is None for b in buckets):
+                return False
+            self.step_count = t = self.step_count + 1
+            for group, rows in plan:
+                h = hyper(group, t)
+                decoupled = bool(h.get("decoupled_weight_decay", False))
+                for b, pos, n, sl in rows:
+                    b.ensure(self.state_init(h))
+                    sc = dict(b.scalars[0])
+                    sc["step"] += 1
+                    fused_run(b, [grads[j] for j in pos], 0, n, sl, _State(b, sl, sc), h,
+                              decoupled)
+                    b.scalars[:] = [sc] * n
+                    for p in b.params:
+                        if p._version is not None:
+                            p._version[0] += 1
+            return True
+
+        return run
 
     def _sync(self, gi: int) -> None:
         """Follow parameters whose ``data`` was replaced (copy it into the flat buffer)."""
