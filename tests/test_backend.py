@@ -223,6 +223,38 @@ def test_a_convolutions_product_runs_in_row_blocks_for_the_small_kernels(monkeyp
     assert B.matmul_row_blocks(a, w).tobytes() == B.matmul(a, w).tobytes()
 
 
+def test_a_weight_gradients_product_runs_in_blocks_of_its_inner_dimension(monkeypatch):
+    """matmul_k_blocks: on the SkylakeX-family kernels a float32 product of more than
+    SMALL_KERNEL_MNK multiply-adds (up to ROW_BLOCKS_MAX times) is the sum, in order, of the
+    products over blocks of its inner dimension of at most that many each (those bits), within
+    float32 rounding of the whole product, counted as one product by the threads rule; other
+    products, dtypes and kernel families are B.matmul's."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((1000, 25), np.float32)  # J3's second weight gradient
+    cols = rng.standard_normal((1000, 75), np.float32)
+    r = rows.T  # F-ordered, as the convolution passes it
+    B._BlasThreads.find()
+    monkeypatch.setattr(B._BlasThreads, "arch", "SkylakeX")
+    terms = B.SMALL_KERNEL_MNK // (25 * 75) // 16 * 16
+    want = r[:, :terms] @ cols[:terms]
+    for i in range(terms, 1000, terms):
+        want += r[:, i:i + terms] @ cols[i:i + terms]
+    monkeypatch.setattr(B._BlasThreads, "awake_left", 2)
+    dw = B.matmul_k_blocks(r, cols)
+    assert dw.tobytes() == want.tobytes() and B._BlasThreads.awake_left == 1
+    exact = r.astype(np.float64) @ cols.astype(np.float64)
+    assert np.abs(dw - exact).max() <= 1e-5 * np.abs(exact).max()
+    monkeypatch.setattr(B._BlasThreads, "awake_left", 0)  # both products below on one thread
+    for a, b in ((r.astype(np.float64), cols.astype(np.float64)), (r[:, :500], cols[:500]),
+                 (rng.standard_normal((200, 2000), np.float32),
+                  rng.standard_normal((2000, 100), np.float32))):  # 40 M: too large
+        assert B.matmul_k_blocks(a, b).tobytes() == B.matmul(a, b).tobytes()
+    monkeypatch.setattr(B._BlasThreads, "arch", "Haswell")
+    assert B.matmul_k_blocks(r, cols).tobytes() == B.matmul(r, cols).tobytes()
+
+
 def test_keep_freed_memory_respects_opt_outs():
     from nodegrad import _backend as B
 
