@@ -973,20 +973,22 @@ def _small_blocks(a, b, per: int, total: int) -> int:
     return units
 
 
-def matmul_row_blocks(a, b):
-    """``a @ b`` for a convolution's columns (rows of windows) and its kernel: on the
-    SkylakeX-family kernels a float32 product of more than :data:`SMALL_KERNEL_MNK`
-    multiply-adds (up to :data:`ROW_BLOCKS_MAX` times that) as blocks of rows, each small
-    enough for the small-matrix kernels: faster than the packed product for the few output
-    channels of a convolution (1000 x 75 x 25: 47 against 56 µs; 8192 x 9 x 16: 35 against
-    47). Each block runs on one thread, whatever the thread count (one product of
-    :data:`BLAS_AWAKE_PRODUCTS`' count); the rows' sums are the small kernel's."""
+def matmul_row_blocks(a, b, out=None):
+    """``a @ b`` (into NumPy array ``out`` when given) for a convolution's columns (rows of
+    windows) or gradient rows and its kernel: on the SkylakeX-family kernels a float32 product
+    of more than :data:`SMALL_KERNEL_MNK` multiply-adds (up to :data:`ROW_BLOCKS_MAX` times
+    that) as blocks of rows, each small enough for the small-matrix kernels: faster than the
+    packed product for the few channels of a convolution (1000 x 75 x 25: 47 against 56 µs;
+    8192 x 9 x 16: 35 against 47; 2048 x 32 x 16: 22 against 28). Each block runs on one
+    thread, whatever the thread count (one product of :data:`BLAS_AWAKE_PRODUCTS`' count);
+    the rows' sums are the small kernel's."""
     m = a.shape[0] if a.ndim == 2 else 0
     k, n = b.shape if b.ndim == 2 else (0, 0)
     rows = _small_blocks(a, b, k * n, m * k * n) if b.flags.c_contiguous else 0
     if not rows:
-        return matmul(a, b)
-    out = np.empty((m, n), a.dtype)
+        return matmul(a, b) if out is None else matmul_into(a, b, out)
+    if out is None:
+        out = np.empty((m, n), a.dtype)
     for i in range(0, m, rows):
         np.matmul(a[i:i + rows], b, out=out[i:i + rows])
     return out

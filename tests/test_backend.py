@@ -809,12 +809,16 @@ def test_halves_after_fork():
                                   ((7, 3, 11), (4, 3, 4), (3,), (2,), (2,)),
                                   ((4, 2, 9), (3, 2, 5), (2,), (0,), (1,)),
                                   ((6, 16, 8, 8), (8, 16, 3, 3), (2, 2), (1, 1), (1, 1)),
-                                  ((5, 3, 9, 7), (4, 3, 2, 3), (2, 3), (0, 1), (2, 1))])
+                                  ((5, 3, 9, 7), (4, 3, 2, 3), (2, 3), (0, 1), (2, 1)),
+                                  # taps' products in row blocks (B.matmul_row_blocks)
+                                  ((128, 16, 8, 8), (32, 16, 3, 3), (2, 2), (1, 1), (1, 1)),
+                                  ((400, 25, 19), (25, 25, 3), (2,), (1,), (1,))])
 def test_a_strided_input_gradient_folds_with_the_numpy_bits(case, monkeypatch):
     """The transposed convolution of a strided conv: numba's one fold of the taps' products
     gives the bytes of zeroing a padded buffer and adding each tap's product into it; with one
     spatial axis it lies channels-last, as the convolution outputs (and the ReLU outputs
-    saved from them) it meets below."""
+    saved from them) it meets below. Taps' products large enough for row blocks have the
+    same bits in both, though their rows come in another order."""
     import importlib
 
     pytest.importorskip("numba")

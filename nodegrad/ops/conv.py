@@ -148,6 +148,8 @@ def _conv_of_cols(x, w, b, cols, out, groups):
     if groups == 1:  # the kernel as (K·C, O) columns: a plain product, faster than against
         # the transposed rows for small ones (500 x 75 x 25: 23 against 29 µs), the same bits
         wc = w.transpose(tuple(range(2, 2 + nd)) + (1, 0)).reshape(-1, o)
+        if not wc.flags.c_contiguous:  # one input channel: a view; C-ordered for the blocks
+            wc = wc.copy()
         y = B.matmul_row_blocks(cols[0], wc)                                     # (N·P, O)
         if b is not None:
             y = B.add_bias(y, b)  # in place, one loop (1900 x 25: 9 against 19 µs), NumPy's bits
@@ -210,7 +212,8 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
             blocks = out + (n, c)                                          # (P·N, O) rows
         parts = xp.empty((len(taps), rows.shape[0], c), rows.dtype)
         for j, t in enumerate(taps):
-            B.matmul_into(rows, w[(slice(None), slice(None)) + t], parts[j])
+            wt = xp.ascontiguousarray(w[(slice(None), slice(None)) + t])  # (O, C), tiny
+            B.matmul_row_blocks(rows, wt, parts[j])
         buf = B.fold_taps(parts.reshape((len(taps),) + blocks), tuple(shape[2:]), k, stride,
                           padding, dilation)
         if buf is not None and nd == 1:  # (N, L, C)
@@ -220,8 +223,9 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
     rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])  # (P·N, O)
     padded = tuple(s + 2 * p for s, p in zip(shape[2:], padding))
     buf = None
-    for t in taps:
-        part = B.matmul(rows, w[(slice(None), slice(None)) + t]).reshape(out + (n, c))
+    for t in taps:  # each tap's product as the fold's (the same bits)
+        part = B.matmul_row_blocks(rows, xp.ascontiguousarray(w[(slice(None), slice(None)) + t]))
+        part = part.reshape(out + (n, c))
         if buf is None:
             buf = xp.zeros(padded + (n, c), dtype=part.dtype)
         buf[tuple(slice(ti * d, ti * d + s * (m - 1) + 1, s)
