@@ -824,6 +824,33 @@ def test_cross_entropy_and_its_gradient_share_the_softmax_bit_for_bit():
         assert _same(gradient(other, dt(1), t.numpy()), f(ng.tensor(other), t)[1].numpy())
 
 
+@needs_numba
+def test_the_narrow_cross_entropy_forms_give_the_primitives_bits():
+    """With numba's loops loaded, the replay forms of a narrow cross-entropy (the narrow path
+    written out) give the bits of the primitives' forwards, for a mean and a sum, float32 and
+    float64, and of a gradient scaled by a plain float; a target out of range still raises."""
+    import importlib
+
+    import numba  # noqa: F401 - the loops load once numba is imported
+
+    N = importlib.import_module("nodegrad.ops.nn")
+    rng = np.random.default_rng(1)
+    t = rng.integers(0, 10, 100)
+    for dt in (np.float32, np.float64):
+        x = (rng.standard_normal((100, 10)) * 5).astype(dt)
+        for red in ("mean", "sum"):
+            p = dict(axis=1, ignore_index=-100, reduction=red)
+            loss, gradient = N.ce_shared_forms(np, p)
+            for g in (dt(1), 0.5):
+                want = N._ce.fwd(np, x, t, **p), N._ce_grad.fwd(np, x, g, t, **p)
+                got = loss(x, t), gradient(x, g, t)
+                assert _same(got[0], want[0]) and _same(got[1], want[1]), (dt, red, g)
+    bad = t.copy()
+    bad[7] = 10
+    with pytest.raises(IndexError, match="cross_entropy"):
+        loss(x, bad)
+
+
 @pytest.mark.parametrize("nd", [1, 2])
 def test_a_convolution_and_its_weight_gradient_share_the_columns_bit_for_bit(nd, monkeypatch):
     """A conv's windows gathered once per call for its forward and its weight gradient (1-D
