@@ -1125,3 +1125,26 @@ def test_a_cache_that_cannot_be_written_means_unfused_not_broken(tmp_path, monke
     with pytest.warns(RuntimeWarning, match="fusion failed"):
         jf = _check(f, ng.randn(6, 5), fuse=True)
     assert "fused" not in jf.program.counts()
+
+
+def test_a_transposed_first_operand_joins_its_product():
+    """A linear layer's weight gradient gᵀ x replays as one matmul_t instruction, with eager's
+    bits (into a kept buffer where the plan gives one); a transpose read by anything else stays
+    an instruction of its own."""
+    def f(g, x):
+        return g.T @ x
+
+    def g2(g, x):
+        gt = g.T
+        return gt @ x, gt * 2.0
+
+    rng = np.random.default_rng(0)
+    g = ng.tensor(rng.standard_normal((100, 30)).astype(np.float32))
+    x = ng.tensor(rng.standard_normal((100, 20)).astype(np.float32))
+    jf = _check(f, g, x)
+    names = [i.name for i in jf.program.instrs]
+    assert "matmul_t" in names and "transpose" not in names
+    assert jf.program.counts()["folded_transposes"] == 1
+    assert "matmul_t(%" in str(jf.program)
+    jg = _check(g2, g, x)
+    assert "matmul_t" not in [i.name for i in jg.program.instrs]

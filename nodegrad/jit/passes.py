@@ -39,7 +39,7 @@ FRESH = set(_UFUNC) | {"copy", "relu", "sigmoid", "sum", "mean", "where", "relu_
                        "log2", "log10", "reciprocal", "rsqrt", "log_softmax", "softmax",
                        "logsumexp",
                        # a new array or a view of one the op made, never of an input
-                       "linear", "conv", "conv_input_grad", "conv_weight_grad"}
+                       "linear", "conv", "conv_input_grad", "conv_weight_grad", "matmul_t"}
 
 
 # --- alias classes --------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class Plan:
 
 
 def _writes_out(i: Instr) -> bool:
-    return (i.kind == "op" and i.name in _UFUNC) or i.kind == "fused"
+    return (i.kind == "op" and (i.name in _UFUNC or i.name == "matmul_t")) or i.kind == "fused"
 
 
 def plan_memory(prog, instrs: list) -> Plan:
@@ -291,6 +291,53 @@ def plan_memory(prog, instrs: list) -> Plan:
         for spec, b in release.pop(k, ()):
             free.setdefault(spec, []).append(b)
     return plan
+
+
+def fold_transposes(prog, instrs: list) -> list:
+    """A ``transpose`` of a NumPy matrix whose one reader is a ``matmul`` of two matrices taking
+    it as its first operand (a linear layer's weight gradient, gᵀ x) becomes part of that
+    product: one ``matmul_t(g, x)`` instruction computing ``g.T @ x`` by :func:`matmul`'s rule
+    for its shape, decided once (the same call as the two ops', so the same bits), one
+    instruction fewer a step."""
+    values = getattr(prog, "values", {})
+    if prog.backend is None or prog.backend.xp is not B.np:
+        return instrs
+    readers: dict[int, list] = {}
+    for i in instrs:
+        for a in i.ins:
+            readers.setdefault(a, []).append(i)
+    outs = set(prog.out_slots)
+    fold: dict[int, Instr] = {}  # id(matmul) -> its replacement
+    drop: set[int] = set()
+    for i in instrs:
+        if not (i.kind == "op" and i.name == "transpose" and len(i.ins) == 1
+                and i.params == {"axes": (1, 0)} and i.out not in outs):
+            continue
+        rs = readers.get(i.out, [])
+        if len(rs) != 1:
+            continue
+        m = rs[0]
+        if not (m.kind == "op" and m.name == "matmul" and not m.params and len(m.ins) == 2
+                and m.ins[0] == i.out and m.ins[1] != i.out):
+            continue
+        a, b = values.get(i.ins[0]), values.get(m.ins[1])
+        if (type(a) is not B.np.ndarray or type(b) is not B.np.ndarray or a.ndim != 2
+                or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f"
+                or values.get(m.out) is None or values[m.out].dtype != a.dtype):
+            continue
+        mm = B.product_for(a.shape[1], a.shape[0], b.shape[1])
+
+        def matmul_t(g, x, mm=mm):
+            return mm(g.T, x)
+
+        matmul_t.converts = False
+        matmul_t.fast = matmul_t
+        fold[id(m)] = Instr("op", "matmul_t", matmul_t, (i.ins[0], m.ins[1]), m.out, params={})
+        drop.add(id(i))
+    if not fold:
+        return instrs
+    prog.stats["folded_transposes"] = len(fold)
+    return [fold.get(id(i), i) for i in instrs if id(i) not in drop]
 
 
 def direct_forms(prog, instrs: list) -> None:
@@ -578,9 +625,13 @@ def out_variant(i: Instr, xp, meta: dict | None = None):
     With the program's ``meta`` (slot -> (shape, dtype)) a product of two matrices and a relu
     get their replay forms, chosen once (:func:`~nodegrad._backend.product_for`,
     :func:`~nodegrad._backend.relu_form`)."""
+    specs = [meta.get(a) for a in i.ins] if meta is not None else []
+    if i.kind == "op" and i.name == "matmul_t" and len(specs) == 2 and None not in specs:
+        (k, m), n = specs[0][0], specs[1][0][1]  # gᵀ x for g (k, m), x (k, n)
+        mm = B.product_for(m, k, n)
+        return lambda g, x, out: mm(g.T, x, out)
     if i.kind != "op" or i.name not in _UFUNC:
         return None
-    specs = [meta.get(a) for a in i.ins] if meta is not None else []
     if i.name == "matmul" and xp is B.np:  # shared-weight stacks as one GEMM, small on 1 thread
         if len(specs) == 2 and all(sp is not None and len(sp[0]) == 2 for sp in specs):
             (m, k), (_, n) = specs[0][0], specs[1][0]

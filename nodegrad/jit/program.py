@@ -56,6 +56,7 @@ class Program:
                 from . import fuse as F
 
                 instrs = F.fuse(self, instrs, everything=fuse == "all")
+            instrs = passes.fold_transposes(self, instrs)
             passes.direct_forms(self, instrs)
             self.plan = passes.plan_memory(self, instrs)
             instrs = passes.own_gradients(self, instrs)
