@@ -948,7 +948,9 @@ SMALL_KERNEL_ARCHS = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
 
 
 ROW_BLOCKS_MAX = 16
-"""The most blocks :func:`matmul_row_blocks` and :func:`matmul_k_blocks` split a product into."""
+"""Products of up to this many times :data:`SMALL_KERNEL_MNK` multiply-adds are split into
+blocks by :func:`matmul_row_blocks` and :func:`matmul_k_blocks` (larger ones keep BLAS's
+packed product, which pays off at their size)."""
 
 
 def _small_blocks(a, b, per: int, total: int) -> int:
