@@ -947,6 +947,13 @@ dimension is under 32)."""
 SMALL_KERNEL_ARCHS = frozenset({"SkylakeX", "Cooperlake", "SapphireRapids"})
 
 
+def _small_kernels() -> bool:
+    """Whether NumPy's OpenBLAS is of :data:`SMALL_KERNEL_ARCHS` (looked up once)."""
+    if not _BlasThreads.looked:
+        _BlasThreads.find()
+    return _BlasThreads.arch in SMALL_KERNEL_ARCHS
+
+
 ROW_BLOCKS_MAX = 16
 """Products of up to this many times :data:`SMALL_KERNEL_MNK` multiply-adds are split into
 blocks by :func:`matmul_row_blocks` and :func:`matmul_k_blocks` (larger ones keep BLAS's
@@ -964,11 +971,7 @@ def _small_blocks(a, b, per: int, total: int) -> int:
             or not SMALL_KERNEL_MNK < total <= ROW_BLOCKS_MAX * SMALL_KERNEL_MNK):
         return 0
     units = SMALL_KERNEL_MNK // per // 16 * 16
-    if units < 128:
-        return 0
-    if not _BlasThreads.looked:
-        _BlasThreads.find()
-    if _BlasThreads.arch not in SMALL_KERNEL_ARCHS:
+    if units < 128 or not _small_kernels():
         return 0
     if _BlasThreads.awake_left:  # counted as the one product it replaces
         _BlasThreads.awake_left -= 1
@@ -1033,9 +1036,7 @@ def linear_copies_weight(x, w) -> bool:
     (m, k), n = x.shape, w.shape[0]
     if m < 16 or m * k * n > SMALL_KERNEL_MNK or (m * n <= 1200 and k >= 32):
         return False
-    if not _BlasThreads.looked:
-        _BlasThreads.find()
-    return _BlasThreads.arch in SMALL_KERNEL_ARCHS
+    return _small_kernels()
 
 
 def f_ordered(x) -> bool:

@@ -203,6 +203,8 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
     out = tuple(g.shape[2:])
     k = tuple(w.shape[2:])
     taps = list(itertools.product(*(range(ki) for ki in k)))
+    # each tap's (O, C) weights, C-ordered (tiny copies) for B.matmul_row_blocks
+    wts = [xp.ascontiguousarray(w[(slice(None), slice(None)) + t]) for t in taps]
     if nd <= 2 and type(g) is B.ndarray and B.cpu_kernels() is not None:
         if nd == 1:
             rows = _channels_last(g).reshape(-1, g.shape[1])               # (N·P, O)
@@ -211,8 +213,7 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
             rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])
             blocks = out + (n, c)                                          # (P·N, O) rows
         parts = xp.empty((len(taps), rows.shape[0], c), rows.dtype)
-        for j, t in enumerate(taps):
-            wt = xp.ascontiguousarray(w[(slice(None), slice(None)) + t])  # (O, C), tiny
+        for j, wt in enumerate(wts):
             B.matmul_row_blocks(rows, wt, parts[j])
         buf = B.fold_taps(parts.reshape((len(taps),) + blocks), tuple(shape[2:]), k, stride,
                           padding, dilation)
@@ -223,9 +224,8 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
     rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])  # (P·N, O)
     padded = tuple(s + 2 * p for s, p in zip(shape[2:], padding))
     buf = None
-    for t in taps:  # each tap's product as the fold's (the same bits)
-        part = B.matmul_row_blocks(rows, xp.ascontiguousarray(w[(slice(None), slice(None)) + t]))
-        part = part.reshape(out + (n, c))
+    for t, wt in zip(taps, wts):  # each tap's product as the fold's (the same bits)
+        part = B.matmul_row_blocks(rows, wt).reshape(out + (n, c))
         if buf is None:
             buf = xp.zeros(padded + (n, c), dtype=part.dtype)
         buf[tuple(slice(ti * d, ti * d + s * (m - 1) + 1, s)
