@@ -24,17 +24,19 @@ from numba.extending import intrinsic as _v_intrinsic
 
 @_v_intrinsic
 def _vfma(typingctx, a, b, c):
-    """a * b + c rounded once (LLVM's fma: one instruction, vectorised like the rest)."""
-    if not (a == b == c and a == numba.float64):
+    """a * b + c rounded once (LLVM's fma: one instruction, vectorised like the rest), for three
+    float64 or three float32 operands."""
+    if not (a == b == c and a in (numba.float64, numba.float32)):
         return None
+    wide = a == numba.float64
 
     def codegen(context, builder, signature, args):
-        t = _v_ir.DoubleType()
+        t = _v_ir.DoubleType() if wide else _v_ir.FloatType()
         f = _v_cgutils.get_or_insert_function(builder.module, _v_ir.FunctionType(t, [t] * 3),
-                                             "llvm.fma.f64")
+                                             "llvm.fma.f64" if wide else "llvm.fma.f32")
         return builder.call(f, args)
 
-    return numba.float64(numba.float64, numba.float64, numba.float64), codegen
+    return a(a, a, a), codegen
 
 _V_MAGIC = 6755399441055744.0  # 1.5 * 2**52: x + MAGIC - MAGIC rounds x to an integer
 _V_LOG2E = 1.4426950408889634
@@ -83,6 +85,38 @@ def _vtanh(x):
     p = _vfma(s, s2 * p, s)
     t = p if s < 0.125 else t
     return numpy.float32(math.copysign(t, y)) if x == x else x
+
+
+_V_F32 = numpy.float32
+
+
+@numba.njit(inline="always")
+def _vtanh32(x):
+    """tanh of a float32 evaluated in float32 (16 lanes a vector, where _vtanh has 8), within
+    1.5 ulps as NumPy's own: an odd polynomial below atanh(1/2), (1 - e)/(1 + e) with
+    e = exp(-2|x|) = 2**k p(r) above, |x| clamped at 9 (tanh is 1.0f from 9.01 on)."""
+    t = min(abs(x), _V_F32(9.0))
+    u = t * t
+    p = _vfma(u, _V_F32(-0.006269583334880303), _V_F32(0.02106762132656632))
+    p = _vfma(p, u, _V_F32(-0.05385109097626726))
+    p = _vfma(p, u, _V_F32(0.13332571510023208))
+    p = _vfma(p, u, _V_F32(-0.33333316991545575))
+    small = _vfma(t * u, p, t)
+    m = t * _V_F32(-2.0)
+    k = _vfma(m, _V_F32(1.4426950408889634), _V_F32(12582912.0))
+    k = k - _V_F32(12582912.0)  # m log2(e) rounded to an integer
+    r = _vfma(k, _V_F32(-0.693145751953125), m)  # m - k ln 2, ln 2 in two parts
+    r = _vfma(k, _V_F32(-1.428606765330187e-06), r)
+    q = _vfma(r, _V_F32(0.0013751408180418467), _V_F32(0.008368919081647441))
+    q = _vfma(q, r, _V_F32(0.041669533395562716))
+    q = _vfma(q, r, _V_F32(0.16666518437203998))
+    q = _vfma(q, r, _V_F32(0.49999988592958267))
+    q = _vfma(q, r, _V_F32(1.0))
+    q = _vfma(q, r, _V_F32(1.0))
+    e = q * numpy.int32((numpy.int32(k) + 127) << 23).view(numpy.float32)
+    big = (_V_F32(1.0) - e) / (_V_F32(1.0) + e)
+    v = small if t < _V_F32(0.5493061443340549) else big
+    return math.copysign(v, x) if x == x else x
 
 
 @numba.njit

@@ -56,6 +56,9 @@ class Program:
                 from . import fuse as F
 
                 instrs = F.fuse(self, instrs, everything=fuse == "all")
+                from .loops import compile_loops
+
+                compile_loops(self, instrs)
             instrs = passes.fold_transposes(self, instrs)
             passes.direct_forms(self, instrs)
             self.plan = passes.plan_memory(self, instrs)
