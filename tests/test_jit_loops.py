@@ -182,3 +182,14 @@ def test_printed_program_counts_the_compiled_loops():
     assert jf.program.counts()["compiled_loops"] == 3
     names = [i.name for i in jf.program.instrs if "gru_scan" in i.name]
     assert names == ["gru_scan_loop", "gru_scan", "gru_scan_grad"]
+
+
+
+def test_loops_import_numba_as_a_fused_group_does(monkeypatch):
+    """Where numba is not imported yet, a GRU's loops still compile (their hundreds of NumPy
+    calls a step repay numba's import), unlike a single slow op, which waits for it."""
+    monkeypatch.setattr(F, "_numba_loaded", lambda: False)
+    f, args = _grad_step("float32", 4)
+    jf = ng.jit(f)
+    jf(*args)
+    assert jf.program.counts()["compiled_loops"] == 3

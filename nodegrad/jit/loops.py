@@ -294,36 +294,41 @@ def _traced(prog, a: int):
     return v
 
 
+def _size(prog, i) -> tuple | None:
+    """(hidden size, directions) of a GRU loop instruction the kernels take, else None."""
+    specs = [_shape(prog, a) for a in i.ins]
+    if any(s is None or s[1] != B.float32 for s in specs) or len(specs[0][0]) != 4:
+        return None
+    if i.name == "gru_scan_grad":  # g (T, N, D, H), loop, w (D, 3H, H)
+        steps, _batch, n_dir, n_h = specs[0][0]
+    else:  # gi (D, 3H, T, N), ...
+        n_dir, n_g, steps, _batch = specs[0][0]
+        n_h = n_g // 3
+    if not 0 < n_h <= MAX_HIDDEN or math.prod(specs[0][0]) == 0:
+        return None
+    return n_h, n_dir
+
+
 def compile_loops(prog, instrs: list) -> None:
     """Give each float32 GRU loop instruction of a CPU program (hidden size up to
-    :data:`MAX_HIDDEN`, numba installed) its compiled replay function, compiled now."""
+    :data:`MAX_HIDDEN`, numba installed) its compiled replay function, compiled now. Like a
+    fused group of several ops (:func:`.fuse.fuse`), and unlike a single slow op, a loop
+    imports numba if no one has: a step's hundreds of NumPy calls repay the import within a
+    few thousand steps."""
     if prog.backend is None or prog.backend.device_id is not None:
         return
     names = ("gru_scan_loop", "gru_scan", "gru_scan_grad")
-    found = [i for i in instrs if i.kind == "op" and i.name in names
+    found = [(i, _size(prog, i)) for i in instrs if i.kind == "op" and i.name in names
              and isinstance(i.params, dict)]
+    found = [(i, size) for i, size in found if size is not None]
     if not found:
         return
     from .fuse import _get_numba
 
     if _get_numba() is None:
         return
-    count = 0
-    for i in found:
-        specs = [_shape(prog, a) for a in i.ins]
-        if any(s is None or s[1] != B.float32 for s in specs):
-            continue
-        if i.name == "gru_scan_grad":  # g (T, N, D, H), loop, w (D, 3H, H)
-            steps, batch, n_dir, n_h = (specs[0][0] + (0, 0, 0, 0))[:4]
-        else:  # gi (D, 3H, T, N), ...
-            n_dir, n_g, steps, batch = (specs[0][0] + (0, 0, 0, 0))[:4]
-            n_h = n_g // 3
-        if (len(specs[0][0]) != 4 or not 0 < n_h <= MAX_HIDDEN or steps == 0
-                or math.prod(specs[0][0]) == 0):
-            continue
+    for i, (n_h, n_dir) in found:
         fn = _compiled(i, n_h, n_dir)
         fn(*[_traced(prog, a) for a in i.ins])  # compiles (or loads) the kernel now
         i.fn = fn
-        count += 1
-    if count:
-        prog.stats["compiled_loops"] = count
+    prog.stats["compiled_loops"] = len(found)
