@@ -53,6 +53,10 @@ class Workload:
     torch: Factory | None = None
     floor: Factory | None = None
     floor_name: str = "NumPy"
+    # the library whose warm-up step the floor's worker runs first, as every framework's worker
+    # does ("nodegrad" where the floor is nodegrad eager: numba then imported as in W1-W8's
+    # nodegrad workers, so eager takes its numba loops there too)
+    floor_framework: str = "floor"
     unit: str = "ms/step"
     scale: float = 1e3
     jax: Factory | None = None  # JAX's jit of the same step: a reference column when installed
@@ -408,7 +412,7 @@ def _worker(module: str, wid: str, framework: str, settings: Settings, conn) -> 
     process's peak resident memory above the baseline taken before the step was built."""
     try:
         w = _find(module, wid)
-        _framework_ready(framework)
+        _framework_ready(w.floor_framework if framework == "floor" else framework)
         w.data()  # once, discarded: the code that makes the data (NumPy's random generators,
         # ~2 MiB of pages on first use) then sits in the baseline of every framework alike;
         # the workload's own copy below is still counted

@@ -175,25 +175,26 @@ def per_example_eager(d: dict):
     return per_example.nodegrad_vmap(d)
 
 
-_EAGER = "nodegrad eager"
+# the floor: nodegrad eager, in a worker warmed up as the W workloads' nodegrad workers are
+_EAGER = {"floor_name": "nodegrad eager", "floor_framework": "nodegrad"}
 WORKLOADS = [
     Workload("J1", "W1 under jit (MLP SGD step); floor = nodegrad eager", mlp.make_data,
-             mlp_jit, mlp_torch, mlp_eager, floor_name=_EAGER, jax=jax_steps.mlp_sgd),
+             mlp_jit, mlp_torch, mlp_eager, **_EAGER, jax=jax_steps.mlp_sgd),
     Workload("J2", "W2 under jit (MLP 784-1024-1024-10, Adam)",
              partial(mlp.make_data, mlp_large.SIZES, mlp_large.BATCH), mlp_large_jit,
-             mlp_large_torch, mlp_large_eager, floor_name=_EAGER,
+             mlp_large_torch, mlp_large_eager, **_EAGER,
              jax=jax_steps.mlp_large_adam),
     Workload("J3", "W3 under jit (MNIST-1D CNN, Adam); floor = nodegrad eager",
              partial(conv.make_data, conv.CNN1D), conv_jit_1d, conv_torch, conv_eager,
-             floor_name=_EAGER, jax=jax_steps.cnn1d_adam),
+             **_EAGER, jax=jax_steps.cnn1d_adam),
     Workload("J4", "W4 under jit (BiGRU T=40 as one scan, Adam)", gru_step.make_data, gru_jit,
-             gru_torch, gru_eager, floor_name=_EAGER, jax=jax_steps.bigru_adam),
+             gru_torch, gru_eager, **_EAGER, jax=jax_steps.bigru_adam),
     Workload("J5", "W5 under jit (value_and_grad of 100 ops); floor = nodegrad eager",
              overhead.make_data, chain_value_and_grad, chain_torch, chain_eager,
-             floor_name=_EAGER, unit="µs/op", scale=1e6 / overhead.N_OPS,
+             **_EAGER, unit="µs/op", scale=1e6 / overhead.N_OPS,
              jax=jax_steps.chain_value_and_grad),
     Workload("J8", "W8 under jit (per-example grads, vmap(grad))", per_example.make_data,
-             per_example_jit, per_example_torch, per_example_eager, floor_name=_EAGER,
+             per_example_jit, per_example_torch, per_example_eager, **_EAGER,
              jax=jax_steps.per_example_grads),
 ]
 

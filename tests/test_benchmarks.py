@@ -36,6 +36,31 @@ def test_separate_process_mode_times_every_framework():
     assert r["floor"]["median"] > 0 and r["ratio_floor"] > 0
 
 
+def test_an_eager_floor_is_warmed_up_as_the_nodegrad_workers_are(monkeypatch):
+    """A jit row's floor (nodegrad eager) runs in a worker warmed up as every nodegrad worker is
+    (numba imported where installed, so eager takes its numba loops as in W1-W8), not as a bare
+    NumPy floor's."""
+    from benchmarks import _harness as H
+
+    ready = []
+    monkeypatch.setattr(H, "_framework_ready", ready.append)
+
+    class Conn:  # the parent's end: one "ready" reply, then stop
+        def send(self, msg):
+            assert msg[0] != "error", msg
+
+        def recv(self):
+            return "stop"
+
+        def close(self):
+            pass
+
+    settings = H.Settings(reps=1, block_s=0.001, warm_s=0.001)
+    for wid, framework in (("J1", "floor"), ("W1", "floor"), ("J1", "nodegrad")):
+        H._worker("benchmarks", wid, framework, settings, Conn())
+    assert ready == ["nodegrad", "floor", "nodegrad"]
+
+
 def _jax_agrees(w) -> None:
     values = {}
     for name in ("nodegrad", "jax"):
