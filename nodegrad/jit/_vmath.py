@@ -9,6 +9,10 @@ cos correctly rounded for every |x| <= SINCOS_MAX (tests/test_jit_vmath.py sweep
 ``SOURCE`` is pasted into each kernel module that uses them, so the kernel cache key (a hash of
 the module's source) changes with it. sin and cos reduce exactly only for |x| <= SINCOS_MAX:
 a kernel flags other arguments (and NaN, inf) and is then rerun with the C library's functions.
+
+``_vtanh32`` is the exception: a tanh evaluated in float32 itself (twice the lanes of the float64
+ones), within 1.5 ulps like NumPy's own, for the GRU loop kernels (:mod:`.loops`), which take
+three tanh per hidden unit and step and would otherwise spend most of their time in them.
 """
 
 from __future__ import annotations
