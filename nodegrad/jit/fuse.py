@@ -858,19 +858,23 @@ def _load(src: str):
     return mod.kernel
 
 
+def traced_arg(prog, a: int):
+    """Slot ``a``'s value at trace time, to compile a kernel for: a constant, the traced array
+    (the same layout, so the same compilation as the replays'), else ones of its spec."""
+    if a in prog.consts:
+        return prog.consts[a]
+    v = getattr(prog, "values", {}).get(a)
+    if v is None:
+        s, dt = prog.meta[a]
+        v = prog.backend.xp.ones(s, dt)
+    return v
+
+
 def _warm(fn, prog, ins, results, layouts) -> None:
     """Compile (or load from disk) the kernel for the traced types now, at trace time."""
     xp = prog.backend.xp
     args = [_empty_laid_out(xp, prog.meta[s], layouts.get(s)) for s in results]
-    for a in ins:
-        if a in prog.consts:
-            args.append(prog.consts[a])
-        elif a in prog.values:  # the traced array: the same layout, so the same compilation
-            args.append(prog.values[a])
-        else:
-            s, dt = prog.meta[a]
-            args.append(xp.ones(s, dt))
-    fn(*args)
+    fn(*(args + [traced_arg(prog, a) for a in ins]))
 
 
 # --- CUDA: CuPy's ElementwiseKernel ---------------------------------------------------------

@@ -288,17 +288,6 @@ def _shape(prog, a: int):
     return spec
 
 
-def _traced(prog, a: int):
-    """Slot ``a``'s traced array (a replay's layout, so the replay's compilation)."""
-    if a in prog.consts:
-        return prog.consts[a]
-    v = getattr(prog, "values", {}).get(a)
-    if v is None:
-        shape, dtype = prog.meta[a]
-        v = B.np.zeros(shape, dtype)
-    return v
-
-
 def _size(prog, i) -> tuple | None:
     """(hidden size, directions) of a GRU loop instruction the kernels take, else None."""
     specs = [_shape(prog, a) for a in i.ins]
@@ -328,12 +317,12 @@ def compile_loops(prog, instrs: list) -> None:
     found = [(i, size) for i, size in found if size is not None]
     if not found:
         return
-    from .fuse import _get_numba
+    from .fuse import _get_numba, traced_arg
 
     if _get_numba() is None:
         return
     for i, (n_h, n_dir) in found:
         fn = _compiled(i, n_h, n_dir)
-        fn(*[_traced(prog, a) for a in i.ins])  # compiles (or loads) the kernel now
+        fn(*[traced_arg(prog, a) for a in i.ins])  # compiles (or loads) the kernel now
         i.fn = fn
     prog.stats["compiled_loops"] = len(found)
