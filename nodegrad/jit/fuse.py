@@ -321,7 +321,7 @@ def fuse(prog, instrs: list, everything: bool = False) -> list:
     # already (by a fused optimiser, another program): numba's import (~0.5-1 s in a fresh
     # process) outweighs a few µs a step in a short run
     alone = everything or _numba_loaded() or any(_worth(prog, g, alone=False) for g in groups)
-    if not alone and not prog.backend.device_id:  # what importing numba later would compile
+    if not alone and prog.backend.device_id is None:  # what importing numba later would compile
         waiting = sum(1 for g in groups if _worth(prog, g, alone=True))
         if waiting:
             prog.stats["kernels_waiting"] = waiting
@@ -338,7 +338,7 @@ def fuse(prog, instrs: list, everything: bool = False) -> list:
                 readers.setdefault(a, set()).add(-1 if g is None else id(g))
         if not _detach_sums(prog, groups, outs, readers, member_of):
             break
-    if not member_of or (not prog.backend.device_id and _get_numba() is None):
+    if not member_of or (prog.backend.device_id is None and _get_numba() is None):
         return instrs
     pos = {id(i): k for k, i in enumerate(instrs)}
     # a kernel runs where its last member ran: every input is ready there, and a sum it adds
@@ -881,7 +881,7 @@ def _warm(fn, prog, ins, results, layouts) -> None:
 def _cupy_kernel(g: Group, body, results, in_specs, out_specs, nscalars):
     """An ElementwiseKernel computing the group (CuPy broadcasts the operands itself)."""
     cupy = B._import_cupy()
-    t = "float" if g.dtype == B.float32 else "double"
+    t = g.dtype.name  # CuPy's parameter lists name NumPy dtypes ("float" would be float64)
     ins = [f"{'bool' if dt == B.bool_ else t} x{j}" for j, (_s, dt) in enumerate(in_specs)]
     ins += [f"{t} k{j}" for j in range(nscalars)] + [f"{t} c_zero", f"{t} c_one"]
     outs = [f"{'bool' if dt == B.bool_ else t} o{j}" for j, (_s, dt) in enumerate(out_specs)]
@@ -902,19 +902,20 @@ def _cupy_reduction(g: Group, body, summed, in_specs, out_spec, nscalars):
     """A ReductionKernel summing the group's member ``summed`` over ``g.axes`` in double
     precision: each element is computed by a device function and never written."""
     cupy = B._import_cupy()
-    t = "float" if g.dtype == B.float32 else "double"
-    types = [("bool" if dt == B.bool_ else t) for _s, dt in in_specs]
+    t, c = g.dtype.name, ("float" if g.dtype == B.float32 else "double")  # NumPy's name, C's
+    kinds = [dt == B.bool_ for _s, dt in in_specs] + [False] * (nscalars + 2)
+    types = ["bool" if k else t for k in kinds]  # the kernel's parameters: NumPy dtypes
+    ctypes = ["bool" if k else c for k in kinds]  # the device function's: C types
     names = [f"x{j}" for j in range(len(in_specs))] + [f"k{j}" for j in range(nscalars)] + [
         "c_zero", "c_one"]
-    types += [t] * (nscalars + 2)
     lines = [f"    auto {name} = {expr};" for name, expr in body]
     h = hashlib.sha1(("\n".join(lines) + summed + ",".join(types)).encode()).hexdigest()[:10]
     preamble = (f"__device__ double ng_map_{h}("
-                + ", ".join(f"{ty} {n}" for ty, n in zip(types, names)) + ") {\n"
+                + ", ".join(f"{ty} {n}" for ty, n in zip(ctypes, names)) + ") {\n"
                 + "\n".join(lines) + f"\n    return (double){summed};\n}}\n")
     k = cupy.ReductionKernel(
         ", ".join(f"{ty} {n}" for ty, n in zip(types, names)), f"{t} y",
-        f"ng_map_{h}({', '.join(names)})", "a + b", f"y = ({t})a", "0", "ng_sum_" + h,
+        f"ng_map_{h}({', '.join(names)})", "a + b", f"y = ({c})a", "0", "ng_sum_" + h,
         reduce_type="double", preamble=preamble)
     keepdims = len(out_spec[0]) == len(g.shape)
     axes = g.axes
