@@ -82,16 +82,19 @@ class Backend:
         """``out[index] += values`` with repeated indices counted once each (unbuffered)."""
         if self.device_id is None:
             np.add.at(out, index, values)
-        else:
+        elif not self._ufunc_at("add", out, index, values):
             import cupyx
 
             cupyx.scatter_add(out, index, values)
 
     def scatter_reduce(self, out, index, values, op: str) -> None:
         """``out[index] = op(out[index], values)`` for op "max", "min" or "multiply", repeated
-        indices each applied (unbuffered; CuPy has no product scatter: it runs on the host)."""
+        indices each applied (unbuffered; where CuPy has no product scatter, on the host)."""
+        name = {"max": "maximum", "min": "minimum"}.get(op, op)
         if self.device_id is None:
-            getattr(np, {"max": "maximum", "min": "minimum"}.get(op, op)).at(out, index, values)
+            getattr(np, name).at(out, index, values)
+        elif self._ufunc_at(name, out, index, values):
+            return
         elif op in ("max", "min"):
             import cupyx
 
@@ -102,11 +105,37 @@ class Backend:
                            values.get())
             out[...] = self.xp.asarray(host)
 
+    def _ufunc_at(self, ufunc: str, out, index, values) -> bool:
+        """CuPy's ``ufunc.at`` where this CuPy has it for ``ufunc`` (its ``cupyx.scatter_*``
+        functions are deprecated); False where it has not."""
+        try:
+            getattr(self.xp, ufunc).at(out, index, values)
+        except (AttributeError, NotImplementedError):
+            return False
+        return True
+
     def as_strided(self, a, shape, strides):
         """A read-only strided view of ``a`` (strides in bytes)."""
         if self.device_id is None:
             return np.lib.stride_tricks.as_strided(a, shape, strides, writeable=False)
         return self.xp.lib.stride_tricks.as_strided(a, shape, strides)
+
+    def accumulate(self, ufunc: str, x, axis: int):
+        """``xp.<ufunc>.accumulate(x, axis=axis)`` for maximum, minimum and logaddexp. CuPy has
+        no accumulate for these: there an inclusive scan by doubling, log2(n) rounds of the ufunc
+        on shifted views (maximum and minimum give the same values; logaddexp adds up in
+        another order, so its last bits may differ)."""
+        f = getattr(self.xp, ufunc)
+        if self.device_id is None:
+            return f.accumulate(x, axis=axis)
+        out = self.xp.array(x, copy=True)
+        n, lead = x.shape[axis], (slice(None),) * axis
+        k = 1
+        while k < n:  # out[i] = f(out[i], out[i - k]): each element then covers 2k inputs
+            tail = lead + (slice(k, None),)
+            out[tail] = f(out[tail], out[lead + (slice(0, n - k),)])
+            k *= 2
+        return out
 
     def erf(self, x):
         """The error function, elementwise."""
@@ -1140,7 +1169,11 @@ class NcclComm:
     def __init__(self, world_size: int, unique_id, rank: int):
         from cupy.cuda import nccl
         self._nccl = nccl
-        self.comm = nccl.NcclCommunicator(world_size, tuple(unique_id), rank)
+        try:  # CuPy up to 13 takes the id as a tuple of chars
+            self.comm = nccl.NcclCommunicator(world_size, tuple(unique_id), rank)
+        except TypeError:  # CuPy 14 as bytes
+            self.comm = nccl.NcclCommunicator(world_size, bytes(v % 256 for v in unique_id),
+                                              rank)
         self._ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
         self._types = {"float16": nccl.NCCL_FLOAT16, "float32": nccl.NCCL_FLOAT32,
                        "float64": nccl.NCCL_FLOAT64, "int32": nccl.NCCL_INT32,

@@ -72,6 +72,27 @@ def test_cuda_random_reproducible():
     np.testing.assert_array_equal(a, ng.randn(5, device="cuda").numpy())
 
 
+@pytest.mark.parametrize("ufunc", ["maximum", "minimum", "logaddexp"])
+def test_accumulate_by_doubling_matches_the_ufunc(ufunc):
+    """CuPy's path of ``Backend.accumulate`` (a scan by doubling), run here on NumPy arrays:
+    the same values as ``ufunc.accumulate`` along every axis, lengths 0 to 9, NaN carried."""
+    from nodegrad import _backend as B
+
+    doubling = B.Backend("cuda", np, 0)  # device_id set: the scan by doubling
+    rng = np.random.default_rng(5)
+    for n in range(10):
+        for shape, axis in (((n,), 0), ((3, n), 1), ((n, 2, 3), 0), ((2, n, 3), 1)):
+            x = rng.standard_normal(shape) * 3
+            if x.size > 4:
+                x.flat[3] = np.nan
+            want = getattr(np, ufunc).accumulate(x, axis=axis)
+            got = doubling.accumulate(ufunc, x, axis)
+            if ufunc == "logaddexp":
+                np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+            else:
+                np.testing.assert_array_equal(got, want)
+
+
 def test_small_products_run_on_one_blas_thread_and_restore_the_count():
     """A product under SMALL_PRODUCT multiply-adds switches OpenBLAS to one thread for itself
     only: the values are a @ b and the user's thread count stands afterwards."""

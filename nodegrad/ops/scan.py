@@ -90,12 +90,13 @@ _cumprod = _scan("cumprod", lambda xp, x, axis: xp.cumprod(x, axis=axis), _cumpr
 
 # --- cummax / cummin -------------------------------------------------------------------------
 def _cumarg_fwd(xp, x, axis, largest):
-    vals = (xp.maximum if largest else xp.minimum).accumulate(x, axis=axis)
+    be = B.backend_of(x)
+    vals = be.accumulate("maximum" if largest else "minimum", x, axis)
     hit = x == vals  # a new extreme or a tie: PyTorch keeps the latest index
     if x.dtype.kind == "f":
         hit = hit | xp.isnan(x)  # NaN propagates with its index
     ar = xp.arange(x.shape[axis]).reshape([-1 if d == axis else 1 for d in range(x.ndim)])
-    return xp.maximum.accumulate(xp.where(hit, ar, 0), axis=axis)
+    return be.accumulate("maximum", xp.where(hit, ar, 0), axis)
 
 
 _cumarg = _scan("cumarg", _cumarg_fwd, promote=False,
@@ -104,7 +105,7 @@ _cumarg = _scan("cumarg", _cumarg_fwd, promote=False,
 
 # --- logcumsumexp ----------------------------------------------------------------------------
 def _lcse_fwd(xp, x, axis):
-    return xp.logaddexp.accumulate(x, axis=axis)
+    return B.backend_of(x).accumulate("logaddexp", x, axis)
 
 
 def _log_parts(t, dtype):
