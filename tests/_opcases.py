@@ -367,7 +367,8 @@ ew("clip_tensor", ng.clip,  # torch's clamp does not broadcast x against the bou
 # identities: a copy, a cast, a device move, a transform's alias
 ew("copy", ng.copy, lambda x: x.clone(), "real")
 ew("alias", lambda x: P["alias"](x), lambda x: x.view_as(x), "real")
-ew("to_device", lambda x: P["to_device"](x, dst="cpu", src="cpu"), lambda x: x.clone(), "real")
+ew("to_device", lambda x: P["to_device"](x, dst=x.device, src=x.device), lambda x: x.clone(),
+   "real")
 _EXACT = {"eps": 1 / 16}  # grid values +- 1/16 are exact in float32: differences are exact
 ew("astype", lambda x: ng.astype(x, "float32"), lambda x: x.to(torch.float32), "grid",
    tol=_EXACT)
@@ -1464,9 +1465,11 @@ def _spread(m, n, descending=False):
 
 
 def _spread_like(a):
-    """_spread for a nodegrad or torch tensor, in its dtype."""
+    """_spread for a nodegrad or torch tensor, in its dtype, on its device."""
     d = _spread(*a.shape[-2:])
-    return d.astype(a.dtype) if isinstance(a, ng.Tensor) else torch.as_tensor(d, dtype=a.dtype)
+    if isinstance(a, ng.Tensor):
+        return ng.tensor(d.astype(a.dtype), device=a.device)
+    return torch.as_tensor(d, dtype=a.dtype)
 
 
 def _sym(t):

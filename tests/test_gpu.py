@@ -1,0 +1,226 @@
+"""The CUDA backend (CuPy) against the CPU one (NumPy) on the same drawn inputs: every case of the
+primitive matrix (forward values, output dtypes and the vector-Jacobian products of a random
+cotangent, float64 and float32; JVPs and batching rules, float64), every primitive without a
+gradient, and the zoo's training steps, eager and under the fused jit. The CPU side is checked
+against finite differences and PyTorch elsewhere; here the GPU must agree with it. Marked
+``gpu``: skipped without a device."""
+
+import numpy as np
+import pytest
+from _opcases import CASES, FORWARD, calls, drawn
+
+import nodegrad as ng
+from nodegrad import models
+from nodegrad.autodiff import run_backward
+
+pytestmark = pytest.mark.gpu
+
+DEV = "cuda"
+TOL = {np.float64: 1e-9, np.float32: 2e-4}  # relative to the array's largest magnitude
+MATRIX = [pytest.param(c, lay, id=f"{c.name}-{lay}") for c in CASES for lay in c.layouts]
+DTYPES = [pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="float32")]
+
+
+@pytest.fixture
+def on_device(monkeypatch):
+    """Tensors a case makes inside its function (targets, repeats) go to the device in test,
+    as its inputs do."""
+    real = ng.tensor
+    box = {"dev": "cpu"}
+
+    def tensor(data, *args, device=None, **kw):
+        return real(data, *args, device=device or box["dev"], **kw)
+
+    monkeypatch.setattr(ng, "tensor", tensor)
+    return box
+
+
+def _vjp(fn, args, device, box):
+    """Outputs of ``fn`` on ``device`` and the gradients of ⟨v, outputs⟩ (v drawn per output)."""
+    box["dev"] = device
+    ins = [ng.Tensor(ng.tensor(a, device=device).data, None, a.dtype.kind == "f") for a in args]
+    with ng.enable_grad():
+        out = fn(*ins)
+    outs = [o for o in (out if isinstance(out, tuple | list) else [out])
+            if isinstance(o, ng.Tensor)]
+    rng = np.random.default_rng(1)
+    cots = [rng.standard_normal(o.shape).astype(str(o.dtype)) if o.dtype.kind == "f" else None
+            for o in outs]
+    live = [(o, ng.tensor(c, device=device)) for o, c in zip(outs, cots)
+            if o.requires_grad and c is not None]
+    targets = [t for t in ins if t.requires_grad]
+    grads = (run_backward([o for o, _ in live], [c for _, c in live], targets=targets,
+                          accumulate=False) if live else [None] * len(targets))
+    box["dev"] = "cpu"
+    return outs, grads
+
+
+def _same(got, want, dtype, what):
+    """``got`` (from the device) equals ``want`` (CPU): exactly for integers and booleans, else
+    within the dtype's tolerance of the array's scale; NaN where NaN, infinities where they are."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} on {DEV}, {want.dtype} on cpu"
+    assert got.shape == want.shape, f"{what}: shape {got.shape} on {DEV}, {want.shape} on cpu"
+    if want.dtype.kind not in "fc":
+        np.testing.assert_array_equal(got, want, err_msg=what)
+        return
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{what}: NaN")
+    np.testing.assert_array_equal(got[~fin & ~np.isnan(want)], want[~fin & ~np.isnan(want)],
+                                  err_msg=f"{what}: infinities")
+    scale = float(np.abs(want[fin]).max()) if fin.any() else 1.0
+    tol = TOL[np.float32 if want.dtype == np.float32 else np.float64]
+    np.testing.assert_allclose(got[fin], want[fin], rtol=tol, atol=tol * max(scale, 1.0),
+                               err_msg=what)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("case", "layout"), MATRIX)
+@drawn(1)
+def test_primitive_on_the_device_matches_the_cpu(case, layout, dtype, on_device, data):
+    call = data.draw(calls(case, layout))
+    args = tuple(a.astype(dtype) if a.dtype.kind == "f" else a for a in call.args)
+    outs_c, grads_c = _vjp(call.fn, args, "cpu", on_device)
+    outs_d, grads_d = _vjp(call.fn, args, DEV, on_device)
+    assert len(outs_d) == len(outs_c)
+    for k, (d, c) in enumerate(zip(outs_d, outs_c)):
+        assert d.device.startswith(DEV), f"output {k} left the device: {d.device}"
+        _same(d.numpy(), c.numpy(), dtype, f"{case.name}: output {k}")
+    for k, (d, c) in enumerate(zip(grads_d, grads_c)):
+        assert (d is None) == (c is None), f"{case.name}: gradient {k} is None on one side only"
+        if d is not None:
+            assert d.device.startswith(DEV), f"gradient {k} left the device: {d.device}"
+            _same(d.numpy(), c.numpy(), dtype, f"{case.name}: gradient of input {k}")
+
+
+def _flat(out) -> list:
+    return [o for o in ng.tree_flatten(out)[0] if isinstance(o, ng.Tensor)]
+
+
+def _jvp(call, device, box):
+    """Outputs and output tangents of ``call`` at float64 inputs on ``device``."""
+    box["dev"] = device
+    arrs = [np.array(a) for a in call.args]
+    fl = [i for i, a in enumerate(arrs) if a.dtype.kind == "f"]
+    rng = np.random.default_rng(3)
+
+    def f(*xs):
+        full = [ng.tensor(a, device=device) for a in arrs]
+        for i, x in zip(fl, xs):
+            full[i] = x
+        return call.fn(*full)
+
+    xs = tuple(ng.tensor(arrs[i].astype(np.float64), device=device) for i in fl)
+    us = tuple(ng.tensor(rng.standard_normal(x.shape), device=device) for x in xs)
+    out, tout = ng.jvp(f, xs, us)
+    box["dev"] = "cpu"
+    return _flat(out) + _flat(tout)
+
+
+JVP_MATRIX = [p for p in MATRIX if p.values[1] in ("matrix", "noncontig")]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize(("case", "layout"), JVP_MATRIX)
+@drawn(1)
+def test_jvp_on_the_device_matches_the_cpu(case, layout, on_device, data):
+    """Forward mode: outputs and tangents, float64."""
+    call = data.draw(calls(case, layout))
+    if not any(np.asarray(a).dtype.kind == "f" for a in call.args):
+        return
+    want, got = _jvp(call, "cpu", on_device), _jvp(call, DEV, on_device)
+    assert len(got) == len(want)
+    for k, (d, c) in enumerate(zip(got, want)):
+        assert d.device.startswith(DEV)
+        _same(d.numpy(), c.numpy(), np.float64, f"{case.name}: jvp result {k}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize(("case", "layout"), JVP_MATRIX)
+@drawn(1)
+def test_vmap_on_the_device_matches_the_cpu(case, layout, on_device, data):
+    """Batching rules: ``vmap`` over three scaled copies of every argument (axis 0)."""
+    call = data.draw(calls(case, layout))
+    arrs = [np.array(a) for a in call.args]
+    stacked = [np.stack([a * (1 + 0.25 * b) if a.dtype.kind == "f" else a for b in range(3)])
+               .astype(a.dtype) for a in arrs]
+    res = []
+    for dev in ("cpu", DEV):
+        on_device["dev"] = dev
+        res.append(_flat(ng.vmap(call.fn)(*(ng.tensor(a, device=dev) for a in stacked))))
+    on_device["dev"] = "cpu"
+    want, got = res
+    assert len(got) == len(want)
+    for k, (d, c) in enumerate(zip(got, want)):
+        assert d.device.startswith(DEV)
+        _same(d.numpy(), c.numpy(), np.float64, f"{case.name}: vmap result {k}")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("f", [pytest.param(f, id=f.name) for f in FORWARD])
+@drawn(5)
+def test_primitive_without_gradient_on_the_device_matches_the_cpu(f, on_device, data):
+    args, params = f.build(data.draw)
+    res = []
+    for dev in ("cpu", DEV):
+        on_device["dev"] = dev
+        res.append(f.fn(*[ng.tensor(np.array(a), device=dev) for a in args], **params))
+    on_device["dev"] = "cpu"
+    c, d = res
+    assert d.device.startswith(DEV)
+    if f.rtol:
+        _same(d.numpy(), c.numpy(), np.float32, f.name)
+    else:  # rounding, comparisons, indices: the same bits
+        np.testing.assert_array_equal(d.numpy(), c.numpy(), err_msg=f.name)
+        assert d.dtype == c.dtype
+
+
+def _batch(spec, rng, n=16):
+    width = {"mnist1d": 40, "digits": 64}.get(spec.dataset, 1)
+    x = rng.standard_normal((n, width)).astype(np.float32)
+    y = (rng.integers(0, 10, n) if spec.task == "classification"
+         else rng.standard_normal((n, 1)).astype(np.float32))
+    return x, y
+
+
+def _train(name, device, jit=False, steps=5):
+    spec = models.REGISTRY[name]
+    lossf = (ng.nn.functional.cross_entropy if spec.task == "classification"
+             else ng.nn.functional.mse_loss)
+    model = models.create(name, seed=0).to(device)
+    opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = lossf(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = ng.jit(step, state=(model, opt), fuse=True) if jit else step
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(steps):
+        x, y = _batch(spec, rng)
+        losses.append(run(ng.tensor(x, device=device), ng.tensor(y, device=device)).numpy())
+    return np.array(losses), {k: v.numpy() for k, v in model.state_dict().items()}, model
+
+
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_zoo_model_trains_the_same_on_the_device(name):
+    lc, pc, _ = _train(name, "cpu")
+    ld, pd, model = _train(name, DEV)
+    assert all(p.device.startswith(DEV) for p in model.parameters())
+    _same(ld, lc, np.float32, f"{name}: losses")
+    for k in pc:
+        _same(pd[k], pc[k], np.float32, f"{name}: {k}")
+
+
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_zoo_model_trains_the_same_under_jit_on_the_device(name):
+    le, pe, _ = _train(name, DEV)
+    lj, pj, _ = _train(name, DEV, jit=True)
+    _same(lj, le, np.float32, f"{name}: losses")
+    for k in pe:
+        _same(pj[k], pe[k], np.float32, f"{name}: {k}")
