@@ -34,16 +34,8 @@ def _jit_train_step(model, opt, x, y):
 
 def mlp_jit(d: dict, lr: float = mlp.LR, optimizer: str = "SGD"):
     import nodegrad as ng
-    from nodegrad import nn
 
-    n = mlp._layers(d)
-    layers = []
-    for i in range(n):
-        w = d[f"w{i}"]
-        lin = nn.Linear(*w.shape)
-        lin.load_state_dict({"weight": ng.tensor(w.T.copy()), "bias": ng.tensor(d[f"b{i}"])})
-        layers += [lin, nn.ReLU()] if i < n - 1 else [lin]
-    model = nn.Sequential(*layers)
+    model = mlp.nodegrad_model(d)
     opt = getattr(ng.optim, optimizer)(model.parameters(), lr=lr)
     return _jit_train_step(model, opt, ng.tensor(d["x"]), ng.tensor(d["y"]))
 

@@ -31,11 +31,10 @@ def _layers(d: dict) -> int:
     return sum(1 for k in d if k.startswith("w"))
 
 
-def nodegrad_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
-    """The step as a nodegrad user writes it: nn.Sequential, F.cross_entropy, an optimiser."""
+def nodegrad_model(d: dict):
+    """The MLP of ``d``'s weights as an ``nn.Sequential`` of Linear and ReLU layers."""
     import nodegrad as ng
     from nodegrad import nn
-    from nodegrad.nn import functional as F
 
     n = _layers(d)
     layers = []
@@ -45,7 +44,31 @@ def nodegrad_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
         lin.load_state_dict({"weight": ng.tensor(np.ascontiguousarray(w.T)),
                              "bias": ng.tensor(d[f"b{i}"])})
         layers += [lin, nn.ReLU()] if i < n - 1 else [lin]
-    model = nn.Sequential(*layers)
+    return nn.Sequential(*layers)
+
+
+def torch_model(d: dict):
+    """The same MLP in PyTorch."""
+    import torch
+
+    n = _layers(d)
+    layers = []
+    for i in range(n):
+        w = d[f"w{i}"]
+        lin = torch.nn.Linear(*w.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            lin.bias.copy_(torch.from_numpy(d[f"b{i}"]))
+        layers += [lin, torch.nn.ReLU()] if i < n - 1 else [lin]
+    return torch.nn.Sequential(*layers)
+
+
+def nodegrad_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
+    """The step as a nodegrad user writes it: nn.Sequential, F.cross_entropy, an optimiser."""
+    import nodegrad as ng
+    from nodegrad.nn import functional as F
+
+    model = nodegrad_model(d)
     opt = getattr(ng.optim, optimizer)(model.parameters(), lr=lr)
     x, y = ng.tensor(d["x"]), ng.tensor(d["y"])
 
@@ -63,16 +86,7 @@ def torch_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
     import torch
     import torch.nn.functional as F
 
-    n = _layers(d)
-    layers = []
-    for i in range(n):
-        w = d[f"w{i}"]
-        lin = torch.nn.Linear(*w.shape)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            lin.bias.copy_(torch.from_numpy(d[f"b{i}"]))
-        layers += [lin, torch.nn.ReLU()] if i < n - 1 else [lin]
-    model = torch.nn.Sequential(*layers)
+    model = torch_model(d)
     opt = getattr(torch.optim, optimizer)(model.parameters(), lr=lr)
     x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
 
