@@ -1,0 +1,177 @@
+"""The training practice on a CUDA GPU, as a user meets it: checkpoints, ``train.fit`` with its
+callbacks, schedules and resume, evaluation, diagnostics, pruning, transfer, ONNX export and
+region counts, each on the device against the same run on the CPU. Marked ``gpu``: skipped
+without CuPy and a device."""
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+from nodegrad import diagnostics as D
+from nodegrad import nn, prune, train
+from nodegrad.data import ArrayDataset, DataLoader
+
+pytestmark = pytest.mark.gpu
+
+DEV = "cuda"
+RTOL = 2e-4  # float32, relative to each array's largest magnitude
+
+
+def _close(got, want, what=""):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    scale = max(float(np.abs(want).max()) if want.size else 0.0, 1.0)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale, err_msg=what)
+
+
+def _host(a) -> np.ndarray:
+    """A tensor's or array's values as a NumPy array."""
+    if isinstance(a, ng.Tensor):
+        return a.numpy()
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 12)).astype(np.float32)
+    y = (x[:, :3].sum(1) > 0).astype(np.int64) + 2 * (x[:, 3] > 0.5)
+    return x, y
+
+
+def _model(seed=0):
+    ng.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 4))
+
+
+def _state(model):
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def _fit(device, tmp_path, epochs=3, resume=False, name="run"):
+    x, y = _data()
+    model = _model().to(device)
+    opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+    sched = ng.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=18)
+    loader = DataLoader(ArrayDataset(x, y), 16, shuffle=True, seed=1, device=device)
+    val = DataLoader(ArrayDataset(*_data(32, 1)), 32, device=device)
+    hist = train.fit(model, ng.nn.functional.cross_entropy, opt, loader, val, epochs=epochs,
+                     scheduler=sched, callbacks=[train.GradientClipping(max_norm=1.0)],
+                     run_dir=tmp_path / name, resume=resume, progress=False)
+    return model, hist
+
+
+def test_fit_with_schedule_clipping_and_checkpoints_matches_the_cpu(tmp_path):
+    mc, hc = _fit("cpu", tmp_path / "cpu")
+    md, hd = _fit(DEV, tmp_path / "dev")
+    assert all(p.device.startswith(DEV) for p in md.parameters())
+    for k, v in _state(mc).items():
+        _close(_state(md)[k], v, k)
+    for key in ("loss", "val_loss", "val_accuracy"):
+        _close(np.array(hd[key]), np.array(hc[key]), key)
+
+
+def test_resume_on_the_device_is_bit_identical(tmp_path):
+    full, _ = _fit(DEV, tmp_path, epochs=3, name="full")
+    _fit(DEV, tmp_path, epochs=2, name="cut")
+    resumed, _ = _fit(DEV, tmp_path, epochs=3, resume=True, name="cut")
+    for k, v in _state(full).items():
+        np.testing.assert_array_equal(_state(resumed)[k], v, err_msg=k)
+
+
+def test_checkpoint_round_trip_from_the_device(tmp_path):
+    model = _model().to(DEV)
+    ng.io.save(model.state_dict(), tmp_path / "m.safetensors")
+    on_dev = ng.io.load(tmp_path / "m.safetensors", device=DEV)
+    on_cpu = ng.io.load(tmp_path / "m.safetensors")
+    for k, v in model.state_dict().items():
+        assert on_dev[k].device.startswith(DEV) and on_cpu[k].device == "cpu"
+        np.testing.assert_array_equal(on_dev[k].numpy(), v.numpy())
+        np.testing.assert_array_equal(on_cpu[k].numpy(), v.numpy())
+
+
+def test_evaluate_and_predict_on_the_device():
+    x, y = _data()
+    mc, md = _model(), _model().to(DEV)
+    want = train.evaluate(mc, DataLoader(ArrayDataset(x, y), 32),
+                          ng.nn.functional.cross_entropy)
+    got = train.evaluate(md, DataLoader(ArrayDataset(x, y), 32, device=DEV),
+                         ng.nn.functional.cross_entropy)
+    assert got["accuracy"] == want["accuracy"]
+    _close(got["loss"], want["loss"])
+    pd = train.predict(md, ng.tensor(x, device=DEV))
+    assert isinstance(pd, np.ndarray)
+    _close(pd, train.predict(mc, ng.tensor(x)))
+
+
+def _same_report(got, want, where):
+    """Two JSON-able reports: the same keys and strings, floats within RTOL (histogram counts
+    may move by an element whose value sits on a bin edge)."""
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), where
+        for k in want:
+            if k != "hist":
+                _same_report(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _same_report(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        _close(np.float64(got), np.float64(want), where)
+    else:
+        assert got == want, where
+
+
+def test_diagnostics_on_the_device_match_the_cpu():
+    x, y = _data(32)
+    loss = ng.nn.functional.cross_entropy
+    rc = D.layer_stats(_model(), ng.tensor(x), ng.tensor(y), loss)
+    rd = D.layer_stats(_model().to(DEV), ng.tensor(x, device=DEV), ng.tensor(y, device=DEV),
+                       loss)
+    _same_report(rd.to_dict(), rc.to_dict(), "layer_stats")
+    ec = D.model_hessian_eigenvalues(_model(), loss, ng.tensor(x), ng.tensor(y), k=2)
+    ed = D.model_hessian_eigenvalues(_model().to(DEV), loss, ng.tensor(x, device=DEV),
+                                     ng.tensor(y, device=DEV), k=2)
+    np.testing.assert_allclose(ed, ec, rtol=1e-3)
+    checks = D.check_gradients(_model().to(DEV), loss, ng.tensor(x, device=DEV),
+                               ng.tensor(y, device=DEV), max_per_param=5)
+    assert checks and all(c["max_rel_error"] < 1e-4 for c in checks)
+
+
+def test_pruning_masks_on_the_device_match_the_cpu():
+    mc, md = _model(), _model().to(DEV)
+    for m in (mc, md):
+        prune.global_magnitude(prune.prunable_weights(m), 0.5)
+    masks_c, masks_d = prune.get_masks(mc), prune.get_masks(md)
+    assert masks_c.keys() == masks_d.keys()
+    for k in masks_c:
+        np.testing.assert_array_equal(_host(masks_d[k]), _host(masks_c[k]), err_msg=k)
+    x = ng.tensor(_data(8)[0])
+    _close(md(x.to(DEV)).numpy(), mc(x).numpy())
+
+
+def test_replace_head_stays_on_the_device():
+    model = _model().to(DEV)
+    head = train.replace_head(model, 5, seed=0)
+    assert all(p.device.startswith(DEV) for p in head.parameters())
+    assert model(ng.tensor(_data(4)[0], device=DEV)).shape == (4, 5)
+
+
+def test_onnx_export_of_a_device_model(tmp_path):
+    pytest.importorskip("onnx")
+    x = _data(8)[0]
+    model = _model().to(DEV)
+    ng.onnx.export(model, ng.tensor(x, device=DEV), tmp_path / "m.onnx")
+    back = ng.onnx.load(tmp_path / "m.onnx")
+    _close(back(ng.tensor(x)).numpy(), _model()(ng.tensor(x)).numpy())
+
+
+def test_region_count_on_the_device():
+    ng.manual_seed(0)
+    mc = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+    md = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+    md.load_state_dict(mc.state_dict())
+    md.to(DEV)
+    a, b = [-3.0, -2.0], [3.0, 2.5]
+    assert (D.regions.count_regions_line(md, a, b, n=2000)
+            == D.regions.count_regions_line(mc, a, b, n=2000))
