@@ -47,11 +47,26 @@ def _on(t, device):
     return t if t is None or t.device == device else t.to(device)
 
 
-def _generator_state(device):
+def _same_draws(device, seed: int):
+    """``(reset, done)``: ``reset()`` before each loss evaluation makes it draw the same random
+    numbers (dropout's masks). On the CPU it puts the default generator's state back; a device's
+    generator cannot export its state, so there it swaps in a private stream from ``seed``,
+    and ``done()`` puts the user's stream back."""
     from ..random import default_generator
 
     gen = default_generator(device)
-    return gen, gen.get_state()
+    if gen.backend.device_id is None:
+        state = gen.get_state()
+        return (lambda: gen.set_state(state)), (lambda: None)
+    own = gen.rng
+
+    def reset() -> None:
+        gen.rng = gen.backend.generator(seed)
+
+    def done() -> None:
+        gen.rng = own
+
+    return reset, done
 
 
 def check_model_and_loss(op: str, model, loss_fn) -> None:
@@ -94,65 +109,69 @@ def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
         raise ValueError(f"{op}: {type(model).__name__} has no trainable parameters")
     device = named[0][1].device
     x64, y64 = (_on(_as_float64(a, op, what), device) for a, what in ((x, "x"), (y, "y")))
-    gen, state = _generator_state(device)
+    reset, done = _same_draws(device, seed)
+    try:
 
-    def loss() -> Tensor:
-        gen.set_state(state)
-        out = loss_fn(m(x64), y64)
-        if not isinstance(out, Tensor) or out.numel() != 1:
-            what = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"{op}: loss_fn must return a scalar tensor, got {what}")
-        return out
+        def loss() -> Tensor:
+            reset()
+            out = loss_fn(m(x64), y64)
+            if not isinstance(out, Tensor) or out.numel() != 1:
+                what = (f"shape {tuple(out.shape)}" if isinstance(out, Tensor)
+                        else type(out).__name__)
+                raise ValueError(f"{op}: loss_fn must return a scalar tensor, got {what}")
+            return out
 
-    with enable_grad():
-        out = loss()
-        if not out.requires_grad:
-            raise ValueError(f"{op}: the loss does not depend on any trainable parameter")
-        grads = run_backward([out], [out.ones_like().reshape(out.shape)],
-                             targets=[p for _, p in named], accumulate=False, allow_unused=True)
+        with enable_grad():
+            out = loss()
+            if not out.requires_grad:
+                raise ValueError(f"{op}: the loss does not depend on any trainable parameter")
+            grads = run_backward([out], [out.ones_like().reshape(out.shape)],
+                                 targets=[p for _, p in named], accumulate=False, allow_unused=True)
 
-    base = float(out.item())  # the generator is reset per call: what loss() gives unperturbed
-    if not np.isfinite(base):
-        raise ValueError(f"{op}: the loss is not finite ({base}); cannot compare gradients")
-    analytics = [np.zeros(p.shape) if g is None else g.numpy().astype(np.float64)
-                 for (_, p), g in zip(named, grads)]
-    g_max = max(float(np.abs(a).max()) if a.size else 0.0 for a in analytics)
-    small = floor * g_max
-    rng = np.random.default_rng(seed)
-    rows = []
-    with no_grad():
-        for (name, p), analytic in zip(named, analytics):
-            n = p.numel()
-            if max_per_param is None or n <= max_per_param:
-                idx = np.arange(n)
-            else:
-                idx = np.sort(rng.choice(n, size=max_per_param, replace=False))
-            if not p.data.flags.c_contiguous:
-                p.data = p.data.copy()
-            flat = p.data.reshape(-1)  # a view of the parameter's own array
-            worst = (-1.0, 0, 0.0, 0.0, 0.0)
-            for j in idx:
-                orig = flat[j].item()
-                flat[j] = orig + eps
-                hi = float(loss().item())
-                flat[j] = orig - eps
-                lo = float(loss().item())
-                flat[j] = orig
-                num = (hi - lo) / (2 * eps)
-                a = float(analytic.reshape(-1)[j])
-                err = abs(a - num)
-                denom = max(abs(a), abs(num), small)
-                rel = err / denom if denom > 0 else (0.0 if err == 0 else float("inf"))
-                if not np.isfinite(rel):
-                    rel = float("inf")
-                if rel > worst[0]:
-                    worst = (rel, int(j), a, num, err)
-            rel, j, a, num, err = worst
-            rows.append({"name": name, "shape": tuple(p.shape), "checked": int(len(idx)),
-                         "max_rel_error": max(rel, 0.0), "max_abs_error": err,
-                         "index": tuple(int(i) for i in np.unravel_index(j, p.shape))
-                         if p.shape else (), "analytic": a, "numeric": num,
-                         "max_abs_grad": float(np.abs(analytic).max()) if n else 0.0})
+        base = float(out.item())  # the generator is reset per call: what loss() gives unperturbed
+        if not np.isfinite(base):
+            raise ValueError(f"{op}: the loss is not finite ({base}); cannot compare gradients")
+        analytics = [np.zeros(p.shape) if g is None else g.numpy().astype(np.float64)
+                     for (_, p), g in zip(named, grads)]
+        g_max = max(float(np.abs(a).max()) if a.size else 0.0 for a in analytics)
+        small = floor * g_max
+        rng = np.random.default_rng(seed)
+        rows = []
+        with no_grad():
+            for (name, p), analytic in zip(named, analytics):
+                n = p.numel()
+                if max_per_param is None or n <= max_per_param:
+                    idx = np.arange(n)
+                else:
+                    idx = np.sort(rng.choice(n, size=max_per_param, replace=False))
+                if not p.data.flags.c_contiguous:
+                    p.data = p.data.copy()
+                flat = p.data.reshape(-1)  # a view of the parameter's own array
+                worst = (-1.0, 0, 0.0, 0.0, 0.0)
+                for j in idx:
+                    orig = flat[j].item()
+                    flat[j] = orig + eps
+                    hi = float(loss().item())
+                    flat[j] = orig - eps
+                    lo = float(loss().item())
+                    flat[j] = orig
+                    num = (hi - lo) / (2 * eps)
+                    a = float(analytic.reshape(-1)[j])
+                    err = abs(a - num)
+                    denom = max(abs(a), abs(num), small)
+                    rel = err / denom if denom > 0 else (0.0 if err == 0 else float("inf"))
+                    if not np.isfinite(rel):
+                        rel = float("inf")
+                    if rel > worst[0]:
+                        worst = (rel, int(j), a, num, err)
+                rel, j, a, num, err = worst
+                rows.append({"name": name, "shape": tuple(p.shape), "checked": int(len(idx)),
+                             "max_rel_error": max(rel, 0.0), "max_abs_error": err,
+                             "index": tuple(int(i) for i in np.unravel_index(j, p.shape))
+                             if p.shape else (), "analytic": a, "numeric": num,
+                             "max_abs_grad": float(np.abs(analytic).max()) if n else 0.0})
+    finally:
+        done()
     return rows
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from .. import _backend as B
 from ..autodiff import no_grad
 from ..nn import Module
+from ..nn.module import module_device
 from ..nn.layers.activation import LeakyReLU, PReLU, ReLU
 from ..tensor import Tensor, tensor
 
@@ -49,7 +50,8 @@ def activation_patterns(model: Module, x: Any) -> Any:
         for m in units]
     try:
         with no_grad():
-            model(x if isinstance(x, Tensor) else tensor(np.asarray(x, dtype=np.float32)))
+            model(x if isinstance(x, Tensor) else tensor(np.asarray(x, dtype=np.float32),
+                                                         device=module_device(model)))
     finally:
         for h in handles:
             h.remove()

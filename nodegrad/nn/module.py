@@ -384,6 +384,16 @@ def _swap(module: Module, tensors: dict) -> list:
     return undo
 
 
+def module_device(module: Module) -> str:
+    """The device of ``module``'s first parameter (or buffer); "cpu" for a module of neither.
+    Where a function makes the inputs it runs ``module`` on, it makes them there."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return "cpu"
+
+
 def functional_call(module: Module, params: dict, *args, **kwargs):
     """Call ``module`` with ``params`` (dotted name -> tensor) in place of its own tensors."""
     undo = _swap(module, dict(params))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .. import _backend as B
 from ..data import DataLoader, Subset
 from ..nn import Module
+from ..nn.module import module_device
 from ..random import manual_seed
 from .loop import History, fit, predict
 from .metrics import accuracy
@@ -46,7 +47,8 @@ def train_ensemble(build: Callable[[], Module], make_optimizer: Callable, loss_f
                    batch_size: int = 32, epochs: int = 10, val_loader: Iterable | None = None,
                    **fit_kwargs) -> Ensemble:
     """Train ``k`` members: member i is built and shuffled with seed ``seed + i`` and, with
-    ``bootstrap``, trained on a sample of ``len(dataset)`` drawn with replacement."""
+    ``bootstrap``, trained on a sample of ``len(dataset)`` drawn with replacement. Batches go to
+    the device ``build`` put the member on."""
     members, histories = [], []
     for i in range(k):
         manual_seed(seed + i)
@@ -55,7 +57,8 @@ def train_ensemble(build: Callable[[], Module], make_optimizer: Callable, loss_f
         if bootstrap:
             rng = np.random.default_rng(seed + i)
             data = Subset(dataset, rng.integers(0, len(dataset), len(dataset)))
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, seed=seed + i)
+        loader = DataLoader(data, batch_size=batch_size, shuffle=True, seed=seed + i,
+                            device=module_device(model))
         histories.append(fit(model, loss_fn, make_optimizer(model), loader, val_loader,
                              epochs=epochs, **fit_kwargs))
         members.append(model)

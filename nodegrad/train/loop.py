@@ -21,6 +21,7 @@ from ..data import ArrayDataset, DataLoader
 from ..io import CheckpointError, remove_stale_temps
 from ..jit import jit as _jit
 from ..nn import Module
+from ..nn.module import module_device
 from ..optim import Optimizer
 from ..optim.lr_scheduler import LRScheduler
 from ..random import default_generator
@@ -105,9 +106,11 @@ def evaluate(model: Module, loader: Iterable, loss_fn: Callable | None = None,
 
 
 def predict(model: Module, data, batch_size: int = 512) -> np.ndarray:
-    """The model's outputs on ``data`` (a loader, a Tensor or an array) as one host array."""
+    """The model's outputs on ``data`` (a loader, a Tensor or an array) as one host array;
+    a tensor's or an array's batches go to the model's device."""
     if isinstance(data, Tensor | np.ndarray) or B.is_array(data):
-        data = DataLoader(ArrayDataset(_host(data)), batch_size=batch_size)
+        data = DataLoader(ArrayDataset(_host(data)), batch_size=batch_size,
+                          device=module_device(model))
     was = model.training
     model.eval()
     outs = []
