@@ -3,17 +3,18 @@ primitive matrix (forward values, output dtypes and the vector-Jacobian products
 cotangent, float64 and float32; JVPs and batching rules, float64), every primitive without a
 gradient, and the zoo's training steps, eager and under the fused jit. The CPU side is checked
 against finite differences and PyTorch elsewhere; here the GPU must agree with it. Marked
-``gpu``: skipped without a device."""
+``gpu``: skipped without a device. The value and VJP matrix (one layout, float64), the
+primitives without gradients and the zoo's eager steps also run everywhere on ``_fakecupy``'s
+stand-in device, which catches arrays left on the host."""
 
 import numpy as np
 import pytest
 from _opcases import CASES, FORWARD, calls, drawn
 
+import _fakecupy
 import nodegrad as ng
 from nodegrad import models
 from nodegrad.autodiff import run_backward
-
-pytestmark = pytest.mark.gpu
 
 DEV = "cuda"
 TOL = {np.float64: 1e-9, np.float32: 2e-4}  # relative to the array's largest magnitude
@@ -74,6 +75,7 @@ def _same(got, want, dtype, what):
                                err_msg=what)
 
 
+@pytest.mark.gpu
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("case", "layout"), MATRIX)
@@ -121,6 +123,7 @@ def _jvp(call, device, box):
 JVP_MATRIX = [p for p in MATRIX if p.values[1] in ("matrix", "noncontig")]
 
 
+@pytest.mark.gpu
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize(("case", "layout"), JVP_MATRIX)
 @drawn(1)
@@ -136,6 +139,7 @@ def test_jvp_on_the_device_matches_the_cpu(case, layout, on_device, data):
         _same(d.numpy(), c.numpy(), np.float64, f"{case.name}: jvp result {k}")
 
 
+@pytest.mark.gpu
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize(("case", "layout"), JVP_MATRIX)
 @drawn(1)
@@ -157,6 +161,7 @@ def test_vmap_on_the_device_matches_the_cpu(case, layout, on_device, data):
         _same(d.numpy(), c.numpy(), np.float64, f"{case.name}: vmap result {k}")
 
 
+@pytest.mark.gpu
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("f", [pytest.param(f, id=f.name) for f in FORWARD])
 @drawn(5)
@@ -207,6 +212,7 @@ def _train(name, device, jit=False, steps=5):
     return np.array(losses), {k: v.numpy() for k, v in model.state_dict().items()}, model
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", list(models.REGISTRY))
 def test_zoo_model_trains_the_same_on_the_device(name):
     lc, pc, _ = _train(name, "cpu")
@@ -217,6 +223,7 @@ def test_zoo_model_trains_the_same_on_the_device(name):
         _same(pd[k], pc[k], np.float32, f"{name}: {k}")
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", list(models.REGISTRY))
 def test_zoo_model_trains_the_same_under_jit_on_the_device(name):
     le, pe, _ = _train(name, DEV)
@@ -224,3 +231,31 @@ def test_zoo_model_trains_the_same_under_jit_on_the_device(name):
     _same(lj, le, np.float32, f"{name}: losses")
     for k in pe:
         _same(pj[k], pe[k], np.float32, f"{name}: {k}")
+
+
+# --- the same checks on the stand-in device (every run, CI included) ---------------------------
+@pytest.fixture
+def fake():
+    with _fakecupy.installed():
+        yield
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize(("case", "layout"), [p for p in MATRIX if p.values[1] == "matrix"])
+@drawn(1)
+def test_primitive_on_the_stand_in_device(case, layout, fake, on_device, data):
+    test_primitive_on_the_device_matches_the_cpu.__wrapped__(case, layout, np.float64,
+                                                             on_device, data=data)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("f", [pytest.param(f, id=f.name) for f in FORWARD])
+@drawn(2)
+def test_primitive_without_gradient_on_the_stand_in_device(f, fake, on_device, data):
+    test_primitive_without_gradient_on_the_device_matches_the_cpu.__wrapped__(
+        f, on_device, data=data)
+
+
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_zoo_model_trains_on_the_stand_in_device(name, fake):
+    test_zoo_model_trains_the_same_on_the_device(name)
