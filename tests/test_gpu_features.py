@@ -88,6 +88,24 @@ def test_resume_on_the_device_is_bit_identical(dev, tmp_path):
         np.testing.assert_array_equal(_state(resumed)[k], v, err_msg=k)
 
 
+def test_resume_with_dropout_on_the_device_warns(dev, tmp_path):
+    """A device generator's state is not in the checkpoint: resuming a model with dropout
+    there says that its masks will differ (without dropout the resume is bit-identical)."""
+    x, y = _data()
+
+    def run(epochs, resume):
+        ng.manual_seed(0)
+        model = nn.Sequential(nn.Linear(12, 16), nn.Dropout(0.2), nn.Linear(16, 4)).to(dev)
+        opt = ng.optim.SGD(model.parameters(), lr=0.1)
+        loader = DataLoader(ArrayDataset(x, y), 32, shuffle=True, seed=1, device=dev)
+        train.fit(model, ng.nn.functional.cross_entropy, opt, loader, epochs=epochs,
+                  run_dir=tmp_path / "r", resume=resume, progress=False)
+
+    run(1, False)
+    with pytest.warns(RuntimeWarning, match="dropout masks from here on differ"):
+        run(2, True)
+
+
 def test_checkpoint_round_trip_from_the_device(dev, tmp_path):
     model = _model().to(dev)
     ng.io.save(model.state_dict(), tmp_path / "m.safetensors")

@@ -272,6 +272,13 @@ class Trainer:
         self.history = History(list(h["epochs"]), steps, h.get("stop_reason"))
         self.resumed_from = {"epoch": self.epoch + 1, "step": self.step, "batch": self.batch,
                              "wall_time": self._wall_before}
+        device = module_device(self.model)
+        if device != "cpu" and any(getattr(m, "p", 0) for m in self.model.modules()
+                                   if "Dropout" in type(m).__name__):
+            warnings.warn(f"resuming {self.run_dir} on {device}: a device's random generator "
+                          "cannot save its state, so the dropout masks from here on differ "
+                          "from an uninterrupted run's (on the CPU they are the same)",
+                          RuntimeWarning, stacklevel=2)
         if diff := C.threads_differ(s.get("threads", {}), self.threads):
             what = ", ".join(f"{k} {a} then, {b} now" for k, (a, b) in sorted(diff.items()))
             warnings.warn(f"resuming {self.run_dir} with other BLAS thread counts ({what}): the "
