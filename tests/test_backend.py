@@ -72,6 +72,7 @@ def test_cuda_random_reproducible():
     np.testing.assert_array_equal(a, ng.randn(5, device="cuda").numpy())
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN in, NaN out
 @pytest.mark.parametrize("ufunc", ["maximum", "minimum", "logaddexp"])
 def test_accumulate_by_doubling_matches_the_ufunc(ufunc):
     """CuPy's path of ``Backend.accumulate`` (a scan by doubling), run here on NumPy arrays:
