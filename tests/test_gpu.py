@@ -266,3 +266,10 @@ def test_primitive_without_gradient_on_the_stand_in_device(f, fake, on_device, d
 @pytest.mark.parametrize("name", list(models.REGISTRY))
 def test_zoo_model_trains_on_the_stand_in_device(name, fake):
     test_zoo_model_trains_the_same_on_the_device(name)
+
+
+@pytest.mark.filterwarnings("ignore:nodegrad.jit. fusion failed:RuntimeWarning")
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_zoo_model_trains_under_jit_on_the_stand_in_device(name, fake):
+    """The jit's replay on a device (its kernels cannot compile there: it replays unfused)."""
+    test_zoo_model_trains_the_same_under_jit_on_the_device(name)
