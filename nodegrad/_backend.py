@@ -853,6 +853,60 @@ def ce_narrow_grad(e, s, t, scale):
     return e.T
 
 
+# --- CUDA: the (N, C) softmax cross-entropy in a few kernels -------------------------------------
+_CE_CUDA: list = []
+
+
+def _ce_cuda_kernels():
+    """(sumexp, rows, grad): the CuPy kernels of :func:`ce_rows_cuda` and
+    :func:`ce_rows_grad_cuda`, built once. ``rows`` reads each row's target logit from the raw
+    (C-ordered) logits; an ignored row (``t == ignore``) counts for nothing."""
+    if not _CE_CUDA:
+        cupy = _import_cupy()
+        sumexp = cupy.ReductionKernel("T x, T m", "T s", "exp(x - m)", "a + b", "s = a", "0",
+                                      "ng_ce_sumexp")
+        rows = cupy.ElementwiseKernel(
+            "raw T x, T m, T s, I t, int64 c, int64 ignore", "T loss, T kept",
+            "bool k = t != ignore; kept = k ? (T)1 : (T)0; "
+            "loss = k ? (T)(log(s) + m - x[i * c + t]) : (T)0", "ng_ce_rows")
+        grad = cupy.ElementwiseKernel(
+            "T x, T m, T s, I t, T w, int64 c, int64 ignore", "T g",
+            "g = t == ignore ? (T)0 : (T)((exp(x - m) / s - (T)(i % c == t)) * w)",
+            "ng_ce_grad")
+        _CE_CUDA.append((sumexp, rows, grad))
+    return _CE_CUDA[0]
+
+
+def ce_rows_cuda(x, t, ignore_index: int | None, mean: bool):
+    """Softmax cross-entropy of CuPy logits ``x`` (N, C) against class indices ``t`` (N,)
+    (checked: each a class or ``ignore_index``, which is negative), summed or averaged over the
+    kept rows (NaN for the mean of none, as PyTorch): six kernel calls where the general path
+    makes a dozen and waits for the device twice."""
+    sumexp, rows, _ = _ce_cuda_kernels()
+    if not x.flags.c_contiguous:
+        x = x.copy()
+    m = x.max(axis=1, keepdims=True)
+    s = sumexp(x, m, axis=1, keepdims=True)
+    ignore = -1 if ignore_index is None else int(ignore_index)
+    loss, kept = rows(x, m[:, 0], s[:, 0], t, x.shape[1], ignore)
+    total = loss.sum()
+    return total / kept.sum() if mean else total
+
+
+def ce_rows_grad_cuda(x, g, t, ignore_index: int | None, mean: bool):
+    """The gradient of :func:`ce_rows_cuda` with respect to ``x`` for the cotangent ``g``
+    (a 0-d array): softmax minus the one-hot target, times g (over the kept count for a
+    mean); zero rows for ignored targets. Six kernel calls where the general path makes 15."""
+    sumexp, _, grad = _ce_cuda_kernels()
+    m = x.max(axis=1, keepdims=True)
+    s = sumexp(x, m, axis=1, keepdims=True)
+    ignore = -1 if ignore_index is None else int(ignore_index)
+    w = g.astype(x.dtype, copy=False)
+    if mean:
+        w = w / (t != ignore).sum(dtype=x.dtype)
+    return grad(x, m, s, t[:, None], w, x.shape[1], ignore)
+
+
 def int64_indices(t: np.ndarray) -> np.ndarray:
     """Integer class indices as int64 (itself when they are): the loops compile once, not per
     integer type, and index arithmetic cannot overflow a narrow type; an unsigned index beyond

@@ -333,6 +333,27 @@ def _cupyx() -> dict:
     return {"cupyx": cupyx, "cupyx.scipy": scipy_, "cupyx.scipy.special": special}
 
 
+def _ce_kernels():
+    """NumPy forms of ``_backend._ce_cuda_kernels``' three CUDA kernels, with their arguments
+    and results (the CUDA sources themselves run only on a GPU)."""
+    def sumexp(x, m, axis, keepdims):
+        return _wrap(np.exp(x._a - m._a).sum(axis=axis, keepdims=keepdims))
+
+    def rows(x, m, s, t, c, ignore):
+        x, m, s, t = (_unwrap(v) for v in (x, m, s, t))
+        k = t != ignore
+        picked = x.reshape(-1)[np.arange(len(t)) * c + np.where(k, t, 0)]
+        loss = np.where(k, np.log(s) + m - picked, 0).astype(x.dtype)
+        return _wrap(loss), _wrap(k.astype(x.dtype))
+
+    def grad(x, m, s, t, w, c, ignore):
+        x, m, s, t, w = (_unwrap(v) for v in (x, m, s, t, w))
+        g = (np.exp(x - m) / s - (np.arange(c) == t)) * w
+        return _wrap(np.where(t == ignore, 0, g).astype(x.dtype))
+
+    return sumexp, rows, grad
+
+
 @contextlib.contextmanager
 def installed():
     """nodegrad with the fake device as its one CUDA device (and CuPy's state restored)."""
@@ -344,10 +365,13 @@ def installed():
     # the optimisers' CUDA kernels cannot run here: their NumPy-style update instead
     fused.available = lambda backend, dtype: backend.device_id is None and saved[3](backend,
                                                                                     dtype)
+    ce = B._ce_cuda_kernels
+    B._ce_cuda_kernels = _ce_kernels
     try:
         yield
     finally:
         fused.available = saved[3]
+        B._ce_cuda_kernels = ce
         B._cupy = saved[0]
         B._cuda.clear()
         B._cuda.update(saved[1])

@@ -273,3 +273,37 @@ def test_zoo_model_trains_on_the_stand_in_device(name, fake):
 def test_zoo_model_trains_under_jit_on_the_stand_in_device(name, fake):
     """The jit's replay on a device (its kernels cannot compile there: it replays unfused)."""
     test_zoo_model_trains_the_same_under_jit_on_the_device(name)
+
+
+@pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu), "stand-in"])
+def either(request):
+    """The GPU, or the stand-in device (every run)."""
+    if request.param == "gpu":
+        yield
+    else:
+        with _fakecupy.installed():
+            yield
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignored", [0, 3, 7])
+def test_cross_entropy_rows_on_the_device(dtype, reduction, ignored, either):
+    """The device's few-kernel cross-entropy (B.ce_rows_cuda) against the CPU: values and the
+    logits' gradient, with none, some and all (NaN for a mean) of the targets ignored."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((7, 5)) * 3).astype(dtype)
+    t = rng.integers(0, 5, 7)
+    t[:ignored] = -100
+    res = []
+    for dev in ("cpu", DEV):
+        xt = ng.tensor(x, device=dev, requires_grad=True)
+        loss = ng.nn.functional.cross_entropy(xt, ng.tensor(t, device=dev), reduction=reduction)
+        loss.backward()
+        res.append((loss.numpy(), xt.grad.numpy()))
+    (lc, gc), (ld, gd) = res
+    if reduction == "mean" and ignored == 7:
+        assert np.isnan(lc) and np.isnan(ld)
+        return
+    _same(ld, lc, dtype, "loss")
+    _same(gd, gc, dtype, "gradient")

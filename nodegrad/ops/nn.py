@@ -419,11 +419,22 @@ def _check_targets(t, classes: int, ignore_index) -> None:
         check_class_targets(t, classes, ignore_index, "cross_entropy")
 
 
+def _on_device_rows(x, t, axis, ignore_index, reduction) -> bool:
+    """The common case on a GPU: (batch, classes) float32/float64 CuPy logits, integer targets,
+    a reduced loss, a negative (or no) ignore_index: a few kernels (B.ce_rows_cuda)."""
+    return (type(x) is not B.ndarray and x.ndim == 2 and axis == 1
+            and reduction in ("mean", "sum") and x.shape[0] > 0 and x.shape[1] > 0
+            and x.dtype in _LEAN_DTYPES and t.shape == x.shape[:1] and t.dtype.kind in "iu"
+            and (ignore_index is None or ignore_index < 0))
+
+
 def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
     if _plain(x, t, axis, ignore_index, reduction):
         out = _ce_fwd_plain(xp, x, t, reduction)
         if out is not None:
             return out
+    elif _on_device_rows(x, t, axis, ignore_index, reduction):
+        return B.ce_rows_cuda(x, t, ignore_index, reduction == "mean")
     _check_targets(t, x.shape[axis], ignore_index)
     logp = _log_softmax_fwd(xp, x, axis)
     safe = t if ignore_index is None else xp.where(t != ignore_index, t, 0)
@@ -447,6 +458,9 @@ def _ce_grad_fwd(xp, x, g, t, axis, ignore_index, reduction):
         out = _ce_grad_plain(xp, x, g, t, reduction)
         if out is not None:
             return out
+    elif (type(g) is type(x) and g.ndim == 0
+          and _on_device_rows(x, t, axis, ignore_index, reduction)):
+        return B.ce_rows_grad_cuda(x, g, t, ignore_index, reduction == "mean")
     _check_targets(t, x.shape[axis], ignore_index)
     s = _ce_keep(xp, t, ignore_index, reduction, x.dtype) * g   # each target's cotangent
     p = _softmax_fwd(xp, x, axis)
