@@ -22,6 +22,7 @@ from functools import partial
 import numpy as np
 
 from . import conv, gru_step, mlp, mlp_large
+from .jit import training_step
 
 LARGE = (1024, 4096, 4096, 10)
 
@@ -101,25 +102,16 @@ def nodegrad_step(d: dict, make_model, optimizer: str, lr: float, jit: bool, dev
     peak."""
     import nodegrad as ng
     from nodegrad import _backend as B
-    from nodegrad.nn import functional as F
 
     model = make_model(d).to(device)
     opt = getattr(ng.optim, optimizer)(model.parameters(), lr=lr)
     x, y = ng.tensor(d["x"], device=device), ng.tensor(d["y"], device=device)
-
-    def train_step(x, y):
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    run = ng.jit(train_step, state=(model, opt)) if jit else train_step
+    step = training_step(model, opt, x, y, jit=jit)
     if device == "cpu":
-        return (lambda: run(x, y)), _nothing, _nothing
+        return step, _nothing, _nothing
     cupy = B.get_backend(device).xp
     pool = cupy.get_default_memory_pool()
-    return (lambda: run(x, y)), cupy.cuda.runtime.deviceSynchronize, pool.total_bytes
+    return step, cupy.cuda.runtime.deviceSynchronize, pool.total_bytes
 
 
 def _nothing() -> int:

@@ -17,7 +17,9 @@ from . import conv, gru_step, jax_steps, mlp, mlp_large, overhead, per_example
 from ._harness import Workload, main
 
 
-def _jit_train_step(model, opt, x, y):
+def training_step(model, opt, x, y, jit: bool = True):
+    """A zero-argument cross-entropy training step of ``model`` on ``x``, ``y``, under
+    ``ng.jit`` (the state captured: model and optimiser) or eager."""
     import nodegrad as ng
     from nodegrad.nn import functional as F
 
@@ -28,7 +30,7 @@ def _jit_train_step(model, opt, x, y):
         opt.zero_grad(set_to_none=True)
         return loss
 
-    step = ng.jit(train_step, state=(model, opt))
+    step = ng.jit(train_step, state=(model, opt)) if jit else train_step
     return lambda: step(x, y)
 
 
@@ -37,7 +39,7 @@ def mlp_jit(d: dict, lr: float = mlp.LR, optimizer: str = "SGD"):
 
     model = mlp.nodegrad_model(d)
     opt = getattr(ng.optim, optimizer)(model.parameters(), lr=lr)
-    return _jit_train_step(model, opt, ng.tensor(d["x"]), ng.tensor(d["y"]))
+    return training_step(model, opt, ng.tensor(d["x"]), ng.tensor(d["y"]))
 
 
 def gru_jit(d: dict):
@@ -88,7 +90,7 @@ def conv_jit(d: dict, spec: dict):
 
     model = conv._build(ng, nn, spec, d, ng.tensor)
     opt = ng.optim.Adam(model.parameters(), lr=spec["lr"])
-    return _jit_train_step(model, opt, ng.tensor(d["x"]), ng.tensor(d["y"]))
+    return training_step(model, opt, ng.tensor(d["x"]), ng.tensor(d["y"]))
 
 
 def _chain(x, w, b):

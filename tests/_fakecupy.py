@@ -54,11 +54,8 @@ def _no_host_arrays(args, what: str) -> None:
             _no_host_arrays(a, what)
 
 
-class _Device:
-    id = 0
-
-    def __init__(self, device_id: int = 0):
-        self.id = device_id
+class _Context:
+    """A context manager that does nothing, with a ``synchronize`` that returns at once."""
 
     def __enter__(self):
         return self
@@ -68,6 +65,13 @@ class _Device:
 
     def synchronize(self) -> None:
         pass
+
+
+class _Device(_Context):
+    id = 0
+
+    def __init__(self, device_id: int = 0):
+        self.id = device_id
 
 
 DEVICE = _Device()
@@ -263,19 +267,10 @@ def _to_device(x, dtype=None, copy=None):
     return ndarray(np.array(x, dtype=dtype, copy=True))
 
 
-class _Stream:
+class _Stream(_Context):
     ptr = 0
 
     def __init__(self, non_blocking: bool = False):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def synchronize(self) -> None:
         pass
 
 
@@ -380,3 +375,4 @@ def installed():
                 sys.modules.pop(k, None)
             else:
                 sys.modules[k] = v
+

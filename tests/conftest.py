@@ -34,3 +34,16 @@ def rng():
 def float_dtype(request):
     """Each floating dtype nodegrad computes in."""
     return request.param
+
+
+@pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu), "stand-in"])
+def cuda(request):
+    """The name of a CUDA device under test: the GPU (marked ``gpu``) or, in every run, the
+    stand-in device of ``_fakecupy`` (NumPy inside, CuPy's refusals outside)."""
+    if request.param == "gpu":
+        yield "cuda"
+    else:
+        import _fakecupy
+
+        with _fakecupy.installed():
+            yield "cuda"

@@ -247,18 +247,6 @@ def test_errors():
         kfold_indices(10, 1)
 
 
-@pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu), "stand-in"])
-def cuda(request):
-    """A CUDA device: the GPU, or ``_fakecupy``'s stand-in (every run)."""
-    if request.param == "gpu":
-        yield
-    else:
-        import _fakecupy
-
-        with _fakecupy.installed():
-            yield
-
-
 @pytest.mark.parametrize("prefetch", [None, 0])
 def test_cuda_batches_match_cpu_batches(prefetch, cuda):
     aug = GaussianNoise(0.1)

@@ -7,11 +7,11 @@ against finite differences and PyTorch elsewhere; here the GPU must agree with i
 primitives without gradients and the zoo's eager steps also run everywhere on ``_fakecupy``'s
 stand-in device, which catches arrays left on the host."""
 
+import _fakecupy
 import numpy as np
 import pytest
 from _opcases import CASES, FORWARD, calls, drawn
 
-import _fakecupy
 import nodegrad as ng
 from nodegrad import models
 from nodegrad.autodiff import run_backward
@@ -275,20 +275,10 @@ def test_zoo_model_trains_under_jit_on_the_stand_in_device(name, fake):
     test_zoo_model_trains_the_same_under_jit_on_the_device(name)
 
 
-@pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu), "stand-in"])
-def either(request):
-    """The GPU, or the stand-in device (every run)."""
-    if request.param == "gpu":
-        yield
-    else:
-        with _fakecupy.installed():
-            yield
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("ignored", [0, 3, 7])
-def test_cross_entropy_rows_on_the_device(dtype, reduction, ignored, either):
+def test_cross_entropy_rows_on_the_device(dtype, reduction, ignored, cuda):
     """The device's few-kernel cross-entropy (B.ce_rows_cuda) against the CPU: values and the
     logits' gradient, with none, some and all (NaN for a mean) of the targets ignored."""
     rng = np.random.default_rng(4)

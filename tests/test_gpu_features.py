@@ -7,21 +7,10 @@ region counts, each on the device against the same run on the CPU: on a CUDA GPU
 import numpy as np
 import pytest
 
-import _fakecupy
 import nodegrad as ng
 from nodegrad import diagnostics as D
 from nodegrad import nn, prune, train
 from nodegrad.data import ArrayDataset, DataLoader
-
-
-@pytest.fixture(params=[pytest.param("gpu", marks=pytest.mark.gpu), "fake"])
-def dev(request):
-    """The device under test: the GPU, or the stand-in device."""
-    if request.param == "fake":
-        with _fakecupy.installed():
-            yield "cuda"
-    else:
-        yield "cuda"
 
 RTOL = 2e-4  # float32, relative to each array's largest magnitude
 
@@ -70,34 +59,34 @@ def _fit(device, tmp_path, epochs=3, resume=False, name="run"):
     return model, hist
 
 
-def test_fit_with_schedule_clipping_and_checkpoints_matches_the_cpu(dev, tmp_path):
+def test_fit_with_schedule_clipping_and_checkpoints_matches_the_cpu(cuda, tmp_path):
     mc, hc = _fit("cpu", tmp_path / "cpu")
-    md, hd = _fit(dev, tmp_path / "dev")
-    assert all(p.device.startswith(dev) for p in md.parameters())
+    md, hd = _fit(cuda, tmp_path / "dev")
+    assert all(p.device.startswith(cuda) for p in md.parameters())
     for k, v in _state(mc).items():
         _close(_state(md)[k], v, k)
     for key in ("loss", "val_loss", "val_accuracy"):
         _close(np.array(hd[key]), np.array(hc[key]), key)
 
 
-def test_resume_on_the_device_is_bit_identical(dev, tmp_path):
-    full, _ = _fit(dev, tmp_path, epochs=3, name="full")
-    _fit(dev, tmp_path, epochs=2, name="cut")
-    resumed, _ = _fit(dev, tmp_path, epochs=3, resume=True, name="cut")
+def test_resume_on_the_device_is_bit_identical(cuda, tmp_path):
+    full, _ = _fit(cuda, tmp_path, epochs=3, name="full")
+    _fit(cuda, tmp_path, epochs=2, name="cut")
+    resumed, _ = _fit(cuda, tmp_path, epochs=3, resume=True, name="cut")
     for k, v in _state(full).items():
         np.testing.assert_array_equal(_state(resumed)[k], v, err_msg=k)
 
 
-def test_resume_with_dropout_on_the_device_warns(dev, tmp_path):
+def test_resume_with_dropout_on_the_device_warns(cuda, tmp_path):
     """A device generator's state is not in the checkpoint: resuming a model with dropout
     there says that its masks will differ (without dropout the resume is bit-identical)."""
     x, y = _data()
 
     def run(epochs, resume):
         ng.manual_seed(0)
-        model = nn.Sequential(nn.Linear(12, 16), nn.Dropout(0.2), nn.Linear(16, 4)).to(dev)
+        model = nn.Sequential(nn.Linear(12, 16), nn.Dropout(0.2), nn.Linear(16, 4)).to(cuda)
         opt = ng.optim.SGD(model.parameters(), lr=0.1)
-        loader = DataLoader(ArrayDataset(x, y), 32, shuffle=True, seed=1, device=dev)
+        loader = DataLoader(ArrayDataset(x, y), 32, shuffle=True, seed=1, device=cuda)
         train.fit(model, ng.nn.functional.cross_entropy, opt, loader, epochs=epochs,
                   run_dir=tmp_path / "r", resume=resume, progress=False)
 
@@ -106,27 +95,27 @@ def test_resume_with_dropout_on_the_device_warns(dev, tmp_path):
         run(2, True)
 
 
-def test_checkpoint_round_trip_from_the_device(dev, tmp_path):
-    model = _model().to(dev)
+def test_checkpoint_round_trip_from_the_device(cuda, tmp_path):
+    model = _model().to(cuda)
     ng.io.save(model.state_dict(), tmp_path / "m.safetensors")
-    on_dev = ng.io.load(tmp_path / "m.safetensors", device=dev)
+    on_dev = ng.io.load(tmp_path / "m.safetensors", device=cuda)
     on_cpu = ng.io.load(tmp_path / "m.safetensors")
     for k, v in model.state_dict().items():
-        assert on_dev[k].device.startswith(dev) and on_cpu[k].device == "cpu"
+        assert on_dev[k].device.startswith(cuda) and on_cpu[k].device == "cpu"
         np.testing.assert_array_equal(on_dev[k].numpy(), v.numpy())
         np.testing.assert_array_equal(on_cpu[k].numpy(), v.numpy())
 
 
-def test_evaluate_and_predict_on_the_device(dev):
+def test_evaluate_and_predict_on_the_device(cuda):
     x, y = _data()
-    mc, md = _model(), _model().to(dev)
+    mc, md = _model(), _model().to(cuda)
     want = train.evaluate(mc, DataLoader(ArrayDataset(x, y), 32),
                           ng.nn.functional.cross_entropy)
-    got = train.evaluate(md, DataLoader(ArrayDataset(x, y), 32, device=dev),
+    got = train.evaluate(md, DataLoader(ArrayDataset(x, y), 32, device=cuda),
                          ng.nn.functional.cross_entropy)
     assert got["accuracy"] == want["accuracy"]
     _close(got["loss"], want["loss"])
-    pd = train.predict(md, ng.tensor(x, device=dev))
+    pd = train.predict(md, ng.tensor(x, device=cuda))
     assert isinstance(pd, np.ndarray)
     _close(pd, train.predict(mc, ng.tensor(x)))
 
@@ -149,38 +138,38 @@ def _same_report(got, want, where):
         assert got == want, where
 
 
-def test_diagnostics_on_the_device_match_the_cpu(dev):
+def test_diagnostics_on_the_device_match_the_cpu(cuda):
     x, y = _data(32)
     loss = ng.nn.functional.cross_entropy
     rc = D.layer_stats(_model(), ng.tensor(x), ng.tensor(y), loss)
-    rd = D.layer_stats(_model().to(dev), ng.tensor(x, device=dev), ng.tensor(y, device=dev),
+    rd = D.layer_stats(_model().to(cuda), ng.tensor(x, device=cuda), ng.tensor(y, device=cuda),
                        loss)
     _same_report(rd.to_dict(), rc.to_dict(), "layer_stats")
     ec = D.model_hessian_eigenvalues(_model(), loss, ng.tensor(x), ng.tensor(y), k=2)
-    ed = D.model_hessian_eigenvalues(_model().to(dev), loss, ng.tensor(x, device=dev),
-                                     ng.tensor(y, device=dev), k=2)
+    ed = D.model_hessian_eigenvalues(_model().to(cuda), loss, ng.tensor(x, device=cuda),
+                                     ng.tensor(y, device=cuda), k=2)
     np.testing.assert_allclose(ed, ec, rtol=1e-3)
-    checks = D.check_gradients(_model().to(dev), loss, ng.tensor(x, device=dev),
-                               ng.tensor(y, device=dev), max_per_param=5)
+    checks = D.check_gradients(_model().to(cuda), loss, ng.tensor(x, device=cuda),
+                               ng.tensor(y, device=cuda), max_per_param=5)
     assert checks and all(c["max_rel_error"] < 1e-4 for c in checks)
 
 
-def test_gradient_check_with_dropout_on_the_device_leaves_the_stream_alone(dev):
+def test_gradient_check_with_dropout_on_the_device_leaves_the_stream_alone(cuda):
     """Each evaluation draws the same masks (a private stream on a device, whose generator
     state cannot be exported); the user's stream goes on as if the check had not run."""
     ng.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 4)).to(dev)
-    x, y = (ng.tensor(a, device=dev) for a in _data(16))
+    model = nn.Sequential(nn.Linear(12, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 4)).to(cuda)
+    x, y = (ng.tensor(a, device=cuda) for a in _data(16))
     ng.manual_seed(5)
-    want = ng.rand(6, device=dev).numpy()
+    want = ng.rand(6, device=cuda).numpy()
     ng.manual_seed(5)
     rows = D.check_gradients(model, ng.nn.functional.cross_entropy, x, y, max_per_param=5)
     assert all(r["max_rel_error"] < 1e-4 for r in rows)
-    np.testing.assert_array_equal(ng.rand(6, device=dev).numpy(), want)
+    np.testing.assert_array_equal(ng.rand(6, device=cuda).numpy(), want)
 
 
-def test_pruning_masks_on_the_device_match_the_cpu(dev):
-    mc, md = _model(), _model().to(dev)
+def test_pruning_masks_on_the_device_match_the_cpu(cuda):
+    mc, md = _model(), _model().to(cuda)
     for m in (mc, md):
         prune.global_magnitude(prune.prunable_weights(m), 0.5)
     masks_c, masks_d = prune.get_masks(mc), prune.get_masks(md)
@@ -188,31 +177,31 @@ def test_pruning_masks_on_the_device_match_the_cpu(dev):
     for k in masks_c:
         np.testing.assert_array_equal(_host(masks_d[k]), _host(masks_c[k]), err_msg=k)
     x = ng.tensor(_data(8)[0])
-    _close(md(x.to(dev)).numpy(), mc(x).numpy())
+    _close(md(x.to(cuda)).numpy(), mc(x).numpy())
 
 
-def test_replace_head_stays_on_the_device(dev):
-    model = _model().to(dev)
+def test_replace_head_stays_on_the_device(cuda):
+    model = _model().to(cuda)
     head = train.replace_head(model, 5, seed=0)
-    assert all(p.device.startswith(dev) for p in head.parameters())
-    assert model(ng.tensor(_data(4)[0], device=dev)).shape == (4, 5)
+    assert all(p.device.startswith(cuda) for p in head.parameters())
+    assert model(ng.tensor(_data(4)[0], device=cuda)).shape == (4, 5)
 
 
-def test_onnx_export_of_a_device_model(dev, tmp_path):
+def test_onnx_export_of_a_device_model(cuda, tmp_path):
     pytest.importorskip("onnx")
     x = _data(8)[0]
-    model = _model().to(dev)
-    ng.onnx.export(model, ng.tensor(x, device=dev), tmp_path / "m.onnx")
+    model = _model().to(cuda)
+    ng.onnx.export(model, ng.tensor(x, device=cuda), tmp_path / "m.onnx")
     back = ng.onnx.load(tmp_path / "m.onnx")
     _close(back(ng.tensor(x)).numpy(), _model()(ng.tensor(x)).numpy())
 
 
-def test_region_count_on_the_device(dev):
+def test_region_count_on_the_device(cuda):
     ng.manual_seed(0)
     mc = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
     md = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
     md.load_state_dict(mc.state_dict())
-    md.to(dev)
+    md.to(cuda)
     a, b = [-3.0, -2.0], [3.0, 2.5]
     assert (D.regions.count_regions_line(md, a, b, n=2000)
             == D.regions.count_regions_line(mc, a, b, n=2000))
