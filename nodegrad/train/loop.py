@@ -21,6 +21,7 @@ from ..data import ArrayDataset, DataLoader
 from ..io import CheckpointError, remove_stale_temps
 from ..jit import jit as _jit
 from ..nn import Module
+from ..nn.layers.dropout import Dropout, _DropoutVariant
 from ..nn.module import module_device
 from ..optim import Optimizer
 from ..optim.lr_scheduler import LRScheduler
@@ -273,8 +274,8 @@ class Trainer:
         self.resumed_from = {"epoch": self.epoch + 1, "step": self.step, "batch": self.batch,
                              "wall_time": self._wall_before}
         device = module_device(self.model)
-        if device != "cpu" and any(getattr(m, "p", 0) for m in self.model.modules()
-                                   if "Dropout" in type(m).__name__):
+        if device != "cpu" and any(m.p for m in self.model.modules()
+                                   if isinstance(m, Dropout | _DropoutVariant)):
             warnings.warn(f"resuming {self.run_dir} on {device}: a device's random generator "
                           "cannot save its state, so the dropout masks from here on differ "
                           "from an uninterrupted run's (on the CPU they are the same)",
