@@ -10,6 +10,8 @@ rank 0 inside its STEP-th checkpoint write, ``resume`` continues the run.
 Rank 0 writes the final weights to RUN_DIR/final.safetensors.
 ``elastic RUN_DIR EPOCHS BATCH [MODE STEP]``: as ``fit`` on shuffled data (also in one process,
 without mpirun), each rank appending the samples of every step to RUN_DIR/seen-MODE-RANK.jsonl.
+``equiv-device``: ``equiv``'s MLP and SyncBatchNorm model with DDP on the stand-in CUDA
+device of ``_fakecupy``, against one process on the CPU.
 ``stall``: rank 1 skips a collective; rank 0 must time out.
 """
 
@@ -51,10 +53,11 @@ def diff(a: nn.Module, b: nn.Module) -> float:
                                    - sb[k].numpy().astype(np.float64)))) for k in sa)
 
 
-def train_pair(w, make, x, y, B, dtype, sync_bn=False, lr=0.1):
-    """K SGD steps: DDP on this rank's slices vs one process on the full batches."""
+def train_pair(w, make, x, y, B, dtype, sync_bn=False, lr=0.1, device="cpu"):
+    """K SGD steps: DDP on this rank's slices vs one process on the full batches (the DDP
+    model and its batches on ``device``; the reference on the CPU)."""
     ng.manual_seed(0)
-    model = make().to(dtype=dtype)
+    model = make().to(device=device, dtype=dtype)
     ref = make().to(dtype=dtype)
     ref.load_state_dict(model.state_dict())
     if sync_bn:
@@ -65,8 +68,8 @@ def train_pair(w, make, x, y, B, dtype, sync_bn=False, lr=0.1):
     N, r = w.world_size, w.rank
     for k in range(K):
         g = slice(k * N * B, (k + 1) * N * B)
-        xl = ng.tensor(x[g][r * B:(r + 1) * B])
-        yl = ng.tensor(y[g][r * B:(r + 1) * B])
+        xl = ng.tensor(x[g][r * B:(r + 1) * B], device=device)
+        yl = ng.tensor(y[g][r * B:(r + 1) * B], device=device)
         opt.zero_grad()
         F.cross_entropy(ddp(xl), yl).backward()
         opt.step()
@@ -76,7 +79,7 @@ def train_pair(w, make, x, y, B, dtype, sync_bn=False, lr=0.1):
     model.eval()
     ref.eval()
     xe = ng.tensor(x[:8])
-    out = float(np.max(np.abs(model(xe).numpy() - ref(xe).numpy())))
+    out = float(np.max(np.abs(model(xe.to(device)).numpy() - ref(xe).numpy())))
     return max(diff(model, ref), out)
 
 
@@ -297,6 +300,27 @@ def elastic(run_dir, epochs, batch, mode="", step=0):
         ng.save(model.state_dict(), os.path.join(run_dir, "final.safetensors"))
 
 
+def equiv_device(out_dir):
+    """``equiv``'s models with DDP (and SyncBatchNorm) on the stand-in CUDA device of
+    ``_fakecupy``: device gradients cross the ranks through host copies."""
+    import _fakecupy
+
+    with _fakecupy.installed():
+        w = init(timeout=60)
+        N = w.world_size
+        res = {}
+        x, y = data(N * 4 * K, (6,), 4, 1, np.float64)
+        res["mlp_float64"] = train_pair(w, mlp, x, y, 4, ng.float64, device="cuda")
+        x, y = data(N * 5 * K, (2, 8), 3, 3, np.float64)
+        res["syncbn_float64"] = train_pair(w, bn_model, x, y, 5, ng.float64, sync_bn=True,
+                                           device="cuda")
+        res["syncbn_float32"] = train_pair(w, bn_model, x.astype(np.float32), y, 5,
+                                           ng.float32, sync_bn=True, lr=0.05, device="cuda")
+        if w.rank == 0:
+            with open(os.path.join(out_dir, f"equiv-device-{N}.json"), "w") as f:
+                json.dump(res, f)
+
+
 def stall(out_dir):
     w = init(timeout=3)
     a = np.ones(4)
@@ -307,4 +331,5 @@ def stall(out_dir):
 
 if __name__ == "__main__":
     scenario, *args = sys.argv[1:]
-    {"equiv": equiv, "fit": fit, "elastic": elastic, "stall": stall}[scenario](*args)
+    {"equiv": equiv, "equiv-device": equiv_device, "fit": fit, "elastic": elastic,
+     "stall": stall}[scenario](*args)

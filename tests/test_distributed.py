@@ -367,6 +367,17 @@ def test_ranks_match_one_process_on_the_full_batch(tmp_path, n):
 
 
 @mpi
+def test_ranks_match_one_process_with_device_tensors(tmp_path):
+    """DDP and SyncBatchNorm over MPI with the model on a CUDA device (the stand-in device:
+    its arrays cross the ranks through host copies, as a GPU's do without NCCL)."""
+    r = mpirun(2, "equiv-device", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((tmp_path / "equiv-device-2.json").read_text())
+    assert res["mlp_float64"] < 1e-10 and res["syncbn_float64"] < 1e-10, res
+    assert res["syncbn_float32"] < 1e-5, res
+
+
+@mpi
 def test_killed_rank_ends_the_job_and_the_run_resumes(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir()
