@@ -154,6 +154,18 @@ def test_diagnostics_on_the_device_match_the_cpu(cuda):
     assert checks and all(c["max_rel_error"] < 1e-4 for c in checks)
 
 
+def test_diagnostics_take_host_arrays_for_a_device_model(cuda):
+    """Arrays given to layer_stats and the loss landscape go to the model's device (as they
+    do for predict), with the CPU's results."""
+    x, y = _data(32)
+    loss = ng.nn.functional.cross_entropy
+    want = D.layer_stats(_model(), x, y, loss).to_dict()
+    _same_report(D.layer_stats(_model().to(cuda), x, y, loss).to_dict(), want, "layer_stats")
+    *_, zc = D.surface_2d(_model(), loss, (x, y), n=3)
+    *_, zd = D.surface_2d(_model().to(cuda), loss, (x, y), n=3)
+    _close(zd, zc, "surface")
+
+
 def test_gradient_check_with_dropout_on_the_device_leaves_the_stream_alone(cuda):
     """Each evaluation draws the same masks (a private stream on a device, whose generator
     state cannot be exported); the user's stream goes on as if the check had not run."""

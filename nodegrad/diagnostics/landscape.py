@@ -30,7 +30,8 @@ from .. import _backend as B
 from ..autodiff import no_grad
 from ..errors import ShapeError
 from ..nn import Module, functional_call
-from ..tensor import Tensor
+from ..nn.module import module_device
+from ..tensor import Tensor, tensor
 from ..train.plots import _plt
 
 np = B.np
@@ -40,20 +41,24 @@ __all__ = ["interpolate", "plot_interpolation", "plot_surface", "random_directio
 
 
 # --- inputs -----------------------------------------------------------------------------------
-def _as_batch(b, fn: str) -> tuple:
+def _as_batch(b, fn: str, device: str) -> tuple:
     if isinstance(b, dict):
         x = b["x"] if "x" in b else b["input"]
-        return _as_tensor(x), _as_tensor(b.get("y", b.get("target")))
+        return _as_tensor(x, device), _as_tensor(b.get("y", b.get("target")), device)
     if isinstance(b, list | tuple) and len(b) >= 1:
-        return _as_tensor(b[0]), _as_tensor(b[1]) if len(b) > 1 else None
+        return _as_tensor(b[0], device), _as_tensor(b[1], device) if len(b) > 1 else None
     raise TypeError(f"{fn}: a batch must be (x, y) or {{'x': ..., 'y': ...}}, got "
                     f"{type(b).__name__}")
 
 
-def _as_tensor(a):
+def _as_tensor(a, device: str):
+    """A tensor as it is; arrays (and lists) on the model's ``device``."""
     if a is None or isinstance(a, Tensor):
         return a
-    return Tensor(np.asarray(a)) if not B.is_array(a) else Tensor(a)
+    if B.is_array(a) and B.backend_of(a) is B.get_backend(device):
+        return Tensor(a)
+    return tensor(B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a),
+                  device=device)
 
 
 def _is_single(b) -> bool:
@@ -62,10 +67,11 @@ def _is_single(b) -> bool:
         isinstance(b[0], Tensor) or B.is_array(b[0]))
 
 
-def _batches(batches, fn: str) -> list[tuple]:
-    """The batches as a list of (x, y), read once (a generator or a loader is consumed here)."""
+def _batches(batches, fn: str, device: str = "cpu") -> list[tuple]:
+    """The batches as a list of (x, y), read once (a generator or a loader is consumed here);
+    arrays go to ``device``, the model's."""
     if isinstance(batches, dict) or _is_single(batches):
-        return [_as_batch(batches, fn)]
+        return [_as_batch(batches, fn, device)]
     try:
         it = list(batches)
     except TypeError:
@@ -73,7 +79,7 @@ def _batches(batches, fn: str) -> list[tuple]:
                         f"one (x, y) pair, got {type(batches).__name__}") from None
     if not it:
         raise ValueError(f"{fn}: batches is empty")
-    return [_as_batch(b, fn) for b in it]
+    return [_as_batch(b, fn, device) for b in it]
 
 
 def _own(model: Module, fn: str) -> dict[str, Tensor]:
@@ -123,7 +129,7 @@ class _Eval:
             raise TypeError(f"{fn}: loss_fn must be callable (outputs, targets) -> scalar, got "
                             f"{type(loss_fn).__name__}")
         self.model, self.loss_fn, self.fn = model, loss_fn, fn
-        self.batches = _batches(batches, fn)
+        self.batches = _batches(batches, fn, module_device(model))
 
     def __enter__(self) -> _Eval:
         self.modes = [(m, m.training) for m in self.model.modules()]

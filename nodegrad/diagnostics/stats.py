@@ -44,6 +44,7 @@ from ..autodiff import grad as _grad
 from ..nn import Module
 from ..nn.layers.dropout import Dropout
 from ..nn.layers.linear import Flatten, Identity
+from ..nn.module import module_device
 from ..tensor import Tensor, as_tensor
 
 np = B.np
@@ -404,9 +405,10 @@ def layer_stats(model: Module, x, y=None, loss_fn: Callable | None = None, bins:
         raise ValueError(f"layer_stats: bins must be an integer >= 0, got {bins!r}")
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"layer_stats: loss_fn must be callable, got {type(loss_fn).__name__}")
-    x = x if isinstance(x, Tensor) else as_tensor(x)
+    device = module_device(model)  # arrays go where the model is
+    x = x if isinstance(x, Tensor) else as_tensor(x, device=device)
     if y is not None and not isinstance(y, Tensor):
-        y = as_tensor(y)
+        y = as_tensor(y, device=device)
     layers = layer_modules(model)
     seen: dict[str, dict[str, Any]] = {}
     order: list[str] = []
