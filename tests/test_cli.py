@@ -42,6 +42,22 @@ def test_tiny_run_and_evaluate(tmp_path, capsys):
     assert f"{100 * res['test']['accuracy']:.2f} %" in capsys.readouterr().out
 
 
+def test_device_run_resume_evaluate_export(tmp_path, capsys, cuda):
+    """The command on a CUDA device (the GPU, or the stand-in in every run): train, resume,
+    an ensemble on bootstrap samples with dropout, evaluate and export, each exiting 0."""
+    out = tmp_path / "run"
+    assert main(["train", *TINY[:2], "--epochs", "1", "--quiet", "--device", cuda,
+                 "--out", str(out)]) == 0
+    assert main(["train", "--epochs", "2", "--quiet", "--out", str(out), "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["test"]["accuracy"] > 0.5
+    assert main(["train", *TINY, "--device", cuda, "--ensemble", "2", "--bootstrap",
+                 "--dropout", "0.1", "--out", str(tmp_path / "ens")]) == 0
+    assert main(["evaluate", str(out)]) == 0
+    pytest.importorskip("onnx")
+    assert main(["export", str(out), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert "ensemble of 2" in capsys.readouterr().out
+
+
 def test_config_file_and_flag_override(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text('model = "digits_mlp"\nepochs = 1\nbatch_size = 128\nquiet = true\n'
