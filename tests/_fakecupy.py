@@ -353,7 +353,11 @@ def _ce_kernels():
 def installed():
     """nodegrad with the fake device as its one CUDA device (and CuPy's state restored)."""
     fused = importlib.import_module("nodegrad.optim._fused")
+    rnd = importlib.import_module("nodegrad.random")
+    generators = dict(rnd._default)  # device generators on each side stay on their side
     saved = B._cupy, dict(B._cuda), {k: sys.modules.get(k) for k in _cupyx()}, fused.available
+    for name in [k for k in rnd._default if k != "cpu"]:
+        del rnd._default[name]
     B._cupy = _module()
     B._cuda.clear()
     sys.modules.update(_cupyx())
@@ -365,6 +369,8 @@ def installed():
     try:
         yield
     finally:
+        rnd._default.clear()
+        rnd._default.update(generators)
         fused.available = saved[3]
         B._ce_cuda_kernels = ce
         B._cupy = saved[0]

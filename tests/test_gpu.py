@@ -247,6 +247,22 @@ def fake():
         yield
 
 
+def test_stand_in_leaves_no_device_state_behind():
+    """What the stand-in device made (its backend, its default generator) goes with it, so
+    a real GPU's tests in the same process never meet its arrays."""
+    import importlib
+
+    from nodegrad import _backend as B
+
+    R = importlib.import_module("nodegrad.random")
+
+    before = (B._cupy, dict(B._cuda), dict(R._default))
+    with _fakecupy.installed():
+        ng.manual_seed(1)
+        assert isinstance(ng.randn(3, device="cuda").data, _fakecupy.ndarray)
+    assert (B._cupy, dict(B._cuda), dict(R._default)) == before
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize(("case", "layout"), [p for p in MATRIX if p.values[1] == "matrix"])
 @drawn(1)
