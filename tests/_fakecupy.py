@@ -1,7 +1,7 @@
 """A stand-in for CuPy on the CPU, so that CI (which has no GPU) runs the code paths of a second
 device: arrays of another type that NumPy will not take implicitly, as CuPy's are.
 
-``install()`` makes ``nodegrad`` see one CUDA device whose arrays are :class:`ndarray` wrappers
+``installed()`` makes ``nodegrad`` see one CUDA device whose arrays are :class:`ndarray` wrappers
 around NumPy arrays. Like CuPy's they refuse implicit conversion (``np.asarray(x)`` raises
 TypeError: ``.get()`` copies to the host), refuse to mix with NumPy arrays in one ufunc, give
 0-d arrays where NumPy gives scalars (``x.sum()``), and have no ``accumulate`` for maximum,
@@ -77,7 +77,7 @@ class _Device(_Context):
 DEVICE = _Device()
 
 
-class ndarray:  # noqa: N801 - CuPy's name
+class ndarray:  # CuPy's name
     """A device array: a NumPy array inside, reached only through this type's methods."""
 
     __slots__ = ("_a",)
