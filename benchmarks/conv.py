@@ -80,20 +80,12 @@ def nodegrad_step(d: dict, spec: dict):
 
 def torch_step(d: dict, spec: dict):
     import torch
-    import torch.nn.functional as F
+
+    from .mlp import torch_training_step
 
     model = _build(torch, torch.nn, spec, d, torch.from_numpy)
     opt = torch.optim.Adam(model.parameters(), lr=spec["lr"])
-    x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    return torch_training_step(model, opt, torch.from_numpy(d["x"]), torch.from_numpy(d["y"]))
 
 
 def matmul_floor(d: dict, spec: dict):

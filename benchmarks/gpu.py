@@ -120,20 +120,13 @@ def _nothing() -> int:
 
 def torch_step(d: dict, make_model, optimizer: str, lr: float, device: str):
     import torch
-    import torch.nn.functional as F
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     model = make_model(d).to(device)
     opt = getattr(torch.optim, optimizer)(model.parameters(), lr=lr)
     x, y = torch.from_numpy(d["x"]).to(device), torch.from_numpy(d["y"]).to(device)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+    step = mlp.torch_training_step(model, opt, x, y)
 
     if device == "cpu":
         return step, _nothing, _nothing

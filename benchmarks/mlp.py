@@ -82,13 +82,9 @@ def nodegrad_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
     return step
 
 
-def torch_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
-    import torch
+def torch_training_step(model, opt, x, y):
+    """A zero-argument PyTorch cross-entropy training step, as its users write it."""
     import torch.nn.functional as F
-
-    model = torch_model(d)
-    opt = getattr(torch.optim, optimizer)(model.parameters(), lr=lr)
-    x, y = torch.from_numpy(d["x"]), torch.from_numpy(d["y"])
 
     def step():
         loss = F.cross_entropy(model(x), y)
@@ -98,6 +94,14 @@ def torch_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
         return loss
 
     return step
+
+
+def torch_step(d: dict, lr: float = LR, optimizer: str = "SGD"):
+    import torch
+
+    model = torch_model(d)
+    opt = getattr(torch.optim, optimizer)(model.parameters(), lr=lr)
+    return torch_training_step(model, opt, torch.from_numpy(d["x"]), torch.from_numpy(d["y"]))
 
 
 def numpy_sgd(d: dict, lr: float = LR):

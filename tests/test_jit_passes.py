@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _opcases import CASES, calls, drawn
+from _zoo import train_step
 
 import nodegrad as ng
 from nodegrad import models
@@ -1056,14 +1057,7 @@ def test_zoo_models_train_the_same_under_fused_jit(name):
     def run(jit):
         model = models.create(name, seed=0)
         opt = ng.optim.Adam(model.parameters(), lr=1e-2)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = lossf(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
+        step = train_step(model, opt, lossf)
         s = ng.jit(step, state=(model, opt), fuse=True) if jit else step
         rng = np.random.default_rng(0)
         ng.manual_seed(1)
