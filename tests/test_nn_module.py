@@ -162,3 +162,41 @@ def test_get_submodule_walks_dotted_paths_as_pytorch():
     assert model.get_submodule("0.0") is inner[0]
     with pytest.raises(AttributeError, match="has no submodule '5'.*'0.5'"):
         model.get_submodule("0.5")
+
+
+def test_nn_utils_flat_parameters_and_clipping_as_in_pytorch():
+    """``nn.utils``: the parameters as one vector and back, in PyTorch's order, and its
+    clipping functions (nodegrad.optim's)."""
+    torch = pytest.importorskip("torch")
+    ng.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    tm = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    tm.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in m.state_dict().items()})
+    v = nn.utils.parameters_to_vector(m.parameters())
+    np.testing.assert_array_equal(
+        v.numpy(), torch.nn.utils.parameters_to_vector(tm.parameters()).detach().numpy())
+    (v * v).sum().backward()  # differentiable: each parameter gets 2p
+    np.testing.assert_allclose(m[0].weight.grad.numpy(), 2 * m[0].weight.numpy())
+    new = ng.arange(v.shape[0], dtype=ng.float32)
+    nn.utils.vector_to_parameters(new, m.parameters())
+    torch.nn.utils.vector_to_parameters(torch.arange(v.shape[0], dtype=torch.float32),
+                                        tm.parameters())
+    for k, t in tm.state_dict().items():
+        np.testing.assert_array_equal(m.state_dict()[k].numpy(), t.numpy())
+    with pytest.raises(ng.ShapeError, match="5 elements, the parameters 26"):
+        nn.utils.vector_to_parameters(ng.zeros(5), m.parameters())
+    with pytest.raises(ng.ShapeError, match="1-D"):
+        nn.utils.vector_to_parameters(ng.zeros(2, 13), m.parameters())
+    assert nn.utils.clip_grad_norm_ is ng.optim.clip_grad_norm_
+    assert nn.utils.clip_grad_value_ is ng.optim.clip_grad_value_
+
+
+def test_nn_utils_refuses_parameters_on_two_devices(cuda):
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2).to(cuda)
+    with pytest.raises(ng.DeviceError, match="several devices"):
+        nn.utils.parameters_to_vector([*a.parameters(), *b.parameters()])
+    v = nn.utils.parameters_to_vector(b.parameters())
+    assert v.device.startswith("cuda")
+    nn.utils.vector_to_parameters(v.to("cpu") * 2, b.parameters())  # copied to the device
+    np.testing.assert_allclose(nn.utils.parameters_to_vector(b.parameters()).numpy(),
+                               2 * v.numpy())

@@ -1,8 +1,8 @@
 """Neural-network layers, losses and initialisers, in PyTorch's shape."""
 
-from . import functional, init
+from . import functional, init, utils
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layers
 from .module import Module, Parameter, functional_call
 
-__all__ = ["functional", "init", "Module", "Parameter", "functional_call", *_layers]
+__all__ = ["functional", "init", "utils", "Module", "Parameter", "functional_call", *_layers]
