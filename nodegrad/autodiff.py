@@ -31,7 +31,7 @@ class Modes:
     """
 
     __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth",
-                 "jit")
+                 "jit", "device")
 
     def __init__(self) -> None:
         self.grad_enabled = True
@@ -41,6 +41,7 @@ class Modes:
         self.traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
         self.depth = 0  # how many transforms are evaluating their function (see func/grad.py)
         self.jit = None  # the recorder of the jit trace in progress (see jit/trace.py), or None
+        self.device = None  # ng.default_device's device for factories, or None (tensor.py)
 
 
 _new = object.__new__

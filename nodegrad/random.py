@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import _backend as B
 from .autodiff import effect
 from .errors import DeviceError, DTypeError, ShapeError
-from .tensor import Tensor, _finish, _shape_arg
+from .tensor import Tensor, _device, _finish, _shape_arg
 
 
 class Generator:
@@ -100,7 +100,7 @@ def _gen(generator, device) -> Generator:
         if device is not None and B.get_backend(device) is not generator.backend:
             raise DeviceError(f"generator is on {generator.device} but device={device!r}")
         return generator
-    return default_generator(device)
+    return default_generator(_device(device))
 
 
 def rand(*shape, dtype=None, device=None, generator: Generator | None = None,

@@ -324,21 +324,62 @@ def _finish(data, requires_grad: bool) -> Tensor:
     return t
 
 
+# --- the default device of factories -------------------------------------------------------------
+_DEFAULT_DEVICE = ["cpu"]  # set_default_device's, for every thread
+
+
+def set_default_device(device) -> None:
+    """Put tensors that factories make without ``device=`` (``tensor``, ``zeros``, ``arange``,
+    ``randn``, a new layer's parameters, ...) on ``device``, in every thread; None or "cpu"
+    for the CPU again. PyTorch's ``torch.set_default_device``. Functions given a tensor
+    (``zeros_like``, ``.to()``) keep following it."""
+    _DEFAULT_DEVICE[0] = B.get_backend(device).name  # an unknown or absent device raises here
+
+
+def get_default_device() -> str:
+    """This thread's device for factories (a :class:`default_device` block's, else
+    :func:`set_default_device`'s)."""
+    return modes().device or _DEFAULT_DEVICE[0]
+
+
+class default_device:
+    """``with ng.default_device("cuda"): model = nn.Linear(3, 4)``: inside the block this
+    thread's factories make their tensors on ``device`` (as ``with torch.device("cuda"):``);
+    blocks nest, and another thread keeps its own default."""
+
+    def __init__(self, device):
+        self.name = B.get_backend(device).name
+
+    def __enter__(self) -> default_device:
+        m = modes()
+        self.prev, m.device = m.device, self.name
+        return self
+
+    def __exit__(self, *exc) -> None:
+        modes().device = self.prev
+
+
+def _device(device):
+    """``device``, or the default device where it is None."""
+    return device if device is not None else (modes().device or _DEFAULT_DEVICE[0])
+
+
 def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """A new leaf tensor holding a copy of ``data``.
 
     Python floats become float32 (the default), Python ints int64; NumPy arrays keep their
-    dtype unless ``dtype`` is given. ``device`` is ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+    dtype unless ``dtype`` is given. ``device`` is ``'cpu'``, ``'cuda'`` or ``'cuda:N'``
+    (default: :func:`get_default_device`).
     """
-    be = B.get_backend(device)
+    be = B.get_backend(_device(device))
     return _finish(_infer(data, dtype, be), requires_grad)
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
     """Like :func:`tensor`, but shares memory with an array already of that dtype and device."""
-    be = B.get_backend(device)
     if isinstance(data, Tensor) and dtype is None and device is None:
         return data
+    be = B.get_backend(_device(device))
     if B.is_array(data) and B.backend_of(data) is be:
         return Tensor(data if dtype is None else data.astype(dtype, copy=False))
     return _finish(_infer(data, dtype, be), False)
@@ -364,7 +405,7 @@ def _shape_arg(shape) -> tuple:
 
 
 def _filled(fill: Callable, shape, dtype, device, requires_grad) -> Tensor:
-    be = B.get_backend(device)
+    be = B.get_backend(_device(device))
     dtype = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
     with be.scope():
         return _finish(fill(be.xp, _shape_arg(shape), dtype), requires_grad)
@@ -424,19 +465,19 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
     if dtype is None:
         ints = all(isinstance(v, int) for v in (start, stop, step))
         dtype = int64 if ints else B.DEFAULT_FLOAT
-    be = B.get_backend(device)
+    be = B.get_backend(_device(device))
     with be.scope():
         return Tensor(be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype)))
 
 
 def linspace(start, stop, num: int = 50, dtype=None, device=None) -> Tensor:
-    be = B.get_backend(device)
+    be = B.get_backend(_device(device))
     with be.scope():
         return Tensor(be.xp.linspace(start, stop, num).astype(B.as_dtype(dtype) or
                                                                 B.DEFAULT_FLOAT))
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
-    be = B.get_backend(device)
+    be = B.get_backend(_device(device))
     with be.scope():
         return Tensor(be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT))

@@ -217,3 +217,76 @@ def test_region_count_on_the_device(cuda):
     a, b = [-3.0, -2.0], [3.0, 2.5]
     assert (D.regions.count_regions_line(md, a, b, n=2000)
             == D.regions.count_regions_line(mc, a, b, n=2000))
+
+
+FACTORIES = {
+    "tensor": lambda: ng.tensor([1.0, 2.0]), "zeros": lambda: ng.zeros(2, 3),
+    "ones": lambda: ng.ones(2), "empty": lambda: ng.empty(2), "full": lambda: ng.full(2, 3.0),
+    "arange": lambda: ng.arange(4), "linspace": lambda: ng.linspace(0, 1, 5),
+    "eye": lambda: ng.eye(3), "rand": lambda: ng.rand(2), "randn": lambda: ng.randn(2),
+    "randint": lambda: ng.randint(0, 5, (3,)), "randperm": lambda: ng.randperm(4),
+    "normal": lambda: ng.normal(size=(2,)), "uniform": lambda: ng.uniform(size=(2,)),
+    "as_tensor": lambda: ng.as_tensor(np.ones(2)),
+}
+
+
+def test_set_default_device_moves_every_factory(cuda):
+    """PyTorch's set_default_device: factories without ``device=`` make their tensors there,
+    in every thread; an explicit device and the ``*_like`` functions are not affected."""
+    import threading
+
+    cpu_t = ng.ones(2)
+    ng.set_default_device(cuda)
+    try:
+        assert ng.get_default_device() == "cuda:0"
+        for name, make in FACTORIES.items():
+            assert make().device == "cuda:0", name
+        assert ng.zeros(2, device="cpu").device == "cpu"
+        assert ng.zeros_like(cpu_t).device == "cpu"
+        seen = []
+        th = threading.Thread(target=lambda: seen.append(ng.zeros(1).device))
+        th.start()
+        th.join()
+        assert seen == ["cuda:0"]  # process-wide
+    finally:
+        ng.set_default_device(None)
+    assert ng.get_default_device() == "cpu" and ng.zeros(1).device == "cpu"
+
+
+def test_default_device_block_builds_and_trains_a_model_there(cuda):
+    """``with ng.default_device("cuda"):`` a model's parameters, its inputs and its training
+    step are on the device; the same seed gives the same weights twice; other threads and the
+    code after the block keep the CPU; blocks nest."""
+    import threading
+
+    seen = []
+    with ng.default_device(cuda):
+        ng.manual_seed(0)
+        model = ng.models.create("mnist1d_cnn", seed=0)
+        first = _state(model)
+        again = ng.models.create("mnist1d_cnn", seed=0)
+        x, y = ng.randn(8, 40), ng.randint(0, 10, (8,))
+        opt = ng.optim.Adam(model.parameters(), lr=1e-2)
+        loss = ng.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        with ng.default_device("cpu"):
+            assert ng.zeros(1).device == "cpu"
+        th = threading.Thread(target=lambda: seen.append(ng.zeros(1).device))
+        th.start()
+        th.join()
+        assert ng.zeros(1).device == "cuda:0"
+    assert all(p.device == "cuda:0" for p in model.parameters()) and x.device == "cuda:0"
+    for k, a in again.state_dict().items():
+        assert a.device == "cuda:0", k
+        np.testing.assert_array_equal(a.numpy(), first[k], err_msg=k)
+    assert seen == ["cpu"] and ng.zeros(1).device == "cpu"
+    assert np.isfinite(loss.item())
+
+
+def test_default_device_refuses_an_unknown_device():
+    with pytest.raises(ng.DeviceError, match="unknown device"):
+        ng.set_default_device("tpu")
+    with pytest.raises(ng.DeviceError):
+        ng.default_device("gpu:x")
+    assert ng.get_default_device() == "cpu"
