@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from . import _backend as B
 from .autodiff import mode, run_backward
-from .tensor import Tensor
+from .tensor import Tensor, get_default_device
 
 
 class GradcheckError(AssertionError):
@@ -29,9 +29,14 @@ def _dot(outs, cots) -> float:
     return float(sum((o.numpy().astype("float64") * c).sum() for o, c in zip(outs, cots)))
 
 
+def _leaf(x, requires_grad: bool = False) -> Tensor:
+    """Host array ``x`` as a tensor on the default device (on the CPU, ``x`` itself)."""
+    return Tensor(B.get_backend(get_default_device()).asarray(x), None, requires_grad)
+
+
 def _vjp(f, xs, cots, create_graph):
     """Analytic ⟨cot, J⟩ for each float input (None where f does not depend on it)."""
-    ins = [Tensor(x, None, True) if x.dtype.kind == "f" else Tensor(x) for x in xs]
+    ins = [_leaf(x, x.dtype.kind == "f") for x in xs]
     prev = mode.grad_enabled
     mode.grad_enabled = True
     try:
@@ -62,7 +67,7 @@ def gradcheck(f: Callable, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol:
     xs = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in xs]
     rng = np.random.default_rng(seed)
     with _no_grad():
-        outs0 = _outputs(f(*[Tensor(x) for x in xs]))
+        outs0 = _outputs(f(*[_leaf(x) for x in xs]))
     cots = [rng.standard_normal(o.shape) for o in outs0]
     gs, _ = _vjp(f, xs, cots, create_graph=False)
     fi = [i for i, x in enumerate(xs) if x.dtype.kind == "f"]
@@ -77,10 +82,10 @@ def gradcheck(f: Callable, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol:
             orig = x[j]
             x[j] = orig + eps
             with _no_grad():
-                hi = _dot(_outputs(f(*[Tensor(a) for a in xs])), cots)
+                hi = _dot(_outputs(f(*[_leaf(a) for a in xs])), cots)
             x[j] = orig - eps
             with _no_grad():
-                lo = _dot(_outputs(f(*[Tensor(a) for a in xs])), cots)
+                lo = _dot(_outputs(f(*[_leaf(a) for a in xs])), cots)
             x[j] = orig
             numeric = (hi - lo) / (2 * eps)
             err = abs(analytic[j] - numeric)

@@ -243,6 +243,11 @@ def test_set_default_device_moves_every_factory(cuda):
             assert make().device == "cuda:0", name
         assert ng.zeros(2, device="cpu").device == "cpu"
         assert ng.zeros_like(cpu_t).device == "cpu"
+        xb, yb = next(iter(DataLoader(ArrayDataset(*_data(8)), 4)))  # batches follow it
+        assert xb.device == yb.device == "cuda:0"
+        # gradcheck's tensors too, so constants the function makes meet its inputs
+        assert ng.gradcheck(lambda a: (a * ng.tensor([2.0, 3.0], dtype=ng.float64)).sum(),
+                            np.ones(2))
         seen = []
         th = threading.Thread(target=lambda: seen.append(ng.zeros(1).device))
         th.start()

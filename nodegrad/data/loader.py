@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import _backend as B
 from ..random import default_generator
-from ..tensor import Tensor
+from ..tensor import Tensor, get_default_device
 from .dataset import Dataset, _stack
 
 np = B.np
@@ -48,7 +48,8 @@ class DataLoader:
         prefetch: batches prepared ahead by a background thread (0: none, in the caller).
             None (the default) means 2 on a CUDA device, where the copies overlap GPU compute,
             and 0 on the CPU, where a thread only competes with the model for the GIL.
-        device: where batches land; floating fields become ``dtype``, integer fields int64.
+        device: where batches land (default: ``ng.get_default_device()``, the CPU unless set);
+            floating fields become ``dtype``, integer fields int64.
         sampler: an object with ``__len__`` and ``indices(epoch)`` (or PyTorch's ``set_epoch``
             and ``__iter__``) that picks the samples of each epoch and their order, e.g. a
             :class:`nodegrad.distributed.DistributedSampler`; excludes ``shuffle``.
@@ -60,11 +61,11 @@ class DataLoader:
     def __init__(self, dataset: Dataset, batch_size: int = 32, shuffle: bool = False,
                  drop_last: bool = False, seed: int | None = None, generator=None,
                  collate_fn: Callable | None = None, transform: Callable | None = None,
-                 prefetch: int | None = None, device="cpu", dtype=B.float32, sampler=None):
+                 prefetch: int | None = None, device=None, dtype=B.float32, sampler=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
                 or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be an int >= 1, got {batch_size!r}")
-        self.backend = B.get_backend(device)
+        self.backend = B.get_backend(get_default_device() if device is None else device)
         if prefetch is None:
             prefetch = 0 if self.backend.device_id is None else 2
         if not isinstance(prefetch, int) or prefetch < 0:
