@@ -122,3 +122,23 @@ def test_e2e_script_runs_both_frameworks_from_the_same_weights(tmp_path):
         (run,) = runs[fw]
         assert run["wall"] > 0 and run["rss_mb"] > 0
         assert 0.15 < run["accuracy"] < 0.45, (fw, run)  # trained past chance (10 %)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_gpu_script_runs_every_workload_from_the_same_weights(tmp_path, device):
+    """``python -m benchmarks.gpu`` (``--device cpu`` without a GPU: the small rows, GL's step
+    takes seconds there): eager, jit and PyTorch steps run and start from the same loss."""
+    import json
+
+    from benchmarks import gpu
+
+    ids = list(gpu.WORKLOADS) if device == "cuda" else ["G1", "G3"]
+    out = tmp_path / "g.json"
+    assert gpu.main(["--device", device, "--reps", "1", "--only", ",".join(ids),
+                     "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["id"] for r in rows] == ids
+    for r in rows:
+        losses = [r[k]["loss"] for k in ("eager", "jit", "torch") if k in r]
+        assert np.allclose(losses, losses[0], rtol=1e-4), (r["id"], losses)
+        assert all(r[k]["ms"] > 0 for k in ("eager", "jit"))
