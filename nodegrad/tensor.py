@@ -361,7 +361,7 @@ class default_device:
 
 def _device(device):
     """``device``, or the default device where it is None."""
-    return device if device is not None else (modes().device or _DEFAULT_DEVICE[0])
+    return device if device is not None else get_default_device()
 
 
 def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
