@@ -187,6 +187,16 @@ class Backend:
         with self.xp.cuda.Device(self.device_id):
             return self.xp.random.default_rng(seed)  # XORWOW
 
+    def permutation(self, rng, n: int):
+        """A random permutation of ``range(n)`` from ``rng``, this device's generator.
+
+        CuPy's generator has no ``permutation``: the order that sorts ``n`` uniform draws is a
+        uniformly random permutation (float64 draws: a tie has odds of about n² / 2⁵⁴).
+        """
+        if self.device_id is None:
+            return rng.permutation(n)
+        return self.xp.argsort(rng.random(n, dtype=self.xp.float64))
+
 
 class _NullScope:
     def __enter__(self):

@@ -71,7 +71,7 @@ class Generator:
 
     def permutation(self, n: int):
         with self.backend.scope():
-            return self.rng.permutation(n)
+            return self.backend.permutation(self.rng, n)
 
 
 _default: dict[str, Generator] = {}

@@ -281,6 +281,8 @@ class _Generator:
         self._g = np.random.default_rng(seed)
 
     def __getattr__(self, name):
+        if name == "permutation":  # CuPy's generator has none
+            raise AttributeError(name)
         attr = getattr(self._g, name)
         if not callable(attr):
             return attr

@@ -230,6 +230,17 @@ FACTORIES = {
 }
 
 
+def test_randperm_on_the_device(cuda):
+    """CuPy's generator has no permutation: the device draws one by sorting uniform draws."""
+    g = ng.random.Generator(cuda, seed=3)
+    perms = [ng.randperm(50, generator=g).numpy() for _ in range(2)]
+    for p in perms:
+        assert p.dtype == np.int64 and sorted(p.tolist()) == list(range(50))
+    assert not np.array_equal(perms[0], perms[1])
+    again = ng.random.Generator(cuda, seed=3)
+    assert np.array_equal(ng.randperm(50, generator=again).numpy(), perms[0])
+
+
 def test_set_default_device_moves_every_factory(cuda):
     """PyTorch's set_default_device: factories without ``device=`` make their tensors there,
     in every thread; an explicit device and the ``*_like`` functions are not affected."""
