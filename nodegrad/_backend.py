@@ -535,21 +535,6 @@ def sum_halves(x):
     return total if total != 0 else _add_reduce(flat)
 
 
-def elementwise_halves(fn, arrays: list, *rest) -> None:
-    """``fn(*arrays, *rest)`` for a loop that treats each index of its 1-D NumPy ``arrays`` (one
-    length) on its own (an optimiser's fused update): from :data:`SPLIT_MIN` elements, in two
-    halves on two threads (numba kernels release the GIL), each element computed as in one
-    call, so the bits are the one call's (Adam over a 784-1024-1024-10 MLP's 1.9 M float32
-    parameters, 52 MB of traffic: ~1.0 ms on one thread)."""
-    a0 = arrays[0]
-    if not (_halves.enabled and type(a0) is np.ndarray and a0.size >= SPLIT_MIN):
-        fn(*arrays, *rest)
-        return
-    h = a0.size // 2
-    h -= h % 16  # both halves start on a 64-byte line
-    _halves.run(fn, (*(a[:h] for a in arrays), *rest), (*(a[h:] for a in arrays), *rest))
-
-
 def _fork_child() -> None:
     _halves._pid = None  # the helper thread is the parent's
     _halves._use = threading.Lock()

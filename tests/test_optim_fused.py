@@ -135,45 +135,6 @@ def test_fused_follows_hyperparameters_changed_between_steps(cls, kw):
     _assert_same(runs[1], runs[0])
 
 
-@pytest.mark.parametrize("cls,kw", [CASES[1], CASES[10], CASES[12], CASES[16]],
-                         ids=[IDS[1], IDS[10], IDS[12], IDS[16]])
-@pytest.mark.parametrize("layout", ["separate", "in_place"])
-def test_large_updates_in_halves_give_the_one_calls_bits(cls, kw, layout, monkeypatch):
-    """From SPLIT_MIN elements a kernel call runs in two halves on two threads
-    (:func:`._backend.elementwise_halves`): the bits of one call, and of the NumPy update."""
-    from nodegrad import _backend as B
-
-    calls = []
-    split = B.elementwise_halves
-    monkeypatch.setattr(B, "elementwise_halves",
-                        lambda fn, arrays, *rest: calls.append(arrays[0].size) or split(
-                            fn, arrays, *rest))
-    n = B.SPLIT_MIN + 37
-    runs = []
-    for fused, halves in ((False, True), (True, True), (True, False)):
-        monkeypatch.setattr(B._halves, "enabled", halves)
-        rng = np.random.default_rng(1)
-        ps = [ng.tensor(rng.standard_normal(n).astype(np.float32), requires_grad=True),
-              ng.tensor(rng.standard_normal(7).astype(np.float32), requires_grad=True)]
-        opt = getattr(ng.optim, cls)(ps, fused=fused, **kw)
-        if layout == "in_place":
-            for p in ps:
-                p.grad = ng.zeros(p.shape)
-            opt.zero_grad(set_to_none=False)
-        for _ in range(3):
-            for p in ps:
-                g = rng.standard_normal(p.shape).astype(np.float32)
-                if layout == "in_place":
-                    p.grad.data[...] = g
-                else:
-                    p.grad = ng.tensor(g)
-            opt.step()
-        runs.append([p.numpy().copy() for p in ps])
-    _assert_same(runs[1], runs[0])
-    _assert_same(runs[2], runs[0])
-    assert max(calls) >= B.SPLIT_MIN
-
-
 def test_the_shapes_cover_lone_and_gathered_small_gradients_and_large_ones():
     from nodegrad.optim.base import SMALL_GRADIENT
 

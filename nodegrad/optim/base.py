@@ -519,8 +519,7 @@ class Optimizer:
         gv = b.gviews
         if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
             state = [b.flat if n is None else b.arrays[n] for n in names]
-            B.elementwise_halves(kern, [b.flat[sl], b.grad[sl], *[a[sl] for a in state]], k,
-                                 flags)
+            kern(b.flat[sl], b.grad[sl], *[a[sl] for a in state], k, flags)
             return
         xp = b.xp
         for i, j, work, (p, *state) in b.calls_of(s, e, names):
@@ -532,7 +531,7 @@ class Optimizer:
                 if g.dtype != dt or not g.flags.c_contiguous:
                     g = xp.ascontiguousarray(g, dtype=dt)
                 g = g.reshape(-1)
-            B.elementwise_halves(kern, [p, g, *state], k, flags)
+            kern(p, g, *state, k, flags)
 
     @staticmethod
     def _gather(b: _Bucket, grads: list, s: int, e: int, sl: slice):
