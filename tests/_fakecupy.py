@@ -351,6 +351,22 @@ def _ce_kernels():
     return sumexp, rows, grad
 
 
+def _gru_kernel():
+    """The NumPy form of ``_backend._gru_cuda_kernel`` (the GRU step's CUDA kernel), writing
+    its four outputs in place as the kernel does."""
+    def step(gir, giz, ghn, gin, h, r, zc, n, h1):
+        gir, giz, ghn, gin, h, r, zc, n, h1 = (
+            _unwrap(v) for v in (gir, giz, ghn, gin, h, r, zc, n, h1))
+        half = r.dtype.type(0.5)
+        a = np.tanh(r + gir) * half + half
+        b = np.tanh(zc + giz) * half + half
+        c = np.tanh(ghn * a + gin)
+        r[...], zc[...], n[...] = a, b, c
+        h1[...] = (c - h) * b + h
+
+    return step
+
+
 @contextlib.contextmanager
 def installed():
     """nodegrad with the fake device as its one CUDA device (and CuPy's state restored)."""
@@ -366,15 +382,15 @@ def installed():
     # the optimisers' CUDA kernels cannot run here: their NumPy-style update instead
     fused.available = lambda backend, dtype: backend.device_id is None and saved[3](backend,
                                                                                     dtype)
-    ce = B._ce_cuda_kernels
-    B._ce_cuda_kernels = _ce_kernels
+    ce, gru = B._ce_cuda_kernels, B._gru_cuda_kernel
+    B._ce_cuda_kernels, B._gru_cuda_kernel = _ce_kernels, _gru_kernel
     try:
         yield
     finally:
         rnd._default.clear()
         rnd._default.update(generators)
         fused.available = saved[3]
-        B._ce_cuda_kernels = ce
+        B._ce_cuda_kernels, B._gru_cuda_kernel = ce, gru
         B._cupy = saved[0]
         B._cuda.clear()
         B._cuda.update(saved[1])

@@ -697,9 +697,18 @@ def _gru_loop_fwd(xp, gi, w, b, h0, reverse=()):
         wf[:, d, :, dh] = b[d].reshape(3, n_h)
     wf *= scale[..., None]
     wf = wf.reshape(3 * dh, dh + 1)
-    half = xp.full((2 * dh, batch), 0.5, dtype=dt)  # an array operand: cheaper than a scalar
     dot, add, mul, sub, tanh = xp.dot, xp.add, xp.multiply, xp.subtract, xp.tanh
     r1, r2, r3 = dh + 1, 3 * dh + 1, 4 * dh + 1
+    step = B.gru_step_kernel(xp)
+    if step is not None:  # CUDA: the product and one kernel a step, the same bits
+        gir, giz, gin = (gis[:, j].reshape(steps, dh, batch) for j in range(3))
+        for hin, g3, r, zc, ghn, n, h, h_new, ir, iz, inn in zip(
+                loop[:-1, :r1], loop[:-1, r1:r3], loop[:-1, r1:r1 + dh], loop[:-1, r1 + dh:r2],
+                loop[:-1, r2:r3], loop[:-1, r3:], loop[:-1, :dh], loop[1:, :dh], gir, giz, gin):
+            dot(wf, hin, out=g3)
+            step(ir, iz, ghn, inn, h, r, zc, n, h_new)
+        return loop
+    half = xp.full((2 * dh, batch), 0.5, dtype=dt)  # an array operand: cheaper than a scalar
     for hin, g3, rz, r, zc, ghn, n, h, h_new, girz, gin in zip(
             loop[:-1, :r1], loop[:-1, r1:r3], loop[:-1, r1:r2], loop[:-1, r1:r1 + dh],
             loop[:-1, r1 + dh:r2], loop[:-1, r2:r3], loop[:-1, r3:], loop[:-1, :dh],
