@@ -945,6 +945,123 @@ def gru_step_kernel(xp):
     return None if xp is np else _gru_cuda_kernel()
 
 
+GRU_LOOP_MAX = 32
+"""State rows of a GRU layer (directions x hidden units) up to which a CUDA device runs each of
+its time loops as one kernel (:func:`gru_loops_cuda`) rather than a product and a kernel a
+step."""
+
+_GRU_LOOPS: dict = {}
+
+_GRU_LOOP_SRC = r"""
+#define R (5 * DH + 1)
+// The forward loop: one thread per batch column b, the state in registers. The loop array
+// (steps + 1, R, n) holds per step h (DH rows), a row of ones, r, 1 - z, g_n and n; gis
+// (steps, 3, DH, n) the input side, wf (3 DH, DH + 1) the recurrent weights with the bias
+// column (r's and z's rows halved, z's negated, as the host code lays them out).
+extern "C" __global__ void ng_gru_fwd(T* loop, const T* gis, const T* wf, const long long steps,
+                                      const long long n) {
+    const long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n) return;
+    const T half = 0.5;
+    T h[DH], hn[DH];
+    for (int i = 0; i < DH; i++) h[i] = loop[i * n + b];
+    for (long long s = 0; s < steps; s++) {
+        T* cur = loop + s * R * n;
+        const T* gi = gis + s * 3 * DH * n;
+        for (int i = 0; i < DH; i++) {
+            const T* wr = wf + i * (DH + 1);
+            const T* wz = wr + DH * (DH + 1);
+            const T* wn = wz + DH * (DH + 1);
+            T ar = 0, az = 0, an = 0;
+            for (int j = 0; j < DH; j++) {
+                ar = ar + wr[j] * h[j];
+                az = az + wz[j] * h[j];
+                an = an + wn[j] * h[j];
+            }
+            ar = ar + wr[DH]; az = az + wz[DH]; an = an + wn[DH];
+            T a = ar + gi[i * n + b]; a = tanh(a); a = a * half; a = a + half;
+            T z = az + gi[(DH + i) * n + b]; z = tanh(z); z = z * half; z = z + half;
+            T c = an * a; c = c + gi[(2 * DH + i) * n + b]; c = tanh(c);
+            T d = c - h[i]; d = d * z; hn[i] = d + h[i];
+            cur[(DH + 1 + i) * n + b] = a;
+            cur[(2 * DH + 1 + i) * n + b] = z;
+            cur[(3 * DH + 1 + i) * n + b] = an;
+            cur[(4 * DH + 1 + i) * n + b] = c;
+        }
+        T* nxt = cur + R * n;
+        for (int i = 0; i < DH; i++) { h[i] = hn[i]; nxt[i * n + b] = hn[i]; }
+    }
+}
+
+// The reverse loop over o (steps, 6, DH, n), from the last step to the first: planes 1-5 of
+// each step times the state's cotangent dh, then dh = m (DH, 5 DH) times planes 0-4. dh (DH,
+// n) comes in as the last step's and goes out as the initial state's.
+extern "C" __global__ void ng_gru_bwd(T* o, T* dhio, const T* m, const long long steps,
+                                      const long long n) {
+    const long long b = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n) return;
+    T dh[DH], dn[DH];
+    for (int i = 0; i < DH; i++) dh[i] = dhio[i * n + b];
+    for (long long s = steps - 1; s >= 0; s--) {
+        T* os = o + s * 6 * DH * n;
+        for (int p = 1; p < 6; p++)
+            for (int i = 0; i < DH; i++) {
+                T* q = os + (p * DH + i) * n + b;
+                *q = *q * dh[i];
+            }
+        for (int i = 0; i < DH; i++) {
+            const T* mi = m + i * 5 * DH;
+            T acc = 0;
+            for (int j = 0; j < 5 * DH; j++) acc = acc + mi[j] * os[j * n + b];
+            dn[i] = acc;
+        }
+        for (int i = 0; i < DH; i++) dh[i] = dn[i];
+    }
+    for (int i = 0; i < DH; i++) dhio[i * n + b] = dh[i];
+}
+"""
+
+
+def _gru_loop_kernels(dtype, dh: int):
+    """The two CUDA kernels of :func:`gru_loops_cuda` for ``dtype`` and ``dh`` state rows,
+    compiled once (without fused multiply-adds, as the per-step kernels)."""
+    key = (np.dtype(dtype).name, dh)
+    k = _GRU_LOOPS.get(key)
+    if k is None:
+        t = "float" if np.dtype(dtype) == float32 else "double"
+        mod = _import_cupy().RawModule(code=f"#define DH {dh}\ntypedef {t} T;\n" + _GRU_LOOP_SRC,
+                                       options=("--fmad=false",))
+        k = _GRU_LOOPS.setdefault(key, (mod.get_function("ng_gru_fwd"),
+                                        mod.get_function("ng_gru_bwd")))
+    return k
+
+
+def gru_loops_cuda(xp, dtype, dh: int):
+    """On CUDA, for a GRU layer of ``dh`` state rows (up to :data:`GRU_LOOP_MAX`), float32 or
+    float64, its two time loops as one kernel each, a thread per batch column:
+    ``forward(loop, gis, wf)`` fills the loop array as ``ops.nn._gru_loop_fwd`` lays it out,
+    ``reverse(o, dh, m)`` runs the reverse loop of ``ops.nn._gru_scan_grad_fwd`` over the steps
+    of ``o``, ``dh`` in place. Two launches in place of a product and a kernel per step each
+    way (a 40-step layer: 160). The sums of the recurrent products run in row order, so the bits
+    are not cuBLAS's. None on the host, or for a larger layer or another dtype."""
+    if xp is np or not 0 < dh <= GRU_LOOP_MAX or np.dtype(dtype) not in (float32, float64):
+        return None
+    fwd, bwd = _gru_loop_kernels(dtype, dh)
+
+    def launch(kernel, arrays, steps, n):
+        threads = 128
+        kernel(((n + threads - 1) // threads,), (threads,), (*arrays, np.int64(steps),
+                                                             np.int64(n)))
+
+    def forward(loop, gis, wf):
+        launch(fwd, (loop, gis, wf), loop.shape[0] - 1, loop.shape[2])
+
+    def reverse(o, dh_, m):
+        launch(bwd, (o, dh_, m), o.shape[0], o.shape[3])
+
+    return forward, reverse
+
+
 def int64_indices(t: np.ndarray) -> np.ndarray:
     """Integer class indices as int64 (itself when they are): the loops compile once, not per
     integer type, and index arithmetic cannot overflow a narrow type; an unsigned index beyond

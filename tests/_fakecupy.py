@@ -367,6 +367,29 @@ def _gru_kernel():
     return step
 
 
+def _gru_loops(dtype, dh):
+    """NumPy forms of ``_backend._gru_loop_kernels``' two CUDA kernels (the GRU's time loops),
+    called as CuPy calls a raw kernel: (grid, block, arguments)."""
+    def forward(grid, block, args):
+        loop, gis, wf, steps, _ = _unwrap(args)
+        half = loop.dtype.type(0.5)
+        for s in range(int(steps)):
+            g3, gi, h = wf @ loop[s, :dh + 1], gis[s].reshape(3, dh, -1), loop[s, :dh]
+            a = np.tanh(g3[:dh] + gi[0]) * half + half
+            z = np.tanh(g3[dh:2 * dh] + gi[1]) * half + half
+            c = np.tanh(g3[2 * dh:] * a + gi[2])
+            loop[s, dh + 1:] = np.concatenate([a, z, g3[2 * dh:], c])
+            loop[s + 1, :dh] = (c - h) * z + h
+
+    def reverse(grid, block, args):
+        o, dh_, m, steps, _ = _unwrap(args)
+        for s in reversed(range(int(steps))):
+            o[s, 1:] *= dh_
+            dh_[...] = m @ o[s, :5].reshape(5 * dh, -1)
+
+    return forward, reverse
+
+
 @contextlib.contextmanager
 def installed():
     """nodegrad with the fake device as its one CUDA device (and CuPy's state restored)."""
@@ -382,15 +405,16 @@ def installed():
     # the optimisers' CUDA kernels cannot run here: their NumPy-style update instead
     fused.available = lambda backend, dtype: backend.device_id is None and saved[3](backend,
                                                                                     dtype)
-    ce, gru = B._ce_cuda_kernels, B._gru_cuda_kernel
-    B._ce_cuda_kernels, B._gru_cuda_kernel = _ce_kernels, _gru_kernel
+    ce, gru, loops = B._ce_cuda_kernels, B._gru_cuda_kernel, B._gru_loop_kernels
+    B._ce_cuda_kernels, B._gru_cuda_kernel, B._gru_loop_kernels = _ce_kernels, _gru_kernel, \
+        _gru_loops
     try:
         yield
     finally:
         rnd._default.clear()
         rnd._default.update(generators)
         fused.available = saved[3]
-        B._ce_cuda_kernels, B._gru_cuda_kernel = ce, gru
+        B._ce_cuda_kernels, B._gru_cuda_kernel, B._gru_loop_kernels = ce, gru, loops
         B._cupy = saved[0]
         B._cuda.clear()
         B._cuda.update(saved[1])

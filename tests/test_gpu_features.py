@@ -306,3 +306,29 @@ def test_default_device_refuses_an_unknown_device():
     with pytest.raises(ng.DeviceError):
         ng.default_device("gpu:x")
     assert ng.get_default_device() == "cpu"
+
+
+@pytest.mark.parametrize("hidden,bidirectional", [(6, True), (20, True), (40, False)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gru_layer_on_the_device(cuda, hidden, bidirectional, dtype):
+    """A GRU layer's output, final state and gradients on the device against the CPU. A layer of
+    up to 32 state rows runs each time loop as one kernel (``B.gru_loops_cuda``), a larger one a
+    product and one kernel a step (``B.gru_step_kernel``)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 9, 3)).astype(dtype)
+    h0 = rng.standard_normal((1 + bidirectional, 5, hidden)).astype(dtype)
+    res = []
+    for device in ("cpu", cuda):
+        ng.manual_seed(0)
+        gru = nn.GRU(3, hidden, batch_first=True, bidirectional=bidirectional,
+                     dtype=getattr(ng, dtype)).to(device)
+        xt = ng.tensor(x, device=device, requires_grad=True)
+        y, hn = gru(xt, ng.tensor(h0, device=device))
+        ((y * y).sum() + hn.sum()).backward()
+        res.append([y, hn, xt.grad] + [p.grad for p in gru.parameters()])
+    tol = 2e-4 if dtype == "float32" else 1e-9
+    for k, (got, want) in enumerate(zip(res[1], res[0])):
+        assert got.device == "cuda:0" and got.dtype == want.dtype
+        g, w = got.numpy(), want.numpy()
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, np.abs(w).max()),
+                                   err_msg=f"array {k}")

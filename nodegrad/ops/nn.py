@@ -699,6 +699,10 @@ def _gru_loop_fwd(xp, gi, w, b, h0, reverse=()):
     wf = wf.reshape(3 * dh, dh + 1)
     dot, add, mul, sub, tanh = xp.dot, xp.add, xp.multiply, xp.subtract, xp.tanh
     r1, r2, r3 = dh + 1, 3 * dh + 1, 4 * dh + 1
+    loops = B.gru_loops_cuda(xp, dt, dh)
+    if loops is not None:  # a small layer on CUDA: the whole loop in one kernel
+        loops[0](loop, gis, wf)
+        return loop
     step = B.gru_step_kernel(xp)
     if step is not None:  # CUDA: the product and one kernel a step, the same bits
         gir, giz, gin = (gis[:, j].reshape(steps, dh, batch) for j in range(3))
@@ -811,9 +815,13 @@ def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
     per_step = list(zip(o[:, 1:], o[:, :5].reshape(steps, 5 * dh_, batch)))
     mul, dot = xp.multiply, xp.dot
     chunk = max(1, _GRU_CHUNK // max(1, dh_ * batch))  # all steps of a small layer at once
+    loops = B.gru_loops_cuda(xp, dt, dh_)
     for t1 in range(steps, 0, -chunk):
         t0 = max(0, t1 - chunk)
         _gru_factors(xp, loop[t0:t1 + 1], o[t0:t1], dh_)
+        if loops is not None:  # a small layer on CUDA: the chunk's steps in one kernel
+            loops[1](o[t0:t1], dh, m)
+            continue
         for ks, ins in reversed(per_step[t0:t1]):
             mul(ks, dh, out=ks)
             dot(m, ins, out=dh)
