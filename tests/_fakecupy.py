@@ -367,6 +367,26 @@ def _gru_kernel():
     return step
 
 
+def _im2col_kernel():
+    """The NumPy form of ``_backend._im2col_cuda_kernel``: the same index arithmetic over the
+    raw input's memory, element by element of the output."""
+    def im2col(x, kc, c, k1, p0, p1, h, w, s0, s1, q0, q1, d0, d1, sn, sc, sh, sw, y):
+        x, y = _unwrap(x), _unwrap(y)
+        i = np.arange(y.size)
+        col, row = i % kc, i // kc
+        ci, t = col % c, col // c
+        kb, ka = t % k1, t // k1
+        pj, r2 = row % p1, row // p1
+        pi, nn = r2 % p0, r2 // p0
+        hh, ww = pi * s0 - q0 + ka * d0, pj * s1 - q1 + kb * d1
+        inside = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < w)
+        flat = x.reshape(-1)  # C-ordered in some axis order: the flat index is the offset
+        at = np.where(inside, nn * sn + ci * sc + hh * sh + ww * sw, 0)
+        y.reshape(-1)[...] = np.where(inside, flat[at], 0)
+
+    return im2col
+
+
 def _gru_loops(dtype, dh):
     """NumPy forms of ``_backend._gru_loop_kernels``' two CUDA kernels (the GRU's time loops),
     called as CuPy calls a raw kernel: (grid, block, arguments)."""
@@ -405,16 +425,18 @@ def installed():
     # the optimisers' CUDA kernels cannot run here: their NumPy-style update instead
     fused.available = lambda backend, dtype: backend.device_id is None and saved[3](backend,
                                                                                     dtype)
-    ce, gru, loops = B._ce_cuda_kernels, B._gru_cuda_kernel, B._gru_loop_kernels
-    B._ce_cuda_kernels, B._gru_cuda_kernel, B._gru_loop_kernels = _ce_kernels, _gru_kernel, \
-        _gru_loops
+    kernels = ("_ce_cuda_kernels", "_gru_cuda_kernel", "_gru_loop_kernels", "_im2col_cuda_kernel")
+    saved_kernels = {k: getattr(B, k) for k in kernels}
+    for k, form in zip(kernels, (_ce_kernels, _gru_kernel, _gru_loops, _im2col_kernel)):
+        setattr(B, k, form)
     try:
         yield
     finally:
         rnd._default.clear()
         rnd._default.update(generators)
         fused.available = saved[3]
-        B._ce_cuda_kernels, B._gru_cuda_kernel, B._gru_loop_kernels = ce, gru, loops
+        for k, v in saved_kernels.items():
+            setattr(B, k, v)
         B._cupy = saved[0]
         B._cuda.clear()
         B._cuda.update(saved[1])

@@ -48,6 +48,10 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
         out = tuple(_out_size(m, ki, s, p, d)
                     for m, ki, s, p, d in zip(x.shape[2:], k, stride, padding, dilation))
     npos, kk, g = math.prod(out), math.prod(k), groups
+    if g == 1 and type(x) is not B.ndarray:  # CUDA: one kernel
+        cols = B.im2col_cuda(x, tuple(k), tuple(stride), tuple(padding), tuple(dilation), out)
+        if cols is not None:
+            return cols, out
     # one input channel: copied taps-major, the runs are whole output rows rather than one
     # kernel row (~3x faster); the product takes the transposed view as is
     first = g == 1 and c == 1 and stride[-1] == 1 and out[-1] > (
@@ -171,7 +175,8 @@ def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
     n, c = shape[:2]
     cg, k = w.shape[1], tuple(w.shape[2:])
     out = tuple(g.shape[2:])
-    if groups == 1 and any(s > 1 for s in stride) and math.prod(k) <= 32:
+    if groups == 1 and any(s > 1 for s in stride) and math.prod(k) <= 32 and type(
+            g) is B.ndarray:  # on CUDA the one product below takes fewer launches
         return _input_grad_strided(xp, g, w, stride, padding, dilation, shape)
     rows = _grad_rows(xp, g, groups)                                     # (G, N·P, Og)
     cols = B.matmul(rows, _kernel_rows(w, groups))                               # (G, N·P, K·Cg)
