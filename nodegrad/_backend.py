@@ -919,6 +919,30 @@ def ce_rows_grad_cuda(x, g, t, ignore_index: int | None, mean: bool):
     return grad(x, m, s, t[:, None], w, x.shape[1], ignore)
 
 
+# --- CUDA: the class-target check in one reduction ---------------------------------------------
+_TARGETS_CUDA: list = []
+
+
+def _targets_cuda_kernel():
+    """The reduction of :func:`count_bad_targets`, built once."""
+    if not _TARGETS_CUDA:
+        _TARGETS_CUDA.append(_import_cupy().ReductionKernel(
+            "I t, int64 c, int64 ignore, bool skip", "int64 bad",
+            "((t < 0 || t >= c) && !(skip && t == ignore)) ? 1 : 0", "a + b", "bad = a", "0",
+            "ng_bad_targets"))
+    return _TARGETS_CUDA[0]
+
+
+def count_bad_targets(t, classes: int, ignore_index) -> int | None:
+    """How many entries of CuPy integer targets ``t`` are neither a class (0..classes-1) nor
+    ``ignore_index``: one reduction and one wait for the device, where the array expression
+    takes five launches first. None on the host."""
+    if type(t) is np.ndarray:
+        return None
+    skip = ignore_index is not None
+    return int(_targets_cuda_kernel()(t, classes, int(ignore_index) if skip else 0, skip))
+
+
 # --- CUDA: a convolution's windows in one kernel ------------------------------------------------
 _IM2COL_CUDA: list = []
 

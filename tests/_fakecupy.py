@@ -387,6 +387,17 @@ def _im2col_kernel():
     return im2col
 
 
+def _targets_kernel():
+    """The NumPy form of ``_backend._targets_cuda_kernel`` (a 0-d count, as CuPy's reduction
+    gives)."""
+    def count(t, c, ignore, skip):
+        t = _unwrap(t)
+        bad = ((t < 0) | (t >= c)) & ~(skip & (t == ignore))
+        return _wrap(np.asarray(bad.sum(), np.int64))
+
+    return count
+
+
 def _gru_loops(dtype, dh):
     """NumPy forms of ``_backend._gru_loop_kernels``' two CUDA kernels (the GRU's time loops),
     called as CuPy calls a raw kernel: (grid, block, arguments)."""
@@ -425,9 +436,11 @@ def installed():
     # the optimisers' CUDA kernels cannot run here: their NumPy-style update instead
     fused.available = lambda backend, dtype: backend.device_id is None and saved[3](backend,
                                                                                     dtype)
-    kernels = ("_ce_cuda_kernels", "_gru_cuda_kernel", "_gru_loop_kernels", "_im2col_cuda_kernel")
+    kernels = {"_ce_cuda_kernels": _ce_kernels, "_gru_cuda_kernel": _gru_kernel,
+               "_gru_loop_kernels": _gru_loops, "_im2col_cuda_kernel": _im2col_kernel,
+               "_targets_cuda_kernel": _targets_kernel}
     saved_kernels = {k: getattr(B, k) for k in kernels}
-    for k, form in zip(kernels, (_ce_kernels, _gru_kernel, _gru_loops, _im2col_kernel)):
+    for k, form in kernels.items():
         setattr(B, k, form)
     try:
         yield

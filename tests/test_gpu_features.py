@@ -332,3 +332,17 @@ def test_gru_layer_on_the_device(cuda, hidden, bidirectional, dtype):
         g, w = got.numpy(), want.numpy()
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, np.abs(w).max()),
                                    err_msg=f"array {k}")
+
+
+def test_cross_entropy_targets_are_checked_on_the_device(cuda):
+    """Out-of-range class targets on the device raise as on the CPU (one reduction there,
+    ``B.count_bad_targets``); ignored ones and valid ones pass."""
+    from nodegrad.nn import functional as F
+
+    x = ng.tensor(np.zeros((4, 3), np.float32), device=cuda)
+    for t, kw in (([0, 1, 2, 5], {}), ([0, -1, 2, 1], {}), ([0, -2, 2, 1], {"ignore_index": -1})):
+        with pytest.raises(IndexError, match=r"cross_entropy: target (5|-1|-2) is out of range "
+                                             r"for 3 classes"):
+            F.cross_entropy(x, ng.tensor(np.array(t), device=cuda), **kw)
+    ok = F.cross_entropy(x, ng.tensor(np.array([0, -1, 2, 1]), device=cuda), ignore_index=-1)
+    assert abs(float(ok.item()) - np.log(3)) < 1e-6

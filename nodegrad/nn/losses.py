@@ -126,8 +126,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if (target.dtype.kind in "iu" and weight is None and label_smoothing == 0
             and reduction in _REDUCTIONS and input.dtype.kind == "f"):
         # the common case in one fused primitive: log-softmax, pick and reduce in one pass
-        _check_logits(input, target, "nll_loss")
-        _class_target(target, input.shape[axis], ignore_index, "nll_loss", host_checked=True)
+        _check_logits(input, target, "cross_entropy")
+        _class_target(target, input.shape[axis], ignore_index, "cross_entropy",
+                      host_checked=True)
         return _fused_ce(input, target, axis=axis, ignore_index=ignore_index,
                          reduction=reduction)
     logp = ops.log_softmax(input, axis=axis)

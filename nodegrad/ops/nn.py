@@ -401,6 +401,8 @@ _LEAN_DTYPES = (B.np.dtype("float32"), B.np.dtype("float64"))
 def check_class_targets(t, classes: int, ignore_index, op: str) -> None:
     """IndexError naming ``op`` unless every entry of integer array ``t`` is a class index
     (0..classes-1) or ``ignore_index``."""
+    if B.count_bad_targets(t, classes, ignore_index) == 0:  # CUDA: one reduction
+        return
     bad = (t < 0) | (t >= classes)
     if ignore_index is not None:
         bad &= t != ignore_index
