@@ -807,12 +807,13 @@ def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
         dh[d * n_h:(d + 1) * n_h] = src[-1]
     gp[0] = 0
     # dh_{s-1} = g_{s-1} + dh z + Wₕₕᵀ (d gₙ, d r, d z): one block-diagonal weight (DH, 5DH)
+    # (its diagonal blocks [I, I, Wₙᵀ, Wᵣᵀ, W_zᵀ]: two copies a direction, few launches on CUDA)
     m = xp.zeros((n_dir, n_h, 5, n_dir, n_h), dtype=dt)
+    blocks = w.reshape(n_dir, 3, n_h, n_h)[:, [2, 0, 1]].transpose(0, 3, 1, 2)  # (D, H, 3, H)
+    eye = xp.eye(n_h, dtype=dt)[:, None]
     for d in range(n_dir):
-        blk = w[d].reshape(3, n_h, n_h)
-        for p, gate in ((2, 2), (3, 0), (4, 1)):
-            m[d, :, p, d] = blk[gate].T
-        m[d, :, 0, d] = m[d, :, 1, d] = xp.eye(n_h, dtype=dt)
+        m[d, :, 2:, d] = blocks[d]
+        m[d, :, :2, d] = eye
     m = m.reshape(dh_, 5 * dh_)
     per_step = list(zip(o[:, 1:], o[:, :5].reshape(steps, 5 * dh_, batch)))
     mul, dot = xp.multiply, xp.dot
@@ -836,11 +837,11 @@ def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
         # the planes as they lie (the block-diagonal blocks are the directions' gradients)
         full = xp.matmul(o[:, 2:5].reshape(steps, 3 * dh_, batch),
                          loop[:-1, :dh_ + 1].transpose(0, 2, 1)).sum(0)
-        full = full.reshape(3, n_dir, n_h, dh_ + 1)
+        full = full.reshape(3, n_dir, n_h, dh_ + 1)  # planes gₙ, r, z; the gates go r, z, n
         for d in range(n_dir):
-            for gate, p in ((0, 1), (1, 2), (2, 0)):
-                dw[d, gate] = full[p, d, :, d * n_h:(d + 1) * n_h]
-                db[d, gate] = full[p, d, :, dh_]
+            cols = slice(d * n_h, (d + 1) * n_h)
+            dw[d, :2], dw[d, 2] = full[1:, d, :, cols], full[0, d, :, cols]
+            db[d, :2], db[d, 2] = full[1:, d, :, dh_], full[0, d, :, dh_]
     else:
         flat[ends[0]:ends[2]] = 0
     return flat
