@@ -944,26 +944,40 @@ def count_bad_targets(t, classes: int, ignore_index) -> int | None:
 
 
 # --- CUDA: a convolution's windows in one kernel ------------------------------------------------
-_IM2COL_CUDA: list = []
+_IM2COL_CUDA: dict = {}
+
+_IM2COL_SRC = r"""
+// Output element i of the (N P0 P1, K0 K1 C) columns reads its input element through the
+// input's element strides, or is zero in the padding. A raw kernel: its launch costs the host
+// a fraction of an elementwise kernel's with as many arguments.
+extern "C" __global__ void ng_im2col(const T* x, T* y, const long long total,
+        const long long kc, const long long c, const long long k1, const long long p0,
+        const long long p1, const long long h, const long long w, const long long s0,
+        const long long s1, const long long q0, const long long q1, const long long d0,
+        const long long d1, const long long sn, const long long sc, const long long sh,
+        const long long sw) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)blockDim.x * gridDim.x) {
+        long long col = i % kc, row = i / kc;
+        long long ci = col % c, t = col / c, kb = t % k1, ka = t / k1;
+        long long pj = row % p1, r2 = row / p1, pi = r2 % p0, nn = r2 / p0;
+        long long hh = pi * s0 - q0 + ka * d0, ww = pj * s1 - q1 + kb * d1;
+        y[i] = (hh >= 0 && hh < h && ww >= 0 && ww < w)
+            ? x[nn * sn + ci * sc + hh * sh + ww * sw] : (T)0;
+    }
+}
+"""
 
 
-def _im2col_cuda_kernel():
-    """The elementwise kernel of :func:`im2col_cuda`, built once: output element ``i`` of the
-    (N·P0·P1, K0·K1·C) columns reads its input element through the input's element strides,
-    or is zero in the padding."""
-    if not _IM2COL_CUDA:
-        _IM2COL_CUDA.append(_import_cupy().ElementwiseKernel(
-            "raw T x, int64 kc, int64 c, int64 k1, int64 p0, int64 p1, int64 h, int64 w, "
-            "int64 s0, int64 s1, int64 q0, int64 q1, int64 d0, int64 d1, int64 sn, int64 sc, "
-            "int64 sh, int64 sw", "T y",
-            "long long col = i % kc, row = i / kc; "
-            "long long ci = col % c, t = col / c, kb = t % k1, ka = t / k1; "
-            "long long pj = row % p1, r2 = row / p1, pi = r2 % p0, nn = r2 / p0; "
-            "long long hh = pi * s0 - q0 + ka * d0, ww = pj * s1 - q1 + kb * d1; "
-            "y = (hh >= 0 && hh < h && ww >= 0 && ww < w) "
-            "? x[nn * sn + ci * sc + hh * sh + ww * sw] : (T)0",
-            "ng_im2col"))
-    return _IM2COL_CUDA[0]
+def _im2col_cuda_kernel(dtype):
+    """The raw kernel of :func:`im2col_cuda` for float32 or float64, compiled once each."""
+    key = np.dtype(dtype).name
+    k = _IM2COL_CUDA.get(key)
+    if k is None:
+        t = "float" if np.dtype(dtype) == float32 else "double"
+        mod = _import_cupy().RawModule(code=f"typedef {t} T;\n" + _IM2COL_SRC)
+        k = _IM2COL_CUDA.setdefault(key, mod.get_function("ng_im2col"))
+    return k
 
 
 def im2col_cuda(x, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out: tuple):
@@ -971,8 +985,9 @@ def im2col_cuda(x, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out
     positions ``out`` as columns (1, N·P, K·C), channels innermost, in one kernel: the layout
     ``ops.conv._cols`` makes with a padded copy, a strided view and a gather (three to four
     launches). The input is read where it lies when it, or its channels-last view, is
-    C-ordered (a convolution's output is channels-last). None on the host or for more axes."""
-    if type(x) is np.ndarray or len(k) not in (1, 2):
+    C-ordered (a convolution's output is channels-last). None on the host, for more axes or
+    for dtypes other than float32 and float64."""
+    if type(x) is np.ndarray or len(k) not in (1, 2) or x.dtype not in (float32, float64):
         return None
     n, c = x.shape[:2]
     if len(k) == 1:  # as two axes, the first of extent one
@@ -988,8 +1003,13 @@ def im2col_cuda(x, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out
     sn, sc, sh, sw = (st // x4.itemsize for st in x4.strides)
     kc = k[0] * k[1] * c
     y = _import_cupy().empty((n * out[0] * out[1], kc), x.dtype)
-    _im2col_cuda_kernel()(mem, kc, c, k[1], out[0], out[1], spatial[0], spatial[1], *stride,
-                          *padding, *dilation, sn, sc, sh, sw, y)
+    if y.size:
+        threads = 256
+        blocks = min((y.size + threads - 1) // threads, 65535)
+        args = (y.size, kc, c, k[1], out[0], out[1], spatial[0], spatial[1], *stride, *padding,
+                *dilation, sn, sc, sh, sw)
+        _im2col_cuda_kernel(x.dtype)((blocks,), (threads,),
+                                     (mem, y, *(np.int64(v) for v in args)))
     return y.reshape(1, n * out[0] * out[1], kc)
 
 

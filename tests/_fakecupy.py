@@ -367,12 +367,13 @@ def _gru_kernel():
     return step
 
 
-def _im2col_kernel():
-    """The NumPy form of ``_backend._im2col_cuda_kernel``: the same index arithmetic over the
-    raw input's memory, element by element of the output."""
-    def im2col(x, kc, c, k1, p0, p1, h, w, s0, s1, q0, q1, d0, d1, sn, sc, sh, sw, y):
-        x, y = _unwrap(x), _unwrap(y)
-        i = np.arange(y.size)
+def _im2col_kernel(dtype):
+    """The NumPy form of ``_backend._im2col_cuda_kernel``'s raw kernel, called as CuPy calls
+    one ((grid), (block), arguments): the same index arithmetic over the raw input's memory."""
+    def im2col(grid, block, args):
+        x, y, total, kc, c, k1, p0, p1, h, w, s0, s1, q0, q1, d0, d1, sn, sc, sh, sw = (
+            _unwrap(a) for a in args)
+        i = np.arange(int(total))
         col, row = i % kc, i // kc
         ci, t = col % c, col // c
         kb, ka = t % k1, t // k1
