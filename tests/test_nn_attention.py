@@ -81,6 +81,13 @@ _MHA_CASES = [  # kwargs, attention kind, masks, need_weights, average
     (dict(kdim=3, vdim=5), "cross", "float_padding", True, True),
     (dict(bias=False), "self", "bool", True, True),
     (dict(), "unbatched", "bool", True, False),
+    (dict(add_bias_kv=True), "self", None, True, True),
+    (dict(add_zero_attn=True), "cross", "both", True, False),
+    (dict(add_bias_kv=True, add_zero_attn=True, batch_first=True), "cross", "float3d", True,
+     True),
+    (dict(add_bias_kv=True, add_zero_attn=True, kdim=3, vdim=5), "cross", "float_padding",
+     True, False),
+    (dict(add_bias_kv=True), "unbatched", "padding", True, True),
 ]
 
 

@@ -121,9 +121,9 @@ class _MoreOps(nn.Module):
 
 
 class _MHA(nn.Module):
-    def __init__(self, batch_first):
+    def __init__(self, batch_first, **kw):
         super().__init__()
-        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=batch_first, **kw)
 
     def forward(self, x):
         return self.attn(x, x, x, need_weights=False)[0]
@@ -189,6 +189,8 @@ LAYERS = [
                                         batch_first=True), lambda b: _randn(b, 5, 3)),
     ("multihead_attention", lambda: _MHA(False), lambda b: _randn(5, b, 8)),
     ("multihead_attention_batch_first", lambda: _MHA(True), lambda b: _randn(b, 5, 8)),
+    ("multihead_attention_bias_kv_zero_attn",  # a learned and a zero key; the length varies
+     lambda: _MHA(False, add_bias_kv=True, add_zero_attn=True), lambda b: _randn(b, 3, 8)),
     ("transformer_encoder_layer", lambda: nn.TransformerEncoderLayer(8, 2, 16),
      lambda b: _randn(5, b, 8)),
     ("transformer_encoder_layer_pre_norm_gelu", lambda: nn.TransformerEncoderLayer(
@@ -508,6 +510,17 @@ def test_batch_dependent_slicing_is_refused_not_wrong():
     proto = export(_BatchDependent(), _randn(3, 2), dynamic_axes={})  # static: fine
     got = _session(proto).run(None, {"input": _randn(3, 2).numpy()})[0]
     np.testing.assert_array_equal(got, _randn(3, 2).numpy()[:2])
+
+
+def test_appended_keys_follow_a_dynamic_batch_only_in_static_export():
+    """MultiheadAttention's appended key and value (add_bias_kv) are made for the traced batch:
+    with the batch axis dynamic the export says so; with static shapes it matches."""
+    model = _MHA(True, add_bias_kv=True, add_zero_attn=True).eval()
+    x = _randn(3, 5, 8)
+    with pytest.raises(UnsupportedError, match="dynamic axes"):
+        export(model, x)
+    got = _session(export(model, x, dynamic_axes={})).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).numpy(), rtol=RTOL, atol=ATOL)
 
 
 class _ShapeConstant(nn.Module):

@@ -388,6 +388,8 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
                          dropout_p: float = 0.0, training: bool = True,
                          q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
                          v_proj_weight: Tensor | None = None,
+                         bias_k: Tensor | None = None, bias_v: Tensor | None = None,
+                         add_zero_attn: bool = False,
                          generator: Generator | None = None) -> tuple[Tensor, Tensor | None]:
     """PyTorch's multi-head attention on sequence-first inputs: query (L, N, E), key (S, N, Ek),
     value (S, N, Ev), or unbatched (L, E) etc. Returns (output (L, N, E), weights or None).
@@ -395,7 +397,10 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
     Masks follow ``nn.MultiheadAttention``: in a boolean ``attn_mask`` ((L, S) or (N·heads, L, S))
     or ``key_padding_mask`` ((N, S)) True means NOT allowed to attend; float masks are added.
     Weights are (N, L, S) averaged over heads, or (N, heads, L, S); dropout acts on them.
-    ``is_causal`` without ``attn_mask`` masks future positions.
+    ``is_causal`` without ``attn_mask`` masks future positions. ``bias_k``/``bias_v`` (1, 1, E)
+    are appended to the projected keys and values of every sequence and ``add_zero_attn``
+    appends a zero key and value to each head, each with a mask column that allows it (the
+    masks stay given for the S keys of the inputs).
     """
     op = "multi_head_attention"
     batched = query.ndim == 3
@@ -433,10 +438,26 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
         q, k, v = (F.linear(t, w, b) for t, w, b in zip(
             (query, key, value), (q_proj_weight, k_proj_weight, v_proj_weight), bs))
 
+    extra = 0  # keys and values appended to the inputs' n_k
+    if (bias_k is None) != (bias_v is None):
+        raise ValueError(f"{op}: give both bias_k and bias_v, or neither")
+    if bias_k is not None:
+        for b, what in ((bias_k, "bias_k"), (bias_v, "bias_v")):
+            if tuple(b.shape) != (1, 1, embed):
+                raise ShapeError(f"{op}: expected {what} of shape (1, 1, {embed}), got "
+                                 f"{tuple(b.shape)}")
+        k = ops.concatenate([k, ops.broadcast_to(bias_k, (1, batch, embed))], 0)
+        v = ops.concatenate([v, ops.broadcast_to(bias_v, (1, batch, embed))], 0)
+        extra += 1
+
     def heads(t, n):  # (n, N, E) -> (N, heads, n, d)
         return ops.transpose(ops.reshape(t, (n, batch, num_heads, d)), (1, 2, 0, 3))
 
-    q, k, v = heads(q, n_q), heads(k, n_k), heads(v, n_k)
+    q, k, v = heads(q, n_q), heads(k, n_k + extra), heads(v, n_k + extra)
+    if add_zero_attn:
+        zero = zeros(batch, num_heads, 1, d, dtype=k.dtype, device=k.device)
+        k, v = ops.concatenate([k, zero], 2), ops.concatenate([v, zero], 2)
+        extra += 1
     bias = None
     if attn_mask is not None:
         m = _mask_bias(attn_mask, q, masked_when=True)
@@ -455,6 +476,9 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
                              f"{tuple(m.shape)}")
         m = ops.reshape(m, (batch, 1, 1, n_k))
         bias = m if bias is None else bias + m
+    if bias is not None and extra:  # the appended keys may be attended from every query
+        pad = zeros(*(tuple(bias.shape[:-1]) + (extra,)), dtype=bias.dtype, device=bias.device)
+        bias = ops.concatenate([bias, pad], -1)
     p = dropout_p if training else 0.0
     out, w = _attend(q, k, v, bias, p, 1.0 / math.sqrt(d), generator)           # (N, h, L, d)
     out = ops.reshape(ops.transpose(out, (2, 0, 1, 3)), (n_q, batch, embed))

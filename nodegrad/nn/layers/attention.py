@@ -30,6 +30,9 @@ class MultiheadAttention(Module):
     "may not attend", float masks are added to the scores. Default init as PyTorch: the packed
     in-projection Xavier-uniform, its bias and ``out_proj.bias`` zero, ``out_proj.weight``
     U(±1/√E). With ``kdim``/``vdim`` ≠ E the projections are separate (``q_proj_weight``, ...).
+    ``add_bias_kv`` appends a learned key and value (``bias_k``, ``bias_v``, Xavier-normal) to
+    every sequence after the projections, ``add_zero_attn`` a zero key and value after the
+    heads' split; masks get a column that lets every query attend to each (as PyTorch).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -37,9 +40,6 @@ class MultiheadAttention(Module):
                  vdim: int | None = None, batch_first: bool = False, init="default", device=None,
                  dtype=None):
         super().__init__()
-        if add_bias_kv or add_zero_attn:
-            raise NotImplementedError("MultiheadAttention: add_bias_kv and add_zero_attn are not "
-                                      "supported")
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
             raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be a positive "
                              f"multiple of num_heads ({num_heads})")
@@ -71,6 +71,11 @@ class MultiheadAttention(Module):
         else:
             self.register_parameter("in_proj_bias", None)
         self.out_proj = Linear(E, E, bias=bias, device=device, dtype=dtype)
+        if add_bias_kv:  # one learned key and value more for every sequence (after projection)
+            self.bias_k, self.bias_v = new(1, 1, E), new(1, 1, E)
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = bool(add_zero_attn)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -85,6 +90,9 @@ class MultiheadAttention(Module):
         for b in (self.in_proj_bias, self.out_proj.bias):
             if b is not None:
                 I.zeros_(b)
+        for b in (self.bias_k, self.bias_v):
+            if b is not None:
+                I.xavier_normal_(b)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask=None,
                 need_weights: bool = True, attn_mask=None, average_attn_weights: bool = True,
@@ -109,7 +117,8 @@ class MultiheadAttention(Module):
             need_weights=need_weights, attn_mask=attn_mask,
             average_attn_weights=average_attn_weights, is_causal=is_causal,
             dropout_p=self.dropout, training=self.training, q_proj_weight=self.q_proj_weight,
-            k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight)
+            k_proj_weight=self.k_proj_weight, v_proj_weight=self.v_proj_weight,
+            bias_k=self.bias_k, bias_v=self.bias_v, add_zero_attn=self.add_zero_attn)
         if self.batch_first and query.ndim == 3:
             out = ops.swapaxes(out, 0, 1)
         return out, w
@@ -120,6 +129,10 @@ class MultiheadAttention(Module):
             s += f", dropout={self.dropout}"
         if not self._qkv_same_embed_dim:
             s += f", kdim={self.kdim}, vdim={self.vdim}"
+        if self.bias_k is not None:
+            s += ", add_bias_kv=True"
+        if self.add_zero_attn:
+            s += ", add_zero_attn=True"
         return s + (", batch_first=True" if self.batch_first else "")
 
 
