@@ -189,6 +189,12 @@ LAYERS = [
                                         batch_first=True), lambda b: _randn(b, 5, 3)),
     ("multihead_attention", lambda: _MHA(False), lambda b: _randn(5, b, 8)),
     ("multihead_attention_batch_first", lambda: _MHA(True), lambda b: _randn(b, 5, 8)),
+    ("reflection_pad2d", lambda: nn.ReflectionPad2d((1, 2, 0, 1)), lambda b: _randn(b, 2, 5, 6)),
+    ("zero_pad2d", lambda: nn.ZeroPad2d((1, -1, 2, 0)), lambda b: _randn(b, 2, 5, 6)),
+    ("circular_pad1d", lambda: nn.CircularPad1d(2), lambda b: _randn(b, 3, 5)),
+    ("replication_pad3d", lambda: nn.ReplicationPad3d(1), lambda b: _randn(b, 2, 3, 4, 5)),
+    ("channel_shuffle", lambda: nn.ChannelShuffle(2), lambda b: _randn(b, 4, 3, 3)),
+    ("softmax2d", lambda: nn.Softmax2d(), lambda b: _randn(b, 4, 3, 3)),
     ("multihead_attention_bias_kv_zero_attn",  # a learned and a zero key; the length varies
      lambda: _MHA(False, add_bias_kv=True, add_zero_attn=True), lambda b: _randn(b, 3, 8)),
     ("transformer_encoder_layer", lambda: nn.TransformerEncoderLayer(8, 2, 16),

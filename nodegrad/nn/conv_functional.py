@@ -384,6 +384,18 @@ def fold(x: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -
 
 
 # --- pixel shuffles ---------------------------------------------------------------------------
+def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+    """(N, C, *) with C = g·k channels as g groups of k -> the channels interleaved (k groups of
+    g), as ShuffleNet mixes grouped convolutions' outputs (PyTorch's channel_shuffle)."""
+    g = int(groups)
+    if not isinstance(x, Tensor) or x.ndim < 3 or g < 1 or x.shape[1] % g:
+        raise ShapeError(f"channel_shuffle: expected (N, C, *) with C divisible by groups, got "
+                         f"{getattr(x, 'shape', x)!r} and groups={groups}")
+    n, c, *rest = x.shape
+    y = ops.reshape(x, (n, g, c // g, *rest))
+    return ops.reshape(ops.swapaxes(y, 1, 2), (n, c, *rest))
+
+
 def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
     """(*, C·r², H, W) -> (*, C, H·r, W·r): channels become r×r sub-pixel blocks."""
     r = int(upscale_factor)

@@ -293,7 +293,8 @@ from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell,
 
 # --- convolution, pooling and resampling beyond conv1d/2d (conv_functional) -------------------
 from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, avg_pool1d,  # noqa: E402
-                              avg_pool2d, avg_pool3d, conv3d, conv_transpose1d, conv_transpose2d,
+                              avg_pool2d, avg_pool3d, channel_shuffle, conv3d, conv_transpose1d,
+                              conv_transpose2d,
                               fold, interpolate, lp_pool1d, lp_pool2d, max_pool1d, max_pool2d,
                               max_pool3d, max_unpool1d, max_unpool2d, pixel_shuffle,
                               pixel_unshuffle, unfold, upsample)
@@ -302,6 +303,7 @@ __all__ += [
     "conv3d", "conv_transpose1d", "conv_transpose2d", "max_pool3d", "avg_pool3d",
     "max_unpool1d", "max_unpool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "lp_pool1d",
     "lp_pool2d", "unfold", "fold", "pixel_shuffle", "pixel_unshuffle", "interpolate", "upsample",
+    "channel_shuffle",
 ]
 
 # --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------

@@ -113,3 +113,18 @@ __all__ += ["CosineSimilarity", "PairwiseDistance", "CosineEmbeddingLoss", "CTCL
             "GaussianNLLLoss", "HingeEmbeddingLoss", "MarginRankingLoss",
             "MultiLabelSoftMarginLoss", "MultiMarginLoss", "PoissonNLLLoss", "SoftMarginLoss",
             "TripletMarginLoss"]
+
+# --- padding layers and small PyTorch layers ----------------------------------------------------
+from .activation import Softmax2d  # noqa: E402
+from .loss import SmoothL1Loss  # noqa: E402
+from .norm import BatchNorm3d  # noqa: E402
+from .padding import (CircularPad1d, CircularPad2d, CircularPad3d, ConstantPad1d,  # noqa: E402
+                      ConstantPad2d, ConstantPad3d, ReflectionPad1d, ReflectionPad2d,
+                      ReflectionPad3d, ReplicationPad1d, ReplicationPad2d, ReplicationPad3d,
+                      ZeroPad1d, ZeroPad2d, ZeroPad3d)
+from .pool import ChannelShuffle  # noqa: E402
+
+__all__ += ["BatchNorm3d", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "CircularPad3d",
+            "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "ReflectionPad1d",
+            "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d", "ReplicationPad2d",
+            "ReplicationPad3d", "SmoothL1Loss", "Softmax2d", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d"]

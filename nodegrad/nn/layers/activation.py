@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...errors import ShapeError
 from ...tensor import full
 from .. import functional as F
 from ..module import Module, Parameter
@@ -95,6 +96,16 @@ class Softmax(Module):
 
     def forward(self, x):
         return F.softmax(x, self.dim)
+
+
+class Softmax2d(Module):
+    """Softmax over the channels of (N, C, H, W) or (C, H, W): at every spatial position."""
+
+    def forward(self, x):
+        if x.ndim not in (3, 4):
+            raise ShapeError(f"Softmax2d: expected a 3-D or 4-D input, got shape "
+                             f"{tuple(x.shape)}")
+        return F.softmax(x, -3)
 
 
 class LogSoftmax(Module):

@@ -34,6 +34,17 @@ class HuberLoss(_Loss):
         return L.huber_loss(input, target, self.reduction, self.delta)
 
 
+class SmoothL1Loss(_Loss):
+    """PyTorch's smooth L1: quadratic under ``beta``, linear beyond (Huber divided by beta)."""
+
+    def __init__(self, reduction: str = "mean", beta: float = 1.0):
+        super().__init__(reduction)
+        self.beta = beta
+
+    def forward(self, input, target):
+        return L.smooth_l1_loss(input, target, self.reduction, self.beta)
+
+
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy from logits (class indices or probabilities as targets)."""
 

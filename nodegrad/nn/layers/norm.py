@@ -60,6 +60,12 @@ class BatchNorm2d(_BatchNorm):
     dims = (4,)
 
 
+class BatchNorm3d(_BatchNorm):
+    """Batch norm over (N, C, D, H, W). Init: gamma = 1, beta = 0, running mean 0, variance 1."""
+
+    dims = (5,)
+
+
 class LayerNorm(Module):
     """Normalise each sample over its trailing ``normalized_shape`` axes (init: gamma 1, beta 0)."""
 

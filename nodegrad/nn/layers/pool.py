@@ -134,6 +134,20 @@ class Fold(Unfold):
         return f"output_size={self.output_size}, " + super().extra_repr()
 
 
+class ChannelShuffle(Module):
+    """Interleaves ``groups`` groups of channels (``nn.functional.channel_shuffle``)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
 class PixelShuffle(Module):
     """(*, C·r², H, W) -> (*, C, H·r, W·r)."""
 

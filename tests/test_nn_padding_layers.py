@@ -1,0 +1,95 @@
+"""PyTorch's padding layers (Zero/Constant/Reflection/Replication/CircularPad{1,2,3}d) and the
+small layers beside them (Softmax2d, ChannelShuffle, SmoothL1Loss, BatchNorm3d) against torch:
+values, input gradients and reprs in float64; clear errors for wrong inputs."""
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+from nodegrad import nn
+from nodegrad.errors import ShapeError
+from nodegrad.nn.layers.padding import PADDING_LAYERS
+
+torch = pytest.importorskip("torch")
+
+
+def _compare(ours, theirs, x, rng):
+    """Outputs and the input gradient of one random projection, ours against torch's."""
+    xo, xt = ng.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    yo, yt = ours(xo), theirs(xt)
+    assert tuple(yo.shape) == tuple(yt.shape)
+    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(tuple(yt.shape))
+    (yo * ng.tensor(g)).sum().backward()
+    (yt * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def _paddings(cls):
+    nd = int(cls.__name__[-2])
+    crop = "Constant" in cls.__name__ or "Zero" in cls.__name__  # negative widths crop
+    return [2, tuple(range(1, 2 * nd + 1)), tuple([1, -1 if crop else 0] * nd)]
+
+
+@pytest.mark.parametrize("cls", PADDING_LAYERS, ids=lambda c: c.__name__)
+def test_padding_layers_match_torch(cls):
+    rng = np.random.default_rng(0)
+    nd = int(cls.__name__[-2])
+    for pad in _paddings(cls):
+        args = (pad, 1.5) if cls.__name__.startswith("Constant") else (pad,)
+        ours, theirs = cls(*args), getattr(torch.nn, cls.__name__)(*args)
+        assert repr(ours) == repr(theirs)
+        for lead in ((2, 3), (3,)):  # batched and unbatched
+            _compare(ours, theirs, rng.standard_normal(lead + (7,) * nd), rng)
+
+
+def test_padding_layers_refuse_wrong_inputs():
+    with pytest.raises(ShapeError, match=r"ReflectionPad2d: expected a 3-D \(unbatched\) or 4-D"):
+        nn.ReflectionPad2d(1)(ng.zeros(5, 5))
+    with pytest.raises(ValueError, match="ZeroPad2d: padding must be an int or 4 widths"):
+        nn.ZeroPad2d((1, 2))
+    with pytest.raises(ShapeError, match="reflect"):  # wider than the input allows
+        nn.ReflectionPad1d(4)(ng.zeros(1, 2, 3))
+
+
+def test_softmax2d_and_channel_shuffle_match_torch():
+    rng = np.random.default_rng(1)
+    for shape in ((2, 6, 3, 4), (6, 3, 4)):
+        _compare(nn.Softmax2d(), torch.nn.Softmax2d(), rng.standard_normal(shape), rng)
+    for shape, g in (((2, 6, 3, 4), 3), ((2, 6, 5), 2), ((1, 4, 2, 2, 2), 4)):
+        ours, theirs = nn.ChannelShuffle(g), torch.nn.ChannelShuffle(g)
+        assert repr(ours) == repr(theirs)
+        _compare(ours, theirs, rng.standard_normal(shape), rng)
+    with pytest.raises(ShapeError, match="channel_shuffle: expected .* divisible by groups"):
+        nn.ChannelShuffle(4)(ng.zeros(2, 6, 3))
+    with pytest.raises(ShapeError, match="Softmax2d: expected a 3-D or 4-D input"):
+        nn.Softmax2d()(ng.zeros(2, 3))
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_smooth_l1_loss_module_matches_torch(beta, reduction):
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    ao = ng.tensor(a, requires_grad=True)
+    at = torch.tensor(a, requires_grad=True)
+    lo = nn.SmoothL1Loss(reduction, beta)(ao, ng.tensor(b))
+    lt = torch.nn.SmoothL1Loss(reduction=reduction, beta=beta)(at, torch.tensor(b))
+    np.testing.assert_allclose(lo.numpy(), lt.detach().numpy(), rtol=1e-12)
+    lo.sum().backward()
+    lt.sum().backward()
+    np.testing.assert_allclose(ao.grad.numpy(), at.grad.numpy(), rtol=1e-12)
+
+
+def test_batch_norm_3d_matches_torch_in_training_and_eval():
+    rng = np.random.default_rng(3)
+    ours, theirs = nn.BatchNorm3d(4).double(), torch.nn.BatchNorm3d(4).double()
+    for _ in range(2):
+        _compare(ours, theirs, rng.standard_normal((2, 4, 3, 3, 2)), rng)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(theirs, name).numpy())
+    ours.eval()
+    theirs.eval()
+    _compare(ours, theirs, rng.standard_normal((3, 4, 2, 2, 2)), rng)
+    with pytest.raises(ShapeError, match="BatchNorm3d\\(4\\): expected 5-d input"):
+        ours(ng.zeros(2, 4, 3, 3))
