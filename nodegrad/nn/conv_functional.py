@@ -98,6 +98,13 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
                            "conv_transpose2d")
 
 
+def conv_transpose3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed 3-D convolution: x (N, C, D, H, W), weight (C, O/groups, kd, kh, kw)."""
+    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation, 3,
+                           "conv_transpose3d")
+
+
 # --- pooling ----------------------------------------------------------------------------------
 def _pool_setup(x, kernel, stride, padding, dilation, ceil_mode, nd, op):
     """Kernel, stride, padding, dilation, output size and the extra right padding ceil_mode
@@ -242,6 +249,12 @@ def lp_pool2d(x: Tensor, norm_type: float, kernel_size, stride=None,
     return _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, 2, "lp_pool2d")
 
 
+def lp_pool3d(x: Tensor, norm_type: float, kernel_size, stride=None,
+              ceil_mode: bool = False) -> Tensor:
+    """(Σ xᵖ)^(1/p) over sliding windows of (N, C, D, H, W)."""
+    return _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, 3, "lp_pool3d")
+
+
 def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
     F._check_input(x, nd, op, _SPATIAL[nd])
     k = _ints(kernel_size, nd, "kernel_size", op)
@@ -286,6 +299,12 @@ def max_unpool2d(x: Tensor, indices: Tensor, kernel_size, stride=None, padding=0
                  output_size=None) -> Tensor:
     """Put each value back at its ``max_pool2d`` index (flat over H·W) in zeros."""
     return _max_unpool(x, indices, kernel_size, stride, padding, output_size, 2, "max_unpool2d")
+
+
+def max_unpool3d(x: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+                 output_size=None) -> Tensor:
+    """Put each value back at its ``max_pool3d`` index (flat over D·H·W) in zeros."""
+    return _max_unpool(x, indices, kernel_size, stride, padding, output_size, 3, "max_unpool3d")
 
 
 def _adaptive_bins(xp, n: int, size: int):
@@ -334,6 +353,11 @@ def adaptive_max_pool1d(x: Tensor, output_size, return_indices: bool = False):
 def adaptive_max_pool2d(x: Tensor, output_size, return_indices: bool = False):
     """Max over an (oh, ow) grid of bins of (N, C, H, W)."""
     return _adaptive_max(x, output_size, return_indices, 2, "adaptive_max_pool2d")
+
+
+def adaptive_max_pool3d(x: Tensor, output_size, return_indices: bool = False):
+    """Max over an (od, oh, ow) grid of bins of (N, C, D, H, W)."""
+    return _adaptive_max(x, output_size, return_indices, 3, "adaptive_max_pool3d")
 
 
 # --- im2col -----------------------------------------------------------------------------------

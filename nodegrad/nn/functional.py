@@ -147,6 +147,13 @@ def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
     return _adaptive_axis(_adaptive_axis(x, 2, oh), 3, ow)
 
 
+def adaptive_avg_pool3d(x: Tensor, output_size) -> Tensor:
+    """Average into an (od, oh, ow) grid of bins of (N, C, D, H, W)."""
+    _check_input(x, 3, "adaptive_avg_pool3d", "(N, C, D, H, W)")
+    od, oh, ow = _tuple(output_size, 3, "output_size", "adaptive_avg_pool3d")
+    return _adaptive_axis(_adaptive_axis(_adaptive_axis(x, 2, od), 3, oh), 4, ow)
+
+
 def global_avg_pool(x: Tensor) -> Tensor:
     """Mean over every spatial axis: (N, C, ...) -> (N, C)."""
     if x.ndim < 3:
@@ -293,8 +300,9 @@ from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell,
 
 # --- convolution, pooling and resampling beyond conv1d/2d (conv_functional) -------------------
 from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, avg_pool1d,  # noqa: E402
-                              avg_pool2d, avg_pool3d, channel_shuffle, conv3d, conv_transpose1d,
-                              conv_transpose2d,
+                              adaptive_max_pool3d, avg_pool2d, avg_pool3d, channel_shuffle,
+                              conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d,
+                              lp_pool3d, max_unpool3d,
                               fold, interpolate, lp_pool1d, lp_pool2d, max_pool1d, max_pool2d,
                               max_pool3d, max_unpool1d, max_unpool2d, pixel_shuffle,
                               pixel_unshuffle, unfold, upsample)
@@ -303,7 +311,8 @@ __all__ += [
     "conv3d", "conv_transpose1d", "conv_transpose2d", "max_pool3d", "avg_pool3d",
     "max_unpool1d", "max_unpool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "lp_pool1d",
     "lp_pool2d", "unfold", "fold", "pixel_shuffle", "pixel_unshuffle", "interpolate", "upsample",
-    "channel_shuffle",
+    "channel_shuffle", "conv_transpose3d", "max_unpool3d", "adaptive_max_pool3d", "lp_pool3d",
+    "adaptive_avg_pool3d",
 ]
 
 # --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------

@@ -123,7 +123,12 @@ from .padding import (CircularPad1d, CircularPad2d, CircularPad3d, ConstantPad1d
                       ReflectionPad3d, ReplicationPad1d, ReplicationPad2d, ReplicationPad3d,
                       ZeroPad1d, ZeroPad2d, ZeroPad3d)
 from .pool import ChannelShuffle  # noqa: E402
+from .conv import AdaptiveAvgPool3d  # noqa: E402
+from .conv_transpose import ConvTranspose3d  # noqa: E402
+from .pool import AdaptiveMaxPool3d, LPPool3d, MaxUnpool3d  # noqa: E402
 
+__all__ += ["AdaptiveAvgPool3d", "AdaptiveMaxPool3d", "ConvTranspose3d", "LPPool3d",
+            "MaxUnpool3d"]
 __all__ += ["BatchNorm3d", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "CircularPad3d",
             "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "ReflectionPad1d",
             "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d", "ReplicationPad2d",

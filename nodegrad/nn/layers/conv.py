@@ -166,6 +166,9 @@ class AdaptiveAvgPool1d(Module):
     def forward(self, x):
         return F.adaptive_avg_pool1d(x, self.output_size)
 
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
 
 class AdaptiveAvgPool2d(Module):
     def __init__(self, output_size):
@@ -174,6 +177,21 @@ class AdaptiveAvgPool2d(Module):
 
     def forward(self, x):
         return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool3d(Module):
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x):
+        return F.adaptive_avg_pool3d(x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
 
 
 class GlobalAvgPool(Module):

@@ -91,3 +91,14 @@ class ConvTranspose2d(_ConvTransposeNd):
         return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
                                   self._output_padding(x, output_size), self.groups,
                                   self.dilation)
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """Transposed convolution over (N, C, D, H, W); weight (in, out/groups, kd, kh, kw)."""
+
+    nd = 3
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:
+        return F.conv_transpose3d(x, self.weight, self.bias, self.stride, self.padding,
+                                  self._output_padding(x, output_size), self.groups,
+                                  self.dilation)

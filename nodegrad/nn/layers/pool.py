@@ -49,6 +49,12 @@ class MaxUnpool2d(_MaxUnpool):
     fn = "max_unpool2d"
 
 
+class MaxUnpool3d(_MaxUnpool):
+    """Inverse of MaxPool3d(return_indices=True)."""
+
+    fn = "max_unpool3d"
+
+
 class _AdaptiveMax(Module):
     fn: str = ""
 
@@ -75,6 +81,12 @@ class AdaptiveMaxPool2d(_AdaptiveMax):
     fn = "adaptive_max_pool2d"
 
 
+class AdaptiveMaxPool3d(_AdaptiveMax):
+    """Max over an (od, oh, ow) grid of bins of (N, C, D, H, W)."""
+
+    fn = "adaptive_max_pool3d"
+
+
 class _LPPool(Module):
     fn: str = ""
 
@@ -88,7 +100,8 @@ class _LPPool(Module):
                                    self.ceil_mode)
 
     def extra_repr(self) -> str:
-        return f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, stride={self.stride}"
+        return (f"norm_type={self.norm_type}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, ceil_mode={self.ceil_mode}")
 
 
 class LPPool1d(_LPPool):
@@ -101,6 +114,12 @@ class LPPool2d(_LPPool):
     """Power-average pooling over windows of (N, C, H, W)."""
 
     fn = "lp_pool2d"
+
+
+class LPPool3d(_LPPool):
+    """Power-average pooling over windows of (N, C, D, H, W)."""
+
+    fn = "lp_pool3d"
 
 
 class Unfold(Module):

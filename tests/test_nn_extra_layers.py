@@ -1,6 +1,7 @@
-"""PyTorch's padding layers (Zero/Constant/Reflection/Replication/CircularPad{1,2,3}d) and the
-small layers beside them (Softmax2d, ChannelShuffle, SmoothL1Loss, BatchNorm3d) against torch:
-values, input gradients and reprs in float64; clear errors for wrong inputs."""
+"""PyTorch's padding layers (Zero/Constant/Reflection/Replication/CircularPad{1,2,3}d), the
+small layers beside them (Softmax2d, ChannelShuffle, SmoothL1Loss, BatchNorm3d) and the 3-D
+forms of pooling, unpooling and transposed convolution against torch: values, input gradients
+and reprs in float64; clear errors for wrong inputs."""
 
 import numpy as np
 import pytest
@@ -93,3 +94,38 @@ def test_batch_norm_3d_matches_torch_in_training_and_eval():
     _compare(ours, theirs, rng.standard_normal((3, 4, 2, 2, 2)), rng)
     with pytest.raises(ShapeError, match="BatchNorm3d\\(4\\): expected 5-d input"):
         ours(ng.zeros(2, 4, 3, 3))
+
+
+def _load(ours, theirs):
+    ours.double()
+    theirs.double()
+    ours.load_state_dict({k: ng.tensor(v.detach().numpy()) for k, v in
+                          theirs.state_dict().items()})
+
+
+def test_three_dimensional_pooling_and_transposed_convolution_match_torch():
+    """AdaptiveAvgPool3d, AdaptiveMaxPool3d (and its indices), LPPool3d, ConvTranspose3d and
+    MaxUnpool3d, the 3-D forms of the 1-D and 2-D layers."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 6, 4))
+    for ours, theirs in ((nn.AdaptiveAvgPool3d((3, 2, 4)), torch.nn.AdaptiveAvgPool3d((3, 2, 4))),
+                         (nn.AdaptiveMaxPool3d((4, 2, 3)), torch.nn.AdaptiveMaxPool3d((4, 2, 3))),
+                         (nn.LPPool3d(2, 2), torch.nn.LPPool3d(2, 2)),
+                         (nn.LPPool3d(3, (2, 3, 2), stride=1), torch.nn.LPPool3d(3, (2, 3, 2), 1))):
+        if not isinstance(ours, nn.LPPool3d):
+            assert repr(ours) == repr(theirs)
+        _compare(ours, theirs, x, rng)
+    np.testing.assert_array_equal(nn.AdaptiveMaxPool3d(2, True)(ng.tensor(x))[1].numpy(),
+                                  torch.nn.AdaptiveMaxPool3d(2, True)(torch.tensor(x))[1].numpy())
+    ours = nn.ConvTranspose3d(3, 4, 3, stride=2, padding=1, output_padding=1, groups=1)
+    theirs = torch.nn.ConvTranspose3d(3, 4, 3, stride=2, padding=1, output_padding=1)
+    _load(ours, theirs)
+    _compare(ours, theirs, x, rng)
+    yo, io = nn.MaxPool3d(2, return_indices=True)(ng.tensor(x))
+    yt, it = torch.nn.MaxPool3d(2, return_indices=True)(torch.tensor(x))
+    np.testing.assert_array_equal(io.numpy(), it.numpy())
+    np.testing.assert_array_equal(nn.MaxUnpool3d(2)(yo, io).numpy(),
+                                  torch.nn.MaxUnpool3d(2)(yt, it).numpy())
+    with pytest.raises(ShapeError, match=r"adaptive_avg_pool3d: expected input of shape "
+                                         r"\(N, C, D, H, W\)"):
+        nn.AdaptiveAvgPool3d(2)(ng.zeros(2, 3, 4, 4))
