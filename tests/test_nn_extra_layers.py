@@ -129,3 +129,41 @@ def test_three_dimensional_pooling_and_transposed_convolution_match_torch():
     with pytest.raises(ShapeError, match=r"adaptive_avg_pool3d: expected input of shape "
                                          r"\(N, C, D, H, W\)"):
         nn.AdaptiveAvgPool3d(2)(ng.zeros(2, 3, 4, 4))
+
+
+def test_parameter_dict_as_torch():
+    """Keys in PyTorch's order (a plain dict sorted, pairs and OrderedDicts as given), tensors
+    made Parameters, registered for named_parameters, state_dict, optimisers and grad."""
+    from collections import OrderedDict
+
+    init = {"b": np.zeros(2, np.float32), "a": np.ones(3, np.float32)}
+    ours = nn.ParameterDict({k: ng.tensor(v) for k, v in init.items()})
+    theirs = torch.nn.ParameterDict({k: torch.tensor(v) for k, v in init.items()})
+    ours["c"], theirs["c"] = ng.ones(2, 2), torch.ones(2, 2)
+    ours.update([("e", ng.ones(1)), ("d", ng.ones(1))])
+    theirs.update([("e", torch.ones(1)), ("d", torch.ones(1))])
+    ours.update(OrderedDict([("g", ng.ones(1)), ("f", ng.ones(1))]))
+    theirs.update(OrderedDict([("g", torch.ones(1)), ("f", torch.ones(1))]))
+    assert list(ours.keys()) == list(theirs.keys()) == ["a", "b", "c", "e", "d", "g", "f"]
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in ours.values())
+    assert "a" in ours and len(ours) == 7 and ours.get("zz") is None
+    del ours["g"]
+    assert ours.pop("f").shape == (1,) and list(ours) == ["a", "b", "c", "e", "d"]
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = ours
+
+        def forward(self, x):
+            return (x * self.p["a"]).sum() + self.p["c"].sum()
+
+    m = Model()
+    assert [n for n, _ in m.named_parameters()] == ["p.a", "p.b", "p.c", "p.e", "p.d"]
+    assert list(m.state_dict()) == ["p.a", "p.b", "p.c", "p.e", "p.d"]
+    m(ng.full((3,), 2.0)).backward()
+    np.testing.assert_array_equal(ours["a"].grad.numpy(), [2.0, 2.0, 2.0])
+    ng.optim.SGD(m.parameters(), lr=0.5).step()
+    np.testing.assert_array_equal(ours["a"].numpy(), [0.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match="ParameterDict: keys must be strings"):
+        ours[1] = ng.ones(1)

@@ -3,7 +3,7 @@
 from .activation import (ELU, GELU, LeakyReLU, LogSoftmax, PReLU, ReLU, SiLU, Sigmoid, Softmax,
                          Softplus, Tanh)
 from .attention import MultiheadAttention, TransformerEncoderLayer
-from .container import ModuleDict, ModuleList, ParameterList, Sequential
+from .container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from .conv import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, Conv1d, Conv2d,
                    GlobalAvgPool, MaxPool1d, MaxPool2d)
 from .dropout import Dropout
@@ -127,6 +127,7 @@ from .conv import AdaptiveAvgPool3d  # noqa: E402
 from .conv_transpose import ConvTranspose3d  # noqa: E402
 from .pool import AdaptiveMaxPool3d, LPPool3d, MaxUnpool3d  # noqa: E402
 
+__all__ += ["ParameterDict"]
 __all__ += ["AdaptiveAvgPool3d", "AdaptiveMaxPool3d", "ConvTranspose3d", "LPPool3d",
             "MaxUnpool3d"]
 __all__ += ["BatchNorm3d", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "CircularPad3d",

@@ -1,4 +1,4 @@
-"""Containers: Sequential, ModuleList, ModuleDict, ParameterList."""
+"""Containers: Sequential, ModuleList, ModuleDict, ParameterList, ParameterDict."""
 
 from __future__ import annotations
 
@@ -105,6 +105,90 @@ class ModuleDict(Module):
 
     def items(self):
         return self._modules.items()
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+
+    def pop(self, key: str) -> Module:
+        return self._modules.pop(key)
+
+    def update(self, modules) -> None:
+        for k, m in (modules.items() if hasattr(modules, "items") else modules):
+            self[k] = m
+
+    def clear(self) -> None:
+        self._modules.clear()
+
+
+class ParameterDict(Module):
+    """A dict of parameters registered under their keys, as PyTorch's: a tensor (or array)
+    stored in it becomes a Parameter; keys keep their insertion order."""
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        if parameters is not None:
+            self.update(parameters)
+
+    def __setitem__(self, key: str, value) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"ParameterDict: keys must be strings, got {type(key).__name__}")
+        self.register_parameter(key, value if isinstance(value, Parameter) or value is None
+                                else Parameter(value))
+
+    def __getitem__(self, key: str) -> Parameter:
+        return self._parameters[key]
+
+    def __delitem__(self, key: str) -> None:
+        del self._parameters[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._parameters
+
+    def __len__(self) -> int:
+        return len(self._parameters)
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def keys(self):
+        return self._parameters.keys()
+
+    def values(self):
+        return self._parameters.values()
+
+    def items(self):
+        return self._parameters.items()
+
+    def get(self, key: str, default=None):
+        return self._parameters.get(key, default)
+
+    def pop(self, key: str) -> Parameter:
+        return self._parameters.pop(key)
+
+    def setdefault(self, key: str, default=None) -> Parameter:
+        if key not in self._parameters:
+            self[key] = default
+        return self._parameters[key]
+
+    def update(self, parameters) -> None:
+        """From an iterable of (key, tensor) pairs, an OrderedDict or a ParameterDict in their
+        order, or from another mapping in sorted key order (PyTorch's rule, so that a plain
+        dict gives PyTorch's parameter order)."""
+        if isinstance(parameters, OrderedDict | ParameterDict):
+            pairs = parameters.items()
+        elif hasattr(parameters, "items"):
+            pairs = sorted(parameters.items())
+        else:
+            pairs = parameters
+        for k, v in pairs:
+            self[k] = v
+
+    def clear(self) -> None:
+        self._parameters.clear()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}: {tuple(p.shape)}" for k, p in self._parameters.items()
+                         if p is not None)
 
 
 class ParameterList(Module):
