@@ -103,16 +103,35 @@ def _gen(generator, device) -> Generator:
     return default_generator(_device(device))
 
 
+@effect  # under nodegrad.jit each replay draws afresh, as the eager code would
+def _draw(make, *args):
+    """``make(*args)``: a sampler's array, drawn from a generator among ``args``. A jitted step
+    records the draw and calls it again on every replay, so its numbers are new each time and
+    the generator's stream moves on as in eager code (a tensor among ``args`` is fed its
+    replayed value)."""
+    return make(*args)
+
+
+def _uniform01(gen: Generator, shape: tuple, dtype):
+    return gen.random(shape, dtype)
+
+
+def _standard_normal(gen: Generator, shape: tuple, dtype):
+    return gen.normal(shape, dtype)
+
+
 def rand(*shape, dtype=None, device=None, generator: Generator | None = None,
          requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1)."""
-    return _finish(_gen(generator, device).random(_shape_arg(shape), dtype), requires_grad)
+    return _finish(_draw(_uniform01, _gen(generator, device), _shape_arg(shape), dtype),
+                   requires_grad)
 
 
 def randn(*shape, dtype=None, device=None, generator: Generator | None = None,
           requires_grad: bool = False) -> Tensor:
     """Standard normal samples."""
-    return _finish(_gen(generator, device).normal(_shape_arg(shape), dtype), requires_grad)
+    return _finish(_draw(_standard_normal, _gen(generator, device), _shape_arg(shape), dtype),
+                   requires_grad)
 
 
 def randint(low: int, high: int | None = None, size=(), dtype=None, device=None,
@@ -123,28 +142,46 @@ def randint(low: int, high: int | None = None, size=(), dtype=None, device=None,
     if high <= low:
         raise ValueError(f"randint: empty range [{low}, {high})")
     size = (size,) if isinstance(size, int) else tuple(size)
-    return Tensor(_gen(generator, device).integers(low, high, size, dtype))
+    return Tensor(_draw(_integers, _gen(generator, device), low, high, size, dtype))
+
+
+def _integers(gen: Generator, low: int, high: int, size: tuple, dtype):
+    return gen.integers(low, high, size, dtype)
+
+
+def _permutation(gen: Generator, n: int):
+    return gen.permutation(n).astype(B.int64, copy=False)
 
 
 def randperm(n: int, device=None, generator: Generator | None = None) -> Tensor:
     """A random permutation of 0..n-1."""
-    return Tensor(_gen(generator, device).permutation(n).astype(B.int64))
+    return Tensor(_draw(_permutation, _gen(generator, device), n))
+
+
+def _normal(gen: Generator, size: tuple, dtype, mean: float, std: float):
+    z = gen.normal(size, dtype)
+    return z * z.dtype.type(std) + z.dtype.type(mean)
+
+
+def _uniform(gen: Generator, size: tuple, dtype, low: float, high: float):
+    u = gen.random(size, dtype)
+    return u * u.dtype.type(high - low) + u.dtype.type(low)
 
 
 def normal(mean: float = 0.0, std: float = 1.0, size=(), dtype=None, device=None,
            generator: Generator | None = None, requires_grad: bool = False) -> Tensor:
     """Samples from N(mean, std²)."""
     size = (size,) if isinstance(size, int) else tuple(size)
-    z = _gen(generator, device).normal(size, dtype)
-    return _finish(z * z.dtype.type(std) + z.dtype.type(mean), requires_grad)
+    return _finish(_draw(_normal, _gen(generator, device), size, dtype, mean, std),
+                   requires_grad)
 
 
 def uniform(low: float = 0.0, high: float = 1.0, size=(), dtype=None, device=None,
             generator: Generator | None = None, requires_grad: bool = False) -> Tensor:
     """Samples from U[low, high)."""
     size = (size,) if isinstance(size, int) else tuple(size)
-    u = _gen(generator, device).random(size, dtype)
-    return _finish(u * u.dtype.type(high - low) + u.dtype.type(low), requires_grad)
+    return _finish(_draw(_uniform, _gen(generator, device), size, dtype, low, high),
+                   requires_grad)
 
 
 # === sampling from tensors: bernoulli, multinomial, *_like, in-place normal_ / uniform_ ========
@@ -161,10 +198,14 @@ def bernoulli(input: Tensor, p: float | None = None, *,
     """0/1 samples, 1 with probability ``input`` (or the number ``p``), in input's dtype."""
     if input.dtype.kind != "f":
         raise DTypeError(f"bernoulli: expected floating-point probabilities, got {input.dtype}")
+    return Tensor(_draw(_bernoulli, _gen(generator, input.device), input, p))
+
+
+def _bernoulli(gen: Generator, input: Tensor, p: float | None):
     probs = input.data if p is None else B.backend_of(input.data).xp.asarray(p, input.dtype)
     _check_finite_probs(probs, "bernoulli", "probabilities" if p is None else "p")
-    u = _gen(generator, input.device).random(tuple(input.shape), input.dtype)
-    return Tensor((u < probs).astype(input.dtype))
+    u = gen.random(tuple(input.shape), input.dtype)
+    return (u < probs).astype(input.dtype)
 
 
 def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
@@ -176,6 +217,13 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
     if input.ndim not in (1, 2):
         raise ShapeError(f"multinomial: weights must be 1-d or 2-d, got shape "
                          f"{tuple(input.shape)}")
+    if num_samples <= 0:
+        raise ValueError(f"multinomial: num_samples must be positive, got {num_samples}")
+    return Tensor(_draw(_multinomial, _gen(generator, input.device), input, num_samples,
+                        replacement))
+
+
+def _multinomial(gen: Generator, input: Tensor, num_samples: int, replacement: bool):
     w = input.data.reshape(-1, input.shape[-1]).astype(B.float64)
     xp = B.backend_of(w).xp
     n = w.shape[1]
@@ -184,9 +232,6 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
     total = w.sum(1)
     if bool((total <= 0).any()):
         raise ValueError("multinomial: every row of weights needs a positive sum")
-    if num_samples <= 0:
-        raise ValueError(f"multinomial: num_samples must be positive, got {num_samples}")
-    gen = _gen(generator, input.device)
     rows = w.shape[0]
     if not replacement:
         if num_samples > int((w > 0).sum(1).min()):
@@ -205,7 +250,7 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
         out = flat.reshape(rows, num_samples) - (xp.arange(rows) * n)[:, None]
         out = xp.minimum(out, n - 1)
     out = out.astype(B.int64)
-    return Tensor(out if input.ndim == 2 else out[0])
+    return out if input.ndim == 2 else out[0]
 
 
 def rand_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
@@ -230,8 +275,12 @@ def randint_like(input: Tensor, low: int = 0, high: int | None = None, *, dtype=
         low, high = 0, low
     if high <= low:
         raise ValueError(f"randint_like: empty range [{low}, {high})")
-    d = _gen(generator, input.device).integers(low, high, tuple(input.shape))
-    return Tensor(d.astype(B.as_dtype(dtype) or input.dtype))
+    return Tensor(_draw(_integers_as, _gen(generator, input.device), low, high,
+                        tuple(input.shape), B.as_dtype(dtype) or input.dtype))
+
+
+def _integers_as(gen: Generator, low: int, high: int, shape: tuple, dtype):
+    return gen.integers(low, high, shape).astype(dtype)
 
 
 def _fill_(t: Tensor, what: str, sample) -> Tensor:

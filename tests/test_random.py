@@ -47,3 +47,40 @@ def test_bad_arguments():
         ng.manual_seed(-1)
     with pytest.raises(ValueError, match="empty"):
         ng.randint(5, 5, (2,))
+
+
+SAMPLERS = {
+    "rand": lambda x: ng.rand(3),
+    "randn": lambda x: ng.randn(2, 2),
+    "randint": lambda x: ng.randint(0, 100, (4,)),
+    "randperm": lambda x: ng.randperm(6),
+    "normal": lambda x: ng.normal(1.0, 2.0, size=(3,)),
+    "uniform": lambda x: ng.uniform(-1.0, 1.0, size=(3,)),
+    "bernoulli": lambda x: ng.bernoulli(x),
+    "bernoulli_p": lambda x: ng.bernoulli(x, 0.3),
+    "multinomial": lambda x: ng.multinomial(x + 0.1, 2),
+    "rand_like": lambda x: ng.rand_like(x),
+    "randn_like": lambda x: ng.randn_like(x),
+    "randint_like": lambda x: ng.randint_like(x, 10),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_samplers_draw_afresh_under_jit_as_eager(name):
+    """A sampler inside a jitted function draws new numbers on every call (never the traced
+    ones again), the same numbers eager code draws from the same seed, in the same order."""
+    draw = SAMPLERS[name]
+    x = ng.tensor(np.full(8, 0.5, np.float32))
+
+    def f(x):
+        return draw(x) * 1 if name not in ("randint", "randperm", "randint_like",
+                                           "multinomial") else draw(x)
+
+    ng.manual_seed(7)
+    eager = [f(x).numpy() for _ in range(4)]
+    ng.manual_seed(7)
+    jf = ng.jit(f)
+    jitted = [jf(x).numpy() for _ in range(4)]
+    for a, b in zip(eager, jitted):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(eager[0], e) for e in eager[1:])

@@ -483,7 +483,7 @@ def own_gradients(prog, instrs: list) -> list:
 
 # --- the optimiser's step on the program's gradients -----------------------------------------
 # effects of the library that never read or write a parameter's ``.grad``
-_GRAD_FREE = {"Generator.keep_mask", "_update_running", "_count_batch"}
+_GRAD_FREE = {"Generator.keep_mask", "_draw", "_update_running", "_count_batch"}
 _START = "start"  # a leaf's .grad as the call found it
 _UNKNOWN = "unknown"  # a leaf's .grad after something the pass cannot follow
 
