@@ -14,16 +14,16 @@ from nodegrad.nn.layers.padding import PADDING_LAYERS
 torch = pytest.importorskip("torch")
 
 
-def _compare(ours, theirs, x, rng):
+def _compare(ours, theirs, x, rng, tol=1e-12):
     """Outputs and the input gradient of one random projection, ours against torch's."""
     xo, xt = ng.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
     yo, yt = ours(xo), theirs(xt)
     assert tuple(yo.shape) == tuple(yt.shape)
-    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), rtol=tol, atol=tol)
     g = rng.standard_normal(tuple(yt.shape))
     (yo * ng.tensor(g)).sum().backward()
     (yt * torch.tensor(g)).sum().backward()
-    np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), rtol=tol, atol=tol)
 
 
 def _paddings(cls):
@@ -167,3 +167,37 @@ def test_parameter_dict_as_torch():
     np.testing.assert_array_equal(ours["a"].numpy(), [0.0, 0.0, 0.0])
     with pytest.raises(TypeError, match="ParameterDict: keys must be strings"):
         ours[1] = ng.ones(1)
+
+
+ACTIVATIONS = [("ReLU", ()), ("LeakyReLU", (0.2,)), ("ELU", ()), ("CELU", (0.5,)), ("SELU", ()),
+               ("SiLU", ()), ("Mish", ()), ("Hardswish", ()), ("Hardsigmoid", ()), ("ReLU6", ()),
+               ("Hardtanh", (-2.0, 2.0)), ("Threshold", (0.1, 20.0))]
+
+
+@pytest.mark.parametrize("name,args", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_activations_take_pytorchs_inplace(name, args, inplace):
+    """``inplace`` as in PyTorch's constructors and reprs; the result is computed out of place
+    (a new tensor, the input unchanged), so gradients are those of the plain layer."""
+    rng = np.random.default_rng(5)
+    ours = getattr(nn, name)(*args, inplace=inplace)
+    theirs = getattr(torch.nn, name)(*args, inplace=False)
+    assert repr(ours) == repr(getattr(torch.nn, name)(*args, inplace=inplace))
+    x = rng.standard_normal((3, 4))
+    xo = ng.tensor(x)
+    # PyTorch's float64 hardsigmoid gradient is a float32 1/6 (3e-8 off): ours is 1/6 exactly
+    _compare(ours, theirs, x, rng, tol=1e-7 if name == "Hardsigmoid" else 1e-12)
+    ours(xo)
+    np.testing.assert_array_equal(xo.numpy(), x)
+
+
+@pytest.mark.parametrize("name", ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+                                  "AlphaDropout"])
+def test_dropouts_take_pytorchs_inplace(name):
+    ours = getattr(nn, name)(0.2, inplace=True)
+    assert repr(ours) == repr(getattr(torch.nn, name)(0.2, inplace=True))
+    x = ng.ones(*{"Dropout1d": (2, 3, 4), "Dropout3d": (2, 3, 4, 4, 4)}.get(name, (2, 3, 4, 4)))
+    y = ours(x)
+    assert float(x.numpy().min()) == 1.0 and y.shape == x.shape
+    with pytest.raises(TypeError, match="inplace is a keyword here"):
+        getattr(nn, name)(0.2, True) if name != "Dropout" else nn.Dropout(0.2, "inverted", True)

@@ -1,4 +1,7 @@
-"""Activations as modules (their function forms live in nn.functional)."""
+"""Activations as modules (their function forms live in nn.functional).
+
+``inplace`` is accepted where PyTorch has it, so PyTorch code runs as written; the result is
+always a new tensor and the input stays as it was (its values are what autograd reads)."""
 
 from __future__ import annotations
 
@@ -8,25 +11,37 @@ from .. import functional as F
 from ..module import Module, Parameter
 
 
+def _inplace(m: Module, base: str = "") -> str:
+    """PyTorch's repr of a layer's settings: ``inplace=True`` only when set."""
+    return ", ".join(part for part in (base, "inplace=True" if m.inplace else "") if part)
+
+
 class ReLU(Module):
     """max(x, 0): piecewise linear, the notes' default nonlinearity."""
 
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
     def forward(self, x):
         return F.relu(x)
+
+    def extra_repr(self) -> str:
+        return _inplace(self)
 
 
 class LeakyReLU(Module):
     """x for x > 0, else negative_slope·x."""
 
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         super().__init__()
-        self.negative_slope = negative_slope
+        self.negative_slope, self.inplace = negative_slope, bool(inplace)
 
     def forward(self, x):
         return F.leaky_relu(x, self.negative_slope)
 
     def extra_repr(self) -> str:
-        return f"negative_slope={self.negative_slope}"
+        return _inplace(self, f"negative_slope={self.negative_slope}")
 
 
 class PReLU(Module):
@@ -56,12 +71,15 @@ class Tanh(Module):
 class ELU(Module):
     """x for x > 0, else alpha·(eˣ − 1)."""
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
         super().__init__()
-        self.alpha = alpha
+        self.alpha, self.inplace = alpha, bool(inplace)
 
     def forward(self, x):
         return F.elu(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return _inplace(self, f"alpha={self.alpha}")
 
 
 class GELU(Module):
@@ -76,8 +94,15 @@ class GELU(Module):
 
 
 class SiLU(Module):
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
     def forward(self, x):
         return F.silu(x)
+
+    def extra_repr(self) -> str:
+        return _inplace(self)
 
 
 class Softplus(Module):
@@ -121,51 +146,83 @@ class LogSoftmax(Module):
 class ReLU6(Module):
     """min(max(x, 0), 6)."""
 
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
     def forward(self, x):
         return F.relu6(x)
+
+    def extra_repr(self) -> str:
+        return _inplace(self)
 
 
 class Hardtanh(Module):
     """x clipped to [min_val, max_val]."""
 
-    def __init__(self, min_val: float = -1.0, max_val: float = 1.0):
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
         super().__init__()
-        self.min_val, self.max_val = min_val, max_val
+        self.min_val, self.max_val, self.inplace = min_val, max_val, bool(inplace)
 
     def forward(self, x):
         return F.hardtanh(x, self.min_val, self.max_val)
 
     def extra_repr(self) -> str:
-        return f"min_val={self.min_val}, max_val={self.max_val}"
+        return _inplace(self, f"min_val={self.min_val}, max_val={self.max_val}")
 
 
 class Hardsigmoid(Module):
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)  # PyTorch's repr leaves it out here
+
     def forward(self, x):
         return F.hardsigmoid(x)
 
 
 class Hardswish(Module):
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)  # PyTorch's repr leaves it out here
+
     def forward(self, x):
         return F.hardswish(x)
 
 
 class SELU(Module):
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
     def forward(self, x):
         return F.selu(x)
 
+    def extra_repr(self) -> str:
+        return _inplace(self)
+
 
 class CELU(Module):
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
         super().__init__()
-        self.alpha = alpha
+        self.alpha, self.inplace = alpha, bool(inplace)
 
     def forward(self, x):
         return F.celu(x, self.alpha)
 
+    def extra_repr(self) -> str:
+        return _inplace(self, f"alpha={self.alpha}")
+
 
 class Mish(Module):
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
     def forward(self, x):
         return F.mish(x)
+
+    def extra_repr(self) -> str:
+        return _inplace(self)
 
 
 class LogSigmoid(Module):
@@ -213,12 +270,15 @@ class Hardshrink(Module):
 class Threshold(Module):
     """x where x > threshold, else value."""
 
-    def __init__(self, threshold: float, value: float):
+    def __init__(self, threshold: float, value: float, inplace: bool = False):
         super().__init__()
-        self.threshold, self.value = threshold, value
+        self.threshold, self.value, self.inplace = threshold, value, bool(inplace)
 
     def forward(self, x):
         return F.threshold(x, self.threshold, self.value)
+
+    def extra_repr(self) -> str:
+        return _inplace(self, f"threshold={self.threshold}, value={self.value}")
 
 
 class GLU(Module):

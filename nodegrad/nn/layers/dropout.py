@@ -1,4 +1,7 @@
-"""Dropout: inverted (PyTorch's, the default) or classic (the notes': scale at test time)."""
+"""Dropout: inverted (PyTorch's, the default) or classic (the notes': scale at test time).
+
+``inplace=True`` is accepted for PyTorch's API; the result is a new tensor, the input is left
+as it was."""
 
 from __future__ import annotations
 
@@ -10,36 +13,49 @@ from ..module import Module
 class Dropout(Module):
     """Zero units with probability ``p`` while training; see ``nn.functional.dropout``."""
 
-    def __init__(self, p: float = 0.5, mode: str = "inverted", generator: Generator | None = None):
+    def __init__(self, p: float = 0.5, mode: str = "inverted", generator: Generator | None = None,
+                 *, inplace: bool = False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
         if mode not in ("inverted", "classic"):
-            raise ValueError(f"Dropout: mode must be 'inverted' or 'classic', got {mode!r}")
-        self.p, self.mode, self.generator = p, mode, generator
+            raise ValueError(f"Dropout: mode must be 'inverted' or 'classic', got {mode!r} "
+                             "(PyTorch's inplace is a keyword here: inplace=True)")
+        _check_generator(self, generator)
+        self.p, self.mode, self.generator, self.inplace = p, mode, generator, bool(inplace)
 
     def forward(self, x):
         return F.dropout(x, self.p, self.training, self.mode, self.generator)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}, mode={self.mode!r}"
+        mode = "" if self.mode == "inverted" else f", mode={self.mode!r}"
+        return f"p={self.p}, inplace={self.inplace}{mode}"  # PyTorch's, and the notes' mode
+
+
+def _check_generator(m: Module, generator) -> None:
+    if generator is not None and not isinstance(generator, Generator):
+        raise TypeError(f"{type(m).__name__}: generator must be a nodegrad.random.Generator, "
+                        f"got {type(generator).__name__} (PyTorch's inplace is a keyword here: "
+                        "inplace=True)")
 
 
 # --- channel and alpha dropout ----------------------------------------------------------------
 class _DropoutVariant(Module):
     fn: str = ""
 
-    def __init__(self, p: float = 0.5, generator: Generator | None = None):
+    def __init__(self, p: float = 0.5, generator: Generator | None = None, *,
+                 inplace: bool = False):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{type(self).__name__}: p must be in [0, 1], got {p}")
-        self.p, self.generator = p, generator
+        _check_generator(self, generator)
+        self.p, self.generator, self.inplace = p, generator, bool(inplace)
 
     def forward(self, x):
         return getattr(F, self.fn)(x, self.p, self.training, self.generator)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class Dropout1d(_DropoutVariant):
