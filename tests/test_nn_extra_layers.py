@@ -201,3 +201,26 @@ def test_dropouts_take_pytorchs_inplace(name):
     assert float(x.numpy().min()) == 1.0 and y.shape == x.shape
     with pytest.raises(TypeError, match="inplace is a keyword here"):
         getattr(nn, name)(0.2, True) if name != "Dropout" else nn.Dropout(0.2, "inverted", True)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_convolution_padding_modes_and_same_padding_match_torch(nd, mode):
+    """``padding_mode`` pads the input in that mode first (PyTorch's widths), and
+    ``padding='same'``/``'valid'`` (an even kernel's extra on the right, dilation) as torch."""
+    rng = np.random.default_rng(6)
+    ours_cls, theirs_cls = getattr(nn, f"Conv{nd}d"), getattr(torch.nn, f"Conv{nd}d")
+    for pad, k, d, s in ((1, 3, 1, 1), ("same", 4, 1, 1), ("same", 3, 2, 1), ("valid", 3, 1, 1),
+                         (2, 3, 1, 2), (tuple(range(1, nd + 1)), 3, 1, 1)):
+        kw = dict(stride=s, padding=pad, dilation=d, padding_mode=mode)
+        ours, theirs = ours_cls(2, 3, k, **kw), theirs_cls(2, 3, k, **kw)
+        _load(ours, theirs)
+        x = rng.standard_normal((2, 2) + (7,) * nd)
+        _compare(ours, theirs, x, rng)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        ours_cls(2, 3, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        ours_cls(2, 3, 3, stride=2, padding="same")(ng.zeros(*(1, 2) + (7,) * nd))
+    with pytest.raises(ValueError, match="only padding_mode='zeros'"):
+        getattr(nn, f"ConvTranspose{nd}d")(2, 3, 3, padding_mode=mode) if mode != "zeros" else \
+            getattr(nn, f"ConvTranspose{nd}d")(2, 3, 3, padding_mode="reflect")

@@ -83,6 +83,35 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 # --- convolution ------------------------------------------------------------------------------
+def same_padding(kernel: tuple, dilation: tuple) -> list:
+    """PyTorch's ``padding='same'`` as (left, right) per spatial axis: d·(k − 1) in all, the
+    odd one on the right."""
+    out = []
+    for k, d in zip(kernel, dilation):
+        total = d * (k - 1)
+        out.append((total // 2, total - total // 2))
+    return out
+
+
+def _string_padding(x, padding: str, kernel: tuple, stride: tuple, dilation: tuple, op: str):
+    """``padding='valid'`` (none) or ``'same'`` (output as long as the input, stride 1 only): the
+    input, padded first where 'same' needs one more on the right, and the symmetric padding."""
+    if padding == "valid":
+        return x, 0
+    if padding != "same":
+        raise ValueError(f"{op}: padding must be an int, a tuple, 'same' or 'valid', got "
+                         f"{padding!r}")
+    if any(s != 1 for s in stride):
+        raise ValueError(f"{op}: padding='same' needs stride 1, got stride={stride}")
+    pads = same_padding(kernel, dilation)
+    if any(lo != hi for lo, hi in pads):  # even kernels: the extra zero on the right first
+        widths = []
+        for lo, hi in reversed(pads):
+            widths += [0, hi - lo]
+        x = ops.arrange.torch_pad(x, widths)
+    return x, tuple(lo for lo, _ in pads)
+
+
 def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: str):
     _check_input(x, nd, op, what)
     _check_dtype(x, w, f"Conv{nd}d")
@@ -97,6 +126,8 @@ def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: st
                          f"{cg} x groups={groups} (weight {tuple(w.shape)})")
     stride = _tuple(stride, nd, "stride", op)
     dilation = _tuple(dilation, nd, "dilation", op)
+    if isinstance(padding, str):
+        x, padding = _string_padding(x, padding, k, stride, dilation, op)
     padding = _tuple(padding, nd, "padding", op)
     if min(stride + dilation) < 1 or min(padding) < 0:
         raise ValueError(f"{op}: stride and dilation must be positive and padding non-negative, "

@@ -161,7 +161,8 @@ class _Recorder:
         if self.leaf is not None:
             return None
         self.path.append(self.paths.get(id(m), type(m).__name__))
-        if type(m) in LAYERS and not (isinstance(m, L.Upsample) and m.mode == "area"):
+        if type(m) in LAYERS and not (isinstance(m, L.Upsample) and m.mode == "area") and \
+                not _padded_first(m):
             self.leaf = m
             self.leaf_args = args
         return None
@@ -739,6 +740,13 @@ PRIMS = {
 
 
 # --- layers written as one ONNX op ------------------------------------------------------------
+def _padded_first(m) -> bool:
+    """A convolution that pads its input itself (another ``padding_mode`` than zeros, or
+    ``padding='same'``/``'valid'``): exported op by op (a Pad, then the Conv)."""
+    return isinstance(getattr(m, "padding", 0), str) or getattr(m, "padding_mode",
+                                                                 "zeros") != "zeros"
+
+
 def _tup(v, n: int) -> list[int]:
     return [int(v)] * n if isinstance(v, int) else [int(i) for i in v]
 

@@ -23,9 +23,12 @@ class _ConvNd(Module):
     nd: int = 0
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 dilation=1, groups: int = 1, bias: bool = True, init="default", device=None,
-                 dtype=None):
+                 dilation=1, groups: int = 1, bias: bool = True, padding_mode: str = "zeros",
+                 init="default", device=None, dtype=None):
         super().__init__()
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"{type(self).__name__}: padding_mode must be one of "
+                             f"{tuple(_PADDING_MODES)}, got {padding_mode!r}")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{type(self).__name__}: in_channels ({in_channels}) and "
                              f"out_channels ({out_channels}) must be divisible by groups "
@@ -33,6 +36,7 @@ class _ConvNd(Module):
         k = (kernel_size,) * self.nd if isinstance(kernel_size, int) else tuple(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.padding_mode = padding_mode
         self.weight = Parameter(empty(out_channels, in_channels // groups, *k, device=device,
                                       dtype=dtype))
         self.bias = Parameter(empty(out_channels, device=device, dtype=dtype)) if bias else None
@@ -58,7 +62,32 @@ class _ConvNd(Module):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         return s
+
+    def _input(self, x):
+        """The input and the padding the convolution adds: with another ``padding_mode`` than
+        zeros, the input padded in that mode first (PyTorch's widths) and no more."""
+        if self.padding_mode == "zeros":
+            return x, self.padding
+        nd, p = self.nd, self.padding
+        d = (self.dilation,) * nd if isinstance(self.dilation, int) else tuple(self.dilation)
+        if p == "valid":
+            return x, 0
+        if p == "same":
+            pairs = F.same_padding(self.kernel_size, d)
+        else:
+            p = (p,) * nd if isinstance(p, int) else tuple(p)
+            pairs = [(q, q) for q in p]
+        widths = []
+        for lo, hi in reversed(pairs):
+            widths += [lo, hi]
+        return F.pad(x, widths, _PADDING_MODES[self.padding_mode]), 0
+
+
+_PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
+                  "circular": "circular"}
 
 
 class Conv1d(_ConvNd):
@@ -67,7 +96,8 @@ class Conv1d(_ConvNd):
     nd = 1
 
     def forward(self, x):
-        return _named(self, F.conv1d, x, self.weight, self.bias, self.stride, self.padding,
+        x, padding = self._input(x)
+        return _named(self, F.conv1d, x, self.weight, self.bias, self.stride, padding,
                       self.dilation, self.groups)
 
 
@@ -77,7 +107,8 @@ class Conv2d(_ConvNd):
     nd = 2
 
     def forward(self, x):
-        return _named(self, F.conv2d, x, self.weight, self.bias, self.stride, self.padding,
+        x, padding = self._input(x)
+        return _named(self, F.conv2d, x, self.weight, self.bias, self.stride, padding,
                       self.dilation, self.groups)
 
 
@@ -87,7 +118,8 @@ class Conv3d(_ConvNd):
     nd = 3
 
     def forward(self, x):
-        return _named(self, F.conv3d, x, self.weight, self.bias, self.stride, self.padding,
+        x, padding = self._input(x)
+        return _named(self, F.conv3d, x, self.weight, self.bias, self.stride, padding,
                       self.dilation, self.groups)
 
 

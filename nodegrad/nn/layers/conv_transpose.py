@@ -15,9 +15,13 @@ class _ConvTransposeNd(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
                  output_padding=0, groups: int = 1, bias: bool = True, dilation=1,
-                 init="default", device=None, dtype=None):
+                 padding_mode: str = "zeros", init="default", device=None, dtype=None):
         super().__init__()
         name = type(self).__name__
+        if padding_mode != "zeros":  # as PyTorch: the output is padded, not the input
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
         if groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
