@@ -224,3 +224,30 @@ def test_convolution_padding_modes_and_same_padding_match_torch(nd, mode):
     with pytest.raises(ValueError, match="only padding_mode='zeros'"):
         getattr(nn, f"ConvTranspose{nd}d")(2, 3, 3, padding_mode=mode) if mode != "zeros" else \
             getattr(nn, f"ConvTranspose{nd}d")(2, 3, 3, padding_mode="reflect")
+
+
+def test_embedding_padding_idx_and_layer_norm_without_bias_match_torch():
+    """Embedding's ``padding_idx`` (negative from the end): the row starts at zero and gets no
+    gradient; LayerNorm(bias=False) keeps a scale only. Unsupported Embedding options say so."""
+    rng = np.random.default_rng(7)
+    ours, theirs = nn.Embedding(6, 3, padding_idx=-2), torch.nn.Embedding(6, 3, padding_idx=-2)
+    assert repr(ours).split("  #")[0] == repr(theirs)  # ours adds the parameter count
+    np.testing.assert_array_equal(ours.weight.numpy()[4], np.zeros(3, np.float32))
+    _load(ours, theirs)
+    idx = np.array([[0, 4, 4], [5, 4, 1]])
+    yo, yt = ours(ng.tensor(idx)), theirs(torch.tensor(idx))
+    g = rng.standard_normal((2, 3, 3))
+    (yo * ng.tensor(g)).sum().backward()
+    (yt * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy())
+    np.testing.assert_allclose(ours.weight.grad.numpy(), theirs.weight.grad.numpy())
+    assert not ours.weight.grad.numpy()[4].any()
+    with pytest.raises(NotImplementedError, match="Embedding: max_norm=1.0 is not supported"):
+        nn.Embedding(6, 3, max_norm=1.0)
+    with pytest.raises(ValueError, match="padding_idx 6 must be within the 6 embeddings"):
+        nn.Embedding(6, 3, padding_idx=6)
+    ours, theirs = nn.LayerNorm(4, bias=False), torch.nn.LayerNorm(4, bias=False)
+    assert repr(ours).split("  #")[0] == repr(theirs)
+    assert [n for n, _ in ours.named_parameters()] == ["weight"]
+    _load(ours, theirs)
+    _compare(ours, theirs, rng.standard_normal((3, 4)), rng)

@@ -270,8 +270,9 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
     return y
 
 
-def embedding(idx: Tensor, weight: Tensor) -> Tensor:
-    """Rows of ``weight`` picked by integer ``idx``; gradients add up for repeated indices."""
+def embedding(idx: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` picked by integer ``idx``; gradients add up for repeated indices. The
+    row ``padding_idx`` (negative counts from the end) gets no gradient, as PyTorch's."""
     if idx.dtype.kind not in "iu":
         raise DTypeError(f"embedding: indices must be integers, got {idx.dtype}")
     n = weight.shape[0]
@@ -280,7 +281,17 @@ def embedding(idx: Tensor, weight: Tensor) -> Tensor:
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
             raise IndexError(f"embedding: index {bad} is out of range for {n} embeddings")
-    return weight[idx]
+    out = weight[idx]
+    if padding_idx is None:
+        return out
+    pad = _padding_index(padding_idx, n, "embedding")
+    return ops.where(ops.expand_dims(idx == pad, -1), out.detach(), out)
+
+
+def _padding_index(padding_idx: int, n: int, op: str) -> int:
+    if not -n <= padding_idx < n:
+        raise ValueError(f"{op}: padding_idx {padding_idx} must be within the {n} embeddings")
+    return padding_idx % n
 
 
 def one_hot(labels: Tensor, num_classes: int, dtype=None) -> Tensor:

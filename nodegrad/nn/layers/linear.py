@@ -65,18 +65,36 @@ class Flatten(Module):
 class Embedding(Module):
     """A lookup table of ``num_embeddings`` vectors; default init N(0, 1) as PyTorch."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, init="normal", device=None,
-                 dtype=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 max_norm: float | None = None, norm_type: float = 2.0,
+                 scale_grad_by_freq: bool = False, sparse: bool = False, init="normal",
+                 device=None, dtype=None):
         super().__init__()
+        for name, v, default in (("max_norm", max_norm, None),
+                                 ("scale_grad_by_freq", scale_grad_by_freq, False),
+                                 ("sparse", sparse, False)):
+            if v != default:
+                raise NotImplementedError(f"Embedding: {name}={v!r} is not supported (only "
+                                          f"{default!r})")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = None if padding_idx is None else F._padding_index(
+            padding_idx, num_embeddings, "Embedding")
         self.weight = Parameter(empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
-        if init == "normal":
+        self.init = init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 1) as PyTorch (or ``init``), the padding row zero."""
+        if self.init == "normal":
             I.normal_(self.weight)
         else:
-            I.init_weight(self.weight, init)
+            I.init_weight(self.weight, self.init)
+        if self.padding_idx is not None:
+            self.weight.data[self.padding_idx] = 0
 
     def forward(self, idx):
-        return F.embedding(idx, self.weight)
+        return F.embedding(idx, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        s = f"{self.num_embeddings}, {self.embedding_dim}"
+        return s if self.padding_idx is None else s + f", padding_idx={self.padding_idx}"

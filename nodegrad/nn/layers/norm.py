@@ -70,17 +70,19 @@ class LayerNorm(Module):
     """Normalise each sample over its trailing ``normalized_shape`` axes (init: gamma 1, beta 0)."""
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
-                 device=None, dtype=None):
+                 bias: bool = True, device=None, dtype=None):
         super().__init__()
         ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.normalized_shape, self.eps = ns, eps
+        self.elementwise_affine, self._bias = elementwise_affine, bool(bias)
         self.weight = Parameter(ones(*ns, device=device, dtype=dtype)) if elementwise_affine \
             else None
         self.bias = Parameter(zeros(*ns, device=device, dtype=dtype)) if elementwise_affine \
-            else None
+            and bias else None  # bias=False: a scale only, as PyTorch's
 
     def forward(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}"
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}, bias={self._bias}")
