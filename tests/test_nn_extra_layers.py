@@ -8,6 +8,7 @@ import pytest
 
 import nodegrad as ng
 from nodegrad import nn
+from nodegrad.nn import functional as F
 from nodegrad.errors import ShapeError
 from nodegrad.nn.layers.padding import PADDING_LAYERS
 
@@ -251,3 +252,60 @@ def test_embedding_padding_idx_and_layer_norm_without_bias_match_torch():
     assert [n for n, _ in ours.named_parameters()] == ["weight"]
     _load(ours, theirs)
     _compare(ours, theirs, rng.standard_normal((3, 4)), rng)
+
+
+def test_rrelu_in_evaluation_matches_torch_and_draws_slopes_in_training():
+    """Evaluation: PyTorch's fixed slope (lower + upper) / 2. Training: each negative input's
+    slope lies in [lower, upper], varies, is reproducible from the seed, and is its gradient."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((50, 40))
+    ours, theirs = nn.RReLU(0.1, 0.3).eval(), torch.nn.RReLU(0.1, 0.3).eval()
+    assert repr(ours) == repr(theirs)
+    _compare(ours, theirs, x, rng)
+    ours.train()
+    xo = ng.tensor(x, requires_grad=True)
+    ng.manual_seed(3)
+    y = ours(xo)
+    y.sum().backward()
+    neg = x < 0
+    slopes = y.numpy()[neg] / x[neg]
+    assert 0.1 <= slopes.min() and slopes.max() <= 0.3 and slopes.std() > 0.04
+    np.testing.assert_allclose(xo.grad.numpy()[neg], slopes, rtol=1e-12)
+    np.testing.assert_array_equal(y.numpy()[~neg], x[~neg])
+    ng.manual_seed(3)
+    np.testing.assert_array_equal(ours(ng.tensor(x)).numpy(), y.numpy())
+    with pytest.raises(ValueError, match="rrelu: expected 0 <= lower <= upper"):
+        F.rrelu(ng.tensor(x), 0.5, 0.1, training=True)
+
+
+def test_gumbel_softmax_samples_the_softmax_and_hard_passes_soft_gradients():
+    """Soft samples are distributions; the hard sample is one-hot with the soft sample's
+    gradient; argmax frequencies follow softmax(logits) (20,000 draws, within 4 sigma)."""
+    logits = ng.tensor(np.log(np.array([[0.1, 0.2, 0.7]], np.float64)), requires_grad=True)
+    ng.manual_seed(0)
+    soft = F.gumbel_softmax(logits, tau=0.5)
+    np.testing.assert_allclose(soft.numpy().sum(-1), 1.0)
+    hard = F.gumbel_softmax(logits, tau=0.5, hard=True)
+    assert set(np.unique(hard.numpy())) <= {0.0, 1.0} and hard.numpy().sum() == 1.0
+    (hard * ng.tensor(np.array([[1.0, 2.0, 3.0]]))).sum().backward()
+    assert np.abs(logits.grad.numpy()).sum() > 0
+    draws = F.gumbel_softmax(ng.tensor(np.tile(np.log([0.1, 0.2, 0.7]), (20000, 1))), hard=True)
+    freq = draws.numpy().mean(0)
+    np.testing.assert_allclose(freq, [0.1, 0.2, 0.7], atol=4 * np.sqrt(0.25 / 20000))
+    col = F.gumbel_softmax(ng.tensor(np.zeros((3, 2))), hard=True, dim=0).numpy()
+    np.testing.assert_array_equal(col.sum(0), [1.0, 1.0])
+
+
+def test_pdist_matches_torch():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 4))
+    for p in (2.0, 1.0, 3.0):
+        xo, xt = ng.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+        yo, yt = F.pdist(xo, p), torch.nn.functional.pdist(xt, p)
+        np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), rtol=1e-12)
+        g = rng.standard_normal(tuple(yt.shape))
+        (yo * ng.tensor(g)).sum().backward()
+        (yt * torch.tensor(g)).sum().backward()
+        np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ShapeError, match=r"pdist: expected a 2-D input \(N, M\)"):
+        F.pdist(ng.zeros(2, 3, 4))

@@ -397,3 +397,57 @@ __all__ += ["cosine_similarity", "pairwise_distance", "cdist", "cosine_embedding
             "margin_ranking_loss", "triplet_margin_loss", "hinge_embedding_loss",
             "multi_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
             "poisson_nll_loss", "gaussian_nll_loss", "ctc_loss"]
+
+
+# --- randomised activations and sampling, condensed distances ---------------------------------
+def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,
+          inplace: bool = False, generator: Generator | None = None) -> Tensor:
+    """PyTorch's randomised leaky ReLU: x for x >= 0, else a·x with a ~ U[lower, upper] drawn
+    per element while training and (lower + upper) / 2 otherwise. ``inplace`` is accepted for
+    PyTorch's API; the result is a new tensor."""
+    if not 0 <= lower <= upper:
+        raise ValueError(f"rrelu: expected 0 <= lower <= upper, got lower={lower}, "
+                         f"upper={upper}")
+    if not training:
+        return leaky_relu(input, (lower + upper) / 2)
+    from ..random import uniform
+
+    a = uniform(lower, upper, size=tuple(input.shape), dtype=input.dtype, device=input.device,
+                generator=generator)
+    return ops.where(input >= 0, input, input * a)
+
+
+def gumbel_softmax(logits: Tensor, tau: float = 1.0, hard: bool = False, eps: float = 1e-10,
+                   dim: int = -1, generator: Generator | None = None) -> Tensor:
+    """A sample of softmax((logits + g) / tau), g Gumbel(0, 1) noise (Jang et al.); with
+    ``hard`` the one-hot of its argmax in the forward and the soft sample's gradient (the
+    straight-through estimator), as PyTorch's. ``eps`` is accepted for PyTorch's API."""
+    if tau <= 0:
+        raise ValueError(f"gumbel_softmax: tau must be positive, got {tau}")
+    from ..random import rand
+
+    u = rand(*logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
+    gumbels = -ops.log(-ops.log1p(-u))  # u in [0, 1): -log(1 - u) ~ Exp(1) > 0, never log 0
+    y = softmax((logits + gumbels) / tau, dim)
+    if not hard:
+        return y
+    shape = [1] * y.ndim
+    shape[dim] = y.shape[dim]
+    positions = Tensor(y.backend.xp.arange(y.shape[dim]).reshape(shape))
+    y_hard = ops.astype(positions == ops.argmax(y, axis=dim, keepdims=True), y.dtype)
+    return y_hard - y.detach() + y
+
+
+def pdist(input: Tensor, p: float = 2.0) -> Tensor:
+    """The p-norm distances between the rows of ``input`` (N, M), each pair once, in the
+    order of the upper triangle (row i with rows i+1..N-1): N(N-1)/2 values, as PyTorch's."""
+    if input.ndim != 2:
+        raise ShapeError(f"pdist: expected a 2-D input (N, M), got {tuple(input.shape)}")
+    n = input.shape[0]
+    xp = input.backend.xp
+    i, j = xp.triu_indices(n, 1)
+    diff = input[Tensor(i)] - input[Tensor(j)]
+    return ops.vector_norm(diff, p, -1)
+
+
+__all__ += ["rrelu", "gumbel_softmax", "pdist"]

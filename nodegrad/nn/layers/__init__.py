@@ -115,7 +115,7 @@ __all__ += ["CosineSimilarity", "PairwiseDistance", "CosineEmbeddingLoss", "CTCL
             "TripletMarginLoss"]
 
 # --- padding layers and small PyTorch layers ----------------------------------------------------
-from .activation import Softmax2d  # noqa: E402
+from .activation import RReLU, Softmax2d  # noqa: E402
 from .loss import SmoothL1Loss  # noqa: E402
 from .norm import BatchNorm3d  # noqa: E402
 from .padding import (CircularPad1d, CircularPad2d, CircularPad3d, ConstantPad1d,  # noqa: E402
@@ -127,7 +127,7 @@ from .conv import AdaptiveAvgPool3d  # noqa: E402
 from .conv_transpose import ConvTranspose3d  # noqa: E402
 from .pool import AdaptiveMaxPool3d, LPPool3d, MaxUnpool3d  # noqa: E402
 
-__all__ += ["ParameterDict"]
+__all__ += ["ParameterDict", "RReLU"]
 __all__ += ["AdaptiveAvgPool3d", "AdaptiveMaxPool3d", "ConvTranspose3d", "LPPool3d",
             "MaxUnpool3d"]
 __all__ += ["BatchNorm3d", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "CircularPad3d",

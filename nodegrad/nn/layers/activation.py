@@ -44,6 +44,21 @@ class LeakyReLU(Module):
         return _inplace(self, f"negative_slope={self.negative_slope}")
 
 
+class RReLU(Module):
+    """Randomised leaky ReLU: negative inputs scaled by a ~ U[lower, upper] per element while
+    training, by (lower + upper) / 2 in evaluation (``nn.functional.rrelu``)."""
+
+    def __init__(self, lower: float = 1.0 / 8, upper: float = 1.0 / 3, inplace: bool = False):
+        super().__init__()
+        self.lower, self.upper, self.inplace = lower, upper, bool(inplace)
+
+    def forward(self, x):
+        return F.rrelu(x, self.lower, self.upper, self.training)
+
+    def extra_repr(self) -> str:
+        return _inplace(self, f"lower={self.lower}, upper={self.upper}")
+
+
 class PReLU(Module):
     """Leaky ReLU whose slope is learned: one shared (num_parameters=1) or one per channel."""
 
