@@ -130,6 +130,29 @@ CASES = {
     "warmup_inverse_sqrt": (lambda o: S.LinearWarmup(S.InverseSqrtLR(o), 6, 0.25),
                             lambda T, o: T.LambdaLR(  # LambdaLR does not chain in PyTorch
                                 o, lambda e: (0.25 + 0.75 * min(e, 6) / 6) / math.sqrt(e + 1))),
+    # PyTorch's names for the rest of its schedules
+    "lambda": (lambda o: S.LambdaLR(o, lambda e: 0.95 ** e),
+               lambda T, o: T.LambdaLR(o, lambda e: 0.95 ** e)),
+    "lambda_per_group": (lambda o: S.LambdaLR(o, [lambda e: 1 / (1 + e), lambda e: 0.9 ** e]),
+                         lambda T, o: T.LambdaLR(o, [lambda e: 1 / (1 + e),
+                                                     lambda e: 0.9 ** e])),
+    "multiplicative": (lambda o: S.MultiplicativeLR(o, lambda e: 0.97 if e % 2 else 0.99),
+                       lambda T, o: T.MultiplicativeLR(o, lambda e: 0.97 if e % 2 else 0.99)),
+    "linear": (lambda o: S.LinearLR(o, 0.2, 0.9, 15),
+               lambda T, o: T.LinearLR(o, 0.2, 0.9, 15)),
+    "constant": (lambda o: S.ConstantLR(o, 0.4, 7), lambda T, o: T.ConstantLR(o, 0.4, 7)),
+    "polynomial": (lambda o: S.PolynomialLR(o, 30, 2.0),
+                   lambda T, o: T.PolynomialLR(o, 30, 2.0)),
+    "warm_restarts": (lambda o: S.CosineAnnealingWarmRestarts(o, 10, eta_min=0.001),
+                      lambda T, o: T.CosineAnnealingWarmRestarts(o, 10, eta_min=0.001)),
+    "warm_restarts_growing": (lambda o: S.CosineAnnealingWarmRestarts(o, 5, 2),
+                              lambda T, o: T.CosineAnnealingWarmRestarts(o, 5, 2)),
+    "sequential": (lambda o: S.SequentialLR(o, [S.LinearLR(o, 0.1, total_iters=5),
+                                                S.ExponentialLR(o, 0.9),
+                                                S.ConstantLR(o, 0.5, 3)], [5, 30]),
+                   lambda T, o: T.SequentialLR(o, [T.LinearLR(o, 0.1, total_iters=5),
+                                                   T.ExponentialLR(o, 0.9),
+                                                   T.ConstantLR(o, 0.5, 3)], [5, 30])),
 }
 
 
@@ -166,3 +189,24 @@ def test_plateau_matches_torch(kw):
     metrics[10:20] = [0.5] * 10
     _pair(torch, lambda o: S.ReduceLROnPlateau(o, **kw), lambda o: T.ReduceLROnPlateau(o, **kw),
           metrics=metrics)
+
+
+def test_schedules_resume_from_their_state_dicts():
+    """A schedule rebuilt and loaded from ``state_dict()`` (the functions given again) goes on
+    with the same learning rates; the functions are not in the state, as in PyTorch."""
+    for make in (lambda o: S.MultiplicativeLR(o, lambda e: 0.9),
+                 lambda o: S.SequentialLR(o, [S.ConstantLR(o, 0.5, 3),
+                                              S.CosineAnnealingWarmRestarts(o, 4, 2)], [6])):
+        o1 = _ng_opt("SGD")
+        s1 = make(o1)
+        for _ in range(9):
+            s1.step()
+        state = s1.state_dict()
+        assert not any(callable(v) for v in state.values())
+        o2 = _ng_opt("SGD")
+        s2 = make(o2)
+        s2.load_state_dict(state)
+        for _ in range(12):
+            s1.step()
+            s2.step()
+            assert s1.get_last_lr() == s2.get_last_lr()

@@ -305,3 +305,163 @@ class ReduceLROnPlateau(LRScheduler):
                     lrs[i] = new
             self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
         self._set(lrs)
+
+
+# --- more of PyTorch's schedules, in closed form ------------------------------------------------
+def _per_group(value, n: int, what: str) -> list:
+    """One ``value`` per parameter group: a list of ``n`` or one value for all."""
+    if isinstance(value, list | tuple):
+        if len(value) != n:
+            raise ValueError(f"expected {n} {what}, one per parameter group, got {len(value)}")
+        return list(value)
+    return [value] * n
+
+
+class LambdaLR(LRScheduler):
+    """``η λ(t)``: each group's initial lr times its function of the step count (PyTorch's).
+    ``state_dict()`` leaves the functions out, as PyTorch does (rebuild them on resume)."""
+
+    def __init__(self, optimizer: Optimizer, lr_lambda):
+        self.lr_lambdas = _per_group(lr_lambda, len(optimizer.param_groups), "lr_lambdas")
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        return [b * f(t) for b, f in zip(self.base_lrs, self.lr_lambdas)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
+
+
+class MultiplicativeLR(LRScheduler):
+    """The lr times λ(t) at every step t ≥ 1: ``η Π_{k≤t} λ(k)`` (PyTorch's). The running
+    product is state (in ``state_dict()``), so steps must come in order, as in training."""
+
+    def __init__(self, optimizer: Optimizer, lr_lambda):
+        self.lr_lambdas = _per_group(lr_lambda, len(optimizer.param_groups), "lr_lambdas")
+        self._products: list[float] = [1.0] * len(self.lr_lambdas)
+        self._at = 0  # the step the products are for
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        if t == 0:
+            self._products, self._at = [1.0] * len(self.lr_lambdas), 0
+        while self._at < t:
+            self._at += 1
+            self._products = [p * f(self._at) for p, f in zip(self._products, self.lr_lambdas)]
+        return [b * p for b, p in zip(self.base_lrs, self._products)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
+
+
+class LinearLR(LRScheduler):
+    """``η f(t)``, f going linearly from ``start_factor`` to ``end_factor`` over
+    ``total_iters`` steps and staying there (PyTorch's)."""
+
+    def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3,
+                 end_factor: float = 1.0, total_iters: int = 5):
+        if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
+            raise ValueError(f"LinearLR: start_factor must be in (0, 1] and end_factor in "
+                             f"[0, 1], got {start_factor} and {end_factor}")
+        self.start_factor, self.end_factor = start_factor, end_factor
+        self.total_iters = int(total_iters)
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        f = self.start_factor + (self.end_factor - self.start_factor) * min(
+            t, self.total_iters) / self.total_iters
+        return [b * f for b in self.base_lrs]
+
+
+class ConstantLR(LRScheduler):
+    """``η factor`` for the first ``total_iters`` steps, then ``η`` (PyTorch's)."""
+
+    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5):
+        if not 0 <= factor <= 1:
+            raise ValueError(f"ConstantLR: factor must be in [0, 1], got {factor}")
+        self.factor, self.total_iters = factor, int(total_iters)
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        f = self.factor if t < self.total_iters else 1.0
+        return [b * f for b in self.base_lrs]
+
+
+class PolynomialLR(LRScheduler):
+    """``η (1 − min(t, T) / T)^power`` over ``total_iters`` T steps, then 0 (PyTorch's)."""
+
+    def __init__(self, optimizer: Optimizer, total_iters: int = 5, power: float = 1.0):
+        if total_iters < 1:
+            raise ValueError(f"PolynomialLR: total_iters must be positive, got {total_iters}")
+        self.total_iters, self.power = int(total_iters), power
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        f = (1.0 - min(t, self.total_iters) / self.total_iters) ** self.power
+        return [b * f for b in self.base_lrs]
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """SGDR (Loshchilov & Hutter): cosine annealing from η to ``eta_min`` over a cycle of
+    ``T_0`` steps, restarted at η, each cycle ``T_mult`` times longer (PyTorch's, stepped once
+    per step with no argument)."""
+
+    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0):
+        if T_0 < 1 or T_mult < 1 or int(T_mult) != T_mult:
+            raise ValueError(f"CosineAnnealingWarmRestarts: T_0 must be positive and T_mult an "
+                             f"integer >= 1, got T_0={T_0}, T_mult={T_mult}")
+        self.T_0, self.T_mult, self.eta_min = int(T_0), int(T_mult), eta_min
+        super().__init__(optimizer)
+
+    def cycle(self, t: int) -> tuple[int, int]:
+        """(steps into the current cycle, its length) after ``t`` steps."""
+        if self.T_mult == 1:
+            return t % self.T_0, self.T_0
+        length, start = self.T_0, 0
+        while t >= start + length:
+            start, length = start + length, length * self.T_mult
+        return t - start, length
+
+    def lr_at(self, t: int) -> list[float]:
+        cur, length = self.cycle(t)
+        c = (1 + math.cos(math.pi * cur / length)) / 2
+        return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
+
+
+class SequentialLR(LRScheduler):
+    """Run ``schedulers`` one after the other, switching at the step counts ``milestones``:
+    each starts from its own step 0 when its turn comes (PyTorch's). The schedules must share
+    the optimizer."""
+
+    def __init__(self, optimizer: Optimizer, schedulers: Sequence[LRScheduler],
+                 milestones: Sequence[int]):
+        schedulers = list(schedulers)
+        if len(milestones) != len(schedulers) - 1:
+            raise ValueError(f"SequentialLR: expected {len(schedulers) - 1} milestones for "
+                             f"{len(schedulers)} schedulers, got {len(milestones)}")
+        for s in schedulers:
+            if not isinstance(s, LRScheduler) or isinstance(s, ReduceLROnPlateau):
+                raise TypeError("SequentialLR: expected schedules of a step count (not "
+                                f"ReduceLROnPlateau), got {type(s).__name__}")
+            if s.optimizer is not optimizer:
+                raise ValueError("SequentialLR: every scheduler must drive the optimizer given")
+        self._schedulers, self._milestones = schedulers, [int(m) for m in milestones]
+        for g, lr in zip(optimizer.param_groups, schedulers[0].base_lrs):
+            g["lr"] = lr  # undo the later schedulers' first steps, as PyTorch
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        i = bisect_right(self._milestones, t)
+        start = self._milestones[i - 1] if i else 0
+        return self._schedulers[i].lr_at(t - start)
+
+    def state_dict(self) -> dict[str, Any]:
+        d = super().state_dict()
+        d["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return d
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        for s, sd in zip(self._schedulers, state.pop("_schedulers", [])):
+            s.load_state_dict(sd)
+        super().load_state_dict(state)
