@@ -125,6 +125,12 @@ CASES = [
     ("NAdam", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01)),
     ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
     ("NAdam", dict(lr=0.01, maximize=True)),
+    ("RAdam", dict(lr=0.01)),
+    ("RAdam", dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, eps=1e-6)),
+    ("RAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)),
+    ("Adamax", dict(lr=0.01)),
+    ("Adamax", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, eps=1e-6)),
+    ("Adamax", dict(lr=0.01, maximize=True)),
 ]
 
 

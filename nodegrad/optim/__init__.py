@@ -17,9 +17,11 @@ from .adamw import AdamW
 from .base import Optimizer
 from .clip import clip_grad_norm_, clip_grad_value_
 from .nadam import NAdam
+from .radam import Adamax, RAdam
 from .regularisation import l2_penalty
 from .rmsprop import RMSprop
 from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
+           "RAdam", "Adamax",
            "lr_scheduler", "clip_grad_norm_", "clip_grad_value_", "l2_penalty"]
