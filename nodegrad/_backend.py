@@ -137,15 +137,22 @@ class Backend:
             k *= 2
         return out
 
-    def erf(self, x):
-        """The error function, elementwise."""
+    def _special_module(self):
         if self._special is None:
             if self.device_id is None:
                 import scipy.special as special
             else:
                 import cupyx.scipy.special as special
             self._special = special
-        return self._special.erf(x)
+        return self._special
+
+    def erf(self, x):
+        """The error function, elementwise."""
+        return self._special_module().erf(x)
+
+    def erfinv(self, x):
+        """The inverse error function, elementwise (on (-1, 1))."""
+        return self._special_module().erfinv(x)
 
     def copy_stream(self):
         """A side stream for host-to-device copies that overlap compute (None on the CPU)."""

@@ -323,6 +323,7 @@ def _cupyx() -> dict:
     import scipy.special as sp
 
     special.erf = lambda x: _wrap(sp.erf(_unwrap(x)))
+    special.erfinv = lambda x: _wrap(sp.erfinv(_unwrap(x)))
     scipy_ = types.ModuleType("cupyx.scipy")
     scipy_.special = special
     cupyx = types.ModuleType("cupyx")

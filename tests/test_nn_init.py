@@ -70,3 +70,33 @@ def test_seeded_init_reproduces():
     a = nn.Linear(10, 10).weight.numpy().copy()
     ng.manual_seed(5)
     np.testing.assert_array_equal(a, nn.Linear(10, 10).weight.numpy())
+
+
+def test_trunc_normal_eye_and_dirac_as_pytorch():
+    """trunc_normal_ samples N(mean, std²) cut to [a, b] (its mean and spread as the truncated
+    law's, within sampling error); eye_ and dirac_ (with groups) equal PyTorch's."""
+    from scipy.stats import truncnorm
+
+    torch = pytest.importorskip("torch")
+    w = ng.empty(300, 400, dtype=ng.float64)
+    ng.nn.init.trunc_normal_(w, mean=0.1, std=0.5, a=-0.5, b=1.0,
+                             generator=ng.random.Generator(seed=0))
+    x = w.numpy()
+    law = truncnorm((-0.5 - 0.1) / 0.5, (1.0 - 0.1) / 0.5, loc=0.1, scale=0.5)
+    assert -0.5 <= x.min() and x.max() <= 1.0
+    assert abs(x.mean() - law.mean()) < 4 * law.std() / np.sqrt(x.size)
+    assert abs(x.std() - law.std()) < 0.01
+    with pytest.raises(ValueError, match="trunc_normal_: expected a < b"):
+        ng.nn.init.trunc_normal_(w, a=1.0, b=0.0)
+    e = ng.empty(3, 5)
+    np.testing.assert_array_equal(ng.nn.init.eye_(e).numpy(),
+                                  torch.nn.init.eye_(torch.empty(3, 5)).numpy())
+    for shape, groups in (((4, 2, 3, 3), 2), ((6, 3, 5), 1), ((2, 4, 3, 3, 3), 1)):
+        d = ng.nn.init.dirac_(ng.empty(*shape), groups)
+        np.testing.assert_array_equal(
+            d.numpy(), torch.nn.init.dirac_(torch.empty(*shape), groups).numpy())
+    ml = ng.nn.ModuleList([ng.nn.ReLU(), ng.nn.Tanh()])
+    ml.insert(1, ng.nn.Sigmoid())
+    ml.insert(0, ng.nn.ELU())
+    assert [type(m).__name__ for m in ml] == ["ELU", "ReLU", "Sigmoid", "Tanh"]
+    assert list(dict(ml.named_children())) == ["0", "1", "2", "3"]

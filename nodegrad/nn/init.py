@@ -139,6 +139,56 @@ def orthogonal_(t: Tensor, gain: float = 1.0, generator: Generator | None = None
     return _fill(t, sample, generator)
 
 
+def trunc_normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
+                  b: float = 2.0, generator: Generator | None = None) -> Tensor:
+    """N(mean, std²) truncated to [a, b] (absolute bounds, as PyTorch's): uniform draws
+    between the bounds' normal CDFs mapped back through the inverse CDF, then clipped against
+    rounding. The init of vision transformers (``std=0.02``)."""
+    if not a < b or std <= 0:
+        raise ValueError(f"trunc_normal_: expected a < b and std > 0, got a={a}, b={b}, "
+                         f"std={std}")
+    be = B.backend_of(t.data)
+    lo = (1 + math.erf((a - mean) / (std * math.sqrt(2)))) / 2
+    hi = (1 + math.erf((b - mean) / (std * math.sqrt(2)))) / 2
+
+    def sample(g):
+        u = _uniform(g, t.shape, B.float64, 2 * lo - 1, 2 * hi - 1)
+        x = be.erfinv(u) * (std * math.sqrt(2.0)) + mean
+        return be.xp.clip(x, a, b)
+
+    return _fill(t, sample, generator)
+
+
+def eye_(t: Tensor) -> Tensor:
+    """The identity matrix (ones on the diagonal of a 2-d tensor), as PyTorch's."""
+    if t.ndim != 2:
+        raise ValueError(f"eye_: expected a 2-d tensor, got shape {tuple(t.shape)}")
+    xp = B.backend_of(t.data).xp
+    return _fill(t, lambda g: xp.eye(*t.shape), None)
+
+
+def dirac_(t: Tensor, groups: int = 1) -> Tensor:
+    """A convolution kernel (3-5 dims) that passes its input through: in each of ``groups``
+    groups, output channel i has a one at the centre of input channel i, as PyTorch's."""
+    if t.ndim not in (3, 4, 5):
+        raise ValueError(f"dirac_: expected a 3-, 4- or 5-d tensor, got shape {tuple(t.shape)}")
+    out_per_group = t.shape[0] // groups
+    if t.shape[0] % groups:
+        raise ValueError(f"dirac_: {t.shape[0]} output channels do not divide into {groups} "
+                         "groups")
+    xp = B.backend_of(t.data).xp
+
+    def sample(g):
+        w = xp.zeros(t.shape)
+        centre = tuple(k // 2 for k in t.shape[2:])
+        for grp in range(groups):
+            for i in range(min(out_per_group, t.shape[1])):
+                w[(grp * out_per_group + i, i) + centre] = 1
+        return w
+
+    return _fill(t, sample, None)
+
+
 def default_bound(fan_in: int) -> float:
     """PyTorch's default for Linear/Conv weights and biases: U(±1/√fan_in)."""
     return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0

@@ -58,6 +58,14 @@ class ModuleList(Module):
         self.add_module(str(len(self._modules)), m)
         return self
 
+    def insert(self, index: int, m: Module) -> None:
+        """Put ``m`` before position ``index`` (negative counts from the end), as list.insert."""
+        ms = list(self._modules.values())
+        ms.insert(index, m)
+        self._modules.clear()
+        for i, mod in enumerate(ms):
+            self.add_module(str(i), mod)
+
     def extend(self, ms: Iterable[Module]) -> ModuleList:
         for m in ms:
             self.append(m)
