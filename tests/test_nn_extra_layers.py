@@ -309,3 +309,30 @@ def test_pdist_matches_torch():
         np.testing.assert_allclose(xo.grad.numpy(), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     with pytest.raises(ShapeError, match=r"pdist: expected a 2-D input \(N, M\)"):
         F.pdist(ng.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_pad_sequence_matches_torch(batch_first, side):
+    from torch.nn.utils.rnn import pad_sequence as torch_pad_sequence
+
+    from nodegrad.nn.utils.rnn import pad_sequence, unpad_sequence
+
+    rng = np.random.default_rng(10)
+    arrays = [rng.standard_normal((n, 3)) for n in (4, 2, 5)]
+    xo = [ng.tensor(a, requires_grad=True) for a in arrays]
+    xt = [torch.tensor(a, requires_grad=True) for a in arrays]
+    yo = pad_sequence(xo, batch_first, -1.0, side)
+    yt = torch_pad_sequence(xt, batch_first, -1.0, side)
+    np.testing.assert_array_equal(yo.numpy(), yt.detach().numpy())
+    g = rng.standard_normal(tuple(yt.shape))
+    (yo * ng.tensor(g)).sum().backward()
+    (yt * torch.tensor(g)).sum().backward()
+    for a, b in zip(xo, xt):
+        np.testing.assert_array_equal(a.grad.numpy(), b.grad.numpy())
+    if side == "right":
+        back = unpad_sequence(yo, [4, 2, 5], batch_first)
+        for a, b in zip(back, arrays):
+            np.testing.assert_array_equal(a.numpy(), b)
+    with pytest.raises(ShapeError, match=r"sequence 1 has shape \(2, 4\); expected \(L, 3\)"):
+        pad_sequence([ng.zeros(3, 3), ng.zeros(2, 4)])

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..autodiff import no_grad
-from ..errors import DeviceError, ShapeError
-from ..optim.clip import clip_grad_norm_, clip_grad_value_
-from ..ops import concatenate, reshape
-from ..tensor import Tensor
+from ...autodiff import no_grad
+from ...errors import DeviceError, ShapeError
+from ...optim.clip import clip_grad_norm_, clip_grad_value_
+from ...ops import concatenate, reshape
+from ...tensor import Tensor
+
+from . import rnn
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "parameters_to_vector",
-           "vector_to_parameters"]
+           "vector_to_parameters", "rnn"]
 
 
 def _one_device(ps: list[Tensor], op: str) -> None:
