@@ -465,3 +465,40 @@ class SequentialLR(LRScheduler):
         for s, sd in zip(self._schedulers, state.pop("_schedulers", [])):
             s.load_state_dict(sd)
         super().load_state_dict(state)
+
+
+class ChainedScheduler(LRScheduler):
+    """Several schedules at once, their factors multiplied: ``η Π_i (η_i(t) / η)`` (PyTorch's
+    ``ChainedScheduler`` of multiplicative schedules, e.g. a ``LinearLR`` warm-up with a
+    ``StepLR`` decay). The schedules must share one optimizer."""
+
+    def __init__(self, schedulers: Sequence[LRScheduler], optimizer: Optimizer | None = None):
+        schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError("ChainedScheduler: expected at least one scheduler")
+        optimizer = optimizer or schedulers[0].optimizer
+        for s in schedulers:
+            if not isinstance(s, LRScheduler) or isinstance(s, ReduceLROnPlateau | SequentialLR):
+                raise TypeError("ChainedScheduler: expected schedules of a step count, got "
+                                f"{type(s).__name__}")
+            if s.optimizer is not optimizer:
+                raise ValueError("ChainedScheduler: every scheduler must drive one optimizer")
+        self._schedulers = schedulers
+        super().__init__(optimizer)
+
+    def lr_at(self, t: int) -> list[float]:
+        lrs = list(self.base_lrs)
+        for s in self._schedulers:
+            lrs = [lr * (x / b if b else 0.0) for lr, x, b in zip(lrs, s.lr_at(t), s.base_lrs)]
+        return lrs
+
+    def state_dict(self) -> dict[str, Any]:
+        d = super().state_dict()
+        d["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return d
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        for s, sd in zip(self._schedulers, state.pop("_schedulers", [])):
+            s.load_state_dict(sd)
+        super().load_state_dict(state)
