@@ -7,6 +7,18 @@ from collections.abc import Iterable
 from .base import Optimizer, check_hyper
 
 
+def update_moments(xp, m, v, g, tmp, b1: float, b2: float) -> None:
+    """Adam's moments in place: m += (1 - β₁)(g - m) (PyTorch's lerp), v = β₂ v + (1 - β₂) g²,
+    with ``tmp`` as scratch (shared by Adam, NAdam and RAdam: the same bits)."""
+    xp.subtract(g, m, out=tmp)
+    tmp *= 1 - b1
+    m += tmp
+    v *= b2
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1 - b2
+    v += tmp
+
+
 class Adam(Optimizer):
     r"""Adam (Kingma & Ba, 2015), with optional AMSGrad and L2 weight decay.
 
@@ -49,13 +61,7 @@ class Adam(Optimizer):
     def update(self, xp, p, g, st, h) -> None:
         b1, b2 = h["betas"]
         m, v, tmp, t = st["exp_avg"], st["exp_avg_sq"], st.tmp(0), st.t
-        xp.subtract(g, m, out=tmp)  # m += (1 - b1) (g - m), PyTorch's lerp
-        tmp *= 1 - b1
-        m += tmp
-        v *= b2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - b2
-        v += tmp
+        update_moments(xp, m, v, g, tmp, b1, b2)
         if h["amsgrad"]:
             vmax = st["max_exp_avg_sq"]
             xp.maximum(vmax, v, out=vmax)

@@ -428,7 +428,24 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
 
 
-class SequentialLR(LRScheduler):
+class _OfSchedules(LRScheduler):
+    """A schedule made of others (``_schedulers``): their states nest in its own."""
+
+    _schedulers: list
+
+    def state_dict(self) -> dict[str, Any]:
+        d = super().state_dict()
+        d["_schedulers"] = [s.state_dict() for s in self._schedulers]
+        return d
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        for s, sd in zip(self._schedulers, state.pop("_schedulers", [])):
+            s.load_state_dict(sd)
+        super().load_state_dict(state)
+
+
+class SequentialLR(_OfSchedules):
     """Run ``schedulers`` one after the other, switching at the step counts ``milestones``:
     each starts from its own step 0 when its turn comes (PyTorch's). The schedules must share
     the optimizer."""
@@ -455,19 +472,8 @@ class SequentialLR(LRScheduler):
         start = self._milestones[i - 1] if i else 0
         return self._schedulers[i].lr_at(t - start)
 
-    def state_dict(self) -> dict[str, Any]:
-        d = super().state_dict()
-        d["_schedulers"] = [s.state_dict() for s in self._schedulers]
-        return d
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        for s, sd in zip(self._schedulers, state.pop("_schedulers", [])):
-            s.load_state_dict(sd)
-        super().load_state_dict(state)
-
-
-class ChainedScheduler(LRScheduler):
+class ChainedScheduler(_OfSchedules):
     """Several schedules at once, their factors multiplied: ``η Π_i (η_i(t) / η)`` (PyTorch's
     ``ChainedScheduler`` of multiplicative schedules, e.g. a ``LinearLR`` warm-up with a
     ``StepLR`` decay). The schedules must share one optimizer."""
@@ -491,14 +497,3 @@ class ChainedScheduler(LRScheduler):
         for s in self._schedulers:
             lrs = [lr * (x / b if b else 0.0) for lr, x, b in zip(lrs, s.lr_at(t), s.base_lrs)]
         return lrs
-
-    def state_dict(self) -> dict[str, Any]:
-        d = super().state_dict()
-        d["_schedulers"] = [s.state_dict() for s in self._schedulers]
-        return d
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        for s, sd in zip(self._schedulers, state.pop("_schedulers", [])):
-            s.load_state_dict(sd)
-        super().load_state_dict(state)

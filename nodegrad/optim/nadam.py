@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .adam import update_moments
 from .base import Optimizer, check_hyper
 
 
@@ -47,13 +48,7 @@ class NAdam(Optimizer):
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
         prod = st.scalars["mu_product"] * mu
         st.scalars["mu_product"] = prod
-        xp.subtract(g, m, out=tmp)
-        tmp *= 1 - b1
-        m += tmp
-        v *= b2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - b2
-        v += tmp
+        update_moments(xp, m, v, g, tmp, b1, b2)
         xp.divide(v, 1 - b2 ** t, out=d)
         xp.sqrt(d, out=d)
         d += h["eps"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from .adam import update_moments
 from .base import Optimizer, check_hyper
 
 
@@ -40,13 +41,7 @@ class RAdam(Optimizer):
     def update(self, xp, p, g, st, h) -> None:
         (b1, b2), lr, t = h["betas"], h["lr"], st.t
         m, v, tmp, d = st["exp_avg"], st["exp_avg_sq"], st.tmp(0), st.tmp(1)
-        xp.subtract(g, m, out=tmp)
-        tmp *= 1 - b1
-        m += tmp
-        v *= b2
-        xp.multiply(g, g, out=tmp)
-        tmp *= 1 - b2
-        v += tmp
+        update_moments(xp, m, v, g, tmp, b1, b2)
         bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
         xp.divide(m, bc1, out=tmp)                                   # the corrected m
         rho_inf = 2 / (1 - b2) - 1
