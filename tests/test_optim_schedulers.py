@@ -218,3 +218,19 @@ def test_schedules_resume_from_their_state_dicts():
             s1.step()
             s2.step()
             assert s1.get_last_lr() == s2.get_last_lr()
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(mode="triangular2", step_size_down=3),
+                                dict(mode="exp_range", gamma=0.97),
+                                dict(scale_fn=lambda x: 1 / (1 + x), scale_mode="iterations"),
+                                dict(base_momentum=[0.7, 0.75], max_momentum=0.95)])
+@pytest.mark.parametrize("cls", ["SGD", "Adam"])
+def test_cyclic_matches_torch_with_momentum(cls, kw):
+    torch = pytest.importorskip("torch")
+    T = torch.optim.lr_scheduler
+    opt_kw = dict(momentum=0.9) if cls == "SGD" else {}
+    o1, o2 = _pair(torch, lambda o: S.CyclicLR(o, [0.01, 0.02], 0.1, 5, **kw),
+                   lambda o: T.CyclicLR(o, [0.01, 0.02], 0.1, 5, **kw), cls, n=40, **opt_kw)
+    key = "momentum" if cls == "SGD" else "betas"
+    for g1, g2 in zip(o1.param_groups, o2.param_groups):
+        np.testing.assert_allclose(np.ravel(g1[key]), np.ravel(g2[key]), rtol=1e-12)

@@ -497,3 +497,78 @@ class ChainedScheduler(_OfSchedules):
         for s in self._schedulers:
             lrs = [lr * (x / b if b else 0.0) for lr, x, b in zip(lrs, s.lr_at(t), s.base_lrs)]
         return lrs
+
+
+class CyclicLR(LRScheduler):
+    """Cyclical learning rates (Smith, 2017), PyTorch's: the lr goes from ``base_lr`` up to
+    ``max_lr`` over ``step_size_up`` steps and back over ``step_size_down``, the cycle's height
+    scaled by ``mode`` ('triangular': 1; 'triangular2': halved every cycle; 'exp_range':
+    ``gamma``^t) or by ``scale_fn`` (of the cycle, or of the step with ``scale_mode``
+    'iterations'); momentum (or Adam's β₁) cycles the other way between ``max_momentum`` and
+    ``base_momentum``. Meant to be stepped after every batch."""
+
+    def __init__(self, optimizer: Optimizer, base_lr: float | Sequence[float],
+                 max_lr: float | Sequence[float], step_size_up: int = 2000,
+                 step_size_down: int | None = None, mode: str = "triangular",
+                 gamma: float = 1.0, scale_fn=None, scale_mode: str = "cycle",
+                 cycle_momentum: bool = True, base_momentum: float = 0.8,
+                 max_momentum: float = 0.9):
+        if mode not in ("triangular", "triangular2", "exp_range") and scale_fn is None:
+            raise ValueError(f"CyclicLR: mode must be 'triangular', 'triangular2' or "
+                             f"'exp_range' (or give scale_fn), got {mode!r}")
+        groups = optimizer.param_groups
+        n = len(groups)
+        self.cyclic_base_lrs = [float(v) for v in _per_group(base_lr, n, "base_lr")]
+        self.max_lrs = [float(v) for v in _per_group(max_lr, n, "max_lr")]
+        for g, lr in zip(groups, self.cyclic_base_lrs):
+            g["lr"] = g["initial_lr"] = lr
+        up = float(step_size_up)
+        down = float(step_size_down) if step_size_down is not None else up
+        self.total_size, self.step_ratio = up + down, up / (up + down)
+        self.mode, self.gamma, self.scale_fn_custom = mode, gamma, scale_fn
+        self.scale_mode = scale_mode if scale_fn is not None else (
+            "iterations" if mode == "exp_range" else "cycle")
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            if "momentum" not in groups[0] and "betas" not in groups[0]:
+                raise ValueError(f"CyclicLR: {type(optimizer).__name__} has neither momentum "
+                                 "nor betas; pass cycle_momentum=False")
+            self.use_beta1 = "betas" in groups[0]
+            self.base_momentums = _per_group(base_momentum, n, "base_momentum")
+            self.max_momentums = _per_group(max_momentum, n, "max_momentum")
+        super().__init__(optimizer)
+
+    def _scale(self, x: float) -> float:
+        if self.scale_fn_custom is not None:
+            return self.scale_fn_custom(x)
+        if self.mode == "triangular":
+            return 1.0
+        if self.mode == "triangular2":
+            return 1 / (2.0 ** (x - 1))
+        return self.gamma ** x
+
+    def _where(self, t: int) -> tuple[float, float]:
+        """(scale factor within the cycle, the height's scale) after ``t`` steps."""
+        cycle = math.floor(1 + t / self.total_size)
+        x = 1.0 + t / self.total_size - cycle
+        f = x / self.step_ratio if x <= self.step_ratio else (x - 1) / (self.step_ratio - 1)
+        return f, self._scale(cycle if self.scale_mode == "cycle" else t)
+
+    def lr_at(self, t: int) -> list[float]:
+        f, s = self._where(t)
+        return [b + (m - b) * f * s for b, m in zip(self.cyclic_base_lrs, self.max_lrs)]
+
+    def step(self) -> None:
+        super().step()
+        if self.cycle_momentum:
+            f, s = self._where(self.last_epoch)
+            for g, b, m in zip(self.optimizer.param_groups, self.base_momentums,
+                               self.max_momentums):
+                mom = m - (m - b) * f * s
+                if self.use_beta1:
+                    g["betas"] = (mom, *g["betas"][1:])
+                else:
+                    g["momentum"] = mom
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().state_dict().items() if k != "scale_fn_custom"}
