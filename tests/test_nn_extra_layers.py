@@ -336,3 +336,20 @@ def test_pad_sequence_matches_torch(batch_first, side):
             np.testing.assert_array_equal(a.numpy(), b)
     with pytest.raises(ShapeError, match=r"sequence 1 has shape \(2, 4\); expected \(L, 3\)"):
         pad_sequence([ng.zeros(3, 3), ng.zeros(2, 4)])
+
+
+@pytest.mark.parametrize("name,args,shape", [
+    ("BatchNorm1d", (3,), (4, 3, 5)), ("BatchNorm2d", (3,), (4, 3, 2, 2)),
+    ("BatchNorm3d", (3,), (2, 3, 2, 2, 2)), ("GroupNorm", (2, 4), (3, 4, 5)),
+    ("InstanceNorm1d", (3,), (2, 3, 6)), ("LayerNorm", (5,), (2, 3, 5))])
+def test_norms_without_bias_match_torch(name, args, shape):
+    """PyTorch's ``bias=False`` on the affine norms: a learned scale, no shift."""
+    rng = np.random.default_rng(11)
+    kw = dict(bias=False, **({"affine": True} if name.startswith("Instance") else {}))
+    ours, theirs = getattr(nn, name)(*args, **kw), getattr(torch.nn, name)(*args, **kw)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(torch.tensor(rng.standard_normal(tuple(p.shape)), dtype=p.dtype) * 0.1)
+    _load(ours, theirs)
+    assert [n for n, _ in ours.named_parameters()] == ["weight"]
+    _compare(ours, theirs, rng.standard_normal(shape), rng)

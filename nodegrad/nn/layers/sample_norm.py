@@ -13,7 +13,7 @@ class GroupNorm(Module):
     """Normalise each sample over groups of channels; per-channel affine (init 1 / 0)."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, device=None, dtype=None):
+                 affine: bool = True, device=None, dtype=None, *, bias: bool = True):
         super().__init__()
         if num_groups < 1 or num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels ({num_channels}) must be divisible by "
@@ -22,7 +22,8 @@ class GroupNorm(Module):
                                                                      eps, affine)
         kw = dict(device=device, dtype=dtype)
         self.weight = Parameter(ones(num_channels, **kw)) if affine else None
-        self.bias = Parameter(zeros(num_channels, **kw)) if affine else None
+        self.bias = Parameter(zeros(num_channels, **kw)) if affine and bias else None
+        self._bias = bool(bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim < 2 or x.shape[1] != self.num_channels:
@@ -31,7 +32,8 @@ class GroupNorm(Module):
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        s = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return s if self._bias else s + ", bias=False"
 
 
 class _InstanceNorm(Module):
@@ -39,13 +41,13 @@ class _InstanceNorm(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = False, track_running_stats: bool = False, device=None,
-                 dtype=None):
+                 dtype=None, *, bias: bool = True):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         kw = dict(device=device, dtype=dtype)
         self.weight = Parameter(ones(num_features, **kw)) if affine else None
-        self.bias = Parameter(zeros(num_features, **kw)) if affine else None
+        self.bias = Parameter(zeros(num_features, **kw)) if affine and bias else None
         if track_running_stats:
             self.register_buffer("running_mean", zeros(num_features, **kw))
             self.register_buffer("running_var", ones(num_features, **kw))
