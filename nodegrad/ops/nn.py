@@ -815,10 +815,11 @@ def _gru_scan_grad_fwd(xp, g, loop, w, reverse=(), wgrad=True):
         m[d, :, 2:, d] = blocks[d]
         m[d, :, :2, d] = eye
     m = m.reshape(dh_, 5 * dh_)
-    per_step = list(zip(o[:, 1:], o[:, :5].reshape(steps, 5 * dh_, batch)))
     mul, dot = xp.multiply, xp.dot
     chunk = max(1, _GRU_CHUNK // max(1, dh_ * batch))  # all steps of a small layer at once
     loops = B.gru_loops_cuda(xp, dt, dh_)
+    per_step = None if loops is not None else list(zip(
+        o[:, 1:], o[:, :5].reshape(steps, 5 * dh_, batch)))  # the step-by-step loop's views
     for t1 in range(steps, 0, -chunk):
         t0 = max(0, t1 - chunk)
         _gru_factors(xp, loop[t0:t1 + 1], o[t0:t1], dh_)
