@@ -83,7 +83,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 # --- convolution ------------------------------------------------------------------------------
-def same_padding(kernel: tuple, dilation: tuple) -> list:
+def _same_padding(kernel: tuple, dilation: tuple) -> list:
     """PyTorch's ``padding='same'`` as (left, right) per spatial axis: d·(k − 1) in all, the
     odd one on the right."""
     out = []
@@ -91,6 +91,12 @@ def same_padding(kernel: tuple, dilation: tuple) -> list:
         total = d * (k - 1)
         out.append((total // 2, total - total // 2))
     return out
+
+
+def _pad_widths(pairs) -> list:
+    """Per-axis (before, after) pairs, first spatial axis first, as ``pad``'s flat widths (the
+    last axis first)."""
+    return [w for lo, hi in reversed(list(pairs)) for w in (lo, hi)]
 
 
 def _string_padding(x, padding: str, kernel: tuple, stride: tuple, dilation: tuple, op: str):
@@ -103,12 +109,9 @@ def _string_padding(x, padding: str, kernel: tuple, stride: tuple, dilation: tup
                          f"{padding!r}")
     if any(s != 1 for s in stride):
         raise ValueError(f"{op}: padding='same' needs stride 1, got stride={stride}")
-    pads = same_padding(kernel, dilation)
+    pads = _same_padding(kernel, dilation)
     if any(lo != hi for lo, hi in pads):  # even kernels: the extra zero on the right first
-        widths = []
-        for lo, hi in reversed(pads):
-            widths += [0, hi - lo]
-        x = ops.arrange.torch_pad(x, widths)
+        x = ops.arrange.torch_pad(x, _pad_widths((0, hi - lo) for lo, hi in pads))
     return x, tuple(lo for lo, _ in pads)
 
 

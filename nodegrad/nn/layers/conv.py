@@ -76,14 +76,11 @@ class _ConvNd(Module):
         if p == "valid":
             return x, 0
         if p == "same":
-            pairs = F.same_padding(self.kernel_size, d)
+            pairs = F._same_padding(self.kernel_size, d)
         else:
             p = (p,) * nd if isinstance(p, int) else tuple(p)
             pairs = [(q, q) for q in p]
-        widths = []
-        for lo, hi in reversed(pairs):
-            widths += [lo, hi]
-        return F.pad(x, widths, _PADDING_MODES[self.padding_mode]), 0
+        return F.pad(x, F._pad_widths(pairs), _PADDING_MODES[self.padding_mode]), 0
 
 
 _PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",
