@@ -336,6 +336,10 @@ def test_pad_sequence_matches_torch(batch_first, side):
             np.testing.assert_array_equal(a.numpy(), b)
     with pytest.raises(ShapeError, match=r"sequence 1 has shape \(2, 4\); expected \(L, 3\)"):
         pad_sequence([ng.zeros(3, 3), ng.zeros(2, 4)])
+    with pytest.raises(ShapeError, match="unpad_sequence: 2 lengths for a batch of 3"):
+        unpad_sequence(yo, [4, 2], batch_first)
+    with pytest.raises(ValueError, match="padding_side must be 'right' or 'left'"):
+        pad_sequence(xo, padding_side="middle")
 
 
 @pytest.mark.parametrize("name,args,shape", [
