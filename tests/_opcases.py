@@ -2522,3 +2522,11 @@ MIXED_FORMS.update({
     "lerp_weight": lambda a, b: ng.lerp(a, a, b), "fmod": ng.fmod, "xlogy": ng.xlogy,
     "isclose": ng.isclose, "trunc_divide": ng.trunc_divide,
 })
+
+
+# --- cases kept beside their op family's own file, appended here ----------------------------------
+_n2 = len(CASES)
+for _family in ("_opcases_products", "_opcases_special", "_opcases_slicing"):
+    importlib.import_module(_family)
+CASES_BY_NAME.update({c.name: c for c in CASES[_n2:]})
+assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"

@@ -454,3 +454,8 @@ def pdist(input: Tensor, p: float = 2.0) -> Tensor:
 
 
 __all__ += ["rrelu", "gumbel_softmax", "pdist"]
+
+from . import vision_functional as _vision  # noqa: E402
+from .vision_functional import *  # noqa: E402, F403
+
+__all__ += _vision.__all__

@@ -313,3 +313,16 @@ __all__ += [  # noqa: PLE0605
     "argsort", "bucketize", "kthvalue", "median", "quantile", "searchsorted", "sort", "topk",
     "unique",
 ]
+
+# --- PyTorch's wider surface, one family per module (each also attaches its Tensor methods) -----
+from . import products as _products  # noqa: E402
+from . import special as _special  # noqa: E402
+from . import slicing as _slicing  # noqa: E402
+from . import aliases as _aliases  # noqa: E402  (last: in-place forms of every family's methods)
+from .products import *  # noqa: E402, F403
+from .special import *  # noqa: E402, F403
+from .slicing import *  # noqa: E402, F403
+from .aliases import *  # noqa: E402, F403
+
+__all__ += (_products.__all__ + _special.__all__ + _slicing.__all__  # noqa: PLE0605
+            + _aliases.__all__)

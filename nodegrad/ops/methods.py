@@ -336,3 +336,10 @@ def _install_more() -> None:
 
 
 _install_more()
+
+
+def register(table: dict) -> None:
+    """Attach more methods to Tensor (the other op families' PyTorch names)."""
+    _methods.update(table)
+    for name, fn in table.items():
+        setattr(Tensor, name, _as_method(name, fn))

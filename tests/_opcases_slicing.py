@@ -1,0 +1,3 @@
+"""Op-matrix cases of :mod:`nodegrad.ops.slicing` (appended to ``_opcases.CASES``)."""
+
+from __future__ import annotations
