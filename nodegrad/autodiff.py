@@ -382,6 +382,12 @@ class RemovableHandle:
         if self._fn in self._hooks:
             self._hooks.remove(self._fn)
 
+    def __enter__(self) -> RemovableHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
 
 # --- the engine -----------------------------------------------------------------------------
 def _toposort_counts(starts: Sequence[Node]) -> dict:

@@ -3,6 +3,7 @@
 from . import functional, init, utils
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layers
-from .module import Module, Parameter, functional_call
+from .module import Buffer, Module, Parameter, functional_call
 
-__all__ = ["functional", "init", "utils", "Module", "Parameter", "functional_call", *_layers]
+__all__ = ["functional", "init", "utils", "Module", "Parameter", "Buffer", "functional_call",
+           *_layers]

@@ -10,14 +10,17 @@ nodes, so ``ng.grad(loss)(model, x, y)`` returns a model-shaped gradient.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from .. import _backend as B
-from ..autodiff import RemovableHandle, effect, no_grad
+from ..autodiff import RemovableHandle, effect, modes, no_grad
 from ..errors import ShapeError
 from ..func.tree import register_pytree_node
 from ..tensor import Tensor
+from . import hooks as _hooks
 
 
 class Parameter(Tensor):
@@ -55,8 +58,8 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "_forward_hooks", [])
-        object.__setattr__(self, "_forward_pre_hooks", [])
+        for hooks in _HOOK_LISTS:
+            object.__setattr__(self, hooks, [])
         object.__setattr__(self, "training", True)
 
     # --- registration ---------------------------------------------------------------------
@@ -74,6 +77,8 @@ class Module:
                 del store[name]
         if isinstance(value, Parameter):
             self._parameters[name] = value
+        elif isinstance(value, Buffer):
+            self.register_buffer(name, Tensor(value.data), persistent=value.persistent)
         elif isinstance(value, Module):
             self._modules[name] = value
         elif _is_module_seq(value):
@@ -242,15 +247,27 @@ class Module:
         return self
 
     # --- state ----------------------------------------------------------------------------
-    def state_dict(self) -> OrderedDict:
-        """Parameters and persistent buffers by dotted name (detached, sharing memory)."""
-        out = OrderedDict()
+    def state_dict(self, *, destination: dict | None = None, prefix: str = "",
+                   keep_vars: bool = False) -> OrderedDict:
+        """Parameters and persistent buffers by dotted name (detached and sharing memory;
+        the tensors themselves with ``keep_vars``), each name after ``prefix``. Every
+        module's state-dict pre-hooks run first, its post-hooks last."""
+        out = OrderedDict() if destination is None else destination
+        mods = list(self.named_modules())
+        for mp, m in mods:
+            for hook in m._state_dict_pre_hooks:
+                hook(m, _join(prefix, mp), keep_vars)
         for name, p in self.named_parameters():
-            out[name] = p.detach()
-        for mp, m in self.named_modules():
+            out[prefix + name] = p if keep_vars else p.detach()
+        for mp, m in mods:
             for name, b in m._buffers.items():
                 if b is not None and name not in m._non_persistent:
-                    out[f"{mp}.{name}" if mp else name] = b.detach()
+                    out[_join(prefix, mp) + name] = b if keep_vars else b.detach()
+        for mp, m in mods:
+            for hook in m._state_dict_post_hooks:
+                if hook(m, out, _join(prefix, mp), {}) is not None:
+                    raise RuntimeError("state_dict post-hook: edit state_dict in place and "
+                                       "return None (as PyTorch requires)")
         return out
 
     def _optional_keys(self) -> set[str]:
@@ -259,17 +276,27 @@ class Module:
         return {f"{mp}.{n}" if mp else n for mp, m in self.named_modules()
                 for n in m._optional_buffers if m._buffers.get(n) is not None}
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> tuple[list, list]:
-        """Copy values in by name; with ``strict``, missing/unexpected names or any shape
-        difference raise one error listing all of them. Returns (missing, unexpected)."""
-        own = OrderedDict(self.named_parameters())
-        for mp, m in self.named_modules():
+    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+        """Copy values in by name. Returns ``(missing_keys, unexpected_keys)``.
+
+        Nothing is copied when a shape differs, or, with ``strict``, when names are missing
+        or unexpected: one error lists all of them. Load pre-hooks may rename keys first; when
+        a module has load post-hooks, the matching values are loaded and the post-hooks run
+        (they may clear the lists) before ``strict`` judges what is left, as in PyTorch."""
+        state_dict = OrderedDict(state_dict)  # hooks may edit it; the caller's stays as it was
+        mods = list(self.named_modules())
+        missing, unexpected, errors = [], [], []
+        for mp, m in mods:
+            for hook in list(m._load_state_dict_pre_hooks):
+                hook(m, state_dict, _join("", mp), {}, strict, missing, unexpected, errors)
+        own = OrderedDict(self.named_parameters())  # after the hooks: a lazy layer has grown
+        for mp, m in mods:
             for name, b in m._buffers.items():
                 if b is not None and name not in m._non_persistent:
                     own[f"{mp}.{name}" if mp else name] = b
         optional = self._optional_keys()  # absent from older checkpoints: kept as they are
-        missing = [k for k in own if k not in state_dict and k not in optional]
-        unexpected = [k for k in state_dict if k not in own]
+        missing += [k for k in own if k not in state_dict and k not in optional]
+        unexpected += [k for k in state_dict if k not in own]
         bad = []
         for k, t in own.items():
             if k in state_dict:
@@ -277,15 +304,9 @@ class Module:
                 shape = tuple(v.shape)
                 if shape != tuple(t.shape):
                     bad.append(f"{k}: checkpoint {shape} vs model {tuple(t.shape)}")
-        if bad or (strict and (missing or unexpected)):
-            parts = []
-            if missing:
-                parts.append("missing: " + ", ".join(missing))
-            if unexpected:
-                parts.append("unexpected: " + ", ".join(unexpected))
-            if bad:
-                parts.append("shape mismatch: " + "; ".join(bad))
-            raise ShapeError(f"load_state_dict into {type(self).__name__}: " + " | ".join(parts))
+        post = any(m._load_state_dict_post_hooks for _, m in mods)
+        if bad or errors or (strict and not post and (missing or unexpected)):
+            _refuse(self, missing, unexpected, bad, errors)
         with no_grad():
             for k, t in own.items():
                 if k in state_dict:
@@ -296,7 +317,51 @@ class Module:
                         v = B.backend_of(v).to_host(v)
                     t.data[...] = be.asarray(v, dtype=t.dtype)
                     t._bump()
-        return missing, unexpected
+        result = IncompatibleKeys(missing, unexpected)
+        for _, m in mods:
+            for hook in m._load_state_dict_post_hooks:
+                if hook(m, result) is not None:
+                    raise RuntimeError("load_state_dict post-hook: edit incompatible_keys in "
+                                       "place and return None (as PyTorch requires)")
+        if strict and (missing or unexpected):
+            _refuse(self, missing, unexpected, [], [])
+        return result
+
+    # --- lookups PyTorch has ------------------------------------------------------------------
+    def get_parameter(self, target: str) -> Parameter:
+        """The parameter at dotted path ``target`` (``"0.weight"``)."""
+        mod, _, name = target.rpartition(".")
+        m = self.get_submodule(mod) if mod else self
+        p = m._parameters.get(name)
+        if p is None:
+            raise AttributeError(f"get_parameter: {type(m).__name__} has no parameter "
+                                 f"{name!r} (path {target!r})")
+        return p
+
+    def get_buffer(self, target: str) -> Tensor:
+        """The buffer at dotted path ``target`` (``"bn.running_mean"``)."""
+        mod, _, name = target.rpartition(".")
+        m = self.get_submodule(mod) if mod else self
+        b = m._buffers.get(name)
+        if b is None:
+            raise AttributeError(f"get_buffer: {type(m).__name__} has no buffer {name!r} "
+                                 f"(path {target!r})")
+        return b
+
+    def register_module(self, name: str, module: Module | None) -> None:
+        """PyTorch's other name for ``add_module``."""
+        self.add_module(name, module)
+
+    def set_submodule(self, target: str, module: Module, strict: bool = False) -> None:
+        """Replace (or, unless ``strict``, add) the submodule at dotted path ``target``."""
+        if not isinstance(module, Module):
+            raise TypeError(f"set_submodule: expected a Module, got {type(module).__name__}")
+        parent, _, name = target.rpartition(".")
+        m = self.get_submodule(parent) if parent else self
+        if strict and name not in m._modules:
+            raise AttributeError(f"set_submodule: {type(m).__name__} has no submodule "
+                                 f"{name!r} (strict=True)")
+        m._modules[name] = module
 
     # --- calling --------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -304,25 +369,106 @@ class Module:
 
     def __call__(self, *args, **kwargs):
         for hook in self._forward_pre_hooks:
-            r = hook(self, args)
+            if type(hook) is _Hook:
+                r = hook.fn(self, args, kwargs) if hook.with_kwargs else hook.fn(self, args)
+                if r is not None and hook.with_kwargs:
+                    args, kwargs = _pair(r, "forward pre-hook with kwargs")
+                    continue
+            else:
+                r = hook(self, args)
             if r is not None:
                 args = r if isinstance(r, tuple) else (r,)
-        out = self.forward(*args, **kwargs)
+        call = None
+        if (self._backward_hooks or self._backward_pre_hooks) and modes().grad_enabled:
+            if modes().jit is not None:
+                raise NotImplementedError(
+                    f"{type(self).__name__}: backward hooks run Python during backward, which "
+                    "ng.jit cannot capture; remove them or run under ng.disable_jit()")
+            args, call = _hooks.wrap_inputs(self, args)
+        try:
+            out = self.forward(*args, **kwargs)
+        except Exception:
+            for hook in self._forward_hooks:
+                if type(hook) is _Hook and hook.always_call:
+                    hook.fn(self, args, kwargs, None) if hook.with_kwargs else hook.fn(
+                        self, args, None)
+            raise
         for hook in self._forward_hooks:
-            r = hook(self, args, out)
+            if type(hook) is _Hook:
+                r = (hook.fn(self, args, kwargs, out) if hook.with_kwargs
+                     else hook.fn(self, args, out))
+            else:
+                r = hook(self, args, out)
             if r is not None:
                 out = r
+        if call is not None:
+            out = _hooks.wrap_outputs(out, call)
         return out
 
-    def register_forward_hook(self, hook: Callable) -> RemovableHandle:
-        """``hook(module, inputs, output)`` after each forward; a returned value replaces it."""
-        self._forward_hooks.append(hook)
-        return RemovableHandle(self._forward_hooks, hook)
+    def _add_hook(self, store: str, hook: Callable, prepend: bool, entry=None) -> RemovableHandle:
+        hooks = getattr(self, store)
+        entry = hook if entry is None else entry
+        hooks.insert(0, entry) if prepend else hooks.append(entry)
+        return RemovableHandle(hooks, entry)
 
-    def register_forward_pre_hook(self, hook: Callable) -> RemovableHandle:
-        """``hook(module, inputs)`` before each forward; a returned tuple replaces the inputs."""
-        self._forward_pre_hooks.append(hook)
-        return RemovableHandle(self._forward_pre_hooks, hook)
+    def register_forward_hook(self, hook: Callable, *, prepend: bool = False,
+                              with_kwargs: bool = False,
+                              always_call: bool = False) -> RemovableHandle:
+        """``hook(module, args, output)`` after each forward (``hook(module, args, kwargs,
+        output)`` with ``with_kwargs``); a returned value replaces the output. ``prepend`` runs
+        it before the hooks already there; ``always_call`` also runs it (with output None)
+        when forward raises."""
+        entry = _Hook(hook, with_kwargs, always_call) if with_kwargs or always_call else None
+        return self._add_hook("_forward_hooks", hook, prepend, entry)
+
+    def register_forward_pre_hook(self, hook: Callable, *, prepend: bool = False,
+                                  with_kwargs: bool = False) -> RemovableHandle:
+        """``hook(module, args)`` before each forward; a returned tuple replaces the args.
+        With ``with_kwargs``: ``hook(module, args, kwargs)`` returning ``(args, kwargs)``."""
+        entry = _Hook(hook, with_kwargs, False) if with_kwargs else None
+        return self._add_hook("_forward_pre_hooks", hook, prepend, entry)
+
+    def register_full_backward_pre_hook(self, hook: Callable, *,
+                                        prepend: bool = False) -> RemovableHandle:
+        """``hook(module, grad_output)`` once the gradients of a call's outputs are known,
+        before they enter the module; a returned tuple replaces ``grad_output``. Entries are
+        None for outputs that got no gradient."""
+        return self._add_hook("_backward_pre_hooks", hook, prepend)
+
+    def register_full_backward_hook(self, hook: Callable, *,
+                                    prepend: bool = False) -> RemovableHandle:
+        """``hook(module, grad_input, grad_output)`` once the gradients of a call's positional
+        tensor inputs are known; a returned tuple replaces ``grad_input``. Entries are None
+        for inputs that need no gradient (e.g. the data fed to the first layer)."""
+        return self._add_hook("_backward_hooks", hook, prepend)
+
+    def register_backward_hook(self, hook: Callable) -> RemovableHandle:
+        """PyTorch's deprecated form: here the same as ``register_full_backward_hook``."""
+        warnings.warn("register_backward_hook is deprecated (as in PyTorch); it registers a "
+                      "full backward hook here: use register_full_backward_hook",
+                      FutureWarning, stacklevel=2)
+        return self.register_full_backward_hook(hook)
+
+    def register_state_dict_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(module, prefix, keep_vars)`` before ``state_dict`` collects this module."""
+        return self._add_hook("_state_dict_pre_hooks", hook, False)
+
+    def register_state_dict_post_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(module, state_dict, prefix, local_metadata)`` after ``state_dict`` has
+        collected the whole model; it may edit ``state_dict`` in place."""
+        return self._add_hook("_state_dict_post_hooks", hook, False)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(module, state_dict, prefix, local_metadata, strict, missing_keys,
+        unexpected_keys, error_msgs)`` before ``load_state_dict`` checks the names; it may
+        edit ``state_dict`` in place (rename old keys, say). Missing and unexpected keys it
+        appends are reported with the others."""
+        return self._add_hook("_load_state_dict_pre_hooks", hook, False)
+
+    def register_load_state_dict_post_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(module, incompatible_keys)`` after ``load_state_dict``; it may clear the
+        lists of ``incompatible_keys`` (missing_keys, unexpected_keys) in place."""
+        return self._add_hook("_load_state_dict_post_hooks", hook, False)
 
     # --- display --------------------------------------------------------------------------
     def extra_repr(self) -> str:
@@ -349,7 +495,7 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for k, v in self.__dict__.items():
-            if k in ("_forward_hooks", "_forward_pre_hooks"):
+            if k in _HOOK_LISTS:
                 object.__setattr__(new, k, list(v))
             else:
                 object.__setattr__(new, k, copy.deepcopy(v, memo))
@@ -430,3 +576,67 @@ def _unflatten_module(aux, leaves):
 
 
 register_pytree_node(Module, _flatten_module, _unflatten_module)
+
+
+class Buffer(Tensor):
+    """A tensor that, assigned to a Module attribute, registers as a buffer (PyTorch's
+    ``nn.Buffer``): state that is saved but not trained, like batch norm's running mean."""
+
+    __slots__ = ("persistent",)
+
+    def __init__(self, data, *, persistent: bool = True):
+        if isinstance(data, Tensor):
+            data = data.data
+        elif not B.is_array(data):
+            data = B.np.asarray(data)
+        super().__init__(data, None, False)
+        self.persistent = persistent
+
+
+class IncompatibleKeys(NamedTuple):
+    """What ``load_state_dict`` found: names the model has and the dict lacks, and the reverse."""
+
+    missing_keys: list
+    unexpected_keys: list
+
+
+class _Hook:
+    """A forward (pre-)hook registered with PyTorch's ``with_kwargs``/``always_call``."""
+
+    __slots__ = ("fn", "with_kwargs", "always_call")
+
+    def __init__(self, fn: Callable, with_kwargs: bool, always_call: bool) -> None:
+        self.fn, self.with_kwargs, self.always_call = fn, with_kwargs, always_call
+
+    def __eq__(self, other) -> bool:
+        return self is other or other is self.fn
+
+    __hash__ = object.__hash__
+
+
+_HOOK_LISTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_state_dict_pre_hooks", "_state_dict_post_hooks", "_load_state_dict_pre_hooks",
+               "_load_state_dict_post_hooks")
+
+
+def _join(prefix: str, path: str) -> str:
+    return prefix + path + "." if path else prefix
+
+
+def _pair(r, what: str) -> tuple:
+    if not (isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], dict)):
+        raise TypeError(f"{what}: must return None or (args, kwargs), got {type(r).__name__}")
+    args, kwargs = r
+    return (args if isinstance(args, tuple) else (args,)), kwargs
+
+
+def _refuse(module: Module, missing, unexpected, bad, errors) -> None:
+    parts = []
+    if missing:
+        parts.append("missing: " + ", ".join(missing))
+    if unexpected:
+        parts.append("unexpected: " + ", ".join(unexpected))
+    if bad:
+        parts.append("shape mismatch: " + "; ".join(bad))
+    parts += [str(e) for e in errors]
+    raise ShapeError(f"load_state_dict into {type(module).__name__}: " + " | ".join(parts))

@@ -246,6 +246,10 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(f"optimizer can only optimize Tensors, but {where} is a "
                                 f"{type(p).__name__}")
+            if getattr(p, "uninitialized", False):
+                raise ValueError(f"{type(self).__name__}: {where} is an uninitialised parameter "
+                                 "of a lazy layer; run one batch through the model (a dry "
+                                 "run) before creating the optimiser")
             if p.node is not None:
                 raise ValueError(f"can't optimize a non-leaf Tensor: {where} was computed by "
                                  f"'{p.node.name()}'; pass the leaf it was computed from")

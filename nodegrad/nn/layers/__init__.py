@@ -134,3 +134,7 @@ __all__ += ["BatchNorm3d", "ChannelShuffle", "CircularPad1d", "CircularPad2d", "
             "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "ReflectionPad1d",
             "ReflectionPad2d", "ReflectionPad3d", "ReplicationPad1d", "ReplicationPad2d",
             "ReplicationPad3d", "SmoothL1Loss", "Softmax2d", "ZeroPad1d", "ZeroPad2d", "ZeroPad3d"]
+from . import lazy as _lazy  # noqa: E402
+from .lazy import *  # noqa: E402, F403
+
+__all__ += _lazy.__all__
