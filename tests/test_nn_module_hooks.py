@@ -296,3 +296,12 @@ def test_buffer_assignment_registers_a_buffer():
     t.stat = torch.nn.Buffer(torch.zeros(3))
     t.scratch = torch.nn.Buffer(torch.ones(2), persistent=False)
     assert list(t.state_dict()) == list(m.state_dict())
+
+
+def test_dtype_helpers_as_torch():
+    m = nn.Linear(2, 3)
+    assert m.half().weight.dtype == ng.float16
+    assert m.type(ng.float64).weight.dtype == ng.float64
+    assert m.to_empty(device="cpu") is m
+    with pytest.raises(TypeError, match="no bfloat16"):
+        m.bfloat16()

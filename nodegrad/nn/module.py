@@ -241,6 +241,22 @@ class Module:
     def double(self) -> Module:
         return self.to(dtype=B.float64)
 
+    def half(self) -> Module:
+        return self.to(dtype=B.float16)
+
+    def bfloat16(self) -> Module:
+        raise TypeError(f"{type(self).__name__}.bfloat16: NumPy and CuPy arrays have no "
+                        "bfloat16; use half() (float16), float() or double()")
+
+    def type(self, dst_type) -> Module:
+        """Cast floating parameters and buffers to ``dst_type`` (PyTorch's ``Module.type``)."""
+        return self.to(dtype=dst_type)
+
+    def to_empty(self, *, device=None, recurse: bool = True) -> Module:
+        """PyTorch moves storage to ``device`` without its values; here the values come along
+        (there are no meta tensors to move from), which ``reset_parameters`` may then renew."""
+        return self.to(device)
+
     def apply(self, fn: Callable[[Module], None]) -> Module:
         for m in self.modules():
             fn(m)
