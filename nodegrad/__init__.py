@@ -7,8 +7,8 @@
 tensor([2., 4., 6.])
 """
 
-from . import (_backend, data, diagnostics, lax, linalg, models, nn, onnx, optim, prune,
-               special, train)
+from . import (_backend, autograd, data, diagnostics, lax, linalg, models, nn, onnx, optim,
+               prune, special, train)
 from ._backend import cuda_available
 from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_enabled,
                        is_grad_enabled, is_inference_mode_enabled, no_grad, set_grad_enabled)
@@ -16,6 +16,7 @@ from .diagnostics.graph import draw_graph
 from .dtypes import result_type
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,
                      InplaceError, ShapeError)
+from .func.custom import custom_vjp
 from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, tree_flatten, tree_map,
                    tree_unflatten, value_and_grad, vjp, vmap)
 from .io import CheckpointError, load, save
