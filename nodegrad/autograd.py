@@ -20,7 +20,8 @@ tensor([12.])
 from __future__ import annotations
 
 from .autodiff import backward, detect_anomaly, enable_grad, grad, no_grad, set_grad_enabled
+from .func import autograd_functional as functional
 from .func.custom import Function, FunctionCtx, once_differentiable
 
-__all__ = ["Function", "FunctionCtx", "once_differentiable", "grad", "backward", "no_grad",
-           "enable_grad", "set_grad_enabled", "detect_anomaly"]
+__all__ = ["Function", "FunctionCtx", "once_differentiable", "functional", "grad", "backward",
+           "no_grad", "enable_grad", "set_grad_enabled", "detect_anomaly"]

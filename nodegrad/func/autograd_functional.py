@@ -1,0 +1,118 @@
+"""PyTorch's ``torch.autograd.functional`` (``ng.autograd.functional``) on the JAX-style
+transforms: the same calls and result structures as PyTorch (a tensor for one input, tuples for
+several), computed by ``vjp``/``jvp``/``jacrev``/``jacfwd``/``hessian``/``hvp``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import ShapeError
+from ..tensor import Tensor, zeros_like
+from .grad import vjp as _vjp
+from .jvp import hessian as _hessian
+from .jvp import hvp as _hvp
+from .jvp import jacfwd, jacrev
+from .jvp import jvp as _jvp
+
+__all__ = ["vjp", "jvp", "jacobian", "hessian", "hvp", "vhp"]
+
+
+def _inputs(inputs, what: str) -> tuple[tuple, bool]:
+    many = isinstance(inputs, tuple | list)
+    ins = tuple(inputs) if many else (inputs,)
+    if not all(isinstance(t, Tensor) for t in ins):
+        raise TypeError(f"{what}: inputs must be a tensor or a tuple of tensors, got "
+                        f"{[type(t).__name__ for t in ins]}")
+    return ins, many
+
+
+def _vectors(v, like: tuple, what: str, name: str) -> tuple:
+    if v is None:
+        if len(like) != 1 or like[0].data.size != 1:
+            raise ValueError(f"{what}: {name} can be None only when there is one single-element "
+                             f"tensor, got shapes {[tuple(t.shape) for t in like]}")
+        return (like[0].ones_like(),)
+    vs = tuple(v) if isinstance(v, tuple | list) else (v,)
+    if len(vs) != len(like) or any(tuple(a.shape) != tuple(b.shape) for a, b in zip(vs, like)):
+        raise ShapeError(f"{what}: {name} must match shapes {[tuple(t.shape) for t in like]}, "
+                         f"got {[tuple(getattr(a, 'shape', ())) for a in vs]}")
+    return vs
+
+
+def _out(tree, create_graph: bool):
+    if isinstance(tree, tuple | list):
+        return tuple(_out(t, create_graph) for t in tree)
+    if isinstance(tree, Tensor) and not create_graph:
+        return tree.detach()
+    return tree
+
+
+def _one(xs: tuple, many: bool):
+    return xs if many else xs[0]
+
+
+def _no_strict(strict: bool, what: str) -> None:
+    if strict:
+        raise NotImplementedError(f"{what}: strict=True (an error for outputs independent of "
+                                  "an input) is not supported; leave strict=False")
+
+
+def vjp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
+    """``(func(*inputs), vᵀ J)``, as ``torch.autograd.functional.vjp``."""
+    _no_strict(strict, "vjp")
+    ins, many = _inputs(inputs, "vjp")
+    out, pull = _vjp(func, *ins)
+    outs, many_out = _inputs(out, "vjp (outputs)")
+    grads = pull(_one(_vectors(v, outs, "vjp", "v"), many_out))
+    grads = tuple(zeros_like(t) if g is None else g for g, t in zip(grads, ins))
+    return _out(out, create_graph), _out(_one(grads, many), create_graph)
+
+
+def jvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
+    """``(func(*inputs), J v)``, as ``torch.autograd.functional.jvp``."""
+    _no_strict(strict, "jvp")
+    ins, many = _inputs(inputs, "jvp")
+    out, tangent = _jvp(func, ins, _vectors(v, ins, "jvp", "v"))
+    return _out(out, create_graph), _out(tangent, create_graph)
+
+
+def jacobian(func: Callable, inputs, create_graph: bool = False, strict: bool = False,
+             vectorize: bool = False, strategy: str = "reverse-mode"):
+    """The Jacobian of ``func`` at ``inputs``, shaped ``output.shape + input.shape``; tuples
+    per output and per input as PyTorch nests them."""
+    _no_strict(strict, "jacobian")
+    if strategy not in ("reverse-mode", "forward-mode"):
+        raise ValueError(f"jacobian: strategy must be 'reverse-mode' or 'forward-mode', got "
+                         f"{strategy!r}")
+    ins, many = _inputs(inputs, "jacobian")
+    transform = jacrev if strategy == "reverse-mode" else jacfwd
+    jac = transform(func, argnums=tuple(range(len(ins))))(*ins)
+    if isinstance(jac, tuple | list) and jac and isinstance(jac[0], tuple | list):
+        return _out(tuple(_one(tuple(j), many) for j in jac), create_graph)  # several outputs
+    return _out(_one(tuple(jac), many), create_graph)
+
+
+def hessian(func: Callable, inputs, create_graph: bool = False, strict: bool = False,
+            vectorize: bool = False, outer_jacobian_strategy: str = "reverse-mode"):
+    """The Hessian of scalar ``func``: ``input.shape * 2`` for one input, a tuple of tuples
+    (block ``[i][j]`` of shape ``inputs[i].shape + inputs[j].shape``) for several."""
+    _no_strict(strict, "hessian")
+    ins, many = _inputs(inputs, "hessian")
+    h = _hessian(func, argnums=tuple(range(len(ins))))(*ins)
+    h = tuple(tuple(row) for row in h)
+    return _out(h if many else h[0][0], create_graph)
+
+
+def hvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
+    """``(func(*inputs), H v)`` for scalar ``func``, as ``torch.autograd.functional.hvp``."""
+    _no_strict(strict, "hvp")
+    ins, many = _inputs(inputs, "hvp")
+    out, hv = _hvp(func, ins, _vectors(v, ins, "hvp", "v"))
+    hv = tuple(hv) if isinstance(hv, tuple | list) else (hv,)
+    return _out(out, create_graph), _out(_one(hv, many), create_graph)
+
+
+def vhp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
+    """``(func(*inputs), vᵀ H)``: the Hessian is symmetric, so this is ``hvp``'s result."""
+    return hvp(func, inputs, v, create_graph, strict)
