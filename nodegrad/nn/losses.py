@@ -518,3 +518,56 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
     if reduction == "mean":
         return ops.mean(nll / Tensor(xp.asarray(B.np.maximum(tg_len, 1), dtype=lp.dtype)))
     return _reduce(nll, reduction, "ctc_loss")
+
+
+def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
+                           reduction: str = "mean") -> Tensor:
+    """Multi-label hinge: Σ_j Σ_{i ∉ targets} max(0, 1 − (x_j − x_i)) / C over the target
+    classes j of each sample. ``target`` holds class indices in its leading entries, ended by
+    the first -1 (PyTorch's layout: [3, 0, -1, 1] means classes 3 and 0)."""
+    op = "multilabel_margin_loss"
+    reduction = _legacy(size_average, reduce, reduction)
+    if input.ndim not in (1, 2) or tuple(target.shape) != tuple(input.shape):
+        raise ShapeError(f"{op}: expected input (N, C) or (C,) and a target of the same shape, "
+                         f"got {tuple(input.shape)} and {tuple(target.shape)}")
+    if target.dtype.kind not in "iu":
+        raise DTypeError(f"{op}: target must hold integer class indices, got {target.dtype}")
+    c = input.shape[-1]
+    xp = input.backend.xp
+    t = values(target)
+    bad = (t < -1) | (t >= c)
+    if bool(bad.any()):
+        raise IndexError(f"{op}: target {int(t[bad].reshape(-1)[0])} is out of range for {c} "
+                         f"classes (expected 0..{c - 1}, or -1 to end the list)")
+    with no_grad():  # the entries before the first -1 name the targets
+        valid = ops.cumprod(ops.astype(target != -1, "int64"), -1) > 0
+    safe = ops.where(valid, target, 0)
+    classes = Tensor(xp.arange(c))
+    hit = (ops.expand_dims(safe, -1) == classes) & ops.expand_dims(valid, -1)   # (.., K, C)
+    is_target = ops.any(hit, axis=-2)                                            # (.., C)
+    picked = ops.take_along_axis(input, safe, -1)                                # (.., K)
+    z = ops.relu(1.0 - ops.expand_dims(picked, -1) + ops.expand_dims(input, -2))
+    keep = ops.expand_dims(valid, -1) & ~ops.expand_dims(is_target, -2)
+    loss = ops.sum(ops.where(keep, z, 0.0), axis=(-2, -1)) / c
+    return _reduce(loss, reduction, op)
+
+
+def triplet_margin_with_distance_loss(anchor: Tensor, positive: Tensor, negative: Tensor, *,
+                                      distance_function=None, margin: float = 1.0,
+                                      swap: bool = False, reduction: str = "mean") -> Tensor:
+    """max(0, margin + d(a, p) − d(a, n)) for any distance ``d`` (default
+    ``pairwise_distance``); ``swap`` uses min(d(a, n), d(p, n)) as the negative distance."""
+    op = "triplet_margin_with_distance_loss"
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if margin <= 0:
+        raise ValueError(f"{op}: margin must be greater than 0, got {margin}")
+    if not anchor.ndim == positive.ndim == negative.ndim:
+        raise ShapeError(f"{op}: anchor, positive and negative must have the same number of "
+                         f"dims, got {anchor.ndim}-D, {positive.ndim}-D and {negative.ndim}-D")
+    d = pairwise_distance if distance_function is None else distance_function
+    d_pos = d(anchor, positive)
+    d_neg = d(anchor, negative)
+    if swap:
+        d_neg = ops.minimum(d_neg, d(positive, negative))
+    return _reduce(ops.clamp_min(d_pos + margin - d_neg, 0.0), reduction, op)

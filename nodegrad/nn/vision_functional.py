@@ -1,6 +1,372 @@
-"""Spatial sampling and its layers' functions: affine_grid, grid_sample, ...
+"""Spatial sampling and the functional forms that go with the layers of ``layers/extra.py``:
+``affine_grid`` and ``grid_sample`` (spatial transformers), fractional max pooling, feature
+alpha dropout, the ``*_with_indices`` pooling aliases and two losses, in PyTorch's semantics.
+
+``grid_sample`` is a composite: each output point's source coordinate is unnormalised, padded
+(clipped or reflected), split into integer corners and fractional weights, and all corners are
+read with one gather; the weights carry the gradient to the grid and the gather's adjoint (a
+scatter-add) carries it to the input, so gradients of any order, vmap and jit come from the
+engine. Clipping follows PyTorch's gradient rule: a coordinate on or beyond a border gets none.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import itertools
+import math
+
+from .. import ops
+from ..errors import DTypeError, ShapeError
+from ..random import Generator, default_generator, rand
+from ..tensor import Tensor
+from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d,
+                              max_pool1d, max_pool2d, max_pool3d)
+from .losses import multilabel_margin_loss, triplet_margin_with_distance_loss
+from .norm_functional import _SELU_ALPHA_PRIME, _check_p
+
+__all__: list[str] = [
+    "affine_grid", "grid_sample", "fractional_max_pool2d", "fractional_max_pool2d_with_indices",
+    "feature_alpha_dropout", "max_pool1d_with_indices", "max_pool2d_with_indices",
+    "max_pool3d_with_indices", "adaptive_max_pool1d_with_indices",
+    "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices",
+    "multilabel_margin_loss", "triplet_margin_with_distance_loss",
+]
+
+
+# --- affine_grid ------------------------------------------------------------------------------
+def _base_axis(xp, n: int, align_corners: bool, dtype):
+    """PyTorch's sampling positions along one axis in [-1, 1]: the pixel centres (corners with
+    ``align_corners``); a single pixel sits at 0."""
+    if n <= 1:
+        return xp.zeros(1, dtype=dtype)
+    r = xp.linspace(-1, 1, n, dtype=dtype)
+    if not align_corners:
+        r = r * dtype.type(n - 1) / dtype.type(n)
+    return r
+
+
+def affine_grid(theta: Tensor, size, align_corners: bool | None = None) -> Tensor:
+    """The sampling grid of a batch of affine maps, for ``grid_sample``: theta (N, 2, 3) and
+    size (N, C, H, W) give (N, H, W, 2); theta (N, 3, 4) and size (N, C, D, H, W) give
+    (N, D, H, W, 3). Each output point's normalised coordinates (x, y[, z], 1) are mapped by
+    theta; ``align_corners=None`` is False, as PyTorch's."""
+    op = "affine_grid"
+    if not isinstance(theta, Tensor):
+        raise TypeError(f"{op}: expected a Tensor theta, got {type(theta).__name__}")
+    if theta.dtype.kind != "f":
+        raise DTypeError(f"{op}: theta must be floating point, got {theta.dtype}")
+    size = tuple(int(s) for s in size)
+    if len(size) not in (4, 5):
+        raise ShapeError(f"{op}: size must be (N, C, H, W) or (N, C, D, H, W) for 2-D and 3-D "
+                         f"affine maps, got {size}")
+    if min(size) <= 0:
+        raise ShapeError(f"{op}: expected a positive output size, got {size}")
+    nd = len(size) - 2
+    want = (size[0], nd, nd + 1)
+    if tuple(theta.shape) != want:
+        raise ShapeError(f"{op}: for size {size} theta must be a batch of {nd}-D affine "
+                         f"matrices of shape {want}, got {tuple(theta.shape)}")
+    xp = theta.backend.xp
+    spatial = size[2:]
+    axes = [_base_axis(xp, n, bool(align_corners), theta.dtype) for n in spatial]
+    mesh = xp.meshgrid(*axes, indexing="ij")          # per spatial axis, outermost first
+    ones = xp.ones(spatial, dtype=theta.dtype)
+    base = xp.stack(list(reversed(mesh)) + [ones], axis=-1).reshape(-1, nd + 1)   # (x, y, z, 1)
+    grid = Tensor(base) @ ops.swapaxes(theta, -1, -2)                              # (N, P, nd)
+    return ops.reshape(grid, (size[0],) + spatial + (nd,))
+
+
+# --- grid_sample ------------------------------------------------------------------------------
+_SAMPLE_MODES = ("bilinear", "nearest", "bicubic")
+_PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def _unnormalize(g: Tensor, n: int, align_corners: bool) -> Tensor:
+    """[-1, 1] -> pixel coordinates: -1 and 1 are the corner pixels' centres with
+    ``align_corners``, else the image's outer edges."""
+    if align_corners:
+        return (g + 1.0) * ((n - 1) / 2)
+    return (g + 1.0) * (n / 2) - 0.5
+
+
+def _clip_coordinates(c: Tensor, n: int) -> Tensor:
+    """c clipped to [0, n - 1]; on or beyond a border the gradient is 0 (PyTorch's rule: there
+    the bilinear slope would see a missing neighbour)."""
+    hi = float(n - 1)
+    inside = (c > 0.0) & (c < hi)
+    return ops.where(inside, c, ops.clip(c.detach(), 0.0, hi))
+
+
+def _reflect_coordinates(c: Tensor, n: int, align_corners: bool) -> Tensor:
+    """c reflected off the borders (pixel centres with ``align_corners``, else the image edges)
+    until it falls inside; the gradient is ±1 by the parity of the reflections."""
+    span = float(n - 1) if align_corners else float(n)
+    if span == 0:
+        return c * 0.0
+    lo = 0.0 if align_corners else -0.5
+    d = c - lo
+    a = ops.where(d < 0.0, -d, d)
+    period = 2 * span
+    e = a - ops.floor(a / period) * period
+    return ops.where(e > span, period - e, e) + lo
+
+
+def _pad_coordinates(c: Tensor, n: int, padding_mode: str, align_corners: bool) -> Tensor:
+    if padding_mode == "border":
+        return _clip_coordinates(c, n)
+    if padding_mode == "reflection":
+        return _clip_coordinates(_reflect_coordinates(c, n, align_corners), n)
+    return c
+
+
+def _cubic_weights(t: Tensor) -> list[Tensor]:
+    """Keys' cubic-convolution weights (A = -0.75, PyTorch's) of the taps at -1, 0, 1, 2 around
+    a point at fraction ``t`` past tap 0."""
+    a = -0.75
+
+    def near(u):
+        return ((a + 2) * u - (a + 3)) * u * u + 1
+
+    def far(u):
+        return ((a * u - 5 * a) * u + 8 * a) * u - 4 * a
+
+    s = 1.0 - t
+    return [far(t + 1.0), near(t), near(s), far(s + 1.0)]
+
+
+def _taps(c: Tensor, n: int):
+    """An axis's integer tap coordinate as an index (0 where outside) and its in-range mask."""
+    valid = (c >= 0.0) & (c <= float(n - 1))
+    return ops.astype(ops.where(valid, c, 0.0), "int64"), valid
+
+
+def _check_sample(input, grid, mode: str, padding_mode: str, op: str) -> int:
+    for t, name in ((input, "input"), (grid, "grid")):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: expected a Tensor {name}, got {type(t).__name__}")
+    if mode not in _SAMPLE_MODES:
+        raise ValueError(f"{op}: mode must be one of {_SAMPLE_MODES}, got {mode!r}")
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"{op}: padding_mode must be one of {_PADDING_MODES}, got "
+                         f"{padding_mode!r}")
+    shp, gshp = tuple(input.shape), tuple(grid.shape)
+    if input.ndim not in (4, 5) or grid.ndim != input.ndim:
+        raise ShapeError(f"{op}: expected a 4-D (N, C, H, W) or 5-D (N, C, D, H, W) input and a "
+                         f"grid with as many dims, got input {shp} and grid {gshp}")
+    nd = input.ndim - 2
+    if gshp[-1] != nd or gshp[0] != shp[0]:
+        raise ShapeError(f"{op}: for input {shp} the grid must be (N={shp[0]}, ..., {nd}), got "
+                         f"{gshp}")
+    if min(shp[2:]) < 1:
+        raise ShapeError(f"{op}: expected non-empty spatial dims, got input {shp}")
+    if mode == "bicubic" and nd != 2:
+        raise ShapeError(f"{op}: bicubic interpolation only takes 4-D input, got {shp}")
+    if input.dtype.kind != "f" or grid.dtype != input.dtype:
+        raise DTypeError(f"{op}: expected floating input and grid of the same dtype, got "
+                         f"{input.dtype} and {grid.dtype}")
+    return nd
+
+
+def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
+                padding_mode: str = "zeros", align_corners: bool | None = None) -> Tensor:
+    """Sample ``input`` (N, C, H, W) at the grid's points (N, Ho, Wo, 2), as PyTorch: grid
+    (x, y) in [-1, 1] spans the image (x along W); (N, C, D, H, W) with (N, Do, Ho, Wo, 3)
+    grids (x, y, z) for 'bilinear' (trilinear) and 'nearest'. ``padding_mode`` reads points
+    outside as 0 ('zeros'), the nearest border value ('border') or the mirrored image
+    ('reflection'). Differentiable in the input and the grid ('nearest' gives the grid a zero
+    gradient); ``align_corners=None`` is False."""
+    op = "grid_sample"
+    nd = _check_sample(input, grid, mode, padding_mode, op)
+    ac = bool(align_corners)
+    n, c = input.shape[:2]
+    sizes = tuple(input.shape[2:])
+    out_sp = tuple(grid.shape[1:-1])
+    p = math.prod(out_sp)
+    g = ops.reshape(grid, (n, 1, p, nd))
+    # grid component k addresses spatial axis nd-1-k: x is the last axis (W)
+    src = [_unnormalize(g[..., nd - 1 - a], sizes[a], ac) for a in range(nd)]
+    axes = []  # per spatial axis: [(integer coordinate, weight or None), ...]
+    if mode == "bicubic":
+        for a in range(nd):
+            lo = ops.floor(src[a])
+            w = _cubic_weights(src[a] - lo)
+            taps = [_pad_coordinates(lo + float(j - 1), sizes[a], padding_mode, ac)
+                    for j in range(4)]
+            axes.append(list(zip(taps, w)))
+    else:
+        for a in range(nd):
+            s = _pad_coordinates(src[a], sizes[a], padding_mode, ac)
+            if mode == "nearest":
+                axes.append([(ops.round(s), None)])
+            else:
+                lo = ops.floor(s)
+                frac = s - lo
+                axes.append([(lo, 1.0 - frac), (lo + 1.0, frac)])
+    strides = [math.prod(sizes[a + 1:]) for a in range(nd)]
+    index, weight = [], []
+    for corner in itertools.product(*axes):
+        flat, valid, w = None, None, None
+        for a, (coord, wa) in enumerate(corner):
+            i, ok = _taps(coord, sizes[a])
+            flat = i * strides[a] if flat is None else flat + i * strides[a]
+            valid = ok if valid is None else valid & ok
+            if wa is not None:
+                w = wa if w is None else w * wa
+        index.append(flat)
+        mask = ops.astype(valid, input.dtype)
+        weight.append(mask if w is None else w * mask)
+    k = len(index)
+    idx = index[0] if k == 1 else ops.concatenate(index, axis=-1)             # (N, 1, K·P)
+    wts = weight[0] if k == 1 else ops.concatenate(weight, axis=-1)
+    vals = ops.take_along_axis(ops.reshape(input, (n, c, -1)), idx, 2) * wts  # (N, C, K·P)
+    if k > 1:
+        vals = ops.sum(ops.reshape(vals, (n, c, k, p)), axis=2)
+    return ops.reshape(vals, (n, c) + out_sp)
+
+
+# --- pooling ----------------------------------------------------------------------------------
+def max_pool1d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    """``max_pool1d`` with its indices, always (``return_indices`` is ignored, as PyTorch's)."""
+    return max_pool1d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    """``max_pool2d`` with its indices, always (``return_indices`` is ignored, as PyTorch's)."""
+    return max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool3d_with_indices(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, return_indices: bool = False):
+    """``max_pool3d`` with its indices, always (``return_indices`` is ignored, as PyTorch's)."""
+    return max_pool3d(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def adaptive_max_pool1d_with_indices(input: Tensor, output_size, return_indices: bool = False):
+    """``adaptive_max_pool1d`` with its indices, always."""
+    return adaptive_max_pool1d(input, output_size, True)
+
+
+def adaptive_max_pool2d_with_indices(input: Tensor, output_size, return_indices: bool = False):
+    """``adaptive_max_pool2d`` with its indices, always."""
+    return adaptive_max_pool2d(input, output_size, True)
+
+
+def adaptive_max_pool3d_with_indices(input: Tensor, output_size, return_indices: bool = False):
+    """``adaptive_max_pool3d`` with its indices, always."""
+    return adaptive_max_pool3d(input, output_size, True)
+
+
+def _pair(v, name: str, op: str) -> tuple:
+    t = (v, v) if isinstance(v, int | float) else tuple(v)
+    if len(t) != 2:
+        raise ValueError(f"{op}: {name} must be a number or a pair, got {v!r}")
+    return t
+
+
+def _intervals(s: Tensor, n: int, out: int, k: int) -> Tensor:
+    """Graham's pseudo-random window starts along one axis for a sample u in [0, 1) per plane
+    (PyTorch's sequence): ⌊(i + u)·α⌋ − ⌊u·α⌋ with α = (n − k) / (out − 1), the last window
+    flush with the end. Computed in the input's dtype, as PyTorch does."""
+    xp = s.backend.xp
+    last = Tensor(xp.full(tuple(s.shape) + (1,), n - k, dtype=xp.int64))
+    if out == 1:
+        return last
+    alpha = s.dtype.type(n - k) / s.dtype.type(out - 1)
+    i = Tensor(xp.arange(out - 1, dtype=s.dtype))
+    u = ops.expand_dims(s, -1)
+    starts = ops.astype((i + u) * alpha, "int64") - ops.astype(u * alpha, "int64")
+    return ops.concatenate([starts, last], axis=-1)
+
+
+def fractional_max_pool2d_with_indices(input: Tensor, kernel_size, output_size=None,
+                                       output_ratio=None, return_indices: bool = False,
+                                       _random_samples: Tensor | None = None, *,
+                                       generator: Generator | None = None):
+    """``fractional_max_pool2d`` with its indices, always."""
+    op = "fractional_max_pool2d"
+    if not isinstance(input, Tensor) or input.ndim not in (3, 4):
+        raise ShapeError(f"{op}: expected (N, C, H, W) or unbatched (C, H, W) input, got "
+                         f"{getattr(input, 'shape', type(input).__name__)}")
+    if input.dtype.kind != "f":
+        raise DTypeError(f"{op}: expected a floating input, got {input.dtype}")
+    if output_size is None and output_ratio is None:
+        raise ValueError(f"{op}: give either an output_size or an output_ratio")
+    unbatched = input.ndim == 3
+    x = ops.expand_dims(input, 0) if unbatched else input
+    n, c, h, w = x.shape
+    kh, kw = (int(v) for v in _pair(kernel_size, "kernel_size", op))
+    if output_size is None:
+        rh, rw = _pair(output_ratio, "output_ratio", op)
+        oh, ow = int(h * rh), int(w * rw)
+    else:
+        oh, ow = (int(v) for v in _pair(output_size, "output_size", op))
+    if min(kh, kw, oh, ow) < 1:
+        raise ValueError(f"{op}: kernel_size and output size must be positive, got "
+                         f"{(kh, kw)} and {(oh, ow)}")
+    if oh + kh - 1 > h or ow + kw - 1 > w:
+        raise ShapeError(f"{op}: kernel {(kh, kw)} is too large for output {(oh, ow)} from "
+                         f"input {(h, w)} (need output + kernel - 1 <= input on each axis)")
+    if _random_samples is None:
+        samples = rand(n, c, 2, dtype=x.dtype, device=x.device,
+                       generator=generator or default_generator(x.device))
+    else:
+        samples = _random_samples
+        if not isinstance(samples, Tensor) or tuple(samples.shape) != (n, c, 2):
+            raise ShapeError(f"{op}: _random_samples must have shape (N, C, 2) = {(n, c, 2)}, "
+                             f"got {getattr(samples, 'shape', type(samples).__name__)}")
+        samples = ops.astype(samples, x.dtype)
+    rows = _intervals(samples[..., 1], h, oh, kh)                    # (N, C, oh) window starts
+    cols = _intervals(samples[..., 0], w, ow, kw)
+    xp = x.backend.xp
+    rows = ops.expand_dims(rows, -1) + Tensor(xp.arange(kh, dtype=xp.int64))   # (N, C, oh, kh)
+    cols = ops.expand_dims(cols, -1) + Tensor(xp.arange(kw, dtype=xp.int64))   # (N, C, ow, kw)
+    flat = (ops.reshape(rows, (n, c, oh, 1, kh, 1)) * w
+            + ops.reshape(cols, (n, c, 1, ow, 1, kw)))                         # input positions
+    flat = ops.reshape(flat, (n, c, oh, ow, kh * kw))
+    win = ops.take_along_axis(ops.reshape(x, (n, c, -1)), ops.reshape(flat, (n, c, -1)), 2)
+    win = ops.reshape(win, (n, c, oh, ow, kh * kw))
+    arg = ops.argmax(win, axis=-1, keepdims=True)       # the first maximum, as PyTorch's scan
+    y = ops.squeeze(ops.take_along_axis(win, arg, -1), -1)
+    idx = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1).detach()
+    if unbatched:
+        y, idx = y[0], idx[0]
+    return y, idx
+
+
+def fractional_max_pool2d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
+                          return_indices: bool = False, _random_samples: Tensor | None = None,
+                          *, generator: Generator | None = None):
+    """Fractional max pooling (Graham, 2014): max over kh×kw windows whose starts step by a
+    pseudo-random 1 or 2 pixels so that (H, W) shrinks to ``output_size`` (or
+    ``output_ratio`` times the input). One uniform sample per plane and axis sets the steps:
+    ``_random_samples`` (N, C, 2) (W's, then H's), as PyTorch's, else drawn from
+    ``generator`` (the default one). With ``return_indices`` also the flat H·W indices."""
+    y, idx = fractional_max_pool2d_with_indices(input, kernel_size, output_size, output_ratio,
+                                                True, _random_samples, generator=generator)
+    return (y, idx) if return_indices else y
+
+
+# --- dropout ----------------------------------------------------------------------------------
+def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
+                          inplace: bool = False, generator: Generator | None = None) -> Tensor:
+    """Alpha dropout of whole channels: while training each channel of each sample (axes 0 and
+    1) is set, with probability ``p``, to SELU's negative saturation −λα, and an affine map
+    a·x + b restores zero mean and unit variance (PyTorch's a and b). ``inplace`` is accepted
+    for PyTorch's API; the result is a new tensor."""
+    op = "feature_alpha_dropout"
+    _check_p(p, op)
+    if not isinstance(input, Tensor) or input.ndim < 2:
+        raise ShapeError(f"{op}: feature dropout needs at least 2 dims (N, C, ...), got "
+                         f"{getattr(input, 'shape', type(input).__name__)}")
+    if not training or p == 0:
+        return input
+    if p == 1:
+        return input * 0.0
+    dt = input.dtype
+    al = _SELU_ALPHA_PRIME
+    a = 1.0 / math.sqrt((al * al * p + 1) * (1 - p))
+    gen = generator or default_generator(input.device)
+    keep = Tensor(gen.keep_mask(tuple(input.shape[:2]) + (1,) * (input.ndim - 2), dt, p))
+    b = (keep - 1) * dt.type(al * a) + dt.type(al * a * p)
+    return input * (keep * dt.type(a)) + b

@@ -138,3 +138,12 @@ from . import lazy as _lazy  # noqa: E402
 from .lazy import *  # noqa: E402, F403
 
 __all__ += _lazy.__all__
+
+# --- fractional pooling, feature alpha dropout, adaptive softmax, more losses -------------------
+from .adaptive_softmax import AdaptiveLogSoftmaxWithLoss  # noqa: E402
+from .dropout import FeatureAlphaDropout  # noqa: E402
+from .loss import MultiLabelMarginLoss, NLLLoss2d, TripletMarginWithDistanceLoss  # noqa: E402
+from .pool import FractionalMaxPool2d  # noqa: E402
+
+__all__ += ["AdaptiveLogSoftmaxWithLoss", "FeatureAlphaDropout", "FractionalMaxPool2d",
+            "MultiLabelMarginLoss", "NLLLoss2d", "TripletMarginWithDistanceLoss"]

@@ -80,3 +80,10 @@ class AlphaDropout(_DropoutVariant):
     """Dropout that keeps SELU's zero mean and unit variance (see F.alpha_dropout)."""
 
     fn = "alpha_dropout"
+
+
+class FeatureAlphaDropout(_DropoutVariant):
+    """Alpha dropout of whole channels, for SELU networks (see F.feature_alpha_dropout)."""
+
+    def forward(self, x):
+        return F.feature_alpha_dropout(x, self.p, self.training, generator=self.generator)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 from .. import losses as L
 from ..module import Module
+from .distance import PairwiseDistance
 
 
 class _Loss(Module):
@@ -187,3 +190,44 @@ class CTCLoss(_Loss):
     def forward(self, log_probs, targets, input_lengths, target_lengths):
         return L.ctc_loss(log_probs, targets, input_lengths, target_lengths, self.blank,
                           self.reduction, self.zero_infinity)
+
+
+class MultiLabelMarginLoss(_Loss):
+    """Multi-label hinge loss over class-index targets ended by -1 (F.multilabel_margin_loss)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(L._legacy(size_average, reduce, reduction))
+
+    def forward(self, input, target):
+        return L.multilabel_margin_loss(input, target, reduction=self.reduction)
+
+
+class TripletMarginWithDistanceLoss(_Loss):
+    """Triplet margin loss under any distance: ``distance_function(x1, x2)`` (default
+    PairwiseDistance()), ``margin`` > 0, ``swap`` for the distance swap."""
+
+    def __init__(self, *, distance_function=None, margin: float = 1.0, swap: bool = False,
+                 reduction: str = "mean"):
+        super().__init__(reduction)
+        if margin <= 0:
+            raise ValueError(f"TripletMarginWithDistanceLoss: expected margin to be greater "
+                             f"than 0, got {margin}")
+        self.distance_function = (PairwiseDistance() if distance_function is None
+                                  else distance_function)
+        self.margin, self.swap = margin, swap
+
+    def forward(self, anchor, positive, negative):
+        return L.triplet_margin_with_distance_loss(
+            anchor, positive, negative, distance_function=self.distance_function,
+            margin=self.margin, swap=self.swap, reduction=self.reduction)
+
+
+class NLLLoss2d(NLLLoss):
+    """NLLLoss under its old name for (N, C, H, W) input; deprecated (a FutureWarning), as
+    PyTorch's: use NLLLoss, which takes any (N, C, ...)."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean"):
+        warnings.warn("NLLLoss2d is deprecated; use NLLLoss, a drop-in replacement",
+                      FutureWarning, stacklevel=2)
+        super().__init__(weight, ignore_index, L._legacy(size_average, reduce, reduction))

@@ -1,13 +1,15 @@
-"""More pooling and resampling layers: 3-D pooling, unpooling, adaptive max and power-average
-pooling, im2col (Unfold/Fold), pixel shuffles and Upsample, each a thin wrapper around the
-function of the same name in ``nn.functional``."""
+"""More pooling and resampling layers: 3-D pooling, unpooling, adaptive max, power-average and
+fractional max pooling, im2col (Unfold/Fold), pixel shuffles and Upsample, each a thin wrapper
+around the function of the same name in ``nn.functional``."""
 
 from __future__ import annotations
 
+from ...random import Generator
 from ...tensor import Tensor
 from .. import functional as F
 from ..module import Module
 from .conv import _AvgPool, _MaxPool
+from .dropout import _check_generator
 
 
 class MaxPool3d(_MaxPool):
@@ -226,3 +228,39 @@ class UpsamplingBilinear2d(Upsample):
 
     def __init__(self, size=None, scale_factor=None):
         super().__init__(size, scale_factor, "bilinear", align_corners=True)
+
+
+class FractionalMaxPool2d(Module):
+    """Fractional max pooling of (N, C, H, W) to ``output_size`` or ``output_ratio`` times the
+    input (see F.fractional_max_pool2d); ``_random_samples`` (N, C, 2) fixes the windows,
+    else each call draws them from ``generator`` (the default one)."""
+
+    def __init__(self, kernel_size, output_size=None, output_ratio=None,
+                 return_indices: bool = False, _random_samples: Tensor | None = None, *,
+                 generator: Generator | None = None):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size)
+        self.return_indices = return_indices
+        self.register_buffer("_random_samples", _random_samples)
+        self.output_size = None if output_size is None else _pair(output_size)
+        self.output_ratio = None if output_ratio is None else _pair(output_ratio)
+        if output_size is None and output_ratio is None:
+            raise ValueError("FractionalMaxPool2d: give either an output_size or an "
+                             "output_ratio")
+        if output_size is not None and output_ratio is not None:
+            raise ValueError("FractionalMaxPool2d: give only one of output_size and "
+                             "output_ratio")
+        if self.output_ratio is not None and not all(0 < r < 1 for r in self.output_ratio):
+            raise ValueError(f"FractionalMaxPool2d: output_ratio must be between 0 and 1, got "
+                             f"{output_ratio}")
+        _check_generator(self, generator)
+        self.generator = generator
+
+    def forward(self, x):
+        return F.fractional_max_pool2d(x, self.kernel_size, self.output_size, self.output_ratio,
+                                       self.return_indices, self._random_samples,
+                                       generator=self.generator)
+
+
+def _pair(v) -> tuple:
+    return (v, v) if isinstance(v, int | float) else tuple(v)
