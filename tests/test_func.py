@@ -138,3 +138,19 @@ def test_tree_utilities():
     assert leaves == [3, 1, 2]
     assert ng.tree_unflatten(td, [30, 10, 20]) == {"a": (30, None), "b": [10, 20]}
     assert ng.tree_map(lambda v: v * 2, [1, (2,)]) == [2, (4,)]
+
+
+def test_namedtuples_and_ordered_dicts_are_tree_nodes_as_in_jax():
+    from collections import OrderedDict, namedtuple
+
+    Pair = namedtuple("Pair", ["a", "b"])
+    leaves, td = ng.tree_flatten(Pair(ng.ones(2), (ng.zeros(1), 3)))
+    assert len(leaves) == 3
+    back = ng.tree_unflatten(td, leaves)
+    assert type(back) is Pair and back.b[1] == 3
+    g = ng.grad(lambda p: (p["a"] * p["b"]).sum())(
+        OrderedDict(b=ng.ones(2), a=ng.tensor([2.0, 3.0])))
+    assert type(g) is OrderedDict and list(g) == ["b", "a"]  # insertion order kept
+    np.testing.assert_array_equal(g["b"].numpy(), [2.0, 3.0])
+    per = ng.vmap(lambda t: t.max(dim=0))(ng.tensor([[1.0, 2.0], [4.0, 3.0]]))
+    np.testing.assert_array_equal(per.indices.numpy(), [1, 0])

@@ -407,3 +407,27 @@ def test_a_traced_index_makes_the_signature_run_eagerly():
         x, i = ng.randn(4), ng.randn(4)
         assert _same(jf(x, i).numpy(), f(x, i).numpy())
     assert jf.program is None and jf.traces == 1
+
+
+@pytest.mark.parametrize("name,f", [
+    ("unique", lambda t: ng.unique(t)),
+    ("nonzero", lambda t: ng.nonzero(t)),
+    ("nonzero", lambda t: ng.argwhere(t)),
+    ("masked_select", lambda t: ng.masked_select(t, t > 1)),
+    ("masked_scatter", lambda t: ng.masked_scatter(t, t > 1, ng.zeros(4))),
+])
+def test_ops_whose_result_depends_on_the_values_refuse_to_be_traced(name, f):
+    """Captured, they would replay the first call's positions: a wrong answer, not an error."""
+    with pytest.raises(JitError, match=name):
+        ng.jit(f)(ng.tensor([0.0, 2.0, 3.0, 2.0]))
+
+
+def test_namedtuple_results_replay_with_each_calls_values():
+    sort = ng.jit(lambda t: ng.sort(t, dim=0))
+    biggest = ng.jit(lambda t: t.max(dim=0))
+    for x in ([3.0, 1.0, 2.0], [5.0, 9.0, 7.0]):
+        got, want = sort(ng.tensor(x)), ng.sort(ng.tensor(x), dim=0)
+        assert type(got).__name__ == "Sorted"
+        np.testing.assert_array_equal(got.values.numpy(), want.values.numpy())
+        np.testing.assert_array_equal(got.indices.numpy(), want.indices.numpy())
+        assert biggest(ng.tensor(x)).indices.item() == int(np.argmax(x))

@@ -6,6 +6,7 @@ of gradients). Other containers, such as modules, register a flatten/unflatten p
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ register_pytree_node(tuple, lambda t: (list(t), None), lambda aux, c: tuple(c))
 register_pytree_node(list, lambda t: (list(t), None), lambda aux, c: list(c))
 register_pytree_node(dict, lambda d: ([d[k] for k in sorted(d)], sorted(d)),
                      lambda keys, c: dict(zip(keys, c)))
+register_pytree_node(OrderedDict, lambda d: (list(d.values()), list(d)),  # insertion order
+                     lambda keys, c: OrderedDict(zip(keys, c)))
 
 
 def _registered_base(x):
@@ -57,11 +60,19 @@ class TreeDef:
 _LEAF = TreeDef(None, None, ())
 
 
+def _namedtuple_node(kind: type) -> tuple[Callable, Callable]:
+    """A namedtuple class (sort's and max's results, a user's) is a node, as in JAX."""
+    entry = _registry[kind] = (lambda t: (list(t), None), lambda aux, c: kind(*c))
+    return entry
+
+
 def _flatten(x, leaves: list) -> TreeDef:
     if x is None:
         return TreeDef(type(None), None, ())
     kind = type(x)
     entry = _registry.get(kind)
+    if entry is None and isinstance(x, tuple) and hasattr(kind, "_fields"):
+        entry = _namedtuple_node(kind)
     if entry is None:
         kind = _registered_base(x)
         if kind is None:

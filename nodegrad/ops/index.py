@@ -554,6 +554,7 @@ def _concrete_mask(op, mask, shape):
     if isinstance(mask, BatchTracer):
         raise TypeError(f"{op}: a batched mask inside vmap is not supported (the positions "
                         "depend on its values); use where()")
+    mask._concrete(f"{op} (the positions depend on the mask's values; use where())")
     try:
         return mask.backend.xp.broadcast_to(mask.data, shape)
     except ValueError:
@@ -623,6 +624,7 @@ def nonzero(input, *, as_tuple: bool = False):
     if isinstance(input, BatchTracer):
         raise TypeError("nonzero: the output's shape depends on the values, so it cannot run "
                         "inside vmap; use where() or a mask")
+    input._concrete("nonzero (the output's size depends on the values)")
     xp = input.backend.xp
     d = input.data if input.ndim else input.data.reshape((1,))
     idx = xp.argwhere(d).astype(B.int64)

@@ -190,6 +190,7 @@ def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: 
     if type(x) is BatchTracer:
         raise TypeError("unique: the output size depends on the values, so it cannot run "
                         "inside vmap")
+    x._concrete("unique (the output's size depends on the values)")
     xp = x.backend.xp
     axis = None if dim is None else norm_axis(dim, x.ndim, "unique")
     res = xp.unique(x.data, return_inverse=True, return_counts=True, axis=axis)
