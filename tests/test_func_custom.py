@@ -218,3 +218,40 @@ def test_function_errors_and_no_graph_without_grad():
     with ng.no_grad():
         assert Bad.apply(x).node is None
     assert Bad.apply(ng.ones(2)).node is None
+
+
+def test_a_jitted_training_step_through_a_function_equals_eager():
+    import copy
+
+    class Sq(ng.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2 * x * g
+
+    def make(model):
+        opt = ng.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(x):
+            opt.zero_grad()
+            loss = Sq.apply(model(x)).sum()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return step, opt
+
+    lin = ng.nn.Linear(3, 2)
+    twin = copy.deepcopy(lin)
+    step, opt = make(lin)
+    jitted = ng.jit(step, state=(lin, opt))
+    eager, _ = make(twin)
+    for _ in range(3):
+        x = ng.randn(4, 3)
+        assert jitted(x).item() == eager(x).item()
+    np.testing.assert_array_equal(lin.weight.numpy(), twin.weight.numpy())
