@@ -154,6 +154,11 @@ class Backend:
         """The inverse error function, elementwise (on (-1, 1))."""
         return self._special_module().erfinv(x)
 
+    def special(self, name: str, *args):
+        """SciPy's special function ``name`` elementwise (``scipy.special`` on the CPU,
+        ``cupyx.scipy.special`` on CUDA): gammaln, digamma, polygamma, zeta, gammainc, ..."""
+        return getattr(self._special_module(), name)(*args)
+
     def copy_stream(self):
         """A side stream for host-to-device copies that overlap compute (None on the CPU)."""
         if self.device_id is None:

@@ -318,12 +318,25 @@ def _module() -> types.ModuleType:
     return m
 
 
+# the functions of cupyx.scipy.special that nodegrad's special functions call
+_SPECIAL_FUNCTIONS = ("gammaln", "digamma", "polygamma", "erfc", "erfcx", "i0", "i0e", "i1",
+                      "i1e", "ndtr", "ndtri", "log_ndtr", "entr", "gammainc", "gammaincc",
+                      "zeta")
+
+
+def _host_function(f):
+    """``f`` on the host values of device arrays, its result back on the device."""
+    return lambda *args: _wrap(f(*_unwrap(args)))
+
+
 def _cupyx() -> dict:
     special = types.ModuleType("cupyx.scipy.special")
     import scipy.special as sp
 
     special.erf = lambda x: _wrap(sp.erf(_unwrap(x)))
     special.erfinv = lambda x: _wrap(sp.erfinv(_unwrap(x)))
+    for name in _SPECIAL_FUNCTIONS:
+        setattr(special, name, _host_function(getattr(sp, name)))
     scipy_ = types.ModuleType("cupyx.scipy")
     scipy_.special = special
     cupyx = types.ModuleType("cupyx")

@@ -266,6 +266,12 @@ NONDIFF.update({  # the wider operator surface
             ng.tanh(x).reshape(1, 3, 2, 1), y[:1].reshape(1, 3, 1), y[1:],
             ng.tanh(y[:1, 2:]).reshape(1, 1, 1), reverse=(True,)),
         y[:1].reshape(1, 3, 1), reverse=(True,)),
+    # special functions and integer arithmetic
+    "nextafter": lambda x, y: ng.nextafter(x, y),
+    "gcd": lambda x, y: ng.gcd(_ints(x), _ints(y)),
+    "lcm": lambda x, y: ng.lcm(_ints(x), _ints(y)),
+    "heaviside": lambda x, y: ng.heaviside(ng.round(x), y),
+    "frexp_exponent": lambda x: ng.frexp(x).exponent,
 })
 
 

@@ -1,7 +1,485 @@
 """Special functions and integer arithmetic (lgamma, digamma, erfinv, gcd, ...), as functions
 and Tensor methods.
+
+The special functions run SciPy's (``cupyx.scipy.special`` on CUDA) through the backend and
+keep the operands' float dtype; integer and bool inputs compute in float64 and give float32, as
+PyTorch does. Gradients are PyTorch's, written with tensor ops so higher orders work: digamma's
+uses polygamma(1, x), polygamma(n)'s polygamma(n + 1). Where PyTorch defines no gradient
+(igamma and igammac in ``input``, zeta in ``input``) a backward that needs one raises.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from collections import namedtuple
+
+from .. import _backend as B
+from ..batching import elementwise_rule
+from ..errors import DTypeError, GradError
+from ..primitive import primitive
+from ..tensor import Tensor, ones_like
+from .elementwise import (astype, copysign, equal, exp, exp2, floor_divide, less, log,
+                          logical_and, logical_not, logical_or, multiply, power, sign, where)
+from .index import take
+from .reduce import any as _any
+from .shape import reshape
+from .sort import searchsorted, sort
+
+__all__ = [
+    "lgamma", "digamma", "polygamma", "mvlgamma", "multigammaln", "erfc", "erfinv", "erfcx",
+    "i0", "i0e", "i1", "i1e", "ndtr", "ndtri", "log_ndtr", "logit", "entr", "xlog1py",
+    "igamma", "igammac", "zeta", "sgn", "signbit", "heaviside", "nextafter", "ldexp", "frexp",
+    "float_power", "gcd", "lcm", "fmax", "fmin", "isneginf", "isposinf", "isreal", "isin",
+]
+
+_EW = "elementwise"
+_J = "vjp"  # elementwise: the Jacobian is diagonal, so the VJP rules are the JVP rules
+Frexp = namedtuple("Frexp", ["mantissa", "exponent"])
+
+_2_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+_SQRT_PI_OVER_2 = math.sqrt(math.pi) / 2.0
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_INV_SQRT_2PI = 1.0 / _SQRT_2PI
+_LOG_PI = math.log(math.pi)
+
+
+# --- forwards through the backend's special functions ----------------------------------------
+def _backend_of(xs):
+    """The backend of the first array operand (the CPU's for numbers only)."""
+    for v in xs:
+        if B.is_array(v):
+            return B.backend_of(v)
+    return B.CPU
+
+
+def _float_dtype(xs):
+    """The float dtype of the array operands (None when none is a float array)."""
+    for v in xs:
+        dt = getattr(v, "dtype", None)
+        if dt is not None and dt.kind == "f":
+            return dt
+    return None
+
+
+def _as_float(xs):
+    """Integer and bool arrays as float64 (SciPy's kernels are for floats)."""
+    return [v.astype(B.float64) if B.is_array(v) and v.dtype.kind in "biu" else v for v in xs]
+
+
+def _kept(out, dt):
+    """``out`` in the operands' float dtype ``dt`` (SciPy may answer in float64)."""
+    if dt is None or getattr(out, "dtype", dt) == dt:
+        return out
+    return out.astype(dt)
+
+
+def _scipy(name: str):
+    """The forward ``scipy.special.<name>(*operands)`` in the operands' float dtype."""
+    def fwd(xp, *xs):
+        return _kept(_backend_of(xs).special(name, *_as_float(xs)), _float_dtype(xs))
+    return fwd
+
+
+def _lgamma_fwd(xp, x):
+    dt = _float_dtype((x,))
+    out = _backend_of((x,)).special("gammaln", *_as_float((x,)))
+    if dt is not None:
+        out = xp.where(x == -math.inf, math.inf, out)  # C's and PyTorch's lgamma(-inf) = inf
+    elif type(x) is float and x == -math.inf:
+        out = math.inf
+    return _kept(out, dt)
+
+
+def _polygamma_fwd(xp, x, n):
+    be = _backend_of((x,))
+    return _kept(be.special("polygamma", be.asarray(n), *_as_float((x,))), _float_dtype((x,)))
+
+
+def _erfinv_fwd(xp, x):
+    return _kept(_backend_of((x,)).erfinv(*_as_float((x,))), _float_dtype((x,)))
+
+
+# --- gamma family ----------------------------------------------------------------------------
+lgamma = primitive("lgamma", _lgamma_fwd, lambda g, ans, x: g * digamma(x), kind=_EW, jvp=_J,
+                   doc="log|Gamma(x)|; +inf at the poles 0, -1, -2, ... and at -inf.")
+digamma = primitive("digamma", _scipy("digamma"),
+                    lambda g, ans, x: g * _polygamma(x, n=1), kind=_EW, jvp=_J,
+                    doc="The digamma function psi(x) = d/dx lgamma(x); -inf at 0, NaN at the "
+                        "negative integers (as PyTorch).")
+_polygamma = primitive("polygamma", _polygamma_fwd,
+                       lambda g, ans, x, n: g * _polygamma(x, n=n + 1), kind=_EW, jvp=_J,
+                       doc="The n-th derivative of digamma (n >= 1; n = 0 is digamma).")
+
+
+def _order(op: str, n, name: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise DTypeError(f"{op}: {name} must be a Python int, got {type(n).__name__} {n!r}")
+    return n
+
+
+def polygamma(n: int, input):
+    """The ``n``-th derivative of the digamma function (``n = 0``: digamma itself)."""
+    n = _order("polygamma", n)
+    if n < 0:
+        raise ValueError(f"polygamma: n must be a non-negative integer, got {n}")
+    return digamma(input) if n == 0 else _polygamma(input, n=n)
+
+
+def mvlgamma(input, p: int):
+    """The multivariate log-gamma function of dimension ``p``:
+    sum_{i<p} lgamma(x - i/2) + p (p-1)/4 log(pi). As PyTorch, values x <= (p-1)/2 give inf or
+    NaN rather than an error."""
+    p = _order("mvlgamma", p, "p")
+    if p < 1:
+        raise ValueError(f"mvlgamma: p must be an integer >= 1, got {p}")
+    out = lgamma(input)
+    for i in range(1, p):
+        out = out + lgamma(input - i / 2)
+    return out + p * (p - 1) / 4 * _LOG_PI
+
+
+def multigammaln(input, p: int):
+    """``torch.special.multigammaln``: the multivariate log-gamma function (``mvlgamma``)."""
+    return mvlgamma(input, p)
+
+
+def _lgamma_of(a):
+    """lgamma of a tensor, or of a Python number as a Python float (keeps the tensor's dtype)."""
+    if isinstance(a, Tensor):
+        return lgamma(a)
+    try:
+        return math.lgamma(a)
+    except ValueError:  # a pole
+        return math.inf
+
+
+def _no_grad(op: str, arg: str):
+    def rule(*args, **params):
+        raise GradError(f"{op}: there is no gradient with respect to {arg} (PyTorch defines "
+                        f"none); detach it or differentiate with respect to the other input")
+    return rule
+
+
+def _igamma_dx(g, ans, a, x):
+    return g * exp((a - 1) * log(x) - x - _lgamma_of(a))
+
+
+igamma = primitive("igamma", _scipy("gammainc"), (_no_grad("igamma", "input (a)"), _igamma_dx),
+                   kind=_EW, jvp=_J,
+                   doc="The regularized lower incomplete gamma function P(a, x) (scipy's "
+                       "gammainc); differentiable in x only, as PyTorch.")
+igammac = primitive("igammac", _scipy("gammaincc"),
+                    (_no_grad("igammac", "input (a)"),
+                     lambda g, ans, a, x: -_igamma_dx(g, ans, a, x)),
+                    kind=_EW, jvp=_J,
+                    doc="The regularized upper incomplete gamma function Q(a, x) = 1 - P(a, x) "
+                        "(scipy's gammaincc); differentiable in x only, as PyTorch.")
+zeta = primitive("zeta", _scipy("zeta"),
+                 (_no_grad("zeta", "input (the exponent x)"),
+                  lambda g, ans, x, q: g * -x * zeta(x + 1, q)),
+                 kind=_EW, jvp=_J,
+                 doc="The Hurwitz zeta function sum_k (k + q)**-x; differentiable in q only, "
+                     "as PyTorch.")
+
+# --- error function family and the normal distribution ----------------------------------------
+erfc = primitive("erfc", _scipy("erfc"),
+                 lambda g, ans, x: g * (exp(-(x * x)) * -_2_OVER_SQRT_PI), kind=_EW, jvp=_J,
+                 doc="The complementary error function 1 - erf(x), accurate for large x.")
+erfinv = primitive("erfinv", _erfinv_fwd,
+                   lambda g, ans, x: g * (exp(ans * ans) * _SQRT_PI_OVER_2), saves="out",
+                   kind=_EW, jvp=_J,
+                   doc="The inverse error function on [-1, 1]: +-inf at +-1, NaN outside.")
+erfcx = primitive("erfcx", _scipy("erfcx"),
+                  lambda g, ans, x: g * (x * ans * 2 - _2_OVER_SQRT_PI), saves="both",
+                  kind=_EW, jvp=_J,
+                  doc="The scaled complementary error function exp(x**2) erfc(x).")
+ndtr = primitive("ndtr", _scipy("ndtr"),
+                 lambda g, ans, x: g * (exp(x * x * -0.5) * _INV_SQRT_2PI), kind=_EW, jvp=_J,
+                 doc="The standard normal CDF.")
+ndtri = primitive("ndtri", _scipy("ndtri"),
+                  lambda g, ans, x: g * (exp(ans * ans * 0.5) * _SQRT_2PI), saves="out",
+                  kind=_EW, jvp=_J,
+                  doc="The inverse of the standard normal CDF: +-inf at 1 and 0, NaN outside.")
+log_ndtr = primitive("log_ndtr", _scipy("log_ndtr"),
+                     lambda g, ans, x: g * (exp(-(ans + x * x * 0.5)) * _INV_SQRT_2PI),
+                     saves="both", kind=_EW, jvp=_J,
+                     doc="log of the standard normal CDF, accurate far in the lower tail.")
+
+# --- modified Bessel functions ----------------------------------------------------------------
+i0 = primitive("i0", _scipy("i0"), lambda g, ans, x: g * i1(x), kind=_EW, jvp=_J,
+               doc="The modified Bessel function of the first kind, order 0.")
+i0e = primitive("i0e", _scipy("i0e"), lambda g, ans, x: g * (i1e(x) - sign(x) * ans),
+                saves="both", kind=_EW, jvp=_J,
+                doc="The exponentially scaled i0: exp(-|x|) i0(x).")
+
+
+def _i1_vjp(g, ans, x):
+    zero = x == 0
+    return g * where(zero, 0.5, i0(x) - ans / where(zero, 1, x))
+
+
+def _i1e_vjp(g, ans, x):
+    zero = x == 0
+    return g * where(zero, 0.5, i0e(x) - ans * (sign(x) + 1 / where(zero, 1, x)))
+
+
+i1 = primitive("i1", _scipy("i1"), _i1_vjp, saves="both", kind=_EW, jvp=_J,
+               doc="The modified Bessel function of the first kind, order 1.")
+i1e = primitive("i1e", _scipy("i1e"), _i1e_vjp, saves="both", kind=_EW, jvp=_J,
+                doc="The exponentially scaled i1: exp(-|x|) i1(x).")
+
+
+# --- logit, entropy, xlog1py -----------------------------------------------------------------
+def _logit_fwd(xp, x, eps):
+    (x,) = _as_float((x,))
+    z = x if eps is None else xp.clip(x, eps, 1 - eps)
+    return xp.log(z / (1 - z))
+
+
+def _logit_vjp(g, ans, x, eps):
+    d = g / (x * (1 - x))
+    if eps is None:
+        return where(logical_or(x < 0, x > 1), math.nan, d)
+    return where(logical_or(x < eps, x > 1 - eps), 0, d)
+
+
+_logit = primitive("logit", _logit_fwd, _logit_vjp, kind=_EW, jvp=_J,
+                   doc="log(x / (1 - x)), x first clamped to [eps, 1 - eps] when eps is given "
+                       "(the gradient is 0 outside that interval).")
+
+
+def logit(input, eps: float | None = None):
+    """log(p / (1 - p)); with ``eps``, p is clamped to [eps, 1 - eps] first (a negative eps,
+    as None, clamps nothing: PyTorch's rule)."""
+    if eps is not None:
+        eps = float(eps)
+        if eps < 0:
+            eps = None
+    return _logit(input, eps=eps)
+
+
+entr = primitive("entr", _scipy("entr"), lambda g, ans, x: g * -(log(x) + 1), kind=_EW, jvp=_J,
+                 doc="-x log(x) for x > 0, 0 at 0, -inf for x < 0 (elementwise entropy).")
+
+
+def _xlog1py_fwd(xp, x, y):
+    dt = xp.result_type(x, y)
+    dt = dt if dt.kind == "f" else B.float64
+    safe = xp.asarray(xp.where(x == 0, 0, y), dtype=dt)
+    out = xp.where(x == 0, 0, x * xp.log1p(safe)).astype(dt, copy=False)
+    return xp.where(xp.isnan(y), xp.nan, out).astype(dt, copy=False)
+
+
+xlog1py = primitive(
+    "xlog1py", _xlog1py_fwd,
+    (lambda g, ans, x, y: where(logical_and(x == 0, y <= -1), 0, xlog1py(g, y)),
+     lambda g, ans, x, y: g * x / (y + 1)),
+    kind=_EW, jvp=_J, doc="x * log1p(y), 0 where x == 0 (unless y is NaN).")
+
+
+# --- NaN-ignoring maximum and minimum ---------------------------------------------------------
+def _fmax_self(x, y):
+    """Where fmax takes x: x >= y, or y is NaN (PyTorch's gradient routing; ties go to x)."""
+    return logical_or(x >= y, y != y)
+
+
+def _fmin_self(x, y):
+    return logical_or(x <= y, y != y)
+
+
+fmax = primitive("fmax", lambda xp, x, y: xp.fmax(x, y),
+                 (lambda g, ans, x, y: where(_fmax_self(x, y), g, 0),
+                  lambda g, ans, x, y: where(_fmax_self(x, y), 0, g)),
+                 kind=_EW, jvp=_J,
+                 doc="Elementwise max ignoring NaN (NaN only where both are); ties give the "
+                     "gradient to the first input, as PyTorch.")
+fmin = primitive("fmin", lambda xp, x, y: xp.fmin(x, y),
+                 (lambda g, ans, x, y: where(_fmin_self(x, y), g, 0),
+                  lambda g, ans, x, y: where(_fmin_self(x, y), 0, g)),
+                 kind=_EW, jvp=_J,
+                 doc="Elementwise min ignoring NaN (NaN only where both are); ties give the "
+                     "gradient to the first input, as PyTorch.")
+
+
+# --- no gradient: float bits, integer arithmetic, step -----------------------------------------
+def _kinds(op: str, kinds: str, expected: str, f):
+    """A forward that refuses operands whose dtype kind is not in ``kinds``: ``expected`` says
+    what the op takes."""
+    def fwd(xp, *xs):
+        for v in xs:
+            k = {bool: "b", int: "i", float: "f"}.get(type(v)) or getattr(v, "dtype", B.bool_).kind
+            if k not in kinds:
+                dt = getattr(v, "dtype", type(v).__name__)
+                raise DTypeError(f"{op}: expected {expected}, got {dt}")
+        return f(xp, *xs)
+    return fwd
+
+
+def _nextafter_fwd(xp, x, y):
+    arrays = [v for v in (x, y) if B.is_array(v)]
+    if not arrays or any(v.dtype.kind != "f" for v in arrays):
+        raise DTypeError(f"nextafter: expected a floating-point tensor and a float tensor or "
+                         f"number (as PyTorch), got {getattr(x, 'dtype', type(x).__name__)} and "
+                         f"{getattr(y, 'dtype', type(y).__name__)}")
+    return xp.nextafter(x, y)
+
+
+nextafter = primitive("nextafter", _nextafter_fwd, kind=_EW,
+                      doc="The next float after x towards y (no gradient).")
+_INTS = "integer operands (not bool or float, as PyTorch)"
+gcd = primitive("gcd", _kinds("gcd", "iu", _INTS, lambda xp, x, y: xp.gcd(x, y)), kind=_EW,
+                doc="Greatest common divisor, non-negative; gcd(0, 0) = 0 (integers only).")
+lcm = primitive("lcm", _kinds("lcm", "iu", _INTS, lambda xp, x, y: xp.lcm(x, y)), kind=_EW,
+                doc="Least common multiple, non-negative; 0 if either is 0 (integers only).")
+
+
+def _heaviside_fwd(xp, x, values):
+    dt = xp.result_type(x, values)
+    return xp.where(x == 0, values, x > 0).astype(dt, copy=False)
+
+
+_heaviside = primitive("heaviside", _heaviside_fwd, kind=_EW,
+                       doc="0 for x < 0 (and NaN), values at 0, 1 for x > 0 (no gradient).")
+
+
+def heaviside(input, values):
+    """The Heaviside step: 0 where input < 0 (or NaN), ``values`` where it is 0, 1 where it is
+    positive. Tensors of two dtypes are refused, as in PyTorch; no gradient."""
+    if isinstance(input, Tensor) and isinstance(values, Tensor) and input.dtype != values.dtype:
+        raise DTypeError(f"heaviside: input and values must have the same dtype (as PyTorch), "
+                         f"got {input.dtype} and {values.dtype}")
+    return _heaviside(input, values)
+
+
+def _frexp_exponent_fwd(xp, x):
+    if _float_dtype((x,)) is None and type(x) is not float:
+        raise DTypeError(f"frexp: expected a floating-point tensor (as PyTorch), got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}")
+    return xp.frexp(x)[1].astype(B.int32, copy=False)
+
+
+_frexp_exponent = primitive("frexp_exponent", _frexp_exponent_fwd, promote=False,
+                            doc="frexp's exponent e, x = m * 2**e with 0.5 <= |m| < 1 (int32).")
+_frexp_exponent.batch = elementwise_rule(_frexp_exponent)  # elementwise, but gives int32
+
+
+def frexp(input) -> Frexp:
+    """(mantissa, exponent): input = mantissa * 2**exponent with 0.5 <= |mantissa| < 1 (0, inf
+    and NaN keep their value with exponent 0); the exponent is int32. The mantissa's gradient
+    is g / 2**exponent, as PyTorch."""
+    e = _frexp_exponent(input)
+    half = floor_divide(e, 2)  # 2**e in two exact halves: 2**e alone overflows for the largest x
+    m = input / exp2(astype(half, input.dtype)) / exp2(astype(e - half, input.dtype))
+    return Frexp(m, e)
+
+
+# --- composites -------------------------------------------------------------------------------
+def ldexp(input, other):
+    """input * 2**other. An integer exponent is taken in input's float dtype."""
+    if not isinstance(other, Tensor):
+        try:
+            scale = 2.0 ** other
+        except OverflowError:
+            scale = math.inf
+        return multiply(input, scale)
+    if (isinstance(input, Tensor) and input.dtype.kind == "f" and other.dtype.kind != "f"):
+        other = astype(other, input.dtype)
+    return multiply(input, power(2.0, other))
+
+
+def _float64(op: str, v):
+    if isinstance(v, Tensor):
+        if v.dtype.kind == "c":
+            raise DTypeError(f"{op}: complex tensors are not supported, got {v.dtype}")
+        return astype(v, B.float64)
+    if isinstance(v, complex):
+        raise DTypeError(f"{op}: complex numbers are not supported, got {v!r}")
+    return float(v)
+
+
+def float_power(input, exponent):
+    """input ** exponent computed in float64 whatever the operands' dtypes (PyTorch's rule);
+    gradients return to each input in its own dtype."""
+    if not isinstance(input, Tensor) and not isinstance(exponent, Tensor):
+        raise TypeError(f"float_power: expected a tensor operand, got {type(input).__name__} "
+                        f"and {type(exponent).__name__}")
+    return power(_float64("float_power", input), _float64("float_power", exponent))
+
+
+def _real_only(op: str, x) -> None:
+    if x.dtype.kind == "c":
+        raise DTypeError(f"{op}: complex tensors are not supported, got {x.dtype}")
+
+
+def sgn(input):
+    """The sign -1, 0 or 1 of a real tensor; 0 for NaN, as PyTorch (no gradient)."""
+    _real_only("sgn", input)
+    if input.dtype.kind == "f":
+        return where(input != input, 0, sign(input))
+    return sign(input)
+
+
+def signbit(input):
+    """True where the sign bit is set: negative numbers, -0.0 and NaN with a sign."""
+    _real_only("signbit", input)
+    if input.dtype.kind == "f":
+        return less(copysign(1.0, input), 0)
+    return less(input, 0)
+
+
+def isposinf(input):
+    """True where input is +inf."""
+    return equal(input, math.inf)
+
+
+def isneginf(input):
+    """True where input is -inf."""
+    return equal(input, -math.inf)
+
+
+def isreal(input):
+    """True where the imaginary part is 0: everywhere for a real tensor."""
+    _real_only("isreal", input)
+    return ones_like(input, dtype=B.bool_)
+
+
+def isin(elements, test_elements, *, assume_unique: bool = False, invert: bool = False):
+    """True where an element of ``elements`` occurs in ``test_elements`` (either may be a
+    number); ``invert`` negates. NaN matches nothing. Sort and binary search: O((n + m) log m).
+    ``assume_unique`` is accepted for PyTorch's signature and changes nothing."""
+    e_t, t_t = isinstance(elements, Tensor), isinstance(test_elements, Tensor)
+    for v, is_t in ((elements, e_t), (test_elements, t_t)):
+        if not is_t and (isinstance(v, bool | complex) or not isinstance(v, int | float)):
+            raise TypeError(f"isin: expected tensors or real numbers, got {type(v).__name__}")
+    if not (e_t or t_t):
+        raise TypeError("isin: expected at least one tensor operand, got two numbers")
+    if not t_t:
+        hit = equal(elements, test_elements)
+    elif not e_t:
+        hit = _any(equal(test_elements, elements))
+    else:
+        flat = reshape(test_elements, (-1,))
+        n = flat.shape[0]
+        if n == 0:
+            hit = logical_and(equal(elements, elements), False)
+        else:
+            s = sort(flat).values
+            i = searchsorted(s, elements)
+            hit = equal(take(s, where(i < n, i, n - 1)), elements)
+    return logical_not(hit) if invert else hit
+
+
+# --- Tensor methods (the names torch.Tensor has) ----------------------------------------------
+from .methods import register  # noqa: E402
+
+register({
+    "lgamma": lgamma, "digamma": digamma,
+    "polygamma": lambda self, n: polygamma(n, self),
+    "mvlgamma": lambda self, p: mvlgamma(self, p),
+    "erfc": erfc, "erfinv": erfinv, "i0": i0,
+    "logit": lambda self, eps=None: logit(self, eps),
+    "sgn": sgn, "signbit": signbit, "heaviside": heaviside, "nextafter": nextafter,
+    "ldexp": ldexp, "frexp": frexp, "float_power": float_power, "gcd": gcd, "lcm": lcm,
+    "fmax": fmax, "fmin": fmin, "isneginf": isneginf, "isposinf": isposinf, "isreal": isreal,
+    "igamma": igamma, "igammac": igammac,
+})
