@@ -86,6 +86,10 @@ class BatchTracer(Tensor):
 
     numpy = item = tolist = __bool__ = __float__ = __int__ = __index__ = __array__ = _no_values
 
+    def detach(self) -> BatchTracer:
+        """The batch cut from the graph, still batched (the tracer's own array is poison)."""
+        return BatchTracer(self.val.detach(), self.bdim, self.level)
+
     def __repr__(self) -> str:
         return f"BatchTracer(shape={tuple(self.shape)}, bdim={self.bdim}, val={self.val!r})"
 

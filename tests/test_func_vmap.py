@@ -344,3 +344,11 @@ def test_per_example_weight_gradients_are_contiguous():
         want = ng.grad(loss)(p, xs[i], ys[i])
         np.testing.assert_allclose(g["w"].numpy()[i], want["w"].numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(g["v"].numpy()[i], want["v"].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_detach_inside_vmap_keeps_the_batch_and_stops_the_gradient():
+    xs = ng.tensor([[1.0, 2.0], [3.0, 4.0]])
+    np.testing.assert_array_equal(ng.vmap(lambda x: x.detach() * 2)(xs).numpy(),
+                                  [[2.0, 4.0], [6.0, 8.0]])
+    g = ng.vmap(ng.grad(lambda x: (x * x.detach()).sum()))(xs)  # d/dx of x * stop(x) is x
+    np.testing.assert_array_equal(g.numpy(), xs.numpy())
