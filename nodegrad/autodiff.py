@@ -557,12 +557,26 @@ def _raw_vjps(prim, n: Node, g, args, wanted) -> list | None:
             for r in res]
 
 
+#: Tensor.register_post_accumulate_grad_hook's hooks: id(leaf) -> (weak reference, hooks)
+POST_ACCUMULATE: dict = {}
+
+
 def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
-    """Add ``g`` into ``leaf.grad``; the stored array is never shared with another tensor."""
+    """Add ``g`` into ``leaf.grad`` (the stored array is never shared with another tensor),
+    then run the leaf's post-accumulate hooks."""
     rec = modes().jit
-    if rec is not None:  # under a jit trace: one replayable step, which then reads leaf.grad
-        rec.accumulate(_accumulate_leaf, leaf, g, create_graph)
+    if rec is not None:  # under a jit trace: one replayable step (this function, run untraced
+        rec.accumulate(_accumulate_leaf, leaf, g, create_graph)  # now and at each replay)
         return
+    _add_to_grad(leaf, g, create_graph, seen)
+    if POST_ACCUMULATE:
+        entry = POST_ACCUMULATE.get(id(leaf))
+        if entry is not None and entry[0]() is leaf:
+            for hook in list(entry[1]):
+                hook(leaf)
+
+
+def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
     if create_graph:
         leaf.grad = g if leaf.grad is None else leaf.grad + g
         return

@@ -6,8 +6,10 @@ their target dtype (float32 by default) so no float64 temporaries appear.
 
 from __future__ import annotations
 
+import math
+
 from . import _backend as B
-from .autodiff import effect
+from .autodiff import effect, modes
 from .errors import DeviceError, DTypeError, ShapeError
 from .tensor import Tensor, _device, _finish, _shape_arg
 
@@ -283,13 +285,57 @@ def _integers_as(gen: Generator, low: int, high: int, shape: tuple, dtype):
     return gen.integers(low, high, shape).astype(dtype)
 
 
-def _fill_(t: Tensor, what: str, sample) -> Tensor:
+# === in-place fills: PyTorch's distributions, drawn through _draw (a jit replay draws afresh) ====
+def _write_(t: Tensor, what: str, make, *args) -> Tensor:
+    """Fill ``t`` in place with the array ``make(*args)`` draws, and return ``t``.
+
+    A leaf that requires grad refuses while recording (as PyTorch). A tensor inside a recorded
+    graph is rebound instead of written: its new values depend on nothing, so what it was
+    computed from gets a zero gradient (PyTorch's). Under a jit trace the write is recorded, so
+    each replay draws afresh and writes in place."""
     t._check_inplace(what)
-    if t.dtype.kind != "f":
-        raise DTypeError(f"{what}: expected a floating-point tensor, got {t.dtype}")
-    t.data[...] = sample
+    sample = _draw(make, *args)
+    m = modes()
+    if m.grad_enabled and t.requires_grad:
+        from .ops.elementwise import where
+
+        be = t.backend
+        with be.scope():
+            keep = Tensor(be.xp.ones((), dtype=B.bool_))
+        res = where(keep, Tensor(sample), Tensor(t.data, t.node, True))
+        t._bump()  # a backward that saved the old value refuses
+        t.data, t.node, t.requires_grad = res.data, res.node, res.requires_grad
+        return t
+    rec = m.jit
+    if rec is not None:  # under a jit trace: replayed in place on the same array
+        rec.mutate(what, _assign, t, Tensor(sample))
+    else:
+        t.data[...] = sample
     t._bump()
     return t
+
+
+def _assign(a, sample) -> None:
+    a[...] = sample
+
+
+def _floating(t: Tensor, what: str) -> None:
+    if t.dtype.kind != "f":
+        raise DTypeError(f"{what}: expected a floating-point tensor (a continuous "
+                         f"distribution), got {t.dtype}")
+
+
+def _positive(what: str, name: str, v: float) -> None:
+    if not v > 0:
+        raise ValueError(f"{what}: expects {name} > 0, got {name}={v}")
+
+
+def _sample_dtype(dtype):
+    """The dtype uniform draws for a ``dtype`` tensor are made in: its own for float32 and
+    float64 (no float64 temporaries for float32), float32 for float16, float64 for integers."""
+    if dtype == B.float32 or dtype == B.float64:
+        return dtype
+    return B.float32 if dtype.kind == "f" else B.float64
 
 
 def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, *,
@@ -297,8 +343,9 @@ def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, *,
     """Fill ``t`` in place with samples from N(mean, std²)."""
     if std < 0:
         raise ValueError(f"normal_: std must be non-negative, got {std}")
-    z = _gen(generator, t.device).normal(tuple(t.shape), t.dtype)
-    return _fill_(t, "normal_", z * z.dtype.type(std) + z.dtype.type(mean))
+    _floating(t, "normal_")
+    return _write_(t, "normal_", _normal, _gen(generator, t.device), tuple(t.shape), t.dtype,
+                   mean, std)
 
 
 def uniform_(t: Tensor, from_: float = 0.0, to: float = 1.0, *,
@@ -306,5 +353,159 @@ def uniform_(t: Tensor, from_: float = 0.0, to: float = 1.0, *,
     """Fill ``t`` in place with samples from U[from_, to)."""
     if from_ > to:
         raise ValueError(f"uniform_: from_ {from_} must not exceed to {to}")
-    u = _gen(generator, t.device).random(tuple(t.shape), t.dtype)
-    return _fill_(t, "uniform_", u * u.dtype.type(to - from_) + u.dtype.type(from_))
+    _floating(t, "uniform_")
+    return _write_(t, "uniform_", _uniform, _gen(generator, t.device), tuple(t.shape), t.dtype,
+                   from_, to)
+
+
+def bernoulli_(t: Tensor, p: float | Tensor = 0.5, *,
+               generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` (any dtype) in place with 0/1 draws, 1 with probability ``p``: a number, or a
+    floating tensor of probabilities that broadcasts to ``t``'s shape."""
+    if isinstance(p, Tensor):
+        if p.dtype.kind != "f":
+            raise DTypeError(f"bernoulli_: expected floating-point probabilities, got {p.dtype}")
+        if p.backend is not t.backend:
+            raise DeviceError(f"bernoulli_: p is on {p.device} but the tensor on {t.device}")
+        try:
+            fits = B.np.broadcast_shapes(tuple(p.shape), tuple(t.shape)) == tuple(t.shape)
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ShapeError(f"bernoulli_: p of shape {tuple(p.shape)} does not broadcast to the "
+                             f"tensor's shape {tuple(t.shape)}")
+    elif not 0 <= p <= 1:
+        raise ValueError(f"bernoulli_: expects p in [0, 1], got p={p}")
+    return _write_(t, "bernoulli_", _bernoulli_fill, _gen(generator, t.device), tuple(t.shape),
+                   t.dtype, p)
+
+
+def _bernoulli_fill(gen: Generator, shape: tuple, dtype, p):
+    if isinstance(p, Tensor):
+        probs = p.data
+        _check_finite_probs(probs, "bernoulli_", "p")
+        u = gen.random(shape, _sample_dtype(probs.dtype))
+    else:
+        u = gen.random(shape, _sample_dtype(dtype))
+        probs = u.dtype.type(p)
+    return (u < probs).astype(dtype)
+
+
+def cauchy_(t: Tensor, median: float = 0.0, sigma: float = 1.0, *,
+            generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` in place with Cauchy(median, sigma) samples: median + sigma·tan(π(u − ½))."""
+    _floating(t, "cauchy_")
+    _positive("cauchy_", "sigma", sigma)
+    return _write_(t, "cauchy_", _cauchy_fill, _gen(generator, t.device), tuple(t.shape),
+                   t.dtype, median, sigma)
+
+
+def _cauchy_fill(gen: Generator, shape: tuple, dtype, median: float, sigma: float):
+    u = gen.random(shape, _sample_dtype(dtype))
+    f = u.dtype.type
+    xp = B.backend_of(u).xp
+    return (xp.tan(f(math.pi) * (u - f(0.5))) * f(sigma) + f(median)).astype(dtype)
+
+
+def exponential_(t: Tensor, lambd: float = 1.0, *,
+                 generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` in place with Exponential(rate ``lambd``) samples (mean 1 / lambd)."""
+    _floating(t, "exponential_")
+    _positive("exponential_", "lambd", lambd)
+    return _write_(t, "exponential_", _exponential_fill, _gen(generator, t.device),
+                   tuple(t.shape), t.dtype, lambd)
+
+
+def _exponential_fill(gen: Generator, shape: tuple, dtype, lambd: float):
+    u = gen.random(shape, _sample_dtype(dtype))
+    xp = B.backend_of(u).xp
+    return (-xp.log1p(-u) / u.dtype.type(lambd)).astype(dtype)
+
+
+def geometric_(t: Tensor, p: float, *, generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` (float or integer) in place with Geometric(p) samples: the number of Bernoulli
+    trials up to the first success, 1, 2, ... (mean 1 / p)."""
+    if t.dtype.kind not in "iuf":
+        raise DTypeError(f"geometric_: expected a float or integer tensor, got {t.dtype}")
+    if not 0 < p < 1:
+        raise ValueError(f"geometric_: expects p in (0, 1), got p={p}")
+    return _write_(t, "geometric_", _geometric_fill, _gen(generator, t.device), tuple(t.shape),
+                   t.dtype, p)
+
+
+def _geometric_fill(gen: Generator, shape: tuple, dtype, p: float):
+    u = gen.random(shape, _sample_dtype(dtype))
+    xp = B.backend_of(u).xp
+    k = xp.floor(xp.log1p(-u) / u.dtype.type(math.log1p(-p))) + 1
+    if dtype.kind in "iu":  # a count past the dtype's range saturates instead of wrapping
+        k = xp.minimum(k, float(B.np.iinfo(dtype).max))
+    return k.astype(dtype)
+
+
+def log_normal_(t: Tensor, mean: float = 1.0, std: float = 2.0, *,
+                generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` in place with exp(N(mean, std²)) samples."""
+    _floating(t, "log_normal_")
+    _positive("log_normal_", "std", std)
+    return _write_(t, "log_normal_", _log_normal_fill, _gen(generator, t.device),
+                   tuple(t.shape), t.dtype, mean, std)
+
+
+def _log_normal_fill(gen: Generator, shape: tuple, dtype, mean: float, std: float):
+    z = gen.normal(shape, _sample_dtype(dtype))
+    f = z.dtype.type
+    return B.backend_of(z).xp.exp(z * f(std) + f(mean)).astype(dtype)
+
+
+_I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _exact_range(dtype) -> tuple:
+    """The integers a ``dtype`` tensor holds exactly, as (lowest, highest)."""
+    if dtype.kind == "b":
+        return 0, 1
+    if dtype.kind == "f":
+        top = 2 ** (B.np.finfo(dtype).nmant + 1)
+        return -top, top
+    info = B.np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def random_(t: Tensor, from_: int | None = None, to: int | None = None, *,
+            generator: Generator | None = None) -> Tensor:
+    """Fill ``t`` in place with integers drawn uniformly, as PyTorch's ``random_``:
+    ``random_(from_, to)`` from [from_, to), ``random_(to)`` from [0, to), and ``random_()``
+    from 0 to the largest integer the dtype holds exactly (2**24 for float32, the maximum for
+    an integer dtype). A range a float dtype cannot hold exactly raises instead of rounding."""
+    dtype = t.dtype
+    if dtype.kind not in "biuf" or dtype == B.np.dtype("uint64"):
+        raise DTypeError(f"random_: expected a bool, integer (not uint64) or float tensor, got "
+                         f"{dtype}")
+    low, high = _exact_range(dtype)
+    for name, v in (("from", from_), ("to", to)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise TypeError(f"random_: {name} must be an int, got {type(v).__name__}")
+    if from_ is None and to is None:
+        lo, hi = 0, high
+    else:
+        lo, hi = (0, from_ - 1) if to is None else (from_ or 0, to - 1)
+        if lo > hi:
+            raise ValueError(f"random_: expects 'from' to be less than 'to', got from={lo} >= "
+                             f"to={hi + 1}")
+        if lo < low or hi > high:
+            raise ValueError(f"random_: the range [{lo}, {hi + 1}) is out of the integers that "
+                             f"dtype {dtype} holds exactly, [{low}, {high}]")
+    return _write_(t, "random_", _random_fill, _gen(generator, t.device), tuple(t.shape),
+                   dtype, lo, hi)
+
+
+def _random_fill(gen: Generator, shape: tuple, dtype, lo: int, hi: int):
+    """Integers uniform on [lo, hi] (both included), drawn as int64."""
+    if hi < _I64_MAX:
+        v = gen.integers(lo, hi + 1, shape, B.int64)
+    elif lo > _I64_MIN:  # hi + 1 overflows int64: draw [lo - 1, hi) and shift
+        v = gen.integers(lo - 1, hi, shape, B.int64) + 1
+    else:  # every int64: a 63-bit half and one bit
+        v = gen.integers(_I64_MIN // 2, _I64_MAX // 2 + 1, shape, B.int64) * 2 + gen.integers(
+            0, 2, shape, B.int64)
+    return v.astype(dtype)

@@ -455,6 +455,40 @@ def pdist(input: Tensor, p: float = 2.0) -> Tensor:
 
 __all__ += ["rrelu", "gumbel_softmax", "pdist"]
 
+
+# --- in-place activations (PyTorch's F.relu_, ...): the out-of-place result stored in input ----
+from ..ops.aliases import apply_inplace, celu_, selu_, threshold_  # noqa: E402
+
+
+def relu_(input: Tensor) -> Tensor:
+    """In-place relu; returns ``input``."""
+    return apply_inplace(input, "relu_", relu)
+
+
+def elu_(input: Tensor, alpha: float = 1.0) -> Tensor:
+    """In-place elu; returns ``input``."""
+    return apply_inplace(input, "elu_", elu, alpha)
+
+
+def leaky_relu_(input: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """In-place leaky_relu; returns ``input``."""
+    return apply_inplace(input, "leaky_relu_", leaky_relu, negative_slope)
+
+
+def hardtanh_(input: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    """In-place hardtanh; returns ``input``."""
+    return apply_inplace(input, "hardtanh_", hardtanh, min_val, max_val)
+
+
+def rrelu_(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3,
+           training: bool = False, generator: Generator | None = None) -> Tensor:
+    """In-place rrelu; returns ``input``."""
+    return apply_inplace(input, "rrelu_", rrelu, lower, upper, training, False, generator)
+
+
+__all__ += ["relu_", "elu_", "leaky_relu_", "hardtanh_", "celu_", "selu_", "rrelu_",
+            "threshold_"]
+
 from . import vision_functional as _vision  # noqa: E402
 from .vision_functional import *  # noqa: E402, F403
 

@@ -103,8 +103,10 @@ def _needs_graph(self, other) -> bool:
 
 
 def _rebind(self, result: Tensor) -> Tensor:
+    self._bump()  # the old value's readers refuse; the new value's watch the result's counter
     self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
-    self._bump()
+    if result._version is not None:
+        self._version = result._version
     return self
 
 
