@@ -307,7 +307,8 @@ def _infer(data, dtype, backend: B.Backend):
     if hasattr(data, "__dlpack__") and not isinstance(data, list | tuple):
         return backend.asarray(from_dlpack(data).numpy(), dtype=dtype).copy()
     a = B.np.asarray(data) if dtype is None else B.np.asarray(data, dtype=dtype)
-    if dtype is None and a.dtype == float64:
+    if dtype is None and a.dtype == float64 and not isinstance(data, B.generic):
+        # Python floats become float32; a NumPy float64 scalar keeps its dtype (as PyTorch)
         a = a.astype(B.DEFAULT_FLOAT)
     if a.dtype.kind in "OUS":
         raise DTypeError(f"tensor: cannot make a tensor from {type(data).__name__} data "

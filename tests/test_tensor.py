@@ -204,3 +204,10 @@ def test_numpy_of_a_tensor_in_the_graph_is_read_only():
     g = x.grad.numpy()
     g[0] = 0.0  # gradients do not require grad: writable
     assert x.grad.numpy()[0] == 0.0
+
+
+def test_numpy_scalars_keep_their_dtype_python_floats_become_float32():
+    assert ng.tensor(np.float64(1.5)).dtype == ng.float64  # as torch.tensor(np.float64(1.5))
+    assert ng.tensor(np.float32(1.5)).dtype == ng.float32
+    assert ng.tensor(np.int64(3)).dtype == ng.int64
+    assert ng.tensor(1.5).dtype == ng.float32 and ng.tensor([1.5]).dtype == ng.float32

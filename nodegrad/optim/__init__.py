@@ -9,19 +9,23 @@
 tensor([ 0.8, -1.6], requires_grad=True)
 """
 
-from . import lr_scheduler
+from . import lr_scheduler, swa_utils
 from .adadelta import Adadelta
 from .adagrad import Adagrad
+from .adafactor import Adafactor
 from .adam import Adam
 from .adamw import AdamW
+from .asgd import ASGD
 from .base import Optimizer
 from .clip import clip_grad_norm_, clip_grad_value_
+from .lbfgs import LBFGS
 from .nadam import NAdam
 from .radam import Adamax, RAdam
 from .regularisation import l2_penalty
 from .rmsprop import RMSprop
+from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
-           "RAdam", "Adamax",
-           "lr_scheduler", "clip_grad_norm_", "clip_grad_value_", "l2_penalty"]
+           "RAdam", "Adamax", "Rprop", "ASGD", "Adafactor", "LBFGS",
+           "lr_scheduler", "swa_utils", "clip_grad_norm_", "clip_grad_value_", "l2_penalty"]

@@ -774,3 +774,60 @@ def check_hyper(name: str, value, lo: float = 0.0, hi: float | None = None) -> N
     if not value >= lo or (hi is not None and not value < hi):
         rng = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
         raise ValueError(f"invalid {name}: {value} (expected {rng})")
+
+
+# --- helpers the optimisers share ----------------------------------------------------------------
+def check_named(opt: str, name: str, value, lo: float = 0.0, hi: float | None = None) -> None:
+    """:func:`check_hyper` with the optimiser's name in the message (``Rprop: invalid lr ...``)."""
+    try:
+        check_hyper(name, value, lo, hi)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{opt}: {e}") from None
+
+
+def lerp_(a, end, w: float) -> None:
+    """``a ← a + w (end - a)`` in place, PyTorch's ``lerp_`` (the other form for ``|w| >= 0.5``,
+    so that ``w = 1`` gives ``end`` exactly)."""
+    if abs(w) < 0.5:
+        a += w * (end - a)
+    else:
+        a[...] = end - (end - a) * (1 - w)
+
+
+def match_groups(opt: Optimizer, state_dict: dict) -> tuple[list, dict, dict]:
+    """Check that a saved state fits ``opt``'s groups (as :meth:`Optimizer.load_state_dict`
+    does): the saved groups, the saved state, and index -> (group, position)."""
+    name = type(opt).__name__
+    try:
+        saved_groups, state = state_dict["param_groups"], state_dict["state"]
+    except (KeyError, TypeError):
+        raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and "
+                         "'param_groups' (from Optimizer.state_dict())") from None
+    if len(saved_groups) != len(opt.param_groups):
+        raise ValueError(f"{name}.load_state_dict: the saved state has {len(saved_groups)} "
+                         f"parameter group(s), this optimizer has {len(opt.param_groups)}")
+    where: dict = {}
+    for gi, (sg, g) in enumerate(zip(saved_groups, opt.param_groups)):
+        if len(sg["params"]) != len(g["params"]):
+            raise ValueError(f"{name}.load_state_dict: group {gi} has {len(sg['params'])} "
+                             f"parameter(s) in the saved state, {len(g['params'])} here")
+        lacking = sorted(set(opt.defaults) - set(sg))
+        if lacking:
+            raise ValueError(f"{name}.load_state_dict: group {gi} of the saved state lacks the "
+                             f"hyperparameters {lacking} (was it saved by another optimiser?)")
+        for pos, idx in enumerate(sg["params"]):
+            where[idx] = (gi, pos)
+    for idx in state:
+        if idx not in where:
+            raise ValueError(f"{name}.load_state_dict: state for parameter index {idx}, which no "
+                             "saved group lists")
+    return saved_groups, state, where
+
+
+def as_state_array(v, like):
+    """A saved state value (array or Tensor) as a new array on ``like``'s device and dtype."""
+    if isinstance(v, Tensor):
+        v = v.data
+    if is_array(v):
+        v = backend_of(v).to_host(v)
+    return backend_of(like).asarray(v, dtype=like.dtype).copy()
