@@ -102,4 +102,21 @@ def result_type(*operands):
     return out
 
 
-__all__ = ["promote_types", "result_type"]
+def finfo(dtype=None):
+    """Machine limits of a float dtype (``eps``, ``max``, ``min``, ``tiny``, ``bits``,
+    ``resolution``), PyTorch's ``torch.finfo``; the default float dtype when none is given."""
+    dt = _np.dtype(_np.float32 if dtype is None else dtype)
+    if dt.kind != "f":
+        raise TypeError(f"finfo: expected a floating dtype, got {dt} (use iinfo)")
+    return _np.finfo(dt)
+
+
+def iinfo(dtype):
+    """Limits of an integer dtype (``min``, ``max``, ``bits``), PyTorch's ``torch.iinfo``."""
+    dt = _np.dtype(dtype)
+    if dt.kind not in "iu":
+        raise TypeError(f"iinfo: expected an integer dtype, got {dt} (use finfo)")
+    return _np.iinfo(dt)
+
+
+__all__ = ["promote_types", "result_type", "finfo", "iinfo"]

@@ -178,6 +178,11 @@ def diag(x, diagonal: int = 0):
     raise ShapeError(f"diag: expected a 1-d or 2-d tensor, got shape {tuple(x.shape)}")
 
 
+def diagflat(x, offset: int = 0):
+    """PyTorch's diagflat: a matrix with the flattened ``x`` on diagonal ``offset``."""
+    return diag(x.reshape(-1), offset)
+
+
 def trace(x, offset: int = 0, axis1: int = 0, axis2: int = 1):
     """The sum of the diagonal (of the (axis1, axis2) planes, as NumPy, for more than 2 dims)."""
     return diagonal(x, offset, axis1, axis2).sum(axis=-1)

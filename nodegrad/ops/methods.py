@@ -22,6 +22,7 @@ from . import linalg as L
 from . import nn as N
 from . import reduce as R
 from . import arrange as A
+from . import arrange as AR
 from . import shape as S
 
 MaxMin = namedtuple("MaxMin", ["values", "indices"])
@@ -300,6 +301,14 @@ install()
 
 
 # --- the wider operator surface (PyTorch's Tensor methods) ------------------------------------
+def _is_nonzero(self) -> bool:
+    """PyTorch's ``is_nonzero``: the truth of a one-element tensor (an error otherwise)."""
+    if self.data.size != 1:
+        raise ValueError(f"is_nonzero: expected a tensor with one element, got shape "
+                         f"{tuple(self.shape)}")
+    return bool(self.reshape(()))
+
+
 def _install_more() -> None:
     from .. import random as Rnd
     from . import activation as A
@@ -329,6 +338,10 @@ def _install_more() -> None:
         "nansum": R.nansum, "nanmean": R.nanmean, "count_nonzero": R.count_nonzero,
         "norm": R.norm, "median": O.median, "quantile": O.quantile, "sort": O.sort,
         "argsort": O.argsort, "topk": O.topk, "kthvalue": O.kthvalue, "unique": O.unique,
+        "floor_divide": E.floor_divide, "remainder": E.remainder,
+        "diagflat": AR.diagflat,
+        "is_same_size": lambda self, other: tuple(self.shape) == tuple(other.shape),
+        "is_nonzero": _is_nonzero,
         "bernoulli": Rnd.bernoulli, "multinomial": Rnd.multinomial, "normal_": Rnd.normal_,
         "uniform_": Rnd.uniform_,
     }
