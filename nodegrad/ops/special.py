@@ -213,14 +213,23 @@ i0e = primitive("i0e", _scipy("i0e"), lambda g, ans, x: g * (i1e(x) - sign(x) * 
                 doc="The exponentially scaled i0: exp(-|x|) i0(x).")
 
 
+def _i1_over_x(ans, x, scale=None):
+    """i1(x)/x (times exp(-|x|) when ``scale``): the quotient near 0, where i1(x) ~ x/2 is a
+    subnormal for tiny x and dividing loses its digits, from the series 1/2 + x^2/16 (the
+    next term, x^4/384, is below float64's rounding for |x| < 1e-3)."""
+    small = abs(x) < 1e-3
+    series = x * x * 0.0625 + 0.5
+    if scale is not None:
+        series = series * scale
+    return where(small, series, ans / where(small, 1, x))
+
+
 def _i1_vjp(g, ans, x):
-    zero = x == 0
-    return g * where(zero, 0.5, i0(x) - ans / where(zero, 1, x))
+    return g * (i0(x) - _i1_over_x(ans, x))
 
 
 def _i1e_vjp(g, ans, x):
-    zero = x == 0
-    return g * where(zero, 0.5, i0e(x) - ans * (sign(x) + 1 / where(zero, 1, x)))
+    return g * (i0e(x) - ans * sign(x) - _i1_over_x(ans, x, exp(-abs(x))))
 
 
 i1 = primitive("i1", _scipy("i1"), _i1_vjp, saves="both", kind=_EW, jvp=_J,
