@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from .._backend import backend_of, is_array
 from ..errors import GradError, ShapeError
-from .base import _NOT_HYPER, Optimizer, _describe, as_state_array, lerp_, match_groups
+from .base import Optimizer, _describe, as_state_array, lerp_, match_groups
 
 
 class Adafactor(Optimizer):
@@ -169,11 +169,7 @@ class Adafactor(Optimizer):
                     raise ShapeError(f"Adafactor.load_state_dict: state '{key}' of {desc} has "
                                      f"shape {tuple(e[key].shape)}, expected {s}")
             entries[gi][pos] = e
-        for sg, g in zip(saved_groups, self.param_groups):
-            g.update({k: v for k, v in sg.items() if k not in _NOT_HYPER})
-        self.step_count = int(state_dict.get("step_count", 0))
-        for gi in range(len(self.param_groups)):
-            self._install(gi, entries[gi])
+        self._finish_load(saved_groups, entries, state_dict)
 
 
 def _norm(xp, a) -> float:

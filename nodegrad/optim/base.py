@@ -669,35 +669,14 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict`; a clear error when it does not fit these parameters."""
         name = type(self).__name__
-        try:
-            saved_groups, state = state_dict["param_groups"], state_dict["state"]
-        except (KeyError, TypeError):
-            raise ValueError(f"{name}.load_state_dict: expected a dict with 'state' and "
-                             "'param_groups' (from Optimizer.state_dict())") from None
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"{name}.load_state_dict: the saved state has {len(saved_groups)} "
-                             f"parameter group(s), this optimizer has {len(self.param_groups)}")
-        where: dict = {}
+        saved_groups, state, where = match_groups(self, state_dict)
         for gi, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
-            if len(sg["params"]) != len(g["params"]):
-                raise ValueError(f"{name}.load_state_dict: group {gi} has {len(sg['params'])} "
-                                 f"parameter(s) in the saved state, {len(g['params'])} here")
-            lacking = sorted(set(self.defaults) - set(sg))
-            if lacking:
-                raise ValueError(f"{name}.load_state_dict: group {gi} of the saved state lacks "
-                                 f"the hyperparameters {lacking} (was it saved by another "
-                                 "optimiser?)")
             names = sg.get("param_names")
             if names is not None and g.get("param_names") not in (None, names):
                 raise ValueError(f"{name}.load_state_dict: group {gi}'s parameter names differ: "
                                  f"saved {names}, here {g['param_names']}")
-            for pos, idx in enumerate(sg["params"]):
-                where[idx] = (gi, pos)
         entries = [[None] * len(g["params"]) for g in self.param_groups]
         for idx, e in state.items():
-            if idx not in where:
-                raise ValueError(f"{name}.load_state_dict: state for parameter index {idx}, which "
-                                 "no saved group lists")
             gi, pos = where[idx]
             sg, g = saved_groups[gi], self.param_groups[gi]
             p = g["params"][pos]
@@ -716,6 +695,10 @@ class Optimizer:
                     raise ShapeError(f"{name}.load_state_dict: state '{k}' of {desc} has shape "
                                      f"{tuple(v.shape)}, the parameter has shape {p.shape}")
             entries[gi][pos] = e
+        self._finish_load(saved_groups, entries, state_dict)
+
+    def _finish_load(self, saved_groups: list, entries: list, state_dict: dict) -> None:
+        """Take the checked groups' hyperparameters, the step count and each state entry."""
         for sg, g in zip(saved_groups, self.param_groups):
             g.update({k: v for k, v in sg.items() if k not in _NOT_HYPER})
         self.step_count = int(state_dict.get("step_count", 0))
