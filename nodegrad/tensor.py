@@ -267,16 +267,10 @@ class Tensor:
                             "place while recording; wrap the update in nodegrad.no_grad()")
 
     def zero_(self) -> Tensor:
-        self._check_inplace("zero_")
-        self.data[...] = 0
-        self._bump()
-        return self
+        return self._assign("zero_", 0)
 
     def fill_(self, value) -> Tensor:
-        self._check_inplace("fill_")
-        self.data[...] = value
-        self._bump()
-        return self
+        return self._assign("fill_", value)
 
     def copy_(self, src) -> Tensor:
         """Copy ``src``'s values into this tensor in place (same shape after broadcasting)."""
@@ -284,13 +278,27 @@ class Tensor:
         src_data = src.data if isinstance(src, Tensor) else src
         be = B.backend_of(self.data)
         if B.is_array(src_data) and B.backend_of(src_data) is not be:
-            src_data = be.asarray(B.backend_of(src_data).to_host(src_data))
-        self.data[...] = src_data
+            src = src_data = be.asarray(B.backend_of(src_data).to_host(src_data))
+        return self._assign("copy_", src)
+
+    def _assign(self, what: str, value) -> Tensor:
+        """``self[...] = value`` in place; under a jit trace a recorded write, so each replay
+        writes again (with that call's value when ``value`` is a traced tensor)."""
+        self._check_inplace(what)
+        rec = modes().jit
+        if rec is not None:
+            rec.mutate(what, _set_all, self, value)
+        else:
+            self.data[...] = value.data if isinstance(value, Tensor) else value
         self._bump()
         return self
 
     def ones_like(self) -> Tensor:
         return Tensor(B.backend_of(self.data).xp.ones_like(self.data))
+
+
+def _set_all(a, value) -> None:
+    a[...] = value
 
 
 # --- creation -------------------------------------------------------------------------------

@@ -431,3 +431,17 @@ def test_namedtuple_results_replay_with_each_calls_values():
         np.testing.assert_array_equal(got.values.numpy(), want.values.numpy())
         np.testing.assert_array_equal(got.indices.numpy(), want.indices.numpy())
         assert biggest(ng.tensor(x)).indices.item() == int(np.argmax(x))
+
+
+@pytest.mark.parametrize("f", [lambda x: x.zero_(), lambda x: x.fill_(5.0),
+                               lambda x: x.copy_(x * 3), lambda x: x.fill_(x.sum())],
+                         ids=["zero_", "fill_", "copy_", "fill_traced"])
+def test_zero_fill_and_copy_are_replayed_writes(f):
+    """They wrote behind the trace's back: a replay returned its input unchanged."""
+    step = ng.jit(f)
+    step(ng.ones(3))
+    x = ng.full((3,), 2.0)
+    want = f(ng.full((3,), 2.0))
+    got = step(x)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(x.numpy(), want.numpy())  # in place
