@@ -17,6 +17,7 @@ made for, both of which exist by the time any vmap runs (no import circle).
 
 from __future__ import annotations
 
+from . import _backend as B
 from .autodiff import modes
 from .errors import ShapeError
 from .tensor import Tensor
@@ -86,12 +87,26 @@ class BatchTracer(Tensor):
 
     numpy = item = tolist = __bool__ = __float__ = __int__ = __index__ = __array__ = _no_values
 
+    def _assign(self, what: str, value):
+        raise TypeError(f"{what}: a batched tensor inside vmap cannot be changed in place; "
+                        "build a new tensor (zeros_like, full_like, where) instead")
+
     def detach(self) -> BatchTracer:
         """The batch cut from the graph, still batched (the tracer's own array is poison)."""
         return BatchTracer(self.val.detach(), self.bdim, self.level)
 
     def __repr__(self) -> str:
         return f"BatchTracer(shape={tuple(self.shape)}, bdim={self.bdim}, val={self.val!r})"
+
+
+def refuse_batched_into(what: str, *values) -> None:
+    """An unbatched tensor changed in place cannot take a batched value inside vmap (it would
+    store the tracer's poison): a TypeError naming the op and the fix."""
+    for v in values:
+        if type(v) is BatchTracer:
+            raise TypeError(f"{what}: inside vmap an unbatched tensor cannot be changed in place "
+                            "with a batched value; build the result out of place (where, "
+                            "index_update, stack)")
 
 
 def values(t):
@@ -162,8 +177,8 @@ def batched(v, bd, size: int):
     """``v`` with a batch axis first, broadcast (a view) when it had none."""
     if bd is not None:
         return front(v, bd)
-    if not isinstance(v, Tensor):
-        v = Tensor(Tensor(0.0).backend.asarray(v))
+    if not isinstance(v, Tensor):  # a number: a CPU array (callers that know a device pass one)
+        v = Tensor(B.get_backend("cpu").asarray(v))
     return v.reshape((1,) + tuple(v.shape)).broadcast_to((size,) + tuple(v.shape))
 
 

@@ -285,6 +285,9 @@ class Tensor:
         """``self[...] = value`` in place; under a jit trace a recorded write, so each replay
         writes again (with that call's value when ``value`` is a traced tensor)."""
         self._check_inplace(what)
+        if getattr(value, "level", None) is not None:  # a vmap tracer (batching sits above)
+            raise TypeError(f"{what}: inside vmap an unbatched tensor cannot be changed in place "
+                            "with a batched value; build the result out of place")
         rec = modes().jit
         if rec is not None:
             rec.mutate(what, _set_all, self, value)

@@ -352,3 +352,32 @@ def test_detach_inside_vmap_keeps_the_batch_and_stops_the_gradient():
                                   [[2.0, 4.0], [6.0, 8.0]])
     g = ng.vmap(ng.grad(lambda x: (x * x.detach()).sum()))(xs)  # d/dx of x * stop(x) is x
     np.testing.assert_array_equal(g.numpy(), xs.numpy())
+
+
+def test_setitem_on_a_batched_tensor_updates_each_example():
+    def f(x):
+        x = x * 1
+        x[0] = 1.0
+        x[1:] = x[1:] * 2
+        return x
+
+    xs = ng.tensor(np.arange(6.0).reshape(2, 3))
+    want = np.stack([f(x).numpy() for x in xs])
+    np.testing.assert_array_equal(ng.vmap(f)(xs).numpy(), want)
+    g = ng.vmap(ng.grad(lambda x: (f(x) ** 2).sum()))(xs)
+    np.testing.assert_array_equal(
+        g.numpy(), np.stack([ng.grad(lambda x: (f(x) ** 2).sum())(x).numpy() for x in xs]))
+
+
+@pytest.mark.parametrize("name,f", [
+    ("add_", lambda x: ng.zeros(3).add_(x)),
+    ("copy_", lambda x: ng.zeros(3).copy_(x)),
+    ("fill_", lambda x: ng.zeros(3).fill_(x.sum())),
+    ("lerp_", lambda x: ng.zeros(3).lerp_(x, 0.5)),
+    ("masked_fill_", lambda x: ng.zeros(3).masked_fill_(x > 2, 1.0)),
+    ("setitem", lambda x: ng.zeros(3).__setitem__(1, x.sum())),
+])
+def test_an_unbatched_tensor_refuses_a_batched_value_in_place(name, f):
+    """It stored the tracer's poison: NaN, silently."""
+    with pytest.raises(TypeError, match=f"{name}: inside vmap an unbatched tensor"):
+        ng.vmap(f)(ng.tensor(np.arange(6.0).reshape(2, 3), dtype=ng.float32))

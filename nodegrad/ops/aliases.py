@@ -33,7 +33,7 @@ from .. import _backend as B
 from .. import autodiff as _autodiff
 from .. import random as _random
 from ..autodiff import RemovableHandle, creation_site, modes
-from ..batching import BatchTracer
+from ..batching import BatchTracer, refuse_batched_into
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..tensor import Tensor, _shape_arg, full, tensor
 from . import elementwise as E
@@ -397,6 +397,7 @@ def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Ten
     """Store ``fn(self, *args, **kwargs)`` in ``self`` with PyTorch's in-place semantics
     (see the module docstring); returns ``self``. ``name`` (``"exp_"``) is for errors."""
     _check_target(self, name)
+    refuse_batched_into(name, *args, *kwargs.values())
     m = modes()
     if m.grad_enabled and (self.requires_grad or _any_requires_grad(args, kwargs)):
         _refuse_leaf(self, name)

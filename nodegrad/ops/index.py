@@ -96,7 +96,10 @@ def _setitem_batch(vals, bdims, index):
     x = batched(vals[0], bdims[0], n)
     ex = x.shape[1:]
     sub = _example_sub(x.backend.xp, ex, index, x.dtype)
-    v = rank_up(batched(vals[1], bdims[1], n), 0, len(sub))
+    value = vals[1]
+    if not isinstance(value, Tensor):  # a number: on x's device, in x's dtype
+        value = Tensor(x.backend.asarray(value, dtype=x.dtype))
+    v = rank_up(batched(value, bdims[1], n), 0, len(sub))
     v = moveaxis(v, 0, _adv_bdim(index))
     return _setitem(x, v, index=(slice(None),) + index), 0
 

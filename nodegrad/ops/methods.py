@@ -13,6 +13,7 @@ from collections import namedtuple
 
 from .. import _backend as B
 from ..autodiff import mode
+from ..batching import BatchTracer, refuse_batched_into
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..primitive import Primitive, bind
 from ..tensor import Tensor
@@ -123,6 +124,7 @@ def _inplace(op, name):
     ufunc = _UFUNCS[op.name]
 
     def method(self, other):
+        refuse_batched_into(name, other)
         if _needs_graph(self, other):
             if self.node is None and self.requires_grad:
                 raise GradError(f"{name}: a leaf tensor that requires grad cannot be changed in "
@@ -158,6 +160,14 @@ def _inplace(op, name):
 
 
 def _setitem(self, index, value):
+    if type(self) is BatchTracer:  # inside vmap: the batch is updated functionally, per example
+        new = I.index_update(self, index, value)
+        if type(new) is not BatchTracer or new.level is not self.level:
+            raise TypeError("setitem: inside vmap a tensor can take values batched at its own "
+                            "level only; build the result with where() or index_update")
+        self.val, self.bdim = new.val, new.bdim
+        return
+    refuse_batched_into("setitem", value)
     if _needs_graph(self, value):
         if self.node is None and self.requires_grad:
             raise GradError("setitem: a leaf tensor that requires grad cannot be changed in "
