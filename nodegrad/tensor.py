@@ -309,6 +309,9 @@ def _infer(data, dtype, backend: B.Backend):
     """Array for ``data``: Python floats become float32, arrays keep their dtype."""
     dtype = B.as_dtype(dtype)
     if isinstance(data, Tensor):
+        if getattr(data, "level", None) is not None:  # a vmap tracer: its array is poison
+            raise TypeError("tensor: inside vmap a batched tensor cannot be copied into a new "
+                            "tensor; use x.clone() (or x.detach()) instead")
         data = data.data
     if B.is_array(data):
         src = B.backend_of(data)
@@ -389,8 +392,10 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
     """Like :func:`tensor`, but shares memory with an array already of that dtype and device."""
-    if isinstance(data, Tensor) and dtype is None and device is None:
-        return data
+    if isinstance(data, Tensor):  # as PyTorch: the tensor itself, or data.to(dtype, device)
+        if dtype is None and device is None:
+            return data
+        return data.to(device=device, dtype=dtype)
     be = B.get_backend(_device(device))
     if B.is_array(data) and B.backend_of(data) is be:
         return Tensor(data if dtype is None else data.astype(dtype, copy=False))
@@ -406,6 +411,8 @@ def from_numpy(a) -> Tensor:
 
 def from_dlpack(obj) -> Tensor:
     """A tensor sharing memory with any DLPack producer (PyTorch, JAX, CuPy, NumPy)."""
+    if isinstance(obj, Tensor):  # its own tensor (a vmap tracer included): the same memory
+        return obj
     be = B.dlpack_backend(obj)
     return Tensor(be.from_dlpack(obj))
 

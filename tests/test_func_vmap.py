@@ -381,3 +381,11 @@ def test_an_unbatched_tensor_refuses_a_batched_value_in_place(name, f):
     """It stored the tracer's poison: NaN, silently."""
     with pytest.raises(TypeError, match=f"{name}: inside vmap an unbatched tensor"):
         ng.vmap(f)(ng.tensor(np.arange(6.0).reshape(2, 3), dtype=ng.float32))
+
+
+def test_conversions_of_a_batched_tensor_keep_the_batch_or_refuse():
+    xs = ng.tensor(np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(ng.vmap(ng.from_dlpack)(xs).numpy(), xs.numpy())
+    assert ng.vmap(lambda x: ng.as_tensor(x, dtype=ng.float64))(xs).dtype == ng.float64
+    with pytest.raises(TypeError, match="use x.clone"):  # it copied the tracer's NaN poison
+        ng.vmap(ng.tensor)(xs)
