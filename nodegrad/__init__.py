@@ -42,6 +42,9 @@ from .nn.functional import (alpha_dropout, avg_pool1d, bilinear, channel_shuffle
                             max_pool2d, max_pool3d, pairwise_distance, pdist, pixel_shuffle,
                             pixel_unshuffle, prelu, rms_norm, rrelu)
 from .dtypes import finfo, iinfo  # noqa: E402
+from .linalg_lu import lu_unpack  # noqa: E402
+from .linalg_lu import torch_lu as lu  # noqa: E402
+from .linalg_lu import torch_lu_solve as lu_solve  # noqa: E402
 
 __version__ = "0.1.0"
 dtype = _backend.np.dtype

@@ -368,3 +368,10 @@ def multi_dot(tensors) -> Tensor:
     if last:
         out = squeeze(out, -1)
     return out
+
+
+# --- LU and the compositions of torch.linalg (their own module, re-exported here) -------------
+from .linalg_lu import *  # noqa: E402, F403
+from .linalg_lu import __all__ as _more  # noqa: E402
+
+__all__ += _more
