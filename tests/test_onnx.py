@@ -891,3 +891,40 @@ def test_onnx_transfer_example_runs(tmp_path):
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "imported into nodegrad" in res.stdout and "| 3 |" in res.stdout
+
+
+class _Sampler(nn.Module):
+    def __init__(self, mode, padding_mode, align_corners):
+        super().__init__()
+        self.opts = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+    def forward(self, x, grid):
+        return nn.functional.grid_sample(x, grid, **self.opts)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_grid_sample_exports_with_static_shapes_and_matches_onnxruntime(mode, padding_mode):
+    x, grid = _randn(2, 2, 5, 6), ng.rand(2, 3, 4, 2) * 2.6 - 1.3  # reaching outside [-1, 1]
+    for align in (False, True):
+        model = _Sampler(mode, padding_mode, align)
+        proto = export(model, (x, grid), dynamic_axes={})
+        sess = _session(proto)
+        names = [i.name for i in sess.get_inputs()]
+        got = sess.run(None, dict(zip(names, [x.numpy(), grid.numpy()])))[0]
+        np.testing.assert_allclose(got, model(x, grid).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bitwise_ops_export_on_bools_and_on_integers_from_opset_18():
+    class Bits(nn.Module):
+        def forward(self, x):
+            b = (x > 0) & (x < 1) | ~(x > 2)
+            i = (x * 10).astype(ng.int64)
+            return b.astype(ng.float32) + ((i & 6) ^ 3).astype(ng.float32)
+
+    x = _randn(3, 4) * 3
+    with pytest.raises(UnsupportedError, match="opset 18"):
+        export(Bits(), x, opset=17)
+    proto = export(Bits(), x, opset=18, dynamic_axes={})
+    got = _session(proto).run(None, {_session(proto).get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_array_equal(got, Bits()(x).numpy())

@@ -269,6 +269,18 @@ def _compare(op):
     return conv
 
 
+def _bitwise(logic: str, bits: str):
+    """Bitwise ops: ONNX's logic op on bools, its Bitwise* op (opset 18) on integers."""
+    def conv(r, a, p, out, tw):
+        like = next(x for x in a if isinstance(x, Tensor))
+        if out.dtype.kind == "b":
+            return r.node(logic, [r.name_of(x, like) for x in a])
+        if r.opset < 18:
+            r.fail(f"an integer {bits} (ONNX has it from opset 18; export with opset=18)")
+        return r.node(bits, [r.name_of(x, like) for x in a])
+    return conv
+
+
 def _not_equal(r, a, p, out, tw):
     like = next(x for x in a if isinstance(x, Tensor))
     return r.node("Not", [r.node("Equal", [r.name_of(x, like) for x in a])])
@@ -419,6 +431,24 @@ def _broadcast_to(r, a, p, out, tw):
                            "dynamic axes is not the input's")
                 shape[i] = 1
     return r.node("Expand", [r.name_of(a[0]), r.ints(shape)])
+
+
+def _take_along(r, a, p, out, tw):
+    """take_along_axis as GatherElements; NumPy broadcasts the index and the other axes of x,
+    ONNX does not, so a broadcast one is expanded first (static shapes only)."""
+    x, idx = a
+    axis = int(p["axis"]) % out.ndim
+    want_idx = tuple(out.shape)
+    want_x = tuple(s if i != axis else x.shape[i] for i, s in enumerate(out.shape))
+    xn, iname = r.name_of(x), r.name_of(idx)
+    if tuple(idx.shape) != want_idx or tuple(x.shape) != want_x:
+        if tw is not None and tuple(tw[2]) != tuple(out.shape):
+            r.fail("take_along_axis that broadcasts along a dynamic axis")
+        if tuple(idx.shape) != want_idx:
+            iname = r.node("Expand", [iname, r.ints(list(want_idx))])
+        if tuple(x.shape) != want_x:
+            xn = r.node("Expand", [xn, r.ints(list(want_x))])
+    return r.node("GatherElements", [xn, iname], axis=axis)
 
 
 def _concat(r, a, p, out, tw):
@@ -720,6 +750,7 @@ PRIMS = {
     "cos": _unary("Cos"), "tan": _unary("Tan"), "tanh": _unary("Tanh"), "erf": _unary("Erf"),
     "sigmoid": _unary("Sigmoid"), "relu": _unary("Relu"), "sign": _unary("Sign"),
     "floor": _unary("Floor"), "ceil": _unary("Ceil"), "isnan": _unary("IsNaN"),
+    "round": _unary("Round"),  # half to even, as NumPy
     "logical_not": _unary("Not"), "square": _square, "expm1": _expm1, "log1p": _log1p,
     "leaky_relu": _leaky, "softplus": _softplus, "gelu": _gelu, "clip": _clip,
     "hardtanh": _hardtanh, "where": _binary("Where"), "equal": _compare("Equal"),
@@ -727,13 +758,15 @@ PRIMS = {
     "less": _compare("Less"), "less_equal": _compare("LessOrEqual"),
     "greater": _compare("Greater"), "greater_equal": _compare("GreaterOrEqual"),
     "logical_and": _compare("And"), "logical_or": _compare("Or"), "logical_xor": _compare("Xor"),
+    "bitwise_and": _bitwise("And", "BitwiseAnd"), "bitwise_or": _bitwise("Or", "BitwiseOr"),
+    "bitwise_xor": _bitwise("Xor", "BitwiseXor"), "bitwise_not": _bitwise("Not", "BitwiseNot"),
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
     "logsumexp": _logsumexp, "sum": _sum, "mean": _reducer("ReduceMean"),
     "max": _max, "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
     "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
-    "copy": _identity, "getitem": _getitem, "conv": _conv_prim,
+    "copy": _identity, "getitem": _getitem, "conv": _conv_prim, "take_along_axis": _take_along,
     "conv_input_grad": _conv_input_grad, "vector_norm": _vector_norm,
     "cross_entropy": _cross_entropy, "sliding_window_view": _windows,
 }
