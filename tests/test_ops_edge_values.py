@@ -103,3 +103,12 @@ def test_variance_with_correction_at_least_n_inside_vmap():
                                       [np.inf, np.nan])
         g = ng.vmap(ng.grad(lambda r: ng.var(r, ddof=3)))(x).numpy()
     np.testing.assert_array_equal(g, [[-np.inf, -np.inf, np.inf], [np.nan] * 3])
+
+
+def test_elementwise_primitives_take_python_numbers_like_the_rest():
+    import math
+
+    for f, ref in ((ng.erf, math.erf(0.5)), (ng.gelu, 0.5 * 0.5 * (1 + math.erf(0.5 / 2 ** 0.5))),
+                   (ng.exp, math.exp(0.5))):
+        out = f(0.5)  # erf and gelu asked a backend of a Python float (a DeviceError)
+        assert out.dtype == ng.float32 and abs(out.item() - ref) < 1e-6

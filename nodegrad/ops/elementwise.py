@@ -180,7 +180,7 @@ _tanh_grad = primitive(
 tanh = primitive("tanh", lambda xp, x: xp.tanh(x), lambda g, ans, x: _tanh_grad(g, ans),
                  saves="out", kind=_EW, jvp=_J, doc="Hyperbolic tangent.")
 _SQRT_2_OVER_PI = 2.0 / math.sqrt(math.pi)
-erf = primitive("erf", lambda xp, x: B.backend_of(x).erf(x),
+erf = primitive("erf", lambda xp, x: B.backend_of(xp.asarray(x)).erf(x),
                 lambda g, ans, x: g * (exp(-(x * x)) * _SQRT_2_OVER_PI), kind=_EW, jvp=_J,
                 doc="The error function.")
 
@@ -273,6 +273,7 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 def _gelu_fwd(xp, x, approximate):
     if approximate == "tanh":
         return 0.5 * x * (1 + xp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+    x = xp.asarray(x)  # a Python number too, as every elementwise primitive takes
     return 0.5 * x * (1 + B.backend_of(x).erf(x * _INV_SQRT2))
 
 
