@@ -7,8 +7,8 @@
 tensor([2., 4., 6.])
 """
 
-from . import (_backend, autograd, data, diagnostics, lax, linalg, models, nn, onnx, optim,
-               prune, special, train)
+from . import (_backend, autograd, data, diagnostics, distributions, lax, linalg, models, nn,
+               onnx, optim, prune, special, train)
 from ._backend import cuda_available
 from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_enabled,
                        is_grad_enabled, is_inference_mode_enabled, no_grad, set_grad_enabled)

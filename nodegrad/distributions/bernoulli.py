@@ -1,0 +1,89 @@
+"""The Bernoulli distribution over {0, 1}."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import nodegrad as ng
+from nodegrad.tensor import Tensor
+
+from . import constraints
+from .distribution import Distribution, _shape, broadcast_all
+from .utils import logits_to_probs, probs_to_logits
+
+
+def _bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
+    """Elementwise binary cross-entropy from logits, in the stable form (no log(0))."""
+    return ng.clamp(logits, min=0) - logits * target + ng.log1p(ng.exp(-ng.abs(logits)))
+
+
+class Bernoulli(Distribution):
+    """1 with probability ``probs`` (or ``sigmoid(logits)``), else 0. Give exactly one."""
+
+    arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
+    support = constraints.boolean
+    has_enumerate_support = True
+
+    def __init__(self, probs: Tensor | float | None = None, logits: Tensor | float | None = None,
+                 validate_args: bool | None = None):
+        if (probs is None) == (logits is None):
+            raise ValueError("Bernoulli: either `probs` or `logits` must be specified, but not "
+                             "both.")
+        if probs is not None:
+            (self.probs,) = broadcast_all(probs)
+            param = self.probs
+        else:
+            (self.logits,) = broadcast_all(logits)
+            param = self.logits
+        self._param = param
+        super().__init__(tuple(param.shape), validate_args=validate_args)
+
+    @cached_property
+    def logits(self) -> Tensor:
+        return probs_to_logits(self.probs, is_binary=True)
+
+    @cached_property
+    def probs(self) -> Tensor:
+        return logits_to_probs(self.logits, is_binary=True)
+
+    def expand(self, batch_shape, _instance=None) -> Bernoulli:
+        new = super().expand(batch_shape, _instance)
+        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
+        return new
+
+    @property
+    def param_shape(self) -> tuple:
+        return tuple(self._param.shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        p = self.probs
+        return ng.where(p == 0.5, float("nan"), (p >= 0.5).astype(p.dtype))
+
+    @property
+    def variance(self) -> Tensor:
+        return self.probs * (1 - self.probs)
+
+    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+        shape = self._extended_shape(_shape(sample_shape))
+        with ng.no_grad():
+            return ng.bernoulli(self.probs.detach().expand(*shape), generator=generator)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, value = ng.broadcast_tensors(self.logits, value.astype(self.logits.dtype))
+        return -_bce_with_logits(logits, value)
+
+    def entropy(self) -> Tensor:
+        return _bce_with_logits(self.logits, self.probs)
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        p = self._param
+        values = ng.arange(2, dtype=p.dtype, device=p.device).reshape(
+            (2,) + (1,) * len(self.batch_shape))
+        return values.expand(2, *self.batch_shape) if expand else values

@@ -1,0 +1,71 @@
+"""The Beta distribution on [0, 1]."""
+
+from __future__ import annotations
+
+import nodegrad as ng
+from nodegrad.tensor import Tensor
+
+from . import constraints
+from .distribution import Distribution, _shape, broadcast_all
+from .gamma import standard_gamma
+
+
+def _lbeta(a: Tensor, b: Tensor) -> Tensor:
+    return ng.lgamma(a) + ng.lgamma(b) - ng.lgamma(a + b)
+
+
+class Beta(Distribution):
+    """Beta(concentration1, concentration0): density ∝ x^(c1-1) (1-x)^(c0-1).
+
+    Samples are X / (X + Y) with X ~ Gamma(c1), Y ~ Gamma(c0), without gradient."""
+
+    arg_constraints = {"concentration1": constraints.positive,
+                       "concentration0": constraints.positive}
+    support = constraints.unit_interval
+
+    def __init__(self, concentration1: Tensor | float, concentration0: Tensor | float,
+                 validate_args: bool | None = None):
+        self.concentration1, self.concentration0 = broadcast_all(concentration1,
+                                                                 concentration0)
+        super().__init__(tuple(self.concentration1.shape), validate_args=validate_args)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.concentration1 / (self.concentration1 + self.concentration0)
+
+    @property
+    def mode(self) -> Tensor:
+        """(c1 - 1) / (c1 + c0 - 2) with each c - 1 clamped at 0 (PyTorch's rule through
+        Dirichlet's mode, which also gives 1 where both are below 1)."""
+        a, b = self.concentration1, self.concentration0
+        am1, bm1 = ng.clamp(a - 1, min=0), ng.clamp(b - 1, min=0)
+        interior = am1 / (am1 + bm1)
+        both_small = (a < 1) & (b < 1)
+        return ng.where(both_small, 1.0, interior)
+
+    @property
+    def variance(self) -> Tensor:
+        a, b = self.concentration1, self.concentration0
+        total = a + b
+        return a * b / (total ** 2 * (total + 1))
+
+    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+        shape = self._extended_shape(_shape(sample_shape))
+        with ng.no_grad():
+            x = standard_gamma(self.concentration1.detach().expand(*shape), generator=generator)
+            y = standard_gamma(self.concentration0.detach().expand(*shape), generator=generator)
+            tiny = float(ng.finfo(x.dtype).tiny)
+            eps = float(ng.finfo(x.dtype).eps)
+            return ng.clamp(x / (x + y), tiny, 1 - eps)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        a, b = self.concentration1, self.concentration0
+        return ng.xlogy(a - 1, value) + ng.xlog1py(b - 1, -value) - _lbeta(a, b)
+
+    def entropy(self) -> Tensor:
+        a, b = self.concentration1, self.concentration0
+        total = a + b
+        return (_lbeta(a, b) - (a - 1) * ng.digamma(a) - (b - 1) * ng.digamma(b)
+                + (total - 2) * ng.digamma(total))

@@ -1,0 +1,200 @@
+"""Constraints: the sets parameters and values of a distribution must lie in (PyTorch's names).
+
+``c.check(value)`` is a bool tensor over the batch: ``value.shape`` less ``c.event_dim`` trailing
+dims, True where the value is valid. Distributions use them to validate arguments and samples.
+"""
+
+from __future__ import annotations
+
+import nodegrad as ng
+from nodegrad.tensor import Tensor
+
+__all__ = ["Constraint", "boolean", "dependent", "dependent_property", "greater_than",
+           "greater_than_eq", "half_open_interval", "independent", "integer_interval",
+           "interval", "is_dependent", "lower_cholesky", "nonnegative", "nonnegative_integer",
+           "one_hot", "positive", "positive_definite", "real", "real_vector", "simplex",
+           "unit_interval"]
+
+
+class Constraint:
+    """A region of valid values; ``event_dim`` trailing dims make up one event."""
+
+    is_discrete = False
+    event_dim = 0
+
+    def check(self, value: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return type(self).__name__.lstrip("_") + "()"
+
+
+class _Dependent(Constraint):
+    """A placeholder for a constraint that depends on other parameters (it cannot check)."""
+
+    def __init__(self, *, is_discrete: bool = False, event_dim: int = 0):
+        self.is_discrete, self.event_dim = is_discrete, event_dim
+
+    def __call__(self, *, is_discrete: bool = False, event_dim: int = 0) -> _Dependent:
+        return _Dependent(is_discrete=is_discrete, event_dim=event_dim)
+
+    def check(self, value: Tensor) -> Tensor:
+        raise ValueError("Cannot determine validity of dependent constraint")
+
+
+def is_dependent(constraint) -> bool:
+    """Whether ``constraint`` is a dependent placeholder (skipped by argument validation)."""
+    return isinstance(constraint, _Dependent)
+
+
+class dependent_property(property):
+    """A property that is a constraint computed from the parameters (e.g. Uniform's support)."""
+
+    def __init__(self, fn=None, *, is_discrete: bool = False, event_dim: int = 0):
+        super().__init__(fn)
+        self.is_discrete, self.event_dim = is_discrete, event_dim
+
+    def __call__(self, fn) -> dependent_property:
+        """Decorate ``fn`` when built with keywords: ``@dependent_property(event_dim=0)``."""
+        return dependent_property(fn, is_discrete=self.is_discrete, event_dim=self.event_dim)
+
+
+class _Real(Constraint):
+    def check(self, value):
+        return value == value  # False only at NaN
+
+
+class _Boolean(Constraint):
+    is_discrete = True
+
+    def check(self, value):
+        return (value == 0) | (value == 1)
+
+
+class _GreaterThan(Constraint):
+    def __init__(self, lower_bound):
+        self.lower_bound = lower_bound
+
+    def check(self, value):
+        return value > self.lower_bound
+
+    def __repr__(self):
+        return f"GreaterThan(lower_bound={self.lower_bound})"
+
+
+class _GreaterThanEq(_GreaterThan):
+    def check(self, value):
+        return value >= self.lower_bound
+
+    def __repr__(self):
+        return f"GreaterThanEq(lower_bound={self.lower_bound})"
+
+
+class _Interval(Constraint):
+    def __init__(self, lower_bound, upper_bound):
+        self.lower_bound, self.upper_bound = lower_bound, upper_bound
+
+    def check(self, value):
+        return (value >= self.lower_bound) & (value <= self.upper_bound)
+
+    def __repr__(self):
+        return (f"{type(self).__name__.lstrip('_')}(lower_bound={self.lower_bound}, "
+                f"upper_bound={self.upper_bound})")
+
+
+class _HalfOpenInterval(_Interval):
+    def check(self, value):
+        return (value >= self.lower_bound) & (value < self.upper_bound)
+
+
+class _IntegerInterval(_Interval):
+    is_discrete = True
+
+    def check(self, value):
+        return (value % 1 == 0) & (value >= self.lower_bound) & (value <= self.upper_bound)
+
+
+class _IntegerGreaterThan(_GreaterThan):
+    is_discrete = True
+
+    def check(self, value):
+        return (value % 1 == 0) & (value >= self.lower_bound)
+
+    def __repr__(self):
+        return f"IntegerGreaterThan(lower_bound={self.lower_bound})"
+
+
+class _Independent(Constraint):
+    """``base`` with its rightmost ``reinterpreted_batch_ndims`` batch dims read as event."""
+
+    def __init__(self, base: Constraint, reinterpreted_batch_ndims: int):
+        self.base, self.reinterpreted_batch_ndims = base, reinterpreted_batch_ndims
+
+    @property
+    def is_discrete(self):
+        return self.base.is_discrete
+
+    @property
+    def event_dim(self):
+        return self.base.event_dim + self.reinterpreted_batch_ndims
+
+    def check(self, value):
+        ok = self.base.check(value)
+        for _ in range(self.reinterpreted_batch_ndims):
+            ok = ng.all(ok, -1)
+        return ok
+
+    def __repr__(self):
+        return f"IndependentConstraint({self.base!r}, {self.reinterpreted_batch_ndims})"
+
+
+class _Simplex(Constraint):
+    event_dim = 1
+
+    def check(self, value):
+        return ng.all(value >= 0, -1) & (ng.abs(ng.sum(value, -1) - 1) < 1e-6)
+
+
+class _OneHot(Constraint):
+    is_discrete = True
+    event_dim = 1
+
+    def check(self, value):
+        return ng.all((value == 0) | (value == 1), -1) & (ng.sum(value, -1) == 1)
+
+
+class _LowerCholesky(Constraint):
+    event_dim = 2
+
+    def check(self, value):
+        lower = ng.all(ng.all(ng.tril(value) == value, -1), -1)
+        diag = ng.diagonal(value, 0, -2, -1)
+        return lower & ng.all(diag > 0, -1)
+
+
+class _PositiveDefinite(Constraint):
+    event_dim = 2
+
+    def check(self, value):
+        sym = ng.all(ng.all(ng.abs(value - value.mT) <= 1e-6 * (1 + ng.abs(value)), -1), -1)
+        return sym & ng.all(ng.linalg.eigvalsh(value) > 0, -1)
+
+
+dependent = _Dependent()
+real = _Real()
+real_vector = _Independent(real, 1)
+boolean = _Boolean()
+positive = _GreaterThan(0.0)
+nonnegative = _GreaterThanEq(0.0)
+unit_interval = _Interval(0.0, 1.0)
+nonnegative_integer = _IntegerGreaterThan(0)
+simplex = _Simplex()
+one_hot = _OneHot()
+lower_cholesky = _LowerCholesky()
+positive_definite = _PositiveDefinite()
+greater_than = _GreaterThan
+greater_than_eq = _GreaterThanEq
+interval = _Interval
+half_open_interval = _HalfOpenInterval
+integer_interval = _IntegerInterval
+independent = _Independent

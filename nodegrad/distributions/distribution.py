@@ -1,0 +1,217 @@
+"""The ``Distribution`` base class and helpers shared by the families (PyTorch's semantics).
+
+Shapes follow PyTorch: a sample has shape ``sample_shape + batch_shape + event_shape``;
+``log_prob`` returns one number per batch element. Arguments and values are validated (unless
+``validate_args=False``), except while ``nodegrad.jit`` traces or ``nodegrad.vmap`` batches,
+where tensor values are not known to Python.
+"""
+
+from __future__ import annotations
+
+import math
+import nodegrad as ng
+from nodegrad.autodiff import modes
+from nodegrad.tensor import Tensor
+
+from . import constraints
+
+__all__ = ["Distribution", "broadcast_all"]
+
+Shape = tuple[int, ...]
+
+
+def _shape(sample_shape) -> Shape:
+    if isinstance(sample_shape, int):
+        return (sample_shape,)
+    return tuple(int(s) for s in sample_shape)
+
+
+def _float_dtype(tensors):
+    """The dtype parameters are promoted to: the widest float among tensors, else float32."""
+    floats = [t.dtype for t in tensors if t.dtype.kind == "f"]
+    if not floats:
+        return ng.float32
+    return max(floats, key=lambda d: d.itemsize)
+
+
+def broadcast_all(*values) -> tuple[Tensor, ...]:
+    """Numbers and tensors as float tensors of one dtype and device, broadcast to one shape."""
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    for v in values:
+        if not isinstance(v, (Tensor, int, float)):
+            raise TypeError(f"expected a Tensor or a number, got {type(v).__name__}")
+    dtype = _float_dtype(tensors)
+    device = tensors[0].device if tensors else None
+    out = [v if isinstance(v, Tensor) and v.dtype == dtype
+           else (v.astype(dtype) if isinstance(v, Tensor)
+                 else ng.tensor(float(v), dtype=dtype, device=device)) for v in values]
+    return tuple(ng.broadcast_tensors(*out)) if len(out) > 1 else (out[0],)
+
+
+def _sum_rightmost(x: Tensor, n: int) -> Tensor:
+    """``x`` summed over its last ``n`` dims."""
+    return ng.sum(x, tuple(range(-n, 0))) if n > 0 else x
+
+
+def _concrete() -> bool:
+    """Whether tensor values are known to Python here (not under a jit trace or vmap)."""
+    m = modes()
+    return m.jit is None and not m.traces
+
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class Distribution:
+    """Base class: shapes, sampling through ``rsample``, and argument/value validation."""
+
+    has_rsample = False
+    has_enumerate_support = False
+    arg_constraints: dict[str, constraints.Constraint] = {}
+    support: constraints.Constraint | None = None
+    _validate_default = True
+
+    @staticmethod
+    def set_default_validate_args(value: bool) -> None:
+        """Turn validation on or off for distributions built without ``validate_args``."""
+        if value not in (True, False):
+            raise ValueError("set_default_validate_args: expected True or False")
+        Distribution._validate_default = value
+
+    def __init__(self, batch_shape: Shape = (), event_shape: Shape = (),
+                 validate_args: bool | None = None):
+        self._batch_shape = _shape(batch_shape)
+        self._event_shape = _shape(event_shape)
+        if validate_args is not None:
+            self._validate_args = validate_args
+        else:
+            self._validate_args = Distribution._validate_default
+        if self._validate_args and _concrete():
+            for param, constraint in self.arg_constraints.items():
+                if constraints.is_dependent(constraint) or param not in self.__dict__:
+                    continue  # not given (probs when built from logits) or checked elsewhere
+                value = self.__dict__[param]
+                with ng.no_grad():
+                    ok = bool(ng.all(constraint.check(value)))
+                if not ok:
+                    raise ValueError(
+                        f"Expected parameter {param} (Tensor of shape {tuple(value.shape)}) of "
+                        f"distribution {type(self).__name__} to satisfy the constraint "
+                        f"{constraint!r}, but found invalid values:\n{value}")
+
+    # --- shapes -----------------------------------------------------------------------------
+    @property
+    def batch_shape(self) -> Shape:
+        return self._batch_shape
+
+    @property
+    def event_shape(self) -> Shape:
+        return self._event_shape
+
+    def _extended_shape(self, sample_shape=()) -> Shape:
+        """``sample_shape + batch_shape + event_shape``: the shape of a sample."""
+        return _shape(sample_shape) + self._batch_shape + self._event_shape
+
+    _param_event_dims: dict[str, int] = {}  # params with event dims beyond the batch
+
+    def expand(self, batch_shape, _instance=None) -> Distribution:
+        """A view of this distribution with its parameters broadcast to ``batch_shape``."""
+        batch_shape = _shape(batch_shape)
+        new = _instance if _instance is not None else type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        for name in self.arg_constraints:
+            if name in self.__dict__:
+                v = self.__dict__[name]
+                k = self._param_event_dims.get(name, 0)
+                new.__dict__[name] = v.expand(*(batch_shape + tuple(v.shape[v.ndim - k:])))
+        new._batch_shape = batch_shape
+        return new
+
+    # --- to override ------------------------------------------------------------------------
+    @property
+    def mean(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement mean")
+
+    @property
+    def mode(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement mode")
+
+    @property
+    def variance(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement variance")
+
+    @property
+    def stddev(self) -> Tensor:
+        return ng.sqrt(self.variance)
+
+    def rsample(self, sample_shape=(), *, generator=None) -> Tensor:
+        """A reparameterised sample: differentiable with respect to the parameters."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement rsample")
+
+    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+        """A sample of shape ``sample_shape + batch_shape + event_shape``, without gradient."""
+        if self.has_rsample:
+            with ng.no_grad():
+                return self.rsample(sample_shape, generator=generator)
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample")
+
+    def sample_n(self, n: int) -> Tensor:
+        return self.sample((n,))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement log_prob")
+
+    def cdf(self, value: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement cdf")
+
+    def icdf(self, value: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement icdf")
+
+    def entropy(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not implement entropy")
+
+    def perplexity(self) -> Tensor:
+        return ng.exp(self.entropy())
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _param_like(self) -> Tensor:
+        """A parameter tensor: its dtype and device are the samples'."""
+        for name in self.arg_constraints:
+            v = self.__dict__.get(name)
+            if isinstance(v, Tensor):
+                return v
+        raise NotImplementedError
+
+    def _validate_sample(self, value) -> None:
+        """Raise ValueError unless ``value`` fits the event shape and lies in the support."""
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{type(self).__name__}: the value argument must be a Tensor, "
+                             f"got {type(value).__name__}")
+        shape, ev = tuple(value.shape), self._event_shape
+        if len(shape) < len(ev) or (ev and shape[-len(ev):] != ev):
+            raise ValueError(f"{type(self).__name__}: the rightmost dims of the value "
+                             f"{shape} must equal event_shape {ev}")
+        try:
+            ng.broadcast_shapes(shape, self._batch_shape + ev)
+        except Exception as e:
+            raise ValueError(f"{type(self).__name__}: value of shape {shape} is not "
+                             f"broadcastable with batch_shape + event_shape "
+                             f"{self._batch_shape + ev}") from e
+        if not _concrete():
+            return
+        support = self.support
+        with ng.no_grad():
+            ok = bool(ng.all(support.check(value)))
+        if not ok:
+            raise ValueError(
+                f"Expected value argument (Tensor of shape {shape}) to be within the support "
+                f"({support!r}) of the distribution {type(self).__name__}, but found invalid "
+                f"values:\n{value}")
+
+    def __repr__(self) -> str:
+        def show(v):
+            return v.item() if v.ndim == 0 and _concrete() else tuple(v.shape)
+
+        args = ", ".join(f"{k}: {show(self.__dict__[k])}" for k in self.arg_constraints
+                         if k in self.__dict__)
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,62 @@
+"""The Normal (Gaussian) distribution N(loc, scale²)."""
+
+from __future__ import annotations
+
+import math
+
+import nodegrad as ng
+from nodegrad.tensor import Tensor
+
+from . import constraints
+from .distribution import _LOG_2PI, Distribution, _shape, broadcast_all
+
+
+class Normal(Distribution):
+    """Normal with mean ``loc`` and standard deviation ``scale``; reparameterised samples."""
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real
+    has_rsample = True
+
+    def __init__(self, loc: Tensor | float, scale: Tensor | float,
+                 validate_args: bool | None = None):
+        self.loc, self.scale = broadcast_all(loc, scale)
+        super().__init__(tuple(self.loc.shape), validate_args=validate_args)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.loc
+
+    @property
+    def mode(self) -> Tensor:
+        return self.loc
+
+    @property
+    def stddev(self) -> Tensor:
+        return self.scale
+
+    @property
+    def variance(self) -> Tensor:
+        return self.scale ** 2
+
+    def rsample(self, sample_shape=(), *, generator=None) -> Tensor:
+        shape = self._extended_shape(_shape(sample_shape))
+        eps = ng.randn(shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator)
+        return self.loc + eps * self.scale
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return -((value - self.loc) ** 2) / (2 * self.scale ** 2) - ng.log(self.scale) \
+            - 0.5 * _LOG_2PI
+
+    def cdf(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return 0.5 * (1 + ng.erf((value - self.loc) / (self.scale * math.sqrt(2))))
+
+    def icdf(self, value: Tensor) -> Tensor:
+        return self.loc + self.scale * ng.erfinv(2 * value - 1) * math.sqrt(2)
+
+    def entropy(self) -> Tensor:
+        return 0.5 + 0.5 * _LOG_2PI + ng.log(self.scale)

@@ -1,0 +1,50 @@
+"""The Poisson distribution over the non-negative integers."""
+
+from __future__ import annotations
+
+import nodegrad as ng
+from nodegrad.random import _draw, _gen
+from nodegrad.tensor import Tensor
+
+from . import constraints
+from .distribution import Distribution, _shape, broadcast_all
+
+
+def _poisson_array(gen, rate: Tensor, shape: tuple):
+    with gen.backend.scope():
+        lam = rate.data
+        return gen.rng.poisson(lam.astype("float64"), size=shape).astype(lam.dtype)
+
+
+class Poisson(Distribution):
+    """Poisson with ``rate`` (mean and variance); samples are counts in rate's dtype."""
+
+    arg_constraints = {"rate": constraints.nonnegative}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, rate: Tensor | float, validate_args: bool | None = None):
+        (self.rate,) = broadcast_all(rate)
+        super().__init__(tuple(self.rate.shape), validate_args=validate_args)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.rate
+
+    @property
+    def mode(self) -> Tensor:
+        return ng.floor(self.rate)
+
+    @property
+    def variance(self) -> Tensor:
+        return self.rate
+
+    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+        shape = self._extended_shape(_shape(sample_shape))
+        r = self.rate.detach().expand(*shape)
+        return Tensor(_draw(_poisson_array, _gen(generator, r.device), r, shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        rate, value = ng.broadcast_tensors(self.rate, value.astype(self.rate.dtype))
+        return ng.xlogy(value, rate) - rate - ng.lgamma(value + 1)
