@@ -6,7 +6,7 @@ dims, True where the value is valid. Distributions use them to validate argument
 
 from __future__ import annotations
 
-import nodegrad as ng
+from . import _ng as ng
 from nodegrad.tensor import Tensor
 
 __all__ = ["Constraint", "boolean", "dependent", "dependent_property", "greater_than",

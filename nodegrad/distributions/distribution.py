@@ -9,7 +9,7 @@ where tensor values are not known to Python.
 from __future__ import annotations
 
 import math
-import nodegrad as ng
+from . import _ng as ng
 from nodegrad.autodiff import modes
 from nodegrad.tensor import Tensor
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import nodegrad as ng
+from . import _ng as ng
 from nodegrad.tensor import Tensor
 
 from . import constraints

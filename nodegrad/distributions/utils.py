@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import nodegrad as ng
+from . import _ng as ng
 from nodegrad.tensor import Tensor
 
 
