@@ -4,20 +4,22 @@ Parameter names, shapes, gate order and results are PyTorch's, so a state dict c
 ``torch.nn.GRU`` reproduces its outputs: per layer k and direction, ``weight_ih_l{k}`` (G·H, I),
 ``weight_hh_l{k}`` (G·H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (G·H), with ``_reverse`` for the
 backward direction; G = 1 (RNN), 3 (GRU: r, z, n) or 4 (LSTM: i, f, g, o). The time loop lives in
-``nn.rnn_functional.recurrent_layer``.
+``nn.rnn_functional.recurrent_layer``. The layers also take a ``nn.utils.rnn.PackedSequence``.
 """
 
 from __future__ import annotations
 
 import math
 
+from ... import _backend as B
 from ... import ops
 from ...errors import ShapeError
-from ...tensor import Tensor, empty, zeros
+from ...tensor import Tensor, empty, tensor, zeros
 from .. import functional as F
 from .. import init as I
 from .. import rnn_functional as R
 from ..module import Module, Parameter
+from ..utils.rnn import PackedSequence, pad_packed_sequence
 
 
 def _reset(module: Module, hidden_size: int, init) -> None:
@@ -87,31 +89,23 @@ class _RNNBase(Module):
                              f"hidden_size), got {got}")
         return ops.reshape(h, want) if unbatched else h
 
-    def forward(self, input: Tensor, hx=None):
-        """input (L, N, I) ((N, L, I) with batch_first) or unbatched (L, I); returns the output
-        (…, D·H) and h_n (num_layers·D, N, H) — for LSTM (h_n, c_n) — as PyTorch."""
+    def _initial(self, hx, want: tuple, like: Tensor, unbatched: bool):
+        """(h0, c0) of shape ``want`` from the caller's ``hx`` (None: zeros; c0 None unless
+        LSTM)."""
         name = type(self).__name__
-        lead = "(N, L, " if self.batch_first else "(L, N, "
-        if input.ndim not in (2, 3) or input.shape[-1] != self.input_size:
-            raise ShapeError(f"{name}(input_size={self.input_size}): expected input of shape "
-                             f"{lead}{self.input_size}) or unbatched (L, {self.input_size}), "
-                             f"got {tuple(input.shape)}")
-        unbatched = input.ndim == 2
-        x = ops.expand_dims(input, 1) if unbatched else \
-            ops.swapaxes(input, 0, 1) if self.batch_first else input
-        dirs = 2 if self.bidirectional else 1
-        want = (self.num_layers * dirs, x.shape[1], self.hidden_size)
-        lstm = self.mode == "LSTM"
         if hx is None:
-            h0 = zeros(*want, dtype=x.dtype, device=x.device)
-            c0 = h0 if lstm else None
-        elif lstm:
+            h0 = zeros(*want, dtype=like.dtype, device=like.device)
+            return h0, h0 if self.mode == "LSTM" else None
+        if self.mode == "LSTM":
             if not isinstance(hx, tuple | list) or len(hx) != 2:
                 raise ValueError(f"{name}: the initial state must be a pair (h0, c0)")
-            h0 = self._check_state(hx[0], want, "h0", unbatched)
-            c0 = self._check_state(hx[1], want, "c0", unbatched)
-        else:
-            h0, c0 = self._check_state(hx, want, "h0", unbatched), None
+            return (self._check_state(hx[0], want, "h0", unbatched),
+                    self._check_state(hx[1], want, "c0", unbatched))
+        return self._check_state(hx, want, "h0", unbatched), None
+
+    def _layers(self, x: Tensor, h0: Tensor, c0, batch_first: bool):
+        """Every layer over ``x`` (L, N, I) from (h0, c0): the output (L, N, D·H), h_n, c_n."""
+        dirs = 2 if self.bidirectional else 1
         hs, cs = [], []
         for layer in range(self.num_layers):
             if layer and self.dropout and self.training:
@@ -120,18 +114,97 @@ class _RNNBase(Module):
             h0l = h0 if self.num_layers == 1 else h0[sl]
             c0l = None if c0 is None else c0 if self.num_layers == 1 else c0[sl]
             x, h, c = R.recurrent_layer(x, h0l, c0l, self._weights(layer), self.mode,
-                                        batch_first=self.batch_first and not unbatched)
+                                        batch_first=batch_first)
             hs.append(h)
             cs.append(c)
         h_n = hs[0] if len(hs) == 1 else ops.concatenate(hs, 0)
-        c_n = (cs[0] if len(cs) == 1 else ops.concatenate(cs, 0)) if lstm else None
+        c_n = (cs[0] if len(cs) == 1 else ops.concatenate(cs, 0)) if c0 is not None else None
+        return x, h_n, c_n
+
+    def forward(self, input: Tensor | PackedSequence, hx=None):
+        """input (L, N, I) ((N, L, I) with batch_first), unbatched (L, I) or a PackedSequence;
+        returns the output (…, D·H) (a PackedSequence for a packed input) and h_n
+        (num_layers·D, N, H) — for LSTM (h_n, c_n) — as PyTorch."""
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        name = type(self).__name__
+        lead = "(N, L, " if self.batch_first else "(L, N, "
+        if not isinstance(input, Tensor) or input.ndim not in (2, 3) \
+                or input.shape[-1] != self.input_size:
+            got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ShapeError(f"{name}(input_size={self.input_size}): expected input of shape "
+                             f"{lead}{self.input_size}) or unbatched (L, {self.input_size}), "
+                             f"got {got}")
+        unbatched = input.ndim == 2
+        x = ops.expand_dims(input, 1) if unbatched else \
+            ops.swapaxes(input, 0, 1) if self.batch_first else input
+        dirs = 2 if self.bidirectional else 1
+        want = (self.num_layers * dirs, x.shape[1], self.hidden_size)
+        h0, c0 = self._initial(hx, want, x, unbatched)
+        x, h_n, c_n = self._layers(x, h0, c0, self.batch_first and not unbatched)
         if unbatched:
             x = ops.reshape(x, (x.shape[0], x.shape[2]))
             h_n = ops.reshape(h_n, (h_n.shape[0], h_n.shape[2]))
             c_n = None if c_n is None else ops.reshape(c_n, (c_n.shape[0], c_n.shape[2]))
         elif self.batch_first:
             x = ops.swapaxes(x, 0, 1)
-        return (x, (h_n, c_n)) if lstm else (x, h_n)
+        return (x, (h_n, c_n)) if self.mode == "LSTM" else (x, h_n)
+
+    def _forward_packed(self, packed: PackedSequence, hx):
+        """A packed batch: the sequences of each length run together through every layer, so
+        each one's final state (and, bidirectional, the start of its reverse pass) is at its
+        own last step, as PyTorch; ``hx`` and h_n are in the caller's batch order."""
+        name = type(self).__name__
+        data = packed.data
+        if data.ndim != 2 or data.shape[-1] != self.input_size:
+            raise ShapeError(f"{name}(input_size={self.input_size}): expected packed data of "
+                             f"shape (sum of lengths, {self.input_size}), got "
+                             f"{tuple(data.shape)}")
+        padded, lengths = pad_packed_sequence(packed)                     # (T, N, I)
+        np = B.np
+        lens = lengths.numpy()
+        n = lens.size
+        dirs = 2 if self.bidirectional else 1
+        h0, c0 = self._initial(hx, (self.num_layers * dirs, n, self.hidden_size), data, False)
+        groups = [np.flatnonzero(lens == k) for k in np.unique(lens)[::-1]]
+        ys, hs, cs = [], [], []
+        group, place, start, width = (np.empty(n, np.int64) for _ in range(4))
+        offset = 0
+        for g, idx in enumerate(groups):
+            steps = int(lens[idx[0]])
+            one = len(groups) == 1
+            sel = None if one else tensor(idx).to(data.device)
+            x = padded[:steps] if steps < padded.shape[0] else padded
+            x = x if one else ops.index_select(x, 1, sel)
+            h0g = h0 if one else ops.index_select(h0, 1, sel)
+            c0g = c0 if one or c0 is None else ops.index_select(c0, 1, sel)
+            y, h, c = self._layers(x, h0g, c0g, False)
+            ys.append(ops.reshape(y, (-1, y.shape[-1])))
+            hs.append(h)
+            cs.append(c)
+            group[idx], place[idx], start[idx], width[idx] = g, np.arange(idx.size), offset, \
+                idx.size
+            offset += steps * idx.size
+        # packed row (t, s) holds sequence b = sorted_indices[s] at step t: row t·n_g + p of
+        # its group's output, p its place in the group
+        bs = packed.batch_sizes.numpy()
+        perm = np.arange(n) if packed.sorted_indices is None else \
+            packed.sorted_indices.numpy()
+        t = np.repeat(np.arange(bs.size), bs)
+        b = perm[np.arange(t.size) - np.repeat(np.cumsum(bs) - bs, bs)]
+        rows = tensor(start[b] + t * width[b] + place[b]).to(data.device)
+        out = ops.index_select(ys[0] if len(ys) == 1 else ops.concatenate(ys, 0), 0, rows)
+        out = PackedSequence(out, packed.batch_sizes, packed.sorted_indices,
+                             packed.unsorted_indices)
+        back = None if len(groups) == 1 else \
+            tensor(np.argsort(np.concatenate(groups), kind="stable")).to(data.device)
+
+        def join(ts):
+            t = ts[0] if len(ts) == 1 else ops.concatenate(ts, 1)
+            return t if back is None else ops.index_select(t, 1, back)
+
+        h_n = join(hs)
+        return (out, (h_n, join(cs))) if self.mode == "LSTM" else (out, h_n)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

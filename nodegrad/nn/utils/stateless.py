@@ -1,0 +1,62 @@
+"""``nn.utils.stateless`` as PyTorch users know it: run a module with other tensors in place
+of its parameters and buffers (PyTorch deprecates it for ``func.functional_call``)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+from ..module import Module
+from ..module import functional_call as _call
+
+__all__ = ["functional_call"]
+
+
+def _tied(module: Module, given: dict) -> dict:
+    """``given`` plus, for each tensor it replaces that the module holds under other names
+    too (tied weights), those names with the same replacement."""
+    names: dict = {}
+    for mp, m in module.named_modules():
+        for store in (m._parameters, m._buffers):
+            for k, t in store.items():
+                if t is not None:
+                    names.setdefault(id(t), []).append(f"{mp}.{k}" if mp else k)
+    out = dict(given)
+    for group in names.values():
+        for n in group:
+            if n in given:
+                for alias in group:
+                    out.setdefault(alias, given[n])
+    return out
+
+
+def functional_call(module: Module, parameter_and_buffer_dicts: Mapping | Sequence[Mapping],
+                    args=None, kwargs: dict | None = None, *, tie_weights: bool = True,
+                    strict: bool = False):
+    """``module(*args, **kwargs)`` with the tensors of ``parameter_and_buffer_dicts`` (dotted
+    name -> tensor; one dict or several, which must not share names) in place of its own,
+    which are restored afterwards. ``args`` that is not a tuple is the one argument. With
+    ``strict`` every parameter and buffer must be given."""
+    warnings.warn("nn.utils.stateless.functional_call is deprecated (as in PyTorch); use "
+                  "nodegrad.func.functional_call", FutureWarning, stacklevel=2)
+    dicts = ([parameter_and_buffer_dicts] if isinstance(parameter_and_buffer_dicts, Mapping)
+             else list(parameter_and_buffer_dicts))
+    merged: dict = {}
+    for d in dicts:
+        if not isinstance(d, Mapping):
+            raise TypeError(f"functional_call: expected dicts of tensors, got "
+                            f"{type(d).__name__}")
+        clash = set(merged) & set(d)
+        if clash:
+            raise ValueError(f"functional_call: {sorted(clash)} appear in more than one dict")
+        merged.update(d)
+    if strict:
+        own = {n for n, _ in module.named_parameters()} | {n for n, _ in module.named_buffers()}
+        missing, unexpected = sorted(own - set(merged)), sorted(set(merged) - own)
+        if missing or unexpected:
+            raise RuntimeError(f"functional_call (strict=True): missing {missing}, "
+                               f"unexpected {unexpected}")
+    if tie_weights:
+        merged = _tied(module, merged)
+    args = () if args is None else args if isinstance(args, tuple) else (args,)
+    return _call(module, merged, *args, **(kwargs or {}))
