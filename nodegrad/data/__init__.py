@@ -1,4 +1,7 @@
-"""Data: datasets, the DataLoader, built-in datasets, preprocessing and augmentation.
+"""Data: datasets, the DataLoader, samplers, built-in datasets, preprocessing and augmentation.
+
+The names of PyTorch's ``torch.utils.data`` (samplers, ``IterableDataset``, ``ConcatDataset``,
+``default_collate``, ...) keep PyTorch's semantics and give nodegrad tensors.
 
 >>> import nodegrad as ng
 >>> d = ng.data.datasets.two_moons(n=100, seed=0)
@@ -9,19 +12,35 @@
 
 from . import augment, datasets, preprocess
 from .augment import Compose
+from .collate import default_collate, default_convert
 from .dataset import (
     ArrayDataset,
+    ChainDataset,
+    ConcatDataset,
     Dataset,
+    IterableDataset,
+    StackDataset,
     Subset,
     TensorDataset,
     kfold_indices,
     random_split,
     train_val_split,
 )
-from .loader import DataLoader
+from .loader import DataLoader, get_worker_info
 from .preprocess import MinMaxScale, OneHot, PCAWhiten, Preprocessor, Standardize, ZCAWhiten
+from .sampler import (
+    BatchSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
 
-__all__ = ["ArrayDataset", "Compose", "DataLoader", "Dataset", "MinMaxScale", "OneHot",
-           "PCAWhiten", "Preprocessor", "Standardize", "Subset", "TensorDataset", "ZCAWhiten",
-           "augment", "datasets", "kfold_indices", "preprocess", "random_split",
+__all__ = ["ArrayDataset", "BatchSampler", "ChainDataset", "Compose", "ConcatDataset",
+           "DataLoader", "Dataset", "IterableDataset", "MinMaxScale", "OneHot", "PCAWhiten",
+           "Preprocessor", "RandomSampler", "Sampler", "SequentialSampler", "StackDataset",
+           "Standardize", "Subset", "SubsetRandomSampler", "TensorDataset",
+           "WeightedRandomSampler", "ZCAWhiten", "augment", "datasets", "default_collate",
+           "default_convert", "get_worker_info", "kfold_indices", "preprocess", "random_split",
            "train_val_split"]

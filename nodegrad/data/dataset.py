@@ -2,12 +2,16 @@
 
 A dataset is anything with ``__len__`` and ``__getitem__``. Array datasets also offer
 ``gather(indices)``, which returns a whole batch with one fancy-indexing call per array; the
-DataLoader uses it when present, so no Python loop runs per sample.
+DataLoader uses it when present, so no Python loop runs per sample. ``ConcatDataset``,
+``StackDataset`` and ``Subset`` gather through their parts. An :class:`IterableDataset` is a
+stream instead (``__iter__`` yields samples), as in PyTorch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from numbers import Number
 from typing import Any, Protocol, runtime_checkable
 
 from .. import _backend as B
@@ -79,6 +83,9 @@ class ArrayDataset:
         """The batch of samples ``indices`` as one array per field (vectorised)."""
         return tuple(a[indices] for a in self.arrays)
 
+    def __add__(self, other: Dataset) -> ConcatDataset:
+        return ConcatDataset([self, other])
+
     def __repr__(self) -> str:
         shapes = ", ".join(f"{a.dtype}{list(a.shape)}" for a in self.arrays)
         return f"{type(self).__name__}({shapes})"
@@ -109,26 +116,213 @@ class Subset:
 
     def gather(self, indices) -> tuple:
         """The batch ``indices`` (positions in this subset)."""
-        idx = self.indices[indices]
-        if hasattr(self.dataset, "gather"):
-            return self.dataset.gather(idx)
-        return _stack([self.dataset[int(i)] for i in idx])
+        return _gather(self.dataset, self.indices[indices])
 
     @property
     def arrays(self) -> tuple:
         """Every field of the subset as host arrays (for fitting preprocessing on it)."""
         return self.gather(np.arange(len(self)))
 
+    def __add__(self, other: Dataset) -> ConcatDataset:
+        return ConcatDataset([self, other])
+
     def __repr__(self) -> str:
         return f"Subset({len(self)} of {len(self.dataset)})"
 
 
-def _stack(samples: Sequence) -> tuple:
-    """Stack per-sample tuples into one array per field (the default collate)."""
+def _gather(dataset: Dataset, indices: np.ndarray):
+    """The batch ``indices`` of ``dataset``: vectorised when it gathers, else sample by sample."""
+    if hasattr(dataset, "gather"):
+        return dataset.gather(indices)
+    return _stack([dataset[int(i)] for i in indices])
+
+
+class ConcatDataset:
+    """The datasets one after another (PyTorch's ConcatDataset): index ``i`` reads the dataset
+    whose span in ``cumulative_sizes`` holds it; negative indices count from the end.
+
+    ``gather`` reads each part's share of a batch with one call (vectorised when the parts are
+    array datasets), so the DataLoader keeps its fast path over a concatenation.
+    """
+
+    def __init__(self, datasets: Iterable[Dataset]) -> None:
+        self.datasets = list(datasets)
+        if not self.datasets:
+            raise ValueError("ConcatDataset: datasets should not be an empty iterable")
+        for d in self.datasets:
+            if isinstance(d, IterableDataset):
+                raise TypeError("ConcatDataset does not support IterableDataset, got "
+                                f"{type(d).__name__}; chain streams with ChainDataset")
+        self.cumulative_sizes = self.cumsum(self.datasets)
+
+    @staticmethod
+    def cumsum(sequence: Iterable[Dataset]) -> list[int]:
+        """The running totals of the datasets' lengths."""
+        out, total = [], 0
+        for d in sequence:
+            total += len(d)
+            out.append(total)
+        return out
+
+    def __len__(self) -> int:
+        return self.cumulative_sizes[-1]
+
+    def __getitem__(self, idx: int):
+        if not isinstance(idx, int | np.integer):
+            raise TypeError(f"ConcatDataset: index must be an int, got {type(idx).__name__}")
+        n = len(self)
+        if idx < 0:
+            if -idx > n:
+                raise ValueError("ConcatDataset: absolute value of index should not exceed "
+                                 f"dataset length, got index {idx} for length {n}")
+            idx = n + idx
+        k = bisect.bisect_right(self.cumulative_sizes, idx)
+        if k == len(self.datasets):
+            raise IndexError(f"ConcatDataset: index {idx} is out of range for length {n}")
+        return self.datasets[k][int(idx) - (self.cumulative_sizes[k - 1] if k else 0)]
+
+    def gather(self, indices) -> tuple:
+        """The batch ``indices``: each part gathers its share, reassembled in batch order."""
+        idx = np.asarray(indices, dtype=B.int64).reshape(-1)
+        n = len(self)
+        idx = np.where(idx < 0, idx + n, idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"ConcatDataset: indices must lie in [-{n}, {n}), got "
+                             f"{int(idx[(idx < 0) | (idx >= n)][0])}")
+        ends = np.asarray(self.cumulative_sizes)
+        which = np.searchsorted(ends, idx, side="right")
+        local = idx - np.concatenate([[0], ends[:-1]])[which]
+        parts = []
+        for k in np.unique(which):
+            sel = np.flatnonzero(which == k)
+            parts.append((sel, _gather(self.datasets[int(k)], local[sel])))
+        if len(parts) == 1:
+            return parts[0][1]
+        width = len(parts[0][1])
+        if not all(isinstance(f, tuple) and len(f) == width
+                   and all(isinstance(a, np.ndarray) for a in f) for _, f in parts):
+            return _stack([self[int(i)] for i in idx])  # structured samples: one by one
+        out = []
+        for j in range(width):
+            arrays = [f[j] for _, f in parts]
+            a = np.empty((len(idx), *arrays[0].shape[1:]), dtype=np.result_type(*arrays))
+            for (sel, _), part in zip(parts, arrays):
+                a[sel] = part
+            out.append(a)
+        return tuple(out)
+
+    def __add__(self, other: Dataset) -> ConcatDataset:
+        return ConcatDataset([self, other])
+
+    def __repr__(self) -> str:
+        return f"ConcatDataset({len(self)} samples from {len(self.datasets)} datasets)"
+
+
+class StackDataset:
+    """Equally long datasets side by side (PyTorch's StackDataset): sample ``i`` is the tuple
+    of their samples ``i`` (positional datasets) or a dict of them (keyword datasets).
+
+    ``gather`` gathers every part (vectorised where they are array datasets).
+    """
+
+    def __init__(self, *args: Dataset, **kwargs: Dataset) -> None:
+        if args and kwargs:
+            raise ValueError("StackDataset: supported either tuple- (via args) or dict- (via "
+                             "kwargs) like input/output, but both types are given")
+        if not args and not kwargs:
+            raise ValueError("StackDataset: at least one dataset should be passed")
+        parts = list(args or kwargs.values())
+        lengths = [len(d) for d in parts]
+        if len(set(lengths)) > 1:
+            raise ValueError(f"StackDataset: size mismatch between datasets, lengths {lengths}")
+        self._length = lengths[0]
+        self.datasets: tuple | dict = args if args else dict(kwargs)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(self.datasets, dict):
+            return {k: d[index] for k, d in self.datasets.items()}
+        return tuple(d[index] for d in self.datasets)
+
+    def gather(self, indices) -> tuple | dict:
+        """The batch ``indices``: each part's batch, as a tuple or a dict like the samples."""
+        idx = np.asarray(indices, dtype=B.int64).reshape(-1)
+        if isinstance(self.datasets, dict):
+            return {k: _gather(d, idx) for k, d in self.datasets.items()}
+        return tuple(_gather(d, idx) for d in self.datasets)
+
+    def __add__(self, other: Dataset) -> ConcatDataset:
+        return ConcatDataset([self, other])
+
+    def __repr__(self) -> str:
+        return f"StackDataset({len(self)} samples from {len(self.datasets)} datasets)"
+
+
+class IterableDataset:
+    """A dataset read as a stream (PyTorch's IterableDataset): ``__iter__`` yields samples.
+
+    For data without random access (files, generators, endless synthetic data). A DataLoader
+    reads it in order, so it takes no ``shuffle``, ``sampler`` or ``batch_sampler``; its length
+    is the dataset's ``__len__`` when there is one. ``a + b`` chains two streams.
+    """
+
+    def __iter__(self) -> Iterator:
+        raise NotImplementedError(f"{type(self).__name__} must define __iter__")
+
+    def __add__(self, other: IterableDataset) -> ChainDataset:
+        return ChainDataset([self, other])
+
+
+class ChainDataset(IterableDataset):
+    """IterableDatasets read one after another, lazily (PyTorch's ChainDataset)."""
+
+    def __init__(self, datasets: Iterable[IterableDataset]) -> None:
+        self.datasets = datasets
+
+    def _parts(self) -> Iterator[IterableDataset]:
+        for d in self.datasets:
+            if not isinstance(d, IterableDataset):
+                raise TypeError("ChainDataset only supports IterableDataset, got "
+                                f"{type(d).__name__}")
+            yield d
+
+    def __iter__(self) -> Iterator:
+        for d in self._parts():
+            yield from d
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._parts())  # type: ignore[arg-type]
+
+
+def _stack(samples: Sequence) -> tuple | dict:
+    """Collate samples on the host into one array per field (the loader's default collate).
+
+    A tuple/list sample gives a tuple of fields, a dict one a dict, anything else a 1-tuple.
+    Fields that are tuples (of arrays or structures, not of plain numbers) or dicts are
+    collated field by field in turn; strings stay lists; the rest is stacked into an array.
+    """
     first = samples[0]
     if isinstance(first, tuple | list):
-        return tuple(np.stack([_host(s[k]) for s in samples]) for k in range(len(first)))
-    return (np.stack([_host(s) for s in samples]),)
+        return tuple(_stack_field([s[k] for s in samples]) for k in range(len(first)))
+    if isinstance(first, Mapping):
+        return {k: _stack_field([s[k] for s in samples]) for k in first}
+    return (_stack_field(samples),)
+
+
+def _stack_field(values: Sequence):
+    first = values[0]
+    if isinstance(first, Mapping):
+        return {k: _stack_field([v[k] for v in values]) for k in first}
+    if isinstance(first, str | bytes):
+        return list(values)
+    if isinstance(first, tuple | list) and not all(isinstance(e, Number) for e in first):
+        fields = [_stack_field([v[k] for v in values]) for k in range(len(first))]
+        if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
+            return type(first)(*fields)
+        return type(first)(fields) if isinstance(first, tuple) else fields
+    return np.stack([_host(v) for v in values])
 
 
 def _rng(seed) -> np.random.Generator:

@@ -6,22 +6,43 @@ seed and position: ``state_dict()`` records that position and a restored loader 
 remaining batches of the epoch bit-identically, with or without prefetching. The position is
 also kept as a count of the epoch's order consumed over all ranks, so a state saved mid-epoch
 on N ranks resumes on M ranks (or one process): the rest of the order is re-split over them.
+
+PyTorch's options work too: ``sampler=`` (any Sampler; nodegrad's are read as one index array),
+``batch_sampler=``, ``collate_fn=``, ``batch_size=None`` and an :class:`IterableDataset`. A
+sampler or batch sampler keeps the vectorised gathering; a ``collate_fn``, ``batch_size=None``,
+a dataset without ``gather`` or an IterableDataset read sample by sample.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .. import _backend as B
 from ..random import default_generator
 from ..tensor import Tensor, get_default_device
-from .dataset import Dataset, _stack
+from .dataset import Dataset, IterableDataset, _stack
+from .sampler import _seeded
 
 np = B.np
 _END = object()
+
+
+class _DefaultBatchSize(int):
+    """The default batch size, told apart from one given (which a batch_sampler excludes)."""
+
+
+_BATCH = _DefaultBatchSize(32)
+
+
+def get_worker_info() -> None:
+    """Information about the data-loading worker process running the caller: always None,
+    as in PyTorch's main process (nodegrad loads data in the main process, optionally helped
+    by a prefetching thread, never in worker processes)."""
+    return None
 
 
 class _Failure:
@@ -35,58 +56,99 @@ class DataLoader:
     """Minibatches of ``dataset`` as nodegrad tensors on ``device``.
 
     Args:
-        dataset: an ArrayDataset/Subset (gathered with one indexing call per batch) or any
-            object with ``__len__`` and ``__getitem__`` (gathered sample by sample).
-        batch_size: samples per batch (the last one may be smaller unless ``drop_last``).
+        dataset: an ArrayDataset/Subset/ConcatDataset/StackDataset (gathered with one indexing
+            call per batch and array), any object with ``__len__`` and ``__getitem__``
+            (gathered sample by sample), or an :class:`IterableDataset` (read as a stream).
+        batch_size: samples per batch (default 32; the last one may be smaller unless
+            ``drop_last``). None turns batching off, as in PyTorch: each sample is yielded as it
+            is (through ``collate_fn`` if given), without a batch axis.
         shuffle: a fresh seeded permutation every epoch; otherwise the dataset order.
         drop_last: drop the final incomplete batch.
         seed: base seed of shuffling and augmentation (int); ``generator`` (an ng.Generator)
             supplies one instead; with neither, ng's default generator does (``ng.manual_seed``).
-        collate_fn: builds a batch from a list of samples (switches to per-sample gathering).
+        collate_fn: builds a batch from a list of samples (switches to per-sample gathering),
+            e.g. :func:`default_collate`; its tensors keep their dtype and move to ``device``.
         transform: applied to the input batch (the first field) on the host as
             ``transform(x, rng=rng)``, e.g. an augmentation from :mod:`nodegrad.data.augment`.
         prefetch: batches prepared ahead by a background thread (0: none, in the caller).
             None (the default) means 2 on a CUDA device, where the copies overlap GPU compute,
             and 0 on the CPU, where a thread only competes with the model for the GIL.
         device: where batches land (default: ``ng.get_default_device()``, the CPU unless set);
-            floating fields become ``dtype``, integer fields int64.
-        sampler: an object with ``__len__`` and ``indices(epoch)`` (or PyTorch's ``set_epoch``
-            and ``__iter__``) that picks the samples of each epoch and their order, e.g. a
-            :class:`nodegrad.distributed.DistributedSampler`; excludes ``shuffle``.
+            floating host fields become ``dtype``, integer ones int64.
+        sampler: the indices of each epoch and their order: a :class:`Sampler` (e.g.
+            :class:`RandomSampler`, :class:`WeightedRandomSampler`), any iterable of indices
+            with ``__len__`` (its ``set_epoch(epoch)`` is called first if it has one), or an
+            object with ``indices(epoch)`` such as :class:`nodegrad.distributed.
+            DistributedSampler`; excludes ``shuffle``.
+        batch_sampler: yields each batch's indices, e.g. a :class:`BatchSampler`; excludes
+            ``batch_size``, ``shuffle``, ``sampler`` and ``drop_last``.
 
     ``len(loader)`` is the number of batches per epoch. Iterating starts the next epoch (or
-    resumes the position restored by :meth:`load_state_dict`).
+    resumes the position restored by :meth:`load_state_dict`); nodegrad's random samplers
+    draw one seed per epoch, which the state records, so a resumed epoch has the same order.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int = 32, shuffle: bool = False,
-                 drop_last: bool = False, seed: int | None = None, generator=None,
-                 collate_fn: Callable | None = None, transform: Callable | None = None,
-                 prefetch: int | None = None, device=None, dtype=B.float32, sampler=None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+    def __init__(self, dataset: Dataset | IterableDataset, batch_size: int | None = _BATCH,
+                 shuffle: bool = False, drop_last: bool = False, seed: int | None = None,
+                 generator=None, collate_fn: Callable | None = None,
+                 transform: Callable | None = None, prefetch: int | None = None, device=None,
+                 dtype=B.float32, sampler=None, batch_sampler=None):
+        self._iterable = isinstance(dataset, IterableDataset)
+        if self._iterable:
+            if shuffle not in (False, None):
+                raise ValueError("DataLoader with IterableDataset: expected unspecified shuffle "
+                                 f"option, but got shuffle={shuffle}")
+            if sampler is not None:
+                raise ValueError("DataLoader with IterableDataset: expected unspecified sampler "
+                                 f"option, but got sampler={sampler}")
+            if batch_sampler is not None:
+                raise ValueError("DataLoader with IterableDataset: expected unspecified "
+                                 f"batch_sampler option, but got batch_sampler={batch_sampler}")
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle (the "
+                             "sampler sets the order; the two exclude each other)")
+        if batch_sampler is not None:
+            if batch_size is not _BATCH and batch_size != 1 or shuffle or sampler is not None \
+                    or drop_last:
+                raise ValueError("DataLoader: batch_sampler option is mutually exclusive with "
+                                 "batch_size, shuffle, sampler, and drop_last")
+            batch_size = None
+        elif batch_size is None:
+            if drop_last:
+                raise ValueError("DataLoader: batch_size=None option disables auto-batching and "
+                                 "is mutually exclusive with drop_last")
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
                 or batch_size < 1:
-            raise ValueError(f"DataLoader: batch_size must be an int >= 1, got {batch_size!r}")
+            raise ValueError("DataLoader: batch_size must be an int >= 1 or None, got "
+                             f"{batch_size!r}")
         self.backend = B.get_backend(get_default_device() if device is None else device)
         if prefetch is None:
             prefetch = 0 if self.backend.device_id is None else 2
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
-        if sampler is not None and shuffle:
-            raise ValueError("DataLoader: sampler and shuffle=True exclude each other (the "
-                             "sampler sets the order)")
-        n = len(dataset) if sampler is None else len(sampler)
-        if n == 0:
+        if batch_sampler is not None:
+            n = len(batch_sampler)
+        elif self._iterable:
+            n = None  # a stream's length is asked for only when len(loader) is
+        else:
+            n = len(dataset) if sampler is None else len(sampler)
+        if n == 0 and not self._iterable:
             raise ValueError("DataLoader: the dataset is empty")
         self.sampler = sampler
+        self.batch_sampler = batch_sampler
         self.dataset = dataset
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.collate_fn = collate_fn
         self.transform = transform
         self.prefetch = prefetch
         self.dtype = B.as_dtype(dtype)
-        self._n = n
-        self._vectorised = collate_fn is None and hasattr(dataset, "gather")
+        self._n = n  # samples per epoch (with a batch_sampler: batches; None: a stream)
+        # whole batches by index: a sampler or batch sampler keeps this, per-sample options not
+        self._vectorised = (collate_fn is None and not self._iterable
+                            and hasattr(dataset, "gather")
+                            and (self.batch_size is not None or batch_sampler is not None))
         if seed is None and (shuffle or transform is not None):
             if generator is None:
                 generator = default_generator("cpu")
@@ -99,12 +161,25 @@ class DataLoader:
         self._split: tuple[int, int, int] | None = None
         self._resume = False
         self._active: object | None = None
+        self._drawn: tuple[int, int | None] | None = None  # (epoch, seed) of a seeded sampler
+        self._ended = False  # a stream (IterableDataset) ran out in the current epoch
 
     # --- size and position --------------------------------------------------------------------
     def __len__(self) -> int:
         """The number of batches per epoch (of the current one, after a resume re-split it)."""
-        start, first = self._split_of(self._epoch)
-        n = self._n if not start else self._share(start)
+        if self._iterable:
+            try:
+                n, start, first = len(self.dataset), 0, 0  # type: ignore[arg-type]
+            except TypeError:
+                raise TypeError(f"DataLoader: the length of {type(self.dataset).__name__}, an "
+                                "IterableDataset without __len__, is unknown") from None
+        elif self.batch_sampler is not None:
+            return self._n
+        else:
+            start, first = self._split_of(self._epoch)
+            n = self._n if not start else self._share(start)
+        if self.batch_size is None:
+            return first + n
         full, rest = divmod(n, self.batch_size)
         return first + full + (1 if rest and not self.drop_last else 0)
 
@@ -126,6 +201,8 @@ class DataLoader:
 
     def _order_key(self) -> dict | None:
         """What fixes the epoch's global order (None: a sampler that cannot re-split it)."""
+        if self._iterable or self.batch_sampler is not None:
+            return None
         if self.sampler is None:
             return {"num_samples": self._n, "shuffle": self.shuffle,
                     "seed": self.seed if self.shuffle else None}
@@ -141,15 +218,21 @@ class DataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start the next iteration at the beginning of ``epoch``."""
         self._epoch, self._batch, self._resume, self._split = int(epoch), 0, True, None
+        self._ended = False
+
+    def _epoch_done(self) -> bool:
+        return self._ended if self._iterable else self._batch >= len(self)
 
     def state_dict(self) -> dict:
         """The position within the epoch, as plain data for a checkpoint.
 
         ``position`` counts the samples of the epoch's global order consumed over all ranks
         (each rank reads every ``world``-th of them), what a resume on another number of ranks
-        continues from."""
+        continues from. With one of nodegrad's random samplers, ``sampler_seed`` is the seed of
+        the epoch's order; over an IterableDataset, a resume skips the ``batch`` batches read
+        (the same position when the stream repeats itself)."""
         epoch, batch = self._epoch, self._batch
-        if batch >= len(self):
+        if self._epoch_done():
             epoch, batch = epoch + 1, 0
         start, first = self._split_of(epoch)
         if batch == 0:
@@ -158,8 +241,10 @@ class DataLoader:
                  "batch_size": self.batch_size, "shuffle": self.shuffle,
                  "drop_last": self.drop_last, "world": self._world(), "start": start,
                  "first": first,
-                 "position": start + self._world() * (batch - first) * self.batch_size,
+                 "position": start + self._world() * (batch - first) * (self.batch_size or 1),
                  "order": self._order_key()}
+        if batch and self._drawn is not None and self._drawn[0] == epoch:
+            state["sampler_seed"] = self._drawn[1]
         if self.sampler is not None and hasattr(self.sampler, "state_dict"):
             state["sampler"] = self.sampler.state_dict()
         return state
@@ -179,7 +264,8 @@ class DataLoader:
             self.seed = state["seed"]
             start, first = int(state.get("start", 0)), int(state.get("first", 0))
             self._split = (epoch, start, first) if start or first else None
-            self._epoch, self._batch, self._resume = epoch, batch, True
+            self._epoch, self._batch, self._resume, self._ended = epoch, batch, True, False
+            self._drawn = (epoch, state["sampler_seed"]) if "sampler_seed" in state else None
             return
         theirs, ours = state.get("order"), self._order_key()
         if state.get("drop_last") != self.drop_last:
@@ -206,37 +292,88 @@ class DataLoader:
         elif theirs is not None and theirs["seed"] is not None:
             self.sampler.seed = int(theirs["seed"])
         self._split = (epoch, int(state["position"]), batch) if batch else None
-        self._epoch, self._batch, self._resume = epoch, batch, True
+        self._epoch, self._batch, self._resume, self._ended = epoch, batch, True, False
 
     # --- batches --------------------------------------------------------------------------------
-    def _order(self, epoch: int) -> np.ndarray:
-        """The indices this loader reads in ``epoch`` (from the re-split position on, if any)."""
+    def _order(self, epoch: int, first: int) -> np.ndarray | list[np.ndarray]:
+        """The indices this loader reads in ``epoch`` (from the re-split position on, if any);
+        with a batch sampler, the list of the epoch's batches. ``first``: the batch to start
+        at (past 0, a resume, which reuses the epoch's recorded sampler seed)."""
         start = self._split_of(epoch)[0]
+        src = self.batch_sampler if self.batch_sampler is not None else self.sampler
+        for obj in (src, getattr(self.batch_sampler, "sampler", None)):
+            if obj is not None and not hasattr(obj, "indices") and hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+        if src is not None and _seeded(src):  # nodegrad's samplers: the order of one seed
+            resumed = first and self._drawn is not None and self._drawn[0] == epoch
+            seed = self._drawn[1] if resumed else src._draw()
+            self._drawn = (epoch, seed)
+            return src._order(seed)
+        if self.batch_sampler is not None:
+            return [np.asarray(b, dtype=B.int64).reshape(-1) for b in self.batch_sampler]
         if self.sampler is not None:
             if start:
                 return np.asarray(self.sampler.indices(epoch, start))
             if hasattr(self.sampler, "indices"):
                 return np.asarray(self.sampler.indices(epoch))
-            self.sampler.set_epoch(epoch)
             return np.fromiter(iter(self.sampler), dtype=B.int64)
         if not self.shuffle:
             return np.arange(start, self._n)
         ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 0))
         return np.random.default_rng(ss).permutation(self._n)[start:]
 
-    def _host_batch(self, order: np.ndarray, epoch: int, b: int):
+    def _host_batch(self, order, epoch: int, b: int):
         """Batch ``b`` of the epoch on the host: gathered, collated and transformed."""
         i = b - self._split_of(epoch)[1]
-        idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+        if isinstance(order, list):  # a batch sampler's batches
+            idx = order[i]
+        elif self.batch_size is None:  # no batching: one sample as it is
+            sample = self.dataset[int(order[i])]
+            return self._transformed(self.collate_fn(sample) if self.collate_fn else sample,
+                                     epoch, b)
+        else:
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
         if self._vectorised:
             fields = self.dataset.gather(idx)
         else:
             samples = [self.dataset[int(i)] for i in idx]
             fields = self.collate_fn(samples) if self.collate_fn else _stack(samples)
-        if self.transform is not None:
-            ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b))
-            fields = list(fields)
-            fields[0] = self.transform(fields[0], rng=np.random.default_rng(ss))
+        return self._transformed(fields, epoch, b)
+
+    def _stream(self, epoch: int, start: int) -> Iterator[Any]:
+        """An IterableDataset's host batches of ``epoch`` from batch ``start`` on."""
+        it = iter(self.dataset)
+        size = self.batch_size
+        for _ in itertools.islice(it, start * (size or 1)):  # a resume: skip what was read
+            pass
+        b = start
+        while True:
+            if size is None:
+                try:
+                    sample = next(it)
+                except StopIteration:
+                    return
+                fields = self.collate_fn(sample) if self.collate_fn else sample
+            else:
+                samples = list(itertools.islice(it, size))
+                if not samples or len(samples) < size and self.drop_last:
+                    return
+                fields = self.collate_fn(samples) if self.collate_fn else _stack(samples)
+            yield self._transformed(fields, epoch, b)
+            b += 1
+
+    def _transformed(self, fields, epoch: int, b: int):
+        """``fields`` with ``transform`` applied to the input (the first field), if any."""
+        if self.transform is None:
+            return fields
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b)))
+        if isinstance(fields, np.ndarray):
+            return self.transform(fields, rng=rng)
+        if isinstance(fields, Mapping):
+            raise TypeError("DataLoader: transform applies to the first field of a tuple batch, "
+                            f"got a batch of type {type(fields).__name__}")
+        fields = list(fields)
+        fields[0] = self.transform(fields[0], rng=rng)
         return fields
 
     def _convert(self, a):
@@ -249,46 +386,88 @@ class DataLoader:
         return a
 
     def _device_batch(self, fields, stream):
-        """Host batch -> tensors on the device (tuple, dict or single array alike)."""
-        if isinstance(fields, dict):
-            keys = list(fields)
-            vals = self._device_batch([fields[k] for k in keys], stream)
-            return dict(zip(keys, vals))
-        single = isinstance(fields, np.ndarray)
-        items = [fields] if single else list(fields)
-        items = [self._convert(a) for a in items]
-        pos = [i for i, a in enumerate(items) if isinstance(a, np.ndarray)]
-        moved = self.backend.upload([items[i] for i in pos], stream)
-        for i, a in zip(pos, moved):
-            items[i] = Tensor(a)
-        return items[0] if single else tuple(items)
+        """Host batch -> tensors on the device, any nesting of tuples, lists and dicts alike.
 
-    def _load(self, order, epoch: int, b: int, stream):
-        return self._device_batch(self._host_batch(order, epoch, b), stream)
+        Host arrays (and NumPy scalars) are converted (:meth:`_convert`) and uploaded together;
+        tensors (e.g. from :func:`default_collate`) keep their dtype and move to the device; a
+        top-level list becomes a tuple; numbers, strings and the like stay as they are."""
+        if type(fields) is tuple and all(type(a) is np.ndarray and a.dtype.kind in "biufc"
+                                         for a in fields):  # the usual flat batch, directly
+            return tuple(Tensor(a) for a in self.backend.upload(
+                [self._convert(a) for a in fields], stream))
+        host: list = []
+
+        def walk(x, top: bool = False):
+            if isinstance(x, Tensor):
+                return x if x.device == self.backend.name else x.to(self.backend.name)
+            if isinstance(x, np.generic) and x.dtype.kind in "biufc":
+                x = np.asarray(x)
+            if isinstance(x, np.ndarray) and x.dtype.kind in "biufc":
+                host.append(self._convert(x))
+                return _Slot(len(host) - 1)
+            if isinstance(x, Mapping):
+                return {k: walk(v) for k, v in x.items()}
+            if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
+                return type(x)(*(walk(v) for v in x))
+            if isinstance(x, tuple | list):
+                items = [walk(v) for v in x]
+                return tuple(items) if top or isinstance(x, tuple) else items
+            return x
+
+        def fill(x):
+            if isinstance(x, _Slot):
+                return Tensor(moved[x.index])
+            if isinstance(x, dict):
+                return {k: fill(v) for k, v in x.items()}
+            if isinstance(x, tuple) and hasattr(x, "_fields"):
+                return type(x)(*(fill(v) for v in x))
+            if isinstance(x, tuple | list):
+                return type(x)(fill(v) for v in x)
+            return x
+
+        skeleton = walk(fields, top=True)
+        moved = self.backend.upload(host, stream) if host else []
+        return fill(skeleton)
 
     def __iter__(self) -> Iterator[Any]:
-        if not self._resume and self._batch > 0 or self._batch >= len(self):
+        if self._iterable:
+            if not self._resume and (self._batch > 0 or self._ended):
+                self._epoch, self._batch = self._epoch + 1, 0
+        elif not self._resume and self._batch > 0 or self._batch >= len(self):
             self._epoch, self._batch = self._epoch + 1, 0  # the last iteration stopped early
-        self._resume = False
+        self._resume = self._ended = False
         token = object()
         self._active = token
         epoch, start = self._epoch, self._batch
-        order = self._order(epoch)
+        if self._iterable:
+            batches = self._stream(epoch, start)
+        else:
+            order = self._order(epoch, start)
+            stop = len(order) if isinstance(order, list) else len(self)
+            batches = (self._host_batch(order, epoch, b) for b in range(start, stop))
         if self.prefetch == 0:
-            return self._serial(order, epoch, start, token)
-        return self._threaded(order, epoch, start, token)
+            return self._serial(batches, start, token)
+        return self._threaded(batches, start, token)
 
     def _advance(self, token, b: int) -> None:
         if self._active is token:
             self._batch = b + 1
 
-    def _serial(self, order, epoch, start, token):
-        for b in range(start, len(self)):
-            batch = self._load(order, epoch, b, None)
-            self._advance(token, b)
-            yield batch
+    def _finish(self, token) -> None:
+        """The epoch's batches ran out (what ends an IterableDataset's epoch)."""
+        if self._active is token:
+            self._ended = True
 
-    def _threaded(self, order, epoch, start, token):
+    def _serial(self, batches, start: int, token):
+        b = start
+        for fields in batches:
+            batch = self._device_batch(fields, None)
+            self._advance(token, b)
+            b += 1
+            yield batch
+        self._finish(token)
+
+    def _threaded(self, batches, start: int, token):
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -304,8 +483,8 @@ class DataLoader:
         def produce():
             try:
                 stream = self.backend.copy_stream()
-                for b in range(start, len(self)):
-                    if stop.is_set() or not put(self._load(order, epoch, b, stream)):
+                for fields in batches:
+                    if stop.is_set() or not put(self._device_batch(fields, stream)):
                         return
                 put(_END)
             except BaseException as e:  # handed to the consumer, raised there
@@ -318,6 +497,7 @@ class DataLoader:
             while True:
                 item = q.get()
                 if item is _END:
+                    self._finish(token)
                     return
                 if isinstance(item, _Failure):
                     raise item.error
@@ -328,5 +508,18 @@ class DataLoader:
             stop.set()
 
     def __repr__(self) -> str:
-        return (f"DataLoader({len(self)} batches of {self.batch_size}, shuffle={self.shuffle}, "
+        try:
+            n = len(self)
+        except TypeError:
+            n = "?"
+        return (f"DataLoader({n} batches of {self.batch_size}, shuffle={self.shuffle}, "
                 f"prefetch={self.prefetch}, device='{self.backend.name}')")
+
+
+class _Slot:
+    """Where an uploaded host array goes back into a batch's structure."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index

@@ -1,0 +1,123 @@
+"""PyTorch's ``default_collate`` and ``default_convert``, giving nodegrad tensors.
+
+They follow ``torch.utils.data``: a batch of samples keeps the samples' structure (dicts by key,
+namedtuples by field, tuples become lists, other sequences keep their type) with the leaves
+stacked along a new first axis; dtypes are torch's: Python floats give float64, Python ints
+int64, bools bool, and NumPy arrays and scalars keep their dtype. Tensors land on the host (as
+torch's do); the DataLoader moves them to its device.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import copy
+import re
+from typing import Any
+
+from .. import _backend as B
+from ..tensor import Tensor
+
+np = B.np
+
+_STR_OR_OBJECT = re.compile(r"[SaUO]")  # NumPy dtypes that cannot become tensors
+_ERROR = ("default_collate: batch must contain tensors, numpy arrays, numbers, dicts or lists; "
+          "found {}")
+
+
+def _is_numpy(x: Any) -> bool:
+    return isinstance(x, np.ndarray | np.generic)
+
+
+def default_convert(data: Any) -> Any:
+    """``data`` with every NumPy array and scalar inside it turned into a Tensor (no batching).
+
+    What a DataLoader with ``batch_size=None`` applies to each sample by default in PyTorch;
+    numbers, strings and string/object arrays stay as they are, tuples become lists.
+    """
+    if isinstance(data, Tensor):
+        return data
+    if _is_numpy(data) and not isinstance(data, np.str_ | np.bytes_):
+        if isinstance(data, np.ndarray) and _STR_OR_OBJECT.search(data.dtype.str):
+            return data
+        return Tensor(np.asarray(data))
+    if isinstance(data, collections.abc.Mapping):
+        return _same_mapping(data, {k: default_convert(data[k]) for k in data})
+    if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
+        return type(data)(*(default_convert(d) for d in data))
+    if isinstance(data, tuple):
+        return [default_convert(d) for d in data]
+    if isinstance(data, collections.abc.Sequence) and not isinstance(data, str | bytes):
+        return _same_sequence(data, [default_convert(d) for d in data])
+    return data
+
+
+def default_collate(batch: list) -> Any:
+    """Stack a list of samples into a batch, keeping their structure (PyTorch's semantics).
+
+    Tensors and arrays are stacked along a new first axis; Python floats give a float64
+    tensor, ints int64, bools bool (as torch, whose default dtype does not apply here);
+    strings stay a list; dicts collate per key, namedtuples per field, tuples give a list.
+
+    >>> b = default_collate([{"x": 1.0, "y": (1, 2)}, {"x": 2.0, "y": (3, 4)}])
+    >>> str(b["x"].dtype), [t.tolist() for t in b["y"]]
+    ('float64', [[1, 3], [2, 4]])
+    """
+    if not isinstance(batch, collections.abc.Sequence) or isinstance(batch, str | bytes):
+        raise TypeError(f"default_collate: batch must be a list of samples, got "
+                        f"{type(batch).__name__}")
+    if not batch:
+        raise ValueError("default_collate: the batch is empty, expected at least one sample")
+    elem = batch[0]
+    if isinstance(elem, Tensor):
+        from ..ops import stack
+        return stack(list(batch))
+    if isinstance(elem, np.ndarray):
+        if _STR_OR_OBJECT.search(elem.dtype.str):
+            raise TypeError(_ERROR.format(elem.dtype))
+        return Tensor(np.stack(batch))
+    if isinstance(elem, np.bool_ | np.number):
+        return Tensor(np.asarray(batch))
+    if isinstance(elem, bool):
+        return Tensor(np.asarray(batch, dtype=bool))
+    if isinstance(elem, float):
+        return Tensor(np.asarray(batch, dtype=B.float64))
+    if isinstance(elem, int):
+        return Tensor(np.asarray(batch, dtype=B.int64))
+    if isinstance(elem, str | bytes):
+        return list(batch)
+    if isinstance(elem, collections.abc.Mapping):
+        return _same_mapping(elem, {k: default_collate([d[k] for d in batch]) for k in elem})
+    if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
+        return type(elem)(*(default_collate(list(s)) for s in zip(*batch)))
+    if isinstance(elem, collections.abc.Sequence):
+        size = len(elem)
+        if any(len(s) != size for s in batch):
+            raise RuntimeError("each element in list of batch should be of equal size")
+        fields = [default_collate(list(s)) for s in zip(*batch)]
+        return fields if isinstance(elem, tuple) else _same_sequence(elem, fields)
+    raise TypeError(_ERROR.format(type(elem)))
+
+
+def _same_mapping(like: collections.abc.Mapping, values: dict) -> Any:
+    """``values`` as a mapping of ``like``'s type where it can be built (else a dict)."""
+    try:
+        if isinstance(like, collections.abc.MutableMapping):
+            clone = copy.copy(like)
+            clone.update(values)
+            return clone
+        return type(like)(values)
+    except TypeError:
+        return values
+
+
+def _same_sequence(like: collections.abc.Sequence, values: list) -> Any:
+    """``values`` as a sequence of ``like``'s type where it can be built (else a list)."""
+    try:
+        if isinstance(like, collections.abc.MutableSequence):
+            clone = copy.copy(like)
+            for i, v in enumerate(values):
+                clone[i] = v
+            return clone
+        return type(like)(values)
+    except TypeError:
+        return values
