@@ -20,7 +20,8 @@ def test_top_level_functions_are_nn_functional_with_torch_arguments():
                                rtol=1e-10, atol=1e-12)
     got = ng.max_pool1d(ng.tensor(x), 3, 2)
     np.testing.assert_array_equal(got.numpy(), torch.max_pool1d(torch.tensor(x), 3, 2).numpy())
-    assert ng.conv2d is ng.nn.functional.conv2d and ng.pixel_shuffle is ng.nn.functional.pixel_shuffle
+    assert ng.conv2d is ng.nn.functional.conv2d
+    assert ng.pixel_shuffle is ng.nn.functional.pixel_shuffle
 
 
 def test_finfo_and_iinfo_as_torch():
