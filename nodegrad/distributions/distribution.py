@@ -215,3 +215,22 @@ class Distribution:
         args = ", ".join(f"{k}: {show(self.__dict__[k])}" for k in self.arg_constraints
                          if k in self.__dict__)
         return f"{type(self).__name__}({args})"
+
+
+class _LocScale(Distribution):
+    """A location-scale family (Normal, Laplace): ``loc`` real, ``scale`` positive, broadcast
+    together; its mean and mode are ``loc``."""
+
+    has_rsample = True
+
+    def __init__(self, loc, scale, validate_args: bool | None = None):
+        self.loc, self.scale = broadcast_all(loc, scale)
+        super().__init__(tuple(self.loc.shape), validate_args=validate_args)
+
+    @property
+    def mean(self):
+        return self.loc
+
+    @property
+    def mode(self):
+        return self.loc

@@ -8,28 +8,18 @@ from . import _ng as ng
 from nodegrad.tensor import Tensor
 
 from . import constraints
-from .distribution import Distribution, _shape, broadcast_all
+from .distribution import _LocScale, _shape
 
 
-class Laplace(Distribution):
+class Laplace(_LocScale):
     """Laplace with location ``loc`` and scale ``scale``; reparameterised samples."""
 
     arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     support = constraints.real
-    has_rsample = True
 
     def __init__(self, loc: Tensor | float, scale: Tensor | float,
                  validate_args: bool | None = None):
-        self.loc, self.scale = broadcast_all(loc, scale)
-        super().__init__(tuple(self.loc.shape), validate_args=validate_args)
-
-    @property
-    def mean(self) -> Tensor:
-        return self.loc
-
-    @property
-    def mode(self) -> Tensor:
-        return self.loc
+        super().__init__(loc, scale, validate_args)
 
     @property
     def stddev(self) -> Tensor:
