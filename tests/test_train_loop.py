@@ -207,3 +207,24 @@ def test_a_loader_without_batches_is_a_clear_error():
 
     with pytest.raises(ValueError, match="fit: the loader yields no batches"):
         train.fit(model, F.cross_entropy, opt, Stream(), progress=False)
+
+
+def test_fit_trains_on_an_iterable_dataset_of_unknown_length(tmp_path):
+    """len(loader) raised TypeError at the start of fit."""
+    from nodegrad.data import DataLoader, IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            rng = np.random.default_rng(0)
+            for _ in range(200):
+                x = rng.standard_normal(4).astype(np.float32)
+                yield x, int(x.sum() > 0)
+
+    ng.manual_seed(0)
+    model = ng.nn.Sequential(ng.nn.Linear(4, 16), ng.nn.ReLU(), ng.nn.Linear(16, 2))
+    h = ng.train.fit(model, ng.nn.functional.cross_entropy,
+                     ng.optim.Adam(model.parameters(), lr=0.05),
+                     DataLoader(Stream(), batch_size=20), epochs=3, progress=False,
+                     run_dir=tmp_path / "run", checkpoint_every=5)
+    assert h.epochs[-1]["step"] == 30 and h.epochs[-1]["accuracy"] > 0.9
+    assert h.epochs[-1]["loss"] < h.epochs[0]["loss"]

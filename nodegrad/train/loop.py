@@ -48,6 +48,14 @@ def _host(t) -> np.ndarray:
     return B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a)
 
 
+def _batches(loader) -> int | None:
+    """Batches per epoch, or None for a loader of unknown length (an unsized iterable)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def _no_batches(fn: str, loader) -> ValueError:
     """The error for a loader that yields nothing, with what makes it empty."""
     ds = getattr(loader, "dataset", None)
@@ -344,7 +352,7 @@ class Trainer:
     def fit(self) -> History:
         """Train until ``epochs`` are done or a callback stops the run; returns the history."""
         loader = self.train_loader
-        if hasattr(loader, "__len__") and len(loader) == 0:
+        if _batches(loader) == 0:
             raise _no_batches("fit", loader)
         try:
             if self.dist is None:
@@ -374,7 +382,7 @@ class Trainer:
                 self._train_step(batch)
                 every = self.checkpoint_every
                 if self.run_dir is not None and every and self.step % every == 0 \
-                        and self.batch < len(loader):
+                        and self.batch < (_batches(loader) or self.batch + 1):
                     self._train_time += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     self.save_checkpoint()
