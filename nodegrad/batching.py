@@ -109,6 +109,19 @@ def refuse_batched_into(what: str, *values) -> None:
                             "index_update, stack)")
 
 
+def rebind_batched(what: str, target: BatchTracer, result) -> BatchTracer:
+    """An in-place op on a batched tensor inside vmap: the tracer takes the batched result of
+    the out-of-place op (each example changed, as ``torch.func.vmap`` allows)."""
+    if type(result) is not BatchTracer or result.level is not target.level:
+        raise TypeError(f"{what}: inside vmap a batched tensor can take only a result batched "
+                        "at its own level; build the result out of place")
+    if tuple(result.shape) != tuple(target.shape):
+        raise ShapeError(f"{what}: the result has shape {tuple(result.shape)}, which does not "
+                         f"fit in place into shape {tuple(target.shape)}")
+    target.val, target.bdim = result.val, result.bdim
+    return target
+
+
 def values(t):
     """The array behind ``t`` for validation only: for a batched tensor inside vmap, the values
     of the whole batch (so range checks see every example), else ``t.data``."""

@@ -412,12 +412,33 @@ def test_an_operand_cannot_grow_the_tensor_changed_in_place():
     assert y.tolist() == [[0.5] * 3] * 2
 
 
-def test_a_broadcast_view_refuses_a_write_and_vmap_refuses_in_place():
+def test_a_broadcast_view_refuses_a_write():
     view = ng.ones(3).expand(2, 3)
     with pytest.raises(ValueError, match="exp_: cannot write"):
         view.exp_()
-    with pytest.raises(TypeError, match="exp_: a batched tensor inside vmap"):
-        ng.vmap(lambda t: t.exp_())(ng.ones(2, 3))
+
+
+def test_in_place_ops_on_a_batched_tensor_change_each_example_as_torch_func():
+    xs = np.arange(6.0).reshape(2, 3) / 5
+
+    def f(x):
+        y = x * 1
+        y.add_(1)
+        y.mul_(x)
+        y.exp_()
+        y.clamp_(max=5.0)
+        y += x
+        return y
+
+    want = torch.func.vmap(f)(torch.tensor(xs)).numpy()
+    np.testing.assert_allclose(ng.vmap(f)(ng.tensor(xs)).numpy(), want, rtol=1e-14)
+    grads = ng.vmap(ng.grad(lambda x: f(x).sum()))(ng.tensor(xs))
+    plain = ng.vmap(ng.grad(lambda x: (ng.clip(ng.exp((x + 1) * x), None, 5.0) + x).sum()))
+    np.testing.assert_array_equal(grads.numpy(), plain(ng.tensor(xs)).numpy())
+    with pytest.raises(ng.errors.ShapeError, match="add_: the result has shape"):
+        ng.vmap(lambda t: t.add_(ng.ones(2, 3, dtype=ng.float64)))(ng.tensor(xs))
+    with pytest.raises(ng.errors.DTypeError, match="sqrt_"):
+        ng.vmap(lambda t: t.sqrt_())(ng.tensor(np.arange(4).reshape(2, 2)))
 
 
 def test_inplace_forms_are_attached_wherever_the_base_method_exists():

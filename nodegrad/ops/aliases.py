@@ -33,7 +33,7 @@ from .. import _backend as B
 from .. import autodiff as _autodiff
 from .. import random as _random
 from ..autodiff import RemovableHandle, creation_site, modes
-from ..batching import BatchTracer, refuse_batched_into
+from ..batching import BatchTracer, rebind_batched, refuse_batched_into
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..tensor import Tensor, _shape_arg, full, tensor
 from . import elementwise as E
@@ -396,6 +396,11 @@ def _copy_into(a, r) -> None:
 def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Tensor:
     """Store ``fn(self, *args, **kwargs)`` in ``self`` with PyTorch's in-place semantics
     (see the module docstring); returns ``self``. ``name`` (``"exp_"``) is for errors."""
+    if type(self) is BatchTracer:  # inside vmap: each example changes (torch.func's rule)
+        result = fn(self, *args, **kwargs)
+        if isinstance(result, Tensor) and result.dtype != self.dtype:
+            result = _fitted(self, result, name).astype(self.dtype)
+        return rebind_batched(name, self, result)
     _check_target(self, name)
     refuse_batched_into(name, *args, *kwargs.values())
     m = modes()

@@ -13,7 +13,7 @@ from collections import namedtuple
 
 from .. import _backend as B
 from ..autodiff import mode
-from ..batching import BatchTracer, refuse_batched_into
+from ..batching import BatchTracer, rebind_batched, refuse_batched_into
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..primitive import Primitive, bind
 from ..tensor import Tensor
@@ -124,6 +124,8 @@ def _inplace(op, name):
     ufunc = _UFUNCS[op.name]
 
     def method(self, other):
+        if type(self) is BatchTracer:  # inside vmap: each example changes
+            return rebind_batched(name, self, op(self, other))
         refuse_batched_into(name, other)
         if _needs_graph(self, other):
             if self.node is None and self.requires_grad:
