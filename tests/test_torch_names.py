@@ -51,3 +51,17 @@ def test_small_methods_match_torch():
     assert ng.tensor([0.0]).is_nonzero() is False and x.is_same_size(x.T) is True
     with pytest.raises(ValueError, match="one element"):
         x.is_nonzero()
+
+
+def test_var_and_std_methods_take_torch_defaults_with_dim_and_numpy_with_axis():
+    a = np.arange(12.0).reshape(3, 4)
+    x, t = ng.tensor(a), torch.tensor(a)
+    for name in ("var", "std"):
+        got = getattr(x, name)(dim=0).numpy()
+        np.testing.assert_allclose(got, getattr(t, name)(dim=0).numpy(), rtol=1e-14)
+        np.testing.assert_allclose(getattr(x, name)(dim=1, unbiased=False).numpy(),
+                                   getattr(t, name)(dim=1, unbiased=False).numpy(), rtol=1e-14)
+        np.testing.assert_allclose(getattr(x, name)(axis=0).numpy(), getattr(np, name)(a, axis=0),
+                                   rtol=1e-14)
+    with pytest.raises(TypeError, match="one of ddof"):
+        x.var(dim=0, ddof=1, correction=1)

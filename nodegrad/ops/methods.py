@@ -63,10 +63,15 @@ def _extreme(fn, argfn):
 
 
 def _stat(fn):
-    def method(self, axis=None, ddof=0, keepdims=False, *, dim=None, keepdim=False,
-               correction=None):
-        return fn(self, _axis(axis, dim), ddof if correction is None else correction,
-                  _keep(keepdims, keepdim))
+    def method(self, axis=None, ddof=None, keepdims=False, *, dim=None, keepdim=False,
+               correction=None, unbiased=None):
+        if correction is None:  # PyTorch's keywords (dim=, unbiased=) mean PyTorch's default,
+            correction = ddof if ddof is not None else (  # correction=1; axis= NumPy's ddof=0
+                int(unbiased) if unbiased is not None else 1 if dim is not None else 0)
+        elif ddof is not None or unbiased is not None:
+            raise TypeError(f"{fn.__name__}: pass one of ddof= (NumPy), correction= or "
+                            "unbiased= (PyTorch)")
+        return fn(self, _axis(axis, dim), correction, _keep(keepdims, keepdim))
 
     method.__name__ = fn.__name__
     method.__doc__ = fn.__doc__
