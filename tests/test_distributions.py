@@ -482,3 +482,52 @@ def test_standard_normal_kl_closed_form():
     mu, sigma = 0.3, 1.7
     kl = D.kl_divergence(D.Normal(mu, sigma), D.Normal(0.0, 1.0)).item()
     assert kl == pytest.approx(0.5 * (sigma ** 2 + mu ** 2 - 1 - math.log(sigma ** 2)), rel=1e-6)
+
+
+def test_lognormal_and_dirichlet_equal_torch():
+    TD = torch.distributions
+    rng = np.random.default_rng(7)
+    loc, sc = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    x, q = rng.uniform(0.2, 3, (2, 3)), rng.uniform(0.1, 0.9, 3)
+    mine = D.LogNormal(ng.tensor(loc), ng.tensor(sc))
+    theirs = TD.LogNormal(torch.tensor(loc), torch.tensor(sc))
+    for name in ("mean", "mode", "variance", "stddev"):
+        np.testing.assert_allclose(getattr(mine, name).numpy(), getattr(theirs, name).numpy(),
+                                   rtol=1e-12)
+    for got, want in ((mine.log_prob(ng.tensor(x)), theirs.log_prob(torch.tensor(x))),
+                      (mine.cdf(ng.tensor(x)), theirs.cdf(torch.tensor(x))),
+                      (mine.icdf(ng.tensor(q)), theirs.icdf(torch.tensor(q))),
+                      (mine.entropy(), theirs.entropy())):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-14)
+    other = (ng.tensor(loc * 0.5), ng.tensor(sc * 1.3))
+    np.testing.assert_allclose(
+        D.kl_divergence(mine, D.LogNormal(*other)).numpy(),
+        TD.kl_divergence(theirs, TD.LogNormal(*(torch.tensor(o.numpy()) for o in other))).numpy(),
+        rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="supports differ"):
+        D.kl_divergence(mine, D.Normal(ng.tensor(loc), ng.tensor(sc)))
+    a, b = rng.uniform(0.3, 3, (2, 4)), rng.uniform(0.3, 3, (2, 4))
+    v = rng.dirichlet(np.ones(4), size=2)
+    mine, theirs = D.Dirichlet(ng.tensor(a)), TD.Dirichlet(torch.tensor(a))
+    for name in ("mean", "variance"):
+        np.testing.assert_allclose(getattr(mine, name).numpy(), getattr(theirs, name).numpy(),
+                                   rtol=1e-12)
+    small = np.array([[0.5, 0.7, 0.2], [2.0, 3.0, 4.0]])
+    np.testing.assert_allclose(D.Dirichlet(ng.tensor(small)).mode.numpy(),
+                               TD.Dirichlet(torch.tensor(small)).mode.numpy(), rtol=1e-12)
+    c = ng.tensor(a, requires_grad=True)
+    tc = torch.tensor(a, requires_grad=True)
+    D.Dirichlet(c).log_prob(ng.tensor(v)).sum().backward()
+    TD.Dirichlet(tc).log_prob(torch.tensor(v)).sum().backward()
+    np.testing.assert_allclose(c.grad.numpy(), tc.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(mine.entropy().numpy(), theirs.entropy().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(D.kl_divergence(mine, D.Dirichlet(ng.tensor(b))).numpy(),
+                               TD.kl_divergence(theirs, TD.Dirichlet(torch.tensor(b))).numpy(),
+                               rtol=1e-10)
+    ng.manual_seed(0)
+    s = mine.sample((20000,))
+    assert s.shape == (20000, 2, 4) and not mine.has_rsample
+    np.testing.assert_allclose(s.numpy().sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(s.numpy().mean(0), mine.mean.numpy(), atol=0.01)
+    with pytest.raises(ValueError, match="simplex|support"):
+        mine.log_prob(ng.tensor(np.full((2, 4), 0.5)))

@@ -15,17 +15,20 @@ from . import constraints
 from .bernoulli import Bernoulli
 from .beta import Beta
 from .categorical import Categorical, OneHotCategorical
+from .dirichlet import Dirichlet
 from .distribution import Distribution
 from .exponential import Exponential
 from .gamma import Gamma
 from .independent import Independent
 from .kl import kl_divergence, register_kl
 from .laplace import Laplace
+from .lognormal import LogNormal
 from .multivariate_normal import MultivariateNormal
 from .normal import Normal
 from .poisson import Poisson
 from .uniform import Uniform
 
-__all__ = ["Bernoulli", "Beta", "Categorical", "Distribution", "Exponential", "Gamma",
-           "Independent", "Laplace", "MultivariateNormal", "Normal", "OneHotCategorical",
+__all__ = ["Bernoulli", "Beta", "Categorical", "Dirichlet", "Distribution", "Exponential",
+           "Gamma", "Independent", "Laplace", "LogNormal", "MultivariateNormal", "Normal",
+           "OneHotCategorical",
            "Poisson", "Uniform", "constraints", "kl_divergence", "register_kl"]

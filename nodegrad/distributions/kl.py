@@ -10,11 +10,13 @@ from nodegrad.tensor import Tensor
 from .bernoulli import Bernoulli
 from .beta import Beta
 from .categorical import Categorical, OneHotCategorical
+from .dirichlet import Dirichlet
 from .distribution import Distribution, _sum_rightmost
 from .exponential import Exponential
 from .gamma import Gamma
 from .independent import Independent
 from .laplace import Laplace
+from .lognormal import LogNormal
 from .multivariate_normal import MultivariateNormal, _batch_mahalanobis, _half_log_det
 from .normal import Normal
 from .uniform import Uniform
@@ -147,3 +149,26 @@ def _kl_independent_independent(p: Independent, q: Independent) -> Tensor:
                                   "reinterpreted_batch_ndims")
     result = kl_divergence(p.base_dist, q.base_dist)
     return _sum_rightmost(result, p.reinterpreted_batch_ndims)
+
+
+@register_kl(LogNormal, LogNormal)
+def _kl_lognormal_lognormal(p: LogNormal, q: LogNormal) -> Tensor:
+    """exp is a bijection, so the KL of the log-normals is that of their normals."""
+    return _KL_REGISTRY[Normal, Normal](p, q)
+
+
+def _no_kl(p: Distribution, q: Distribution) -> Tensor:
+    raise NotImplementedError(f"No KL(p || q) is implemented for p of type {type(p).__name__} "
+                              f"and q of type {type(q).__name__} (their supports differ)")
+
+
+register_kl(LogNormal, Normal)(_no_kl)  # a subclass of Normal, on another support
+register_kl(Normal, LogNormal)(_no_kl)
+
+
+@register_kl(Dirichlet, Dirichlet)
+def _kl_dirichlet_dirichlet(p: Dirichlet, q: Dirichlet) -> Tensor:
+    a, b = p.concentration, q.concentration
+    sum_a = a.sum(-1)
+    return (ng.lgamma(sum_a) - ng.lgamma(b.sum(-1)) - (ng.lgamma(a) - ng.lgamma(b)).sum(-1)
+            + ((a - b) * (ng.digamma(a) - ng.digamma(sum_a)[..., None])).sum(-1))
