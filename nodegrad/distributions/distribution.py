@@ -221,9 +221,12 @@ class _LocScale(Distribution):
     """A location-scale family (Normal, Laplace): ``loc`` real, ``scale`` positive, broadcast
     together; its mean and mode are ``loc``."""
 
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real
     has_rsample = True
 
-    def __init__(self, loc, scale, validate_args: bool | None = None):
+    def __init__(self, loc: Tensor | float, scale: Tensor | float,
+                 validate_args: bool | None = None):
         self.loc, self.scale = broadcast_all(loc, scale)
         super().__init__(tuple(self.loc.shape), validate_args=validate_args)
 

@@ -7,19 +7,11 @@ import math
 from . import _ng as ng
 from nodegrad.tensor import Tensor
 
-from . import constraints
 from .distribution import _LOG_2PI, _LocScale, _shape
 
 
 class Normal(_LocScale):
     """Normal with mean ``loc`` and standard deviation ``scale``; reparameterised samples."""
-
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
-    support = constraints.real
-
-    def __init__(self, loc: Tensor | float, scale: Tensor | float,
-                 validate_args: bool | None = None):
-        super().__init__(loc, scale, validate_args)
 
     @property
     def stddev(self) -> Tensor:
