@@ -568,14 +568,6 @@ def threshold_(input, threshold: float, value: float) -> Tensor:
     return apply_inplace(input, "threshold_", _threshold, threshold, value)
 
 
-def rrelu_(input, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,
-           generator=None) -> Tensor:
-    """In-place rrelu (:func:`nodegrad.nn.functional.rrelu`)."""
-    from ..nn.functional import rrelu
-
-    return apply_inplace(input, "rrelu_", rrelu, lower, upper, training, False, generator)
-
-
 # === gradient hooks and retains_grad ===========================================================
 _POST_HOOKS = _autodiff.POST_ACCUMULATE  # id(leaf) -> (weak reference to it, its hooks)
 
@@ -681,7 +673,7 @@ def _install() -> list:
         if name not in taken and hasattr(Tensor, name):
             setattr(mod, name, _top_level(name))
             exported.append(name)
-    for name in ("celu_", "selu_", "threshold_", "rrelu_"):
+    for name in ("celu_", "selu_", "threshold_"):  # rrelu_ is nn.functional's (its generator)
         if name not in taken:
             exported.append(name)
     return exported

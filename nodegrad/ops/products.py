@@ -32,7 +32,7 @@ __all__: list[str] = [
     "det", "logdet", "slogdet", "inverse", "pinverse", "matrix_power", "matrix_exp", "cholesky",
     "cholesky_solve", "cholesky_inverse", "qr", "svd", "triangular_solve", "cross",
     "diff", "gradient", "trapezoid", "trapz", "cumulative_trapezoid", "cov", "corrcoef", "dist",
-    "cdist", "renorm", "vander", "frobenius_norm", "nuclear_norm",
+    "renorm", "vander", "frobenius_norm", "nuclear_norm",
 ]
 
 
@@ -732,15 +732,6 @@ def dist(input, other, p: float = 2) -> Tensor:
     if a.dtype.kind != "f" or b.dtype.kind != "f":
         raise DTypeError(f"dist: expected floating tensors, got {a.dtype} and {b.dtype}")
     return R.vector_norm(a - b, ord=p)
-
-
-def cdist(x1, x2, p: float = 2.0,
-          compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> Tensor:
-    """p-norm distances between the rows of x1 (..., P, M) and x2 (..., R, M): (..., P, R)
-    (nodegrad.nn.functional.cdist)."""
-    from ..nn.functional import cdist as _cdist
-
-    return _cdist(_t(x1), _t(x2), p=p, compute_mode=compute_mode)
 
 
 def renorm(input, p: float, dim: int, maxnorm: float) -> Tensor:
