@@ -21,6 +21,7 @@ from .ops.elementwise import abs as _abs
 from .ops.elementwise import where
 from .ops.index import take_along_axis
 from .ops.reduce import argmax, matrix_norm
+from .ops.scan import cumprod
 from .ops.reduce import sum as _sum
 from .ops.shape import broadcast_to, concatenate, expand_dims, reshape, swapaxes
 from .tensor import Tensor, arange, eye, zeros
@@ -237,6 +238,20 @@ def diagonal(A, *, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:
     return _diagonal(A, offset, dim1, dim2)
 
 
+def powers(v: Tensor, n: int) -> Tensor:
+    """x⁰, x¹, …, x^(n-1) of each entry of ``v`` (..., m) along a new last axis: (..., m, n),
+    a running product (exact gradients at zeros)."""
+    xp = v.backend.xp
+    lead = tuple(v.shape)
+    if n == 0:
+        return Tensor(xp.zeros(lead + (0,), dtype=v.dtype))
+    ones = Tensor(xp.ones(lead + (1,), dtype=v.dtype))
+    if n == 1:
+        return ones
+    rest = cumprod(broadcast_to(expand_dims(v, -1), lead + (n - 1,)), -1)
+    return concatenate([ones, rest], -1)
+
+
 def vander(x, *, N: int | None = None) -> Tensor:
     """Powers x⁰, x¹, …, x^(N-1) along a new last axis (``torch.linalg.vander``: increasing,
     batched over leading axes)."""
@@ -245,10 +260,7 @@ def vander(x, *, N: int | None = None) -> Tensor:
     n = x.shape[-1] if N is None else int(N)
     if n < 1:
         raise ValueError(f"linalg.vander: N must be at least 1, got {n}")
-    cols = [x * 0 + 1]
-    for _ in range(1, n):
-        cols.append(cols[-1] * x)
-    return concatenate([expand_dims(c, -1) for c in cols], -1)
+    return powers(x, n)
 
 
 def _ok(batch, device) -> Tensor:

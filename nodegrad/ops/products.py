@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from .. import _backend as B
 from .. import linalg as LA
+from ..linalg_lu import powers
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, tensor
@@ -763,14 +764,7 @@ def vander(x, N: int | None = None, increasing: bool = False) -> Tensor:
         raise ValueError(f"vander: N must be non-negative, got {N!r}")
     if v.dtype.kind in "biu":
         v = E.astype(v, B.int64)
-    xp = v.backend.xp
-    m = v.shape[0]
-    if n == 0:
-        return Tensor(xp.zeros((m, 0), dtype=v.dtype))
-    cols = [Tensor(xp.ones((m, 1), dtype=v.dtype))]
-    if n > 1:
-        cols.append(C.cumprod(S.broadcast_to(S.expand_dims(v, 1), (m, n - 1)), 1))
-    out = S.concatenate(cols, 1) if len(cols) > 1 else cols[0]
+    out = powers(v, n)
     return out if increasing else S.flip(out, 1)
 
 
