@@ -1233,16 +1233,15 @@ def outer_stack(x, y):
     """``x * y`` for stacks of outer products, x (..., m, 1) and y (..., 1, n) with the same
     leading axes and float dtype (a vmap'ed layer's per-example weight gradients): a numba loop
     where it is loaded (256 x 100 x 100: 0.26 against einsum's 1.9 ms), else an einsum (NumPy's
-    broadcast multiply runs its inner loop over a broadcast axis here, ~2.5x slower), from
-    :data:`SPLIT_MIN` elements in halves on two threads. One multiply per element either way,
+    broadcast multiply runs its inner loop over a broadcast axis here, ~1.6x slower); either,
+    from :data:`SPLIT_MIN` elements, in halves on two threads. One multiply per element either way,
     so the bits are the multiply's. None for any other operands."""
     if (type(x) is not np.ndarray or type(y) is not np.ndarray or x.ndim != y.ndim
             or x.shape[-1] != 1 or y.shape[-2] != 1 or x.dtype != y.dtype
             or x.dtype.kind != "f" or x.shape[:-2] != y.shape[:-2]):
         return None
     k = cpu_kernels()
-    if k is None:
-        return np.einsum("...i,...j->...ij", x[..., 0], y[..., 0, :])
+    fn = _einsum_outer if k is None else k.outer_stack
     lead, m, n = x.shape[:-2], x.shape[-2], y.shape[-1]
     out = np.empty(lead + (m, n), x.dtype)
     if out.size:
@@ -1250,10 +1249,15 @@ def outer_stack(x, y):
         x, y, o = x.reshape(b, m), y.reshape(b, n), out.reshape(b, m, n)
         if out.size >= SPLIT_MIN and b > 1 and _halves.enabled:  # memory-bound: two cores
             h = b // 2
-            _halves.run(k.outer_stack, (x[:h], y[:h], o[:h]), (x[h:], y[h:], o[h:]))
+            _halves.run(fn, (x[:h], y[:h], o[:h]), (x[h:], y[h:], o[h:]))
         else:
-            k.outer_stack(x, y, o)
+            fn(x, y, o)
     return out
+
+
+def _einsum_outer(x, y, out) -> None:
+    """``out[b] = outer(x[b], y[b])`` for matrices ``x`` (b, m) and ``y`` (b, n)."""
+    np.einsum("bi,bj->bij", x, y, out=out)
 
 
 LINEAR_WIDE = 2
