@@ -301,6 +301,22 @@ def _devices(prim: Primitive, datas: list) -> tuple:
     return backend, mixed
 
 
+def as_float(prim: Primitive, backend, datas: list, params: dict, out, dtype):
+    """``prim``'s result ``out`` of integer or bool operands as float ``dtype``. NumPy computes
+    ops of 8-bit integers and bools in float16: where every array operand is an integer or a
+    bool and the result came out narrower than ``dtype``, it is computed again from the
+    operands cast to ``dtype``, as PyTorch computes it (``exp`` of a uint8 image is float32's
+    ``exp``, not float16's rounded up)."""
+    if out.dtype.itemsize < dtype.itemsize and all(
+            d.dtype.kind in "biu" for d in datas if B.is_array(d)):
+        cast = [d.astype(dtype) if B.is_array(d) else d for d in datas]
+        with backend.scope():
+            again = prim.fwd(backend.xp, *cast, **params)
+        if getattr(again, "dtype", None) == dtype:
+            return again
+    return out.astype(dtype)
+
+
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it.
 
@@ -374,7 +390,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
     odt = out.dtype
     if (odt is not _DEFAULT_FLOAT and prim.promote and odt.kind == "f"
             and (fdt is None or fdt.kind != "f") and odt != _DEFAULT_FLOAT):
-        out = out.astype(_DEFAULT_FLOAT)  # ints and Python floats give float32, as PyTorch
+        # ints and Python floats give float32, as PyTorch
+        out = as_float(prim, backend, datas, params, out, _DEFAULT_FLOAT)
         odt = _DEFAULT_FLOAT
     if m.anomaly:
         _anomaly(prim, backend, args, datas, out)

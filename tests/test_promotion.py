@@ -264,3 +264,28 @@ def test_bitwise_ops_are_not_differentiable_but_compose_with_grad():
     y.sum().backward()
     assert x.grad.tolist() == [2.0, 1.0, 2.0]
     assert not (ng.tensor([1, 2]) & ng.tensor([3, 1])).requires_grad
+
+
+UNARY_FLOAT = ["sin", "cos", "tan", "exp", "expm1", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid",
+               "atan", "sinh", "asinh", "erf"]
+
+
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "int8", "int16", "int32", "int64"])
+def test_float_results_of_integers_are_float32_computed_in_float32(dtype):
+    """NumPy computes float functions of 8-bit integers and bools in float16; PyTorch's result
+    is float32's (exp of a uint8 image). nodegrad gives PyTorch's, eagerly and under jit."""
+    v = np.array([1, 0, 1, 1] if dtype == "bool" else [3, 1, 2, 7]).astype(dtype)
+    x, t = ng.tensor(v), torch.tensor(v)
+    for name in UNARY_FLOAT:
+        want = getattr(torch, name)(t)
+        for f in (getattr(ng, name), ng.jit(getattr(ng, name))):
+            for _ in range(2):  # a jitted function's trace, then its replay
+                got = f(x)
+                assert str(got.dtype) == "float32" == str(want.dtype)[6:], name
+                np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=3e-7, err_msg=name)
+    want = torch.atan2(t, t + 1)
+    got = ng.atan2(x, x + 1)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=3e-7)
+    with np.errstate(all="ignore"):
+        got = ng.softmax(x, 0).numpy()
+    np.testing.assert_allclose(got, torch.softmax(t.float(), 0).numpy(), rtol=3e-7)

@@ -15,6 +15,7 @@ from functools import partial
 from .. import _backend as B
 from ..autodiff import creation_site, modes
 from ..errors import JitError
+from ..primitive import as_float
 from ..tensor import Tensor
 from .program import Instr, Program
 
@@ -230,7 +231,8 @@ def _op(prim, params: dict, backend, out):
             o = asarray(o)
             op.converts = True
         if o.dtype != dtype:
-            o = o.astype(dtype)
+            o = as_float(prim, backend, d, params, o, dtype) if dtype.kind == "f" and \
+                o.dtype.kind == "f" else o.astype(dtype)
             op.converts = True
         return o
 

@@ -186,6 +186,8 @@ erf = primitive("erf", lambda xp, x: B.backend_of(xp.asarray(x)).erf(x),
 
 
 def _sigmoid(xp, x):
+    if getattr(x, "dtype", B.float32).kind != "f":  # ints and bools as float32, as PyTorch
+        x = x.astype(B.float32)
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
