@@ -289,3 +289,16 @@ def test_float_results_of_integers_are_float32_computed_in_float32(dtype):
     with np.errstate(all="ignore"):
         got = ng.softmax(x, 0).numpy()
     np.testing.assert_allclose(got, torch.softmax(t.float(), 0).numpy(), rtol=3e-7)
+
+
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "int8", "int16", "int32", "int64"])
+def test_integer_sums_and_products_are_int64(dtype):
+    """PyTorch accumulates every integer dtype (and bools) in int64; NumPy's unsigned sums are
+    uint64, which with int64 gives float64."""
+    v = np.array([1, 0, 1, 1] if dtype == "bool" else [200, 1, 2, 7]).astype(dtype)
+    x, t = ng.tensor(v), torch.tensor(v)
+    for got, want in [(x.sum(), t.sum()), (ng.sum(x, 0), t.sum(0)), (x.prod(), t.prod()),
+                      (x.cumsum(0), t.cumsum(0)), (x.cumprod(0), t.cumprod(0))]:
+        assert str(got.dtype) == "int64" == str(want.dtype)[6:]
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert str((x.sum() - ng.tensor(np.int64(5))).dtype) == "int64"

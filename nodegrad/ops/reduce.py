@@ -72,9 +72,17 @@ _all = primitive("all", lambda xp, x, axis, keepdims: xp.all(x, axis=axis, keepd
                  kind=_RED, promote=False, doc="True if every element is nonzero.")
 
 
+def int64_accumulator(x):
+    """``x`` as int64 where it holds unsigned integers: PyTorch sums and multiplies every
+    integer dtype in int64 (NumPy unsigned ones in uint64, which mixes with int64 as float64)."""
+    dt = getattr(x, "dtype", None)
+    return astype(x, B.int64) if dt is not None and dt.kind == "u" else x
+
+
 def sum(x, axis=None, keepdims: bool = False):
-    """Sum over ``axis`` (an int, a tuple, or None for all)."""
-    return _sum(x, axis=norm_axes(axis, x.ndim, "sum"), keepdims=bool(keepdims))
+    """Sum over ``axis`` (an int, a tuple, or None for all); integers and bools give int64."""
+    return _sum(int64_accumulator(x), axis=norm_axes(axis, x.ndim, "sum"),
+                keepdims=bool(keepdims))
 
 
 def mean(x, axis=None, keepdims: bool = False):

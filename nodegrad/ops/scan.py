@@ -14,7 +14,7 @@ from ..batching import reduce_rule
 from ..primitive import primitive
 from .elementwise import exp, log, logical_and, where
 from .index import take_along_axis
-from .reduce import _RED, _kept, _spread, _sum
+from .reduce import _RED, _kept, _spread, _sum, int64_accumulator
 from ..tensor import Tensor
 from .shape import expand_dims, flip, moveaxis, norm_axes, norm_axis, pad, reshape, transpose
 
@@ -151,12 +151,14 @@ def _on_1d(fn, x, ax):
 
 def cumsum(x, dim: int | None = None, *, axis: int | None = None):
     """Running sum along ``dim``."""
-    return _on_1d(lambda t, a: _cumsum(t, axis=a), x, _axis(x, dim, axis, "cumsum"))
+    return _on_1d(lambda t, a: _cumsum(t, axis=a), int64_accumulator(x),
+                  _axis(x, dim, axis, "cumsum"))
 
 
 def cumprod(x, dim: int | None = None, *, axis: int | None = None):
     """Running product along ``dim``; gradients are exact with zeros in the input."""
-    return _on_1d(lambda t, a: _cumprod(t, axis=a), x, _axis(x, dim, axis, "cumprod"))
+    return _on_1d(lambda t, a: _cumprod(t, axis=a), int64_accumulator(x),
+                  _axis(x, dim, axis, "cumprod"))
 
 
 def _cumextreme(x, dim, axis, largest, op):
@@ -230,4 +232,5 @@ _prod = primitive(
 def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = False):
     """Product over ``dim`` (an int, a tuple, or None for all); zeros are handled exactly."""
     ax = dim if dim is not None else axis
-    return _prod(x, axis=norm_axes(ax, x.ndim, "prod"), keepdims=bool(keepdim or keepdims))
+    return _prod(int64_accumulator(x), axis=norm_axes(ax, x.ndim, "prod"),
+                 keepdims=bool(keepdim or keepdims))
