@@ -565,6 +565,8 @@ def sum_outer(x, axis, keepdims: bool):
     as products with ones: NumPy adds such reductions a few elements per inner loop (3-100x
     slower from 4096 elements; a (100, 25, 5) convolution's bias: 45 against 4 µs), and a
     leading axis row by row (2-5x slower than a matrix-vector product)."""
+    if x.dtype == float16:  # float16 sums in float32, rounded once (as PyTorch's)
+        return np.sum(x, axis=axis, keepdims=keepdims, dtype=float32).astype(float16)
     if type(x) is not np.ndarray:
         return np.sum(x, axis=axis, keepdims=keepdims)
     if (axis is None or (type(axis) is tuple and len(axis) == x.ndim)) and x.size >= SPLIT_MIN:
@@ -577,12 +579,22 @@ def sum_outer(x, axis, keepdims: bool):
     return sum_form(x.shape, x.strides, x.dtype, axis, keepdims)(x)
 
 
+def accumulated(fn, x, axis: int):
+    """``fn(x, axis=axis)`` for a running sum or product; float16 accumulates in float32 and
+    is rounded once, as PyTorch's (a float16 running sum of 0.1 stalls at 256 otherwise)."""
+    if x.dtype == float16:
+        return fn(x, axis=axis, dtype=float32).astype(float16)
+    return fn(x, axis=axis)
+
+
 def sums_as_numpy(x, axis, keepdims: bool) -> bool:
     """Whether :func:`sum_outer` sums NumPy array ``x`` with NumPy's own reduction (not in
     halves, not as products with ones): a kernel that adds in NumPy's order then has its bits.
     The answer is :func:`sum_form`'s, which marks its NumPy forms (a large full sum, which may
     go in halves, counts as not)."""
     if (axis is None or (type(axis) is tuple and len(axis) == x.ndim)) and x.size >= SPLIT_MIN:
+        return False
+    if x.dtype == float16:  # in float32 (sum_outer)
         return False
     if type(axis) is not tuple:  # sum_outer's own shortcut to NumPy's reduction
         return True
@@ -596,6 +608,8 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     ones, each chosen once per layout (sum_outer's, and a compiled program's replay form; the
     same calls, so the same bits). An array laid out otherwise goes back to sum_outer."""
     dtype = np.dtype(dtype)
+    if dtype == float16:
+        return functools.partial(sum_outer, axis=axis, keepdims=keepdims)  # in float32
     if not (type(axis) is tuple and dtype.kind == "f" and dtype.itemsize >= 4
             and math.prod(shape) >= 4096):  # NumPy's reduction in any layout
         anywhere = functools.partial(_add_reduce, axis=axis, keepdims=keepdims)

@@ -112,3 +112,17 @@ def test_elementwise_primitives_take_python_numbers_like_the_rest():
                    (ng.exp, math.exp(0.5))):
         out = f(0.5)  # erf and gelu asked a backend of a Python float (a DeviceError)
         assert out.dtype == ng.float32 and abs(out.item() - ref) < 1e-6
+
+
+def test_float16_sums_accumulate_in_float32_as_torch():
+    """A float16 sum or running sum adds in float32 and rounds once, as PyTorch's: NumPy's
+    float16 accumulator stalls (10,000 times 0.1 down a column gave 256, not 1000)."""
+    torch = pytest.importorskip("torch")
+    v = np.full((10000, 3), 0.1, np.float16)
+    x, t = ng.tensor(v), torch.tensor(v)
+    pairs = [(x.sum(0), t.sum(0)), (x.sum(), t.sum()), (x.cumsum(0), t.cumsum(0)),
+             (ng.jit(lambda a: (a * 2).sum(0))(x), (t * 2).sum(0)),
+             (x[:20].cumprod(0), t[:20].cumprod(0))]
+    for got, want in pairs:
+        assert got.dtype == ng.float16
+        np.testing.assert_array_equal(got.numpy(), want.numpy())

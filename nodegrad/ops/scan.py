@@ -33,7 +33,7 @@ def _reverse(fn, t, axis):
 
 
 # --- cumsum ----------------------------------------------------------------------------------
-_cumsum = _scan("cumsum", lambda xp, x, axis: xp.cumsum(x, axis=axis),
+_cumsum = _scan("cumsum", lambda xp, x, axis: B.accumulated(xp.cumsum, x, axis),
                 lambda g, ans, x, axis: _reverse(_cumsum, g, axis), saves="none",
                 jvp="linear", doc="Running sum along an axis.")
 
@@ -83,7 +83,8 @@ def _cumprod_jvp(ts, ans, x, axis):
     return where(before, inner, tk * _cumprod(where(first, 1, x), axis=axis))
 
 
-_cumprod = _scan("cumprod", lambda xp, x, axis: xp.cumprod(x, axis=axis), _cumprod_vjp,
+_cumprod = _scan("cumprod", lambda xp, x, axis: B.accumulated(xp.cumprod, x, axis),
+                 _cumprod_vjp,
                  jvp=_cumprod_jvp, saves="both",
                  doc="Running product along an axis; exact gradients with zeros in the input.")
 
