@@ -70,8 +70,9 @@ class Bernoulli(Distribution):
 
     def sample(self, sample_shape=(), *, generator=None) -> Tensor:
         shape = self._extended_shape(_shape(sample_shape))
+        probs = self.probs.detach()  # cached outside no_grad: it keeps its graph
         with ng.no_grad():
-            return ng.bernoulli(self.probs.detach().expand(*shape), generator=generator)
+            return ng.bernoulli(probs.expand(*shape), generator=generator)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

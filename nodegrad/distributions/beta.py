@@ -7,7 +7,15 @@ from nodegrad.tensor import Tensor
 
 from . import constraints
 from .distribution import Distribution, _shape, broadcast_all
-from .gamma import standard_gamma
+from .gamma import standard_gamma_rsample
+
+
+def _clamp_st(x: Tensor) -> Tensor:
+    """``x`` clamped to [tiny, 1 - eps] for its dtype, with the gradient of the unclamped value
+    (PyTorch clamps its Beta and Dirichlet samples the same way, in place)."""
+    tiny, eps = float(ng.finfo(x.dtype).tiny), float(ng.finfo(x.dtype).eps)
+    xd = x.detach()
+    return x + (ng.clamp(xd, tiny, 1 - eps) - xd)
 
 
 def _lbeta(a: Tensor, b: Tensor) -> Tensor:
@@ -17,11 +25,13 @@ def _lbeta(a: Tensor, b: Tensor) -> Tensor:
 class Beta(Distribution):
     """Beta(concentration1, concentration0): density ∝ x^(c1-1) (1-x)^(c0-1).
 
-    Samples are X / (X + Y) with X ~ Gamma(c1), Y ~ Gamma(c0), without gradient."""
+    Reparameterised samples X / (X + Y) with X ~ Gamma(c1), Y ~ Gamma(c0), each carrying the
+    implicit gamma gradient."""
 
     arg_constraints = {"concentration1": constraints.positive,
                        "concentration0": constraints.positive}
     support = constraints.unit_interval
+    has_rsample = True
 
     def __init__(self, concentration1: Tensor | float, concentration0: Tensor | float,
                  validate_args: bool | None = None):
@@ -49,14 +59,11 @@ class Beta(Distribution):
         total = a + b
         return a * b / (total ** 2 * (total + 1))
 
-    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+    def rsample(self, sample_shape=(), *, generator=None) -> Tensor:
         shape = self._extended_shape(_shape(sample_shape))
-        with ng.no_grad():
-            x = standard_gamma(self.concentration1.detach().expand(*shape), generator=generator)
-            y = standard_gamma(self.concentration0.detach().expand(*shape), generator=generator)
-            tiny = float(ng.finfo(x.dtype).tiny)
-            eps = float(ng.finfo(x.dtype).eps)
-            return ng.clamp(x / (x + y), tiny, 1 - eps)
+        x = standard_gamma_rsample(self.concentration1.expand(*shape), generator=generator)
+        y = standard_gamma_rsample(self.concentration0.expand(*shape), generator=generator)
+        return _clamp_st(x / (x + y))
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

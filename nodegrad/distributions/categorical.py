@@ -79,8 +79,9 @@ class Categorical(Distribution):
         n = 1
         for s in sample_shape:
             n *= s
+        probs = self.probs  # computed (and cached) outside no_grad: it keeps its graph
         with ng.no_grad():
-            probs_2d = self.probs.detach().reshape(-1, self._num_events)
+            probs_2d = probs.detach().reshape(-1, self._num_events)
             if n == 0 or probs_2d.shape[0] == 0:
                 return ng.zeros(self._extended_shape(sample_shape), dtype=ng.int64,
                                 device=probs_2d.device)
@@ -170,3 +171,15 @@ class OneHotCategorical(Distribution):
         values = ng.eye(n, dtype=p.dtype, device=p.device)
         values = values.reshape((n,) + (1,) * len(self.batch_shape) + (n,))
         return values.expand(n, *self.batch_shape, n) if expand else values
+
+
+class OneHotCategoricalStraightThrough(OneHotCategorical):
+    """OneHotCategorical whose ``rsample`` passes the straight-through gradient: the one-hot
+    sample's value, with the gradient of ``probs`` (Bengio et al., 2013)."""
+
+    has_rsample = True
+
+    def rsample(self, sample_shape=(), *, generator=None) -> Tensor:
+        samples = self.sample(sample_shape, generator=generator)
+        probs = self._categorical.probs
+        return samples + (probs - probs.detach())

@@ -9,11 +9,13 @@ from __future__ import annotations
 from . import _ng as ng
 from nodegrad.tensor import Tensor
 
-__all__ = ["Constraint", "boolean", "dependent", "dependent_property", "greater_than",
-           "greater_than_eq", "half_open_interval", "independent", "integer_interval",
-           "interval", "is_dependent", "lower_cholesky", "nonnegative", "nonnegative_integer",
-           "one_hot", "positive", "positive_definite", "real", "real_vector", "simplex",
-           "unit_interval"]
+__all__ = ["Constraint", "MixtureSameFamilyConstraint", "boolean", "cat", "dependent",
+           "dependent_property", "greater_than", "greater_than_eq", "half_open_interval",
+           "independent", "integer_interval", "interval", "is_dependent", "less_than",
+           "lower_cholesky", "lower_triangular", "multinomial", "nonnegative",
+           "nonnegative_integer", "one_hot", "positive", "positive_definite",
+           "positive_integer", "positive_semidefinite", "real", "real_vector", "simplex",
+           "square", "stack", "symmetric", "unit_interval"]
 
 
 class Constraint:
@@ -90,6 +92,17 @@ class _GreaterThanEq(_GreaterThan):
         return f"GreaterThanEq(lower_bound={self.lower_bound})"
 
 
+class _LessThan(Constraint):
+    def __init__(self, upper_bound):
+        self.upper_bound = upper_bound
+
+    def check(self, value):
+        return value < self.upper_bound
+
+    def __repr__(self):
+        return f"LessThan(upper_bound={self.upper_bound})"
+
+
 class _Interval(Constraint):
     def __init__(self, lower_bound, upper_bound):
         self.lower_bound, self.upper_bound = lower_bound, upper_bound
@@ -144,8 +157,94 @@ class _Independent(Constraint):
             ok = ng.all(ok, -1)
         return ok
 
+    @property
+    def base_constraint(self) -> Constraint:
+        return self.base
+
     def __repr__(self):
         return f"IndependentConstraint({self.base!r}, {self.reinterpreted_batch_ndims})"
+
+
+class _Multinomial(Constraint):
+    """Non-negative integer count vectors summing to at most ``upper_bound``."""
+
+    is_discrete = True
+    event_dim = 1
+
+    def __init__(self, upper_bound):
+        self.upper_bound = upper_bound
+
+    def check(self, value):
+        return ng.all(value >= 0, -1) & (ng.sum(value, -1) <= self.upper_bound)
+
+
+class _Cat(Constraint):
+    """Constraints ``cseq`` applied to consecutive pieces (of ``lengths``) along ``dim``."""
+
+    def __init__(self, cseq, dim: int = 0, lengths=None):
+        self.cseq = list(cseq)
+        self.lengths = [1] * len(self.cseq) if lengths is None else list(lengths)
+        if len(self.lengths) != len(self.cseq):
+            raise ValueError(f"cat: expected one length per constraint, got {len(self.lengths)} "
+                             f"lengths for {len(self.cseq)} constraints")
+        self.dim = dim
+
+    @property
+    def is_discrete(self):
+        return any(c.is_discrete for c in self.cseq)
+
+    @property
+    def event_dim(self):
+        return max(c.event_dim for c in self.cseq)
+
+    def check(self, value):
+        checks, start = [], 0
+        for c, n in zip(self.cseq, self.lengths):
+            checks.append(c.check(ng.narrow(value, self.dim, start, n)))
+            start += n
+        return ng.concatenate(checks, self.dim)
+
+
+class _Stack(Constraint):
+    """Constraints ``cseq`` applied to the slices of ``dim``."""
+
+    def __init__(self, cseq, dim: int = 0):
+        self.cseq, self.dim = list(cseq), dim
+
+    @property
+    def is_discrete(self):
+        return any(c.is_discrete for c in self.cseq)
+
+    @property
+    def event_dim(self):
+        dim = max(c.event_dim for c in self.cseq)
+        return dim + 1 if self.dim + dim < 0 else dim
+
+    def check(self, value):
+        n = value.shape[self.dim]
+        return ng.stack([self.cseq[i].check(ng.select(value, self.dim, i)) for i in range(n)],
+                        self.dim)
+
+
+class MixtureSameFamilyConstraint(Constraint):
+    """The support of a mixture: its components' constraint, with the component dim reduced."""
+
+    def __init__(self, base_constraint: Constraint):
+        self.base_constraint = base_constraint
+
+    @property
+    def is_discrete(self):
+        return self.base_constraint.is_discrete
+
+    @property
+    def event_dim(self):
+        return self.base_constraint.event_dim
+
+    def check(self, value):
+        ok = self.base_constraint.check(value)
+        if self.event_dim == 0:
+            return ok
+        return ng.all(ok, -1)
 
 
 class _Simplex(Constraint):
@@ -161,6 +260,33 @@ class _OneHot(Constraint):
 
     def check(self, value):
         return ng.all((value == 0) | (value == 1), -1) & (ng.sum(value, -1) == 1)
+
+
+class _Square(Constraint):
+    event_dim = 2
+
+    def check(self, value):
+        n, m = value.shape[-2], value.shape[-1]
+        return ng.full(tuple(value.shape[:-2]), n == m, dtype=ng.bool_, device=value.device)
+
+
+class _Symmetric(_Square):
+    def check(self, value):
+        if value.shape[-1] != value.shape[-2]:
+            return super().check(value)
+        return ng.all(ng.all(ng.abs(value - value.mT) <= 1e-6 * (1 + ng.abs(value)), -1), -1)
+
+
+class _LowerTriangular(Constraint):
+    event_dim = 2
+
+    def check(self, value):
+        return ng.all(ng.all(ng.tril(value) == value, -1), -1)
+
+
+class _PositiveSemidefinite(_Symmetric):
+    def check(self, value):
+        return super().check(value) & ng.all(ng.linalg.eigvalsh(value) >= 0, -1)
 
 
 class _LowerCholesky(Constraint):
@@ -192,6 +318,15 @@ simplex = _Simplex()
 one_hot = _OneHot()
 lower_cholesky = _LowerCholesky()
 positive_definite = _PositiveDefinite()
+positive_semidefinite = _PositiveSemidefinite()
+positive_integer = _IntegerGreaterThan(1)
+lower_triangular = _LowerTriangular()
+square = _Square()
+symmetric = _Symmetric()
+less_than = _LessThan
+multinomial = _Multinomial
+cat = _Cat
+stack = _Stack
 greater_than = _GreaterThan
 greater_than_eq = _GreaterThanEq
 interval = _Interval

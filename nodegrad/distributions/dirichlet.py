@@ -7,17 +7,19 @@ from nodegrad.tensor import Tensor
 from . import _ng as ng
 from . import constraints
 from .distribution import Distribution, _shape
-from .gamma import standard_gamma
+from .beta import _clamp_st
+from .gamma import standard_gamma_rsample
 
 
 class Dirichlet(Distribution):
     """Dirichlet(concentration) over the simplex of the last axis (PyTorch's ``Dirichlet``).
 
-    Samples are normalised Gamma draws, without gradient (no reparameterised gamma sampler
-    here: ``has_rsample`` is False)."""
+    Reparameterised samples: normalised Gamma draws, each with the implicit gamma gradient."""
 
     arg_constraints = {"concentration": constraints.independent(constraints.positive, 1)}
     support = constraints.simplex
+    has_rsample = True
+    _param_event_dims = {"concentration": 1}
 
     def __init__(self, concentration: Tensor, validate_args: bool | None = None):
         if not isinstance(concentration, Tensor) or concentration.ndim < 1:
@@ -46,13 +48,10 @@ class Dirichlet(Distribution):
         a0 = self.concentration.sum(-1, keepdims=True)
         return self.concentration * (a0 - self.concentration) / (a0 ** 2 * (a0 + 1))
 
-    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+    def rsample(self, sample_shape=(), *, generator=None) -> Tensor:
         shape = self._extended_shape(_shape(sample_shape))
-        with ng.no_grad():
-            g = standard_gamma(self.concentration.detach().expand(*shape), generator=generator)
-            x = g / g.sum(-1, keepdims=True)
-            tiny = float(ng.finfo(x.dtype).tiny)
-            return ng.clamp(x, tiny, 1 - float(ng.finfo(x.dtype).eps))
+        g = standard_gamma_rsample(self.concentration.expand(*shape), generator=generator)
+        return _clamp_st(g / g.sum(-1, keepdims=True))
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

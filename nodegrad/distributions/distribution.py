@@ -88,9 +88,9 @@ class Distribution:
             self._validate_args = Distribution._validate_default
         if self._validate_args and _concrete():
             for param, constraint in self.arg_constraints.items():
-                if constraints.is_dependent(constraint) or param not in self.__dict__:
+                value = self._given_param(param)
+                if constraints.is_dependent(constraint) or value is None:
                     continue  # not given (probs when built from logits) or checked elsewhere
-                value = self.__dict__[param]
                 with ng.no_grad():
                     ok = bool(ng.all(constraint.check(value)))
                 if not ok:
@@ -98,6 +98,16 @@ class Distribution:
                         f"Expected parameter {param} (Tensor of shape {tuple(value.shape)}) of "
                         f"distribution {type(self).__name__} to satisfy the constraint "
                         f"{constraint!r}, but found invalid values:\n{value}")
+
+    def _given_param(self, name: str) -> Tensor | None:
+        """Parameter ``name`` as given (an attribute, or a plain property such as a transformed
+        distribution's ``loc``); None for one computed lazily from another (cached)."""
+        if name in self.__dict__:
+            return self.__dict__[name]
+        if isinstance(getattr(type(self), name, None), property):
+            v = getattr(self, name)
+            return v if isinstance(v, Tensor) else None
+        return None
 
     # --- shapes -----------------------------------------------------------------------------
     @property
@@ -212,8 +222,8 @@ class Distribution:
         def show(v):
             return v.item() if v.ndim == 0 and _concrete() else tuple(v.shape)
 
-        args = ", ".join(f"{k}: {show(self.__dict__[k])}" for k in self.arg_constraints
-                         if k in self.__dict__)
+        given = {k: self._given_param(k) for k in self.arg_constraints}
+        args = ", ".join(f"{k}: {show(v)}" for k, v in given.items() if v is not None)
         return f"{type(self).__name__}({args})"
 
 

@@ -9,16 +9,26 @@ from nodegrad.tensor import Tensor
 
 from .bernoulli import Bernoulli
 from .beta import Beta
+from .binomial import Binomial
 from .categorical import Categorical, OneHotCategorical
+from .cauchy import Cauchy
+from .continuous_bernoulli import ContinuousBernoulli
 from .dirichlet import Dirichlet
-from .distribution import Distribution, _sum_rightmost
+from .distribution import Distribution, _concrete, _sum_rightmost
+from .exp_family import ExponentialFamily
 from .exponential import Exponential
 from .gamma import Gamma
+from .geometric import Geometric
+from .gumbel import EULER, Gumbel
+from .half_normal import HalfNormal
 from .independent import Independent
 from .laplace import Laplace
 from .lognormal import LogNormal
+from .lowrank_multivariate_normal import LowRankMultivariateNormal
 from .multivariate_normal import MultivariateNormal, _batch_mahalanobis, _half_log_det
 from .normal import Normal
+from .pareto import Pareto
+from .transformed_distribution import TransformedDistribution
 from .uniform import Uniform
 
 __all__ = ["kl_divergence", "register_kl"]
@@ -162,7 +172,7 @@ def _no_kl(p: Distribution, q: Distribution) -> Tensor:
                               f"and q of type {type(q).__name__} (their supports differ)")
 
 
-register_kl(LogNormal, Normal)(_no_kl)  # a subclass of Normal, on another support
+register_kl(LogNormal, Normal)(_no_kl)
 register_kl(Normal, LogNormal)(_no_kl)
 
 
@@ -172,3 +182,102 @@ def _kl_dirichlet_dirichlet(p: Dirichlet, q: Dirichlet) -> Tensor:
     sum_a = a.sum(-1)
     return (ng.lgamma(sum_a) - ng.lgamma(b.sum(-1)) - (ng.lgamma(a) - ng.lgamma(b)).sum(-1)
             + ((a - b) * (ng.digamma(a) - ng.digamma(sum_a)[..., None])).sum(-1))
+
+
+# --- the families added with the transforms ----------------------------------------------------
+@register_kl(TransformedDistribution, TransformedDistribution)
+def _kl_transformed_transformed(p: TransformedDistribution, q: TransformedDistribution):
+    """Equal bijections leave KL unchanged: the KL of the base distributions."""
+    if p.transforms != q.transforms:
+        raise NotImplementedError("KL(TransformedDistribution || TransformedDistribution) "
+                                  "needs equal transforms")
+    if p.event_shape != q.event_shape:
+        raise NotImplementedError("KL(TransformedDistribution || TransformedDistribution) "
+                                  "needs equal event shapes")
+    return kl_divergence(p.base_dist, q.base_dist)
+
+
+@register_kl(ExponentialFamily, ExponentialFamily)
+def _kl_expfamily_expfamily(p: ExponentialFamily, q: ExponentialFamily) -> Tensor:
+    """The Bregman divergence of the log normalizer, for two members of one family."""
+    if type(p) is not type(q):
+        raise NotImplementedError(f"No KL(p || q) is implemented for p of type "
+                                  f"{type(p).__name__} and q of type {type(q).__name__}")
+    p_np, q_np = list(p._natural_params), list(q._natural_params)
+    lg = p._log_normalizer(*p_np)
+    grads = ng.func_grad(lambda *a: ng.sum(p._log_normalizer(*a)),
+                         argnums=tuple(range(len(p_np))))(*p_np)
+    result = q._log_normalizer(*q_np) - lg
+    for a, b, g in zip(p_np, q_np, grads):
+        result = result - _sum_rightmost((b - a) * g, len(q.event_shape))
+    return result
+
+
+@register_kl(Binomial, Binomial)
+def _kl_binomial_binomial(p: Binomial, q: Binomial) -> Tensor:
+    if _concrete() and bool(ng.any(p.total_count < q.total_count)):
+        raise NotImplementedError("KL between Binomials where q.total_count > p.total_count "
+                                  "is not implemented")
+    kl = p.total_count * (p.probs * (p.logits - q.logits) + ng.log1p(-p.probs)
+                          - ng.log1p(-q.probs))
+    return ng.where(p.total_count > q.total_count, _INF, kl)
+
+
+@register_kl(Geometric, Geometric)
+def _kl_geometric_geometric(p: Geometric, q: Geometric) -> Tensor:
+    return -p.entropy() - ng.log1p(-q.probs) / p.probs - q.logits
+
+
+@register_kl(Cauchy, Cauchy)
+def _kl_cauchy_cauchy(p: Cauchy, q: Cauchy) -> Tensor:
+    t1 = ng.log((p.scale + q.scale) ** 2 + (p.loc - q.loc) ** 2)
+    return t1 - ng.log(4 * p.scale * q.scale)
+
+
+@register_kl(HalfNormal, HalfNormal)
+def _kl_halfnormal_halfnormal(p: HalfNormal, q: HalfNormal) -> Tensor:
+    return _kl_normal_normal(p.base_dist, q.base_dist)
+
+
+@register_kl(Gumbel, Gumbel)
+def _kl_gumbel_gumbel(p: Gumbel, q: Gumbel) -> Tensor:
+    ct1, ct2, ct3 = p.scale / q.scale, q.loc / q.scale, p.loc / q.scale
+    t1 = -ng.log(ct1) - ct2 + ct3
+    t2 = ct1 * EULER
+    t3 = ng.exp(ct2 + ng.lgamma(1 + ct1) - ct3)
+    return t1 + t2 + t3 - (1 + EULER)
+
+
+@register_kl(Pareto, Pareto)
+def _kl_pareto_pareto(p: Pareto, q: Pareto) -> Tensor:
+    scale_ratio, alpha_ratio = p.scale / q.scale, q.alpha / p.alpha
+    result = q.alpha * ng.log(scale_ratio) - ng.log(alpha_ratio) + alpha_ratio - 1
+    return ng.where(p.scale < q.scale, _INF, result)
+
+
+@register_kl(ContinuousBernoulli, ContinuousBernoulli)
+def _kl_cb_cb(p: ContinuousBernoulli, q: ContinuousBernoulli) -> Tensor:
+    t1 = p.mean * (p.logits - q.logits)
+    t2 = p._cont_bern_log_norm() + ng.log1p(-p.probs)
+    t3 = -q._cont_bern_log_norm() - ng.log1p(-q.probs)
+    return t1 + t2 + t3
+
+
+def _kl_gaussians(p, q) -> Tensor:
+    """KL between two multivariate Normals (either parametrisation) through dense factors."""
+    if p.event_shape != q.event_shape:
+        raise ValueError("KL-divergence between two (Low Rank) Multivariate Normals with "
+                         "different event shapes cannot be computed")
+    n = p.event_shape[0]
+    pL, qL = p.scale_tril, q.scale_tril
+    batch = ng.broadcast_shapes(tuple(qL.shape[:-2]), tuple(pL.shape[:-2]))
+    pL, qL = pL.expand(*batch, n, n), qL.expand(*batch, n, n)
+    m = ng.linalg.solve_triangular(qL, pL, upper=False)
+    term2 = ng.sum(m * m, (-2, -1))
+    term3 = _batch_mahalanobis(qL, q.loc - p.loc)
+    return _half_log_det(qL) - _half_log_det(pL) + 0.5 * (term2 + term3 - n)
+
+
+register_kl(LowRankMultivariateNormal, LowRankMultivariateNormal)(_kl_gaussians)
+register_kl(LowRankMultivariateNormal, MultivariateNormal)(_kl_gaussians)
+register_kl(MultivariateNormal, LowRankMultivariateNormal)(_kl_gaussians)

@@ -1,0 +1,115 @@
+"""The Binomial distribution: successes in ``total_count`` Bernoulli trials."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from nodegrad.random import _draw, _gen
+from nodegrad.tensor import Tensor
+
+from . import _ng as ng
+from . import constraints
+from .distribution import Distribution, _concrete, _shape, broadcast_all
+from .utils import logits_to_probs, probs_to_logits
+
+
+def _clamp_by_zero(x: Tensor) -> Tensor:
+    """max(x, 0) with gradient 1/2 at 0 (PyTorch's form, so log_prob's gradient matches)."""
+    return (ng.clamp(x, min=0) + x - ng.clamp(x, max=0)) / 2
+
+
+def _binomial_array(gen, n: Tensor, p: Tensor, shape: tuple):
+    with gen.backend.scope():
+        counts = n.data.astype("int64")
+        return gen.rng.binomial(counts, p.data.astype("float64"), size=shape).astype(p.data.dtype)
+
+
+class Binomial(Distribution):
+    """Binomial(total_count, probs) (or ``logits``): counts in {0, ..., total_count}."""
+
+    arg_constraints = {"total_count": constraints.nonnegative_integer,
+                       "probs": constraints.unit_interval, "logits": constraints.real}
+    has_enumerate_support = True
+
+    def __init__(self, total_count: Tensor | int = 1, probs: Tensor | float | None = None,
+                 logits: Tensor | float | None = None, validate_args: bool | None = None):
+        if (probs is None) == (logits is None):
+            raise ValueError("Binomial: either `probs` or `logits` must be specified, but not "
+                             "both.")
+        if probs is not None:
+            self.total_count, self.probs = broadcast_all(total_count, probs)
+            self._param = self.probs
+        else:
+            self.total_count, self.logits = broadcast_all(total_count, logits)
+            self._param = self.logits
+        super().__init__(tuple(self._param.shape), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> Binomial:
+        new = super().expand(batch_shape, _instance)
+        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
+        return new
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.total_count)
+
+    @cached_property
+    def logits(self) -> Tensor:
+        return probs_to_logits(self.probs, is_binary=True)
+
+    @cached_property
+    def probs(self) -> Tensor:
+        return logits_to_probs(self.logits, is_binary=True)
+
+    @property
+    def param_shape(self) -> tuple:
+        return tuple(self._param.shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.total_count * self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        return ng.minimum(ng.floor((self.total_count + 1) * self.probs), self.total_count)
+
+    @property
+    def variance(self) -> Tensor:
+        return self.total_count * self.probs * (1 - self.probs)
+
+    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+        shape = self._extended_shape(_shape(sample_shape))
+        probs = self.probs.detach()  # cached outside no_grad: it keeps its graph
+        with ng.no_grad():
+            n = self.total_count.detach().expand(*shape)
+            p = probs.expand(*shape)
+            return Tensor(_draw(_binomial_array, _gen(generator, p.device), n, p, shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        n, logits = self.total_count, self.logits
+        value = value.astype(logits.dtype)
+        normalize = (n * _clamp_by_zero(logits) + n * ng.log1p(ng.exp(-ng.abs(logits)))
+                     - ng.lgamma(n + 1))
+        return (value * logits - ng.lgamma(value + 1) - ng.lgamma(n - value + 1) - normalize)
+
+    def _homogeneous_count(self, op: str) -> int:
+        if not _concrete():
+            raise NotImplementedError(f"Binomial.{op} needs concrete total_count values")
+        n = int(ng.max(self.total_count))
+        if int(ng.min(self.total_count)) != n:
+            raise NotImplementedError(f"Inhomogeneous total count not supported by `{op}`.")
+        return n
+
+    def entropy(self) -> Tensor:
+        self._homogeneous_count("entropy")
+        lp = self.log_prob(self.enumerate_support(False))
+        return -ng.sum(ng.exp(lp) * lp, 0)
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        n = self._homogeneous_count("enumerate_support")
+        p = self._param
+        values = ng.arange(1 + n, dtype=p.dtype, device=p.device)
+        values = values.reshape((-1,) + (1,) * len(self.batch_shape))
+        return values.expand(n + 1, *self.batch_shape) if expand else values

@@ -1,0 +1,82 @@
+"""The Geometric distribution: failures before the first success."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from nodegrad.tensor import Tensor
+
+from . import _ng as ng
+from . import constraints
+from .bernoulli import _bce_with_logits
+from .distribution import Distribution, _concrete, _shape, broadcast_all
+from .utils import logits_to_probs, probs_to_logits
+
+
+class Geometric(Distribution):
+    """Failures before the first success with success probability ``probs`` in (0, 1] (or
+    ``logits``)."""
+
+    arg_constraints = {"probs": constraints.interval(0.0, 1.0), "logits": constraints.real}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, probs: Tensor | float | None = None, logits: Tensor | float | None = None,
+                 validate_args: bool | None = None):
+        if (probs is None) == (logits is None):
+            raise ValueError("Geometric: either `probs` or `logits` must be specified, but not "
+                             "both.")
+        if probs is not None:
+            (self.probs,) = broadcast_all(probs)
+            self._param = self.probs
+        else:
+            (self.logits,) = broadcast_all(logits)
+            self._param = self.logits
+        super().__init__(tuple(self._param.shape), validate_args=validate_args)
+        if self._validate_args and probs is not None and _concrete():
+            if not bool(ng.all(self.probs > 0)):
+                raise ValueError(f"Expected parameter probs (Tensor of shape "
+                                 f"{tuple(self.probs.shape)}) of distribution Geometric to be "
+                                 f"positive but found invalid values:\n{self.probs}")
+
+    def expand(self, batch_shape, _instance=None) -> Geometric:
+        new = super().expand(batch_shape, _instance)
+        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
+        return new
+
+    @cached_property
+    def logits(self) -> Tensor:
+        return probs_to_logits(self.probs, is_binary=True)
+
+    @cached_property
+    def probs(self) -> Tensor:
+        return logits_to_probs(self.logits, is_binary=True)
+
+    @property
+    def mean(self) -> Tensor:
+        return 1.0 / self.probs - 1.0
+
+    @property
+    def mode(self) -> Tensor:
+        return ng.zeros_like(self.probs)
+
+    @property
+    def variance(self) -> Tensor:
+        return (1.0 / self.probs - 1.0) / self.probs
+
+    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+        shape = self._extended_shape(_shape(sample_shape))
+        p = self.probs.detach()
+        with ng.no_grad():
+            u = ng.rand(shape, dtype=p.dtype, device=p.device, generator=generator)
+            u = ng.clamp(u, min=float(ng.finfo(p.dtype).tiny))
+            return ng.floor(ng.log(u) / ng.log1p(-p))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        value, probs = ng.broadcast_tensors(value.astype(self.probs.dtype), self.probs)
+        probs = ng.where((probs == 1) & (value == 0), 0.0, probs)
+        return value * ng.log1p(-probs) + ng.log(self.probs)
+
+    def entropy(self) -> Tensor:
+        return _bce_with_logits(self.logits, self.probs) / self.probs

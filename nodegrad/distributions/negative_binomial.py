@@ -1,0 +1,89 @@
+"""The negative binomial distribution: successes before ``total_count`` failures."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from nodegrad.random import _draw, _gen
+from nodegrad.tensor import Tensor
+
+from . import _ng as ng
+from . import constraints
+from .distribution import Distribution, broadcast_all
+from .gamma import Gamma
+from .poisson import _poisson_array
+from .utils import logits_to_probs, probs_to_logits
+
+
+class NegativeBinomial(Distribution):
+    """Successes (each with probability ``probs``) before ``total_count`` failures; sampled
+    as a Gamma-Poisson mixture, as PyTorch does."""
+
+    arg_constraints = {"total_count": constraints.greater_than_eq(0),
+                       "probs": constraints.half_open_interval(0.0, 1.0),
+                       "logits": constraints.real}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, total_count: Tensor | float, probs: Tensor | float | None = None,
+                 logits: Tensor | float | None = None, validate_args: bool | None = None):
+        if (probs is None) == (logits is None):
+            raise ValueError("NegativeBinomial: either `probs` or `logits` must be specified, "
+                             "but not both.")
+        if probs is not None:
+            self.total_count, self.probs = broadcast_all(total_count, probs)
+            self._param = self.probs
+        else:
+            self.total_count, self.logits = broadcast_all(total_count, logits)
+            self._param = self.logits
+        super().__init__(tuple(self._param.shape), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None) -> NegativeBinomial:
+        new = super().expand(batch_shape, _instance)
+        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
+        return new
+
+    @cached_property
+    def logits(self) -> Tensor:
+        return probs_to_logits(self.probs, is_binary=True)
+
+    @cached_property
+    def probs(self) -> Tensor:
+        return logits_to_probs(self.logits, is_binary=True)
+
+    @property
+    def param_shape(self) -> tuple:
+        return tuple(self._param.shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.total_count * ng.exp(self.logits)
+
+    @property
+    def mode(self) -> Tensor:
+        return ng.clamp(ng.floor((self.total_count - 1) * ng.exp(self.logits)), min=0.0)
+
+    @property
+    def variance(self) -> Tensor:
+        return self.mean / ng.sigmoid(-self.logits)
+
+    @property
+    def _gamma(self) -> Gamma:
+        return Gamma(self.total_count, ng.exp(-self.logits), validate_args=False)
+
+    def sample(self, sample_shape=(), *, generator=None) -> Tensor:
+        gamma = self._gamma  # built outside no_grad: cached logits keep their graph
+        with ng.no_grad():
+            rate = gamma.sample(sample_shape, generator=generator)
+            return Tensor(_draw(_poisson_array, _gen(generator, rate.device), rate,
+                                tuple(rate.shape)))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        n, logits = self.total_count, self.logits
+        value = value.astype(logits.dtype)
+        logsig = ng.nn.functional.logsigmoid
+        unnormalized = n * logsig(-logits) + value * logsig(logits)
+        norm = -ng.lgamma(n + value) + ng.lgamma(1.0 + value) + ng.lgamma(n)
+        norm = ng.where(n + value == 0.0, 0.0, norm)
+        return unnormalized - norm
