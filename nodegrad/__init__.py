@@ -7,6 +7,9 @@
 tensor([2., 4., 6.])
 """
 
+import builtins as _py  # this module's globals shadow int, bool, float, max, ... (ng's own)
+import math as _math
+
 from . import (_backend, autograd, data, diagnostics, distributions, lax, linalg, models, nn,
                onnx, optim, prune, special, train)
 from ._backend import cuda_available
@@ -47,5 +50,57 @@ from .linalg_lu import lu_unpack  # noqa: E402
 from .linalg_lu import torch_lu as lu  # noqa: E402
 from .linalg_lu import torch_lu_solve as lu_solve  # noqa: E402
 
+from .autograd import set_anomaly_enabled  # noqa: E402
+from .dtypes import can_cast, get_default_dtype, set_default_dtype  # noqa: E402
+from .dtypes import torch_promote_types as promote_types  # noqa: E402
+from .random import (binomial, get_rng_state, initial_seed, poisson, seed,  # noqa: E402
+                     set_rng_state)
+from .tensor import set_printoptions  # noqa: E402
+from .ops.methods import register as _register  # noqa: E402
+
 __version__ = "0.1.0"
 dtype = _backend.np.dtype
+
+
+# --- PyTorch's top-level names with torch's own arguments where they differ from F's ------------
+def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
+                                     reduction: _py.int | str = 1):
+    """``torch.binary_cross_entropy_with_logits``: nn.functional's loss with torch's low-level
+    argument order (weight, pos_weight, reduction) and reduction as an int (0 none, 1 mean,
+    2 sum; the names are taken too)."""
+    names = {0: "none", 1: "mean", 2: "sum"}
+    red = reduction if isinstance(reduction, _py.bool) else names.get(reduction, reduction)
+    if red not in ("none", "mean", "sum"):
+        raise ValueError(f"binary_cross_entropy_with_logits: reduction must be 0, 1 or 2 "
+                         f"(none, mean, sum), got {reduction!r}")
+    return nn.functional.binary_cross_entropy_with_logits(input, target, weight, red,
+                                                          pos_weight)
+
+
+def adaptive_max_pool1d(input, output_size):
+    """``torch.adaptive_max_pool1d``: (values, indices), unlike nn.functional's default."""
+    return nn.functional.adaptive_max_pool1d(input, output_size, return_indices=True)
+
+
+adaptive_avg_pool1d = nn.functional.adaptive_avg_pool1d
+_register({"prelu": nn.functional.prelu})  # x.prelu(weight), as Tensor.prelu
+
+
+from .linalg_lowrank import pca_lowrank, svd_lowrank  # noqa: E402
+from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # noqa: E402
+                      is_deterministic_algorithms_warn_only_enabled, set_num_threads,
+                      use_deterministic_algorithms)
+
+
+# --- constants and PyTorch's dtype names (last: ``float``, ``int`` and ``bool`` shadow the
+# builtins from here to the end of this file) --------------------------------------------------
+pi, e, inf, nan = _math.pi, _math.e, _math.inf, _math.nan
+newaxis = None
+uint8, int8, int16 = (_backend.np.dtype(n) for n in ("uint8", "int8", "int16"))
+half, double, short, long = float16, float64, int16, int64
+float, int, bool = float32, int32, bool_  # noqa: A001  (torch.float, torch.int, torch.bool)
+
+# ``from nodegrad import *`` gives every public name but these three, so a star import never
+# changes what float, int and bool mean in the importing module (torch's star import does)
+__all__ = [_name for _name in globals() if not _name.startswith("_")
+           and _name not in ("float", "int", "bool")]

@@ -19,9 +19,154 @@ tensor([12.])
 
 from __future__ import annotations
 
-from .autodiff import backward, detect_anomaly, enable_grad, grad, no_grad, set_grad_enabled
+from collections.abc import Callable, Sequence
+
+from . import _backend as B
+from .autodiff import (backward, detect_anomaly, enable_grad, grad, inference_mode,
+                       is_anomaly_enabled, modes, no_grad, set_grad_enabled)
 from .func import autograd_functional as functional
 from .func.custom import Function, FunctionCtx, once_differentiable
+from .tensor import Tensor
+from .testing import GradcheckError
+from .testing import gradcheck as _gradcheck
 
 __all__ = ["Function", "FunctionCtx", "once_differentiable", "functional", "grad", "backward",
-           "no_grad", "enable_grad", "set_grad_enabled", "detect_anomaly"]
+           "no_grad", "enable_grad", "set_grad_enabled", "detect_anomaly", "set_detect_anomaly",
+           "set_anomaly_enabled", "is_anomaly_enabled", "inference_mode", "gradcheck",
+           "gradgradcheck", "GradcheckError", "Variable"]
+
+
+class set_detect_anomaly:
+    """Turn anomaly detection on or off in this thread, as ``torch.autograd.set_detect_anomaly``:
+    at once when called, and back to the previous setting on leaving a ``with`` block."""
+
+    def __init__(self, mode: bool, check_nan: bool = True):
+        m = modes()
+        self.prev = m.anomaly
+        m.anomaly = bool(mode)
+
+    def __enter__(self) -> set_detect_anomaly:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        modes().anomaly = self.prev
+
+
+def set_anomaly_enabled(enabled: bool, check_nan: bool = True) -> None:
+    """Turn anomaly detection on or off in this thread until changed again, as
+    ``torch.set_anomaly_enabled`` (nodegrad always checks for NaN and Inf)."""
+    modes().anomaly = bool(enabled)
+
+
+class _VariableMeta(type):
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, Tensor)
+
+
+class Variable(metaclass=_VariableMeta):
+    """PyTorch's deprecated ``Variable``: ``Variable(t)`` is the tensor ``t`` itself (with
+    ``requires_grad`` set when asked), and every tensor is an instance."""
+
+    def __new__(cls, data, requires_grad: bool = False, volatile: bool = False) -> Tensor:
+        if not isinstance(data, Tensor):
+            raise TypeError(f"Variable: expected a tensor, got {type(data).__name__}")
+        if requires_grad and not data.requires_grad:
+            data.requires_grad_()
+        return data
+
+
+def _split_inputs(op: str, inputs) -> tuple[list, list, list]:
+    """The inputs as a list, the positions that require grad, and the rest in float64."""
+    args = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    wanted = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
+    if not wanted:
+        raise ValueError(f"{op}: expected at least one input tensor that requires grad (only "
+                         "those are checked, as in torch.autograd)")
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor) and i not in wanted and a.dtype.kind == "f":
+            args[i] = a.detach().astype(B.float64)  # gradcheck runs in float64
+    return args, wanted, [args[i] for i in wanted]
+
+
+def _closed(func: Callable, args: list, wanted: list) -> Callable:
+    def f(*xs):
+        full = list(args)
+        for i, x in zip(wanted, xs):
+            full[i] = x
+        return func(*full)
+
+    return f
+
+
+def _refuse(op: str, **flags) -> None:
+    on = [k for k, v in flags.items() if v]
+    if on:
+        raise NotImplementedError(f"{op}: {', '.join(on)} is not supported; nodegrad checks "
+                                  "reverse-mode gradients against central differences")
+
+
+def gradcheck(func: Callable, inputs, *, eps: float = 1e-6, atol: float = 1e-5,
+              rtol: float = 1e-3, raise_exception: bool = True, nondet_tol: float = 0.0,
+              check_undefined_grad: bool = True, check_grad_dtypes: bool = False,
+              check_batched_grad: bool = False, check_batched_forward_grad: bool = False,
+              check_forward_ad: bool = False, check_backward_ad: bool = True,
+              fast_mode: bool = False, masked: bool | None = None) -> bool:
+    """``torch.autograd.gradcheck``: the reverse-mode gradient of ``func`` with respect to the
+    ``inputs`` that require grad against central differences in float64 (see
+    :func:`nodegrad.testing.gradcheck`). True, or GradcheckError (False without
+    ``raise_exception``); forward-mode and batched checks are refused."""
+    _refuse("gradcheck", check_batched_grad=check_batched_grad,
+            check_batched_forward_grad=check_batched_forward_grad,
+            check_forward_ad=check_forward_ad)
+    args, wanted, xs = _split_inputs("gradcheck", inputs)
+    if not check_backward_ad:
+        return True
+    return _gradcheck(_closed(func, args, wanted), *xs, eps=eps, atol=atol, rtol=rtol,
+                      raise_exception=raise_exception)
+
+
+def _as_list(res) -> list:
+    return [res] if isinstance(res, Tensor) else [r for r in res if isinstance(r, Tensor)]
+
+
+def gradgradcheck(func: Callable, inputs, grad_outputs: Sequence | Tensor | None = None, *,
+                  eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
+                  gen_non_contig_grad_outputs: bool = False, raise_exception: bool = True,
+                  nondet_tol: float = 0.0, check_undefined_grad: bool = True,
+                  check_grad_dtypes: bool = False, check_batched_grad: bool = False,
+                  check_fwd_over_rev: bool = False, check_rev_over_rev: bool = True,
+                  fast_mode: bool = False, masked: bool = False) -> bool:
+    """``torch.autograd.gradgradcheck``: checks the gradient of ``x -> <v, J_func(x)>`` (the
+    first derivative, recorded with ``create_graph``) against central differences, ``v`` being
+    ``grad_outputs`` or fixed random normals (seeded)."""
+    _refuse("gradgradcheck", check_batched_grad=check_batched_grad,
+            check_fwd_over_rev=check_fwd_over_rev)
+    args, wanted, xs = _split_inputs("gradgradcheck", inputs)
+    if not check_rev_over_rev:
+        return True
+    f = _closed(func, args, wanted)
+    xs64 = [x.detach().astype(B.float64) if x.dtype.kind == "f" else x.detach() for x in xs]
+    with no_grad():
+        outs = _as_list(f(*xs64))
+    if grad_outputs is None:
+        rng = B.np.random.default_rng(0)
+        vs = [Tensor(o.backend.asarray(rng.standard_normal(o.shape))) for o in outs]
+    else:
+        given = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
+        vs = [g.detach().astype(B.float64) for g in given]
+        if len(vs) != len(outs):
+            raise ValueError(f"gradgradcheck: {len(outs)} outputs but {len(vs)} grad_outputs")
+
+    def first(*ts):
+        with enable_grad():
+            ins = [t if t.requires_grad else t.detach().requires_grad_() for t in ts]
+            res = _as_list(f(*ins))
+            live = [(o, v) for o, v in zip(res, vs) if o.requires_grad]
+            if not live:
+                return tuple(t * 0 for t in ins)
+            gs = grad([o for o, _ in live], ins, [v for _, v in live], create_graph=True,
+                      allow_unused=True)
+        return tuple(t * 0 if g is None else g for g, t in zip(gs, ins))
+
+    return _gradcheck(first, *xs64, eps=eps, atol=atol, rtol=rtol,
+                      raise_exception=raise_exception)

@@ -105,7 +105,7 @@ def result_type(*operands):
 def finfo(dtype=None):
     """Machine limits of a float dtype (``eps``, ``max``, ``min``, ``tiny``, ``bits``,
     ``resolution``), PyTorch's ``torch.finfo``; the default float dtype when none is given."""
-    dt = _np.dtype(_np.float32 if dtype is None else dtype)
+    dt = _np.dtype(B.DEFAULT_FLOAT if dtype is None else dtype)
     if dt.kind != "f":
         raise TypeError(f"finfo: expected a floating dtype, got {dt} (use iinfo)")
     return _np.finfo(dt)
@@ -119,4 +119,71 @@ def iinfo(dtype):
     return _np.iinfo(dt)
 
 
-__all__ = ["promote_types", "result_type", "finfo", "iinfo"]
+# --- PyTorch's dtype queries ---------------------------------------------------------------------
+_TORCH_DTYPES = {_np.dtype(n) for n in ("bool", "uint8", "int8", "int16", "int32", "int64",
+                                        "float16", "float32", "float64")}
+
+
+def _torch_dtype(dtype, op: str):
+    try:
+        dt = _np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{op}: expected a dtype, got {dtype!r}") from None
+    if dt not in _TORCH_DTYPES:
+        raise TypeError(f"{op}: dtype {dt} is not one of nodegrad's (bool, uint8, int8, int16, "
+                        "int32, int64, float16, float32, float64)")
+    return dt
+
+
+def torch_promote_types(type1, type2):
+    """PyTorch's ``torch.promote_types``: the smallest dtype both convert to without leaving
+    their categories (bool < integer < float); float32 with float64 gives float64 here, as it is
+    a question about dtypes (the operators themselves refuse that mix, see above)."""
+    a = _torch_dtype(type1, "promote_types")
+    b = _torch_dtype(type2, "promote_types")
+    if a.kind == "f" or b.kind == "f":
+        if a.kind == "f" and b.kind == "f":
+            return a if a.itemsize >= b.itemsize else b
+        return a if a.kind == "f" else b
+    return _np.promote_types(a, b)  # bool and integers: NumPy's lattice is PyTorch's here
+
+
+def can_cast(from_, to) -> bool:
+    """PyTorch's ``torch.can_cast``: whether PyTorch's casting rules allow storing ``from_``
+    values in ``to`` (a float never goes to an integer, a number never to bool)."""
+    a = _torch_dtype(from_, "can_cast")
+    b = _torch_dtype(to, "can_cast")
+    return _CATEGORY[a.kind] <= _CATEGORY[b.kind]  # bool < integers (signed or not) < floats
+
+
+# --- the default float dtype ----------------------------------------------------------------------
+_DEFAULT_CHOICES = {_np.dtype(n) for n in ("float16", "float32", "float64")}
+
+
+def get_default_dtype():
+    """The float dtype Python floats and float factories (``tensor([1.0])``, ``zeros``,
+    ``randn``, a new layer's parameters) give; float32 unless :func:`set_default_dtype`."""
+    return B.DEFAULT_FLOAT
+
+
+def set_default_dtype(d) -> None:
+    """Make ``d`` (float16, float32 or float64) the default float dtype, as
+    ``torch.set_default_dtype``: for factories, Python floats in promotion, integer inputs of
+    float ops. Set it before building models; tensors that exist keep their dtypes."""
+    try:
+        dt = _np.dtype(d)
+    except TypeError:
+        dt = None
+    if dt not in _DEFAULT_CHOICES:
+        raise TypeError(f"set_default_dtype: only floating-point types are supported as the "
+                        f"default type (float16, float32, float64), got {d!r}")
+    from . import primitive
+
+    B.DEFAULT_FLOAT = dt
+    primitive.set_default_float(dt)  # bind's result dtype for integer inputs
+    _SCALAR_DTYPES[float] = dt
+    _CACHE.clear()
+
+
+__all__ = ["promote_types", "result_type", "finfo", "iinfo", "torch_promote_types", "can_cast",
+           "get_default_dtype", "set_default_dtype"]

@@ -301,6 +301,13 @@ def _devices(prim: Primitive, datas: list) -> tuple:
     return backend, mixed
 
 
+def set_default_float(dtype) -> None:
+    """Make ``dtype`` the float that integer operands of float ops give (``bind``'s rule), for
+    :func:`nodegrad.set_default_dtype`."""
+    global _DEFAULT_FLOAT
+    _DEFAULT_FLOAT = dtype
+
+
 def as_float(prim: Primitive, backend, datas: list, params: dict, out, dtype):
     """``prim``'s result ``out`` of integer or bool operands as float ``dtype``. NumPy computes
     ops of 8-bit integers and bools in float16: where every array operand is an integer or a

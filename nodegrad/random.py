@@ -34,6 +34,11 @@ class Generator:
         return self
 
     def initial_seed(self) -> int | None:
+        """The seed this stream started from: ``manual_seed``'s, or the entropy drawn when it
+        was None (on the CPU; seeding with it restarts the same stream)."""
+        if self._seed is None:
+            seq = getattr(getattr(self.rng, "bit_generator", None), "seed_seq", None)
+            return getattr(seq, "entropy", None)
         return self._seed
 
     def get_state(self) -> dict:
@@ -95,6 +100,59 @@ def manual_seed(seed: int) -> None:
     for g in _default.values():
         g.manual_seed(seed)
     default_generator("cpu").manual_seed(seed)
+
+
+def initial_seed() -> int:
+    """The seed of the CPU's default generator (``manual_seed``'s, else the entropy it drew),
+    as ``torch.initial_seed``."""
+    return default_generator("cpu").initial_seed()
+
+
+def seed() -> int:
+    """Seed every device's default generator with a fresh random 63-bit number and return it,
+    as ``torch.seed`` (``manual_seed(seed())`` later repeats the stream)."""
+    import secrets
+
+    s = secrets.randbits(63)
+    manual_seed(s)
+    return s
+
+
+# The CPU state as bytes: PCG64's 128-bit state and increment, then the cached half-word flag
+# and the cached 32-bit word (little-endian), so ``set_rng_state`` restores draws exactly.
+_STATE_LAYOUT = (("state", 16), ("inc", 16), ("has_uint32", 1), ("uinteger", 4))
+_STATE_BYTES = sum(n for _, n in _STATE_LAYOUT)
+
+
+def get_rng_state() -> Tensor:
+    """The CPU default generator's state as a uint8 tensor (37 bytes of PCG64 state), as
+    ``torch.get_rng_state``; :func:`set_rng_state` puts it back and the draws repeat exactly."""
+    st = default_generator("cpu").get_state()
+    if st.get("bit_generator") != "PCG64":
+        raise NotImplementedError(f"get_rng_state: the CPU generator is "
+                                  f"{st.get('bit_generator')}, only PCG64 state is exported")
+    vals = {"state": st["state"]["state"], "inc": st["state"]["inc"],
+            "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
+    raw = b"".join(int(vals[k]).to_bytes(n, "little") for k, n in _STATE_LAYOUT)
+    return Tensor(B.np.frombuffer(raw, dtype=B.np.uint8).copy())
+
+
+def set_rng_state(new_state: Tensor) -> None:
+    """Restore the CPU default generator from a :func:`get_rng_state` tensor."""
+    if not isinstance(new_state, Tensor) or new_state.dtype != B.np.uint8:
+        got = getattr(new_state, "dtype", type(new_state).__name__)
+        raise TypeError(f"set_rng_state: expected a uint8 tensor from get_rng_state, got {got}")
+    raw = bytes(B.np.ascontiguousarray(new_state.numpy()).reshape(-1))
+    if len(raw) != _STATE_BYTES:
+        raise ValueError(f"set_rng_state: expected {_STATE_BYTES} bytes of PCG64 state, got "
+                         f"{len(raw)}")
+    vals, at = {}, 0
+    for k, n in _STATE_LAYOUT:
+        vals[k] = int.from_bytes(raw[at:at + n], "little")
+        at += n
+    default_generator("cpu").set_state({
+        "bit_generator": "PCG64", "state": {"state": vals["state"], "inc": vals["inc"]},
+        "has_uint32": vals["has_uint32"], "uinteger": vals["uinteger"]})
 
 
 def _gen(generator, device) -> Generator:
@@ -253,6 +311,47 @@ def _multinomial(gen: Generator, input: Tensor, num_samples: int, replacement: b
         out = xp.minimum(out, n - 1)
     out = out.astype(B.int64)
     return out if input.ndim == 2 else out[0]
+
+
+def poisson(input: Tensor, generator: Generator | None = None) -> Tensor:
+    """Poisson counts with rates ``input`` (non-negative floats), in input's dtype, as
+    ``torch.poisson``; not differentiable."""
+    if not isinstance(input, Tensor) or input.dtype.kind != "f":
+        raise DTypeError(f"poisson: expected a floating tensor of rates, got "
+                         f"{getattr(input, 'dtype', type(input).__name__)}")
+    return Tensor(_draw(_poisson, _gen(generator, input.device), input))
+
+
+def _poisson(gen: Generator, input: Tensor):
+    lam = input.data
+    if lam.size and not bool((lam >= 0).all()):
+        raise ValueError("poisson: rates must be non-negative (and not NaN)")
+    with gen.backend.scope():
+        return gen.rng.poisson(lam.astype(B.float64)).astype(input.dtype)
+
+
+def binomial(count: Tensor, prob: Tensor, generator: Generator | None = None) -> Tensor:
+    """Binomial counts of successes in ``count`` trials of probability ``prob`` (float tensors
+    that broadcast), in their dtype, as ``torch.binomial``; not differentiable."""
+    for name, t in (("count", count), ("prob", prob)):
+        if not isinstance(t, Tensor) or t.dtype.kind != "f":
+            raise DTypeError(f"binomial: expected a floating tensor for {name}, got "
+                             f"{getattr(t, 'dtype', type(t).__name__)}")
+    if count.dtype != prob.dtype:
+        raise DTypeError(f"binomial: count and prob must have one dtype, got {count.dtype} and "
+                         f"{prob.dtype}")
+    return Tensor(_draw(_binomial, _gen(generator, count.device), count, prob))
+
+
+def _binomial(gen: Generator, count: Tensor, prob: Tensor):
+    n, p = count.data, prob.data
+    if n.size and not bool((n >= 0).all()):
+        raise ValueError("binomial: count must be non-negative")
+    _check_finite_probs(p, "binomial", "prob")
+    xp = B.backend_of(n).xp
+    with gen.backend.scope():
+        out = gen.rng.binomial(xp.floor(n).astype(B.int64), p.astype(B.float64))
+    return out.astype(count.dtype)
 
 
 def rand_like(input: Tensor, *, dtype=None, generator: Generator | None = None,

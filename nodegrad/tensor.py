@@ -160,9 +160,9 @@ class Tensor:
         return int(self.item())
 
     def __repr__(self) -> str:
-        body = B.format_array(self.numpy(), prefix="tensor(")
+        body = _format(self.numpy())
         extra = []
-        if self.dtype != float32 and self.dtype != int64 and self.dtype != bool_:
+        if self.dtype != B.DEFAULT_FLOAT and self.dtype != int64 and self.dtype != bool_:
             extra.append(f"dtype={self.dtype}")
         if self.device != "cpu":
             extra.append(f"device='{self.device}'")
@@ -302,6 +302,79 @@ class Tensor:
 
 def _set_all(a, value) -> None:
     a[...] = value
+
+
+# --- printing ---------------------------------------------------------------------------------
+# set_printoptions' choices; None: NumPy's shortest form that tells the values apart
+_PRINT_DEFAULTS = {"precision": None, "threshold": 1000, "edgeitems": 3, "linewidth": 75,
+                   "sci_mode": None}
+_PRINT_PROFILES = {"default": _PRINT_DEFAULTS,
+                   "short": {"precision": 2, "threshold": 1000, "edgeitems": 2, "linewidth": 80},
+                   "full": {"precision": 4, "threshold": float("inf"), "edgeitems": 3,
+                            "linewidth": 80}}
+_PRINT = dict(_PRINT_DEFAULTS)
+
+
+def set_printoptions(precision: int | None = None, threshold: float | None = None,
+                     edgeitems: int | None = None, linewidth: int | None = None,
+                     profile: str | None = None, sci_mode: bool | None = None) -> None:
+    """How tensors print, as ``torch.set_printoptions``: ``precision`` digits after the point
+    (fixed, like PyTorch's), more than ``threshold`` elements summarised to ``edgeitems`` at
+    each end, lines of ``linewidth``, ``sci_mode`` True/False forcing or forbidding scientific
+    notation (None: automatic). ``profile`` ("default", "short", "full") sets them all first;
+    the default profile prints as NumPy does (shortest round-tripping digits, 75 columns)."""
+    if profile is not None:
+        if profile not in _PRINT_PROFILES:
+            raise ValueError(f"set_printoptions: profile must be one of "
+                             f"{sorted(_PRINT_PROFILES)}, got {profile!r}")
+        _PRINT.update(_PRINT_DEFAULTS)
+        _PRINT.update(_PRINT_PROFILES[profile])
+    for name, value in (("precision", precision), ("threshold", threshold),
+                        ("edgeitems", edgeitems), ("linewidth", linewidth)):
+        if value is not None:
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"set_printoptions: {name} must be a non-negative number, got "
+                                 f"{value!r}")
+            _PRINT[name] = value
+    if sci_mode is not None or profile is not None:
+        _PRINT["sci_mode"] = sci_mode
+
+
+def _scientific(finite, digits: int) -> Callable:
+    """A formatter writing every float in scientific notation, padded to one width (as
+    PyTorch's sci_mode); the widest text comes from the extremes of the finite values."""
+    np = B.np
+
+    def text(v) -> str:
+        return np.format_float_scientific(v, precision=digits, unique=False)
+
+    probes = [np.nan, -np.inf] if finite.size == 0 else [finite.min(), finite.max()]
+    nonzero = np.abs(finite[finite != 0])
+    if nonzero.size:
+        probes += [nonzero.min() * (-1 if (finite < 0).any() else 1)]
+    width = max(len(text(v)) for v in probes)
+    return lambda v: text(v).rjust(width)
+
+
+def _format(a) -> str:
+    """The text of host array ``a`` inside ``tensor(...)``, under :func:`set_printoptions`."""
+    np = B.np
+    p, sci = _PRINT["precision"], _PRINT["sci_mode"]
+    opts = {"threshold": _PRINT["threshold"], "edgeitems": _PRINT["edgeitems"],
+            "max_line_width": _PRINT["linewidth"], "separator": ", ", "prefix": "tensor("}
+    if a.dtype.kind == "f":
+        finite = a[np.isfinite(a)]
+        integral = finite.size == 0 or bool((finite == np.round(finite)).all())
+        if p is not None:
+            opts["precision"] = p
+            opts["floatmode"] = "maxprec" if integral and sci is not True else "fixed"
+        if sci is False:
+            opts["suppress_small"] = True
+        elif sci is True:
+            opts["formatter"] = {"float_kind": _scientific(finite, 4 if p is None else p)}
+    if opts["threshold"] == float("inf"):
+        opts["threshold"] = a.size + 1
+    return np.array2string(a, **opts)
 
 
 # --- creation -------------------------------------------------------------------------------
@@ -477,8 +550,10 @@ def empty_like(x: Tensor, dtype=None, device=None) -> Tensor:
     return empty(x.shape, dtype=d, device=dev)
 
 
-def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
-    """Evenly spaced values in [start, stop); int64 for integer arguments, else float32."""
+def arange(start, stop=None, step=1, dtype=None, device=None,
+           requires_grad: bool = False) -> Tensor:
+    """Evenly spaced values in [start, stop); int64 for integer arguments, else the default
+    float dtype."""
     if stop is None:
         start, stop = 0, start
     if dtype is None:
@@ -486,17 +561,21 @@ def arange(start, stop=None, step=1, dtype=None, device=None) -> Tensor:
         dtype = int64 if ints else B.DEFAULT_FLOAT
     be = B.get_backend(_device(device))
     with be.scope():
-        return Tensor(be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype)))
+        a = be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype))
+    return _finish(a, requires_grad) if requires_grad else Tensor(a)
 
 
-def linspace(start, stop, num: int = 50, dtype=None, device=None) -> Tensor:
+def linspace(start, stop, num: int = 50, dtype=None, device=None,
+             requires_grad: bool = False) -> Tensor:
     be = B.get_backend(_device(device))
     with be.scope():
-        return Tensor(be.xp.linspace(start, stop, num).astype(B.as_dtype(dtype) or
-                                                                B.DEFAULT_FLOAT))
+        a = be.xp.linspace(start, stop, num).astype(B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+    return _finish(a, requires_grad) if requires_grad else Tensor(a)
 
 
-def eye(n: int, m: int | None = None, dtype=None, device=None) -> Tensor:
+def eye(n: int, m: int | None = None, dtype=None, device=None,
+        requires_grad: bool = False) -> Tensor:
     be = B.get_backend(_device(device))
     with be.scope():
-        return Tensor(be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT))
+        a = be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+    return _finish(a, requires_grad) if requires_grad else Tensor(a)

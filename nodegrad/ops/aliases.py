@@ -24,8 +24,11 @@ The metadata forms (``t_``, ``transpose_``, ``squeeze_``, ``unsqueeze_``, ``swap
 
 from __future__ import annotations
 
+import builtins
+import math
 import sys
 import weakref
+from collections import namedtuple
 from collections.abc import Callable
 from functools import partial
 
@@ -35,7 +38,8 @@ from .. import random as _random
 from ..autodiff import RemovableHandle, creation_site, modes
 from ..batching import BatchTracer, rebind_batched, refuse_batched_into
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
-from ..tensor import Tensor, _shape_arg, full, tensor
+from ..tensor import Tensor, _shape_arg, from_dlpack, full, get_default_device, tensor
+from . import arrange as _arrange
 from . import elementwise as E
 from . import index as I
 from . import products as _products
@@ -630,6 +634,542 @@ _PROPERTIES = {
 }
 
 
+# === more of PyTorch's names: predicates, creation, real-valued complex views, copies =========
+class Size(tuple):
+    """PyTorch's ``torch.Size``: a tuple of dimension lengths (``x.shape`` is a plain tuple,
+    which compares equal to it)."""
+
+    def numel(self) -> int:
+        """The number of elements a tensor of this shape holds."""
+        n = 1
+        for s in self:
+            n *= int(s)
+        return n
+
+    def __repr__(self) -> str:
+        return f"nodegrad.Size({list(self)})"
+
+
+class Layout:
+    """A memory layout, PyTorch's ``torch.layout``: nodegrad only has ``strided`` (dense)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"nodegrad.{self.name}"
+
+
+strided = Layout("strided")
+
+_TYPE_NAMES = {"float32": "FloatTensor", "float64": "DoubleTensor", "float16": "HalfTensor",
+               "int64": "LongTensor", "int32": "IntTensor", "int16": "ShortTensor",
+               "int8": "CharTensor", "uint8": "ByteTensor", "bool": "BoolTensor"}
+
+
+def _tensor_type_name(x: Tensor) -> str:
+    name = _TYPE_NAMES.get(x.dtype.name, f"{x.dtype.name}Tensor")
+    return f"nodegrad.{name}" if x.backend.device_id is None else f"nodegrad.cuda.{name}"
+
+
+def typename(obj) -> str:
+    """A type's name as PyTorch's ``torch.typename``: ``'nodegrad.FloatTensor'`` for a float32
+    tensor (torch's names under ``nodegrad.``), else the object's module-qualified class name."""
+    if isinstance(obj, Tensor):
+        return _tensor_type_name(obj)
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    qual = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    if not isinstance(obj, type) and not callable(obj):
+        module, qual = type(obj).__module__, type(obj).__qualname__
+    return qual if module in ("builtins", "__builtin__", None) else f"{module}.{qual}"
+
+
+def _type_method(self, dtype=None, non_blocking: bool = False, **kwargs):
+    """PyTorch's ``x.type()``: with no argument the type's name (``'nodegrad.FloatTensor'``);
+    with a dtype (or such a name) ``x`` cast to it."""
+    if dtype is None:
+        return _tensor_type_name(self)
+    if isinstance(dtype, str):
+        want = dtype.rsplit(".", 1)[-1]
+        names = {v: k for k, v in _TYPE_NAMES.items()}
+        if want not in names:
+            raise TypeError(f"type: unknown tensor type name {dtype!r}, expected one of "
+                            f"{sorted(names)}")
+        dtype = names[want]
+    return E.astype(self, dtype)
+
+
+def is_tensor(obj) -> bool:
+    """Whether ``obj`` is a nodegrad Tensor."""
+    return isinstance(obj, Tensor)
+
+
+def is_storage(obj) -> bool:
+    """Always False: nodegrad tensors hold backend arrays, there are no storage objects."""
+    return False
+
+
+def is_nonzero(input) -> bool:
+    """Whether the one element of ``input`` is nonzero (more elements raise), PyTorch's."""
+    return input.is_nonzero()
+
+
+def is_same_size(input, other) -> bool:
+    """Whether the two tensors have the same shape."""
+    return input.is_same_size(other)
+
+
+def is_signed(input) -> bool:
+    """Whether ``input``'s dtype holds negative values (False for bool and uint8)."""
+    return _is_signed(input)
+
+
+def scalar_tensor(s, *, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A 0-d tensor holding the number ``s``, in the default float dtype unless ``dtype``."""
+    if isinstance(s, Tensor) or not isinstance(s, int | float | bool):
+        raise TypeError(f"scalar_tensor: expected a Python number, got {type(s).__name__}")
+    return tensor(s, dtype=B.DEFAULT_FLOAT if dtype is None else dtype, device=device,
+                  requires_grad=requires_grad)
+
+
+def asarray(obj, *, dtype=None, device=None, copy: bool | None = None,
+            requires_grad: bool | None = None) -> Tensor:
+    """PyTorch's ``torch.asarray``: ``obj`` (tensor, array, DLPack producer, buffer, number or
+    sequence) as a tensor, sharing memory when dtype and device allow. ``copy=True`` always
+    copies, ``copy=False`` refuses to; ``requires_grad`` defaults to the tensor's own."""
+    if isinstance(obj, Tensor):
+        keep = ((dtype is None or B.as_dtype(dtype) == obj.dtype)
+                and (device is None or B.get_backend(device) is obj.backend))
+        if not keep and copy is False:
+            raise ValueError(f"asarray: copy=False but {obj.dtype} on {obj.device} cannot be "
+                             f"aliased as dtype={dtype}, device={device}")
+        rg = obj.requires_grad if requires_grad is None else bool(requires_grad)
+        out = obj if keep else obj.to(device=device, dtype=dtype)
+        if copy:
+            out = S.copy(out)
+        if rg == out.requires_grad:
+            return out
+        if not rg:
+            return out.detach()
+        return out.detach().requires_grad_() if out.node is None else out
+    be = B.get_backend(device if device is not None else get_default_device())
+    if isinstance(obj, bytes | bytearray | memoryview):
+        if dtype is None:
+            raise TypeError("asarray: a buffer needs dtype= to be read")
+        obj = B.np.frombuffer(obj, dtype=B.as_dtype(dtype))
+    if B.is_array(obj) or hasattr(obj, "__dlpack__"):
+        arr = obj if B.is_array(obj) else from_dlpack(obj).data
+        same = B.backend_of(arr) is be and (dtype is None or arr.dtype == B.as_dtype(dtype))
+        if not same and copy is False:
+            raise ValueError(f"asarray: copy=False but an array of {arr.dtype} cannot be "
+                             f"aliased as dtype={dtype} on {be.name}")
+        if same:
+            out = Tensor(arr.copy() if copy else arr)
+        else:
+            out = tensor(arr, dtype=dtype, device=be.name)
+    else:
+        if copy is False:
+            raise ValueError(f"asarray: copy=False but a {type(obj).__name__} has no memory "
+                             "to share")
+        out = tensor(obj, dtype=dtype, device=be.name)
+    return out.requires_grad_() if requires_grad else out
+
+
+def empty_strided(size, stride, *, dtype=None, layout=None, device=None,
+                  requires_grad: bool = False, pin_memory: bool = False) -> Tensor:
+    """A tensor of ``size`` laid out with ``stride`` (in elements) over fresh memory, as
+    PyTorch's ``empty_strided``; its values are zeros here."""
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if len(size) != len(stride) or any(s < 0 for s in size + stride):
+        raise ValueError(f"empty_strided: size {list(size)} and stride {list(stride)} must be "
+                         "non-negative and of one length")
+    dt = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
+    be = B.get_backend(device if device is not None else get_default_device())
+    extent = 0 if 0 in size else 1 + sum((n - 1) * s for n, s in zip(size, stride))
+    with be.scope():
+        buf = be.xp.zeros(max(extent, 1), dt)
+        arr = be.xp.lib.stride_tricks.as_strided(buf, size, tuple(s * dt.itemsize
+                                                                  for s in stride))
+    t = Tensor(arr)
+    return t.requires_grad_() if requires_grad else t
+
+
+def frombuffer(buffer, *, dtype, count: int = -1, offset: int = 0,
+               requires_grad: bool = False) -> Tensor:
+    """A 1-d CPU tensor sharing memory with a Python buffer (bytes, bytearray, memoryview,
+    array.array), as ``torch.frombuffer``: ``count`` elements of ``dtype`` from byte
+    ``offset`` (-1: to the end)."""
+    dt = B.as_dtype(dtype)
+    try:
+        arr = B.np.frombuffer(buffer, dtype=dt, count=count, offset=offset)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"frombuffer: cannot read {count} elements of {dt} at byte {offset} "
+                         f"of a {type(buffer).__name__}: {e}") from None
+    t = Tensor(arr)
+    return t.requires_grad_() if requires_grad else t
+
+
+def _storage_positions(x: Tensor):
+    """Each element's position (in elements) in the memory its array views, row-major."""
+    np = B.np
+    a = x.data
+    pos = np.full((), _storage_offset(x), dtype=np.int64)
+    for d, (n, st) in enumerate(zip(a.shape, a.strides)):
+        shape = [1] * a.ndim
+        shape[d] = n
+        pos = pos + (np.arange(n, dtype=np.int64) * (st // a.itemsize)).reshape(shape)
+    return np.broadcast_to(pos, a.shape).reshape(-1)
+
+
+def as_strided(input, size, stride, storage_offset: int | None = None) -> Tensor:
+    """PyTorch's ``as_strided``: the elements at ``storage_offset + sum(i_k * stride[k])`` of
+    the memory ``input`` views (its own offset by default), as a differentiable gather, so the
+    result is a new tensor and overlapping positions add their gradients."""
+    np = B.np
+    size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+    if len(size) != len(stride) or any(s < 0 for s in size + stride):
+        raise ValueError(f"as_strided: size {list(size)} and stride {list(stride)} must be "
+                         "non-negative and of one length")
+    have = _storage_positions(input)
+    off = _storage_offset(input) if storage_offset is None else int(storage_offset)
+    want = np.full((), off, dtype=np.int64)
+    for d, (n, st) in enumerate(zip(size, stride)):
+        shape = [1] * len(size)
+        shape[d] = n
+        want = want + (np.arange(n, dtype=np.int64) * st).reshape(shape)
+    want = np.broadcast_to(want, size).reshape(-1)
+    order = np.argsort(have, kind="stable")
+    sorted_pos = have[order]
+    k = np.searchsorted(sorted_pos, want)
+    k_ok = np.minimum(k, max(sorted_pos.size - 1, 0))
+    if want.size and (sorted_pos.size == 0 or not bool((sorted_pos[k_ok] == want).all())):
+        raise ValueError(f"as_strided: size {list(size)}, stride {list(stride)} and offset "
+                         f"{off} reach memory outside the elements of the input of shape "
+                         f"{tuple(input.shape)}")
+    index = Tensor(input.backend.asarray(order[k_ok].reshape(size)))
+    return I.take(input, index)
+
+
+def _copied(fn: Callable, name: str) -> Callable:
+    def op(input, *args, **kwargs):
+        out = fn(input, *args, **kwargs)
+        if isinstance(out, list | tuple):
+            return type(out)(S.copy(o) for o in out)
+        return S.copy(out)
+
+    op.__name__ = name
+    op.__qualname__ = name
+    op.__doc__ = (f"PyTorch's ``{name}``: ``{name[:-5]}`` with its result in new memory "
+                  "(differentiable, never a view).")
+    return op
+
+
+def _split(input, split_size_or_sections, dim: int = 0):
+    """PyTorch's split: pieces of ``split_size`` along ``dim`` (the last may be shorter), or
+    pieces of the listed sizes."""
+    if isinstance(split_size_or_sections, int):
+        n, k = input.shape[dim], split_size_or_sections
+        if k <= 0 and n:
+            raise ValueError(f"split: split_size must be positive, got {k}")
+        sizes = [k] * (n // k) + ([n % k] if n % k else []) if n else [0]
+        return tuple(_slicing.split_with_sizes(input, sizes, dim))
+    return tuple(_slicing.split_with_sizes(input, list(split_size_or_sections), dim))
+
+
+def _slice(input, dim: int = 0, start: int | None = None, end: int | None = None,
+           step: int = 1) -> Tensor:
+    idx = [slice(None)] * input.ndim
+    idx[dim] = slice(start, end, step)
+    return input[tuple(idx)]
+
+
+def _squeeze(input, dim=None) -> Tensor:
+    return S.squeeze(input) if dim is None else S.squeeze(input, dim)
+
+
+_COPY_FORMS = {
+    "view_copy": lambda input, size: S.reshape(input, *_shape_arg((size,))),
+    "permute_copy": lambda input, dims: S.permute(input, *dims),
+    "transpose_copy": lambda input, dim0, dim1: S.swapaxes(input, dim0, dim1),
+    "t_copy": t,
+    "unsqueeze_copy": lambda input, dim: S.unsqueeze(input, dim),
+    "squeeze_copy": _squeeze,
+    "expand_copy": lambda input, size, *, implicit=False: S.expand(input, *_shape_arg((size,))),
+    "diagonal_copy": lambda input, offset=0, dim1=0, dim2=1: _arrange.diagonal(
+        input, offset, dim1, dim2),
+    "select_copy": lambda input, dim, index: _slicing.select(input, dim, index),
+    "slice_copy": _slice,
+    "unbind_copy": lambda input, dim=0: _arrange.unbind(input, dim),
+    "split_copy": _split,
+    "split_with_sizes_copy": lambda input, split_sizes, dim=0: tuple(
+        _slicing.split_with_sizes(input, list(split_sizes), dim)),
+    "detach_copy": lambda input: input.detach(),
+    "alias_copy": lambda input: input,
+    "as_strided_copy": as_strided,
+}
+
+
+def unsafe_split(tensor, split_size_or_sections, dim: int = 0) -> tuple:
+    """PyTorch's ``unsafe_split``: ``split`` (nodegrad's pieces never alias, so it is safe)."""
+    return _split(tensor, split_size_or_sections, dim)
+
+
+def unsafe_chunk(input, chunks: int, dim: int = 0) -> tuple:
+    """PyTorch's ``unsafe_chunk``: ``chunk`` (safe here: pieces never alias)."""
+    return tuple(S.chunk(input, chunks, dim))
+
+
+def nonzero_static(input, *, size: int, fill_value: int = -1) -> Tensor:
+    """PyTorch's ``nonzero_static``: ``nonzero``'s (n, ndim) indices cut or padded with
+    ``fill_value`` to exactly ``size`` rows, a shape known before the values."""
+    if not isinstance(size, int) or size < 0:
+        raise ValueError(f"nonzero_static: size must be a non-negative int, got {size!r}")
+    idx = I.nonzero(input).data[:size]
+    xp = input.backend.xp
+    pad = xp.full((size - idx.shape[0], idx.shape[1]), fill_value, dtype=B.int64)
+    return Tensor(xp.concatenate([idx, pad], axis=0))
+
+
+def real(input) -> Tensor:
+    """The real part: ``input`` itself for a real tensor (nodegrad has no complex dtypes)."""
+    _real_only(input, "real")
+    return input
+
+
+def imag(input) -> Tensor:
+    """The imaginary part: refused for real tensors, as PyTorch does."""
+    raise DTypeError(f"imag is not implemented for tensors with non-complex dtypes (got "
+                     f"{input.dtype}); nodegrad's tensors are real")
+
+
+def _real_only(input, op: str) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected a tensor, got {type(input).__name__}")
+    if input.dtype.kind == "c":
+        raise DTypeError(f"{op}: complex tensors are not supported")
+
+
+def conj(input) -> Tensor:
+    """The complex conjugate: ``input`` itself for a real tensor, as PyTorch's ``conj``."""
+    _real_only(input, "conj")
+    return input
+
+
+def resolve_conj(input) -> Tensor:
+    """``input`` with a lazy conjugation applied: itself (real tensors never have one)."""
+    _real_only(input, "resolve_conj")
+    return input
+
+
+def resolve_neg(input) -> Tensor:
+    """``input`` with a lazy negation applied: itself (nodegrad has no lazy negation)."""
+    _real_only(input, "resolve_neg")
+    return input
+
+
+def is_conj(input) -> bool:
+    """False: nodegrad never sets a lazy conjugation bit."""
+    _real_only(input, "is_conj")
+    return False
+
+
+def is_neg(input) -> bool:
+    """False: nodegrad never sets a lazy negation bit."""
+    _real_only(input, "is_neg")
+    return False
+
+
+def angle(input) -> Tensor:
+    """PyTorch's angle of real numbers: pi for negatives, 0 otherwise, NaN kept; integers give
+    the default float dtype. Its gradient is zero (away from NaN)."""
+    _real_only(input, "angle")
+    x = input if input.dtype.kind == "f" else E.astype(input, B.DEFAULT_FLOAT)
+    pi = E.multiply(E.astype(E.less(x, 0), x.dtype), math.pi)
+    return I.where(E.isnan(x), x, pi)
+
+
+def bitwise_left_shift(input, other) -> Tensor:
+    """PyTorch's name for ``left_shift``: ``input << other``."""
+    return E.left_shift(input, other)
+
+
+def bitwise_right_shift(input, other) -> Tensor:
+    """PyTorch's name for ``right_shift``: ``input >> other`` (arithmetic for signed ints)."""
+    return E.right_shift(input, other)
+
+
+HistogramDD = namedtuple("histogramdd", ["hist", "bin_edges"])
+
+
+def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch's names)
+                density: bool = False) -> HistogramDD:
+    """PyTorch's ``histogramdd``: counts (or ``weight`` sums) of the points in the last dim of
+    ``input`` over a grid of bins, with the bin edges of each dim. ``bins`` is one count, a
+    count per dim or the edges per dim; ``range`` the flat [min0, max0, min1, max1, ...]
+    (default: the data's extent); the last bin includes its right edge. Not differentiable."""
+    if input.dtype.kind != "f" or input.ndim < 1:
+        raise DTypeError(f"histogramdd: expected a floating tensor of points (…, D), got "
+                         f"{input.dtype} of shape {tuple(input.shape)}")
+    input._concrete("histogramdd (the counts leave the graph)")
+    d = input.shape[-1]
+    pts = input.data.reshape(-1, d)
+    xp = input.backend.xp
+    if isinstance(bins, int):
+        bins = [bins] * d
+    bins = [b.data if isinstance(b, Tensor) else b for b in bins]
+    if len(bins) != d:
+        raise ValueError(f"histogramdd: {len(bins)} bin specifications for {d}-d points")
+    pairs = None
+    if range is not None:
+        if len(range) != 2 * d:
+            raise ValueError(f"histogramdd: range needs 2 numbers per dim ({2 * d}), got "
+                             f"{len(range)}")
+        pairs = [(float(range[2 * k]), float(range[2 * k + 1])) for k in builtins.range(d)]
+    w = None if weight is None else weight.data.reshape(-1)
+    hist, edges = xp.histogramdd(pts, bins=bins, range=pairs, weights=w, density=density)
+    return HistogramDD(Tensor(hist.astype(input.dtype)),
+                       tuple(Tensor(e.astype(input.dtype)) for e in edges))
+
+
+_FUNCTIONS.update({
+    "histogramdd": histogramdd, "Size": Size, "strided": strided, "typename": typename,
+    "is_tensor": is_tensor, "is_storage": is_storage, "is_nonzero": is_nonzero,
+    "is_same_size": is_same_size, "is_signed": is_signed, "scalar_tensor": scalar_tensor,
+    "asarray": asarray, "empty_strided": empty_strided, "frombuffer": frombuffer,
+    "as_strided": as_strided,
+    "unsafe_split": unsafe_split, "unsafe_chunk": unsafe_chunk,
+    "nonzero_static": nonzero_static, "real": real, "imag": imag, "conj": conj,
+    "resolve_conj": resolve_conj, "resolve_neg": resolve_neg, "is_conj": is_conj,
+    "is_neg": is_neg, "angle": angle, "bitwise_left_shift": bitwise_left_shift,
+    "bitwise_right_shift": bitwise_right_shift,
+    **{name: _copied(fn, name) for name, fn in _COPY_FORMS.items()},
+})
+
+
+# --- the matching methods ------------------------------------------------------------------------
+def _cpu_values(self: Tensor, op: str) -> None:
+    if self.backend.device_id is not None:
+        raise DeviceError(f"{op} is only implemented on CPU tensors, got one on {self.device}")
+    if self.requires_grad:
+        raise GradError(f"{op}: cannot call a Python function on the values of a tensor that "
+                        "requires grad (it is not differentiable); use x.detach()")
+    self._concrete(op)
+
+
+def _map_values(self: Tensor, op: str, fn: Callable, *others) -> Tensor:
+    _cpu_values(self, op)
+    np = B.np
+    arrs = [np.broadcast_to(o.data if isinstance(o, Tensor) else np.asarray(o), self.shape)
+            for o in others]
+    out = np.frompyfunc(fn, 1 + len(others), 1)(self.data, *arrs)
+    self.data[...] = np.asarray(out, dtype=object).astype(self.dtype)
+    self._bump()
+    return self
+
+
+def _apply_(self, callable: Callable) -> Tensor:  # noqa: A002  (PyTorch's name)
+    """Replace each element by ``callable(element)`` in place (CPU, slow: Python per element)."""
+    return _map_values(self, "apply_", callable)
+
+
+def _map_(self, tensor: Tensor, callable: Callable) -> Tensor:  # noqa: A002
+    """Replace each element by ``callable(element, other)``, ``tensor`` broadcast to this."""
+    return _map_values(self, "map_", callable, tensor)
+
+
+def _map2_(self, x: Tensor, y: Tensor, callable: Callable) -> Tensor:  # noqa: A002
+    """Replace each element by ``callable(element, x_element, y_element)`` in place."""
+    return _map_values(self, "map2_", callable, x, y)
+
+
+def _resize_(self, *sizes) -> Tensor:
+    """PyTorch's ``resize_``: the elements in row-major order, cut or extended (with zeros) to
+    the new number and reshaped; refused for a tensor that requires grad."""
+    if self.requires_grad:
+        raise GradError("resize_: cannot resize a tensor that requires grad")
+    self._concrete("resize_")
+    shape = _shape_arg(sizes)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"resize_: sizes must be non-negative, got {list(shape)}")
+    xp = self.backend.xp
+    n = 1
+    for s in shape:
+        n *= s
+    flat = self.data.reshape(-1)
+    if n <= flat.size:
+        new = xp.ascontiguousarray(flat[:n])
+    else:
+        new = xp.concatenate([flat, xp.zeros(n - flat.size, self.dtype)])
+    self.data = new.reshape(shape)
+    self._bump()
+    return self
+
+
+def _resize_as_(self, the_template: Tensor) -> Tensor:
+    """``resize_`` to ``the_template``'s shape."""
+    return _resize_(self, *the_template.shape)
+
+
+def _new_method(self, *args, device=None) -> Tensor:
+    """PyTorch's deprecated ``x.new(...)``: no arguments an empty tensor, ints (or a Size) an
+    uninitialised (here zero) tensor of that shape, a sequence a tensor of those values, all in
+    ``x``'s dtype and on its device; a tensor of ``x``'s dtype is returned sharing memory."""
+    dev = self.device if device is None else device
+    if not args:
+        return full((0,), 0, dtype=self.dtype, device=dev)
+    if len(args) == 1 and isinstance(args[0], Tensor):
+        if args[0].dtype != self.dtype:
+            raise TypeError(f"new: expected a tensor of dtype {self.dtype}, got "
+                            f"{args[0].dtype}")
+        return Tensor(args[0].data)
+    if len(args) == 1 and isinstance(args[0], Size):
+        args = tuple(args[0])
+    if all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+        return full(args, 0, dtype=self.dtype, device=dev)
+    if len(args) == 1:
+        return tensor(args[0], dtype=self.dtype, device=dev)
+    raise TypeError(f"new: expected sizes (ints), one sequence of values or one tensor, got "
+                    f"{', '.join(type(a).__name__ for a in args)}")
+
+
+def _dim_order(self, *, ambiguity_check: bool = False) -> tuple:
+    """The dims from outermost to innermost in memory (largest stride first)."""
+    st = _stride(self)
+    return tuple(sorted(range(self.ndim), key=lambda d: -st[d]))
+
+
+def _pin_memory(self, device=None) -> Tensor:
+    """``self`` on the CPU (host arrays need no pinning to be copied to a GPU here); a GPU
+    tensor cannot be pinned, as in PyTorch."""
+    if self.backend.device_id is not None:
+        raise DeviceError(f"pin_memory: only CPU tensors can be pinned, got one on "
+                          f"{self.device}")
+    return self
+
+
+_METHODS.update({
+    "conj": conj, "resolve_conj": resolve_conj, "resolve_neg": resolve_neg, "is_conj": is_conj,
+    "is_neg": is_neg, "angle": angle, "as_strided": as_strided, "unsafe_split": unsafe_split,
+    "unsafe_chunk": unsafe_chunk, "nonzero_static": nonzero_static, "apply_": _apply_,
+    "map_": _map_, "map2_": _map2_, "resize_": _resize_, "resize_as_": _resize_as_,
+    "new": _new_method, "dim_order": _dim_order, "pin_memory": _pin_memory,
+    "to_dense": lambda self, dtype=None, *, masked_grad=None: (
+        self if dtype is None else E.astype(self, dtype)),
+    "is_pinned": lambda self, device=None: False,
+    "is_inference": lambda self: False,
+})
+
+_MORE_PROPERTIES = {
+    "real": property(real, doc="The real part: the tensor itself (real dtypes)."),
+    "imag": property(imag, doc="The imaginary part: refused for real tensors, as PyTorch."),
+    "layout": property(lambda self: strided, doc="Always nodegrad.strided (dense arrays)."),
+    "is_sparse": property(lambda self: False, doc="False: nodegrad tensors are dense."),
+    "is_meta": property(lambda self: False, doc="False: every tensor holds values."),
+    "is_quantized": property(lambda self: False, doc="False: no quantized dtypes."),
+    "output_nr": property(lambda self: 0, doc="0: each recorded node has one output."),
+}
+
+
 # === installation ===============================================================================
 def _taken() -> set:
     """The names :mod:`nodegrad.ops` and the other families already give (left to them)."""
@@ -650,8 +1190,9 @@ def _install() -> list:
         "exponential_": _random.exponential_, "geometric_": _random.geometric_,
         "log_normal_": _random.log_normal_, "random_": _random.random_,
     }.items() if not hasattr(Tensor, k)})
+    table["type"] = _type_method  # methods.py's astype, plus the no-argument form
     register(table)
-    for k, prop in _PROPERTIES.items():
+    for k, prop in {**_PROPERTIES, **_MORE_PROPERTIES}.items():
         if not hasattr(Tensor, k):
             setattr(Tensor, k, prop)
     more = {}
