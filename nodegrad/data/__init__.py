@@ -26,7 +26,7 @@ from .dataset import (
     random_split,
     train_val_split,
 )
-from .loader import DataLoader, get_worker_info
+from .loader import DataLoader
 from .preprocess import MinMaxScale, OneHot, PCAWhiten, Preprocessor, Standardize, ZCAWhiten
 from .sampler import (
     BatchSampler,
@@ -36,11 +36,23 @@ from .sampler import (
     SubsetRandomSampler,
     WeightedRandomSampler,
 )
+from .worker import WorkerInfo, get_worker_info
+
+
+def __getattr__(name: str):
+    """``DistributedSampler`` (PyTorch's ``torch.utils.data`` name) from nodegrad.distributed,
+    imported on first use: the data layer does not load the distributed one when imported."""
+    if name == "DistributedSampler":
+        from ..distributed.sampler import DistributedSampler
+
+        return DistributedSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ArrayDataset", "BatchSampler", "ChainDataset", "Compose", "ConcatDataset",
-           "DataLoader", "Dataset", "IterableDataset", "MinMaxScale", "OneHot", "PCAWhiten",
-           "Preprocessor", "RandomSampler", "Sampler", "SequentialSampler", "StackDataset",
-           "Standardize", "Subset", "SubsetRandomSampler", "TensorDataset",
-           "WeightedRandomSampler", "ZCAWhiten", "augment", "datasets", "default_collate",
-           "default_convert", "get_worker_info", "kfold_indices", "preprocess", "random_split",
-           "train_val_split"]
+           "DataLoader", "Dataset", "DistributedSampler", "IterableDataset", "MinMaxScale",
+           "OneHot", "PCAWhiten", "Preprocessor", "RandomSampler", "Sampler",
+           "SequentialSampler", "StackDataset", "Standardize", "Subset", "SubsetRandomSampler",
+           "TensorDataset", "WeightedRandomSampler", "WorkerInfo", "ZCAWhiten", "augment",
+           "datasets", "default_collate", "default_convert", "get_worker_info",
+           "kfold_indices", "preprocess", "random_split", "train_val_split"]

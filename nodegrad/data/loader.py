@@ -1,14 +1,17 @@
-"""DataLoader: seeded, vectorised minibatches, moved to the device ahead of use by a thread.
+"""DataLoader: seeded, vectorised minibatches, made in worker processes or in the caller, moved
+to the device ahead of use by a thread.
 
 The order of epoch ``e`` is a permutation drawn from ``(seed, e)`` and the augmentation of
 batch ``b`` uses a generator drawn from ``(seed, e, b)``, so a loader is a pure function of its
 seed and position: ``state_dict()`` records that position and a restored loader yields the
-remaining batches of the epoch bit-identically, with or without prefetching. The position is
-also kept as a count of the epoch's order consumed over all ranks, so a state saved mid-epoch
-on N ranks resumes on M ranks (or one process): the rest of the order is re-split over them.
+remaining batches of the epoch bit-identically, with or without prefetching or workers. The
+position is also kept as a count of the epoch's order consumed over all ranks, so a state saved
+mid-epoch on N ranks resumes on M ranks (or one process): the rest of the order is re-split.
 
 PyTorch's options work too: ``sampler=`` (any Sampler; nodegrad's are read as one index array),
-``batch_sampler=``, ``collate_fn=``, ``batch_size=None`` and an :class:`IterableDataset`. A
+``batch_sampler=``, ``collate_fn=``, ``batch_size=None``, an :class:`IterableDataset`, and
+``num_workers=`` with ``prefetch_factor``, ``persistent_workers``, ``worker_init_fn``,
+``timeout``, ``multiprocessing_context`` and ``in_order`` (:mod:`nodegrad.data.worker`). A
 sampler or batch sampler keeps the vectorised gathering; a ``collate_fn``, ``batch_size=None``,
 a dataset without ``gather`` or an IterableDataset read sample by sample.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -26,9 +31,12 @@ from ..random import default_generator
 from ..tensor import Tensor, get_default_device
 from .dataset import Dataset, IterableDataset, _stack
 from .sampler import _seeded
+from .worker import WorkerPool, get_worker_info, start_context, worker_seed
 
 np = B.np
 _END = object()
+
+__all__ = ["DataLoader", "get_worker_info"]
 
 
 class _DefaultBatchSize(int):
@@ -38,18 +46,73 @@ class _DefaultBatchSize(int):
 _BATCH = _DefaultBatchSize(32)
 
 
-def get_worker_info() -> None:
-    """Information about the data-loading worker process running the caller: always None,
-    as in PyTorch's main process (nodegrad loads data in the main process, optionally helped
-    by a prefetching thread, never in worker processes)."""
-    return None
-
-
 class _Failure:
     __slots__ = ("error",)
 
     def __init__(self, error: BaseException):
         self.error = error
+
+
+class _Fetcher:
+    """How a batch is made on the host: read (one gather, or sample by sample), collated and
+    transformed. The same object works in the caller and, pickled, in every worker process."""
+
+    __slots__ = ("dataset", "batch_size", "drop_last", "vectorised", "collate_fn", "transform")
+
+    def __init__(self, dataset, batch_size: int | None, drop_last: bool, vectorised: bool,
+                 collate_fn: Callable | None, transform: Callable | None) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.vectorised = vectorised
+        self.collate_fn = collate_fn
+        self.transform = transform
+
+    def batch(self, idx, seed: int | None, epoch: int, b: int):
+        """Batch ``b`` of ``epoch`` from ``idx``: an index array, or one int (no batching)."""
+        if isinstance(idx, int):
+            sample = self.dataset[idx]
+            fields = self.collate_fn(sample) if self.collate_fn else sample
+        elif self.vectorised:
+            fields = self.dataset.gather(idx)
+        else:
+            samples = [self.dataset[int(i)] for i in idx]
+            fields = self.collate_fn(samples) if self.collate_fn else _stack(samples)
+        return self.transformed(fields, seed, (epoch, 1, b))
+
+    def next_batch(self, it: Iterator) -> tuple | None:
+        """``(batch,)`` of the next samples of a stream, untransformed; None at its end."""
+        size = self.batch_size
+        if size is None:
+            try:
+                sample = next(it)
+            except StopIteration:
+                return None
+            return (self.collate_fn(sample) if self.collate_fn else sample,)
+        samples = list(itertools.islice(it, size))
+        if not samples or len(samples) < size and self.drop_last:
+            return None
+        return (self.collate_fn(samples) if self.collate_fn else _stack(samples),)
+
+    def skip(self, it: Iterator, batches: int) -> None:
+        """Read past ``batches`` batches of a stream (a resume)."""
+        for _ in itertools.islice(it, batches * (self.batch_size or 1)):
+            pass
+
+    def transformed(self, fields, seed: int | None, key: tuple):
+        """``fields`` with ``transform`` applied to the input (the first field), if any, with
+        a generator drawn from ``(seed, *key)``."""
+        if self.transform is None:
+            return fields
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+        if isinstance(fields, np.ndarray):
+            return self.transform(fields, rng=rng)
+        if isinstance(fields, Mapping):
+            raise TypeError("DataLoader: transform applies to the first field of a tuple batch, "
+                            f"got a batch of type {type(fields).__name__}")
+        fields = list(fields)
+        fields[0] = self.transform(fields[0], rng=rng)
+        return fields
 
 
 class DataLoader:
@@ -82,6 +145,22 @@ class DataLoader:
             DistributedSampler`; excludes ``shuffle``.
         batch_sampler: yields each batch's indices, e.g. a :class:`BatchSampler`; excludes
             ``batch_size``, ``shuffle``, ``sampler`` and ``drop_last``.
+        num_workers: worker processes making whole batches (0: in the caller). The main
+            process keeps the sampler and sends each batch's indices; workers gather, collate
+            and transform, and batches come back in order. An IterableDataset is read by every
+            worker: split it with :func:`get_worker_info` (one that does not is duplicated).
+        pin_memory, pin_memory_device: accepted for PyTorch code and ignored (a no-op on the
+            CPU; nodegrad's backend has no pinned host copy to use on CUDA).
+        timeout: seconds to wait for a batch from the workers before raising (0: forever; a
+            worker that dies raises at once either way).
+        worker_init_fn: called as ``worker_init_fn(worker_id)`` in each worker once it is
+            seeded, before it makes batches.
+        multiprocessing_context: a start method ("fork", "forkserver", "spawn") or a context;
+            None: forkserver where available (Linux), else the platform's default.
+        prefetch_factor: batches requested ahead per worker (default 2; only with workers).
+        persistent_workers: keep the workers from one epoch to the next.
+        in_order: False yields the batches of workers as they come (a slow batch does not hold
+            up the others); a resume still yields each batch of the epoch once.
 
     ``len(loader)`` is the number of batches per epoch. Iterating starts the next epoch (or
     resumes the position restored by :meth:`load_state_dict`); nodegrad's random samplers
@@ -92,7 +171,15 @@ class DataLoader:
                  shuffle: bool = False, drop_last: bool = False, seed: int | None = None,
                  generator=None, collate_fn: Callable | None = None,
                  transform: Callable | None = None, prefetch: int | None = None, device=None,
-                 dtype=B.float32, sampler=None, batch_sampler=None):
+                 dtype=B.float32, sampler=None, batch_sampler=None, num_workers: int = 0,
+                 pin_memory: bool = False, timeout: float = 0,
+                 worker_init_fn: Callable[[int], None] | None = None,
+                 multiprocessing_context=None, *, prefetch_factor: int | None = None,
+                 persistent_workers: bool = False, pin_memory_device: str = "",
+                 in_order: bool = True):
+        self._check_workers(num_workers, timeout, worker_init_fn, multiprocessing_context,
+                            prefetch_factor, persistent_workers, pin_memory, pin_memory_device,
+                            in_order)
         self._iterable = isinstance(dataset, IterableDataset)
         if self._iterable:
             if shuffle not in (False, None):
@@ -149,7 +236,19 @@ class DataLoader:
         self._vectorised = (collate_fn is None and not self._iterable
                             and hasattr(dataset, "gather")
                             and (self.batch_size is not None or batch_sampler is not None))
-        if seed is None and (shuffle or transform is not None):
+        self.num_workers = int(num_workers)
+        self.prefetch_factor = (2 if prefetch_factor is None else int(prefetch_factor)) \
+            if num_workers else None
+        self.persistent_workers = bool(persistent_workers)
+        self.worker_init_fn = worker_init_fn
+        self.timeout = float(timeout)
+        self.multiprocessing_context = (start_context(multiprocessing_context)
+                                        if num_workers else None)
+        self.pin_memory = bool(pin_memory)  # no pinned host copy in the backend: ignored
+        self.pin_memory_device = pin_memory_device
+        self.in_order = bool(in_order)
+        self._pool: WorkerPool | None = None  # persistent workers, between epochs
+        if seed is None and (shuffle or transform is not None or num_workers):
             if generator is None:
                 generator = default_generator("cpu")
             seed = int(generator.integers(0, 2**63 - 1, ()))
@@ -163,6 +262,47 @@ class DataLoader:
         self._active: object | None = None
         self._drawn: tuple[int, int | None] | None = None  # (epoch, seed) of a seeded sampler
         self._ended = False  # a stream (IterableDataset) ran out in the current epoch
+        self._ahead: set[int] = set()  # batches handed out past _batch (in_order=False)
+        self._wpos: tuple[int, list[int]] | None = None  # a stream's batches per worker
+
+    @staticmethod
+    def _check_workers(num_workers, timeout, worker_init_fn, context, prefetch_factor,
+                       persistent_workers, pin_memory, pin_memory_device, in_order) -> None:
+        """PyTorch's checks of the worker options (its messages)."""
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int | np.integer) \
+                or num_workers < 0:
+            raise ValueError("DataLoader: num_workers option should be a non-negative int; use "
+                             f"num_workers=0 to disable multiprocessing, got {num_workers!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+            raise ValueError(f"DataLoader: timeout option should be non-negative, got "
+                             f"{timeout!r}")
+        if prefetch_factor is not None:
+            if not num_workers:
+                raise ValueError("DataLoader: prefetch_factor option could only be specified in "
+                                 "multiprocessing; let num_workers > 0 to enable "
+                                 "multiprocessing, otherwise set prefetch_factor to None")
+            if isinstance(prefetch_factor, bool) or not isinstance(prefetch_factor, int) \
+                    or prefetch_factor < 1:
+                raise ValueError("DataLoader: prefetch_factor option should be an int >= 1 "
+                                 f"(batches requested ahead per worker), got "
+                                 f"{prefetch_factor!r}")
+        if persistent_workers and not num_workers:
+            raise ValueError("DataLoader: persistent_workers option needs num_workers > 0")
+        if context is not None and not num_workers:
+            raise ValueError("DataLoader: multiprocessing_context can only be used with "
+                             "multi-process loading (num_workers > 0), but got "
+                             f"num_workers={num_workers}")
+        if worker_init_fn is not None and not callable(worker_init_fn):
+            raise TypeError("DataLoader: worker_init_fn should be a callable taking the worker "
+                            f"id, got {type(worker_init_fn).__name__}")
+        for name, value in (("pin_memory", pin_memory), ("persistent_workers",
+                                                         persistent_workers),
+                            ("in_order", in_order)):
+            if not isinstance(value, bool | np.bool_):
+                raise TypeError(f"DataLoader: {name} should be a bool, got {value!r}")
+        if not isinstance(pin_memory_device, str):
+            raise TypeError("DataLoader: pin_memory_device should be a str, got "
+                            f"{pin_memory_device!r}")
 
     # --- size and position --------------------------------------------------------------------
     def __len__(self) -> int:
@@ -218,7 +358,7 @@ class DataLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start the next iteration at the beginning of ``epoch``."""
         self._epoch, self._batch, self._resume, self._split = int(epoch), 0, True, None
-        self._ended = False
+        self._ended, self._ahead, self._wpos = False, set(), None
 
     def _epoch_done(self) -> bool:
         return self._ended if self._iterable else self._batch >= len(self)
@@ -230,10 +370,13 @@ class DataLoader:
         (each rank reads every ``world``-th of them), what a resume on another number of ranks
         continues from. With one of nodegrad's random samplers, ``sampler_seed`` is the seed of
         the epoch's order; over an IterableDataset, a resume skips the ``batch`` batches read
-        (the same position when the stream repeats itself)."""
+        (the same position when the stream repeats itself), with workers ``workers["batches"]``
+        of each worker's share. ``ahead`` lists batches past ``batch`` already handed out (by
+        workers with ``in_order=False``), which a resume skips."""
         epoch, batch = self._epoch, self._batch
+        ahead = sorted(self._ahead)
         if self._epoch_done():
-            epoch, batch = epoch + 1, 0
+            epoch, batch, ahead = epoch + 1, 0, []
         start, first = self._split_of(epoch)
         if batch == 0:
             start = first = 0
@@ -245,6 +388,11 @@ class DataLoader:
                  "order": self._order_key()}
         if batch and self._drawn is not None and self._drawn[0] == epoch:
             state["sampler_seed"] = self._drawn[1]
+        if ahead:
+            state["ahead"] = ahead
+        if self._iterable and batch and self.num_workers and self._wpos is not None \
+                and self._wpos[0] == epoch:
+            state["workers"] = {"num_workers": self.num_workers, "batches": list(self._wpos[1])}
         if self.sampler is not None and hasattr(self.sampler, "state_dict"):
             state["sampler"] = self.sampler.state_dict()
         return state
@@ -260,13 +408,27 @@ class DataLoader:
                 "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
                 else None}
         epoch, batch = int(state["epoch"]), int(state["batch"])
+        if self._iterable and batch:
+            theirs = state.get("workers")
+            n = theirs["num_workers"] if theirs else 0
+            if n != self.num_workers:
+                raise ValueError(f"load_state_dict: num_workers is {self.num_workers} here but "
+                                 f"{n} in the state; a stream's mid-epoch position holds only "
+                                 "for as many workers (each reads its own share)")
         if all(state.get(k) == v for k, v in mine.items()):  # the same layout: exact
             self.seed = state["seed"]
             start, first = int(state.get("start", 0)), int(state.get("first", 0))
             self._split = (epoch, start, first) if start or first else None
             self._epoch, self._batch, self._resume, self._ended = epoch, batch, True, False
             self._drawn = (epoch, state["sampler_seed"]) if "sampler_seed" in state else None
+            self._ahead = {int(b) for b in state.get("ahead", ())}
+            workers = state.get("workers") if self._iterable and batch else None
+            self._wpos = (epoch, [int(k) for k in workers["batches"]]) if workers else None
             return
+        if state.get("ahead"):
+            raise ValueError("load_state_dict: the state has batches handed out out of order "
+                             "(in_order=False), which resume only on the same layout; "
+                             f"{next(k for k, v in mine.items() if state.get(k) != v)} differs")
         theirs, ours = state.get("order"), self._order_key()
         if state.get("drop_last") != self.drop_last:
             key, a, b = "drop_last", self.drop_last, state.get("drop_last")
@@ -293,6 +455,7 @@ class DataLoader:
             self.sampler.seed = int(theirs["seed"])
         self._split = (epoch, int(state["position"]), batch) if batch else None
         self._epoch, self._batch, self._resume, self._ended = epoch, batch, True, False
+        self._ahead, self._wpos = set(), None
 
     # --- batches --------------------------------------------------------------------------------
     def _order(self, epoch: int, first: int) -> np.ndarray | list[np.ndarray]:
@@ -322,59 +485,169 @@ class DataLoader:
         ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 0))
         return np.random.default_rng(ss).permutation(self._n)[start:]
 
-    def _host_batch(self, order, epoch: int, b: int):
-        """Batch ``b`` of the epoch on the host: gathered, collated and transformed."""
+    def _fetcher(self) -> _Fetcher:
+        """What makes this loader's batches on the host (in the caller or in a worker)."""
+        return _Fetcher(self.dataset, self.batch_size, self.drop_last, self._vectorised,
+                        self.collate_fn, self.transform)
+
+    def _indices(self, order, epoch: int, b: int):
+        """The indices of batch ``b`` of the epoch: an array, or one int without batching."""
         i = b - self._split_of(epoch)[1]
         if isinstance(order, list):  # a batch sampler's batches
-            idx = order[i]
-        elif self.batch_size is None:  # no batching: one sample as it is
-            sample = self.dataset[int(order[i])]
-            return self._transformed(self.collate_fn(sample) if self.collate_fn else sample,
-                                     epoch, b)
-        else:
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-        if self._vectorised:
-            fields = self.dataset.gather(idx)
-        else:
-            samples = [self.dataset[int(i)] for i in idx]
-            fields = self.collate_fn(samples) if self.collate_fn else _stack(samples)
-        return self._transformed(fields, epoch, b)
+            return order[i]
+        if self.batch_size is None:  # no batching: one sample as it is
+            return int(order[i])
+        return order[i * self.batch_size:(i + 1) * self.batch_size]
 
-    def _stream(self, epoch: int, start: int) -> Iterator[Any]:
-        """An IterableDataset's host batches of ``epoch`` from batch ``start`` on."""
+    def _host_batch(self, order, epoch: int, b: int):
+        """Batch ``b`` of the epoch on the host: gathered, collated and transformed."""
+        return self._fetcher().batch(self._indices(order, epoch, b), self.seed, epoch, b)
+
+    def _stream(self, epoch: int, start: int) -> Iterator[tuple]:
+        """An IterableDataset's host batches of ``epoch`` from batch ``start`` on, read in the
+        caller, as ``(b, batch, None)``."""
+        fetcher = self._fetcher()
         it = iter(self.dataset)
-        size = self.batch_size
-        for _ in itertools.islice(it, start * (size or 1)):  # a resume: skip what was read
-            pass
+        fetcher.skip(it, start)  # a resume: skip what was read
         b = start
-        while True:
-            if size is None:
-                try:
-                    sample = next(it)
-                except StopIteration:
-                    return
-                fields = self.collate_fn(sample) if self.collate_fn else sample
-            else:
-                samples = list(itertools.islice(it, size))
-                if not samples or len(samples) < size and self.drop_last:
-                    return
-                fields = self.collate_fn(samples) if self.collate_fn else _stack(samples)
-            yield self._transformed(fields, epoch, b)
+        while (out := fetcher.next_batch(it)) is not None:
+            yield b, fetcher.transformed(out[0], self.seed, (epoch, 1, b)), None
             b += 1
 
-    def _transformed(self, fields, epoch: int, b: int):
-        """``fields`` with ``transform`` applied to the input (the first field), if any."""
-        if self.transform is None:
-            return fields
-        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch, 1, b)))
-        if isinstance(fields, np.ndarray):
-            return self.transform(fields, rng=rng)
-        if isinstance(fields, Mapping):
-            raise TypeError("DataLoader: transform applies to the first field of a tuple batch, "
-                            f"got a batch of type {type(fields).__name__}")
-        fields = list(fields)
-        fields[0] = self.transform(fields[0], rng=rng)
-        return fields
+    # --- worker processes -------------------------------------------------------------------
+    def _open_pool(self, epoch: int) -> WorkerPool:
+        """The persistent workers, or new ones, seeded for ``epoch``."""
+        if self._pool is not None and not self._pool.closed:
+            return self._pool
+        pool = WorkerPool(self.multiprocessing_context, self._fetcher(), self.num_workers,
+                          self.worker_init_fn, self._worker_seeds(epoch), self.timeout)
+        if self.persistent_workers:
+            self._pool = pool
+            weakref.finalize(self, pool.shutdown)  # the workers end with the loader
+        return pool
+
+    def _release(self, pool: WorkerPool, broken: bool, gen: int | None) -> None:
+        """End of an epoch's use of ``pool``: kept when persistent and sound, else stopped;
+        left alone when a newer iteration (generation) has taken it over."""
+        if pool is self._pool and gen is not None and pool.gen != gen:
+            return
+        if broken or pool is not self._pool:
+            pool.shutdown(force=broken)
+            if pool is self._pool:
+                self._pool = None
+
+    def _worker_seeds(self, epoch: int) -> list[int]:
+        seed = 0 if self.seed is None else self.seed
+        return [worker_seed(seed, epoch, w) for w in range(self.num_workers)]
+
+    def _deadline(self) -> float | None:
+        return time.monotonic() + self.timeout if self.timeout > 0 else None
+
+    def _worker_batches(self, order, epoch: int, todo: list[int]) -> Iterator[tuple]:
+        """The batches ``todo`` of the epoch made by the workers, as ``(b, batch, None)``.
+
+        Batch ``todo[i]`` goes to worker ``i % num_workers``, ``prefetch_factor`` per worker
+        ahead; a worker gets its next one when the caller takes one of its batches."""
+        if not todo:  # a resume at the end of the epoch: no worker needed
+            return
+        pool, gen = self._open_pool(epoch), None
+        try:
+            gen = pool.start_epoch(self.seed, epoch, self._worker_seeds(epoch))
+            owner: dict[int, int] = {}
+            ready: dict[int, Any] = {}
+            sent = 0
+
+            def dispatch(w: int) -> None:
+                nonlocal sent
+                if sent < len(todo):
+                    b = todo[sent]
+                    sent += 1
+                    owner[b] = w
+                    pool.send(w, ("batch", gen, b, self._indices(order, epoch, b)))
+
+            for i in range(min(len(todo), pool.num_workers * self.prefetch_factor)):
+                dispatch(i % pool.num_workers)
+            for pos in range(len(todo)):
+                pool.check(gen)
+                deadline = self._deadline()
+                if self.in_order:
+                    b = todo[pos]
+                    while b not in ready:
+                        _, key, _, fields = pool.recv(gen, deadline,
+                                                      f"batch {b} (worker {owner[b]})")
+                        ready[key] = fields
+                else:
+                    if not ready:
+                        _, key, _, fields = pool.recv(gen, deadline, "the next batch")
+                        ready[key] = fields
+                    b = min(ready)
+                fields = ready.pop(b)
+                dispatch(owner.pop(b))
+                yield b, fields, None
+        except GeneratorExit:
+            self._release(pool, False, gen)
+            raise
+        except BaseException:
+            self._release(pool, True, gen)
+            raise
+        self._release(pool, False, gen)
+
+    def _worker_stream(self, epoch: int, start: int) -> Iterator[tuple]:
+        """An IterableDataset's batches from the workers, as ``(b, batch, worker)``.
+
+        Each worker reads its own copy of the stream (its share, when the dataset splits it
+        by :func:`get_worker_info`) into batches. In order, they are taken round robin, one
+        per worker that has not run out, as PyTorch does; a resume restarts each worker past
+        the batches of its own that were handed out."""
+        n = self.num_workers
+        resumed = start and self._wpos is not None and self._wpos[0] == epoch
+        counts = list(self._wpos[1]) if resumed else [0] * n
+        self._wpos = (epoch, list(counts))  # batches per worker the caller took
+        pool, gen = self._open_pool(epoch), None
+        try:
+            gen = pool.start_epoch(self.seed, epoch, self._worker_seeds(epoch), counts)
+            made, asked = list(counts), list(counts)
+            active = list(range(n))
+            ready: dict[tuple[int, int], Any] = {}
+
+            def ask(w: int) -> None:
+                pool.send(w, ("next", gen, asked[w]))
+                asked[w] += 1
+
+            def receive(what: str) -> None:
+                w, k, status, fields = pool.recv(gen, deadline, what)
+                ready[(w, k)] = fields if status == "ok" else _END
+
+            for w in active:
+                for _ in range(self.prefetch_factor):
+                    ask(w)
+            b = start
+            while active:
+                pool.check(gen)
+                deadline = self._deadline()
+                if self.in_order:
+                    w = min(active, key=lambda v: (made[v], v))
+                    while (w, made[w]) not in ready:
+                        receive(f"batch {made[w]} of worker {w}")
+                else:
+                    while not (done := [v for v in active if (v, made[v]) in ready]):
+                        receive("the next batch")
+                    w = done[0]
+                fields = ready.pop((w, made[w]))
+                if fields is _END:
+                    active.remove(w)
+                    continue
+                made[w] += 1
+                ask(w)
+                yield b, fields, w
+                b += 1
+        except GeneratorExit:
+            self._release(pool, False, gen)
+            raise
+        except BaseException:
+            self._release(pool, True, gen)
+            raise
+        self._release(pool, False, gen)
 
     def _convert(self, a):
         """Floating host arrays to ``dtype``, integer ones to int64; anything else as it is."""
@@ -432,42 +705,59 @@ class DataLoader:
     def __iter__(self) -> Iterator[Any]:
         if self._iterable:
             if not self._resume and (self._batch > 0 or self._ended):
-                self._epoch, self._batch = self._epoch + 1, 0
-        elif not self._resume and self._batch > 0 or self._batch >= len(self):
-            self._epoch, self._batch = self._epoch + 1, 0  # the last iteration stopped early
+                self._new_epoch(self._epoch + 1)
+        elif not self._resume and (self._batch > 0 or self._ahead) or self._batch >= len(self):
+            self._new_epoch(self._epoch + 1)  # the last iteration stopped early
         self._resume = self._ended = False
         token = object()
         self._active = token
         epoch, start = self._epoch, self._batch
         if self._iterable:
-            batches = self._stream(epoch, start)
+            batches = (self._worker_stream(epoch, start) if self.num_workers
+                       else self._stream(epoch, start))
         else:
             order = self._order(epoch, start)
             stop = len(order) if isinstance(order, list) else len(self)
-            batches = (self._host_batch(order, epoch, b) for b in range(start, stop))
+            todo = [b for b in range(start, stop) if b not in self._ahead]
+            batches = (self._worker_batches(order, epoch, todo) if self.num_workers
+                       else ((b, self._host_batch(order, epoch, b), None) for b in todo))
         if self.prefetch == 0:
-            return self._serial(batches, start, token)
-        return self._threaded(batches, start, token)
+            return self._serial(batches, token)
+        return self._threaded(batches, token)
 
-    def _advance(self, token, b: int) -> None:
-        if self._active is token:
-            self._batch = b + 1
+    def _new_epoch(self, epoch: int) -> None:
+        self._epoch, self._batch, self._ahead, self._wpos = epoch, 0, set(), None
+
+    def _advance(self, token, b: int, worker: int | None) -> None:
+        """Batch ``b`` (of ``worker``'s share of a stream) was handed out."""
+        if self._active is not token:
+            return
+        if b != self._batch:  # out of order: past the batches handed out in a row
+            self._ahead.add(b)
+            return
+        self._batch = b + 1
+        while self._batch in self._ahead:
+            self._ahead.remove(self._batch)
+            self._batch += 1
+        if worker is not None and self._wpos is not None:
+            self._wpos[1][worker] += 1
 
     def _finish(self, token) -> None:
         """The epoch's batches ran out (what ends an IterableDataset's epoch)."""
         if self._active is token:
             self._ended = True
 
-    def _serial(self, batches, start: int, token):
-        b = start
-        for fields in batches:
-            batch = self._device_batch(fields, None)
-            self._advance(token, b)
-            b += 1
-            yield batch
+    def _serial(self, batches, token):
+        try:
+            for b, fields, worker in batches:
+                batch = self._device_batch(fields, None)
+                self._advance(token, b, worker)
+                yield batch
+        finally:
+            batches.close()  # workers stop when the loop is left (or this is collected)
         self._finish(token)
 
-    def _threaded(self, batches, start: int, token):
+    def _threaded(self, batches, token):
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -483,17 +773,19 @@ class DataLoader:
         def produce():
             try:
                 stream = self.backend.copy_stream()
-                for fields in batches:
-                    if stop.is_set() or not put(self._device_batch(fields, stream)):
+                for b, fields, worker in batches:
+                    if stop.is_set() or not put((b, self._device_batch(fields, stream),
+                                                 worker)):
                         return
                 put(_END)
             except BaseException as e:  # handed to the consumer, raised there
                 put(_Failure(e))
+            finally:
+                batches.close()
 
-        worker = threading.Thread(target=produce, name="nodegrad-prefetch", daemon=True)
-        worker.start()
+        thread = threading.Thread(target=produce, name="nodegrad-prefetch", daemon=True)
+        thread.start()
         try:
-            b = start
             while True:
                 item = q.get()
                 if item is _END:
@@ -501,9 +793,9 @@ class DataLoader:
                     return
                 if isinstance(item, _Failure):
                     raise item.error
-                self._advance(token, b)
-                b += 1
-                yield item
+                b, batch, worker = item
+                self._advance(token, b, worker)
+                yield batch
         finally:
             stop.set()
 
@@ -512,8 +804,9 @@ class DataLoader:
             n = len(self)
         except TypeError:
             n = "?"
+        workers = f", num_workers={self.num_workers}" if self.num_workers else ""
         return (f"DataLoader({n} batches of {self.batch_size}, shuffle={self.shuffle}, "
-                f"prefetch={self.prefetch}, device='{self.backend.name}')")
+                f"prefetch={self.prefetch}{workers}, device='{self.backend.name}')")
 
 
 class _Slot:

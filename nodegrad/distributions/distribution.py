@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from . import _ng as ng
 from nodegrad.autodiff import modes
+from nodegrad.dtypes import get_default_dtype
 from nodegrad.tensor import Tensor
 
 from . import constraints
@@ -27,10 +28,11 @@ def _shape(sample_shape) -> Shape:
 
 
 def _float_dtype(tensors):
-    """The dtype parameters are promoted to: the widest float among tensors, else float32."""
+    """The dtype parameters are promoted to: the widest float among tensors, else the default
+    float dtype (``ng.get_default_dtype()``)."""
     floats = [t.dtype for t in tensors if t.dtype.kind == "f"]
     if not floats:
-        return ng.float32
+        return get_default_dtype()
     return max(floats, key=lambda d: d.itemsize)
 
 
