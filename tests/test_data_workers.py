@@ -511,6 +511,30 @@ def test_distributed_sampler_from_data_drives_a_loader_without_mpi():
         assert len(set(seen)) == (21 if drop else 23)
 
 
+def test_distributed_sampler_set_epoch_decides_the_loaders_order_as_in_torch():
+    """PyTorch's pattern, ``sampler.set_epoch(e)`` before each epoch, also when a resumed run
+    starts at e = 10 with a fresh loader; without set_epoch the loader's own epochs count."""
+    ds = _ds(23)
+
+    def order(sampler, epochs):
+        loader = DataLoader(ds, 5, sampler=sampler)
+        out = []
+        for e in epochs:
+            if e is not None:
+                sampler.set_epoch(e)
+            out.append([int(x[0]) // 3 for b in loader for x in b[0].numpy()])
+        return out
+
+    def make():
+        return ng.data.DistributedSampler(ds, num_replicas=2, rank=1, seed=7)
+
+    ref = make()
+    want = [ref.indices(e).tolist() for e in (10, 11)]
+    assert order(make(), [10, 11]) == want  # a resume at epoch 10 reads epoch 10's order
+    assert want[0] != ref.indices(0).tolist()
+    assert order(make(), [None, None]) == [ref.indices(0).tolist(), ref.indices(1).tolist()]
+
+
 def test_data_does_not_import_distributed_at_import_time():
     import ast
 

@@ -475,6 +475,8 @@ class DataLoader:
         if self.batch_sampler is not None:
             return [np.asarray(b, dtype=B.int64).reshape(-1) for b in self.batch_sampler]
         if self.sampler is not None:
+            # a sampler whose set_epoch was called draws that epoch's order (PyTorch's use)
+            epoch = getattr(self.sampler, "epoch_of", lambda e: e)(epoch)
             if start:
                 return np.asarray(self.sampler.indices(epoch, start))
             if hasattr(self.sampler, "indices"):

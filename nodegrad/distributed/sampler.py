@@ -37,6 +37,7 @@ class DistributedSampler:
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.epoch = 0
+        self._explicit = False  # set_epoch was called: its epoch decides a loader's order
         n, r = self.dataset_len, self.num_replicas
         self.num_samples = n // r if drop_last else -(-n // r)
         self.total_size = self.num_samples * r
@@ -48,8 +49,16 @@ class DistributedSampler:
         return self.num_samples
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch :meth:`__iter__` draws its order from (as in PyTorch)."""
+        """The epoch :meth:`__iter__` draws its order from (as in PyTorch). Once it is called,
+        a ``DataLoader`` reading this sampler draws this epoch's order too, as PyTorch's does
+        (call it every epoch, as there); until then the loader's own epoch count decides."""
         self.epoch = int(epoch)
+        self._explicit = True
+
+    def epoch_of(self, loader_epoch: int) -> int:
+        """The epoch whose order a ``DataLoader`` at ``loader_epoch`` reads: the one given to
+        :meth:`set_epoch`, once it has been called, else the loader's."""
+        return self.epoch if self._explicit else int(loader_epoch)
 
     def size(self, start: int = 0) -> int:
         """How many indices this rank reads of an epoch's order from global position ``start``."""
