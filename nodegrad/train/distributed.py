@@ -44,7 +44,7 @@ class DistributedRun:
 def shard(loader: DataLoader, comm: Communicator) -> DataLoader:
     """``loader`` itself when it already has a sampler (or one rank runs), else a loader over
     the same data whose DistributedSampler gives this rank its share: same batch size (per rank),
-    shuffling seeded by the loader's seed, the same transform, device and dtype."""
+    shuffling seeded by the loader's seed, the same transform, device, dtype and workers."""
     if getattr(loader, "sampler", None) is not None or comm.world_size == 1:
         return loader
     if not isinstance(loader, DataLoader):
@@ -53,10 +53,14 @@ def shard(loader: DataLoader, comm: Communicator) -> DataLoader:
     seed = comm.broadcast_json(loader.seed if loader.seed is not None else 0)
     sampler = DistributedSampler(loader.dataset, comm.world_size, comm.rank,
                                  shuffle=loader.shuffle, seed=seed, drop_last=loader.drop_last)
+    workers = {} if not getattr(loader, "num_workers", 0) else dict(
+        num_workers=loader.num_workers, prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers, worker_init_fn=loader.worker_init_fn,
+        timeout=loader.timeout, multiprocessing_context=loader.multiprocessing_context)
     return DataLoader(loader.dataset, loader.batch_size, drop_last=loader.drop_last, seed=seed,
                       collate_fn=loader.collate_fn, transform=loader.transform,
                       prefetch=loader.prefetch, device=loader.backend.name, dtype=loader.dtype,
-                      sampler=sampler)
+                      sampler=sampler, **workers)
 
 
 def setup(distributed: bool | None, model: Module, loader: DataLoader,
