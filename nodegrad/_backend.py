@@ -371,6 +371,28 @@ class _BlasThreads:
         return False
 
 
+# --- LAPACK's symmetric indefinite factorisation (host) ----------------------------------------
+def sytrf(a):
+    """LAPACK's ``sytrf`` (Bunch-Kaufman LDLᵀ, lower triangle) of one symmetric float32/float64
+    host matrix, through SciPy: ``(LD, pivots, info)``, LD's lower triangle L's strict part
+    and D's 1x1 and 2x2 blocks, pivots 1-based (a 2x2 block's two entries both -p), info the
+    first zero pivot (1-based; 0: none), exactly as LAPACK (and PyTorch) give them."""
+    from scipy.linalg import lapack
+
+    ld, ipiv, info = lapack.get_lapack_funcs("sytrf", (a,))(a, lower=1)
+    return np.tril(ld), ipiv.astype(np.int32), max(int(info), 0)
+
+
+def sytrs(ld, ipiv, b):
+    """LAPACK's ``sytrs``: X with A X = B from :func:`sytrf`'s factors of A (host arrays)."""
+    from scipy.linalg import lapack
+
+    x, info = lapack.get_lapack_funcs("sytrs", (ld, b))(ld, ipiv, b, lower=1)
+    if info < 0:
+        raise ValueError(f"sytrs: argument {-info} was invalid")
+    return x
+
+
 # --- host heap: keep freed array buffers for reuse ----------------------------------------------
 # glibc returns a freed buffer of a few MiB to the kernel (munmap, or a trim of the heap top) and
 # the next array of that size takes one page fault per 4 KiB page; on virtual machines that

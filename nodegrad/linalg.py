@@ -375,3 +375,7 @@ from .linalg_lu import *  # noqa: E402, F403
 from .linalg_lu import __all__ as _more  # noqa: E402
 
 __all__ += _more
+from .linalg_ldl import *  # noqa: E402, F403
+from .linalg_ldl import __all__ as _ldl  # noqa: E402
+
+__all__ += _ldl

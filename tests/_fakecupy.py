@@ -321,7 +321,7 @@ def _module() -> types.ModuleType:
 # the functions of cupyx.scipy.special that nodegrad's special functions call
 _SPECIAL_FUNCTIONS = ("gammaln", "digamma", "polygamma", "erfc", "erfcx", "i0", "i0e", "i1",
                       "i1e", "ndtr", "ndtri", "log_ndtr", "entr", "gammainc", "gammaincc",
-                      "zeta")
+                      "zeta", "j0", "j1", "y0", "y1", "k0", "k1", "k0e", "k1e")
 
 
 def _host_function(f):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from _opcases import (
     DOMAINS,
@@ -10,6 +12,7 @@ from _opcases import (
     MIXED_FORMS,
     NARY,
     SCALAR_FORMS,
+    UNARY,
     Call,
     Forward,
     _f,
@@ -22,6 +25,7 @@ from _opcases import (
     torch,
 )
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import nodegrad as ng
 
@@ -88,6 +92,46 @@ def _second_only(name, fn, tfn, const, domain):
 _second_only("igamma", ng.igamma, lambda a, x: torch.igamma(a, x), "pos", "pos")
 _second_only("igammac", ng.igammac, lambda a, x: torch.igammac(a, x), "pos", "pos")
 _second_only("zeta", ng.zeta, lambda s, q: torch.special.zeta(s, q), "zeta_s", "pos")
+# Bessel and Airy functions, orthogonal polynomials: PyTorch has no gradient for them, so the
+# matrix checks nodegrad's against finite differences only (values: test_special_more.py)
+def _own(name, fn, domain, prims=None):
+    def build(draw, layout):
+        (s,) = draw(shapes(layout))
+        return Call(fn, (arr(draw, s, domain),))
+
+    case(name, build, prims, UNARY)
+
+
+_S = ng.special
+_own("bessel_j0", _S.bessel_j0, "wide")
+_own("bessel_j1", _S.bessel_j1, "wide")
+_own("bessel_y0", _S.bessel_y0, "pos")
+_own("bessel_y1", _S.bessel_y1, "pos")
+_own("modified_bessel_k0", _S.modified_bessel_k0, "pos")
+_own("modified_bessel_k1", _S.modified_bessel_k1, "pos")
+_own("scaled_modified_bessel_k0", _S.scaled_modified_bessel_k0, "pos")
+_own("scaled_modified_bessel_k1", _S.scaled_modified_bessel_k1, "pos")
+_own("airy_ai", _S.airy_ai, "wide")
+_own("airy_ai_prime", ng.primitives["airy_ai_prime"], "wide")
+_own("spherical_bessel_j0", _S.spherical_bessel_j0, "wide", prims=("sin", "where"))
+for _k, _n in (("chebyshev_polynomial_t", 7), ("chebyshev_polynomial_u", 3),
+               ("chebyshev_polynomial_v", 4), ("chebyshev_polynomial_w", 5),
+               ("shifted_chebyshev_polynomial_t", 3), ("shifted_chebyshev_polynomial_u", 9),
+               ("hermite_polynomial_h", 4), ("hermite_polynomial_he", 5),
+               ("laguerre_polynomial_l", 6), ("legendre_polynomial_p", 5)):
+    _own(_k, functools.partial(getattr(_S, _k), n=_n), "prob" if "shifted" in _k else "real",
+         prims=("orthogonal_polynomial",))
+
+
+def _poly_tensor_n(draw, layout):
+    """A tensor of degrees (0 to 6, negative ones too) broadcast against x."""
+    sx, sn = draw(shapes(layout, 2))
+    n = draw(hnp.arrays(np.int64, sn, elements=st.integers(-1, 6)))
+    return Call(lambda x: _S.shifted_chebyshev_polynomial_w(x, ng.tensor(n)),
+                (arr(draw, sx, "prob"),))
+
+
+case("orthogonal_polynomial", _poly_tensor_n, layouts=NARY)
 # nodegrad.special's own wrappers
 ew("special_softmax", lambda x: ng.special.softmax(x, -1),
    lambda t: torch.special.softmax(t, -1), "wide", prims=("softmax",))
@@ -131,6 +175,14 @@ SCALAR_FORMS.update({
     "fmin": [lambda x: ng.fmin(x, 0.5), lambda x: ng.fmin(0.5, x)],
     "nextafter": [lambda x: ng.nextafter(x, 2.0), lambda x: ng.nextafter(0.5, x)],
     "heaviside": [lambda x: ng.heaviside(x, 0.5)],
+    **{n: [getattr(ng.special, n)] for n in (
+        "bessel_j0", "bessel_j1", "bessel_y0", "bessel_y1", "modified_bessel_k0",
+        "modified_bessel_k1", "scaled_modified_bessel_k0", "scaled_modified_bessel_k1",
+        "airy_ai")},
+    "airy_ai_prime": [ng.primitives["airy_ai_prime"]],
+    "orthogonal_polynomial": [lambda x: ng.special.legendre_polynomial_p(x, 3),
+                              lambda x: ng.special.hermite_polynomial_h(0.5, x),
+                              lambda x: ng.special.chebyshev_polynomial_t(x, ng.tensor(2))],
 })
 MIXED_FORMS.update({
     "xlog1py": ng.xlog1py, "igamma": ng.igamma, "igammac": ng.igammac, "zeta": ng.zeta,

@@ -8,6 +8,8 @@ their own.
 
 from __future__ import annotations
 
+import warnings as _warnings
+
 
 from .. import _backend as B
 from .. import ops
@@ -493,3 +495,26 @@ from . import vision_functional as _vision  # noqa: E402
 from .vision_functional import *  # noqa: E402, F403
 
 __all__ += _vision.__all__
+
+
+# --- PyTorch's deprecated resampling names -------------------------------------------------------
+def upsample_nearest(input: Tensor, size=None, scale_factor=None) -> Tensor:
+    """Nearest-neighbour upsampling: ``interpolate(input, size, scale_factor, "nearest")``.
+    Deprecated in PyTorch (which warns, as this does) in favour of ``interpolate``."""
+    _warnings.warn("nn.functional.upsample_nearest is deprecated. Use nn.functional.interpolate "
+                   "instead.", stacklevel=2)
+    return interpolate(input, size, scale_factor, mode="nearest")
+
+
+def upsample_bilinear(input: Tensor, size=None, scale_factor=None) -> Tensor:
+    """Bilinear upsampling of (N, C, H, W) with ``align_corners=True``, as PyTorch's deprecated
+    name (which warns, as this does) in favour of ``interpolate``."""
+    _warnings.warn("nn.functional.upsample_bilinear is deprecated. Use "
+                   "nn.functional.interpolate instead.", stacklevel=2)
+    if not isinstance(input, Tensor) or input.ndim != 4:
+        raise ShapeError(f"upsample_bilinear: expected (N, C, H, W) input, got "
+                         f"{getattr(input, 'shape', type(input).__name__)}")
+    return interpolate(input, size, scale_factor, mode="bilinear", align_corners=True)
+
+
+__all__ += ["upsample_nearest", "upsample_bilinear"]

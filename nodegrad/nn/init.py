@@ -9,6 +9,7 @@ and backward (Xavier/Glorot), and σ² = 2/fan_in compensates ReLU killing half 
 from __future__ import annotations
 
 import math
+import warnings as _warnings
 from collections.abc import Callable
 
 from .. import _backend as B
@@ -187,6 +188,55 @@ def dirac_(t: Tensor, groups: int = 1) -> Tensor:
         return w
 
     return _fill(t, sample, None)
+
+
+def sparse_(t: Tensor, sparsity: float, std: float = 0.01,
+            generator: Generator | None = None) -> Tensor:
+    """Martens' (2010) sparse init of a 2-d weight: N(0, std²), then in every column
+    ⌈sparsity · rows⌉ entries at random rows set to zero, as PyTorch's."""
+    if t.ndim != 2:
+        raise ValueError(f"sparse_: only 2-d tensors are supported, got shape "
+                         f"{tuple(t.shape)}")
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparse_: sparsity must be in [0, 1], got {sparsity}")
+    rows, cols = t.shape
+    n_zero = math.ceil(sparsity * rows)
+
+    def sample(g):
+        w = g.normal(t.shape, t.dtype) * std
+        xp = B.backend_of(w).xp
+        order = xp.argsort(g.random(t.shape, B.float64), axis=0)  # a permutation per column
+        xp.put_along_axis(w, order[:n_zero], 0, axis=0)
+        return w
+
+    return _fill(t, sample, generator)
+
+
+def _deprecated(new: Callable) -> Callable:
+    """PyTorch's old name for ``new`` (without the trailing underscore): warns, then calls it."""
+    old = new.__name__[:-1]
+
+    def deprecated_init(*args, **kwargs):
+        _warnings.warn(f"`nn.init.{old}` is now deprecated in favor of `nn.init.{new.__name__}`.",
+                       FutureWarning, stacklevel=2)
+        return new(*args, **kwargs)
+
+    deprecated_init.__name__ = deprecated_init.__qualname__ = old
+    deprecated_init.__doc__ = f"Deprecated alias of :func:`{new.__name__}` (warns, as PyTorch)."
+    return deprecated_init
+
+
+uniform = _deprecated(uniform_)
+normal = _deprecated(normal_)
+constant = _deprecated(constant_)
+eye = _deprecated(eye_)
+dirac = _deprecated(dirac_)
+xavier_uniform = _deprecated(xavier_uniform_)
+xavier_normal = _deprecated(xavier_normal_)
+kaiming_uniform = _deprecated(kaiming_uniform_)
+kaiming_normal = _deprecated(kaiming_normal_)
+orthogonal = _deprecated(orthogonal_)
+sparse = _deprecated(sparse_)
 
 
 def default_bound(fan_in: int) -> float:

@@ -25,6 +25,7 @@ from .norm_functional import _SELU_ALPHA_PRIME, _check_p
 
 __all__: list[str] = [
     "affine_grid", "grid_sample", "fractional_max_pool2d", "fractional_max_pool2d_with_indices",
+    "fractional_max_pool3d", "fractional_max_pool3d_with_indices",
     "feature_alpha_dropout", "max_pool1d_with_indices", "max_pool2d_with_indices",
     "max_pool3d_with_indices", "adaptive_max_pool1d_with_indices",
     "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices",
@@ -257,11 +258,16 @@ def adaptive_max_pool3d_with_indices(input: Tensor, output_size, return_indices:
     return adaptive_max_pool3d(input, output_size, True)
 
 
-def _pair(v, name: str, op: str) -> tuple:
-    t = (v, v) if isinstance(v, int | float) else tuple(v)
-    if len(t) != 2:
-        raise ValueError(f"{op}: {name} must be a number or a pair, got {v!r}")
+def _tuple(v, name: str, op: str, d: int = 2) -> tuple:
+    t = (v,) * d if isinstance(v, int | float) else tuple(v)
+    if len(t) != d:
+        raise ValueError(f"{op}: {name} must be a number or a {'pair' if d == 2 else 'triple'}, "
+                         f"got {v!r}")
     return t
+
+
+def _pair(v, name: str, op: str) -> tuple:
+    return _tuple(v, name, op, 2)
 
 
 def _intervals(s: Tensor, n: int, out: int, k: int) -> Tensor:
@@ -279,59 +285,77 @@ def _intervals(s: Tensor, n: int, out: int, k: int) -> Tensor:
     return ops.concatenate([starts, last], axis=-1)
 
 
-def fractional_max_pool2d_with_indices(input: Tensor, kernel_size, output_size=None,
-                                       output_ratio=None, return_indices: bool = False,
-                                       _random_samples: Tensor | None = None, *,
-                                       generator: Generator | None = None):
-    """``fractional_max_pool2d`` with its indices, always."""
-    op = "fractional_max_pool2d"
-    if not isinstance(input, Tensor) or input.ndim not in (3, 4):
-        raise ShapeError(f"{op}: expected (N, C, H, W) or unbatched (C, H, W) input, got "
+# PyTorch's sample per spatial axis: 2-d takes (W, H) = samples[0], [1]; 3-d (T, H, W) = 0, 1, 2
+_SAMPLE_AXIS = {2: (1, 0), 3: (0, 1, 2)}
+
+
+def _fractional_max_pool(op: str, d: int, input: Tensor, kernel_size, output_size,
+                         output_ratio, _random_samples, generator):
+    """Fractional max pooling over the last ``d`` axes of (N, C, *S) or unbatched (C, *S):
+    (values, flat indices into prod(S))."""
+    names = "(N, C, H, W) or unbatched (C, H, W)" if d == 2 else \
+        "(N, C, T, H, W) or unbatched (C, T, H, W)"
+    if not isinstance(input, Tensor) or input.ndim not in (d + 1, d + 2):
+        raise ShapeError(f"{op}: expected {names} input, got "
                          f"{getattr(input, 'shape', type(input).__name__)}")
     if input.dtype.kind != "f":
         raise DTypeError(f"{op}: expected a floating input, got {input.dtype}")
     if output_size is None and output_ratio is None:
         raise ValueError(f"{op}: give either an output_size or an output_ratio")
-    unbatched = input.ndim == 3
+    unbatched = input.ndim == d + 1
     x = ops.expand_dims(input, 0) if unbatched else input
-    n, c, h, w = x.shape
-    kh, kw = (int(v) for v in _pair(kernel_size, "kernel_size", op))
+    n, c = x.shape[:2]
+    size = tuple(x.shape[2:])
+    ks = tuple(int(v) for v in _tuple(kernel_size, "kernel_size", op, d))
     if output_size is None:
-        rh, rw = _pair(output_ratio, "output_ratio", op)
-        oh, ow = int(h * rh), int(w * rw)
+        ratio = _tuple(output_ratio, "output_ratio", op, d)
+        outs = tuple(int(s * r) for s, r in zip(size, ratio))
     else:
-        oh, ow = (int(v) for v in _pair(output_size, "output_size", op))
-    if min(kh, kw, oh, ow) < 1:
-        raise ValueError(f"{op}: kernel_size and output size must be positive, got "
-                         f"{(kh, kw)} and {(oh, ow)}")
-    if oh + kh - 1 > h or ow + kw - 1 > w:
-        raise ShapeError(f"{op}: kernel {(kh, kw)} is too large for output {(oh, ow)} from "
-                         f"input {(h, w)} (need output + kernel - 1 <= input on each axis)")
+        outs = tuple(int(v) for v in _tuple(output_size, "output_size", op, d))
+    if min(ks + outs) < 1:
+        raise ValueError(f"{op}: kernel_size and output size must be positive, got {ks} and "
+                         f"{outs}")
+    if any(o + k - 1 > s for o, k, s in zip(outs, ks, size)):
+        raise ShapeError(f"{op}: kernel {ks} is too large for output {outs} from input {size} "
+                         f"(need output + kernel - 1 <= input on each axis)")
     if _random_samples is None:
-        samples = rand(n, c, 2, dtype=x.dtype, device=x.device,
+        samples = rand(n, c, d, dtype=x.dtype, device=x.device,
                        generator=generator or default_generator(x.device))
     else:
         samples = _random_samples
-        if not isinstance(samples, Tensor) or tuple(samples.shape) != (n, c, 2):
-            raise ShapeError(f"{op}: _random_samples must have shape (N, C, 2) = {(n, c, 2)}, "
+        if not isinstance(samples, Tensor) or tuple(samples.shape) != (n, c, d):
+            raise ShapeError(f"{op}: _random_samples must have shape (N, C, {d}) = {(n, c, d)}, "
                              f"got {getattr(samples, 'shape', type(samples).__name__)}")
         samples = ops.astype(samples, x.dtype)
-    rows = _intervals(samples[..., 1], h, oh, kh)                    # (N, C, oh) window starts
-    cols = _intervals(samples[..., 0], w, ow, kw)
     xp = x.backend.xp
-    rows = ops.expand_dims(rows, -1) + Tensor(xp.arange(kh, dtype=xp.int64))   # (N, C, oh, kh)
-    cols = ops.expand_dims(cols, -1) + Tensor(xp.arange(kw, dtype=xp.int64))   # (N, C, ow, kw)
-    flat = (ops.reshape(rows, (n, c, oh, 1, kh, 1)) * w
-            + ops.reshape(cols, (n, c, 1, ow, 1, kw)))                         # input positions
-    flat = ops.reshape(flat, (n, c, oh, ow, kh * kw))
+    flat, stride = None, 1
+    for a in reversed(range(d)):  # input positions (N, C, *outs, *ks), row-major over S
+        starts = _intervals(samples[..., _SAMPLE_AXIS[d][a]], size[a], outs[a], ks[a])
+        pos = ops.expand_dims(starts, -1) + Tensor(xp.arange(ks[a], dtype=xp.int64))
+        shape = [n, c] + [1] * (2 * d)
+        shape[2 + a], shape[2 + d + a] = outs[a], ks[a]
+        term = ops.reshape(pos, tuple(shape)) * stride
+        flat = term if flat is None else flat + term
+        stride *= size[a]
+    kk = math.prod(ks)
+    flat = ops.reshape(flat, (n, c) + outs + (kk,))
     win = ops.take_along_axis(ops.reshape(x, (n, c, -1)), ops.reshape(flat, (n, c, -1)), 2)
-    win = ops.reshape(win, (n, c, oh, ow, kh * kw))
+    win = ops.reshape(win, (n, c) + outs + (kk,))
     arg = ops.argmax(win, axis=-1, keepdims=True)       # the first maximum, as PyTorch's scan
     y = ops.squeeze(ops.take_along_axis(win, arg, -1), -1)
     idx = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1).detach()
     if unbatched:
         y, idx = y[0], idx[0]
     return y, idx
+
+
+def fractional_max_pool2d_with_indices(input: Tensor, kernel_size, output_size=None,
+                                       output_ratio=None, return_indices: bool = False,
+                                       _random_samples: Tensor | None = None, *,
+                                       generator: Generator | None = None):
+    """``fractional_max_pool2d`` with its indices, always."""
+    return _fractional_max_pool("fractional_max_pool2d", 2, input, kernel_size, output_size,
+                                output_ratio, _random_samples, generator)
 
 
 def fractional_max_pool2d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
@@ -343,6 +367,26 @@ def fractional_max_pool2d(input: Tensor, kernel_size, output_size=None, output_r
     ``_random_samples`` (N, C, 2) (W's, then H's), as PyTorch's, else drawn from
     ``generator`` (the default one). With ``return_indices`` also the flat H·W indices."""
     y, idx = fractional_max_pool2d_with_indices(input, kernel_size, output_size, output_ratio,
+                                                True, _random_samples, generator=generator)
+    return (y, idx) if return_indices else y
+
+
+def fractional_max_pool3d_with_indices(input: Tensor, kernel_size, output_size=None,
+                                       output_ratio=None, return_indices: bool = False,
+                                       _random_samples: Tensor | None = None, *,
+                                       generator: Generator | None = None):
+    """``fractional_max_pool3d`` with its indices, always."""
+    return _fractional_max_pool("fractional_max_pool3d", 3, input, kernel_size, output_size,
+                                output_ratio, _random_samples, generator)
+
+
+def fractional_max_pool3d(input: Tensor, kernel_size, output_size=None, output_ratio=None,
+                          return_indices: bool = False, _random_samples: Tensor | None = None,
+                          *, generator: Generator | None = None):
+    """Fractional max pooling over (T, H, W) of (N, C, T, H, W): the 2-d scheme on three axes,
+    ``_random_samples`` (N, C, 3) in PyTorch's order (T's, H's, W's). With ``return_indices``
+    also the flat T·H·W indices."""
+    y, idx = fractional_max_pool3d_with_indices(input, kernel_size, output_size, output_ratio,
                                                 True, _random_samples, generator=generator)
     return (y, idx) if return_indices else y
 

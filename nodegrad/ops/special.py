@@ -17,9 +17,10 @@ from .. import _backend as B
 from ..batching import elementwise_rule
 from ..errors import DTypeError, GradError
 from ..primitive import primitive
-from ..tensor import Tensor, ones_like
+from ..tensor import Tensor, ones_like, zeros_like
 from .elementwise import (astype, copysign, equal, exp, exp2, floor_divide, less, log,
-                          logical_and, logical_not, logical_or, multiply, power, sign, where)
+                          logical_and, logical_not, logical_or, multiply, power, sign, sin,
+                          where)
 from .index import take
 from .reduce import any as _any
 from .shape import reshape
@@ -236,6 +237,230 @@ i1 = primitive("i1", _scipy("i1"), _i1_vjp, saves="both", kind=_EW, jvp=_J,
                doc="The modified Bessel function of the first kind, order 1.")
 i1e = primitive("i1e", _scipy("i1e"), _i1e_vjp, saves="both", kind=_EW, jvp=_J,
                 doc="The exponentially scaled i1: exp(-|x|) i1(x).")
+
+
+# --- Bessel functions of the first and second kinds, Airy's Ai ---------------------------------
+def _over_x(ans, x, series):
+    """f(x)/x for an odd f with f(x) ~ x series(x) near 0: the series below |x| < 1e-3, where
+    dividing a tiny f(x) by x loses its digits (or divides 0 by 0)."""
+    small = abs(x) < 1e-3
+    return where(small, series(x), ans / where(small, 1, x))
+
+
+def _j1_over_x(ans, x):
+    return _over_x(ans, x, lambda v: 0.5 - v * v * 0.0625)
+
+
+bessel_j0 = primitive("bessel_j0", _scipy("j0"), lambda g, ans, x: g * -bessel_j1(x), kind=_EW,
+                      jvp=_J, doc="The Bessel function of the first kind, order 0; "
+                                  "d/dx j0 = -j1.")
+bessel_j1 = primitive("bessel_j1", _scipy("j1"),
+                      lambda g, ans, x: g * (bessel_j0(x) - _j1_over_x(ans, x)), saves="both",
+                      kind=_EW, jvp=_J,
+                      doc="The Bessel function of the first kind, order 1; "
+                          "d/dx j1 = j0 - j1/x.")
+bessel_y0 = primitive("bessel_y0", _scipy("y0"), lambda g, ans, x: g * -bessel_y1(x), kind=_EW,
+                      jvp=_J, doc="The Bessel function of the second kind, order 0 (x > 0; "
+                                  "-inf at 0, NaN below); d/dx y0 = -y1.")
+bessel_y1 = primitive("bessel_y1", _scipy("y1"),
+                      lambda g, ans, x: g * (bessel_y0(x) - ans / x), saves="both", kind=_EW,
+                      jvp=_J, doc="The Bessel function of the second kind, order 1 (x > 0); "
+                                  "d/dx y1 = y0 - y1/x.")
+modified_bessel_k0 = primitive(
+    "modified_bessel_k0", _scipy("k0"), lambda g, ans, x: g * -modified_bessel_k1(x), kind=_EW,
+    jvp=_J, doc="The modified Bessel function of the second kind, order 0 (x > 0); "
+                "d/dx k0 = -k1.")
+modified_bessel_k1 = primitive(
+    "modified_bessel_k1", _scipy("k1"),
+    lambda g, ans, x: g * -(modified_bessel_k0(x) + ans / x), saves="both", kind=_EW, jvp=_J,
+    doc="The modified Bessel function of the second kind, order 1 (x > 0); "
+        "d/dx k1 = -k0 - k1/x.")
+scaled_modified_bessel_k0 = primitive(
+    "scaled_modified_bessel_k0", _scipy("k0e"),
+    lambda g, ans, x: g * (ans - scaled_modified_bessel_k1(x)), saves="both", kind=_EW, jvp=_J,
+    doc="exp(x) k0(x), which stays representable for large x; its derivative k0e - k1e.")
+scaled_modified_bessel_k1 = primitive(
+    "scaled_modified_bessel_k1", _scipy("k1e"),
+    lambda g, ans, x: g * (ans - scaled_modified_bessel_k0(x) - ans / x), saves="both",
+    kind=_EW, jvp=_J, doc="exp(x) k1(x); its derivative k1e - k0e - k1e/x.")
+
+
+def _airy(i: int):
+    """Ai (i = 0) or Ai' (i = 1) by SciPy's ``airy`` on the host (CuPy has none), the result
+    back on the operand's device."""
+    def fwd(xp, x):
+        be = _backend_of((x,))
+        (v,) = _as_float((x,))
+        host = be.to_host(v) if B.is_array(v) else v
+        return _kept(be.asarray(B.CPU.special("airy", host)[i]), _float_dtype((x,)))
+    return fwd
+
+
+airy_ai = primitive("airy_ai", _airy(0), lambda g, ans, x: g * airy_ai_prime(x), kind=_EW,
+                    jvp=_J, doc="The Airy function Ai(x), a solution of y'' = x y.")
+airy_ai_prime = primitive("airy_ai_prime", _airy(1),
+                          lambda g, ans, x: g * (x * airy_ai(x)), kind=_EW, jvp=_J,
+                          doc="Ai'(x), the derivative of the Airy function (Ai'' = x Ai).")
+
+_SPH_J0 = (-1.0 / 6.0, 1.0 / 120.0, -1.0 / 5040.0, 1.0 / 362880.0, -1.0 / 39916800.0,
+           1.0 / 6227020800.0)
+
+
+def spherical_bessel_j0(input):
+    """The spherical Bessel function j0(x) = sin(x)/x (1 at 0, 0 at +-inf), by PyTorch's
+    formula: its Taylor series below |x| < 0.5, where the quotient loses digits."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"spherical_bessel_j0: expected a tensor, got {type(input).__name__}")
+    x = input if input.dtype.kind == "f" else astype(input, B.float32)
+    small = abs(x) < 0.5
+    x2 = x * x
+    series = _SPH_J0[-1]
+    for c in reversed(_SPH_J0[:-1]):
+        series = x2 * series + c
+    series = x2 * series + 1.0
+    finite = abs(x) != math.inf
+    safe = where(logical_or(small, logical_not(finite)), 1.0, x)
+    return where(small, series, where(finite, sin(safe) / safe, 0.0))
+
+
+# --- classical orthogonal polynomials ---------------------------------------------------------
+# Each kind: P_1 = a y + b; P_{k+1} = (A_k y + B_k) P_k - C_k P_{k-1}, with y = x or (shifted)
+# y = 2x - 1. The coefficients give the derivatives too, by differentiating the recurrence.
+_POLY_P1 = {"chebyshev_t": (1.0, 0.0), "chebyshev_u": (2.0, 0.0), "chebyshev_v": (2.0, -1.0),
+            "chebyshev_w": (2.0, 1.0), "hermite_h": (2.0, 0.0), "hermite_he": (1.0, 0.0),
+            "laguerre_l": (-1.0, 1.0), "legendre_p": (1.0, 0.0)}
+
+
+def _poly_coeffs(base: str, k: int):
+    """(A_k, B_k, C_k) of the step from P_k to P_{k+1}."""
+    if base.startswith("chebyshev"):
+        return 2.0, 0.0, 1.0
+    if base == "hermite_h":
+        return 2.0, 0.0, 2.0 * k
+    if base == "hermite_he":
+        return 1.0, 0.0, float(k)
+    if base == "laguerre_l":
+        return -1.0 / (k + 1), (2 * k + 1) / (k + 1), k / (k + 1)
+    return (2 * k + 1) / (k + 1), 0.0, k / (k + 1)  # legendre_p
+
+
+def _poly_degree(xp, n):
+    """PyTorch's integer degree: n truncated towards 0; NaN and +-inf count as -1 (value 0)."""
+    n = xp.asarray(n)
+    if n.dtype.kind == "f":
+        n = xp.where(xp.isfinite(n), xp.trunc(xp.where(xp.isfinite(n), n, 0)), -1)
+    return n.astype(B.int64)
+
+
+def _poly_recurrence(xp, x, n, base: str, order: int):
+    """The ``order``-th derivative (in y) of P_n(y) by the differentiated three-term recurrence,
+    for every element's own n (0 where n < 0)."""
+    a, b = _POLY_P1[base]
+    d = [xp.ones_like(x)] + [xp.zeros_like(x)] * order  # D^j P_0
+    e = [a * x + b, xp.full_like(x, a)] + [xp.zeros_like(x)] * (order - 1)  # D^j P_1
+    e = e[:order + 1]
+    out = xp.where(n == 0, d[order], xp.where(n == 1, e[order], 0.0))
+    top = int(n.max()) if n.size else 0
+    for k in range(1, top):
+        ak, bk, ck = _poly_coeffs(base, k)
+        new = [(ak * x + bk) * e[j] + (j * ak * e[j - 1] if j else 0.0) - ck * d[j]
+               for j in range(order + 1)]
+        d, e = e, new
+        out = xp.where(n == k + 1, e[order], out)
+    return out
+
+
+def _poly_value(xp, x, n, base: str, shifted: bool):
+    """P_n(x) by PyTorch's algorithm: its recurrences in its operation order, the closed forms
+    (cos(n acos y), ...) it uses for large n inside (-1, 1), and its exact values at the ends."""
+    y = x + x - 1.0 if shifted else x
+    a, b = _POLY_P1[base]
+    p, q = xp.ones_like(x), (y + y + b if a == 2.0 and base.startswith("chebyshev") else
+                             {"hermite_h": x + x, "hermite_he": x, "laguerre_l": 1.0 - x,
+                              "legendre_p": x, "chebyshev_t": y}[base])
+    out = xp.where(n == 0, 1.0, xp.where(n == 1, q, 0.0))
+    top = int(n.max()) if n.size else 0
+    for k in range(1, top):
+        if base.startswith("chebyshev"):
+            r = (y + y) * q - p
+        elif base == "hermite_h":
+            r = (x + x) * q - (2 * k) * p
+        elif base == "hermite_he":
+            r = x * q - k * p
+        elif base == "laguerre_l":
+            r = (((k + k) + (1.0 - x)) * q - k * p) / (k + 1)
+        else:
+            r = ((k + k + 1) * x * q - k * p) / (k + 1)
+        p, q = q, r
+        out = xp.where(n == k + 1, r, out)
+    nf = n.astype(x.dtype)
+    odd = (n % 2) == 1
+    if base.startswith("chebyshev"):
+        inside = abs(y) < 1.0
+        with B.np.errstate(all="ignore"):
+            th = xp.arccos(xp.where(inside, y, 0.0))
+            if base == "chebyshev_t":
+                closed, lim = xp.cos(nf * th), 6
+            elif base == "chebyshev_u":
+                s = xp.sin(th)
+                closed = xp.where(s != 0, xp.sin((nf + 1) * th) / s,
+                                  (nf + 1) * xp.cos((nf + 1) * th) / y)
+                lim = 6 if shifted else 8
+            elif base == "chebyshev_v":
+                closed = xp.where(xp.sin(th / 2.0) != 1.0,
+                                  xp.cos((nf + 0.5) * th) / xp.cos(th / 2.0),
+                                  xp.where(odd, -(nf + nf + 1), nf + nf + 1))
+                lim = 6 if shifted else 8
+            else:
+                closed = xp.where(xp.cos(th / 2.0) != 1.0,
+                                  xp.sin((nf + 0.5) * th) / xp.sin(th / 2.0),
+                                  xp.where(y > 0, nf + nf + 1, xp.where(odd, -1.0, 1.0)))
+                lim = 6 if shifted else 8
+        out = xp.where((n > lim) & inside, closed, out)
+        hi = {"chebyshev_t": 1.0, "chebyshev_u": nf + 1, "chebyshev_v": 1.0,
+              "chebyshev_w": nf + nf + 1}[base]
+        lo = {"chebyshev_t": xp.where(odd, -1.0, 1.0), "chebyshev_u": xp.where(odd, -(nf + 1),
+              nf + 1), "chebyshev_v": xp.where(odd, -(nf + nf + 1), nf + nf + 1),
+              "chebyshev_w": xp.where(odd, -1.0, 1.0)}[base]
+        if shifted:
+            out = xp.where(x == 0.0, lo, xp.where(x == 1.0, hi, out))
+        else:
+            out = xp.where(x == 1.0, hi, xp.where(x == -1.0, lo, out))
+    elif base == "legendre_p":
+        out = xp.where(x == 1.0, 1.0, xp.where(x == -1.0, xp.where(odd, -1.0, 1.0), out))
+    elif base == "laguerre_l":
+        out = xp.where(x == 0.0, 1.0, out)
+    elif base.startswith("hermite"):
+        out = xp.where(n > (128 if x.dtype == B.float32 else 512), math.nan, out)
+    return xp.where(n < 0, 0.0, out)
+
+
+def _poly_fwd(xp, x, n, kind, order):
+    dt = _float_dtype((x, n)) or B.float32  # integer operands give float32, as PyTorch
+    x = xp.asarray(x).astype(dt, copy=False)
+    n = _poly_degree(xp, n)
+    x, n = xp.broadcast_arrays(x, n)
+    shifted = kind.startswith("shifted_")
+    base = kind[len("shifted_"):] if shifted else kind
+    with B.np.errstate(all="ignore"):
+        if order == 0:
+            out = _poly_value(xp, x, n, base, shifted)
+        else:
+            y = x + x - 1.0 if shifted else x
+            out = _poly_recurrence(xp, y, n, base, order) * (2.0 ** order if shifted else 1.0)
+    return xp.asarray(out, dtype=dt)
+
+
+orthogonal_polynomial = primitive(
+    "orthogonal_polynomial", _poly_fwd,
+    (lambda g, ans, x, n, kind, order: g * orthogonal_polynomial(x, n, kind=kind,
+                                                                 order=order + 1),
+     lambda g, ans, x, n, kind, order: zeros_like(g)),  # the degree is truncated: a step
+    kind=_EW, jvp=_J,
+    doc="The ``order``-th derivative in x of a classical orthogonal polynomial of degree n "
+        "(kind: chebyshev_t/u/v/w, their shifted_ forms, hermite_h/he, laguerre_l, "
+        "legendre_p); order 0 is PyTorch's value. The degree n is truncated to an integer: "
+        "its gradient is 0.")
 
 
 # --- logit, entropy, xlog1py -----------------------------------------------------------------

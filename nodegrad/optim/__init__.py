@@ -19,6 +19,7 @@ from .asgd import ASGD
 from .base import Optimizer
 from .clip import clip_grad_norm_, clip_grad_value_
 from .lbfgs import LBFGS
+from .muon import Muon
 from .nadam import NAdam
 from .radam import Adamax, RAdam
 from .regularisation import l2_penalty
@@ -27,5 +28,5 @@ from .rprop import Rprop
 from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
-           "RAdam", "Adamax", "Rprop", "ASGD", "Adafactor", "LBFGS",
+           "RAdam", "Adamax", "Rprop", "ASGD", "Adafactor", "LBFGS", "Muon",
            "lr_scheduler", "swa_utils", "clip_grad_norm_", "clip_grad_value_", "l2_penalty"]

@@ -156,6 +156,17 @@ class _State:
     def tmp(self, k: int = 0):
         return self._b.tmp(k)[self._sl]
 
+    @property
+    def shape(self) -> tuple | None:
+        """The shape of the one parameter these flat arrays hold (an update that needs it, as
+        Muon's matrix iteration, runs one parameter at a time: ``flat=False``); None when they
+        span several parameters."""
+        b, sl = self._b, self._sl
+        for lo, hi, shape in zip(b.offsets, b.offsets[1:], b.shapes):
+            if lo == sl.start and hi == sl.stop:
+                return shape
+        return None
+
 
 class Optimizer:
     """Base of every optimiser: parameter groups, step counter, state and the shared transforms.

@@ -10,7 +10,7 @@ from .dropout import Dropout
 from .linear import Embedding, Flatten, Identity, Linear
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
 from .sync_norm import SyncBatchNorm
-from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss,
                    MSELoss, NLLLoss)
 
@@ -55,7 +55,9 @@ __all__ = [
     "PReLU",
     "ParameterList",
     "RNN",
+    "RNNBase",
     "RNNCell",
+    "RNNCellBase",
     "ReLU",
     "Sequential",
     "SiLU",
@@ -143,7 +145,9 @@ __all__ += _lazy.__all__
 from .adaptive_softmax import AdaptiveLogSoftmaxWithLoss  # noqa: E402
 from .dropout import FeatureAlphaDropout  # noqa: E402
 from .loss import MultiLabelMarginLoss, NLLLoss2d, TripletMarginWithDistanceLoss  # noqa: E402
-from .pool import FractionalMaxPool2d  # noqa: E402
+from .norm import CrossMapLRN2d  # noqa: E402
+from .pool import FractionalMaxPool2d, FractionalMaxPool3d  # noqa: E402
 
 __all__ += ["AdaptiveLogSoftmaxWithLoss", "FeatureAlphaDropout", "FractionalMaxPool2d",
+            "FractionalMaxPool3d", "CrossMapLRN2d",
             "MultiLabelMarginLoss", "NLLLoss2d", "TripletMarginWithDistanceLoss"]

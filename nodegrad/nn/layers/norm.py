@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from ... import ops
 from ...errors import ShapeError
-from ...tensor import int64, ones, zeros
+from ...tensor import Tensor, int64, ones, tensor, zeros
 from .. import functional as F
 from ..module import Module, Parameter
 
@@ -18,6 +19,7 @@ class _BatchNorm(Module):
                  dtype=None, *, bias: bool = True):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter(ones(num_features, device=device, dtype=dtype)) if affine else None
         self.bias = Parameter(zeros(num_features, device=device, dtype=dtype)) if affine and \
             bias else None
@@ -87,3 +89,36 @@ class LayerNorm(Module):
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine}, bias={self._bias}")
+
+
+class CrossMapLRN2d(Module):
+    """Local response normalisation across channels of (N, C, H, W), PyTorch's legacy form:
+    y = x (k + alpha/size · s)^-beta, where s sums x² over the channels c - ⌊(size-1)/2⌋ ...
+    c + ⌊(size-1)/2⌋, kept as PyTorch's running sum keeps it (which also keeps channel 0's
+    square in every window past the first ⌊(size-1)/2⌋ + 1 channels)."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1):
+        super().__init__()
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"CrossMapLRN2d: size must be a positive int, got {size!r}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) or input.ndim != 4:
+            raise ValueError(f"CrossMapLRN2d: Expected input to be 4D (N, C, H, W), got "
+                             f"{getattr(input, 'ndim', type(input).__name__)}D instead.")
+        c = input.shape[1]
+        pre = int((self.size - 1) / 2 + 1)
+        cs = ops.cumsum(input * input, axis=1)
+        ch = list(range(c))
+        hi = tensor([min(j + pre - 1, c - 1) for j in ch], device=input.device)
+        scale = ops.index_select(cs, 1, hi)
+        if c > pre + 1:  # the running sum drops channels 1 .. c - pre, never channel 0
+            lo = tensor([max(j - pre, 0) for j in ch], device=input.device)
+            keep = tensor([j > pre for j in ch], device=input.device)
+            dropped = ops.index_select(cs, 1, lo) - cs[:, :1]
+            scale = scale - ops.where(ops.reshape(keep, (1, c, 1, 1)), dropped, 0.0)
+        return input * (scale * (self.alpha / self.size) + self.k) ** -self.beta
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -230,36 +230,55 @@ class UpsamplingBilinear2d(Upsample):
         super().__init__(size, scale_factor, "bilinear", align_corners=True)
 
 
-class FractionalMaxPool2d(Module):
-    """Fractional max pooling of (N, C, H, W) to ``output_size`` or ``output_ratio`` times the
-    input (see F.fractional_max_pool2d); ``_random_samples`` (N, C, 2) fixes the windows,
-    else each call draws them from ``generator`` (the default one)."""
+class _FractionalMaxPool(Module):
+    """Shared by the 2-d and 3-d fractional max pools: the arguments' checks and the call."""
+
+    dims = 2
 
     def __init__(self, kernel_size, output_size=None, output_ratio=None,
                  return_indices: bool = False, _random_samples: Tensor | None = None, *,
                  generator: Generator | None = None):
         super().__init__()
-        self.kernel_size = _pair(kernel_size)
+        name, d = type(self).__name__, self.dims
+        self.kernel_size = _ntuple(kernel_size, d)
         self.return_indices = return_indices
         self.register_buffer("_random_samples", _random_samples)
-        self.output_size = None if output_size is None else _pair(output_size)
-        self.output_ratio = None if output_ratio is None else _pair(output_ratio)
+        self.output_size = None if output_size is None else _ntuple(output_size, d)
+        self.output_ratio = None if output_ratio is None else _ntuple(output_ratio, d)
         if output_size is None and output_ratio is None:
-            raise ValueError("FractionalMaxPool2d: give either an output_size or an "
-                             "output_ratio")
+            raise ValueError(f"{name}: give either an output_size or an output_ratio")
         if output_size is not None and output_ratio is not None:
-            raise ValueError("FractionalMaxPool2d: give only one of output_size and "
-                             "output_ratio")
+            raise ValueError(f"{name}: give only one of output_size and output_ratio")
         if self.output_ratio is not None and not all(0 < r < 1 for r in self.output_ratio):
-            raise ValueError(f"FractionalMaxPool2d: output_ratio must be between 0 and 1, got "
+            raise ValueError(f"{name}: output_ratio must be between 0 and 1, got "
                              f"{output_ratio}")
         _check_generator(self, generator)
         self.generator = generator
 
     def forward(self, x):
-        return F.fractional_max_pool2d(x, self.kernel_size, self.output_size, self.output_ratio,
-                                       self.return_indices, self._random_samples,
-                                       generator=self.generator)
+        f = F.fractional_max_pool2d if self.dims == 2 else F.fractional_max_pool3d
+        return f(x, self.kernel_size, self.output_size, self.output_ratio, self.return_indices,
+                 self._random_samples, generator=self.generator)
+
+
+class FractionalMaxPool2d(_FractionalMaxPool):
+    """Fractional max pooling of (N, C, H, W) to ``output_size`` or ``output_ratio`` times the
+    input (see F.fractional_max_pool2d); ``_random_samples`` (N, C, 2) fixes the windows,
+    else each call draws them from ``generator`` (the default one)."""
+
+    dims = 2
+
+
+class FractionalMaxPool3d(_FractionalMaxPool):
+    """Fractional max pooling of (N, C, T, H, W) to ``output_size`` or ``output_ratio`` times
+    the input (see F.fractional_max_pool3d); ``_random_samples`` (N, C, 3) fixes the windows,
+    else each call draws them from ``generator`` (the default one)."""
+
+    dims = 3
+
+
+def _ntuple(v, d: int) -> tuple:
+    return (v,) * d if isinstance(v, int | float) else tuple(v)
 
 
 def _pair(v) -> tuple:

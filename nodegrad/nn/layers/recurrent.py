@@ -35,15 +35,28 @@ def _reset(module: Module, hidden_size: int, init) -> None:
             I.zeros_(p)
 
 
-class _RNNBase(Module):
-    """Shared by RNN, GRU and LSTM: the parameters, the shape checks and the layer loop."""
+class RNNBase(Module):
+    """Shared by RNN, GRU and LSTM: the parameters, the shape checks and the layer loop.
+
+    As ``torch.nn.RNNBase`` it is their common class (``isinstance(lstm, nn.RNNBase)``) and
+    can be built directly with a mode first: ``RNNBase("LSTM", input_size, hidden_size, ...)``
+    (modes "RNN_TANH", "RNN_RELU", "GRU", "LSTM").
+    """
 
     mode = "RNN_TANH"
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 init="default", device=None, dtype=None):
+    def __init__(self, *args, **kwargs):
         super().__init__()
+        if args and isinstance(args[0], str):  # PyTorch's RNNBase(mode, input_size, ...)
+            if args[0] not in R._GATES:
+                raise ValueError(f"RNNBase: mode must be one of {sorted(R._GATES)}, got "
+                                 f"{args[0]!r}")
+            self.mode, args = args[0], args[1:]
+        self._build(*args, **kwargs)
+
+    def _build(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+               batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+               init="default", device=None, dtype=None):
         name = type(self).__name__
         if hidden_size <= 0 or num_layers <= 0 or input_size <= 0:
             raise ValueError(f"{name}: input_size, hidden_size and num_layers must be positive, "
@@ -217,7 +230,7 @@ class _RNNBase(Module):
         return s
 
 
-class RNN(_RNNBase):
+class RNN(RNNBase):
     """Elman RNN: h_t = act(x_t Wᵢₕᵀ + bᵢₕ + h_{t-1} Wₕₕᵀ + bₕₕ), act ``"tanh"`` or ``"relu"``.
 
     Default init as PyTorch: every weight and bias ~ U(±1/√hidden_size).
@@ -239,7 +252,7 @@ class RNN(_RNNBase):
         return s + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
 
 
-class GRU(_RNNBase):
+class GRU(RNNBase):
     """Gated recurrent unit, PyTorch's gates (r, z, n):
     r, z = σ(Wᵢx + bᵢ + Wₕh + bₕ), n = tanh(Wᵢₙx + bᵢₙ + r ⊙ (Wₕₙh + bₕₙ)), h' = (1-z) n + z h.
 
@@ -249,7 +262,7 @@ class GRU(_RNNBase):
     mode = "GRU"
 
 
-class LSTM(_RNNBase):
+class LSTM(RNNBase):
     """Long short-term memory, PyTorch's gates (i, f, g, o): c' = f c + i g, h' = o tanh(c').
 
     ``forward`` returns (output, (h_n, c_n)) and takes ``(h0, c0)``. Default init as PyTorch:
@@ -260,7 +273,10 @@ class LSTM(_RNNBase):
 
 
 # --- cells ------------------------------------------------------------------------------------
-class _CellBase(Module):
+class RNNCellBase(Module):
+    """Shared by RNNCell, GRUCell and LSTMCell (``torch.nn.RNNCellBase``): the parameters
+    (``gates`` blocks of hidden_size rows) and the input check."""
+
     gates = 1
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init="default",
@@ -291,7 +307,7 @@ class _CellBase(Module):
             "" if self.bias_ih is not None else ", bias=False")
 
 
-class RNNCell(_CellBase):
+class RNNCell(RNNCellBase):
     """One Elman step (``nn.functional.rnn_cell``); default init U(±1/√hidden_size)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
@@ -307,7 +323,7 @@ class RNNCell(_CellBase):
         return R.rnn_cell(input, hx, *self._args(), nonlinearity=self.nonlinearity)
 
 
-class GRUCell(_CellBase):
+class GRUCell(RNNCellBase):
     """One GRU step (``nn.functional.gru_cell``); default init U(±1/√hidden_size)."""
 
     gates = 3
@@ -317,7 +333,7 @@ class GRUCell(_CellBase):
         return R.gru_cell(input, hx, *self._args())
 
 
-class LSTMCell(_CellBase):
+class LSTMCell(RNNCellBase):
     """One LSTM step (``nn.functional.lstm_cell``) returning (h', c'); default init
     U(±1/√hidden_size)."""
 

@@ -75,7 +75,10 @@ class ParametrizationList(ModuleList):
             new = original
             for m in reversed(list(self)):
                 if hasattr(m, "right_inverse"):
-                    new = m.right_inverse(new)
+                    try:
+                        new = m.right_inverse(new)
+                    except NotImplementedError:  # the original stays as it is (PyTorch)
+                        pass
         if isinstance(new, Tensor):
             if not unsafe and new.dtype != dtype:
                 raise ValueError(f"register_parametrization: right_inverse may not change the "
