@@ -18,7 +18,7 @@ def _blocks(path: str = "README.md") -> list[str]:
 @pytest.mark.parametrize("code", _blocks())
 def test_readme_python_blocks_run(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # blocks may write files
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, "README.md", "exec"), {"__name__": "__main__"})  # as a script runs them
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "docs").glob("*.md")))
