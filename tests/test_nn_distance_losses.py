@@ -230,3 +230,19 @@ def test_errors():
         F.ctc_loss(lp, tg, [5], [2, 2])
     with pytest.raises(ng.ShapeError, match=r"\(T, N, C\)"):
         F.ctc_loss(ng.ones(3), tg, [5, 5], [2, 2])
+
+
+def test_distances_of_nan_inputs_are_nan_as_in_torch():
+    """A NaN coordinate gives a NaN distance (it gave 0, a silent wrong answer), for every p."""
+    torch = pytest.importorskip("torch")
+    a = np.array([[1.0, np.nan], [0.0, 1.0], [2.0, 2.0]], np.float32)
+    for p in (1.0, 2.0, 3.0):
+        got = ng.cdist(ng.tensor(a), ng.tensor(a), p=p).numpy()
+        want = torch.cdist(torch.tensor(a), torch.tensor(a), p=p).numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # torch's p = inf kernel drops NaNs (an ordered max); nodegrad's max keeps them
+    assert np.isnan(ng.cdist(ng.tensor(a), ng.tensor(a), p=float("inf")).numpy()[0]).all()
+    b = ng.tensor(a[::-1].copy())
+    got = nn.functional.pairwise_distance(ng.tensor(a), b).numpy()
+    np.testing.assert_array_equal(np.isnan(got), [True, False, True])

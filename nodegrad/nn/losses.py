@@ -227,7 +227,7 @@ def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
     """‖d‖_p along ``axis`` (p = inf: max |d|, p = 0: count of nonzeros)."""
     if p == 2:
         s = ops.sum(d * d, axis=axis, keepdims=keepdims)
-        pos = s > 0
+        pos = s != 0  # (s is never negative; a NaN stays NaN)
         return ops.where(pos, ops.sqrt(ops.where(pos, s, 1.0)), 0.0)
     a = ops.abs(d)
     if p == 1:
@@ -239,7 +239,7 @@ def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
     if p < 0:
         raise ValueError(f"p-norm: p must be non-negative, got {p}")
     s = ops.sum(a ** p, axis=axis, keepdims=keepdims)
-    pos = s > 0
+    pos = s != 0
     return ops.where(pos, ops.where(pos, s, 1.0) ** (1.0 / p), 0.0)
 
 
