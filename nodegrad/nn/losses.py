@@ -106,7 +106,9 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
         w = w * weight[safe]
     loss = -picked * w
     if reduction == "mean":
-        return loss.sum() / w.sum()
+        total = w.sum()
+        empty = total == 0  # every target ignored: NaN, as PyTorch, with zero gradients
+        return ops.where(empty, float("nan"), loss.sum() / ops.where(empty, 1.0, total))
     return _reduce(loss, reduction, "nll_loss")
 
 

@@ -428,9 +428,17 @@ acos = primitive("acos", lambda xp, x: xp.arccos(x), lambda g, ans, x: -g / sqrt
                  kind=_EW, jvp=_J, doc="Inverse cosine (arccos).")
 atan = primitive("atan", lambda xp, x: xp.arctan(x), lambda g, ans, x: g / (x * x + 1),
                  kind=_EW, jvp=_J, doc="Inverse tangent (arctan).")
+def _atan2_recip(y, x):
+    """1 / (x² + y²), 0 where that is 0: atan2 has no derivative at the origin, and PyTorch's
+    gradient is 0 there (not 0/0's NaN)."""
+    r = x * x + y * y
+    zero = r == 0
+    return where(zero, 0.0, 1 / where(zero, 1.0, r))
+
+
 atan2 = primitive("atan2", lambda xp, y, x: xp.arctan2(y, x),
-                  (lambda g, ans, y, x: g * x / (x * x + y * y),
-                   lambda g, ans, y, x: -g * y / (x * x + y * y)),
+                  (lambda g, ans, y, x: g * x * _atan2_recip(y, x),
+                   lambda g, ans, y, x: -g * y * _atan2_recip(y, x)),
                   kind=_EW, jvp=_J, doc="The angle of the point (x, y): atan2(y, x).")
 sinh = primitive("sinh", lambda xp, x: xp.sinh(x), lambda g, ans, x: g * cosh(x), kind=_EW,
                  jvp=_J, doc="Hyperbolic sine.")

@@ -54,7 +54,15 @@ def _extreme(fn, argfn):
     def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
         k = _keep(keepdims, keepdim)
         if dim is not None and axis is None:
-            return MaxMin(fn(self, dim, k), argfn(self, dim, k))
+            if self.ndim == 0:
+                return MaxMin(fn(self, dim, k), argfn(self, dim, k))
+            idx = argfn(self, dim, True)
+            # the values as picked at the indices: their gradient goes to that one entry of
+            # tied extremes, as PyTorch's (amax and max() without dim share it among ties)
+            vals = I.take_along_axis(self, idx, dim)
+            if not k:
+                vals, idx = S.squeeze(vals, dim), S.squeeze(idx, dim)
+            return MaxMin(vals, idx)
         return fn(self, axis, k)
 
     method.__name__ = fn.__name__

@@ -216,11 +216,13 @@ def linear(x, weight, bias=None):
 
 # --- softmax cross-entropy against class indices ----------------------------------------------
 def _ce_keep(xp, t, ignore_index, reduction, dtype):
-    """Each target's weight: 1 (0 where ignored), over the kept count for a mean."""
+    """Each target's weight: 1 (0 where ignored), over the kept count for a mean (all zeros
+    when every target is ignored: the mean is NaN, its gradient zero, as PyTorch's)."""
     keep = xp.ones(t.shape, dtype) if ignore_index is None else (t != ignore_index).astype(dtype)
     if reduction == "mean":
         count = keep.sum()
-        keep = keep / count if count else xp.full(t.shape, xp.nan, dtype)
+        if count:
+            keep = keep / count
     return keep
 
 

@@ -15,7 +15,9 @@ from ..primitive import primitive
 from ..tensor import Tensor
 from .elementwise import astype, ceil, floor, isnan, lerp, round, where
 from .index import getitem, take_along_axis
+from .elementwise import maximum
 from .reduce import any, argmax
+from .reduce import sum as sum_
 from .shape import moveaxis, norm_axis, reshape
 
 Sorted = namedtuple("Sorted", ["values", "indices"])
@@ -100,7 +102,16 @@ def median(x, dim: int | None = None, keepdim: bool = False):
     """The lower median (no averaging, as PyTorch); with ``dim``: (values, indices). A lane
     with NaN gives NaN."""
     if dim is None:
-        return median(reshape(x, (-1,)), 0).values
+        m = median(reshape(x, (-1,)), 0).values
+        if not (x.requires_grad and x.dtype.kind == "f"):
+            return m
+        # the gradient shared evenly among the entries equal to the median, as PyTorch's
+        # median() without dim (the value stays the median's bits: s - s.detach() is 0)
+        md = m.detach()
+        tie = where(isnan(md), isnan(x), x == md)  # a NaN median: the NaNs share it
+        s = sum_(where(tie, x, 0.0))
+        n = maximum(sum_(astype(tie, x.dtype)), 1.0)
+        return m.detach() + (s - s.detach()) / n
     ax = _dim(x, dim, "median")
     v = _vec(x)
     n = v.shape[ax]
