@@ -1,4 +1,5 @@
-"""Structured loops with JAX's semantics: ``scan`` and ``fori_loop`` (``nodegrad.lax``).
+"""Structured loops with JAX's semantics: ``scan`` and ``fori_loop`` (``nodegrad.lax``); the
+branches and the while loop (``cond``, ``switch``, ``while_loop``) live in :mod:`.lax_control`.
 
 The loop body is traced once into a small program of primitives (its closed-over tensors become
 explicit inputs) and the whole loop is one ``scan`` primitive: its forward replays the body's
@@ -11,13 +12,14 @@ the body (the primitive's results are one packed array, unpacked by slicing).
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from . import _backend as B
 from .autodiff import modes
-from .batching import batched, front, size_of
+from .batching import BatchTracer, batched, front, size_of
 from .errors import DTypeError, JitError, ShapeError
 from .func.grad import vjp as _vjp
 from .func.jvp import jvp as _jvp
@@ -29,7 +31,8 @@ from .ops.shape import concatenate, moveaxis, reshape
 from .primitive import bind, primitive
 from .tensor import Tensor, arange, tensor, zeros_like
 
-__all__ = ["scan", "fori_loop"]
+__all__ = ["scan", "fori_loop", "cond", "switch", "while_loop", "torch_cond",
+           "torch_while_loop"]
 
 
 # --- the body: traced once, run as a program (arrays) or interpreted (tensors) ----------------
@@ -37,11 +40,13 @@ class _BodyRecorder(Recorder):
     """A recorder for a loop body: tensors it reads from outside become inputs, and steps with
     effects (random draws, in-place updates) are refused."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "scan", part: str = "loop body") -> None:
         super().__init__()
+        self.what, self.part = what, part  # named in the errors below
         self.eqns: list = []  # (primitive, params, input slots, output slot)
         self.captured: list = []  # tensors the body closes over, in slot order
         self.captured_slots: list = []
+        self.tracers: dict = {}  # id(batched tensor) -> its slot
 
     def record(self, prim, args, datas, params, out, backend) -> None:
         super().record(prim, args, datas, params, out, backend)
@@ -49,6 +54,13 @@ class _BodyRecorder(Recorder):
         self.eqns.append((prim, params, i.ins, i.out))
 
     def slot_of(self, a, d) -> int:
+        if type(a) is BatchTracer:  # a batched tensor closed over: its array is a poison
+            s = self.tracers.get(id(a))  # shared by every tracer of its shape, so its identity
+            if s is None:  # (not the array's) names the input
+                s = self.tracers[id(a)] = self._new(d)
+                self.captured.append(a)
+                self.captured_slots.append(s)
+            return s
         if isinstance(a, Tensor) and B.is_array(d) and id(d) not in self.slot \
                 and id(d) not in self.aliases:
             s = self._new(d)
@@ -58,23 +70,23 @@ class _BodyRecorder(Recorder):
         return super().slot_of(a, d)
 
     def effect(self, fn, args, kwargs):
-        raise JitError(f"scan: the loop body calls {getattr(fn, '__qualname__', fn)!r}, a step "
-                       "with effects (a random draw, an optimiser update); draw random numbers "
-                       "outside the loop and pass them in as xs")
+        raise JitError(f"{self.what}: the {self.part} calls {getattr(fn, '__qualname__', fn)!r}, "
+                       "a step with effects (a random draw, an optimiser update); draw random "
+                       "numbers outside and pass them in")
 
     def mutate(self, name, fn, target, *args, params=None):
-        raise JitError(f"scan: the loop body changes a tensor in place ({name}); return the new "
-                       "value in the carry instead")
+        raise JitError(f"{self.what}: the {self.part} changes a tensor in place ({name}); return "
+                       "the new value instead")
 
     def accumulate(self, fn, leaf, g, create_graph):
-        raise JitError("scan: the loop body calls backward(); use nodegrad.grad or vjp inside "
-                       "the body instead")
+        raise JitError(f"{self.what}: the {self.part} calls backward(); use nodegrad.grad or "
+                       "vjp inside it instead")
 
     def concrete(self, data, what: str) -> None:
         if id(data) in self.slot:
-            raise JitError(f"scan: {what} on a traced value inside the loop body: the body is "
-                           "traced once, so Python control flow cannot depend on its values; "
-                           "use ng.where or masks instead")
+            raise JitError(f"{self.what}: {what} on a traced value inside the {self.part}: it "
+                           "is traced once, so Python control flow cannot depend on its values; "
+                           "use ng.where, masks or nodegrad.lax.cond instead")
 
 
 class Body:
@@ -164,9 +176,11 @@ def _example(t, k: int | None) -> Tensor:
     return Tensor(d.view() if B.is_array(d) else d)
 
 
-def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan") -> Body:
-    """Trace ``fn(consts, carry, x) -> (carry, y)`` (flat lists of tensors) once."""
-    rec = _BodyRecorder()
+def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan",
+           one_dtype: bool = True, part: str = "loop body") -> Body:
+    """Trace ``fn(consts, carry, x) -> (carry, y)`` (flat lists of tensors) once; with
+    ``one_dtype`` the outputs must share a dtype (scan packs them into one array)."""
+    rec = _BodyRecorder(what.split(" ")[0], part)
     rec.fuse = _fusing()  # a nested loop's body fuses when the enclosing jitted step does
     ks, cs, xt = ([_example(t, None) for t in consts], [_example(t, None) for t in carry],
                   [_example(t, 0) for t in xs])
@@ -198,7 +212,7 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
                              f"{o.dtype}, but the carry came in as {tuple(c.shape)} {c.dtype}; "
                              "the carry must keep its shape and dtype")
     dts = {o.dtype for o in outs}
-    if len(dts) > 1:
+    if one_dtype and len(dts) > 1:
         raise DTypeError(f"{what}: the carry and the per-step outputs must share one dtype, got "
                         f"{sorted(str(d) for d in dts)}; cast them with .astype()")
     rec.metas = [(tuple(o.shape), o.dtype) for o in outs]
@@ -555,16 +569,44 @@ def scan_cached(key: Any, f: Callable, consts: list, init: list, xs: list,
     return _apply(body, consts, init, xs, n, reverse)
 
 
-def fori_loop(lower: int, upper: int, body_fun: Callable, init_val: Any) -> Any:
+def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any) -> Any:
     """JAX's ``lax.fori_loop``: ``val = body_fun(i, val)`` for i in range(lower, upper).
 
-    The bounds are Python ints (the loop is one scan over ``arange(lower, upper)``); ``i`` is a
-    0-d int64 tensor."""
+    Python int bounds make one scan over ``arange(lower, upper)`` (differentiable both ways);
+    a tensor bound makes a ``while_loop`` whose trip count is decided at run time (forward-mode
+    differentiable only, as in JAX). ``i`` is a 0-d integer tensor."""
+    if isinstance(lower, Tensor) or isinstance(upper, Tensor):
+        return _fori_while(lower, upper, body_fun, init_val)
+    bounds = []
     for name, v in (("lower", lower), ("upper", upper)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"fori_loop: {name} must be a Python int, got {type(v).__name__}")
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            bounds.append(operator.index(v))
+        except TypeError:
+            raise TypeError(f"fori_loop: {name} must be a Python int (or an integer tensor, "
+                            f"which runs as a while_loop), got {type(v).__name__}") from None
+    lower, upper = bounds
     if upper <= lower:
         return init_val
     idx = arange(lower, upper, dtype="int64")
     carry, _ = scan(lambda c, i: (body_fun(i, c), None), init_val, idx)
     return carry
+
+
+def _fori_while(lower: Any, upper: Any, body_fun: Callable, init_val: Any) -> Any:
+    """fori_loop with a bound known only at run time: a while_loop over (i, val)."""
+    lo, hi = _as_tensor(lower, "fori_loop: lower"), _as_tensor(upper, "fori_loop: upper")
+    for name, t in (("lower", lo), ("upper", hi)):
+        if t.ndim != 0 or t.dtype.kind not in "iu":
+            raise TypeError(f"fori_loop: {name} must be an integer scalar, got shape "
+                            f"{tuple(t.shape)} {t.dtype}")
+    if lo.dtype != hi.dtype:  # the counter takes the tensor bound's dtype
+        lo = lo.astype(hi.dtype) if isinstance(upper, Tensor) else lo
+        hi = hi.astype(lo.dtype)
+    _, val = while_loop(lambda c: c[0] < hi, lambda c: (c[0] + 1, body_fun(c[0], c[1])),
+                        (lo, init_val))
+    return val
+
+
+from .lax_control import cond, switch, torch_cond, torch_while_loop, while_loop  # noqa: E402

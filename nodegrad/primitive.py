@@ -372,7 +372,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 promoted = _promote(prim, args)
                 if promoted is not args:
                     return bind(prim, promoted, params)
-            fdt = _float_dtype(prim, datas)
+            # a loop or branch carries its own mix of dtypes (packed by dtype, never promoted)
+            fdt = None if prim.kind == "control" else _float_dtype(prim, datas)
     elif ftype is _ndarray or first is None:  # NumPy arrays or numbers only
         backend = _CPU
     else:

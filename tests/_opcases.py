@@ -2247,10 +2247,13 @@ def _kthvalue(draw, layout):
                 lambda t: torch.kthvalue(t, k, dim, keep).values)
 
 
+def _median_all(draw, layout):
+    (s,) = draw(shapes(layout))
+    return Call(ng.median, (arr(draw, s, "distinct"),), torch.median)
+
+
 def _median(draw, layout):
     (s,) = draw(shapes(layout))
-    if draw(st.booleans()):
-        return Call(ng.median, (arr(draw, s, "distinct"),), torch.median)
     dim, keep = _one_dim(draw, s), draw(st.booleans())
     return Call(lambda x: ng.median(x, dim, keep).values, (arr(draw, s, "distinct"),),
                 lambda t: torch.median(t, dim, keep).values)
@@ -2280,6 +2283,7 @@ case("sort", _sort, ("take_along_axis",))
 case("topk", _topk, ("take_along_axis",))
 case("kthvalue", _kthvalue, ("take_along_axis",), _NONEMPTY)
 case("median", _median, ("take_along_axis",), _NONEMPTY)
+case("median_all", _median_all, ("where", "sum"), _NONEMPTY)  # tied entries share the gradient
 case("quantile", _quantile, ("take_along_axis",), _NONEMPTY)
 
 ORDER2 += ("asin", "atan2", "hypot", "logaddexp", "lerp", "xlogy", "hardtanh", "mish",
@@ -2320,6 +2324,54 @@ _n1 = len(CASES)
 case("scan", _scan_case, ("scan",), ("vector", "matrix", "empty", "noncontig"))
 ORDER2 += ("scan",)
 CASES_BY_NAME.update({c.name: c for c in CASES[_n1:]})
+
+
+# --- branches: nodegrad.lax.switch (lax.cond's primitive) against Python's choice in PyTorch ---
+def _cond_case(draw, layout):
+    """lax.switch over three branches that read the operands differently, one closing over w;
+    the index is drawn past both ends (clamped, as in JAX)."""
+    shx, shy = draw(shapes(layout, 2))
+    i = draw(st.integers(-1, 3))
+    args = (arr(draw, shx), arr(draw, shy), arr(draw, ()))
+
+    def fn(x, y, w):
+        a, b = ng.lax.switch(i, [lambda u, v: (ng.tanh(u) * w, v * v),
+                                 lambda u, v: (u * 2.0, ng.sin(v) * w),
+                                 lambda u, v: (u * u * w, v + 1.0)], x, y)
+        return ng.concatenate([a.reshape(-1), b.reshape(-1)])
+
+    def tfn(x, y, w):
+        a, b = [(torch.tanh(x) * w, y * y), (x * 2.0, torch.sin(y) * w),
+                (x * x * w, y + 1.0)][min(max(i, 0), 2)]
+        return torch.cat([a.reshape(-1), b.reshape(-1)])
+
+    return Call(fn, args, tfn)
+
+
+_n2 = len(CASES)
+case("cond", _cond_case, ("cond",), NARY)
+ORDER2 += ("cond",)
+CASES_BY_NAME.update({c.name: c for c in CASES[_n2:]})
+
+
+# --- lax.while_loop (no reverse-mode gradient): its trip count depends on the values -----------
+def _while_fn(x):
+    with ng.no_grad():  # (with a gradient needed, the result carries forward mode's node)
+        return ng.lax.while_loop(lambda c: (c[0] < 6) & ((c[1] * c[1]).sum() < 400.0),
+                                 lambda c: (c[0] + 1, c[1] * 1.5 + 0.1), (0, x))[1]
+
+
+def _while_ref(x):
+    for _ in range(6):
+        if (x * x).sum() >= 400.0:
+            break
+        x = x * 1.5 + 0.1
+    return x
+
+
+FORWARD.append(Forward("while_loop", _while_fn, _while_ref,
+                       lambda draw: ((arr(draw, draw(shapes("matrix", 1))[0], "wide"),), {}),
+                       rtol=1e-12))
 
 
 # --- forward values of the new primitives without a gradient -----------------------------------
