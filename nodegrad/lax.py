@@ -500,14 +500,21 @@ scan_p = primitive("scan", _scan_fwd, vjp_all=_scan_vjp, jvp=_scan_jvp, batch=_s
 
 
 # --- the public functions ---------------------------------------------------------------------
-def _as_tensor(x, what: str) -> Tensor:
+def _as_tensor(x, what: str, device=None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     try:
-        return tensor(x)
+        return tensor(x, device=device)
     except Exception as e:
         raise TypeError(f"{what}: expected tensors (or arrays, numbers), got "
                         f"{type(x).__name__}") from e
+
+
+def _as_tensors(leaves: list, what: str) -> list:
+    """The leaves as tensors; numbers and arrays go to the device of the tensors among them
+    (a loop counter beside a GPU state lives on the GPU, as in JAX)."""
+    device = next((x.device for x in leaves if isinstance(x, Tensor)), None)
+    return [_as_tensor(x, what, device) for x in leaves]
 
 
 def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
@@ -518,9 +525,9 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
     outputs may be trees of tensors. ``f`` is traced once: its values cannot steer Python.
     """
     c_leaves, c_def = tree_flatten(init)
-    c_leaves = [_as_tensor(c, "scan: init") for c in c_leaves]
     x_leaves, x_def = tree_flatten(xs)
-    x_leaves = [_as_tensor(x, "scan: xs") for x in x_leaves]
+    both = _as_tensors(c_leaves + x_leaves, "scan: init and xs")
+    c_leaves, x_leaves = both[:len(c_leaves)], both[len(c_leaves):]
     lens = {int(x.shape[0]) if x.ndim else -1 for x in x_leaves}
     if -1 in lens:
         raise ShapeError("scan: every leaf of xs needs a leading axis to scan over, got a 0-d "

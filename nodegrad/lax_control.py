@@ -24,7 +24,7 @@ from .func.grad import vjp as _vjp
 from .func.jvp import jvp as _jvp
 from .func.tree import tree_flatten, tree_unflatten
 from .func.vmap import vmap as _vmap
-from .lax import Body, _as_tensor, _fusing, _is_float, _substitute, _trace
+from .lax import Body, _as_tensors, _fusing, _is_float, _substitute, _trace
 from .ops.reduce import any as _any
 from .ops.shape import concatenate, reshape
 from .ops.index import where
@@ -317,7 +317,7 @@ def _scalar_index(x, what: str, name: str) -> Any:
 
 def _run_branches(what: str, index, fns: list, names: list, operands: tuple) -> Any:
     leaves, o_def = tree_flatten(operands)
-    leaves = [_as_tensor(x, f"{what}: operands") for x in leaves]
+    leaves = _as_tensors(leaves, f"{what}: operands")
     br = _flat_outputs(what, fns, names, leaves, o_def)
     outs = _cond_apply(br, index, leaves) if br.metas else []
     return tree_unflatten(br.out_def, outs)
@@ -562,7 +562,7 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init_val: Any) -> Any:
         raise TypeError(f"while_loop: cond_fun and body_fun must be callables, got "
                         f"{type(cond_fun).__name__} and {type(body_fun).__name__}")
     leaves, c_def = tree_flatten(init_val)
-    leaves = [_as_tensor(x, "while_loop: init_val") for x in leaves]
+    leaves = _as_tensors(leaves, "while_loop: init_val")
     if not leaves:
         raise ValueError("while_loop: init_val holds no tensors, so the loop has nothing to "
                          "carry")

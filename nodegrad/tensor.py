@@ -22,7 +22,9 @@ int32, int64, bool_ = B.int32, B.int64, B.bool_
 class Tensor:
     """An n-d array with reverse-mode autodiff. Create one with :func:`nodegrad.tensor`."""
 
-    __slots__ = ("data", "node", "requires_grad", "grad", "_version", "_hooks", "__weakref__")
+    # _view (set only on a recorded basic slice): (the tensor it was sliced from, the index)
+    __slots__ = ("data", "node", "requires_grad", "grad", "_version", "_hooks", "_view",
+                 "__weakref__")
     __array_ufunc__ = None  # NumPy defers ``ndarray op Tensor`` to our reflected operators
     __hash__ = object.__hash__  # ``==`` is elementwise, as in PyTorch
 

@@ -797,3 +797,48 @@ def test_a_recorded_add_then_a_write_under_no_grad_is_caught_at_backward():
         y.add_(1)  # changes it behind the graph's back
     with pytest.raises(ng.errors.InplaceError, match="modified in place"):
         z.sum().backward()
+
+
+def _view_program(lib):
+    """In-place changes of slices of a recorded tensor, and of whole tensors by zero_, fill_
+    and copy_: values and gradients."""
+    out = []
+    x = lib.tensor([1.0, 2.0, 3.0, 4.0], requires_grad=True)
+    y = x * 2
+    v = y[1:]
+    v.mul_(3)  # y changes too
+    v[1:].add_(x[:2] * 10)  # a slice of a slice: both change
+    y[0] += 1.0
+    out += [y.tolist(), v.tolist()]
+    (y * lib.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    out.append(x.grad.tolist())
+    x = lib.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    y = x + 0
+    y[0].zero_()
+    y[1, :1].fill_(7.0)
+    y[:, 1].sigmoid_()
+    y.sum().backward()
+    out.append([round(a, 6) for a in x.grad.flatten().tolist()])
+    x = lib.tensor([1.0, 2.0], requires_grad=True)
+    s = lib.tensor([5.0, 6.0], requires_grad=True)
+    y = x * 2
+    y.copy_(s * s)
+    (y * x).sum().backward()
+    out += [x.grad.tolist(), s.grad.tolist()]
+    x = lib.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    y = x * 1
+    y[[0, 1]].mul_(5)  # an advanced index gives a copy: y stays
+    out.append(y.tolist())
+    return out
+
+
+def test_in_place_changes_of_slices_reach_their_base_as_pytorch_views():
+    """A basic slice of a recorded tensor is a view, as in PyTorch: an in-place op on it (or a
+    slice of it) changes the base's values and gradients; zero_/fill_/copy_ are recorded (they
+    wrote the array behind the graph's back: gradients flowed to overwritten values)."""
+    want, got = _view_program(torch), _view_program(ng)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(np.array(g, dtype=float), np.array(w, dtype=float), rtol=1e-6)
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(ng.GradError, match="view of a leaf"):
+        x[0].add_(1.0)

@@ -411,7 +411,9 @@ def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Ten
     if m.grad_enabled and (self.requires_grad or _any_requires_grad(args, kwargs)):
         _refuse_leaf(self, name)
         result = _fitted(self, fn(_alias(self), *args, **kwargs), name)
-        return _rebind(self, E.astype(result, self.dtype), name)
+        result = E.astype(result, self.dtype)
+        I.write_through(self, result, name)  # a slice's base changes too (PyTorch's views)
+        return _rebind(self, result, name)
     result = _fitted(self, fn(self, *args, **kwargs), name)
     try:
         rec = m.jit
@@ -424,6 +426,38 @@ def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Ten
                          "first") from None
     self._bump()
     return self
+
+
+def _assigning(name: str) -> Callable:
+    """``zero_``, ``fill_`` or ``copy_`` (Tensor's own writes) recorded while a graph is: the
+    tensor takes the value, broadcast to its shape in its dtype, as a recorded op, so no
+    gradient reaches its old value and the source's gradient comes from it (the raw write left
+    the old graph in place: a silently wrong gradient); a slice's base changes too."""
+    raw = getattr(Tensor, name)
+
+    def method(self, *args):
+        value = 0 if name == "zero_" else args[0] if args else None
+        if not (modes().grad_enabled and isinstance(self, Tensor)
+                and type(self) is not BatchTracer
+                and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad))):
+            return raw(self, *args)
+        if len(args) != (0 if name == "zero_" else 1):
+            raise TypeError(f"{name}: expected {0 if name == 'zero_' else 1} argument, got "
+                            f"{len(args)}")
+        self._check_inplace(name)
+        if isinstance(value, Tensor):
+            if value.device != self.device:
+                value = value.to(self.device)
+            new = S.broadcast_to(E.astype(value, self.dtype), tuple(self.shape))
+            new = E.add(new, full(tuple(self.shape), 0, dtype=self.dtype, device=self.device))
+        else:
+            new = full(tuple(self.shape), value, dtype=self.dtype, device=self.device)
+        I.write_through(self, new, name)
+        return _rebind(self, new, name)
+
+    method.__name__ = name
+    method.__doc__ = raw.__doc__
+    return method
 
 
 def _inplace_method(name: str) -> Callable:
@@ -1206,6 +1240,8 @@ def _install() -> list:
         if name not in more and hasattr(Tensor, name[:-1]) and not hasattr(Tensor, name):
             more[name] = _inplace_method(name)
     register(more)
+    for name in ("zero_", "fill_", "copy_"):
+        setattr(Tensor, name, _assigning(name))
 
     taken = _taken()
     exported = [k for k in _FUNCTIONS if k not in taken]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .. import _backend as B
 from ..batching import BatchTracer, batched, front, rank_up, size_of, values
-from ..errors import DTypeError, ShapeError
+from ..errors import DTypeError, GradError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
 from .elementwise import where as _where
@@ -115,11 +115,47 @@ _scatter = primitive("scatter_add", _scatter_fwd,
 
 
 def getitem(x, index):
-    """``x[index]`` with NumPy's rules; the gradient scatters back with repeats counted."""
+    """``x[index]`` with NumPy's rules; the gradient scatters back with repeats counted.
+
+    A basic index (ints, slices, None, ``...``) gives a view, as in PyTorch: its array is a
+    view of ``x``'s, and when its graph is recorded an in-place change of the view also
+    changes ``x`` (:func:`write_through`)."""
     try:
-        return _getitem(x, index=norm_index(index, x.backend))
+        idx = norm_index(index, x.backend)
+        out = _getitem(x, index=idx)
     except IndexError as e:
         raise IndexError(f"getitem: index {index!r} does not fit shape {x.shape}: {e}") from None
+    if out.node is not None and type(x) is Tensor and _basic(idx):
+        out._view = (x, idx)  # an in-place change of out rebinds it; write_through tells x
+    return out
+
+
+_BASIC = (slice, int, type(None), type(Ellipsis))
+
+
+def _basic(idx) -> bool:
+    """Whether a normalised index is NumPy's (and PyTorch's) basic, view-making kind."""
+    if type(idx) is not tuple:
+        return type(idx) in _BASIC
+    for p in idx:
+        if type(p) not in _BASIC:
+            return False
+    return True
+
+
+def write_through(view: Tensor, value, name: str) -> None:
+    """Before ``view`` takes ``value`` by an in-place op while a graph is recorded: when
+    ``view`` is a basic slice of another tensor, that tensor takes ``value`` at the slice too
+    (a recorded ``setitem``, handed on up a chain of slices), as a PyTorch view's base does;
+    a leaf that requires grad refuses, as in PyTorch."""
+    entry = getattr(view, "_view", None)
+    if entry is None:
+        return
+    base, idx = entry
+    if base.node is None and base.requires_grad:
+        raise GradError(f"{name}: a view of a leaf tensor that requires grad cannot be changed "
+                        "in place while recording; wrap the update in nodegrad.no_grad()")
+    base[idx] = value
 
 
 def _setitem_fwd(xp, x, v, index):

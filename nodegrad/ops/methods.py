@@ -144,7 +144,9 @@ def _inplace(op, name):
             if self.node is None and self.requires_grad:
                 raise GradError(f"{name}: a leaf tensor that requires grad cannot be changed in "
                                 "place while recording; wrap the update in nodegrad.no_grad()")
-            return _rebind(self, op(_alias(self), other))
+            result = op(_alias(self), other)
+            I.write_through(self, result, name)
+            return _rebind(self, result)
         be = self.backend
         o = other.data if isinstance(other, Tensor) else other
         if B.is_array(o):
@@ -187,7 +189,9 @@ def _setitem(self, index, value):
         if self.node is None and self.requires_grad:
             raise GradError("setitem: a leaf tensor that requires grad cannot be changed in "
                             "place while recording; wrap the update in nodegrad.no_grad()")
-        _rebind(self, I.index_update(_alias(self), index, value))
+        result = I.index_update(_alias(self), index, value)
+        I.write_through(self, result, "setitem")
+        _rebind(self, result)
         return
     v = value.data if isinstance(value, Tensor) else value
     if B.is_array(v) and B.backend_of(v) is not self.backend:
