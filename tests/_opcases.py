@@ -2455,9 +2455,9 @@ FORWARD.append(Forward("isclose", ng.isclose, np.isclose, _isclose_build))
 
 def _ce_weights_ref(t, ignore_index, reduction, dtype):
     keep = (t != ignore_index).astype(dtype)
-    if reduction == "mean":
-        n = keep.sum()
-        return keep / n if n else np.full(t.shape, np.nan, dtype)
+    if reduction == "mean":  # every target ignored: zero weights (the mean is NaN, its
+        n = keep.sum()        # gradient zero, as PyTorch's)
+        return keep / n if n else keep
     return keep
 
 
