@@ -18,6 +18,7 @@ a dataset without ``gather`` or an IterableDataset read sample by sample.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -545,6 +546,25 @@ class DataLoader:
     def _deadline(self) -> float | None:
         return time.monotonic() + self.timeout if self.timeout > 0 else None
 
+    @contextlib.contextmanager
+    def _epoch_pool(self, epoch: int, counts: list | None = None):
+        """The worker pool started on ``epoch`` (``counts``: an IterableDataset's batches per
+        worker already handed out), as ``(pool, generation)``; released when the epoch's
+        batches end or the caller stops taking them (persistent workers stay), torn down when
+        anything fails."""
+        pool, gen = self._open_pool(epoch), None
+        try:
+            gen = pool.start_epoch(self.seed, epoch, self._worker_seeds(epoch),
+                                   *(() if counts is None else (counts,)))
+            yield pool, gen
+        except GeneratorExit:
+            self._release(pool, False, gen)
+            raise
+        except BaseException:
+            self._release(pool, True, gen)
+            raise
+        self._release(pool, False, gen)
+
     def _worker_batches(self, order, epoch: int, todo: list[int]) -> Iterator[tuple]:
         """The batches ``todo`` of the epoch made by the workers, as ``(b, batch, None)``.
 
@@ -552,9 +572,7 @@ class DataLoader:
         ahead; a worker gets its next one when the caller takes one of its batches."""
         if not todo:  # a resume at the end of the epoch: no worker needed
             return
-        pool, gen = self._open_pool(epoch), None
-        try:
-            gen = pool.start_epoch(self.seed, epoch, self._worker_seeds(epoch))
+        with self._epoch_pool(epoch) as (pool, gen):
             owner: dict[int, int] = {}
             ready: dict[int, Any] = {}
             sent = 0
@@ -586,13 +604,6 @@ class DataLoader:
                 fields = ready.pop(b)
                 dispatch(owner.pop(b))
                 yield b, fields, None
-        except GeneratorExit:
-            self._release(pool, False, gen)
-            raise
-        except BaseException:
-            self._release(pool, True, gen)
-            raise
-        self._release(pool, False, gen)
 
     def _worker_stream(self, epoch: int, start: int) -> Iterator[tuple]:
         """An IterableDataset's batches from the workers, as ``(b, batch, worker)``.
@@ -605,9 +616,7 @@ class DataLoader:
         resumed = start and self._wpos is not None and self._wpos[0] == epoch
         counts = list(self._wpos[1]) if resumed else [0] * n
         self._wpos = (epoch, list(counts))  # batches per worker the caller took
-        pool, gen = self._open_pool(epoch), None
-        try:
-            gen = pool.start_epoch(self.seed, epoch, self._worker_seeds(epoch), counts)
+        with self._epoch_pool(epoch, counts) as (pool, gen):
             made, asked = list(counts), list(counts)
             active = list(range(n))
             ready: dict[tuple[int, int], Any] = {}
@@ -643,13 +652,6 @@ class DataLoader:
                 ask(w)
                 yield b, fields, w
                 b += 1
-        except GeneratorExit:
-            self._release(pool, False, gen)
-            raise
-        except BaseException:
-            self._release(pool, True, gen)
-            raise
-        self._release(pool, False, gen)
 
     def _convert(self, a):
         """Floating host arrays to ``dtype``, integer ones to int64; anything else as it is."""
