@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 
 from . import _ng as ng
 from nodegrad.tensor import Tensor
 
 from . import constraints
-from .distribution import Distribution, _shape, broadcast_all
-from .utils import logits_to_probs, probs_to_logits
+from .distribution import BinaryParams, Distribution, _shape
 
 
 def _bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
@@ -17,7 +15,7 @@ def _bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
     return ng.clamp(logits, min=0) - logits * target + ng.log1p(ng.exp(-ng.abs(logits)))
 
 
-class Bernoulli(Distribution):
+class Bernoulli(BinaryParams, Distribution):
     """1 with probability ``probs`` (or ``sigmoid(logits)``), else 0. Give exactly one."""
 
     arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
@@ -26,34 +24,8 @@ class Bernoulli(Distribution):
 
     def __init__(self, probs: Tensor | float | None = None, logits: Tensor | float | None = None,
                  validate_args: bool | None = None):
-        if (probs is None) == (logits is None):
-            raise ValueError("Bernoulli: either `probs` or `logits` must be specified, but not "
-                             "both.")
-        if probs is not None:
-            (self.probs,) = broadcast_all(probs)
-            param = self.probs
-        else:
-            (self.logits,) = broadcast_all(logits)
-            param = self.logits
-        self._param = param
-        super().__init__(tuple(param.shape), validate_args=validate_args)
-
-    @cached_property
-    def logits(self) -> Tensor:
-        return probs_to_logits(self.probs, is_binary=True)
-
-    @cached_property
-    def probs(self) -> Tensor:
-        return logits_to_probs(self.logits, is_binary=True)
-
-    def expand(self, batch_shape, _instance=None) -> Bernoulli:
-        new = super().expand(batch_shape, _instance)
-        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
-        return new
-
-    @property
-    def param_shape(self) -> tuple:
-        return tuple(self._param.shape)
+        self._binary("Bernoulli", probs, logits)
+        super().__init__(tuple(self._param.shape), validate_args=validate_args)
 
     @property
     def mean(self) -> Tensor:

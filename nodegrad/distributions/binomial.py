@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 
 from nodegrad.random import _draw, _gen
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
 from . import constraints
-from .distribution import Distribution, _concrete, _shape, broadcast_all
-from .utils import logits_to_probs, probs_to_logits
+from .distribution import BinaryParams, Distribution, _concrete, _shape
 
 
 def _clamp_by_zero(x: Tensor) -> Tensor:
@@ -24,7 +22,7 @@ def _binomial_array(gen, n: Tensor, p: Tensor, shape: tuple):
         return gen.rng.binomial(counts, p.data.astype("float64"), size=shape).astype(p.data.dtype)
 
 
-class Binomial(Distribution):
+class Binomial(BinaryParams, Distribution):
     """Binomial(total_count, probs) (or ``logits``): counts in {0, ..., total_count}."""
 
     arg_constraints = {"total_count": constraints.nonnegative_integer,
@@ -33,37 +31,12 @@ class Binomial(Distribution):
 
     def __init__(self, total_count: Tensor | int = 1, probs: Tensor | float | None = None,
                  logits: Tensor | float | None = None, validate_args: bool | None = None):
-        if (probs is None) == (logits is None):
-            raise ValueError("Binomial: either `probs` or `logits` must be specified, but not "
-                             "both.")
-        if probs is not None:
-            self.total_count, self.probs = broadcast_all(total_count, probs)
-            self._param = self.probs
-        else:
-            self.total_count, self.logits = broadcast_all(total_count, logits)
-            self._param = self.logits
+        (self.total_count,) = self._binary("Binomial", probs, logits, total_count)
         super().__init__(tuple(self._param.shape), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None) -> Binomial:
-        new = super().expand(batch_shape, _instance)
-        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
-        return new
 
     @constraints.dependent_property(is_discrete=True, event_dim=0)
     def support(self):
         return constraints.integer_interval(0, self.total_count)
-
-    @cached_property
-    def logits(self) -> Tensor:
-        return probs_to_logits(self.probs, is_binary=True)
-
-    @cached_property
-    def probs(self) -> Tensor:
-        return logits_to_probs(self.logits, is_binary=True)
-
-    @property
-    def param_shape(self) -> tuple:
-        return tuple(self._param.shape)
 
     @property
     def mean(self) -> Tensor:

@@ -9,12 +9,15 @@ where tensor values are not known to Python.
 from __future__ import annotations
 
 import math
+from functools import cached_property
+
 from . import _ng as ng
 from nodegrad.autodiff import modes
 from nodegrad.dtypes import get_default_dtype
 from nodegrad.tensor import Tensor
 
 from . import constraints
+from .utils import logits_to_probs, probs_to_logits
 
 __all__ = ["Distribution", "broadcast_all"]
 
@@ -249,3 +252,37 @@ class _LocScale(Distribution):
     @property
     def mode(self):
         return self.loc
+
+
+class BinaryParams:
+    """The probs-or-logits parameters of a binary event (Bernoulli, Binomial, Geometric, ...):
+    exactly one is given, the other is derived on first use and cached (keeping its graph),
+    and ``param_shape`` and ``expand`` follow the one given. Mixed in before Distribution."""
+
+    def _binary(self, name: str, probs, logits, *others) -> list:
+        """Set the given one of ``probs``/``logits`` broadcast with ``others``; returns
+        ``others`` broadcast, in order."""
+        if (probs is None) == (logits is None):
+            raise ValueError(f"{name}: either `probs` or `logits` must be specified, but not "
+                             "both.")
+        *rest, param = broadcast_all(*others, probs if probs is not None else logits)
+        self.__dict__["probs" if probs is not None else "logits"] = param
+        self._param = param
+        return rest
+
+    @cached_property
+    def logits(self) -> Tensor:
+        return probs_to_logits(self.probs, is_binary=True)
+
+    @cached_property
+    def probs(self) -> Tensor:
+        return logits_to_probs(self.logits, is_binary=True)
+
+    @property
+    def param_shape(self) -> tuple:
+        return tuple(self._param.shape)
+
+    def expand(self, batch_shape, _instance=None):
+        new = super().expand(batch_shape, _instance)
+        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
+        return new

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
 from . import constraints
 from .bernoulli import _bce_with_logits
-from .distribution import Distribution, _concrete, _shape, broadcast_all
-from .utils import logits_to_probs, probs_to_logits
+from .distribution import BinaryParams, Distribution, _concrete, _shape
 
 
-class Geometric(Distribution):
+class Geometric(BinaryParams, Distribution):
     """Failures before the first success with success probability ``probs`` in (0, 1] (or
     ``logits``)."""
 
@@ -22,34 +20,13 @@ class Geometric(Distribution):
 
     def __init__(self, probs: Tensor | float | None = None, logits: Tensor | float | None = None,
                  validate_args: bool | None = None):
-        if (probs is None) == (logits is None):
-            raise ValueError("Geometric: either `probs` or `logits` must be specified, but not "
-                             "both.")
-        if probs is not None:
-            (self.probs,) = broadcast_all(probs)
-            self._param = self.probs
-        else:
-            (self.logits,) = broadcast_all(logits)
-            self._param = self.logits
+        self._binary("Geometric", probs, logits)
         super().__init__(tuple(self._param.shape), validate_args=validate_args)
         if self._validate_args and probs is not None and _concrete():
             if not bool(ng.all(self.probs > 0)):
                 raise ValueError(f"Expected parameter probs (Tensor of shape "
                                  f"{tuple(self.probs.shape)}) of distribution Geometric to be "
                                  f"positive but found invalid values:\n{self.probs}")
-
-    def expand(self, batch_shape, _instance=None) -> Geometric:
-        new = super().expand(batch_shape, _instance)
-        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
-        return new
-
-    @cached_property
-    def logits(self) -> Tensor:
-        return probs_to_logits(self.probs, is_binary=True)
-
-    @cached_property
-    def probs(self) -> Tensor:
-        return logits_to_probs(self.logits, is_binary=True)
 
     @property
     def mean(self) -> Tensor:

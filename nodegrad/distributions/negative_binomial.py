@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 
 from nodegrad.random import _draw, _gen
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
 from . import constraints
-from .distribution import Distribution, broadcast_all
+from .distribution import BinaryParams, Distribution
 from .gamma import Gamma
 from .poisson import _poisson_array
-from .utils import logits_to_probs, probs_to_logits
 
 
-class NegativeBinomial(Distribution):
+class NegativeBinomial(BinaryParams, Distribution):
     """Successes (each with probability ``probs``) before ``total_count`` failures; sampled
     as a Gamma-Poisson mixture, as PyTorch does."""
 
@@ -26,33 +24,8 @@ class NegativeBinomial(Distribution):
 
     def __init__(self, total_count: Tensor | float, probs: Tensor | float | None = None,
                  logits: Tensor | float | None = None, validate_args: bool | None = None):
-        if (probs is None) == (logits is None):
-            raise ValueError("NegativeBinomial: either `probs` or `logits` must be specified, "
-                             "but not both.")
-        if probs is not None:
-            self.total_count, self.probs = broadcast_all(total_count, probs)
-            self._param = self.probs
-        else:
-            self.total_count, self.logits = broadcast_all(total_count, logits)
-            self._param = self.logits
+        (self.total_count,) = self._binary("NegativeBinomial", probs, logits, total_count)
         super().__init__(tuple(self._param.shape), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None) -> NegativeBinomial:
-        new = super().expand(batch_shape, _instance)
-        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
-        return new
-
-    @cached_property
-    def logits(self) -> Tensor:
-        return probs_to_logits(self.probs, is_binary=True)
-
-    @cached_property
-    def probs(self) -> Tensor:
-        return logits_to_probs(self.logits, is_binary=True)
-
-    @property
-    def param_shape(self) -> tuple:
-        return tuple(self._param.shape)
 
     @property
     def mean(self) -> Tensor:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
 from . import constraints
-from .distribution import Distribution, _shape, broadcast_all
+from .distribution import BinaryParams, Distribution, _shape
 from .transformed_distribution import TransformedDistribution
 from .transforms import SigmoidTransform
-from .utils import clamp_probs, logits_to_probs, probs_to_logits
+from .utils import clamp_probs
 
 
-class LogitRelaxedBernoulli(Distribution):
+class LogitRelaxedBernoulli(BinaryParams, Distribution):
     """The logit of a relaxed Bernoulli sample: (logit U + logits) / temperature."""
 
     arg_constraints = {"probs": constraints.unit_interval, "logits": constraints.real}
@@ -23,35 +22,10 @@ class LogitRelaxedBernoulli(Distribution):
 
     def __init__(self, temperature: Tensor | float, probs: Tensor | float | None = None,
                  logits: Tensor | float | None = None, validate_args: bool | None = None):
-        if (probs is None) == (logits is None):
-            raise ValueError(f"{type(self).__name__}: either `probs` or `logits` must be "
-                             "specified, but not both.")
-        if probs is not None:
-            (self.probs,) = broadcast_all(probs)
-            self._param = self.probs
-        else:
-            (self.logits,) = broadcast_all(logits)
-            self._param = self.logits
+        self._binary(type(self).__name__, probs, logits)
         self.temperature = temperature if isinstance(temperature, Tensor) else ng.tensor(
             float(temperature), dtype=self._param.dtype, device=self._param.device)
         super().__init__(tuple(self._param.shape), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None) -> LogitRelaxedBernoulli:
-        new = super().expand(batch_shape, _instance)
-        new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
-        return new
-
-    @cached_property
-    def logits(self) -> Tensor:
-        return probs_to_logits(self.probs, is_binary=True)
-
-    @cached_property
-    def probs(self) -> Tensor:
-        return logits_to_probs(self.logits, is_binary=True)
-
-    @property
-    def param_shape(self) -> tuple:
-        return tuple(self._param.shape)
 
     def rsample(self, sample_shape=(), *, generator=None) -> Tensor:
         shape = self._extended_shape(_shape(sample_shape))
