@@ -2571,6 +2571,7 @@ SCALAR_FORMS.update({
     "nan_to_num": [ng.nan_to_num, lambda x: ng.nan_to_num(x, 1.0, 2.0, -2.0)],
     "hardtanh": [ng.hardtanh, lambda x: ng.hardtanh(x, -0.5, 0.5)],
     "isclose": [lambda x: ng.isclose(x, 0.25), lambda x: ng.isclose(1.5, x, atol=0.1)],
+    "round": [ng.round, lambda x: ng.round(x, decimals=1)],
 })
 MIXED_FORMS.update({
     "atan2": ng.atan2, "hypot": ng.hypot, "copysign": ng.copysign, "logaddexp": ng.logaddexp,

@@ -126,3 +126,14 @@ def test_float16_sums_accumulate_in_float32_as_torch():
     for got, want in pairs:
         assert got.dtype == ng.float16
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_round_to_decimals_as_torch():
+    torch = pytest.importorskip("torch")
+    x = [1.2345, 2.5555, 1234.5, 1250.0, -0.125, 0.5, 1.5]
+    for d in (0, 1, 2, -1, -2):
+        want = torch.round(torch.tensor(x), decimals=d).numpy()
+        np.testing.assert_array_equal(ng.round(ng.tensor(x), decimals=d).numpy(), want)
+        np.testing.assert_array_equal(ng.tensor(x).round(decimals=d).numpy(), want)
+    with pytest.raises(TypeError, match="decimals must be an int"):
+        ng.round(ng.tensor(x), decimals=1.5)

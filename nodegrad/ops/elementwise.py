@@ -415,7 +415,21 @@ isinf = _nodiff("isinf", lambda xp, x: xp.isinf(x), "True where x is +-Inf.")
 isfinite = _nodiff("isfinite", lambda xp, x: xp.isfinite(x), "True where x is finite.")
 floor = _nodiff("floor", lambda xp, x: xp.floor(x), "Round down (no gradient).")
 ceil = _nodiff("ceil", lambda xp, x: xp.ceil(x), "Round up (no gradient).")
-round = _nodiff("round", lambda xp, x: xp.round(x), "Round half to even (no gradient).")
+_round = _nodiff("round", lambda xp, x: xp.round(x), "Round half to even (no gradient).")
+
+
+def round(x, decimals: int = 0):  # noqa: A001  (NumPy's and PyTorch's name)
+    """Round half to even, to ``decimals`` places (negative: tens, hundreds, ...) as
+    PyTorch's ``round(x, decimals=)``: x·10^d rounded, over 10^d (no gradient)."""
+    if isinstance(decimals, bool) or not isinstance(decimals, int):
+        raise TypeError(f"round: decimals must be an int, got {decimals!r}")
+    if decimals == 0:
+        return _round(x)
+    if decimals > 0:
+        scale = 10.0 ** decimals
+        return divide(_round(multiply(x, scale)), scale)
+    scale = 10.0 ** -decimals
+    return multiply(_round(divide(x, scale)), scale)
 trunc = _nodiff("trunc", lambda xp, x: xp.trunc(x), "Round toward zero (no gradient).")
 
 
