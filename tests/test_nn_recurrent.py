@@ -1,6 +1,8 @@
 """Recurrent layers and cells: outputs, final states and every gradient against PyTorch with the
 same weights (float64), finite differences, init, dropout between layers, and shape errors."""
 
+import contextlib
+
 import numpy as np
 import pytest
 from _opcases import graph_names
@@ -282,3 +284,48 @@ def test_float32_stays_float32_and_repr():
     y, (h, c) = m(ng.randn(2, 5, 3))
     assert y.dtype == h.dtype == c.dtype == ng.float32 and y.shape == (2, 5, 8)
     assert "LSTM(3, 4, batch_first=True, bidirectional=True)" in repr(m)
+
+
+@pytest.mark.parametrize(("bidirectional", "batch_first"), [(False, False), (True, True)])
+def test_lstm_proj_size_matches_torch(bidirectional, batch_first):
+    """PyTorch's proj_size: h = (o ⊙ tanh c) W_hrᵀ with P features, c keeps H; the same
+    parameter names and order, values and gradients (the loop, the scan, a packed batch)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    t = torch.nn.LSTM(4, 6, num_layers=2, proj_size=3, batch_first=batch_first,
+                      bidirectional=bidirectional).double()
+    m = nn.LSTM(4, 6, num_layers=2, proj_size=3, batch_first=batch_first,
+                bidirectional=bidirectional, dtype="float64")
+    assert list(m.state_dict()) == list(t.state_dict())
+    m.load_state_dict({k: ng.tensor(v.detach().numpy()) for k, v in t.state_dict().items()})
+    d = 2 if bidirectional else 1
+    x = rng.standard_normal((3, 5, 4))
+    h0 = rng.standard_normal((2 * d, 3 if batch_first else 5, 3))
+    c0 = rng.standard_normal((2 * d, 3 if batch_first else 5, 6))
+    xt = torch.tensor(x, requires_grad=True)
+    yt, (ht, ct) = t(xt, (torch.tensor(h0), torch.tensor(c0)))
+    (yt.sum() + 2 * ht.sum() + 3 * ct.sum()).backward()
+    for anomaly in (False, True):  # the scan, and the step-by-step loop
+        xn = ng.tensor(x, requires_grad=True)
+        m.zero_grad()
+        with ng.detect_anomaly() if anomaly else contextlib.nullcontext():
+            yn, (hn, cn) = m(xn, (ng.tensor(h0), ng.tensor(c0)))
+            (yn.sum() + 2 * hn.sum() + 3 * cn.sum()).backward()
+        for a, b in ((yn, yt), (hn, ht), (cn, ct), (xn.grad, xt.grad)):
+            np.testing.assert_allclose(a.numpy(), b.detach().numpy(), rtol=1e-10, atol=1e-12)
+        for p, q in zip(m.parameters(), t.parameters()):
+            np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-10, atol=1e-12)
+    lens = [5, 2, 4] if batch_first else [3, 2, 3, 1, 2]
+    n = len(lens)
+    seq = rng.standard_normal((max(lens), n, 4))
+    pt = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(seq), lens, enforce_sorted=False)
+    pn = nn.utils.rnn.pack_padded_sequence(ng.tensor(seq), ng.tensor(np.array(lens)),
+                                           enforce_sorted=False)
+    m.batch_first = t.batch_first = False
+    (yp, (hp, _)), (yq, (hq, _)) = m(pn), t(pt)
+    np.testing.assert_allclose(yp.data.numpy(), yq.data.detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(hp.numpy(), hq.detach().numpy(), rtol=1e-10)
+    with pytest.raises(ValueError, match="proj_size"):
+        nn.GRU(4, 6, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size"):
+        nn.LSTM(4, 6, proj_size=6)

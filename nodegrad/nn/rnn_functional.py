@@ -143,7 +143,8 @@ def _stack_dirs(ts: Sequence[Tensor]) -> Tensor:
 
 
 def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[tuple],
-                    mode: str, batch_first: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+                    mode: str, batch_first: bool = False,
+                    proj: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Run one (bi)directional recurrent layer over a sequence.
 
     ``x`` (T, N, I); ``h0``/``c0`` (D, N, H); ``weights`` one (w_ih, w_hh, b_ih, b_hh) per
@@ -152,9 +153,11 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     reverse one reads the time-flipped input, the input projection of a chunk of steps is one
     product (D, k·N, I) @ (D, I, G·H), and each step one product (D, N, H) @ (D, H, G·H).
     ``batch_first``: the output will be read batch-first (a GRU then lays it out so in memory).
+    ``proj`` (LSTM): one w_hr (P, H) per direction, PyTorch's ``proj_size``: h = (o ⊙ tanh c)
+    w_hrᵀ, so h0, h_n and the output have P features and c0, c_n keep H.
     """
     steps, batch, n_in = x.shape
-    n_dir, n_h = len(weights), h0.shape[-1]
+    n_dir, n_h = len(weights), (h0 if c0 is None else c0).shape[-1]
     m = modes()
     scan = steps > 0 and (m.jit is not None or not (m.traces or m.anomaly))
     if scan and mode == "GRU":
@@ -163,6 +166,7 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     w_ih = ops.copy(ops.swapaxes(_stack_dirs([w[0] for w in weights]), 1, 2))   # (D, I, GH)
     w_hh = ops.copy(ops.swapaxes(_stack_dirs([w[1] for w in weights]), 1, 2))
     w_hh = ops.expand_dims(w_hh, 1)                                              # (D, 1, H, GH)
+    w_hr = None if not proj else ops.copy(ops.swapaxes(_stack_dirs(list(proj)), 1, 2))  # (D, H, P)
     n_g = w_ih.shape[-1]
     b_ih = b_hh = None
     if weights[0][2] is not None:
@@ -176,7 +180,7 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     if scan:
         # one lax.scan: under jit one loop instruction, not T copies (eagerly it is also faster
         # than stepping here); under vmap, ONNX export and anomaly mode every step is seen
-        h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, mode)
+        h, c, y = _scan_steps(xd, h0, c0, w_ih, w_hh, b_ih, mode, w_hr)
         return _finish(y, h, c, h0, c0)
     recording = is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, *(w for ws in weights for w in ws)))
@@ -184,6 +188,7 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     h = ops.expand_dims(h0, 1)                                                   # (D, 1, N, H)
     c = None if c0 is None else ops.expand_dims(c0, 1)
     act = _act(mode)
+    w_hr = None if w_hr is None else ops.expand_dims(w_hr, 1)                    # (D, 1, H, P)
     outs = []
     for start in range(0, steps, k):
         xs = xd if k >= steps else xd[:, start:start + k]
@@ -199,6 +204,8 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
                 h = _gru_update(gi, gh if b_hh is None else gh + b_hh, h, n_h)
             elif mode == "LSTM":
                 h, c = _lstm_update(gi + gh, c, n_h)
+                if w_hr is not None:
+                    h = h @ w_hr
             else:
                 h = act(gi + gh)
             outs.append(h)
@@ -252,11 +259,12 @@ def _joined(ts: Sequence[Tensor], shape: tuple | None = None) -> Tensor:
 
 
 def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih,
-                mode: str):
+                mode: str, w_hr: Tensor | None = None):
     """The time loop as one ``lax.scan`` (the input projection of all steps is one product):
-    the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H)."""
+    the final h (D, N, H), c (LSTM) and the outputs (D, T, N, H); ``w_hr`` (D, H, P) an LSTM's
+    projection of h."""
     n_dir, steps, batch, n_in = xd.shape
-    n_h, n_g = h0.shape[-1], w_ih.shape[-1]
+    n_h, n_g = (h0 if c0 is None else c0).shape[-1], w_ih.shape[-1]
     xs = ops.reshape(xd, (n_dir, steps * batch, n_in))
     if b_ih is not None and n_in <= n_g:  # few inputs: the bias as one more input column of
         # ones, so one product gives the projection and, backward, both gradients
@@ -267,10 +275,12 @@ def _scan_steps(xd: Tensor, h0: Tensor, c0, w_ih: Tensor, w_hh: Tensor, b_ih,
     if b_ih is not None:
         gis = gis + b_ih
     gis = ops.moveaxis(ops.reshape(gis, (n_dir, steps, batch, n_g)), 1, 0)      # (T, D, N, GH)
-    w_hh = ops.reshape(w_hh, (n_dir, n_h, n_g))
+    w_hh = ops.reshape(w_hh, (n_dir, h0.shape[-1], n_g))
     lstm = mode == "LSTM"
-    carry, ys = lax.scan_cached(("recurrent_layer", mode), partial(_step, mode, n_h),
-                                [w_hh], [h0] if c0 is None else [h0, c0], [gis])
+    consts = [w_hh] if w_hr is None else [w_hh, w_hr]
+    carry, ys = lax.scan_cached(("recurrent_layer", mode, w_hr is not None),
+                                partial(_step, mode, n_h), consts,
+                                [h0] if c0 is None else [h0, c0], [gis])
     ys = ys[0]
     return carry[0], carry[1] if lstm else None, ops.moveaxis(ys, 1, 0)
 
@@ -281,6 +291,8 @@ def _step(mode: str, n_h: int, consts: list, carry: list, x: list) -> tuple[list
     gi = x[0]
     if mode == "LSTM":
         h, c = _lstm_update(gi + gh, carry[1], n_h)
+        if len(consts) > 1:  # proj_size: h = (o ⊙ tanh c) w_hrᵀ
+            h = h @ consts[1]
         return [h, c], [h]
     h = _act(mode)(gi + gh)
     return [h], [h]

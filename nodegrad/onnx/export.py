@@ -1036,6 +1036,9 @@ def _recurrent(r, m, args, outs, tw):
     if len(args) != 1 or args[0].ndim != 3:
         r.fail(f"{type(m).__name__} exported with an initial state or an unbatched input "
                "(pass a batched input and no state)")
+    if getattr(m, "proj_size", 0):
+        r.fail(f"{type(m).__name__} with proj_size={m.proj_size} (ONNX's LSTM has no "
+               "projection of its hidden state)")
     op = {"GRU": "GRU", "LSTM": "LSTM"}.get(m.mode, "RNN")
     order, H = _ORDER[m.mode], m.hidden_size
     dirs = 2 if m.bidirectional else 1

@@ -56,31 +56,38 @@ class RNNBase(Module):
 
     def _build(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-               init="default", device=None, dtype=None):
+               proj_size: int = 0, init="default", device=None, dtype=None):
         name = type(self).__name__
         if hidden_size <= 0 or num_layers <= 0 or input_size <= 0:
             raise ValueError(f"{name}: input_size, hidden_size and num_layers must be positive, "
                              f"got {input_size}, {hidden_size}, {num_layers}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"{name}: dropout must be in [0, 1], got {dropout}")
+        if not isinstance(proj_size, int) or proj_size < 0 or (proj_size and (
+                proj_size >= hidden_size or self.mode != "LSTM")):
+            raise ValueError(f"{name}: proj_size must be an int in [0, hidden_size) and only an "
+                             f"LSTM has one, got {proj_size!r} (hidden_size {hidden_size})")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional = bidirectional
+        self.bidirectional, self.proj_size = bidirectional, proj_size
         self.init = init
         gh = R._GATES[self.mode] * hidden_size
+        n_out = proj_size or hidden_size  # h's features (the output's, per direction)
         dirs = 2 if bidirectional else 1
 
         def new(*shape):
             return Parameter(empty(*shape, device=device, dtype=dtype))
 
         for layer in range(num_layers):
-            n_in = input_size if layer == 0 else hidden_size * dirs
+            n_in = input_size if layer == 0 else n_out * dirs
             for sfx in ("", "_reverse")[:dirs]:
                 setattr(self, f"weight_ih_l{layer}{sfx}", new(gh, n_in))
-                setattr(self, f"weight_hh_l{layer}{sfx}", new(gh, hidden_size))
+                setattr(self, f"weight_hh_l{layer}{sfx}", new(gh, n_out))
                 if bias:
                     setattr(self, f"bias_ih_l{layer}{sfx}", new(gh))
                     setattr(self, f"bias_hh_l{layer}{sfx}", new(gh))
+                if proj_size:
+                    setattr(self, f"weight_hr_l{layer}{sfx}", new(proj_size, hidden_size))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -92,6 +99,18 @@ class RNNBase(Module):
                       else None for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
                 for s in sfxs]
 
+    def _projections(self, layer: int) -> list | None:
+        """The layer's w_hr per direction (``proj_size``), else None."""
+        if not self.proj_size:
+            return None
+        return [getattr(self, f"weight_hr_l{layer}{s}")
+                for s in (("", "_reverse") if self.bidirectional else ("",))]
+
+    def _state_shapes(self, n: int) -> tuple[tuple, tuple]:
+        """The shapes of h0 and c0 for a batch of ``n``: (num_layers·D, n, P or H), (…, H)."""
+        lead = (self.num_layers * (2 if self.bidirectional else 1), n)
+        return lead + (self.proj_size or self.hidden_size,), lead + (self.hidden_size,)
+
     def _check_state(self, h, want: tuple, what: str, unbatched: bool):
         name = type(self).__name__
         shape = want[::2] if unbatched else want
@@ -102,18 +121,22 @@ class RNNBase(Module):
                              f"hidden_size), got {got}")
         return ops.reshape(h, want) if unbatched else h
 
-    def _initial(self, hx, want: tuple, like: Tensor, unbatched: bool):
-        """(h0, c0) of shape ``want`` from the caller's ``hx`` (None: zeros; c0 None unless
+    def _initial(self, hx, n: int, like: Tensor, unbatched: bool):
+        """(h0, c0) for a batch of ``n`` from the caller's ``hx`` (None: zeros; c0 None unless
         LSTM)."""
         name = type(self).__name__
+        want, want_c = self._state_shapes(n)
         if hx is None:
             h0 = zeros(*want, dtype=like.dtype, device=like.device)
-            return h0, h0 if self.mode == "LSTM" else None
+            if self.mode != "LSTM":
+                return h0, None
+            return h0, h0 if want_c == want else zeros(*want_c, dtype=like.dtype,
+                                                        device=like.device)
         if self.mode == "LSTM":
             if not isinstance(hx, tuple | list) or len(hx) != 2:
                 raise ValueError(f"{name}: the initial state must be a pair (h0, c0)")
             return (self._check_state(hx[0], want, "h0", unbatched),
-                    self._check_state(hx[1], want, "c0", unbatched))
+                    self._check_state(hx[1], want_c, "c0", unbatched))
         return self._check_state(hx, want, "h0", unbatched), None
 
     def _layers(self, x: Tensor, h0: Tensor, c0, batch_first: bool):
@@ -127,7 +150,8 @@ class RNNBase(Module):
             h0l = h0 if self.num_layers == 1 else h0[sl]
             c0l = None if c0 is None else c0 if self.num_layers == 1 else c0[sl]
             x, h, c = R.recurrent_layer(x, h0l, c0l, self._weights(layer), self.mode,
-                                        batch_first=batch_first)
+                                        batch_first=batch_first,
+                                        proj=self._projections(layer))
             hs.append(h)
             cs.append(c)
         h_n = hs[0] if len(hs) == 1 else ops.concatenate(hs, 0)
@@ -151,9 +175,7 @@ class RNNBase(Module):
         unbatched = input.ndim == 2
         x = ops.expand_dims(input, 1) if unbatched else \
             ops.swapaxes(input, 0, 1) if self.batch_first else input
-        dirs = 2 if self.bidirectional else 1
-        want = (self.num_layers * dirs, x.shape[1], self.hidden_size)
-        h0, c0 = self._initial(hx, want, x, unbatched)
+        h0, c0 = self._initial(hx, x.shape[1], x, unbatched)
         x, h_n, c_n = self._layers(x, h0, c0, self.batch_first and not unbatched)
         if unbatched:
             x = ops.reshape(x, (x.shape[0], x.shape[2]))
@@ -177,8 +199,7 @@ class RNNBase(Module):
         np = B.np
         lens = lengths.numpy()
         n = lens.size
-        dirs = 2 if self.bidirectional else 1
-        h0, c0 = self._initial(hx, (self.num_layers * dirs, n, self.hidden_size), data, False)
+        h0, c0 = self._initial(hx, n, data, False)
         groups = [np.flatnonzero(lens == k) for k in np.unique(lens)[::-1]]
         ys, hs, cs = [], [], []
         group, place, start, width = (np.empty(n, np.int64) for _ in range(4))
@@ -224,7 +245,7 @@ class RNNBase(Module):
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for k, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
-                           ("bidirectional", False)):
+                           ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, k) != default:
                 s += f", {k}={getattr(self, k)}"
         return s
@@ -243,7 +264,7 @@ class RNN(RNNBase):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, init, device, dtype)
+                         bidirectional, init=init, device=device, dtype=dtype)
         self.nonlinearity = nonlinearity
         self.mode = "RNN_RELU" if nonlinearity == "relu" else "RNN_TANH"  # one gate either way
 
