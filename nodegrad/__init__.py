@@ -11,7 +11,7 @@ import builtins as _py  # this module's globals shadow int, bool, float, max, ..
 import math as _math
 
 from . import (_backend, autograd, data, diagnostics, distributions, lax, linalg, models, nn,
-               onnx, optim, prune, special, train)
+               onnx, optim, prune, special, train, utils)
 from ._backend import cuda_available
 from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_enabled,
                        is_grad_enabled, is_inference_mode_enabled, no_grad, set_grad_enabled)
@@ -20,8 +20,8 @@ from .dtypes import result_type
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,
                      InplaceError, ShapeError)
 from .func.custom import custom_vjp
-from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, tree_flatten, tree_map,
-                   tree_unflatten, value_and_grad, vjp, vmap)
+from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, remat, tree_flatten,
+                   tree_map, tree_unflatten, value_and_grad, vjp, vmap)
 from .io import CheckpointError, load, save
 from .jit import disable_jit, jit
 from .ops import *  # noqa: F403  (every primitive as ng.name)

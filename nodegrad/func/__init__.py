@@ -6,11 +6,12 @@ from .vmap import vmap
 from .tree import register_pytree_node, tree_flatten, tree_leaves, tree_map, tree_unflatten
 from .module_state import (functionalize, grad_and_value, replace_all_batch_norm_modules_,
                            stack_module_state)
+from .checkpoint import remat
 
 __all__ = ["grad", "value_and_grad", "vjp", "jvp", "linearize", "jacfwd", "jacrev", "hessian",
            "hvp", "vmap", "functional_call", "register_pytree_node", "tree_flatten",
            "tree_leaves", "tree_map", "tree_unflatten", "grad_and_value", "stack_module_state",
-           "functionalize", "replace_all_batch_norm_modules_"]
+           "functionalize", "replace_all_batch_norm_modules_", "remat"]
 
 
 def functional_call(module, params: dict | tuple | list, *args, **kwargs):
