@@ -137,3 +137,23 @@ def test_round_to_decimals_as_torch():
         np.testing.assert_array_equal(ng.tensor(x).round(decimals=d).numpy(), want)
     with pytest.raises(TypeError, match="decimals must be an int"):
         ng.round(ng.tensor(x), decimals=1.5)
+
+
+def test_torch_method_forms_dtype_flip_and_keepdim():
+    """x.sum/mean/prod/cumsum/cumprod take PyTorch's dtype= (the input cast first), x.flip
+    its dims as several arguments, and x.std(dim, keepdim=True) PyTorch's correction=1 (it
+    silently used NumPy's ddof=0: keepdim= is PyTorch's own keyword)."""
+    torch = pytest.importorskip("torch")
+    a = np.random.default_rng(0).standard_normal((3, 4))
+    x, t = ng.tensor(a), torch.tensor(a)
+    for name, args in [("sum", (1,)), ("mean", (0,)), ("prod", (1,)), ("cumsum", (1,)),
+                       ("cumprod", (0,))]:
+        got = getattr(x, name)(*args, dtype=ng.float32)
+        want = getattr(t, name)(*args, dtype=torch.float32)
+        assert got.dtype == ng.float32
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(x.flip(0, 1).numpy(), t.flip(0, 1).numpy())
+    for f in ("std", "var"):
+        np.testing.assert_allclose(getattr(x, f)(1, keepdim=True).numpy(),
+                                   getattr(t, f)(1, keepdim=True).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(x.std(1).numpy(), np.std(a, 1), rtol=1e-12)  # NumPy's form

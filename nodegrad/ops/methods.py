@@ -41,9 +41,14 @@ def _keep(keepdims, keepdim):
     return bool(keepdims or keepdim)
 
 
+def _cast(self, dtype):
+    """``self`` in ``dtype`` first, PyTorch's ``dtype=`` of a sum or a mean (None: as it is)."""
+    return self if dtype is None else E.astype(self, dtype)
+
+
 def _reducer(fn):
-    def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-        return fn(self, _axis(axis, dim), _keep(keepdims, keepdim))
+    def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False, dtype=None):
+        return fn(_cast(self, dtype), _axis(axis, dim), _keep(keepdims, keepdim))
 
     method.__name__ = fn.__name__
     method.__doc__ = fn.__doc__
@@ -70,12 +75,17 @@ def _extreme(fn, argfn):
     return method
 
 
+_UNSET = object()
+
+
 def _stat(fn):
-    def method(self, axis=None, ddof=None, keepdims=False, *, dim=None, keepdim=False,
+    def method(self, axis=None, ddof=None, keepdims=False, *, dim=None, keepdim=_UNSET,
                correction=None, unbiased=None):
-        if correction is None:  # PyTorch's keywords (dim=, unbiased=) mean PyTorch's default,
-            correction = ddof if ddof is not None else (  # correction=1; axis= NumPy's ddof=0
-                int(unbiased) if unbiased is not None else 1 if dim is not None else 0)
+        torch_call = dim is not None or keepdim is not _UNSET
+        keepdim = False if keepdim is _UNSET else keepdim
+        if correction is None:  # PyTorch's keywords (dim=, keepdim=, unbiased=) mean PyTorch's
+            correction = ddof if ddof is not None else (  # correction=1; NumPy's ddof=0 else
+                int(unbiased) if unbiased is not None else 1 if torch_call else 0)
         elif ddof is not None or unbiased is not None:
             raise TypeError(f"{fn.__name__}: pass one of ddof= (NumPy), correction= or "
                             "unbiased= (PyTorch)")
@@ -259,7 +269,8 @@ _methods = {
     "expand_as": lambda self, other: S.broadcast_to(self, other.shape),
     "broadcast_to": S.broadcast_to, "sum_to": S.sum_to, "permute": S.permute,
     "transpose": _transpose_method, "swapaxes": S.swapaxes, "moveaxis": S.moveaxis,
-    "flip": lambda self, axis=None, *, dims=None: S.flip(self, _axis(axis, dims)),
+    "flip": lambda self, axis=None, *more, dims=None: S.flip(
+        self, _axis((axis, *more) if more else axis, dims)),  # x.flip(0, 1) as PyTorch
     "split": S.split_sizes, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
     "matmul": L.matmul,
     "take_along_axis": I.take_along_axis,
@@ -345,8 +356,8 @@ def _install_more() -> None:
     from . import sort as O
 
     def dimmed(fn):  # dim= (PyTorch) or axis= (NumPy) for a function whose second arg is dim
-        def method(self, dim=None, *args, axis=None, **kw):
-            return fn(self, _axis(axis, dim), *args, **kw)
+        def method(self, dim=None, *args, axis=None, dtype=None, **kw):
+            return fn(_cast(self, dtype), _axis(axis, dim), *args, **kw)
 
         method.__name__, method.__doc__ = fn.__name__, fn.__doc__
         return method

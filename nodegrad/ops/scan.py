@@ -12,7 +12,7 @@ from .. import _backend as B
 from ..autodiff import is_grad_enabled
 from ..batching import reduce_rule
 from ..primitive import primitive
-from .elementwise import exp, log, logical_and, where
+from .elementwise import astype, exp, log, logical_and, where
 from .index import take_along_axis
 from .reduce import _RED, _kept, _spread, _sum, int64_accumulator
 from ..tensor import Tensor
@@ -230,8 +230,12 @@ _prod = primitive(
     doc="Product over axes; exact gradients with zeros in the input.")
 
 
-def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = False):
-    """Product over ``dim`` (an int, a tuple, or None for all); zeros are handled exactly."""
+def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = False,
+         dtype=None):
+    """Product over ``dim`` (an int, a tuple, or None for all), in ``dtype`` when given (the
+    input cast first, as PyTorch); zeros are handled exactly."""
+    if dtype is not None:
+        x = astype(x, dtype)
     ax = dim if dim is not None else axis
     return _prod(int64_accumulator(x), axis=norm_axes(ax, x.ndim, "prod"),
                  keepdims=bool(keepdim or keepdims))
