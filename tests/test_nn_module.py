@@ -200,3 +200,36 @@ def test_nn_utils_refuses_parameters_on_two_devices(cuda):
     nn.utils.vector_to_parameters(v.to("cpu") * 2, b.parameters())  # copied to the device
     np.testing.assert_allclose(nn.utils.parameters_to_vector(b.parameters()).numpy(),
                                2 * v.numpy())
+
+
+def test_state_dicts_of_tied_weights_and_named_duplicates_as_torch():
+    """PyTorch's order of state-dict keys; its state dict of a model with tied weights (the
+    shared tensor listed under both names) loads strictly; remove_duplicate=False lists every
+    name, as PyTorch's."""
+    torch = pytest.importorskip("torch")
+
+    def build(lib):
+        class Tied(lib.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = lib.nn.Embedding(5, 3)
+                self.bn = lib.nn.BatchNorm1d(3)
+                self.head = lib.nn.Linear(3, 5, bias=False)
+                self.head.weight = self.emb.weight
+                self.alias = self.bn
+                self.register_buffer("stat", lib.zeros(2))
+        return Tied()
+
+    t, n = build(torch), build(ng)
+    ours = list(n.state_dict())
+    assert ours == [k for k in t.state_dict() if not k.startswith(("head.", "alias."))]
+    sd = {k: v.detach().numpy() + 1.0 for k, v in t.state_dict().items()}
+    sd["bn.num_batches_tracked"] = t.state_dict()["bn.num_batches_tracked"].numpy()
+    sd["alias.num_batches_tracked"] = sd["bn.num_batches_tracked"]
+    sd["alias.weight"] = sd["bn.weight"]
+    sd["alias.bias"] = sd["bn.bias"]
+    assert n.load_state_dict({k: ng.tensor(v) for k, v in sd.items()}) == ([], [])
+    np.testing.assert_array_equal(n.head.weight.numpy(), sd["emb.weight"])
+    for f in ("named_parameters", "named_buffers", "named_modules"):
+        assert [k for k, _ in getattr(n, f)(remove_duplicate=False)] == \
+            [k for k, _ in getattr(t, f)(remove_duplicate=False)], f

@@ -122,15 +122,20 @@ class Module:
         self._modules[name] = module
 
     # --- traversal ------------------------------------------------------------------------
-    def named_modules(self, prefix: str = "", memo: set | None = None) -> Iterator:
-        memo = set() if memo is None else memo
-        if id(self) in memo:
-            return
-        memo.add(id(self))
+    def named_modules(self, prefix: str = "", memo: set | None = None,
+                      remove_duplicate: bool = True) -> Iterator:
+        """(dotted path, module) for this module and every submodule, depth first; a module
+        reachable by two paths appears once unless ``remove_duplicate=False`` (PyTorch's)."""
+        if remove_duplicate:
+            memo = set() if memo is None else memo
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, m in self._modules.items():
             if m is not None:
-                yield from m.named_modules(f"{prefix}.{name}" if prefix else name, memo)
+                yield from m.named_modules(f"{prefix}.{name}" if prefix else name, memo,
+                                           remove_duplicate)
 
     def modules(self) -> Iterator[Module]:
         for _, m in self.named_modules():
@@ -157,26 +162,31 @@ class Module:
             m = sub
         return m
 
-    def _named(self, store: str, prefix: str, recurse: bool) -> Iterator:
+    def _named(self, store: str, prefix: str, recurse: bool,
+               remove_duplicate: bool = True) -> Iterator:
         seen = set()
-        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        mods = self.named_modules(prefix, remove_duplicate=remove_duplicate) if recurse \
+            else [(prefix, self)]
         for mp, m in mods:
             for name, t in getattr(m, store).items():
-                if t is None or id(t) in seen:
+                if t is None or (remove_duplicate and id(t) in seen):
                     continue
                 seen.add(id(t))
                 yield (f"{mp}.{name}" if mp else name), t
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator:
-        """(dotted name, Parameter) pairs; a parameter shared by two layers appears once."""
-        yield from self._named("_parameters", prefix, recurse)
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator:
+        """(dotted name, Parameter) pairs; a parameter shared by two layers (or a module
+        reachable by two paths) appears once unless ``remove_duplicate=False``."""
+        yield from self._named("_parameters", prefix, recurse, remove_duplicate)
 
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator:
-        yield from self._named("_buffers", prefix, recurse)
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True) -> Iterator:
+        yield from self._named("_buffers", prefix, recurse, remove_duplicate)
 
     def buffers(self, recurse: bool = True) -> Iterator[Tensor]:
         for _, b in self.named_buffers(recurse=recurse):
@@ -266,25 +276,40 @@ class Module:
     def state_dict(self, *, destination: dict | None = None, prefix: str = "",
                    keep_vars: bool = False) -> OrderedDict:
         """Parameters and persistent buffers by dotted name (detached and sharing memory;
-        the tensors themselves with ``keep_vars``), each name after ``prefix``. Every
-        module's state-dict pre-hooks run first, its post-hooks last."""
+        the tensors themselves with ``keep_vars``), each name after ``prefix``, in PyTorch's
+        order (each module's parameters, then its buffers). A tensor shared by two names (tied
+        weights) is listed once, under its first name; PyTorch lists it under both, and
+        :meth:`load_state_dict` takes either form. Every module's state-dict pre-hooks run
+        first, its post-hooks last."""
         out = OrderedDict() if destination is None else destination
         mods = list(self.named_modules())
         for mp, m in mods:
             for hook in m._state_dict_pre_hooks:
                 hook(m, _join(prefix, mp), keep_vars)
-        for name, p in self.named_parameters():
-            out[prefix + name] = p if keep_vars else p.detach()
-        for mp, m in mods:
-            for name, b in m._buffers.items():
-                if b is not None and name not in m._non_persistent:
-                    out[_join(prefix, mp) + name] = b if keep_vars else b.detach()
+        seen: set = set()  # each module's parameters, then its buffers, as PyTorch orders
+        for mp, m in mods:  # them; a tensor shared by two names is saved once
+            for name, t in (*m._parameters.items(), *(
+                    (n, b) for n, b in m._buffers.items() if n not in m._non_persistent)):
+                if t is None or id(t) in seen:
+                    continue
+                seen.add(id(t))
+                out[_join(prefix, mp) + name] = t if keep_vars else t.detach()
         for mp, m in mods:
             for hook in m._state_dict_post_hooks:
                 if hook(m, out, _join(prefix, mp), {}) is not None:
                     raise RuntimeError("state_dict post-hook: edit state_dict in place and "
                                        "return None (as PyTorch requires)")
         return out
+
+    def _all_state_names(self) -> Iterator:
+        """Every (name, tensor) of the state under every path, duplicates included."""
+        for mp, m in self.named_modules(remove_duplicate=False):
+            for name, t in m._parameters.items():
+                if t is not None:
+                    yield _join("", mp) + name, t
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    yield _join("", mp) + name, b
 
     def _optional_keys(self) -> set[str]:
         """State names a checkpoint may lack (e.g. batch norm's ``num_batches_tracked``, which
@@ -311,6 +336,13 @@ class Module:
                 if b is not None and name not in m._non_persistent:
                     own[f"{mp}.{name}" if mp else name] = b
         optional = self._optional_keys()  # absent from older checkpoints: kept as they are
+        # the other names of shared tensors (tied weights, a module under two names), which
+        # PyTorch's state dicts list as well: loaded when given, never required
+        canon = {id(t) for t in own.values()}
+        for k, t in self._all_state_names():
+            if k not in own and id(t) in canon:
+                own[k] = t
+                optional.add(k)
         missing += [k for k in own if k not in state_dict and k not in optional]
         unexpected += [k for k in state_dict if k not in own]
         bad = []
