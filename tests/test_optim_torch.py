@@ -280,3 +280,38 @@ def test_clip_grad_value_matches_torch():
     ng.optim.clip_grad_value_([p], 0.5)
     torch.nn.utils.clip_grad_value_([q], 0.5)
     np.testing.assert_array_equal(p.grad.numpy(), q.grad.numpy())
+
+
+@pytest.mark.parametrize(("name", "kw"), [
+    ("Adam", {"lr": 0.1}), ("AdamW", {"lr": 0.1, "amsgrad": True}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9}),
+    ("RMSprop", {"lr": 0.01, "centered": True, "momentum": 0.5}),
+    ("Adagrad", {"lr": 0.1}), ("Rprop", {"lr": 0.01})])
+def test_a_torch_optimizer_state_dict_loads_and_continues(name, kw):
+    """PyTorch's optimiser state dict (0-d tensor steps, SGD without any step) loads, as it
+    is or with its tensors converted, and the next steps equal PyTorch's."""
+    w = np.random.default_rng(0).standard_normal((3, 2))
+    tw = torch.tensor(w, requires_grad=True)
+    topt = getattr(torch.optim, name)([tw], **kw)
+    for _ in range(3):
+        topt.zero_grad()
+        (tw ** 2).sum().backward()
+        topt.step()
+    sd = topt.state_dict()
+    for convert in (False, True):
+        nw = ng.nn.Parameter(ng.tensor(tw.detach().numpy()))
+        nopt = getattr(ng.optim, name)([nw], **kw)
+        state = {k: {kk: ng.tensor(vv.numpy()) if convert and hasattr(vv, "numpy") else vv
+                     for kk, vv in v.items()} for k, v in sd["state"].items()}
+        nopt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+        t2 = tw.detach().clone().requires_grad_(True)
+        topt2 = getattr(torch.optim, name)([t2], **kw)
+        topt2.load_state_dict(sd)
+        for _ in range(2):
+            topt2.zero_grad()
+            (t2 ** 2).sum().backward()
+            topt2.step()
+            nopt.zero_grad()
+            (nw ** 2).sum().backward()
+            nopt.step()
+        np.testing.assert_allclose(nw.numpy(), t2.detach().numpy(), rtol=1e-12, atol=1e-14)

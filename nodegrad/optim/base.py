@@ -695,12 +695,21 @@ class Optimizer:
             h = self._hyper({k: v for k, v in sg.items() if k not in _NOT_HYPER},
                             self.step_count + 1)
             expected = set(self.state_init(h)) | set(self.scalar_init) | {"step"}
+            e = {k: v if _is_arrayish(v) or not hasattr(v, "__array__") else B.np.asarray(v)
+                 for k, v in e.items()}  # another library's tensors (PyTorch's) as arrays
+            if "step" not in e and e:  # PyTorch's SGD keeps no step: the optimiser's count
+                e["step"] = max(int(state_dict.get("step_count", 0)), 1)
             got = set(e)
             if got != expected:
                 missing, extra = sorted(expected - got), sorted(got - expected)
                 raise ValueError(f"{name}.load_state_dict: the state of {desc} does not match "
                                  f"{name} with these settings: missing {missing}, unexpected "
                                  f"{extra} (was it saved by another optimiser?)")
+            for k in set(self.scalar_init) | {"step"}:  # PyTorch keeps these as 0-d tensors
+                v = e.get(k)
+                if _is_arrayish(v) and tuple(v.shape) == ():
+                    v = v.item() if hasattr(v, "item") else v[()]
+                    e[k] = int(v) if k == "step" and float(v).is_integer() else v
             for k, v in e.items():
                 if _is_arrayish(v) and tuple(v.shape) != tuple(p.shape):
                     raise ShapeError(f"{name}.load_state_dict: state '{k}' of {desc} has shape "
