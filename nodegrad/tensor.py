@@ -99,6 +99,15 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return self.data.shape[0]
 
+    def __contains__(self, element) -> bool:
+        """``element in x``: whether any entry equals ``element`` (a number or a tensor that
+        broadcasts), as PyTorch's."""
+        other = element.data if isinstance(element, Tensor) else element
+        if not (isinstance(other, int | float | bool) or B.is_array(other)):
+            raise TypeError(f"Tensor.__contains__: expected a number or a tensor, got "
+                            f"{type(element).__name__}")
+        return bool((self.data == other).any())
+
     @property
     def nbytes(self) -> int:
         return self.data.nbytes

@@ -211,3 +211,10 @@ def test_numpy_scalars_keep_their_dtype_python_floats_become_float32():
     assert ng.tensor(np.float32(1.5)).dtype == ng.float32
     assert ng.tensor(np.int64(3)).dtype == ng.int64
     assert ng.tensor(1.5).dtype == ng.float32 and ng.tensor([1.5]).dtype == ng.float32
+
+
+def test_in_tests_for_an_equal_entry_as_torch():
+    x = ng.tensor([[1.0, 2.0], [3.0, 4.0]])
+    assert 3.0 in x and 5.0 not in x and ng.tensor([3.0, 4.0]) in x and 2 in ng.tensor([1, 2])
+    with pytest.raises(TypeError, match="__contains__"):
+        "a" in x  # noqa: B015
