@@ -842,3 +842,19 @@ def test_in_place_changes_of_slices_reach_their_base_as_pytorch_views():
     x = ng.tensor([1.0, 2.0], requires_grad=True)
     with pytest.raises(ng.GradError, match="view of a leaf"):
         x[0].add_(1.0)
+
+
+def test_in_place_changes_of_slices_reach_their_base_under_vmap_and_grad_too():
+    def f(x):
+        y = x * 2
+        y[1:].mul_(3)
+        y[0:2][1:] += 100
+        y[2] = -1.0
+        return y
+
+    x = ng.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    want = [f(x[i]).numpy() for i in range(2)]
+    assert want[0].tolist() == [2.0, 112.0, -1.0]
+    np.testing.assert_array_equal(ng.vmap(f)(x).numpy(), np.stack(want))
+    g = ng.vmap(ng.grad(lambda a: f(a).sum()))(x).numpy()
+    np.testing.assert_array_equal(g, [[2.0, 6.0, 0.0]] * 2)

@@ -404,6 +404,7 @@ def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Ten
         result = fn(self, *args, **kwargs)
         if isinstance(result, Tensor) and result.dtype != self.dtype:
             result = _fitted(self, result, name).astype(self.dtype)
+        I.write_through(self, result, name)  # a batched slice's base changes too
         return rebind_batched(name, self, result)
     _check_target(self, name)
     refuse_batched_into(name, *args, *kwargs.values())

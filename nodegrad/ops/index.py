@@ -125,7 +125,8 @@ def getitem(x, index):
         out = _getitem(x, index=idx)
     except IndexError as e:
         raise IndexError(f"getitem: index {index!r} does not fit shape {x.shape}: {e}") from None
-    if out.node is not None and type(x) is Tensor and _basic(idx):
+    if (out.node is not None and type(x) is Tensor or type(out) is BatchTracer
+            and type(x) is BatchTracer and out.level is x.level) and _basic(idx):
         out._view = (x, idx)  # an in-place change of out rebinds it; write_through tells x
     return out
 

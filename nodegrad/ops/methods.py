@@ -148,7 +148,9 @@ def _inplace(op, name):
 
     def method(self, other):
         if type(self) is BatchTracer:  # inside vmap: each example changes
-            return rebind_batched(name, self, op(self, other))
+            result = op(self, other)
+            I.write_through(self, result, name)
+            return rebind_batched(name, self, result)
         refuse_batched_into(name, other)
         if _needs_graph(self, other):
             if self.node is None and self.requires_grad:
@@ -192,6 +194,7 @@ def _setitem(self, index, value):
         if type(new) is not BatchTracer or new.level is not self.level:
             raise TypeError("setitem: inside vmap a tensor can take values batched at its own "
                             "level only; build the result with where() or index_update")
+        I.write_through(self, new, "setitem")
         self.val, self.bdim = new.val, new.bdim
         return
     refuse_batched_into("setitem", value)
