@@ -241,7 +241,7 @@ NONDIFF = {
     "logical_or": lambda x, y: ng.logical_or(x > 0, y > 0),
     "logical_xor": lambda x, y: ng.logical_xor(x > 0, y > 0),
     "logical_not": lambda x: ng.logical_not(x > 0), "isnan": ng.isnan, "isinf": ng.isinf,
-    "isfinite": ng.isfinite, "floor": ng.floor, "ceil": ng.ceil, "round": ng.round,
+    "isfinite": ng.isfinite, "floor": ng.floor, "ceil": ng.ceil, "round": lambda x: ng.round(x),
     "trunc": ng.trunc, "argmax": lambda x: ng.argmax(x, axis=1),
     "argmin": lambda x: ng.argmin(x, keepdims=True), "any": lambda x: ng.any(x > 1, axis=0),
     "all": lambda x: ng.all(x > -1, axis=(0, 1), keepdims=True),
