@@ -261,3 +261,33 @@ def test_one_hot_and_flatten():
         F.one_hot(ng.tensor([3]), 3)
     assert nn.Flatten()(ng.ones(2, 3, 4)).shape == (2, 12)
     assert nn.GlobalAvgPool()(ng.ones(2, 3, 4, 5)).shape == (2, 3)
+
+
+def test_functional_softmax_one_hot_and_embedding_max_norm_as_torch():
+    """F.softmax/log_softmax take PyTorch's dim= (it raised) and dtype=; F.one_hot is int64
+    with num_classes inferred from -1; embedding's max_norm renormalises the rows it reads, in
+    the weight itself."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    for f in ("softmax", "log_softmax"):
+        got = getattr(F, f)(ng.tensor(x), dim=1, dtype=ng.float32)
+        want = getattr(torch.nn.functional, f)(torch.tensor(x), dim=1, dtype=torch.float32)
+        assert got.dtype == ng.float32
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(getattr(ng.tensor(x), f)(dim=0).numpy(),
+                                   getattr(torch.tensor(x), f)(dim=0).numpy(), rtol=1e-12)
+    labels = np.array([0, 3, 1])
+    got = F.one_hot(ng.tensor(labels))
+    want = torch.nn.functional.one_hot(torch.tensor(labels))
+    assert got.dtype == ng.int64
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    w = np.random.default_rng(1).standard_normal((5, 3)) * 2
+    idx = np.array([0, 2, 2, 4])
+    tw, nw = torch.tensor(w), ng.tensor(w)
+    want = torch.nn.functional.embedding(torch.tensor(idx), tw, max_norm=1.5, norm_type=3.0)
+    got = F.embedding(ng.tensor(idx), nw, max_norm=1.5, norm_type=3.0)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(nw.numpy(), tw.numpy(), rtol=1e-12)  # renormalised in place
+    e = nn.Embedding(5, 3, max_norm=1.0)
+    e(ng.tensor(idx))
+    assert float(ng.linalg.vector_norm(e.weight[ng.tensor([2])], dim=1).max()) <= 1.0 + 1e-6

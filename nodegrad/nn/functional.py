@@ -275,17 +275,32 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
     return y
 
 
-def embedding(idx: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+def embedding(idx: Tensor, weight: Tensor, padding_idx: int | None = None,
+              max_norm: float | None = None, norm_type: float = 2.0,
+              scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
     """Rows of ``weight`` picked by integer ``idx``; gradients add up for repeated indices. The
-    row ``padding_idx`` (negative counts from the end) gets no gradient, as PyTorch's."""
+    row ``padding_idx`` (negative counts from the end) gets no gradient, as PyTorch's. With
+    ``max_norm`` the rows looked up whose ``norm_type``-norm exceeds it are first scaled down
+    to it in ``weight`` itself (in place, unrecorded: PyTorch's ``embedding_renorm_``)."""
     if idx.dtype.kind not in "iu":
         raise DTypeError(f"embedding: indices must be integers, got {idx.dtype}")
+    if scale_grad_by_freq or sparse:
+        raise NotImplementedError("embedding: scale_grad_by_freq=True and sparse=True are not "
+                                  "supported (nodegrad's gradients are dense)")
     n = weight.shape[0]
     if idx.numel():
         lo, hi = int(values(idx).min()), int(values(idx).max())
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
             raise IndexError(f"embedding: index {bad} is out of range for {n} embeddings")
+    if max_norm is not None and idx.numel():
+        with no_grad():
+            rows = Tensor(B.backend_of(weight.data).xp.unique(values(idx)))
+            picked = weight[rows]
+            norm = ops.sum(ops.abs(picked) ** norm_type, axis=1, keepdims=True) ** (
+                1.0 / norm_type)
+            scale = ops.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
+            weight[rows] = picked * ops.astype(scale, weight.dtype)
     out = weight[idx]
     if padding_idx is None:
         return out
@@ -299,20 +314,25 @@ def _padding_index(padding_idx: int, n: int, op: str) -> int:
     return padding_idx % n
 
 
-def one_hot(labels: Tensor, num_classes: int, dtype=None) -> Tensor:
-    """(…,) integer labels -> (…, num_classes) indicator vectors (float32 by default)."""
+def one_hot(labels: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
+    """(…,) integer labels -> (…, num_classes) indicator vectors, int64 as PyTorch's (or
+    ``dtype``); ``num_classes=-1`` takes one more than the largest label."""
     if labels.dtype.kind not in "iu":
         raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
     d = values(labels)
+    if num_classes == -1:
+        if not d.size:
+            raise ValueError("one_hot: cannot infer num_classes from empty labels")
+        num_classes = int(d.max()) + 1
+    dtype = B.int64 if dtype is None else dtype
     if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
         raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got range "
                          f"[{int(d.min())}, {int(d.max())}]")
     if isinstance(labels, BatchTracer):  # inside vmap: with batchable ops
         classes = Tensor(B.backend_of(d).xp.arange(num_classes))
-        return ops.astype(ops.expand_dims(labels, -1) == classes,
-                          B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+        return ops.astype(ops.expand_dims(labels, -1) == classes, B.as_dtype(dtype))
     xp = B.backend_of(d).xp
-    eye = xp.eye(num_classes, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+    eye = xp.eye(num_classes, dtype=B.as_dtype(dtype))
     return Tensor(eye[d])
 
 

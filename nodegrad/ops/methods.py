@@ -261,8 +261,10 @@ _methods = {
     "argmax": _reducer(R.argmax), "argmin": _reducer(R.argmin),
     "var": _stat(R.var), "std": _stat(R.std),
     "logsumexp": _reducer(N.logsumexp),
-    "softmax": lambda self, axis=-1, *, dim=None: N.softmax(self, _axis(axis, dim)),
-    "log_softmax": lambda self, axis=-1, *, dim=None: N.log_softmax(self, _axis(axis, dim)),
+    "softmax": lambda self, axis=None, *, dim=None, dtype=None: N.softmax(
+        self, axis, dim=dim, dtype=dtype),
+    "log_softmax": lambda self, axis=None, *, dim=None, dtype=None: N.log_softmax(
+        self, axis, dim=dim, dtype=dtype),
     # shapes
     "reshape": S.reshape, "view": S.reshape, "flatten": S.flatten, "ravel": S.ravel,
     "squeeze": lambda self, dim=None, *, axis=None: (S.squeeze(self, axis) if axis is not None

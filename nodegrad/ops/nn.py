@@ -16,8 +16,8 @@ from ..errors import ShapeError
 from ..tensor import ones
 from ..primitive import REGISTRY, primitive
 from .elementwise import _sigmoid as _sigmoid_np
-from .elementwise import (_sigmoid_grad, _tanh_grad, exp, log, log1p, maximum, sigmoid,
-                          tanh)
+from .elementwise import (_sigmoid_grad, _tanh_grad, astype, exp, log, log1p, maximum,
+                          sigmoid, tanh)
 from .reduce import _sum
 from .shape import (broadcast_to, concatenate, expand_dims, flip, keepdims_shape, moveaxis,
                     norm_axes, norm_axis, reshape, stack, swapaxes, transpose)
@@ -100,14 +100,29 @@ _log_softmax = primitive(
     jvp=lambda ts, ans, x, axis: ts[0] - _sum(ts[0] * exp(ans), axis=(axis,), keepdims=True))
 
 
-def softmax(x, axis: int = -1):
-    """Probabilities along ``axis``: exp(x - max) normalised."""
-    return _softmax(x, axis=norm_axis(axis, x.ndim, "softmax"))
+def _softmax_args(x, axis, dim, dtype, op: str):
+    """The one axis of a softmax (NumPy's ``axis=`` or PyTorch's ``dim=``; the last by
+    default) and ``x`` cast to ``dtype`` first (PyTorch's ``dtype=``)."""
+    if axis is not None and dim is not None:
+        raise TypeError(f"{op}: pass either axis= (NumPy) or dim= (PyTorch), not both")
+    ax = -1 if axis is None and dim is None else axis if dim is None else dim
+    if dtype is not None:
+        x = astype(x, dtype)
+    return x, norm_axis(ax, x.ndim, op)
 
 
-def log_softmax(x, axis: int = -1):
-    """Log-probabilities along ``axis``: x - logsumexp(x), without overflow."""
-    return _log_softmax(x, axis=norm_axis(axis, x.ndim, "log_softmax"))
+def softmax(x, axis: int | None = None, *, dim: int | None = None, dtype=None):
+    """Probabilities along ``axis`` (or ``dim``; the last by default): exp(x - max)
+    normalised, in ``dtype`` when given."""
+    x, ax = _softmax_args(x, axis, dim, dtype, "softmax")
+    return _softmax(x, axis=ax)
+
+
+def log_softmax(x, axis: int | None = None, *, dim: int | None = None, dtype=None):
+    """Log-probabilities along ``axis`` (or ``dim``; the last by default): x - logsumexp(x),
+    without overflow, in ``dtype`` when given."""
+    x, ax = _softmax_args(x, axis, dim, dtype, "log_softmax")
+    return _log_softmax(x, axis=ax)
 
 
 # --- binary cross-entropy -------------------------------------------------------------------

@@ -70,12 +70,12 @@ class Embedding(Module):
                  scale_grad_by_freq: bool = False, sparse: bool = False, init="normal",
                  device=None, dtype=None):
         super().__init__()
-        for name, v, default in (("max_norm", max_norm, None),
-                                 ("scale_grad_by_freq", scale_grad_by_freq, False),
+        for name, v, default in (("scale_grad_by_freq", scale_grad_by_freq, False),
                                  ("sparse", sparse, False)):
             if v != default:
                 raise NotImplementedError(f"Embedding: {name}={v!r} is not supported (only "
                                           f"{default!r})")
+        self.max_norm, self.norm_type = max_norm, float(norm_type)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = None if padding_idx is None else F._padding_index(
             padding_idx, num_embeddings, "Embedding")
@@ -93,7 +93,7 @@ class Embedding(Module):
             self.weight.data[self.padding_idx] = 0
 
     def forward(self, idx):
-        return F.embedding(idx, self.weight, self.padding_idx)
+        return F.embedding(idx, self.weight, self.padding_idx, self.max_norm, self.norm_type)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
