@@ -234,3 +234,22 @@ def test_cyclic_matches_torch_with_momentum(cls, kw):
     key = "momentum" if cls == "SGD" else "betas"
     for g1, g2 in zip(o1.param_groups, o2.param_groups):
         np.testing.assert_allclose(np.ravel(g1[key]), np.ravel(g2[key]), rtol=1e-12)
+
+
+def test_one_cycle_from_epochs_and_steps_per_epoch_as_torch():
+    torch = pytest.importorskip("torch")
+    lrs = []
+    for lib in (torch, ng):
+        p = torch.nn.Parameter(torch.ones(1)) if lib is torch else ng.nn.Parameter(ng.ones(1))
+        opt = lib.optim.SGD([p], lr=0.1, momentum=0.9)
+        sched = lib.optim.lr_scheduler.OneCycleLR(opt, 0.5, epochs=3, steps_per_epoch=4)
+        seen = []
+        for _ in range(12):
+            opt.step()
+            sched.step()
+            seen.append(opt.param_groups[0]["lr"])
+        lrs.append(seen)
+    np.testing.assert_allclose(lrs[1], lrs[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="epochs and steps_per_epoch"):
+        ng.optim.lr_scheduler.OneCycleLR(ng.optim.SGD([ng.nn.Parameter(ng.ones(1))], lr=0.1),
+                                         0.5, epochs=3)

@@ -79,9 +79,9 @@ def softsign(x):
     return x / (abs(x) + 1.0)
 
 
-def softmin(x, dim: int = -1):
-    """softmax(−x) along ``dim``."""
-    return softmax(-x, dim)
+def softmin(x, dim: int = -1, dtype=None):
+    """softmax(−x) along ``dim`` (in ``dtype`` when given, as PyTorch's)."""
+    return softmax(-x, dim, dtype=dtype)
 
 
 def tanhshrink(x):

@@ -170,10 +170,22 @@ class OneCycleLR(LRScheduler):
     """
 
     def __init__(self, optimizer: Optimizer, max_lr: float | Sequence[float],
-                 total_steps: int, pct_start: float = 0.3, anneal_strategy: str = "cos",
-                 cycle_momentum: bool = True, base_momentum: float = 0.85,
-                 max_momentum: float = 0.95, div_factor: float = 25.0,
-                 final_div_factor: float = 1e4, three_phase: bool = False):
+                 total_steps: int | None = None, epochs: int | None = None,
+                 steps_per_epoch: int | None = None, pct_start: float = 0.3,
+                 anneal_strategy: str = "cos", cycle_momentum: bool = True,
+                 base_momentum: float = 0.85, max_momentum: float = 0.95,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4,
+                 three_phase: bool = False):
+        if total_steps is None:  # PyTorch's other way to give it: epochs × steps per epoch
+            if epochs is None or steps_per_epoch is None:
+                raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
+            if epochs < 1 or steps_per_epoch < 1:
+                raise ValueError(f"OneCycleLR: epochs and steps_per_epoch must be positive, got "
+                                 f"{epochs} and {steps_per_epoch}")
+            total_steps = int(epochs) * int(steps_per_epoch)
+        elif epochs is not None or steps_per_epoch is not None:
+            raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch, not "
+                             "both")
         if total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer, got {total_steps}")
         if not 0 <= pct_start <= 1:
