@@ -291,3 +291,16 @@ def test_functional_softmax_one_hot_and_embedding_max_norm_as_torch():
     e = nn.Embedding(5, 3, max_norm=1.0)
     e(ng.tensor(idx))
     assert float(ng.linalg.vector_norm(e.weight[ng.tensor([2])], dim=1).max()) <= 1.0 + 1e-6
+
+
+def test_embedding_from_pretrained_as_torch():
+    torch = pytest.importorskip("torch")
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    for freeze in (True, False):
+        e = nn.Embedding.from_pretrained(ng.tensor(w), freeze=freeze, padding_idx=0)
+        t = torch.nn.Embedding.from_pretrained(torch.tensor(w), freeze=freeze, padding_idx=0)
+        np.testing.assert_array_equal(e(ng.tensor([0, 3])).numpy(),
+                                      t(torch.tensor([0, 3])).detach().numpy())
+        assert e.weight.requires_grad is t.weight.requires_grad is (not freeze)
+    with pytest.raises(ValueError, match="2-d tensor"):
+        nn.Embedding.from_pretrained(ng.ones(3))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ... import ops
-from ...tensor import empty
+from ...tensor import Tensor, empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
@@ -82,6 +82,25 @@ class Embedding(Module):
         self.weight = Parameter(empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
         self.init = init
         self.reset_parameters()
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, freeze: bool = True,
+                        padding_idx: int | None = None, max_norm: float | None = None,
+                        norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                        sparse: bool = False) -> Embedding:
+        """An Embedding holding a copy of the (num_embeddings, embedding_dim) ``embeddings``,
+        frozen unless ``freeze=False``, as PyTorch's (the padding row is kept as given)."""
+        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
+            got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else \
+                type(embeddings).__name__
+            raise ValueError(f"Embedding.from_pretrained: embeddings must be a 2-d tensor, got "
+                             f"{got}")
+        n, d = embeddings.shape
+        e = cls(n, d, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+                device=embeddings.device, dtype=embeddings.dtype)
+        e.weight.data[...] = embeddings.detach().data
+        e.weight.requires_grad = not freeze
+        return e
 
     def reset_parameters(self) -> None:
         """N(0, 1) as PyTorch (or ``init``), the padding row zero."""
