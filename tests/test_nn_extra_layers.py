@@ -243,8 +243,8 @@ def test_embedding_padding_idx_and_layer_norm_without_bias_match_torch():
     np.testing.assert_allclose(yo.numpy(), yt.detach().numpy())
     np.testing.assert_allclose(ours.weight.grad.numpy(), theirs.weight.grad.numpy())
     assert not ours.weight.grad.numpy()[4].any()
-    with pytest.raises(NotImplementedError, match="Embedding: max_norm=1.0 is not supported"):
-        nn.Embedding(6, 3, max_norm=1.0)
+    with pytest.raises(NotImplementedError, match="Embedding: sparse=True is not supported"):
+        nn.Embedding(6, 3, sparse=True)
     with pytest.raises(ValueError, match="padding_idx 6 must be within the 6 embeddings"):
         nn.Embedding(6, 3, padding_idx=6)
     ours, theirs = nn.LayerNorm(4, bias=False), torch.nn.LayerNorm(4, bias=False)

@@ -754,3 +754,32 @@ def test_svd_lowrank_is_differentiable():
     top_values(x).sum().backward()
     torch.svd_lowrank(t, q=3, niter=1)[1].sum().backward()
     np.testing.assert_allclose(x.grad.numpy(), t.grad.numpy(), rtol=1e-8, atol=1e-10)
+
+
+def test_top_level_functions_take_pytorchs_dim_forms():
+    """ng.sum(x, dim=1), ng.max(x, dim=1) (values, indices), ng.max(a, b), ng.cat(ts, dim=1),
+    ng.transpose(x, 0, 1), ng.split(x, 3, dim=1) as PyTorch's, NumPy's forms unchanged."""
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    n, t = ng.tensor(x), torch.tensor(x)
+    pairs = [
+        (ng.sum(n, dim=1, keepdim=True), torch.sum(t, dim=1, keepdim=True)),
+        (ng.mean(n, dim=(0, 1)), torch.mean(t, dim=(0, 1))),
+        (ng.max(n, dim=1).values, torch.max(t, dim=1).values),
+        (ng.min(n, dim=0).indices, torch.min(t, dim=0).indices),
+        (ng.max(n, n * 2), torch.max(t, t * 2)), (ng.min(n, -n), torch.min(t, -t)),
+        (ng.argmax(n, dim=1), torch.argmax(t, dim=1)), (ng.std(n, dim=1), torch.std(t, dim=1)),
+        (ng.cat([n, n], dim=1), torch.cat([t, t], dim=1)),
+        (ng.stack([n, n], dim=2), torch.stack([t, t], dim=2)),
+        (ng.unsqueeze(n, dim=1), torch.unsqueeze(t, dim=1)),
+        (ng.transpose(n, 0, 1), torch.transpose(t, 0, 1)),
+        (ng.split(n, 3, dim=1)[1], torch.split(t, 3, dim=1)[1]),
+        (ng.flip(n, dims=(0,)), torch.flip(t, dims=(0,))),
+        (ng.logsumexp(n, dim=0), torch.logsumexp(t, dim=0)),
+        (ng.all(n > 0, dim=1), torch.all(t > 0, dim=1)),
+    ]
+    for got, want in pairs:
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ng.std(n, 1).numpy(), np.std(x, 1), rtol=1e-12)  # NumPy's
+    assert [p.shape for p in ng.split(n, 2, 1)] == [(3, 2), (3, 2)]  # NumPy's sections
+    with pytest.raises(TypeError, match="not both"):
+        ng.sum(n, 1, dim=1)

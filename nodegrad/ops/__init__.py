@@ -328,3 +328,8 @@ from .aliases import *  # noqa: E402, F403
 
 __all__ += (_products.__all__ + _special.__all__ + _slicing.__all__  # noqa: PLE0605
             + _aliases.__all__)
+
+# PyTorch's dim= (and two-tensor max/min, two-axis transpose) on the NumPy-named functions
+from . import dim_forms as _dim_forms  # noqa: E402
+
+globals().update(_dim_forms.forms(globals()))

@@ -1,0 +1,96 @@
+"""PyTorch's calls of the top-level functions that carry NumPy's names: ``ng.sum(x, dim=1)``,
+``ng.max(x, dim=1)`` (values, indices), ``ng.max(a, b)``, ``ng.cat(ts, dim=1)``,
+``ng.transpose(x, 0, 1)``, ``ng.split(x, 2, dim=1)``.
+
+Each function keeps NumPy's meaning for NumPy's arguments (``axis=``, positional axes); PyTorch's
+keywords (``dim=``, ``keepdim=``, ``dims=``) and argument forms that NumPy's cannot mean (a tensor
+as ``max``'s second argument, two axes for ``transpose``) get PyTorch's meaning, the one the
+Tensor methods already have. Imported last by :mod:`nodegrad.ops`, whose names these replace.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from ..tensor import Tensor
+from . import elementwise as E
+from . import shape as S
+
+_UNSET = object()
+
+# functions whose Tensor method takes dim=/keepdim= with PyTorch's meaning
+_METHOD_FORMS = ("sum", "mean", "max", "min", "argmax", "argmin", "logsumexp", "std", "var",
+                 "all", "any", "amax", "amin", "nansum", "nanmean")
+
+
+def _method_form(fn: Callable, name: str) -> Callable:
+    @functools.wraps(fn)
+    def f(input, *args, dim=_UNSET, keepdim=_UNSET, **kwargs):
+        if name in ("max", "min") and args and isinstance(args[0], Tensor):  # torch.max(a, b)
+            if len(args) > 1 or kwargs or dim is not _UNSET or keepdim is not _UNSET:
+                raise TypeError(f"{name}(a, b): the elementwise form takes two tensors only")
+            return (E.maximum if name == "max" else E.minimum)(input, args[0])
+        if dim is _UNSET and keepdim is _UNSET:
+            return fn(input, *args, **kwargs)
+        if args:
+            raise TypeError(f"{name}: pass the dimension as dim= (PyTorch) or positionally "
+                            "(NumPy's axis), not both")
+        if dim is not _UNSET:
+            kwargs["dim"] = dim
+        if keepdim is not _UNSET:
+            kwargs["keepdim"] = keepdim
+        if "dim" not in kwargs:  # keepdim alone: over everything, as PyTorch's
+            kwargs["dim"] = tuple(range(input.ndim))
+        return getattr(Tensor, name)(input, **kwargs)
+
+    f.__doc__ = (fn.__doc__ or "") + (" PyTorch's dim=/keepdim= keywords are taken too, with "
+                                      "the meaning of the Tensor method.")
+    return f
+
+
+def _axis_alias(fn: Callable, torch_name: str = "dim") -> Callable:
+    """``fn(x, ..., axis=)`` that also takes PyTorch's ``dim=`` (or ``dims=``) for the axis."""
+    @functools.wraps(fn)
+    def f(*args, **kwargs):
+        if torch_name in kwargs:
+            if "axis" in kwargs:
+                raise TypeError(f"{fn.__name__}: pass either axis= (NumPy) or {torch_name}= "
+                                "(PyTorch), not both")
+            kwargs["axis"] = kwargs.pop(torch_name)
+        return fn(*args, **kwargs)
+
+    return f
+
+
+def split(x, indices_or_sections, axis: int = 0, *, dim=_UNSET):
+    """NumPy's split (``indices_or_sections``: a count of equal parts, or cut positions);
+    with PyTorch's ``dim=`` PyTorch's split (a part size, or the sizes of the parts)."""
+    if dim is not _UNSET:
+        return Tensor.split(x, indices_or_sections, dim)
+    return S.split(x, indices_or_sections, axis)
+
+
+def transpose(x, *axes):
+    """NumPy's transpose (a permutation, or none: reversed axes); with two axes PyTorch's
+    ``transpose(x, dim0, dim1)``, which swaps them."""
+    if len(axes) == 2 and all(isinstance(a, int) for a in axes):
+        return S.swapaxes(x, axes[0], axes[1])
+    return S.transpose(x, *axes)
+
+
+def forms(namespace: dict) -> dict:
+    """The replacements for ``namespace``'s functions (the names it has)."""
+    out = {name: _method_form(namespace[name], name) for name in _METHOD_FORMS
+           if name in namespace}
+    for name in ("concatenate", "cat", "stack", "expand_dims", "unsqueeze"):
+        if name in namespace:
+            out[name] = _axis_alias(namespace[name])
+    if "flip" in namespace:
+        out["flip"] = _axis_alias(namespace["flip"], "dims")
+    out["split"] = split
+    out["transpose"] = transpose
+    return out
+
+
+__all__ = ["forms", "split", "transpose"]
