@@ -157,3 +157,24 @@ def test_torch_method_forms_dtype_flip_and_keepdim():
         np.testing.assert_allclose(getattr(x, f)(1, keepdim=True).numpy(),
                                    getattr(t, f)(1, keepdim=True).numpy(), rtol=1e-12)
     np.testing.assert_allclose(x.std(1).numpy(), np.std(a, 1), rtol=1e-12)  # NumPy's form
+
+
+def test_method_keywords_as_torch():
+    """PyTorch's keyword and argument forms of common methods: unsqueeze(dim=), permute(dims=),
+    transpose(dim0=, dim1=), split(split_size=), add/sub(alpha=), pow(exponent=),
+    lerp(end=, weight=), and x.max(y)/x.min(y) elementwise (each raised)."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4))
+    forms = [lambda t: t.unsqueeze(dim=0), lambda t: t.permute(dims=(1, 0, 2)),
+             lambda t: t.transpose(dim0=0, dim1=2), lambda t: t.split(split_size=2, dim=2)[1],
+             lambda t: t.sub(t * 3, alpha=2), lambda t: t.add(1.0, alpha=3),
+             lambda t: t.pow(exponent=2), lambda t: t.lerp(end=t * 2, weight=0.3),
+             lambda t: t.max(t * 0.5), lambda t: t.min(t * 0.5)]
+    for f in forms:
+        np.testing.assert_allclose(f(ng.tensor(x)).numpy(), f(torch.tensor(x)).numpy(),
+                                   rtol=1e-12)
+    y = ng.tensor(x.copy())
+    y.add_(ng.tensor(x), alpha=2)
+    np.testing.assert_allclose(y.numpy(), 3 * x, rtol=1e-12)
+    with pytest.raises(ng.DTypeError, match="alpha must not be a float"):
+        ng.tensor([1, 2]).add(ng.tensor([1, 1]), alpha=0.5)

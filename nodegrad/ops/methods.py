@@ -57,6 +57,8 @@ def _reducer(fn):
 
 def _extreme(fn, argfn):
     def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
+        if isinstance(axis, Tensor):  # x.max(y): PyTorch's elementwise form
+            return (E.maximum if fn is R.max else E.minimum)(self, axis)
         k = _keep(keepdims, keepdim)
         if dim is not None and axis is None:
             if self.ndim == 0:
@@ -96,8 +98,13 @@ def _stat(fn):
     return method
 
 
-def _transpose_method(self, *dims):
-    """Two dims: swap them (PyTorch). A full permutation: permute (NumPy). None: reverse."""
+def _transpose_method(self, *dims, dim0=None, dim1=None):
+    """Two dims: swap them (PyTorch; also as ``dim0=, dim1=``). A full permutation: permute
+    (NumPy). None: reverse."""
+    if dim0 is not None or dim1 is not None:
+        if dims or dim0 is None or dim1 is None:
+            raise TypeError("transpose: pass both dim0= and dim1=, or the dims positionally")
+        dims = (dim0, dim1)
     if len(dims) == 2 and all(isinstance(d, int) for d in dims):
         return S.swapaxes(self, dims[0], dims[1])
     if not dims:
@@ -145,8 +152,16 @@ _UFUNCS = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide
 
 def _inplace(op, name):
     ufunc = _UFUNCS[op.name]
+    scaled = op.name in ("add", "subtract")  # x.add_(y, alpha=a): PyTorch's x ± a·y
 
-    def method(self, other):
+    def method(self, other, *, alpha=1):
+        if alpha != 1:
+            if not scaled:
+                raise TypeError(f"{name}: unexpected keyword argument 'alpha'")
+            if isinstance(alpha, float) and self.dtype.kind in "iub":
+                raise DTypeError(f"{name}: for integer tensors alpha must not be a float, got "
+                                 f"{alpha!r}")
+            other = E.multiply(other, alpha)
         if type(self) is BatchTracer:  # inside vmap: each example changes
             result = op(self, other)
             I.write_through(self, result, name)
@@ -222,6 +237,42 @@ def _r(op):
     return lambda self, other: op(other, self)
 
 
+def _with_alpha(op, name: str):
+    """``x.add(y, alpha=a)``/``x.sub(y, alpha=a)``: PyTorch's ``x ± a·y``."""
+    def method(self, other, *, alpha=1):
+        if alpha == 1:
+            return op(self, other)
+        if isinstance(alpha, float) and self.dtype.kind in "iub" and (
+                not isinstance(other, Tensor) or other.dtype.kind in "iub"):
+            raise DTypeError(f"{name}: for integer tensors alpha must not be a float, got "
+                             f"{alpha!r}")
+        return op(self, E.multiply(other, alpha))
+
+    method.__name__ = name
+    return method
+
+
+def _permute(self, *dims, **kw):
+    """PyTorch's permute: the dims positionally, as one sequence, or as ``dims=``."""
+    if "dims" in kw:
+        if dims or len(kw) > 1:
+            raise TypeError("permute: pass the dims positionally or as dims=, not both")
+        dims = (kw["dims"],)
+    elif kw:
+        raise TypeError(f"permute: unexpected keyword arguments {sorted(kw)}")
+    return S.permute(self, *dims)
+
+
+def _split_method(self, split_size_or_sections=None, dim: int = 0, *, split_size=None):
+    """PyTorch's split: parts of ``split_size`` along ``dim`` (the last may be shorter), or of
+    the listed sizes."""
+    if split_size is not None:
+        if split_size_or_sections is not None:
+            raise TypeError("split: pass split_size once")
+        split_size_or_sections = split_size
+    return S.split_sizes(self, split_size_or_sections, dim)
+
+
 _methods = {
     # operators
     "__add__": E.add, "__radd__": _r(E.add), "__sub__": E.subtract, "__rsub__": _r(E.subtract),
@@ -242,7 +293,9 @@ _methods = {
     "add_": _inplace(E.add, "add_"), "sub_": _inplace(E.subtract, "sub_"),
     "mul_": _inplace(E.multiply, "mul_"), "div_": _inplace(E.divide, "div_"),
     # arithmetic and elementwise functions
-    "add": E.add, "sub": E.subtract, "mul": E.multiply, "div": E.divide, "pow": E.power,
+    "add": _with_alpha(E.add, "add"), "sub": _with_alpha(E.subtract, "sub"),
+    "mul": E.multiply, "div": E.divide,
+    "pow": lambda self, exponent: E.power(self, exponent),
     "neg": E.negative, "exp": E.exp, "expm1": E.expm1, "log": E.log, "log1p": E.log1p,
     "sqrt": E.sqrt, "square": E.square, "abs": E.abs, "sign": E.sign, "sin": E.sin,
     "cos": E.cos, "tan": E.tan, "tanh": E.tanh, "sigmoid": E.sigmoid, "relu": E.relu,
@@ -270,13 +323,14 @@ _methods = {
     "squeeze": lambda self, dim=None, *, axis=None: (S.squeeze(self, axis) if axis is not None
                                                      else S.squeeze(self, dim=dim)
                                                      if dim is not None else S.squeeze(self)),
-    "unsqueeze": S.expand_dims, "expand_dims": S.expand_dims, "expand": S.expand,
+    "unsqueeze": lambda self, dim=None, *, axis=None: S.expand_dims(self, _axis(axis, dim)),
+    "expand_dims": S.expand_dims, "expand": S.expand,
     "expand_as": lambda self, other: S.broadcast_to(self, other.shape),
-    "broadcast_to": S.broadcast_to, "sum_to": S.sum_to, "permute": S.permute,
+    "broadcast_to": S.broadcast_to, "sum_to": S.sum_to, "permute": _permute,
     "transpose": _transpose_method, "swapaxes": S.swapaxes, "moveaxis": S.moveaxis,
     "flip": lambda self, axis=None, *more, dims=None: S.flip(
         self, _axis((axis, *more) if more else axis, dims)),  # x.flip(0, 1) as PyTorch
-    "split": S.split_sizes, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
+    "split": _split_method, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
     "matmul": L.matmul,
     "take_along_axis": I.take_along_axis,
     # PyTorch's indexing ops
@@ -372,7 +426,9 @@ def _install_more() -> None:
         "cosh": E.cosh, "asinh": E.asinh, "acosh": E.acosh, "atanh": E.atanh, "log2": E.log2,
         "log10": E.log10, "exp2": E.exp2, "rsqrt": E.rsqrt, "reciprocal": E.reciprocal,
         "hypot": E.hypot, "copysign": E.copysign, "logaddexp": E.logaddexp,
-        "logaddexp2": E.logaddexp2, "lerp": E.lerp, "fmod": E.fmod, "xlogy": E.xlogy,
+        "logaddexp2": E.logaddexp2,
+        "lerp": lambda self, end, weight: E.lerp(self, end, weight), "fmod": E.fmod,
+        "xlogy": E.xlogy,
         "sinc": E.sinc, "deg2rad": E.deg2rad, "rad2deg": E.rad2deg, "nan_to_num": E.nan_to_num,
         "clamp_min": E.clamp_min, "clamp_max": E.clamp_max, "frac": E.frac,
         "isclose": E.isclose, "allclose": E.allclose, "div": E.div, "divide": E.div,
