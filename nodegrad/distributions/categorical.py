@@ -105,22 +105,12 @@ class Categorical(Distribution):
         return values.expand(self._num_events, *self.batch_shape) if expand else values
 
 
-class OneHotCategorical(Distribution):
-    """Categorical with one-hot samples: events are vectors of length K."""
+class OverCategorical(Distribution):
+    """A distribution built over a Categorical (``self._categorical``: OneHotCategorical,
+    Multinomial, the relaxed categoricals): its ``probs``, ``logits``, ``param_shape``, and an
+    ``expand`` that expands the Categorical."""
 
-    arg_constraints = {"probs": constraints.simplex, "logits": constraints.independent(
-        constraints.real, 1)}
-    support = constraints.one_hot
-    has_enumerate_support = True
-
-    def __init__(self, probs: Tensor | None = None, logits: Tensor | None = None,
-                 validate_args: bool | None = None):
-        self._categorical = Categorical(probs, logits, validate_args=validate_args)
-        super().__init__(self._categorical.batch_shape, self._categorical.param_shape[-1:],
-                         validate_args=False)
-        self._validate_args = self._categorical._validate_args
-
-    def expand(self, batch_shape, _instance=None) -> OneHotCategorical:
+    def expand(self, batch_shape, _instance=None):
         new = type(self).__new__(type(self)) if _instance is None else _instance
         new.__dict__.update(self.__dict__)
         new._categorical = self._categorical.expand(batch_shape)
@@ -138,6 +128,22 @@ class OneHotCategorical(Distribution):
     @property
     def param_shape(self) -> tuple:
         return self._categorical.param_shape
+
+
+class OneHotCategorical(OverCategorical):
+    """Categorical with one-hot samples: events are vectors of length K."""
+
+    arg_constraints = {"probs": constraints.simplex, "logits": constraints.independent(
+        constraints.real, 1)}
+    support = constraints.one_hot
+    has_enumerate_support = True
+
+    def __init__(self, probs: Tensor | None = None, logits: Tensor | None = None,
+                 validate_args: bool | None = None):
+        self._categorical = Categorical(probs, logits, validate_args=validate_args)
+        super().__init__(self._categorical.batch_shape, self._categorical.param_shape[-1:],
+                         validate_args=False)
+        self._validate_args = self._categorical._validate_args
 
     @property
     def mean(self) -> Tensor:

@@ -7,11 +7,11 @@ from nodegrad.tensor import Tensor
 from . import _ng as ng
 from . import constraints
 from .binomial import Binomial
-from .categorical import Categorical
-from .distribution import Distribution, _shape
+from .categorical import Categorical, OverCategorical
+from .distribution import _shape
 
 
-class Multinomial(Distribution):
+class Multinomial(OverCategorical):
     """Counts over the last dim of ``probs``/``logits`` after ``total_count`` (an int)
     categorical draws; ``log_prob`` accepts any total (PyTorch's convention)."""
 
@@ -45,18 +45,6 @@ class Multinomial(Distribution):
     @constraints.dependent_property(is_discrete=True, event_dim=1)
     def support(self):
         return constraints.multinomial(self.total_count)
-
-    @property
-    def probs(self) -> Tensor:
-        return self._categorical.probs
-
-    @property
-    def logits(self) -> Tensor:
-        return self._categorical.logits
-
-    @property
-    def param_shape(self) -> tuple:
-        return self._categorical.param_shape
 
     @property
     def mean(self) -> Tensor:

@@ -8,14 +8,14 @@ from nodegrad.tensor import Tensor
 
 from . import _ng as ng
 from . import constraints
-from .categorical import Categorical
-from .distribution import Distribution, _shape
+from .categorical import Categorical, OverCategorical
+from .distribution import _shape
 from .transformed_distribution import TransformedDistribution
 from .transforms import ExpTransform
 from .utils import clamp_probs
 
 
-class ExpRelaxedCategorical(Distribution):
+class ExpRelaxedCategorical(OverCategorical):
     """The log of a relaxed one-hot categorical sample: log_softmax((logits + Gumbel noise) /
     temperature)."""
 
@@ -32,25 +32,6 @@ class ExpRelaxedCategorical(Distribution):
         super().__init__(self._categorical.batch_shape, self._categorical.param_shape[-1:],
                          validate_args=False)
         self._validate_args = self._categorical._validate_args
-
-    def expand(self, batch_shape, _instance=None) -> ExpRelaxedCategorical:
-        new = type(self).__new__(type(self)) if _instance is None else _instance
-        new.__dict__.update(self.__dict__)
-        new._categorical = self._categorical.expand(batch_shape)
-        new._batch_shape = _shape(batch_shape)
-        return new
-
-    @property
-    def param_shape(self) -> tuple:
-        return self._categorical.param_shape
-
-    @property
-    def logits(self) -> Tensor:
-        return self._categorical.logits
-
-    @property
-    def probs(self) -> Tensor:
-        return self._categorical.probs
 
     def rsample(self, sample_shape=(), *, generator=None) -> Tensor:
         shape = self._extended_shape(_shape(sample_shape))
