@@ -17,43 +17,11 @@ from nodegrad.optim import swa_utils
 
 torch = pytest.importorskip("torch")
 
-SHAPES = [(4, 3), (3,), (2, 2, 2), ()]
+from _optim_problem import (INIT, TARGET, assert_same_trajectory,  # noqa: E402
+                            float64_default, grads_at, groups_of, run_torch)  # noqa: F401
+
 STEPS = 80
 ROUNDTRIP = 40
-RTOL = 1e-10
-
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """PyTorch keeps ASGD's eta and mu in the default dtype: make that float64 too."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
-def _problem(seed=0):
-    rng = np.random.default_rng(seed)
-    init = [np.asarray(rng.standard_normal(s), np.float64) for s in SHAPES]
-    c = [np.asarray(rng.uniform(0.5, 2.0, s)) for s in SHAPES]
-    target = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
-    return init, c, target
-
-
-INIT, C, TARGET = _problem()
-
-
-def grads_at(arrays, k):
-    """A non-quadratic gradient field plus noise that depends only on the step."""
-    r = np.random.default_rng(1000 + k)
-    return [np.asarray(c * (a - t) + 0.1 * np.sin(3 * a) + 0.1 * r.standard_normal(a.shape),
-                       np.float64) for a, c, t in zip(arrays, C, TARGET)]
-
-
-def _groups(params, groups):
-    if groups is None:
-        return params
-    return [{"params": [params[i] for i in idx], **over} for idx, over in groups]
 
 
 def _skip(i, k):
@@ -63,7 +31,7 @@ def _skip(i, k):
 
 def run_ng(cls, kw, groups=None, skip=None, steps=STEPS, roundtrip=ROUNDTRIP):
     ps = [ng.tensor(a.copy(), requires_grad=True) for a in INIT]
-    opt = getattr(ng.optim, cls)(_groups(ps, groups), **kw)
+    opt = getattr(ng.optim, cls)(groups_of(ps, groups), **kw)
     traj = []
     for k in range(steps):
         for i, (p, g) in enumerate(zip(ps, grads_at([p.numpy() for p in ps], k))):
@@ -71,34 +39,10 @@ def run_ng(cls, kw, groups=None, skip=None, steps=STEPS, roundtrip=ROUNDTRIP):
         opt.step()
         if k == roundtrip:
             sd = copy.deepcopy(opt.state_dict())
-            opt = getattr(ng.optim, cls)(_groups(ps, groups), **kw)
+            opt = getattr(ng.optim, cls)(groups_of(ps, groups), **kw)
             opt.load_state_dict(sd)
         traj.append([p.numpy().copy() for p in ps])
     return traj, opt, ps
-
-
-def run_torch(cls, kw, groups=None, skip=None, steps=STEPS, roundtrip=ROUNDTRIP):
-    ps = [torch.tensor(a.copy(), requires_grad=True) for a in INIT]
-    opt = getattr(torch.optim, cls)(_groups(ps, groups), foreach=False, **kw)
-    traj = []
-    for k in range(steps):
-        for i, (p, g) in enumerate(zip(ps, grads_at([p.detach().numpy() for p in ps], k))):
-            p.grad = None if skip is not None and skip(i, k) else torch.from_numpy(g)
-        opt.step()
-        if k == roundtrip:
-            sd = copy.deepcopy(opt.state_dict())
-            opt = getattr(torch.optim, cls)(_groups(ps, groups), foreach=False, **kw)
-            opt.load_state_dict(sd)
-        traj.append([p.detach().numpy().copy() for p in ps])
-    return traj, opt, ps
-
-
-def assert_same_trajectory(a, b, rtol=RTOL):
-    assert len(a) == len(b)
-    for k, (xs, ys) in enumerate(zip(a, b)):
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            err = np.abs(x - y).max() / max(np.abs(y).max(), 1e-300)
-            assert err <= rtol, f"step {k}, parameter {i}: relative difference {err:.2e}"
 
 
 def _moved(traj):
@@ -638,8 +582,8 @@ def test_swalr_learning_rates_equal_torch(kw):
     ps = [ng.tensor(a.copy(), requires_grad=True) for a in INIT]
     qs = [torch.tensor(a.copy(), requires_grad=True) for a in INIT]
     groups = [([0, 1], {}), ([2, 3], dict(lr=0.1))]
-    opt = ng.optim.SGD(_groups(ps, groups), lr=0.5)
-    topt = torch.optim.SGD(_groups(qs, groups), lr=0.5)
+    opt = ng.optim.SGD(groups_of(ps, groups), lr=0.5)
+    topt = torch.optim.SGD(groups_of(qs, groups), lr=0.5)
     cos = ng.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
     tcos = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=30)
     lrs, tlrs = [], []

@@ -5,7 +5,6 @@ both libraries, so any difference is the optimisers' arithmetic: after 120 steps
 state_dict round trip into a fresh optimiser mid-run, we ask for 1e-10 relative agreement.
 """
 
-import copy
 
 import numpy as np
 import pytest
@@ -14,40 +13,17 @@ import nodegrad as ng
 
 torch = pytest.importorskip("torch")
 
-SHAPES = [(4, 3), (3,), (2, 2, 2), ()]
+from _optim_problem import (INIT, assert_same_trajectory, float64_default,  # noqa: E402,F401
+                            grads_at, groups_of)
+from _optim_problem import run_torch as _run_torch  # noqa: E402
+
 STEPS = 120
-RTOL = 1e-10
-
-
-def _problem(seed=0):
-    rng = np.random.default_rng(seed)
-    init = [np.asarray(rng.standard_normal(s), np.float64) for s in SHAPES]
-    c = [np.asarray(rng.uniform(0.5, 2.0, s)) for s in SHAPES]
-    target = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
-    return init, c, target
-
-
-INIT, C, TARGET = _problem()
-
-
-def grads_at(arrays, k):
-    """A non-quadratic gradient field plus noise that depends only on the step."""
-    r = np.random.default_rng(1000 + k)
-    return [np.asarray(c * (a - t) + 0.1 * np.sin(3 * a) + 0.1 * r.standard_normal(a.shape),
-                       np.float64) for a, c, t in zip(arrays, C, TARGET)]
-
-
-def _groups(params, groups):
-    """``groups``: None (one group), or a list of (indices, overrides) dicts."""
-    if groups is None:
-        return params
-    return [{"params": [params[i] for i in idx], **over} for idx, over in groups]
 
 
 def run_ng(cls, kw, groups=None, roundtrip=60, skip=None, steps=STEPS, flat=True, **extra):
     ps = [ng.tensor(a.copy(), requires_grad=True) for a in INIT]
     kw = {**kw, **extra}
-    opt = getattr(ng.optim, cls)(_groups(ps, groups), flat=flat, **kw)
+    opt = getattr(ng.optim, cls)(groups_of(ps, groups), flat=flat, **kw)
     traj = []
     for k in range(steps):
         for i, (p, g) in enumerate(zip(ps, grads_at([p.numpy() for p in ps], k))):
@@ -55,45 +31,14 @@ def run_ng(cls, kw, groups=None, roundtrip=60, skip=None, steps=STEPS, flat=True
         opt.step()
         if k == roundtrip:
             sd = opt.state_dict()
-            opt = getattr(ng.optim, cls)(_groups(ps, groups), flat=flat, **kw)
+            opt = getattr(ng.optim, cls)(groups_of(ps, groups), flat=flat, **kw)
             opt.load_state_dict(sd)
         traj.append([p.numpy().copy() for p in ps])
     return traj
 
 
 def run_torch(cls, kw, groups=None, roundtrip=60, skip=None, steps=STEPS):
-    ps = [torch.tensor(a.copy(), requires_grad=True) for a in INIT]
-    opt = getattr(torch.optim, cls)(_groups(ps, groups), foreach=False, **kw)
-    traj = []
-    for k in range(steps):
-        for i, (p, g) in enumerate(zip(ps, grads_at([p.detach().numpy() for p in ps], k))):
-            p.grad = None if skip is not None and skip(i, k) else torch.from_numpy(g)
-        opt.step()
-        if k == roundtrip:
-            sd = copy.deepcopy(opt.state_dict())
-            opt = getattr(torch.optim, cls)(_groups(ps, groups), foreach=False, **kw)
-            opt.load_state_dict(sd)
-        traj.append([p.detach().numpy().copy() for p in ps])
-    return traj
-
-
-def assert_same_trajectory(a, b, rtol=RTOL):
-    worst = 0.0
-    for k, (xs, ys) in enumerate(zip(a, b)):
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            err = np.abs(x - y).max() / max(np.abs(y).max(), 1e-300)
-            worst = max(worst, err)
-            assert err <= rtol, f"step {k}, parameter {i}: relative difference {err:.2e}"
-    return worst
-
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """PyTorch keeps NAdam's mu product in the default dtype: make that float64 too."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+    return _run_torch(cls, kw, groups, skip, steps, roundtrip)[0]
 
 
 CASES = [
