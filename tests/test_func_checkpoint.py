@@ -128,3 +128,9 @@ def test_an_input_changed_in_place_refuses_and_sequential_matches():
         np.testing.assert_allclose(a, b, rtol=1e-12)
     with pytest.raises(ValueError, match="debugging hooks"):
         checkpoint(m, x, debug=True)
+
+
+def test_utils_data_is_the_data_package_under_torchs_name():
+    from nodegrad.utils.data import DataLoader, TensorDataset
+
+    assert DataLoader is ng.data.DataLoader and TensorDataset is ng.data.TensorDataset
