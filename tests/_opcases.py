@@ -2024,6 +2024,19 @@ ew("lerp", ng.lerp, torch.lerp, "real", "real", "real")
 ew("lerp_scalar", lambda a, b: ng.lerp(a, b, 0.75), lambda a, b: torch.lerp(a, b, 0.75),
    "real", "real", prims=("lerp",))
 ew("fmod", ng.fmod, torch.fmod, "rem_x", "rem_y")
+# piecewise constant: zero gradients, as PyTorch's (off the jumps: "offgrid" is 1/8 from them)
+ew("floor", ng.floor, torch.floor, "offgrid")
+ew("ceil", ng.ceil, torch.ceil, "offgrid")
+ew("round", ng.round, torch.round, "offgrid")
+ew("round_decimals", lambda x: ng.round(x, decimals=1), lambda x: torch.round(x, decimals=1),
+   "offgrid", prims=("round", "multiply", "divide"))
+ew("trunc", ng.trunc, torch.trunc, "offgrid")
+ew("sign", ng.sign, torch.sign, "nonzero")
+ew("floor_divide", lambda x, y: ng.div(x, y, rounding_mode="floor"),
+   lambda x, y: torch.div(x, y, rounding_mode="floor"), "rem_x", "rem_y")
+ew("trunc_divide", lambda x, y: ng.div(x, y, rounding_mode="trunc"),
+   lambda x, y: torch.div(x, y, rounding_mode="trunc"), "rem_x", "rem_y")
+ew("nextafter", ng.nextafter, torch.nextafter, "grid", "offgrid")
 ew("xlogy", ng.xlogy, torch.xlogy, "nonzero", "pos")
 ew("sinc", ng.sinc, torch.sinc, "sinc")
 ew("nan_to_num", ng.nan_to_num, torch.nan_to_num, "real")

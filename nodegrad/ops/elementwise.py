@@ -13,7 +13,7 @@ import math
 from .. import _backend as B
 from ..errors import DTypeError
 from ..primitive import primitive
-from ..tensor import Tensor
+from ..tensor import Tensor, zeros_like
 
 _EW = "elementwise"
 _ndarray = B.ndarray
@@ -108,10 +108,23 @@ remainder = primitive(
     "remainder", _no_bools("remainder", lambda xp, x, y: xp.remainder(x, y)),
     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_divide(x, y)),
     kind=_EW, jvp=_J, doc="x mod y with the sign of y (Python's %).")
-floor_divide = primitive("floor_divide",
+
+
+def _zero(g, ans, *inputs, **params):
+    """The VJP (and JVP) of a piecewise-constant function: zero almost everywhere. Such ops
+    stay in the graph with this gradient, as in PyTorch and JAX, so that ``round(x).sum()``
+    back-propagates zeros rather than failing for want of a graph."""
+    return zeros_like(g)
+
+
+def _stepwise(name, f, doc, arity: int = 1, promote: bool = False):
+    """A rounding-like elementwise op whose gradient is zero for every input."""
+    return primitive(name, f, (_zero,) * arity, kind=_EW, jvp=_J, promote=promote, doc=doc)
+
+
+floor_divide = _stepwise("floor_divide",
                          _no_bools("floor_divide", lambda xp, x, y: xp.floor_divide(x, y)),
-                         kind=_EW,
-                         doc="x // y (no gradient).")
+                         "x // y (zero gradient).", arity=2, promote=True)
 
 # --- transcendental --------------------------------------------------------------------------
 exp = primitive("exp", lambda xp, x: xp.exp(x), lambda g, ans, x: g * ans, saves="out",
@@ -128,7 +141,7 @@ square = primitive("square", lambda xp, x: xp.square(x), lambda g, ans, x: g * (
                    kind=_EW, jvp=_J, doc="x * x.")
 abs = primitive("abs", lambda xp, x: xp.abs(x), lambda g, ans, x: g * sign(x), kind=_EW, jvp=_J,
                 doc="|x|; its gradient at 0 is 0.")
-sign = primitive("sign", lambda xp, x: xp.sign(x), kind=_EW, doc="-1, 0 or 1 (no gradient).")
+sign = _stepwise("sign", lambda xp, x: xp.sign(x), "-1, 0 or 1 (zero gradient).", promote=True)
 def _trig(xp, name: str, x):
     """``xp.<name>(x)``, keeping a Python number a Python number (NumPy's float64 scalar would
     upcast a float32 operand)."""
@@ -413,14 +426,14 @@ right_shift = _nodiff("right_shift", _no_bools("right_shift", _integral(
 isnan = _nodiff("isnan", lambda xp, x: xp.isnan(x), "True where x is NaN.")
 isinf = _nodiff("isinf", lambda xp, x: xp.isinf(x), "True where x is +-Inf.")
 isfinite = _nodiff("isfinite", lambda xp, x: xp.isfinite(x), "True where x is finite.")
-floor = _nodiff("floor", lambda xp, x: xp.floor(x), "Round down (no gradient).")
-ceil = _nodiff("ceil", lambda xp, x: xp.ceil(x), "Round up (no gradient).")
-_round = _nodiff("round", lambda xp, x: xp.round(x), "Round half to even (no gradient).")
+floor = _stepwise("floor", lambda xp, x: xp.floor(x), "Round down (zero gradient).")
+ceil = _stepwise("ceil", lambda xp, x: xp.ceil(x), "Round up (zero gradient).")
+_round = _stepwise("round", lambda xp, x: xp.round(x), "Round half to even (zero gradient).")
 
 
 def round(x, decimals: int = 0):  # noqa: A001  (NumPy's and PyTorch's name)
     """Round half to even, to ``decimals`` places (negative: tens, hundreds, ...) as
-    PyTorch's ``round(x, decimals=)``: x·10^d rounded, over 10^d (no gradient)."""
+    PyTorch's ``round(x, decimals=)``: x·10^d rounded, over 10^d (zero gradient)."""
     if isinstance(decimals, bool) or not isinstance(decimals, int):
         raise TypeError(f"round: decimals must be an int, got {decimals!r}")
     if decimals == 0:
@@ -430,7 +443,7 @@ def round(x, decimals: int = 0):  # noqa: A001  (NumPy's and PyTorch's name)
         return divide(_round(multiply(x, scale)), scale)
     scale = 10.0 ** -decimals
     return multiply(_round(divide(x, scale)), scale)
-trunc = _nodiff("trunc", lambda xp, x: xp.trunc(x), "Round toward zero (no gradient).")
+trunc = _stepwise("trunc", lambda xp, x: xp.trunc(x), "Round toward zero (zero gradient).")
 
 
 # === more elementwise functions: inverse trig, hyperbolic, logs, pairs ========================
@@ -602,13 +615,13 @@ def _trunc_divide_fwd(xp, x, y):
     return q + ((q * y != x) & ((x < 0) != (y < 0)))
 
 
-trunc_divide = primitive("trunc_divide", _trunc_divide_fwd, kind=_EW, promote=False,
-                         doc="x / y rounded toward zero (no gradient).")
+trunc_divide = _stepwise("trunc_divide", _trunc_divide_fwd,
+                         "x / y rounded toward zero (zero gradient).", arity=2)
 
 
 def div(x, y, *, rounding_mode: str | None = None):
     """PyTorch's divide: true division, or rounded with ``rounding_mode`` "trunc" / "floor"
-    (rounded quotients have no gradient, as floor_divide)."""
+    (rounded quotients have zero gradient, as PyTorch's)."""
     if rounding_mode is None:
         return divide(x, y)
     if rounding_mode == "floor":

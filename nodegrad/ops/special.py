@@ -558,8 +558,10 @@ def _nextafter_fwd(xp, x, y):
     return xp.nextafter(x, y)
 
 
-nextafter = primitive("nextafter", _nextafter_fwd, kind=_EW,
-                      doc="The next float after x towards y (no gradient).")
+nextafter = primitive("nextafter", _nextafter_fwd,
+                      (lambda g, ans, x, y: g, lambda g, ans, x, y: zeros_like(g)), kind=_EW,
+                      jvp=_J, doc="The next float after x towards y; its gradient is 1 in x "
+                      "and 0 in y, as PyTorch's.")
 _INTS = "integer operands (not bool or float, as PyTorch)"
 gcd = primitive("gcd", _kinds("gcd", "iu", _INTS, lambda xp, x, y: xp.gcd(x, y)), kind=_EW,
                 doc="Greatest common divisor, non-negative; gcd(0, 0) = 0 (integers only).")
@@ -646,7 +648,7 @@ def _real_only(op: str, x) -> None:
 
 
 def sgn(input):
-    """The sign -1, 0 or 1 of a real tensor; 0 for NaN, as PyTorch (no gradient)."""
+    """The sign -1, 0 or 1 of a real tensor; 0 for NaN, as PyTorch (zero gradient)."""
     _real_only("sgn", input)
     if input.dtype.kind == "f":
         return where(input != input, 0, sign(input))
