@@ -17,17 +17,22 @@ class Adadelta(Optimizer):
         Δ_t = √(u_{t-1} + ε) / √(v_t + ε) · g_t
         u_t = ρ u_{t-1} + (1 - ρ) Δ_t²
         θ_t = θ_{t-1} - η Δ_t
+
+    ``foreach``, ``capturable`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
-    def __init__(self, params: Iterable, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *,
-                 maximize: bool = False, strict: bool = False, flat: bool = True):
+    def __init__(self, params: Iterable, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
+                 foreach: bool | None = None, *, capturable: bool = False,
+                 maximize: bool = False, differentiable: bool = False, strict: bool = False,
+                 flat: bool = True):
         check_hyper("lr", lr)
         if not callable(rho) and not 0.0 <= rho <= 1.0:
             raise ValueError(f"invalid rho: {rho} (expected [0, 1])")
         check_hyper("eps", eps)
         check_hyper("weight_decay", weight_decay)
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize), strict=strict, flat=flat)
+                                      maximize=maximize), strict=strict, flat=flat,
+                         foreach=foreach, capturable=capturable, differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"square_avg": 0.0, "acc_delta": 0.0}

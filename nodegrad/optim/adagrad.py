@@ -19,19 +19,21 @@ class Adagrad(Optimizer):
 
     Coordinates with large past gradients take small steps: a diagonal preconditioner that
     only shrinks, which suits sparse features and hurts long non-convex runs.
-    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`).
+    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`);
+    ``foreach`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-                 initial_accumulator_value=0.0, eps=1e-10, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True, fused: bool | None = None):
+                 initial_accumulator_value=0.0, eps=1e-10, foreach: bool | None = None, *,
+                 maximize: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, strict: bool = False, flat: bool = True):
         for name, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay),
                         ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
             check_hyper(name, v)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), strict=strict, flat=flat,
-                         fused=fused)
+                         fused=fused, foreach=foreach, differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"sum": h["initial_accumulator_value"]}

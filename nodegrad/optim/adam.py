@@ -37,12 +37,14 @@ class Adam(Optimizer):
     ``fused`` (see :class:`Optimizer`): None, the default, runs the step as one compiled kernel
     where numba (CPU) or CuPy (CUDA) is there (on the CPU for large models, or once numba is
     imported); unlike PyTorch's CPU default, since it is faster and gives the same bits.
+    ``foreach``, ``capturable`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 decoupled_weight_decay: bool = False, strict: bool = False, flat: bool = True,
-                 fused: bool | None = None):
+                 weight_decay=0.0, amsgrad: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, decoupled_weight_decay: bool = False,
+                 strict: bool = False, flat: bool = True):
         check_hyper("lr", lr)
         check_hyper("betas", betas, 0.0, 1.0)
         check_hyper("eps", eps)
@@ -50,7 +52,8 @@ class Adam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
-                         strict=strict, flat=flat, fused=fused)
+                         strict=strict, flat=flat, fused=fused, foreach=foreach,
+                         capturable=capturable, differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         init = {"exp_avg": 0.0, "exp_avg_sq": 0.0}

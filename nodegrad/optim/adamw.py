@@ -16,11 +16,16 @@ class AdamW(Adam):
 
     With L2 decay (``Adam(weight_decay=λ)``) the term λθ enters ``g_t`` and is then divided by
     √v̂_t, so parameters with large gradients are barely decayed; decoupling shrinks every
-    weight by the same factor, which is what "weight decay" means for SGD.
+    weight by the same factor, which is what "weight decay" means for SGD. ``fused``,
+    ``foreach``, ``capturable`` and ``differentiable``: see :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True, fused: bool | None = None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True, strict=strict, flat=flat, fused=fused)
+                 foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None, strict: bool = False,
+                 flat: bool = True):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, strict=strict, flat=flat)

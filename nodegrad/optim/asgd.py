@@ -20,13 +20,15 @@ class ASGD(Optimizer):
     The average ``ax`` (state, as PyTorch's) is the estimate to evaluate once averaging has
     begun (after ``t0`` steps); the parameters themselves follow plain decaying-step SGD.
     ``eta`` and ``mu`` are per-parameter numbers of the state, kept in float64.
+    ``foreach``, ``capturable`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     scalar_init = {"eta": 0.0, "mu": 1.0}
 
     def __init__(self, params: Iterable, lr=1e-2, lambd: float = 1e-4, alpha: float = 0.75,
-                 t0: float = 1e6, weight_decay=0.0, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True):
+                 t0: float = 1e6, weight_decay=0.0, foreach: bool | None = None,
+                 maximize: bool = False, differentiable: bool = False, capturable: bool = False,
+                 *, strict: bool = False, flat: bool = True):
         check_named("ASGD", "lr", lr)
         check_named("ASGD", "lambd", lambd)
         check_named("ASGD", "alpha", alpha)
@@ -34,7 +36,8 @@ class ASGD(Optimizer):
         check_named("ASGD", "weight_decay", weight_decay)
         super().__init__(params, dict(lr=lr, lambd=lambd, alpha=alpha, t0=t0,
                                       weight_decay=weight_decay, maximize=maximize),
-                         strict=strict, flat=flat)
+                         strict=strict, flat=flat, foreach=foreach, capturable=capturable,
+                         differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"ax": 0.0}

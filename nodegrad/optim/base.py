@@ -183,13 +183,24 @@ class Optimizer:
     ``_fused.AUTO_MIN_SIZE`` elements or more until numba is imported, and the NumPy update
     elsewhere; True requires the kernel (an error says what is missing); False always runs the
     NumPy update. Both give the same bits.
+
+    PyTorch's implementation keywords, where its optimiser has them: ``foreach`` (None, True or
+    False) picks between PyTorch's loop and multi-tensor kernels, which give the same numbers;
+    here every step is already vectorised over the group, so it changes nothing (True with
+    ``fused=True`` is an error, as in PyTorch). ``capturable`` keeps PyTorch's state on the
+    device for CUDA graph capture; nodegrad records no CUDA graphs, so True is accepted and
+    changes nothing. ``differentiable=True`` asks for a step that autograd records (for
+    meta-learning through the update); the step here updates the parameters in place outside
+    autograd, so it raises NotImplementedError: write the update out of place with tensor ops
+    (``nodegrad.func.functional_call`` runs a model on the updated tensors).
     """
 
     #: per-parameter numbers besides ``step`` and their initial values (e.g. NAdam's mu product)
     scalar_init: dict[str, float] = {}
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *, strict: bool = False,
-                 flat: bool = True, fused: bool | None = None):
+                 flat: bool = True, fused: bool | None = None, foreach: bool | None = None,
+                 capturable: bool = False, differentiable: bool = False):
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors or dicts, got a Tensor; "
                             "wrap it in a list")
@@ -198,10 +209,13 @@ class Optimizer:
                             f"{fused!r}")
         if fused and type(self).fused_args is Optimizer.fused_args:
             raise TypeError(f"{type(self).__name__} has no fused kernel; leave fused=None")
+        if foreach is not None or capturable is not False or differentiable is not False:
+            _check_forms(type(self).__name__, fused, foreach, capturable, differentiable)
         self.defaults = dict(defaults)
         self.strict = strict
         self.flat = flat
         self.fused = fused
+        self.foreach, self.capturable, self.differentiable = foreach, capturable, differentiable
         self.step_count = 0
         self.param_groups: list[dict] = []
         self._buckets: list[list[_Bucket]] = []
@@ -724,6 +738,25 @@ class Optimizer:
         self.step_count = int(state_dict.get("step_count", 0))
         for gi in range(len(self.param_groups)):
             self._install(gi, entries[gi])
+
+
+def _check_forms(name: str, fused, foreach, capturable, differentiable) -> None:
+    """PyTorch's implementation keywords (see :class:`Optimizer`): checked, and refused where
+    nodegrad cannot do what they ask."""
+    for key, v, allowed in (("foreach", foreach, (None, True, False)),
+                            ("capturable", capturable, (True, False)),
+                            ("differentiable", differentiable, (True, False))):
+        if not any(v is a for a in allowed):
+            want = "None, True or False" if None in allowed else "True or False"
+            raise TypeError(f"{name}: {key} must be {want}, got {v!r}")
+    if fused and foreach:
+        raise RuntimeError(f"{name}: `fused` and `foreach` cannot be `True` together")
+    if differentiable:
+        raise NotImplementedError(
+            f"{name}(differentiable=True): nodegrad's optimisers update the parameters in place "
+            "outside autograd, so the step cannot be differentiated; write the update out of "
+            "place with tensor ops (e.g. new = {k: p - lr * g}) and run the model on it with "
+            "nodegrad.func.functional_call")
 
 
 _STEP = Optimizer.step.__wrapped__  # what a jit trace records for step() and zero_grad()

@@ -5,32 +5,71 @@ Call ``scheduler.step()`` after ``optimizer.step()``. Every schedule here except
 update) and the groups' initial learning rates η, so schedules compose by multiplication:
 ``LinearWarmup(CosineAnnealingLR(opt, 1000), 100)`` warms up, then anneals. Each has
 ``state_dict()`` and ``load_state_dict()`` for resuming.
+
+PyTorch's other way to resume works too: rebuild the optimizer with each group's
+``initial_lr`` (``optimizer.load_state_dict`` restores it) and the schedule with
+``last_epoch=k``, the number of steps already taken minus one; its first step, taken when it
+is built, is step k + 1, and the rates that follow are those of the uninterrupted run. As
+the rates come from the closed form and ``initial_lr``, this holds even where PyTorch's
+chainable forms multiply the group's current lr a second time (``StepLR`` or ``MultiStepLR``
+resumed on a decay step, ``ConstantLR`` at its end) and for ``SequentialLR``, which PyTorch
+restarts from its first schedule.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .base import Optimizer
 
 
-class LRScheduler:
-    """Base: ``step()`` advances ``last_epoch`` and writes ``lr_at(t)`` into the groups."""
+def _check_last_epoch(name: str, last_epoch) -> None:
+    if isinstance(last_epoch, bool) or not isinstance(last_epoch, int) or last_epoch < -1:
+        raise ValueError(f"{name}: last_epoch must be -1 (start) or the index of the last step "
+                         f"taken (>= 0, to resume), got {last_epoch!r}")
 
-    def __init__(self, optimizer: Optimizer):
+
+def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> None:
+    """Record each group's lr as its ``initial_lr`` (starting), or check that every group has
+    one (resuming: PyTorch's KeyError and message)."""
+    if last_epoch == -1:
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        return
+    for i, g in enumerate(optimizer.param_groups):
+        if "initial_lr" not in g:
+            raise KeyError(
+                f"param 'initial_lr' is not specified in param_groups[{i}] when resuming "
+                "scheduler with last_epoch >= 0.\nThis typically happens when:\n1. You're "
+                "trying to resume training from a checkpoint but haven't properly loaded the "
+                "optimizer state\n2. You're using last_epoch >= 0 for a fresh training run (not "
+                "recommended)")
+
+
+class LRScheduler:
+    """Base: ``step()`` advances ``last_epoch`` and writes ``lr_at(t)`` into the groups.
+
+    ``last_epoch`` is PyTorch's: -1 (the default) starts the schedule, recording each group's
+    lr as its ``initial_lr``; k >= 0 resumes one that had taken k + 1 steps: the rates come
+    from the groups' ``initial_lr`` (PyTorch's KeyError names a group without one), and the
+    step taken when it is built sets step k + 1's rates again.
+    """
+
+    def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        _check_last_epoch(type(self).__name__, last_epoch)
         self.optimizer = optimizer
         for i, g in enumerate(optimizer.param_groups):
             if callable(g["lr"]):
                 raise TypeError(f"group {i}'s lr is a callable schedule already; use either a "
                                 "callable lr or a scheduler, not both")
-            g.setdefault("initial_lr", g["lr"])
+        _initial_lrs(optimizer, last_epoch)
         self.base_lrs: list[float] = [g["initial_lr"] for g in optimizer.param_groups]
-        self.last_epoch = -1
+        self.last_epoch = last_epoch
         self._last_lr: list[float] = list(self.base_lrs)
         self.step()
 
@@ -66,14 +105,19 @@ class LRScheduler:
                 self.__dict__[k] = v
 
 
+class _LRScheduler(LRScheduler):
+    """PyTorch's old name of :class:`LRScheduler`, still subclassed by older code."""
+
+
 class StepLR(LRScheduler):
     """``η γ^⌊t / step_size⌋``: multiply by γ every ``step_size`` steps."""
 
-    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1):
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1,
+                 last_epoch: int = -1):
         if step_size < 1:
             raise ValueError(f"step_size must be a positive integer, got {step_size}")
         self.step_size, self.gamma = int(step_size), gamma
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** (t // self.step_size) for b in self.base_lrs]
@@ -82,9 +126,10 @@ class StepLR(LRScheduler):
 class MultiStepLR(LRScheduler):
     """``η γ^k`` where k counts the milestones reached (``t >= m``)."""
 
-    def __init__(self, optimizer: Optimizer, milestones: Sequence[int], gamma: float = 0.1):
+    def __init__(self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1,
+                 last_epoch: int = -1):
         self.milestones, self.gamma = sorted(int(m) for m in milestones), gamma
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** bisect_right(self.milestones, t) for b in self.base_lrs]
@@ -93,9 +138,9 @@ class MultiStepLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """``η γ^t``."""
 
-    def __init__(self, optimizer: Optimizer, gamma: float):
+    def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1):
         self.gamma = gamma
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** t for b in self.base_lrs]
@@ -114,11 +159,12 @@ class InverseSqrtLR(LRScheduler):
 class CosineAnnealingLR(LRScheduler):
     """``η_min + (η - η_min)(1 + cos(π t / T_max)) / 2`` (SGDR without restarts)."""
 
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0):
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0,
+                 last_epoch: int = -1):
         if T_max < 1:
             raise ValueError(f"T_max must be a positive integer, got {T_max}")
         self.T_max, self.eta_min = int(T_max), eta_min
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         c = (1 + math.cos(math.pi * t / self.T_max)) / 2
@@ -131,18 +177,30 @@ class LinearWarmup(LRScheduler):
     ``factor(t) = start_factor + (1 - start_factor) min(t, warmup_steps) / warmup_steps``, as
     PyTorch's ``LinearLR``; ``LinearWarmup(StepLR(opt, 30), 5)`` equals PyTorch's
     ``ChainedScheduler([LinearLR(opt, 1/3, total_iters=5), StepLR(opt, 30)])``. Arguments to
-    ``step`` (a metric, for :class:`ReduceLROnPlateau`) go to the wrapped schedule.
+    ``step`` (a metric, for :class:`ReduceLROnPlateau`) go to the wrapped schedule. A wrapped
+    schedule sets the step to start from (one resumed with ``last_epoch=k`` resumes the
+    warm-up too); ``last_epoch`` is for a constant lr (see :class:`LRScheduler`).
     """
 
     def __init__(self, schedule: LRScheduler | Optimizer, warmup_steps: int,
-                 start_factor: float = 1 / 3):
+                 start_factor: float = 1 / 3, last_epoch: int = -1):
         if warmup_steps < 1:
             raise ValueError(f"warmup_steps must be a positive integer, got {warmup_steps}")
         if not 0 <= start_factor <= 1:
             raise ValueError(f"start_factor must be in [0, 1], got {start_factor}")
         self.inner = schedule if isinstance(schedule, LRScheduler) else None
         self.warmup_steps, self.start_factor = int(warmup_steps), start_factor
-        super().__init__(schedule.optimizer if self.inner is not None else schedule)
+        if self.inner is not None:  # the wrapped schedule has taken its steps (its first when
+            at = self.inner.last_epoch - 1  # built): this one's first step is its last one
+            if last_epoch not in (-1, at):
+                raise ValueError(f"LinearWarmup: last_epoch={last_epoch} disagrees with the "
+                                 f"wrapped schedule, which has taken {at + 1} step(s); leave "
+                                 "it -1")
+            last_epoch = at
+        self._built = False  # the first step (here) does not step the wrapped schedule
+        super().__init__(schedule.optimizer if self.inner is not None else schedule,
+                         last_epoch)
+        self._built = True
 
     def factor(self, t: int) -> float:
         s = self.start_factor
@@ -153,7 +211,7 @@ class LinearWarmup(LRScheduler):
         if self.inner is None:
             lrs = self.base_lrs
         else:
-            if self.last_epoch > 0:  # the wrapped schedule made its first step when built
+            if self._built:
                 self.inner.step(*args)
             lrs = self.inner.get_last_lr()
         f = self.factor(self.last_epoch)
@@ -166,16 +224,20 @@ class OneCycleLR(LRScheduler):
     Over ``pct_start`` of ``total_steps`` the lr anneals (cosine or linear) up to ``max_lr``
     while momentum (or Adam's β₁) anneals down from ``max_momentum`` to ``base_momentum``; then
     both reverse, the lr ending at ``max_lr / (div_factor · final_div_factor)``. With
-    ``three_phase`` the lr comes back to the start before the final descent. As PyTorch's.
+    ``three_phase`` the lr comes back to the start before the final descent. As PyTorch's, the
+    groups keep the cycle's ends (``initial_lr``, ``max_lr``, ``min_lr``, ``max_momentum``,
+    ``base_momentum``), and a schedule resumed with ``last_epoch=k`` reads them from there
+    (``optimizer.load_state_dict`` restores them), not from the arguments.
     """
 
     def __init__(self, optimizer: Optimizer, max_lr: float | Sequence[float],
                  total_steps: int | None = None, epochs: int | None = None,
                  steps_per_epoch: int | None = None, pct_start: float = 0.3,
                  anneal_strategy: str = "cos", cycle_momentum: bool = True,
-                 base_momentum: float = 0.85, max_momentum: float = 0.95,
-                 div_factor: float = 25.0, final_div_factor: float = 1e4,
-                 three_phase: bool = False):
+                 base_momentum: float | Sequence[float] = 0.85,
+                 max_momentum: float | Sequence[float] = 0.95, div_factor: float = 25.0,
+                 final_div_factor: float = 1e4, three_phase: bool = False,
+                 last_epoch: int = -1):
         if total_steps is None:  # PyTorch's other way to give it: epochs × steps per epoch
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
@@ -192,23 +254,12 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        _check_last_epoch("OneCycleLR", last_epoch)
         groups = optimizer.param_groups
         n = len(groups)
-        max_lrs = list(max_lr) if isinstance(max_lr, list | tuple) else [max_lr] * n
         self.total_steps, self.anneal_strategy = int(total_steps), anneal_strategy
-        self.max_lrs = max_lrs
-        self.initial_lrs = [m / div_factor for m in max_lrs]
-        self.min_lrs = [i / final_div_factor for i in self.initial_lrs]
-        for g, lr in zip(groups, self.initial_lrs):
-            g["initial_lr"] = lr
-        T = self.total_steps
-        if three_phase:  # (end step, lr from, lr to, momentum from, momentum to)
-            self.phases = [(pct_start * T - 1, "initial", "max", "max", "base"),
-                           (2 * pct_start * T - 2, "max", "initial", "base", "max"),
-                           (T - 1, "initial", "min", "max", "max")]
-        else:
-            self.phases = [(pct_start * T - 1, "initial", "max", "max", "base"),
-                           (T - 1, "max", "min", "base", "max")]
         self.cycle_momentum = cycle_momentum
         self.momentum_key = None
         if cycle_momentum:
@@ -219,8 +270,40 @@ class OneCycleLR(LRScheduler):
             else:
                 raise ValueError(f"{type(optimizer).__name__} has neither momentum nor betas; "
                                  "pass cycle_momentum=False")
-        self.momenta = {"base": base_momentum, "max": max_momentum}
-        super().__init__(optimizer)
+        keys = ["initial_lr", "max_lr", "min_lr"]
+        if last_epoch == -1:
+            for g, m in zip(groups, _per_group(max_lr, n, "max_lr")):
+                g["initial_lr"] = m / div_factor
+                g["max_lr"] = m
+                g["min_lr"] = g["initial_lr"] / final_div_factor
+            if cycle_momentum:
+                for g, hi, lo in zip(groups, _per_group(max_momentum, n, "max_momentum"),
+                                     _per_group(base_momentum, n, "base_momentum")):
+                    g["max_momentum"], g["base_momentum"] = hi, lo
+        if cycle_momentum:
+            keys += ["max_momentum", "base_momentum"]
+        _initial_lrs(optimizer, last_epoch)  # PyTorch's error when initial_lr is missing
+        for i, g in enumerate(groups):
+            lacking = [k for k in keys if k not in g]
+            if lacking:
+                raise KeyError(f"OneCycleLR: param_groups[{i}] lacks {lacking}, which a "
+                               "schedule resumed with last_epoch >= 0 reads (load the "
+                               "optimizer's state dict first)")
+        self.initial_lrs = [g["initial_lr"] for g in groups]
+        self.max_lrs = [g["max_lr"] for g in groups]
+        self.min_lrs = [g["min_lr"] for g in groups]
+        if cycle_momentum:
+            self.momenta = {"base": [g["base_momentum"] for g in groups],
+                            "max": [g["max_momentum"] for g in groups]}
+        T = self.total_steps
+        if three_phase:  # (end step, lr from, lr to, momentum from, momentum to)
+            self.phases = [(pct_start * T - 1, "initial", "max", "max", "base"),
+                           (2 * pct_start * T - 2, "max", "initial", "base", "max"),
+                           (T - 1, "initial", "min", "max", "max")]
+        else:
+            self.phases = [(pct_start * T - 1, "initial", "max", "max", "base"),
+                           (T - 1, "max", "min", "base", "max")]
+        super().__init__(optimizer, last_epoch)
 
     def _anneal(self, start: float, end: float, pct: float) -> float:
         if self.anneal_strategy == "cos":
@@ -247,8 +330,9 @@ class OneCycleLR(LRScheduler):
         super().step()
         if self.cycle_momentum:
             ph, pct = self._phase(self.last_epoch)
-            m = self._anneal(self.momenta[ph[3]], self.momenta[ph[4]], pct)
-            for g in self.optimizer.param_groups:
+            lo, hi = self.momenta[ph[3]], self.momenta[ph[4]]
+            for i, g in enumerate(self.optimizer.param_groups):
+                m = self._anneal(_nth(lo, i), _nth(hi, i), pct)
                 if self.momentum_key == "betas":
                     g["betas"] = (m, *g["betas"][1:])
                 else:
@@ -319,6 +403,11 @@ class ReduceLROnPlateau(LRScheduler):
         self._set(lrs)
 
 
+def _nth(v, i: int):
+    """Group ``i``'s value of a per-group list, or the one value for all (older state)."""
+    return v[i] if isinstance(v, list | tuple) else v
+
+
 # --- more of PyTorch's schedules, in closed form ------------------------------------------------
 def _per_group(value, n: int, what: str) -> list:
     """One ``value`` per parameter group: a list of ``n`` or one value for all."""
@@ -333,9 +422,9 @@ class LambdaLR(LRScheduler):
     """``η λ(t)``: each group's initial lr times its function of the step count (PyTorch's).
     ``state_dict()`` leaves the functions out, as PyTorch does (rebuild them on resume)."""
 
-    def __init__(self, optimizer: Optimizer, lr_lambda):
+    def __init__(self, optimizer: Optimizer, lr_lambda, last_epoch: int = -1):
         self.lr_lambdas = _per_group(lr_lambda, len(optimizer.param_groups), "lr_lambdas")
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         return [b * f(t) for b, f in zip(self.base_lrs, self.lr_lambdas)]
@@ -348,11 +437,11 @@ class MultiplicativeLR(LRScheduler):
     """The lr times λ(t) at every step t ≥ 1: ``η Π_{k≤t} λ(k)`` (PyTorch's). The running
     product is state (in ``state_dict()``), so steps must come in order, as in training."""
 
-    def __init__(self, optimizer: Optimizer, lr_lambda):
+    def __init__(self, optimizer: Optimizer, lr_lambda, last_epoch: int = -1):
         self.lr_lambdas = _per_group(lr_lambda, len(optimizer.param_groups), "lr_lambdas")
         self._products: list[float] = [1.0] * len(self.lr_lambdas)
         self._at = 0  # the step the products are for
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         if t == 0:
@@ -371,13 +460,13 @@ class LinearLR(LRScheduler):
     ``total_iters`` steps and staying there (PyTorch's)."""
 
     def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3,
-                 end_factor: float = 1.0, total_iters: int = 5):
+                 end_factor: float = 1.0, total_iters: int = 5, last_epoch: int = -1):
         if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
             raise ValueError(f"LinearLR: start_factor must be in (0, 1] and end_factor in "
                              f"[0, 1], got {start_factor} and {end_factor}")
         self.start_factor, self.end_factor = start_factor, end_factor
         self.total_iters = int(total_iters)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         f = self.start_factor + (self.end_factor - self.start_factor) * min(
@@ -388,11 +477,12 @@ class LinearLR(LRScheduler):
 class ConstantLR(LRScheduler):
     """``η factor`` for the first ``total_iters`` steps, then ``η`` (PyTorch's)."""
 
-    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5):
+    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5,
+                 last_epoch: int = -1):
         if not 0 <= factor <= 1:
             raise ValueError(f"ConstantLR: factor must be in [0, 1], got {factor}")
         self.factor, self.total_iters = factor, int(total_iters)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         f = self.factor if t < self.total_iters else 1.0
@@ -402,11 +492,12 @@ class ConstantLR(LRScheduler):
 class PolynomialLR(LRScheduler):
     """``η (1 − min(t, T) / T)^power`` over ``total_iters`` T steps, then 0 (PyTorch's)."""
 
-    def __init__(self, optimizer: Optimizer, total_iters: int = 5, power: float = 1.0):
+    def __init__(self, optimizer: Optimizer, total_iters: int = 5, power: float = 1.0,
+                 last_epoch: int = -1):
         if total_iters < 1:
             raise ValueError(f"PolynomialLR: total_iters must be positive, got {total_iters}")
         self.total_iters, self.power = int(total_iters), power
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         f = (1.0 - min(t, self.total_iters) / self.total_iters) ** self.power
@@ -415,15 +506,23 @@ class PolynomialLR(LRScheduler):
 
 class CosineAnnealingWarmRestarts(LRScheduler):
     """SGDR (Loshchilov & Hutter): cosine annealing from η to ``eta_min`` over a cycle of
-    ``T_0`` steps, restarted at η, each cycle ``T_mult`` times longer (PyTorch's, stepped once
-    per step with no argument)."""
+    ``T_0`` steps, restarted at η, each cycle ``T_mult`` times longer (PyTorch's).
 
-    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0):
+    ``step()`` moves one step on; ``step(epoch)`` jumps to ``epoch``, which may be fractional
+    (``scheduler.step(epoch + i / iters)`` after batch i of an epoch), and a ``step()`` after
+    it moves one on from there, as PyTorch's. The position in the cycle is ``T_cur`` of
+    ``T_i`` steps. Resumed with ``last_epoch=k``, it goes on from step k in its true cycle.
+    """
+
+    def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
+                 last_epoch: int = -1):
         if T_0 < 1 or T_mult < 1 or int(T_mult) != T_mult:
             raise ValueError(f"CosineAnnealingWarmRestarts: T_0 must be positive and T_mult an "
                              f"integer >= 1, got T_0={T_0}, T_mult={T_mult}")
         self.T_0, self.T_mult, self.eta_min = int(T_0), int(T_mult), eta_min
-        super().__init__(optimizer)
+        _check_last_epoch("CosineAnnealingWarmRestarts", last_epoch)
+        self.T_cur, self.T_i = self.cycle(last_epoch) if last_epoch >= 0 else (-1, self.T_0)
+        super().__init__(optimizer, last_epoch)
 
     def cycle(self, t: int) -> tuple[int, int]:
         """(steps into the current cycle, its length) after ``t`` steps."""
@@ -436,8 +535,38 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def lr_at(self, t: int) -> list[float]:
         cur, length = self.cycle(t)
+        return self._lrs(cur, length)
+
+    def _lrs(self, cur: float, length: int) -> list[float]:
         c = (1 + math.cos(math.pi * cur / length)) / 2
         return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
+
+    def step(self, epoch: float | None = None) -> None:
+        """One step on, or (PyTorch's form) to ``epoch`` >= 0, possibly fractional."""
+        if epoch is None:
+            self.last_epoch += 1
+            self.T_cur += 1
+            if self.T_cur >= self.T_i:
+                self.T_cur, self.T_i = self.T_cur % self.T_i, self.T_i * self.T_mult
+        else:
+            if not epoch >= 0:
+                raise ValueError(f"CosineAnnealingWarmRestarts.step: expected a non-negative "
+                                 f"epoch, got {epoch}")
+            T_0, m = self.T_0, self.T_mult
+            if epoch < T_0:
+                self.T_cur, self.T_i = epoch, T_0
+            elif m == 1:
+                self.T_cur, self.T_i = epoch % T_0, T_0
+            else:  # PyTorch's closed form for the cycle epoch falls in
+                n = int(math.log(epoch / T_0 * (m - 1) + 1, m))
+                self.T_cur, self.T_i = epoch - T_0 * (m ** n - 1) / (m - 1), T_0 * m ** n
+            self.last_epoch = math.floor(epoch)
+        self._set(self._lrs(self.T_cur, self.T_i))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "T_cur" not in state_dict:  # a state saved before the cycle position was kept
+            self.T_cur, self.T_i = self.cycle(self.last_epoch)
 
 
 class _OfSchedules(LRScheduler):
@@ -460,11 +589,15 @@ class _OfSchedules(LRScheduler):
 class SequentialLR(_OfSchedules):
     """Run ``schedulers`` one after the other, switching at the step counts ``milestones``:
     each starts from its own step 0 when its turn comes (PyTorch's). The schedules must share
-    the optimizer."""
+    the optimizer. Resumed with ``last_epoch=k`` it goes on from step k + 1 of the sequence
+    (PyTorch's restarts its first schedule instead).
+    """
 
     def __init__(self, optimizer: Optimizer, schedulers: Sequence[LRScheduler],
-                 milestones: Sequence[int]):
+                 milestones: Sequence[int], last_epoch: int = -1):
         schedulers = list(schedulers)
+        if not schedulers:
+            raise ValueError("SequentialLR: expected at least one scheduler")
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(f"SequentialLR: expected {len(schedulers) - 1} milestones for "
                              f"{len(schedulers)} schedulers, got {len(milestones)}")
@@ -477,7 +610,7 @@ class SequentialLR(_OfSchedules):
         self._schedulers, self._milestones = schedulers, [int(m) for m in milestones]
         for g, lr in zip(optimizer.param_groups, schedulers[0].base_lrs):
             g["lr"] = lr  # undo the later schedulers' first steps, as PyTorch
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
         i = bisect_right(self._milestones, t)
@@ -488,7 +621,9 @@ class SequentialLR(_OfSchedules):
 class ChainedScheduler(_OfSchedules):
     """Several schedules at once, their factors multiplied: ``η Π_i (η_i(t) / η)`` (PyTorch's
     ``ChainedScheduler`` of multiplicative schedules, e.g. a ``LinearLR`` warm-up with a
-    ``StepLR`` decay). The schedules must share one optimizer."""
+    ``StepLR`` decay). The schedules must share one optimizer, and have taken the same number
+    of steps: it starts where they are (schedules resumed with ``last_epoch=k`` resume it).
+    """
 
     def __init__(self, schedulers: Sequence[LRScheduler], optimizer: Optimizer | None = None):
         schedulers = list(schedulers)
@@ -501,8 +636,13 @@ class ChainedScheduler(_OfSchedules):
                                 f"{type(s).__name__}")
             if s.optimizer is not optimizer:
                 raise ValueError("ChainedScheduler: every scheduler must drive one optimizer")
+        epochs = sorted({s.last_epoch for s in schedulers})
+        if len(epochs) > 1:
+            raise ValueError(f"ChainedScheduler: the schedulers have taken different numbers of "
+                             f"steps ({epochs}); build them (or resume them with one "
+                             "last_epoch) together")
         self._schedulers = schedulers
-        super().__init__(optimizer)
+        super().__init__(optimizer, max(epochs[0] - 1, -1))
 
     def lr_at(self, t: int) -> list[float]:
         lrs = list(self.base_lrs)
@@ -517,23 +657,30 @@ class CyclicLR(LRScheduler):
     scaled by ``mode`` ('triangular': 1; 'triangular2': halved every cycle; 'exp_range':
     ``gamma``^t) or by ``scale_fn`` (of the cycle, or of the step with ``scale_mode``
     'iterations'); momentum (or Adam's β₁) cycles the other way between ``max_momentum`` and
-    ``base_momentum``. Meant to be stepped after every batch."""
+    ``base_momentum``. Meant to be stepped after every batch. ``base_lrs`` are the cycle's
+    lower ends, as PyTorch's; resumed with ``last_epoch=k``, it leaves the groups' lr and
+    momentum to its first step (k + 1).
+    """
 
     def __init__(self, optimizer: Optimizer, base_lr: float | Sequence[float],
                  max_lr: float | Sequence[float], step_size_up: int = 2000,
                  step_size_down: int | None = None, mode: str = "triangular",
                  gamma: float = 1.0, scale_fn=None, scale_mode: str = "cycle",
-                 cycle_momentum: bool = True, base_momentum: float = 0.8,
-                 max_momentum: float = 0.9):
+                 cycle_momentum: bool = True, base_momentum: float | Sequence[float] = 0.8,
+                 max_momentum: float | Sequence[float] = 0.9, last_epoch: int = -1):
         if mode not in ("triangular", "triangular2", "exp_range") and scale_fn is None:
             raise ValueError(f"CyclicLR: mode must be 'triangular', 'triangular2' or "
                              f"'exp_range' (or give scale_fn), got {mode!r}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        _check_last_epoch("CyclicLR", last_epoch)
         groups = optimizer.param_groups
         n = len(groups)
         self.cyclic_base_lrs = [float(v) for v in _per_group(base_lr, n, "base_lr")]
         self.max_lrs = [float(v) for v in _per_group(max_lr, n, "max_lr")]
-        for g, lr in zip(groups, self.cyclic_base_lrs):
-            g["lr"] = g["initial_lr"] = lr
+        if last_epoch == -1:  # initial_lr: the group's lr unless it has one (PyTorch's)
+            for g, lr in zip(groups, self.cyclic_base_lrs):
+                g["lr"] = lr
         up = float(step_size_up)
         down = float(step_size_down) if step_size_down is not None else up
         self.total_size, self.step_ratio = up + down, up / (up + down)
@@ -548,7 +695,11 @@ class CyclicLR(LRScheduler):
             self.use_beta1 = "betas" in groups[0]
             self.base_momentums = _per_group(base_momentum, n, "base_momentum")
             self.max_momentums = _per_group(max_momentum, n, "max_momentum")
-        super().__init__(optimizer)
+            if last_epoch == -1:
+                for g, hi, lo in zip(groups, self.max_momentums, self.base_momentums):
+                    g["max_momentum"], g["base_momentum"] = hi, lo
+        super().__init__(optimizer, last_epoch)
+        self.base_lrs = list(self.cyclic_base_lrs)
 
     def _scale(self, x: float) -> float:
         if self.scale_fn_custom is not None:

@@ -20,14 +20,16 @@ class NAdam(Optimizer):
         θ_t = θ_{t-1} - η (1 - μ_t) / (1 - Π_t) · g_t / d_t
                       - η μ_{t+1} / (1 - Π_t μ_{t+1}) · m_t / d_t
 
-    The running product Π_t is per-parameter scalar state (``mu_product``).
+    The running product Π_t is per-parameter scalar state (``mu_product``). ``foreach``,
+    ``capturable`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     scalar_init = {"mu_product": 1.0}
 
     def __init__(self, params: Iterable, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, momentum_decay=4e-3, *, decoupled_weight_decay: bool = False,
-                 maximize: bool = False, strict: bool = False, flat: bool = True):
+                 weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, strict: bool = False, flat: bool = True):
         check_hyper("lr", lr)
         check_hyper("betas", betas, 0.0, 1.0)
         check_hyper("eps", eps)
@@ -36,7 +38,8 @@ class NAdam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
-                         strict=strict, flat=flat)
+                         strict=strict, flat=flat, foreach=foreach, capturable=capturable,
+                         differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0}

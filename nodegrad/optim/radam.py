@@ -21,11 +21,14 @@ class RAdam(Optimizer):
         ρ_t > 5:  θ_t = θ_{t-1} - η r_t √(1 - β₂ᵗ) / (√v_t + ε) · m_t / (1 - β₁ᵗ)
                   r_t = √((ρ_t - 4)(ρ_t - 2) ρ_∞ / ((ρ_∞ - 4)(ρ_∞ - 2) ρ_t))
         else:     θ_t = θ_{t-1} - η m_t / (1 - β₁ᵗ)                   (SGD with momentum)
+
+    ``foreach``, ``capturable`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, *, decoupled_weight_decay: bool = False,
-                 maximize: bool = False, strict: bool = False, flat: bool = True):
+                 weight_decay=0.0, decoupled_weight_decay: bool = False, *,
+                 foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
+                 differentiable: bool = False, strict: bool = False, flat: bool = True):
         check_hyper("lr", lr)
         check_hyper("betas", betas, 0.0, 1.0)
         check_hyper("eps", eps)
@@ -33,7 +36,8 @@ class RAdam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
-                         strict=strict, flat=flat)
+                         strict=strict, flat=flat, foreach=foreach, capturable=capturable,
+                         differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
@@ -68,17 +72,21 @@ class Adamax(Optimizer):
 
         m_t = β₁ m_{t-1} + (1 - β₁) g_t,    u_t = max(β₂ u_{t-1}, |g_t| + ε)
         θ_t = θ_{t-1} - η / (1 - β₁ᵗ) · m_t / u_t
+
+    ``foreach``, ``capturable`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-                 weight_decay=0.0, *, maximize: bool = False, strict: bool = False,
+                 weight_decay=0.0, foreach: bool | None = None, *, maximize: bool = False,
+                 differentiable: bool = False, capturable: bool = False, strict: bool = False,
                  flat: bool = True):
         check_hyper("lr", lr)
         check_hyper("betas", betas, 0.0, 1.0)
         check_hyper("eps", eps)
         check_hyper("weight_decay", weight_decay)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize), strict=strict, flat=flat)
+                                      maximize=maximize), strict=strict, flat=flat,
+                         foreach=foreach, capturable=capturable, differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"exp_avg": 0.0, "exp_inf": 0.0}

@@ -19,18 +19,23 @@ class RMSprop(Optimizer):
         b_t = μ b_{t-1} + δ_t,   θ_t = θ_{t-1} - η b_t   (μ > 0)   else θ_t = θ_{t-1} - η δ_t
 
     ``centered`` divides by an estimate of the gradient's standard deviation instead of its RMS.
-    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`).
+    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`; PyTorch's
+    RMSprop has none); ``capturable``, ``foreach`` and ``differentiable``: PyTorch's, see
+    :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
-                 momentum=0.0, centered: bool = False, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True, fused: bool | None = None):
+                 momentum=0.0, centered: bool = False, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, *, strict: bool = False, flat: bool = True,
+                 fused: bool | None = None):
         for name, v in (("lr", lr), ("alpha", alpha), ("eps", eps),
                         ("weight_decay", weight_decay), ("momentum", momentum)):
             check_hyper(name, v)
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize),
-                         strict=strict, flat=flat, fused=fused)
+                         strict=strict, flat=flat, fused=fused, foreach=foreach,
+                         capturable=capturable, differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         init = {"square_avg": 0.0}

@@ -20,11 +20,13 @@ class Rprop(Optimizer):
 
     Only the gradient's sign is used, so Rprop suits full-batch training, not minibatches.
     ``maximize`` negates the gradient. The state is PyTorch's: ``prev``, ``step_size``.
+    ``capturable``, ``foreach`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=1e-2, etas: tuple[float, float] = (0.5, 1.2),
-                 step_sizes: tuple[float, float] = (1e-6, 50), *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True):
+                 step_sizes: tuple[float, float] = (1e-6, 50), *, capturable: bool = False,
+                 foreach: bool | None = None, maximize: bool = False,
+                 differentiable: bool = False, strict: bool = False, flat: bool = True):
         check_named("Rprop", "lr", lr)
         if (not isinstance(etas, tuple | list) or len(etas) != 2
                 or not 0.0 < etas[0] < 1.0 < etas[1]):
@@ -35,7 +37,8 @@ class Rprop(Optimizer):
             raise ValueError(f"Rprop: invalid step_sizes {step_sizes!r} (expected (min, max) "
                              "with 0 <= min <= max)")
         super().__init__(params, dict(lr=lr, etas=tuple(etas), step_sizes=tuple(step_sizes),
-                                      maximize=maximize), strict=strict, flat=flat)
+                                      maximize=maximize), strict=strict, flat=flat,
+                         foreach=foreach, capturable=capturable, differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"prev": 0.0, "step_size": 0.0}

@@ -18,12 +18,14 @@ class SGD(Optimizer):
         θ_t = θ_{t-1} - η d_t
 
     This is PyTorch's form (η outside the buffer), so trajectories match ``torch.optim.SGD``.
-    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`).
+    ``fused``: one compiled kernel per step where available (see :class:`Optimizer`);
+    ``foreach`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
     def __init__(self, params: Iterable, lr=1e-3, momentum=0.0, dampening=0.0,
                  weight_decay=0.0, nesterov: bool = False, *, maximize: bool = False,
-                 strict: bool = False, flat: bool = True, fused: bool | None = None):
+                 foreach: bool | None = None, differentiable: bool = False,
+                 fused: bool | None = None, strict: bool = False, flat: bool = True):
         check_hyper("lr", lr)
         check_hyper("momentum", momentum)
         check_hyper("weight_decay", weight_decay)
@@ -31,7 +33,8 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize), strict=strict, flat=flat, fused=fused)
+                                      maximize=maximize), strict=strict, flat=flat, fused=fused,
+                         foreach=foreach, differentiable=differentiable)
 
     def state_init(self, h: dict) -> dict[str, float]:
         return {"momentum_buffer": 0.0} if h["momentum"] else {}

@@ -216,10 +216,13 @@ class SWALR(LRScheduler):
     PyTorch, the schedule starts from whatever lr the groups hold when it takes over (it is not
     a closed-form function of the initial lr, and does not compose by multiplication).
     ``swa_lr`` may be one value or one per group; it is stored in each group as ``"swa_lr"``.
+    Resumed with ``last_epoch=k`` (the optimizer's state, lr included, loaded first), it keeps
+    the groups' lr on its first step and anneals on from step k + 1, as the uninterrupted run
+    does (PyTorch's restarts the anneal from the current lr).
     """
 
     def __init__(self, optimizer: Optimizer, swa_lr: float | list[float], anneal_epochs: int = 10,
-                 anneal_strategy: str = "cos"):
+                 anneal_strategy: str = "cos", last_epoch: int = -1):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"SWALR: expected an Optimizer, got {type(optimizer).__name__}")
         swa_lrs = _per_group(swa_lr, len(optimizer.param_groups), "swa_lrs")
@@ -232,7 +235,9 @@ class SWALR(LRScheduler):
             raise ValueError(f"SWALR: anneal_epochs must be an int >= 0, got {anneal_epochs!r}")
         self.anneal_strategy = anneal_strategy
         self.anneal_epochs = anneal_epochs
-        super().__init__(optimizer)
+        self._hold = last_epoch >= 0 if isinstance(last_epoch, int) else False
+        super().__init__(optimizer, last_epoch)
+        self._hold = False
 
     def anneal_func(self, t: float) -> float:
         """The share of the way to ``swa_lr`` at progress ``t`` in [0, 1]."""
@@ -247,6 +252,8 @@ class SWALR(LRScheduler):
         return (lr - alpha * swa_lr) / (1 - alpha)
 
     def lr_at(self, t: int) -> list[float]:
+        if self._hold:  # resumed: the groups hold step t's lr already
+            return [g["lr"] for g in self.optimizer.param_groups]
         step = max(1, t) if self.anneal_epochs == 0 else t
         span = max(1, self.anneal_epochs)
         prev_alpha = self.anneal_func(max(0, min(1, (step - 1) / span)))

@@ -47,9 +47,9 @@ class Sequential(Module):
 class ModuleList(Module):
     """A list of modules whose parameters are registered."""
 
-    def __init__(self, modules: Iterable[Module] = ()):
+    def __init__(self, modules: Iterable[Module] | None = None):
         super().__init__()
-        for m in modules:
+        for m in modules or ():
             self.append(m)
 
     def append(self, m: Module) -> ModuleList:
@@ -85,10 +85,11 @@ class ModuleList(Module):
 class ModuleDict(Module):
     """A dict of modules whose parameters are registered."""
 
-    def __init__(self, modules: dict | None = None):
+    def __init__(self, modules=None):
+        """From a mapping (in its order) or an iterable of (key, module) pairs, as PyTorch's."""
         super().__init__()
-        for k, m in (modules or {}).items():
-            self[k] = m
+        if modules is not None:
+            self.update(modules)
 
     def __setitem__(self, key: str, m: Module) -> None:
         self.add_module(str(key), m)
@@ -200,20 +201,42 @@ class ParameterDict(Module):
 
 
 class ParameterList(Module):
-    """A list of parameters registered under '0', '1', ..."""
+    """A list of parameters registered under '0', '1', ... (PyTorch's ``values=``): a tensor
+    (or array) put in it becomes a Parameter."""
 
-    def __init__(self, params: Iterable[Parameter] = ()):
+    def __init__(self, values: Iterable | None = None):
         super().__init__()
-        for p in params:
-            self.append(p)
+        if values is not None:
+            self.extend(values)
 
-    def append(self, p: Parameter) -> ParameterList:
-        self.register_parameter(str(len(self._parameters)), p if isinstance(p, Parameter)
-                                else Parameter(p))
+    @staticmethod
+    def _param(p) -> Parameter | None:
+        return p if isinstance(p, Parameter) or p is None else Parameter(p)
+
+    def append(self, value) -> ParameterList:
+        self.register_parameter(str(len(self._parameters)), self._param(value))
         return self
 
-    def __getitem__(self, i: int) -> Parameter:
-        return list(self._parameters.values())[i]
+    def extend(self, values: Iterable) -> ParameterList:
+        if isinstance(values, str) or not hasattr(values, "__iter__"):
+            raise TypeError(f"ParameterList.extend: expected an iterable of tensors, got "
+                            f"{type(values).__name__}")
+        for p in values:
+            self.append(p)
+        return self
+
+    def __iadd__(self, values: Iterable) -> ParameterList:
+        return self.extend(values)
+
+    def __getitem__(self, i):
+        ps = list(self._parameters.values())
+        return ParameterList(ps[i]) if isinstance(i, slice) else ps[i]
+
+    def __setitem__(self, i: int, value) -> None:
+        n = len(self._parameters)
+        if not -n <= i < n:
+            raise IndexError(f"ParameterList: index {i} is out of range for {n} parameters")
+        self._parameters[str(i % n)] = self._param(value)
 
     def __len__(self) -> int:
         return len(self._parameters)

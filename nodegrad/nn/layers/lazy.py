@@ -4,13 +4,14 @@
 reads ``in_features`` from the input, builds the parameters as ``Linear`` would (same
 initialisation) into the same parameter objects, and the module becomes a ``Linear``. A state
 dict loaded before the first call sets the sizes from its tensors instead. Optimisers refuse
-uninitialised parameters: run one batch (a dry run) first, as PyTorch advises.
+uninitialised parameters: run one batch (a dry run) first, as PyTorch advises. The lazy norms
+hold their running statistics as :class:`UninitializedBuffer` until then, as PyTorch's.
 """
 
 from __future__ import annotations
 
 from ...errors import ShapeError
-from ...tensor import empty
+from ...tensor import Tensor, empty, int64, zeros
 from ..module import Module, Parameter
 from .conv import Conv1d, Conv2d, Conv3d
 from .conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
@@ -18,7 +19,8 @@ from .linear import Linear
 from .norm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from .sample_norm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
 
-__all__ = ["UninitializedParameter", "LazyLinear", "LazyConv1d", "LazyConv2d", "LazyConv3d",
+__all__ = ["UninitializedParameter", "UninitializedBuffer", "LazyLinear", "LazyConv1d",
+           "LazyConv2d", "LazyConv3d",
            "LazyConvTranspose1d", "LazyConvTranspose2d", "LazyConvTranspose3d",
            "LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d", "LazyInstanceNorm1d",
            "LazyInstanceNorm2d", "LazyInstanceNorm3d"]
@@ -30,12 +32,57 @@ class UninitializedParameter(Parameter):
 
     __slots__ = ()
     uninitialized = True  # optimisers refuse it until the first call has built it
+    cls_to_become = Parameter
 
     def __init__(self, requires_grad: bool = True, device=None, dtype=None):
         super().__init__(empty(0, device=device, dtype=dtype), requires_grad)
 
+    def materialize(self, shape, device=None, dtype=None) -> None:
+        """Become a Parameter of ``shape`` (uninitialised values) in place, on this one's
+        device and in its dtype unless given (PyTorch's)."""
+        _materialize(self, shape, device, dtype)
+
     def __repr__(self) -> str:
         return "<UninitializedParameter>"
+
+
+class UninitializedBuffer(Tensor):
+    """A buffer whose shape is not known yet (PyTorch's): register it with
+    ``register_buffer``; :meth:`materialize` (or its lazy module's first input) makes it a
+    plain tensor in place. ``persistent=False`` keeps it out of the state dict once built,
+    as ``register_buffer``'s own flag does."""
+
+    __slots__ = ()
+    uninitialized = True
+    persistent = True
+    cls_to_become = Tensor
+
+    def __init__(self, requires_grad: bool = False, device=None, dtype=None,
+                 persistent: bool = True):
+        super().__init__(empty(0, device=device, dtype=dtype).data, None, requires_grad)
+        if not persistent:
+            self.__class__ = _NonPersistentUninitializedBuffer
+
+    def materialize(self, shape, device=None, dtype=None) -> None:
+        """Become a tensor of ``shape`` (uninitialised values) in place, on this one's device
+        and in its dtype unless given (PyTorch's)."""
+        _materialize(self, shape, device, dtype)
+
+    def __repr__(self) -> str:
+        return "<UninitializedBuffer>"
+
+
+class _NonPersistentUninitializedBuffer(UninitializedBuffer):
+    __slots__ = ()
+    persistent = False
+
+
+def _materialize(t, shape, device, dtype) -> None:
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    t.data = empty(shape, device=t.device if device is None else device,
+                   dtype=t.dtype if dtype is None else dtype).data
+    t.__class__ = type(t).cls_to_become
+    t._bump()
 
 
 class _Lazy(Module):
@@ -64,7 +111,7 @@ class _Lazy(Module):
         raise NotImplementedError
 
     def _size_of_state(self, state: dict, prefix: str) -> int | None:
-        w = state.get(prefix + "weight")
+        w = _built(state, prefix + "weight")
         return None if w is None else int(w.shape[1])
 
     def initialize_parameters(self, input) -> None:
@@ -76,17 +123,21 @@ class _Lazy(Module):
         keeping the parameter objects (an optimiser or a reference may already hold them),
         the hooks and the train/eval mode."""
         kwargs = dict(self._kwargs)
-        held = next((p for p in self._parameters.values() if p is not None), None)
+        held = next((p for p in [*self._parameters.values(), *self._buffers.values()]
+                     if isinstance(p, UninitializedParameter | UninitializedBuffer)), None)
         if held is not None:  # .to(dtype/device) may have moved the placeholders since
             kwargs.update(device=held.device, dtype=held.dtype)
         done = self.cls_to_become(n, **kwargs)
-        for name, p in done._parameters.items():
-            mine = self._parameters.get(name)
-            if mine is not None and p is not None:
-                mine.data = p.data
-                mine.__class__ = Parameter
-                mine._bump()
-                done._parameters[name] = mine
+        for store, built in ((self._parameters, done._parameters),
+                             (self._buffers, done._buffers)):
+            for name, p in built.items():
+                mine = store.get(name)
+                if isinstance(mine, UninitializedParameter | UninitializedBuffer) and \
+                        p is not None:
+                    mine.data = p.data
+                    mine.__class__ = type(mine).cls_to_become
+                    mine._bump()
+                    built[name] = mine
         self._lazy_hook.remove()
         self._load_state_dict_pre_hooks[:] = [h for h in self._load_state_dict_pre_hooks
                                               if h is not _sizes_from_state]
@@ -112,6 +163,14 @@ def _sizes_from_state(module: _Lazy, state, prefix, meta, strict, missing, unexp
         n = module._size_of_state(state, prefix)
         if n is not None:
             module._materialize(n)
+
+
+def _built(state: dict, key: str):
+    """``state[key]`` unless it is absent or an unbuilt placeholder (from the state dict of a
+    lazy module before its first call)."""
+    t = state.get(key)
+    return None if t is None or getattr(t, "uninitialized", False) or (
+        len(t.shape) == 1 and t.shape[0] == 0) else t
 
 
 def _axis_size(module, x, axis: int, ndims: tuple, what: str) -> int:
@@ -155,7 +214,7 @@ class _LazyConv(_Lazy):
         return _axis_size(self, x, axis, (self.nd + 1, self.nd + 2), "in_channels")
 
     def _size_of_state(self, state: dict, prefix: str) -> int | None:
-        w = state.get(prefix + "weight")
+        w = _built(state, prefix + "weight")
         return None if w is None else int(w.shape[1]) * self._kwargs["groups"]
 
 
@@ -188,7 +247,7 @@ class _LazyConvTranspose(_LazyConv):
                        dtype=dtype)
 
     def _size_of_state(self, state: dict, prefix: str) -> int | None:
-        w = state.get(prefix + "weight")  # (in_channels, out_channels / groups, *kernel)
+        w = _built(state, prefix + "weight")  # (in_channels, out_channels / groups, *kernel)
         return None if w is None else int(w.shape[0])
 
 
@@ -211,16 +270,25 @@ class LazyConvTranspose3d(_LazyConvTranspose):
 
 
 class _LazyNorm(_Lazy):
+    """``bias=False`` (with ``affine``) leaves the shift out, as the concrete norms do; the
+    running statistics wait as :class:`UninitializedBuffer` when tracked."""
+
     ndims: tuple = ()
     unbatched: int | None = None  # the rank of an unbatched input (channels on axis 0)
     _affine_default = True
 
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool | None = None,
-                 track_running_stats: bool | None = None, device=None, dtype=None):
+                 track_running_stats: bool | None = None, device=None, dtype=None, *,
+                 bias: bool = True):
         affine = self._affine_default if affine is None else affine
         track = self._affine_default if track_running_stats is None else track_running_stats
-        super().__init__({"weight": affine, "bias": affine}, eps=eps, momentum=momentum,
-                         affine=affine, track_running_stats=track, device=device, dtype=dtype)
+        super().__init__({"weight": affine, "bias": affine and bias}, eps=eps,
+                         momentum=momentum, affine=affine, track_running_stats=track,
+                         device=device, dtype=dtype, bias=bias)
+        if track:
+            for name in ("running_mean", "running_var"):
+                self.register_buffer(name, UninitializedBuffer(device=device, dtype=dtype))
+            self.register_buffer("num_batches_tracked", zeros((), dtype=int64, device=device))
 
     def _size_of_input(self, x) -> int:
         axis = 0 if x.ndim == self.unbatched else 1
@@ -228,7 +296,7 @@ class _LazyNorm(_Lazy):
 
     def _size_of_state(self, state: dict, prefix: str) -> int | None:
         for name in ("weight", "running_mean"):
-            t = state.get(prefix + name)
+            t = _built(state, prefix + name)
             if t is not None:
                 return int(t.shape[0])
         return None

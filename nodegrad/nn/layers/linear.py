@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ... import ops
+from ...errors import ShapeError
 from ...tensor import Tensor, empty
 from .. import functional as F
 from .. import init as I
@@ -63,24 +64,39 @@ class Flatten(Module):
 
 
 class Embedding(Module):
-    """A lookup table of ``num_embeddings`` vectors; default init N(0, 1) as PyTorch."""
+    """A lookup table of ``num_embeddings`` vectors; default init N(0, 1) as PyTorch.
+
+    ``_weight`` and ``_freeze`` are PyTorch's (``from_pretrained`` builds with them): a
+    (num_embeddings, embedding_dim) tensor held as the weight, its values shared and left as
+    they are (no padding row zeroed), and whether it is frozen. ``scale_grad_by_freq`` goes
+    to :func:`nn.functional.embedding`.
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  max_norm: float | None = None, norm_type: float = 2.0,
-                 scale_grad_by_freq: bool = False, sparse: bool = False, init="normal",
+                 scale_grad_by_freq: bool = False, sparse: bool = False,
+                 _weight: Tensor | None = None, _freeze: bool = False, init="normal",
                  device=None, dtype=None):
         super().__init__()
-        for name, v, default in (("scale_grad_by_freq", scale_grad_by_freq, False),
-                                 ("sparse", sparse, False)):
-            if v != default:
-                raise NotImplementedError(f"Embedding: {name}={v!r} is not supported (only "
-                                          f"{default!r})")
+        if sparse:
+            raise NotImplementedError("Embedding: sparse=True is not supported (nodegrad's "
+                                      "gradients are dense)")
         self.max_norm, self.norm_type = max_norm, float(norm_type)
+        self.scale_grad_by_freq, self.sparse = bool(scale_grad_by_freq), sparse
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = None if padding_idx is None else F._padding_index(
             padding_idx, num_embeddings, "Embedding")
-        self.weight = Parameter(empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
         self.init = init
+        if _weight is not None:
+            shape = tuple(getattr(_weight, "shape", ()))
+            if shape != (num_embeddings, embedding_dim):
+                raise ShapeError(f"Embedding: _weight has shape {shape}, expected "
+                                 f"(num_embeddings, embedding_dim) = ({num_embeddings}, "
+                                 f"{embedding_dim})")
+            self.weight = Parameter(_weight, requires_grad=not _freeze)
+            return
+        self.weight = Parameter(empty(num_embeddings, embedding_dim, device=device, dtype=dtype),
+                                requires_grad=not _freeze)
         self.reset_parameters()
 
     @classmethod
@@ -96,11 +112,8 @@ class Embedding(Module):
             raise ValueError(f"Embedding.from_pretrained: embeddings must be a 2-d tensor, got "
                              f"{got}")
         n, d = embeddings.shape
-        e = cls(n, d, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
-                device=embeddings.device, dtype=embeddings.dtype)
-        e.weight.data[...] = embeddings.detach().data
-        e.weight.requires_grad = not freeze
-        return e
+        return cls(n, d, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
+                   _weight=Tensor(embeddings.data.copy()), _freeze=freeze)
 
     def reset_parameters(self) -> None:
         """N(0, 1) as PyTorch (or ``init``), the padding row zero."""
@@ -112,8 +125,15 @@ class Embedding(Module):
             self.weight.data[self.padding_idx] = 0
 
     def forward(self, idx):
-        return F.embedding(idx, self.weight, self.padding_idx, self.max_norm, self.norm_type)
+        return F.embedding(idx, self.weight, self.padding_idx, self.max_norm, self.norm_type,
+                           self.scale_grad_by_freq)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"
-        return s if self.padding_idx is None else s + f", padding_idx={self.padding_idx}"
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        if self.max_norm is not None:
+            s += f", max_norm={self.max_norm}"
+        if self.norm_type != 2:
+            s += f", norm_type={self.norm_type}"
+        return s + (", scale_grad_by_freq=True" if self.scale_grad_by_freq else "")

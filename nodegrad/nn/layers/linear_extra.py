@@ -6,7 +6,7 @@ import math
 
 from ... import ops
 from ...errors import ShapeError
-from ...tensor import empty
+from ...tensor import Tensor, empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
@@ -41,12 +41,15 @@ class Bilinear(Module):
 
 class EmbeddingBag(Module):
     """Sums, means or maxima of bags of embeddings (see F.embedding_bag); init N(0, 1) with the
-    ``padding_idx`` row zero, as PyTorch."""
+    ``padding_idx`` row zero, as PyTorch. ``_weight`` (PyTorch's, as ``from_pretrained`` uses
+    it): a (num_embeddings, embedding_dim) tensor to hold as the weight, its values shared
+    and left as they are."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, max_norm: float | None = None,
                  norm_type: float = 2.0, scale_grad_by_freq: bool = False, mode: str = "mean",
-                 sparse: bool = False, include_last_offset: bool = False,
-                 padding_idx: int | None = None, device=None, dtype=None):
+                 sparse: bool = False, _weight: Tensor | None = None,
+                 include_last_offset: bool = False, padding_idx: int | None = None, device=None,
+                 dtype=None):
         super().__init__()
         if mode not in ("sum", "mean", "max"):
             raise ValueError(f"EmbeddingBag: mode must be 'sum', 'mean' or 'max', got {mode!r}")
@@ -57,12 +60,41 @@ class EmbeddingBag(Module):
             raise ValueError(f"EmbeddingBag: padding_idx {padding_idx} must lie within "
                              f"num_embeddings ({num_embeddings})")
         self.num_embeddings, self.embedding_dim, self.mode = num_embeddings, embedding_dim, mode
+        self.max_norm, self.norm_type = max_norm, norm_type
+        self.scale_grad_by_freq, self.sparse = scale_grad_by_freq, sparse
         self.include_last_offset = include_last_offset
         self.padding_idx = None if padding_idx is None else padding_idx % num_embeddings
+        if _weight is not None:
+            if tuple(getattr(_weight, "shape", ())) != (num_embeddings, embedding_dim):
+                raise ShapeError(f"EmbeddingBag: _weight has shape "
+                                 f"{tuple(getattr(_weight, 'shape', ()))}, expected "
+                                 f"(num_embeddings, embedding_dim) = ({num_embeddings}, "
+                                 f"{embedding_dim})")
+            self.weight = Parameter(_weight)
+            return
         self.weight = Parameter(empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
         I.normal_(self.weight)
         if self.padding_idx is not None:
             self.weight.data[self.padding_idx] = 0
+
+    @classmethod
+    def from_pretrained(cls, embeddings: Tensor, freeze: bool = True,
+                        max_norm: float | None = None, norm_type: float = 2.0,
+                        scale_grad_by_freq: bool = False, mode: str = "mean",
+                        sparse: bool = False, include_last_offset: bool = False,
+                        padding_idx: int | None = None) -> EmbeddingBag:
+        """An EmbeddingBag over the (num_embeddings, embedding_dim) ``embeddings`` (values
+        shared, as PyTorch's), frozen unless ``freeze=False``."""
+        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
+            got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else \
+                type(embeddings).__name__
+            raise ValueError(f"EmbeddingBag.from_pretrained: embeddings must be a 2-d tensor, "
+                             f"got {got}")
+        n, d = embeddings.shape
+        bag = cls(n, d, max_norm, norm_type, scale_grad_by_freq, mode, sparse, embeddings,
+                  include_last_offset, padding_idx)
+        bag.weight.requires_grad = not freeze
+        return bag
 
     def forward(self, input, offsets=None, per_sample_weights=None):
         return F.embedding_bag(input, self.weight, offsets, mode=self.mode,

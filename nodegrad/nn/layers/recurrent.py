@@ -40,18 +40,23 @@ class RNNBase(Module):
 
     As ``torch.nn.RNNBase`` it is their common class (``isinstance(lstm, nn.RNNBase)``) and
     can be built directly with a mode first: ``RNNBase("LSTM", input_size, hidden_size, ...)``
-    (modes "RNN_TANH", "RNN_RELU", "GRU", "LSTM").
+    or ``RNNBase(mode="LSTM", ...)`` (modes "RNN_TANH", "RNN_RELU", "GRU", "LSTM").
     """
 
     mode = "RNN_TANH"
 
     def __init__(self, *args, **kwargs):
         super().__init__()
+        mode = None
         if args and isinstance(args[0], str):  # PyTorch's RNNBase(mode, input_size, ...)
-            if args[0] not in R._GATES:
+            mode, args = args[0], args[1:]
+        elif type(self) is RNNBase and "mode" in kwargs:
+            mode = kwargs.pop("mode")
+        if mode is not None:
+            if mode not in R._GATES:
                 raise ValueError(f"RNNBase: mode must be one of {sorted(R._GATES)}, got "
-                                 f"{args[0]!r}")
-            self.mode, args = args[0], args[1:]
+                                 f"{mode!r}")
+            self.mode = mode
         self._build(*args, **kwargs)
 
     def _build(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -296,14 +301,24 @@ class LSTM(RNNBase):
 # --- cells ------------------------------------------------------------------------------------
 class RNNCellBase(Module):
     """Shared by RNNCell, GRUCell and LSTMCell (``torch.nn.RNNCellBase``): the parameters
-    (``gates`` blocks of hidden_size rows) and the input check."""
+    (``num_chunks`` blocks of hidden_size rows, one per gate; the cell's own count when None)
+    and the input check."""
 
     gates = 1
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init="default",
-                 device=None, dtype=None):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 num_chunks: int | None = None, init="default", device=None, dtype=None):
         super().__init__()
+        if num_chunks is not None:
+            if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 1:
+                raise ValueError(f"{type(self).__name__}: num_chunks must be a positive int, got "
+                                 f"{num_chunks!r}")
+            if num_chunks != self.gates and type(self) is not RNNCellBase:
+                raise ValueError(f"{type(self).__name__} has {self.gates} gate(s), got "
+                                 f"num_chunks={num_chunks}")
+            self.gates = num_chunks
         self.input_size, self.hidden_size, self.init = input_size, hidden_size, init
+        self.bias = bias
         g = self.gates * hidden_size
         self.weight_ih = Parameter(empty(g, input_size, device=device, dtype=dtype))
         self.weight_hh = Parameter(empty(g, hidden_size, device=device, dtype=dtype))
@@ -333,7 +348,7 @@ class RNNCell(RNNCellBase):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", init="default", device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, init, device, dtype)
+        super().__init__(input_size, hidden_size, bias, 1, init, device, dtype)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNNCell: nonlinearity must be 'tanh' or 'relu', got "
                              f"{nonlinearity!r}")
@@ -349,6 +364,10 @@ class GRUCell(RNNCellBase):
 
     gates = 3
 
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init="default",
+                 device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, 3, init, device, dtype)
+
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         self._check(input)
         return R.gru_cell(input, hx, *self._args())
@@ -359,6 +378,10 @@ class LSTMCell(RNNCellBase):
     U(±1/√hidden_size)."""
 
     gates = 4
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, init="default",
+                 device=None, dtype=None):
+        super().__init__(input_size, hidden_size, bias, 4, init, device, dtype)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
         self._check(input)
