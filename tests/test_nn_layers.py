@@ -197,8 +197,9 @@ def test_dropout_gradient_uses_same_mask():
 
 
 def test_layer_errors_name_layer_and_shape():
-    with pytest.raises(ng.ShapeError, match=r"conv1d: expected input of shape \(N, C, L\)"):
-        nn.Conv1d(2, 3, 3)(ng.ones(2, 5))
+    with pytest.raises(ng.ShapeError, match=r"conv1d: expected input of shape \(N, C, L\) or "
+                                            r"unbatched \(C, L\), got \(5,\)"):
+        nn.Conv1d(2, 3, 3)(ng.ones(5))
     with pytest.raises(ng.ShapeError, match="input has 3 channels"):
         nn.Conv2d(2, 3, 3)(ng.ones(1, 3, 5, 5))
     with pytest.raises(ng.ShapeError, match="linear: input has 5 features"):

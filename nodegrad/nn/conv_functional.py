@@ -21,7 +21,7 @@ from ..ops.window import fold_windows
 from ..tensor import Tensor
 from . import functional as F
 
-_SPATIAL = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+_SPATIAL = F._SPATIAL
 
 
 def _ints(v, n: int, name: str, op: str) -> tuple:
@@ -39,20 +39,25 @@ def _crop(x: Tensor, starts: tuple, sizes: tuple) -> Tensor:
 
 
 # --- convolution ------------------------------------------------------------------------------
-def conv3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
-    """3-D convolution: x (N, C, D, H, W), weight (O, C/groups, KD, KH, KW)."""
-    return F._conv(x, weight, bias, stride, padding, dilation, groups, 3, "conv3d", _SPATIAL[3])
+    """3-D convolution: input (N, C, D, H, W) or unbatched (C, D, H, W), weight (O, C/groups,
+    KD, KH, KW)."""
+    return F._conv(input, weight, bias, stride, padding, dilation, groups, 3, "conv3d",
+                   _SPATIAL[3])
 
 
 def _conv_transpose(x, w, b, stride, padding, output_padding, groups, dilation, nd, op):
-    F._check_input(x, nd, op, _SPATIAL[nd])
+    if F._unbatched(x, nd, op, _SPATIAL[nd]):
+        return F._squeeze0(_conv_transpose(ops.expand_dims(x, 0), w, b, stride, padding,
+                                           output_padding, groups, dilation, nd, op))
     if not isinstance(w, Tensor) or w.ndim != nd + 2:
         raise ShapeError(f"{op}: weight must have {nd + 2} dims (in, out/groups, *kernel), got "
                          f"{None if not isinstance(w, Tensor) else tuple(w.shape)}")
-    if x.dtype.kind != "f" or w.dtype.kind != "f":
-        raise DTypeError(f"{op}: expected floating input and weight, got {x.dtype} and "
-                         f"{w.dtype}")
+    if (x.dtype.kind != "f" or w.dtype.kind != "f") and \
+            (x.dtype != w.dtype or x.dtype.kind not in "iu"):
+        raise DTypeError(f"{op}: expected floating input and weight (or both of one integer "
+                         f"dtype), got {x.dtype} and {w.dtype}")
     n, c = x.shape[:2]
     cin, og = w.shape[:2]
     k = tuple(w.shape[2:])
@@ -84,25 +89,28 @@ def _conv_transpose(x, w, b, stride, padding, output_padding, groups, dilation, 
     return y
 
 
-def conv_transpose1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
-    """Transposed 1-D convolution (the input gradient of conv1d): weight (C, O/groups, K)."""
-    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation, 1,
-                           "conv_transpose1d")
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed 1-D convolution (the input gradient of conv1d): input (N, C, L) or (C, L),
+    weight (C, O/groups, K)."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, 1, "conv_transpose1d")
 
 
-def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
-    """Transposed 2-D convolution: x (N, C, H, W), weight (C, O/groups, KH, KW)."""
-    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation, 2,
-                           "conv_transpose2d")
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed 2-D convolution: input (N, C, H, W) or (C, H, W), weight (C, O/groups, KH,
+    KW)."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, 2, "conv_transpose2d")
 
 
-def conv_transpose3d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
-                     output_padding=0, groups: int = 1, dilation=1) -> Tensor:
-    """Transposed 3-D convolution: x (N, C, D, H, W), weight (C, O/groups, kd, kh, kw)."""
-    return _conv_transpose(x, weight, bias, stride, padding, output_padding, groups, dilation, 3,
-                           "conv_transpose3d")
+def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1,
+                     padding=0, output_padding=0, groups: int = 1, dilation=1) -> Tensor:
+    """Transposed 3-D convolution: input (N, C, D, H, W) or (C, D, H, W), weight (C,
+    O/groups, kd, kh, kw)."""
+    return _conv_transpose(input, weight, bias, stride, padding, output_padding, groups,
+                           dilation, 3, "conv_transpose3d")
 
 
 # --- pooling ----------------------------------------------------------------------------------
@@ -141,6 +149,9 @@ def _windows(x, k, s, p, d, extra, value):
 
 
 def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, nd, op):
+    if F._unbatched(x, nd, op, _SPATIAL[nd]):
+        return F._squeeze0(_max_pool(ops.expand_dims(x, 0), kernel_size, stride, padding,
+                                     dilation, ceil_mode, return_indices, nd, op))
     k, s, p, d, out, extra = _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode,
                                          nd, op)
     win = _windows(x, k, s, p, d, extra, -math.inf)
@@ -158,25 +169,27 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     return y, ops.squeeze(idx, -1).detach()
 
 
-def max_pool1d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
-    """Max over sliding windows of (N, C, L); tied maxima share the gradient, except with
-    ``return_indices`` (then the first maximum takes it and its flat index is returned)."""
-    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 1,
+    """Max over sliding windows of (N, C, L) or (C, L); tied maxima share the gradient, except
+    with ``return_indices`` (then the first maximum takes it and its flat index is returned)."""
+    return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 1,
                      "max_pool1d")
 
 
-def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
-    """Max over sliding windows of (N, C, H, W); see ``max_pool1d`` for ties and indices."""
-    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 2,
+    """Max over sliding windows of (N, C, H, W) or (C, H, W); see ``max_pool1d`` for ties and
+    indices."""
+    return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 2,
                      "max_pool2d")
 
 
-def max_pool3d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1,
+def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
-    """Max over sliding windows of (N, C, D, H, W); see ``max_pool1d`` for ties and indices."""
-    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 3,
+    """Max over sliding windows of (N, C, D, H, W) or (C, D, H, W); see ``max_pool1d`` for ties
+    and indices."""
+    return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 3,
                      "max_pool3d")
 
 
@@ -189,43 +202,67 @@ def _box_count(length, k, s, p, extra, out, inside_pad, xp, dtype):
     return (cs[starts + k] - cs[starts]).astype(dtype)
 
 
+def _int_divide(total: Tensor, div) -> Tensor:
+    """An integer sum over a nonzero divisor (an int, or positive counts), rounded toward zero
+    (PyTorch's integer pools)."""
+    if isinstance(div, int) and div < 0:
+        total, div = -total, -div
+    q = ops.abs(total) // div
+    return ops.where(total < 0, -q, q)
+
+
 def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
               nd, op):
+    if F._unbatched(x, nd, op, _SPATIAL[nd]):
+        return F._squeeze0(_avg_pool(ops.expand_dims(x, 0), kernel_size, stride, padding,
+                                     ceil_mode, count_include_pad, divisor_override, nd, op))
     k, s, p, d, out, extra = _pool_setup(x, kernel_size, stride, padding, 1, ceil_mode, nd, op)
-    win = _windows(x, k, s, p, d, extra, 0.0)
+    win = _windows(x, k, s, p, d, extra, 0)
     total = ops.sum(win, axis=tuple(range(2 + nd, 2 + 2 * nd)))
+    whole = x.dtype.kind in "iu"  # integer input stays integer, truncating (PyTorch's)
+    if whole and total.dtype != x.dtype:
+        total = ops.astype(total, x.dtype)
     if divisor_override:
+        if whole:
+            return _int_divide(total, int(divisor_override))
         return total / float(divisor_override)
     if not any(extra) and (count_include_pad or not any(p)):
+        if whole:
+            return _int_divide(total, math.prod(k))
         return total / float(math.prod(k))
     xp = x.backend.xp
-    div = 1.0
+    div = 1 if whole else 1.0
     for i in range(nd):
         c = _box_count(x.shape[2 + i], k[i], s[i], p[i], extra[i], out[i], count_include_pad,
                        xp, x.dtype)
         div = div * c.reshape((-1,) + (1,) * (nd - 1 - i))
+    if whole:
+        return _int_divide(total, Tensor(xp.maximum(div, 1)))
     return total / Tensor(div)
 
 
-def avg_pool1d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True) -> Tensor:
-    """Mean over sliding windows of (N, C, L); padding counts unless ``count_include_pad`` is
-    False; windows that ``ceil_mode`` adds past the padding count only what they cover."""
-    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1,
+    """Mean over sliding windows of (N, C, L) or (C, L); padding counts unless
+    ``count_include_pad`` is False; windows that ``ceil_mode`` adds past the padding count
+    only what they cover. Integer input gives integer means, rounded toward zero (PyTorch's)."""
+    return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad, None, 1,
                      "avg_pool1d")
 
 
-def avg_pool2d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
-    """Mean over sliding windows of (N, C, H, W), PyTorch's divisor rules (see avg_pool1d)."""
-    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+    """Mean over sliding windows of (N, C, H, W) or (C, H, W), PyTorch's divisor rules (see
+    avg_pool1d)."""
+    return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, 2, "avg_pool2d")
 
 
-def avg_pool3d(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
-    """Mean over sliding windows of (N, C, D, H, W), PyTorch's divisor rules."""
-    return _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+    """Mean over sliding windows of (N, C, D, H, W) or (C, D, H, W), PyTorch's divisor
+    rules."""
+    return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, 3, "avg_pool3d")
 
 
@@ -237,26 +274,31 @@ def _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, nd, op):
     return (ops.sign(out) * ops.relu(ops.abs(out)) * float(math.prod(k))) ** (1.0 / norm_type)
 
 
-def lp_pool1d(x: Tensor, norm_type: float, kernel_size, stride=None,
+def lp_pool1d(input: Tensor, norm_type: float, kernel_size, stride=None,
               ceil_mode: bool = False) -> Tensor:
-    """(Σ xᵖ)^(1/p) over sliding windows of (N, C, L) (p = ``norm_type``), as PyTorch."""
-    return _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, 1, "lp_pool1d")
+    """(Σ xᵖ)^(1/p) over sliding windows of (N, C, L) or (C, L) (p = ``norm_type``), as
+    PyTorch."""
+    return _lp_pool(input, norm_type, kernel_size, stride, ceil_mode, 1, "lp_pool1d")
 
 
-def lp_pool2d(x: Tensor, norm_type: float, kernel_size, stride=None,
+def lp_pool2d(input: Tensor, norm_type: float, kernel_size, stride=None,
               ceil_mode: bool = False) -> Tensor:
     """(Σ xᵖ)^(1/p) over sliding windows of (N, C, H, W)."""
-    return _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, 2, "lp_pool2d")
+    return _lp_pool(input, norm_type, kernel_size, stride, ceil_mode, 2, "lp_pool2d")
 
 
-def lp_pool3d(x: Tensor, norm_type: float, kernel_size, stride=None,
+def lp_pool3d(input: Tensor, norm_type: float, kernel_size, stride=None,
               ceil_mode: bool = False) -> Tensor:
     """(Σ xᵖ)^(1/p) over sliding windows of (N, C, D, H, W)."""
-    return _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, 3, "lp_pool3d")
+    return _lp_pool(input, norm_type, kernel_size, stride, ceil_mode, 3, "lp_pool3d")
 
 
 def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
-    F._check_input(x, nd, op, _SPATIAL[nd])
+    if F._unbatched(x, nd, op, _SPATIAL[nd]):
+        if isinstance(indices, Tensor) and indices.ndim == x.ndim:
+            indices = ops.expand_dims(indices, 0)
+        return F._squeeze0(_max_unpool(ops.expand_dims(x, 0), indices, kernel_size, stride,
+                                       padding, output_size, nd, op))
     k = _ints(kernel_size, nd, "kernel_size", op)
     s = k if stride is None else _ints(stride, nd, "stride", op)
     p = _ints(padding, nd, "padding", op)
@@ -289,22 +331,25 @@ def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
     return ops.reshape(y, (n, c) + out)
 
 
-def max_unpool1d(x: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+def max_unpool1d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
                  output_size=None) -> Tensor:
     """Put each value back at its ``max_pool1d`` index in zeros of the unpooled size."""
-    return _max_unpool(x, indices, kernel_size, stride, padding, output_size, 1, "max_unpool1d")
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 1,
+                       "max_unpool1d")
 
 
-def max_unpool2d(x: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
                  output_size=None) -> Tensor:
     """Put each value back at its ``max_pool2d`` index (flat over H·W) in zeros."""
-    return _max_unpool(x, indices, kernel_size, stride, padding, output_size, 2, "max_unpool2d")
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 2,
+                       "max_unpool2d")
 
 
-def max_unpool3d(x: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
+def max_unpool3d(input: Tensor, indices: Tensor, kernel_size, stride=None, padding=0,
                  output_size=None) -> Tensor:
     """Put each value back at its ``max_pool3d`` index (flat over D·H·W) in zeros."""
-    return _max_unpool(x, indices, kernel_size, stride, padding, output_size, 3, "max_unpool3d")
+    return _max_unpool(input, indices, kernel_size, stride, padding, output_size, 3,
+                       "max_unpool3d")
 
 
 def _adaptive_bins(xp, n: int, size: int):
@@ -317,8 +362,10 @@ def _adaptive_bins(xp, n: int, size: int):
 
 
 def _adaptive_max(x, output_size, return_indices, nd, op):
-    F._check_input(x, nd, op, _SPATIAL[nd])
-    sizes = _ints(output_size, nd, "output_size", op)
+    if F._unbatched(x, nd, op, _SPATIAL[nd]):
+        return F._squeeze0(_adaptive_max(ops.expand_dims(x, 0), output_size, return_indices,
+                                         nd, op))
+    sizes = F._adaptive_sizes(output_size, x, nd, op)
     if min(sizes) < 1 or any(li < 1 for li in x.shape[2:]):
         raise ShapeError(f"{op}: output_size {sizes} and the spatial sizes of "
                          f"{tuple(x.shape)} must be positive")
@@ -344,26 +391,28 @@ def _adaptive_max(x, output_size, return_indices, nd, op):
     return y, ops.squeeze(idx, -1).detach()
 
 
-def adaptive_max_pool1d(x: Tensor, output_size, return_indices: bool = False):
-    """Max over ``output_size`` bins along L (PyTorch's bin edges); the first maximum of each
-    bin takes the gradient."""
-    return _adaptive_max(x, output_size, return_indices, 1, "adaptive_max_pool1d")
+def adaptive_max_pool1d(input: Tensor, output_size, return_indices: bool = False):
+    """Max over ``output_size`` bins along L of (N, C, L) or (C, L) (PyTorch's bin edges); the
+    first maximum of each bin takes the gradient."""
+    return _adaptive_max(input, output_size, return_indices, 1, "adaptive_max_pool1d")
 
 
-def adaptive_max_pool2d(x: Tensor, output_size, return_indices: bool = False):
-    """Max over an (oh, ow) grid of bins of (N, C, H, W)."""
-    return _adaptive_max(x, output_size, return_indices, 2, "adaptive_max_pool2d")
+def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False):
+    """Max over an (oh, ow) grid of bins of (N, C, H, W) or (C, H, W); ``None`` keeps that
+    axis's size."""
+    return _adaptive_max(input, output_size, return_indices, 2, "adaptive_max_pool2d")
 
 
-def adaptive_max_pool3d(x: Tensor, output_size, return_indices: bool = False):
-    """Max over an (od, oh, ow) grid of bins of (N, C, D, H, W)."""
-    return _adaptive_max(x, output_size, return_indices, 3, "adaptive_max_pool3d")
+def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False):
+    """Max over an (od, oh, ow) grid of bins of (N, C, D, H, W) or (C, D, H, W)."""
+    return _adaptive_max(input, output_size, return_indices, 3, "adaptive_max_pool3d")
 
 
 # --- im2col -----------------------------------------------------------------------------------
-def unfold(x: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """im2col: (N, C, H, W) -> (N, C·kh·kw, L), one column per sliding window (PyTorch order)."""
     op = "unfold"
+    x = input
     unbatched = isinstance(x, Tensor) and x.ndim == 3
     if unbatched:
         x = ops.expand_dims(x, 0)
@@ -375,13 +424,15 @@ def unfold(x: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     n, c = x.shape[:2]
     F._check_window(x, k, d, p, op)
     win = _windows(x, k, s, p, d, (0, 0), 0.0)                       # (N, C, oh, ow, kh, kw)
-    cols = ops.reshape(ops.transpose(win, (0, 1, 4, 5, 2, 3)), (n, c * k[0] * k[1], -1))
+    blocks = win.shape[2] * win.shape[3]
+    cols = ops.reshape(ops.transpose(win, (0, 1, 4, 5, 2, 3)), (n, c * k[0] * k[1], blocks))
     return cols[0] if unbatched else cols
 
 
-def fold(x: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
+def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """col2im: (N, C·kh·kw, L) -> (N, C, H, W), overlapping windows added (unfold's adjoint)."""
     op = "fold"
+    x = input
     unbatched = isinstance(x, Tensor) and x.ndim == 2
     if unbatched:
         x = ops.expand_dims(x, 0)
@@ -408,9 +459,10 @@ def fold(x: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=1) -
 
 
 # --- pixel shuffles ---------------------------------------------------------------------------
-def channel_shuffle(x: Tensor, groups: int) -> Tensor:
+def channel_shuffle(input: Tensor, groups: int) -> Tensor:
     """(N, C, *) with C = g·k channels as g groups of k -> the channels interleaved (k groups of
     g), as ShuffleNet mixes grouped convolutions' outputs (PyTorch's channel_shuffle)."""
+    x = input
     g = int(groups)
     if not isinstance(x, Tensor) or x.ndim < 3 or g < 1 or x.shape[1] % g:
         raise ShapeError(f"channel_shuffle: expected (N, C, *) with C divisible by groups, got "
@@ -420,8 +472,9 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     return ops.reshape(ops.swapaxes(y, 1, 2), (n, c, *rest))
 
 
-def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
+def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
     """(*, C·r², H, W) -> (*, C, H·r, W·r): channels become r×r sub-pixel blocks."""
+    x = input
     r = int(upscale_factor)
     if not isinstance(x, Tensor) or x.ndim < 3 or r < 1 or x.shape[-3] % (r * r):
         raise ShapeError(f"pixel_shuffle: expected (*, C·{r}², H, W) with a positive factor, got "
@@ -434,8 +487,9 @@ def pixel_shuffle(x: Tensor, upscale_factor: int) -> Tensor:
     return ops.reshape(y, lead + (c, h * r, w * r))
 
 
-def pixel_unshuffle(x: Tensor, downscale_factor: int) -> Tensor:
+def pixel_unshuffle(input: Tensor, downscale_factor: int) -> Tensor:
     """(*, C, H·r, W·r) -> (*, C·r², H, W): the inverse of ``pixel_shuffle``."""
+    x = input
     r = int(downscale_factor)
     if not isinstance(x, Tensor) or x.ndim < 3 or r < 1 or x.shape[-1] % r or x.shape[-2] % r:
         raise ShapeError(f"pixel_unshuffle: expected (*, C, H·{r}, W·{r}) with a positive factor, "
@@ -507,13 +561,14 @@ def _resample_axis(x, axis, out, scale, mode, align_corners):
         _take(x, i1, axis) * _weights(lam, x, axis)
 
 
-def interpolate(x: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
                 antialias: bool = False) -> Tensor:
     """Resize the spatial axes of (N, C, ...) as PyTorch: ``nearest``, ``nearest-exact``,
     ``linear``/``bilinear``/``trilinear``, ``bicubic`` (A = -0.75, clamped borders) and ``area``;
     ``align_corners`` maps corner pixel centres onto each other. Separable: one axis at a time."""
     op = "interpolate"
+    x = input
     if not isinstance(x, Tensor) or x.ndim < 3:
         raise ShapeError(f"{op}: expected (N, C, ...) with 1 to 3 spatial axes, got "
                          f"{getattr(x, 'shape', x)!r}")
@@ -553,7 +608,7 @@ def interpolate(x: Tensor, size=None, scale_factor=None, mode: str = "nearest",
     return y
 
 
-def upsample(x: Tensor, size=None, scale_factor=None, mode: str = "nearest",
+def upsample(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
              align_corners: bool | None = None) -> Tensor:
     """``interpolate`` under its older name."""
-    return interpolate(x, size, scale_factor, mode, align_corners)
+    return interpolate(input, size, scale_factor, mode, align_corners)

@@ -16,10 +16,11 @@ from .. import ops
 from ..autodiff import no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
-from ..ops import (gelu, leaky_relu, log_softmax, relu, sigmoid, softmax, softplus, tanh,
-                   where)
+from ..ops import activation as _A
+from ..ops import where
+from ..ops.aliases import apply_inplace
 from ..random import Generator, default_generator
-from ..tensor import Tensor
+from ..tensor import Tensor, write_out
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      huber_loss, kl_div, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
 
@@ -36,17 +37,47 @@ __all__ = [
 
 
 def _tuple(v, n: int, name: str, op: str) -> tuple:
+    """An int or ``n`` ints as ``n`` ints; one int in a sequence is repeated, as PyTorch's."""
     t = (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
     if len(t) != n:
-        raise ValueError(f"{op}: {name} must be an int or {n} ints, got {v!r}")
+        if len(t) != 1:
+            raise ValueError(f"{op}: {name} must be an int or {n} ints, got {v!r}")
+        t *= n
     return t
+
+
+def _unbatched_form(what: str) -> str:
+    return "(" + what[4:] if what.startswith("(N, ") else what
+
+
+_SPATIAL = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 
 def _check_input(x: Tensor, nd: int, op: str, what: str) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{op}: expected a Tensor input, got {type(x).__name__}")
     if x.ndim != nd + 2:
-        raise ShapeError(f"{op}: expected input of shape {what}, got {tuple(x.shape)}")
+        raise ShapeError(f"{op}: expected input of shape {what} or unbatched "
+                         f"{_unbatched_form(what)}, got {tuple(x.shape)}")
+
+
+def _unbatched(x: Tensor, nd: int, op: str, what: str) -> bool:
+    """Whether ``x`` is the unbatched form (C, *spatial) of ``what`` (N, C, *spatial), which
+    PyTorch computes as a batch of one; any other rank than these two is a ShapeError."""
+    if isinstance(x, Tensor):
+        if x.ndim == nd + 2:
+            return False
+        if x.ndim == nd + 1:
+            return True
+    _check_input(x, nd, op, what)  # raises
+    return False
+
+
+def _squeeze0(r):
+    """A result (or a tuple of them) computed for a batch of one, without its batch axis."""
+    if isinstance(r, tuple):
+        return tuple(ops.squeeze(t, 0) for t in r)
+    return ops.squeeze(r, 0)
 
 
 def _check_window(x: Tensor, k: tuple, dilation: tuple, padding: tuple, op: str) -> None:
@@ -71,8 +102,9 @@ def _check_dtype(x: Tensor, weight: Tensor, layer: str) -> None:
 
 
 # --- affine -----------------------------------------------------------------------------------
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in)."""
+    x = input
     _check_dtype(x, weight, "Linear")
     if x.shape[-1:] != weight.shape[1:]:
         raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape "
@@ -118,7 +150,9 @@ def _string_padding(x, padding: str, kernel: tuple, stride: tuple, dilation: tup
 
 
 def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: str):
-    _check_input(x, nd, op, what)
+    if _unbatched(x, nd, op, what):
+        return _squeeze0(_conv(ops.expand_dims(x, 0), w, b, stride, padding, dilation, groups,
+                               nd, op, what))
     _check_dtype(x, w, f"Conv{nd}d")
     n, c = x.shape[:2]
     o, cg = w.shape[:2]
@@ -143,16 +177,19 @@ def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: st
     return ops.conv(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
-    """1-D convolution (cross-correlation, as PyTorch): x (N, C, L), weight (O, C/groups, K)."""
-    return _conv(x, weight, bias, stride, padding, dilation, groups, 1, "conv1d", "(N, C, L)")
+    """1-D convolution (cross-correlation, as PyTorch): input (N, C, L) or unbatched (C, L),
+    weight (O, C/groups, K)."""
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d",
+                 "(N, C, L)")
 
 
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> Tensor:
-    """2-D convolution: x (N, C, H, W), weight (O, C/groups, KH, KW)."""
-    return _conv(x, weight, bias, stride, padding, dilation, groups, 2, "conv2d",
+    """2-D convolution: input (N, C, H, W) or unbatched (C, H, W), weight (O, C/groups, KH,
+    KW)."""
+    return _conv(input, weight, bias, stride, padding, dilation, groups, 2, "conv2d",
                  "(N, C, H, W)")
 
 
@@ -170,24 +207,43 @@ def _adaptive_axis(x, axis: int, size: int):
     return ops.concatenate(pieces, axis=axis)
 
 
-def adaptive_avg_pool1d(x: Tensor, output_size: int) -> Tensor:
-    """Average into ``output_size`` bins along L (PyTorch's bin edges)."""
-    _check_input(x, 1, "adaptive_avg_pool1d", "(N, C, L)")
-    return _adaptive_axis(x, 2, int(output_size))
+def _adaptive_sizes(output_size, x: Tensor, nd: int, op: str) -> tuple:
+    """An adaptive pool's output size per spatial axis: an int for all of them or one per
+    axis, where ``None`` keeps that axis's input size (PyTorch's rule)."""
+    spatial = tuple(x.shape[x.ndim - nd:])
+    if isinstance(output_size, int):
+        return (int(output_size),) * nd
+    sizes = tuple(output_size)
+    if len(sizes) != nd or not all(s is None or isinstance(s, int) for s in sizes):
+        raise ValueError(f"{op}: output_size must be an int or {nd} ints (None keeps an axis's "
+                         f"size), got {output_size!r}")
+    return tuple(n if s is None else int(s) for s, n in zip(sizes, spatial))
 
 
-def adaptive_avg_pool2d(x: Tensor, output_size) -> Tensor:
-    """Average into an (oh, ow) grid of bins."""
-    _check_input(x, 2, "adaptive_avg_pool2d", "(N, C, H, W)")
-    oh, ow = _tuple(output_size, 2, "output_size", "adaptive_avg_pool2d")
-    return _adaptive_axis(_adaptive_axis(x, 2, oh), 3, ow)
+def _adaptive_avg(x, output_size, nd: int, op: str):
+    if _unbatched(x, nd, op, _SPATIAL[nd]):
+        return _squeeze0(_adaptive_avg(ops.expand_dims(x, 0), output_size, nd, op))
+    for i, size in enumerate(_adaptive_sizes(output_size, x, nd, op)):
+        if size < 1 and x.shape[2 + i]:
+            raise ShapeError(f"{op}: output_size {output_size!r} must be positive, got {size}")
+        x = _adaptive_axis(x, 2 + i, size)
+    return x
 
 
-def adaptive_avg_pool3d(x: Tensor, output_size) -> Tensor:
-    """Average into an (od, oh, ow) grid of bins of (N, C, D, H, W)."""
-    _check_input(x, 3, "adaptive_avg_pool3d", "(N, C, D, H, W)")
-    od, oh, ow = _tuple(output_size, 3, "output_size", "adaptive_avg_pool3d")
-    return _adaptive_axis(_adaptive_axis(_adaptive_axis(x, 2, od), 3, oh), 4, ow)
+def adaptive_avg_pool1d(input: Tensor, output_size) -> Tensor:
+    """Average into ``output_size`` bins along L of (N, C, L) or (C, L) (PyTorch's edges)."""
+    return _adaptive_avg(input, output_size, 1, "adaptive_avg_pool1d")
+
+
+def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
+    """Average (N, C, H, W) or (C, H, W) into an (oh, ow) grid of bins (``None`` keeps that
+    axis)."""
+    return _adaptive_avg(input, output_size, 2, "adaptive_avg_pool2d")
+
+
+def adaptive_avg_pool3d(input: Tensor, output_size) -> Tensor:
+    """Average (N, C, D, H, W) or (C, D, H, W) into an (od, oh, ow) grid of bins."""
+    return _adaptive_avg(input, output_size, 3, "adaptive_avg_pool3d")
 
 
 def global_avg_pool(x: Tensor) -> Tensor:
@@ -199,14 +255,28 @@ def global_avg_pool(x: Tensor) -> Tensor:
 
 
 # --- regularisation and normalisation ---------------------------------------------------------
-def dropout(x: Tensor, p: float = 0.5, training: bool = True, mode: str = "inverted",
-            generator: Generator | None = None) -> Tensor:
+def _stored(input: Tensor, inplace, op: str, fn, *args, **kwargs) -> Tensor:
+    """``fn(input, *args, **kwargs)`` stored into ``input``, which is returned: PyTorch's
+    ``inplace=True`` (while a graph is being recorded, the result is recorded out of place and
+    ``input`` rebound to it; see :func:`nodegrad.ops.aliases.apply_inplace`)."""
+    if not isinstance(inplace, bool | int | B.np.bool_):
+        raise TypeError(f"{op}: inplace must be a bool, got {inplace!r}"
+                        + (" (pass mode= as a keyword)" if op == "dropout" else ""))
+    return apply_inplace(input, op + "_", fn, *args, **kwargs)
+
+
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+            mode: str = "inverted", generator: Generator | None = None) -> Tensor:
     """Zero each unit with probability ``p``; both modes keep the expected activation.
 
     ``"inverted"`` (PyTorch's) scales kept units by 1/(1-p) while training and is the identity
     at test time. ``"classic"`` (the notes') masks while training and multiplies by the keep
-    probability 1-p at test time.
+    probability 1-p at test time. With ``inplace`` the result is stored into ``input``.
     """
+    if inplace:
+        return _stored(input, inplace, "dropout", dropout, p, training, mode=mode,
+                       generator=generator)
+    x = input
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if mode not in ("inverted", "classic"):
@@ -222,15 +292,20 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True, mode: str = "inver
     return x * mask
 
 
-def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                weight: Tensor | None = None, bias: Tensor | None = None, training: bool = False,
                momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
     """Normalise each channel (axis 1) by batch statistics (training) or running ones (eval).
 
     In training the running statistics move by ``momentum`` toward the batch mean and the
-    unbiased batch variance, as PyTorch does.
+    unbiased batch variance, as PyTorch does. An empty 1-d input (no channels, as PyTorch
+    reads it) gives an empty result.
     """
+    x = input
     if x.ndim < 2:
+        if x.ndim == 1 and x.shape[0] == 0 and all(
+                t is None or t.numel() == 0 for t in (running_mean, running_var, weight, bias)):
+            return x * 1
         raise ShapeError(f"batch_norm: expected (N, C, ...) input, got {tuple(x.shape)}")
     c = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
@@ -257,9 +332,10 @@ def batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | Non
     return y
 
 
-def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
+def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise over the trailing ``normalized_shape`` axes of each sample."""
+    x = input
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if tuple(x.shape[x.ndim - len(ns):]) != ns:
         raise ShapeError(f"layer_norm: input {tuple(x.shape)} does not end in normalized_shape "
@@ -275,18 +351,21 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
     return y
 
 
-def embedding(idx: Tensor, weight: Tensor, padding_idx: int | None = None,
+def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
               max_norm: float | None = None, norm_type: float = 2.0,
               scale_grad_by_freq: bool = False, sparse: bool = False) -> Tensor:
-    """Rows of ``weight`` picked by integer ``idx``; gradients add up for repeated indices. The
-    row ``padding_idx`` (negative counts from the end) gets no gradient, as PyTorch's. With
+    """Rows of ``weight`` picked by integer ``input``; gradients add up for repeated indices.
+    The row ``padding_idx`` (negative counts from the end) gets no gradient, as PyTorch's. With
     ``max_norm`` the rows looked up whose ``norm_type``-norm exceeds it are first scaled down
-    to it in ``weight`` itself (in place, unrecorded: PyTorch's ``embedding_renorm_``)."""
+    to it in ``weight`` itself (in place, unrecorded: PyTorch's ``embedding_renorm_``). With
+    ``scale_grad_by_freq`` each row's gradient is divided by how often its index occurs in
+    ``input`` (PyTorch's)."""
+    idx = input
     if idx.dtype.kind not in "iu":
         raise DTypeError(f"embedding: indices must be integers, got {idx.dtype}")
-    if scale_grad_by_freq or sparse:
-        raise NotImplementedError("embedding: scale_grad_by_freq=True and sparse=True are not "
-                                  "supported (nodegrad's gradients are dense)")
+    if sparse:
+        raise NotImplementedError("embedding: sparse=True is not supported (nodegrad's "
+                                  "gradients are dense)")
     n = weight.shape[0]
     if idx.numel():
         lo, hi = int(values(idx).min()), int(values(idx).max())
@@ -302,10 +381,26 @@ def embedding(idx: Tensor, weight: Tensor, padding_idx: int | None = None,
             scale = ops.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
             weight[rows] = picked * ops.astype(scale, weight.dtype)
     out = weight[idx]
+    if scale_grad_by_freq and idx.numel():
+        if isinstance(idx, BatchTracer):
+            raise NotImplementedError("embedding: scale_grad_by_freq=True inside vmap is not "
+                                      "supported (the counts would span the whole batch)")
+        out = _grad_by_freq(out, idx)
     if padding_idx is None:
         return out
     pad = _padding_index(padding_idx, n, "embedding")
     return ops.where(ops.expand_dims(idx == pad, -1), out.detach(), out)
+
+
+def _grad_by_freq(out: Tensor, idx: Tensor) -> Tensor:
+    """``out`` unchanged, its gradient at each looked-up row divided by the number of times
+    that row's index occurs in ``idx``."""
+    xp = B.backend_of(out.data).xp
+    v = values(idx)
+    _, inverse, counts = xp.unique(v.reshape(-1), return_inverse=True, return_counts=True)
+    scale = Tensor((1.0 / counts[inverse.reshape(-1)]).astype(out.dtype).reshape(v.shape + (1,)))
+    scaled = out * scale
+    return out.detach() + (scaled - scaled.detach())
 
 
 def _padding_index(padding_idx: int, n: int, op: str) -> int:
@@ -314,9 +409,10 @@ def _padding_index(padding_idx: int, n: int, op: str) -> int:
     return padding_idx % n
 
 
-def one_hot(labels: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
+def one_hot(tensor: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
     """(…,) integer labels -> (…, num_classes) indicator vectors, int64 as PyTorch's (or
     ``dtype``); ``num_classes=-1`` takes one more than the largest label."""
+    labels = tensor
     if labels.dtype.kind not in "iu":
         raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
     d = values(labels)
@@ -336,9 +432,169 @@ def one_hot(labels: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
     return Tensor(eye[d])
 
 
-# --- activations ------------------------------------------------------------------------------
-def prelu(x: Tensor, weight: Tensor) -> Tensor:
+# --- activations: PyTorch's signatures; ``inplace=True`` stores the result into ``input`` -----
+_relu, _leaky_relu, _gelu, _sigmoid, _tanh = ops.relu, ops.leaky_relu, ops.gelu, ops.sigmoid, \
+    ops.tanh
+_softplus, _softmax, _log_softmax = ops.softplus, ops.softmax, ops.log_softmax
+
+
+def relu(input: Tensor, inplace: bool = False) -> Tensor:
+    """max(input, 0)."""
+    if inplace:
+        return _stored(input, inplace, "relu", _relu)
+    return _relu(input)
+
+
+def relu6(input: Tensor, inplace: bool = False) -> Tensor:
+    """min(max(input, 0), 6)."""
+    if inplace:
+        return _stored(input, inplace, "relu6", _A.relu6)
+    return _A.relu6(input)
+
+
+def leaky_relu(input: Tensor, negative_slope: float = 0.01, inplace: bool = False) -> Tensor:
+    """input for input > 0, else negative_slope·input."""
+    if inplace:
+        return _stored(input, inplace, "leaky_relu", _leaky_relu, negative_slope)
+    return _leaky_relu(input, negative_slope)
+
+
+def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """x for x > 0, else alpha·(eˣ − 1); the exponential sees min(x, 0), so no overflow."""
+    if inplace:
+        return _stored(input, inplace, "elu", elu, alpha)
+    return where(input > 0, input, ops.expm1(ops.minimum(input, 0.0)) * alpha)
+
+
+def selu(input: Tensor, inplace: bool = False) -> Tensor:
+    """scale · elu(x, alpha) with the self-normalising constants of Klambauer et al."""
+    if inplace:
+        return _stored(input, inplace, "selu", _A.selu)
+    return _A.selu(input)
+
+
+def celu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
+    """x for x > 0, else alpha·(exp(x / alpha) − 1)."""
+    if inplace:
+        return _stored(input, inplace, "celu", _A.celu, alpha)
+    return _A.celu(input, alpha)
+
+
+def hardtanh(input: Tensor, min_val: float = -1.0, max_val: float = 1.0,
+             inplace: bool = False) -> Tensor:
+    """input clipped to [min_val, max_val] (PyTorch's gradient: 0 on the bounds)."""
+    if inplace:
+        return _stored(input, inplace, "hardtanh", _A.hardtanh, min_val, max_val)
+    return _A.hardtanh(input, min_val, max_val)
+
+
+def hardsigmoid(input: Tensor, inplace: bool = False) -> Tensor:
+    """relu6(x + 3) / 6: a piecewise-linear sigmoid."""
+    if inplace:
+        return _stored(input, inplace, "hardsigmoid", _A.hardsigmoid)
+    return _A.hardsigmoid(input)
+
+
+def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
+    """x · relu6(x + 3) / 6 (MobileNetV3)."""
+    if inplace:
+        return _stored(input, inplace, "hardswish", _A.hardswish)
+    return _A.hardswish(input)
+
+
+def silu(input: Tensor, inplace: bool = False) -> Tensor:
+    """x·sigmoid(x) (swish)."""
+    if inplace:
+        return _stored(input, inplace, "silu", silu)
+    return input * _sigmoid(input)
+
+
+def mish(input: Tensor, inplace: bool = False) -> Tensor:
+    """x · tanh(softplus(x))."""
+    if inplace:
+        return _stored(input, inplace, "mish", _A.mish)
+    return _A.mish(input)
+
+
+def threshold(input: Tensor, threshold: float, value: float, inplace: bool = False) -> Tensor:
+    """input where input > threshold, else ``value``."""
+    if inplace:
+        return _stored(input, inplace, "threshold", _A.threshold, threshold, value)
+    return _A.threshold(input, threshold, value)
+
+
+def gelu(input: Tensor, approximate: str = "none") -> Tensor:
+    """x·Φ(x); ``approximate='tanh'`` for the tanh formula."""
+    return _gelu(input, approximate)
+
+
+def sigmoid(input: Tensor) -> Tensor:
+    """1 / (1 + e⁻ˣ)."""
+    return _sigmoid(input)
+
+
+def tanh(input: Tensor) -> Tensor:
+    """The hyperbolic tangent."""
+    return _tanh(input)
+
+
+def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + e^(beta·x)) / beta, linear where beta·x > ``threshold``."""
+    return _softplus(input, beta, threshold)
+
+
+def logsigmoid(input: Tensor) -> Tensor:
+    """log(sigmoid(x)) = −softplus(−x), finite for large |x|."""
+    return _A.logsigmoid(input)
+
+
+def softsign(input: Tensor) -> Tensor:
+    """x / (1 + |x|)."""
+    return _A.softsign(input)
+
+
+def tanhshrink(input: Tensor) -> Tensor:
+    """x − tanh(x)."""
+    return _A.tanhshrink(input)
+
+
+def softshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    """x − lambd above lambd, x + lambd below −lambd, else 0."""
+    return _A.softshrink(input, lambd)
+
+
+def hardshrink(input: Tensor, lambd: float = 0.5) -> Tensor:
+    """x where |x| > lambd, else 0."""
+    return _A.hardshrink(input, lambd)
+
+
+def glu(input: Tensor, dim: int = -1) -> Tensor:
+    """Gated linear unit: a · sigmoid(b) for the two halves a, b of ``input`` along ``dim``."""
+    return _A.glu(input, dim)
+
+
+def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+            axis: int | None = None) -> Tensor:
+    """Probabilities along ``dim`` (the last when not given; NumPy's ``axis=`` is taken too),
+    in ``dtype`` when given. ``_stacklevel`` is accepted for PyTorch's API."""
+    return _softmax(input, axis, dim=dim, dtype=dtype)
+
+
+def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+                axis: int | None = None) -> Tensor:
+    """Log-probabilities along ``dim`` (the last when not given), without overflow."""
+    return _log_softmax(input, axis, dim=dim, dtype=dtype)
+
+
+def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
+            axis: int | None = None) -> Tensor:
+    """softmax(−input) along ``dim`` (the last when not given), in ``dtype`` when given."""
+    return _softmax(-input, axis, dim=dim, dtype=dtype)
+
+
+def prelu(input: Tensor, weight: Tensor) -> Tensor:
     """x for x > 0, else a·x with a learnable slope: one shared, or one per channel (axis 1)."""
+    x = input
     if weight.numel() > 1:
         if x.ndim < 2 or x.shape[1] != weight.numel():
             raise ShapeError(f"prelu: {weight.numel()} slopes need input with that many "
@@ -347,16 +603,6 @@ def prelu(x: Tensor, weight: Tensor) -> Tensor:
     else:
         weight = ops.reshape(weight, ())
     return where(x > 0, x, x * weight)
-
-
-def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
-    """x for x > 0, else alpha·(eˣ − 1); the exponential sees min(x, 0), so no overflow."""
-    return where(x > 0, x, ops.expm1(ops.minimum(x, 0.0)) * alpha)
-
-
-def silu(x: Tensor) -> Tensor:
-    """x·sigmoid(x) (swish)."""
-    return x * sigmoid(x)
 
 
 def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
@@ -393,14 +639,16 @@ __all__ += [
     "dropout3d", "alpha_dropout", "bilinear", "embedding_bag",
 ]
 
-# --- more activations and normalize -------------------------------------------------------------
-from ..ops import (celu, glu, hardshrink, hardsigmoid, hardswish, hardtanh, logsigmoid,  # noqa: E402
-                   mish, relu6, selu, softmin, softshrink, softsign, tanhshrink, threshold)
-
-
-def normalize(x: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12) -> Tensor:
-    """x / max(‖x‖_p, eps) along ``dim`` (unit vectors; zero vectors stay zero)."""
-    return x / ops.clamp_min(ops.vector_norm(x, p, dim, keepdim=True), eps)
+# --- normalize ----------------------------------------------------------------------------------
+def normalize(input: Tensor, p: float = 2.0, dim: int = 1, eps: float = 1e-12,
+              out: Tensor | None = None) -> Tensor:
+    """x / max(‖x‖_p, eps) along ``dim`` (unit vectors; zero vectors stay zero); written into
+    ``out`` when given (not differentiable then, as PyTorch's)."""
+    if input.ndim == 0 and dim in (0, -1):  # a scalar is its own vector, as PyTorch's
+        y = ops.reshape(normalize(ops.reshape(input, (1,)), p, 0, eps), ())
+    else:
+        y = input / ops.clamp_min(ops.vector_norm(input, p, dim, keepdim=True), eps)
+    return y if out is None else write_out("normalize", out, y)
 
 
 __all__ += ["celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "logsigmoid",
@@ -410,15 +658,58 @@ __all__ += ["celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh",
 
 # --- PyTorch's pad: (left, right) widths from the last dim back; constant, reflect, replicate,
 # circular; negative widths crop --------------------------------------------------------------
-from ..ops.arrange import torch_pad as pad  # noqa: E402
+from ..ops.arrange import torch_pad as _torch_pad  # noqa: E402
+
+
+def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) -> Tensor:
+    """PyTorch's pad: ``pad`` lists (left, right) widths from the last dim backwards; modes
+    constant, reflect, replicate and circular; negative widths crop (in replicate mode too:
+    each output position takes the nearest input one, as PyTorch's)."""
+    if mode == "constant" or not isinstance(input, Tensor):
+        return _torch_pad(input, pad, mode, value)
+    widths = tuple(int(w) for w in pad)
+    k = len(widths) // 2
+    if mode == "replicate" and min(widths, default=0) < 0 and len(widths) % 2 == 0 and \
+            1 <= k <= 3 and input.ndim in (k + 1, k + 2) and value in (None, 0):
+        return _replicate(input, widths)
+    if input.numel() == 0 and len(widths) % 2 == 0 and 0 < k <= input.ndim and \
+            mode in ("reflect", "circular") and value in (None, 0):
+        # nothing to reflect or wrap: only the padded dims must fit, as PyTorch checks them
+        for i in range(k):
+            n, (lo, hi) = input.shape[input.ndim - 1 - i], widths[2 * i:2 * i + 2]
+            limit = n - 1 if mode == "reflect" else n
+            if n == 0 or max(lo, hi) > limit or n + min(lo, 0) + min(hi, 0) < 0:
+                break
+        else:
+            return _torch_pad(input, widths, "constant")
+    return _torch_pad(input, widths, mode, value)
+
+
+def _replicate(x: Tensor, widths: tuple) -> Tensor:
+    """Replicate padding with some negative widths: output position j of a dim of length n
+    padded by (lo, hi) takes input position clip(j - lo, 0, n - 1)."""
+    xp = x.backend.xp
+    for i in range(len(widths) // 2):
+        axis = x.ndim - 1 - i
+        n, (lo, hi) = x.shape[axis], widths[2 * i:2 * i + 2]
+        if n == 0 or n + lo + hi < 0:
+            raise ShapeError(f"pad: widths {(lo, hi)} do not fit a dim of length {n} in mode "
+                             "'replicate'; expected a non-empty dim and a non-negative output")
+        if lo or hi:
+            idx = xp.clip(xp.arange(n + lo + hi) - lo, 0, n - 1)
+            x = x[(slice(None),) * axis + (Tensor(idx),)]
+    return x
+
 
 # --- distances and margin, ranking, count and sequence losses --------------------------------
 from .losses import (cdist, cosine_embedding_loss, cosine_similarity, ctc_loss,  # noqa: E402
-                     gaussian_nll_loss, hinge_embedding_loss, margin_ranking_loss,
+                     gaussian_nll_loss, hinge_embedding_loss, linear_cross_entropy,
+                     margin_ranking_loss,
                      multi_margin_loss, multilabel_soft_margin_loss, pairwise_distance,
                      poisson_nll_loss, soft_margin_loss, triplet_margin_loss)
 
-__all__ += ["cosine_similarity", "pairwise_distance", "cdist", "cosine_embedding_loss",
+__all__ += ["linear_cross_entropy", "cosine_similarity", "pairwise_distance", "cdist",
+            "cosine_embedding_loss",
             "margin_ranking_loss", "triplet_margin_loss", "hinge_embedding_loss",
             "multi_margin_loss", "multilabel_soft_margin_loss", "soft_margin_loss",
             "poisson_nll_loss", "gaussian_nll_loss", "ctc_loss"]
@@ -428,8 +719,11 @@ __all__ += ["cosine_similarity", "pairwise_distance", "cdist", "cosine_embedding
 def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,
           inplace: bool = False, generator: Generator | None = None) -> Tensor:
     """PyTorch's randomised leaky ReLU: x for x >= 0, else a·x with a ~ U[lower, upper] drawn
-    per element while training and (lower + upper) / 2 otherwise. ``inplace`` is accepted for
-    PyTorch's API; the result is a new tensor."""
+    per element while training and (lower + upper) / 2 otherwise. With ``inplace`` the result
+    is stored into ``input``."""
+    if inplace:
+        return _stored(input, inplace, "rrelu", rrelu, lower, upper, training,
+                       generator=generator)
     if not 0 <= lower <= upper:
         raise ValueError(f"rrelu: expected 0 <= lower <= upper, got lower={lower}, "
                          f"upper={upper}")
@@ -479,7 +773,7 @@ __all__ += ["rrelu", "gumbel_softmax", "pdist"]
 
 
 # --- in-place activations (PyTorch's F.relu_, ...): the out-of-place result stored in input ----
-from ..ops.aliases import apply_inplace, celu_, selu_, threshold_  # noqa: E402
+from ..ops.aliases import celu_, selu_, threshold_  # noqa: E402
 
 
 def relu_(input: Tensor) -> Tensor:

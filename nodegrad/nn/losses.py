@@ -7,7 +7,7 @@ Cross-entropy is the notes' −log z_l = −(y_l − log Σ exp y_k), computed a
 from __future__ import annotations
 
 import math
-
+import warnings
 
 from .. import _backend as B
 from .. import ops
@@ -38,33 +38,95 @@ def _same_shape(a: Tensor, b: Tensor, op: str) -> None:
                          f"{tuple(b.shape)} differ")
 
 
-def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """(input − target)², the notes' least-squares loss."""
+def _legacy_reduction(op: str, size_average, reduce, reduction: str,
+                      stacklevel: int = 3) -> str:
+    """PyTorch's deprecated ``size_average``/``reduce`` flags as a ``reduction``, by PyTorch's
+    rule (an unset flag counts as True; reduce False → 'none', else size_average False → 'sum',
+    else 'mean') and with its warning. A reduction name in the ``size_average`` place is the
+    earlier positional form ``loss(input, target, 'sum')`` and is taken as the reduction."""
+    if isinstance(size_average, str):
+        return size_average
+    if size_average is None and reduce is None:
+        return reduction
+    keep = True if reduce is None else reduce
+    if keep:
+        out = "mean" if (True if size_average is None else size_average) else "sum"
+    else:
+        out = "none"
+    warnings.warn(f"{op}: size_average and reduce are deprecated (as in PyTorch); use "
+                  f"reduction={out!r} instead", UserWarning, stacklevel=stacklevel)
+    return out
+
+
+def _weighted(loss: Tensor, weight: Tensor, input: Tensor, reduction: str, op: str,
+              normalise: bool) -> Tensor:
+    """``loss * weight`` reduced; a weighted 'mean' divides by Σ weight when ``normalise``
+    (PyTorch's mse_loss and l1_loss), else by the element count (its huber_loss)."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{op}: weight must be a Tensor, got {type(weight).__name__}")
+    if tuple(weight.shape) != tuple(input.shape):
+        raise ValueError(f"{op}: weight must have the input's shape {tuple(input.shape)}, got "
+                         f"{tuple(weight.shape)}")
+    loss = loss * weight
+    if reduction == "mean" and normalise:
+        return loss.sum() / weight.sum()
+    return _reduce(loss, reduction, op)
+
+
+def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+             reduce: bool | None = None, reduction: str = "mean",
+             weight: Tensor | None = None) -> Tensor:
+    """(input − target)², the notes' least-squares loss; with ``weight`` (input's shape) the
+    weighted squares, whose 'mean' is Σ w·d² / Σ w (PyTorch's)."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("mse_loss", size_average, reduce, reduction)
     _same_shape(input, target, "mse_loss")
     d = input - target
-    return _reduce(d * d, reduction, "mse_loss")
+    if weight is None:
+        return _reduce(d * d, reduction, "mse_loss")
+    return _weighted(d * d, weight, input, reduction, "mse_loss", True)
 
 
-def l1_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-    """|input − target|."""
+def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+            reduce: bool | None = None, reduction: str = "mean",
+            weight: Tensor | None = None) -> Tensor:
+    """|input − target|; with ``weight`` (input's shape) a 'mean' of Σ w·|d| / Σ w."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("l1_loss", size_average, reduce, reduction)
     _same_shape(input, target, "l1_loss")
-    return _reduce(ops.abs(input - target), reduction, "l1_loss")
+    if weight is None:
+        return _reduce(ops.abs(input - target), reduction, "l1_loss")
+    return _weighted(ops.abs(input - target), weight, input, reduction, "l1_loss", True)
 
 
-def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean",
-               delta: float = 1.0) -> Tensor:
-    """½d² for |d| < delta, else delta·(|d| − ½delta): quadratic near 0, linear in the tails."""
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: float = 1.0,
+               weight: Tensor | None = None) -> Tensor:
+    """½d² for |d| < delta, else delta·(|d| − ½delta): quadratic near 0, linear in the tails.
+    With ``weight`` (input's shape) each term is scaled and 'mean' stays the plain mean of the
+    weighted terms (PyTorch's)."""
+    if not delta > 0:
+        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
     _same_shape(input, target, "huber_loss")
     d = ops.abs(input - target)
     quad = ops.minimum(d, delta)
-    return _reduce(quad * quad * 0.5 + (d - quad) * delta, reduction, "huber_loss")
+    loss = quad * quad * 0.5 + (d - quad) * delta
+    if weight is None:
+        return _reduce(loss, reduction, "huber_loss")
+    return _weighted(loss, weight, input, reduction, "huber_loss", False)
 
 
-def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str = "mean",
+def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+                   reduce: bool | None = None, reduction: str = "mean",
                    beta: float = 1.0) -> Tensor:
     """Huber loss divided by ``beta`` (PyTorch's smooth L1)."""
+    if size_average is not None or reduce is not None:
+        if isinstance(size_average, str) and reduce is not None:  # (reduction, beta) by place
+            beta, reduce = reduce, None
+        reduction = _legacy_reduction("smooth_l1_loss", size_average, reduce, reduction)
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
     if beta == 0:
-        return l1_loss(input, target, reduction)
+        return l1_loss(input, target, reduction=reduction)
     return huber_loss(input, target, reduction, beta) / beta
 
 
@@ -91,9 +153,23 @@ def _check_logits(input: Tensor, target: Tensor, op: str) -> None:
                          f"targets must have shape {want}, got {tuple(target.shape)}")
 
 
+def _class_legacy(op: str, size_average, ignore_index, reduce, reduction: str):
+    """(ignore_index, reduction, the value in ``reduce``'s place) of a call that set
+    size_average or reduce: a reduction name in ``ignore_index``'s place is the earlier
+    positional form (weight, ignore_index, reduction, label_smoothing)."""
+    if isinstance(ignore_index, str):
+        return size_average, ignore_index, reduce
+    return ignore_index, _legacy_reduction(op, size_average, reduce, reduction, 4), None
+
+
 def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
-             ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """−input[target] for log-probabilities ``input`` (N, C, ...); weighted mean over targets."""
+             size_average: bool | None = None, ignore_index: int = -100,
+             reduce: bool | None = None, reduction: str = "mean") -> Tensor:
+    """−input[target] for log-probabilities ``input`` (N, C, ...); weighted mean over targets.
+    ``size_average`` and ``reduce`` are PyTorch's deprecated forms of ``reduction``."""
+    if size_average is not None or reduce is not None:
+        ignore_index, reduction, _ = _class_legacy("nll_loss", size_average, ignore_index,
+                                                   reduce, reduction)
     _check_logits(input, target, "nll_loss")
     axis = 0 if input.ndim == 1 else 1
     c = input.shape[axis]
@@ -113,14 +189,21 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
-                  ignore_index: int = -100, reduction: str = "mean",
+                  size_average: bool | None = None, ignore_index: int = -100,
+                  reduce: bool | None = None, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of logits (N, C, ...) against class indices or probabilities.
 
     With class indices, ``ignore_index`` entries count for nothing and the weighted mean
     divides by the summed weights of the kept targets (PyTorch's convention). With
-    ``label_smoothing`` ε the target is (1 − ε)·one-hot + ε/C.
+    ``label_smoothing`` ε the target is (1 − ε)·one-hot + ε/C. ``size_average`` and
+    ``reduce`` are PyTorch's deprecated forms of ``reduction``.
     """
+    if size_average is not None or reduce is not None:
+        ignore_index, reduction, smoothing = _class_legacy("cross_entropy", size_average,
+                                                           ignore_index, reduce, reduction)
+        if smoothing is not None:
+            label_smoothing = smoothing
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got "
                          f"{label_smoothing}")
@@ -148,7 +231,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         if weight is not None:
             terms = terms * ops.reshape(weight, wshape)
         return _reduce(ops.sum(terms, axis=axis), reduction, "cross_entropy")
-    loss = nll_loss(logp, target, weight, ignore_index, reduction)
+    loss = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
     if label_smoothing == 0:
         return loss
     keep = (target != ignore_index).astype(input.dtype)
@@ -165,10 +248,56 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     return loss * (1 - label_smoothing) + smooth * (label_smoothing / c)
 
 
+def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
+                         linear_bias: Tensor | None = None, weight: Tensor | None = None,
+                         reduction: str = "mean", ignore_index: int | None = None,
+                         label_smoothing: float = 0.0, options=None) -> Tensor:
+    """``cross_entropy(linear(input, linear_weight, linear_bias), target)``: a linear head
+    scored in one call. ``linear_weight`` is (C, in) or (C, d1, ..., dK, in) for a
+    K-dimensional loss (batched input then); ``ignore_index`` None means -100 for class indices
+    and must stay None for class probabilities. ``options`` (PyTorch's chunking strategy, a
+    memory optimisation) is accepted; the logits are formed whole, with the same values and
+    gradients."""
+    op = "linear_cross_entropy"
+    if input.ndim not in (1, 2):
+        raise ShapeError(f"{op}: input must be (in_features,) or (N, in_features), got "
+                         f"{tuple(input.shape)}")
+    if linear_weight.ndim < 2 or linear_weight.shape[-1] != input.shape[-1]:
+        raise ShapeError(f"{op}: linear_weight must be (C, ..., in_features) with in_features "
+                         f"= {input.shape[-1]}, got {tuple(linear_weight.shape)}")
+    c, extra = linear_weight.shape[0], tuple(linear_weight.shape[1:-1])
+    if linear_bias is not None and tuple(linear_bias.shape) != (c, *extra):
+        raise ShapeError(f"{op}: linear_bias must have shape {(c, *extra)}, got "
+                         f"{tuple(linear_bias.shape)}")
+    if extra and input.ndim == 1:
+        raise ShapeError(f"{op}: a K-dimensional loss (linear_weight "
+                         f"{tuple(linear_weight.shape)}) needs batched input (N, "
+                         f"{input.shape[-1]}), got {tuple(input.shape)}")
+    shape = (*input.shape[:-1], c, *extra)
+    if ignore_index is None:
+        ignore_index = -100
+    elif tuple(target.shape) == shape:
+        raise ValueError(f"{op}: ignore_index cannot be given when the target holds class "
+                         "probabilities")
+    if extra:
+        rows = math.prod(extra, start=c)
+        linear_weight = ops.reshape(linear_weight, (rows, input.shape[-1]))
+        if linear_bias is not None:
+            linear_bias = ops.reshape(linear_bias, (rows,))
+    logits = ops.linear(input, linear_weight, linear_bias)
+    if extra:
+        logits = ops.reshape(logits, shape)
+    return cross_entropy(logits, target, weight, ignore_index=ignore_index,
+                         reduction=reduction, label_smoothing=label_smoothing)
+
+
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                         size_average: bool | None = None, reduce: bool | None = None,
                          reduction: str = "mean") -> Tensor:
     """−[t log p + (1 − t) log(1 − p)] for probabilities p; logs clamped at −100 and the
     gradient finite at p = 0 or 1, with PyTorch's values and gradients."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("binary_cross_entropy", size_average, reduce, reduction)
     _same_shape(input, target, "binary_cross_entropy")
     p = values(input)
     if bool((~((p >= 0) & (p <= 1))).any()):
@@ -182,9 +311,16 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
 
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
-                                     weight: Tensor | None = None, reduction: str = "mean",
+                                     weight: Tensor | None = None,
+                                     size_average: bool | None = None,
+                                     reduce: bool | None = None, reduction: str = "mean",
                                      pos_weight: Tensor | None = None) -> Tensor:
     """BCE of sigmoid(input), computed from the logits without overflow."""
+    if size_average is not None or reduce is not None:
+        if isinstance(size_average, str) and pos_weight is None:  # (reduction, pos_weight)
+            pos_weight, reduce = reduce, None
+        reduction = _legacy_reduction("binary_cross_entropy_with_logits", size_average,
+                                      reduce, reduction)
     _same_shape(input, target, "binary_cross_entropy_with_logits")
     # log(1 + e^-x) = −log sigmoid(x), stable for large |x|; its gradient is −sigmoid(−x)
     # everywhere, x = 0 included
@@ -198,9 +334,19 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
 
-def kl_div(input: Tensor, target: Tensor, reduction: str = "mean",
+def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
+           reduce: bool | None = None, reduction: str = "mean",
            log_target: bool = False) -> Tensor:
-    """KL(target ‖ q) with ``input`` = log q; 'batchmean' divides by the batch size."""
+    """KL(target ‖ q) with ``input`` = log q; 'batchmean' divides by the batch size. As in
+    PyTorch, size_average/reduce override ``reduction`` and a 'batchmean' still divides
+    their result by the batch size."""
+    batchmean = reduction == "batchmean"
+    if size_average is not None or reduce is not None:
+        if isinstance(size_average, str):  # (reduction, log_target) by place
+            batchmean = size_average == "batchmean"
+            if reduce is not None:
+                log_target, reduce = reduce, None
+        reduction = _legacy_reduction("kl_div", size_average, reduce, reduction)
     _same_shape(input, target, "kl_div")
     if log_target:
         loss = ops.exp(target) * (target - input)
@@ -208,25 +354,21 @@ def kl_div(input: Tensor, target: Tensor, reduction: str = "mean",
         pos = target > 0
         safe = ops.where(pos, target, 1.0)
         loss = ops.where(pos, target * (ops.log(safe) - input), 0.0)
+    if not batchmean:
+        return _reduce(loss, reduction, "kl_div")
     if reduction == "batchmean":
-        return loss.sum() / (input.shape[0] if input.ndim else 1)
-    return _reduce(loss, reduction, "kl_div")
+        loss = loss.sum()
+    else:  # the deprecated flags chose the reduction
+        loss = _reduce(loss, reduction, "kl_div")
+    return loss / input.shape[0] if input.ndim else loss
 
 
 # === distances and margin, ranking, count and sequence losses ================================
 # Compositions of primitives with PyTorch's arguments, defaults and reductions; the engine
 # gives their gradients. Norms at a zero vector have gradient 0 there (PyTorch's subgradient).
-def _legacy(size_average, reduce, reduction: str) -> str:
-    """PyTorch's deprecated size_average/reduce flags mapped to ``reduction``."""
-    if size_average is None and reduce is None:
-        return reduction
-    if reduce is False:
-        return "none"
-    return "sum" if size_average is False else "mean"
-
-
 def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
-    """‖d‖_p along ``axis`` (p = inf: max |d|, p = 0: count of nonzeros)."""
+    """‖d‖_p along ``axis`` (p = inf: max |d|, p = 0: count of nonzeros, p < 0: (Σ |d|^p)^(1/p),
+    which is 0 with gradient 0 where an entry is 0, and p = −inf: min |d|)."""
     if p == 2:
         s = ops.sum(d * d, axis=axis, keepdims=keepdims)
         pos = s != 0  # (s is never negative; a NaN stays NaN)
@@ -238,9 +380,18 @@ def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
         return ops.max(a, axis=axis, keepdims=keepdims)
     if p == 0:
         return ops.sum((a > 0).astype(d.dtype), axis=axis, keepdims=keepdims)
-    if p < 0:
-        raise ValueError(f"p-norm: p must be non-negative, got {p}")
-    s = ops.sum(a ** p, axis=axis, keepdims=keepdims)
+    if p == -float("inf"):
+        return ops.min(a, axis=axis, keepdims=keepdims)
+    if p < 0:  # a zero entry makes the sum infinite and the norm 0
+        zero = a == 0
+        s = ops.sum(ops.where(zero, 1.0, a) ** p, axis=axis, keepdims=keepdims)
+        return ops.where(ops.any(zero, axis=axis, keepdims=keepdims), 0.0, s ** (1.0 / p))
+    if p < 1:  # |d|^p has an infinite slope at 0: PyTorch's gradient there is 0
+        zero = a == 0
+        s = ops.sum(ops.where(zero, 0.0, ops.where(zero, 1.0, a) ** p), axis=axis,
+                    keepdims=keepdims)
+    else:
+        s = ops.sum(a ** p, axis=axis, keepdims=keepdims)
     pos = s != 0
     return ops.where(pos, ops.where(pos, s, 1.0) ** (1.0 / p), 0.0)
 
@@ -256,6 +407,11 @@ def _bshape(a: Tensor, b: Tensor, op: str) -> tuple:
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     """Σ x1·x2 / (max(‖x1‖, eps) · max(‖x2‖, eps)) along ``dim`` (operands broadcast)."""
     shape = _bshape(x1, x2, "cosine_similarity")
+    if not shape:  # scalars: a 1-vector along dim 0 (or -1), as PyTorch
+        if dim not in (0, -1):
+            raise IndexError(f"cosine_similarity: dim {dim} is out of range for scalar inputs "
+                             "(expected 0 or -1)")
+        return cosine_similarity(ops.reshape(x1, (1,)), ops.reshape(x2, (1,)), 0, eps)
     x1, x2 = ops.broadcast_to(x1, shape), ops.broadcast_to(x2, shape)
     n1 = ops.maximum(_pnorm(x1, 2, dim, True), eps)
     n2 = ops.maximum(_pnorm(x2, 2, dim, True), eps)
@@ -264,7 +420,8 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
 
 def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
                       keepdim: bool = False) -> Tensor:
-    """‖x1 − x2 + eps‖_p over the last axis (PyTorch adds eps to the difference)."""
+    """‖x1 − x2 + eps‖_p over the last axis (PyTorch adds eps to the difference); any real p,
+    negative ones included (PyTorch's vector norm of order p)."""
     _bshape(x1, x2, "pairwise_distance")
     nd = max(x1.ndim, x2.ndim)
     return _pnorm(x1 - x2 + eps, p, -1 if nd else 0, keepdim)
@@ -274,6 +431,8 @@ def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
           compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> Tensor:
     """p-norm distances between the rows of x1 (..., P, M) and of x2 (..., R, M): (..., P, R).
     Computed from the differences (exact; ``compute_mode`` is accepted for PyTorch's API)."""
+    if p < 0:
+        raise ValueError(f"cdist: p must be non-negative, got {p}")
     if x1.ndim < 2 or x2.ndim < 2 or x1.shape[-1] != x2.shape[-1]:
         raise ShapeError(f"cdist: expected (..., P, M) and (..., R, M) with the same M, got "
                          f"{tuple(x1.shape)} and {tuple(x2.shape)}")
@@ -281,9 +440,12 @@ def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
     return _pnorm(d, p, -1)
 
 
-def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
+def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
+                          size_average: bool | None = None, reduce: bool | None = None,
                           reduction: str = "mean") -> Tensor:
     """1 − cos(x1, x2) where target = 1, max(0, cos − margin) where target = −1."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("cosine_embedding_loss", size_average, reduce, reduction)
     _same_shape(input1, input2, "cosine_embedding_loss")
     if input1.ndim not in (1, 2) or tuple(target.shape) != tuple(input1.shape[:-1]):
         raise ShapeError(f"cosine_embedding_loss: expected inputs (N, D) or (D,) and target (N,)"
@@ -298,19 +460,25 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
     return _reduce(loss, reduction, "cosine_embedding_loss")
 
 
-def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
+def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
+                        size_average: bool | None = None, reduce: bool | None = None,
                         reduction: str = "mean") -> Tensor:
     """max(0, −target·(x1 − x2) + margin): rank x1 above x2 where target = 1."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("margin_ranking_loss", size_average, reduce, reduction)
     _bshape(input1, input2, "margin_ranking_loss")
     return _reduce(ops.relu(-target * (input1 - input2) + margin), reduction,
                    "margin_ranking_loss")
 
 
 def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float = 1.0,
-                        p: float = 2.0, eps: float = 1e-6, swap: bool = False,
+                        p: float = 2, eps: float = 1e-6, swap: bool = False,
+                        size_average: bool | None = None, reduce: bool | None = None,
                         reduction: str = "mean") -> Tensor:
     """max(0, d(a, p) − d(a, n) + margin) with pairwise distances; ``swap`` uses
     min(d(a, n), d(p, n)) (the distance swap of Balntas et al.)."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("triplet_margin_loss", size_average, reduce, reduction)
     for t, name in ((anchor, "anchor"), (positive, "positive"), (negative, "negative")):
         if t.ndim not in (1, 2):
             raise ShapeError(f"triplet_margin_loss: {name} must be (N, D) or (D,), got "
@@ -323,8 +491,11 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
 
 
 def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
+                         size_average: bool | None = None, reduce: bool | None = None,
                          reduction: str = "mean") -> Tensor:
     """x where target = 1, max(0, margin − x) where target = −1 (x: a distance)."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("hinge_embedding_loss", size_average, reduce, reduction)
     _bshape(input, target, "hinge_embedding_loss")
     loss = (ops.where(target != 1, ops.relu(margin - input), 0.0)
             + ops.where(target != -1, input, 0.0))
@@ -332,28 +503,39 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
 
 
 def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float = 1.0,
-                      weight: Tensor | None = None, reduction: str = "mean") -> Tensor:
+                      weight: Tensor | None = None, size_average: bool | None = None,
+                      reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Σ_{i≠y} w_y · max(0, margin − x_y + x_i)^p / C: the multi-class hinge (p = 1 or 2)."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("multi_margin_loss", size_average, reduce, reduction)
     if p not in (1, 2):
         raise ValueError(f"multi_margin_loss: p must be 1 or 2, got {p}")
-    if input.ndim not in (1, 2):
-        raise ShapeError(f"multi_margin_loss: input must be (N, C) or (C,), got "
-                         f"{tuple(input.shape)}")
-    want = input.shape[:1] if input.ndim == 2 else ()
-    if tuple(target.shape) != tuple(want):
+    if input.ndim > 2 or (input.ndim == 2 and input.shape[1] == 0) or (
+            input.ndim == 1 and input.shape[0] == 0):
+        raise ShapeError(f"multi_margin_loss: input must be (N, C), (C,) or a scalar (C = 1) "
+                         f"with C > 0, got {tuple(input.shape)}")
+    n = input.shape[0] if input.ndim == 2 else 1
+    if target.ndim > 1 or target.numel() != n:
         raise ShapeError(f"multi_margin_loss: for input {tuple(input.shape)} the target must "
-                         f"have shape {tuple(want)}, got {tuple(target.shape)}")
-    c = input.shape[-1]
+                         f"hold one class index per sample ({n}) in at most one dim, got shape "
+                         f"{tuple(target.shape)}")
+    out_shape = tuple(target.shape)  # PyTorch's: (N,) for a 1-D target, () for a scalar one
+    c = input.numel() // n if n else input.shape[-1]
+    if input.ndim < 2:
+        input = ops.reshape(input, (1, c))
+    if target.ndim != 1:
+        target = ops.reshape(target, (n,))
     _class_target(target, c, None, "multi_margin_loss")
-    ax = input.ndim - 1
-    picked = ops.take_along_axis(input, ops.expand_dims(target, -1), ax)
+    picked = ops.take_along_axis(input, ops.expand_dims(target, -1), 1)
     z = ops.relu(margin - picked + input)
     if p == 2:
         z = z * z
     if weight is not None:
         z = z * ops.expand_dims(weight[target], -1)
     other = Tensor(input.backend.xp.arange(c)) != ops.expand_dims(target, -1)
-    loss = ops.sum(ops.where(other, z, 0.0), axis=ax) / c
+    loss = ops.sum(ops.where(other, z, 0.0), axis=1) / c
+    if out_shape != (n,):
+        loss = ops.reshape(loss, out_shape)
     return _reduce(loss, reduction, "multi_margin_loss")
 
 
@@ -363,8 +545,12 @@ def _log_sigmoid(x: Tensor) -> Tensor:
 
 
 def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
+                                size_average: bool | None = None, reduce: bool | None = None,
                                 reduction: str = "mean") -> Tensor:
     """Per-class logistic loss averaged over the C classes (last axis): one-vs-all."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("multilabel_soft_margin_loss", size_average, reduce,
+                                      reduction)
     _same_shape(input, target, "multilabel_soft_margin_loss")
     loss = -(target * _log_sigmoid(input) + (1 - target) * _log_sigmoid(-input))
     if weight is not None:
@@ -374,18 +560,22 @@ def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | 
     return _reduce(loss, reduction, "multilabel_soft_margin_loss")
 
 
-def soft_margin_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+                     reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """log(1 + exp(−y·x)), computed without overflow (y = ±1)."""
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("soft_margin_loss", size_average, reduce, reduction)
     _same_shape(input, target, "soft_margin_loss")
     return _reduce(-_log_sigmoid(target * input), reduction, "soft_margin_loss")
 
 
 def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full: bool = False,
-                     size_average=None, eps: float = 1e-8, reduce=None,
-                     reduction: str = "mean") -> Tensor:
+                     size_average: bool | None = None, eps: float = 1e-8,
+                     reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Poisson negative log-likelihood: exp(x) − t·x (``log_input``) or x − t·log(x + eps);
     ``full`` adds Stirling's t·log t − t + ½ log(2πt) where t > 1."""
-    reduction = _legacy(size_average, reduce, reduction)
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction("poisson_nll_loss", size_average, reduce, reduction)
     _bshape(input, target, "poisson_nll_loss")
     if log_input:
         loss = ops.exp(input) - target * input
@@ -398,19 +588,23 @@ def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full
     return _reduce(loss, reduction, "poisson_nll_loss")
 
 
-def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor, full: bool = False,
+def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: bool = False,
                       eps: float = 1e-6, reduction: str = "mean") -> Tensor:
     """½(log max(var, eps) + (x − t)² / max(var, eps)) [+ ½ log 2π]; the clamp passes the
-    gradient through unchanged, as PyTorch. ``var`` may lack the last axis or have size 1."""
-    if not isinstance(var, Tensor):
+    gradient through unchanged, as PyTorch. ``var`` is a number (one variance everywhere), the
+    input's shape, that shape less its last axis, or that shape with one axis of size 1."""
+    number = not isinstance(var, Tensor)
+    if number:  # a number, or array data: the same as a tensor of it
         var = Tensor(input.backend.asarray(var, dtype=input.dtype))
+        number = var.ndim == 0  # broadcasts over the input
     shp, vs = tuple(input.shape), tuple(var.shape)
-    if vs != shp:
+    if vs != shp and not number:
         if shp[:-1] == vs:
             var = ops.expand_dims(var, -1)
-        elif not (shp[:-1] == vs[:-1] and vs and vs[-1] == 1):
+        elif not (len(vs) == len(shp)
+                  and sum(v for i, v in zip(shp, vs) if i != v) == 1):
             raise ShapeError(f"gaussian_nll_loss: var of shape {vs} does not fit input of "
-                             f"shape {shp} (same shape, one axis fewer, or last axis 1)")
+                             f"shape {shp} (same shape, one axis fewer, or one axis of size 1)")
     if bool((values(var) < 0).any()):
         raise ValueError("gaussian_nll_loss: var has negative entries")
     with no_grad():
@@ -522,16 +716,23 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
     return _reduce(nll, reduction, "ctc_loss")
 
 
-def multilabel_margin_loss(input: Tensor, target: Tensor, size_average=None, reduce=None,
-                           reduction: str = "mean") -> Tensor:
+def multilabel_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
+                           reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Multi-label hinge: Σ_j Σ_{i ∉ targets} max(0, 1 − (x_j − x_i)) / C over the target
     classes j of each sample. ``target`` holds class indices in its leading entries, ended by
     the first -1 (PyTorch's layout: [3, 0, -1, 1] means classes 3 and 0)."""
     op = "multilabel_margin_loss"
-    reduction = _legacy(size_average, reduce, reduction)
-    if input.ndim not in (1, 2) or tuple(target.shape) != tuple(input.shape):
-        raise ShapeError(f"{op}: expected input (N, C) or (C,) and a target of the same shape, "
-                         f"got {tuple(input.shape)} and {tuple(target.shape)}")
+    if size_average is not None or reduce is not None:
+        reduction = _legacy_reduction(op, size_average, reduce, reduction)
+    if input.ndim < 2 and target.ndim < 2 and target.numel() == input.numel():
+        # (C,) or a scalar (C = 1), with the target's C entries in (C,) or a scalar
+        if input.ndim == 0:
+            input = ops.reshape(input, (1,))
+        if target.ndim == 0:
+            target = ops.reshape(target, (1,))
+    elif input.ndim != 2 or tuple(target.shape) != tuple(input.shape):
+        raise ShapeError(f"{op}: expected input (N, C), (C,) or a scalar and a target of the "
+                         f"same shape, got {tuple(input.shape)} and {tuple(target.shape)}")
     if target.dtype.kind not in "iu":
         raise DTypeError(f"{op}: target must hold integer class indices, got {target.dtype}")
     c = input.shape[-1]

@@ -31,10 +31,11 @@ def _normalise(x: Tensor, axes, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     return (x - mean) / ops.sqrt(var + eps), mean, var
 
 
-def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None,
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise each sample over groups of channels (and all spatial axes), then scale and
     shift per channel: x (N, C, ...) with C divisible by ``num_groups``."""
+    x = input
     if not isinstance(x, Tensor) or x.ndim < 2 or num_groups < 1 or x.shape[1] % num_groups:
         raise ShapeError(f"group_norm: expected (N, C, ...) with C divisible by num_groups="
                          f"{num_groups}, got {getattr(x, 'shape', x)!r}")
@@ -44,7 +45,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None,
     return _affine(y, weight, bias, (c,) + (1,) * (x.ndim - 2))
 
 
-def instance_norm(x: Tensor, running_mean: Tensor | None = None,
+def instance_norm(input: Tensor, running_mean: Tensor | None = None,
                   running_var: Tensor | None = None, weight: Tensor | None = None,
                   bias: Tensor | None = None, use_input_stats: bool = True,
                   momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
@@ -53,6 +54,7 @@ def instance_norm(x: Tensor, running_mean: Tensor | None = None,
     With running statistics and ``use_input_stats`` they move toward the batch average of the
     instance means and unbiased variances (PyTorch's rule); without ``use_input_stats`` the
     running statistics normalise instead."""
+    x = input
     if not isinstance(x, Tensor) or x.ndim < 3:
         raise ShapeError(f"instance_norm: expected (N, C, *spatial), got "
                          f"{getattr(x, 'shape', x)!r}")
@@ -80,10 +82,11 @@ def instance_norm(x: Tensor, running_mean: Tensor | None = None,
     return _affine(y, weight, bias, shape)
 
 
-def local_response_norm(x: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
                         k: float = 1.0) -> Tensor:
     """x / (k + alpha · mean of x² over ``size`` neighbouring channels)^beta (zero-padded
     neighbourhood, divided by ``size`` as PyTorch)."""
+    x = input
     if not isinstance(x, Tensor) or x.ndim < 3 or size < 1:
         raise ShapeError(f"local_response_norm: expected (N, C, *spatial) and size >= 1, got "
                          f"{getattr(x, 'shape', x)!r} and size={size}")
@@ -93,10 +96,11 @@ def local_response_norm(x: Tensor, size: int, alpha: float = 1e-4, beta: float =
     return x / div ** beta
 
 
-def rms_norm(x: Tensor, normalized_shape, weight: Tensor | None = None,
+def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
              eps: float | None = None) -> Tensor:
     """x / √(mean(x²) + eps) over the trailing ``normalized_shape`` axes, times ``weight``;
     ``eps`` defaults to the dtype's machine epsilon, as PyTorch."""
+    x = input
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if not isinstance(x, Tensor) or tuple(x.shape[x.ndim - len(ns):]) != ns or x.ndim < len(ns):
         raise ShapeError(f"rms_norm: input {getattr(x, 'shape', x)!r} does not end in "
@@ -153,32 +157,53 @@ def _feature_dropout(x, p, training, generator, nd, op):
     return x * mask
 
 
-def dropout1d(x: Tensor, p: float = 0.5, training: bool = True,
+def _in_place(input: Tensor, inplace, op: str, fn, *args, **kwargs) -> Tensor:
+    """PyTorch's ``inplace=True``: ``fn(input, *args, **kwargs)`` stored into ``input``."""
+    from .functional import _stored
+
+    return _stored(input, inplace, op, fn, *args, **kwargs)
+
+
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
               generator: Generator | None = None) -> Tensor:
-    """Zero whole channels of (N, C, L) or (C, L) with probability ``p`` (inverted scaling)."""
-    return _feature_dropout(x, p, training, generator, 1, "dropout1d")
+    """Zero whole channels of (N, C, L) or (C, L) with probability ``p`` (inverted scaling);
+    with ``inplace`` the result is stored into ``input``."""
+    if inplace:
+        return _in_place(input, inplace, "dropout1d", dropout1d, p, training,
+                         generator=generator)
+    return _feature_dropout(input, p, training, generator, 1, "dropout1d")
 
 
-def dropout2d(x: Tensor, p: float = 0.5, training: bool = True,
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
               generator: Generator | None = None) -> Tensor:
     """Zero whole channels of (N, C, H, W) with probability ``p``; 3-d input is read as
     (N, C, L), as PyTorch 2.13 does (it warns that this will change; use dropout1d)."""
-    return _feature_dropout(x, p, training, generator, 2, "dropout2d")
+    if inplace:
+        return _in_place(input, inplace, "dropout2d", dropout2d, p, training,
+                         generator=generator)
+    return _feature_dropout(input, p, training, generator, 2, "dropout2d")
 
 
-def dropout3d(x: Tensor, p: float = 0.5, training: bool = True,
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
               generator: Generator | None = None) -> Tensor:
     """Zero whole channels of (N, C, D, H, W) or (C, D, H, W) with probability ``p``."""
-    return _feature_dropout(x, p, training, generator, 3, "dropout3d")
+    if inplace:
+        return _in_place(input, inplace, "dropout3d", dropout3d, p, training,
+                         generator=generator)
+    return _feature_dropout(input, p, training, generator, 3, "dropout3d")
 
 
 _SELU_ALPHA_PRIME = 1.7580993408473766  # -λ·α of SELU: the value a dropped unit takes
 
 
-def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = False,
-                  generator: Generator | None = None) -> Tensor:
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
+                  inplace: bool = False, *, generator: Generator | None = None) -> Tensor:
     """Dropout for SELU networks: dropped units take SELU's negative saturation and an affine
     map a·x + b restores zero mean and unit variance (PyTorch's a and b)."""
+    if inplace:
+        return _in_place(input, inplace, "alpha_dropout", alpha_dropout, p, training,
+                         generator=generator)
+    x = input
     _check_p(p, "alpha_dropout")
     if not training or p == 0:
         return x
@@ -193,8 +218,10 @@ def alpha_dropout(x: Tensor, p: float = 0.5, training: bool = False,
 
 
 # --- bilinear and bags of embeddings ----------------------------------------------------------
-def bilinear(x1: Tensor, x2: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def bilinear(input1: Tensor, input2: Tensor, weight: Tensor,
+             bias: Tensor | None = None) -> Tensor:
     """y_o = x1ᵀ W_o x2 + b_o: x1 (..., I1), x2 (..., I2), weight (O, I1, I2) -> (..., O)."""
+    x1, x2 = input1, input2
     if weight.ndim != 3 or x1.shape[-1:] != weight.shape[1:2] or \
             x2.shape[-1:] != weight.shape[2:] or x1.shape[:-1] != x2.shape[:-1]:
         raise ShapeError(f"bilinear: need x1 (..., I1), x2 (..., I2) with the same leading "

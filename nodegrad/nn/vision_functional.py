@@ -396,17 +396,25 @@ def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
                           inplace: bool = False, generator: Generator | None = None) -> Tensor:
     """Alpha dropout of whole channels: while training each channel of each sample (axes 0 and
     1) is set, with probability ``p``, to SELU's negative saturation −λα, and an affine map
-    a·x + b restores zero mean and unit variance (PyTorch's a and b). ``inplace`` is accepted
-    for PyTorch's API; the result is a new tensor."""
+    a·x + b restores zero mean and unit variance (PyTorch's a and b). With ``inplace`` the
+    result is stored into ``input``. Input of any rank passes through when nothing is dropped
+    (not training, or p = 0), as PyTorch's."""
     op = "feature_alpha_dropout"
+    if inplace:
+        from .functional import _stored
+
+        return _stored(input, inplace, op, feature_alpha_dropout, p, training,
+                       generator=generator)
     _check_p(p, op)
-    if not isinstance(input, Tensor) or input.ndim < 2:
-        raise ShapeError(f"{op}: feature dropout needs at least 2 dims (N, C, ...), got "
-                         f"{getattr(input, 'shape', type(input).__name__)}")
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected a Tensor input, got {type(input).__name__}")
     if not training or p == 0:
         return input
     if p == 1:
         return input * 0.0
+    if input.ndim < 2:
+        raise ShapeError(f"{op}: feature dropout needs at least 2 dims (N, C, ...), got "
+                         f"{tuple(input.shape)}")
     dt = input.dtype
     al = _SELU_ALPHA_PRIME
     a = 1.0 / math.sqrt((al * al * p + 1) * (1 - p))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..primitive import primitive
-from .elementwise import _as, abs, expm1, logical_and, minimum, sigmoid, softplus, tanh, where
+from .elementwise import (_as, abs, clip, expm1, logical_and, minimum, sigmoid, softplus, tanh,
+                          where)
 from .nn import softmax
 from .shape import norm_axis, split
 
@@ -27,9 +28,15 @@ _hardtanh = primitive(
 
 
 def hardtanh(x, min_val: float = -1.0, max_val: float = 1.0):
-    """x clipped to [min_val, max_val] (PyTorch's gradient: 0 on the bounds)."""
+    """x clipped to [min_val, max_val] (PyTorch's gradient: 0 on the bounds). An integer x
+    stays integer, its bounds truncated toward zero, as PyTorch's."""
     if min_val > max_val:
         raise ValueError(f"hardtanh: min_val {min_val} must not exceed max_val {max_val}")
+    if getattr(getattr(x, "dtype", None), "kind", "f") in "iu":
+        if x.dtype.kind == "u" and min(min_val, max_val) < 0:
+            raise ValueError(f"hardtanh: cannot clip an unsigned tensor ({x.dtype}) to negative "
+                             f"bounds [{min_val}, {max_val}]")
+        return clip(x, int(min_val), int(max_val))
     return _hardtanh(x, min_val=float(min_val), max_val=float(max_val))
 
 
@@ -102,7 +109,9 @@ def hardshrink(x, lambd: float = 0.5):
 
 
 def threshold(x, threshold: float, value: float):
-    """x where x > threshold, else ``value``."""
+    """x where x > threshold, else ``value`` (cast to an integer x's dtype, as PyTorch's)."""
+    if getattr(getattr(x, "dtype", None), "kind", "f") in "iu":
+        value = int(value)
     return where(x > threshold, x, value)
 
 

@@ -145,9 +145,12 @@ __all__ += _lazy.__all__
 from .adaptive_softmax import AdaptiveLogSoftmaxWithLoss  # noqa: E402
 from .dropout import FeatureAlphaDropout  # noqa: E402
 from .loss import MultiLabelMarginLoss, NLLLoss2d, TripletMarginWithDistanceLoss  # noqa: E402
+from .loss import LinearCrossEntropyLoss  # noqa: E402
 from .norm import CrossMapLRN2d  # noqa: E402
 from .pool import FractionalMaxPool2d, FractionalMaxPool3d  # noqa: E402
 
 __all__ += ["AdaptiveLogSoftmaxWithLoss", "FeatureAlphaDropout", "FractionalMaxPool2d",
             "FractionalMaxPool3d", "CrossMapLRN2d",
             "MultiLabelMarginLoss", "NLLLoss2d", "TripletMarginWithDistanceLoss"]
+
+__all__ += ["LinearCrossEntropyLoss"]

@@ -5,6 +5,8 @@ always a new tensor and the input stays as it was (its values are what autograd 
 
 from __future__ import annotations
 
+import warnings
+
 from ...errors import ShapeError
 from ...tensor import full
 from .. import functional as F
@@ -173,10 +175,22 @@ class ReLU6(Module):
 
 
 class Hardtanh(Module):
-    """x clipped to [min_val, max_val]."""
+    """x clipped to [min_val, max_val]; the old names ``min_value``/``max_value`` are taken
+    too, with PyTorch's deprecation warning."""
 
-    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False,
+                 min_value: float | None = None, max_value: float | None = None):
         super().__init__()
+        if min_value is not None:
+            warnings.warn("keyword argument `min_value` is deprecated and renamed to `min_val`",
+                          FutureWarning, stacklevel=2)
+            min_val = min_value
+        if max_value is not None:
+            warnings.warn("keyword argument `max_value` is deprecated and renamed to `max_val`",
+                          FutureWarning, stacklevel=2)
+            max_val = max_value
+        if min_val > max_val:
+            raise ValueError(f"Hardtanh: min_val {min_val} must not exceed max_val {max_val}")
         self.min_val, self.max_val, self.inplace = min_val, max_val, bool(inplace)
 
     def forward(self, x):

@@ -88,7 +88,7 @@ _PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "repli
 
 
 class Conv1d(_ConvNd):
-    """Convolution over (N, C, L); weight (out, in/groups, k)."""
+    """Convolution over (N, C, L) or unbatched (C, L); weight (out, in/groups, k)."""
 
     nd = 1
 
@@ -99,7 +99,7 @@ class Conv1d(_ConvNd):
 
 
 class Conv2d(_ConvNd):
-    """Convolution over (N, C, H, W); weight (out, in/groups, kh, kw)."""
+    """Convolution over (N, C, H, W) or unbatched (C, H, W); weight (out, in/groups, kh, kw)."""
 
     nd = 2
 
@@ -110,7 +110,8 @@ class Conv2d(_ConvNd):
 
 
 class Conv3d(_ConvNd):
-    """Convolution over (N, C, D, H, W); weight (out, in/groups, kd, kh, kw)."""
+    """Convolution over (N, C, D, H, W) or unbatched (C, D, H, W); weight (out, in/groups,
+    kd, kh, kw)."""
 
     nd = 3
 
@@ -160,19 +161,21 @@ class _AvgPool(_Pool):
 
 
 class MaxPool1d(_MaxPool):
-    """Max over windows of (N, C, L); ``return_indices`` also returns where each max was."""
+    """Max over windows of (N, C, L) or (C, L); ``return_indices`` also returns where each max
+    was."""
 
     fn = "max_pool1d"
 
 
 class MaxPool2d(_MaxPool):
-    """Max over windows of (N, C, H, W)."""
+    """Max over windows of (N, C, H, W) or (C, H, W)."""
 
     fn = "max_pool2d"
 
 
 class AvgPool1d(_AvgPool):
-    """Mean over windows of (N, C, L); ``count_include_pad``/``ceil_mode`` as PyTorch."""
+    """Mean over windows of (N, C, L) or (C, L); ``count_include_pad``/``ceil_mode`` as
+    PyTorch."""
 
     fn = "avg_pool1d"
 
@@ -182,7 +185,7 @@ class AvgPool1d(_AvgPool):
 
 
 class AvgPool2d(_AvgPool):
-    """Mean over windows of (N, C, H, W)."""
+    """Mean over windows of (N, C, H, W) or (C, H, W)."""
 
     fn = "avg_pool2d"
 

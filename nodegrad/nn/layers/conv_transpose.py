@@ -76,7 +76,7 @@ class _ConvTransposeNd(Module):
 
 
 class ConvTranspose1d(_ConvTransposeNd):
-    """Transposed convolution over (N, C, L); weight (in, out/groups, k) as PyTorch."""
+    """Transposed convolution over (N, C, L) or (C, L); weight (in, out/groups, k) as PyTorch."""
 
     nd = 1
 
@@ -87,7 +87,7 @@ class ConvTranspose1d(_ConvTransposeNd):
 
 
 class ConvTranspose2d(_ConvTransposeNd):
-    """Transposed convolution over (N, C, H, W); weight (in, out/groups, kh, kw)."""
+    """Transposed convolution over (N, C, H, W) or (C, H, W); weight (in, out/groups, kh, kw)."""
 
     nd = 2
 
@@ -98,7 +98,8 @@ class ConvTranspose2d(_ConvTransposeNd):
 
 
 class ConvTranspose3d(_ConvTransposeNd):
-    """Transposed convolution over (N, C, D, H, W); weight (in, out/groups, kd, kh, kw)."""
+    """Transposed convolution over (N, C, D, H, W) or (C, D, H, W); weight (in, out/groups,
+    kd, kh, kw)."""
 
     nd = 3
 

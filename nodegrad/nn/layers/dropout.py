@@ -25,7 +25,7 @@ class Dropout(Module):
         self.p, self.mode, self.generator, self.inplace = p, mode, generator, bool(inplace)
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, self.mode, self.generator)
+        return F.dropout(x, self.p, self.training, mode=self.mode, generator=self.generator)
 
     def extra_repr(self) -> str:
         mode = "" if self.mode == "inverted" else f", mode={self.mode!r}"
@@ -52,7 +52,7 @@ class _DropoutVariant(Module):
         self.p, self.generator, self.inplace = p, generator, bool(inplace)
 
     def forward(self, x):
-        return getattr(F, self.fn)(x, self.p, self.training, self.generator)
+        return getattr(F, self.fn)(x, self.p, self.training, generator=self.generator)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
