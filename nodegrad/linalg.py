@@ -14,11 +14,16 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from . import _backend as _B
-from .batching import values
+from .batching import front, values
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops import linalg as L
-from .ops.reduce import matrix_norm, norm, vector_norm
-from .ops.shape import broadcast_to, expand_dims, squeeze, stack, swapaxes
+from .ops.elementwise import abs as _abs
+from .ops.elementwise import where
+from .ops.reduce import matrix_norm as _matrix_norm
+from .ops.reduce import vector_norm as _vector_norm
+from .ops.reduce import max as _max
+from .ops.shape import broadcast_to, expand_dims, reshape, squeeze, stack, swapaxes
+from .primitive import primitive
 from .tensor import Tensor, tensor
 
 __all__ = ["LinAlgError", "inv", "solve", "det", "slogdet", "cholesky", "cholesky_solve",
@@ -164,10 +169,13 @@ def slogdet(A) -> SlogdetResult:
 
 # --- decompositions -------------------------------------------------------------------------
 def cholesky(A, *, upper: bool = False) -> Tensor:
-    """Cholesky factor of a symmetric positive-definite A (lower triangle read): L with
-    A = L Lᵀ, or U = Lᵀ if ``upper``. :class:`LinAlgError` if A is not positive-definite."""
-    lo = L.cholesky(_mat("cholesky", A))
-    return _mT(lo) if upper else lo
+    """Cholesky factor of a symmetric positive-definite A: L with A = L Lᵀ, its lower triangle
+    read, or (``upper``) U with A = Uᵀ U, its upper triangle read, as PyTorch.
+    :class:`LinAlgError` if A is not positive-definite."""
+    A = _mat("cholesky", A)
+    if upper:  # A's upper triangle is the lower one of Aᵀ
+        return _mT(L.cholesky(_mT(A)))
+    return L.cholesky(A)
 
 
 def qr(A, mode: str = "reduced") -> QRResult:
@@ -191,7 +199,8 @@ def _uplo(op: str, UPLO: str) -> str:
 
 def eigh(A, UPLO: str = "L") -> EighResult:
     """Eigenvalues (ascending) and orthonormal eigenvectors of a symmetric matrix, reading its
-    ``UPLO`` triangle. The eigenvector gradient is not finite where eigenvalues repeat."""
+    ``UPLO`` triangle. Each eigenvector's sign is the LAPACK build's choice (PyTorch's may pick
+    the other). The eigenvector gradient is not finite where eigenvalues repeat."""
     A = _mat("eigh", A)
     n = A.shape[-1]
     w, v = L._unpack(L.eigh(A, uplo=_uplo("eigh", UPLO)), ((n,), (n, n)))
@@ -221,54 +230,201 @@ def _eps(A) -> float:
     return float(_B.np.finfo(A.dtype).eps)
 
 
-def pinv(A, *, atol=None, rtol=None, hermitian: bool = False) -> Tensor:
-    """Moore–Penrose pseudo-inverse; singular values ≤ max(atol, rtol·σ_max) count as zero
-    (rtol defaults to max(m, n)·eps when atol is not given, as PyTorch)."""
-    A = _mat("pinv", A, square=hermitian)
+def _tol(op: str, name: str, t):
+    """A tolerance as a float, or a float64 tensor of one per matrix (``None`` kept)."""
+    if t is None:
+        return None
+    if isinstance(t, Tensor):
+        if t.dtype.kind not in "fiub":
+            raise DTypeError(f"linalg.{op}: {name} must be a real number or tensor, got "
+                             f"{t.dtype}")
+        return float(t.item()) if t.ndim == 0 else t.detach().astype("float64")
+    if isinstance(t, str) or not isinstance(t, int | float) and not hasattr(t, "__float__"):
+        raise TypeError(f"linalg.{op}: {name} must be a number or a tensor, got "
+                        f"{type(t).__name__}")
+    return float(t)
+
+
+def _tolerances(op: str, A: Tensor, atol, rtol):
+    """PyTorch's (atol, rtol): atol defaults to 0; rtol to max(m, n)·eps, but to 0 where atol
+    is given and positive. Each a float or a float64 tensor (one value per matrix)."""
+    atol, rtol = _tol(op, "atol", atol), _tol(op, "rtol", rtol)
     if rtol is None:
-        rtol = max(A.shape[-2:]) * _eps(A) if atol is None or atol <= 0 else 0.0
-    return L.pinv(A, atol=float(atol or 0.0), rtol=float(rtol))
+        default = max(A.shape[-2:]) * _eps(A)
+        if atol is None:
+            rtol = default
+        elif isinstance(atol, Tensor):
+            rtol = (atol <= 0).astype("float64") * default
+        else:
+            rtol = 0.0 if atol > 0 else default
+    return (0.0 if atol is None else atol), rtol
+
+
+def _cutoff(atol, rtol, smax):
+    """max(atol, rtol·σ_max) per matrix (σ_max a tensor of the batch's shape)."""
+    scaled = smax.astype("float64") * rtol
+    return where(scaled > atol, scaled, atol)
+
+
+def _pinvh_fwd(xp, a, atol, rtol):
+    n = a.shape[-1]
+    if n == 0:
+        return xp.zeros(a.shape, dtype=a.dtype)
+    w, v = xp.linalg.eigh(a, UPLO="L")
+    aw = xp.abs(w)
+    keep = aw > xp.maximum(atol, rtol * aw.max(-1, keepdims=True))
+    winv = xp.where(keep, 1 / xp.where(keep, w, 1), 0).astype(a.dtype)
+    return xp.matmul(v * winv[..., None, :], xp.swapaxes(v, -1, -2))
+
+
+def _pinvh_batch(vals, bdims, **params):
+    return _pinv_hermitian(front(vals[0], bdims[0]), **params), 0
+
+
+_pinv_hermitian = primitive(
+    "pinv_hermitian", _pinvh_fwd, L._pinv_vjp, saves="both", kind="linalg", jvp=L._pinv_jvp,
+    batch=_pinvh_batch,
+    doc="Pseudo-inverse of a symmetric matrix from the eigendecomposition of its lower "
+        "triangle (|λ| ≤ max(atol, rtol·max|λ|) cut); pinv's gradient, as PyTorch.")
+
+
+def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Tensor:
+    """Moore–Penrose pseudo-inverse; singular values ≤ max(atol, rtol·σ_max) count as zero
+    (rtol defaults to max(m, n)·eps when atol is not given, as PyTorch). ``rcond`` (PyTorch's
+    older positional form) is rtol with atol 0. ``hermitian``: A is symmetric and only its
+    lower triangle is read (an eigendecomposition, |λ| for σ). atol and rtol may be tensors,
+    one value per matrix. The gradient is the constant-rank rule, exact at rank-deficient A."""
+    hermitian = bool(hermitian)
+    A = _mat("pinv", A, square=hermitian)
+    if rcond is not None:
+        if atol is not None or rtol is not None:
+            raise TypeError("linalg.pinv: give rcond (PyTorch's older form) or atol/rtol, not "
+                            "both")
+        atol, rtol = 0.0, rcond
+    atol, rtol = _tolerances("pinv", A, atol, rtol)
+    f = _pinv_hermitian if hermitian else L.pinv
+    if not isinstance(atol, Tensor) and not isinstance(rtol, Tensor):
+        return f(A, atol=atol, rtol=rtol)
+    # a tolerance per matrix: each matrix's own cut, max(atol, rtol·σ_max), in turn
+    m, n = A.shape[-2], A.shape[-1]
+    d = A.detach()
+    s = _abs(L.eigvalsh(d, uplo="L")) if hermitian else L.svdvals(d)
+    smax = _max(s, -1) if min(m, n) else Tensor(A.backend.xp.zeros(A.shape[:-2]))
+    tol = _cutoff(atol, rtol, smax)
+    batch = tuple(tol.shape)
+    cuts = A.backend.to_host(values(tol)).reshape(-1)
+    flat = reshape(broadcast_to(A, batch + (m, n)), (cuts.size, m, n))
+    if not cuts.size:
+        return reshape(f(flat, atol=0.0, rtol=0.0), batch + (n, m))
+    out = stack([f(flat[i], atol=float(c), rtol=0.0) for i, c in enumerate(cuts)])
+    return reshape(out, batch + (n, m))
 
 
 def lstsq(A, B, rcond=None, *, driver=None) -> LstsqResult:
-    """Least-squares solution of A X ≈ B (minimum norm), as pinv(A) B, with PyTorch's fields:
-    residuals when m > n and A has full rank (else empty), rank (not for 'gels'), and the
-    singular values for the 'gelsd'/'gelss' drivers (else empty)."""
+    """Least-squares solution of A X ≈ B (minimum norm), as pinv(A) B, with PyTorch's fields
+    for its CPU drivers ('gelsy', the default, 'gels', 'gelsd', 'gelss'): residuals (the
+    squared residual of each column) when m > n, for 'gels' always, for 'gelsd'/'gelss' when
+    every A has full rank, for 'gelsy' never (empty); rank (not for 'gels'); singular values
+    for 'gelsd'/'gelss' (else empty). ``rcond`` cuts singular values below rcond·σ_max (not
+    for 'gels', which assumes full rank). B may be a vector (or a batch of them), as in
+    :func:`solve`."""
     A = _mat("lstsq", A, square=False)
-    B = _mat("lstsq", B, square=False, name="B")
+    B = _t(B)
     if driver not in (None, "gels", "gelsy", "gelsd", "gelss"):
-        raise ValueError(f"linalg.lstsq: unknown driver {driver!r}")
+        raise ValueError(f"linalg.lstsq: driver must be None, 'gels', 'gelsy', 'gelsd' or "
+                         f"'gelss', got {driver!r}")
+    driver = driver or "gelsy"
+    if B.ndim == 1 or (B.ndim == A.ndim - 1 and tuple(B.shape) == tuple(A.shape[:-1])):
+        x, res, rank, sv = lstsq(A, expand_dims(B, -1), rcond, driver=driver)
+        return LstsqResult(squeeze(x, -1), res, rank, sv)  # residuals keep their last axis
+    B = _mat("lstsq", B, square=False, name="B")
     m, n = A.shape[-2], A.shape[-1]
     if B.shape[-2] != m:
         raise ShapeError(f"linalg.lstsq: A of shape {tuple(A.shape)} and B of shape "
                          f"{tuple(B.shape)} need the same number of rows")
-    rtol = max(m, n) * _eps(A) if rcond is None else float(rcond)
+    # 'gels' (QR, full rank assumed) ignores rcond, as LAPACK's
+    rtol = max(m, n) * _eps(A) if rcond is None or driver == "gels" else float(rcond)
     x = L.matmul(pinv(A, rtol=rtol), B)
     xp = A.backend.xp
     empty = Tensor(xp.zeros((0,), dtype=A.dtype))
-    s = svdvals(A)
-    rank = (s > s[..., :1] * rtol).astype("int64").sum(-1) if min(m, n) else \
-        Tensor(xp.zeros(A.shape[:-2], dtype="int64"))
+    rank = None
+    if driver != "gels":
+        s = svdvals(A).detach()
+        rank = (s > s[..., :1] * rtol).astype("int64").sum(-1) if min(m, n) else \
+            Tensor(xp.zeros(A.shape[:-2], dtype="int64"))
+    full = driver == "gels" or (driver != "gelsy" and bool((values(rank) == n).all()))
     res = empty
-    sv = values(A)
-    if m > n and sv.size and bool((_B.np.linalg.matrix_rank(A.backend.to_host(sv)) == n).all()):
+    if m > n and full:
         d = L.matmul(A, x) - B
         res = (d * d).sum(-2)
-    return LstsqResult(x, res, empty.astype("int64") if driver == "gels" else rank,
-                       s if driver in ("gelsd", "gelss") else empty)
+    return LstsqResult(x, res, empty.astype("int64") if rank is None else rank,
+                       svdvals(A) if driver in ("gelsd", "gelss") else empty)
+
+
+# --- norms -----------------------------------------------------------------------------------
+def _cast(x, dtype) -> Tensor:
+    x = _t(x)
+    return x if dtype is None else x.astype(dtype)
+
+
+def vector_norm(x, ord=2, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    """‖x‖_ord over ``dim`` (all entries when None); ``dtype``: x is cast to it first."""
+    return _vector_norm(_cast(x, dtype), ord, dim, keepdim)
+
+
+def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim: bool = False, *, dtype=None) -> Tensor:
+    """Matrix norms over the two axes ``dim``: 'fro', 'nuc', ±inf, ±1, ±2; ``dtype``: A is cast
+    to it first."""
+    return _matrix_norm(_cast(A, dtype), ord, dim, keepdim)
+
+
+def norm(A, ord=None, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+    """``torch.linalg.norm``: a vector norm over one dim, a matrix norm over two (``ord`` 2 is
+    then the largest singular value, 1 the largest column sum, ...). Without ``dim``: ord None
+    is the 2-norm of all entries, any other ord needs A 1-d (vector) or 2-d (matrix)."""
+    A = _cast(A, dtype)
+    dims = None
+    if dim is not None:
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        if len(dims) not in (1, 2):
+            raise ShapeError(f"linalg.norm: dim must be an int or name 1 or 2 dims, got {dim!r}")
+    if ord is None:  # the 2-norm of the entries (Frobenius over two dims)
+        return _vector_norm(A, 2, dims, keepdim)
+    if dims is None:
+        if A.ndim not in (1, 2):
+            raise ShapeError(f"linalg.norm: with ord and no dim, A must be 1-d or 2-d, got "
+                             f"shape {tuple(A.shape)}")
+        dims = tuple(range(A.ndim))
+    if len(dims) == 1:
+        if isinstance(ord, str):
+            raise ValueError(f"linalg.norm: ord {ord!r} is a matrix norm; it needs two dims, got "
+                             f"dim={dim!r} for shape {tuple(A.shape)}")
+        return _vector_norm(A, ord, dims, keepdim)
+    return _matrix_norm(A, ord, dims, keepdim)
 
 
 # --- powers and exponentials ----------------------------------------------------------------
 def matrix_power(A, n: int) -> Tensor:
-    """A to the integer power n (n < 0: of A⁻¹) by repeated squaring; n = 0 gives I."""
-    A = _mat("matrix_power", A)
-    if int(n) != n:
+    """A to the integer power n (n < 0: of A⁻¹, float A only) by repeated squaring; n = 0 gives
+    I (connected to A, with a zero gradient, as PyTorch). Integer A stays integer."""
+    A = _t(A)
+    if A.dtype.kind in "iu" and A.ndim >= 2 and A.shape[-1] == A.shape[-2]:
+        if int(n) == n and n < 0:
+            raise DTypeError(f"linalg.matrix_power: a negative power inverts A and needs a float "
+                             f"tensor, got {A.dtype}")
+    else:
+        A = _mat("matrix_power", A)
+    if isinstance(n, bool) or int(n) != n:
         raise TypeError(f"linalg.matrix_power: n must be an integer, got {n!r}")
     n = int(n)
     if n == 0:
-        return broadcast_to(Tensor(A.backend.xp.eye(A.shape[-1], dtype=A.dtype)), A.shape)
+        xp = A.backend.xp
+        return where(Tensor(xp.zeros((), dtype=bool)), A,
+                     Tensor(xp.eye(A.shape[-1], dtype=A.dtype)))
     if n < 0:
         A, n = inv(A), -n
+    elif n == 1:
+        return A.clone()  # a new tensor, as PyTorch's
     out = None
     while True:
         if n & 1:

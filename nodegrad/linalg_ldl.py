@@ -11,17 +11,18 @@ backward raises "not implemented"): their outputs do not require grad.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from . import _backend as _B
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import tril
+from .ops.elementwise import where
 from .ops.linalg import matmul as _matmul
 from .ops.shape import broadcast_to, expand_dims, swapaxes
 from .tensor import Tensor, eye, tensor
 
 __all__ = ["matmul", "householder_product", "ldl_factor", "ldl_factor_ex", "ldl_solve"]
-
 
 
 class LDLFactorResult(NamedTuple):
@@ -80,6 +81,9 @@ def householder_product(A, tau) -> Tensor:
         raise DTypeError(f"linalg.householder_product: input and tau must have one dtype, got "
                          f"{A.dtype} and {tau.dtype}")
     I = eye(m, n, dtype=A.dtype, device=A.device)
+    if k == 0:  # no reflectors: I, still connected to A and tau (zero gradients, as PyTorch)
+        none = Tensor(A.backend.xp.zeros((), dtype=bool))
+        return where(none, A, I) + expand_dims(expand_dims(tau.sum(-1), -1), -1)
     V = tril(A, -1) + I  # the reflectors' vectors, unit diagonal
     Q = broadcast_to(I, tuple(A.shape))
     for i in range(k - 1, -1, -1):  # Q <- H_i Q, right to left
@@ -110,7 +114,8 @@ def ldl_factor_ex(A, *, hermitian: bool = False, check_errors: bool = False) -> 
     np = _B.np
     a = _host(A)
     n = a.shape[-1]
-    flat = a.reshape((-1, n, n)).copy()
+    count = math.prod(A.shape[:-2])
+    flat = a.reshape((count, n, n)).copy()
     piv = np.zeros(flat.shape[:2], np.int32)
     info = np.zeros(flat.shape[0], np.int32)
     for i in range(flat.shape[0]):
@@ -155,11 +160,13 @@ def ldl_solve(LD, pivots, B, *, hermitian: bool = False) -> Tensor:
                          f"{B.dtype}")
     np = _B.np
     batch = np.broadcast_shapes(tuple(LD.shape[:-2]), tuple(B.shape[:-2]))
-    a = np.broadcast_to(_host(LD), batch + (n, n)).reshape((-1, n, n))
-    p = np.broadcast_to(_host(pivots), batch + (n,)).reshape((-1, n))
-    b = np.broadcast_to(_host(B), batch + tuple(B.shape[-2:])).reshape((-1,) + tuple(B.shape[-2:]))
+    count = math.prod(batch)
+    a = np.broadcast_to(_host(LD), batch + (n, n)).reshape((count, n, n))
+    p = np.broadcast_to(_host(pivots), batch + (n,)).reshape((count, n))
+    b = np.broadcast_to(_host(B), batch + tuple(B.shape[-2:])).reshape(
+        (count,) + tuple(B.shape[-2:]))
     out = b.copy()
-    for i in range(out.shape[0]):
+    for i in range(out.shape[0] if n else 0):
         if p[i].min() < -n or p[i].max() > n or (p[i] == 0).any():
             raise ValueError(f"linalg.ldl_solve: pivots must be LAPACK's 1-based entries in "
                              f"[-{n}, {n}] without 0, got {p[i].tolist()}")

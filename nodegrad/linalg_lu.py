@@ -21,6 +21,7 @@ from .ops.elementwise import abs as _abs
 from .ops.elementwise import where
 from .ops.index import take_along_axis
 from .ops.reduce import argmax, matrix_norm
+from .ops.reduce import max as _max
 from .ops.scan import cumprod
 from .ops.reduce import sum as _sum
 from .ops.shape import broadcast_to, concatenate, expand_dims, reshape, swapaxes
@@ -202,17 +203,27 @@ def lu_solve(LU, pivots, B, *, left: bool = True, adjoint: bool = False) -> Tens
 
 
 # --- the rest of torch.linalg ---------------------------------------------------------------
-def matrix_rank(A, *, atol=None, rtol=None, hermitian: bool = False) -> Tensor:
+def matrix_rank(A, tol=None, hermitian: bool = False, *, atol=None, rtol=None) -> Tensor:
     """How many singular values exceed max(atol, rtol·σ_max) (rtol defaults to
-    max(m, n)·eps when atol is not given, as PyTorch); int64, no gradient."""
+    max(m, n)·eps when atol is not given, as PyTorch); ``tol`` (PyTorch's older positional
+    form) is atol with rtol 0. ``hermitian``: A is symmetric and only its lower triangle is
+    read (|eigenvalues| for σ). atol and rtol may be tensors, one value per matrix. int64, no
+    gradient."""
     la = _la()
+    hermitian = bool(hermitian)
     A = la._mat("matrix_rank", A, square=hermitian)
-    s = la.svdvals(A).detach()
-    if rtol is None:
-        rtol = max(A.shape[-2:]) * la._eps(A) if atol is None or atol <= 0 else 0.0
-    smax = s[..., :1] if s.shape[-1] else s
-    tol = where(smax * rtol > (atol or 0.0), smax * rtol, atol or 0.0)
-    return _sum((s > tol).astype(_B.int64), -1)
+    if tol is not None:
+        if atol is not None or rtol is not None:
+            raise TypeError("linalg.matrix_rank: give tol (PyTorch's older form) or atol/rtol, "
+                            "not both")
+        atol, rtol = tol, 0.0
+    atol, rtol = la._tolerances("matrix_rank", A, atol, rtol)
+    d = A.detach()
+    s = _abs(la.eigvalsh(d)) if hermitian else la.svdvals(d)
+    if not s.shape[-1]:
+        return zeros(tuple(A.shape[:-2]), dtype=_B.int64, device=A.device)
+    cut = la._cutoff(atol, rtol, _max(s, -1))
+    return _sum((s.astype(_B.float64) > expand_dims(cut, -1)).astype(_B.int64), -1)
 
 
 def cond(A, p=None) -> Tensor:
@@ -254,9 +265,11 @@ def powers(v: Tensor, n: int) -> Tensor:
 
 def vander(x, *, N: int | None = None) -> Tensor:
     """Powers x⁰, x¹, …, x^(N-1) along a new last axis (``torch.linalg.vander``: increasing,
-    batched over leading axes)."""
-    if x.ndim < 1:
-        raise ShapeError(f"linalg.vander: expected at least 1 dim, got shape {tuple(x.shape)}")
+    batched over leading axes; a 0-d x is one point)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"linalg.vander: x must be a tensor, got {type(x).__name__}")
+    if x.ndim == 0:  # one point, as PyTorch
+        x = reshape(x, (1,))
     n = x.shape[-1] if N is None else int(N)
     if n < 1:
         raise ValueError(f"linalg.vander: N must be at least 1, got {n}")
@@ -305,7 +318,8 @@ def solve_ex(A, B, *, left: bool = True, check_errors: bool = False) -> SolveExR
 
 def cholesky_ex(A, *, upper: bool = False, check_errors: bool = False) -> CholeskyExResult:
     """(L, info) as ``torch.linalg.cholesky_ex``: info 0, or k where the leading k×k minor is
-    not positive definite (L is NaN for that matrix)."""
+    not positive definite (L is NaN for that matrix); ``upper``: U with A = Uᵀ U, the upper
+    triangle read."""
     la = _la()
     A = la._mat("cholesky_ex", A)
     try:
@@ -315,7 +329,9 @@ def cholesky_ex(A, *, upper: bool = False, check_errors: bool = False) -> Choles
             raise
     n = A.shape[-1]
     host = A.detach()
-    flat = reshape(host, (-1, n, n))
+    if upper:  # the triangle read is the upper one: the lower one of Aᵀ
+        host = _mT(host)
+    flat = reshape(host, (math.prod(A.shape[:-2]), n, n))
     infos = []
     for i in range(flat.shape[0]):
         k = 0
@@ -363,8 +379,11 @@ def tensorsolve(A, B, dims=None) -> Tensor:
 
 
 # --- PyTorch's older names: torch.lu, torch.lu_solve, torch.lu_unpack, and their methods ------
-def torch_lu(A, pivot: bool = True, get_infos: bool = False):
-    """``torch.lu``: (LU, pivots) or, with ``get_infos``, (LU, pivots, infos)."""
+def torch_lu(A, pivot: bool = True, get_infos: bool = False, out=None):
+    """``torch.lu``: (LU, pivots) or, with ``get_infos``, (LU, pivots, infos). ``out`` is
+    accepted only as None (its default): nodegrad returns new tensors."""
+    if out is not None:
+        raise TypeError("lu: out= is not supported; use the returned tensors")
     LU, _, piv, info = _factor(A, pivot)
     return (LU, piv, info) if get_infos else (LU, piv)
 

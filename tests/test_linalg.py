@@ -133,8 +133,7 @@ def test_lstsq_fields_like_torch(rng):
     want = torch.linalg.lstsq(torch.tensor(a), torch.tensor(b))
     np.testing.assert_allclose(got.solution.numpy(), want.solution.numpy(), **TOL)
     assert int(got.rank) == int(want.rank) == 3
-    res = ((a @ got.solution.numpy() - b) ** 2).sum(0)
-    np.testing.assert_allclose(got.residuals.numpy(), res, **TOL)
+    assert got.residuals.shape == tuple(want.residuals.shape) == (0,)  # gelsy: none
     wd = torch.linalg.lstsq(torch.tensor(a), torch.tensor(b), driver="gelsd")
     gd = LA.lstsq(ng.tensor(a), ng.tensor(b), driver="gelsd")
     np.testing.assert_allclose(gd.singular_values.numpy(), wd.singular_values.numpy(), **TOL)
