@@ -1530,6 +1530,12 @@ _la1("eigh", lambda a: _flatcat(*_eigh(LA.eigh, a, False)),
 _la1("eigh_upper", lambda a: LA.eigh(_sym(a) + _spread_like(a), UPLO="U").eigenvalues,
      lambda a: torch.linalg.eigh(_tsym(a) + _spread_like(a), UPLO="U").eigenvalues,
      lambda d, lead, n: arr(d, lead + (n, n)), ("eigh",))
+# hermitian=True reads the lower triangle only: a non-symmetric input checks that the upper
+# one gets no gradient (PyTorch's backward gives it the general pinv's, so its twin builds the
+# symmetric matrix first); the spread keeps the eigenvalues apart and away from the cut-off
+_la1("pinv_hermitian", lambda a: LA.pinv(a, hermitian=True),
+     lambda a: torch.linalg.pinv(a.tril() + a.tril(-1).mT, hermitian=True),
+     lambda d, lead, n: arr(d, lead + (n, n)) + _spread(n, n))
 
 
 def _eigh(f, a, is_torch):
