@@ -329,6 +329,13 @@ from .aliases import *  # noqa: E402, F403
 __all__ += (_products.__all__ + _special.__all__ + _slicing.__all__  # noqa: PLE0605
             + _aliases.__all__)
 
+# PyTorch's memory formats: accepted by the casts, contiguous() and clone(); one layout here
+from .shape import (MemoryFormat, channels_last, channels_last_3d,  # noqa: E402
+                    contiguous_format, preserve_format)
+
+__all__ += ["MemoryFormat", "channels_last", "channels_last_3d", "contiguous_format",
+            "preserve_format"]
+
 # PyTorch's dim= (and two-tensor max/min, two-axis transpose) on the NumPy-named functions
 from . import dim_forms as _dim_forms  # noqa: E402
 

@@ -23,6 +23,9 @@ _UNSET = object()
 _METHOD_FORMS = ("sum", "mean", "max", "min", "argmax", "argmin", "logsumexp", "std", "var",
                  "all", "any", "amax", "amin", "nansum", "nanmean")
 
+# of those, the ones NumPy lacks: their positional dims are PyTorch's (a 0-d tensor's dim 0)
+_TORCH_ONLY = ("logsumexp",)
+
 
 def _method_form(fn: Callable, name: str) -> Callable:
     @functools.wraps(fn)
@@ -32,6 +35,8 @@ def _method_form(fn: Callable, name: str) -> Callable:
                 raise TypeError(f"{name}(a, b): the elementwise form takes two tensors only")
             return (E.maximum if name == "max" else E.minimum)(input, args[0])
         if dim is _UNSET and keepdim is _UNSET:
+            if name in _TORCH_ONLY and args:  # PyTorch's function: positional dims are dim=
+                return getattr(Tensor, name)(input, *args, **kwargs)
             return fn(input, *args, **kwargs)
         if args:
             raise TypeError(f"{name}: pass the dimension as dim= (PyTorch) or positionally "

@@ -404,11 +404,16 @@ def gather(input, dim: int, index, *, sparse_grad: bool = False):
     """PyTorch's gather: ``out[i][j] = input[index[i][j]][j]`` for dim 0; the index may be
     smaller than the input in the other dims (NumPy's broadcasting rule: take_along_axis)."""
     index = _as_index("gather", index, input)
-    _same_rank("gather", input, index)
-    if input.ndim == 0:
-        return gather(input.reshape((1,)), 0, index.reshape((1,)), sparse_grad=sparse_grad
-                      ).reshape(())
     ax = _dim("gather", dim, input.ndim)
+    if index.numel() == 0 and (index.ndim != input.ndim or any(
+            index.shape[d] > input.shape[d] for d in range(input.ndim) if d != ax)):
+        # PyTorch: an empty index of any shape gives an empty result
+        return _getitem(input.reshape((-1,)), index=(slice(0, 0),)).reshape(tuple(index.shape))
+    if input.ndim == 0 or index.ndim == 0:  # a 0-d input or index counts as 1-d (PyTorch)
+        if max(input.ndim, index.ndim) > 1:
+            _same_rank("gather", input, index)
+        return gather(input.reshape((-1,)), ax, index.reshape((-1,))).reshape(index.shape)
+    _same_rank("gather", input, index)
     _not_larger("gather", index, input, ax)
     _check_range("gather", index, input.shape[ax], ax)
     return _gather_fit(input, index, ax)
@@ -521,6 +526,11 @@ def index_select(input, dim: int, index):
     """PyTorch's index_select: the slices ``index`` names along ``dim`` (repeats allowed)."""
     x = _scalar_to_0d(input)
     index, ax = _index_1d("index_select", x, dim, index)
+    if input.ndim == 0:  # PyTorch: the one value of a 0-d input, 0-d
+        if index.shape[0] != 1:
+            raise ShapeError(f"index_select: the index of a 0-d input must have 1 value, got "
+                             f"{index.shape[0]}")
+        return _take_along(x, index, axis=0).reshape(())
     shape = x.shape[:ax] + (index.shape[0],) + x.shape[ax + 1:]
     return _take_along(x, _spread_index(index, ax, shape), axis=ax)
 
@@ -577,13 +587,20 @@ def _mask(op, mask, like):
     return mask
 
 
+def _mask_shape(op, input, mask) -> tuple:
+    """The shape ``input`` and ``mask`` broadcast to (PyTorch's out-of-place masked ops)."""
+    try:
+        return tuple(B.np.broadcast_shapes(tuple(input.shape), tuple(mask.shape)))
+    except ValueError:
+        raise ShapeError(f"{op}: input of shape {tuple(input.shape)} and mask of shape "
+                         f"{tuple(mask.shape)} do not broadcast together") from None
+
+
 def masked_fill(input, mask, value):
-    """PyTorch's masked_fill: ``value`` where ``mask`` (broadcast to the input) is True."""
+    """PyTorch's masked_fill: ``value`` where ``mask`` is True (input and mask broadcast
+    together)."""
     mask = _mask("masked_fill", mask, input)
-    shape = B.np.broadcast_shapes(tuple(input.shape), tuple(mask.shape))
-    if shape != tuple(input.shape):
-        raise ShapeError(f"masked_fill: mask of shape {tuple(mask.shape)} does not broadcast "
-                         f"to the input's shape {tuple(input.shape)}")
+    _mask_shape("masked_fill", input, mask)
     if isinstance(value, Tensor) and value.ndim:
         raise ShapeError(f"masked_fill: value must be a number or a 0-d tensor, got shape "
                          f"{tuple(value.shape)}")
@@ -604,9 +621,12 @@ def _concrete_mask(op, mask, shape):
 
 def masked_scatter(input, mask, source):
     """PyTorch's masked_scatter: the positions where ``mask`` is True, in row-major order,
-    take ``source``'s leading elements (row-major)."""
+    take ``source``'s leading elements (row-major); input and mask broadcast together."""
     mask = _mask("masked_scatter", mask, input)
-    m = _concrete_mask("masked_scatter", mask, tuple(input.shape))
+    shape = _mask_shape("masked_scatter", input, mask)
+    if shape != tuple(input.shape):
+        input = input.broadcast_to(shape)
+    m = _concrete_mask("masked_scatter", mask, shape)
     k = int(m.sum())
     if k > source.numel():
         raise ShapeError(f"masked_scatter: the mask selects {k} positions but source has only "
@@ -621,11 +641,7 @@ def masked_select(input, mask):
     """PyTorch's masked_select: a 1-d tensor of the elements where ``mask`` is True (input and
     mask broadcast together)."""
     mask = _mask("masked_select", mask, input)
-    try:
-        shape = B.np.broadcast_shapes(tuple(input.shape), tuple(mask.shape))
-    except ValueError:
-        raise ShapeError(f"masked_select: shapes {tuple(input.shape)} and {tuple(mask.shape)} "
-                         "do not broadcast") from None
+    shape = _mask_shape("masked_select", input, mask)
     m = _concrete_mask("masked_select", mask, shape)
     x = input if tuple(input.shape) == shape else input.broadcast_to(shape)
     return _getitem(x, index=(m,))

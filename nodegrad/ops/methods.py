@@ -48,7 +48,10 @@ def _cast(self, dtype):
 
 def _reducer(fn):
     def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False, dtype=None):
-        return fn(_cast(self, dtype), _axis(axis, dim), _keep(keepdims, keepdim))
+        ax = _axis(axis, dim)
+        if ax is not None and self.ndim == 0:  # PyTorch: a scalar's dim 0 / -1 is all of it
+            ax = S.scalar_dims(ax, 0, fn.__name__)
+        return fn(_cast(self, dtype), ax, _keep(keepdims, keepdim))
 
     method.__name__ = fn.__name__
     method.__doc__ = fn.__doc__
@@ -60,9 +63,12 @@ def _extreme(fn, argfn):
         if isinstance(axis, Tensor):  # x.max(y): PyTorch's elementwise form
             return (E.maximum if fn is R.max else E.minimum)(self, axis)
         k = _keep(keepdims, keepdim)
+        if (dim is not None or axis is not None) and self.ndim == 0:  # a scalar's dim 0 / -1
+            S.scalar_dims(_axis(axis, dim), 0, fn.__name__)  # (PyTorch): the whole of it
+            if dim is None:
+                return fn(self, None, k)
+            return MaxMin(fn(self, None, k), argfn(self, None, k))
         if dim is not None and axis is None:
-            if self.ndim == 0:
-                return MaxMin(fn(self, dim, k), argfn(self, dim, k))
             idx = argfn(self, dim, True)
             # the values as picked at the indices: their gradient goes to that one entry of
             # tied extremes, as PyTorch's (amax and max() without dim share it among ties)
@@ -83,6 +89,11 @@ _UNSET = object()
 def _stat(fn):
     def method(self, axis=None, ddof=None, keepdims=False, *, dim=None, keepdim=_UNSET,
                correction=None, unbiased=None):
+        if isinstance(axis, bool):  # x.std(True): PyTorch's unbiased, never an axis
+            if unbiased is not None:
+                raise TypeError(f"{fn.__name__}: got unbiased twice (a bool where the axis "
+                                "goes is PyTorch's unbiased)")
+            axis, unbiased = None, axis
         torch_call = dim is not None or keepdim is not _UNSET
         keepdim = False if keepdim is _UNSET else keepdim
         if correction is None:  # PyTorch's keywords (dim=, keepdim=, unbiased=) mean PyTorch's
@@ -91,11 +102,35 @@ def _stat(fn):
         elif ddof is not None or unbiased is not None:
             raise TypeError(f"{fn.__name__}: pass one of ddof= (NumPy), correction= or "
                             "unbiased= (PyTorch)")
-        return fn(self, _axis(axis, dim), correction, _keep(keepdims, keepdim))
+        ax = _axis(axis, dim)
+        if ax is not None and self.ndim == 0:  # PyTorch: a scalar's dim 0 / -1 is all of it
+            ax = S.scalar_dims(ax, 0, fn.__name__)
+        return fn(self, ax, correction, _keep(keepdims, keepdim))
 
     method.__name__ = fn.__name__
     method.__doc__ = fn.__doc__
     return method
+
+
+def _cast_method(dtype, name: str):
+    """``x.float()`` and the like: ``x`` in ``dtype``; PyTorch's ``memory_format=`` is
+    accepted (nodegrad's arrays have one layout, so the values are the same)."""
+    def method(self, memory_format=None):
+        if memory_format is not None:
+            S.memory_format_arg(memory_format, name)
+        return E.astype(self, dtype)
+
+    method.__name__ = name
+    method.__doc__ = f"The tensor in {B.np.dtype(dtype).name} (PyTorch's ``{name}()``)."
+    return method
+
+
+def _contiguous(self, memory_format=None):
+    """``self`` when its array is C-contiguous, else a C-contiguous copy (differentiable);
+    PyTorch's ``memory_format=`` is accepted (every layout holds the same values)."""
+    if memory_format is not None:
+        S.memory_format_arg(memory_format, "contiguous")
+    return self if self.data.flags.c_contiguous else S.copy(self)  # (array.copy() is C order)
 
 
 def _transpose_method(self, *dims, dim0=None, dim1=None):
@@ -112,20 +147,34 @@ def _transpose_method(self, *dims, dim0=None, dim1=None):
     return S.transpose(self, S.shape_arg(dims))
 
 
-def _to(self, *args, device=None, dtype=None):
-    """``to(device)``, ``to(dtype)`` or both; differentiable."""
+def _to(self, *args, device=None, dtype=None, non_blocking: bool = False,  # noqa: ARG001
+        copy: bool = False, memory_format=None):
+    """``to(device)``, ``to(dtype)``, ``to(other)`` or both, as PyTorch's (its trailing
+    positional bools are ``non_blocking`` then ``copy``); differentiable. ``copy=True`` always
+    returns a new tensor; ``non_blocking`` and ``memory_format`` change nothing here."""
+    flags = []
     for a in args:
-        if isinstance(a, str) or isinstance(a, B.Backend):
+        if isinstance(a, bool):
+            flags.append(a)
+        elif isinstance(a, str) or isinstance(a, B.Backend):
             device = a
         elif isinstance(a, Tensor):
             device, dtype = a.device, a.dtype
         else:
             dtype = a
+    if flags:
+        if len(flags) > 2:
+            raise TypeError(f"to: at most two positional flags (non_blocking, copy), got {flags}")
+        copy = flags[1] if len(flags) > 1 else copy  # flags[0]: non_blocking
+    if memory_format is not None:
+        S.memory_format_arg(memory_format, "to")
     out = self
     if dtype is not None:
         out = E.astype(out, dtype)
     if device is not None:
         out = S.to_device(out, device)
+    if copy and out is self:
+        out = S.copy(self)
     return out
 
 
@@ -330,7 +379,8 @@ _methods = {
     "transpose": _transpose_method, "swapaxes": S.swapaxes, "moveaxis": S.moveaxis,
     "flip": lambda self, axis=None, *more, dims=None: S.flip(
         self, _axis((axis, *more) if more else axis, dims)),  # x.flip(0, 1) as PyTorch
-    "split": _split_method, "chunk": S.chunk, "clone": S.copy, "copy": S.copy,
+    "split": _split_method, "chunk": S.chunk, "clone": S.clone, "copy": S.copy,
+    "contiguous": _contiguous,
     "matmul": L.matmul,
     "take_along_axis": I.take_along_axis,
     # PyTorch's indexing ops
@@ -348,11 +398,12 @@ _methods = {
     "rot90": A.rot90, "flipud": A.flipud, "fliplr": A.fliplr,
     # dtypes and devices
     "astype": E.astype, "type": E.astype, "to": _to,
-    "float": lambda self: E.astype(self, B.float32),
-    "double": lambda self: E.astype(self, B.float64),
-    "half": lambda self: E.astype(self, B.float16),
-    "long": lambda self: E.astype(self, B.int64), "int": lambda self: E.astype(self, B.int32),
-    "bool": lambda self: E.astype(self, B.bool_),
+    "float": _cast_method(B.float32, "float"), "double": _cast_method(B.float64, "double"),
+    "half": _cast_method(B.float16, "half"), "long": _cast_method(B.int64, "long"),
+    "int": _cast_method(B.int32, "int"), "short": _cast_method(B.np.dtype("int16"), "short"),
+    "char": _cast_method(B.np.dtype("int8"), "char"),
+    "byte": _cast_method(B.np.dtype("uint8"), "byte"),
+    "bool": _cast_method(B.bool_, "bool"),
     "cpu": lambda self: S.to_device(self, "cpu"),
     "cuda": lambda self, device=0: S.to_device(self, f"cuda:{device}" if isinstance(device, int)
                                                else device),
@@ -414,8 +465,12 @@ def _install_more() -> None:
     from . import scan as C
     from . import sort as O
 
-    def dimmed(fn):  # dim= (PyTorch) or axis= (NumPy) for a function whose second arg is dim
+    # dim= (PyTorch) or axis= (NumPy) for a function whose second argument is the dim;
+    # own_dtype: the function takes dtype= itself (its result in that dtype, not int64)
+    def dimmed(fn, own_dtype=False):
         def method(self, dim=None, *args, axis=None, dtype=None, **kw):
+            if own_dtype and dtype is not None:
+                return fn(self, _axis(axis, dim), *args, dtype=dtype, **kw)
             return fn(_cast(self, dtype), _axis(axis, dim), *args, **kw)
 
         method.__name__, method.__doc__ = fn.__name__, fn.__doc__
@@ -433,8 +488,9 @@ def _install_more() -> None:
         "clamp_min": E.clamp_min, "clamp_max": E.clamp_max, "frac": E.frac,
         "isclose": E.isclose, "allclose": E.allclose, "div": E.div, "divide": E.div,
         "hardshrink": A.hardshrink, "trunc": E.trunc,
-        "cumsum": dimmed(C.cumsum), "cumprod": dimmed(C.cumprod), "cummax": dimmed(C.cummax),
-        "cummin": dimmed(C.cummin), "logcumsumexp": dimmed(C.logcumsumexp),
+        "cumsum": dimmed(C.cumsum, True), "cumprod": dimmed(C.cumprod, True),
+        "cummax": dimmed(C.cummax), "cummin": dimmed(C.cummin),
+        "logcumsumexp": dimmed(C.logcumsumexp),
         "prod": C.prod, "amax": R.amax, "amin": R.amin, "aminmax": R.aminmax,
         "nansum": R.nansum, "nanmean": R.nanmean, "count_nonzero": R.count_nonzero,
         "norm": R.norm, "median": O.median, "quantile": O.quantile, "sort": O.sort,

@@ -8,7 +8,7 @@ from .. import _backend as B
 from ..autodiff import no_grad
 from ..primitive import primitive
 from .elementwise import astype, sqrt, where
-from .shape import broadcast_to, keepdims_shape, norm_axes, reshape
+from .shape import broadcast_to, keepdims_shape, norm_axes, reshape, scalar_dims
 
 _RED = "reduce"
 
@@ -124,10 +124,30 @@ def all(x, axis=None, keepdims: bool = False):
     return _all(x, axis=norm_axes(axis, x.ndim, "all"), keepdims=bool(keepdims))
 
 
-def var(x, axis=None, ddof: int = 0, keepdims: bool = False):
-    """Variance over ``axis`` with NumPy's ``ddof`` (0: population; PyTorch's default is 1).
+def _ddof(op: str, axis, ddof, correction, unbiased):
+    """(axis, ddof) from NumPy's ``ddof`` or PyTorch's ``correction=``/``unbiased=``; a bool
+    where the axis goes is PyTorch's ``unbiased`` (``torch.var(x, True)``), never an axis."""
+    if isinstance(axis, bool):
+        if unbiased is not None:
+            raise TypeError(f"{op}: got unbiased twice (a bool where the axis goes is "
+                            "PyTorch's unbiased)")
+        axis, unbiased = None, axis
+    if correction is not None or unbiased is not None:
+        if ddof or (correction is not None and unbiased is not None):
+            raise TypeError(f"{op}: pass one of ddof= (NumPy), correction= or unbiased= "
+                            "(PyTorch)")
+        ddof = correction if correction is not None else int(unbiased)
+    return axis, ddof
+
+
+def var(x, axis=None, ddof: int = 0, keepdims: bool = False, *, correction: int | None = None,
+        unbiased: bool | None = None):
+    """Variance over ``axis`` with NumPy's ``ddof`` (0: population; PyTorch's default is 1);
+    PyTorch's ``correction=`` and ``unbiased=`` are taken too, and ``var(x, True)`` means
+    PyTorch's ``unbiased=True`` over all entries.
 
     With ``ddof`` >= N it divides by 0, as PyTorch: inf, or NaN where all values are equal."""
+    axis, ddof = _ddof("var", axis, ddof, correction, unbiased)
     axes = norm_axes(axis, x.ndim, "var")
     n = _count(x.shape, axes) - ddof
     if n <= 0:  # inf/NaN, not -0.0 or a negative variance from 0 / -k; with the mean held
@@ -144,9 +164,11 @@ def var(x, axis=None, ddof: int = 0, keepdims: bool = False):
     return _sum(centred * centred, axis=axes, keepdims=bool(keepdims)) / n
 
 
-def std(x, axis=None, ddof: int = 0, keepdims: bool = False):
-    """Standard deviation, sqrt(var); its gradient is 0 where the deviation is 0 (PyTorch),
-    not 0 * inf."""
+def std(x, axis=None, ddof: int = 0, keepdims: bool = False, *, correction: int | None = None,
+        unbiased: bool | None = None):
+    """Standard deviation, sqrt(var) (the same arguments); its gradient is 0 where the
+    deviation is 0 (PyTorch), not 0 * inf."""
+    axis, ddof = _ddof("std", axis, ddof, correction, unbiased)
     v = var(x, axis, ddof, keepdims)
     zero = v == 0
     return where(zero, 0, sqrt(where(zero, 1, v)))
@@ -175,44 +197,66 @@ def _kept(ans, x, axis, keepdims):
 
 def amax(x, dim=None, keepdim: bool = False):
     """Largest value over ``dim``; tied maxima share the gradient evenly (PyTorch's amax)."""
-    return max(x, dim, keepdim)
+    return max(x, scalar_dims(dim, x.ndim, "amax"), keepdim)
 
 
 def amin(x, dim=None, keepdim: bool = False):
     """Smallest value over ``dim``; tied minima share the gradient evenly (PyTorch's amin)."""
-    return min(x, dim, keepdim)
+    return min(x, scalar_dims(dim, x.ndim, "amin"), keepdim)
 
 
 def aminmax(x, *, dim=None, keepdim: bool = False) -> MinMax:
     """(min, max) over ``dim`` (all when None)."""
+    dim = scalar_dims(dim, x.ndim, "aminmax")
     return MinMax(min(x, dim, keepdim), max(x, dim, keepdim))
 
 
 def nansum(x, dim=None, keepdim: bool = False):
     """Sum treating NaN as zero (NaNs get no gradient)."""
-    return sum(_where(_isnan(x), 0, x), dim, keepdim)
+    return sum(_where(_isnan(x), 0, x), scalar_dims(dim, x.ndim, "nansum"), keepdim)
 
 
 def nanmean(x, dim=None, keepdim: bool = False):
     """Mean of the non-NaN entries (NaN where there are none, as PyTorch: there the
     gradient is NaN too)."""
+    dim = scalar_dims(dim, x.ndim, "nanmean")
     ok = ~_isnan(x)
     return sum(_where(ok, x, 0), dim, keepdim) / astype(sum(ok, dim, keepdim), x.dtype)
 
 
 def count_nonzero(x, dim=None):
     """How many entries are nonzero over ``dim`` (int64)."""
-    return sum(x != 0, dim)
+    return sum(x != 0, scalar_dims(dim, x.ndim, "count_nonzero"))
 
 
-def var_mean(x, dim=None, *, correction: int = 1, keepdim: bool = False):
-    """(var, mean) over ``dim`` with PyTorch's default ``correction=1`` (unbiased)."""
-    return var(x, dim, correction, keepdim), mean(x, dim, keepdim)
+def _moments_args(op, x, dim, unbiased, correction):
+    """(dim, correction) of PyTorch's var_mean/std_mean: ``op(x, True)`` is ``unbiased``,
+    ``correction`` defaults to 1, and a 0-d ``x`` takes dim 0 or -1."""
+    if isinstance(dim, bool):
+        if unbiased is not None:
+            raise TypeError(f"{op}: got unbiased twice (a bool where dim goes is unbiased)")
+        dim, unbiased = None, dim
+    if unbiased is not None:
+        if correction is not None:
+            raise TypeError(f"{op}: pass correction= or unbiased=, not both")
+        correction = int(unbiased)
+    return scalar_dims(dim, x.ndim, op), 1 if correction is None else correction
 
 
-def std_mean(x, dim=None, *, correction: int = 1, keepdim: bool = False):
-    """(std, mean) over ``dim`` with PyTorch's default ``correction=1``."""
-    return std(x, dim, correction, keepdim), mean(x, dim, keepdim)
+def var_mean(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
+             correction: int | None = None):
+    """(var, mean) over ``dim`` with PyTorch's default ``correction=1`` (unbiased);
+    ``unbiased=False`` (or ``correction=0``) divides by N."""
+    dim, c = _moments_args("var_mean", x, dim, unbiased, correction)
+    return var(x, dim, c, keepdim), mean(x, dim, keepdim)
+
+
+def std_mean(x, dim=None, unbiased: bool | None = None, keepdim: bool = False, *,
+             correction: int | None = None):
+    """(std, mean) over ``dim`` with PyTorch's default ``correction=1``; ``unbiased=False``
+    (or ``correction=0``) divides by N."""
+    dim, c = _moments_args("std_mean", x, dim, unbiased, correction)
+    return std(x, dim, c, keepdim), mean(x, dim, keepdim)
 
 
 # --- norms -----------------------------------------------------------------------------------
@@ -322,8 +366,16 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim: bool = False):
                      f"got {ord!r}")
 
 
-def norm(x, p="fro", dim=None, keepdim: bool = False):
-    """``torch.norm``: the Frobenius / p vector norm over ``dim``, or 'nuc' over two dims."""
+def norm(x, p="fro", dim=None, keepdim: bool = False, out=None, dtype=None):
+    """``torch.norm``: the Frobenius / p vector norm over ``dim``, or 'nuc' over two dims;
+    ``dtype`` casts x first, ``out`` receives the result (PyTorch's, differentiable)."""
+    if dtype is not None:
+        x = x.astype(dtype)
     if p == "nuc":
-        return matrix_norm(x, "nuc", (-2, -1) if dim is None else dim, keepdim)
-    return vector_norm(x, 2 if p == "fro" else p, dim, keepdim)
+        r = matrix_norm(x, "nuc", (-2, -1) if dim is None else dim, keepdim)
+    else:
+        r = vector_norm(x, 2 if p == "fro" else p, dim, keepdim)
+    if out is None:
+        return r
+    from ..tensor import write_out
+    return write_out("norm", out, r, differentiable=True)

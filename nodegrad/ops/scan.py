@@ -16,7 +16,8 @@ from .elementwise import astype, exp, log, logical_and, where
 from .index import take_along_axis
 from .reduce import _RED, _kept, _spread, _sum, int64_accumulator
 from ..tensor import Tensor
-from .shape import expand_dims, flip, moveaxis, norm_axes, norm_axis, pad, reshape, transpose
+from .shape import (expand_dims, flip, moveaxis, norm_axes, norm_axis, pad, reshape,
+                    scalar_dims, transpose)
 
 CumExtreme = namedtuple("CumExtreme", ["values", "indices"])
 
@@ -150,14 +151,20 @@ def _on_1d(fn, x, ax):
     return tuple(reshape(o, ()) for o in out) if isinstance(out, tuple) else reshape(out, ())
 
 
-def cumsum(x, dim: int | None = None, *, axis: int | None = None):
-    """Running sum along ``dim``."""
+def cumsum(x, dim: int | None = None, *, axis: int | None = None, dtype=None):
+    """Running sum along ``dim`` (in ``dtype`` when given: the input cast first, as
+    PyTorch)."""
+    if dtype is not None:  # the sum in dtype, not int64 for an integer one
+        return astype(cumsum(astype(x, dtype), dim, axis=axis), dtype)
     return _on_1d(lambda t, a: _cumsum(t, axis=a), int64_accumulator(x),
                   _axis(x, dim, axis, "cumsum"))
 
 
-def cumprod(x, dim: int | None = None, *, axis: int | None = None):
-    """Running product along ``dim``; gradients are exact with zeros in the input."""
+def cumprod(x, dim: int | None = None, *, axis: int | None = None, dtype=None):
+    """Running product along ``dim`` (in ``dtype`` when given, as PyTorch); gradients are
+    exact with zeros in the input."""
+    if dtype is not None:  # the product in dtype, not int64 for an integer one
+        return astype(cumprod(astype(x, dtype), dim, axis=axis), dtype)
     return _on_1d(lambda t, a: _cumprod(t, axis=a), int64_accumulator(x),
                   _axis(x, dim, axis, "cumprod"))
 
@@ -236,6 +243,7 @@ def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = Fals
     input cast first, as PyTorch); zeros are handled exactly."""
     if dtype is not None:
         x = astype(x, dtype)
-    ax = dim if dim is not None else axis
+    # PyTorch's dim 0 / -1 of a 0-d tensor is the whole of it; NumPy's axis= keeps NumPy's rule
+    ax = scalar_dims(dim, x.ndim, "prod") if dim is not None else axis
     return _prod(int64_accumulator(x), axis=norm_axes(ax, x.ndim, "prod"),
                  keepdims=bool(keepdim or keepdims))

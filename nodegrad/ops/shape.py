@@ -38,6 +38,22 @@ def norm_axes(axis, ndim: int, op: str):
     return axes
 
 
+def scalar_dims(dim, ndim: int, op: str):
+    """PyTorch's ``dim`` of a reduction: on a 0-d tensor (``ndim`` 0), 0 or -1 (alone or in a
+    tuple) name the whole of it, so it becomes None; other tensors keep ``dim``. NumPy's
+    ``axis`` does not pass through here: NumPy rejects any axis of a 0-d array."""
+    if ndim or dim is None:
+        return dim
+    dims = (dim,) if isinstance(dim, int | Tensor) else tuple(dim)
+    for d in dims:
+        if int(d) not in (0, -1):
+            raise ShapeError(f"{op}: dim {int(d)} is out of range for a 0-d tensor; expected "
+                             "0 or -1")
+    if len(dims) > 1:
+        raise ShapeError(f"{op}: repeated dim in {dims}; a 0-d tensor has one")
+    return None
+
+
 def shape_arg(shape) -> tuple:
     """A shape from ``f(2, 3)`` or ``f((2, 3))`` style arguments."""
     if len(shape) == 1 and isinstance(shape[0], list | tuple):
@@ -249,7 +265,17 @@ def concatenate(tensors, axis: int = 0):
     return _concatenate(*tensors, axis=ax)
 
 
-cat = concatenate
+def cat(tensors, axis: int = 0):
+    """PyTorch's cat: ``concatenate``, where a 1-d empty tensor (shape (0,)) among tensors of
+    another rank is left out, as PyTorch does for its legacy empty tensors."""
+    tensors = list(tensors)
+    try:
+        return concatenate(tensors, axis)
+    except ShapeError:  # only then: tensors of several ranks never concatenate otherwise
+        kept = [t for t in tensors if t.ndim != 1 or t.shape[0] != 0]
+        if len(kept) == len(tensors) or not builtins.any(t.ndim != 1 for t in tensors):
+            raise
+    return concatenate(kept, axis)
 
 
 def stack(tensors, axis: int = 0):
@@ -368,7 +394,47 @@ def flip(x, axis=None):
 copy = primitive("copy", lambda xp, x: x.copy(), lambda g, ans, x: g, saves="none", kind=_SH,
                  jvp=_L, batch=lambda v, b: (copy(v[0]), b[0]),
                  doc="A copy that stays in the graph (PyTorch: clone).")
-clone = copy
+
+
+class MemoryFormat:
+    """A memory layout request, PyTorch's ``torch.memory_format``: nodegrad's arrays are
+    C-contiguous, so every format gives the same values and these are accepted, not acted on."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"nodegrad.{self.name}"
+
+
+contiguous_format = MemoryFormat("contiguous_format")
+preserve_format = MemoryFormat("preserve_format")
+channels_last = MemoryFormat("channels_last")
+channels_last_3d = MemoryFormat("channels_last_3d")
+_MEMORY_FORMATS = {f.name: f for f in (contiguous_format, preserve_format, channels_last,
+                                        channels_last_3d)}
+
+
+def memory_format_arg(memory_format, op: str) -> MemoryFormat | None:
+    """``memory_format`` checked: None, one of the formats (``nodegrad.channels_last``, ...),
+    or PyTorch's own constant of that name (``torch.channels_last``), for code written for it."""
+    if memory_format is None or isinstance(memory_format, MemoryFormat):
+        return memory_format
+    name = "" if isinstance(memory_format, str) else str(memory_format)
+    fmt = _MEMORY_FORMATS.get(name.removeprefix("torch.")) if name.startswith("torch.") else None
+    if fmt is None:
+        raise TypeError(f"{op}: memory_format must be one of "
+                        f"{', '.join('nodegrad.' + n for n in _MEMORY_FORMATS)}, "
+                        f"got {memory_format!r}")
+    return fmt
+
+
+def clone(x, *, memory_format=None):
+    """A copy that stays in the graph (PyTorch's clone; ``memory_format`` is accepted, the
+    values are the same in every layout)."""
+    memory_format_arg(memory_format, "clone")
+    return copy(x)
+
 
 # --- devices ---------------------------------------------------------------------------------
 _to_device = primitive(

@@ -242,9 +242,11 @@ _searchsorted = primitive("searchsorted", _searchsorted_fwd, kind="sort", promot
 
 
 def searchsorted(sorted_sequence, values, *, out_int32: bool = False, right: bool = False,
-                 side: str | None = None):
+                 side: str | None = None, sorter=None):
     """Where ``values`` would go in ``sorted_sequence`` (1-d, or rows matching the leading
-    dims of ``values``) to keep it sorted; ``right``/``side='right'`` after equal entries."""
+    dims of ``values``) to keep it sorted; ``right``/``side='right'`` after equal entries.
+    ``sorter`` (int64, the shape of ``sorted_sequence``) holds the indices that sort an
+    unsorted sequence along its last dim; the result indexes that sorted order (PyTorch)."""
     if side is not None:
         if side not in ("left", "right"):
             raise ValueError(f"searchsorted: side must be 'left' or 'right', got {side!r}")
@@ -255,10 +257,26 @@ def searchsorted(sorted_sequence, values, *, out_int32: bool = False, right: boo
     v = _as_tensor(values, seq)
     if seq.ndim == 0:
         raise ShapeError("searchsorted: sorted_sequence must have at least 1 dim, got a scalar")
+    if sorter is not None:
+        seq = _sorted_by(seq, sorter)
     if seq.ndim > 1 and tuple(seq.shape[:-1]) != tuple(v.shape[:-1]):
         raise ShapeError(f"searchsorted: the leading dims of sorted_sequence "
                          f"{tuple(seq.shape)} and values {tuple(v.shape)} must match")
     return _searchsorted(seq, v, right=bool(right), int32=bool(out_int32))
+
+
+def _sorted_by(seq, sorter):
+    """``seq`` put in order along its last dim by the indices ``sorter`` (checked)."""
+    if not isinstance(sorter, Tensor) or sorter.dtype != B.int64:
+        raise DTypeError(f"searchsorted: sorter must be an int64 tensor, got "
+                         f"{getattr(sorter, 'dtype', type(sorter).__name__)}")
+    if tuple(sorter.shape) != tuple(seq.shape):
+        raise ShapeError(f"searchsorted: sorter must have the shape of sorted_sequence "
+                         f"{tuple(seq.shape)}, got {tuple(sorter.shape)}")
+    idx = _values(sorter)
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= seq.shape[-1]):
+        raise IndexError(f"searchsorted: sorter holds indices outside [0, {seq.shape[-1] - 1}]")
+    return take_along_axis(seq, sorter, -1)
 
 
 def bucketize(input, boundaries, *, out_int32: bool = False, right: bool = False):
