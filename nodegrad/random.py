@@ -7,11 +7,12 @@ their target dtype (float32 by default) so no float64 temporaries appear.
 from __future__ import annotations
 
 import math
+import operator
 
 from . import _backend as B
 from .autodiff import effect, modes
 from .errors import DeviceError, DTypeError, ShapeError
-from .tensor import Tensor, _device, _finish, _shape_arg
+from .tensor import Tensor, _device, _finish, _shape_arg, check_layout
 
 
 class Generator:
@@ -194,14 +195,33 @@ def randn(*shape, dtype=None, device=None, generator: Generator | None = None,
                    requires_grad)
 
 
-def randint(low: int, high: int | None = None, size=(), dtype=None, device=None,
-            generator: Generator | None = None) -> Tensor:
-    """Integers in [low, high) (or [0, low) when high is None)."""
+def randint(low: int = 0, high: int | None = None, size=None, dtype=None, device=None,
+            generator: Generator | None = None, *, layout=None,
+            requires_grad: bool = False) -> Tensor:
+    """Integers in [low, high), as PyTorch's ``randint(low, high, size)`` and
+    ``randint(high, size)`` ([0, high)); ``size`` defaults to () (one number)."""
+    if size is None and isinstance(high, list | tuple):  # randint(high, size)
+        low, high, size = 0, low, high
     if high is None:
         low, high = 0, low
+    try:
+        if isinstance(low, bool) or isinstance(high, bool):
+            raise TypeError
+        low, high = operator.index(low), operator.index(high)
+    except TypeError:
+        raise TypeError(f"randint: low and high must be ints, got {low!r} and {high!r}") from None
     if high <= low:
         raise ValueError(f"randint: empty range [{low}, {high})")
-    size = (size,) if isinstance(size, int) else tuple(size)
+    if layout is not None:
+        check_layout("randint", layout)
+    size = () if size is None else (size,) if isinstance(size, int) else tuple(size)
+    dt = B.as_dtype(dtype)
+    if dt is not None and dt.kind == "f":  # integer values in a float dtype, as PyTorch's
+        out = _draw(_integers, _gen(generator, device), low, high, size, None).astype(dt)
+        return _finish(out, requires_grad)
+    if requires_grad:
+        raise TypeError(f"randint: only floating dtypes can require grad, got "
+                        f"{dt or 'int64'}")
     return Tensor(_draw(_integers, _gen(generator, device), low, high, size, dtype))
 
 
@@ -228,10 +248,65 @@ def _uniform(gen: Generator, size: tuple, dtype, low: float, high: float):
     return u * u.dtype.type(high - low) + u.dtype.type(low)
 
 
-def normal(mean: float = 0.0, std: float = 1.0, size=(), dtype=None, device=None,
-           generator: Generator | None = None, requires_grad: bool = False) -> Tensor:
-    """Samples from N(mean, std²)."""
-    size = (size,) if isinstance(size, int) else tuple(size)
+def _normal_like(gen: Generator, mean, std, shape: tuple, dtype):
+    """N(mean, std²) samples of ``shape`` for tensor (or number) mean and std."""
+    m = mean.data if isinstance(mean, Tensor) else mean
+    sd = std.data if isinstance(std, Tensor) else std
+    if isinstance(std, Tensor):
+        if std.data.size and not bool((sd >= 0).all()):
+            raise ValueError("normal: expects all elements of std >= 0")
+    z = gen.normal(shape, dtype)
+    return (z * sd + m).astype(dtype, copy=False)
+
+
+def _normal_tensors(mean, std, generator: Generator | None) -> Tensor:
+    """``normal(mean, std)`` with a tensor mean or std: one sample per element of their
+    broadcast shape, in the tensor's dtype (mean's when both are tensors). As in PyTorch the
+    samples stay in the graph with zero gradient for mean and std."""
+    ref = mean if isinstance(mean, Tensor) else std
+    if ref.dtype.kind != "f":
+        raise DTypeError(f"normal: expected floating-point mean and std, got {ref.dtype}")
+    if not isinstance(std, Tensor) and std < 0:
+        raise ValueError(f"normal: expects std >= 0, got {std}")
+    shapes = [tuple(t.shape) for t in (mean, std) if isinstance(t, Tensor)]
+    try:
+        shape = tuple(B.np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"normal: mean and std of shapes {shapes[0]} and {shapes[-1]} do not "
+                         "broadcast") from None
+    sample = Tensor(_draw(_normal_like, _gen(generator, ref.device), mean, std, shape,
+                          ref.dtype))
+    srcs = [t for t in (mean, std) if isinstance(t, Tensor) and t.requires_grad]
+    if not (srcs and modes().grad_enabled):
+        return sample
+    from .ops.elementwise import astype, where
+
+    be = ref.backend
+    with be.scope():
+        keep = Tensor(be.xp.ones((), dtype=B.bool_))
+    tied = sample
+    for t in srcs:  # where(True, sample, t): sample's values, a zero gradient for t
+        tied = where(keep, tied, astype(t, ref.dtype))
+    return tied
+
+
+def normal(mean: float | Tensor = 0.0, std: float | Tensor = 1.0, size=None, dtype=None,
+           device=None, generator: Generator | None = None, requires_grad: bool = False, *,
+           layout=None, pin_memory: bool = False) -> Tensor:
+    """Samples from N(mean, std²): numbers with ``size`` (default (), one sample), or PyTorch's
+    tensor forms ``normal(mean, std)`` with a tensor mean and/or std, one sample per element
+    of their broadcast shape (zero gradient for them, as PyTorch's)."""
+    if isinstance(mean, Tensor) or isinstance(std, Tensor):
+        if size is not None or dtype is not None or requires_grad or layout is not None:
+            raise TypeError("normal: with a tensor mean or std the shape and dtype come from "
+                            "them; size=, dtype=, layout= and requires_grad= are for number "
+                            "mean and std")
+        return _normal_tensors(mean, std, generator)
+    if std < 0:
+        raise ValueError(f"normal: expects std >= 0, got {std}")
+    if layout is not None:
+        check_layout("normal", layout)
+    size = () if size is None else (size,) if isinstance(size, int) else tuple(size)
     return _finish(_draw(_normal, _gen(generator, device), size, dtype, mean, std),
                    requires_grad)
 
@@ -355,29 +430,39 @@ def _binomial(gen: Generator, count: Tensor, prob: Tensor):
 
 
 def rand_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
-              requires_grad: bool = False) -> Tensor:
-    """Uniform [0, 1) samples shaped (and typed) like ``input``."""
-    return rand(tuple(input.shape), dtype=dtype or input.dtype, device=input.device,
+              requires_grad: bool = False, device=None, layout=None,
+              memory_format=None) -> Tensor:
+    """Uniform [0, 1) samples shaped (and typed, and placed) like ``input``."""
+    if layout is not None or memory_format is not None:
+        check_layout("rand_like", layout, memory_format)
+    return rand(tuple(input.shape), dtype=dtype or input.dtype, device=device or input.device,
                 generator=generator, requires_grad=requires_grad)
 
 
 def randn_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
-               requires_grad: bool = False) -> Tensor:
-    """Standard normal samples shaped (and typed) like ``input``."""
-    return randn(tuple(input.shape), dtype=dtype or input.dtype, device=input.device,
-                 generator=generator, requires_grad=requires_grad)
+               requires_grad: bool = False, device=None, layout=None,
+               memory_format=None) -> Tensor:
+    """Standard normal samples shaped (and typed, and placed) like ``input``."""
+    if layout is not None or memory_format is not None:
+        check_layout("randn_like", layout, memory_format)
+    return randn(tuple(input.shape), dtype=dtype or input.dtype,
+                 device=device or input.device, generator=generator,
+                 requires_grad=requires_grad)
 
 
 def randint_like(input: Tensor, low: int = 0, high: int | None = None, *, dtype=None,
-                 generator: Generator | None = None) -> Tensor:
+                 generator: Generator | None = None, device=None, layout=None,
+                 requires_grad: bool = False, memory_format=None) -> Tensor:
     """Integers in [low, high) (``randint_like(x, high)`` for [0, high)) shaped like
-    ``input``, in its dtype unless ``dtype`` is given."""
+    ``input``, in its dtype and on its device unless given."""
     if high is None:
         low, high = 0, low
     if high <= low:
         raise ValueError(f"randint_like: empty range [{low}, {high})")
-    return Tensor(_draw(_integers_as, _gen(generator, input.device), low, high,
-                        tuple(input.shape), B.as_dtype(dtype) or input.dtype))
+    if layout is not None or memory_format is not None:
+        check_layout("randint_like", layout, memory_format)
+    return _finish(_draw(_integers_as, _gen(generator, device or input.device), low, high,
+                         tuple(input.shape), B.as_dtype(dtype) or input.dtype), requires_grad)
 
 
 def _integers_as(gen: Generator, low: int, high: int, shape: tuple, dtype):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from . import _backend as B
 from .autodiff import RemovableHandle, _default_cotangents, modes, note_creation, run_backward
-from .errors import DTypeError, GradError
+from .errors import DeviceError, DTypeError, GradError, ShapeError
 
 _new = object.__new__
 float16, float32, float64 = B.float16, B.float32, B.float64
@@ -540,25 +540,106 @@ def _like(x: Tensor, dtype, device):
     return (x.dtype if dtype is None else dtype), (x.device if device is None else device)
 
 
-def zeros_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+_MEMORY_FORMATS = ("contiguous_format", "preserve_format", "channels_last", "channels_last_3d")
+
+
+def _constant_name(v) -> str:
+    """The name of a layout or memory-format constant: nodegrad's (``.name``) or PyTorch's
+    (``torch.<name>``); "" for anything else (strings included, as PyTorch)."""
+    if isinstance(v, str):
+        return ""
+    name = getattr(v, "name", None)
+    if isinstance(name, str):
+        return name
+    text = str(v)
+    return text.removeprefix("torch.") if text.startswith("torch.") else ""
+
+
+def check_layout(op: str, layout=None, memory_format=None) -> None:
+    """PyTorch's ``layout=`` and ``memory_format=`` creation arguments: nodegrad's arrays are
+    dense and C-ordered, so ``strided`` and the memory formats (nodegrad's or PyTorch's
+    constants, e.g. ``torch.preserve_format``) are accepted and change nothing; anything else
+    is refused."""
+    if layout is not None and _constant_name(layout) != "strided":
+        raise TypeError(f"{op}: layout must be nodegrad.strided (nodegrad's tensors are "
+                        f"dense), got {layout!r}")
+    if memory_format is not None and _constant_name(memory_format) not in _MEMORY_FORMATS:
+        raise TypeError(f"{op}: memory_format must be one of "
+                        f"{', '.join('nodegrad.' + n for n in _MEMORY_FORMATS)}, "
+                        f"got {memory_format!r}")
+
+
+def zeros_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, *,
+               layout=None, memory_format=None) -> Tensor:
+    """Zeros shaped like ``x``, in its dtype and on its device unless given."""
+    if layout is not None or memory_format is not None:
+        check_layout("zeros_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
     return zeros(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
 
 
-def ones_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+def ones_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, *,
+              layout=None, memory_format=None) -> Tensor:
+    """Ones shaped like ``x``, in its dtype and on its device unless given."""
+    if layout is not None or memory_format is not None:
+        check_layout("ones_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
     return ones(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
 
 
 def full_like(x: Tensor, fill_value, dtype=None, device=None,
-              requires_grad: bool = False) -> Tensor:
+              requires_grad: bool = False, *, layout=None, memory_format=None) -> Tensor:
+    """``fill_value`` shaped like ``x``, in its dtype and on its device unless given."""
+    if layout is not None or memory_format is not None:
+        check_layout("full_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
     return full(x.shape, fill_value, dtype=d, device=dev, requires_grad=requires_grad)
 
 
-def empty_like(x: Tensor, dtype=None, device=None) -> Tensor:
+def empty_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, *,
+               layout=None, memory_format=None) -> Tensor:
+    """An uninitialised tensor shaped like ``x``, in its dtype and on its device unless
+    given."""
+    if layout is not None or memory_format is not None:
+        check_layout("empty_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
-    return empty(x.shape, dtype=d, device=dev)
+    return empty(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
+
+
+def write_out(op: str, out, result: Tensor, *, differentiable: bool = False) -> Tensor:
+    """PyTorch's ``out=``: ``result`` written into the tensor ``out``, which is returned.
+
+    ``out`` must have the result's dtype and device, and its shape (an empty ``out`` is
+    resized, as PyTorch does without a warning). A leaf ``out`` that requires grad is refused
+    while recording. ``differentiable`` ops (those whose PyTorch form copies into ``out``, such
+    as ``tensordot``) leave ``out`` in the graph, as ``out.copy_(result)``; the others refuse,
+    as PyTorch's, when an argument requires grad while recording."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{op}: out must be a Tensor, got {type(out).__name__}")
+    if out.dtype != result.dtype:
+        raise DTypeError(f"{op}: expected out of dtype {result.dtype} (the result's), got "
+                         f"{out.dtype}")
+    if out.backend is not result.backend:
+        raise DeviceError(f"{op}: expected out on {result.device} (the result's device), got "
+                          f"{out.device}")
+    recording = modes().grad_enabled
+    if recording and out.requires_grad and out.node is None:
+        raise GradError(f"{op}: out is a leaf tensor that requires grad; it cannot be written "
+                        "in place while recording (use nodegrad.no_grad() or drop out=)")
+    if recording and not differentiable and (result.requires_grad or out.requires_grad):
+        raise GradError(f"{op}: functions with out= do not support automatic differentiation, "
+                        "but an argument requires grad; call it without out= (or under "
+                        "nodegrad.no_grad())")
+    if out.shape != result.shape:
+        if out.data.size:
+            raise ShapeError(f"{op}: out has shape {tuple(out.shape)} but the result has shape "
+                             f"{tuple(result.shape)}; pass an out of that shape (or an empty "
+                             "one, which is resized)")
+        out._bump()
+        out.data = B.backend_of(out.data).xp.empty(result.shape, out.dtype)
+    if differentiable:
+        return out.copy_(result)
+    return out._assign(op, result)
 
 
 def arange(start, stop=None, step=1, dtype=None, device=None,

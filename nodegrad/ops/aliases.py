@@ -195,11 +195,6 @@ def _sum_to_size(self, *size) -> Tensor:
     return S.sum_to(self, size)
 
 
-def _contiguous_method(self, memory_format=None) -> Tensor:
-    """``self`` when its array is C-contiguous, else a C-contiguous copy (differentiable)."""
-    return self if self.data.flags.c_contiguous else S.copy(self)  # (array.copy() is C order)
-
-
 def _stride(self, dim: int | None = None):
     """The strides in elements (PyTorch's), or the one of ``dim``."""
     item = self.data.itemsize
@@ -309,7 +304,6 @@ _METHODS: dict[str, Callable] = {
     "where": _where_method, "equal": _equal, "type_as": _type_as, "reshape_as": _reshape_as,
     "sum_to_size": _sum_to_size, "t": t, "adjoint": adjoint,
     # metadata
-    "contiguous": _contiguous_method,
     "is_contiguous": lambda self, memory_format=None: bool(self.data.flags.c_contiguous),
     "stride": _stride, "storage_offset": _storage_offset,
     "data_ptr": lambda self: _address(self.data),
@@ -319,9 +313,6 @@ _METHODS: dict[str, Callable] = {
     # constructors and casts
     "new_zeros": _new_zeros, "new_ones": _new_ones, "new_full": _new_full,
     "new_empty": _new_empty, "new_tensor": _new_tensor,
-    "byte": lambda self: E.astype(self, B.np.dtype("uint8")),
-    "char": lambda self: E.astype(self, B.np.dtype("int8")),
-    "short": lambda self: E.astype(self, B.np.dtype("int16")),
     "bfloat16": _bfloat16,
 }
 
@@ -431,9 +422,10 @@ def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Ten
 
 def _assigning(name: str) -> Callable:
     """``zero_``, ``fill_`` or ``copy_`` (Tensor's own writes) recorded while a graph is: the
-    tensor takes the value, broadcast to its shape in its dtype, as a recorded op, so no
-    gradient reaches its old value and the source's gradient comes from it (the raw write left
-    the old graph in place: a silently wrong gradient); a slice's base changes too."""
+    tensor takes the value, broadcast to its shape in its dtype, as a recorded op, so a zero
+    gradient reaches its old value (it stays in the graph, as in PyTorch) and the source's
+    gradient comes from it (the raw write left the old graph in place: a silently wrong
+    gradient); a slice's base changes too."""
     raw = getattr(Tensor, name)
 
     def method(self, *args):
@@ -453,6 +445,8 @@ def _assigning(name: str) -> Callable:
             new = E.add(new, full(tuple(self.shape), 0, dtype=self.dtype, device=self.device))
         else:
             new = full(tuple(self.shape), value, dtype=self.dtype, device=self.device)
+        if self.requires_grad:  # still in the graph, its old value getting a zero gradient
+            new = E.where(full((), True, device=self.device), new, _alias(self))
         I.write_through(self, new, name)
         return _rebind(self, new, name)
 
@@ -1036,12 +1030,42 @@ def bitwise_right_shift(input, other) -> Tensor:
 HistogramDD = namedtuple("histogramdd", ["hist", "bin_edges"])
 
 
+def _histogram_by_edges(xp, pts, edges: list, w, density: bool):
+    """PyTorch's histogram over given bin edges (one 1-d array per dim): a point counts when
+    each coordinate lies in [first edge, last edge] (NaN never does), in the bin found by
+    binary search, the last bin closed on the right."""
+    n = pts.shape[0]
+    keep = xp.ones(n, dtype=B.bool_)
+    flat = xp.zeros(n, dtype=B.int64)
+    nbins = []
+    for k, e in enumerate(edges):
+        nb = e.shape[0] - 1
+        x = pts[:, k]
+        keep &= (x >= e[0]) & (x <= e[-1])
+        pos = xp.searchsorted(e, x, side="right") - 1
+        flat = flat * nb + xp.clip(pos, 0, nb - 1)
+        nbins.append(nb)
+    total = math.prod(nbins)
+    hist = xp.bincount(flat[keep], weights=None if w is None else w[keep], minlength=total)
+    hist = hist.astype(B.float64).reshape(nbins)
+    if density:  # an empty histogram or a zero-width bin gives NaN, as PyTorch's
+        with B.np.errstate(divide="ignore", invalid="ignore"):
+            hist = hist / hist.sum()
+            for k, e in enumerate(edges):
+                shape = [1] * len(edges)
+                shape[k] = -1
+                hist = hist / xp.diff(e).reshape(shape)
+    return hist
+
+
 def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch's names)
                 density: bool = False) -> HistogramDD:
     """PyTorch's ``histogramdd``: counts (or ``weight`` sums) of the points in the last dim of
     ``input`` over a grid of bins, with the bin edges of each dim. ``bins`` is one count, a
-    count per dim or the edges per dim; ``range`` the flat [min0, max0, min1, max1, ...]
-    (default: the data's extent); the last bin includes its right edge. Not differentiable."""
+    count per dim or a list of 1-d tensors of edges (one per dim, in input's dtype, which
+    then decide alone: ``range`` is ignored, as PyTorch does); ``range`` the flat
+    [min0, max0, min1, max1, ...] (default: the data's extent); the last bin includes its
+    right edge. Not differentiable."""
     if input.dtype.kind != "f" or input.ndim < 1:
         raise DTypeError(f"histogramdd: expected a floating tensor of points (…, D), got "
                          f"{input.dtype} of shape {tuple(input.shape)}")
@@ -1051,16 +1075,29 @@ def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch
     xp = input.backend.xp
     if isinstance(bins, int):
         bins = [bins] * d
-    bins = [b.data if isinstance(b, Tensor) else b for b in bins]
     if len(bins) != d:
         raise ValueError(f"histogramdd: {len(bins)} bin specifications for {d}-d points")
+    w = None if weight is None else weight.data.reshape(-1)
+    if any(isinstance(b, Tensor) for b in bins):
+        for k, b in enumerate(bins):
+            if not isinstance(b, Tensor) or b.ndim != 1 or b.shape[0] < 2:
+                got = (f"shape {tuple(b.shape)}" if isinstance(b, Tensor)
+                       else type(b).__name__)
+                raise ValueError(f"histogramdd: bins for dim {k} must be a 1-d tensor of at "
+                                 f"least 2 edges (as for every other dim), got {got}")
+            if b.dtype != input.dtype:
+                raise DTypeError(f"histogramdd: bins for dim {k} have dtype {b.dtype}, "
+                                 f"expected input's {input.dtype}")
+        edges = [b.data for b in bins]
+        hist = _histogram_by_edges(xp, pts, edges, w, density)
+        return HistogramDD(Tensor(hist.astype(input.dtype)),
+                           tuple(Tensor(e.copy()) for e in edges))
     pairs = None
     if range is not None:
         if len(range) != 2 * d:
             raise ValueError(f"histogramdd: range needs 2 numbers per dim ({2 * d}), got "
                              f"{len(range)}")
         pairs = [(float(range[2 * k]), float(range[2 * k + 1])) for k in builtins.range(d)]
-    w = None if weight is None else weight.data.reshape(-1)
     hist, edges = xp.histogramdd(pts, bins=bins, range=pairs, weights=w, density=density)
     return HistogramDD(Tensor(hist.astype(input.dtype)),
                        tuple(Tensor(e.astype(input.dtype)) for e in edges))

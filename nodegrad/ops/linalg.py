@@ -179,8 +179,16 @@ _einsum = primitive("einsum", lambda xp, *ops, terms, out: xp.einsum(
 
 
 def einsum(subscripts: str, *operands):
-    """NumPy's einsum (with '...'); differentiable in every operand."""
-    terms, out = _parse(subscripts, [tuple(o.shape) for o in operands])
+    """NumPy's einsum (with '...'); differentiable in every operand. The operands come as
+    separate arguments or, as PyTorch also takes them, as one list or tuple."""
+    if len(operands) == 1 and isinstance(operands[0], list | tuple):
+        operands = tuple(operands[0])
+    try:
+        shapes = [tuple(o.shape) for o in operands]
+    except AttributeError:
+        bad = next(o for o in operands if not hasattr(o, "shape"))
+        raise TypeError(f"einsum: operands must be tensors, got {type(bad).__name__}") from None
+    terms, out = _parse(subscripts, shapes)
     return _einsum(*operands, terms=tuple(terms), out=out)
 
 

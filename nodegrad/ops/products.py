@@ -19,7 +19,7 @@ from .. import linalg as LA
 from ..linalg_lu import powers
 from ..batching import values
 from ..errors import DTypeError, ShapeError
-from ..tensor import Tensor, tensor
+from ..tensor import Tensor, tensor, write_out
 from . import elementwise as E
 from . import index as I
 from . import linalg as L
@@ -80,10 +80,26 @@ def _scaled(x, s):
     return x if _is(s, 1) else x * s
 
 
+def _int_coefs(op: str, beta, alpha) -> tuple:
+    """PyTorch's integer rule for beta and alpha: on integer tensors a float coefficient is
+    truncated toward zero (its Scalar cast), except in ``addr``, which refuses it."""
+    coefs = []
+    for name, c in (("beta", beta), ("alpha", alpha)):
+        if isinstance(c, numbers.Real) and not isinstance(c, numbers.Integral):
+            if op == "addr":
+                raise DTypeError(f"addr: for integer input, {name} must be an integer, got "
+                                 f"{c!r}")
+            c = int(c)
+        coefs.append(c)
+    return tuple(coefs)
+
+
 def _add_scaled(op: str, input, prod: Tensor, beta, alpha) -> Tensor:
     """beta·input + alpha·prod, input broadcast to prod's shape; beta = 0 ignores input, its
     NaN and Inf included (PyTorch's rule)."""
     _fits(op, "input", _shape(input), _shape(prod))
+    if prod.dtype.kind in "iu":
+        beta, alpha = _int_coefs(op, beta, alpha)
     out = _scaled(prod, alpha)
     if _is(beta, 0):
         return out
@@ -274,9 +290,12 @@ def kron(input, other) -> Tensor:
     return S.reshape(ai * bi, tuple(x * y for x, y in zip(sa, sb)))
 
 
-def chain_matmul(*matrices) -> Tensor:
+def chain_matmul(*matrices, out: Tensor | None = None) -> Tensor:
     """Product of 2-d matrices in the cheapest order (deprecated in PyTorch for
-    linalg.multi_dot); one matrix is returned as a copy."""
+    linalg.multi_dot); one matrix is returned as a copy. ``out=`` receives the product (not
+    differentiable, as PyTorch's)."""
+    if out is not None:
+        return write_out("chain_matmul", out, chain_matmul(*matrices))
     ms = [_t(m) for m in matrices]
     if not ms:
         raise ShapeError("chain_matmul: expected one or more matrices")
@@ -296,10 +315,18 @@ def _dims_list(d, op: str) -> list:
     return [int(i) for i in d]
 
 
-def tensordot(a, b, dims=2) -> Tensor:
+def tensordot(a, b, dims=2, out: Tensor | None = None) -> Tensor:
     """Contract ``dims`` of a with dims of b: an int n pairs a's last n with b's first n, a
-    pair of lists names them (``([1, 2], [0, 1])``). One matrix product after a reshape."""
-    return _tensordot("tensordot", _t(a), _t(b), dims)
+    pair of lists names them (``([1, 2], [0, 1])``). One matrix product after a reshape.
+    ``out=`` receives the result and stays differentiable (PyTorch copies into it)."""
+    r = _tensordot("tensordot", _t(a), _t(b), dims)
+    return r if out is None else write_out("tensordot", out, r, differentiable=True)
+
+
+def _sum_keep(x: Tensor, ax: int) -> Tensor:
+    """x summed over ``ax``, kept as a size-1 dim, in x's dtype."""
+    s = R.sum(x, ax, keepdims=True)
+    return s if s.dtype == x.dtype else E.astype(s, x.dtype)
 
 
 def _tensordot(op: str, a: Tensor, b: Tensor, dims) -> Tensor:
@@ -326,11 +353,17 @@ def _tensordot(op: str, a: Tensor, b: Tensor, dims) -> Tensor:
         db = [S.norm_axis(i, b.ndim, op) for i in db]
         if len(set(da)) != len(da) or len(set(db)) != len(db):
             raise ShapeError(f"{op}: a dim repeats in dims {da} or {db}")
-    for i, j in zip(da, db):
-        if a.shape[i] != b.shape[j]:
-            raise ShapeError(f"{op}: contracted dims must match, but a has size "
-                             f"{a.shape[i]} in dim {i} and b has size {b.shape[j]} in dim {j}")
     _same_dtype(op, a, b)
+    for i, j in zip(da, db):
+        if a.shape[i] == b.shape[j]:
+            continue
+        if b.shape[j] == 1:  # PyTorch's broadcast of a size-1 contracted dim: sum the other
+            a = _sum_keep(a, i)
+        elif a.shape[i] == 1:
+            b = _sum_keep(b, j)
+        else:
+            raise ShapeError(f"{op}: contracted dims must match (or one be 1), but a has size "
+                             f"{a.shape[i]} in dim {i} and b has size {b.shape[j]} in dim {j}")
     fa = [i for i in range(a.ndim) if i not in da]
     fb = [j for j in range(b.ndim) if j not in db]
     k = math.prod(a.shape[i] for i in da)
@@ -550,8 +583,10 @@ def _grad_coords(x: Tensor, ax: int, c: Tensor, edge_order: int) -> Tensor:
 def gradient(input, *, spacing=1, dim=None, edge_order: int = 1) -> tuple:
     """Estimated derivative along each of ``dim`` (default all): second-order central
     differences inside, one-sided of order ``edge_order`` (1 or 2) at the ends. ``spacing``: a
-    scalar step, a list of steps, or a list of 1-d coordinate tensors (one per dim)."""
+    scalar step (None: 1), a list of steps, or a list of 1-d coordinate tensors (one per dim)."""
     x = _t(input)
+    if spacing is None:
+        spacing = 1
     dims = _as_dims("gradient", dim, x.ndim)
     if edge_order not in (1, 2):
         raise ValueError(f"gradient: edge_order must be 1 or 2, got {edge_order!r}")
@@ -665,6 +700,15 @@ def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
     if x.ndim < 2:
         x = S.reshape(x, (1, -1))
     nobs = x.shape[1]
+    # PyTorch's result dtype: input's float dtype (integers: the default) promoted with
+    # aweights'; the weights are cast to it so the products below have one dtype
+    dt = x.dtype if x.dtype.kind == "f" else B.DEFAULT_FLOAT
+    if aweights is not None:
+        aweights = _t(aweights)
+    if aweights is not None and aweights.dtype.kind == "f":
+        dt = B.np.promote_types(dt, aweights.dtype)
+    if x.dtype != dt:
+        x = E.astype(x, dt)
     w = None
     for name, wt, kinds in (("fweights", fweights, "iu"), ("aweights", aweights, "f")):
         if wt is None:
@@ -681,7 +725,9 @@ def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
         v = values(wt)
         if nobs and bool((v < 0).any()):
             raise ValueError(f"cov: {name} cannot be negative")
-        w = wt if w is None else w * wt
+        if name == "aweights":
+            aweights = wt
+        w = wt if w is None else E.astype(w, wt.dtype) * wt
     if w is None:
         avg = R.sum(x, 1) / nobs
         norm = nobs - correction
@@ -691,20 +737,21 @@ def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
             norm = 0
         xc = x - S.expand_dims(avg, 1)
         c = L.matmul(xc, S.swapaxes(xc, 0, 1))
-    else:
+    else:  # the weights' sums in their own dtype, as PyTorch's
         w = S.reshape(w, (-1,))
         wsum = R.sum(w)
         if not bool((values(wsum) != 0).all()):
             raise ValueError("cov: the weights sum to zero and cannot normalise")
-        avg = R.sum(x * w, 1) / wsum
         if correction != 0 and aweights is not None:
-            norm = wsum - correction * R.sum(w * _t(aweights)) / wsum
+            norm = wsum - correction * R.sum(w * S.reshape(aweights, (-1,))) / wsum
         else:
             norm = wsum - correction
         if bool((values(norm) <= 0).any()):
             warnings.warn("cov: degrees of freedom <= 0; the correction should be less than "
                           "the number of observations", RuntimeWarning, stacklevel=2)
-        norm = E.where(norm <= 0, 0, norm)
+        norm = E.astype(E.where(norm <= 0, 0, norm), dt)
+        w = E.astype(w, dt)
+        avg = R.sum(x * w, 1) / E.astype(wsum, dt)
         xc = x - S.expand_dims(avg, 1)
         c = L.matmul(xc, S.swapaxes(xc * w, 0, 1))
     return S.squeeze(c / norm)
