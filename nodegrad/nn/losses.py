@@ -378,8 +378,8 @@ def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
         return ops.sum(a, axis=axis, keepdims=keepdims)
     if p == float("inf"):
         return ops.max(a, axis=axis, keepdims=keepdims)
-    if p == 0:
-        return ops.sum((a > 0).astype(d.dtype), axis=axis, keepdims=keepdims)
+    if p == 0:  # sign(|d|) counts the nonzeros and has PyTorch's zero gradient
+        return ops.sum(ops.sign(a), axis=axis, keepdims=keepdims)
     if p == -float("inf"):
         return ops.min(a, axis=axis, keepdims=keepdims)
     if p < 0:  # a zero entry makes the sum infinite and the norm 0

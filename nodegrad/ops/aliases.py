@@ -262,6 +262,17 @@ def _new_empty(self, *size, dtype=None, device=None, requires_grad: bool = False
     return _new_zeros(self, *size, dtype=dtype, device=device, requires_grad=requires_grad)
 
 
+def _new_empty_strided(self, size, stride, *, dtype=None, device=None,
+                       requires_grad: bool = False, **_layout) -> Tensor:
+    """PyTorch's ``new_empty_strided``: ``new_empty(size)``; the strides it asks for are a
+    memory layout, and arrays here have one."""
+    if len(tuple(stride)) != len(tuple(size)):
+        raise ShapeError(f"new_empty_strided: {len(tuple(size))} dims but {len(tuple(stride))} "
+                         "strides")
+    return _new_empty(self, *tuple(size), dtype=dtype, device=device,
+                      requires_grad=requires_grad)
+
+
 def _new_full(self, size, fill_value, *, dtype=None, device=None,
               requires_grad: bool = False) -> Tensor:
     """``fill_value`` in ``size`` (a tuple), with this tensor's dtype and device unless given."""
@@ -312,7 +323,8 @@ _METHODS: dict[str, Callable] = {
     "is_complex": is_complex, "is_signed": _is_signed, "get_device": _get_device,
     # constructors and casts
     "new_zeros": _new_zeros, "new_ones": _new_ones, "new_full": _new_full,
-    "new_empty": _new_empty, "new_tensor": _new_tensor,
+    "new_empty": _new_empty, "new_empty_strided": _new_empty_strided,
+    "new_tensor": _new_tensor,
     "bfloat16": _bfloat16,
 }
 
@@ -913,7 +925,47 @@ def _slice(input, dim: int = 0, start: int | None = None, end: int | None = None
 
 
 def _squeeze(input, dim=None) -> Tensor:
-    return S.squeeze(input) if dim is None else S.squeeze(input, dim)
+    return S.squeeze(input) if dim is None else S.squeeze(input, dim=dim)  # PyTorch's dim
+
+
+def constant_pad_nd(input, pad, value=0.0) -> Tensor:
+    """PyTorch's ``constant_pad_nd``: ``F.pad(input, pad, value=value)`` (negative widths
+    crop)."""
+    return _arrange.torch_pad(input, pad, "constant", value)
+
+
+def fill(input, value) -> Tensor:
+    """PyTorch's out-of-place ``torch.fill``: a new tensor of input's shape and dtype holding
+    ``value`` (a number or a 0-d tensor, which gets the gradient; input gets none)."""
+    if isinstance(value, Tensor) and value.ndim:
+        raise ShapeError(f"fill: value must be a number or a 0-d tensor, got shape "
+                         f"{tuple(value.shape)}")
+    full_mask = Tensor(input.backend.xp.ones(input.shape, bool))
+    out = E.where(full_mask, value, E.multiply(input, 0) if input.requires_grad else input)
+    return out if out.dtype == input.dtype else E.astype(out, input.dtype)
+
+
+def empty_permuted(size, physical_layout, *, dtype=None, layout=None, device=None,
+                   requires_grad: bool = False, pin_memory: bool = False) -> Tensor:
+    """PyTorch's ``empty_permuted``: ``empty(size)``; the physical order of the dims it asks
+    for is a memory layout, and arrays here have one."""
+    order = tuple(physical_layout)
+    if sorted(order) != list(builtins.range(len(tuple(size)))):
+        raise ValueError(f"empty_permuted: physical_layout must be a permutation of the "
+                         f"{len(tuple(size))} dims, got {order}")
+    from ..tensor import empty
+    return empty(*tuple(size), dtype=dtype, device=device, requires_grad=requires_grad)
+
+
+def resize_as_(input, the_template) -> Tensor:
+    """PyTorch's ``torch.resize_as_``: ``input.resize_as_(the_template)``."""
+    return input.resize_as_(the_template)
+
+
+def conj_physical(input) -> Tensor:
+    """PyTorch's ``conj_physical``: the conjugate as a new tensor; a copy for real tensors
+    (nodegrad has no complex dtypes)."""
+    return S.copy(input)
 
 
 _COPY_FORMS = {
@@ -923,6 +975,7 @@ _COPY_FORMS = {
     "t_copy": t,
     "unsqueeze_copy": lambda input, dim: S.unsqueeze(input, dim),
     "squeeze_copy": _squeeze,
+    "unfold_copy": lambda input, dimension, size, step: input.unfold(dimension, size, step),
     "expand_copy": lambda input, size, *, implicit=False: S.expand(input, *_shape_arg((size,))),
     "diagonal_copy": lambda input, offset=0, dim1=0, dim2=1: _arrange.diagonal(
         input, offset, dim1, dim2),
@@ -1113,7 +1166,9 @@ _FUNCTIONS.update({
     "nonzero_static": nonzero_static, "real": real, "imag": imag, "conj": conj,
     "resolve_conj": resolve_conj, "resolve_neg": resolve_neg, "is_conj": is_conj,
     "is_neg": is_neg, "angle": angle, "bitwise_left_shift": bitwise_left_shift,
-    "bitwise_right_shift": bitwise_right_shift,
+    "bitwise_right_shift": bitwise_right_shift, "constant_pad_nd": constant_pad_nd,
+    "fill": fill, "empty_permuted": empty_permuted, "resize_as_": resize_as_,
+    "conj_physical": conj_physical,
     **{name: _copied(fn, name) for name, fn in _COPY_FORMS.items()},
 })
 
