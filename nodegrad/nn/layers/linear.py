@@ -63,6 +63,16 @@ class Flatten(Module):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
+def pretrained_shape(embeddings, layer: str) -> tuple[int, int]:
+    """(num_embeddings, embedding_dim) of a ``from_pretrained`` table, which must be a 2-d
+    tensor."""
+    if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
+        got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else \
+            type(embeddings).__name__
+        raise ValueError(f"{layer}.from_pretrained: embeddings must be a 2-d tensor, got {got}")
+    return tuple(embeddings.shape)
+
+
 class Embedding(Module):
     """A lookup table of ``num_embeddings`` vectors; default init N(0, 1) as PyTorch.
 
@@ -106,12 +116,7 @@ class Embedding(Module):
                         sparse: bool = False) -> Embedding:
         """An Embedding holding a copy of the (num_embeddings, embedding_dim) ``embeddings``,
         frozen unless ``freeze=False``, as PyTorch's (the padding row is kept as given)."""
-        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
-            got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else \
-                type(embeddings).__name__
-            raise ValueError(f"Embedding.from_pretrained: embeddings must be a 2-d tensor, got "
-                             f"{got}")
-        n, d = embeddings.shape
+        n, d = pretrained_shape(embeddings, "Embedding")
         return cls(n, d, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
                    _weight=Tensor(embeddings.data.copy()), _freeze=freeze)
 

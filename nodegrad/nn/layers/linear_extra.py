@@ -10,6 +10,7 @@ from ...tensor import Tensor, empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
+from .linear import pretrained_shape
 
 
 class Bilinear(Module):
@@ -85,12 +86,7 @@ class EmbeddingBag(Module):
                         padding_idx: int | None = None) -> EmbeddingBag:
         """An EmbeddingBag over the (num_embeddings, embedding_dim) ``embeddings`` (values
         shared, as PyTorch's), frozen unless ``freeze=False``."""
-        if not isinstance(embeddings, Tensor) or embeddings.ndim != 2:
-            got = tuple(embeddings.shape) if isinstance(embeddings, Tensor) else \
-                type(embeddings).__name__
-            raise ValueError(f"EmbeddingBag.from_pretrained: embeddings must be a 2-d tensor, "
-                             f"got {got}")
-        n, d = embeddings.shape
+        n, d = pretrained_shape(embeddings, "EmbeddingBag")
         bag = cls(n, d, max_norm, norm_type, scale_grad_by_freq, mode, sparse, embeddings,
                   include_last_offset, padding_idx)
         bag.weight.requires_grad = not freeze
