@@ -1,6 +1,6 @@
 """PyTorch's operator samples (its OpInfo database) replayed on nodegrad: the call forms,
 values, dtypes and float64 gradients of every operator both libraries have must agree, on
-float64 and int64 samples.
+float64, float32 (values and dtypes: float32 stays float32) and int64 samples.
 
 Operators nodegrad lacks on purpose (complex numbers, sparse and masked tensors, PyTorch's
 internals) are skipped by prefix in ``_opinfo.SKIP_PREFIXES``. The few remaining differences
@@ -70,6 +70,8 @@ KNOWN = {
         "nn.functional.multi_head_attention_forward", "geqrf", "ormqr")},
     "nn.functional.triplet_margin_with_distance_loss": "its samples pass a PyTorch module as "
                                                        "the distance function",
+    "matrix_exp:float32": "float32 rounding of entries near 1e5: both libraries are ~5e-2 "
+                          "from the float64 value",
     # integer inputs
     "kthvalue:int64": "ties: nodegrad returns the lowest index (documented), PyTorch's choice "
                       "is not",
@@ -90,20 +92,21 @@ def _ops():
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("dtype_name", ["float64", "int64"])
+@pytest.mark.parametrize("dtype_name", ["float64", "float32", "int64"])
 @pytest.mark.parametrize("op", list(_ops()))
 def test_opinfo_samples_match_pytorch(op, dtype_name):
     key = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
     dtype = getattr(torch, dtype_name)
     if dtype not in op.supported_dtypes("cpu"):
         pytest.skip(f"no {dtype_name} samples")
-    grads = dtype.is_floating_point and op.supports_autograd
+    grads = dtype == torch.float64 and op.supports_autograd  # float32: values and dtypes
     torch.manual_seed(0)
     try:
         samples = list(op.sample_inputs("cpu", dtype, requires_grad=grads))
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"PyTorch made no samples: {e}")
-    outcomes = [replay(s, op, grads=grads, rtol=1e-6) for s in samples[:SAMPLES]]
+    rtol = 1e-4 if dtype == torch.float32 else 1e-6
+    outcomes = [replay(s, op, grads=grads, rtol=rtol) for s in samples[:SAMPLES]]
     bad = [f"sample {i}: {o.kind}: {o.detail}" for i, o in enumerate(outcomes)
            if o.kind not in ("ok", "skip")]
     if dtype_name != "float64":  # an entry "name:int64" for that dtype alone; a plain one
