@@ -81,6 +81,13 @@ KNOWN = {
 }
 
 
+class _AsMethod:
+    """An OpInfo whose ``op`` is its method variant (``x.add(y)`` for ``torch.add(x, y)``)."""
+
+    def __init__(self, op):
+        self.op, self.supports_autograd = op.method_variant, op.supports_autograd
+
+
 def _ops():
     seen = set()
     for op in op_db:
@@ -107,6 +114,9 @@ def test_opinfo_samples_match_pytorch(op, dtype_name):
         pytest.skip(f"PyTorch made no samples: {e}")
     rtol = 1e-4 if dtype == torch.float32 else 1e-6
     outcomes = [replay(s, op, grads=grads, rtol=rtol) for s in samples[:SAMPLES]]
+    if dtype == torch.float64 and op.method_variant is not None:  # x.op(...) as well
+        outcomes += [replay(s, _AsMethod(op), grads=grads, rtol=rtol)
+                     for s in samples[:SAMPLES]]
     bad = [f"sample {i}: {o.kind}: {o.detail}" for i, o in enumerate(outcomes)
            if o.kind not in ("ok", "skip")]
     if dtype_name != "float64":  # an entry "name:int64" for that dtype alone; a plain one

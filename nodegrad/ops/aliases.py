@@ -1275,7 +1275,9 @@ def _pin_memory(self, device=None) -> Tensor:
 
 
 _METHODS.update({
-    "conj": conj, "resolve_conj": resolve_conj, "resolve_neg": resolve_neg, "is_conj": is_conj,
+    "conj": conj, "conj_physical": conj_physical,
+    "conj_physical_": lambda self: self,  # the conjugate of a real tensor is itself
+    "resolve_conj": resolve_conj, "resolve_neg": resolve_neg, "is_conj": is_conj,
     "is_neg": is_neg, "angle": angle, "as_strided": as_strided, "unsafe_split": unsafe_split,
     "unsafe_chunk": unsafe_chunk, "nonzero_static": nonzero_static, "apply_": _apply_,
     "map_": _map_, "map2_": _map2_, "resize_": _resize_, "resize_as_": _resize_as_,
