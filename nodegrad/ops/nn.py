@@ -100,6 +100,12 @@ _log_softmax = primitive(
     jvp=lambda ts, ans, x, axis: ts[0] - _sum(ts[0] * exp(ans), axis=(axis,), keepdims=True))
 
 
+def _scalar_axis(axis, dim, op: str) -> None:
+    a = dim if dim is not None else axis
+    if a not in (None, 0, -1):
+        raise ShapeError(f"{op}: dim {a} is out of range for a 0-d tensor; expected 0 or -1")
+
+
 def _softmax_args(x, axis, dim, dtype, op: str):
     """The one axis of a softmax (NumPy's ``axis=`` or PyTorch's ``dim=``; the last by
     default) and ``x`` cast to ``dtype`` first (PyTorch's ``dtype=``)."""
@@ -114,6 +120,9 @@ def _softmax_args(x, axis, dim, dtype, op: str):
 def softmax(x, axis: int | None = None, *, dim: int | None = None, dtype=None):
     """Probabilities along ``axis`` (or ``dim``; the last by default): exp(x - max)
     normalised, in ``dtype`` when given."""
+    if x.ndim == 0:  # PyTorch: a 0-d tensor is one entry along dim 0 (or -1)
+        _scalar_axis(axis, dim, "softmax")
+        return reshape(softmax(reshape(x, (1,)), axis, dim=dim, dtype=dtype), ())
     x, ax = _softmax_args(x, axis, dim, dtype, "softmax")
     return _softmax(x, axis=ax)
 
@@ -121,6 +130,9 @@ def softmax(x, axis: int | None = None, *, dim: int | None = None, dtype=None):
 def log_softmax(x, axis: int | None = None, *, dim: int | None = None, dtype=None):
     """Log-probabilities along ``axis`` (or ``dim``; the last by default): x - logsumexp(x),
     without overflow, in ``dtype`` when given."""
+    if x.ndim == 0:  # PyTorch: a 0-d tensor is one entry along dim 0 (or -1)
+        _scalar_axis(axis, dim, "log_softmax")
+        return reshape(log_softmax(reshape(x, (1,)), axis, dim=dim, dtype=dtype), ())
     x, ax = _softmax_args(x, axis, dim, dtype, "log_softmax")
     return _log_softmax(x, axis=ax)
 

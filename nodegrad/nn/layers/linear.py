@@ -34,8 +34,8 @@ class Linear(Module):
             I.uniform_(self.bias, -bound, bound) if self.init == "default" else I.zeros_(
                 self.bias)
 
-    def forward(self, x):
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, input: Tensor) -> Tensor:  # PyTorch's name, for forward(input=...)
+        return F.linear(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -1,0 +1,115 @@
+"""PyTorch's module samples (its ModuleInfo database) on nodegrad's layers: each torch module is
+built from the sample's constructor arguments, its state dict loaded into the nodegrad layer of
+the same name and arguments, and both run on the sample's inputs in float64, training mode.
+Outputs, the input gradients and every parameter's gradient (of a random projection of the
+outputs) must agree. :data:`KNOWN` lists the differences left, with their reasons.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+try:
+    from torch.testing._internal.common_modules import module_db
+except Exception as e:  # noqa: BLE001  (PyTorch's test helpers need `expecttest`)
+    pytest.skip(f"PyTorch's ModuleInfo database is not importable: {e}", allow_module_level=True)
+# see test_torch_opinfo.py: importing PyTorch's test helpers freezes torch.backends' flags
+torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+
+from _opinfo import _array, _compare, _flat, _to_ng  # noqa: E402
+
+import nodegrad as ng  # noqa: E402
+
+INPUTS = 4
+KNOWN = {
+    # the samples pass PyTorch objects nodegrad cannot take
+    **{name: "the sample builds the module from PyTorch objects (a layer, torch's gelu)" for name
+       in ("TransformerEncoder", "TransformerEncoderLayer", "TransformerDecoderLayer")},
+    **{name: "PyTorch's lazy parameters cannot be copied before its first call" for name in (
+        "LazyConv1d", "LazyConv2d", "LazyConv3d", "LazyConvTranspose1d",
+        "LazyConvTranspose2d", "LazyConvTranspose3d")},
+    "KLDivLoss": "its samples pass one tensor as both input and target",
+    "CTCLoss": "nodegrad's gradient is the exact one in log_probs (documented)",
+}
+
+
+def _replay(mi, inp) -> str | None:
+    """None when the torch module and nodegrad's layer agree on this sample, else why not."""
+    ca, ck = inp.constructor_input.args, inp.constructor_input.kwargs
+    fa, fk = inp.forward_input.args, inp.forward_input.kwargs
+    try:
+        torch.manual_seed(0)
+        mt = mi.module_cls(*ca, **ck).double()
+    except Exception:  # noqa: BLE001  (PyTorch rejects its own sample)
+        return None
+    name = mi.module_cls.__name__
+    try:
+        mn = getattr(ng.nn, name)(*_to_ng(ca), **_to_ng(ck))
+        if any(p.dtype == ng.float32 for p in mn.parameters()):
+            mn = mn.double()
+        mn.load_state_dict({k: ng.tensor(v.detach().numpy().copy())
+                            for k, v in mt.state_dict().items()}, strict=False)
+        mt.train()
+        mn.train()
+        nfa, nfk = _to_ng(fa), _to_ng(fk)
+        tout, nout = mt(*fa, **fk), mn(*nfa, **nfk)
+    except Exception as e:  # noqa: BLE001  (the outcome names it)
+        return f"call: {type(e).__name__}: {str(e)[:200]}"
+    if len(_flat(tout)) != len(_flat(nout)):
+        return f"{len(_flat(tout))} outputs against {len(_flat(nout))}"
+    bad = _compare(tout, nout, 1e-6)
+    if bad is not None:
+        return f"{bad.kind}: {bad.detail}"
+    pairs = [(a, b) for a, b in zip(_flat(tout), _flat(nout))
+             if isinstance(a, torch.Tensor) and a.requires_grad]
+    if not pairs:
+        return None
+    rng = np.random.default_rng(0)
+    cots = [rng.standard_normal(a.shape) for a, _ in pairs]
+    leaves = [a for a in _flat(list(fa)) if isinstance(a, torch.Tensor) and a.requires_grad]
+    named = dict(mt.named_parameters())
+    want = torch.autograd.grad([a for a, _ in pairs], leaves + list(named.values()),
+                               [torch.tensor(c) for c in cots], allow_unused=True)
+    try:
+        total = None
+        for c, (_, b) in zip(cots, pairs):
+            term = (b * ng.tensor(c)).sum()
+            total = term if total is None else total + term
+        total.backward()
+    except Exception as e:  # noqa: BLE001
+        return f"backward: {type(e).__name__}: {str(e)[:200]}"
+    mine = dict(mn.named_parameters())
+    got = [x.grad for x in _flat(list(nfa)) if isinstance(x, ng.Tensor) and x.requires_grad]
+    labels = ["input"] * len(got) + list(named)
+    got += [mine[k].grad if k in mine else f"no parameter {k}" for k in named]
+    for label, w, g in zip(labels, want, got):
+        if isinstance(g, str):
+            return g
+        if w is None and g is None:
+            continue
+        e = np.zeros(1) if w is None else w.numpy()
+        h = np.zeros(1) if g is None else _array(g)
+        if e.shape != h.shape or not np.allclose(e, h, rtol=1e-6, atol=1e-6, equal_nan=True):
+            return f"gradient of {label} differs"
+    return None
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("mi", [pytest.param(m, id=m.module_cls.__name__) for m in module_db])
+def test_moduleinfo_samples_match_pytorch(mi):
+    name = mi.module_cls.__name__
+    if not hasattr(ng.nn, name):
+        pytest.fail(f"nn.{name} is missing")
+    try:
+        inputs = mi.module_inputs_func(mi, device="cpu", dtype=torch.float64,
+                                       requires_grad=True, training=True)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PyTorch made no samples: {e}")
+    bad = [f"sample {i}: {why}" for i, inp in enumerate(inputs[:INPUTS])
+           if (why := _replay(mi, inp)) is not None]
+    if name in KNOWN:
+        assert bad, f"{name} now agrees with PyTorch: remove it from KNOWN ({KNOWN[name]})"
+        return
+    assert not bad, "\n".join(bad)
