@@ -642,19 +642,31 @@ def write_out(op: str, out, result: Tensor, *, differentiable: bool = False) -> 
     return out._assign(op, result)
 
 
-def arange(start, stop=None, step=1, dtype=None, device=None,
-           requires_grad: bool = False) -> Tensor:
+def arange(start=None, stop=None, step=1, dtype=None, device=None,
+           requires_grad: bool = False, *, end=None, out=None, layout=None) -> Tensor:
     """Evenly spaced values in [start, stop); int64 for integer arguments, else the default
-    float dtype."""
+    float dtype. ``end=`` is PyTorch's name for stop (``arange(end=3)``), ``out`` receives the
+    result."""
+    if end is not None:
+        if stop is not None:
+            raise TypeError("arange: give stop or PyTorch's end=, not both")
+        stop = end
+        if start is None:
+            start = 0
+    if start is None:
+        raise TypeError("arange: missing the end of the range")
     if stop is None:
         start, stop = 0, start
+    if layout is not None:
+        check_layout("arange", layout)
     if dtype is None:
         ints = all(isinstance(v, int) for v in (start, stop, step))
         dtype = int64 if ints else B.DEFAULT_FLOAT
     be = B.get_backend(_device(device))
     with be.scope():
         a = be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype))
-    return _finish(a, requires_grad) if requires_grad else Tensor(a)
+    r = _finish(a, requires_grad) if requires_grad else Tensor(a)
+    return r if out is None else write_out("arange", out, r)
 
 
 def linspace(start, stop, num: int = 50, dtype=None, device=None,

@@ -1,6 +1,6 @@
 """PyTorch's calls of the top-level functions that carry NumPy's names: ``ng.sum(x, dim=1)``,
 ``ng.max(x, dim=1)`` (values, indices), ``ng.max(a, b)``, ``ng.cat(ts, dim=1)``,
-``ng.transpose(x, 0, 1)``, ``ng.split(x, 2, dim=1)``.
+``ng.transpose(x, 0, 1)``, ``ng.split(x, 2, dim=1)``, ``ng.add(x, y, alpha=2)``.
 
 Each function keeps NumPy's meaning for NumPy's arguments (``axis=``, positional axes); PyTorch's
 keywords (``dim=``, ``keepdim=``, ``dims=``) and argument forms that NumPy's cannot mean (a tensor
@@ -84,10 +84,29 @@ def transpose(x, *axes):
     return S.transpose(x, *axes)
 
 
+def _alpha_form(fn: Callable, method: str) -> Callable:
+    """``fn(input, other)`` that also takes PyTorch's ``alpha=`` (input + alpha * other, or
+    input - alpha * other), with the Tensor method's meaning."""
+    @functools.wraps(fn)
+    def f(input, other, *args, alpha=_UNSET, **kwargs):
+        if alpha is _UNSET:
+            return fn(input, other, *args, **kwargs)
+        if args or kwargs:
+            raise TypeError(f"{method}(input, other, alpha=): no other arguments with alpha")
+        if not isinstance(input, Tensor):  # a number first: input ± alpha * other
+            return fn(input, E.multiply(other, alpha))
+        return getattr(Tensor, method)(input, other, alpha=alpha)
+
+    return f
+
+
 def forms(namespace: dict) -> dict:
     """The replacements for ``namespace``'s functions (the names it has)."""
     out = {name: _method_form(namespace[name], name) for name in _METHOD_FORMS
            if name in namespace}
+    for name, method in (("add", "add"), ("subtract", "sub"), ("sub", "sub")):
+        if name in namespace:
+            out[name] = _alpha_form(namespace[name], method)
     for name in ("concatenate", "cat", "stack", "expand_dims", "unsqueeze"):
         if name in namespace:
             out[name] = _axis_alias(namespace[name])

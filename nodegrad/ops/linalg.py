@@ -7,6 +7,8 @@ PyTorch's ``FunctionsManual``), every one batched over leading axes.
 
 from __future__ import annotations
 
+import math
+
 import string
 
 from .. import _backend as B
@@ -41,8 +43,8 @@ def _matmul_db(g, ans, a, b):
     if a.shape[-2] == 1 and a.ndim > 2 and b.ndim > 2:  # stacked outer products (vmap'ed
         return _mT(a) * g                                # layers): a broadcast multiply
     if b.ndim == 2 and a.ndim > 2:  # shared weight (x @ W over a batch): one GEMM
-        k = a.shape[-1]
-        return matmul(_mT(reshape(a, (-1, k))), reshape(g, (-1, g.shape[-1])))
+        k, rows = a.shape[-1], math.prod(a.shape[:-1])  # (no -1: k or n may be 0)
+        return matmul(_mT(reshape(a, (rows, k))), reshape(g, (rows, g.shape[-1])))
     return matmul(_mT(a), g)
 
 

@@ -516,6 +516,8 @@ def diff(input, n: int = 1, dim: int = -1, prepend=None, append=None) -> Tensor:
     if int(n) != n or n < 0:
         raise ValueError(f"diff: the order n must be a non-negative integer, got {n!r}")
     ax = S.norm_axis(dim, x.ndim, "diff")
+    if n == 0:  # PyTorch: the input as it is, without prepend/append
+        return x
     parts = []
     for name, p in (("prepend", prepend), ("append", append)):
         if p is None:

@@ -320,7 +320,7 @@ def vector_norm(x, ord=2, dim=None, keepdim: bool = False):
     _float_only(x, "vector_norm")
     if isinstance(ord, str) or isinstance(ord, bool):
         raise ValueError(f"vector_norm: ord must be a number, got {ord!r}")
-    axis = norm_axes(dim, x.ndim, "vector_norm")
+    axis = norm_axes(scalar_dims(dim, x.ndim, "vector_norm"), x.ndim, "vector_norm")
     ord = float(ord)
     if ord < 0:  # no identity: a negative norm over zero entries is undefined, as in PyTorch
         for a in range(x.ndim) if axis is None else axis:
