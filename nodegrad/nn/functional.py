@@ -298,8 +298,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     """Normalise each channel (axis 1) by batch statistics (training) or running ones (eval).
 
     In training the running statistics move by ``momentum`` toward the batch mean and the
-    unbiased batch variance, as PyTorch does. An empty 1-d input (no channels, as PyTorch
-    reads it) gives an empty result.
+    unbiased batch variance, as PyTorch does. An empty input (no samples, or no channels as
+    PyTorch reads a 1-d one) gives an empty result and leaves the statistics as they were.
     """
     x = input
     if x.ndim < 2:
@@ -310,6 +310,12 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     c = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, c) + (1,) * (x.ndim - 2)
+    if x.numel() == 0 and c:  # an empty batch: an empty result (zero gradients for the
+        # affine parameters) and the running statistics as they were, as PyTorch
+        y = x * 1
+        if weight is not None:
+            y = y * ops.reshape(weight, shape)
+        return y if bias is None else y + ops.reshape(bias, shape)
     if training or running_mean is None:
         count = x.numel() // c
         if training and count < 2:
