@@ -65,7 +65,6 @@ KNOWN = {
                         "PyTorch's also reaches the other",
     "cholesky_solve": "the gradient is the true one for the triangle read (documented); "
                       "PyTorch's also reaches the other",
-    "nn.functional.group_norm": "a batch of 0 samples is refused",
     "nn.functional.interpolate.area": "mode 'area' takes 3-d and 4-d input only",
     "nn.functional.fractional_max_pool2d": RANDOM,
     # LAPACK implementations choose eigenvector signs differently (MKL against OpenBLAS)

@@ -40,7 +40,8 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
         raise ShapeError(f"group_norm: expected (N, C, ...) with C divisible by num_groups="
                          f"{num_groups}, got {getattr(x, 'shape', x)!r}")
     n, c = x.shape[:2]
-    g = ops.reshape(x, (n, num_groups, -1))
+    per_group = (c // num_groups) * math.prod(x.shape[2:])  # (no -1: n may be 0)
+    g = ops.reshape(x, (n, num_groups, per_group))
     y = ops.reshape(_normalise(g, (2,), eps)[0], tuple(x.shape))
     return _affine(y, weight, bias, (c,) + (1,) * (x.ndim - 2))
 
