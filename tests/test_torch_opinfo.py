@@ -65,7 +65,6 @@ KNOWN = {
                         "PyTorch's also reaches the other",
     "cholesky_solve": "the gradient is the true one for the triangle read (documented); "
                       "PyTorch's also reaches the other",
-    "nn.functional.interpolate.area": "mode 'area' takes 3-d and 4-d input only",
     "nn.functional.fractional_max_pool2d": RANDOM,
     # LAPACK implementations choose eigenvector signs differently (MKL against OpenBLAS)
     "linalg.eigh": "eigenvector signs are LAPACK's choice; eigenvalues agree",

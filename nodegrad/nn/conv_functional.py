@@ -505,7 +505,7 @@ def pixel_unshuffle(input: Tensor, downscale_factor: int) -> Tensor:
 
 # --- interpolation ----------------------------------------------------------------------------
 _MODES = {"nearest": (1, 2, 3), "nearest-exact": (1, 2, 3), "linear": (1,), "bilinear": (2,),
-          "bicubic": (2,), "trilinear": (3,), "area": (1, 2)}
+          "bicubic": (2,), "trilinear": (3,), "area": (1, 2, 3)}
 
 
 def _take(x: Tensor, idx, axis: int) -> Tensor:
@@ -600,7 +600,8 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     if min(out) < 1:
         raise ShapeError(f"{op}: output size {out} must be positive")
     if mode == "area":
-        return F.adaptive_avg_pool1d(x, out[0]) if nd == 1 else F.adaptive_avg_pool2d(x, out)
+        return (F.adaptive_avg_pool1d(x, out[0]) if nd == 1 else
+                F.adaptive_avg_pool2d(x, out) if nd == 2 else F.adaptive_avg_pool3d(x, out))
     y = x
     for i in range(nd):
         if out[i] != x.shape[2 + i] or mode not in ("nearest", "nearest-exact") or scales[i]:
