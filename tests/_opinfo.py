@@ -11,10 +11,12 @@ gradients of a random projection of the outputs. Each outcome is one of
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -22,6 +24,21 @@ import nodegrad as ng
 
 OUTCOMES = ("ok", "skip", "missing", "callfail", "value", "dtype", "shape", "struct",
             "gradfail", "grad")
+def pytorch_database(module: str, name: str):
+    """``torch.testing._internal.<module>.<name>`` (PyTorch's sample database), or a skip of
+    the calling test module when PyTorch's test helpers cannot be imported (they need
+    ``expecttest``)."""
+    try:
+        db = getattr(importlib.import_module(f"torch.testing._internal.{module}"), name)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PyTorch's {name} is not importable: {e}", allow_module_level=True)
+    # Importing them freezes torch.backends' global flags (PyTorch's own suite wants its
+    # flags() context manager); other tests in this process set them plainly (the GPU
+    # benchmark turns TF32 off), so thaw them again.
+    torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+    return db
+
+
 # Whole families nodegrad does not have: complex numbers (fft, view_as_complex), sparse and
 # masked tensors, PyTorch's internal and CUDA-only ops.
 SKIP_PREFIXES = ("fft.", "masked.", "sparse.", "signal.", "_", "__", "jiterator_", "native_",

@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-try:
-    from torch.testing._internal.common_modules import module_db
-except Exception as e:  # noqa: BLE001  (PyTorch's test helpers need `expecttest`)
-    pytest.skip(f"PyTorch's ModuleInfo database is not importable: {e}", allow_module_level=True)
-# see test_torch_opinfo.py: importing PyTorch's test helpers freezes torch.backends' flags
-torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 
-from _opinfo import _array, _compare, _flat, _to_ng  # noqa: E402
+from _opinfo import _array, _compare, _flat, _to_ng, pytorch_database  # noqa: E402
 
 import nodegrad as ng  # noqa: E402
+
+module_db = pytorch_database("common_modules", "module_db")
 
 INPUTS = 40  # the first inputs of each module (most have fewer)
 KNOWN = {

@@ -13,16 +13,10 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-try:
-    from torch.testing._internal.common_methods_invocations import op_db
-except Exception as e:  # noqa: BLE001  (PyTorch's test helpers need `expecttest`)
-    pytest.skip(f"PyTorch's OpInfo database is not importable: {e}", allow_module_level=True)
-# Importing PyTorch's test helpers freezes torch.backends' global flags (PyTorch's own suite
-# wants its flags() context manager); other tests in this process set them plainly (the GPU
-# benchmark turns TF32 off), so thaw them again.
-torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
 
-from _opinfo import SKIP_PREFIXES, replay  # noqa: E402
+from _opinfo import SKIP_PREFIXES, pytorch_database, replay  # noqa: E402
+
+op_db = pytorch_database("common_methods_invocations", "op_db")
 
 SAMPLES = 40  # the first samples of each operator (most have fewer)
 RANDOM = "random: values differ by design"
