@@ -67,16 +67,8 @@ def log_softmax(input, dim: int, *, dtype=None):
 
 def round(input, *, decimals: int = 0):
     """Round half to even, to ``decimals`` decimal places (negative: to tens, hundreds, ...),
-    by PyTorch's formula: round(x * 10**d) / 10**d (round(x / 10**-d) * 10**-d for d < 0)."""
-    if isinstance(decimals, bool) or not isinstance(decimals, int):
-        raise TypeError(f"round: decimals must be an int, got {type(decimals).__name__}")
-    if decimals == 0:
-        return _round(input)
-    if decimals > 0:
-        scale = 10.0 ** decimals
-        return _round(input * scale) / scale
-    scale = 10.0 ** -decimals
-    return _round(input / scale) * scale
+    by PyTorch's formula (``ng.round``'s, which this is with keyword-only ``decimals``)."""
+    return _round(input, decimals)
 
 
 def modified_bessel_i0(input):
