@@ -540,6 +540,21 @@ def _like(x: Tensor, dtype, device):
     return (x.dtype if dtype is None else dtype), (x.device if device is None else device)
 
 
+class MemoryFormat:
+    """A memory layout request, PyTorch's ``torch.memory_format``: nodegrad's arrays are
+    C-contiguous, so every format gives the same values and these are accepted, not acted on."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"nodegrad.{self.name}"
+
+
+contiguous_format = MemoryFormat("contiguous_format")
+preserve_format = MemoryFormat("preserve_format")
+channels_last = MemoryFormat("channels_last")
+channels_last_3d = MemoryFormat("channels_last_3d")
 _MEMORY_FORMATS = ("contiguous_format", "preserve_format", "channels_last", "channels_last_3d")
 
 

@@ -230,7 +230,7 @@ def test_casts_take_memory_format(cast, rng):
     n, t = ng.tensor(a), torch.tensor(a)
     _same(getattr(n, cast)(), getattr(t, cast)())
     for fmt in _FORMATS:
-        _same(getattr(n, cast)(memory_format=getattr(ng.ops.shape, fmt)),
+        _same(getattr(n, cast)(memory_format=getattr(ng, fmt)),
               getattr(t, cast)(memory_format=getattr(torch, fmt)))
         _same(getattr(n, cast)(memory_format=getattr(torch, fmt)),
               getattr(t, cast)(memory_format=getattr(torch, fmt)))
@@ -250,11 +250,11 @@ def test_clone_and_contiguous_take_memory_format(rng):
     for fmt in _FORMATS:
         _same(n.clone(memory_format=getattr(torch, fmt)), t.clone(memory_format=getattr(torch,
                                                                                       fmt)))
-        _same(ng.clone(n, memory_format=getattr(ng.ops.shape, fmt)),
+        _same(ng.clone(n, memory_format=getattr(ng, fmt)),
               torch.clone(t, memory_format=getattr(torch, fmt)))
         _same(n.contiguous(memory_format=getattr(torch, fmt)),
               t.contiguous(memory_format=getattr(torch, fmt)))
-    c = n.clone(memory_format=ng.ops.shape.channels_last)
+    c = n.clone(memory_format=ng.channels_last)
     c.sum().backward()
     assert c.node is not None and np.all(n.grad.numpy() == 1.0)
     tr = ng.tensor(np.ones((3, 4))).T

@@ -330,8 +330,8 @@ __all__ += (_products.__all__ + _special.__all__ + _slicing.__all__  # noqa: PLE
             + _aliases.__all__)
 
 # PyTorch's memory formats: accepted by the casts, contiguous() and clone(); one layout here
-from .shape import (MemoryFormat, channels_last, channels_last_3d,  # noqa: E402
-                    contiguous_format, preserve_format)
+from ..tensor import (MemoryFormat, channels_last, channels_last_3d,  # noqa: E402
+                      contiguous_format, preserve_format)
 
 __all__ += ["MemoryFormat", "channels_last", "channels_last_3d", "contiguous_format",
             "preserve_format"]

@@ -16,7 +16,7 @@ from ..autodiff import mode
 from ..batching import BatchTracer, rebind_batched, refuse_batched_into
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..primitive import Primitive, bind
-from ..tensor import Tensor
+from ..tensor import Tensor, check_layout
 from . import elementwise as E
 from . import index as I
 from . import linalg as L
@@ -117,7 +117,7 @@ def _cast_method(dtype, name: str):
     accepted (nodegrad's arrays have one layout, so the values are the same)."""
     def method(self, memory_format=None):
         if memory_format is not None:
-            S.memory_format_arg(memory_format, name)
+            check_layout(name, memory_format=memory_format)
         return E.astype(self, dtype)
 
     method.__name__ = name
@@ -129,7 +129,7 @@ def _contiguous(self, memory_format=None):
     """``self`` when its array is C-contiguous, else a C-contiguous copy (differentiable);
     PyTorch's ``memory_format=`` is accepted (every layout holds the same values)."""
     if memory_format is not None:
-        S.memory_format_arg(memory_format, "contiguous")
+        check_layout("contiguous", memory_format=memory_format)
     return self if self.data.flags.c_contiguous else S.copy(self)  # (array.copy() is C order)
 
 
@@ -167,7 +167,7 @@ def _to(self, *args, device=None, dtype=None, non_blocking: bool = False,  # noq
             raise TypeError(f"to: at most two positional flags (non_blocking, copy), got {flags}")
         copy = flags[1] if len(flags) > 1 else copy  # flags[0]: non_blocking
     if memory_format is not None:
-        S.memory_format_arg(memory_format, "to")
+        check_layout("to", memory_format=memory_format)
     out = self
     if dtype is not None:
         out = E.astype(out, dtype)

@@ -10,7 +10,7 @@ from .. import _backend as B
 from ..batching import batched, front, size_of
 from ..errors import ShapeError
 from ..primitive import primitive
-from ..tensor import Tensor
+from ..tensor import Tensor, check_layout
 
 _L = "linear"  # linear in its differentiable inputs: the JVP applies the op to the tangents
 _SH = "shape"
@@ -396,43 +396,11 @@ copy = primitive("copy", lambda xp, x: x.copy(), lambda g, ans, x: g, saves="non
                  doc="A copy that stays in the graph (PyTorch: clone).")
 
 
-class MemoryFormat:
-    """A memory layout request, PyTorch's ``torch.memory_format``: nodegrad's arrays are
-    C-contiguous, so every format gives the same values and these are accepted, not acted on."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"nodegrad.{self.name}"
-
-
-contiguous_format = MemoryFormat("contiguous_format")
-preserve_format = MemoryFormat("preserve_format")
-channels_last = MemoryFormat("channels_last")
-channels_last_3d = MemoryFormat("channels_last_3d")
-_MEMORY_FORMATS = {f.name: f for f in (contiguous_format, preserve_format, channels_last,
-                                        channels_last_3d)}
-
-
-def memory_format_arg(memory_format, op: str) -> MemoryFormat | None:
-    """``memory_format`` checked: None, one of the formats (``nodegrad.channels_last``, ...),
-    or PyTorch's own constant of that name (``torch.channels_last``), for code written for it."""
-    if memory_format is None or isinstance(memory_format, MemoryFormat):
-        return memory_format
-    name = "" if isinstance(memory_format, str) else str(memory_format)
-    fmt = _MEMORY_FORMATS.get(name.removeprefix("torch.")) if name.startswith("torch.") else None
-    if fmt is None:
-        raise TypeError(f"{op}: memory_format must be one of "
-                        f"{', '.join('nodegrad.' + n for n in _MEMORY_FORMATS)}, "
-                        f"got {memory_format!r}")
-    return fmt
-
-
 def clone(x, *, memory_format=None):
     """A copy that stays in the graph (PyTorch's clone; ``memory_format`` is accepted, the
     values are the same in every layout)."""
-    memory_format_arg(memory_format, "clone")
+    if memory_format is not None:
+        check_layout("clone", memory_format=memory_format)
     return copy(x)
 
 
