@@ -783,3 +783,30 @@ def test_top_level_functions_take_pytorchs_dim_forms():
     assert [p.shape for p in ng.split(n, 2, 1)] == [(3, 2), (3, 2)]  # NumPy's sections
     with pytest.raises(TypeError, match="not both"):
         ng.sum(n, 1, dim=1)
+
+
+def test_torch_fill_pad_and_layout_names_match_torch():
+    x = np.arange(6.0).reshape(2, 3)
+    v = ng.tensor(2.5, requires_grad=True)
+    a = ng.tensor(x, requires_grad=True)
+    f = ng.fill(a, v)
+    f.sum().backward()
+    np.testing.assert_array_equal(f.numpy(), torch.fill(torch.tensor(x), 2.5).numpy())
+    assert v.grad.item() == 6.0 and not a.grad.numpy().any()
+    with pytest.raises(ng.ShapeError, match="fill: value must be a number or a 0-d tensor"):
+        ng.fill(a, ng.ones(2))
+    np.testing.assert_array_equal(
+        ng.constant_pad_nd(ng.tensor(x), (1, -1), 7.0).numpy(),
+        torch.constant_pad_nd(torch.tensor(x), (1, -1), 7.0).numpy())
+    np.testing.assert_array_equal(ng.unfold_copy(ng.tensor(x), 1, 2, 1).numpy(),
+                                  torch.unfold_copy(torch.tensor(x), 1, 2, 1).numpy())
+    assert ng.empty_permuted((2, 3, 4), (2, 0, 1)).shape == (2, 3, 4)
+    with pytest.raises(ValueError, match="empty_permuted: physical_layout must be a permutation"):
+        ng.empty_permuted((2, 3), (0, 0))
+    assert ng.tensor(x).new_empty_strided((3, 2), (2, 1)).shape == (3, 2)
+    with pytest.raises(ng.ShapeError, match="new_empty_strided: 2 dims but 1 strides"):
+        ng.tensor(x).new_empty_strided((3, 2), (1,))
+    c = ng.conj_physical(a)
+    assert c is not a and np.array_equal(c.numpy(), x) and a.conj_physical().shape == (2, 3)
+    r = ng.zeros(1)
+    assert ng.resize_as_(r, ng.tensor(x)) is r and r.shape == (2, 3)
