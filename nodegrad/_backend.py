@@ -822,6 +822,28 @@ def add_bias(out, b):
     return out
 
 
+def add_bias_relu(out, b):
+    """``out = maximum(out + b, 0)`` in place (a linear layer's product, its bias, then a ReLU)
+    and ``out``: one pass by :func:`cpu_kernels`' loop where :func:`add_bias` would take it,
+    else :func:`add_bias` then NumPy's ``maximum`` into ``out``. The same bits either way."""
+    if (type(out) is np.ndarray and out.ndim == 2 and out.size >= RELU_MIN_SIZE
+            and type(b) is np.ndarray and b.dtype == out.dtype and out.dtype in _KERNEL_DTYPES
+            and b.shape == out.shape[1:]):
+        k = cpu_kernels()
+        if k is not None:
+            flags = out.flags
+            if flags.c_contiguous:
+                k.add_bias_relu(out, b, False, out.dtype.type(0))
+                return out
+            if flags.f_contiguous:
+                k.add_bias_relu(out.T, b, True, out.dtype.type(0))
+                return out
+    out = add_bias(out, b)
+    if type(out) is np.ndarray:
+        return relu(out, out)
+    return backend_of(out).xp.maximum(out, 0, out=out)
+
+
 def relu_form(shape: tuple, dtype):
     """``f(x, out)`` = :func:`relu` ``(x, out)`` for NumPy arrays of this shape and dtype, the
     kept zeros taken once (a compiled program's replay form; the same bits). Where numba's

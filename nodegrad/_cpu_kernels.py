@@ -4,11 +4,12 @@ many small calls).
 ``relu`` (NumPy's ``maximum`` against zero checks for NaN and, against kept zeros, reads a
 third array) and ``relu_grad`` (a multiply by a boolean mask, which NumPy casts first: two
 passes and a temporary) each become one loop that reads its inputs once and writes its result
-once: 1.5-2x faster for arrays that are no longer in cache. Softmax cross-entropy on narrow
-rows (``ce_shift``, ``ce_grad``) takes two loops around NumPy's ``exp``, ``log`` and sums in
-place of a dozen short NumPy calls. ``outer_stack`` writes stacks of outer products (a vmap'ed
-layer's per-example weight gradients) row by row, where NumPy's einsum and broadcast multiply
-run 3-8x slower. ``fold_taps_1d``/``_2d`` add a strided transposed convolution's per-tap
+once: 1.5-2x faster for arrays that are no longer in cache; ``add_bias_relu`` adds a linear
+layer's bias and applies the ReLU after it in one pass over the product. Softmax cross-entropy
+on narrow rows (``ce_shift``, ``ce_grad``) takes two loops around NumPy's ``exp``, ``log`` and
+sums in place of a dozen short NumPy calls. ``outer_stack`` writes stacks of outer products (a
+vmap'ed layer's per-example weight gradients) row by row, where NumPy's einsum and broadcast
+multiply run 3-8x slower. ``fold_taps_1d``/``_2d`` add a strided transposed convolution's per-tap
 products into its input gradient in one pass, where NumPy zeroes a padded buffer and makes one
 strided add per tap. ``im2col_2d`` gathers a convolution's windows (one or two spatial axes)
 in one pass that copies whole runs and writes the padding's zeros in place, where NumPy zeroes
@@ -56,6 +57,25 @@ def add_bias(m, b, down):
         for i in range(n):
             for j in range(k):
                 m[i, j] += b[j]
+
+
+@numba.njit(**_OPTS)
+def add_bias_relu(m, b, down, zero):
+    """``m = maximum(m + b, zero)`` in place, ``b`` laid along as in :func:`add_bias`: a linear
+    layer's bias and the ReLU after it in the pass that adds the bias (the same adds and
+    maxima, so the bits of the two ops)."""
+    n, k = m.shape
+    if down:
+        for i in range(n):
+            bi = b[i]
+            for j in range(k):
+                a = m[i, j] + bi
+                m[i, j] = a if (a > zero or a != a) else zero
+    else:
+        for i in range(n):
+            for j in range(k):
+                a = m[i, j] + b[j]
+                m[i, j] = a if (a > zero or a != a) else zero
 
 
 @numba.njit(**_OPTS)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nodegrad as ng
+from nodegrad.ops.nn import linear_relu
 
 P = ng.primitives
 
@@ -718,6 +719,19 @@ def _linear(draw, layout):
 
 
 case("linear", _linear, layouts=("vector", "matrix", "wide", "3d", "empty"))
+
+
+def _linear_relu(draw, layout):
+    """``linear`` then ``relu`` as one op (``nn.Sequential``'s fused pair), its products away
+    from the ReLU's kink by more than a finite difference's step."""
+    call = _linear(draw, layout)
+    x, w, *b = call.args
+    z = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T + (b[0] if b else 0)
+    assume(np.all(np.abs(z) > 0.05))
+    return Call(linear_relu, call.args, lambda *a: torch.relu(torch.nn.functional.linear(*a)))
+
+
+case("linear_relu", _linear_relu, layouts=("vector", "matrix", "wide", "3d", "empty"))
 
 # subscripts, and operand shapes as letters (an upper-case letter is an axis of length 1)
 EINSUM = {

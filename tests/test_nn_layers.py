@@ -305,3 +305,99 @@ def test_embedding_from_pretrained_as_torch():
         assert e.weight.requires_grad is t.weight.requires_grad is (not freeze)
     with pytest.raises(ValueError, match="2-d tensor"):
         nn.Embedding.from_pretrained(ng.ones(3))
+
+
+# --- Sequential's fused Linear + ReLU ----------------------------------------------------------
+def _stack(bias=True, dtype=ng.float32):
+    ng.manual_seed(3)
+    return nn.Sequential(nn.Linear(24, 64, bias=bias, dtype=dtype), nn.ReLU(),
+                         nn.Linear(64, 48, dtype=dtype), nn.ReLU(inplace=True),
+                         nn.Linear(48, 5, dtype=dtype))
+
+
+def _layer_by_layer(seq, x):
+    for m in seq:
+        x = m(x)
+    return x
+
+
+def _run(seq, x, forward):
+    for p in seq.parameters():
+        p.grad = None
+    xt = ng.tensor(x, requires_grad=True)
+    out = forward(seq, xt)
+    (out * ng.tensor(np.linspace(-1, 1, out.shape[-1]).astype(x.dtype))).sum().backward()
+    return out.numpy(), [xt.grad.numpy()] + [p.grad.numpy() for p in seq.parameters()]
+
+
+@pytest.mark.parametrize("shape", [(24,), (3, 24), (16, 24), (130, 24), (2, 3, 24), (0, 24)])
+@pytest.mark.parametrize("dtype", [ng.float32, ng.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sequential_fuses_linear_relu_with_the_bits_of_the_two_ops(shape, dtype, bias):
+    """A Linear and the ReLU after it run as one node, with the same values and gradients:
+    NumPy's ops on small products, the one-pass loop on larger ones (16 rows: the transposed,
+    F-ordered product of a wide layer; 130: C-ordered)."""
+    pytest.importorskip("numba")
+    seq = _stack(bias, dtype)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(ng.dtype(dtype).name)
+    if x.size:
+        x.reshape(-1)[:3] = [np.nan, -0.0, 0.0]  # NaN propagates; a zero product gives +0
+    out, grads = _run(seq, x, lambda s, t: s(t))
+    ref, rgrads = _run(seq, x, _layer_by_layer)
+    np.testing.assert_array_equal(out, ref)
+    for g, r in zip(grads, rgrads):
+        np.testing.assert_array_equal(g, r)
+    assert seq[:2](ng.tensor(x)).node.prim.name == "linear_relu"
+
+
+def test_sequential_fusion_leaves_hooked_or_patched_layers_to_themselves():
+    seq = _stack()
+    x = ng.randn(4, 24, requires_grad=True)
+    seen = []
+    h = seq[1].register_forward_hook(lambda m, a, out: seen.append(a[0].node.prim.name))
+    y = seq(x)
+    assert seen == ["linear"] and y.node.prim.name == "linear"
+    h.remove()
+    h = seq[0].register_forward_pre_hook(lambda m, a: seen.append("pre"))
+    seq(x)
+    assert seen == ["linear", "pre"]
+    h.remove()
+    seq[2].forward = lambda t: F.linear(t, seq[2].weight, seq[2].bias) * 2
+    ref = seq[4](F.relu(seq[2].forward(F.relu(seq[0](x)))))
+    np.testing.assert_array_equal(seq(x).numpy(), ref.numpy())
+
+
+def test_sequential_fusion_checks_the_input_as_linear_does():
+    seq = _stack()
+    with pytest.raises(ng.errors.DTypeError, match="Linear: the input has dtype float64"):
+        seq(ng.randn(2, 24, dtype=ng.float64))
+    with pytest.raises(ng.errors.ShapeError, match="linear: input has 23 features"):
+        seq(ng.randn(2, 23))
+
+
+def test_sequential_runs_layer_by_layer_under_transforms_and_anomaly_mode():
+    """vmap, jit and anomaly mode see the layers' own ops (linear, then relu)."""
+    seq = _stack(dtype=ng.float64)
+    x = ng.randn(6, 24, dtype=ng.float64)
+    ref = _layer_by_layer(seq, x).numpy()
+    np.testing.assert_allclose(ng.vmap(seq)(x).numpy(), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(ng.jit(seq)(x).numpy(), ref)
+    with ng.autograd.detect_anomaly():
+        y = seq[:2](ng.randn(3, 24, dtype=ng.float64, requires_grad=True))
+    assert y.node.prim.name == "relu"
+
+
+def test_fused_linear_relu_takes_the_one_pass_loop_in_either_layout(monkeypatch):
+    pytest.importorskip("numba")
+    from nodegrad import _backend as B
+
+    k = B.cpu_kernels()
+    assert k is not None
+    downs, loop = [], k.add_bias_relu
+    monkeypatch.setattr(k, "add_bias_relu", lambda m, b, down, z: (downs.append(down),
+                                                                    loop(m, b, down, z)))
+    seq = _stack()
+    seq(ng.randn(16, 24))   # 64 outputs per row of 16: the transposed product
+    seq(ng.randn(130, 24))  # C-ordered
+    assert downs == [True, False, False]

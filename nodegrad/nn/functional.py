@@ -17,6 +17,7 @@ from ..autodiff import no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..ops import activation as _A
+from ..ops import nn as _ops_nn
 from ..ops import where
 from ..ops.aliases import apply_inplace
 from ..random import Generator, default_generator
@@ -104,7 +105,20 @@ def _check_dtype(x: Tensor, weight: Tensor, layer: str) -> None:
 # --- affine -----------------------------------------------------------------------------------
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in)."""
-    x = input
+    _check_linear(input, weight, bias)
+    return ops.linear(input, weight, bias)
+
+
+def _linear_relu(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``relu(linear(input, weight, bias))`` as one op, with :func:`linear`'s checks: what
+    ``nn.Sequential`` runs for a ``Linear`` followed by a ``ReLU`` (the same values and
+    gradients, one pass less over the product)."""
+    _check_linear(input, weight, bias)
+    return _ops_nn.linear_relu(input, weight, bias)
+
+
+def _check_linear(x, weight, bias) -> None:
+    """:func:`linear`'s checks of its operands' dtypes and shapes."""
     _check_dtype(x, weight, "Linear")
     if x.shape[-1:] != weight.shape[1:]:
         raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape "
@@ -113,7 +127,6 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ShapeError(f"linear: need x (..., in), weight (out, in) and bias (out,); got "
                          f"{tuple(x.shape)}, {tuple(weight.shape)}, "
                          f"{None if bias is None else tuple(bias.shape)}")
-    return ops.linear(x, weight, bias)
 
 
 # --- convolution ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from ..errors import ShapeError
 from ..tensor import ones
 from ..primitive import REGISTRY, primitive
 from .elementwise import _sigmoid as _sigmoid_np
+from .elementwise import _relu_grad, _relu_grad_fwd, relu
 from .elementwise import (_sigmoid_grad, _tanh_grad, astype, exp, log, log1p, maximum,
                           sigmoid, tanh)
 from .reduce import _sum
@@ -239,6 +240,46 @@ _linear = primitive("linear", _linear_fwd,
 def linear(x, weight, bias=None):
     """x Wᵀ + b (weight of shape (out, in)) as one primitive: one product, no extra buffer."""
     return _linear(x, weight, bias)
+
+
+def _linear_relu_fwd(xp, x, w, b):
+    out = B.linear_product(x, w)
+    if b is None:
+        return B.relu(out, out) if type(out) is B.ndarray else xp.maximum(out, 0, out=out)
+    return B.add_bias_relu(out, b)  # the bias and the ReLU in one pass over the product
+
+
+def _linear_relu_vjp(needs, g, ans, x, w, b):
+    gz = _relu_grad(g, ans)  # relu's VJP, then linear's rules on it
+    return (_linear_dx(gz, ans, x, w, b) if needs[0] else None,
+            _linear_dw(gz, ans, x, w, b) if needs[1] else None,
+            _linear_db(gz, ans, x, w, b) if b is not None and needs[2] else None)
+
+
+def _linear_relu_raw(needs, g, ans, x, w, b):
+    """relu's and linear's ``vjp_raw`` in turn: the same arrays as the two ops' backward."""
+    return _linear_raw(needs, _relu_grad_fwd(B.np, g, ans), ans, x, w, b)
+
+
+def _linear_relu_batch(vals, bdims):
+    out, d = _linear_batch(vals, bdims)
+    return relu(out), d
+
+
+_linear_relu = primitive(
+    "linear_relu", _linear_relu_fwd, vjp_all=_linear_relu_vjp, saves="both", kind="linalg",
+    jvp=lambda ts, ans, x, w, b: (None if (t := _linear_jvp(ts, ans, x, w, b)) is None
+                                  else _relu_grad(t, ans)),
+    batch=_linear_relu_batch, operands="all", vjp_raw=_linear_relu_raw,
+    doc="max(x Wᵀ + b, 0): a linear layer and the ReLU after it, the bias and the maximum "
+        "in one pass over the product; the values and gradients of the two ops.")
+
+
+def linear_relu(x, weight, bias=None):
+    """``relu(linear(x, weight, bias))`` as one primitive (what ``nn.Sequential`` runs for a
+    ``Linear`` followed by a ``ReLU``): one pass over the product for the bias and the ReLU,
+    one node to record, and the same bits as the two ops."""
+    return _linear_relu(x, weight, bias)
 
 
 # --- softmax cross-entropy against class indices ----------------------------------------------
