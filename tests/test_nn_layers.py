@@ -401,3 +401,22 @@ def test_fused_linear_relu_takes_the_one_pass_loop_in_either_layout(monkeypatch)
     seq(ng.randn(16, 24))   # 64 outputs per row of 16: the transposed product
     seq(ng.randn(130, 24))  # C-ordered
     assert downs == [True, False, False]
+
+
+def test_linear_relu_helper_fuses_a_plain_layer_and_calls_a_hooked_one():
+    """The zoo's MLPs write ``linear_relu(self.linear1, x)``: one node for a plain Linear, the
+    layer's call then relu for a hooked one (whose hook sees the call), the same bits."""
+    from nodegrad.models.mnist1d import MLP
+    from nodegrad.nn.layers.container import linear_relu
+
+    ng.manual_seed(0)
+    model = MLP()
+    x = ng.randn(32, 40)
+    y = model(x)
+    h = F.relu(model.linear2(F.relu(model.linear1(x))))
+    np.testing.assert_array_equal(y.numpy(), model.linear3(h).numpy())
+    assert linear_relu(model.linear1, x).node.prim.name == "linear_relu"
+    seen = []
+    model.linear1.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    out = linear_relu(model.linear1, x)
+    assert seen == [(32, 100)] and out.node.prim.name == "relu"

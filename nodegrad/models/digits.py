@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import nn
+from ..nn.layers.container import linear_relu
 from ..tensor import Tensor
 
 
@@ -17,7 +18,7 @@ class DigitsMLP(nn.Module):
         self.linear2 = nn.Linear(hidden, classes, init=init)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.linear1(x.reshape(x.shape[0], 64)).relu()
+        h = linear_relu(self.linear1, x.reshape(x.shape[0], 64))  # one fused op in eager mode
         return self.linear2(self.dropout(h))
 
 

@@ -7,6 +7,7 @@ with Adam, lr 1e-2, no weight decay, batch 100, for 6,000 steps; :data:`PAPER` h
 from __future__ import annotations
 
 from .. import nn
+from ..nn.layers.container import linear_relu
 from ..tensor import Tensor
 
 PAPER = {"optimizer": "adam", "lr": 1e-2, "weight_decay": 0.0, "batch_size": 100,
@@ -40,8 +41,8 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.dropout(self.linear1(_flat(x)).relu())
-        h = self.dropout(self.linear2(h).relu())
+        h = self.dropout(linear_relu(self.linear1, _flat(x)))  # the pair fused in eager mode
+        h = self.dropout(linear_relu(self.linear2, h))
         return self.linear3(h)
 
 

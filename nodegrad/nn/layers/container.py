@@ -28,9 +28,8 @@ class Sequential(Module):
 
     def forward(self, x):
         mods = self._modules.values()
-        md = modes()
-        if md.traces or md.jit is not None or md.anomaly:  # a transform, trace or anomaly
-            for m in mods:  # check sees each layer's own ops
+        if not _fusing():
+            for m in mods:
                 x = m(x)
             return x
         held = None  # a plain Linear, run with the ReLU after it when one follows
@@ -71,6 +70,21 @@ def _plain(m: Module) -> bool:
     same values and gradients, one pass less over the product, one node less)."""
     return not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
                 or m._backward_pre_hooks or "forward" in m.__dict__)
+
+
+def _fusing() -> bool:
+    """Whether layers may be fused here: plain eager mode. A transform, a trace (jit, ONNX
+    export) or anomaly mode sees each layer's own ops."""
+    md = modes()
+    return not (md.traces or md.jit is not None or md.anomaly)
+
+
+def linear_relu(layer: Module, x):
+    """``layer(x).relu()``, as one fused op where ``layer`` is a plain ``Linear`` in plain eager
+    mode (see :class:`Sequential`): for models that write the pair in their own forward."""
+    if type(layer) is Linear and _plain(layer) and _fusing():
+        return F._linear_relu(x, layer.weight, layer.bias)
+    return F.relu(layer(x))
 
 
 class ModuleList(Module):
