@@ -366,6 +366,15 @@ def test_sequential_fusion_leaves_hooked_or_patched_layers_to_themselves():
     seq[2].forward = lambda t: F.linear(t, seq[2].weight, seq[2].bias) * 2
     ref = seq[4](F.relu(seq[2].forward(F.relu(seq[0](x)))))
     np.testing.assert_array_equal(seq(x).numpy(), ref.numpy())
+    del seq[2].forward
+    forward = nn.ReLU.forward
+    try:  # a forward patched on the class is what its layers run
+        nn.ReLU.forward = lambda self, t: F.relu(t) + 1
+        ref = seq[4](F.relu(seq[2](F.relu(seq[0](x)) + 1)) + 1)
+        np.testing.assert_array_equal(seq(x).numpy(), ref.numpy())
+    finally:
+        nn.ReLU.forward = forward
+    assert seq(x).node.prim.name == "linear" and seq[:2](x).node.prim.name == "linear_relu"
 
 
 def test_sequential_fusion_checks_the_input_as_linear_does():

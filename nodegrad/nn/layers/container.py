@@ -35,13 +35,13 @@ class Sequential(Module):
         held = None  # a plain Linear, run with the ReLU after it when one follows
         for m in mods:
             if held is not None:
-                if type(m) is ReLU and _plain(m):
+                if _plain(m, ReLU):
                     x = F._linear_relu(x, held.weight, held.bias)
                     held = None
                     continue
                 x = held(x)
                 held = None
-            if type(m) is Linear and _plain(m):
+            if _plain(m, Linear):
                 held = m
             else:
                 x = m(x)
@@ -64,12 +64,17 @@ class Sequential(Module):
         return self
 
 
-def _plain(m: Module) -> bool:
-    """Whether calling ``m`` only runs its class's forward: no hooks, no instance ``forward``.
-    Such a ``Linear`` followed by such a ``ReLU`` runs as one fused op (``F._linear_relu``: the
-    same values and gradients, one pass less over the product, one node less)."""
-    return not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
-                or m._backward_pre_hooks or "forward" in m.__dict__)
+_FORWARDS = {Linear: Linear.forward, ReLU: ReLU.forward}
+
+
+def _plain(m: Module, cls: type) -> bool:
+    """Whether ``m`` is a ``cls`` whose call only runs that class's own forward: no subclass,
+    no hooks, no ``forward`` set on the instance or patched on the class. Such a ``Linear``
+    followed by such a ``ReLU`` runs as one fused op (``F._linear_relu``: the same values and
+    gradients, one pass less over the product, one node less)."""
+    return (type(m) is cls and cls.forward is _FORWARDS[cls]
+            and not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
+                     or m._backward_pre_hooks or "forward" in m.__dict__))
 
 
 def _fusing() -> bool:
@@ -82,7 +87,7 @@ def _fusing() -> bool:
 def linear_relu(layer: Module, x):
     """``layer(x).relu()``, as one fused op where ``layer`` is a plain ``Linear`` in plain eager
     mode (see :class:`Sequential`): for models that write the pair in their own forward."""
-    if type(layer) is Linear and _plain(layer) and _fusing():
+    if _plain(layer, Linear) and _fusing():
         return F._linear_relu(x, layer.weight, layer.bias)
     return F.relu(layer(x))
 
