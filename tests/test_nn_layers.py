@@ -395,6 +395,14 @@ def test_sequential_runs_layer_by_layer_under_transforms_and_anomaly_mode():
     with ng.autograd.detect_anomaly():
         y = seq[:2](ng.randn(3, 24, dtype=ng.float64, requires_grad=True))
     assert y.node.prim.name == "relu"
+    # grad and jvp go through the fused op: its rules give the layer-by-layer derivatives
+    u = ng.randn(6, 24, dtype=ng.float64)
+    _, t = ng.jvp(seq, (x,), (u,))
+    _, tr = ng.jvp(lambda v: _layer_by_layer(seq, v), (x,), (u,))
+    np.testing.assert_allclose(t.numpy(), tr.numpy(), rtol=1e-12, atol=1e-12)
+    g = ng.grad(lambda v: (seq(v) ** 2).sum())(x)
+    gr = ng.grad(lambda v: (_layer_by_layer(seq, v) ** 2).sum())(x)
+    np.testing.assert_array_equal(g.numpy(), gr.numpy())
 
 
 def test_fused_linear_relu_takes_the_one_pass_loop_in_either_layout(monkeypatch):
