@@ -55,14 +55,23 @@ class Generator:
 
     # --- samples as raw arrays (used by layers such as dropout) ---------------------------
     def random(self, shape, dtype=None):
-        """Uniform samples in [0, 1)."""
+        """Uniform samples in [0, 1). The generators draw float32 and float64 only; float16
+        samples are float32 draws rounded, those that round up to 1 set to the float below."""
+        dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
         with self.backend.scope():
-            return self.rng.random(shape, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+            if dt in _DRAWN:
+                return self.rng.random(shape, dtype=dt)
+            u = self.rng.random(shape, dtype=B.float32).astype(dt)
+            xp = self.backend.xp
+            return xp.minimum(u, xp.nextafter(dt.type(1), dt.type(0)), out=u)
 
     def normal(self, shape, dtype=None):
-        """Standard normal samples."""
+        """Standard normal samples (float16: float32 draws rounded)."""
+        dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
         with self.backend.scope():
-            return self.rng.standard_normal(shape, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+            if dt in _DRAWN:
+                return self.rng.standard_normal(shape, dtype=dt)
+            return self.rng.standard_normal(shape, dtype=B.float32).astype(dt)
 
     @effect  # under nodegrad.jit each replay draws afresh, as the eager step would
     def keep_mask(self, shape, dtype, p: float, scale: float = 1.0):
@@ -80,6 +89,9 @@ class Generator:
     def permutation(self, n: int):
         with self.backend.scope():
             return self.backend.permutation(self.rng, n)
+
+
+_DRAWN = (B.float32, B.float64)  # the float dtypes NumPy's and CuPy's generators draw
 
 
 _default: dict[str, Generator] = {}

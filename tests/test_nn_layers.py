@@ -331,7 +331,7 @@ def _run(seq, x, forward):
 
 
 @pytest.mark.parametrize("shape", [(24,), (3, 24), (16, 24), (130, 24), (2, 3, 24), (0, 24)])
-@pytest.mark.parametrize("dtype", [ng.float32, ng.float64])
+@pytest.mark.parametrize("dtype", [ng.float16, ng.float32, ng.float64])
 @pytest.mark.parametrize("bias", [True, False])
 def test_sequential_fuses_linear_relu_with_the_bits_of_the_two_ops(shape, dtype, bias):
     """A Linear and the ReLU after it run as one node, with the same values and gradients:

@@ -84,3 +84,18 @@ def test_samplers_draw_afresh_under_jit_as_eager(name):
     for a, b in zip(eager, jitted):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(eager[0], e) for e in eager[1:])
+
+
+def test_float16_samples_are_rounded_float32_draws_in_range():
+    """NumPy's generators draw float32 and float64 only; float16 layers and samples work (as
+    ``nn.Linear(..., dtype=torch.float16)`` does) and uniform ones stay below 1."""
+    ng.manual_seed(0)
+    u = ng.rand(200_000, dtype=ng.float16).numpy()
+    assert u.dtype == np.float16 and u.min() >= 0 and u.max() < 1
+    assert u.max() == np.nextafter(np.float16(1), np.float16(0))  # rounded-up draws kept below 1
+    z = ng.randn(1000, dtype=ng.float16).numpy()
+    assert z.dtype == np.float16 and 0.8 < z.std() < 1.2
+    ng.manual_seed(1)
+    lin = ng.nn.Linear(8, 4, dtype=ng.float16)
+    assert lin.weight.dtype == ng.float16 and float(abs(lin.weight).max()) <= 8 ** -0.5
+    assert ng.nn.functional.dropout(ng.ones(64, dtype=ng.float16), 0.5).dtype == ng.float16
