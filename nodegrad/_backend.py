@@ -147,12 +147,13 @@ class Backend:
         return self._special
 
     def erf(self, x):
-        """The error function, elementwise."""
-        return self._special_module().erf(x)
+        """The error function, elementwise, in x's float dtype (SciPy's has no float16 loop:
+        it answers a float16 array in float64)."""
+        return _in_dtype_of(x, self._special_module().erf(x))
 
     def erfinv(self, x):
-        """The inverse error function, elementwise (on (-1, 1))."""
-        return self._special_module().erfinv(x)
+        """The inverse error function, elementwise (on (-1, 1)), in x's float dtype."""
+        return _in_dtype_of(x, self._special_module().erfinv(x))
 
     def special(self, name: str, *args):
         """SciPy's special function ``name`` elementwise (``scipy.special`` on the CPU,
@@ -267,6 +268,14 @@ def get_backend(device) -> Backend:
     if name.startswith("cuda:") and name[5:].isdigit():
         return cuda_backend(int(name[5:]))
     raise DeviceError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _in_dtype_of(x, out):
+    """``out`` in float array ``x``'s dtype (a library function's wider result rounded once)."""
+    dt = getattr(x, "dtype", None)
+    if dt is not None and dt.kind == "f" and getattr(out, "dtype", dt) != dt:
+        return out.astype(dt)
+    return out
 
 
 def backend_of(a) -> Backend:
@@ -1248,7 +1257,8 @@ def fold_taps(parts, spatial: tuple, kernel: tuple, stride: tuple, padding: tupl
     nd = len(spatial)
     k = cpu_kernels()
     if (k is None or nd not in (1, 2) or type(parts) is not np.ndarray
-            or parts.dtype.kind != "f" or parts.ndim != nd + 3 or not parts.flags.c_contiguous):
+            or parts.dtype not in _KERNEL_DTYPES or parts.ndim != nd + 3
+            or not parts.flags.c_contiguous):
         return None
     zero = parts.dtype.type(0)
     if nd == 1:
@@ -1298,7 +1308,7 @@ def outer_stack(x, y):
             or x.shape[-1] != 1 or y.shape[-2] != 1 or x.dtype != y.dtype
             or x.dtype.kind != "f" or x.shape[:-2] != y.shape[:-2]):
         return None
-    k = cpu_kernels()
+    k = cpu_kernels() if x.dtype in _KERNEL_DTYPES else None  # numba has no float16
     fn = _einsum_outer if k is None else k.outer_stack
     lead, m, n = x.shape[:-2], x.shape[-2], y.shape[-1]
     out = np.empty(lead + (m, n), x.dtype)

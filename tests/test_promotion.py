@@ -302,3 +302,28 @@ def test_integer_sums_and_products_are_int64(dtype):
         assert str(got.dtype) == "int64" == str(want.dtype)[6:]
         np.testing.assert_array_equal(got.numpy(), want.numpy())
     assert str((x.sum() - ng.tensor(np.int64(5))).dtype) == "int64"
+
+
+def test_float16_stays_float16_through_library_functions_and_kernels():
+    """SciPy's erf answers float16 in float64, and numba has no float16: erf, gelu, the
+    per-example outer products (vmap of a layer's gradient) and a strided convolution's input
+    gradient keep float16 with numba loaded, and the group norm accumulates in float32."""
+    pytest.importorskip("numba")
+    ng.manual_seed(0)
+    x = ng.randn(4, 6, dtype=ng.float16, requires_grad=True)
+    assert ng.special.erf(x).dtype == ng.float16
+    y = ng.nn.functional.gelu(x)
+    y.sum().backward()
+    assert y.dtype == x.grad.dtype == ng.float16
+    w = ng.randn(3, 6, dtype=ng.float16)
+    per = ng.vmap(ng.grad(lambda w, xi: ng.tanh(ng.linear(xi, w)).sum()), in_axes=(None, 0))
+    g = per(w, ng.randn(5, 6, dtype=ng.float16))  # one row each: the outer products
+    assert g.dtype == ng.float16 and g.shape == (5, 3, 6)
+    conv = ng.nn.Conv1d(3, 4, 3, stride=2, padding=1).half()
+    xc = ng.randn(2, 3, 9, dtype=ng.float16, requires_grad=True)
+    conv(xc).sum().backward()
+    assert xc.grad.dtype == ng.float16
+    xg = ng.randn(2, 4, 64, dtype=ng.float16) * 30 + 100
+    got = ng.nn.functional.group_norm(xg, 2).numpy().astype(np.float64)
+    want = ng.nn.functional.group_norm(xg.float(), 2).numpy().astype(np.float16)
+    np.testing.assert_array_equal(got, want.astype(np.float64))  # float32 work, rounded once

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from _opinfo import _array, _compare, _flat, _to_ng, pytorch_database  # noqa: E402
+from _opinfo import _array, _compare, _dtype, _flat, _to_ng, pytorch_database  # noqa: E402
 
 import nodegrad as ng  # noqa: E402
 
@@ -109,5 +109,84 @@ def test_moduleinfo_samples_match_pytorch(mi):
            if (why := _replay(mi, inp)) is not None]
     if name in KNOWN:
         assert bad, f"{name} now agrees with PyTorch: remove it from KNOWN ({KNOWN[name]})"
+        return
+    assert not bad, "\n".join(bad)
+
+
+LOW = {"float32": 1e-4, "float16": 2e-2}  # tolerances of the outputs in the lower precisions
+LOW_SAMPLES = 6
+
+
+def _low(v, dtype):
+    """Sample values in ``dtype`` (float tensors only; they keep requires_grad)."""
+    if isinstance(v, torch.Tensor) and v.is_floating_point():
+        return v.detach().to(dtype).requires_grad_(v.requires_grad)
+    if isinstance(v, (list, tuple)):
+        return type(v)(_low(a, dtype) for a in v)
+    if isinstance(v, dict):
+        return {k: _low(a, dtype) for k, a in v.items()}
+    return v
+
+
+def _replay_low(mi, inp, name: str) -> str | None:
+    """The torch module and nodegrad's layer in float32 or float16 (``name``): the outputs'
+    dtypes and values, and a backward that keeps every gradient in its parameter's dtype."""
+    tdt, ndt = getattr(torch, name), getattr(ng, name)
+    fa, fk = _low(inp.forward_input.args, tdt), _low(inp.forward_input.kwargs, tdt)
+    ca, ck = inp.constructor_input.args, inp.constructor_input.kwargs
+    try:
+        torch.manual_seed(0)
+        mt = mi.module_cls(*ca, **ck).to(tdt)
+        tout = mt(*fa, **fk)
+    except Exception:  # noqa: BLE001  (PyTorch rejects its own sample in this dtype)
+        return None
+    try:
+        mn = getattr(ng.nn, mi.module_cls.__name__)(*_to_ng(ca), **_to_ng(ck)).to(ndt)
+        mn.load_state_dict({k: ng.tensor(v.detach().numpy().copy())
+                            for k, v in mt.state_dict().items()}, strict=False)
+        nout = mn(*_to_ng(fa), **_to_ng(fk))
+    except Exception as e:  # noqa: BLE001  (the outcome names it)
+        return f"call: {type(e).__name__}: {str(e)[:200]}"
+    tol = LOW[name]
+    for a, b in zip(_flat(tout), _flat(nout)):
+        if not isinstance(a, torch.Tensor):
+            continue
+        if not isinstance(b, ng.Tensor) or _dtype(a) != _dtype(b):
+            return f"output {_dtype(a)} against {type(b).__name__} {getattr(b, 'dtype', '')}"
+        e, h = _array(a).astype(np.float64), _array(b).astype(np.float64)
+        if e.shape != h.shape or (a.is_floating_point() and not np.allclose(
+                e, h, rtol=tol, atol=tol, equal_nan=True)):
+            return f"outputs differ (shapes {e.shape}, {h.shape})"
+    outs = [b for b in _flat(nout) if isinstance(b, ng.Tensor) and b.requires_grad]
+    if outs:
+        try:
+            sum((o.sum() for o in outs[1:]), outs[0].sum()).backward()
+        except Exception as e:  # noqa: BLE001
+            return f"backward: {type(e).__name__}: {str(e)[:200]}"
+        for k, p in mn.named_parameters():
+            if p.grad is not None and p.grad.dtype != p.dtype:
+                return f"the gradient of {k} is {p.grad.dtype}, the parameter {p.dtype}"
+    return None
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mi", [pytest.param(m, id=m.module_cls.__name__) for m in module_db])
+def test_moduleinfo_samples_in_lower_precision(mi, dtype):
+    """The same samples in float32 and float16: layers built and run in that dtype (``.to``),
+    outputs in it and close to PyTorch's, gradients in the parameters' dtype."""
+    name = mi.module_cls.__name__
+    if not hasattr(ng.nn, name):
+        pytest.skip(f"nn.{name} is missing (the float64 test fails for it)")
+    try:
+        inputs = mi.module_inputs_func(mi, device="cpu", dtype=torch.float64,
+                                       requires_grad=True, training=True)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PyTorch made no samples: {e}")
+    bad = [f"sample {i}: {why}" for i, inp in enumerate(inputs[:LOW_SAMPLES])
+           if (why := _replay_low(mi, inp, dtype)) is not None]
+    if name in KNOWN:
+        if not bad:
+            pytest.skip(f"listed in KNOWN for float64 ({KNOWN[name]}); these samples agree")
         return
     assert not bad, "\n".join(bad)

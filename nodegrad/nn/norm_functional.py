@@ -26,6 +26,11 @@ def _affine(y: Tensor, weight, bias, shape) -> Tensor:
 
 
 def _normalise(x: Tensor, axes, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``((x - mean) / sqrt(var + eps), mean, var)`` over ``axes``; float16 input is worked in
+    float32 and the three rounded once, as PyTorch's CPU norms accumulate half precision."""
+    if x.dtype == B.float16:
+        return tuple(ops.astype(t, B.float16)
+                     for t in _normalise(ops.astype(x, B.float32), axes, eps))
     mean = ops.mean(x, axis=axes, keepdims=True)
     var = ops.var(x, axis=axes, keepdims=True)
     return (x - mean) / ops.sqrt(var + eps), mean, var
