@@ -113,6 +113,9 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                          f"normalized_shape {ns}")
     if eps is None:
         eps = float(B.np.finfo(x.dtype).eps)
+    if x.dtype == B.float16:  # worked in float32 (the weight's product too), rounded once
+        w = None if weight is None else ops.astype(weight, B.float32)
+        return ops.astype(rms_norm(ops.astype(x, B.float32), ns, w, eps), B.float16)
     axes = tuple(range(x.ndim - len(ns), x.ndim))
     y = x / ops.sqrt(ops.mean(x * x, axis=axes, keepdims=True) + eps)
     return y if weight is None else y * weight

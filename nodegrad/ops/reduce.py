@@ -265,6 +265,8 @@ _INF = _math.inf
 
 def _vn_fwd(xp, x, ord, axis, keepdims):
     a = xp.abs(x)
+    if a.dtype == B.float16:  # summed in float32 and rounded once, as PyTorch: no overflow of
+        a = a.astype(B.float32)  # the squares (300² > float16's largest, 65504)
     if ord == _INF:
         out = xp.max(a, axis=axis, keepdims=keepdims)
     elif ord == -_INF:
