@@ -1,6 +1,7 @@
 """PyTorch's module samples (its ModuleInfo database) on nodegrad's layers: each torch module is
 built from the sample's constructor arguments, its state dict loaded into the nodegrad layer of
-the same name and arguments, and both run on the sample's inputs in float64, training mode.
+the same name and arguments, and both run on the sample's inputs in float64, in training and
+in eval mode.
 Outputs, the input gradients and every parameter's gradient (of a random projection of the
 outputs) must agree. :data:`KNOWN` lists the differences left, with their reasons.
 """
@@ -33,7 +34,7 @@ KNOWN = {
 }
 
 
-def _replay(mi, inp) -> str | None:
+def _replay(mi, inp, training: bool = True) -> str | None:
     """None when the torch module and nodegrad's layer agree on this sample, else why not."""
     ca, ck = inp.constructor_input.args, inp.constructor_input.kwargs
     fa, fk = inp.forward_input.args, inp.forward_input.kwargs
@@ -45,12 +46,11 @@ def _replay(mi, inp) -> str | None:
     name = mi.module_cls.__name__
     try:
         mn = getattr(ng.nn, name)(*_to_ng(ca), **_to_ng(ck))
-        if any(p.dtype == ng.float32 for p in mn.parameters()):
-            mn = mn.double()
+        mn = mn.double()  # parameters and float buffers (running statistics) alike
         mn.load_state_dict({k: ng.tensor(v.detach().numpy().copy())
                             for k, v in mt.state_dict().items()}, strict=False)
-        mt.train()
-        mn.train()
+        mt.train(training)
+        mn.train(training)
         nfa, nfk = _to_ng(fa), _to_ng(fk)
         tout, nout = mt(*fa, **fk), mn(*nfa, **nfk)
     except Exception as e:  # noqa: BLE001  (the outcome names it)
@@ -95,18 +95,20 @@ def _replay(mi, inp) -> str | None:
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("mi", [pytest.param(m, id=m.module_cls.__name__) for m in module_db])
-def test_moduleinfo_samples_match_pytorch(mi):
+def test_moduleinfo_samples_match_pytorch(mi, training):
+    """In training mode and in eval mode (running statistics, no dropout)."""
     name = mi.module_cls.__name__
     if not hasattr(ng.nn, name):
         pytest.fail(f"nn.{name} is missing")
     try:
         inputs = mi.module_inputs_func(mi, device="cpu", dtype=torch.float64,
-                                       requires_grad=True, training=True)
+                                       requires_grad=True, training=training)
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"PyTorch made no samples: {e}")
     bad = [f"sample {i}: {why}" for i, inp in enumerate(inputs[:INPUTS])
-           if (why := _replay(mi, inp)) is not None]
+           if (why := _replay(mi, inp, training)) is not None]
     if name in KNOWN:
         assert bad, f"{name} now agrees with PyTorch: remove it from KNOWN ({KNOWN[name]})"
         return
