@@ -94,6 +94,15 @@ def _replay(mi, inp, training: bool = True) -> str | None:
     return None
 
 
+def _samples(mi, training: bool) -> list:
+    """PyTorch's float64 samples of module ``mi`` (the test skips when it makes none)."""
+    try:
+        return mi.module_inputs_func(mi, device="cpu", dtype=torch.float64, requires_grad=True,
+                                     training=training)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PyTorch made no samples: {e}")
+
+
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("mi", [pytest.param(m, id=m.module_cls.__name__) for m in module_db])
@@ -102,11 +111,7 @@ def test_moduleinfo_samples_match_pytorch(mi, training):
     name = mi.module_cls.__name__
     if not hasattr(ng.nn, name):
         pytest.fail(f"nn.{name} is missing")
-    try:
-        inputs = mi.module_inputs_func(mi, device="cpu", dtype=torch.float64,
-                                       requires_grad=True, training=training)
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PyTorch made no samples: {e}")
+    inputs = _samples(mi, training)
     bad = [f"sample {i}: {why}" for i, inp in enumerate(inputs[:INPUTS])
            if (why := _replay(mi, inp, training)) is not None]
     if name in KNOWN:
@@ -180,11 +185,7 @@ def test_moduleinfo_samples_in_lower_precision(mi, dtype):
     name = mi.module_cls.__name__
     if not hasattr(ng.nn, name):
         pytest.skip(f"nn.{name} is missing (the float64 test fails for it)")
-    try:
-        inputs = mi.module_inputs_func(mi, device="cpu", dtype=torch.float64,
-                                       requires_grad=True, training=True)
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PyTorch made no samples: {e}")
+    inputs = _samples(mi, True)
     bad = [f"sample {i}: {why}" for i, inp in enumerate(inputs[:LOW_SAMPLES])
            if (why := _replay_low(mi, inp, dtype)) is not None]
     if name in KNOWN:
