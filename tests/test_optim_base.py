@@ -365,3 +365,25 @@ def test_with_nn_modules_named_parameters_and_dtype_change():
     assert opt.state[decay[0]]["exp_avg"].dtype == np.float64
     assert opt.state[decay[0]]["step"] == 61
     assert np.abs(opt.state[decay[0]]["exp_avg"] - before).max() < 0.5 * np.abs(before).max()
+
+
+def test_an_eps_that_is_zero_in_the_parameters_dtype_warns_at_the_callers_line():
+    """Adam's default 1e-8 is 0 in float16: where a gradient's square underflows the update
+    divides by zero (PyTorch's too). The warning names the fix and points at the user's line."""
+    import warnings
+
+    import numpy as np
+
+    half = ng.nn.Parameter(ng.full((4,), 1e-3, dtype=ng.float16))
+    with pytest.warns(RuntimeWarning, match=r"AdamW: eps=1e-08 is 0 in float16.*eps=1e-4") as w:
+        opt = ng.optim.AdamW([half])
+    assert w[0].filename == __file__
+    half.grad = ng.full((4,), 1e-3, dtype=ng.float16)  # its square underflows to 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        opt.step()
+    assert not np.isfinite(half.numpy()).all()  # what the warning foretold
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ng.optim.Adam([ng.nn.Parameter(ng.ones(4, dtype=ng.float16))], eps=1e-4)
+        ng.optim.Adam([ng.nn.Parameter(ng.ones(4))])
+        ng.optim.SGD([half], lr=0.1)

@@ -25,6 +25,8 @@ kernel is available, except for small buckets on the CPU before numba is importe
 from __future__ import annotations
 
 import operator
+import os as _os
+import sys as _sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -168,6 +170,32 @@ class _State:
         return None
 
 
+def _check_eps(name: str, group: dict) -> None:
+    """Warn when a group's ``eps`` rounds to 0 in a parameter's dtype (Adam's 1e-8 in float16):
+    the update then divides by zero wherever a second moment underflows, and the parameter
+    turns inf or NaN, in PyTorch as here."""
+    eps = group.get("eps")
+    if not isinstance(eps, float | int) or isinstance(eps, bool) or eps <= 0:
+        return
+    for p in group["params"]:
+        if B.np.dtype(p.dtype).type(eps) == 0:
+            warnings.warn(f"{name}: eps={eps:g} is 0 in {p.dtype}, so the update divides by "
+                          f"zero where a gradient's square underflows and the parameter turns "
+                          f"inf or NaN; pass eps=1e-4 (usual for {p.dtype}) or keep float32 "
+                          "parameters", RuntimeWarning, stacklevel=_caller_level())
+            return
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside nodegrad: the user's line, however many
+    constructors (``AdamW`` → ``Adam`` → ``Optimizer``) lie between."""
+    root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    f, level = _sys._getframe(1), 1
+    while f is not None and f.f_code.co_filename.startswith(root):
+        f, level = f.f_back, level + 1
+    return level
+
+
 class Optimizer:
     """Base of every optimiser: parameter groups, step counter, state and the shared transforms.
 
@@ -286,6 +314,7 @@ class Optimizer:
             seen.add(id(p))
         for k, v in self.defaults.items():
             group.setdefault(k, v)
+        _check_eps(type(self).__name__, group)
         self.param_groups.append(group)
         self._buckets.append(self._make_buckets(group))
 
