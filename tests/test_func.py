@@ -154,3 +154,30 @@ def test_namedtuples_and_ordered_dicts_are_tree_nodes_as_in_jax():
     np.testing.assert_array_equal(g["b"].numpy(), [2.0, 3.0])
     per = ng.vmap(lambda t: t.max(dim=0))(ng.tensor([[1.0, 2.0], [4.0, 3.0]]))
     np.testing.assert_array_equal(per.indices.numpy(), [1, 0])
+
+
+def test_func_functional_call_has_torch_funcs_signature():
+    """``(module, dicts, args, kwargs, *, tie_weights, strict)``: a tuple of arguments is
+    unpacked, anything else is the one argument; dicts merge; strict names what is missing."""
+    ng.manual_seed(0)
+    seq = ng.nn.Sequential(ng.nn.Linear(3, 4), ng.nn.ReLU(), ng.nn.Linear(4, 2))
+    x = ng.randn(5, 3)
+    params = {k: v * 2 for k, v in seq.named_parameters()}
+    want = ng.linear(ng.relu(ng.linear(x, params["0.weight"], params["0.bias"])),
+                     params["2.weight"], params["2.bias"])
+    for args in (x, (x,)):
+        got = ng.func.functional_call(seq, params, args)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    split = ({k: v for k, v in params.items() if k.startswith("0")},
+             {k: v for k, v in params.items() if k.startswith("2")})
+    np.testing.assert_array_equal(ng.func.functional_call(seq, split, (x,)).numpy(),
+                                  want.numpy())
+    lin = ng.nn.Linear(3, 2)
+    y = ng.func.functional_call(lin, {"weight": params["2.weight"][:, :3]}, (),
+                                {"input": x})
+    np.testing.assert_array_equal(y.numpy(), ng.linear(x, params["2.weight"][:, :3],
+                                                       lin.bias).numpy())
+    with pytest.raises(RuntimeError, match=r"strict=True.*missing \['bias'\]"):
+        ng.func.functional_call(lin, {"weight": lin.weight}, x, strict=True)
+    g = ng.grad(lambda p: ng.func.functional_call(seq, p, (x,)).sum())(params)
+    assert sorted(g) == sorted(params)

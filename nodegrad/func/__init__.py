@@ -14,19 +14,16 @@ __all__ = ["grad", "value_and_grad", "vjp", "jvp", "linearize", "jacfwd", "jacre
            "functionalize", "replace_all_batch_norm_modules_", "remat"]
 
 
-def functional_call(module, params: dict | tuple | list, *args, **kwargs):
-    """Call ``module`` with ``params`` (dotted name -> tensor) in place of its own tensors;
-    the same as ``nodegrad.nn.functional_call``, here to pair with vmap and grad. As in
-    ``torch.func``, ``params`` may be a tuple of dicts (e.g. parameters and buffers), merged."""
-    from ..nn.module import functional_call as call
+def functional_call(module, parameter_and_buffer_dicts, args=None, kwargs: dict | None = None,
+                    *, tie_weights: bool = True, strict: bool = False):
+    """``torch.func.functional_call``: ``module(*args, **kwargs)`` with the tensors of
+    ``parameter_and_buffer_dicts`` (dotted name -> tensor; one dict, or a tuple of dicts such as
+    parameters and buffers, which must not share names) in place of its own, restored
+    afterwards; to pair with vmap and grad. ``args`` that is not a tuple is the one argument.
+    ``tie_weights``: a tensor the module holds under several names is replaced under all of
+    them; ``strict``: every parameter and buffer must be given. (``nn.functional_call(model,
+    params, *args)`` is the short form.)"""
+    from ..nn.utils.stateless import call
 
-    if isinstance(params, tuple | list):
-        merged: dict = {}
-        for d in params:
-            clash = merged.keys() & d.keys()
-            if clash:
-                raise ValueError(f"functional_call: {sorted(clash)} appear in more than one "
-                                 "of the dicts")
-            merged.update(d)
-        params = merged
-    return call(module, params, *args, **kwargs)
+    return call(module, parameter_and_buffer_dicts, args, kwargs, tie_weights=tie_weights,
+                strict=strict)

@@ -39,6 +39,14 @@ def functional_call(module: Module, parameter_and_buffer_dicts: Mapping | Sequen
     ``strict`` every parameter and buffer must be given."""
     warnings.warn("nn.utils.stateless.functional_call is deprecated (as in PyTorch); use "
                   "nodegrad.func.functional_call", FutureWarning, stacklevel=2)
+    return call(module, parameter_and_buffer_dicts, args, kwargs, tie_weights=tie_weights,
+                strict=strict)
+
+
+def call(module: Module, parameter_and_buffer_dicts: Mapping | Sequence[Mapping], args=None,
+         kwargs: dict | None = None, *, tie_weights: bool = True, strict: bool = False):
+    """``torch.func.functional_call``'s semantics (see :func:`functional_call`), without the
+    deprecation: ``nodegrad.func.functional_call``."""
     dicts = ([parameter_and_buffer_dicts] if isinstance(parameter_and_buffer_dicts, Mapping)
              else list(parameter_and_buffer_dicts))
     merged: dict = {}
