@@ -259,8 +259,10 @@ class detect_anomaly:
     names the primitive and that place (or the input that already held NaN, and its origin).
     """
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, enabled: bool = True, check_nan: bool = True):
+        """``check_nan`` is PyTorch's: anomaly mode without it only records where nodes were
+        made, which nodegrad does not do apart; so ``check_nan=False`` turns the mode off."""
+        self.enabled = bool(enabled) and bool(check_nan)
 
     def __enter__(self):
         m = modes()
@@ -700,13 +702,25 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     return out
 
 
-def grad(outputs, inputs, grad_outputs=None, *, retain_graph: bool | None = None,
-         create_graph: bool = False, allow_unused: bool = False) -> list:
-    """Gradients of ``outputs`` with respect to ``inputs``, like ``torch.autograd.grad``.
+def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
+         create_graph: bool = False, only_inputs: bool = True, allow_unused: bool | None = None,
+         is_grads_batched: bool = False, materialize_grads: bool = False) -> list:
+    """Gradients of ``outputs`` with respect to ``inputs``, like ``torch.autograd.grad`` (its
+    parameters in its order; ``only_inputs`` is ignored, as PyTorch deprecates it).
 
     Nothing is accumulated into ``.grad``. With ``create_graph=True`` the results are themselves
-    differentiable, which is how higher-order derivatives are taken.
+    differentiable, which is how higher-order derivatives are taken. ``materialize_grads``
+    gives zeros for unused inputs (and so allows them); ``is_grads_batched`` (a leading batch
+    axis of ``grad_outputs``) is not supported: ``vmap`` over a function of them is.
     """
+    if is_grads_batched:
+        raise NotImplementedError("grad: is_grads_batched=True is not supported; vmap a "
+                                  "function that calls grad on one row of grad_outputs")
+    if allow_unused is None:
+        allow_unused = materialize_grads
+    elif materialize_grads and not allow_unused:
+        raise ValueError("grad: materialize_grads=True needs allow_unused unset or True, as in "
+                         "PyTorch")
     outputs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
     inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     cots = _default_cotangents(outputs, grad_outputs)
@@ -714,9 +728,13 @@ def grad(outputs, inputs, grad_outputs=None, *, retain_graph: bool | None = None
         if not t.requires_grad:
             raise GradError("grad: an input does not require grad; "
                             "create it with requires_grad=True")
-    return run_backward(outputs, cots, retain_graph=create_graph if retain_graph is None
-                        else retain_graph, create_graph=create_graph, targets=inputs,
-                        accumulate=False, allow_unused=allow_unused)
+    out = run_backward(outputs, cots, retain_graph=create_graph if retain_graph is None
+                       else retain_graph, create_graph=create_graph, targets=inputs,
+                       accumulate=False, allow_unused=allow_unused)
+    if materialize_grads:
+        out = [type(t)(backend_of(t.data).xp.zeros_like(t.data)) if g is None else g
+               for t, g in zip(inputs, out)]
+    return out
 
 
 def _default_cotangents(outputs: list, grad_outputs) -> list:
@@ -741,9 +759,15 @@ def _default_cotangents(outputs: list, grad_outputs) -> list:
     return cots
 
 
-def backward(tensors, grad_tensors=None, *, retain_graph: bool | None = None,
-             create_graph: bool = False, inputs=None) -> None:
-    """Accumulate gradients of ``tensors`` into the ``.grad`` of the leaves (or of ``inputs``)."""
+def backward(tensors, grad_tensors=None, retain_graph: bool | None = None,
+             create_graph: bool = False, grad_variables=None, inputs=None) -> None:
+    """Accumulate gradients of ``tensors`` into the ``.grad`` of the leaves (or of ``inputs``),
+    as ``torch.autograd.backward`` (``grad_variables``: its old name of ``grad_tensors``)."""
+    if grad_variables is not None:
+        if grad_tensors is not None:
+            raise ValueError("backward: pass grad_tensors or grad_variables (its old name), "
+                             "not both")
+        grad_tensors = grad_variables
     tensors = list(tensors) if isinstance(tensors, list | tuple) else [tensors]
     cots = _default_cotangents(tensors, grad_tensors)
     if retain_graph is None:

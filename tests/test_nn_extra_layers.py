@@ -200,8 +200,11 @@ def test_dropouts_take_pytorchs_inplace(name):
     x = ng.ones(*{"Dropout1d": (2, 3, 4), "Dropout3d": (2, 3, 4, 4, 4)}.get(name, (2, 3, 4, 4)))
     y = ours(x)
     assert float(x.numpy().min()) == 1.0 and y.shape == x.shape
-    with pytest.raises(TypeError, match="inplace is a keyword here"):
-        getattr(nn, name)(0.2, True) if name != "Dropout" else nn.Dropout(0.2, "inverted", True)
+    positional = getattr(nn, name)(0.2, True)  # PyTorch's (p, inplace) order
+    assert repr(positional) == repr(getattr(torch.nn, name)(0.2, True))
+    if name == "Dropout":  # the notes' mode comes second here; a bool there is inplace
+        with pytest.raises(TypeError, match="inplace goes second"):
+            nn.Dropout(0.2, "inverted", True)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])

@@ -810,3 +810,40 @@ def test_torch_fill_pad_and_layout_names_match_torch():
     assert c is not a and np.array_equal(c.numpy(), x) and a.conj_physical().shape == (2, 3)
     r = ng.zeros(1)
     assert ng.resize_as_(r, ng.tensor(x)) is r and r.shape == (2, 3)
+
+
+def test_pytorch_signatures_of_autograd_init_clip_and_random_split():
+    """PyTorch's parameter names and order where nodegrad's differed: autograd.grad and
+    backward positionally (materialize_grads, grad_variables), detect_anomaly(check_nan=),
+    nn.init's ``tensor=``, clip_grad_*(foreach=) and random_split(generator=)."""
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    unused = ng.tensor([3.0], requires_grad=True)
+    tx = torch.tensor([1.0, 2.0], requires_grad=True)
+    tu = torch.tensor([3.0], requires_grad=True)
+    got = ng.autograd.grad((x * x).sum(), [x, unused], None, False, False,
+                           materialize_grads=True)
+    want = torch.autograd.grad((tx * tx).sum(), [tx, tu], None, False, False,
+                               materialize_grads=True)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    with pytest.raises(NotImplementedError, match="is_grads_batched"):
+        ng.autograd.grad((x * x).sum(), x, is_grads_batched=True)
+    ng.autograd.backward(x * 3, None, False, False, ng.ones(2))  # grad_variables, positionally
+    np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
+    with ng.autograd.detect_anomaly(check_nan=False):
+        assert not ng.autograd.is_anomaly_enabled()
+    with ng.autograd.detect_anomaly():
+        assert ng.autograd.is_anomaly_enabled()
+    w = ng.empty(3, 4)
+    ng.nn.init.constant_(tensor=w, val=0.5)
+    ng.nn.init.xavier_uniform_(tensor=w, gain=0.1)
+    assert float(abs(w).max()) <= 0.1 * (6 / 7) ** 0.5
+    p = ng.nn.Parameter(ng.ones(4))
+    p.grad = ng.full((4,), 3.0)
+    norm = ng.nn.utils.clip_grad_norm_([p], 1.0, 2.0, False, True)  # foreach, positionally
+    assert float(norm) == 6.0 and np.allclose(p.grad.numpy(), 0.5, atol=1e-6)
+    ng.nn.utils.clip_grad_value_([p], 0.1, foreach=False)
+    assert float(p.grad.max()) == pytest.approx(0.1)
+    a = ng.data.random_split(list(range(10)), [6, 4], generator=ng.Generator().manual_seed(3))
+    b = ng.data.random_split(list(range(10)), [6, 4], seed=ng.Generator().manual_seed(3))
+    assert [list(s.indices) for s in a] == [list(s.indices) for s in b]

@@ -349,11 +349,17 @@ def _fold_assignment(n: int, k: int, rng: np.random.Generator, stratify=None) ->
     return fold
 
 
-def random_split(dataset: Dataset, lengths: Sequence[int | float], seed=None) -> list[Subset]:
+def random_split(dataset: Dataset, lengths: Sequence[int | float], generator=None, *,
+                 seed=None) -> list[Subset]:
     """Disjoint random Subsets of the given lengths (ints summing to len, or fractions to 1).
 
-    ``seed`` is an int, a NumPy Generator or an ``ng.Generator`` (None: ng's default one).
+    ``generator`` (PyTorch's name) or ``seed``: an int, a NumPy Generator or an
+    ``ng.Generator`` (None: ng's default one).
     """
+    if generator is not None:
+        if seed is not None:
+            raise ValueError("random_split: pass generator or seed, not both")
+        seed = generator
     n = len(dataset)
     lengths = list(lengths)
     if lengths and all(isinstance(x, float) for x in lengths):

@@ -53,50 +53,51 @@ def _uniform(gen, shape, dtype, low, high):
     return gen.random(shape, dtype) * (high - low) + low
 
 
-def constant_(t: Tensor, val: float) -> Tensor:
+def constant_(tensor: Tensor, val: float) -> Tensor:
     with no_grad():
-        t.data[...] = val
-        t._bump()
-    return t
+        tensor.data[...] = val
+        tensor._bump()
+    return tensor
 
 
-def zeros_(t: Tensor) -> Tensor:
-    return constant_(t, 0.0)
+def zeros_(tensor: Tensor) -> Tensor:
+    return constant_(tensor, 0.0)
 
 
-def ones_(t: Tensor) -> Tensor:
-    return constant_(t, 1.0)
+def ones_(tensor: Tensor) -> Tensor:
+    return constant_(tensor, 1.0)
 
 
-def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0,
+def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0,
             generator: Generator | None = None) -> Tensor:
     """N(mean, std²). The notes' small random init is ``normal_(w, std=0.01)``."""
-    return _fill(t, lambda g: g.normal(t.shape, t.dtype) * std + mean, generator)
+    return _fill(tensor, lambda g: g.normal(tensor.shape, tensor.dtype) * std + mean, generator)
 
 
-def uniform_(t: Tensor, a: float = 0.0, b: float = 1.0,
+def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0,
              generator: Generator | None = None) -> Tensor:
     """U[a, b)."""
-    return _fill(t, lambda g: _uniform(g, t.shape, t.dtype, a, b), generator)
+    return _fill(tensor, lambda g: _uniform(g, tensor.shape, tensor.dtype, a, b), generator)
 
 
-def xavier_uniform_(t: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
+def xavier_uniform_(tensor: Tensor, gain: float = 1.0,
+                    generator: Generator | None = None) -> Tensor:
     r"""Glorot: U(±gain·√(6 / (fan_in + fan_out)))."""
-    fi, fo = fan_in_and_fan_out(t)
+    fi, fo = fan_in_and_fan_out(tensor)
     bound = gain * math.sqrt(6.0 / (fi + fo))
-    return uniform_(t, -bound, bound, generator)
+    return uniform_(tensor, -bound, bound, generator)
 
 
-def xavier_normal_(t: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
+def xavier_normal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
     r"""Glorot: N(0, gain²·2 / (fan_in + fan_out)), the notes' Xavier."""
-    fi, fo = fan_in_and_fan_out(t)
-    return normal_(t, 0.0, gain * math.sqrt(2.0 / (fi + fo)), generator)
+    fi, fo = fan_in_and_fan_out(tensor)
+    return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fi + fo)), generator)
 
 
-def lecun_normal_(t: Tensor, generator: Generator | None = None) -> Tensor:
+def lecun_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
     r"""N(0,1)·√(1/fan_in): the notes' simple Xavier (LeCun normal)."""
-    fi, _ = fan_in_and_fan_out(t)
-    return normal_(t, 0.0, math.sqrt(1.0 / fi), generator)
+    fi, _ = fan_in_and_fan_out(tensor)
+    return normal_(tensor, 0.0, math.sqrt(1.0 / fi), generator)
 
 
 simple_xavier_normal_ = lecun_normal_
@@ -110,37 +111,38 @@ def _kaiming_std(t, a, mode, nonlinearity) -> float:
     return calculate_gain(nonlinearity, a) / math.sqrt(fan)
 
 
-def kaiming_normal_(t: Tensor, a: float = 0.0, mode: str = "fan_in",
+def kaiming_normal_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu", generator: Generator | None = None) -> Tensor:
     r"""He ("Xavier2"): N(0,1)·gain/√fan; for ReLU gain = √2, so σ² = 2/fan_in."""
-    return normal_(t, 0.0, _kaiming_std(t, a, mode, nonlinearity), generator)
+    return normal_(tensor, 0.0, _kaiming_std(tensor, a, mode, nonlinearity), generator)
 
 
-def kaiming_uniform_(t: Tensor, a: float = 0.0, mode: str = "fan_in",
+def kaiming_uniform_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                      nonlinearity: str = "leaky_relu",
                      generator: Generator | None = None) -> Tensor:
     r"""He uniform: U(±gain·√(3/fan)), the same variance as :func:`kaiming_normal_`."""
-    bound = math.sqrt(3.0) * _kaiming_std(t, a, mode, nonlinearity)
-    return uniform_(t, -bound, bound, generator)
+    bound = math.sqrt(3.0) * _kaiming_std(tensor, a, mode, nonlinearity)
+    return uniform_(tensor, -bound, bound, generator)
 
 
-def orthogonal_(t: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
+def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
     """A (semi-)orthogonal matrix from the QR decomposition of a Gaussian one, times ``gain``."""
-    if t.ndim < 2:
-        raise ValueError(f"orthogonal_: need at least 2 dims, got shape {tuple(t.shape)}")
-    rows, cols = t.shape[0], math.prod(t.shape[1:])
+    if tensor.ndim < 2:
+        raise ValueError(f"orthogonal_: need at least 2 dims, got shape {tuple(tensor.shape)}")
+    rows, cols = tensor.shape[0], math.prod(tensor.shape[1:])
 
     def sample(g):
-        a = B.backend_of(t.data).to_host(g.normal((max(rows, cols), min(rows, cols)), B.float64))
+        a = B.backend_of(tensor.data).to_host(g.normal((max(rows, cols), min(rows, cols)),
+                                                       B.float64))
         q, r = B.np.linalg.qr(a)
         q = q * B.np.sign(B.np.diag(r))
         q = q if rows >= cols else q.T
-        return B.backend_of(t.data).asarray((gain * q).reshape(t.shape))
+        return B.backend_of(tensor.data).asarray((gain * q).reshape(tensor.shape))
 
-    return _fill(t, sample, generator)
+    return _fill(tensor, sample, generator)
 
 
-def trunc_normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
+def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
                   b: float = 2.0, generator: Generator | None = None) -> Tensor:
     """N(mean, std²) truncated to [a, b] (absolute bounds, as PyTorch's): uniform draws
     between the bounds' normal CDFs mapped back through the inverse CDF, then clipped against
@@ -148,68 +150,69 @@ def trunc_normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.
     if not a < b or std <= 0:
         raise ValueError(f"trunc_normal_: expected a < b and std > 0, got a={a}, b={b}, "
                          f"std={std}")
-    be = B.backend_of(t.data)
+    be = B.backend_of(tensor.data)
     lo = (1 + math.erf((a - mean) / (std * math.sqrt(2)))) / 2
     hi = (1 + math.erf((b - mean) / (std * math.sqrt(2)))) / 2
 
     def sample(g):
-        u = _uniform(g, t.shape, B.float64, 2 * lo - 1, 2 * hi - 1)
+        u = _uniform(g, tensor.shape, B.float64, 2 * lo - 1, 2 * hi - 1)
         x = be.erfinv(u) * (std * math.sqrt(2.0)) + mean
         return be.xp.clip(x, a, b)
 
-    return _fill(t, sample, generator)
+    return _fill(tensor, sample, generator)
 
 
-def eye_(t: Tensor) -> Tensor:
+def eye_(tensor: Tensor) -> Tensor:
     """The identity matrix (ones on the diagonal of a 2-d tensor), as PyTorch's."""
-    if t.ndim != 2:
-        raise ValueError(f"eye_: expected a 2-d tensor, got shape {tuple(t.shape)}")
-    xp = B.backend_of(t.data).xp
-    return _fill(t, lambda g: xp.eye(*t.shape), None)
+    if tensor.ndim != 2:
+        raise ValueError(f"eye_: expected a 2-d tensor, got shape {tuple(tensor.shape)}")
+    xp = B.backend_of(tensor.data).xp
+    return _fill(tensor, lambda g: xp.eye(*tensor.shape), None)
 
 
-def dirac_(t: Tensor, groups: int = 1) -> Tensor:
+def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     """A convolution kernel (3-5 dims) that passes its input through: in each of ``groups``
     groups, output channel i has a one at the centre of input channel i, as PyTorch's."""
-    if t.ndim not in (3, 4, 5):
-        raise ValueError(f"dirac_: expected a 3-, 4- or 5-d tensor, got shape {tuple(t.shape)}")
-    out_per_group = t.shape[0] // groups
-    if t.shape[0] % groups:
-        raise ValueError(f"dirac_: {t.shape[0]} output channels do not divide into {groups} "
+    if tensor.ndim not in (3, 4, 5):
+        raise ValueError(f"dirac_: expected a 3-, 4- or 5-d tensor, got shape "
+                         f"{tuple(tensor.shape)}")
+    out_per_group = tensor.shape[0] // groups
+    if tensor.shape[0] % groups:
+        raise ValueError(f"dirac_: {tensor.shape[0]} output channels do not divide into {groups} "
                          "groups")
-    xp = B.backend_of(t.data).xp
+    xp = B.backend_of(tensor.data).xp
 
     def sample(g):
-        w = xp.zeros(t.shape)
-        centre = tuple(k // 2 for k in t.shape[2:])
+        w = xp.zeros(tensor.shape)
+        centre = tuple(k // 2 for k in tensor.shape[2:])
         for grp in range(groups):
-            for i in range(min(out_per_group, t.shape[1])):
+            for i in range(min(out_per_group, tensor.shape[1])):
                 w[(grp * out_per_group + i, i) + centre] = 1
         return w
 
-    return _fill(t, sample, None)
+    return _fill(tensor, sample, None)
 
 
-def sparse_(t: Tensor, sparsity: float, std: float = 0.01,
+def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01,
             generator: Generator | None = None) -> Tensor:
     """Martens' (2010) sparse init of a 2-d weight: N(0, std²), then in every column
     ⌈sparsity · rows⌉ entries at random rows set to zero, as PyTorch's."""
-    if t.ndim != 2:
+    if tensor.ndim != 2:
         raise ValueError(f"sparse_: only 2-d tensors are supported, got shape "
-                         f"{tuple(t.shape)}")
+                         f"{tuple(tensor.shape)}")
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparse_: sparsity must be in [0, 1], got {sparsity}")
-    rows, cols = t.shape
+    rows, cols = tensor.shape
     n_zero = math.ceil(sparsity * rows)
 
     def sample(g):
-        w = g.normal(t.shape, t.dtype) * std
+        w = g.normal(tensor.shape, tensor.dtype) * std
         xp = B.backend_of(w).xp
-        order = xp.argsort(g.random(t.shape, B.float64), axis=0)  # a permutation per column
+        order = xp.argsort(g.random(tensor.shape, B.float64), axis=0)  # a permutation per column
         xp.put_along_axis(w, order[:n_zero], 0, axis=0)
         return w
 
-    return _fill(t, sample, generator)
+    return _fill(tensor, sample, generator)
 
 
 def _deprecated(new: Callable) -> Callable:

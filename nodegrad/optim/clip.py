@@ -22,13 +22,15 @@ def _grads(ps: list[Tensor]) -> list[Tensor]:
 
 
 def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
-                    norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Tensor:
+                    norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach: bool | None = None) -> Tensor:
     r"""Scale all gradients together so their joint norm is at most ``max_norm``.
 
     The norm is taken over all gradients as if concatenated into one vector,
     ``N = ‖(‖g_1‖_p, …, ‖g_k‖_p)‖_p``; every gradient is multiplied by ``min(1, max_norm /
     (N + 1e-6))`` (PyTorch's rule: the direction is kept, only the step shrinks). Returns ``N``
-    as a 0-d tensor, taken before clipping.
+    as a 0-d tensor, taken before clipping. ``foreach`` (PyTorch's choice of kernel, the same
+    values) is accepted and ignored.
     """
     return Tensor(_clip_norm(_params(parameters), float(max_norm), float(norm_type),
                              error_if_nonfinite))
@@ -58,8 +60,10 @@ def _clip_norm(ps: list, max_norm: float, p: float, error_if_nonfinite: bool):
     return total
 
 
-def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float) -> None:
-    """Clamp every gradient element into ``[-clip_value, clip_value]``, in place."""
+def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float,
+                     foreach: bool | None = None) -> None:
+    """Clamp every gradient element into ``[-clip_value, clip_value]``, in place
+    (``foreach``: PyTorch's choice of kernel, the same values; accepted and ignored)."""
     _clip_value(_params(parameters), float(clip_value))
 
 

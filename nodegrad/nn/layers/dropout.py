@@ -18,9 +18,10 @@ class Dropout(Module):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        if isinstance(mode, bool):  # PyTorch's Dropout(p, inplace): no mode is a bool
+            mode, inplace = "inverted", mode
         if mode not in ("inverted", "classic"):
-            raise ValueError(f"Dropout: mode must be 'inverted' or 'classic', got {mode!r} "
-                             "(PyTorch's inplace is a keyword here: inplace=True)")
+            raise ValueError(f"Dropout: mode must be 'inverted' or 'classic', got {mode!r}")
         _check_generator(self, generator)
         self.p, self.mode, self.generator, self.inplace = p, mode, generator, bool(inplace)
 
@@ -35,8 +36,8 @@ class Dropout(Module):
 def _check_generator(m: Module, generator) -> None:
     if generator is not None and not isinstance(generator, Generator):
         raise TypeError(f"{type(m).__name__}: generator must be a nodegrad.random.Generator, "
-                        f"got {type(generator).__name__} (PyTorch's inplace is a keyword here: "
-                        "inplace=True)")
+                        f"got {type(generator).__name__} (PyTorch's inplace goes second, "
+                        "Dropout(p, True), or as inplace=True)")
 
 
 # --- channel and alpha dropout ----------------------------------------------------------------
@@ -48,6 +49,8 @@ class _DropoutVariant(Module):
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{type(self).__name__}: p must be in [0, 1], got {p}")
+        if isinstance(generator, bool):  # PyTorch's (p, inplace): no generator is a bool
+            generator, inplace = None, generator
         _check_generator(self, generator)
         self.p, self.generator, self.inplace = p, generator, bool(inplace)
 
