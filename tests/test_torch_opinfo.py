@@ -92,9 +92,6 @@ KNOWN = {
     "matrix_exp:float16": "PyTorch's float16 result is NaN where nodegrad's is finite",
     "nn.functional.soft_margin_loss:float16": "PyTorch's float16 loss overflows to inf where "
                                               "log(1 + e^-yx) is finite (nodegrad's, stable)",
-    "nn.functional.interpolate.bicubic:float16": "rounding: nodegrad weighs the 16 taps in "
-                                                 "float16, PyTorch's CPU kernel accumulates in "
-                                                 "float32 (up to 4.5e-2 apart)",
     "nn.functional.embedding:float16": "sparse=True: nodegrad's gradients are dense",
     "nn.functional.embedding_bag:float16": "max_norm, scale_grad_by_freq and sparse are not "
                                            "supported in embedding_bag (a clear error)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from .. import _backend as B
 from .. import ops
 from ..autodiff import no_grad
 from ..batching import values
@@ -602,11 +603,12 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     if mode == "area":
         return (F.adaptive_avg_pool1d(x, out[0]) if nd == 1 else
                 F.adaptive_avg_pool2d(x, out) if nd == 2 else F.adaptive_avg_pool3d(x, out))
-    y = x
+    half = x.dtype == B.float16 and mode not in ("nearest", "nearest-exact")
+    y = ops.astype(x, B.float32) if half else x  # weighed in float32, as PyTorch's CPU kernels
     for i in range(nd):
         if out[i] != x.shape[2 + i] or mode not in ("nearest", "nearest-exact") or scales[i]:
             y = _resample_axis(y, 2 + i, out[i], scales[i], mode, bool(align_corners))
-    return y
+    return ops.astype(y, B.float16) if half else y
 
 
 def upsample(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
