@@ -267,3 +267,55 @@ def _gradients(ref, got, inputs, shadow, rtol: float) -> Outcome:
                                                           equal_nan=True):
             return Outcome("grad", f"input {i}")
     return Outcome("ok")
+
+
+def replay_program(sample, op):
+    """``(program, values)``: sample ``sample`` of OpInfo ``op`` as a function of its input
+    tensors (``program(*values)`` replays PyTorch's recorded calls on nodegrad, as
+    :func:`replay` does, and returns the nodegrad tensors of the output), for transforms such as
+    ``ng.jit`` to run; None when PyTorch rejects the sample or records no call."""
+    try:
+        with _Record() as rec:
+            ref = op.op(sample.input, *sample.args, **sample.kwargs)
+    except Exception:  # noqa: BLE001
+        return None
+    if not rec.calls:
+        return None
+    tensors = [t for t in _flat([sample.input, list(sample.args), list(sample.kwargs.values())])
+               if isinstance(t, torch.Tensor)]
+    ids = [id(t) for t in tensors]
+    inputs = set(ids)
+
+    def program(*values):
+        shadow = dict(zip(ids, values))
+
+        def tr(v):
+            if isinstance(v, torch.Tensor):
+                return shadow[id(v)] if id(v) in shadow else _to_ng(v)
+            if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size):
+                items = [tr(x) for x in v]
+                return tuple(items) if hasattr(v, "_fields") or isinstance(v, tuple) else items
+            if isinstance(v, dict):
+                return {k: tr(x) for k, x in v.items()}
+            return _to_ng(v)
+
+        for func, args, kwargs, out in rec.calls:
+            fn, kind = _target(func)
+            if fn is None:
+                raise LookupError(f"nodegrad has no {getattr(func, '__name__', func)}")
+            a, k = tr(args), tr(kwargs)
+            if kind == "property":
+                res = getattr(a[0], fn)
+            elif kind == "method":
+                res = getattr(a[0], fn)(*a[1:], **k)
+            else:
+                res = fn(*a, **k)
+            for x, y in zip(_flat(out), _flat(res)):
+                if isinstance(x, torch.Tensor) and id(x) not in inputs:
+                    shadow[id(x)] = y
+        return [y for y in _flat(tr(ref)) if isinstance(y, ng.Tensor)]
+
+    try:
+        return program, [_to_ng(t) for t in tensors]
+    except _Complex:
+        return None

@@ -445,3 +445,15 @@ def test_zero_fill_and_copy_are_replayed_writes(f):
     got = step(x)
     np.testing.assert_array_equal(got.numpy(), want.numpy())
     np.testing.assert_array_equal(x.numpy(), want.numpy())  # in place
+
+
+def test_jit_sums_a_0d_chain():
+    """A sum that joins a fused elementwise chain over a 0-d array (nansum of a scalar, a loss
+    of 0-d inputs) compiles: there is no innermost axis to order the sum by."""
+    x = ng.tensor(2.5, dtype=ng.float64)
+    for f in (lambda t: ng.nansum(t), lambda t: (ng.exp(t) * 2 - t).sum(),
+              lambda t: ng.nn.functional.margin_ranking_loss(t, t * 0.5, ng.tensor(1.0,
+                                                             dtype=ng.float64))):
+        j = ng.jit(f)
+        j(x)
+        np.testing.assert_allclose(j(x).numpy(), f(x).numpy(), rtol=1e-12)

@@ -426,8 +426,8 @@ def _in_order(prog, i: Instr, axes: tuple) -> bool:
     (``B.sums_as_numpy``)."""
     v = getattr(prog, "values", {}).get(i.ins[0])
     order = _order(v)
-    if prog.backend.device_id is not None or order is None or order[-1] in axes:
-        return False
+    if prog.backend.device_id is not None or not order or order[-1] in axes:
+        return False  # (a 0-d array has no innermost axis: NumPy's sum of it is itself)
     p = i.params or {}
     return type(v) is B.ndarray and B.sums_as_numpy(v, p.get("axis"),
                                                        bool(p.get("keepdims", False)))
