@@ -392,3 +392,36 @@ def test_conversions_of_a_batched_tensor_keep_the_batch_or_refuse():
     assert ng.vmap(lambda x: ng.as_tensor(x, dtype=ng.float64))(xs).dtype == ng.float64
     with pytest.raises(TypeError, match="use x.clone"):  # it copied the tracer's NaN poison
         ng.vmap(ng.tensor)(xs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_vmap_of_cross_entropy_on_one_examples_logits(reduction):
+    """Per-example (C,) logits and a 0-d target, the usual per-example loss: vmap and
+    vmap(grad) equal the loop (the batching rule merged (B, C) into B·C logits before)."""
+    x = ng.randn(3, 5, dtype=ng.float64)
+    t = ng.tensor([1, 3, 0])
+
+    def f(xi, ti):
+        return ng.nn.functional.cross_entropy(xi, ti, reduction=reduction).sum()
+
+    want = np.array([float(f(x[i], t[i])) for i in range(3)])
+    np.testing.assert_allclose(ng.vmap(f)(x, t).numpy(), want, rtol=1e-12)
+    g = ng.vmap(ng.grad(f))(x, t)
+    loop = np.stack([ng.grad(lambda xi: f(xi, t[i]))(x[i]).numpy() for i in range(3)])
+    np.testing.assert_allclose(g.numpy(), loop, rtol=1e-12)
+
+
+def test_vmap_refuses_to_update_running_statistics():
+    """Inside vmap the running statistics cannot take each example's statistics in place:
+    a TypeError naming the fixes, not NaN stored (the tracer's poison)."""
+    F = ng.nn.functional
+    x = ng.randn(2, 4, 3)
+    rm, rv = ng.zeros(3), ng.ones(3)
+    with pytest.raises(TypeError, match="running statistics.*replace_all_batch_norm_modules_"):
+        ng.vmap(lambda xi: F.batch_norm(xi, rm, rv, training=True))(x)
+    np.testing.assert_array_equal(rm.numpy(), 0.0)
+    np.testing.assert_array_equal(rv.numpy(), 1.0)
+    assert ng.vmap(lambda xi: F.batch_norm(xi, rm, rv, training=False))(x).shape == (2, 4, 3)
+    m = ng.nn.BatchNorm1d(3)
+    ng.func.replace_all_batch_norm_modules_(m)
+    assert ng.vmap(m)(x).shape == (2, 4, 3)

@@ -11,7 +11,7 @@ import math
 from .. import _backend as B
 from .. import ops
 from ..autodiff import effect, no_grad
-from ..batching import values
+from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator
 from ..tensor import Tensor
@@ -126,6 +126,12 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
 def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
                     momentum: float, unbias: float) -> None:
     """Move the running statistics toward the batch's: ``r <- (1 - m) r + m b``."""
+    if any(type(t) is BatchTracer for t in (running_mean, running_var, mean, var)):
+        raise TypeError("batch/instance norm: inside vmap the running statistics cannot be "
+                        "updated in place from each example's statistics (they would store "
+                        "the tracer's NaN); as with torch.func, pass training=False or no "
+                        "running statistics (for modules: "
+                        "ng.func.replace_all_batch_norm_modules_(model))")
     dt = mean.dtype
     m = dt.type(momentum)
     rm, rv = running_mean.data, running_var.data

@@ -601,12 +601,18 @@ def _merged(v, bd, n):
     return v.reshape((-1,) + tuple(v.shape[2:])) if v.ndim > 1 else v
 
 
+def _merged_logits(xb, n):
+    """Batched logits (B, N, C, ...) as (B·N, C, ...); one example's unbatched logits (C,)
+    batched as (B, C) are already the rows."""
+    return xb if xb.ndim == 2 else _merged(xb, 0, n)
+
+
 def _ce_batch(vals, bdims, axis, ignore_index, reduction):
     (x, t), (bx, bt) = vals, bdims
     n = size_of(vals, bdims)
     xb, tb = batched(x, bx, n), batched(t, bt, n)
     ax = axis if xb.ndim > 2 else 1
-    loss = _ce(_merged(xb, 0, n), _merged(tb, 0, n), axis=ax, ignore_index=ignore_index,
+    loss = _ce(_merged_logits(xb, n), _merged(tb, 0, n), axis=ax, ignore_index=ignore_index,
                reduction="none")
     loss = loss.reshape(tuple(tb.shape))                                 # (B, ...)
     if reduction == "none":
@@ -640,7 +646,7 @@ def _ce_grad_batch(vals, bdims, axis, ignore_index, reduction):
         gb = broadcast_to(gb, tuple(tb.shape))
     elif isinstance(gb, float | int):
         gb = broadcast_to(gb, tuple(tb.shape))
-    dx = _ce_grad(_merged(xb, 0, n), _merged(gb, 0, n), _merged(tb, 0, n), axis=ax,
+    dx = _ce_grad(_merged_logits(xb, n), _merged(gb, 0, n), _merged(tb, 0, n), axis=ax,
                   ignore_index=ignore_index, reduction="none")
     return dx.reshape(tuple(xb.shape)), 0
 
