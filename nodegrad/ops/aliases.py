@@ -1123,6 +1123,10 @@ def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch
         raise DTypeError(f"histogramdd: expected a floating tensor of points (…, D), got "
                          f"{input.dtype} of shape {tuple(input.shape)}")
     input._concrete("histogramdd (the counts leave the graph)")
+    if any(type(t) is BatchTracer for t in (input, weight, *(
+            bins if isinstance(bins, list | tuple) else ()))):
+        raise TypeError("histogramdd: inside vmap the counts of a batched tensor are not "
+                        "supported (they leave the graph); loop over the examples")
     d = input.shape[-1]
     pts = input.data.reshape(-1, d)
     xp = input.backend.xp
@@ -1214,6 +1218,9 @@ def _resize_(self, *sizes) -> Tensor:
     the new number and reshaped; refused for a tensor that requires grad."""
     if self.requires_grad:
         raise GradError("resize_: cannot resize a tensor that requires grad")
+    if type(self) is BatchTracer:
+        raise TypeError("resize_: inside vmap a batched tensor cannot change its shape in "
+                        "place; build the result out of place (reshape, pad, a slice)")
     self._concrete("resize_")
     shape = _shape_arg(sizes)
     if any(s < 0 for s in shape):

@@ -1,0 +1,94 @@
+"""PyTorch's operator samples (its OpInfo database) under ``ng.vmap``: each float64 sample,
+replayed on nodegrad as a function of its input tensors, is run on a batch of two examples
+(the sample and a copy of it moved by up to 1e-3) and must equal the two runs stacked (to
+1e-10). Operators that cannot run on a batch inside vmap (an output size that depends on the
+values, a Python value read from a tensor, an in-place update of unbatched state) must refuse
+with a TypeError or ValueError that says so; :data:`REFUSES` lists them with the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from _opinfo import replay_program  # noqa: E402
+from test_torch_opinfo import KNOWN, _ops  # noqa: E402
+from test_torch_opinfo_jit import _random  # noqa: E402
+
+import nodegrad as ng  # noqa: E402
+
+SAMPLES = 3
+_SIZE = "the output's size depends on the values"
+_VALUE = "a Python value is read from a batched tensor"
+_INDEX = "a batched index tensor (use take_along_axis or a one-hot mask)"
+REFUSES = {
+    **{name: _SIZE for name in ("argwhere", "nonzero", "nonzero_static", "masked_select",
+                                "masked_scatter", "unique", "unique_consecutive",
+                                "histogramdd", "resize_", "resize_as_")},
+    **{name: _VALUE for name in ("linalg.pinv", "narrow", "tensor_split",
+                                 "linspace.tensor_overload", "logspace.tensor_overload",
+                                 "linalg.ldl_factor", "linalg.ldl_factor_ex",
+                                 "linalg.ldl_solve")},
+    **{name: _INDEX for name in ("index_put", "nn.functional.embedding",
+                                 "nn.functional.nll_loss")},
+    **{name: "running statistics updated in place from each example's statistics"
+       for name in ("nn.functional.batch_norm", "nn.functional.instance_norm")},
+    "nn.functional.embedding_bag": "batched offsets (each example's bags)",
+    "zero_": "an in-place write of a batched tensor",
+    "as_strided": "strides address the whole batch's memory",
+    "as_strided_copy": "strides address the whole batch's memory",
+}
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("op", list(_ops()))
+def test_opinfo_samples_under_vmap_equal_a_loop(op):
+    key = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
+    if torch.float64 not in op.supported_dtypes("cpu"):
+        pytest.skip("no float64 samples")
+    if key in KNOWN or _random(key):
+        pytest.skip("listed in test_torch_opinfo's KNOWN, or random")
+    torch.manual_seed(0)
+    try:
+        samples = list(op.sample_inputs("cpu", torch.float64, requires_grad=False))
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"PyTorch made no samples: {e}")
+    rng = np.random.default_rng(0)
+    refused, bad = [], []
+    for i, s in enumerate(samples[:SAMPLES]):
+        built = replay_program(s, op)
+        if built is None or not built[1]:
+            continue
+        program, first = built
+        second = [ng.tensor((v.numpy() + rng.uniform(-1e-3, 1e-3, v.shape)).astype(v.dtype))
+                  if v.dtype.kind == "f" else v for v in first]
+        try:
+            outs = program(*first), program(*second)
+        except Exception:  # noqa: BLE001  (test_torch_opinfo reports eager failures)
+            continue
+        if not outs[0]:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                got = ng.vmap(program)(*[ng.stack([a, b]) for a, b in zip(first, second)])
+        except (TypeError, ValueError) as e:
+            refused.append(f"sample {i}: {type(e).__name__}: {str(e)[:120]}")
+            continue
+        for a, b, g in zip(*outs, got):
+            want = np.stack([np.asarray(a.numpy()), np.asarray(b.numpy())])
+            y = np.asarray(g.numpy())
+            if want.shape != y.shape or want.dtype != y.dtype or not np.allclose(
+                    want, y, rtol=1e-10, atol=1e-10, equal_nan=True):
+                bad.append(f"sample {i}: {want.shape} {want.dtype} against {y.shape} "
+                           f"{y.dtype}")
+                break
+    assert not bad, "\n".join(bad)
+    if key in REFUSES:
+        assert refused, f"{key} now runs under vmap: remove it from REFUSES ({REFUSES[key]})"
+    else:
+        assert not refused, "\n".join(refused)
