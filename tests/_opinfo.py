@@ -171,6 +171,22 @@ def _compare(ref, got, rtol: float) -> Outcome | None:
     return None
 
 
+def _translator(shadow: dict):
+    """``tr(v)``: PyTorch argument ``v`` as nodegrad's, a tensor seen before as its nodegrad
+    counterpart in ``shadow`` (by id), containers item by item."""
+    def tr(v):
+        if isinstance(v, torch.Tensor):
+            return shadow[id(v)] if id(v) in shadow else _to_ng(v)
+        if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size):
+            items = [tr(x) for x in v]
+            return tuple(items) if hasattr(v, "_fields") or isinstance(v, tuple) else items
+        if isinstance(v, dict):
+            return {k: tr(x) for k, x in v.items()}
+        return _to_ng(v)
+
+    return tr
+
+
 def replay(sample, op, grads: bool, rtol: float) -> Outcome:
     """Run ``sample`` of OpInfo ``op`` in PyTorch and nodegrad and compare."""
     try:
@@ -190,16 +206,7 @@ def replay(sample, op, grads: bool, rtol: float) -> Outcome:
         return Outcome("skip", "complex")
 
     leaves = {id(t) for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad}
-
-    def tr(v):
-        if isinstance(v, torch.Tensor):
-            return shadow[id(v)] if id(v) in shadow else _to_ng(v)
-        if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size):
-            items = [tr(x) for x in v]
-            return tuple(items) if hasattr(v, "_fields") or isinstance(v, tuple) else items
-        if isinstance(v, dict):
-            return {k: tr(x) for k, x in v.items()}
-        return _to_ng(v)
+    tr = _translator(shadow)
 
     try:
         for func, args, kwargs, out in rec.calls:
@@ -288,16 +295,7 @@ def replay_program(sample, op):
 
     def program(*values):
         shadow = dict(zip(ids, values))
-
-        def tr(v):
-            if isinstance(v, torch.Tensor):
-                return shadow[id(v)] if id(v) in shadow else _to_ng(v)
-            if isinstance(v, (list, tuple)) and not isinstance(v, torch.Size):
-                items = [tr(x) for x in v]
-                return tuple(items) if hasattr(v, "_fields") or isinstance(v, tuple) else items
-            if isinstance(v, dict):
-                return {k: tr(x) for k, x in v.items()}
-            return _to_ng(v)
+        tr = _translator(shadow)
 
         for func, args, kwargs, out in rec.calls:
             fn, kind = _target(func)

@@ -39,9 +39,9 @@ def _random(key: str) -> bool:
                                   "uniform", "cauchy", "exponential", "geometric", "poisson"))
 
 
-@pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("op", list(_ops()))
-def test_opinfo_samples_under_jit_equal_eager(op):
+def float64_samples(op) -> tuple[str, list]:
+    """``op``'s name and its float64 samples for the transform tests (the test skips ops
+    without them, those test_torch_opinfo lists as differing, and random ones)."""
     key = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
     if torch.float64 not in op.supported_dtypes("cpu"):
         pytest.skip("no float64 samples")
@@ -49,9 +49,15 @@ def test_opinfo_samples_under_jit_equal_eager(op):
         pytest.skip("listed in test_torch_opinfo's KNOWN, or random")
     torch.manual_seed(0)
     try:
-        samples = list(op.sample_inputs("cpu", torch.float64, requires_grad=False))
+        return key, list(op.sample_inputs("cpu", torch.float64, requires_grad=False))
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"PyTorch made no samples: {e}")
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("op", list(_ops()))
+def test_opinfo_samples_under_jit_equal_eager(op):
+    key, samples = float64_samples(op)
     refused, bad = [], []
     for i, s in enumerate(samples[:SAMPLES]):
         built = replay_program(s, op)

@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from _opinfo import replay_program  # noqa: E402
-from test_torch_opinfo import KNOWN, _ops  # noqa: E402
-from test_torch_opinfo_jit import _random  # noqa: E402
+from test_torch_opinfo import _ops  # noqa: E402
+from test_torch_opinfo_jit import float64_samples  # noqa: E402
 
 import nodegrad as ng  # noqa: E402
 
@@ -47,16 +47,7 @@ REFUSES = {
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("op", list(_ops()))
 def test_opinfo_samples_under_vmap_equal_a_loop(op):
-    key = op.name + (f".{op.variant_test_name}" if op.variant_test_name else "")
-    if torch.float64 not in op.supported_dtypes("cpu"):
-        pytest.skip("no float64 samples")
-    if key in KNOWN or _random(key):
-        pytest.skip("listed in test_torch_opinfo's KNOWN, or random")
-    torch.manual_seed(0)
-    try:
-        samples = list(op.sample_inputs("cpu", torch.float64, requires_grad=False))
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"PyTorch made no samples: {e}")
+    key, samples = float64_samples(op)
     rng = np.random.default_rng(0)
     refused, bad = [], []
     for i, s in enumerate(samples[:SAMPLES]):
