@@ -425,3 +425,19 @@ def test_vmap_refuses_to_update_running_statistics():
     m = ng.nn.BatchNorm1d(3)
     ng.func.replace_all_batch_norm_modules_(m)
     assert ng.vmap(m)(x).shape == (2, 4, 3)
+
+
+def test_zero_fill_and_copy_of_a_batched_tensor_inside_vmap():
+    """Each example takes the value, as torch.func allows (they raised before), NaN and inf
+    entries included; a batched source is copied example by example."""
+    x = ng.tensor([[float("nan"), 1.0], [2.0, float("inf")], [3.0, 4.0]])
+    assert not ng.vmap(lambda r: r.clone().zero_())(x).numpy().any()
+    np.testing.assert_array_equal(ng.vmap(lambda r: r.clone().fill_(7))(x).numpy(), 7.0)
+    y = ng.randn(3, 2)
+    np.testing.assert_array_equal(ng.vmap(lambda r, s: r.clone().copy_(s))(x, y).numpy(),
+                                  y.numpy())
+    v = ng.tensor([5.0, 6.0])
+    np.testing.assert_array_equal(ng.vmap(lambda r: r.clone().copy_(v))(x).numpy(),
+                                  np.tile(v.numpy(), (3, 1)))
+    g = ng.vmap(ng.grad(lambda r: (r.clone().fill_(2.0) * r).sum()))(y)
+    np.testing.assert_array_equal(g.numpy(), 2.0)

@@ -38,7 +38,6 @@ REFUSES = {
     **{name: "running statistics updated in place from each example's statistics"
        for name in ("nn.functional.batch_norm", "nn.functional.instance_norm")},
     "nn.functional.embedding_bag": "batched offsets (each example's bags)",
-    "zero_": "an in-place write of a batched tensor",
     "as_strided": "strides address the whole batch's memory",
     "as_strided_copy": "strides address the whole batch's memory",
 }

@@ -442,6 +442,10 @@ def _assigning(name: str) -> Callable:
 
     def method(self, *args):
         value = 0 if name == "zero_" else args[0] if args else None
+        if type(self) is BatchTracer and len(args) == (0 if name == "zero_" else 1):
+            # inside vmap each example takes the value (torch.func's rule): a result batched
+            # at the tracer's own level, equal to the value everywhere (NaN entries too)
+            return apply_inplace(self, name, lambda t: I.where(t == t, value, value))
         if not (modes().grad_enabled and isinstance(self, Tensor)
                 and type(self) is not BatchTracer
                 and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad))):
@@ -584,7 +588,9 @@ _TORCH_TOP_INPLACE = (
 
 def _top_level(name: str) -> Callable:
     def fn(input, *args, **kwargs):
-        _check_target(input, name)
+        if not isinstance(input, Tensor):  # the method decides about batched tensors
+            raise TypeError(f"{name}: expected a tensor to change in place, got "
+                            f"{type(input).__name__}")
         return getattr(input, name)(*args, **kwargs)
 
     fn.__name__ = fn.__qualname__ = name
