@@ -12,6 +12,8 @@ as in PyTorch: one :class:`Modes` record per thread.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import traceback
 import weakref
@@ -278,12 +280,24 @@ def is_anomaly_enabled() -> bool:
     return modes().anomaly
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # nodegrad's own files
+
+
 def creation_site() -> str:
     """The innermost stack frame outside nodegrad, as 'file:line in function: code'."""
     for fr in reversed(traceback.extract_stack()[:-1]):
-        if "/nodegrad/" not in fr.filename.replace("\\", "/"):
+        if not os.path.abspath(fr.filename).startswith(_PACKAGE):
             return f"{fr.filename}:{fr.lineno} in {fr.name}: {fr.line}"
     return "<unknown>"
+
+
+def user_stacklevel() -> int:
+    """``warnings.warn``'s ``stacklevel`` for the innermost frame outside nodegrad (the user's
+    line), however many of nodegrad's calls lie between."""
+    f, level = sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE):
+        f, level = f.f_back, level + 1
+    return level
 
 
 def _check_finite(xp, g, what: str, node: Node) -> None:

@@ -126,7 +126,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
 def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
                     momentum: float, unbias: float) -> None:
     """Move the running statistics toward the batch's: ``r <- (1 - m) r + m b``."""
-    if any(type(t) is BatchTracer for t in (running_mean, running_var, mean, var)):
+    if BatchTracer in (type(running_mean), type(running_var), type(mean), type(var)):
         raise TypeError("batch/instance norm: inside vmap the running statistics cannot be "
                         "updated in place from each example's statistics (they would store "
                         "the tracer's NaN); as with torch.func, pass training=False or no "

@@ -25,15 +25,13 @@ kernel is available, except for small buckets on the CPU before numba is importe
 from __future__ import annotations
 
 import operator
-import os as _os
-import sys as _sys
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import _backend as B
 from .._backend import backend_of, is_array
-from ..autodiff import effect, enable_grad
+from ..autodiff import effect, enable_grad, user_stacklevel
 from ..errors import BackendUnavailable, GradError, ShapeError
 from ..tensor import Tensor
 from . import _fused
@@ -182,18 +180,8 @@ def _check_eps(name: str, group: dict) -> None:
             warnings.warn(f"{name}: eps={eps:g} is 0 in {p.dtype}, so the update divides by "
                           f"zero where a gradient's square underflows and the parameter turns "
                           f"inf or NaN; pass eps=1e-4 (usual for {p.dtype}) or keep float32 "
-                          "parameters", RuntimeWarning, stacklevel=_caller_level())
+                          "parameters", RuntimeWarning, stacklevel=user_stacklevel())
             return
-
-
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside nodegrad: the user's line, however many
-    constructors (``AdamW`` → ``Adam`` → ``Optimizer``) lie between."""
-    root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-    f, level = _sys._getframe(1), 1
-    while f is not None and f.f_code.co_filename.startswith(root):
-        f, level = f.f_back, level + 1
-    return level
 
 
 class Optimizer:
