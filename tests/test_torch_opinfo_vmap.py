@@ -24,7 +24,6 @@ import nodegrad as ng  # noqa: E402
 SAMPLES = 3
 _SIZE = "the output's size depends on the values"
 _VALUE = "a Python value is read from a batched tensor"
-_INDEX = "a batched index tensor (use take_along_axis or a one-hot mask)"
 REFUSES = {
     **{name: _SIZE for name in ("argwhere", "nonzero", "nonzero_static", "masked_select",
                                 "masked_scatter", "unique", "unique_consecutive",
@@ -33,8 +32,6 @@ REFUSES = {
                                  "linspace.tensor_overload", "logspace.tensor_overload",
                                  "linalg.ldl_factor", "linalg.ldl_factor_ex",
                                  "linalg.ldl_solve")},
-    **{name: _INDEX for name in ("index_put", "nn.functional.embedding",
-                                 "nn.functional.nll_loss")},
     **{name: "running statistics updated in place from each example's statistics"
        for name in ("nn.functional.batch_norm", "nn.functional.instance_norm")},
     "nn.functional.embedding_bag": "batched offsets (each example's bags)",

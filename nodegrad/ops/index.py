@@ -9,7 +9,8 @@ Each gather has its scatter as VJP and the scatter has the gather as VJP: double
 from __future__ import annotations
 
 from .. import _backend as B
-from ..batching import BatchTracer, batched, front, rank_up, size_of, values
+from ..autodiff import modes
+from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
 from ..errors import DTypeError, GradError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
@@ -32,8 +33,9 @@ def norm_index(index, backend: B.Backend, op: str = "getitem") -> tuple:
     out = []
     for i in index:
         if isinstance(i, BatchTracer):
-            raise TypeError(f"{op}: a batched index tensor inside vmap is not supported; use "
-                            "take_along_axis or a one-hot mask")
+            raise TypeError(f"{op}: inside vmap an unbatched tensor cannot be changed in "
+                            "place at batched indices; use index_update or index_put (out of "
+                            "place)")
         if isinstance(i, Tensor):
             i = i.data
             if B.backend_of(i) is not backend:
@@ -119,7 +121,10 @@ def getitem(x, index):
 
     A basic index (ints, slices, None, ``...``) gives a view, as in PyTorch: its array is a
     view of ``x``'s, and when its graph is recorded an in-place change of the view also
-    changes ``x`` (:func:`write_through`)."""
+    changes ``x`` (:func:`write_through`). Inside vmap the index tensors may be batched
+    (:func:`_batched_index`)."""
+    if has_batched(index):
+        return _batched_index("getitem", getitem, x, index)
     try:
         idx = norm_index(index, x.backend)
         out = _getitem(x, index=idx)
@@ -175,7 +180,138 @@ _setitem = primitive(
 
 def index_update(x, index, value):
     """Functional ``x[index] = value``: a new tensor, differentiable in both x and value."""
+    if has_batched(index):
+        return _batched_index("setitem", index_update, x, index, value)
     return _setitem(x, value, index=norm_index(index, x.backend, "setitem"))
+
+
+def index_add_at(x, index, value):
+    """Functional ``x[index] += value`` with repeats adding up (``index_put``'s accumulate;
+    ``value`` a tensor of x's dtype that broadcasts to the indexed shape), differentiable in
+    both."""
+    if has_batched(index):
+        return _batched_index("index_put", index_add_at, x, index, value)
+    idx = norm_index(index, x.backend, "index_put")
+    sub = _example_sub(x.backend.xp, tuple(x.shape), idx, x.dtype)
+    if tuple(value.shape) != sub:
+        value = value.broadcast_to(sub)
+    return x + _scatter(value, index=idx, shape=tuple(x.shape))
+
+
+# --- index tensors batched inside vmap -------------------------------------------------------
+def has_batched(index) -> bool:
+    """Whether an index (an entry or a tuple of them) holds a tensor batched inside vmap."""
+    if type(index) is BatchTracer:
+        return True
+    return type(index) is tuple and any(type(i) is BatchTracer for i in index)
+
+
+def _masked_update(add: bool, x, mask, v):
+    """``x[mask] = v`` (or ``+= v``) for a boolean ``mask`` batched inside vmap, as ``where``
+    where that is exact: ``v`` the same for every selected position (it spans only the axes
+    after the mask's, or has length 1 along the selected positions); else None."""
+    if type(mask) is not BatchTracer or mask.dtype.kind != "b" or mask.ndim > x.ndim:
+        return None
+    if not isinstance(v, Tensor):
+        v = Tensor(x.backend.asarray(v, dtype=x.dtype))
+    after = x.ndim - mask.ndim
+    if v.ndim == after + 1 and v.shape[0] == 1:
+        v = v.reshape(tuple(v.shape[1:]))
+    if v.ndim > after:
+        return None
+    mask = mask.reshape(tuple(mask.shape) + (1,) * after)
+    v = v.astype(x.dtype)
+    return x + _where(mask, v, 0) if add else _where(mask, v, x)
+
+
+def _entries(index: tuple, op: str) -> list:
+    """The index's entries with lists as arrays and unbatched boolean masks as the integer
+    arrays of their nonzero positions (NumPy's reading of a mask), for :func:`_batched_index`."""
+    out = []
+    for i in index:
+        if type(i) is bool:
+            raise TypeError(f"{op}: a bool scalar index beside a batched index tensor inside "
+                            "vmap is not supported")
+        if isinstance(i, list):
+            i = B.np.asarray(i)
+        if type(i) is BatchTracer:
+            if i.dtype.kind == "b":
+                raise TypeError(f"{op}: a batched boolean mask inside vmap selects a different "
+                                "number of elements in each example; use where() or a 0/1 "
+                                "weight instead")
+        elif isinstance(i, Tensor) or B.is_array(i):
+            a = i.data if isinstance(i, Tensor) else i
+            if a.dtype.kind == "b":
+                out.extend(B.backend_of(a).xp.nonzero(a))
+                continue
+        if getattr(i, "dtype", None) is not None and i.dtype.kind not in "iu":
+            raise DTypeError(f"{op}: index tensors must be integer or boolean, got {i.dtype}")
+        out.append(i)
+    return out
+
+
+def _batched_index(op: str, fn, x, index, *value):
+    """``fn(x, index[, value])`` (getitem, index_update or index_add_at) where ``index`` holds
+    tensors batched inside vmap: each example indexes with its own indices.
+
+    One vmap level is peeled per call, as :func:`batching.batch_bind` does, and ``fn`` runs one
+    level down on the whole batch. The index tensors batched at this level get their batch axis
+    first (and length-1 axes so they broadcast with the others); where ``x`` itself is batched
+    (always for the two updates), its batch axis moves to the axis the first advanced index
+    addresses, with ``arange(n)`` indexing it there. NumPy's placement of the advanced indices'
+    axes then puts the batch axis where the example's advanced axes start (or first, when the
+    example's advanced indices are not adjacent), so no axis moves after."""
+    traces = modes().traces
+    top = traces[-1]
+    if type(top) is not Level:
+        raise TypeError(f"{op}: a batched index tensor cannot be exported")
+    below = len(traces) - 1
+    index = index if isinstance(index, tuple) else (index,)
+    if value and len(index) == 1:
+        out = _masked_update(fn is index_add_at, x, index[0], value[0])
+        if out is not None:
+            return out
+    idx = _entries(index, op)
+    here = [type(t) is BatchTracer and t.level is top for t in (x, *value, *idx)]
+    if not any(here):
+        with lowered(below):
+            return fn(x, tuple(idx), *value)
+    n = next(t.val.shape[t.bdim] for t, h in zip((x, *value, *idx), here) if h)
+    adv = [k for k, i in enumerate(idx) if isinstance(i, Tensor | int) or B.is_array(i)
+           or isinstance(i, B.generic)]
+    k0 = adv[0]
+    adjacent = adv == list(range(k0, k0 + len(adv)))
+    arrays = [i for i in idx if isinstance(i, Tensor) or B.is_array(i)]
+    rank = len(B.np.broadcast_shapes(*(tuple(a.shape) for a in arrays)))
+    used = sum(i is not None and i is not Ellipsis for i in idx)
+    rest = x.ndim - used  # the axes an Ellipsis (or the end) covers
+    if rest < 0:
+        raise IndexError(f"{op}: {used} indices for a tensor of {x.ndim} dims")
+    ax = sum(0 if i is None else rest if i is Ellipsis else 1 for i in idx[:k0])
+    pre = sum(rest if i is Ellipsis else 1 for i in idx[:k0])  # axes of the result before
+    q = pre if adjacent else 0  # where the batch axis lands among the indexed axes
+    new = [rank_up(i.val, i.bdim, rank) if h else i for i, h in zip(idx, here[1 + len(value):])]
+    x_here = here[0]
+    xv = x.val if x_here else x
+    if x_here or value:
+        xv = batched(xv, x.bdim if x_here else None, n)
+        if ax:
+            xv = moveaxis(xv, 0, ax)
+        new.insert(k0, xv.backend.xp.arange(n).reshape((n,) + (1,) * rank))
+    if value:
+        v = value[0]
+        if not isinstance(v, Tensor):
+            v = Tensor(x.backend.asarray(v, dtype=x.dtype))
+        sub = sum(isinstance(i, slice) or i is None for i in idx) + rest + rank  # its rank
+        vb = batched(v.val, v.bdim, n) if here[1] else batched(v, None, n)
+        if vb.ndim - 1 > sub:
+            raise ShapeError(f"{op}: a value of shape {tuple(v.shape)} does not fit the "
+                             f"indexed shape of rank {sub}")
+        vb = moveaxis(rank_up(vb, 0, sub), 0, q)
+        with lowered(below):
+            return BatchTracer(fn(xv, tuple(new), vb), ax, top)
+    with lowered(below):
+        return BatchTracer(fn(xv, tuple(new)), q, top)
 
 
 # --- along an axis ---------------------------------------------------------------------------

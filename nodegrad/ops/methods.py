@@ -261,7 +261,7 @@ def _setitem(self, index, value):
         I.write_through(self, new, "setitem")
         self.val, self.bdim = new.val, new.bdim
         return
-    refuse_batched_into("setitem", value)
+    refuse_batched_into("setitem", value, *(index if type(index) is tuple else (index,)))
     if _needs_graph(self, value):
         if self.node is None and self.requires_grad:
             raise GradError("setitem: a leaf tensor that requires grad cannot be changed in "

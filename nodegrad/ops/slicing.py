@@ -319,6 +319,8 @@ def _put_index(op: str, x, indices) -> tuple:
     if dims > x.ndim:
         raise IndexError(f"{op}: {len(out)} indices address {dims} dims of a tensor with "
                          f"{x.ndim} (shape {tuple(x.shape)})")
+    if I.has_batched(tuple(out)):
+        return tuple(out)
     return I.norm_index(tuple(out), x.backend, op)
 
 
@@ -329,12 +331,16 @@ def index_put(input: Tensor, indices: tuple | list | Tensor, values: Tensor | fl
     position then sums every value sent to it."""
     index = _put_index("index_put", input, indices)
     xp = input.backend.xp
+    v = values if isinstance(values, Tensor) else Tensor(xp.asarray(values, dtype=input.dtype))
+    _same_float("index_put", v, input, "values")
+    if accumulate and v.dtype != input.dtype:
+        v = astype(v, input.dtype)
+    if I.has_batched(index):  # inside vmap, per-example indices: the shapes check one level down
+        return (I.index_add_at if accumulate else I.index_update)(input, index, v)
     try:
         sub = xp.broadcast_to(xp.zeros((), input.dtype), input.shape)[index].shape
     except IndexError as e:
         raise IndexError(f"index_put: indices do not fit shape {tuple(input.shape)}: {e}") from None
-    v = values if isinstance(values, Tensor) else Tensor(xp.asarray(values, dtype=input.dtype))
-    _same_float("index_put", v, input, "values")
     try:
         B.np.broadcast_to(B.np.empty(v.shape, bool), sub)
     except ValueError:
@@ -342,11 +348,7 @@ def index_put(input: Tensor, indices: tuple | list | Tensor, values: Tensor | fl
                          f"indexed shape {tuple(sub)}") from None
     if not accumulate:
         return I.index_update(input, index, v)
-    if v.dtype != input.dtype:
-        v = astype(v, input.dtype)
-    if tuple(v.shape) != tuple(sub):
-        v = S.broadcast_to(v, tuple(sub))
-    return input + I._scatter(v, index=index, shape=tuple(input.shape))
+    return I.index_add_at(input, index, v)
 
 
 _INDEX_REDUCES = ("prod", "mean", "amax", "amin")
