@@ -24,12 +24,14 @@ from .tensor import Tensor
 
 
 class Level:
-    """One active vmap: its batch size."""
+    """One active vmap: its batch size, and what a random draw inside it does (``randomness``:
+    'error', 'different' or 'same', see ``nodegrad.random``)."""
 
-    __slots__ = ("size",)
+    __slots__ = ("size", "randomness")
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, randomness: str = "error"):
         self.size = size
+        self.randomness = randomness
 
 
 _POISON = {"f": float("nan"), "c": float("nan"), "u": 0, "b": False}
@@ -100,13 +102,13 @@ class BatchTracer(Tensor):
 
 
 def refuse_batched_into(what: str, *values) -> None:
-    """An unbatched tensor changed in place cannot take a batched value inside vmap (it would
-    store the tracer's poison): a TypeError naming the op and the fix."""
+    """An unbatched tensor changed in place cannot take a batched value (or index) inside vmap
+    (it would store the tracer's poison): a TypeError naming the op and the fix."""
     for v in values:
         if type(v) is BatchTracer:
             raise TypeError(f"{what}: inside vmap an unbatched tensor cannot be changed in place "
-                            "with a batched value; build the result out of place (where, "
-                            "index_update, stack)")
+                            "with a batched value or at batched indices; build the result out "
+                            "of place (where, index_update, stack)")
 
 
 def rebind_batched(what: str, target: BatchTracer, result) -> BatchTracer:

@@ -11,6 +11,7 @@ import operator
 
 from . import _backend as B
 from .autodiff import effect, modes
+from .batching import BatchTracer, Level, front, lowered, rebind_batched, refuse_batched_into
 from .errors import DeviceError, DTypeError, ShapeError
 from .tensor import Tensor, _device, _finish, _shape_arg, check_layout
 
@@ -185,6 +186,75 @@ def _draw(make, *args):
     return make(*args)
 
 
+# --- draws inside vmap: each level's ``randomness`` ------------------------------------------
+RANDOMNESS = ("error", "different", "same")
+"""``vmap``'s choices for a random draw inside it (``torch.func.vmap``'s): refuse (the
+default), draw for each example on its own, or draw once for one example and share it."""
+
+
+def _sample(what: str, make, gen: Generator, *args, shape_at: int | None = None) -> Tensor:
+    """``Tensor(_draw(make, gen, *args))``; inside vmap, by the innermost level's randomness,
+    one level peeled per call as ``batching.batch_bind`` does.
+
+    ``'error'`` refuses. ``'same'`` draws one example's numbers, shared by the batch (and
+    refuses tensors batched at the level: their examples differ). ``'different'`` gives each
+    example its own draw: where no tensor argument is batched at the level and ``args[shape_at]``
+    is the shape, one draw of ``(n,) + shape``; else one draw per example from its own tensors,
+    stacked."""
+    traces = modes().traces
+    if not traces or type(traces[-1]) is not Level:
+        return Tensor(_draw(make, gen, *args))
+    top = traces[-1]
+    below = len(traces) - 1
+    here = [type(a) is BatchTracer and a.level is top for a in args]
+    if top.randomness == "error":
+        raise RuntimeError(f"{what}: a random draw inside vmap, whose randomness is 'error' (the "
+                           "default); pass randomness='different' (each example its own "
+                           "numbers) or 'same' (one draw shared by the batch) to vmap, or "
+                           "draw outside it")
+    if top.randomness == "same":
+        if any(here):
+            raise RuntimeError(f"{what}: randomness='same' cannot draw from a tensor batched "
+                               "inside vmap (its examples differ); use randomness='different'")
+        with lowered(below):
+            return _sample(what, make, gen, *args, shape_at=shape_at)
+    n = top.size
+    if not any(here) and shape_at is not None:
+        a = list(args)
+        a[shape_at] = (n,) + tuple(a[shape_at])
+        with lowered(below):
+            return BatchTracer(_sample(what, make, gen, *a, shape_at=shape_at), 0, top)
+    from .ops.shape import stack
+
+    vals = [front(a.val, a.bdim) if h else a for a, h in zip(args, here)]
+    with lowered(below):
+        out = stack([_sample(what, make, gen, *[v[k] if h else v for v, h in zip(vals, here)],
+                             shape_at=shape_at) for k in range(n)])
+    return BatchTracer(out, 0, top)
+
+
+def _finished(t: Tensor, requires_grad: bool) -> Tensor:
+    """:func:`_finish` for a sampled tensor (one batched inside vmap is returned as it is)."""
+    if type(t) is BatchTracer:
+        if requires_grad:
+            raise TypeError("requires_grad=True: a tensor drawn inside vmap is not a leaf; "
+                            "draw it outside vmap")
+        return t
+    return _finish(t.data, requires_grad)
+
+
+def _keep(gen: Generator, shape: tuple, dtype, p: float, scale: float):
+    return gen.keep_mask(shape, dtype, p, scale)
+
+
+def keep_mask(gen: Generator, shape: tuple, dtype, p: float, scale: float = 1.0) -> Tensor:
+    """A dropout mask as a tensor (:meth:`Generator.keep_mask`): inside vmap, one mask per
+    example or one shared, by vmap's ``randomness``."""
+    if not modes().traces:
+        return Tensor(gen.keep_mask(shape, dtype, p, scale))
+    return _sample("dropout", _keep, gen, tuple(shape), dtype, p, scale, shape_at=0)
+
+
 def _uniform01(gen: Generator, shape: tuple, dtype):
     return gen.random(shape, dtype)
 
@@ -196,15 +266,15 @@ def _standard_normal(gen: Generator, shape: tuple, dtype):
 def rand(*shape, dtype=None, device=None, generator: Generator | None = None,
          requires_grad: bool = False) -> Tensor:
     """Uniform samples in [0, 1)."""
-    return _finish(_draw(_uniform01, _gen(generator, device), _shape_arg(shape), dtype),
-                   requires_grad)
+    return _finished(_sample("rand", _uniform01, _gen(generator, device), _shape_arg(shape),
+                             dtype, shape_at=0), requires_grad)
 
 
 def randn(*shape, dtype=None, device=None, generator: Generator | None = None,
           requires_grad: bool = False) -> Tensor:
     """Standard normal samples."""
-    return _finish(_draw(_standard_normal, _gen(generator, device), _shape_arg(shape), dtype),
-                   requires_grad)
+    return _finished(_sample("randn", _standard_normal, _gen(generator, device),
+                             _shape_arg(shape), dtype, shape_at=0), requires_grad)
 
 
 def randint(low: int = 0, high: int | None = None, size=None, dtype=None, device=None,
@@ -229,12 +299,14 @@ def randint(low: int = 0, high: int | None = None, size=None, dtype=None, device
     size = () if size is None else (size,) if isinstance(size, int) else tuple(size)
     dt = B.as_dtype(dtype)
     if dt is not None and dt.kind == "f":  # integer values in a float dtype, as PyTorch's
-        out = _draw(_integers, _gen(generator, device), low, high, size, None).astype(dt)
-        return _finish(out, requires_grad)
+        out = _sample("randint", _integers, _gen(generator, device), low, high, size, None,
+                      shape_at=2).astype(dt)
+        return _finished(out, requires_grad)
     if requires_grad:
         raise TypeError(f"randint: only floating dtypes can require grad, got "
                         f"{dt or 'int64'}")
-    return Tensor(_draw(_integers, _gen(generator, device), low, high, size, dtype))
+    return _sample("randint", _integers, _gen(generator, device), low, high, size, dtype,
+                   shape_at=2)
 
 
 def _integers(gen: Generator, low: int, high: int, size: tuple, dtype):
@@ -247,7 +319,7 @@ def _permutation(gen: Generator, n: int):
 
 def randperm(n: int, device=None, generator: Generator | None = None) -> Tensor:
     """A random permutation of 0..n-1."""
-    return Tensor(_draw(_permutation, _gen(generator, device), n))
+    return _sample("randperm", _permutation, _gen(generator, device), n)
 
 
 def _normal(gen: Generator, size: tuple, dtype, mean: float, std: float):
@@ -286,8 +358,8 @@ def _normal_tensors(mean, std, generator: Generator | None) -> Tensor:
     except ValueError:
         raise ShapeError(f"normal: mean and std of shapes {shapes[0]} and {shapes[-1]} do not "
                          "broadcast") from None
-    sample = Tensor(_draw(_normal_like, _gen(generator, ref.device), mean, std, shape,
-                          ref.dtype))
+    sample = _sample("normal", _normal_like, _gen(generator, ref.device), mean, std, shape,
+                     ref.dtype, shape_at=2)
     srcs = [t for t in (mean, std) if isinstance(t, Tensor) and t.requires_grad]
     if not (srcs and modes().grad_enabled):
         return sample
@@ -319,16 +391,16 @@ def normal(mean: float | Tensor = 0.0, std: float | Tensor = 1.0, size=None, dty
     if layout is not None:
         check_layout("normal", layout)
     size = () if size is None else (size,) if isinstance(size, int) else tuple(size)
-    return _finish(_draw(_normal, _gen(generator, device), size, dtype, mean, std),
-                   requires_grad)
+    return _finished(_sample("normal", _normal, _gen(generator, device), size, dtype, mean, std,
+                             shape_at=0), requires_grad)
 
 
 def uniform(low: float = 0.0, high: float = 1.0, size=(), dtype=None, device=None,
             generator: Generator | None = None, requires_grad: bool = False) -> Tensor:
     """Samples from U[low, high)."""
     size = (size,) if isinstance(size, int) else tuple(size)
-    return _finish(_draw(_uniform, _gen(generator, device), size, dtype, low, high),
-                   requires_grad)
+    return _finished(_sample("uniform", _uniform, _gen(generator, device), size, dtype, low,
+                             high, shape_at=0), requires_grad)
 
 
 # === sampling from tensors: bernoulli, multinomial, *_like, in-place normal_ / uniform_ ========
@@ -345,7 +417,7 @@ def bernoulli(input: Tensor, p: float | None = None, *,
     """0/1 samples, 1 with probability ``input`` (or the number ``p``), in input's dtype."""
     if input.dtype.kind != "f":
         raise DTypeError(f"bernoulli: expected floating-point probabilities, got {input.dtype}")
-    return Tensor(_draw(_bernoulli, _gen(generator, input.device), input, p))
+    return _sample("bernoulli", _bernoulli, _gen(generator, input.device), input, p)
 
 
 def _bernoulli(gen: Generator, input: Tensor, p: float | None):
@@ -366,8 +438,8 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
                          f"{tuple(input.shape)}")
     if num_samples <= 0:
         raise ValueError(f"multinomial: num_samples must be positive, got {num_samples}")
-    return Tensor(_draw(_multinomial, _gen(generator, input.device), input, num_samples,
-                        replacement))
+    return _sample("multinomial", _multinomial, _gen(generator, input.device), input,
+                   num_samples, replacement)
 
 
 def _multinomial(gen: Generator, input: Tensor, num_samples: int, replacement: bool):
@@ -406,7 +478,7 @@ def poisson(input: Tensor, generator: Generator | None = None) -> Tensor:
     if not isinstance(input, Tensor) or input.dtype.kind != "f":
         raise DTypeError(f"poisson: expected a floating tensor of rates, got "
                          f"{getattr(input, 'dtype', type(input).__name__)}")
-    return Tensor(_draw(_poisson, _gen(generator, input.device), input))
+    return _sample("poisson", _poisson, _gen(generator, input.device), input)
 
 
 def _poisson(gen: Generator, input: Tensor):
@@ -427,7 +499,7 @@ def binomial(count: Tensor, prob: Tensor, generator: Generator | None = None) ->
     if count.dtype != prob.dtype:
         raise DTypeError(f"binomial: count and prob must have one dtype, got {count.dtype} and "
                          f"{prob.dtype}")
-    return Tensor(_draw(_binomial, _gen(generator, count.device), count, prob))
+    return _sample("binomial", _binomial, _gen(generator, count.device), count, prob)
 
 
 def _binomial(gen: Generator, count: Tensor, prob: Tensor):
@@ -473,8 +545,9 @@ def randint_like(input: Tensor, low: int = 0, high: int | None = None, *, dtype=
         raise ValueError(f"randint_like: empty range [{low}, {high})")
     if layout is not None or memory_format is not None:
         check_layout("randint_like", layout, memory_format)
-    return _finish(_draw(_integers_as, _gen(generator, device or input.device), low, high,
-                         tuple(input.shape), B.as_dtype(dtype) or input.dtype), requires_grad)
+    return _finished(_sample("randint_like", _integers_as, _gen(generator, device or input.device),
+                             low, high, tuple(input.shape), B.as_dtype(dtype) or input.dtype,
+                             shape_at=2), requires_grad)
 
 
 def _integers_as(gen: Generator, low: int, high: int, shape: tuple, dtype):
@@ -490,8 +563,19 @@ def _write_(t: Tensor, what: str, make, *args) -> Tensor:
     computed from gets a zero gradient (PyTorch's). Under a jit trace the write is recorded, so
     each replay draws afresh and writes in place."""
     t._check_inplace(what)
-    sample = _draw(make, *args)
     m = modes()
+    if m.traces:  # inside vmap: vmap's randomness decides; a batched tensor is rebound
+        drawn = _sample(what, make, *args, shape_at=0)
+        if type(t) is BatchTracer:
+            from .ops.elementwise import where
+
+            with t.backend.scope():
+                keep = Tensor(t.backend.xp.ones((), dtype=B.bool_))
+            return rebind_batched(what, t, where(keep, drawn, t))
+        refuse_batched_into(what, drawn)
+        sample = drawn.data
+    else:
+        sample = _draw(make, *args)
     if m.grad_enabled and t.requires_grad:
         from .ops.elementwise import where
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from nodegrad.random import _draw, _gen
+from nodegrad.random import _gen, _sample
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
@@ -56,7 +56,8 @@ class Binomial(BinaryParams, Distribution):
         with ng.no_grad():
             n = self.total_count.detach().expand(*shape)
             p = probs.expand(*shape)
-            return Tensor(_draw(_binomial_array, _gen(generator, p.device), n, p, shape))
+            return _sample("binomial", _binomial_array, _gen(generator, p.device), n, p, shape,
+                           shape_at=2)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

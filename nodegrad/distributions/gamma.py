@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import _ng as ng
 from nodegrad.func.custom import custom_vjp
-from nodegrad.random import _draw, _gen
+from nodegrad.random import _gen, _sample
 from nodegrad.tensor import Tensor
 
 from . import constraints
@@ -26,7 +26,8 @@ def standard_gamma(concentration: Tensor, sample_shape=(), *, generator=None) ->
     drawn through nodegrad's generator (a jitted function draws afresh on each call)."""
     shape = _shape(sample_shape) + tuple(concentration.shape)
     c = concentration.detach()
-    return Tensor(_draw(_standard_gamma_array, _gen(generator, c.device), c, shape))
+    return _sample("standard_gamma", _standard_gamma_array, _gen(generator, c.device), c, shape,
+                   shape_at=1)
 
 
 _UV = ((0.16009398, -0.094634809, 0.025146376, -0.0030648343,

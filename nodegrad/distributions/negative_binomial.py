@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-from nodegrad.random import _draw, _gen
+from nodegrad.random import _gen, _sample
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
@@ -47,8 +47,8 @@ class NegativeBinomial(BinaryParams, Distribution):
         gamma = self._gamma  # built outside no_grad: cached logits keep their graph
         with ng.no_grad():
             rate = gamma.sample(sample_shape, generator=generator)
-            return Tensor(_draw(_poisson_array, _gen(generator, rate.device), rate,
-                                tuple(rate.shape)))
+            return _sample("negative_binomial", _poisson_array, _gen(generator, rate.device),
+                           rate, tuple(rate.shape), shape_at=1)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

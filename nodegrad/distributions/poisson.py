@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _ng as ng
-from nodegrad.random import _draw, _gen
+from nodegrad.random import _gen, _sample
 from nodegrad.tensor import Tensor
 
 from . import constraints
@@ -41,7 +41,7 @@ class Poisson(Distribution):
     def sample(self, sample_shape=(), *, generator=None) -> Tensor:
         shape = self._extended_shape(_shape(sample_shape))
         r = self.rate.detach().expand(*shape)
-        return Tensor(_draw(_poisson_array, _gen(generator, r.device), r, shape))
+        return _sample("poisson", _poisson_array, _gen(generator, r.device), r, shape, shape_at=1)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

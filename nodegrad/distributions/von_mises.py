@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from nodegrad.random import _draw, _gen
+from nodegrad.random import _gen, _sample
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
@@ -87,7 +87,8 @@ class VonMises(Distribution):
     def sample(self, sample_shape=(), *, generator=None) -> Tensor:
         shape = self._extended_shape(_shape(sample_shape))
         loc, k = self.loc.detach(), self.concentration.detach()
-        return Tensor(_draw(_von_mises_array, _gen(generator, loc.device), loc, k, shape))
+        return _sample("von_mises", _von_mises_array, _gen(generator, loc.device), loc, k,
+                       shape, shape_at=2)
 
     @property
     def mean(self) -> Tensor:

@@ -187,9 +187,10 @@ class custom_vjp:
             it = iter(d)
             return [args[i] if i in nd else next(it) for i in range(len(args))]
 
-        inner = custom_vjp(vmap(lambda *d: self.fun(*full(d))))
-        inner.defvjp(vmap(lambda *d: self.fwd(*full(d))),
-                     vmap(lambda res, g: self.bwd(*static, res, g)))
+        rnd = top.randomness  # the level this call replaces
+        inner = custom_vjp(vmap(lambda *d: self.fun(*full(d)), randomness=rnd))
+        inner.defvjp(vmap(lambda *d: self.fwd(*full(d)), randomness=rnd),
+                     vmap(lambda res, g: self.bwd(*static, res, g), randomness=rnd))
         with lowered(n):
             out = inner(*dargs)
         return tree_map(lambda o: BatchTracer(o, 0, top) if isinstance(o, Tensor) else o, out)

@@ -17,7 +17,8 @@ from .. import batching as bt
 from ..autodiff import modes
 from ..batching import BatchTracer, Level, lowered, pushed
 from ..errors import ShapeError
-from ..ops.shape import broadcast_to, expand_dims, moveaxis, norm_axis
+from ..ops.shape import broadcast_to, concatenate, expand_dims, moveaxis, norm_axis
+from ..random import RANDOMNESS
 from ..tensor import Tensor, tensor
 from .tree import tree_flatten, tree_unflatten
 
@@ -36,13 +37,44 @@ def _per_leaf(spec, tree, n_args: int | None, what: str) -> list:
     return out
 
 
-def vmap(f: Callable, in_axes=0, out_axes=0):
+def vmap(f: Callable, in_axes=0, out_axes=0, randomness: str = "error", *, in_dims=None,
+         out_dims=None, chunk_size: int | None = None) -> Callable:
     """Vectorise ``f`` over axis ``in_axes`` of its inputs, stacking results on ``out_axes``.
 
     ``in_axes`` is an int (every input), None (not batched) or a tuple with one entry per
     positional argument (an int or None applying to that argument's whole tree); ``out_axes``
-    likewise per output. Unbatched outputs are broadcast along the batch axis.
+    likewise per output. Unbatched outputs are broadcast along the batch axis. ``in_dims`` and
+    ``out_dims`` are ``torch.func.vmap``'s names for the two.
+
+    ``randomness`` (``torch.func``'s) says what a random draw inside ``f`` (``randn``, dropout,
+    ``bernoulli``, ``normal_``, ...) does: ``'error'`` refuses it, ``'different'`` gives each
+    example its own numbers, ``'same'`` draws one example's and shares them. ``chunk_size``
+    runs the batch that many examples at a time (less memory, the same results; each chunk
+    draws afresh).
     """
+    if randomness not in RANDOMNESS:
+        raise ValueError(f"vmap: randomness must be one of {RANDOMNESS}, got {randomness!r}")
+    if in_dims is not None:
+        if in_axes != 0:
+            raise TypeError("vmap: pass in_axes or in_dims (its torch.func name), not both")
+        in_axes = in_dims
+    if out_dims is not None:
+        if out_axes != 0:
+            raise TypeError("vmap: pass out_axes or out_dims (its torch.func name), not both")
+        out_axes = out_dims
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(
+            chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"vmap: chunk_size must be a positive int or None, got {chunk_size!r}")
+
+    def run(args, axes, td, prepared, size):
+        level = Level(size, randomness)
+        ins = [x if ax is None else BatchTracer(x, ax, level) for x, ax in prepared]
+        with pushed(level):  # this thread's vmap levels only
+            out = f(*tree_unflatten(td, ins))
+        outs, out_def = tree_flatten(out)
+        oaxes = _per_leaf(out_axes, out if isinstance(out_axes, tuple) else outs,
+                          None, "out_axes")
+        return [_unbatch(o, level, ax) for o, ax in zip(outs, oaxes)], oaxes, out_def
 
     def wrapped(*args):
         axes = _per_leaf(in_axes, args, len(args), "in_axes")
@@ -57,16 +89,20 @@ def vmap(f: Callable, in_axes=0, out_axes=0):
             prepared.append((x, ax))
         if not sizes:
             raise ValueError("vmap: no input is batched (all in_axes are None)")
-        level = Level(bt.check_sizes(sizes))
-        ins = [x if ax is None else BatchTracer(x, ax, level) for x, ax in prepared]
-        with pushed(level):  # this thread's vmap levels only
-            out = f(*tree_unflatten(td, ins))
-        outs, out_def = tree_flatten(out)
-        oaxes = _per_leaf(out_axes, out if isinstance(out_axes, tuple) else outs,
-                          None, "out_axes")
-        res = []
-        for o, ax in zip(outs, oaxes):
-            res.append(_unbatch(o, level, ax))
+        size = bt.check_sizes(sizes)
+        if chunk_size is None or chunk_size >= size:
+            res, _, out_def = run(args, axes, td, prepared, size)
+            return tree_unflatten(out_def, res)
+        parts = []
+        for lo in range(0, size, chunk_size):
+            hi = min(lo + chunk_size, size)
+            part = [(x, ax) if ax is None else
+                    (x[(slice(None),) * ax + (slice(lo, hi),)], ax) for x, ax in prepared]
+            parts.append(run(args, axes, td, part, hi - lo))
+        _, oaxes, out_def = parts[0]
+        res = [p0 if ax is None else concatenate([p[0][i] for p in parts],
+                                                   norm_axis(ax, p0.ndim, "vmap"))
+               for i, (p0, ax) in enumerate(zip(parts[0][0], oaxes))]
         return tree_unflatten(out_def, res)
 
     wrapped.__name__ = f"vmap({getattr(f, '__name__', 'f')})"

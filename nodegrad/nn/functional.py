@@ -20,7 +20,7 @@ from ..ops import activation as _A
 from ..ops import nn as _ops_nn
 from ..ops import where
 from ..ops.aliases import apply_inplace
-from ..random import Generator, default_generator
+from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor, write_out
 from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
                      huber_loss, kl_div, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
@@ -301,7 +301,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     if p == 1:
         return x * 0.0
     gen = generator or default_generator(x.device)
-    mask = gen.keep_mask(x.shape, x.dtype, p, 1.0 / (1.0 - p) if mode == "inverted" else 1.0)
+    mask = keep_mask(gen, tuple(x.shape), x.dtype, p,
+                     1.0 / (1.0 - p) if mode == "inverted" else 1.0)
     return x * mask
 
 

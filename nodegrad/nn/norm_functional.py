@@ -13,7 +13,7 @@ from .. import ops
 from ..autodiff import effect, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
-from ..random import Generator, default_generator
+from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor
 
 
@@ -167,8 +167,8 @@ def _feature_dropout(x, p, training, generator, nd, op):
     if nd == 2 and x.ndim == 3:
         lead = 2  # PyTorch 2.13 reads 3-d input to dropout2d as (N, C, L)
     gen = generator or default_generator(x.device)
-    mask = gen.keep_mask(tuple(x.shape[:lead]) + (1,) * (x.ndim - lead), x.dtype, p,
-                         1.0 / (1.0 - p))
+    mask = keep_mask(gen, tuple(x.shape[:lead]) + (1,) * (x.ndim - lead), x.dtype, p,
+                     1.0 / (1.0 - p))
     return x * mask
 
 
@@ -227,7 +227,7 @@ def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
     al = _SELU_ALPHA_PRIME
     a = 1.0 / math.sqrt((al * al * p + 1) * (1 - p))
     gen = generator or default_generator(x.device)
-    keep = Tensor(gen.keep_mask(tuple(x.shape), x.dtype, p))
+    keep = keep_mask(gen, tuple(x.shape), x.dtype, p)
     b = (keep - 1) * x.dtype.type(al * a) + x.dtype.type(al * a * p)
     return x * (keep * x.dtype.type(a)) + b
 

@@ -16,7 +16,7 @@ import math
 
 from .. import ops
 from ..errors import DTypeError, ShapeError
-from ..random import Generator, default_generator, rand
+from ..random import Generator, default_generator, keep_mask, rand
 from ..tensor import Tensor
 from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d,
                               max_pool1d, max_pool2d, max_pool3d)
@@ -419,6 +419,6 @@ def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False,
     al = _SELU_ALPHA_PRIME
     a = 1.0 / math.sqrt((al * al * p + 1) * (1 - p))
     gen = generator or default_generator(input.device)
-    keep = Tensor(gen.keep_mask(tuple(input.shape[:2]) + (1,) * (input.ndim - 2), dt, p))
+    keep = keep_mask(gen, tuple(input.shape[:2]) + (1,) * (input.ndim - 2), dt, p)
     b = (keep - 1) * dt.type(al * a) + dt.type(al * a * p)
     return input * (keep * dt.type(a)) + b
