@@ -196,3 +196,30 @@ def test_against_torch_func():
     np.testing.assert_allclose(ng.hessian(lambda x: f(x, ng))(ng.tensor(xv)).numpy(),
                                thess(lambda x: f(x, torch))(torch.tensor(xv)).numpy(),
                                atol=1e-10)
+
+
+def test_has_aux_in_jvp_linearize_and_the_jacobians():
+    """JAX's and torch.func's ``has_aux``: f returns (output, aux); aux comes back as is."""
+    x = ng.tensor([1.0, 2.0, 3.0], dtype=ng.float64)
+    u = ng.tensor([1.0, 0.5, -1.0], dtype=ng.float64)
+
+    def f(x):
+        return (x ** 3).sum(), {"sq": x * x}
+
+    out, tan, aux = ng.jvp(f, (x,), (u,), has_aux=True)
+    assert float(out) == 36.0
+    assert float(tan) == pytest.approx(float((3 * x.numpy() ** 2 * u.numpy()).sum()))
+    np.testing.assert_array_equal(aux["sq"].numpy(), [1.0, 4.0, 9.0])
+    out, fn, aux = ng.linearize(f, x, has_aux=True)
+    assert float(fn(u)) == float(tan) and set(aux) == {"sq"}
+    for jac in (ng.jacrev, ng.jacfwd, ng.func.jacrev, ng.func.jacfwd):
+        j, a = jac(lambda x: (x ** 2, x.sum()), has_aux=True)(x)
+        np.testing.assert_array_equal(j.numpy(), np.diag(2 * x.numpy()))
+        assert float(a) == 6.0
+    h, aux = ng.hessian(f, has_aux=True)(x)
+    np.testing.assert_array_equal(h.numpy(), np.diag(6 * x.numpy()))
+    np.testing.assert_array_equal(aux["sq"].numpy(), [1.0, 4.0, 9.0])
+    per = ng.vmap(ng.jacrev(lambda x: (x ** 2, x.sum()), has_aux=True))(ng.ones((2, 3)))
+    assert tuple(per[0].shape) == (2, 3, 3) and per[1].numpy().tolist() == [3.0, 3.0]
+    with pytest.raises(ng.GradError, match="jvp: has_aux=True needs f to return"):
+        ng.jvp(lambda x: x * 2, (x,), (u,), has_aux=True)

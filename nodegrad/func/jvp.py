@@ -63,10 +63,22 @@ def _push(ins: list, tans: list, outs: list) -> list:
     return [tan.get(_key(o)) if o.requires_grad else None for o in outs]
 
 
-def linearize(f: Callable, *primals):
+def _aux(res, has_aux: bool, op: str) -> tuple:
+    """``(output, aux)`` from what ``f`` returned (``aux`` None without ``has_aux``)."""
+    if not has_aux:
+        return res, None
+    if not (isinstance(res, tuple) and len(res) == 2):
+        raise GradError(f"{op}: has_aux=True needs f to return (output, aux), got "
+                        f"{type(res).__name__}")
+    return res
+
+
+def linearize(f: Callable, *primals, has_aux: bool = False):
     """``(f(*primals), jvp_fn)``: ``jvp_fn(*tangents)`` pushes tangents through f's graph.
 
     ``f`` runs once; each ``jvp_fn`` call is one forward tangent pass (no re-evaluation).
+    With ``has_aux``, ``f`` returns ``(output, aux)`` and the result is ``(output, jvp_fn,
+    aux)``, ``aux`` not differentiated (JAX's).
     """
     nums = tuple(range(len(primals)))
     levels = None
@@ -74,7 +86,7 @@ def linearize(f: Callable, *primals):
         a, ins_per_arg, defs, higher, levels = _prepare_batched(primals, nums, "jvp")
     else:
         a, ins_per_arg, defs, higher = _prepare(primals, nums, "jvp")
-    out = _call(f, a, {})
+    out, aux = _aux(_call(f, a, {}), has_aux, "jvp")
     outs, out_def = tree_flatten(out)
     for o in outs:
         if not isinstance(o, Tensor):
@@ -115,16 +127,22 @@ def linearize(f: Callable, *primals):
     with lowered(0 if levels is not None else len(modes().traces)):
         shown = outs if higher else [o.detach() for o in outs]
     shown = tree_unflatten(out_def, shown)
-    return (shown if levels is None else from_bottom(shown, levels)), jvp_fn
+    shown = shown if levels is None else from_bottom(shown, levels)
+    return (shown, jvp_fn, aux) if has_aux else (shown, jvp_fn)
 
 
-def jvp(f: Callable, primals: Sequence, tangents: Sequence):
+def jvp(f: Callable, primals: Sequence, tangents: Sequence, *, has_aux: bool = False):
     """``(f(*primals), J u)``: the output and its directional derivative along ``tangents``.
 
     ``primals`` and ``tangents`` are tuples with one entry (a tensor or a tree) per argument of
-    ``f``; the tangent output has the structure of the output.
+    ``f``; the tangent output has the structure of the output. With ``has_aux``, ``f``
+    returns ``(output, aux)`` and the result is ``(output, J u, aux)`` (JAX's and
+    ``torch.func``'s).
     """
     primals, tangents = tuple(primals), tuple(tangents)
+    if has_aux:
+        out, fn, aux = linearize(f, *primals, has_aux=True)
+        return out, fn(*tangents), aux
     out, fn = linearize(f, *primals)
     return out, fn(*tangents)
 
@@ -178,18 +196,19 @@ def _restrict(f: Callable, args: tuple, nums: Sequence[int], leaves, defs) -> tu
     return (g, *(tree_unflatten(td, ls) for td, ls in zip(defs, leaves)))
 
 
-def jacfwd(f: Callable, argnums: int | Sequence[int] = 0):
+def jacfwd(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
     """The Jacobian of ``f`` by forward mode: one tangent pass per input coordinate.
 
     For an output of shape S and an input of shape T the Jacobian has shape S + T. With several
     outputs or inputs (trees, or a tuple ``argnums``) the result nests as in JAX: the output's
-    structure outside, the inputs' structure inside.
+    structure outside, the inputs' structure inside. With ``has_aux``, ``f`` returns
+    ``(output, aux)`` and the result is ``(jacobian, aux)``.
     """
 
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacfwd")
         leaves, defs = _flat_args(args, nums)
-        out, fn = linearize(*_restrict(f, args, nums, leaves, defs))
+        out, fn, *aux = linearize(*_restrict(f, args, nums, leaves, defs), has_aux=has_aux)
         outs, out_def = tree_flatten(out)
         per_out = [[[[] for _ in ls] for ls in leaves] for _ in outs]
         zeros = [[zeros_like(x) for x in ls] for ls in leaves]
@@ -204,23 +223,25 @@ def jacfwd(f: Callable, argnums: int | Sequence[int] = 0):
                         per_out[k][a][i].append(t)
         per_out = [[[_stack_last(parts, o, x) for parts, x in zip(pa, ls)]
                     for pa, ls in zip(po, leaves)] for po, o in zip(per_out, outs)]
-        return _jac_result(per_out, out_def, defs, isinstance(argnums, int))
+        jac = _jac_result(per_out, out_def, defs, isinstance(argnums, int))
+        return (jac, aux[0]) if has_aux else jac
 
     wrapped.__name__ = f"jacfwd({getattr(f, '__name__', 'f')})"
     return wrapped
 
 
-def jacrev(f: Callable, argnums: int | Sequence[int] = 0):
+def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = False):
     """The Jacobian of ``f`` by reverse mode: one backward pass per output coordinate.
 
-    Same result layout as :func:`jacfwd`; cheaper when outputs are fewer than inputs.
+    Same result layout (and ``has_aux``) as :func:`jacfwd`; cheaper when outputs are fewer than
+    inputs.
     """
     from ..ops import reshape, stack
 
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacrev")
         leaves, defs = _flat_args(args, nums)
-        out, fn = vjp(*_restrict(f, args, nums, leaves, defs))
+        out, fn, *aux = vjp(*_restrict(f, args, nums, leaves, defs), has_aux=has_aux)
         outs, out_def = tree_flatten(out)
         zeros = [zeros_like(o) for o in outs]
         per_out = []
@@ -243,15 +264,17 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0):
                     js.append(j)
                 per_arg.append(js)
             per_out.append(per_arg)
-        return _jac_result(per_out, out_def, defs, isinstance(argnums, int))
+        jac = _jac_result(per_out, out_def, defs, isinstance(argnums, int))
+        return (jac, aux[0]) if has_aux else jac
 
     wrapped.__name__ = f"jacrev({getattr(f, '__name__', 'f')})"
     return wrapped
 
 
-def hessian(f: Callable, argnums: int | Sequence[int] = 0):
-    """The Hessian of scalar ``f``: ``jacfwd(jacrev(f))`` (forward-over-reverse)."""
-    return jacfwd(jacrev(f, argnums), argnums)
+def hessian(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+    """The Hessian of scalar ``f``: ``jacfwd(jacrev(f))`` (forward-over-reverse); with
+    ``has_aux``, ``f`` returns ``(value, aux)`` and the result is ``(hessian, aux)``."""
+    return jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
 
 
 def hvp(f: Callable, primals: Sequence, tangents: Sequence):
