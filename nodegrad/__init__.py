@@ -10,8 +10,8 @@ tensor([2., 4., 6.])
 import builtins as _py  # this module's globals shadow int, bool, float, max, ... (ng's own)
 import math as _math
 
-from . import (_backend, autograd, data, diagnostics, distributions, lax, linalg, models, nn,
-               onnx, optim, prune, special, train, utils)
+from . import (_backend, autograd, cuda, data, diagnostics, distributions, lax, linalg, models,
+               nn, onnx, optim, prune, special, train, utils)
 from ._backend import cuda_available
 from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_enabled,
                        is_grad_enabled, is_inference_mode_enabled, no_grad, set_grad_enabled)

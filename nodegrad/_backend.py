@@ -296,6 +296,39 @@ def cuda_available() -> bool:
         return False
 
 
+def cuda_device_count() -> int:
+    """How many GPUs CuPy sees (0 without CuPy or a GPU)."""
+    try:
+        return int(_import_cupy().cuda.runtime.getDeviceCount())
+    except Exception:
+        return 0
+
+
+def cuda_synchronize(index: int) -> None:
+    """Wait for every kernel queued on CUDA device ``index``."""
+    cupy = cuda_backend(index).xp
+    with cupy.cuda.Device(index):
+        cupy.cuda.runtime.deviceSynchronize()
+
+
+def cuda_pool_bytes(index: int, held: bool) -> int:
+    """Bytes of CuPy's memory pool on device ``index`` in live arrays, or (``held``) all it
+    holds, cached blocks included; 0 before CuPy was loaded."""
+    if _cupy is None:
+        return 0
+    cuda_backend(index)
+    with _cupy.cuda.Device(index):
+        pool = _cupy.get_default_memory_pool()
+        return int(pool.total_bytes() if held else pool.used_bytes())
+
+
+def cuda_free_cached() -> None:
+    """Return the cached blocks of CuPy's memory pools to the driver (when CuPy is loaded)."""
+    if _cupy is not None:
+        _cupy.get_default_memory_pool().free_all_blocks()
+        _cupy.get_default_pinned_memory_pool().free_all_blocks()
+
+
 def dlpack_backend(obj) -> Backend:
     """The backend for an object exporting ``__dlpack_device__``."""
     kind, index = obj.__dlpack_device__()

@@ -307,8 +307,10 @@ def _module() -> types.ModuleType:
     m.asnumpy = lambda x: x.get() if isinstance(x, ndarray) else np.asarray(x)
     m.from_dlpack = lambda obj: ndarray(np.from_dlpack(obj))
     m.ElementwiseKernel = m.ReductionKernel = m.RawKernel = _unavailable
-    m.get_default_memory_pool = lambda: types.SimpleNamespace(total_bytes=lambda: 0,
-                                                              used_bytes=lambda: 0)
+    m.get_default_memory_pool = lambda: types.SimpleNamespace(
+        total_bytes=lambda: 0, used_bytes=lambda: 0, free_all_blocks=lambda: None)
+    m.get_default_pinned_memory_pool = lambda: types.SimpleNamespace(
+        free_all_blocks=lambda: None)
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, deviceSynchronize=lambda: None,
                                     getDevice=lambda: 0)
     m.cuda = types.SimpleNamespace(Device=_Device, runtime=runtime, Stream=_Stream,

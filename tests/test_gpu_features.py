@@ -346,3 +346,35 @@ def test_cross_entropy_targets_are_checked_on_the_device(cuda):
             F.cross_entropy(x, ng.tensor(np.array(t), device=cuda), **kw)
     ok = F.cross_entropy(x, ng.tensor(np.array([0, -1, 2, 1]), device=cuda), ignore_index=-1)
     assert abs(float(ok.item()) - np.log(3)) < 1e-6
+
+
+def test_the_cuda_namespace_on_the_device(cuda):
+    """``torch.cuda``'s everyday calls: availability, count, seeding, synchronising, memory."""
+    assert ng.cuda.is_available() and ng.cuda.device_count() >= 1
+    assert ng.cuda.current_device() == 0
+    ng.cuda.manual_seed(5)
+    a = ng.randn(4, device="cuda").numpy()
+    ng.cuda.manual_seed_all(5)
+    np.testing.assert_array_equal(ng.randn(4, device="cuda").numpy(), a)
+    x = ng.ones(1000, device="cuda")
+    ng.cuda.synchronize()
+    ng.cuda.synchronize(0)
+    assert ng.cuda.memory_reserved() >= ng.cuda.memory_allocated() >= 0
+    del x
+    ng.cuda.empty_cache()
+    with pytest.raises(ng.DeviceError, match="expected a CUDA device"):
+        ng.cuda.synchronize("cpu")
+    with pytest.raises(ng.DeviceError, match="does not exist"):
+        ng.cuda.synchronize(ng.cuda.device_count())
+
+
+def test_the_cuda_namespace_without_a_device(monkeypatch):
+    monkeypatch.setattr(ng._backend, "cuda_available", lambda: False)
+    monkeypatch.setattr(ng._backend, "cuda_device_count", lambda: 0)
+    assert not ng.cuda.is_available() and ng.cuda.device_count() == 0
+    ng.cuda.manual_seed(0)  # nothing to seed: no error, as PyTorch's
+    ng.cuda.empty_cache()
+    with pytest.raises(ng.DeviceError, match="no GPU is available"):
+        ng.cuda.synchronize()
+    with pytest.raises(ng.DeviceError, match="no GPU is available"):
+        ng.cuda.memory_allocated()

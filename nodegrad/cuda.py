@@ -1,0 +1,77 @@
+"""``torch.cuda``'s everyday functions, for scripts that ask about the GPU before choosing a
+device: ``device = "cuda" if ng.cuda.is_available() else "cpu"``.
+
+nodegrad's CUDA devices are CuPy's; ``"cuda"`` always names ``"cuda:0"``. Without CuPy or a GPU
+``is_available()`` is False, ``device_count()`` 0, and the seeding and cache functions do
+nothing (as PyTorch's); the ones that need a device raise :class:`~nodegrad.errors.DeviceError`.
+"""
+
+from __future__ import annotations
+
+from . import _backend as B
+from .errors import DeviceError
+
+__all__ = ["is_available", "device_count", "current_device", "synchronize", "manual_seed",
+           "manual_seed_all", "empty_cache", "memory_allocated", "memory_reserved"]
+
+
+def is_available() -> bool:
+    """Whether CuPy is installed and sees a GPU."""
+    return B.cuda_available()
+
+
+def device_count() -> int:
+    """The number of GPUs (0 without CuPy or a GPU)."""
+    return B.cuda_device_count()
+
+
+def _index(device, what: str) -> int:
+    """The GPU index ``device`` names (None: the current one, ``"cuda"``'s: 0)."""
+    if device is None:
+        device = "cuda"
+    if isinstance(device, int) and not isinstance(device, bool):
+        device = f"cuda:{device}"
+    if not is_available():
+        raise DeviceError(f"cuda.{what}: no GPU is available (CuPy with a CUDA device is needed)")
+    be = B.get_backend(device)
+    if be.device_id is None:
+        raise DeviceError(f"cuda.{what}: expected a CUDA device, got {device!r}")
+    return be.device_id
+
+
+def current_device() -> int:
+    """The index of the GPU ``"cuda"`` names (0)."""
+    return _index(None, "current_device")
+
+
+def synchronize(device=None) -> None:
+    """Wait for the work queued on ``device`` (an index, ``"cuda:N"``, default ``"cuda"``), as
+    a timing of GPU code must before it reads the clock."""
+    B.cuda_synchronize(_index(device, "synchronize"))
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the default generator of every GPU (nothing without one); ``ng.manual_seed`` seeds
+    them and the CPU's."""
+    from .random import default_generator
+
+    for i in range(device_count()):
+        default_generator(f"cuda:{i}").manual_seed(seed)
+
+
+manual_seed_all = manual_seed
+
+
+def empty_cache() -> None:
+    """Give the memory CuPy's pools cache back to the driver (nothing when CuPy is not loaded)."""
+    B.cuda_free_cached()
+
+
+def memory_allocated(device=None) -> int:
+    """Bytes held by live arrays on ``device``."""
+    return B.cuda_pool_bytes(_index(device, "memory_allocated"), False)
+
+
+def memory_reserved(device=None) -> int:
+    """Bytes CuPy's pool holds on ``device``, its cached blocks included."""
+    return B.cuda_pool_bytes(_index(device, "memory_reserved"), True)
