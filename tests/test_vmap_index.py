@@ -218,3 +218,17 @@ def test_an_unbatched_tensor_refuses_an_in_place_write_at_batched_indices():
     with pytest.raises(TypeError, match="setitem: .* at batched indices"):
         ng.vmap(write)(ng.tensor([[0, 1], [2, 3]]))
     assert (x.numpy() == 0).all()
+
+
+def test_a_scalar_index_per_example():
+    """``logits[target]`` written for one example: a 0-d index tensor per example."""
+    x = np.arange(12.0).reshape(3, 4)
+    t = np.array([0, 3, -1])
+    got = ng.vmap(lambda r, i: r[i])(ng.tensor(x), ng.tensor(t))
+    np.testing.assert_array_equal(got.numpy(), x[np.arange(3), t])
+    diag = ng.vmap(lambda i: ng.tensor(x)[i, i])(ng.tensor([0, 1, 2]))
+    np.testing.assert_array_equal(diag.numpy(), [0.0, 5.0, 10.0])
+    g = ng.vmap(ng.grad(lambda r, i: r[i] * 2))(ng.tensor(x), ng.tensor(t)).numpy()
+    want = np.zeros_like(x)
+    want[np.arange(3), t] = 2
+    np.testing.assert_array_equal(g, want)
