@@ -316,3 +316,77 @@ def test_multihead_attention_fully_masked_query_matches_torch_without_weights():
     _backward_and_compare([out_o], [out_t], [x], ours, theirs)
     _, w = ours(x[0], x[0], x[0], attn_mask=ng.tensor(am))  # PyTorch gives NaN weights here
     assert np.isfinite(w.numpy()).all() and not w.numpy()[:, 1].any()
+
+
+@pytest.mark.parametrize("case", ["packed", "separate", "bias_kv", "zero_attn", "static_kv",
+                                  "masks", "unbatched", "causal"])
+def test_multi_head_attention_forward_matches_torch_positionally(case):
+    """``F.multi_head_attention_forward`` with PyTorch's positional signature: outputs, weights
+    and the gradients of every input, float64."""
+    torch = pytest.importorskip("torch")
+    tf = torch.nn.functional
+    E, H, L, S, N = 8, 2, 4, 5, 3
+    d = E // H
+    unbatched = case == "unbatched"
+    q, tq = _pair((L, E) if unbatched else (L, N, E))
+    k, tk = _pair((S, E) if unbatched else (S, N, E))
+    v, tv = _pair((S, E) if unbatched else (S, N, E))
+    w_in, tw_in = _pair((3 * E, E))
+    b_in, tb_in = _pair((3 * E,))
+    w_out, tw_out = _pair((E, E))
+    b_out, tb_out = _pair((E,))
+    ours = [q, k, v, E, H, w_in, b_in, None, None, False, 0.0, w_out, b_out]
+    theirs = [tq, tk, tv, E, H, tw_in, tb_in, None, None, False, 0.0, tw_out, tb_out]
+    kw_ours, kw_theirs = {"training": False}, {"training": False}
+    grads = [(q, tq), (k, tk), (v, tv), (w_in, tw_in), (w_out, tw_out)]
+    if case == "separate":
+        ws = [_pair((E, E)) for _ in range(3)]
+        for name, (a, b) in zip(("q_proj_weight", "k_proj_weight", "v_proj_weight"), ws):
+            kw_ours[name], kw_theirs[name] = a, b
+        kw_ours["use_separate_proj_weight"] = kw_theirs["use_separate_proj_weight"] = True
+        grads = grads[:3] + ws
+    if case == "bias_kv":
+        (bk, tbk), (bv, tbv) = _pair((1, 1, E)), _pair((1, 1, E))
+        ours[7:9], theirs[7:9] = [bk, bv], [tbk, tbv]
+        grads += [(bk, tbk), (bv, tbv)]
+    if case == "zero_attn":
+        ours[9] = theirs[9] = True
+    if case == "static_kv":
+        (sk, tsk), (sv, tsv) = _pair((N * H, 6, d)), _pair((N * H, 6, d))
+        kw_ours.update(static_k=sk, static_v=sv)
+        kw_theirs.update(static_k=tsk, static_v=tsv)
+        grads = [(q, tq), (sk, tsk), (sv, tsv)]
+    if case == "masks":
+        am = rng.random((L, S)) < 0.3
+        kpm = np.zeros((N, S), bool)
+        kpm[:, -1] = True
+        kw_ours.update(attn_mask=ng.tensor(am), key_padding_mask=ng.tensor(kpm),
+                       average_attn_weights=False)
+        kw_theirs.update(attn_mask=torch.tensor(am), key_padding_mask=torch.tensor(kpm),
+                         average_attn_weights=False)
+    if case == "causal":
+        causal = np.triu(np.ones((L, S), bool), 1)
+        kw_ours.update(attn_mask=ng.tensor(causal), is_causal=True)
+        kw_theirs.update(attn_mask=torch.tensor(causal), is_causal=True)
+    out, w = F.multi_head_attention_forward(*ours, **kw_ours)
+    tout, tw = tf.multi_head_attention_forward(*theirs, **kw_theirs)
+    _close(out, tout, "output")
+    _close(w, tw, "weights")
+    (out.sum() + (w * w).sum()).backward()
+    (tout.sum() + (tw * tw).sum()).backward()
+    for a, b in grads:
+        _close(a.grad, b.grad, "gradient")
+
+
+def test_multi_head_attention_forward_refuses_what_pytorch_refuses():
+    q = ng.randn(4, 2, 8)
+    w_in, w_out = ng.randn(24, 8), ng.randn(8, 8)
+    args = [q, q, q, 8, 2, w_in, None, None, None, False, 0.0, w_out, None]
+    with pytest.raises(ng.ShapeError, match="embed_dim 6"):
+        F.multi_head_attention_forward(*args[:3], 6, *args[4:])
+    with pytest.raises(RuntimeError, match="is_causal is a hint"):
+        F.multi_head_attention_forward(*args, is_causal=True)
+    with pytest.raises(ValueError, match="use_separate_proj_weight=True needs"):
+        F.multi_head_attention_forward(*args, use_separate_proj_weight=True)
+    with pytest.raises(ng.ShapeError, match="static_k of shape"):
+        F.multi_head_attention_forward(*args, static_k=ng.randn(3, 5, 4))

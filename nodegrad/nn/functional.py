@@ -33,6 +33,7 @@ __all__ = [
     "mse_loss", "l1_loss", "huber_loss", "smooth_l1_loss", "cross_entropy", "nll_loss",
     "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div", "where",
     "rnn_cell", "gru_cell", "lstm_cell", "scaled_dot_product_attention", "multi_head_attention",
+    "multi_head_attention_forward",
     "pad",
 ]
 
@@ -630,6 +631,7 @@ def flatten(x: Tensor, start_dim: int = 1, end_dim: int = -1) -> Tensor:
 
 
 from .rnn_functional import gru_cell, lstm_cell, multi_head_attention, rnn_cell, scaled_dot_product_attention  # noqa: E402, E501
+from .rnn_functional import multi_head_attention_forward  # noqa: E402
 
 # --- convolution, pooling and resampling beyond conv1d/2d (conv_functional) -------------------
 from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, avg_pool1d,  # noqa: E402

@@ -401,7 +401,8 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
                          q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
                          v_proj_weight: Tensor | None = None,
                          bias_k: Tensor | None = None, bias_v: Tensor | None = None,
-                         add_zero_attn: bool = False,
+                         add_zero_attn: bool = False, static_k: Tensor | None = None,
+                         static_v: Tensor | None = None,
                          generator: Generator | None = None) -> tuple[Tensor, Tensor | None]:
     """PyTorch's multi-head attention on sequence-first inputs: query (L, N, E), key (S, N, Ek),
     value (S, N, Ev), or unbatched (L, E) etc. Returns (output (L, N, E), weights or None).
@@ -412,7 +413,8 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
     ``is_causal`` without ``attn_mask`` masks future positions. ``bias_k``/``bias_v`` (1, 1, E)
     are appended to the projected keys and values of every sequence and ``add_zero_attn``
     appends a zero key and value to each head, each with a mask column that allows it (the
-    masks stay given for the S keys of the inputs).
+    masks stay given for the S keys of the inputs). ``static_k``/``static_v`` (N·heads, S', d)
+    replace the projected keys/values (the masks then cover S' keys).
     """
     op = "multi_head_attention"
     batched = query.ndim == 3
@@ -466,6 +468,22 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
         return ops.transpose(ops.reshape(t, (n, batch, num_heads, d)), (1, 2, 0, 3))
 
     q, k, v = heads(q, n_q), heads(k, n_k + extra), heads(v, n_k + extra)
+    for t, what in ((static_k, "static_k"), (static_v, "static_v")):
+        if t is None:
+            continue
+        if bias_k is not None:
+            raise ValueError(f"{op}: bias_k/bias_v cannot be added to a {what}")
+        if t.ndim != 3 or t.shape[0] != batch * num_heads or t.shape[2] != d:
+            raise ShapeError(f"{op}: expected {what} of shape ({batch * num_heads}, S, {d}), "
+                             f"got {tuple(t.shape)}")
+        t = ops.reshape(t, (batch, num_heads, t.shape[1], d))
+        if what == "static_k":
+            k = t
+        else:
+            v = t
+    if k.shape[2] != v.shape[2]:
+        raise ShapeError(f"{op}: {k.shape[2]} keys but {v.shape[2]} values")
+    n_k = k.shape[2] - extra
     if add_zero_attn:
         zero = zeros(batch, num_heads, 1, d, dtype=k.dtype, device=k.device)
         k, v = ops.concatenate([k, zero], 2), ops.concatenate([v, zero], 2)
@@ -504,3 +522,40 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
         if w is not None:
             w = ops.reshape(w, w.shape[1:])
     return out, w
+
+
+def multi_head_attention_forward(
+        query: Tensor, key: Tensor, value: Tensor, embed_dim_to_check: int, num_heads: int,
+        in_proj_weight: Tensor | None, in_proj_bias: Tensor | None, bias_k: Tensor | None,
+        bias_v: Tensor | None, add_zero_attn: bool, dropout_p: float, out_proj_weight: Tensor,
+        out_proj_bias: Tensor | None, training: bool = True, key_padding_mask=None,
+        need_weights: bool = True, attn_mask=None, use_separate_proj_weight: bool = False,
+        q_proj_weight: Tensor | None = None, k_proj_weight: Tensor | None = None,
+        v_proj_weight: Tensor | None = None, static_k: Tensor | None = None,
+        static_v: Tensor | None = None, average_attn_weights: bool = True,
+        is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    """``torch.nn.functional.multi_head_attention_forward``: :func:`multi_head_attention`
+    with PyTorch's positional signature. ``embed_dim_to_check`` must be the query's last
+    dimension; the separate projection weights are read only with
+    ``use_separate_proj_weight``; ``is_causal`` is a hint that needs ``attn_mask`` (as in
+    PyTorch)."""
+    op = "multi_head_attention_forward"
+    if query.shape[-1] != embed_dim_to_check:
+        raise ShapeError(f"{op}: expected a query of embed_dim {embed_dim_to_check}, got "
+                         f"{query.shape[-1]}")
+    if is_causal and attn_mask is None:
+        raise RuntimeError(f"{op}: is_causal is a hint for a given causal attn_mask; pass the "
+                           "mask too")
+    if use_separate_proj_weight:
+        if q_proj_weight is None or k_proj_weight is None or v_proj_weight is None:
+            raise ValueError(f"{op}: use_separate_proj_weight=True needs q_proj_weight, "
+                             "k_proj_weight and v_proj_weight")
+    else:
+        q_proj_weight = k_proj_weight = v_proj_weight = None
+    return multi_head_attention(
+        query, key, value, num_heads, in_proj_weight, in_proj_bias, out_proj_weight,
+        out_proj_bias, key_padding_mask=key_padding_mask, need_weights=need_weights,
+        attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal,
+        dropout_p=dropout_p, training=training, q_proj_weight=q_proj_weight,
+        k_proj_weight=k_proj_weight, v_proj_weight=v_proj_weight, bias_k=bias_k, bias_v=bias_v,
+        add_zero_attn=add_zero_attn, static_k=static_k, static_v=static_v)
