@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import KW_ONLY, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,7 @@ class Workload:
     nodegrad: Factory
     torch: Factory | None = None
     floor: Factory | None = None
+    _: KW_ONLY  # the rest by name (a field added here once shifted positional units)
     floor_name: str = "NumPy"
     # the library whose warm-up step the floor's worker runs first, as every framework's worker
     # does ("nodegrad" where the floor is nodegrad eager: numba then imported as in W1-W8's

@@ -106,31 +106,31 @@ def _mlp(sizes, batch):
 
 
 M1D, DIG = (40, 100, 100, 10), (64, 100, 100, 10)
+_US = {"unit": "µs/step", "scale": 1e6}
 WORKLOADS = [
     Workload("D1", "loader MNIST-1D 4000x40, batch 100", _mnist1d,
              partial(nodegrad_loader, batch=MNIST1D_BATCH),
              partial(torch_loader, batch=MNIST1D_BATCH),
-             partial(numpy_gather, batch=MNIST1D_BATCH), "NumPy gather", "µs/step", 1e6),
+             partial(numpy_gather, batch=MNIST1D_BATCH), floor_name="NumPy gather", **_US),
     Workload("D2", "loader MNIST-1D + shift/scale/shear/noise", _mnist1d,
              partial(nodegrad_loader, batch=MNIST1D_BATCH, aug="1d"), None,
-             partial(numpy_gather, batch=MNIST1D_BATCH, aug="1d"), "gather + aug", "µs/step",
-             1e6),
+             partial(numpy_gather, batch=MNIST1D_BATCH, aug="1d"), floor_name="gather + aug",
+             **_US),
     Workload("D3", "loader digits 1437x1x8x8, batch 128", _digits,
              partial(nodegrad_loader, batch=DIGITS_BATCH),
              partial(torch_loader, batch=DIGITS_BATCH),
-             partial(numpy_gather, batch=DIGITS_BATCH), "NumPy gather", "µs/step", 1e6),
+             partial(numpy_gather, batch=DIGITS_BATCH), floor_name="NumPy gather", **_US),
     Workload("D4", "loader digits + crop/affine", _digits,
              partial(nodegrad_loader, batch=DIGITS_BATCH, aug="2d"), None,
-             partial(numpy_gather, batch=DIGITS_BATCH, aug="2d"), "gather + aug", "µs/step",
-             1e6),
+             partial(numpy_gather, batch=DIGITS_BATCH, aug="2d"), floor_name="gather + aug", **_US),
     Workload("D5", "loader MNIST-1D, prefetch thread (2)", _mnist1d,
              partial(nodegrad_loader, batch=MNIST1D_BATCH, prefetch=2),
              partial(torch_loader, batch=MNIST1D_BATCH),
-             partial(numpy_gather, batch=MNIST1D_BATCH), "NumPy gather", "µs/step", 1e6),
+             partial(numpy_gather, batch=MNIST1D_BATCH), floor_name="NumPy gather", **_US),
     Workload("D6", "model step: MLP 40-100-100-10, batch 100", _mlp(M1D, MNIST1D_BATCH),
-             mlp.nodegrad_step, mlp.torch_step, mlp.numpy_sgd, "NumPy step", "µs/step", 1e6),
+             mlp.nodegrad_step, mlp.torch_step, mlp.numpy_sgd, floor_name="NumPy step", **_US),
     Workload("D7", "model step: MLP 64-100-100-10, batch 128", _mlp(DIG, DIGITS_BATCH),
-             mlp.nodegrad_step, mlp.torch_step, mlp.numpy_sgd, "NumPy step", "µs/step", 1e6),
+             mlp.nodegrad_step, mlp.torch_step, mlp.numpy_sgd, floor_name="NumPy step", **_US),
 ]
 
 
