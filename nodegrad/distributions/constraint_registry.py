@@ -115,6 +115,12 @@ def _transform_to_positive_definite(constraint):
     return T.PositiveDefiniteTransform()
 
 
+@biject_to.register(constraints.corr_cholesky)
+@transform_to.register(constraints.corr_cholesky)
+def _to_corr_cholesky(constraint):
+    return T.CorrCholeskyTransform()
+
+
 @biject_to.register(constraints.cat)
 def _biject_to_cat(constraint):
     return T.CatTransform([biject_to(c) for c in constraint.cseq], constraint.dim,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from . import _ng as ng
 from nodegrad.tensor import Tensor
 
-__all__ = ["Constraint", "MixtureSameFamilyConstraint", "boolean", "cat", "dependent",
-           "dependent_property", "greater_than", "greater_than_eq", "half_open_interval",
-           "independent", "integer_interval", "interval", "is_dependent", "less_than",
-           "lower_cholesky", "lower_triangular", "multinomial", "nonnegative",
+__all__ = ["Constraint", "MixtureSameFamilyConstraint", "boolean", "cat", "corr_cholesky",
+           "dependent", "dependent_property", "greater_than", "greater_than_eq",
+           "half_open_interval", "independent", "integer_interval", "interval", "is_dependent",
+           "less_than", "lower_cholesky", "lower_triangular", "multinomial", "nonnegative",
            "nonnegative_integer", "one_hot", "positive", "positive_definite",
            "positive_integer", "positive_semidefinite", "real", "real_vector", "simplex",
            "square", "stack", "symmetric", "unit_interval"]
@@ -298,6 +298,19 @@ class _LowerCholesky(Constraint):
         return lower & ng.all(diag > 0, -1)
 
 
+class _CorrCholesky(Constraint):
+    """Cholesky factors of correlation matrices: lower Cholesky with every row of unit
+    Euclidean norm (so L Lᵀ has a unit diagonal), to a tolerance of 10 D eps for D x D."""
+
+    event_dim = 2
+
+    def check(self, value):
+        tol = float(ng.finfo(value.dtype).eps) * value.shape[-1] * 10
+        row_norm = ng.linalg.norm(value.detach(), dim=-1)
+        unit_rows = ng.all(ng.abs(row_norm - 1.0) <= tol, -1)
+        return _LowerCholesky().check(value) & unit_rows
+
+
 class _PositiveDefinite(Constraint):
     event_dim = 2
 
@@ -317,6 +330,7 @@ nonnegative_integer = _IntegerGreaterThan(0)
 simplex = _Simplex()
 one_hot = _OneHot()
 lower_cholesky = _LowerCholesky()
+corr_cholesky = _CorrCholesky()
 positive_definite = _PositiveDefinite()
 positive_semidefinite = _PositiveSemidefinite()
 positive_integer = _IntegerGreaterThan(1)

@@ -19,11 +19,11 @@ from . import constraints
 from .distribution import _sum_rightmost
 
 __all__ = ["AbsTransform", "AffineTransform", "CatTransform", "ComposeTransform",
-           "CumulativeDistributionTransform", "ExpTransform", "IndependentTransform",
-           "LowerCholeskyTransform", "PositiveDefiniteTransform", "PowerTransform",
-           "ReshapeTransform", "SigmoidTransform", "SoftmaxTransform", "SoftplusTransform",
-           "StackTransform", "StickBreakingTransform", "TanhTransform", "Transform",
-           "identity_transform"]
+           "CorrCholeskyTransform", "CumulativeDistributionTransform", "ExpTransform",
+           "IndependentTransform", "LowerCholeskyTransform", "PositiveDefiniteTransform",
+           "PowerTransform", "ReshapeTransform", "SigmoidTransform", "SoftmaxTransform",
+           "SoftplusTransform", "StackTransform", "StickBreakingTransform", "TanhTransform",
+           "Transform", "identity_transform"]
 
 
 class Transform:
@@ -711,6 +711,104 @@ class PositiveDefiniteTransform(_Parameterless):
 
     def _inverse(self, y):
         return LowerCholeskyTransform().inv(ng.linalg.cholesky(y))
+
+
+def _tril_size(n: int, diag: int) -> int:
+    """How many entries (i, j) of an n x n matrix have j <= i + diag."""
+    return sum(max(0, min(n, i + diag + 1)) for i in range(n))
+
+
+def _tril_matrix_to_vec(mat: Tensor, diag: int = 0) -> Tensor:
+    """The entries on and below diagonal ``diag`` of the last two (square) dims, in row
+    order, as the last dim."""
+    n = mat.shape[-1]
+    if not -n <= diag < n:
+        raise ValueError(f"diag ({diag}) is outside [{-n}, {n - 1}]")
+    rows, cols = ng.tril_indices(n, n, diag, device=mat.device)
+    return mat[..., rows, cols]
+
+
+def _vec_to_tril_matrix(vec: Tensor, diag: int = 0) -> Tensor:
+    """The inverse of :func:`_tril_matrix_to_vec`: D x D matrices holding the last dim of
+    ``vec`` on and below diagonal ``diag`` in row order, zeros elsewhere. Built by gathering
+    from ``vec`` padded with a leading zero, so it is differentiable."""
+    m = vec.shape[-1]
+    # the positive root of D² + (1 + 2 diag) D - |diag| (diag + 1) - 2 m = 0
+    b = 1 + 2 * diag
+    n = round((-b + (b * b + 8 * m + 4 * abs(diag) * (diag + 1)) ** 0.5) / 2)
+    if n < 1 or _tril_size(n, diag) != m:
+        raise ValueError(f"The size of last dimension is {m} which cannot be expressed as the "
+                         "lower triangular part of a square D x D matrix.")
+    index, k = [], 1
+    for i in range(n):
+        row = []
+        for j in range(n):
+            row.append(k if j <= i + diag else 0)
+            k += j <= i + diag
+        index.append(row)
+    padded = ng.pad(vec, [(0, 0)] * (vec.ndim - 1) + [(1, 0)])
+    return padded[..., ng.tensor(index, dtype=ng.int64, device=vec.device)]
+
+
+class CorrCholeskyTransform(_Parameterless):
+    """Unconstrained vectors of length D(D-1)/2 to Cholesky factors of D x D correlation
+    matrices (lower triangular, positive diagonal, unit-norm rows), PyTorch's map: the
+    vector fills the strict lower triangle row by row, each entry goes through tanh into
+    (-1, 1), and each row is made unit-norm by a signed stick-breaking on the squares.
+
+    ``log_abs_det_jacobian`` is that of x against the strict lower triangle of y (the
+    diagonal is determined by it)."""
+
+    domain = constraints.real_vector
+    codomain = constraints.corr_cholesky
+    bijective = True
+
+    def _call(self, x):
+        eps = float(ng.finfo(x.dtype).eps)
+        r = _vec_to_tril_matrix(ng.clamp(ng.tanh(x), -1 + eps, 1 - eps), diag=-1)
+        # row i: y_ij = r_ij * prod_{k<j} sqrt(1 - r_ik²), and the diagonal takes what is left
+        z1m_cumprod_sqrt = ng.cumprod(ng.sqrt(1 - r * r), -1)
+        n = r.shape[-1]
+        r = r + ng.eye(n, dtype=r.dtype, device=r.device)
+        pad = [(0, 0)] * (r.ndim - 1) + [(1, 0)]
+        return r * ng.pad(z1m_cumprod_sqrt[..., :-1], pad, constant_values=1)
+
+    def _inverse(self, y):
+        # undo the stick-breaking: r_ij = y_ij / sqrt(1 - sum_{k<j} y_ik²), then atanh
+        left = 1 - ng.cumsum(y * y, -1)
+        pad = [(0, 0)] * (y.ndim - 1) + [(1, 0)]
+        left_before = ng.pad(left[..., :-1], pad, constant_values=1)
+        t = _tril_matrix_to_vec(y, diag=-1) / ng.sqrt(_tril_matrix_to_vec(left_before, diag=-1))
+        return (ng.log1p(t) - ng.log1p(-t)) / 2
+
+    def log_abs_det_jacobian(self, x, y):
+        # stick-breaking part: 1/2 sum log(1 - sum_{k<j} y_ik²) over j < i; diag=-2 reads the
+        # running sum one column to the left, which is the shift it needs
+        left = 1 - ng.cumsum(y * y, -1)
+        stick_breaking = 0.5 * ng.sum(ng.log(_tril_matrix_to_vec(left, diag=-2)), -1)
+        tanh = -2 * ng.sum(x + ng.softplus(-2 * x) - math.log(2.0), -1)
+        return stick_breaking + tanh
+
+    def forward_shape(self, shape):
+        if len(shape) < 1:
+            raise ValueError(f"CorrCholeskyTransform: too few dimensions in shape "
+                             f"{tuple(shape)}")
+        n = shape[-1]
+        d = round((0.25 + 2 * n) ** 0.5 + 0.5)
+        if d * (d - 1) // 2 != n:
+            raise ValueError(f"CorrCholeskyTransform: the last dim {n} is not the size of the "
+                             "strict lower triangle of a square matrix")
+        return tuple(shape[:-1]) + (d, d)
+
+    def inverse_shape(self, shape):
+        if len(shape) < 2:
+            raise ValueError(f"CorrCholeskyTransform: too few dimensions in shape "
+                             f"{tuple(shape)}")
+        if shape[-2] != shape[-1]:
+            raise ValueError(f"CorrCholeskyTransform: the input of shape {tuple(shape)} is "
+                             "not square")
+        d = shape[-1]
+        return tuple(shape[:-2]) + (d * (d - 1) // 2,)
 
 
 class CatTransform(Transform):
