@@ -163,6 +163,51 @@ def test_embedding_bag_padding_row_starts_at_zero_and_errors():
         m(ng.tensor(np.array([1, 2])), ng.tensor(np.array([1])))
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0])
+def test_embedding_bag_max_norm_matches_torch(norm_type):
+    """The looked-up rows are scaled down to max_norm in the weight itself, then bagged."""
+    w = rng.standard_normal((7, 4)) * 2
+    idx, offsets = rng.integers(0, 7, 9), np.array([0, 4])
+    ours = nn.EmbeddingBag(7, 4, max_norm=1.0, norm_type=norm_type, mode="sum",
+                           _weight=ng.tensor(w.copy()))
+    theirs = torch.nn.EmbeddingBag(7, 4, max_norm=1.0, norm_type=norm_type, mode="sum",
+                                   _weight=torch.tensor(w.copy()))
+    yo, yt = ours(ng.tensor(idx), ng.tensor(offsets)), theirs(torch.tensor(idx),
+                                                                torch.tensor(offsets))
+    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(ours.weight.numpy(), theirs.weight.detach().numpy(), rtol=1e-12)
+    untouched = sorted(set(range(7)) - set(idx.tolist()))
+    np.testing.assert_array_equal(ours.weight.numpy()[untouched], w[untouched])
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean"])
+def test_embedding_bag_scale_grad_by_freq_divides_by_each_rows_count(mode):
+    """Each row's gradient over how often its index occurs in the input: the bags of PyTorch's
+    ``embedding(scale_grad_by_freq=True)`` rows, summed or averaged. (PyTorch 2.13's own
+    embedding_bag gives a row seen once 1/2 in ``[[3, 3, 7]]``: its counts are misaligned.)"""
+    idx, offsets = np.array([1, 2, 4, 5, 4, 3, 2, 9, 4]), np.array([0, 4])
+    w = rng.standard_normal((10, 3))
+    wo = ng.tensor(w, requires_grad=True)
+    yo = F.embedding_bag(ng.tensor(idx), wo, ng.tensor(offsets), mode=mode,
+                         scale_grad_by_freq=True)
+    wt = torch.tensor(w, requires_grad=True)
+    rows = torch.nn.functional.embedding(torch.tensor(idx), wt, scale_grad_by_freq=True)
+    bags = [rows[:4], rows[4:]]
+    yt = torch.stack([b.sum(0) if mode == "sum" else b.mean(0) for b in bags])
+    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), rtol=1e-12)
+    g = rng.standard_normal(yo.shape)
+    yo.backward(ng.tensor(g))
+    yt.backward(torch.tensor(g))
+    np.testing.assert_allclose(wo.grad.numpy(), wt.grad.numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="max mode does not support scaling"):
+        F.embedding_bag(ng.tensor(idx), wo, ng.tensor(offsets), mode="max",
+                        scale_grad_by_freq=True)
+    with pytest.raises(ValueError, match="max mode does not support scaling"):
+        nn.EmbeddingBag(10, 3, mode="max", scale_grad_by_freq=True)
+    with pytest.raises(ValueError, match="sparse=True is not supported"):
+        nn.EmbeddingBag(10, 3, sparse=True)
+
+
 def test_unflatten_matches_torch():
     x = rng.standard_normal((2, 12, 3))
     for dim, size in [(1, (3, 4)), (-2, (2, -1, 3)), (2, (3, 1))]:

@@ -81,8 +81,7 @@ KNOWN = {
                       "float points are truncated, as NumPy's",
     "mode:int64": "ties: which of the most frequent values' indices is returned",
     "nn.functional.embedding:float32": "sparse=True: nodegrad's gradients are dense",
-    "nn.functional.embedding_bag:float32": "max_norm, scale_grad_by_freq and sparse are not "
-                                           "supported in embedding_bag (a clear error)",
+    "nn.functional.embedding_bag:float32": "sparse=True: nodegrad's gradients are dense",
     "nn.functional.local_response_norm:int64": "float32 result of an integer input: nodegrad's "
                                                "is within 6e-7 of float64's, PyTorch's 2.5e-4",
     # float16 (values and dtypes)
@@ -93,8 +92,7 @@ KNOWN = {
     "nn.functional.soft_margin_loss:float16": "PyTorch's float16 loss overflows to inf where "
                                               "log(1 + e^-yx) is finite (nodegrad's, stable)",
     "nn.functional.embedding:float16": "sparse=True: nodegrad's gradients are dense",
-    "nn.functional.embedding_bag:float16": "max_norm, scale_grad_by_freq and sparse are not "
-                                           "supported in embedding_bag (a clear error)",
+    "nn.functional.embedding_bag:float16": "sparse=True: nodegrad's gradients are dense",
 }
 RTOL = {"float64": 1e-6, "float32": 1e-4, "float16": 2e-2}
 

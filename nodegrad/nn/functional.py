@@ -394,13 +394,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
             bad = lo if lo < 0 else hi
             raise IndexError(f"embedding: index {bad} is out of range for {n} embeddings")
     if max_norm is not None and idx.numel():
-        with no_grad():
-            rows = Tensor(B.backend_of(weight.data).xp.unique(values(idx)))
-            picked = weight[rows]
-            norm = ops.sum(ops.abs(picked) ** norm_type, axis=1, keepdims=True) ** (
-                1.0 / norm_type)
-            scale = ops.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
-            weight[rows] = picked * ops.astype(scale, weight.dtype)
+        renorm_rows_(weight, values(idx).reshape(-1), max_norm, norm_type)
     out = weight[idx]
     if scale_grad_by_freq and idx.numel():
         if isinstance(idx, BatchTracer):
@@ -651,7 +645,7 @@ __all__ += [
 ]
 
 # --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------
-from .norm_functional import _count_batch, _update_running  # noqa: E402, F401
+from .norm_functional import _count_batch, _update_running, renorm_rows_  # noqa: E402, F401
 from .norm_functional import (alpha_dropout, bilinear, dropout1d, dropout2d,  # noqa: E402
                               dropout3d, embedding_bag, group_norm, instance_norm,
                               local_response_norm, rms_norm)

@@ -266,6 +266,19 @@ def _bags(xp, idx, offsets, include_last_offset: bool, op: str):
     return xp.where(valid, pos, 0), valid
 
 
+def renorm_rows_(weight: Tensor, rows, max_norm: float, norm_type: float = 2.0) -> None:
+    """PyTorch's ``embedding_renorm_``: the rows of ``weight`` that index array ``rows`` names
+    whose ``norm_type``-norm exceeds ``max_norm`` are scaled down to it, in place, unrecorded
+    (an embedding's ``max_norm``)."""
+    with no_grad():
+        rows = Tensor(B.backend_of(weight.data).xp.unique(rows))
+        picked = weight[rows]
+        norm = ops.sum(ops.abs(picked) ** norm_type, axis=1, keepdims=True) ** (
+            1.0 / norm_type)
+        scale = ops.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
+        weight[rows] = picked * ops.astype(scale, weight.dtype)
+
+
 def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   max_norm: float | None = None, norm_type: float = 2.0,
                   scale_grad_by_freq: bool = False, mode: str = "mean", sparse: bool = False,
@@ -273,12 +286,18 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
                   padding_idx: int | None = None) -> Tensor:
     """Sum, mean or max of each bag of embeddings: bags are the rows of a 2-D ``input`` or the
     slices of a 1-D one cut at ``offsets`` (padded to the longest bag and masked). Entries equal
-    to ``padding_idx`` are left out; an empty bag gives zeros (PyTorch's rules)."""
+    to ``padding_idx`` are left out; an empty bag gives zeros (PyTorch's rules). ``max_norm``
+    first scales the looked-up rows down to that norm in ``weight`` itself (as
+    :func:`embedding`); ``scale_grad_by_freq`` divides each row's gradient by how often its
+    index occurs in ``input`` (sum and mean modes, as documented for PyTorch's)."""
     op = "embedding_bag"
     if mode not in ("sum", "mean", "max"):
         raise ValueError(f"{op}: mode must be 'sum', 'mean' or 'max', got {mode!r}")
-    if max_norm is not None or scale_grad_by_freq or sparse:
-        raise ValueError(f"{op}: max_norm, scale_grad_by_freq and sparse are not supported")
+    if sparse:
+        raise ValueError(f"{op}: sparse=True is not supported (nodegrad's gradients are dense)")
+    if scale_grad_by_freq and mode == "max":
+        raise ValueError(f"{op}: max mode does not support scaling the gradient by the "
+                         "frequency")
     if not isinstance(input, Tensor) or input.dtype.kind not in "iu":
         raise DTypeError(f"{op}: indices must be an integer tensor, got "
                          f"{getattr(input, 'dtype', type(input).__name__)}")
@@ -296,6 +315,8 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     if iv.size and (int(iv.min()) < 0 or int(iv.max()) >= num):
         bad = int(iv.min()) if int(iv.min()) < 0 else int(iv.max())
         raise IndexError(f"{op}: index {bad} is out of range for {num} embeddings")
+    if max_norm is not None and iv.size:
+        renorm_rows_(weight, iv.reshape(-1), max_norm, norm_type)
     psw = per_sample_weights
     if input.ndim == 2:
         if offsets is not None:
@@ -315,6 +336,14 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     if padding_idx is not None:
         valid = valid & (idx != (padding_idx % num))
     emb = weight[idx]                                                    # (B, Lmax, D)
+    if scale_grad_by_freq and iv.size:
+        if isinstance(input, BatchTracer):
+            raise NotImplementedError(f"{op}: scale_grad_by_freq=True inside vmap is not "
+                                      "supported (the counts would span the whole batch)")
+        counts = xp.bincount(iv.reshape(-1), minlength=num)
+        scale = Tensor((1.0 / xp.maximum(counts[idx], 1)).astype(weight.dtype)[..., None])
+        scaled = emb * scale  # the values of emb, each row's gradient over its count
+        emb = emb.detach() + (scaled - scaled.detach())
     mask = Tensor(valid.astype(weight.dtype))
     count = mask.data.sum(1)
     if mode == "max":

@@ -54,9 +54,12 @@ class EmbeddingBag(Module):
         super().__init__()
         if mode not in ("sum", "mean", "max"):
             raise ValueError(f"EmbeddingBag: mode must be 'sum', 'mean' or 'max', got {mode!r}")
-        if max_norm is not None or scale_grad_by_freq or sparse:
-            raise ValueError("EmbeddingBag: max_norm, scale_grad_by_freq and sparse are not "
-                             "supported")
+        if sparse:
+            raise ValueError("EmbeddingBag: sparse=True is not supported (nodegrad's gradients "
+                             "are dense)")
+        if scale_grad_by_freq and mode == "max":
+            raise ValueError("EmbeddingBag: max mode does not support scaling the gradient by "
+                             "the frequency")
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
             raise ValueError(f"EmbeddingBag: padding_idx {padding_idx} must lie within "
                              f"num_embeddings ({num_embeddings})")
@@ -93,7 +96,9 @@ class EmbeddingBag(Module):
         return bag
 
     def forward(self, input, offsets=None, per_sample_weights=None):
-        return F.embedding_bag(input, self.weight, offsets, mode=self.mode,
+        return F.embedding_bag(input, self.weight, offsets, max_norm=self.max_norm,
+                               norm_type=self.norm_type,
+                               scale_grad_by_freq=self.scale_grad_by_freq, mode=self.mode,
                                per_sample_weights=per_sample_weights,
                                include_last_offset=self.include_last_offset,
                                padding_idx=self.padding_idx)
