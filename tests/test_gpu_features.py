@@ -378,3 +378,31 @@ def test_the_cuda_namespace_without_a_device(monkeypatch):
         ng.cuda.synchronize()
     with pytest.raises(ng.DeviceError, match="no GPU is available"):
         ng.cuda.memory_allocated()
+
+
+def test_data_parallel_on_one_device(cuda):
+    """``nn.DataParallel``: PyTorch's state-dict prefix; one device moves the inputs there."""
+    ng.manual_seed(0)
+    inner = nn.Linear(3, 2).to(cuda)
+    model = nn.DataParallel(inner, device_ids=[0])
+    assert list(model.state_dict()) == ["module.weight", "module.bias"]
+    x = ng.randn(4, 3)
+    out = model(x)
+    assert out.device == inner.weight.device
+    np.testing.assert_allclose(out.numpy(), inner(x.to(cuda)).numpy(), rtol=1e-6)
+    out.sum().backward()
+    assert inner.weight.grad is not None
+
+
+def test_data_parallel_without_devices_and_its_errors():
+    torch = pytest.importorskip("torch")
+    ng.manual_seed(0)
+    model = nn.DataParallel(nn.Linear(3, 2))
+    theirs = torch.nn.DataParallel(torch.nn.Linear(3, 2))
+    assert list(model.state_dict()) == list(theirs.state_dict())
+    x = ng.randn(4, 3)
+    np.testing.assert_array_equal(model(x).numpy(), model.module(x).numpy())
+    with pytest.raises(NotImplementedError, match="DistributedDataParallel"):
+        nn.DataParallel(nn.Linear(3, 2), device_ids=[0, 1])
+    with pytest.raises(TypeError, match="expected a Module"):
+        nn.DataParallel(lambda x: x)

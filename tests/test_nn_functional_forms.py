@@ -373,3 +373,21 @@ def test_hardtanh_takes_the_old_keyword_names_with_a_warning():
     np.testing.assert_array_equal(ours(ng.tensor(x)).numpy(), theirs(torch.tensor(x)).numpy())
     with pytest.raises(ValueError, match="Hardtanh: min_val 2.0 must not exceed max_val 1.0"):
         nn.Hardtanh(2.0, 1.0)
+
+
+@pytest.mark.parametrize("pad", [0, 1, 2])
+def test_conv_tbc_matches_torch(pad):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(pad)
+    x, w, b = rng.standard_normal((7, 2, 3)), rng.standard_normal((3, 3, 4)), rng.standard_normal(4)
+    ours = [ng.tensor(a, requires_grad=True) for a in (x, w, b)]
+    theirs = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    yo, yt = F.conv_tbc(*ours, pad), torch.nn.functional.conv_tbc(*theirs, pad)
+    np.testing.assert_allclose(yo.numpy(), yt.detach().numpy(), rtol=1e-12)
+    g = rng.standard_normal(yo.shape)
+    yo.backward(ng.tensor(g))
+    yt.backward(torch.tensor(g))
+    for a, t in zip(ours, theirs):
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-10)
+    with pytest.raises(ng.ShapeError, match="conv_tbc: weight"):
+        F.conv_tbc(ours[0], ng.randn(3, 5, 4, dtype=ng.float64), ours[2])

@@ -26,7 +26,8 @@ from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cro
                      huber_loss, kl_div, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
 
 __all__ = [
-    "linear", "conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+    "linear", "conv1d", "conv_tbc", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d",
+    "avg_pool2d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "global_avg_pool", "dropout", "batch_norm",
     "layer_norm", "embedding", "one_hot", "relu", "leaky_relu", "prelu", "elu", "gelu",
     "sigmoid", "tanh", "softplus", "silu", "softmax", "log_softmax", "flatten",
@@ -197,6 +198,21 @@ def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     weight (O, C/groups, K)."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, 1, "conv1d",
                  "(N, C, L)")
+
+
+def conv_tbc(input: Tensor, weight: Tensor, bias: Tensor, pad: int = 0) -> Tensor:
+    """PyTorch's ``conv_tbc``: a 1-D convolution of a time-major sequence, input (T, N, C),
+    weight (K, C, O), bias (O,), ``pad`` steps of zeros at both ends; output (T', N, O)."""
+    if input.ndim != 3 or weight.ndim != 3 or bias.ndim != 1:
+        raise ShapeError(f"conv_tbc: expected input (T, N, C), weight (K, C, O) and bias (O,), "
+                         f"got {tuple(input.shape)}, {tuple(weight.shape)} and "
+                         f"{tuple(bias.shape)}")
+    if weight.shape[1] != input.shape[2] or bias.shape[0] != weight.shape[2]:
+        raise ShapeError(f"conv_tbc: weight {tuple(weight.shape)} must be (K, C={input.shape[2]}"
+                         f", O) with O = the bias's {bias.shape[0]}")
+    out = conv1d(ops.transpose(input, (1, 2, 0)), ops.transpose(weight, (2, 1, 0)), bias,
+                 padding=pad)
+    return ops.transpose(out, (2, 0, 1))
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,

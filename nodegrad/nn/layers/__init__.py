@@ -9,6 +9,7 @@ from .conv import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AvgPool1d, AvgPool2d, C
 from .dropout import Dropout
 from .linear import Embedding, Flatten, Identity, Linear
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from .parallel import DataParallel
 from .sync_norm import SyncBatchNorm
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNBase, RNNCell, RNNCellBase
 from .loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss,
@@ -27,6 +28,7 @@ __all__ = [
     "Conv1d",
     "Conv2d",
     "CrossEntropyLoss",
+    "DataParallel",
     "Dropout",
     "ELU",
     "Embedding",
