@@ -93,6 +93,29 @@ def conv_jit(d: dict, spec: dict):
     return training_step(model, opt, ng.tensor(d["x"]), ng.tensor(d["y"]))
 
 
+def conv_model_jit(d: dict):
+    """W3's step with only the model jitted (``ng.jit(model)``, as ``torch.compile(model)``):
+    its forward and backward replayed as two programs, the loss, ``backward`` and Adam eager."""
+    import nodegrad as ng
+    from nodegrad import nn
+    from nodegrad.nn import functional as F
+
+    spec = conv.CNN1D
+    model = conv._build(ng, nn, spec, d, ng.tensor)
+    opt = ng.optim.Adam(model.parameters(), lr=spec["lr"])
+    compiled = ng.jit(model)
+    x, y = ng.tensor(d["x"]), ng.tensor(d["y"])
+
+    def step():
+        loss = F.cross_entropy(compiled(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
 def _chain(x, w, b):
     import nodegrad as ng
 
@@ -181,6 +204,9 @@ WORKLOADS = [
     Workload("J3", "W3 under jit (MNIST-1D CNN, Adam); floor = nodegrad eager",
              partial(conv.make_data, conv.CNN1D), conv_jit_1d, conv_torch, conv_eager,
              **_EAGER, jax=jax_steps.cnn1d_adam),
+    Workload("J3m", "W3 with jit(model) only (forward and backward programs)",
+             partial(conv.make_data, conv.CNN1D), conv_model_jit, conv_torch, conv_eager,
+             **_EAGER),
     Workload("J4", "W4 under jit (BiGRU T=40 as one scan, Adam)", gru_step.make_data, gru_jit,
              gru_torch, gru_eager, **_EAGER, jax=jax_steps.bigru_adam),
     Workload("J5", "W5 under jit (value_and_grad of 100 ops); floor = nodegrad eager",

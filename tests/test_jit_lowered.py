@@ -226,14 +226,16 @@ def test_a_repeated_call_checks_what_the_signature_checks():
     jf(ng.randn(4), ng.randn(4))  # another shape
     jf(x.astype(ng.float64), y.astype(ng.float64))  # another dtype
     assert jf.traces == 4
-    w = ng.randn(3, requires_grad=True)  # the caller differentiates: runs eagerly, with a graph
+    w = ng.randn(3, requires_grad=True)  # the caller differentiates: a forward and backward pair
     out = jf(w, y)
-    assert out.requires_grad and jf.traces == 4
+    assert out.requires_grad and jf.traces == 5
+    np.testing.assert_array_equal(jf(w, y).numpy(), out.numpy())  # replayed, still a graph
+    assert jf(w, y).requires_grad and jf.traces == 5
     with ng.no_grad():
         assert not jf(w, y).requires_grad
     jf.clear_cache()
     jf(x, y)
-    assert jf.traces == 6
+    assert jf.traces == 7
 
 
 def test_a_repeated_call_follows_train_and_eval():

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _backend as B
-from ..autodiff import modes
+from ..autodiff import Node, modes
 from ..func.tree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
 from .trace import Recorder
@@ -45,12 +45,39 @@ UPGRADE_AFTER_S = 10.0
 
 
 class _Entry:
-    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait")
+    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait", "diff")
 
-    def __init__(self, program, out_def, out_kinds, reason=None, wait=None):
+    def __init__(self, program, out_def, out_kinds, reason=None, wait=None, diff=None):
         self.program, self.out_def, self.out_kinds, self.reason = program, out_def, out_kinds, \
             reason
         self.wait = wait  # replay seconds left until numba is imported for it (None: never)
+        self.diff = diff  # a differentiable signature's program pair (_Diff), else None
+
+
+class _Diff:
+    """A signature whose outputs require grad: the forward program (outputs, then the residuals
+    the backward reads) and the backward program (residuals and output cotangents to the
+    gradients of ``wrt``: the inputs that require grad, by leaf position, then the tensors the
+    function read that require grad, held weakly)."""
+
+    __slots__ = ("fwd", "bwd", "n_out", "wrt_in", "loaded", "present", "orders")
+
+    def __init__(self, fwd, bwd, n_out, wrt_in, loaded, present, orders):
+        self.fwd, self.bwd, self.n_out, self.wrt_in = fwd, bwd, n_out, wrt_in
+        self.loaded, self.present, self.orders = loaded, present, orders
+
+
+class _DiffCall:
+    """One replayed call's residuals, for the backward (``func.custom._attach``'s call)."""
+
+    __slots__ = ("diff", "residuals", "nondiff", "slots", "shapes")
+
+    def __init__(self, diff: _Diff, residuals: list):
+        self.diff, self.residuals, self.nondiff = diff, residuals, ()
+
+
+class _NotDifferentiable(Exception):
+    """Why a signature whose outputs require grad runs eagerly instead."""
 
 
 class Jitted:
@@ -62,8 +89,9 @@ class Jitted:
         self.fuse = fuse
         self.optimize = optimize
         self.state = state
-        objs = state if isinstance(state, tuple | list) else (state,)
-        self._modules = [mod for o in objs if hasattr(o, "training") for mod in o.modules()]
+        objs = (state if isinstance(state, tuple | list) else (state,)) + (fn,)
+        self._modules = [mod for o in objs if hasattr(o, "training") and hasattr(o, "modules")
+                         for mod in o.modules()]
         self.max_cache = max_cache
         self.cache: OrderedDict = OrderedDict()
         self.traces = 0  # how many times the function was traced
@@ -113,6 +141,8 @@ class Jitted:
             return self._trace(key, leaves, arrays, args, kwargs, m)
         self.cache.move_to_end(key)
         self.last = entry
+        if entry.diff is not None:
+            return self._replay_diff(key, entry, leaves, arrays, args, kwargs)
         if entry.program is None:
             return self.fn(*args, **kwargs)
         if tdef is None and all(type(d) is B.ndarray for d in arrays) and len(
@@ -174,7 +204,9 @@ class Jitted:
         for x in leaves:
             if isinstance(x, Tensor):
                 if x.requires_grad and m.grad_enabled:
-                    return None, None, True  # the caller differentiates: build the graph
+                    if self.state is not None:
+                        return None, None, True  # the caller differentiates: build the graph
+                    key.append("grad")  # a program pair with a backward (_differentiable)
                 d = x.data
             elif B.is_array(x):
                 d = x
@@ -205,17 +237,22 @@ class Jitted:
         kinds, slots = [], []
         for o in out_leaves:
             if isinstance(o, Tensor):
-                if self.state is None and o.requires_grad and reason is None:
-                    reason = ("an output requires grad (the function closes over tensors "
-                              "that require grad); pass state= for a training step")
                 kinds.append(None)
                 slots.append(rec.slot_of(o, o.data))
             else:
                 kinds.append(o)
-        program = None if reason is not None else rec.program(
+        diff = None
+        if reason is None and self.state is None and m.grad_enabled and any(
+                isinstance(o, Tensor) and o.requires_grad for o in out_leaves):
+            try:
+                diff = self._differentiable(rec, in_slots, leaves, out_leaves, slots, m)
+            except _NotDifferentiable as e:
+                reason = str(e)
+        program = None if reason is not None or diff is not None else rec.program(
             in_slots, slots, optimize=self.optimize, fuse=self._fuse(rec))
         wait = UPGRADE_AFTER_S if program is not None and self._waits_for_numba(program) else None
-        entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason, wait)
+        entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason, wait,
+                       diff)
         self.cache[key] = entry
         if self._hot is not None and self._hot[4] in self.cache:  # its calls skip the cache
             self.cache.move_to_end(self._hot[4])
@@ -227,6 +264,133 @@ class Jitted:
             out = tree_unflatten(out_def, [Tensor(o.data) if isinstance(o, Tensor) else o
                                            for o in out_leaves])
         return out
+
+
+    # --- differentiable calls: a forward and a backward program under one graph node ---------
+    def _differentiable(self, rec, in_slots: list, leaves: list, out_leaves: list,
+                        out_slots: list, m) -> _Diff:
+        """The program pair of a signature whose outputs require grad (the inputs do, or the
+        tensors the function reads, such as a model's parameters), from the forward just
+        traced: its backward is traced too, with placeholder cotangents, on the graph the
+        forward built (kept for this first call's own backward), and the instructions are cut
+        in two; what the backward reads from the forward becomes outputs of the forward."""
+        from ..autodiff import grad as _grad
+        from .passes import constant_loads
+        from .program import Program
+
+        floats = [o for o in out_leaves if isinstance(o, Tensor) and o.dtype.kind == "f"]
+        if not all(o.requires_grad for o in floats):
+            raise _NotDifferentiable("jit: some float outputs require grad and some do not")
+        if len({o.dtype for o in floats}) > 1:
+            raise _NotDifferentiable("jit: differentiable outputs of several dtypes")
+        seen: set = set()
+        wrt_in = []
+        for k, x in enumerate(leaves):
+            if isinstance(x, Tensor) and x.requires_grad and id(x) not in seen:
+                seen.add(id(x))
+                wrt_in.append(k)
+        loaded = []
+        for ref in rec.loaded.values():
+            t = ref()
+            if t is not None and t.requires_grad and id(t) not in seen:
+                seen.add(id(t))
+                loaded.append(t)
+        wrt = [leaves[k] for k in wrt_in] + loaded
+        constant_loads(rec)
+        split = len(rec.instrs)
+        be = rec.backend
+        with be.scope():
+            cts = [Tensor(be.xp.ones_like(o.data)) for o in floats]
+        ct_slots = [rec.input(c.data) for c in cts]
+        m.jit = rec
+        try:
+            gs = _grad(floats, wrt, grad_outputs=cts, retain_graph=True, allow_unused=True)
+        finally:
+            m.jit = None
+        if rec.fallback is not None:
+            raise _NotDifferentiable(rec.fallback)
+        constant_loads(rec, split)
+        present = [g is not None for g in gs]
+        g_slots = [rec.slot_of(g, g.data) for g in gs if g is not None]
+        fwd_instrs, bwd_instrs = rec.instrs[:split], rec.instrs[split:]
+        made = {i.out for i in bwd_instrs} | {o for i in bwd_instrs for o in (i.outs or ())}
+        skip = made | set(rec.consts) | set(ct_slots)
+        residuals = list(dict.fromkeys(a for a in [x for i in bwd_instrs for x in i.ins] + g_slots
+                                       if a not in skip))
+        values = {rec.slot[id(a)]: a for a in rec.keep if id(a) in rec.slot}
+        opts = dict(meta=rec.meta, values=values, optimize=self.optimize, fuse=self._fuse(rec))
+        fwd = Program(fwd_instrs, rec.nslots, rec.consts, in_slots, out_slots + residuals,
+                      rec.backend, **opts)
+        bwd = Program(bwd_instrs, rec.nslots, rec.consts, residuals + ct_slots, g_slots,
+                      rec.backend, **dict(opts, values=values))
+        orders = ["F" if c.data.flags.f_contiguous and not c.data.flags.c_contiguous else "C"
+                  for c in cts]
+        import weakref
+
+        return _Diff(fwd, bwd, len(out_slots), wrt_in, [weakref.ref(t) for t in loaded], present,
+                     orders)
+
+    def _replay_diff(self, key, entry: _Entry, leaves: list, arrays: list, args, kwargs):
+        """Replay a differentiable signature: the forward program, and one graph node over the
+        outputs whose VJP runs the backward program on this call's residuals."""
+        from ..func.custom import _attach
+
+        d = entry.diff
+        loaded = [r() for r in d.loaded]
+        if any(t is None or not t.requires_grad for t in loaded):  # what it read has changed
+            del self.cache[key]
+            return self(*args, **kwargs)
+        res = d.fwd.run(arrays)
+        outs = [Tensor(a) for a in res[:d.n_out]]
+        wrt = [leaves[k] for k in d.wrt_in] + loaded
+        call = _DiffCall(d, res[d.n_out:])
+        floats = [i for i, o in enumerate(outs) if o.dtype.kind == "f"]
+        if len(floats) == 1:  # one node holding the output itself: no packing, no reshapes
+            i = floats[0]
+            call.slots, call.shapes = floats, None
+            parents = tuple(t.node or t for t in wrt)
+            node = Node.make(self._rule(), {"call": call}, parents, None, None,
+                             tuple(t.shape for t in wrt), None)
+            outs[i] = Tensor(outs[i].data, node, True)
+        else:
+            outs = _attach(outs, wrt, self._rule(), call)
+        if entry.out_def is None:
+            return outs[0]
+        it = iter(outs)
+        return tree_unflatten(entry.out_def, [next(it) if k is None else k
+                                              for k in entry.out_kinds])
+
+    def _rule(self):
+        rule = self.__dict__.get("_rule_p")
+        if rule is None:
+            from ..func.custom import _rule
+
+            rule = self.__dict__["_rule_p"] = _rule(f"jit[{self.__name__}]", _diff_vjp)
+        return rule
+
+
+def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):
+    """The VJP of a replayed differentiable call: its backward program."""
+    from ..errors import GradError
+    from ..func.custom import _unpack
+
+    if modes().grad_enabled:
+        raise GradError("jit: the compiled backward of a jitted call is not differentiable "
+                        "again (create_graph=True); take higher derivatives of the function "
+                        "itself, or call it under ng.disable_jit()")
+    d = call.diff
+    xp = B.backend_of(g.data).xp
+    parts = [g] if call.shapes is None else _unpack(g, call)
+    cts = []
+    for p, o in zip(parts, d.orders):  # in the traced layout, which its kernels were made for
+        a = p.data
+        if o == "C" and not a.flags.c_contiguous:
+            a = xp.ascontiguousarray(a)
+        elif o == "F" and not a.flags.f_contiguous:
+            a = xp.asfortranarray(a)
+        cts.append(a)
+    grads = iter(d.bwd.run(list(call.residuals) + cts))
+    return [Tensor(next(grads)) if p else None for p in d.present]
 
 
 def _matches(hot: tuple, args: tuple, m, modules: list) -> list | None:

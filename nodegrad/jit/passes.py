@@ -96,14 +96,15 @@ def _is_array_const(prog, a: int) -> bool:
 
 
 # --- tensors made inside the step ------------------------------------------------------------
-def constant_loads(rec) -> None:
+def constant_loads(rec, start: int = 0) -> None:
     """Turn the loads of tensors that only the program still references (made inside the step:
     ``zeros``, a VJP's ``Tensor(xp.zeros(...))``) into constants, so the passes below see them;
-    one changed in place starts each call from a fresh copy of its value at the trace."""
+    one changed in place starts each call from a fresh copy of its value at the trace. Only
+    the instructions from ``start`` on (those recorded since an earlier call)."""
     import sys
 
     for k, i in enumerate(rec.instrs):
-        if i.kind != "load" or i.out not in rec.loaded:
+        if k < start or i.kind != "load" or i.out not in rec.loaded:
             continue
         t = rec.loaded[i.out]()
         # held only by the load's closure (and this frame): nothing outside can change it
