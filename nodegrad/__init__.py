@@ -24,6 +24,7 @@ from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, remat, tr
                    tree_map, tree_unflatten, value_and_grad, vjp, vmap)
 from .io import CheckpointError, load, save
 from .jit import disable_jit, jit
+from ._compile import compile  # noqa: A004  (torch.compile's name)
 from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .primitive import REGISTRY as primitives
 from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,
@@ -102,7 +103,8 @@ uint8, int8, int16 = (_backend.np.dtype(n) for n in ("uint8", "int8", "int16"))
 half, double, short, long = float16, float64, int16, int64
 float, int, bool = float32, int32, bool_  # noqa: A001  (torch.float, torch.int, torch.bool)
 
-# ``from nodegrad import *`` gives every public name but these three, so a star import never
-# changes what float, int and bool mean in the importing module (torch's star import does)
+# ``from nodegrad import *`` gives every public name but these four, so a star import never
+# changes what float, int, bool and compile mean in the importing module (torch's star import
+# does)
 __all__ = [_name for _name in globals() if not _name.startswith("_")
-           and _name not in ("float", "int", "bool")]
+           and _name not in ("float", "int", "bool", "compile")]

@@ -1,0 +1,89 @@
+"""``ng.compile``: PyTorch's ``torch.compile`` name over :func:`nodegrad.jit`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .errors import JitError
+from .jit import Jitted, jit
+from .nn.module import Module
+
+MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+BACKENDS = ("inductor", "nodegrad", "eager")
+OPTIONS = ("fuse", "max_cache")
+
+
+class OptimizedModule(Module):
+    """A module compiled by :func:`compile`: calls run the original module (``_orig_mod``, as
+    PyTorch names it, so its state-dict keys carry the ``_orig_mod.`` prefix) through
+    ``ng.jit``; parameters, ``train()``/``eval()`` and the rest are the original's."""
+
+    def __init__(self, mod: Module, jitted: Jitted, fullgraph: bool):
+        super().__init__()
+        self._orig_mod = mod
+        object.__setattr__(self, "_jitted", jitted)  # not a submodule: the same module's call
+        object.__setattr__(self, "_fullgraph", fullgraph)
+
+    def forward(self, *args, **kwargs):
+        return _call(self._jitted, self._fullgraph, args, kwargs)
+
+
+def _call(jitted: Jitted, fullgraph: bool, args: tuple, kwargs: dict):
+    out = jitted(*args, **kwargs)
+    e = jitted.last
+    if fullgraph and e is not None and e.program is None and e.diff is None:
+        raise JitError(f"compile(fullgraph=True): {jitted.__name__} could not be captured whole "
+                       f"and ran eagerly: {e.reason}")
+    return out
+
+
+def compile(model: Callable | None = None, *, fullgraph: bool = False, dynamic: bool | None = None,
+            backend: str = "inductor", mode: str | None = None,
+            options: dict[str, Any] | None = None, disable: bool = False):
+    """``torch.compile``: a module (an :class:`OptimizedModule`) or function whose calls are
+    traced and replayed by :func:`nodegrad.jit`, forward and backward (``loss.backward()``
+    through a compiled module replays a backward program). Also a decorator, with or without
+    arguments.
+
+    ``backend``: ``"inductor"`` (PyTorch's default) or ``"nodegrad"`` compile, ``"eager"`` runs
+    the code as written (PyTorch's debugging backend), as does ``disable=True``.
+    ``fullgraph=True`` raises :class:`JitError` where a call could not be captured whole (it
+    then ran eagerly: a value read into Python, a traced parameter). ``mode`` and ``dynamic``
+    are PyTorch's hints and change no result: nodegrad has one compiler, and it traces each new
+    input shape once (up to ``options["max_cache"]`` programs, default 32). ``options``:
+    ``fuse`` (see :func:`nodegrad.jit`) and ``max_cache``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"compile: mode must be one of {MODES[1:]}, got {mode!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"compile: backend must be one of {BACKENDS}, got {backend!r}")
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"compile: unknown options {unknown}; nodegrad's are {OPTIONS}")
+    if dynamic not in (None, True, False):
+        raise ValueError(f"compile: dynamic must be None, True or False, got {dynamic!r}")
+
+    def wrap(fn):
+        if disable or backend == "eager":
+            return fn
+        if isinstance(fn, OptimizedModule):
+            fn = fn._orig_mod
+        jitted = jit(fn, max_cache=opts.get("max_cache", 32), fuse=opts.get("fuse"))
+        if isinstance(fn, Module):
+            return OptimizedModule(fn, jitted, fullgraph)
+        if not callable(fn):
+            raise TypeError(f"compile: expected a module or a function, got "
+                            f"{type(fn).__name__}")
+
+        def compiled(*args, **kwargs):
+            return _call(jitted, fullgraph, args, kwargs)
+
+        compiled.__name__ = getattr(fn, "__name__", "compiled")
+        compiled.__doc__ = getattr(fn, "__doc__", None)
+        compiled.__wrapped__ = fn
+        compiled.jitted = jitted
+        return compiled
+
+    return wrap if model is None else wrap(model)

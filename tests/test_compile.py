@@ -1,0 +1,84 @@
+"""``ng.compile``: ``torch.compile``'s name and parameters over ``ng.jit``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+from nodegrad import nn
+from nodegrad.nn import functional as F
+
+
+def _model():
+    ng.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
+
+
+def test_a_compiled_module_trains_as_the_module():
+    eager, inner = _model(), _model()
+    compiled = ng.compile(inner)
+    assert isinstance(compiled, nn.Module) and compiled._orig_mod is inner
+    assert list(compiled.state_dict()) == ["_orig_mod." + k for k in inner.state_dict()]
+    assert [id(p) for p in compiled.parameters()] == [id(p) for p in inner.parameters()]
+    x = ng.randn(8, 6)
+    y = ng.randint(0, 3, (8,))
+    opts = [ng.optim.Adam(m.parameters(), lr=1e-2) for m in (eager, compiled)]
+    for step in range(10):
+        for m, opt in ((eager, opts[0]), (compiled, opts[1])):
+            ng.manual_seed(step)
+            opt.zero_grad()
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+    for a, b in zip(eager.parameters(), inner.parameters()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-7)
+    assert compiled._jitted.traces == 1
+    compiled.eval()
+    assert not inner.training
+    np.testing.assert_array_equal(compiled(x).numpy(), inner(x).numpy())
+
+
+def test_a_compiled_function_and_the_decorator_forms():
+    def f(x):
+        return ng.tanh(x) * 2
+
+    x = ng.randn(4)
+    for g in (ng.compile(f), ng.compile()(f), ng.compile(mode="max-autotune")(f)):
+        np.testing.assert_array_equal(g(x).numpy(), f(x).numpy())
+        g(x)
+        assert g.jitted.traces == 1 and g.__wrapped__ is f
+
+    @ng.compile(options={"fuse": False})
+    def h(x):
+        return x + 1
+
+    np.testing.assert_array_equal(h(x).numpy(), (x + 1).numpy())
+
+
+def test_eager_backends_and_disable_return_what_they_got():
+    m = _model()
+    assert ng.compile(m, backend="eager") is m
+    assert ng.compile(m, disable=True) is m
+
+
+def test_fullgraph_refuses_a_call_that_ran_eagerly():
+    w = ng.randn(3)
+
+    def f(x, i):
+        return x[i]  # a traced index array: this signature runs eagerly
+
+    i = ng.tensor([0, 2])
+    np.testing.assert_array_equal(ng.compile(f)(w, i).numpy(), w.numpy()[[0, 2]])
+    with pytest.raises(ng.errors.JitError, match="fullgraph=True"):
+        ng.compile(f, fullgraph=True)(w, i * 1)
+
+
+def test_bad_arguments_name_the_parameter():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        ng.compile(lambda x: x, mode="fast")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ng.compile(lambda x: x, backend="cudagraphs")
+    with pytest.raises(ValueError, match="unknown options"):
+        ng.compile(lambda x: x, options={"triton.cudagraphs": True})
+    with pytest.raises(TypeError, match="expected a module or a function"):
+        ng.compile(3)
