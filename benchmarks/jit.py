@@ -98,22 +98,10 @@ def conv_model_jit(d: dict):
     its forward and backward replayed as two programs, the loss, ``backward`` and Adam eager."""
     import nodegrad as ng
     from nodegrad import nn
-    from nodegrad.nn import functional as F
 
-    spec = conv.CNN1D
-    model = conv._build(ng, nn, spec, d, ng.tensor)
-    opt = ng.optim.Adam(model.parameters(), lr=spec["lr"])
-    compiled = ng.jit(model)
-    x, y = ng.tensor(d["x"]), ng.tensor(d["y"])
-
-    def step():
-        loss = F.cross_entropy(compiled(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    return step
+    model = conv._build(ng, nn, conv.CNN1D, d, ng.tensor)
+    opt = ng.optim.Adam(model.parameters(), lr=conv.CNN1D["lr"])
+    return training_step(ng.jit(model), opt, ng.tensor(d["x"]), ng.tensor(d["y"]), jit=False)
 
 
 def _chain(x, w, b):

@@ -31,6 +31,33 @@ def _precision_to_scale_tril(P: Tensor) -> Tensor:
     return ng.linalg.solve_triangular(L_inv, eye.expand(*L_inv.shape), upper=False)
 
 
+def scale_tril_of(name: str, mat: Tensor) -> Tensor:
+    """The lower Cholesky factor of the covariance whichever of ``covariance_matrix``,
+    ``precision_matrix`` or ``scale_tril`` (``name``) gave it."""
+    if name == "scale_tril":
+        return mat
+    if name == "covariance_matrix":
+        return ng.linalg.cholesky(mat)
+    return _precision_to_scale_tril(mat)
+
+
+def parametrisation(d, name: str, event: tuple) -> Tensor:
+    """``scale_tril``, ``covariance_matrix`` or ``precision_matrix`` of a distribution ``d``
+    holding ``_unbroadcasted_scale_tril``, computed on demand (its ``__getattr__``) and expanded
+    to its batch shape and ``event``; AttributeError for other names."""
+    L = d.__dict__.get("_unbroadcasted_scale_tril")
+    if L is None:
+        raise AttributeError(name)
+    shape = d._batch_shape + event
+    if name == "scale_tril":
+        return L.expand(*shape)
+    if name == "covariance_matrix":
+        return (L @ L.mT).expand(*shape)
+    if name == "precision_matrix":
+        return ng.cholesky_inverse(L).expand(*shape)
+    raise AttributeError(f"'{type(d).__name__}' object has no attribute '{name}'")
+
+
 class MultivariateNormal(Distribution):
     """Normal over vectors with mean ``loc`` and exactly one of ``covariance_matrix``,
     ``precision_matrix`` or ``scale_tril`` (lower Cholesky factor of the covariance)."""
@@ -69,25 +96,10 @@ class MultivariateNormal(Distribution):
         setattr(self, name, mat.expand(*batch_shape, n, n))
         self.loc = loc.expand(*batch_shape, n)
         super().__init__(batch_shape, (n,), validate_args=validate_args)
-        if name == "scale_tril":
-            self._unbroadcasted_scale_tril = mat
-        elif name == "covariance_matrix":
-            self._unbroadcasted_scale_tril = ng.linalg.cholesky(mat)
-        else:
-            self._unbroadcasted_scale_tril = _precision_to_scale_tril(mat)
+        self._unbroadcasted_scale_tril = scale_tril_of(name, mat)
 
     def __getattr__(self, name):  # the parametrisations not given, computed on demand
-        L = self.__dict__.get("_unbroadcasted_scale_tril")
-        if L is None:
-            raise AttributeError(name)
-        shape = self._batch_shape + self._event_shape + self._event_shape
-        if name == "scale_tril":
-            return L.expand(*shape)
-        if name == "covariance_matrix":
-            return (L @ L.mT).expand(*shape)
-        if name == "precision_matrix":
-            return ng.cholesky_inverse(L).expand(*shape)
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        return parametrisation(self, name, self._event_shape + self._event_shape)
 
     @property
     def mean(self) -> Tensor:

@@ -13,7 +13,7 @@ from . import constraints
 from .chi2 import Chi2
 from .distribution import _concrete, _float_dtype, _shape
 from .exp_family import ExponentialFamily
-from .multivariate_normal import _precision_to_scale_tril
+from .multivariate_normal import parametrisation, scale_tril_of
 from .transforms import _vec_to_tril_matrix
 
 _LOG_2 = math.log(2.0)
@@ -85,25 +85,10 @@ class Wishart(ExponentialFamily):
                                   stacklevel=2)
         setattr(self, name, mat.expand(*batch_shape, p, p))
         super().__init__(batch_shape, (p, p), validate_args=validate_args)
-        if name == "scale_tril":
-            self._unbroadcasted_scale_tril = mat
-        elif name == "covariance_matrix":
-            self._unbroadcasted_scale_tril = ng.linalg.cholesky(mat)
-        else:
-            self._unbroadcasted_scale_tril = _precision_to_scale_tril(mat)
+        self._unbroadcasted_scale_tril = scale_tril_of(name, mat)
 
     def __getattr__(self, name):  # the parametrisations not given, computed on demand
-        L = self.__dict__.get("_unbroadcasted_scale_tril")
-        if L is None:
-            raise AttributeError(name)
-        shape = self._batch_shape + self._event_shape
-        if name == "scale_tril":
-            return L.expand(*shape)
-        if name == "covariance_matrix":
-            return (L @ L.mT).expand(*shape)
-        if name == "precision_matrix":
-            return ng.cholesky_inverse(L).expand(*shape)
-        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+        return parametrisation(self, name, self._event_shape)
 
     def _df_matrix(self) -> Tensor:
         return self.df.reshape(self._batch_shape + (1, 1))
