@@ -283,6 +283,17 @@ def is_anomaly_enabled() -> bool:
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # nodegrad's own files
 
 
+def computes_with_values(t, what: str) -> None:
+    """Say that host code is about to compute with the values of tensor ``t`` (not only check
+    them): under a jit trace where ``t`` is traced, those values would be baked into the
+    program, so the signature is marked to run eagerly instead (``what`` says why)."""
+    rec = modes().jit
+    data = getattr(t, "data", None)
+    if rec is not None and rec.fallback is None and id(data) in rec.slot:
+        rec.fallback = f"{what} computes with the values of a traced tensor (at " \
+                       f"{creation_site()})"
+
+
 def creation_site() -> str:
     """The innermost stack frame outside nodegrad, as 'file:line in function: code'."""
     for fr in reversed(traceback.extract_stack()[:-1]):

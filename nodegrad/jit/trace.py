@@ -114,13 +114,20 @@ class Recorder:
     def record(self, prim, args, datas, params, out, backend) -> None:
         """Keep one primitive application (called by ``bind`` after its forward)."""
         ins = tuple(self.slot_of(a, d) for a, d in zip(args, datas))
+        fn = None
         if params and self.fallback is None and _holds_traced(params, self.slot):
-            self.fallback = (f"'{prim.name}' takes a traced value as a parameter (at "
-                             f"{creation_site()})")
+            lifted = _lift_index(params, self.slot)
+            if lifted is None:
+                self.fallback = (f"'{prim.name}' takes a traced value as a parameter (at "
+                                 f"{creation_site()})")
+            else:  # an index array computed in the step (embedding's tokens): an input
+                params, arrays = lifted
+                fn = _op_lifted(prim, params, backend, out, len(ins))
+                ins += tuple(self.slot[id(a)] for a in arrays)
         s = self._new(out)
         if self.backend is None:  # a step without array inputs (it reads only state)
             self.backend = backend
-        self.instrs.append(Instr("op", prim.name, _op(prim, params, backend, out), ins, s,
+        self.instrs.append(Instr("op", prim.name, fn or _op(prim, params, backend, out), ins, s,
                                  params=params))
 
     def effect(self, fn, args: tuple, kwargs: dict):
@@ -215,6 +222,76 @@ def _holds_traced(v, slots: dict) -> bool:
     if isinstance(v, list | tuple):
         return any(_holds_traced(x, slots) for x in v)
     return False
+
+
+class _Lifted:
+    """Where a traced array stood in an ``index`` parameter: input ``n + j`` of the op."""
+
+    __slots__ = ("j",)
+
+    def __init__(self, j: int):
+        self.j = j
+
+    def __eq__(self, other) -> bool:
+        return type(other) is _Lifted and other.j == self.j
+
+    def __hash__(self) -> int:
+        return hash(("lifted", self.j))
+
+    def __repr__(self) -> str:
+        return f"<index input {self.j}>"
+
+
+def _lift_index(params: dict, slots: dict):
+    """``(params, arrays)``: the traced arrays of an ``index`` tuple parameter (indexing by
+    an integer array computed in the step: a token batch, targets) replaced by
+    :class:`_Lifted` markers, to be fed to the op as inputs; None where a traced value sits
+    anywhere else (the step then runs eagerly)."""
+    idx = params.get("index")
+    rest = {k: v for k, v in params.items() if k != "index"}
+    if type(idx) is not tuple or _holds_traced(rest, slots):
+        return None
+    arrays, template = [], []
+    for e in idx:
+        if B.is_array(e) and id(e) in slots:
+            template.append(_Lifted(len(arrays)))
+            arrays.append(e)
+        elif _holds_traced(e, slots):
+            return None
+        else:
+            template.append(e)
+    return {**rest, "index": tuple(template)}, arrays
+
+
+def _op_lifted(prim, params: dict, backend, out, n: int):
+    """:func:`_op` for an op whose ``index`` parameter holds :class:`_Lifted` markers: inputs
+    ``n`` on are the index arrays that fill them."""
+    template = params["index"]
+    rest = {k: v for k, v in params.items() if k != "index"}
+    fwd, xp, dtype, arr = prim.fwd, backend.xp, out.dtype, type(out)
+    asarray = backend.asarray
+
+    def fast(*d):
+        extra = d[n:]
+        index = tuple(extra[e.j] if type(e) is _Lifted else e for e in template)
+        return fwd(xp, *d[:n], index=index, **rest)
+
+    def op(*d):
+        o = fast(*d)
+        if type(o) is not arr:
+            o = asarray(o)
+            op.converts = True
+        if o.dtype != dtype:
+            o = as_float(prim, backend, d[:n], params, o, dtype) if dtype.kind == "f" and \
+                o.dtype.kind == "f" else o.astype(dtype)
+            op.converts = True
+        return o
+
+    op.__name__ = prim.name
+    op.converts = False
+    op.fast = fast
+    op.params = params
+    return op
 
 
 def _op(prim, params: dict, backend, out):

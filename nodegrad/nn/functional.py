@@ -13,7 +13,7 @@ import warnings as _warnings
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import no_grad
+from ..autodiff import computes_with_values, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..ops import activation as _A
@@ -404,12 +404,9 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
         raise NotImplementedError("embedding: sparse=True is not supported (nodegrad's "
                                   "gradients are dense)")
     n = weight.shape[0]
-    if idx.numel():
-        lo, hi = int(values(idx).min()), int(values(idx).max())
-        if lo < 0 or hi >= n:
-            bad = lo if lo < 0 else hi
-            raise IndexError(f"embedding: index {bad} is out of range for {n} embeddings")
+    check_rows(idx, n, "embedding")
     if max_norm is not None and idx.numel():
+        computes_with_values(idx, "embedding's max_norm")
         renorm_rows_(weight, values(idx).reshape(-1), max_norm, norm_type)
     out = weight[idx]
     if scale_grad_by_freq and idx.numel():
@@ -427,6 +424,7 @@ def _grad_by_freq(out: Tensor, idx: Tensor) -> Tensor:
     """``out`` unchanged, its gradient at each looked-up row divided by the number of times
     that row's index occurs in ``idx``."""
     xp = B.backend_of(out.data).xp
+    computes_with_values(idx, "scale_grad_by_freq")
     v = values(idx)
     _, inverse, counts = xp.unique(v.reshape(-1), return_inverse=True, return_counts=True)
     scale = Tensor((1.0 / counts[inverse.reshape(-1)]).astype(out.dtype).reshape(v.shape + (1,)))
@@ -448,6 +446,7 @@ def one_hot(tensor: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
         raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
     d = values(labels)
     if num_classes == -1:
+        computes_with_values(labels, "one_hot's inferred num_classes")
         if not d.size:
             raise ValueError("one_hot: cannot infer num_classes from empty labels")
         num_classes = int(d.max()) + 1
@@ -661,7 +660,7 @@ __all__ += [
 ]
 
 # --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------
-from .norm_functional import _count_batch, _update_running, renorm_rows_  # noqa: E402, F401
+from .norm_functional import _count_batch, _update_running, check_rows, renorm_rows_  # noqa: E402, F401, E501
 from .norm_functional import (alpha_dropout, bilinear, dropout1d, dropout2d,  # noqa: E402
                               dropout3d, embedding_bag, group_norm, instance_norm,
                               local_response_norm, rms_norm)

@@ -10,7 +10,7 @@ import math
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import effect, no_grad
+from ..autodiff import computes_with_values, effect, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator, keep_mask
@@ -266,6 +266,18 @@ def _bags(xp, idx, offsets, include_last_offset: bool, op: str):
     return xp.where(valid, pos, 0), valid
 
 
+@effect  # under nodegrad.jit a replayed step: every call's indices are checked
+def check_rows(idx: Tensor, n: int, op: str) -> None:
+    """IndexError naming ``op`` unless every entry of integer tensor ``idx`` picks one of ``n``
+    embedding rows (a negative one would silently wrap around in NumPy's indexing)."""
+    v = values(idx)
+    if v.size:
+        lo, hi = int(v.min()), int(v.max())
+        if lo < 0 or hi >= n:
+            raise IndexError(f"{op}: index {lo if lo < 0 else hi} is out of range for {n} "
+                             "embeddings")
+
+
 def renorm_rows_(weight: Tensor, rows, max_norm: float, norm_type: float = 2.0) -> None:
     """PyTorch's ``embedding_renorm_``: the rows of ``weight`` that index array ``rows`` names
     whose ``norm_type``-norm exceeds ``max_norm`` are scaled down to it, in place, unrecorded
@@ -312,10 +324,9 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     xp = weight.backend.xp
     iv = values(input)
     num = weight.shape[0]
-    if iv.size and (int(iv.min()) < 0 or int(iv.max()) >= num):
-        bad = int(iv.min()) if int(iv.min()) < 0 else int(iv.max())
-        raise IndexError(f"{op}: index {bad} is out of range for {num} embeddings")
+    check_rows(input, num, op)
     if max_norm is not None and iv.size:
+        computes_with_values(input, "embedding_bag's max_norm")
         renorm_rows_(weight, iv.reshape(-1), max_norm, norm_type)
     psw = per_sample_weights
     if input.ndim == 2:
@@ -325,6 +336,7 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     elif input.ndim == 1:
         if offsets is None:
             raise ValueError(f"{op}: 1-d input needs offsets (where each bag starts)")
+        computes_with_values(input, "embedding_bag's bags of a 1-d input")  # gathered here
         pos, valid = _bags(xp, iv, values(offsets) if isinstance(offsets, Tensor) else
                            xp.asarray(offsets), include_last_offset, op)
         idx = iv[pos] if iv.size else xp.zeros(pos.shape, dtype=iv.dtype)
@@ -334,12 +346,14 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         raise ShapeError(f"{op}: input must be 1-d (with offsets) or 2-d, got "
                          f"{tuple(input.shape)}")
     if padding_idx is not None:
+        computes_with_values(input, "embedding_bag's padding_idx")
         valid = valid & (idx != (padding_idx % num))
     emb = weight[idx]                                                    # (B, Lmax, D)
     if scale_grad_by_freq and iv.size:
         if isinstance(input, BatchTracer):
             raise NotImplementedError(f"{op}: scale_grad_by_freq=True inside vmap is not "
                                       "supported (the counts would span the whole batch)")
+        computes_with_values(input, "scale_grad_by_freq")
         counts = xp.bincount(iv.reshape(-1), minlength=num)
         scale = Tensor((1.0 / xp.maximum(counts[idx], 1)).astype(weight.dtype)[..., None])
         scaled = emb * scale  # the values of emb, each row's gradient over its count
