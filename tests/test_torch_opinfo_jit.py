@@ -1,6 +1,7 @@
 """PyTorch's operator samples (its OpInfo database) under ``ng.jit``: each sample replayed on
 nodegrad as a function of its input tensors, traced, and replayed again, must give what eager
-nodegrad gives (float64, to 1e-12). Operators whose output's size or a Python value depends on
+nodegrad gives (float64, to 1e-12), on the traced values and on other values of the same
+shapes (so nothing computed from the traced call's values is replayed as a constant). Operators whose output's size or a Python value depends on
 their inputs' values cannot be traced; they must refuse with ``JitError`` (the error names the
 op, the line and the fix), and :data:`REFUSES` lists them with the reason.
 """
@@ -54,6 +55,22 @@ def float64_samples(op) -> tuple[str, list]:
         pytest.skip(f"PyTorch made no samples: {e}")
 
 
+def _other_values(values: list, seed: int) -> list:
+    """Inputs of the same shapes and dtypes with other values, for a replay that must not reuse
+    the traced call's: floats moved by up to 0.5, integer and boolean entries permuted (the
+    same values, so indices stay in range)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in values:
+        a = v.numpy()
+        if a.dtype.kind == "f":
+            a = (a + rng.uniform(-0.5, 0.5, a.shape)).astype(a.dtype)
+        elif a.size > 1:
+            a = rng.permutation(a.reshape(-1)).reshape(a.shape)
+        out.append(ng.tensor(a))
+    return out
+
+
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("op", list(_ops()))
 def test_opinfo_samples_under_jit_equal_eager(op):
@@ -77,12 +94,20 @@ def test_opinfo_samples_under_jit_equal_eager(op):
         except ng.errors.JitError as e:
             refused.append(f"sample {i}: {str(e)[:120]}")
             continue
-        for a, b in zip(eager, got):
-            x, y = np.asarray(a.numpy()), np.asarray(b.numpy())
-            if x.shape != y.shape or x.dtype != y.dtype or not np.allclose(
-                    x, y, rtol=1e-12, atol=1e-12, equal_nan=True):
-                bad.append(f"sample {i}: {x.shape} {x.dtype} against {y.shape} {y.dtype}")
-                break
+        pairs = [("", eager, got)]
+        other = _other_values(values, i)
+        try:
+            pairs.append((" on other values", program(*other), step(*other)))
+        except Exception:  # noqa: BLE001  (values outside the op's domain: eager refuses too)
+            pass
+        for what, want, have in pairs:
+            for a, b in zip(want, have):
+                x, y = np.asarray(a.numpy()), np.asarray(b.numpy())
+                if x.shape != y.shape or x.dtype != y.dtype or not np.allclose(
+                        x, y, rtol=1e-12, atol=1e-12, equal_nan=True):
+                    bad.append(f"sample {i}{what}: {x.shape} {x.dtype} against {y.shape} "
+                               f"{y.dtype}")
+                    break
     assert not bad, "\n".join(bad)
     if key in REFUSES:
         assert refused, f"{key} now traces: remove it from REFUSES ({REFUSES[key]})"

@@ -14,7 +14,7 @@ import math
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import no_grad
+from ..autodiff import modes, no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..ops.index import _scatter_along
@@ -325,7 +325,8 @@ def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
     with no_grad():
         ones = Tensor(x.backend.xp.ones(flat.shape, flat.dtype))
         count = _scatter_along(ones, idx, axis=2, shape=(n, c, size))
-    if iv.size and float(values(count).max()) > 1:
+    if iv.size and (modes().jit is not None or float(values(count).max()) > 1):
+        # (under a jit trace always: a later call's indices may repeat where these do not)
         # a position picked by several windows holds its value once (PyTorch writes, not adds)
         # while each window still receives the full gradient there, as PyTorch's backward does
         y = y - (y - y / ops.maximum(count, 1.0)).detach()
