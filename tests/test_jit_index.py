@@ -94,3 +94,18 @@ def test_host_code_on_traced_values_runs_eagerly(case):
     i2 = ng.tensor(np.array([5, 6, 7, 8]).reshape(shape))
     np.testing.assert_array_equal(f(i2).numpy(), fn(i2).numpy())
     assert f.last.program is None and "values of a traced tensor" in f.last.reason
+
+
+def test_a_boolean_attention_mask_is_read_on_every_replay():
+    """The mask became its additive bias with host code, so a jitted step replayed the traced
+    call's mask; and a row masked whole only in a later call gave NaN."""
+    q, k, v = ng.randn(1, 2, 3, 4), ng.randn(1, 2, 5, 4), ng.randn(1, 2, 5, 4)
+    f = ng.jit(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+    f(q, k, v, ng.tensor(np.ones((3, 5), bool)))
+    m = np.ones((3, 5), bool)
+    m[1] = False  # a query that may attend to nothing: zeros, as PyTorch's
+    m[0, 2] = False
+    got = f(q, k, v, ng.tensor(m))
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=ng.tensor(m))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
+    assert f.traces == 1 and not np.isnan(got.numpy()).any()

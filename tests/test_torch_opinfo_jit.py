@@ -1,9 +1,10 @@
 """PyTorch's operator samples (its OpInfo database) under ``ng.jit``: each sample replayed on
 nodegrad as a function of its input tensors, traced, and replayed again, must give what eager
 nodegrad gives (float64, to 1e-12), on the traced values and on other values of the same
-shapes (so nothing computed from the traced call's values is replayed as a constant). Operators whose output's size or a Python value depends on
-their inputs' values cannot be traced; they must refuse with ``JitError`` (the error names the
-op, the line and the fix), and :data:`REFUSES` lists them with the reason.
+shapes (so nothing computed from the traced call's values is replayed as a constant).
+Operators whose output's size or a Python value depends on their inputs' values cannot be
+traced; they must refuse with ``JitError`` (the error names the op, the line and the fix), and
+:data:`REFUSES` lists them with the reason.
 """
 
 from __future__ import annotations

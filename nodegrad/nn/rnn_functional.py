@@ -309,10 +309,11 @@ def _mask_bias(mask, like: Tensor, masked_when: bool) -> Tensor:
     """An additive mask: a boolean one becomes 0 / -inf (-inf where ``mask == masked_when``),
     a float one is used as given (in ``like``'s dtype)."""
     m = _as_tensor(mask, like)
-    if m.dtype.kind == "b":
+    if m.dtype.kind == "b":  # with ops, so a jitted step reads each call's mask
         xp = like.backend.xp
-        off = m.data if masked_when else xp.logical_not(m.data)
-        return Tensor(xp.where(off, -xp.inf, 0).astype(like.dtype))
+        with like.backend.scope():
+            neg, zero = (Tensor(xp.full((), v, like.dtype)) for v in (-xp.inf, 0))
+        return ops.where(m if masked_when else ~m, neg, zero)
     if m.dtype.kind != "f":
         raise TypeError(f"attention: a mask must be boolean or floating, got {m.dtype}")
     return m if m.dtype == like.dtype else ops.astype(m, like.dtype)
@@ -333,9 +334,11 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: flo
     scores = (q * scale) @ k.mT
     dead = None
     if bias is not None:
-        if bias.dtype.kind == "f" and bool(bias.backend.xp.isneginf(values(bias)).any()):
+        traced = modes().jit is not None  # a later call's mask may hide a whole row
+        if bias.dtype.kind == "f" and (traced or bool(
+                bias.backend.xp.isneginf(values(bias)).any())):
             dead = ops.all(bias == -math.inf, axis=-1, keepdims=True)
-            if not bool(values(dead).any()):
+            if not traced and not bool(values(dead).any()):
                 dead = None
         scores = scores + (bias if dead is None else ops.where(dead, 0.0, bias))
     w = ops.softmax(scores, -1)
