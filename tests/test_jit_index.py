@@ -109,3 +109,16 @@ def test_a_boolean_attention_mask_is_read_on_every_replay():
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=ng.tensor(m))
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7)
     assert f.traces == 1 and not np.isnan(got.numpy()).any()
+
+
+def test_adaptive_softmax_routes_each_calls_targets():
+    """Its rows go to clusters by their targets' values: a jitted step replayed the traced
+    call's routing (a wrong loss); it now runs eagerly."""
+    ng.manual_seed(0)
+    m = nn.AdaptiveLogSoftmaxWithLoss(8, 10, [4, 7]).double()
+    f = ng.jit(lambda x, t: m(x, t).loss, state=(m,))
+    x = ng.randn(6, 8, dtype=ng.float64)
+    f(x, ng.tensor([0, 1, 2, 3, 0, 1]))
+    t = ng.tensor([5, 8, 9, 4, 6, 2])
+    assert float(f(x, t)) == float(m(x, t).loss)
+    assert "routing rows to clusters" in f.last.reason

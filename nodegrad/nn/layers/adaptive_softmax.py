@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 from ... import ops
+from ...autodiff import computes_with_values
 from ...batching import values
 from ...errors import DTypeError, ShapeError
 from ...tensor import Tensor
@@ -69,6 +70,7 @@ class AdaptiveLogSoftmaxWithLoss(Module):
         batched = target.ndim == 1
         x = input if batched else ops.expand_dims(input, 0)
         t = target if batched else ops.expand_dims(target, 0)
+        computes_with_values(t, f"{name}: routing rows to clusters")  # under jit: eager
         tv = x.backend.to_host(values(t))
         if tv.size and (tv.min() < 0 or tv.max() >= self.n_classes):
             raise IndexError(f"{name}: target values should be in [0, {self.n_classes - 1}], "
@@ -117,6 +119,7 @@ class AdaptiveLogSoftmaxWithLoss(Module):
         self._check_batch(input, "predict")
         head = self.head(input)
         best = ops.argmax(head, axis=1)
+        computes_with_values(best, f"{type(self).__name__}.predict: routing rows to clusters")
         xp = input.backend.xp
         out = xp.array(values(best))
         rows = (out >= self.shortlist_size).nonzero()[0]
