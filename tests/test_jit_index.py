@@ -122,3 +122,12 @@ def test_adaptive_softmax_routes_each_calls_targets():
     t = ng.tensor([5, 8, 9, 4, 6, 2])
     assert float(f(x, t)) == float(m(x, t).loss)
     assert "routing rows to clusters" in f.last.reason
+
+
+def test_ctc_loss_lays_out_each_calls_targets():
+    lp = ng.tensor(rng.standard_normal((10, 2, 5))).log_softmax(-1)
+    f = ng.jit(lambda lp, tg, il, tl: F.ctc_loss(lp, tg, il, tl))
+    f(lp, ng.tensor([[1, 2, 3], [2, 2, 0]]), ng.tensor([10, 8]), ng.tensor([3, 2]))
+    args = (ng.tensor([[4, 1, 1], [3, 0, 0]]), ng.tensor([9, 10]), ng.tensor([2, 1]))
+    assert float(f(lp, *args)) == float(F.ctc_loss(lp, *args))
+    assert "ctc_loss" in f.last.reason

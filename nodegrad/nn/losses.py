@@ -11,7 +11,7 @@ import warnings
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import no_grad
+from ..autodiff import computes_with_values, no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..ops.nn import _ce as _fused_ce
@@ -621,8 +621,12 @@ _NEG = -1e30  # log 0 for the CTC recursion: finite, so unreachable states give 
 
 
 def _host(x):
-    """A NumPy copy of an index argument (tensor on any device, list or number)."""
-    return x.backend.to_host(values(x)) if isinstance(x, Tensor) else B.np.asarray(x)
+    """A NumPy copy of an index argument (tensor on any device, list or number); the loss is
+    laid out from these values, so under a jit trace its signature runs eagerly."""
+    if isinstance(x, Tensor):
+        computes_with_values(x, "ctc_loss's targets and lengths")
+        return x.backend.to_host(values(x))
+    return B.np.asarray(x)
 
 
 def _lengths(x, n: int, name: str):
