@@ -460,9 +460,10 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: i
         raise ValueError(f"{op}: give both bias_k and bias_v, or neither")
     if bias_k is not None:
         for b, what in ((bias_k, "bias_k"), (bias_v, "bias_v")):
-            if tuple(b.shape) != (1, 1, embed):
-                raise ShapeError(f"{op}: expected {what} of shape (1, 1, {embed}), got "
-                                 f"{tuple(b.shape)}")
+            if b.ndim > 3 or b.numel() != embed or b.shape[-1] != embed:
+                raise ShapeError(f"{op}: expected {what} of shape (1, 1, {embed}) (or "
+                                 f"({embed},), as PyTorch repeats it), got {tuple(b.shape)}")
+        bias_k, bias_v = (ops.reshape(b, (1, 1, embed)) for b in (bias_k, bias_v))
         k = ops.concatenate([k, ops.broadcast_to(bias_k, (1, batch, embed))], 0)
         v = ops.concatenate([v, ops.broadcast_to(bias_v, (1, batch, embed))], 0)
         extra += 1
