@@ -131,3 +131,21 @@ def test_ctc_loss_lays_out_each_calls_targets():
     args = (ng.tensor([[4, 1, 1], [3, 0, 0]]), ng.tensor([9, 10]), ng.tensor([2, 1]))
     assert float(f(lp, *args)) == float(F.ctc_loss(lp, *args))
     assert "ctc_loss" in f.last.reason
+
+
+def test_value_checks_run_on_every_replay():
+    """Range checks that read values in the host are effects: a replay checks its own call's
+    values (binary_cross_entropy of a negative probability was NaN on a replay)."""
+    bce = ng.jit(lambda p, t: F.binary_cross_entropy(p, t))
+    t = ng.tensor([1.0, 0.0])
+    bce(ng.tensor([0.5, 0.5]), t)
+    bce(ng.tensor([0.2, 0.5]), t)
+    assert bce.last.program is not None
+    with pytest.raises(ValueError, match="probabilities in \\[0, 1\\]"):
+        bce(ng.tensor([-0.5, 0.5]), t)
+    nll = ng.jit(lambda x, v: F.gaussian_nll_loss(x, x, v))
+    x = ng.randn(4)
+    nll(x, ng.ones(4))
+    nll(x, ng.ones(4))
+    with pytest.raises(ValueError, match="var has negative entries"):
+        nll(x, -ng.ones(4))

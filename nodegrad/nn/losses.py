@@ -11,7 +11,7 @@ import warnings
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import computes_with_values, no_grad
+from ..autodiff import computes_with_values, effect, no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..ops.nn import _ce as _fused_ce
@@ -291,6 +291,21 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
                          reduction=reduction, label_smoothing=label_smoothing)
 
 
+@effect  # under nodegrad.jit a replayed step: every call's probabilities are checked
+def _check_probabilities(input: Tensor) -> None:
+    p = values(input)
+    if bool((~((p >= 0) & (p <= 1))).any()):
+        raise ValueError("binary_cross_entropy: input must hold probabilities in [0, 1] (got "
+                         "values outside it, or NaN); for logits use "
+                         "binary_cross_entropy_with_logits")
+
+
+@effect  # the same for gaussian_nll_loss's variances
+def _check_variances(var: Tensor) -> None:
+    if bool((values(var) < 0).any()):
+        raise ValueError("gaussian_nll_loss: var has negative entries")
+
+
 def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          size_average: bool | None = None, reduce: bool | None = None,
                          reduction: str = "mean") -> Tensor:
@@ -299,11 +314,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("binary_cross_entropy", size_average, reduce, reduction)
     _same_shape(input, target, "binary_cross_entropy")
-    p = values(input)
-    if bool((~((p >= 0) & (p <= 1))).any()):
-        raise ValueError("binary_cross_entropy: input must hold probabilities in [0, 1] (got "
-                         "values outside it, or NaN); for logits use "
-                         "binary_cross_entropy_with_logits")
+    _check_probabilities(input)
     loss = _bce(input, target)
     if weight is not None:
         loss = loss * weight
@@ -605,8 +616,7 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: 
                   and sum(v for i, v in zip(shp, vs) if i != v) == 1):
             raise ShapeError(f"gaussian_nll_loss: var of shape {vs} does not fit input of "
                              f"shape {shp} (same shape, one axis fewer, or one axis of size 1)")
-    if bool((values(var) < 0).any()):
-        raise ValueError("gaussian_nll_loss: var has negative entries")
+    _check_variances(var)
     with no_grad():
         shift = ops.maximum(var, eps) - var
     v = var + shift
