@@ -268,30 +268,14 @@ def _op_lifted(prim, params: dict, backend, out, n: int):
     ``n`` on are the index arrays that fill them."""
     template = params["index"]
     rest = {k: v for k, v in params.items() if k != "index"}
-    fwd, xp, dtype, arr = prim.fwd, backend.xp, out.dtype, type(out)
-    asarray = backend.asarray
+    fwd, xp = prim.fwd, backend.xp
 
     def fast(*d):
         extra = d[n:]
         index = tuple(extra[e.j] if type(e) is _Lifted else e for e in template)
         return fwd(xp, *d[:n], index=index, **rest)
 
-    def op(*d):
-        o = fast(*d)
-        if type(o) is not arr:
-            o = asarray(o)
-            op.converts = True
-        if o.dtype != dtype:
-            o = as_float(prim, backend, d[:n], params, o, dtype) if dtype.kind == "f" and \
-                o.dtype.kind == "f" else o.astype(dtype)
-            op.converts = True
-        return o
-
-    op.__name__ = prim.name
-    op.converts = False
-    op.fast = fast
-    op.params = params
-    return op
+    return _converting(prim, params, backend, out, fast, n)
 
 
 def _op(prim, params: dict, backend, out):
@@ -299,22 +283,27 @@ def _op(prim, params: dict, backend, out):
 
     Its ``fast`` attribute is the bare forward; the program switches to it after a first replay
     showed that no conversion was needed (the result type depends only on the signature)."""
-    fwd, xp, dtype, arr = prim.fwd, backend.xp, out.dtype, type(out)
-    asarray = backend.asarray
+    return _converting(prim, params, backend, out, partial(prim.fwd, backend.xp, **params))
+
+
+def _converting(prim, params: dict, backend, out, fast, n: int | None = None):
+    """``fast`` (the bare forward on the op's inputs, the first ``n`` of them its arguments)
+    with bind's conversion of the result to ``out``'s array type and dtype."""
+    dtype, arr, asarray = out.dtype, type(out), backend.asarray
 
     def op(*d):
-        o = fwd(xp, *d, **params)
+        o = fast(*d)
         if type(o) is not arr:
             o = asarray(o)
             op.converts = True
         if o.dtype != dtype:
-            o = as_float(prim, backend, d, params, o, dtype) if dtype.kind == "f" and \
-                o.dtype.kind == "f" else o.astype(dtype)
+            o = as_float(prim, backend, d if n is None else d[:n], params, o, dtype) if \
+                dtype.kind == "f" and o.dtype.kind == "f" else o.astype(dtype)
             op.converts = True
         return o
 
     op.__name__ = prim.name
     op.converts = False
-    op.fast = partial(fwd, xp, **params)
+    op.fast = fast
     op.params = params  # read by Program.__str__ (a loop's body is printed under it)
     return op
