@@ -161,3 +161,11 @@ def test_a_jitted_model_on_the_device(cuda):
     for a, b in zip(eager.parameters(), compiled.parameters()):
         _close(b.numpy(), a.numpy(), 2e-5)
     assert cm.last.diff is not None
+
+
+def test_state_may_be_a_list():
+    m = nn.Linear(2, 2)
+    opt = ng.optim.SGD(m.parameters(), lr=0.1)
+    f = ng.jit(lambda x: m(x).sum(), state=[m, opt])
+    x = ng.randn(3, 2)
+    assert float(f(x)) == float(m(x).sum())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -89,7 +90,7 @@ class Jitted:
         self.fuse = fuse
         self.optimize = optimize
         self.state = state
-        objs = (state if isinstance(state, tuple | list) else (state,)) + (fn,)
+        objs = (tuple(state) if isinstance(state, tuple | list) else (state,)) + (fn,)
         self._modules = [mod for o in objs if hasattr(o, "training") and hasattr(o, "modules")
                          for mod in o.modules()]
         self.max_cache = max_cache
@@ -325,8 +326,6 @@ class Jitted:
                       rec.backend, **dict(opts, values=values))
         orders = ["F" if c.data.flags.f_contiguous and not c.data.flags.c_contiguous else "C"
                   for c in cts]
-        import weakref
-
         return _Diff(fwd, bwd, len(out_slots), wrt_in, [weakref.ref(t) for t in loaded], present,
                      orders)
 
