@@ -24,10 +24,11 @@ import nodegrad as ng  # noqa: E402
 SAMPLES = 3
 _SIZE = "the output's size depends on the input's values"
 _VALUE = "a Python value is read from a tensor argument (its value is not known when traced)"
+SIZE_FROM_VALUES = ("argwhere", "nonzero", "nonzero_static", "masked_select", "masked_scatter",
+                    "unique", "unique_consecutive", "histogramdd", "resize_", "resize_as_")
+"""Operators whose output's size depends on their inputs' values (refused by jit and vmap)."""
 REFUSES = {
-    **{name: _SIZE for name in ("argwhere", "nonzero", "nonzero_static", "masked_select",
-                                "masked_scatter", "unique", "unique_consecutive",
-                                "histogramdd", "resize_", "resize_as_")},
+    **{name: _SIZE for name in SIZE_FROM_VALUES},
     **{name: _VALUE for name in ("linalg.pinv", "narrow", "tensor_split",
                                  "linspace.tensor_overload", "logspace.tensor_overload")},
     "item": "it returns a Python number, which a captured step cannot recompute",

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from _opinfo import replay_program  # noqa: E402
 from test_torch_opinfo import _ops  # noqa: E402
-from test_torch_opinfo_jit import float64_samples  # noqa: E402
+from test_torch_opinfo_jit import SIZE_FROM_VALUES, float64_samples  # noqa: E402
 
 import nodegrad as ng  # noqa: E402
 
@@ -25,9 +25,7 @@ SAMPLES = 3
 _SIZE = "the output's size depends on the values"
 _VALUE = "a Python value is read from a batched tensor"
 REFUSES = {
-    **{name: _SIZE for name in ("argwhere", "nonzero", "nonzero_static", "masked_select",
-                                "masked_scatter", "unique", "unique_consecutive",
-                                "histogramdd", "resize_", "resize_as_")},
+    **{name: _SIZE for name in SIZE_FROM_VALUES},
     **{name: _VALUE for name in ("linalg.pinv", "narrow", "tensor_split",
                                  "linspace.tensor_overload", "logspace.tensor_overload",
                                  "linalg.ldl_factor", "linalg.ldl_factor_ex",

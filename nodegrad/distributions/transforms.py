@@ -713,11 +713,6 @@ class PositiveDefiniteTransform(_Parameterless):
         return LowerCholeskyTransform().inv(ng.linalg.cholesky(y))
 
 
-def _tril_size(n: int, diag: int) -> int:
-    """How many entries (i, j) of an n x n matrix have j <= i + diag."""
-    return sum(max(0, min(n, i + diag + 1)) for i in range(n))
-
-
 def _tril_matrix_to_vec(mat: Tensor, diag: int = 0) -> Tensor:
     """The entries on and below diagonal ``diag`` of the last two (square) dims, in row
     order, as the last dim."""
@@ -730,24 +725,17 @@ def _tril_matrix_to_vec(mat: Tensor, diag: int = 0) -> Tensor:
 
 def _vec_to_tril_matrix(vec: Tensor, diag: int = 0) -> Tensor:
     """The inverse of :func:`_tril_matrix_to_vec`: D x D matrices holding the last dim of
-    ``vec`` on and below diagonal ``diag`` in row order, zeros elsewhere. Built by gathering
-    from ``vec`` padded with a leading zero, so it is differentiable."""
+    ``vec`` on and below diagonal ``diag`` in row order, zeros elsewhere (differentiable)."""
     m = vec.shape[-1]
     # the positive root of D² + (1 + 2 diag) D - |diag| (diag + 1) - 2 m = 0
     b = 1 + 2 * diag
     n = round((-b + (b * b + 8 * m + 4 * abs(diag) * (diag + 1)) ** 0.5) / 2)
-    if n < 1 or _tril_size(n, diag) != m:
+    rows, cols = ng.tril_indices(n, n, diag, device=vec.device) if n >= 1 else (None, None)
+    if rows is None or rows.shape[0] != m:
         raise ValueError(f"The size of last dimension is {m} which cannot be expressed as the "
                          "lower triangular part of a square D x D matrix.")
-    index, k = [], 1
-    for i in range(n):
-        row = []
-        for j in range(n):
-            row.append(k if j <= i + diag else 0)
-            k += j <= i + diag
-        index.append(row)
-    padded = ng.pad(vec, [(0, 0)] * (vec.ndim - 1) + [(1, 0)])
-    return padded[..., ng.tensor(index, dtype=ng.int64, device=vec.device)]
+    out = ng.zeros(tuple(vec.shape[:-1]) + (n, n), dtype=vec.dtype, device=vec.device)
+    return ng.index_update(out, (Ellipsis, rows, cols), vec)
 
 
 class CorrCholeskyTransform(_Parameterless):
