@@ -518,7 +518,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     if grads is None:  # the rules read the output as a tensor (a graph node with create_graph)
         out = n.out
         if out is not None:
-            ans = type(g)(out, n if create_graph else None, create_graph)
+            ans = _tensor_class()(out, n if create_graph else None, create_graph)
     if grads is None and rules is None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
@@ -555,6 +555,19 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             pending[p] = owned[p] = prev + gi
     if anomaly:
         m.in_backward = None
+
+
+_TENSOR: list = []
+
+
+def _tensor_class() -> type:
+    """The Tensor class (imported on first use: tensor.py imports this module). A node's output
+    is a plain tensor even when the cotangent is a batched one (a VJP run inside vmap)."""
+    if not _TENSOR:
+        from .tensor import Tensor
+
+        _TENSOR.append(Tensor)
+    return _TENSOR[0]
 
 
 def _raw_vjps(prim, n: Node, g, args, wanted) -> list | None:
@@ -658,8 +671,9 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     prev_mode = m.grad_enabled
     m.grad_enabled = create_graph
     # sums the engine owns may grow in place, unless they must stay graph ops (create_graph,
-    # or a jit trace that replays every op it saw)
-    owned = None if create_graph or m.jit is not None else {}
+    # a jit trace that replays every op it saw, or batched values inside vmap, whose arrays
+    # are the batch's stand-ins)
+    owned = None if create_graph or m.jit is not None or m.traces else {}
     try:
         counts = _toposort_counts(starts)
         ready = []

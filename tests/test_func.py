@@ -127,6 +127,25 @@ def test_vjp_tree_output():
     np.testing.assert_allclose(gb.numpy(), [2.0, 2.0])
 
 
+def test_vmap_of_vjp_fn_gives_jacobian_rows():
+    """torch.func's Jacobian idiom, vmap(vjp_fn)(cotangents): the VJPs run inside vmap, where
+    a node's kept output stays unbatched and a vertex's several cotangents are batched."""
+    rng = np.random.default_rng(0)
+    a = ng.tensor(rng.standard_normal((3, 4)))
+    x = ng.tensor(rng.standard_normal(4))
+
+    def f(x):  # tanh keeps its output; x reaches the output along three paths
+        return ng.tanh(a @ x) * ng.sin(x[:3]) + (x * x)[1:]
+
+    out, vjp_fn = ng.vjp(f, x)
+    (rows,) = ng.vmap(vjp_fn)(ng.eye(3, dtype=ng.float64))
+    np.testing.assert_allclose(rows.numpy(), ng.jacrev(f)(x).numpy(), rtol=1e-12)
+    cts = ng.tensor(rng.standard_normal((5, 3)))
+    (per,) = ng.vmap(vjp_fn)(cts)
+    loop = np.stack([vjp_fn(cts[k])[0].numpy() for k in range(5)])
+    np.testing.assert_allclose(per.numpy(), loop, rtol=1e-12)
+
+
 def test_grad_float32_stays_float32():
     g = ng.grad(lambda x: (x * 0.5).sum())(ng.ones(3))
     assert g.dtype == ng.float32
