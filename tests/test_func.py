@@ -146,6 +146,26 @@ def test_vmap_of_vjp_fn_gives_jacobian_rows():
     np.testing.assert_allclose(per.numpy(), loop, rtol=1e-12)
 
 
+def test_vjp_fn_differentiated_again():
+    """grad and jvp of a vjp function (reverse- and forward-over-reverse), as in JAX: the
+    backward pass is recorded when the cotangent is itself differentiated (it gave zeros)."""
+    rng = np.random.default_rng(1)
+    a = ng.tensor(rng.standard_normal((3, 4)))
+    x = ng.tensor(rng.standard_normal(4))
+
+    def f(x):
+        return ng.tanh(a @ x) * x[:3]
+
+    jac = ng.jacrev(f)(x).numpy()
+    _, vjp_fn = ng.vjp(f, x)
+    c, t = ng.tensor(rng.standard_normal(3)), ng.tensor(rng.standard_normal(3))
+    g = ng.grad(lambda c: (vjp_fn(c)[0] ** 2).sum())(c)
+    np.testing.assert_allclose(g.numpy(), 2 * jac @ jac.T @ c.numpy(), rtol=1e-12)
+    _, tan = ng.jvp(lambda c: vjp_fn(c)[0], (c,), (t,))
+    np.testing.assert_allclose(tan.numpy(), jac.T @ t.numpy(), rtol=1e-12)
+    assert not vjp_fn(c)[0].requires_grad  # outside a transform nothing is recorded
+
+
 def test_grad_float32_stays_float32():
     g = ng.grad(lambda x: (x * 0.5).sum())(ng.ones(3))
     assert g.dtype == ng.float32

@@ -236,11 +236,16 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
                 raise GradError(f"vjp: cotangent shape {tuple(c.shape)} does not match the "
                                 f"output shape {tuple(o.shape)}")
             cts.append(c)
+        # a cotangent that is itself differentiated (vjp_fn inside grad or jvp: forward- or
+        # reverse-over-reverse) needs the backward recorded, as linearize's jvp_fn does
+        m = modes()
+        record = higher or (m.grad_enabled and (m.depth > 0 or any(c.requires_grad
+                                                                     for c in cts)))
         if levels is None:
-            return tuple(_grads(outs, cts, ins, defs, higher, True))
+            return tuple(_grads(outs, cts, ins, defs, record, True))
         cts = to_bottom(cts, levels, "vjp")
         with lowered(0):
-            gs = _grads(bottoms, cts, ins, defs, higher, True)
+            gs = _grads(bottoms, cts, ins, defs, record, True)
         return tuple(from_bottom(g, levels) for g in gs)
 
     if levels is not None:
