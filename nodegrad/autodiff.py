@@ -33,7 +33,7 @@ class Modes:
     """
 
     __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth",
-                 "jit", "device")
+                 "first_order", "jit", "device")
 
     def __init__(self) -> None:
         self.grad_enabled = True
@@ -42,6 +42,9 @@ class Modes:
         self.in_backward = None  # the node whose VJP runs (anomaly mode only)
         self.traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
         self.depth = 0  # how many transforms are evaluating their function (see func/grad.py)
+        # the depth of the innermost of them when it is a grad whose backward is not recorded
+        # (first order): a jitted function called there replays compiled (jit/api.py)
+        self.first_order = 0
         self.jit = None  # the recorder of the jit trace in progress (see jit/trace.py), or None
         self.device = None  # ng.default_device's device for factories, or None (tensor.py)
 

@@ -199,6 +199,39 @@ def test_composes_with_transforms(name):
         assert _same(tf(x, w).numpy(), ef(x, w).numpy()), name
 
 
+def test_grad_of_jit_replays_compiled():
+    """grad(jit(f)) and value_and_grad(jit(f)) (a jitted loss differentiated JAX-style) replay
+    the forward and backward programs, with eager's values; a grad whose backward is recorded
+    (grad of grad, jvp of grad) runs the jitted function eagerly."""
+    rng = np.random.default_rng(5)
+    x, w, b = (ng.tensor(rng.uniform(-1, 1, (6, 6)).astype(np.float32)) for _ in range(3))
+
+    def f(x, w, b):
+        h = x
+        for _ in range(5):
+            h = ng.sin(ng.tanh(h * w + b) * 0.5)
+        return h.sum()
+
+    jf = _jit(f)
+    g, jg = ng.grad(f, argnums=(0, 1, 2)), ng.grad(jf, argnums=(0, 1, 2))
+    for _ in range(3):
+        w = ng.tensor(rng.uniform(-1, 1, (6, 6)).astype(np.float32))
+        for a, c in zip(jg(x, w, b), g(x, w, b)):
+            assert _same(a.numpy(), c.numpy())
+    assert jf.traces == 1 and jf.last.diff is not None  # one capture, replayed since
+    (v, aux), gx = ng.value_and_grad(lambda x: (jf(x, w, b), x.sum()), has_aux=True)(x)
+    assert _same(v.numpy(), f(x, w, b).numpy()) and not v.requires_grad
+    assert _same(gx.numpy(), g(x, w, b)[0].numpy())
+    x64 = ng.tensor(rng.uniform(-1, 1, 3))
+    jh = _jit(lambda x: (ng.sin(x) * x).sum())
+    hess = ng.hessian(jh)(x64).numpy()
+    want = np.diag(2 * np.cos(x64.numpy()) - x64.numpy() * np.sin(x64.numpy()))
+    np.testing.assert_allclose(hess, want, rtol=1e-12, atol=1e-12)
+    v = ng.tensor([1.0, -1.0, 2.0], dtype=ng.float64)
+    np.testing.assert_allclose(ng.jvp(ng.grad(jh), (x64,), (v,))[1].numpy(), want @ v.numpy(),
+                               rtol=1e-12)
+
+
 def test_per_example_gradients_replay_eagers_bits():
     """jit(vmap(grad)) of an MLP: the weights broadcast along the batch run as one GEMM in the
     program, as in eager, so the per-example gradients agree bit for bit."""

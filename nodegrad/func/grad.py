@@ -61,16 +61,22 @@ def _prepare(args: tuple, nums: tuple, op: str):
     return args, leaves_per_arg, defs, higher
 
 
-def _call(f: Callable, args: list, kwargs: dict):
+def _call(f: Callable, args: list, kwargs: dict, first_order: bool = False):
+    """``f(*args, **kwargs)`` as a transform evaluates it: recording, one level deeper.
+    ``first_order``: the caller is a grad that differentiates the result once, right after,
+    without recording its backward (what a jitted function inside may replay compiled for)."""
     m = modes()  # this thread's: a transform running in another thread is not seen here
-    prev = m.grad_enabled
+    prev, prev_first = m.grad_enabled, m.first_order
     m.grad_enabled = True
     m.depth += 1
+    if first_order:
+        m.first_order = m.depth
     try:
         return f(*args, **kwargs)
     finally:
         m.depth -= 1
         m.grad_enabled = prev
+        m.first_order = prev_first
 
 
 def _scalar_out(out, op: str) -> Tensor:
@@ -113,7 +119,7 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
         if modes().traces:  # inside vmap: differentiate the batched computation underneath
             return _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs)
         a, ins, defs, higher = _prepare(args, nums, "grad")
-        res = _call(f, a, kwargs)
+        res = _call(f, a, kwargs, first_order=not higher)
         out, aux = _split_aux(res, has_aux)
         out = _scalar_out(out, "grad")
         gs = _grads([out], [out.ones_like()], ins, defs, higher, False)

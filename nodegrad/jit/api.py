@@ -117,10 +117,11 @@ class Jitted:
 
     def __call__(self, *args, **kwargs):
         m = modes()
-        if (getattr(_local, "disabled", 0) or m.jit is not None or m.traces or m.depth
-                or m.anomaly):
-            # inside another trace (it records these ops itself), under vmap or a
-            # differentiating transform, or debugging: run the function as written
+        if (getattr(_local, "disabled", 0) or m.jit is not None or m.traces
+                or m.depth != m.first_order or m.anomaly):
+            # inside another trace (it records these ops itself), under vmap or a transform
+            # that needs the graph (jvp, a recorded backward), or debugging: run the function
+            # as written. Inside a first-order grad it replays, differentiably.
             return self.fn(*args, **kwargs)
         hot = self._hot
         if hot is not None and not kwargs:
