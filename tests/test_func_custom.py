@@ -255,3 +255,64 @@ def test_a_jitted_training_step_through_a_function_equals_eager():
         x = ng.randn(4, 3)
         assert jitted(x).item() == eager(x).item()
     np.testing.assert_array_equal(lin.weight.numpy(), twin.weight.numpy())
+
+
+def _vmappable(base):
+    class MulExpV(base):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x, w, k):
+            e = (x * w).exp()
+            return e * k, (x * w).sum()
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            x, w, k = inputs
+            ctx.save_for_backward(x, w, output[0])
+            ctx.k = k
+
+        @staticmethod
+        def backward(ctx, ge, gs):
+            x, w, ek = ctx.saved_tensors
+            inner = ge * ek + gs
+            return inner * w, inner * x, None
+
+    return MulExpV
+
+
+def test_function_with_generate_vmap_rule_under_vmap_grad_equals_torch_func():
+    """Per-example gradients through an autograd.Function (vmap of grad, its forward and
+    backward run under vmap), as torch.func gives them; without the flag it refuses, as
+    PyTorch's does, instead of the zero gradients it gave."""
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    got = {}
+    for lib, vmap, grad in ((ng, ng.vmap, ng.grad), (torch, torch.func.vmap, torch.func.grad)):
+        fn = _vmappable(lib.autograd.Function)
+
+        def loss(w, xi, fn=fn):
+            e, s = fn.apply(xi, w, 1.5)
+            return (e ** 2).sum() + s * 2
+
+        got[lib] = vmap(grad(loss), in_dims=(None, 0))(lib.tensor(w), lib.tensor(x)).numpy()
+        assert np.allclose(fn.apply(lib.tensor(x), lib.tensor(w), 1.5)[1].numpy(),
+                           (x * w).sum())
+    np.testing.assert_allclose(got[ng], got[torch], rtol=1e-12)
+    per = ng.vmap(ng.vmap(ng.grad(lambda w, xi: _vmappable(ng.autograd.Function).apply(
+        xi, w, 2.0)[0].sum()), in_dims=(None, 0)), in_dims=(None, 0))(
+        ng.tensor(w), ng.tensor(x.reshape(2, 2, 3)))
+    assert per.shape == (2, 2, 3)
+
+    class Plain(ng.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    with pytest.raises(NotImplementedError, match="generate_vmap_rule = True"):
+        ng.vmap(ng.grad(lambda v: Plain.apply(v).sum()))(ng.tensor(x))
+    assert ng.vmap(Plain.apply)(ng.tensor(x)).shape == (4, 3)  # no gradient: runs as is

@@ -125,6 +125,12 @@ def test_jacobians_match_finite_differences():
     assert fd.shape == (4, 2, 3, 2)
     np.testing.assert_allclose(ng.jacfwd(_mlp)(x).numpy(), fd, atol=1e-7)
     np.testing.assert_allclose(ng.jacrev(_mlp)(x).numpy(), fd, atol=1e-7)
+    # torch.func.jacrev's chunk_size bounds the rows computed at once: the same Jacobian
+    np.testing.assert_array_equal(ng.func.jacrev(_mlp, chunk_size=1)(x).numpy(),
+                                  ng.jacrev(_mlp)(x).numpy())
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            ng.jacrev(_mlp, chunk_size=bad)
 
 
 def test_hessian_matches_finite_differences_and_reverse_over_reverse():

@@ -46,6 +46,13 @@ def _diff(t) -> bool:
     return isinstance(t, Tensor) and t.requires_grad and t.dtype.kind == "f"
 
 
+def _bottom(t):
+    """The batched value under a vmap tracer (through every level): what requires grad."""
+    while type(t) is BatchTracer:
+        t = t.val
+    return t
+
+
 def _attach(outs: list, inputs: list, rule: Primitive, call) -> list:
     """Hang the differentiable tensors of ``outs`` on one node of ``rule`` whose parents are
     ``inputs``; return ``outs`` with those tensors replaced by views of that node's value."""
@@ -263,6 +270,12 @@ class Function(metaclass=_FunctionMeta):
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        m = modes()
+        top = m.traces[-1] if m.traces else None
+        if (type(top) is Level and m.grad_enabled
+                and any(type(a) is BatchTracer and a.level is top for a in args)
+                and any(_diff(_bottom(a)) for a in args)):
+            return cls._batched(args, kwargs)
         ctx = FunctionCtx()
         ctx.needs_input_grad = tuple(_diff(a) for a in args)
         separate = cls.setup_context is not Function.setup_context
@@ -272,18 +285,71 @@ class Function(metaclass=_FunctionMeta):
                 cls.setup_context(ctx, args, out)
             else:
                 out = cls.forward(ctx, *args, **kwargs)
-        m = modes()
         if not (m.grad_enabled and any(ctx.needs_input_grad)):
             return out
-        if m.traces:
-            raise NotImplementedError(f"{cls.__name__}: an autograd.Function under vmap needs a "
-                                      "batching rule, which is not supported here")
         outs = list(out) if isinstance(out, tuple) else [out]
         call = _FnCall()
         call.ctx, call.cls, call.outs = ctx, cls, outs
         call.nondiff = {i for i, o in enumerate(outs) if id(o) in ctx._non_differentiable}
         new = _attach(outs, list(args), cls._rule, call)
         return tuple(new) if isinstance(out, tuple) else new[0]
+
+    @classmethod
+    def _batched(cls, args: tuple, kwargs: dict):
+        """Under ``vmap`` with gradients wanted: PyTorch's ``generate_vmap_rule = True``, the
+        forward and backward run under vmap themselves, as a :class:`custom_vjp` of them (which
+        batches both one level down). The ctx's saved tensors travel as residuals; its other
+        attributes are the forward's. Without the flag the Function refuses, as PyTorch's."""
+        if not getattr(cls, "generate_vmap_rule", False):
+            raise NotImplementedError(
+                f"{cls.__name__}: an autograd.Function differentiated under vmap needs a batching "
+                "rule: set generate_vmap_rule = True on the class (its forward and backward then "
+                "run under vmap), as in PyTorch")
+        if kwargs:
+            raise NotImplementedError(f"{cls.__name__}.apply under vmap takes positional "
+                                      "arguments only")
+        static = tuple(i for i, a in enumerate(args) if not isinstance(a, Tensor))
+        kept: dict = {}
+        separate = cls.setup_context is not Function.setup_context
+
+        def full(rest):
+            it = iter(rest)
+            return [args[i] if i in static else next(it) for i in range(len(args))]
+
+        def run(a):
+            ctx = FunctionCtx()
+            ctx.needs_input_grad = tuple(isinstance(v, Tensor) and v.dtype.kind == "f"
+                                         for v in a)
+            with no_grad():
+                if separate:
+                    out = cls.forward(*a)
+                    cls.setup_context(ctx, tuple(a), out)
+                else:
+                    out = cls.forward(ctx, *a)
+            return ctx, out
+
+        def fun(*rest):
+            return run(full(rest))[1]
+
+        def fwd(*rest):
+            ctx, out = run(full(rest))
+            kept["ctx"] = ctx
+            kept["outs"] = out if isinstance(out, tuple) else (out,)
+            return out, tuple(ctx.saved_tensors)
+
+        def bwd(*a):
+            saved, g = a[-2], a[-1]
+            ctx = kept["ctx"]
+            ctx.saved_tensors = saved
+            gs = g if isinstance(g, tuple) else (g,)
+            gs = [zeros_like(o) if c is None and isinstance(o, Tensor) else c
+                  for c, o in zip(gs, kept["outs"])]
+            grads = _check_grads(f"{cls.__name__}.backward", cls.backward(ctx, *gs), len(args))
+            return tuple(gr for i, gr in enumerate(grads) if i not in static)
+
+        rule = custom_vjp(fun, nondiff_argnums=static)
+        rule.defvjp(fwd, bwd)
+        return rule(*args)
 
     @classmethod
     def _vjp(cls, needs, g, ans, *specs, call):

@@ -230,13 +230,19 @@ def jacfwd(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False)
     return wrapped
 
 
-def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = False):
+def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = False,
+           chunk_size: int | None = None):
     """The Jacobian of ``f`` by reverse mode: one backward pass per output coordinate.
 
     Same result layout (and ``has_aux``) as :func:`jacfwd`; cheaper when outputs are fewer than
-    inputs.
+    inputs. ``chunk_size`` is ``torch.func.jacrev``'s bound on how many rows are computed at
+    once; the passes here run one row at a time, within any bound, so it changes nothing.
     """
     from ..ops import reshape, stack
+
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
+            chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"jacrev: chunk_size must be None or a positive int, got {chunk_size!r}")
 
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacrev")
