@@ -521,7 +521,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     if grads is None:  # the rules read the output as a tensor (a graph node with create_graph)
         out = n.out
         if out is not None:
-            ans = _tensor_class()(out, n if create_graph else None, create_graph)
+            # a plain tensor even when g is a batched one (a VJP run inside vmap)
+            ans = type(g).make(out, n if create_graph else None, create_graph)
     if grads is None and rules is None:
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
@@ -558,19 +559,6 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             pending[p] = owned[p] = prev + gi
     if anomaly:
         m.in_backward = None
-
-
-_TENSOR: list = []
-
-
-def _tensor_class() -> type:
-    """The Tensor class (imported on first use: tensor.py imports this module). A node's output
-    is a plain tensor even when the cotangent is a batched one (a VJP run inside vmap)."""
-    if not _TENSOR:
-        from .tensor import Tensor
-
-        _TENSOR.append(Tensor)
-    return _TENSOR[0]
 
 
 def _raw_vjps(prim, n: Node, g, args, wanted) -> list | None:
