@@ -300,6 +300,37 @@ def test_a_second_thread_gets_its_own_buffers():
     assert not bad
 
 
+def test_threads_loading_at_once_write_and_import_each_kernel_once(tmp_path):
+    """Eight threads loading the same new kernel sources at once (threads tracing in
+    parallel): each file is written and imported once. Two threads of one process wrote the
+    same temporary file, and the one whose rename came second failed, so its program ran
+    unfused with a warning."""
+    old, interval = F._cache_dir, sys.getswitchinterval()
+    F.set_cache_dir(tmp_path)
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    sources = [f"def kernel():\n    return {k}\n" + "# padding\n" * 5000 for k in range(12)]
+    start = threading.Barrier(8)
+    got, errors = [], []
+
+    def work(t):
+        start.wait()
+        for k, src in enumerate(sources):
+            try:
+                got.append((k, F._load(src)()))
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{type(e).__name__}: {e}")
+
+    try:
+        _in_threads(work, 8)
+    finally:
+        F.set_cache_dir(old)
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    assert len(got) == 8 * len(sources) and all(v == k for k, v in got)
+    assert len(list(tmp_path.glob("ngk_*.py"))) == len(sources)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_optimize_false_replays_the_trace_as_recorded():
     def f(x):
         return ng.exp(x) + ng.exp(x)

@@ -23,6 +23,7 @@ import importlib.util
 import math
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -837,24 +838,32 @@ def _index(s: tuple, shape: tuple) -> str:
     return ", ".join(idx) + ("," if len(idx) == 1 else "")
 
 
+_load_lock = threading.Lock()  # one kernel file written and imported at a time in a process
+
+
 def _load(src: str):
     """The kernel of ``src``: from this process's modules, or from its file in the cache
-    directory (written once; numba keeps the compiled code beside it)."""
+    directory (written once; numba keeps the compiled code beside it). Threads tracing at
+    once load one at a time; processes each write through a temporary file of their own."""
     h = hashlib.sha1(src.encode()).hexdigest()[:16]
     mod = _modules.get(h)
-    if mod is None:
-        d = cache_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"ngk_{h}.py"
-        if not path.exists() or path.read_text() != src:
-            tmp = d / f".ngk_{h}.{os.getpid()}.tmp"
-            tmp.write_text(src)
-            os.replace(tmp, path)
-        spec = importlib.util.spec_from_file_location(f"nodegrad_kernels.ngk_{h}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        _modules[h] = mod
+    if mod is not None:
+        return mod.kernel
+    with _load_lock:
+        mod = _modules.get(h)
+        if mod is None:
+            d = cache_dir()
+            d.mkdir(parents=True, exist_ok=True)
+            path = d / f"ngk_{h}.py"
+            if not path.exists() or path.read_text() != src:
+                tmp = d / f".ngk_{h}.{os.getpid()}.tmp"
+                tmp.write_text(src)
+                os.replace(tmp, path)
+            spec = importlib.util.spec_from_file_location(f"nodegrad_kernels.ngk_{h}", path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            _modules[h] = mod
     return mod.kernel
 
 
