@@ -638,8 +638,8 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     seen: set = set()
     for r, c in zip(roots, cotangents):
         if not r.requires_grad:
-            raise GradError("backward: tensor does not require grad and has no graph "
-                            "(did you compute it under no_grad, or from data only?)")
+            raise GradError(_no_graph("backward: tensor does not require grad and has no graph "
+                                      "(did you compute it under no_grad, or from data only?)"))
         k = _key(r)
         seen.add(id(c.data))
         prev = pending.get(k)
@@ -756,8 +756,8 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
     cots = _default_cotangents(outputs, grad_outputs)
     for t in inputs:
         if not t.requires_grad:
-            raise GradError("grad: an input does not require grad; "
-                            "create it with requires_grad=True")
+            raise GradError(_no_graph("grad: an input does not require grad; "
+                                      "create it with requires_grad=True"))
     out = run_backward(outputs, cots, retain_graph=create_graph if retain_graph is None
                        else retain_graph, create_graph=create_graph, targets=inputs,
                        accumulate=False, allow_unused=allow_unused)
@@ -765,6 +765,16 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
         out = [type(t)(backend_of(t.data).xp.zeros_like(t.data)) if g is None else g
                for t, g in zip(inputs, out)]
     return out
+
+
+def _no_graph(msg: str) -> str:
+    """``msg``, or inside vmap the reason that applies there: a batched value seen as one
+    example has no graph of its own for ``backward``/``autograd.grad`` to walk."""
+    if not modes().traces:
+        return msg
+    return (msg.split(":")[0] + ": inside vmap a batched tensor has no graph of its own to "
+            "differentiate; differentiate with the transforms there (ng.grad, ng.vjp, "
+            "ng.jacrev), as torch.func asks")
 
 
 def _default_cotangents(outputs: list, grad_outputs) -> list:

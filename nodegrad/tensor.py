@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from . import _backend as B
-from .autodiff import RemovableHandle, _default_cotangents, modes, note_creation, run_backward
+from .autodiff import (RemovableHandle, _default_cotangents, _no_graph, modes, note_creation,
+                       run_backward)
 from .errors import DeviceError, DTypeError, GradError, ShapeError
 
 _new = object.__new__
@@ -221,8 +222,8 @@ class Tensor:
         if self.data.dtype.kind != "f":
             raise GradError(f"backward: the output has integer dtype {self.dtype}")
         if not self.requires_grad:
-            raise GradError("backward: tensor does not require grad and has no graph "
-                            "(did you compute it under no_grad, or from data only?)")
+            raise GradError(_no_graph("backward: tensor does not require grad and has no graph "
+                                      "(did you compute it under no_grad, or from data only?)"))
         cots = _default_cotangents([self], [gradient])
         if retain_graph is None:
             retain_graph = create_graph

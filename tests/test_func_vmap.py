@@ -442,3 +442,20 @@ def test_zero_fill_and_copy_of_a_batched_tensor_inside_vmap():
                                   np.tile(v.numpy(), (3, 1)))
     g = ng.vmap(ng.grad(lambda r: (r.clone().fill_(2.0) * r).sum()))(y)
     np.testing.assert_array_equal(g.numpy(), 2.0)
+
+
+def test_backward_and_autograd_grad_inside_vmap_name_the_transforms():
+    """PyTorch-style differentiation of a batched value inside vmap has no graph to walk: the
+    error says so and names the transforms that work there (it said "does not require grad")."""
+    xs = ng.randn(3, 4)
+
+    def penalty(x):
+        (g,) = ng.autograd.grad((ng.sin(x) ** 2).sum(), x, create_graph=True)
+        return (g ** 2).sum()
+
+    with pytest.raises(ng.GradError, match="inside vmap.*ng.grad"):
+        ng.vmap(ng.grad(penalty))(xs)
+    with pytest.raises(ng.GradError, match="backward: inside vmap"):
+        ng.vmap(lambda x: (x * 2).sum().backward())(xs)
+    per = ng.vmap(ng.grad(lambda x: (ng.grad(lambda v: (ng.sin(v) ** 2).sum())(x) ** 2).sum()))(xs)
+    assert per.shape == (3, 4)  # the same penalty with the transforms
