@@ -132,6 +132,29 @@ def test_a_frozen_parameter_retraces_and_gets_no_gradient():
     np.testing.assert_allclose(m.bias.grad.numpy(), [4.0, 4.0])
 
 
+def test_a_leaf_hook_runs_once_per_backward():
+    """A gradient hook on a parameter (or an input leaf) runs once per backward through a
+    replayed call and changes the gradient once, as eagerly: it stays out of the compiled
+    backward (it was in it and ran again on the leaf, doubling the gradient twice)."""
+    rng = np.random.default_rng(4)
+    x = ng.tensor(rng.standard_normal((6, 4)).astype(np.float32))
+    lin = nn.Linear(4, 3)
+    calls = []
+    lin.weight.register_hook(lambda g: (calls.append(1), g * 2)[1])
+    xin = ng.tensor(x.numpy(), requires_grad=True)
+    xin.register_hook(lambda g: g * 3)
+    jm = ng.jit(lambda v: ng.tanh(lin(v)).sum())
+    for _ in range(3):
+        lin.weight.grad = xin.grad = None
+        jm(xin).backward()
+        got = lin.weight.grad.numpy().copy(), xin.grad.numpy().copy()
+        lin.weight.grad = xin.grad = None
+        ng.tanh(lin(xin)).sum().backward()
+        assert np.allclose(got[0], lin.weight.grad.numpy(), rtol=1e-6)
+        assert np.allclose(got[1], xin.grad.numpy(), rtol=1e-6)
+    assert len(calls) == 6 and jm.traces == 1  # once per backward, jitted or not
+
+
 def test_second_derivatives_need_the_function_itself():
     jf = ng.jit(lambda w: (w ** 3).sum())
     w = ng.tensor([1.0, 2.0], requires_grad=True)

@@ -304,11 +304,18 @@ class Jitted:
         with be.scope():
             cts = [Tensor(be.xp.ones_like(o.data)) for o in floats]
         ct_slots = [rec.input(c.data) for c in cts]
+        # the leaves' own hooks stay out of the program: the engine runs them on what the
+        # replay's node sends each leaf, as for any gradient (they ran twice, and once at trace)
+        hooked = [(t, t._hooks) for t in wrt if t.node is None and t._hooks]
+        for t, _ in hooked:
+            t._hooks = None
         m.jit = rec
         try:
             gs = _grad(floats, wrt, grad_outputs=cts, retain_graph=True, allow_unused=True)
         finally:
             m.jit = None
+            for t, hooks in hooked:
+                t._hooks = hooks
         if rec.fallback is not None:
             raise _NotDifferentiable(rec.fallback)
         constant_loads(rec, split)
