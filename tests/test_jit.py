@@ -429,6 +429,57 @@ def test_a_step_without_arguments_reads_and_writes_its_state():
     assert jitted.traces == 1
 
 
+def _frozen_and_replaced(jit: bool) -> list:
+    """Twelve SGD steps of an MLP whose first layer is frozen after the third, whose head is
+    replaced after the sixth (and added to the optimiser) and whose second weight is replaced
+    by a new Parameter after the ninth: the losses and final weights."""
+    rng = np.random.default_rng(7)
+    x = ng.tensor(rng.standard_normal((8, 4)).astype(np.float32))
+    y = ng.tensor(rng.integers(0, 3, 8))
+    ng.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = ng.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = ng.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = ng.jit(step, state=(model, opt)) if jit else step
+    out = []
+    for k in range(12):
+        out.append(run(x, y).item())
+        if k == 2:
+            for p in model[0].parameters():
+                p.requires_grad_(False)
+        if k == 5:
+            ng.manual_seed(1)
+            model[-1] = nn.Linear(8, 3)
+            opt.add_param_group({"params": list(model[-1].parameters())})
+        if k == 8:
+            model[2].weight = nn.Parameter(model[2].weight.detach() * 0.5)
+            opt.add_param_group({"params": [model[2].weight]})
+    return out + [p.numpy().copy() for p in model.parameters()]
+
+
+def test_a_step_follows_frozen_and_replaced_layers_and_parameters():
+    """Freezing parameters, replacing a layer or a Parameter: the jitted step traces again
+    and trains as eagerly (it replayed the old program, which went on updating the frozen
+    layer and reading the replaced tensors, silently)."""
+    eager, jitted = _frozen_and_replaced(False), _frozen_and_replaced(True)
+    np.testing.assert_allclose(jitted[:12], eager[:12], rtol=1e-6)
+    for a, b in zip(jitted[12:], eager[12:]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    model = nn.Sequential(nn.Linear(3, 2))
+    jm = ng.jit(model)
+    x = ng.randn(4, 3)
+    jm(x)
+    model[0] = nn.Linear(3, 2)
+    assert _same(jm(x).numpy(), model(x).numpy())
+
+
 def test_a_traced_index_makes_the_signature_run_eagerly():
     def f(x, i):
         h = x * 1.0

@@ -74,6 +74,51 @@ def test_parameter_dict_and_module_containers_take_torchs_forms():
     assert [k for k, _ in md.named_parameters()] == [k for k, _ in tmd.named_parameters()]
 
 
+
+def _edit_containers(lib):
+    """The same edits of a Sequential and a ModuleList, as their users write them; what each
+    step leaves: the layers' types, the names, the state_dict keys."""
+    nn_ = lib.nn
+    seen = []
+
+    def names(c):
+        return [type(m).__name__ for m in c], list(c._modules), list(c.state_dict())
+
+    s = nn_.Sequential(nn_.Linear(3, 4), nn_.ReLU(), nn_.Linear(4, 5), nn_.Tanh(), nn_.Linear(5, 2))
+    seen.append(list(s[1:4].state_dict()))  # a slice keeps the names
+    s[-1] = nn_.Linear(5, 7)  # a new head
+    del s[1]
+    seen.append(names(s))
+    s.insert(1, nn_.Sigmoid())
+    s.insert(-1, nn_.ReLU())
+    seen.append(names(s))
+    seen.append((type(s.pop(0)).__name__, len(s), names(s + nn_.Sequential(nn_.ReLU()))[0],
+                 len(s * 2), len(2 * s)))
+    del s[1:3]
+    s.extend([nn_.GELU()])
+    s += nn_.Sequential(nn_.ELU())
+    seen.append(names(s))
+    ml = nn_.ModuleList([nn_.ReLU(), nn_.Linear(2, 2), nn_.Sigmoid()])
+    ml[0] = nn_.ELU()
+    del ml[1]
+    ml += [nn_.GELU()]
+    seen.append((names(ml), type(ml.pop(-1)).__name__, len(ml + [nn_.ReLU()]), names(ml[1:])))
+    for bad in (lambda: s[10], lambda: s.__setitem__(-9, nn_.ReLU()), lambda: ml[5],
+                lambda: ml.__delitem__(3), lambda: s.insert(9, nn_.ReLU())):
+        with pytest.raises(IndexError):
+            bad()
+    return seen
+
+
+def test_sequential_and_module_list_edit_as_torchs():
+    """Indexing, assignment (``model[-1] = Linear(...)``: transfer learning's new head),
+    deletion with renumbering, insert, pop, extend, + and * as PyTorch's containers do them."""
+    assert _edit_containers(ng) == _edit_containers(torch)
+    with pytest.raises(TypeError, match="expected a Module"):
+        nn.Sequential(nn.ReLU())[0] = "relu"
+    with pytest.raises(ValueError, match="factor must be positive"):
+        nn.Sequential(nn.ReLU()) * 0
+
 # --- EmbeddingBag ---------------------------------------------------------------------------------
 def _bag_inputs():
     w = np.random.default_rng(0).standard_normal((6, 3))

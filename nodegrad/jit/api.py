@@ -90,20 +90,46 @@ class Jitted:
         self.fuse = fuse
         self.optimize = optimize
         self.state = state
-        objs = (tuple(state) if isinstance(state, tuple | list) else (state,)) + (fn,)
-        self._modules = [mod for o in objs if hasattr(o, "training") and hasattr(o, "modules")
-                         for mod in o.modules()]
+        self._objs = (tuple(state) if isinstance(state, tuple | list) else (state,)) + (fn,)
+        self._struct = None  # the modules' structure count when last read (_read_state)
+        self._read_state()
         self.max_cache = max_cache
         self.cache: OrderedDict = OrderedDict()
         self.traces = 0  # how many times the function was traced
         self.last = None  # the most recently used entry
         # the last replayed entry of tensor-only arguments, with what a call must match to
         # reuse it without building the signature: (entry, (shape, dtype) per argument, grad
-        # mode, the modules' training flags, cache key)
+        # mode, the modules' training flags, the parameters' requires_grad flags, cache key)
         self._hot: tuple | None = None
         self.__name__ = getattr(fn, "__name__", "jitted")
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
+
+    def _read_state(self) -> None:
+        """Read the modules among the state (and ``fn`` itself when it is one) as they are now:
+        their modules, the parameters of the state's modules and optimisers (freezing or
+        unfreezing one changes which gradients a step computes and applies, so their flags key
+        the cache), and which tensors and submodules the modules hold (a layer, parameter or
+        buffer replaced since a trace would leave its program reading the old one). Done again
+        whenever any module's structure changed (``Module._structure``)."""
+        objs, state = self._objs, self.state
+        mods = [mod for o in objs if hasattr(o, "training") and hasattr(o, "modules")
+                for mod in o.modules()]
+        params: dict = {}
+        for o in objs:
+            if hasattr(o, "training") and hasattr(o, "parameters"):
+                for q in o.parameters():
+                    params.setdefault(id(q), q)
+            for g in getattr(o, "param_groups", None) or ():
+                for q in g.get("params", ()) if isinstance(g, dict) else ():
+                    params.setdefault(id(q), q)
+        self._modules = mods
+        self._params = list(params.values()) if state is not None else []
+        self._held = tuple(id(x) for mod in mods for store in (
+            mod._parameters, mod._buffers, mod._modules) for x in store.values())
+        count = getattr(mods[0], "_structure", None) if mods else None
+        self._struct = count[0] if count is not None else None
+        self._hot = None
 
     def clear_cache(self) -> None:
         """Forget every captured program (the next call traces again)."""
@@ -123,9 +149,12 @@ class Jitted:
             # that needs the graph (jvp, a recorded backward), or debugging: run the function
             # as written. Inside a first-order grad it replays, differentiably.
             return self.fn(*args, **kwargs)
+        mods = self._modules
+        if mods and self._struct is not None and mods[0]._structure[0] != self._struct:
+            self._read_state()
         hot = self._hot
         if hot is not None and not kwargs:
-            arrays = _matches(hot, args, m, self._modules)
+            arrays = _matches(hot, args, m, self._modules, self._params)
             if arrays is not None:
                 entry = self.last = hot[0]
                 if entry.wait is not None:
@@ -150,7 +179,8 @@ class Jitted:
         if tdef is None and all(type(d) is B.ndarray for d in arrays) and len(
                 set(map(id, arrays))) == len(arrays):
             self._hot = (entry, tuple((d.shape, d.dtype) for d in arrays), m.grad_enabled,
-                         tuple(mod.training for mod in self._modules), key)
+                         tuple(mod.training for mod in self._modules),
+                         tuple(q.requires_grad for q in self._params), key)
         if entry.wait is not None:
             return _outputs(entry, self._timed(entry, arrays))
         return _outputs(entry, entry.program.run(arrays))
@@ -201,6 +231,10 @@ class Jitted:
         key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled]
         if self._modules:  # train() and eval() change what a module computes
             key.append(tuple(mod.training for mod in self._modules))
+        if self._params:
+            key.append(tuple(q.requires_grad for q in self._params))
+        if self._modules:
+            key.append(self._held)
         arrays = []
         firsts: dict = {}
         for x in leaves:
@@ -256,8 +290,8 @@ class Jitted:
         entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason, wait,
                        diff)
         self.cache[key] = entry
-        if self._hot is not None and self._hot[4] in self.cache:  # its calls skip the cache
-            self.cache.move_to_end(self._hot[4])
+        if self._hot is not None and self._hot[-1] in self.cache:  # its calls skip the cache
+            self.cache.move_to_end(self._hot[-1])
             self.cache.move_to_end(key)
         if len(self.cache) > self.max_cache:
             self.cache.popitem(last=False)
@@ -400,10 +434,11 @@ def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):
     return [Tensor(next(grads)) if p else None for p in d.present]
 
 
-def _matches(hot: tuple, args: tuple, m, modules: list) -> list | None:
+def _matches(hot: tuple, args: tuple, m, modules: list, params: list) -> list | None:
     """The argument arrays when this call has the signature of the ``hot`` entry (tensors of
-    the same shapes and dtypes on the CPU, distinct arrays, the same modes), else None."""
-    entry, specs, grad, training, _ = hot
+    the same shapes and dtypes on the CPU, distinct arrays, the same modes and parameters
+    requiring grad), else None."""
+    entry, specs, grad, training, flags, _ = hot
     if len(args) != len(specs) or m.grad_enabled is not grad:
         return None
     arrays = []
@@ -418,6 +453,9 @@ def _matches(hot: tuple, args: tuple, m, modules: list) -> list | None:
         return None
     for mod, t in zip(modules, training):
         if mod.training is not t:
+            return None
+    for q, f in zip(params, flags):
+        if q.requires_grad is not f:
             return None
     return arrays
 

@@ -46,10 +46,17 @@ class Parameter(Tensor):
         return p
 
 
+_STRUCTURE = [0]
+"""How many times any module's parameters, buffers or submodules were set or removed: a
+jitted function holding modules as state compares it to see that its captured tensors are
+still the modules' own (a replaced layer or parameter makes it trace again)."""
+
+
 class Module:
     """Base class of every layer and model: override ``forward``, call the module."""
 
     training: bool
+    _structure = _STRUCTURE  # read by nodegrad.jit, which does not import nn
     # buffers ``load_state_dict`` may find absent (added after older checkpoints were written)
     _optional_buffers: tuple[str, ...] = ()
 
@@ -68,6 +75,7 @@ class Module:
             raise AttributeError("call super().__init__() before assigning to a Module")
         for store in (self._parameters, self._buffers, self._modules):
             if name in store and not isinstance(value, Parameter | Module):
+                _STRUCTURE[0] += 1
                 if store is self._buffers and (value is None or isinstance(value, Tensor)):
                     store[name] = value
                     return
@@ -75,6 +83,9 @@ class Module:
                     store[name] = None
                     return
                 del store[name]
+        if isinstance(value, Parameter | Buffer | Module) or _is_module_seq(value) or \
+                _is_module_map(value):
+            _STRUCTURE[0] += 1
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Buffer):
@@ -106,20 +117,24 @@ class Module:
         for store in (self._parameters, self._buffers, self._modules):
             if name in store:
                 del store[name]
+                _STRUCTURE[0] += 1
                 return
         object.__delattr__(self, name)
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         self._parameters[name] = param
+        _STRUCTURE[0] += 1
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
         """A tensor that is state but not trained (e.g. batch norm's running mean)."""
         self._buffers[name] = tensor
+        _STRUCTURE[0] += 1
         if not persistent:
             self._non_persistent.add(name)
 
     def add_module(self, name: str, module: Module | None) -> None:
         self._modules[name] = module
+        _STRUCTURE[0] += 1
 
     # --- traversal ------------------------------------------------------------------------
     def named_modules(self, prefix: str = "", memo: set | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
@@ -48,10 +49,22 @@ class Sequential(Module):
         return held(x) if held is not None else x
 
     def __getitem__(self, i):
-        mods = list(self._modules.values())
+        """The module at position ``i``; a slice is a Sequential of those modules under their
+        names (as PyTorch's, so a slice's ``state_dict`` keys are the model's)."""
         if isinstance(i, slice):
-            return Sequential(*mods[i])
-        return mods[i]
+            return type(self)(OrderedDict(list(self._modules.items())[i]))
+        return self._modules[_key(self, i)]
+
+    def __setitem__(self, i: int, m: Module) -> None:
+        """Replace the module at position ``i`` (``model[-1] = Linear(...)``: a new head)."""
+        setattr(self, _key(self, i), _checked(self, m))
+
+    def __delitem__(self, i) -> None:
+        """Remove position ``i`` (or a slice); the rest are numbered again from 0."""
+        keys = list(self._modules)[i] if isinstance(i, slice) else [_key(self, i)]
+        for k in keys:
+            delattr(self, k)
+        _renumber(self)
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -60,8 +73,84 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def append(self, m: Module) -> Sequential:
-        self.add_module(str(len(self)), m)
+        self.add_module(str(len(self)), _checked(self, m))
         return self
+
+    def insert(self, index: int, m: Module) -> Sequential:
+        """Put ``m`` before position ``index`` (``-len <= index <= len``), as PyTorch's."""
+        n = len(self)
+        if not -n <= index <= n:
+            raise IndexError(f"Sequential.insert: index {index} is out of range for "
+                             f"{n} modules")
+        ms = list(self._modules.values())
+        ms.insert(index + n if index < 0 else index, _checked(self, m))
+        self._modules.clear()
+        for k, mod in enumerate(ms):
+            self.add_module(str(k), mod)
+        return self
+
+    def extend(self, ms: Iterable[Module]) -> Sequential:
+        for m in ms:
+            self.append(m)
+        return self
+
+    def pop(self, i: int | slice):
+        """Remove and return the module (or Sequential of a slice) at ``i``."""
+        out = self[i]
+        del self[i]
+        return out
+
+    def __add__(self, other: Sequential) -> Sequential:
+        if not isinstance(other, Sequential):
+            raise ValueError("Sequential +: supports only another Sequential, got "
+                             f"{type(other).__name__}")
+        return Sequential(*self, *other)
+
+    def __iadd__(self, other: Sequential) -> Sequential:
+        if not isinstance(other, Sequential):
+            raise ValueError("Sequential +=: supports only another Sequential, got "
+                             f"{type(other).__name__}")
+        return self.extend(list(other))
+
+    def __mul__(self, n: int) -> Sequential:
+        """The modules repeated ``n`` times (the same module objects, as PyTorch's)."""
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"Sequential *: the factor must be an int, got {type(n).__name__}")
+        if n <= 0:
+            raise ValueError(f"Sequential *: the factor must be positive, got {n}")
+        return Sequential(*(list(self) * n))
+
+    __rmul__ = __mul__
+
+    def __imul__(self, n: int) -> Sequential:
+        ms = list((self * n)._modules.values())
+        self._modules.clear()
+        for k, mod in enumerate(ms):
+            self.add_module(str(k), mod)
+        return self
+
+
+def _key(c: Module, i) -> str:
+    """The name of a container's module at position ``i`` (negative counts from the end)."""
+    i = operator.index(i)
+    n = len(c._modules)
+    if not -n <= i < n:
+        raise IndexError(f"{type(c).__name__}: index {i} is out of range for {n} modules")
+    return list(c._modules)[i + n if i < 0 else i]
+
+
+def _checked(c: Module, m) -> Module:
+    if not isinstance(m, Module):
+        raise TypeError(f"{type(c).__name__}: expected a Module, got {type(m).__name__}")
+    return m
+
+
+def _renumber(c: Module) -> None:
+    """Name a container's modules 0, 1, ... again, in order (after a deletion)."""
+    ms = list(c._modules.values())
+    c._modules.clear()
+    for k, mod in enumerate(ms):
+        c.add_module(str(k), mod)
 
 
 _FORWARDS = {Linear: Linear.forward, ReLU: ReLU.forward}
@@ -121,7 +210,28 @@ class ModuleList(Module):
 
     def __getitem__(self, i):
         mods = list(self._modules.values())
-        return ModuleList(mods[i]) if isinstance(i, slice) else mods[i]
+        return type(self)(mods[i]) if isinstance(i, slice) else self._modules[_key(self, i)]
+
+    def __setitem__(self, i: int, m: Module) -> None:
+        setattr(self, _key(self, i), _checked(self, m))
+
+    def __delitem__(self, i) -> None:
+        """Remove position ``i`` (or a slice); the rest are numbered again from 0."""
+        keys = list(self._modules)[i] if isinstance(i, slice) else [_key(self, i)]
+        for k in keys:
+            delattr(self, k)
+        _renumber(self)
+
+    def pop(self, i: int | slice):
+        out = self[i]
+        del self[i]
+        return out
+
+    def __iadd__(self, ms: Iterable[Module]) -> ModuleList:
+        return self.extend(ms)
+
+    def __add__(self, other: Iterable[Module]) -> ModuleList:
+        return ModuleList([*self, *other])
 
     def __len__(self) -> int:
         return len(self._modules)
