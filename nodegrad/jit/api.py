@@ -125,8 +125,9 @@ class Jitted:
                     params.setdefault(id(q), q)
         self._modules = mods
         self._params = list(params.values()) if state is not None else []
-        self._held = tuple(id(x) for mod in mods for store in (
-            mod._parameters, mod._buffers, mod._modules) for x in store.values())
+        self._held = tuple(id(x) for mod in mods for name in ("_parameters", "_buffers",
+                                                              "_modules")
+                           for x in getattr(mod, name, {}).values())
         count = getattr(mods[0], "_structure", None) if mods else None
         self._struct = count[0] if count is not None else None
         self._hot = None
