@@ -13,7 +13,35 @@ from .activation import ReLU
 from .linear import Linear
 
 
-class Sequential(Module):
+class _Positional(Module):
+    """What Sequential and ModuleList share: modules named 0, 1, ... by position, read,
+    replaced, removed (the rest numbered again) and popped by position, as PyTorch's."""
+
+    def __setitem__(self, i: int, m: Module) -> None:
+        """Replace the module at position ``i`` (``model[-1] = Linear(...)``: a new head)."""
+        setattr(self, _key(self, i), _checked(self, m))
+
+    def __delitem__(self, i) -> None:
+        """Remove position ``i`` (or a slice); the rest are numbered again from 0."""
+        keys = list(self._modules)[i] if isinstance(i, slice) else [_key(self, i)]
+        for k in keys:
+            delattr(self, k)
+        _renumber(self)
+
+    def pop(self, i: int | slice):
+        """Remove and return the module (or container of a slice) at ``i``."""
+        out = self[i]
+        del self[i]
+        return out
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+
+class Sequential(_Positional):
     """Modules applied in order: ``Sequential(Linear(40, 100), ReLU(), Linear(100, 10))``."""
 
     def __init__(self, *modules):
@@ -55,23 +83,6 @@ class Sequential(Module):
             return type(self)(OrderedDict(list(self._modules.items())[i]))
         return self._modules[_key(self, i)]
 
-    def __setitem__(self, i: int, m: Module) -> None:
-        """Replace the module at position ``i`` (``model[-1] = Linear(...)``: a new head)."""
-        setattr(self, _key(self, i), _checked(self, m))
-
-    def __delitem__(self, i) -> None:
-        """Remove position ``i`` (or a slice); the rest are numbered again from 0."""
-        keys = list(self._modules)[i] if isinstance(i, slice) else [_key(self, i)]
-        for k in keys:
-            delattr(self, k)
-        _renumber(self)
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
     def append(self, m: Module) -> Sequential:
         self.add_module(str(len(self)), _checked(self, m))
         return self
@@ -93,12 +104,6 @@ class Sequential(Module):
         for m in ms:
             self.append(m)
         return self
-
-    def pop(self, i: int | slice):
-        """Remove and return the module (or Sequential of a slice) at ``i``."""
-        out = self[i]
-        del self[i]
-        return out
 
     def __add__(self, other: Sequential) -> Sequential:
         if not isinstance(other, Sequential):
@@ -181,7 +186,7 @@ def linear_relu(layer: Module, x):
     return F.relu(layer(x))
 
 
-class ModuleList(Module):
+class ModuleList(_Positional):
     """A list of modules whose parameters are registered."""
 
     def __init__(self, modules: Iterable[Module] | None = None):
@@ -212,32 +217,11 @@ class ModuleList(Module):
         mods = list(self._modules.values())
         return type(self)(mods[i]) if isinstance(i, slice) else self._modules[_key(self, i)]
 
-    def __setitem__(self, i: int, m: Module) -> None:
-        setattr(self, _key(self, i), _checked(self, m))
-
-    def __delitem__(self, i) -> None:
-        """Remove position ``i`` (or a slice); the rest are numbered again from 0."""
-        keys = list(self._modules)[i] if isinstance(i, slice) else [_key(self, i)]
-        for k in keys:
-            delattr(self, k)
-        _renumber(self)
-
-    def pop(self, i: int | slice):
-        out = self[i]
-        del self[i]
-        return out
-
     def __iadd__(self, ms: Iterable[Module]) -> ModuleList:
         return self.extend(ms)
 
     def __add__(self, other: Iterable[Module]) -> ModuleList:
         return ModuleList([*self, *other])
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
 
 
 class ModuleDict(Module):
