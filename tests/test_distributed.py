@@ -118,6 +118,23 @@ def test_ddp_starts_allreduces_during_backward(overlap):
     assert all(p.grad is not None for p in model.parameters())
 
 
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_sync_batchnorm_under_jit_runs_eagerly_with_each_calls_statistics(momentum):
+    """Its statistics cross ranks as host arrays: a jitted step runs it eagerly (a replay
+    reused the traced call's sums), so the running statistics follow BatchNorm's."""
+    ng.manual_seed(2)
+    sync = SyncBatchNorm.convert_sync_batchnorm(nn.BatchNorm1d(3, momentum=momentum))
+    ref = nn.BatchNorm1d(3, momentum=momentum)
+    ref.load_state_dict(sync.state_dict())
+    js = ng.jit(sync)
+    for _ in range(4):
+        x = ng.randn(6, 3) * 2 + 1
+        np.testing.assert_allclose(js(x).numpy(), ref(x).numpy(), rtol=1e-5, atol=1e-6)
+    assert js.program is None and "SyncBatchNorm" in js.last.reason
+    np.testing.assert_allclose(sync.running_mean.numpy(), ref.running_mean.numpy(), rtol=1e-6)
+    assert sync.num_batches_tracked.item() == ref.num_batches_tracked.item() == 4
+
 def test_ddp_names_parameters_without_gradient():
     class TwoHeads(nn.Module):
         def __init__(self):

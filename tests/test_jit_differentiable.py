@@ -155,6 +155,23 @@ def test_a_leaf_hook_runs_once_per_backward():
     assert len(calls) == 6 and jm.traces == 1  # once per backward, jitted or not
 
 
+def test_batch_norm_cumulative_average_under_jit_equals_torch():
+    """BatchNorm's momentum=None (1 / the batch count) under jit: each replay moves the
+    running statistics by its own count (the traced call's 1/1 was baked in)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(6)
+    ours, theirs = nn.BatchNorm1d(3, momentum=None), torch.nn.BatchNorm1d(3, momentum=None)
+    step = ng.jit(ours)
+    for _ in range(5):
+        x = rng.standard_normal((8, 3)).astype(np.float32) * 2 + 1
+        step(ng.tensor(x))
+        theirs(torch.tensor(x))
+    assert step.traces == 1
+    np.testing.assert_allclose(ours.running_mean.numpy(), theirs.running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(ours.running_var.numpy(), theirs.running_var.detach().numpy(),
+                               rtol=1e-5)
+
+
 def test_second_derivatives_need_the_function_itself():
     jf = ng.jit(lambda w: (w ** 3).sum())
     w = ng.tensor([1.0, 2.0], requires_grad=True)

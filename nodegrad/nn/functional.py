@@ -329,8 +329,10 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     """Normalise each channel (axis 1) by batch statistics (training) or running ones (eval).
 
     In training the running statistics move by ``momentum`` toward the batch mean and the
-    unbiased batch variance, as PyTorch does. An empty input (no samples, or no channels as
-    PyTorch reads a 1-d one) gives an empty result and leaves the statistics as they were.
+    unbiased batch variance, as PyTorch does (``BatchNorm``'s ``momentum=None`` passes its
+    batch counter instead: a cumulative average, ``1 / count``). An empty input (no samples,
+    or no channels as PyTorch reads a 1-d one) gives an empty result and leaves the
+    statistics as they were.
     """
     x = input
     if x.ndim < 2:

@@ -124,8 +124,11 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
 # --- dropout variants -------------------------------------------------------------------------
 @effect  # under nodegrad.jit a replayed step, as the statistics live outside the program
 def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
-                    momentum: float, unbias: float) -> None:
-    """Move the running statistics toward the batch's: ``r <- (1 - m) r + m b``."""
+                    momentum: float | Tensor, unbias: float) -> None:
+    """Move the running statistics toward the batch's: ``r <- (1 - m) r + m b``. ``momentum``
+    may be a norm layer's batch counter instead (PyTorch's ``momentum=None``, a cumulative
+    average): ``m = 1 / count``, read when the update runs, so a replayed step reads its own
+    count, not the traced one's."""
     if BatchTracer in (type(running_mean), type(running_var), type(mean), type(var)):
         raise TypeError("batch/instance norm: inside vmap the running statistics cannot be "
                         "updated in place from each example's statistics (they would store "
@@ -133,6 +136,8 @@ def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var
                         "running statistics (for modules: "
                         "ng.func.replace_all_batch_norm_modules_(model))")
     dt = mean.dtype
+    if isinstance(momentum, Tensor):
+        momentum = 1.0 / int(momentum.data)
     m = dt.type(momentum)
     rm, rv = running_mean.data, running_var.data
     rm *= 1 - m

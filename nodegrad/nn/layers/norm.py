@@ -41,8 +41,8 @@ class _BatchNorm(Module):
         momentum = self.momentum
         if self.training and self.num_batches_tracked is not None:
             F._count_batch(self.num_batches_tracked)
-            if momentum is None:  # cumulative moving average, as PyTorch
-                momentum = 1.0 / int(self.num_batches_tracked.item())
+            if momentum is None:  # cumulative moving average, as PyTorch: 1 / the count,
+                momentum = self.num_batches_tracked  # read by the update when it runs
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             self.training, momentum, self.eps)
 

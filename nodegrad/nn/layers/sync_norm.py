@@ -10,7 +10,7 @@ In eval it is BatchNorm: the running statistics, no communication.
 from __future__ import annotations
 
 from ... import ops
-from ...autodiff import no_grad
+from ...autodiff import computes_with_values, no_grad
 from ...errors import ShapeError
 from ...tensor import Tensor
 from ..module import Module
@@ -26,7 +26,10 @@ def _world():
 def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
                     weight: Tensor | None, bias: Tensor | None, momentum: float, eps: float,
                     group) -> Tensor:
-    """Training-mode batch norm over the batches of every rank of ``group`` (a communicator)."""
+    """Training-mode batch norm over the batches of every rank of ``group`` (a communicator).
+    The statistics cross ranks as host arrays, so under ``nodegrad.jit`` the step runs eagerly
+    (a replay would reuse the traced call's all-reduced sums)."""
+    computes_with_values(x, "SyncBatchNorm's all-reduce of the batch statistics")
     c = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, c) + (1,) * (x.ndim - 2)
