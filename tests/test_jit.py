@@ -480,6 +480,23 @@ def test_a_step_follows_frozen_and_replaced_layers_and_parameters():
     assert _same(jm(x).numpy(), model(x).numpy())
 
 
+def test_reading_state_that_the_step_changes_runs_eagerly():
+    """A value read into Python from a tensor outside the program that a recorded effect
+    changes (a counter) differs on every call: the signature runs eagerly and says why (a
+    replay gave the traced call's value every time)."""
+    from nodegrad.nn.norm_functional import _count_batch
+
+    counter = ng.zeros((), dtype=ng.int64)
+
+    def f(x):
+        _count_batch(counter)
+        return x * float(counter.item())
+
+    jf = ng.jit(f)
+    assert [jf(ng.ones(2)).numpy()[0] for _ in range(4)] == [1.0, 2.0, 3.0, 4.0]
+    assert jf.program is None and "changes in place" in jf.last.reason
+
+
 def test_a_traced_index_makes_the_signature_run_eagerly():
     def f(x, i):
         h = x * 1.0

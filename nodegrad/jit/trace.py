@@ -50,6 +50,7 @@ class Recorder:
         self.meta: dict[int, tuple] = {}  # slot -> (shape, dtype) of the array it held at trace
         self.loaded: dict[int, object] = {}  # load slot -> weak reference to its tensor
         self.before: dict[int, object] = {}  # load slot -> its value before an in-place change
+        self.changed: set[int] = set()  # id(array) of tensors outside the program an effect got
 
     # --- slots --------------------------------------------------------------------------------
     def _new(self, value) -> int:
@@ -136,6 +137,10 @@ class Recorder:
         # argument (an optimiser, a buffer that lives outside the program) is passed as is
         pos = [i for i, a in enumerate(args) if isinstance(a, Tensor) and id(a.data) in self.slot]
         ins = tuple(self.slot[id(args[i].data)] for i in pos)
+        for a in args:  # state the effect may change on every replay (a norm layer's counter)
+            if isinstance(a, Tensor) and id(a.data) not in self.slot:
+                self.changed.add(id(a.data))
+                self.keep.append(a.data)
         res = self._run_untraced(fn, args, kwargs)
         out = self._new(res) if B.is_array(res) else None
         name = getattr(fn, "__qualname__", "effect")
@@ -185,7 +190,14 @@ class Recorder:
         self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
 
     def concrete(self, data, what: str) -> None:
-        """Refuse to turn a traced value into a Python value (it would be frozen at trace)."""
+        """Refuse to turn a traced value into a Python value (it would be frozen at trace). A
+        tensor outside the program that a recorded effect changes (a counter, running
+        statistics) makes the signature run eagerly instead: each call has its own value."""
+        if id(data) in self.changed and id(data) not in self.slot:
+            if self.fallback is None:
+                self.fallback = (f"{what} reads a tensor that the step changes in place (at "
+                                 f"{creation_site()}): a replay would reuse the traced value")
+            return
         if id(data) in self.slot:
             raise JitError(
                 f"jit: {what} on a traced tensor at {creation_site()}: its value is not known "
