@@ -480,6 +480,22 @@ def test_a_step_follows_frozen_and_replaced_layers_and_parameters():
     assert _same(jm(x).numpy(), model(x).numpy())
 
 
+def test_forward_hooks_added_or_removed_after_the_trace_take_effect():
+    """A forward hook runs at trace time, so the program holds its effect: a hook added (or
+    removed) later makes the module trace again (replays went on without it, silently)."""
+    x = ng.randn(4, 3)
+    model = nn.Sequential(nn.Linear(3, 2))
+    jm = ng.jit(model)
+    jm(x)
+    h = model[0].register_forward_hook(lambda mod, inp, out: out * 2)
+    assert _same(jm(x).numpy(), model(x).numpy())
+    pre = model[0].register_forward_pre_hook(lambda mod, inp: (inp[0] * 3,))
+    assert _same(jm(x).numpy(), model(x).numpy())
+    h.remove()
+    pre.remove()
+    assert _same(jm(x).numpy(), model(x).numpy()) and jm.traces == 3  # back to the first
+
+
 def test_reading_state_that_the_step_changes_runs_eagerly():
     """A value read into Python from a tensor outside the program that a recorded effect
     changes (a counter) differs on every call: the signature runs eagerly and says why (a

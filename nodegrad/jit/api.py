@@ -109,9 +109,10 @@ class Jitted:
         """Read the modules among the state (and ``fn`` itself when it is one) as they are now:
         their modules, the parameters of the state's modules and optimisers (freezing or
         unfreezing one changes which gradients a step computes and applies, so their flags key
-        the cache), and which tensors and submodules the modules hold (a layer, parameter or
-        buffer replaced since a trace would leave its program reading the old one). Done again
-        whenever any module's structure changed (``Module._structure``)."""
+        the cache), and which tensors, submodules and forward hooks the modules hold (a layer,
+        parameter or buffer replaced since a trace would leave its program reading the old one;
+        a forward hook added or removed would not run, or still run, on replays). Done again
+        whenever any module's structure or hooks changed (``Module._structure``)."""
         objs, state = self._objs, self.state
         mods = [mod for o in objs if hasattr(o, "training") and hasattr(o, "modules")
                 for mod in o.modules()]
@@ -127,7 +128,9 @@ class Jitted:
         self._params = list(params.values()) if state is not None else []
         self._held = tuple(id(x) for mod in mods for name in ("_parameters", "_buffers",
                                                               "_modules")
-                           for x in getattr(mod, name, {}).values())
+                           for x in getattr(mod, name, {}).values()) + tuple(
+            id(h) for mod in mods for name in ("_forward_pre_hooks", "_forward_hooks")
+            for h in getattr(mod, name, ()))  # forward hooks run at trace: a new one retraces
         count = getattr(mods[0], "_structure", None) if mods else None
         self._struct = count[0] if count is not None else None
         self._hot = None

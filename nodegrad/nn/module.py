@@ -472,7 +472,8 @@ class Module:
         hooks = getattr(self, store)
         entry = hook if entry is None else entry
         hooks.insert(0, entry) if prepend else hooks.append(entry)
-        return RemovableHandle(hooks, entry)
+        _STRUCTURE[0] += 1  # a jitted module's forward changes with its hooks (_HookHandle too)
+        return _HookHandle(hooks, entry)
 
     def register_forward_hook(self, hook: Callable, *, prepend: bool = False,
                               with_kwargs: bool = False,
@@ -675,6 +676,15 @@ class _Hook:
         return self is other or other is self.fn
 
     __hash__ = object.__hash__
+
+
+class _HookHandle(RemovableHandle):
+    """A module hook's handle: removing the hook counts as a change of structure, as adding
+    it does (a jitted module reads its hooks again, see ``_STRUCTURE``)."""
+
+    def remove(self) -> None:
+        super().remove()
+        _STRUCTURE[0] += 1
 
 
 _HOOK_LISTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
