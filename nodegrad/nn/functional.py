@@ -412,26 +412,11 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None,
         renorm_rows_(weight, values(idx).reshape(-1), max_norm, norm_type)
     out = weight[idx]
     if scale_grad_by_freq and idx.numel():
-        if isinstance(idx, BatchTracer):
-            raise NotImplementedError("embedding: scale_grad_by_freq=True inside vmap is not "
-                                      "supported (the counts would span the whole batch)")
-        out = _grad_by_freq(out, idx)
+        out = grad_by_freq(out, values(idx), idx, "embedding")
     if padding_idx is None:
         return out
     pad = _padding_index(padding_idx, n, "embedding")
     return ops.where(ops.expand_dims(idx == pad, -1), out.detach(), out)
-
-
-def _grad_by_freq(out: Tensor, idx: Tensor) -> Tensor:
-    """``out`` unchanged, its gradient at each looked-up row divided by the number of times
-    that row's index occurs in ``idx``."""
-    xp = B.backend_of(out.data).xp
-    computes_with_values(idx, "scale_grad_by_freq")
-    v = values(idx)
-    _, inverse, counts = xp.unique(v.reshape(-1), return_inverse=True, return_counts=True)
-    scale = Tensor((1.0 / counts[inverse.reshape(-1)]).astype(out.dtype).reshape(v.shape + (1,)))
-    scaled = out * scale
-    return out.detach() + (scaled - scaled.detach())
 
 
 def _padding_index(padding_idx: int, n: int, op: str) -> int:
@@ -662,7 +647,8 @@ __all__ += [
 ]
 
 # --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------
-from .norm_functional import _count_batch, _update_running, check_rows, renorm_rows_  # noqa: E402, F401, E501
+from .norm_functional import (  # noqa: E402, F401
+    _count_batch, _update_running, check_rows, grad_by_freq, renorm_rows_)
 from .norm_functional import (alpha_dropout, bilinear, dropout1d, dropout2d,  # noqa: E402
                               dropout3d, embedding_bag, group_norm, instance_norm,
                               local_response_norm, rms_norm)

@@ -283,6 +283,22 @@ def check_rows(idx: Tensor, n: int, op: str) -> None:
                              "embeddings")
 
 
+def grad_by_freq(out: Tensor, rows, counted: Tensor, op: str) -> Tensor:
+    """``out``, the embedding rows named by index array ``rows``, unchanged, but each row's
+    gradient divided by how often its index occurs in ``counted`` (PyTorch's
+    ``scale_grad_by_freq``). The counts are host work on ``counted``'s values: under a jit
+    trace the signature runs eagerly; inside vmap they would span the whole batch."""
+    if isinstance(counted, BatchTracer):
+        raise NotImplementedError(f"{op}: scale_grad_by_freq=True inside vmap is not supported "
+                                  "(the counts would span the whole batch)")
+    computes_with_values(counted, "scale_grad_by_freq")
+    xp = B.backend_of(out.data).xp
+    uniq, counts = xp.unique(values(counted).reshape(-1), return_counts=True)
+    scale = Tensor((1.0 / counts[xp.searchsorted(uniq, rows)]).astype(out.dtype)[..., None])
+    scaled = out * scale
+    return out.detach() + (scaled - scaled.detach())
+
+
 def renorm_rows_(weight: Tensor, rows, max_norm: float, norm_type: float = 2.0) -> None:
     """PyTorch's ``embedding_renorm_``: the rows of ``weight`` that index array ``rows`` names
     whose ``norm_type``-norm exceeds ``max_norm`` are scaled down to it, in place, unrecorded
@@ -355,14 +371,7 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
         valid = valid & (idx != (padding_idx % num))
     emb = weight[idx]                                                    # (B, Lmax, D)
     if scale_grad_by_freq and iv.size:
-        if isinstance(input, BatchTracer):
-            raise NotImplementedError(f"{op}: scale_grad_by_freq=True inside vmap is not "
-                                      "supported (the counts would span the whole batch)")
-        computes_with_values(input, "scale_grad_by_freq")
-        counts = xp.bincount(iv.reshape(-1), minlength=num)
-        scale = Tensor((1.0 / xp.maximum(counts[idx], 1)).astype(weight.dtype)[..., None])
-        scaled = emb * scale  # the values of emb, each row's gradient over its count
-        emb = emb.detach() + (scaled - scaled.detach())
+        emb = grad_by_freq(emb, idx, input, op)
     mask = Tensor(valid.astype(weight.dtype))
     count = mask.data.sum(1)
     if mode == "max":
