@@ -117,7 +117,7 @@ class Jitted:
         mods = [mod for o in objs if hasattr(o, "training") and hasattr(o, "modules")
                 for mod in o.modules()]
         params: dict = {}
-        for o in objs:
+        for o in objs if state is not None else ():
             if hasattr(o, "training") and hasattr(o, "parameters"):
                 for q in o.parameters():
                     params.setdefault(id(q), q)
@@ -125,7 +125,7 @@ class Jitted:
                 for q in g.get("params", ()) if isinstance(g, dict) else ():
                     params.setdefault(id(q), q)
         self._modules = mods
-        self._params = list(params.values()) if state is not None else []
+        self._params = list(params.values())
         self._held = tuple(id(x) for mod in mods for name in ("_parameters", "_buffers",
                                                               "_modules")
                            for x in getattr(mod, name, {}).values()) + tuple(
@@ -369,7 +369,7 @@ class Jitted:
         fwd = Program(fwd_instrs, rec.nslots, rec.consts, in_slots, out_slots + residuals,
                       rec.backend, **opts)
         bwd = Program(bwd_instrs, rec.nslots, rec.consts, residuals + ct_slots, g_slots,
-                      rec.backend, **dict(opts, values=values))
+                      rec.backend, **opts)
         orders = ["F" if c.data.flags.f_contiguous and not c.data.flags.c_contiguous else "C"
                   for c in cts]
         return _Diff(fwd, bwd, len(out_slots), wrt_in, [weakref.ref(t) for t in loaded], present,
