@@ -95,9 +95,7 @@ class Sequential(_Positional):
                              f"{n} modules")
         ms = list(self._modules.values())
         ms.insert(index + n if index < 0 else index, _checked(self, m))
-        self._modules.clear()
-        for k, mod in enumerate(ms):
-            self.add_module(str(k), mod)
+        _renumber(self, ms)
         return self
 
     def extend(self, ms: Iterable[Module]) -> Sequential:
@@ -128,10 +126,7 @@ class Sequential(_Positional):
     __rmul__ = __mul__
 
     def __imul__(self, n: int) -> Sequential:
-        ms = list((self * n)._modules.values())
-        self._modules.clear()
-        for k, mod in enumerate(ms):
-            self.add_module(str(k), mod)
+        _renumber(self, list(self * n))
         return self
 
 
@@ -150,9 +145,10 @@ def _checked(c: Module, m) -> Module:
     return m
 
 
-def _renumber(c: Module) -> None:
-    """Name a container's modules 0, 1, ... again, in order (after a deletion)."""
-    ms = list(c._modules.values())
+def _renumber(c: Module, ms: list | None = None) -> None:
+    """Hold modules ``ms`` (default: the container's own, after a deletion) named 0, 1, ...
+    in order."""
+    ms = list(c._modules.values()) if ms is None else ms
     c._modules.clear()
     for k, mod in enumerate(ms):
         c.add_module(str(k), mod)
@@ -204,9 +200,7 @@ class ModuleList(_Positional):
         """Put ``m`` before position ``index`` (negative counts from the end), as list.insert."""
         ms = list(self._modules.values())
         ms.insert(index, m)
-        self._modules.clear()
-        for i, mod in enumerate(ms):
-            self.add_module(str(i), mod)
+        _renumber(self, ms)
 
     def extend(self, ms: Iterable[Module]) -> ModuleList:
         for m in ms:
