@@ -580,9 +580,23 @@ class _Halves:
 _halves = _Halves()
 
 
+def two_threads() -> bool:
+    """Whether a loop may run in halves on two threads: more than one core is ours and the
+    BLAS thread count (``set_num_threads``, threadpoolctl, ``OPENBLAS_NUM_THREADS``: the
+    process's one intra-op setting, as PyTorch's) is above one."""
+    if not _halves.enabled:
+        return False
+    get = _BlasThreads.get
+    if get is None:
+        if _BlasThreads.looked or not _BlasThreads.find():
+            return True
+        get = _BlasThreads.get
+    return get() > 1
+
+
 def _halvable(x) -> bool:
-    return (_halves.enabled and type(x) is np.ndarray and x.size >= SPLIT_MIN
-            and x.dtype.kind == "f" and x.dtype.itemsize >= 4 and x.flags.c_contiguous)
+    return (type(x) is np.ndarray and x.size >= SPLIT_MIN and x.dtype.kind == "f"
+            and x.dtype.itemsize >= 4 and x.flags.c_contiguous and two_threads())
 
 
 def binary_halves(ufunc, x, y):
@@ -1345,7 +1359,7 @@ def outer_stack(x, y):
     if out.size:
         b = math.prod(lead)
         x, y, o = x.reshape(b, m), y.reshape(b, n), out.reshape(b, m, n)
-        if out.size >= SPLIT_MIN and b > 1 and _halves.enabled:  # memory-bound: two cores
+        if out.size >= SPLIT_MIN and b > 1 and two_threads():  # memory-bound: two cores
             h = b // 2
             _halves.run(fn, (x[:h], y[:h], o[:h]), (x[h:], y[h:], o[h:]))
         else:

@@ -1,6 +1,6 @@
 """Threads and determinism, PyTorch's way: ``get_num_threads``/``set_num_threads`` for the BLAS
-behind matrix products (through threadpoolctl), and ``use_deterministic_algorithms``, a flag
-that nodegrad's CPU ops satisfy already."""
+behind matrix products (through threadpoolctl) and the loops nodegrad splits in two, and
+``use_deterministic_algorithms``, a flag that nodegrad's CPU ops satisfy already."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(num: int) -> None:
-    """Limit the BLAS behind matrix products to ``num`` threads, as ``torch.set_num_threads``
-    (elementwise ops run on one thread whatever the setting)."""
+    """Limit nodegrad's CPU work to ``num`` threads, as ``torch.set_num_threads``: the BLAS
+    behind matrix products, and with 1 also the large elementwise loops, full sums and fused
+    optimiser steps that otherwise run in halves on two threads."""
     if not isinstance(num, int) or isinstance(num, bool) or num < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {num!r}")
     from threadpoolctl import threadpool_limits

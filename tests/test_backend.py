@@ -972,3 +972,32 @@ def test_sums_as_numpy_says_which_sums_have_numpys_bits(shape, perm, axis):
     rows = int(np.prod([shape[d] for d in red]))  # the contiguous rows' length, where not
     assert said == (size < 4096 or not isinstance(axis, tuple)
                     or (not kept_inner and rows > B.PAIRWISE_ROWS))
+
+
+def test_one_thread_setting_keeps_the_halves_on_the_callers_thread(monkeypatch):
+    """``set_num_threads(1)`` (or threadpoolctl's limit) is PyTorch's intra-op setting: large
+    multiplies and full sums then run on the calling thread alone, with the same values."""
+    import threadpoolctl
+
+    from nodegrad import _backend as B
+
+    a = np.arange(2 * B.SPLIT_MIN, dtype=np.float32) / B.SPLIT_MIN
+    ta = ng.tensor(a)
+    calls = []
+    run = B._halves.run
+    monkeypatch.setattr(B._halves, "run", lambda *args: calls.append(1) or run(*args))
+    want_sum, want_prod = np.add.reduce(a, axis=None), a * a
+    n = ng.get_num_threads()
+    try:
+        ng.set_num_threads(1)
+        assert not B.two_threads()
+        assert ta.sum().item() == want_sum
+        np.testing.assert_array_equal((ta * ta).numpy(), want_prod)
+        assert calls == []
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            split = B.two_threads()
+            assert ta.sum().item() == want_sum
+            np.testing.assert_array_equal((ta * ta).numpy(), want_prod)
+        assert len(calls) == (2 if split else 0)
+    finally:
+        ng.set_num_threads(n)
