@@ -495,6 +495,15 @@ def matmul(a, b):
 _add_reduce = np.add.reduce  # np.sum without its Python wrapper (same dtypes)
 
 
+def diagonal_view(x, offset: int, axis1: int, axis2: int):
+    """The ``offset`` diagonal of ``x``'s (axis1, axis2) planes as a last axis: a view that
+    writes reach ``x`` through, as PyTorch's ``diagonal`` (NumPy's own view is read-only)."""
+    d = x.diagonal(offset, axis1, axis2)
+    if type(d) is np.ndarray and not d.flags.writeable and x.flags.writeable:
+        d.flags.writeable = True
+    return d
+
+
 # --- large memory-bound loops on two cores ----------------------------------------------------
 SPLIT_MIN = 1 << 19
 """Elements (2 MiB of float32) from which a full sum or a same-shape multiply, add or subtract

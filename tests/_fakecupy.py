@@ -114,6 +114,12 @@ class ndarray:  # CuPy's name
     imag = property(lambda self: ndarray(self._a.imag))
     base = property(lambda self: None if self._a.base is None else ndarray(self._a.base))
 
+    def diagonal(self, offset=0, axis1=0, axis2=1):  # CuPy's diagonal is a writable view
+        d = self._a.diagonal(offset, axis1, axis2)
+        if self._a.flags.writeable:
+            d.flags.writeable = True
+        return ndarray(d)
+
     def __getattr__(self, name):
         attr = getattr(self._a, name)
         if not callable(attr):

@@ -137,14 +137,13 @@ def _diag_index(m: int, n: int, offset: int):
 
 
 def diagonal(x, offset: int = 0, dim1: int = 0, dim2: int = 1):
-    """The diagonal of the (dim1, dim2) planes, as a last dim (PyTorch and NumPy)."""
+    """The diagonal of the (dim1, dim2) planes, as a last dim (PyTorch and NumPy): a view of
+    ``x``, so writing into it writes ``x``'s diagonal, as in PyTorch."""
     _matrix(x, "diagonal")
     a1, a2 = norm_axis(dim1, x.ndim, "diagonal"), norm_axis(dim2, x.ndim, "diagonal")
     if a1 == a2:
         raise ShapeError(f"diagonal: dim1 and dim2 must differ, got {dim1} and {dim2}")
-    y = transpose(x, [d for d in range(x.ndim) if d not in (a1, a2)] + [a1, a2])
-    i, j = _diag_index(x.shape[a1], x.shape[a2], offset)
-    return getitem(y, (Ellipsis, i, j))
+    return S.diagonal_of(x, int(offset), a1, a2)
 
 
 _diagonal = diagonal  # `diag` takes an argument named like the function

@@ -385,6 +385,42 @@ _flip = primitive("flip", lambda xp, x, axis: xp.flip(x, axis),
                   doc="Reverse the order along axes.")
 
 
+def _diag_put_fwd(xp, v, shape, offset, axis1, axis2):
+    out = xp.zeros(shape, v.dtype)
+    B.diagonal_view(out, offset, axis1, axis2)[...] = v
+    return out
+
+
+def _diag_batch(v, b, offset, axis1, axis2):
+    return _diagonal(front(v[0], b[0]), offset=offset, axis1=axis1 + 1, axis2=axis2 + 1), 0
+
+
+_diagonal = primitive(
+    "diagonal", lambda xp, x, offset, axis1, axis2: B.diagonal_view(x, offset, axis1, axis2),
+    lambda g, ans, x, offset, axis1, axis2: _diag_put(g, shape=tuple(x.shape), offset=offset,
+                                                      axis1=axis1, axis2=axis2),
+    saves="none", kind=_SH, jvp=_L, batch=_diag_batch,
+    doc="The offset diagonal of the (axis1, axis2) planes as a last axis: a view of x.")
+_diag_put = primitive(
+    "diagonal_put", _diag_put_fwd,
+    lambda g, ans, v, shape, offset, axis1, axis2: _diagonal(g, offset=offset, axis1=axis1,
+                                                             axis2=axis2),
+    saves="none", kind=_SH, jvp=_L,
+    batch=lambda v, b, shape, offset, axis1, axis2: (_diag_put(
+        front(v[0], b[0]), shape=(size_of(v, b),) + shape, offset=offset, axis1=axis1 + 1,
+        axis2=axis2 + 1), 0),
+    doc="zeros(shape) with v on the offset diagonal of its (axis1, axis2) planes.")
+
+
+def diagonal_of(x, offset: int, axis1: int, axis2: int):
+    """``x``'s diagonal (axes normalised, distinct): a view, as PyTorch's, that shares ``x``'s
+    version counter, so a change through either is seen by nodes that saved the other."""
+    out = _diagonal(x, offset=offset, axis1=axis1, axis2=axis2)
+    if type(out) is Tensor and type(x) is Tensor:
+        out._version = x._ensure_version()
+    return out
+
+
 def flip(x, axis=None):
     """Reverse the order of elements along ``axis`` (all axes when None)."""
     axes = norm_axes(axis, x.ndim, "flip")
