@@ -324,6 +324,22 @@ def as_float(prim: Primitive, backend, datas: list, params: dict, out, dtype):
     return out.astype(dtype)
 
 
+def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -> None:
+    """A view's tensor shares the version counter of the tensor whose array it views, as
+    PyTorch's views do: an in-place change through either is then seen by every node that
+    saved the other (the error, not a silently wrong gradient), and its ``_view`` names the base
+    and the op, so an in-place change of the view while recording reaches the base
+    (:func:`.ops.index.write_through`)."""
+    root = out if out.base is None else out.base
+    for a in args:
+        if isinstance(a, Tensor):
+            d = a.data
+            if d is root or d.base is root:
+                t._version = a._shared_version()
+                t._view = (a, prim, params)  # an in-place change of t under autograd tells a
+                return
+
+
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it.
 
@@ -407,7 +423,11 @@ def bind(prim: Primitive, args: tuple, params: dict):
         m.jit.record(prim, args, datas, params, out, backend)
     if not (record and m.grad_enabled and prim.differentiable
             and (odt is _DEFAULT_FLOAT or odt.kind == "f")):
-        return _make(out)
+        if out.base is None and out is not first:
+            return _make(out)
+        t = _make(out)
+        _share_version(t, args, out, prim, params)
+        return t
     # record: the node keeps its parents, the input shapes, and what the VJP reads (with the
     # version of each kept tensor, so an in-place change before backward is caught)
     save_in = prim.save_in
@@ -430,9 +450,13 @@ def bind(prim: Primitive, args: tuple, params: dict):
     node = _node(prim, params, tuple(parents), args if save_in else None,
                  out if save_out else None, tuple(shapes), versions)
     t = _make(out, node, True)
+    if out.base is not None or out is first:
+        _share_version(t, args, out, prim, params)
     if save_out:
-        cell = t._version = [0]
-        versions.append((cell, 0))
+        cell = t._version
+        if cell is None:
+            cell = t._version = [0]
+        versions.append((cell, cell[0]))
     if m.anomaly:
         node.trace = creation_site()
     return t

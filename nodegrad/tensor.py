@@ -273,6 +273,26 @@ class Tensor:
         if self._version is not None:
             self._version[0] += 1
 
+    def _shared_version(self) -> list:
+        """The version counter, marked as shared with views of this tensor's array (a second
+        entry): a write into the memory through any of them moves it on for all."""
+        cell = self._ensure_version()
+        if len(cell) == 1:
+            cell.append(True)
+        return cell
+
+    def _rebound(self) -> None:
+        """Before the tensor is pointed at a new array (an in-place op recorded for autograd,
+        which writes no memory): a counter of its own moves on, so a backward that saved the
+        old value refuses, as PyTorch's would; a counter shared with views is left, since
+        their arrays, and what any node saved of them, are unchanged."""
+        cell = self._version
+        if cell is not None:
+            if len(cell) > 1:
+                self._version = None
+            else:
+                cell[0] += 1
+
     def _check_inplace(self, what: str) -> None:
         if modes().grad_enabled and self.requires_grad and self.node is None:
             raise GradError(f"{what}: a leaf tensor that requires grad cannot be changed in "

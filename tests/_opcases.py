@@ -1235,6 +1235,37 @@ def _diagonal(draw, layout):
                 lambda t: torch.diagonal(t, off, d1, d2))
 
 
+def _diagonal_put(draw, layout):
+    """The diagonal's adjoint called directly: zeros with v on the offset diagonal."""
+    (s,) = draw(shapes(layout))
+    d1, d2 = draw(st.permutations(range(len(s))))[:2]
+    off = draw(st.integers(-3, 3))
+    vs = tuple(torch.zeros(s).diagonal(off, d1, d2).shape)
+    return Call(lambda v: P["diagonal_put"](v, shape=s, offset=off, axis1=d1, axis2=d2),
+                (arr(draw, vs),),
+                lambda v: torch.diagonal_scatter(torch.zeros(s, dtype=v.dtype), v, off, d1, d2))
+
+
+def _view_put(draw, layout):
+    """What an in-place change through a view gives its base: x with its transpose's row, or
+    its diagonal, replaced by v."""
+    (s,) = draw(shapes(layout))
+    d1, d2 = draw(st.permutations(range(len(s))))[:2]
+    which = draw(st.sampled_from(["diagonal", "transpose"]))
+    if which == "diagonal":
+        view, vp = P["diagonal"], (("offset", 0), ("axis1", d1), ("axis2", d2))
+        vs = tuple(torch.zeros(s).diagonal(0, d1, d2).shape)
+        put = lambda x, v: torch.diagonal_scatter(x, v, 0, d1, d2)  # noqa: E731
+    else:
+        axes = tuple(draw(st.permutations(range(len(s)))))
+        view, vp = P["transpose"], (("axes", axes),)
+        vs = tuple(s[a] for a in axes)
+        inv = tuple(axes.index(k) for k in range(len(s)))
+        put = lambda x, v: x * 0 + v.permute(inv)  # noqa: E731
+    return Call(lambda x, v: P["view_put"](x, v, view=view, vparams=vp),
+                (arr(draw, s), arr(draw, vs)), put)
+
+
 def _diag(draw, layout):
     off = draw(st.integers(-2, 2))
     (s,) = draw(shapes(layout))
@@ -1420,10 +1451,12 @@ case("roll", _roll, ("concatenate",), ("vector", "matrix", "3d", "size1", "nonco
 case("tril", _triangle("tril"), ("where",), ND)
 case("triu", _triangle("triu"), ("where",), ND)
 case("diagonal", _diagonal, ("diagonal",), ND)
+case("diagonal_put", _diagonal_put, layouts=ND)
+case("view_put", _view_put, layouts=ND)
 case("diag_1d", _diag, ("setitem",), ("vector",))
 case("diag_2d", _diag, ("diagonal",), ("matrix", "noncontig"))
 case("diag_embed", _diag_embed, ("setitem",), UNARY[1:])
-case("trace", _trace, ("getitem", "sum"), ("matrix", "noncontig"))
+case("trace", _trace, ("diagonal", "sum"), ("matrix", "noncontig"))
 case("meshgrid", _meshgrid, ("reshape",), ("vector", "3d", "empty"))
 case("cartesian_prod", _cartesian_prod, ("concatenate",), ("vector", "3d", "empty"))
 case("unflatten", _unflatten, ("reshape",), UNARY[1:])

@@ -56,7 +56,8 @@ def test_scalar_positional_dims_of_methods_and_torch_functions():
     n, t = _pair(3.0)
     _same(n.sum(0), t.sum(0))
     _same(n.mean(-1, True), t.mean(-1, True))
-    _same(n.max(0), t.max(0).values)  # x.max(axis) positional: values, as documented
+    _same(n.max(0).values, t.max(0).values)  # x.max(dim) positional: (values, indices)
+    _same(n.max(0).indices, t.max(0).indices)
     _same(ng.logsumexp(n, (0,), True), torch.logsumexp(t, (0,), True))
     _same(ng.count_nonzero(n, -1), torch.count_nonzero(t, -1))
     _same(n.prod(0), t.prod(0))

@@ -374,7 +374,7 @@ def _rebind(self: Tensor, result: Tensor, name: str) -> Tensor:
     if rec is not None and rec.fallback is None and _from_outside(rec, self):
         rec.fallback = (f"'{name}' rebinds a tensor the step did not make (at "
                         f"{creation_site()})")
-    self._bump()
+    self._rebound()
     self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
     if result._version is not None:  # a node that saved result's array watches this counter
         self._version = result._version

@@ -35,8 +35,8 @@ def tensor_repeat(x, *sizes):
     shape = (1,) * (len(sizes) - x.ndim) + tuple(x.shape)
     inter = tuple(v for s in shape for v in (1, s))
     big = tuple(v for r, s in zip(sizes, shape) for v in (r, s))
-    return reshape(broadcast_to(reshape(x, inter), big),
-                   tuple(r * s for r, s in zip(sizes, shape)))
+    return S.fresh(reshape(broadcast_to(reshape(x, inter), big),
+                           tuple(r * s for r, s in zip(sizes, shape))), x)
 
 
 def tile(x, dims):
@@ -94,18 +94,20 @@ def roll(x, shifts, dims=None):
             if len(shifts) != 1:
                 raise ShapeError(f"roll: with dims=None, expected one shift, got {shifts}")
             shifts = shifts[0]
-        return reshape(roll(reshape(x, (-1,)), shifts, 0), x.shape)
+        return S.fresh(reshape(roll(reshape(x, (-1,)), shifts, 0), x.shape), x)
     shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     if len(shifts) != len(dims):
         raise ShapeError(f"roll: {len(shifts)} shifts for {len(dims)} dims; expected one each")
+    out = x
     for s, d in zip(shifts, dims):
         ax = norm_axis(d, max(x.ndim, 1), "roll")
         n = x.shape[ax] if x.ndim else 1
         s = s % n if n else 0
         if s and x.ndim:
-            x = concatenate([_along(x, ax, slice(n - s, n)), _along(x, ax, slice(0, n - s))], ax)
-    return x
+            out = concatenate([_along(out, ax, slice(n - s, n)),
+                               _along(out, ax, slice(0, n - s))], ax)
+    return S.fresh(out, x)
 
 
 # --- triangles and diagonals -----------------------------------------------------------------
@@ -322,7 +324,7 @@ def rot90(x, k: int = 1, dims=(0, 1)):
         return S.flip(x, (a, b))
     if k == 3:
         return S.swapaxes(S.flip(x, a), a, b)
-    return x
+    return S.fresh(x, x)
 
 
 def flipud(x):

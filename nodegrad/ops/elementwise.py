@@ -36,6 +36,21 @@ def _no_bools(name, f):
     return fwd
 
 
+def _int_divisor(name: str, xp, x, y) -> None:
+    """Refuse an integer division by zero, as PyTorch does (NumPy returns 0 with a warning)."""
+    if getattr(y, "dtype", None) is not None or type(y) is int:
+        if xp.result_type(x, y).kind in "iu" and not xp.all(y):
+            raise ZeroDivisionError(f"{name}: integer division by zero")
+
+
+def _int_division(name: str, f):
+    """``f``, refusing integer division by zero first."""
+    def fwd(xp, x, y, **params):
+        _int_divisor(name, xp, x, y)
+        return f(xp, x, y, **params)
+    return fwd
+
+
 def _is_bool(v) -> bool:
     return type(v) is bool or getattr(v, "dtype", None) == B.bool_
 
@@ -105,7 +120,8 @@ power = primitive(
      lambda g, ans, x, y: g * ans * _log_base(x)),
     saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
 remainder = primitive(
-    "remainder", _no_bools("remainder", lambda xp, x, y: xp.remainder(x, y)),
+    "remainder", _no_bools("remainder", _int_division(
+        "remainder", lambda xp, x, y: xp.remainder(x, y))),
     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_divide(x, y)),
     kind=_EW, jvp=_J, doc="x mod y with the sign of y (Python's %).")
 
@@ -123,7 +139,8 @@ def _stepwise(name, f, doc, arity: int = 1, promote: bool = False):
 
 
 floor_divide = _stepwise("floor_divide",
-                         _no_bools("floor_divide", lambda xp, x, y: xp.floor_divide(x, y)),
+                         _no_bools("floor_divide", _int_division(
+                             "floor_divide", lambda xp, x, y: xp.floor_divide(x, y))),
                          "x // y (zero gradient).", arity=2, promote=True)
 
 # --- transcendental --------------------------------------------------------------------------
@@ -611,6 +628,7 @@ def allclose(a, b, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = F
 def _trunc_divide_fwd(xp, x, y):
     if xp.result_type(x, y).kind == "f":
         return xp.trunc(xp.true_divide(x, y))
+    _int_divisor("trunc_divide", xp, x, y)
     q = xp.floor_divide(x, y)  # round toward zero: step back up where the signs differ
     return q + ((q * y != x) & ((x < 0) != (y < 0)))
 

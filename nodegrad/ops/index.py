@@ -8,6 +8,9 @@ Each gather has its scatter as VJP and the scatter has the gather as VJP: double
 
 from __future__ import annotations
 
+import math
+import warnings
+
 from .. import _backend as B
 from ..autodiff import modes
 from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
@@ -15,6 +18,7 @@ from ..errors import DTypeError, GradError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
 from .elementwise import where as _where
+from .shape import copy as _copy
 from .shape import moveaxis, norm_axis
 
 _L = "linear"  # linear in its differentiable inputs: the JVP applies the op to the tangents
@@ -41,15 +45,56 @@ def norm_index(index, backend: B.Backend, op: str = "getitem") -> tuple:
             if B.backend_of(i) is not backend:
                 i = backend.asarray(B.backend_of(i).to_host(i))
         elif isinstance(i, list):
-            i = backend.asarray(i)
+            i = backend.asarray(i) if i else backend.asarray(i, dtype=B.np.int64)
         elif B.is_array(i) and B.backend_of(i) is not backend:
             i = backend.asarray(B.backend_of(i).to_host(i))
         elif isinstance(i, B.generic):
             i = i.item()
-        if hasattr(i, "dtype") and i.dtype.kind not in "iub":
-            raise DTypeError(f"{op}: index arrays must be integer or boolean, got {i.dtype}")
+        if hasattr(i, "dtype"):
+            if i.dtype.kind not in "iub":
+                raise DTypeError(f"{op}: index arrays must be integer or boolean, got {i.dtype}")
+            if i.dtype == B.np.uint8 and i.ndim:  # PyTorch's (deprecated) byte mask
+                warnings.warn(f"{op}: indexing with a uint8 tensor is deprecated (PyTorch); it is "
+                              "a mask, as there: use a bool tensor", UserWarning, stacklevel=3)
+                i = i.astype(bool)
         out.append(i)
     return tuple(out)
+
+
+def _is_advanced(i) -> bool:
+    return isinstance(i, list | Tensor) or (B.is_array(i) and i.ndim > 0)
+
+
+def ints_first(index):
+    """PyTorch's order for an index that mixes integers with index arrays: the integers
+    select first (their dims go), then the arrays index what is left, so ``x[0, :, [1, 2]]``
+    is ``x[0][:, [1, 2]]``. NumPy counts the integers among the arrays instead, which moves
+    the arrays' dims to the front when a slice separates them. ``(first, rest)`` for such an
+    index, else None."""
+    if type(index) is not tuple or len(index) < 2:
+        return None
+    ints = adv = False
+    for i in index:
+        if isinstance(i, int | B.np.integer) and not isinstance(i, bool):
+            ints = True
+        elif _is_advanced(i) and not isinstance(i, BatchTracer):
+            adv = True
+    if not (ints and adv):
+        return None
+    first, rest = [], []
+    for i in index:
+        if isinstance(i, int | B.np.integer) and not isinstance(i, bool):
+            first.append(i)
+        elif _is_advanced(i):
+            k = getattr(i, "ndim", 1)
+            is_mask = getattr(i, "dtype", None) == B.bool_ or (
+                isinstance(i, list) and i and isinstance(i[0], bool))
+            first += [slice(None)] * (k if is_mask else 1)
+            rest.append(i)
+        else:  # a slice, None or ...
+            first.append(i)
+            rest.append(i if i is Ellipsis else slice(None))
+    return tuple(first), tuple(rest)
 
 
 def _scatter_fwd(xp, g, index, shape):
@@ -106,7 +151,14 @@ def _setitem_batch(vals, bdims, index):
     return _setitem(x, v, index=(slice(None),) + index), 0
 
 
-_getitem = primitive("getitem", lambda xp, x, index: x[index],
+def _getitem_fwd(xp, x, index):
+    out = x[index]
+    if not B.is_array(out):  # an element: a 0-d view of it (PyTorch's), not NumPy's scalar copy
+        out = x[(*index, Ellipsis) if type(index) is tuple else (index, Ellipsis)]
+    return out
+
+
+_getitem = primitive("getitem", _getitem_fwd,
                      lambda g, ans, x, index: _scatter(g, index=index, shape=x.shape),
                      saves="none", kind=_IX, jvp=_L, batch=_getitem_batch,
                      doc="x[index] (basic and advanced indexing).")
@@ -125,12 +177,15 @@ def getitem(x, index):
     (:func:`_batched_index`)."""
     if has_batched(index):
         return _batched_index("getitem", getitem, x, index)
+    split = ints_first(index)
+    if split is not None:
+        return getitem(getitem(x, split[0]), split[1])
     try:
         idx = norm_index(index, x.backend)
         out = _getitem(x, index=idx)
     except IndexError as e:
         raise IndexError(f"getitem: index {index!r} does not fit shape {x.shape}: {e}") from None
-    if (out.node is not None and type(x) is Tensor or type(out) is BatchTracer
+    if (type(x) is Tensor and type(out) is Tensor or type(out) is BatchTracer
             and type(x) is BatchTracer and out.level is x.level) and _basic(idx):
         out._view = (x, idx)  # an in-place change of out rebinds it; write_through tells x
     return out
@@ -151,17 +206,27 @@ def _basic(idx) -> bool:
 
 def write_through(view: Tensor, value, name: str) -> None:
     """Before ``view`` takes ``value`` by an in-place op while a graph is recorded: when
-    ``view`` is a basic slice of another tensor, that tensor takes ``value`` at the slice too
-    (a recorded ``setitem``, handed on up a chain of slices), as a PyTorch view's base does;
-    a leaf that requires grad refuses, as in PyTorch."""
+    ``view`` is a view of another tensor (a basic slice, or any op whose array views its
+    input's: transpose, reshape, diagonal, ...), that tensor takes ``value`` there too (a
+    recorded ``setitem`` or ``view_put``, handed on up a chain of views), as a PyTorch view's
+    base does; a leaf that requires grad refuses, as in PyTorch."""
     entry = getattr(view, "_view", None)
     if entry is None:
         return
-    base, idx = entry
+    base = entry[0]
     if base.node is None and base.requires_grad:
         raise GradError(f"{name}: a view of a leaf tensor that requires grad cannot be changed "
                         "in place while recording; wrap the update in nodegrad.no_grad()")
-    base[idx] = value
+    if len(entry) == 2:  # a slice: x[idx] = value
+        base[entry[1]] = value
+        return
+    _, prim, params = entry  # another view (transpose, reshape, diagonal, ...)
+    d = view.data
+    if B.is_array(d) and getattr(getattr(d, "flags", None), "writeable", True) is False:
+        raise ShapeError(f"{name}: this {prim.name} view cannot be written in place: more than "
+                         "one of its elements refers to a single memory location (an expanded "
+                         "or overlapping view); clone() it first")
+    base.copy_(_view_put(base, value, view=prim, vparams=tuple(params.items())))
 
 
 def _setitem_fwd(xp, x, v, index):
@@ -176,6 +241,41 @@ _setitem = primitive(
      lambda g, ans, x, v, index: _getitem(g, index=index)),
     saves="none", kind=_IX, jvp=_L, batch=_setitem_batch,
     doc="A copy of x with x[index] = v (v broadcasts).")
+
+
+def _view_put_fwd(xp, x, v, view, vparams):
+    out = x.copy()
+    w = view.fwd(xp, out, **dict(vparams))
+    if w is not out and w.base is not out:
+        raise ValueError(f"{view.name} did not give a view of its input here")
+    w[...] = v
+    return out
+
+
+def _view_put_batch(vals, bdims, view, vparams):
+    """Per example, the view covers fixed positions of x: found by taking the view of x's
+    flat positions, then set in every example's flat copy at once."""
+    n = size_of(vals, bdims)
+    x = batched(vals[0], bdims[0], n)
+    ex = tuple(x.shape[1:])
+    xp = x.backend.xp
+    pos = view.fwd(xp, xp.arange(math.prod(ex)).reshape(ex), **dict(vparams))
+    value = vals[1]
+    if not isinstance(value, Tensor):  # a number: on x's device, in x's dtype
+        value = Tensor(x.backend.asarray(value, dtype=x.dtype))
+    v = batched(value, bdims[1], n).broadcast_to((n,) + tuple(pos.shape))
+    flat = _setitem(x.reshape((n, -1)), v.reshape((n, -1)),
+                    index=(slice(None), xp.ascontiguousarray(pos).reshape(-1)))
+    return flat.reshape((n,) + ex), 0
+
+
+_view_put = primitive(
+    "view_put", _view_put_fwd,
+    (lambda g, ans, x, v, view, vparams: _view_put(g, 0, view=view, vparams=vparams),
+     lambda g, ans, x, v, view, vparams: _copy(view(g, **dict(vparams)))),
+    saves="none", kind=_IX, jvp=_L, batch=_view_put_batch,
+    doc="A copy of x whose view by the primitive `view` (with `vparams`) holds v: the value "
+        "an in-place change through a view gives its base.")
 
 
 def index_update(x, index, value):

@@ -51,18 +51,40 @@ def _reducer(fn):
         ax = _axis(axis, dim)
         if ax is not None and self.ndim == 0:  # PyTorch: a scalar's dim 0 / -1 is all of it
             ax = S.scalar_dims(ax, 0, fn.__name__)
-        return fn(_cast(self, dtype), ax, _keep(keepdims, keepdim))
+        out = fn(_cast(self, dtype), ax, _keep(keepdims, keepdim))
+        if dtype is not None and out.dtype != dtype:  # an int64 sum asked for int32 (wraps
+            out = E.astype(out, dtype)  # as PyTorch's int32 accumulation does)
+        return out
 
     method.__name__ = fn.__name__
     method.__doc__ = fn.__doc__
     return method
 
 
+_UNSET = object()
+
+
 def _extreme(fn, argfn):
-    def method(self, axis=None, keepdims=False, *, dim=None, keepdim=False):
-        if isinstance(axis, Tensor):  # x.max(y): PyTorch's elementwise form
-            return (E.maximum if fn is R.max else E.minimum)(self, axis)
-        k = _keep(keepdims, keepdim)
+    def method(self, *args, axis=None, keepdims=_UNSET, dim=None, keepdim=False):
+        if len(args) > 2:
+            raise TypeError(f"{fn.__name__}: expected at most 2 positional arguments (dim, "
+                            f"keepdim), got {len(args)}")
+        if args:
+            first = args[0]
+            if isinstance(first, Tensor):  # x.max(y): PyTorch's elementwise form
+                return (E.maximum if fn is R.max else E.minimum)(self, first)
+            if (isinstance(first, int | B.np.integer) and not isinstance(first, bool)
+                    and keepdims is _UNSET):  # NumPy's keepdims= keeps NumPy's axis
+                if dim is not None:  # x.max(1): PyTorch's dim, (values, indices)
+                    raise TypeError(f"{fn.__name__}: got dim twice")
+                dim = int(first)
+                if len(args) > 1:
+                    keepdim = args[1]
+            else:  # a tuple of axes or None: NumPy's axis
+                axis = first
+                if len(args) > 1:
+                    keepdims = args[1]
+        k = _keep(False if keepdims is _UNSET else keepdims, keepdim)
         if (dim is not None or axis is not None) and self.ndim == 0:  # a scalar's dim 0 / -1
             S.scalar_dims(_axis(axis, dim), 0, fn.__name__)  # (PyTorch): the whole of it
             if dim is None:
@@ -79,11 +101,10 @@ def _extreme(fn, argfn):
         return fn(self, axis, k)
 
     method.__name__ = fn.__name__
-    method.__doc__ = fn.__doc__ + " With dim= (PyTorch) returns (values, indices)."
+    method.__doc__ = fn.__doc__ + (" With a dim (``x.max(1)``, ``dim=1``: PyTorch's) returns "
+                                   "(values, indices); ``axis=`` is NumPy's, values only.")
     return method
 
-
-_UNSET = object()
 
 
 def _stat(fn):
@@ -184,7 +205,7 @@ def _needs_graph(self, other) -> bool:
 
 
 def _rebind(self, result: Tensor) -> Tensor:
-    self._bump()  # the old value's readers refuse; the new value's watch the result's counter
+    self._rebound()  # the new value's readers watch the result's counter
     self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
     if result._version is not None:
         self._version = result._version
@@ -262,6 +283,10 @@ def _setitem(self, index, value):
         self.val, self.bdim = new.val, new.bdim
         return
     refuse_batched_into("setitem", value, *(index if type(index) is tuple else (index,)))
+    split = I.ints_first(index)
+    if split is not None:  # x[0, :, [1, 2]] = v is x[0][:, [1, 2]] = v (PyTorch's order)
+        I.getitem(self, split[0])[split[1]] = value
+        return
     if _needs_graph(self, value):
         if self.node is None and self.requires_grad:
             raise GradError("setitem: a leaf tensor that requires grad cannot be changed in "

@@ -417,19 +417,34 @@ def diagonal_of(x, offset: int, axis1: int, axis2: int):
     version counter, so a change through either is seen by nodes that saved the other."""
     out = _diagonal(x, offset=offset, axis1=axis1, axis2=axis2)
     if type(out) is Tensor and type(x) is Tensor:
-        out._version = x._ensure_version()
+        out._version = x._shared_version()
     return out
 
 
 def flip(x, axis=None):
-    """Reverse the order of elements along ``axis`` (all axes when None)."""
+    """Reverse the order of elements along ``axis`` (all axes when None), in new memory as
+    PyTorch's ``flip`` (NumPy's is a view)."""
     axes = norm_axes(axis, x.ndim, "flip")
-    return _flip(x, axis=axes)
+    return fresh(_flip(x, axis=axes), x)
 
 
 copy = primitive("copy", lambda xp, x: x.copy(), lambda g, ans, x: g, saves="none", kind=_SH,
                  jvp=_L, batch=lambda v, b: (copy(v[0]), b[0]),
                  doc="A copy that stays in the graph (PyTorch: clone).")
+
+
+def fresh(out, x):
+    """``out``, copied where it is ``x`` itself or a view of ``x``'s array: for the ops that
+    PyTorch documents as returning new memory (flip, roll, repeat, tile, rot90), whose NumPy
+    forms or identity cases (no shift, one repeat) give a view, so that a later in-place
+    change of either tensor does not show in the other."""
+    if out is x:
+        return copy(x)
+    if type(out) is Tensor and type(x) is Tensor:
+        a, b = out.data, x.data
+        if (a.base if a.base is not None else a) is (b.base if b.base is not None else b):
+            return copy(out)
+    return out
 
 
 def clone(x, *, memory_format=None):

@@ -1,0 +1,55 @@
+"""Tensor methods with PyTorch's meaning where PyTorch's user would expect it (against
+PyTorch): positional ``max(dim)``, integer division by zero, ``sum(dtype=)``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nodegrad as ng
+
+
+@pytest.mark.parametrize("name", ["max", "min"])
+def test_a_positional_dim_gives_values_and_indices(name):
+    """``_, pred = out.max(1)`` unpacked the values (or failed to) instead of the indices."""
+    x = np.array([[1.0, 5.0, 3.0], [4.0, 5.0, 0.0], [2.0, 2.0, 9.0]])
+    for args in ((1,), (0,), (-1, True), (1, False)):
+        got = getattr(ng.tensor(x), name)(*args)
+        want = getattr(torch.tensor(x), name)(*args)
+        np.testing.assert_array_equal(got.values.numpy(), want.values.numpy())
+        np.testing.assert_array_equal(got.indices.numpy(), want.indices.numpy())
+        _, idx = got
+        np.testing.assert_array_equal(idx.numpy(), want.indices.numpy())
+    t = ng.tensor(x)
+    np.testing.assert_array_equal(getattr(t, name)(axis=1).numpy(),  # NumPy's axis: values
+                                  getattr(x, name)(axis=1))
+    assert getattr(t, name)((0, 1)).item() == getattr(x, name)()
+    assert getattr(t, name)().item() == getattr(x, name)()
+    with pytest.raises(TypeError, match="dim twice"):
+        getattr(t, name)(1, dim=0)
+
+
+@pytest.mark.parametrize("op", [lambda a, b: a // b, lambda a, b: a % b,
+                                lambda a, b: ng.div(a, b, rounding_mode="trunc"),
+                                lambda a, b: ng.div(a, b, rounding_mode="floor")])
+def test_integer_division_by_zero_raises(op):
+    """It returned 0 with NumPy's warning; PyTorch raises."""
+    a = ng.tensor([5, -5])
+    with pytest.raises(ZeroDivisionError, match="division by zero"):
+        op(a, 0)
+    with pytest.raises(ZeroDivisionError):
+        op(a, ng.tensor([1, 0]))
+    assert op(a, ng.tensor([2, 3])).shape == (2,)  # non-zero divisors as before
+
+
+def test_sum_in_an_integer_dtype_gives_that_dtype():
+    """sum(dtype=int32) summed in int64 and returned int64."""
+    for dt, tdt in ((ng.int32, torch.int32), (ng.int16, torch.int16), (ng.float64, torch.float64)):
+        x = [[1, 2], [3, 40000]]
+        got = ng.tensor(x).sum(dtype=dt)
+        want = torch.tensor(x).sum(dtype=tdt)
+        assert str(got.dtype) == str(want.dtype).replace("torch.", "")
+        assert got.item() == want.item()
+        got = ng.tensor(x).sum(1, dtype=dt)
+        np.testing.assert_array_equal(got.numpy(), torch.tensor(x).sum(1, dtype=tdt).numpy())

@@ -1,0 +1,137 @@
+"""Views share memory and version counters as PyTorch's do, and in-place changes through them
+reach their base, with and without autograd recording (each case against PyTorch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nodegrad as ng
+
+_VIEWS = {
+    "t": lambda y: y.t(), "transpose": lambda y: y.transpose(0, 1), "view": lambda y: y.view(12),
+    "reshape": lambda y: y.reshape(2, 6), "unsqueeze": lambda y: y.unsqueeze(0),
+    "flatten": lambda y: y.flatten(), "permute": lambda y: y.permute(1, 0),
+    "diagonal": lambda y: y.diagonal(), "row": lambda y: y[1], "element": lambda y: y[1, 2],
+    "narrow": lambda y: y.narrow(1, 1, 2), "chain": lambda y: y.t()[1:].reshape(-1),
+    "movedim": lambda y: y.movedim(0, 1), "unflatten": lambda y: y.unflatten(1, (2, 2)),
+}
+_OPS = {"mul_": lambda v, w: v.mul_(w), "exp_": lambda v, w: v.exp_(),
+        "copy_": lambda v, w: v.copy_(w * 2), "add_": lambda v, w: v.add_(w)}
+
+
+def _run(lib, view, op):
+    rng = np.random.default_rng(0)
+    x = lib.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    w = lib.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    y = x * 1
+    v = view(y)
+    op(v, view(w * 1))
+    ((y * y).sum() + (v * 3).sum()).backward()
+    return [None if a is None else a.detach().numpy().copy() for a in (y, v, x.grad, w.grad)]
+
+
+@pytest.mark.parametrize("op", list(_OPS))
+@pytest.mark.parametrize("view", list(_VIEWS))
+def test_an_in_place_change_through_a_view_while_recording_reaches_the_base(view, op):
+    """It changed only the view (a new array); the base and its gradient kept the old value."""
+    got, want = _run(ng, _VIEWS[view], _OPS[op]), _run(torch, _VIEWS[view], _OPS[op])
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if g is not None:
+            np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_a_base_without_grad_takes_a_recorded_value_written_into_its_slice():
+    for lib in (ng, torch):
+        w = lib.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        x = lib.zeros(2, 3)
+        x[1].copy_(w * w)
+        assert x.requires_grad
+        np.testing.assert_array_equal(x.detach().numpy(), [[0, 0, 0], [1, 4, 9]])
+        x.sum().backward()
+        np.testing.assert_array_equal(w.grad.numpy(), [2, 4, 6])
+
+
+def test_an_element_is_a_view():
+    """Indexing down to one element gave NumPy's scalar copy: writes into it were lost."""
+    a = ng.tensor([1.0, 2.0])
+    a[0].add_(1)
+    assert a.tolist() == [2.0, 2.0]
+    for r in a:
+        r.zero_()
+    assert a.tolist() == [0.0, 0.0]
+    b = ng.tensor([[1, 2], [3, 4]])
+    b[0, 1].fill_(9)
+    b.select(0, 1).mul_(5)
+    assert b.tolist() == [[1, 9], [15, 20]]
+
+
+def test_diagonal_is_a_view():
+    a = ng.zeros(3, 4)
+    a.diagonal().fill_(1.0)
+    a.diagonal(1).add_(2.0)
+    t = torch.zeros(3, 4)
+    t.diagonal().fill_(1.0)
+    t.diagonal(1).add_(2.0)
+    np.testing.assert_array_equal(a.numpy(), t.numpy())
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: a.flip(0), lambda a: a.fliplr(), lambda a: a.flipud(), lambda a: a.rot90(0),
+    lambda a: a.rot90(2), lambda a: a.roll(0, 0), lambda a: a.roll(0), lambda a: a.repeat(1, 1),
+    lambda a: a.tile((1, 1)),
+])
+def test_ops_that_pytorch_copies_do_not_share_memory(make):
+    """flip was NumPy's view, and the identity cases returned the input's array."""
+    a = ng.tensor([[1.0, 2.0], [3.0, 4.0]])
+    b = make(a)
+    before = b.numpy().copy()
+    a.zero_()
+    np.testing.assert_array_equal(b.numpy(), before)
+    b.fill_(7.0)
+    assert a.sum().item() == 0
+
+
+@pytest.mark.parametrize("view", [lambda y: y[1:], lambda y: y.reshape(3, 1),
+                                  lambda y: y.unsqueeze(0), lambda y: y.diagonal()
+                                  if y.ndim == 2 else y[:2]])
+def test_views_share_the_version_counter(view):
+    """A change through a view under no_grad of a value saved for backward: PyTorch's error,
+    not a silently wrong gradient."""
+    for lib, err in ((torch, RuntimeError), (ng, ng.errors.InplaceError)):
+        x = lib.tensor([1.0, 2.0, 3.0], requires_grad=True)
+        y = x * 2
+        z = (y * y).sum()
+        with lib.no_grad():
+            view(y).zero_()
+        with pytest.raises(err, match="in ?place"):
+            z.backward()
+    w = ng.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    z = (w * w).sum()
+    with ng.no_grad():
+        w.t().mul_(10)
+    with pytest.raises(ng.errors.InplaceError):
+        z.backward()
+
+
+def test_a_recorded_write_into_a_slice_keeps_what_its_views_saved_valid():
+    """x[1:] = x[1:] * x[1:] while recording: the write is a new array, so what the product
+    saved of the slice is unchanged and the gradient is right (PyTorch refuses this one)."""
+    for xs in ([1.0, 2.0, 3.0], [0.5, -1.0, 4.0]):
+        a = ng.tensor(xs, requires_grad=True)
+        y = a * 1
+        y[0] = 1.0
+        y[1:] = y[1:] * y[1:]
+        (y ** 2).sum().backward()
+        t = torch.tensor(xs, requires_grad=True)
+        (torch.cat([torch.ones(1), t[1:] * t[1:]]) ** 2).sum().backward()
+        np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy())
+
+
+def test_writing_into_an_expanded_view_while_recording_is_refused_clearly():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 1
+    with pytest.raises(ng.errors.ShapeError, match="single memory location"):
+        y.expand(3, 2).mul_(ng.ones(3, 2, requires_grad=True))
