@@ -170,28 +170,76 @@ def _check_out(out: Path) -> None:
             return
 
 
-def _prepare_dir(o: dict) -> Path:
+def _is_run_dir(out: Path) -> bool:
+    """Whether ``out`` holds a nodegrad run: a ``config.json`` with a run's options."""
+    try:
+        cfg = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and {"model", "dataset", "epochs", "seed"} <= cfg.keys()
+
+
+def _check_overwrite(out: Path) -> None:
+    """``--overwrite`` deletes ``out``: only a nodegrad run directory, never the current
+    directory or one that contains it, nor a symbolic link."""
+    here = Path.cwd().resolve()
+    if out.is_symlink():
+        raise UsageError(f"--overwrite: {out} is a symbolic link; refusing to delete it "
+                         "(choose another --out, or remove it yourself)")
+    target = out.resolve()
+    if target == here or target in here.parents:
+        raise UsageError(f"--overwrite: {out} is the current directory or contains it; refusing "
+                         "to delete it (choose another --out)")
+    if not _is_run_dir(out):
+        raise UsageError(f"--overwrite: {out} is not a nodegrad run directory (it holds no "
+                         "config.json of a run), so it is left as it is; choose another --out, "
+                         "or empty or remove it yourself")
+
+
+def _check_dir(o: dict) -> Path:
+    """The run directory ``--out`` with ``--resume``/``--overwrite`` checked; changes nothing
+    on disk (:func:`_make_dir` does, once every other option is checked too)."""
     out = Path(o["out"])
-    cfg_path = out / "config.json"
     _check_out(out)
     if o["resume"]:
         if o["overwrite"]:
             raise UsageError("--resume and --overwrite contradict each other")
-        if not cfg_path.exists():
+        if not (out / "config.json").exists():
             raise UsageError(f"cannot resume: {out} holds no run (no config.json)")
-        remove_stale_temps(out)  # what a write killed with the run left
         return out
     if out.exists() and any(out.iterdir()):
         if not o["overwrite"]:
             raise UsageError(f"run directory {out} exists; pass --resume to continue it or "
                              "--overwrite to replace it (or choose --out)")
+        _check_overwrite(out)
+    return out
+
+
+def _make_dir(o: dict) -> Path:
+    """Make the run directory checked by :func:`_check_dir`: an existing run is deleted with
+    ``--overwrite`` (checked again right before), a resumed one loses the temporary files a
+    killed write left."""
+    out = _check_dir(o)
+    if o["resume"]:
+        remove_stale_temps(out)
+        return out
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
+# schedules whose learning rate follows the run's length (steps = epochs x batches)
+_LENGTH_SCHEDULES = ("cosine", "step", "exponential", "onecycle")
+
+
 def _saved_options(out: Path, given: dict) -> dict:
-    """On --resume the run's own options, with --epochs (and output flags) from the command."""
+    """On --resume the run's own options, with --epochs (and output flags) from the command.
+
+    --epochs may change only when the schedule does not depend on the run's length: a cosine,
+    step, exponential or one-cycle schedule was built for the saved number of epochs, and
+    neither continuing it past its end nor stretching it midway is the schedule of a run of the
+    new length."""
     saved = json.loads((out / "config.json").read_text())
     if "model" in given and given["model"] != saved["model"]:
         raise CheckpointError(f"{out} holds a run of {saved['model']}, not {given['model']}")
@@ -199,6 +247,13 @@ def _saved_options(out: Path, given: dict) -> dict:
         if k in given and given[k] != saved.get(k):
             raise UsageError(f"cannot change --{k.replace('_', '-')} when resuming "
                              f"(the run has {saved.get(k)!r})")
+    schedule = saved.get("schedule", "none")
+    if "epochs" in given and given["epochs"] != saved.get("epochs") \
+            and schedule in _LENGTH_SCHEDULES:
+        raise UsageError(f"cannot change --epochs when resuming a run with --schedule "
+                         f"{schedule} (its learning rate is laid out over the run's "
+                         f"{saved.get('epochs')} epochs); resume with --epochs "
+                         f"{saved.get('epochs')} or start a new run")
     return {**saved, **{k: given[k] for k in ("epochs", "quiet", "device", "jit") if k in given},
             "resume": True, "overwrite": False, "out": str(out)}
 
@@ -214,9 +269,10 @@ def _resume_line(trainer, run_dir: Path, epochs: int) -> str:
             "(the last checkpoint)")
 
 
-def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
+def _setup_member(o: dict, data, seed: int, comm=None) -> dict:
+    """Model, optimiser, loss, metrics, loaders and schedule of one member, built in memory
+    (no file is read or written): what :func:`_check_setup` builds to validate the options."""
     from .. import data as D
-    from .. import train as T
 
     model = build_model(o, seed)
     opt = build_optimizer(o, model)
@@ -225,8 +281,11 @@ def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
     train_set = data.train
     if o["val_fraction"]:
         strat = data.y_train if task == "classification" else None
-        train_set, val_set = D.train_val_split(train_set, o["val_fraction"], seed=0,
-                                               stratify=strat)
+        try:
+            train_set, val_set = D.train_val_split(train_set, o["val_fraction"], seed=0,
+                                                   stratify=strat)
+        except ValueError as e:
+            raise UsageError(f"--val-fraction {o['val_fraction']}: {e}") from None
     if o["bootstrap"]:
         rng = np.random.default_rng(seed)
         train_set = D.Subset(train_set, rng.integers(0, len(train_set), len(train_set)))
@@ -235,11 +294,27 @@ def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
                       transform=tf, device=o["device"])
     vl = (D.DataLoader(val_set, batch_size=1000, device=o["device"]) if o["val_fraction"]
           else None)
-    comm = _world()
     if comm is not None:  # each rank's share, so that the schedule counts the steps it runs
         from ..train.distributed import shard
         tl = shard(tl, comm)
     sched = build_schedule(o, opt, o["epochs"] * len(tl))
+    return {"model": model, "opt": opt, "loss_fn": loss_fn, "metrics": metrics, "tl": tl,
+            "vl": vl, "sched": sched}
+
+
+def _check_setup(o: dict, data) -> None:
+    """Build the first member in memory, so that an option that fails (a validation share
+    that leaves no sample, a model that does not fit) fails before any file changes."""
+    _setup_member(o, data, o["seed"])
+
+
+def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
+    from .. import train as T
+
+    comm = _world()
+    m = _setup_member(o, data, seed, comm)
+    model, opt, loss_fn, metrics = m["model"], m["opt"], m["loss_fn"], m["metrics"]
+    tl, vl, sched = m["tl"], m["vl"], m["sched"]
     monitor = "val_loss" if vl is not None else "loss"
     cbs = [T.ModelCheckpoint(run_dir, monitor=monitor)]
     if o["early_stopping"]:
@@ -337,12 +412,16 @@ def train(opts: dict) -> int:
     comm = _world()
     main = comm is None or comm.rank == 0
     o = _on_main(comm, resolve, opts)  # rank 0 picks the run directory for all
-    out = Path(_on_main(comm, lambda: str(_prepare_dir(o))))
+    out = Path(_on_main(comm, lambda: str(_check_dir(o))))
     if o["resume"]:
         o = resolve(_saved_options(out, opts))
+    data = load_data(o["dataset"])
+    # every option is checked before a file changes: --overwrite deletes the old run only
+    # once the new one can start
+    _check_setup(o, data)
+    _on_main(comm, lambda: str(_make_dir(o)))
     if main:
         atomic_write(out / "config.json", json.dumps(o, indent=1).encode())
-    data = load_data(o["dataset"])
     say = (lambda *a: None) if o["quiet"] or not main else print
     if comm is not None:
         say(f"data parallel over {comm.world_size} ranks, batch {o['batch_size']} per rank")

@@ -57,6 +57,8 @@ def default_collate(batch: list) -> Any:
     Tensors and arrays are stacked along a new first axis; Python floats give a float64
     tensor, ints int64, bools bool (as torch, whose default dtype does not apply here);
     strings stay a list; dicts collate per key, namedtuples per field, tuples give a list.
+    A batch of mixed numbers gets the dtype ``torch.tensor`` would give it (``[1, 2.5]``: the
+    default float dtype) unless a Python float comes first (float64), as in PyTorch.
 
     >>> b = default_collate([{"x": 1.0, "y": (1, 2)}, {"x": 2.0, "y": (3, 4)}])
     >>> str(b["x"].dtype), [t.tolist() for t in b["y"]]
@@ -75,14 +77,10 @@ def default_collate(batch: list) -> Any:
         if _STR_OR_OBJECT.search(elem.dtype.str):
             raise TypeError(_ERROR.format(elem.dtype))
         return Tensor(np.stack(batch))
-    if isinstance(elem, np.bool_ | np.number):
-        return Tensor(np.asarray(batch))
-    if isinstance(elem, bool):
-        return Tensor(np.asarray(batch, dtype=bool))
     if isinstance(elem, float):
-        return Tensor(np.asarray(batch, dtype=B.float64))
-    if isinstance(elem, int):
-        return Tensor(np.asarray(batch, dtype=B.int64))
+        return Tensor(_numbers(batch, B.float64))
+    if isinstance(elem, int | np.bool_ | np.number):
+        return Tensor(_numbers(batch))
     if isinstance(elem, str | bytes):
         return list(batch)
     if isinstance(elem, collections.abc.Mapping):
@@ -96,6 +94,40 @@ def default_collate(batch: list) -> Any:
         fields = [default_collate(list(s)) for s in zip(*batch)]
         return fields if isinstance(elem, tuple) else _same_sequence(elem, fields)
     raise TypeError(_ERROR.format(type(elem)))
+
+
+def _scalar_dtype(x: Any):
+    """The dtype ``torch.tensor`` gives the number ``x``: a NumPy scalar's own, bool, int64,
+    or the default float dtype for a Python float."""
+    from ..dtypes import get_default_dtype
+
+    if isinstance(x, np.bool_ | np.number):
+        return x.dtype
+    if isinstance(x, bool):
+        return np.dtype(bool)
+    if isinstance(x, int):
+        return np.dtype(B.int64)
+    if isinstance(x, float):
+        return np.dtype(get_default_dtype())
+    raise TypeError(f"default_collate: a batch of numbers holds {type(x).__name__} "
+                    f"{x!r}; expected bools, ints and floats (Python or NumPy)")
+
+
+def _numbers(batch: list, dtype=None) -> np.ndarray:
+    """A batch of numbers as ``torch.tensor(batch)`` builds it: the dtypes of the elements
+    promoted as torch promotes (a float among ints gives the default float dtype, a bool among
+    ints int64), unless ``dtype`` is given (a Python float first: float64, as torch's
+    ``default_collate``)."""
+    from ..dtypes import torch_promote_types as promote_types
+
+    if dtype is None:
+        dtype = _scalar_dtype(batch[0])
+        for x in batch[1:]:
+            dtype = np.dtype(promote_types(dtype, _scalar_dtype(x)))
+    else:
+        for x in batch:
+            _scalar_dtype(x)  # a number of another kind is refused, as torch does
+    return np.asarray(batch, dtype=dtype)
 
 
 def _same_mapping(like: collections.abc.Mapping, values: dict) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from numbers import Number
 from typing import Any, Protocol, runtime_checkable
 
 from .. import _backend as B
@@ -198,24 +197,28 @@ class ConcatDataset:
             parts.append((sel, _gather(self.datasets[int(k)], local[sel])))
         if len(parts) == 1:
             return parts[0][1]
+        if all(isinstance(f, np.ndarray) for _, f in parts):  # samples that are one array
+            return _scatter(len(idx), [sel for sel, _ in parts], [f for _, f in parts])
         width = len(parts[0][1])
         if not all(isinstance(f, tuple) and len(f) == width
                    and all(isinstance(a, np.ndarray) for a in f) for _, f in parts):
             return _stack([self[int(i)] for i in idx])  # structured samples: one by one
-        out = []
-        for j in range(width):
-            arrays = [f[j] for _, f in parts]
-            a = np.empty((len(idx), *arrays[0].shape[1:]), dtype=np.result_type(*arrays))
-            for (sel, _), part in zip(parts, arrays):
-                a[sel] = part
-            out.append(a)
-        return tuple(out)
+        sels = [sel for sel, _ in parts]
+        return tuple(_scatter(len(idx), sels, [f[j] for _, f in parts]) for j in range(width))
 
     def __add__(self, other: Dataset) -> ConcatDataset:
         return ConcatDataset([self, other])
 
     def __repr__(self) -> str:
         return f"ConcatDataset({len(self)} samples from {len(self.datasets)} datasets)"
+
+
+def _scatter(n: int, sels: list, arrays: list) -> np.ndarray:
+    """One batch of ``n`` rows: ``arrays[k]`` placed at the rows ``sels[k]``."""
+    a = np.empty((n, *arrays[0].shape[1:]), dtype=np.result_type(*arrays))
+    for sel, part in zip(sels, arrays):
+        a[sel] = part
+    return a
 
 
 class StackDataset:
@@ -296,19 +299,29 @@ class ChainDataset(IterableDataset):
         return sum(len(d) for d in self._parts())  # type: ignore[arg-type]
 
 
-def _stack(samples: Sequence) -> tuple | dict:
-    """Collate samples on the host into one array per field (the loader's default collate).
+def _stack(samples: Sequence):
+    """Collate samples on the host (the loader's default collate), with the structure rules of
+    PyTorch's ``default_collate`` but host arrays as leaves.
 
-    A tuple/list sample gives a tuple of fields, a dict one a dict, anything else a 1-tuple.
-    Fields that are tuples (of arrays or structures, not of plain numbers) or dicts are
-    collated field by field in turn; strings stay lists; the rest is stacked into an array.
+    A tuple/list sample gives a tuple of fields (a namedtuple keeps its type), a dict one a
+    dict, an array or a number one stacked array. Inside, sequences are transposed field by
+    field (``(label, weight)`` gives a batch of labels and one of weights, a tuple as a tuple,
+    a list as a list), dicts collated per key, strings kept as a list; the rest (arrays,
+    tensors, numbers) is stacked along a new first axis.
     """
     first = samples[0]
-    if isinstance(first, tuple | list):
-        return tuple(_stack_field([s[k] for s in samples]) for k in range(len(first)))
-    if isinstance(first, Mapping):
-        return {k: _stack_field([s[k] for s in samples]) for k in first}
-    return (_stack_field(samples),)
+    if isinstance(first, tuple | list) and not hasattr(first, "_fields"):
+        return tuple(_stack_field(list(f)) for f in _transposed(samples))
+    return _stack_field(samples)
+
+
+def _transposed(values: Sequence) -> list[tuple]:
+    """The fields of equally long sequences, each as a tuple over the samples."""
+    size = len(values[0])
+    if any(len(v) != size for v in values):
+        raise RuntimeError("batching samples: each element in list of batch should be of "
+                           f"equal size, got lengths {sorted({len(v) for v in values})}")
+    return list(zip(*values))
 
 
 def _stack_field(values: Sequence):
@@ -317,11 +330,11 @@ def _stack_field(values: Sequence):
         return {k: _stack_field([v[k] for v in values]) for k in first}
     if isinstance(first, str | bytes):
         return list(values)
-    if isinstance(first, tuple | list) and not all(isinstance(e, Number) for e in first):
-        fields = [_stack_field([v[k] for v in values]) for k in range(len(first))]
+    if isinstance(first, tuple | list):
+        fields = [_stack_field(list(f)) for f in _transposed(values)]
         if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
             return type(first)(*fields)
-        return type(first)(fields) if isinstance(first, tuple) else fields
+        return tuple(fields) if isinstance(first, tuple) else fields
     return np.stack([_host(v) for v in values])
 
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .. import _backend as B
-from ..random import default_generator
+from ..random import Generator, default_generator
 from ..tensor import Tensor, get_default_device
 from .dataset import Dataset, IterableDataset, _stack
 from .sampler import _seeded
@@ -111,6 +111,8 @@ class _Fetcher:
         if isinstance(fields, Mapping):
             raise TypeError("DataLoader: transform applies to the first field of a tuple batch, "
                             f"got a batch of type {type(fields).__name__}")
+        if isinstance(fields, tuple) and hasattr(fields, "_fields"):  # namedtuple: its type
+            return fields._replace(**{fields._fields[0]: self.transform(fields[0], rng=rng)})
         fields = list(fields)
         fields[0] = self.transform(fields[0], rng=rng)
         return fields
@@ -128,8 +130,9 @@ class DataLoader:
             is (through ``collate_fn`` if given), without a batch axis.
         shuffle: a fresh seeded permutation every epoch; otherwise the dataset order.
         drop_last: drop the final incomplete batch.
-        seed: base seed of shuffling and augmentation (int); ``generator`` (an ng.Generator)
-            supplies one instead; with neither, ng's default generator does (``ng.manual_seed``).
+        seed: base seed of shuffling and augmentation (a non-negative int); ``generator``
+            (an ng.Generator) supplies one instead; with neither, ng's default generator does
+            (``ng.manual_seed``). Other values are refused here, not at the first epoch.
         collate_fn: builds a batch from a list of samples (switches to per-sample gathering),
             e.g. :func:`default_collate`; its tensors keep their dtype and move to ``device``.
         transform: applied to the input batch (the first field) on the host as
@@ -138,7 +141,9 @@ class DataLoader:
             None (the default) means 2 on a CUDA device, where the copies overlap GPU compute,
             and 0 on the CPU, where a thread only competes with the model for the GIL.
         device: where batches land (default: ``ng.get_default_device()``, the CPU unless set);
-            floating host fields become ``dtype``, integer ones int64.
+            floating host fields become ``dtype``, integer ones int64. Without ``collate_fn``
+            samples are batched with ``default_collate``'s structure (a sample that is one array
+            gives one tensor, nested tuples are transposed field by field) on host arrays.
         sampler: the indices of each epoch and their order: a :class:`Sampler` (e.g.
             :class:`RandomSampler`, :class:`WeightedRandomSampler`), any iterable of indices
             with ``__len__`` (its ``set_epoch(epoch)`` is called first if it has one), or an
@@ -181,6 +186,7 @@ class DataLoader:
         self._check_workers(num_workers, timeout, worker_init_fn, multiprocessing_context,
                             prefetch_factor, persistent_workers, pin_memory, pin_memory_device,
                             in_order)
+        self._check_seed(seed, generator)
         self._iterable = isinstance(dataset, IterableDataset)
         if self._iterable:
             if shuffle not in (False, None):
@@ -253,7 +259,7 @@ class DataLoader:
             if generator is None:
                 generator = default_generator("cpu")
             seed = int(generator.integers(0, 2**63 - 1, ()))
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)
         self._epoch = 0
         self._batch = 0  # batches of the current epoch already handed out
         # after a mid-epoch resume on another number of ranks: in epoch _split[0] this loader
@@ -265,6 +271,23 @@ class DataLoader:
         self._ended = False  # a stream (IterableDataset) ran out in the current epoch
         self._ahead: set[int] = set()  # batches handed out past _batch (in_order=False)
         self._wpos: tuple[int, list[int]] | None = None  # a stream's batches per worker
+
+    @staticmethod
+    def _check_seed(seed, generator) -> None:
+        """``seed``: a non-negative int or None; ``generator``: an ng.Generator or None."""
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+                raise TypeError("DataLoader: seed must be a non-negative int or None, got "
+                                f"{seed!r} ({type(seed).__name__})")
+            if seed < 0:
+                raise ValueError(f"DataLoader: seed must be a non-negative int or None, got "
+                                 f"{seed}")
+        if generator is not None and not isinstance(generator, Generator):
+            hint = (" (an int seed goes in seed=)" if isinstance(generator, int | np.integer)
+                    else "")
+            raise TypeError("DataLoader: generator must be an ng.Generator or None, got "
+                            f"{type(generator).__module__}.{type(generator).__qualname__}"
+                            f"{hint}")
 
     @staticmethod
     def _check_workers(num_workers, timeout, worker_init_fn, context, prefetch_factor,
@@ -324,6 +347,13 @@ class DataLoader:
         full, rest = divmod(n, self.batch_size)
         return first + full + (1 if rest and not self.drop_last else 0)
 
+    def _batches_of(self, n: int) -> int:
+        """How many batches ``n`` indices make."""
+        if self.batch_size is None:
+            return n
+        full, rest = divmod(n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
     def _split_of(self, epoch: int) -> tuple[int, int]:
         """(global start position, first batch index) of ``epoch``'s re-split part, or (0, 0)."""
         if self._split is not None and self._split[0] == epoch:
@@ -362,7 +392,9 @@ class DataLoader:
         self._ended, self._ahead, self._wpos = False, set(), None
 
     def _epoch_done(self) -> bool:
-        return self._ended if self._iterable else self._batch >= len(self)
+        """Whether the epoch's batches are all handed out (ran out, or as many as its length:
+        a sampler may yield fewer indices than its __len__ says)."""
+        return self._ended or not self._iterable and self._batch >= len(self)
 
     def state_dict(self) -> dict:
         """The position within the epoch, as plain data for a checkpoint.
@@ -373,7 +405,9 @@ class DataLoader:
         the epoch's order; over an IterableDataset, a resume skips the ``batch`` batches read
         (the same position when the stream repeats itself), with workers ``workers["batches"]``
         of each worker's share. ``ahead`` lists batches past ``batch`` already handed out (by
-        workers with ``in_order=False``), which a resume skips."""
+        workers with ``in_order=False``), which a resume skips. ``generators`` holds the state
+        of the sampler's own ``ng.Generator`` (and a batch sampler's), which draws the orders
+        of the epochs to come."""
         epoch, batch = self._epoch, self._batch
         ahead = sorted(self._ahead)
         if self._epoch_done():
@@ -396,7 +430,28 @@ class DataLoader:
             state["workers"] = {"num_workers": self.num_workers, "batches": list(self._wpos[1])}
         if self.sampler is not None and hasattr(self.sampler, "state_dict"):
             state["sampler"] = self.sampler.state_dict()
+        if gens := {k: g.get_state() for k, g in self._sampler_generators().items()}:
+            state["generators"] = gens
         return state
+
+    def _sampler_generators(self) -> dict[str, Generator]:
+        """The CPU ``ng.Generator`` of the sampler, the batch sampler and the batch sampler's
+        sampler, by role: what draws the next epochs' orders, so a state holds where they are."""
+        out = {}
+        for key, obj in (("sampler", self.sampler), ("batch_sampler", self.batch_sampler),
+                         ("batch_sampler.sampler", getattr(self.batch_sampler, "sampler", None))):
+            g = getattr(obj, "generator", None)
+            if isinstance(g, Generator) and g.backend.device_id is None:
+                out[key] = g
+        return out
+
+    def _load_generators(self, state: dict) -> None:
+        """The samplers' generators as ``state`` recorded them (it has none for a sampler
+        without its own generator, which draws from ng's default one)."""
+        saved = state.get("generators") or {}
+        for key, g in self._sampler_generators().items():
+            if key in saved:
+                g.set_state(saved[key])
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``'s position: the next iteration yields the rest of that epoch.
@@ -425,6 +480,7 @@ class DataLoader:
             self._ahead = {int(b) for b in state.get("ahead", ())}
             workers = state.get("workers") if self._iterable and batch else None
             self._wpos = (epoch, [int(k) for k in workers["batches"]]) if workers else None
+            self._load_generators(state)
             return
         if state.get("ahead"):
             raise ValueError("load_state_dict: the state has batches handed out out of order "
@@ -457,6 +513,7 @@ class DataLoader:
         self._split = (epoch, int(state["position"]), batch) if batch else None
         self._epoch, self._batch, self._resume, self._ended = epoch, batch, True, False
         self._ahead, self._wpos = set(), None
+        self._load_generators(state)
 
     # --- batches --------------------------------------------------------------------------------
     def _order(self, epoch: int, first: int) -> np.ndarray | list[np.ndarray]:
@@ -710,8 +767,9 @@ class DataLoader:
         if self._iterable:
             if not self._resume and (self._batch > 0 or self._ended):
                 self._new_epoch(self._epoch + 1)
-        elif not self._resume and (self._batch > 0 or self._ahead) or self._batch >= len(self):
-            self._new_epoch(self._epoch + 1)  # the last iteration stopped early
+        elif not self._resume and (self._batch > 0 or self._ahead or self._ended) \
+                or self._batch >= len(self):
+            self._new_epoch(self._epoch + 1)  # the last iteration ended or stopped early
         self._resume = self._ended = False
         token = object()
         self._active = token
@@ -721,7 +779,9 @@ class DataLoader:
                        else self._stream(epoch, start))
         else:
             order = self._order(epoch, start)
-            stop = len(order) if isinstance(order, list) else len(self)
+            # the batches of what the sampler yielded (its __len__ may disagree, as in PyTorch)
+            stop = len(order) if isinstance(order, list) else \
+                self._split_of(epoch)[1] + self._batches_of(len(order))
             todo = [b for b in range(start, stop) if b not in self._ahead]
             batches = (self._worker_batches(order, epoch, todo) if self.num_workers
                        else ((b, self._host_batch(order, epoch, b), None) for b in todo))

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,7 +74,10 @@ class ProgressBar(Callback):
 
     def on_train_begin(self, tr):
         self._t0, self._s0 = time.perf_counter(), tr.step
-        self._total = tr.epochs * len(tr.train_loader)
+        try:
+            self._total: int | None = tr.epochs * len(tr.train_loader)
+        except TypeError:  # a stream of unknown length: steps and rate, without total or ETA
+            self._total = None
         if self.interactive:
             try:
                 from tqdm.auto import tqdm
@@ -86,6 +90,8 @@ class ProgressBar(Callback):
     def _eta(self, tr) -> str:
         dt = time.perf_counter() - self._t0
         rate = (tr.step - self._s0) / dt if dt > 0 else 0.0
+        if self._total is None:
+            return f"{rate:.0f} steps/s"
         left = (self._total - tr.step) / rate if rate > 0 else 0.0
         return f"{rate:.0f} steps/s  ETA {left:.0f}s"
 
@@ -99,7 +105,8 @@ class ProgressBar(Callback):
         now = time.perf_counter()
         if now - self._last > 0.1:
             self._last = now
-            self.stream.write(f"\repoch {tr.epoch + 1}/{tr.epochs}  step {tr.step}/{self._total}"
+            total = "" if self._total is None else f"/{self._total}"
+            self.stream.write(f"\repoch {tr.epoch + 1}/{tr.epochs}  step {tr.step}{total}"
                               f"  loss {logs['loss']:.4f}  {self._eta(tr)}   ")
             self.stream.flush()
 
@@ -151,15 +158,34 @@ def _better(mode: str, a: float, best: float, min_delta: float) -> bool:
     return a < best - min_delta if mode == "min" else a > best + min_delta
 
 
+class MonitorError(KeyError, ValueError):
+    """A callback's ``monitor`` is not among the logged metrics (a KeyError for the missing
+    key and a ValueError for the bad option; printed as its message, without quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _missing_monitor(logs: dict, monitor: str, who: str) -> str:
+    """Why ``monitor`` is not in ``logs``: what is logged, and what would log it."""
+    hint = (" (val_* metrics come from validation: pass a val_loader to fit)"
+            if monitor.startswith("val_") and not any(k.startswith("val_") for k in logs)
+            else "")
+    return (f"{who}: monitor {monitor!r} is not logged; the logged metrics are "
+            f"{', '.join(sorted(logs))}{hint}")
+
+
 def _monitored(logs: dict, monitor: str, who: str) -> float:
     if monitor not in logs:
-        raise KeyError(f"{who}: monitor {monitor!r} is not logged; available: {sorted(logs)}")
+        raise MonitorError(_missing_monitor(logs, monitor, who))
     return float(logs[monitor])
 
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; with
-    ``restore_best_weights`` the model ends with the weights of its best epoch."""
+    ``restore_best_weights`` the model ends with the weights of its best epoch, whether the
+    run stopped early or ran all its epochs (Keras restores only on a stop). A ``monitor``
+    that is not logged raises :class:`MonitorError` at the first epoch's end."""
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 10,
                  min_delta: float = 0.0, restore_best_weights: bool = True):
@@ -188,8 +214,10 @@ class EarlyStopping(Callback):
                                   f"{self.best_epoch + 1})")
 
     def on_train_end(self, tr):
+        # the best epoch's weights whenever a later epoch changed them, stopped or not
+        last = tr.history.epochs[-1]["epoch"] - 1 if tr.history.epochs else None
         if self.restore_best_weights and self.best_weights is not None \
-                and self.stopped_epoch is not None:
+                and self.best_epoch != last:
             from ..tensor import Tensor
             tr.model.load_state_dict({k: Tensor(v) for k, v in self.best_weights.items()})
 
@@ -205,17 +233,24 @@ class EarlyStopping(Callback):
 
 class ModelCheckpoint(Callback):
     """Save the model's weights as ``best.safetensors`` (by ``monitor``) and/or
-    ``last.safetensors`` in ``run_dir`` at the end of every epoch."""
+    ``last.safetensors`` in ``run_dir`` at the end of every epoch. A ``monitor`` that is not
+    logged writes no ``best.safetensors`` and warns once, naming the logged metrics."""
 
     def __init__(self, run_dir: str | os.PathLike, monitor: str = "val_loss", mode: str = "min",
                  save_best: bool = True, save_last: bool = True):
         self.run_dir, self.monitor, self.mode = Path(run_dir), monitor, mode
         self.save_best, self.save_last = save_best, save_last
         self.best = math.inf if mode == "min" else -math.inf
+        self._warned = False
 
     def on_epoch_end(self, tr, logs):
         meta = {"epoch": tr.epoch, "step": tr.step, **tr.model_info}
-        if not getattr(tr, "is_main", True):  # distributed: rank 0 writes, the others track
+        main = getattr(tr, "is_main", True)
+        if self.save_best and self.monitor not in logs and main and not self._warned:
+            self._warned = True
+            warnings.warn(_missing_monitor(logs, self.monitor, "ModelCheckpoint")
+                          + "; best.safetensors is not written", RuntimeWarning, stacklevel=2)
+        if not main:  # distributed: rank 0 writes, the others track
             if self.save_best and self.monitor in logs \
                     and _better(self.mode, float(logs[self.monitor]), self.best, 0.0):
                 self.best = float(logs[self.monitor])

@@ -2,7 +2,8 @@
 and exact resume), :func:`evaluate` and :func:`predict`.
 
 Modes switch automatically: ``model.train()`` while fitting, ``model.eval()`` and ``no_grad``
-for validation and prediction (dropout off, batch norm on running statistics).
+for validation and prediction (dropout off, batch norm on running statistics); each of them
+leaves the model in the mode it found it in.
 """
 
 from __future__ import annotations
@@ -54,6 +55,17 @@ def _batches(loader) -> int | None:
         return len(loader)
     except TypeError:
         return None
+
+
+def _next_epoch(loader) -> int:
+    """The epoch a loader's next iteration should draw: the one after any it has started
+    (0 for a fresh loader, ``e`` after ``set_epoch(e)``), so that training again with the same
+    loader continues its sequence of orders instead of replaying epoch 0."""
+    try:
+        state = loader.state_dict()
+    except (AttributeError, TypeError):
+        return 0
+    return int(state["epoch"]) + (1 if state.get("batch") else 0)
 
 
 def _no_batches(fn: str, loader) -> ValueError:
@@ -139,9 +151,10 @@ class Trainer:
     ``model``, ``optimizer``, ``epoch`` (0-based, current), ``step`` (optimiser steps done),
     ``batch`` (batches of this epoch done), ``history``, ``last_loss``, ``resumed_from``
     (epoch, step and batch where a resumed run continued and the wall time spent before it;
-    None otherwise), ``wall_time`` (seconds, over all sessions of a resumed run), ``is_main``
-    (False on the ranks other than 0 of a distributed run, which write no files) and set
-    ``stop_training``."""
+    None otherwise), ``epoch_base`` (the loader's epoch of this run's epoch 0: the one after
+    those the loader already started, so fitting again continues its orders), ``wall_time``
+    (seconds, over all sessions of a resumed run), ``is_main`` (False on the ranks other than
+    0 of a distributed run, which write no files) and set ``stop_training``."""
 
     def __init__(self, model: Module, loss_fn: Callable, optimizer: Optimizer,
                  train_loader: DataLoader, val_loader: Iterable | None = None, epochs: int = 1,
@@ -185,6 +198,9 @@ class Trainer:
             cbs.append(HistoryWriter(self.run_dir))
         self.callbacks = cbs
         self.epoch = self.step = self.batch = 0
+        # the loader's epoch of this run's epoch 0: a second fit over the same loader goes on
+        # with the loader's next orders (restored from a checkpoint on resume)
+        self.epoch_base = _next_epoch(train_loader)
         steps = (StepLog(self.run_dir / STEPS_FILE) if self.run_dir is not None and self.is_main
                  else None)
         self.history = History(steps=steps)
@@ -216,8 +232,9 @@ class Trainer:
         The per-step rows stay in their file (flushed here); the state holds how far it reached.
         """
         return {"epoch": self.epoch, "step": self.step, "batch": self.batch,
-                "acc": self._acc_total(), "train_time": self._train_time,
-                "wall_time": self.wall_time, "threads": self.threads,
+                "epoch_base": self.epoch_base, "acc": self._acc_total(),
+                "train_time": self._train_time, "wall_time": self.wall_time,
+                "threads": self.threads,
                 "stop_training": self.stop_training, "stop_reason": self.stop_reason,
                 "history": {"epochs": self.history.epochs, "stop_reason": self.history.stop_reason},
                 "steps": self.history.steps.position, "loader": self.train_loader.state_dict(),
@@ -265,6 +282,7 @@ class Trainer:
         self.train_loader.load_state_dict(s["loader"])
         default_generator("cpu").set_state(s["rng"])
         self.epoch, self.step, self.batch = s["epoch"], s["step"], s["batch"]
+        self.epoch_base = int(s.get("epoch_base", 0))
         self._acc, self._train_time = dict(s["acc"]) if self.is_main else {}, s["train_time"]
         self.stop_training, self.stop_reason = s["stop_training"], s["stop_reason"]
         self._wall_before = float(s.get("wall_time", s["train_time"]))
@@ -354,6 +372,7 @@ class Trainer:
         loader = self.train_loader
         if _batches(loader) == 0:
             raise _no_batches("fit", loader)
+        was = self.model.training
         try:
             if self.dist is None:
                 history = self._fit()
@@ -365,6 +384,8 @@ class Trainer:
             with contextlib.suppress(OSError):  # keep the steps so far, and the first error
                 self.history.steps.flush(sync=False)
             raise
+        finally:
+            self.model.train(was)  # the mode the model had when fit was called
         self.history.steps.flush(sync=False)
         return history
 
@@ -374,7 +395,7 @@ class Trainer:
         loader = self.train_loader
         while self.epoch < self.epochs and not self.stop_training:
             if self.batch == 0:
-                loader.set_epoch(self.epoch)
+                loader.set_epoch(self.epoch_base + self.epoch)
                 self._call("on_epoch_begin")
             t0 = time.perf_counter()
             started = self.batch
@@ -395,7 +416,6 @@ class Trainer:
                 self.save_checkpoint()
         self.history.stop_reason = self.stop_reason
         self._call("on_train_end")
-        self.model.eval()
         return self.history
 
 
@@ -413,7 +433,9 @@ def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: Da
     ``history.csv``/``history.json`` and the per-step rows appended to ``steps.jsonl``.
     ``resume=True`` continues from ``run_dir``'s checkpoint and ends with the weights an
     uninterrupted run would have had, bit for bit (with the same BLAS thread count: a warning
-    says when it differs). A loader without batches is a ``ValueError``.
+    says when it differs). A loader without batches is a ``ValueError``. The model trains in
+    train mode and ends in the mode it had when ``fit`` was called. Fitting again with the same
+    loader continues its epochs (new shuffles), as iterating it again would.
     ``scheduler`` steps after every optimiser step (``scheduler_interval="epoch"``: every
     epoch; ReduceLROnPlateau: every epoch on ``val_loss``). A progress bar and a NaN guard are on
     by default. ``jit=True`` captures each step's forward and backward once per batch shape

@@ -1,7 +1,11 @@
 """Metrics on arrays (NumPy, or anything ``np.asarray`` takes, Tensors included).
 
 Classification metrics take integer labels ``y_true`` and either labels or scores/logits
-``y_pred`` of shape (N, C) (argmax taken). Each returns a Python float (or an array).
+``y_pred`` of shape (N, C) (argmax taken). A binary model's single logit, floating ``y_pred``
+of shape (N, 1) or (N,), predicts class 1 where it is > 0 (a logit, as
+``binary_cross_entropy_with_logits`` takes; for probabilities pass ``p > 0.5`` as labels);
+its float targets count as class 1 where they are >= 0.5. Each returns a Python float (or an
+array).
 """
 
 from __future__ import annotations
@@ -19,14 +23,42 @@ def _np(a) -> np.ndarray:
     return B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a)
 
 
+def _binary(p: np.ndarray) -> bool:
+    """Whether ``p`` is one logit per sample: floating, of shape (N,) or (N, 1)."""
+    return p.dtype.kind == "f" and (p.ndim == 1 or p.ndim == 2 and p.shape[1] == 1)
+
+
 def _labels(y_pred) -> np.ndarray:
+    """Predicted classes: the argmax of (N, C) scores, logit > 0 for one logit per sample
+    (binary), integer labels as they are."""
     p = _np(y_pred)
+    if _binary(p):
+        return (p.reshape(len(p)) > 0).astype(np.int64)
     return p.argmax(-1) if p.ndim == 2 else p.astype(np.int64)
 
 
+def _true_labels(y_true, binary: bool = False) -> np.ndarray:
+    """Target classes as int64 (N,): (N, 1) targets flattened; for a binary model, float
+    targets (probabilities) are class 1 at >= 0.5."""
+    t = _np(y_true)
+    if t.ndim == 2 and t.shape[1] == 1:
+        t = t.reshape(len(t))
+    if binary and t.dtype.kind == "f":
+        return (t >= 0.5).astype(np.int64)
+    return t.astype(np.int64)
+
+
+def _classes(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    p = _np(y_pred)
+    return _true_labels(y_true, _binary(p)), _labels(p)
+
+
 def accuracy(y_true, y_pred) -> float:
-    """Fraction of predictions equal to the labels."""
-    t, p = _np(y_true).astype(np.int64), _labels(y_pred)
+    """Fraction of predictions equal to the labels (one logit per sample: > 0 is class 1)."""
+    t, p = _classes(y_true, y_pred)
+    if t.shape != p.shape:
+        raise ValueError(f"accuracy: expected one label per prediction, got targets of shape "
+                         f"{t.shape} for predictions {p.shape}")
     return float((t == p).mean()) if len(t) else 0.0
 
 
@@ -40,7 +72,7 @@ def top_k_accuracy(y_true, scores, k: int = 5) -> float:
 
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
     """C[i, j] = number of samples of class i predicted as j."""
-    t, p = _np(y_true).astype(np.int64), _labels(y_pred)
+    t, p = _classes(y_true, y_pred)
     n = num_classes or int(max(t.max(initial=-1), p.max(initial=-1)) + 1)
     return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
 

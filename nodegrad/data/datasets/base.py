@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,11 +88,12 @@ def save_npz(path: Path, **arrays) -> None:
 
 
 def load_npz(path: Path, keys) -> dict | None:
-    """The arrays of a cache file, or None when it is missing, unreadable or incomplete."""
+    """The arrays of a cache file, or None when it is missing, unreadable or incomplete (a
+    truncated or corrupt file too: the caller then makes it again)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             out = {k: f[k] for k in keys}
-    except (OSError, KeyError, ValueError, EOFError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
     return out
 
