@@ -87,7 +87,13 @@ class Tensor:
 
     def size(self, dim: int | None = None):
         """The shape (PyTorch's name), or one dimension of it."""
-        return self.data.shape if dim is None else self.data.shape[dim]
+        if dim is None:
+            return self.data.shape
+        n = self.data.ndim
+        if not -n <= dim < n:
+            raise IndexError(f"size: dim {dim} is out of range for a tensor with {n} dims"
+                             + (f" (expected one in [{-n}, {n - 1}])" if n else ""))
+        return self.data.shape[dim]
 
     def numel(self) -> int:
         return self.data.size
@@ -170,6 +176,15 @@ class Tensor:
         if self.dtype.kind not in "iub" or self.data.size != 1:
             raise TypeError("only integer tensors of one element can be used as an index")
         return int(self.item())
+
+    def __format__(self, spec: str) -> str:
+        """``f"{t:.2f}"``: a 0-d tensor formats as its number (PyTorch's rule)."""
+        if self.data.ndim == 0:
+            return format(self.item(), spec)
+        if spec:
+            raise TypeError(f"unsupported format string {spec!r} for a tensor of shape "
+                            f"{tuple(self.shape)}; only 0-d tensors format as numbers")
+        return str(self)
 
     def __repr__(self) -> str:
         body = _format(self.numpy())
@@ -429,6 +444,9 @@ def _infer(data, dtype, backend: B.Backend):
     if dtype is None and a.dtype == float64 and not isinstance(data, B.generic):
         # Python floats become float32; a NumPy float64 scalar keeps its dtype (as PyTorch)
         a = a.astype(B.DEFAULT_FLOAT)
+    if dtype is None and a.dtype == B.np.uint64 and not isinstance(data, B.generic):
+        raise OverflowError("tensor: a Python int of 2**63 or more does not fit int64, "
+                            "PyTorch's integer (pass dtype= for another)")
     if a.dtype.kind in "OUS":
         raise DTypeError(f"tensor: cannot make a tensor from {type(data).__name__} data "
                          f"(NumPy infers dtype {a.dtype})")

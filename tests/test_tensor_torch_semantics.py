@@ -53,3 +53,28 @@ def test_sum_in_an_integer_dtype_gives_that_dtype():
         assert got.item() == want.item()
         got = ng.tensor(x).sum(1, dtype=dt)
         np.testing.assert_array_equal(got.numpy(), torch.tensor(x).sum(1, dtype=tdt).numpy())
+
+
+def test_small_protocol_points_as_pytorch():
+    t = ng.tensor([1.0, 2.0])
+    assert (t == None) is False and (t != None) is True  # noqa: E711
+    assert f"{ng.tensor(3.14159):.2f}" == "3.14"
+    with pytest.raises(TypeError, match="0-d"):
+        f"{t:.2f}"
+    assert ng.zeros(2, 3).size(-1) == 3
+    with pytest.raises(IndexError, match="dim 5 is out of range"):
+        ng.zeros(2, 3).size(5)
+    with pytest.raises(IndexError):
+        ng.zeros(()).size(0)
+    a = ng.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match="read-only view"):
+        a.expand(3, 2)[0, 0] = 9.0
+    with pytest.raises(ValueError, match="read-only view"):
+        a.expand(3, 2).add_(1)
+
+
+def test_an_int_beyond_int64_is_refused():
+    """tensor([2**63]) became uint64 silently; PyTorch refuses it."""
+    with pytest.raises(OverflowError, match="int64"):
+        ng.tensor([2 ** 63])
+    assert ng.tensor([2 ** 63 - 1]).dtype == ng.int64

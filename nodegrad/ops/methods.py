@@ -264,6 +264,10 @@ def _inplace(op, name):
             raise DTypeError(f"{name}: the result cannot be stored in place in a tensor of "
                              f"dtype {self.dtype}: {e}") from None
         except ValueError as e:
+            if getattr(self.data, "flags", None) is not None and not self.data.flags.writeable:
+                raise ValueError(f"{name}: cannot write into this tensor's array, a read-only "
+                                 "view (an expanded or overlapping one, or a frozen array); "
+                                 "clone() it first") from None
             raise ShapeError(f"{name}: an operand of shape {getattr(o, 'shape', ())} does not "
                              f"broadcast in place into shape {self.shape}: {e}") from None
         self._bump()
@@ -303,7 +307,14 @@ def _setitem(self, index, value):
     if rec is not None:  # under a jit trace: replayed in place on the same array
         rec.mutate("setitem", lambda a, b: a.__setitem__(idx, b), self, value, params=idx)
     else:
-        self.data[idx] = v
+        try:
+            self.data[idx] = v
+        except ValueError as e:
+            if getattr(self.data, "flags", None) is None or self.data.flags.writeable:
+                raise
+            raise ValueError(f"setitem: cannot write into this tensor's array, a read-only view "
+                             f"(an expanded or overlapping one, or a frozen array): {e}; clone() "
+                             "it first") from None
     self._bump()
 
 
@@ -355,7 +366,10 @@ _methods = {
     "__mod__": E.remainder, "__rmod__": _r(E.remainder), "__floordiv__": E.floor_divide,
     "__rfloordiv__": _r(E.floor_divide), "__matmul__": L.matmul, "__rmatmul__": _r(L.matmul),
     "__neg__": E.negative, "__pos__": lambda self: self, "__abs__": E.abs,
-    "__eq__": E.equal, "__ne__": E.not_equal, "__lt__": E.less, "__le__": E.less_equal,
+    # t == None is False, as PyTorch's (not an elementwise comparison)
+    "__eq__": lambda self, o: False if o is None else E.equal(self, o),
+    "__ne__": lambda self, o: True if o is None else E.not_equal(self, o),
+    "__lt__": E.less, "__le__": E.less_equal,
     "__gt__": E.greater, "__ge__": E.greater_equal, "__and__": E.bitwise_and,
     "__rand__": _r(E.bitwise_and), "__or__": E.bitwise_or, "__ror__": _r(E.bitwise_or),
     "__xor__": E.bitwise_xor, "__rxor__": _r(E.bitwise_xor), "__invert__": E.bitwise_not,
