@@ -11,8 +11,10 @@ it. One name means two things: ``ng.equal`` stays NumPy's elementwise ``x == y``
 An in-place form ``x.op_(...)`` computes ``x.op(...)`` and stores it in ``x``, as PyTorch's:
 
 * while a graph is being recorded (grad mode on and ``x`` or an operand requires grad), the
-  out-of-place result is recorded and ``x`` is rebound to it; its version counter moves on, so
-  a backward that saved the old value refuses, and a leaf that requires grad refuses at once;
+  out-of-place result is recorded and ``x`` is rebound to it; when ``x`` is a view, its base
+  takes the change too (:func:`.index.write_through`); its own version counter moves on, so a
+  backward that saved the old value refuses (a counter shared with views stays: their arrays
+  are unchanged), and a leaf that requires grad refuses at once;
 * otherwise the result is written into ``x``'s array; it must have ``x``'s shape (an operand
   cannot grow ``x`` by broadcasting: ShapeError) and a dtype ``x`` can hold (an int tensor's
   ``sqrt_`` is a DTypeError, as PyTorch's "result type Float can't be cast to Long"); under
