@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 
 from . import _ng as ng
 from nodegrad.tensor import Tensor
@@ -11,8 +12,16 @@ from .distribution import BinaryParams, Distribution, _shape
 
 
 def _bce_with_logits(logits: Tensor, target: Tensor) -> Tensor:
-    """Elementwise binary cross-entropy from logits, in the stable form (no log(0))."""
-    return ng.clamp(logits, min=0) - logits * target + ng.log1p(ng.exp(-ng.abs(logits)))
+    """Elementwise binary cross-entropy from logits: ``t softplus(-l) + (1 - t) softplus(l)``.
+
+    That is ``softplus(l) - l t`` without its cancellation at large ``|l|`` (for t in {0, 1}
+    each term is exact, so the value keeps its tiny tail), finite for any finite logit. The
+    softplus primitive's gradient is ``sigmoid`` everywhere, so the total is
+    ``sigmoid(l) - t`` at ``l = 0`` too, where a ``max(l, 0) + log1p(exp(-|l|))`` split would
+    take the one-sided gradients of max and abs (probs 1/2).
+    """
+    return (target * ng.softplus(-logits, threshold=math.inf)
+            + (1 - target) * ng.softplus(logits, threshold=math.inf))
 
 
 class Bernoulli(BinaryParams, Distribution):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 
 from nodegrad.random import _gen, _sample
 from nodegrad.tensor import Tensor
@@ -9,11 +10,6 @@ from nodegrad.tensor import Tensor
 from . import _ng as ng
 from . import constraints
 from .distribution import BinaryParams, Distribution, _concrete, _shape
-
-
-def _clamp_by_zero(x: Tensor) -> Tensor:
-    """max(x, 0) with gradient 1/2 at 0 (PyTorch's form, so log_prob's gradient matches)."""
-    return (ng.clamp(x, min=0) + x - ng.clamp(x, max=0)) / 2
 
 
 def _binomial_array(gen, n: Tensor, p: Tensor, shape: tuple):
@@ -64,8 +60,8 @@ class Binomial(BinaryParams, Distribution):
             self._validate_sample(value)
         n, logits = self.total_count, self.logits
         value = value.astype(logits.dtype)
-        normalize = (n * _clamp_by_zero(logits) + n * ng.log1p(ng.exp(-ng.abs(logits)))
-                     - ng.lgamma(n + 1))
+        # n log(1 + e^l), its gradient n sigmoid(l) at l = 0 too (no max/abs split)
+        normalize = n * ng.softplus(logits, threshold=math.inf) - ng.lgamma(n + 1)
         return (value * logits - ng.lgamma(value + 1) - ng.lgamma(n - value + 1) - normalize)
 
     def _homogeneous_count(self, op: str) -> int:

@@ -25,7 +25,8 @@ class Constraint:
     event_dim = 0
 
     def check(self, value: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}.check: a Constraint subclass must "
+                                  "define check(value) (a boolean tensor, True where valid)")
 
     def __repr__(self) -> str:
         return type(self).__name__.lstrip("_") + "()"

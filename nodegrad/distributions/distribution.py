@@ -195,7 +195,9 @@ class Distribution:
             v = self.__dict__.get(name)
             if isinstance(v, Tensor):
                 return v
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: no tensor parameter among "
+                                  f"arg_constraints {sorted(self.arg_constraints)} to take the "
+                                  "samples' dtype and device from")
 
     def _validate_sample(self, value) -> None:
         """Raise ValueError unless ``value`` fits the event shape and lies in the support."""

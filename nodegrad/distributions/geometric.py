@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
 
 from nodegrad.tensor import Tensor
 
 from . import _ng as ng
 from . import constraints
-from .bernoulli import _bce_with_logits
 from .distribution import BinaryParams, Distribution, _concrete, _shape
 
 
@@ -56,4 +56,12 @@ class Geometric(BinaryParams, Distribution):
         return value * ng.log1p(-probs) + ng.log(self.probs)
 
     def entropy(self) -> Tensor:
-        return _bce_with_logits(self.logits, self.probs) / self.probs
+        # H = BCE(l, p) / p = softplus(-l) + e^(-l) softplus(l), the second term written as
+        # log1p(u) / u (u = e^l) for l < 0: no 0/0 or inf * 0 when p underflows (l << 0)
+        logits = self.logits
+        neg = logits < 0
+        u = ng.exp(ng.where(neg, logits, 0.0))
+        below = ng.where(u > 0, ng.log1p(u) / ng.where(u > 0, u, 1.0), 1.0)
+        pos = ng.where(neg, 0.0, logits)
+        above = ng.exp(-pos) * ng.softplus(pos, threshold=math.inf)
+        return ng.softplus(-logits, threshold=math.inf) + ng.where(neg, below, above)

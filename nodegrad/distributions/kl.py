@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from . import _ng as ng
@@ -28,6 +29,7 @@ from .lowrank_multivariate_normal import LowRankMultivariateNormal
 from .multivariate_normal import MultivariateNormal, _batch_mahalanobis, _half_log_det
 from .normal import Normal
 from .pareto import Pareto
+from .poisson import Poisson
 from .transformed_distribution import TransformedDistribution
 from .uniform import Uniform
 
@@ -281,3 +283,309 @@ def _kl_gaussians(p, q) -> Tensor:
 register_kl(LowRankMultivariateNormal, LowRankMultivariateNormal)(_kl_gaussians)
 register_kl(LowRankMultivariateNormal, MultivariateNormal)(_kl_gaussians)
 register_kl(MultivariateNormal, LowRankMultivariateNormal)(_kl_gaussians)
+
+
+# --- across families: KL(p ‖ q) = −H(p) + E_p[−log q(X)] --------------------------------------
+# Each cross-entropy below is −log q's expectation written with the moments of p that it needs;
+# where q has no density on part of p's support the KL is infinite.
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _infinite(x: Tensor, q: Distribution) -> Tensor:
+    """inf of ``x``'s dtype over the batch shape of p (whose parameter ``x`` is) and q."""
+    shape = ng.broadcast_shapes(tuple(x.shape), tuple(q.batch_shape))
+    return ng.full(shape, _INF, dtype=x.dtype, device=x.device)
+
+
+def _xent_normal(q: Normal, mean: Tensor, var: Tensor) -> Tensor:
+    """E[−log N(X; μ, σ)] = log σ + log(2π)/2 + (Var X + (E X − μ)²) / (2σ²)."""
+    return (ng.log(q.scale) + _HALF_LOG_2PI
+            + (var + (mean - q.loc) ** 2) / (2 * q.scale ** 2))
+
+
+def _xent_exponential(q: Exponential, mean: Tensor) -> Tensor:
+    """E[−log Exp(X; r)] = −log r + r E X (X ≥ 0)."""
+    return q.rate * mean - ng.log(q.rate)
+
+
+def _xent_gamma(q: Gamma, mean: Tensor, mean_log: Tensor) -> Tensor:
+    """E[−log Gamma(X; a, b)] = log Γ(a) − a log b − (a − 1) E log X + b E X (X > 0)."""
+    a, b = q.concentration, q.rate
+    return ng.lgamma(a) - a * ng.log(b) - (a - 1) * mean_log + b * mean
+
+
+def _xent_gumbel(q: Gumbel, mean: Tensor, log_mgf: Tensor) -> Tensor:
+    """E[−log Gumbel(X; μ, β)] = log β + E z + E e^(−z), z = (X − μ) / β; ``log_mgf`` is
+    log E e^(−z), which each caller has in closed form."""
+    return ng.log(q.scale) + (mean - q.loc) / q.scale + ng.exp(log_mgf)
+
+
+def _xent_beta(q: Beta, mean_log: Tensor, mean_log1m: Tensor) -> Tensor:
+    """E[−log Beta(X; α, β)] = log B(α, β) − (α − 1) E log X − (β − 1) E log(1 − X)."""
+    a, b = q.concentration1, q.concentration0
+    lbeta = ng.lgamma(a) + ng.lgamma(b) - ng.lgamma(a + b)
+    return lbeta - (a - 1) * mean_log - (b - 1) * mean_log1m
+
+
+def _xent_cb(q: ContinuousBernoulli, mean: Tensor) -> Tensor:
+    """E[−log CB(X; λ)] = −log C(λ) − E X logit λ − log(1 − λ) (X in [0, 1])."""
+    return -q._cont_bern_log_norm() - mean * q.logits - ng.log1p(-q.probs)
+
+
+def _xent_pareto(q: Pareto, mean_log: Tensor) -> Tensor:
+    """E[−log Pareto(X; m, α)] = −log α − α log m + (α + 1) E log X (X ≥ m)."""
+    return -ng.log(q.alpha) - q.alpha * ng.log(q.scale) + (q.alpha + 1) * mean_log
+
+
+def _uniform_mean_log(low: Tensor, high: Tensor) -> Tensor:
+    """E log X for X ~ U(low, high) on [0, ∞): (h log h − l log l) / (h − l) − 1."""
+    return (ng.xlogy(high, high) - ng.xlogy(low, low)) / (high - low) - 1
+
+
+def _in_unit(p: Uniform) -> tuple[Tensor, Tensor, Tensor]:
+    """(outside, low, high): whether U(low, high) leaves [0, 1], and its ends moved inside
+    where it does (the masked values stay finite, and so do their gradients)."""
+    outside = (p.low < 0) | (p.high > 1)
+    return outside, ng.where(outside, 0.25, p.low), ng.where(outside, 0.75, p.high)
+
+
+@register_kl(Poisson, Poisson)
+def _kl_poisson_poisson(p: Poisson, q: Poisson) -> Tensor:
+    """Σ_k p(k) (k log(λp/λq) − λp + λq) = λp log(λp/λq) − λp + λq (λp = 0: λq)."""
+    return ng.xlogy(p.rate, p.rate) - ng.xlogy(p.rate, q.rate) - p.rate + q.rate
+
+
+@register_kl(Bernoulli, Poisson)
+def _kl_bernoulli_poisson(p: Bernoulli, q: Poisson) -> Tensor:
+    """log q(x) = x log λ − λ on x in {0, 1} (log x! = 0)."""
+    return -p.entropy() - ng.xlogy(p.probs, q.rate) + q.rate
+
+
+@register_kl(Poisson, Bernoulli)
+def _kl_poisson_bernoulli(p: Poisson, q: Bernoulli) -> Tensor:
+    """Infinite: p has mass above 1; a point mass at 0 (rate 0) has −log q(0)."""
+    return ng.where(p.rate == 0, -ng.log1p(-q.probs), _INF)
+
+
+@register_kl(Poisson, Binomial)
+def _kl_poisson_binomial(p: Poisson, q: Binomial) -> Tensor:
+    """Infinite: p has mass above total_count; a point mass at 0 (rate 0) has −log q(0)."""
+    return ng.where(p.rate == 0, -q.total_count * ng.log1p(-q.probs), _INF)
+
+
+@register_kl(Beta, ContinuousBernoulli)
+def _kl_beta_cb(p: Beta, q: ContinuousBernoulli) -> Tensor:
+    return -p.entropy() + _xent_cb(q, p.mean)
+
+
+@register_kl(Beta, Exponential)
+def _kl_beta_exponential(p: Beta, q: Exponential) -> Tensor:
+    return -p.entropy() + _xent_exponential(q, p.mean)
+
+
+@register_kl(Beta, Gamma)
+def _kl_beta_gamma(p: Beta, q: Gamma) -> Tensor:
+    a, b = p.concentration1, p.concentration0
+    mean_log = ng.digamma(a) - ng.digamma(a + b)
+    return -p.entropy() + _xent_gamma(q, p.mean, mean_log)
+
+
+@register_kl(Beta, Normal)
+def _kl_beta_normal(p: Beta, q: Normal) -> Tensor:
+    return -p.entropy() + _xent_normal(q, p.mean, p.variance)
+
+
+@register_kl(Beta, Uniform)
+def _kl_beta_uniform(p: Beta, q: Uniform) -> Tensor:
+    """Finite only where q covers p's support [0, 1]."""
+    result = -p.entropy() + ng.log(q.high - q.low)
+    return ng.where((q.low > 0) | (q.high < 1), _INF, result)
+
+
+@register_kl(ContinuousBernoulli, Exponential)
+def _kl_cb_exponential(p: ContinuousBernoulli, q: Exponential) -> Tensor:
+    return -p.entropy() + _xent_exponential(q, p.mean)
+
+
+@register_kl(ContinuousBernoulli, Normal)
+def _kl_cb_normal(p: ContinuousBernoulli, q: Normal) -> Tensor:
+    return -p.entropy() + _xent_normal(q, p.mean, p.variance)
+
+
+@register_kl(ContinuousBernoulli, Uniform)
+def _kl_cb_uniform(p: ContinuousBernoulli, q: Uniform) -> Tensor:
+    """Finite only where q covers p's support [0, 1] (q = U(0, 1) included)."""
+    result = -p.entropy() + ng.log(q.high - q.low)
+    return ng.where((q.low > 0) | (q.high < 1), _INF, result)
+
+
+@register_kl(Exponential, Gamma)
+def _kl_exponential_gamma(p: Exponential, q: Gamma) -> Tensor:
+    mean_log = -EULER - ng.log(p.rate)
+    return -p.entropy() + _xent_gamma(q, p.mean, mean_log)
+
+
+@register_kl(Exponential, Gumbel)
+def _kl_exponential_gumbel(p: Exponential, q: Gumbel) -> Tensor:
+    # E e^(−X/β) = r / (r + 1/β)
+    log_mgf = q.loc / q.scale - ng.log1p(1 / (p.rate * q.scale))
+    return -p.entropy() + _xent_gumbel(q, p.mean, log_mgf)
+
+
+@register_kl(Exponential, Normal)
+def _kl_exponential_normal(p: Exponential, q: Normal) -> Tensor:
+    return -p.entropy() + _xent_normal(q, p.mean, p.variance)
+
+
+@register_kl(Gamma, Exponential)
+def _kl_gamma_exponential(p: Gamma, q: Exponential) -> Tensor:
+    return -p.entropy() + _xent_exponential(q, p.mean)
+
+
+@register_kl(Gamma, Gumbel)
+def _kl_gamma_gumbel(p: Gamma, q: Gumbel) -> Tensor:
+    # E e^(−X/β) = (1 + 1/(bβ))^(−a)
+    log_mgf = q.loc / q.scale - p.concentration * ng.log1p(1 / (p.rate * q.scale))
+    return -p.entropy() + _xent_gumbel(q, p.mean, log_mgf)
+
+
+@register_kl(Gamma, Normal)
+def _kl_gamma_normal(p: Gamma, q: Normal) -> Tensor:
+    return -p.entropy() + _xent_normal(q, p.mean, p.variance)
+
+
+@register_kl(Gumbel, Normal)
+def _kl_gumbel_normal(p: Gumbel, q: Normal) -> Tensor:
+    return -p.entropy() + _xent_normal(q, p.mean, p.variance)
+
+
+@register_kl(Laplace, Normal)
+def _kl_laplace_normal(p: Laplace, q: Normal) -> Tensor:
+    return -p.entropy() + _xent_normal(q, p.mean, p.variance)
+
+
+@register_kl(Normal, Gumbel)
+def _kl_normal_gumbel(p: Normal, q: Gumbel) -> Tensor:
+    # E e^(−(X − μq)/β) = exp(−(μ − μq)/β + σ²/(2β²))
+    log_mgf = -(p.loc - q.loc) / q.scale + 0.5 * (p.scale / q.scale) ** 2
+    return -p.entropy() + _xent_gumbel(q, p.loc, log_mgf)
+
+
+@register_kl(Normal, Laplace)
+def _kl_normal_laplace(p: Normal, q: Laplace) -> Tensor:
+    # E|X − m| for X ~ N(μ, σ), d = μ − m: σ √(2/π) exp(−d²/(2σ²)) + d erf(d / (σ√2))
+    d = p.loc - q.loc
+    mean_abs = (p.scale * math.sqrt(2 / math.pi) * ng.exp(-0.5 * (d / p.scale) ** 2)
+                + d * ng.erf(d / (p.scale * math.sqrt(2))))
+    return -p.entropy() + ng.log(2 * q.scale) + mean_abs / q.scale
+
+
+def _pareto_alpha(p: Pareto, need: float) -> tuple[Tensor, Tensor]:
+    """(infinite, alpha): where ``alpha <= need`` the moment the KL needs is infinite, and so
+    is the KL; there alpha is replaced by ``need + 1``, so the masked values (and their
+    gradients) stay finite."""
+    infinite = p.alpha <= need
+    return infinite, ng.where(infinite, need + 1.0, p.alpha)
+
+
+def _pareto_mean(m: Tensor, a: Tensor) -> Tensor:
+    return a * m / (a - 1)
+
+
+@register_kl(Pareto, Exponential)
+def _kl_pareto_exponential(p: Pareto, q: Exponential) -> Tensor:
+    infinite, a = _pareto_alpha(p, 1.0)
+    result = -p.entropy() + _xent_exponential(q, _pareto_mean(p.scale, a))
+    return ng.where(infinite, _INF, result)
+
+
+@register_kl(Pareto, Gamma)
+def _kl_pareto_gamma(p: Pareto, q: Gamma) -> Tensor:
+    infinite, a = _pareto_alpha(p, 1.0)
+    mean_log = ng.log(p.scale) + 1 / p.alpha
+    result = -p.entropy() + _xent_gamma(q, _pareto_mean(p.scale, a), mean_log)
+    return ng.where(infinite, _INF, result)
+
+
+@register_kl(Pareto, Normal)
+def _kl_pareto_normal(p: Pareto, q: Normal) -> Tensor:
+    infinite, a = _pareto_alpha(p, 2.0)
+    m = p.scale
+    var = m ** 2 * a / ((a - 1) ** 2 * (a - 2))
+    result = -p.entropy() + _xent_normal(q, _pareto_mean(m, a), var)
+    return ng.where(infinite, _INF, result)
+
+
+@register_kl(Uniform, Beta)
+def _kl_uniform_beta(p: Uniform, q: Beta) -> Tensor:
+    outside, lo, hi = _in_unit(p)
+    mean_log = _uniform_mean_log(lo, hi)
+    mean_log1m = _uniform_mean_log(1 - hi, 1 - lo)
+    result = -ng.log(hi - lo) + _xent_beta(q, mean_log, mean_log1m)
+    return ng.where(outside, _INF, result)
+
+
+@register_kl(Uniform, ContinuousBernoulli)
+def _kl_uniform_cb(p: Uniform, q: ContinuousBernoulli) -> Tensor:
+    outside, lo, hi = _in_unit(p)
+    result = -ng.log(hi - lo) + _xent_cb(q, (lo + hi) / 2)
+    return ng.where(outside, _INF, result)
+
+
+@register_kl(Uniform, Exponential)
+def _kl_uniform_exponential(p: Uniform, q: Exponential) -> Tensor:
+    result = -p.entropy() + _xent_exponential(q, p.mean)
+    return ng.where(p.low < 0, _INF, result)
+
+
+@register_kl(Uniform, Gamma)
+def _kl_uniform_gamma(p: Uniform, q: Gamma) -> Tensor:
+    outside = p.low < 0
+    lo = ng.where(outside, 0.0, p.low)
+    hi = ng.where(outside, 1.0, p.high)
+    result = -ng.log(hi - lo) + _xent_gamma(q, (lo + hi) / 2, _uniform_mean_log(lo, hi))
+    return ng.where(outside, _INF, result)
+
+
+@register_kl(Uniform, Gumbel)
+def _kl_uniform_gumbel(p: Uniform, q: Gumbel) -> Tensor:
+    # E e^(−(X − μ)/β) = β (e^(−(l − μ)/β) − e^(−(h − μ)/β)) / (h − l)
+    width = p.high - p.low
+    log_mgf = (ng.log(q.scale / width) - (p.low - q.loc) / q.scale
+               + ng.log(-ng.expm1(-width / q.scale)))
+    return -p.entropy() + _xent_gumbel(q, p.mean, log_mgf)
+
+
+@register_kl(Uniform, Normal)
+def _kl_uniform_normal(p: Uniform, q: Normal) -> Tensor:
+    return -p.entropy() + _xent_normal(q, p.mean, p.variance)
+
+
+@register_kl(Uniform, Pareto)
+def _kl_uniform_pareto(p: Uniform, q: Pareto) -> Tensor:
+    outside = p.low < q.scale
+    lo = ng.where(outside, q.scale, p.low)
+    hi = ng.where(outside, q.scale + 1.0, p.high)
+    result = -ng.log(hi - lo) + _xent_pareto(q, _uniform_mean_log(lo, hi))
+    return ng.where(outside, _INF, result)
+
+
+def _support_mismatch(param: str) -> Callable:
+    """KL(p ‖ q) = inf: p puts mass where q has no density (``param``: p's tensor to shape
+    the result after)."""
+    def kl(p: Distribution, q: Distribution) -> Tensor:
+        return _infinite(getattr(p, param), q)
+    return kl
+
+
+for _p, _param, _qs in [
+        (Beta, "concentration1", (Pareto,)),
+        (ContinuousBernoulli, "probs", (Pareto,)),
+        (Exponential, "rate", (Beta, ContinuousBernoulli, Pareto, Uniform)),
+        (Gamma, "concentration", (Beta, ContinuousBernoulli, Pareto, Uniform)),
+        (Gumbel, "loc", (Beta, ContinuousBernoulli, Exponential, Gamma, Pareto, Uniform)),
+        (Laplace, "loc", (Beta, ContinuousBernoulli, Exponential, Gamma, Pareto, Uniform)),
+        (Normal, "loc", (Beta, ContinuousBernoulli, Exponential, Gamma, Pareto, Uniform)),
+        (Pareto, "scale", (Beta, ContinuousBernoulli, Uniform))]:
+    for _q in _qs:
+        register_kl(_p, _q)(_support_mismatch(_param))

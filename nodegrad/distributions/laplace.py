@@ -36,12 +36,21 @@ class Laplace(_LocScale):
     def cdf(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
+        # one smooth branch per side (each exp argument <= 0): a sign(d) |d| form has
+        # gradient 0 at d = 0, where the density is 1 / (2 scale)
         d = value - self.loc
-        return 0.5 - 0.5 * ng.sign(d) * ng.expm1(-ng.abs(d) / self.scale)
+        below = d < 0
+        lo = ng.exp(ng.where(below, d, 0.0) / self.scale)
+        hi = ng.exp(-ng.where(below, 0.0, d) / self.scale)
+        return ng.where(below, 0.5 * lo, 1 - 0.5 * hi)
 
     def icdf(self, value: Tensor) -> Tensor:
+        # as cdf: a branch per side, so the gradient at the median is 2 scale, not 0
         term = value - 0.5
-        return self.loc - self.scale * ng.sign(term) * ng.log1p(-2 * ng.abs(term))
+        below = term < 0
+        lo = ng.log1p(2 * ng.where(below, term, 0.0))
+        hi = ng.log1p(-2 * ng.where(below, 0.0, term))
+        return self.loc + self.scale * ng.where(below, lo, -hi)
 
     def entropy(self) -> Tensor:
         return 1 + ng.log(2 * self.scale)

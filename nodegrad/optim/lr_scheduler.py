@@ -1,10 +1,15 @@
 """Learning-rate schedules: each sets its groups' ``lr`` once per ``step()``, PyTorch's protocol.
 
-Call ``scheduler.step()`` after ``optimizer.step()``. Every schedule here except
-:class:`ReduceLROnPlateau` is a closed-form function of the step count ``t`` (0 before the first
-update) and the groups' initial learning rates η, so schedules compose by multiplication:
-``LinearWarmup(CosineAnnealingLR(opt, 1000), 100)`` warms up, then anneals. Each has
-``state_dict()`` and ``load_state_dict()`` for resuming.
+Call ``scheduler.step()`` after ``optimizer.step()``. On its own, every schedule here except
+:class:`ReduceLROnPlateau` and :class:`MultiplicativeLR` is a closed-form function
+(``lr_at(t)``) of the step count ``t`` (0 before the first update) and the groups' initial
+learning rates η: ``LinearWarmup(CosineAnnealingLR(opt, 1000), 100)`` warms up, then anneals.
+Inside :class:`ChainedScheduler` and :class:`SequentialLR` the schedules step as PyTorch's do
+there, by their chainable ``get_lr()``: each acts on the groups' current lrs, as the one before
+left them. A subclass defines either ``lr_at(t)`` or, PyTorch's extension point, ``get_lr()``
+(the lrs for ``last_epoch``, from ``base_lrs`` or the groups' current lrs). PyTorch's
+deprecated ``step(epoch)`` jumps to ``epoch`` (closed form where there is one) with its
+warning. Each has ``state_dict()`` and ``load_state_dict()`` for resuming.
 
 PyTorch's other way to resume works too: rebuild the optimizer with each group's
 ``initial_lr`` (``optimizer.load_state_dict`` restores it) and the schedule with
@@ -19,11 +24,32 @@ restarts from its first schedule.
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+import warnings
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .base import Optimizer
+
+EPOCH_DEPRECATION_WARNING = (
+    "The epoch parameter in `scheduler.step()` was not necessary and is being "
+    "deprecated where possible. Please use `scheduler.step()` to step the "
+    "scheduler. During the deprecation, if epoch is different from None, the "
+    "closed form is used instead of the new chainable form, where available. "
+    "Please open an issue if you are unable to replicate your use case: "
+    "https://github.com/pytorch/pytorch/issues/new/choose."
+)
+
+
+def _warn_epoch() -> None:
+    """PyTorch's warning for the deprecated ``step(epoch)`` (its text and class)."""
+    warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=3)
+
+
+def _defined_at(cls: type, name: str) -> int:
+    """The position in ``cls``'s MRO of the class that defines ``name`` (lower: more derived)."""
+    return next(i for i, c in enumerate(cls.__mro__) if name in c.__dict__)
 
 
 def _check_last_epoch(name: str, last_epoch) -> None:
@@ -50,13 +76,25 @@ def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> None:
 
 
 class LRScheduler:
-    """Base: ``step()`` advances ``last_epoch`` and writes ``lr_at(t)`` into the groups.
+    """Base: ``step()`` advances ``last_epoch`` and writes the lrs for it into the groups.
+
+    A schedule defines ``lr_at(t)``, its closed form, or ``get_lr()``, PyTorch's extension
+    point: the lrs for step ``last_epoch`` (already advanced when it is called), from
+    ``base_lrs`` or, chainable, from the groups' current lrs (``_is_initial`` is true during
+    the step taken at construction). ``step()`` uses the one the most derived class defines
+    (``lr_at`` where a class defines both: the built-ins' ``get_lr`` is PyTorch's chainable
+    form, which :class:`ChainedScheduler` and :class:`SequentialLR` use).
 
     ``last_epoch`` is PyTorch's: -1 (the default) starts the schedule, recording each group's
     lr as its ``initial_lr``; k >= 0 resumes one that had taken k + 1 steps: the rates come
     from the groups' ``initial_lr`` (PyTorch's KeyError names a group without one), and the
     step taken when it is built sets step k + 1's rates again.
     """
+
+    _is_initial: bool = False  # true during the step taken at construction (PyTorch's)
+    _get_lr_called_within_step: bool = False
+    _chainable: bool = False  # get_lr() acts on the groups' current lrs (PyTorch's form)
+    _closed_form: bool = True  # lr_at(t) gives step t from base_lrs alone
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
         if not isinstance(optimizer, Optimizer):
@@ -71,21 +109,116 @@ class LRScheduler:
         self.base_lrs: list[float] = [g["initial_lr"] for g in optimizer.param_groups]
         self.last_epoch = last_epoch
         self._last_lr: list[float] = list(self.base_lrs)
-        self.step()
+        self._step_count = 0
+        self._is_initial = True
+        try:
+            self.step()
+        finally:
+            self._is_initial = False
 
     def lr_at(self, t: int) -> list[float]:
         """The learning rate of each group after ``t`` scheduler steps."""
-        raise NotImplementedError
+        if _defined_at(type(self), "get_lr") < _defined_at(type(self), "lr_at"):
+            raise NotImplementedError(
+                f"{type(self).__name__}.lr_at: this schedule has no closed form; it defines "
+                "get_lr() (the lrs for last_epoch) instead")
+        raise self._neither()
 
-    def step(self) -> None:
-        """Advance one step and set every group's ``lr``."""
+    def get_lr(self) -> list[float]:
+        """The lrs for step ``last_epoch`` (PyTorch's extension point; call ``step()`` and
+        read ``get_last_lr()`` rather than calling it). Here: the closed form ``lr_at``."""
+        if not self._has_lr_at():
+            raise self._neither()
+        self._warn_get_lr()
+        return self.lr_at(self.last_epoch)
+
+    def _neither(self) -> NotImplementedError:
+        return NotImplementedError(
+            f"{type(self).__name__}.get_lr: a schedule must define get_lr() (the lrs for step "
+            "last_epoch, PyTorch's extension point) or lr_at(t) (its closed form); this one "
+            "defines neither")
+
+    def _warn_get_lr(self) -> None:
+        """PyTorch's warning when ``get_lr()`` is called outside a step."""
+        if not self._get_lr_called_within_step:
+            warnings.warn("To get the last learning rate computed by the scheduler, please use "
+                          "`get_last_lr()`.", UserWarning, stacklevel=3)
+
+    @contextmanager
+    def _within_step(self) -> Iterator[None]:
+        self._get_lr_called_within_step = True
+        try:
+            yield
+        finally:
+            self._get_lr_called_within_step = False
+
+    @classmethod
+    def _has_lr_at(cls) -> bool:
+        """Whether the schedule defines ``lr_at`` (LRScheduler's own only raises)."""
+        return cls.__mro__[_defined_at(cls, "lr_at")] is not LRScheduler
+
+    @classmethod
+    def _steps_by_get_lr(cls) -> bool:
+        """Whether ``step()`` takes its lrs from ``get_lr()``: where a subclass defines
+        ``get_lr`` below the ``lr_at`` it inherits (PyTorch's extension point)."""
+        return _defined_at(cls, "get_lr") < _defined_at(cls, "lr_at")
+
+    def step(self, epoch: int | None = None) -> None:
+        """Advance one step and set every group's ``lr``; ``step(epoch)``, PyTorch's
+        deprecated form, jumps to step ``epoch`` (with PyTorch's warning)."""
+        self._step_count += 1
+        if epoch is not None:
+            _warn_epoch()
+            self._step_to(epoch)
+            return
         self.last_epoch += 1
-        self._set(self.lr_at(self.last_epoch))
+        with self._within_step():
+            lrs = self.get_lr() if self._steps_by_get_lr() else self.lr_at(self.last_epoch)
+        self._set(lrs)
+
+    def _step_to(self, epoch: int) -> None:
+        """Jump to step ``epoch``: the closed form there where the schedule has one, else its
+        ``get_lr()`` (PyTorch's ``step(epoch)``, and its restart at a SequentialLR milestone)."""
+        self.last_epoch = epoch
+        closed = self._closed_form and self._has_lr_at()
+        with self._within_step():
+            lrs = self.lr_at(epoch) if closed else self.get_lr()
+        self._set(lrs)
+
+    def _chain_step(self) -> None:
+        """One step inside a ChainedScheduler or SequentialLR: PyTorch's ``step()`` there,
+        whose chainable ``get_lr()`` acts on the groups' current lrs."""
+        if not (self._chainable
+                and _defined_at(type(self), "get_lr") <= _defined_at(type(self), "lr_at")):
+            self.step()
+            return
+        self._step_count += 1
+        self.last_epoch += 1
+        with self._within_step():
+            lrs = self.get_lr()
+        self._set(lrs)
+
+    def _restart(self, initial: bool) -> None:
+        """Start again at step 0 inside a ChainedScheduler or SequentialLR, from the groups'
+        current lrs: PyTorch's step at construction (``initial``) or, at a SequentialLR
+        milestone, its jump to step 0."""
+        if not initial:
+            self._step_to(0)
+            return
+        self.last_epoch, self._step_count = -1, 0
+        self._is_initial = True
+        try:
+            self._chain_step()
+        finally:
+            self._is_initial = False
 
     def _set(self, lrs: list[float]) -> None:
         for g, lr in zip(self.optimizer.param_groups, lrs):
             g["lr"] = lr
         self._last_lr = list(lrs)
+
+    def _current_lrs(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
 
     def get_last_lr(self) -> list[float]:
         """The learning rates set by the last ``step()``."""
@@ -112,6 +245,8 @@ class _LRScheduler(LRScheduler):
 class StepLR(LRScheduler):
     """``η γ^⌊t / step_size⌋``: multiply by γ every ``step_size`` steps."""
 
+    _chainable = True
+
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1,
                  last_epoch: int = -1):
         if step_size < 1:
@@ -122,9 +257,17 @@ class StepLR(LRScheduler):
     def lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** (t // self.step_size) for b in self.base_lrs]
 
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lrs times γ on every ``step_size``-th step."""
+        self._warn_get_lr()
+        t, cur = self.last_epoch, self._current_lrs()
+        return cur if t == 0 or t % self.step_size else [lr * self.gamma for lr in cur]
+
 
 class MultiStepLR(LRScheduler):
     """``η γ^k`` where k counts the milestones reached (``t >= m``)."""
+
+    _chainable = True
 
     def __init__(self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1,
                  last_epoch: int = -1):
@@ -134,9 +277,18 @@ class MultiStepLR(LRScheduler):
     def lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** bisect_right(self.milestones, t) for b in self.base_lrs]
 
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lrs times γ^n at a milestone given n times."""
+        self._warn_get_lr()
+        t, cur = self.last_epoch, self._current_lrs()
+        n = bisect_right(self.milestones, t) - bisect_left(self.milestones, t)
+        return [lr * self.gamma ** n for lr in cur] if n else cur
+
 
 class ExponentialLR(LRScheduler):
     """``η γ^t``."""
+
+    _chainable = True
 
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1):
         self.gamma = gamma
@@ -144,6 +296,12 @@ class ExponentialLR(LRScheduler):
 
     def lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** t for b in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lrs times γ (unchanged at construction)."""
+        self._warn_get_lr()
+        cur = self._current_lrs()
+        return cur if self._is_initial else [lr * self.gamma for lr in cur]
 
 
 class InverseSqrtLR(LRScheduler):
@@ -159,6 +317,8 @@ class InverseSqrtLR(LRScheduler):
 class CosineAnnealingLR(LRScheduler):
     """``η_min + (η - η_min)(1 + cos(π t / T_max)) / 2`` (SGDR without restarts)."""
 
+    _chainable = True
+
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0,
                  last_epoch: int = -1):
         if T_max < 1:
@@ -169,6 +329,21 @@ class CosineAnnealingLR(LRScheduler):
     def lr_at(self, t: int) -> list[float]:
         c = (1 + math.cos(math.pi * t / self.T_max)) / 2
         return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lr's distance to ``eta_min`` scaled by the
+        ratio of successive cosine factors (a fixed rise where the previous factor is 0)."""
+        self._warn_get_lr()
+        t, T, e, cur = self.last_epoch, self.T_max, self.eta_min, self._current_lrs()
+        if self._is_initial:
+            return cur
+        if self._step_count == 1 and t > 0:
+            return self.lr_at(t)
+        if (t - 1 - T) % (2 * T) == 0:
+            return [lr + (b - e) * (1 - math.cos(math.pi / T)) / 2
+                    for lr, b in zip(cur, self.base_lrs)]
+        ratio = (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T))
+        return [ratio * (lr - e) + e for lr in cur]
 
 
 class LinearWarmup(LRScheduler):
@@ -206,16 +381,38 @@ class LinearWarmup(LRScheduler):
         s = self.start_factor
         return s + (1 - s) * min(t, self.warmup_steps) / self.warmup_steps
 
+    def get_lr(self) -> list[float]:
+        """The lrs of step ``last_epoch``: the factor times the wrapped schedule's lrs."""
+        self._warn_get_lr()
+        lrs = self.base_lrs if self.inner is None else self.inner.get_last_lr()
+        return [self.factor(self.last_epoch) * lr for lr in lrs]
+
     def step(self, *args) -> None:
+        """One step (arguments go to a wrapped ReduceLROnPlateau); ``step(epoch)`` otherwise
+        is PyTorch's deprecated jump to step ``epoch``, of the wrapped schedule too."""
+        self._step_count += 1
+        if args and not isinstance(self.inner, ReduceLROnPlateau):
+            if len(args) != 1:
+                raise TypeError(f"LinearWarmup.step: expected at most one argument (epoch), got "
+                                f"{len(args)}")
+            if args[0] is not None:
+                _warn_epoch()
+                self._step_to(args[0])
+                return
+            args = ()
         self.last_epoch += 1
-        if self.inner is None:
-            lrs = self.base_lrs
-        else:
-            if self._built:
-                self.inner.step(*args)
-            lrs = self.inner.get_last_lr()
-        f = self.factor(self.last_epoch)
-        self._set([f * lr for lr in lrs])
+        if self.inner is not None and self._built:
+            self.inner.step(*args)
+        with self._within_step():
+            self._set(self.get_lr())
+
+    def _step_to(self, epoch: int) -> None:
+        if self.inner is not None:
+            self.inner._step_count += 1
+            self.inner._step_to(epoch)
+        self.last_epoch = epoch
+        with self._within_step():
+            self._set(self.get_lr())
 
 
 class OneCycleLR(LRScheduler):
@@ -326,8 +523,9 @@ class OneCycleLR(LRScheduler):
         lrs = {"initial": self.initial_lrs, "max": self.max_lrs, "min": self.min_lrs}
         return [self._anneal(lrs[ph[1]][i], lrs[ph[2]][i], pct) for i in range(len(self.max_lrs))]
 
-    def step(self) -> None:
-        super().step()
+    def _set(self, lrs: list[float]) -> None:
+        """The lrs, and the momenta of the same step."""
+        super()._set(lrs)
         if self.cycle_momentum:
             ph, pct = self._phase(self.last_epoch)
             lo, hi = self.momenta[ph[3]], self.momenta[ph[4]]
@@ -382,10 +580,15 @@ class ReduceLROnPlateau(LRScheduler):
             return a < best * (1 - th) if self.threshold_mode == "rel" else a < best - th
         return a > best * (1 + th) if self.threshold_mode == "rel" else a > best + th
 
-    def step(self, metrics: float) -> None:  # type: ignore[override]
-        """Record this evaluation's metric; reduce the lr when it has stalled."""
+    def step(self, metrics: float, epoch: int | None = None) -> None:  # type: ignore[override]
+        """Record this evaluation's metric; reduce the lr when it has stalled. ``epoch``
+        (PyTorch's deprecated form, with its warning) sets ``last_epoch``."""
         current = float(metrics)
-        self.last_epoch += 1
+        if epoch is None:
+            self.last_epoch += 1
+        else:
+            _warn_epoch()
+            self.last_epoch = epoch
         if self._is_better(current):
             self.best, self.num_bad_epochs = current, 0
         else:
@@ -429,13 +632,23 @@ class LambdaLR(LRScheduler):
     def lr_at(self, t: int) -> list[float]:
         return [b * f(t) for b, f in zip(self.base_lrs, self.lr_lambdas)]
 
+    def get_lr(self) -> list[float]:
+        """``η λ(last_epoch)``: PyTorch's LambdaLR is a closed form in chains too."""
+        self._warn_get_lr()
+        return self.lr_at(self.last_epoch)
+
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
 
 
 class MultiplicativeLR(LRScheduler):
     """The lr times λ(t) at every step t ≥ 1: ``η Π_{k≤t} λ(k)`` (PyTorch's). The running
-    product is state (in ``state_dict()``), so steps must come in order, as in training."""
+    product is state (in ``state_dict()``), so steps must come in order, as in training.
+    PyTorch gives it no closed form: ``step(epoch)`` and a SequentialLR milestone multiply the
+    current lr by λ(epoch) (λ(0) at a milestone), as there."""
+
+    _chainable = True
+    _closed_form = False
 
     def __init__(self, optimizer: Optimizer, lr_lambda, last_epoch: int = -1):
         self.lr_lambdas = _per_group(lr_lambda, len(optimizer.param_groups), "lr_lambdas")
@@ -451,13 +664,31 @@ class MultiplicativeLR(LRScheduler):
             self._products = [p * f(self._at) for p, f in zip(self._products, self.lr_lambdas)]
         return [b * p for b, p in zip(self.base_lrs, self._products)]
 
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lrs times λ(last_epoch) (unchanged at
+        construction)."""
+        self._warn_get_lr()
+        cur = self._current_lrs()
+        if self._is_initial:
+            return cur
+        return [lr * f(self.last_epoch) for lr, f in zip(cur, self.lr_lambdas)]
+
+    def _step_to(self, epoch: int) -> None:
+        factors = [f(epoch) for f in self.lr_lambdas]
+        self.last_epoch = self._at = epoch
+        self._products = [p * x for p, x in zip(self._products, factors)]
+        self._set([lr * x for lr, x in zip(self._current_lrs(), factors)])
+
     def state_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
 
 
 class LinearLR(LRScheduler):
     """``η f(t)``, f going linearly from ``start_factor`` to ``end_factor`` over
-    ``total_iters`` steps and staying there (PyTorch's)."""
+    ``total_iters`` steps and staying there (PyTorch's). With ``total_iters=0`` it stays at
+    ``start_factor``, as PyTorch's does (its chainable form never moves past step 0)."""
+
+    _chainable = True
 
     def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3,
                  end_factor: float = 1.0, total_iters: int = 5, last_epoch: int = -1):
@@ -469,13 +700,31 @@ class LinearLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
-        f = self.start_factor + (self.end_factor - self.start_factor) * min(
-            t, self.total_iters) / self.total_iters
+        f = self.start_factor
+        if self.total_iters > 0:
+            f += (self.end_factor - self.start_factor) * min(t, self.total_iters) / self.total_iters
         return [b * f for b in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lrs times the ratio of successive factors."""
+        self._warn_get_lr()
+        t, cur = self.last_epoch, self._current_lrs()
+        s, e = self.start_factor, self.end_factor
+        if t == 0:
+            return [lr * s for lr in cur]
+        if self._is_initial or t > self.total_iters:
+            return cur
+        ratio = 1.0 + (e - s) / (self.total_iters * s + (t - 1) * (e - s))
+        return [lr * ratio for lr in cur]
 
 
 class ConstantLR(LRScheduler):
-    """``η factor`` for the first ``total_iters`` steps, then ``η`` (PyTorch's)."""
+    """``η factor`` for the first ``total_iters`` steps, then ``η`` (PyTorch's). With
+    ``total_iters <= 0`` a run stays at ``η factor``, as PyTorch's (its chainable form applies
+    the factor at step 0 and never reaches the step that undoes it), while ``step(epoch)`` and
+    a SequentialLR milestone take its closed form, ``η``, as there."""
+
+    _chainable = True
 
     def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5,
                  last_epoch: int = -1):
@@ -485,12 +734,34 @@ class ConstantLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
-        f = self.factor if t < self.total_iters else 1.0
+        f = self.factor if t < self.total_iters or self.total_iters <= 0 else 1.0
         return [b * f for b in self.base_lrs]
+
+    def _step_to(self, epoch: int) -> None:
+        self.last_epoch = epoch
+        f = self.factor if epoch < self.total_iters else 1.0
+        self._set([b * f for b in self.base_lrs])
+
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lrs times ``factor`` at step 0, divided by it
+        at ``total_iters``."""
+        self._warn_get_lr()
+        t, cur = self.last_epoch, self._current_lrs()
+        if t == 0:
+            return [lr * self.factor for lr in cur]
+        if t != self.total_iters:
+            return cur
+        if self.factor == 0:
+            raise ValueError("ConstantLR.get_lr: the chainable form divides the lr by factor at "
+                             "total_iters, got factor 0; use a factor > 0 in a ChainedScheduler "
+                             "or SequentialLR")
+        return [lr / self.factor for lr in cur]
 
 
 class PolynomialLR(LRScheduler):
     """``η (1 − min(t, T) / T)^power`` over ``total_iters`` T steps, then 0 (PyTorch's)."""
+
+    _chainable = True
 
     def __init__(self, optimizer: Optimizer, total_iters: int = 5, power: float = 1.0,
                  last_epoch: int = -1):
@@ -502,6 +773,15 @@ class PolynomialLR(LRScheduler):
     def lr_at(self, t: int) -> list[float]:
         f = (1.0 - min(t, self.total_iters) / self.total_iters) ** self.power
         return [b * f for b in self.base_lrs]
+
+    def get_lr(self) -> list[float]:
+        """PyTorch's chainable form: the current lrs times the ratio of successive factors."""
+        self._warn_get_lr()
+        t, T, cur = self.last_epoch, self.total_iters, self._current_lrs()
+        if self._is_initial or t > T:
+            return cur
+        ratio = ((1.0 - t / T) / (1.0 - (t - 1) / T)) ** self.power
+        return [lr * ratio for lr in cur]
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):
@@ -541,26 +821,39 @@ class CosineAnnealingWarmRestarts(LRScheduler):
         c = (1 + math.cos(math.pi * cur / length)) / 2
         return [self.eta_min + (b - self.eta_min) * c for b in self.base_lrs]
 
+    def get_lr(self) -> list[float]:
+        """The lrs at ``T_cur`` steps into a cycle of ``T_i`` (PyTorch's)."""
+        self._warn_get_lr()
+        return self._lrs(self.T_cur, self.T_i)
+
     def step(self, epoch: float | None = None) -> None:
-        """One step on, or (PyTorch's form) to ``epoch`` >= 0, possibly fractional."""
-        if epoch is None:
-            self.last_epoch += 1
-            self.T_cur += 1
-            if self.T_cur >= self.T_i:
-                self.T_cur, self.T_i = self.T_cur % self.T_i, self.T_i * self.T_mult
-        else:
-            if not epoch >= 0:
-                raise ValueError(f"CosineAnnealingWarmRestarts.step: expected a non-negative "
-                                 f"epoch, got {epoch}")
-            T_0, m = self.T_0, self.T_mult
-            if epoch < T_0:
-                self.T_cur, self.T_i = epoch, T_0
-            elif m == 1:
-                self.T_cur, self.T_i = epoch % T_0, T_0
-            else:  # PyTorch's closed form for the cycle epoch falls in
-                n = int(math.log(epoch / T_0 * (m - 1) + 1, m))
-                self.T_cur, self.T_i = epoch - T_0 * (m ** n - 1) / (m - 1), T_0 * m ** n
-            self.last_epoch = math.floor(epoch)
+        """One step on, or (PyTorch's form, without a warning) to ``epoch`` >= 0, possibly
+        fractional."""
+        self._step_count += 1
+        if epoch is None and self.last_epoch < 0:  # the first step: the cycle starts
+            self.T_cur, self.T_i = -1, self.T_0
+        if epoch is not None:
+            self._step_to(epoch)
+            return
+        self.last_epoch += 1
+        self.T_cur += 1
+        if self.T_cur >= self.T_i:
+            self.T_cur, self.T_i = self.T_cur % self.T_i, self.T_i * self.T_mult
+        self._set(self._lrs(self.T_cur, self.T_i))
+
+    def _step_to(self, epoch: float) -> None:
+        if not epoch >= 0:
+            raise ValueError(f"CosineAnnealingWarmRestarts.step: expected a non-negative "
+                             f"epoch, got {epoch}")
+        T_0, m = self.T_0, self.T_mult
+        if epoch < T_0:
+            self.T_cur, self.T_i = epoch, T_0
+        elif m == 1:
+            self.T_cur, self.T_i = epoch % T_0, T_0
+        else:  # PyTorch's closed form for the cycle epoch falls in
+            n = int(math.log(epoch / T_0 * (m - 1) + 1, m))
+            self.T_cur, self.T_i = epoch - T_0 * (m ** n - 1) / (m - 1), T_0 * m ** n
+        self.last_epoch = math.floor(epoch)
         self._set(self._lrs(self.T_cur, self.T_i))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -573,6 +866,26 @@ class _OfSchedules(LRScheduler):
     """A schedule made of others (``_schedulers``): their states nest in its own."""
 
     _schedulers: list
+
+    @staticmethod
+    def _check(name: str, schedulers: Sequence[LRScheduler], optimizer: Optimizer,
+               refuse: tuple[type, ...]) -> None:
+        for i, s in enumerate(schedulers):
+            if not isinstance(s, LRScheduler) or isinstance(s, refuse):
+                raise TypeError(f"{name}: expected schedules of a step count (not "
+                                f"{', '.join(c.__name__ for c in refuse)}), got "
+                                f"{type(s).__name__} at index {i}")
+            if s.optimizer is not optimizer:
+                raise ValueError(f"{name}: every scheduler must drive the one optimizer, got "
+                                 f"{type(s).__name__} at index {i} with another")
+
+    def get_lr(self) -> list[float]:
+        raise NotImplementedError(
+            f"{type(self).__name__}.get_lr: a composite schedule has no lr formula of its own "
+            "(its schedules' steps set the lrs); read get_last_lr()")
+
+    def _chain_step(self) -> None:
+        self.step()
 
     def state_dict(self) -> dict[str, Any]:
         d = super().state_dict()
@@ -587,10 +900,13 @@ class _OfSchedules(LRScheduler):
 
 
 class SequentialLR(_OfSchedules):
-    """Run ``schedulers`` one after the other, switching at the step counts ``milestones``:
-    each starts from its own step 0 when its turn comes (PyTorch's). The schedules must share
-    the optimizer. Resumed with ``last_epoch=k`` it goes on from step k + 1 of the sequence
-    (PyTorch's restarts its first schedule instead).
+    """Run ``schedulers`` one after the other, switching at the step counts ``milestones``,
+    with PyTorch's steps: the first starts from the groups' initial lrs; at a milestone the
+    next jumps to its step 0 (its closed form there, from the initial lrs, or, with none —
+    ``MultiplicativeLR``, a ``get_lr()`` subclass — its ``get_lr()`` on the current lrs) and
+    then steps by its chainable ``get_lr()``. The schedules must share the optimizer.
+    Resumed with ``last_epoch=k`` it replays the sequence to step k + 1 (PyTorch's restarts
+    its first schedule instead).
     """
 
     def __init__(self, optimizer: Optimizer, schedulers: Sequence[LRScheduler],
@@ -601,28 +917,51 @@ class SequentialLR(_OfSchedules):
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(f"SequentialLR: expected {len(schedulers) - 1} milestones for "
                              f"{len(schedulers)} schedulers, got {len(milestones)}")
-        for s in schedulers:
-            if not isinstance(s, LRScheduler) or isinstance(s, ReduceLROnPlateau):
-                raise TypeError("SequentialLR: expected schedules of a step count (not "
-                                f"ReduceLROnPlateau), got {type(s).__name__}")
-            if s.optimizer is not optimizer:
-                raise ValueError("SequentialLR: every scheduler must drive the optimizer given")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+        self._check("SequentialLR", schedulers, optimizer, (ReduceLROnPlateau, LinearWarmup))
+        _check_last_epoch("SequentialLR", last_epoch)
+        _initial_lrs(optimizer, last_epoch)
+        self.optimizer = optimizer
         self._schedulers, self._milestones = schedulers, [int(m) for m in milestones]
-        for g, lr in zip(optimizer.param_groups, schedulers[0].base_lrs):
-            g["lr"] = lr  # undo the later schedulers' first steps, as PyTorch
-        super().__init__(optimizer, last_epoch)
+        self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        self._step_count = 0
+        self._restart(initial=True)
+        for _ in range(last_epoch + 1):  # resumed: the steps taken, then this one's first
+            self.step()
 
-    def lr_at(self, t: int) -> list[float]:
-        i = bisect_right(self._milestones, t)
-        start = self._milestones[i - 1] if i else 0
-        return self._schedulers[i].lr_at(t - start)
+    def _restart(self, initial: bool) -> None:
+        """Start as when built (here, or nested at a milestone): the groups back at their
+        initial lrs (undoing the schedulers' first steps, as PyTorch), step 0's schedule
+        started afresh."""
+        self._set(self.base_lrs)
+        self.last_epoch = 0
+        s = self._schedulers[bisect_right(self._milestones, 0)]
+        s._restart(initial=True)
+        self._last_lr = s.get_last_lr()
+
+    def step(self) -> None:  # type: ignore[override]
+        """One step of the schedule whose turn it is (a milestone restarts the next)."""
+        self._step_count += 1
+        self.last_epoch += 1
+        i = bisect_right(self._milestones, self.last_epoch)
+        s = self._schedulers[i]
+        if i > 0 and self._milestones[i - 1] == self.last_epoch:
+            s._restart(initial=False)
+        else:
+            s._chain_step()
+        self._last_lr = s.get_last_lr()
 
 
 class ChainedScheduler(_OfSchedules):
-    """Several schedules at once, their factors multiplied: ``η Π_i (η_i(t) / η)`` (PyTorch's
-    ``ChainedScheduler`` of multiplicative schedules, e.g. a ``LinearLR`` warm-up with a
-    ``StepLR`` decay). The schedules must share one optimizer, and have taken the same number
-    of steps: it starts where they are (schedules resumed with ``last_epoch=k`` resume it).
+    """Several schedules at once, each step applied in turn to the lrs the one before set
+    (PyTorch's): every schedule steps by its chainable ``get_lr()``, which acts on the groups'
+    current lrs (``StepLR`` multiplies them by γ on a decay step, ``CosineAnnealingLR`` scales
+    their distance to ``eta_min``...); ``LambdaLR``, ``CosineAnnealingWarmRestarts``,
+    ``CyclicLR`` and ``OneCycleLR`` set theirs outright, as PyTorch's. The schedules must share
+    one optimizer and have taken the same number of steps; built, the chain starts from the
+    initial lrs with each schedule's first step in turn, and schedules resumed with
+    ``last_epoch=k`` replay the chain to their step k + 1.
     """
 
     def __init__(self, schedulers: Sequence[LRScheduler], optimizer: Optimizer | None = None):
@@ -630,25 +969,36 @@ class ChainedScheduler(_OfSchedules):
         if not schedulers:
             raise ValueError("ChainedScheduler: expected at least one scheduler")
         optimizer = optimizer or schedulers[0].optimizer
-        for s in schedulers:
-            if not isinstance(s, LRScheduler) or isinstance(s, ReduceLROnPlateau | SequentialLR):
-                raise TypeError("ChainedScheduler: expected schedules of a step count, got "
-                                f"{type(s).__name__}")
-            if s.optimizer is not optimizer:
-                raise ValueError("ChainedScheduler: every scheduler must drive one optimizer")
+        self._check("ChainedScheduler", schedulers, optimizer,
+                    (ReduceLROnPlateau, SequentialLR, LinearWarmup))
         epochs = sorted({s.last_epoch for s in schedulers})
         if len(epochs) > 1:
             raise ValueError(f"ChainedScheduler: the schedulers have taken different numbers of "
                              f"steps ({epochs}); build them (or resume them with one "
                              "last_epoch) together")
-        self._schedulers = schedulers
-        super().__init__(optimizer, max(epochs[0] - 1, -1))
+        self._schedulers, self.optimizer = schedulers, optimizer
+        self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        self._step_count = 0
+        self._restart(initial=True)
+        for _ in range(max(epochs[0], 0)):  # resumed: replay the steps they have taken
+            self.step()
 
-    def lr_at(self, t: int) -> list[float]:
-        lrs = list(self.base_lrs)
+    def _restart(self, initial: bool) -> None:
+        """Start as when built (here, or nested at a milestone): the groups at their initial
+        lrs, then each schedule's first step in turn."""
+        self._set(self.base_lrs)
+        self.last_epoch = 0
         for s in self._schedulers:
-            lrs = [lr * (x / b if b else 0.0) for lr, x, b in zip(lrs, s.lr_at(t), s.base_lrs)]
-        return lrs
+            s._restart(initial=True)
+        self._last_lr = self._current_lrs()
+
+    def step(self) -> None:  # type: ignore[override]
+        """One step of every schedule, in order."""
+        self._step_count += 1
+        self.last_epoch += 1
+        for s in self._schedulers:
+            s._chain_step()
+        self._last_lr = self._current_lrs()
 
 
 class CyclicLR(LRScheduler):
@@ -721,8 +1071,9 @@ class CyclicLR(LRScheduler):
         f, s = self._where(t)
         return [b + (m - b) * f * s for b, m in zip(self.cyclic_base_lrs, self.max_lrs)]
 
-    def step(self) -> None:
-        super().step()
+    def _set(self, lrs: list[float]) -> None:
+        """The lrs, and the momenta of the same step."""
+        super()._set(lrs)
         if self.cycle_momentum:
             f, s = self._where(self.last_epoch)
             for g, b, m in zip(self.optimizer.param_groups, self.base_momentums,
