@@ -220,8 +220,9 @@ def test_layer_errors_name_layer_and_shape():
 @pytest.mark.parametrize("layer, x, says", [
     (nn.Conv1d(1, 2, 5), (1, 1, 3), r"Conv1d\(1, 2, kernel_size=\(5,\).*conv1d: kernel size "
      r"\(5,\) is larger than the padded input \(3,\) \(input \(1, 1, 3\), padding \(0,\)\)"),
-    (nn.Conv1d(1, 2, 6, padding=1), (2, 1, 3), r"Conv1d\(.*padding=1\).*padded input \(5,\)"),
-    (nn.Conv2d(1, 2, 3, dilation=3), (1, 1, 5, 9), r"Conv2d\(.*dilation=3\): conv2d: kernel "
+    (nn.Conv1d(1, 2, 6, padding=1), (2, 1, 3), r"Conv1d\(.*padding=\(1,\)\).*padded input "
+     r"\(5,\)"),
+    (nn.Conv2d(1, 2, 3, dilation=3), (1, 1, 5, 9), r"Conv2d\(.*dilation=\(3, 3\)\): conv2d: kernel "
      r"size \(3, 3\) with dilation \(3, 3\) \(spanning \(7, 7\)\) is larger than the padded "
      r"input \(5, 9\)"),
     (nn.MaxPool2d(4), (1, 1, 3, 3), r"MaxPool2d\(kernel_size=4.*max_pool2d: kernel size \(4, 4\)"),

@@ -11,6 +11,7 @@ tap (never per position) folds the overlapping windows back.
 from __future__ import annotations
 
 import math
+import struct
 
 from .. import _backend as B
 from .. import ops
@@ -128,7 +129,6 @@ def _pool_setup(x, kernel, stride, padding, dilation, ceil_mode, nd, op):
                          f"non-negative, got {k}, {s}, {d}, {p}")
     if any(pi > ki // 2 for pi, ki in zip(p, k)):
         raise ValueError(f"{op}: padding {p} must be at most half the kernel {k}")
-    F._check_window(x, k, d, p, op)
     out, extra = [], []
     for li, ki, si, pi, di in zip(x.shape[2:], k, s, p, d):
         span = di * (ki - 1) + 1
@@ -137,6 +137,10 @@ def _pool_setup(x, kernel, stride, padding, dilation, ceil_mode, nd, op):
             o -= 1
         out.append(o)
         extra.append(max((o - 1) * si + span - li - 2 * pi, 0))
+    if min(out) < 1:  # (with ceil_mode a kernel longer than the padded input still gives one)
+        F._check_window(x, k, d, p, op)
+        raise ShapeError(f"{op}: input {tuple(x.shape)} with kernel {k}, stride {s}, padding "
+                         f"{p}, dilation {d} gives an empty output {tuple(out)}")
     return k, s, p, d, tuple(out), tuple(extra)
 
 
@@ -518,49 +522,156 @@ def _weights(w, x: Tensor, axis: int) -> Tensor:
     return Tensor(w.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - axis - 1)))
 
 
-def _cubic(xp, t, a: float = -0.75):
-    """Keys' cubic-convolution weights of the 4 taps around each source point (PyTorch's A)."""
-    def near(u):
-        return ((a + 2) * u - (a + 3)) * u * u + 1
-
-    def far(u):
-        return ((a * u - 5 * a) * u + 8 * a) * u - 4 * a
-
-    return far(t + 1), near(t), near(1 - t), far(2 - t)
+def _f32(v: float) -> float:
+    """``v`` rounded to float32, as C's ``floorf`` sees a double argument."""
+    return struct.unpack("f", struct.pack("f", v))[0]
 
 
-def _resample_axis(x, axis, out, scale, mode, align_corners):
+def _keys_near(u, a: float = -0.75):
+    """Keys' cubic kernel for distances in [0, 1] (PyTorch's ``cubic_convolution1``)."""
+    return ((a + 2) * u - (a + 3)) * u * u + 1
+
+
+def _keys_far(u, a: float = -0.75):
+    """Keys' cubic kernel for distances in [1, 2] (PyTorch's ``cubic_convolution2``)."""
+    return ((a * u - 5 * a) * u + 8 * a) * u - 4 * a
+
+
+def _cubic(t):
+    """The weights of the 4 taps around each source point at fraction ``t`` (PyTorch's A = -0.75
+    and evaluation order, so float32 weights agree bit for bit)."""
+    return _keys_far(t + 1), _keys_near(t), _keys_near(1 - t), _keys_far((1 - t) + 1)
+
+
+def _source(xp, n: int, out: int, scale, align_corners: bool, ct, clamp: bool):
+    """Each output position's source coordinate in dtype ``ct`` (PyTorch's
+    ``area_pixel_compute_source_index``: float32 for every input but float64, whose coordinates
+    are float64); ``clamp`` lifts negative ones to 0 (all but bicubic)."""
+    dst = xp.arange(out).astype(ct)
+    if align_corners:
+        return dst * (ct.type(n - 1) / ct.type(out - 1) if out > 1 else ct.type(0))
+    sc = ct.type(1.0 / scale) if scale else ct.type(n) / ct.type(out)
+    src = (dst + ct.type(0.5)) * sc - ct.type(0.5)
+    return xp.maximum(src, ct.type(0)) if clamp else src
+
+
+def _floor_index(xp, src, n: int):
+    """PyTorch's ``min(floorf(src), n - 1)``: the floor taken in float32 even for float64."""
+    return xp.minimum(xp.floor(src.astype(B.float32)).astype(xp.int64), n - 1)
+
+
+def _nearest_index(xp, n: int, out: int, scale, mode: str, ct, pixelwise: bool):
+    """The source pixel of each output position in the nearest modes, as PyTorch's CPU kernels
+    pick it. ``pixelwise`` is PyTorch's 2-D kernel for small outputs (``nearest_idx``): float32
+    scale whatever the dtype, an unchanged axis copied and a doubled one halved exactly."""
+    if pixelwise:
+        ct = B.float32
+        if mode == "nearest" and out == n:
+            return xp.arange(out)
+        if mode == "nearest" and out == 2 * n:
+            return xp.arange(out) // 2
+    sc = ct.type(1.0 / scale) if scale else ct.type(n) / ct.type(out)
+    dst = xp.arange(out)
+    if mode == "nearest":
+        src = dst.astype(ct) * sc
+    elif pixelwise:  # (i + 0.5) * scale in float64, as C promotes it
+        src = (dst + 0.5) * float(sc)
+    else:
+        src = xp.maximum((dst.astype(ct) + ct.type(0.5)) * sc - ct.type(0.5), ct.type(0)) + 0.5
+    return _floor_index(xp, src, n)
+
+
+def _resample_axis(x, axis, out, scale, mode, align_corners, pixelwise=False):
     xp = x.backend.xp
     n = x.shape[axis]
-    dst = xp.arange(out)
-    dt = x.dtype
+    # coordinates in float32 whatever the input (float64 alone keeps float64), as PyTorch: an
+    # integer or float16 dtype cannot hold fractional or large source indices
+    ct = B.float64 if x.dtype == B.float64 else B.float32
     if mode in ("nearest", "nearest-exact"):
-        sc = dt.type(1.0 / scale) if scale else dt.type(n) / dt.type(out)
-        if mode == "nearest":
-            src = dst.astype(dt) * sc
-        else:
-            src = xp.maximum((dst.astype(dt) + dt.type(0.5)) * sc - dt.type(0.5), 0) + 0.5
-        return _take(x, xp.minimum(xp.floor(src).astype(xp.int64), n - 1), axis)
-    if align_corners:
-        sc = (n - 1) / (out - 1) if out > 1 else 0.0
-        src = dst.astype(dt) * dt.type(sc)
-    else:
-        sc = dt.type(1.0 / scale) if scale else dt.type(n) / dt.type(out)
-        src = (dst.astype(dt) + dt.type(0.5)) * sc - dt.type(0.5)
+        return _take(x, _nearest_index(xp, n, out, scale, mode, ct, pixelwise), axis)
     if mode == "bicubic":
-        i0 = xp.minimum(xp.floor(src).astype(xp.int64), n - 1)
-        taps = _cubic(xp, xp.clip(src - i0, 0, 1).astype(dt))
+        src = _source(xp, n, out, scale, align_corners, ct, clamp=False)
+        i0 = _floor_index(xp, src, n)
+        taps = _cubic(xp.clip(src - i0.astype(ct), 0, 1))
         y = None
         for j, w in enumerate(taps):
             term = _take(x, xp.clip(i0 - 1 + j, 0, n - 1), axis) * _weights(w, x, axis)
             y = term if y is None else y + term
         return y
-    src = xp.maximum(src, 0) if not align_corners else src
-    i0 = xp.minimum(src.astype(xp.int64), n - 1)
-    lam = xp.clip(src - i0, 0, 1)
+    if out == n:  # PyTorch's linear modes copy an axis whose size does not change
+        return x
+    src = _source(xp, n, out, scale, align_corners, ct, clamp=True)
+    i0 = _floor_index(xp, src, n)
+    lam = xp.clip(src - i0.astype(ct), 0, 1)
     i1 = xp.minimum(i0 + 1, n - 1)
     return _take(x, i0, axis) * _weights(1 - lam, x, axis) + \
         _take(x, i1, axis) * _weights(lam, x, axis)
+
+
+def _uint8_taps(n: int, out: int, scale, cubic: bool, align_corners: bool):
+    """PyTorch's uint8 linear/cubic taps along one axis: each output's first source index, its
+    int16 weights (border taps folded onto the edge pixel, as the float path clamps them) and
+    the fixed-point precision, computed in float64 as ``_compute_index_ranges_int16_weights``."""
+    taps = 4 if cubic else 2
+    support = taps // 2
+    if align_corners:
+        sc = (n - 1) / (out - 1) if out > 1 else 0.0
+    else:
+        sc = 1.0 / scale if scale else n / out
+    firsts, rows, wmax = [], [], 0.0
+    for i in range(out):
+        real = sc * i if align_corners else sc * (i + 0.5) - 0.5
+        if not (align_corners or cubic) and real < 0:
+            real = 0.0
+        idx = min(math.floor(_f32(real)), n - 1)
+        lam = min(max(real - idx, 0.0), 1.0)
+        lo = idx - support + 1
+        first = max(lo, 0)
+        size = min(max(min(idx + support + 1, n) - first, 0), taps)
+        w = [0.0] * taps
+        k = 0
+        for j in range(taps):
+            u = abs(j + 1 - support - lam)
+            if cubic:
+                v = _keys_near(u) if u < 1.0 else _keys_far(u) if u < 2.0 else 0.0
+            else:
+                v = 1.0 - u if u < 1.0 else 0.0
+            if lo + j <= 0:
+                k = 0
+            elif lo + j >= n - 1:
+                k = size - 1
+            w[k] += v
+            wmax = max(wmax, w[k])
+            k += 1
+        firsts.append(first)
+        rows.append([wj if j < size else 0.0 for j, wj in enumerate(w)])
+    prec = 0
+    while prec < 22 and int(0.5 + wmax * (1 << (prec + 1))) < (1 << 15):
+        prec += 1
+    one = 1 << prec
+    q = [[int(v * one - 0.5) if v * one < 0 else int(v * one + 0.5) for v in r] for r in rows]
+    return firsts, q, prec
+
+
+def _resample_axis_uint8(x, axis, out, scale, mode, align_corners):
+    """One axis of a uint8 linear or cubic resize in PyTorch's fixed point: int16 weights, an
+    integer dot product plus half a unit, shifted down and clamped to [0, 255] (so each axis's
+    result is rounded, as PyTorch's separable uint8 kernel)."""
+    n = x.shape[axis]
+    if out == n:
+        return x
+    xp = x.backend.xp
+    firsts, q, prec = _uint8_taps(n, out, scale, mode == "bicubic", align_corners)
+    first = xp.asarray(firsts, dtype=xp.int64)
+    weights = xp.asarray(q, dtype=xp.int32)
+    xi = ops.astype(x, B.int32)
+    y = None
+    for j in range(weights.shape[1]):
+        term = _take(xi, xp.minimum(first + j, n - 1), axis) * \
+            Tensor(weights[:, j].reshape((-1,) + (1,) * (x.ndim - axis - 1)))
+        y = term if y is None else y + term
+    y = ops.floor_divide(y + (1 << (prec - 1)), 1 << prec)
+    return ops.astype(ops.clip(y, 0, 255), x.dtype)
 
 
 def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
@@ -568,7 +679,11 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
                 antialias: bool = False) -> Tensor:
     """Resize the spatial axes of (N, C, ...) as PyTorch: ``nearest``, ``nearest-exact``,
     ``linear``/``bilinear``/``trilinear``, ``bicubic`` (A = -0.75, clamped borders) and ``area``;
-    ``align_corners`` maps corner pixel centres onto each other. Separable: one axis at a time."""
+    ``align_corners`` maps corner pixel centres onto each other. Separable: one axis at a time;
+    the linear modes copy an axis whose size is unchanged. Source indices are computed in float32
+    (float64 for float64 input) exactly as PyTorch's, so nearest modes pick the same pixels for
+    every dtype; uint8 input takes the linear and cubic modes in PyTorch's fixed point (rounded
+    and clamped to [0, 255]), other integer dtypes only the nearest modes."""
     op = "interpolate"
     x = input
     if not isinstance(x, Tensor) or x.ndim < 3:
@@ -604,11 +719,23 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     if mode == "area":
         return (F.adaptive_avg_pool1d(x, out[0]) if nd == 1 else
                 F.adaptive_avg_pool2d(x, out) if nd == 2 else F.adaptive_avg_pool3d(x, out))
-    half = x.dtype == B.float16 and mode not in ("nearest", "nearest-exact")
+    nearest = mode in ("nearest", "nearest-exact")
+    if x.dtype.kind in "iub" and not nearest:
+        if x.dtype != B.as_dtype("uint8"):
+            raise DTypeError(f"{op}: mode {mode!r} takes floating or uint8 input, got {x.dtype}")
+        # PyTorch's uint8 kernel: one axis at a time, last first, each rounded in fixed point
+        y = x
+        for i in reversed(range(nd)):
+            y = _resample_axis_uint8(y, 2 + i, out[i], scales[i], mode, bool(align_corners))
+        return y
+    half = x.dtype == B.float16 and not nearest
     y = ops.astype(x, B.float32) if half else x  # weighed in float32, as PyTorch's CPU kernels
+    # PyTorch's 2-D nearest modes take another kernel (another index rule) for small outputs
+    pixelwise = nearest and nd == 2 and sum(out) <= 128
     for i in range(nd):
-        if out[i] != x.shape[2 + i] or mode not in ("nearest", "nearest-exact") or scales[i]:
-            y = _resample_axis(y, 2 + i, out[i], scales[i], mode, bool(align_corners))
+        if out[i] != x.shape[2 + i] or not nearest or scales[i]:
+            y = _resample_axis(y, 2 + i, out[i], scales[i], mode, bool(align_corners),
+                               pixelwise)
     return ops.astype(y, B.float16) if half else y
 
 

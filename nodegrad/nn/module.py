@@ -71,39 +71,52 @@ class Module:
 
     # --- registration ---------------------------------------------------------------------
     def __setattr__(self, name: str, value) -> None:
-        if "_parameters" not in self.__dict__:
+        """Register Parameters, Buffers and Modules (lists and dicts of modules as ModuleList
+        and ModuleDict); anything else is a plain attribute. A registered name takes only its
+        kind or None, as in PyTorch: a plain tensor assigned to a parameter raises instead of
+        quietly unregistering the parameter."""
+        d = self.__dict__
+        if "_parameters" not in d:
             raise AttributeError("call super().__init__() before assigning to a Module")
-        for store in (self._parameters, self._buffers, self._modules):
-            if name in store and not isinstance(value, Parameter | Module):
-                _STRUCTURE[0] += 1
-                if store is self._buffers and (value is None or isinstance(value, Tensor)):
-                    store[name] = value
-                    return
-                if store is self._parameters and value is None:
-                    store[name] = None
-                    return
-                del store[name]
-        if isinstance(value, Parameter | Buffer | Module) or _is_module_seq(value) or \
-                _is_module_map(value):
-            _STRUCTURE[0] += 1
+        if _is_module_seq(value) or _is_module_map(value):
+            from .layers.container import ModuleDict, ModuleList
+
+            value = ModuleList(value) if _is_module_seq(value) else ModuleDict(value)
+        params, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Buffer):
-            self.register_buffer(name, Tensor(value.data), persistent=value.persistent)
+            _drop(name, d, buffers, modules)
+            self._non_persistent.discard(name)
+            params[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
+                                f"parameter {name!r} (nn.Parameter or None expected)")
+            params[name] = None
         elif isinstance(value, Module):
-            self._modules[name] = value
-        elif _is_module_seq(value):
-            from .layers.container import ModuleList
-
-            self._modules[name] = ModuleList(value)
-        elif _is_module_map(value):
-            from .layers.container import ModuleDict
-
-            self._modules[name] = ModuleDict(value)
+            _drop(name, d, params, buffers)
+            self._non_persistent.discard(name)
+            modules[name] = value
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
+                                f"child module {name!r} (nn.Module or None expected)")
+            modules[name] = None
+        elif isinstance(value, Buffer) or name in buffers:
+            if value is not None and not isinstance(value, Tensor):
+                raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
+                                f"buffer {name!r} (nn.Buffer, Tensor or None expected)")
+            if isinstance(value, Buffer):
+                persistent, value = value.persistent, Tensor(value.data)
+            else:
+                persistent = name not in self._non_persistent
+            d.pop(name, None)
+            self.register_buffer(name, value, persistent)
+            return
         else:
             object.__setattr__(self, name, value)
             return
-        self.__dict__.pop(name, None)
+        d.pop(name, None)
+        _STRUCTURE[0] += 1
 
     def __getattr__(self, name: str):
         d = self.__dict__
@@ -121,18 +134,52 @@ class Module:
                 return
         object.__delattr__(self, name)
 
+    def _check_name(self, name, kind: str, store: dict) -> None:
+        """PyTorch's checks of a name given to ``register_parameter``, ``register_buffer`` or
+        ``add_module``: a non-empty string without '.', not already another attribute."""
+        op = f"{type(self).__name__}." + ("add_module" if kind == "module" else
+                                          f"register_{kind}")
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{op}: call super().__init__() before registering a {kind}")
+        if not isinstance(name, str):
+            raise TypeError(f"{op}: the {kind} name must be a string, got "
+                            f"{type(name).__name__}")
+        if "." in name or name == "":
+            raise KeyError(f"{op}: the {kind} name must be non-empty and contain no '.', got "
+                           f"{name!r}")
+        if name not in store and hasattr(self, name):
+            raise KeyError(f"{op}: attribute {name!r} already exists")
+
     def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Add ``param`` (a Parameter, or None for an absent optional one) under ``name``."""
+        self._check_name(name, "parameter", self._parameters)
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"{type(self).__name__}.register_parameter: cannot assign "
+                            f"{_kind(param)} to parameter {name!r} (nn.Parameter or None "
+                            "required)")
         self._parameters[name] = param
         _STRUCTURE[0] += 1
 
     def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
-        """A tensor that is state but not trained (e.g. batch norm's running mean)."""
+        """A tensor that is state but not trained (e.g. batch norm's running mean); one that
+        is not ``persistent`` stays out of ``state_dict``."""
+        self._check_name(name, "buffer", self._buffers)
+        if tensor is not None and not isinstance(tensor, Tensor):
+            raise TypeError(f"{type(self).__name__}.register_buffer: cannot assign "
+                            f"{_kind(tensor)} to buffer {name!r} (Tensor or None required)")
         self._buffers[name] = tensor
         _STRUCTURE[0] += 1
-        if not persistent:
+        if persistent:
+            self._non_persistent.discard(name)
+        else:
             self._non_persistent.add(name)
 
     def add_module(self, name: str, module: Module | None) -> None:
+        """Add ``module`` (or None) as a child under ``name``."""
+        self._check_name(name, "module", self._modules)
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.add_module: {_kind(module)} is not a Module "
+                            f"(for {name!r})")
         self._modules[name] = module
         _STRUCTURE[0] += 1
 
@@ -283,8 +330,15 @@ class Module:
         return self.to(device)
 
     def apply(self, fn: Callable[[Module], None]) -> Module:
-        for m in self.modules():
-            fn(m)
+        """Call ``fn`` on every submodule, children before their parent and this module last
+        (PyTorch's post-order, so initialisers draw their random numbers in its order); a
+        child listed twice by one parent is visited once."""
+        seen: set = set()
+        for m in self._modules.values():
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                m.apply(fn)
+        fn(self)
         return self
 
     # --- state ----------------------------------------------------------------------------
@@ -332,8 +386,14 @@ class Module:
         return {f"{mp}.{n}" if mp else n for mp, m in self.named_modules()
                 for n in m._optional_buffers if m._buffers.get(n) is not None}
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict, strict: bool = True,
+                        assign: bool = False) -> IncompatibleKeys:
         """Copy values in by name. Returns ``(missing_keys, unexpected_keys)``.
+
+        With ``assign`` the given tensors become the module's own instead (no copy, their
+        dtype and device kept, as PyTorch's): a plain tensor for a parameter is wrapped in a
+        Parameter, a Parameter is taken as it is, either with the old parameter's
+        ``requires_grad``. A tensor tied under two names, given under one, stays tied.
 
         Nothing is copied when a shape differs, or, with ``strict``, when names are missing
         or unexpected: one error lists all of them. Load pre-hooks may rename keys first; when
@@ -370,16 +430,19 @@ class Module:
         post = any(m._load_state_dict_post_hooks for _, m in mods)
         if bad or errors or (strict and not post and (missing or unexpected)):
             _refuse(self, missing, unexpected, bad, errors)
-        with no_grad():
-            for k, t in own.items():
-                if k in state_dict:
-                    v = state_dict[k]
-                    v = v.data if isinstance(v, Tensor) else v
-                    be = B.backend_of(t.data)
-                    if B.is_array(v) and B.backend_of(v) is not be:
-                        v = B.backend_of(v).to_host(v)
-                    t.data[...] = be.asarray(v, dtype=t.dtype)
-                    t._bump()
+        if assign:
+            self._assign_state(own, state_dict)
+        else:
+            with no_grad():
+                for k, t in own.items():
+                    if k in state_dict:
+                        v = state_dict[k]
+                        v = v.data if isinstance(v, Tensor) else v
+                        be = B.backend_of(t.data)
+                        if B.is_array(v) and B.backend_of(v) is not be:
+                            v = B.backend_of(v).to_host(v)
+                        t.data[...] = be.asarray(v, dtype=t.dtype)
+                        t._bump()
         result = IncompatibleKeys(missing, unexpected)
         for _, m in mods:
             for hook in m._load_state_dict_post_hooks:
@@ -389,6 +452,33 @@ class Module:
         if strict and (missing or unexpected):
             _refuse(self, missing, unexpected, [], [])
         return result
+
+    def _assign_state(self, own: dict, state_dict: dict) -> None:
+        """``load_state_dict(assign=True)``: put the given tensors in place of ``own``'s (by
+        dotted name); a name not given whose tensor another given name replaced (a tie) takes
+        that replacement too."""
+        given: dict = {}
+        first: dict = {}
+        for k, t in own.items():
+            if k in state_dict:
+                v = state_dict[k]
+                if isinstance(t, Parameter):  # requires_grad stays the module's (PyTorch's)
+                    if isinstance(v, Parameter):
+                        v.requires_grad = t.requires_grad
+                    else:
+                        v = Parameter(v, t.requires_grad)
+                elif not isinstance(v, Tensor) or isinstance(v, Parameter):
+                    v = Tensor(v.data if isinstance(v, Tensor) else v)
+                given[k] = v
+                first.setdefault(id(t), v)
+        for k, t in own.items():
+            v = given.get(k, first.get(id(t)))
+            if v is not None:
+                mp, _, leaf = k.rpartition(".")
+                m = self.get_submodule(mp)
+                (m._parameters if leaf in m._parameters else m._buffers)[leaf] = v
+        if given:
+            _STRUCTURE[0] += 1
 
     # --- lookups PyTorch has ------------------------------------------------------------------
     def get_parameter(self, target: str) -> Parameter:
@@ -539,17 +629,23 @@ class Module:
         return ""
 
     def __repr__(self) -> str:
-        lines = []
-        for name, m in self._modules.items():
-            sub = repr(m).replace("\n", "\n  ")
-            lines.append(f"  ({name}): {sub}")
-        head = f"{type(self).__name__}({self.extra_repr()}"
-        n = self.num_parameters()
-        count = f"  # {n:,} parameters" if n and not self._modules else ""
-        if not lines:
-            return head + ")" + count
-        total = f"  # {n:,} parameters in all" if n else ""
-        return head + "\n" + "\n".join(lines) + "\n)" + total
+        """PyTorch's layout (``extra_repr`` inline when it is one line and there are no
+        children, else one line each), followed by the parameter count."""
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        children = [f"({name}): " + repr(m).replace("\n", "\n  ")
+                    for name, m in self._modules.items()]
+        lines = extra_lines + children
+        body = f"{type(self).__name__}("
+        if len(extra_lines) == 1 and not children:
+            body += extra
+        elif lines:
+            body += "\n  " + "\n  ".join(lines) + "\n"
+        n = Module.num_parameters(self)
+        if not n:
+            return body + ")"
+        return body + ")" + (f"  # {n:,} parameters in all" if children else
+                             f"  # {n:,} parameters")
 
     def __dir__(self):
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._buffers)
@@ -564,6 +660,21 @@ class Module:
             else:
                 object.__setattr__(new, k, copy.deepcopy(v, memo))
         return new
+
+
+def _drop(name: str, *stores) -> None:
+    """Remove ``name`` from each of ``stores`` (dicts) that holds it."""
+    for store in stores:
+        store.pop(name, None)
+
+
+def _kind(value) -> str:
+    """How an error names a value of the wrong kind: 'a Tensor of float32', 'an int'..."""
+    if isinstance(value, Tensor):
+        return f"a {type(value).__name__} of {value.dtype}"
+    t = type(value)
+    name = t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name} object"
 
 
 def _is_module_seq(v) -> bool:

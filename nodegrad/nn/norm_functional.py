@@ -64,6 +64,8 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
     if not isinstance(x, Tensor) or x.ndim < 3:
         raise ShapeError(f"instance_norm: expected (N, C, *spatial), got "
                          f"{getattr(x, 'shape', x)!r}")
+    if momentum is None:  # (the layers pass 0.0 for their momentum=None, as PyTorch's)
+        raise TypeError("instance_norm: momentum must be a float, got None")
     c = x.shape[1]
     shape = (c,) + (1,) * (x.ndim - 2)
     axes = tuple(range(2, x.ndim))

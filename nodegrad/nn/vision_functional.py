@@ -197,7 +197,10 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
         for a in range(nd):
             s = _pad_coordinates(src[a], sizes[a], padding_mode, ac)
             if mode == "nearest":
-                axes.append([(ops.round(s), None)])
+                # weight 1 whose gradient is zero: the grid stays in the graph, so it gets a
+                # zero gradient (PyTorch's) rather than none; where() keeps NaNs out of it
+                never = Tensor(s.backend.xp.zeros((), dtype=bool))
+                axes.append([(ops.round(s), ops.where(never, s, 1.0))])
             else:
                 lo = ops.floor(s)
                 frac = s - lo

@@ -10,6 +10,7 @@ import warnings
 from ...errors import ShapeError
 from ...tensor import full
 from .. import functional as F
+from .. import init as I
 from ..module import Module, Parameter
 
 
@@ -66,7 +67,12 @@ class PReLU(Module):
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None):
         super().__init__()
+        self.init = init  # (the count is weight.numel(): num_parameters() counts them all)
         self.weight = Parameter(full((num_parameters,), init, dtype=dtype, device=device))
+
+    def reset_parameters(self) -> None:
+        """Every slope back to ``init`` (PyTorch's)."""
+        I.constant_(self.weight, self.init)
 
     def forward(self, x):
         return F.prelu(x, self.weight)

@@ -332,8 +332,19 @@ class ParameterDict(Module):
         self._parameters.clear()
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}: {tuple(p.shape)}" for k, p in self._parameters.items()
-                         if p is not None)
+        """PyTorch's: one line per entry, ``(key): Parameter containing: [type of size AxB]``."""
+        return "\n".join(f"  ({k}): " + _entry_repr(p, p.type() if p is not None else "")
+                         for k, p in self._parameters.items())
+
+
+def _entry_repr(p, kind: str) -> str:
+    """How PyTorch's ParameterList/ParameterDict show an entry: its class, ``kind`` (dtype or
+    tensor type), shape and a device other than the CPU."""
+    if p is None:
+        return "Object of type: NoneType"
+    device = f" ({p.device})" if str(p.device) != "cpu" else ""
+    return (f"{'Parameter' if isinstance(p, Parameter) else 'Tensor'} containing: [{kind} of "
+            f"size {'x'.join(str(n) for n in p.shape)}{device}]")
 
 
 class ParameterList(Module):
@@ -379,3 +390,9 @@ class ParameterList(Module):
 
     def __iter__(self):
         return iter(self._parameters.values())
+
+    def extra_repr(self) -> str:
+        """PyTorch's: one line per entry, ``(i): Parameter containing: [dtype of size AxB]``."""
+        return "\n".join(f"  ({i}): " + _entry_repr(p, f"nodegrad.{p.dtype}" if p is not None
+                                                    else "")
+                         for i, p in enumerate(self._parameters.values()))

@@ -33,6 +33,14 @@ class _ConvNd(Module):
             raise ValueError(f"{type(self).__name__}: in_channels ({in_channels}) and "
                              f"out_channels ({out_channels}) must be divisible by groups "
                              f"({groups})")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{type(self).__name__}: padding must be an int, a tuple, "
+                                 f"'same' or 'valid', got {padding!r}")
+            if padding == "same" and any(si != 1 for si in _per_axis(stride, self.nd)):
+                raise ValueError(f"{type(self).__name__}: padding='same' is not supported for "
+                                 f"strided convolutions (padding='same' needs stride 1, got "
+                                 f"stride={stride})")
         k = (kernel_size,) * self.nd if isinstance(kernel_size, int) else tuple(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
@@ -54,17 +62,7 @@ class _ConvNd(Module):
                 I.zeros_(self.bias)
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        if self.padding:
-            s += f", padding={self.padding}"
-        if self.dilation != 1:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode}"
-        return s
+        return _conv_repr(self)
 
     def _input(self, x):
         """The input and the padding the convolution adds: with another ``padding_mode`` than
@@ -81,6 +79,30 @@ class _ConvNd(Module):
             p = (p,) * nd if isinstance(p, int) else tuple(p)
             pairs = [(q, q) for q in p]
         return F.pad(x, F._pad_widths(pairs), _PADDING_MODES[self.padding_mode]), 0
+
+
+def _per_axis(v, nd: int):
+    """A layer's int-or-tuple setting as PyTorch stores it: one entry per spatial axis (a
+    padding string as it is)."""
+    return v if isinstance(v, str) else (v,) * nd if isinstance(v, int) else tuple(v)
+
+
+def _conv_repr(layer: Module) -> str:
+    """PyTorch's ``_ConvNd.extra_repr``: settings per axis, those at their defaults left out."""
+    nd = layer.nd
+    s = (f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, "
+         f"stride={_per_axis(layer.stride, nd)}")
+    for name, default in (("padding", 0), ("dilation", 1), ("output_padding", 0)):
+        v = _per_axis(getattr(layer, name, default), nd)
+        if v != (default,) * (len(v) if isinstance(v, tuple) else nd):
+            s += f", {name}={v}"
+    if layer.groups != 1:
+        s += f", groups={layer.groups}"
+    if layer.bias is None:
+        s += ", bias=False"
+    if layer.padding_mode != "zeros":
+        s += f", padding_mode={layer.padding_mode}"
+    return s
 
 
 _PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate",

@@ -8,6 +8,7 @@ from ...tensor import Tensor, empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
+from .conv import _conv_repr
 
 
 class _ConvTransposeNd(Module):
@@ -66,13 +67,7 @@ class _ConvTransposeNd(Module):
         return tuple(o - a for o, a in zip(size, lo))
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        for name, default in (("padding", 0), ("output_padding", 0), ("dilation", 1),
-                              ("groups", 1)):
-            if getattr(self, name) != default:
-                s += f", {name}={getattr(self, name)}"
-        return s
+        return _conv_repr(self)
 
 
 class ConvTranspose1d(_ConvTransposeNd):

@@ -43,7 +43,11 @@ class Linear(Module):
 
 
 class Identity(Module):
-    """Returns its input."""
+    """Returns its input; arguments are accepted and ignored (PyTorch's), so a layer can be
+    swapped for it without changing the call that builds it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__()
 
     def forward(self, x):
         return x

@@ -77,6 +77,10 @@ class EmbeddingBag(Module):
             self.weight = Parameter(_weight)
             return
         self.weight = Parameter(empty(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, 1), the ``padding_idx`` row zero (PyTorch's init)."""
         I.normal_(self.weight)
         if self.padding_idx is not None:
             self.weight.data[self.padding_idx] = 0

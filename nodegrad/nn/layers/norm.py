@@ -6,7 +6,21 @@ from ... import ops
 from ...errors import ShapeError
 from ...tensor import Tensor, int64, ones, tensor, zeros
 from .. import functional as F
+from .. import init as I
 from ..module import Module, Parameter
+
+
+def _refill(t: Tensor, value) -> None:
+    """Overwrite a parameter's or buffer's values in place (the object kept)."""
+    t.data[...] = value
+    t._bump()
+
+
+def _norm_repr(layer: Module) -> str:
+    """PyTorch's ``_NormBase.extra_repr`` (batch and instance norms)."""
+    return (f"{layer.num_features}, eps={layer.eps}, momentum={layer.momentum}, "
+            f"affine={layer.affine}, bias={layer.bias is not None}, "
+            f"track_running_stats={layer.track_running_stats}")
 
 
 class _BatchNorm(Module):
@@ -32,6 +46,22 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
+    def reset_running_stats(self) -> None:
+        """Running mean 0, variance 1 and the batch count 0 (when they are tracked)."""
+        if self.running_mean is not None:
+            _refill(self.running_mean, 0)
+            _refill(self.running_var, 1)
+        if self.num_batches_tracked is not None:
+            _refill(self.num_batches_tracked, 0)
+
+    def reset_parameters(self) -> None:
+        """The running statistics reset, and gamma 1, beta 0 (PyTorch's init)."""
+        self.reset_running_stats()
+        if self.weight is not None:
+            I.ones_(self.weight)
+        if self.bias is not None:
+            I.zeros_(self.bias)
+
     def forward(self, x):
         if x.ndim not in self.dims or x.shape[1] != self.num_features:
             want = " or ".join(f"{d}-d" for d in self.dims)
@@ -47,7 +77,7 @@ class _BatchNorm(Module):
                             self.training, momentum, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return _norm_repr(self)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -77,18 +107,25 @@ class LayerNorm(Module):
         super().__init__()
         ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.normalized_shape, self.eps = ns, eps
-        self.elementwise_affine, self._bias = elementwise_affine, bool(bias)
+        self.elementwise_affine = elementwise_affine
         self.weight = Parameter(ones(*ns, device=device, dtype=dtype)) if elementwise_affine \
             else None
         self.bias = Parameter(zeros(*ns, device=device, dtype=dtype)) if elementwise_affine \
             and bias else None  # bias=False: a scale only, as PyTorch's
+
+    def reset_parameters(self) -> None:
+        """gamma 1, beta 0 (PyTorch's init)."""
+        if self.weight is not None:
+            I.ones_(self.weight)
+        if self.bias is not None:
+            I.zeros_(self.bias)
 
     def forward(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps}, "
-                f"elementwise_affine={self.elementwise_affine}, bias={self._bias}")
+                f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}")
 
 
 class CrossMapLRN2d(Module):

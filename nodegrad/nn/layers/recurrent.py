@@ -98,6 +98,26 @@ class RNNBase(Module):
     def reset_parameters(self) -> None:
         _reset(self, self.hidden_size, self.init)
 
+    def flatten_parameters(self) -> None:
+        """Nothing to do: PyTorch packs the weights into one cuDNN buffer here, while these
+        layers read each parameter as it is. Ported code calls it after ``.to()`` or in
+        ``forward``."""
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """The parameter names per layer and direction, in PyTorch's order (w_ih, w_hh,
+        b_ih, b_hh, w_hr)."""
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.bias else []) + \
+            (["weight_hr"] if self.proj_size else [])
+        sfxs = ("", "_reverse") if self.bidirectional else ("",)
+        return [[f"{k}_l{layer}{s}" for k in names] for layer in range(self.num_layers)
+                for s in sfxs]
+
+    @property
+    def all_weights(self) -> list[list[Parameter]]:
+        """The parameters per layer and direction, as ``_all_weights`` names them."""
+        return [[getattr(self, k) for k in names] for names in self._all_weights]
+
     def _weights(self, layer: int) -> list[tuple]:
         sfxs = ("", "_reverse") if self.bidirectional else ("",)
         return [tuple(getattr(self, f"{k}_l{layer}{s}") if self.bias or k.startswith("weight")
@@ -247,10 +267,12 @@ class RNNBase(Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:  # (second, as PyTorch prints it)
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         for k, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
-                           ("bidirectional", False), ("proj_size", 0)):
+                           ("bidirectional", False)):
             if getattr(self, k) != default:
                 s += f", {k}={getattr(self, k)}"
         return s

@@ -6,7 +6,9 @@ from __future__ import annotations
 from ...errors import ShapeError
 from ...tensor import Tensor, int64, ones, zeros
 from .. import functional as F
+from .. import init as I
 from ..module import Module, Parameter
+from .norm import _BatchNorm, _norm_repr
 
 
 class GroupNorm(Module):
@@ -23,7 +25,13 @@ class GroupNorm(Module):
         kw = dict(device=device, dtype=dtype)
         self.weight = Parameter(ones(num_channels, **kw)) if affine else None
         self.bias = Parameter(zeros(num_channels, **kw)) if affine and bias else None
-        self._bias = bool(bias)
+
+    def reset_parameters(self) -> None:
+        """gamma 1, beta 0 (PyTorch's init)."""
+        if self.weight is not None:
+            I.ones_(self.weight)
+        if self.bias is not None:
+            I.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim < 2 or x.shape[1] != self.num_channels:
@@ -32,8 +40,8 @@ class GroupNorm(Module):
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        s = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
-        return s if self._bias else s + ", bias=False"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")
 
 
 class _InstanceNorm(Module):
@@ -57,6 +65,9 @@ class _InstanceNorm(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
+    reset_running_stats = _BatchNorm.reset_running_stats
+    reset_parameters = _BatchNorm.reset_parameters
+
     def forward(self, x: Tensor) -> Tensor:
         name, nd = type(self).__name__, self.nd
         if x.ndim not in (nd + 1, nd + 2) or (x.shape[-nd - 1] != self.num_features and
@@ -68,15 +79,15 @@ class _InstanceNorm(Module):
         if unbatched:
             x = x[None]
         use_input_stats = self.training or not self.track_running_stats
-        if self.training and self.track_running_stats:
-            F._count_batch(self.num_batches_tracked)
+        # as PyTorch: momentum=None leaves the running statistics where they are (there is no
+        # cumulative average here) and num_batches_tracked stays 0 (kept for state_dict only)
+        momentum = 0.0 if self.momentum is None else self.momentum
         y = F.instance_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_input_stats, self.momentum, self.eps)
+                            use_input_stats, momentum, self.eps)
         return y[0] if unbatched else y
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+        return _norm_repr(self)
 
 
 class InstanceNorm1d(_InstanceNorm):
@@ -119,11 +130,18 @@ class RMSNorm(Module):
         super().__init__()
         ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.normalized_shape, self.eps = ns, eps
+        self.elementwise_affine = elementwise_affine
         self.weight = Parameter(ones(*ns, device=device, dtype=dtype)) if elementwise_affine \
             else None
+
+    def reset_parameters(self) -> None:
+        """Weight 1 (PyTorch's init)."""
+        if self.weight is not None:
+            I.ones_(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}"
+        return (f"{self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")
