@@ -81,10 +81,13 @@ def test_diagonal_is_a_view():
 @pytest.mark.parametrize("make", [
     lambda a: a.flip(0), lambda a: a.fliplr(), lambda a: a.flipud(), lambda a: a.rot90(0),
     lambda a: a.rot90(2), lambda a: a.roll(0, 0), lambda a: a.roll(0), lambda a: a.repeat(1, 1),
-    lambda a: a.tile((1, 1)),
+    lambda a: a.tile((1, 1)), lambda a: ng.nn.functional.pad(a, (0, 0)),
+    lambda a: ng.nn.functional.pad(a, (-1, 0)), lambda a: ng.nn.functional.pad(
+        a[None], (0, 0), mode="reflect")[0],
 ])
 def test_ops_that_pytorch_copies_do_not_share_memory(make):
-    """flip was NumPy's view, and the identity cases returned the input's array."""
+    """flip was NumPy's view, and the identity cases (and pad's crops) returned the input's
+    array or a view of it."""
     a = ng.tensor([[1.0, 2.0], [3.0, 4.0]])
     b = make(a)
     before = b.numpy().copy()

@@ -444,7 +444,7 @@ def torch_pad(input, pad, mode: str = "constant", value=None):
         pos = tuple((max(lo, 0), max(hi, 0)) for lo, hi in widths)
         if any(lo or hi for lo, hi in pos):
             x = S.pad(x, pos, constant_values=0 if value is None else value)
-        return x
+        return S.fresh(x, input)  # a crop or no padding: new memory, as PyTorch's
     if value is not None and value != 0:
         raise ValueError(f"pad: mode {mode!r} takes no value (got {value})")
     if not 1 <= k <= 3 or nd not in (k + 1, k + 2):
@@ -455,4 +455,4 @@ def torch_pad(input, pad, mode: str = "constant", value=None):
         if (mode != "replicate" and max(lo, hi) > limit) or s + min(lo, 0) + min(hi, 0) < 0:
             raise ShapeError(f"pad: widths {(lo, hi)} do not fit a dim of length {s} in mode "
                              f"{mode!r}; expected each at most {limit}")
-    return _pad_axes(input, widths, _TORCH_MODES[mode], "pad")
+    return S.fresh(_pad_axes(input, widths, _TORCH_MODES[mode], "pad"), input)
