@@ -485,6 +485,22 @@ def _specs(key: tuple) -> tuple:
 _SPECS: dict = {}
 
 
+def _saved_args(n: Node, args: tuple) -> tuple:
+    """``n``'s inputs as they were when it ran, where an in-place op recorded for autograd
+    has since pointed one of the tensors at a new array (a rebind writes no memory, so the old
+    array and the node it came from are the saved value; its views, brought up to date, may
+    have been saved by this node too)."""
+    out = list(args)
+    for e in n.versions:
+        if len(e) > 2:
+            k, d = e[2], e[3]
+            a = out[k]
+            if a.data is not d:
+                p = n.parents[k]
+                out[k] = type(a).make(d, p if type(p) is Node else None, p is not None)
+    return tuple(out)
+
+
 def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                 owned: dict | None = None) -> None:
     """Send node ``n``'s VJP messages to its parents (summed into ``pending``).
@@ -496,14 +512,18 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         raise GradError(
             f"backward through '{n.prim.name}' a second time: its saved values were freed by "
             "the first backward; pass retain_graph=True to the first call")
+    args = n.args
     if n.versions is not None:
-        for cell, v in n.versions:
-            if cell[0] != v:
+        for e in n.versions:
+            cell = e[0]
+            if cell[0] != e[1]:
                 raise InplaceError(
                     f"a value that '{n.prim.name}' saved for backward was modified in place "
-                    f"(version {cell[0]}, expected {v}); use an out-of-place op instead")
+                    f"(version {cell[0]}, expected {e[1]}); use an out-of-place op instead")
+            if len(e) > 2 and args[e[2]].data is not e[3]:
+                args = _saved_args(n, args)
+                break
     prim = n.prim
-    args = n.args
     if args is None:
         args = _specs((n.shapes, g.data.dtype))
     params = n.params
@@ -685,7 +705,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
                     _apply_vjps(n, g, create_graph, wanted, pending, m, owned)
                 if not retain_graph:
-                    n.args = n.out = None
+                    n.args = n.out = n.versions = None
                     n.alive = False
             for p in n.parents:
                 if type(p) is Node:

@@ -335,7 +335,7 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
         if isinstance(a, Tensor):
             d = a.data
             if d is root or d.base is root:
-                t._version = a._shared_version()
+                a._add_view(t)
                 t._view = (a, prim, params)  # an in-place change of t under autograd tells a
                 return
 
@@ -434,15 +434,16 @@ def bind(prim: Primitive, args: tuple, params: dict):
     versions = [] if save_in or prim.save_out else None
     parents = []
     shapes = []
-    for a in args:
+    for k, a in enumerate(args):
         if isinstance(a, Tensor):
             parents.append((a.node or a) if a.requires_grad else None)
-            shapes.append(a.data.shape)
+            d = a.data
+            shapes.append(d.shape)
             if save_in:
                 cell = a._version  # Tensor._ensure_version, inlined
                 if cell is None:
                     cell = a._version = [0]
-                versions.append((cell, cell[0]))
+                versions.append((cell, cell[0], k, d))  # the array too: see _saved_args
         else:
             parents.append(None)
             shapes.append(())

@@ -8,6 +8,8 @@ in ``ops/methods.py`` so each op keeps one home.
 
 from __future__ import annotations
 
+import weakref
+
 from collections.abc import Callable, Sequence
 
 from . import _backend as B
@@ -23,7 +25,8 @@ int32, int64, bool_ = B.int32, B.int64, B.bool_
 class Tensor:
     """An n-d array with reverse-mode autodiff. Create one with :func:`nodegrad.tensor`."""
 
-    # _view (set only on a recorded basic slice): (the tensor it was sliced from, the index)
+    # _view (set on views): (the tensor it views, the basic index) for a slice, else (that
+    # tensor, the view's primitive, its params)
     __slots__ = ("data", "node", "requires_grad", "grad", "_version", "_hooks", "_view",
                  "__weakref__")
     __array_ufunc__ = None  # NumPy defers ``ndarray op Tensor`` to our reflected operators
@@ -288,19 +291,27 @@ class Tensor:
         if self._version is not None:
             self._version[0] += 1
 
-    def _shared_version(self) -> list:
-        """The version counter, marked as shared with views of this tensor's array (a second
-        entry): a write into the memory through any of them moves it on for all."""
+    def _add_view(self, view: Tensor) -> None:
+        """``view`` views this tensor's array: it takes the version counter (a write into the
+        memory through any of them moves it on for all, as PyTorch's shared counter) and is
+        listed in it, oldest first (weakly), so that an in-place op recorded on either can
+        bring the others up to date (:func:`.ops.index.refresh_views`)."""
         cell = self._ensure_version()
         if len(cell) == 1:
-            cell.append(True)
-        return cell
+            cell.append([])
+        refs = cell[1]
+        n = len(refs)
+        if n >= 16 and not n & (n - 1):  # at each power of two: forget the views gone
+            refs[:] = [r for r in refs if r() is not None]
+        refs.append(weakref.ref(view))
+        view._version = cell
 
     def _rebound(self) -> None:
         """Before the tensor is pointed at a new array (an in-place op recorded for autograd,
         which writes no memory): a counter of its own moves on, so a backward that saved the
         old value refuses, as PyTorch's would; a counter shared with views is left, since
-        their arrays, and what any node saved of them, are unchanged."""
+        their arrays, and what any node saved of them, are unchanged (the views are brought
+        up to date instead)."""
         cell = self._version
         if cell is not None:
             if len(cell) > 1:

@@ -138,3 +138,54 @@ def test_writing_into_an_expanded_view_while_recording_is_refused_clearly():
     y = x * 1
     with pytest.raises(ng.errors.ShapeError, match="single memory location"):
         y.expand(3, 2).mul_(ng.ones(3, 2, requires_grad=True))
+
+
+def _stale(lib, view, op):
+    rng = np.random.default_rng(1)
+    x = lib.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    w = lib.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    y = x * 1
+    v = view(y)  # taken before the in-place op
+    u = view(y).reshape(-1)[:2]  # a view of a view
+    op(y, w * 1)
+    ((v * 3).sum() + (u * 5).sum() + (y * y).sum()).backward()
+    return [a.detach().numpy().copy() for a in (v, u, y, x.grad, w.grad)]
+
+
+@pytest.mark.parametrize("op", ["mul_", "add_", "copy_"])
+@pytest.mark.parametrize("view", ["t", "reshape", "row", "narrow", "diagonal", "chain"])
+def test_views_taken_before_an_in_place_op_while_recording_show_it(view, op):
+    """They kept the old array: old values, and gradients into the old graph."""
+    got, want = _stale(ng, _VIEWS[view], _OPS[op]), _stale(torch, _VIEWS[view], _OPS[op])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12)
+
+
+def test_a_sibling_view_shows_an_in_place_op_through_another():
+    for lib in (ng, torch):
+        x = lib.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+        y = x * 1
+        a, b = y[0], y.t()
+        a.mul_(10)
+        np.testing.assert_array_equal(b.detach().numpy(), [[10, 3], [20, 4]])
+        b.sum().backward()
+        np.testing.assert_array_equal(x.grad.numpy(), [[10, 10], [1, 1]])
+
+
+def test_a_node_that_saved_a_tensor_rebound_later_reads_its_value_from_then():
+    """With views about, a recorded in-place op leaves the shared counter alone; a node that
+    saved the tensor object itself read the new array (a silently wrong gradient)."""
+    x = ng.tensor([0.5, 1.0], requires_grad=True)
+    y = x * 1
+    v = y[0]  # y's counter is now shared with a view
+    z = y.sin()  # saves y
+    y.mul_(2)
+    (z.sum() + y.sum() + v * 10).backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.cos([0.5, 1.0]) + 2 + np.array([20.0, 0.0]),
+                               rtol=1e-6)
+    x = ng.tensor([0.5, 1.0], requires_grad=True)  # no views: PyTorch's error, as before
+    y = x * 1
+    z = y.sin()
+    y.mul_(2)
+    with pytest.raises(ng.errors.InplaceError):
+        z.sum().backward()

@@ -12,7 +12,8 @@ An in-place form ``x.op_(...)`` computes ``x.op(...)`` and stores it in ``x``, a
 
 * while a graph is being recorded (grad mode on and ``x`` or an operand requires grad), the
   out-of-place result is recorded and ``x`` is rebound to it; when ``x`` is a view, its base
-  takes the change too (:func:`.index.write_through`); its own version counter moves on, so a
+  takes the change too (:func:`.index.write_through`), and views of ``x``'s old array become
+  views of the new one (:func:`.index.refresh_views`); its own version counter moves on, so a
   backward that saved the old value refuses (a counter shared with views stays: their arrays
   are unchanged), and a leaf that requires grad refuses at once;
 * otherwise the result is written into ``x``'s array; it must have ``x``'s shape (an operand
@@ -376,10 +377,13 @@ def _rebind(self: Tensor, result: Tensor, name: str) -> Tensor:
     if rec is not None and rec.fallback is None and _from_outside(rec, self):
         rec.fallback = (f"'{name}' rebinds a tensor the step did not make (at "
                         f"{creation_site()})")
+    old = self._version
     self._rebound()
     self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
     if result._version is not None:  # a node that saved result's array watches this counter
         self._version = result._version
+    if old is not None and len(old) > 1:  # views of the old array show the new value
+        I.refresh_views(self, old[1])
     return self
 
 

@@ -77,7 +77,7 @@ def ints_first(index):
     for i in index:
         if isinstance(i, int | B.np.integer) and not isinstance(i, bool):
             ints = True
-        elif _is_advanced(i) and not isinstance(i, BatchTracer):
+        elif _is_advanced(i):
             adv = True
     if not (ints and adv):
         return None
@@ -175,11 +175,11 @@ def getitem(x, index):
     view of ``x``'s, and when its graph is recorded an in-place change of the view also
     changes ``x`` (:func:`write_through`). Inside vmap the index tensors may be batched
     (:func:`_batched_index`)."""
-    if has_batched(index):
-        return _batched_index("getitem", getitem, x, index)
     split = ints_first(index)
     if split is not None:
         return getitem(getitem(x, split[0]), split[1])
+    if has_batched(index):
+        return _batched_index("getitem", getitem, x, index)
     try:
         idx = norm_index(index, x.backend)
         out = _getitem(x, index=idx)
@@ -243,10 +243,31 @@ _setitem = primitive(
     doc="A copy of x with x[index] = v (v broadcasts).")
 
 
+def refresh_views(base: Tensor, refs: list) -> None:
+    """After ``base`` took a new array by an in-place op recorded for autograd: the views of
+    its old array still alive (``refs``, oldest first), and views of those, become views of
+    the new one, so they show the change and their gradients reach it, as PyTorch's views do
+    (it regenerates a view's ``grad_fn`` after its base changes in place)."""
+    changed = {id(base)}
+    for r in list(refs):
+        v = r()
+        if v is None or v is base or type(v) is not Tensor:
+            continue
+        entry = v._view
+        if entry is None or id(entry[0]) not in changed:
+            continue
+        b = entry[0]
+        nv = getitem(b, entry[1]) if len(entry) == 2 else entry[1](b, **entry[2])
+        v.data, v.node, v.requires_grad = nv.data, nv.node, nv.requires_grad
+        if b._version is not None and len(b._version) > 1:
+            b._add_view(v)
+        changed.add(id(v))
+
+
 def _view_put_fwd(xp, x, v, view, vparams):
     out = x.copy()
     w = view.fwd(xp, out, **dict(vparams))
-    if w is not out and w.base is not out:
+    if type(w) is B.ndarray and w is not out and w.base is not out:  # a copy: writes get lost
         raise ValueError(f"{view.name} did not give a view of its input here")
     w[...] = v
     return out
@@ -280,6 +301,9 @@ _view_put = primitive(
 
 def index_update(x, index, value):
     """Functional ``x[index] = value``: a new tensor, differentiable in both x and value."""
+    split = ints_first(index)
+    if split is not None:  # PyTorch's order, as x[index] = value
+        return index_update(x, split[0], index_update(getitem(x, split[0]), split[1], value))
     if has_batched(index):
         return _batched_index("setitem", index_update, x, index, value)
     return _setitem(x, value, index=norm_index(index, x.backend, "setitem"))

@@ -205,10 +205,13 @@ def _needs_graph(self, other) -> bool:
 
 
 def _rebind(self, result: Tensor) -> Tensor:
+    old = self._version
     self._rebound()  # the new value's readers watch the result's counter
     self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
     if result._version is not None:
         self._version = result._version
+    if old is not None and len(old) > 1:  # views of the old array show the new value
+        I.refresh_views(self, old[1])
     return self
 
 

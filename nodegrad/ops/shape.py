@@ -413,12 +413,8 @@ _diag_put = primitive(
 
 
 def diagonal_of(x, offset: int, axis1: int, axis2: int):
-    """``x``'s diagonal (axes normalised, distinct): a view, as PyTorch's, that shares ``x``'s
-    version counter, so a change through either is seen by nodes that saved the other."""
-    out = _diagonal(x, offset=offset, axis1=axis1, axis2=axis2)
-    if type(out) is Tensor and type(x) is Tensor:
-        out._version = x._shared_version()
-    return out
+    """``x``'s diagonal (axes normalised, distinct): a view, as PyTorch's."""
+    return _diagonal(x, offset=offset, axis1=axis1, axis2=axis2)
 
 
 def flip(x, axis=None):
