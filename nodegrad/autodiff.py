@@ -491,13 +491,12 @@ def _saved_args(n: Node, args: tuple) -> tuple:
     array and the node it came from are the saved value; its views, brought up to date, may
     have been saved by this node too)."""
     out = list(args)
-    for e in n.versions:
-        if len(e) > 2:
-            k, d = e[2], e[3]
-            a = out[k]
-            if a.data is not d:
-                p = n.parents[k]
-                out[k] = type(a).make(d, p if type(p) is Node else None, p is not None)
+    for a, d in (e[2:] for e in n.versions):
+        if a is not None and a.data is not d:
+            for k, x in enumerate(args):
+                if x is a:
+                    p = n.parents[k]
+                    out[k] = type(a).make(d, p if type(p) is Node else None, p is not None)
     return tuple(out)
 
 
@@ -520,7 +519,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                 raise InplaceError(
                     f"a value that '{n.prim.name}' saved for backward was modified in place "
                     f"(version {cell[0]}, expected {e[1]}); use an out-of-place op instead")
-            if len(e) > 2 and args[e[2]].data is not e[3]:
+            a = e[2]
+            if a is not None and a.data is not e[3]:
                 args = _saved_args(n, args)
                 break
     prim = n.prim

@@ -40,6 +40,9 @@ class Primitive:
         self.promote = promote
         self.operands = operands
         self.differentiable = vjp is not None or vjp_all is not None
+        # whether its result may view an input's array (elementwise ops and reductions make
+        # new arrays): bind then shares the input's version counter (_share_version)
+        self.views = kind not in ("elementwise", "reduce")
         self.vjp_raw = None  # the VJP on host arrays for a first-order backward (see primitive)
         self.__doc__ = doc
 
@@ -423,7 +426,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
         m.jit.record(prim, args, datas, params, out, backend)
     if not (record and m.grad_enabled and prim.differentiable
             and (odt is _DEFAULT_FLOAT or odt.kind == "f")):
-        if out.base is None and out is not first:
+        if not prim.views or (out.base is None and out is not first):
             return _make(out)
         t = _make(out)
         _share_version(t, args, out, prim, params)
@@ -434,7 +437,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
     versions = [] if save_in or prim.save_out else None
     parents = []
     shapes = []
-    for k, a in enumerate(args):
+    for a in args:
         if isinstance(a, Tensor):
             parents.append((a.node or a) if a.requires_grad else None)
             d = a.data
@@ -443,7 +446,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 cell = a._version  # Tensor._ensure_version, inlined
                 if cell is None:
                     cell = a._version = [0]
-                versions.append((cell, cell[0], k, d))  # the array too: see _saved_args
+                versions.append((cell, cell[0], a, d))  # the array too: see _saved_args
         else:
             parents.append(None)
             shapes.append(())
@@ -451,13 +454,13 @@ def bind(prim: Primitive, args: tuple, params: dict):
     node = _node(prim, params, tuple(parents), args if save_in else None,
                  out if save_out else None, tuple(shapes), versions)
     t = _make(out, node, True)
-    if out.base is not None or out is first:
+    if prim.views and (out.base is not None or out is first):
         _share_version(t, args, out, prim, params)
     if save_out:
         cell = t._version
         if cell is None:
             cell = t._version = [0]
-        versions.append((cell, cell[0]))
+        versions.append((cell, cell[0], None, None))
     if m.anomaly:
         node.trace = creation_site()
     return t
