@@ -395,11 +395,15 @@ def _kl_beta_normal(p: Beta, q: Normal) -> Tensor:
     return -p.entropy() + _xent_normal(q, p.mean, p.variance)
 
 
-@register_kl(Beta, Uniform)
-def _kl_beta_uniform(p: Beta, q: Uniform) -> Tensor:
-    """Finite only where q covers p's support [0, 1]."""
+def _kl_unit_uniform(p, q: Uniform) -> Tensor:
+    """KL from a distribution on [0, 1] to a uniform: finite only where q covers [0, 1]."""
     result = -p.entropy() + ng.log(q.high - q.low)
     return ng.where((q.low > 0) | (q.high < 1), _INF, result)
+
+
+@register_kl(Beta, Uniform)
+def _kl_beta_uniform(p: Beta, q: Uniform) -> Tensor:
+    return _kl_unit_uniform(p, q)
 
 
 @register_kl(ContinuousBernoulli, Exponential)
@@ -414,9 +418,8 @@ def _kl_cb_normal(p: ContinuousBernoulli, q: Normal) -> Tensor:
 
 @register_kl(ContinuousBernoulli, Uniform)
 def _kl_cb_uniform(p: ContinuousBernoulli, q: Uniform) -> Tensor:
-    """Finite only where q covers p's support [0, 1] (q = U(0, 1) included)."""
-    result = -p.entropy() + ng.log(q.high - q.low)
-    return ng.where((q.low > 0) | (q.high < 1), _INF, result)
+    """q = U(0, 1) included: finite (PyTorch's is inf)."""
+    return _kl_unit_uniform(p, q)
 
 
 @register_kl(Exponential, Gamma)
