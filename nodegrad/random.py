@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import operator
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from . import _backend as B
 from .autodiff import effect, modes
@@ -28,19 +31,23 @@ class Generator:
         return self.backend.name
 
     def manual_seed(self, seed: int | None) -> Generator:
-        """Restart the stream from ``seed`` (fresh entropy when None)."""
-        if seed is not None and (not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"manual_seed: seed must be a non-negative int, got {seed!r}")
+        """Restart the stream from ``seed``: any integer (NumPy's too) in [-2**63, 2**64), a
+        negative one taken mod 2**64 as PyTorch does; None draws a fresh 63-bit seed."""
+        seed = _fresh_seed() if seed is None else _seed_value(seed, "manual_seed")
         self._seed = seed
         self.rng = self.backend.generator(seed)
         return self
 
-    def initial_seed(self) -> int | None:
-        """The seed this stream started from: ``manual_seed``'s, or the entropy drawn when it
-        was None (on the CPU; seeding with it restarts the same stream)."""
-        if self._seed is None:
-            seq = getattr(getattr(self.rng, "bit_generator", None), "seed_seq", None)
-            return getattr(seq, "entropy", None)
+    def seed(self) -> int:
+        """Restart the stream from a fresh non-deterministic 63-bit seed and return it, as
+        ``torch.Generator.seed`` (``manual_seed`` with it later repeats the stream)."""
+        s = _fresh_seed()
+        self.manual_seed(s)
+        return s
+
+    def initial_seed(self) -> int:
+        """The seed this stream started from: ``manual_seed``'s (mod 2**64), or the fresh one
+        drawn when it was None; seeding with it restarts the same stream."""
         return self._seed
 
     def get_state(self) -> dict:
@@ -58,7 +65,7 @@ class Generator:
     def random(self, shape, dtype=None):
         """Uniform samples in [0, 1). The generators draw float32 and float64 only; float16
         samples are float32 draws rounded, those that round up to 1 set to the float below."""
-        dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
+        dt = _float_dtype("Generator.random", dtype)
         with self.backend.scope():
             if dt in _DRAWN:
                 return self.rng.random(shape, dtype=dt)
@@ -68,7 +75,7 @@ class Generator:
 
     def normal(self, shape, dtype=None):
         """Standard normal samples (float16: float32 draws rounded)."""
-        dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
+        dt = _float_dtype("Generator.normal", dtype)
         with self.backend.scope():
             if dt in _DRAWN:
                 return self.rng.standard_normal(shape, dtype=dt)
@@ -95,6 +102,36 @@ class Generator:
 _DRAWN = (B.float32, B.float64)  # the float dtypes NumPy's and CuPy's generators draw
 
 
+def _float_dtype(op: str, dtype):
+    """``dtype`` (the default float when None) for a continuous distribution: a float dtype,
+    else a DTypeError naming ``op`` (PyTorch refuses integer and bool dtypes too)."""
+    dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
+    if dt.kind != "f":
+        raise DTypeError(f"{op}: expected a floating-point dtype (float16, float32 or float64) "
+                         f"for a continuous distribution, got {dt}")
+    return dt
+
+
+_SEED_MIN, _SEED_SPAN = -(2 ** 63), 2 ** 64
+
+
+def _seed_value(seed, op: str) -> int:
+    """``seed`` as a non-negative int below 2**64: any integer in [-2**63, 2**64), a negative
+    one mapped mod 2**64 (PyTorch's range and rule)."""
+    try:
+        s = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"{op}: seed must be an integer, got {type(seed).__name__} "
+                        f"{seed!r}") from None
+    if not _SEED_MIN <= s < _SEED_SPAN:
+        raise ValueError(f"{op}: seed must be in [-2**63, 2**64), got {s}")
+    return s % _SEED_SPAN
+
+
+def _fresh_seed() -> int:
+    return secrets.randbits(63)
+
+
 _default: dict[str, Generator] = {}
 _seed: list = [None]
 
@@ -108,16 +145,19 @@ def default_generator(device=None) -> Generator:
     return g
 
 
-def manual_seed(seed: int) -> None:
-    """Seed the default generators of every device, for reproducible runs."""
+def manual_seed(seed: int) -> Generator:
+    """Seed the default generators of every device, for reproducible runs, and return the
+    CPU's, as ``torch.manual_seed``. ``seed`` is any integer (NumPy's too) in [-2**63, 2**64);
+    a negative one is taken mod 2**64, as PyTorch does."""
+    seed = _seed_value(seed, "manual_seed")
     _seed[0] = seed
     for g in _default.values():
         g.manual_seed(seed)
-    default_generator("cpu").manual_seed(seed)
+    return default_generator("cpu").manual_seed(seed)
 
 
 def initial_seed() -> int:
-    """The seed of the CPU's default generator (``manual_seed``'s, else the entropy it drew),
+    """The seed of the CPU's default generator (``manual_seed``'s, else the fresh one drawn),
     as ``torch.initial_seed``."""
     return default_generator("cpu").initial_seed()
 
@@ -125,11 +165,33 @@ def initial_seed() -> int:
 def seed() -> int:
     """Seed every device's default generator with a fresh random 63-bit number and return it,
     as ``torch.seed`` (``manual_seed(seed())`` later repeats the stream)."""
-    import secrets
-
-    s = secrets.randbits(63)
+    s = _fresh_seed()
     manual_seed(s)
     return s
+
+
+@contextmanager
+def fork_rng(devices: Iterable | None = None, enabled: bool = True, *,
+             device_type: str | None = None) -> Iterator[None]:
+    """A context in which the CPU default generator may be used freely: on exit its state (and
+    initial seed) is put back, so later draws are as if the block had drawn nothing, as
+    ``torch.random.fork_rng``. Only the CPU generator is forked: ``devices`` must be None or
+    empty (the state of a GPU generator cannot be exported here); ``device_type`` is accepted
+    for PyTorch's signature and unused. ``enabled=False`` forks nothing."""
+    if not enabled:
+        yield
+        return
+    devs = [] if devices is None else list(devices)
+    if devs:
+        raise NotImplementedError(f"fork_rng: only the CPU generator can be forked, got "
+                                  f"devices={devs}; pass devices=None or devices=[]")
+    g = default_generator("cpu")
+    rng, initial, state = g.rng, g._seed, g.get_state()
+    try:
+        yield
+    finally:  # the stream object too: a manual_seed inside replaced it
+        g.rng, g._seed = rng, initial
+        g.set_state(state)
 
 
 # The CPU state as bytes: PCG64's 128-bit state and increment, then the cached half-word flag
@@ -263,18 +325,31 @@ def _standard_normal(gen: Generator, shape: tuple, dtype):
     return gen.normal(shape, dtype)
 
 
-def rand(*shape, dtype=None, device=None, generator: Generator | None = None,
+def _size_arg(op: str, shape: tuple, size) -> tuple:
+    """The shape given positionally (``rand(2, 3)``, ``rand((2, 3))``) or as ``size=``, as
+    PyTorch's factories take it; not both."""
+    if size is None:
+        return _shape_arg(shape)
+    if shape:
+        raise TypeError(f"{op}: got the shape both positionally {shape} and as size={size!r}; "
+                        "pass one")
+    return _shape_arg((size,))
+
+
+def rand(*shape, size=None, dtype=None, device=None, generator: Generator | None = None,
          requires_grad: bool = False) -> Tensor:
-    """Uniform samples in [0, 1)."""
-    return _finished(_sample("rand", _uniform01, _gen(generator, device), _shape_arg(shape),
-                             dtype, shape_at=0), requires_grad)
+    """Uniform samples in [0, 1) of a float dtype; the shape positionally or as ``size=``."""
+    shape = _size_arg("rand", shape, size)
+    return _finished(_sample("rand", _uniform01, _gen(generator, device), shape,
+                             _float_dtype("rand", dtype), shape_at=0), requires_grad)
 
 
-def randn(*shape, dtype=None, device=None, generator: Generator | None = None,
+def randn(*shape, size=None, dtype=None, device=None, generator: Generator | None = None,
           requires_grad: bool = False) -> Tensor:
-    """Standard normal samples."""
-    return _finished(_sample("randn", _standard_normal, _gen(generator, device),
-                             _shape_arg(shape), dtype, shape_at=0), requires_grad)
+    """Standard normal samples of a float dtype; the shape positionally or as ``size=``."""
+    shape = _size_arg("randn", shape, size)
+    return _finished(_sample("randn", _standard_normal, _gen(generator, device), shape,
+                             _float_dtype("randn", dtype), shape_at=0), requires_grad)
 
 
 def randint(low: int = 0, high: int | None = None, size=None, dtype=None, device=None,
@@ -313,13 +388,35 @@ def _integers(gen: Generator, low: int, high: int, size: tuple, dtype):
     return gen.integers(low, high, size, dtype)
 
 
-def _permutation(gen: Generator, n: int):
-    return gen.permutation(n).astype(B.int64, copy=False)
+def _permutation(gen: Generator, n: int, dtype=B.int64):
+    return gen.permutation(n).astype(dtype, copy=False)
 
 
-def randperm(n: int, device=None, generator: Generator | None = None) -> Tensor:
-    """A random permutation of 0..n-1."""
-    return _sample("randperm", _permutation, _gen(generator, device), n)
+def randperm(n: int, device=None, generator: Generator | None = None, *, dtype=None,
+             layout=None, requires_grad: bool = False) -> Tensor:
+    """A random permutation of 0..n-1 in ``dtype`` (int64 by default; any integer or float
+    dtype that holds n - 1 exactly, as PyTorch's). Only a float dtype can require grad."""
+    if isinstance(n, bool):
+        raise TypeError("randperm: n must be an int, got bool")
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"randperm: n must be an int, got {type(n).__name__} {n!r}") from None
+    if n < 0:
+        raise ValueError(f"randperm: n must be non-negative, got {n}")
+    dt = B.as_dtype(dtype) or B.int64
+    if dt.kind not in "iuf":
+        raise DTypeError(f"randperm: expected an integer or floating dtype, got {dt}")
+    top = _exact_range(dt)[1]
+    if n - 1 > top:
+        raise ValueError(f"randperm: n={n} is too large for dtype {dt}, which holds the "
+                         f"integers up to {top} exactly")
+    if requires_grad and dt.kind != "f":
+        raise DTypeError(f"randperm: only floating dtypes can require grad, got {dt}")
+    if layout is not None:
+        check_layout("randperm", layout)
+    return _finished(_sample("randperm", _permutation, _gen(generator, device), n, dt),
+                     requires_grad)
 
 
 def _normal(gen: Generator, size: tuple, dtype, mean: float, std: float):
@@ -360,7 +457,14 @@ def _normal_tensors(mean, std, generator: Generator | None) -> Tensor:
                          "broadcast") from None
     sample = _sample("normal", _normal_like, _gen(generator, ref.device), mean, std, shape,
                      ref.dtype, shape_at=2)
-    srcs = [t for t in (mean, std) if isinstance(t, Tensor) and t.requires_grad]
+    return _zero_grad_from(sample, (mean, std), ref)
+
+
+def _zero_grad_from(sample: Tensor, sources: tuple, ref: Tensor) -> Tensor:
+    """``sample`` tied into the graph of those ``sources`` that require grad, with a zero
+    gradient for each, as PyTorch's samplers built from tensors are (``sample`` itself when
+    none requires grad or grad is off)."""
+    srcs = [t for t in sources if isinstance(t, Tensor) and t.requires_grad]
     if not (srcs and modes().grad_enabled):
         return sample
     from .ops.elementwise import astype, where
@@ -390,16 +494,18 @@ def normal(mean: float | Tensor = 0.0, std: float | Tensor = 1.0, size=None, dty
         raise ValueError(f"normal: expects std >= 0, got {std}")
     if layout is not None:
         check_layout("normal", layout)
+    dt = _float_dtype("normal", dtype)
     size = () if size is None else (size,) if isinstance(size, int) else tuple(size)
-    return _finished(_sample("normal", _normal, _gen(generator, device), size, dtype, mean, std,
+    return _finished(_sample("normal", _normal, _gen(generator, device), size, dt, mean, std,
                              shape_at=0), requires_grad)
 
 
 def uniform(low: float = 0.0, high: float = 1.0, size=(), dtype=None, device=None,
             generator: Generator | None = None, requires_grad: bool = False) -> Tensor:
-    """Samples from U[low, high)."""
+    """Samples from U[low, high) of a float dtype."""
+    dt = _float_dtype("uniform", dtype)
     size = (size,) if isinstance(size, int) else tuple(size)
-    return _finished(_sample("uniform", _uniform, _gen(generator, device), size, dtype, low,
+    return _finished(_sample("uniform", _uniform, _gen(generator, device), size, dt, low,
                              high, shape_at=0), requires_grad)
 
 
@@ -414,10 +520,13 @@ def _check_finite_probs(p, op: str, what: str) -> None:
 
 def bernoulli(input: Tensor, p: float | None = None, *,
               generator: Generator | None = None) -> Tensor:
-    """0/1 samples, 1 with probability ``input`` (or the number ``p``), in input's dtype."""
+    """0/1 samples, 1 with probability ``input`` (or the number ``p``), in input's dtype. As
+    PyTorch's, the samples stay in the graph of an ``input`` that requires grad, with a zero
+    gradient for it."""
     if input.dtype.kind != "f":
         raise DTypeError(f"bernoulli: expected floating-point probabilities, got {input.dtype}")
-    return _sample("bernoulli", _bernoulli, _gen(generator, input.device), input, p)
+    sample = _sample("bernoulli", _bernoulli, _gen(generator, input.device), input, p)
+    return _zero_grad_from(sample, (input,), input)
 
 
 def _bernoulli(gen: Generator, input: Tensor, p: float | None):
@@ -519,6 +628,7 @@ def rand_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
     """Uniform [0, 1) samples shaped (and typed, and placed) like ``input``."""
     if layout is not None or memory_format is not None:
         check_layout("rand_like", layout, memory_format)
+    _float_dtype("rand_like", dtype or input.dtype)
     return rand(tuple(input.shape), dtype=dtype or input.dtype, device=device or input.device,
                 generator=generator, requires_grad=requires_grad)
 
@@ -529,6 +639,7 @@ def randn_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
     """Standard normal samples shaped (and typed, and placed) like ``input``."""
     if layout is not None or memory_format is not None:
         check_layout("randn_like", layout, memory_format)
+    _float_dtype("randn_like", dtype or input.dtype)
     return randn(tuple(input.shape), dtype=dtype or input.dtype,
                  device=device or input.device, generator=generator,
                  requires_grad=requires_grad)
@@ -618,11 +729,24 @@ def _sample_dtype(dtype):
     return B.float32 if dtype.kind == "f" else B.float64
 
 
+def check_normal_args(op: str, std: float) -> None:
+    """Refuse a negative ``std`` for ``op`` (``normal_`` and ``nn.init``'s normal fills)."""
+    if not std >= 0:
+        raise ValueError(f"{op}: std must be non-negative, got {std}")
+
+
+def check_uniform_args(op: str, low: float, high: float) -> None:
+    """Refuse ``low > high`` for ``op`` (``uniform_`` and ``nn.init``'s uniform fills): the
+    samples lie in [low, high)."""
+    if low > high:
+        raise ValueError(f"{op}: from {low} must not exceed to {high} (samples lie in [from, "
+                         "to))")
+
+
 def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, *,
             generator: Generator | None = None) -> Tensor:
     """Fill ``t`` in place with samples from N(mean, std²)."""
-    if std < 0:
-        raise ValueError(f"normal_: std must be non-negative, got {std}")
+    check_normal_args("normal_", std)
     _floating(t, "normal_")
     return _write_(t, "normal_", _normal, _gen(generator, t.device), tuple(t.shape), t.dtype,
                    mean, std)
@@ -631,8 +755,7 @@ def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, *,
 def uniform_(t: Tensor, from_: float = 0.0, to: float = 1.0, *,
              generator: Generator | None = None) -> Tensor:
     """Fill ``t`` in place with samples from U[from_, to)."""
-    if from_ > to:
-        raise ValueError(f"uniform_: from_ {from_} must not exceed to {to}")
+    check_uniform_args("uniform_", from_, to)
     _floating(t, "uniform_")
     return _write_(t, "uniform_", _uniform, _gen(generator, t.device), tuple(t.shape), t.dtype,
                    from_, to)

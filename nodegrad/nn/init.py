@@ -9,24 +9,36 @@ and backward (Xavier/Glorot), and σ² = 2/fan_in compensates ReLU killing half 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings as _warnings
 from collections.abc import Callable
 
 from .. import _backend as B
 from ..autodiff import no_grad
-from ..random import Generator, default_generator
+from ..errors import DTypeError
+from ..random import Generator, check_normal_args, check_uniform_args, default_generator
 from ..tensor import Tensor
 
 _GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0),
-          "selu": 0.75, "conv1d": 1.0, "conv2d": 1.0, "gelu": math.sqrt(2.0)}
+          "selu": 0.75, "gelu": math.sqrt(2.0),
+          **{f"conv{k}": 1.0 for k in ("1d", "2d", "3d", "_transpose1d", "_transpose2d",
+                                        "_transpose3d")}}
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
-    """The factor by which a nonlinearity scales the variance, as PyTorch tabulates it."""
+    """The factor by which a nonlinearity scales the variance, as PyTorch tabulates it.
+    ``param`` is leaky_relu's negative slope (a real number, not a bool; default 0.01) and is
+    ignored for the others."""
     if nonlinearity == "leaky_relu":
-        a = 0.01 if param is None else param
+        if param is None:
+            a = 0.01
+        elif isinstance(param, numbers.Real) and not isinstance(param, bool):
+            a = float(param)
+        else:
+            raise ValueError(f"calculate_gain: leaky_relu's negative slope must be a number, "
+                             f"got {type(param).__name__} {param!r}")
         return math.sqrt(2.0 / (1 + a * a))
-    if nonlinearity not in _GAINS:
+    if not isinstance(nonlinearity, str) or nonlinearity not in _GAINS:
         raise ValueError(f"calculate_gain: unknown nonlinearity {nonlinearity!r}; "
                          f"expected one of {sorted(_GAINS) + ['leaky_relu']}")
     return _GAINS[nonlinearity]
@@ -39,6 +51,30 @@ def fan_in_and_fan_out(t: Tensor) -> tuple[int, int]:
                          f"{tuple(t.shape)}")
     k = math.prod(t.shape[2:])
     return t.shape[1] * k, t.shape[0] * k
+
+
+_calculate_fan_in_and_fan_out = fan_in_and_fan_out  # PyTorch's private name, used by copied code
+
+
+def _check_mode(op: str, mode: str) -> str:
+    if not isinstance(mode, str) or mode.lower() not in ("fan_in", "fan_out"):
+        raise ValueError(f"{op}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    return mode.lower()
+
+
+def _calculate_correct_fan(tensor: Tensor, mode: str) -> int:
+    """The fan_in or fan_out of ``tensor`` by ``mode`` (PyTorch's private helper, case
+    insensitive as there); a ValueError for another mode or fewer than 2 dims."""
+    fi, fo = fan_in_and_fan_out(tensor)
+    return fi if _check_mode("_calculate_correct_fan", mode) == "fan_in" else fo
+
+
+def _need_float(t: Tensor, op: str) -> None:
+    """Random fills are continuous distributions: refuse an integer or bool tensor (PyTorch
+    does too) instead of truncating the samples."""
+    if t.dtype.kind != "f":
+        raise DTypeError(f"{op}: expected a floating-point tensor to fill with random samples, "
+                         f"got {t.dtype}")
 
 
 def _fill(t: Tensor, sample: Callable, generator: Generator | None) -> Tensor:
@@ -68,67 +104,107 @@ def ones_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 1.0)
 
 
+def _normal_fill(op: str, tensor: Tensor, mean: float, std: float,
+                 generator: Generator | None) -> Tensor:
+    check_normal_args(op, std)
+    _need_float(tensor, op)
+    return _fill(tensor, lambda g: g.normal(tensor.shape, tensor.dtype) * std + mean, generator)
+
+
+def _uniform_fill(op: str, tensor: Tensor, a: float, b: float,
+                  generator: Generator | None) -> Tensor:
+    check_uniform_args(op, a, b)
+    _need_float(tensor, op)
+    return _fill(tensor, lambda g: _uniform(g, tensor.shape, tensor.dtype, a, b), generator)
+
+
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0,
             generator: Generator | None = None) -> Tensor:
-    """N(mean, std²). The notes' small random init is ``normal_(w, std=0.01)``."""
-    return _fill(tensor, lambda g: g.normal(tensor.shape, tensor.dtype) * std + mean, generator)
+    """N(mean, std²), std >= 0. The notes' small random init is ``normal_(w, std=0.01)``."""
+    return _normal_fill("normal_", tensor, mean, std, generator)
 
 
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0,
              generator: Generator | None = None) -> Tensor:
-    """U[a, b)."""
-    return _fill(tensor, lambda g: _uniform(g, tensor.shape, tensor.dtype, a, b), generator)
+    """U[a, b), a <= b."""
+    return _uniform_fill("uniform_", tensor, a, b, generator)
 
 
 def xavier_uniform_(tensor: Tensor, gain: float = 1.0,
                     generator: Generator | None = None) -> Tensor:
-    r"""Glorot: U(±gain·√(6 / (fan_in + fan_out)))."""
+    r"""Glorot: U(±gain·√(6 / (fan_in + fan_out))); a zero-element tensor is left as it is."""
     fi, fo = fan_in_and_fan_out(tensor)
+    _need_float(tensor, "xavier_uniform_")
+    if tensor.numel() == 0:
+        return tensor
     bound = gain * math.sqrt(6.0 / (fi + fo))
-    return uniform_(tensor, -bound, bound, generator)
+    return _uniform_fill("xavier_uniform_", tensor, -bound, bound, generator)
 
 
 def xavier_normal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
-    r"""Glorot: N(0, gain²·2 / (fan_in + fan_out)), the notes' Xavier."""
+    r"""Glorot: N(0, gain²·2 / (fan_in + fan_out)), the notes' Xavier; a zero-element tensor is
+    left as it is."""
     fi, fo = fan_in_and_fan_out(tensor)
-    return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fi + fo)), generator)
+    _need_float(tensor, "xavier_normal_")
+    if tensor.numel() == 0:
+        return tensor
+    return _normal_fill("xavier_normal_", tensor, 0.0, gain * math.sqrt(2.0 / (fi + fo)),
+                        generator)
 
 
 def lecun_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
-    r"""N(0,1)·√(1/fan_in): the notes' simple Xavier (LeCun normal)."""
+    r"""N(0,1)·√(1/fan_in): the notes' simple Xavier (LeCun normal); a zero-element tensor is
+    left as it is."""
     fi, _ = fan_in_and_fan_out(tensor)
-    return normal_(tensor, 0.0, math.sqrt(1.0 / fi), generator)
+    _need_float(tensor, "lecun_normal_")
+    if tensor.numel() == 0:
+        return tensor
+    return _normal_fill("lecun_normal_", tensor, 0.0, math.sqrt(1.0 / fi), generator)
 
 
 simple_xavier_normal_ = lecun_normal_
 
 
-def _kaiming_std(t, a, mode, nonlinearity) -> float:
+def _kaiming_std(op: str, t: Tensor, a, mode, nonlinearity) -> float | None:
+    """The He standard deviation for ``t``, or None for a zero-element tensor (which has a
+    zero fan): as PyTorch, that warns and is left as it is."""
+    mode = _check_mode(op, mode)
+    gain = calculate_gain(nonlinearity, a)
+    _need_float(t, op)
+    if t.numel() == 0:
+        _warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
+        return None
     fi, fo = fan_in_and_fan_out(t)
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"kaiming: mode must be 'fan_in' or 'fan_out', got {mode!r}")
-    fan = fi if mode == "fan_in" else fo
-    return calculate_gain(nonlinearity, a) / math.sqrt(fan)
+    return gain / math.sqrt(fi if mode == "fan_in" else fo)
 
 
 def kaiming_normal_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu", generator: Generator | None = None) -> Tensor:
-    r"""He ("Xavier2"): N(0,1)·gain/√fan; for ReLU gain = √2, so σ² = 2/fan_in."""
-    return normal_(tensor, 0.0, _kaiming_std(tensor, a, mode, nonlinearity), generator)
+    r"""He ("Xavier2"): N(0,1)·gain/√fan; for ReLU gain = √2, so σ² = 2/fan_in. A zero-element
+    tensor warns and is left as it is (PyTorch's)."""
+    std = _kaiming_std("kaiming_normal_", tensor, a, mode, nonlinearity)
+    if std is None:
+        return tensor
+    return _normal_fill("kaiming_normal_", tensor, 0.0, std, generator)
 
 
 def kaiming_uniform_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                      nonlinearity: str = "leaky_relu",
                      generator: Generator | None = None) -> Tensor:
-    r"""He uniform: U(±gain·√(3/fan)), the same variance as :func:`kaiming_normal_`."""
-    bound = math.sqrt(3.0) * _kaiming_std(tensor, a, mode, nonlinearity)
-    return uniform_(tensor, -bound, bound, generator)
+    r"""He uniform: U(±gain·√(3/fan)), the same variance as :func:`kaiming_normal_`. A
+    zero-element tensor warns and is left as it is (PyTorch's)."""
+    std = _kaiming_std("kaiming_uniform_", tensor, a, mode, nonlinearity)
+    if std is None:
+        return tensor
+    bound = math.sqrt(3.0) * std
+    return _uniform_fill("kaiming_uniform_", tensor, -bound, bound, generator)
 
 
 def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
     """A (semi-)orthogonal matrix from the QR decomposition of a Gaussian one, times ``gain``."""
     if tensor.ndim < 2:
         raise ValueError(f"orthogonal_: need at least 2 dims, got shape {tuple(tensor.shape)}")
+    _need_float(tensor, "orthogonal_")
     rows, cols = tensor.shape[0], math.prod(tensor.shape[1:])
 
     def sample(g):
@@ -150,6 +226,7 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
     if not a < b or std <= 0:
         raise ValueError(f"trunc_normal_: expected a < b and std > 0, got a={a}, b={b}, "
                          f"std={std}")
+    _need_float(tensor, "trunc_normal_")
     be = B.backend_of(tensor.data)
     lo = (1 + math.erf((a - mean) / (std * math.sqrt(2)))) / 2
     hi = (1 + math.erf((b - mean) / (std * math.sqrt(2)))) / 2
@@ -202,6 +279,7 @@ def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01,
                          f"{tuple(tensor.shape)}")
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparse_: sparsity must be in [0, 1], got {sparsity}")
+    _need_float(tensor, "sparse_")
     rows, cols = tensor.shape
     n_zero = math.ceil(sparsity * rows)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from .. import _backend as B
 from .._backend import CPU, backend_of
 from ..autodiff import effect
 from ..tensor import Tensor
@@ -28,9 +29,12 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
 
     The norm is taken over all gradients as if concatenated into one vector,
     ``N = ‖(‖g_1‖_p, …, ‖g_k‖_p)‖_p``; every gradient is multiplied by ``min(1, max_norm /
-    (N + 1e-6))`` (PyTorch's rule: the direction is kept, only the step shrinks). Returns ``N``
-    as a 0-d tensor, taken before clipping. ``foreach`` (PyTorch's choice of kernel, the same
-    values) is accepted and ignored.
+    (N + 1e-6))`` (PyTorch's rule: the direction is kept, only the step shrinks). Any
+    ``norm_type`` of ``torch.linalg.vector_norm`` works: inf (largest |g|), -inf (smallest),
+    0 (count of non-zeros), and any other p, fractional or negative. Returns ``N`` as a 0-d
+    tensor, taken before clipping, in the gradients' (promoted) dtype, float32 zero when there
+    are no gradients; float16 gradients are summed in float32 so their squares cannot
+    overflow. ``foreach`` (PyTorch's choice of kernel, the same values) is accepted and ignored.
     """
     return Tensor(_clip_norm(_params(parameters), float(max_norm), float(norm_type),
                              error_if_nonfinite))
@@ -39,25 +43,45 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
 @effect  # a list, not the caller's iterator: a jit replay calls it again
 def _clip_norm(ps: list, max_norm: float, p: float, error_if_nonfinite: bool):
     grads = _grads(ps)
-    if not grads:
-        return CPU.xp.zeros(())
+    if not grads:  # PyTorch's default-dtype zero
+        return CPU.xp.zeros((), B.DEFAULT_FLOAT)
     xp = backend_of(grads[0].data).xp
-    if p == math.inf:
-        parts = [xp.abs(g.data).max() for g in grads if g.data.size]
-        total = xp.max(xp.stack(parts)) if parts else xp.zeros((), grads[0].dtype)
-    elif p == 2.0:
-        total = xp.sqrt(sum(xp.vdot(g.data.reshape(-1), g.data.reshape(-1)) for g in grads))
-    else:
-        total = sum(xp.sum(xp.abs(g.data) ** p) for g in grads) ** (1.0 / p)
-    total = xp.asarray(total)
+    total_dtype = B.np.result_type(*[g.dtype for g in grads])
+    with B.np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        # an empty gradient adds nothing to any p-norm of the norms, so it is left out
+        norms = [_vector_norm(xp, g.data.reshape(-1), p).astype(g.dtype)
+                 for g in grads if g.data.size]
+        total = xp.asarray(_vector_norm(xp, xp.stack(norms), p).astype(total_dtype) if norms
+                           else xp.zeros((), total_dtype))
     if error_if_nonfinite and not bool(xp.isfinite(total)):
-        raise RuntimeError(f"the total norm of order {p} of the gradients is non-finite, so it "
-                           "cannot be clipped; pass error_if_nonfinite=False to skip this check")
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        raise RuntimeError(f"clip_grad_norm_: the total norm of order {p} of the gradients is "
+                           "non-finite, so it cannot be clipped; pass error_if_nonfinite=False "
+                           "to skip this check")
+    with B.np.errstate(over="ignore"):  # a float16 quotient past 65504 is inf, then 1
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for g in grads:
         xp.multiply(g.data, coef, out=g.data)
         g._bump()
     return total
+
+
+def _vector_norm(xp, a, p: float):
+    """The ``p``-norm of the 1-D array ``a`` as ``torch.linalg.vector_norm``: max |a| for inf,
+    min |a| for -inf, the count of non-zeros for 0. Half precision is summed in float32 (so
+    squares past 65504 do not overflow), and the result is in the accumulation dtype."""
+    if a.dtype.itemsize < 4:
+        a = a.astype(B.float32)
+    if p == math.inf:
+        return xp.max(xp.abs(a))
+    if p == -math.inf:
+        return xp.min(xp.abs(a))
+    if p == 0:
+        return xp.asarray(xp.count_nonzero(a), dtype=a.dtype)
+    if p == 1:
+        return xp.sum(xp.abs(a))
+    if p == 2:
+        return xp.sqrt(xp.vdot(a, a))
+    return xp.sum(xp.abs(a) ** p) ** (1.0 / p)
 
 
 def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float,

@@ -31,7 +31,7 @@ __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grads_
            "rnn", "parametrize", "parametrizations", "stateless", "fusion",
            "fuse_conv_bn_eval", "fuse_conv_bn_weights", "fuse_linear_bn_eval",
            "fuse_linear_bn_weights", "weight_norm", "remove_weight_norm", "spectral_norm",
-           "remove_spectral_norm"]
+           "remove_spectral_norm", "clip_grad", "convert_parameters"]
 
 
 def _tensors(ts, fn: str) -> list[Tensor]:
@@ -137,3 +137,8 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
             p.data[...] = vec.to(p.device).data[i:i + n].reshape(p.shape).astype(p.dtype)
             p._bump()
             i += n
+
+
+# PyTorch's submodule import paths (nn.utils.clip_grad, nn.utils.convert_parameters): they
+# re-export the functions above, so they are imported once those are defined
+from . import clip_grad, convert_parameters  # noqa: E402

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from ... import _backend as B
 from ... import ops
 from ...errors import ShapeError
-from ...tensor import Tensor, float32, float64, full, tensor
+from ...tensor import Tensor, float16, float32, float64, full, int32, int64, tensor
 
 __all__ = ["pad_sequence", "unpad_sequence", "PackedSequence", "pack_padded_sequence",
            "pad_packed_sequence", "pack_sequence", "unpack_sequence", "invert_permutation"]
@@ -83,8 +83,11 @@ class PackedSequence(_PackedFields):
 
     def to(self, *args, **kwargs) -> PackedSequence:
         """The same sequences with ``data`` moved or cast (``Tensor.to``'s arguments); the
-        indices follow ``data``'s device, ``batch_sizes`` stays on the host, as PyTorch."""
-        data = self.data.to(*args, **kwargs)
+        indices follow ``data``'s device, ``batch_sizes`` stays on the host, as PyTorch.
+        ``self`` when nothing changes."""
+        return self._with_data(self.data.to(*args, **kwargs))
+
+    def _with_data(self, data: Tensor) -> PackedSequence:
         if data is self.data:
             return self
         dev = data.device
@@ -95,23 +98,63 @@ class PackedSequence(_PackedFields):
         return type(self)(data, self.batch_sizes, move(self.sorted_indices),
                           move(self.unsorted_indices))
 
+    def cpu(self) -> PackedSequence:
+        """``data`` (and the indices) on the CPU."""
+        return self._with_data(self.data.cpu())
+
+    def cuda(self, device=None) -> PackedSequence:
+        """``data`` (and the indices) on a GPU (``device``: its index or name)."""
+        return self._with_data(self.data.cuda() if device is None else self.data.cuda(device))
+
+    def pin_memory(self) -> PackedSequence:
+        """``data`` pinned, as ``Tensor.pin_memory`` (CPU tensors need no pinning here)."""
+        return self._with_data(self.data.pin_memory())
+
+    def is_pinned(self) -> bool:
+        """Whether ``data`` is in pinned memory."""
+        return self.data.is_pinned()
+
+    # the dtype casts of ``data``, as PyTorch's PackedSequence has them
     def double(self) -> PackedSequence:
         return self.to(dtype=float64)
 
     def float(self) -> PackedSequence:
         return self.to(dtype=float32)
 
+    def half(self) -> PackedSequence:
+        return self.to(dtype=float16)
+
+    def long(self) -> PackedSequence:
+        return self.to(dtype=int64)
+
+    def int(self) -> PackedSequence:
+        return self.to(dtype=int32)
+
+    def short(self) -> PackedSequence:
+        return self.to(dtype=B.np.dtype("int16"))
+
+    def char(self) -> PackedSequence:
+        return self.to(dtype=B.np.dtype("int8"))
+
+    def byte(self) -> PackedSequence:
+        return self.to(dtype=B.np.dtype("uint8"))
+
     @property
     def is_cuda(self) -> bool:
         return self.data.is_cuda
 
 
-def _host_ints(t, fn: str, what: str):
-    """``t`` (a Tensor or a sequence of ints) as a 1-D int64 host array."""
+def _host_ints(t, fn: str, what: str, floats: bool = False):
+    """``t`` (a Tensor or a sequence of ints) as a 1-D int64 host array. With ``floats``,
+    whole-number floats are taken too (PyTorch converts lengths to int64); a fraction is
+    refused rather than truncated."""
     a = t.backend.to_host(t.data) if isinstance(t, Tensor) else B.np.asarray(t)
-    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+    kinds = "iuf" if floats else "iu"
+    if a.ndim != 1 or (a.size and a.dtype.kind not in kinds):
         raise TypeError(f"{fn}: {what} must be a 1-D sequence of integers, got "
                         f"{a.dtype} of shape {a.shape}")
+    if a.dtype.kind == "f" and not (B.np.isfinite(a) & (a == B.np.trunc(a))).all():
+        raise ValueError(f"{fn}: {what} must be whole numbers, got {a.tolist()}")
     return a.astype(B.np.int64)
 
 
@@ -163,7 +206,7 @@ def pack_padded_sequence(input: Tensor, lengths, batch_first: bool = False,
         got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
         want = "(N, T, *)" if batch_first else "(T, N, *)"
         raise ShapeError(f"{fn}: expected input of shape {want}, got {got}")
-    lens = _host_ints(lengths, fn, "lengths")
+    lens = _host_ints(lengths, fn, "lengths", floats=True)
     n, steps = (input.shape[0], input.shape[1]) if batch_first else (input.shape[1],
                                                                      input.shape[0])
     if lens.size != n:
