@@ -135,10 +135,8 @@ def _resolve(o: dict) -> dict:
         train = spec.defaults
     try:
         B.get_backend(o["device"])
-    except ImportError:
-        raise
-    except DeviceError as e:
-        raise UsageError(f"--device: {e}") from None
+    except (DeviceError, ImportError) as e:  # an unknown device, or one without its backend
+        raise UsageError(f"--device: {str(e).splitlines()[0]}") from None
     o["optimizer"] = o["optimizer"] or train["optimizer"]
     o["lr"] = o["lr"] or train["lr"]
     o["every"] = o["every"] or max(1, o["steps"] // 50)
@@ -152,6 +150,11 @@ def _prepare_out(o: dict) -> Path:
     out = Path(o["out"])
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a directory")
+    for parent in out.parents:  # a directory cannot be made under a file
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is a file, not a directory")
+            break
     if out.is_dir() and any(out.iterdir()):
         if not o["overwrite"]:
             raise UsageError(f"output directory {out} exists; pass --overwrite to replace its "
@@ -216,18 +219,17 @@ def _train(o: dict, model, data, out: Path, say) -> tuple[dict, int, str | None]
     say(f"training {o['steps']} steps ({o['optimizer']} lr {o['lr']}, batch {o['batch_size']}),"
         f" recording every {o['every']} steps")
     stopped = None
-    history = None
+    trainer = T.Trainer(model, _loss_and_metrics(o["task"])[0], opt, loader, epochs=epochs,
+                        callbacks=[monitor, _StopAfter(o["steps"])], metrics=[], progress=False)
     try:
-        history = T.fit(model, _loss_and_metrics(o["task"])[0], opt, loader, epochs=epochs,
-              callbacks=[monitor, _StopAfter(o["steps"])], metrics=[], progress=False)
+        trainer.fit()
     except T.NonFiniteError as e:
         stopped = str(e).splitlines()[0]
         monitor.remove()
         monitor.write()
         if monitor.record["steps"]:
             plot_training(monitor.record, out)
-    done = len(history.steps) if history is not None else max(monitor.record["steps"] or [0])
-    return monitor.record, done, stopped
+    return monitor.record, trainer.step, stopped  # the optimiser steps taken
 
 
 def _graph(model, loss_fn, x, y, out: Path) -> list[str]:

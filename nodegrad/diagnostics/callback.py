@@ -6,7 +6,9 @@ The recorded steps are the first and every ``every``-th after it (1-based: 1, ev
 2·every + 1, …), so the picture starts at initialisation. On a recorded step:
 
 - forward hooks on the layers (as :func:`~nodegrad.diagnostics.stats.layer_modules` chooses
-  them) keep the training forward pass's outputs; validation passes (eval mode) are ignored;
+  them) keep the training forward pass's outputs; validation passes (eval mode) are ignored.
+  With ``fit(..., jit=True)`` the recorded steps run eagerly (:attr:`eager_step`), since a
+  replayed program runs no hooks; the others are replayed;
 - ``on_after_backward`` reads each layer's parameter gradient norm ‖∇θ L‖ (before any clipping
   done by callbacks listed after this one) and copies the parameters;
 - ``on_batch_end``, after the optimiser step, records ‖Δθ‖/‖θ‖ = ‖θ_after − θ_before‖ /
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings as _warnings
 from pathlib import Path
 
 from .. import _backend as B
@@ -105,6 +108,12 @@ class GradientFlowMonitor(Callback):
         self._armed = tr.step % self.every == 0
         self._acts, self._kinds = {}, {}
 
+    @property
+    def eager_step(self) -> bool:
+        """Whether the coming step is recorded: ``fit`` then runs it eagerly under ``jit``, so
+        the forward hooks see its activations."""
+        return self._armed
+
     # --- the callback ---------------------------------------------------------------------------
     def on_train_begin(self, tr) -> None:
         if self.run_dir is None and tr.run_dir is not None:
@@ -119,6 +128,11 @@ class GradientFlowMonitor(Callback):
         layers: dict = {}
         params: dict = {}
         self._before = {}
+        if not self._acts and self._layers:
+            _warnings.warn(f"GradientFlowMonitor: the forward hooks saw no training-mode "
+                           f"activations on step {tr.step + 1} (a compiled model runs no hooks "
+                           "when it replays); act_std, dead_frac and saturated_frac are None "
+                           "for it", RuntimeWarning, stacklevel=2)
         for name, m in self._layers:
             entry: dict = {"type": type(m).__name__}
             own = "" if m is tr.model else name

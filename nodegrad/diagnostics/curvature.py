@@ -287,6 +287,9 @@ def model_hessian_eigenvalues(model, loss_fn: Callable, x, y, k: int = 3,
 
     op = "model_hessian_eigenvalues"
     check_model_and_loss(op, model, loss_fn)
+    if x is None:
+        raise TypeError(f"{op}: x is None; expected the model's input batch (a tensor or "
+                        "array)")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError(f"{op}: {type(model).__name__} has no trainable parameters")
@@ -294,7 +297,16 @@ def model_hessian_eigenvalues(model, loss_fn: Callable, x, y, k: int = 3,
     x, y = _as_input(x, first.dtype, first.device), _as_input(y, first.dtype, first.device)
 
     def f(ps):
-        return loss_fn(functional_call(model, ps, x), y)
+        out = functional_call(model, ps, x)
+        if y is not None:
+            return loss_fn(out, y)
+        try:  # a loss that ignores its target may be given None
+            return loss_fn(out, None)
+        except (AttributeError, TypeError) as e:
+            name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+            raise TypeError(f"{op}: y is None, and {name}(output, None) failed "
+                            f"({type(e).__name__}: {e}); pass y, the targets the loss "
+                            "compares the output with") from None
 
     return _eigenvalues(op, f, params, k, method, iters, seed, which, tol, hvp,
                         "the model has only {} trainable parameters")

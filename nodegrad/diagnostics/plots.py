@@ -40,18 +40,21 @@ def _save(fig, path) -> Path:
 
 
 # --- one report, or one per scheme --------------------------------------------------------------
-def _grid_layers(report: LayerReport, layers) -> list[LayerRecord]:
+def _grid_layers(report: LayerReport, layers) -> list[tuple[int, LayerRecord]]:
+    """The columns of :func:`plot_activation_grid`: ``(number, record)``, the number counting
+    the layers of the chosen kind from 1 (it stays the layer's own when only some are drawn)."""
     if layers is not None:
-        return [report[k] for k in layers]
+        return [(j + 1, report[k]) for j, k in enumerate(layers)]
     for pick in (lambda r: r.applied == "module", lambda r: r.applied == "next",
                  lambda r: True):
         recs = [r for r in report if pick(r) and r.activation.hist]
         if recs:
             break
-    if len(recs) > 12:  # keep the figure readable: evenly spaced, first and last included
-        idx = np.unique(np.linspace(0, len(recs) - 1, 12).round().astype(int))
-        recs = [recs[i] for i in idx]
-    return recs
+    cols = list(enumerate(recs, 1))
+    if len(cols) > 12:  # keep the figure readable: evenly spaced, first and last included
+        idx = np.unique(np.linspace(0, len(cols) - 1, 12).round().astype(int))
+        cols = [cols[i] for i in idx]
+    return cols
 
 
 def _rebin(r: LayerRecord, edges: np.ndarray, drop_zeros: bool) -> np.ndarray:
@@ -99,7 +102,8 @@ def plot_activation_grid(reports: Mapping[str, LayerReport], path: str | os.Path
     """
     if not reports:
         raise ValueError("plot_activation_grid: no reports to draw")
-    rows = {k: _grid_layers(v, layers) for k, v in reports.items()}
+    cols = {k: _grid_layers(v, layers) for k, v in reports.items()}
+    rows = {k: [r for _, r in v] for k, v in cols.items()}
     if any(not recs or any(not r.activation.hist for r in recs) for recs in rows.values()):
         raise ValueError("plot_activation_grid: the reports have no histograms; take them with "
                          "layer_stats(..., bins=50) rather than bins=0")
@@ -123,14 +127,14 @@ def plot_activation_grid(reports: Mapping[str, LayerReport], path: str | os.Path
                 note += f"\n0s {100 * r.activation.zero_frac:.0f}%"
             ax.text(0.97, 0.95, note, transform=ax.transAxes, ha="right", va="top", fontsize=6)
             if i == 0:
-                ax.set_title(f"layer {j + 1}\n{r.name}" if layers is None else r.name,
+                ax.set_title(f"layer {cols[key][j][0]}\n{r.name}" if layers is None else r.name,
                              fontsize=7)
         for j in range(len(recs), ncol - 1):
             axes[i, j].axis("off")
         axes[i, 0].set_ylabel(SCHEME_LABELS.get(key, key), fontsize=7)
         ax = axes[i, -1]
         stds = [r.activation.std for r in recs]
-        ax.semilogy(range(1, len(recs) + 1), stds, "o-", ms=3, color="C3")
+        ax.semilogy([k for k, _ in cols[key]], stds, "o-", ms=3, color="C3")
         if i:
             ax.sharey(axes[0, -1])
         ax.tick_params(labelsize=6)

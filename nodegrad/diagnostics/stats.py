@@ -422,7 +422,8 @@ def layer_stats(model: Module, x, y=None, loss_fn: Callable | None = None, bins:
             t = first_tensor(out)
             if t is None:
                 return None
-            entry = {"module": m, "out": t, "data": t.data, "calls": 1, "grad": None}
+            # the node now: an in-place op on the output (F.relu_) rebinds t.node later
+            entry = {"module": m, "node": t.node, "data": t.data, "calls": 1, "grad": None}
             seen[name] = entry
             order.append(name)
             if t.requires_grad and t.node is not None:
@@ -442,12 +443,12 @@ def layer_stats(model: Module, x, y=None, loss_fn: Callable | None = None, bins:
             handles.append(m.register_forward_hook(hook_for(name, m)))
         with enable_grad():
             out = model(x)
-            nodes = {e["out"].node: n for n, e in seen.items() if e["out"].node is not None}
-            exclude = {e["out"].node for e in seen.values()
-                       if module_kind(e["module"]) is not None and e["out"].node is not None}
+            nodes = {e["node"]: n for n, e in seen.items() if e["node"] is not None}
+            exclude = {e["node"] for e in seen.values()
+                       if module_kind(e["module"]) is not None and e["node"] is not None}
             kinds = graph_kinds(first_tensor(out), nodes, exclude)
             for e in seen.values():
-                e["out"] = None  # the graph keeps what backward needs; we keep the arrays
+                e["node"] = None  # the graph keeps what backward needs; we keep the arrays
             if loss_fn is not None or y is not None:
                 fn = loss_fn or _default_loss
                 loss = fn(out, y) if y is not None else fn(out)
@@ -493,6 +494,20 @@ def _pow10(r: float) -> str:
     return "infinitely" if math.isinf(r) else f"10^{round(math.log10(r), 1):g}"
 
 
+def _signal_layers(report: LayerReport) -> list[LayerRecord]:
+    """The layers whose activation std tracks the signal through depth, all of one kind: the
+    nonlinearity modules' outputs when there are two or more (a pre-activation's scale is not
+    comparable with a bounded tanh output), else the weighted layers' outputs, without the
+    read-out."""
+    post = [r for r in report if r.applied == "module"]
+    if len(post) >= 2:
+        return post
+    pre = [r for r in report if r.has_weight and r.applied != "module"]
+    if pre and pre[-1] is report[-1] and pre[-1].nonlinearity is None:
+        pre = pre[:-1]  # the read-out's scale is the loss's business, not the signal's
+    return pre
+
+
 def warnings(report: LayerReport, *, dead: float = 0.25, saturated: float = 0.1,
              grad_ratio: float = 1e3, act_ratio: float = 10.0) -> list[str]:
     """Plain-language problems in ``report``, each naming the layer:
@@ -502,9 +517,11 @@ def warnings(report: LayerReport, *, dead: float = 0.25, saturated: float = 0.1,
     - the RMS of the gradient reaching the weighted layers' outputs changing by more than
       ``grad_ratio`` from the last such layer (output side) to the first (input side):
       vanishing or exploding gradients;
-    - activation std of a hidden weighted or nonlinearity layer falling below 1/``act_ratio``
-      of the first layer's (the signal collapses with depth) or rising above ``act_ratio`` times
-      it (exploding activations); the read-out layer is left out. And any NaN or infinity.
+    - activation std of a hidden layer falling below 1/``act_ratio`` of the first such layer's
+      (the signal collapses with depth) or rising above ``act_ratio`` times it (exploding
+      activations), like compared with like: the outputs of the nonlinearity modules when there
+      are two or more, else the weighted layers' outputs (pre-activations); the read-out layer
+      is left out. And any NaN or infinity.
     """
     if not isinstance(report, LayerReport):
         raise TypeError(f"warnings: expected a LayerReport, got {type(report).__name__}")
@@ -537,9 +554,7 @@ def warnings(report: LayerReport, *, dead: float = 0.25, saturated: float = 0.1,
                 out.append(f"gradient norm grows {_pow10(ratio)} from output to input: "
                            f"RMS {last.grad.rms:.3g} at {last.label}, {first.grad.rms:.3g} at "
                            f"{first.label} (exploding gradients)")
-    signal = [r for r in report if r.has_weight or r.applied == "module"]
-    if signal and signal[-1] is report[-1] and signal[-1].nonlinearity is None:
-        signal = signal[:-1]  # the read-out's scale is the loss's business, not the signal's
+    signal = _signal_layers(report)
     if len(signal) >= 2 and signal[0].activation.std > 0:
         s0 = signal[0].activation.std
         low = min(signal[1:], key=lambda r: r.activation.std)

@@ -11,6 +11,7 @@ from ..autodiff import enable_grad, modes, no_grad
 from ..errors import JitError
 from ..tensor import Tensor
 from .base import _NOT_HYPER, Optimizer, as_state_array, match_groups
+from .muon import post_step_masks
 
 
 class _Step(float):
@@ -155,6 +156,12 @@ class LBFGS(Optimizer):
     history, counters, last direction and step) lives in ``state`` under the first parameter
     and in ``state_dict()``, as PyTorch's. A step cannot run under :func:`nodegrad.jit`: its
     loop count and line search depend on the loss values.
+
+    A parameter that does not require grad (frozen) or has no gradient after the step's first
+    closure call does not move, as with the other optimisers: its part of every direction is
+    zero, also where the history holds pairs from before it was frozen (PyTorch's L-BFGS would
+    move it along them). A pruned parameter (:mod:`nodegrad.prune`) moves only at its kept
+    entries. Otherwise the steps are PyTorch's, bit for bit.
     """
 
     def __init__(self, params: Iterable, lr=1, max_iter: int = 20, max_eval: int | None = None,
@@ -189,6 +196,9 @@ class LBFGS(Optimizer):
             raise ValueError(f"LBFGS: all parameters must be on one device, got "
                              f"{sorted(str(d) for d in devices)}")
         self._lstate: dict[str, Any] = {}
+        self._held: list[bool] = []  # per parameter: this step must not move it
+        self._fixed: list[tuple[int, int]] = []  # their flat ranges
+        self._masks: list[tuple[int, int, Any]] = []  # flat ranges with a pruning mask
 
     def add_param_group(self, param_group: dict) -> None:
         if self.param_groups:
@@ -202,16 +212,40 @@ class LBFGS(Optimizer):
 
     def _gather_flat_grad(self):
         xp = self._xp()
-        return xp.concatenate([xp.zeros(p.data.size, p.data.dtype) if p.grad is None else
+        return xp.concatenate([xp.zeros(p.data.size, p.data.dtype)
+                               if p.grad is None or not p.requires_grad else
                                p.grad.data.reshape(-1) for p in self._params])
+
+    def _constraints(self) -> None:
+        """Which flat ranges this step must hold fixed (parameters that are frozen or have no
+        gradient) and which carry a pruning mask; read after the step's first closure call."""
+        self._held = [not p.requires_grad or p.grad is None for p in self._params]
+        self._fixed, self._masks = [], []
+        offset = 0
+        for p, held in zip(self._params, self._held):
+            n = p.data.size
+            if held:
+                self._fixed.append((offset, offset + n))
+            else:
+                self._masks += [(offset, offset + n, m.reshape(-1)) for m in post_step_masks(p)]
+            offset += n
+
+    def _constrain(self, d) -> None:
+        """Zero direction ``d`` (in place) where the step must not move a parameter."""
+        for lo, hi in self._fixed:
+            d[lo:hi] = 0
+        for lo, hi, m in self._masks:
+            d[lo:hi] *= m
 
     def _add_grad(self, step: float, update) -> None:
         offset = 0
-        for p in self._params:
+        held = self._held if self._fixed else ()
+        for k, p in enumerate(self._params):
             a, n = p.data, p.data.size
-            a += step * update[offset:offset + n].reshape(a.shape)
+            if not (held and held[k]):
+                a += step * update[offset:offset + n].reshape(a.shape)
+                p._bump()
             offset += n
-            p._bump()
 
     def _clone_param(self) -> list:
         return [p.data.copy() for p in self._params]
@@ -265,6 +299,8 @@ class LBFGS(Optimizer):
         flat_grad = self._gather_flat_grad()
         if float(xp.abs(flat_grad).max()) <= tolerance_grad:
             return orig_loss
+        self._constraints()
+        constrained = bool(self._fixed or self._masks)
 
         d, t = state.get("d"), state.get("t")
         old_dirs, old_stps, ro = state.get("old_dirs"), state.get("old_stps"), state.get("ro")
@@ -307,6 +343,8 @@ class LBFGS(Optimizer):
                 for i in range(num_old):
                     be_i = float(xp.dot(old_dirs[i], r)) * ro[i]
                     r += (al[i] - be_i) * old_stps[i]
+            if constrained:
+                self._constrain(d)
 
             if prev_flat_grad is None:
                 prev_flat_grad = flat_grad.copy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from ..tensor import Tensor
 from .base import Optimizer, check_hyper, lerp_
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # PyTorch's (a, b, c): the quintic's steep slope at 0
@@ -24,6 +25,18 @@ def zeropower_via_newtonschulz(xp, G, coefficients=NS_COEFFICIENTS, steps: int =
         A = X @ X.T
         X = a * X + (b * A + c * (A @ A)) @ X
     return X.T if tall else X
+
+
+def post_step_masks(p: Tensor) -> list:
+    """The 0/1 arrays that must multiply ``p`` after an update that mixes its entries: those
+    of the gradient hooks on ``p`` that expose ``post_step_mask()`` (pruning's, so that pruned
+    weights stay exactly zero where an elementwise update would leave them at zero)."""
+    out = []
+    for h in p._hooks or ():
+        get = getattr(h, "post_step_mask", None)
+        if get is not None and (m := get()) is not None:
+            out.append(m)
+    return out
 
 
 def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: tuple) -> float:
@@ -47,7 +60,9 @@ class Muon(Optimizer):
     The Newton-Schulz iteration runs in the parameter's dtype; PyTorch's rounds it to
     bfloat16 first, so its steps differ from these by bfloat16's rounding (~0.4%). Other
     parameters (biases, embeddings) belong to another optimiser, such as AdamW. The state
-    (``momentum_buffer``) is PyTorch's.
+    (``momentum_buffer``) is PyTorch's. The orthogonalised update is dense even where the
+    gradient is zero, so a pruned parameter (:mod:`nodegrad.prune`) is multiplied by its mask
+    after each update: its pruned entries stay exactly zero.
     """
 
     def __init__(self, params: Iterable, lr=1e-3, weight_decay: float = 0.1,
@@ -95,3 +110,9 @@ class Muon(Optimizer):
         O = zeropower_via_newtonschulz(xp, d.reshape(shape), h["ns_coefficients"],
                                        h["ns_steps"], h["eps"])
         p -= adjust_lr(h["lr"], h["adjust_lr_fn"], shape) * O.reshape(-1)
+
+    def _step_bucket(self, b, h: dict, gi: int, given: list | None = None) -> None:
+        super()._step_bucket(b, h, gi, given)
+        for p in b.params:  # one parameter per bucket (flat=False)
+            for m in post_step_masks(p):
+                b.xp.multiply(p.data, m, out=p.data)

@@ -3,24 +3,29 @@
 Design. A mask is a persistent buffer ``<name>_mask`` on the module that owns the parameter
 (same dtype and device as the parameter, 1 = kept, 0 = pruned), so it is part of
 ``state_dict()``, ``ng.save``/``ng.load`` and :func:`nodegrad.train.fit` checkpoints. The
-parameter keeps its name and its identity (optimisers built before pruning still hold it); three
+parameter keeps its name and its identity (optimisers built before pruning still hold it); these
 cheap mechanisms keep the pruned entries at exactly zero:
 
 1. ``apply_mask`` multiplies the parameter by the mask in place. Optimisers keep parameters as
    views of one flat buffer per group, so writing into ``p.data`` writes into that buffer too.
 2. A gradient hook on the parameter multiplies its gradient by the mask, so ``p.grad`` is exactly
-   zero at pruned positions. Every optimiser in :mod:`nodegrad.optim` then maps (θ=0, g=0,
-   state=0) to (θ=0, state=0): SGD's momentum buffer stays 0, L2 decay adds λ·0, AdamW's decoupled
-   decay gives 0·(1-ηλ) = 0, Adam's moments stay 0 and its step is 0/(0+ε) = 0. The parameter
-   itself, and hence every saved checkpoint, is exactly zero after every step, provided the
+   zero at pruned positions. Every elementwise optimiser in :mod:`nodegrad.optim` then maps
+   (θ=0, g=0, state=0) to (θ=0, state=0): SGD's momentum buffer stays 0, L2 decay adds λ·0,
+   AdamW's decoupled decay gives 0·(1-ηλ) = 0, Adam's moments stay 0 and its step is
+   0/(0+ε) = 0. The parameter itself is exactly zero after every step, provided the
    optimiser's state at pruned positions is zero: build the optimiser after pruning (as
    :func:`~nodegrad.prune.iterative_magnitude_pruning` does) or call
-   :func:`mask_optimizer_state` once.
+   :func:`mask_optimizer_state` once. The optimisers whose update mixes entries (Muon's
+   Newton-Schulz orthogonalisation, L-BFGS's directions) re-apply the mask after their update,
+   through the hook's :meth:`_GradMask.post_step_mask`.
 3. A forward pre-hook multiplies ``p.data`` by the mask in place before each forward (a no-op,
    value for value, while 1. and 2. hold). So the network computes with exactly the masked
    weights whatever happened in between: an optimiser with stale state, code writing into
    ``p.data``, ``load_state_dict`` of unmasked weights. No version bump: two forwards before one
-   backward stay legal.
+   backward stay legal. Under :func:`nodegrad.jit` the product is recorded as an in-place change
+   of the parameter, so every replay re-masks as an eager call does.
+4. A state-dict pre-hook does the same before ``state_dict()`` collects the module, so every
+   saved state dict and checkpoint holds exact zeros whatever the optimiser did.
 
 Cost per masked parameter: one elementwise product with the weight per forward and one with its
 gradient per backward, no extra graph node, no renamed parameter. PyTorch's
@@ -36,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from .. import _backend as B
+from ..autodiff import modes
 from ..nn import Module, Parameter
 from ..tensor import Tensor
 
@@ -100,6 +106,13 @@ class _GradMask:
         mask = self.module._buffers.get(self.name + SUFFIX)
         return None if mask is None else g * mask
 
+    def post_step_mask(self):
+        """The 0/1 array an optimiser whose update mixes entries (Muon, L-BFGS) multiplies the
+        parameter by after its update, so the pruned entries stay exactly zero; None once the
+        mask is gone."""
+        mask = self.module._buffers.get(self.name + SUFFIX)
+        return None if mask is None else mask.data
+
 
 def _has_grad_hook(module: Module, name: str, p: Tensor) -> bool:
     return any(isinstance(h, _GradMask) and h.module is module and h.name == name
@@ -153,6 +166,23 @@ class _ForwardRestore:
         return None
 
 
+class _StateDictMask:
+    """State-dict pre-hook: re-apply the mask of parameter ``name`` before ``state_dict()``
+    collects the module, so saved weights are exactly zero where pruned whatever moved them
+    since the last forward (an optimiser with stale state)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, module: Module, prefix: str, keep_vars: bool) -> None:
+        p = module._parameters.get(self.name)
+        mask = module._buffers.get(self.name + SUFFIX)
+        if isinstance(p, Parameter) and mask is not None:
+            remask(p, mask)
+
+
 def _hooked(module: Module, name: str) -> bool:
     return any(isinstance(h, _ForwardMask) and h.name == name for h in module._forward_pre_hooks)
 
@@ -162,9 +192,20 @@ def _masked(module: Module, name: str) -> bool:
     return _hooked(module, name) and (name + SUFFIX) in module._buffers
 
 
+def _multiply_into(a, m) -> None:
+    B.backend_of(a).xp.multiply(a, m, out=a)
+
+
 def remask(p: Tensor, mask: Tensor) -> None:
-    """Zero ``p``'s pruned entries in place: through the optimiser's flat-buffer views too."""
-    B.backend_of(p.data).xp.multiply(p.data, mask.data, out=p.data)
+    """Zero ``p``'s pruned entries in place: through the optimiser's flat-buffer views too.
+
+    Under a jit trace the product is recorded as an in-place change of ``p``, so every replay
+    re-masks too (the weights a replay computes with are those an eager call would use)."""
+    rec = modes().jit
+    if rec is not None:
+        rec.mutate("remask", _multiply_into, p, mask)
+    else:
+        _multiply_into(p.data, mask.data)
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -199,6 +240,9 @@ def apply_mask(module: Module, name: str, mask) -> Module:
     if not _hooked(module, name):
         module.register_forward_pre_hook(_ForwardMask(name))
         module.register_forward_hook(_ForwardRestore(name))
+    if not any(isinstance(h, _StateDictMask) and h.name == name
+               for h in module._state_dict_pre_hooks):
+        module.register_state_dict_pre_hook(_StateDictMask(name))
     _ensure_grad_hook(module, name, p)
     return module
 
@@ -226,6 +270,9 @@ def remove(module: Module, name: str) -> Module:
                                     if not (isinstance(h, _ForwardMask) and h.name == name)]
     module._forward_hooks[:] = [h for h in module._forward_hooks
                                 if not (isinstance(h, _ForwardRestore) and h.name == name)]
+    module._state_dict_pre_hooks[:] = [h for h in module._state_dict_pre_hooks
+                                       if not (isinstance(h, _StateDictMask) and h.name == name)]
+    module._structure[0] += 1  # a jitted forward traced with the re-mask traces again
     if p._hooks:
         p._hooks[:] = [h for h in p._hooks
                        if not (isinstance(h, _GradMask) and h.module is module and h.name == name)]

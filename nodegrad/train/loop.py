@@ -154,7 +154,9 @@ class Trainer:
     None otherwise), ``epoch_base`` (the loader's epoch of this run's epoch 0: the one after
     those the loader already started, so fitting again continues its orders), ``wall_time``
     (seconds, over all sessions of a resumed run), ``is_main`` (False on the ranks other than
-    0 of a distributed run, which write no files) and set ``stop_training``."""
+    0 of a distributed run, which write no files) and set ``stop_training``. With ``jit``, a
+    step for which a callback's ``eager_step`` attribute is true runs eagerly (its module hooks
+    run, as a replay's would not), with the same results."""
 
     def __init__(self, model: Module, loss_fn: Callable, optimizer: Optimizer,
                  train_loader: DataLoader, val_loader: Iterable | None = None, epochs: int = 1,
@@ -178,6 +180,7 @@ class Trainer:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         # with jit, zero_grad + forward + loss + backward are one captured program; callbacks
         # between backward and the update, and the update itself, run as without jit
+        self._jit = bool(jit)
         self._forward_backward = (_jit(self._forward_backward_eager, state=(model, optimizer))
                                   if jit else self._forward_backward_eager)
         self.train_loader, self.val_loader, self.epochs = train_loader, val_loader, int(epochs)
@@ -330,7 +333,12 @@ class Trainer:
 
     def _train_step(self, batch) -> None:
         x, y = _split_batch(batch)
-        loss, out = self._forward_backward(x, y)
+        fb = self._forward_backward
+        if self._jit and any(getattr(c, "eager_step", False) for c in self.callbacks):
+            # a callback reads this step's forward through module hooks, which a replay of the
+            # captured program does not run: this step runs eagerly (the same numbers)
+            fb = self._forward_backward_eager
+        loss, out = fb(x, y)
         self.last_loss = float(loss.item())
         local_loss = self.last_loss
         if self.dist is not None:  # every rank logs and acts on the same (mean) loss

@@ -46,6 +46,9 @@ def _prefixes(prefixes, fn: str) -> list[str]:
         return [""]
     if isinstance(prefixes, str):
         return [prefixes]
+    if not isinstance(prefixes, Iterable):
+        raise TypeError(f"{fn}: prefixes must be a name prefix (str), an iterable of them or "
+                        f"None, got {type(prefixes).__name__} ({prefixes!r})")
     out = list(prefixes)
     for p in out:
         if not isinstance(p, str):
@@ -78,8 +81,17 @@ class LoadReport:
         return not (self.missing or self.unexpected or self.mismatched)
 
     def __str__(self) -> str:
+        return self._text()
+
+    def _text(self, refused: bool = False) -> str:
+        """The report as text; ``refused``: a strict load that copied nothing, whose first
+        line says so and counts the names that fit as "would load"."""
         head = f"load_pretrained from {self.source}: " if self.source else "load_pretrained: "
-        lines = [head + f"{len(self.loaded)} loaded, {len(self.skipped)} skipped, "
+        if refused:
+            head += f"nothing loaded; {len(self.loaded)} would load, "
+        else:
+            head += f"{len(self.loaded)} loaded, "
+        lines = [head + f"{len(self.skipped)} skipped, "
                  f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
                  f"{len(self.mismatched)} shape-mismatched"]
         if self.skipped:
@@ -181,8 +193,9 @@ def load_pretrained(model: Module, source, *, strict: bool = True,
             fit[k] = state[k]
     rep.loaded = list(fit)
     if strict and not rep.ok:
-        raise ShapeError(f"{rep}\n(strict=True: nothing was loaded; pass skip=[...] for the "
-                         "names you mean to leave out, or strict=False to load what fits)")
+        raise ShapeError(f"{rep._text(refused=True)}\n(strict=True: nothing was loaded; pass "
+                         "skip=[...] for the names you mean to leave out, or strict=False to "
+                         "load what fits)")
     if fit:
         model.load_state_dict(fit, strict=False)
     return rep
