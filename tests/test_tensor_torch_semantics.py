@@ -78,3 +78,17 @@ def test_an_int_beyond_int64_is_refused():
     with pytest.raises(OverflowError, match="int64"):
         ng.tensor([2 ** 63])
     assert ng.tensor([2 ** 63 - 1]).dtype == ng.int64
+
+
+def test_integer_powers_with_negative_exponent_tensors_and_bool_sign():
+    """NumPy refuses integers to negative integer powers; PyTorch answers for a tensor
+    exponent (a scalar one is refused by both). sign of a bool raised NumPy's TypeError."""
+    base, exp = [2, 1, -1, 0, -2, 3, -1, 5], [-1, -1, -1, -1, -2, -3, -2, 2]
+    got = ng.tensor(base) ** ng.tensor(exp)
+    want = torch.tensor(base) ** torch.tensor(exp)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert got.dtype == ng.int64
+    with pytest.raises(ValueError, match="negative integer powers"):
+        ng.tensor([2]) ** -1
+    np.testing.assert_array_equal(ng.tensor([True, False]).sign().numpy(),
+                                  torch.tensor([True, False]).sign().numpy())

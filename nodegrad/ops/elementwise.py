@@ -114,8 +114,23 @@ def _power_dx(g, ans, x, y):
     return where(m, 0, g * y * x ** (where(m, 1, y) - 1))
 
 
+def _power_fwd(xp, x, y):
+    """``x ** y``; integers to an array of integer exponents, some negative, as PyTorch gives
+    them (1 for a base of 1, ±1 for -1, else 0), where NumPy refuses. A negative scalar
+    exponent of an integer tensor is refused, as in both."""
+    try:
+        return xp.power(x, y)
+    except ValueError:
+        if not (getattr(y, "ndim", 0) and xp.result_type(x, y).kind in "iu"):
+            raise
+        neg = y < 0
+        pos = xp.power(x, xp.where(neg, 0, y))
+        unit = xp.where(x == 1, 1, xp.where(x == -1, 1 - 2 * (y % 2), 0))
+        return xp.where(neg, unit, pos).astype(pos.dtype)
+
+
 power = primitive(
-    "power", _no_bools("power", lambda xp, x, y: xp.power(x, y)),
+    "power", _no_bools("power", _power_fwd),
     (_power_dx,
      lambda g, ans, x, y: g * ans * _log_base(x)),
     saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
@@ -158,7 +173,9 @@ square = primitive("square", lambda xp, x: xp.square(x), lambda g, ans, x: g * (
                    kind=_EW, jvp=_J, doc="x * x.")
 abs = primitive("abs", lambda xp, x: xp.abs(x), lambda g, ans, x: g * sign(x), kind=_EW, jvp=_J,
                 doc="|x|; its gradient at 0 is 0.")
-sign = _stepwise("sign", lambda xp, x: xp.sign(x), "-1, 0 or 1 (zero gradient).", promote=True)
+sign = _stepwise("sign", lambda xp, x: x.copy() if getattr(x, "dtype", None) == B.bool_
+                 else xp.sign(x), "-1, 0 or 1 (zero gradient; a bool stays itself, as in "
+                 "PyTorch).", promote=True)
 def _trig(xp, name: str, x):
     """``xp.<name>(x)``, keeping a Python number a Python number (NumPy's float64 scalar would
     upcast a float32 operand)."""
