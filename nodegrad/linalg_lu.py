@@ -228,15 +228,18 @@ def matrix_rank(A, tol=None, hermitian: bool = False, *, atol=None, rtol=None) -
 
 def cond(A, p=None) -> Tensor:
     """The condition number: σ_max/σ_min for ``p`` None or ±2, else ‖A‖_p ‖A⁻¹‖_p ('fro',
-    'nuc', ±inf, ±1), as ``torch.linalg.cond``."""
+    'nuc', ±inf, ±1; inf for a singular matrix), as ``torch.linalg.cond``."""
     la = _la()
+    A = la._mat("cond", A, square=p is not None and p not in (2, -2))
+    if 0 in A.shape[-2:]:  # an empty matrix: 0, as PyTorch's
+        return (A * 0).sum((-2, -1))
     if p is None or p in (2, -2):
-        A = la._mat("cond", A, square=False)
         s = la.svdvals(A)
         hi, lo = s[..., 0], s[..., -1]
         return hi / lo if p in (None, 2) else lo / hi
-    A = la._mat("cond", A)
-    return matrix_norm(A, p) * matrix_norm(la.inv(A), p)
+    inv, info = inv_ex(A)
+    value = matrix_norm(A, p) * matrix_norm(where(_expand_info(info), 0, inv), p)
+    return where(info != 0, math.inf, value)  # singular: infinitely ill-conditioned
 
 
 def vecdot(x, y, *, dim: int = -1) -> Tensor:
@@ -280,6 +283,11 @@ def _ok(batch, device) -> Tensor:
     return zeros(batch, dtype=_B.int32, device=device)
 
 
+def _expand_info(info) -> Tensor:
+    """A batch of ``info`` flags broadcast over each matrix's two axes."""
+    return expand_dims(expand_dims(info != 0, -1), -1)
+
+
 def inv_ex(A, *, check_errors: bool = False) -> InvExResult:
     """(inverse, info) as ``torch.linalg.inv_ex``: info 0 where the inverse exists; for a
     singular matrix info > 0 (its first zero pivot) and the inverse is NaN there."""
@@ -291,7 +299,7 @@ def inv_ex(A, *, check_errors: bool = False) -> InvExResult:
         if check_errors:
             raise
     info = _factor(A.detach(), True)[3]
-    bad = expand_dims(expand_dims(info != 0, -1), -1)
+    bad = _expand_info(info)
     safe = where(bad, eye(A.shape[-1], dtype=A.dtype, device=A.device), A)
     return InvExResult(where(bad, math.nan, la.inv(safe)), info)
 

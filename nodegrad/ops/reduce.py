@@ -354,7 +354,12 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim: bool = False):
     if ord in ("nuc", 2, -2):
         perm = tuple(i for i in range(A.ndim) if i not in (d0, d1)) + (d0, d1)
         s = _svdvals(_transpose(A, perm), "matrix_norm", ord)
-        out = sum(s, -1) if ord == "nuc" else (max(s, -1) if ord == 2 else min(s, -1))
+        if ord == -2 and s.shape[-1] == 0:
+            raise _ShapeError(f"matrix_norm: ord -2 of an empty matrix (shape "
+                              f"{tuple(A.shape)}) is a minimum over nothing")
+        # an empty matrix's 2-norm is 0 (a sum over nothing), as PyTorch's
+        out = sum(s, -1) if ord == "nuc" or s.shape[-1] == 0 else (
+            max(s, -1) if ord == 2 else min(s, -1))
         if keepdim:
             for d in sorted((d0, d1)):
                 out = reshape(out, out.shape[:d] + (1,) + out.shape[d:])
@@ -362,7 +367,11 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim: bool = False):
     if ord in (_INF, -_INF, 1, -1):
         inner, outer = (d1, d0) if ord in (_INF, -_INF) else (d0, d1)
         s = vector_norm(A, 1, inner, keepdim=True)
-        out = (max if ord > 0 else min)(s, outer, keepdims=True)
+        if s.shape[outer] == 0 and ord < 0:
+            raise _ShapeError(f"matrix_norm: ord {ord} of an empty matrix (shape "
+                              f"{tuple(A.shape)}) is a minimum over nothing")
+        # over no rows or columns the maximum is 0 (a sum over nothing), as PyTorch's
+        out = (sum if s.shape[outer] == 0 else max if ord > 0 else min)(s, outer, keepdims=True)
         return out if keepdim else _squeeze(out, (d0, d1))
     raise ValueError(f"matrix_norm: ord must be 'fro', 'nuc', inf, -inf, 1, -1, 2 or -2, "
                      f"got {ord!r}")
