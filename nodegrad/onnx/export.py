@@ -612,6 +612,23 @@ def _getitem(r, a, p, out, tw):
     return y
 
 
+def _diagonal(r, a, p, out, tw):
+    """The diagonal view: the two axes moved last and flattened, then one Gather of the
+    diagonal's flat positions (exact)."""
+    shape = tuple(a[0].shape)
+    a1, a2, off = int(p["axis1"]), int(p["axis2"]), int(p["offset"])
+    if tw is not None and any(tw[1][0][d] != shape[d] for d in (a1, a2)):
+        r.fail("diagonal of a dynamic axis")
+    nb = len(shape) - 2
+    perm = [d for d in range(len(shape)) if d not in (a1, a2)] + [a1, a2]
+    y = r.node("Transpose", [r.name_of(a[0])], perm=perm)
+    m, n = shape[a1], shape[a2]
+    y = r.node("Reshape", [y, r.ints([0] * nb + [m * n])])
+    k = np.arange(out.shape[-1])
+    rows, cols = (k, k + off) if off >= 0 else (k - off, k)
+    return r.node("Gather", [y, r.const((rows * n + cols).astype(_I64))], axis=nb)
+
+
 def _matmul(r, a, p, out, tw):
     return r.node("MatMul", [r.name_of(a[0]), r.name_of(a[1])])
 
@@ -766,7 +783,8 @@ PRIMS = {
     "max": _max, "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
     "broadcast_to": _broadcast_to, "concatenate": _concat, "pad": _pad, "flip": _flip,
-    "copy": _identity, "getitem": _getitem, "conv": _conv_prim, "take_along_axis": _take_along,
+    "copy": _identity, "getitem": _getitem, "diagonal": _diagonal, "conv": _conv_prim,
+    "take_along_axis": _take_along,
     "conv_input_grad": _conv_input_grad, "vector_norm": _vector_norm,
     "cross_entropy": _cross_entropy, "sliding_window_view": _windows,
 }
