@@ -12,6 +12,8 @@ as in PyTorch: one :class:`Modes` record per thread.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 import threading
@@ -33,7 +35,7 @@ class Modes:
     """
 
     __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth",
-                 "first_order", "jit", "device")
+                 "first_order", "jit", "device", "grads_seen")
 
     def __init__(self) -> None:
         self.grad_enabled = True
@@ -47,6 +49,9 @@ class Modes:
         self.first_order = 0
         self.jit = None  # the recorder of the jit trace in progress (see jit/trace.py), or None
         self.device = None  # ng.default_device's device for factories, or None (tensor.py)
+        # the running backward's ids of arrays user code saw or made, which a leaf's .grad
+        # keeps only as a copy (see _add_to_grad): custom gradient rules add theirs
+        self.grads_seen = None
 
 
 _new = object.__new__
@@ -156,6 +161,43 @@ class Spec:
 
 
 # --- grad mode ------------------------------------------------------------------------------
+def _decorate(fn: Callable, make: Callable[[], Any]) -> Callable:
+    """``fn`` run inside the context ``make()`` gives afresh at each call, as PyTorch's mode
+    decorators. A generator function's body runs when the generator is resumed, after the call
+    has returned, so each resume (send, throw, close) runs inside a fresh context instead."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            gen = fn(*args, **kwargs)
+            try:
+                with make():
+                    response = gen.send(None)
+                while True:
+                    try:
+                        request = yield response
+                    except GeneratorExit:
+                        with make():
+                            gen.close()
+                        raise
+                    except BaseException as e:
+                        with make():
+                            response = gen.throw(e)
+                    else:
+                        with make():
+                            response = gen.send(request)
+            except StopIteration as e:
+                return e.value
+
+        return generator
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with make():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 class _GradMode:
     """Context manager and decorator that sets whether operations are recorded."""
 
@@ -169,9 +211,12 @@ class _GradMode:
     def __exit__(self, *exc):
         modes().grad_enabled = self._prev
 
-    def __call__(self, fn):
+    def __call__(self, fn: Callable) -> Callable:
         enabled = self.enabled
+        if inspect.isgeneratorfunction(fn):
+            return _decorate(fn, lambda: _Recording(enabled))
 
+        @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             m = modes()
             prev = m.grad_enabled
@@ -181,34 +226,61 @@ class _GradMode:
             finally:
                 m.grad_enabled = prev
 
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = fn.__doc__
         return wrapper
 
 
-class no_grad(_GradMode):
+class _Recording(_GradMode):
+    """Recording on or off as ``enabled`` says, for the duration of a ``with`` block only."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+
+class _BareDecorator(_GradMode):
+    """A mode that is also a decorator without parentheses (``@no_grad`` as ``@no_grad()``),
+    as PyTorch's."""
+
+    def __new__(cls, orig_func: Callable | None = None):
+        if orig_func is None:
+            return super().__new__(cls)
+        return cls()(orig_func)
+
+    def __init__(self, orig_func: Callable | None = None):
+        pass
+
+
+class no_grad(_BareDecorator):
     """Run without recording the graph (evaluation, optimiser updates)."""
 
     enabled = False
 
 
-class enable_grad(_GradMode):
+class enable_grad(_BareDecorator):
     """Record the graph even inside ``no_grad``."""
 
     enabled = True
 
 
 class set_grad_enabled(_GradMode):
-    """Record the graph or not, as ``enabled`` says."""
+    """Record the graph or not, as ``mode`` says.
 
-    def __init__(self, enabled: bool):
-        self.enabled = bool(enabled)
+    As PyTorch's: the call itself sets the mode (``set_grad_enabled(False)`` on a line of its
+    own), a ``with`` block restores the previous mode on leaving, and as a decorator it sets the
+    mode only while the function runs (the thread's mode is left as it was before).
+    """
+
+    def __init__(self, mode: bool):
+        self.enabled = bool(mode)
         m = modes()
         self._prev = m.grad_enabled
-        m.grad_enabled = self.enabled  # like PyTorch, also works as a plain call
+        m.grad_enabled = self.enabled
 
     def __enter__(self):
         pass
+
+    def __call__(self, fn: Callable) -> Callable:
+        modes().grad_enabled = self._prev  # the call above was not meant for the thread
+        return super().__call__(fn)
 
 
 def is_grad_enabled() -> bool:
@@ -240,16 +312,9 @@ class inference_mode:
         m = modes()
         m.grad_enabled, m.inference = self._prev
 
-    def __call__(self, fn):
+    def __call__(self, fn: Callable) -> Callable:
         enabled = self.enabled
-
-        def wrapper(*args, **kwargs):
-            with inference_mode(enabled):
-                return fn(*args, **kwargs)
-
-        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
-        wrapper.__doc__ = fn.__doc__
-        return wrapper
+        return _decorate(fn, lambda: inference_mode(enabled))
 
 
 def is_inference_mode_enabled() -> bool:
@@ -402,21 +467,130 @@ def anomaly_error(node: Node, step: str) -> AnomalyError:
 
 # --- hooks ------------------------------------------------------------------------------------
 class RemovableHandle:
-    """Returned by ``register_hook``; ``remove()`` takes the hook off again."""
+    """Returned by ``register_hook``; ``remove()`` takes the hook off again.
+
+    It removes the registration it was returned for, once: calling it again does nothing,
+    and a hook registered twice stays registered once (found by identity, not ``==``).
+    """
 
     def __init__(self, hooks: list, fn: Callable):
         self._hooks = hooks
         self._fn = fn
+        self._removed = False
 
     def remove(self) -> None:
-        if self._fn in self._hooks:
-            self._hooks.remove(self._fn)
+        if self._removed:
+            return
+        self._removed = True
+        hooks, fn = self._hooks, self._fn
+        for i, h in enumerate(hooks):
+            if h is fn:
+                del hooks[i]
+                return
 
     def __enter__(self) -> RemovableHandle:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class RetainGrad:
+    """The hook ``retain_grad()`` puts on a non-leaf's node: keeps the gradient there in the
+    tensor's ``.grad`` (a copy, summed over backward calls), as PyTorch's.
+
+    It runs after the node's other hooks, whatever the order of registration (PyTorch's rule),
+    and follows its tensor when an in-place op points it at a new node (see
+    :func:`settle_retained`), so ``.grad`` is the gradient of the tensor's current value.
+    """
+
+    __slots__ = ("ref", "node", "__weakref__")
+
+    def __init__(self, t, node: Node):
+        """Put the hook for ``t`` on ``node`` (``t``'s), and list it in :data:`RETAINING`."""
+        key = id(t)
+        me = weakref.ref(self)
+
+        def forget(_ref):
+            h = RETAINING.get(key)
+            if h is not None and h is me():
+                del RETAINING[key]
+
+        self.ref = weakref.ref(t, forget)
+        self.node = node
+        if node.hooks is None:
+            node.hooks = []
+        node.hooks.append(self)
+        RETAINING[key] = self
+
+    def __call__(self, g) -> None:
+        t = self.ref()
+        if t is None:
+            return
+        if t.grad is not None:
+            t.grad = t.grad + g
+        else:  # the engine goes on with g; a graph-free one is copied, as PyTorch clones it
+            t.grad = g if g.node is not None else g.clone()
+
+    def move_to(self, node: Node | None) -> None:
+        """Take this hook off its node and put it on ``node`` (None: drop it)."""
+        hooks = self.node.hooks
+        if hooks:
+            for i, h in enumerate(hooks):
+                if h is self:
+                    del hooks[i]
+                    break
+        t = self.ref()
+        if node is None:
+            if t is not None and RETAINING.get(id(t)) is self:
+                del RETAINING[id(t)]
+            return
+        if node.hooks is None:
+            node.hooks = []
+        node.hooks.append(self)
+        self.node = node
+
+
+#: retain_grad's hooks: id(tensor) -> its RetainGrad (which holds the tensor weakly)
+RETAINING: dict = {}
+#: RetainGrads whose tensor an in-place op has rebound since (Tensor._rebound notes them)
+RETAIN_MOVED: list = []
+
+
+def retaining(t) -> RetainGrad | None:
+    """``t``'s retain_grad hook, if it has one."""
+    if RETAIN_MOVED:
+        settle_retained()
+    h = RETAINING.get(id(t))
+    return h if h is not None and h.ref() is t else None
+
+
+def settle_retained() -> None:
+    """Move each retain_grad hook whose tensor an in-place op has pointed at a new node onto
+    that node. The rebind happens after the tensor notes it (``Tensor._rebound``), so the move
+    waits for the next backward or question about the hook."""
+    moved = RETAIN_MOVED[:]
+    RETAIN_MOVED.clear()
+    for h in moved:
+        t = h.ref()
+        if t is not None and t.node is not h.node:
+            h.move_to(t.node)
+
+
+def _check_hook_result(hook, r, g) -> None:
+    """A gradient hook's replacement must be a tensor of the gradient's shape and dtype."""
+    name = getattr(hook, "__name__", type(hook).__name__)
+    if not hasattr(r, "node") or not hasattr(r, "data"):
+        raise TypeError(f"gradient hook '{name}' returned {type(r).__name__}; expected a "
+                        "tensor (or None to keep the gradient)")
+    if tuple(r.shape) != tuple(g.shape):
+        raise GradError(f"gradient hook '{name}' changed the size of the gradient: it returned "
+                        f"shape {tuple(r.shape)} for a gradient of shape {tuple(g.shape)}; a "
+                        "hook must return a tensor of the gradient's shape (or None)")
+    if r.dtype != g.dtype:
+        raise GradError(f"gradient hook '{name}' changed the type of the gradient: it returned "
+                        f"dtype {r.dtype} for a gradient of dtype {g.dtype}; a hook must "
+                        "return a tensor of the gradient's dtype (or None)")
 
 
 # --- the engine -----------------------------------------------------------------------------
@@ -463,11 +637,24 @@ def _key(t):
     return t.node if t.node is not None else t
 
 
-def _run_hooks(hooks, g):
+def _run_hooks(hooks, g, seen: set):
+    """Run a vertex's gradient hooks on ``g`` in order, retain_grad's last, and return the
+    gradient they leave. User code has seen that array (and may keep it), or gave its own:
+    both go into ``seen``, so a leaf that stores one as its ``.grad`` copies it."""
+    late = None
     for h in list(hooks):
+        if type(h) is RetainGrad:
+            late = [h] if late is None else late + [h]
+            continue
+        seen.add(id(g.data))
         r = h(g)
         if r is not None:
+            _check_hook_result(h, r, g)
             g = r
+            seen.add(id(g.data))
+    if late is not None:
+        for h in late:
+            h(g)
     return g
 
 
@@ -628,11 +815,27 @@ def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
 
 
 def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
+    """Add ``g`` into ``leaf.grad``, in the leaf's dtype (as PyTorch casts each gradient to its
+    input's).
+
+    A later backward adds into ``.grad``'s array in place, so a new ``.grad`` keeps ``g``'s
+    array only when the engine made it for this leaf alone: not a view of another array, not
+    one in ``seen`` (a root's cotangent, another leaf's ``.grad``, an array a hook saw or
+    returned). Anything else is copied first, so arrays the user or a hook holds never change.
+    """
+    if g.data.dtype != leaf.data.dtype:
+        g = g.astype(leaf.data.dtype)
+    old = leaf.grad
     if create_graph:
-        leaf.grad = g if leaf.grad is None else leaf.grad + g
+        if old is not None:
+            leaf.grad = old + g
+        elif g.node is None and (id(g.data) in seen or not g.data.flags.owndata):
+            leaf.grad = type(g)(g.data.copy())  # a constant: later added into in place
+        else:
+            seen.add(id(g.data))
+            leaf.grad = g
         return
     d = g.data
-    old = leaf.grad
     if old is None:
         if id(d) in seen or not d.flags.owndata:
             d = d.copy()
@@ -654,8 +857,10 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     only those tensors' gradients are computed, and returned (``accumulate=False``) or added
     into their ``.grad`` (``accumulate=True``).
     """
+    if RETAIN_MOVED:
+        settle_retained()
     pending: dict = {}
-    seen: set = set()
+    seen: set = set()  # ids of arrays a leaf's .grad may not keep without a copy (_add_to_grad)
     for r, c in zip(roots, cotangents):
         if not r.requires_grad:
             raise GradError(_no_graph("backward: tensor does not require grad and has no graph "
@@ -679,8 +884,9 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
         results: dict = {}
 
     m = modes()
-    prev_mode = m.grad_enabled
+    prev_mode, prev_seen = m.grad_enabled, m.grads_seen
     m.grad_enabled = create_graph
+    m.grads_seen = seen
     # sums the engine owns may grow in place, unless they must stay graph ops (create_graph,
     # a jit trace that replays every op it saw, or batched values inside vmap, whose arrays
     # are the batch's stand-ins)
@@ -699,7 +905,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 if owned:
                     owned.pop(n, None)
                 if n.hooks:
-                    g = _run_hooks(n.hooks, g)
+                    g = _run_hooks(n.hooks, g, seen)
                 if tkeys is not None and n in tset:
                     results[n] = g
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
@@ -721,18 +927,19 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                         if owned:
                             owned.pop(p, None)
                         if p._hooks:
-                            g = _run_hooks(p._hooks, g)
+                            g = _run_hooks(p._hooks, g, seen)
                         _accumulate_leaf(p, g, create_graph, seen)
         # what is left in pending are leaves (roots, or any leaf when targets are given)
         for leaf, g in pending.items():
             if leaf._hooks:
-                g = _run_hooks(leaf._hooks, g)
+                g = _run_hooks(leaf._hooks, g, seen)
             if tkeys is None:
                 _accumulate_leaf(leaf, g, create_graph, seen)
             elif leaf in tset:
                 results[leaf] = g
     finally:
         m.grad_enabled = prev_mode
+        m.grads_seen = prev_seen
         m.in_backward = None
 
     if tkeys is None:
@@ -754,9 +961,10 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
          create_graph: bool = False, only_inputs: bool = True, allow_unused: bool | None = None,
-         is_grads_batched: bool = False, materialize_grads: bool = False) -> list:
-    """Gradients of ``outputs`` with respect to ``inputs``, like ``torch.autograd.grad`` (its
-    parameters in its order; ``only_inputs`` is ignored, as PyTorch deprecates it).
+         is_grads_batched: bool = False, materialize_grads: bool = False) -> tuple:
+    """Gradients of ``outputs`` with respect to ``inputs`` (a tuple, one per input), like
+    ``torch.autograd.grad`` (its parameters in its order; ``only_inputs`` is ignored, as
+    PyTorch deprecates it).
 
     Nothing is accumulated into ``.grad``. With ``create_graph=True`` the results are themselves
     differentiable, which is how higher-order derivatives are taken. ``materialize_grads``
@@ -784,7 +992,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
     if materialize_grads:
         out = [type(t)(backend_of(t.data).xp.zeros_like(t.data)) if g is None else g
                for t, g in zip(inputs, out)]
-    return out
+    return tuple(out)
 
 
 def _no_graph(msg: str) -> str:
@@ -812,6 +1020,8 @@ def _default_cotangents(outputs: list, grad_outputs) -> list:
             c = o.ones_like()
         elif not hasattr(c, "node"):
             c = type(o)(o.backend.asarray(c, dtype=o.dtype))
+        elif c.dtype != o.dtype:  # as PyTorch: the gradient takes the output's dtype
+            c = c.astype(o.dtype)
         if tuple(c.shape) != tuple(o.shape):
             raise GradError(f"backward: gradient has shape {tuple(c.shape)} but the output has "
                             f"shape {tuple(o.shape)}")
@@ -832,10 +1042,20 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None,
     cots = _default_cotangents(tensors, grad_tensors)
     if retain_graph is None:
         retain_graph = create_graph
-    if inputs is not None:
-        inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
     run_backward(tensors, cots, retain_graph=retain_graph, create_graph=create_graph,
-                 targets=inputs, accumulate=True)
+                 targets=backward_inputs(inputs), accumulate=True)
+
+
+def backward_inputs(inputs) -> list | None:
+    """``backward``'s ``inputs`` as a list (None: every leaf); an empty one is refused, as in
+    PyTorch, rather than silently computing nothing."""
+    if inputs is None:
+        return None
+    inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    if not inputs:
+        raise GradError("backward: the inputs argument cannot be empty; pass the tensors to "
+                        "accumulate gradients into, or None for every leaf")
+    return inputs
 
 
 Hook = Callable[[Any], Any]

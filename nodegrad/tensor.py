@@ -9,12 +9,12 @@ in ``ops/methods.py`` so each op keeps one home.
 from __future__ import annotations
 
 import weakref
-
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 
 from . import _backend as B
-from .autodiff import (RemovableHandle, _default_cotangents, _no_graph, modes, note_creation,
-                       run_backward)
+from .autodiff import (RETAIN_MOVED, RETAINING, RemovableHandle, RetainGrad, _default_cotangents,
+                       _no_graph, backward_inputs, modes, note_creation, retaining, run_backward)
 from .errors import DeviceError, DTypeError, GradError, ShapeError
 
 _new = object.__new__
@@ -23,11 +23,17 @@ int32, int64, bool_ = B.int32, B.int64, B.bool_
 
 
 class Tensor:
-    """An n-d array with reverse-mode autodiff. Create one with :func:`nodegrad.tensor`."""
+    """An n-d array with reverse-mode autodiff. Create one with :func:`nodegrad.tensor`.
+
+    ``requires_grad`` is a plain attribute, read by every operation; set it with
+    :meth:`requires_grad_`, which checks what PyTorch's attribute does (a floating dtype, and
+    a leaf to turn it off). Assigning ``.grad`` is checked (a tensor of this one's shape,
+    dtype and device, or None).
+    """
 
     # _view (set on views): (the tensor it views, the basic index) for a slice, else (that
     # tensor, the view's primitive, its params)
-    __slots__ = ("data", "node", "requires_grad", "grad", "_version", "_hooks", "_view",
+    __slots__ = ("data", "node", "requires_grad", "_grad", "_version", "_hooks", "_view",
                  "__weakref__")
     __array_ufunc__ = None  # NumPy defers ``ndarray op Tensor`` to our reflected operators
     __hash__ = object.__hash__  # ``==`` is elementwise, as in PyTorch
@@ -36,7 +42,7 @@ class Tensor:
         self.data = data
         self.node = node
         self.requires_grad = requires_grad
-        self.grad = None
+        self._grad = None
         self._version = None
         self._hooks = None
 
@@ -48,10 +54,23 @@ class Tensor:
         t.data = data
         t.node = node
         t.requires_grad = requires_grad
-        t.grad = None
+        t._grad = None
         t._version = None
         t._hooks = None
         return t
+
+    def _set_grad(self, value) -> None:
+        """``x.grad = value``: None, or a tensor of x's shape, dtype and device (PyTorch's
+        checks), so that backward can add into it in place."""
+        if value is not None:
+            d, v = self.data, getattr(value, "data", None)
+            if not (type(v) is type(d) and v.shape == d.shape and v.dtype == d.dtype
+                    and isinstance(value, Tensor) and value is not self):
+                _check_grad(self, value)
+        self._grad = value
+
+    grad = property(attrgetter("_grad"), _set_grad, doc="The accumulated gradient (a leaf's, "
+                    "or a non-leaf's that called retain_grad()), or None.")
 
     # --- metadata -------------------------------------------------------------------------
     @property
@@ -216,6 +235,11 @@ class Tensor:
         return t
 
     def detach_(self) -> Tensor:
+        """Cut this tensor from the graph in place: it becomes a leaf that does not require
+        grad. A view refuses, as in PyTorch (its base would still be in the graph)."""
+        if getattr(self, "_view", None) is not None:
+            raise GradError("detach_: can't detach views in-place (this tensor views another "
+                            "tensor's memory); use detach() instead, which returns a new tensor")
         self.node = None
         self.requires_grad = False
         return self
@@ -245,13 +269,13 @@ class Tensor:
         cots = _default_cotangents([self], [gradient])
         if retain_graph is None:
             retain_graph = create_graph
-        if inputs is not None:
-            inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
         run_backward([self], cots, retain_graph=retain_graph, create_graph=create_graph,
-                     targets=inputs, accumulate=True)
+                     targets=backward_inputs(inputs), accumulate=True)
 
     def register_hook(self, fn: Callable) -> RemovableHandle:
-        """Call ``fn(grad)`` when the gradient here is computed; a returned value replaces it."""
+        """Call ``fn(grad)`` when the gradient here is computed; a returned tensor (of the
+        gradient's shape and dtype) replaces it. ``retain_grad``'s copy is taken after every
+        such hook, as in PyTorch."""
         if not self.requires_grad:
             raise GradError("register_hook: tensor does not require grad")
         if self.node is not None:
@@ -266,19 +290,23 @@ class Tensor:
         return RemovableHandle(hooks, fn)
 
     def retain_grad(self) -> None:
-        """Keep ``.grad`` on a non-leaf after backward (leaves always keep it)."""
-        if self.node is None:
+        """Keep ``.grad`` on a non-leaf after backward (leaves always keep it); calling it
+        again changes nothing, as in PyTorch. The gradient kept is the one after this
+        tensor's other hooks, and of its current value when an in-place op changed it since
+        (:class:`.autodiff.RetainGrad`)."""
+        node = self.node
+        if node is None:
             return
-        import weakref
+        h = retaining(self)
+        if h is None:
+            RetainGrad(self, node)
+        elif h.node is not node:
+            h.move_to(node)
 
-        ref = weakref.ref(self)
-
-        def keep(g):
-            t = ref()
-            if t is not None:
-                t.grad = g if t.grad is None else t.grad + g
-
-        self.register_hook(keep)
+    @property
+    def retains_grad(self) -> bool:
+        """Whether retain_grad() keeps this non-leaf's .grad."""
+        return self.node is not None and retaining(self) is not None
 
     # --- in-place bookkeeping -------------------------------------------------------------
     def _ensure_version(self) -> list:
@@ -318,6 +346,10 @@ class Tensor:
                 self._version = None
             else:
                 cell[0] += 1
+        if RETAINING:  # retain_grad's hook follows the tensor to its new node
+            h = RETAINING.get(id(self))
+            if h is not None and h.ref() is self:
+                RETAIN_MOVED.append(h)
 
     def _check_inplace(self, what: str) -> None:
         if modes().grad_enabled and self.requires_grad and self.node is None:
@@ -356,6 +388,24 @@ class Tensor:
 
     def ones_like(self) -> Tensor:
         return Tensor(B.backend_of(self.data).xp.ones_like(self.data))
+
+
+def _check_grad(t: Tensor, value) -> None:
+    """Why ``value`` cannot be assigned as ``t.grad`` (PyTorch's checks and messages)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"assigned grad expected to be a Tensor or None but got grad of type "
+                        f"{type(value).__name__}")
+    if value is t:
+        raise GradError("assigned grad: can't assign a tensor as its own grad")
+    if value.device != t.device:
+        raise DeviceError(f"assigned grad has data located on {value.device}, different from "
+                          f"the tensor's device {t.device}")
+    if tuple(value.shape) != tuple(t.shape):
+        raise ShapeError(f"assigned grad has shape {tuple(value.shape)}, but the tensor has "
+                         f"shape {tuple(t.shape)}; they must match")
+    if value.dtype != t.dtype:
+        raise DTypeError(f"assigned grad has dtype {value.dtype}, but the tensor has dtype "
+                         f"{t.dtype}; they must match")
 
 
 def _set_all(a, value) -> None:

@@ -12,11 +12,13 @@ module's backward hooks do, so the backward runs once with every output's cotang
 from __future__ import annotations
 
 import functools
+import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..autodiff import Node, modes, no_grad
-from ..errors import GradError, ShapeError
+from ..autodiff import Node, creation_site, modes, no_grad
+from ..errors import GradError, InplaceError, ShapeError
 from ..ops import concatenate
 from ..ops.shape import _reshape
 from ..primitive import Primitive
@@ -56,10 +58,18 @@ def _bottom(t):
 def _attach(outs: list, inputs: list, rule: Primitive, call) -> list:
     """Hang the differentiable tensors of ``outs`` on one node of ``rule`` whose parents are
     ``inputs``; return ``outs`` with those tensors replaced by views of that node's value."""
+    return _attach_node(outs, inputs, rule, call)[0]
+
+
+def _attach_node(outs: list, inputs: list, rule: Primitive, call,
+                 versions: list | None = None, keep_out: bool = False) -> tuple[list, Node | None]:
+    """:func:`_attach`, also returning the node (None when no output is differentiable).
+    ``versions`` are the node's (counter, version, None, None) entries, checked before its
+    backward runs; ``keep_out`` keeps the node's value for the backward (the VJP's ``ans``)."""
     slots = [i for i, o in enumerate(outs)
              if isinstance(o, Tensor) and o.dtype.kind == "f" and i not in call.nondiff]
     if not slots:
-        return outs
+        return outs, None
     if len({outs[i].dtype for i in slots}) > 1:
         raise GradError(f"{rule.name}: the differentiable outputs must share one dtype, got "
                         f"{sorted(str(outs[i].dtype) for i in slots)}")
@@ -69,8 +79,10 @@ def _attach(outs: list, inputs: list, rule: Primitive, call) -> list:
     parents = tuple((a.node or a) if _diff(a) else None for a in inputs)
     call.slots = slots
     call.shapes = [outs[i].shape for i in slots]
-    node = Node.make(rule, {"call": call}, parents, None, None,
-                     tuple(a.shape if isinstance(a, Tensor) else () for a in inputs), None)
+    node = Node.make(rule, {"call": call}, parents, None, joint.data if keep_out else None,
+                     tuple(a.shape if isinstance(a, Tensor) else () for a in inputs), versions)
+    if modes().anomaly:
+        node.trace = creation_site()
     joint = Tensor(joint.data, node, True)
     outs = list(outs)
     start = 0
@@ -79,7 +91,7 @@ def _attach(outs: list, inputs: list, rule: Primitive, call) -> list:
         part = joint if len(slots) == 1 else joint[start:start + n]
         outs[i] = _reshape(part, shape=shape)
         start += n
-    return outs
+    return outs, node
 
 
 def _unpack(g: Tensor, call) -> list:
@@ -102,9 +114,19 @@ def _check_grads(name: str, grads, n: int) -> tuple:
 
 
 def _check_shapes(name: str, grads, specs) -> list:
-    """Each gradient has its input's shape, or one that sums down to it (as PyTorch allows)."""
+    """Each gradient has its input's shape, or one that sums down to it (as PyTorch allows).
+
+    The user's backward may return an array it keeps (a tensor saved on ctx, a residual), so
+    each is noted as one the engine did not make: a leaf that stores it as ``.grad`` copies it
+    (see autodiff._add_to_grad), and a later backward's in-place accumulation cannot change
+    what the user holds."""
+    seen = modes().grads_seen
     for g, s in zip(grads, specs):
-        if g is None or not isinstance(g, Tensor) or tuple(g.shape) == tuple(s.shape):
+        if g is None or not isinstance(g, Tensor):
+            continue
+        if seen is not None:
+            seen.add(id(g.data))
+        if tuple(g.shape) == tuple(s.shape):
             continue
         gs, xs = tuple(g.shape), tuple(s.shape)
         if len(gs) < len(xs) or any(a != b and b != 1 for a, b in zip(gs[len(gs) - len(xs):], xs)):
@@ -225,14 +247,22 @@ class FunctionCtx:
         self.needs_input_grad: tuple = ()
         self.materialize_grads = True
         self._non_differentiable: set = set()
+        self._noted: tuple = ((), [])  # save_for_backward's tensors and what it noted of each
 
     def save_for_backward(self, *tensors) -> None:
+        """Keep ``tensors`` (or None) for backward, as ``ctx.saved_tensors``.
+
+        As PyTorch's: their versions are noted now, and a backward after an in-place change
+        of one raises InplaceError; a saved output is, in backward, the output ``apply``
+        returned, in the graph (so a second derivative differentiates through it)."""
         self.saved_tensors = tensors
+        self._noted = (tensors, [_noted(t) if isinstance(t, Tensor) else None for t in tensors])
 
     def mark_non_differentiable(self, *tensors) -> None:
         self._non_differentiable |= {id(t) for t in tensors}
 
     def set_materialize_grads(self, value: bool) -> None:
+        """With False, backward gets None (not zeros) for an output no gradient reached."""
         self.materialize_grads = bool(value)
 
     def mark_dirty(self, *tensors) -> None:
@@ -240,14 +270,75 @@ class FunctionCtx:
                                   "return a new tensor")
 
 
+def _noted(t: Tensor) -> tuple:
+    """What saving ``t`` notes: its version counter and version, array and graph place."""
+    cell = t._ensure_version()
+    return cell, cell[0], t.data, t.node, t.requires_grad
+
+
 class _FnCall:
-    __slots__ = ("ctx", "cls", "slots", "shapes", "nondiff", "outs")
+    __slots__ = ("ctx", "cls", "slots", "shapes", "nondiff", "outs", "saved", "reached")
 
 
 class _FunctionMeta(type):
     def __init__(cls, name, bases, ns) -> None:
         super().__init__(name, bases, ns)
         cls._rule = _rule(f"Function[{name}]", cls._vjp)
+
+
+_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # forward -> signature
+
+
+def _signature(forward: Callable) -> inspect.Signature:
+    sig = _SIGNATURES.get(forward)
+    if sig is None:
+        sig = _SIGNATURES[forward] = inspect.signature(forward)
+    return sig
+
+
+def _bound_inputs(cls, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``forward``'s arguments as PyTorch passes them to ``setup_context``: the keyword
+    arguments bound to their positions and the defaults filled in."""
+    try:
+        bound = _signature(cls.forward).bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{cls.__name__}.apply: the arguments do not fit forward's signature "
+                        f"{_signature(cls.forward)}: {e}") from None
+    bound.apply_defaults()
+    return bound.args, bound.kwargs
+
+
+def _saved_plan(ctx: FunctionCtx, args: tuple, outs: list, new: list, slots: list) -> tuple:
+    """How backward gets each of ctx's saved tensors (0: a value as it is, 1: an output, 2: a
+    tensor), and the version entries the engine checks before the backward runs.
+
+    An output saved comes back as the output apply returned (its slot of the node's value), so
+    it is in the graph. Any other tensor comes back as it was saved: where an in-place op
+    recorded for autograd has since pointed it at a new array without moving its counter (it
+    shares one with views), the saved array and graph place stand in for it, as plain nodes'
+    saved inputs do (autodiff._saved_args)."""
+    saved = ctx.saved_tensors
+    by, noted = ctx._noted
+    if saved is not by:  # set by hand, not by save_for_backward: used as they are
+        noted = [None] * len(saved)
+    plan, versions = [], []
+    slot_of = {id(outs[i]): k for k, i in enumerate(slots)}  # an output's place in the value
+    for a in args:
+        slot_of.pop(id(a), None)  # an input returned as it is counts as the input
+    for t, v in zip(saved, noted):
+        if v is None:
+            plan.append((0, t))
+            continue
+        versions.append((v[0], v[1], None, None))
+        k = slot_of.get(id(t))
+        if k is None:
+            plan.append((2, t) + v[2:])
+            continue
+        ret = new[slots[k]]
+        cell = ret._ensure_version()
+        versions.append((cell, cell[0], None, None))  # the output returned, written in place
+        plan.append((1, k, weakref.ref(ret), ret.data))  # or rebound (see _saved)
+    return tuple(plan), versions
 
 
 class Function(metaclass=_FunctionMeta):
@@ -270,6 +361,9 @@ class Function(metaclass=_FunctionMeta):
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        separate = cls.setup_context is not Function.setup_context
+        if separate:
+            args, kwargs = _bound_inputs(cls, args, kwargs)
         m = modes()
         top = m.traces[-1] if m.traces else None
         if (type(top) is Level and m.grad_enabled
@@ -278,7 +372,6 @@ class Function(metaclass=_FunctionMeta):
             return cls._batched(args, kwargs)
         ctx = FunctionCtx()
         ctx.needs_input_grad = tuple(_diff(a) for a in args)
-        separate = cls.setup_context is not Function.setup_context
         with no_grad():
             if separate:
                 out = cls.forward(*args, **kwargs)
@@ -289,9 +382,23 @@ class Function(metaclass=_FunctionMeta):
             return out
         outs = list(out) if isinstance(out, tuple) else [out]
         call = _FnCall()
-        call.ctx, call.cls, call.outs = ctx, cls, outs
+        call.ctx, call.cls, call.outs, call.reached = ctx, cls, outs, None
         call.nondiff = {i for i, o in enumerate(outs) if id(o) in ctx._non_differentiable}
-        new = _attach(outs, list(args), cls._rule, call)
+        saved = ctx.saved_tensors
+        keep = False  # whether an output is saved: the node keeps its value for backward
+        if saved:
+            ids = {id(o) for o in outs}
+            keep = any(id(t) in ids for t in saved)
+        versions: list = []
+        new, node = _attach_node(outs, list(args), cls._rule, call, versions, keep)
+        call.saved = ()
+        if saved and node is not None:
+            call.saved, entries = _saved_plan(ctx, args, outs, new, call.slots)
+            versions += entries
+        if node is not None and not ctx.materialize_grads and len(call.slots) > 1:
+            call.reached = set()  # which outputs a gradient reached, for None in the others
+            for k, i in enumerate(call.slots):
+                new[i].register_hook(functools.partial(_reached, call.reached, k))
         return tuple(new) if isinstance(out, tuple) else new[0]
 
     @classmethod
@@ -353,16 +460,60 @@ class Function(metaclass=_FunctionMeta):
 
     @classmethod
     def _vjp(cls, needs, g, ans, *specs, call):
-        # every output gets a gradient, zeros where none reached it (PyTorch's materialised
-        # gradients; its set_materialize_grads(False) is accepted and changes nothing here)
-        grads_out = [zeros_like(o) if isinstance(o, Tensor) else None for o in call.outs]
-        for i, p in zip(call.slots, _unpack(g, call)):
-            grads_out[i] = p
+        # every output gets a gradient: zeros where none reached it (PyTorch's materialised
+        # gradients), or None with ctx.set_materialize_grads(False)
         ctx = call.ctx
+        grads_out = [None] * len(call.outs)
+        reached = call.reached
+        for k, (i, p) in enumerate(zip(call.slots, _unpack(g, call))):
+            if reached is None or k in reached:
+                grads_out[i] = p
+        if reached is not None:
+            reached.clear()
+        if ctx.materialize_grads:
+            for i, o in enumerate(call.outs):
+                if grads_out[i] is None and isinstance(o, Tensor):
+                    grads_out[i] = zeros_like(o)
         ctx.needs_input_grad = tuple(bool(n) for n in needs)
-        grads = call.cls.backward(ctx, *grads_out)
+        if not call.saved:
+            grads = call.cls.backward(ctx, *grads_out)
+        else:
+            kept = ctx.saved_tensors
+            ctx.saved_tensors = _saved(call, ans)
+            try:
+                grads = call.cls.backward(ctx, *grads_out)
+            finally:
+                ctx.saved_tensors = kept  # what backward saw may hold the node: no cycle kept
         name = f"{call.cls.__name__}.backward"
         return _check_shapes(name, _check_grads(name, grads, len(specs)), specs)
+
+
+def _reached(seen: set, k: int, g) -> None:
+    seen.add(k)
+
+
+def _saved(call: _FnCall, ans) -> tuple:
+    """ctx.saved_tensors as backward sees them (see :func:`_saved_plan`); ``ans`` is the
+    node's value, in the graph when the backward is recorded."""
+    outs = None
+    saved = []
+    for item in call.saved:
+        kind = item[0]
+        if kind == 0:
+            saved.append(item[1])
+        elif kind == 1:
+            ret = item[2]()
+            if ret is not None and ret.data is not item[3]:
+                raise InplaceError(
+                    f"an output that '{call.cls._rule.name}' saved for backward was modified "
+                    "in place after apply returned it; use an out-of-place op instead")
+            if outs is None:
+                outs = _unpack(ans, call)
+            saved.append(outs[item[1]])
+        else:
+            t, data, node, requires_grad = item[1:]
+            saved.append(t if t.data is data else Tensor.make(data, node, requires_grad))
+    return tuple(saved)
 
 
 def once_differentiable(fn: Callable) -> Callable:

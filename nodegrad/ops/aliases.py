@@ -625,7 +625,7 @@ def threshold_(input, threshold: float, value: float) -> Tensor:
     return apply_inplace(input, "threshold_", _threshold, threshold, value)
 
 
-# === gradient hooks and retains_grad ===========================================================
+# === gradient hooks ============================================================================
 _POST_HOOKS = _autodiff.POST_ACCUMULATE  # id(leaf) -> (weak reference to it, its hooks)
 
 
@@ -653,37 +653,12 @@ def _register_post_accumulate_grad_hook(self, hook: Callable) -> RemovableHandle
     return RemovableHandle(entry[1], hook)
 
 
-_retain_grad = Tensor.retain_grad
-_RETAINING: dict[int, tuple] = {}  # id(tensor) -> (weak reference to it, its retaining hook)
-
-
-def _retains(self) -> tuple | None:
-    entry = _RETAINING.get(id(self))
-    node = self.node
-    if (entry is None or entry[0]() is not self or node is None or node.hooks is None
-            or not any(h is entry[1] for h in node.hooks)):
-        return None
-    return entry
-
-
-def _retain_grad_once(self) -> None:
-    """Keep ``.grad`` on a non-leaf after backward (leaves always keep it); calling it again
-    changes nothing, as in PyTorch."""
-    if self.node is None or _retains(self) is not None:
-        return
-    _retain_grad(self)
-    key = id(self)
-    _RETAINING[key] = (weakref.ref(self, partial(_forget, _RETAINING, key)), self.node.hooks[-1])
-
-
 _PROPERTIES = {
     "H": property(_H, doc="The transpose of a matrix (real tensors; 0-d: itself)."),
     "mH": property(lambda self: _matrix_transpose(self, "mH"),
                    doc="The last two axes swapped (real tensors)."),
     "is_cpu": property(lambda self: self.backend.device_id is None, doc="On the CPU?"),
     "itemsize": property(lambda self: self.data.itemsize, doc="Bytes per element."),
-    "retains_grad": property(lambda self: _retains(self) is not None,
-                             doc="Whether retain_grad() keeps this non-leaf's .grad."),
 }
 
 
@@ -1332,7 +1307,6 @@ def _install() -> list:
     """Attach the methods, properties and in-place forms; return the function names to export."""
     table = {k: v for k, v in _METHODS.items() if not hasattr(Tensor, k)}
     table["register_post_accumulate_grad_hook"] = _register_post_accumulate_grad_hook
-    table["retain_grad"] = _retain_grad_once
     table.update({k: v for k, v in {
         "bernoulli_": _random.bernoulli_, "cauchy_": _random.cauchy_,
         "exponential_": _random.exponential_, "geometric_": _random.geometric_,

@@ -69,19 +69,34 @@ def keepdims_shape(shape: tuple, axes) -> tuple:
 
 
 # --- reshape and friends ---------------------------------------------------------------------
-_reshape = primitive("reshape", lambda xp, x, shape: xp.reshape(x, shape),
-                     lambda g, ans, x, shape: reshape(g, x.shape), saves="none", kind=_SH, jvp=_L,
+def _reshape_vjp(g, ans, x, shape):
+    return g if g.shape == x.shape else _reshape(g, shape=x.shape)
+
+
+_reshape = primitive("reshape", lambda xp, x, shape: xp.reshape(x, shape), _reshape_vjp,
+                     saves="none", kind=_SH, jvp=_L,
                      batch=lambda v, b, shape: (_reshape(front(v[0], b[0]),
                                                          shape=(v[0].shape[b[0]],) + shape), 0),
                      doc="Same values in a new shape.")
 
 
 def reshape(x, *shape):
-    """``x`` viewed with a new shape (one entry may be -1)."""
+    """``x`` viewed with a new shape (one entry may be -1); with ``x``'s own shape, see
+    :func:`_same_view`."""
     shape = shape_arg(shape)
     if shape == x.shape:
-        return x
+        return _same_view(x)
     return _reshape(x, shape=shape)
+
+
+def _same_view(x):
+    """What a view op that changes nothing gives (a reshape or expand to x's own shape, an
+    identity permutation): for a tensor that requires grad, a new tensor viewing all of ``x``,
+    as PyTorch's views, so that it has a node of its own (hooks, ``retain_grad`` and
+    ``is_leaf`` see the view, not ``x``) and under ``no_grad`` does not require grad; for any
+    other tensor ``x`` itself, which no gradient can tell apart from a view (and the many
+    internal no-op reshapes, of gradients in a backward above all, stay free)."""
+    return _reshape(x, shape=x.shape) if x.requires_grad else x
 
 
 def expand_dims(x, axis: int):
@@ -101,7 +116,7 @@ def squeeze(x, axis=None, *, dim=None):
             raise TypeError("squeeze: pass either axis= (NumPy) or dim= (PyTorch), not both")
         axes = norm_axes(dim, builtins.max(x.ndim, 1), "squeeze")
         if x.ndim == 0:
-            return x
+            return _same_view(x)
         return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes or s != 1))
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
@@ -113,11 +128,14 @@ def squeeze(x, axis=None, *, dim=None):
 
 
 def flatten(x, start_dim: int = 0, end_dim: int = -1):
-    """Merge axes ``start_dim..end_dim`` into one (PyTorch's flatten)."""
+    """Merge axes ``start_dim..end_dim`` into one (PyTorch's flatten: with nothing to merge,
+    ``x`` itself, as PyTorch returns it)."""
     if x.ndim == 0:
         return reshape(x, (1,))
     s = norm_axis(start_dim, x.ndim, "flatten")
     e = norm_axis(end_dim, x.ndim, "flatten")
+    if s == e:
+        return x
     n = 1
     for d in x.shape[s:e + 1]:
         n *= d
@@ -151,7 +169,7 @@ def transpose(x, axes=None):
     if sorted(axes) != list(range(x.ndim)):
         raise ShapeError(f"transpose: axes {axes} are not a permutation of {x.ndim} dims")
     if axes == tuple(range(x.ndim)):
-        return x
+        return _same_view(x)
     return _transpose(x, axes=axes)
 
 
@@ -165,7 +183,7 @@ def swapaxes(x, axis1: int, axis2: int):
     nd = x.ndim
     a, b = norm_axis(axis1, nd, "swapaxes"), norm_axis(axis2, nd, "swapaxes")
     if a == b:
-        return x
+        return _same_view(x)
     perm = list(range(nd))
     perm[a], perm[b] = b, a
     return _transpose(x, axes=tuple(perm))
@@ -213,8 +231,10 @@ _sum_to = primitive("sum_to", _sum_to_fwd, lambda g, ans, x, shape: broadcast_to
 
 
 def broadcast_to(x, shape):
+    """``x`` broadcast to ``shape`` (a read-only view); to its own shape, a new (writable) view
+    of it, as PyTorch's ``expand``."""
     shape = tuple(shape)
-    return x if x.shape == shape else _broadcast_to(x, shape=shape)
+    return _same_view(x) if x.shape == shape else _broadcast_to(x, shape=shape)
 
 
 def sum_to(x, shape):
