@@ -486,6 +486,15 @@ def _format(a) -> str:
 
 
 # --- creation -------------------------------------------------------------------------------
+def _has_float64_scalar(data) -> bool:
+    """Whether ``data`` is, or nests, a NumPy float64 scalar."""
+    if isinstance(data, B.generic):
+        return data.dtype == float64
+    if isinstance(data, list | tuple):
+        return any(_has_float64_scalar(d) for d in data)
+    return False
+
+
 def _infer(data, dtype, backend: B.Backend):
     """Array for ``data``: Python floats become float32, arrays keep their dtype."""
     dtype = B.as_dtype(dtype)
@@ -502,8 +511,9 @@ def _infer(data, dtype, backend: B.Backend):
     if hasattr(data, "__dlpack__") and not isinstance(data, list | tuple):
         return backend.asarray(from_dlpack(data).numpy(), dtype=dtype).copy()
     a = B.np.asarray(data) if dtype is None else B.np.asarray(data, dtype=dtype)
-    if dtype is None and a.dtype == float64 and not isinstance(data, B.generic):
-        # Python floats become float32; a NumPy float64 scalar keeps its dtype (as PyTorch)
+    if dtype is None and a.dtype == float64 and not _has_float64_scalar(data):
+        # Python floats become float32; a NumPy float64 scalar keeps its dtype, alone or in a
+        # list (as PyTorch)
         a = a.astype(B.DEFAULT_FLOAT)
     if dtype is None and a.dtype == B.np.uint64 and not isinstance(data, B.generic):
         raise OverflowError("tensor: a Python int of 2**63 or more does not fit int64, "

@@ -92,3 +92,20 @@ def test_integer_powers_with_negative_exponent_tensors_and_bool_sign():
         ng.tensor([2]) ** -1
     np.testing.assert_array_equal(ng.tensor([True, False]).sign().numpy(),
                                   torch.tensor([True, False]).sign().numpy())
+
+
+def test_functional_hessian_needs_a_single_element_and_t_of_a_vector_is_a_view():
+    x = ng.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(ng.errors.ShapeError, match="single element"):
+        ng.autograd.functional.hessian(lambda v: v * v, x)
+    h = ng.autograd.functional.hessian(lambda v: (v ** 3).sum().reshape(1), x)
+    np.testing.assert_array_equal(h.numpy(), [[6.0, 0.0], [0.0, 12.0]])
+    assert ng.hessian(lambda v: v * v)(x).shape == (2, 2, 2)  # JAX's: any output
+    v = x.t()  # PyTorch: a new tensor (a view), not x itself
+    assert v is not x and not v.is_leaf
+
+
+def test_a_numpy_float64_scalar_in_a_list_keeps_float64():
+    for data in ([1.0, np.float64(2.0)], [[1.0], [np.float64(2.0)]], [np.float32(1.0), 2.0],
+                 [1.0, 2.0], np.float64(1.0)):
+        assert str(ng.tensor(data).dtype) == str(torch.tensor(data).dtype).replace("torch.", "")

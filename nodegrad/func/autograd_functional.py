@@ -5,6 +5,8 @@ several), computed by ``vjp``/``jvp``/``jacrev``/``jacfwd``/``hessian``/``hvp``.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 from ..errors import ShapeError
@@ -99,7 +101,16 @@ def hessian(func: Callable, inputs, create_graph: bool = False, strict: bool = F
     (block ``[i][j]`` of shape ``inputs[i].shape + inputs[j].shape``) for several."""
     _no_strict(strict, "hessian")
     ins, many = _inputs(inputs, "hessian")
-    h = _hessian(func, argnums=tuple(range(len(ins))))(*ins)
+
+    def scalar(*args):
+        out = func(*args)
+        if not hasattr(out, "shape") or math.prod(out.shape) != 1:
+            got = f"shape {tuple(out.shape)}" if hasattr(out, "shape") else type(out).__name__
+            raise ShapeError("hessian: the function must return a tensor of a single element, "
+                             f"got {got} (ng.hessian takes any output, as JAX's)")
+        return out.reshape(())
+
+    h = _hessian(scalar, argnums=tuple(range(len(ins))))(*ins)
     h = tuple(tuple(row) for row in h)
     return _out(h if many else h[0][0], create_graph)
 

@@ -113,12 +113,12 @@ def _sl(x: Tensor, ax: int, start=None, stop=None) -> Tensor:
 
 # --- products -------------------------------------------------------------------------------
 def t(input) -> Tensor:
-    """Transpose of a matrix; a 0-d or 1-d tensor is returned as is (PyTorch: at most 2-d)."""
+    """Transpose of a matrix; a 0-d or 1-d tensor's view of itself (PyTorch: at most 2-d)."""
     x = _t(input)
     if x.ndim > 2:
         raise ShapeError(f"t: expected a tensor with at most 2 dims, got shape {_shape(x)} "
                          "(use transpose(dim0, dim1) or mT)")
-    return S.swapaxes(x, 0, 1) if x.ndim == 2 else x
+    return S.swapaxes(x, 0, 1) if x.ndim == 2 else S.reshape(x, tuple(x.shape))
 
 
 def mm(input, mat2) -> Tensor:
