@@ -188,6 +188,27 @@ def _not_safetensors(path: Path) -> str | None:
     return None
 
 
+def _header(path: Path) -> dict:
+    """A safetensors file's JSON header: each tensor's dtype, shape and byte offsets."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(n))
+
+
+def _bfloat16_as_float32(path: Path, header: dict, key: str):
+    """Tensor ``key`` of a bfloat16 entry, as float32: exact, since bfloat16 is float32's top
+    16 bits. Any other dtype NumPy cannot hold is refused by name."""
+    entry = header[key]
+    if entry["dtype"] != "BF16":
+        raise TypeError(f"tensor {key!r} has dtype {entry['dtype']}, which nodegrad cannot hold")
+    start, end = entry["data_offsets"]
+    data = path.read_bytes()
+    base = 8 + int.from_bytes(data[:8], "little")
+    np = B.np
+    raw = np.frombuffer(data[base + start:base + end], dtype="<u2")
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+
+
 def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
     """Load a safetensors file into a dict of tensors (and the metadata, if asked)."""
     from safetensors import safe_open
@@ -203,10 +224,15 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
         raise CheckpointError(why)
     try:
         out = {}
+        header = None
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             for k in f.keys():
-                out[k] = f.get_tensor(k)
+                try:
+                    out[k] = f.get_tensor(k)
+                except TypeError:  # a dtype NumPy lacks: bfloat16 (PyTorch's) is read as
+                    header = _header(path) if header is None else header  # float32
+                    out[k] = _bfloat16_as_float32(path, header, k)
     except Exception as e:  # safetensors raises its own error types for bad files
         raise CheckpointError(f"load: {path} is not a readable safetensors checkpoint "
                               f"(truncated or corrupt?): {e}") from e

@@ -187,3 +187,17 @@ def test_load_refuses_directories_pickles_and_torch_files(tmp_path):
     st = pytest.importorskip("safetensors.torch")
     st.save_file(torch.load(tmp_path / "new.pt", weights_only=True), tmp_path / "conv.st")
     assert ng.load(tmp_path / "conv.st")["w"].numpy().tolist() == [1.0, 1.0]
+
+
+def test_a_pytorch_bfloat16_checkpoint_loads_as_float32(tmp_path):
+    """It was refused as 'truncated or corrupt'; bfloat16 is float32's top half, so the
+    float32 values are exact."""
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    w = torch.randn(3, 4).to(torch.bfloat16)
+    path = tmp_path / "bf16.safetensors"
+    st.save_file({"w": w, "b": torch.arange(3.0)}, str(path))
+    out = ng.load(path)
+    assert out["w"].dtype == ng.float32
+    np.testing.assert_array_equal(out["w"].numpy(), w.float().numpy())
+    np.testing.assert_array_equal(out["b"].numpy(), [0.0, 1.0, 2.0])
