@@ -354,3 +354,14 @@ def test_nn_utils_submodule_import_paths():
     assert nn.utils.convert_parameters.parameters_to_vector is parameters_to_vector
     assert vector_to_parameters is nn.utils.vector_to_parameters
     assert nn.utils.clip_grad.clip_grads_with_norm_ is nn.utils.clip_grads_with_norm_
+
+
+def test_get_total_norm_promotes_mixed_float_dtypes():
+    """It raised a DTypeError; PyTorch promotes the per-tensor norms."""
+    import torch
+
+    for a, b in ((ng.float32, ng.float64), (ng.float16, ng.float32)):
+        ta, tb = (getattr(torch, str(d)) for d in (a, b))
+        got = nn.utils.get_total_norm([ng.ones(2, dtype=a), ng.ones(3, dtype=b)])
+        want = torch.nn.utils.get_total_norm([torch.ones(2, dtype=ta), torch.ones(3, dtype=tb)])
+        assert got.item() == want.item() and str(got.dtype) == str(want.dtype)[6:]

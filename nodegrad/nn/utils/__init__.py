@@ -56,6 +56,10 @@ def get_total_norm(tensors: Iterable[Tensor] | Tensor, norm_type: float = 2.0,
         raise DeviceError(f"get_total_norm: the tensors are on several devices "
                           f"({sorted(devices)}); move them to one first")
     norms = [ops.vector_norm(ops.reshape(t, (-1,)), p) for t in ts]
+    dts = {n.dtype for n in norms}
+    if len(dts) > 1:  # norms of several float dtypes: the widest, as PyTorch promotes
+        wide = max(dts, key=lambda d: d.itemsize)
+        norms = [n.astype(wide) for n in norms]
     total = ops.vector_norm(ops.stack(norms), p)
     if error_if_nonfinite and not math.isfinite(float(total)):
         raise RuntimeError(f"get_total_norm: the total norm of order {p} is non-finite, so it "
