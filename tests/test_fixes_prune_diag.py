@@ -216,16 +216,15 @@ def test_no_collapse_warning_for_a_large_first_pre_activation():
 
 # --- 6. no zero-width regions where a pre-activation is exactly 0 --------------------------
 def _tent_net(depth: int) -> nn.Sequential:
-    """``depth`` layers of h(x) = 2 relu(x) - 4 relu(x - ½): 2^depth pieces on [0, 1]."""
-    layers: list = []
-    for i in range(depth):
-        lin = nn.Linear(1 if i == 0 else 2, 2)
-        with ng.no_grad():
-            w = np.array([[1.0], [1.0]]) if i == 0 else np.array([[2.0, -4.0], [2.0, -4.0]])
-            lin.weight.data[:] = w.astype(np.float32)
-            lin.bias.data[:] = np.array([0.0, -0.5], dtype=np.float32)
-        layers += [lin, nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(2, 1))
+    """The example's ``tent_net``: 2^depth pieces on [0, 1]."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "linear_regions.py"
+    spec = importlib.util.spec_from_file_location("linear_regions_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.tent_net(depth)
 
 
 def test_count_regions_line_counts_no_zero_width_regions():
