@@ -180,6 +180,19 @@ def test_cli_user_module_by_import_path(user_file, capsys, monkeypatch):
     assert "passed" in capsys.readouterr().out
 
 
+def test_cli_user_module_by_import_path_from_the_current_directory(user_file, capsys,
+                                                                   monkeypatch):
+    """The console script does not put the current directory on sys.path (python -m does):
+    a package.module:FACTORY there was not found."""
+    monkeypatch.chdir(user_file.parent)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path
+                                      if p not in ("", ".", str(user_file.parent))])
+    monkeypatch.delitem(sys.modules, "my_net", raising=False)
+    assert main(["gradcheck", "--module", "my_net:make", "--seed", "3"]) == 0
+    assert "passed" in capsys.readouterr().out
+    assert str(user_file.parent) not in sys.path  # taken off again
+
+
 def test_cli_wrong_vjp_exits_nonzero(user_file, capsys):
     assert main(["gradcheck", "--module", f"{user_file}:make_bad"]) == 1
     out = capsys.readouterr().out

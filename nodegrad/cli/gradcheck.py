@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import inspect
 import sys
 from collections.abc import Sequence
@@ -116,13 +117,20 @@ def _load_factory(target: str):
             raise UsageError(f"--module: importing {mod_part} raised {_one_line(e)}") from None
         finally:
             sys.path.remove(str(path.resolve().parent))
-    else:
+    else:  # from the current directory too, as `python -m` would find it
+        cwd = os.getcwd()
+        added = cwd not in sys.path
+        if added:
+            sys.path.insert(0, cwd)
         try:
             module = importlib.import_module(mod_part)
         except ModuleNotFoundError as e:
             raise UsageError(f"--module: no module named {e.name!r} (from {target!r})") from None
         except Exception as e:
             raise UsageError(f"--module: importing {mod_part} raised {_one_line(e)}") from None
+        finally:
+            if added:
+                sys.path.remove(cwd)
     fn = getattr(module, attr, None)
     if fn is None or not callable(fn):
         found = sorted(k for k, v in vars(module).items()
