@@ -229,10 +229,13 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
             meta = f.metadata() or {}
             for k in f.keys():
                 try:
-                    out[k] = f.get_tensor(k)
+                    a = f.get_tensor(k)
                 except TypeError:  # a dtype NumPy lacks: bfloat16 (PyTorch's) is read as
                     header = _header(path) if header is None else header  # float32
-                    out[k] = _bfloat16_as_float32(path, header, k)
+                    a = _bfloat16_as_float32(path, header, k)
+                if a.dtype.name == "bfloat16":  # NumPy knows it where ml_dtypes is loaded
+                    a = a.astype(B.np.float32)
+                out[k] = a
     except Exception as e:  # safetensors raises its own error types for bad files
         raise CheckpointError(f"load: {path} is not a readable safetensors checkpoint "
                               f"(truncated or corrupt?): {e}") from e
