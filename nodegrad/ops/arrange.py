@@ -145,7 +145,7 @@ def diagonal(x, offset: int = 0, dim1: int = 0, dim2: int = 1):
     a1, a2 = norm_axis(dim1, x.ndim, "diagonal"), norm_axis(dim2, x.ndim, "diagonal")
     if a1 == a2:
         raise ShapeError(f"diagonal: dim1 and dim2 must differ, got {dim1} and {dim2}")
-    return S.diagonal_of(x, int(offset), a1, a2)
+    return S.diagonal_view(x, offset=int(offset), axis1=a1, axis2=a2)
 
 
 _diagonal = diagonal  # `diag` takes an argument named like the function

@@ -412,10 +412,10 @@ def _diag_put_fwd(xp, v, shape, offset, axis1, axis2):
 
 
 def _diag_batch(v, b, offset, axis1, axis2):
-    return _diagonal(front(v[0], b[0]), offset=offset, axis1=axis1 + 1, axis2=axis2 + 1), 0
+    return diagonal_view(front(v[0], b[0]), offset=offset, axis1=axis1 + 1, axis2=axis2 + 1), 0
 
 
-_diagonal = primitive(
+diagonal_view = primitive(
     "diagonal", lambda xp, x, offset, axis1, axis2: B.diagonal_view(x, offset, axis1, axis2),
     lambda g, ans, x, offset, axis1, axis2: _diag_put(g, shape=tuple(x.shape), offset=offset,
                                                       axis1=axis1, axis2=axis2),
@@ -423,18 +423,13 @@ _diagonal = primitive(
     doc="The offset diagonal of the (axis1, axis2) planes as a last axis: a view of x.")
 _diag_put = primitive(
     "diagonal_put", _diag_put_fwd,
-    lambda g, ans, v, shape, offset, axis1, axis2: _diagonal(g, offset=offset, axis1=axis1,
+    lambda g, ans, v, shape, offset, axis1, axis2: diagonal_view(g, offset=offset, axis1=axis1,
                                                              axis2=axis2),
     saves="none", kind=_SH, jvp=_L,
     batch=lambda v, b, shape, offset, axis1, axis2: (_diag_put(
         front(v[0], b[0]), shape=(size_of(v, b),) + shape, offset=offset, axis1=axis1 + 1,
         axis2=axis2 + 1), 0),
     doc="zeros(shape) with v on the offset diagonal of its (axis1, axis2) planes.")
-
-
-def diagonal_of(x, offset: int, axis1: int, axis2: int):
-    """``x``'s diagonal (axes normalised, distinct): a view, as PyTorch's."""
-    return _diagonal(x, offset=offset, axis1=axis1, axis2=axis2)
 
 
 def flip(x, axis=None):
