@@ -599,8 +599,10 @@ def parse_args(argv, description: str) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(workloads: Sequence[Workload], argv=None, description: str = "") -> int:
-    """Time ``workloads``, print the table (row by row), optionally write JSON."""
+def main(workloads: Sequence[Workload], argv=None, description: str = "",
+         collect: list | None = None) -> int:
+    """Time ``workloads``, print the table (row by row), optionally write JSON; each workload's
+    result is also appended to ``collect`` when given (for a caller's own summary)."""
     args = parse_args(argv, description or __doc__.splitlines()[0])
     settings = QUICK if args.quick else DEFAULT
     if args.reps:
@@ -621,6 +623,8 @@ def main(workloads: Sequence[Workload], argv=None, description: str = "") -> int
     for w in workloads:
         r = run(w, settings, torch, jax)
         results.append(r)
+        if collect is not None:
+            collect.append(r)
         print(table_row(r), flush=True)
     if args.json:
         out = {"env": env, "mode": "in-process" if args.in_process else "separate processes",

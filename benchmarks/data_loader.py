@@ -12,10 +12,6 @@ Run: ``python -m benchmarks.data_loader [--quick]`` (MNIST-1D is generated on th
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import tempfile
 from functools import partial
 
 import numpy as np
@@ -147,18 +143,10 @@ def summary(results: list[dict]) -> str:
 
 def run(argv=None) -> int:
     """The harness's table, then the throughput summary."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    own_json = "--json" not in argv
-    path = tempfile.mkstemp(suffix=".json")[1] if own_json else argv[argv.index("--json") + 1]
-    try:
-        code = main(WORKLOADS, argv + (["--json", path] if own_json else []),
-                    description=__doc__.splitlines()[0])
-        if code == 0:
-            with open(path) as f:
-                print(summary(json.load(f)["results"]))
-    finally:
-        if own_json:
-            os.unlink(path)
+    results: list = []
+    code = main(WORKLOADS, argv, description=__doc__.splitlines()[0], collect=results)
+    if code == 0:
+        print(summary(results))
     return code
 
 

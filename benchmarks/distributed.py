@@ -129,14 +129,14 @@ def table(results: list[dict]) -> str:
     for res in results:
         n = res["ranks"]
         for m, r in res["models"].items():
-            eff = base[m]["overlap"] / r["overlap"] if m in base else float("nan")
+            eff = f"{base[m]['overlap'] / r['overlap']:.2f}" if m in base else "-"
             t = r["allreduce_nodegrad"]
-            bus = 2 * (n - 1) / n * r["bytes"] / t / 1e9 if n > 1 else float("nan")
+            bus = f"{2 * (n - 1) / n * r['bytes'] / t / 1e9:.2f}" if n > 1 else "-"
             mp = r.get("allreduce_mpi4py")
             lines.append(f"| {m} ({r['params']:,} params, batch {r['batch']}/rank) | {n} | "
                          f"{1e3 * r['overlap']:.1f} | {1e3 * r['after']:.1f} | "
-                         f"{1e3 * r['compute']:.1f} | {eff:.2f} | {1e3 * t:.2f} | "
-                         f"{'-' if mp is None else f'{1e3 * mp:.2f}'} | {bus:.2f} |")
+                         f"{1e3 * r['compute']:.1f} | {eff} | {1e3 * t:.2f} | "
+                         f"{'-' if mp is None else f'{1e3 * mp:.2f}'} | {bus} |")
     return "\n".join(lines)
 
 

@@ -179,7 +179,10 @@ def main(argv=None) -> str:
     p.add_argument("--jit", action="store_true",
                    help="also run nodegrad with train.fit(jit=True), beside eager and PyTorch")
     args = p.parse_args(argv)
-    args.steps = max(1, round(args.steps / 40)) * 40  # whole epochs of 40 batches, both sides
+    asked, args.steps = args.steps, max(1, round(args.steps / 40)) * 40  # whole epochs of 40
+    if args.steps != asked:  # batches, both sides: say so rather than run another length quietly
+        print(f"# --steps {asked} rounded to {args.steps}: whole epochs of 40 batches",
+              flush=True)
     try:
         import torch
     except ImportError:
