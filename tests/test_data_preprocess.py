@@ -120,3 +120,14 @@ def test_unfitted_and_shape_errors(data):
         ZCAWhiten().fit(train).transform(train[:, :4])
     with pytest.raises(ValueError, match="not a"):
         Standardize.from_json(OneHot().fit([0, 1]).to_json())
+
+
+@pytest.mark.parametrize("kind", ["Standardize", "MinMaxScale", "PCAWhiten", "ZCAWhiten"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_fit_refuses_non_finite_training_data(kind, bad):
+    """A NaN or Inf in the training data would make a fitted statistic, and then every
+    transformed value of its feature, NaN without a word: fit names the first one instead."""
+    x = np.random.default_rng(0).normal(size=(12, 4))
+    x[3, 2] = bad
+    with pytest.raises(ValueError, match=rf"{kind}\.fit: .*1 NaN or Inf .*\(3, 2\)"):
+        {c.__name__: c for c in (Standardize, MinMaxScale, PCAWhiten, ZCAWhiten)}[kind]().fit(x)

@@ -24,6 +24,19 @@ def _axes(axis, ndim: int) -> tuple:
     return tuple(sorted(a % ndim for a in axes))
 
 
+def _finite64(obj: Preprocessor, x) -> np.ndarray:
+    """``x`` as float64 for fitting, refusing NaN and Inf: one would turn the fitted statistics
+    (a mean, a range, a covariance) and then every transformed value of its feature into NaN."""
+    x = _host(x).astype(B.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{type(obj).__name__}.fit: the training data holds {int(bad.sum())} "
+                         f"NaN or Inf value(s) (the first at index {first}: {x[first]}); the "
+                         "fitted statistics would be NaN. Drop or impute them before fitting")
+    return x
+
+
 def _out_dtype(x: np.ndarray):
     return x.dtype if x.dtype.kind == "f" else B.float32
 
@@ -148,7 +161,7 @@ class Standardize(_Elementwise):
         self.shift_ = self.scale_ = None
 
     def fit(self, x) -> Standardize:
-        x = _host(x).astype(B.float64)
+        x = _finite64(self, x)
         axes = _axes(self.axis, x.ndim)
         self.shift_ = x.mean(axis=axes, keepdims=True)
         std = x.std(axis=axes, keepdims=True)
@@ -181,7 +194,7 @@ class MinMaxScale(_Elementwise):
         self.shift_ = self.scale_ = None
 
     def fit(self, x) -> MinMaxScale:
-        x = _host(x).astype(B.float64)
+        x = _finite64(self, x)
         axes = _axes(self.axis, x.ndim)
         lo, hi = self.feature_range
         xmin, xmax = x.min(axis=axes, keepdims=True), x.max(axis=axes, keepdims=True)
@@ -201,7 +214,7 @@ class _Whiten(Preprocessor):
         if x.ndim < 2 or len(x) < 2:
             raise ShapeError(f"{type(self).__name__}: need at least 2 samples (N, ...), "
                              f"got shape {x.shape}")
-        flat = x.reshape(len(x), -1).astype(B.float64)
+        flat = _finite64(self, x.reshape(len(x), -1))
         self.feature_shape_ = tuple(x.shape[1:])
         self.mean_ = flat.mean(axis=0)
         xc = flat - self.mean_
