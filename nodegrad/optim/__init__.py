@@ -16,7 +16,8 @@ from .adafactor import Adafactor
 from .adam import Adam
 from .adamw import AdamW
 from .asgd import ASGD
-from .base import Optimizer
+from .base import (Optimizer, register_optimizer_step_post_hook,
+                   register_optimizer_step_pre_hook)
 from .clip import clip_grad_norm_, clip_grad_value_
 from .lbfgs import LBFGS
 from .muon import Muon
@@ -29,4 +30,5 @@ from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
            "RAdam", "Adamax", "Rprop", "ASGD", "Adafactor", "LBFGS", "Muon",
-           "lr_scheduler", "swa_utils", "clip_grad_norm_", "clip_grad_value_", "l2_penalty"]
+           "lr_scheduler", "swa_utils", "clip_grad_norm_", "clip_grad_value_", "l2_penalty",
+           "register_optimizer_step_pre_hook", "register_optimizer_step_post_hook"]

@@ -20,10 +20,17 @@ large gradient array (read where it is, no gather) or stretch of small ones, wit
 buffers, and the same bits as the NumPy update. ``fused=None`` (the default) uses it wherever a
 kernel is available, except for small buckets on the CPU before numba is imported
 (:func:`._fused.auto`).
+
+Hooks, PyTorch's: step pre- and post-hooks per optimiser and global ones
+(:func:`register_optimizer_step_pre_hook`), state-dict and load-state-dict hooks. They run once
+per call of ``step()``, also for a subclass with its own ``step`` (L-BFGS), and under
+:mod:`nodegrad.jit` on every replay of the step, at its place in the program. With no hook
+registered a step pays one check.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 import warnings
 from collections.abc import Callable, Iterable
@@ -31,12 +38,21 @@ from typing import Any
 
 from .. import _backend as B
 from .._backend import backend_of, is_array
-from ..autodiff import effect, enable_grad, user_stacklevel
+from ..autodiff import RemovableHandle, effect, enable_grad, user_stacklevel
 from ..errors import BackendUnavailable, GradError, ShapeError
 from ..tensor import Tensor
 from . import _fused
 
 _NOT_HYPER = ("params", "param_names")
+_HOOK_LISTS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+               "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+               "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks")
+#: hooks every optimiser runs around its step (PyTorch's ``register_optimizer_step_*_hook``)
+_global_step_pre_hooks: list[Callable] = []
+_global_step_post_hooks: list[Callable] = []
+#: a step hook with this attribute set never reads or writes ``.grad``: a jit replay of a lowered
+#: step (whose gradients never pass through ``.grad``) runs it without putting them there
+GRAD_FREE = "_optimizer_hook_grad_free"
 #: gradients with fewer elements go to the fused kernel gathered with their small neighbours
 SMALL_GRADIENT = 1 << 14
 
@@ -213,6 +229,9 @@ class Optimizer:
 
     #: per-parameter numbers besides ``step`` and their initial values (e.g. NAdam's mu product)
     scalar_init: dict[str, float] = {}
+    #: hyperparameters that PyTorch's optimiser of this name does not have (so its state dicts
+    #: lack them), with the value its update implies; ``load_state_dict`` fills them in
+    torch_implied: dict[str, Any] = {}
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *, strict: bool = False,
                  flat: bool = True, fused: bool | None = None, foreach: bool | None = None,
@@ -233,6 +252,12 @@ class Optimizer:
         self.fused = fused
         self.foreach, self.capturable, self.differentiable = foreach, capturable, differentiable
         self.step_count = 0
+        self._optimizer_step_pre_hooks: list[Callable] = []  # PyTorch's names, in run order
+        self._optimizer_step_post_hooks: list[Callable] = []
+        self._optimizer_state_dict_pre_hooks: list[Callable] = []
+        self._optimizer_state_dict_post_hooks: list[Callable] = []
+        self._optimizer_load_state_dict_pre_hooks: list[Callable] = []
+        self._optimizer_load_state_dict_post_hooks: list[Callable] = []
         self.param_groups: list[dict] = []
         self._buckets: list[list[_Bucket]] = []
         groups = [params] if isinstance(params, dict) else list(params)
@@ -242,6 +267,102 @@ class Optimizer:
             groups = [{"params": groups}]
         for g in groups:
             self.add_param_group(g)
+
+    #: set while the step hooks run, so a ``step`` that calls ``super().step()`` runs them once
+    _in_step_hooks = False
+    _in_state_dict_hooks = False
+    _in_load_state_dict_hooks = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass's own ``step``, ``state_dict`` and ``load_state_dict`` run the hooks too
+        (PyTorch patches ``step`` likewise), once per call however they call each other."""
+        super().__init_subclass__(**kwargs)
+        for name, wrap in (("step", _with_step_hooks), ("state_dict", _with_state_dict_hooks),
+                           ("load_state_dict", _with_load_state_dict_hooks)):
+            fn = cls.__dict__.get(name)
+            if not callable(fn) or getattr(fn, "_runs_hooks", False):
+                continue
+            if getattr(fn, "__code__", None) is _EFFECT_CODE:  # @effect: hooks inside it
+                setattr(cls, name, effect(wrap(fn.__wrapped__)))
+            else:
+                setattr(cls, name, wrap(fn))
+
+    # --- hooks (PyTorch's) ------------------------------------------------------------------
+    def register_step_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs)`` before each ``step`` (``args`` starts with the
+        optimizer, as in PyTorch); it returns None or ``(new_args, new_kwargs)`` for the step."""
+        self._optimizer_step_pre_hooks.append(hook)
+        return RemovableHandle(self._optimizer_step_pre_hooks, hook)
+
+    def register_step_post_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs) -> None`` after each ``step``."""
+        self._optimizer_step_post_hooks.append(hook)
+        return RemovableHandle(self._optimizer_step_post_hooks, hook)
+
+    def register_state_dict_pre_hook(self, hook: Callable, prepend: bool = False
+                                     ) -> RemovableHandle:
+        """``hook(optimizer) -> None`` before :meth:`state_dict` collects the state."""
+        return _add(self._optimizer_state_dict_pre_hooks, hook, prepend)
+
+    def register_state_dict_post_hook(self, hook: Callable, prepend: bool = False
+                                      ) -> RemovableHandle:
+        """``hook(optimizer, state_dict)`` after :meth:`state_dict`; a returned dict replaces
+        the result."""
+        return _add(self._optimizer_state_dict_post_hooks, hook, prepend)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable, prepend: bool = False
+                                          ) -> RemovableHandle:
+        """``hook(optimizer, state_dict)`` before :meth:`load_state_dict` (on a shallow copy of
+        the argument); a returned dict is loaded instead."""
+        return _add(self._optimizer_load_state_dict_pre_hooks, hook, prepend)
+
+    def register_load_state_dict_post_hook(self, hook: Callable, prepend: bool = False
+                                           ) -> RemovableHandle:
+        """``hook(optimizer) -> None`` after :meth:`load_state_dict`."""
+        return _add(self._optimizer_load_state_dict_post_hooks, hook, prepend)
+
+    def _has_step_hooks(self) -> bool:
+        return bool(self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _global_step_pre_hooks or _global_step_post_hooks)
+
+    def _run_step_hooks(self, step: Callable, args: tuple, kwargs: dict):
+        """``step(*args, **kwargs)`` between the pre-hooks (global ones first) and the
+        post-hooks (global ones last), PyTorch's order; ``args[0]`` is the optimizer."""
+        self._in_step_hooks = True
+        try:
+            for hook in (*_global_step_pre_hooks, *self._optimizer_step_pre_hooks):
+                r = hook(self, args, kwargs)
+                if r is not None:
+                    if not (isinstance(r, tuple) and len(r) == 2):
+                        raise RuntimeError(f"{type(self).__name__}.step: a step pre-hook must "
+                                           "return None or a tuple (new_args, new_kwargs), got "
+                                           f"{r!r}")
+                    args, kwargs = r
+            out = step(*args, **kwargs)
+            for hook in (*self._optimizer_step_post_hooks, *_global_step_post_hooks):
+                hook(self, args, kwargs)
+            return out
+        finally:
+            self._in_step_hooks = False
+
+    def __getstate__(self) -> dict:
+        """For ``copy.deepcopy`` and pickle: the flat buffers are rebuilt on the other side (a
+        copied view would not be a view of the copied buffer), the per-parameter state goes
+        as entries, and the hooks stay behind (as PyTorch's do)."""
+        d = {k: v for k, v in self.__dict__.items()
+             if k != "_buckets" and k not in _HOOK_LISTS}
+        if type(self)._extract is Optimizer._extract and type(self)._install is Optimizer._install:
+            d["_entries"] = [self._extract(gi) for gi in range(len(self.param_groups))]
+        return d
+
+    def __setstate__(self, state: dict) -> None:
+        entries = state.pop("_entries", None)
+        self.__dict__.update(state)
+        for name in _HOOK_LISTS:
+            setattr(self, name, [])
+        self._buckets = [self._make_buckets(g) for g in self.param_groups]
+        for gi, e in enumerate(entries or ()):
+            self._install(gi, e)
 
     def __repr__(self) -> str:
         lines = [type(self).__name__ + " ("]
@@ -332,17 +453,25 @@ class Optimizer:
         return buckets
 
     def _hyper(self, group: dict, t: int) -> dict:
-        h = dict(group)  # copied in C; the schedules (callables) evaluated only if there are any
+        """The group's hyperparameters at step ``t``: schedules (callables of the step)
+        evaluated, one-element tensors and arrays (PyTorch's tensor ``lr``, read afresh each
+        step so that changing them in place takes effect) as Python numbers."""
+        h = dict(group)  # copied in C; the rest only where a value is not a plain one
         for k in _NOT_HYPER:
             h.pop(k, None)
-        if any(map(callable, h.values())):
-            return {k: (v(t) if callable(v) else v) for k, v in h.items()}
-        return h
+        if _PLAIN.issuperset(map(type, h.values())):
+            return h
+        return {k: _plain(self, k, v, t) for k, v in h.items()}
 
     # --- the step ---------------------------------------------------------------------------
-    @effect  # under nodegrad.jit the whole update is one replayed step
+    @effect  # under nodegrad.jit the whole update is one replayed step (hooks included)
     def step(self, closure: Callable[[], Any] | None = None):
-        """Update every parameter that has a gradient; returns ``closure()`` when one is given."""
+        """Update every parameter that has a gradient; returns ``closure()`` when one is given.
+        The step hooks run around it (:meth:`register_step_pre_hook`)."""
+        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or _global_step_pre_hooks or _global_step_post_hooks) and not self._in_step_hooks:
+            return self._run_step_hooks(_STEP, (self,) if closure is None else (self, closure),
+                                        {})
         loss = None
         if closure is not None:
             with enable_grad():
@@ -390,15 +519,59 @@ class Optimizer:
             k += len(g["params"])
         lean: list = [None]
 
-        def step_with(*grads):
+        def plain(grads) -> None:
             run = lean[0]
             if run is not None and run(grads):
                 return
             self._step([[None if j is None else grads[j] for j in pos] for pos in layout])
             lean[0] = self._lean_step(layout)
 
+        def step_with(*grads):
+            if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                    or _global_step_pre_hooks or _global_step_post_hooks):
+                self._lowered_with_hooks(plain, grads, layout)
+                return
+            run = lean[0]
+            if run is not None and run(grads):
+                return
+            plain(grads)
+
         step_with.__qualname__ = f"{type(self).__name__}.step"
         return step_with
+
+    def _lowered_with_hooks(self, plain: Callable, grads: tuple, layout: list) -> None:
+        """A lowered step (``plain(grads)``) with the step hooks around it, as ``step()``. A hook
+        may read or change ``.grad`` (clip the gradients), so the gradients are put there for
+        the call, unless every hook is marked :data:`GRAD_FREE` (pruning's re-mask)."""
+        hooks = (*_global_step_pre_hooks, *self._optimizer_step_pre_hooks,
+                 *self._optimizer_step_post_hooks, *_global_step_post_hooks)
+        if not all(getattr(h, GRAD_FREE, False) for h in hooks):
+            self._with_grads(grads, layout, _STEP, self)
+            return
+
+        def body(opt, *args, **kwargs):
+            if args or kwargs:  # a pre-hook passed a closure: the step as written
+                return self._with_grads(grads, layout, _STEP, opt, *args, **kwargs)
+            plain(grads)
+            return None
+
+        self._run_step_hooks(body, (self,), {})
+
+    def _with_grads(self, grads: tuple, layout: list, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` with copies of the lowered step's gradients in the ``.grad``
+        of the parameters whose ``.grad`` is None (the program kept them out of it), as an
+        eager call finds them; those go back to None afterwards, as the program leaves them."""
+        put = []
+        for group, pos in zip(self.param_groups, layout):
+            for p, j in zip(group["params"], pos):
+                if j is not None and p.grad is None:
+                    p.grad = Tensor(grads[j].copy())
+                    put.append(p)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for p in put:
+                p.grad = None
 
     def _lean_step(self, layout: list) -> Callable | None:
         """``run(grads)``: one step of a compiled program's lowered ``step()`` on its gradient
@@ -727,7 +900,10 @@ class Optimizer:
                             self.step_count + 1)
             expected = set(self.state_init(h)) | set(self.scalar_init) | {"step"}
             e = {k: v if _is_arrayish(v) or not hasattr(v, "__array__") else B.np.asarray(v)
-                 for k, v in e.items()}  # another library's tensors (PyTorch's) as arrays
+                 for k, v in e.items()  # another library's tensors (PyTorch's) as arrays
+                 if v is not None}  # PyTorch's "no buffer yet" (SGD's momentum_buffer)
+            if not e:
+                continue
             if "step" not in e and e:  # PyTorch's SGD keeps no step: the optimiser's count
                 e["step"] = max(int(state_dict.get("step_count", 0)), 1)
             got = set(e)
@@ -776,8 +952,119 @@ def _check_forms(name: str, fused, foreach, capturable, differentiable) -> None:
             "nodegrad.func.functional_call")
 
 
+# --- hooks ------------------------------------------------------------------------------------
+_EFFECT_CODE = effect(lambda: None).__code__  # every @effect wrapper runs this code
+
+
+def _add(hooks: list, hook: Callable, prepend: bool) -> RemovableHandle:
+    hooks.insert(0, hook) if prepend else hooks.append(hook)
+    return RemovableHandle(hooks, hook)
+
+
+def register_optimizer_step_pre_hook(hook: Callable) -> RemovableHandle:
+    """``hook(optimizer, args, kwargs)`` before the step of every optimizer (before its own
+    pre-hooks); it returns None or ``(new_args, new_kwargs)``. PyTorch's global hook."""
+    _global_step_pre_hooks.append(hook)
+    return RemovableHandle(_global_step_pre_hooks, hook)
+
+
+def register_optimizer_step_post_hook(hook: Callable) -> RemovableHandle:
+    """``hook(optimizer, args, kwargs) -> None`` after the step of every optimizer (after its
+    own post-hooks). PyTorch's global hook."""
+    _global_step_post_hooks.append(hook)
+    return RemovableHandle(_global_step_post_hooks, hook)
+
+
+def _with_step_hooks(step: Callable) -> Callable:
+    """A subclass's ``step`` with the step hooks around it."""
+
+    def step_hooked(self, *args, **kwargs):
+        if self._in_step_hooks or not self._has_step_hooks():
+            return step(self, *args, **kwargs)
+        return self._run_step_hooks(step, (self, *args), kwargs)
+
+    functools.update_wrapper(step_hooked, step)
+    step_hooked._runs_hooks = True  # type: ignore[attr-defined]
+    return step_hooked
+
+
+def _with_state_dict_hooks(state_dict: Callable) -> Callable:
+    """``state_dict`` between its pre-hooks and its post-hooks (which may replace the result)."""
+
+    def state_dict_hooked(self, *args, **kwargs):
+        if self._in_state_dict_hooks or not (self._optimizer_state_dict_pre_hooks or
+                                             self._optimizer_state_dict_post_hooks):
+            return state_dict(self, *args, **kwargs)
+        self._in_state_dict_hooks = True
+        try:
+            for hook in tuple(self._optimizer_state_dict_pre_hooks):
+                hook(self)
+            out = state_dict(self, *args, **kwargs)
+            for hook in tuple(self._optimizer_state_dict_post_hooks):
+                r = hook(self, out)
+                if r is not None:
+                    out = r
+            return out
+        finally:
+            self._in_state_dict_hooks = False
+
+    functools.update_wrapper(state_dict_hooked, state_dict)
+    state_dict_hooked._runs_hooks = True  # type: ignore[attr-defined]
+    return state_dict_hooked
+
+
+def _with_load_state_dict_hooks(load: Callable) -> Callable:
+    """``load_state_dict`` after its pre-hooks (on a shallow copy of the argument; a returned
+    dict is loaded instead) and before its post-hooks."""
+
+    def load_state_dict_hooked(self, state_dict, *args, **kwargs):
+        if self._in_load_state_dict_hooks or not (self._optimizer_load_state_dict_pre_hooks or
+                                                  self._optimizer_load_state_dict_post_hooks):
+            return load(self, state_dict, *args, **kwargs)
+        self._in_load_state_dict_hooks = True
+        try:
+            if isinstance(state_dict, dict):
+                state_dict = state_dict.copy()
+            for hook in tuple(self._optimizer_load_state_dict_pre_hooks):
+                r = hook(self, state_dict)
+                if r is not None:
+                    state_dict = r
+            out = load(self, state_dict, *args, **kwargs)
+            for hook in tuple(self._optimizer_load_state_dict_post_hooks):
+                hook(self)
+            return out
+        finally:
+            self._in_load_state_dict_hooks = False
+
+    functools.update_wrapper(load_state_dict_hooked, load)
+    load_state_dict_hooked._runs_hooks = True  # type: ignore[attr-defined]
+    return load_state_dict_hooked
+
+
+Optimizer.state_dict = _with_state_dict_hooks(Optimizer.state_dict)  # type: ignore[method-assign]
+Optimizer.load_state_dict = _with_load_state_dict_hooks(  # type: ignore[method-assign]
+    Optimizer.load_state_dict)
+Optimizer.step._runs_hooks = True  # type: ignore[attr-defined]
 _STEP = Optimizer.step.__wrapped__  # what a jit trace records for step() and zero_grad()
 _ZERO_GRAD = Optimizer.zero_grad.__wrapped__
+
+
+_PLAIN = frozenset({float, int, bool, str, tuple, type(None), B.np.float64, B.np.float32})
+
+
+def _plain(opt: Optimizer, name: str, v, t: int):
+    """Hyperparameter ``name``'s value at step ``t`` (see :meth:`Optimizer._hyper`)."""
+    if callable(v) and not isinstance(v, Tensor):
+        v = v(t)
+    if isinstance(v, Tensor):
+        v = v.data
+    if is_array(v):
+        if v.size != 1:
+            raise ValueError(f"{type(opt).__name__}: hyperparameter {name!r} is a tensor of "
+                             f"shape {tuple(v.shape)}; a tensor hyperparameter must hold one "
+                             "number")
+        v = v.reshape(()).item()
+    return v
 
 
 def _describe(group: dict, gi: int, pos: int, p) -> str:
@@ -816,9 +1103,27 @@ def _to_backend(b: _Bucket, a):
     return b.backend.asarray(a)
 
 
+def post_step_masks(p: Tensor) -> list:
+    """The 0/1 arrays of the gradient hooks on ``p`` that expose ``post_step_mask()``
+    (pruning's): L-BFGS keeps its search directions inside them, so that pruned weights stay
+    exactly zero during its line search."""
+    out = []
+    for h in p._hooks or ():
+        get = getattr(h, "post_step_mask", None)
+        if get is not None and (m := get()) is not None:
+            out.append(m)
+    return out
+
+
 def check_hyper(name: str, value, lo: float = 0.0, hi: float | None = None) -> None:
     """Raise ValueError unless ``lo <= value`` (and ``value < hi``); callables are not checked."""
-    if callable(value):
+    if isinstance(value, Tensor) or is_array(value):  # PyTorch's tensor lr: one number
+        a = value.data if isinstance(value, Tensor) else value
+        if a.size != 1:
+            raise ValueError(f"invalid {name}: a tensor of shape {tuple(a.shape)} (expected "
+                             "a number or a tensor holding one number)")
+        value = a.reshape(()).item()
+    elif callable(value):
         return
     if isinstance(value, tuple | list):
         for i, v in enumerate(value):
@@ -859,6 +1164,10 @@ def match_groups(opt: Optimizer, state_dict: dict) -> tuple[list, dict, dict]:
     if len(saved_groups) != len(opt.param_groups):
         raise ValueError(f"{name}.load_state_dict: the saved state has {len(saved_groups)} "
                          f"parameter group(s), this optimizer has {len(opt.param_groups)}")
+    implied = type(opt).torch_implied
+    if implied:  # a PyTorch state dict: the settings its optimiser has fixed
+        saved_groups = [{**implied, **sg} if isinstance(sg, dict) else sg
+                        for sg in saved_groups]
     where: dict = {}
     for gi, (sg, g) in enumerate(zip(saved_groups, opt.param_groups)):
         if len(sg["params"]) != len(g["params"]):

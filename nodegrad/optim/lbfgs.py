@@ -10,8 +10,7 @@ from .._backend import backend_of, is_array
 from ..autodiff import enable_grad, modes, no_grad
 from ..errors import JitError
 from ..tensor import Tensor
-from .base import _NOT_HYPER, Optimizer, as_state_array, match_groups
-from .muon import post_step_masks
+from .base import _NOT_HYPER, Optimizer, as_state_array, match_groups, post_step_masks
 
 
 class _Step(float):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from ..tensor import Tensor
 from .base import Optimizer, check_hyper, lerp_
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # PyTorch's (a, b, c): the quintic's steep slope at 0
@@ -25,18 +24,6 @@ def zeropower_via_newtonschulz(xp, G, coefficients=NS_COEFFICIENTS, steps: int =
         A = X @ X.T
         X = a * X + (b * A + c * (A @ A)) @ X
     return X.T if tall else X
-
-
-def post_step_masks(p: Tensor) -> list:
-    """The 0/1 arrays that must multiply ``p`` after an update that mixes its entries: those
-    of the gradient hooks on ``p`` that expose ``post_step_mask()`` (pruning's, so that pruned
-    weights stay exactly zero where an elementwise update would leave them at zero)."""
-    out = []
-    for h in p._hooks or ():
-        get = getattr(h, "post_step_mask", None)
-        if get is not None and (m := get()) is not None:
-            out.append(m)
-    return out
 
 
 def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: tuple) -> float:
@@ -61,9 +48,11 @@ class Muon(Optimizer):
     bfloat16 first, so its steps differ from these by bfloat16's rounding (~0.4%). Other
     parameters (biases, embeddings) belong to another optimiser, such as AdamW. The state
     (``momentum_buffer``) is PyTorch's. The orthogonalised update is dense even where the
-    gradient is zero, so a pruned parameter (:mod:`nodegrad.prune`) is multiplied by its mask
-    after each update: its pruned entries stay exactly zero.
+    gradient is zero; pruning's step post-hook (:mod:`nodegrad.prune`) multiplies a pruned
+    parameter by its mask after each step, so its pruned entries stay exactly zero.
     """
+
+    torch_implied = {"maximize": False, "decoupled_weight_decay": True}
 
     def __init__(self, params: Iterable, lr=1e-3, weight_decay: float = 0.1,
                  momentum: float = 0.95, nesterov: bool = True,
@@ -110,9 +99,3 @@ class Muon(Optimizer):
         O = zeropower_via_newtonschulz(xp, d.reshape(shape), h["ns_coefficients"],
                                        h["ns_steps"], h["eps"])
         p -= adjust_lr(h["lr"], h["adjust_lr_fn"], shape) * O.reshape(-1)
-
-    def _step_bucket(self, b, h: dict, gi: int, given: list | None = None) -> None:
-        super()._step_bucket(b, h, gi, given)
-        for p in b.params:  # one parameter per bucket (flat=False)
-            for m in post_step_masks(p):
-                b.xp.multiply(p.data, m, out=p.data)

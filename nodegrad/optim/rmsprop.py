@@ -32,6 +32,10 @@ class RMSprop(Optimizer):
         for name, v in (("lr", lr), ("alpha", alpha), ("eps", eps),
                         ("weight_decay", weight_decay), ("momentum", momentum)):
             check_hyper(name, v)
+        if not callable(alpha) and alpha > 1:  # PyTorch takes it and its steps turn NaN
+            raise ValueError(f"RMSprop: invalid alpha: {alpha} (expected a value in [0, 1]: "
+                             "above 1 the running average of g² turns negative and its square "
+                             "root NaN)")
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize),
                          strict=strict, flat=flat, fused=fused, foreach=foreach,

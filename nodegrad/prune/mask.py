@@ -15,9 +15,13 @@ cheap mechanisms keep the pruned entries at exactly zero:
    0/(0+ε) = 0. The parameter itself is exactly zero after every step, provided the
    optimiser's state at pruned positions is zero: build the optimiser after pruning (as
    :func:`~nodegrad.prune.iterative_magnitude_pruning` does) or call
-   :func:`mask_optimizer_state` once. The optimisers whose update mixes entries (Muon's
-   Newton-Schulz orthogonalisation, L-BFGS's directions) re-apply the mask after their update,
-   through the hook's :meth:`_GradMask.post_step_mask`.
+   :func:`mask_optimizer_state` once. L-BFGS also keeps its search directions inside the mask
+   (:meth:`_GradMask.post_step_mask`), so its line search evaluates masked weights only.
+2b. A global optimiser step post-hook, installed when something is first pruned, multiplies
+   every masked parameter an optimiser holds by its mask after each ``step()``: so pruned
+   weights are exactly zero in ``p.data`` after every step whatever the update (Muon's dense
+   orthogonalised step, Adam with moments left from before pruning). Under :func:`nodegrad.jit`
+   it runs on every replay of the step, as the step's other hooks do.
 3. A forward pre-hook multiplies ``p.data`` by the mask in place before each forward (a no-op,
    value for value, while 1. and 2. hold). So the network computes with exactly the masked
    weights whatever happened in between: an optimiser with stale state, code writing into
@@ -27,8 +31,9 @@ cheap mechanisms keep the pruned entries at exactly zero:
 4. A state-dict pre-hook does the same before ``state_dict()`` collects the module, so every
    saved state dict and checkpoint holds exact zeros whatever the optimiser did.
 
-Cost per masked parameter: one elementwise product with the weight per forward and one with its
-gradient per backward, no extra graph node, no renamed parameter. PyTorch's
+Cost per masked parameter: one elementwise product with the weight per forward, one with its
+gradient per backward and one with the weight per optimiser step, no extra graph node, no
+renamed parameter. PyTorch's
 ``torch.nn.utils.prune`` instead reparametrises ``weight = weight_orig * weight_mask``; that is
 exact too but renames the parameter, leaves the pruned entries of ``weight_orig`` drifting under
 weight decay, and makes ``module.weight`` a non-leaf recomputed each forward. Under
@@ -38,11 +43,13 @@ the forward as ``t * mask``, so its gradient is masked too.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 
 from .. import _backend as B
 from ..autodiff import modes
 from ..nn import Module, Parameter
+from ..optim.base import GRAD_FREE, register_optimizer_step_post_hook
 from ..tensor import Tensor
 
 np = B.np
@@ -107,9 +114,9 @@ class _GradMask:
         return None if mask is None else g * mask
 
     def post_step_mask(self):
-        """The 0/1 array an optimiser whose update mixes entries (Muon, L-BFGS) multiplies the
-        parameter by after its update, so the pruned entries stay exactly zero; None once the
-        mask is gone."""
+        """The 0/1 array the parameter is multiplied by after each optimiser step (and L-BFGS's
+        directions inside its line search), so the pruned entries stay exactly zero; None once
+        the mask is gone."""
         mask = self.module._buffers.get(self.name + SUFFIX)
         return None if mask is None else mask.data
 
@@ -123,6 +130,48 @@ def _ensure_grad_hook(module: Module, name: str, p: Tensor) -> None:
     """Install the gradient hook on ``p`` (a deep copy or a new Parameter arrives without it)."""
     if p.requires_grad and not _has_grad_hook(module, name, p):
         p.register_hook(_GradMask(module, name))
+        _changed()
+
+
+# --- re-masking after each optimiser step -----------------------------------------------------
+_GENERATION = [0]  # bumped whenever a parameter gains or loses its mask hook
+#: optimizer -> (generation, number of groups, [(parameter, its _GradMask)]) for the step hook
+_MASKED_OF: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STEP_HOOK: list = []  # the handle of the global step post-hook, once installed
+
+
+def _changed() -> None:
+    """Something was (un)pruned: the step hook looks the optimisers' masks up again; installed
+    on first use, so optimisers pay nothing in a program that never prunes."""
+    _GENERATION[0] += 1
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_remask_after_step))
+
+
+def _masked_of(optimizer) -> list:
+    """``[(parameter, _GradMask)]`` for the masked parameters ``optimizer`` holds (cached until
+    a mask is added or removed or a parameter group is added)."""
+    key = (_GENERATION[0], len(optimizer.param_groups))
+    hit = _MASKED_OF.get(optimizer)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    pairs = [(p, h) for g in optimizer.param_groups for p in g["params"]
+             for h in (p._hooks or ()) if isinstance(h, _GradMask)]
+    _MASKED_OF[optimizer] = (key, pairs)
+    return pairs
+
+
+def _remask_after_step(optimizer, args, kwargs) -> None:
+    """The global step post-hook: zero the pruned entries of the optimizer's masked parameters
+    (an update that mixes entries, or state from before pruning, may have moved them). It runs
+    inside the step, also when a jit replay calls it, so it changes the arrays directly."""
+    for p, h in _masked_of(optimizer):
+        m = h.post_step_mask()
+        if m is not None:
+            _multiply_into(p.data, m)
+
+
+setattr(_remask_after_step, GRAD_FREE, True)  # it never reads .grad
 
 
 class _ForwardMask:
@@ -237,6 +286,7 @@ def apply_mask(module: Module, name: str, mask) -> Module:
         module.register_buffer(key, Tensor(m))
     remask(p, module._buffers[key])
     p._bump()
+    _changed()
     if not _hooked(module, name):
         module.register_forward_pre_hook(_ForwardMask(name))
         module.register_forward_hook(_ForwardRestore(name))
@@ -276,6 +326,7 @@ def remove(module: Module, name: str) -> Module:
     if p._hooks:
         p._hooks[:] = [h for h in p._hooks
                        if not (isinstance(h, _GradMask) and h.module is module and h.name == name)]
+    _changed()
     return module
 
 
