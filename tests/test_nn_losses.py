@@ -110,6 +110,8 @@ def test_bad_targets_and_shapes():
     with pytest.raises(ng.ShapeError, match=r"targets must have shape \(3,\)"):
         F.cross_entropy(x, ng.tensor([0, 1]))
     with pytest.raises(ng.ShapeError, match="mse_loss"):
+        F.mse_loss(ng.ones(3), ng.ones(4))
+    with pytest.warns(UserWarning, match="target size"):
         F.mse_loss(ng.ones(3), ng.ones(3, 1))
     with pytest.raises(ValueError, match="reduction"):
         F.mse_loss(ng.ones(3), ng.ones(3), "avg")

@@ -343,6 +343,11 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     c = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, c) + (1,) * (x.ndim - 2)
+    half = x.dtype == B.float16  # worked in float32 and rounded once, as PyTorch's: float16
+
+    def up(t):  # squares of deviations over 256 overflow, and the output would silently be 0
+        return ops.astype(t, B.float32) if half and t is not None else t
+
     if x.numel() == 0 and c:  # an empty batch: an empty result (zero gradients for the
         # affine parameters) and the running statistics as they were, as PyTorch
         y = x * 1
@@ -354,21 +359,21 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         if training and count < 2:
             raise ValueError(f"batch_norm: need more than one value per channel when "
                              f"training, got input of shape {tuple(x.shape)}")
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        var = ops.var(x, axis=axes, keepdims=True)
+        mean = ops.mean(up(x), axis=axes, keepdims=True)
+        var = ops.var(up(x), axis=axes, keepdims=True)
         if training and running_mean is not None:
             with no_grad():
                 _update_running(running_mean, running_var, mean, var, momentum,
                                 count / max(count - 1, 1))
     else:
-        mean = ops.reshape(running_mean, shape)
-        var = ops.reshape(running_var, shape)
-    y = (x - mean) / ops.sqrt(var + eps)
+        mean = up(ops.reshape(running_mean, shape))
+        var = up(ops.reshape(running_var, shape))
+    y = (up(x) - mean) / ops.sqrt(var + eps)
     if weight is not None:
-        y = y * ops.reshape(weight, shape)
+        y = y * up(ops.reshape(weight, shape))
     if bias is not None:
-        y = y + ops.reshape(bias, shape)
-    return y
+        y = y + up(ops.reshape(bias, shape))
+    return ops.astype(y, B.float16) if half else y
 
 
 def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
@@ -379,6 +384,11 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     if tuple(x.shape[x.ndim - len(ns):]) != ns:
         raise ShapeError(f"layer_norm: input {tuple(x.shape)} does not end in normalized_shape "
                          f"{ns}")
+    if x.dtype == B.float16:  # worked in float32 and rounded once, as PyTorch's: in float16
+        # the squares of entries over 256 overflow, and the output would silently be 0
+        def f32(t):
+            return None if t is None else ops.astype(t, B.float32)
+        return ops.astype(layer_norm(f32(x), ns, f32(weight), f32(bias), eps), B.float16)
     axes = tuple(range(x.ndim - len(ns), x.ndim))
     mean = ops.mean(x, axis=axes, keepdims=True)
     var = ops.var(x, axis=axes, keepdims=True)
@@ -480,7 +490,7 @@ def elu(input: Tensor, alpha: float = 1.0, inplace: bool = False) -> Tensor:
     """x for x > 0, else alpha·(eˣ − 1); the exponential sees min(x, 0), so no overflow."""
     if inplace:
         return _stored(input, inplace, "elu", elu, alpha)
-    return where(input > 0, input, ops.expm1(ops.minimum(input, 0.0)) * alpha)
+    return where(input > 0, input, ops.expm1(_A.nonpositive_part(input)) * alpha)
 
 
 def selu(input: Tensor, inplace: bool = False) -> Tensor:

@@ -38,6 +38,23 @@ def _same_shape(a: Tensor, b: Tensor, op: str) -> None:
                          f"{tuple(b.shape)} differ")
 
 
+def _broadcast_target(a: Tensor, b: Tensor, op: str, stacklevel: int = 3) -> None:
+    """PyTorch's rule for the regression losses: shapes that differ but broadcast are used
+    broadcast, with its warning (a (N,) target against (N, 1) outputs is a common slip);
+    shapes that do not broadcast raise."""
+    sa, sb = tuple(a.shape), tuple(b.shape)
+    if sa == sb:
+        return
+    try:
+        B.np.broadcast_shapes(sa, sb)
+    except ValueError:
+        raise ShapeError(f"{op}: input shape {sa} and target shape {sb} differ and do not "
+                         "broadcast") from None
+    warnings.warn(f"{op}: using a target size ({sb}) that is different to the input size "
+                  f"({sa}). This will likely lead to incorrect results due to broadcasting. "
+                  "Please ensure they have the same size.", UserWarning, stacklevel=stacklevel)
+
+
 def _legacy_reduction(op: str, size_average, reduce, reduction: str,
                       stacklevel: int = 3) -> str:
     """PyTorch's deprecated ``size_average``/``reduce`` flags as a ``reduction``, by PyTorch's
@@ -64,8 +81,8 @@ def _weighted(loss: Tensor, weight: Tensor, input: Tensor, reduction: str, op: s
     (PyTorch's mse_loss and l1_loss), else by the element count (its huber_loss)."""
     if not isinstance(weight, Tensor):
         raise TypeError(f"{op}: weight must be a Tensor, got {type(weight).__name__}")
-    if tuple(weight.shape) != tuple(input.shape):
-        raise ValueError(f"{op}: weight must have the input's shape {tuple(input.shape)}, got "
+    if tuple(weight.shape) != tuple(loss.shape):
+        raise ValueError(f"{op}: weight must have the input's shape {tuple(loss.shape)}, got "
                          f"{tuple(weight.shape)}")
     loss = loss * weight
     if reduction == "mean" and normalise:
@@ -80,7 +97,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     weighted squares, whose 'mean' is Σ w·d² / Σ w (PyTorch's)."""
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("mse_loss", size_average, reduce, reduction)
-    _same_shape(input, target, "mse_loss")
+    _broadcast_target(input, target, "mse_loss")
     d = input - target
     if weight is None:
         return _reduce(d * d, reduction, "mse_loss")
@@ -93,7 +110,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     """|input − target|; with ``weight`` (input's shape) a 'mean' of Σ w·|d| / Σ w."""
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("l1_loss", size_average, reduce, reduction)
-    _same_shape(input, target, "l1_loss")
+    _broadcast_target(input, target, "l1_loss")
     if weight is None:
         return _reduce(ops.abs(input - target), reduction, "l1_loss")
     return _weighted(ops.abs(input - target), weight, input, reduction, "l1_loss", True)
@@ -104,15 +121,19 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     """½d² for |d| < delta, else delta·(|d| − ½delta): quadratic near 0, linear in the tails.
     With ``weight`` (input's shape) each term is scaled and 'mean' stays the plain mean of the
     weighted terms (PyTorch's)."""
+    return _huber(input, target, reduction, delta, weight, "huber_loss")
+
+
+def _huber(input, target, reduction, delta, weight, op: str) -> Tensor:
     if not delta > 0:
-        raise ValueError(f"huber_loss: delta must be positive, got {delta}")
-    _same_shape(input, target, "huber_loss")
+        raise ValueError(f"{op}: delta must be positive, got {delta}")
+    _broadcast_target(input, target, op, stacklevel=4)
     d = ops.abs(input - target)
     quad = ops.minimum(d, delta)
     loss = quad * quad * 0.5 + (d - quad) * delta
     if weight is None:
-        return _reduce(loss, reduction, "huber_loss")
-    return _weighted(loss, weight, input, reduction, "huber_loss", False)
+        return _reduce(loss, reduction, op)
+    return _weighted(loss, weight, input, reduction, op, False)
 
 
 def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
@@ -126,8 +147,9 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = No
     if beta < 0:
         raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
     if beta == 0:
-        return l1_loss(input, target, reduction=reduction)
-    return huber_loss(input, target, reduction, beta) / beta
+        _broadcast_target(input, target, "smooth_l1_loss", stacklevel=3)
+        return _reduce(ops.abs(input - target), reduction, "smooth_l1_loss")
+    return _huber(input, target, reduction, beta, None, "smooth_l1_loss") / beta
 
 
 def _class_target(target: Tensor, n_classes: int, ignore_index: int, op: str,
@@ -177,6 +199,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     keep = target != ignore_index
     safe = ops.where(keep, target, 0)
     picked = ops.squeeze(ops.take_along_axis(input, ops.expand_dims(safe, axis), axis), axis)
+    picked = ops.where(keep, picked, 0.0)  # an ignored row's -inf (a masked one) counts 0, not NaN
     w = keep.astype(input.dtype)
     if weight is not None:
         w = w * weight[safe]
@@ -227,22 +250,25 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                 f"{tuple(target.shape)}; for class indices pass an integer tensor "
                 "(target.long())")
         t = target if label_smoothing == 0 else target * (1 - label_smoothing) + label_smoothing / c
-        terms = -logp * t
+        # a class of probability 0 adds 0 (0 · log 0 = 0, as kl_div), also at a -inf logit
+        # (a masked class), where PyTorch's 0 · -inf is NaN
+        terms = -ops.where(t == 0, 0.0, logp) * t
         if weight is not None:
             terms = terms * ops.reshape(weight, wshape)
         return _reduce(ops.sum(terms, axis=axis), reduction, "cross_entropy")
     loss = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
     if label_smoothing == 0:
         return loss
-    keep = (target != ignore_index).astype(input.dtype)
+    kept = target != ignore_index
+    keep = kept.astype(input.dtype)
     smooth = -logp if weight is None else -logp * ops.reshape(weight, wshape)
-    smooth = ops.sum(smooth, axis=axis) * keep
+    # ignored rows count 0 (their -inf logits too, which times 0 would be NaN)
+    smooth = ops.where(kept, ops.sum(smooth, axis=axis), 0.0)
     if reduction == "mean":
-        if weight is None:
-            smooth = smooth.sum() / keep.sum()
-        else:
-            safe = ops.where(target != ignore_index, target, 0)
-            smooth = smooth.sum() / (weight[safe] * keep).sum()
+        total = keep.sum() if weight is None else (
+            weight[ops.where(kept, target, 0)] * keep).sum()
+        empty = total == 0  # every target ignored: NaN with zero gradients, as nll_loss
+        smooth = ops.where(empty, float("nan"), smooth.sum() / ops.where(empty, 1.0, total))
     else:
         smooth = _reduce(smooth, reduction, "cross_entropy")
     return loss * (1 - label_smoothing) + smooth * (label_smoothing / c)
@@ -379,7 +405,10 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
 # gives their gradients. Norms at a zero vector have gradient 0 there (PyTorch's subgradient).
 def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
     """‖d‖_p along ``axis`` (p = inf: max |d|, p = 0: count of nonzeros, p < 0: (Σ |d|^p)^(1/p),
-    which is 0 with gradient 0 where an entry is 0, and p = −inf: min |d|)."""
+    which is 0 with gradient 0 where an entry is 0, and p = −inf: min |d|). A float16 ``d``
+    is worked in float32 and the norm rounded once, as PyTorch's (300² overflows float16)."""
+    if d.dtype == B.float16:
+        return ops.astype(_pnorm(ops.astype(d, B.float32), p, axis, keepdims), B.float16)
     if p == 2:
         s = ops.sum(d * d, axis=axis, keepdims=keepdims)
         pos = s != 0  # (s is never negative; a NaN stays NaN)

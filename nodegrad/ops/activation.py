@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..primitive import primitive
-from .elementwise import (_as, abs, clip, expm1, logical_and, minimum, sigmoid, softplus, tanh,
-                          where)
+from .elementwise import (_as, abs, clip, expm1, logical_and, logical_or, sigmoid, softplus,
+                          tanh, where)
 from .nn import softmax
 from .shape import norm_axis, split
 
@@ -51,12 +51,20 @@ def hardsigmoid(x):
 
 
 def hardswish(x):
-    """x · relu6(x + 3) / 6 (MobileNetV3)."""
-    return x * (hardtanh(x + 3.0, 0.0, 6.0) / 6.0)
+    """x · relu6(x + 3) / 6 (MobileNetV3); x itself from 3 up and 0 from −3 down, so the
+    gradient at ±inf is PyTorch's 1 and 0, not inf · 0."""
+    inside = where(logical_or(x <= -3.0, x >= 3.0), 0.0, x)  # NaN stays, to propagate
+    return where(x >= 3.0, x, inside * (hardtanh(inside + 3.0, 0.0, 6.0) / 6.0))
+
+
+def nonpositive_part(x):
+    """x where x <= 0, else 0: what the exponential branch of elu-like activations sees (no
+    overflow), with gradient exactly 1 there (``minimum(x, 0)`` would halve it at 0)."""
+    return where(x > 0, 0.0, x)
 
 
 def _elu(x, alpha):
-    return where(x > 0, x, expm1(minimum(x, 0.0)) * alpha)
+    return where(x > 0, x, expm1(nonpositive_part(x)) * alpha)
 
 
 def selu(x):
@@ -68,7 +76,7 @@ def celu(x, alpha: float = 1.0):
     """x for x > 0, else alpha·(exp(x / alpha) − 1)."""
     if alpha == 0:
         raise ValueError("celu: alpha must be nonzero")
-    return where(x > 0, x, expm1(minimum(x, 0.0) / alpha) * alpha)
+    return where(x > 0, x, expm1(nonpositive_part(x) / alpha) * alpha)
 
 
 def mish(x):
@@ -100,12 +108,13 @@ def softshrink(x, lambd: float = 0.5):
     """x − lambd above lambd, x + lambd below −lambd, else 0."""
     if lambd < 0:
         raise ValueError(f"softshrink: lambd must be non-negative, got {lambd}")
-    return where(x > lambd, x - lambd, where(x < -lambd, x + lambd, 0.0))
+    # x · 0 in the middle, not 0: a NaN input stays NaN (PyTorch's), never a silent 0
+    return where(x > lambd, x - lambd, where(x < -lambd, x + lambd, x * 0.0))
 
 
 def hardshrink(x, lambd: float = 0.5):
     """x where |x| > lambd, else 0."""
-    return where(abs(x) > lambd, x, 0.0)
+    return where(abs(x) > lambd, x, x * 0.0)  # a NaN input stays NaN, as PyTorch's
 
 
 def threshold(x, threshold: float, value: float):

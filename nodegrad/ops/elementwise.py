@@ -93,7 +93,8 @@ multiply = primitive("multiply", _multiply,
                      (lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x), kind=_EW, jvp=_J,
                      doc="x * y, broadcasting.")
 divide = primitive("divide", lambda xp, x, y: xp.true_divide(x, y),
-                   (lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * x / (y * y)),
+                   # -g·(x/y)/y, PyTorch's order: y·y underflows to 0 for tiny y (0/0 = NaN)
+                   (lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * ((x / y) / y)),
                    kind=_EW, jvp=_J, doc="x / y (true division), broadcasting.")
 negative = primitive("negative", lambda xp, x: xp.negative(x), lambda g, ans, x: -g,
                      saves="none", kind=_EW, jvp=_J, doc="-x.")
@@ -106,12 +107,23 @@ def _log_base(x):
 
 
 def _power_dx(g, ans, x, y):
-    """y x^(y-1); 0 where y == 0 and x == 0 (x^0 is constant in x: no 0 * inf, as PyTorch).
-    The masked exponent keeps higher orders finite there and exact elsewhere."""
+    """y x^(y-1); 0 where y == 0 and x^-1 is not finite (x^0 is constant in x: no 0 * inf at
+    x = 0, at a tiny x whose x^-1 overflows or at NaN, as PyTorch). The masked exponent keeps
+    higher orders finite there and exact elsewhere."""
     if not isinstance(y, Tensor):
         return g * 0 if y == 0 else g * y * x ** (y - 1)
-    m = logical_and(y == 0, x == 0)
+    m = logical_and(y == 0, logical_not(isfinite(x ** -1.0)))
     return where(m, 0, g * y * x ** (where(m, 1, y) - 1))
+
+
+def _power_dy(g, ans, x, y):
+    """x^y log x; 0 where x == 0 and y >= 0 (PyTorch's), -inf where x == 0 and y < 0."""
+    if not isinstance(x, Tensor):
+        if x == 0:
+            return g * where(y >= 0, 0, ans * -math.inf)
+        return g * ans * _log_base(x)
+    m = logical_and(x == 0, y >= 0)
+    return g * where(m, 0, ans * log(where(m, 1, x)))
 
 
 def _power_fwd(xp, x, y):
@@ -131,8 +143,7 @@ def _power_fwd(xp, x, y):
 
 power = primitive(
     "power", _no_bools("power", _power_fwd),
-    (_power_dx,
-     lambda g, ans, x, y: g * ans * _log_base(x)),
+    (_power_dx, _power_dy),
     saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
 remainder = primitive(
     "remainder", _no_bools("remainder", _int_division(
@@ -328,10 +339,13 @@ def _gelu_fwd(xp, x, approximate):
 
 def _gelu_vjp(g, ans, x, approximate):
     if approximate == "tanh":
-        inner = (x + x * x * x * 0.044715) * _GELU_C
-        t = tanh(inner)
-        d_inner = (x * x * (3 * 0.044715) + 1) * _GELU_C
-        return g * ((t + 1) * 0.5 + x * 0.5 * (1 - t * t) * d_inner)
+        t = tanh((x + x * x * x * 0.044715) * _GELU_C)
+        # the second term is below 1e-30 for |x| >= 10 (tanh saturated); there it is taken at
+        # 0 instead, as x³ overflows (float16 from 40 up) and would give inf · 0 = NaN
+        xs = where(abs(x) < 10.0, x, 0.0)
+        ts = tanh((xs + xs * xs * xs * 0.044715) * _GELU_C)
+        d_inner = (xs * xs * (3 * 0.044715) + 1) * _GELU_C
+        return g * ((t + 1) * 0.5 + xs * 0.5 * (1 - ts * ts) * d_inner)
     cdf = (erf(x * _INV_SQRT2) + 1) * 0.5
     pdf = exp(x * x * -0.5) * _INV_SQRT_2PI
     return g * (cdf + x * pdf)
@@ -349,16 +363,27 @@ def gelu(x, approximate: str = "none"):
 
 
 # --- selection -------------------------------------------------------------------------------
-def _pick(g, a, b):
-    """g where a beats b, half of g at ties (PyTorch's convention for max/min of two)."""
-    return g * (_as(a > b, g) + _as(a == b, g) * 0.5)
+def _isnan01(v, g):
+    """1 where ``v`` (a tensor or a number) is NaN, else 0, in g's dtype."""
+    return _as(v != v, g) if isinstance(v, Tensor) else (1.0 if v != v else 0.0)
+
+
+def _pick(g, a, b, largest: bool):
+    """g where a beats b (is larger, or smaller), half of g at ties (PyTorch's convention for
+    max/min of two). A NaN beats a number (it is the result) and ties with a NaN, so the
+    gradient goes to the NaN operand rather than to neither."""
+    na, nb = _isnan01(a, g), _isnan01(b, g)
+    beats = _as(a > b if largest else a < b, g)
+    return g * (beats + na * (1 - nb) + (_as(a == b, g) + na * nb) * 0.5)
 
 
 maximum = primitive("maximum", lambda xp, x, y: xp.maximum(x, y),
-                    (lambda g, ans, x, y: _pick(g, x, y), lambda g, ans, x, y: _pick(g, y, x)),
+                    (lambda g, ans, x, y: _pick(g, x, y, True),
+                     lambda g, ans, x, y: _pick(g, y, x, True)),
                     kind=_EW, jvp=_J, doc="Elementwise max; ties split the gradient evenly.")
 minimum = primitive("minimum", lambda xp, x, y: xp.minimum(x, y),
-                    (lambda g, ans, x, y: _pick(g, y, x), lambda g, ans, x, y: _pick(g, x, y)),
+                    (lambda g, ans, x, y: _pick(g, x, y, False),
+                     lambda g, ans, x, y: _pick(g, y, x, False)),
                     kind=_EW, jvp=_J, doc="Elementwise min; ties split the gradient evenly.")
 
 
@@ -531,14 +556,18 @@ copysign = primitive(
      lambda g, ans, x, y: g * 0),
     saves="both", kind=_EW, jvp=_J,
     doc="|x| with the sign of y; y gets no gradient (as in PyTorch).")
+# d/dx = e**x / (e**x + e**y) = sigmoid(x - y), PyTorch's form: exact where the sum rounds to
+# the larger term (exp(x - ans) gives 1, not 1/2, for x = y = 1e38) and 1 for x = inf
+_LN2 = math.log(2.0)
 logaddexp = primitive("logaddexp", lambda xp, x, y: xp.logaddexp(x, y),
-                      (lambda g, ans, x, y: g * exp(x - ans),
-                       lambda g, ans, x, y: g * exp(y - ans)),
-                      saves="both", kind=_EW, jvp=_J, doc="log(e**x + e**y), stable.")
+                      (lambda g, ans, x, y: g * sigmoid(x - y),
+                       lambda g, ans, x, y: g * sigmoid(y - x)),
+                      saves="inputs", kind=_EW, jvp=_J, doc="log(e**x + e**y), stable.")
 logaddexp2 = primitive(
     "logaddexp2", lambda xp, x, y: xp.logaddexp2(x, y),
-    (lambda g, ans, x, y: g * exp2(x - ans), lambda g, ans, x, y: g * exp2(y - ans)),
-    saves="both", kind=_EW, jvp=_J, doc="log2(2**x + 2**y), stable.")
+    (lambda g, ans, x, y: g * sigmoid((x - y) * _LN2),
+     lambda g, ans, x, y: g * sigmoid((y - x) * _LN2)),
+    saves="inputs", kind=_EW, jvp=_J, doc="log2(2**x + 2**y), stable.")
 
 
 def _lerp_fwd(xp, a, b, w):
@@ -572,12 +601,25 @@ _PI = math.pi
 
 
 def _sinc_vjp(g, ans, x):
-    px = x * _PI
-    safe = where(x == 0, 1, x)
-    return g * where(x == 0, 0, (cos(px) - ans) / safe)
+    if x.dtype == B.float16:  # in float32, as the forward (pi·x overflows float16 past 20860)
+        return astype(_sinc_vjp(astype(g, B.float32), astype(ans, B.float32),
+                                astype(x, B.float32)), B.float16)
+    # (cos(πx) − sinc x) / x, by its Taylor series −π²x/3 + π⁴x³/30 for |x| < 1e-3: exact to
+    # rounding there (no cancellation), and its own derivative is right at 0 (second order)
+    small = abs(x) < 1e-3
+    x0 = where(small, x, 0)
+    near = x0 * (_PI ** 2 / -3) + x0 * x0 * x0 * (_PI ** 4 / 30)
+    far = (cos(x * _PI) - ans) / where(small, 1, x)
+    return g * where(small, near, far)
 
 
-sinc = primitive("sinc", lambda xp, x: xp.sinc(x), _sinc_vjp, saves="both", kind=_EW, jvp=_J,
+def _sinc_fwd(xp, x):
+    if getattr(x, "dtype", None) == B.float16:  # pi·x in float16 overflows: sin(inf) = NaN
+        return xp.sinc(x.astype(B.float32)).astype(B.float16)
+    return xp.sinc(x)
+
+
+sinc = primitive("sinc", _sinc_fwd, _sinc_vjp, saves="both", kind=_EW, jvp=_J,
                  doc="sin(pi x) / (pi x), 1 at 0 (the normalised sinc).")
 
 

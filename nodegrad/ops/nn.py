@@ -514,6 +514,8 @@ def _ce_fwd(xp, x, t, axis, ignore_index, reduction):
         picked = logp[xp.arange(logp.shape[0]), safe]
     else:
         picked = xp.take_along_axis(logp, xp.expand_dims(safe, axis), axis).squeeze(axis)
+    if ignore_index is not None:  # an ignored row's -inf (a masked one) counts 0, not NaN
+        picked = xp.where(t != ignore_index, picked, 0)
     loss = -picked * _ce_keep(xp, t, ignore_index, reduction if reduction != "mean" else "sum",
                               x.dtype)
     if reduction == "none":

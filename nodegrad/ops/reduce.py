@@ -37,11 +37,17 @@ _mean = primitive(
     saves="none", kind=_RED, jvp="linear", doc="Mean over axes.")
 
 
+def _attained(x, ans, dtype):
+    """1 where ``x`` attained the extreme ``ans``, else 0; a NaN extreme was attained by the
+    NaN entries (PyTorch's ``x.max()``), so one NaN does not make every gradient entry NaN."""
+    return astype(x == ans, dtype) + astype(x != x, dtype) * astype(ans != ans, dtype)
+
+
 def _extreme_vjp(g, ans, x, axis, keepdims):
     """Route g to the positions that attained the extreme, split evenly among ties."""
     if not keepdims:
         ans = reshape(ans, keepdims_shape(x.shape, axis))
-    hit = astype(x == ans, g.dtype)
+    hit = _attained(x, ans, g.dtype)
     return _spread(g, x, axis, keepdims) * hit / _sum(hit, axis=axis, keepdims=True)
 
 
@@ -49,7 +55,7 @@ def _extreme_jvp(ts, ans, x, axis, keepdims):
     """The mean of the tangent over the positions that attained the extreme."""
     if not keepdims:
         ans = reshape(ans, keepdims_shape(x.shape, axis))
-    hit = astype(x == ans, ts[0].dtype)
+    hit = _attained(x, ans, ts[0].dtype)
     return (_sum(ts[0] * hit, axis=axis, keepdims=keepdims)
             / _sum(hit, axis=axis, keepdims=keepdims))
 
@@ -148,6 +154,9 @@ def var(x, axis=None, ddof: int = 0, keepdims: bool = False, *, correction: int 
 
     With ``ddof`` >= N it divides by 0, as PyTorch: inf, or NaN where all values are equal."""
     axis, ddof = _ddof("var", axis, ddof, correction, unbiased)
+    if x.dtype == B.float16:  # worked in float32 and rounded once, as PyTorch's: float16
+        # squares of deviations over 256 would overflow
+        return astype(var(astype(x, B.float32), axis, ddof, keepdims), B.float16)
     axes = norm_axes(axis, x.ndim, "var")
     n = _count(x.shape, axes) - ddof
     if n <= 0:  # inf/NaN, not -0.0 or a negative variance from 0 / -k; with the mean held
@@ -169,6 +178,8 @@ def std(x, axis=None, ddof: int = 0, keepdims: bool = False, *, correction: int 
     """Standard deviation, sqrt(var) (the same arguments); its gradient is 0 where the
     deviation is 0 (PyTorch), not 0 * inf."""
     axis, ddof = _ddof("std", axis, ddof, correction, unbiased)
+    if x.dtype == B.float16:  # in float32, rounded once (a float16 variance over 65504 is inf)
+        return astype(std(astype(x, B.float32), axis, ddof, keepdims), B.float16)
     v = var(x, axis, ddof, keepdims)
     zero = v == 0
     return where(zero, 0, sqrt(where(zero, 1, v)))
@@ -285,12 +296,12 @@ def _vn_fwd(xp, x, ord, axis, keepdims):
 def _vn_partials(x, ans, ord, axis, keepdims):
     """∂‖x‖/∂x with PyTorch's conventions: 0 where the norm is 0; ties of ±inf split evenly."""
     n = _kept(ans, x, axis, keepdims)
-    if ord == 0:
-        return x * 0
+    if ord == 0:  # a count: piecewise constant, so 0 everywhere (x * 0 is NaN at ±inf)
+        return astype(x == x, x.dtype) * 0  # 0 in x's dtype (NaN too)
     if ord == 1:
         return _sign(x)
     if ord in (_INF, -_INF):
-        hit = astype(_abs(x) == n, x.dtype)
+        hit = _attained(_abs(x), n, x.dtype)
         return _sign(x) * hit / _sum(hit, axis=axis, keepdims=True)
     zero = n == 0
     if ord == 2:

@@ -245,5 +245,7 @@ def prod(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool = Fals
         x = astype(x, dtype)
     # PyTorch's dim 0 / -1 of a 0-d tensor is the whole of it; NumPy's axis= keeps NumPy's rule
     ax = scalar_dims(dim, x.ndim, "prod") if dim is not None else axis
-    return _prod(int64_accumulator(x), axis=norm_axes(ax, x.ndim, "prod"),
-                 keepdims=bool(keepdim or keepdims))
+    out = _prod(int64_accumulator(x), axis=norm_axes(ax, x.ndim, "prod"),
+                keepdims=bool(keepdim or keepdims))
+    # NumPy multiplies small integers in int64; a dtype asked for is the result's, as PyTorch
+    return out if dtype is None or out.dtype == x.dtype else astype(out, x.dtype)
