@@ -29,6 +29,12 @@ class CheckpointError(ValueError):
 
 
 _META_KEY = "nodegrad"
+# the dtypes a safetensors file can hold that NumPy has (what save writes, load returns)
+_SAVABLE = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+            "float16", "float32", "float64", "complex64")
+# safetensors' names of the dtypes NumPy has (bfloat16 is read as float32)
+_READABLE = {"BOOL", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "F16", "F32", "F64",
+             "C64", "BF16"}
 # atomic_write's temporary files: ".<target name>.<8 random characters>.tmp"
 _TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
@@ -141,13 +147,25 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
     """Save a flat mapping of tensors (e.g. ``model.state_dict()``) and JSON-able ``metadata``."""
     from safetensors.numpy import save
 
+    if not isinstance(state, Mapping):
+        raise TypeError(f"save: expected a mapping of names to tensors (e.g. "
+                        f"model.state_dict()), got {type(state).__name__}")
     arrays = {}
     for k, v in state.items():
         if not isinstance(k, str):
             raise TypeError(f"save: keys must be strings, got {type(k).__name__}")
+        if k == "__metadata__":  # safetensors' header keeps this name for the metadata
+            raise ValueError("save: '__metadata__' is reserved by the safetensors format for "
+                             "the metadata; rename that tensor")
         a = v.numpy() if isinstance(v, Tensor) else v
         if not B.is_array(a):
-            raise TypeError(f"save: {k!r} is {type(v).__name__}, not a tensor")
+            kind = type(v).__qualname__
+            if type(v).__module__ not in ("builtins", None):
+                kind = f"{type(v).__module__}.{kind}"
+            raise TypeError(f"save: {k!r} is {kind}, not a nodegrad tensor or array")
+        if a.dtype.name not in _SAVABLE:
+            raise TypeError(f"save: {k!r} has dtype {a.dtype.name}, which safetensors cannot "
+                            f"hold; it holds {', '.join(_SAVABLE)}")
         h = B.backend_of(a).to_host(a)
         arrays[k] = h if h.flags.c_contiguous else h.copy(order="C")  # keeps 0-d arrays 0-d
     header = {_META_KEY: _metadata_json(metadata)}
@@ -227,15 +245,25 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
         header = None
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
-            for k in f.keys():
+            keys = list(f.keys())
+            header = _header(path)
+            for k in keys:
+                dt = header.get(k, {}).get("dtype")
+                if dt not in _READABLE:
+                    raise CheckpointError(
+                        f"load: tensor {k!r} in {path} has dtype {dt}, which nodegrad cannot "
+                        "hold (it reads bool, integers, float16/32/64, bfloat16 as float32, "
+                        "and complex64)")
+            for k in keys:
                 try:
                     a = f.get_tensor(k)
                 except TypeError:  # a dtype NumPy lacks: bfloat16 (PyTorch's) is read as
-                    header = _header(path) if header is None else header  # float32
-                    a = _bfloat16_as_float32(path, header, k)
+                    a = _bfloat16_as_float32(path, header, k)  # float32
                 if a.dtype.name == "bfloat16":  # NumPy knows it where ml_dtypes is loaded
                     a = a.astype(B.np.float32)
                 out[k] = a
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises its own error types for bad files
         raise CheckpointError(f"load: {path} is not a readable safetensors checkpoint "
                               f"(truncated or corrupt?): {e}") from e
@@ -243,8 +271,10 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
     tensors = {k: Tensor(be.asarray(v)) for k, v in out.items()}
     if not with_metadata:
         return tensors
+    if _META_KEY not in meta:  # written by another program (e.g. safetensors.torch with
+        return tensors, dict(meta)  # metadata=): its string-to-string metadata as it is
     try:
-        info = json.loads(meta.get(_META_KEY, "{}"))
+        info = json.loads(meta[_META_KEY])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"load: metadata in {path} is not valid JSON: {e}") from e
     return tensors, info

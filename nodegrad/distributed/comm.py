@@ -57,6 +57,12 @@ def _check_op(op: str, a) -> None:
         raise ValueError(f"allreduce: op='mean' needs a floating array, got {a.dtype}")
 
 
+def _bool_as_bytes(h, op: str):
+    """A bool array as bytes and the op that reduces them: ``"sum"`` and ``"max"`` are a
+    logical or (``max`` of 0/1), ``"min"`` a logical and, as PyTorch reduces bools."""
+    return h.view(B.np.uint8), ("min" if op == "min" else "max")
+
+
 class Work:
     """A collective in flight: ``wait()`` finishes it (with the communicator's deadline)."""
 
@@ -67,7 +73,7 @@ class Work:
     def test(self) -> bool:
         """Let MPI progress the operation; True once it has completed."""
         if not self.done:
-            self.done = bool(self._req.Test())
+            self.done = self._comm._test(self._req, self._what)
         return self.done
 
     def wait(self):
@@ -100,7 +106,8 @@ class Communicator:
         return self.rank == 0
 
     def allreduce(self, a, op: str = "sum"):
-        """Reduce ``a`` over all ranks in place (``"sum"``, ``"mean"``, ``"max"``, ``"min"``)."""
+        """Reduce ``a`` over all ranks in place (``"sum"``, ``"mean"``, ``"max"``, ``"min"``;
+        for bools sum and max are a logical or, min a logical and)."""
         self.iallreduce(a, op).wait()
         return a
 
@@ -125,6 +132,9 @@ class Communicator:
 
     def barrier(self) -> None:
         """Return once every rank has reached this call."""
+
+    def _test(self, req, what: str) -> bool:
+        return bool(req.Test())
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (after an error on this one)."""
@@ -236,21 +246,43 @@ class MPICommunicator(Communicator):
     def __repr__(self) -> str:
         return f"MPICommunicator(rank={self.rank}, world_size={self.world_size})"
 
+    def _error(self, e: Exception, what: str) -> DistributedError:
+        """An MPI error of a collective as a :class:`DistributedError` that says what failed
+        and the usual cause."""
+        return DistributedError(
+            f"rank {self.rank}: {what} failed in MPI ({e}); the ranks must call each "
+            "collective in the same order with arrays of the same size and dtype, so another "
+            "rank passed a different one or failed; the collectives of this job cannot go on")
+
+    def _test(self, req, what: str) -> bool:
+        try:
+            return bool(req.Test())
+        except self.MPI.Exception as e:
+            raise self._error(e, what) from e
+
+    def _post(self, what: str, start, *args, **kwargs):
+        """Start a nonblocking MPI call, its errors translated."""
+        try:
+            return start(*args, **kwargs)
+        except self.MPI.Exception as e:
+            raise self._error(e, what) from e
+
     def _wait(self, req, what: str) -> None:
         """Wait for ``req``, polling so that a dead peer becomes an error after ``timeout``."""
-        if req.Test():
+        if self._test(req, what):
             return
         t0 = time.monotonic()
         deadline = t0 + self.timeout
         spins = 0
-        while not req.Test():  # spin briefly, then yield the core (a peer may share it),
+        while not self._test(req, what):  # spin briefly, then yield the core (a peer may share it),
             spins += 1  # then poll every half millisecond
             if spins % 16 == 0:
                 now = time.monotonic()
                 if now > deadline:
                     raise DistributedError(
                         f"rank {self.rank}: {what} did not complete within {self.timeout:g} s; "
-                        "another rank has died, is stuck or left the collective out")
+                        "another rank has died, is stuck or left the collective out (or "
+                        "called it with an array of another size or dtype)")
                 if now - t0 > 0.001:
                     time.sleep(0 if now - t0 < 0.05 else 0.0005)
 
@@ -272,12 +304,17 @@ class MPICommunicator(Communicator):
     def iallreduce(self, a, op: str = "sum") -> Work:
         _check_op(op, a)
         h, back = self._host(a)
+        what = f"allreduce of {a.size} values ({a.dtype})"
+        mop = op
+        if h.dtype == B.np.bool_:
+            h, mop = _bool_as_bytes(h, op)
         if self._p2p is not None and h.size >= self.ring_min * self.world_size:
             tag0 = (self._ring_seq % self._tag_slots) * 2 * (self.world_size - 1)
             self._ring_seq += 1
-            req = _Ring(self._p2p, h.reshape(-1), self._ufuncs[op], tag0)
+            req = self._post(what, _Ring, self._p2p, h.reshape(-1), self._ufuncs[mop], tag0)
         else:  # a few values: MPI's own (fewer, latency-bound steps)
-            req = self.comm.Iallreduce(self.MPI.IN_PLACE, h, op=self._mpi_ops[op])
+            req = self._post(what, self.comm.Iallreduce, self.MPI.IN_PLACE, h,
+                             op=self._mpi_ops[mop])
         n = self.world_size
 
         def finish():
@@ -285,30 +322,37 @@ class MPICommunicator(Communicator):
                 back()
             if op == "mean":
                 a[...] /= n
-        return Work(self, finish, req, f"allreduce of {a.size} values ({a.dtype})")
+        return Work(self, finish, req, what)
 
     def broadcast(self, a, root: int = 0):
         h, back = self._host(a)
-        self._wait(self.comm.Ibcast(h, root=root), f"broadcast of {a.size} values from {root}")
+        what = f"broadcast of {a.size} values ({a.dtype}) from rank {root}"
+        self._wait(self._post(what, self.comm.Ibcast, h, root=root), what)
         if back is not None:
             back()
         return a
 
     def allgather(self, a):
-        h, _ = self._host(B.backend_of(a).xp.ascontiguousarray(a))
+        be = B.backend_of(a)
+        # a contiguous copy that keeps a 0-d array 0-d (ascontiguousarray makes it 1-d)
+        h, _ = self._host(a if a.flags.c_contiguous else be.xp.array(a, order="C"))
         out = B.np.empty((self.world_size,) + h.shape, h.dtype)
-        self._wait(self.comm.Iallgather(h, out), f"allgather of {a.size} values")
-        return B.backend_of(a).asarray(out)
+        what = f"allgather of {a.size} values ({a.dtype})"
+        self._wait(self._post(what, self.comm.Iallgather, h, out), what)
+        return be.asarray(out)
 
     def _gather_bytes(self, data: bytes) -> list[bytes]:
         n = B.np.array([len(data)], B.np.int64)
         sizes = B.np.empty(self.world_size, B.np.int64)
-        self._wait(self.comm.Iallgather(n, sizes), "allgather of message sizes")
+        what = "allgather of message sizes"
+        self._wait(self._post(what, self.comm.Iallgather, n, sizes), what)
         buf = bytearray(int(sizes.sum()))
         counts = [int(s) for s in sizes]
         displs = [sum(counts[:i]) for i in range(len(counts))]
-        req = self.comm.Iallgatherv(bytearray(data), [buf, counts, displs, self.MPI.BYTE])
-        self._wait(req, "allgather of metadata")
+        what = "allgather of metadata"
+        req = self._post(what, self.comm.Iallgatherv, bytearray(data),
+                         [buf, counts, displs, self.MPI.BYTE])
+        self._wait(req, what)
         return [bytes(buf[d:d + c]) for d, c in zip(displs, counts)]
 
     def allgather_json(self, obj: Any) -> list:
@@ -318,7 +362,7 @@ class MPICommunicator(Communicator):
         return self.allgather_json(obj if self.rank == root else None)[root]
 
     def barrier(self) -> None:
-        self._wait(self.comm.Ibarrier(), "barrier")
+        self._wait(self._post("barrier", self.comm.Ibarrier), "barrier")
 
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()

@@ -11,10 +11,11 @@ written back into ``.grad``. ``no_sync()`` skips all this for gradient accumulat
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 from .. import _backend as B
-from ..autodiff import is_grad_enabled
+from ..autodiff import Node, is_grad_enabled
 from ..nn.module import Module
 from ..tensor import Tensor
 from .comm import Communicator, DistributedError, get_world
@@ -68,26 +69,37 @@ class DistributedDataParallel(Module):
         module: the model, the same architecture on every rank.
         comm: the communicator (default: the world from :func:`nodegrad.distributed.init`).
         bucket_cap_mb: size of a gradient bucket, one allreduce each.
-        broadcast_buffers: take rank 0's buffers (batch norm statistics) at every training
-            forward, as PyTorch does.
+        broadcast_buffers: take rank 0's buffers (batch norm statistics) before every forward
+            that follows a synchronised one (every training step), as PyTorch does.
         overlap: start a bucket's allreduce as soon as it is full (True) or only after the
             whole backward pass (False, for measuring what the overlap buys).
+        find_unused_parameters: after each forward, walk the graph from its outputs and count
+            the parameters it does not reach as done, so a model that leaves some out in a
+            step still averages (PyTorch's flag and meaning: a parameter unused on every rank
+            keeps its ``.grad``; one used on some rank gets the average, this rank adding 0).
 
-    Every parameter that requires grad must receive a gradient in each synchronised backward
-    pass (PyTorch's ``find_unused_parameters=False``); the next forward says which did not.
-    A training forward without a backward (e.g. a loss only looked at) is fine.
+    Without ``find_unused_parameters`` every parameter that requires grad must receive a
+    gradient in each synchronised backward pass; the next forward says which did not.
+    A forward without a backward (e.g. a loss only looked at) is fine. As in PyTorch, what
+    decides whether the next backward averages is whether gradients are enabled (and
+    ``no_sync`` is off), not ``train()``/``eval()``: a model trained in eval mode (frozen batch
+    norm statistics) still averages its gradients.
     """
 
     def __init__(self, module: Module, comm: Communicator | None = None,
                  bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True,
-                 overlap: bool = True):
+                 overlap: bool = True, find_unused_parameters: bool = False):
         super().__init__()
         self.module = module
         self.comm = comm if comm is not None else get_world()
         self.broadcast_buffers = bool(broadcast_buffers)
         self.overlap = bool(overlap)
+        self.find_unused_parameters = bool(find_unused_parameters)
+        self._unused: set[int] = set()
         self._sync = True
         self._armed = False
+        self._fired = False
+        self._forward_sync = True  # PyTorch's require_forward_param_sync
         check_same_model(module, self.comm)
         for t in list(module.parameters()) + list(module.buffers()):
             self.comm.broadcast(t.data)
@@ -121,7 +133,7 @@ class DistributedDataParallel(Module):
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
-        if self._armed and self._got:  # a backward ran but left parameters out
+        if self._armed and self._fired:  # a backward ran but left parameters out
             missing = [n for n, p in self.module.named_parameters()
                        if id(p) in self._where and not self._arrived(p)]
             self._armed = False
@@ -129,18 +141,74 @@ class DistributedDataParallel(Module):
                 "DistributedDataParallel: the last backward pass gave no gradient to "
                 f"{missing[:5]}; every parameter that requires grad must take part in the loss "
                 "(or set requires_grad=False on the unused ones)")
-        if self.training and is_grad_enabled():
-            if self.broadcast_buffers and self.comm.world_size > 1:
-                for t in self.module.buffers():
-                    self.comm.broadcast(t.data)
-            if self._sync and self._buckets:
-                for b in self._buckets:
-                    b.pending, b.work = len(b.params), None
-                self._next = 0  # the next bucket to start: every rank starts them in order
-                self._left = len(self._buckets)
-                self._got: set[int] = set()
-                self._armed = True
-        return self.module(*args, **kwargs)
+        # As PyTorch: a forward with grad enabled outside no_sync prepares the gradient
+        # allreduce, in train and in eval mode alike; rank 0's buffers are broadcast before a
+        # forward that follows such a forward (so also before the first evaluation after
+        # training, and on every training step).
+        sync_backward = is_grad_enabled() and self._sync
+        if (self._forward_sync and self.broadcast_buffers and self.comm.world_size > 1):
+            for t in self.module.buffers():
+                self.comm.broadcast(t.data)
+                t._bump()
+        self._forward_sync = sync_backward
+        if sync_backward and self._buckets:
+            for b in self._buckets:
+                b.pending, b.work = len(b.params), None
+            self._next = 0  # the next bucket to start: every rank starts them in order
+            self._left = len(self._buckets)
+            self._got: set[int] = set()
+            self._fired = False  # a gradient hook has run since this forward
+            self._unused = set()
+            self._armed = True
+        out = self.module(*args, **kwargs)
+        if sync_backward and self._buckets and self.find_unused_parameters:
+            self._mark_unused(out)
+        return out
+
+    def _mark_unused(self, out) -> None:
+        """Count the parameters the graph of ``out`` does not reach as arrived, each adding
+        its accumulated gradient (or zeros) to the average (PyTorch's unused parameters).
+        Tensors are found in ``out`` as PyTorch finds them: in lists, tuples, dicts and
+        dataclasses."""
+        reached: set[int] = set()
+        stack, seen = [], set()
+
+        def visit(o):
+            if isinstance(o, Tensor):
+                reached.add(id(o))
+                if o.node is not None:
+                    stack.append(o.node)
+            elif isinstance(o, (list, tuple)):
+                for v in o:
+                    visit(v)
+            elif isinstance(o, dict):
+                for v in o.values():
+                    visit(v)
+            elif dataclasses.is_dataclass(o) and not isinstance(o, type):
+                for f in dataclasses.fields(o):
+                    visit(getattr(o, f.name))
+        visit(out)
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            for q in n.parents:
+                if type(q) is Node:
+                    stack.append(q)
+                elif q is not None:
+                    reached.add(id(q))
+        for b in self._buckets:
+            for i, p in enumerate(b.params):
+                if id(p) not in reached:
+                    v = b.view(i)
+                    if p.grad is None:
+                        v[...] = 0
+                    else:
+                        v[...] = p.grad.data
+                    self._got.add(id(p))
+                    self._unused.add(id(p))
+                    b.pending -= 1
 
     def _arrived(self, p) -> bool:
         return id(p) in self._got
@@ -158,9 +226,18 @@ class DistributedDataParallel(Module):
     # --- backward -----------------------------------------------------------------------------
     def _hook_for(self, p):
         def hook(g):
-            if not self._armed or id(p) in self._got:
+            if not self._armed:
+                return None
+            if id(p) in self._unused:
+                self._armed = False
+                raise DistributedError(
+                    "DistributedDataParallel(find_unused_parameters=True): a parameter the "
+                    "forward's outputs did not reach got a gradient; return the tensors the "
+                    "loss uses from forward (in tensors, lists, tuples, dicts or dataclasses)")
+            if id(p) in self._got:
                 return None
             self._got.add(id(p))
+            self._fired = True
             b, i = self._where[id(p)]
             v = b.view(i)
             if p.grad is None:
@@ -195,14 +272,24 @@ class DistributedDataParallel(Module):
         parameter's gradient (the engine stores it after this hook)."""
         self._start_ready()
         inv = 1.0 / self.comm.world_size
+        unused = set()
+        if self.find_unused_parameters:  # unused on every rank: .grad is left as it is
+            order = [p for b in self._buckets for p in b.params]
+            used = B.np.array([id(p) not in self._unused for p in order], B.np.uint8)
+            self.comm.allreduce(used, "max")
+            unused = {id(p) for p, u in zip(order, used) if not u}
         out = None
         for b in self._buckets:
             b.work.wait()
             b.flat *= b.flat.dtype.type(inv)
             for i, p in enumerate(b.params):
                 v = b.view(i)
+                if id(p) in unused:
+                    continue
                 if p is last:
                     out = Tensor(v.copy())
+                elif p.grad is None:  # unused here, used on another rank
+                    p.grad = Tensor(v.copy())
                 else:
                     p.grad.data[...] = v
                     p.grad._bump()
@@ -212,4 +299,5 @@ class DistributedDataParallel(Module):
 
     def extra_repr(self) -> str:
         return (f"world_size={self.comm.world_size}, buckets={len(self._buckets)}, "
-                f"overlap={self.overlap}")
+                f"overlap={self.overlap}"
+                + (", find_unused_parameters=True" if self.find_unused_parameters else ""))

@@ -41,6 +41,8 @@ class DistributedSampler:
         n, r = self.dataset_len, self.num_replicas
         self.num_samples = n // r if drop_last else -(-n // r)
         self.total_size = self.num_samples * r
+        if n == 0:
+            raise ValueError("DistributedSampler: the dataset is empty")
         if self.num_samples == 0:
             raise ValueError(f"DistributedSampler: {n} samples cannot give each of {r} ranks "
                              "one with drop_last=True")

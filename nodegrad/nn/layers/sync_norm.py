@@ -1,9 +1,10 @@
 """SyncBatchNorm: batch norm whose training statistics span the batches of all ranks.
 
-Each rank sums x and x² per channel and counts its values; one allreduce of (Σx, Σx², n) gives
-every rank the mean and variance of the whole global batch, so N ranks with batch B normalise
-exactly as one process with batch N·B. In backward the cotangent of (Σx, Σx²) is summed over the
-ranks by a hook (the matching allreduce), since every rank's loss depends on every rank's sums.
+Each rank computes its count, mean and centred sum of squares per channel; one allgather gives
+every rank all of them, combined into the mean and variance of the whole global batch, so N ranks
+with batch B normalise exactly as one process with batch N·B. In backward the cotangent of the
+global statistics is summed over the ranks by a hook (one allreduce), since every rank's loss
+depends on them.
 In eval it is BatchNorm: the running statistics, no communication.
 """
 
@@ -27,27 +28,47 @@ def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
                     weight: Tensor | None, bias: Tensor | None, momentum: float, eps: float,
                     group) -> Tensor:
     """Training-mode batch norm over the batches of every rank of ``group`` (a communicator).
-    The statistics cross ranks as host arrays, so under ``nodegrad.jit`` the step runs eagerly
-    (a replay would reuse the traced call's all-reduced sums)."""
-    computes_with_values(x, "SyncBatchNorm's all-reduce of the batch statistics")
+
+    Each rank computes its count, mean and centred sum of squares per channel; one allgather
+    gives every rank all of them, combined (Chan et al.) into the global mean and variance in
+    the same order on every rank, so the ranks agree to the bit and an offset far from zero
+    costs no precision (the sums of x and x² lose the variance to cancellation). In backward
+    the cotangent of the global statistics is summed over the ranks, since every rank's loss
+    depends on them. The statistics cross ranks as host arrays, so under ``nodegrad.jit`` the
+    step runs eagerly (a replay would reuse the traced call's gathered statistics)."""
+    computes_with_values(x, "SyncBatchNorm's all-gather of the batch statistics")
     c = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, c) + (1,) * (x.ndim - 2)
     xp = x.backend.xp
-    local = ops.cat([ops.sum(x, axis=axes), ops.sum(x * x, axis=axes),
-                     Tensor(xp.full((1,), x.numel() // c, dtype=x.dtype))])
-    total = local.data.copy()
-    group.allreduce(total, "sum")
-    count = float(total[-1])
+    n_local = x.numel() // c
+    m_local = ops.sum(x, axis=axes)  # zeros for an empty batch, which adds nothing
+    if n_local:
+        m_local = m_local * x.dtype.type(1.0 / n_local)
+    m2_local = ops.sum(ops.square(x - ops.reshape(m_local, shape)), axis=axes)
+    local = ops.cat([m_local, m2_local, Tensor(xp.full((1,), n_local, dtype=x.dtype))])
+    every = group.allgather(local.data.copy())  # (world, 2c + 1), the same on every rank
+    counts = [float(n) for n in every[:, -1].tolist()]
+    count = sum(counts)
     if count < 2:
         raise ValueError(f"SyncBatchNorm: need more than one value per channel over all ranks "
                          f"when training, got {count:g} (input {tuple(x.shape)} on this rank)")
-    if local.requires_grad:  # every rank's loss depends on these sums: their cotangents add up
-        local.register_hook(lambda g: Tensor(group.allreduce(g.data.copy(), "sum")))
-    glob = local + Tensor(total - local.data)  # the global sums, differentiable in the local ones
-    inv_n = x.dtype.type(1.0 / count)
-    mean = glob[:c] * inv_n
-    var = glob[c:2 * c] * inv_n - mean * mean
+    me = group.rank
+    rows = [local if r == me else Tensor(every[r]) for r in range(len(counts))]
+    mean = None
+    for r, row in enumerate(rows):
+        term = row[:c] * x.dtype.type(counts[r] / count)
+        mean = term if mean is None else mean + term
+    m2 = None
+    for r, row in enumerate(rows):
+        d = row[:c] - mean
+        term = row[c:2 * c] + d * d * x.dtype.type(counts[r])
+        m2 = term if m2 is None else m2 + term
+    var = m2 * x.dtype.type(1.0 / count)
+    stats = ops.cat([mean, var])
+    if stats.requires_grad:  # every rank's loss depends on these: their cotangents add up
+        stats.register_hook(lambda g: Tensor(group.allreduce(g.data.copy(), "sum")))
+    mean, var = stats[:c], stats[c:]
     if running_mean is not None:
         with no_grad():
             m = x.dtype.type(momentum)
@@ -102,12 +123,15 @@ class SyncBatchNorm(_BatchNorm):
         if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
             new = cls.__new__(cls)
             Module.__init__(new)
-            for k in ("num_features", "eps", "momentum"):
+            for k in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
                 setattr(new, k, getattr(module, k))
             for k, p in module._parameters.items():
                 new.register_parameter(k, p)
             for k, b in module._buffers.items():
                 new.register_buffer(k, b)
+            for k in ("weight", "bias"):  # None without affine: a plain attribute
+                if k not in new._parameters:
+                    setattr(new, k, getattr(module, k, None))
             new.process_group = process_group
             new.train(module.training)
             return new
