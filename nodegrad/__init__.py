@@ -19,9 +19,10 @@ from .diagnostics.graph import draw_graph
 from .dtypes import result_type
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,
                      InplaceError, ShapeError)
-from .func.custom import custom_vjp
+from .func.custom import custom_jvp, custom_vjp
 from .func import (grad, hessian, hvp, jacfwd, jacrev, jvp, linearize, remat, tree_flatten,
-                   tree_map, tree_unflatten, value_and_grad, vjp, vmap)
+                   tree_leaves, tree_map, tree_structure, tree_unflatten, value_and_grad, vjp,
+                   vmap)
 from .io import CheckpointError, load, save
 from .jit import disable_jit, jit
 from ._compile import compile  # noqa: A004  (torch.compile's name)

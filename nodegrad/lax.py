@@ -23,16 +23,16 @@ from .batching import BatchTracer, batched, front, size_of
 from .errors import DTypeError, JitError, ShapeError
 from .func.grad import vjp as _vjp
 from .func.jvp import jvp as _jvp
-from .func.tree import tree_flatten, tree_unflatten
+from .func.tree import tree_flatten, tree_map, tree_unflatten
 from .func.vmap import vmap as _vmap
 from .jit.program import Program
 from .jit.trace import Recorder
-from .ops.shape import concatenate, moveaxis, reshape
+from .ops.shape import concatenate, flip, moveaxis, reshape, stack
 from .primitive import bind, primitive
 from .tensor import Tensor, arange, tensor, zeros_like
 
 __all__ = ["scan", "fori_loop", "cond", "switch", "while_loop", "torch_cond",
-           "torch_while_loop"]
+           "torch_while_loop", "map", "associative_scan", "stop_gradient"]
 
 
 # --- the body: traced once, run as a program (arrays) or interpreted (tensors) ----------------
@@ -518,12 +518,19 @@ def _as_tensors(leaves: list, what: str) -> list:
 
 
 def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None,
-         reverse: bool = False) -> tuple[Any, Any]:
+         reverse: bool = False, unroll: int | bool = 1,
+         _split_transpose: bool = False) -> tuple[Any, Any]:
     """JAX's ``lax.scan``: ``carry, y = f(carry, x)`` over the leading axis of ``xs``.
 
     Returns ``(final carry, ys stacked along a new leading axis)``; ``init``, ``xs`` and the
     outputs may be trees of tensors. ``f`` is traced once: its values cannot steer Python.
+    ``unroll`` (how many steps JAX's compiler puts in one loop iteration) is accepted and
+    changes nothing here: the loop is one primitive either way, with the same results.
     """
+    if isinstance(unroll, bool):
+        pass
+    elif not isinstance(unroll, int) or unroll < 0:
+        raise ValueError(f"scan: unroll must be a non-negative int or a bool, got {unroll!r}")
     c_leaves, c_def = tree_flatten(init)
     x_leaves, x_def = tree_flatten(xs)
     both = _as_tensors(c_leaves + x_leaves, "scan: init and xs")
@@ -614,6 +621,106 @@ def _fori_while(lower: Any, upper: Any, body_fun: Callable, init_val: Any) -> An
     _, val = while_loop(lambda c: c[0] < hi, lambda c: (c[0] + 1, body_fun(c[0], c[1])),
                         (lo, init_val))
     return val
+
+
+def stop_gradient(x: Any) -> Any:
+    """JAX's ``lax.stop_gradient``: ``x`` (a tensor or a tree of them) as a value that every
+    transform (grad, jvp, vmap's gradients) treats as a constant."""
+    return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, x)
+
+
+def map(f: Callable, xs: Any, *, batch_size: int | None = None) -> Any:  # noqa: A001
+    """JAX's ``lax.map``: ``f`` applied to each slice of ``xs`` along its leading axis (a tree
+    of tensors), the results stacked; a scan, so ``f`` is traced once. ``batch_size`` maps that
+    many slices at a time with ``vmap`` (the same values)."""
+    if batch_size is None:
+        return scan(lambda _, x: ((), f(x)), (), xs)[1]
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"map: batch_size must be a positive int or None, got {batch_size!r}")
+    leaves, td = tree_flatten(xs)
+    leaves = _as_tensors(leaves, "map: xs")
+    if not leaves:
+        raise ValueError("map: xs holds no tensors to map over")
+    n = int(leaves[0].shape[0]) if leaves[0].ndim else -1
+    if n < 0 or any(x.ndim == 0 or int(x.shape[0]) != n for x in leaves):
+        raise ShapeError(f"map: every leaf of xs needs the same leading axis, got shapes "
+                         f"{[tuple(x.shape) for x in leaves]}")
+    k = n // batch_size * batch_size
+    vf = _vmap(lambda *a: f(tree_unflatten(td, list(a))))
+    parts = []
+    if k:
+        chunks = [reshape(x[:k], (k // batch_size, batch_size) + tuple(x.shape[1:]))
+                  for x in leaves]
+        ys = scan(lambda _, c: ((), vf(*c)), (), chunks)[1]
+        parts.append(tree_map(lambda y: reshape(y, (k,) + tuple(y.shape[2:])), ys))
+    if k < n:
+        parts.append(vf(*[x[k:] for x in leaves]))
+    if len(parts) == 1:
+        return parts[0]
+    return tree_map(lambda a, b: concatenate([a, b], 0), parts[0], parts[1])
+
+
+def _slice(x: Tensor, axis: int, start: int | None, stop: int | None, step: int = 1) -> Tensor:
+    return x[(slice(None),) * axis + (slice(start, stop, step),)]
+
+
+def associative_scan(fn: Callable, elems: Any, reverse: bool = False, axis: int = 0) -> Any:
+    """JAX's ``lax.associative_scan``: the inclusive prefix of ``elems`` (a tensor or a tree of
+    them, scanned along ``axis``) under the associative ``fn(a, b)``, by the same
+    parallel-prefix recursion as JAX (``fn`` sees slices of many elements at once, so it must
+    work elementwise along ``axis``); ``reverse`` scans from the end."""
+    if not callable(fn):
+        raise TypeError("associative_scan: fn must be callable")
+    leaves, td = tree_flatten(elems)
+    leaves = _as_tensors(leaves, "associative_scan: elems")
+    if not leaves:
+        return elems
+    nd = leaves[0].ndim
+    if not -nd <= axis < nd:
+        raise ShapeError(f"associative_scan: axis {axis} is out of range for {nd}-d elems")
+    axis %= nd
+    n = int(leaves[0].shape[axis])
+    if any(x.ndim <= axis or int(x.shape[axis]) != n for x in leaves):
+        raise ShapeError(f"associative_scan: every leaf needs the same size along axis {axis}, "
+                         f"got shapes {[tuple(x.shape) for x in leaves]}")
+    if reverse:
+        leaves = [flip(x, axis) for x in leaves]
+
+    def combine(a: list, b: list) -> list:
+        out, d = tree_flatten(fn(tree_unflatten(td, a), tree_unflatten(td, b)))
+        if d != td:
+            raise ShapeError(f"associative_scan: fn returned a tree of structure {d}, but the "
+                             f"elements have {td}")
+        return _as_tensors(out, "associative_scan: fn's result")
+
+    def interleave(a: Tensor, b: Tensor) -> Tensor:
+        m = int(b.shape[axis])
+        head = _slice(a, axis, 0, m)
+        both = stack([head, b], axis + 1)
+        shape = tuple(head.shape[:axis]) + (2 * m,) + tuple(head.shape[axis + 1:])
+        out = reshape(both, shape)
+        return concatenate([out, _slice(a, axis, m, None)], axis) if a.shape[axis] > m \
+            else out
+
+    def run(es: list) -> list:
+        k = int(es[0].shape[axis])
+        if k < 2:
+            return es
+        reduced = combine([_slice(e, axis, 0, -1, 2) for e in es],
+                          [_slice(e, axis, 1, None, 2) for e in es])
+        odd = run(reduced)
+        if k % 2 == 0:
+            even = combine([_slice(e, axis, 0, -1) for e in odd],
+                           [_slice(e, axis, 2, None, 2) for e in es])
+        else:
+            even = combine(odd, [_slice(e, axis, 2, None, 2) for e in es])
+        even = [concatenate([_slice(e, axis, 0, 1), r], axis) for e, r in zip(es, even)]
+        return [interleave(a, b) for a, b in zip(even, odd)]
+
+    out = run(leaves)
+    if reverse:
+        out = [flip(x, axis) for x in out]
+    return tree_unflatten(td, out)
 
 
 from .lax_control import cond, switch, torch_cond, torch_while_loop, while_loop  # noqa: E402

@@ -138,6 +138,34 @@ def _vjp(needs, g, ans, *specs, call):
     return result
 
 
+def _jvp(tangents, ans, *specs, call):
+    """Forward mode through a segment (JAX differentiates ``checkpoint`` both ways): run it
+    again from its saved inputs and push the tangents through that fresh graph."""
+    from ..ops import concatenate, reshape
+    from .jvp import _push
+
+    seg = call
+    inputs = [seg.arg_leaves[i] for i in seg.tensor_pos]
+    record = modes().grad_enabled  # the tangents are differentiated again: keep the links
+    fresh = [t if t.requires_grad else t.detach() for t in inputs] if record else \
+        _detached(inputs)
+    saved = _put_rng(seg.rng) if seg.rng is not None else None
+    try:
+        with enable_grad():
+            out = seg.fn(*_rebuilt(seg, fresh), **seg.kwargs)
+    finally:
+        if saved is not None:
+            _put_rng(saved)
+    outs = [tree_flatten(out)[0][i] for i in seg.slots]
+    ins = fresh + list(seg.params)
+    tans = list(tangents)
+    keep = [k for k, t in enumerate(ins) if t.requires_grad and tans[k] is not None]
+    touts = _push([ins[k] for k in keep], [tans[k] for k in keep], outs)
+    parts = [reshape(o.zeros_like() if t is None else t, (o.numel(),))
+             for t, o in zip(touts, outs)]
+    return parts[0] if len(parts) == 1 else concatenate(parts)
+
+
 def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
                context_fn: Callable | None = None, determinism_check: str = "default",
                debug: bool = False, preserve_rng_state: bool = True, **kwargs) -> Any:
@@ -181,6 +209,7 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
     global _RULE
     if _RULE is None:
         _RULE = _rule("checkpoint", _vjp)
+        _RULE.jvp = _jvp
     new = _attach(outs, inputs + seg.params, _RULE, seg)
     seg.outs = None  # the first forward's values are not needed again
     return tree_unflatten(seg.out_def, new)
@@ -213,16 +242,28 @@ def checkpoint_sequential(functions: Sequence[Callable] | Any, segments: int, in
     return run(fns[end:])(input)
 
 
-def remat(fn: Callable) -> Callable:
-    """JAX's ``jax.checkpoint`` (``remat``): ``fn`` whose activations are recomputed in its
-    backward instead of kept; composes with ``grad``, ``vjp`` and ``jit``."""
-    if not callable(fn):
-        raise TypeError(f"remat: expected a function, got {type(fn).__name__}")
+def remat(fun: Callable | None = None, *, prevent_cse: bool = True, policy: Callable | None = None,
+          static_argnums: int | tuple = ()) -> Callable:
+    """JAX's ``jax.checkpoint`` (``remat``): ``fun`` whose activations are recomputed in its
+    backward instead of kept; composes with ``grad``, ``vjp``, ``jvp`` and ``jit``. Without
+    ``fun``, a decorator. ``prevent_cse`` and ``policy`` (which values JAX may keep rather than
+    recompute) are accepted and change nothing here: every activation is recomputed, which
+    gives the same values; ``static_argnums`` arguments are passed through as they are."""
+    if fun is None:
+        return lambda f: remat(f, prevent_cse=prevent_cse, policy=policy,
+                               static_argnums=static_argnums)
+    if not callable(fun):
+        raise TypeError(f"remat: expected a function, got {type(fun).__name__}")
+    if policy is not None and not callable(policy):
+        raise TypeError(f"remat: policy must be None or a callable, got {type(policy).__name__}")
+    nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
+    if any(isinstance(n, bool) or not isinstance(n, int) for n in nums):
+        raise TypeError(f"remat: static_argnums must be ints, got {static_argnums!r}")
 
     def wrapped(*args, **kwargs):
-        return checkpoint(fn, *args, **kwargs)
+        return checkpoint(fun, *args, **kwargs)
 
-    wrapped.__name__ = getattr(fn, "__name__", "remat")
-    wrapped.__doc__ = getattr(fn, "__doc__", None)
-    wrapped.__wrapped__ = fn
+    wrapped.__name__ = getattr(fun, "__name__", "remat")
+    wrapped.__doc__ = getattr(fun, "__doc__", None)
+    wrapped.__wrapped__ = fun
     return wrapped

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,7 @@ from ..tensor import tensor
 from .tree import tree_flatten, tree_map, tree_unflatten
 from .vmap import vmap
 
-__all__ = ["custom_vjp", "Function", "FunctionCtx", "once_differentiable"]
+__all__ = ["custom_vjp", "custom_jvp", "Function", "FunctionCtx", "once_differentiable"]
 
 
 def _rule(name: str, vjp_all: Callable) -> Primitive:
@@ -136,6 +137,29 @@ def _check_shapes(name: str, grads, specs) -> list:
 
 
 # --- JAX: custom_vjp ---------------------------------------------------------------------------
+_in_fwd = threading.local()  # per thread: id(custom rule) -> how many of its rule calls run
+
+
+def _guarded(owner, fn: Callable, *args):
+    """``fn(*args)`` (a custom function's own rule) with calls of ``owner`` inside it
+    evaluating its plain ``fun``."""
+    running = getattr(_in_fwd, "ids", None)
+    if running is None:
+        running = _in_fwd.ids = {}
+    key = id(owner)
+    running[key] = running.get(key, 0) + 1
+    try:
+        return fn(*args)
+    finally:
+        running[key] -= 1
+        if not running[key]:
+            del running[key]
+
+
+def _in_rule(owner) -> bool:
+    return id(owner) in getattr(_in_fwd, "ids", ())
+
+
 class _VjpCall:
     __slots__ = ("residuals", "out_def", "n_leaves", "in_defs", "kinds", "slots", "shapes",
                  "nondiff", "static")
@@ -157,6 +181,8 @@ class custom_vjp:
     structure; None for no gradient). ``nondiff_argnums`` name arguments that are passed to
     ``bwd`` first and get no cotangent. Under ``grad`` of ``grad`` the backward's own ops are
     differentiated, residuals included. ``jvp`` differentiates ``fwd``'s ops (JAX refuses).
+    A call of ``f`` inside ``fwd`` evaluates ``f``'s own ops (JAX's idiom ``return f(x), res``;
+    a second derivative through such a residual is ``f``'s true one, not the rule's).
     """
 
     def __init__(self, fun: Callable, nondiff_argnums: tuple = ()) -> None:
@@ -169,9 +195,16 @@ class custom_vjp:
     def defvjp(self, fwd: Callable, bwd: Callable) -> None:
         self.fwd, self.bwd = fwd, bwd
 
+    def _run_fwd(self, *args):
+        """``fwd(*args)``; inside it, calls of this function are its plain ``fun`` (JAX's idiom
+        ``def fwd(x): return f(x), res`` evaluates f, it does not apply the rule again)."""
+        return _guarded(self, self.fwd, *args)
+
     def __call__(self, *args):
         if self.fwd is None:
             raise TypeError(f"{self._rule.name}: no rule yet; call defvjp(fwd, bwd) first")
+        if _in_rule(self):
+            return self.fun(*args)
         static = [args[i] for i in self.nondiff_argnums]
         diff_args = [a for i, a in enumerate(args) if i not in self.nondiff_argnums]
         leaves, _ = tree_flatten(diff_args)
@@ -181,7 +214,7 @@ class custom_vjp:
             return self._batched(args, top, len(m.traces) - 1)
         if not (m.grad_enabled and any(_diff(t) for t in leaves)):
             return self.fun(*args)
-        res = self.fwd(*args)
+        res = self._run_fwd(*args)
         if not (isinstance(res, tuple) and len(res) == 2):
             raise TypeError(f"{self._rule.name}: fwd must return (output, residuals), got "
                             f"{type(res).__name__}")
@@ -218,7 +251,7 @@ class custom_vjp:
 
         rnd = top.randomness  # the level this call replaces
         inner = custom_vjp(vmap(lambda *d: self.fun(*full(d)), randomness=rnd))
-        inner.defvjp(vmap(lambda *d: self.fwd(*full(d)), randomness=rnd),
+        inner.defvjp(vmap(lambda *d: self._run_fwd(*full(d)), randomness=rnd),
                      vmap(lambda res, g: self.bwd(*static, res, g), randomness=rnd))
         with lowered(n):
             out = inner(*dargs)
@@ -236,6 +269,193 @@ class custom_vjp:
         for gr, n in zip(grads, call.kinds):
             flat += [None] * n if gr is None else tree_flatten(gr)[0]
         return _check_shapes(self._rule.name, flat, specs)
+
+
+# --- JAX: custom_jvp ---------------------------------------------------------------------------
+class _JvpCall:
+    __slots__ = ("out_def", "n_leaves", "in_defs", "kinds", "slots", "shapes", "nondiff",
+                 "static", "primals")
+
+    def __init__(self) -> None:
+        self.nondiff: tuple = ()
+
+
+class custom_jvp:
+    """``f`` with a JVP of your own (JAX's ``jax.custom_jvp``)::
+
+        @ng.func.custom_jvp
+        def log1pexp(x):
+            return ng.log1p(ng.exp(x))
+
+        @log1pexp.defjvp
+        def log1pexp_jvp(primals, tangents):
+            (x,), (t,) = primals, tangents
+            return log1pexp(x), t * ng.sigmoid(x)
+
+    ``jvp(primals, tangents) -> (primal_out, tangent_out)`` (``tangent_out`` linear in the
+    tangents); ``defjvps(*jvps)`` gives one ``jvp_i(g, ans, *primals)`` per argument instead.
+    Forward mode (``jvp``, ``jacfwd``) calls the rule; reverse mode (``grad``, ``vjp``,
+    ``backward``) transposes it, by differentiating the rule's ``tangent_out`` with respect to
+    the tangents, as JAX does. ``nondiff_argnums`` name arguments passed to ``jvp`` first (and
+    not differentiated). The rule is called only when a derivative is taken, so a call of
+    ``f`` inside it is ``f`` with its rule again (higher derivatives use the rule, as in JAX).
+    Under ``vmap`` ``f`` and the rule run on the whole batch.
+    """
+
+    def __init__(self, fun: Callable, nondiff_argnums: tuple = ()) -> None:
+        functools.update_wrapper(self, fun)
+        self.fun = fun
+        self.nondiff_argnums = tuple(nondiff_argnums)
+        self.jvp = None
+        name = f"custom_jvp[{getattr(fun, '__name__', 'f')}]"
+        self._rule = _rule(name, self._vjp)
+        self._rule.jvp = self._jvp
+
+    def defjvp(self, jvp: Callable, symbolic_zeros: bool = False) -> Callable:
+        """Set the rule ``jvp(*nondiff_args, primals, tangents)``; returns ``jvp`` (so it
+        decorates). Zero tangents are passed as zero tensors (``symbolic_zeros`` must be
+        False)."""
+        if symbolic_zeros:
+            raise NotImplementedError(f"{self._rule.name}: symbolic_zeros=True is not "
+                                      "supported; zero tangents are passed as zeros")
+        self.jvp = jvp
+        return jvp
+
+    def defjvps(self, *jvps: Callable | None) -> None:
+        """One rule per argument: ``jvps[i](g_i, ans, *primals)`` is argument i's part of the
+        output tangent (None: the argument has none); the parts are summed (JAX's)."""
+        if self.nondiff_argnums:
+            raise TypeError(f"{self._rule.name}: defjvps cannot be used with nondiff_argnums; "
+                            "use defjvp")
+
+        def jvp(primals, tangents):
+            ans = self(*primals)
+            parts = [f(t, ans, *primals) for f, t in zip(jvps, tangents) if f is not None]
+            if not parts:
+                return ans, tree_map(zeros_like, ans)
+            total = parts[0]
+            for q in parts[1:]:
+                total = tree_map(lambda a, b: a + b, total, q)
+            return ans, total
+
+        if len(jvps) == 0:
+            raise TypeError(f"{self._rule.name}: defjvps needs one rule per argument")
+        self.defjvp(jvp)
+
+    def _split(self, args: tuple) -> tuple[list, list]:
+        nd = self.nondiff_argnums
+        return ([args[i] for i in nd], [a for i, a in enumerate(args) if i not in nd])
+
+    def _call_rule(self, static: list, primals: list, tangents: list) -> tuple:
+        res = self.jvp(*static, tuple(primals), tuple(tangents))
+        if not (isinstance(res, tuple | list) and len(res) == 2):
+            raise TypeError(f"{self._rule.name}: the jvp rule must return (primal_out, "
+                            f"tangent_out), got {type(res).__name__}")
+        return res
+
+    def __call__(self, *args):
+        if self.jvp is None:
+            raise TypeError(f"{self._rule.name}: no rule yet; call defjvp(jvp) first")
+        static, diff_args = self._split(args)
+        leaves, _ = tree_flatten(diff_args)
+        m = modes()
+        top = m.traces[-1] if m.traces else None
+        if type(top) is Level and any(type(t) is BatchTracer and t.level is top for t in leaves):
+            return self._batched(args, top, len(m.traces) - 1)
+        if not (m.grad_enabled and any(_diff(t) for t in leaves)):
+            return self.fun(*args)
+        out = self.fun(*args)
+        call = _JvpCall()
+        call.static, call.primals = static, diff_args
+        out_leaves, call.out_def = tree_flatten(out)
+        call.n_leaves = len(out_leaves)
+        call.in_defs = [tree_flatten(a)[1] for a in diff_args]
+        call.kinds = [len(tree_flatten(a)[0]) for a in diff_args]
+        new = _attach(out_leaves, leaves, self._rule, call)
+        return tree_unflatten(call.out_def, new)
+
+    def _tangent_out(self, call, primals: list, tangents: list) -> list:
+        """The rule's output tangents at the differentiable output slots."""
+        _, t_out = self._call_rule(call.static, primals, tangents)
+        t_leaves, t_def = tree_flatten(t_out)
+        if t_def != call.out_def:
+            raise ShapeError(f"{self._rule.name}: the jvp rule's tangent_out has structure "
+                             f"{t_def}, but f returns {call.out_def}")
+        return [t_leaves[i] for i in call.slots]
+
+    def _tangents(self, call, flat: list) -> list:
+        """Per-argument tangent trees from one tangent (or None: zero) per input leaf."""
+        leaves = tree_flatten(call.primals)[0]
+        ts = [(zeros_like(x) if isinstance(x, Tensor) else 0.0) if t is None else t
+              for t, x in zip(flat, leaves)]
+        out, at = [], 0
+        for td, n in zip(call.in_defs, call.kinds):
+            out.append(tree_unflatten(td, ts[at:at + n]))
+            at += n
+        return out
+
+    def _jvp(self, tangents, ans, *specs, call):
+        ts = self._tangent_out(call, list(call.primals), self._tangents(call, list(tangents)))
+        parts = []
+        for t, shape in zip(ts, call.shapes):
+            t = t if isinstance(t, Tensor) else tensor(t)
+            if tuple(t.shape) != tuple(shape):
+                raise ShapeError(f"{self._rule.name}: the jvp rule returned a tangent of shape "
+                                 f"{tuple(t.shape)} for an output of shape {tuple(shape)}")
+            parts.append(_reshape(t, shape=(t.data.size,)))
+        return parts[0] if len(parts) == 1 else concatenate(parts)
+
+    def _vjp(self, needs, g, ans, *specs, call):
+        from ..autodiff import enable_grad, grad as _grad
+
+        create = modes().grad_enabled  # a backward with create_graph: keep the links
+        leaves, pdef = tree_flatten(call.primals)
+        prim = [x if not isinstance(x, Tensor) else
+                (x if create and x.requires_grad else x.detach()) for x in leaves]
+        holes = [Tensor(x.backend.xp.zeros(x.shape, dtype=x.dtype), None, True)
+                 if _diff(x) and needs[k] else None for k, x in enumerate(leaves)]
+        primals, at = [], 0
+        for td, n in zip(call.in_defs, call.kinds):
+            primals.append(tree_unflatten(td, prim[at:at + n]))
+            at += n
+        with enable_grad():
+            ts = self._tangent_out(call, primals, self._tangents(call, holes))
+        cts = _unpack(g, call)
+        roots = [(t, c) for t, c in zip(ts, cts) if isinstance(t, Tensor) and t.requires_grad]
+        wrt = [h for h in holes if h is not None]
+        if not roots or not wrt:
+            return [None] * len(specs)
+        gs = iter(_grad([t for t, _ in roots], wrt, [c for _, c in roots], create_graph=create,
+                        allow_unused=True))
+        return [None if h is None else next(gs) for h in holes]
+
+    def _batched(self, args: tuple, top: Level, n: int):
+        """Under ``vmap``: a custom_jvp of the vmapped ``fun`` and rule, one level down."""
+        nd = self.nondiff_argnums
+        static = [args[i] for i in nd]
+        if any(type(t) is BatchTracer for t in tree_flatten(static)[0]):
+            raise NotImplementedError(f"{self._rule.name}: a nondiff argument is batched by "
+                                      "vmap; pass it as a differentiable argument")
+        size = top.size
+
+        def lift(t):
+            if type(t) is BatchTracer and t.level is top:
+                return front(t.val, t.bdim)
+            return batched(t if isinstance(t, Tensor) else tensor(t), None, size)
+
+        dargs = [tree_map(lift, a) for i, a in enumerate(args) if i not in nd]
+
+        def full(d):
+            it = iter(d)
+            return [args[i] if i in nd else next(it) for i in range(len(args))]
+
+        rnd = top.randomness
+        inner = custom_jvp(vmap(lambda *d: self.fun(*full(d)), randomness=rnd))
+        vrule = vmap(lambda p, t: self.jvp(*static, tuple(p), tuple(t)), randomness=rnd)
+        inner.defjvp(lambda p, t: vrule(list(p), list(t)))
+        with lowered(n):
+            out = inner(*dargs)
+        return tree_map(lambda o: BatchTracer(o, 0, top) if isinstance(o, Tensor) else o, out)
 
 
 # --- PyTorch: autograd.Function ---------------------------------------------------------------

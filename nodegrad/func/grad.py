@@ -22,12 +22,17 @@ _alias = primitive("alias", lambda xp, x: x, lambda g, ans, x: g, saves="none", 
                    doc="The same value as a new graph vertex (a transform's input).")
 
 
-def _make_input(x, op: str) -> Tensor:
-    """A differentiation input for ``x``: linked to x's own graph when x has one."""
+def _make_input(x, op: str, allow_int: bool = False) -> Tensor:
+    """A differentiation input for ``x``: linked to x's own graph when x has one. With
+    ``allow_int`` an integer or bool ``x`` is passed as it is (its gradient is zeros)."""
+    if allow_int and (isinstance(x, bool | int) or (isinstance(x, Tensor)
+                                                     and x.dtype.kind in "biu")):
+        return Tensor(x.data, None, False) if isinstance(x, Tensor) else tensor(x)
     if isinstance(x, Tensor):
         if x.dtype.kind != "f":
+            hint = "; pass allow_int=True to get zeros for it" if op == "grad" else ""
             raise GradError(f"{op}: cannot differentiate with respect to an integer tensor "
-                            f"(dtype {x.dtype})")
+                            f"(dtype {x.dtype}){hint}")
         if x.requires_grad and modes().grad_enabled:
             return _alias(x)
         return Tensor(x.data, None, True)
@@ -43,15 +48,18 @@ def _argnums(argnums, nargs: int, op: str) -> tuple:
     for n in nums:
         if not -nargs <= n < nargs:
             raise ValueError(f"{op}: argnums {argnums} out of range for {nargs} arguments")
-    return tuple(n % nargs for n in nums)
+    out = tuple(n % nargs for n in nums)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: argnums {argnums} names an argument twice")
+    return out
 
 
-def _prepare(args: tuple, nums: tuple, op: str):
+def _prepare(args: tuple, nums: tuple, op: str, allow_int: bool = False):
     args = list(args)
     leaves_per_arg, defs = [], []
     for n in nums:
         leaves, td = tree_flatten(args[n])
-        ins = [_make_input(leaf, op) for leaf in leaves]
+        ins = [_make_input(leaf, op, allow_int) for leaf in leaves]
         args[n] = tree_unflatten(td, ins)
         leaves_per_arg.append(ins)
         defs.append(td)
@@ -107,31 +115,39 @@ def _grads(outs, cots, ins_per_arg, defs, higher, retain) -> list:
     return out
 
 
-def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+                   holomorphic: bool = False, allow_int: bool = False):
     """A function returning ``(f(*args), gradient)``; with ``has_aux``, ``((value, aux), grad)``.
 
     ``f`` must return a scalar. The gradient has the structure of the differentiated arguments
-    (a tuple of them when ``argnums`` is a tuple).
+    (a tuple of them when ``argnums`` is a tuple). ``allow_int`` (JAX's) lets integer and bool
+    arguments through, with zeros of their shape and dtype as their gradient (JAX's float0
+    zeros); ``holomorphic`` (complex differentiation) is not supported.
     """
+    if holomorphic:
+        raise NotImplementedError("grad: holomorphic=True (complex differentiation) is not "
+                                  "supported; nodegrad differentiates real functions")
 
     def wrapped(*args, **kwargs):
         nums = _argnums(argnums, len(args), "value_and_grad")
         if modes().traces:  # inside vmap: differentiate the batched computation underneath
-            return _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs)
-        a, ins, defs, higher = _prepare(args, nums, "grad")
+            return _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs, allow_int)
+        a, ins, defs, higher = _prepare(args, nums, "grad", allow_int)
         res = _call(f, a, kwargs, first_order=not higher)
         out, aux = _split_aux(res, has_aux)
         out = _scalar_out(out, "grad")
         gs = _grads([out], [out.ones_like()], ins, defs, higher, False)
         g = gs[0] if isinstance(argnums, int) else tuple(gs)
         value = out if higher else out.detach()
+        if has_aux and not higher:
+            aux = detach_aux(aux)
         return ((value, aux) if has_aux else value), g
 
     wrapped.__name__ = f"value_and_grad({getattr(f, '__name__', 'f')})"
     return wrapped
 
 
-def _prepare_batched(args: tuple, nums: tuple, op: str):
+def _prepare_batched(args: tuple, nums: tuple, op: str, allow_int: bool = False):
     """``_prepare`` inside vmap: inputs become plain batched leaves at the bottom (broadcast
     along every active vmap where not batched), handed to ``f`` seen as examples."""
     from .vmap import full_batch, rewrap
@@ -143,7 +159,7 @@ def _prepare_batched(args: tuple, nums: tuple, op: str):
         leaves, td = tree_flatten(args[n])
         bottoms = [full_batch(x)[1] for x in leaves]
         with lowered(0):
-            made = [_make_input(b, op) for b in bottoms]
+            made = [_make_input(b, op, allow_int) for b in bottoms]
         args[n] = tree_unflatten(td, [rewrap(m, levels) for m in made])
         ins.append(made)
         defs.append(td)
@@ -169,21 +185,36 @@ def from_bottom(tree, levels: tuple):
     return tree_unflatten(td, [rewrap(t, levels) for t in leaves])
 
 
-def _split_aux(res, has_aux: bool) -> tuple:
+def detach_aux(x):
+    """``aux`` with its tensors cut from the graph of a transform that recorded nothing above
+    it (JAX's aux carries no derivative at the level that made it); containers are rebuilt,
+    other objects passed through as they are."""
+    if isinstance(x, Tensor):
+        return x.detach() if x.requires_grad else x
+    if type(x) in (list, tuple, dict) or (isinstance(x, tuple) and hasattr(x, "_fields")):
+        if isinstance(x, dict):
+            return {k: detach_aux(v) for k, v in x.items()}
+        items = [detach_aux(v) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
+    return x
+
+
+def _split_aux(res, has_aux: bool, op: str = "grad") -> tuple:
     """``(value, aux)`` from what ``f`` returned (``aux`` is None without ``has_aux``)."""
     if not has_aux:
         return res, None
-    if not (isinstance(res, tuple) and len(res) == 2):
-        raise GradError("grad: has_aux=True needs f to return (value, aux)")
+    if not (isinstance(res, tuple | list) and len(res) == 2):
+        raise GradError(f"{op}: has_aux=True needs f to return a pair (value, aux), got "
+                        f"{type(res).__name__}")
     return res
 
 
-def _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs):
+def _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs, allow_int=False):
     """value_and_grad under vmap: the inputs become batched leaves at the bottom (one row per
     example, broadcast where an input was not batched), ``f`` runs on them seen as examples, and
     one backward pass from the sum of the per-example values gives every example's gradient,
     since batching rules never mix examples."""
-    args, ins, defs, higher, levels = _prepare_batched(args, nums, "grad")
+    args, ins, defs, higher, levels = _prepare_batched(args, nums, "grad", allow_int)
     res = _call(f, args, kwargs)
     out, aux = _split_aux(res, has_aux)
     if not isinstance(out, Tensor) or out.shape != ():
@@ -198,13 +229,15 @@ def _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs):
     return ((value, aux) if has_aux else value), g
 
 
-def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+         holomorphic: bool = False, allow_int: bool = False):
     """The gradient function of scalar-valued ``f`` with respect to ``argnums``.
 
     Composable: ``grad(grad(f))`` is the second derivative; a Hessian-vector product is
-    ``grad(lambda x: (grad(f)(x) * v).sum())(x)``.
+    ``grad(lambda x: (grad(f)(x) * v).sum())(x)``. ``allow_int`` and ``holomorphic`` as in
+    :func:`value_and_grad`.
     """
-    vg = value_and_grad(f, argnums, has_aux)
+    vg = value_and_grad(f, argnums, has_aux, holomorphic, allow_int)
 
     def wrapped(*args, **kwargs):
         (value, g) = vg(*args, **kwargs)
@@ -218,16 +251,17 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
     """``(f(*primals), vjp_fn)``: ``vjp_fn(cotangent)`` returns one cotangent per primal.
 
     ``f`` may return a tensor or a tree of tensors; the cotangent has the same structure.
-    ``vjp_fn`` can be called more than once.
+    ``vjp_fn`` can be called more than once. Integer and bool primals are passed through and
+    get zeros of their shape and dtype (JAX's float0 zeros).
     """
     nums = tuple(range(len(primals)))
     levels = None
     if modes().traces:  # inside vmap: differentiate the batched computation underneath
-        a, ins, defs, higher, levels = _prepare_batched(primals, nums, "vjp")
+        a, ins, defs, higher, levels = _prepare_batched(primals, nums, "vjp", True)
     else:
-        a, ins, defs, higher = _prepare(primals, nums, "vjp")
+        a, ins, defs, higher = _prepare(primals, nums, "vjp", True)
     res = _call(f, a, {})
-    out, aux = (res if has_aux else (res, None))
+    out, aux = _split_aux(res, has_aux, "vjp")
     outs, out_def = tree_flatten(out)
     bottoms = outs if levels is None else to_bottom(outs, levels, "vjp")
 
@@ -241,6 +275,11 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
             if tuple(c.shape) != tuple(o.shape):
                 raise GradError(f"vjp: cotangent shape {tuple(c.shape)} does not match the "
                                 f"output shape {tuple(o.shape)}")
+            if o.dtype.kind == "f" and c.dtype != o.dtype:
+                if c.dtype.kind != "f":
+                    raise GradError(f"vjp: cotangent dtype {c.dtype} for an output of dtype "
+                                    f"{o.dtype} (shape {tuple(o.shape)}); pass floats")
+                c = c.astype(o.dtype)  # as backward's grad_outputs: cast to the output's dtype
             cts.append(c)
         # a cotangent that is itself differentiated (vjp_fn inside grad or jvp: forward- or
         # reverse-over-reverse) needs the backward recorded, as linearize's jvp_fn does
@@ -260,4 +299,6 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
         shown = from_bottom(tree_unflatten(out_def, shown), levels)
     else:
         shown = out if higher else tree_unflatten(out_def, [o.detach() for o in outs])
+        if has_aux and not higher:
+            aux = detach_aux(aux)
     return (shown, vjp_fn, aux) if has_aux else (shown, vjp_fn)

@@ -20,8 +20,8 @@ from ..autodiff import Spec, _key, _topo_order, modes
 from ..errors import GradError
 from ..tensor import Tensor, zeros_like
 from ..batching import lowered
-from .grad import (_argnums, _call, _prepare, _prepare_batched, from_bottom, to_bottom,
-                   value_and_grad, vjp)
+from .grad import (_argnums, _call, _prepare, _prepare_batched, detach_aux, from_bottom,
+                   to_bottom, value_and_grad, vjp)
 from .tree import tree_flatten, tree_unflatten
 
 
@@ -67,7 +67,7 @@ def _aux(res, has_aux: bool, op: str) -> tuple:
     """``(output, aux)`` from what ``f`` returned (``aux`` None without ``has_aux``)."""
     if not has_aux:
         return res, None
-    if not (isinstance(res, tuple) and len(res) == 2):
+    if not (isinstance(res, tuple | list) and len(res) == 2):
         raise GradError(f"{op}: has_aux=True needs f to return (output, aux), got "
                         f"{type(res).__name__}")
     return res
@@ -128,6 +128,8 @@ def linearize(f: Callable, *primals, has_aux: bool = False):
         shown = outs if higher else [o.detach() for o in outs]
     shown = tree_unflatten(out_def, shown)
     shown = shown if levels is None else from_bottom(shown, levels)
+    if has_aux and levels is None and not higher:
+        aux = detach_aux(aux)
     return (shown, jvp_fn, aux) if has_aux else (shown, jvp_fn)
 
 
@@ -247,6 +249,10 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = Fal
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacrev")
         leaves, defs = _flat_args(args, nums)
+        for x in (x for ls in leaves for x in ls):
+            if x.dtype.kind != "f":
+                raise GradError(f"jacrev: cannot differentiate with respect to an integer "
+                                f"input (dtype {x.dtype}); pass floats")
         out, fn, *aux = vjp(*_restrict(f, args, nums, leaves, defs), has_aux=has_aux)
         outs, out_def = tree_flatten(out)
         zeros = [zeros_like(o) for o in outs]

@@ -12,39 +12,77 @@ because batching rules never mix examples, and costs one backward pass for the w
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from .. import batching as bt
 from ..autodiff import modes
 from ..batching import BatchTracer, Level, lowered, pushed
 from ..errors import ShapeError
 from ..ops.shape import broadcast_to, concatenate, expand_dims, moveaxis, norm_axis
 from ..random import RANDOMNESS
 from ..tensor import Tensor, tensor
-from .tree import tree_flatten, tree_unflatten
+from .tree import broadcast_prefix, tree_flatten, tree_unflatten
 
 
-def _per_leaf(spec, tree, n_args: int | None, what: str) -> list:
-    """One axis (int or None) per leaf of ``tree`` from an int/None or a tuple per argument."""
-    leaves, td = tree_flatten(tree)
+def _check_axis(a, what: str):
+    if a is not None and (isinstance(a, bool) or not isinstance(a, int)):
+        raise TypeError(f"vmap: {what} entries must be ints or None, got {a!r}")
+    return a
+
+
+def _per_leaf(spec, tree, what: str) -> list:
+    """One axis (int or None) per leaf of ``tree`` from ``spec``: an int or None for the whole
+    tree, or a tree prefix of ``tree`` (JAX's: tuples, lists, dicts of ints and Nones)."""
     if spec is None or isinstance(spec, int):
-        return [spec] * len(leaves)
-    spec = tuple(spec)
-    if n_args is not None and len(spec) != n_args:
-        raise ValueError(f"vmap: {what} has {len(spec)} entries for {n_args} arguments")
-    out = []
-    for s, sub in zip(spec, tree):
-        out.extend(_per_leaf(s, sub, None, what))
-    return out
+        return [_check_axis(spec, what)] * len(tree_flatten(tree)[0])
+    return [_check_axis(a, what) for a in broadcast_prefix(spec, tree, f"vmap: {what}")]
+
+
+def _in_axes(in_axes, args: tuple, kwargs: dict) -> list:
+    """The axis of every leaf of ``(args, kwargs)``: ``in_axes`` for the positional arguments
+    (an int, None, or one entry per argument), 0 for the keyword arguments (as in JAX)."""
+    if isinstance(in_axes, list):  # JAX takes a list of per-argument entries as a tuple
+        in_axes = tuple(in_axes)
+    if isinstance(in_axes, tuple) and len(in_axes) != len(args):
+        raise ValueError(f"vmap: in_axes has {len(in_axes)} entries for {len(args)} positional "
+                         "arguments; it must be an int, None, or one entry per positional "
+                         "argument")
+    if not (in_axes is None or isinstance(in_axes, int | tuple)):
+        raise TypeError(f"vmap: in_axes must be an int, None or a tuple, got "
+                        f"{type(in_axes).__name__}")
+    return _per_leaf(in_axes, args, "in_axes") + _per_leaf(0, kwargs, "in_axes")
+
+
+def _leaf_names(args: tuple, kwargs: dict) -> list:
+    """Which argument each leaf of ``(args, kwargs)`` belongs to, for error messages."""
+    names = []
+    for i, a in enumerate(args):
+        names += [f"argument {i}"] * len(tree_flatten(a)[0])
+    for k in sorted(kwargs):
+        names += [f"keyword argument {k!r}"] * len(tree_flatten(kwargs[k])[0])
+    return names
+
+
+def _size_error(found: list, names: list) -> ShapeError:
+    parts = "; ".join(f"axis {ax} of {names[k]} (shape {shape}) has size {n}"
+                      for k, ax, shape, n in found)
+    return ShapeError(f"vmap: the mapped axes have different sizes (they must agree): "
+                      f"{parts}")
 
 
 def vmap(f: Callable, in_axes=0, out_axes=0, randomness: str = "error", *, in_dims=None,
-         out_dims=None, chunk_size: int | None = None) -> Callable:
+         out_dims=None, chunk_size: int | None = None, axis_size: int | None = None,
+         axis_name: Any = None, spmd_axis_name: Any = None) -> Callable:
     """Vectorise ``f`` over axis ``in_axes`` of its inputs, stacking results on ``out_axes``.
 
     ``in_axes`` is an int (every input), None (not batched) or a tuple with one entry per
-    positional argument (an int or None applying to that argument's whole tree); ``out_axes``
-    likewise per output. Unbatched outputs are broadcast along the batch axis. ``in_dims`` and
-    ``out_dims`` are ``torch.func.vmap``'s names for the two.
+    positional argument, each an int, None or a tree prefix of that argument (a dict of axes
+    for a dict of tensors, as in JAX); keyword arguments are mapped over their axis 0 (JAX's).
+    ``out_axes`` likewise, a prefix of the output's tree (None: an output that does not depend
+    on the batch, returned once). Unbatched outputs are broadcast along the batch axis.
+    ``axis_size`` gives the batch size where no input is mapped (and is checked otherwise);
+    ``axis_name`` and ``spmd_axis_name`` are accepted for JAX's signature and unused (nodegrad
+    has no collectives over a named axis). ``in_dims`` and ``out_dims`` are
+    ``torch.func.vmap``'s names for ``in_axes`` and ``out_axes``.
 
     ``randomness`` (``torch.func``'s) says what a random draw inside ``f`` (``randn``, dropout,
     ``bernoulli``, ``normal_``, ...) does: ``'error'`` refuses it, ``'different'`` gives each
@@ -52,6 +90,7 @@ def vmap(f: Callable, in_axes=0, out_axes=0, randomness: str = "error", *, in_di
     runs the batch that many examples at a time (less memory, the same results; each chunk
     draws afresh).
     """
+    del axis_name, spmd_axis_name  # names for collectives, which nodegrad does not have
     if randomness not in RANDOMNESS:
         raise ValueError(f"vmap: randomness must be one of {RANDOMNESS}, got {randomness!r}")
     if in_dims is not None:
@@ -65,40 +104,55 @@ def vmap(f: Callable, in_axes=0, out_axes=0, randomness: str = "error", *, in_di
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(
             chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"vmap: chunk_size must be a positive int or None, got {chunk_size!r}")
+    if axis_size is not None and (not isinstance(axis_size, int) or isinstance(
+            axis_size, bool) or axis_size < 0):
+        raise ValueError(f"vmap: axis_size must be a non-negative int or None, got "
+                         f"{axis_size!r}")
 
-    def run(args, axes, td, prepared, size):
+    def run(td, prepared, size):
         level = Level(size, randomness)
         ins = [x if ax is None else BatchTracer(x, ax, level) for x, ax in prepared]
         with pushed(level):  # this thread's vmap levels only
-            out = f(*tree_unflatten(td, ins))
+            a, kw = tree_unflatten(td, ins)
+            out = f(*a, **kw)
         outs, out_def = tree_flatten(out)
-        oaxes = _per_leaf(out_axes, out if isinstance(out_axes, tuple) else outs,
-                          None, "out_axes")
+        oaxes = _per_leaf(out_axes, out, "out_axes")
         return [_unbatch(o, level, ax) for o, ax in zip(outs, oaxes)], oaxes, out_def
 
-    def wrapped(*args):
-        axes = _per_leaf(in_axes, args, len(args), "in_axes")
-        leaves, td = tree_flatten(args)
-        sizes, prepared = [], []
-        for x, ax in zip(leaves, axes):
+    def wrapped(*args, **kwargs):
+        axes = _in_axes(in_axes, args, kwargs)
+        leaves, td = tree_flatten((args, kwargs))
+        found, prepared = [], []
+        for k, (x, ax) in enumerate(zip(leaves, axes)):
             if ax is not None:
                 if not isinstance(x, Tensor):
                     x = tensor(x)
+                if x.ndim == 0:
+                    raise ShapeError(f"vmap: in_axes maps {_leaf_names(args, kwargs)[k]} along "
+                                     f"axis {ax}, but it is 0-d (a scalar); map it with None "
+                                     "or give it an axis")
                 ax = norm_axis(ax, x.ndim, "vmap")
-                sizes.append(x.shape[ax])
+                found.append((k, ax, tuple(x.shape), x.shape[ax]))
             prepared.append((x, ax))
-        if not sizes:
-            raise ValueError("vmap: no input is batched (all in_axes are None)")
-        size = bt.check_sizes(sizes)
+        if not found and axis_size is None:
+            raise ValueError("vmap: no input is batched (all in_axes are None); pass axis_size "
+                             "to give the batch size")
+        sizes = {n for *_, n in found} | ({axis_size} if axis_size is not None else set())
+        if len(sizes) != 1:
+            if axis_size is not None and found:
+                raise ShapeError(f"vmap: axis_size is {axis_size}, but the mapped axes have "
+                                 f"sizes {sorted({n for *_, n in found})}")
+            raise _size_error(found, _leaf_names(args, kwargs))
+        size = sizes.pop()
         if chunk_size is None or chunk_size >= size:
-            res, _, out_def = run(args, axes, td, prepared, size)
+            res, _, out_def = run(td, prepared, size)
             return tree_unflatten(out_def, res)
         parts = []
         for lo in range(0, size, chunk_size):
             hi = min(lo + chunk_size, size)
             part = [(x, ax) if ax is None else
                     (x[(slice(None),) * ax + (slice(lo, hi),)], ax) for x, ax in prepared]
-            parts.append(run(args, axes, td, part, hi - lo))
+            parts.append(run(td, part, hi - lo))
         _, oaxes, out_def = parts[0]
         res = [p0 if ax is None else concatenate([p[0][i] for p in parts],
                                                    norm_axis(ax, p0.ndim, "vmap"))
