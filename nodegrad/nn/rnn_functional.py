@@ -334,7 +334,8 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: flo
     scores = (q * scale) @ k.mT
     dead = None
     if bias is not None:
-        traced = modes().jit is not None  # a later call's mask may hide a whole row
+        # traced (jit, an export, vmap): a later call's mask may hide a whole row
+        traced = modes().jit is not None or bool(modes().traces)
         if bias.dtype.kind == "f" and (traced or bool(
                 bias.backend.xp.isneginf(values(bias)).any())):
             dead = ops.all(bias == -math.inf, axis=-1, keepdims=True)

@@ -1,21 +1,25 @@
 """Export a module's forward to ONNX by tracing it.
 
 The forward runs twice in eval mode: once on the example inputs and once with the dynamic axes
-(the batch by default) resized. A recorder on the trace stack sees every primitive bound and
-turns it into ONNX nodes; layers whose primitives are no ONNX op (pooling over window views,
-recurrent layers, embeddings, the norms) or that have an ONNX op of their own (transposed
-convolution, Resize, several activations) are caught by module hooks and written as that op
-instead. A window view waits for the max (or the sum and division) over it that makes it a
-pooling. Comparing the two traces tells which shape parameters follow the dynamic axes (written
-as ``0``/``-1`` in a Reshape, ``1`` in an Expand) and which constants were computed from the
-input; anything that cannot be written faithfully raises :class:`UnsupportedError` naming the
-op and the module path.
+(the batch by default) resized, each name by its own step (unchanged without dynamic axes: the
+second run still tells random numbers drawn in the forward). A recorder on the trace stack
+sees every primitive bound and turns it into ONNX nodes; layers whose primitives are no ONNX op
+(pooling over window views, recurrent layers, embeddings, the norms) or that have an ONNX op
+of their own (transposed convolution, Resize, several activations) are caught by module hooks
+and written as that op instead. A window view waits for the max (or the sum and division) over
+it that makes it a pooling. Comparing the two traces tells which shape parameters follow the
+dynamic axes (written as ``0``/``-1`` in a Reshape, ``1`` in an Expand) and which constants
+were computed from the input or drawn at random; anything that cannot be written faithfully
+raises :class:`UnsupportedError` naming the op and the module path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import secrets
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import _backend as B
 from ..autodiff import no_grad
@@ -24,6 +28,9 @@ from ..nn import Module
 from ..nn import layers as L
 from ..tensor import Tensor
 from ._common import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, UnsupportedError, require_onnx
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 np = B.np
 _I64 = np.int64
@@ -118,7 +125,7 @@ class _Recorder:
         if self.leaf is not None:
             for a in args:  # a traced value the layer's hooks did not see (a keyword argument)
                 if isinstance(a, Tensor) and id(a) in self.names and id(a) not in self.params \
-                        and not any(a is b for b in self.leaf_args):
+                        and not any(a is b for b in self.leaf_seen):
                     self.fail(f"{type(self.leaf).__name__} is called with a traced value as a "
                               "keyword argument; pass its inputs positionally")
             return out
@@ -150,8 +157,8 @@ class _Recorder:
                        self.names and id(a) not in self.params)
         if consts != t_consts:
             self.fail(f"{name}: a value computed outside the traced operations (say one_hot "
-                      "or a NumPy round trip) depends on the input; it would be baked into "
-                      "the graph")
+                      "or a NumPy round trip) depends on the input, or is random (dropout "
+                      "called with training=True, noise); it would be baked into the graph")
         if name not in _SHAPED and not _same(params, t_params):
             self.fail(f"{name}: its parameters follow the dynamic axes ({params} vs "
                       f"{t_params} for another size)")
@@ -162,24 +169,51 @@ class _Recorder:
             return None
         self.path.append(self.paths.get(id(m), type(m).__name__))
         if type(m) in LAYERS and not (isinstance(m, L.Upsample) and m.mode == "area") and \
-                not _padded_first(m):
+                not _padded_first(m) and not (type(m) in _FLOAT32_ATTRS and not (
+                    args and isinstance(args[0], Tensor) and args[0].dtype == np.float32)):
             self.leaf = m
             self.leaf_args = args
+            # what the converter reads: the arguments and the layer's tensors (a weight that a
+            # pre-hook computed, as weight_norm's)
+            self.leaf_seen = _flat(args) + [v for v in vars(m).values() if isinstance(v, Tensor)]
         return None
 
     def post(self, m: Module, args, out):
         if self.leaf is m:
             self.leaf = None
             outs = _flat(out)
-            shapes = tuple(tuple(a.shape) for a in args if isinstance(a, Tensor))
+            shapes = tuple(tuple(a.shape) for a in _flat(args))
             twin = self.event(type(m).__name__, (shapes, tuple(tuple(o.shape) for o in outs)))
-            names = LAYERS[type(m)](self, m, self.leaf_args, outs, twin)
+            conv = LAYERS[type(m)]
+            if _unbatched(m, self.leaf_args):
+                names = self._batched(conv, m, outs, twin)
+            else:
+                names = conv(self, m, self.leaf_args, outs, twin)
             for o, n in zip(outs, names):
                 self.set(o, n)
         elif self.leaf is not None:
             return None
         self.path.pop()
         return None
+
+    def _batched(self, conv, m: Module, outs: list, twin) -> list:
+        """A layer called on an unbatched input ((C, L), ...) written as its batched op
+        between an Unsqueeze and a Squeeze of axis 0 (ONNX's ops take (N, C, ...))."""
+        nd = self.leaf_args[0].ndim
+
+        def lift(t):
+            if not isinstance(t, Tensor) or t.ndim != nd:
+                return t
+            b = Tensor(t.data[None])
+            self.set(b, _unsqueeze(self, self.name_of(t), [0]))
+            return b
+        args = tuple(lift(a) for a in self.leaf_args)
+        louts = [Tensor(o.data[None]) if o.ndim == nd else o for o in outs]
+        if twin is not None:
+            twin = tuple(tuple((1,) + tuple(s) if len(s) == nd else s for s in part)
+                         for part in twin)
+        names = conv(self, m, args, louts, twin)
+        return [_squeeze(self, n, [0]) if o.ndim == nd else n for o, n in zip(outs, names)]
 
 
 # converters that handle parameters that change with the dynamic axes
@@ -200,8 +234,11 @@ def _same(a, b) -> bool:
 
 
 def _flat(out) -> list:
+    """The tensors of a forward's result, in order (tuples, lists and dict values, nested)."""
     if isinstance(out, Tensor):
         return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
     if isinstance(out, tuple | list):
         return [t for o in out for t in _flat(o)]
     return []
@@ -243,7 +280,13 @@ def _slice(r: _Recorder, x: str, axes, starts, ends, steps=None) -> str:
 
 # --- primitives -------------------------------------------------------------------------------
 def _unary(op):
-    return lambda r, a, p, out, tw: r.node(op, [r.name_of(a[0])])
+    """An element-wise op; an integer input whose result is float (``sqrt`` of integers) is
+    cast to the result's dtype first, as ONNX's ops keep their input's type."""
+    def conv(r, a, p, out, tw):
+        if out.dtype.kind != "b" or op == "Not":  # (IsNaN reads floats, Not bools)
+            return r.node(op, [_as_dtype(r, a[0], out.dtype)])
+        return r.node(op, [r.name_of(a[0])])
+    return conv
 
 
 def _binary(op):
@@ -262,11 +305,28 @@ def _binary(op):
 
 
 def _compare(op):
-    """Comparisons and logic: numbers become constants of the tensor operand's dtype."""
+    """Comparisons and logic: numbers become constants of the tensors' dtype; where NumPy
+    compares in another dtype (an integer tensor against a float, tensors of two dtypes) the
+    operands are cast to it first, so ``x >= 0.5`` on integers is not ``x >= 0``."""
     def conv(r, a, p, out, tw):
-        like = next(x for x in a if isinstance(x, Tensor))
-        return r.node(op, [r.name_of(x, like) for x in a])
+        nums = [x for x in a if not isinstance(x, Tensor)]
+        dt = np.result_type(*[np.dtype(x.dtype) for x in a if isinstance(x, Tensor)])
+        if op in ("And", "Or", "Xor"):
+            dt = np.dtype(bool)
+        elif dt.kind in "biu" and any(isinstance(v, float | np.floating) for v in nums):
+            dt = np.dtype(np.float64)
+        elif dt.kind == "b" and nums:
+            dt = np.dtype(_I64)
+        return r.node(op, [_as_dtype(r, x, dt) if isinstance(x, Tensor) else r.const(x, dt)
+                           for x in a])
     return conv
+
+
+def _as_dtype(r: _Recorder, x: Tensor, dt) -> str:
+    """The value name of tensor ``x``, cast to ``dt`` where its dtype differs."""
+    n = r.name_of(x)
+    return n if np.dtype(x.dtype) == np.dtype(dt) else r.node("Cast", [n],
+                                                               to=_dtype_code(r.onnx, dt))
 
 
 def _bitwise(logic: str, bits: str):
@@ -282,8 +342,7 @@ def _bitwise(logic: str, bits: str):
 
 
 def _not_equal(r, a, p, out, tw):
-    like = next(x for x in a if isinstance(x, Tensor))
-    return r.node("Not", [r.node("Equal", [r.name_of(x, like) for x in a])])
+    return r.node("Not", [_compare("Equal")(r, a, p, out, tw)])
 
 
 def _square(r, a, p, out, tw):
@@ -300,7 +359,13 @@ def _log1p(r, a, p, out, tw):
 
 
 def _leaky(r, a, p, out, tw):
-    return r.node("LeakyRelu", [r.name_of(a[0])], alpha=float(p["negative_slope"]))
+    """LeakyRelu, whose slope attribute is a float32: other dtypes get the formula."""
+    x, slope = r.name_of(a[0]), p["negative_slope"]
+    if out.dtype == np.float32:
+        return r.node("LeakyRelu", [x], alpha=float(slope))
+    dt = _np_dtype(out)
+    return r.node("Where", [r.node("Greater", [x, r.const(0, dt)]), x,
+                            r.node("Mul", [x, r.const(slope, dt)])])
 
 
 def _softplus(r, a, p, out, tw):
@@ -328,12 +393,13 @@ def _gelu(r, a, p, out, tw):
 
 
 def _clip(r, a, p, out, tw):
-    y = r.name_of(a[0])
-    if a[1] is not None:
-        y = r.node("Max", [y, r.name_of(a[1], a[0])])
-    if a[2] is not None:
-        y = r.node("Min", [y, r.name_of(a[2], a[0])])
-    return y if y != r.name_of(a[0]) else r.node("Identity", [y])
+    x = y = _as_dtype(r, a[0], out.dtype)  # integers clipped to float bounds are floats
+    for op, bound in (("Max", a[1]), ("Min", a[2])):
+        if bound is not None:
+            b = _as_dtype(r, bound, out.dtype) if isinstance(bound, Tensor) else \
+                r.const(bound, _np_dtype(out))
+            y = r.node(op, [y, b])
+    return y if y != x else r.node("Identity", [y])
 
 
 def _hardtanh(r, a, p, out, tw):
@@ -364,8 +430,22 @@ def _softmax(op):
 
 
 def _reducer(op):
+    """A reduction; the input is cast to the result's dtype first where they differ (NumPy
+    sums int32 and bools as int64 and averages integers as float64; ONNX keeps the type)."""
     def conv(r, a, p, out, tw):
-        return _reduce(r, op, r.name_of(a[0]), p["axis"], p["keepdims"], a[0].ndim)
+        return _reduce(r, op, _as_dtype(r, a[0], out.dtype), p["axis"], p["keepdims"],
+                       a[0].ndim)
+    return conv
+
+
+def _truth(op: str):
+    """``all``/``any``: the truth of each element as int32, its ReduceMin/ReduceMax, as bool
+    (ONNX reduces bools only from opset 20)."""
+    def conv(r, a, p, out, tw):
+        x = _as_dtype(r, a[0], np.dtype(bool))
+        y = _reduce(r, op, r.node("Cast", [x], to=_dtype_code(r.onnx, np.int32)), p["axis"],
+                    p["keepdims"], a[0].ndim)
+        return r.node("Cast", [y], to=_dtype_code(r.onnx, np.dtype(bool)))
     return conv
 
 
@@ -779,6 +859,7 @@ PRIMS = {
     "bitwise_xor": _bitwise("Xor", "BitwiseXor"), "bitwise_not": _bitwise("Not", "BitwiseNot"),
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
+    "all": _truth("ReduceMin"), "any": _truth("ReduceMax"),
     "logsumexp": _logsumexp, "sum": _sum, "mean": _reducer("ReduceMean"),
     "max": _max, "min": _reducer("ReduceMin"), "argmax": _arg("ArgMax"),
     "argmin": _arg("ArgMin"), "reshape": _reshape, "transpose": _transpose,
@@ -796,6 +877,15 @@ def _padded_first(m) -> bool:
     ``padding='same'``/``'valid'``): exported op by op (a Pad, then the Conv)."""
     return isinstance(getattr(m, "padding", 0), str) or getattr(m, "padding_mode",
                                                                  "zeros") != "zeros"
+
+
+def _unbatched(m, args) -> bool:
+    """A 1-D/2-D/3-D convolution or pool called on an unbatched input ((C, L), ...)."""
+    name = type(m).__name__
+    if not name.endswith(("1d", "2d", "3d")) or name.startswith(("BatchNorm", "Upsampl")) \
+            or not args or not isinstance(args[0], Tensor):
+        return False
+    return args[0].ndim == int(name[-2]) + 1
 
 
 def _tup(v, n: int) -> list[int]:
@@ -836,12 +926,40 @@ def _pool_layer(op, nd):
         else:
             extra["dilations"] = _tup(kw.get("dilation", 1), nd)
         x = r.name_of(args[0])
+        d = extra.get("dilations", [1] * nd)
         if not kw.get("return_indices", False):
-            return [r.node(op, [x], kernel_shape=k, strides=s, pads=pad + pad, **extra)]
+            y = r.node(op, [x], kernel_shape=k, strides=s, pads=pad + pad, **extra)
+            return [_ceil_crop(r, y, args[0], outs[0], tw, k, s, pad, d, extra["ceil_mode"])]
         y, idx = r.node(op, [x], n_out=2, kernel_shape=k, strides=s, pads=pad + pad, **extra)
         plane = math.prod(args[0].shape[2:])
-        return [y, r.node("Mod", [idx, r.const(plane, _I64)])]
+        idx = r.node("Mod", [idx, r.const(plane, _I64)])
+        return [_ceil_crop(r, v, args[0], outs[0], tw, k, s, pad, d, extra["ceil_mode"])
+                for v in (y, idx)]
     return conv
+
+
+def _onnx_pool_size(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """A pool's output length as onnx's shape inference computes it: without the rule (PyTorch's,
+    the ONNX spec's and onnxruntime's) that a ``ceil_mode`` window starting in the right
+    padding is dropped."""
+    span = n + 2 * p - d * (k - 1) - 1
+    return (-(-span // s) if ceil else span // s) + 1
+
+
+def _ceil_crop(r, y: str, x, out, tw, k, s, pad, d, ceil) -> str:
+    """``y`` sliced to PyTorch's output size on each static axis where onnx's shape inference
+    counts the ``ceil_mode`` window that the spec drops (a no-op for onnxruntime, but without
+    it the full check refuses the graph: inferred and declared shapes differ)."""
+    if not ceil:
+        return y
+    axes, ends = [], []
+    for i, (n, o) in enumerate(zip(x.shape[2:], out.shape[2:])):
+        if tw is not None and tw[0][0][2 + i] != n:  # a dynamic spatial axis: nothing declared
+            continue
+        if _onnx_pool_size(n, k[i], s[i], pad[i], d[i], True) != o:
+            axes.append(2 + i)
+            ends.append(int(o))
+    return _slice(r, y, axes, [0] * len(axes), ends) if axes else y
 
 
 def _max_unpool_layer(r, m, args, outs, tw):
@@ -878,6 +996,7 @@ def _lp_pool_layer(r, m, args, outs, tw):
     xp_ = r.node("Pow", [r.name_of(args[0]), r.const(p, dt)])
     a = r.node("AveragePool", [xp_], kernel_shape=k, strides=s, pads=[0] * (2 * nd),
                ceil_mode=int(bool(m.ceil_mode)), count_include_pad=1)
+    a = _ceil_crop(r, a, args[0], outs[0], tw, k, s, [0] * nd, [1] * nd, bool(m.ceil_mode))
     mag = r.node("Mul", [r.node("Sign", [a]), r.node("Relu", [r.node("Abs", [a])])])
     return [r.node("Pow", [r.node("Mul", [mag, r.const(float(math.prod(k)), dt)]),
                            r.const(1.0 / p, dt)])]
@@ -911,10 +1030,10 @@ def _adaptive_max_layer(r, m, args, outs, tw):
 
 
 def _lrn_layer(r, m, args, outs, tw):
-    """LRN where its window is PyTorch's (odd sizes); even sizes as the formula: a zero-padded
-    sum of squares over neighbouring channels."""
+    """LRN where its window is PyTorch's (odd sizes) on (N, C, H, W); even sizes and other ranks
+    as the formula: a zero-padded sum of squares over neighbouring channels."""
     x = args[0]
-    if m.size % 2:
+    if m.size % 2 and x.ndim == 4:  # onnxruntime's LRN takes (N, C, H, W) only
         return [r.node("LRN", [r.name_of(x)], size=int(m.size), alpha=float(m.alpha),
                        beta=float(m.beta), bias=float(m.k))]
     dt = _np_dtype(x)
@@ -971,6 +1090,9 @@ def _upsample_layer(r, m, args, outs, tw):
     x = args[0]
     nd = x.ndim - 2
     mode = m.mode
+    static = tw is None or tuple(tw[0][0][2:]) == tuple(x.shape[2:])
+    if mode in ("nearest", "nearest-exact") and static:
+        return [_nearest_gathers(r, m, x)]
     attrs = {}
     if mode in ("nearest", "nearest-exact"):
         attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
@@ -988,11 +1110,59 @@ def _upsample_layer(r, m, args, outs, tw):
     if m.scale_factor is not None and not m.recompute_scale_factor:
         sf = m.scale_factor
         sc = [float(f) for f in ((sf,) * nd if isinstance(sf, int | float) else sf)]
-        scales = r.const(np.asarray([1.0, 1.0] + sc, np.float32), hint="scales")
-        return [r.node("Resize", [xn, "", scales], **attrs)]
+        if mode in ("nearest-exact", "bicubic"):
+            for i, f in enumerate(sc):
+                n = x.shape[2 + i]
+                dynamic = tw is not None and tw[0][0][2 + i] != n
+                if f != 1.0 and (outs[0].shape[2 + i] == n or dynamic and 1.0 < f < 2.0):
+                    r.fail(f"Upsample(mode={mode!r}, scale_factor={f}) on an axis whose size "
+                           f"it keeps ({n}): PyTorch resamples such an axis, onnxruntime copies "
+                           "it; give size= or a scale factor that changes the size")
+        if not any(_size_from_f32_scale(n, f) != o for n, f, o in
+                   zip(x.shape[2:], sc, outs[0].shape[2:])):
+            scales = r.const(np.asarray([1.0, 1.0] + sc, np.float32), hint="scales")
+            return [r.node("Resize", [xn, "", scales], **attrs)]
+        # ONNX's float32 scale gives another size (⌊10·float32(0.9)⌋ = 8, not 9): that
+        # happens where size·scale is a whole number, so the sizes input maps coordinates
+        # by the same scale
+        if tw is not None and tuple(tw[0][0][2:]) != tuple(x.shape[2:]):
+            r.fail(f"Upsample(scale_factor={m.scale_factor}) over a dynamic spatial axis, where "
+                   "ONNX's float32 scale gives another output size; export that axis static")
     lead = r.node("Shape", [xn], start=0, end=2)
     sizes = r.node("Concat", [lead, r.ints(outs[0].shape[2:])], axis=0)
     return [r.node("Resize", [xn, "", "", sizes], **attrs)]
+
+
+def _nearest_gathers(r, m, x) -> str:
+    """A nearest-mode Upsample of static spatial sizes as one Gather per resized axis, of the
+    source pixels the layer itself picks: exact in every runtime, where a Resize from a float32
+    scale picks other pixels at some sizes (PyTorch halves a doubled axis whatever the scale,
+    and 1/float32(1/7) < 7)."""
+    y = r.name_of(x)
+    sp = tuple(x.shape[2:])
+    saved, r.leaf = r.leaf, m  # the probe's operations are not part of the graph
+    try:
+        for i, n in enumerate(sp):
+            shape = [1, 1] + [1] * len(sp)
+            shape[2 + i] = n
+            probe = np.broadcast_to(np.arange(n).reshape(shape), (1, 1) + sp)
+            picked = m.forward(Tensor(x.backend.asarray(np.ascontiguousarray(probe)).astype(
+                x.dtype)))
+            index = [0, 0] + [0] * len(sp)
+            index[2 + i] = slice(None)
+            src = np.rint(B.backend_of(picked.data).to_host(picked.data)[tuple(index)])
+            if len(src) != n or not np.array_equal(src, np.arange(n)):
+                y = r.node("Gather", [y, r.const(src.astype(_I64))], axis=2 + i)
+    finally:
+        r.leaf = saved
+    return y if y != r.name_of(x) else r.node("Identity", [y])
+
+
+def _size_from_f32_scale(n: int, f: float) -> int:
+    """An output size from an input size and a Resize scale stored as float32, the smaller of
+    the float32 and float64 products' floors (runtimes differ in which they take)."""
+    f32 = np.float32(f)
+    return min(math.floor(float(np.float32(n) * f32)), math.floor(n * float(f32)))
 
 
 def _act(op, **fixed):
@@ -1034,7 +1204,21 @@ def _layer_norm(r, m, args, outs, tw):
 
 
 def _embedding(r, m, args, outs, tw):
-    return [r.node("Gather", [r.name_of(m.weight), r.name_of(args[0])], axis=0)]
+    """Gather; with ``max_norm`` the rows looked up are scaled down to it as they are read (the
+    layer does it to its weight in place, PyTorch's embedding_renorm_, so rows the example
+    did not touch would otherwise keep their norm in the graph)."""
+    rows = r.node("Gather", [r.name_of(m.weight), r.name_of(args[0])], axis=0)
+    if m.max_norm is None:
+        return [rows]
+    dt = _np_dtype(m.weight)
+    p = float(m.norm_type)
+    total = _reduce(r, "ReduceSum", r.node("Pow", [r.node("Abs", [rows]), r.const(p, dt)]),
+                    (-1,), True, outs[0].ndim)
+    norm = r.node("Pow", [total, r.const(1.0 / p, dt)])
+    limit = r.const(m.max_norm, dt)
+    scale = r.node("Where", [r.node("Greater", [norm, limit]), r.node("Div", [
+        limit, r.node("Add", [norm, r.const(1e-7, dt)])]), r.const(1.0, dt)])
+    return [r.node("Mul", [rows, scale])]
 
 
 # PyTorch's gate order -> ONNX's: GRU (r, z, n) -> (z, r, h); LSTM (i, f, g, o) -> (i, o, f, c)
@@ -1050,10 +1234,29 @@ def _gates(r, w: str, h: int, order) -> str:
     return r.node("Concat", parts, axis=0)
 
 
+def _initial_states(r, m, args, tw) -> tuple[str | None, str | None]:
+    """The value names of the initial state (h0, and c0 for an LSTM) passed as the second
+    argument, or None; PyTorch's (L·D, N, H) whatever ``batch_first``, as ONNX's per layer."""
+    hx = args[1] if len(args) > 1 else None
+    if hx is None:
+        return None, None
+    parts = list(hx) if isinstance(hx, tuple | list) else [hx]
+    want = 2 if m.mode == "LSTM" else 1
+    if len(parts) != want or not all(isinstance(t, Tensor) and t.ndim == 3 for t in parts):
+        r.fail(f"{type(m).__name__} with an initial state other than "
+               f"{'(h0, c0)' if want == 2 else 'h0'} of shape (num_layers·D, N, H)")
+    for k, t in enumerate(parts):
+        if id(t) not in r.names and id(t) not in r.params and tw is not None and \
+                tuple(t.shape) != tuple(tw[0][1 + k]):
+            r.fail(f"{type(m).__name__}: an initial state made in the forward follows the "
+                   "dynamic axes (derive it from the input, e.g. zeros_like)")
+    names = [r.name_of(t) for t in parts]
+    return names[0], names[1] if want == 2 else None
+
+
 def _recurrent(r, m, args, outs, tw):
-    if len(args) != 1 or args[0].ndim != 3:
-        r.fail(f"{type(m).__name__} exported with an initial state or an unbatched input "
-               "(pass a batched input and no state)")
+    if args[0].ndim != 3:
+        r.fail(f"{type(m).__name__} exported with an unbatched input (pass a batched one)")
     if getattr(m, "proj_size", 0):
         r.fail(f"{type(m).__name__} with proj_size={m.proj_size} (ONNX's LSTM has no "
                "projection of its hidden state)")
@@ -1061,6 +1264,7 @@ def _recurrent(r, m, args, outs, tw):
     order, H = _ORDER[m.mode], m.hidden_size
     dirs = 2 if m.bidirectional else 1
     x = r.name_of(args[0])
+    h0, c0 = _initial_states(r, m, args, tw)
     if m.batch_first:
         x = r.node("Transpose", [x], perm=[1, 0, 2])
     hs, cs = [], []
@@ -1082,6 +1286,11 @@ def _recurrent(r, m, args, outs, tw):
         if op == "RNN":
             attrs["activations"] = ["Relu" if m.mode == "RNN_RELU" else "Tanh"] * dirs
         ins = [x, cat(ws), cat(rs)] + ([cat(bs)] if bs else [])
+        if h0 is not None:  # this layer's directions of the initial state
+            ins = ins + [""] * (3 - len(ins)) + ["", _slice(r, h0, [0], [layer * dirs],
+                                                            [(layer + 1) * dirs])]
+            if c0 is not None:
+                ins.append(_slice(r, c0, [0], [layer * dirs], [(layer + 1) * dirs]))
         res = r.node(op, ins, n_out=3 if op == "LSTM" else 2, **attrs)
         y, h = res[0], res[1]
         if op == "LSTM":
@@ -1098,6 +1307,11 @@ def _recurrent(r, m, args, outs, tw):
         return [x, h_n, c_n]
     return [x, h_n]
 
+
+# activations whose ONNX op takes float32 attributes (or, as Celu, float32 only), or has no
+# float64 kernel in onnxruntime: other dtypes export through their primitives (exact constants)
+_FLOAT32_ATTRS = (L.ELU, L.CELU, L.SELU, L.Hardsigmoid, L.Hardswish, L.Softsign, L.Softshrink,
+                  L.Hardshrink, L.Threshold)
 
 LAYERS = {
     L.Conv1d: _conv_layer, L.Conv2d: _conv_layer, L.Conv3d: _conv_layer,
@@ -1123,12 +1337,14 @@ LAYERS = {
 
 
 # --- the entry point --------------------------------------------------------------------------
-def _resized(x: Tensor, axes) -> Tensor:
-    """``x`` with each dynamic axis one longer (rows repeated cyclically): the second trace."""
+def _resized(x: Tensor, axes: dict, grow: dict) -> Tensor:
+    """``x`` with each dynamic axis longer by its name's step in ``grow`` (1 for the first name,
+    2 for the second, ...: axes of different names stay told apart even where their traced
+    sizes agree) with rows repeated cyclically: the second trace's input."""
     d = B.backend_of(x.data).to_host(x.data)
-    for ax in axes:
+    for ax, name in axes.items():
         n = d.shape[ax]
-        d = np.take(d, np.arange(n + 1) % max(n, 1), axis=ax)
+        d = np.take(d, np.arange(n + grow[name]) % max(n, 1), axis=ax)
     return Tensor(Tensor(x.data).backend.asarray(d))
 
 
@@ -1138,7 +1354,9 @@ def _trace(onnx, model, inputs, opset, build, twin, pnames, paths):
     handles = []
     for _, m in model.named_modules():
         handles.append(m.register_forward_pre_hook(rec.pre))
-        handles.append(m.register_forward_hook(rec.post))
+        # first among the forward hooks: a user's hook that changes a layer's output then
+        # runs after the layer is written, and its operations are recorded
+        handles.append(m.register_forward_hook(rec.post, prepend=True))
     in_names = []
     for i, x in enumerate(inputs):
         n = f"input_{i}" if len(inputs) > 1 else "input"
@@ -1153,14 +1371,19 @@ def _trace(onnx, model, inputs, opset, build, twin, pnames, paths):
     return rec, in_names, out
 
 
-def export(model: Module, example_inputs, path: str | os.PathLike | None = None, *,
+def export(model: Module, example_inputs, path: str | os.PathLike | BinaryIO | None = None, *,
            opset: int = DEFAULT_OPSET, dynamic_axes: dict | None = None,
-           input_names: list[str] | None = None, output_names: list[str] | None = None):
-    """Trace ``model``'s forward (in eval mode) on ``example_inputs`` and build an ONNX model
-    (weights as initializers named as in ``named_parameters``), written to ``path`` if given.
+           input_names: list[str] | None = None,
+           output_names: list[str] | None = None) -> ModelProto:
+    """Trace ``model``'s forward on ``example_inputs`` and build an ONNX model (weights as
+    initializers named as in ``named_parameters``), written to ``path`` (a path, written
+    atomically, or a binary file object) if given. Returns the ``onnx.ModelProto``.
 
-    ``dynamic_axes`` maps an input's position to ``{axis: name}``; by default axis 0 of every
-    input is ``"batch"``; ``{}`` makes every shape static. Returns the ``onnx.ModelProto``.
+    The graph is always the inference graph, as ``torch.onnx.export``'s default
+    ``TrainingMode.EVAL``: the forward runs in eval mode (dropout is the identity, batch norm
+    uses its running statistics), and every submodule's mode is restored afterwards.
+    ``dynamic_axes`` maps an input's position (or name) to ``{axis: name}`` or a list of axes;
+    by default axis 0 of every input is ``"batch"``; ``{}`` makes every shape static.
     """
     onnx = require_onnx()
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
@@ -1173,39 +1396,56 @@ def export(model: Module, example_inputs, path: str | os.PathLike | None = None,
     if not inputs or not all(isinstance(x, Tensor) for x in inputs):
         raise TypeError("onnx export: example_inputs must be a Tensor or a tuple of Tensors")
     inputs = tuple(Tensor(x.data) for x in inputs)
+    if input_names is not None and len(input_names) != len(inputs):
+        raise ValueError(f"onnx export: {len(input_names)} input names for "
+                         f"{len(inputs)} inputs")
+    names_in = list(input_names or (["input"] if len(inputs) == 1 else
+                                    [f"input_{i}" for i in range(len(inputs))]))
     if dynamic_axes is None:
         dynamic_axes = {i: {0: "batch"} for i, x in enumerate(inputs) if x.ndim}
-    for i, axes in dynamic_axes.items():
-        if not 0 <= i < len(inputs) or any(not 0 <= a < inputs[i].ndim for a in axes):
-            raise ValueError(f"onnx export: dynamic_axes {dynamic_axes} do not fit the inputs' "
-                             f"shapes {[tuple(x.shape) for x in inputs]}")
+    dynamic_axes, out_axes = _dynamic_axes(dynamic_axes, inputs, names_in, output_names)
     pnames = {id(t): n for n, t in model.named_parameters()}
     pnames.update({id(t): n for n, t in model.named_buffers() if t is not None})
     paths = {id(m): n for n, m in model.named_modules() if n}
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # each one's, as a frozen norm's
     model.eval()
     try:
-        twin = None
-        if any(dynamic_axes.values()):
-            other = tuple(_resized(x, dynamic_axes.get(i, {})) for i, x in enumerate(inputs))
+        # a second trace, with the dynamic axes one longer (or the same inputs: it still tells
+        # random numbers drawn in the forward, which must not become constants of the graph)
+        dynamic = any(dynamic_axes.values())
+        grow: dict[str, int] = {}
+        for axes in dynamic_axes.values():
+            for name in axes.values():
+                grow.setdefault(name, len(grow) + 1)
+        other = tuple(_resized(x, dynamic_axes.get(i, {}), grow) for i, x in enumerate(inputs))
+        try:
             twin_rec, _, twin_out = _trace(onnx, model, other, opset, False, None, pnames,
-                                                paths)
-            twin = twin_rec.events
+                                           paths)
+        except UnsupportedError:
+            raise
+        except Exception as e:
+            if not dynamic:
+                raise
+            with no_grad():
+                model(*inputs)  # fails too: the forward's own error
+            raise UnsupportedError(
+                f"onnx export: the forward fails when the dynamic axes {dynamic_axes} "
+                f"(input position: {{axis: name}}) change size, so they cannot be dynamic "
+                f"(axis 0 of an unbatched input is not a batch); export with "
+                f"dynamic_axes={{}} or name the axes that may change ({type(e).__name__}: "
+                f"{e})") from e
+        twin = twin_rec.events
         rec, in_names, out = _trace(onnx, model, inputs, opset, True, twin, pnames, paths)
-        if twin is not None and len(rec.events) != len(twin):
+        if len(rec.events) != len(twin):
             rec.fail("the forward runs differently for another size of the dynamic axes")
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
     outs = _flat(out)
     if not outs:
         raise TypeError("onnx export: the forward returned no tensors")
-    twin_outs = _flat(twin_out) if twin is not None else outs
+    twin_outs = _flat(twin_out)
     h = onnx.helper
-    if input_names:
-        if len(input_names) != len(inputs):
-            raise ValueError(f"onnx export: {len(input_names)} input names for "
-                             f"{len(inputs)} inputs")
-    names_in = list(input_names or in_names)
     names_out = list(output_names or (["output"] if len(outs) == 1 else
                                       [f"output_{i}" for i in range(len(outs))]))
     nodes = list(rec.nodes)
@@ -1215,20 +1455,25 @@ def export(model: Module, example_inputs, path: str | os.PathLike | None = None,
         n.input[:] = [rename.get(i, i) for i in n.input]
     graph_outs = []
     known = {}  # (traced size, resized size) of each dynamic input axis -> its name
-    if twin is not None:
+    if dynamic:
         for i, axes in dynamic_axes.items():
             for a, an in axes.items():
-                known[(inputs[i].shape[a], inputs[i].shape[a] + 1)] = an
+                known[(inputs[i].shape[a], inputs[i].shape[a] + grow[an])] = an
     for o, t, t2, name in zip(outs, outs, twin_outs, names_out):
         src = rec.names.get(id(o))
         if src is None:
-            if twin is not None and _digest(o) != _digest(t2):
+            if _digest(o) != _digest(t2):
                 rec.fail(f"output {name!r} is computed outside the traced operations (say "
-                         "one_hot or a NumPy round trip) and depends on the input")
+                         "one_hot or a NumPy round trip) and depends on the input, or is random")
             src = rec.name_of(o)
         nodes.append(h.make_node("Identity", [rename.get(src, src)], [name]))
         dims = [d if d == d2 else known.get((d, d2), f"{name}_dim{i}") for i, (d, d2) in
                 enumerate(zip(t.shape, t2.shape))]
+        for a, an in out_axes.get(name, {}).items():  # declared dynamic by the caller
+            if not -len(dims) <= a < len(dims):
+                raise ValueError(f"onnx export: dynamic_axes names axis {a} of output {name!r}"
+                                 f" of shape {tuple(t.shape)}")
+            dims[a] = an
         graph_outs.append(h.make_tensor_value_info(name, _dtype_code(onnx, t.dtype), dims))
     graph_ins = []
     for i, (x, name) in enumerate(zip(inputs, names_in)):
@@ -1240,10 +1485,92 @@ def export(model: Module, example_inputs, path: str | os.PathLike | None = None,
     proto = h.make_model(graph, opset_imports=[h.make_opsetid("", int(opset))],
                          producer_name="nodegrad")
     proto.ir_version = min(proto.ir_version, 10)
+    if dynamic:
+        _free_coincident_dims(onnx, proto)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
-        onnx.save(proto, os.fspath(path))
+        _save(proto, path)
     return proto
+
+
+def _free_coincident_dims(onnx, proto) -> None:
+    """Output dimensions that both traces gave the same size but that follow the dynamic axes
+    all the same (``x[::2]`` has 2 rows for 3 and for 4): where shape inference from the
+    graph's inputs cannot tell a dimension's size, it is declared dynamic, not the traced one."""
+    g = onnx.GraphProto()
+    g.CopyFrom(proto.graph)
+    for o in g.output:
+        o.type.tensor_type.ClearField("shape")
+    probe = onnx.helper.make_model(g, opset_imports=proto.opset_import)
+    probe.ir_version = proto.ir_version
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True).graph.output
+    except Exception:  # noqa: BLE001 - the checker below reports a broken graph
+        return
+    for o, io in zip(proto.graph.output, inferred):
+        if not io.type.tensor_type.HasField("shape"):
+            continue
+        got = io.type.tensor_type.shape.dim
+        for i, d in enumerate(o.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and i < len(got) and not (
+                    got[i].HasField("dim_value") and got[i].dim_value == d.dim_value):
+                d.dim_param = f"{o.name}_dim{i}"
+
+
+def _dynamic_axes(spec: dict, inputs, names_in: list, output_names) -> tuple[dict, dict]:
+    """``dynamic_axes`` as ``{input position: {axis: name}}`` and ``{output name: {axis:
+    name}}``: keys are input positions or (as ``torch.onnx.export``) input or output names,
+    values ``{axis: name}`` or a list of axes (named ``<key>_dynamic_axes_<k>``)."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"onnx export: dynamic_axes must be a dict, got {type(spec).__name__}")
+    ins, outs = {}, {}
+    for key, axes in spec.items():
+        if isinstance(axes, list | tuple):
+            axes = {a: f"{key}_dynamic_axes_{k + 1}" for k, a in enumerate(axes)}
+        if not isinstance(axes, dict) or not all(isinstance(a, int) for a in axes):
+            raise TypeError(f"onnx export: dynamic_axes[{key!r}] must map axes to names or "
+                            f"list axes, got {axes!r}")
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(inputs):
+            i = key
+        elif isinstance(key, str) and key in names_in:
+            i = names_in.index(key)
+        elif isinstance(key, str) and key in (output_names or ("output",)) or \
+                isinstance(key, str) and output_names is None and key.startswith("output_"):
+            outs[key] = {int(a): str(n) for a, n in axes.items()}
+            continue
+        else:
+            raise ValueError(f"onnx export: dynamic_axes key {key!r} is neither an input's "
+                             f"position (0 to {len(inputs) - 1}) nor an input or output name "
+                             f"({', '.join(names_in)}; outputs: {output_names or 'output'})")
+        nd = inputs[i].ndim
+        if any(not -nd <= a < nd for a in axes):
+            raise ValueError(f"onnx export: dynamic_axes {spec} do not fit the inputs' "
+                             f"shapes {[tuple(x.shape) for x in inputs]}")
+        ins[i] = {a % nd: str(n) for a, n in axes.items()}
+    return ins, outs
+
+
+def _save(proto, path) -> None:
+    """Write ``proto`` to a binary file object, or to a path atomically: into a temporary file
+    beside it, then renamed over it, so a failed write leaves any earlier file as it was."""
+    data = proto.SerializeToString()
+    if hasattr(path, "write"):
+        path.write(data)
+        return
+    path = os.fsdecode(os.fspath(path))
+    folder, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 __all__ = ["export"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from fractions import Fraction
+from typing import TYPE_CHECKING, BinaryIO
 
 from .. import _backend as B
 from .. import ops
@@ -21,6 +23,9 @@ from ..nn import conv_functional as CF
 from ..nn.rnn_functional import recurrent_layer
 from ..tensor import Tensor
 from ._common import UnsupportedError, require_onnx
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 np = B.np
 
@@ -53,12 +58,21 @@ class OnnxModule(Module):
         for n in [n for n in self.nodes if n[0] == "Identity" and n[1][0] in inits]:
             inits[n[2][0]] = np.array(inits[n[1][0]])
             self.nodes.remove(n)
-        bad = sorted({n[0] for n in _walk(self.nodes) if n[0] not in OPS and n[0] != "If"} |
-                     {f"{n.domain}::{n.op_type}" for n in g.node
-                      if n.domain not in ("", "ai.onnx")})
+        bad: dict[str, list[str]] = {}  # op type -> the names of its nodes
+        custom = set()
+        for k, n in enumerate(g.node):
+            if n.domain not in ("", "ai.onnx"):
+                name = n.name or f"#{k} {n.op_type}"
+                custom.add(name)
+                bad.setdefault(f"{n.domain}::{n.op_type}", []).append(name)
+        for n in _walk(self.nodes):
+            if n[0] not in OPS and n[0] != "If" and n[4] not in custom:
+                bad.setdefault(n[0], []).append(n[4])
         if bad:
+            where = "; ".join(f"{op}: {', '.join(repr(x) for x in ns[:3])}"
+                              f"{', ...' if len(ns) > 3 else ''}" for op, ns in sorted(bad.items()))
             raise UnsupportedError(f"onnx load: {len(bad)} operator type(s) have no nodegrad "
-                                   f"counterpart here: {', '.join(bad)}")
+                                   f"counterpart here: {', '.join(sorted(bad))} (nodes: {where})")
         uses: dict[str, int] = {}
         for n in self.nodes:
             for i in n[1]:
@@ -144,7 +158,7 @@ class OnnxModule(Module):
         for name, x in zip(self.input_names, inputs):
             env[name] = x if isinstance(x, Tensor) else Tensor(B.CPU.asarray(x))
         self._run(self.nodes, env, self._linears)
-        out = tuple(env[o] for o in self.output_names)
+        out = tuple(env[o] if o in env else self._value(o) for o in self.output_names)
         return out[0] if len(out) == 1 else out
 
     def _run(self, nodes, env: dict, linears: dict) -> None:
@@ -177,7 +191,7 @@ def _nodes(onnx, g, sub: bool = False) -> list:
     if sub and len(g.initializer):
         raise UnsupportedError("onnx load: a subgraph with initializers of its own")
     out = []
-    for n in g.node:
+    for k, n in enumerate(g.node):
         at = {}
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
@@ -188,7 +202,7 @@ def _nodes(onnx, g, sub: bool = False) -> list:
         while outs and not outs[-1]:  # an optional output left out by an empty name
             outs.pop()
         at["_n_out"] = len(outs)  # Split without sizes cuts into as many pieces
-        out.append((n.op_type, list(n.input), outs, at, n.name or n.op_type))
+        out.append((n.op_type, list(n.input), outs, at, n.name or f"#{k} {n.op_type}"))
     return out
 
 
@@ -212,10 +226,21 @@ def _attr(onnx, a):
     return v
 
 
-def load(path: str | os.PathLike | bytes) -> OnnxModule:
-    """Read an ONNX model (a path, or the serialised bytes) into a trainable :class:`OnnxModule`."""
+def load(path: str | os.PathLike | bytes | BinaryIO | ModelProto) -> OnnxModule:
+    """Read an ONNX model (a path, a binary file object, the serialised bytes or an
+    ``onnx.ModelProto``) into a trainable :class:`OnnxModule`."""
     onnx = require_onnx()
-    proto = onnx.load_from_string(path) if isinstance(path, bytes) else onnx.load(os.fspath(path))
+    if isinstance(path, onnx.ModelProto):
+        proto = path
+    elif isinstance(path, bytes | bytearray | memoryview):
+        proto = onnx.load_from_string(bytes(path))
+    elif hasattr(path, "read"):
+        proto = onnx.load(path)
+    elif isinstance(path, str | os.PathLike):
+        proto = onnx.load(os.fspath(path))
+    else:
+        raise TypeError(f"onnx load: expected a path, a binary file object, bytes or an "
+                        f"onnx.ModelProto, got {type(path).__name__}")
     return OnnxModule(proto)
 
 
@@ -254,6 +279,11 @@ def _div(m, at, x, y):
     if x.dtype.kind in "iu" and y.dtype.kind in "iu":
         return ops.astype(ops.trunc(ops.divide(x, y)), x.dtype)
     return ops.divide(x, y)
+
+
+def _mod(m, at, x, y):
+    """Mod: the sign of the divisor (Python's %), or with ``fmod=1`` of the dividend (C's)."""
+    return ops.fmod(x, y) if at.get("fmod", 0) else ops.remainder(x, y)
 
 
 def _variadic(fn):
@@ -365,8 +395,16 @@ def _cast(m, at, x):
 
 
 def _softmax(fn):
+    """Softmax/LogSoftmax over ``axis``; before opset 13 over all the axes from ``axis`` on (the
+    input seen as a matrix, default axis 1)."""
     def op(m, at, x):
-        return fn(x, axis=at.get("axis", -1 if m.opset >= 13 else 1))
+        if m.opset >= 13:
+            return fn(x, axis=at.get("axis", -1))
+        ax = at.get("axis", 1) % max(x.ndim, 1)
+        if ax >= x.ndim - 1:
+            return fn(x, axis=-1)
+        flat = ops.reshape(x, x.shape[:ax] + (math.prod(x.shape[ax:]),))
+        return ops.reshape(fn(flat, axis=-1), x.shape)
     return op
 
 
@@ -382,11 +420,25 @@ def _reduce(fn):
     return op
 
 
-def _pads(at, nd: int) -> list[int]:
-    if at.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        _fail(f"auto_pad={at['auto_pad']!r}")
+def _pads(at, nd: int, x=None, k=None) -> list[int]:
+    """The begin and end pads; ``auto_pad`` SAME_UPPER/SAME_LOWER (PyTorch's
+    ``padding='same'``) from the input's spatial sizes and kernel ``k``: an output of
+    ⌈size/stride⌉, the odd pad at the end (at the beginning for SAME_LOWER)."""
+    auto = at.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER") and x is not None and k is not None:
+        s = list(at.get("strides") or [1] * nd)
+        d = list(at.get("dilations") or [1] * nd)
+        lo, hi = [], []
+        for n, ki, si, di in zip(x.shape[2:], k, s, d):
+            total = max(0, (-(-n // si) - 1) * si + (ki - 1) * di + 1 - n)
+            small, big = total // 2, total - total // 2
+            lo.append(small if auto == "SAME_UPPER" else big)
+            hi.append(big if auto == "SAME_UPPER" else small)
+        return lo + hi
+    if auto not in ("NOTSET", "VALID"):
+        _fail(f"auto_pad={auto!r}")
     p = list(at.get("pads") or [0] * 2 * nd)
-    if at.get("auto_pad") == "VALID":
+    if auto == "VALID":
         p = [0] * 2 * nd
     return p
 
@@ -405,7 +457,7 @@ def _conv(m, at, x, w, b=None):
     nd = x.ndim - 2
     if nd not in (1, 2, 3):
         _fail(f"Conv over {nd} spatial axes (1 to 3 are supported)")
-    x, pad = _sym(x, _pads(at, nd), nd)
+    x, pad = _sym(x, _pads(at, nd, x, w.shape[2:]), nd)
     fn = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
     return fn(x, w, b, tuple(at.get("strides") or [1] * nd), tuple(pad),
               tuple(at.get("dilations") or [1] * nd), at.get("group", 1))
@@ -419,7 +471,7 @@ def _pool(kind):
         ceil = bool(at.get("ceil_mode", 0))
         k = tuple(at["kernel_shape"])
         s = tuple(at.get("strides") or [1] * nd)
-        p = _pads(at, nd)
+        p = _pads(at, nd, x, k)
         if ceil and p[:nd] != p[nd:]:
             _fail("ceil_mode=1 with asymmetric padding")
         if kind == "Max":
@@ -477,12 +529,27 @@ def _lp_pool(m, at, x):
     nd = x.ndim - 2
     k = tuple(at["kernel_shape"])
     p = float(at.get("p", 2))
-    pads = _pads(at, nd)
+    pads = _pads(at, nd, x, k)
     x, pad = _sym(ops.abs(x) ** p, pads, nd)
     fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
     a = fn(x, k, tuple(at.get("strides") or [1] * nd), tuple(pad), bool(at.get("ceil_mode", 0)),
            True)
     return (a * float(math.prod(k))) ** (1.0 / p)
+
+
+def _arg(fn):
+    """ArgMax/ArgMin: the first extremum, or the last with ``select_last_index``."""
+    def op(m, at, x):
+        ax = at.get("axis", 0) % max(x.ndim, 1)
+        keep = bool(at.get("keepdims", 1))
+        if not at.get("select_last_index", 0):
+            return fn(x, axis=ax, keepdims=keep)
+        return (x.shape[ax] - 1) - fn(ops.flip(x, ax), axis=ax, keepdims=keep)
+    return op
+
+
+def _gather_elements(m, at, x, idx):
+    return ops.take_along_axis(x, idx, at.get("axis", 0) % x.ndim)
 
 
 def _global_max(m, at, x):
@@ -525,6 +592,9 @@ def _global_avg(m, at, x):
 
 
 def _batch_norm(m, at, x, scale, bias, mean, var):
+    if at.get("training_mode", 0):
+        _fail("BatchNormalization with training_mode=1 (batch statistics; export the model "
+              "in eval mode)")
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, at.get("epsilon", 1e-5))
 
 
@@ -587,12 +657,16 @@ def _einsum(m, at, *xs):
     return ops.einsum(at["equation"], *xs)
 
 
-def _pad(m, at, x, pads, value=None, axes=None):
+def _pad(m, at, x, pads=None, value=None, axes=None):
     mode = {"constant": "constant", "reflect": "reflect", "edge": "edge",
             "wrap": "wrap"}.get(at.get("mode", "constant"))
     if mode is None:
         _fail(f"Pad mode {at['mode']!r}")
-    p = _ints(pads)
+    if pads is None:  # before opset 11: attributes
+        p = [int(v) for v in at.get("pads", [])]
+        value = _const(np.float64(at.get("value", 0.0)))
+    else:
+        p = _ints(pads)
     ax = _ints(axes) if axes is not None else list(range(x.ndim))
     n = len(ax)
     width = [(0, 0)] * x.ndim
@@ -685,8 +759,7 @@ def _resize(m, at, x, roi=None, scales=None, sizes=None):
     ct = at.get("coordinate_transformation_mode", "half_pixel")
     if at.get("antialias", 0) or at.get("exclude_outside", 0) or at.get("axes"):
         _fail("Resize with antialias, exclude_outside or axes")
-    sc = [float(v) for v in np.asarray(values_of(scales)).reshape(-1)] if scales is not None \
-        and scales.numel() else None
+    sc = _scales(values_of(scales)) if scales is not None and scales.numel() else None
     sz = _ints(sizes) if sizes is not None and sizes.numel() else None
     if (sc or [1.0, 1.0])[:2] != [1.0, 1.0] or (sz is not None and sz[:2] != list(x.shape[:2])):
         _fail("Resize of the batch or channel axis")
@@ -711,6 +784,21 @@ def _resize(m, at, x, roi=None, scales=None, sizes=None):
     if sz is not None:
         return CF.interpolate(x, size=tuple(sz[2:]), mode=kind, align_corners=align)
     return CF.interpolate(x, scale_factor=tuple(sc[2:]), mode=kind, align_corners=align)
+
+
+def _scales(arr) -> list[float]:
+    """Resize's scales as the exporter's Python floats: ONNX stores them as float32, and the
+    source positions PyTorch maps from 1.7 or 2/3 differ from those from float32(1.7) =
+    1.70000005 or float32(2/3) (a pixel moves), so each is read back as the simplest fraction
+    (denominator up to 10⁴) that rounds to it, else the shortest decimal that does."""
+    arr = np.asarray(arr).reshape(-1)
+    if arr.dtype != np.float32:
+        return [float(v) for v in arr]
+    out = []
+    for v in arr:
+        frac = float(Fraction(float(v)).limit_denominator(10_000))
+        out.append(frac if np.float32(frac) == v else float(str(v)))
+    return out
 
 
 def values_of(t: Tensor):
@@ -838,7 +926,7 @@ def _recurrent(kind):
 
 OPS = {
     "Add": _bin(ops.add), "Sub": _bin(ops.subtract), "Mul": _bin(ops.multiply), "Div": _div,
-    "Pow": _pow, "Mod": _bin(ops.remainder), "MatMul": _bin(ops.matmul), "Gemm": _gemm,
+    "Pow": _pow, "Mod": _mod, "MatMul": _bin(ops.matmul), "Gemm": _gemm,
     "Max": _variadic(ops.maximum), "Min": _variadic(ops.minimum), "Sum": _variadic(ops.add),
     "Neg": _un(ops.negative), "Exp": _un(ops.exp), "Log": _un(ops.log), "Sqrt": _un(ops.sqrt),
     "Abs": _un(ops.abs), "Sin": _un(ops.sin), "Cos": _un(ops.cos), "Tanh": _un(ops.tanh),
@@ -873,6 +961,10 @@ OPS = {
     "SpaceToDepth": _space_to_depth, "Resize": _resize, "ReduceL2": _norm(2),
     "ReduceL1": _norm(1), "SoftmaxCrossEntropyLoss": _ce_loss(False),
     "NegativeLogLikelihoodLoss": _ce_loss(True),
+    "ArgMax": _arg(ops.argmax), "ArgMin": _arg(ops.argmin), "Round": _un(ops.round),
+    "GatherElements": _gather_elements, "BitwiseAnd": _bin(ops.bitwise_and),
+    "BitwiseOr": _bin(ops.bitwise_or), "BitwiseXor": _bin(ops.bitwise_xor),
+    "BitwiseNot": _un(ops.bitwise_not),
 }
 
 __all__ = ["OnnxModule", "load"]
