@@ -13,8 +13,9 @@ import math as _math
 from . import (_backend, autograd, cuda, data, diagnostics, distributions, lax, linalg, models,
                nn, onnx, optim, prune, special, train, utils)
 from ._backend import cuda_available
-from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_enabled,
-                       is_grad_enabled, is_inference_mode_enabled, no_grad, set_grad_enabled)
+from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_check_nan_enabled,
+                       is_anomaly_enabled, is_grad_enabled, is_inference_mode_enabled, no_grad,
+                       set_grad_enabled)
 from .diagnostics.graph import draw_graph
 from .dtypes import result_type
 from .errors import (AnomalyError, BackendUnavailable, DeviceError, DTypeError, GradError,

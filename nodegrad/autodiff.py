@@ -6,8 +6,9 @@ needs). ``backward`` visits the nodes reachable from the outputs in reverse topo
 its children sent, applies its primitive's vector-Jacobian product and sends one message to each
 parent. No Jacobian is ever formed. The engine only sees tensors through ``.data``, ``.node``,
 ``.requires_grad`` and ``.grad``, so this module sits below ``tensor``. The modes (grad,
-inference, anomaly, and what vmap/grad/jvp keep while they run) belong to the calling thread,
-as in PyTorch: one :class:`Modes` record per thread.
+inference, and what vmap/grad/jvp keep while they run) belong to the calling thread, as in
+PyTorch: one :class:`Modes` record per thread. Anomaly mode, as PyTorch's, is one switch for
+the whole process (:data:`ANOMALY`).
 """
 
 from __future__ import annotations
@@ -27,21 +28,35 @@ from ._backend import ndarray as _ndarray
 from .errors import AnomalyError, GradError, InplaceError
 
 
+#: Anomaly mode, ``[enabled, check_nan]``: one setting for every thread, as PyTorch's (a
+#: ``set_detect_anomaly(True)`` at the top of a script covers the threads it starts later).
+#: ``check_nan`` False keeps the creation sites but raises on no NaN, as PyTorch's. Change it
+#: with :func:`set_anomaly` only, which copies ``enabled`` into every thread's record.
+ANOMALY = [False, True]
+_ALL_MODES: weakref.WeakSet = weakref.WeakSet()  # every live thread's Modes (set_anomaly)
+_ANOMALY_LOCK = threading.Lock()
+
+
 class Modes:
     """One thread's modes, as in PyTorch: set in one thread, never seen in another.
 
     Each thread gets its own record (from :func:`modes`) on first use, with these defaults, so
     a new thread records gradients even when the thread that started it is inside no_grad.
+    ``anomaly`` is the exception: a copy of the process-wide :data:`ANOMALY` switch, kept here
+    so that ``bind`` reads it as cheaply as the rest, and set for every thread at once by
+    :func:`set_anomaly`.
     """
 
     __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth",
-                 "first_order", "jit", "device", "grads_seen")
+                 "first_order", "jit", "device", "grads_seen", "__weakref__")
 
     def __init__(self) -> None:
         self.grad_enabled = True
         self.inference = False
-        self.anomaly = False
-        self.in_backward = None  # the node whose VJP runs (anomaly mode only)
+        with _ANOMALY_LOCK:
+            self.anomaly = ANOMALY[0]
+            _ALL_MODES.add(self)
+        self.in_backward = None  # the node whose VJP runs in this thread (anomaly mode only)
         self.traces: tuple = ()  # the active vmap levels, innermost last (see batching.py)
         self.depth = 0  # how many transforms are evaluating their function (see func/grad.py)
         # the depth of the innermost of them when it is a grad whose backward is not recorded
@@ -322,30 +337,45 @@ def is_inference_mode_enabled() -> bool:
     return modes().inference
 
 
+def set_anomaly(enabled: bool, check_nan: bool = True) -> None:
+    """Turn anomaly mode on or off for every thread, as ``torch.set_anomaly_enabled``; with
+    ``check_nan=False`` nodes still note where they were made but no NaN/Inf is raised on."""
+    with _ANOMALY_LOCK:
+        ANOMALY[:] = [bool(enabled), bool(check_nan)]
+        for m in list(_ALL_MODES):
+            m.anomaly = ANOMALY[0]
+
+
 class detect_anomaly:
     """Raise :class:`AnomalyError` at the first op whose forward or backward yields NaN/Inf.
 
     While active each node also remembers where in user code it was created, and the error
     names the primitive and that place (or the input that already held NaN, and its origin).
+    As PyTorch's, the mode is one switch for the process: threads running meanwhile (started
+    before or inside the block) are checked too, and leaving the block restores the setting
+    found on entering. ``check_nan=False`` keeps the mode on without the NaN/Inf checks.
     """
 
     def __init__(self, enabled: bool = True, check_nan: bool = True):
-        """``check_nan`` is PyTorch's: anomaly mode without it only records where nodes were
-        made, which nodegrad does not do apart; so ``check_nan=False`` turns the mode off."""
-        self.enabled = bool(enabled) and bool(check_nan)
+        self.enabled = bool(enabled)
+        self.check_nan = bool(check_nan)
 
     def __enter__(self):
-        m = modes()
-        self._prev = m.anomaly
-        m.anomaly = self.enabled
+        self._prev = tuple(ANOMALY)
+        set_anomaly(self.enabled, self.check_nan)
 
     def __exit__(self, *exc):
-        modes().anomaly = self._prev
+        set_anomaly(*self._prev)
 
 
 def is_anomaly_enabled() -> bool:
-    """Whether the calling thread is inside ``detect_anomaly``."""
-    return modes().anomaly
+    """Whether anomaly mode is on (for every thread, as in PyTorch)."""
+    return ANOMALY[0]
+
+
+def is_anomaly_check_nan_enabled() -> bool:
+    """Whether anomaly mode raises on NaN/Inf (on, and ``check_nan`` left True)."""
+    return ANOMALY[0] and ANOMALY[1]
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep  # nodegrad's own files
@@ -527,10 +557,11 @@ class RetainGrad:
         t = self.ref()
         if t is None:
             return
-        if t.grad is not None:
-            t.grad = t.grad + g
-        else:  # the engine goes on with g; a graph-free one is copied, as PyTorch clones it
-            t.grad = g if g.node is not None else g.clone()
+        with grad_lock(t):  # a backward in another thread may reach t too
+            if t.grad is not None:
+                t.grad = t.grad + g
+            else:  # the engine goes on with g; a graph-free one is copied, as PyTorch clones it
+                t.grad = g if g.node is not None else g.clone()
 
     def move_to(self, node: Node | None) -> None:
         """Take this hook off its node and put it on ``node`` (None: drop it)."""
@@ -715,13 +746,14 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         args = _specs((n.shapes, g.data.dtype))
     params = n.params
     parents = n.parents
-    anomaly = m.anomaly
-    if anomaly:
+    tracked = anomaly = m.anomaly
+    if tracked:
         m.in_backward = n
+        anomaly = ANOMALY[1]  # whether to check the results for NaN/Inf
     rules = prim.vjp
     grads = ans = None
     if prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
-            and not anomaly:
+            and not tracked:
         grads = _raw_vjps(prim, n, g, args, wanted)
         if grads is not None:
             rules = None
@@ -764,7 +796,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             prev.data += gi.data
         else:
             pending[p] = owned[p] = prev + gi
-    if anomaly:
+    if tracked:
         m.in_backward = None
 
 
@@ -814,9 +846,23 @@ def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
                 hook(leaf)
 
 
+# Locks taken while a gradient is added into a ``.grad`` (a leaf's, or retain_grad's copy),
+# chosen by the tensor's id: two threads whose backward passes reach one tensor (a shared
+# parameter) both land in its .grad, as PyTorch's per-leaf mutex ensures, where the read and
+# the write of ``.grad`` (or NumPy's ``+=``, which lets go of the GIL on large arrays) would
+# otherwise interleave and drop one of the sums. Striped, so passes over different models
+# rarely wait for each other, and cheap when no other thread holds the lock.
+_GRAD_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+def grad_lock(t) -> threading.Lock:
+    """The lock held while a gradient is added into ``t.grad`` (see :data:`_GRAD_LOCKS`)."""
+    return _GRAD_LOCKS[(id(t) >> 4) & 63]
+
+
 def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
     """Add ``g`` into ``leaf.grad``, in the leaf's dtype (as PyTorch casts each gradient to its
-    input's).
+    input's), holding the leaf's :func:`grad_lock` so concurrent backward passes add up.
 
     A later backward adds into ``.grad``'s array in place, so a new ``.grad`` keeps ``g``'s
     array only when the engine made it for this leaf alone: not a view of another array, not
@@ -825,27 +871,28 @@ def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
     """
     if g.data.dtype != leaf.data.dtype:
         g = g.astype(leaf.data.dtype)
-    old = leaf.grad
-    if create_graph:
-        if old is not None:
-            leaf.grad = old + g
-        elif g.node is None and (id(g.data) in seen or not g.data.flags.owndata):
-            leaf.grad = type(g)(g.data.copy())  # a constant: later added into in place
+    with _GRAD_LOCKS[(id(leaf) >> 4) & 63]:
+        old = leaf.grad
+        if create_graph:
+            if old is not None:
+                leaf.grad = old + g
+            elif g.node is None and (id(g.data) in seen or not g.data.flags.owndata):
+                leaf.grad = type(g)(g.data.copy())  # a constant: later added into in place
+            else:
+                seen.add(id(g.data))
+                leaf.grad = g
+            return
+        d = g.data
+        if old is None:
+            if id(d) in seen or not d.flags.owndata:
+                d = d.copy()
+            seen.add(id(d))
+            leaf.grad = type(g)(d)
+        elif old.shape == d.shape and old.dtype == d.dtype and old.node is None:
+            old.data += d
+            old._bump()
         else:
-            seen.add(id(g.data))
-            leaf.grad = g
-        return
-    d = g.data
-    if old is None:
-        if id(d) in seen or not d.flags.owndata:
-            d = d.copy()
-        seen.add(id(d))
-        leaf.grad = type(g)(d)
-    elif old.shape == d.shape and old.dtype == d.dtype and old.node is None:
-        old.data += d
-        old._bump()
-    else:
-        leaf.grad = type(g)(old.data + d)
+            leaf.grad = type(g)(old.data + d)
 
 
 def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = False,

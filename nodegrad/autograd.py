@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from . import _backend as B
-from .autodiff import (backward, detect_anomaly, enable_grad, grad, inference_mode,
-                       is_anomaly_enabled, modes, no_grad, set_grad_enabled)
+from .autodiff import (ANOMALY, backward, detect_anomaly, enable_grad, grad, inference_mode,
+                       is_anomaly_check_nan_enabled, is_anomaly_enabled, no_grad,
+                       set_anomaly, set_grad_enabled)
 from .func import autograd_functional as functional
 from .func.custom import Function, FunctionCtx, once_differentiable
 from .tensor import Tensor
@@ -32,30 +33,31 @@ from .testing import gradcheck as _gradcheck
 
 __all__ = ["Function", "FunctionCtx", "once_differentiable", "functional", "grad", "backward",
            "no_grad", "enable_grad", "set_grad_enabled", "detect_anomaly", "set_detect_anomaly",
-           "set_anomaly_enabled", "is_anomaly_enabled", "inference_mode", "gradcheck",
-           "gradgradcheck", "GradcheckError", "Variable"]
+           "set_anomaly_enabled", "is_anomaly_enabled", "is_anomaly_check_nan_enabled",
+           "inference_mode", "gradcheck", "gradgradcheck", "GradcheckError", "Variable"]
 
 
 class set_detect_anomaly:
-    """Turn anomaly detection on or off in this thread, as ``torch.autograd.set_detect_anomaly``:
-    at once when called, and back to the previous setting on leaving a ``with`` block."""
+    """Turn anomaly detection on or off, as ``torch.autograd.set_detect_anomaly``: for every
+    thread (PyTorch's mode is one switch for the process), at once when called, and back to
+    the previous setting on leaving a ``with`` block. ``check_nan=False`` keeps the mode on
+    (nodes note where they were made) without raising on NaN/Inf, as PyTorch's."""
 
     def __init__(self, mode: bool, check_nan: bool = True):
-        m = modes()
-        self.prev = m.anomaly
-        m.anomaly = bool(mode)
+        self.prev = tuple(ANOMALY)
+        set_anomaly(mode, check_nan)
 
     def __enter__(self) -> set_detect_anomaly:
         return self
 
     def __exit__(self, *exc) -> None:
-        modes().anomaly = self.prev
+        set_anomaly(*self.prev)
 
 
 def set_anomaly_enabled(enabled: bool, check_nan: bool = True) -> None:
-    """Turn anomaly detection on or off in this thread until changed again, as
-    ``torch.set_anomaly_enabled`` (nodegrad always checks for NaN and Inf)."""
-    modes().anomaly = bool(enabled)
+    """Turn anomaly detection on or off for every thread until changed again, as
+    ``torch.set_anomaly_enabled`` (``check_nan=False``: no NaN/Inf checks)."""
+    set_anomaly(enabled, check_nan)
 
 
 class _VariableMeta(type):

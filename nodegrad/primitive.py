@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from . import _backend as B
 from .batching import batch_bind, elementwise_rule, reduce_rule
-from .autodiff import (Node, _per_thread, anomaly_error, creation_site, has_nan, input_held_nan,
-                       modes)
+from .autodiff import (ANOMALY, Node, _per_thread, anomaly_error, creation_site, has_nan,
+                       input_held_nan, modes)
 from .dtypes import _key_of, result_type_of_keys
 from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
@@ -200,8 +200,8 @@ def _anomaly(prim, backend, args, datas, out) -> None:
     """Raise if ``out`` has NaN/Inf that its inputs did not, or NaN that came in with an input
     (detect_anomaly mode)."""
     xp = backend.xp
-    if out.dtype.kind != "f" or bool(xp.isfinite(out).all()):
-        return
+    if not ANOMALY[1] or out.dtype.kind != "f" or bool(xp.isfinite(out).all()):
+        return  # (check_nan=False: the mode notes creation sites only)
     bad = [i for i, d in enumerate(datas)  # inputs holding NaN/Inf (a NaN number counts)
            if (getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
                and not bool(xp.isfinite(d).all())) or (isinstance(d, float) and d != d)]
