@@ -25,6 +25,11 @@ def promote_types(a, b):
     a, b = _np.dtype(a), _np.dtype(b)
     if a == b:
         return a
+    if a.kind not in "biuf" or b.kind not in "biuf":  # complex (stored, never promoted), ...
+        odd = a if a.kind not in "biuf" else b
+        raise DTypeError(f"cannot compute with {a} and {b}: {odd} does not promote with "
+                         "nodegrad's dtypes (bool, integers, floats; complex tensors can be "
+                         "stored and saved, not mixed with real ones)")
     if a.kind == "f" and b.kind == "f":
         raise DTypeError(f"mixed float dtypes {a} and {b}; nodegrad never promotes silently, "
                          "convert one explicitly (x.astype(...), .float(), .double())")

@@ -343,6 +343,15 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
                 return
 
 
+
+def _operand_error(name: str, a) -> str:
+    """The message for an operand ``bind`` cannot take (kept out of the hot loop)."""
+    if isinstance(a, complex) or getattr(getattr(a, "dtype", None), "kind", "") == "c":
+        return (f"{name}: complex numbers are not supported (nodegrad has no complex dtypes), "
+                f"got {a!r}")
+    return f"{name}: expected tensors or numbers, got {type(a).__name__}"
+
+
 def bind(prim: Primitive, args: tuple, params: dict):
     """Run ``prim`` on ``args`` and, when a gradient may be needed, record a Node for it.
 
@@ -376,7 +385,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
             datas.append(a.item())
             continue
         else:
-            raise TypeError(f"{prim.name}: expected tensors or numbers, got {type(a).__name__}")
+            raise TypeError(_operand_error(prim.name, a))
         if first is None:
             first = d
             ftype = type(d)

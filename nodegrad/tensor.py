@@ -504,6 +504,9 @@ def _infer(data, dtype, backend: B.Backend):
                             "tensor; use x.clone() (or x.detach()) instead")
         data = data.data
     if B.is_array(data):
+        if data.dtype.kind in "OUSMmV":
+            raise DTypeError(f"tensor: cannot make a tensor from an array of dtype {data.dtype} "
+                             "(numbers only: bool, integers, floats)")
         src = B.backend_of(data)
         if src is not backend:
             data = src.to_host(data)

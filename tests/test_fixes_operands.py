@@ -1,0 +1,36 @@
+"""Operands nodegrad cannot compute with are refused by name, never cast silently."""
+
+import re
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+
+
+def test_a_complex_python_number_is_named_as_unsupported():
+    with pytest.raises(TypeError, match="add: complex numbers are not supported"):
+        ng.ones(2) + 1j
+
+
+def test_a_complex_array_with_a_real_tensor_is_refused_not_cast_to_real():
+    """NumPy's cast of complex to float dropped the imaginary part (only a ComplexWarning)."""
+    with pytest.raises(ng.DTypeError, match="add: cannot compute with float32 and complex128"):
+        ng.add(ng.ones(2), np.ones(2, complex))
+    with pytest.raises(ng.DTypeError, match="complex64 does not promote"):
+        ng.ones(2) * ng.tensor(np.ones(2, np.complex64))
+
+
+def test_complex_tensors_are_still_stored_and_computed_among_themselves():
+    z = ng.tensor(np.array([1 + 2j, 3j], np.complex64))
+    np.testing.assert_array_equal((z * 2).numpy(), np.array([2 + 4j, 6j], np.complex64))
+
+
+@pytest.mark.parametrize("a", [np.array(["a", "b"]), np.array([1, None], dtype=object),
+                               np.array(["2020-01-01"], dtype="datetime64[D]"),
+                               np.array([b"x"])])
+def test_arrays_of_non_numbers_make_no_tensor(a):
+    """PyTorch refuses them; a string tensor only failed later, in an op."""
+    with pytest.raises(ng.DTypeError, match=re.escape(
+            f"tensor: cannot make a tensor from an array of dtype {a.dtype}")):
+        ng.tensor(a)
