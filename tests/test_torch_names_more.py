@@ -830,8 +830,9 @@ def test_pytorch_signatures_of_autograd_init_clip_and_random_split():
         ng.autograd.grad((x * x).sum(), x, is_grads_batched=True)
     ng.autograd.backward(x * 3, None, False, False, ng.ones(2))  # grad_variables, positionally
     np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])
-    with ng.autograd.detect_anomaly(check_nan=False):
-        assert not ng.autograd.is_anomaly_enabled()
+    with ng.autograd.detect_anomaly(check_nan=False):  # on, without the NaN checks (PyTorch's)
+        assert ng.autograd.is_anomaly_enabled()
+        assert not ng.is_anomaly_check_nan_enabled()
     with ng.autograd.detect_anomaly():
         assert ng.autograd.is_anomaly_enabled()
     w = ng.empty(3, 4)
