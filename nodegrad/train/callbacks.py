@@ -181,37 +181,59 @@ def _monitored(logs: dict, monitor: str, who: str) -> float:
     return float(logs[monitor])
 
 
+def _check_mode(mode: str, who: str) -> str:
+    if mode not in ("min", "max"):
+        raise ValueError(f"{who}: mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs; with
-    ``restore_best_weights`` the model ends with the weights of its best epoch, whether the
-    run stopped early or ran all its epochs (Keras restores only on a stop). A ``monitor``
-    that is not logged raises :class:`MonitorError` at the first epoch's end."""
+    """Stop when ``monitor`` has not improved by ``min_delta`` (its absolute value, as Keras)
+    for ``patience`` epochs; with ``restore_best_weights`` the model ends with the weights of
+    its best epoch, whether the run stopped early or ran all its epochs (Keras restores only
+    on a stop). With ``baseline``, as Keras, the patience counter restarts only on an epoch that
+    also beats the baseline. A NaN ``monitor`` counts as no improvement. Each ``fit`` starts
+    afresh (as Keras), so one instance can serve several runs; a resumed run continues from
+    its checkpoint's state. A ``monitor`` that is not logged raises :class:`MonitorError` at
+    the first epoch's end."""
 
     def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 10,
-                 min_delta: float = 0.0, restore_best_weights: bool = True):
-        if mode not in ("min", "max"):
-            raise ValueError(f"EarlyStopping: mode must be 'min' or 'max', got {mode!r}")
-        self.monitor, self.mode, self.patience = monitor, mode, int(patience)
-        self.min_delta, self.restore_best_weights = float(min_delta), restore_best_weights
-        self.best = math.inf if mode == "min" else -math.inf
+                 min_delta: float = 0.0, restore_best_weights: bool = True,
+                 baseline: float | None = None):
+        self.monitor, self.patience = monitor, int(patience)
+        self.mode = _check_mode(mode, "EarlyStopping")
+        self.min_delta, self.restore_best_weights = abs(float(min_delta)), restore_best_weights
+        self.baseline = None if baseline is None else float(baseline)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
         self.wait, self.best_epoch, self.stopped_epoch = 0, -1, None
         self.best_weights: dict | None = None
+
+    def on_train_begin(self, tr):
+        if getattr(tr, "resumed_from", None) is None:  # a new run: no best from an earlier one
+            self._reset()
 
     def on_epoch_end(self, tr, logs):
         value = _monitored(logs, self.monitor, "EarlyStopping")
         if _better(self.mode, value, self.best, self.min_delta):
-            self.best, self.wait, self.best_epoch = value, 0, tr.epoch
+            self.best, self.best_epoch = value, tr.epoch
             if self.restore_best_weights:
                 self.best_weights = {k: np.array(v.numpy(), copy=True)
                                      for k, v in tr.model.state_dict().items()}
+            beats_baseline = self.baseline is None \
+                or _better(self.mode, value, self.baseline, self.min_delta)
+            self.wait = 0 if beats_baseline else self.wait + 1
         else:
             self.wait += 1
-            if self.wait >= self.patience:
-                self.stopped_epoch = tr.epoch
-                tr.stop_training = True
-                tr.stop_reason = (f"early stopping: {self.monitor} has not improved for "
-                                  f"{self.patience} epochs (best {self.best:.4g} at epoch "
-                                  f"{self.best_epoch + 1})")
+        if self.wait and self.wait >= self.patience:
+            self.stopped_epoch = tr.epoch
+            tr.stop_training = True
+            what = "improved" if self.baseline is None else f"beaten {self.baseline:.4g}"
+            tr.stop_reason = (f"early stopping: {self.monitor} has not {what} for "
+                              f"{self.patience} epochs (best {self.best:.4g} at epoch "
+                              f"{self.best_epoch + 1})")
 
     def on_train_end(self, tr):
         # the best epoch's weights whenever a later epoch changed them, stopped or not
@@ -238,7 +260,8 @@ class ModelCheckpoint(Callback):
 
     def __init__(self, run_dir: str | os.PathLike, monitor: str = "val_loss", mode: str = "min",
                  save_best: bool = True, save_last: bool = True):
-        self.run_dir, self.monitor, self.mode = Path(run_dir), monitor, mode
+        self.run_dir, self.monitor = Path(run_dir), monitor
+        self.mode = _check_mode(mode, "ModelCheckpoint")
         self.save_best, self.save_last = save_best, save_last
         self.best = math.inf if mode == "min" else -math.inf
         self._warned = False
@@ -273,7 +296,9 @@ class ModelCheckpoint(Callback):
 
 class LRSchedule(Callback):
     """Step a scheduler after every optimiser step (``interval="step"``) or every epoch;
-    :class:`ReduceLROnPlateau` steps each epoch with the value of ``monitor``."""
+    :class:`ReduceLROnPlateau` steps each epoch with the value of ``monitor`` (the default
+    ``"val_loss"`` falls back to the training ``"loss"`` in a run without validation; any other
+    ``monitor`` that is not logged raises :class:`MonitorError`)."""
 
     def __init__(self, scheduler: LRScheduler, interval: str = "step",
                  monitor: str = "val_loss"):
@@ -289,7 +314,11 @@ class LRSchedule(Callback):
 
     def on_epoch_end(self, tr, logs):
         if self.plateau:
-            key = self.monitor if self.monitor in logs else "loss"
+            key = self.monitor
+            if key not in logs:
+                if key != "val_loss" or any(k.startswith("val_") for k in logs):
+                    raise MonitorError(_missing_monitor(logs, key, "LRSchedule"))
+                key = "loss"  # no validation: the training loss
             self.scheduler.step(logs[key])
         elif self.interval == "epoch":
             self.scheduler.step()

@@ -23,23 +23,50 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def _single_logit(z: np.ndarray) -> bool:
+    """One logit per sample, (N,) or (N, 1): a binary model."""
+    return z.ndim == 1 or z.ndim == 2 and z.shape[1] == 1
+
+
+def _probabilities(z: np.ndarray) -> np.ndarray:
+    """A member's logits as probabilities: sigmoid of a single logit (class 1's probability),
+    softmax over the last axis otherwise."""
+    z = z.astype(np.float64)
+    if _single_logit(z):
+        return np.exp(-np.logaddexp(0.0, -z))
+    if z.ndim != 2:
+        raise ValueError(f"Ensemble: expected member outputs of shape (N, C) or (N,), got "
+                         f"{z.shape}")
+    return _softmax(z)
+
+
 @dataclass
 class Ensemble:
-    """Trained members, their histories, and the averaged-probability prediction."""
+    """Trained members, their histories, and the averaged-probability prediction. Members
+    output logits: (N, C) (softmax) or one logit per sample, (N,) or (N, 1) (sigmoid)."""
 
     members: list[Module]
     histories: list[History] = field(default_factory=list)
 
     def predict_proba(self, data, batch_size: int = 512) -> np.ndarray:
-        """Mean of the members' softmax probabilities."""
-        return np.mean([_softmax(predict(m, data, batch_size).astype(np.float64))
-                        for m in self.members], axis=0)
+        """Mean of the members' probabilities (float64): softmax rows (N, C), or for a binary
+        model with one logit the probability of class 1, in the members' output shape."""
+        return np.mean([_probabilities(predict(m, data, batch_size)) for m in self.members],
+                       axis=0)
+
+    def predict(self, data, batch_size: int = 512) -> np.ndarray:
+        """The ensemble's classes (int64, (N,)): the argmax of the mean probabilities, or for
+        one logit per sample, mean probability > 0.5."""
+        p = self.predict_proba(data, batch_size)
+        if _single_logit(p):
+            return (p.reshape(len(p)) > 0.5).astype(np.int64)
+        return p.argmax(-1)
 
     def evaluate(self, x, y) -> dict:
         """Accuracy of each member and of the ensemble on arrays ``x``, ``y``."""
         members = [accuracy(y, predict(m, x)) for m in self.members]
         return {"members": members, "member_mean": float(np.mean(members)),
-                "ensemble": accuracy(y, self.predict_proba(x))}
+                "ensemble": accuracy(y, self.predict(x))}
 
 
 def train_ensemble(build: Callable[[], Module], make_optimizer: Callable, loss_fn: Callable,

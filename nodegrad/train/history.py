@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -151,10 +152,16 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
     def best(self, monitor: str = "val_loss", mode: str = "min") -> dict:
-        """The epoch row with the best ``monitor``."""
-        rows = [r for r in self.epochs if monitor in r]
-        if not rows:
+        """The epoch row with the best ``monitor`` (the first, on a tie); epochs where it is NaN
+        or missing are passed over, as early stopping passes them over."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"History.best: mode must be 'min' or 'max', got {mode!r}")
+        logged = [r for r in self.epochs if r.get(monitor) is not None]
+        if not logged:
             raise KeyError(f"History.best: {monitor!r} was never logged")
+        rows = [r for r in logged if not math.isnan(r[monitor])]
+        if not rows:
+            raise KeyError(f"History.best: {monitor!r} is NaN in every epoch")
         pick = min if mode == "min" else max
         return pick(rows, key=lambda r: r[monitor])
 

@@ -21,6 +21,14 @@ def _plt():
     return plt
 
 
+#: metric names (or parts of them) where higher is better; the others (losses, errors): lower
+_HIGHER_BETTER = ("acc", "f1", "r2", "top", "precision", "recall", "auc")
+
+
+def _mode(monitor: str) -> str:
+    return "max" if any(k in monitor for k in _HIGHER_BETTER) else "min"
+
+
 def plot_curves(history: History, path: str | os.PathLike, best_epoch: int | None = None,
                 monitor: str = "val_loss") -> Path:
     """Loss (and accuracy, when logged) per epoch, train vs validation; the best epoch of
@@ -29,9 +37,8 @@ def plot_curves(history: History, path: str | os.PathLike, best_epoch: int | Non
     ep = history["epoch"]
     panels = [k for k in ("loss", "accuracy") if any(v is not None for v in history[k])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    if best_epoch is None and any(v is not None for v in history[monitor]):
-        mode = "max" if "acc" in monitor else "min"
-        best_epoch = history.best(monitor, mode)["epoch"]
+    if best_epoch is None and any(v is not None and v == v for v in history[monitor]):
+        best_epoch = history.best(monitor, _mode(monitor))["epoch"]
     for ax, k in zip(axes[0], panels):
         ax.plot(ep, history[k], label=f"train {k}")
         if any(v is not None for v in history[f"val_{k}"]):
@@ -66,8 +73,10 @@ def plot_lr(history: History, path: str | os.PathLike) -> Path:
 
 
 def plot_confusion(cm: np.ndarray, path: str | os.PathLike, labels=None) -> Path:
-    """A confusion matrix (rows: true class, columns: predicted) with counts."""
+    """A confusion matrix (rows: true class, columns: predicted) with counts (or, normalised,
+    fractions to two decimals)."""
     plt = _plt()
+    cm = np.asarray(cm)
     n = len(cm)
     fig, ax = plt.subplots(figsize=(0.45 * n + 2.5, 0.45 * n + 2))
     ax.imshow(cm, cmap="Blues")
@@ -79,7 +88,8 @@ def plot_confusion(cm: np.ndarray, path: str | os.PathLike, labels=None) -> Path
     top = cm.max() if cm.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+            text = f"{cm[i, j]:.2f}" if np.issubdtype(cm.dtype, np.floating) else str(cm[i, j])
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > top / 2 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
