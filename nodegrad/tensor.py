@@ -8,6 +8,8 @@ in ``ops/methods.py`` so each op keeps one home.
 
 from __future__ import annotations
 
+import math
+import operator
 import weakref
 from collections.abc import Callable, Sequence
 from operator import attrgetter
@@ -495,6 +497,20 @@ def _has_float64_scalar(data) -> bool:
     return False
 
 
+def _default_complex():
+    """PyTorch's default complex dtype: complex64 beside float32, complex128 beside float64."""
+    return B.np.result_type(B.DEFAULT_FLOAT, B.np.complex64)
+
+
+def _has_numpy_scalar(data, kind: str) -> bool:
+    """Whether ``data`` is, or nests, a NumPy scalar of dtype kind ``kind`` ("c")."""
+    if isinstance(data, B.generic):
+        return data.dtype.kind == kind
+    if isinstance(data, list | tuple):
+        return any(_has_numpy_scalar(d, kind) for d in data)
+    return False
+
+
 def _infer(data, dtype, backend: B.Backend):
     """Array for ``data``: Python floats become float32, arrays keep their dtype."""
     dtype = B.as_dtype(dtype)
@@ -518,6 +534,8 @@ def _infer(data, dtype, backend: B.Backend):
         # Python floats become float32; a NumPy float64 scalar keeps its dtype, alone or in a
         # list (as PyTorch)
         a = a.astype(B.DEFAULT_FLOAT)
+    if dtype is None and a.dtype.kind == "c" and not _has_numpy_scalar(data, "c"):
+        a = a.astype(_default_complex())  # Python complex numbers: the default complex dtype
     if dtype is None and a.dtype == B.np.uint64 and not isinstance(data, B.generic):
         raise OverflowError("tensor: a Python int of 2**63 or more does not fit int64, "
                             "PyTorch's integer (pass dtype= for another)")
@@ -615,37 +633,68 @@ def from_dlpack(obj) -> Tensor:
 
 
 def _shape_arg(shape) -> tuple:
+    """Sizes given one by one or as one sequence, as a tuple of ints (a float is refused, not
+    truncated: PyTorch's sizes are ints)."""
     if len(shape) == 1 and isinstance(shape[0], list | tuple):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    out = []
+    for s in shape:
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise TypeError(f"a size must be an int, got {type(s).__name__} {s!r} in shape "
+                            f"{tuple(shape)}") from None
+    return tuple(out)
 
 
-def _filled(fill: Callable, shape, dtype, device, requires_grad) -> Tensor:
+def _sized(op: str, shape: tuple, size) -> tuple:
+    """The shape from positional sizes or PyTorch's ``size=`` keyword (one of the two)."""
+    if size is None:
+        return shape
+    if shape:
+        raise TypeError(f"{op}: give the shape positionally or as size=, not both")
+    return (size,) if isinstance(size, int) else (tuple(size),)
+
+
+def _filled(op: str, fill: Callable, shape, dtype, device, requires_grad) -> Tensor:
     be = B.get_backend(_device(device))
     dtype = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
+    shape = _shape_arg(shape)
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{op}: sizes must be non-negative, got shape {shape}")
     with be.scope():
-        return _finish(fill(be.xp, _shape_arg(shape), dtype), requires_grad)
+        return _finish(fill(be.xp, shape, dtype), requires_grad)
 
 
-def zeros(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    return _filled(lambda xp, s, d: xp.zeros(s, d), shape, dtype, device, requires_grad)
+def zeros(*shape, dtype=None, device=None, requires_grad: bool = False, size=None) -> Tensor:
+    return _filled("zeros", lambda xp, s, d: xp.zeros(s, d), _sized("zeros", shape, size), dtype,
+                   device, requires_grad)
 
 
-def ones(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    return _filled(lambda xp, s, d: xp.ones(s, d), shape, dtype, device, requires_grad)
+def ones(*shape, dtype=None, device=None, requires_grad: bool = False, size=None) -> Tensor:
+    return _filled("ones", lambda xp, s, d: xp.ones(s, d), _sized("ones", shape, size), dtype,
+                   device, requires_grad)
 
 
-def empty(*shape, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    return _filled(lambda xp, s, d: xp.empty(s, d), shape, dtype, device, requires_grad)
+def empty(*shape, dtype=None, device=None, requires_grad: bool = False, size=None) -> Tensor:
+    return _filled("empty", lambda xp, s, d: xp.empty(s, d), _sized("empty", shape, size), dtype,
+                   device, requires_grad)
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A tensor of ``shape`` filled with ``fill_value``; its dtype, as PyTorch's, from the
+    value: bool, int64 for an int, the default float for a float, the default complex for a
+    complex (a one-element tensor or NumPy scalar counts as its Python number)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if isinstance(fill_value, Tensor | B.generic):
+        fill_value = _range_scalar("full", fill_value)
     if dtype is None and isinstance(fill_value, bool):
         dtype = bool_
     elif dtype is None and isinstance(fill_value, int):
         dtype = int64
-    return _filled(lambda xp, s, d: xp.full(s, fill_value, d), (shape,), dtype, device,
+    elif dtype is None and isinstance(fill_value, complex):
+        dtype = _default_complex()
+    return _filled("full", lambda xp, s, d: xp.full(s, fill_value, d), (shape,), dtype, device,
                    requires_grad)
 
 
@@ -770,11 +819,52 @@ def write_out(op: str, out, result: Tensor, *, differentiable: bool = False) -> 
     return out._assign(op, result)
 
 
+def _range_scalar(op: str, v):
+    """A Python number from a number, a NumPy scalar or a one-element tensor (read eagerly)."""
+    if isinstance(v, Tensor):
+        if v.numel() != 1:
+            raise ShapeError(f"{op}: expects a number or a one-element tensor, got a tensor "
+                             f"of shape {tuple(v.shape)}")
+        return v.item()
+    if isinstance(v, B.generic):
+        return v.item()
+    if not isinstance(v, int | float):
+        raise TypeError(f"{op}: expects a real number, got {type(v).__name__}")
+    return v
+
+
+def _arange_values(start, stop, step, dt):
+    """PyTorch's arange on the host: the bounds cast to the accumulation type (int64 for
+    integer dtypes, float32 for half types, else float64), the length ceil((stop - start) /
+    step) in double (int64: integer arithmetic on the cast bounds), and the values
+    start + i * step in the accumulation type, cast to ``dt`` at the end."""
+    np_ = B.np
+    dt = np_.dtype(dt)
+    acc = np_.int64 if dt.kind in "iub" else np_.float32 if dt.itemsize <= 2 else np_.float64
+    if not all(math.isfinite(v) for v in (start, stop, step)):
+        raise ValueError(f"arange: the range must be finite, got {start} -> {stop} by {step}")
+    xstart, xstop, xstep = (acc(int(v) if acc is np_.int64 else v) for v in (start, stop, step))
+    if xstep == 0:
+        what = "" if step == 0 else f" (it truncates to 0 in the integer dtype {dt})"
+        raise ValueError(f"arange: step must be nonzero, got {step}{what}")
+    if not ((xstep > 0 and xstop >= xstart) or (xstep < 0 and xstop <= xstart)):
+        raise ValueError(f"arange: the bounds {start} -> {stop} are inconsistent with the sign "
+                         f"of step {step} (PyTorch refuses an empty range of the wrong sign)")
+    if dt == int64:
+        sgn = 1 if xstep > 0 else -1  # the bounds agree with it: both sides have its sign
+        size = abs(int(xstop) - int(xstart) + int(xstep) - sgn) // abs(int(xstep))
+    else:
+        size = math.ceil((float(stop) - float(start)) / float(step))
+    values = xstart + xstep * np_.arange(max(size, 0), dtype=acc)
+    return values.astype(dt)
+
+
 def arange(start=None, stop=None, step=1, dtype=None, device=None,
            requires_grad: bool = False, *, end=None, out=None, layout=None) -> Tensor:
-    """Evenly spaced values in [start, stop); int64 for integer arguments, else the default
-    float dtype. ``end=`` is PyTorch's name for stop (``arange(end=3)``), ``out`` receives the
-    result."""
+    """Evenly spaced values in [start, stop), as PyTorch computes them: int64 for integer
+    arguments (one-element tensors and NumPy scalars count as their numbers), else the default
+    float dtype; a zero step, an infinite bound or bounds against the step's sign are errors.
+    ``end=`` is PyTorch's name for stop (``arange(end=3)``), ``out`` receives the result."""
     if end is not None:
         if stop is not None:
             raise TypeError("arange: give stop or PyTorch's end=, not both")
@@ -787,26 +877,73 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
         start, stop = 0, start
     if layout is not None:
         check_layout("arange", layout)
+    start, stop, step = (_range_scalar("arange", v) for v in (start, stop, step))
     if dtype is None:
         ints = all(isinstance(v, int) for v in (start, stop, step))
         dtype = int64 if ints else B.DEFAULT_FLOAT
+    dt = B.as_dtype(dtype)
     be = B.get_backend(_device(device))
     with be.scope():
-        a = be.xp.arange(start, stop, step, dtype=B.as_dtype(dtype))
+        a = be.xp.asarray(_arange_values(start, stop, step, dt), dtype=dt)
     r = _finish(a, requires_grad) if requires_grad else Tensor(a)
     return r if out is None else write_out("arange", out, r)
 
 
-def linspace(start, stop, num: int = 50, dtype=None, device=None,
-             requires_grad: bool = False) -> Tensor:
+def _linspace_values(start, stop, steps: int, dt):
+    """PyTorch's linspace on the host: integer dtypes truncate the ends first and step in
+    double; float dtypes step in their own precision. Below halfway from the start, above it
+    back from the end (so both ends are exact), as PyTorch's kernel."""
+    np_ = B.np
+    dt = np_.dtype(dt)
+    k = np_.arange(steps)
+    if dt.kind in "iub":
+        s, e = float(int(start)), float(int(stop))
+        ct = np_.float64
+    else:
+        ct = dt.type if dt.kind == "f" else np_.result_type(dt, np_.float64).type
+        s, e = ct(start), ct(stop)
+    if steps == 1:
+        return np_.full(1, s).astype(dt)
+    step = (ct(e) - ct(s)) / ct(max(steps - 1, 1))
+    kk = k.astype(ct)
+    with np_.errstate(over="ignore", invalid="ignore"):
+        v = np_.where(k < steps // 2, ct(s) + step * kk, ct(e) - step * (ct(steps - 1) - kk))
+    return v.astype(dt)
+
+
+def linspace(start, stop=None, num: int | None = None, dtype=None, device=None,
+             requires_grad: bool = False, *, end=None, steps: int | None = None) -> Tensor:
+    """``num`` (PyTorch's ``steps``; NumPy's default 50) evenly spaced values from ``start``
+    to ``stop`` (PyTorch's ``end=``), both included, computed as PyTorch computes them; the
+    default float dtype unless ``dtype`` is given."""
+    if end is not None:
+        if stop is not None:
+            raise TypeError("linspace: give stop or PyTorch's end=, not both")
+        stop = end
+    if stop is None:
+        raise TypeError("linspace: missing the end of the range")
+    if steps is not None:
+        if num is not None:
+            raise TypeError("linspace: give num or PyTorch's steps=, not both")
+        num = steps
+    num = 50 if num is None else num
+    if isinstance(num, bool) or not isinstance(num, int | B.np.integer):
+        raise TypeError(f"linspace: the number of steps must be an int, got {type(num).__name__}")
+    if num < 0:
+        raise ValueError(f"linspace: number of steps must be non-negative, got {num}")
+    start, stop = (_range_scalar("linspace", v) for v in (start, stop))
+    dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
     be = B.get_backend(_device(device))
     with be.scope():
-        a = be.xp.linspace(start, stop, num).astype(B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+        a = be.xp.asarray(_linspace_values(start, stop, int(num), dt), dtype=dt)
     return _finish(a, requires_grad) if requires_grad else Tensor(a)
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None,
         requires_grad: bool = False) -> Tensor:
+    n, m = _shape_arg((n, n if m is None else m))
+    if n < 0 or m < 0:
+        raise ValueError(f"eye: n and m must be non-negative, got n={n}, m={m}")
     be = B.get_backend(_device(device))
     with be.scope():
         a = be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)

@@ -34,3 +34,12 @@ def test_arrays_of_non_numbers_make_no_tensor(a):
     with pytest.raises(ng.DTypeError, match=re.escape(
             f"tensor: cannot make a tensor from an array of dtype {a.dtype}")):
         ng.tensor(a)
+
+
+def test_chunk_of_an_empty_axis_gives_empty_pieces():
+    """PyTorch returns ``chunks`` empty pieces; a split size of 0 was refused."""
+    parts = ng.chunk(ng.zeros(0, 3), 2)
+    assert [p.shape for p in parts] == [(0, 3), (0, 3)]
+    assert [p.shape for p in ng.zeros(3, 0).chunk(2, dim=1)] == [(3, 0), (3, 0)]
+    with pytest.raises(ValueError, match="chunk: chunks must be a positive int, got 0"):
+        ng.chunk(ng.zeros(4), 0)

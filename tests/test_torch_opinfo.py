@@ -76,10 +76,6 @@ KNOWN = {
     "kthvalue:int64": "ties: nodegrad returns the lowest index (documented), PyTorch's choice "
                       "is not",
     "topk:int64": "ties: nodegrad returns the lowest indices; PyTorch's are not stable",
-    "arange:int64": "float bounds with an integer dtype: PyTorch casts them first, the length "
-                    "here comes from the float bounds, as NumPy's",
-    "linspace:int64": "float bounds with an integer dtype: PyTorch casts them first, here the "
-                      "float points are truncated, as NumPy's",
     "mode:int64": "ties: which of the most frequent values' indices is returned",
     "nn.functional.embedding:float32": "sparse=True: nodegrad's gradients are dense",
     "nn.functional.embedding_bag:float32": "sparse=True: nodegrad's gradients are dense",

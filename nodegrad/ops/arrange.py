@@ -117,18 +117,24 @@ def _matrix(x, op: str):
                          f"{tuple(x.shape)}")
 
 
+def _zero(x):
+    """The zero that keeps ``x``'s dtype in ``where`` (False for bool: 0 would promote)."""
+    return False if x.dtype.kind == "b" else 0
+
+
 def tril(x, diagonal: int = 0):
     """The lower triangle of the last two dims (on and below ``diagonal``), zeros elsewhere."""
     _matrix(x, "tril")
     m, n = x.shape[-2:]
-    return where(Tensor(x.backend.asarray(B.np.tri(m, n, diagonal, dtype=bool))), x, 0)
+    return where(Tensor(x.backend.asarray(B.np.tri(m, n, diagonal, dtype=bool))), x, _zero(x))
 
 
 def triu(x, diagonal: int = 0):
     """The upper triangle of the last two dims (on and above ``diagonal``), zeros elsewhere."""
     _matrix(x, "triu")
     m, n = x.shape[-2:]
-    return where(Tensor(x.backend.asarray(~B.np.tri(m, n, diagonal - 1, dtype=bool))), x, 0)
+    return where(Tensor(x.backend.asarray(~B.np.tri(m, n, diagonal - 1, dtype=bool))), x,
+                 _zero(x))
 
 
 def _diag_index(m: int, n: int, offset: int):

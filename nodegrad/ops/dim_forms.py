@@ -46,7 +46,11 @@ def _method_form(fn: Callable, name: str) -> Callable:
         if keepdim is not _UNSET:
             kwargs["keepdim"] = keepdim
         if "dim" not in kwargs:  # keepdim alone: over everything, as PyTorch's
-            kwargs["dim"] = tuple(range(input.ndim))
+            if name in ("max", "min"):
+                raise TypeError(f"{name}(input, keepdim=): keepdim needs a dim (PyTorch's "
+                                f"{name} has no keepdim over all entries; use a{name})")
+            # argmax/argmin take one dim; None is the flattened index, kept as 1 x ... x 1
+            kwargs["dim"] = None if name in ("argmax", "argmin") else tuple(range(input.ndim))
         return getattr(Tensor, name)(input, **kwargs)
 
     f.__doc__ = (fn.__doc__ or "") + (" PyTorch's dim=/keepdim= keywords are taken too, with "

@@ -348,8 +348,14 @@ def split_sizes(x, split_size_or_sections, dim: int = 0) -> list:
 
 
 def chunk(x, chunks: int, dim: int = 0) -> list:
-    """PyTorch's chunk: ``chunks`` pieces of size ceil(n / chunks)."""
-    n = x.shape[norm_axis(dim, x.ndim, "chunk")]
+    """PyTorch's chunk: ``chunks`` pieces of size ceil(n / chunks); an empty axis gives
+    ``chunks`` empty pieces, as PyTorch's."""
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks <= 0:
+        raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
+    ax = norm_axis(dim, x.ndim, "chunk")
+    n = x.shape[ax]
+    if n == 0:
+        return [x[(slice(None),) * ax + (slice(0, 0),)] for _ in range(chunks)]
     return split_sizes(x, -(-n // chunks), dim)
 
 

@@ -29,7 +29,7 @@ from .elementwise import astype, ceil, floor, isnan, lerp, minimum, round, where
 from .reduce import amax, amin, argmax
 from .reduce import sum as _sum
 from .scan import cummax, cummin
-from .sort import _INTERP, argsort, median, searchsorted, sort
+from .sort import _INTERP, argsort, median, searchsorted, share_ties, sort
 from .window import sliding_window_view
 
 __all__ = [
@@ -777,7 +777,7 @@ def nanmedian(input: Tensor, dim: int | None = None, keepdim: bool = False):
         if input.numel() == 0:
             _float_input("nanmedian", input)
             return Tensor(input.backend.xp.asarray(float("nan"), dtype=input.dtype))
-        return nanmedian(S.reshape(input, (-1,)), 0).values
+        return share_ties(input, nanmedian(S.reshape(input, (-1,)), 0).values)
     if input.dtype.kind != "f":
         return median(input, dim, keepdim)
     x, ax = _lane("nanmedian", input, dim)

@@ -98,20 +98,27 @@ def _selected(v, idx, ax, keepdim, was0):
     return Sorted(_back(val, was0), _back(idx, was0))
 
 
+def share_ties(x, m):
+    """``m`` (a full reduction that picked one entry of ``x``) with its gradient shared evenly
+    among the entries equal to it, as PyTorch's median()/nanmedian() without dim (the value
+    stays ``m``'s bits: s - s.detach() is 0); a NaN ``m`` is shared among the NaNs."""
+    if not (x.requires_grad and x.dtype.kind == "f"):
+        return m
+    md = m.detach()
+    tie = where(isnan(md), isnan(x), x == md)
+    s = sum_(where(tie, x, 0.0))
+    n = maximum(sum_(astype(tie, x.dtype)), 1.0)
+    return md + (s - s.detach()) / n
+
+
 def median(x, dim: int | None = None, keepdim: bool = False):
     """The lower median (no averaging, as PyTorch); with ``dim``: (values, indices). A lane
-    with NaN gives NaN."""
+    with NaN gives NaN; without ``dim`` no entries give NaN and tied entries share the
+    gradient."""
     if dim is None:
-        m = median(reshape(x, (-1,)), 0).values
-        if not (x.requires_grad and x.dtype.kind == "f"):
-            return m
-        # the gradient shared evenly among the entries equal to the median, as PyTorch's
-        # median() without dim (the value stays the median's bits: s - s.detach() is 0)
-        md = m.detach()
-        tie = where(isnan(md), isnan(x), x == md)  # a NaN median: the NaNs share it
-        s = sum_(where(tie, x, 0.0))
-        n = maximum(sum_(astype(tie, x.dtype)), 1.0)
-        return m.detach() + (s - s.detach()) / n
+        if x.numel() == 0 and x.dtype.kind == "f":  # PyTorch: NaN for no entries
+            return Tensor(x.backend.xp.asarray(float("nan"), dtype=x.dtype))
+        return share_ties(x, median(reshape(x, (-1,)), 0).values)
     ax = _dim(x, dim, "median")
     v = _vec(x)
     n = v.shape[ax]
@@ -193,6 +200,20 @@ def _bcast(i, lead):
 
 
 # --- unique, searchsorted, bucketize (no gradient) --------------------------------------------
+def _unique_distinct_nan(xp, flat):
+    """(values, inverse, counts) of a 1-d array with NaNs as PyTorch's unique gives them: each
+    NaN distinct (NaN != NaN), after the numbers, in the order they appear."""
+    nan = xp.isnan(flat)
+    u, inv_num, cnt = xp.unique(flat[~nan], return_inverse=True, return_counts=True)
+    k = int(nan.sum())
+    values = xp.concatenate([u, xp.full(k, xp.nan, dtype=flat.dtype)])
+    counts = xp.concatenate([cnt, xp.ones(k, dtype=cnt.dtype)])
+    inv = xp.empty(flat.shape[0], dtype=xp.int64)
+    inv[~nan] = inv_num.reshape(-1)
+    inv[nan] = u.shape[0] + xp.arange(k)
+    return values, inv, counts
+
+
 def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: bool = False,
            dim: int | None = None):
     """The distinct values (sorted), with the inverse indices and counts on request; over
@@ -204,7 +225,10 @@ def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: 
     x._concrete("unique (the output's size depends on the values)")
     xp = x.backend.xp
     axis = None if dim is None else norm_axis(dim, x.ndim, "unique")
-    res = xp.unique(x.data, return_inverse=True, return_counts=True, axis=axis)
+    if axis is None and x.dtype.kind in "fc" and bool(xp.isnan(x.data).any()):
+        res = _unique_distinct_nan(xp, x.data.reshape(-1))
+    else:
+        res = xp.unique(x.data, return_inverse=True, return_counts=True, axis=axis)
     out, inv, counts = (Tensor(r) for r in res)
     inv = reshape(inv, x.shape if axis is None else (x.shape[axis],))
     extra = ((inv,) if return_inverse else ()) + ((counts,) if return_counts else ())
