@@ -356,8 +356,10 @@ class detect_anomaly:
     found on entering. ``check_nan=False`` keeps the mode on without the NaN/Inf checks.
     """
 
-    def __init__(self, enabled: bool = True, check_nan: bool = True):
-        self.enabled = bool(enabled)
+    def __init__(self, check_nan: bool = True):
+        """PyTorch's signature: ``check_nan`` is the one argument (``set_detect_anomaly``
+        turns the mode off)."""
+        self.enabled = True
         self.check_nan = bool(check_nan)
 
     def __enter__(self):

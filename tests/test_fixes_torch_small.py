@@ -1,4 +1,5 @@
-"""Operands nodegrad cannot compute with are refused by name, never cast silently."""
+"""PyTorch semantics in small places: operands refused by name (never cast silently), chunk of
+an empty axis, detect_anomaly's signature."""
 
 import re
 
@@ -43,3 +44,11 @@ def test_chunk_of_an_empty_axis_gives_empty_pieces():
     assert [p.shape for p in ng.zeros(3, 0).chunk(2, dim=1)] == [(3, 0), (3, 0)]
     with pytest.raises(ValueError, match="chunk: chunks must be a positive int, got 0"):
         ng.chunk(ng.zeros(4), 0)
+
+
+def test_detect_anomaly_takes_pytorchs_check_nan_positionally():
+    """PyTorch's detect_anomaly(check_nan=True): a positional False keeps the mode on without
+    the NaN checks (it switched the mode off)."""
+    with ng.autograd.detect_anomaly(False):
+        assert ng.is_anomaly_enabled() and not ng.is_anomaly_check_nan_enabled()
+    assert not ng.is_anomaly_enabled()
