@@ -175,3 +175,19 @@ def test_deepcopy_and_pickle_of_an_optimizer_continue_as_the_original(cls, kw):
     for mm, _ in copies:
         for a, b in zip(m.parameters(), mm.parameters()):
             assert a is not b and np.array_equal(a.numpy(), b.numpy())
+
+
+def test_a_scheduler_writes_a_tensor_lr_in_place_as_pytorch():
+    """PyTorch fills a tensor lr in place (whoever holds it sees the schedule) and keeps
+    initial_lr apart; the schedule replaced the tensor by a new one each step."""
+    w = ng.randn(3, requires_grad=True)
+    lr = ng.tensor(0.1, dtype=ng.float64)
+    opt = ng.optim.SGD([w], lr=lr)
+    sched = ng.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    for want in (0.05, 0.025, 0.0125):
+        (w * w).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        assert opt.param_groups[0]["lr"] is lr and float(lr) == want
+    assert float(opt.param_groups[0]["initial_lr"]) == 0.1

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..tensor import Tensor
 from .base import Optimizer
 
 EPOCH_DEPRECATION_WARNING = (
@@ -62,8 +63,9 @@ def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> None:
     """Record each group's lr as its ``initial_lr`` (starting), or check that every group has
     one (resuming: PyTorch's KeyError and message)."""
     if last_epoch == -1:
-        for g in optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
+        for g in optimizer.param_groups:  # a tensor lr is copied: steps write into it
+            lr = g["lr"]
+            g.setdefault("initial_lr", lr.clone() if isinstance(lr, Tensor) else lr)
         return
     for i, g in enumerate(optimizer.param_groups):
         if "initial_lr" not in g:
@@ -214,7 +216,12 @@ class LRScheduler:
 
     def _set(self, lrs: list[float]) -> None:
         for g, lr in zip(self.optimizer.param_groups, lrs):
-            g["lr"] = lr
+            old = g["lr"]
+            if isinstance(old, Tensor):  # PyTorch's fill_: whoever holds the tensor sees it
+                old.data[...] = float(lr)
+                old._bump()
+            else:
+                g["lr"] = lr
         self._last_lr = list(lrs)
 
     def _current_lrs(self) -> list[float]:
