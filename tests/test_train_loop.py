@@ -180,6 +180,9 @@ def test_reduce_lr_on_plateau_and_step_schedule(digits):
     h = train.fit(model, F.cross_entropy, opt, tl, epochs=2, scheduler=sched, progress=False)
     lrs = [s["lr"] for s in h.steps]
     assert lrs[0] == 0.1 and lrs[-1] == pytest.approx(0.01)
+    # each epoch's row: the rate its steps trained with, not the next step's (a per-step
+    # schedule has already moved on when the epoch ends)
+    assert h["lr"] == [0.1, pytest.approx(0.01)]
 
 
 def test_a_loader_without_batches_is_a_clear_error():

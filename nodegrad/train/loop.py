@@ -210,6 +210,7 @@ class Trainer:
         self.stop_training, self.stop_reason = False, None
         self.last_loss = float("nan")
         self._acc: dict[str, float] = {}
+        self._step_lr: float | None = None  # the rate of the last training step
         self._train_time = 0.0
         self._wall_before, self._t_start = 0.0, time.perf_counter()
         self.resumed_from: dict | None = None
@@ -344,7 +345,7 @@ class Trainer:
         if self.dist is not None:  # every rank logs and acts on the same (mean) loss
             self.last_loss = self.dist.mean(local_loss)
         self._call("on_after_backward")
-        lr = self._lr()
+        lr = self._step_lr = self._lr()
         self.optimizer.step()
         self.step += 1
         self.batch += 1
@@ -369,7 +370,9 @@ class Trainer:
         if self.val_loader is not None:
             v = evaluate(self.model, self.val_loader, self.loss_fn, list(self.metric_fns))
             row.update({f"val_{k}": val for k, val in v.items()})
-        row["lr"] = self._lr()
+        # the rate this epoch's last step trained with (a per-step schedule has moved on since)
+        last = self._step_lr
+        row["lr"] = self._lr() if last is None or not acc.get("n") else last
         row["time"] = round(self._train_time, 3)
         self.history.epochs.append(row)
         self._call("on_epoch_end", row)
