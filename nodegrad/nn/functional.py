@@ -359,6 +359,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         if training and count < 2:
             raise ValueError(f"batch_norm: need more than one value per channel when "
                              f"training, got input of shape {tuple(x.shape)}")
+        if training and not eps > 0:  # a constant channel would divide 0 by 0
+            raise ValueError(f"batch_norm: eps must be positive during training, got {eps}")
         mean = ops.mean(up(x), axis=axes, keepdims=True)
         var = ops.var(up(x), axis=axes, keepdims=True)
         if training and running_mean is not None:
@@ -600,22 +602,39 @@ def glu(input: Tensor, dim: int = -1) -> Tensor:
     return _A.glu(input, dim)
 
 
+def _softmax_dim(name: str, ndim: int, dim: int | None, axis: int | None,
+                 stacklevel: int) -> int | None:
+    """PyTorch's implicit dimension when neither ``dim`` nor ``axis`` is given: 0 for 0-, 1- and
+    3-D inputs, else 1, with its deprecation warning (an old convention; pass ``dim``)."""
+    if dim is not None or axis is not None:
+        return dim
+    _warnings.warn(f"Implicit dimension choice for {name} has been deprecated. Change the call "
+                   "to include dim=X as an argument.", UserWarning, stacklevel=stacklevel)
+    return 0 if ndim in (0, 1, 3) else 1
+
+
 def softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
             axis: int | None = None) -> Tensor:
-    """Probabilities along ``dim`` (the last when not given; NumPy's ``axis=`` is taken too),
-    in ``dtype`` when given. ``_stacklevel`` is accepted for PyTorch's API."""
+    """Probabilities along ``dim`` (NumPy's ``axis=`` is taken too), in ``dtype`` when given.
+    Without either, PyTorch's implicit dimension (0 for 0-, 1- and 3-D inputs, else 1) with
+    its deprecation warning."""
+    dim = _softmax_dim("softmax", input.ndim, dim, axis, _stacklevel)
     return _softmax(input, axis, dim=dim, dtype=dtype)
 
 
 def log_softmax(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
                 axis: int | None = None) -> Tensor:
-    """Log-probabilities along ``dim`` (the last when not given), without overflow."""
+    """Log-probabilities along ``dim``, without overflow (PyTorch's implicit dimension, with a
+    warning, when not given)."""
+    dim = _softmax_dim("log_softmax", input.ndim, dim, axis, _stacklevel)
     return _log_softmax(input, axis, dim=dim, dtype=dtype)
 
 
 def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=None, *,
             axis: int | None = None) -> Tensor:
-    """softmax(−input) along ``dim`` (the last when not given), in ``dtype`` when given."""
+    """softmax(−input) along ``dim`` in ``dtype`` when given (PyTorch's implicit dimension,
+    with a warning, when not given)."""
+    dim = _softmax_dim("softmin", input.ndim, dim, axis, _stacklevel)
     return _softmax(-input, axis, dim=dim, dtype=dtype)
 
 

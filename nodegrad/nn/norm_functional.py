@@ -264,6 +264,11 @@ def _bags(xp, idx, offsets, include_last_offset: bool, op: str):
                                        or int(off[-1]) > n)):
         raise ValueError(f"{op}: offsets must be a 1-d non-decreasing sequence starting at 0 "
                          f"and at most the input length {n}, got {off.tolist()}")
+    if include_last_offset and (off.size == 0 or int(off[-1]) != n):
+        # PyTorch documents the CSR form (last offset = input length) but silently lets the
+        # last bag run to the input's end when it is shorter; refuse instead of guessing
+        raise ValueError(f"{op}: with include_last_offset=True the last offset must equal the "
+                         f"input length {n} (CSR form), got offsets {off.tolist()}")
     ends = off[1:] if include_last_offset else xp.concatenate([off[1:], xp.array([n])])
     starts = off[:-1] if include_last_offset else off
     lens = ends - starts
@@ -308,8 +313,15 @@ def renorm_rows_(weight: Tensor, rows, max_norm: float, norm_type: float = 2.0) 
     with no_grad():
         rows = Tensor(B.backend_of(weight.data).xp.unique(rows))
         picked = weight[rows]
-        norm = ops.sum(ops.abs(picked) ** norm_type, axis=1, keepdims=True) ** (
-            1.0 / norm_type)
+        size = ops.abs(picked)
+        if norm_type == math.inf:  # the p-norm's limits and p = 0, as torch.norm has them
+            norm = ops.max(size, axis=1, keepdims=True)
+        elif norm_type == -math.inf:
+            norm = ops.min(size, axis=1, keepdims=True)
+        elif norm_type == 0:
+            norm = ops.sum(ops.astype(size > 0, weight.dtype), axis=1, keepdims=True)
+        else:
+            norm = ops.sum(size ** norm_type, axis=1, keepdims=True) ** (1.0 / norm_type)
         scale = ops.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
         weight[rows] = picked * ops.astype(scale, weight.dtype)
 

@@ -138,12 +138,17 @@ class Softplus(Module):
 
 
 class Softmax(Module):
-    def __init__(self, dim: int = -1):
+    """F.softmax along ``dim``; without one, PyTorch's implicit dimension (with its warning)."""
+
+    def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
 
     def forward(self, x):
-        return F.softmax(x, self.dim)
+        return F.softmax(x, self.dim, _stacklevel=5)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 class Softmax2d(Module):
@@ -157,12 +162,17 @@ class Softmax2d(Module):
 
 
 class LogSoftmax(Module):
-    def __init__(self, dim: int = -1):
+    """F.log_softmax along ``dim``; without one, PyTorch's implicit dimension (with its warning)."""
+
+    def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
 
     def forward(self, x):
-        return F.log_softmax(x, self.dim)
+        return F.log_softmax(x, self.dim, _stacklevel=5)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 # --- more activations (PyTorch's set) -----------------------------------------------------------
@@ -271,12 +281,17 @@ class Softsign(Module):
 
 
 class Softmin(Module):
-    def __init__(self, dim: int = -1):
+    """F.softmin along ``dim``; without one, PyTorch's implicit dimension (with its warning)."""
+
+    def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = dim
 
     def forward(self, x):
-        return F.softmin(x, self.dim)
+        return F.softmin(x, self.dim, _stacklevel=5)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 class Tanhshrink(Module):

@@ -135,7 +135,7 @@ def spectral_norm(module: Module, name: str = "weight", n_power_iterations: int 
     0, or 1 for transposed convolutions) is the output axis."""
     from ..layers.conv_transpose import ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 
-    w = module._parameters.get(name, module._buffers.get(name))
+    w = getattr(module, name, None)  # an already parametrised tensor too (a stack, as PyTorch)
     if not isinstance(w, Tensor):
         raise ValueError(f"spectral_norm: {type(module).__name__} has no parameter or buffer "
                          f"named {name!r}")
