@@ -19,8 +19,8 @@ from ..errors import DTypeError, GradError
 from ..primitive import primitive
 from ..tensor import Tensor, ones_like, zeros_like
 from .elementwise import (astype, copysign, equal, exp, exp2, floor_divide, less, log,
-                          logical_and, logical_not, logical_or, multiply, power, sign, sin,
-                          where)
+                          logical_and, logical_not, logical_or, minimum, multiply, power, sign,
+                          sin, square, where, xlogy)
 from .index import take
 from .reduce import any as _any
 from .shape import reshape
@@ -42,6 +42,9 @@ _SQRT_PI_OVER_2 = math.sqrt(math.pi) / 2.0
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _INV_SQRT_2PI = 1.0 / _SQRT_2PI
 _LOG_PI = math.log(math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_ERFCX_ASYMPTOTIC = 10.0
 
 
 # --- forwards through the backend's special functions ----------------------------------------
@@ -81,11 +84,44 @@ def _scipy(name: str):
     return fwd
 
 
+# lgamma(2 + e) = sum_k c_k e^k with c_1 = 1 - Euler's gamma, c_k = (-1)^k (zeta(k) - 1) / k
+_LGAMMA_AT_2 = (0.42278433509846713, 0.3224670334241132, -0.0673523010531981,
+                0.020580808427784546, -0.007385551028673986, 0.0028905103307415234,
+                -0.001192753911703261, 0.0005096695247430425, -0.00022315475845357939,
+                9.945751278180853e-05, -4.492623673813314e-05, 2.050721277567069e-05,
+                -9.439488275268397e-06, 4.374866789907488e-06, -2.039215753801366e-06,
+                9.55141213040742e-07, -4.492469198764566e-07, 2.1207184805554665e-07,
+                -1.0043224823968099e-07, 4.7698101693639804e-08)
+
+
+def _lgamma_fixed(xp, x, out):
+    """SciPy's float64 gammaln ``out`` mended where it loses digits that C's lgamma
+    (PyTorch's) keeps: near the zeros 1 and 2, where its error is absolute, not relative (a
+    2.5x error at 1 - 2**-53), by the Taylor series at 2 (and lgamma(1 + e) = lgamma(2 + e) -
+    log1p(e)); below the smallest normal number, where it gives inf, by -log|x| (the next
+    term, Euler's gamma times x, is far below the rounding); and at -inf, where C gives inf.
+    Float32 and float16 are computed in float64 by SciPy and need only the last."""
+    if x.dtype == B.float64:
+        with B.np.errstate(all="ignore"):
+            i = abs(abs(x - 1.5) - 0.5) < 0.2  # within 0.2 of 1 or of 2
+            if i.any():
+                v = x[i]
+                near2 = abs(v - 2.0) < 0.2
+                e = xp.where(near2, v - 2.0, v - 1.0)
+                series = 0.0
+                for c in reversed(_LGAMMA_AT_2):
+                    series = (series + c) * e
+                out = xp.array(out, copy=True)  # a 0-d input gives a NumPy scalar
+                out[i] = xp.where(near2, series, series - xp.log1p(e))
+            out = xp.where((x != 0) & (abs(x) < xp.finfo(x.dtype).tiny), -xp.log(abs(x)), out)
+    return xp.where(x == -math.inf, math.inf, out)
+
+
 def _lgamma_fwd(xp, x):
     dt = _float_dtype((x,))
     out = _backend_of((x,)).special("gammaln", *_as_float((x,)))
     if dt is not None:
-        out = xp.where(x == -math.inf, math.inf, out)  # C's and PyTorch's lgamma(-inf) = inf
+        out = _lgamma_fixed(xp, x, out)
     elif type(x) is float and x == -math.inf:
         out = math.inf
     return _kept(out, dt)
@@ -133,6 +169,10 @@ def mvlgamma(input, p: int):
     p = _order("mvlgamma", p, "p")
     if p < 1:
         raise ValueError(f"mvlgamma: p must be an integer >= 1, got {p}")
+    if isinstance(input, Tensor) and input.dtype == B.float16:
+        # in float32, rounded once: in float16, x - i/2 can round onto a pole (-1.999 - 1
+        # is -3.0) and the sum gathers p roundings
+        return astype(mvlgamma(astype(input, B.float32), p), B.float16)
     out = lgamma(input)
     for i in range(1, p):
         out = out + lgamma(input - i / 2)
@@ -162,7 +202,9 @@ def _no_grad(op: str, arg: str):
 
 
 def _igamma_dx(g, ans, a, x):
-    return g * exp((a - 1) * log(x) - x - _lgamma_of(a))
+    """d/dx P(a, x) = x^(a-1) e^-x / Gamma(a), the power as xlogy: 1 (not NaN) at a = 1,
+    x = 0, where the exponential distribution's CDF has slope 1."""
+    return g * exp(xlogy(a - 1, x) - x - _lgamma_of(a))
 
 
 igamma = primitive("igamma", _scipy("gammainc"), (_no_grad("igamma", "input (a)"), _igamma_dx),
@@ -190,8 +232,27 @@ erfinv = primitive("erfinv", _erfinv_fwd,
                    lambda g, ans, x: g * (exp(ans * ans) * _SQRT_PI_OVER_2), saves="out",
                    kind=_EW, jvp=_J,
                    doc="The inverse error function on [-1, 1]: +-inf at +-1, NaN outside.")
+
+
+def _erfcx_slope(ans, x):
+    """d/dx erfcx(x) = 2x erfcx(x) - 2/sqrt(pi). For x >= 10 the two terms agree to x**-2
+    and the difference loses its digits (all of them in float32 by x = 1e4, in float64 by
+    1e8): there, the asymptotic series 2/sqrt(pi) sum_{k>=1} (-1)^k (2k-1)!! / (2 x^2)^k,
+    whose 14 terms are exact to float64's rounding from x = 10 on. float16 computes in
+    float32, erfcx too (from float16's erfcx the difference is 4% off at x = 5)."""
+    if x.dtype == B.float16:
+        x32 = astype(x, B.float32)
+        return astype(_erfcx_slope(erfcx(x32), x32), B.float16)
+    big = x >= _ERFCX_ASYMPTOTIC
+    s = 0.5 / square(where(big, x, _ERFCX_ASYMPTOTIC))
+    series = 0.0
+    for k in range(14, 0, -1):  # Horner: (2k-1)!! s^k, each step's factor -(2k-1) s
+        series = (series + 1.0) * (s * -(2 * k - 1))
+    return where(big, series * _2_OVER_SQRT_PI, x * ans * 2 - _2_OVER_SQRT_PI)
+
+
 erfcx = primitive("erfcx", _scipy("erfcx"),
-                  lambda g, ans, x: g * (x * ans * 2 - _2_OVER_SQRT_PI), saves="both",
+                  lambda g, ans, x: g * _erfcx_slope(ans, x), saves="both",
                   kind=_EW, jvp=_J,
                   doc="The scaled complementary error function exp(x**2) erfc(x).")
 ndtr = primitive("ndtr", _scipy("ndtr"),
@@ -201,9 +262,21 @@ ndtri = primitive("ndtri", _scipy("ndtri"),
                   lambda g, ans, x: g * (exp(ans * ans * 0.5) * _SQRT_2PI), saves="out",
                   kind=_EW, jvp=_J,
                   doc="The inverse of the standard normal CDF: +-inf at 1 and 0, NaN outside.")
-log_ndtr = primitive("log_ndtr", _scipy("log_ndtr"),
-                     lambda g, ans, x: g * (exp(-(ans + x * x * 0.5)) * _INV_SQRT_2PI),
-                     saves="both", kind=_EW, jvp=_J,
+
+
+def _log_ndtr_vjp(g, ans, x):
+    """d/dx log ndtr(x) = pdf(x) / ndtr(x): for x < 0 as sqrt(2/pi) / erfcx(-x/sqrt(2)), which
+    neither underflows nor subtracts (exp(-(log_ndtr(x) + x^2/2)) cancels ~x^2/2 and is wrong
+    in float32 from x ~ -40 and NaN in float64 at -1e300); for x >= 0, where ndtr(x) >= 1/2,
+    directly (x held at 40, past which the pdf is below float64's smallest number)."""
+    neg = x < 0
+    left = _SQRT_2_OVER_PI / erfcx(where(neg, x, 0) * -_INV_SQRT_2)
+    xr = where(neg, 0, minimum(x, 40.0))
+    right = exp(xr * xr * -0.5) * _INV_SQRT_2PI / ndtr(xr)
+    return g * where(neg, left, right)
+
+
+log_ndtr = primitive("log_ndtr", _scipy("log_ndtr"), _log_ndtr_vjp, kind=_EW, jvp=_J,
                      doc="log of the standard normal CDF, accurate far in the lower tail.")
 
 # --- modified Bessel functions ----------------------------------------------------------------
@@ -219,7 +292,8 @@ def _i1_over_x(ans, x, scale=None):
     subnormal for tiny x and dividing loses its digits, from the series 1/2 + x^2/16 (the
     next term, x^4/384, is below float64's rounding for |x| < 1e-3)."""
     small = abs(x) < 1e-3
-    series = x * x * 0.0625 + 0.5
+    xs = where(small, x, 0)  # the series only where it is used: no inf * 0 in its gradient
+    series = xs * xs * 0.0625 + 0.5
     if scale is not None:
         series = series * scale
     return where(small, series, ans / where(small, 1, x))
@@ -244,7 +318,7 @@ def _over_x(ans, x, series):
     """f(x)/x for an odd f with f(x) ~ x series(x) near 0: the series below |x| < 1e-3, where
     dividing a tiny f(x) by x loses its digits (or divides 0 by 0)."""
     small = abs(x) < 1e-3
-    return where(small, series(x), ans / where(small, 1, x))
+    return where(small, series(where(small, x, 0)), ans / where(small, 1, x))
 
 
 def _j1_over_x(ans, x):
@@ -285,14 +359,37 @@ scaled_modified_bessel_k1 = primitive(
     kind=_EW, jvp=_J, doc="exp(x) k1(x); its derivative k1e - k0e - k1e/x.")
 
 
+def _airy_far(x, i: int):
+    """Ai (i = 0) or Ai' (i = 1) at finite x past |x| ~ 1e6, where SciPy's ``airy`` gives
+    NaN: 0 for x > 0 (both underflow from x ~ 105); for x = -z < 0 the first two terms of
+    the asymptotic expansion with zeta = 2/3 z^(3/2) (DLMF 9.7.9-10; the next are below
+    zeta**-2 ~ 1e-18). Once zeta overflows (z > 1e205) the phase is lost: Ai, whose
+    amplitude is then below 1e-51, is 0; Ai', whose amplitude is above 1e51, NaN. At +-inf
+    both stay NaN, as in SciPy and PyTorch."""
+    np = B.np
+    with np.errstate(all="ignore"):
+        z = -np.minimum(x, 0.0)
+        zeta = z * np.sqrt(z) * (2.0 / 3.0)
+        c, s = np.cos(zeta - math.pi / 4), np.sin(zeta - math.pi / 4)
+        if i == 0:
+            far = (c + s * (5.0 / 72.0) / zeta) / (np.sqrt(math.pi) * np.sqrt(np.sqrt(z)))
+        else:
+            far = (s + c * (7.0 / 72.0) / zeta) * (np.sqrt(np.sqrt(z)) / np.sqrt(math.pi))
+        far = np.where(np.isfinite(zeta), far, 0.0 if i == 0 else math.nan)
+        return np.where(np.isfinite(x), np.where(x > 0, 0.0, far), math.nan)
+
+
 def _airy(i: int):
-    """Ai (i = 0) or Ai' (i = 1) by SciPy's ``airy`` on the host (CuPy has none), the result
-    back on the operand's device."""
+    """Ai (i = 0) or Ai' (i = 1) by SciPy's ``airy`` on the host (CuPy has none) in float64
+    (its float32 loop is no more accurate), mended past |x| ~ 1e6 where it gives NaN, the
+    result back on the operand's device in the operand's float dtype."""
     def fwd(xp, x):
         be = _backend_of((x,))
         (v,) = _as_float((x,))
-        host = be.to_host(v) if B.is_array(v) else v
-        return _kept(be.asarray(B.CPU.special("airy", host)[i]), _float_dtype((x,)))
+        host = B.np.asarray(be.to_host(v) if B.is_array(v) else v, dtype=B.float64)
+        out = B.CPU.special("airy", host)[i]
+        out = B.np.where(B.np.isnan(out) & ~B.np.isnan(host), _airy_far(host, i), out)
+        return _kept(be.asarray(out), _float_dtype((x,)))
     return fwd
 
 
@@ -313,7 +410,8 @@ def spherical_bessel_j0(input):
         raise TypeError(f"spherical_bessel_j0: expected a tensor, got {type(input).__name__}")
     x = input if input.dtype.kind == "f" else astype(input, B.float32)
     small = abs(x) < 0.5
-    x2 = x * x
+    xs = where(small, x, 0)  # the series only where it is used: no inf * 0 in its gradient
+    x2 = xs * xs
     series = _SPH_J0[-1]
     for c in reversed(_SPH_J0[:-1]):
         series = x2 * series + c
@@ -465,16 +563,26 @@ orthogonal_polynomial = primitive(
 
 # --- logit, entropy, xlog1py -----------------------------------------------------------------
 def _logit_fwd(xp, x, eps):
+    """log(z / (1 - z)) with z = x clamped as PyTorch clamps (below eps: eps, else above
+    1 - eps: 1 - eps, so an eps past 1/2 still sends small x up). float16 computes in
+    float32 and rounds once: in float16, 1 - x and the quotient each round (79 units off
+    at 0.4963, in PyTorch too) and 1 - 1e-6 is 1, which makes logit(x, 1e-6) inf at x >= 1."""
     (x,) = _as_float((x,))
-    z = x if eps is None else xp.clip(x, eps, 1 - eps)
-    return xp.log(z / (1 - z))
+    half = getattr(x, "dtype", None) == B.float16
+    z = x.astype(B.float32) if half else x
+    if eps is not None:
+        z = xp.where(z < eps, eps, xp.where(z > 1 - eps, 1 - eps, z))
+        z = z.astype(B.float32 if half else x.dtype, copy=False) if B.is_array(x) else z
+    out = xp.log(z / (1 - z))
+    return out.astype(B.float16) if half else out
 
 
 def _logit_vjp(g, ans, x, eps):
-    d = g / (x * (1 - x))
     if eps is None:
-        return where(logical_or(x < 0, x > 1), math.nan, d)
-    return where(logical_or(x < eps, x > 1 - eps), 0, d)
+        return where(logical_or(x < 0, x > 1), math.nan, g / (x * (1 - x)))
+    clamped = logical_or(x < eps, x > 1 - eps)
+    xs = where(clamped, 0.5, x)  # 1/(x(1-x)) only where used: a finite second derivative at 0
+    return where(clamped, 0, g / (xs * (1 - xs)))
 
 
 _logit = primitive("logit", _logit_fwd, _logit_vjp, kind=_EW, jvp=_J,
