@@ -160,12 +160,24 @@ def _in_rule(owner) -> bool:
     return id(owner) in getattr(_in_fwd, "ids", ())
 
 
-class _VjpCall:
-    __slots__ = ("residuals", "out_def", "n_leaves", "in_defs", "kinds", "slots", "shapes",
-                 "nondiff", "static")
+class _Call:
+    """What one call of a custom_vjp or custom_jvp function keeps for its rules: the output's
+    and the arguments' structure, and the residuals (vjp) or the primals (jvp)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("residuals", "primals", "out_def", "n_leaves", "in_defs", "kinds", "slots",
+                 "shapes", "nondiff", "static")
+
+    def __init__(self, static: list) -> None:
         self.nondiff: tuple = ()
+        self.static = static
+
+    def attach(self, rule, out, diff_args: list, leaves: list):
+        """``out`` with one node of ``rule`` hung over its leaves, reading this record."""
+        out_leaves, self.out_def = tree_flatten(out)
+        self.n_leaves = len(out_leaves)
+        self.in_defs = [tree_flatten(a)[1] for a in diff_args]
+        self.kinds = [len(tree_flatten(a)[0]) for a in diff_args]
+        return tree_unflatten(self.out_def, _attach(out_leaves, leaves, rule, self))
 
 
 class custom_vjp:
@@ -219,14 +231,9 @@ class custom_vjp:
             raise TypeError(f"{self._rule.name}: fwd must return (output, residuals), got "
                             f"{type(res).__name__}")
         out, residuals = res
-        call = _VjpCall()
-        call.residuals, call.static = residuals, static
-        out_leaves, call.out_def = tree_flatten(out)
-        call.n_leaves = len(out_leaves)
-        call.in_defs = [tree_flatten(a)[1] for a in diff_args]
-        call.kinds = [len(tree_flatten(a)[0]) for a in diff_args]
-        new = _attach(out_leaves, leaves, self._rule, call)
-        return tree_unflatten(call.out_def, new)
+        call = _Call(static)
+        call.residuals = residuals
+        return call.attach(self._rule, out, diff_args, leaves)
 
     def _batched(self, args: tuple, top: Level, n: int):
         """Under ``vmap``: the same rule over the whole batch (JAX batches ``fwd`` and ``bwd``):
@@ -272,14 +279,6 @@ class custom_vjp:
 
 
 # --- JAX: custom_jvp ---------------------------------------------------------------------------
-class _JvpCall:
-    __slots__ = ("out_def", "n_leaves", "in_defs", "kinds", "slots", "shapes", "nondiff",
-                 "static", "primals")
-
-    def __init__(self) -> None:
-        self.nondiff: tuple = ()
-
-
 class custom_jvp:
     """``f`` with a JVP of your own (JAX's ``jax.custom_jvp``)::
 
@@ -364,15 +363,9 @@ class custom_jvp:
             return self._batched(args, top, len(m.traces) - 1)
         if not (m.grad_enabled and any(_diff(t) for t in leaves)):
             return self.fun(*args)
-        out = self.fun(*args)
-        call = _JvpCall()
-        call.static, call.primals = static, diff_args
-        out_leaves, call.out_def = tree_flatten(out)
-        call.n_leaves = len(out_leaves)
-        call.in_defs = [tree_flatten(a)[1] for a in diff_args]
-        call.kinds = [len(tree_flatten(a)[0]) for a in diff_args]
-        new = _attach(out_leaves, leaves, self._rule, call)
-        return tree_unflatten(call.out_def, new)
+        call = _Call(static)
+        call.primals = diff_args
+        return call.attach(self._rule, self.fun(*args), diff_args, leaves)
 
     def _tangent_out(self, call, primals: list, tangents: list) -> list:
         """The rule's output tangents at the differentiable output slots."""
