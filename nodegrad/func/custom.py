@@ -238,31 +238,13 @@ class custom_vjp:
     def _batched(self, args: tuple, top: Level, n: int):
         """Under ``vmap``: the same rule over the whole batch (JAX batches ``fwd`` and ``bwd``):
         a custom_vjp of the vmapped fun, fwd and bwd, called one vmap level down."""
-        nd = self.nondiff_argnums
-        static = [args[i] for i in nd]
-        if any(type(t) is BatchTracer for t in tree_flatten(static)[0]):
-            raise NotImplementedError(f"{self._rule.name}: a nondiff argument is batched by "
-                                      "vmap; pass it as a differentiable argument")
-        size = top.size
+        def make(full, static, rnd):
+            inner = custom_vjp(vmap(lambda *d: self.fun(*full(d)), randomness=rnd))
+            inner.defvjp(vmap(lambda *d: self._run_fwd(*full(d)), randomness=rnd),
+                         vmap(lambda res, g: self.bwd(*static, res, g), randomness=rnd))
+            return inner
 
-        def lift(t):  # every leaf batched on axis 0 (a broadcast view where it was not)
-            if type(t) is BatchTracer and t.level is top:
-                return front(t.val, t.bdim)
-            return batched(t if isinstance(t, Tensor) else tensor(t), None, size)
-
-        dargs = [tree_map(lift, a) for i, a in enumerate(args) if i not in nd]
-
-        def full(d):
-            it = iter(d)
-            return [args[i] if i in nd else next(it) for i in range(len(args))]
-
-        rnd = top.randomness  # the level this call replaces
-        inner = custom_vjp(vmap(lambda *d: self.fun(*full(d)), randomness=rnd))
-        inner.defvjp(vmap(lambda *d: self._run_fwd(*full(d)), randomness=rnd),
-                     vmap(lambda res, g: self.bwd(*static, res, g), randomness=rnd))
-        with lowered(n):
-            out = inner(*dargs)
-        return tree_map(lambda o: BatchTracer(o, 0, top) if isinstance(o, Tensor) else o, out)
+        return _run_batched(self._rule.name, self.nondiff_argnums, args, top, n, make)
 
     def _vjp(self, needs, g, ans, *specs, call):
         parts = _unpack(g, call)
@@ -424,31 +406,41 @@ class custom_jvp:
 
     def _batched(self, args: tuple, top: Level, n: int):
         """Under ``vmap``: a custom_jvp of the vmapped ``fun`` and rule, one level down."""
-        nd = self.nondiff_argnums
-        static = [args[i] for i in nd]
-        if any(type(t) is BatchTracer for t in tree_flatten(static)[0]):
-            raise NotImplementedError(f"{self._rule.name}: a nondiff argument is batched by "
-                                      "vmap; pass it as a differentiable argument")
-        size = top.size
+        def make(full, static, rnd):
+            inner = custom_jvp(vmap(lambda *d: self.fun(*full(d)), randomness=rnd))
+            vrule = vmap(lambda p, t: self.jvp(*static, tuple(p), tuple(t)), randomness=rnd)
+            inner.defjvp(lambda p, t: vrule(list(p), list(t)))
+            return inner
 
-        def lift(t):
-            if type(t) is BatchTracer and t.level is top:
-                return front(t.val, t.bdim)
-            return batched(t if isinstance(t, Tensor) else tensor(t), None, size)
+        return _run_batched(self._rule.name, self.nondiff_argnums, args, top, n, make)
 
-        dargs = [tree_map(lift, a) for i, a in enumerate(args) if i not in nd]
 
-        def full(d):
-            it = iter(d)
-            return [args[i] if i in nd else next(it) for i in range(len(args))]
+def _run_batched(name: str, nd: tuple, args: tuple, top: Level, n: int, make: Callable):
+    """A custom rule's call under ``vmap``: every differentiable leaf batched on axis 0 (a
+    broadcast view where it was not), ``make(full, static, randomness)`` builds the custom
+    function of the vmapped ``fun`` and rule (``full(d)`` puts the nondiff arguments back among
+    ``d``), called one vmap level down; its outputs are batched at ``top`` again."""
+    static = [args[i] for i in nd]
+    if any(type(t) is BatchTracer for t in tree_flatten(static)[0]):
+        raise NotImplementedError(f"{name}: a nondiff argument is batched by vmap; pass it as "
+                                  "a differentiable argument")
+    size = top.size
 
-        rnd = top.randomness
-        inner = custom_jvp(vmap(lambda *d: self.fun(*full(d)), randomness=rnd))
-        vrule = vmap(lambda p, t: self.jvp(*static, tuple(p), tuple(t)), randomness=rnd)
-        inner.defjvp(lambda p, t: vrule(list(p), list(t)))
-        with lowered(n):
-            out = inner(*dargs)
-        return tree_map(lambda o: BatchTracer(o, 0, top) if isinstance(o, Tensor) else o, out)
+    def lift(t):
+        if type(t) is BatchTracer and t.level is top:
+            return front(t.val, t.bdim)
+        return batched(t if isinstance(t, Tensor) else tensor(t), None, size)
+
+    dargs = [tree_map(lift, a) for i, a in enumerate(args) if i not in nd]
+
+    def full(d):
+        it = iter(d)
+        return [args[i] if i in nd else next(it) for i in range(len(args))]
+
+    inner = make(full, static, top.randomness)  # the level this call replaces
+    with lowered(n):
+        out = inner(*dargs)
+    return tree_map(lambda o: BatchTracer(o, 0, top) if isinstance(o, Tensor) else o, out)
 
 
 # --- PyTorch: autograd.Function ---------------------------------------------------------------
