@@ -29,6 +29,7 @@ class CheckpointError(ValueError):
 
 
 _META_KEY = "nodegrad"
+_ALIAS_KEY = "nodegrad.aliases"  # {name: name written}: the second names of shared tensors
 # the dtypes a safetensors file can hold that NumPy has (what save writes, load returns)
 _SAVABLE = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
             "float16", "float32", "float64", "complex64")
@@ -144,19 +145,28 @@ def _metadata_json(metadata) -> str:
 
 def save(state: Mapping[str, Tensor], path: str | os.PathLike,
          metadata: dict | None = None) -> None:
-    """Save a flat mapping of tensors (e.g. ``model.state_dict()``) and JSON-able ``metadata``."""
+    """Save a flat mapping of tensors (e.g. ``model.state_dict()``) and JSON-able ``metadata``.
+
+    A tensor given under several names (tied weights in a state dict) is written once, under
+    its first name; the file records the other names, which :func:`load` gives back as the
+    same tensor (as ``safetensors.torch.save_model`` writes shared tensors once)."""
     from safetensors.numpy import save
 
     if not isinstance(state, Mapping):
         raise TypeError(f"save: expected a mapping of names to tensors (e.g. "
                         f"model.state_dict()), got {type(state).__name__}")
     arrays = {}
+    first: dict = {}  # id of a tensor's array -> (the array, the first name it was given)
+    aliases: dict = {}
     for k, v in state.items():
         if not isinstance(k, str):
             raise TypeError(f"save: keys must be strings, got {type(k).__name__}")
         if k == "__metadata__":  # safetensors' header keeps this name for the metadata
             raise ValueError("save: '__metadata__' is reserved by the safetensors format for "
                              "the metadata; rename that tensor")
+        if isinstance(v, Tensor) and id(v.data) in first:
+            aliases[k] = first[id(v.data)][1]
+            continue
         a = v.numpy() if isinstance(v, Tensor) else v
         if not B.is_array(a):
             kind = type(v).__qualname__
@@ -168,7 +178,11 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
                             f"hold; it holds {', '.join(_SAVABLE)}")
         h = B.backend_of(a).to_host(a)
         arrays[k] = h if h.flags.c_contiguous else h.copy(order="C")  # keeps 0-d arrays 0-d
+        if isinstance(v, Tensor):
+            first[id(v.data)] = (v.data, k)  # (the array kept, so its id stays its own)
     header = {_META_KEY: _metadata_json(metadata)}
+    if aliases:
+        header[_ALIAS_KEY] = json.dumps(aliases)
     atomic_write(path, save(arrays, metadata=header))
 
 
@@ -269,6 +283,14 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
                               f"(truncated or corrupt?): {e}") from e
     be = B.get_backend(device)
     tensors = {k: Tensor(be.asarray(v)) for k, v in out.items()}
+    if _ALIAS_KEY in meta:
+        try:
+            aliases = json.loads(meta.pop(_ALIAS_KEY))
+            for k, target in aliases.items():
+                tensors[k] = tensors[target]
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"load: the shared-tensor names in {path} are unreadable "
+                                  f"({e!r})") from e
     if not with_metadata:
         return tensors
     if _META_KEY not in meta:  # written by another program (e.g. safetensors.torch with

@@ -222,7 +222,9 @@ def test_state_dicts_of_tied_weights_and_named_duplicates_as_torch():
 
     t, n = build(torch), build(ng)
     ours = list(n.state_dict())
-    assert ours == [k for k in t.state_dict() if not k.startswith(("head.", "alias."))]
+    assert ours == list(t.state_dict())  # the shared tensors under both names, as PyTorch
+    assert n.state_dict()["head.weight"] is n.state_dict()["emb.weight"] or \
+        n.state_dict()["head.weight"].data is n.state_dict()["emb.weight"].data
     sd = {k: v.detach().numpy() + 1.0 for k, v in t.state_dict().items()}
     sd["bn.num_batches_tracked"] = t.state_dict()["bn.num_batches_tracked"].numpy()
     sd["alias.num_batches_tracked"] = sd["bn.num_batches_tracked"]
@@ -233,3 +235,36 @@ def test_state_dicts_of_tied_weights_and_named_duplicates_as_torch():
     for f in ("named_parameters", "named_buffers", "named_modules"):
         assert [k for k, _ in getattr(n, f)(remove_duplicate=False)] == \
             [k for k, _ in getattr(t, f)(remove_duplicate=False)], f
+
+
+def test_tied_state_dict_loads_into_torch_strictly_and_saves_once(tmp_path):
+    """A nodegrad state dict of a tied model loads strictly into the same PyTorch model (it
+    lists the tied weight under both names); ng.save writes the tensor once and ng.load gives
+    both names back as one tensor; a checkpoint naming it once (older files) still loads, and
+    load_state_dict(assign=True) keeps the tie."""
+    torch = pytest.importorskip("torch")
+
+    def build(lib):
+        m = lib.nn.Sequential(lib.nn.Embedding(5, 3), lib.nn.Linear(3, 5, bias=False))
+        m[1].weight = m[0].weight
+        return m
+
+    t, n = build(torch), build(ng)
+    sd = n.state_dict()
+    assert list(sd) == ["0.weight", "1.weight"]
+    t.load_state_dict({k: torch.tensor(v.numpy()) for k, v in sd.items()})  # strict
+    np.testing.assert_array_equal(t[1].weight.detach().numpy(), n[0].weight.numpy())
+    f = tmp_path / "tied.safetensors"
+    ng.save(sd, f)
+    from safetensors.numpy import load_file
+    assert list(load_file(str(f))) == ["0.weight"]  # written once
+    back = ng.load(f)
+    assert back["1.weight"] is back["0.weight"]
+    m2 = build(ng)
+    assert m2.load_state_dict(back) == ([], [])
+    np.testing.assert_array_equal(m2[1].weight.numpy(), n[0].weight.numpy())
+    assert m2.load_state_dict({"0.weight": back["0.weight"]}) == ([], [])  # named once
+    m3 = build(ng)
+    m3.load_state_dict(back, assign=True)
+    assert m3[1].weight is m3[0].weight
+    assert m3[0].weight.data is back["0.weight"].data

@@ -198,3 +198,25 @@ def test_resume_warns_when_blas_thread_counts_differ(tmp_path, monkeypatch):
                       {**state, "threads": {"openblas:lib": 3}})
     with pytest.warns(RuntimeWarning, match=r"BLAS thread counts \(openblas:lib 3 then, 99 now"):
         _run_tiny(tmp_path, 1, resume=True)
+
+
+def test_checkpoint_of_tied_weights_round_trips_and_old_form_loads(tmp_path):
+    """A model with tied weights: the checkpoint holds the shared tensor once, loads back into
+    a fresh model with the tie kept, and a checkpoint naming it once only (the older form)
+    is not taken for another model's."""
+    from nodegrad.train.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+
+    def build():
+        m = nn.Sequential(nn.Embedding(4, 3), nn.Linear(3, 4, bias=False))
+        m[1].weight = m[0].weight
+        return m
+
+    a, b = build(), build()
+    save_checkpoint(tmp_path / "c.safetensors", a, {"epoch": 1})
+    state = load_checkpoint(tmp_path / "c.safetensors", b)
+    assert state["epoch"] == 1
+    np.testing.assert_array_equal(b[1].weight.numpy(), a[0].weight.numpy())
+    assert b[1].weight is b[0].weight
+    check_compatible(b, {"0.weight": a[0].weight}, "old")  # the second name may be absent
+    with pytest.raises(CheckpointError, match="another model"):
+        check_compatible(b, {"1.weight": a[0].weight}, "other")

@@ -347,22 +347,25 @@ class Module:
         """Parameters and persistent buffers by dotted name (detached and sharing memory;
         the tensors themselves with ``keep_vars``), each name after ``prefix``, in PyTorch's
         order (each module's parameters, then its buffers). A tensor shared by two names (tied
-        weights) is listed once, under its first name; PyTorch lists it under both, and
-        :meth:`load_state_dict` takes either form. Every module's state-dict pre-hooks run
-        first, its post-hooks last."""
+        weights, a module under two names) is listed under both, as PyTorch lists it (the
+        entries share memory; :func:`nodegrad.save` writes it once), and
+        :meth:`load_state_dict` also takes a state dict that names it once. Every module's
+        state-dict pre-hooks run first, its post-hooks last."""
         out = OrderedDict() if destination is None else destination
-        mods = list(self.named_modules())
-        for mp, m in mods:
+        for mp, m in self.named_modules():
             for hook in m._state_dict_pre_hooks:
                 hook(m, _join(prefix, mp), keep_vars)
-        seen: set = set()  # each module's parameters, then its buffers, as PyTorch orders
-        for mp, m in mods:  # them; a tensor shared by two names is saved once
-            for name, t in (*m._parameters.items(), *(
+        views: dict = {}  # one detached tensor per shared tensor, so the entries share it
+        for mp, m in self.named_modules(remove_duplicate=False):  # each module's parameters,
+            for name, t in (*m._parameters.items(), *(  # then its buffers, as PyTorch orders
                     (n, b) for n, b in m._buffers.items() if n not in m._non_persistent)):
-                if t is None or id(t) in seen:
-                    continue
-                seen.add(id(t))
-                out[_join(prefix, mp) + name] = t if keep_vars else t.detach()
+                if t is not None:
+                    if not keep_vars:
+                        if id(t) not in views:
+                            views[id(t)] = t.detach()
+                        t = views[id(t)]
+                    out[_join(prefix, mp) + name] = t
+        mods = list(self.named_modules())
         for mp, m in mods:
             for hook in m._state_dict_post_hooks:
                 if hook(m, out, _join(prefix, mp), {}) is not None:
@@ -381,10 +384,17 @@ class Module:
                     yield _join("", mp) + name, b
 
     def _optional_keys(self) -> set[str]:
-        """State names a checkpoint may lack (e.g. batch norm's ``num_batches_tracked``, which
-        PyTorch checkpoints before 0.4.1 do not have); loading keeps their current values."""
-        return {f"{mp}.{n}" if mp else n for mp, m in self.named_modules()
+        """State names a checkpoint may lack: batch norm's ``num_batches_tracked`` (PyTorch
+        checkpoints before 0.4.1 lack it) and the second names of shared tensors (which
+        state dicts before PyTorch's form listed once); loading keeps their current values."""
+        keys = {f"{mp}.{n}" if mp else n for mp, m in self.named_modules()
                 for n in m._optional_buffers if m._buffers.get(n) is not None}
+        seen: set = set()
+        for k, t in self._all_state_names():
+            if id(t) in seen:
+                keys.add(k)
+            seen.add(id(t))
+        return keys
 
     def load_state_dict(self, state_dict, strict: bool = True,
                         assign: bool = False) -> IncompatibleKeys:
@@ -455,13 +465,16 @@ class Module:
 
     def _assign_state(self, own: dict, state_dict: dict) -> None:
         """``load_state_dict(assign=True)``: put the given tensors in place of ``own``'s (by
-        dotted name); a name not given whose tensor another given name replaced (a tie) takes
-        that replacement too."""
-        given: dict = {}
+        dotted name). Tied names stay tied: every name of a shared tensor takes the tensor
+        given for the first of its names that is given."""
         first: dict = {}
+        wrapped: dict = {}  # one Parameter per given tensor, however many names give it
         for k, t in own.items():
-            if k in state_dict:
-                v = state_dict[k]
+            if k in state_dict and id(t) not in first:
+                v = raw = state_dict[k]
+                if id(raw) in wrapped:
+                    first[id(t)] = wrapped[id(raw)][1]
+                    continue
                 if isinstance(t, Parameter):  # requires_grad stays the module's (PyTorch's)
                     if isinstance(v, Parameter):
                         v.requires_grad = t.requires_grad
@@ -469,15 +482,15 @@ class Module:
                         v = Parameter(v, t.requires_grad)
                 elif not isinstance(v, Tensor) or isinstance(v, Parameter):
                     v = Tensor(v.data if isinstance(v, Tensor) else v)
-                given[k] = v
-                first.setdefault(id(t), v)
+                wrapped[id(raw)] = (raw, v)  # (raw kept alive so its id stays its own)
+                first[id(t)] = v
         for k, t in own.items():
-            v = given.get(k, first.get(id(t)))
+            v = first.get(id(t))
             if v is not None:
                 mp, _, leaf = k.rpartition(".")
                 m = self.get_submodule(mp)
                 (m._parameters if leaf in m._parameters else m._buffers)[leaf] = v
-        if given:
+        if first:
             _STRUCTURE[0] += 1
 
     # --- lookups PyTorch has ------------------------------------------------------------------

@@ -86,6 +86,8 @@ def check_compatible(model: Module, weights: dict[str, Tensor], where: str) -> N
     """Raise :class:`CheckpointError` when ``weights`` do not fit ``model`` (another model)."""
     mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in weights.items()}
+    for k in model._optional_keys() - set(theirs):  # e.g. a tied weight's second name
+        mine.pop(k, None)
     if mine != theirs:
         missing = sorted(set(mine) - set(theirs))[:3]
         extra = sorted(set(theirs) - set(mine))[:3]
