@@ -2085,6 +2085,7 @@ ew("round_decimals", lambda x: ng.round(x, decimals=1), lambda x: torch.round(x,
    "offgrid", prims=("round", "multiply", "divide"))
 ew("trunc", ng.trunc, torch.trunc, "offgrid")
 ew("sign", ng.sign, torch.sign, "nonzero")
+ew("cbrt", ng.cbrt, lambda x: torch.sign(x) * x.abs() ** (1 / 3), "nonzero")
 ew("floor_divide", lambda x, y: ng.div(x, y, rounding_mode="floor"),
    lambda x, y: torch.div(x, y, rounding_mode="floor"), "rem_x", "rem_y")
 ew("trunc_divide", lambda x, y: ng.div(x, y, rounding_mode="trunc"),

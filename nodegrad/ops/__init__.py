@@ -320,13 +320,20 @@ __all__ += [  # noqa: PLE0605
 from . import products as _products  # noqa: E402
 from . import special as _special  # noqa: E402
 from . import slicing as _slicing  # noqa: E402
+from . import numpy_stats as _numpy_stats  # noqa: E402
+from . import numpy_arrays as _numpy_arrays  # noqa: E402
+from . import numpy_math as _numpy_math  # noqa: E402
 from . import aliases as _aliases  # noqa: E402  (last: in-place forms of every family's methods)
 from .products import *  # noqa: E402, F403
 from .special import *  # noqa: E402, F403
 from .slicing import *  # noqa: E402, F403
+from .numpy_stats import *  # noqa: E402, F403
+from .numpy_arrays import *  # noqa: E402, F403
+from .numpy_math import *  # noqa: E402, F403
 from .aliases import *  # noqa: E402, F403
 
 __all__ += (_products.__all__ + _special.__all__ + _slicing.__all__  # noqa: PLE0605
+            + _numpy_stats.__all__ + _numpy_arrays.__all__ + _numpy_math.__all__
             + _aliases.__all__)
 
 # PyTorch's memory formats: accepted by the casts, contiguous() and clone(); one layout here
