@@ -330,3 +330,10 @@ def test_stop_gradient():
     np.testing.assert_allclose(g.numpy(), X)
     _, t = ng.jvp(lambda a: lax.stop_gradient(a) * a, (x,), (T(U),))
     np.testing.assert_allclose(t.numpy(), X * U)
+
+
+def test_grad_refuses_a_one_element_vector_output_as_jax():
+    """jax.grad and torch.func.grad refuse a (1,) output: only a 0-d output is a scalar."""
+    with pytest.raises(ng.errors.GradError, match=r"scalar \(0-d\).*\(1,\)"):
+        ng.grad(lambda x: (x * x).sum().reshape(1))(ng.ones(3))
+    assert ng.grad(lambda x: (x * x).sum())(ng.ones(3)).shape == (3,)

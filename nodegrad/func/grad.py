@@ -91,8 +91,9 @@ def _scalar_out(out, op: str) -> Tensor:
     if not isinstance(out, Tensor):
         raise GradError(f"{op}: the function must return a scalar tensor, got "
                         f"{type(out).__name__} (with has_aux=True, return (value, aux))")
-    if out.size() != () and out.numel() != 1:
-        raise GradError(f"{op}: the function must return a scalar, got shape {tuple(out.shape)}")
+    if out.ndim != 0:  # a (1,) output too, as jax.grad and torch.func.grad refuse it
+        raise GradError(f"{op}: the function must return a scalar (0-d) tensor, got shape "
+                        f"{tuple(out.shape)}; use vjp or jacrev for other outputs, or .sum()")
     if out.dtype.kind != "f":
         raise GradError(f"{op}: the function returned dtype {out.dtype}; need a float scalar")
     return out
