@@ -29,6 +29,7 @@ from .jit import disable_jit, jit
 from ._compile import compile  # noqa: A004  (torch.compile's name)
 from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .ops.numpy_arrays import shape  # noqa: E402  (np.shape; nodegrad.ops.shape stays the module)
+from .linalg_ldl import geqrf, orgqr, ormqr  # noqa: E402  (PyTorch top-level Householder QR)
 from .primitive import REGISTRY as primitives
 from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,
                      randperm, uniform)

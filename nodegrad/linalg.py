@@ -69,10 +69,11 @@ def _t(x) -> Tensor:
     return x if isinstance(x, Tensor) else tensor(x)
 
 
-def _mat(op: str, a, square: bool = True, name: str = "A") -> Tensor:
-    """``a`` as a float tensor of matrices, checked (square if asked)."""
+def _mat(op: str, a, square: bool = True, name: str = "A", half: bool = False) -> Tensor:
+    """``a`` as a float tensor of matrices, checked (square if asked). float16 only where
+    ``half`` (products alone; LAPACK has no half precision, and PyTorch's CPU refuses it)."""
     a = _t(a)
-    if a.dtype.kind != "f":
+    if a.dtype.kind != "f" or (a.dtype.itemsize < 4 and not half):
         raise DTypeError(f"linalg.{op}: expected a float32 or float64 tensor for {name}, got "
                          f"{a.dtype}")
     if a.ndim < 2:
@@ -141,7 +142,8 @@ def triangular_solve(b, A, upper: bool = True, transpose: bool = False,
         x = solve_triangular(_mT(A), b, upper=not upper, unitriangular=unitriangular)
     else:
         x = solve_triangular(A, b, upper=upper, unitriangular=unitriangular)
-    return TriangularSolveResult(x, A * 1)
+    # the copy of A has the broadcast batch, as PyTorch's
+    return TriangularSolveResult(x, broadcast_to(A, tuple(x.shape[:-2]) + tuple(A.shape[-2:])) * 1)
 
 
 def cholesky_solve(B, L_, upper: bool = False) -> Tensor:
@@ -192,9 +194,10 @@ def qr(A, mode: str = "reduced") -> QRResult:
 
 
 def _uplo(op: str, UPLO: str) -> str:
-    if UPLO not in ("L", "U"):
+    """'L' or 'U', read case-insensitively as PyTorch does."""
+    if not isinstance(UPLO, str) or UPLO.upper() not in ("L", "U"):
         raise ValueError(f"linalg.{op}: UPLO must be 'L' or 'U', got {UPLO!r}")
-    return UPLO
+    return UPLO.upper()
 
 
 def eigh(A, UPLO: str = "L") -> EighResult:
@@ -212,9 +215,18 @@ def eigvalsh(A, UPLO: str = "L") -> Tensor:
     return L.eigvalsh(_mat("eigvalsh", A), uplo=_uplo("eigvalsh", UPLO))
 
 
+def _svd_driver(op: str, driver) -> None:
+    """PyTorch's cuSOLVER choices are accepted as hints (one LAPACK routine serves here);
+    anything else is a mistake worth naming."""
+    if driver not in (None, "gesvd", "gesvdj", "gesvda"):
+        raise ValueError(f"linalg.{op}: driver must be None, 'gesvd', 'gesvdj' or 'gesvda', "
+                         f"got {driver!r}")
+
+
 def svd(A, full_matrices: bool = True, *, driver=None) -> SVDResult:
     """A = U diag(S) Vh, S descending. With ``full_matrices`` (PyTorch's default) the extra
     columns of U / rows of Vh are not unique and get no gradient, as in PyTorch."""
+    _svd_driver("svd", driver)
     A = _mat("svd", A, square=False)
     u, s, vh = L._unpack(L.svd(A, full_matrices=bool(full_matrices)),
                          L._svd_shapes(A.shape, bool(full_matrices)))
@@ -223,6 +235,7 @@ def svd(A, full_matrices: bool = True, *, driver=None) -> SVDResult:
 
 def svdvals(A, *, driver=None) -> Tensor:
     """Singular values, descending; the gradient is finite everywhere."""
+    _svd_driver("svdvals", driver)
     return L.svdvals(_mat("svdvals", A, square=False))
 
 
@@ -270,7 +283,7 @@ def _pinvh_fwd(xp, a, atol, rtol):
     n = a.shape[-1]
     if n == 0:
         return xp.zeros(a.shape, dtype=a.dtype)
-    w, v = xp.linalg.eigh(a, UPLO="L")
+    w, v = L._call("pinv", L.NO_CONVERGENCE, xp.linalg.eigh, a, UPLO="L")
     aw = xp.abs(w)
     keep = aw > xp.maximum(atol, rtol * aw.max(-1, keepdims=True))
     winv = xp.where(keep, 1 / xp.where(keep, w, 1), 0).astype(a.dtype)
@@ -417,7 +430,7 @@ def matrix_power(A, n: int) -> Tensor:
             raise DTypeError(f"linalg.matrix_power: a negative power inverts A and needs a float "
                              f"tensor, got {A.dtype}")
     else:
-        A = _mat("matrix_power", A)
+        A = _mat("matrix_power", A, half=True)
     if isinstance(n, bool) or int(n) != n:
         raise TypeError(f"linalg.matrix_power: n must be an integer, got {n!r}")
     n = int(n)
@@ -445,7 +458,7 @@ _TAYLOR = 18  # terms of the Taylor series at ‖X‖₁ ≤ 1: remainder < 1/19
 def matrix_exp(A) -> Tensor:
     """exp(A) by scaling and squaring: X = A / 2ˢ with ‖X‖₁ ≤ 1, an 18-term Taylor polynomial
     (Horner), then s squarings; the gradient is the engine's, through the same steps."""
-    A = _mat("matrix_exp", A)
+    A = _mat("matrix_exp", A, half=True)
     n = A.shape[-1]
     v = values(A)
     xp = A.backend.xp

@@ -1,5 +1,5 @@
-"""``torch.linalg``'s matrix product, Householder products and the LDLᵀ factorisation of
-symmetric matrices.
+"""``torch.linalg``'s matrix product, Householder products (and PyTorch's ``geqrf``,
+``orgqr``, ``ormqr``) and the LDLᵀ factorisation of symmetric matrices.
 
 ``householder_product`` is written with tensor ops, so its gradients, ``vmap`` and ``jit`` come
 from them. ``ldl_factor`` is LAPACK's ``sytrf`` (Bunch-Kaufman diagonal pivoting, the lower
@@ -25,6 +25,11 @@ from .tensor import Tensor, eye, tensor
 __all__ = ["matmul", "householder_product", "ldl_factor", "ldl_factor_ex", "ldl_solve"]
 
 
+class GeqrfResult(NamedTuple):
+    a: Tensor
+    tau: Tensor
+
+
 class LDLFactorResult(NamedTuple):
     LD: Tensor
     pivots: Tensor
@@ -39,7 +44,7 @@ class LDLFactorExResult(NamedTuple):
 def _float_tensor(op: str, name: str, x, min_ndim: int) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"linalg.{op}: {name} must be a tensor, got {type(x).__name__}")
-    if x.dtype.kind != "f":
+    if x.dtype.kind != "f" or x.dtype.itemsize < 4:  # LAPACK has no half precision
         raise DTypeError(f"linalg.{op}: expected a float32 or float64 tensor for {name}, got "
                          f"{x.dtype}")
     if x.ndim < min_ndim:
@@ -90,6 +95,52 @@ def householder_product(A, tau) -> Tensor:
         v = V[..., :, i:i + 1]
         Q = Q - expand_dims(tau[..., i:i + 1], -1) * (v @ (swapaxes(v, -1, -2) @ Q))
     return Q
+
+
+def geqrf(input) -> GeqrfResult:
+    """``torch.geqrf``: LAPACK's QR in Householder form, (a, tau): R on and above the diagonal of
+    ``a``, the reflectors' vectors below it, their min(m, n) scales in ``tau`` (what
+    :func:`householder_product`/:func:`orgqr` and :func:`ormqr` take). No gradient, as in
+    PyTorch."""
+    A = _float_tensor("geqrf", "input", input, 2)
+    xp = A.backend.xp
+    h, tau = xp.linalg.qr(A.data, mode="raw")  # h is the transpose of LAPACK's column-major a
+    return GeqrfResult(Tensor(xp.ascontiguousarray(xp.swapaxes(h, -1, -2))), Tensor(tau))
+
+
+def orgqr(input, tau) -> Tensor:
+    """``torch.orgqr``: PyTorch's older name of :func:`householder_product`."""
+    return householder_product(input, tau)
+
+
+def ormqr(input, tau, other, left: bool = True, transpose: bool = False) -> Tensor:
+    """``torch.ormqr``: Q·other (``transpose``: Qᵀ·other; ``left=False``: other·Q or other·Qᵀ)
+    for the m x m Q = H_1 … H_k that :func:`geqrf`'s (input, tau) stand for, applying the
+    reflectors one at a time (Q is never formed). Differentiable in all three."""
+    A = _float_tensor("ormqr", "input", input, 2)
+    tau = _float_tensor("ormqr", "tau", tau, 1)
+    C = _float_tensor("ormqr", "other", other, 2)
+    m, k = A.shape[-2], tau.shape[-1]
+    if len({A.dtype, tau.dtype, C.dtype}) > 1:
+        raise DTypeError(f"ormqr: input, tau and other must have one dtype, got {A.dtype}, "
+                         f"{tau.dtype} and {C.dtype}")
+    if k > min(m, A.shape[-1]):
+        raise ShapeError(f"ormqr: tau may hold at most min(m, n) = {min(m, A.shape[-1])} "
+                         f"scales for input of shape {tuple(A.shape)}, got {k}")
+    if (C.shape[-2] if left else C.shape[-1]) != m:
+        raise ShapeError(f"ormqr: other of shape {tuple(C.shape)} does not fit Q of size {m} "
+                         f"({'rows' if left else 'columns'} of other must be {m})")
+    V = tril(A[..., :, :k], -1) + eye(m, k, dtype=A.dtype, device=A.device)
+    # Q C = H_1 (… (H_k C)); Qᵀ C = H_k (… (H_1 C)); C Q = ((C H_1) …) H_k; C Qᵀ the reverse
+    order = range(k - 1, -1, -1) if left != transpose else range(k)
+    for i in order:
+        v = V[..., :, i:i + 1]
+        t = expand_dims(tau[..., i:i + 1], -1)
+        if left:
+            C = C - t * (v @ (swapaxes(v, -1, -2) @ C))
+        else:
+            C = C - t * ((C @ v) @ swapaxes(v, -1, -2))
+    return C
 
 
 def _host(x: Tensor):
@@ -172,3 +223,12 @@ def ldl_solve(LD, pivots, B, *, hermitian: bool = False) -> Tensor:
                              f"[-{n}, {n}] without 0, got {p[i].tolist()}")
         out[i] = _B.sytrs(a[i], p[i], out[i])
     return tensor(out.reshape(batch + tuple(B.shape[-2:])), device=B.device)
+
+
+def _register_methods() -> None:
+    from .ops.methods import register
+
+    register({"geqrf": geqrf, "orgqr": orgqr, "ormqr": ormqr})
+
+
+_register_methods()

@@ -25,15 +25,17 @@ def svd_lowrank(A, q: int | None = 6, niter: int | None = 2, M=None, *,
                 generator=None):
     """``torch.svd_lowrank``: (U, S, V) of a rank-``q`` randomised SVD of ``A - M``
     (A ≈ U diag(S) Vᵀ, note V, not Vᵀ), from a Gaussian sketch with ``niter`` power
-    iterations; differentiable, as it is built of products, QR and SVD."""
+    iterations; min(q, m, n) components. Differentiable, as it is built of products, QR and
+    SVD."""
     q = 6 if q is None else q
     niter = 2 if niter is None else niter
     if A.ndim < 2:
         raise ShapeError(f"svd_lowrank: expected a matrix or a batch of them, got shape "
                          f"{tuple(A.shape)}")
+    if isinstance(q, bool) or int(q) != q or q < 0:
+        raise ValueError(f"svd_lowrank: q must be a non-negative integer, got {q!r}")
+    q = int(q)  # above min(m, n), the sketch spans all of A: min(q, m, n) components, as torch
     m, n = A.shape[-2:]
-    if not 0 < q <= min(m, n):
-        raise ValueError(f"svd_lowrank: q must be in 1..min(m, n) = {min(m, n)}, got {q}")
     if m < n:  # sketch the taller transpose
         Mt = None if M is None else M.mH
         Q = _approximate_basis(A.mH, q, niter, Mt, generator)
@@ -56,6 +58,9 @@ def pca_lowrank(A, q: int | None = None, center: bool = True, niter: int = 2, *,
                          f"{tuple(A.shape)}")
     m, n = A.shape[-2:]
     q = min(6, m, n) if q is None else q
+    if isinstance(q, bool) or int(q) != q or not 0 <= q <= min(m, n):
+        raise ValueError(f"pca_lowrank: q must be a non-negative integer no greater than "
+                         f"min(m, n) = {min(m, n)}, got {q!r}")
     if center:
         A = A - A.mean(dim=-2, keepdim=True)
     return svd_lowrank(A, q, niter=niter, generator=generator)

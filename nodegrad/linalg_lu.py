@@ -14,7 +14,7 @@ import math
 from typing import NamedTuple
 
 from . import _backend as _B
-from .errors import LinAlgError, ShapeError
+from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import diagonal as _diagonal
 from .ops.arrange import tril, triu
 from .ops.elementwise import abs as _abs
@@ -166,7 +166,7 @@ def _order_from_pivots(pivots: Tensor, m: int) -> Tensor:
 def lu_unpack(LU_data, LU_pivots, unpack_data: bool = True,
               unpack_pivots: bool = True) -> LUResult:
     """(P, L, U) from :func:`lu_factor`'s result (``torch.lu_unpack``)."""
-    LU_data = _la()._mat("lu_unpack", LU_data, square=False)
+    LU_data = _la()._mat("lu_unpack", LU_data, square=False, half=True)
     m, n = LU_data.shape[-2], LU_data.shape[-1]
     order = _order_from_pivots(LU_pivots, m) if unpack_pivots else None
     P, Lm, Um = _unpack(LU_data, order, m, n)
@@ -187,8 +187,11 @@ def lu_solve(LU, pivots, B, *, left: bool = True, adjoint: bool = False) -> Tens
                          f"{tuple(B.shape)} do not fit")
     if not left:  # X A = B  <=>  Aᵀ Xᵀ = Bᵀ
         return _mT(lu_solve(LU, pivots, _mT(B), left=True, adjoint=not adjoint))
+    batch = tuple(_B.np.broadcast_shapes(tuple(LU.shape[:-2]), tuple(B.shape[:-2])))
+    if n == 0:  # nothing to solve: an empty result of the broadcast shape
+        return zeros(batch + tuple(B.shape[-2:]), dtype=B.dtype, device=B.device) + \
+            (B.sum() + LU.sum()) * 0
     order = _order_from_pivots(pivots, n)
-    batch = tuple(B.shape[:-2]) if B.ndim >= LU.ndim else tuple(LU.shape[:-2])
     if not adjoint:  # A = P L U:  L U X = Pᵀ B = B[order]
         idx = broadcast_to(expand_dims(order, -1), batch + (n, B.shape[-1]))
         Y = la.solve_triangular(LU, take_along_axis(broadcast_to(B, batch + tuple(B.shape[-2:])),
@@ -243,7 +246,17 @@ def cond(A, p=None) -> Tensor:
 
 
 def vecdot(x, y, *, dim: int = -1) -> Tensor:
-    """Dot products of the vectors along ``dim`` (broadcast), ``torch.linalg.vecdot``."""
+    """Dot products of the vectors along ``dim`` (broadcast), ``torch.linalg.vecdot``: float
+    tensors of one dtype, as PyTorch's."""
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"linalg.vecdot: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype.kind != "f":
+            raise DTypeError(f"linalg.vecdot: expected floating-point tensors, got {t.dtype} "
+                             f"for {name}")
+    if x.dtype != y.dtype:
+        raise DTypeError(f"linalg.vecdot: x and y must have one dtype, got {x.dtype} and "
+                         f"{y.dtype}")
     return _sum(x * y, dim)
 
 
@@ -288,6 +301,26 @@ def _expand_info(info) -> Tensor:
     return expand_dims(expand_dims(info != 0, -1), -1)
 
 
+def _solve_by_lu(op: str, A: Tensor, B: Tensor, left: bool, check_errors: bool):
+    """(X, info) with A X = B (``left=False``: X A = B) from A's LU factorisation, for a batch
+    that LAPACK's solver refused: a matrix with a zero pivot (info > 0) gets NaN; one whose
+    pivot is merely tiny (a singular matrix after rounding) is solved with it, as PyTorch's
+    ``getrf``/``getrs`` do, so X and info always agree."""
+    LU, _, piv, info = _factor(A, True)
+    bad = _expand_info(info)
+    flags = _B.np.asarray(info.numpy()).reshape(-1) if check_errors else None
+    if check_errors and flags.any():
+        k = int(flags[flags != 0][0])
+        raise LinAlgError(f"linalg.{op}: the matrix is singular (U[{k}, {k}] of its LU "
+                          f"factorisation is zero)")
+    safe = where(bad, eye(A.shape[-1], dtype=A.dtype, device=A.device), LU)
+    X = lu_solve(safe, piv, B, left=left)  # the pivots of a bad matrix are valid ones too
+    mask = info != 0
+    while mask.ndim < X.ndim:
+        mask = expand_dims(mask, -1)
+    return where(mask, math.nan, X), info
+
+
 def inv_ex(A, *, check_errors: bool = False) -> InvExResult:
     """(inverse, info) as ``torch.linalg.inv_ex``: info 0 where the inverse exists; for a
     singular matrix info > 0 (its first zero pivot) and the inverse is NaN there."""
@@ -296,12 +329,9 @@ def inv_ex(A, *, check_errors: bool = False) -> InvExResult:
     try:
         return InvExResult(la.inv(A), _ok(tuple(A.shape[:-2]), A.device))
     except LinAlgError:
-        if check_errors:
-            raise
-    info = _factor(A.detach(), True)[3]
-    bad = _expand_info(info)
-    safe = where(bad, eye(A.shape[-1], dtype=A.dtype, device=A.device), A)
-    return InvExResult(where(bad, math.nan, la.inv(safe)), info)
+        pass
+    I = broadcast_to(eye(A.shape[-1], dtype=A.dtype, device=A.device), tuple(A.shape))
+    return InvExResult(*_solve_by_lu("inv_ex", A, I, True, check_errors))
 
 
 def solve_ex(A, B, *, left: bool = True, check_errors: bool = False) -> SolveExResult:
@@ -311,17 +341,14 @@ def solve_ex(A, B, *, left: bool = True, check_errors: bool = False) -> SolveExR
     try:
         return SolveExResult(la.solve(A, B, left=left), _ok(tuple(A.shape[:-2]), A.device))
     except LinAlgError:
-        if check_errors:
-            raise
-    info = _factor(A.detach(), True)[3]
-    bad = info != 0
-    safe = where(expand_dims(expand_dims(bad, -1), -1),
-                 eye(A.shape[-1], dtype=A.dtype, device=A.device), A)
-    X = la.solve(safe, B, left=left)
-    mask = bad
-    while mask.ndim < X.ndim:
-        mask = expand_dims(mask, -1)
-    return SolveExResult(where(mask, math.nan, X), info)
+        pass
+    B = la._t(B)
+    vector = B.ndim == 1 or (B.ndim == A.ndim - 1 and tuple(B.shape) == tuple(A.shape[:-1]))
+    if vector:  # PyTorch's rule, as linalg.solve
+        X, info = _solve_by_lu("solve_ex", A, expand_dims(B, -1 if left else -2), left,
+                               check_errors)
+        return SolveExResult(X[..., 0] if left else X[..., 0, :], info)
+    return SolveExResult(*_solve_by_lu("solve_ex", A, B, left, check_errors))
 
 
 def cholesky_ex(A, *, upper: bool = False, check_errors: bool = False) -> CholeskyExResult:

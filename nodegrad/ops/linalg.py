@@ -254,7 +254,12 @@ def _unpack(t, shapes):
     return out
 
 
+NO_CONVERGENCE = "the algorithm did not converge (is every entry finite?)"
+
+
 def _call(op: str, what: str, fn, *a, **k):
+    """fn(*a, **k), with LAPACK's failures raised as :class:`LinAlgError` naming the op (NumPy's
+    own is a ValueError)."""
     try:
         return fn(*a, **k)
     except B.np.linalg.LinAlgError as e:
@@ -408,14 +413,23 @@ def _slogdet_fwd(xp, a):
     return xp.stack([sign, logabs], axis=-1)
 
 
+def _slogdet_inv(a):
+    """A⁻¹ for the rules of log|det A|, whose derivative A⁻ᵀ is infinite where A is singular."""
+    try:
+        return inv(a)
+    except LinAlgError:
+        raise LinAlgError("slogdet: A is singular, so the derivative of log|det A| (A⁻ᵀ) is "
+                          "infinite; no finite gradient exists there") from None
+
+
 def _slogdet_jvp(ts, ans, a):
-    dl = (_mT(inv(a)) * ts[0]).sum(axis=(-2, -1))
+    dl = (_mT(_slogdet_inv(a)) * ts[0]).sum(axis=(-2, -1))
     return concatenate([expand_dims(dl * 0, -1), expand_dims(dl, -1)], -1)
 
 
 slogdet = primitive(
     "slogdet", _slogdet_fwd,
-    lambda g, ans, a: expand_dims(expand_dims(g[..., 1], -1), -1) * _mT(inv(a)),
+    lambda g, ans, a: expand_dims(expand_dims(g[..., 1], -1), -1) * _mT(_slogdet_inv(a)),
     saves="inputs", kind="linalg", jvp=_slogdet_jvp, batch=_batch1("slogdet"),
     doc="(sign, log|det|) packed as (..., 2); d log|det A| = tr(A⁻¹ dA), the sign is constant.")
 
@@ -438,10 +452,19 @@ def _cholesky_jvp(ts, ans, a):
     return matmul(ans, _phi(x))
 
 
+def _cholesky_fwd(xp, a):
+    out = _call("cholesky", "the matrix is not positive-definite", xp.linalg.cholesky, a)
+    if out.size and bool(xp.isnan(xp.diagonal(out, 0, -2, -1)).any()):
+        # LAPACK's reference potrf stops at a NaN pivot (PyTorch raises there); some optimised
+        # builds carry the NaN through the factor instead
+        raise LinAlgError("cholesky: the matrix is not positive-definite (a NaN in the "
+                          "triangle read)")
+    return out
+
+
 cholesky = primitive(
-    "cholesky", lambda xp, a: _call("cholesky", "the matrix is not positive-definite",
-                                    xp.linalg.cholesky, a),
-    _cholesky_vjp, saves="out", kind="linalg", jvp=_cholesky_jvp, batch=_batch1("cholesky"),
+    "cholesky", _cholesky_fwd, _cholesky_vjp, saves="out", kind="linalg", jvp=_cholesky_jvp,
+    batch=_batch1("cholesky"),
     doc="Lower Cholesky factor L (A = L Lᵀ, A read as symmetric); gradient symmetric.")
 
 
@@ -516,7 +539,7 @@ qr = primitive("qr", _qr_fwd, _qr_vjp, saves="out", kind="linalg", jvp=_qr_jvp,
 
 # --- eigh, eigvalsh -------------------------------------------------------------------------
 def _eigh_fwd(xp, a, uplo):
-    w, v = xp.linalg.eigh(a, UPLO=uplo)
+    w, v = _call("eigh", NO_CONVERGENCE, xp.linalg.eigh, a, UPLO=uplo)
     return _pack(xp, w, v, nd=(1, 2))
 
 
@@ -570,7 +593,8 @@ def _eigvalsh_jvp(ts, ans, a, uplo):
 
 
 eigvalsh = primitive(
-    "eigvalsh", lambda xp, a, uplo: xp.linalg.eigvalsh(a, UPLO=uplo), _eigvalsh_vjp,
+    "eigvalsh", lambda xp, a, uplo: _call("eigvalsh", NO_CONVERGENCE, xp.linalg.eigvalsh, a,
+                                          UPLO=uplo), _eigvalsh_vjp,
     saves="inputs", kind="linalg", batch=_batch1("eigvalsh"), jvp=_eigvalsh_jvp,
     doc="Eigenvalues of a symmetric matrix (ascending); finite gradient V diag(ḡ) Vᵀ.")
 
@@ -583,7 +607,7 @@ def _svd_shapes(shape, full):
 
 
 def _svd_fwd(xp, a, full_matrices):
-    u, s, vh = xp.linalg.svd(a, full_matrices=full_matrices)
+    u, s, vh = _call("svd", NO_CONVERGENCE, xp.linalg.svd, a, full_matrices=full_matrices)
     return _pack(xp, u, s, vh, nd=(2, 1, 2))
 
 
@@ -658,7 +682,8 @@ def _svdvals_jvp(ts, ans, a):
     return (u * matmul(ts[0], _mT(vh))).sum(axis=-2)
 
 
-svdvals = primitive("svdvals", lambda xp, a: xp.linalg.svd(a, compute_uv=False), _svdvals_vjp,
+svdvals = primitive("svdvals", lambda xp, a: _call("svdvals", NO_CONVERGENCE, xp.linalg.svd, a,
+                                                   compute_uv=False), _svdvals_vjp,
                     saves="inputs", kind="linalg", jvp=_svdvals_jvp, batch=_batch1("svdvals"),
                     doc="Singular values (descending); finite gradient U diag(ḡ) Vᵀ.")
 
@@ -667,7 +692,7 @@ def _pinv_fwd(xp, a, atol, rtol):
     m, n = a.shape[-2], a.shape[-1]
     if m == 0 or n == 0:
         return xp.zeros(a.shape[:-2] + (n, m), dtype=a.dtype)
-    u, s, vh = xp.linalg.svd(a, full_matrices=False)
+    u, s, vh = _call("pinv", NO_CONVERGENCE, xp.linalg.svd, a, full_matrices=False)
     cut = xp.maximum(atol, rtol * s[..., :1])
     keep = s > cut
     sinv = xp.where(keep, 1 / xp.where(keep, s, 1), 0).astype(a.dtype)

@@ -396,7 +396,7 @@ def norm(x, p="fro", dim=None, keepdim: bool = False, out=None, dtype=None):
     if p == "nuc":
         r = matrix_norm(x, "nuc", (-2, -1) if dim is None else dim, keepdim)
     else:
-        r = vector_norm(x, 2 if p == "fro" else p, dim, keepdim)
+        r = vector_norm(x, 2 if p in ("fro", None) else p, dim, keepdim)
     if out is None:
         return r
     from ..tensor import write_out
