@@ -8,6 +8,8 @@ from nodegrad.tensor import Tensor
 from . import constraints
 from .distribution import Distribution, _shape, broadcast_all
 from .gamma import standard_gamma_rsample
+from .saddle_point import (_HALF_LOG_2PI, SERIES_FROM, digamma_tail, log_binomial,
+                           stirlerr)
 
 
 def _clamp_st(x: Tensor) -> Tensor:
@@ -69,10 +71,28 @@ class Beta(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         a, b = self.concentration1, self.concentration0
-        return ng.xlogy(a - 1, value) + ng.xlog1py(b - 1, -value) - _lbeta(a, b)
+        plain = ng.xlogy(a - 1, value) + ng.xlog1py(b - 1, -value) - _lbeta(a, b)
+        # from a, b = 2 on, (a + b - 1) Binomial(a - 1; a + b - 2, x) by saddle point: lbeta
+        # and the two log terms, each of size a log a, cancel in the plain form
+        a, b, value = ng.broadcast_tensors(a, b, value.astype(a.dtype))
+        use = (a >= 2) & (b >= 2) & (value > 0) & (value < 1) & ng.isfinite(a + b)
+        a_s, b_s = ng.where(use, a, 2.0), ng.where(use, b, 2.0)
+        x = ng.where(use, value, 0.5)
+        saddle = ng.log(a_s + b_s - 1) + log_binomial(a_s - 1, b_s - 1, x, 1 - x)
+        return ng.where(use, saddle, plain)
 
     def entropy(self) -> Tensor:
         a, b = self.concentration1, self.concentration0
         total = a + b
-        return (_lbeta(a, b) - (a - 1) * ng.digamma(a) - (b - 1) * ng.digamma(b)
-                + (total - 2) * ng.digamma(total))
+        plain = (_lbeta(a, b) - (a - 1) * ng.digamma(a) - (b - 1) * ng.digamma(b)
+                 + (total - 2) * ng.digamma(total))
+        # for large a and b the lgamma and digamma terms (each ~ a log a) cancel: with
+        # stirlerr and the digamma series only terms of order one are left
+        big = (a >= SERIES_FROM) & (b >= SERIES_FROM)
+        ab, bb = ng.where(big, a, SERIES_FROM), ng.where(big, b, SERIES_FROM)
+        tb = ab + bb
+        series = (stirlerr(ab) + stirlerr(bb) - stirlerr(tb) + _HALF_LOG_2PI
+                  + 0.5 * (ng.log(ab) + ng.log(bb)) - 1.5 * ng.log(tb)
+                  + 0.5 - 0.5 / ab - 0.5 / bb + 1.0 / tb + (ab - 1) * digamma_tail(ab)
+                  + (bb - 1) * digamma_tail(bb) - (tb - 2) * digamma_tail(tb))
+        return ng.where(big, series, plain)

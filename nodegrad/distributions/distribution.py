@@ -9,6 +9,7 @@ where tensor values are not known to Python.
 from __future__ import annotations
 
 import math
+import operator
 from functools import cached_property
 
 from . import _ng as ng
@@ -25,9 +26,18 @@ Shape = tuple[int, ...]
 
 
 def _shape(sample_shape) -> Shape:
-    if isinstance(sample_shape, int):
-        return (sample_shape,)
-    return tuple(int(s) for s in sample_shape)
+    """``sample_shape`` (an int or a sequence of ints) as a tuple; TypeError for other sizes
+    (2.7 is not truncated to 2) and ValueError for negative ones, as ``torch.Size`` does."""
+    dims = (sample_shape,) if isinstance(sample_shape, int) else sample_shape
+    try:
+        out = tuple(operator.index(s) for s in dims)
+    except TypeError as e:
+        raise TypeError(f"distribution shape (sample_shape, batch_shape): expected an int or "
+                        f"a sequence of ints, got {sample_shape!r}") from e
+    if any(s < 0 for s in out):
+        raise ValueError(f"distribution shape (sample_shape, batch_shape): expected "
+                         f"non-negative sizes, got {out}")
+    return out
 
 
 def _float_dtype(tensors):
@@ -181,6 +191,12 @@ class Distribution:
 
     def icdf(self, value: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement icdf")
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        """All values of a discrete support, along a new leading dim (see
+        ``has_enumerate_support``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement "
+                                  "enumerate_support")
 
     def entropy(self) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not implement entropy")

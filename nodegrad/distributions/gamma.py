@@ -10,6 +10,8 @@ from nodegrad.tensor import Tensor
 
 from . import constraints
 from .distribution import Distribution, _shape, broadcast_all
+from .saddle_point import (_HALF_LOG_2PI, SERIES_FROM, digamma_tail, log_poisson,
+                           stirlerr)
 
 
 def _standard_gamma_array(gen, concentration: Tensor, shape: tuple):
@@ -154,7 +156,15 @@ class Gamma(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         c, r = self.concentration, self.rate
-        return ng.xlogy(c, r) + ng.xlogy(c - 1, value) - r * value - ng.lgamma(c)
+        plain = ng.xlogy(c, r) + ng.xlogy(c - 1, value) - r * value - ng.lgamma(c)
+        # from concentration 2 on, rate * Poisson(c - 1; rate x) by saddle point: the plain
+        # form cancels lgamma(c) against (c - 1) log(rate x), both of size c log c
+        c, r, value = ng.broadcast_tensors(c, r, value.astype(c.dtype))
+        rx = r * value
+        use = (c >= 2) & (rx > 0) & ng.isfinite(rx) & ng.isfinite(c)
+        cs, rs, rxs = ng.where(use, c, 2.0), ng.where(use, r, 1.0), ng.where(use, rx, 1.0)
+        saddle = ng.log(rs) + log_poisson(cs - 1, rxs)
+        return ng.where(use, saddle, plain)
 
     def cdf(self, value: Tensor) -> Tensor:
         if self._validate_args:
@@ -163,4 +173,11 @@ class Gamma(Distribution):
 
     def entropy(self) -> Tensor:
         c = self.concentration
-        return c - ng.log(self.rate) + ng.lgamma(c) + (1.0 - c) * ng.digamma(c)
+        plain = c - ng.log(self.rate) + ng.lgamma(c) + (1.0 - c) * ng.digamma(c)
+        # for large c, lgamma(c) and (1 - c) digamma(c) (each ~ c log c) cancel: written with
+        # stirlerr and the digamma series, log(2 pi c) / 2 + 1/2 - log(rate) + small terms
+        big = c >= SERIES_FROM
+        cb = ng.where(big, c, SERIES_FROM)
+        series = (stirlerr(cb) + 0.5 * ng.log(cb) + _HALF_LOG_2PI + 0.5 - 0.5 / cb
+                  + (cb - 1) * digamma_tail(cb) - ng.log(self.rate))
+        return ng.where(big, series, plain)

@@ -63,6 +63,15 @@ class Independent(Distribution):
     def variance(self) -> Tensor:
         return self.base_dist.variance
 
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        """The base distribution's support; not defined over reinterpreted dims (a cartesian
+        product)."""
+        if self.reinterpreted_batch_ndims:
+            raise NotImplementedError("Independent.enumerate_support: enumeration over the "
+                                      "cartesian product of reinterpreted batch dims is not "
+                                      "implemented")
+        return self.base_dist.enumerate_support(expand)
+
     def sample(self, sample_shape=(), *, generator=None) -> Tensor:
         return self.base_dist.sample(sample_shape, generator=generator)
 

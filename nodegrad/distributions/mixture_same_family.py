@@ -44,7 +44,10 @@ class MixtureSameFamily(Distribution):
         self._component_distribution = component_distribution
         self._num_component = km
         self._event_ndims = len(component_distribution.event_shape)
-        super().__init__(cdbs, component_distribution.event_shape, validate_args=validate_args)
+        # the batch shape is that of both broadcast together (log_prob's shape), so a mixture
+        # shared by a batch of components (mdbs ()) or the reverse samples to it too
+        super().__init__(ng.broadcast_shapes(mdbs, cdbs), component_distribution.event_shape,
+                         validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None) -> MixtureSameFamily:
         batch_shape = _shape(batch_shape)
@@ -106,12 +109,18 @@ class MixtureSameFamily(Distribution):
     def sample(self, sample_shape=(), *, generator=None) -> Tensor:
         sample_shape = _shape(sample_shape)
         with ng.no_grad():
-            gather_dim = len(sample_shape) + len(self.batch_shape)
-            es = self.event_shape
+            bs, es, k = self.batch_shape, self.event_shape, self._num_component
+            gather_dim = len(sample_shape) + len(bs)
             mix = self._mixture_distribution.sample(sample_shape, generator=generator)
             comp = self._component_distribution.sample(sample_shape, generator=generator)
+            # both broadcast to sample_shape + batch_shape (their batch shapes may differ)
+            mdbs = self._mixture_distribution.batch_shape
+            cdbs = self._component_distribution.batch_shape[:-1]
+            mix = mix.reshape(sample_shape + (1,) * (len(bs) - len(mdbs)) + mdbs)
+            comp = comp.reshape(sample_shape + (1,) * (len(bs) - len(cdbs)) + cdbs + (k,) + es)
+            comp = comp.expand(*(sample_shape + bs + (k,) + es))
             idx = mix.reshape(tuple(mix.shape) + (1,) * (len(es) + 1))
-            idx = idx.expand(*(tuple(mix.shape) + (1,) + es))
+            idx = idx.expand(*(sample_shape + bs + (1,) + es))
             return ng.squeeze(ng.take_along_axis(comp, idx, gather_dim), gather_dim)
 
     def __repr__(self) -> str:

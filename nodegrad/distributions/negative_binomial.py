@@ -11,6 +11,7 @@ from . import constraints
 from .distribution import BinaryParams, Distribution
 from .gamma import Gamma
 from .poisson import _poisson_array
+from .saddle_point import log_binomial
 
 
 class NegativeBinomial(BinaryParams, Distribution):
@@ -59,4 +60,14 @@ class NegativeBinomial(BinaryParams, Distribution):
         unnormalized = n * logsig(-logits) + value * logsig(logits)
         norm = -ng.lgamma(n + value) + ng.lgamma(1.0 + value) + ng.lgamma(n)
         norm = ng.where(n + value == 0.0, 0.0, norm)
-        return unnormalized - norm
+        plain = unnormalized - norm
+        # for k > 0, r / (r + k) Binomial(k; r + k, p) by saddle point: the plain form cancels
+        # lgamma terms of size (r + k) log(r + k) (float32 kept no digit at r = k = 1e6)
+        p, q = ng.sigmoid(logits), ng.sigmoid(-logits)
+        n, value, p, q = ng.broadcast_tensors(n, value, p, q)
+        use = ((value > 0) & (n > 0) & ((n + value) * p > 0) & ((n + value) * q > 0)
+               & ng.isfinite(n + value))
+        ks, rs = ng.where(use, value, 1.0), ng.where(use, n, 1.0)
+        saddle = (ng.log(rs / (rs + ks))
+                  + log_binomial(ks, rs, ng.where(use, p, 0.5), ng.where(use, q, 0.5)))
+        return ng.where(use, saddle, plain)
