@@ -1786,11 +1786,11 @@ _pair_loss("multilabel_soft_margin_loss", lambda a, b, reduction: NF.multilabel_
     d1="wide", d2="nonzero")
 _pair_loss("margin_ranking_loss", lambda a, b, reduction: NF.margin_ranking_loss(
     a, b, ng.sign(a - b + 0.01), 0.3, reduction), lambda a, b, reduction: F.margin_ranking_loss(
-        a, b, (a - b + 0.01).sign().detach(), 0.3, reduction=reduction), ("relu",),
+        a, b, (a - b + 0.01).sign().detach(), 0.3, reduction=reduction), ("clip",),
     st.fixed_dictionaries({"reduction": _REDS}))
 _pair_loss("hinge_embedding_loss", lambda a, b, reduction: NF.hinge_embedding_loss(
     a, ng.sign(b), 0.7, reduction), lambda a, b, reduction: F.hinge_embedding_loss(
-        a, b.sign(), 0.7, reduction=reduction), ("relu", "where"),
+        a, b.sign(), 0.7, reduction=reduction), ("clip", "where"),
     st.fixed_dictionaries({"reduction": _REDS}), d2="nonzero")
 
 
@@ -1881,8 +1881,8 @@ def _ctc(draw, layout):
                                      reduction=red))
 
 
-case("cosine_embedding_loss", _cos_embed, ("sqrt", "relu"), ("vector", "matrix", "noncontig"))
-case("triplet_margin_loss", _triplet, ("relu", "sum"), LOSS)
+case("cosine_embedding_loss", _cos_embed, ("sqrt", "clip"), ("vector", "matrix", "noncontig"))
+case("triplet_margin_loss", _triplet, ("clip", "sum"), LOSS)
 case("multi_margin_loss", _multi_margin, ("relu", "take_along_axis"), ("vector", "matrix",
                                                                        "noncontig"))
 case("cdist", _cdist, ("sum", "subtract"), ("matrix", "3d", "empty"))

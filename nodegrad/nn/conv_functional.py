@@ -11,6 +11,7 @@ tap (never per position) folds the overlapping windows back.
 from __future__ import annotations
 
 import math
+import operator
 import struct
 
 from .. import _backend as B
@@ -22,6 +23,7 @@ from ..ops.index import _scatter_along
 from ..ops.window import fold_windows
 from ..tensor import Tensor
 from . import functional as F
+from .losses import _values_only
 
 _SPATIAL = F._SPATIAL
 
@@ -160,13 +162,16 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     k, s, p, d, out, extra = _pool_setup(x, kernel_size, stride, padding, dilation, ceil_mode,
                                          nd, op)
     win = _windows(x, k, s, p, d, extra, -math.inf)
-    kax = tuple(range(2 + nd, 2 + 2 * nd))
-    if not return_indices:
-        return ops.max(win, axis=kax)
-    # the first maximum in scan order, as PyTorch: its value and its flat index in the input
-    flat = ops.reshape(win, tuple(win.shape[:2 + nd]) + (-1,))
+    if not return_indices and _values_only():
+        # the same values; the max over windows is what ONNX export recognises as a MaxPool
+        return ops.max(win, axis=tuple(range(2 + nd, 2 + 2 * nd)))
+    # the first maximum in scan order takes the whole gradient, as PyTorch's (tied maxima, such
+    # as the zeros after a ReLU, are common); also faster than a max over the window axes
+    flat = ops.reshape(win, tuple(win.shape[:2 + nd]) + (math.prod(k),))  # (N may be 0)
     arg = ops.argmax(flat, axis=-1, keepdims=True)
     y = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1)
+    if not return_indices:
+        return y
     xp = x.backend.xp
     pos = Tensor(xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:]))
     pwin = ops.reshape(_windows(pos, k, s, p, d, extra, -1), out + (-1,))
@@ -176,8 +181,8 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
 
 def max_pool1d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
-    """Max over sliding windows of (N, C, L) or (C, L); tied maxima share the gradient, except
-    with ``return_indices`` (then the first maximum takes it and its flat index is returned)."""
+    """Max over sliding windows of (N, C, L) or (C, L); the first of tied maxima takes the
+    gradient (PyTorch's), and ``return_indices`` also returns its flat index in the input."""
     return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 1,
                      "max_pool1d")
 
@@ -222,12 +227,20 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, div
         return F._squeeze0(_avg_pool(ops.expand_dims(x, 0), kernel_size, stride, padding,
                                      ceil_mode, count_include_pad, divisor_override, nd, op))
     k, s, p, d, out, extra = _pool_setup(x, kernel_size, stride, padding, 1, ceil_mode, nd, op)
+    if divisor_override is not None:
+        try:
+            divisor_override = operator.index(divisor_override)
+        except TypeError:
+            raise TypeError(f"{op}: divisor_override must be an int, got "
+                            f"{type(divisor_override).__name__}") from None
+        if divisor_override == 0:
+            raise ValueError(f"{op}: divisor_override must not be zero")
     win = _windows(x, k, s, p, d, extra, 0)
     total = ops.sum(win, axis=tuple(range(2 + nd, 2 + 2 * nd)))
     whole = x.dtype.kind in "iu"  # integer input stays integer, truncating (PyTorch's)
     if whole and total.dtype != x.dtype:
         total = ops.astype(total, x.dtype)
-    if divisor_override:
+    if divisor_override is not None:
         if whole:
             return _int_divide(total, int(divisor_override))
         return total / float(divisor_override)
@@ -276,7 +289,12 @@ def _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, nd, op):
     if not norm_type or not math.isfinite(float(norm_type)):
         raise ValueError(f"{op}: norm_type must be a finite non-zero power, got {norm_type}")
     out = _avg_pool(x ** float(norm_type), k, stride, 0, ceil_mode, True, None, nd, op)
-    return (ops.sign(out) * ops.relu(ops.abs(out)) * float(math.prod(k))) ** (1.0 / norm_type)
+    v = out * float(math.prod(k))  # (PyTorch's sign(out)·relu(|out|) is out itself)
+    # a window of zeros has value 0 (inf for p < 0) and gradient 0, as PyTorch's, not the
+    # NaN of the root's infinite slope at 0 times the zero inner derivative
+    zero = v == 0
+    root = ops.where(zero, 1.0, v) ** (1.0 / norm_type)
+    return ops.where(zero, 0.0 if norm_type > 0 else math.inf, root)
 
 
 def lp_pool1d(input: Tensor, norm_type: float, kernel_size, stride=None,
@@ -307,24 +325,34 @@ def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
     k = _ints(kernel_size, nd, "kernel_size", op)
     s = k if stride is None else _ints(stride, nd, "stride", op)
     p = _ints(padding, nd, "padding", op)
+    default = tuple((li - 1) * si - 2 * pi + ki for li, si, pi, ki in zip(x.shape[2:], s, p, k))
     if output_size is None:
-        out = tuple((li - 1) * si - 2 * pi + ki for li, si, pi, ki in zip(x.shape[2:], s, p, k))
+        out = default
     else:
-        out = tuple(int(o) for o in output_size)[-nd:]
+        out = tuple(int(o) for o in output_size)
+        if len(out) == nd + 2:
+            out = out[2:]
         if len(out) != nd:
-            raise ShapeError(f"{op}: output_size {output_size!r} must give {nd} spatial sizes")
+            raise ShapeError(f"{op}: output_size {output_size!r} must give {nd} spatial sizes "
+                             f"(or {nd + 2} with N and C)")
+        # PyTorch's range: within one stride of the default size (a size further off would
+        # lay the flat indices out on a different grid)
+        for a, (o, dft, si) in enumerate(zip(out, default, s)):
+            if not dft - si < o < dft + si:
+                raise ValueError(f"{op}: output_size {out} is invalid: size {a} must lie "
+                                 f"strictly between {dft - si} and {dft + si}")
     if not isinstance(indices, Tensor) or tuple(indices.shape) != tuple(x.shape) or \
             indices.dtype.kind not in "iu":
         raise ShapeError(f"{op}: indices must be an integer tensor of the input's shape "
                          f"{tuple(x.shape)}, got {getattr(indices, 'shape', indices)!r}")
     n, c = x.shape[:2]
     size = math.prod(out)
-    idx = ops.reshape(indices, (n, c, -1))
+    idx = ops.reshape(indices, (n, c, math.prod(x.shape[2:])))  # (N may be 0)
     iv = values(indices)
     if iv.size and (int(iv.min()) < 0 or int(iv.max()) >= size):
         raise IndexError(f"{op}: index {int(iv.max()) if iv.max() >= size else int(iv.min())} "
                          f"is out of range for an output of size {out}")
-    flat = ops.reshape(x, (n, c, -1))
+    flat = ops.reshape(x, (n, c, math.prod(x.shape[2:])))
     y = _scatter_along(flat, idx, axis=2, shape=(n, c, size))
     with no_grad():
         ones = Tensor(x.backend.xp.ones(flat.shape, flat.dtype))
@@ -385,7 +413,8 @@ def _adaptive_max(x, output_size, return_indices, nd, op):
         grid.append(b.reshape(shape))
     g = x[(slice(None), slice(None)) + tuple(grid)]
     perm = (0, 1) + tuple(2 + 2 * i for i in range(nd)) + tuple(3 + 2 * i for i in range(nd))
-    flat = ops.reshape(ops.transpose(g, perm), (x.shape[0], x.shape[1]) + sizes + (-1,))
+    width = math.prod(b.shape[1] for b in bins)  # (not -1: N may be 0)
+    flat = ops.reshape(ops.transpose(g, perm), (x.shape[0], x.shape[1]) + sizes + (width,))
     arg = ops.argmax(flat, axis=-1, keepdims=True)
     y = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1)
     if not return_indices:
@@ -478,6 +507,11 @@ def channel_shuffle(input: Tensor, groups: int) -> Tensor:
     return ops.reshape(ops.swapaxes(y, 1, 2), (n, c, *rest))
 
 
+def native_channel_shuffle(input: Tensor, groups: int) -> Tensor:
+    """PyTorch's name for ``channel_shuffle`` without its dispatch: the same result."""
+    return channel_shuffle(input, groups)
+
+
 def pixel_shuffle(input: Tensor, upscale_factor: int) -> Tensor:
     """(*, C·r², H, W) -> (*, C, H·r, W·r): channels become r×r sub-pixel blocks."""
     x = input
@@ -511,7 +545,8 @@ def pixel_unshuffle(input: Tensor, downscale_factor: int) -> Tensor:
 
 # --- interpolation ----------------------------------------------------------------------------
 _MODES = {"nearest": (1, 2, 3), "nearest-exact": (1, 2, 3), "linear": (1,), "bilinear": (2,),
-          "bicubic": (2,), "trilinear": (3,), "area": (1, 2, 3)}
+          "bicubic": (2,), "trilinear": (3,), "area": (1, 2, 3), "lanczos": (2,)}
+_AA_MODES = ("bilinear", "bicubic", "lanczos")
 
 
 def _take(x: Tensor, idx, axis: int) -> Tensor:
@@ -645,12 +680,102 @@ def _uint8_taps(n: int, out: int, scale, cubic: bool, align_corners: bool):
             k += 1
         firsts.append(first)
         rows.append([wj if j < size else 0.0 for j, wj in enumerate(w)])
+    return (firsts,) + _quantised(rows, wmax)
+
+
+def _sinc(u: float) -> float:
+    return 1.0 if u == 0.0 else math.sin(u * math.pi) / (u * math.pi)
+
+
+def _aa_filter(u: float, mode: str) -> float:
+    """The antialiasing filters at distance ``u`` >= 0: triangle, Keys a = -0.5, Lanczos-3 (PIL's
+    and PyTorch's)."""
+    if mode == "bicubic":
+        return _keys_near(u, -0.5) if u < 1.0 else _keys_far(u, -0.5) if u < 2.0 else 0.0
+    if mode == "lanczos":
+        return _sinc(u) * _sinc(u / 3.0) if u < 3.0 else 0.0
+    return 1.0 - u if u < 1.0 else 0.0
+
+
+def _aa_taps(n: int, out: int, scale, mode: str, align_corners: bool):
+    """PyTorch's antialiased taps along one axis (``_compute_weights_aa``, in float64): the
+    mode's filter stretched by the downscale factor, so each output averages every input pixel
+    it covers; each output's first source index, its weights (normalised to sum to 1,
+    zero-padded to the widest) and how many are taps."""
+    if align_corners:
+        sc = (n - 1) / (out - 1) if out > 1 else 0.0
+    else:
+        sc = 1.0 / scale if scale else n / out
+    half = {"bicubic": 2.0, "lanczos": 3.0}.get(mode, 1.0)
+    support = half * sc if sc >= 1.0 else half
+    width = math.ceil(support) * 2 + 1
+    inv = 1.0 / sc if sc >= 1.0 else 1.0
+    firsts, rows, counts = [], [], []
+    for i in range(out):
+        center = sc * (i + 0.5)
+        first = max(int(center - support + 0.5), 0)
+        size = min(max(min(int(center + support + 0.5), n) - first, 0), width)
+        w = []
+        for j in range(size):
+            w.append(_aa_filter(abs((j + first - center + 0.5) * inv), mode))
+        total = sum(w)
+        if total != 0.0:
+            w = [v / total for v in w]
+        firsts.append(first)
+        rows.append(w + [0.0] * (width - size))
+        counts.append(size)
+    return firsts, rows, B.np.asarray(counts)
+
+
+def _quantised(rows, wmax: float):
+    """float taps as PyTorch's uint8 kernels hold them: int16 with the finest precision that
+    keeps ``wmax`` (the largest weight) in range."""
     prec = 0
     while prec < 22 and int(0.5 + wmax * (1 << (prec + 1))) < (1 << 15):
         prec += 1
     one = 1 << prec
     q = [[int(v * one - 0.5) if v * one < 0 else int(v * one + 0.5) for v in r] for r in rows]
-    return firsts, q, prec
+    return q, prec
+
+
+def _resample_axis_aa(x, axis, out, scale, mode, align_corners):
+    """One axis of an antialiased bilinear or bicubic resize (PyTorch's ``antialias=True``):
+    a weighted sum of gathered taps, so the gradient is the exact transpose; uint8 in PyTorch's
+    fixed point."""
+    n = x.shape[axis]
+    if out == n:  # (PyTorch's separable kernel skips an axis whose size does not change)
+        return x
+    xp = x.backend.xp
+    firsts, rows, counts = _aa_taps(n, out, scale, mode, align_corners)
+    if x.dtype == B.as_dtype("uint8"):
+        q, prec = _quantised(rows, max(max(r) for r in rows))
+        return _fixed_point_taps(x, axis, xp.asarray(firsts, dtype=xp.int64),
+                                 xp.asarray(q, dtype=xp.int32), prec)
+    first = xp.asarray(firsts, dtype=xp.int64)
+    weights = xp.asarray(rows, dtype=B.float64)
+    y = None
+    for j in range(weights.shape[1]):
+        term = _take(x, xp.minimum(first + j, n - 1), axis) * _weights(weights[:, j], x, axis)
+        if (counts <= j).any():  # a padding tap: 0, not 0 · x (an inf pixel would give NaN)
+            keep = xp.asarray(counts > j).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+            term = ops.where(Tensor(keep), term, 0.0)
+        y = term if y is None else y + term
+    return y
+
+
+def _fixed_point_taps(x, axis, first, weights, prec: int):
+    """Σ_j w_j · x[first + j] in int32 plus half a unit, shifted down by ``prec`` bits and
+    clamped to [0, 255]: PyTorch's uint8 resampling arithmetic."""
+    n = x.shape[axis]
+    xp = x.backend.xp
+    xi = ops.astype(x, B.int32)
+    y = None
+    for j in range(weights.shape[1]):
+        term = _take(xi, xp.minimum(first + j, n - 1), axis) * \
+            Tensor(weights[:, j].reshape((-1,) + (1,) * (x.ndim - axis - 1)))
+        y = term if y is None else y + term
+    y = ops.floor_divide(y + (1 << (prec - 1)), 1 << prec)
+    return ops.astype(ops.clip(y, 0, 255), x.dtype)
 
 
 def _resample_axis_uint8(x, axis, out, scale, mode, align_corners):
@@ -662,16 +787,8 @@ def _resample_axis_uint8(x, axis, out, scale, mode, align_corners):
         return x
     xp = x.backend.xp
     firsts, q, prec = _uint8_taps(n, out, scale, mode == "bicubic", align_corners)
-    first = xp.asarray(firsts, dtype=xp.int64)
-    weights = xp.asarray(q, dtype=xp.int32)
-    xi = ops.astype(x, B.int32)
-    y = None
-    for j in range(weights.shape[1]):
-        term = _take(xi, xp.minimum(first + j, n - 1), axis) * \
-            Tensor(weights[:, j].reshape((-1,) + (1,) * (x.ndim - axis - 1)))
-        y = term if y is None else y + term
-    y = ops.floor_divide(y + (1 << (prec - 1)), 1 << prec)
-    return ops.astype(ops.clip(y, 0, 255), x.dtype)
+    return _fixed_point_taps(x, axis, xp.asarray(firsts, dtype=xp.int64),
+                             xp.asarray(q, dtype=xp.int32), prec)
 
 
 def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest",
@@ -683,7 +800,10 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     the linear modes copy an axis whose size is unchanged. Source indices are computed in float32
     (float64 for float64 input) exactly as PyTorch's, so nearest modes pick the same pixels for
     every dtype; uint8 input takes the linear and cubic modes in PyTorch's fixed point (rounded
-    and clamped to [0, 255]), other integer dtypes only the nearest modes."""
+    and clamped to [0, 255]), other integer dtypes only the nearest modes. ``antialias=True``
+    ('bilinear', 'bicubic', and 'lanczos', which needs it) widens the filter by the downscale
+    factor, as PyTorch and PIL: each output pixel averages all the input pixels it covers
+    instead of sampling a few."""
     op = "interpolate"
     x = input
     if not isinstance(x, Tensor) or x.ndim < 3:
@@ -695,14 +815,21 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
     if nd not in _MODES[mode]:
         ranks = " or ".join(str(d + 2) for d in _MODES[mode])
         raise ShapeError(f"{op}: mode {mode!r} takes {ranks}-d input, got {tuple(x.shape)}")
-    if antialias:
-        raise ValueError(f"{op}: antialias=True is not supported")
+    if antialias and (mode not in _AA_MODES or nd != 2):
+        raise ValueError(f"{op}: antialias=True applies to the modes {_AA_MODES} of 4-d input "
+                         f"(N, C, H, W), got mode {mode!r} with input {tuple(x.shape)}")
+    if mode == "lanczos" and (align_corners or not antialias):
+        raise ValueError(f"{op}: mode 'lanczos' (Lanczos-3, PIL's) needs antialias=True and "
+                         f"align_corners False, got antialias={antialias}, "
+                         f"align_corners={align_corners}")
     if align_corners is not None and mode in ("nearest", "nearest-exact", "area"):
         raise ValueError(f"{op}: align_corners only applies to the linear and cubic modes, "
                          f"not {mode!r}")
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{op}: give exactly one of size and scale_factor")
     if size is not None:
+        if isinstance(size, Tensor):  # a 0-d or 1-d integer tensor, as PyTorch accepts
+            size = size.tolist()
         out = _ints(size, nd, "size", op)
         scales = (None,) * nd
     else:
@@ -724,12 +851,17 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
         if x.dtype != B.as_dtype("uint8"):
             raise DTypeError(f"{op}: mode {mode!r} takes floating or uint8 input, got {x.dtype}")
         # PyTorch's uint8 kernel: one axis at a time, last first, each rounded in fixed point
+        resample = _resample_axis_aa if antialias else _resample_axis_uint8
         y = x
         for i in reversed(range(nd)):
-            y = _resample_axis_uint8(y, 2 + i, out[i], scales[i], mode, bool(align_corners))
+            y = resample(y, 2 + i, out[i], scales[i], mode, bool(align_corners))
         return y
     half = x.dtype == B.float16 and not nearest
     y = ops.astype(x, B.float32) if half else x  # weighed in float32, as PyTorch's CPU kernels
+    if antialias:  # PyTorch's separable antialiased kernel: the last axis first
+        for i in reversed(range(nd)):
+            y = _resample_axis_aa(y, 2 + i, out[i], scales[i], mode, bool(align_corners))
+        return ops.astype(y, B.float16) if half else y
     # PyTorch's 2-D nearest modes take another kernel (another index rule) for small outputs
     pixelwise = nearest and nd == 2 and sum(out) <= 128
     for i in range(nd):

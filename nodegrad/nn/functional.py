@@ -22,8 +22,9 @@ from ..ops import where
 from ..ops.aliases import apply_inplace
 from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor, write_out
-from .losses import (binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
-                     huber_loss, kl_div, l1_loss, mse_loss, nll_loss, smooth_l1_loss)
+from .losses import (_max_every_tie, binary_cross_entropy, binary_cross_entropy_with_logits,
+                     cross_entropy, huber_loss, kl_div, l1_loss, mse_loss, nll_loss,
+                     smooth_l1_loss)
 
 __all__ = [
     "linear", "conv1d", "conv_tbc", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d",
@@ -664,15 +665,15 @@ from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, avg_pool
                               conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d,
                               lp_pool3d, max_unpool3d,
                               fold, interpolate, lp_pool1d, lp_pool2d, max_pool1d, max_pool2d,
-                              max_pool3d, max_unpool1d, max_unpool2d, pixel_shuffle,
-                              pixel_unshuffle, unfold, upsample)
+                              max_pool3d, max_unpool1d, max_unpool2d, native_channel_shuffle,
+                              pixel_shuffle, pixel_unshuffle, unfold, upsample)
 
 __all__ += [
     "conv3d", "conv_transpose1d", "conv_transpose2d", "max_pool3d", "avg_pool3d",
     "max_unpool1d", "max_unpool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "lp_pool1d",
     "lp_pool2d", "unfold", "fold", "pixel_shuffle", "pixel_unshuffle", "interpolate", "upsample",
     "channel_shuffle", "conv_transpose3d", "max_unpool3d", "adaptive_max_pool3d", "lp_pool3d",
-    "adaptive_avg_pool3d",
+    "adaptive_avg_pool3d", "native_channel_shuffle",
 ]
 
 # --- per-sample norms, dropout variants, bilinear, bags of embeddings (norm_functional) -------
@@ -810,10 +811,14 @@ def pdist(input: Tensor, p: float = 2.0) -> Tensor:
     order of the upper triangle (row i with rows i+1..N-1): N(N-1)/2 values, as PyTorch's."""
     if input.ndim != 2:
         raise ShapeError(f"pdist: expected a 2-D input (N, M), got {tuple(input.shape)}")
+    if not p >= 0:
+        raise ValueError(f"pdist: p must be non-negative, got {p}")
     n = input.shape[0]
     xp = input.backend.xp
     i, j = xp.triu_indices(n, 1)
     diff = input[Tensor(i)] - input[Tensor(j)]
+    if p == float("inf"):  # PyTorch's pdist gives every tied maximum the whole gradient
+        return _max_every_tie(ops.abs(diff), -1, False)
     return ops.vector_norm(diff, p, -1)
 
 

@@ -11,7 +11,7 @@ import warnings
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import computes_with_values, effect, no_grad
+from ..autodiff import computes_with_values, effect, modes, no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..ops.nn import _ce as _fused_ce
@@ -175,6 +175,16 @@ def _check_logits(input: Tensor, target: Tensor, op: str) -> None:
                          f"targets must have shape {want}, got {tuple(target.shape)}")
 
 
+def _class_weight(weight, c: int, op: str) -> None:
+    """A per-class ``weight`` must be a 1-D tensor of the C classes (PyTorch's rule); a longer
+    one would otherwise be indexed without complaint."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{op}: weight must be a Tensor, got {type(weight).__name__}")
+    if tuple(weight.shape) != (c,):
+        raise ShapeError(f"{op}: weight must be a 1-D tensor with one entry per class ({c}), "
+                         f"got shape {tuple(weight.shape)}")
+
+
 def _class_legacy(op: str, size_average, ignore_index, reduce, reduction: str):
     """(ignore_index, reduction, the value in ``reduce``'s place) of a call that set
     size_average or reduce: a reduction name in ``ignore_index``'s place is the earlier
@@ -196,6 +206,8 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     axis = 0 if input.ndim == 1 else 1
     c = input.shape[axis]
     _class_target(target, c, ignore_index, "nll_loss")
+    if weight is not None:
+        _class_weight(weight, c, "nll_loss")
     keep = target != ignore_index
     safe = ops.where(keep, target, 0)
     picked = ops.squeeze(ops.take_along_axis(input, ops.expand_dims(safe, axis), axis), axis)
@@ -239,8 +251,10 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                       host_checked=True)
         return _fused_ce(input, target, axis=axis, ignore_index=ignore_index,
                          reduction=reduction)
-    logp = ops.log_softmax(input, axis=axis)
     c = input.shape[axis]
+    if weight is not None:
+        _class_weight(weight, c, "cross_entropy")
+    logp = ops.log_softmax(input, axis=axis)
     wshape = (c,) + (1,) * (input.ndim - 2) if input.ndim > 1 else (c,)
     if target.dtype.kind == "f":  # class probabilities
         if tuple(target.shape) != tuple(input.shape):
@@ -249,6 +263,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                 f"and needs the input's shape {tuple(input.shape)}, got "
                 f"{tuple(target.shape)}; for class indices pass an integer tensor "
                 "(target.long())")
+        if ignore_index != -100:
+            raise ValueError(f"cross_entropy: ignore_index ({ignore_index}) is not supported "
+                             "with class-probability (float) targets, as in PyTorch")
         t = target if label_smoothing == 0 else target * (1 - label_smoothing) + label_smoothing / c
         # a class of probability 0 adds 0 (0 · log 0 = 0, as kl_div), also at a -inf logit
         # (a masked class), where PyTorch's 0 · -inf is NaN
@@ -318,12 +335,32 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
 
 
 @effect  # under nodegrad.jit a replayed step: every call's probabilities are checked
-def _check_probabilities(input: Tensor) -> None:
+def _check_probabilities(input: Tensor, target: Tensor) -> None:
     p = values(input)
     if bool((~((p >= 0) & (p <= 1))).any()):
         raise ValueError("binary_cross_entropy: input must hold probabilities in [0, 1] (got "
                          "values outside it, or NaN); for logits use "
                          "binary_cross_entropy_with_logits")
+    t = values(target)
+    if bool((~((t >= 0) & (t <= 1))).any()):
+        raise ValueError("binary_cross_entropy: target must hold values in [0, 1] (got values "
+                         "outside it, or NaN), as PyTorch requires")
+
+
+def _check_weight_fits(weight, input: Tensor, name: str, op: str) -> None:
+    """``weight`` (or ``pos_weight``) scales the elementwise loss: it must broadcast to the
+    input's shape without enlarging it (PyTorch's rule; a larger one would silently change the
+    'none' shape and the mean's count)."""
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(weight).__name__}")
+    shape = tuple(input.shape)
+    try:
+        fits = tuple(B.np.broadcast_shapes(tuple(weight.shape), shape)) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"{op}: {name} of shape {tuple(weight.shape)} must broadcast to the "
+                         f"input's shape {shape}")
 
 
 @effect  # the same for gaussian_nll_loss's variances
@@ -340,9 +377,10 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("binary_cross_entropy", size_average, reduce, reduction)
     _same_shape(input, target, "binary_cross_entropy")
-    _check_probabilities(input)
+    _check_probabilities(input, target)
     loss = _bce(input, target)
     if weight is not None:
+        _check_weight_fits(weight, input, "weight", "binary_cross_entropy")
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy")
 
@@ -362,11 +400,14 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     # log(1 + e^-x) = −log sigmoid(x), stable for large |x|; its gradient is −sigmoid(−x)
     # everywhere, x = 0 included
     softplus_neg = ops.softplus(-input, threshold=math.inf)
+    op = "binary_cross_entropy_with_logits"
     if pos_weight is None:
         loss = (1 - target) * input + softplus_neg
     else:
+        _check_weight_fits(pos_weight, input, "pos_weight", op)
         loss = (1 - target) * input + ((pos_weight - 1) * target + 1) * softplus_neg
     if weight is not None:
+        _check_weight_fits(weight, input, "weight", op)
         loss = loss * weight
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
 
@@ -384,7 +425,7 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
             if reduce is not None:
                 log_target, reduce = reduce, None
         reduction = _legacy_reduction("kl_div", size_average, reduce, reduction)
-    _same_shape(input, target, "kl_div")
+    _bshape(input, target, "kl_div")  # shapes that broadcast, as PyTorch's
     if log_target:
         loss = ops.exp(target) * (target - input)
     else:
@@ -403,12 +444,27 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
 # === distances and margin, ranking, count and sequence losses ================================
 # Compositions of primitives with PyTorch's arguments, defaults and reductions; the engine
 # gives their gradients. Norms at a zero vector have gradient 0 there (PyTorch's subgradient).
-def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
+def _max_every_tie(a: Tensor, axis: int, keepdims: bool) -> Tensor:
+    """max(a) along ``axis`` whose gradient reaches every tied maximum in full (PyTorch's
+    pdist and cdist for p = inf), not shared among them."""
+    if _values_only():
+        return ops.max(a, axis=axis, keepdims=keepdims)
+    m = ops.max(a, axis=axis, keepdims=True).detach()
+    inf = ops.isinf(m)  # (an infinite max keeps its value: inf - inf would be NaN)
+    s = ops.sum(ops.where((a == m) & ~inf, a, 0.0), axis=axis, keepdims=True)
+    y = ops.where(inf, m, m + (s - s.detach()))
+    return y if keepdims else ops.squeeze(y, axis)
+
+
+def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False,
+           every_tie: bool = False) -> Tensor:
     """‖d‖_p along ``axis`` (p = inf: max |d|, p = 0: count of nonzeros, p < 0: (Σ |d|^p)^(1/p),
     which is 0 with gradient 0 where an entry is 0, and p = −inf: min |d|). A float16 ``d``
-    is worked in float32 and the norm rounded once, as PyTorch's (300² overflows float16)."""
+    is worked in float32 and the norm rounded once, as PyTorch's (300² overflows float16).
+    ``every_tie`` gives each tied maximum of p = inf the whole gradient (pdist, cdist)."""
     if d.dtype == B.float16:
-        return ops.astype(_pnorm(ops.astype(d, B.float32), p, axis, keepdims), B.float16)
+        return ops.astype(_pnorm(ops.astype(d, B.float32), p, axis, keepdims, every_tie),
+                          B.float16)
     if p == 2:
         s = ops.sum(d * d, axis=axis, keepdims=keepdims)
         pos = s != 0  # (s is never negative; a NaN stays NaN)
@@ -417,6 +473,8 @@ def _pnorm(d: Tensor, p: float, axis: int, keepdims: bool = False) -> Tensor:
     if p == 1:
         return ops.sum(a, axis=axis, keepdims=keepdims)
     if p == float("inf"):
+        if every_tie:
+            return _max_every_tie(a, axis, keepdims)
         return ops.max(a, axis=axis, keepdims=keepdims)
     if p == 0:  # sign(|d|) counts the nonzeros and has PyTorch's zero gradient
         return ops.sum(ops.sign(a), axis=axis, keepdims=keepdims)
@@ -445,7 +503,8 @@ def _bshape(a: Tensor, b: Tensor, op: str) -> tuple:
 
 
 def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    """Σ x1·x2 / (max(‖x1‖, eps) · max(‖x2‖, eps)) along ``dim`` (operands broadcast)."""
+    """Σ x1·x2 / (max(‖x1‖, eps) · max(‖x2‖, eps)) along ``dim`` (operands broadcast); the
+    clamp passes the norm's gradient through, as PyTorch."""
     shape = _bshape(x1, x2, "cosine_similarity")
     if not shape:  # scalars: a 1-vector along dim 0 (or -1), as PyTorch
         if dim not in (0, -1):
@@ -453,9 +512,25 @@ def cosine_similarity(x1: Tensor, x2: Tensor, dim: int = 1, eps: float = 1e-8) -
                              "(expected 0 or -1)")
         return cosine_similarity(ops.reshape(x1, (1,)), ops.reshape(x2, (1,)), 0, eps)
     x1, x2 = ops.broadcast_to(x1, shape), ops.broadcast_to(x2, shape)
-    n1 = ops.maximum(_pnorm(x1, 2, dim, True), eps)
-    n2 = ops.maximum(_pnorm(x2, 2, dim, True), eps)
+    n1 = _clamped_norm(x1, dim, eps)
+    n2 = _clamped_norm(x2, dim, eps)
     return ops.sum((x1 / n1) * (x2 / n2), axis=dim)
+
+
+def _values_only() -> bool:
+    """Whether nothing can differentiate the current call: no_grad, and no grad or jvp
+    transform evaluating (vmap levels and traces such as ONNX export's only see values)."""
+    m = modes()
+    return not m.grad_enabled and not m.depth
+
+
+def _clamped_norm(x: Tensor, dim: int, eps: float) -> Tensor:
+    """max(‖x‖, eps) whose gradient is the norm's even where eps wins, as PyTorch's (which
+    clamps the norm in place, outside autograd)."""
+    n = _pnorm(x, 2, dim, True)
+    if _values_only():  # the plain clamp: what ONNX export writes
+        return ops.maximum(n, eps)
+    return ops.maximum(n, eps).detach() + (n - n.detach())
 
 
 def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
@@ -463,8 +538,10 @@ def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
     """‖x1 − x2 + eps‖_p over the last axis (PyTorch adds eps to the difference); any real p,
     negative ones included (PyTorch's vector norm of order p)."""
     _bshape(x1, x2, "pairwise_distance")
-    nd = max(x1.ndim, x2.ndim)
-    return _pnorm(x1 - x2 + eps, p, -1 if nd else 0, keepdim)
+    d = x1 - x2 + eps
+    if d.ndim == 0:  # scalars: a 1-vector, and a scalar distance (PyTorch's, keepdim or not)
+        return _pnorm(ops.reshape(d, (1,)), p, 0)
+    return _pnorm(d, p, -1, keepdim)
 
 
 def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
@@ -477,7 +554,7 @@ def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
         raise ShapeError(f"cdist: expected (..., P, M) and (..., R, M) with the same M, got "
                          f"{tuple(x1.shape)} and {tuple(x2.shape)}")
     d = ops.expand_dims(x1, -2) - ops.expand_dims(x2, -3)
-    return _pnorm(d, p, -1)
+    return _pnorm(d, p, -1, every_tie=True)
 
 
 def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
@@ -495,8 +572,9 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
     m1 = ops.sum(input1 * input1, axis=ax) + 1e-12
     m2 = ops.sum(input2 * input2, axis=ax) + 1e-12
     cos = prod / ops.sqrt(m1 * m2)
+    # clamp_min, not relu: at cos = margin the gradient passes, as PyTorch's clamp_min_
     loss = ops.where(target == 1, 1 - cos, 0.0) + ops.where(target == -1,
-                                                            ops.relu(cos - margin), 0.0)
+                                                            ops.clamp_min(cos - margin, 0.0), 0.0)
     return _reduce(loss, reduction, "cosine_embedding_loss")
 
 
@@ -507,7 +585,9 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("margin_ranking_loss", size_average, reduce, reduction)
     _bshape(input1, input2, "margin_ranking_loss")
-    return _reduce(ops.relu(-target * (input1 - input2) + margin), reduction,
+    # clamp_min, not relu: at the hinge (tied scores with margin 0, as at a start) the gradient
+    # passes, as PyTorch's clamp_min_
+    return _reduce(ops.clamp_min(-target * (input1 - input2) + margin, 0.0), reduction,
                    "margin_ranking_loss")
 
 
@@ -515,19 +595,22 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
                         p: float = 2, eps: float = 1e-6, swap: bool = False,
                         size_average: bool | None = None, reduce: bool | None = None,
                         reduction: str = "mean") -> Tensor:
-    """max(0, d(a, p) − d(a, n) + margin) with pairwise distances; ``swap`` uses
-    min(d(a, n), d(p, n)) (the distance swap of Balntas et al.)."""
+    """max(0, d(a, p) − d(a, n) + margin) with pairwise distances over the last axis; ``swap``
+    uses min(d(a, n), d(p, n)) (the distance swap of Balntas et al.)."""
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("triplet_margin_loss", size_average, reduce, reduction)
-    for t, name in ((anchor, "anchor"), (positive, "positive"), (negative, "negative")):
-        if t.ndim not in (1, 2):
-            raise ShapeError(f"triplet_margin_loss: {name} must be (N, D) or (D,), got "
-                             f"{tuple(t.shape)}")
+    op = "triplet_margin_loss"
+    if margin <= 0:
+        raise ValueError(f"{op}: margin must be greater than 0, got {margin}")
+    if not anchor.ndim == positive.ndim == negative.ndim or anchor.ndim == 0:
+        raise ShapeError(f"{op}: anchor, positive and negative must have the same number of "
+                         f"dims, at least 1 ((N, D) or (D,)), got {tuple(anchor.shape)}, "
+                         f"{tuple(positive.shape)} and {tuple(negative.shape)}")
     d_pos = pairwise_distance(anchor, positive, p, eps)
     d_neg = pairwise_distance(anchor, negative, p, eps)
     if swap:
         d_neg = ops.minimum(d_neg, pairwise_distance(positive, negative, p, eps))
-    return _reduce(ops.relu(margin + d_pos - d_neg), reduction, "triplet_margin_loss")
+    return _reduce(ops.clamp_min(margin + d_pos - d_neg, 0.0), reduction, op)
 
 
 def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
@@ -537,7 +620,7 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("hinge_embedding_loss", size_average, reduce, reduction)
     _bshape(input, target, "hinge_embedding_loss")
-    loss = (ops.where(target != 1, ops.relu(margin - input), 0.0)
+    loss = (ops.where(target != 1, ops.clamp_min(margin - input, 0.0), 0.0)  # (PyTorch's)
             + ops.where(target != -1, input, 0.0))
     return _reduce(loss, reduction, "hinge_embedding_loss")
 
@@ -566,6 +649,8 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
     if target.ndim != 1:
         target = ops.reshape(target, (n,))
     _class_target(target, c, None, "multi_margin_loss")
+    if weight is not None:
+        _class_weight(weight, c, "multi_margin_loss")
     picked = ops.take_along_axis(input, ops.expand_dims(target, -1), 1)
     z = ops.relu(margin - picked + input)
     if p == 2:
@@ -605,7 +690,7 @@ def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = 
     """log(1 + exp(−y·x)), computed without overflow (y = ±1)."""
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("soft_margin_loss", size_average, reduce, reduction)
-    _same_shape(input, target, "soft_margin_loss")
+    _bshape(input, target, "soft_margin_loss")  # shapes that broadcast, as PyTorch's
     return _reduce(-_log_sigmoid(target * input), reduction, "soft_margin_loss")
 
 

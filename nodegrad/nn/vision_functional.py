@@ -221,7 +221,8 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
     k = len(index)
     idx = index[0] if k == 1 else ops.concatenate(index, axis=-1)             # (N, 1, K·P)
     wts = weight[0] if k == 1 else ops.concatenate(weight, axis=-1)
-    vals = ops.take_along_axis(ops.reshape(input, (n, c, -1)), idx, 2) * wts  # (N, C, K·P)
+    whole = (n, c, math.prod(sizes))  # (not -1: N or C may be 0)
+    vals = ops.take_along_axis(ops.reshape(input, whole), idx, 2) * wts  # (N, C, K·P)
     if k > 1:
         vals = ops.sum(ops.reshape(vals, (n, c, k, p)), axis=2)
     return ops.reshape(vals, (n, c) + out_sp)
@@ -342,7 +343,8 @@ def _fractional_max_pool(op: str, d: int, input: Tensor, kernel_size, output_siz
         stride *= size[a]
     kk = math.prod(ks)
     flat = ops.reshape(flat, (n, c) + outs + (kk,))
-    win = ops.take_along_axis(ops.reshape(x, (n, c, -1)), ops.reshape(flat, (n, c, -1)), 2)
+    win = ops.take_along_axis(ops.reshape(x, (n, c, math.prod(size))),  # (N may be 0)
+                              ops.reshape(flat, (n, c, math.prod(outs) * kk)), 2)
     win = ops.reshape(win, (n, c) + outs + (kk,))
     arg = ops.argmax(win, axis=-1, keepdims=True)       # the first maximum, as PyTorch's scan
     y = ops.squeeze(ops.take_along_axis(win, arg, -1), -1)
