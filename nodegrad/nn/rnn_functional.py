@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from .. import lax, ops
 from ..autodiff import is_grad_enabled, modes
 from ..batching import values
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ops.nn import gru_scan, gru_update
 from ..random import Generator
 from ..tensor import Tensor, ones, zeros
@@ -364,6 +364,15 @@ def _repeat_heads(t: Tensor, heads: int, what: str) -> Tensor:
     return ops.reshape(t, lead + (hk * r, s, e))
 
 
+def _broadcast(a: tuple, b: tuple) -> tuple | None:
+    """The broadcast of two shapes, None where they do not broadcast."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    if any(x != y and 1 not in (x, y) for x, y in zip(a, b)):
+        return None
+    return tuple(y if x == 1 else x for x, y in zip(a, b))
+
+
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
                                  dropout_p: float = 0.0, is_causal: bool = False,
                                  scale: float | None = None, enable_gqa: bool = False,
@@ -389,9 +398,20 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if enable_gqa and query.ndim >= 3:
         key = _repeat_heads(key, query.shape[-3], "key")
         value = _repeat_heads(value, query.shape[-3], "value")
+    if not query.dtype == key.dtype == value.dtype:
+        raise DTypeError(f"scaled_dot_product_attention: query, key and value must share a "
+                         f"dtype, got {query.dtype}, {key.dtype} and {value.dtype}")
     n_q, n_k = query.shape[-2], key.shape[-2]
     bias = _causal_bias(n_q, n_k, query) if is_causal else \
         None if attn_mask is None else _mask_bias(attn_mask, query, masked_when=False)
+    if bias is not None:
+        lead = _broadcast(tuple(query.shape[:-2]), tuple(key.shape[:-2]))
+        scores = None if lead is None else lead + (n_q, n_k)
+        if scores is None or _broadcast(tuple(bias.shape), scores) != scores:
+            raise ShapeError(f"scaled_dot_product_attention: attn_mask of shape "
+                             f"{tuple(bias.shape)} does not broadcast to the scores' shape "
+                             f"(..., L={n_q}, S={n_k}) of query {tuple(query.shape)} and key "
+                             f"{tuple(key.shape)}")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     return _attend(query, key, value, bias, dropout_p, scale, generator)[0]
 

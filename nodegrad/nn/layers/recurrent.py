@@ -10,10 +10,11 @@ backward direction; G = 1 (RNN), 3 (GRU: r, z, n) or 4 (LSTM: i, f, g, o). The t
 from __future__ import annotations
 
 import math
+import warnings
 
 from ... import _backend as B
 from ... import ops
-from ...errors import ShapeError
+from ...errors import DTypeError, ShapeError
 from ...tensor import Tensor, empty, tensor, zeros
 from .. import functional as F
 from .. import init as I
@@ -68,6 +69,10 @@ class RNNBase(Module):
                              f"got {input_size}, {hidden_size}, {num_layers}")
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"{name}: dropout must be in [0, 1], got {dropout}")
+        if dropout > 0 and num_layers == 1:  # as PyTorch: it would never act
+            warnings.warn(f"{name}: dropout acts between recurrent layers, after all but the "
+                          f"last, so with num_layers=1 dropout={dropout} has no effect",
+                          UserWarning, stacklevel=3)
         if not isinstance(proj_size, int) or proj_size < 0 or (proj_size and (
                 proj_size >= hidden_size or self.mode != "LSTM")):
             raise ValueError(f"{name}: proj_size must be an int in [0, hidden_size) and only an "
@@ -164,6 +169,16 @@ class RNNBase(Module):
                     self._check_state(hx[1], want_c, "c0", unbatched))
         return self._check_state(hx, want, "h0", unbatched), None
 
+    def _check_dtypes(self, x: Tensor, h0: Tensor, c0) -> None:
+        """The input and initial states must have the weights' dtype (as PyTorch, nothing is
+        converted): one clear error here, not a mixed-dtype one from inside the time loop."""
+        w = next(self.parameters(), None)
+        for t, what in ((x, "input"), (h0, "h0"), (c0, "c0")):
+            if t is not None and w is not None and t.dtype != w.dtype:
+                raise DTypeError(f"{type(self).__name__}: the {what} has dtype {t.dtype} but "
+                                 f"the layer's weights are {w.dtype}; convert the {what} (or "
+                                 f"the layer, with .to(dtype)) first")
+
     def _layers(self, x: Tensor, h0: Tensor, c0, batch_first: bool):
         """Every layer over ``x`` (L, N, I) from (h0, c0): the output (L, N, D·H), h_n, c_n."""
         dirs = 2 if self.bidirectional else 1
@@ -200,7 +215,11 @@ class RNNBase(Module):
         unbatched = input.ndim == 2
         x = ops.expand_dims(input, 1) if unbatched else \
             ops.swapaxes(input, 0, 1) if self.batch_first else input
+        if x.shape[0] == 0:
+            raise ShapeError(f"{name}: expected a sequence length greater than 0, got input "
+                             f"of shape {tuple(input.shape)}")
         h0, c0 = self._initial(hx, x.shape[1], x, unbatched)
+        self._check_dtypes(input, h0, c0)
         x, h_n, c_n = self._layers(x, h0, c0, self.batch_first and not unbatched)
         if unbatched:
             x = ops.reshape(x, (x.shape[0], x.shape[2]))
@@ -225,6 +244,7 @@ class RNNBase(Module):
         lens = lengths.numpy()
         n = lens.size
         h0, c0 = self._initial(hx, n, data, False)
+        self._check_dtypes(data, h0, c0)
         groups = [np.flatnonzero(lens == k) for k in np.unique(lens)[::-1]]
         ys, hs, cs = [], [], []
         group, place, start, width = (np.empty(n, np.int64) for _ in range(4))

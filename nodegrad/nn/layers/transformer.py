@@ -108,8 +108,10 @@ class TransformerDecoderLayer(Module):
 
 class TransformerEncoder(Module):
     """``num_layers`` copies of an encoder layer, then an optional norm. PyTorch's
-    ``enable_nested_tensor`` and ``mask_check`` (inference fast-path switches that do not change
-    results) are accepted for compatibility."""
+    ``enable_nested_tensor`` and ``mask_check`` (inference fast-path switches) are accepted for
+    compatibility and change nothing: every position is computed as in training, where
+    PyTorch's nested-tensor path (evaluation, no grad, a key padding mask) returns zeros at
+    the padded positions instead (the unpadded ones agree)."""
 
     def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int,
                  norm: Module | None = None, enable_nested_tensor: bool = True,

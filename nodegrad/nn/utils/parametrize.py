@@ -20,10 +20,33 @@ from ..layers.container import ModuleDict, ModuleList
 from ..module import Module, Parameter
 
 __all__ = ["register_parametrization", "remove_parametrizations", "is_parametrized", "cached",
-           "type_before_parametrizations", "ParametrizationList"]
+           "type_before_parametrizations", "transfer_parametrizations_and_params",
+           "ParametrizationList"]
 
 _cache_depth = 0
 _cache: dict = {}
+# (id(module), name) -> a tensor that stands for the parametrized tensor, bypassing its
+# parametrizations: what functional_call passes under the tensor's plain name (PyTorch's rule)
+_overrides: dict = {}
+
+
+@contextmanager
+def _overridden(values: dict) -> Iterator[None]:
+    """Within this block ``module.<name>`` reads ``values[(module, name)]`` as it is, the
+    parametrizations not run (``functional_call`` given a parametrized tensor's own name)."""
+    saved = {}
+    for (module, name), t in values.items():
+        key = (id(module), name)
+        saved[key] = _overrides.get(key)
+        _overrides[key] = t
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                del _overrides[key]
+            else:
+                _overrides[key] = old
 
 
 @contextmanager
@@ -157,6 +180,8 @@ def _inject_class(module: Module) -> None:
 
 def _inject_property(module: Module, name: str) -> None:
     def get(self) -> Tensor:
+        if _overrides and (id(self), name) in _overrides:
+            return _overrides[(id(self), name)]
         pl = self.parametrizations[name]
         if not _cache_depth:
             return pl()
@@ -261,3 +286,34 @@ def remove_parametrizations(module: Module, tensor_name: str,
         delattr(module, "parametrizations")
         object.__setattr__(module, "__class__", type(module)._parametrized_base)
     return module
+
+
+def transfer_parametrizations_and_params(from_module: Module, to_module: Module,
+                                         tensor_name: str | None = None) -> Module:
+    """Give ``to_module`` the parametrizations of ``from_module`` (all of them, or those of
+    ``tensor_name``) and their original tensors, as PyTorch: the parametrization modules and
+    the originals are shared, not copied. A tensor ``to_module`` lacks is first made a
+    parameter holding ``from_module``'s parametrized value. Returns ``to_module``."""
+    if not is_parametrized(from_module):
+        return to_module
+    names = list(from_module.parametrizations) if tensor_name is None else [tensor_name]
+    for name in names:
+        if not is_parametrized(from_module, name):
+            raise ValueError(f"transfer_parametrizations_and_params: "
+                             f"{type(from_module).__name__} has no parametrization on {name!r}")
+        source = from_module.parametrizations[name]
+        if not hasattr(to_module, name):
+            with no_grad():
+                setattr(to_module, name, Parameter(getattr(from_module, name).detach()))
+        for m in source:
+            register_parametrization(to_module, name, m)
+        target = to_module.parametrizations[name]
+        for i, t in enumerate(source._originals()):
+            key = "original" if source.is_tensor else f"original{i}"
+            if key in target._parameters or key in target._buffers:
+                store = target._parameters if key in target._parameters else target._buffers
+                store[key] = t
+            else:
+                _register(target, key, t)
+    return to_module
+

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from ..module import Module
 from ..module import functional_call as _call
+from .parametrize import _overridden, is_parametrized
 
 __all__ = ["functional_call"]
 
@@ -36,7 +37,9 @@ def functional_call(module: Module, parameter_and_buffer_dicts: Mapping | Sequen
     """``module(*args, **kwargs)`` with the tensors of ``parameter_and_buffer_dicts`` (dotted
     name -> tensor; one dict or several, which must not share names) in place of its own,
     which are restored afterwards. ``args`` that is not a tuple is the one argument. With
-    ``strict`` every parameter and buffer must be given."""
+    ``strict`` every parameter and buffer must be given. A parametrized tensor given under its
+    own name (``"weight"``) is used as it is, its parametrizations not run (as PyTorch); give
+    ``"parametrizations.weight.original"`` to run them on another original."""
     warnings.warn("nn.utils.stateless.functional_call is deprecated (as in PyTorch); use "
                   "nodegrad.func.functional_call", FutureWarning, stacklevel=2)
     return call(module, parameter_and_buffer_dicts, args, kwargs, tie_weights=tie_weights,
@@ -67,4 +70,18 @@ def call(module: Module, parameter_and_buffer_dicts: Mapping | Sequence[Mapping]
     if tie_weights:
         merged = _tied(module, merged)
     args = () if args is None else args if isinstance(args, tuple) else (args,)
-    return _call(module, merged, *args, **(kwargs or {}))
+    # a parametrized tensor given by its own name replaces the parametrization's output
+    # (its originals are given as "<path>.parametrizations.<name>.original")
+    plain = {}
+    for name in list(merged):
+        mp, _, leaf = name.rpartition(".")
+        try:
+            owner = module.get_submodule(mp)
+        except AttributeError:
+            continue
+        if is_parametrized(owner, leaf):
+            plain[(owner, leaf)] = merged.pop(name)
+    if not plain:
+        return _call(module, merged, *args, **(kwargs or {}))
+    with _overridden(plain):
+        return _call(module, merged, *args, **(kwargs or {}))
