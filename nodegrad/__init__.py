@@ -10,8 +10,8 @@ tensor([2., 4., 6.])
 import builtins as _py  # this module's globals shadow int, bool, float, max, ... (ng's own)
 import math as _math
 
-from . import (_backend, autograd, cuda, data, diagnostics, distributions, lax, linalg, models,
-               nn, onnx, optim, prune, special, train, utils)
+from . import (_backend, autograd, cuda, data, diagnostics, distributions, fft, lax, linalg,
+               models, nn, onnx, optim, prune, special, train, utils)
 from ._backend import cuda_available
 from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_check_nan_enabled,
                        is_anomaly_enabled, is_grad_enabled, is_inference_mode_enabled, no_grad,
@@ -30,6 +30,8 @@ from ._compile import compile  # noqa: A004  (torch.compile's name)
 from .ops import *  # noqa: F403  (every primitive as ng.name)
 from .ops.numpy_arrays import shape  # noqa: E402  (np.shape; nodegrad.ops.shape stays the module)
 from .linalg_ldl import geqrf, orgqr, ormqr  # noqa: E402  (PyTorch top-level Householder QR)
+from .ops.complex import (adjoint, angle, complex, conj, conj_physical, imag,  # noqa: A004
+                          is_conj, polar, real, resolve_conj, view_as_complex, view_as_real)
 from .primitive import REGISTRY as primitives
 from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,
                      randperm, uniform)
@@ -105,6 +107,8 @@ pi, e, inf, nan = _math.pi, _math.e, _math.inf, _math.nan
 newaxis = None
 uint8, int8, int16 = (_backend.np.dtype(n) for n in ("uint8", "int8", "int16"))
 half, double, short, long = float16, float64, int16, int64
+complex64, complex128 = (_backend.np.dtype(n) for n in ("complex64", "complex128"))
+cfloat, cdouble = complex64, complex128
 float, int, bool = float32, int32, bool_  # noqa: A001  (torch.float, torch.int, torch.bool)
 
 # ``from nodegrad import *`` gives every public name but these four, so a star import never

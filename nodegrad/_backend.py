@@ -1647,3 +1647,32 @@ def nccl_unique_id() -> list[int]:
     _import_cupy()
     from cupy.cuda import nccl
     return [int(v) for v in nccl.get_unique_id()]
+
+
+# --- discrete Fourier transforms ---------------------------------------------------------------
+def fft(xp, kind: str, x, axes: tuple, norm: str, n_last: int | None = None):
+    """The FFT ``kind`` of ``x`` over ``axes`` by the backend's pocketfft/cuFFT: "fft" and
+    "ifft" (complex to complex), "rfft" (real to complex, the last axis halved) or "irfft"
+    (complex to real, the last axis ``n_last`` long). Single precision stays single (complex64,
+    float32), as in PyTorch, whatever the backend computes in."""
+    f = xp.fft
+    if kind == "fft":
+        out = f.fftn(x, axes=axes, norm=norm)
+    elif kind == "ifft":
+        out = f.ifftn(x, axes=axes, norm=norm)
+    elif kind == "rfft":
+        out = f.rfftn(x, axes=axes, norm=norm)
+    else:
+        s = [x.shape[a] for a in axes[:-1]] + [n_last]
+        out = f.irfftn(x, s=s, axes=axes, norm=norm)
+    single = x.dtype.itemsize == (8 if x.dtype.kind == "c" else 4)
+    want = (np.float32 if single else np.float64) if kind == "irfft" else \
+        (np.complex64 if single else np.complex128)
+    return out.astype(want, copy=False)
+
+
+def fftfreq(xp, n: int, d: float, onesided: bool, dtype):
+    """The sample frequencies of an ``n``-point DFT with spacing ``d`` (``rfftfreq`` when
+    ``onesided``), as ``dtype``."""
+    f = xp.fft.rfftfreq if onesided else xp.fft.fftfreq
+    return f(n, d).astype(dtype, copy=False)

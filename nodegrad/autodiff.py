@@ -412,7 +412,7 @@ def user_stacklevel() -> int:
 
 
 def _check_finite(xp, g, what: str, node: Node) -> None:
-    if g.dtype.kind == "f" and not bool(xp.isfinite(g).all()):
+    if g.dtype.kind in "fc" and not bool(xp.isfinite(g).all()):
         raise anomaly_error(node, what)
 
 
@@ -754,7 +754,10 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         anomaly = ANOMALY[1]  # whether to check the results for NaN/Inf
     rules = prim.vjp
     grads = ans = None
-    if prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
+    if g.data.dtype.kind == "c":  # a complex cotangent: PyTorch's convention (_complex_vjps)
+        grads = _complex_vjps(n, g, args, params, create_graph, wanted)
+        rules = None
+    elif prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
             and not tracked:
         grads = _raw_vjps(prim, n, g, args, wanted)
         if grads is not None:
@@ -800,6 +803,48 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             pending[p] = owned[p] = prev + gi
     if tracked:
         m.in_backward = None
+
+
+def _complex_vjps(n: Node, g, args, params, create_graph: bool, wanted) -> list:
+    """Node ``n``'s cotangents for a complex ``g``, by PyTorch's convention: a real loss L of
+    z = x + iy sends dL/dx + i dL/dy to z, so the VJP of a holomorphic f is g * conj(f'(z)).
+
+    A primitive's ``complex`` says how: "holomorphic" when its rules, written with f', are
+    right for complex inputs as a JVP (g * f'(z)): they then run as conj(rule(conj(g))); a
+    tuple of rules (or a ``vjp_all``-shaped callable) of its own for complex cotangents; None
+    where nobody has checked the op for complex inputs (refused rather than a wrong gradient).
+    A real input that meets a complex cotangent gets its real part, as in PyTorch.
+    """
+    prim = n.prim
+    how = prim.complex
+    if how is None:
+        raise GradError(f"backward of '{prim.name}' for complex tensors is not supported (its "
+                        "gradient rule is written for real numbers)")
+    out = n.out
+    ans = None if out is None else type(g).make(out, n if create_graph else None, create_graph)
+    needs = tuple(p is not None and (wanted is None or p in wanted) for p in n.parents)
+    holo = how == "holomorphic"
+    if holo:
+        g = g.conj()
+        how = prim.vjp
+    if how is None:
+        grads = list(prim.vjp_all(needs, g, ans, *args, **params))
+    elif callable(how):
+        grads = list(how(needs, g, ans, *args, **params))
+    else:
+        grads = [r(g, ans, *args, **params) if need and r is not None else None
+                 for r, need in zip(how, needs)]
+    for i, gi in enumerate(grads):
+        if gi is None:
+            continue
+        if holo:
+            gi = gi.conj()
+        a = args[i]
+        if (gi.dtype.kind == "c" and not isinstance(a, Spec)
+                and getattr(getattr(a, "dtype", None), "kind", "c") != "c"):
+            gi = gi.real  # a real input: the real part
+        grads[i] = gi
+    return grads
 
 
 def _raw_vjps(prim, n: Node, g, args, wanted) -> list | None:
@@ -872,6 +917,8 @@ def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
     returned). Anything else is copied first, so arrays the user or a hook holds never change.
     """
     if g.data.dtype != leaf.data.dtype:
+        if g.data.dtype.kind == "c" and leaf.data.dtype.kind != "c":
+            g = g.real  # a real leaf keeps the real part of a complex gradient, as PyTorch
         g = g.astype(leaf.data.dtype)
     with _GRAD_LOCKS[(id(leaf) >> 4) & 63]:
         old = leaf.grad
@@ -1062,6 +1109,10 @@ def _default_cotangents(outputs: list, grad_outputs) -> list:
     cots = []
     for o, c in zip(outputs, grad_outputs):
         if c is None:
+            if o.data.dtype.kind == "c":
+                raise GradError(f"backward: grad can be implicitly created only for real "
+                                f"scalar outputs but got {o.dtype}; pass the cotangent "
+                                "explicitly (or differentiate a real function such as .abs())")
             if o.data.size != 1:
                 raise GradError(
                     f"backward: a gradient can be created implicitly only for a scalar output, "

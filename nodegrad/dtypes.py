@@ -1,12 +1,15 @@
 """Type promotion: the dtype an operation on operands of different dtypes computes in.
 
-PyTorch's rules. The categories are bool < integer < float. Operands come in three priority
-levels: tensors with at least one dimension, 0-d tensors, Python numbers. Within a level the
-dtypes are promoted (int8 with uint8 gives int16, int with float32 gives float32); a lower level
-only matters when its category is higher (an int tensor times a 0-d float64 tensor or a Python
-float gives float64 or float32; a 0-d int64 tensor does not widen an int8 tensor). Python floats
-count as the default float32, Python ints as int64. One deliberate difference: float32 with
-float64 in one level raises :class:`DTypeError` instead of computing in float64.
+PyTorch's rules. The categories are bool < integer < float < complex. Operands come in three
+priority levels: tensors with at least one dimension, 0-d tensors, Python numbers. Within a
+level the dtypes are promoted (int8 with uint8 gives int16, int with float32 gives float32); a
+lower level only matters when its category is higher (an int tensor times a 0-d float64 tensor
+or a Python float gives float64 or float32; a 0-d int64 tensor does not widen an int8 tensor).
+Python floats count as the default float32, Python ints as int64, Python complex numbers as the
+default complex64; a complex operand of a lower level takes the width of the float tensor it
+meets (float64 times 1j is complex128), as in PyTorch. One deliberate difference: float32 with
+float64 in one level raises :class:`DTypeError` instead of computing in float64, and so do
+complex64 with float64 and complex128 with float32.
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ from .errors import DTypeError
 
 _np = B.np
 # Python numbers (and NumPy scalars) stand for these dtypes, as PyTorch's wrapped numbers do
-_SCALAR_DTYPES = {bool: B.bool_, int: B.int64, float: B.DEFAULT_FLOAT}
+_SCALAR_DTYPES = {bool: B.bool_, int: B.int64, float: B.DEFAULT_FLOAT,
+                  complex: _np.result_type(B.DEFAULT_FLOAT, _np.complex64)}
 _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+
+
+def _complex_of(f):
+    """The complex dtype of float ``f``'s width (complex64 for float16 and float32)."""
+    return _np.dtype(_np.complex128 if f.itemsize == 8 else _np.complex64)
 
 
 def promote_types(a, b):
@@ -25,11 +34,16 @@ def promote_types(a, b):
     a, b = _np.dtype(a), _np.dtype(b)
     if a == b:
         return a
-    if a.kind not in "biuf" or b.kind not in "biuf":  # complex (stored, never promoted), ...
-        odd = a if a.kind not in "biuf" else b
-        raise DTypeError(f"cannot compute with {a} and {b}: {odd} does not promote with "
-                         "nodegrad's dtypes (bool, integers, floats; complex tensors can be "
-                         "stored and saved, not mixed with real ones)")
+    if a.kind not in "biuf" or b.kind not in "biuf":
+        if a.kind not in "biufc" or b.kind not in "biufc":
+            odd = a if a.kind not in "biufc" else b
+            raise DTypeError(f"cannot compute with {a} and {b}: {odd} does not promote with "
+                             "nodegrad's dtypes (bool, integers, floats, complex)")
+        c, o = (a, b) if a.kind == "c" else (b, a)
+        if o.kind in "biu" or (o.kind == "f" and o.itemsize <= c.itemsize // 2):
+            return c  # an integer, or a float of the same width or narrower
+        raise DTypeError(f"mixed precisions {a} and {b}; nodegrad never promotes silently, "
+                         "convert one explicitly (x.astype(...))")
     if a.kind == "f" and b.kind == "f":
         raise DTypeError(f"mixed float dtypes {a} and {b}; nodegrad never promotes silently, "
                          "convert one explicitly (x.astype(...), .float(), .double())")
@@ -52,7 +66,11 @@ def _combine(higher, lower):
     """PyTorch's combine_categories: a lower level counts only if its category is higher."""
     if higher is None:
         return lower
-    if lower is None or higher.kind == "f" or higher.kind == "c":
+    if lower is None or higher.kind == "c":
+        return higher
+    if lower.kind == "c" and higher.kind == "f":  # a complex number meets a float tensor
+        return _complex_of(higher)
+    if higher.kind == "f":
         return higher
     if higher.kind == "b" or _CATEGORY[lower.kind] > _CATEGORY[higher.kind]:
         return promote_types(higher, lower)
@@ -62,13 +80,13 @@ def _combine(higher, lower):
 def _key_of(a):
     """What promotion needs to know of an operand: (dtype, is_0d), a scalar type, or None."""
     t = type(a)
-    if t is bool or t is int or t is float:
+    if t is bool or t is int or t is float or t is complex:
         return t
     dt = getattr(a, "dtype", None)
     if dt is None:
         return None
     if isinstance(a, B.generic):  # a NumPy scalar counts as the Python number it holds
-        return {"b": bool, "f": float}.get(dt.kind, int)
+        return {"b": bool, "f": float, "c": complex}.get(dt.kind, int)
     return (dt, a.ndim == 0)
 
 
@@ -187,6 +205,7 @@ def set_default_dtype(d) -> None:
     B.DEFAULT_FLOAT = dt
     primitive.set_default_float(dt)  # bind's result dtype for integer inputs
     _SCALAR_DTYPES[float] = dt
+    _SCALAR_DTYPES[complex] = _complex_of(dt)
     _CACHE.clear()
 
 

@@ -44,6 +44,9 @@ class Primitive:
         # new arrays): bind then shares the input's version counter (_share_version)
         self.views = kind not in ("elementwise", "reduce")
         self.vjp_raw = None  # the VJP on host arrays for a first-order backward (see primitive)
+        # how a complex cotangent goes back (see autodiff._complex_vjps): "holomorphic", rules
+        # of its own, or None (refused); set by the op's declaration or by ops/complex.py
+        self.complex = None
         self.__doc__ = doc
 
 
@@ -57,7 +60,7 @@ class Primitive:
 def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = None,
               saves: str = "inputs", kind: str | None = None, jvp=None, batch=None,
               promote: bool = True, operands="default", doc: str | None = None,
-              vjp_raw: Callable | None = None) -> Primitive:
+              vjp_raw: Callable | None = None, complex=None) -> Primitive:
     """Declare and register a primitive.
 
     ``vjp`` is one rule ``(g, ans, *inputs, **params) -> cotangent`` per input (a bare callable
@@ -74,6 +77,9 @@ def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = 
     for an input it was not asked for), computed by the same forwards the rules bind, in the
     same order, so the bits are the rules'; or None to leave this node to the rules. It skips
     the binds the rules would make (~4 µs each): a hot op's backward in plain arrays.
+
+    ``complex`` says how a complex cotangent goes back (:func:`.autodiff._complex_vjps`):
+    "holomorphic" (the rules, conjugated), rules of its own, or None (refused).
     """
     if name in REGISTRY:
         raise ValueError(f"primitive {name!r} is declared twice")
@@ -86,6 +92,7 @@ def primitive(name: str, fwd: Callable, vjp=None, *, vjp_all: Callable | None = 
     p = Primitive(name, fwd, vjp, vjp_all, None, batch, kind, saves, promote, doc, operands)
     p.jvp = _jvp_rule(p, jvp)
     p.vjp_raw = vjp_raw
+    p.complex = complex
     if batch is None and kind == "elementwise":
         p.batch = elementwise_rule(p)
     elif batch is None and kind == "reduce":
@@ -200,10 +207,10 @@ def _anomaly(prim, backend, args, datas, out) -> None:
     """Raise if ``out`` has NaN/Inf that its inputs did not, or NaN that came in with an input
     (detect_anomaly mode)."""
     xp = backend.xp
-    if not ANOMALY[1] or out.dtype.kind != "f" or bool(xp.isfinite(out).all()):
+    if not ANOMALY[1] or out.dtype.kind not in "fc" or bool(xp.isfinite(out).all()):
         return  # (check_nan=False: the mode notes creation sites only)
     bad = [i for i, d in enumerate(datas)  # inputs holding NaN/Inf (a NaN number counts)
-           if (getattr(d, "dtype", None) is not None and d.dtype.kind == "f"
+           if (getattr(d, "dtype", None) is not None and d.dtype.kind in "fc"
                and not bool(xp.isfinite(d).all())) or (isinstance(d, float) and d != d)]
     node = modes().in_backward
     if node is not None:
@@ -244,19 +251,24 @@ def _promote(prim: Primitive, args: tuple) -> tuple:
     if pos is True:
         pos = range(len(args))
     dt = None
+    cnum = False  # a Python complex number among them (it makes a real tensor complex)
     for i in pos:
         a = args[i]
         if type(a) in _SCALARS:
             continue
         d = getattr(a, "dtype", None)
-        if d is dt or d is None:
+        if d is dt:
+            continue
+        if d is None:
+            cnum = cnum or type(a) is complex
             continue
         if dt is None:
             dt = d
         elif d != dt:
             break
     else:
-        return args
+        if not cnum or dt is None or dt.kind == "c":
+            return args
     try:
         target = result_type_of_keys(tuple(_key_of(args[i]) for i in pos))
     except DTypeError as e:
@@ -269,6 +281,10 @@ def _promote(prim: Primitive, args: tuple) -> tuple:
                 out[i] = bind(REGISTRY["astype"], (a,), {"dtype": target, "src": a.dtype})
         elif B.is_array(a) and a.dtype != target:
             out[i] = a.astype(target)
+        elif isinstance(a, B.generic):  # a NumPy scalar: the Python number it holds
+            out[i] = a.item()
+    if all(o is a for o, a in zip(out, args)):
+        return args  # nothing to cast (an operand that cannot take part), never bind again
     return tuple(out)
 
 
@@ -346,9 +362,6 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
 
 def _operand_error(name: str, a) -> str:
     """The message for an operand ``bind`` cannot take (kept out of the hot loop)."""
-    if isinstance(a, complex) or getattr(getattr(a, "dtype", None), "kind", "") == "c":
-        return (f"{name}: complex numbers are not supported (nodegrad has no complex dtypes), "
-                f"got {a!r}")
     return f"{name}: expected tensors or numbers, got {type(a).__name__}"
 
 
@@ -381,8 +394,15 @@ def bind(prim: Primitive, args: tuple, params: dict):
             continue
         elif B.is_array(a):
             d = a
+        elif type(a) is complex:  # a Python complex number: promotion makes the rest complex
+            datas.append(a)
+            odd = True
+            continue
         elif isinstance(a, B.generic):
-            datas.append(a.item())
+            v = a.item()
+            datas.append(v)
+            if type(v) is complex:
+                odd = True
             continue
         else:
             raise TypeError(_operand_error(prim.name, a))
@@ -395,6 +415,10 @@ def bind(prim: Primitive, args: tuple, params: dict):
         datas.append(d)
     if odd:
         backend, mixed = _devices(prim, datas)
+        if backend is None:  # numbers only
+            backend = _CPU
+        if not mixed and complex in map(type, datas):
+            mixed = True  # a complex number with a real tensor: promote it (_promote)
         if mixed:  # operands of different dtypes: promote them (or refuse float32 with float64)
             if prim.operands is not None:
                 promoted = _promote(prim, args)
@@ -425,7 +449,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
         out = backend.asarray(out)  # NumPy returns scalars from some 0-d ops
     odt = out.dtype
     if (odt is not _DEFAULT_FLOAT and prim.promote and odt.kind == "f"
-            and (fdt is None or fdt.kind != "f") and odt != _DEFAULT_FLOAT):
+            and (fdt is None or fdt.kind not in "fc") and odt != _DEFAULT_FLOAT):
         # ints and Python floats give float32, as PyTorch
         out = as_float(prim, backend, datas, params, out, _DEFAULT_FLOAT)
         odt = _DEFAULT_FLOAT
@@ -434,7 +458,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
     if m.jit is not None:  # a jit trace is in progress: it keeps this op for replay
         m.jit.record(prim, args, datas, params, out, backend)
     if not (record and m.grad_enabled and prim.differentiable
-            and (odt is _DEFAULT_FLOAT or odt.kind == "f")):
+            and (odt is _DEFAULT_FLOAT or odt.kind in "fc")):
         if not prim.views or (out.base is None and out is not first):
             return _make(out)
         t = _make(out)

@@ -248,8 +248,9 @@ class Tensor:
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Mark a leaf as a variable whose gradient ``backward`` accumulates."""
-        if requires_grad and self.data.dtype.kind != "f":
-            raise GradError(f"only floating tensors can require grad, got dtype {self.dtype}")
+        if requires_grad and self.data.dtype.kind not in "fc":
+            raise GradError(f"only floating and complex tensors can require grad, got dtype "
+                            f"{self.dtype}")
         if not requires_grad and self.node is not None:
             raise GradError("requires_grad_(False) on a non-leaf; use detach() instead")
         self.requires_grad = bool(requires_grad)
@@ -263,7 +264,7 @@ class Tensor:
         freed afterwards unless ``retain_graph``; ``create_graph`` records the backward pass
         itself, for higher-order derivatives.
         """
-        if self.data.dtype.kind != "f":
+        if self.data.dtype.kind not in "fc":
             raise GradError(f"backward: the output has integer dtype {self.dtype}")
         if not self.requires_grad:
             raise GradError(_no_graph("backward: tensor does not require grad and has no graph "
@@ -546,8 +547,9 @@ def _infer(data, dtype, backend: B.Backend):
 
 
 def _finish(data, requires_grad: bool) -> Tensor:
-    if requires_grad and data.dtype.kind != "f":
-        raise GradError(f"only floating tensors can require grad, got dtype {data.dtype}")
+    if requires_grad and data.dtype.kind not in "fc":
+        raise GradError(f"only floating and complex tensors can require grad, got dtype "
+                        f"{data.dtype}")
     t = Tensor(data, None, bool(requires_grad))
     if modes().anomaly:
         note_creation(t)  # so an anomaly error can say where this tensor came from

@@ -2650,7 +2650,8 @@ MIXED_FORMS.update({
 
 # --- cases kept beside their op family's own file, appended here ----------------------------------
 _n2 = len(CASES)
-for _family in ("_opcases_products", "_opcases_special", "_opcases_slicing"):
+for _family in ("_opcases_products", "_opcases_special", "_opcases_slicing",
+                "_opcases_complex"):
     importlib.import_module(_family)
 CASES_BY_NAME.update({c.name: c for c in CASES[_n2:]})
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"

@@ -9,17 +9,20 @@ import pytest
 import nodegrad as ng
 
 
-def test_a_complex_python_number_is_named_as_unsupported():
-    with pytest.raises(TypeError, match="add: complex numbers are not supported"):
-        ng.ones(2) + 1j
+def test_a_complex_python_number_makes_a_real_tensor_complex_as_pytorch():
+    z = ng.ones(2) + 1j
+    assert z.dtype == np.complex64
+    np.testing.assert_array_equal(z.numpy(), np.array([1 + 1j, 1 + 1j], np.complex64))
 
 
-def test_a_complex_array_with_a_real_tensor_is_refused_not_cast_to_real():
-    """NumPy's cast of complex to float dropped the imaginary part (only a ComplexWarning)."""
-    with pytest.raises(ng.DTypeError, match="add: cannot compute with float32 and complex128"):
-        ng.add(ng.ones(2), np.ones(2, complex))
-    with pytest.raises(ng.DTypeError, match="complex64 does not promote"):
-        ng.ones(2) * ng.tensor(np.ones(2, np.complex64))
+def test_a_complex_array_with_a_real_tensor_is_never_cast_to_real():
+    """NumPy's cast of complex to float dropped the imaginary part (only a ComplexWarning):
+    a complex operand makes the result complex, as in PyTorch."""
+    z = ng.add(ng.ones(2), np.ones(2, complex))
+    assert z.dtype == np.complex128
+    np.testing.assert_array_equal(z.numpy(), np.full(2, 2 + 0j))
+    z = ng.ones(2) * ng.tensor(np.ones(2, np.complex64))
+    assert z.dtype == np.complex64
 
 
 def test_complex_tensors_are_still_stored_and_computed_among_themselves():

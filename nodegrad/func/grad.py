@@ -29,6 +29,10 @@ def _make_input(x, op: str, allow_int: bool = False) -> Tensor:
                                                      and x.dtype.kind in "biu")):
         return Tensor(x.data, None, False) if isinstance(x, Tensor) else tensor(x)
     if isinstance(x, Tensor):
+        if x.dtype.kind == "c":  # JAX's and PyTorch's conventions differ by a conjugate
+            raise GradError(f"{op}: complex inputs are not supported by the function "
+                            f"transforms (dtype {x.dtype}); use loss.backward() or "
+                            "ng.autograd.grad, which follow PyTorch's convention")
         if x.dtype.kind != "f":
             hint = "; pass allow_int=True to get zeros for it" if op == "grad" else ""
             raise GradError(f"{op}: cannot differentiate with respect to an integer tensor "

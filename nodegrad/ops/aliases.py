@@ -49,6 +49,8 @@ from . import products as _products
 from . import shape as S
 from . import slicing as _slicing
 from . import special as _special
+from .complex import (adjoint, angle, conj, conj_physical, imag, is_conj, is_neg, real,
+                      resolve_conj, resolve_neg)
 from .methods import register
 
 _Number = int | float | bool
@@ -121,11 +123,6 @@ def t(input) -> Tensor:
         raise ShapeError(f"t: expects a tensor of at most 2 dimensions, got shape "
                          f"{tuple(input.shape)}")
     return S.swapaxes(input, 0, 1) if input.ndim == 2 else input
-
-
-def adjoint(input) -> Tensor:
-    """PyTorch's adjoint: the last two axes swapped (and conjugated: real tensors only)."""
-    return _matrix_transpose(input, "adjoint()")
 
 
 def is_floating_point(input) -> bool:
@@ -224,24 +221,6 @@ def _storage_offset(self) -> int:
     while B.is_array(root.base):
         root = root.base
     return (_address(a) - _address(root)) // a.itemsize
-
-
-def _matrix_transpose(x, what: str) -> Tensor:
-    if x.ndim < 2:
-        raise ShapeError(f"tensor.{what} is only supported on matrices or batches of "
-                         f"matrices; got shape {tuple(x.shape)}")
-    if x.dtype.kind == "c":
-        raise DTypeError(f"tensor.{what}: complex tensors are not supported (no conjugation)")
-    return S.swapaxes(x, -1, -2)
-
-
-def _H(self) -> Tensor:
-    if self.ndim == 0:
-        return self
-    if self.ndim != 2:
-        raise ShapeError(f"tensor.H is only supported on matrices (2-D tensors); got shape "
-                         f"{tuple(self.shape)}")
-    return _matrix_transpose(self, "H")
 
 
 def _new(self, dtype, device):
@@ -654,9 +633,6 @@ def _register_post_accumulate_grad_hook(self, hook: Callable) -> RemovableHandle
 
 
 _PROPERTIES = {
-    "H": property(_H, doc="The transpose of a matrix (real tensors; 0-d: itself)."),
-    "mH": property(lambda self: _matrix_transpose(self, "mH"),
-                   doc="The last two axes swapped (real tensors)."),
     "is_cpu": property(lambda self: self.backend.device_id is None, doc="On the CPU?"),
     "itemsize": property(lambda self: self.data.itemsize, doc="Bytes per element."),
 }
@@ -949,12 +925,6 @@ def resize_as_(input, the_template) -> Tensor:
     return input.resize_as_(the_template)
 
 
-def conj_physical(input) -> Tensor:
-    """PyTorch's ``conj_physical``: the conjugate as a new tensor; a copy for real tensors
-    (nodegrad has no complex dtypes)."""
-    return S.copy(input)
-
-
 _COPY_FORMS = {
     "view_copy": lambda input, size: S.reshape(input, *_shape_arg((size,))),
     "permute_copy": lambda input, dims: S.permute(input, *dims),
@@ -997,64 +967,6 @@ def nonzero_static(input, *, size: int, fill_value: int = -1) -> Tensor:
     xp = input.backend.xp
     pad = xp.full((size - idx.shape[0], idx.shape[1]), fill_value, dtype=B.int64)
     return Tensor(xp.concatenate([idx, pad], axis=0))
-
-
-def real(input) -> Tensor:
-    """The real part: ``input`` itself for a real tensor (nodegrad has no complex dtypes)."""
-    _real_only(input, "real")
-    return input
-
-
-def imag(input) -> Tensor:
-    """The imaginary part: refused for real tensors, as PyTorch does."""
-    raise DTypeError(f"imag is not implemented for tensors with non-complex dtypes (got "
-                     f"{input.dtype}); nodegrad's tensors are real")
-
-
-def _real_only(input, op: str) -> None:
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{op}: expected a tensor, got {type(input).__name__}")
-    if input.dtype.kind == "c":
-        raise DTypeError(f"{op}: complex tensors are not supported")
-
-
-def conj(input) -> Tensor:
-    """The complex conjugate: ``input`` itself for a real tensor, as PyTorch's ``conj``."""
-    _real_only(input, "conj")
-    return input
-
-
-def resolve_conj(input) -> Tensor:
-    """``input`` with a lazy conjugation applied: itself (real tensors never have one)."""
-    _real_only(input, "resolve_conj")
-    return input
-
-
-def resolve_neg(input) -> Tensor:
-    """``input`` with a lazy negation applied: itself (nodegrad has no lazy negation)."""
-    _real_only(input, "resolve_neg")
-    return input
-
-
-def is_conj(input) -> bool:
-    """False: nodegrad never sets a lazy conjugation bit."""
-    _real_only(input, "is_conj")
-    return False
-
-
-def is_neg(input) -> bool:
-    """False: nodegrad never sets a lazy negation bit."""
-    _real_only(input, "is_neg")
-    return False
-
-
-def angle(input) -> Tensor:
-    """PyTorch's angle of real numbers: pi for negatives, 0 otherwise, NaN kept; integers give
-    the default float dtype. Its gradient is zero (away from NaN)."""
-    _real_only(input, "angle")
-    x = input if input.dtype.kind == "f" else E.astype(input, B.DEFAULT_FLOAT)
-    pi = E.multiply(E.astype(E.less(x, 0), x.dtype), math.pi)
-    return I.where(E.isnan(x), x, pi)
 
 
 def bitwise_left_shift(input, other) -> Tensor:
@@ -1269,10 +1181,7 @@ def _pin_memory(self, device=None) -> Tensor:
 
 
 _METHODS.update({
-    "conj": conj, "conj_physical": conj_physical,
-    "conj_physical_": lambda self: self,  # the conjugate of a real tensor is itself
-    "resolve_conj": resolve_conj, "resolve_neg": resolve_neg, "is_conj": is_conj,
-    "is_neg": is_neg, "angle": angle, "as_strided": as_strided, "unsafe_split": unsafe_split,
+    "as_strided": as_strided, "unsafe_split": unsafe_split,
     "unsafe_chunk": unsafe_chunk, "nonzero_static": nonzero_static, "apply_": _apply_,
     "map_": _map_, "map2_": _map2_, "resize_": _resize_, "resize_as_": _resize_as_,
     "new": _new_method, "dim_order": _dim_order, "pin_memory": _pin_memory,
@@ -1283,8 +1192,6 @@ _METHODS.update({
 })
 
 _MORE_PROPERTIES = {
-    "real": property(real, doc="The real part: the tensor itself (real dtypes)."),
-    "imag": property(imag, doc="The imaginary part: refused for real tensors, as PyTorch."),
     "layout": property(lambda self: strided, doc="Always nodegrad.strided (dense arrays)."),
     "is_sparse": property(lambda self: False, doc="False: nodegrad tensors are dense."),
     "is_meta": property(lambda self: False, doc="False: every tensor holds values."),

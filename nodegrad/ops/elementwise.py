@@ -182,8 +182,17 @@ sqrt = primitive("sqrt", lambda xp, x: xp.sqrt(x), lambda g, ans, x: g / (ans * 
                  saves="out", kind=_EW, jvp=_J, doc="Square root.")
 square = primitive("square", lambda xp, x: xp.square(x), lambda g, ans, x: g * (x * 2),
                    kind=_EW, jvp=_J, doc="x * x.")
-abs = primitive("abs", lambda xp, x: xp.abs(x), lambda g, ans, x: g * sign(x), kind=_EW, jvp=_J,
-                doc="|x|; its gradient at 0 is 0.")
+def _sgn(x):
+    """x / |x| (0 at 0) for complex x, differentiable: abs's gradient there, as PyTorch's."""
+    zero = x == 0
+    return where(zero, 0, x / where(zero, 1, abs(x)))
+
+
+abs = primitive("abs", lambda xp, x: xp.abs(x),
+                lambda g, ans, x: g * (sign(x) if x.dtype.kind != "c" else _sgn(x)), kind=_EW,
+                jvp=(lambda t, ans, x: t * sign(x) if x.dtype.kind != "c"
+                     else (t * _sgn(x).conj()).real,),
+                doc="|x|; its gradient at 0 is 0 (x/|x| for complex x).")
 sign = _stepwise("sign", lambda xp, x: x.copy() if getattr(x, "dtype", None) == B.bool_
                  else xp.sign(x), "-1, 0 or 1 (zero gradient; a bool stays itself, as in "
                  "PyTorch).", promote=True)
@@ -430,7 +439,10 @@ where = primitive("where", _where_fwd,
 _astype = primitive("astype", lambda xp, x, dtype, src: x.astype(dtype),
                     lambda g, ans, x, dtype, src: astype(g, src), saves="none", kind=_EW,
                     jvp="linear",
-                    promote=False, doc="Convert to another dtype (differentiable between floats).")
+                    promote=False, doc="Convert to another dtype (differentiable between floats).",
+                    # a complex cotangent: its real part goes to a real source (PyTorch's rule)
+                    complex=(lambda g, ans, x, dtype, src: astype(g if src.kind == "c"
+                                                                  else g.real, src),))
 
 
 def astype(x, dtype):

@@ -182,8 +182,9 @@ def dot(input, other) -> Tensor:
 
 
 def vdot(input, other) -> Tensor:
-    """dot with the first operand conjugated: for real tensors, dot."""
-    return _dot("vdot", input, other)
+    """dot with the first operand conjugated (for real tensors, dot)."""
+    a = _t(input)
+    return _dot("vdot", a.conj() if a.dtype.kind == "c" else a, other)
 
 
 def inner(input, other) -> Tensor:

@@ -170,6 +170,9 @@ def var(x, axis=None, ddof: int = 0, keepdims: bool = False, *, correction: int 
     else:
         m = _mean(x, axis=axes, keepdims=True)
     centred = x - m
+    if x.dtype.kind == "c":  # |x - mean|^2, a real variance as PyTorch's
+        re, im = centred.real, centred.imag
+        return _sum(re * re + im * im, axis=axes, keepdims=bool(keepdims)) / n
     return _sum(centred * centred, axis=axes, keepdims=bool(keepdims)) / n
 
 

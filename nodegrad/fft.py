@@ -1,0 +1,368 @@
+"""Discrete Fourier transforms with PyTorch's ``torch.fft`` signatures, dtypes and gradients.
+
+Three primitives do the work: ``fft_c2c`` (complex to complex, forward or inverse),
+``fft_r2c`` (real to complex, the last transformed axis halved to n//2 + 1) and ``fft_c2r``
+(its inverse, complex to real). Each is linear, so its JVP is itself; its VJP is its adjoint:
+the inverse transform with the dual normalisation ("backward" <-> "forward", "ortho" stays),
+and for the halved axis PyTorch's treatment: r2c's adjoint zero-pads the half spectrum and
+keeps the real part of the inverse, c2r's adjoint is r2c with the non-edge bins doubled.
+Padding and cropping to ``n``/``s`` are separate differentiable ops in front of them. Axes are
+kept negative, so a vmap batch axis in front never moves them.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+from . import _backend as B
+from .errors import DTypeError
+from .ops.complex import conj, real
+from .ops.elementwise import astype, multiply
+from .ops.shape import concatenate
+from .primitive import primitive
+from .tensor import Tensor, tensor
+
+_NORMS = ("backward", "ortho", "forward")
+_DUAL = {"backward": "forward", "ortho": "ortho", "forward": "backward"}
+
+
+# --- the primitives ---------------------------------------------------------------------------
+def _batch(prim):
+    """The vmap rule: the batch axis in front (the primitive's axes are negative)."""
+    def rule(vals, bdims, **params):
+        (x,), (b,) = vals, bdims
+        if b is not None and b != 0:
+            x = x.movedim(b, 0)
+        return prim(x, **params), (None if b is None else 0)
+    return rule
+
+
+def _c2c_vjp(g, ans, x, axes, norm, forward):
+    return _c2c(g, axes=axes, norm=_DUAL[norm], forward=not forward)
+
+
+_c2c = primitive(
+    "fft_c2c", lambda xp, x, axes, norm, forward: B.fft(xp, "fft" if forward else "ifft", x,
+                                                         axes, norm),
+    _c2c_vjp, saves="none", kind="fft", jvp="linear", complex=(_c2c_vjp,),
+    doc="Complex-to-complex DFT over ``axes`` (forward or inverse).")
+
+
+def _r2c_vjp(g, ans, x, axes, norm):
+    """Zero-pad the half spectrum to the full length, inverse-transform, keep the real part."""
+    n = x.shape[axes[-1]]
+    m = g.shape[axes[-1]]
+    if n > m:
+        zshape = list(g.shape)
+        zshape[axes[-1]] = n - m
+        zeros = Tensor(g.backend.xp.zeros(tuple(zshape), g.dtype))
+        g = concatenate([g, zeros], axes[-1])
+    return real(_c2c(g, axes=axes, norm=_DUAL[norm], forward=False))
+
+
+_r2c = primitive(
+    "fft_r2c", lambda xp, x, axes, norm: B.fft(xp, "rfft", x, axes, norm), _r2c_vjp,
+    saves="none", kind="fft", jvp="linear", complex=(_r2c_vjp,),
+    doc="Real-to-complex DFT over ``axes``, the last one halved to n//2 + 1.")
+
+
+def _c2r_vjp(g, ans, x, axes, norm, n):
+    """r2c with the dual normalisation, the bins that stand for two (all but 0 and n/2)
+    doubled."""
+    out = _r2c(g, axes=axes, norm=_DUAL[norm])
+    m = out.shape[axes[-1]]
+    xp = g.backend.xp
+    w = xp.full(m, 2.0, dtype=g.dtype)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0
+    shape = [1] * out.ndim
+    shape[axes[-1]] = m
+    return multiply(out, Tensor(w.reshape(shape)))
+
+
+_c2r = primitive(
+    "fft_c2r", lambda xp, x, axes, norm, n: B.fft(xp, "irfft", x, axes, norm, n), _c2r_vjp,
+    saves="none", kind="fft", jvp="linear",
+    doc="Complex-to-real inverse DFT over ``axes``, the last one n long from n//2 + 1 bins.")
+for _p in (_c2c, _r2c, _c2r):
+    _p.batch = _batch(_p)
+
+
+# --- argument handling --------------------------------------------------------------------------
+def _check_norm(op: str, norm) -> str:
+    if norm is None:
+        return "backward"
+    if norm not in _NORMS:
+        raise ValueError(f"{op}: Invalid normalization mode: {norm!r} (expected 'backward', "
+                         "'ortho', 'forward' or None)")
+    return norm
+
+
+def _as_tensor(op: str, input) -> Tensor:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: expected a tensor as input, got {type(input).__name__}")
+    return input
+
+
+def _complex_input(op: str, x: Tensor) -> Tensor:
+    """``x`` as complex: floats to their complex width, integers and bools through the
+    default float (PyTorch's promotion for the FFTs)."""
+    k = x.dtype.kind
+    if k == "c":
+        return x
+    if k in "biu":
+        x = astype(x, B.DEFAULT_FLOAT)
+    elif x.dtype.itemsize < 4:
+        raise DTypeError(f"{op}: unsupported dtype {x.dtype} (float32, float64, complex64, "
+                         "complex128, integers)")
+    return astype(x, B.np.complex128 if x.dtype.itemsize == 8 else B.np.complex64)
+
+
+def _real_input(op: str, x: Tensor) -> Tensor:
+    k = x.dtype.kind
+    if k == "c":
+        raise DTypeError(f"{op} expects a real input tensor, but got {x.dtype}")
+    if k in "biu":
+        return astype(x, B.DEFAULT_FLOAT)
+    if x.dtype.itemsize < 4:
+        raise DTypeError(f"{op}: unsupported dtype {x.dtype} (float32, float64, integers)")
+    return x
+
+
+def _axes(op: str, x: Tensor, s, dim, default_all: bool, one: bool = False) -> tuple:
+    """The (negative) axes and sizes of a transform, PyTorch's rules: ``dim`` defaults to the
+    last len(s) axes when ``s`` is given, else to every axis (or the last one)."""
+    nd = x.ndim
+    if one:
+        dim = -1 if dim is None else dim
+        if not isinstance(dim, int):
+            raise TypeError(f"{op}: dim must be an int, got {dim!r}")
+        dims = [dim]
+        sizes = None if s is None else [s]
+    else:
+        if isinstance(dim, int):
+            dim = (dim,)
+        if isinstance(s, int):
+            s = (s,)
+        if s is not None:
+            s = list(s)
+            if dim is None:
+                dims = list(builtins.range(nd - len(s), nd))
+            else:
+                dims = list(dim)
+                if len(dims) != len(s):
+                    raise ValueError(f"{op}: When given, dim and shape arguments must have the "
+                                     f"same length (got s={tuple(s)}, dim={tuple(dims)})")
+        else:
+            dims = list(builtins.range(nd)) if dim is None and default_all else \
+                list(builtins.range(nd - 2, nd)) if dim is None else list(dim)
+        sizes = s
+    if sizes is not None and len(sizes) > nd:
+        raise ValueError(f"{op}: Got shape with {len(sizes)} values but input tensor only has "
+                         f"{nd} dimensions")
+    out = []
+    for d in dims:
+        if not isinstance(d, int) or not -nd <= d < nd:
+            raise IndexError(f"{op}: dimension {d!r} out of range for a tensor of {nd} "
+                             "dimensions")
+        out.append(d - nd if d >= 0 else d)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{op}: FFT dims must be unique, got {tuple(dims)}")
+    if sizes is not None:
+        sizes = [x.shape[a] if n == -1 else n for a, n in zip(out, sizes)]
+        for n in sizes:
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(f"{op}: Invalid number of data points ({n}) specified")
+    return tuple(out), sizes
+
+
+def _resize(x: Tensor, axes: tuple, sizes) -> Tensor:
+    """``x`` cropped or zero-padded at the end of each axis to its size (differentiable)."""
+    if sizes is None:
+        return x
+    for a, n in zip(axes, sizes):
+        have = x.shape[a]
+        if have > n:
+            idx = [slice(None)] * x.ndim
+            idx[a] = slice(0, n)
+            x = x[tuple(idx)]
+        elif have < n:
+            zshape = list(x.shape)
+            zshape[a] = n - have
+            x = concatenate([x, Tensor(x.backend.xp.zeros(tuple(zshape), x.dtype))], a)
+    return x
+
+
+def _no_empty(op: str, x: Tensor, axes: tuple) -> None:
+    for a in axes:
+        if x.shape[a] == 0:
+            raise ValueError(f"{op}: Invalid number of data points (0) specified")
+
+
+# --- complex to complex -------------------------------------------------------------------------
+def _cfft(op: str, input, s, dim, norm, forward: bool, default_all: bool, one: bool):
+    x = _complex_input(op, _as_tensor(op, input))
+    norm = _check_norm(op, norm)
+    axes, sizes = _axes(op, x, s, dim, default_all, one)
+    x = _resize(x, axes, sizes)
+    _no_empty(op, x, axes)
+    return _c2c(x, axes=axes, norm=norm, forward=forward)
+
+
+def fft(input, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """The 1-d DFT along ``dim`` (zero-padded or cropped to ``n``), as ``torch.fft.fft``."""
+    return _cfft("fft", input, n, dim, norm, True, False, True)
+
+
+def ifft(input, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """The 1-d inverse DFT along ``dim``, as ``torch.fft.ifft``."""
+    return _cfft("ifft", input, n, dim, norm, False, False, True)
+
+
+def fft2(input, s=None, dim=(-2, -1), norm: str | None = None) -> Tensor:
+    """The 2-d DFT over ``dim``, as ``torch.fft.fft2``."""
+    return _cfft("fft2", input, s, dim, norm, True, False, False)
+
+
+def ifft2(input, s=None, dim=(-2, -1), norm: str | None = None) -> Tensor:
+    """The 2-d inverse DFT over ``dim``, as ``torch.fft.ifft2``."""
+    return _cfft("ifft2", input, s, dim, norm, False, False, False)
+
+
+def fftn(input, s=None, dim=None, norm: str | None = None) -> Tensor:
+    """The n-d DFT over ``dim`` (every axis by default), as ``torch.fft.fftn``."""
+    return _cfft("fftn", input, s, dim, norm, True, True, False)
+
+
+def ifftn(input, s=None, dim=None, norm: str | None = None) -> Tensor:
+    """The n-d inverse DFT over ``dim`` (every axis by default), as ``torch.fft.ifftn``."""
+    return _cfft("ifftn", input, s, dim, norm, False, True, False)
+
+
+# --- real to complex and back ---------------------------------------------------------------------
+def _rfft(op: str, input, s, dim, norm, default_all: bool, one: bool):
+    x = _real_input(op, _as_tensor(op, input))
+    norm = _check_norm(op, norm)
+    axes, sizes = _axes(op, x, s, dim, default_all, one)
+    x = _resize(x, axes, sizes)
+    _no_empty(op, x, axes)
+    return _r2c(x, axes=axes, norm=norm)
+
+
+def _irfft(op: str, input, s, dim, norm, default_all: bool, one: bool):
+    x = _complex_input(op, _as_tensor(op, input))
+    norm = _check_norm(op, norm)
+    axes, sizes = _axes(op, x, s, dim, default_all, one)
+    if sizes is None:
+        sizes = [x.shape[a] for a in axes]
+        sizes[-1] = 2 * (x.shape[axes[-1]] - 1)
+        if sizes[-1] < 1:
+            raise ValueError(f"{op}: Invalid number of data points ({sizes[-1]}) specified")
+    n = sizes[-1]
+    x = _resize(x, axes, sizes[:-1] + [n // 2 + 1])
+    _no_empty(op, x, axes)
+    return _c2r(x, axes=axes, norm=norm, n=n)
+
+
+def rfft(input, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """The 1-d DFT of a real tensor, n//2 + 1 bins, as ``torch.fft.rfft``."""
+    return _rfft("rfft", input, n, dim, norm, False, True)
+
+
+def irfft(input, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """The inverse of rfft: a real signal of length ``n`` (default 2*(bins - 1)), as
+    ``torch.fft.irfft``."""
+    return _irfft("irfft", input, n, dim, norm, False, True)
+
+
+def rfft2(input, s=None, dim=(-2, -1), norm: str | None = None) -> Tensor:
+    """The 2-d DFT of a real tensor, the last axis halved, as ``torch.fft.rfft2``."""
+    return _rfft("rfft2", input, s, dim, norm, False, False)
+
+
+def irfft2(input, s=None, dim=(-2, -1), norm: str | None = None) -> Tensor:
+    """The inverse of rfft2, as ``torch.fft.irfft2``."""
+    return _irfft("irfft2", input, s, dim, norm, False, False)
+
+
+def rfftn(input, s=None, dim=None, norm: str | None = None) -> Tensor:
+    """The n-d DFT of a real tensor, the last axis halved, as ``torch.fft.rfftn``."""
+    return _rfft("rfftn", input, s, dim, norm, True, False)
+
+
+def irfftn(input, s=None, dim=None, norm: str | None = None) -> Tensor:
+    """The inverse of rfftn, as ``torch.fft.irfftn``."""
+    return _irfft("irfftn", input, s, dim, norm, True, False)
+
+
+def hfft(input, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """The DFT of a Hermitian-symmetric signal given by its first half: a real result of
+    length ``n`` (default 2*(len - 1)), as ``torch.fft.hfft`` (irfft of the conjugate)."""
+    norm = _check_norm("hfft", norm)
+    x = _complex_input("hfft", _as_tensor("hfft", input))
+    return _irfft("hfft", conj(x), n, dim, _DUAL[norm], False, True)
+
+
+def ihfft(input, n: int | None = None, dim: int = -1, norm: str | None = None) -> Tensor:
+    """The inverse of hfft: n//2 + 1 bins of a real signal, as ``torch.fft.ihfft``."""
+    norm = _check_norm("ihfft", norm)
+    return conj(_rfft("ihfft", input, n, dim, _DUAL[norm], False, True))
+
+
+# --- frequencies and shifts ---------------------------------------------------------------------
+def _freq(op: str, n: int, d: float, onesided: bool, dtype, device, requires_grad: bool):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{op}: n must be a non-negative int, got {n!r}")
+    dt = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
+    if dt.kind not in "fc":
+        raise DTypeError(f"{op}: expected a floating dtype, got {dt}")
+    xp = B.get_backend("cpu" if device is None else device).xp
+    data = B.fftfreq(xp, n, d, onesided, dt)
+    return tensor(data, dtype=dt, device=device, requires_grad=requires_grad)
+
+
+def fftfreq(n: int, d: float = 1.0, *, dtype=None, device=None,
+            requires_grad: bool = False) -> Tensor:
+    """The sample frequencies of an ``n``-point DFT (spacing ``d``), as ``torch.fft.fftfreq``:
+    [0, 1, ..., -n//2, ..., -1] / (d n) in the default float dtype."""
+    return _freq("fftfreq", n, d, False, dtype, device, requires_grad)
+
+
+def rfftfreq(n: int, d: float = 1.0, *, dtype=None, device=None,
+             requires_grad: bool = False) -> Tensor:
+    """The n//2 + 1 non-negative sample frequencies of rfft, as ``torch.fft.rfftfreq``."""
+    return _freq("rfftfreq", n, d, True, dtype, device, requires_grad)
+
+
+def _shift(op: str, input, dim, inverse: bool) -> Tensor:
+    x = _as_tensor(op, input)
+    if dim is None:
+        dims = tuple(builtins.range(x.ndim))
+    elif isinstance(dim, int):
+        dims = (dim,)
+    else:
+        dims = tuple(dim)
+    if not dims:
+        return x
+    for d in dims:
+        if not -x.ndim <= d < builtins.max(x.ndim, 1):
+            raise IndexError(f"{op}: dimension {d} out of range for a tensor of {x.ndim} "
+                             "dimensions")
+    shifts = tuple(-(x.shape[d] // 2) if inverse else x.shape[d] // 2 for d in dims)
+    return x.roll(shifts, dims)
+
+
+def fftshift(input, dim=None) -> Tensor:
+    """The zero frequency moved to the centre (roll by n//2 along ``dim``, every axis by
+    default), as ``torch.fft.fftshift``."""
+    return _shift("fftshift", input, dim, False)
+
+
+def ifftshift(input, dim=None) -> Tensor:
+    """The inverse of fftshift (roll by -(n//2)), as ``torch.fft.ifftshift``."""
+    return _shift("ifftshift", input, dim, True)
+
+
+__all__ = ["fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2",
+           "rfftn", "irfftn", "hfft", "ihfft", "fftfreq", "rfftfreq", "fftshift", "ifftshift"]

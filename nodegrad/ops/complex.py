@@ -1,0 +1,277 @@
+"""Complex numbers: real and imaginary parts, conjugate, angle, and building complex tensors.
+
+Gradients follow PyTorch's convention: for a real loss L of z = x + iy, ``z.grad`` is
+dL/dx + i dL/dy, so a holomorphic f sends back g * conj(f'(z)) and a real-valued function of z
+(``abs``, ``real``, ``imag``, ``angle``) turns a real cotangent into a complex one. The engine
+applies the conjugation (:func:`nodegrad.autodiff._complex_vjps`) to the primitives listed in
+:data:`HOLOMORPHIC`, whose rules are written with f'; the ops here declare rules of their own.
+nodegrad has no views of complex memory: ``real``, ``imag``, ``view_as_real`` and
+``view_as_complex`` return differentiable copies.
+"""
+
+from __future__ import annotations
+
+from .. import _backend as B
+from ..batching import elementwise_rule
+from ..errors import DTypeError, ShapeError
+from ..primitive import REGISTRY, primitive
+from ..tensor import Tensor
+import math
+
+from . import shape as S
+from .elementwise import astype, cos, isnan, less, multiply, sin, where
+from .methods import register
+
+# not "elementwise": their dtypes follow other rules than a real op's (complex in, real out);
+# their batching rules are still the elementwise one (set below)
+_EW = "complex"
+
+
+def _complex_dtype(dt):
+    """The complex dtype of a float dtype's width (complex64 for float16 and float32)."""
+    return B.np.dtype(B.np.complex128 if dt.itemsize == 8 else B.np.complex64)
+
+
+def _real_dtype(dt):
+    """The float dtype of a complex dtype's width."""
+    return B.np.dtype(B.np.float64 if dt.itemsize == 16 else B.np.float32)
+
+
+def _need_tensor(op: str, x) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: expected a tensor, got {type(x).__name__}")
+    return x
+
+
+# --- primitives -------------------------------------------------------------------------------
+def _make_complex(xp, re, im):
+    out = xp.empty(B.np.broadcast_shapes(re.shape, im.shape), _complex_dtype(re.dtype))
+    out.real = re
+    out.imag = im
+    return out
+
+
+# ops with a complex output see complex cotangents only: their rules are their ``complex`` ones
+_complex_rules = (lambda g, ans, re, im: real(g), lambda g, ans, re, im: imag(g))
+_complex = primitive(
+    "complex", _make_complex, _complex_rules, saves="none", kind=_EW, jvp="linear",
+    operands=None, complex=_complex_rules, doc="re + i im, from two float tensors of one dtype.")
+_conj = primitive("conj", lambda xp, x: xp.conj(x), lambda g, ans, x: conj(g), saves="none",
+                  kind=_EW, jvp="linear", promote=False,
+                  complex=(lambda g, ans, x: conj(g),), doc="The complex conjugate.")
+_real = primitive("real", lambda xp, x: xp.real(x).copy(),
+                  lambda g, ans, x: _complex(g, B.np.zeros((), g.dtype)), saves="none",
+                  kind=_EW, jvp="linear",
+                  promote=False, doc="The real part of a complex tensor (a copy).")
+_imag = primitive("imag", lambda xp, x: xp.imag(x).copy(),
+                  lambda g, ans, x: _complex(B.np.zeros((), g.dtype), g), saves="none",
+                  kind=_EW, jvp="linear", promote=False,
+                  doc="The imaginary part of a complex tensor (a copy).")
+
+
+def _angle_vjp(g, ans, x):
+    """d angle: g * i z / |z|^2 (0 at z = 0, as PyTorch)."""
+    zero = x == 0
+    return g * where(zero, 0, x * 1j / where(zero, 1, x * conj(x)))
+
+
+_angle = primitive("angle", lambda xp, x: xp.angle(x), _angle_vjp, kind=_EW, jvp=(
+    lambda t, ans, x: real(conj(_angle_vjp(1, ans, x)) * t),), promote=False,
+                   doc="The argument of a complex number, in (-pi, pi].")
+
+
+def _view_as_real_fwd(xp, x):
+    return xp.stack((x.real, x.imag), axis=-1)
+
+
+def _view_as_complex_fwd(xp, x):
+    return _make_complex(xp, x[..., 0], x[..., 1])
+
+
+_view_as_real = primitive(
+    "view_as_real", _view_as_real_fwd, lambda g, ans, x: _view_as_complex(g), saves="none",
+    kind="shape", jvp="linear", doc="A complex tensor as (..., 2) floats.")
+_view_as_complex = primitive(
+    "view_as_complex", _view_as_complex_fwd, lambda g, ans, x: _view_as_real(g),
+    saves="none", kind="shape", jvp="linear", complex=(lambda g, ans, x: _view_as_real(g),),
+    doc="(..., 2) floats as a complex tensor.")
+
+
+# --- PyTorch's functions ------------------------------------------------------------------------
+def real(input) -> Tensor:
+    """The real part (PyTorch's ``torch.real``); a real tensor is returned as it is."""
+    x = _need_tensor("real", input)
+    return _real(x) if x.dtype.kind == "c" else x
+
+
+def imag(input) -> Tensor:
+    """The imaginary part of a complex tensor (refused for real tensors, as PyTorch)."""
+    x = _need_tensor("imag", input)
+    if x.dtype.kind != "c":
+        raise DTypeError(f"imag: imag is not implemented for tensors with non-complex dtypes "
+                         f"(got {x.dtype})")
+    return _imag(x)
+
+
+def conj(input) -> Tensor:
+    """The complex conjugate; a real tensor is returned as it is (PyTorch's ``conj``)."""
+    x = _need_tensor("conj", input)
+    return _conj(x) if x.dtype.kind == "c" else x
+
+
+def conj_physical(input) -> Tensor:
+    """The conjugate as a new tensor (a copy for a real tensor), PyTorch's ``conj_physical``."""
+    x = _need_tensor("conj_physical", input)
+    return _conj(x) if x.dtype.kind == "c" else S.copy(x)
+
+
+def resolve_conj(input) -> Tensor:
+    """``input`` itself: nodegrad conjugates eagerly, so there is no lazy bit to resolve."""
+    return _need_tensor("resolve_conj", input)
+
+
+def is_conj(input) -> bool:
+    """False: nodegrad never sets a lazy conjugation bit."""
+    _need_tensor("is_conj", input)
+    return False
+
+
+def resolve_neg(input) -> Tensor:
+    """``input`` itself: nodegrad negates eagerly, so there is no lazy bit to resolve."""
+    return _need_tensor("resolve_neg", input)
+
+
+def is_neg(input) -> bool:
+    """False: nodegrad never sets a lazy negation bit."""
+    _need_tensor("is_neg", input)
+    return False
+
+
+def angle(input) -> Tensor:
+    """The argument of each element in (-pi, pi] (PyTorch's ``angle``); real tensors give
+    pi for negatives and 0 otherwise, NaN kept, integers the default float dtype (their
+    gradient is zero away from NaN)."""
+    x = _need_tensor("angle", input)
+    if x.dtype.kind == "c":
+        return _angle(x)
+    x = x if x.dtype.kind == "f" else astype(x, B.DEFAULT_FLOAT)
+    return where(isnan(x), x, multiply(astype(less(x, 0), x.dtype), math.pi))
+
+
+def _float_pair(op: str, a, b, names: tuple) -> tuple:
+    a, b = _need_tensor(op, a), _need_tensor(op, b)
+    for v, n in zip((a, b), names):
+        if v.dtype.kind != "f" or v.dtype.itemsize < 4:
+            raise DTypeError(f"{op}: expected {n} to be a float32 or float64 tensor, got "
+                             f"{v.dtype}")
+    if a.dtype != b.dtype:
+        raise DTypeError(f"{op}: expected {names[0]} and {names[1]} to have the same dtype, "
+                         f"got {a.dtype} and {b.dtype}")
+    return a, b
+
+
+def complex(real, imag) -> Tensor:  # noqa: A001  (PyTorch's name)
+    """``real + i imag`` from two float tensors of one dtype (float32 gives complex64, float64
+    complex128), broadcasting, as ``torch.complex``."""
+    re, im = _float_pair("complex", real, imag, ("real", "imag"))
+    return _complex(re, im)
+
+
+def polar(abs, angle) -> Tensor:  # noqa: A002  (PyTorch's names)
+    """``abs * (cos(angle) + i sin(angle))``, as ``torch.polar``."""
+    r, th = _float_pair("polar", abs, angle, ("abs", "angle"))
+    return _complex(multiply(r, cos(th)), multiply(r, sin(th)))
+
+
+def view_as_real(input) -> Tensor:
+    """A complex tensor as a float tensor with a last axis of 2 (real, imaginary), as
+    ``torch.view_as_real``; a copy here, differentiable."""
+    x = _need_tensor("view_as_real", input)
+    if x.dtype.kind != "c":
+        raise DTypeError(f"view_as_real: expected a complex tensor, got {x.dtype}")
+    return _view_as_real(x)
+
+
+def view_as_complex(input) -> Tensor:
+    """A float tensor whose last axis has size 2 as a complex tensor, as
+    ``torch.view_as_complex``; a copy here, differentiable."""
+    x = _need_tensor("view_as_complex", input)
+    if x.dtype.kind != "f" or x.dtype.itemsize < 4:
+        raise DTypeError(f"view_as_complex: expected a float32 or float64 tensor, got "
+                         f"{x.dtype}")
+    if x.ndim == 0 or x.shape[-1] != 2:
+        raise ShapeError(f"view_as_complex: the last dimension must have size 2, got shape "
+                         f"{tuple(x.shape)}")
+    return _view_as_complex(x)
+
+
+def _matrix_adjoint(x, what: str) -> Tensor:
+    if x.ndim < 2:
+        raise ShapeError(f"tensor.{what} is only supported on matrices or batches of "
+                         f"matrices; got shape {tuple(x.shape)}")
+    return conj(x.swapaxes(-1, -2))
+
+
+def adjoint(input) -> Tensor:
+    """The conjugate transpose of the last two axes (PyTorch's ``adjoint``)."""
+    return _matrix_adjoint(_need_tensor("adjoint", input), "adjoint")
+
+
+def _H(self) -> Tensor:
+    if self.ndim == 0:
+        return self
+    if self.ndim != 2:
+        raise ShapeError(f"tensor.H is only supported on matrices (2-D tensors); got shape "
+                         f"{tuple(self.shape)}")
+    return conj(self.swapaxes(0, 1))
+
+
+# --- the primitives whose rules hold for complex numbers as written (see the docstring) -------
+#: primitives whose VJP rules, written with f', serve complex inputs as conj(rule(conj(g)))
+HOLOMORPHIC = (
+    "add", "subtract", "multiply", "divide", "negative", "power", "square", "reciprocal",
+    "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt",
+    "sin", "cos", "tan", "sinh", "cosh", "tanh", "sin_grad", "cos_grad", "tanh_grad",
+    "where", "sum", "mean", "cumsum", "matmul", "einsum",
+    "reshape", "transpose", "broadcast_to", "sum_to", "concatenate", "getitem", "flip",
+    "diagonal", "copy", "alias", "take_along_axis", "setitem", "view_put", "to_device",
+    "pad", "scatter_add", "scatter_add_along_axis",
+)
+
+
+def _last_axis_batch(prim):
+    """The vmap rule of an op on the last axis: the batch axis in front."""
+    def rule(vals, bdims, **params):
+        (x,), (b,) = vals, bdims
+        if b is not None and b != 0:
+            x = x.movedim(b, 0)
+        return prim(x, **params), (None if b is None else 0)
+    return rule
+
+
+for _p in (_complex, _conj, _real, _imag, _angle):
+    _p.batch = elementwise_rule(_p)
+for _p in (_view_as_real, _view_as_complex):
+    _p.batch = _last_axis_batch(_p)
+for _name in HOLOMORPHIC:
+    if _name in REGISTRY:
+        REGISTRY[_name].complex = "holomorphic"
+
+_METHODS = {"conj": conj, "conj_physical": conj_physical, "resolve_conj": resolve_conj,
+            "resolve_neg": resolve_neg, "is_conj": is_conj, "is_neg": is_neg, "angle": angle,
+            "adjoint": adjoint,
+            "cfloat": lambda self, memory_format=None: astype(self, B.np.complex64),
+            "cdouble": lambda self, memory_format=None: astype(self, B.np.complex128)}
+register(_METHODS)
+_PROPERTIES = {
+    "real": property(real, doc="The real part (a copy for a complex tensor; itself if real)."),
+    "imag": property(imag, doc="The imaginary part of a complex tensor (a copy)."),
+    "H": property(_H, doc="The conjugate transpose of a matrix (0-d: itself)."),
+    "mH": property(lambda self: _matrix_adjoint(self, "mH"),
+                   doc="The conjugate transpose of the last two axes."),
+}
+for _k, _v in _PROPERTIES.items():
+    setattr(Tensor, _k, _v)
+
+__all__ = ["real", "imag", "conj", "conj_physical", "resolve_conj", "resolve_neg", "is_conj",
+           "is_neg", "angle", "complex", "polar", "view_as_real", "view_as_complex", "adjoint"]
