@@ -13,10 +13,12 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from .. import _backend as B
-from ..autodiff import Node, modes
+from ..autodiff import POST_ACCUMULATE, Node, modes
+from ..errors import JitError
 from ..func.tree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
 from .trace import Recorder
@@ -46,13 +48,18 @@ UPGRADE_AFTER_S = 10.0
 
 
 class _Entry:
-    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait", "diff")
+    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait", "diff", "hooks")
 
-    def __init__(self, program, out_def, out_kinds, reason=None, wait=None, diff=None):
+    def __init__(self, program, out_def, out_kinds, reason=None, wait=None, diff=None,
+                 hooks=None):
         self.program, self.out_def, self.out_kinds, self.reason = program, out_def, out_kinds, \
             reason
         self.wait = wait  # replay seconds left until numba is imported for it (None: never)
         self.diff = diff  # a differentiable signature's program pair (_Diff), else None
+        # the gradient hooks of the leaves its backward accumulates into, as traced (the trace
+        # ran them as Python, and a lowered step skips the post-accumulate ones): (leaf, hooks,
+        # post-accumulate hooks) each, checked before a replay (_hooks_moved); None: no leaves
+        self.hooks = hooks
 
 
 class _Diff:
@@ -85,13 +92,18 @@ class Jitted:
     """A function wrapped by :func:`jit`; call it like the function."""
 
     def __init__(self, fn: Callable, state: Any = None, max_cache: int = 32,
-                 fuse: bool | None = None, optimize: bool = True) -> None:
+                 fuse: bool | None = None, optimize: bool = True,
+                 static_argnums: int | tuple = (), static_argnames: str | tuple = ()) -> None:
         self.fn = fn
+        self._static_nums, self._static_names = _static_args(fn, static_argnums,
+                                                             static_argnames)
         self.fuse = fuse
         self.optimize = optimize
         self.state = state
         self._objs = (tuple(state) if isinstance(state, tuple | list) else (state,)) + (fn,)
+        self._n_state = len(self._objs)  # then the modules and optimisers fn names (_call)
         self._struct = None  # the modules' structure count when last read (_read_state)
+        self._scanned = False  # whether the modules fn closes over joined _objs (_call)
         self._read_state()
         self.max_cache = max_cache
         self.cache: OrderedDict = OrderedDict()
@@ -106,19 +118,22 @@ class Jitted:
         self.__wrapped__ = fn
 
     def _read_state(self) -> None:
-        """Read the modules among the state (and ``fn`` itself when it is one) as they are now:
-        their modules, the parameters of the state's modules and optimisers (freezing or
-        unfreezing one changes which gradients a step computes and applies, so their flags key
-        the cache), and which tensors, submodules and forward hooks the modules hold (a layer,
+        """Read the modules among the state (and ``fn`` itself when it is one, and those it
+        names, ``_closure_modules``) as they are now: their modules, the parameters of the
+        state's modules and of every optimiser (freezing or unfreezing one changes which
+        gradients a step computes and applies, so their flags key the cache; a function
+        without state or optimiser has its differentiable calls, which check what they read
+        themselves), and which tensors, submodules and forward hooks the modules hold (a layer,
         parameter or buffer replaced since a trace would leave its program reading the old one;
         a forward hook added or removed would not run, or still run, on replays). Done again
         whenever any module's structure or hooks changed (``Module._structure``)."""
-        objs, state = self._objs, self.state
+        objs = self._objs
         mods = [mod for o in objs if hasattr(o, "training") and hasattr(o, "modules")
                 for mod in o.modules()]
         params: dict = {}
-        for o in objs if state is not None else ():
-            if hasattr(o, "training") and hasattr(o, "parameters"):
+        n = self._n_state if self.state is not None else 0  # the state and fn
+        for k, o in enumerate(objs):
+            if k < n and hasattr(o, "training") and hasattr(o, "parameters"):
                 for q in o.parameters():
                     params.setdefault(id(q), q)
             for g in getattr(o, "param_groups", None) or ():
@@ -156,10 +171,18 @@ class Jitted:
         mods = self._modules
         if mods and self._struct is not None and mods[0]._structure[0] != self._struct:
             self._read_state()
+        if self._static_nums or self._static_names:  # one leaf each, compared by value
+            n = len(args)
+            nums, names = self._static_nums, self._static_names
+            sig = (tuple(_Static(a) if k in nums or k - n in nums else a
+                         for k, a in enumerate(args)),
+                   {k: _Static(v) if k in names else v for k, v in kwargs.items()})
+            leaves, tdef = tree_flatten(sig)
+            return self._call(leaves, tdef, args, kwargs, m)
         hot = self._hot
         if hot is not None and not kwargs:
             arrays = _matches(hot, args, m, self._modules, self._params)
-            if arrays is not None:
+            if arrays is not None and (hot[0].hooks is None or not _hooks_moved(hot[0].hooks)):
                 entry = self.last = hot[0]
                 if entry.wait is not None:
                     return _outputs(entry, self._timed(entry, arrays))
@@ -168,10 +191,23 @@ class Jitted:
             leaves, tdef = list(args), None
         else:
             leaves, tdef = tree_flatten((args, kwargs))
+        return self._call(leaves, tdef, args, kwargs, m)
+
+    def _call(self, leaves: list, tdef, args: tuple, kwargs: dict, m):
+        """A call that missed the hot entry: look its signature up, trace or replay."""
+        if not self._scanned:  # modules fn reaches by name: their train()/eval() key it too
+            self._scanned = True
+            found = [o for o in _closure_modules(self.fn) if all(o is not x for x in self._objs)]
+            if found:
+                self._objs += tuple(found)
+                self._read_state()
         key, arrays, eager = self._signature(leaves, tdef, m)
         if eager:
             return self.fn(*args, **kwargs)
         entry = self.cache.get(key)
+        if entry is not None and entry.hooks is not None and _hooks_moved(entry.hooks):
+            del self.cache[key]  # a gradient hook was added or removed since the trace
+            self._hot = entry = None
         if entry is None:
             return self._trace(key, leaves, arrays, args, kwargs, m)
         self.cache.move_to_end(key)
@@ -184,7 +220,7 @@ class Jitted:
                 set(map(id, arrays))) == len(arrays):
             self._hot = (entry, tuple((d.shape, d.dtype) for d in arrays), m.grad_enabled,
                          tuple(mod.training for mod in self._modules),
-                         tuple(q.requires_grad for q in self._params), key)
+                         tuple(q.requires_grad for q in self._params), B.DEFAULT_FLOAT, key)
         if entry.wait is not None:
             return _outputs(entry, self._timed(entry, arrays))
         return _outputs(entry, entry.program.run(arrays))
@@ -232,7 +268,8 @@ class Jitted:
 
     def _signature(self, leaves: list, tdef, m):
         """The cache key, the input arrays, and whether this call must run eagerly."""
-        key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled]
+        # the default float dtype: what the step's factories and Python floats give
+        key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled, B.DEFAULT_FLOAT]
         if self._modules:  # train() and eval() change what a module computes
             key.append(tuple(mod.training for mod in self._modules))
         if self._params:
@@ -251,11 +288,7 @@ class Jitted:
             elif B.is_array(x):
                 d = x
             else:
-                try:
-                    hash(x)
-                    key.append(("static", type(x), x))
-                except TypeError:
-                    key.append(("object", id(x)))
+                key.append(_static_key(x, len(arrays)))
                 continue
             be = B.backend_of(d)
             key.append((d.shape, d.dtype.str, be.name, firsts.setdefault(id(d), len(arrays))))
@@ -271,6 +304,7 @@ class Jitted:
             out = self.fn(*args, **kwargs)
         finally:
             m.jit = None
+        rec.check_grads()
         self.traces += 1
         out_leaves, out_def = tree_flatten(out)
         reason = rec.fallback
@@ -281,8 +315,24 @@ class Jitted:
                 slots.append(rec.slot_of(o, o.data))
             else:
                 kinds.append(o)
+        if any(s in rec.loaded for s in slots):
+            # a returned tensor that the program loads may have been made in the step
+            # (``ng.zeros(3)``): hand the caller another Tensor over its array, so that only
+            # references from outside keep it a load (passes.constant_loads counts them)
+            it = iter(slots)
+            fresh = []
+            for o in out_leaves:
+                if isinstance(o, Tensor) and next(it) in rec.loaded and not o.requires_grad:
+                    o = Tensor(o.data)
+                fresh.append(o)
+            out_leaves, o = fresh, None
+            out = tree_unflatten(out_def, out_leaves)
+            del fresh
         diff = None
-        if reason is None and self.state is None and m.grad_enabled and any(
+        hooks = _hook_guard(rec) if reason is None else None
+        # a step that ran backward itself (a training step without state=) returns its loss
+        # as a value, as under state=: its graph was spent by that backward
+        if reason is None and self.state is None and m.grad_enabled and hooks is None and any(
                 isinstance(o, Tensor) and o.requires_grad for o in out_leaves):
             try:
                 diff = self._differentiable(rec, in_slots, leaves, out_leaves, slots, m)
@@ -290,9 +340,18 @@ class Jitted:
                 reason = str(e)
         program = None if reason is not None or diff is not None else rec.program(
             in_slots, slots, optimize=self.optimize, fuse=self._fuse(rec))
+        if any(s in rec.consts for s in slots):  # the program keeps it: the caller gets a copy
+            it = iter(slots)
+            fresh = []
+            for o in out_leaves:
+                if isinstance(o, Tensor) and next(it) in rec.consts and not o.requires_grad:
+                    o = Tensor(o.data.copy())
+                fresh.append(o)
+            out_leaves, o = fresh, None
+            out = tree_unflatten(out_def, out_leaves)
         wait = UPGRADE_AFTER_S if program is not None and self._waits_for_numba(program) else None
         entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason, wait,
-                       diff)
+                       diff, hooks)
         self.cache[key] = entry
         if self._hot is not None and self._hot[-1] in self.cache:  # its calls skip the cache
             self.cache.move_to_end(self._hot[-1])
@@ -350,6 +409,8 @@ class Jitted:
         m.jit = rec
         try:
             gs = _grad(floats, wrt, grad_outputs=cts, retain_graph=True, allow_unused=True)
+        except Exception as e:  # eagerly such an error comes only with a backward, if ever
+            raise _NotDifferentiable(f"jit: the backward could not be captured: {e}") from e
         finally:
             m.jit = None
             for t, hooks in hooked:
@@ -438,12 +499,86 @@ def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):
     return [Tensor(next(grads)) if p else None for p in d.present]
 
 
+def _is_module(o) -> bool:
+    try:  # whatever a global name holds (a proxy may answer any attribute)
+        return not isinstance(o, type | ModuleType) and type(getattr(
+            o, "training", None)) is bool and callable(getattr(o, "modules", None))
+    except Exception:
+        return False
+
+
+def _is_optimizer(o) -> bool:
+    try:
+        return not isinstance(o, type | ModuleType) and isinstance(
+            getattr(o, "param_groups", None), list)
+    except Exception:
+        return False
+
+
+def _closure_modules(fn) -> list:
+    """The modules and optimisers ``fn`` reaches by name: its bound ``self`` (or those among
+    its attributes), the variables it closes over, its defaults and the globals it names. A
+    module that a jitted function calls without naming it in ``state`` still computes
+    differently in ``train()`` and ``eval()``, and a parameter frozen since the trace must not
+    be updated, so these key the cache as the state's do."""
+    f = getattr(fn, "__func__", fn)
+    cands = []
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, ModuleType):
+        cands.append(owner)
+        if not _is_module(owner):
+            cands += list(getattr(owner, "__dict__", {}).values())
+    code = getattr(f, "__code__", None)
+    if code is not None:
+        for cell in getattr(f, "__closure__", None) or ():
+            try:
+                cands.append(cell.cell_contents)
+            except ValueError:  # a cell not filled yet
+                pass
+        cands += list(getattr(f, "__defaults__", None) or ())
+        g = getattr(f, "__globals__", {})
+        cands += [g[n] for n in code.co_names if n in g]
+    found, seen = [], set()
+    for o in cands:  # modules, and optimisers (their parameters' requires_grad keys it)
+        if (_is_module(o) or _is_optimizer(o)) and id(o) not in seen:
+            seen.add(id(o))
+            found.append(o)
+    return found
+
+
+def _hook_guard(rec) -> tuple | None:
+    """The leaves that the trace's backward accumulated into, with their gradient hooks and
+    post-accumulate hooks as they were (see ``_Entry.hooks``); None when there are none."""
+    leaves = {}
+    for i in rec.instrs:
+        if i.kind == "effect" and isinstance(i.params, dict) and "leaf" in i.params:
+            leaves.setdefault(id(i.params["leaf"]), i.params["leaf"])
+    if not leaves:
+        return None
+    return tuple((t, list(t._hooks) if t._hooks else None, _post_hooks(t))
+                 for t in leaves.values())
+
+
+def _post_hooks(t) -> list | None:
+    entry = POST_ACCUMULATE.get(id(t)) if POST_ACCUMULATE else None
+    return list(entry[1]) if entry is not None and entry[0]() is t and entry[1] else None
+
+
+def _hooks_moved(guard: tuple) -> bool:
+    """Whether a leaf's gradient hooks differ from the trace's (``_hook_guard``)."""
+    for t, hooks, post in guard:
+        if (t._hooks or None) != hooks or (
+                (POST_ACCUMULATE or post is not None) and _post_hooks(t) != post):
+            return True
+    return False
+
+
 def _matches(hot: tuple, args: tuple, m, modules: list, params: list) -> list | None:
     """The argument arrays when this call has the signature of the ``hot`` entry (tensors of
     the same shapes and dtypes on the CPU, distinct arrays, the same modes and parameters
     requiring grad), else None."""
-    entry, specs, grad, training, flags, _ = hot
-    if len(args) != len(specs) or m.grad_enabled is not grad:
+    entry, specs, grad, training, flags, dflt, _ = hot
+    if len(args) != len(specs) or m.grad_enabled is not grad or B.DEFAULT_FLOAT is not dflt:
         return None
     arrays = []
     for a, (shape, dtype) in zip(args, specs):
@@ -473,6 +608,74 @@ def _outputs(entry: _Entry, outs: list):
     return tree_unflatten(entry.out_def, res)
 
 
+def _static_args(fn: Callable, nums, names) -> tuple[frozenset, frozenset]:
+    """``static_argnums`` and ``static_argnames`` as sets, each completed from the other
+    through ``fn``'s signature where it has one (JAX's rule: an argument named either way is
+    static whether it comes by position or by keyword)."""
+    nums = (nums,) if isinstance(nums, int) else tuple(nums)
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not all(isinstance(k, int) and not isinstance(k, bool) for k in nums):
+        raise TypeError(f"jit: static_argnums must be ints, got {nums!r}")
+    if not all(isinstance(k, str) for k in names):
+        raise TypeError(f"jit: static_argnames must be strings, got {names!r}")
+    if not nums and not names:
+        return frozenset(), frozenset()
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: as given
+        return frozenset(nums), frozenset(names)
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                        p.POSITIONAL_OR_KEYWORD)]
+    more_nums = {positional.index(a) for a in names if a in positional}
+    more_names = {positional[k] for k in nums if -len(positional) <= k < len(positional)}
+    return frozenset(nums) | more_nums, frozenset(names) | more_names
+
+
+def _static_key(x, where) -> tuple:
+    """The signature's entry for an argument that is not a tensor (a static value, as JAX's
+    ``static_argnums``): its type and value, with floats told apart by their bits (``0.0 ==
+    -0.0`` and ``nan != nan``, yet ``x * s`` differs between them). A value that does not
+    hash is refused: keyed by identity, a changed or recycled object would replay another
+    value's program."""
+    t = type(x)
+    if t is _Static:
+        if isinstance(x.value, Tensor) or B.is_array(x.value):
+            raise JitError("jit: static_argnums/static_argnames name an argument that is a "
+                           "tensor; a tensor's values are not part of the signature: pass it "
+                           "as an ordinary (traced) argument")
+        return ("static", _Static, _static_key(x.value, where))
+    if t is float or t is complex or (getattr(x, "dtype", None) is not None and getattr(
+            x, "ndim", None) == 0 and x.dtype.kind in "fc"):
+        c = complex(x)
+        return ("static", t, c.real.hex(), c.imag.hex())
+    if t is slice:  # not hashable before Python 3.12
+        return ("static", slice, tuple(_static_key(v, where) for v in (x.start, x.stop,
+                                                                        x.step)))
+    try:
+        hash(x)
+    except TypeError:
+        raise JitError(
+            f"jit: an argument of type {t.__name__} (after {where} tensor arguments) is not "
+            "hashable; arguments that are not tensors are static, part of the signature (as "
+            "in jax.jit's static_argnums), and are compared by value: pass a hashable value "
+            "(a tuple, a frozen dataclass) or pass its tensors as arguments") from None
+    if isinstance(x, tuple):  # a static tuple (static_argnums) of floats: by their bits too
+        return ("static", t, tuple(_static_key(v, where) for v in x))
+    return ("static", t, x)
+
+
+class _Static:
+    """An argument named by ``static_argnums``/``static_argnames``: one leaf of the signature,
+    compared by value (a tuple or a list stays one value, not a tree of arguments)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
 def _def_key(tdef):
     """A hashable form of a tree's structure."""
     if tdef.kind is None:
@@ -486,10 +689,14 @@ def _def_key(tdef):
 
 
 def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32,
-        fuse: bool | None = None, optimize: bool = True):
+        fuse: bool | None = None, optimize: bool = True, static_argnums: int | tuple = (),
+        static_argnames: str | tuple = ()):
     """Compile ``fn``: trace it on the first call per input signature, replay afterwards.
 
-    Arguments that are not tensors are static (part of the signature). ``state`` names what a
+    Arguments that are not tensors are static (part of the signature, compared by value; they
+    must be hashable). ``static_argnums``/``static_argnames`` (JAX's) make the arguments they
+    name static as a whole, a tuple of numbers or a tensor-free tree included, rather than a
+    tree of arguments. ``state`` names what a
     training step reads and changes in place (a model, an optimiser): the step may then call
     ``backward`` and ``opt.step()``. ``fuse`` (default: when numba, or CuPy on a GPU, is there)
     compiles chains of elementwise ops into one kernel; single slow ops too once numba is
@@ -497,6 +704,7 @@ def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32,
     ``fuse=True`` does at once; ``optimize=False`` replays the trace as recorded (no CSE,
     folding or buffer reuse). Use as ``jit(f)`` or ``@jit(state=...)``.
     """
+    opts = dict(static_argnums=static_argnums, static_argnames=static_argnames)
     if fn is None:
-        return lambda f: Jitted(f, state, max_cache, fuse, optimize)
-    return Jitted(fn, state, max_cache, fuse, optimize)
+        return lambda f: Jitted(f, state, max_cache, fuse, optimize, **opts)
+    return Jitted(fn, state, max_cache, fuse, optimize, **opts)

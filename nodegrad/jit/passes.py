@@ -183,8 +183,9 @@ def optimise(prog, instrs: list) -> list:
 
 
 def _zero_addend(prog, i: Instr, ins: tuple, classes: _Classes) -> int | None:
-    """The slot ``g`` when ``i`` is ``zeros + g``, ``g + zeros`` or ``g - zeros`` of g's shape
-    and dtype (a zero-filled gradient buffer that is only added to)."""
+    """The slot ``g`` when ``i`` is ``g`` plus or minus zeros of g's shape and dtype (a
+    zero-filled buffer that is only added to) and gives ``g``'s bits: ``g - 0.0`` and ``g +
+    (-0.0)`` do, ``g + 0.0`` does not (``-0.0 + 0.0`` is ``+0.0``) unless g holds no floats."""
     if i.name not in ("add", "subtract") or len(ins) != 2:
         return None
     for z, g in ((ins[0], ins[1]), (ins[1], ins[0])):
@@ -193,9 +194,20 @@ def _zero_addend(prog, i: Instr, ins: tuple, classes: _Classes) -> int | None:
         if z not in prog.consts or g in prog.consts or g not in prog.meta:
             continue
         v = prog.consts[z]
-        zero = (v == 0) if isinstance(v, int | float) and not isinstance(v, bool) else (
-            hasattr(v, "shape") and v.size > 0 and not v.any())
-        if zero and prog.meta[g] == prog.meta[i.out] and not classes.is_written(g):
+        if isinstance(v, bool) or not (isinstance(v, int | float) or hasattr(v, "shape")):
+            continue
+        xp = B.backend_of(v).xp if B.is_array(v) else B.np
+        a = xp.asarray(v)
+        if a.size == 0 or a.any():
+            continue
+        kind = prog.meta[g][1].kind
+        if kind in "fc":  # the zeros' sign must leave g's -0.0 and +0.0 as they are
+            negative = i.name == "add"
+            parts = (a.real, a.imag) if kind == "c" else (a.real,)
+            if not all(bool(xp.all(xp.signbit(p)) if p.dtype.kind == "f" else False) ==
+                       negative for p in parts):
+                continue
+        if prog.meta[g] == prog.meta[i.out] and not classes.is_written(g):
             return g
     return None
 
@@ -535,7 +547,8 @@ def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
         params = i.params if isinstance(i.params, dict) else {}
         leaf = params.get("leaf")
         if leaf is not None:  # backward's leaf.grad += g
-            if params.get("owned") is i.fn and read(leaf) is None:
+            # a post-accumulate hook must see .grad (it runs inside the store, every call)
+            if params.get("owned") is i.fn and not _post_hooked(leaf) and read(leaf) is None:
                 state[id(leaf)] = ("slot", i.ins[0])
                 stores[id(leaf)] = k
             else:
@@ -576,6 +589,14 @@ def lower_gradients(prog, instrs: list) -> tuple[list, Lowered] | None:
     prog.stats["dropped_grad_stores"] = sum(1 for k in drop if instrs[k].params and
                                             "leaf" in instrs[k].params)
     return out, low
+
+
+def _post_hooked(leaf) -> bool:
+    """Whether ``leaf`` has post-accumulate-grad hooks (``register_post_accumulate_grad_hook``)."""
+    from ..autodiff import POST_ACCUMULATE
+
+    entry = POST_ACCUMULATE.get(id(leaf))
+    return entry is not None and entry[0]() is leaf and bool(entry[1])
 
 
 def _lowering(params: dict):

@@ -78,6 +78,10 @@ class Program:
     def _var(self, s: int) -> str:
         return f"c{s}" if s in self.consts else f"v{s}"
 
+    def _out(self, s: int) -> str:
+        return f"v{s}" if s not in self.consts else (
+            f"c{s}.copy()" if hasattr(self.consts[s], "copy") else f"c{s}")
+
     def _compile(self, fast: bool):
         """The program as one straight-line Python function (no interpreter loop, locals only).
 
@@ -156,7 +160,8 @@ class Program:
             call = f"f{k}({', '.join(argv)})"
             lines.append(f"    v{i.out} = {call}" if i.out is not None else f"    {call}")
             lines += dead.get(k, ())
-        lines.append(f"    return [{', '.join(self._var(s) for s in self.out_slots)}]")
+        # a constant returned (a tensor made in the step) is a new array on every call, as eager
+        lines.append(f"    return [{', '.join(self._out(s) for s in self.out_slots)}]")
         exec(compile("\n".join(lines), "<nodegrad.jit program>", "exec"), ns)
         return ns["_run"]
 

@@ -45,10 +45,12 @@ class Recorder:
         self.keep: list = []  # every object whose id is a key above, kept alive while tracing
         self.consts: dict[int, object] = {}
         self.aliases: dict[int, object] = {}  # id(array) -> getter of where it lives now
+        self.grad_of: dict[int, object] = {}  # id(array) in aliases -> the leaf whose .grad it is
         self.fallback: str | None = None  # why this signature must run eagerly, if it must
         self.backend = None
         self.meta: dict[int, tuple] = {}  # slot -> (shape, dtype) of the array it held at trace
         self.loaded: dict[int, object] = {}  # load slot -> weak reference to its tensor
+        self.load_data: dict[int, object] = {}  # load slot -> the array it read at trace
         self.before: dict[int, object] = {}  # load slot -> its value before an in-place change
         self.changed: set[int] = set()  # id(array) of tensors outside the program an effect got
 
@@ -108,6 +110,7 @@ class Recorder:
             s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
             self.instrs[-1].fn.tensor = weakref.ref(a)  # (a strong one would look like a user)
             self.loaded[s] = weakref.ref(a)
+            self.load_data[s] = d
             return s
         return self.const(d)
 
@@ -141,7 +144,9 @@ class Recorder:
             if isinstance(a, Tensor) and id(a.data) not in self.slot:
                 self.changed.add(id(a.data))
                 self.keep.append(a.data)
+        held = self._held_grads()
         res = self._run_untraced(fn, args, kwargs)
+        self._load_lost_grads(held)
         out = self._new(res) if B.is_array(res) else None
         name = getattr(fn, "__qualname__", "effect")
         if pos:
@@ -161,7 +166,9 @@ class Recorder:
     def accumulate(self, fn, leaf, g, create_graph: bool) -> None:
         """Record backward's ``leaf.grad += g``; later reads of ``leaf.grad`` load it afresh."""
         s = self.slot_of(g, g.data)
+        held = self._held_grads()
         self._run_untraced(fn, (leaf, g, create_graph, _SEEN), {})
+        self._load_lost_grads(held)
 
         def acc(v):
             fn(leaf, Tensor(v), False, _SEEN)
@@ -176,6 +183,42 @@ class Recorder:
             self.keep.append(grad.data)
             self.slot.pop(id(grad.data), None)  # its value is now the accumulated one
             self.aliases[id(grad.data)] = lambda: leaf.grad.data
+            self.grad_of[id(grad.data)] = leaf
+
+    def _held_grads(self) -> list:
+        """The gradient arrays known by where they live (``aliases``) that are their leaf's
+        ``.grad`` now, before an effect runs (see :meth:`check_grads`)."""
+        self.check_grads()
+        held = []
+        for k, leaf in self.grad_of.items():
+            g = leaf.grad
+            if g is not None and id(g.data) == k:
+                held.append((k, leaf, g.data))
+        return held
+
+    def check_grads(self) -> None:
+        """A ``.grad`` that backward set and that is no longer there, though no recorded step
+        changed it, was assigned by Python (``p.grad = None``), which a replay would not repeat
+        (its gradients would add up across calls): such a signature runs eagerly."""
+        for k, leaf in self.grad_of.items():
+            g = leaf.grad
+            if (g is None or id(g.data) != k) and self.fallback is None:
+                self.fallback = (
+                    f"the .grad of a tensor of shape {tuple(leaf.shape)} was set by Python "
+                    "code in the step (such as p.grad = None), which a replay does not repeat; "
+                    "use opt.zero_grad() or model.zero_grad(), or p.grad.zero_()")
+
+    def _load_lost_grads(self, held: list) -> None:
+        """Load, before the effect that just ran, each gradient array of ``held`` that is no
+        longer its leaf's ``.grad`` (``zero_grad()`` cleared it, or it was replaced): a tensor
+        that kept it (``g = p.grad`` before ``opt.zero_grad()``) still holds that value, which
+        a replay can no longer read from the leaf afterwards. Unread, such a load is dead code."""
+        for k, leaf, a in held:
+            g = leaf.grad
+            if g is None or g.data is not a:
+                get = self.aliases.pop(k)
+                del self.grad_of[k]
+                self._load("gradient", get, a)
 
     def mutate(self, name: str, fn, target, *args, params=None) -> None:
         """Run ``fn(target_array, *arg_values)`` (it changes the target in place) and record it."""
@@ -184,10 +227,21 @@ class Recorder:
             self.slot_of(a, v) for a, v in zip(args, vals))
         if params is not None and self.fallback is None and _holds_traced(params, self.slot):
             self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
-        if ins[0] in self.loaded and ins[0] not in self.before:
-            self.before[ins[0]] = target.data.copy()  # a tensor made in the step starts so
+        for s in self._written_loads(ins[0], target.data):
+            if s not in self.before:  # a tensor made in the step starts each call so
+                self.before[s] = self.load_data[s].copy()
         fn(target.data, *vals)
         self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
+
+    def _written_loads(self, s: int, data) -> list:
+        """The loaded tensors whose memory a write into ``data`` (slot ``s``) changes: its own
+        load, or those it is a view of (``y = ng.zeros(3); y[0] += x`` writes through a view)."""
+        if s in self.loaded:
+            return [s]
+        overlap = getattr(B.backend_of(data).xp, "may_share_memory", None)
+        if overlap is None:
+            return list(self.load_data)
+        return [k for k, a in self.load_data.items() if overlap(a, data)]
 
     def concrete(self, data, what: str) -> None:
         """Refuse to turn a traced value into a Python value (it would be frozen at trace). A

@@ -14,7 +14,7 @@ import warnings as _warnings
 from collections.abc import Callable
 
 from .. import _backend as B
-from ..autodiff import no_grad
+from ..autodiff import effect, no_grad
 from ..errors import DTypeError
 from ..random import Generator, check_normal_args, check_uniform_args, default_generator
 from ..tensor import Tensor
@@ -77,6 +77,7 @@ def _need_float(t: Tensor, op: str) -> None:
                          f"got {t.dtype}")
 
 
+@effect  # under nodegrad.jit each replay draws and writes again
 def _fill(t: Tensor, sample: Callable, generator: Generator | None) -> Tensor:
     gen = generator or default_generator(t.device)
     with no_grad():
@@ -89,6 +90,7 @@ def _uniform(gen, shape, dtype, low, high):
     return gen.random(shape, dtype) * (high - low) + low
 
 
+@effect  # under nodegrad.jit each replay writes again
 def constant_(tensor: Tensor, val: float) -> Tensor:
     with no_grad():
         tensor.data[...] = val

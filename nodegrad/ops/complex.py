@@ -15,7 +15,7 @@ from .. import _backend as B
 from ..batching import elementwise_rule
 from ..errors import DTypeError, ShapeError
 from ..primitive import REGISTRY, primitive
-from ..tensor import Tensor
+from ..tensor import Tensor, zeros_like
 import math
 
 from . import shape as S
@@ -46,8 +46,8 @@ def _need_tensor(op: str, x) -> Tensor:
 # --- primitives -------------------------------------------------------------------------------
 def _make_complex(xp, re, im):
     out = xp.empty(B.np.broadcast_shapes(re.shape, im.shape), _complex_dtype(re.dtype))
-    out.real = re
-    out.imag = im
+    out.real[...] = re  # through the part views (every backend's arrays have them)
+    out.imag[...] = im
     return out
 
 
@@ -60,11 +60,11 @@ _conj = primitive("conj", lambda xp, x: xp.conj(x), lambda g, ans, x: conj(g), s
                   kind=_EW, jvp="linear", promote=False,
                   complex=(lambda g, ans, x: conj(g),), doc="The complex conjugate.")
 _real = primitive("real", lambda xp, x: xp.real(x).copy(),
-                  lambda g, ans, x: _complex(g, B.np.zeros((), g.dtype)), saves="none",
+                  lambda g, ans, x: _complex(g, zeros_like(g)), saves="none",
                   kind=_EW, jvp="linear",
                   promote=False, doc="The real part of a complex tensor (a copy).")
 _imag = primitive("imag", lambda xp, x: xp.imag(x).copy(),
-                  lambda g, ans, x: _complex(B.np.zeros((), g.dtype), g), saves="none",
+                  lambda g, ans, x: _complex(zeros_like(g), g), saves="none",
                   kind=_EW, jvp="linear", promote=False,
                   doc="The imaginary part of a complex tensor (a copy).")
 

@@ -138,9 +138,8 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
     with no_grad():
         for p in ps:
             n = p.numel()
-            p.data[...] = vec.to(p.device).data[i:i + n].reshape(p.shape).astype(p.dtype)
-            p._bump()
-            i += n
+            p.copy_(vec.to(p.device)[i:i + n].reshape(p.shape).astype(p.dtype))  # (recorded
+            i += n  # for nodegrad.jit's replays, and bumps the version)
 
 
 # PyTorch's submodule import paths (nn.utils.clip_grad, nn.utils.convert_parameters): they
