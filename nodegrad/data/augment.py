@@ -25,10 +25,13 @@ _MODES = ("zeros", "edge", "wrap")
 
 
 def _cast(out: np.ndarray, dtype) -> np.ndarray:
-    """``out`` in ``dtype``; integer dtypes are rounded and clipped to their range."""
+    """``out`` in ``dtype``; integer dtypes are rounded and clipped to their range, bool (a
+    mask) to the nearer of 0 and 1 (a cast alone would make every interpolated value True)."""
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         out = np.clip(np.rint(out), info.min, info.max)
+    elif dtype.kind == "b" and out.dtype.kind != "b":
+        out = out >= 0.5
     return out.astype(dtype, copy=False)
 
 
@@ -150,12 +153,44 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _range(v) -> tuple[float, float]:
-    """``v`` as (-v, v), or a given (lo, hi) pair."""
+def _range(v, owner: str = "augmentation", name: str = "range") -> tuple[float, float]:
+    """``v`` (>= 0) as (-v, v), or a given (lo, hi) pair with lo <= hi."""
     if isinstance(v, tuple | list):
-        lo, hi = v
-        return float(lo), float(hi)
-    return -float(v), float(v)
+        lo, hi = (float(a) for a in v)
+        if not lo <= hi:
+            raise ValueError(f"{owner}: {name} range must have lo <= hi, got {tuple(v)}")
+        return lo, hi
+    return -_nonneg(owner, name, v), float(v)
+
+
+def _nonneg(owner: str, name: str, v) -> float:
+    """``v`` as a float, refusing a negative (or NaN) value with a clear error."""
+    if not float(v) >= 0:
+        raise ValueError(f"{owner}: {name} must be >= 0, got {v!r}")
+    return float(v)
+
+
+def _count(owner: str, name: str, v) -> int:
+    """``v`` as an int >= 0 (a shift or padding in whole positions)."""
+    if isinstance(v, bool) or int(v) != v or v < 0:
+        raise ValueError(f"{owner}: {name} must be an int >= 0, got {v!r}")
+    return int(v)
+
+
+def _prob(owner: str, v) -> float:
+    """``v`` as a probability in [0, 1]."""
+    if not 0 <= float(v) <= 1:
+        raise ValueError(f"{owner}: p must be a probability in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _factors(owner: str, v) -> tuple[float, float]:
+    """A (lo, hi) range of scale factors with 0 < lo <= hi (a factor 0 would divide by 0)."""
+    lo, hi = (float(a) for a in v)
+    if not 0 < lo <= hi or not np.isfinite(hi):
+        raise ValueError(f"{owner}: scale must be a range (lo, hi) of factors with "
+                         f"0 < lo <= hi, got {tuple(v)}")
+    return lo, hi
 
 
 def _as_channels(x: np.ndarray, spatial: int) -> np.ndarray:
@@ -169,7 +204,7 @@ class GaussianNoise(Augmentation):
     """Adds ``std * N(0, 1)`` noise to every value of a chosen sample (any shape)."""
 
     def __init__(self, std: float = 0.1, p: float = 1.0):
-        self.std, self.p = std, p
+        self.std, self.p = _nonneg("GaussianNoise", "std", std), _prob("GaussianNoise", p)
 
     def __call__(self, x, rng=None) -> np.ndarray:
         x = _host(x)
@@ -210,7 +245,10 @@ class RandomShift1d(Augmentation):
     spatial_ndim = 1
 
     def __init__(self, max_shift: int, mode: str = "wrap", p: float = 1.0):
-        self.max_shift, self.mode, self.p = int(max_shift), _check_mode(mode), p
+        owner = type(self).__name__
+        self.max_shift = _count(owner, "padding" if owner == "RandomCrop1d" else "max_shift",
+                                max_shift)
+        self.mode, self.p = _check_mode(mode), _prob(owner, p)
 
     def _apply(self, x, rng):
         xc = _as_channels(x, 1)
@@ -235,7 +273,7 @@ class RandomFlip1d(Augmentation):
     spatial_ndim = 1
 
     def __init__(self, p: float = 0.5):
-        self.p = p
+        self.p = _prob(type(self).__name__, p)
 
     def _apply(self, x, rng):
         flip = self._chosen(len(x), rng).reshape((-1,) + (1,) * (x.ndim - 1))
@@ -252,7 +290,9 @@ class RandomScale1d(Augmentation):
 
     def __init__(self, scale: tuple[float, float] = (0.8, 1.25), mode: str = "edge",
                  p: float = 1.0):
-        self.scale, self.mode, self.p = tuple(scale), _check_mode(mode), p
+        owner = type(self).__name__
+        self.scale, self.mode = _factors(owner, scale), _check_mode(mode)
+        self.p = _prob(owner, p)
 
     def _apply(self, x, rng):
         xc = _as_channels(x, 1)
@@ -273,7 +313,8 @@ class RandomShear1d(Augmentation):
     spatial_ndim = 1
 
     def __init__(self, max_slope: float = 0.5, p: float = 1.0):
-        self.max_slope, self.p = max_slope, p
+        owner = type(self).__name__
+        self.max_slope, self.p = _nonneg(owner, "max_slope", max_slope), _prob(owner, p)
 
     def _apply(self, x, rng):
         dt = _work_dtype(x)
@@ -291,7 +332,11 @@ class RandomFlip2d(Augmentation):
     spatial_ndim = 2
 
     def __init__(self, horizontal: float = 0.5, vertical: float = 0.0):
-        self.horizontal, self.vertical = horizontal, vertical
+        for name, v in (("horizontal", horizontal), ("vertical", vertical)):
+            if not 0 <= float(v) <= 1:
+                raise ValueError(f"RandomFlip2d: {name} must be a probability in [0, 1], "
+                                 f"got {v!r}")
+        self.horizontal, self.vertical = float(horizontal), float(vertical)
 
     def _apply(self, x, rng):
         shape = (-1,) + (1,) * (x.ndim - 1)
@@ -310,7 +355,9 @@ class RandomCrop2d(Augmentation):
     spatial_ndim = 2
 
     def __init__(self, padding: int, mode: str = "zeros", p: float = 1.0):
-        self.padding, self.mode, self.p = int(padding), _check_mode(mode), p
+        owner = type(self).__name__
+        self.padding, self.mode = _count(owner, "padding", padding), _check_mode(mode)
+        self.p = _prob(owner, p)
 
     def _apply(self, x, rng):
         xc = _as_channels(x, 2)
@@ -344,9 +391,13 @@ class RandomAffine2d(Augmentation):
     def __init__(self, degrees: float = 0.0, translate: float | tuple[float, float] = 0.0,
                  scale: tuple[float, float] = (1.0, 1.0), shear: float = 0.0,
                  mode: str = "zeros", p: float = 1.0):
-        self.degrees, self.scale, self.shear = _range(degrees), tuple(scale), _range(shear)
+        owner = type(self).__name__
+        self.degrees = _range(degrees, owner, "degrees")
+        self.scale = _factors(owner, scale)
+        self.shear = _range(shear, owner, "shear")
         t = translate if isinstance(translate, tuple | list) else (translate, translate)
-        self.translate, self.mode, self.p = tuple(t), _check_mode(mode), p
+        self.translate = tuple(_nonneg(owner, "translate", v) for v in t)
+        self.mode, self.p = _check_mode(mode), _prob(owner, p)
 
     def _apply(self, x, rng):
         xc = _as_channels(x, 2)
@@ -363,12 +414,12 @@ class RandomAffine2d(Augmentation):
         # k = tan(phi); each output pixel reads the input at A^-1 (offset - t), where
         # A^-1 = [[1, -k], [0, 1]] R(-theta) / s = [[c + k s_, s_ - k c], [-s_, c]] / s
         c, s_, k = np.cos(theta), np.sin(theta), np.tan(phi)
-        i00, i01, i10, i11 = ((v / s).astype(B.float32)[:, None, None]
+        wd = xc.dtype  # sampling positions in the working dtype: float64 stays exact
+        i00, i01, i10, i11 = ((v / s).astype(wd)[:, None, None]
                               for v in (c + k * s_, s_ - k * c, -s_, c))
         cy, cx = (h - 1) / 2, (w - 1) / 2
-        f32 = B.float32
-        oy = (np.arange(h, dtype=f32) - cy)[None, :, None] - ty.astype(f32)[:, None, None]
-        ox = (np.arange(w, dtype=f32) - cx)[None, None, :] - tx.astype(f32)[:, None, None]
+        oy = (np.arange(h, dtype=wd) - cy)[None, :, None] - ty.astype(wd)[:, None, None]
+        ox = (np.arange(w, dtype=wd) - cx)[None, None, :] - tx.astype(wd)[:, None, None]
         sx = i00 * ox + i01 * oy + cx
         sy = i10 * ox + i11 * oy + cy
         return _sample_2d(xc, sy, sx, self.mode).reshape(x.shape)

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import _backend as B
 from ..tensor import Tensor
+from .dataset import stack_samples
 
 np = B.np
 
@@ -76,7 +77,7 @@ def default_collate(batch: list) -> Any:
     if isinstance(elem, np.ndarray):
         if _STR_OR_OBJECT.search(elem.dtype.str):
             raise TypeError(_ERROR.format(elem.dtype))
-        return Tensor(np.stack(batch))
+        return Tensor(stack_samples(batch, "default_collate"))
     if isinstance(elem, float):
         return Tensor(_numbers(batch, B.float64))
     if isinstance(elem, int | np.bool_ | np.number):

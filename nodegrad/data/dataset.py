@@ -93,13 +93,23 @@ class ArrayDataset:
 class TensorDataset(ArrayDataset):
     """An ArrayDataset built from nodegrad Tensors (kept as host arrays; the loader moves them)."""
 
+    @property
+    def tensors(self) -> tuple:
+        """The fields as CPU Tensors sharing the host arrays (PyTorch's ``tensors``)."""
+        from ..tensor import Tensor
+
+        return tuple(Tensor(a) for a in self.arrays)
+
 
 class Subset:
     """The samples ``indices`` of ``dataset``, still vectorised when the parent gathers."""
 
     def __init__(self, dataset: Dataset, indices):
         self.dataset = dataset
-        self.indices = np.asarray(indices, dtype=B.int64)
+        idx = _host(indices if hasattr(indices, "__len__") else list(indices))
+        if idx.size and idx.dtype.kind not in "iu":  # 1.5 would be truncated to 1 silently
+            raise TypeError(f"Subset: indices must be integers, got dtype {idx.dtype}")
+        self.indices = idx.astype(B.int64, copy=False)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -335,7 +345,21 @@ def _stack_field(values: Sequence):
         if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
             return type(first)(*fields)
         return tuple(fields) if isinstance(first, tuple) else fields
-    return np.stack([_host(v) for v in values])
+    return stack_samples([_host(v) for v in values], "batching samples")
+
+
+def stack_samples(arrays: Sequence, what: str) -> np.ndarray:
+    """``np.stack(arrays)``, whose error names ``what`` and the first two shapes that differ."""
+    try:
+        return np.stack(arrays)
+    except ValueError:
+        shapes = [np.shape(a) for a in arrays]
+        k = next((i for i, sh in enumerate(shapes) if sh != shapes[0]), None)
+        if k is None:
+            raise
+        raise ValueError(f"{what}: each sample must have the same shape to stack them into a "
+                         f"batch, got {shapes[0]} at entry 0 and {shapes[k]} at entry {k}; "
+                         "pad them or pass a collate_fn") from None
 
 
 def _rng(seed) -> np.random.Generator:
@@ -346,7 +370,13 @@ def _rng(seed) -> np.random.Generator:
         return seed.rng
     if seed is None:
         return default_generator("cpu").rng
-    return np.random.default_rng(seed)
+    try:
+        return np.random.default_rng(seed)
+    except TypeError as e:
+        raise TypeError("seed/generator must be an int, a NumPy Generator, an ng.Generator or "
+                        f"None, got {type(seed).__module__}.{type(seed).__qualname__}") from e
+    except ValueError as e:
+        raise ValueError(f"seed/generator: {seed!r} is not a valid seed ({e})") from e
 
 
 def _fold_assignment(n: int, k: int, rng: np.random.Generator, stratify=None) -> np.ndarray:
@@ -376,6 +406,10 @@ def random_split(dataset: Dataset, lengths: Sequence[int | float], generator=Non
     n = len(dataset)
     lengths = list(lengths)
     if lengths and all(isinstance(x, float) for x in lengths):
+        bad = [i for i, f in enumerate(lengths) if not 0 <= f <= 1]
+        if bad:
+            raise ValueError(f"random_split: fraction at index {bad[0]} is not between 0 and "
+                             f"1, got {lengths[bad[0]]}")
         if abs(sum(lengths) - 1) > 1e-6:
             raise ValueError(f"random_split: fractions must sum to 1, got {sum(lengths)}")
         counts = [int(np.floor(f * n)) for f in lengths]

@@ -220,17 +220,18 @@ class DataLoader:
             prefetch = 0 if self.backend.device_id is None else 2
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
-        if batch_sampler is not None:
-            n = len(batch_sampler)
-        elif self._iterable:
-            n = None  # a stream's length is asked for only when len(loader) is
-        else:
-            n = len(dataset) if sampler is None else len(sampler)
-        if n == 0 and not self._iterable:
-            raise ValueError("DataLoader: the dataset is empty")
         self.sampler = sampler
         self.batch_sampler = batch_sampler
         self.dataset = dataset
+        if not self._iterable:
+            try:
+                empty = len(dataset) == 0  # type: ignore[arg-type]
+            except TypeError:  # no __len__: fine where a sampler says which indices to read
+                if sampler is None and batch_sampler is None:
+                    raise
+                empty = False
+            if empty:  # (a sampler or batch sampler of no indices gives an empty loader)
+                raise ValueError("DataLoader: the dataset is empty")
         self.batch_size = None if batch_size is None else int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -238,7 +239,6 @@ class DataLoader:
         self.transform = transform
         self.prefetch = prefetch
         self.dtype = B.as_dtype(dtype)
-        self._n = n  # samples per epoch (with a batch_sampler: batches; None: a stream)
         # whole batches by index: a sampler or batch sampler keeps this, per-sample options not
         self._vectorised = (collate_fn is None and not self._iterable
                             and hasattr(dataset, "gather")
@@ -251,6 +251,7 @@ class DataLoader:
         self.timeout = float(timeout)
         self.multiprocessing_context = (start_context(multiprocessing_context)
                                         if num_workers else None)
+        self.generator = generator  # PyTorch's attribute (the loader's seed is drawn from it)
         self.pin_memory = bool(pin_memory)  # no pinned host copy in the backend: ignored
         self.pin_memory_device = pin_memory_device
         self.in_order = bool(in_order)
@@ -329,6 +330,33 @@ class DataLoader:
                             f"{pin_memory_device!r}")
 
     # --- size and position --------------------------------------------------------------------
+    @property
+    def _n(self) -> int | None:
+        """Samples per epoch (with a batch_sampler: batches; None: a stream), read now: as
+        PyTorch's samplers do, each epoch reads the dataset's current length, so samples added
+        to a dataset between epochs are read. A sampler without ``__len__`` raises TypeError."""
+        if self.batch_sampler is not None:
+            return len(self.batch_sampler)
+        if self._iterable:
+            return None
+        return len(self.dataset) if self.sampler is None else len(self.sampler)
+
+    def _known_n(self) -> int | None:
+        """:attr:`_n`, or None where a sampler or batch sampler has no ``__len__`` (it is
+        iterated all the same, as in PyTorch; only ``len(loader)`` needs the length)."""
+        try:
+            return self._n
+        except TypeError:
+            if self.sampler is None and self.batch_sampler is None:
+                raise
+            return None
+
+    def _known_len(self) -> int | None:
+        """``len(self)``, or None where it is unknown (a stream or sampler without length)."""
+        if self._iterable or self._known_n() is None:
+            return None
+        return len(self)
+
     def __len__(self) -> int:
         """The number of batches per epoch (of the current one, after a resume re-split it)."""
         if self._iterable:
@@ -394,7 +422,8 @@ class DataLoader:
     def _epoch_done(self) -> bool:
         """Whether the epoch's batches are all handed out (ran out, or as many as its length:
         a sampler may yield fewer indices than its __len__ says)."""
-        return self._ended or not self._iterable and self._batch >= len(self)
+        n = self._known_len()
+        return self._ended or n is not None and self._batch >= n
 
     def state_dict(self) -> dict:
         """The position within the epoch, as plain data for a checkpoint.
@@ -415,7 +444,8 @@ class DataLoader:
         start, first = self._split_of(epoch)
         if batch == 0:
             start = first = 0
-        state = {"seed": self.seed, "epoch": epoch, "batch": batch, "num_samples": self._n,
+        state = {"seed": self.seed, "epoch": epoch, "batch": batch,
+                 "num_samples": self._known_n(),
                  "batch_size": self.batch_size, "shuffle": self.shuffle,
                  "drop_last": self.drop_last, "world": self._world(), "start": start,
                  "first": first,
@@ -459,7 +489,8 @@ class DataLoader:
         A state from another layout (number of ranks, per-rank batch size, or a distributed
         sampler against a plain shuffling loader) continues the same global order: the samples
         not yet consumed are re-split over this loader's ranks, so each is still read once."""
-        mine = {"num_samples": self._n, "batch_size": self.batch_size, "shuffle": self.shuffle,
+        mine = {"num_samples": self._known_n(), "batch_size": self.batch_size,
+                "shuffle": self.shuffle,
                 "drop_last": self.drop_last,
                 "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
                 else None}
@@ -768,7 +799,7 @@ class DataLoader:
             if not self._resume and (self._batch > 0 or self._ended):
                 self._new_epoch(self._epoch + 1)
         elif not self._resume and (self._batch > 0 or self._ahead or self._ended) \
-                or self._batch >= len(self):
+                or (n := self._known_len()) is not None and self._batch >= n:
             self._new_epoch(self._epoch + 1)  # the last iteration ended or stopped early
         self._resume = self._ended = False
         token = object()

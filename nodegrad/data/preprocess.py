@@ -28,6 +28,9 @@ def _finite64(obj: Preprocessor, x) -> np.ndarray:
     """``x`` as float64 for fitting, refusing NaN and Inf: one would turn the fitted statistics
     (a mean, a range, a covariance) and then every transformed value of its feature into NaN."""
     x = _host(x).astype(B.float64)
+    if x.size == 0:
+        raise ValueError(f"{type(obj).__name__}.fit: the training data is empty (shape "
+                         f"{x.shape}); the fitted statistics would be NaN")
     bad = ~np.isfinite(x)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -163,9 +166,17 @@ class Standardize(_Elementwise):
     def fit(self, x) -> Standardize:
         x = _finite64(self, x)
         axes = _axes(self.axis, x.ndim)
-        self.shift_ = x.mean(axis=axes, keepdims=True)
+        mean = x.mean(axis=axes, keepdims=True)
         std = x.std(axis=axes, keepdims=True)
-        self.scale_ = 1.0 / np.where(std < self.eps, 1.0, std)
+        # a constant feature far from zero has a mean off by rounding, hence a std of the order
+        # n * eps * |mean| (as scikit-learn bounds it): it counts as constant, and one that is
+        # exactly constant is centred on its value, so it becomes exactly 0 and is not blown up
+        n = int(np.prod([x.shape[a] for a in axes]))
+        rounding = n * np.finfo(B.float64).eps * np.abs(mean)
+        constant = (std < self.eps) | (std <= rounding)
+        exact = x.min(axis=axes, keepdims=True) == x.max(axis=axes, keepdims=True)
+        self.shift_ = np.where(exact, x.min(axis=axes, keepdims=True), mean)
+        self.scale_ = 1.0 / np.where(constant, 1.0, std)
         return self
 
     @property
@@ -221,7 +232,17 @@ class _Whiten(Preprocessor):
         lam, u = np.linalg.eigh(xc.T @ xc / (len(x) - 1))
         lam, u = np.clip(lam[::-1], 0.0, None), u[:, ::-1]  # largest variance first
         u *= np.sign(u[np.abs(u).argmax(axis=0), np.arange(u.shape[1])])  # fixed signs
-        k = self.n_components or len(lam)
+        k = len(lam) if self.n_components is None else self.n_components
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= len(lam):
+            raise ValueError(f"{type(self).__name__}: n_components must be an int in "
+                             f"[1, {len(lam)}] (the number of features) or None, got "
+                             f"{self.n_components!r}")
+        if not self.eps > 0 and lam[k - 1] == 0:
+            raise ValueError(f"{type(self).__name__}.fit: eps={self.eps} and the training data "
+                             f"has {int(np.sum(lam[:k] == 0))} direction(s) of zero variance; "
+                             "whitening them divides by zero. Use eps > 0"
+                             + (" or fewer n_components" if "n_components" in self._params
+                                else ""))
         self.variances_, self.components_ = lam[:k], u[:, :k]
         return self
 

@@ -16,6 +16,7 @@ import pickle
 import queue
 import random
 import signal
+import threading
 import time
 import traceback
 from typing import Any
@@ -239,9 +240,22 @@ def _worker_loop(worker_id: int, num_workers: int, fetcher, init_fn, seed: int, 
             else:
                 out = (gen, msg[2], *_next_of_stream(fetcher, state, worker_id, num_workers))
         except Exception as e:
-            out = (gen, msg[2], "error", _RemoteError(worker_id, e, "while making a batch"))
+            where = (f"while making batch {msg[2]} of epoch {state['epoch']} "
+                     f"(dataset indices {_indices_text(msg[3])})" if kind == "batch" else
+                     f"while reading batch {msg[2]} of its share of the IterableDataset in "
+                     f"epoch {state['epoch']}")
+            out = (gen, msg[2], "error", _RemoteError(worker_id, e, where))
         if not send(out):
             return
+
+
+def _indices_text(idx, most: int = 8) -> str:
+    """The dataset indices of a batch for an error message (the first ``most`` of many)."""
+    if isinstance(idx, int | np.integer):
+        return str(int(idx))
+    flat = np.asarray(idx).reshape(-1).tolist()
+    more = f", ... {len(flat)} in all" if len(flat) > most else ""
+    return "[" + ", ".join(map(str, flat[:most])) + more + "]"
 
 
 def _next_of_stream(fetcher, state: dict, worker_id: int, num_workers: int) -> tuple:
@@ -283,6 +297,12 @@ class WorkerPool:
         self.readers: list = []
         self.gen = 0
         self.closed = False
+        self.heard = [False] * num_workers  # whether worker w has sent anything yet
+        # one thread reads the pipes at a time; a new generation (or shutdown) wakes a reader
+        # of an older one (a prefetch thread of an iteration left early), which then stops
+        # instead of taking the new generation's batches
+        self._reading = threading.Lock()
+        self._wake_r, self._wake_w = ctx.Pipe(duplex=False)
         try:
             for w in range(num_workers):
                 tasks = ctx.Queue()
@@ -315,6 +335,10 @@ class WorkerPool:
         """Open a new generation for ``epoch`` (over a stream: ``read[w]``, the batches of
         worker ``w`` already handed out, which a resume skips)."""
         self.gen += 1
+        self._wake()
+        with self._reading:  # a reader of an earlier generation has let go of the pipes
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
         for w in range(self.num_workers):
             self.tasks[w].put(("epoch", self.gen, seed, epoch, worker_seeds[w],
                                read[w] if read else 0))
@@ -329,29 +353,51 @@ class WorkerPool:
             raise RuntimeError("DataLoader: a newer iteration of this loader took over its "
                                "persistent workers; this iterator cannot go on")
 
+    def _wake(self) -> None:
+        """Wake a thread waiting in :meth:`recv` (it then checks its generation)."""
+        try:
+            self._wake_w.send_bytes(b"\0")
+        except (OSError, ValueError):
+            pass
+
     def recv(self, gen: int, deadline: float | None, what: str) -> tuple[int, Any, str, Any]:
         """The next ``(worker, key, status, payload)`` of generation ``gen``, the current one."""
+        with self._reading:
+            return self._recv(gen, deadline, what)
+
+    def _recv(self, gen: int, deadline: float | None, what: str) -> tuple[int, Any, str, Any]:
         self.check(gen)
         waiting = {r: w for w, r in enumerate(self.readers)}
         sentinels = {p.sentinel: w for w, p in enumerate(self.procs)}
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ready = _mp().connection.wait(list(waiting) + list(sentinels), left)
+            ready = _mp().connection.wait(list(waiting) + list(sentinels) + [self._wake_r],
+                                          left)
             if not ready:
                 raise WorkerError(f"DataLoader timed out after {self.timeout} seconds waiting "
                                   f"for {what}")
+            if self._wake_r in ready:
+                while self._wake_r.poll():
+                    self._wake_r.recv_bytes()
+                if self.closed:
+                    raise WorkerError(f"DataLoader: the workers were shut down while the main "
+                                      f"process waited for {what}")
+                self.check(gen)  # a newer generation started: this reader stops
             dead = None
             for obj in ready:
+                if obj is self._wake_r:
+                    continue
                 if obj in waiting:
                     w = waiting[obj]
                     try:
-                        gen, key, status, payload = obj.recv()
+                        got, key, status, payload = obj.recv()
                     except (EOFError, OSError):
                         dead = w
                         continue
-                    if status == "error" and gen == -1:
+                    self.heard[w] = True
+                    if status == "error" and got == -1:
                         payload.reraise()
-                    if gen == self.gen:
+                    if got == gen:
                         if status == "error":
                             payload.reraise()
                         return w, key, status, payload
@@ -360,9 +406,17 @@ class WorkerPool:
             if dead is not None:
                 p = self.procs[dead]
                 p.join(0.1)
+                hint = ""
+                if p.exitcode == 1 and not self.heard[dead] and self.method != "fork":
+                    hint = (f". It exited before sending anything; with the '{self.method}' "
+                            "start method a worker first imports the main script, so the "
+                            "dataset, collate_fn, transform and worker_init_fn must be defined "
+                            "at its module level and the code that iterates a DataLoader must "
+                            "be under `if __name__ == \"__main__\":` (the worker's own "
+                            "traceback, if any, is printed above)")
                 raise WorkerError(f"DataLoader worker {dead} (pid {p.pid}) exited "
                                   f"unexpectedly{_exit_reason(p.exitcode)} while the main "
-                                  f"process waited for {what}")
+                                  f"process waited for {what}{hint}")
 
     def shutdown(self, force: bool = False) -> None:
         """Stop the workers: ask, wait up to a moment (none with ``force``: after an error),
@@ -375,8 +429,17 @@ class WorkerPool:
                 q.put(None)
             except (OSError, ValueError):
                 pass
-        for r in self.readers:  # a worker blocked sending a batch gets a broken pipe
-            r.close()
+        self._wake()  # a thread waiting for a batch stops before its pipes are closed
+        idle = self._reading.acquire(timeout=_JOIN)
+        try:
+            for r in self.readers:  # a worker blocked sending a batch gets a broken pipe
+                r.close()
+            if idle:
+                self._wake_r.close()
+                self._wake_w.close()
+        finally:
+            if idle:
+                self._reading.release()
         deadline = time.monotonic() + (0.0 if force else _JOIN)
         for p in self.procs:
             p.join(max(deadline - time.monotonic(), 0.0))

@@ -42,11 +42,16 @@ def _both(make, n: int, n_test: int, rng):
     return x, y, xt, yt
 
 
-def _check(n: int, n_test: int, noise: float) -> None:
+def _check(what: str, n: int, n_test: int, noise: float, classes: int = 1,
+           dim: int = 1) -> None:
+    """Refuse sizes, noise, classes or dim that would give empty, NaN or unlabelled data."""
     if n < 1 or n_test < 0:
-        raise ValueError(f"need n >= 1 and n_test >= 0, got n={n}, n_test={n_test}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise ValueError(f"{what}: need n >= 1 and n_test >= 0, got n={n}, n_test={n_test}")
+    if not noise >= 0:
+        raise ValueError(f"{what}: noise must be >= 0, got {noise}")
+    for name, v in (("classes", classes), ("dim", dim)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{what}: {name} must be an int >= 1, got {v!r}")
 
 
 def regression1d(n: int = 256, n_test: int = 1000, noise: float = 0.1, seed: int = 0,
@@ -56,7 +61,12 @@ def regression1d(n: int = 256, n_test: int = 1000, noise: float = 0.1, seed: int
     ``fn`` names one of ``FUNCTIONS`` (sin: sin(2x) + 0.3x, abs, step, cubic) or is a callable
     on arrays. The noise floor of the mean squared error is ``noise**2``.
     """
-    _check(n, n_test, noise)
+    _check("regression1d", n, n_test, noise)
+    if isinstance(fn, str) and fn not in FUNCTIONS:
+        raise ValueError(f"regression1d: fn must be one of {sorted(FUNCTIONS)} or a callable, "
+                         f"got {fn!r}")
+    if not low < high:
+        raise ValueError(f"regression1d: need low < high, got low={low}, high={high}")
     f = FUNCTIONS[fn] if isinstance(fn, str) else fn
 
     def make(m, rng):
@@ -77,7 +87,7 @@ def spirals(n: int = 600, classes: int = 3, noise: float = 0.1, seed: int = 0,
 
     Gaussian noise of std ``noise`` is added to the coordinates.
     """
-    _check(n, n_test, noise)
+    _check("spirals", n, n_test, noise, classes)
 
     def make(m, rng):
         y = _balanced_labels(m, classes, rng)
@@ -95,7 +105,7 @@ def spirals(n: int = 600, classes: int = 3, noise: float = 0.1, seed: int = 0,
 
 def two_moons(n: int = 500, noise: float = 0.1, seed: int = 0, n_test: int = 500) -> Splits:
     """Two interleaving half circles in 2D (as scikit-learn's make_moons), Gaussian noise."""
-    _check(n, n_test, noise)
+    _check("two_moons", n, n_test, noise)
 
     def make(m, rng):
         y = _balanced_labels(m, 2, rng)
@@ -115,7 +125,7 @@ def two_moons(n: int = 500, noise: float = 0.1, seed: int = 0, n_test: int = 500
 def blobs(n: int = 600, classes: int = 3, dim: int = 2, noise: float = 1.0, seed: int = 0,
           n_test: int = 600, spread: float = 5.0) -> Splits:
     """Isotropic Gaussian clusters of std ``noise`` around centres ~ U[-spread, spread]^dim."""
-    _check(n, n_test, noise)
+    _check("blobs", n, n_test, noise, classes, dim)
     rng = np.random.default_rng(seed)
     centres = rng.uniform(-spread, spread, (classes, dim))
 
