@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 import warnings
@@ -45,6 +46,9 @@ def _train_parser(prog: str = "nodegrad train") -> Parser:
     a("--epochs", type=positive_int, help="epochs (default: the model's; the MNIST-1D paper "
       "trains 150 = 6,000 steps of 100, `nodegrad train` 50 for a one-minute run)")
     a("--batch-size", type=positive_int, help="minibatch size (default: the model's)")
+    a("--accumulate", type=positive_int, metavar="K",
+      help="one optimiser step per K batches, on their mean loss: the step of a batch K "
+           f"times larger (default {d['accumulate']}; not with --jit)")
     a("--optimizer", type=choice(list(OPTIMIZERS), "optimizer"), metavar="NAME",
       help=f"one of: {', '.join(OPTIMIZERS)} (default: the model's, adam)")
     a("--lr", type=float_in(0.0, 1e3, lo_open=True), help="learning rate (default: model's)")
@@ -108,13 +112,19 @@ def _config_args(path: str) -> dict:
         raise UsageError(f"config file {path} is not valid TOML: {e}") from None
     cfg = cfg.get("train", cfg)
     parser = _train_parser()
-    flags = {o.lstrip("-") for act in parser._actions for o in act.option_strings}
+    actions = {o.lstrip("-"): act for act in parser._actions for o in act.option_strings}
+    flags = set(actions)
     argv: list[str] = []
     for key, value in cfg.items():
         flag = key.replace("_", "-")
         if flag not in flags or flag in ("config", "help", "h"):
             raise UsageError(f"config file {path}: unknown key {key!r}; valid keys: "
                              f"{', '.join(sorted(flags - {'config', 'help', 'h'}))}")
+        switch = isinstance(actions[flag], argparse._StoreTrueAction)
+        if switch != isinstance(value, bool):  # `augment = "yes"`, `epochs = true`
+            raise UsageError(f"config file {path}: {key} must be "
+                             f"{'true or false' if switch else 'a value, not a boolean'}, "
+                             f"got {json.dumps(value, default=str)}")
         if isinstance(value, bool):
             if value:
                 argv.append(f"--{flag}")

@@ -7,13 +7,12 @@ stays dynamic. An ensemble run writes one file per member (``member-K/model.onnx
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..io import CheckpointError, load
 from .args import Parser, choice, int_at_least
-from .train import UsageError, build_model, load_data
+from .train import UsageError, build_model, load_data, read_run_config
 
 
 def parser(prog: str = "nodegrad export") -> Parser:
@@ -56,7 +55,7 @@ def run(argv: Sequence[str]) -> int:
     cfg = out / "config.json"
     if not cfg.exists():
         raise UsageError(f"{out} is not a nodegrad run directory (no config.json)")
-    o = json.loads(cfg.read_text())
+    o = read_run_config(out)
     o["device"] = "cpu"
     members = o.get("ensemble", 1)
     if members > 1 and a.out:

@@ -25,7 +25,7 @@ DEFAULTS = {"model": "mnist1d_cnn", "dataset": None, "epochs": None, "batch_size
             "dropout": 0.0, "init": "default", "augment": False, "early_stopping": 0,
             "ensemble": 1, "bootstrap": False, "val_fraction": 0.1, "checkpoint_every": 0,
             "seed": 0, "device": "cpu", "out": None, "resume": False, "overwrite": False,
-            "quiet": False, "jit": False}
+            "quiet": False, "jit": False, "accumulate": 1}
 # how many epochs `nodegrad train` runs by default: the MNIST-1D paper's 6,000 steps (150
 # epochs) for the fast models, fewer for the CNN and GRU so the default run takes well under
 # a minute
@@ -37,7 +37,7 @@ OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSpro
 SCHEDULES = ("none", "cosine", "step", "exponential", "onecycle", "plateau")
 _RUN_KEYS = ("model", "dataset", "batch_size", "optimizer", "lr", "weight_decay", "schedule",
              "dropout", "init", "augment", "early_stopping", "ensemble", "bootstrap",
-             "val_fraction", "checkpoint_every", "seed")
+             "val_fraction", "checkpoint_every", "seed", "accumulate")
 
 
 # --- building blocks ----------------------------------------------------------------------------
@@ -63,6 +63,8 @@ def resolve(opts: dict) -> dict:
         raise UsageError(f"model {o['model']} has no dropout")
     if o["augment"] and o["dataset"] == "regression1d":
         raise UsageError("--augment has no augmentation for regression1d")
+    if o["accumulate"] > 1 and o["jit"]:
+        raise UsageError("--jit captures one batch per step; leave it off with --accumulate")
     if o["bootstrap"] and o["ensemble"] < 2:
         raise UsageError("--bootstrap needs --ensemble K with K >= 2")
     B.get_backend(o["device"])  # an unknown or unavailable device fails before any file is written
@@ -179,6 +181,31 @@ def _is_run_dir(out: Path) -> bool:
     return isinstance(cfg, dict) and {"model", "dataset", "epochs", "seed"} <= cfg.keys()
 
 
+def read_run_config(out: Path) -> dict:
+    """The options of the run in ``out`` (its ``config.json``), defaults filled in; a file that
+    is not a run's options (not JSON, another kind of JSON, an unknown model) is a
+    :class:`CheckpointError` naming it, not a traceback."""
+    from ..models import REGISTRY
+
+    path = out / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not a run's config (not text: {e.reason})") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not a run's config (not valid JSON: {e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} is not a run's config (a JSON {type(cfg).__name__}, "
+                              "expected an object of options)")
+    missing = [k for k in ("model", "dataset", "epochs", "seed") if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{path} is not a run's config (no {', '.join(missing)})")
+    if cfg["model"] not in REGISTRY or cfg["dataset"] not in DATASETS:
+        raise CheckpointError(f"{path} names an unknown model or dataset ({cfg['model']!r} on "
+                              f"{cfg['dataset']!r})")
+    return {**DEFAULTS, **cfg}
+
+
 def _check_overwrite(out: Path) -> None:
     """``--overwrite`` deletes ``out``: only a nodegrad run directory, never the current
     directory or one that contains it, nor a symbolic link."""
@@ -240,7 +267,7 @@ def _saved_options(out: Path, given: dict) -> dict:
     step, exponential or one-cycle schedule was built for the saved number of epochs, and
     neither continuing it past its end nor stretching it midway is the schedule of a run of the
     new length."""
-    saved = json.loads((out / "config.json").read_text())
+    saved = read_run_config(out)
     if "model" in given and given["model"] != saved["model"]:
         raise CheckpointError(f"{out} holds a run of {saved['model']}, not {given['model']}")
     for k in _RUN_KEYS:
@@ -297,7 +324,8 @@ def _setup_member(o: dict, data, seed: int, comm=None) -> dict:
     if comm is not None:  # each rank's share, so that the schedule counts the steps it runs
         from ..train.distributed import shard
         tl = shard(tl, comm)
-    sched = build_schedule(o, opt, o["epochs"] * len(tl))
+    steps = -(-len(tl) // o["accumulate"])  # optimiser steps per epoch
+    sched = build_schedule(o, opt, o["epochs"] * steps)
     return {"model": model, "opt": opt, "loss_fn": loss_fn, "metrics": metrics, "tl": tl,
             "vl": vl, "sched": sched}
 
@@ -337,7 +365,7 @@ def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
     trainer = T.Trainer(model, loss_fn, opt, tl, vl, epochs=o["epochs"], callbacks=cbs,
                         metrics=metrics, scheduler=sched, run_dir=run_dir,
                         checkpoint_every=o["checkpoint_every"] or None, resume=resume,
-                        config=o, progress=False, jit=o["jit"])
+                        config=o, progress=False, jit=o["jit"], accumulate=o["accumulate"])
     if trainer.resumed_from is not None and main:
         print(_resume_line(trainer, run_dir, o["epochs"]))
     history = trainer.fit()
@@ -425,8 +453,9 @@ def train(opts: dict) -> int:
     say = (lambda *a: None) if o["quiet"] or not main else print
     if comm is not None:
         say(f"data parallel over {comm.world_size} ranks, batch {o['batch_size']} per rank")
+    steps_of = f" x {o['accumulate']} per step" if o["accumulate"] > 1 else ""
     say(f"training {o['model']} on {o['dataset']}: {o['epochs']} epochs, batch "
-        f"{o['batch_size']}, {o['optimizer']} lr {o['lr']}, seed {o['seed']} -> {out}")
+        f"{o['batch_size']}{steps_of}, {o['optimizer']} lr {o['lr']}, seed {o['seed']} -> {out}")
     t0 = time.perf_counter()
     before = 0.0  # wall time of the sessions before a resume, from the checkpoints
     if o["ensemble"] == 1:
@@ -483,7 +512,7 @@ def evaluate_run(run_dir: str) -> int:
     cfg = out / "config.json"
     if not cfg.exists():
         raise UsageError(f"{out} is not a nodegrad run directory (no config.json)")
-    o = json.loads(cfg.read_text())
+    o = read_run_config(out)
     dirs = [out / f"member-{i}" for i in range(o.get("ensemble", 1))] \
         if o.get("ensemble", 1) > 1 else [out]
     data = load_data(o["dataset"])

@@ -75,7 +75,8 @@ class ProgressBar(Callback):
     def on_train_begin(self, tr):
         self._t0, self._s0 = time.perf_counter(), tr.step
         try:
-            self._total: int | None = tr.epochs * len(tr.train_loader)
+            k = getattr(tr, "accumulate", 1)  # optimiser steps of k batches
+            self._total: int | None = tr.epochs * -(-len(tr.train_loader) // k)
         except TypeError:  # a stream of unknown length: steps and rate, without total or ETA
             self._total = None
         if self.interactive:
@@ -136,6 +137,12 @@ class HistoryWriter(Callback):
         self.run_dir = Path(run_dir)
 
     def on_epoch_end(self, tr, logs):
+        # a callback before this one may have stopped the run at this epoch: its reason is part
+        # of the history written now (the run may end here)
+        tr.history.stop_reason = tr.stop_reason
+        write_history(tr.history, self.run_dir)
+
+    def on_train_end(self, tr):
         write_history(tr.history, self.run_dir)
 
 
@@ -255,7 +262,8 @@ class EarlyStopping(Callback):
 
 class ModelCheckpoint(Callback):
     """Save the model's weights as ``best.safetensors`` (by ``monitor``) and/or
-    ``last.safetensors`` in ``run_dir`` at the end of every epoch. A ``monitor`` that is not
+    ``last.safetensors`` in ``run_dir`` at the end of every epoch, with the epoch (1-based, as
+    in the history), step and model in their metadata. A ``monitor`` that is not
     logged writes no ``best.safetensors`` and warns once, naming the logged metrics."""
 
     def __init__(self, run_dir: str | os.PathLike, monitor: str = "val_loss", mode: str = "min",
@@ -267,7 +275,8 @@ class ModelCheckpoint(Callback):
         self._warned = False
 
     def on_epoch_end(self, tr, logs):
-        meta = {"epoch": tr.epoch, "step": tr.step, **tr.model_info}
+        # the epoch as history.csv numbers it (1-based), so the two agree
+        meta = {"epoch": tr.epoch + 1, "step": tr.step, **tr.model_info}
         main = getattr(tr, "is_main", True)
         if self.save_best and self.monitor not in logs and main and not self._warned:
             self._warned = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import _backend as B
 from ..data import DataLoader, Subset
@@ -75,7 +76,10 @@ def train_ensemble(build: Callable[[], Module], make_optimizer: Callable, loss_f
                    **fit_kwargs) -> Ensemble:
     """Train ``k`` members: member i is built and shuffled with seed ``seed + i`` and, with
     ``bootstrap``, trained on a sample of ``len(dataset)`` drawn with replacement. Batches go to
-    the device ``build`` put the member on."""
+    the device ``build`` put the member on. With a ``run_dir`` (passed on to :func:`fit`),
+    member i keeps its checkpoint and history in ``run_dir/member-i``, as ``nodegrad train
+    --ensemble`` does, so that the members neither overwrite nor resume from each other."""
+    run_dir = fit_kwargs.pop("run_dir", None)
     members, histories = [], []
     for i in range(k):
         manual_seed(seed + i)
@@ -86,7 +90,8 @@ def train_ensemble(build: Callable[[], Module], make_optimizer: Callable, loss_f
             data = Subset(dataset, rng.integers(0, len(dataset), len(dataset)))
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, seed=seed + i,
                             device=module_device(model))
+        member_dir = None if run_dir is None else Path(run_dir) / f"member-{i}"
         histories.append(fit(model, loss_fn, make_optimizer(model), loader, val_loader,
-                             epochs=epochs, **fit_kwargs))
+                             epochs=epochs, run_dir=member_dir, **fit_kwargs))
         members.append(model)
     return Ensemble(members, histories)

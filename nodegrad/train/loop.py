@@ -9,6 +9,8 @@ leaves the model in the mode it found it in.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import numbers
 import os
 import time
 import warnings
@@ -38,6 +40,9 @@ np = B.np
 
 def _split_batch(batch) -> tuple[Any, Any]:
     if isinstance(batch, dict):
+        if "x" not in batch and "input" not in batch:
+            raise ValueError(f"a dict batch holds its inputs under 'x' or 'input' (and targets "
+                           f"under 'y' or 'target'); got the keys {sorted(map(str, batch))}")
         return batch["x"] if "x" in batch else batch["input"], batch.get("y", batch.get("target"))
     if isinstance(batch, list | tuple):
         return batch[0], batch[1] if len(batch) > 1 else None
@@ -47,6 +52,62 @@ def _split_batch(batch) -> tuple[Any, Any]:
 def _host(t) -> np.ndarray:
     a = t.numpy() if isinstance(t, Tensor) else t
     return B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a)
+
+
+def _first_leaf(x):
+    """The first tensor or array (with a batch axis) in ``x``: itself, or inside a dict, list
+    or tuple (a batch of several inputs)."""
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, list | tuple):
+        for v in x:
+            if (leaf := _first_leaf(v)) is not None:
+                return leaf
+        return None
+    return x if getattr(x, "ndim", 0) >= 1 else None
+
+
+def _batch_len(x, y) -> int:
+    """Samples in a batch: the leading size of its first tensor, so that a dict or tuple of
+    inputs counts its samples, not its keys (``len`` of a dict is its number of entries)."""
+    leaf = _first_leaf(x)
+    if leaf is None:
+        leaf = _first_leaf(y)
+    return int(leaf.shape[0]) if leaf is not None else len(x)
+
+
+def _primary(out):
+    """The output the metrics score: the model's output, or the first one of a tuple/list."""
+    return out[0] if isinstance(out, list | tuple) and out else out
+
+
+def _host_tree(out):
+    """A model's output on the host: an array, or a tuple of arrays for a tuple/list output."""
+    if isinstance(out, list | tuple):
+        return tuple(_host(o) for o in out)
+    return _host(out)
+
+
+def _concat(outs: list):
+    """Concatenate per-batch outputs (arrays, or tuples of arrays element by element)."""
+    if isinstance(outs[0], tuple):  # a per-batch scalar (an auxiliary loss) is stacked
+        return tuple(np.concatenate(parts) if parts[0].ndim else np.stack(parts)
+                     for parts in zip(*outs))
+    return np.concatenate(outs)
+
+
+def _check_count(value, name: str, lo: int) -> int:
+    """``value`` as an int >= ``lo``; a fraction, a smaller count or a bool is an error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
+        raise ValueError(f"fit: {name} must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _windows(batches: Iterable, k: int):
+    """The batches in lists of ``k`` (the last one of an epoch may be shorter)."""
+    it = iter(batches)
+    while window := list(itertools.islice(it, k)):
+        yield window
 
 
 def _batches(loader) -> int | None:
@@ -68,6 +129,12 @@ def _next_epoch(loader) -> int:
     return int(state["epoch"]) + (1 if state.get("batch") else 0)
 
 
+def _loader_state(loader) -> dict | None:
+    """A loader's position for a checkpoint; None for a plain iterable (a list of batches),
+    which a resumed run re-reads from the start of the epoch, skipping the batches done."""
+    return loader.state_dict() if hasattr(loader, "state_dict") else None
+
+
 def _no_batches(fn: str, loader) -> ValueError:
     """The error for a loader that yields nothing, with what makes it empty."""
     ds = getattr(loader, "dataset", None)
@@ -81,6 +148,11 @@ def _no_batches(fn: str, loader) -> ValueError:
     hint = ("; lower batch_size or pass drop_last=False" if getattr(loader, "drop_last", False)
             else "")
     return ValueError(f"{fn}: the loader yields no batches{why}{hint}")
+
+
+# metrics that are not a mean over samples: in the training columns they are computed on the
+# epoch's outputs as a whole (as Keras's stateful F1Score and R2Score), not averaged over batches
+_EPOCH_METRICS = ("f1", "balanced_accuracy", "r2")
 
 
 def _metric_fns(metrics) -> dict[str, Callable]:
@@ -98,7 +170,8 @@ def _metric_fns(metrics) -> dict[str, Callable]:
 
 def evaluate(model: Module, loader: Iterable, loss_fn: Callable | None = None,
              metrics: Sequence = ("accuracy",)) -> dict[str, float]:
-    """Mean loss and ``metrics`` of ``model`` over ``loader`` (eval mode, no gradients)."""
+    """Mean loss (weighted by samples) and ``metrics`` of ``model`` over ``loader`` (eval mode,
+    no gradients); the metrics score the first output of a model that returns a tuple."""
     fns = _metric_fns(metrics)
     was = model.training
     model.eval()
@@ -108,10 +181,11 @@ def evaluate(model: Module, loader: Iterable, loss_fn: Callable | None = None,
             for batch in loader:
                 x, y = _split_batch(batch)
                 out = model(x)
+                k = _batch_len(x, y)
                 if loss_fn is not None:
-                    total += float(loss_fn(out, y).item()) * len(x)
-                n += len(x)
-                outs.append(_host(out))
+                    total += float(loss_fn(out, y).item()) * k
+                n += k
+                outs.append(_host(_primary(out)))
                 ys.append(_host(y))
     finally:
         model.train(was)
@@ -126,9 +200,10 @@ def evaluate(model: Module, loader: Iterable, loss_fn: Callable | None = None,
     return res
 
 
-def predict(model: Module, data, batch_size: int = 512) -> np.ndarray:
-    """The model's outputs on ``data`` (a loader, a Tensor or an array) as one host array;
-    a tensor's or an array's batches go to the model's device."""
+def predict(model: Module, data, batch_size: int = 512) -> np.ndarray | tuple:
+    """The model's outputs on ``data`` (a loader, a Tensor or an array) as one host array (a
+    tuple of them for a model that returns a tuple); a tensor's or an array's batches go to
+    the model's device."""
     if isinstance(data, Tensor | np.ndarray) or B.is_array(data):
         data = DataLoader(ArrayDataset(_host(data)), batch_size=batch_size,
                           device=module_device(model))
@@ -138,12 +213,12 @@ def predict(model: Module, data, batch_size: int = 512) -> np.ndarray:
     try:
         with no_grad():
             for batch in data:
-                outs.append(_host(model(_split_batch(batch)[0])))
+                outs.append(_host_tree(model(_split_batch(batch)[0])))
     finally:
         model.train(was)
     if not outs:
         raise _no_batches("predict", data)
-    return np.concatenate(outs)
+    return _concat(outs)
 
 
 class Trainer:
@@ -165,7 +240,11 @@ class Trainer:
                  run_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
                  resume: bool = False, config: dict | None = None, progress: bool = True,
                  nan_guard: bool = True, jit: bool = False,
-                 distributed: bool | None = None):
+                 distributed: bool | None = None, accumulate: int = 1):
+        self.accumulate = _check_count(accumulate, "accumulate", 1)
+        if jit and self.accumulate > 1:
+            raise ValueError("fit: jit=True captures one batch per step; with accumulate="
+                             f"{self.accumulate} leave jit off")
         # --- distributed (see train/distributed.py): DDP model, sharded loader, rank 0 writes
         self.dist = None
         if distributed is not False:
@@ -183,8 +262,14 @@ class Trainer:
         self._jit = bool(jit)
         self._forward_backward = (_jit(self._forward_backward_eager, state=(model, optimizer))
                                   if jit else self._forward_backward_eager)
-        self.train_loader, self.val_loader, self.epochs = train_loader, val_loader, int(epochs)
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.epochs = _check_count(epochs, "epochs", 0)
         self.metric_fns = _metric_fns(metrics)
+        # the built-in metrics of the whole epoch (by name): targets and outputs kept until its
+        # end (in a distributed run each rank's batches are averaged instead)
+        self._whole = [k for k in self.metric_fns
+                       if k in _EPOCH_METRICS and self.dist is None]
+        self._seen: dict[str, list] = {"y": [], "out": []}
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.checkpoint_every = checkpoint_every
         self.config = dict(config or {})
@@ -237,11 +322,12 @@ class Trainer:
         """
         return {"epoch": self.epoch, "step": self.step, "batch": self.batch,
                 "epoch_base": self.epoch_base, "acc": self._acc_total(),
+                "seen": {k: np.concatenate(v) for k, v in self._seen.items() if v},
                 "train_time": self._train_time, "wall_time": self.wall_time,
                 "threads": self.threads,
                 "stop_training": self.stop_training, "stop_reason": self.stop_reason,
                 "history": {"epochs": self.history.epochs, "stop_reason": self.history.stop_reason},
-                "steps": self.history.steps.position, "loader": self.train_loader.state_dict(),
+                "steps": self.history.steps.position, "loader": _loader_state(self.train_loader),
                 "rng": default_generator("cpu").get_state(),
                 "optimizer": self.optimizer.state_dict(),
                 "callbacks": [[type(c).__name__, st] for c in self.callbacks
@@ -283,11 +369,14 @@ class Trainer:
         self.optimizer.load_state_dict(s["optimizer"])
         for c, (_, st) in zip(mine, s["callbacks"]):
             c.load_state_dict(st)
-        self.train_loader.load_state_dict(s["loader"])
+        if s["loader"] is not None and hasattr(self.train_loader, "load_state_dict"):
+            self.train_loader.load_state_dict(s["loader"])
         default_generator("cpu").set_state(s["rng"])
         self.epoch, self.step, self.batch = s["epoch"], s["step"], s["batch"]
         self.epoch_base = int(s.get("epoch_base", 0))
         self._acc, self._train_time = dict(s["acc"]) if self.is_main else {}, s["train_time"]
+        self._seen = {k: [s.get("seen", {})[k]] if k in s.get("seen", {}) else []
+                      for k in ("y", "out")}
         self.stop_training, self.stop_reason = s["stop_training"], s["stop_reason"]
         self._wall_before = float(s.get("wall_time", s["train_time"]))
         h = s["history"]
@@ -332,31 +421,63 @@ class Trainer:
         loss.backward()
         return loss, out
 
-    def _train_step(self, batch) -> None:
-        x, y = _split_batch(batch)
-        fb = self._forward_backward
-        if self._jit and any(getattr(c, "eager_step", False) for c in self.callbacks):
-            # a callback reads this step's forward through module hooks, which a replay of the
-            # captured program does not run: this step runs eagerly (the same numbers)
-            fb = self._forward_backward_eager
-        loss, out = fb(x, y)
-        self.last_loss = float(loss.item())
-        local_loss = self.last_loss
+    def _accumulated_backward(self, window: list) -> list:
+        """Gradients of the mean loss over the samples of several batches: each batch's
+        (mean) loss weighted by its share of the samples, so the step is the one a batch of
+        them all would take. Returns (x, y, out, loss) per batch."""
+        self.optimizer.zero_grad()
+        parts = [_split_batch(b) for b in window]
+        sizes = [_batch_len(x, y) for x, y in parts]
+        total = sum(sizes)
+        done = []
+        for i, ((x, y), n) in enumerate(zip(parts, sizes)):
+            # data parallel: the ranks average the window's summed gradients once, at its end
+            quiet = (self.net.no_sync() if i < len(parts) - 1 and hasattr(self.net, "no_sync")
+                     else contextlib.nullcontext())
+            with quiet:
+                out = self.net(x)
+                loss = self.loss_fn(out, y)
+                (loss * (n / total)).backward()
+            done.append((x, y, out, float(loss.item())))
+        return done
+
+    def _train_step(self, window: list) -> None:
+        """One optimiser step over a window of ``accumulate`` batches (usually one)."""
+        if len(window) == 1 and self.accumulate == 1:
+            x, y = _split_batch(window[0])
+            fb = self._forward_backward
+            if self._jit and any(getattr(c, "eager_step", False) for c in self.callbacks):
+                # a callback reads this step's forward through module hooks, which a replay
+                # of the captured program does not run: this step runs eagerly (the same
+                # numbers)
+                fb = self._forward_backward_eager
+            loss, out = fb(x, y)
+            done = [(x, y, out, float(loss.item()))]
+        else:
+            done = self._accumulated_backward(window)
+        sizes = [_batch_len(x, y) for x, y, _, _ in done]
+        local_loss = (done[0][3] if len(done) == 1
+                      else sum(n * lo for n, (_, _, _, lo) in zip(sizes, done)) / sum(sizes))
+        self.last_loss = local_loss
         if self.dist is not None:  # every rank logs and acts on the same (mean) loss
             self.last_loss = self.dist.mean(local_loss)
         self._call("on_after_backward")
         lr = self._step_lr = self._lr()
         self.optimizer.step()
         self.step += 1
-        self.batch += 1
-        n = len(x)
+        self.batch += len(window)
         acc = self._acc
-        acc["n"] = acc.get("n", 0) + n
-        acc["loss"] = acc.get("loss", 0.0) + local_loss * n
-        if self.metric_fns:
-            t, o = _host(y), _host(out.detach())
-            for k, f in self.metric_fns.items():
-                acc[k] = acc.get(k, 0.0) + float(f(t, o)) * n
+        for n, (_, y, out, batch_loss) in zip(sizes, done):
+            acc["n"] = acc.get("n", 0) + n
+            acc["loss"] = acc.get("loss", 0.0) + batch_loss * n
+            if self.metric_fns:
+                t, o = _host(y), _host(_primary(out).detach())
+                for k, f in self.metric_fns.items():
+                    if k not in self._whole:
+                        acc[k] = acc.get(k, 0.0) + float(f(t, o)) * n
+                if self._whole:
+                    self._seen["y"].append(t)
+                    self._seen["out"].append(o)
         self.history.steps.append({"step": self.step, "epoch": self.epoch + 1,
                                    "loss": self.last_loss, "lr": lr})
         self._call("on_batch_end", {"step": self.step, "loss": self.last_loss, "lr": lr})
@@ -367,6 +488,9 @@ class Trainer:
         self._train_time += time.perf_counter() - t0
         row = {"epoch": self.epoch + 1, "step": self.step, "loss": acc.get("loss", 0.0) / n}
         row.update({k: acc.get(k, 0.0) / n for k in self.metric_fns})
+        if self._whole and self._seen["y"]:
+            t, o = (np.concatenate(self._seen[k]) for k in ("y", "out"))
+            row.update({k: float(self.metric_fns[k](t, o)) for k in self._whole})
         if self.val_loader is not None:
             v = evaluate(self.model, self.val_loader, self.loss_fn, list(self.metric_fns))
             row.update({f"val_{k}": val for k, val in v.items()})
@@ -377,12 +501,16 @@ class Trainer:
         self.history.epochs.append(row)
         self._call("on_epoch_end", row)
         self.epoch, self.batch, self._acc = self.epoch + 1, 0, {}
+        self._seen = {"y": [], "out": []}
 
     def fit(self) -> History:
         """Train until ``epochs`` are done or a callback stops the run; returns the history."""
         loader = self.train_loader
         if _batches(loader) == 0:
             raise _no_batches("fit", loader)
+        if self.val_loader is not None and _batches(self.val_loader) == 0:
+            # the validation at the first epoch's end would fail: say so before training
+            raise _no_batches("evaluate", self.val_loader)
         was = self.model.training
         try:
             if self.dist is None:
@@ -406,12 +534,17 @@ class Trainer:
         loader = self.train_loader
         while self.epoch < self.epochs and not self.stop_training:
             if self.batch == 0:
-                loader.set_epoch(self.epoch_base + self.epoch)
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(self.epoch_base + self.epoch)
                 self._call("on_epoch_begin")
             t0 = time.perf_counter()
             started = self.batch
-            for batch in loader:
-                self._train_step(batch)
+            batches = iter(loader)
+            if started and not hasattr(loader, "load_state_dict"):
+                # a plain iterable (a list of batches) resumed mid-epoch: skip those done
+                batches = itertools.islice(batches, started, None)
+            for window in _windows(batches, self.accumulate):
+                self._train_step(window)
                 every = self.checkpoint_every
                 if self.run_dir is not None and every and self.step % every == 0 \
                         and self.batch < (_batches(loader) or self.batch + 1):
@@ -430,13 +563,14 @@ class Trainer:
         return self.history
 
 
-def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: DataLoader,
+def fit(model: Module, loss_fn: Callable, optimizer: Optimizer,
+        train_loader: DataLoader | Iterable,
         val_loader: Iterable | None = None, epochs: int = 1, callbacks: Sequence[Callback] = (),
         metrics: Sequence = ("accuracy",), scheduler: LRScheduler | None = None,
         scheduler_interval: str = "step", run_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None, resume: bool = False, config: dict | None = None,
         progress: bool = True, nan_guard: bool = True, jit: bool = False,
-        distributed: bool | None = None) -> History:
+        distributed: bool | None = None, accumulate: int = 1) -> History:
     """Train ``model`` for ``epochs`` over ``train_loader``; returns the :class:`History`.
 
     Each epoch ends with validation on ``val_loader`` (``val_*`` entries) and, with a
@@ -446,14 +580,24 @@ def fit(model: Module, loss_fn: Callable, optimizer: Optimizer, train_loader: Da
     uninterrupted run would have had, bit for bit (with the same BLAS thread count: a warning
     says when it differs). A loader without batches is a ``ValueError``. The model trains in
     train mode and ends in the mode it had when ``fit`` was called. Fitting again with the same
-    loader continues its epochs (new shuffles), as iterating it again would.
+    loader continues its epochs (new shuffles), as iterating it again would. ``train_loader``
+    may also be a list of batches (any iterable that gives them again each epoch); a resumed
+    run skips the batches of the epoch done. The training columns of the metrics are their
+    means over the epoch's batches, weighted by samples, except ``"f1"``,
+    ``"balanced_accuracy"`` and ``"r2"``, which are not means over samples: they score the
+    epoch's outputs as a whole (as Keras's stateful metrics).
     ``scheduler`` steps after every optimiser step (``scheduler_interval="epoch"``: every
     epoch; ReduceLROnPlateau: every epoch on ``val_loss``). A progress bar and a NaN guard are on
     by default. ``jit=True`` captures each step's forward and backward once per batch shape
     (:func:`nodegrad.jit`) and replays them, with the same results as without.
+    ``accumulate=k`` takes one optimiser step per ``k`` batches (the last of an epoch may
+    have fewer), on the gradient of the mean loss over their samples: the step of a batch
+    ``k`` times larger, holding the activations of one batch at a time (a step, its row in
+    ``steps.jsonl``, a ``checkpoint_every`` count and a per-step schedule are then per ``k``
+    batches; not with ``jit``).
     ``distributed=True`` (or ``None`` when launched by ``mpirun``) trains data-parallel over
     the ranks: see :mod:`nodegrad.train.distributed` and docs/distributed.md.
     """
     return Trainer(model, loss_fn, optimizer, train_loader, val_loader, epochs, callbacks,
                    metrics, scheduler, scheduler_interval, run_dir, checkpoint_every, resume,
-                   config, progress, nan_guard, jit, distributed).fit()
+                   config, progress, nan_guard, jit, distributed, accumulate).fit()
