@@ -32,6 +32,7 @@ from .ops.numpy_arrays import shape  # noqa: E402  (np.shape; nodegrad.ops.shape
 from .linalg_ldl import geqrf, orgqr, ormqr  # noqa: E402  (PyTorch top-level Householder QR)
 from .ops.complex import (adjoint, angle, complex, conj, conj_physical, imag,  # noqa: A004
                           is_conj, polar, real, resolve_conj, view_as_complex, view_as_real)
+from .fft import istft, stft  # noqa: E402  (torch.stft / torch.istft)
 from .primitive import REGISTRY as primitives
 from .random import (Generator, default_generator, manual_seed, normal, rand, randint, randn,
                      randperm, uniform)

@@ -211,6 +211,15 @@ def _ex_ndim(v, bd) -> int:
     return nd - (bd is not None)
 
 
+def trailing_axes_rule(prim):
+    """The vmap rule of a one-input primitive that works on its last (negative) axes: the
+    batch axis moved to the front, where the primitive leaves it alone."""
+    def rule(vals, bdims, **params):
+        (x,), (b,) = vals, bdims
+        return prim(front(x, b), **params), (None if b is None else 0)
+    return rule
+
+
 def elementwise_rule(prim):
     """Elementwise ops: batch axes first, example parts aligned on the right as they broadcast."""
 

@@ -7,18 +7,25 @@ the inverse transform with the dual normalisation ("backward" <-> "forward", "or
 and for the halved axis PyTorch's treatment: r2c's adjoint zero-pads the half spectrum and
 keeps the real part of the inverse, c2r's adjoint is r2c with the non-edge bins doubled.
 Padding and cropping to ``n``/``s`` are separate differentiable ops in front of them. Axes are
-kept negative, so a vmap batch axis in front never moves them.
+kept negative, so a vmap batch axis in front never moves them. ``stft``/``istft`` (PyTorch's
+top-level ``torch.stft``/``torch.istft``, exposed as ``ng.stft``/``ng.istft`` and Tensor
+methods) frame, window and overlap-add around the same primitives.
 """
 
 from __future__ import annotations
 
 import builtins
+import warnings
 
 from . import _backend as B
+from .batching import trailing_axes_rule, values
 from .errors import DTypeError
-from .ops.complex import conj, real
+from .ops.arrange import pad as _pad
+from .ops.complex import conj, real, view_as_real
 from .ops.elementwise import astype, multiply
-from .ops.shape import concatenate
+from .ops.index import index_add
+from .ops.methods import register
+from .ops.shape import concatenate, reshape, swapaxes
 from .primitive import primitive
 from .tensor import Tensor, tensor
 
@@ -27,16 +34,6 @@ _DUAL = {"backward": "forward", "ortho": "ortho", "forward": "backward"}
 
 
 # --- the primitives ---------------------------------------------------------------------------
-def _batch(prim):
-    """The vmap rule: the batch axis in front (the primitive's axes are negative)."""
-    def rule(vals, bdims, **params):
-        (x,), (b,) = vals, bdims
-        if b is not None and b != 0:
-            x = x.movedim(b, 0)
-        return prim(x, **params), (None if b is None else 0)
-    return rule
-
-
 def _c2c_vjp(g, ans, x, axes, norm, forward):
     return _c2c(g, axes=axes, norm=_DUAL[norm], forward=not forward)
 
@@ -86,7 +83,7 @@ _c2r = primitive(
     saves="none", kind="fft", jvp="linear",
     doc="Complex-to-real inverse DFT over ``axes``, the last one n long from n//2 + 1 bins.")
 for _p in (_c2c, _r2c, _c2r):
-    _p.batch = _batch(_p)
+    _p.batch = trailing_axes_rule(_p)
 
 
 # --- argument handling --------------------------------------------------------------------------
@@ -310,6 +307,39 @@ def ihfft(input, n: int | None = None, dim: int = -1, norm: str | None = None) -
     return conj(_rfft("ihfft", input, n, dim, _DUAL[norm], False, True))
 
 
+def _hfft(op: str, input, s, dim, norm, default_all: bool) -> Tensor:
+    norm = _check_norm(op, norm)
+    x = _complex_input(op, _as_tensor(op, input))
+    return _irfft(op, conj(x), s, dim, _DUAL[norm], default_all, False)
+
+
+def _ihfft(op: str, input, s, dim, norm, default_all: bool) -> Tensor:
+    norm = _check_norm(op, norm)
+    return conj(_rfft(op, input, s, dim, _DUAL[norm], default_all, False))
+
+
+def hfft2(input, s=None, dim=(-2, -1), norm: str | None = None) -> Tensor:
+    """The 2-d DFT of a Hermitian-symmetric signal given by its half (last axis), a real
+    result, as ``torch.fft.hfft2`` (irfft2 of the conjugate, dual normalisation)."""
+    return _hfft("hfft2", input, s, dim, norm, False)
+
+
+def hfftn(input, s=None, dim=None, norm: str | None = None) -> Tensor:
+    """The n-d DFT of a Hermitian-symmetric signal given by its half (last axis; every axis by
+    default), a real result, as ``torch.fft.hfftn``."""
+    return _hfft("hfftn", input, s, dim, norm, True)
+
+
+def ihfft2(input, s=None, dim=(-2, -1), norm: str | None = None) -> Tensor:
+    """The inverse of hfft2: the half spectrum of a real signal, as ``torch.fft.ihfft2``."""
+    return _ihfft("ihfft2", input, s, dim, norm, False)
+
+
+def ihfftn(input, s=None, dim=None, norm: str | None = None) -> Tensor:
+    """The inverse of hfftn, as ``torch.fft.ihfftn``."""
+    return _ihfft("ihfftn", input, s, dim, norm, True)
+
+
 # --- frequencies and shifts ---------------------------------------------------------------------
 def _freq(op: str, n: int, d: float, onesided: bool, dtype, device, requires_grad: bool):
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -364,5 +394,207 @@ def ifftshift(input, dim=None) -> Tensor:
     return _shift("ifftshift", input, dim, True)
 
 
+# --- short-time Fourier transforms (torch.stft / torch.istft) ----------------------------------
+_PAD_MODES = {"reflect": "reflect", "constant": "constant", "replicate": "edge",
+              "circular": "wrap"}
+
+
+def _stft_sizes(op: str, n_fft, hop_length, win_length) -> tuple:
+    if isinstance(n_fft, bool) or not isinstance(n_fft, int) or n_fft < 1:
+        raise ValueError(f"{op}: expected n_fft to be a positive int, got {n_fft!r}")
+    hop = n_fft // 4 if hop_length is None else hop_length
+    win = n_fft if win_length is None else win_length
+    if isinstance(hop, bool) or not isinstance(hop, int) or hop < 1:
+        raise ValueError(f"{op}: expected hop_length > 0, got {hop!r}")
+    if isinstance(win, bool) or not isinstance(win, int) or not 0 < win <= n_fft:
+        raise ValueError(f"{op}: expected 0 < win_length <= n_fft, but got win_length={win!r} "
+                         f"and n_fft={n_fft}")
+    return hop, win
+
+
+def _stft_window(op: str, window, win: int, n_fft: int, like: Tensor) -> Tensor | None:
+    """The window zero-padded on both sides to n_fft (None: a rectangular one, no product)."""
+    if window is None:
+        if win == n_fft:
+            return None
+        window = Tensor(like.backend.xp.ones(win, _real_dtype_of(like.dtype)))
+    window = _as_tensor(op, window)
+    if window.ndim != 1 or window.shape[0] != win:
+        raise ValueError(f"{op}: expected a 1D window tensor of size equal to win_length={win}, "
+                         f"but got window with size {tuple(window.shape)}")
+    if window.dtype.kind not in "fc" or _real_dtype_of(window.dtype) != _real_dtype_of(
+            like.dtype):
+        raise DTypeError(f"{op}: expected the window to have the input's precision "
+                         f"({like.dtype}), got {window.dtype}")
+    left = (n_fft - win) // 2
+    if left or n_fft - win - left:
+        window = _pad(window, ((left, n_fft - win - left),))
+    return window
+
+
+def _real_dtype_of(dt):
+    dt = B.np.dtype(dt)
+    if dt.kind == "c":
+        return B.np.dtype(B.np.float64 if dt.itemsize == 16 else B.np.float32)
+    return dt
+
+
+def _frame_index(xp, n_frames: int, n_fft: int, hop: int):
+    """(n_frames, n_fft) positions of each frame's samples in the signal."""
+    return (xp.arange(n_frames)[:, None] * hop + xp.arange(n_fft)[None, :]).astype("int64")
+
+
+def stft(input, n_fft: int, hop_length: int | None = None, win_length: int | None = None,
+         window=None, center: bool = True, pad_mode: str = "reflect", normalized: bool = False,
+         onesided: bool | None = None, return_complex: bool | None = None,
+         align_to_window: bool | None = None) -> Tensor:
+    """The short-time Fourier transform, as ``torch.stft``: frames of ``n_fft`` samples every
+    ``hop_length`` (default n_fft // 4), each multiplied by ``window`` (``win_length`` long,
+    centred in n_fft; default rectangular) and transformed. A 1-d (L) or 2-d (B, L) input
+    gives (…, n_fft // 2 + 1 or n_fft bins, frames). ``center`` pads n_fft // 2 on both sides
+    in ``pad_mode``; ``normalized`` scales by n_fft^-1/2; ``onesided`` (default for real input
+    and window) keeps the non-negative frequencies. ``return_complex`` must be given for real
+    inputs (False, deprecated in PyTorch, returns the real view with a warning).
+    ``align_to_window`` (with ``center=False`` only): frames start where their window starts,
+    not where their n_fft span does. Differentiable in the input and the window."""
+    op = "stft"
+    x = _as_tensor(op, input)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{op}: expected a 1D or 2D tensor, got shape {tuple(x.shape)}")
+    if x.dtype.kind in "biu":
+        x = astype(x, B.DEFAULT_FLOAT)
+    elif x.dtype.kind not in "fc" or x.dtype.itemsize < 4:
+        raise DTypeError(f"{op}: expected a float32, float64, complex64 or complex128 input, got "
+                         f"{x.dtype}")
+    cwin = isinstance(window, Tensor) and window.dtype.kind == "c"
+    if return_complex is None:
+        if x.dtype.kind != "c" and not cwin:
+            raise ValueError("stft requires the return_complex parameter be given for real "
+                             "inputs, and will further require that return_complex=True in a "
+                             "future PyTorch release.")
+        return_complex = True
+    hop, win = _stft_sizes(op, n_fft, hop_length, win_length)
+    if align_to_window is not None and center:
+        raise ValueError(f"{op}: align_to_window should only be set when center = false")
+    if align_to_window and win < n_fft:  # the window's zero margins reach outside the signal
+        left = (n_fft - win) // 2
+        x = _pad(x, ((0, 0),) * (x.ndim - 1) + ((left, n_fft - win - left),))
+    if center:
+        if pad_mode not in _PAD_MODES:
+            raise ValueError(f"{op}: pad_mode must be 'reflect', 'constant', 'replicate' or "
+                             f"'circular', got {pad_mode!r}")
+        p = n_fft // 2
+        if pad_mode == "reflect" and p >= x.shape[-1]:
+            raise ValueError(f"{op}: reflect padding of {p} needs a signal longer than it, got "
+                             f"length {x.shape[-1]}")
+        x = _pad(x, ((0, 0),) * (x.ndim - 1) + ((p, p),), mode=_PAD_MODES[pad_mode])
+    length = x.shape[-1]
+    if n_fft > length:
+        raise ValueError(f"{op}: expected 0 < n_fft <= {length} (the padded signal's length), "
+                         f"but got n_fft={n_fft}")
+    w = _stft_window(op, window, win, n_fft, x)
+    complex_in = x.dtype.kind == "c" or (w is not None and w.dtype.kind == "c")
+    if onesided is None:
+        onesided = not complex_in
+    elif onesided and complex_in:
+        raise RuntimeError(f"{op}: Cannot have onesided output if window or input is complex")
+    n_frames = 1 + (length - n_fft) // hop
+    frames = x[..., Tensor(_frame_index(x.backend.xp, n_frames, n_fft, hop))]
+    if w is not None:
+        frames = frames * w
+    norm = "ortho" if normalized else "backward"
+    if onesided:
+        out = _r2c(frames, axes=(-1,), norm=norm)
+    else:
+        out = _c2c(_complex_input(op, frames), axes=(-1,), norm=norm, forward=True)
+    out = swapaxes(out, -1, -2)
+    if not return_complex:
+        warnings.warn("stft with return_complex=False is deprecated (as in PyTorch): the "
+                      "real view of the complex result is returned; pass return_complex=True "
+                      "and use view_as_real", UserWarning, stacklevel=2)
+        return view_as_real(out)
+    return out
+
+
+def istft(input, n_fft: int, hop_length: int | None = None, win_length: int | None = None,
+          window=None, center: bool = True, normalized: bool = False,
+          onesided: bool | None = None, length: int | None = None,
+          return_complex: bool = False) -> Tensor:
+    """The inverse of :func:`stft`, as ``torch.istft``: each frame inverse-transformed, windowed
+    and overlap-added, divided by the overlap-added squared window (which must not vanish
+    anywhere in the kept span); ``center`` trims n_fft // 2 from both ends, ``length`` sets the
+    result's length (cropped or zero-padded). Input (…, bins, frames), complex. Differentiable
+    in the input and the window."""
+    op = "istft"
+    x = _as_tensor(op, input)
+    if x.dtype.kind != "c":
+        raise DTypeError(f"{op} requires a complex-valued input tensor, got {x.dtype}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{op}: expected a tensor with 2 or 3 dimensions of complex, got shape "
+                         f"{tuple(x.shape)}")
+    hop, win = _stft_sizes(op, n_fft, hop_length, win_length)
+    n_freq, n_frames = x.shape[-2], x.shape[-1]
+    if n_frames < 1:
+        raise ValueError(f"{op}: expected at least one frame, got shape {tuple(x.shape)}")
+    if onesided is None:
+        onesided = n_freq != n_fft
+    if onesided:
+        if n_freq != n_fft // 2 + 1:
+            raise ValueError(f"{op}: expected the frequency dimension (2nd to last) of the input "
+                             f"tensor to match n_fft / 2 + 1 = {n_fft // 2 + 1} when onesided="
+                             f"True, but got {n_freq}")
+    elif n_freq != n_fft:
+        raise ValueError(f"{op}: expected the frequency dimension (2nd to last) of the input "
+                         f"tensor to match n_fft = {n_fft} when onesided=False, but got {n_freq}")
+    if return_complex and onesided:
+        raise RuntimeError(f"{op}: cannot have onesided output if return_complex is True")
+    w = _stft_window(op, window, win, n_fft, x)
+    if not return_complex and w is not None and w.dtype.kind == "c":
+        raise RuntimeError(f"{op}: Complex windows are incompatible with return_complex=False")
+    norm = "ortho" if normalized else "backward"
+    frames = swapaxes(x, -1, -2)  # (..., frames, bins)
+    if return_complex:
+        frames = _c2c(frames, axes=(-1,), norm=norm, forward=False)
+    else:
+        if not onesided:  # a real result: the non-negative frequencies stand for all
+            frames = frames[..., :n_fft // 2 + 1]
+        frames = _c2r(frames, axes=(-1,), norm=norm, n=n_fft)
+    xp = x.backend.xp
+    if w is None:
+        w = Tensor(xp.ones(n_fft, _real_dtype_of(x.dtype)))
+    frames = frames * w
+    total = n_fft + hop * (n_frames - 1)
+    idx = Tensor(_frame_index(xp, n_frames, n_fft, hop).reshape(-1))
+    lead = tuple(frames.shape[:-2])
+    y = Tensor(xp.zeros(lead + (total,), frames.dtype))
+    y = index_add(y, -1, idx, reshape(frames, lead + (n_frames * n_fft,)))
+    sq = w * w if w.dtype.kind != "c" else w * conj(w)
+    env = index_add(Tensor(xp.zeros(total, sq.dtype)), 0, idx,
+                    reshape(sq.expand(n_frames, n_fft), (n_frames * n_fft,)))
+    start = n_fft // 2 if center else 0
+    if length is not None:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"{op}: length must be a non-negative int, got {length!r}")
+        end = start + length
+    else:
+        end = total - n_fft // 2 if center else total
+    stop = builtins.min(end, total)
+    y, env = y[..., start:stop], env[start:stop]
+    ev = env.backend.to_host(values(env))
+    if ev.size and float(abs(ev).min()) < 1e-11:
+        raise RuntimeError(f"{op}: window overlap add min: {float(ev.min()):g} (the squared "
+                           "window overlap-added over the frames vanishes somewhere in the "
+                           "result: the signal is not recoverable; use a window and hop_length "
+                           "whose overlap covers every sample, e.g. hop_length <= win_length / 2)")
+    y = y / env
+    if end > total:
+        zs = Tensor(xp.zeros(lead + (end - builtins.max(total, start),), y.dtype))
+        y = concatenate([y, zs], -1)
+    return y
+
+
+register({"stft": stft, "istft": istft})
+
 __all__ = ["fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2",
-           "rfftn", "irfftn", "hfft", "ihfft", "fftfreq", "rfftfreq", "fftshift", "ifftshift"]
+           "rfftn", "irfftn", "hfft", "ihfft", "hfft2", "hfftn", "ihfft2", "ihfftn", "fftfreq",
+           "rfftfreq", "fftshift", "ifftshift"]

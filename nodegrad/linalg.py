@@ -7,6 +7,12 @@ PyTorch: ``det`` of a singular matrix has a finite gradient (from the SVD); the 
 or singular values repeat, because those vectors are not unique there (PyTorch likewise), while
 ``eigvalsh`` and ``svdvals`` stay finite; ``inv``, ``solve`` and ``cholesky`` raise
 :class:`LinAlgError` for singular or non-positive-definite matrices.
+
+Complex matrices (complex64/complex128) go to ``eig``/``eigvals`` (any square matrix; complex
+results for real ones too), ``inv``, ``solve``, ``solve_triangular``, ``det``, ``slogdet``
+(complex sign), ``cholesky`` (Hermitian), ``qr``, ``svd``/``svdvals``, ``eigh``/``eigvalsh``
+(Hermitian), ``pinv`` and the norms, with PyTorch's gradients; a loss that depends on the
+phases of eigen- or singular vectors is refused, as in PyTorch. The rest refuse them by name.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from . import _backend as _B
 from .batching import front, values
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops import linalg as L
+from .ops.complex import conj as _conj
+from .ops.complex import real as _real
 from .ops.elementwise import abs as _abs
 from .ops.elementwise import where
 from .ops.reduce import matrix_norm as _matrix_norm
@@ -27,9 +35,9 @@ from .primitive import primitive
 from .tensor import Tensor, tensor
 
 __all__ = ["LinAlgError", "inv", "solve", "det", "slogdet", "cholesky", "cholesky_solve",
-           "solve_triangular", "triangular_solve", "qr", "eigh", "eigvalsh", "svd", "svdvals",
-           "pinv", "lstsq", "matrix_power", "matrix_exp", "cross", "multi_dot", "vector_norm",
-           "matrix_norm", "norm"]
+           "solve_triangular", "triangular_solve", "qr", "eig", "eigvals", "eigh", "eigvalsh",
+           "svd", "svdvals", "pinv", "lstsq", "matrix_power", "matrix_exp", "cross", "multi_dot",
+           "vector_norm", "matrix_norm", "norm"]
 
 
 class SlogdetResult(NamedTuple):
@@ -43,6 +51,11 @@ class QRResult(NamedTuple):
 
 
 class EighResult(NamedTuple):
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+
+
+class EigResult(NamedTuple):
     eigenvalues: Tensor
     eigenvectors: Tensor
 
@@ -69,13 +82,17 @@ def _t(x) -> Tensor:
     return x if isinstance(x, Tensor) else tensor(x)
 
 
-def _mat(op: str, a, square: bool = True, name: str = "A", half: bool = False) -> Tensor:
-    """``a`` as a float tensor of matrices, checked (square if asked). float16 only where
-    ``half`` (products alone; LAPACK has no half precision, and PyTorch's CPU refuses it)."""
+def _mat(op: str, a, square: bool = True, name: str = "A", half: bool = False,
+         cplx: bool = False) -> Tensor:
+    """``a`` as a float (``cplx``: or complex) tensor of matrices, checked (square if asked).
+    float16 only where ``half`` (products alone; LAPACK has no half precision, and PyTorch's
+    CPU refuses it)."""
     a = _t(a)
     if a.dtype.kind != "f" or (a.dtype.itemsize < 4 and not half):
-        raise DTypeError(f"linalg.{op}: expected a float32 or float64 tensor for {name}, got "
-                         f"{a.dtype}")
+        if not (cplx and a.dtype.kind == "c"):
+            raise DTypeError(f"linalg.{op}: expected a float32 or float64"
+                             f"{', complex64 or complex128' if cplx else ''} tensor for {name}, "
+                             f"got {a.dtype}")
     if a.ndim < 2:
         raise ShapeError(f"linalg.{op}: {name} must be a matrix or a batch of matrices "
                          f"(..., m, n), got shape {tuple(a.shape)}")
@@ -92,13 +109,13 @@ def _mT(x):
 # --- inverses and solves --------------------------------------------------------------------
 def inv(A) -> Tensor:
     """Inverse of a square matrix; :class:`LinAlgError` if it is singular."""
-    return L.inv(_mat("inv", A))
+    return L.inv(_mat("inv", A, cplx=True))
 
 
 def solve(A, B, *, left: bool = True) -> Tensor:
     """X with A X = B (``left=False``: X A = B). B is a batch of vectors when its shape is
     ``A.shape[:-1]`` or it is 1-d (PyTorch's rule), else of matrices."""
-    A = _mat("solve", A)
+    A = _mat("solve", A, cplx=True)
     B = _t(B)
     n = A.shape[-1]
     vector = B.ndim == 1 or (B.ndim == A.ndim - 1 and tuple(B.shape) == tuple(A.shape[:-1]))
@@ -108,7 +125,7 @@ def solve(A, B, *, left: bool = True) -> Tensor:
                              f"{tuple(B.shape)} do not fit (B's last axis must be {n})")
         return squeeze(solve(A, expand_dims(B, -1) if left else expand_dims(B, -2),
                              left=left), -1 if left else -2)
-    B = _mat("solve", B, square=False, name="B")
+    B = _mat("solve", B, square=False, name="B", cplx=True)
     if (B.shape[-2] if left else B.shape[-1]) != n:
         raise ShapeError(f"linalg.solve: A of shape {tuple(A.shape)} and B of shape "
                          f"{tuple(B.shape)} do not fit (A X = B needs B with {n} "
@@ -122,8 +139,8 @@ def solve_triangular(A, B, *, upper: bool, left: bool = True,
                      unitriangular: bool = False) -> Tensor:
     """X with T X = B (``left=False``: X T = B), T the upper or lower triangle of A (only that
     triangle is read; ``unitriangular``: its diagonal taken as ones)."""
-    A = _mat("solve_triangular", A)
-    B = _mat("solve_triangular", B, square=False, name="B")
+    A = _mat("solve_triangular", A, cplx=True)
+    B = _mat("solve_triangular", B, square=False, name="B", cplx=True)
     n = A.shape[-1]
     if (B.shape[-2] if left else B.shape[-1]) != n:
         raise ShapeError(f"linalg.solve_triangular: A of shape {tuple(A.shape)} and B of shape "
@@ -160,12 +177,14 @@ def cholesky_solve(B, L_, upper: bool = False) -> Tensor:
 # --- determinants ---------------------------------------------------------------------------
 def det(A) -> Tensor:
     """Determinant (batched); the gradient is the cofactor matrix, finite for singular A."""
-    return L.det(_mat("det", A))
+    return L.det(_mat("det", A, cplx=True))
 
 
 def slogdet(A) -> SlogdetResult:
     """(sign, log|det A|): the log-determinant without overflow; the sign has no gradient."""
-    p = L.slogdet(_mat("slogdet", A))
+    p = L.slogdet(_mat("slogdet", A, cplx=True))
+    if p.dtype.kind == "c":  # complex A: a complex sign, a real log|det|
+        return SlogdetResult(p[..., 0], _real(p[..., 1]))
     return SlogdetResult(p[..., 0], p[..., 1])
 
 
@@ -174,7 +193,7 @@ def cholesky(A, *, upper: bool = False) -> Tensor:
     """Cholesky factor of a symmetric positive-definite A: L with A = L Lᵀ, its lower triangle
     read, or (``upper``) U with A = Uᵀ U, its upper triangle read, as PyTorch.
     :class:`LinAlgError` if A is not positive-definite."""
-    A = _mat("cholesky", A)
+    A = _mat("cholesky", A, cplx=True)
     if upper:  # A's upper triangle is the lower one of Aᵀ
         return _mT(L.cholesky(_mT(A)))
     return L.cholesky(A)
@@ -185,7 +204,7 @@ def qr(A, mode: str = "reduced") -> QRResult:
     'complete' or 'r' (Q empty), as PyTorch."""
     if mode not in ("reduced", "complete", "r"):
         raise ValueError(f"linalg.qr: mode must be 'reduced', 'complete' or 'r', got {mode!r}")
-    A = _mat("qr", A, square=False)
+    A = _mat("qr", A, square=False, cplx=True)
     pm = "complete" if mode == "complete" else "reduced"
     q, r = L._unpack(L.qr(A, mode=pm), L._qr_shapes(A.shape, pm))
     if mode == "r":
@@ -204,15 +223,33 @@ def eigh(A, UPLO: str = "L") -> EighResult:
     """Eigenvalues (ascending) and orthonormal eigenvectors of a symmetric matrix, reading its
     ``UPLO`` triangle. Each eigenvector's sign is the LAPACK build's choice (PyTorch's may pick
     the other). The eigenvector gradient is not finite where eigenvalues repeat."""
-    A = _mat("eigh", A)
+    A = _mat("eigh", A, cplx=True)
     n = A.shape[-1]
     w, v = L._unpack(L.eigh(A, uplo=_uplo("eigh", UPLO)), ((n,), (n, n)))
-    return EighResult(w, v)
+    return EighResult(_real(w), v)
 
 
 def eigvalsh(A, UPLO: str = "L") -> Tensor:
     """Eigenvalues (ascending) of a symmetric matrix; the gradient is finite everywhere."""
-    return L.eigvalsh(_mat("eigvalsh", A), uplo=_uplo("eigvalsh", UPLO))
+    return L.eigvalsh(_mat("eigvalsh", A, cplx=True), uplo=_uplo("eigvalsh", UPLO))
+
+
+def eig(A) -> EigResult:
+    """Eigenvalues and eigenvectors of a general square matrix (real or complex), always
+    complex, as ``torch.linalg.eig``: each eigenvector has norm 1, its phase LAPACK's choice
+    (largest component real). Gradients are PyTorch's; a loss that depends on the
+    eigenvectors' phases is refused (it is ill-defined), and the eigenvector gradient is not
+    finite where eigenvalues repeat."""
+    A = _mat("eig", A, cplx=True)
+    n = A.shape[-1]
+    w, v = L._unpack(L.eig(A), ((n,), (n, n)))
+    return EigResult(w, v)
+
+
+def eigvals(A) -> Tensor:
+    """Eigenvalues of a general square matrix, complex (``torch.linalg.eigvals``)."""
+    A = _mat("eigvals", A, cplx=True)
+    return L._unpack(L.eig(A), ((A.shape[-1],), (A.shape[-1],) * 2))[0]
 
 
 def _svd_driver(op: str, driver) -> None:
@@ -227,16 +264,16 @@ def svd(A, full_matrices: bool = True, *, driver=None) -> SVDResult:
     """A = U diag(S) Vh, S descending. With ``full_matrices`` (PyTorch's default) the extra
     columns of U / rows of Vh are not unique and get no gradient, as in PyTorch."""
     _svd_driver("svd", driver)
-    A = _mat("svd", A, square=False)
+    A = _mat("svd", A, square=False, cplx=True)
     u, s, vh = L._unpack(L.svd(A, full_matrices=bool(full_matrices)),
                          L._svd_shapes(A.shape, bool(full_matrices)))
-    return SVDResult(u, s, vh)
+    return SVDResult(u, _real(s), vh)
 
 
 def svdvals(A, *, driver=None) -> Tensor:
     """Singular values, descending; the gradient is finite everywhere."""
     _svd_driver("svdvals", driver)
-    return L.svdvals(_mat("svdvals", A, square=False))
+    return L.svdvals(_mat("svdvals", A, square=False, cplx=True))
 
 
 def _eps(A) -> float:
@@ -287,7 +324,8 @@ def _pinvh_fwd(xp, a, atol, rtol):
     aw = xp.abs(w)
     keep = aw > xp.maximum(atol, rtol * aw.max(-1, keepdims=True))
     winv = xp.where(keep, 1 / xp.where(keep, w, 1), 0).astype(a.dtype)
-    return xp.matmul(v * winv[..., None, :], xp.swapaxes(v, -1, -2))
+    vt = xp.swapaxes(v, -1, -2)
+    return xp.matmul(v * winv[..., None, :], xp.conj(vt) if a.dtype.kind == "c" else vt)
 
 
 def _pinvh_batch(vals, bdims, **params):
@@ -296,7 +334,7 @@ def _pinvh_batch(vals, bdims, **params):
 
 _pinv_hermitian = primitive(
     "pinv_hermitian", _pinvh_fwd, L._pinv_vjp, saves="both", kind="linalg", jvp=L._pinv_jvp,
-    batch=_pinvh_batch,
+    batch=_pinvh_batch, complex=(L._pinv_cvjp,),
     doc="Pseudo-inverse of a symmetric matrix from its eigendecomposition (|λ| ≤ "
         "max(atol, rtol·max|λ|) cut); pinv's gradient. pinv(hermitian=True) builds the "
         "symmetric input from the lower triangle first, as PyTorch reads it.")
@@ -309,7 +347,7 @@ def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Ten
     lower triangle is read (an eigendecomposition, |λ| for σ). atol and rtol may be tensors,
     one value per matrix. The gradient is the constant-rank rule, exact at rank-deficient A."""
     hermitian = bool(hermitian)
-    A = _mat("pinv", A, square=hermitian)
+    A = _mat("pinv", A, square=hermitian, cplx=True)
     if rcond is not None:
         if atol is not None or rtol is not None:
             raise TypeError("linalg.pinv: give rcond (PyTorch's older form) or atol/rtol, not "
@@ -318,7 +356,7 @@ def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Ten
     atol, rtol = _tolerances("pinv", A, atol, rtol)
     if hermitian:  # the symmetric matrix the lower triangle stands for: its gradient is the
         # lower triangle's (the off-diagonal entries count twice), and none reaches the upper
-        A = L._tri(A) + swapaxes(L._tri(A, k=-1), -1, -2)
+        A = L._tri(A) + _conj(swapaxes(L._tri(A, k=-1), -1, -2))
     f = _pinv_hermitian if hermitian else L.pinv
     if not isinstance(atol, Tensor) and not isinstance(rtol, Tensor):
         return f(A, atol=atol, rtol=rtol)
@@ -384,15 +422,50 @@ def _cast(x, dtype) -> Tensor:
     return x if dtype is None else x.astype(dtype)
 
 
+def _vn(x, ord, dim, keepdim) -> Tensor:
+    """The vector norm; of |x| for complex x (a real result, gradient x/|x| · ...)."""
+    return _vector_norm(_abs(x) if x.dtype.kind == "c" else x, ord, dim, keepdim)
+
+
+def _mn(A, ord, dim, keepdim) -> Tensor:
+    """The matrix norm; complex A: the entrywise ones of |A|, the spectral ones ('nuc', ±2)
+    from A's singular values."""
+    if A.dtype.kind != "c":
+        return _matrix_norm(A, ord, dim, keepdim)
+    if isinstance(ord, str) and ord == "nuc" or not isinstance(ord, str) and ord in (2, -2):
+        if A.ndim < 2 or len(tuple(dim)) != 2:
+            raise ShapeError(f"linalg.matrix_norm: expected A with at least 2 dims and two "
+                             f"dims named, got shape {tuple(A.shape)} and dim={dim!r}")
+        d0, d1 = (int(d) % A.ndim if -A.ndim <= int(d) < A.ndim else None for d in dim)
+        if d0 is None or d1 is None or d0 == d1:
+            raise ShapeError(f"linalg.matrix_norm: dim={dim!r} must name two different axes "
+                             f"of a tensor of shape {tuple(A.shape)}")
+        perm = tuple(i for i in range(A.ndim) if i not in (d0, d1)) + (d0, d1)
+        s = L.svdvals(A.permute(*perm))
+        if s.shape[-1] == 0:
+            if ord == -2:
+                raise ShapeError(f"linalg.matrix_norm: ord -2 of an empty matrix (shape "
+                                 f"{tuple(A.shape)}) is a minimum over nothing")
+            out = s.sum(-1)
+        else:
+            out = s.sum(-1) if ord == "nuc" else _max(s, -1) if ord == 2 else -_max(-s, -1)
+        if keepdim:
+            for d in sorted((d0, d1)):
+                out = expand_dims(out, d)
+        return out
+    return _matrix_norm(_abs(A), ord, dim, keepdim)
+
+
 def vector_norm(x, ord=2, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
-    """‖x‖_ord over ``dim`` (all entries when None); ``dtype``: x is cast to it first."""
-    return _vector_norm(_cast(x, dtype), ord, dim, keepdim)
+    """‖x‖_ord over ``dim`` (all entries when None); ``dtype``: x is cast to it first. Complex
+    x: the norm of |x|, real."""
+    return _vn(_cast(x, dtype), ord, dim, keepdim)
 
 
 def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim: bool = False, *, dtype=None) -> Tensor:
     """Matrix norms over the two axes ``dim``: 'fro', 'nuc', ±inf, ±1, ±2; ``dtype``: A is cast
-    to it first."""
-    return _matrix_norm(_cast(A, dtype), ord, dim, keepdim)
+    to it first. Complex A: a real norm ('nuc' and ±2 from its singular values)."""
+    return _mn(_cast(A, dtype), ord, dim, keepdim)
 
 
 def norm(A, ord=None, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
@@ -406,7 +479,7 @@ def norm(A, ord=None, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
         if len(dims) not in (1, 2):
             raise ShapeError(f"linalg.norm: dim must be an int or name 1 or 2 dims, got {dim!r}")
     if ord is None:  # the 2-norm of the entries (Frobenius over two dims)
-        return _vector_norm(A, 2, dims, keepdim)
+        return _vn(A, 2, dims, keepdim)
     if dims is None:
         if A.ndim not in (1, 2):
             raise ShapeError(f"linalg.norm: with ord and no dim, A must be 1-d or 2-d, got "
@@ -416,8 +489,8 @@ def norm(A, ord=None, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
         if isinstance(ord, str):
             raise ValueError(f"linalg.norm: ord {ord!r} is a matrix norm; it needs two dims, got "
                              f"dim={dim!r} for shape {tuple(A.shape)}")
-        return _vector_norm(A, ord, dims, keepdim)
-    return _matrix_norm(A, ord, dims, keepdim)
+        return _vn(A, ord, dims, keepdim)
+    return _mn(A, ord, dims, keepdim)
 
 
 # --- powers and exponentials ----------------------------------------------------------------

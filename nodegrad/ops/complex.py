@@ -11,13 +11,13 @@ nodegrad has no views of complex memory: ``real``, ``imag``, ``view_as_real`` an
 
 from __future__ import annotations
 
+import math
+
 from .. import _backend as B
-from ..batching import elementwise_rule
+from ..batching import elementwise_rule, trailing_axes_rule
 from ..errors import DTypeError, ShapeError
 from ..primitive import REGISTRY, primitive
 from ..tensor import Tensor, zeros_like
-import math
-
 from . import shape as S
 from .elementwise import astype, cos, isnan, less, multiply, sin, where
 from .methods import register
@@ -239,20 +239,10 @@ HOLOMORPHIC = (
 )
 
 
-def _last_axis_batch(prim):
-    """The vmap rule of an op on the last axis: the batch axis in front."""
-    def rule(vals, bdims, **params):
-        (x,), (b,) = vals, bdims
-        if b is not None and b != 0:
-            x = x.movedim(b, 0)
-        return prim(x, **params), (None if b is None else 0)
-    return rule
-
-
 for _p in (_complex, _conj, _real, _imag, _angle):
     _p.batch = elementwise_rule(_p)
 for _p in (_view_as_real, _view_as_complex):
-    _p.batch = _last_axis_batch(_p)
+    _p.batch = trailing_axes_rule(_p)
 for _name in HOLOMORPHIC:
     if _name in REGISTRY:
         REGISTRY[_name].complex = "holomorphic"

@@ -2,7 +2,10 @@
 
 The notes' rules: for C = A B, dA = dC Bᵀ and dB = Aᵀ dC. Batch axes broadcast; the engine sums
 them back to each operand's shape. Decompositions follow the standard matrix rules (as
-PyTorch's ``FunctionsManual``), every one batched over leading axes.
+PyTorch's ``FunctionsManual``), every one batched over leading axes. Complex inputs: inv,
+solve, solve_triangular and det are holomorphic (their rules serve conjugated, see
+:mod:`.complex`); the decompositions declare complex rules of their own (conjugate transposes,
+PyTorch's phase checks), and their JVPs branch on the input's dtype.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import string
 from .. import _backend as B
 from ..batching import front, rank_up, size_of, values
 from ..errors import GradError, LinAlgError, ShapeError
-from ..primitive import primitive
+from ..primitive import REGISTRY, primitive
 from ..tensor import Tensor
 from .elementwise import logical_and, where
 from .index import getitem
@@ -23,6 +26,31 @@ from .shape import concatenate, expand_dims, reshape, swapaxes
 
 def _mT(x):
     return swapaxes(x, -1, -2)
+
+
+# complex matrices: conj, real and imag are ops/complex.py's primitives, looked up when a
+# complex rule runs (that module imports this one's dependents)
+def _conj(x):
+    return REGISTRY["conj"](x) if x.dtype.kind == "c" else x
+
+
+def _re(x):
+    return REGISTRY["real"](x) if x.dtype.kind == "c" else x
+
+
+def _mH(x):
+    """The conjugate transpose of the last two axes (the transpose for real x)."""
+    return _conj(swapaxes(x, -1, -2))
+
+
+def _phase_check(op: str, d, what: str = "eigenvectors") -> None:
+    """PyTorch's check that a loss does not depend on the eigen/singular vectors' phases (they
+    are unique only up to e^{iφ}): the imaginary parts of diag(Vᴴ V̄) must vanish."""
+    v = values(REGISTRY["imag"](d))
+    if v.size and bool((abs(v) > 1e-2).any()):
+        raise GradError(f"{op}: The {what} in the complex case are specified up to "
+                        "multiplication by e^{i phi}. The specified loss function depends on "
+                        "this quantity, so it is ill-defined.")
 
 
 def _matmul_da(g, ans, a, b):
@@ -297,7 +325,7 @@ inv = primitive(
     "inv", lambda xp, a: _call("inv", "the matrix is singular", xp.linalg.inv, a),
     lambda g, ans, a: -matmul(matmul(_mT(ans), g), _mT(ans)), saves="out", kind="linalg",
     jvp=lambda ts, ans, a: -matmul(matmul(ans, ts[0]), ans), batch=_batch1("inv"),
-    doc="Matrix inverse: d(A⁻¹) = −A⁻¹ dA A⁻¹.")
+    complex="holomorphic", doc="Matrix inverse: d(A⁻¹) = −A⁻¹ dA A⁻¹.")
 
 
 def _solve_fwd(xp, a, b):
@@ -318,7 +346,7 @@ def _solve_jvp(ts, ans, a, b):
 
 
 solve = primitive("solve", _solve_fwd, vjp_all=_solve_vjp, saves="both", kind="linalg",
-                  jvp=_solve_jvp, batch=_batch2("solve"),
+                  jvp=_solve_jvp, batch=_batch2("solve"), complex="holomorphic",
                   doc="X with A X = B (B a matrix): dB̄ = A⁻ᵀ X̄, Ā = −B̄ Xᵀ.")
 
 
@@ -355,7 +383,7 @@ def _solve_tri_jvp(ts, ans, a, b, upper, unitriangular):
 
 solve_triangular = primitive(
     "solve_triangular", _solve_tri_fwd, vjp_all=_solve_tri_vjp, saves="both", kind="linalg",
-    jvp=_solve_tri_jvp, batch=_batch2("solve_triangular"),
+    jvp=_solve_tri_jvp, batch=_batch2("solve_triangular"), complex="holomorphic",
     doc="X with T X = B, T the lower/upper triangle of A (unit diagonal if asked).")
 
 
@@ -397,14 +425,16 @@ def _cofactor(a, d):
     for j in range(n):  # the product of the other singular values, zeros included
         p = p * where(eye[j] > 0, 1.0, s[..., j:j + 1])
     sign = det(u) * det(vh)
-    return expand_dims(expand_dims(sign, -1), -1) * matmul(u * expand_dims(p, -2), vh)
+    # complex A: det(A)·A⁻ᵀ = det(U) det(Vᴴ) conj(U diag(p) Vᴴ)
+    return expand_dims(expand_dims(sign, -1), -1) * _conj(matmul(u * expand_dims(p, -2), vh))
 
 
 det = primitive(
     "det", lambda xp, a: xp.linalg.det(a),
     lambda g, ans, a: expand_dims(expand_dims(g, -1), -1) * _cofactor(a, ans), saves="both",
     kind="linalg", jvp=lambda ts, ans, a: (_cofactor(a, ans) * ts[0]).sum(axis=(-2, -1)),
-    batch=_batch1("det"), doc="Determinant; its gradient is the cofactor matrix (finite when "
+    batch=_batch1("det"), complex="holomorphic",
+    doc="Determinant; its gradient is the cofactor matrix (finite when "
     "singular, as in PyTorch).")
 
 
@@ -422,15 +452,34 @@ def _slogdet_inv(a):
                           "infinite; no finite gradient exists there") from None
 
 
+def _slogdet_cjvp(ts, ans, a):
+    """Complex A: w = tr(A⁻¹ dA); d sign = i sign Im w, d log|det| = Re w."""
+    w = (_mT(_slogdet_inv(a)) * ts[0]).sum(axis=(-2, -1))
+    ds = slogdet(a)[..., 0] * REGISTRY["imag"](w) * 1j
+    return concatenate([expand_dims(ds, -1), expand_dims(_re(w) + 0j, -1)], -1)
+
+
 def _slogdet_jvp(ts, ans, a):
+    if a.dtype.kind == "c":
+        return _slogdet_cjvp(ts, ans, a)
     dl = (_mT(_slogdet_inv(a)) * ts[0]).sum(axis=(-2, -1))
     return concatenate([expand_dims(dl * 0, -1), expand_dims(dl, -1)], -1)
+
+
+def _slogdet_cvjp(g, ans, a):
+    """Complex A (sign = det/|det| complex, log|det| real): d log det = tr(A⁻¹ dA) = w, so
+    d log|det| = Re w and d sign = i sign Im w; Ā = c A⁻ᴴ with c = ḡ_log − i Im(conj(ḡ_sign)
+    sign), as PyTorch's."""
+    gs, gl, sign = g[..., 0], _re(g[..., 1]), slogdet(a)[..., 0]
+    c = gl - REGISTRY["imag"](_conj(gs) * sign) * 1j
+    return expand_dims(expand_dims(c, -1), -1) * _mH(_slogdet_inv(a))
 
 
 slogdet = primitive(
     "slogdet", _slogdet_fwd,
     lambda g, ans, a: expand_dims(expand_dims(g[..., 1], -1), -1) * _mT(_slogdet_inv(a)),
     saves="inputs", kind="linalg", jvp=_slogdet_jvp, batch=_batch1("slogdet"),
+    complex=(_slogdet_cvjp,),
     doc="(sign, log|det|) packed as (..., 2); d log|det A| = tr(A⁻¹ dA), the sign is constant.")
 
 
@@ -446,7 +495,17 @@ def _cholesky_vjp(g, ans, a):
     return _sym(ga)
 
 
+def _cholesky_cjvp(ts, ans, a):
+    """Complex A: dL = L Φ(L⁻¹ herm(dA) L⁻ᴴ)."""
+    da = ts[0]
+    x = solve_triangular(ans, (da + _mH(da)) * 0.5, upper=False, unitriangular=False)
+    x = _mH(solve_triangular(ans, _mH(x), upper=False, unitriangular=False))
+    return matmul(ans, _phi(x))
+
+
 def _cholesky_jvp(ts, ans, a):
+    if a.dtype.kind == "c":
+        return _cholesky_cjvp(ts, ans, a)
     x = solve_triangular(ans, _sym(ts[0]), upper=False, unitriangular=False)  # L⁻¹ dA
     x = _mT(solve_triangular(ans, _mT(x), upper=False, unitriangular=False))  # L⁻¹ dA L⁻ᵀ
     return matmul(ans, _phi(x))
@@ -462,9 +521,16 @@ def _cholesky_fwd(xp, a):
     return out
 
 
+def _cholesky_cvjp(g, ans, a):
+    """Hermitian A = L Lᴴ: Ā = L⁻ᴴ Φ(Lᴴ L̄) L⁻¹, made Hermitian (PyTorch's)."""
+    linv = solve_triangular(ans, _eye(ans), upper=False, unitriangular=False)
+    ga = matmul(matmul(_mH(linv), _phi(matmul(_mH(ans), g))), linv)
+    return (ga + _mH(ga)) * 0.5
+
+
 cholesky = primitive(
     "cholesky", _cholesky_fwd, _cholesky_vjp, saves="out", kind="linalg", jvp=_cholesky_jvp,
-    batch=_batch1("cholesky"),
+    batch=_batch1("cholesky"), complex=(_cholesky_cvjp,),
     doc="Lower Cholesky factor L (A = L Lᵀ, A read as symmetric); gradient symmetric.")
 
 
@@ -485,12 +551,24 @@ def _copyltu(m):
 
 
 def _qr_vjp_tall(gq, gr, q, r):
-    """m >= n: Ā = (Q̄ + Q copyltu(M)) R⁻ᵀ with M = R R̄ᵀ − Q̄ᵀ Q."""
-    m = matmul(r, _mT(gr)) - matmul(_mT(gq), q)
-    return _right(gq + matmul(q, _copyltu(m)), _mT(r), upper=False)
+    """m >= n: Ā = (Q̄ + Q copyltu(M)) R⁻ᴴ with M = R R̄ᴴ − Q̄ᴴ Q; for complex A the strict lower
+    triangle is mirrored conjugated and only Re of the diagonal counts (R's is real)."""
+    if q.dtype.kind != "c":
+        m = matmul(r, _mT(gr)) - matmul(_mT(gq), q)
+        return _right(gq + matmul(q, _copyltu(m)), _mT(r), upper=False)
+    m = matmul(r, _mH(gr)) - matmul(_mH(gq), q)
+    return _right(gq + matmul(q, _copyltu_c(m)), _mH(r), upper=False)
+
+
+def _copyltu_c(m):
+    """copyltu for complex M: the strict lower triangle mirrored conjugated, Re of the diagonal
+    (R's diagonal is real, so only Re reaches it)."""
+    low = _tri(m, k=-1)
+    return low + _mH(low) + _diag_embed(_re(_diag(m)))
 
 
 def _qr_vjp(g, ans, a, mode):
+    """Real and complex A (the complex rule is this one: conjugate transposes throughout)."""
     m, n = a.shape[-2], a.shape[-1]
     if mode == "complete" and m > n:
         raise GradError("qr: mode='complete' with more rows than columns is not differentiable "
@@ -503,7 +581,7 @@ def _qr_vjp(g, ans, a, mode):
     u, v = r[..., :m], r[..., m:]
     gu, gv = gr[..., :m], gr[..., m:]
     y = matmul(q, v)
-    gx = _qr_vjp_tall(gq + matmul(y, _mT(gv)), gu, q, u)
+    gx = _qr_vjp_tall(gq + matmul(y, _mH(gv) if q.dtype.kind == "c" else _mT(gv)), gu, q, u)
     return concatenate([gx, matmul(q, gv)], -1)
 
 
@@ -515,26 +593,39 @@ def _qr_jvp_tall(da, q, r):
     return z - matmul(q, cw), matmul(cw, r)
 
 
+def _qr_jvp_tall_c(da, q, r):
+    """Complex m >= n: C = Qᴴ dA R⁻¹, Ω = low − lowᴴ + i Im diag C (skew-Hermitian),
+    dR = (C − Ω) R, dQ = dA R⁻¹ − Q (C − Ω)."""
+    z = _right(da, r, upper=True)
+    c = matmul(_mH(q), z)
+    low = _tri(c, k=-1)
+    cw = c - low + _mH(low) - _diag_embed(REGISTRY["imag"](_diag(c)) * 1j)
+    return z - matmul(q, cw), matmul(cw, r)
+
+
 def _qr_jvp(ts, ans, a, mode):
     m, n = a.shape[-2], a.shape[-1]
+    cplx = a.dtype.kind == "c"
+    tall, h = (_qr_jvp_tall_c, _mH) if cplx else (_qr_jvp_tall, _mT)
     if mode == "complete" and m > n:
         raise GradError("qr: mode='complete' with more rows than columns is not differentiable "
                         "(as in PyTorch); use mode='reduced'")
     q, r = _unpack(ans, _qr_shapes(a.shape, mode))
     da = ts[0]
     if m >= n:
-        dq, dr = _qr_jvp_tall(da, q, r)
+        dq, dr = tall(da, q, r)
     else:
         u, v = r[..., :m], r[..., m:]
-        dq, du = _qr_jvp_tall(da[..., :m], q, u)
-        dv = matmul(_mT(q), da[..., m:] - matmul(dq, v))
+        dq, du = tall(da[..., :m], q, u)
+        dv = matmul(h(q), da[..., m:] - matmul(dq, v))
         dr = concatenate([du, dv], -1)
     lead = _lead(dq)[:-1]
     return concatenate([reshape(dq, lead + (_size(dq),)), reshape(dr, lead + (_size(dr),))], -1)
 
 
 qr = primitive("qr", _qr_fwd, _qr_vjp, saves="out", kind="linalg", jvp=_qr_jvp,
-               batch=_batch1("qr"), doc="QR decomposition, Q and R packed flat (see linalg.qr).")
+               batch=_batch1("qr"), complex=(_qr_vjp,),
+               doc="QR decomposition, Q and R packed flat (see linalg.qr).")
 
 
 # --- eigh, eigvalsh -------------------------------------------------------------------------
@@ -562,7 +653,33 @@ def _eigh_vjp(g, ans, a, uplo):
     return matmul(matmul(v, inner), _mT(v))
 
 
+def _eigh_cvjp(g, ans, a, uplo):
+    """Hermitian A: Ā = V (skew(Vᴴ V̄)/E + diag(w̄)) Vᴴ, after PyTorch's phase check."""
+    n = a.shape[-1]
+    w, v = _unpack(ans, ((n,), (n, n)))
+    gw, gv = _unpack(g, ((n,), (n, n)))
+    vh = _mH(v)
+    vgv = matmul(vh, gv)
+    _phase_check("linalg_eigh_backward", _diag(vgv))
+    skew = (vgv - _mH(vgv)) * 0.5
+    inner = skew / _gaps(_re(w), skew) + _diag_embed(_re(gw))
+    return matmul(matmul(v, inner), vh)
+
+
+def _eigh_cjvp(ts, ans, a, uplo):
+    """Hermitian A: P = Vᴴ herm(dA) V, dw = Re diag P, dV = V (P / E off the diagonal)."""
+    n = a.shape[-1]
+    w, v = _unpack(ans, ((n,), (n, n)))
+    da = ts[0]
+    p = matmul(matmul(_mH(v), (da + _mH(da)) * 0.5), v)
+    dw = _re(_diag(p)) + 0j
+    dv = matmul(v, p * (1 - _eye(p)) / _gaps(_re(w)))
+    return concatenate([dw, reshape(dv, _lead(dw) + (_size(dv),))], -1)
+
+
 def _eigh_jvp(ts, ans, a, uplo):
+    if a.dtype.kind == "c":
+        return _eigh_cjvp(ts, ans, a, uplo)
     n = a.shape[-1]
     w, v = _unpack(ans, ((n,), (n, n)))
     p = matmul(matmul(_mT(v), _sym(ts[0])), v)
@@ -573,7 +690,7 @@ def _eigh_jvp(ts, ans, a, uplo):
 
 
 eigh = primitive("eigh", _eigh_fwd, _eigh_vjp, saves="out", kind="linalg", jvp=_eigh_jvp,
-                 batch=_batch1("eigh"),
+                 batch=_batch1("eigh"), complex=(_eigh_cvjp,),
                  doc="Symmetric eigendecomposition, (w, V) packed flat (see linalg.eigh).")
 
 
@@ -584,11 +701,14 @@ def _eigvecs(a, uplo):
 
 def _eigvalsh_vjp(g, ans, a, uplo):
     v = _eigvecs(a, uplo)
-    return matmul(v * expand_dims(g, -2), _mT(v))
+    return matmul(v * expand_dims(g, -2), _mH(v))  # V diag(ḡ) Vᴴ (real g, complex V too)
 
 
 def _eigvalsh_jvp(ts, ans, a, uplo):
     v = _eigvecs(a, uplo)
+    if v.dtype.kind == "c":
+        da = ts[0]
+        return _re((_conj(v) * matmul((da + _mH(da)) * 0.5, v)).sum(axis=-2))
     return (v * matmul(_sym(ts[0]), v)).sum(axis=-2)
 
 
@@ -636,7 +756,40 @@ def _svd_vjp(g, ans, a, full_matrices):
     return ga
 
 
+def _svd_cvjp(g, ans, a, full_matrices):
+    """Complex A: the real rule with conjugate transposes, Hermitian skews, and the phase term
+    i Im diag(Uᴴ Ū) / S on the diagonal, after PyTorch's phase check."""
+    m, n = a.shape[-2], a.shape[-1]
+    k = min(m, n)
+    shapes = _svd_shapes(a.shape, full_matrices)
+    u, s, vh = _unpack(ans, shapes)
+    gu, gs, gvh = _unpack(g, shapes)
+    if full_matrices:
+        u, gu, vh, gvh = u[..., :k], gu[..., :k], vh[..., :k, :], gvh[..., :k, :]
+    s, gs = _re(s), _re(gs)
+    ugu = matmul(_mH(u), gu)
+    vgv = matmul(vh, _mH(gvh))
+    _phase_check("svd_backward", _diag(ugu) + _diag(vgv), "singular vectors")
+    im = REGISTRY["imag"](_diag(ugu))
+    ugu = ugu - _mH(ugu)
+    vgv = vgv - _mH(vgv)
+    num = ugu * expand_dims(s, -2) + expand_dims(s, -1) * vgv
+    ga = num / _gaps(s * s, num) + _diag_embed(gs + im * 1j / where(s == 0, 1.0, s))
+    if m > k:
+        gusinv = gu / expand_dims(s, -2)
+        ga = matmul(matmul(u, ga) + gusinv - matmul(u, matmul(_mH(u), gusinv)), vh)
+    elif n > k:
+        sinvgvh = gvh / expand_dims(s, -1)
+        ga = matmul(u, matmul(ga, vh) + sinvgvh - matmul(matmul(sinvgvh, _mH(vh)), vh))
+    else:
+        ga = matmul(matmul(u, ga), vh)
+    return ga
+
+
 def _svd_jvp(ts, ans, a, full_matrices):
+    if a.dtype.kind == "c":
+        raise GradError("svd: forward-mode differentiation of a complex svd is not supported "
+                        "(its reverse mode is)")
     m, n = a.shape[-2], a.shape[-1]
     k = min(m, n)
     u, s, vh = _unpack(ans, _svd_shapes(a.shape, full_matrices))
@@ -664,7 +817,7 @@ def _svd_jvp(ts, ans, a, full_matrices):
 
 
 svd = primitive("svd", _svd_fwd, _svd_vjp, saves="out", kind="linalg", jvp=_svd_jvp,
-                batch=_batch1("svd"),
+                batch=_batch1("svd"), complex=(_svd_cvjp,),
                 doc="Singular value decomposition, (U, S, Vh) packed flat (see linalg.svd).")
 
 
@@ -679,6 +832,8 @@ def _svdvals_vjp(g, ans, a):
 
 def _svdvals_jvp(ts, ans, a):
     u, _, vh = _svd_parts(a)
+    if u.dtype.kind == "c":  # ds = Re diag(Uᴴ dA V)
+        return _re((_conj(u) * matmul(ts[0], _mH(vh))).sum(axis=-2))
     return (u * matmul(ts[0], _mT(vh))).sum(axis=-2)
 
 
@@ -696,6 +851,8 @@ def _pinv_fwd(xp, a, atol, rtol):
     cut = xp.maximum(atol, rtol * s[..., :1])
     keep = s > cut
     sinv = xp.where(keep, 1 / xp.where(keep, s, 1), 0).astype(a.dtype)
+    if a.dtype.kind == "c":
+        vh, u = xp.conj(vh), xp.conj(u)
     return xp.matmul(xp.swapaxes(vh, -1, -2) * sinv[..., None, :], xp.swapaxes(u, -1, -2))
 
 
@@ -706,7 +863,27 @@ def _pinv_vjp(g, x, a, atol, rtol):
             + matmul(xtx, gt) - matmul(matmul(xtx, gt), matmul(x, a)))
 
 
+def _pinv_cvjp(g, x, a, atol, rtol):
+    """Complex A: the constant-rank rule with conjugate transposes,
+    Ā = −Xᴴ ḡ Xᴴ + (I − A X) ḡᴴ X Xᴴ + Xᴴ X ḡᴴ (I − X A)."""
+    xt, gt = _mH(x), _mH(g)
+    xxt, xtx = matmul(x, xt), matmul(xt, x)
+    return (-matmul(matmul(xt, g), xt) + matmul(gt, xxt) - matmul(matmul(a, x), matmul(gt, xxt))
+            + matmul(xtx, gt) - matmul(matmul(xtx, gt), matmul(x, a)))
+
+
+def _pinv_cjvp(ts, x, a, atol, rtol):
+    """Complex A: dX = −X dA X + X Xᴴ dAᴴ (I − A X) + (I − X A) dAᴴ Xᴴ X."""
+    da = ts[0]
+    dat, xt = _mH(da), _mH(x)
+    return (-matmul(matmul(x, da), x)
+            + matmul(matmul(x, xt), dat - matmul(dat, matmul(a, x)))
+            + matmul(dat - matmul(matmul(x, a), dat), matmul(xt, x)))
+
+
 def _pinv_jvp(ts, x, a, atol, rtol):
+    if a.dtype.kind == "c":
+        return _pinv_cjvp(ts, x, a, atol, rtol)
     da = ts[0]
     dat = _mT(da)
     xt = _mT(x)
@@ -716,6 +893,56 @@ def _pinv_jvp(ts, x, a, atol, rtol):
 
 
 pinv = primitive("pinv", _pinv_fwd, _pinv_vjp, saves="both", kind="linalg", jvp=_pinv_jvp,
-                 batch=_batch1("pinv"),
+                 batch=_batch1("pinv"), complex=(_pinv_cvjp,),
                  doc="Moore–Penrose pseudo-inverse (singular values ≤ max(atol, rtol·σ₁) cut); "
                      "gradient by the constant-rank rule.")
+
+
+
+# --- eig ------------------------------------------------------------------------------------
+def _eig_fwd(xp, a):
+    if xp is not B.np and not hasattr(xp.linalg, "eig"):  # no general eig on the device:
+        return xp.asarray(_eig_fwd(B.np, B.backend_of(a).to_host(a)))  # LAPACK's on the host
+    w, v = _call("eig", NO_CONVERGENCE, xp.linalg.eig, a)
+    ct = B.np.complex128 if a.dtype in (B.np.float64, B.np.complex128) else B.np.complex64
+    return _pack(xp, w.astype(ct, copy=False), v.astype(ct, copy=False), nd=(1, 2))
+
+
+def _eig_vjp(g, ans, a):
+    """PyTorch's ``linalg_eig_backward``: with E_ij = conj(λ_j − λ_i),
+    Ā = V⁻ᴴ ((Vᴴ V̄ − Vᴴ V diag(Re diag(Vᴴ V̄))) / E + diag(λ̄)) Vᴴ, the off-diagonal part
+    only where it is non-zero (an unused V gives none, even at repeated eigenvalues). The loss
+    must not depend on the eigenvectors' phases (checked, as PyTorch). A is kept (saves
+    "both") so that a real A gets the real part."""
+    n = a.shape[-1]
+    w, v = _unpack(ans, ((n,), (n, n)))
+    gw, gv = _unpack(g, ((n,), (n, n)))
+    vh = _mH(v)
+    vgv = matmul(vh, gv)
+    d = _diag(vgv)
+    _phase_check("linalg_eig_backward", d)
+    off = vgv - matmul(vh, v * expand_dims(_re(d), -2))
+    off = off * (1 - _eye(off))
+    e = _conj(expand_dims(w, -2) - expand_dims(w, -1)) + _eye(w)
+    inner = off / where(off == 0, 1.0, e) + _diag_embed(gw)
+    return solve(vh, matmul(inner, vh))
+
+
+def _eig_jvp(ts, ans, a):
+    """dλ = diag(V⁻¹ dA V); dV = V (P / E off the diagonal), each column's change kept
+    orthogonal to it in Re (its norm stays 1), as PyTorch's ``linalg_eig_jvp``."""
+    n = a.shape[-1]
+    w, v = _unpack(ans, ((n,), (n, n)))
+    p = solve(v, matmul(ts[0], v))
+    dw = _diag(p)
+    e = expand_dims(w, -2) - expand_dims(w, -1) + _eye(w)
+    dv = matmul(v, p * (1 - _eye(p)) / e)
+    dv = dv - v * expand_dims(_re(_diag(matmul(_mH(v), dv))), -2)
+    lead = _lead(dw)
+    return concatenate([dw, reshape(dv, lead + (_size(dv),))], -1)
+
+
+eig = primitive("eig", _eig_fwd, _eig_vjp, saves="both", kind="linalg", jvp=_eig_jvp,
+                batch=_batch1("eig"), complex=(_eig_vjp,),
+                doc="Eigendecomposition of a general square matrix, (λ, V) packed flat and "
+                    "complex (see linalg.eig).")
