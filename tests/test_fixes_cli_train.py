@@ -369,3 +369,19 @@ def test_empty_val_loader_fails_before_training():
     with pytest.raises(ValueError, match=r"evaluate: the loader yields no batches"):
         _fit(model, nd.DataLoader(nd.ArrayDataset(X, Y), 50), empty)
     assert all(np.array_equal(a, p.numpy()) for a, p in zip(before, model.parameters()))
+
+
+def test_history_json_is_strict_json_when_a_value_is_not_finite(tmp_path):
+    """Python writes NaN as a bare ``NaN`` token, which is not JSON (JavaScript, jq and other
+    readers refuse it): history.json holds null there; history.csv keeps nan."""
+    from nodegrad.train.callbacks import write_history
+    from nodegrad.train.history import History
+
+    h = History()
+    h.epochs.append({"epoch": 1, "loss": float("nan"), "val_loss": float("inf"), "lr": 0.1})
+    h.stop_reason = "the loss is not finite"
+    write_history(h, tmp_path)
+    text = (tmp_path / "history.json").read_text()
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON token {c}"))
+    assert doc["epochs"][0] == {"epoch": 1, "loss": None, "val_loss": None, "lr": 0.1}
+    assert "nan" in (tmp_path / "history.csv").read_text()

@@ -157,8 +157,16 @@ def write_history(history, run_dir: Path) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write(Path(run_dir) / "history.csv", buf.getvalue().encode())
-    doc = {"epochs": rows, "stop_reason": history.stop_reason, "steps": "steps.jsonl"}
-    atomic_write(Path(run_dir) / "history.json", json.dumps(doc, indent=1).encode())
+    doc = {"epochs": [{k: _json_number(v) for k, v in r.items()} for r in rows],
+           "stop_reason": history.stop_reason, "steps": "steps.jsonl"}
+    atomic_write(Path(run_dir) / "history.json",
+                 json.dumps(doc, indent=1, allow_nan=False).encode())
+
+
+def _json_number(v):
+    """``v`` for strict JSON: a NaN or infinite float (a diverged loss) becomes null, which
+    every JSON reader accepts (Python's ``NaN`` token is not JSON); history.csv keeps ``nan``."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _better(mode: str, a: float, best: float, min_delta: float) -> bool:
