@@ -179,6 +179,14 @@ def can_cast(from_, to) -> bool:
     return _CATEGORY[a.kind] <= _CATEGORY[b.kind]  # bool < integers (signed or not) < floats
 
 
+def can_store(src, dst) -> bool:
+    """Whether an in-place op or ``out=`` may store a result of dtype ``src`` in a tensor of dtype
+    ``dst``, PyTorch's rule: never to a lower category (complex to real, float to integer, a
+    number to bool); within a category any width or signedness (int16 into uint8 wraps, as
+    PyTorch's, where NumPy's ``same_kind`` refuses signed into unsigned)."""
+    return _CATEGORY[_np.dtype(src).kind] <= _CATEGORY[_np.dtype(dst).kind]
+
+
 # --- the default float dtype ----------------------------------------------------------------------
 _DEFAULT_CHOICES = {_np.dtype(n) for n in ("float16", "float32", "float64")}
 
@@ -210,4 +218,4 @@ def set_default_dtype(d) -> None:
 
 
 __all__ = ["promote_types", "result_type", "finfo", "iinfo", "torch_promote_types", "can_cast",
-           "get_default_dtype", "set_default_dtype"]
+           "can_store", "get_default_dtype", "set_default_dtype"]

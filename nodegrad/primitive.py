@@ -257,10 +257,10 @@ def _promote(prim: Primitive, args: tuple) -> tuple:
         if type(a) in _SCALARS:
             continue
         d = getattr(a, "dtype", None)
-        if d is dt:
-            continue
-        if d is None:
+        if d is None:  # checked first: a leading complex number must not pass as dtype None
             cnum = cnum or type(a) is complex
+            continue
+        if d is dt:
             continue
         if dt is None:
             dt = d

@@ -294,3 +294,15 @@ def test_pytorch_complex_dtype_names_and_casts():
     assert ng.zeros(2, dtype=ng.cdouble).dtype == np.complex128
     with pytest.raises(ng.DTypeError, match="complex64 and float64"):
         ng.ones(2, dtype=ng.complex64) * ng.ones(2, dtype=ng.float64)
+
+
+def test_sigmoid_of_complex_values_and_gradients_match_torch():
+    torch = pytest.importorskip("torch")
+    z = np.array([1 + 1j, -0.5 + 2j, 0.25 - 0.75j])
+    a = ng.tensor(z, requires_grad=True)
+    t = torch.tensor(z, requires_grad=True)
+    np.testing.assert_allclose(ng.sigmoid(a).numpy(), torch.sigmoid(t).detach().numpy(),
+                               rtol=1e-12)
+    ng.sigmoid(a).abs().sum().backward()
+    torch.sigmoid(t).abs().sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-10)

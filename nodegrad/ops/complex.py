@@ -232,6 +232,7 @@ HOLOMORPHIC = (
     "add", "subtract", "multiply", "divide", "negative", "power", "square", "reciprocal",
     "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt",
     "sin", "cos", "tan", "sinh", "cosh", "tanh", "sin_grad", "cos_grad", "tanh_grad",
+    "sigmoid", "sigmoid_grad",
     "where", "sum", "mean", "cumsum", "matmul", "einsum",
     "reshape", "transpose", "broadcast_to", "sum_to", "concatenate", "getitem", "flip",
     "diagonal", "copy", "alias", "take_along_axis", "setitem", "view_put", "to_device",

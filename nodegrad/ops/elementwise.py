@@ -180,7 +180,16 @@ log1p = primitive("log1p", lambda xp, x: xp.log1p(x), lambda g, ans, x: g / (x +
                   kind=_EW, jvp=_J, doc="log(1 + x), accurate near 0.")
 sqrt = primitive("sqrt", lambda xp, x: xp.sqrt(x), lambda g, ans, x: g / (ans * 2),
                  saves="out", kind=_EW, jvp=_J, doc="Square root.")
-square = primitive("square", lambda xp, x: xp.square(x), lambda g, ans, x: g * (x * 2),
+_BOOL = B.np.dtype(bool)
+
+
+def _square(xp, x):
+    if getattr(x, "dtype", None) is _BOOL:  # PyTorch squares a bool tensor as int64 (NumPy int8)
+        x = x.astype(B.int64)
+    return xp.square(x)
+
+
+square = primitive("square", _square, lambda g, ans, x: g * (x * 2),
                    kind=_EW, jvp=_J, doc="x * x.")
 def _sgn(x):
     """x / |x| (0 at 0) for complex x, differentiable: abs's gradient there, as PyTorch's."""
@@ -253,7 +262,10 @@ erf = primitive("erf", lambda xp, x: B.backend_of(xp.asarray(x)).erf(x),
 
 
 def _sigmoid(xp, x):
-    if getattr(x, "dtype", B.float32).kind != "f":  # ints and bools as float32, as PyTorch
+    kind = getattr(x, "dtype", B.float32).kind
+    if kind == "c":  # complex: the formula as written (no real part to clip by sign)
+        return 1 / (1 + xp.exp(-x))
+    if kind != "f":  # ints and bools as float32, as PyTorch
         x = x.astype(B.float32)
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
@@ -591,13 +603,15 @@ lerp = primitive("lerp", _lerp_fwd,
                  (lambda g, ans, a, b, w: g * (1 - w), lambda g, ans, a, b, w: g * w,
                   lambda g, ans, a, b, w: g * (b - a)),
                  kind=_EW, jvp=_J, doc="start + weight * (end - start).")
-fmod = primitive("fmod", lambda xp, x, y: xp.fmod(x, y),
+fmod = primitive("fmod", _int_division("fmod", lambda xp, x, y: xp.fmod(x, y)),
                  (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * trunc(x / y)),
                  kind=_EW, jvp=_J, doc="C's fmod: x - trunc(x / y) * y (the sign of x).")
 
 
 def _xlogy_fwd(xp, x, y):
     dt = xp.result_type(x, y)
+    if dt.kind == "c":  # PyTorch has no complex xlogy; refused, never the real part alone
+        raise DTypeError(f"xlogy: complex operands are not supported, got {dt}")
     dt = dt if dt.kind == "f" else B.float64
     safe = xp.asarray(xp.where(x == 0, 1, y), dtype=dt)
     out = xp.where(x == 0, 0, x * xp.log(safe)).astype(dt, copy=False)

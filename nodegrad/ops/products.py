@@ -705,7 +705,7 @@ def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
     nobs = x.shape[1]
     # PyTorch's result dtype: input's float dtype (integers: the default) promoted with
     # aweights'; the weights are cast to it so the products below have one dtype
-    dt = x.dtype if x.dtype.kind == "f" else B.DEFAULT_FLOAT
+    dt = x.dtype if x.dtype.kind in "fc" else B.DEFAULT_FLOAT
     if aweights is not None:
         aweights = _t(aweights)
     if aweights is not None and aweights.dtype.kind == "f":
@@ -739,7 +739,7 @@ def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
                           "the number of observations", RuntimeWarning, stacklevel=2)
             norm = 0
         xc = x - S.expand_dims(avg, 1)
-        c = L.matmul(xc, S.swapaxes(xc, 0, 1))
+        c = L.matmul(xc, _conj_t(xc))
     else:  # the weights' sums in their own dtype, as PyTorch's
         w = S.reshape(w, (-1,))
         wsum = R.sum(w)
@@ -756,8 +756,14 @@ def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
         w = E.astype(w, dt)
         avg = R.sum(x * w, 1) / E.astype(wsum, dt)
         xc = x - S.expand_dims(avg, 1)
-        c = L.matmul(xc, S.swapaxes(xc * w, 0, 1))
+        c = L.matmul(xc, _conj_t(xc * w))
     return S.squeeze(c / norm)
+
+
+def _conj_t(x):
+    """The conjugate transpose of a matrix (its transpose if real): cov's x·xᴴ."""
+    t = S.swapaxes(x, 0, 1)
+    return t.conj() if t.dtype.kind == "c" else t
 
 
 def corrcoef(input) -> Tensor:
@@ -770,9 +776,12 @@ def corrcoef(input) -> Tensor:
     c = cov(x)
     if c.ndim == 0:
         return c / c
-    sd = E.sqrt(L._diag(c))
+    d = L._diag(c)
+    sd = E.sqrt(d.real if d.dtype.kind == "c" else d)
     c = c / S.expand_dims(sd, 1)
     c = c / S.expand_dims(sd, 0)
+    if c.dtype.kind == "c":  # real and imaginary parts clipped apart, as PyTorch and NumPy
+        return E.clip(c.real, -1, 1) + E.clip(c.imag, -1, 1) * 1j
     return E.clip(c, -1, 1)
 
 
@@ -780,9 +789,11 @@ def dist(input, other, p: float = 2) -> Tensor:
     """p-norm of input - other (broadcast), over all entries; p = 0 counts nonzeros, ±inf
     takes the largest/smallest |difference|."""
     a, b = _t(input), _t(other)
-    if a.dtype.kind != "f" or b.dtype.kind != "f":
-        raise DTypeError(f"dist: expected floating tensors, got {a.dtype} and {b.dtype}")
-    return R.vector_norm(a - b, ord=p)
+    d = a - b  # promoted as PyTorch's: an integer tensor with a float one is that float
+    if d.dtype.kind not in "fc":
+        raise DTypeError(f"dist: expected floating-point or complex tensors, got {a.dtype} and "
+                         f"{b.dtype}")
+    return R.vector_norm(d, ord=p)
 
 
 def renorm(input, p: float, dim: int, maxnorm: float) -> Tensor:

@@ -6,6 +6,7 @@ import warnings
 
 from .. import _backend as B
 from ..autodiff import no_grad
+from ..errors import DTypeError
 from ..primitive import primitive
 from .elementwise import astype, sqrt, where
 from .shape import broadcast_to, keepdims_shape, norm_axes, reshape, scalar_dims
@@ -85,15 +86,40 @@ def int64_accumulator(x):
     return astype(x, B.int64) if dt is not None and dt.kind == "u" else x
 
 
-def sum(x, axis=None, keepdims: bool = False):
-    """Sum over ``axis`` (an int, a tuple, or None for all); integers and bools give int64."""
-    return _sum(int64_accumulator(x), axis=norm_axes(axis, x.ndim, "sum"),
+def _in(x, dtype):
+    """``x`` cast to ``dtype`` first: a reduction's ``dtype=`` (None: as it is)."""
+    return x if dtype is None else astype(x, dtype)
+
+
+def _mean_in(x, dtype, op: str):
+    """``x`` cast to a mean's ``dtype=``, which must be a float or complex dtype (PyTorch's
+    rule: a mean truncated to an integer dtype would be a silently wrong answer)."""
+    if dtype is None:
+        return x
+    if B.np.dtype(dtype).kind not in "fc":
+        raise DTypeError(f"{op}: dtype= must be a floating-point or complex dtype, got "
+                         f"{B.np.dtype(dtype)}")
+    return astype(x, dtype)
+
+
+def _out(out, dtype):
+    """A reduction's result in ``dtype`` (an int64 sum asked for int32 wraps, as PyTorch's)."""
+    return out if dtype is None or out.dtype == dtype else astype(out, dtype)
+
+
+def sum(x, axis=None, keepdims: bool = False, *, dtype=None):
+    """Sum over ``axis`` (an int, a tuple, or None for all); integers and bools give int64.
+    ``dtype=`` casts the input first and gives that dtype (NumPy's and PyTorch's keyword)."""
+    out = _sum(int64_accumulator(_in(x, dtype)), axis=norm_axes(axis, x.ndim, "sum"),
+               keepdims=bool(keepdims))
+    return out if dtype is None else _out(out, dtype)
+
+
+def mean(x, axis=None, keepdims: bool = False, *, dtype=None):
+    """Arithmetic mean over ``axis``; ``dtype=`` casts the input first."""
+    out = _mean(_mean_in(x, dtype, "mean"), axis=norm_axes(axis, x.ndim, "mean"),
                 keepdims=bool(keepdims))
-
-
-def mean(x, axis=None, keepdims: bool = False):
-    """Arithmetic mean over ``axis``."""
-    return _mean(x, axis=norm_axes(axis, x.ndim, "mean"), keepdims=bool(keepdims))
+    return out if dtype is None else _out(out, dtype)
 
 
 def max(x, axis=None, keepdims: bool = False):
@@ -225,14 +251,16 @@ def aminmax(x, *, dim=None, keepdim: bool = False) -> MinMax:
     return MinMax(min(x, dim, keepdim), max(x, dim, keepdim))
 
 
-def nansum(x, dim=None, keepdim: bool = False):
-    """Sum treating NaN as zero (NaNs get no gradient)."""
-    return sum(_where(_isnan(x), 0, x), scalar_dims(dim, x.ndim, "nansum"), keepdim)
+def nansum(x, dim=None, keepdim: bool = False, *, dtype=None):
+    """Sum treating NaN as zero (NaNs get no gradient); ``dtype=`` casts the input first."""
+    x = _in(x, dtype)
+    return _out(sum(_where(_isnan(x), 0, x), scalar_dims(dim, x.ndim, "nansum"), keepdim), dtype)
 
 
-def nanmean(x, dim=None, keepdim: bool = False):
+def nanmean(x, dim=None, keepdim: bool = False, *, dtype=None):
     """Mean of the non-NaN entries (NaN where there are none, as PyTorch: there the
-    gradient is NaN too)."""
+    gradient is NaN too); ``dtype=`` casts the input first."""
+    x = _mean_in(x, dtype, "nanmean")
     dim = scalar_dims(dim, x.ndim, "nanmean")
     ok = ~_isnan(x)
     return sum(_where(ok, x, 0), dim, keepdim) / astype(sum(ok, dim, keepdim), x.dtype)
@@ -332,7 +360,10 @@ def _float_only(x, op):
 
 
 def vector_norm(x, ord=2, dim=None, keepdim: bool = False):
-    """‖x‖_ord over ``dim`` (all entries when None), as ``torch.linalg.vector_norm``."""
+    """‖x‖_ord over ``dim`` (all entries when None), as ``torch.linalg.vector_norm``; a
+    complex tensor's is the norm of its magnitudes (a real tensor of its width)."""
+    if x.dtype.kind == "c":
+        x = _abs(x)
     _float_only(x, "vector_norm")
     if isinstance(ord, str) or isinstance(ord, bool):
         raise ValueError(f"vector_norm: ord must be a number, got {ord!r}")

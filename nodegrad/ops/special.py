@@ -692,6 +692,10 @@ def heaviside(input, values):
     if isinstance(input, Tensor) and isinstance(values, Tensor) and input.dtype != values.dtype:
         raise DTypeError(f"heaviside: input and values must have the same dtype (as PyTorch), "
                          f"got {input.dtype} and {values.dtype}")
+    for v in (input, values):  # complex numbers have no sign to step on
+        if isinstance(v, complex) or (isinstance(v, Tensor) and v.dtype.kind == "c"):
+            raise DTypeError(f"heaviside: complex operands are not supported, got "
+                             f"{v.dtype if isinstance(v, Tensor) else v!r}")
     return _heaviside(input, values)
 
 
@@ -726,8 +730,8 @@ def ldexp(input, other):
         except OverflowError:
             scale = math.inf
         return multiply(input, scale)
-    if (isinstance(input, Tensor) and input.dtype.kind == "f" and other.dtype.kind != "f"):
-        other = astype(other, input.dtype)
+    if (isinstance(input, Tensor) and input.dtype.kind == "f" and other.dtype.kind in "biu"):
+        other = astype(other, input.dtype)  # a complex exponent stays complex (PyTorch's)
     return multiply(input, power(2.0, other))
 
 
@@ -756,8 +760,10 @@ def _real_only(op: str, x) -> None:
 
 
 def sgn(input):
-    """The sign -1, 0 or 1 of a real tensor; 0 for NaN, as PyTorch (zero gradient)."""
-    _real_only("sgn", input)
+    """The sign -1, 0 or 1 of a real tensor, 0 for NaN (zero gradient); z / |z| (0 at 0) of a
+    complex one, as PyTorch."""
+    if input.dtype.kind == "c":
+        return sign(input)  # elementwise.sign is z / |z| for complex z
     if input.dtype.kind == "f":
         return where(input != input, 0, sign(input))
     return sign(input)
@@ -783,7 +789,8 @@ def isneginf(input):
 
 def isreal(input):
     """True where the imaginary part is 0: everywhere for a real tensor."""
-    _real_only("isreal", input)
+    if input.dtype.kind == "c":
+        return equal(input.imag, 0)
     return ones_like(input, dtype=B.bool_)
 
 
