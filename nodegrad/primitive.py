@@ -350,6 +350,8 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
     and the op, so an in-place change of the view while recording reaches the base
     (:func:`.ops.index.write_through`)."""
     root = out if out.base is None else out.base
+    if type(root) is not _ndarray and not B.is_array(root):  # NumPy's as_strided: its base
+        root = getattr(root, "base", root)  # object holds the array it views
     for a in args:
         if isinstance(a, Tensor):
             d = a.data

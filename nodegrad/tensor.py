@@ -231,15 +231,35 @@ class Tensor:
 
     # --- autodiff -------------------------------------------------------------------------
     def detach(self) -> Tensor:
-        """The same values, cut from the graph (shares memory and the version counter)."""
+        """The same values, cut from the graph (shares memory and the version counter). Of a
+        tensor in a graph, it follows that tensor through in-place ops recorded for autograd
+        (which point it at a new array), as it shares PyTorch's memory
+        (:func:`.ops.index.refresh_views`)."""
         t = Tensor(self.data)
-        t._version = self._ensure_version()
+        self._add_alias(t)
         return t
+
+    def _add_alias(self, t: Tensor) -> None:
+        """``t`` shares this tensor's memory without a gradient (``detach()``, ``view(dtype)``):
+        it shares the version counter and, when this tensor is in a graph, is listed with its
+        views, so that an in-place op recorded on this tensor, or on the tensor it views, gives
+        it the new values too. It holds that tensor only weakly (not its graph); ``_view`` is
+        (a weak reference to the first tensor up the chain of views, None, the chain's steps)."""
+        if self.node is None or type(self) is not Tensor:
+            t._version = self._ensure_version()
+            return
+        self._add_view(t)
+        root, steps, entry = self, [], getattr(self, "_view", None)
+        while entry is not None and entry[1] is not None:
+            steps.append(entry[1:])
+            root, entry = entry[0], getattr(entry[0], "_view", None)
+        t._view = (weakref.ref(root), None, tuple(reversed(steps)))
 
     def detach_(self) -> Tensor:
         """Cut this tensor from the graph in place: it becomes a leaf that does not require
         grad. A view refuses, as in PyTorch (its base would still be in the graph)."""
-        if getattr(self, "_view", None) is not None:
+        entry = getattr(self, "_view", None)
+        if entry is not None and entry[1] is not None:  # (detach() gives (base, None))
             raise GradError("detach_: can't detach views in-place (this tensor views another "
                             "tensor's memory); use detach() instead, which returns a new tensor")
         self.node = None
@@ -363,6 +383,10 @@ class Tensor:
         return self._assign("zero_", 0)
 
     def fill_(self, value) -> Tensor:
+        """Set every element to ``value``: a number or a 0-d tensor (PyTorch's rule)."""
+        if isinstance(value, Tensor) and value.data.ndim:
+            raise ShapeError(f"fill_: the value must be a number or a 0-d tensor, got a tensor "
+                             f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
         return self._assign("fill_", value)
 
     def copy_(self, src) -> Tensor:
@@ -385,7 +409,19 @@ class Tensor:
         if rec is not None:
             rec.mutate(what, _set_all, self, value)
         else:
-            self.data[...] = value.data if isinstance(value, Tensor) else value
+            v = value.data if isinstance(value, Tensor) else value
+            try:
+                self.data[...] = v
+            except ValueError as e:
+                if not getattr(getattr(self.data, "flags", None), "writeable", True):
+                    raise ValueError(f"{what}: cannot write into this tensor's array, a "
+                                     "read-only view (an expanded or overlapping one, or a "
+                                     "frozen array); clone() it first") from None
+                if "broadcast" not in str(e):
+                    raise ValueError(f"{what}: {e}") from None
+                raise ShapeError(f"{what}: a value of shape {tuple(getattr(v, 'shape', ()))} "
+                                 f"does not broadcast to this tensor's shape "
+                                 f"{tuple(self.shape)}") from None
         self._bump()
         return self
 

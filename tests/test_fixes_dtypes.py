@@ -173,8 +173,6 @@ def test_can_store_is_pytorchs_in_place_rule():
                                                                getattr(torch, b)), (a, b)
 
 
-@pytest.mark.xfail(reason="needs the can_store patch to ops/methods.py and ops/aliases.py",
-                   strict=False)
 @pytest.mark.parametrize("op", ["add_", "sub_", "mul_", "clamp_", "bitwise_and_"])
 def test_in_place_int16_into_uint8_wraps_as_pytorch(op):
     n, t = _pair("uint8", [[1, 2, 200]])
@@ -299,3 +297,10 @@ def test_sweep_in_place_refusals(op):
             if te is None and ne is None and na.dtype != np.dtype(a):
                 bad.append((a, b, "dtype changed"))
     assert not bad, bad
+
+
+def test_mean_method_with_an_integer_dtype_raises_as_pytorch():
+    x = ng.tensor([1, 2, 4])
+    with pytest.raises(ng.DTypeError, match="floating-point or complex"):
+        x.mean(dtype=ng.int64)
+    assert x.sum(dtype=ng.int32).dtype == np.int32

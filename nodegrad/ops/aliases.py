@@ -40,6 +40,7 @@ from .. import autodiff as _autodiff
 from .. import random as _random
 from ..autodiff import RemovableHandle, creation_site, modes
 from ..batching import BatchTracer, rebind_batched, refuse_batched_into
+from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..tensor import Tensor, _shape_arg, from_dlpack, full, get_default_device, tensor
 from . import arrange as _arrange
@@ -375,14 +376,14 @@ def _fitted(self: Tensor, result, name: str) -> Tensor:
         raise ShapeError(f"{name}: the result has shape {tuple(result.shape)}, which does not "
                          f"fit in place into shape {tuple(self.shape)} (an in-place op cannot "
                          "broadcast its tensor to a larger shape)")
-    if result.dtype != self.dtype and not B.np.can_cast(result.dtype, self.dtype, "same_kind"):
+    if result.dtype != self.dtype and not can_store(result.dtype, self.dtype):
         raise DTypeError(f"{name}: result type {result.dtype} can't be cast to the desired "
                          f"output type {self.dtype} of the tensor changed in place")
     return result
 
 
 def _copy_into(a, r) -> None:
-    B.backend_of(a).xp.copyto(a, r, casting="same_kind")
+    B.backend_of(a).xp.copyto(a, r, casting="unsafe")  # _fitted checked PyTorch's rule
 
 
 def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Tensor:
@@ -438,6 +439,9 @@ def _assigning(name: str) -> Callable:
         if len(args) != (0 if name == "zero_" else 1):
             raise TypeError(f"{name}: expected {0 if name == 'zero_' else 1} argument, got "
                             f"{len(args)}")
+        if name == "fill_" and isinstance(value, Tensor) and value.ndim:
+            raise ShapeError(f"fill_: the value must be a number or a 0-d tensor, got a tensor "
+                             f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
         self._check_inplace(name)
         if isinstance(value, Tensor):
             if value.device != self.device:

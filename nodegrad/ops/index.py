@@ -41,11 +41,22 @@ def norm_index(index, backend: B.Backend, op: str = "getitem") -> tuple:
                             "place at batched indices; use index_update or index_put (out of "
                             "place)")
         if isinstance(i, Tensor):
+            if _int_tensor(i):  # PyTorch selects with it, as with an int: a view
+                out.append(int(i.data))
+                continue
             i = i.data
             if B.backend_of(i) is not backend:
                 i = backend.asarray(B.backend_of(i).to_host(i))
         elif isinstance(i, list):
-            i = backend.asarray(i) if i else backend.asarray(i, dtype=B.np.int64)
+            try:
+                a = backend.asarray(i) if i else backend.asarray(i, dtype=B.np.int64)
+            except (ValueError, TypeError):
+                a = None
+            if a is None or a.dtype.kind == "O":
+                raise TypeError(f"{op}: a list index must hold ints or bools (one index "
+                                f"array), got {i!r}; for one index per dim use a tuple, "
+                                "x[a, b]")
+            i = a
         elif B.is_array(i) and B.backend_of(i) is not backend:
             i = backend.asarray(B.backend_of(i).to_host(i))
         elif isinstance(i, B.generic):
@@ -65,6 +76,21 @@ def _is_advanced(i) -> bool:
     return isinstance(i, list | Tensor) or (B.is_array(i) and i.ndim > 0)
 
 
+def _is_int(i) -> bool:
+    """Whether an index entry selects as one integer: a Python or NumPy int, or a 0-d
+    integer tensor (PyTorch's rule; a 0-d bool or uint8 tensor is a mask)."""
+    return (isinstance(i, int | B.np.integer) and not isinstance(i, bool)
+            or isinstance(i, Tensor) and _int_tensor(i))
+
+
+def _int_tensor(i: Tensor) -> bool:
+    """Whether tensor ``i`` indexes as PyTorch's integer: 0-d, of an integer dtype but uint8
+    (outside vmap and jit, where it stays an index array)."""
+    d = i.data
+    return (d.ndim == 0 and (d.dtype.kind == "i" or d.dtype.kind == "u" and d.itemsize > 1)
+            and type(i) is not BatchTracer and modes().jit is None)
+
+
 def ints_first(index):
     """PyTorch's order for an index that mixes integers with index arrays: the integers
     select first (their dims go), then the arrays index what is left, so ``x[0, :, [1, 2]]``
@@ -75,7 +101,8 @@ def ints_first(index):
         return None
     ints = adv = False
     for i in index:
-        if isinstance(i, int | B.np.integer) and not isinstance(i, bool):
+        if (isinstance(i, int | B.np.integer) and not isinstance(i, bool)
+                or isinstance(i, Tensor) and _int_tensor(i)):
             ints = True
         elif _is_advanced(i):
             adv = True
@@ -83,7 +110,7 @@ def ints_first(index):
         return None
     first, rest = [], []
     for i in index:
-        if isinstance(i, int | B.np.integer) and not isinstance(i, bool):
+        if _is_int(i):
             first.append(i)
         elif _is_advanced(i):
             k = getattr(i, "ndim", 1)
@@ -211,7 +238,7 @@ def write_through(view: Tensor, value, name: str) -> None:
     recorded ``setitem`` or ``view_put``, handed on up a chain of views), as a PyTorch view's
     base does; a leaf that requires grad refuses, as in PyTorch."""
     entry = getattr(view, "_view", None)
-    if entry is None:
+    if entry is None or entry[1] is None:  # not a view, or a detached alias
         return
     base = entry[0]
     if base.node is None and base.requires_grad:
@@ -223,6 +250,10 @@ def write_through(view: Tensor, value, name: str) -> None:
     _, prim, params = entry  # another view (transpose, reshape, diagonal, ...)
     d = view.data
     if B.is_array(d) and getattr(getattr(d, "flags", None), "writeable", True) is False:
+        if prim.name == "sliding_window_view":
+            raise ShapeError(f"{name}: this unfold (sliding window) view cannot be written in "
+                             "place: its windows overlap or do not tile the dim, so its array "
+                             "is read-only; clone() it first")
         raise ShapeError(f"{name}: this {prim.name} view cannot be written in place: more than "
                          "one of its elements refers to a single memory location (an expanded "
                          "or overlapping view); clone() it first")
@@ -247,16 +278,35 @@ def refresh_views(base: Tensor, refs: list) -> None:
     """After ``base`` took a new array by an in-place op recorded for autograd: the views of
     its old array still alive (``refs``, oldest first), and views of those, become views of
     the new one, so they show the change and their gradients reach it, as PyTorch's views do
-    (it regenerates a view's ``grad_fn`` after its base changes in place)."""
+    (it regenerates a view's ``grad_fn`` after its base changes in place); a ``detach()`` of
+    one takes its new values, as it shares PyTorch's memory."""
     changed = {id(base)}
     for r in list(refs):
         v = r()
         if v is None or v is base or type(v) is not Tensor:
             continue
         entry = v._view
-        if entry is None or id(entry[0]) not in changed:
+        if entry is None:
+            continue
+        if entry[1] is None:  # detach(): b's new values (while b keeps the layout v has)
+            b = entry[0]()
+            if b is None or id(b) not in changed:
+                continue
+            old, new = v.data, b.data
+            for step in entry[2]:  # the views between b and the tensor v was detached from
+                new = (_getitem_fwd(None, new, step[0]) if len(step) == 1
+                       else step[0].fwd(B.backend_of(new).xp, new, **step[1]))
+            if new.dtype != old.dtype:  # view(dtype) of b: its bytes read again
+                new = new.view(old.dtype) if new.flags.c_contiguous else old
+            if new.shape == old.shape and new.base is not (old if old.base is None
+                                                           else old.base):
+                v.data = new
+                b._add_view(v)
+                changed.add(id(v))
             continue
         b = entry[0]
+        if id(b) not in changed:
+            continue
         nv = getitem(b, entry[1]) if len(entry) == 2 else entry[1](b, **entry[2])
         v.data, v.node, v.requires_grad = nv.data, nv.node, nv.requires_grad
         if b._version is not None and len(b._version) > 1:

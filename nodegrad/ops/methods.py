@@ -14,6 +14,7 @@ from collections import namedtuple
 from .. import _backend as B
 from ..autodiff import mode
 from ..batching import BatchTracer, rebind_batched, refuse_batched_into
+from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..primitive import Primitive, bind
 from ..tensor import Tensor, check_layout
@@ -51,6 +52,8 @@ def _reducer(fn):
         ax = _axis(axis, dim)
         if ax is not None and self.ndim == 0:  # PyTorch: a scalar's dim 0 / -1 is all of it
             ax = S.scalar_dims(ax, 0, fn.__name__)
+        if dtype is not None and fn in (R.sum, R.mean):  # their own dtype= (a mean refuses
+            return fn(self, ax, _keep(keepdims, keepdim), dtype=dtype)  # an integer dtype)
         out = fn(_cast(self, dtype), ax, _keep(keepdims, keepdim))
         if dtype is not None and out.dtype != dtype:  # an int64 sum asked for int32 (wraps
             out = E.astype(out, dtype)  # as PyTorch's int32 accumulation does)
@@ -263,9 +266,18 @@ def _inplace(op, name):
                 rec.mutate(name, lambda a, b: fn(a, b, out=a, casting="same_kind"), self, other)
             else:
                 fn(self.data, o, out=self.data, casting="same_kind")
-        except TypeError as e:  # NumPy's casting error, e.g. int tensor += 0.5
-            raise DTypeError(f"{name}: the result cannot be stored in place in a tensor of "
-                             f"dtype {self.dtype}: {e}") from None
+        except TypeError:  # NumPy's same_kind refused: int tensor += 0.5, or uint8 += int16
+            res = fn(self.data, o)  # the result apart (rare): is it PyTorch-storable?
+            if not can_store(res.dtype, self.dtype):
+                raise DTypeError(f"{name}: result type {res.dtype} can't be cast to the "
+                                 f"desired output type {self.dtype} of the tensor changed in "
+                                 "place") from None
+            # PyTorch's rule allows it (int16 into uint8 wraps), NumPy's same_kind not
+            if rec is not None:
+                rec.mutate(name, lambda a, b: be.xp.copyto(a, fn(a, b), casting="unsafe"),
+                           self, other)
+            else:
+                be.xp.copyto(self.data, res, casting="unsafe")
         except ValueError as e:
             if getattr(self.data, "flags", None) is not None and not self.data.flags.writeable:
                 raise ValueError(f"{name}: cannot write into this tensor's array, a read-only "
@@ -298,6 +310,8 @@ def _setitem(self, index, value):
         if self.node is None and self.requires_grad:
             raise GradError("setitem: a leaf tensor that requires grad cannot be changed in "
                             "place while recording; wrap the update in nodegrad.no_grad()")
+        if isinstance(value, Tensor) and value.dtype != self.dtype:
+            value = E.astype(value, self.dtype)  # PyTorch copies the value in x's dtype
         result = I.index_update(_alias(self), index, value)
         I.write_through(self, result, "setitem")
         _rebind(self, result)
@@ -312,13 +326,87 @@ def _setitem(self, index, value):
     else:
         try:
             self.data[idx] = v
+        except IndexError as e:
+            raise IndexError(f"setitem: index {index!r} does not fit shape {self.shape}: "
+                             f"{e}") from None
         except ValueError as e:
             if getattr(self.data, "flags", None) is None or self.data.flags.writeable:
-                raise
+                if "broadcast" not in str(e):
+                    raise ValueError(f"setitem: {e}") from None
+                raise ShapeError(f"setitem: a value of shape {getattr(v, 'shape', ())} does not "
+                                 f"broadcast to x[{index!r}] of a tensor of shape {self.shape}: "
+                                 f"{e}") from None
             raise ValueError(f"setitem: cannot write into this tensor's array, a read-only view "
                              f"(an expanded or overlapping one, or a frozen array): {e}; clone() "
                              "it first") from None
     self._bump()
+
+
+def _view(self, *shape, dtype=None):
+    """``x.view(*shape)``: the same memory in a new shape, refused where the strides need a
+    copy (PyTorch's rule; ``reshape`` copies instead). ``x.view(dtype)`` reads the same bytes
+    as ``dtype`` (a view without a gradient; a size that differs changes the last dim)."""
+    if (len(shape) == 1 and dtype is None
+            and not isinstance(shape[0], int | list | tuple | B.np.integer | Tensor)):
+        dtype = shape[0]  # x.view(ng.int32)
+    if dtype is not None:
+        if shape and shape[0] is not dtype:
+            raise TypeError("view: pass a shape or a dtype, not both")
+        return _view_dtype(self, dtype)
+    out = S.reshape(self, *shape)
+    d, r = self.data, out.data
+    if r is not d and r.size and type(self) is Tensor and r.base is not (
+            d if d.base is None else d.base) and _strided_as_torch(self):
+        raise ShapeError(f"view: a tensor of shape {tuple(self.shape)} and strides "
+                         f"{self.stride()} cannot be viewed as shape {tuple(r.shape)} (its "
+                         "dims span memory that is not contiguous); use reshape(), which "
+                         "copies, or contiguous().view()")
+    return out
+
+
+def _strided_as_torch(t: Tensor) -> bool:
+    """Whether ``t`` is a view (of a view ...) of a C-ordered tensor, so its strides are the
+    ones PyTorch's tensor would have. An op's own output may be laid out otherwise (a linear
+    layer's F order, a convolution's channels last), where PyTorch's is contiguous: ``view``
+    then copies rather than refuse what PyTorch allows."""
+    base = getattr(t, "_view", None)
+    if base is None:
+        return False
+    while base is not None:
+        t = base[0] if base[1] is not None else base[0]()  # detach() keeps a weak reference
+        if t is None:
+            return False
+        base = getattr(t, "_view", None)
+    return bool(t.data.flags.c_contiguous)
+
+
+def _view_dtype(self, dtype):
+    """``x.view(dtype)``: x's bytes read as ``dtype``, sharing x's memory and version
+    counter (PyTorch's ``view(dtype)``, which has no gradient)."""
+    try:
+        dt = B.as_dtype(dtype)
+    except TypeError:
+        raise TypeError(f"view: expected a shape or a dtype, got {dtype!r}") from None
+    d = self.data
+    a, b = d.dtype.itemsize, dt.itemsize
+    if a != b:
+        what = f"to view {d.dtype} as {dt} (different element sizes)"
+        if d.ndim == 0:
+            raise ShapeError(f"view: a 0-d tensor cannot be viewed {what}")
+        if d.shape[-1] != 1 and d.strides[-1] != a:
+            raise ShapeError(f"view: the last dim's stride must be 1 {what}, got "
+                             f"{d.strides[-1] // a}")
+        if (d.shape[-1] * a) % b:
+            raise ShapeError(f"view: the last dim's size times {a} bytes must be divisible by "
+                             f"{b} {what}, got size {d.shape[-1]}")
+    try:
+        r = d.view(dt)
+    except ValueError as e:
+        raise ShapeError(f"view: cannot view {d.dtype} of shape {tuple(d.shape)} as {dt}: "
+                         f"{e}") from None
+    t = Tensor(r)
+    self._add_alias(t)  # one memory, one version counter, as detach()
+    return t
 
 
 def _r(op):
@@ -410,7 +498,7 @@ _methods = {
     "log_softmax": lambda self, axis=None, *, dim=None, dtype=None: N.log_softmax(
         self, axis, dim=dim, dtype=dtype),
     # shapes
-    "reshape": S.reshape, "view": S.reshape, "flatten": S.flatten, "ravel": S.ravel,
+    "reshape": S.reshape, "view": _view, "flatten": S.flatten, "ravel": S.ravel,
     "squeeze": lambda self, dim=None, *, axis=None: (S.squeeze(self, axis) if axis is not None
                                                      else S.squeeze(self, dim=dim)
                                                      if dim is not None else S.squeeze(self)),

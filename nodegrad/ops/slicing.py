@@ -30,7 +30,7 @@ from .reduce import amax, amin, argmax
 from .reduce import sum as _sum
 from .scan import cummax, cummin
 from .sort import _INTERP, argsort, median, searchsorted, share_ties, sort
-from .window import sliding_window_view
+from .window import _windows, sliding_window_view
 
 __all__ = [
     "tensor_split", "hsplit", "vsplit", "dsplit", "split_with_sizes", "select", "narrow_copy",
@@ -410,7 +410,23 @@ def unfold(input: Tensor, dimension: int, size: int, step: int) -> Tensor:
     if size == 0:  # empty windows: no element is read
         shape = input.shape[:ax] + (n // step + 1,) + input.shape[ax + 1:] + (0,)
         return S.reshape(_along(input, ax, slice(0, 0)), shape)
-    return sliding_window_view(input, size, ax, stride=step)
+    nwin = (n - size) // step + 1
+    if nwin == 1:
+        step = size
+    if step >= size and nwin * step <= n:  # windows apart: a chain of views, writable as in
+        v = input if nwin * step == n else _along(input, ax, slice(0, nwin * step))  # PyTorch
+        v = S.reshape(v, input.shape[:ax] + (nwin, step) + input.shape[ax + 1:])
+        if size < step:
+            v = _along(v, ax + 1, slice(0, size))
+        return S.moveaxis(v, ax + 1, -1)
+    out = sliding_window_view(input, size, ax, stride=step)
+    if type(out) is Tensor and type(input) is Tensor and getattr(out, "_view", None) is None:
+        # overlapping windows: read-only, but a view of input all the same (one version
+        # counter, and a recorded change of input shows in it)
+        input._add_view(out)
+        out._view = (input, _windows, {"axes": (ax,), "window": (size,), "stride": (step,),
+                                       "dilation": (1,)})
+    return out
 
 
 # --- index grids -----------------------------------------------------------------------------
