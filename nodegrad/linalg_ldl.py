@@ -18,6 +18,8 @@ from . import _backend as _B
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import tril
 from .ops.elementwise import where
+from .ops.linalg import _unpack
+from .ops.linalg import geqrf as _geqrf
 from .ops.linalg import matmul as _matmul
 from .ops.shape import broadcast_to, expand_dims, swapaxes
 from .tensor import Tensor, eye, tensor
@@ -103,9 +105,9 @@ def geqrf(input) -> GeqrfResult:
     :func:`householder_product`/:func:`orgqr` and :func:`ormqr` take). No gradient, as in
     PyTorch."""
     A = _float_tensor("geqrf", "input", input, 2)
-    xp = A.backend.xp
-    h, tau = xp.linalg.qr(A.data, mode="raw")  # h is the transpose of LAPACK's column-major a
-    return GeqrfResult(Tensor(xp.ascontiguousarray(xp.swapaxes(h, -1, -2))), Tensor(tau))
+    m, n = A.shape[-2], A.shape[-1]
+    a, tau = _unpack(_geqrf(A), ((m, n), (min(m, n),)))
+    return GeqrfResult(a, tau)
 
 
 def orgqr(input, tau) -> Tensor:

@@ -546,6 +546,17 @@ def _qr_fwd(xp, a, mode):
     return _pack(xp, q, r, nd=(2, 2))
 
 
+def _geqrf_fwd(xp, a):
+    """LAPACK's Householder QR (a, tau) packed; NumPy's raw ``h`` is LAPACK's column-major
+    ``a`` transposed, hence the swap."""
+    h, tau = xp.linalg.qr(a, mode="raw")
+    return _pack(xp, xp.swapaxes(h, -1, -2), tau, nd=(2, 1))
+
+
+geqrf = primitive("geqrf", _geqrf_fwd, None, kind="linalg", batch=_batch1("geqrf"),
+                  doc="(a, tau) of LAPACK's geqrf, packed; no gradient, as in PyTorch.")
+
+
 def _copyltu(m):
     return _tri(m) + _mT(_tri(m, k=-1))
 
