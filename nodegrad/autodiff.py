@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import traceback
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -159,6 +160,33 @@ class Node:
 
     def name(self) -> str:
         return self.prim.name
+
+    @property
+    def next_functions(self) -> tuple:
+        """One ``(vertex, 0)`` pair per input, as PyTorch's ``grad_fn.next_functions``: the
+        input's Node, an :class:`AccumulateGrad` for a leaf that requires grad, or None."""
+        return tuple((p if type(p) is Node else None if p is None else AccumulateGrad(p), 0)
+                     for p in self.parents)
+
+
+class AccumulateGrad:
+    """The graph vertex of a leaf that requires grad (``next_functions`` shows it): backward
+    ends there by adding into ``variable.grad``."""
+
+    __slots__ = ("variable",)
+
+    def __init__(self, variable):
+        self.variable = variable
+
+    def name(self) -> str:
+        return "AccumulateGrad"
+
+    @property
+    def next_functions(self) -> tuple:
+        return ()
+
+    def __repr__(self) -> str:
+        return "<AccumulateGrad>"
 
 
 class Spec:
@@ -727,6 +755,10 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     ``owned`` maps a vertex to the pending sum the engine made itself (no one else holds its
     array): a further message is added into it in place, with no new array and no bind.
     """
+    tracked = anomaly = m.anomaly
+    if tracked:
+        m.in_backward = n  # (anomaly mode: an error below names where n was created)
+        anomaly = ANOMALY[1]  # whether to check the results for NaN/Inf
     if not n.alive:
         raise GradError(
             f"backward through '{n.prim.name}' a second time: its saved values were freed by "
@@ -748,10 +780,6 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         args = _specs((n.shapes, g.data.dtype))
     params = n.params
     parents = n.parents
-    tracked = anomaly = m.anomaly
-    if tracked:
-        m.in_backward = n
-        anomaly = ANOMALY[1]  # whether to check the results for NaN/Inf
     rules = prim.vjp
     grads = ans = None
     if g.data.dtype.kind == "c":  # a complex cotangent: PyTorch's convention (_complex_vjps)
@@ -890,7 +918,10 @@ def _accumulate_leaf(leaf, g, create_graph: bool, seen: set) -> None:
         entry = POST_ACCUMULATE.get(id(leaf))
         if entry is not None and entry[0]() is leaf:
             for hook in list(entry[1]):
-                hook(leaf)
+                if hook(leaf) is not None:  # PyTorch's rule: such a hook changes .grad itself
+                    name = getattr(hook, "__name__", type(hook).__name__)
+                    raise GradError(f"post-accumulate-grad hook '{name}' returned a value; "
+                                    "it must return None (change leaf.grad in place instead)")
 
 
 # Locks taken while a gradient is added into a ``.grad`` (a leaf's, or retain_grad's copy),
@@ -1033,6 +1064,10 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 _accumulate_leaf(leaf, g, create_graph, seen)
             elif leaf in tset:
                 results[leaf] = g
+    except Exception as e:
+        if m.in_backward is not None and not isinstance(e, AnomalyError):
+            _note_forward(e, m.in_backward)
+        raise
     finally:
         m.grad_enabled = prev_mode
         m.grads_seen = prev_seen
@@ -1055,6 +1090,16 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     return out
 
 
+def _note_forward(e: Exception, n: Node) -> None:
+    """Anomaly mode, as PyTorch's: an error raised in node ``n``'s backward says (a warning,
+    and a note on the exception) where in user code ``n`` was created."""
+    where = n.trace or "<unknown: created before detect_anomaly was on>"
+    msg = (f"error detected in the backward of '{n.prim.name}'; that '{n.prim.name}' was "
+           f"created at {where}")
+    warnings.warn(msg, UserWarning, stacklevel=user_stacklevel())
+    e.add_note(msg)
+
+
 def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
          create_graph: bool = False, only_inputs: bool = True, allow_unused: bool | None = None,
          is_grads_batched: bool = False, materialize_grads: bool = False) -> tuple:
@@ -1064,12 +1109,13 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
 
     Nothing is accumulated into ``.grad``. With ``create_graph=True`` the results are themselves
     differentiable, which is how higher-order derivatives are taken. ``materialize_grads``
-    gives zeros for unused inputs (and so allows them); ``is_grads_batched`` (a leading batch
-    axis of ``grad_outputs``) is not supported: ``vmap`` over a function of them is.
+    gives zeros for unused inputs (and so allows them). ``is_grads_batched`` (a leading batch
+    axis of ``grad_outputs``) is handled by ``nodegrad.autograd.grad``, which stacks one pass
+    per row (this layer cannot build the stacked tensor).
     """
     if is_grads_batched:
-        raise NotImplementedError("grad: is_grads_batched=True is not supported; vmap a "
-                                  "function that calls grad on one row of grad_outputs")
+        raise NotImplementedError("grad: is_grads_batched=True is handled by "
+                                  "nodegrad.autograd.grad; call that one")
     if allow_unused is None:
         allow_unused = materialize_grads
     elif materialize_grads and not allow_unused:
@@ -1106,6 +1152,9 @@ def _default_cotangents(outputs: list, grad_outputs) -> list:
         grad_outputs = [None] * len(outputs)
     elif not isinstance(grad_outputs, list | tuple):
         grad_outputs = [grad_outputs]
+    if len(grad_outputs) != len(outputs):  # zip would drop outputs or gradients silently
+        raise GradError(f"backward: got {len(outputs)} output tensors and {len(grad_outputs)} "
+                        "gradients for them; pass one gradient (or None) per output")
     cots = []
     for o, c in zip(outputs, grad_outputs):
         if c is None:

@@ -22,12 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from . import _backend as B
-from .autodiff import (ANOMALY, backward, detect_anomaly, enable_grad, grad, inference_mode,
+from .autodiff import (ANOMALY, backward, detect_anomaly, enable_grad, inference_mode,
                        is_anomaly_check_nan_enabled, is_anomaly_enabled, no_grad,
                        set_anomaly, set_grad_enabled)
+from .autodiff import grad as _engine_grad
+from .errors import GradError
 from .func import autograd_functional as functional
 from .func.custom import Function, FunctionCtx, once_differentiable
-from .tensor import Tensor
+from .ops.shape import stack
+from .tensor import Tensor, zeros_like
 from .testing import GradcheckError
 from .testing import gradcheck as _gradcheck
 
@@ -35,6 +38,60 @@ __all__ = ["Function", "FunctionCtx", "once_differentiable", "functional", "grad
            "no_grad", "enable_grad", "set_grad_enabled", "detect_anomaly", "set_detect_anomaly",
            "set_anomaly_enabled", "is_anomaly_enabled", "is_anomaly_check_nan_enabled",
            "inference_mode", "gradcheck", "gradgradcheck", "GradcheckError", "Variable"]
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
+         create_graph: bool = False, only_inputs: bool = True, allow_unused: bool | None = None,
+         is_grads_batched: bool = False, materialize_grads: bool = False) -> tuple:
+    """Gradients of ``outputs`` with respect to ``inputs``, as ``torch.autograd.grad`` (see
+    :func:`nodegrad.autodiff.grad`).
+
+    With ``is_grads_batched=True`` the first axis of every ``grad_outputs`` tensor is a batch
+    of cotangents (rows of a Jacobian, say): each result gets that leading axis. The rows run
+    as one backward pass each over the same graph, so gradient hooks run once per row.
+    """
+    if isinstance(inputs, list | tuple) and not inputs:  # as PyTorch: an empty tuple back
+        raise GradError("grad: the inputs argument cannot be empty; pass the tensors to "
+                        "differentiate with respect to")  # would hide a mistake in the call
+    if not is_grads_batched:
+        return _engine_grad(outputs, inputs, grad_outputs, retain_graph, create_graph,
+                            only_inputs, allow_unused, False, materialize_grads)
+    outs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+    gos = list(grad_outputs) if isinstance(grad_outputs, list | tuple) else [grad_outputs]
+    if len(gos) != len(outs):
+        raise GradError(f"grad: got {len(outs)} output tensors and {len(gos)} gradients for "
+                        "them; pass one gradient per output")
+    n = None
+    for i, (o, g) in enumerate(zip(outs, gos)):
+        if not isinstance(g, Tensor) or g.ndim != o.ndim + 1 or \
+                tuple(g.shape[1:]) != tuple(o.shape):
+            got = f"shape {tuple(g.shape)}" if isinstance(g, Tensor) else type(g).__name__
+            raise GradError(f"grad: with is_grads_batched=True each grad_output needs a leading "
+                            f"batch axis and then its output's shape: grad_output[{i}] is {got}, "
+                            f"output[{i}] has shape {tuple(o.shape)}")
+        if n is None:
+            n = g.shape[0]
+        elif g.shape[0] != n:
+            raise GradError(f"grad: with is_grads_batched=True every grad_output needs the same "
+                            f"batch size, got {n} and {g.shape[0]} (grad_output[{i}])")
+    if not n:
+        raise GradError("grad: with is_grads_batched=True the batch of grad_outputs is empty")
+    if materialize_grads and allow_unused is False:
+        raise ValueError("grad: materialize_grads=True needs allow_unused unset or True, as in "
+                         "PyTorch")
+    keep = create_graph if retain_graph is None else retain_graph
+    ins = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    rows = [_engine_grad(outs, ins, [g[b] for g in gos], True if b < n - 1 else keep,
+                         create_graph, only_inputs, allow_unused or materialize_grads)
+            for b in range(n)]
+    res = []
+    for k, t in enumerate(ins):
+        got = [r[k] for r in rows]
+        if got[0] is None:  # unused: None, or zeros shaped as the input (as PyTorch)
+            res.append(zeros_like(t) if materialize_grads else None)
+        else:
+            res.append(stack(got))
+    return tuple(res)
 
 
 class set_detect_anomaly:

@@ -826,7 +826,7 @@ def test_pytorch_signatures_of_autograd_init_clip_and_random_split():
                                materialize_grads=True)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g.numpy(), w.numpy())
-    with pytest.raises(NotImplementedError, match="is_grads_batched"):
+    with pytest.raises(ng.errors.GradError, match="leading batch axis"):
         ng.autograd.grad((x * x).sum(), x, is_grads_batched=True)
     ng.autograd.backward(x * 3, None, False, False, ng.ones(2))  # grad_variables, positionally
     np.testing.assert_array_equal(x.grad.numpy(), [3.0, 3.0])

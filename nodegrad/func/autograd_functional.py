@@ -9,7 +9,9 @@ import math
 
 from collections.abc import Callable
 
-from ..errors import ShapeError
+from ..autodiff import enable_grad
+from ..autodiff import grad as _engine_grad
+from ..errors import GradError, ShapeError
 from ..tensor import Tensor, zeros_like
 from .grad import vjp as _vjp
 from .jvp import hessian as _hessian
@@ -54,16 +56,57 @@ def _one(xs: tuple, many: bool):
     return xs if many else xs[0]
 
 
-def _no_strict(strict: bool, what: str) -> None:
-    if strict:
-        raise NotImplementedError(f"{what}: strict=True (an error for outputs independent of "
-                                  "an input) is not supported; leave strict=False")
+def _tensor_outputs(func: Callable, what: str) -> Callable:
+    """``func``, refusing outputs other than a tensor or a tuple of tensors (PyTorch's rule)
+    with an error that says so, rather than a failure deep inside the transform."""
+    def checked(*args):
+        out = func(*args)
+        outs = out if isinstance(out, tuple | list) else (out,)
+        if not all(isinstance(o, Tensor) for o in outs):
+            raise TypeError(f"{what}: the function must return a tensor or a tuple of tensors, "
+                            f"got {[type(o).__name__ for o in outs]}")
+        return out
+
+    return checked
+
+
+def _strict(func: Callable, ins: tuple, what: str, per_output: bool = False,
+            second: bool = False) -> None:
+    """``strict=True`` as PyTorch's: refuse an output computed without a graph from the inputs,
+    and one independent of an input (``per_output``: each output against each input, as
+    ``jacobian`` checks; ``second``: the gradient of a scalar function must also depend on
+    each input, as ``hessian``/``hvp``/``vhp`` check). The check reruns ``func`` recorded."""
+    with enable_grad():
+        xs = tuple(t.detach().requires_grad_() for t in ins)
+        out = func(*xs)
+        outs = tuple(out) if isinstance(out, tuple | list) else (out,)
+        for i, o in enumerate(outs):
+            if not isinstance(o, Tensor) or not o.requires_grad:
+                raise GradError(f"{what}: output {i} of the function does not require grad; "
+                                "with strict=True every output must be computed "
+                                "differentiably from the inputs")
+        groups = [(f"output {i}", (o,)) for i, o in enumerate(outs)] if per_output else \
+            [("the output", outs)]
+        for name, os_ in groups:
+            gs = _engine_grad(list(os_), list(xs), [o.ones_like() for o in os_],
+                              retain_graph=True, create_graph=second, allow_unused=True)
+            for j, g in enumerate(gs):
+                if g is None:
+                    raise GradError(f"{what}: {name} of the function is independent of input "
+                                    f"{j}; strict=True does not allow that")
+                if second and not g.requires_grad:
+                    raise GradError(f"{what}: the gradient of the function with respect to "
+                                    f"input {j} is independent of the inputs (a linear "
+                                    "function, say); strict=True needs it twice "
+                                    "differentiable with a gradient that depends on them")
 
 
 def vjp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
     """``(func(*inputs), vᵀ J)``, as ``torch.autograd.functional.vjp``."""
-    _no_strict(strict, "vjp")
     ins, many = _inputs(inputs, "vjp")
+    func = _tensor_outputs(func, "vjp")
+    if strict:
+        _strict(func, ins, "vjp")
     out, pull = _vjp(func, *ins)
     outs, many_out = _inputs(out, "vjp (outputs)")
     grads = pull(_one(_vectors(v, outs, "vjp", "v"), many_out))
@@ -73,8 +116,10 @@ def vjp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool
 
 def jvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
     """``(func(*inputs), J v)``, as ``torch.autograd.functional.jvp``."""
-    _no_strict(strict, "jvp")
     ins, many = _inputs(inputs, "jvp")
+    func = _tensor_outputs(func, "jvp")
+    if strict:
+        _strict(func, ins, "jvp")
     out, tangent = _jvp(func, ins, _vectors(v, ins, "jvp", "v"))
     return _out(out, create_graph), _out(tangent, create_graph)
 
@@ -83,11 +128,16 @@ def jacobian(func: Callable, inputs, create_graph: bool = False, strict: bool = 
              vectorize: bool = False, strategy: str = "reverse-mode"):
     """The Jacobian of ``func`` at ``inputs``, shaped ``output.shape + input.shape``; tuples
     per output and per input as PyTorch nests them."""
-    _no_strict(strict, "jacobian")
     if strategy not in ("reverse-mode", "forward-mode"):
         raise ValueError(f"jacobian: strategy must be 'reverse-mode' or 'forward-mode', got "
                          f"{strategy!r}")
+    if strict and vectorize:
+        raise ValueError("jacobian: strict=True and vectorize=True are not supported "
+                         "together (as in PyTorch); set one of them to False")
     ins, many = _inputs(inputs, "jacobian")
+    func = _tensor_outputs(func, "jacobian")
+    if strict:
+        _strict(func, ins, "jacobian", per_output=True)
     transform = jacrev if strategy == "reverse-mode" else jacfwd
     jac = transform(func, argnums=tuple(range(len(ins))))(*ins)
     if isinstance(jac, tuple | list) and jac and isinstance(jac[0], tuple | list):
@@ -99,7 +149,12 @@ def hessian(func: Callable, inputs, create_graph: bool = False, strict: bool = F
             vectorize: bool = False, outer_jacobian_strategy: str = "reverse-mode"):
     """The Hessian of scalar ``func``: ``input.shape * 2`` for one input, a tuple of tuples
     (block ``[i][j]`` of shape ``inputs[i].shape + inputs[j].shape``) for several."""
-    _no_strict(strict, "hessian")
+    if outer_jacobian_strategy not in ("reverse-mode", "forward-mode"):
+        raise ValueError("hessian: outer_jacobian_strategy must be 'reverse-mode' or "
+                         f"'forward-mode', got {outer_jacobian_strategy!r}")
+    if strict and vectorize:
+        raise ValueError("hessian: strict=True and vectorize=True are not supported "
+                         "together (as in PyTorch); set one of them to False")
     ins, many = _inputs(inputs, "hessian")
 
     def scalar(*args):
@@ -110,6 +165,8 @@ def hessian(func: Callable, inputs, create_graph: bool = False, strict: bool = F
                              f"got {got} (ng.hessian takes any output, as JAX's)")
         return out.reshape(())
 
+    if strict:
+        _strict(scalar, ins, "hessian", second=True)
     h = _hessian(scalar, argnums=tuple(range(len(ins))))(*ins)
     h = tuple(tuple(row) for row in h)
     return _out(h if many else h[0][0], create_graph)
@@ -117,8 +174,10 @@ def hessian(func: Callable, inputs, create_graph: bool = False, strict: bool = F
 
 def hvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
     """``(func(*inputs), H v)`` for scalar ``func``, as ``torch.autograd.functional.hvp``."""
-    _no_strict(strict, "hvp")
     ins, many = _inputs(inputs, "hvp")
+    func = _tensor_outputs(func, "hvp")
+    if strict:
+        _strict(func, ins, "hvp", second=True)
     out, hv = _hvp(func, ins, _vectors(v, ins, "hvp", "v"))
     hv = tuple(hv) if isinstance(hv, tuple | list) else (hv,)
     return _out(out, create_graph), _out(_one(hv, many), create_graph)

@@ -106,11 +106,19 @@ def _unpack(g: Tensor, call) -> list:
     return out
 
 
-def _check_grads(name: str, grads, n: int) -> tuple:
+def _check_grads(name: str, grads, n: int, extra_none: bool = False) -> tuple:
+    """The ``n`` gradients a backward returned; with ``extra_none`` (PyTorch's Function) extra
+    trailing Nones are dropped, as PyTorch allows. Each is a tensor or None."""
     grads = tuple(grads) if isinstance(grads, list | tuple) else (grads,)
+    if extra_none and len(grads) > n and all(g is None for g in grads[n:]):
+        grads = grads[:n]
     if len(grads) != n:
         raise GradError(f"{name}: backward returned {len(grads)} gradients, expected {n} (one "
                         "per input, None where there is none)")
+    for i, g in enumerate(grads if extra_none else ()):
+        if g is not None and not isinstance(g, Tensor):  # PyTorch: "expected Variable or None"
+            raise TypeError(f"{name}: gradient {i} is {type(g).__name__}; expected a tensor or "
+                            "None")
     return grads
 
 
@@ -656,7 +664,8 @@ class Function(metaclass=_FunctionMeta):
             gs = g if isinstance(g, tuple) else (g,)
             gs = [zeros_like(o) if c is None and isinstance(o, Tensor) else c
                   for c, o in zip(gs, kept["outs"])]
-            grads = _check_grads(f"{cls.__name__}.backward", cls.backward(ctx, *gs), len(args))
+            grads = _check_grads(f"{cls.__name__}.backward", cls.backward(ctx, *gs), len(args),
+                                 extra_none=True)
             return tuple(gr for i, gr in enumerate(grads) if i not in static)
 
         rule = custom_vjp(fun, nondiff_argnums=static)
@@ -690,7 +699,7 @@ class Function(metaclass=_FunctionMeta):
             finally:
                 ctx.saved_tensors = kept  # what backward saw may hold the node: no cycle kept
         name = f"{call.cls.__name__}.backward"
-        return _check_shapes(name, _check_grads(name, grads, len(specs)), specs)
+        return _check_shapes(name, _check_grads(name, grads, len(specs), extra_none=True), specs)
 
 
 def _reached(seen: set, k: int, g) -> None:
