@@ -32,9 +32,14 @@ class Parameter(Tensor):
         if isinstance(data, Tensor):
             data = data.data
         elif not B.is_array(data):
-            data = B.np.asarray(data, dtype=B.DEFAULT_FLOAT)
-        if requires_grad and data.dtype.kind != "f":
-            raise TypeError(f"Parameter: only floating tensors can require grad, got {data.dtype}")
+            data = B.np.asarray(data)
+            # numbers take the default float dtype, complex ones its complex counterpart
+            # (complex64 for float32) rather than losing their imaginary part
+            data = data.astype(B.DEFAULT_FLOAT if data.dtype.kind != "c" else
+                               B.np.result_type(B.DEFAULT_FLOAT, B.np.complex64))
+        if requires_grad and data.dtype.kind not in "fc":
+            raise TypeError(f"Parameter: only floating and complex tensors can require grad, "
+                            f"got {data.dtype}")
         super().__init__(data, None, requires_grad)
 
     def __repr__(self) -> str:

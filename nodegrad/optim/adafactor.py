@@ -30,6 +30,8 @@ class Adafactor(Optimizer):
     ``col_var``, or ``variance``.
     """
 
+    supports_complex = False  # its factored second moment is real, as PyTorch's
+
     def __init__(self, params: Iterable, lr=1e-2, beta2_decay: float = -0.8,
                  eps: tuple[float | None, float] = (None, 1e-3), d: float = 1.0,
                  weight_decay: float = 0.0, *, foreach: bool | None = None,

@@ -62,29 +62,42 @@ class _Bucket:
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
                  "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "pending",
-                 "loaded", "swork", "plans", "kargs")
+                 "loaded", "swork", "plans", "kargs", "cplx", "pshapes", "cviews")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
         self.params, self.pos = params, pos
         self.backend = be = backend_of(p0)
         self.xp = xp = be.xp
-        self.shapes = [p.data.shape for p in params]
+        # complex parameters live in a real buffer, each the interleaved (re, im) pairs of
+        # PyTorch's view_as_real: ``shapes`` and ``offsets`` are the real ones, ``pshapes``
+        # the parameters' own, and every elementwise update runs on the real numbers unchanged
+        self.cplx = p0.dtype if p0.dtype.kind == "c" else None
+        self.pshapes = [p.data.shape for p in params]
+        two = () if self.cplx is None else (2,)
+        self.shapes = [shape + two for shape in self.pshapes]
         self.offsets = [0]
         for p in params:
-            self.offsets.append(self.offsets[-1] + p.data.size)
+            self.offsets.append(self.offsets[-1] + p.data.size * (1 + len(two)))
         with be.scope():
             if len(params) == 1 and p0.flags.c_contiguous:
                 self.flat = p0.reshape(-1)  # a lone contiguous tensor is its own flat buffer
+                if self.cplx is not None:
+                    self.flat = self.flat.view(real_dtype(self.cplx))
                 self.views = [p0]
             else:
-                self.flat = xp.empty(self.offsets[-1], p0.dtype)
+                dt = p0.dtype if self.cplx is None else real_dtype(self.cplx)
+                self.flat = xp.empty(self.offsets[-1], dt)
                 self.views = []
-                for p, lo, hi, shape in zip(params, self.offsets, self.offsets[1:], self.shapes):
-                    self.flat[lo:hi] = p.data.reshape(-1)
-                    p.data = self.flat[lo:hi].reshape(shape)
+                for p, lo, hi, shape in zip(params, self.offsets, self.offsets[1:],
+                                            self.pshapes):
+                    part = self.flat[lo:hi]
+                    if self.cplx is not None:
+                        part = part.view(self.cplx)
+                    part[...] = p.data.reshape(-1)
+                    p.data = part.reshape(shape)
                     self.views.append(p.data)
-        self.grad = self.gviews = self.work = None
+        self.grad = self.gviews = self.cviews = self.work = None
         self.tmps: list = []
         self.arrays: dict = {}
         fresh = {"step": 0, **scalar_init}
@@ -151,6 +164,11 @@ class _Bucket:
             if s[i] is not s[i - 1] and s[i] == s[i - 1]:
                 s[i] = s[i - 1]
         self.uniform = all(x is s[0] for x in s)
+
+
+def real_dtype(dt):
+    """The float dtype of a complex dtype's width (float64 for complex128)."""
+    return B.np.dtype(B.np.float64 if dt.itemsize == 16 else B.np.float32)
 
 
 class _State:
@@ -232,6 +250,10 @@ class Optimizer:
     #: hyperparameters that PyTorch's optimiser of this name does not have (so its state dicts
     #: lack them), with the value its update implies; ``load_state_dict`` fills them in
     torch_implied: dict[str, Any] = {}
+    #: whether complex parameters are accepted: an elementwise update steps a complex parameter
+    #: as PyTorch does, as its real view (``view_as_real``: real and imaginary parts updated as
+    #: two real numbers), with complex state; False where PyTorch refuses them
+    supports_complex: bool = True
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *, strict: bool = False,
                  flat: bool = True, fused: bool | None = None, foreach: bool | None = None,
@@ -415,9 +437,14 @@ class Optimizer:
             if p.node is not None:
                 raise ValueError(f"can't optimize a non-leaf Tensor: {where} was computed by "
                                  f"'{p.node.name()}'; pass the leaf it was computed from")
-            if p.dtype.kind != "f":
-                raise TypeError(f"{where} has dtype {p.dtype}; only floating tensors can be "
-                                "optimised")
+            if p.dtype.kind == "c" and not type(self).supports_complex:
+                raise RuntimeError(f"{type(self).__name__} does not support complex parameters: "
+                                   f"{where} has dtype {p.dtype}; optimise its real and "
+                                   "imaginary parts as real parameters (view_as_real) or use "
+                                   "an elementwise optimiser (Adam, SGD, ...)")
+            if p.dtype.kind not in "fc":
+                raise TypeError(f"{where} has dtype {p.dtype}; only floating and complex "
+                                "tensors can be optimised")
             if id(p) in seen:
                 raise ValueError(f"{where} appears more than once in the optimizer's groups")
             seen.add(id(p))
@@ -587,7 +614,8 @@ class Optimizer:
         for group, pos, bs in zip(self.param_groups, layout, self._buckets):
             rows = []
             for b in bs:
-                if not (b.fused and b.loaded and b.uniform) or b.pending or b.gviews is not None:
+                if (not (b.fused and b.loaded and b.uniform) or b.pending or b.gviews is not None
+                        or b.cplx is not None):
                     return None
                 n = len(b.params)
                 rows.append((b, [pos[j] for j in b.pos], n, slice(0, b.offsets[-1])))
@@ -644,6 +672,8 @@ class Optimizer:
             grads = [None if (g := p.grad) is None else g.data for p in b.params]
         else:
             grads = [given[j] for j in b.pos]
+        if b.cplx is not None:
+            grads = self._real_grads(b, grads, gi)
         n = len(grads)
         if b.uniform and [getattr(g, "shape", None) for g in grads] == b.shapes:
             runs = [(0, n)]  # the common case: every gradient there, one run
@@ -675,6 +705,25 @@ class Optimizer:
                     p._version[0] += 1
         if len(runs) > 1 or runs[0] != (0, n):
             b.merge_scalars()
+
+    def _real_grads(self, b: _Bucket, grads: list, gi: int) -> list:
+        """A complex bucket's gradients as real views (``view_as_real``, the buffer's layout):
+        the zeroed gradient buffer's own views where ``.grad`` is one, else a contiguous copy
+        where it must be made (a real gradient counts as complex with imaginary part 0)."""
+        out = []
+        rdt, cv = b.flat.dtype, b.cviews
+        for i, g in enumerate(grads):
+            if g is None:
+                out.append(None)
+            elif cv is not None and g is cv[i]:
+                out.append(b.gviews[i])
+            elif g.shape != b.pshapes[i]:
+                what = _describe(self.param_groups[gi], gi, b.pos[i], b.params[i])
+                raise ShapeError(f"the gradient of {what} has shape {g.shape}")
+            else:
+                g = b.xp.ascontiguousarray(g.reshape(-1), dtype=b.cplx)
+                out.append(g.view(rdt).reshape(b.shapes[i]))
+        return out
 
     def _runs_of(self, b: _Bucket, grads: list, gi: int) -> list[tuple[int, int]]:
         """The runs of :func:`_runs` after checking the gradients: an error for a missing one
@@ -801,9 +850,12 @@ class Optimizer:
                         b.grad = b.xp.zeros_like(b.flat)
                     b.gviews = [b.grad[lo:hi].reshape(shape) for lo, hi, shape in
                                 zip(b.offsets, b.offsets[1:], b.shapes)]
+                    if b.cplx is not None:  # .grad: complex views of the real buffer
+                        b.cviews = [b.grad[lo:hi].view(b.cplx).reshape(shape) for lo, hi, shape
+                                    in zip(b.offsets, b.offsets[1:], b.pshapes)]
                 else:
                     b.grad.fill(0)
-                for p, v in zip(b.params, b.gviews):
+                for p, v in zip(b.params, b.gviews if b.cviews is None else b.cviews):
                     if p.grad is None:
                         continue
                     if p.grad.data is v:
@@ -832,7 +884,10 @@ class Optimizer:
         lo, hi = b.offsets[i], b.offsets[i + 1]
         entry = dict(sc)
         for name, a in b.arrays.items():
-            v = a[lo:hi].reshape(b.shapes[i])
+            v = a[lo:hi]
+            if b.cplx is not None:  # complex state for a complex parameter, as PyTorch's
+                v = v.view(b.cplx)
+            v = v.reshape(b.pshapes[i])
             entry[name] = v.copy() if copy else v
         return entry
 
@@ -865,7 +920,8 @@ class Optimizer:
                 b.scalars[i] = {k: v for k, v in e.items() if not _is_arrayish(v)}
                 for name, a in b.arrays.items():
                     if name in e:
-                        a[lo:hi] = _to_backend(b, e[name]).reshape(-1)
+                        part = a[lo:hi] if b.cplx is None else a[lo:hi].view(b.cplx)
+                        part[...] = _to_backend(b, e[name]).reshape(-1)
             b.merge_scalars()
 
     def state_dict(self) -> dict:

@@ -46,10 +46,11 @@ def _clip_norm(ps: list, max_norm: float, p: float, error_if_nonfinite: bool):
     if not grads:  # PyTorch's default-dtype zero
         return CPU.xp.zeros((), B.DEFAULT_FLOAT)
     xp = backend_of(grads[0].data).xp
-    total_dtype = B.np.result_type(*[g.dtype for g in grads])
+    # a complex gradient's norm is real (of |g|, as torch.linalg.vector_norm's)
+    total_dtype = B.np.result_type(*[_real(g.dtype) for g in grads])
     with B.np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         # an empty gradient adds nothing to any p-norm of the norms, so it is left out
-        norms = [_vector_norm(xp, g.data.reshape(-1), p).astype(g.dtype)
+        norms = [_vector_norm(xp, g.data.reshape(-1), p).astype(_real(g.dtype))
                  for g in grads if g.data.size]
         total = xp.asarray(_vector_norm(xp, xp.stack(norms), p).astype(total_dtype) if norms
                            else xp.zeros((), total_dtype))
@@ -65,10 +66,23 @@ def _clip_norm(ps: list, max_norm: float, p: float, error_if_nonfinite: bool):
     return total
 
 
+def _real(dt):
+    """The float dtype of a complex dtype's width; any other dtype itself."""
+    if dt.kind != "c":
+        return dt
+    return B.np.dtype(B.np.float64 if dt.itemsize == 16 else B.np.float32)
+
+
 def _vector_norm(xp, a, p: float):
     """The ``p``-norm of the 1-D array ``a`` as ``torch.linalg.vector_norm``: max |a| for inf,
     min |a| for -inf, the count of non-zeros for 0. Half precision is summed in float32 (so
-    squares past 65504 do not overflow), and the result is in the accumulation dtype."""
+    squares past 65504 do not overflow), and the result is in the accumulation dtype. A complex
+    ``a`` is measured by its moduli |a|: the 2-norm as that of its real view (re, im pairs)."""
+    if a.dtype.kind == "c":
+        if p == 2:
+            a = xp.ascontiguousarray(a).view(_real(a.dtype))
+        else:
+            a = xp.abs(a)
     if a.dtype.itemsize < 4:
         a = a.astype(B.float32)
     if p == math.inf:
@@ -93,6 +107,13 @@ def clip_grad_value_(parameters: Iterable[Tensor] | Tensor, clip_value: float,
 
 @effect
 def _clip_value(ps: list, c: float) -> None:
-    for g in _grads(ps):
+    grads = _grads(ps)
+    for g in grads:
+        if g.dtype.kind == "c":
+            raise NotImplementedError(
+                f"clip_grad_value_: a gradient has dtype {g.dtype}; clamping is not defined for "
+                "complex numbers (as in PyTorch): clip the real and imaginary parts of the real "
+                "view, or clip by norm with clip_grad_norm_")
+    for g in grads:
         backend_of(g.data).xp.clip(g.data, -c, c, out=g.data)
         g._bump()

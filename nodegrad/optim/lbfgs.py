@@ -10,7 +10,8 @@ from .._backend import backend_of, is_array
 from ..autodiff import enable_grad, modes, no_grad
 from ..errors import JitError
 from ..tensor import Tensor
-from .base import _NOT_HYPER, Optimizer, as_state_array, match_groups, post_step_masks
+from .base import (_NOT_HYPER, Optimizer, as_state_array, match_groups, post_step_masks,
+                   real_dtype)
 
 
 class _Step(float):
@@ -211,9 +212,9 @@ class LBFGS(Optimizer):
 
     def _gather_flat_grad(self):
         xp = self._xp()
-        return xp.concatenate([xp.zeros(p.data.size, p.data.dtype)
+        return xp.concatenate([xp.zeros(_size(p), _real_dtype(p.data.dtype))
                                if p.grad is None or not p.requires_grad else
-                               p.grad.data.reshape(-1) for p in self._params])
+                               _as_real(xp, p.grad.data, p.data.dtype) for p in self._params])
 
     def _constraints(self) -> None:
         """Which flat ranges this step must hold fixed (parameters that are frozen or have no
@@ -222,11 +223,13 @@ class LBFGS(Optimizer):
         self._fixed, self._masks = [], []
         offset = 0
         for p, held in zip(self._params, self._held):
-            n = p.data.size
+            n = _size(p)
             if held:
                 self._fixed.append((offset, offset + n))
             else:
-                self._masks += [(offset, offset + n, m.reshape(-1)) for m in post_step_masks(p)]
+                self._masks += [(offset, offset + n, m.reshape(-1) if n == p.data.size else
+                                 backend_of(m).xp.repeat(m.reshape(-1), 2))
+                                for m in post_step_masks(p)]
             offset += n
 
     def _constrain(self, d) -> None:
@@ -240,8 +243,10 @@ class LBFGS(Optimizer):
         offset = 0
         held = self._held if self._fixed else ()
         for k, p in enumerate(self._params):
-            a, n = p.data, p.data.size
+            a, n = p.data, _size(p)
             if not (held and held[k]):
+                if a.dtype.kind == "c":  # the real view (a view: the buffer is contiguous)
+                    a = a.reshape(-1).view(_real_dtype(a.dtype))
                 a += step * update[offset:offset + n].reshape(a.shape)
                 p._bump()
             offset += n
@@ -415,7 +420,9 @@ class LBFGS(Optimizer):
         """Restore a :meth:`state_dict`; a clear error when it does not fit these parameters."""
         saved_groups, state, where = match_groups(self, state_dict)
         like = self._params[0].data
-        n = sum(p.data.size for p in self._params)
+        if like.dtype.kind == "c":  # the flat vectors are real (see _size)
+            like = like.reshape(-1).view(real_dtype(like.dtype))
+        n = sum(_size(p) for p in self._params)
         new: dict = {}
         for idx, e in state.items():
             if where[idx] != (0, 0):
@@ -441,6 +448,24 @@ class LBFGS(Optimizer):
                                      if k not in _NOT_HYPER})
         self.step_count = int(state_dict.get("step_count", 0))
         self._lstate = new
+
+
+def _real_dtype(dt):
+    """A complex dtype's float dtype of its width; a float dtype itself."""
+    return real_dtype(dt) if dt.kind == "c" else dt
+
+
+def _size(p: Tensor) -> int:
+    """How many real numbers ``p`` holds: a complex parameter counts as its real view, as in
+    PyTorch's L-BFGS (whose flat vectors are real)."""
+    return p.data.size * 2 if p.data.dtype.kind == "c" else p.data.size
+
+
+def _as_real(xp, g, dt):
+    """Gradient ``g`` of a parameter of dtype ``dt`` as a flat real vector (``view_as_real``)."""
+    if dt.kind != "c":
+        return g.reshape(-1)
+    return xp.ascontiguousarray(g.reshape(-1), dtype=dt).view(real_dtype(dt))
 
 
 def _number(v) -> float:

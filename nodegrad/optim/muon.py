@@ -53,6 +53,7 @@ class Muon(Optimizer):
     """
 
     torch_implied = {"maximize": False, "decoupled_weight_decay": True}
+    supports_complex = False  # its orthogonalisation is a real matrix iteration, as PyTorch's
 
     def __init__(self, params: Iterable, lr=1e-3, weight_decay: float = 0.1,
                  momentum: float = 0.95, nesterov: bool = True,
