@@ -2619,6 +2619,22 @@ FORWARD.append(Forward(
         g, P["gru_scan_loop"](gi, w, b, h0, reverse=reverse), w, reverse=reverse),
     _gru_scan_grad_ref, _gru_scan_grad_build, rtol=1e-10))
 
+
+
+def _geqrf_build(draw):
+    m, n = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    lead = draw(st.sampled_from([(), (2,)]))
+    return (arr(draw, lead + (m, n)),), {}
+
+
+def _geqrf_ref(a):
+    h, tau = np.linalg.qr(a, mode="raw")
+    h = np.swapaxes(h, -1, -2)
+    return np.concatenate([h.reshape(h.shape[:-2] + (-1,)), tau], -1)
+
+
+FORWARD.append(Forward("geqrf", lambda a: P["geqrf"](a), _geqrf_ref, _geqrf_build))
+
 PREDICATES |= {"isclose"}
 SCALAR_FORMS.update({
     "relu_grad": [lambda x: P["relu_grad"](x, 1.0), lambda x: P["relu_grad"](2.0, x)],

@@ -273,6 +273,7 @@ NONDIFF.update({  # the wider operator surface
     "lcm": lambda x, y: ng.lcm(_ints(x), _ints(y)),
     "heaviside": lambda x, y: ng.heaviside(ng.round(x), y),
     "frexp_exponent": lambda x: ng.frexp(x).exponent,
+    "geqrf": lambda x: ng.geqrf(x)[0],
     # lax.while_loop with a test on a batched value: the examples stop at different steps
     "while_loop": lambda x: ng.lax.while_loop(lambda c: (c * c).sum() < 400.0,
                                               lambda c: c * 1.5 + 0.1, x),
