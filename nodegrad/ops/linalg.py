@@ -743,6 +743,9 @@ def _svd_fwd(xp, a, full_matrices):
 
 
 def _svd_vjp(g, ans, a, full_matrices):
+    """Real and complex A (the complex rule is this one: conjugate transposes, Hermitian
+    skews, and the phase term i Im diag(Uᴴ Ū) / S on the diagonal, after PyTorch's phase
+    check)."""
     m, n = a.shape[-2], a.shape[-1]
     k = min(m, n)
     shapes = _svd_shapes(a.shape, full_matrices)
@@ -750,48 +753,26 @@ def _svd_vjp(g, ans, a, full_matrices):
     gu, gs, gvh = _unpack(g, shapes)
     if full_matrices:  # the extra columns are not unique: they get no gradient (PyTorch)
         u, gu, vh, gvh = u[..., :k], gu[..., :k], vh[..., :k, :], gvh[..., :k, :]
-    ugu = matmul(_mT(u), gu)
-    ugu = ugu - _mT(ugu)
-    vgv = matmul(vh, _mT(gvh))
-    vgv = vgv - _mT(vgv)
+    cplx = a.dtype.kind == "c"
+    adj = _mH if cplx else _mT
+    if cplx:
+        s, gs = _re(s), _re(gs)
+    ugu = matmul(adj(u), gu)
+    vgv = matmul(vh, adj(gvh))
+    diag = gs
+    if cplx:
+        _phase_check("svd_backward", _diag(ugu) + _diag(vgv), "singular vectors")
+        diag = gs + REGISTRY["imag"](_diag(ugu)) * 1j / where(s == 0, 1.0, s)
+    ugu = ugu - adj(ugu)
+    vgv = vgv - adj(vgv)
     num = ugu * expand_dims(s, -2) + expand_dims(s, -1) * vgv
-    ga = num / _gaps(s * s, num) + _diag_embed(gs)
+    ga = num / _gaps(s * s, num) + _diag_embed(diag)
     if m > k:
         gusinv = gu / expand_dims(s, -2)
-        ga = matmul(matmul(u, ga) + gusinv - matmul(u, matmul(_mT(u), gusinv)), vh)
+        ga = matmul(matmul(u, ga) + gusinv - matmul(u, matmul(adj(u), gusinv)), vh)
     elif n > k:
         sinvgvh = gvh / expand_dims(s, -1)
-        ga = matmul(u, matmul(ga, vh) + sinvgvh - matmul(matmul(sinvgvh, _mT(vh)), vh))
-    else:
-        ga = matmul(matmul(u, ga), vh)
-    return ga
-
-
-def _svd_cvjp(g, ans, a, full_matrices):
-    """Complex A: the real rule with conjugate transposes, Hermitian skews, and the phase term
-    i Im diag(Uᴴ Ū) / S on the diagonal, after PyTorch's phase check."""
-    m, n = a.shape[-2], a.shape[-1]
-    k = min(m, n)
-    shapes = _svd_shapes(a.shape, full_matrices)
-    u, s, vh = _unpack(ans, shapes)
-    gu, gs, gvh = _unpack(g, shapes)
-    if full_matrices:
-        u, gu, vh, gvh = u[..., :k], gu[..., :k], vh[..., :k, :], gvh[..., :k, :]
-    s, gs = _re(s), _re(gs)
-    ugu = matmul(_mH(u), gu)
-    vgv = matmul(vh, _mH(gvh))
-    _phase_check("svd_backward", _diag(ugu) + _diag(vgv), "singular vectors")
-    im = REGISTRY["imag"](_diag(ugu))
-    ugu = ugu - _mH(ugu)
-    vgv = vgv - _mH(vgv)
-    num = ugu * expand_dims(s, -2) + expand_dims(s, -1) * vgv
-    ga = num / _gaps(s * s, num) + _diag_embed(gs + im * 1j / where(s == 0, 1.0, s))
-    if m > k:
-        gusinv = gu / expand_dims(s, -2)
-        ga = matmul(matmul(u, ga) + gusinv - matmul(u, matmul(_mH(u), gusinv)), vh)
-    elif n > k:
-        sinvgvh = gvh / expand_dims(s, -1)
-        ga = matmul(u, matmul(ga, vh) + sinvgvh - matmul(matmul(sinvgvh, _mH(vh)), vh))
+        ga = matmul(u, matmul(ga, vh) + sinvgvh - matmul(matmul(sinvgvh, adj(vh)), vh))
     else:
         ga = matmul(matmul(u, ga), vh)
     return ga
@@ -828,7 +809,7 @@ def _svd_jvp(ts, ans, a, full_matrices):
 
 
 svd = primitive("svd", _svd_fwd, _svd_vjp, saves="out", kind="linalg", jvp=_svd_jvp,
-                batch=_batch1("svd"), complex=(_svd_cvjp,),
+                batch=_batch1("svd"), complex=(_svd_vjp,),
                 doc="Singular value decomposition, (U, S, Vh) packed flat (see linalg.svd).")
 
 
