@@ -306,3 +306,17 @@ def test_sigmoid_of_complex_values_and_gradients_match_torch():
     ng.sigmoid(a).abs().sum().backward()
     torch.sigmoid(t).abs().sum().backward()
     np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-10)
+
+
+def test_float_power_of_complex_works_in_complex128_with_gradients_as_torch():
+    torch = pytest.importorskip("torch")
+    z = np.array([1 + 1j, 2 - 1j])
+    a, t = ng.tensor(z, requires_grad=True), torch.tensor(z, requires_grad=True)
+    ng.float_power(a, 2.5).abs().sum().backward()
+    torch.float_power(t, 2.5).abs().sum().backward()
+    np.testing.assert_allclose(a.grad.numpy(), t.grad.numpy(), rtol=1e-12)
+    x = np.array([2.0, 3.0])
+    b, u = ng.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    ng.float_power(b, 1j).real.sum().backward()
+    torch.float_power(u, 1j).real.sum().backward()
+    np.testing.assert_allclose(b.grad.numpy(), u.grad.numpy(), rtol=1e-12)

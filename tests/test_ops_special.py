@@ -307,8 +307,11 @@ def test_ldexp_float_power_and_nextafter_dtypes_and_values():
              torch.nextafter(torch.tensor(a), torch.tensor(b)), rtol=0)
     with pytest.raises(ng.DTypeError, match="nextafter: expected a floating-point"):
         ng.nextafter(ng.tensor([1, 2]), ng.tensor([2, 3]))
-    with pytest.raises(ng.DTypeError, match="float_power: complex"):
-        ng.float_power(ng.tensor(np.array([1j])), 2)
+    # a complex operand: complex128, as PyTorch's
+    z = np.array([1j, 2 - 1j], np.complex64)
+    same(ng.float_power(ng.tensor(z), 2), torch.float_power(torch.tensor(z), 2))
+    same(ng.float_power(ng.tensor(np.array([2.0, 3.0], np.float32)), 1j),
+         torch.float_power(torch.tensor(np.array([2.0, 3.0], np.float32)), 1j))
 
 
 # --- predicates and signs ---------------------------------------------------------------------

@@ -735,14 +735,14 @@ def ldexp(input, other):
     return multiply(input, power(2.0, other))
 
 
-def _float64(op: str, v):
+def _float64(op: str, v, cplx: bool = False):
+    """``v`` in float64, or complex128 where ``cplx`` (an operand is complex: PyTorch's
+    float_power then works in complex128); Python numbers stay numbers."""
     if isinstance(v, Tensor):
-        if v.dtype.kind == "c":
-            raise DTypeError(f"{op}: complex tensors are not supported, got {v.dtype}")
-        return astype(v, B.float64)
+        return astype(v, B.np.complex128 if cplx else B.float64)
     if isinstance(v, complex):
-        raise DTypeError(f"{op}: complex numbers are not supported, got {v!r}")
-    return float(v)
+        return v
+    return complex(v) if cplx else float(v)
 
 
 def float_power(input, exponent):
@@ -751,7 +751,9 @@ def float_power(input, exponent):
     if not isinstance(input, Tensor) and not isinstance(exponent, Tensor):
         raise TypeError(f"float_power: expected a tensor operand, got {type(input).__name__} "
                         f"and {type(exponent).__name__}")
-    return power(_float64("float_power", input), _float64("float_power", exponent))
+    cplx = any(isinstance(v, complex) or (isinstance(v, Tensor) and v.dtype.kind == "c")
+               for v in (input, exponent))
+    return power(_float64("float_power", input, cplx), _float64("float_power", exponent, cplx))
 
 
 def _real_only(op: str, x) -> None:
