@@ -320,3 +320,16 @@ def test_float_power_of_complex_works_in_complex128_with_gradients_as_torch():
     ng.float_power(b, 1j).real.sum().backward()
     torch.float_power(u, 1j).real.sum().backward()
     np.testing.assert_allclose(b.grad.numpy(), u.grad.numpy(), rtol=1e-12)
+
+
+def test_pairwise_distance_of_complex_is_a_real_norm_as_torch():
+    torch = pytest.importorskip("torch")
+    a, b = np.array([[1 + 1j, 2], [0.5j, -1]]), np.array([[0, 1j], [1, 1 + 1j]])
+    x, tx = ng.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    got = ng.nn.functional.pairwise_distance(x, ng.tensor(b))
+    want = torch.nn.functional.pairwise_distance(tx, torch.tensor(b))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-12)
+    got.sum().backward()
+    want.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-10)

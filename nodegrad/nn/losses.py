@@ -539,6 +539,8 @@ def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
     negative ones included (PyTorch's vector norm of order p)."""
     _bshape(x1, x2, "pairwise_distance")
     d = x1 - x2 + eps
+    if d.dtype.kind == "c":  # complex differences: the norm of their moduli (a real distance)
+        d = ops.abs(d)
     if d.ndim == 0:  # scalars: a 1-vector, and a scalar distance (PyTorch's, keepdim or not)
         return _pnorm(ops.reshape(d, (1,)), p, 0)
     return _pnorm(d, p, -1, keepdim)
