@@ -304,3 +304,19 @@ def test_mean_method_with_an_integer_dtype_raises_as_pytorch():
     with pytest.raises(ng.DTypeError, match="floating-point or complex"):
         x.mean(dtype=ng.int64)
     assert x.sum(dtype=ng.int32).dtype == np.int32
+
+
+def test_block_diag_promotes_as_pytorch_with_a_0d_tensor_as_a_scalar():
+    torch = pytest.importorskip("torch")
+    got = ng.block_diag(ng.ones(2, 2, dtype=ng.uint8), ng.tensor(3))
+    want = torch.block_diag(torch.ones(2, 2, dtype=torch.uint8), torch.tensor(3))
+    assert str(got.dtype) == str(want.dtype).replace("torch.", "")
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    x = ng.ones(2, requires_grad=True)
+    y = ng.tensor(2.0, dtype=ng.float64, requires_grad=True)
+    out = ng.block_diag(x, y)
+    assert out.dtype == np.float32
+    out.sum().backward()
+    assert y.grad.dtype == np.float64 and float(y.grad) == 1.0
+    with pytest.raises(DTypeError, match="block_diag: .*float32 and float64"):
+        ng.block_diag(ng.ones(2), ng.ones(2, dtype=ng.float64))

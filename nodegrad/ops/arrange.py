@@ -9,10 +9,11 @@ primitives underneath give the VJP, JVP and batching rules; no new primitive is 
 from __future__ import annotations
 
 from .. import _backend as B
-from ..errors import ShapeError
+from ..dtypes import result_type
+from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor
 from . import shape as S
-from .elementwise import where
+from .elementwise import astype, where
 from .index import getitem, index_update
 from .shape import broadcast_to, concatenate, norm_axis, reshape, shape_arg, transpose
 
@@ -239,11 +240,16 @@ def block_diag(*tensors):
     ts = _tensors(tensors)
     if not ts:
         raise ShapeError("block_diag: expected at least one tensor")
+    try:
+        target = result_type(*ts)  # PyTorch's promotion: a 0-d tensor counts as a scalar
+    except DTypeError as e:
+        raise DTypeError(f"block_diag: {e}") from None
     blocks = []
     for t in ts:
         if t.ndim > 2:
             raise ShapeError(f"block_diag: expected tensors with at most 2 dims, got shape "
                              f"{tuple(t.shape)}")
+        t = t if t.dtype == target else astype(t, target)
         blocks.append(reshape(t, (1,) * (2 - t.ndim) + tuple(t.shape)))
     total = sum(b.shape[1] for b in blocks)
     rows, left = [], 0
