@@ -24,6 +24,13 @@ float16, float32, float64 = B.float16, B.float32, B.float64
 int32, int64, bool_ = B.int32, B.int64, B.bool_
 
 
+def check_fill_value(value) -> None:
+    """``fill_``'s value is a number or a 0-d tensor (PyTorch's rule; copy_ copies tensors)."""
+    if isinstance(value, Tensor) and value.data.ndim:
+        raise ShapeError(f"fill_: the value must be a number or a 0-d tensor, got a tensor "
+                         f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
+
+
 class Tensor:
     """An n-d array with reverse-mode autodiff. Create one with :func:`nodegrad.tensor`.
 
@@ -384,9 +391,7 @@ class Tensor:
 
     def fill_(self, value) -> Tensor:
         """Set every element to ``value``: a number or a 0-d tensor (PyTorch's rule)."""
-        if isinstance(value, Tensor) and value.data.ndim:
-            raise ShapeError(f"fill_: the value must be a number or a 0-d tensor, got a tensor "
-                             f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
+        check_fill_value(value)
         return self._assign("fill_", value)
 
     def copy_(self, src) -> Tensor:

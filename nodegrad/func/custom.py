@@ -188,6 +188,19 @@ class _Call:
         return tree_unflatten(self.out_def, _attach(out_leaves, leaves, rule, self))
 
 
+def _without_node(rule, args: tuple, leaves: list) -> tuple[bool, object]:
+    """(True, result) when a call of ``rule`` (a custom_vjp or custom_jvp) hangs no node: one
+    of the differentiated ``leaves`` is batched by the innermost vmap (the batched call), or
+    nothing is differentiated (``rule.fun`` itself); (False, None) otherwise."""
+    m = modes()
+    top = m.traces[-1] if m.traces else None
+    if type(top) is Level and any(type(t) is BatchTracer and t.level is top for t in leaves):
+        return True, rule._batched(args, top, len(m.traces) - 1)
+    if not (m.grad_enabled and any(_diff(t) for t in leaves)):
+        return True, rule.fun(*args)
+    return False, None
+
+
 class custom_vjp:
     """``f`` with a VJP of your own (JAX's ``jax.custom_vjp``)::
 
@@ -228,12 +241,9 @@ class custom_vjp:
         static = [args[i] for i in self.nondiff_argnums]
         diff_args = [a for i, a in enumerate(args) if i not in self.nondiff_argnums]
         leaves, _ = tree_flatten(diff_args)
-        m = modes()
-        top = m.traces[-1] if m.traces else None
-        if type(top) is Level and any(type(t) is BatchTracer and t.level is top for t in leaves):
-            return self._batched(args, top, len(m.traces) - 1)
-        if not (m.grad_enabled and any(_diff(t) for t in leaves)):
-            return self.fun(*args)
+        done, out = _without_node(self, args, leaves)
+        if done:
+            return out
         res = self._run_fwd(*args)
         if not (isinstance(res, tuple) and len(res) == 2):
             raise TypeError(f"{self._rule.name}: fwd must return (output, residuals), got "
@@ -347,12 +357,9 @@ class custom_jvp:
             raise TypeError(f"{self._rule.name}: no rule yet; call defjvp(jvp) first")
         static, diff_args = self._split(args)
         leaves, _ = tree_flatten(diff_args)
-        m = modes()
-        top = m.traces[-1] if m.traces else None
-        if type(top) is Level and any(type(t) is BatchTracer and t.level is top for t in leaves):
-            return self._batched(args, top, len(m.traces) - 1)
-        if not (m.grad_enabled and any(_diff(t) for t in leaves)):
-            return self.fun(*args)
+        done, out = _without_node(self, args, leaves)
+        if done:
+            return out
         call = _Call(static)
         call.primals = diff_args
         return call.attach(self._rule, self.fun(*args), diff_args, leaves)

@@ -42,7 +42,8 @@ from ..autodiff import RemovableHandle, creation_site, modes
 from ..batching import BatchTracer, rebind_batched, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
-from ..tensor import Tensor, _shape_arg, from_dlpack, full, get_default_device, tensor
+from ..tensor import (Tensor, _shape_arg, check_fill_value, from_dlpack, full,
+                      get_default_device, tensor)
 from . import arrange as _arrange
 from . import elementwise as E
 from . import index as I
@@ -439,9 +440,8 @@ def _assigning(name: str) -> Callable:
         if len(args) != (0 if name == "zero_" else 1):
             raise TypeError(f"{name}: expected {0 if name == 'zero_' else 1} argument, got "
                             f"{len(args)}")
-        if name == "fill_" and isinstance(value, Tensor) and value.ndim:
-            raise ShapeError(f"fill_: the value must be a number or a 0-d tensor, got a tensor "
-                             f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
+        if name == "fill_":
+            check_fill_value(value)
         self._check_inplace(name)
         if isinstance(value, Tensor):
             if value.device != self.device:

@@ -142,6 +142,14 @@ def _flat(x: Tensor) -> Tensor:
     return x if x.ndim == 1 else S.reshape(x, (-1,))
 
 
+def _input_axis(op: str, a, axis) -> tuple[Tensor, int]:
+    """The input as a tensor and NumPy's ``axis`` of it (None: the flattened input, axis 0)."""
+    x = _arr(op, a)
+    if axis is None:
+        return _flat(x), 0
+    return x, _axis(op, axis, x.ndim)
+
+
 def _running_products(dims) -> list:
     """The running products of ``dims`` (NumPy's cumprod of a shape)."""
     out, p = [], 1
@@ -169,11 +177,7 @@ def insert(arr, obj, values, axis: int | None = None) -> Tensor:
     NumPy's rules: with one scalar position ``values`` may fill several new slices, with a
     sequence one slice each. Values take ``arr``'s dtype; differentiable in both."""
     op = "insert"
-    x = _arr(op, arr)
-    if axis is None:
-        x, ax = _flat(x), 0
-    else:
-        ax = _axis(op, axis, x.ndim)
+    x, ax = _input_axis(op, arr, axis)
     n = x.shape[ax]
     v = _cast(_arr(op, values, x), x.dtype)
     if isinstance(obj, slice):
@@ -229,11 +233,7 @@ def delete(arr, obj, axis: int | None = None) -> Tensor:
     mask of the axis length, or a slice) along ``axis`` (None: the flattened input).
     Differentiable (a gather of the kept slices)."""
     op = "delete"
-    x = _arr(op, arr)
-    if axis is None:
-        x, ax = _flat(x), 0
-    else:
-        ax = _axis(op, axis, x.ndim)
+    x, ax = _input_axis(op, arr, axis)
     n = x.shape[ax]
     if isinstance(obj, slice):
         keep = _np.delete(_np.arange(n), obj)
@@ -545,11 +545,7 @@ def lexsort(keys, axis: int = -1) -> Tensor:
 
 
 def _partition_args(op: str, a, kth, axis, kind, order):
-    x = _arr(op, a)
-    if axis is None:
-        x, ax = _flat(x), 0
-    else:
-        ax = _axis(op, axis, x.ndim)
+    x, ax = _input_axis(op, a, axis)
     if kind != "introselect":
         raise ValueError(f"{op}: kind must be 'introselect', got {kind!r}")
     if order is not None:
@@ -720,11 +716,7 @@ def compress(condition, a, axis: int | None = None, out=None) -> Tensor:
     op = "compress"
     if out is not None:
         raise TypeError(f"{op}: out= is not supported; use the returned tensor")
-    x = _arr(op, a)
-    if axis is None:
-        x, ax = _flat(x), 0
-    else:
-        ax = _axis(op, axis, x.ndim)
+    x, ax = _input_axis(op, a, axis)
     c = _read(op, condition, "the condition")
     if c.ndim != 1:
         raise ShapeError(f"{op}: condition must be 1-d, got shape {c.shape}")
