@@ -49,7 +49,8 @@ class Modes:
     """
 
     __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth",
-                 "first_order", "jit", "device", "grads_seen", "__weakref__")
+                 "first_order", "jit", "device", "grads_seen", "autocast", "saved_hooks",
+                 "__weakref__")
 
     def __init__(self) -> None:
         self.grad_enabled = True
@@ -68,6 +69,10 @@ class Modes:
         # the running backward's ids of arrays user code saw or made, which a leaf's .grad
         # keeps only as a copy (see _add_to_grad): custom gradient rules add theirs
         self.grads_seen = None
+        # the active autocast region's rule, ``(prim, args) -> args`` (see amp.py), or None
+        self.autocast = None
+        # the active saved_tensors_hooks, innermost last: (pack, unpack) pairs (see Node)
+        self.saved_hooks: tuple = ()
 
 
 _new = object.__new__

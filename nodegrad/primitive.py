@@ -377,6 +377,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
         m = _per_thread.modes  # this thread's modes (autodiff.modes, inlined), read once
     except AttributeError:
         m = modes()
+    if m.autocast is not None:  # an autocast region: its rule casts the operands (amp.py)
+        args = m.autocast(prim, args)
     if m.traces:  # a vmap is active: promote on the examples' shapes (a 0-d example is 0-d)
         if prim.operands is not None and len(args) > 1:
             args = _promote(prim, args)
