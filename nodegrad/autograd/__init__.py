@@ -21,18 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from . import _backend as B
-from .autodiff import (ANOMALY, backward, detect_anomaly, enable_grad, inference_mode,
+from .. import _backend as B
+from ..autodiff import (ANOMALY, backward, detect_anomaly, enable_grad, inference_mode,
                        is_anomaly_check_nan_enabled, is_anomaly_enabled, no_grad,
                        set_anomaly, set_grad_enabled)
-from .autodiff import grad as _engine_grad
-from .errors import GradError
-from .func import autograd_functional as functional
-from .func.custom import Function, FunctionCtx, once_differentiable
-from .ops.shape import stack
-from .tensor import Tensor, zeros_like
-from .testing import GradcheckError
-from .testing import gradcheck as _gradcheck
+from ..autodiff import grad as _engine_grad
+from ..errors import GradError
+from ..func import autograd_functional as functional
+from ..func.custom import Function, FunctionCtx, once_differentiable
+from ..ops.shape import stack
+from ..tensor import Tensor, zeros_like
+from ..testing import GradcheckError
+from ..testing import gradcheck as _gradcheck
 
 __all__ = ["Function", "FunctionCtx", "once_differentiable", "functional", "grad", "backward",
            "no_grad", "enable_grad", "set_grad_enabled", "detect_anomaly", "set_detect_anomaly",
