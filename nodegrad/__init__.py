@@ -13,6 +13,7 @@ import math as _math
 from . import (_backend, autograd, cuda, data, diagnostics, distributions, fft, lax, linalg,
                models, nn, onnx, optim, prune, special, train, utils)
 from ._backend import cuda_available
+from . import profiler  # noqa: E402  (torch.profiler)
 from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_check_nan_enabled,
                        is_anomaly_enabled, is_grad_enabled, is_inference_mode_enabled, no_grad,
                        set_grad_enabled)

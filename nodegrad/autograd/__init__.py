@@ -29,6 +29,7 @@ from ..autodiff import grad as _engine_grad
 from ..errors import GradError
 from ..func import autograd_functional as functional
 from ..func.custom import Function, FunctionCtx, once_differentiable
+from ..profiler import legacy as profiler  # noqa: F401  (torch.autograd.profiler)
 from ..ops.shape import stack
 from ..tensor import Tensor, zeros_like
 from ..testing import GradcheckError
