@@ -8,7 +8,9 @@ parent. No Jacobian is ever formed. The engine only sees tensors through ``.data
 ``.requires_grad`` and ``.grad``, so this module sits below ``tensor``. The modes (grad,
 inference, and what vmap/grad/jvp keep while they run) belong to the calling thread, as in
 PyTorch: one :class:`Modes` record per thread. Anomaly mode, as PyTorch's, is one switch for
-the whole process (:data:`ANOMALY`).
+the whole process (:data:`ANOMALY`). Saved-tensor hooks (:func:`pack_saved`) let a node keep
+what a pack hook made of its saved values instead of the arrays; node hooks run around a
+node's VJP (``nodegrad.autograd.graph`` is the public face of both).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Modes:
 
     __slots__ = ("grad_enabled", "inference", "anomaly", "in_backward", "traces", "depth",
                  "first_order", "jit", "device", "grads_seen", "autocast", "saved_hooks",
-                 "__weakref__")
+                 "hooks_off", "task", "__weakref__")
 
     def __init__(self) -> None:
         self.grad_enabled = True
@@ -71,8 +73,12 @@ class Modes:
         self.grads_seen = None
         # the active autocast region's rule, ``(prim, args) -> args`` (see amp.py), or None
         self.autocast = None
-        # the active saved_tensors_hooks, innermost last: (pack, unpack) pairs (see Node)
+        # the active saved_tensors_hooks, innermost last: (pack, unpack) pairs (pack_saved)
         self.saved_hooks: tuple = ()
+        # disable_saved_tensors_hooks's message while it forbids them, else None
+        self.hooks_off = None
+        # the running backward pass's vertices (a :class:`Task`), for multi-grad hooks
+        self.task = None
 
 
 _new = object.__new__
@@ -125,11 +131,15 @@ class Node:
 
     ``parents[i]`` is the Node of input i, the input tensor itself when it is a leaf that
     requires grad, or None. ``args`` holds the inputs when the VJP reads them, ``out`` the output
-    array when it reads the output; both are dropped once the VJP has run.
+    array when it reads the output; both are dropped once the VJP has run. Under
+    saved_tensors_hooks ``args`` is a :class:`Packed` record instead (``out`` None): what the
+    pack hook returned, unpacked when the VJP runs. It is PyTorch's ``grad_fn``
+    (``nodegrad.autograd.graph.Node``): ``name``, ``next_functions``, ``metadata`` and hooks.
     """
 
+    # meta (metadata's dict) is set on first use only, so bind's Node.make stays as it was
     __slots__ = ("prim", "params", "parents", "args", "out", "shapes", "versions", "alive",
-                 "hooks", "trace")
+                 "hooks", "trace", "meta")
 
     def __init__(self, prim, params, parents, args, out, shapes, versions):
         self.prim = prim
@@ -164,6 +174,7 @@ class Node:
         return n
 
     def name(self) -> str:
+        """The primitive's name (PyTorch names the node class instead: ``MulBackward0``)."""
         return self.prim.name
 
     @property
@@ -172,6 +183,34 @@ class Node:
         input's Node, an :class:`AccumulateGrad` for a leaf that requires grad, or None."""
         return tuple((p if type(p) is Node else None if p is None else AccumulateGrad(p), 0)
                      for p in self.parents)
+
+    @property
+    def metadata(self) -> dict:
+        """A dict of the user's own, kept with the node (PyTorch's ``grad_fn.metadata``)."""
+        try:
+            return self.meta
+        except AttributeError:
+            self.meta = {}
+            return self.meta
+
+    def register_hook(self, fn: Callable) -> RemovableHandle:
+        """Call ``fn(grad_inputs, grad_outputs)`` after this node's VJP has run, as PyTorch's
+        ``Node.register_hook``: ``grad_inputs`` has one entry per input (None where no
+        gradient goes), ``grad_outputs`` is ``(g,)``; a returned tuple replaces
+        ``grad_inputs``. It runs only when the VJP runs (not for a node backward skips)."""
+        return self._add_hook(NodePostHook(_callable("Node.register_hook", fn)))
+
+    def register_prehook(self, fn: Callable) -> RemovableHandle:
+        """Call ``fn(grad_outputs)`` before this node's VJP, after the output tensor's hooks
+        (``Tensor.register_hook``, then ``retain_grad``), as PyTorch's
+        ``Node.register_prehook``; a returned tuple replaces ``grad_outputs``."""
+        return self._add_hook(NodePreHook(_callable("Node.register_prehook", fn)))
+
+    def _add_hook(self, h) -> RemovableHandle:
+        if self.hooks is None:
+            self.hooks = []
+        self.hooks.append(h)
+        return RemovableHandle(self.hooks, h)
 
 
 class AccumulateGrad:
@@ -190,8 +229,23 @@ class AccumulateGrad:
     def next_functions(self) -> tuple:
         return ()
 
+    @property
+    def metadata(self) -> dict:
+        raise NotImplementedError(_ACC_HOOKS)
+
+    def register_hook(self, fn: Callable) -> RemovableHandle:
+        raise NotImplementedError(_ACC_HOOKS)
+
+    def register_prehook(self, fn: Callable) -> RemovableHandle:
+        raise NotImplementedError(_ACC_HOOKS)
+
     def __repr__(self) -> str:
         return "<AccumulateGrad>"
+
+
+_ACC_HOOKS = ("AccumulateGrad: a leaf's vertex is made afresh on each look, so it keeps no hooks "
+              "or metadata; use the leaf's register_hook or "
+              "register_post_accumulate_grad_hook")
 
 
 class Spec:
@@ -659,6 +713,228 @@ def _check_hook_result(hook, r, g) -> None:
                         "return a tensor of the gradient's dtype (or None)")
 
 
+def _callable(what: str, fn) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"{what}: expected a callable hook, got {type(fn).__name__}")
+    return fn
+
+
+class NodePreHook:
+    """A hook ``fn(grad_outputs)`` kept in a node's ``hooks`` (``Node.register_prehook``)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+
+class NodePostHook:
+    """A hook ``fn(grad_inputs, grad_outputs)`` kept in a node's ``hooks``
+    (``Node.register_hook``): the engine collects the node's gradients for it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+
+def _hook_name(fn) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _hook_tuple(what: str, fn, r, n: int) -> tuple:
+    """A node hook's replacement: a tuple (or list) of ``n`` entries."""
+    if not isinstance(r, tuple | list):
+        raise TypeError(f"{what} '{_hook_name(fn)}' returned {type(r).__name__}; expected a "
+                        f"tuple of {n} gradients (or None to keep them)")
+    if len(r) != n:
+        raise GradError(f"{what} '{_hook_name(fn)}' returned {len(r)} gradients; expected {n} "
+                        "(one per entry of the tuple it was given)")
+    return tuple(r)
+
+
+def _run_node_hooks(hooks: list, g, seen: set) -> tuple:
+    """Run a node's hooks on ``g`` in PyTorch's order: the output tensor's hooks, retain_grad,
+    then the node's pre-hooks. Returns the gradient and the post-hooks (None if none)."""
+    pre = post = None
+    plain = []
+    for h in hooks:
+        t = type(h)
+        if t is NodePreHook:
+            pre = [h] if pre is None else pre + [h]
+        elif t is NodePostHook:
+            post = [h] if post is None else post + [h]
+        else:
+            plain.append(h)
+    if plain:
+        g = _run_hooks(plain, g, seen)
+    if pre is not None:
+        for h in pre:
+            seen.add(id(g.data))
+            r = h.fn((g,))
+            if r is not None:
+                (r,) = _hook_tuple("node pre-hook", h.fn, r, 1)
+                _check_hook_result(h.fn, r, g)
+                g = r
+                seen.add(id(g.data))
+    return g, post
+
+
+def _run_post_hooks(post: list, grads: list, g, seen: set) -> list:
+    """Run a node's post-hooks on its input gradients (one per input, None where none goes)."""
+    for h in post:
+        for gi in grads:
+            if gi is not None:
+                seen.add(id(gi.data))
+        r = h.fn(tuple(grads), (g,))
+        if r is None:
+            continue
+        r = _hook_tuple("node hook", h.fn, r, len(grads))
+        for i, (old, new) in enumerate(zip(grads, r)):
+            if new is None or old is None:
+                if new is not None:
+                    raise GradError(f"node hook '{_hook_name(h.fn)}' gave a gradient for input "
+                                    f"{i}, which gets none (it needs no gradient here)")
+                grads[i] = None
+                continue
+            _check_hook_result(h.fn, new, old)
+            grads[i] = new
+            seen.add(id(new.data))
+    return grads
+
+
+class Task:
+    """The running backward pass, as multi-grad hooks see it: the vertices it reaches
+    (``counts``' keys) and, with targets, those on a path to one (``wanted``)."""
+
+    __slots__ = ("counts", "wanted", "__weakref__")
+
+    def __init__(self, counts: dict, wanted):
+        self.counts = counts
+        self.wanted = wanted
+
+    def will_reach(self, t) -> bool:
+        """Whether this pass sends a gradient to tensor ``t``'s vertex."""
+        k = _key(t)
+        return k in self.counts and (self.wanted is None or k in self.wanted)
+
+
+# --- saved tensors hooks ----------------------------------------------------------------------
+class Packed(tuple):
+    """A node's saved inputs while saved_tensors_hooks hold them: as a tuple, the inputs with
+    a shape-only :class:`Spec` for each tensor packed (what code that only looks sees);
+    ``items`` pairs each saved value's position (-1: the output) with its :func:`pack_tensors`
+    record."""
+
+    items: list
+
+
+def pack_tensors(ts: Sequence, hooks: tuple | None = None) -> list | None:
+    """Records of tensors ``ts`` saved for backward, packed by ``hooks`` (the innermost
+    saved_tensors_hooks when None): one ``(what pack returned, unpack, shape, dtype, array
+    type, weak reference to the tensor, its version counter)`` each; None when no hooks are
+    active. As PyTorch's, pack runs with recording off and no hooks active."""
+    m = modes()
+    if hooks is None:
+        if not m.saved_hooks:
+            return None
+        hooks = m.saved_hooks[-1]
+    pack, unpack = hooks
+    prev = m.grad_enabled, m.saved_hooks
+    m.grad_enabled, m.saved_hooks = False, ()
+    try:
+        out = []
+        for t in ts:
+            d = t.data
+            out.append((pack(t), unpack, d.shape, d.dtype, type(d), weakref.ref(t),
+                        t._ensure_version()))
+        return out
+    finally:
+        m.grad_enabled, m.saved_hooks = prev
+
+
+def unpack_tensor(rec: tuple, name: str, what: str):
+    """The tensor unpack gives back for a :func:`pack_tensors` record, checked against what
+    was packed (a tensor of its shape, dtype and device); ``name`` and ``what`` (the op, the
+    saved value) word the errors."""
+    r = rec[1](rec[0])
+    if not (hasattr(r, "node") and hasattr(r, "data")):
+        raise TypeError(f"saved_tensors_hooks: unpack_hook returned {type(r).__name__} for "
+                        f"{what} of '{name}'; expected a tensor")
+    d, shape, dtype, atype = r.data, rec[2], rec[3], rec[4]
+    if d.shape != shape or d.dtype != dtype or type(d) is not atype:
+        raise GradError(
+            f"saved_tensors_hooks: unpack_hook returned a tensor of shape {tuple(d.shape)}, "
+            f"dtype {d.dtype} ({type(d).__module__}) for {what} of '{name}', which was saved "
+            f"with shape {tuple(shape)}, dtype {dtype} ({atype.__module__}); unpack must give "
+            "back the value pack was given")
+    if r is rec[5]() and r._version is not rec[6]:  # the tensor itself, since pointed at
+        raise InplaceError(  # another array by an in-place op (its old value is gone)
+            f"a value that '{name}' saved for backward was modified in place (the "
+            "saved_tensors_hooks kept the tensor itself); use an out-of-place op instead")
+    return r
+
+
+def pack_saved(node: Node, hooks: tuple, args: tuple, t) -> None:
+    """Pack what ``node`` saved (its input tensors, then its output ``t``) with the innermost
+    saved_tensors_hooks ``hooks``; the node then keeps what pack returned, not the arrays.
+
+    As PyTorch's: the pack hook sees each saved tensor (the input itself, the output tensor),
+    once per position (``x * x`` packs x twice)."""
+    prim = node.prim
+    save_in = prim.save_in
+    if not (save_in or prim.save_out):
+        return
+    where = [k for k, a in enumerate(args) if hasattr(a, "node") and hasattr(a, "data")] \
+        if save_in else []  # the tensors among the inputs (autodiff sits below tensor)
+    ts = [args[k] for k in where]
+    if prim.save_out:
+        where.append(-1)
+        ts.append(t)
+    view = list(args) if save_in else [Spec(s, None) for s in node.shapes]
+    for k, a in zip(where, ts):
+        if k >= 0:
+            view[k] = Spec(a.data.shape, a.data.dtype)
+    rec = Packed(view)
+    rec.items = list(zip(where, pack_tensors(ts, hooks)))
+    node.args = rec
+    node.out = None
+    node.versions = [(e[0], e[1], None, None) for e in node.versions]  # no arrays held
+
+
+def saved_values(n: Node, dtype, create_graph: bool) -> tuple:
+    """``(inputs, output array)`` as ``n``'s rules read them: the inputs it saved (shape-only
+    specs of ``dtype`` where it saved none), unpacked where saved_tensors_hooks packed them
+    (``create_graph``: the unpacked inputs in the graph)."""
+    args, out = n.args, n.out
+    if type(args) is Packed:
+        args, out = _unpack_saved(n, args, create_graph)
+    if args is None:
+        args = tuple(Spec(s, dtype) for s in n.shapes)
+    return args, out
+
+
+def _unpack_saved(n: Node, rec: Packed, create_graph: bool) -> tuple:
+    """``n``'s saved inputs and output array from its :class:`Packed` record, by the unpack
+    hook (once per saved value, each time the VJP runs). The inputs come back in the graph
+    as they were (with ``create_graph``, for higher orders)."""
+    name = n.prim.name
+    args = list(rec) if n.prim.save_in else None
+    out = None
+    for k, item in rec.items:
+        r = unpack_tensor(item, name, "its output" if k < 0 else f"its input {k}")
+        d = r.data
+        if k < 0:
+            out = d
+            continue
+        p = n.parents[k]
+        if create_graph and p is not None:  # in the graph: the input's node, or the leaf
+            args[k] = r.make(d, p, True) if type(p) is Node else p
+        else:
+            args[k] = r.make(d)
+    return (None if args is None else tuple(args)), out
+
+
 # --- the engine -----------------------------------------------------------------------------
 def _toposort_counts(starts: Sequence[Node]) -> dict:
     """Number of edges into each reachable node (child -> parent, plus one per start)."""
@@ -754,11 +1030,12 @@ def _saved_args(n: Node, args: tuple) -> tuple:
 
 
 def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
-                owned: dict | None = None) -> None:
+                owned: dict | None = None, post: list | None = None, seen=None) -> None:
     """Send node ``n``'s VJP messages to its parents (summed into ``pending``).
 
     ``owned`` maps a vertex to the pending sum the engine made itself (no one else holds its
     array): a further message is added into it in place, with no new array and no bind.
+    ``post``: the node's post-hooks, which see (and may replace) the messages first.
     """
     tracked = anomaly = m.anomaly
     if tracked:
@@ -780,6 +1057,9 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             if a is not None and a.data is not e[3]:
                 args = _saved_args(n, args)
                 break
+    out = n.out
+    if type(args) is Packed:  # saved_tensors_hooks packed them: unpack
+        args, out = _unpack_saved(n, args, create_graph)
     prim = n.prim
     if args is None:
         args = _specs((n.shapes, g.data.dtype))
@@ -788,15 +1068,14 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     rules = prim.vjp
     grads = ans = None
     if g.data.dtype.kind == "c":  # a complex cotangent: PyTorch's convention (_complex_vjps)
-        grads = _complex_vjps(n, g, args, params, create_graph, wanted)
+        grads = _complex_vjps(n, g, args, out, params, create_graph, wanted)
         rules = None
     elif prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
             and not tracked:
-        grads = _raw_vjps(prim, n, g, args, wanted)
+        grads = _raw_vjps(prim, n, g, args, out, wanted)
         if grads is not None:
             rules = None
     if grads is None:  # the rules read the output as a tensor (a graph node with create_graph)
-        out = n.out
         if out is not None:
             # a plain tensor even when g is a batched one (a VJP run inside vmap)
             ans = type(g).make(out, n if create_graph else None, create_graph)
@@ -804,6 +1083,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         needs = tuple(p is not None and (wanted is None or p in wanted) for p in parents)
         grads = prim.vjp_all(needs, g, ans, *args, **params)
     shapes = n.shapes
+    collected = None if post is None else [None] * len(parents)
     i = -1
     for p in parents:
         i += 1
@@ -825,6 +1105,9 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             gi = gi.sum_to(shapes[i])
         if anomaly:
             _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
+        if collected is not None:
+            collected[i] = gi
+            continue
         prev = pending.get(p)
         if prev is None:
             pending[p] = gi
@@ -834,11 +1117,18 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             prev.data += gi.data
         else:
             pending[p] = owned[p] = prev + gi
+    if collected is not None:  # the node's post-hooks see the messages, then they go
+        for p, gi in zip(parents, _run_post_hooks(post, collected, g, seen)):
+            if gi is not None:
+                prev = pending.get(p)
+                pending[p] = gi if prev is None else prev + gi
+                if owned:
+                    owned.pop(p, None)
     if tracked:
         m.in_backward = None
 
 
-def _complex_vjps(n: Node, g, args, params, create_graph: bool, wanted) -> list:
+def _complex_vjps(n: Node, g, args, out, params, create_graph: bool, wanted) -> list:
     """Node ``n``'s cotangents for a complex ``g``, by PyTorch's convention: a real loss L of
     z = x + iy sends dL/dx + i dL/dy to z, so the VJP of a holomorphic f is g * conj(f'(z)).
 
@@ -853,7 +1143,6 @@ def _complex_vjps(n: Node, g, args, params, create_graph: bool, wanted) -> list:
     if how is None:
         raise GradError(f"backward of '{prim.name}' for complex tensors is not supported (its "
                         "gradient rule is written for real numbers)")
-    out = n.out
     ans = None if out is None else type(g).make(out, n if create_graph else None, create_graph)
     needs = tuple(p is not None and (wanted is None or p in wanted) for p in n.parents)
     holo = how == "holomorphic"
@@ -880,7 +1169,7 @@ def _complex_vjps(n: Node, g, args, params, create_graph: bool, wanted) -> list:
     return grads
 
 
-def _raw_vjps(prim, n: Node, g, args, wanted) -> list | None:
+def _raw_vjps(prim, n: Node, g, args, out, wanted) -> list | None:
     """Node ``n``'s cotangents by its primitive's ``vjp_raw`` (see :func:`.primitive.primitive`)
     when ``g`` and every array the node kept (``args``: its inputs, or their specs) are NumPy
     arrays of one float dtype (integer inputs aside), as tensors; else None (the rules run)."""
@@ -898,7 +1187,6 @@ def _raw_vjps(prim, n: Node, g, args, wanted) -> list | None:
             return None  # another device's array
         datas.append(d)
     needs = tuple(p is not None and (wanted is None or p in wanted) for p in n.parents)
-    out = n.out
     res = prim.vjp_raw(needs, gd, out, *datas, **n.params)
     if res is None:
         return None
@@ -1016,7 +1304,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
         results: dict = {}
 
     m = modes()
-    prev_mode, prev_seen = m.grad_enabled, m.grads_seen
+    prev_mode, prev_seen, prev_task = m.grad_enabled, m.grads_seen, m.task
     m.grad_enabled = create_graph
     m.grads_seen = seen
     # sums the engine owns may grow in place, unless they must stay graph ops (create_graph,
@@ -1025,6 +1313,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     owned = None if create_graph or m.jit is not None or m.traces else {}
     try:
         counts = _toposort_counts(starts)
+        m.task = Task(counts, wanted)
         ready = []
         for s in starts:
             counts[s] -= 1
@@ -1036,12 +1325,13 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
             if g is not None:
                 if owned:
                     owned.pop(n, None)
+                post = None
                 if n.hooks:
-                    g = _run_hooks(n.hooks, g, seen)
+                    g, post = _run_node_hooks(n.hooks, g, seen)
                 if tkeys is not None and n in tset:
                     results[n] = g
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
-                    _apply_vjps(n, g, create_graph, wanted, pending, m, owned)
+                    _apply_vjps(n, g, create_graph, wanted, pending, m, owned, post, seen)
                 if not retain_graph:
                     n.args = n.out = n.versions = None
                     n.alive = False
@@ -1076,6 +1366,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     finally:
         m.grad_enabled = prev_mode
         m.grads_seen = prev_seen
+        m.task = prev_task
         m.in_backward = None
 
     if tkeys is None:

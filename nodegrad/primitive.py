@@ -14,7 +14,7 @@ from collections.abc import Callable
 from . import _backend as B
 from .batching import batch_bind, elementwise_rule, reduce_rule
 from .autodiff import (ANOMALY, Node, _per_thread, anomaly_error, creation_site, has_nan,
-                       input_held_nan, modes)
+                       input_held_nan, modes, pack_saved)
 from .dtypes import _key_of, result_type_of_keys
 from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
@@ -498,6 +498,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
         if cell is None:
             cell = t._version = [0]
         versions.append((cell, cell[0], None, None))
+    if m.saved_hooks:  # saved_tensors_hooks: the node keeps what pack makes of its saves
+        pack_saved(node, m.saved_hooks[-1], args, t)
     if m.anomaly:
         node.trace = creation_site()
     return t

@@ -34,11 +34,14 @@ from ..ops.shape import stack
 from ..tensor import Tensor, zeros_like
 from ..testing import GradcheckError
 from ..testing import gradcheck as _gradcheck
+from . import forward_ad
+from . import graph  # noqa: F401  (torch.autograd.graph)
 
 __all__ = ["Function", "FunctionCtx", "once_differentiable", "functional", "grad", "backward",
            "no_grad", "enable_grad", "set_grad_enabled", "detect_anomaly", "set_detect_anomaly",
            "set_anomaly_enabled", "is_anomaly_enabled", "is_anomaly_check_nan_enabled",
-           "inference_mode", "gradcheck", "gradgradcheck", "GradcheckError", "Variable"]
+           "inference_mode", "gradcheck", "gradgradcheck", "GradcheckError", "Variable",
+           "forward_ad"]
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,

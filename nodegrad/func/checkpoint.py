@@ -9,7 +9,9 @@ on the saved inputs, with the random generators put back where they were (so dro
 same masks), and differentiates that fresh graph; with ``create_graph`` the result is
 differentiable again. Peak memory then holds one segment's activations at a time, for about
 one more forward pass of compute: PyTorch's ``torch.utils.checkpoint`` (the non-reentrant
-kind) and JAX's ``jax.checkpoint`` (``remat``).
+kind) and JAX's ``jax.checkpoint`` (``remat``). As in PyTorch, saved_tensors_hooks active
+around the segment do not see what its ops save (its graph is dropped, or rebuilt in backward):
+they would pack activations the segment never keeps.
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ def _put_rng(states: list) -> list:
         else:
             g.rng = copy.deepcopy(state)
     return now
+
+
+def _run_unhooked(fn: Callable, args: tuple, kwargs: dict):
+    """``fn(*args, **kwargs)`` with the thread's saved_tensors_hooks set aside (see above)."""
+    m = modes()
+    hooks = m.saved_hooks
+    if not hooks:
+        return fn(*args, **kwargs)
+    m.saved_hooks = ()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        m.saved_hooks = hooks
 
 
 def _leaves(outs: list, inputs: set) -> list:
@@ -114,7 +129,7 @@ def _vjp(needs, g, ans, *specs, call):
     saved = _put_rng(seg.rng) if seg.rng is not None else None
     try:
         with enable_grad():
-            out = seg.fn(*_rebuilt(seg, detached), **seg.kwargs)
+            out = _run_unhooked(seg.fn, _rebuilt(seg, detached), seg.kwargs)
     finally:
         if saved is not None:
             _put_rng(saved)
@@ -152,7 +167,7 @@ def _jvp(tangents, ans, *specs, call):
     saved = _put_rng(seg.rng) if seg.rng is not None else None
     try:
         with enable_grad():
-            out = seg.fn(*_rebuilt(seg, fresh), **seg.kwargs)
+            out = _run_unhooked(seg.fn, _rebuilt(seg, fresh), seg.kwargs)
     finally:
         if saved is not None:
             _put_rng(saved)
@@ -196,7 +211,7 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
     leaves = list(arg_leaves)
     for pos, t in zip(tensor_pos, detached):
         leaves[pos] = t
-    out = function(*tree_unflatten(args_def, leaves), **kwargs)
+    out = _run_unhooked(function, tree_unflatten(args_def, leaves), kwargs)
     outs, seg.out_def = tree_flatten(out)
     recorded = [o for o in outs if isinstance(o, Tensor) and o.requires_grad]
     if not recorded:

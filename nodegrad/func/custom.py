@@ -18,9 +18,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from ..autodiff import Node, creation_site, modes, no_grad
+from ..autodiff import Node, creation_site, modes, no_grad, pack_tensors, unpack_tensor
 from ..errors import GradError, InplaceError, ShapeError
 from ..ops import concatenate
+from ..ops.index import write_through
+from ..ops.methods import _rebind
 from ..ops.shape import _reshape
 from ..primitive import Primitive
 from ..tensor import Tensor, zeros_like
@@ -468,6 +470,17 @@ class FunctionCtx:
         self.materialize_grads = True
         self._non_differentiable: set = set()
         self._noted: tuple = ((), [])  # save_for_backward's tensors and what it noted of each
+        self._for_forward: tuple | None = None  # save_for_forward's tensors
+        self._dirty: set = set()  # ids of the inputs forward changed in place
+
+    def save_for_forward(self, *tensors) -> None:
+        """Keep ``tensors`` (or None) for ``jvp``, which reads them as ``ctx.saved_tensors``
+        (PyTorch's)."""
+        for t in tensors:
+            if t is not None and not isinstance(t, Tensor):
+                raise TypeError(f"save_for_forward: expected tensors or None, got "
+                                f"{type(t).__name__}")
+        self._for_forward = tensors
 
     def save_for_backward(self, *tensors) -> None:
         """Keep ``tensors`` (or None) for backward, as ``ctx.saved_tensors``.
@@ -479,6 +492,7 @@ class FunctionCtx:
         self._noted = (tensors, [_noted(t) if isinstance(t, Tensor) else None for t in tensors])
 
     def mark_non_differentiable(self, *tensors) -> None:
+        """The outputs among ``tensors`` get no gradient and no tangent (PyTorch's)."""
         self._non_differentiable |= {id(t) for t in tensors}
 
     def set_materialize_grads(self, value: bool) -> None:
@@ -486,8 +500,12 @@ class FunctionCtx:
         self.materialize_grads = bool(value)
 
     def mark_dirty(self, *tensors) -> None:
-        raise NotImplementedError("mark_dirty: in-place forwards are not supported here; "
-                                  "return a new tensor")
+        """Tell ``apply`` that forward changed these inputs in place and returns them: each
+        comes back as the same tensor, now the Function's output in the graph (PyTorch's)."""
+        for t in tensors:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"mark_dirty: expected tensors, got {type(t).__name__}")
+        self._dirty |= {id(t) for t in tensors}
 
 
 def _noted(t: Tensor) -> tuple:
@@ -497,13 +515,15 @@ def _noted(t: Tensor) -> tuple:
 
 
 class _FnCall:
-    __slots__ = ("ctx", "cls", "slots", "shapes", "nondiff", "outs", "saved", "reached")
+    __slots__ = ("ctx", "cls", "slots", "shapes", "nondiff", "outs", "saved", "reached",
+                 "args")
 
 
 class _FunctionMeta(type):
     def __init__(cls, name, bases, ns) -> None:
         super().__init__(name, bases, ns)
         cls._rule = _rule(f"Function[{name}]", cls._vjp)
+        cls._rule.jvp = cls._fwd
 
 
 _SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # forward -> signature
@@ -530,7 +550,8 @@ def _bound_inputs(cls, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
 
 def _saved_plan(ctx: FunctionCtx, args: tuple, outs: list, new: list, slots: list) -> tuple:
     """How backward gets each of ctx's saved tensors (0: a value as it is, 1: an output, 2: a
-    tensor), and the version entries the engine checks before the backward runs.
+    tensor, 3: a tensor packed by saved_tensors_hooks), and the version entries the engine
+    checks before the backward runs.
 
     An output saved comes back as the output apply returned (its slot of the node's value), so
     it is in the graph. Any other tensor comes back as it was saved: where an in-place op
@@ -542,17 +563,25 @@ def _saved_plan(ctx: FunctionCtx, args: tuple, outs: list, new: list, slots: lis
     if saved is not by:  # set by hand, not by save_for_backward: used as they are
         noted = [None] * len(saved)
     plan, versions = [], []
+    hooks = modes().saved_hooks  # saved_tensors_hooks: a tensor is kept as pack made it
     slot_of = {id(outs[i]): k for k, i in enumerate(slots)}  # an output's place in the value
     for a in args:
-        slot_of.pop(id(a), None)  # an input returned as it is counts as the input
+        if id(a) not in ctx._dirty:  # an input returned as it is counts as the input
+            slot_of.pop(id(a), None)
     for t, v in zip(saved, noted):
+        if v is not None and id(t) in ctx._dirty:
+            v = _noted(t)  # an input changed in place: as apply returns it
         if v is None:
             plan.append((0, t))
             continue
         versions.append((v[0], v[1], None, None))
         k = slot_of.get(id(t))
         if k is None:
-            plan.append((2, t) + v[2:])
+            if hooks:
+                leaf = t if v[3] is None and v[4] else None  # to differentiate again
+                plan.append((3, pack_tensors([t], hooks[-1])[0], v[3], v[4], leaf))
+            else:
+                plan.append((2, t) + v[2:])
             continue
         ret = new[slots[k]]
         cell = ret._ensure_version()
@@ -579,6 +608,10 @@ class Function(metaclass=_FunctionMeta):
     def setup_context(ctx, inputs, output) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def jvp(ctx, *grad_inputs) -> Any:
+        raise NotImplementedError
+
     @classmethod
     def apply(cls, *args, **kwargs):
         separate = cls.setup_context is not Function.setup_context
@@ -598,11 +631,14 @@ class Function(metaclass=_FunctionMeta):
                 cls.setup_context(ctx, args, out)
             else:
                 out = cls.forward(ctx, *args, **kwargs)
+        outs = list(out) if isinstance(out, tuple) else [out]
+        dirty = [a for a in args if isinstance(a, Tensor) and id(a) in ctx._dirty]
+        if dirty:
+            _check_dirty(cls.__name__, ctx, args, outs, m.grad_enabled)
         if not (m.grad_enabled and any(ctx.needs_input_grad)):
             return out
-        outs = list(out) if isinstance(out, tuple) else [out]
         call = _FnCall()
-        call.ctx, call.cls, call.outs, call.reached = ctx, cls, outs, None
+        call.ctx, call.cls, call.outs, call.reached, call.args = ctx, cls, outs, None, args
         call.nondiff = {i for i, o in enumerate(outs) if id(o) in ctx._non_differentiable}
         saved = ctx.saved_tensors
         keep = False  # whether an output is saved: the node keeps its value for backward
@@ -611,10 +647,19 @@ class Function(metaclass=_FunctionMeta):
             keep = any(id(t) in ids for t in saved)
         versions: list = []
         new, node = _attach_node(outs, list(args), cls._rule, call, versions, keep)
+        if dirty and node is not None:
+            for i in call.slots:
+                o = outs[i]
+                if id(o) in ctx._dirty:  # the input itself becomes the output, as PyTorch's
+                    write_through(o, new[i], f"{cls.__name__}.apply")
+                    _rebind(o, Tensor.make(o.data, new[i].node, True))  # its memory kept
+                    new[i] = o
         call.saved = ()
         if saved and node is not None:
             call.saved, entries = _saved_plan(ctx, args, outs, new, call.slots)
             versions += entries
+            if any(item[0] == 3 for item in call.saved):  # the packed records stand in for
+                ctx.saved_tensors, ctx._noted = (), ((), [])  # the tensors: ctx lets go
         if node is not None and not ctx.materialize_grads and len(call.slots) > 1:
             call.reached = set()  # which outputs a gradient reached, for None in the others
             for k, i in enumerate(call.slots):
@@ -680,6 +725,49 @@ class Function(metaclass=_FunctionMeta):
         return rule(*args)
 
     @classmethod
+    def _fwd(cls, tangents, ans, *specs, call):
+        """The node's JVP rule: ``jvp(ctx, *input_tangents)``, as PyTorch calls it (zeros for
+        a tensor input with no tangent, None after ``set_materialize_grads(False)`` and for
+        other inputs), ``ctx.saved_tensors`` being what ``save_for_forward`` kept, if it was
+        called; returns the flat tangent of the node's value."""
+        name = f"{cls.__name__}.jvp"
+        if cls.jvp is Function.jvp:
+            raise NotImplementedError(f"{cls.__name__}: forward-mode differentiation (jvp, "
+                                      "jacfwd, hvp, forward_ad) of an autograd.Function needs "
+                                      "a static jvp(ctx, *grad_inputs) method, as in PyTorch")
+        ctx = call.ctx
+        fill = ctx.materialize_grads  # set_materialize_grads(False): None, not zeros
+        ts = [None if not isinstance(a, Tensor) else
+              (zeros_like(a) if t is None and fill else t) for a, t in zip(call.args, tangents)]
+        kept = ctx.saved_tensors
+        if ctx._for_forward is not None:
+            ctx.saved_tensors = ctx._for_forward
+        try:
+            res = cls.jvp(ctx, *ts)
+        finally:
+            ctx.saved_tensors = kept
+        res = tuple(res) if isinstance(res, tuple | list) else (res,)
+        if len(res) != len(call.outs):
+            raise GradError(f"{name}: returned {len(res)} tangents, expected {len(call.outs)} "
+                            "(one per output of forward)")
+        parts = []
+        for i, shape in zip(call.slots, call.shapes):
+            t, o = res[i], call.outs[i]
+            if t is None:
+                t = zeros_like(o)
+            elif not isinstance(t, Tensor):
+                raise TypeError(f"{name}: tangent {i} is {type(t).__name__}; expected a tensor "
+                                "or None")
+            if tuple(t.shape) != tuple(shape):
+                raise ShapeError(f"{name}: returned a tangent of shape {tuple(t.shape)} for "
+                                 f"output {i} of shape {tuple(shape)}")
+            if t.dtype != o.dtype:
+                raise GradError(f"{name}: returned a tangent of dtype {t.dtype} for output {i} "
+                                f"of dtype {o.dtype}")
+            parts.append(_reshape(t, shape=(t.data.size,)))
+        return parts[0] if len(parts) == 1 else concatenate(parts)
+
+    @classmethod
     def _vjp(cls, needs, g, ans, *specs, call):
         # every output gets a gradient: zeros where none reached it (PyTorch's materialised
         # gradients), or None with ctx.set_materialize_grads(False)
@@ -709,6 +797,26 @@ class Function(metaclass=_FunctionMeta):
         return _check_shapes(name, _check_grads(name, grads, len(specs), extra_none=True), specs)
 
 
+def _check_dirty(name: str, ctx: FunctionCtx, args: tuple, outs: list, recording: bool) -> None:
+    """The inputs marked dirty must be returned, and may not be leaves that require grad
+    while recording (PyTorch's checks); each counts as changed in place."""
+    ids = {id(o) for o in outs}
+    arg_ids = {id(a) for a in args}
+    for t in ctx._dirty:
+        if t not in arg_ids:
+            raise GradError(f"{name}.apply: mark_dirty was given a tensor that is not an input "
+                            "of forward; mark only the inputs changed in place")
+        if t not in ids:
+            raise GradError(f"{name}.apply: an input marked dirty was not returned by forward; "
+                            "the inputs changed in place must all be outputs")
+    for a in args:
+        if isinstance(a, Tensor) and id(a) in ctx._dirty:
+            if recording and a.requires_grad and a.node is None:
+                raise GradError(f"{name}.apply: a leaf tensor that requires grad was changed in "
+                                "place by forward (mark_dirty); change a clone of it instead")
+            a._bump()
+
+
 def _reached(seen: set, k: int, g) -> None:
     seen.add(k)
 
@@ -731,6 +839,10 @@ def _saved(call: _FnCall, ans) -> tuple:
             if outs is None:
                 outs = _unpack(ans, call)
             saved.append(outs[item[1]])
+        elif kind == 3:  # packed by saved_tensors_hooks: unpacked, in its graph place
+            r = unpack_tensor(item[1], call.cls._rule.name, "a tensor ctx saved")
+            leaf = item[4] if modes().grad_enabled else None  # a leaf in the recorded graph
+            saved.append(leaf if leaf is not None else Tensor.make(r.data, item[2], item[3]))
         else:
             t, data, node, requires_grad = item[1:]
             saved.append(t if t.data is data else Tensor.make(data, node, requires_grad))

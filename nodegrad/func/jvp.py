@@ -9,14 +9,16 @@ tangent pass can be repeated for many tangents (``jacfwd`` does so, one per inpu
 The JVP rules are written with tensor operations, like the VJP rules, so the tangent pass is
 itself recorded when a surrounding transform needs it: ``jvp`` of ``grad`` (forward-over-reverse,
 used by ``hvp`` and ``hessian``), ``grad`` of ``jvp`` and ``jvp`` of ``jvp`` all compose. No
-primitive uses the double-VJP fallback: every differentiable primitive declares a rule.
+primitive uses the double-VJP fallback: every differentiable primitive declares a rule. The node
+of an ``autograd.Function`` calls the class's own ``jvp`` (``custom_jvp``'s, its rule);
+``nodegrad.autograd.forward_ad`` pushes tangents through the same nodes the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..autodiff import Spec, _key, _topo_order, modes
+from ..autodiff import _key, _topo_order, modes, saved_values
 from ..errors import GradError
 from ..tensor import Tensor, zeros_like
 from ..batching import lowered
@@ -53,10 +55,8 @@ def _push(ins: list, tans: list, outs: list) -> list:
         if not n.alive:
             raise GradError(f"jvp through '{n.prim.name}' after its saved values were freed by "
                             "a backward pass")
-        args = n.args
-        if args is None:
-            args = tuple(Spec(s, like.dtype) for s in n.shapes)
-        ans = None if n.out is None else Tensor(n.out, n, True)
+        args, out = saved_values(n, like.dtype, modes().grad_enabled)
+        ans = None if out is None else Tensor(out, n, True)
         t = n.prim.jvp(ts, ans, *args, **n.params)
         if t is not None:
             tan[n] = t
