@@ -98,6 +98,8 @@ _register({"prelu": nn.functional.prelu})  # x.prelu(weight), as Tensor.prelu
 from .lax import torch_cond as cond  # noqa: E402  (torch.cond; linalg.cond is the number)
 from .lax import torch_while_loop as while_loop  # noqa: E402
 from .linalg_lowrank import pca_lowrank, svd_lowrank  # noqa: E402
+from . import amp  # noqa: E402  (torch.amp)
+from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # noqa: E402
                       is_deterministic_algorithms_warn_only_enabled, set_num_threads,
                       use_deterministic_algorithms)

@@ -8,10 +8,15 @@ nothing (as PyTorch's); the ones that need a device raise :class:`~nodegrad.erro
 
 from __future__ import annotations
 
+import functools
+import sys
+import types
+
 from . import _backend as B
+from . import amp as _amp
 from .errors import DeviceError
 
-__all__ = ["is_available", "device_count", "current_device", "synchronize", "manual_seed",
+__all__ = ["amp", "is_available", "device_count", "current_device", "synchronize", "manual_seed",
            "manual_seed_all", "empty_cache", "memory_allocated", "memory_reserved"]
 
 
@@ -75,3 +80,13 @@ def memory_allocated(device=None) -> int:
 def memory_reserved(device=None) -> int:
     """Bytes CuPy's pool holds on ``device``, its cached blocks included."""
     return B.cuda_pool_bytes(_index(device, "memory_reserved"), True)
+
+
+# ``torch.cuda.amp``: autocast and GradScaler for "cuda", importable as nodegrad.cuda.amp too
+amp = types.ModuleType(__name__ + ".amp", "torch.cuda.amp's names: autocast and GradScaler for "
+                       "'cuda', custom_fwd and custom_bwd.")
+amp.autocast = _amp.CudaAutocast
+amp.GradScaler = _amp.CudaGradScaler
+amp.custom_fwd = functools.partial(_amp.custom_fwd, device_type="cuda")
+amp.custom_bwd = functools.partial(_amp.custom_bwd, device_type="cuda")
+sys.modules[amp.__name__] = amp

@@ -20,6 +20,7 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..amp import current_regions, regions
 from ..autodiff import enable_grad, grad as _grad, modes
 from ..errors import GradError
 from ..random import _default as _generators
@@ -92,7 +93,7 @@ def _leaves(outs: list, inputs: set) -> list:
 
 class _Segment:
     __slots__ = ("fn", "args_def", "arg_leaves", "kwargs", "tensor_pos", "versions", "params",
-                 "rng", "out_def", "slots", "shapes", "nondiff", "outs")
+                 "rng", "out_def", "slots", "shapes", "nondiff", "outs", "autocast")
 
 
 def _rebuilt(seg: _Segment, detached: list) -> tuple:
@@ -128,7 +129,7 @@ def _vjp(needs, g, ans, *specs, call):
         _detached(inputs)
     saved = _put_rng(seg.rng) if seg.rng is not None else None
     try:
-        with enable_grad():
+        with enable_grad(), regions(seg.autocast):
             out = _run_unhooked(seg.fn, _rebuilt(seg, detached), seg.kwargs)
     finally:
         if saved is not None:
@@ -166,7 +167,7 @@ def _jvp(tangents, ans, *specs, call):
         _detached(inputs)
     saved = _put_rng(seg.rng) if seg.rng is not None else None
     try:
-        with enable_grad():
+        with enable_grad(), regions(seg.autocast):
             out = _run_unhooked(seg.fn, _rebuilt(seg, fresh), seg.kwargs)
     finally:
         if saved is not None:
@@ -208,6 +209,7 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
     seg.fn, seg.args_def, seg.kwargs, seg.tensor_pos = function, args_def, kwargs, tensor_pos
     seg.arg_leaves = arg_leaves
     seg.rng = rng
+    seg.autocast = current_regions()  # the recomputation runs in the same autocast state
     leaves = list(arg_leaves)
     for pos, t in zip(tensor_pos, detached):
         leaves[pos] = t

@@ -180,7 +180,7 @@ class Jitted:
             leaves, tdef = tree_flatten(sig)
             return self._call(leaves, tdef, args, kwargs, m)
         hot = self._hot
-        if hot is not None and not kwargs:
+        if hot is not None and not kwargs and m.autocast is None:
             arrays = _matches(hot, args, m, self._modules, self._params)
             if arrays is not None and (hot[0].hooks is None or not _hooks_moved(hot[0].hooks)):
                 entry = self.last = hot[0]
@@ -216,8 +216,8 @@ class Jitted:
             return self._replay_diff(key, entry, leaves, arrays, args, kwargs)
         if entry.program is None:
             return self.fn(*args, **kwargs)
-        if tdef is None and all(type(d) is B.ndarray for d in arrays) and len(
-                set(map(id, arrays))) == len(arrays):
+        if tdef is None and m.autocast is None and all(
+                type(d) is B.ndarray for d in arrays) and len(set(map(id, arrays))) == len(arrays):
             self._hot = (entry, tuple((d.shape, d.dtype) for d in arrays), m.grad_enabled,
                          tuple(mod.training for mod in self._modules),
                          tuple(q.requires_grad for q in self._params), B.DEFAULT_FLOAT, key)
@@ -270,6 +270,8 @@ class Jitted:
         """The cache key, the input arrays, and whether this call must run eagerly."""
         # the default float dtype: what the step's factories and Python floats give
         key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled, B.DEFAULT_FLOAT]
+        if m.autocast is not None:  # an autocast region casts the operands (amp.py)
+            key.append(getattr(m.autocast, "key", m.autocast))
         if self._modules:  # train() and eval() change what a module computes
             key.append(tuple(mod.training for mod in self._modules))
         if self._params:

@@ -13,7 +13,7 @@ import warnings as _warnings
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import computes_with_values, no_grad
+from ..autodiff import computes_with_values, modes, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..ops import activation as _A
@@ -98,8 +98,10 @@ def _check_window(x: Tensor, k: tuple, dilation: tuple, padding: tuple, op: str)
 
 def _check_dtype(x: Tensor, weight: Tensor, layer: str) -> None:
     """Refuse an input whose dtype differs from the weight's, as PyTorch's layers do: an integer
-    input would otherwise be promoted silently, a float64 one raise deep inside the product."""
-    if x.dtype != weight.dtype:
+    input would otherwise be promoted silently, a float64 one raise deep inside the product.
+    Inside an autocast region float ones may differ: the product casts both (amp.py)."""
+    if x.dtype != weight.dtype and not (modes().autocast is not None and x.dtype.kind == "f"
+                                        and weight.dtype.kind == "f"):
         how = ".float()" if weight.dtype == B.float32 else f".to({weight.dtype})"
         raise DTypeError(f"{layer}: the input has dtype {x.dtype} but the layer's weight is "
                          f"{weight.dtype}; convert the input with x{how} first")

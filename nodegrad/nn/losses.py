@@ -11,6 +11,7 @@ import warnings
 
 from .. import _backend as B
 from .. import ops
+from ..amp import float32_in_region
 from ..autodiff import computes_with_values, effect, modes, no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
@@ -98,6 +99,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("mse_loss", size_average, reduce, reduction)
     _broadcast_target(input, target, "mse_loss")
+    input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     d = input - target
     if weight is None:
         return _reduce(d * d, reduction, "mse_loss")
@@ -111,6 +113,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("l1_loss", size_average, reduce, reduction)
     _broadcast_target(input, target, "l1_loss")
+    input, target = float32_in_region(input, target)
     if weight is None:
         return _reduce(ops.abs(input - target), reduction, "l1_loss")
     return _weighted(ops.abs(input - target), weight, input, reduction, "l1_loss", True)
@@ -128,6 +131,7 @@ def _huber(input, target, reduction, delta, weight, op: str) -> Tensor:
     if not delta > 0:
         raise ValueError(f"{op}: delta must be positive, got {delta}")
     _broadcast_target(input, target, op, stacklevel=4)
+    input, target = float32_in_region(input, target)
     d = ops.abs(input - target)
     quad = ops.minimum(d, delta)
     loss = quad * quad * 0.5 + (d - quad) * delta
@@ -148,6 +152,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = No
         raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
     if beta == 0:
         _broadcast_target(input, target, "smooth_l1_loss", stacklevel=3)
+        input, target = float32_in_region(input, target)
         return _reduce(ops.abs(input - target), reduction, "smooth_l1_loss")
     return _huber(input, target, reduction, beta, None, "smooth_l1_loss") / beta
 
@@ -202,6 +207,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if size_average is not None or reduce is not None:
         ignore_index, reduction, _ = _class_legacy("nll_loss", size_average, ignore_index,
                                                    reduce, reduction)
+    (input,) = float32_in_region(input)
     _check_logits(input, target, "nll_loss")
     axis = 0 if input.ndim == 1 else 1
     c = input.shape[axis]
