@@ -92,6 +92,8 @@ def adaptive_max_pool1d(input, output_size):
 
 
 adaptive_avg_pool1d = nn.functional.adaptive_avg_pool1d
+from .nn.functional_torch import *  # noqa: E402, F403  (torch.embedding, torch.kl_div, ...)
+from .settings import *  # noqa: E402, F403  (set_float32_matmul_precision, ...)
 _register({"prelu": nn.functional.prelu})  # x.prelu(weight), as Tensor.prelu
 
 

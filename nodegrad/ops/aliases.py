@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import mmap
 import sys
 import weakref
 from collections import namedtuple
@@ -48,11 +49,12 @@ from . import arrange as _arrange
 from . import elementwise as E
 from . import index as I
 from . import products as _products
+from . import reduce as _reduce
 from . import shape as S
 from . import slicing as _slicing
 from . import special as _special
 from .complex import (adjoint, angle, conj, conj_physical, imag, is_conj, is_neg, real,
-                      resolve_conj, resolve_neg)
+                      resolve_conj, resolve_neg, view_as_complex, view_as_real)
 from .methods import register
 
 _Number = int | float | bool
@@ -217,12 +219,22 @@ def _address(a) -> int:
     return a.data.ptr
 
 
+def _root(a):
+    """The array whose memory ``a`` views (through NumPy's as_strided too, whose result's base
+    is a stand-in object holding the array it views)."""
+    while True:
+        base = a.base
+        if base is not None and not B.is_array(base) and B.is_array(getattr(base, "base", None)):
+            base = base.base
+        if not B.is_array(base):
+            return a
+        a = base
+
+
 def _storage_offset(self) -> int:
     """Elements between the start of the memory this array views and its first element."""
-    a = root = self.data
-    while B.is_array(root.base):
-        root = root.base
-    return (_address(a) - _address(root)) // a.itemsize
+    a = self.data
+    return (_address(a) - _address(_root(a))) // a.itemsize
 
 
 def _new(self, dtype, device):
@@ -829,14 +841,14 @@ def _storage_positions(x: Tensor):
     return np.broadcast_to(pos, a.shape).reshape(-1)
 
 
-def as_strided(input, size, stride, storage_offset: int | None = None) -> Tensor:
-    """PyTorch's ``as_strided``: the elements at ``storage_offset + sum(i_k * stride[k])`` of
-    the memory ``input`` views (its own offset by default), as a differentiable gather, so the
-    result is a new tensor and overlapping positions add their gradients."""
+def _strided_index(input, size, stride, storage_offset, op: str):
+    """For each element of ``as_strided(input, size, stride, storage_offset)``, the position of
+    the element of ``input`` (row-major) that sits at its memory address; a ValueError naming
+    ``op`` when an address holds none of ``input``'s elements."""
     np = B.np
     size, stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
     if len(size) != len(stride) or any(s < 0 for s in size + stride):
-        raise ValueError(f"as_strided: size {list(size)} and stride {list(stride)} must be "
+        raise ValueError(f"{op}: size {list(size)} and stride {list(stride)} must be "
                          "non-negative and of one length")
     have = _storage_positions(input)
     off = _storage_offset(input) if storage_offset is None else int(storage_offset)
@@ -851,11 +863,67 @@ def as_strided(input, size, stride, storage_offset: int | None = None) -> Tensor
     k = np.searchsorted(sorted_pos, want)
     k_ok = np.minimum(k, max(sorted_pos.size - 1, 0))
     if want.size and (sorted_pos.size == 0 or not bool((sorted_pos[k_ok] == want).all())):
-        raise ValueError(f"as_strided: size {list(size)}, stride {list(stride)} and offset "
+        raise ValueError(f"{op}: size {list(size)}, stride {list(stride)} and offset "
                          f"{off} reach memory outside the elements of the input of shape "
                          f"{tuple(input.shape)}")
-    index = Tensor(input.backend.asarray(order[k_ok].reshape(size)))
-    return I.take(input, index)
+    return order[k_ok].reshape(size)
+
+
+def as_strided(input, size, stride, storage_offset: int | None = None) -> Tensor:
+    """PyTorch's ``as_strided``: the elements at ``storage_offset + sum(i_k * stride[k])`` of
+    the memory ``input`` views (its own offset by default), as a differentiable gather, so the
+    result is a new tensor and overlapping positions add their gradients."""
+    index = _strided_index(input, size, stride, storage_offset, "as_strided")
+    return I.take(input, Tensor(input.backend.asarray(index)))
+
+
+def as_strided_scatter(input, src, size, stride, storage_offset: int | None = None) -> Tensor:
+    """PyTorch's ``as_strided_scatter``: a copy of ``input`` with ``src`` written where
+    ``input.as_strided(size, stride, storage_offset)`` reads (differentiable in both: ``input``
+    gets the gradient outside those places, ``src`` the gradient at them). ``src`` must have
+    shape ``size``; where positions overlap the last write wins."""
+    op = "as_strided_scatter"
+    if not isinstance(input, Tensor) or not isinstance(src, Tensor):
+        raise TypeError(f"{op}: input and src must be tensors, got {type(input).__name__} and "
+                        f"{type(src).__name__}")
+    if tuple(src.shape) != tuple(int(s) for s in size):
+        raise ShapeError(f"{op}: src has shape {tuple(src.shape)}, expected size "
+                         f"{tuple(int(s) for s in size)}")
+    index = _strided_index(input, size, stride, storage_offset, op).reshape(-1)
+    flat = S.reshape(input, (-1,))
+    out = I.index_update(flat, Tensor(input.backend.asarray(index)),
+                         S.reshape(E.astype(src, input.dtype), (-1,)))
+    return S.reshape(out, tuple(input.shape))
+
+
+def _as_strided_(self, size, stride, storage_offset: int | None = None) -> Tensor:
+    """PyTorch's ``as_strided_``: ``self`` becomes the strided view of its memory. Outside a
+    recorded graph its array becomes a true view (writes reach the memory it shares); while
+    recording, ``self`` is rebound to the differentiable ``as_strided`` (a leaf that requires
+    grad refuses, as PyTorch's)."""
+    name = "as_strided_"
+    _check_target(self, name)
+    index = _strided_index(self, size, stride, storage_offset, name)
+    if modes().grad_enabled and self.requires_grad:
+        _refuse_leaf(self, name)
+        out = I.take(_alias(self), Tensor(self.backend.asarray(index)))
+        return _rebind(self, out, name)
+    if self.node is not None:
+        raise GradError(f"{name}: cannot restride a tensor that is part of a recorded graph "
+                        "(its gradient would no longer fit); detach() it first")
+    self._concrete(name)
+    a = self.data
+    size = tuple(int(s) for s in size)
+    if index.size:  # strides from the element the first output position reads
+        first = B.np.unravel_index(int(index.reshape(-1)[0]), a.shape) if a.ndim else ()
+        base = a[tuple(slice(int(i), int(i) + 1) for i in first)] if a.ndim else a
+        view = self.backend.xp.lib.stride_tricks.as_strided(
+            base, size, tuple(int(st) * a.itemsize for st in stride))
+    else:
+        view = self.backend.xp.empty(size, a.dtype)
+    self._bump()
+    self.data = view
+    return self
 
 
 def _copied(fn: Callable, name: str) -> Callable:
@@ -1116,9 +1184,13 @@ def _map2_(self, x: Tensor, y: Tensor, callable: Callable) -> Tensor:  # noqa: A
     return _map_values(self, "map2_", callable, x, y)
 
 
-def _resize_(self, *sizes) -> Tensor:
-    """PyTorch's ``resize_``: the elements in row-major order, cut or extended (with zeros) to
-    the new number and reshaped; refused for a tensor that requires grad."""
+def _resize_(self, *sizes, memory_format=None) -> Tensor:
+    """PyTorch's ``resize_``: the elements in row-major order, cut or extended to the new
+    number and reshaped; refused for a tensor that requires grad (also under no_grad, as
+    PyTorch's). As PyTorch's storage: the memory from the tensor's offset is read row-major
+    (a transposed tensor's strides are reset) and only grows, so a tensor shrunk and grown
+    again gets its old values back; elements beyond the memory are zeros (PyTorch's are
+    uninitialised)."""
     if self.requires_grad:
         raise GradError("resize_: cannot resize a tensor that requires grad")
     if type(self) is BatchTracer:
@@ -1132,19 +1204,152 @@ def _resize_(self, *sizes) -> Tensor:
     n = 1
     for s in shape:
         n *= s
-    flat = self.data.reshape(-1)
-    if n <= flat.size:
-        new = xp.ascontiguousarray(flat[:n])
+    if tuple(shape) == tuple(self.shape):  # as PyTorch's: the same shape changes nothing
+        return self
+    a = self.data
+    root = _root(a)
+    start = _storage_offset(self)
+    flat_root = root.flags.c_contiguous and root.dtype == a.dtype
+    if flat_root and start + n <= root.size:  # the memory from the offset, read row-major
+        new = root.reshape(-1)[start:start + n]  # (strides reset, as PyTorch's)
+    elif flat_root:
+        new = xp.zeros(start + n, self.dtype)  # the memory grows, old values kept
+        new[:root.size] = root.reshape(-1)
+        new = new[start:]
     else:
-        new = xp.concatenate([flat, xp.zeros(n - flat.size, self.dtype)])
+        flat = a.reshape(-1)
+        new = (xp.ascontiguousarray(flat[:n]) if n <= flat.size else
+               xp.concatenate([flat, xp.zeros(n - flat.size, self.dtype)]))
     self.data = new.reshape(shape)
     self._bump()
     return self
 
 
-def _resize_as_(self, the_template: Tensor) -> Tensor:
+def _resize_as_(self, the_template: Tensor, memory_format=None) -> Tensor:
     """``resize_`` to ``the_template``'s shape."""
     return _resize_(self, *the_template.shape)
+
+
+def _share_memory_(self) -> Tensor:
+    """PyTorch's ``share_memory_``: move a CPU tensor's values into shared memory (an
+    anonymous shared mapping), so processes forked afterwards (``multiprocessing`` with the
+    'fork' start method, as DataLoader workers on Linux) see each other's in-place writes.
+    Spawned processes get a pickled copy instead (NumPy arrays pickle by value), and views
+    taken before the move keep the old memory. GPU tensors are left as they are (as
+    PyTorch's)."""
+    if self.backend.device_id is not None or _is_shared(self):
+        return self
+    if type(self) is BatchTracer:
+        raise TypeError("share_memory_: a batched tensor inside vmap cannot be moved")
+    self._concrete("share_memory_")
+    a = self.data
+    buf = mmap.mmap(-1, builtins.max(a.nbytes, 1))
+    shared = B.np.frombuffer(buf, dtype=a.dtype, count=a.size).reshape(a.shape)
+    shared[...] = a
+    self.data = shared
+    return self
+
+
+def _is_shared(self) -> bool:
+    """PyTorch's ``is_shared``: whether the values live in shared memory (after
+    ``share_memory_``; a GPU tensor counts as shared, as PyTorch's)."""
+    if self.backend.device_id is not None:
+        return True
+    buf = _root(self.data).base
+    return isinstance(buf.obj if isinstance(buf, memoryview) else buf, mmap.mmap)
+
+
+def _as_subclass(self, cls) -> Tensor:
+    """PyTorch's ``as_subclass``: the same values as an instance of ``cls`` (a subclass of
+    Tensor), sharing memory and attached to the graph: gradients flow back to ``self``."""
+    if not (isinstance(cls, type) and issubclass(cls, Tensor)):
+        raise TypeError(f"as_subclass: cls must be a subclass of nodegrad.Tensor, got {cls!r}")
+    src = _reshape_view(self) if self.requires_grad else self
+    out = Tensor.__new__(cls)
+    Tensor.__init__(out, src.data, src.node, src.requires_grad)
+    return out
+
+
+def _reshape_view(self: Tensor) -> Tensor:
+    """``self`` through one recorded identity op (a view of its memory with a graph node)."""
+    return S.reshape(self, tuple(self.shape))
+
+
+def _chalf(self, memory_format=None) -> Tensor:
+    raise DTypeError("chalf: NumPy, and so nodegrad, has no complex32 (chalf) dtype; the "
+                     "complex dtypes are complex64 (.cfloat()) and complex128 (.cdouble())")
+
+
+_SEGMENT_REDUCES = ("sum", "mean", "max", "amax", "min", "amin", "prod")
+
+
+def segment_reduce(data, reduce: str, *, lengths=None, indices=None, offsets=None,
+                   axis: int = 0, unsafe: bool = False, initial=None) -> Tensor:
+    """PyTorch's ``segment_reduce``: ``data`` cut along ``axis`` into consecutive segments of
+    ``lengths`` (or between ``offsets``), each reduced by ``reduce`` ('sum', 'mean', 'max' /
+    'amax', 'min' / 'amin', 'prod'). ``lengths`` has shape ``data.shape[:axis] + (S,)``.
+    An empty segment gives ``initial`` if given, else 0 (sum), 1 (prod), -inf (max), inf (min)
+    or NaN (mean); with ``initial`` each segment also reduces it in (a mean adds it to the sum
+    and divides by the length, as PyTorch's). Differentiable in ``data`` (ties of max and min
+    share the gradient)."""
+    op = "segment_reduce"
+    if reduce not in _SEGMENT_REDUCES:
+        raise ValueError(f"{op}: reduce must be one of sum, prod, mean, amax (max) or amin "
+                         f"(min), got {reduce!r}")
+    if not isinstance(data, Tensor) or data.dtype.kind != "f":
+        raise DTypeError(f"{op}: data must be a floating-point tensor, got "
+                         f"{getattr(data, 'dtype', type(data).__name__)}")
+    if indices is not None:
+        raise NotImplementedError(f"{op}: indices-based reduction is not supported (as in "
+                                  "PyTorch); pass lengths or offsets")
+    if (lengths is None) == (offsets is None):
+        raise ValueError(f"{op}: pass exactly one of lengths and offsets")
+    np = B.np
+    ax = S.norm_axis(axis, data.ndim, op)
+    if lengths is not None:
+        lens = np.asarray(lengths.numpy() if isinstance(lengths, Tensor) else lengths)
+    else:
+        offs = np.asarray(offsets.numpy() if isinstance(offsets, Tensor) else offsets)
+        lens = np.diff(offs, axis=-1)
+        if offs.ndim and offs.shape[-1] and bool((offs[..., 0] != 0).any()) and not unsafe:
+            raise ValueError(f"{op}: offsets must start at 0, got {offs.tolist()}")
+    if lens.dtype.kind not in "iu" or lens.ndim != ax + 1 or \
+            tuple(lens.shape[:-1]) != tuple(data.shape[:ax]):
+        raise ShapeError(f"{op}: lengths must be integers of shape data.shape[:axis] + (S,) = "
+                         f"{tuple(data.shape[:ax])} + (S,), got {lens.dtype} {lens.shape}")
+    if bool((lens < 0).any()):
+        raise ValueError(f"{op}: lengths must be non-negative, got {lens.tolist()}")
+    if not unsafe and bool((lens.sum(axis=-1) != data.shape[ax]).any()):
+        raise ValueError(f"{op}: each row of lengths must add up to data.shape[{ax}] = "
+                         f"{data.shape[ax]}, got sums {lens.sum(axis=-1).tolist()}")
+    rest = tuple(data.shape[ax + 1:])
+    kind = {"amax": "max", "amin": "min"}.get(reduce, reduce)
+    empty = {"sum": 0.0, "prod": 1.0, "max": -math.inf, "min": math.inf, "mean": math.nan}
+    rows = []
+    for lead in np.ndindex(*lens.shape[:-1]):
+        segs, start = [], 0
+        for n in lens[lead].tolist():
+            piece = data[lead + (slice(start, start + n),)]
+            start += n
+            if n == 0:
+                value = empty[kind] if initial is None else initial
+                segs.append(full(rest, value, dtype=data.dtype, device=data.device))
+                continue
+            if kind in ("max", "min"):
+                r = (_reduce.amax if kind == "max" else _reduce.amin)(piece, 0)
+                if initial is not None:
+                    r = (E.maximum if kind == "max" else E.minimum)(r, initial)
+            elif kind == "prod":
+                r = piece.prod(dim=0) * (1 if initial is None else initial)
+            else:
+                r = _reduce.sum(piece, 0) + (0 if initial is None else initial)
+                if kind == "mean":
+                    r = r / n
+            segs.append(E.astype(r, data.dtype))
+        rows.append(S.stack(segs, 0) if segs else
+                    full((0,) + rest, 0, dtype=data.dtype, device=data.device))
+    out = S.stack(rows, 0)
+    return S.reshape(out, tuple(lens.shape) + rest)
 
 
 def _new_method(self, *args, device=None) -> Tensor:
@@ -1193,6 +1398,69 @@ _METHODS.update({
         self if dtype is None else E.astype(self, dtype)),
     "is_pinned": lambda self, device=None: False,
     "is_inference": lambda self: False,
+    "as_strided_": _as_strided_, "as_strided_scatter": as_strided_scatter,
+    "share_memory_": _share_memory_, "is_shared": _is_shared, "as_subclass": _as_subclass,
+    "chalf": _chalf,
+})
+
+
+def get_device(input) -> int:
+    """PyTorch's ``torch.get_device``: -1 for a CPU tensor, else its CUDA device's index."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"get_device: expected a tensor, got {type(input).__name__}")
+    return _get_device(input)
+
+
+def is_inference(input) -> bool:
+    """PyTorch's ``torch.is_inference``: False. Tensors made under ``inference_mode`` are
+    plain tensors without a graph here; there are no inference tensors to tell apart."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"is_inference: expected a tensor, got {type(input).__name__}")
+    return False
+
+
+def as_strided_(input, size, stride, storage_offset: int | None = None) -> Tensor:
+    """PyTorch's ``torch.as_strided_``: ``input.as_strided_(size, stride, storage_offset)``."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"as_strided_: expected a tensor, got {type(input).__name__}")
+    return _as_strided_(input, size, stride, storage_offset)
+
+
+def unsafe_split_with_sizes(input, split_sizes, dim: int = 0) -> tuple:
+    """PyTorch's ``unsafe_split_with_sizes``: ``split_with_sizes`` (the pieces never alias
+    here, so it is safe)."""
+    return tuple(_slicing.split_with_sizes(input, list(split_sizes), dim))
+
+
+def _is_set_to(self, tensor: Tensor) -> bool:
+    """PyTorch's ``is_set_to``: whether both tensors view the same memory with one shape,
+    one set of strides and one offset."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"is_set_to: expected a tensor, got {type(tensor).__name__}")
+    a, b = self.data, tensor.data
+    return (self.device == tensor.device and a.dtype == b.dtype and a.shape == b.shape
+            and a.strides == b.strides and _address(a) == _address(b))
+
+
+def to_dlpack(tensor: Tensor):
+    """PyTorch's ``torch.to_dlpack``: a DLPack capsule of the tensor's array (shared memory),
+    for another library's ``from_dlpack``."""
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"to_dlpack: expected a tensor, got {type(tensor).__name__}")
+    return tensor.__dlpack__()
+
+
+_METHODS.update({"unsafe_split_with_sizes": unsafe_split_with_sizes,
+                 "is_set_to": _is_set_to,
+                 "const_data_ptr": lambda self: _address(self.data)})
+
+
+_FUNCTIONS.update({
+    "unsafe_split_with_sizes": unsafe_split_with_sizes, "to_dlpack": to_dlpack,
+    "view_as_real_copy": _copied(view_as_real, "view_as_real_copy"),
+    "view_as_complex_copy": _copied(view_as_complex, "view_as_complex_copy"),
+    "as_strided_": as_strided_, "as_strided_scatter": as_strided_scatter,
+    "segment_reduce": segment_reduce, "get_device": get_device, "is_inference": is_inference,
 })
 
 _MORE_PROPERTIES = {
