@@ -12,6 +12,7 @@ import math as _math
 
 from . import (_backend, autograd, cuda, data, diagnostics, distributions, fft, lax, linalg,
                models, nn, onnx, optim, prune, special, train, utils)
+from ._backend import Device as device  # torch.device: a device name with .type and .index
 from ._backend import cuda_available
 from . import profiler  # noqa: E402  (torch.profiler)
 from .autodiff import (detect_anomaly, enable_grad, inference_mode, is_anomaly_check_nan_enabled,

@@ -34,6 +34,48 @@ def is_float(dtype) -> bool:
     """True for floating dtypes (the only ones that can carry gradients)."""
     return dtype.kind == "f"
 
+class Device(str):
+    """A device name that reads as PyTorch's ``torch.device``: ``"cpu"``, ``"cuda"`` or
+    ``"cuda:N"``, with ``.type`` and ``.index``. It *is* the string (``x.device == "cpu"``, a
+    dict key, JSON), so code written for either form works; ``ng.device("cuda", 1)`` and
+    ``ng.device(type="cuda", index=1)`` build one as PyTorch's constructor does."""
+
+    __slots__ = ()
+
+    def __new__(cls, type: str | Device = "cpu", index: int | None = None):  # noqa: A002
+        if isinstance(type, Device) and index is None:
+            return type
+        if not isinstance(type, str):
+            raise TypeError(f"device: expected a string such as 'cpu' or 'cuda:0', got "
+                            f"{type!r}")
+        name = type.strip().lower()
+        kind, sep, num = name.partition(":")
+        if kind not in ("cpu", "cuda") or (sep and not num.isdigit()):
+            raise ValueError(f"device: unknown device {type!r}; expected 'cpu', 'cuda' or "
+                             "'cuda:N'")
+        if index is not None:
+            if sep:
+                raise ValueError(f"device: {type!r} already names an index; pass index= "
+                                 "only with a bare type")
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise ValueError(f"device: index must be an int >= 0, got {index!r}")
+            name = f"{kind}:{index}"
+        if kind == "cpu" and name != "cpu" and name != "cpu:0":
+            raise ValueError(f"device: the CPU has index 0 only, got {type!r}")
+        return str.__new__(cls, "cpu" if kind == "cpu" else name)
+
+    @property
+    def type(self) -> str:
+        """``"cpu"`` or ``"cuda"``."""
+        return self.partition(":")[0]
+
+    @property
+    def index(self) -> int | None:
+        """The CUDA device's number, or None (the CPU, or ``"cuda"`` for the current one)."""
+        num = self.partition(":")[2]
+        return int(num) if num else None
+
+
 
 class Backend:
     """One device: its array module ``xp`` and the few helpers where NumPy and CuPy differ."""
@@ -41,7 +83,7 @@ class Backend:
     __slots__ = ("name", "xp", "array_type", "device_id", "_special", "_strides")
 
     def __init__(self, name: str, xp, device_id: int | None = None):
-        self.name = name
+        self.name = Device(name)  # a str: x.device == "cpu", and x.device.type as in PyTorch
         self.xp = xp
         self.array_type = xp.ndarray
         self.device_id = device_id
