@@ -314,3 +314,29 @@ def test_the_default_dtype_keys_the_signature():
             jf(x64)
     finally:
         ng.set_default_dtype("float32")
+
+
+def test_changing_python_numbers_warn_once_that_each_value_traces():
+    import warnings
+
+    from nodegrad.jit.api import RETRACE_WARN
+
+    f = ng.jit(lambda x, s: x * s + 1)
+    x = ng.ones(3)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for i in range(3 * RETRACE_WARN):
+            np.testing.assert_allclose(f(x, 0.5 * i).numpy(), np.full(3, 0.5 * i + 1))
+    msgs = [str(m.message) for m in w if issubclass(m.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "Python number argument changed value" in msgs[0]
+    assert "ng.tensor(value)" in msgs[0] and w[0].filename == __file__
+    # a tensor argument traces once; a repeated number, or new shapes, never warn
+    g = ng.jit(lambda x, s: x * s + 1)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        for i in range(3 * RETRACE_WARN):
+            g(x, ng.tensor(0.5 * i))
+            g(x, 2.0)
+            g(ng.ones(i + 1), 2.0)
+    assert g.traces == 1 + 1 + 3 * RETRACE_WARN - 1 and not [
+        m for m in w if issubclass(m.category, RuntimeWarning)]

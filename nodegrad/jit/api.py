@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from ..func.tree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
 from .trace import Recorder
 
+#: traces caused only by a changed Python number before jit warns (once per function)
+RETRACE_WARN = 8
 _local = threading.local()  # .disabled: disable_jit depth in this thread
 
 
@@ -108,6 +111,8 @@ class Jitted:
         self.max_cache = max_cache
         self.cache: OrderedDict = OrderedDict()
         self.traces = 0  # how many times the function was traced
+        self._number_traces = 0  # of them, traces only a Python number's value caused
+        self._warned = False
         self.last = None  # the most recently used entry
         # the last replayed entry of tensor-only arguments, with what a call must match to
         # reuse it without building the signature: (entry, (shape, dtype) per argument, grad
@@ -209,6 +214,8 @@ class Jitted:
             del self.cache[key]  # a gradient hook was added or removed since the trace
             self._hot = entry = None
         if entry is None:
+            if self.cache and not self._warned:
+                self._note_number_retrace(key)
             return self._trace(key, leaves, arrays, args, kwargs, m)
         self.cache.move_to_end(key)
         self.last = entry
@@ -224,6 +231,30 @@ class Jitted:
         if entry.wait is not None:
             return _outputs(entry, self._timed(entry, arrays))
         return _outputs(entry, entry.program.run(arrays))
+
+    def _note_number_retrace(self, key: tuple) -> None:
+        """Warn once when Python numbers passed as arguments keep changing value: each value
+        is a signature of its own, so a loop that passes its step count or a scheduled
+        learning rate as a number traces every call (``RETRACE_WARN`` such traces)."""
+        last = next(reversed(self.cache))
+        if len(last) != len(key):
+            return
+        changed = [k for k, (a, b) in enumerate(zip(last, key)) if a != b]
+        if not changed or not all(
+                type(key[k]) is tuple and len(key[k]) > 1 and key[k][0] == "static"
+                and key[k][1] in (int, float, complex) and type(last[k]) is tuple
+                and last[k][:2] == key[k][:2] for k in changed):
+            return
+        self._number_traces += 1
+        if self._number_traces >= RETRACE_WARN:
+            self._warned = True
+            warnings.warn(
+                f"jit: {self.__name__} was traced {self._number_traces + 1} times because a "
+                "Python number argument changed value: numbers are static, part of the "
+                "signature (as jax.jit's static_argnums), so each new value traces and "
+                "compiles again; pass it as a tensor (ng.tensor(value)) to trace once, or "
+                "keep it in the state (an optimiser's lr is read afresh on every replay)",
+                RuntimeWarning, stacklevel=4)
 
     def _timed(self, entry: _Entry, arrays: list) -> list:
         """Replay a program that waits for numba, counting its time (see UPGRADE_AFTER_S); once
