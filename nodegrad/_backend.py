@@ -969,8 +969,9 @@ def relu_form(shape: tuple, dtype):
 
 
 def relu_grad(g: np.ndarray, ans: np.ndarray) -> np.ndarray | None:
-    """``g * (ans > 0)`` in ``g``'s dtype for two NumPy arrays of one shape, float dtype and
-    dense layout (C order, or a wide layer's F order), in one pass where numba is loaded
+    """``g * (ans != 0)`` (``ans`` is relu's output, so a NaN passes ``g``) in ``g``'s dtype
+    for two NumPy arrays of one shape, float dtype and dense layout (C order, or a wide
+    layer's F order), in one pass where numba is loaded
     (:func:`cpu_kernels`: 256x1024 float32 in 38 µs against NumPy's 81, which casts the mask
     first); None where the loop does not apply."""
     if (g.size < RELU_MIN_SIZE or g.dtype not in _KERNEL_DTYPES or g.dtype != ans.dtype
@@ -989,7 +990,7 @@ def relu_grad(g: np.ndarray, ans: np.ndarray) -> np.ndarray | None:
 
 
 def relu_grad_dense(out: np.ndarray, ans: np.ndarray) -> bool:
-    """``out *= (ans > 0)`` in place by :func:`relu_grad`'s loop, for ``out`` laid out as
+    """``out *= (ans != 0)`` in place by :func:`relu_grad`'s loop, for ``out`` laid out as
     ``ans`` (``np.empty_like``) and both dense in memory, walked flat in memory order (a
     convolution's channels-last activations: 47,500 floats in 46 against 58 µs with the
     mask); False where the loop does not apply (nothing written)."""

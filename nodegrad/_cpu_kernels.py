@@ -21,7 +21,7 @@ so later processes load the machine code from disk.
 Each loop computes every element with NumPy's operations in NumPy's order and in the arrays'
 dtype, so the bits are NumPy's (an outer product is one multiply per element):
 ``maximum(x, 0)`` keeps ``x`` where it is greater or NaN, else returns the zero (so ``-0.0``
-becomes ``0.0``); ``g * (ans > 0)`` multiplies by one or zero; a fold adds each element's
+becomes ``0.0``); ``g * (ans != 0)`` multiplies by one or zero; a fold adds each element's
 taps to a zero in NumPy's tap order.
 The cross-entropy loops leave every transcendental function and every sum to NumPy; what they
 compute (row maxima, shifts, picks, quotients) is exact or one rounding in the dtype.
@@ -80,9 +80,10 @@ def add_bias_relu(m, b, down, zero):
 
 @numba.njit(**_OPTS)
 def relu_grad(g, ans, out, zero, one):
-    """``out = g * (ans > 0)`` over flat arrays, ``zero`` and ``one`` of their dtype."""
+    """``out = g * (ans != 0)`` over flat arrays, ``zero`` and ``one`` of their dtype: ``ans``
+    is relu's output (never negative), so a NaN there passes ``g`` as a positive one does."""
     for i in range(g.size):
-        out[i] = g[i] * one if ans[i] > zero else g[i] * zero
+        out[i] = g[i] * one if ans[i] != zero else g[i] * zero
 
 
 @numba.njit(**_OPTS)

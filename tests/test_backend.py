@@ -395,9 +395,9 @@ def test_relu_equals_numpys_maximum_in_every_layout(cpu_kernels):
 
 
 def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
-    """g * (ans > 0) in g's dtype, byte for byte, with signed zeros, NaN and infinities on
-    both sides, for two dense arrays of one layout (C or F); two layouts, other dtypes or shapes
-    are left to the caller (None)."""
+    """g * (ans != 0) in g's dtype (ans is relu's output: a NaN passes g), byte for byte, with
+    signed zeros, NaN and infinities on both sides, for two dense arrays of one layout (C or F);
+    two layouts, other dtypes or shapes are left to the caller (None)."""
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(6)
@@ -407,7 +407,7 @@ def test_relu_grad_equals_numpys_masked_multiply(cpu_kernels):
         g.flat[::7], g.flat[::11], g.flat[::13] = -0.0, np.nan, -np.inf
         ans.flat[::5], ans.flat[::17] = np.nan, np.inf
         with np.errstate(invalid="ignore"):  # -inf * 0
-            got, want = B.relu_grad(g, ans), np.multiply(g, ans > 0, dtype=dt)
+            got, want = B.relu_grad(g, ans), np.multiply(g, ans != 0, dtype=dt)
         if cpu_kernels == "numpy":
             assert got is None
             continue

@@ -174,7 +174,8 @@ def test_xlog1py_matches_torch_at_zero_and_minus_one():
     y = np.array([-1.0, -2.0, NAN, 1.0, 0.5, 3.0, -1.0])
     same(ng.xlog1py(ng.tensor(x), ng.tensor(y)), TS.xlog1py(torch.tensor(x), torch.tensor(y)))
     keep = np.arange(7) != 2
-    compare(ng.xlog1py, TS.xlog1py, x[keep][:-1], y[keep][:-1])
+    # (0, -1) is left out of the gradients: d/dy is 0 there, PyTorch's x/(1 + y) is NaN
+    compare(ng.xlog1py, TS.xlog1py, x[keep][1:-1], y[keep][1:-1])
     same(ng.xlog1py(ng.tensor(x), 2.0), TS.xlog1py(torch.tensor(x), 2.0))
 
 

@@ -242,8 +242,10 @@ def test_elementwise_edge_values_match_torch(float_dtype):
     compare(lambda t: ng.nan_to_num(t, 1.0, 5.0, -5.0), lambda t: torch.nan_to_num(t, 1.0, 5.0,
                                                                                    -5.0),
             x, dtype=float_dtype)
-    y = np.array([0.0, 0.0, 1.0, 0.0, 2.0, 0.5])
-    compare(ng.xlogy, torch.xlogy, y, np.array([0.0, 3.0, np.nan, 2.0, 0.5, 1.0]),
+    # (0, 0) is left out: d/dy is 0 there (xlogy(0, y) = 0 for every y), PyTorch's x/y is NaN
+    # (tests/test_fixes_special_values.py)
+    y = np.array([0.0, 1.0, 0.0, 2.0, 0.5])
+    compare(ng.xlogy, torch.xlogy, y, np.array([3.0, np.nan, 2.0, 0.5, 1.0]),
             dtype=float_dtype)
     compare(ng.sinc, torch.sinc, np.array([0.0, 0.5, -1.25, 3.0]), dtype=float_dtype)
     compare(ng.copysign, torch.copysign, np.array([1.0, -2.0, 3.0]),

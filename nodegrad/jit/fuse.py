@@ -48,7 +48,7 @@ _TEMPLATES: dict[str, tuple] = {
     "maximum": (2, "({a} if ({a} > {b} or {a} != {a}) else {b})"),
     "minimum": (2, "({a} if ({a} < {b} or {a} != {a}) else {b})"),
     "relu": (1, "({a} if ({a} > _0 or {a} != {a}) else _0)"),
-    "relu_grad": (2, "({a} * _1 if {b} > _0 else {a} * _0)"),
+    "relu_grad": (2, "({a} * _1 if {b} != _0 else {a} * _0)"),  # b: relu's output
     # the VJPs of tanh and sigmoid from their outputs, in NumPy's order (ops/elementwise.py)
     "tanh_grad": (2, "({a} * (_1 - {b} * {b}))"),
     "sigmoid_grad": (2, "({a} * ((_1 - {b}) * {b}))"),
@@ -72,7 +72,7 @@ _C_TEMPLATES = {
     "maximum": "(({a} > {b} || {a} != {a}) ? {a} : {b})",
     "minimum": "(({a} < {b} || {a} != {a}) ? {a} : {b})",
     "relu": "(({a} > _0 || {a} != {a}) ? {a} : _0)",
-    "relu_grad": "({b} > _0 ? {a} * _1 : {a} * _0)",
+    "relu_grad": "({b} != _0 ? {a} * _1 : {a} * _0)",
     "where": "({a} ? {b} : {c})",
 }
 _BOOL_OUT = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}

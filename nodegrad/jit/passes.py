@@ -357,14 +357,14 @@ def direct_forms(prog, instrs: list) -> None:
     """Give ops whose forward does more than one array call where one does the same bits a
     direct replay form (``fn.fast``, used once a first replay showed no result conversion):
     ``relu_grad(g, ans)`` of two C-ordered arrays of one shape and float dtype is
-    ``multiply(g, ans > 0)``, what its forward computes then, without the forward's checks;
+    ``multiply(g, ans != 0)``, what its forward computes then, without the forward's checks;
     ``transpose`` is the array's own method; a ``cross_entropy`` and the later
     ``cross_entropy_grad`` of the same logits and targets share the softmax's exp and sums
     (:func:`~nodegrad.ops.nn.ce_shared_forms`); a ``conv`` and the later ``conv_weight_grad``
     of the same input share its columns (:func:`~nodegrad.ops.conv.conv_shared_forms`)."""
     values = getattr(prog, "values", {})
     xp = prog.backend.xp
-    multiply, greater = xp.multiply, xp.greater
+    multiply, not_equal = xp.multiply, xp.not_equal
     losses: dict = {}  # (logits, targets, params) -> a cross_entropy awaiting its gradient
     convs: dict = {}  # (input, params) -> a conv awaiting its weight gradient
     for i in instrs:
@@ -408,7 +408,7 @@ def direct_forms(prog, instrs: list) -> None:
         if (g.shape != ans.shape or g.dtype != ans.dtype or g.dtype.kind != "f"
                 or not (_c_ordered(g) and _c_ordered(ans)) or g.ndim == 0):
             continue
-        i.fn.fast = lambda g, ans: multiply(g, greater(ans, 0))
+        i.fn.fast = lambda g, ans: multiply(g, not_equal(ans, 0))
 
 
 def _product_form(i: Instr, vals: list):

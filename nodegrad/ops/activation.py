@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..primitive import primitive
-from .elementwise import (_as, abs, clip, expm1, logical_and, logical_or, sigmoid, softplus,
+from .elementwise import (abs, clip, expm1, logical_and, logical_or, sigmoid, softplus,
                           tanh, where)
 from .nn import softmax
 from .shape import norm_axis, split
@@ -17,14 +17,16 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 
 
 def _hardtanh_vjp(g, ans, x, min_val, max_val):
-    inside = logical_and(x > min_val, x < max_val)
-    return g * _as(inside, g)
+    # 0 on and beyond the bounds, else g: a NaN input (NaN out) gets g, as relu's, not a
+    # silent 0 (PyTorch's formula; its vectorised loop gives 0 there, its scalar one g)
+    outside = logical_or(x <= min_val, x >= max_val)
+    return where(outside, 0.0, g)
 
 
 _hardtanh = primitive(
     "hardtanh", lambda xp, x, min_val, max_val: xp.clip(x, min_val, max_val), _hardtanh_vjp,
     kind="elementwise", jvp="vjp",
-    doc="x clipped to [min_val, max_val]; the gradient is 1 strictly inside, else 0.")
+    doc="x clipped to [min_val, max_val]; the gradient is 0 on and beyond the bounds, else 1.")
 
 
 def hardtanh(x, min_val: float = -1.0, max_val: float = 1.0):
@@ -108,20 +110,23 @@ def softshrink(x, lambd: float = 0.5):
     """x − lambd above lambd, x + lambd below −lambd, else 0."""
     if lambd < 0:
         raise ValueError(f"softshrink: lambd must be non-negative, got {lambd}")
-    # x · 0 in the middle, not 0: a NaN input stays NaN (PyTorch's), never a silent 0
-    return where(x > lambd, x - lambd, where(x < -lambd, x + lambd, x * 0.0))
+    # a NaN input takes the outer branch (NaN out, gradient g, as PyTorch's formula)
+    middle = logical_and(x >= -lambd, x <= lambd)
+    return where(middle, 0.0, where(x > lambd, x - lambd, x + lambd))
 
 
 def hardshrink(x, lambd: float = 0.5):
     """x where |x| > lambd, else 0."""
-    return where(abs(x) > lambd, x, x * 0.0)  # a NaN input stays NaN, as PyTorch's
+    # a NaN input stays NaN with gradient g (PyTorch's formula), never a silent 0
+    return where(abs(x) <= lambd, 0.0, x)
 
 
 def threshold(x, threshold: float, value: float):
-    """x where x > threshold, else ``value`` (cast to an integer x's dtype, as PyTorch's)."""
+    """x where x > threshold, else ``value`` (cast to an integer x's dtype, as PyTorch's); a
+    NaN x stays NaN with gradient 1, as in PyTorch."""
     if getattr(getattr(x, "dtype", None), "kind", "f") in "iu":
         value = int(value)
-    return where(x > threshold, x, value)
+    return where(x <= threshold, value, x)
 
 
 def glu(x, dim: int = -1):

@@ -172,8 +172,10 @@ floor_divide = _stepwise("floor_divide",
 # --- transcendental --------------------------------------------------------------------------
 exp = primitive("exp", lambda xp, x: xp.exp(x), lambda g, ans, x: g * ans, saves="out",
                 kind=_EW, jvp=_J, doc="e**x.")
-expm1 = primitive("expm1", lambda xp, x: xp.expm1(x), lambda g, ans, x: g * (ans + 1),
-                  saves="out", kind=_EW, jvp=_J, doc="e**x - 1, accurate near 0.")
+# d/dx = e**x from x, not ans + 1: that loses every digit below ans's ulp near -1 (elu's
+# gradient at x = -17 in float32 was 45 % off; PyTorch's elu uses e**x too)
+expm1 = primitive("expm1", lambda xp, x: xp.expm1(x), lambda g, ans, x: g * exp(x),
+                  saves="inputs", kind=_EW, jvp=_J, doc="e**x - 1, accurate near 0.")
 log = primitive("log", lambda xp, x: xp.log(x), lambda g, ans, x: g / x, kind=_EW, jvp=_J,
                 doc="Natural logarithm.")
 log1p = primitive("log1p", lambda xp, x: xp.log1p(x), lambda g, ans, x: g / (x + 1),
@@ -289,6 +291,8 @@ sigmoid = primitive("sigmoid", _sigmoid, lambda g, ans, x: _sigmoid_grad(g, ans)
 
 # --- activations -----------------------------------------------------------------------------
 def _relu_grad_fwd(xp, g, ans):
+    """g where relu's output ``ans`` is nonzero: positive, or NaN (a NaN input gets the
+    incoming gradient, as in PyTorch, rather than a silent 0); ``ans`` is never negative."""
     dt = getattr(g, "dtype", None) or getattr(ans, "dtype", None)  # a Python g keeps float32
     if getattr(ans, "ndim", 0) and getattr(g, "shape", None) == ans.shape and ans.dtype == dt:
         if g.strides == ans.strides:  # one layout (C, or a wide layer's F): no copy needed
@@ -296,7 +300,7 @@ def _relu_grad_fwd(xp, g, ans):
                 out = B.relu_grad(g, ans)  # one pass where numba is loaded
                 if out is not None:
                     return out
-            return xp.multiply(g, ans > 0, dtype=dt)
+            return xp.multiply(g, ans != 0, dtype=dt)
         # g copied into ans's memory layout first: when the layouts differ (a conv's
         # channels-last output against a reshaped gradient) the masked multiply stays in one
         # order, ~2x faster; the values are the same products
@@ -304,18 +308,19 @@ def _relu_grad_fwd(xp, g, ans):
         xp.copyto(out, g)
         if type(ans) is _ndarray and B.relu_grad_dense(out, ans):  # numba's loop, in place
             return out
-        return xp.multiply(out, ans > 0, out=out)
-    return g * (ans > 0) if dt is None else xp.multiply(g, ans > 0, dtype=dt)
+        return xp.multiply(out, ans != 0, out=out)
+    return g * (ans != 0) if dt is None else xp.multiply(g, ans != 0, dtype=dt)
 
 
 _relu_grad = primitive(
     "relu_grad", _relu_grad_fwd,
     (lambda c, out, g, ans: _relu_grad(c, ans), lambda c, out, g, ans: None), kind=_EW,
     jvp=(lambda t, out, g, ans: _relu_grad(t, ans), None),  # zero almost everywhere in ans
-    doc="g where relu's output is positive, else 0: relu's VJP in one bind (no mask to cast).")
+    doc="g where relu's output is nonzero (positive or NaN), else 0: relu's VJP in one bind.")
 relu = primitive("relu", lambda xp, x: B.relu(x) if type(x) is B.ndarray else xp.maximum(x, 0),
                  lambda g, ans, x: _relu_grad(g, ans),
-                 saves="out", kind=_EW, jvp=_J, doc="max(x, 0); its gradient at 0 is 0.",
+                 saves="out", kind=_EW, jvp=_J,
+                 doc="max(x, 0); its gradient is 0 at 0 and 1 at NaN (PyTorch's).",
                  vjp_raw=lambda needs, g, ans, x: (_relu_grad_fwd(B.np, g, ans),))
 _leaky_relu = primitive(
     "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),
@@ -408,26 +413,39 @@ minimum = primitive("minimum", lambda xp, x, y: xp.minimum(x, y),
                     kind=_EW, jvp=_J, doc="Elementwise min; ties split the gradient evenly.")
 
 
+def _nan_bound(b) -> bool:
+    """Whether a Python bound of clip is NaN."""
+    return isinstance(b, float) and b != b
+
+
 def _clip_dx(g, ans, x, lo, hi):
-    keep = None
-    if lo is not None:
-        keep = x >= lo
-    if hi is not None:
-        keep = (x <= hi) if keep is None else logical_and(keep, x <= hi)
-    return g if keep is None else g * _as(keep, g)
+    """g where clip passes x through: inside the bounds (inclusive) or x NaN (its gradient is
+    g, as relu's, not a silent 0); 0 where a bound, or a NaN bound, gives the output."""
+    if _nan_bound(lo) or _nan_bound(hi):
+        return zeros_like(g)
+    beyond = None
+    for b, side in ((lo, less), (hi, greater)):
+        if b is None:
+            continue
+        c = side(x, b)
+        if isinstance(b, Tensor):
+            c = logical_or(c, b != b)
+        beyond = c if beyond is None else logical_or(beyond, c)
+    return g if beyond is None else where(beyond, 0, g)
 
 
 def _clip_dlo(g, ans, x, lo, hi):
     hit = x < lo
     if hi is not None:  # crossed bounds give hi, as in NumPy and PyTorch
         hit = logical_and(hit, lo <= hi)
-    return g * _as(hit, g)
+    # a NaN bound is the output (NaN): the gradient goes to it, as maximum's to a NaN operand
+    return g * _as(logical_or(hit, lo != lo), g)
 
 
 def _clip_dhi(g, ans, x, lo, hi):
-    hit = x > hi
-    if lo is not None:
-        hit = logical_or(hit, lo > hi)
+    hit = logical_or(x > hi, hi != hi)  # a NaN hi is the output
+    if lo is not None:  # crossed bounds give hi; a NaN lo is the output instead
+        hit = logical_and(logical_or(hit, lo > hi), lo == lo)
     return g * _as(hit, g)
 
 
@@ -571,8 +589,17 @@ rsqrt = primitive("rsqrt", lambda xp, x: 1 / xp.sqrt(x),
                   jvp=_J, doc="1 / sqrt(x).")
 reciprocal = primitive("reciprocal", lambda xp, x: 1 / x, lambda g, ans, x: -g * (ans * ans),
                        saves="out", kind=_EW, jvp=_J, doc="1 / x.")
+
+
+def _over_hypot(v, ans):
+    """v / hypot, 0 at the origin (hypot(x, 0) is |x|, whose gradient at 0 is 0), not 0/0's
+    NaN, which PyTorch gives there from finite inputs."""
+    return v / where(ans == 0, 1, ans)
+
+
 hypot = primitive("hypot", lambda xp, x, y: xp.hypot(x, y),
-                  (lambda g, ans, x, y: g * x / ans, lambda g, ans, x, y: g * y / ans),
+                  (lambda g, ans, x, y: g * _over_hypot(x, ans),
+                   lambda g, ans, x, y: g * _over_hypot(y, ans)),
                   saves="both", kind=_EW, jvp=_J, doc="sqrt(x**2 + y**2) without overflow.")
 copysign = primitive(
     "copysign", lambda xp, x, y: xp.copysign(x, y),
@@ -618,9 +645,17 @@ def _xlogy_fwd(xp, x, y):
     return xp.where(xp.isnan(y), xp.nan, out).astype(dt, copy=False)
 
 
+def _x_over(x, y):
+    """x / y, 0 where x == 0 and y is not NaN: xlogy(0, y) and xlog1py(0, y) are 0 for every
+    y, so their y-derivative is 0 there, not 0/0's NaN at y = 0 (PyTorch's); a NaN y, whose
+    NaN the forward keeps, keeps it in the gradient too."""
+    zero = logical_and(x == 0, y == y)
+    return x / where(zero, 1, y)
+
+
 xlogy = primitive("xlogy", _xlogy_fwd,
                   (lambda g, ans, x, y: where(logical_and(x == 0, y <= 0), 0, _xlogy(g, y)),
-                   lambda g, ans, x, y: g * x / y),
+                   lambda g, ans, x, y: g * _x_over(x, y)),
                   kind=_EW, jvp=_J, doc="x * log(y), 0 where x == 0 (even if y == 0).")
 _xlogy = xlogy
 _PI = math.pi

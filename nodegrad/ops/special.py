@@ -18,7 +18,7 @@ from ..batching import elementwise_rule
 from ..errors import DTypeError, GradError
 from ..primitive import primitive
 from ..tensor import Tensor, ones_like, zeros_like
-from .elementwise import (astype, copysign, equal, exp, exp2, floor_divide, less, log,
+from .elementwise import (_x_over, astype, copysign, equal, exp, exp2, floor_divide, less, log,
                           logical_and, logical_not, logical_or, minimum, multiply, power, sign,
                           sin, square, where, xlogy)
 from .index import take
@@ -615,7 +615,7 @@ def _xlog1py_fwd(xp, x, y):
 xlog1py = primitive(
     "xlog1py", _xlog1py_fwd,
     (lambda g, ans, x, y: where(logical_and(x == 0, y <= -1), 0, xlog1py(g, y)),
-     lambda g, ans, x, y: g * x / (y + 1)),
+     lambda g, ans, x, y: g * _x_over(x, y + 1)),
     kind=_EW, jvp=_J, doc="x * log1p(y), 0 where x == 0 (unless y is NaN).")
 
 
