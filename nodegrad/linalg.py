@@ -11,8 +11,11 @@ or singular values repeat, because those vectors are not unique there (PyTorch l
 Complex matrices (complex64/complex128) go to ``eig``/``eigvals`` (any square matrix; complex
 results for real ones too), ``inv``, ``solve``, ``solve_triangular``, ``det``, ``slogdet``
 (complex sign), ``cholesky`` (Hermitian), ``qr``, ``svd``/``svdvals``, ``eigh``/``eigvalsh``
-(Hermitian), ``pinv`` and the norms, with PyTorch's gradients; a loss that depends on the
-phases of eigen- or singular vectors is refused, as in PyTorch. The rest refuse them by name.
+(Hermitian), ``pinv``, the norms, ``lstsq``, ``matrix_exp``, ``matrix_power``, the LU family
+(``lu``, ``lu_factor``, ``lu_solve``; ``adjoint`` is the conjugate transpose), ``cond``,
+``matrix_rank``, ``vecdot`` (conjugating x), ``householder_product`` and the ``_ex`` forms,
+with PyTorch's gradients; a loss that depends on the phases of eigen- or singular vectors is
+refused, as in PyTorch. The rest (``ldl_factor``, ``ldl_solve``) refuse them by name.
 """
 
 from __future__ import annotations
@@ -106,6 +109,11 @@ def _mT(x):
     return swapaxes(x, -1, -2)
 
 
+def _mH(x):
+    """The conjugate transpose of the last two axes (the transpose of a real tensor)."""
+    return _conj(swapaxes(x, -1, -2))
+
+
 # --- inverses and solves --------------------------------------------------------------------
 def inv(A) -> Tensor:
     """Inverse of a square matrix; :class:`LinAlgError` if it is singular."""
@@ -154,7 +162,7 @@ def triangular_solve(b, A, upper: bool = True, transpose: bool = False,
                      unitriangular: bool = False) -> TriangularSolveResult:
     """``torch.triangular_solve``: (X with op(T) X = b, a copy of A), op(T) = Tᵀ if
     ``transpose``."""
-    A = _mat("triangular_solve", A)
+    A = _mat("triangular_solve", A, cplx=True)
     if transpose:
         x = solve_triangular(_mT(A), b, upper=not upper, unitriangular=unitriangular)
     else:
@@ -164,14 +172,14 @@ def triangular_solve(b, A, upper: bool = True, transpose: bool = False,
 
 
 def cholesky_solve(B, L_, upper: bool = False) -> Tensor:
-    """``torch.cholesky_solve(B, L)``: X with A X = B for A = L Lᵀ (``upper``: A = Uᵀ U), given
-    the Cholesky factor; two triangular solves."""
-    L_ = _mat("cholesky_solve", L_, name="L")
+    """``torch.cholesky_solve(B, L)``: X with A X = B for A = L Lᴴ (``upper``: A = Uᴴ U), given
+    the Cholesky factor (Lᴴ is Lᵀ for real L); two triangular solves."""
+    L_ = _mat("cholesky_solve", L_, name="L", cplx=True)
     if upper:
-        y = solve_triangular(_mT(L_), B, upper=False)
+        y = solve_triangular(_mH(L_), B, upper=False)
         return solve_triangular(L_, y, upper=True)
     y = solve_triangular(L_, B, upper=False)
-    return solve_triangular(_mT(L_), y, upper=True)
+    return solve_triangular(_mH(L_), y, upper=True)
 
 
 # --- determinants ---------------------------------------------------------------------------
@@ -383,7 +391,7 @@ def lstsq(A, B, rcond=None, *, driver=None) -> LstsqResult:
     for 'gelsd'/'gelss' (else empty). ``rcond`` cuts singular values below rcond·σ_max (not
     for 'gels', which assumes full rank). B may be a vector (or a batch of them), as in
     :func:`solve`."""
-    A = _mat("lstsq", A, square=False)
+    A = _mat("lstsq", A, square=False, cplx=True)
     B = _t(B)
     if driver not in (None, "gels", "gelsy", "gelsd", "gelss"):
         raise ValueError(f"linalg.lstsq: driver must be None, 'gels', 'gelsy', 'gelsd' or "
@@ -392,7 +400,10 @@ def lstsq(A, B, rcond=None, *, driver=None) -> LstsqResult:
     if B.ndim == 1 or (B.ndim == A.ndim - 1 and tuple(B.shape) == tuple(A.shape[:-1])):
         x, res, rank, sv = lstsq(A, expand_dims(B, -1), rcond, driver=driver)
         return LstsqResult(squeeze(x, -1), res, rank, sv)  # residuals keep their last axis
-    B = _mat("lstsq", B, square=False, name="B")
+    B = _mat("lstsq", B, square=False, name="B", cplx=True)
+    if A.dtype != B.dtype:
+        raise DTypeError(f"linalg.lstsq: A and B must have one dtype, got {A.dtype} and "
+                         f"{B.dtype}")
     m, n = A.shape[-2], A.shape[-1]
     if B.shape[-2] != m:
         raise ShapeError(f"linalg.lstsq: A of shape {tuple(A.shape)} and B of shape "
@@ -401,7 +412,8 @@ def lstsq(A, B, rcond=None, *, driver=None) -> LstsqResult:
     rtol = max(m, n) * _eps(A) if rcond is None or driver == "gels" else float(rcond)
     x = L.matmul(pinv(A, rtol=rtol), B)
     xp = A.backend.xp
-    empty = Tensor(xp.zeros((0,), dtype=A.dtype))
+    real_dt = _real(A).dtype  # residuals and singular values are real for complex A
+    empty = Tensor(xp.zeros((0,), dtype=real_dt))
     rank = None
     if driver != "gels":
         s = svdvals(A).detach()
@@ -411,7 +423,7 @@ def lstsq(A, B, rcond=None, *, driver=None) -> LstsqResult:
     res = empty
     if m > n and full:
         d = L.matmul(A, x) - B
-        res = (d * d).sum(-2)
+        res = (_real(d) ** 2 + d.imag ** 2 if d.dtype.kind == "c" else d * d).sum(-2)
     return LstsqResult(x, res, empty.astype("int64") if rank is None else rank,
                        svdvals(A) if driver in ("gelsd", "gelss") else empty)
 
@@ -495,15 +507,16 @@ def norm(A, ord=None, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
 
 # --- powers and exponentials ----------------------------------------------------------------
 def matrix_power(A, n: int) -> Tensor:
-    """A to the integer power n (n < 0: of A⁻¹, float A only) by repeated squaring; n = 0 gives
-    I (connected to A, with a zero gradient, as PyTorch). Integer A stays integer."""
+    """A to the integer power n (n < 0: of A⁻¹, float or complex A only) by repeated squaring;
+    n = 0 gives I (connected to A, with a zero gradient, as PyTorch). Integer A stays
+    integer."""
     A = _t(A)
     if A.dtype.kind in "iu" and A.ndim >= 2 and A.shape[-1] == A.shape[-2]:
         if int(n) == n and n < 0:
             raise DTypeError(f"linalg.matrix_power: a negative power inverts A and needs a float "
                              f"tensor, got {A.dtype}")
     else:
-        A = _mat("matrix_power", A, half=True)
+        A = _mat("matrix_power", A, half=True, cplx=True)
     if isinstance(n, bool) or int(n) != n:
         raise TypeError(f"linalg.matrix_power: n must be an integer, got {n!r}")
     n = int(n)
@@ -531,7 +544,7 @@ _TAYLOR = 18  # terms of the Taylor series at ‖X‖₁ ≤ 1: remainder < 1/19
 def matrix_exp(A) -> Tensor:
     """exp(A) by scaling and squaring: X = A / 2ˢ with ‖X‖₁ ≤ 1, an 18-term Taylor polynomial
     (Horner), then s squarings; the gradient is the engine's, through the same steps."""
-    A = _mat("matrix_exp", A, half=True)
+    A = _mat("matrix_exp", A, half=True, cplx=True)
     n = A.shape[-1]
     v = values(A)
     xp = A.backend.xp

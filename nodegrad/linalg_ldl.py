@@ -17,6 +17,7 @@ from typing import NamedTuple
 from . import _backend as _B
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import tril
+from .ops.complex import conj as _conj
 from .ops.elementwise import where
 from .ops.linalg import _unpack
 from .ops.linalg import geqrf as _geqrf
@@ -43,12 +44,14 @@ class LDLFactorExResult(NamedTuple):
     info: Tensor
 
 
-def _float_tensor(op: str, name: str, x, min_ndim: int) -> Tensor:
+def _float_tensor(op: str, name: str, x, min_ndim: int, cplx: bool = False) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"linalg.{op}: {name} must be a tensor, got {type(x).__name__}")
     if x.dtype.kind != "f" or x.dtype.itemsize < 4:  # LAPACK has no half precision
-        raise DTypeError(f"linalg.{op}: expected a float32 or float64 tensor for {name}, got "
-                         f"{x.dtype}")
+        if not (cplx and x.dtype.kind == "c"):
+            raise DTypeError(f"linalg.{op}: expected a float32 or float64"
+                             f"{', complex64 or complex128' if cplx else ''} tensor for "
+                             f"{name}, got {x.dtype}")
     if x.ndim < min_ndim:
         raise ShapeError(f"linalg.{op}: {name} must have at least {min_ndim} dimensions, got "
                          f"shape {tuple(x.shape)}")
@@ -68,11 +71,12 @@ def matmul(input, other) -> Tensor:
 
 
 def householder_product(A, tau) -> Tensor:
-    """The first n columns of H_1 H_2 ... H_k, H_i = I - tau_i v_i v_iᵀ, where v_i is column i
+    """The first n columns of H_1 H_2 ... H_k, H_i = I - tau_i v_i v_iᴴ, where v_i is column i
     of ``A`` (m x n, m >= n >= k) below the diagonal with a 1 on it: the Q of a QR
-    factorisation stored as LAPACK's ``geqrf`` leaves it. Differentiable in A and tau."""
-    A = _float_tensor("householder_product", "input", A, 2)
-    tau = _float_tensor("householder_product", "tau", tau, 1)
+    factorisation stored as LAPACK's ``geqrf`` leaves it. Real or complex; differentiable in
+    A and tau."""
+    A = _float_tensor("householder_product", "input", A, 2, cplx=True)
+    tau = _float_tensor("householder_product", "tau", tau, 1, cplx=True)
     m, n = A.shape[-2], A.shape[-1]
     k = tau.shape[-1]
     if m < n:
@@ -95,8 +99,14 @@ def householder_product(A, tau) -> Tensor:
     Q = broadcast_to(I, tuple(A.shape))
     for i in range(k - 1, -1, -1):  # Q <- H_i Q, right to left
         v = V[..., :, i:i + 1]
-        Q = Q - expand_dims(tau[..., i:i + 1], -1) * (v @ (swapaxes(v, -1, -2) @ Q))
+        Q = Q - expand_dims(tau[..., i:i + 1], -1) * (v @ (_adj(v) @ Q))
     return Q
+
+
+def _adj(v: Tensor) -> Tensor:
+    """vᴴ of a batch of columns (vᵀ for real v)."""
+    vt = swapaxes(v, -1, -2)
+    return _conj(vt) if vt.dtype.kind == "c" else vt
 
 
 def geqrf(input) -> GeqrfResult:
@@ -104,7 +114,7 @@ def geqrf(input) -> GeqrfResult:
     ``a``, the reflectors' vectors below it, their min(m, n) scales in ``tau`` (what
     :func:`householder_product`/:func:`orgqr` and :func:`ormqr` take). No gradient, as in
     PyTorch."""
-    A = _float_tensor("geqrf", "input", input, 2)
+    A = _float_tensor("geqrf", "input", input, 2, cplx=True)
     m, n = A.shape[-2], A.shape[-1]
     a, tau = _unpack(_geqrf(A), ((m, n), (min(m, n),)))
     return GeqrfResult(a, tau)
@@ -116,12 +126,13 @@ def orgqr(input, tau) -> Tensor:
 
 
 def ormqr(input, tau, other, left: bool = True, transpose: bool = False) -> Tensor:
-    """``torch.ormqr``: Q·other (``transpose``: Qᵀ·other; ``left=False``: other·Q or other·Qᵀ)
-    for the m x m Q = H_1 … H_k that :func:`geqrf`'s (input, tau) stand for, applying the
-    reflectors one at a time (Q is never formed). Differentiable in all three."""
-    A = _float_tensor("ormqr", "input", input, 2)
-    tau = _float_tensor("ormqr", "tau", tau, 1)
-    C = _float_tensor("ormqr", "other", other, 2)
+    """``torch.ormqr``: Q·other (``transpose``: Qᴴ·other, Qᵀ for real Q; ``left=False``:
+    other·Q or other·Qᴴ) for the m x m Q = H_1 … H_k that :func:`geqrf`'s (input, tau) stand
+    for, applying the reflectors one at a time (Q is never formed). Differentiable in all
+    three."""
+    A = _float_tensor("ormqr", "input", input, 2, cplx=True)
+    tau = _float_tensor("ormqr", "tau", tau, 1, cplx=True)
+    C = _float_tensor("ormqr", "other", other, 2, cplx=True)
     m, k = A.shape[-2], tau.shape[-1]
     if len({A.dtype, tau.dtype, C.dtype}) > 1:
         raise DTypeError(f"ormqr: input, tau and other must have one dtype, got {A.dtype}, "
@@ -133,15 +144,18 @@ def ormqr(input, tau, other, left: bool = True, transpose: bool = False) -> Tens
         raise ShapeError(f"ormqr: other of shape {tuple(C.shape)} does not fit Q of size {m} "
                          f"({'rows' if left else 'columns'} of other must be {m})")
     V = tril(A[..., :, :k], -1) + eye(m, k, dtype=A.dtype, device=A.device)
-    # Q C = H_1 (… (H_k C)); Qᵀ C = H_k (… (H_1 C)); C Q = ((C H_1) …) H_k; C Qᵀ the reverse
+    # Q C = H_1 (… (H_k C)); Qᴴ C = H_kᴴ (… (H_1ᴴ C)); C Q = ((C H_1) …) H_k; C Qᴴ the
+    # reverse; H_iᴴ = I - conj(tau_i) v_i v_iᴴ
     order = range(k - 1, -1, -1) if left != transpose else range(k)
     for i in order:
         v = V[..., :, i:i + 1]
         t = expand_dims(tau[..., i:i + 1], -1)
+        if transpose and t.dtype.kind == "c":
+            t = _conj(t)
         if left:
-            C = C - t * (v @ (swapaxes(v, -1, -2) @ C))
+            C = C - t * (v @ (_adj(v) @ C))
         else:
-            C = C - t * ((C @ v) @ swapaxes(v, -1, -2))
+            C = C - t * ((C @ v) @ _adj(v))
     return C
 
 

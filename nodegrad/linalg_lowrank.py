@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from . import linalg
 from .errors import ShapeError
+from .ops.complex import complex as _complex
+from .ops.complex import real as _real
 from .random import randn
+
 
 def _approximate_basis(A, q, niter, M, generator):
     """An orthonormal (…, m, q) basis whose span nearly holds A's range (Halko et al., 2009,
     algorithm 4.4: a Gaussian sketch refined by ``niter`` power iterations, as torch's)."""
-    R = randn(A.shape[-1], q, dtype=A.dtype, device=A.device, generator=generator)
+    if A.dtype.kind == "c":  # a complex Gaussian sketch: real and imaginary parts N(0, 1/2)
+        rt = _real(A).dtype
+        R = _complex(randn(A.shape[-1], q, dtype=rt, device=A.device, generator=generator),
+                    randn(A.shape[-1], q, dtype=rt, device=A.device, generator=generator))
+        R = R * 0.5 ** 0.5
+    else:
+        R = randn(A.shape[-1], q, dtype=A.dtype, device=A.device, generator=generator)
     X = A @ R if M is None else A @ R - M @ R
     Q = linalg.qr(X).Q
     for _ in range(niter):
@@ -24,9 +33,9 @@ def _approximate_basis(A, q, niter, M, generator):
 def svd_lowrank(A, q: int | None = 6, niter: int | None = 2, M=None, *,
                 generator=None):
     """``torch.svd_lowrank``: (U, S, V) of a rank-``q`` randomised SVD of ``A - M``
-    (A ≈ U diag(S) Vᵀ, note V, not Vᵀ), from a Gaussian sketch with ``niter`` power
-    iterations; min(q, m, n) components. Differentiable, as it is built of products, QR and
-    SVD."""
+    (A ≈ U diag(S) Vᴴ, note V, not Vᴴ; real or complex A), from a Gaussian sketch with
+    ``niter`` power iterations; min(q, m, n) components. Differentiable, as it is built of
+    products, QR and SVD."""
     q = 6 if q is None else q
     niter = 2 if niter is None else niter
     if A.ndim < 2:

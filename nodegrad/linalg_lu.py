@@ -5,7 +5,8 @@ The LU factorisation is Gaussian elimination written with tensor ops, one column
 pivot chosen by ``argmax``, rows exchanged by a gather), so its gradient, second derivatives,
 ``vmap`` and ``jit`` come from those ops; LAPACK's ``getrf`` makes the same choices, so ``LU``
 and ``pivots`` equal PyTorch's up to rounding. A zero pivot (a singular matrix) leaves its
-column's multipliers at zero, as LAPACK does, instead of dividing by it.
+column's multipliers at zero, as LAPACK does, instead of dividing by it. Complex matrices pivot
+on |Re| + |Im|, LAPACK's choice for them, so their pivots are PyTorch's too.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from . import _backend as _B
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import diagonal as _diagonal
 from .ops.arrange import tril, triu
+from .ops.complex import conj as _conj
+from .ops.complex import imag as _imag
+from .ops.complex import real as _real
 from .ops.elementwise import abs as _abs
 from .ops.elementwise import where
 from .ops.index import take_along_axis
-from .ops.reduce import argmax, matrix_norm
+from .ops.reduce import argmax
 from .ops.reduce import max as _max
 from .ops.scan import cumprod
 from .ops.reduce import sum as _sum
@@ -74,9 +78,22 @@ def _mT(x):
     return swapaxes(x, -1, -2)
 
 
+def _mH(x):
+    """The conjugate transpose of the last two axes (the transpose of a real tensor)."""
+    return _conj(swapaxes(x, -1, -2))
+
+
+def _pivot_size(x):
+    """What LAPACK's ``i?amax`` compares to pick a pivot: |x|, or |Re x| + |Im x| for complex x
+    (so the pivots are PyTorch's)."""
+    if x.dtype.kind == "c":
+        return _abs(_real(x)) + _abs(_imag(x))
+    return _abs(x)
+
+
 def _factor(A: Tensor, pivot: bool):
     """(LU, row order, pivots 1-based, info) of A (..., m, n) by right-looking elimination."""
-    A = _la()._mat("lu_factor", A, square=False)
+    A = _la()._mat("lu_factor", A, square=False, cplx=True)
     m, n = A.shape[-2], A.shape[-1]
     k = min(m, n)
     batch = tuple(A.shape[:-2])
@@ -87,7 +104,7 @@ def _factor(A: Tensor, pivot: bool):
     W = A
     for j in range(k):
         if pivot:
-            p = argmax(_abs(W[..., j:, j]), -1) + j  # (...)
+            p = argmax(_pivot_size(W[..., j:, j]), -1) + j  # (...)
             swap = where(rows == j, expand_dims(p, -1), where(rows == expand_dims(p, -1), j, rows))
             W = take_along_axis(W, broadcast_to(expand_dims(swap, -1), batch + (m, n)), -2)
             order = take_along_axis(order, swap, -1)
@@ -166,7 +183,7 @@ def _order_from_pivots(pivots: Tensor, m: int) -> Tensor:
 def lu_unpack(LU_data, LU_pivots, unpack_data: bool = True,
               unpack_pivots: bool = True) -> LUResult:
     """(P, L, U) from :func:`lu_factor`'s result (``torch.lu_unpack``)."""
-    LU_data = _la()._mat("lu_unpack", LU_data, square=False, half=True)
+    LU_data = _la()._mat("lu_unpack", LU_data, square=False, half=True, cplx=True)
     m, n = LU_data.shape[-2], LU_data.shape[-1]
     order = _order_from_pivots(LU_pivots, m) if unpack_pivots else None
     P, Lm, Um = _unpack(LU_data, order, m, n)
@@ -176,17 +193,20 @@ def lu_unpack(LU_data, LU_pivots, unpack_data: bool = True,
 
 
 def lu_solve(LU, pivots, B, *, left: bool = True, adjoint: bool = False) -> Tensor:
-    """X with A X = B from A's :func:`lu_factor` (``adjoint``: Aᵀ X = B; ``left=False``:
-    X A = B), as ``torch.linalg.lu_solve``; differentiable in LU and B."""
+    """X with A X = B from A's :func:`lu_factor` (``adjoint``: Aᴴ X = B, Aᵀ for real A;
+    ``left=False``: X A = B), as ``torch.linalg.lu_solve``; differentiable in LU and B."""
     la = _la()
-    LU = la._mat("lu_solve", LU)
-    B = la._mat("lu_solve", B, square=False, name="B")
+    LU = la._mat("lu_solve", LU, cplx=True)
+    B = la._mat("lu_solve", B, square=False, name="B", cplx=True)
+    if LU.dtype != B.dtype:
+        raise DTypeError(f"linalg.lu_solve: LU and B must have one dtype, got {LU.dtype} and "
+                         f"{B.dtype}")
     n = LU.shape[-1]
     if (B.shape[-2] if left else B.shape[-1]) != n:
         raise ShapeError(f"linalg.lu_solve: LU of shape {tuple(LU.shape)} and B of shape "
                          f"{tuple(B.shape)} do not fit")
-    if not left:  # X A = B  <=>  Aᵀ Xᵀ = Bᵀ
-        return _mT(lu_solve(LU, pivots, _mT(B), left=True, adjoint=not adjoint))
+    if not left:  # X A = B  <=>  Aᴴ Xᴴ = Bᴴ
+        return _mH(lu_solve(LU, pivots, _mH(B), left=True, adjoint=not adjoint))
     batch = tuple(_B.np.broadcast_shapes(tuple(LU.shape[:-2]), tuple(B.shape[:-2])))
     if n == 0:  # nothing to solve: an empty result of the broadcast shape
         return zeros(batch + tuple(B.shape[-2:]), dtype=B.dtype, device=B.device) + \
@@ -197,9 +217,9 @@ def lu_solve(LU, pivots, B, *, left: bool = True, adjoint: bool = False) -> Tens
         Y = la.solve_triangular(LU, take_along_axis(broadcast_to(B, batch + tuple(B.shape[-2:])),
                                                     idx, -2), upper=False, unitriangular=True)
         return la.solve_triangular(LU, Y, upper=True)
-    # Aᵀ = Uᵀ Lᵀ Pᵀ:  Uᵀ Z = B, Lᵀ W = Z, X = P W  (X[order] = W)
-    Z = la.solve_triangular(_mT(LU), B, upper=False)
-    W = la.solve_triangular(_mT(LU), Z, upper=True, unitriangular=True)
+    # Aᴴ = Uᴴ Lᴴ Pᵀ:  Uᴴ Z = B, Lᴴ W = Z, X = P W  (X[order] = W)
+    Z = la.solve_triangular(_mH(LU), B, upper=False)
+    W = la.solve_triangular(_mH(LU), Z, upper=True, unitriangular=True)
     inverse = argmax(expand_dims(order, -1) == arange(n, device=LU.device), -2)
     idx = broadcast_to(expand_dims(inverse, -1), tuple(W.shape[:-2]) + (n, W.shape[-1]))
     return take_along_axis(W, idx, -2)
@@ -214,7 +234,7 @@ def matrix_rank(A, tol=None, hermitian: bool = False, *, atol=None, rtol=None) -
     gradient."""
     la = _la()
     hermitian = bool(hermitian)
-    A = la._mat("matrix_rank", A, square=hermitian)
+    A = la._mat("matrix_rank", A, square=hermitian, cplx=True)
     if tol is not None:
         if atol is not None or rtol is not None:
             raise TypeError("linalg.matrix_rank: give tol (PyTorch's older form) or atol/rtol, "
@@ -233,7 +253,7 @@ def cond(A, p=None) -> Tensor:
     """The condition number: σ_max/σ_min for ``p`` None or ±2, else ‖A‖_p ‖A⁻¹‖_p ('fro',
     'nuc', ±inf, ±1; inf for a singular matrix), as ``torch.linalg.cond``."""
     la = _la()
-    A = la._mat("cond", A, square=p is not None and p not in (2, -2))
+    A = la._mat("cond", A, square=p is not None and p not in (2, -2), cplx=True)
     if 0 in A.shape[-2:]:  # an empty matrix: 0, as PyTorch's
         return (A * 0).sum((-2, -1))
     if p is None or p in (2, -2):
@@ -241,23 +261,23 @@ def cond(A, p=None) -> Tensor:
         hi, lo = s[..., 0], s[..., -1]
         return hi / lo if p in (None, 2) else lo / hi
     inv, info = inv_ex(A)
-    value = matrix_norm(A, p) * matrix_norm(where(_expand_info(info), 0, inv), p)
+    value = la.matrix_norm(A, p) * la.matrix_norm(where(_expand_info(info), 0, inv), p)
     return where(info != 0, math.inf, value)  # singular: infinitely ill-conditioned
 
 
 def vecdot(x, y, *, dim: int = -1) -> Tensor:
-    """Dot products of the vectors along ``dim`` (broadcast), ``torch.linalg.vecdot``: float
-    tensors of one dtype, as PyTorch's."""
+    """Dot products of the vectors along ``dim`` (broadcast), ``torch.linalg.vecdot``: float or
+    complex tensors of one dtype, as PyTorch's; x is conjugated (Σ conj(x) y)."""
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, Tensor):
             raise TypeError(f"linalg.vecdot: {name} must be a tensor, got {type(t).__name__}")
-        if t.dtype.kind != "f":
-            raise DTypeError(f"linalg.vecdot: expected floating-point tensors, got {t.dtype} "
-                             f"for {name}")
+        if t.dtype.kind not in "fc":
+            raise DTypeError(f"linalg.vecdot: expected floating-point or complex tensors, got "
+                             f"{t.dtype} for {name}")
     if x.dtype != y.dtype:
         raise DTypeError(f"linalg.vecdot: x and y must have one dtype, got {x.dtype} and "
                          f"{y.dtype}")
-    return _sum(x * y, dim)
+    return _sum(_conj(x) * y, dim)
 
 
 def diagonal(A, *, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:
@@ -292,6 +312,11 @@ def vander(x, *, N: int | None = None) -> Tensor:
     return powers(x, n)
 
 
+def _nan(x: Tensor):
+    """NaN of ``x``'s kind: nan + nan·i for a complex tensor, as PyTorch fills a failed one."""
+    return complex(math.nan, math.nan) if x.dtype.kind == "c" else math.nan
+
+
 def _ok(batch, device) -> Tensor:
     return zeros(batch, dtype=_B.int32, device=device)
 
@@ -318,14 +343,14 @@ def _solve_by_lu(op: str, A: Tensor, B: Tensor, left: bool, check_errors: bool):
     mask = info != 0
     while mask.ndim < X.ndim:
         mask = expand_dims(mask, -1)
-    return where(mask, math.nan, X), info
+    return where(mask, _nan(X), X), info
 
 
 def inv_ex(A, *, check_errors: bool = False) -> InvExResult:
     """(inverse, info) as ``torch.linalg.inv_ex``: info 0 where the inverse exists; for a
     singular matrix info > 0 (its first zero pivot) and the inverse is NaN there."""
     la = _la()
-    A = la._mat("inv_ex", A)
+    A = la._mat("inv_ex", A, cplx=True)
     try:
         return InvExResult(la.inv(A), _ok(tuple(A.shape[:-2]), A.device))
     except LinAlgError:
@@ -337,7 +362,7 @@ def inv_ex(A, *, check_errors: bool = False) -> InvExResult:
 def solve_ex(A, B, *, left: bool = True, check_errors: bool = False) -> SolveExResult:
     """(result, info) as ``torch.linalg.solve_ex`` (NaN where A is singular, info > 0)."""
     la = _la()
-    A = la._mat("solve_ex", A)
+    A = la._mat("solve_ex", A, cplx=True)
     try:
         return SolveExResult(la.solve(A, B, left=left), _ok(tuple(A.shape[:-2]), A.device))
     except LinAlgError:
@@ -353,10 +378,10 @@ def solve_ex(A, B, *, left: bool = True, check_errors: bool = False) -> SolveExR
 
 def cholesky_ex(A, *, upper: bool = False, check_errors: bool = False) -> CholeskyExResult:
     """(L, info) as ``torch.linalg.cholesky_ex``: info 0, or k where the leading k×k minor is
-    not positive definite (L is NaN for that matrix); ``upper``: U with A = Uᵀ U, the upper
+    not positive definite (L is NaN for that matrix); ``upper``: U with A = Uᴴ U, the upper
     triangle read."""
     la = _la()
-    A = la._mat("cholesky_ex", A)
+    A = la._mat("cholesky_ex", A, cplx=True)
     try:
         return CholeskyExResult(la.cholesky(A, upper=upper), _ok(tuple(A.shape[:-2]), A.device))
     except LinAlgError:
@@ -381,7 +406,7 @@ def cholesky_ex(A, *, upper: bool = False, check_errors: bool = False) -> Choles
     info = Tensor(A.backend.asarray(infos, dtype=_B.int32).reshape(tuple(A.shape[:-2])))
     good = expand_dims(expand_dims(info == 0, -1), -1)
     safe = where(good, A, eye(n, dtype=A.dtype, device=A.device))
-    return CholeskyExResult(where(good, la.cholesky(safe, upper=upper), math.nan), info)
+    return CholeskyExResult(where(good, la.cholesky(safe, upper=upper), _nan(A)), info)
 
 
 def tensorinv(A, ind: int = 2) -> Tensor:

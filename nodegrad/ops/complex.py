@@ -4,7 +4,9 @@ Gradients follow PyTorch's convention: for a real loss L of z = x + iy, ``z.grad
 dL/dx + i dL/dy, so a holomorphic f sends back g * conj(f'(z)) and a real-valued function of z
 (``abs``, ``real``, ``imag``, ``angle``) turns a real cotangent into a complex one. The engine
 applies the conjugation (:func:`nodegrad.autodiff._complex_vjps`) to the primitives listed in
-:data:`HOLOMORPHIC`, whose rules are written with f'; the ops here declare rules of their own.
+:data:`HOLOMORPHIC`, whose rules are written with f'; the ops here declare rules of their own,
+and ``_OWN_RULES`` gives complex rules to ops declared elsewhere whose real rules do not hold for
+complex inputs (``sign`` as sgn's z / |z|, ``acosh`` on its principal branch).
 nodegrad has no views of complex memory: ``real``, ``imag``, ``view_as_real`` and
 ``view_as_complex`` return differentiable copies.
 """
@@ -19,7 +21,7 @@ from ..errors import DTypeError, ShapeError
 from ..primitive import REGISTRY, primitive
 from ..tensor import Tensor, zeros_like
 from . import shape as S
-from .elementwise import astype, cos, isnan, less, multiply, sin, where
+from .elementwise import astype, cos, isnan, less, multiply, sin, sqrt, where
 from .methods import register
 
 # not "elementwise": their dtypes follow other rules than a real op's (complex in, real out);
@@ -236,8 +238,43 @@ HOLOMORPHIC = (
     "where", "sum", "mean", "cumsum", "matmul", "einsum",
     "reshape", "transpose", "broadcast_to", "sum_to", "concatenate", "getitem", "flip",
     "diagonal", "copy", "alias", "take_along_axis", "setitem", "view_put", "to_device",
-    "pad", "scatter_add", "scatter_add_along_axis",
+    "pad", "scatter_add", "scatter_add_along_axis", "scatter_along_axis",
+    "sliding_window_view", "fold",
+    "asin", "acos", "atan", "asinh", "atanh", "lerp", "prod", "cumprod", "logsumexp",
 )
+
+
+def _sgn_cvjp(g, ans, x):
+    """The VJP of z / |z| (``sgn``; the ``sign`` primitive of a complex z): with s = z / |z|,
+    (g - Re(g conj(s)) s) / |z|, and 0 at z = 0, as PyTorch's."""
+    r = x.abs()
+    zero = r == 0
+    safe = where(zero, 1, r)
+    s = x / safe
+    return where(zero, 0, (g - real(g * conj(s)) * s) / safe)
+
+
+def _acosh_d(x):
+    """d acosh(z)/dz = 1 / (sqrt(z - 1) sqrt(z + 1)): on the principal branch for every z
+    (1 / sqrt(z² - 1), the real rule, has the wrong sign where Re z < 0)."""
+    return 1 / (sqrt(x - 1) * sqrt(x + 1))
+
+
+#: primitives declared elsewhere whose complex rules are not their real ones: (VJP, JVP) of one
+#: complex input, used when that input is complex
+_OWN_RULES = {
+    "sign": (_sgn_cvjp, _sgn_cvjp),  # sgn: z / |z|, a self-adjoint real-linear derivative
+    "acosh": (lambda g, ans, x: g * conj(_acosh_d(x)), lambda t, ans, x: t * _acosh_d(x)),
+}
+
+
+def _complex_jvp(real_rule, complex_rule):
+    """A one-input JVP: ``real_rule`` for real x, ``complex_rule(t, ans, x)`` for complex x."""
+    def rule(ts, ans, x):
+        if x.dtype.kind != "c" or ts[0] is None:
+            return real_rule(ts, ans, x)
+        return complex_rule(ts[0], ans, x)
+    return rule
 
 
 for _p in (_complex, _conj, _real, _imag, _angle):
@@ -247,6 +284,10 @@ for _p in (_view_as_real, _view_as_complex):
 for _name in HOLOMORPHIC:
     if _name in REGISTRY:
         REGISTRY[_name].complex = "holomorphic"
+for _name, (_vjp, _jvp) in _OWN_RULES.items():
+    if _name in REGISTRY:
+        REGISTRY[_name].complex = (_vjp,)
+        REGISTRY[_name].jvp = _complex_jvp(REGISTRY[_name].jvp, _jvp)
 
 _METHODS = {"conj": conj, "conj_physical": conj_physical, "resolve_conj": resolve_conj,
             "resolve_neg": resolve_neg, "is_conj": is_conj, "is_neg": is_neg, "angle": angle,

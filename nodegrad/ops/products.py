@@ -20,6 +20,7 @@ from ..linalg_lu import powers
 from ..batching import values
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, tensor, write_out
+from . import complex as CX
 from . import elementwise as E
 from . import index as I
 from . import linalg as L
@@ -390,8 +391,11 @@ def det(input) -> Tensor:
 
 def logdet(input) -> Tensor:
     """log det A: NaN where the determinant is negative and -inf where it is 0 (PyTorch);
-    the gradient is A⁻ᵀ where det > 0."""
+    the gradient is A⁻ᵀ where det > 0. Complex A: the complex log(det A) = log|det A| +
+    i·angle(det A) (principal branch), as PyTorch."""
     sign, logabs = LA.slogdet(input)
+    if sign.dtype.kind == "c":
+        return CX.complex(logabs, CX.angle(sign))
     return E.where(sign == -1, float("nan"), logabs)
 
 
@@ -798,19 +802,20 @@ def dist(input, other, p: float = 2) -> Tensor:
 
 def renorm(input, p: float, dim: int, maxnorm: float) -> Tensor:
     """Each slice along ``dim`` whose p-norm exceeds ``maxnorm`` scaled down to norm maxnorm
-    (by maxnorm / (norm + 1e-7), as PyTorch); the others unchanged."""
+    (by maxnorm / (norm + 1e-7), as PyTorch); the others unchanged. Complex slices are
+    measured by the norm of their moduli."""
     x = _t(input)
     if x.ndim < 2:
         raise ShapeError(f"renorm: input needs at least 2 dims, got shape {_shape(x)}")
-    if x.dtype.kind != "f":
-        raise DTypeError(f"renorm: expected a floating tensor, got {x.dtype}")
+    if x.dtype.kind not in "fc":
+        raise DTypeError(f"renorm: expected a floating-point or complex tensor, got {x.dtype}")
     if not p > 0:
         raise ValueError(f"renorm: p must be positive, got {p!r}")
     if not maxnorm >= 0:
         raise ValueError(f"renorm: maxnorm must be >= 0, got {maxnorm!r}")
     ax = S.norm_axis(dim, x.ndim, "renorm")
     rest = tuple(i for i in range(x.ndim) if i != ax)
-    norm = R.vector_norm(x, ord=p, dim=rest, keepdim=True)
+    norm = R.vector_norm(E.abs(x) if x.dtype.kind == "c" else x, ord=p, dim=rest, keepdim=True)
     return x * E.where(norm > maxnorm, maxnorm / (norm + 1e-7), 1.0)
 
 

@@ -61,17 +61,32 @@ def _extreme_jvp(ts, ans, x, axis, keepdims):
             / _sum(hit, axis=axis, keepdims=keepdims))
 
 
-_max = primitive("max", lambda xp, x, axis, keepdims: xp.max(x, axis=axis, keepdims=keepdims),
+def ordered(op: str, x) -> None:
+    """Refuse a complex array or tensor in an op that compares values (complex numbers have
+    no order; PyTorch refuses them too)."""
+    dt = getattr(x, "dtype", None)
+    if dt is not None and dt.kind == "c":
+        raise DTypeError(f"{op}: complex tensors have no order, so {op} is not defined for "
+                         f"them (got {dt}); compare their abs() or real parts instead")
+
+
+def _ordered_fwd(op: str, name: str):
+    """The forward of the reduction ``xp.<name>`` behind :func:`ordered`'s check."""
+    def fwd(xp, x, axis, keepdims):
+        ordered(op, x)
+        return getattr(xp, name)(x, axis=axis, keepdims=keepdims)
+    return fwd
+
+
+_max = primitive("max", _ordered_fwd("max", "max"),
                  _extreme_vjp, saves="both", kind=_RED, jvp=_extreme_jvp,
                  doc="Maximum over axes; tied maxima share the gradient evenly.")
-_min = primitive("min", lambda xp, x, axis, keepdims: xp.min(x, axis=axis, keepdims=keepdims),
+_min = primitive("min", _ordered_fwd("min", "min"),
                  _extreme_vjp, saves="both", kind=_RED, jvp=_extreme_jvp,
                  doc="Minimum over axes; tied minima share the gradient evenly.")
-_argmax = primitive("argmax", lambda xp, x, axis, keepdims: xp.argmax(x, axis=axis,
-                                                                      keepdims=keepdims),
+_argmax = primitive("argmax", _ordered_fwd("argmax", "argmax"),
                     kind=_RED, promote=False, doc="Index of the maximum (no gradient).")
-_argmin = primitive("argmin", lambda xp, x, axis, keepdims: xp.argmin(x, axis=axis,
-                                                                      keepdims=keepdims),
+_argmin = primitive("argmin", _ordered_fwd("argmin", "argmin"),
                     kind=_RED, promote=False, doc="Index of the minimum (no gradient).")
 _any = primitive("any", lambda xp, x, axis, keepdims: xp.any(x, axis=axis, keepdims=keepdims),
                  kind=_RED, promote=False, doc="True if any element is nonzero.")
@@ -237,16 +252,19 @@ def _kept(ans, x, axis, keepdims):
 
 def amax(x, dim=None, keepdim: bool = False):
     """Largest value over ``dim``; tied maxima share the gradient evenly (PyTorch's amax)."""
+    ordered("amax", x)
     return max(x, scalar_dims(dim, x.ndim, "amax"), keepdim)
 
 
 def amin(x, dim=None, keepdim: bool = False):
     """Smallest value over ``dim``; tied minima share the gradient evenly (PyTorch's amin)."""
+    ordered("amin", x)
     return min(x, scalar_dims(dim, x.ndim, "amin"), keepdim)
 
 
 def aminmax(x, *, dim=None, keepdim: bool = False) -> MinMax:
     """(min, max) over ``dim`` (all when None)."""
+    ordered("aminmax", x)
     dim = scalar_dims(dim, x.ndim, "aminmax")
     return MinMax(min(x, dim, keepdim), max(x, dim, keepdim))
 
@@ -355,7 +373,7 @@ _vector_norm = primitive(
 
 
 def _float_only(x, op):
-    if x.dtype.kind != "f":
+    if not B.is_float(x.dtype):
         raise _DTypeError(f"{op}: expected a floating-point tensor, got dtype {x.dtype}")
 
 

@@ -26,7 +26,7 @@ from . import arrange as A
 from . import index as I
 from . import shape as S
 from .elementwise import astype, ceil, floor, isnan, lerp, minimum, round, where
-from .reduce import amax, amin, argmax
+from .reduce import amax, amin, argmax, ordered
 from .reduce import sum as _sum
 from .scan import cummax, cummin
 from .sort import _INTERP, argsort, median, searchsorted, share_ties, sort
@@ -757,6 +757,7 @@ def mode(input: Tensor, dim: int = -1, keepdim: bool = False) -> Mode:
     smallest value; the index is its last occurrence, which is PyTorch's CPU answer for lanes
     of up to 16 elements (beyond that PyTorch's unstable sort picks some occurrence). The
     gradient goes to the returned index."""
+    ordered("mode", input)
     x, ax = _lane("mode", input, dim)
     xm = S.moveaxis(x, ax, -1)
     n = xm.shape[-1]
@@ -781,7 +782,8 @@ def mode(input: Tensor, dim: int = -1, keepdim: bool = False) -> Mode:
 
 
 def msort(input: Tensor) -> Tensor:
-    """Sorted along the first dim (values only; stable)."""
+    """Sorted along the first dim (values only; stable); complex tensors are refused."""
+    ordered("msort", input)
     return sort(input, 0).values
 
 
@@ -789,6 +791,7 @@ def nanmedian(input: Tensor, dim: int | None = None, keepdim: bool = False):
     """The lower median of the non-NaN values (NaN when a lane has none); with ``dim``:
     (values, indices). Equal values: the index of the stably sorted median; an all-NaN lane
     gives the index of its first NaN (PyTorch leaves both unspecified)."""
+    ordered("nanmedian", input)
     if dim is None:
         if input.numel() == 0:
             _float_input("nanmedian", input)

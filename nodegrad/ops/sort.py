@@ -16,7 +16,7 @@ from ..tensor import Tensor
 from .elementwise import astype, ceil, floor, isnan, lerp, round, where
 from .index import getitem, take_along_axis
 from .elementwise import maximum
-from .reduce import any, argmax
+from .reduce import any, argmax, ordered
 from .reduce import sum as sum_
 from .shape import moveaxis, norm_axis, reshape
 
@@ -36,6 +36,13 @@ _argsort = primitive("argsort", _argsort_fwd, kind="sort", promote=False,
 _argsort.batch = reduce_rule(_argsort)
 
 
+def lex_argsort(x, axis: int = -1):
+    """Indices that stably sort ``x`` along ``axis`` in NumPy's order: complex numbers by real
+    part, then imaginary part (for NumPy's names; PyTorch's refuse complex tensors)."""
+    ax = _dim(x, axis, "argsort")
+    return _back(_argsort(_vec(x), axis=ax, descending=False), x.ndim == 0)
+
+
 def _dim(x, dim, op) -> int:
     return norm_axis(dim, x.ndim if x.ndim else 1, op)
 
@@ -49,13 +56,16 @@ def _back(t, was0):
 
 
 def argsort(x, dim: int = -1, descending: bool = False, stable: bool = False):
-    """Indices that sort ``x`` along ``dim`` (always stable: ties keep their order)."""
+    """Indices that sort ``x`` along ``dim`` (always stable: ties keep their order); complex
+    tensors are refused, as PyTorch's (see :func:`lex_argsort` for NumPy's order)."""
+    ordered("argsort", x)
     ax = _dim(x, dim, "argsort")
     return _back(_argsort(_vec(x), axis=ax, descending=bool(descending)), x.ndim == 0)
 
 
 def sort(x, dim: int = -1, descending: bool = False, stable: bool = False) -> Sorted:
     """(values, indices) sorted along ``dim``; the gradient goes back through the gather."""
+    ordered("sort", x)
     ax = _dim(x, dim, "sort")
     v = _vec(x)
     idx = _argsort(v, axis=ax, descending=bool(descending))
@@ -69,6 +79,7 @@ def _first(idx, ax, k):
 def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> Sorted:
     """The ``k`` largest (or smallest) entries along ``dim`` and their indices, in order;
     ties go to the lower index."""
+    ordered("topk", x)
     ax = _dim(x, dim, "topk")
     v = _vec(x)
     if not 0 <= k <= v.shape[ax]:
@@ -80,6 +91,7 @@ def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) ->
 
 def kthvalue(x, k: int, dim: int = -1, keepdim: bool = False) -> Sorted:
     """The ``k``-th smallest entry (1-based) along ``dim`` and its index."""
+    ordered("kthvalue", x)
     ax = _dim(x, dim, "kthvalue")
     v = _vec(x)
     if not 1 <= k <= v.shape[ax]:
@@ -115,6 +127,7 @@ def median(x, dim: int | None = None, keepdim: bool = False):
     """The lower median (no averaging, as PyTorch); with ``dim``: (values, indices). A lane
     with NaN gives NaN; without ``dim`` no entries give NaN and tied entries share the
     gradient."""
+    ordered("median", x)
     if dim is None:
         if x.numel() == 0 and x.dtype.kind == "f":  # PyTorch: NaN for no entries
             return Tensor(x.backend.xp.asarray(float("nan"), dtype=x.dtype))
@@ -223,6 +236,7 @@ def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: 
         raise TypeError("unique: the output size depends on the values, so it cannot run "
                         "inside vmap")
     x._concrete("unique (the output's size depends on the values)")
+    ordered("unique", x)  # distinct values come out sorted (PyTorch refuses complex too)
     xp = x.backend.xp
     axis = None if dim is None else norm_axis(dim, x.ndim, "unique")
     if axis is None and x.dtype.kind in "fc" and bool(xp.isnan(x.data).any()):
