@@ -209,3 +209,6 @@ case("complex_matrix_functions", _pow_build, prims=("matmul", "inv"), layouts=_S
      has_torch=False)
 case("complex_lstsq_householder", _lstsq_build, prims=("pinv", "slogdet"), layouts=_SQ,
      has_torch=False)
+case("complex_logcumsumexp",
+     _cpair(lambda x, y: ng.view_as_real(ng.logcumsumexp(_z(x, y), -1))),
+     prims=("logcumsumexp",), layouts=_LAST, has_torch=False)

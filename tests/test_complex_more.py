@@ -449,16 +449,6 @@ def test_bad_dtypes_are_named():
         ng.linalg.matrix_exp(ng.tensor(np.eye(2, dtype=np.int64)))
 
 
-def _complex_logcumsumexp() -> bool:
-    try:
-        ng.logcumsumexp(ng.tensor(np.array([1j])), 0)
-    except TypeError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _complex_logcumsumexp(),
-                    reason="complex logcumsumexp needs its forward in nodegrad/ops/scan.py")
 def test_logcumsumexp_of_complex():
     check(lambda m, la, x: m.logcumsumexp(x, 1), A)
     big = np.array([[-800 + 1j, 0.5j, 3 + 2j], [1000 + 1j, 999 - 2j, 1 + 0j]])

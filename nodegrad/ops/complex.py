@@ -241,6 +241,7 @@ HOLOMORPHIC = (
     "pad", "scatter_add", "scatter_add_along_axis", "scatter_along_axis",
     "sliding_window_view", "fold",
     "asin", "acos", "atan", "asinh", "atanh", "lerp", "prod", "cumprod", "logsumexp",
+    "logaddexp",
 )
 
 

@@ -159,6 +159,18 @@ def _zero(g, ans, *inputs, **params):
     return zeros_like(g)
 
 
+def _ordered(name: str, f):
+    """``f`` (a forward) refusing complex operands: complex numbers have no order, and PyTorch
+    refuses them here (NumPy's lexicographic order would be a silent wrong answer)."""
+    def fwd(xp, *args, **params):
+        for a in args:
+            if type(a) is complex or getattr(getattr(a, "dtype", None), "kind", "") == "c":
+                raise DTypeError(f"{name}: complex tensors have no order, so {name} is not "
+                                 f"defined for them (got {getattr(a, 'dtype', 'complex')})")
+        return f(xp, *args, **params)
+    return fwd
+
+
 def _stepwise(name, f, doc, arity: int = 1, promote: bool = False):
     """A rounding-like elementwise op whose gradient is zero for every input."""
     return primitive(name, f, (_zero,) * arity, kind=_EW, jvp=_J, promote=promote, doc=doc)
@@ -204,9 +216,10 @@ abs = primitive("abs", lambda xp, x: xp.abs(x),
                 jvp=(lambda t, ans, x: t * sign(x) if x.dtype.kind != "c"
                      else (t * _sgn(x).conj()).real,),
                 doc="|x|; its gradient at 0 is 0 (x/|x| for complex x).")
-sign = _stepwise("sign", lambda xp, x: x.copy() if getattr(x, "dtype", None) == B.bool_
-                 else xp.sign(x), "-1, 0 or 1 (zero gradient; a bool stays itself, as in "
-                 "PyTorch).", promote=True)
+sign = _stepwise("sign", _ordered("sign", lambda xp, x: x.copy() if getattr(
+                     x, "dtype", None) == B.bool_ else xp.sign(x)),
+                 "-1, 0 or 1 (zero gradient; a bool stays itself, as in PyTorch; complex "
+                 "tensors refused: sgn is z / |z|).", promote=True)
 def _trig(xp, name: str, x):
     """``xp.<name>(x)``, keeping a Python number a Python number (NumPy's float64 scalar would
     upcast a float32 operand)."""
@@ -317,7 +330,8 @@ _relu_grad = primitive(
     (lambda c, out, g, ans: _relu_grad(c, ans), lambda c, out, g, ans: None), kind=_EW,
     jvp=(lambda t, out, g, ans: _relu_grad(t, ans), None),  # zero almost everywhere in ans
     doc="g where relu's output is nonzero (positive or NaN), else 0: relu's VJP in one bind.")
-relu = primitive("relu", lambda xp, x: B.relu(x) if type(x) is B.ndarray else xp.maximum(x, 0),
+relu = primitive("relu", _ordered("relu", lambda xp, x: B.relu(x) if type(x) is B.ndarray
+                                  else xp.maximum(x, 0)),
                  lambda g, ans, x: _relu_grad(g, ans),
                  saves="out", kind=_EW, jvp=_J,
                  doc="max(x, 0); its gradient is 0 at 0 and 1 at NaN (PyTorch's).",
@@ -403,11 +417,11 @@ def _pick(g, a, b, largest: bool):
     return g * (beats + na * (1 - nb) + (_as(a == b, g) + na * nb) * 0.5)
 
 
-maximum = primitive("maximum", lambda xp, x, y: xp.maximum(x, y),
+maximum = primitive("maximum", _ordered("maximum", lambda xp, x, y: xp.maximum(x, y)),
                     (lambda g, ans, x, y: _pick(g, x, y, True),
                      lambda g, ans, x, y: _pick(g, y, x, True)),
                     kind=_EW, jvp=_J, doc="Elementwise max; ties split the gradient evenly.")
-minimum = primitive("minimum", lambda xp, x, y: xp.minimum(x, y),
+minimum = primitive("minimum", _ordered("minimum", lambda xp, x, y: xp.minimum(x, y)),
                     (lambda g, ans, x, y: _pick(g, x, y, False),
                      lambda g, ans, x, y: _pick(g, y, x, False)),
                     kind=_EW, jvp=_J, doc="Elementwise min; ties split the gradient evenly.")
@@ -450,7 +464,8 @@ def _clip_dhi(g, ans, x, lo, hi):
 
 
 clip = primitive(
-    "clip", lambda xp, x, lo, hi: x.copy() if lo is None and hi is None else xp.clip(x, lo, hi),
+    "clip", _ordered("clip", lambda xp, x, lo, hi: x.copy() if lo is None and hi is None
+                     else xp.clip(x, lo, hi)),
     (_clip_dx, _clip_dlo, _clip_dhi),
     kind=_EW, jvp=_J,
     doc="Limit x to [lo, hi] (either may be None); gradient passes inside, inclusive.")
@@ -527,9 +542,11 @@ right_shift = _nodiff("right_shift", _no_bools("right_shift", _integral(
 isnan = _nodiff("isnan", lambda xp, x: xp.isnan(x), "True where x is NaN.")
 isinf = _nodiff("isinf", lambda xp, x: xp.isinf(x), "True where x is +-Inf.")
 isfinite = _nodiff("isfinite", lambda xp, x: xp.isfinite(x), "True where x is finite.")
-floor = _stepwise("floor", lambda xp, x: xp.floor(x), "Round down (zero gradient).")
-ceil = _stepwise("ceil", lambda xp, x: xp.ceil(x), "Round up (zero gradient).")
-_round = _stepwise("round", lambda xp, x: xp.round(x), "Round half to even (zero gradient).")
+floor = _stepwise("floor", _ordered("floor", lambda xp, x: xp.floor(x)),
+                  "Round down (zero gradient).")
+ceil = _stepwise("ceil", _ordered("ceil", lambda xp, x: xp.ceil(x)), "Round up (zero gradient).")
+_round = _stepwise("round", _ordered("round", lambda xp, x: xp.round(x)),
+                   "Round half to even (zero gradient).")
 
 
 def round(x, decimals: int = 0):  # noqa: A001  (NumPy's and PyTorch's name)
@@ -544,7 +561,8 @@ def round(x, decimals: int = 0):  # noqa: A001  (NumPy's and PyTorch's name)
         return divide(_round(multiply(x, scale)), scale)
     scale = 10.0 ** -decimals
     return multiply(_round(divide(x, scale)), scale)
-trunc = _stepwise("trunc", lambda xp, x: xp.trunc(x), "Round toward zero (zero gradient).")
+trunc = _stepwise("trunc", _ordered("trunc", lambda xp, x: xp.trunc(x)),
+                  "Round toward zero (zero gradient).")
 
 
 # === more elementwise functions: inverse trig, hyperbolic, logs, pairs ========================
@@ -610,7 +628,17 @@ copysign = primitive(
 # d/dx = e**x / (e**x + e**y) = sigmoid(x - y), PyTorch's form: exact where the sum rounds to
 # the larger term (exp(x - ans) gives 1, not 1/2, for x = y = 1e38) and 1 for x = inf
 _LN2 = math.log(2.0)
-logaddexp = primitive("logaddexp", lambda xp, x, y: xp.logaddexp(x, y),
+def _logaddexp_fwd(xp, x, y):
+    """log(e**x + e**y); complex operands (NumPy's ufunc has no complex loop) shifted by the
+    larger real part, as PyTorch's complex logaddexp."""
+    if getattr(xp.result_type(x, y), "kind", "") != "c":
+        return xp.logaddexp(x, y)
+    m = xp.maximum(xp.real(x), xp.real(y))
+    m = xp.where(xp.isfinite(m), m, 0)
+    return m + xp.log(xp.exp(x - m) + xp.exp(y - m))
+
+
+logaddexp = primitive("logaddexp", _logaddexp_fwd,
                       (lambda g, ans, x, y: g * sigmoid(x - y),
                        lambda g, ans, x, y: g * sigmoid(y - x)),
                       saves="inputs", kind=_EW, jvp=_J, doc="log(e**x + e**y), stable.")

@@ -11,6 +11,7 @@ from collections import namedtuple
 from .. import _backend as B
 from ..autodiff import is_grad_enabled
 from ..batching import reduce_rule
+from ..errors import DTypeError
 from ..primitive import primitive
 from .elementwise import astype, exp, log, logical_and, where
 from .index import take_along_axis
@@ -92,6 +93,10 @@ _cumprod = _scan("cumprod", lambda xp, x, axis: B.accumulated(xp.cumprod, x, axi
 
 # --- cummax / cummin -------------------------------------------------------------------------
 def _cumarg_fwd(xp, x, axis, largest):
+    if x.dtype.kind == "c":  # no order (PyTorch refuses too)
+        op = "cummax" if largest else "cummin"
+        raise DTypeError(f"{op}: complex tensors have no order, so {op} is not defined for "
+                         f"them (got {x.dtype})")
     be = B.backend_of(x)
     vals = be.accumulate("maximum" if largest else "minimum", x, axis)
     hit = x == vals  # a new extreme or a tie: PyTorch keeps the latest index
@@ -107,7 +112,29 @@ _cumarg = _scan("cumarg", _cumarg_fwd, promote=False,
 
 # --- logcumsumexp ----------------------------------------------------------------------------
 def _lcse_fwd(xp, x, axis):
+    if x.dtype.kind == "c":
+        return _lcse_complex(xp, x, axis)
     return B.backend_of(x).accumulate("logaddexp", x, axis)
+
+
+def _lcse_complex(xp, x, axis):
+    """Complex logcumsumexp, a step along the axis at a time (vectorised over the rest): each
+    log(e^a + e^b) shifted by the larger real part (finite), so nothing overflows."""
+    xm = xp.moveaxis(x, axis, 0)
+    out = xp.empty_like(xm)
+    if xm.shape[0]:
+        acc = out[0] = xm[0]
+        for k in range(1, xm.shape[0]):
+            m = xp.maximum(acc.real, xm[k].real)
+            m = xp.where(xp.isfinite(m), m, 0)
+            acc = out[k] = m + xp.log(xp.exp(acc - m) + xp.exp(xm[k] - m))
+    return xp.moveaxis(out, 0, axis)
+
+
+def _lcse_cvjp(g, ans, x, axis):
+    """For complex x (PyTorch's convention): conj of sum_{j>=i} conj(g_j) e^(x_i - ans_j), as
+    exp(x_i + reverse-logcumsumexp(log conj(g) - ans)); a complex log needs no sign split."""
+    return exp(_reverse(_logcumsumexp, log(g.conj()) - ans, axis) + x).conj()
 
 
 def _log_parts(t, dtype):
@@ -126,6 +153,8 @@ def _lcse_vjp(g, ans, x, axis):
 
 
 def _lcse_jvp(ts, ans, x, axis):
+    if ts[0].dtype.kind == "c" or x.dtype.kind == "c":  # a complex log needs no sign split
+        return exp(_logcumsumexp(log(ts[0].astype(ans.dtype)) + x, axis=axis) - ans)
     pos, neg = _log_parts(ts[0], ts[0].dtype)
     return (exp(_logcumsumexp(pos + x, axis=axis) - ans)
             - exp(_logcumsumexp(neg + x, axis=axis) - ans))
@@ -133,6 +162,7 @@ def _lcse_jvp(ts, ans, x, axis):
 
 _logcumsumexp = _scan("logcumsumexp", _lcse_fwd, _lcse_vjp, jvp=_lcse_jvp, saves="both",
                       doc="log of the running sum of exp along an axis, without overflow.")
+_logcumsumexp.complex = (_lcse_cvjp,)
 
 
 # --- public functions (PyTorch's dim=, NumPy's axis=) ----------------------------------------

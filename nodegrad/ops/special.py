@@ -18,9 +18,9 @@ from ..batching import elementwise_rule
 from ..errors import DTypeError, GradError
 from ..primitive import primitive
 from ..tensor import Tensor, ones_like, zeros_like
-from .elementwise import (_x_over, astype, copysign, equal, exp, exp2, floor_divide, less, log,
-                          logical_and, logical_not, logical_or, minimum, multiply, power, sign,
-                          sin, square, where, xlogy)
+from .elementwise import (_ordered, _sgn, _x_over, astype, copysign, equal, exp, exp2,
+                          floor_divide, less, log, logical_and, logical_not, logical_or, minimum,
+                          multiply, power, sign, sin, square, where, xlogy)
 from .index import take
 from .reduce import any as _any
 from .shape import reshape
@@ -629,13 +629,13 @@ def _fmin_self(x, y):
     return logical_or(x <= y, y != y)
 
 
-fmax = primitive("fmax", lambda xp, x, y: xp.fmax(x, y),
+fmax = primitive("fmax", _ordered("fmax", lambda xp, x, y: xp.fmax(x, y)),
                  (lambda g, ans, x, y: where(_fmax_self(x, y), g, 0),
                   lambda g, ans, x, y: where(_fmax_self(x, y), 0, g)),
                  kind=_EW, jvp=_J,
                  doc="Elementwise max ignoring NaN (NaN only where both are); ties give the "
                      "gradient to the first input, as PyTorch.")
-fmin = primitive("fmin", lambda xp, x, y: xp.fmin(x, y),
+fmin = primitive("fmin", _ordered("fmin", lambda xp, x, y: xp.fmin(x, y)),
                  (lambda g, ans, x, y: where(_fmin_self(x, y), g, 0),
                   lambda g, ans, x, y: where(_fmin_self(x, y), 0, g)),
                  kind=_EW, jvp=_J,
@@ -765,7 +765,7 @@ def sgn(input):
     """The sign -1, 0 or 1 of a real tensor, 0 for NaN (zero gradient); z / |z| (0 at 0) of a
     complex one, as PyTorch."""
     if input.dtype.kind == "c":
-        return sign(input)  # elementwise.sign is z / |z| for complex z
+        return _sgn(input)  # z / |z| (0 at 0), differentiable through divide and abs
     if input.dtype.kind == "f":
         return where(input != input, 0, sign(input))
     return sign(input)
