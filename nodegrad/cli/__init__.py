@@ -78,6 +78,9 @@ def _train_parser(prog: str = "nodegrad train") -> Parser:
     a("--quiet", action="store_true", help="no progress output")
     a("--jit", action="store_true",
       help="capture each step's forward and backward once and replay it (nodegrad.jit)")
+    a("--tensorboard", metavar="DIR",
+      help="log each epoch's losses, metrics and learning rate as TensorBoard event files in "
+           "DIR (needs tensorboardX: pip install 'nodegrad[tensorboard]')")
     return p
 
 

@@ -25,7 +25,7 @@ DEFAULTS = {"model": "mnist1d_cnn", "dataset": None, "epochs": None, "batch_size
             "dropout": 0.0, "init": "default", "augment": False, "early_stopping": 0,
             "ensemble": 1, "bootstrap": False, "val_fraction": 0.1, "checkpoint_every": 0,
             "seed": 0, "device": "cpu", "out": None, "resume": False, "overwrite": False,
-            "quiet": False, "jit": False, "accumulate": 1}
+            "quiet": False, "jit": False, "accumulate": 1, "tensorboard": None}
 # how many epochs `nodegrad train` runs by default: the MNIST-1D paper's 6,000 steps (150
 # epochs) for the fast models, fewer for the CNN and GRU so the default run takes well under
 # a minute
@@ -68,6 +68,12 @@ def resolve(opts: dict) -> dict:
     if o["bootstrap"] and o["ensemble"] < 2:
         raise UsageError("--bootstrap needs --ensemble K with K >= 2")
     B.get_backend(o["device"])  # an unknown or unavailable device fails before any file is written
+    if o["tensorboard"]:
+        from ..utils.tensorboard import _tbx
+        try:
+            _tbx()
+        except ImportError as e:
+            raise UsageError(f"--tensorboard: {e}") from None
     if o["out"] is None:
         o["out"] = _default_out(f"runs/{o['model']}-{o['dataset']}-s{o['seed']}",
                                 latest=o["overwrite"])
@@ -281,7 +287,8 @@ def _saved_options(out: Path, given: dict) -> dict:
                          f"{schedule} (its learning rate is laid out over the run's "
                          f"{saved.get('epochs')} epochs); resume with --epochs "
                          f"{saved.get('epochs')} or start a new run")
-    return {**saved, **{k: given[k] for k in ("epochs", "quiet", "device", "jit") if k in given},
+    return {**saved, **{k: given[k] for k in ("epochs", "quiet", "device", "jit", "tensorboard")
+                        if k in given},
             "resume": True, "overwrite": False, "out": str(out)}
 
 
@@ -347,6 +354,8 @@ def _train_member(o: dict, data, run_dir: Path, seed: int, resume: bool):
     cbs = [T.ModelCheckpoint(run_dir, monitor=monitor)]
     if o["early_stopping"]:
         cbs.append(T.EarlyStopping(monitor, patience=o["early_stopping"]))
+    if o["tensorboard"]:  # an ensemble's members log to member-i under it, as their run dirs
+        cbs.append(T.TensorBoard(Path(o["tensorboard"]) / run_dir.relative_to(o["out"])))
     main = comm is None or comm.rank == 0
     if not o["quiet"] and main:
         cbs.insert(0, T.ProgressBar())
@@ -559,7 +568,7 @@ def info() -> int:
     print(f"nodegrad {ng.__version__}  python {platform.python_version()}  "
           f"({sys.executable})")
     for pkg in ("numpy", "scipy", "safetensors", "matplotlib", "tqdm", "mnist1d",
-                "scikit-learn", "cupy-cuda12x"):
+                "scikit-learn", "tensorboardX", "cupy-cuda12x"):
         print(f"  {pkg:<13} {_version(pkg)}")
     gpus = "available" if ng.cuda_available() else "not available"
     print(f"backends: numpy (cpu); cupy (cuda) {gpus}")

@@ -17,6 +17,7 @@ from .callbacks import (Callback, EarlyStopping, GradientClipping, HistoryWriter
                         ModelCheckpoint, NaNGuard, NonFiniteError, ProgressBar)
 from .ensemble import Ensemble, train_ensemble
 from .loop import History, Trainer, evaluate, fit, predict
+from .tensorboard import TensorBoard
 from .transfer import (LoadReport, freeze, load_pretrained, param_groups, replace_head,
                        replace_module, trainable_summary, unfreeze)
 
@@ -25,4 +26,4 @@ __all__ = ["Callback", "EarlyStopping", "Ensemble", "GradientClipping", "History
            "NonFiniteError", "ProgressBar", "Trainer", "callbacks", "checkpoint", "ensemble",
            "evaluate", "fit", "freeze", "load_pretrained", "metrics", "param_groups", "predict",
            "replace_head", "replace_module", "train_ensemble", "trainable_summary", "transfer",
-           "unfreeze"]
+           "unfreeze", "TensorBoard"]

@@ -1,6 +1,7 @@
-"""PyTorch's ``torch.utils`` paths: ``nodegrad.utils.checkpoint`` (activation checkpointing)
-and ``nodegrad.utils.data`` (:mod:`nodegrad.data` under PyTorch's name)."""
+"""PyTorch's ``torch.utils`` paths: ``nodegrad.utils.checkpoint`` (activation checkpointing),
+``nodegrad.utils.data`` (:mod:`nodegrad.data` under PyTorch's name) and
+``nodegrad.utils.tensorboard`` (SummaryWriter)."""
 
-from . import checkpoint, data
+from . import checkpoint, data, tensorboard
 
-__all__ = ["checkpoint", "data"]
+__all__ = ["checkpoint", "data", "tensorboard"]
