@@ -6,6 +6,8 @@ point-to-point messages. Every collective is nonblocking under the hood and wait
 deadline, so a rank that died or stopped answering turns into a
 :class:`DistributedError` instead of a hang. :class:`SingleProcess` is the world of one process:
 the same calls, no MPI needed. :func:`init` picks one (MPI when launched by ``mpirun``).
+Besides the allreduce family they carry point-to-point messages, gather/scatter,
+all-to-all, byte messages (for pickled objects), sub-groups (``split``) and a monitored barrier.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ def _bool_as_bytes(h, op: str):
 
 
 class Work:
-    """A collective in flight: ``wait()`` finishes it (with the communicator's deadline)."""
+    """A collective in flight: ``wait()`` finishes it (with the communicator's deadline).
+    ``source`` is the sender's rank once a receive from any rank has been waited for."""
+
+    source: int | None = None
 
     def __init__(self, comm: Communicator, finish=None, req=None, what: str = ""):
         self._comm, self._finish, self._req, self._what = comm, finish, req, what
@@ -76,13 +81,20 @@ class Work:
             self.done = self._comm._test(self._req, self._what)
         return self.done
 
-    def wait(self):
+    def is_completed(self) -> bool:
+        """PyTorch's name for :meth:`test`."""
+        return self.test()
+
+    def wait(self, timeout=None) -> bool:
+        """Finish the operation (``timeout`` is accepted as PyTorch's and the communicator's
+        deadline applies); True, as in PyTorch."""
         if not self.done:
             self._comm._wait(self._req, self._what)
             self.done = True
         if self._finish is not None:
             f, self._finish = self._finish, None
             f()
+        return True
 
 
 class Communicator:
@@ -95,6 +107,10 @@ class Communicator:
     world_size: int = 1
     local_rank: int = 0  # the rank among those on this machine: which GPU to take
     timeout: float = DEFAULT_TIMEOUT
+    #: the world rank of each member, in group-rank order (None: the world itself)
+    global_ranks: list[int] | None = None
+    #: the name get_backend reports ("mpi", "gloo" when asked for by that name, "nccl")
+    backend: str = "mpi"
 
     @property
     def size(self) -> int:
@@ -133,6 +149,54 @@ class Communicator:
     def barrier(self) -> None:
         """Return once every rank has reached this call."""
 
+    # --- point-to-point, rooted and personalised collectives (group ranks throughout) ------
+    def isend(self, a, dst: int, tag: int = 0) -> Work:
+        """Start sending ``a`` to rank ``dst``."""
+        raise NotImplementedError(f"{type(self).__name__} has no point-to-point messages")
+
+    def irecv(self, a, src: int | None = None, tag: int = 0) -> Work:
+        """Start receiving into ``a`` from ``src`` (None: any rank); the Work's ``source``
+        says who sent it once waited for."""
+        raise NotImplementedError(f"{type(self).__name__} has no point-to-point messages")
+
+    def gather(self, a, root: int = 0):
+        """On ``root`` a new array ``(world_size, *a.shape)`` of every rank's ``a``; None on the
+        others. (By default an allgather.)"""
+        every = self.allgather(a)
+        return every if self.rank == root else None
+
+    def scatter(self, stacked, out, root: int = 0):
+        """Write row ``rank`` of ``root``'s ``stacked`` (``(world_size, *out.shape)``; ignored
+        elsewhere) into ``out``. (By default a broadcast of the whole stack.)"""
+        xp = B.backend_of(out).xp
+        buf = stacked.copy() if self.rank == root else xp.empty((self.world_size,) + out.shape,
+                                                                 out.dtype)
+        self.broadcast(buf, root)
+        out[...] = buf[self.rank]
+        return out
+
+    def alltoallv(self, send, send_counts: list[int], recv, recv_counts: list[int]):
+        """Send ``send``'s consecutive blocks of ``send_counts[r]`` elements to rank r and write
+        what each rank sends here into ``recv``'s blocks of ``recv_counts``."""
+        raise NotImplementedError(f"{type(self).__name__} has no all-to-all")
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        """Every rank's ``data`` (of any length), in rank order."""
+        raise NotImplementedError
+
+    def split(self, ranks: list[int], sync: bool = True) -> Communicator | None:
+        """A communicator of ``ranks`` (ranks of this one; their order gives the new group
+        ranks); None on the others. With ``sync`` every rank of this one calls it (and meets
+        first), else only the members do."""
+        raise NotImplementedError(f"{type(self).__name__} cannot make sub-groups")
+
+    def monitored_barrier(self, timeout: float, wait_all_ranks: bool = False) -> None:
+        """A barrier where rank 0 names the ranks that did not arrive within ``timeout``."""
+        self.barrier()
+
+    def free(self) -> None:
+        """Release what this communicator holds (a sub-group's MPI communicator)."""
+
     def _test(self, req, what: str) -> bool:
         return bool(req.Test())
 
@@ -159,6 +223,27 @@ class SingleProcess(Communicator):
 
     def broadcast_json(self, obj: Any, root: int = 0) -> Any:
         return json.loads(json.dumps(obj))
+
+    def gather(self, a, root: int = 0):
+        return a[None].copy()
+
+    def scatter(self, stacked, out, root: int = 0):
+        out[...] = stacked[0]
+        return out
+
+    def alltoallv(self, send, send_counts: list[int], recv, recv_counts: list[int]):
+        recv.reshape(-1)[:recv_counts[0]] = send.reshape(-1)[:send_counts[0]]
+        return recv
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        return [bytes(data)]
+
+    def split(self, ranks: list[int], sync: bool = True) -> Communicator | None:
+        if list(ranks) != [0]:
+            return None
+        g = SingleProcess()
+        g.timeout, g.backend = self.timeout, self.backend
+        return g
 
     def __repr__(self) -> str:
         return "SingleProcess()"
@@ -208,6 +293,22 @@ class _Ring:
         return True
 
 
+class _Recv:
+    """A receive in flight that keeps its status (who sent it, how many bytes)."""
+
+    def __init__(self, req, MPI):
+        self.req, self.status = req, MPI.Status()
+
+    def Test(self) -> bool:
+        return bool(self.req.Test(self.status))
+
+
+def _bytes(h):
+    """A contiguous host array as a flat byte view (so any dtype, float16 and bool too, moves
+    as raw bytes)."""
+    return h.reshape(-1).view(B.np.uint8)
+
+
 def _testall(reqs) -> bool:
     from mpi4py import MPI
     return MPI.Request.Testall(reqs)
@@ -238,9 +339,11 @@ class MPICommunicator(Communicator):
         # the ring's messages go over a communicator of their own, each allreduce under its
         # own tags (ranks start allreduces in the same order, so the tags agree)
         self._p2p = self.comm.Dup() if self.world_size > 1 else None
+        self._ctl = self.comm.Dup() if self.world_size > 1 else None  # monitored_barrier
         self._ring_seq = 0
         self.ring_min = RING_MIN
         ub = self.comm.Get_attr(MPI.TAG_UB) or 32767
+        self.tag_ub = int(ub)
         self._tag_slots = max(int(ub) // max(2 * (self.world_size - 1), 1), 1)
 
     def __repr__(self) -> str:
@@ -355,8 +458,144 @@ class MPICommunicator(Communicator):
         self._wait(req, what)
         return [bytes(buf[d:d + c]) for d, c in zip(displs, counts)]
 
+    allgather_bytes = _gather_bytes
+
     def allgather_json(self, obj: Any) -> list:
         return [json.loads(b) for b in self._gather_bytes(json.dumps(obj).encode())]
+
+    def _send_buffer(self, a):
+        """A contiguous host array holding ``a`` (a copy when it is on a device)."""
+        if isinstance(a, B.np.ndarray):
+            return a if a.flags.c_contiguous else B.np.ascontiguousarray(a)
+        return B.backend_of(a).to_host(a)
+
+    def isend(self, a, dst: int, tag: int = 0) -> Work:
+        h = self._send_buffer(a)
+        what = f"send of {a.size} values ({a.dtype}) to rank {dst} (tag {tag})"
+        req = self._post(what, self.comm.Isend, _bytes(h), dest=dst, tag=tag)
+        return Work(self, lambda: h, req, what)  # h stays alive until the send is done
+
+    def irecv(self, a, src: int | None = None, tag: int = 0) -> Work:
+        h, back = self._host(a)
+        frm = "any rank" if src is None else f"rank {src}"
+        what = f"receive of {a.size} values ({a.dtype}) from {frm} (tag {tag})"
+        source = self.MPI.ANY_SOURCE if src is None else src
+        req = _Recv(self._post(what, self.comm.Irecv, _bytes(h), source=source, tag=tag),
+                    self.MPI)
+        work = Work(self, None, req, what)
+
+        def finish():
+            got = req.status.Get_count(self.MPI.BYTE)
+            work.source = req.status.Get_source()
+            if got != h.nbytes:
+                raise DistributedError(
+                    f"rank {self.rank}: {what} got {got} bytes from rank {work.source}, expected "
+                    f"{h.nbytes}: the sender's tensor has another size or dtype")
+            if back is not None:
+                back()
+        work._finish = finish
+        return work
+
+    def gather(self, a, root: int = 0):
+        be = B.backend_of(a)
+        h = self._send_buffer(a)
+        out = B.np.empty((self.world_size,) + h.shape, h.dtype) if self.rank == root else None
+        what = f"gather of {a.size} values ({a.dtype}) to rank {root}"
+        req = self._post(what, self.comm.Igather, _bytes(h),
+                         _bytes(out) if out is not None else None, root=root)
+        self._wait(req, what)
+        return be.asarray(out) if out is not None else None
+
+    def scatter(self, stacked, out, root: int = 0):
+        send = _bytes(self._send_buffer(stacked)) if self.rank == root else None
+        h, back = self._host(out)
+        what = f"scatter of {out.size} values ({out.dtype}) per rank from rank {root}"
+        self._wait(self._post(what, self.comm.Iscatter, send, _bytes(h), root=root), what)
+        if back is not None:
+            back()
+        return out
+
+    def alltoallv(self, send, send_counts: list[int], recv, recv_counts: list[int]):
+        s = _bytes(self._send_buffer(send))
+        h, back = self._host(recv)
+        k = h.dtype.itemsize
+        sc, rc = [c * k for c in send_counts], [c * k for c in recv_counts]
+        sd, rd = [sum(sc[:i]) for i in range(len(sc))], [sum(rc[:i]) for i in range(len(rc))]
+        what = f"all-to-all of {sum(send_counts)} values ({h.dtype})"
+        req = self._post(what, self.comm.Ialltoallv, [s, sc, sd, self.MPI.BYTE],
+                         [_bytes(h), rc, rd, self.MPI.BYTE])
+        self._wait(req, what)
+        if back is not None:
+            back()
+        return recv
+
+    def split(self, ranks: list[int], sync: bool = True) -> Communicator | None:
+        if sync:  # a rank that never comes is a timeout here, not a hang in MPI
+            self.barrier()
+        if self.rank not in ranks:
+            return None
+        what = f"new_group({list(ranks)})"
+        try:
+            grp = self.comm.Get_group().Incl(list(ranks))  # the order gives the group ranks
+            sub = self.comm.Create_group(grp)
+            grp.Free()
+        except self.MPI.Exception as e:
+            raise self._error(e, what) from e
+        g = MPICommunicator(sub, self.timeout)
+        g._owned, g.backend = True, self.backend
+        return g
+
+    def free(self) -> None:
+        for c in (self._p2p, self._ctl):
+            if c is not None:
+                c.Free()
+        self._p2p = self._ctl = None
+        if getattr(self, "_owned", False):
+            self.comm.Free()
+            self._owned = False
+
+    def monitored_barrier(self, timeout: float, wait_all_ranks: bool = False) -> None:
+        if self._ctl is None:
+            return
+        np, N, tag = B.np, self.world_size, 7
+        if self.rank != 0:  # arrive, then wait for rank 0's verdict
+            token = np.ones(1, np.int64)
+            verdict = np.zeros(N + 1, np.int64)
+            send = self._ctl.Isend(token, dest=0, tag=tag)
+            recv = self._ctl.Irecv(verdict, source=0, tag=tag)
+            old, self.timeout = self.timeout, 2 * timeout + 1
+            try:
+                self._wait(recv, "monitored_barrier (waiting for rank 0)")
+                self._wait(send, "monitored_barrier")
+            finally:
+                self.timeout = old
+            missing = verdict[1:1 + verdict[0]].tolist()
+            if missing:
+                raise DistributedError(
+                    f"monitored_barrier: rank(s) {missing} did not reach the barrier within "
+                    f"{timeout:g} s (reported by rank 0)")
+            return
+        bufs = {r: np.zeros(1, np.int64) for r in range(1, N)}
+        reqs = {r: self._ctl.Irecv(bufs[r], source=r, tag=tag) for r in range(1, N)}
+        deadline = time.monotonic() + timeout
+        while not all(req.Test() for req in reqs.values()) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        missing = [r for r, req in reqs.items() if not req.Test()]
+        for r in missing:
+            reqs[r].Cancel()
+            reqs[r].Wait()
+        verdict = np.zeros(N + 1, np.int64)
+        verdict[0] = len(missing)
+        verdict[1:1 + len(missing)] = missing
+        sends = [self._ctl.Isend(verdict, dest=r, tag=tag) for r in range(1, N)
+                 if r not in missing]
+        for q in sends:
+            self._wait(q, "monitored_barrier (answering the ranks)")
+        if missing:
+            named = missing if wait_all_ranks else missing[:1]
+            raise DistributedError(
+                f"monitored_barrier: rank(s) {named} did not reach the barrier within "
+                f"{timeout:g} s; they have died, are stuck or left the barrier out")
 
     def broadcast_json(self, obj: Any, root: int = 0) -> Any:
         return self.allgather_json(obj if self.rank == root else None)[root]

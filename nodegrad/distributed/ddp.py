@@ -77,6 +77,14 @@ class DistributedDataParallel(Module):
             the parameters it does not reach as done, so a model that leaves some out in a
             step still averages (PyTorch's flag and meaning: a parameter unused on every rank
             keeps its ``.grad``; one used on some rank gets the average, this rank adding 0).
+        static_graph: PyTorch's promise that the set of used parameters never changes; here it
+            enables the same unused-parameter handling as ``find_unused_parameters``.
+
+    PyTorch's other keywords are accepted: ``process_group`` (a group from ``new_group``; the
+    same as ``comm``), ``device_ids`` (None or one device: the module's), ``output_device``,
+    ``dim``, ``init_sync`` (False skips taking rank 0's parameters at construction),
+    ``check_reduction`` and ``gradient_as_bucket_view`` (no effect here: gradients are always
+    written back into ``.grad``); ``mixed_precision`` and ``device_mesh`` must be None.
 
     Without ``find_unused_parameters`` every parameter that requires grad must receive a
     gradient in each synchronised backward pass; the next forward says which did not.
@@ -87,21 +95,52 @@ class DistributedDataParallel(Module):
     """
 
     def __init__(self, module: Module, comm: Communicator | None = None,
-                 bucket_cap_mb: float = 25.0, broadcast_buffers: bool = True,
-                 overlap: bool = True, find_unused_parameters: bool = False):
+                 bucket_cap_mb: float | None = 25.0, broadcast_buffers: bool | None = True,
+                 overlap: bool = True, find_unused_parameters: bool = False, *,
+                 device_ids: list | None = None, output_device=None, dim: int = 0,
+                 process_group: Communicator | None = None, init_sync: bool = True,
+                 check_reduction: bool = False, gradient_as_bucket_view: bool = False,
+                 static_graph: bool = False, mixed_precision=None, device_mesh=None):
         super().__init__()
+        fn = "DistributedDataParallel"
+        if isinstance(comm, (list, tuple, int)) and not isinstance(comm, bool):
+            if device_ids is not None:  # PyTorch's second positional argument
+                raise TypeError(f"{fn}: device_ids given twice")
+            comm, device_ids = None, comm
+        if device_ids is not None:
+            ids = [device_ids] if isinstance(device_ids, int) else list(device_ids)
+            if len(ids) > 1:
+                raise ValueError(f"{fn}: device_ids must be None or hold one device (one GPU "
+                                 f"per rank), got {device_ids}")
+        if process_group is not None:
+            if comm is not None and comm is not process_group:
+                raise ValueError(f"{fn}: give comm or process_group, not both")
+            comm = process_group
+        if comm is not None and not isinstance(comm, Communicator):
+            raise TypeError(f"{fn}: process_group must be a group from new_group (or None), got "
+                            f"{type(comm).__name__}; a rank outside the group cannot wrap a "
+                            "model for it")
+        for k, v in (("mixed_precision", mixed_precision), ("device_mesh", device_mesh)):
+            if v is not None:
+                raise NotImplementedError(f"{fn}: {k} is not supported; leave it None (use "
+                                          "nodegrad.autocast for mixed precision)")
         self.module = module
         self.comm = comm if comm is not None else get_world()
-        self.broadcast_buffers = bool(broadcast_buffers)
+        self.broadcast_buffers = True if broadcast_buffers is None else bool(broadcast_buffers)
         self.overlap = bool(overlap)
-        self.find_unused_parameters = bool(find_unused_parameters)
+        self.static_graph = bool(static_graph)
+        self.find_unused_parameters = bool(find_unused_parameters) or self.static_graph
+        self.gradient_as_bucket_view = bool(gradient_as_bucket_view)
+        self.device_ids, self.output_device, self.dim = device_ids, output_device, dim
+        if bucket_cap_mb is None:
+            bucket_cap_mb = 25.0
         self._unused: set[int] = set()
         self._sync = True
         self._armed = False
         self._fired = False
         self._forward_sync = True  # PyTorch's require_forward_param_sync
         check_same_model(module, self.comm)
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in list(module.parameters()) + list(module.buffers()) if init_sync else ():
             self.comm.broadcast(t.data)
             t._bump()
         params = [p for p in module.parameters() if p.requires_grad]
@@ -212,6 +251,10 @@ class DistributedDataParallel(Module):
 
     def _arrived(self, p) -> bool:
         return id(p) in self._got
+
+    def _set_static_graph(self) -> None:
+        """PyTorch's late ``static_graph=True`` (unused parameters handled from now on)."""
+        self.static_graph = self.find_unused_parameters = True
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:

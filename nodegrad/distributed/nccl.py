@@ -20,6 +20,7 @@ class NCCLCommunicator(Communicator):
         self.host = host if host is not None else get_world()
         self.rank, self.world_size = self.host.rank, self.host.world_size
         self.timeout = self.host.timeout
+        self.backend = "nccl"
         uid = self.host.broadcast_json(B.nccl_unique_id() if self.rank == 0 else None)
         self.nccl = B.NcclComm(self.world_size, uid, self.rank)
 
@@ -52,6 +53,38 @@ class NCCLCommunicator(Communicator):
     def barrier(self) -> None:
         self.nccl.synchronize()
         self.host.barrier()
+
+    # what NCCL does not carry here goes over the host communicator (device arrays are copied)
+    def isend(self, a, dst: int, tag: int = 0) -> Work:
+        self.nccl.synchronize()
+        return self.host.isend(a, dst, tag)
+
+    def irecv(self, a, src: int | None = None, tag: int = 0) -> Work:
+        self.nccl.synchronize()
+        return self.host.irecv(a, src, tag)
+
+    def gather(self, a, root: int = 0):
+        self.nccl.synchronize()
+        return self.host.gather(a, root)
+
+    def scatter(self, stacked, out, root: int = 0):
+        self.nccl.synchronize()
+        return self.host.scatter(stacked, out, root)
+
+    def alltoallv(self, send, send_counts: list[int], recv, recv_counts: list[int]):
+        self.nccl.synchronize()
+        return self.host.alltoallv(send, send_counts, recv, recv_counts)
+
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
+        return self.host.allgather_bytes(data)
+
+    def split(self, ranks: list[int], sync: bool = True) -> Communicator | None:
+        """A sub-group over the host communicator (its collectives copy device arrays)."""
+        return self.host.split(ranks, sync)
+
+    def monitored_barrier(self, timeout: float, wait_all_ranks: bool = False) -> None:
+        self.nccl.synchronize()
+        self.host.monitored_barrier(timeout, wait_all_ranks)
 
     def abort(self, code: int = 1) -> None:
         self.host.abort(code)
