@@ -477,6 +477,15 @@ def sytrs(ld, ipiv, b):
     return x
 
 
+def sobol(dimension: int, scramble: bool, seed: int | None):
+    """A Sobol' sequence generator: SciPy's ``scipy.stats.qmc.Sobol`` (Joe and Kuo's
+    direction numbers, 30 bits as PyTorch's), with ``random(n)``, ``fast_forward(n)`` and
+    ``reset()``; ``seed`` (an int or None) draws the scramble."""
+    from scipy.stats import qmc
+
+    return qmc.Sobol(dimension, scramble=scramble, bits=30, seed=np.random.default_rng(seed))
+
+
 # --- host heap: keep freed array buffers for reuse ----------------------------------------------
 # glibc returns a freed buffer of a few MiB to the kernel (munmap, or a trim of the heap top) and
 # the next array of that size takes one page fault per 4 KiB page; on virtual machines that

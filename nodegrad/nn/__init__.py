@@ -4,6 +4,7 @@ from . import functional, init, utils
 from .layers import *  # noqa: F403
 from .layers import __all__ as _layers
 from .module import Buffer, Module, Parameter, functional_call
+from . import attention, parameter  # noqa: F401  (torch.nn.attention, torch.nn.parameter)
 
 __all__ = ["functional", "init", "utils", "Module", "Parameter", "Buffer", "functional_call",
            *_layers]

@@ -1,0 +1,126 @@
+"""PyTorch's ``torch.backends`` switches: ``cudnn``, ``cuda.matmul`` and ``mps``.
+
+nodegrad computes with NumPy on the CPU and CuPy on CUDA devices and calls no cuDNN kernels, so
+no algorithm is chosen by these switches: they are recorded and read back so that training
+scripts which set them run unchanged, and each says what it does here. Two are tied to the
+switches they stand for in PyTorch: ``cuda.matmul.allow_tf32`` is the float32 matmul precision
+(True is 'high', False 'highest', as torch's) and ``cudnn.deterministic`` reads and sets only
+its own flag, as PyTorch's (which also leaves ``use_deterministic_algorithms`` untouched).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .settings import get_float32_matmul_precision, set_float32_matmul_precision
+
+__all__ = ["cudnn", "cuda", "mps"]
+
+
+def _flag(owner: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"backends.{owner}.{name}: expects a bool, got "
+                        f"{type(value).__name__} {value!r}")
+    return value
+
+
+class _Flags:
+    """A module-like object whose switches are settable attributes; an unknown name raises
+    (a misspelt switch would otherwise be set and silently ignored)."""
+
+    _name = ""
+    _switches: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value) -> None:
+        if name not in self._switches and not hasattr(type(self), name):
+            raise AttributeError(f"backends.{self._name} has no switch {name!r} "
+                                 f"(known: {', '.join(self._switches)})")
+        object.__setattr__(self, name, _flag(self._name, name, value)
+                           if name in self._switches else value)
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"{n}={getattr(self, n)}" for n in self._switches)
+        return f"<nodegrad.backends.{self._name}: {vals}>"
+
+
+class CudnnModule(_Flags):
+    """``torch.backends.cudnn``. nodegrad calls no cuDNN kernels, so ``enabled``,
+    ``benchmark``, ``deterministic`` and ``allow_tf32`` select nothing: convolutions are
+    matrix products over window views, the same algorithm every call and deterministic
+    whatever is set. The flags keep PyTorch's defaults (enabled, allow_tf32 True;
+    benchmark, deterministic False) and are read back as set."""
+
+    _name = "cudnn"
+    _switches = ("enabled", "benchmark", "deterministic", "allow_tf32")
+
+    def __init__(self) -> None:
+        for n, v in zip(self._switches, (True, False, False, True)):
+            object.__setattr__(self, n, v)
+
+    @staticmethod
+    def is_available() -> bool:
+        """False: nodegrad's kernels never go through cuDNN."""
+        return False
+
+    @staticmethod
+    def version() -> None:
+        """None, as PyTorch's when cuDNN is not available."""
+        return None
+
+
+class _Matmul(_Flags):
+    """``torch.backends.cuda.matmul``. ``allow_tf32`` is PyTorch's other spelling of the
+    float32 matmul precision (True is 'high', False 'highest'); the reduced-precision
+    reduction flags are recorded only (CuPy's float16 products accumulate as cuBLAS does)."""
+
+    _name = "cuda.matmul"
+    _switches = ("allow_fp16_reduced_precision_reduction",
+                 "allow_bf16_reduced_precision_reduction")
+
+    def __init__(self) -> None:
+        for n in self._switches:
+            object.__setattr__(self, n, True)
+
+    @property
+    def allow_tf32(self) -> bool:
+        return get_float32_matmul_precision() != "highest"
+
+    @allow_tf32.setter
+    def allow_tf32(self, value: bool) -> None:
+        set_float32_matmul_precision("high" if _flag(self._name, "allow_tf32", value)
+                                     else "highest")
+
+    def __repr__(self) -> str:
+        return f"<nodegrad.backends.cuda.matmul: allow_tf32={self.allow_tf32}>"
+
+
+class CudaModule:
+    """``torch.backends.cuda``: ``matmul`` switches and ``is_built()``."""
+
+    def __init__(self) -> None:
+        self.matmul = _Matmul()
+
+    @staticmethod
+    def is_built() -> bool:
+        """Whether CUDA support is installed: CuPy can be imported (without importing it;
+        a GPU need not be present, as torch's answer for a CUDA build)."""
+        return importlib.util.find_spec("cupy") is not None
+
+
+class MpsModule:
+    """``torch.backends.mps``: Apple's Metal backend, which nodegrad does not have."""
+
+    @staticmethod
+    def is_available() -> bool:
+        """False: nodegrad has no Metal backend."""
+        return False
+
+    @staticmethod
+    def is_built() -> bool:
+        """False: nodegrad has no Metal backend."""
+        return False
+
+
+cudnn = CudnnModule()
+cuda = CudaModule()
+mps = MpsModule()
