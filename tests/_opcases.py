@@ -348,7 +348,8 @@ ew("cos_grad", lambda g, x: P["cos_grad"](g, x), lambda g, x: -(g * x.sin()), "r
 ew("sigmoid_grad", lambda g, a: P["sigmoid_grad"](g, a), lambda g, a: g * a * (1 - a), "real",
    "real")
 ew("relu", ng.relu, lambda x: x.relu(), "kink0")
-ew("relu_grad", lambda g, a: P["relu_grad"](g, a), lambda g, a: g * (a > 0) + 0 * a, "real",
+# relu_grad's second operand is relu's output: g passes where it is nonzero (positive or NaN)
+ew("relu_grad", lambda g, a: P["relu_grad"](g, a), lambda g, a: g * (a != 0) + 0 * a, "real",
    "kink0")
 ew("leaky_relu", lambda x: ng.leaky_relu(x, 0.1), lambda x: F.leaky_relu(x, 0.1), "kink0")
 ew("leaky_relu_default", ng.leaky_relu, lambda x: F.leaky_relu(x), "kink0",
@@ -2109,11 +2110,11 @@ ew("relu6", ng.relu6, F.relu6, "offgrid", prims=("hardtanh",))
 # PyTorch's hardsigmoid gradient and celu with alpha != 1 round a constant to float32 even in
 # float64: test_ops_surface compares those at float32 precision
 ew("hardsigmoid", ng.hardsigmoid, None, "offgrid", prims=("hardtanh",))
-ew("hardswish", ng.hardswish, F.hardswish, "offgrid", prims=("hardtanh", "multiply"))
+ew("hardswish", ng.hardswish, F.hardswish, "offgrid")
 ew("selu", ng.selu, torch.selu, "kink0", prims=("where", "expm1"))
 ew("celu", ng.celu, F.celu, "kink0", prims=("where", "expm1"))
 ew("celu_alpha", lambda x: ng.celu(x, 0.7), None, "kink0", prims=("where", "expm1"))
-ew("mish", ng.mish, F.mish, "wide", prims=("softplus", "tanh"))
+ew("mish", ng.mish, F.mish, "wide")
 ew("logsigmoid", ng.logsigmoid, F.logsigmoid, "wide", prims=("softplus",))
 ew("softsign", ng.softsign, F.softsign, "kink0", prims=("abs", "divide"))
 ew("tanhshrink", ng.tanhshrink, F.tanhshrink, "wide", prims=("tanh", "subtract"))
@@ -2135,7 +2136,7 @@ def _glu(draw, layout):
     return Call(lambda x: ng.glu(x, dim), (arr(draw, s, "wide"),), lambda t: F.glu(t, dim))
 
 
-case("glu", _glu, ("sigmoid", "multiply"), ("vector", "matrix", "3d", "size1", "noncontig"))
+case("glu", _glu, ("glu",), ("vector", "matrix", "3d", "size1", "noncontig"))
 
 
 def _softmin(draw, layout):
@@ -2670,4 +2671,29 @@ for _family in ("_opcases_products", "_opcases_special", "_opcases_slicing",
                 "_opcases_complex"):
     importlib.import_module(_family)
 CASES_BY_NAME.update({c.name: c for c in CASES[_n2:]})
+assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
+
+
+# --- fused activations: silu, mish (above), glu (above) and their gradients' primitives ---------
+_n3 = len(CASES)
+
+
+def _tsp(x):
+    return torch.tanh(F.softplus(x))
+
+
+ew("silu", ng.nn.functional.silu, lambda x: F.silu(x), "wide")
+ew("silu_grad", lambda g, x: P["silu_grad"](g, x),
+   lambda g, x: g * (x.sigmoid() * (1 + x * (1 - x.sigmoid()))), "real", "wide")
+ew("mish_grad", lambda g, x: P["mish_grad"](g, x),
+   lambda g, x: g * (_tsp(x) + x * x.sigmoid() * (1 - _tsp(x) * _tsp(x))), "real", "wide")
+SCALAR_FORMS.update({
+    "silu": [ng.nn.functional.silu], "mish": [ng.mish], "hardswish": [ng.hardswish],
+    "silu_grad": [lambda x: P["silu_grad"](x, 0.25), lambda x: P["silu_grad"](2.0, x)],
+    "mish_grad": [lambda x: P["mish_grad"](x, -0.5), lambda x: P["mish_grad"](1.5, x)],
+})
+MIXED_FORMS.update({"silu_grad": lambda a, b: P["silu_grad"](a, b),
+                    "mish_grad": lambda a, b: P["mish_grad"](a, b)})
+ORDER2 += ("silu", "silu_grad", "mish_grad", "glu", "hardswish")
+CASES_BY_NAME.update({c.name: c for c in CASES[_n3:]})
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"

@@ -195,10 +195,11 @@ KEPT = {
                 (-0.0, (None, INF), "IEEE pow(-0, -0.5) = +inf; PyTorch's 1/sqrt(-0) = -inf")],
     "pow_-0.5": [(-INF, (0.0, None), "IEEE pow(-inf, -0.5) = 0; PyTorch's rsqrt(-inf) = NaN"),
                  (-0.0, (INF, None), "IEEE pow(-0, -0.5) = +inf; PyTorch's rsqrt(-0) = -inf")],
-    "silu": [("max", (None, "rand"), "left: x * sigmoid(x) as a composition, so the random "
-                                     "cotangent times x overflows to inf * 0 = NaN at the float "
-                                     "extremes (PyTorch's fused rule does not)")],
-    "mish": [("max", (None, "rand"), "left: as silu, g * x overflows at the float extremes")],
+    "silu": [(-INF, (-0.0, 0.0), "the limits x sigmoid(x) -> 0 and slope -> 0; PyTorch's "
+                                 "x / (1 + e^-x) is -inf / inf = NaN, its slope NaN"),
+             (INF, (None, 1.0), "slope 1, the limit; PyTorch's x (1 - s) is inf * 0 = NaN")],
+    "mish": [(-INF, (-0.0, 0.0), "as silu: the limits, where PyTorch's -inf * 0 gives NaN"),
+             (INF, (None, 1.0), "slope 1, the limit; PyTorch: NaN")],
     "xlogy_self": [(0.0, (None, 0.0), "d/dx is PyTorch's 0 at x = 0, y <= 0 and d/dy = 0 (the "
                                       "function is 0 along y at x = 0); PyTorch's x/y: NaN"),
                    (-0.0, (None, 0.0), "the same at -0.0"),
@@ -305,8 +306,6 @@ def _kept_mask(name, x, dt):
 def test_unary_matches_pytorch_on_special_values(name, dt):
     ours, theirs = UNARY[name]
     x = specials(dt)
-    if name == "glu":  # left: g * a overflows before sigmoid's slope scales it, at a = ±max
-        x[np.abs(x) == np.finfo(dt).max] = 1.0
     rng = np.random.default_rng(0)
     for cot in (np.ones(x.size, dt), rng.uniform(-2, 2, x.size).astype(dt)):
         if name == "glu":
@@ -431,6 +430,11 @@ def test_kept_answers_are_ours(dt):
         y, g = _grad_of_sum(_f(F, "gelu", approximate="tanh"), np.array([INF, -INF, big, -big],
                                                                          dt))
         np.testing.assert_array_equal(g, [1.0, 0.0, 1.0, 0.0])
+        for f in (F.silu, F.mish):
+            y, g = _grad_of_sum(f, np.array([-INF, INF, big, -big], dt))
+            np.testing.assert_array_equal(y, [-0.0, INF, big, -0.0])
+            assert np.signbit(y[0]) and np.signbit(y[3])
+            np.testing.assert_array_equal(g, [0.0, 1.0, 1.0, 0.0])
         y, _ = _grad_of_sum(F.hardswish, np.array([-INF, big], dt))
         np.testing.assert_array_equal(y, [0.0, big])
         _, g = _grad_of_sum(F.hardsigmoid, np.array([0.0], dt))

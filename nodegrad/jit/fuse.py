@@ -35,6 +35,11 @@ from .passes import _POINTWISE
 from .program import Instr
 from .trace import _op
 
+# sigmoid(x) as silu computes it, 1 / (e⁻ˣ + 1), and tanh(softplus(x)) as mish does,
+# 1 / (1 + 2 / ((eˣ + 2) eˣ)) (ops/activation.py)
+_SIG = "(_1 / (math.exp(-{x}) + _1))"
+_TSP = "(_1 / (_1 + (_1 + _1) / ((math.exp({x}) + (_1 + _1)) * math.exp({x}))))"
+
 # op -> (arity, template over a, b, c; "libm" marks transcendental ops)
 # _0 and _1 are zero and one in the kernel's dtype (a bare 0.0 would be float64 in numba)
 _TEMPLATES: dict[str, tuple] = {
@@ -65,6 +70,19 @@ _TEMPLATES: dict[str, tuple] = {
     # the VJPs of sin and cos (g cos x, -(g sin x)), as ops/elementwise.py computes them
     "sin_grad": (2, "({a} * math.cos({b}))", "libm"),
     "cos_grad": (2, "(-({a} * math.sin({b})))", "libm"),
+    # silu, mish and their VJPs (g, x) in ops/activation.py's order, with its limits at ±inf
+    "silu": (1, "(-_0 if {a} == -math.inf else {a} * " + _SIG.format(x="{a}") + ")", "libm"),
+    "silu_grad": (2, "(({a} if {b} > _0 else {a} * _0) if abs({b}) == math.inf else "
+                     "((_1 - " + _SIG.format(x="{b}") + ") * {b} + _1) * "
+                     + _SIG.format(x="{b}") + " * {a})", "libm"),
+    "mish": (1, "(-_0 if {a} == -math.inf else {a} * " + _TSP.format(x="{a}") + ")", "libm"),
+    # hardswish: x from 3 up, 0 from -3 down, x ((x + 3) / 6) between (3 and 6 exact sums)
+    "hardswish": (1, "({a} if {a} >= _3 else (_0 if {a} <= -_3 else {a} * (({a} + _3) / "
+                     "(_3 + _3))))".replace("_3", "(_1 + _1 + _1)")),
+    "mish_grad": (2, "(({a} if {b} > _0 else {a} * _0) if abs({b}) == math.inf else "
+                     "((_1 / (_1 / math.exp({b}) + _1)) * {b} * (_1 - " + _TSP.format(x="{b}")
+                     + " * " + _TSP.format(x="{b}") + ") + " + _TSP.format(x="{b}") + ") * {a})",
+                  "libm"),
 }
 # the CUDA C forms where they differ from the Python ones (math.f becomes f)
 _C_TEMPLATES = {
@@ -75,6 +93,18 @@ _C_TEMPLATES = {
     "relu_grad": "({b} != _0 ? {a} * _1 : {a} * _0)",
     "where": "({a} ? {b} : {c})",
 }
+_C_TEMPLATES.update({k: v.replace("math.", "") for k, v in {
+    "hardswish": ("({a} >= _3 ? {a} : ({a} <= -_3 ? _0 : {a} * (({a} + _3) / (_3 + _3))))"
+                  .replace("_3", "(_1 + _1 + _1)")),
+    "silu": "((isinf({a}) && {a} < _0) ? -_0 : {a} * " + _SIG.format(x="{a}") + ")",
+    "silu_grad": ("(isinf({b}) ? ({b} > _0 ? {a} : {a} * _0) : "
+                  "((_1 - " + _SIG.format(x="{b}") + ") * {b} + _1) * " + _SIG.format(x="{b}")
+                  + " * {a})"),
+    "mish": "((isinf({a}) && {a} < _0) ? -_0 : {a} * " + _TSP.format(x="{a}") + ")",
+    "mish_grad": ("(isinf({b}) ? ({b} > _0 ? {a} : {a} * _0) : "
+                  "((_1 / (_1 / exp({b}) + _1)) * {b} * (_1 - " + _TSP.format(x="{b}") + " * "
+                  + _TSP.format(x="{b}") + ") + " + _TSP.format(x="{b}") + ") * {a})"),
+}.items()})
 _BOOL_OUT = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
 # A float32 kernel computing sin or cos is rerun with the C library's when an argument is beyond
 # _vmath's reduction (see _Kernels.instr), so it must never write its result over an input (the

@@ -37,7 +37,7 @@ _UFUNC = {
 _ELEMENTWISE_OUT = set(_UFUNC) - {"matmul"}  # out= may be the memory of an input
 FRESH = set(_UFUNC) | {"copy", "relu", "sigmoid", "sum", "mean", "where", "relu_grad", "exp2",
                        "log2", "log10", "reciprocal", "rsqrt", "log_softmax", "softmax",
-                       "logsumexp",
+                       "logsumexp", "silu", "silu_grad", "mish", "mish_grad", "glu", "hardswish",
                        # a new array or a view of one the op made, never of an input
                        "linear", "conv", "conv_input_grad", "conv_weight_grad", "matmul_t"}
 

@@ -535,14 +535,14 @@ def hardswish(input: Tensor, inplace: bool = False) -> Tensor:
 
 
 def silu(input: Tensor, inplace: bool = False) -> Tensor:
-    """x·sigmoid(x) (swish)."""
+    """x·sigmoid(x) (swish), one fused primitive (finite gradients for every finite x)."""
     if inplace:
-        return _stored(input, inplace, "silu", silu)
-    return input * _sigmoid(input)
+        return _stored(input, inplace, "silu", _A.silu)
+    return _A.silu(input)
 
 
 def mish(input: Tensor, inplace: bool = False) -> Tensor:
-    """x · tanh(softplus(x))."""
+    """x · tanh(softplus(x)), one fused primitive (finite gradients for every finite x)."""
     if inplace:
         return _stored(input, inplace, "mish", _A.mish)
     return _A.mish(input)

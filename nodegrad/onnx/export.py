@@ -392,6 +392,50 @@ def _gelu(r, a, p, out, tw):
     return r.node("Mul", [r.node("Mul", [c(0.5), x]), t])
 
 
+def _silu(r, a, p, out, tw):
+    """x / (e⁻ˣ + 1) as x · Reciprocal(Exp(Neg(x)) + 1) (ONNX has no SiLU op): the operations
+    in the order nodegrad's forward does them, so a round trip is exact."""
+    dt = _np_dtype(out)
+    x = _as_dtype(r, a[0], out.dtype)
+    e = r.node("Add", [r.node("Exp", [r.node("Neg", [x])]), r.const(1.0, dt)])
+    return r.node("Mul", [x, r.node("Reciprocal", [e])])
+
+
+def _mish(r, a, p, out, tw):
+    """ONNX's Mish from opset 18; before it x · tanh(softplus(x)) as nodegrad computes it,
+    x / (1 + 2 / ((eˣ + 2) eˣ)), so that a round trip is exact."""
+    x = _as_dtype(r, a[0], out.dtype)
+    if r.opset >= 18:
+        return r.node("Mish", [x])
+    dt = _np_dtype(out)
+    e = r.node("Exp", [x])
+    n = r.node("Mul", [r.node("Add", [e, r.const(2.0, dt)]), e])
+    t = r.node("Add", [r.node("Div", [r.const(2.0, dt), n]), r.const(1.0, dt)])
+    return r.node("Mul", [x, r.node("Reciprocal", [t])])
+
+
+def _hardswish(r, a, p, out, tw):
+    """ONNX's HardSwish for float32 (onnxruntime has no other kernel); other dtypes as nodegrad
+    computes it: x from 3 up, 0 from -3 down, x ((x + 3) / 6) between."""
+    x = _as_dtype(r, a[0], out.dtype)
+    if out.dtype == np.float32:
+        return r.node("HardSwish", [x])
+    dt = _np_dtype(out)
+    mid = r.node("Mul", [x, r.node("Div", [r.node("Add", [x, r.const(3.0, dt)]),
+                                           r.const(6.0, dt)])])
+    low = r.node("Where", [r.node("LessOrEqual", [x, r.const(-3.0, dt)]), r.const(0.0, dt), mid])
+    return r.node("Where", [r.node("GreaterOrEqual", [x, r.const(3.0, dt)]), x, low])
+
+
+def _glu(r, a, p, out, tw):
+    """a · Sigmoid(b) for the halves a, b of x along ``axis``, sliced out."""
+    x, ax = _as_dtype(r, a[0], out.dtype), int(p["axis"])
+    n = a[0].shape[ax] // 2
+    first = _slice(r, x, [ax], [0], [n])
+    second = _slice(r, x, [ax], [n], [2 * n])
+    return r.node("Mul", [first, r.node("Sigmoid", [second])])
+
+
 def _clip(r, a, p, out, tw):
     x = y = _as_dtype(r, a[0], out.dtype)  # integers clipped to float bounds are floats
     for op, bound in (("Max", a[1]), ("Min", a[2])):
@@ -850,6 +894,7 @@ PRIMS = {
     "round": _unary("Round"),  # half to even, as NumPy
     "logical_not": _unary("Not"), "square": _square, "expm1": _expm1, "log1p": _log1p,
     "leaky_relu": _leaky, "softplus": _softplus, "gelu": _gelu, "clip": _clip,
+    "silu": _silu, "mish": _mish, "glu": _glu, "hardswish": _hardswish,
     "hardtanh": _hardtanh, "where": _binary("Where"), "equal": _compare("Equal"),
     "not_equal": _not_equal,
     "less": _compare("Less"), "less_equal": _compare("LessOrEqual"),

@@ -285,6 +285,7 @@ __all__ = [
 # --- the wider operator surface: elementwise, activations, scans, reductions, sorting ---------
 from .activation import (  # noqa: E402
     celu, glu, hardshrink, hardsigmoid, hardswish, hardtanh, logsigmoid, mish, relu6, selu,
+    silu,
     softmin, softshrink, softsign, tanhshrink, threshold,
 )
 from .elementwise import (  # noqa: E402
@@ -308,6 +309,7 @@ __all__ += [  # noqa: PLE0605
     "lerp", "log2", "log10", "logaddexp", "logaddexp2", "nan_to_num", "rad2deg", "reciprocal",
     "rsqrt", "sinc", "sinh", "trunc_divide", "xlogy",
     "celu", "glu", "hardshrink", "hardsigmoid", "hardswish", "hardtanh", "logsigmoid", "mish",
+    "silu",
     "relu6", "selu", "softmin", "softshrink", "softsign", "tanhshrink", "threshold",
     "cummax", "cummin", "cumprod", "cumsum", "logcumsumexp",
     "amax", "amin", "aminmax", "count_nonzero", "matrix_norm", "nanmean", "nansum", "norm",
