@@ -41,7 +41,7 @@ from .random import (Generator, default_generator, manual_seed, normal, rand, ra
 from .random import (bernoulli, multinomial, normal_, rand_like, randint_like, randn_like,
                      uniform_)
 from .tensor import (Tensor, arange, as_tensor, bool_, default_device, empty, empty_like, eye,
-                     float16, float32, float64, from_dlpack, from_numpy, full, full_like,
+                     bfloat16, float16, float32, float64, from_dlpack, from_numpy, full, full_like,
                      get_default_device, int32, int64, linspace, ones, ones_like,
                      set_default_device, tensor, zeros, zeros_like)
 from .testing import gradcheck

@@ -15,9 +15,10 @@ import os
 import sys
 import threading
 
+import ml_dtypes
 import numpy as np
 
-from .errors import BackendUnavailable, DeviceError
+from .errors import BackendUnavailable, DeviceError, DTypeError
 
 float32 = np.dtype("float32")
 float64 = np.dtype("float64")
@@ -25,14 +26,36 @@ float16 = np.dtype("float16")
 int32 = np.dtype("int32")
 int64 = np.dtype("int64")
 bool_ = np.dtype("bool")
+bfloat16 = np.dtype(ml_dtypes.bfloat16)
+"""PyTorch's bfloat16 (float32's top 16 bits), from ml_dtypes. NumPy knows it as a user dtype of
+kind "V": ask :func:`is_float`, never ``dtype.kind``, whether a dtype is a float."""
 
 DEFAULT_FLOAT = float32
 _FLOAT_KINDS = "f"
 
 
 def is_float(dtype) -> bool:
-    """True for floating dtypes (the only ones that can carry gradients)."""
-    return dtype.kind == "f"
+    """True for real floating dtypes, bfloat16 included (the real ones that carry gradients)."""
+    return dtype.kind == "f" or dtype == bfloat16
+
+
+def is_inexact(dtype) -> bool:
+    """True for dtypes that can carry gradients: floats (bfloat16 included) and complex."""
+    return dtype.kind in "fc" or dtype == bfloat16
+
+
+def cast(a, dtype):
+    """``a.astype(dtype)``, float64 going to bfloat16 through float32 as PyTorch's conversion
+    does (rounded twice: a direct rounding differs where float32's lands on a bfloat16 tie)."""
+    if dtype is bfloat16 and a.dtype == float64:
+        a = a.astype(float32)
+    return a.astype(dtype)
+
+
+def finfo(dtype):
+    """Machine limits of real float ``dtype`` (ml_dtypes' for bfloat16, NumPy's otherwise)."""
+    return ml_dtypes.finfo(dtype) if dtype == bfloat16 else np.finfo(dtype)
+
 
 class Device(str):
     """A device name that reads as PyTorch's ``torch.device``: ``"cpu"``, ``"cuda"`` or
@@ -76,7 +99,6 @@ class Device(str):
         return int(num) if num else None
 
 
-
 class Backend:
     """One device: its array module ``xp`` and the few helpers where NumPy and CuPy differ."""
 
@@ -98,6 +120,9 @@ class Backend:
         """Array on this device (a copy only when the dtype or device changes)."""
         if self.device_id is None:
             return np.asarray(data, dtype=dtype)
+        if dtype == bfloat16 or getattr(data, "dtype", None) == bfloat16:
+            raise DTypeError(f"{self.name}: CuPy arrays have no bfloat16 (ml_dtypes' dtype is "
+                             "NumPy's alone); convert to float16 or float32 first")
         with self.xp.cuda.Device(self.device_id):
             return self.xp.asarray(data, dtype=dtype)
 

@@ -7,8 +7,8 @@ linear algebra) in float32, and operands of other ops that mix float widths are 
 the widest, as PyTorch's type promotion does. Casts are the differentiable ``astype``, so a
 float32 parameter gets a float32 gradient. The region is per thread and per device type,
 like PyTorch's; the op lists follow PyTorch's CPU and CUDA autocast lists, by the primitive
-that carries each op here. NumPy and CuPy have no bfloat16, so float16 is the one low
-precision (also the default of ``"cpu"``, where PyTorch's is bfloat16).
+that carries each op here. The low precisions are bfloat16 (the default of ``"cpu"``, as in
+PyTorch) and float16 (the default of ``"cuda"``; CuPy has no bfloat16).
 
 :class:`GradScaler` multiplies the loss by a scale so float16 gradients do not underflow,
 divides the gradients back before the optimiser's step, skips a step whose gradients hold
@@ -37,6 +37,8 @@ __all__ = ["autocast", "GradScaler", "custom_fwd", "custom_bwd", "is_autocast_av
 
 _DEVICES = ("cpu", "cuda")
 _F16 = B.np.dtype("float16")
+_BF16 = B.bfloat16
+_DEFAULT_DTYPE = {"cpu": _BF16, "cuda": _F16}  # PyTorch's defaults per device type
 _F32 = B.np.dtype("float32")
 _F64 = B.np.dtype("float64")
 
@@ -65,25 +67,18 @@ _ASTYPE = REGISTRY["astype"]
 _ndarray = B.ndarray
 
 
-def _bfloat16_error(what: str) -> DTypeError:
-    return DTypeError(f"{what}: bfloat16 was asked for, but NumPy and CuPy, and so nodegrad, have "
-                      "no bfloat16 dtype; use dtype=float16 (ng.float16), the one lower "
-                      "precision float")
-
-
 def _as_dtype(dtype, what: str):
-    """``dtype`` (a NumPy dtype, ``ng.float16``, ``"float16"``, ``torch.float16``) as a NumPy
-    float dtype the region may use: float16 or float32."""
+    """``dtype`` (a NumPy dtype, ``ng.bfloat16``, ``"float16"``, ``torch.bfloat16``) as a NumPy
+    float dtype the region may use: bfloat16, float16 or float32."""
     text = str(dtype)
-    if "bfloat16" in text:
-        raise _bfloat16_error(what)
     try:
         dt = B.np.dtype(text.removeprefix("torch.") if text.startswith("torch.") else dtype)
     except TypeError:
-        raise DTypeError(f"{what}: expected a float dtype (float16), got {dtype!r}") from None
-    if dt not in (_F16, _F32):
-        raise DTypeError(f"{what}: autocast runs in float16 (or float32), got {dt}; float64 "
-                         "and non-float dtypes are not lower precisions")
+        raise DTypeError(f"{what}: expected a float dtype (bfloat16 or float16), got "
+                         f"{dtype!r}") from None
+    if dt not in (_BF16, _F16, _F32):
+        raise DTypeError(f"{what}: autocast runs in bfloat16 or float16 (or float32), got {dt}; "
+                         "float64 and non-float dtypes are not lower precisions")
     return dt
 
 
@@ -134,7 +129,7 @@ def _make_rule(m, state: dict, cache: dict | None, cache_on: dict) -> Callable:
             if not isinstance(a, Tensor):
                 continue
             dt = a.data.dtype
-            if dt is target or dt.kind != "f" or dt == target or dt == _F64:
+            if dt is target or not B.is_float(dt) or dt == target or dt == _F64:
                 continue
             if out is None:
                 out = list(args)
@@ -181,7 +176,7 @@ def _promote_mixed(prim, args: tuple, low) -> tuple:
         a = args[i]
         if isinstance(a, Tensor):
             dt = a.data.dtype
-            if dt.kind == "f":
+            if B.is_float(dt):
                 if dt == low:
                     has_low = True
                 elif widest is None or dt.itemsize > widest.itemsize:
@@ -206,14 +201,19 @@ def _state_of(m) -> tuple[dict, dict | None, dict]:
 
 class autocast:  # noqa: N801  (PyTorch's name)
     """A region (``with``) or decorated function in which ops on ``device_type``'s tensors run
-    in mixed precision: products and convolutions in ``dtype`` (float16), precision-sensitive
-    ops in float32, as ``torch.autocast``. ``enabled=False`` turns a region off inside another;
+    in mixed precision: products and convolutions in ``dtype`` (by default bfloat16 on the CPU,
+    float16 on CUDA, as PyTorch's), precision-sensitive ops in float32, as ``torch.autocast``.
+    ``enabled=False`` turns a region off inside another;
     ``cache_enabled`` keeps one cast per parameter for the outermost region."""
 
     def __init__(self, device_type: str, dtype: Any = None, enabled: bool = True,
                  cache_enabled: bool | None = None) -> None:
         self.device = _check_device(device_type, "autocast")
-        self.fast_dtype = _F16 if dtype is None else _as_dtype(dtype, "autocast")
+        self.fast_dtype = (_DEFAULT_DTYPE[self.device] if dtype is None
+                           else _as_dtype(dtype, "autocast"))
+        if self.fast_dtype == _BF16 and self.device == "cuda":
+            raise DTypeError("autocast: CuPy arrays have no bfloat16, so a 'cuda' region runs in "
+                             "float16 (dtype=ng.float16); bfloat16 regions are for 'cpu'")
         self._dtype_arg = dtype
         self._cache_enabled = True if cache_enabled is None else bool(cache_enabled)
         enabled = bool(enabled)
@@ -287,10 +287,11 @@ def is_autocast_enabled(device_type: str = "cuda") -> bool:
 
 
 def get_autocast_dtype(device_type: str):
-    """The lower precision dtype of ``device_type``'s region (float16 outside one)."""
+    """The lower precision dtype of ``device_type``'s region (outside one, PyTorch's default:
+    bfloat16 for ``"cpu"``, float16 for ``"cuda"``)."""
     dev = _check_device(device_type, "get_autocast_dtype")
     rule = modes().autocast
-    return getattr(rule, "state", {}).get(dev, _F16)
+    return getattr(rule, "state", {}).get(dev, _DEFAULT_DTYPE[dev])
 
 
 def current_regions() -> dict:
@@ -331,7 +332,7 @@ def float32_in_region(*tensors):
         return tensors
     out = []
     for t in tensors:
-        if isinstance(t, Tensor) and t.data.dtype.kind == "f" and t.data.dtype.itemsize < 4 and (
+        if isinstance(t, Tensor) and B.is_float(t.data.dtype) and t.data.dtype.itemsize < 4 and (
                 ("cpu" if type(t.data) is _ndarray else "cuda") in state):
             t = bind(_ASTYPE, (t,), {"dtype": _F32, "src": t.data.dtype})
         out.append(t)
@@ -344,7 +345,7 @@ def _cast_floats(value, device: str, dtype):
     walked), as torch.amp's ``_cast``."""
     if isinstance(value, Tensor):
         on = (type(value.data) is _ndarray) == (device == "cpu")
-        if on and value.dtype.kind == "f" and value.dtype != _F64 and value.dtype != dtype:
+        if on and B.is_float(value.dtype) and value.dtype != _F64 and value.dtype != dtype:
             return value.astype(dtype)
         return value
     if isinstance(value, (list, tuple)):
@@ -474,7 +475,7 @@ class GradScaler:
             if isinstance(v, Tensor):
                 s = self._scale_on(v.device)
                 dt = v.dtype
-                if v.ndim == 0 and dt.kind == "f" and dt != _F32:  # 0-d with 0-d: promoted,
+                if v.ndim == 0 and B.is_float(dt) and dt != _F32:  # 0-d with 0-d: promoted,
                     wide = dt if dt.itemsize > 4 else _F32  # as PyTorch's product
                     return v.astype(wide) * s.astype(wide)
                 return v * s

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._backend import backend_of
+from ._backend import backend_of, is_inexact
 from ._backend import ndarray as _ndarray
 from .errors import AnomalyError, GradError, InplaceError
 
@@ -499,7 +499,7 @@ def user_stacklevel() -> int:
 
 
 def _check_finite(xp, g, what: str, node: Node) -> None:
-    if g.dtype.kind in "fc" and not bool(xp.isfinite(g).all()):
+    if is_inexact(g.dtype) and not bool(xp.isfinite(g).all()):
         raise anomaly_error(node, what)
 
 
@@ -523,8 +523,8 @@ def has_nan(d) -> bool:
     """True when ``d`` (an array or a Python number) holds a NaN."""
     if isinstance(d, float):
         return d != d
-    kind = getattr(getattr(d, "dtype", None), "kind", "")
-    return kind in "fc" and bool(backend_of(d).xp.isnan(d).any())
+    dt = getattr(d, "dtype", None)
+    return dt is not None and is_inexact(dt) and bool(backend_of(d).xp.isnan(d).any())
 
 
 def origin(t) -> str:

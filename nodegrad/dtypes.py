@@ -9,7 +9,10 @@ Python floats count as the default float32, Python ints as int64, Python complex
 default complex64; a complex operand of a lower level takes the width of the float tensor it
 meets (float64 times 1j is complex128), as in PyTorch. One deliberate difference: float32 with
 float64 in one level raises :class:`DTypeError` instead of computing in float64, and so do
-complex64 with float64 and complex128 with float32.
+any two different floats (bfloat16 and float16 included) and complex64 with float64 and complex128
+with float32. bfloat16 (ml_dtypes' dtype, of NumPy kind "V") is a float here: an integer tensor
+with a bfloat16 one gives bfloat16, a bfloat16 tensor with a Python float or a 0-d float32 tensor
+stays bfloat16, a 0-d bfloat16 tensor with a float16 tensor gives float16, as in PyTorch.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ _np = B.np
 _SCALAR_DTYPES = {bool: B.bool_, int: B.int64, float: B.DEFAULT_FLOAT,
                   complex: _np.result_type(B.DEFAULT_FLOAT, _np.complex64)}
 _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+_BF16 = B.bfloat16
+
+
+def _kind(dt) -> str:
+    """``dt.kind``, with bfloat16 (kind "V" in NumPy) as the float it is."""
+    return "f" if dt == _BF16 else dt.kind
 
 
 def _complex_of(f):
@@ -34,21 +43,22 @@ def promote_types(a, b):
     a, b = _np.dtype(a), _np.dtype(b)
     if a == b:
         return a
-    if a.kind not in "biuf" or b.kind not in "biuf":
-        if a.kind not in "biufc" or b.kind not in "biufc":
-            odd = a if a.kind not in "biufc" else b
+    ak, bk = _kind(a), _kind(b)
+    if ak not in "biuf" or bk not in "biuf":
+        if ak not in "biufc" or bk not in "biufc":
+            odd = a if ak not in "biufc" else b
             raise DTypeError(f"cannot compute with {a} and {b}: {odd} does not promote with "
-                             "nodegrad's dtypes (bool, integers, floats, complex)")
-        c, o = (a, b) if a.kind == "c" else (b, a)
-        if o.kind in "biu" or (o.kind == "f" and o.itemsize <= c.itemsize // 2):
+                             "nodegrad's dtypes (bool, integers, floats, bfloat16, complex)")
+        c, o = (a, b) if ak == "c" else (b, a)
+        if _kind(o) in "biu" or (_kind(o) == "f" and o.itemsize <= c.itemsize // 2):
             return c  # an integer, or a float of the same width or narrower
         raise DTypeError(f"mixed precisions {a} and {b}; nodegrad never promotes silently, "
                          "convert one explicitly (x.astype(...))")
-    if a.kind == "f" and b.kind == "f":
+    if ak == "f" and bk == "f":
         raise DTypeError(f"mixed float dtypes {a} and {b}; nodegrad never promotes silently, "
                          "convert one explicitly (x.astype(...), .float(), .double())")
-    if a.kind == "f" or b.kind == "f":  # an integer or bool meets a float: the float wins
-        return a if a.kind == "f" else b
+    if ak == "f" or bk == "f":  # an integer or bool meets a float: the float wins
+        return a if ak == "f" else b
     out = _np.promote_types(a, b)
     if out.kind == "f" and a.kind != "f" and b.kind != "f":  # uint64 with int64 in NumPy
         raise DTypeError(f"no integer dtype holds both {a} and {b}; convert one explicitly")
@@ -68,11 +78,12 @@ def _combine(higher, lower):
         return lower
     if lower is None or higher.kind == "c":
         return higher
-    if lower.kind == "c" and higher.kind == "f":  # a complex number meets a float tensor
+    hk, lk = _kind(higher), _kind(lower)
+    if lk == "c" and hk == "f":  # a complex number meets a float tensor
         return _complex_of(higher)
-    if higher.kind == "f":
+    if hk == "f":
         return higher
-    if higher.kind == "b" or _CATEGORY[lower.kind] > _CATEGORY[higher.kind]:
+    if hk == "b" or _CATEGORY[lk] > _CATEGORY[hk]:
         return promote_types(higher, lower)
     return higher
 
@@ -86,7 +97,7 @@ def _key_of(a):
     if dt is None:
         return None
     if isinstance(a, B.generic):  # a NumPy scalar counts as the Python number it holds
-        return {"b": bool, "f": float, "c": complex}.get(dt.kind, int)
+        return {"b": bool, "f": float, "c": complex}.get(_kind(dt), int)
     return (dt, a.ndim == 0)
 
 
@@ -129,9 +140,9 @@ def finfo(dtype=None):
     """Machine limits of a float dtype (``eps``, ``max``, ``min``, ``tiny``, ``bits``,
     ``resolution``), PyTorch's ``torch.finfo``; the default float dtype when none is given."""
     dt = _np.dtype(B.DEFAULT_FLOAT if dtype is None else dtype)
-    if dt.kind != "f":
+    if not B.is_float(dt):
         raise TypeError(f"finfo: expected a floating dtype, got {dt} (use iinfo)")
-    return _np.finfo(dt)
+    return B.finfo(dt)
 
 
 def iinfo(dtype):
@@ -144,7 +155,7 @@ def iinfo(dtype):
 
 # --- PyTorch's dtype queries ---------------------------------------------------------------------
 _TORCH_DTYPES = {_np.dtype(n) for n in ("bool", "uint8", "int8", "int16", "int32", "int64",
-                                        "float16", "float32", "float64")}
+                                        "float16", "float32", "float64")} | {_BF16}
 
 
 def _torch_dtype(dtype, op: str):
@@ -154,20 +165,25 @@ def _torch_dtype(dtype, op: str):
         raise TypeError(f"{op}: expected a dtype, got {dtype!r}") from None
     if dt not in _TORCH_DTYPES:
         raise TypeError(f"{op}: dtype {dt} is not one of nodegrad's (bool, uint8, int8, int16, "
-                        "int32, int64, float16, float32, float64)")
+                        "int32, int64, float16, bfloat16, float32, float64)")
     return dt
 
 
 def torch_promote_types(type1, type2):
     """PyTorch's ``torch.promote_types``: the smallest dtype both convert to without leaving
-    their categories (bool < integer < float); float32 with float64 gives float64 here, as it is
-    a question about dtypes (the operators themselves refuse that mix, see above)."""
+    their categories (bool < integer < float); float32 with float64 gives float64 here, and
+    bfloat16 with float16 float32, as it is a question about dtypes (the operators themselves
+    refuse such mixes, see above)."""
     a = _torch_dtype(type1, "promote_types")
     b = _torch_dtype(type2, "promote_types")
-    if a.kind == "f" or b.kind == "f":
-        if a.kind == "f" and b.kind == "f":
-            return a if a.itemsize >= b.itemsize else b
-        return a if a.kind == "f" else b
+    ak, bk = _kind(a), _kind(b)
+    if ak == "f" or bk == "f":
+        if ak == "f" and bk == "f":
+            if a != b and a.itemsize == b.itemsize:  # bfloat16 with float16: neither holds
+                # the other's values
+                return B.float32
+            return a if a.itemsize > b.itemsize else b
+        return a if ak == "f" else b
     return _np.promote_types(a, b)  # bool and integers: NumPy's lattice is PyTorch's here
 
 
@@ -176,7 +192,7 @@ def can_cast(from_, to) -> bool:
     values in ``to`` (a float never goes to an integer, a number never to bool)."""
     a = _torch_dtype(from_, "can_cast")
     b = _torch_dtype(to, "can_cast")
-    return _CATEGORY[a.kind] <= _CATEGORY[b.kind]  # bool < integers (signed or not) < floats
+    return _CATEGORY[_kind(a)] <= _CATEGORY[_kind(b)]  # bool < integers < floats
 
 
 def can_store(src, dst) -> bool:
@@ -184,7 +200,7 @@ def can_store(src, dst) -> bool:
     ``dst``, PyTorch's rule: never to a lower category (complex to real, float to integer, a
     number to bool); within a category any width or signedness (int16 into uint8 wraps, as
     PyTorch's, where NumPy's ``same_kind`` refuses signed into unsigned)."""
-    return _CATEGORY[_np.dtype(src).kind] <= _CATEGORY[_np.dtype(dst).kind]
+    return _CATEGORY[_kind(_np.dtype(src))] <= _CATEGORY[_kind(_np.dtype(dst))]
 
 
 # --- the default float dtype ----------------------------------------------------------------------

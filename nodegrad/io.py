@@ -32,8 +32,8 @@ _META_KEY = "nodegrad"
 _ALIAS_KEY = "nodegrad.aliases"  # {name: name written}: the second names of shared tensors
 # the dtypes a safetensors file can hold that NumPy has (what save writes, load returns)
 _SAVABLE = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-            "float16", "float32", "float64", "complex64")
-# safetensors' names of the dtypes NumPy has (bfloat16 is read as float32)
+            "float16", "bfloat16", "float32", "float64", "complex64")
+# safetensors' names of the dtypes nodegrad has
 _READABLE = {"BOOL", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "F16", "F32", "F64",
              "C64", "BF16"}
 # atomic_write's temporary files: ".<target name>.<8 random characters>.tmp"
@@ -227,22 +227,28 @@ def _header(path: Path) -> dict:
         return json.loads(fh.read(n))
 
 
-def _bfloat16_as_float32(path: Path, header: dict, key: str):
-    """Tensor ``key`` of a bfloat16 entry, as float32: exact, since bfloat16 is float32's top
-    16 bits. Any other dtype NumPy cannot hold is refused by name."""
+def _bfloat16_entry(path: Path, header: dict, key: str):
+    """Tensor ``key`` of a bfloat16 entry, its bits as they are (safetensors' NumPy reader has
+    no bfloat16). Any other dtype NumPy cannot hold is refused by name."""
     entry = header[key]
     if entry["dtype"] != "BF16":
         raise TypeError(f"tensor {key!r} has dtype {entry['dtype']}, which nodegrad cannot hold")
     start, end = entry["data_offsets"]
-    data = path.read_bytes()
-    base = 8 + int.from_bytes(data[:8], "little")
+    with open(path, "rb") as fh:
+        base = 8 + int.from_bytes(fh.read(8), "little")
+        fh.seek(base + start)
+        raw = fh.read(end - start)
     np = B.np
-    raw = np.frombuffer(data[base + start:base + end], dtype="<u2")
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+    return np.frombuffer(raw, dtype="<u2").view(B.bfloat16).reshape(entry["shape"]).copy()
 
 
-def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
-    """Load a safetensors file into a dict of tensors (and the metadata, if asked)."""
+def load(path: str | os.PathLike, device=None, with_metadata: bool = False, *,
+         bfloat16_as_float32: bool = False):
+    """Load a safetensors file into a dict of tensors (and the metadata, if asked).
+
+    bfloat16 entries (PyTorch's ``torch.bfloat16``) load as bfloat16 tensors, bit for bit;
+    ``bfloat16_as_float32=True`` gives them as float32 instead (exact: bfloat16 is float32's
+    top 16 bits), as nodegrad read them before it had bfloat16."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -266,15 +272,15 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False):
                 if dt not in _READABLE:
                     raise CheckpointError(
                         f"load: tensor {k!r} in {path} has dtype {dt}, which nodegrad cannot "
-                        "hold (it reads bool, integers, float16/32/64, bfloat16 as float32, "
-                        "and complex64)")
+                        "hold (it reads bool, integers, float16/32/64, bfloat16 and "
+                        "complex64)")
             for k in keys:
-                try:
+                if header[k]["dtype"] == "BF16":
+                    a = _bfloat16_entry(path, header, k)
+                    if bfloat16_as_float32:
+                        a = a.astype(B.float32)
+                else:
                     a = f.get_tensor(k)
-                except TypeError:  # a dtype NumPy lacks: bfloat16 (PyTorch's) is read as
-                    a = _bfloat16_as_float32(path, header, k)  # float32
-                if a.dtype.name == "bfloat16":  # NumPy knows it where ml_dtypes is loaded
-                    a = a.astype(B.np.float32)
                 out[k] = a
     except CheckpointError:
         raise

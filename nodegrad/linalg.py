@@ -91,7 +91,7 @@ def _mat(op: str, a, square: bool = True, name: str = "A", half: bool = False,
     float16 only where ``half`` (products alone; LAPACK has no half precision, and PyTorch's
     CPU refuses it)."""
     a = _t(a)
-    if a.dtype.kind != "f" or (a.dtype.itemsize < 4 and not half):
+    if not _B.is_float(a.dtype) or (a.dtype.itemsize < 4 and not half):
         if not (cplx and a.dtype.kind == "c"):
             raise DTypeError(f"linalg.{op}: expected a float32 or float64"
                              f"{', complex64 or complex128' if cplx else ''} tensor for {name}, "

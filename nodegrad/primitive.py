@@ -5,6 +5,9 @@ written with differentiable tensor operations (so ``create_graph=True`` gives hi
 nothing is recorded otherwise), what its node must keep (``saves``), and slots for a JVP rule
 and a batching rule. Parameters such as ``axis`` are keywords, kept hashable where possible.
 ``bind`` brings operands of different dtypes to one first, by PyTorch's rules (:mod:`.dtypes`).
+A bfloat16 op computes in float32 and rounds its float result back to bfloat16, as PyTorch's CPU
+kernels do (:func:`_through_float32`): NumPy's loops for ml_dtypes' bfloat16 answer some ops in
+float32 (``matmul``), refuse others (``einsum``) and accumulate sums in bfloat16.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
 from .tensor import Tensor
 
 REGISTRY: dict[str, Primitive] = {}
+# ops that only move or select bfloat16 values (views among them, which must stay views): they run
+# on bfloat16 arrays as they are; every other op computes bfloat16 operands in float32
+_BF16_NATIVE_KINDS = ("shape", "control")
+_BF16_NATIVE = {"astype", "getitem", "setitem", "view_put", "take_along_axis",
+                "sliding_window_view"}
+_BF16_THROUGH = {"sum_to"}  # a shape op that adds: it accumulates in float32
 _SAVES = {"inputs": (True, False), "out": (False, True), "both": (True, True),
           "none": (False, False)}
 
@@ -43,6 +52,9 @@ class Primitive:
         # whether its result may view an input's array (elementwise ops and reductions make
         # new arrays): bind then shares the input's version counter (_share_version)
         self.views = kind not in ("elementwise", "reduce")
+        # whether bfloat16 operands run as they are (else through float32, _through_float32)
+        self.bf16_native = (kind in _BF16_NATIVE_KINDS or name in _BF16_NATIVE) \
+            and name not in _BF16_THROUGH
         self.vjp_raw = None  # the VJP on host arrays for a first-order backward (see primitive)
         # how a complex cotangent goes back (see autodiff._complex_vjps): "holomorphic", rules
         # of its own, or None (refused); set by the op's declaration or by ops/complex.py
@@ -207,10 +219,10 @@ def _anomaly(prim, backend, args, datas, out) -> None:
     """Raise if ``out`` has NaN/Inf that its inputs did not, or NaN that came in with an input
     (detect_anomaly mode)."""
     xp = backend.xp
-    if not ANOMALY[1] or out.dtype.kind not in "fc" or bool(xp.isfinite(out).all()):
+    if not ANOMALY[1] or not B.is_inexact(out.dtype) or bool(xp.isfinite(out).all()):
         return  # (check_nan=False: the mode notes creation sites only)
     bad = [i for i, d in enumerate(datas)  # inputs holding NaN/Inf (a NaN number counts)
-           if (getattr(d, "dtype", None) is not None and d.dtype.kind in "fc"
+           if (getattr(d, "dtype", None) is not None and B.is_inexact(d.dtype)
                and not bool(xp.isfinite(d).all())) or (isinstance(d, float) and d != d)]
     node = modes().in_backward
     if node is not None:
@@ -232,6 +244,8 @@ _node = Node.make
 _np = B.np
 _CPU = B.CPU
 _DEFAULT_FLOAT = B.DEFAULT_FLOAT
+_BF16 = B.bfloat16
+_F32 = B.float32
 _SCALARS = (float, int, bool, type(None))
 
 
@@ -293,7 +307,7 @@ def _float_dtype(prim: Primitive, datas: list):
     fdt = None
     for d in datas:
         dt = getattr(d, "dtype", None)
-        if dt is not None and dt.kind == "f":
+        if dt is not None and (dt.kind == "f" or dt is _BF16):
             if fdt is None:
                 fdt = dt
             elif dt != fdt:
@@ -360,6 +374,28 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
                 t._view = (a, prim, params)  # an in-place change of t under autograd tells a
                 return
 
+
+
+def _through_float32(prim: Primitive, args: tuple, params: dict, m):
+    """``prim`` on bfloat16 operands, computed in float32 with its float32 result rounded back to
+    bfloat16 once, as PyTorch's CPU kernels compute bfloat16 (matmul, sums, softmax, norms and
+    convolutions accumulate in float32). The casts are the differentiable ``astype``, so a
+    gradient reaches a bfloat16 input as bfloat16. An explicit ``dtype=`` result is kept."""
+    cast = REGISTRY["astype"]
+    up = {"dtype": _F32, "src": _BF16}
+    if params.get("dtype") is _BF16:  # a bfloat16 result asked for: accumulate in float32
+        params = {**params, "dtype": None}
+    args = tuple(bind(cast, (a,), up) if isinstance(a, Tensor) and a.data.dtype is _BF16
+                 else a.astype(_F32) if B.is_array(a) and a.dtype is _BF16 else a
+                 for a in args)
+    rule, m.autocast = m.autocast, None  # autocast already chose these operands' dtype
+    try:
+        out = bind(prim, args, params)
+    finally:
+        m.autocast = rule
+    if out.dtype is not _F32 or params.get("dtype") is not None:
+        return out
+    return bind(cast, (out,), {"dtype": _BF16, "src": _F32})
 
 
 def _operand_error(name: str, a) -> str:
@@ -434,6 +470,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
         backend = _CPU
     else:
         backend = B.backend_of(first)
+    if fdt is _BF16 and not prim.bf16_native:
+        return _through_float32(prim, args, params, m)
     try:
         if backend is _CPU:
             if params:
@@ -462,7 +500,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
     if m.jit is not None:  # a jit trace is in progress: it keeps this op for replay
         m.jit.record(prim, args, datas, params, out, backend)
     if not (record and m.grad_enabled and prim.differentiable
-            and (odt is _DEFAULT_FLOAT or odt.kind in "fc")):
+            and (odt is _DEFAULT_FLOAT or odt.kind in "fc" or odt is _BF16)):
         if not prim.views or (out.base is None and out is not first):
             return _make(out)
         t = _make(out)

@@ -106,8 +106,9 @@ def _float_dtype(op: str, dtype):
     """``dtype`` (the default float when None) for a continuous distribution: a float dtype,
     else a DTypeError naming ``op`` (PyTorch refuses integer and bool dtypes too)."""
     dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
-    if dt.kind != "f":
-        raise DTypeError(f"{op}: expected a floating-point dtype (float16, float32 or float64) "
+    if not B.is_float(dt):
+        raise DTypeError(f"{op}: expected a floating-point dtype (float16, bfloat16, float32 or "
+                         "float64) "
                          f"for a continuous distribution, got {dt}")
     return dt
 
@@ -373,7 +374,7 @@ def randint(low: int = 0, high: int | None = None, size=None, dtype=None, device
         check_layout("randint", layout)
     size = () if size is None else (size,) if isinstance(size, int) else tuple(size)
     dt = B.as_dtype(dtype)
-    if dt is not None and dt.kind == "f":  # integer values in a float dtype, as PyTorch's
+    if dt is not None and B.is_float(dt):  # integer values in a float dtype, as PyTorch's
         out = _sample("randint", _integers, _gen(generator, device), low, high, size, None,
                       shape_at=2).astype(dt)
         return _finished(out, requires_grad)

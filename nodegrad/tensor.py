@@ -20,7 +20,7 @@ from .autodiff import (RETAIN_MOVED, RETAINING, RemovableHandle, RetainGrad, _de
 from .errors import DeviceError, DTypeError, GradError, ShapeError
 
 _new = object.__new__
-float16, float32, float64 = B.float16, B.float32, B.float64
+float16, float32, float64, bfloat16 = B.float16, B.float32, B.float64, B.bfloat16
 int32, int64, bool_ = B.int32, B.int64, B.bool_
 
 
@@ -275,7 +275,7 @@ class Tensor:
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Mark a leaf as a variable whose gradient ``backward`` accumulates."""
-        if requires_grad and self.data.dtype.kind not in "fc":
+        if requires_grad and not B.is_inexact(self.data.dtype):
             raise GradError(f"only floating and complex tensors can require grad, got dtype "
                             f"{self.dtype}")
         if not requires_grad and self.node is not None:
@@ -291,7 +291,7 @@ class Tensor:
         freed afterwards unless ``retain_graph``; ``create_graph`` records the backward pass
         itself, for higher-order derivatives.
         """
-        if self.data.dtype.kind not in "fc":
+        if not B.is_inexact(self.data.dtype):
             raise GradError(f"backward: the output has integer dtype {self.dtype}")
         if not self.requires_grad:
             raise GradError(_no_graph("backward: tensor does not require grad and has no graph "
@@ -511,6 +511,8 @@ def _scientific(finite, digits: int) -> Callable:
 def _format(a) -> str:
     """The text of host array ``a`` inside ``tensor(...)``, under :func:`set_printoptions`."""
     np = B.np
+    if a.dtype == B.bfloat16:  # printed as the float32 values it holds (exactly)
+        a = a.astype(float32)
     p, sci = _PRINT["precision"], _PRINT["sci_mode"]
     opts = {"threshold": _PRINT["threshold"], "edgeitems": _PRINT["edgeitems"],
             "max_line_width": _PRINT["linewidth"], "separator": ", ", "prefix": "tensor("}
@@ -562,16 +564,21 @@ def _infer(data, dtype, backend: B.Backend):
                             "tensor; use x.clone() (or x.detach()) instead")
         data = data.data
     if B.is_array(data):
-        if data.dtype.kind in "OUSMmV":
+        if data.dtype.kind in "OUSMmV" and data.dtype != B.bfloat16:
             raise DTypeError(f"tensor: cannot make a tensor from an array of dtype {data.dtype} "
                              "(numbers only: bool, integers, floats)")
         src = B.backend_of(data)
         if src is not backend:
             data = src.to_host(data)
+        if dtype == bfloat16:  # rounded as PyTorch rounds float64 (B.cast)
+            data = B.cast(data, dtype)
         return backend.asarray(data, dtype=dtype).copy()
     if hasattr(data, "__dlpack__") and not isinstance(data, list | tuple):
         return backend.asarray(from_dlpack(data).numpy(), dtype=dtype).copy()
-    a = B.np.asarray(data) if dtype is None else B.np.asarray(data, dtype=dtype)
+    if dtype == bfloat16:  # Python floats are float64 first, rounded as PyTorch's (B.cast)
+        a = B.cast(B.np.asarray(data), dtype)
+    else:
+        a = B.np.asarray(data) if dtype is None else B.np.asarray(data, dtype=dtype)
     if dtype is None and a.dtype == float64 and not _has_float64_scalar(data):
         # Python floats become float32; a NumPy float64 scalar keeps its dtype, alone or in a
         # list (as PyTorch)
@@ -588,7 +595,7 @@ def _infer(data, dtype, backend: B.Backend):
 
 
 def _finish(data, requires_grad: bool) -> Tensor:
-    if requires_grad and data.dtype.kind not in "fc":
+    if requires_grad and not B.is_inexact(data.dtype):
         raise GradError(f"only floating and complex tensors can require grad, got dtype "
                         f"{data.dtype}")
     t = Tensor(data, None, bool(requires_grad))
@@ -737,6 +744,8 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False
         dtype = int64
     elif dtype is None and isinstance(fill_value, complex):
         dtype = _default_complex()
+    if isinstance(fill_value, float) and dtype is not None and B.as_dtype(dtype) == bfloat16:
+        fill_value = B.np.float32(fill_value)  # rounded as PyTorch's fill (B.cast)
     return _filled("full", lambda xp, s, d: xp.full(s, fill_value, d), (shape,), dtype, device,
                    requires_grad)
 

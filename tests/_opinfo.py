@@ -126,9 +126,11 @@ def _flat(o) -> list:
 
 def _array(o):
     if isinstance(o, torch.Tensor):
-        return o.detach().numpy()
+        o = o.detach()
+        return (o.float() if o.dtype == torch.bfloat16 else o).numpy()
     if isinstance(o, ng.Tensor):
-        return np.asarray(o.numpy())
+        a = np.asarray(o.numpy())
+        return a.astype(np.float32) if o.dtype == ng.bfloat16 else a
     return np.asarray(o)
 
 
@@ -262,7 +264,7 @@ def _gradients(ref, got, inputs, shadow, rtol: float) -> Outcome:
     try:
         total = None
         for c, (_, b) in zip(cots, pairs):
-            term = (b * ng.tensor(c.astype(_array(b).dtype))).sum()
+            term = (b * ng.tensor(c).astype(b.dtype)).sum()
             total = term if total is None else total + term
         total.backward()
     except Exception as e:  # noqa: BLE001

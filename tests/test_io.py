@@ -189,15 +189,19 @@ def test_load_refuses_directories_pickles_and_torch_files(tmp_path):
     assert ng.load(tmp_path / "conv.st")["w"].numpy().tolist() == [1.0, 1.0]
 
 
-def test_a_pytorch_bfloat16_checkpoint_loads_as_float32(tmp_path):
-    """It was refused as 'truncated or corrupt'; bfloat16 is float32's top half, so the
-    float32 values are exact."""
+def test_a_pytorch_bfloat16_checkpoint_loads_as_bfloat16(tmp_path):
+    """It was refused as 'truncated or corrupt', then read as float32; it now loads as bfloat16,
+    bit for bit, and ``bfloat16_as_float32=True`` keeps the float32 reading (exact values)."""
     torch = pytest.importorskip("torch")
     st = pytest.importorskip("safetensors.torch")
     w = torch.randn(3, 4).to(torch.bfloat16)
     path = tmp_path / "bf16.safetensors"
     st.save_file({"w": w, "b": torch.arange(3.0)}, str(path))
     out = ng.load(path)
-    assert out["w"].dtype == ng.float32
-    np.testing.assert_array_equal(out["w"].numpy(), w.float().numpy())
+    assert out["w"].dtype == ng.bfloat16
+    np.testing.assert_array_equal(out["w"].numpy().view(np.uint16), w.view(torch.int16).numpy()
+                                  .view(np.uint16))
     np.testing.assert_array_equal(out["b"].numpy(), [0.0, 1.0, 2.0])
+    old = ng.load(path, bfloat16_as_float32=True)
+    assert old["w"].dtype == ng.float32
+    np.testing.assert_array_equal(old["w"].numpy(), w.float().numpy())

@@ -327,3 +327,71 @@ def test_float16_stays_float16_through_library_functions_and_kernels():
     got = ng.nn.functional.group_norm(xg, 2).numpy().astype(np.float64)
     want = ng.nn.functional.group_norm(xg.float(), 2).numpy().astype(np.float16)
     np.testing.assert_array_equal(got, want.astype(np.float64))  # float32 work, rounded once
+
+
+# --- bfloat16 -------------------------------------------------------------------------------------
+BF16_OPS = ["add", "subtract", "multiply", "divide", "maximum", "where", "clip", "equal", "less",
+            "concatenate"]
+BF16_SHAPES = [((5,), (5,)), ((5,), ()), ((), (5,)), ((), ())]
+
+
+def _bf16_with(other: str, shape_a, shape_b):
+    """A bfloat16 operand (exact small values) and one of dtype ``other``, in both libraries."""
+    x = np.array(X[:shape_a[0]] if shape_a else X[0], np.float32)
+    y = np.array(Y[:shape_b[0]] if shape_b else Y[0])
+    if other == "bfloat16":
+        y = y.astype(np.float32)
+        return ((ng.tensor(x).astype(ng.bfloat16), ng.tensor(y).astype(ng.bfloat16)),
+                (torch.from_numpy(x).bfloat16(), torch.from_numpy(y).bfloat16()))
+    y = y.astype(other)
+    return ((ng.tensor(x).astype(ng.bfloat16), ng.tensor(y)),
+            (torch.from_numpy(x).bfloat16(), torch.from_numpy(y)))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", BF16_OPS)
+@pytest.mark.parametrize("other", DTYPES + ["float16", "bfloat16"])
+def test_bfloat16_with_every_dtype_and_level_matches_torch(name, other):
+    """PyTorch's table (an integer tensor with bfloat16 gives bfloat16, a 0-d bfloat16 with a
+    float16 tensor float16, ...), except nodegrad's rule that two different floats of one level
+    raise (bfloat16 with float16 is float32 in PyTorch, bfloat16 with float32 float32)."""
+    nf, tf = OPS[name]
+    for sa, sb in BF16_SHAPES:
+        (nx, ny), (tx, ty) = _bf16_with(other, sa, sb)
+        for (p, q), (tp, tq) in (((nx, ny), (tx, ty)), ((ny, nx), (ty, tx))):
+            want = _torch_or_error(tf, tp, tq)
+            floats = other in ("float16", "float32", "float64")
+            if floats and ((p.ndim == 0) == (q.ndim == 0) or name == "concatenate"):
+                with pytest.raises(ng.DTypeError, match="mixed float dtypes"):
+                    nf(p, q)
+                continue
+            if want is None:
+                if name == "subtract" and other == "bool":
+                    continue  # PyTorch refuses any bool operand here (see _check)
+                with pytest.raises(ng.DTypeError, match=name):
+                    nf(p, q)
+                continue
+            got = nf(p, q)
+            assert str(got.dtype) == str(want.dtype).removeprefix("torch."), (name, other, sa,
+                                                                              sb, got.dtype)
+            w = want.float() if want.dtype == torch.bfloat16 else want
+            np.testing.assert_allclose(got.numpy().astype(np.float64),
+                                       w.numpy().astype(np.float64), rtol=1e-2)
+
+
+@pytest.mark.parametrize("s", SCALARS + [2.5j])
+def test_bfloat16_with_python_numbers_matches_torch(s):
+    x = ng.tensor(Y.astype(np.float32)).astype(ng.bfloat16)
+    tx = torch.from_numpy(Y.astype(np.float32)).bfloat16()
+    for f in (lambda a: a + s, lambda a: s * a, lambda a: a / s, lambda a: a < s)[
+            :3 if isinstance(s, complex) else 4]:  # complex numbers have no order
+        assert str(f(x).dtype) == str(f(tx).dtype).removeprefix("torch."), s
+
+
+def test_bfloat16_dtype_queries_match_torch():
+    names = DTYPES + ["float16", "bfloat16"]
+    for a, b in itertools.product(names, names):
+        ta, tb = getattr(torch, a), getattr(torch, b)
+        assert str(ng.promote_types(getattr(ng, a), getattr(ng, b))) == str(
+            torch.promote_types(ta, tb)).removeprefix("torch."), (a, b)
+        assert ng.can_cast(getattr(ng, a), getattr(ng, b)) == torch.can_cast(ta, tb), (a, b)

@@ -35,12 +35,11 @@ KNOWN = {
     # uninitialised memory
     **{name: UNINITIALISED for name in ("empty", "empty_like", "empty_strided", "new_empty",
                                         "empty_permuted", "new_empty_strided")},
-    # NumPy has no complex32, sparse layouts or bfloat16
+    # NumPy has no complex32 or sparse layouts
     "chalf": "no complex32",
     "linalg.eig": "eigenvector signs are LAPACK's choice (MKL against OpenBLAS); eigenvalues "
                   "and |eigenvectors| agree",
     "to_sparse": "no sparse layouts",
-    "bfloat16": "NumPy has no bfloat16; nodegrad raises a clear error",
     # documented choices where a name is NumPy's as well as PyTorch's
     "std": "ng.std(x) without dim is NumPy's ddof=0 (README: NumPy naming differences)",
     "var": "ng.var(x) without dim is NumPy's ddof=0 (README: NumPy naming differences)",

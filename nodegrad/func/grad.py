@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from .. import _backend as B
 from ..autodiff import modes, run_backward
 from ..batching import lowered
 from ..errors import GradError
@@ -33,7 +34,7 @@ def _make_input(x, op: str, allow_int: bool = False) -> Tensor:
             raise GradError(f"{op}: complex inputs are not supported by the function "
                             f"transforms (dtype {x.dtype}); use loss.backward() or "
                             "ng.autograd.grad, which follow PyTorch's convention")
-        if x.dtype.kind != "f":
+        if not B.is_float(x.dtype):
             hint = "; pass allow_int=True to get zeros for it" if op == "grad" else ""
             raise GradError(f"{op}: cannot differentiate with respect to an integer tensor "
                             f"(dtype {x.dtype}){hint}")
@@ -41,7 +42,7 @@ def _make_input(x, op: str, allow_int: bool = False) -> Tensor:
             return _alias(x)
         return Tensor(x.data, None, True)
     t = tensor(x)
-    if t.dtype.kind != "f":
+    if not B.is_float(t.dtype):
         raise GradError(f"{op}: cannot differentiate with respect to integer input {x!r}; "
                         "pass floats")
     return t.requires_grad_()
@@ -98,7 +99,7 @@ def _scalar_out(out, op: str) -> Tensor:
     if out.ndim != 0:  # a (1,) output too, as jax.grad and torch.func.grad refuse it
         raise GradError(f"{op}: the function must return a scalar (0-d) tensor, got shape "
                         f"{tuple(out.shape)}; use vjp or jacrev for other outputs, or .sum()")
-    if out.dtype.kind != "f":
+    if not B.is_float(out.dtype):
         raise GradError(f"{op}: the function returned dtype {out.dtype}; need a float scalar")
     return out
 
@@ -280,8 +281,8 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
             if tuple(c.shape) != tuple(o.shape):
                 raise GradError(f"vjp: cotangent shape {tuple(c.shape)} does not match the "
                                 f"output shape {tuple(o.shape)}")
-            if o.dtype.kind == "f" and c.dtype != o.dtype:
-                if c.dtype.kind != "f":
+            if B.is_float(o.dtype) and c.dtype != o.dtype:
+                if not B.is_float(c.dtype):
                     raise GradError(f"vjp: cotangent dtype {c.dtype} for an output of dtype "
                                     f"{o.dtype} (shape {tuple(o.shape)}); pass floats")
                 c = c.astype(o.dtype)  # as backward's grad_outputs: cast to the output's dtype

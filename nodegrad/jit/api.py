@@ -410,7 +410,7 @@ class Jitted:
         from .passes import constant_loads
         from .program import Program
 
-        floats = [o for o in out_leaves if isinstance(o, Tensor) and o.dtype.kind == "f"]
+        floats = [o for o in out_leaves if isinstance(o, Tensor) and B.is_float(o.dtype)]
         if not all(o.requires_grad for o in floats):
             raise _NotDifferentiable("jit: some float outputs require grad and some do not")
         if len({o.dtype for o in floats}) > 1:
@@ -483,7 +483,7 @@ class Jitted:
         outs = [Tensor(a) for a in res[:d.n_out]]
         wrt = [leaves[k] for k in d.wrt_in] + loaded
         call = _DiffCall(d, res[d.n_out:])
-        floats = [i for i, o in enumerate(outs) if o.dtype.kind == "f"]
+        floats = [i for i, o in enumerate(outs) if B.is_float(o.dtype)]
         if len(floats) == 1:  # one node holding the output itself: no packing, no reshapes
             i = floats[0]
             call.slots, call.shapes = floats, None

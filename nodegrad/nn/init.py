@@ -72,7 +72,7 @@ def _calculate_correct_fan(tensor: Tensor, mode: str) -> int:
 def _need_float(t: Tensor, op: str) -> None:
     """Random fills are continuous distributions: refuse an integer or bool tensor (PyTorch
     does too) instead of truncating the samples."""
-    if t.dtype.kind != "f":
+    if not B.is_float(t.dtype):
         raise DTypeError(f"{op}: expected a floating-point tensor to fill with random samples, "
                          f"got {t.dtype}")
 

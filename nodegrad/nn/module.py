@@ -37,7 +37,7 @@ class Parameter(Tensor):
             # (complex64 for float32) rather than losing their imaginary part
             data = data.astype(B.DEFAULT_FLOAT if data.dtype.kind != "c" else
                                B.np.result_type(B.DEFAULT_FLOAT, B.np.complex64))
-        if requires_grad and data.dtype.kind not in "fc":
+        if requires_grad and not B.is_inexact(data.dtype):
             raise TypeError(f"Parameter: only floating and complex tensors can require grad, "
                             f"got {data.dtype}")
         super().__init__(data, None, requires_grad)
@@ -297,8 +297,8 @@ class Module:
             d = t.data
             if be is not None and B.backend_of(d) is not be:
                 d = be.asarray(B.backend_of(d).to_host(d))
-            if dt is not None and d.dtype.kind == "f":
-                d = d.astype(dt)
+            if dt is not None and B.is_float(d.dtype):
+                d = B.cast(d, dt)
             if d is not t.data:
                 t.data = d
                 t._bump()
@@ -322,8 +322,9 @@ class Module:
         return self.to(dtype=B.float16)
 
     def bfloat16(self) -> Module:
-        raise TypeError(f"{type(self).__name__}.bfloat16: NumPy and CuPy arrays have no "
-                        "bfloat16; use half() (float16), float() or double()")
+        """Cast floating parameters and buffers to bfloat16 (float32's exponent range, 8 bits
+        of precision), as PyTorch's ``Module.bfloat16``."""
+        return self.to(dtype=B.bfloat16)
 
     def type(self, dst_type) -> Module:
         """Cast floating parameters and buffers to ``dst_type`` (PyTorch's ``Module.type``)."""

@@ -131,7 +131,7 @@ def t(input) -> Tensor:
 
 def is_floating_point(input) -> bool:
     """Whether ``input`` has a floating-point dtype."""
-    return input.dtype.kind == "f"
+    return B.is_float(input.dtype)
 
 
 def is_complex(input) -> bool:
@@ -284,9 +284,9 @@ def _new_tensor(self, data, dtype=None, device=None, requires_grad: bool = False
     return tensor(data, dtype=d, device=dev, requires_grad=requires_grad)
 
 
-def _bfloat16(self, *args, **kwargs) -> Tensor:
-    raise DTypeError("bfloat16: NumPy, and so nodegrad, has no bfloat16 dtype; the float dtypes "
-                     "are float16 (.half()), float32 (.float()) and float64 (.double())")
+def _bfloat16(self, memory_format=None) -> Tensor:
+    """The tensor in bfloat16 (PyTorch's ``bfloat16()``)."""
+    return E.astype(self, B.bfloat16)
 
 
 def _get_device(self) -> int:
@@ -297,7 +297,7 @@ def _get_device(self) -> int:
 
 def _is_signed(self) -> bool:
     """Whether the dtype holds negative values (PyTorch's: False for bool and uint8)."""
-    return self.dtype.kind in "ifc"
+    return self.dtype.kind in "ifc" or self.dtype == B.bfloat16
 
 
 _METHODS: dict[str, Callable] = {

@@ -481,7 +481,7 @@ where = primitive("where", _where_fwd,
                   kind=_EW, jvp=_J, operands=(1, 2), doc="x where cond is true, else y.")
 
 # --- casts -----------------------------------------------------------------------------------
-_astype = primitive("astype", lambda xp, x, dtype, src: x.astype(dtype),
+_astype = primitive("astype", lambda xp, x, dtype, src: B.cast(x, dtype),
                     lambda g, ans, x, dtype, src: astype(g, src), saves="none", kind=_EW,
                     jvp="linear",
                     promote=False, doc="Convert to another dtype (differentiable between floats).",

@@ -805,12 +805,12 @@ def scatter_reduce(input, dim: int, index, src, reduce: str, *, include_self: bo
     if reduce == "sum":
         return total
     xp = input.backend.xp
-    ft = input.dtype if input.dtype.kind == "f" else B.DEFAULT_FLOAT
+    ft = input.dtype if B.is_float(input.dtype) else B.DEFAULT_FLOAT
     count = _scatter_along(Tensor(xp.ones(index.shape, ft)), index, axis=ax, shape=shape)
     if include_self:
         count = count + 1
     hit = count > 0
-    if input.dtype.kind != "f":
+    if not B.is_float(input.dtype):
         return _where(hit, total // _where(hit, count, 1).astype(input.dtype), input)
     return _where(hit, total / _where(hit, count, 1.0), input)
 

@@ -442,7 +442,7 @@ class Optimizer:
                                    f"{where} has dtype {p.dtype}; optimise its real and "
                                    "imaginary parts as real parameters (view_as_real) or use "
                                    "an elementwise optimiser (Adam, SGD, ...)")
-            if p.dtype.kind not in "fc":
+            if not B.is_inexact(p.dtype):
                 raise TypeError(f"{where} has dtype {p.dtype}; only floating and complex "
                                 "tensors can be optimised")
             if id(p) in seen:
