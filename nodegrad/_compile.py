@@ -71,6 +71,7 @@ def compile(model: Callable | None = None, *, fullgraph: bool = False, dynamic: 
         if isinstance(fn, OptimizedModule):
             fn = fn._orig_mod
         jitted = jit(fn, max_cache=opts.get("max_cache", 32), fuse=opts.get("fuse"))
+        jitted.graph_breaks = True  # a value read into Python runs eagerly, as a graph break
         if isinstance(fn, Module):
             return OptimizedModule(fn, jitted, fullgraph)
         if not callable(fn):

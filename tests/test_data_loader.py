@@ -195,7 +195,7 @@ def test_random_split_is_a_seeded_partition():
     idx = np.concatenate([p.indices for p in parts])
     assert sorted(idx.tolist()) == list(range(103))
     again = random_split(_ds(), [52, 31, 20], seed=0)
-    assert all((a.indices == b.indices).all() for a, b in zip(parts, again))
+    assert all(a.indices == b.indices for a, b in zip(parts, again))
     with pytest.raises(ValueError, match="sum"):
         random_split(_ds(), [50, 50])
 

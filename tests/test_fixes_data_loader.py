@@ -128,7 +128,7 @@ def test_subset_refuses_indices_that_are_not_integers():
     with pytest.raises(TypeError, match="Subset: indices must be integers"):
         Subset(ds, [0.0, 1.5])  # was silently truncated to [0, 1]
     assert Subset(ds, ng.tensor([4, 0])).indices.tolist() == [4, 0]
-    assert Subset(ds, (i for i in (1, 2))).indices.tolist() == [1, 2]
+    assert Subset(ds, (i for i in (1, 2))).indices == [1, 2]  # an iterator read once
     assert len(Subset(ds, [])) == 0
 
 

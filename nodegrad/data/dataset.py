@@ -91,7 +91,16 @@ class ArrayDataset:
 
 
 class TensorDataset(ArrayDataset):
-    """An ArrayDataset built from nodegrad Tensors (kept as host arrays; the loader moves them)."""
+    """An ArrayDataset built from nodegrad Tensors (kept as host arrays; the loader moves them).
+
+    Built from Tensors only, its float fields keep their dtype through a DataLoader, as in
+    PyTorch; built from NumPy arrays, it is an ArrayDataset (float32 batches by default)."""
+
+    def __init__(self, *tensors, classes: int | None = None):
+        from ..tensor import Tensor
+
+        super().__init__(*tensors, classes=classes)
+        self.keeps_dtype = all(isinstance(t, Tensor) for t in tensors)
 
     @property
     def tensors(self) -> tuple:
@@ -101,22 +110,55 @@ class TensorDataset(ArrayDataset):
         return tuple(Tensor(a) for a in self.arrays)
 
 
+def keeps_dtype(dataset) -> bool:
+    """Whether the DataLoader's default should keep the dataset's float dtypes, as PyTorch does.
+
+    True for a :class:`TensorDataset` of Tensors (they chose their dtype) and for subsets,
+    concatenations and stacks made only of such; False for array datasets, whose floating
+    fields the loader turns into float32 unless told another ``dtype``.
+    """
+    if isinstance(dataset, TensorDataset):
+        return getattr(dataset, "keeps_dtype", False)
+    if isinstance(dataset, Subset):
+        return keeps_dtype(dataset.dataset)
+    if isinstance(dataset, ConcatDataset | StackDataset):
+        parts = dataset.datasets
+        parts = list(parts.values()) if isinstance(parts, dict) else list(parts)
+        return all(keeps_dtype(d) for d in parts)
+    return False
+
+
 class Subset:
-    """The samples ``indices`` of ``dataset``, still vectorised when the parent gathers."""
+    """The samples ``indices`` of ``dataset``, still vectorised when the parent gathers.
+
+    ``indices`` is kept as given (PyTorch's attribute: :func:`random_split` gives lists of
+    ints, so ``a.indices + b.indices`` joins them); gathers read an int64 copy of it.
+    """
 
     def __init__(self, dataset: Dataset, indices):
         self.dataset = dataset
-        idx = _host(indices if hasattr(indices, "__len__") else list(indices))
+        self.indices = indices
+
+    @property
+    def indices(self):
+        """The indices as given (a list, an array or a tensor)."""
+        return self._given
+
+    @indices.setter
+    def indices(self, indices) -> None:
+        if not hasattr(indices, "__len__"):
+            indices = list(indices)
+        idx = _host(indices)
         if idx.size and idx.dtype.kind not in "iu":  # 1.5 would be truncated to 1 silently
             raise TypeError(f"Subset: indices must be integers, got dtype {idx.dtype}")
-        self.indices = idx.astype(B.int64, copy=False)
+        self._given, self._idx = indices, idx.astype(B.int64, copy=False)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self._idx)
 
     def __getitem__(self, index):
         if isinstance(index, int | np.integer):
-            return self.dataset[int(self.indices[index])]
+            return self.dataset[int(self._idx[index])]
         return self.gather(index)
 
     @property
@@ -125,7 +167,7 @@ class Subset:
 
     def gather(self, indices) -> tuple:
         """The batch ``indices`` (positions in this subset)."""
-        return _gather(self.dataset, self.indices[indices])
+        return _gather(self.dataset, self._idx[indices])
 
     @property
     def arrays(self) -> tuple:
@@ -420,7 +462,7 @@ def random_split(dataset: Dataset, lengths: Sequence[int | float], generator=Non
         raise ValueError(f"random_split: lengths {lengths} must be >= 0 and sum to {n}")
     perm = _rng(seed).permutation(n)
     bounds = np.cumsum([0] + lengths)
-    return [Subset(dataset, perm[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [Subset(dataset, perm[a:b].tolist()) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def train_val_split(dataset: Dataset, val_fraction: float = 0.1, seed=0,

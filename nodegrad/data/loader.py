@@ -30,7 +30,7 @@ from typing import Any
 from .. import _backend as B
 from ..random import Generator, default_generator
 from ..tensor import Tensor, get_default_device
-from .dataset import Dataset, IterableDataset, _stack
+from .dataset import Dataset, IterableDataset, _stack, keeps_dtype
 from .sampler import _seeded
 from .worker import WorkerPool, get_worker_info, start_context, worker_seed
 
@@ -141,7 +141,9 @@ class DataLoader:
             None (the default) means 2 on a CUDA device, where the copies overlap GPU compute,
             and 0 on the CPU, where a thread only competes with the model for the GIL.
         device: where batches land (default: ``ng.get_default_device()``, the CPU unless set);
-            floating host fields become ``dtype``, integer ones int64. Without ``collate_fn``
+            floating host fields become ``dtype``, integer ones int64. ``dtype=None`` (the
+            default) keeps the dtypes of a :class:`TensorDataset` (as PyTorch does) and gives
+            float32 for plain array datasets. Without ``collate_fn``
             samples are batched with ``default_collate``'s structure (a sample that is one array
             gives one tensor, nested tuples are transposed field by field) on host arrays.
         sampler: the indices of each epoch and their order: a :class:`Sampler` (e.g.
@@ -177,7 +179,7 @@ class DataLoader:
                  shuffle: bool = False, drop_last: bool = False, seed: int | None = None,
                  generator=None, collate_fn: Callable | None = None,
                  transform: Callable | None = None, prefetch: int | None = None, device=None,
-                 dtype=B.float32, sampler=None, batch_sampler=None, num_workers: int = 0,
+                 dtype=None, sampler=None, batch_sampler=None, num_workers: int = 0,
                  pin_memory: bool = False, timeout: float = 0,
                  worker_init_fn: Callable[[int], None] | None = None,
                  multiprocessing_context=None, *, prefetch_factor: int | None = None,
@@ -238,7 +240,10 @@ class DataLoader:
         self.collate_fn = collate_fn
         self.transform = transform
         self.prefetch = prefetch
-        self.dtype = B.as_dtype(dtype)
+        self.dtype = None if dtype is None else B.as_dtype(dtype)
+        # PyTorch's loader keeps a TensorDataset's dtypes; plain array datasets become float32
+        self._float = (None if dtype is None and keeps_dtype(dataset)
+                       else B.float32 if dtype is None else self.dtype)
         # whole batches by index: a sampler or batch sampler keeps this, per-sample options not
         self._vectorised = (collate_fn is None and not self._iterable
                             and hasattr(dataset, "gather")
@@ -745,7 +750,7 @@ class DataLoader:
         """Floating host arrays to ``dtype``, integer ones to int64; anything else as it is."""
         if isinstance(a, np.ndarray):
             if a.dtype.kind == "f":
-                return a.astype(self.dtype, copy=False)
+                return a if self._float is None else a.astype(self._float, copy=False)
             if a.dtype.kind in "iu":
                 return a.astype(B.int64, copy=False)
         return a

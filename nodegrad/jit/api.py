@@ -102,6 +102,8 @@ class Jitted:
                                                              static_argnames)
         self.fuse = fuse
         self.optimize = optimize
+        # what ng.compile sets: a traced value read into Python runs its signature eagerly
+        self.graph_breaks = False
         self.state = state
         self._objs = (tuple(state) if isinstance(state, tuple | list) else (state,)) + (fn,)
         self._n_state = len(self._objs)  # then the modules and optimisers fn names (_call)
@@ -330,6 +332,7 @@ class Jitted:
 
     def _trace(self, key, leaves, arrays, args, kwargs, m):
         rec = Recorder()
+        rec.graph_breaks = self.graph_breaks
         in_slots = [rec.input(a) for a in arrays]
         rec.fuse = rec.backend is not None and self._fuse(rec)  # scan bodies read it
         m.jit = rec

@@ -47,6 +47,9 @@ class Recorder:
         self.aliases: dict[int, object] = {}  # id(array) -> getter of where it lives now
         self.grad_of: dict[int, object] = {}  # id(array) in aliases -> the leaf whose .grad it is
         self.fallback: str | None = None  # why this signature must run eagerly, if it must
+        # torch.compile's graph break: reading a traced value makes the signature run eagerly
+        # (set by ng.compile), rather than an error (ng.jit)
+        self.graph_breaks = False
         self.backend = None
         self.meta: dict[int, tuple] = {}  # slot -> (shape, dtype) of the array it held at trace
         self.loaded: dict[int, object] = {}  # load slot -> weak reference to its tensor
@@ -253,6 +256,11 @@ class Recorder:
                                  f"{creation_site()}): a replay would reuse the traced value")
             return
         if id(data) in self.slot:
+            if self.graph_breaks:
+                if self.fallback is None:
+                    self.fallback = (f"{what} reads a traced tensor's value (at "
+                                     f"{creation_site()}): Python code depends on it")
+                return
             raise JitError(
                 f"jit: {what} on a traced tensor at {creation_site()}: its value is not known "
                 "when the step is captured, and Python code that depends on it would be frozen "

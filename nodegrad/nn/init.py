@@ -8,6 +8,7 @@ and backward (Xavier/Glorot), and σ² = 2/fan_in compensates ReLU killing half 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings as _warnings
@@ -90,6 +91,20 @@ def _uniform(gen, shape, dtype, low, high):
     return gen.random(shape, dtype) * (high - low) + low
 
 
+def _also_arrays(init: Callable) -> Callable:
+    """``init`` that also fills a raw backend array in place and returns it: PyTorch scripts
+    initialise ``m.weight.data`` (DCGAN's ``nn.init.normal_(m.weight.data, 0.0, 0.02)``), which
+    in nodegrad is the parameter's array itself."""
+    @functools.wraps(init)
+    def fill(tensor, *args, **kwargs):
+        if not isinstance(tensor, Tensor) and B.is_array(tensor):
+            init(Tensor(tensor), *args, **kwargs)  # a view on the same memory
+            return tensor
+        return init(tensor, *args, **kwargs)
+    return fill
+
+
+@_also_arrays
 @effect  # under nodegrad.jit each replay writes again
 def constant_(tensor: Tensor, val: float) -> Tensor:
     with no_grad():
@@ -98,10 +113,12 @@ def constant_(tensor: Tensor, val: float) -> Tensor:
     return tensor
 
 
+@_also_arrays
 def zeros_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 0.0)
 
 
+@_also_arrays
 def ones_(tensor: Tensor) -> Tensor:
     return constant_(tensor, 1.0)
 
@@ -120,18 +137,21 @@ def _uniform_fill(op: str, tensor: Tensor, a: float, b: float,
     return _fill(tensor, lambda g: _uniform(g, tensor.shape, tensor.dtype, a, b), generator)
 
 
+@_also_arrays
 def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0,
             generator: Generator | None = None) -> Tensor:
     """N(mean, std²), std >= 0. The notes' small random init is ``normal_(w, std=0.01)``."""
     return _normal_fill("normal_", tensor, mean, std, generator)
 
 
+@_also_arrays
 def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0,
              generator: Generator | None = None) -> Tensor:
     """U[a, b), a <= b."""
     return _uniform_fill("uniform_", tensor, a, b, generator)
 
 
+@_also_arrays
 def xavier_uniform_(tensor: Tensor, gain: float = 1.0,
                     generator: Generator | None = None) -> Tensor:
     r"""Glorot: U(±gain·√(6 / (fan_in + fan_out))); a zero-element tensor is left as it is."""
@@ -143,6 +163,7 @@ def xavier_uniform_(tensor: Tensor, gain: float = 1.0,
     return _uniform_fill("xavier_uniform_", tensor, -bound, bound, generator)
 
 
+@_also_arrays
 def xavier_normal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
     r"""Glorot: N(0, gain²·2 / (fan_in + fan_out)), the notes' Xavier; a zero-element tensor is
     left as it is."""
@@ -154,6 +175,7 @@ def xavier_normal_(tensor: Tensor, gain: float = 1.0, generator: Generator | Non
                         generator)
 
 
+@_also_arrays
 def lecun_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
     r"""N(0,1)·√(1/fan_in): the notes' simple Xavier (LeCun normal); a zero-element tensor is
     left as it is."""
@@ -180,6 +202,7 @@ def _kaiming_std(op: str, t: Tensor, a, mode, nonlinearity) -> float | None:
     return gain / math.sqrt(fi if mode == "fan_in" else fo)
 
 
+@_also_arrays
 def kaiming_normal_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu", generator: Generator | None = None) -> Tensor:
     r"""He ("Xavier2"): N(0,1)·gain/√fan; for ReLU gain = √2, so σ² = 2/fan_in. A zero-element
@@ -190,6 +213,7 @@ def kaiming_normal_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
     return _normal_fill("kaiming_normal_", tensor, 0.0, std, generator)
 
 
+@_also_arrays
 def kaiming_uniform_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
                      nonlinearity: str = "leaky_relu",
                      generator: Generator | None = None) -> Tensor:
@@ -202,6 +226,7 @@ def kaiming_uniform_(tensor: Tensor, a: float = 0.0, mode: str = "fan_in",
     return _uniform_fill("kaiming_uniform_", tensor, -bound, bound, generator)
 
 
+@_also_arrays
 def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None = None) -> Tensor:
     """A (semi-)orthogonal matrix from the QR decomposition of a Gaussian one, times ``gain``."""
     if tensor.ndim < 2:
@@ -220,6 +245,7 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None =
     return _fill(tensor, sample, generator)
 
 
+@_also_arrays
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
                   b: float = 2.0, generator: Generator | None = None) -> Tensor:
     """N(mean, std²) truncated to [a, b] (absolute bounds, as PyTorch's): uniform draws
@@ -241,6 +267,7 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
     return _fill(tensor, sample, generator)
 
 
+@_also_arrays
 def eye_(tensor: Tensor) -> Tensor:
     """The identity matrix (ones on the diagonal of a 2-d tensor), as PyTorch's."""
     if tensor.ndim != 2:
@@ -249,6 +276,7 @@ def eye_(tensor: Tensor) -> Tensor:
     return _fill(tensor, lambda g: xp.eye(*tensor.shape), None)
 
 
+@_also_arrays
 def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     """A convolution kernel (3-5 dims) that passes its input through: in each of ``groups``
     groups, output channel i has a one at the centre of input channel i, as PyTorch's."""
@@ -272,6 +300,7 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     return _fill(tensor, sample, None)
 
 
+@_also_arrays
 def sparse_(tensor: Tensor, sparsity: float, std: float = 0.01,
             generator: Generator | None = None) -> Tensor:
     """Martens' (2010) sparse init of a 2-d weight: N(0, std²), then in every column

@@ -217,6 +217,23 @@ class ModuleList(_Positional):
     def __add__(self, other: Iterable[Module]) -> ModuleList:
         return ModuleList([*self, *other])
 
+    def __repr__(self) -> str:
+        """PyTorch's layout: a run of equal entries prints once, as ``(0-5): 6 x Block(...)``."""
+        full = Module.__repr__(self)
+        if not self._modules:
+            return full
+        runs: list[list] = []  # [first index, last index, repr]
+        for i, m in enumerate(self._modules.values()):
+            r = repr(m)
+            if runs and runs[-1][2] == r:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i, r])
+        lines = [(f"({a}): " if a == b else f"({a}-{b}): {b - a + 1} x ")
+                 + r.replace("\n", "\n  ") for a, b, r in runs]
+        tail = full[full.rfind(")") + 1:]  # what Module adds after the body (parameter count)
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)" + tail
+
 
 class ModuleDict(Module):
     """A dict of modules whose parameters are registered."""

@@ -143,9 +143,6 @@ class Conv3d(_ConvNd):
                       self.dilation, self.groups)
 
 
-_POOL_DEFAULTS = dict(dilation=1, ceil_mode=False, return_indices=False, count_include_pad=True)
-
-
 class _Pool(Module):
     """A pooling layer: its arguments are stored and passed to ``F.<name>`` as keywords."""
 
@@ -159,18 +156,18 @@ class _Pool(Module):
         return _named(self, lambda: getattr(F, self.fn)(x, self.kernel_size, self.stride,
                                                         self.padding, **self.kw))
 
-    def extra_repr(self) -> str:
-        s = f"kernel_size={self.kernel_size}, stride={self.stride or self.kernel_size}"
-        if self.padding:
-            s += f", padding={self.padding}"
-        return s + "".join(f", {k}={v}" for k, v in self.kw.items() if v != _POOL_DEFAULTS.get(k))
-
 
 class _MaxPool(_Pool):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
                  return_indices: bool = False, ceil_mode: bool = False):
         super().__init__(kernel_size, stride, padding, dilation=dilation,
                          ceil_mode=ceil_mode, return_indices=return_indices)
+
+    def extra_repr(self) -> str:
+        """PyTorch's text: every argument but ``return_indices``, the defaults included."""
+        stride = self.kernel_size if self.stride is None else self.stride
+        return (f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}, "
+                f"dilation={self.kw['dilation']}, ceil_mode={self.kw['ceil_mode']}")
 
 
 class _AvgPool(_Pool):
@@ -180,6 +177,11 @@ class _AvgPool(_Pool):
         if divisor_override is not None:
             kw["divisor_override"] = divisor_override
         super().__init__(kernel_size, stride, padding, **kw)
+
+    def extra_repr(self) -> str:
+        """PyTorch's text: kernel size, stride and padding only."""
+        stride = self.kernel_size if self.stride is None else self.stride
+        return f"kernel_size={self.kernel_size}, stride={stride}, padding={self.padding}"
 
 
 class MaxPool1d(_MaxPool):
@@ -204,6 +206,14 @@ class AvgPool1d(_AvgPool):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True):
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+    def extra_repr(self) -> str:
+        """PyTorch's text, which shows AvgPool1d's arguments as 1-tuples."""
+        def one(v):
+            return v if isinstance(v, tuple | list) else (v,)
+        stride = self.kernel_size if self.stride is None else self.stride
+        return (f"kernel_size={one(self.kernel_size)}, stride={one(stride)}, "
+                f"padding={one(self.padding)}")
 
 
 class AvgPool2d(_AvgPool):

@@ -26,7 +26,8 @@ class _Loss(Module):
         self.reduction = reduction
 
     def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        """Empty by default, as PyTorch's ``CrossEntropyLoss()``; a non-default reduction shows."""
+        return "" if self.reduction == "mean" else f"reduction={self.reduction!r}"
 
 
 class _WeightedLoss(_Loss):

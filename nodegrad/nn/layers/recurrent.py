@@ -123,6 +123,16 @@ class RNNBase(Module):
         """The parameters per layer and direction, as ``_all_weights`` names them."""
         return [[getattr(self, k) for k in names] for names in self._all_weights]
 
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """``_all_weights`` as one list, PyTorch's name that ported code (weight drop) reads."""
+        return [k for names in self._all_weights for k in names]
+
+    @property
+    def _flat_weights(self) -> list[Parameter]:
+        """The tensors ``_flat_weights_names`` names, read afresh, so a replaced weight shows."""
+        return [getattr(self, k) for k in self._flat_weights_names]
+
     def _weights(self, layer: int) -> list[tuple]:
         sfxs = ("", "_reverse") if self.bidirectional else ("",)
         return [tuple(getattr(self, f"{k}_l{layer}{s}") if self.bias or k.startswith("weight")

@@ -148,6 +148,8 @@ def _host_ints(t, fn: str, what: str, floats: bool = False):
     """``t`` (a Tensor or a sequence of ints) as a 1-D int64 host array. With ``floats``,
     whole-number floats are taken too (PyTorch converts lengths to int64); a fraction is
     refused rather than truncated."""
+    if isinstance(t, Tensor):
+        t._concrete(f"{fn}: {what}")  # Python reads the values: under jit, not frozen silently
     a = t.backend.to_host(t.data) if isinstance(t, Tensor) else B.np.asarray(t)
     kinds = "iuf" if floats else "iu"
     if a.ndim != 1 or (a.size and a.dtype.kind not in kinds):
