@@ -30,6 +30,7 @@ class CheckpointError(ValueError):
 
 _META_KEY = "nodegrad"
 _ALIAS_KEY = "nodegrad.aliases"  # {name: name written}: the second names of shared tensors
+_TREE_KEY = "nodegrad.tree"  # the nesting of a checkpoint saved as a dict of state dicts
 # the dtypes a safetensors file can hold that NumPy has (what save writes, load returns)
 _SAVABLE = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
             "float16", "bfloat16", "float32", "float64", "complex64")
@@ -143,18 +144,71 @@ def _metadata_json(metadata) -> str:
                         "string keys") from None
 
 
+def _is_tensor(v) -> bool:
+    return isinstance(v, Tensor) or (B.is_array(v) and not isinstance(v, B.np.generic))
+
+
+def _encode_tree(obj, tensors: dict, path: str):
+    """The JSON form of a nested checkpoint (``torch.save``'s dicts of state dicts); its tensors
+    move into ``tensors`` under their slash-joined path."""
+    if _is_tensor(obj):
+        key = path.lstrip("/")
+        while key in tensors:  # a key holding "/" met a nested one: keep both
+            key += "#"
+        tensors[key] = obj
+        return {"t": key}
+    if isinstance(obj, B.np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, Mapping):
+        if not all(isinstance(k, str | int) and not isinstance(k, bool) for k in obj):
+            raise TypeError(f"save: {path or 'the checkpoint'} has keys other than str and "
+                            "int, which a safetensors checkpoint cannot hold")
+        return {"d": [[k, _encode_tree(v, tensors, f"{path}/{k}")] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        kind = "l" if isinstance(obj, list) else "u"
+        return {kind: [_encode_tree(v, tensors, f"{path}/{i}") for i, v in enumerate(obj)]}
+    raise TypeError(f"save: {path.lstrip('/')!r} is {type(obj).__qualname__}; a checkpoint "
+                    "holds tensors, arrays, numbers, strings, None, and dicts, lists and "
+                    "tuples of them (nodegrad never pickles)")
+
+
+def _decode_tree(obj, tensors: dict):
+    """The nested checkpoint :func:`_encode_tree` wrote, its tensors read back."""
+    if not isinstance(obj, dict):
+        return obj
+    (kind, v), = obj.items()
+    if kind == "t":
+        return tensors[v]
+    if kind == "d":
+        return {k: _decode_tree(x, tensors) for k, x in v}
+    items = [_decode_tree(x, tensors) for x in v]
+    return items if kind == "l" else tuple(items)
+
+
 def save(state: Mapping[str, Tensor], path: str | os.PathLike,
          metadata: dict | None = None) -> None:
     """Save a flat mapping of tensors (e.g. ``model.state_dict()``) and JSON-able ``metadata``.
 
     A tensor given under several names (tied weights in a state dict) is written once, under
     its first name; the file records the other names, which :func:`load` gives back as the
-    same tensor (as ``safetensors.torch.save_model`` writes shared tensors once)."""
+    same tensor (as ``safetensors.torch.save_model`` writes shared tensors once).
+
+    A nested checkpoint, as ``torch.save`` takes (``{"model": model.state_dict(),
+    "optimizer": opt.state_dict(), "epoch": 3}``), is saved too: its tensors under their
+    slash-joined paths (``model/fc.weight``), the rest as JSON, and :func:`load` gives it back
+    with the same nesting."""
     from safetensors.numpy import save
 
     if not isinstance(state, Mapping):
         raise TypeError(f"save: expected a mapping of names to tensors (e.g. "
                         f"model.state_dict()), got {type(state).__name__}")
+    tree = None
+    if not all(isinstance(k, str) and _is_tensor(v) for k, v in state.items()):
+        flat: dict = {}
+        tree = _encode_tree(state, flat, "")
+        state = flat
     arrays = {}
     first: dict = {}  # id of a tensor's array -> (the array, the first name it was given)
     aliases: dict = {}
@@ -181,6 +235,8 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
         if isinstance(v, Tensor):
             first[id(v.data)] = (v.data, k)  # (the array kept, so its id stays its own)
     header = {_META_KEY: _metadata_json(metadata)}
+    if tree is not None:
+        header[_TREE_KEY] = json.dumps(tree)
     if aliases:
         header[_ALIAS_KEY] = json.dumps(aliases)
     atomic_write(path, save(arrays, metadata=header))
@@ -243,13 +299,26 @@ def _bfloat16_entry(path: Path, header: dict, key: str):
 
 
 def load(path: str | os.PathLike, device=None, with_metadata: bool = False, *,
-         bfloat16_as_float32: bool = False):
+         bfloat16_as_float32: bool = False, map_location=None, weights_only: bool = True):
     """Load a safetensors file into a dict of tensors (and the metadata, if asked).
 
     bfloat16 entries (PyTorch's ``torch.bfloat16``) load as bfloat16 tensors, bit for bit;
     ``bfloat16_as_float32=True`` gives them as float32 instead (exact: bfloat16 is float32's
-    top 16 bits), as nodegrad read them before it had bfloat16."""
+    top 16 bits), as nodegrad read them before it had bfloat16.
+
+    ``map_location`` (a device name, ``torch.load``'s keyword) is ``device``;
+    ``weights_only`` is taken as ``torch.load`` takes it and changes nothing: nodegrad never
+    unpickles, and its nested checkpoints are read the same way either way."""
     from safetensors import safe_open
+
+    if map_location is not None:
+        if device is not None:
+            raise TypeError("load: pass device or map_location, not both")
+        if callable(map_location) or isinstance(map_location, Mapping):
+            raise TypeError(f"load: map_location must name a device (e.g. 'cpu', 'cuda:0'), "
+                            f"got {type(map_location).__name__}")
+        device = map_location
+    del weights_only  # never unpickles: the answer is the same either way
 
     path = Path(path)
     if not path.exists():
@@ -296,6 +365,12 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False, *,
                 tensors[k] = tensors[target]
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
             raise CheckpointError(f"load: the shared-tensor names in {path} are unreadable "
+                                  f"({e!r})") from e
+    if _TREE_KEY in meta:
+        try:
+            tensors = _decode_tree(json.loads(meta.pop(_TREE_KEY)), tensors)
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"load: the nesting recorded in {path} is unreadable "
                                   f"({e!r})") from e
     if not with_metadata:
         return tensors

@@ -54,8 +54,8 @@ def test_corrupt_and_missing_files(tmp_path):
         ng.load(path)
     with pytest.raises(ng.CheckpointError, match="no checkpoint"):
         ng.load(tmp_path / "nope.safetensors")
-    with pytest.raises(TypeError):
-        ng.save({"a": [1, 2]}, tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="nodegrad never pickles"):
+        ng.save({"a": object()}, tmp_path / "x.safetensors")
 
 
 def test_pytorch_interchange(tmp_path):
@@ -205,3 +205,32 @@ def test_a_pytorch_bfloat16_checkpoint_loads_as_bfloat16(tmp_path):
     old = ng.load(path, bfloat16_as_float32=True)
     assert old["w"].dtype == ng.float32
     np.testing.assert_array_equal(old["w"].numpy(), w.float().numpy())
+
+
+def test_a_nested_checkpoint_saves_and_loads_as_torch_save_does(tmp_path):
+    # torch.save({"model": ..., "optimizer": ..., "epoch": ...}): tensors under slash-joined
+    # paths, the nesting (int keys, tuples, numbers, None) in the header
+    ng.manual_seed(0)
+    m = ng.nn.Sequential(ng.nn.Linear(3, 4), ng.nn.BatchNorm1d(4))
+    opt = ng.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    sched = ng.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    m(ng.randn(5, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    ckpt = {"model": m.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "epoch": 3, "note": (1.5, None, "x")}
+    ng.save(ckpt, tmp_path / "ckpt.pt")
+    back = ng.load(tmp_path / "ckpt.pt", map_location="cpu", weights_only=True)
+    assert back["epoch"] == 3 and back["note"] == (1.5, None, "x")
+    assert back["scheduler"] == sched.state_dict()
+    m2 = ng.nn.Sequential(ng.nn.Linear(3, 4), ng.nn.BatchNorm1d(4))
+    m2.load_state_dict(back["model"])
+    opt2 = ng.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(back["optimizer"])
+    for k, s in opt.state_dict()["state"].items():
+        np.testing.assert_array_equal(np.asarray(opt2.state_dict()["state"][k]["momentum_buffer"]),
+                                      np.asarray(s["momentum_buffer"]))
+    with pytest.raises(TypeError, match="'model/x' is object"):
+        ng.save({"model": {"x": object()}}, tmp_path / "bad.pt")
+    with pytest.raises(TypeError, match="map_location must name a device"):
+        ng.load(tmp_path / "ckpt.pt", map_location=lambda s, loc: s)
