@@ -351,6 +351,10 @@ def backend_of(a) -> Backend:
         return CPU
     if _cupy is not None and isinstance(a, _cupy.ndarray):
         return cuda_backend(a.device.id)
+    if hasattr(a, "data") and hasattr(a, "requires_grad"):  # t.data = tensor, as PyTorch
+        raise DeviceError("a tensor holds a Tensor where its array belongs: `t.data` is the raw "
+                          "array here, so assign `t.data = other.data` (or use t.copy_(other)"
+                          "), not `t.data = other`")
     raise DeviceError(f"expected a NumPy or CuPy array, got {type(a).__name__}")
 
 

@@ -49,3 +49,11 @@ def test_bad_devices_raise_clear_errors(args, err, match):
     if args != ("cpu", 1):  # torch keeps "cpu:1", a name no CPU tensor has: refused here
         with pytest.raises(RuntimeError):
             torch.device(*args)  # torch refuses the others too
+
+
+def test_a_tensor_assigned_to_data_names_the_fix():
+    # PyTorch code writes p.data = other; here .data is the raw array
+    p = ng.nn.Linear(2, 2).weight
+    p.data = ng.zeros(2, 2)
+    with pytest.raises(ng.DeviceError, match=r"assign `t.data = other.data`"):
+        p * 2
