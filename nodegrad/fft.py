@@ -345,7 +345,7 @@ def _freq(op: str, n: int, d: float, onesided: bool, dtype, device, requires_gra
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"{op}: n must be a non-negative int, got {n!r}")
     dt = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
-    if dt.kind not in "fc":
+    if not B.is_inexact(dt):
         raise DTypeError(f"{op}: expected a floating dtype, got {dt}")
     xp = B.get_backend("cpu" if device is None else device).xp
     data = B.fftfreq(xp, n, d, onesided, dt)

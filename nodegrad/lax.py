@@ -285,7 +285,7 @@ def _scan_fwd(xp, *arrays, body: Body, length: int, reverse: bool, fuse: bool = 
 
 
 def _is_float(t) -> bool:
-    return getattr(t, "dtype", None) is not None and t.dtype.kind == "f"
+    return getattr(t, "dtype", None) is not None and B.is_float(t.dtype)
 
 
 def _substitute(base: list, where: list, vals) -> list:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import _backend as B
 from .autodiff import Node, modes
 from .batching import batched, front, size_of
 from .errors import DTypeError, GradError, ShapeError
@@ -417,7 +418,7 @@ def _while_bind(loop: Loop, ins: list, group: tuple) -> Tensor:
     JVP is a loop of the body's JVP and whose VJP says why there is none."""
     params = {"loop": loop, "group": group, "fuse": _fusing()}
     out = bind(while_p, tuple(ins), params)
-    if modes().traces or not _needs_node(ins) or out.dtype.kind != "f":
+    if modes().traces or not _needs_node(ins) or not B.is_float(out.dtype):
         return out  # (under vmap the batching rule binds the loop underneath, which records)
     parents = tuple((a.node or a) if isinstance(a, Tensor) and a.requires_grad else None
                     for a in ins)

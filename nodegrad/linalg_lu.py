@@ -271,7 +271,7 @@ def vecdot(x, y, *, dim: int = -1) -> Tensor:
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, Tensor):
             raise TypeError(f"linalg.vecdot: {name} must be a tensor, got {type(t).__name__}")
-        if t.dtype.kind not in "fc":
+        if not _B.is_inexact(t.dtype):
             raise DTypeError(f"linalg.vecdot: expected floating-point or complex tensors, got "
                              f"{t.dtype} for {name}")
     if x.dtype != y.dtype:

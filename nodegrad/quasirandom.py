@@ -60,7 +60,9 @@ class SobolEngine:
         n = _count("draw", n, "n")
         dt = B.as_dtype(dtype) if dtype is not None else B.as_dtype(get_default_dtype())
         if dt.kind != "f":
-            raise DTypeError(f"SobolEngine.draw: dtype must be a floating dtype, got {dt}")
+            raise DTypeError(f"SobolEngine.draw: dtype must be a floating dtype, got {dt}"
+                             + (" (bfloat16 is not supported, as in PyTorch)"
+                                if dt == B.bfloat16 else ""))
         with warnings.catch_warnings():  # a count that is no power of two is allowed, as torch
             warnings.simplefilter("ignore", UserWarning)
             pts = self._engine.random(n)

@@ -406,13 +406,13 @@ def randperm(n: int, device=None, generator: Generator | None = None, *, dtype=N
     if n < 0:
         raise ValueError(f"randperm: n must be non-negative, got {n}")
     dt = B.as_dtype(dtype) or B.int64
-    if dt.kind not in "iuf":
+    if dt.kind not in "iu" and not B.is_float(dt):
         raise DTypeError(f"randperm: expected an integer or floating dtype, got {dt}")
     top = _exact_range(dt)[1]
     if n - 1 > top:
         raise ValueError(f"randperm: n={n} is too large for dtype {dt}, which holds the "
                          f"integers up to {top} exactly")
-    if requires_grad and dt.kind != "f":
+    if requires_grad and not B.is_float(dt):
         raise DTypeError(f"randperm: only floating dtypes can require grad, got {dt}")
     if layout is not None:
         check_layout("randperm", layout)
@@ -446,7 +446,7 @@ def _normal_tensors(mean, std, generator: Generator | None) -> Tensor:
     broadcast shape, in the tensor's dtype (mean's when both are tensors). As in PyTorch the
     samples stay in the graph with zero gradient for mean and std."""
     ref = mean if isinstance(mean, Tensor) else std
-    if ref.dtype.kind != "f":
+    if not B.is_float(ref.dtype):
         raise DTypeError(f"normal: expected floating-point mean and std, got {ref.dtype}")
     if not isinstance(std, Tensor) and std < 0:
         raise ValueError(f"normal: expects std >= 0, got {std}")
@@ -515,7 +515,7 @@ def _check_finite_probs(p, op: str, what: str) -> None:
     xp = B.backend_of(p).xp
     if p.size and not bool(((p >= 0) & (p <= 1)).all()):
         raise ValueError(f"{op}: {what} must lie in [0, 1]")
-    if p.dtype.kind == "f" and not bool(xp.isfinite(p).all()):
+    if B.is_float(p.dtype) and not bool(xp.isfinite(p).all()):
         raise ValueError(f"{op}: {what} must be finite")
 
 
@@ -524,7 +524,7 @@ def bernoulli(input: Tensor, p: float | None = None, *,
     """0/1 samples, 1 with probability ``input`` (or the number ``p``), in input's dtype. As
     PyTorch's, the samples stay in the graph of an ``input`` that requires grad, with a zero
     gradient for it."""
-    if input.dtype.kind != "f":
+    if not B.is_float(input.dtype):
         raise DTypeError(f"bernoulli: expected floating-point probabilities, got {input.dtype}")
     sample = _sample("bernoulli", _bernoulli, _gen(generator, input.device), input, p)
     return _zero_grad_from(sample, (input,), input)
@@ -541,7 +541,7 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
                 generator: Generator | None = None) -> Tensor:
     """Category indices drawn from the (unnormalised) weights in each row of ``input`` (1-d or
     2-d); without replacement by exponential races (each category at most once)."""
-    if input.dtype.kind != "f":
+    if not B.is_float(input.dtype):
         raise DTypeError(f"multinomial: expected floating-point weights, got {input.dtype}")
     if input.ndim not in (1, 2):
         raise ShapeError(f"multinomial: weights must be 1-d or 2-d, got shape "
@@ -585,7 +585,7 @@ def _multinomial(gen: Generator, input: Tensor, num_samples: int, replacement: b
 def poisson(input: Tensor, generator: Generator | None = None) -> Tensor:
     """Poisson counts with rates ``input`` (non-negative floats), in input's dtype, as
     ``torch.poisson``; not differentiable."""
-    if not isinstance(input, Tensor) or input.dtype.kind != "f":
+    if not isinstance(input, Tensor) or not B.is_float(input.dtype):
         raise DTypeError(f"poisson: expected a floating tensor of rates, got "
                          f"{getattr(input, 'dtype', type(input).__name__)}")
     return _sample("poisson", _poisson, _gen(generator, input.device), input)
@@ -603,12 +603,15 @@ def binomial(count: Tensor, prob: Tensor, generator: Generator | None = None) ->
     """Binomial counts of successes in ``count`` trials of probability ``prob`` (float tensors
     that broadcast), in their dtype, as ``torch.binomial``; not differentiable."""
     for name, t in (("count", count), ("prob", prob)):
-        if not isinstance(t, Tensor) or t.dtype.kind != "f":
+        if not isinstance(t, Tensor) or not B.is_float(t.dtype):
             raise DTypeError(f"binomial: expected a floating tensor for {name}, got "
                              f"{getattr(t, 'dtype', type(t).__name__)}")
     if count.dtype != prob.dtype:
         raise DTypeError(f"binomial: count and prob must have one dtype, got {count.dtype} and "
                          f"{prob.dtype}")
+    if count.dtype == B.bfloat16:
+        raise DTypeError("binomial: bfloat16 is not supported (as torch.binomial); pass "
+                         "float32 count and prob")
     return _sample("binomial", _binomial, _gen(generator, count.device), count, prob)
 
 
@@ -712,7 +715,7 @@ def _assign(a, sample) -> None:
 
 
 def _floating(t: Tensor, what: str) -> None:
-    if t.dtype.kind != "f":
+    if not B.is_float(t.dtype):
         raise DTypeError(f"{what}: expected a floating-point tensor (a continuous "
                          f"distribution), got {t.dtype}")
 
@@ -727,7 +730,7 @@ def _sample_dtype(dtype):
     float64 (no float64 temporaries for float32), float32 for float16, float64 for integers."""
     if dtype == B.float32 or dtype == B.float64:
         return dtype
-    return B.float32 if dtype.kind == "f" else B.float64
+    return B.float32 if B.is_float(dtype) else B.float64
 
 
 def check_normal_args(op: str, std: float) -> None:
@@ -767,7 +770,7 @@ def bernoulli_(t: Tensor, p: float | Tensor = 0.5, *,
     """Fill ``t`` (any dtype) in place with 0/1 draws, 1 with probability ``p``: a number, or a
     floating tensor of probabilities that broadcasts to ``t``'s shape."""
     if isinstance(p, Tensor):
-        if p.dtype.kind != "f":
+        if not B.is_float(p.dtype):
             raise DTypeError(f"bernoulli_: expected floating-point probabilities, got {p.dtype}")
         if p.backend is not t.backend:
             raise DeviceError(f"bernoulli_: p is on {p.device} but the tensor on {t.device}")
@@ -829,7 +832,7 @@ def _exponential_fill(gen: Generator, shape: tuple, dtype, lambd: float):
 def geometric_(t: Tensor, p: float, *, generator: Generator | None = None) -> Tensor:
     """Fill ``t`` (float or integer) in place with Geometric(p) samples: the number of Bernoulli
     trials up to the first success, 1, 2, ... (mean 1 / p)."""
-    if t.dtype.kind not in "iuf":
+    if t.dtype.kind not in "iu" and not B.is_float(t.dtype):
         raise DTypeError(f"geometric_: expected a float or integer tensor, got {t.dtype}")
     if not 0 < p < 1:
         raise ValueError(f"geometric_: expects p in (0, 1), got p={p}")
@@ -868,8 +871,8 @@ def _exact_range(dtype) -> tuple:
     """The integers a ``dtype`` tensor holds exactly, as (lowest, highest)."""
     if dtype.kind == "b":
         return 0, 1
-    if dtype.kind == "f":
-        top = 2 ** (B.np.finfo(dtype).nmant + 1)
+    if B.is_float(dtype):
+        top = 2 ** (B.finfo(dtype).nmant + 1)
         return -top, top
     info = B.np.iinfo(dtype)
     return int(info.min), int(info.max)
@@ -882,7 +885,7 @@ def random_(t: Tensor, from_: int | None = None, to: int | None = None, *,
     from 0 to the largest integer the dtype holds exactly (2**24 for float32, the maximum for
     an integer dtype). A range a float dtype cannot hold exactly raises instead of rounding."""
     dtype = t.dtype
-    if dtype.kind not in "biuf" or dtype == B.np.dtype("uint64"):
+    if (dtype.kind not in "biu" and not B.is_float(dtype)) or dtype == B.np.dtype("uint64"):
         raise DTypeError(f"random_: expected a bool, integer (not uint64) or float tensor, got "
                          f"{dtype}")
     low, high = _exact_range(dtype)

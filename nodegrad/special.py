@@ -7,6 +7,7 @@ tensor([0.5])
 
 from __future__ import annotations
 
+from ._backend import bfloat16 as _BF16
 from .ops import astype, reshape
 from .ops import digamma
 from .ops import digamma as psi
@@ -90,6 +91,9 @@ def _polynomial(op: str, kind: str, input, n):
                                           or not isinstance(v, int | float)):
             raise TypeError(f"{op}: {name} must be a tensor or a real number, got "
                             f"{type(v).__name__}")
+        if isinstance(v, Tensor) and v.dtype == _BF16:
+            raise TypeError(f"{op}: bfloat16 is not supported (as PyTorch); convert {name} "
+                            "with .float()")
         if isinstance(v, Tensor) and v.dtype.kind not in "biuf":
             raise TypeError(f"{op}: {name} must be a real tensor, got {v.dtype}")
     if not isinstance(input, Tensor) and not isinstance(n, Tensor):

@@ -37,7 +37,7 @@ def _leaf(x, requires_grad: bool = False) -> Tensor:
 
 def _vjp(f, xs, cots, create_graph):
     """Analytic ⟨cot, J⟩ for each float input (None where f does not depend on it)."""
-    ins = [_leaf(x, x.dtype.kind == "f") for x in xs]
+    ins = [_leaf(x, B.is_float(x.dtype)) for x in xs]
     prev = mode.grad_enabled
     mode.grad_enabled = True
     try:
@@ -65,13 +65,13 @@ def gradcheck(f: Callable, *inputs, eps: float = 1e-6, atol: float = 1e-5, rtol:
     """
     np = B.np
     xs = [np.array(x.numpy() if isinstance(x, Tensor) else x) for x in inputs]
-    xs = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in xs]
+    xs = [x.astype(np.float64) if B.is_float(x.dtype) else x for x in xs]
     rng = np.random.default_rng(seed)
     with _no_grad():
         outs0 = _outputs(f(*[_leaf(x) for x in xs]))
     cots = [rng.standard_normal(o.shape) for o in outs0]
     gs, _ = _vjp(f, xs, cots, create_graph=False)
-    fi = [i for i, x in enumerate(xs) if x.dtype.kind == "f"]
+    fi = [i for i, x in enumerate(xs) if B.is_float(x.dtype)]
     worst = (0.0, None)
     for k, i in enumerate(fi):
         x = xs[i]
@@ -115,11 +115,11 @@ def _vjp_tensors(f, ts, cots):
     prev = mode.grad_enabled
     mode.grad_enabled = True
     try:
-        ins = [t if t.requires_grad or t.dtype.kind != "f" else Tensor(t.data, None, True)
+        ins = [t if t.requires_grad or not B.is_float(t.dtype) else Tensor(t.data, None, True)
                for t in ts]
         outs = _outputs(f(*ins))
         live = [(o, Tensor(o.backend.asarray(c))) for o, c in zip(outs, cots) if o.requires_grad]
-        targets = [t for t in ins if t.dtype.kind == "f"]
+        targets = [t for t in ins if B.is_float(t.dtype)]
         gs = run_backward([o for o, _ in live], [c for _, c in live], retain_graph=True,
                           create_graph=True, targets=targets, accumulate=False)
     finally:
@@ -150,27 +150,46 @@ def compare_with_torch(ng_fn: Callable, torch_fn: Callable, *arrays, atol: float
     import torch
 
     np = B.np
-    ng_in = [Tensor(np.array(a), None, grad and a.dtype.kind == "f") for a in arrays]
-    t_in = [torch.tensor(np.array(a), requires_grad=grad and a.dtype.kind == "f")
-            for a in arrays]
+    ng_in = [Tensor(np.array(a), None, grad and B.is_float(a.dtype)) for a in arrays]
+    t_in = [_torch_leaf(torch, a, grad and B.is_float(a.dtype)) for a in arrays]
     with _grad_on():
         out = ng_fn(*ng_in)
     ref = torch_fn(*t_in)
     if str(ref.dtype).replace("torch.", "") != str(out.dtype):
         raise AssertionError(f"dtype: nodegrad {out.dtype} vs torch {ref.dtype}")
-    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), atol=atol, rtol=rtol,
-                               err_msg="values differ from PyTorch")
+    np.testing.assert_allclose(_as_f64(out.numpy()), _torch_values(torch, ref), atol=atol,
+                               rtol=rtol, err_msg="values differ from PyTorch")
     if not grad or not out.requires_grad:
         return
-    v = np.random.default_rng(seed).standard_normal(out.shape).astype(out.dtype)
+    v = B.cast(np.random.default_rng(seed).standard_normal(out.shape), out.dtype)
     out.backward(Tensor(v))
-    ref.backward(torch.tensor(v))
+    ref.backward(_torch_leaf(torch, v, False))
     for k, (a, b) in enumerate(zip(ng_in, t_in)):
         if b.grad is None:
             continue
         got = a.grad.numpy() if a.grad is not None else np.zeros(a.shape, a.dtype)
-        np.testing.assert_allclose(got, b.grad.numpy(), atol=atol, rtol=rtol,
-                                   err_msg=f"gradient of input {k} differs from PyTorch")
+        np.testing.assert_allclose(_as_f64(got), _torch_values(torch, b.grad), atol=atol,
+                                   rtol=rtol, err_msg=f"gradient of input {k} differs from "
+                                   "PyTorch")
+
+
+def _torch_leaf(torch, a, requires_grad: bool):
+    """NumPy array ``a`` as a torch tensor; bfloat16 (ml_dtypes') goes through float32,
+    exactly, as torch reads no ml_dtypes array."""
+    if a.dtype == B.bfloat16:
+        return torch.tensor(a.astype(B.float32)).bfloat16().requires_grad_(requires_grad)
+    return torch.tensor(B.np.array(a), requires_grad=requires_grad)
+
+
+def _torch_values(torch, t):
+    """A torch tensor's values as NumPy (bfloat16 ones as float64, exactly)."""
+    t = t.detach()
+    return t.double().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _as_f64(a):
+    """bfloat16 arrays as float64 (exactly, for NumPy's comparisons); others unchanged."""
+    return a.astype(B.float64) if a.dtype == B.bfloat16 else a
 
 
 class _grad_on(_no_grad):
@@ -265,6 +284,8 @@ def _host(x):
 
 def _isclose(a, e, rtol: float, atol: float, equal_nan: bool):
     np = B.np
+    if a.dtype == B.bfloat16:  # compared in float32, which holds every bfloat16 exactly
+        a, e = a.astype(B.float32), e.astype(B.float32)
     with np.errstate(all="ignore"):
         close = a == e
         if a.dtype.kind in "fc":
@@ -439,7 +460,7 @@ def make_tensor(*shape, dtype, device=None, low: float | None = None,
     dt = B.as_dtype(dtype)
     name = str(dt)
     is_int = name in _MAKE_INTS
-    if not is_int and dt.kind not in "fc":
+    if not is_int and not B.is_inexact(dt):
         raise TypeError(f"The requested dtype '{dt}' is not supported by make_tensor().")
     if requires_grad and is_int:
         raise ValueError(f"`requires_grad=True` is not supported for boolean and integral "
@@ -450,7 +471,7 @@ def make_tensor(*shape, dtype, device=None, low: float | None = None,
         info = np.iinfo(dt)
         lo_in, hi_ex, d_lo, d_hi = int(info.min), int(info.max) + (name != "int64"), -9, 10
     else:
-        info = np.finfo(dt)
+        info = B.finfo(dt)
         lo_in, hi_ex, d_lo, d_hi = float(info.min), float(info.max), -9, 9
     low = d_lo if low is None else low
     high = d_hi if high is None else high
@@ -467,17 +488,17 @@ def make_tensor(*shape, dtype, device=None, low: float | None = None,
     if is_int:
         vals = randint(math.ceil(low), math.ceil(high), full, dtype="int64").numpy()
     else:
-        real = dt if dt.kind == "f" else np.dtype(f"float{dt.itemsize * 4}")
-        parts = full if dt.kind == "f" else (*full, 2)
-        half = high - low >= np.finfo(real).max
+        real = dt if B.is_float(dt) else np.dtype(f"float{dt.itemsize * 4}")
+        parts = full if B.is_float(dt) else (*full, 2)
+        half = high - low >= B.finfo(real).max
         lo, hi = (low / 2, high / 2) if half else (low, high)
         vals = uniform(0.0, 1.0, parts, dtype="float64").numpy() * (hi - lo) + lo
-        vals = (vals * 2 if half else vals).astype(real)
+        vals = B.cast(vals * 2 if half else vals, real)
         if dt.kind == "c":
             vals = vals[..., 0] + 1j * vals[..., 1]
     vals = vals.astype(dt)
     if exclude_zero:
-        vals[vals == 0] = 1 if is_int else np.finfo(dt).tiny
+        vals[vals == 0] = 1 if is_int else B.finfo(dt).tiny
     data = B.get_backend(device if device is not None else get_default_device()).asarray(vals)
     if noncontiguous:
         data = data[..., 1::2]

@@ -146,7 +146,7 @@ def _split_inputs(op: str, inputs) -> tuple[list, list, list]:
         raise ValueError(f"{op}: expected at least one input tensor that requires grad (only "
                          "those are checked, as in torch.autograd)")
     for i, a in enumerate(args):
-        if isinstance(a, Tensor) and i not in wanted and a.dtype.kind == "f":
+        if isinstance(a, Tensor) and i not in wanted and B.is_float(a.dtype):
             args[i] = a.detach().astype(B.float64)  # gradcheck runs in float64
     return args, wanted, [args[i] for i in wanted]
 
@@ -208,7 +208,7 @@ def gradgradcheck(func: Callable, inputs, grad_outputs: Sequence | Tensor | None
     if not check_rev_over_rev:
         return True
     f = _closed(func, args, wanted)
-    xs64 = [x.detach().astype(B.float64) if x.dtype.kind == "f" else x.detach() for x in xs]
+    xs64 = [x.detach().astype(B.float64) if B.is_float(x.dtype) else x.detach() for x in xs]
     with no_grad():
         outs = _as_list(f(*xs64))
     if grad_outputs is None:

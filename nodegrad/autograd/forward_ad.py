@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
+from .. import _backend as B
 from ..autodiff import Node, _key, modes, saved_values
 from ..errors import GradError
 from ..func.grad import _alias
@@ -145,10 +146,10 @@ def make_dual(tensor: Tensor, tangent: Tensor, *, level: int | None = None) -> T
     if not isinstance(tangent, Tensor):
         raise TypeError(f"make_dual: expected a tensor as the tangent, got "
                         f"{type(tangent).__name__}")
-    if tensor.dtype.kind != "f":
+    if not B.is_float(tensor.dtype):
         raise ValueError(f"make_dual: expected the primal to be floating point, got "
                          f"{tensor.dtype}")
-    if tangent.dtype.kind != "f":
+    if not B.is_float(tangent.dtype):
         raise ValueError(f"make_dual: expected the tangent to be floating point, got "
                          f"{tangent.dtype}")
     if modes().traces:

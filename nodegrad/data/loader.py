@@ -40,6 +40,11 @@ _END = object()
 __all__ = ["DataLoader", "get_worker_info"]
 
 
+def _numeric(dt) -> bool:
+    """Whether a host array of dtype ``dt`` becomes a tensor (numbers and bools, bfloat16 too)."""
+    return dt.kind in "biufc" or dt == B.bfloat16
+
+
 class _DefaultBatchSize(int):
     """The default batch size, told apart from one given (which a batch_sampler excludes)."""
 
@@ -749,7 +754,7 @@ class DataLoader:
     def _convert(self, a):
         """Floating host arrays to ``dtype``, integer ones to int64; anything else as it is."""
         if isinstance(a, np.ndarray):
-            if a.dtype.kind == "f":
+            if B.is_float(a.dtype):
                 return a if self._float is None else a.astype(self._float, copy=False)
             if a.dtype.kind in "iu":
                 return a.astype(B.int64, copy=False)
@@ -761,7 +766,7 @@ class DataLoader:
         Host arrays (and NumPy scalars) are converted (:meth:`_convert`) and uploaded together;
         tensors (e.g. from :func:`default_collate`) keep their dtype and move to the device; a
         top-level list becomes a tuple; numbers, strings and the like stay as they are."""
-        if type(fields) is tuple and all(type(a) is np.ndarray and a.dtype.kind in "biufc"
+        if type(fields) is tuple and all(type(a) is np.ndarray and _numeric(a.dtype)
                                          for a in fields):  # the usual flat batch, directly
             return tuple(Tensor(a) for a in self.backend.upload(
                 [self._convert(a) for a in fields], stream))
@@ -770,9 +775,9 @@ class DataLoader:
         def walk(x, top: bool = False):
             if isinstance(x, Tensor):
                 return x if x.device == self.backend.name else x.to(self.backend.name)
-            if isinstance(x, np.generic) and x.dtype.kind in "biufc":
+            if isinstance(x, np.generic) and _numeric(x.dtype):
                 x = np.asarray(x)
-            if isinstance(x, np.ndarray) and x.dtype.kind in "biufc":
+            if isinstance(x, np.ndarray) and _numeric(x.dtype):
                 host.append(self._convert(x))
                 return _Slot(len(host) - 1)
             if isinstance(x, Mapping):

@@ -41,7 +41,7 @@ def _finite64(obj: Preprocessor, x) -> np.ndarray:
 
 
 def _out_dtype(x: np.ndarray):
-    return x.dtype if x.dtype.kind == "f" else B.float32
+    return x.dtype if B.is_float(x.dtype) else B.float32
 
 
 def _encode(v):
@@ -142,12 +142,12 @@ class _Elementwise(Preprocessor):
     def transform(self, x) -> np.ndarray:
         x = _host(x)
         self._check(x)
-        return ((x - self.shift_) * self.scale_).astype(_out_dtype(x))
+        return B.cast((x - self.shift_) * self.scale_, _out_dtype(x))
 
     def inverse_transform(self, z) -> np.ndarray:
         z = _host(z)
         self._check(z)
-        return (z / self.scale_ + self.shift_).astype(_out_dtype(z))
+        return B.cast(z / self.scale_ + self.shift_, _out_dtype(z))
 
 
 class Standardize(_Elementwise):

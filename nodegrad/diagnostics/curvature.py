@@ -55,7 +55,7 @@ class _HVP:
                 else:
                     raise TypeError(f"{op}: params must be a tree of tensors; leaf {i} is "
                                     f"{type(leaf).__name__}")
-            if leaf.dtype.kind != "f":
+            if not B.is_float(leaf.dtype):
                 raise TypeError(f"{op}: parameter {i} has dtype {leaf.dtype}; the Hessian needs "
                                 "floating parameters")
             self.leaves.append(leaf)
@@ -76,7 +76,7 @@ class _HVP:
             what = (f"shape {tuple(out.shape)}" if isinstance(out, Tensor)
                     else type(out).__name__)
             raise GradError(f"{self.op}: f must return a scalar tensor, got {what}")
-        if out.dtype.kind != "f":
+        if not B.is_float(out.dtype):
             raise GradError(f"{self.op}: f returned dtype {out.dtype}; need a float scalar")
 
     def _setup_reverse(self, f: Callable) -> None:
@@ -320,7 +320,7 @@ def _as_input(a, dtype, device):
     t = a if isinstance(a, Tensor) else tensor(a)
     if t.device != device:
         t = t.to(device)
-    if t.dtype.kind == "f" and t.dtype != dtype:
+    if B.is_float(t.dtype) and t.dtype != dtype:
         t = t.astype(dtype)
     return t
 

@@ -38,7 +38,7 @@ def _as_float64(a, op: str, what: str):
         t = Tensor(B.np.asarray(a))
     else:
         raise TypeError(f"{op}: {what} must be a tensor or an array, got {type(a).__name__}")
-    if t.dtype.kind == "f" and t.dtype != B.float64:
+    if B.is_float(t.dtype) and t.dtype != B.float64:
         t = t.astype(B.float64)
     return t
 

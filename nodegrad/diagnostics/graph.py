@@ -161,7 +161,7 @@ def _capture_grads(output: Tensor, graph: _Graph) -> dict:
     if not output.requires_grad:
         raise GradError("draw_graph(grads=True): the output does not require grad and has no "
                         "graph to differentiate")
-    if output.dtype.kind != "f":
+    if not B.is_float(output.dtype):
         raise GradError(f"draw_graph(grads=True): the output has dtype {output.dtype}; "
                         "gradients need a float output")
     if any(not n.alive for n in graph.all_nodes):

@@ -106,7 +106,7 @@ def _param_set(model: Module, params, fn: str, label: str) -> dict:
     out = {}
     for k, v in params.items():
         t = own[k]
-        if t.dtype.kind != "f":
+        if not B.is_float(t.dtype):
             continue  # counters such as num_batches_tracked are not coordinates of the loss
         a = v.data if isinstance(v, Tensor) else v
         if not B.is_array(a):
@@ -207,7 +207,7 @@ def random_direction(model: Module, seed: int = 0, filter_normalize: bool = True
     rng = np.random.default_rng(seed)
     out = {}
     for k, p in model.named_parameters():
-        if p.dtype.kind != "f":
+        if not B.is_float(p.dtype):
             continue
         d = rng.standard_normal(tuple(p.shape))
         theta = B.backend_of(p.data).to_host(p.data).astype(np.float64)

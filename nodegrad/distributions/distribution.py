@@ -13,6 +13,7 @@ import operator
 from functools import cached_property
 
 from . import _ng as ng
+from nodegrad import _backend as B
 from nodegrad.autodiff import modes
 from nodegrad.dtypes import get_default_dtype
 from nodegrad.tensor import Tensor
@@ -43,7 +44,7 @@ def _shape(sample_shape) -> Shape:
 def _float_dtype(tensors):
     """The dtype parameters are promoted to: the widest float among tensors, else the default
     float dtype (``ng.get_default_dtype()``)."""
-    floats = [t.dtype for t in tensors if t.dtype.kind == "f"]
+    floats = [t.dtype for t in tensors if B.is_float(t.dtype)]
     if not floats:
         return get_default_dtype()
     return max(floats, key=lambda d: d.itemsize)

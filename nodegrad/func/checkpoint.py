@@ -20,6 +20,7 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import _backend as B
 from ..amp import current_regions, regions
 from ..autodiff import enable_grad, grad as _grad, modes
 from ..errors import GradError
@@ -107,7 +108,7 @@ def _detached(ts: list) -> list:
     out = []
     for t in ts:
         d = t.detach()
-        if t.requires_grad and t.dtype.kind == "f":
+        if t.requires_grad and B.is_float(t.dtype):
             d.requires_grad_(True)
         out.append(d)
     return out

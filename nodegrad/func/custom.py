@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .. import _backend as B
 from ..autodiff import Node, creation_site, modes, no_grad, pack_tensors, unpack_tensor
 from ..errors import GradError, InplaceError, ShapeError
 from ..ops import concatenate
@@ -48,7 +49,7 @@ def _rule(name: str, vjp_all: Callable) -> Primitive:
 
 
 def _diff(t) -> bool:
-    return isinstance(t, Tensor) and t.requires_grad and t.dtype.kind == "f"
+    return isinstance(t, Tensor) and t.requires_grad and B.is_float(t.dtype)
 
 
 def _bottom(t):
@@ -70,7 +71,7 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
     ``versions`` are the node's (counter, version, None, None) entries, checked before its
     backward runs; ``keep_out`` keeps the node's value for the backward (the VJP's ``ans``)."""
     slots = [i for i, o in enumerate(outs)
-             if isinstance(o, Tensor) and o.dtype.kind == "f" and i not in call.nondiff]
+             if isinstance(o, Tensor) and B.is_float(o.dtype) and i not in call.nondiff]
     if not slots:
         return outs, None
     if len({outs[i].dtype for i in slots}) > 1:
@@ -690,7 +691,7 @@ class Function(metaclass=_FunctionMeta):
 
         def run(a):
             ctx = FunctionCtx()
-            ctx.needs_input_grad = tuple(isinstance(v, Tensor) and v.dtype.kind == "f"
+            ctx.needs_input_grad = tuple(isinstance(v, Tensor) and B.is_float(v.dtype)
                                          for v in a)
             with no_grad():
                 if separate:

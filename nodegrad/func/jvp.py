@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from .. import _backend as B
 from ..autodiff import _key, _topo_order, modes, saved_values
 from ..errors import GradError
 from ..tensor import Tensor, zeros_like
@@ -250,7 +251,7 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = Fal
         nums = _argnums(argnums, len(args), "jacrev")
         leaves, defs = _flat_args(args, nums)
         for x in (x for ls in leaves for x in ls):
-            if x.dtype.kind != "f":
+            if not B.is_float(x.dtype):
                 raise GradError(f"jacrev: cannot differentiate with respect to an integer "
                                 f"input (dtype {x.dtype}); pass floats")
         out, fn, *aux = vjp(*_restrict(f, args, nums, leaves, defs), has_aux=has_aux)

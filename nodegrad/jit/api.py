@@ -683,7 +683,7 @@ def _static_key(x, where) -> tuple:
                            "as an ordinary (traced) argument")
         return ("static", _Static, _static_key(x.value, where))
     if t is float or t is complex or (getattr(x, "dtype", None) is not None and getattr(
-            x, "ndim", None) == 0 and x.dtype.kind in "fc"):
+            x, "ndim", None) == 0 and B.is_inexact(x.dtype)):
         c = complex(x)
         return ("static", t, c.real.hex(), c.imag.hex())
     if t is slice:  # not hashable before Python 3.12

@@ -372,7 +372,7 @@ def _converting(prim, params: dict, backend, out, fast, n: int | None = None):
             op.converts = True
         if o.dtype != dtype:
             o = as_float(prim, backend, d if n is None else d[:n], params, o, dtype) if \
-                dtype.kind == "f" and o.dtype.kind == "f" else o.astype(dtype)
+                B.is_float(dtype) and B.is_float(o.dtype) else o.astype(dtype)
             op.converts = True
         return o
 

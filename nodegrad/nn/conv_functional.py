@@ -58,7 +58,7 @@ def _conv_transpose(x, w, b, stride, padding, output_padding, groups, dilation, 
     if not isinstance(w, Tensor) or w.ndim != nd + 2:
         raise ShapeError(f"{op}: weight must have {nd + 2} dims (in, out/groups, *kernel), got "
                          f"{None if not isinstance(w, Tensor) else tuple(w.shape)}")
-    if (x.dtype.kind != "f" or w.dtype.kind != "f") and \
+    if not (B.is_float(x.dtype) and B.is_float(w.dtype)) and \
             (x.dtype != w.dtype or x.dtype.kind not in "iu"):
         raise DTypeError(f"{op}: expected floating input and weight (or both of one integer "
                          f"dtype), got {x.dtype} and {w.dtype}")

@@ -100,8 +100,8 @@ def _check_dtype(x: Tensor, weight: Tensor, layer: str) -> None:
     """Refuse an input whose dtype differs from the weight's, as PyTorch's layers do: an integer
     input would otherwise be promoted silently, a float64 one raise deep inside the product.
     Inside an autocast region float ones may differ: the product casts both (amp.py)."""
-    if x.dtype != weight.dtype and not (modes().autocast is not None and x.dtype.kind == "f"
-                                        and weight.dtype.kind == "f"):
+    if x.dtype != weight.dtype and not (modes().autocast is not None and B.is_float(x.dtype)
+                                        and B.is_float(weight.dtype)):
         how = ".float()" if weight.dtype == B.float32 else f".to({weight.dtype})"
         raise DTypeError(f"{layer}: the input has dtype {x.dtype} but the layer's weight is "
                          f"{weight.dtype}; convert the input with x{how} first")

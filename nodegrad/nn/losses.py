@@ -250,7 +250,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
                          f"{label_smoothing}")
     axis = 0 if input.ndim == 1 else 1
     if (target.dtype.kind in "iu" and weight is None and label_smoothing == 0
-            and reduction in _REDUCTIONS and input.dtype.kind == "f"):
+            and reduction in _REDUCTIONS and B.is_float(input.dtype)):
         # the common case in one fused primitive: log-softmax, pick and reduce in one pass
         _check_logits(input, target, "cross_entropy")
         _class_target(target, input.shape[axis], ignore_index, "cross_entropy",
@@ -262,7 +262,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         _class_weight(weight, c, "cross_entropy")
     logp = ops.log_softmax(input, axis=axis)
     wshape = (c,) + (1,) * (input.ndim - 2) if input.ndim > 1 else (c,)
-    if target.dtype.kind == "f":  # class probabilities
+    if B.is_float(target.dtype):  # class probabilities
         if tuple(target.shape) != tuple(input.shape):
             raise ShapeError(
                 f"cross_entropy: a float target is read as class probabilities (soft labels) "

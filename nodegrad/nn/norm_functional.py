@@ -114,7 +114,7 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
         raise ShapeError(f"rms_norm: input {getattr(x, 'shape', x)!r} does not end in "
                          f"normalized_shape {ns}")
     if eps is None:
-        eps = float(B.np.finfo(x.dtype).eps)
+        eps = float(B.finfo(x.dtype).eps)
     if x.dtype == B.float16:  # worked in float32 (the weight's product too), rounded once
         w = None if weight is None else ops.astype(weight, B.float32)
         return ops.astype(rms_norm(ops.astype(x, B.float32), ns, w, eps), B.float16)

@@ -13,6 +13,7 @@ import math
 from functools import partial
 from collections.abc import Sequence
 
+from .. import _backend as B
 from .. import lax, ops
 from ..autodiff import is_grad_enabled, modes
 from ..batching import values
@@ -314,7 +315,7 @@ def _mask_bias(mask, like: Tensor, masked_when: bool) -> Tensor:
         with like.backend.scope():
             neg, zero = (Tensor(xp.full((), v, like.dtype)) for v in (-xp.inf, 0))
         return ops.where(m if masked_when else ~m, neg, zero)
-    if m.dtype.kind != "f":
+    if not B.is_float(m.dtype):
         raise TypeError(f"attention: a mask must be boolean or floating, got {m.dtype}")
     return m if m.dtype == like.dtype else ops.astype(m, like.dtype)
 
@@ -336,7 +337,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: flo
     if bias is not None:
         # traced (jit, an export, vmap): a later call's mask may hide a whole row
         traced = modes().jit is not None or bool(modes().traces)
-        if bias.dtype.kind == "f" and (traced or bool(
+        if B.is_float(bias.dtype) and (traced or bool(
                 bias.backend.xp.isneginf(values(bias)).any())):
             dead = ops.all(bias == -math.inf, axis=-1, keepdims=True)
             if not traced and not bool(values(dead).any()):

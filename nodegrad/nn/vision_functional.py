@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 
+from .. import _backend as B
 from .. import ops
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator, keep_mask, rand
@@ -53,7 +54,7 @@ def affine_grid(theta: Tensor, size, align_corners: bool | None = None) -> Tenso
     op = "affine_grid"
     if not isinstance(theta, Tensor):
         raise TypeError(f"{op}: expected a Tensor theta, got {type(theta).__name__}")
-    if theta.dtype.kind != "f":
+    if not B.is_float(theta.dtype):
         raise DTypeError(f"{op}: theta must be floating point, got {theta.dtype}")
     size = tuple(int(s) for s in size)
     if len(size) not in (4, 5):
@@ -161,7 +162,7 @@ def _check_sample(input, grid, mode: str, padding_mode: str, op: str) -> int:
         raise ShapeError(f"{op}: expected non-empty spatial dims, got input {shp}")
     if mode == "bicubic" and nd != 2:
         raise ShapeError(f"{op}: bicubic interpolation only takes 4-D input, got {shp}")
-    if input.dtype.kind != "f" or grid.dtype != input.dtype:
+    if not B.is_float(input.dtype) or grid.dtype != input.dtype:
         raise DTypeError(f"{op}: expected floating input and grid of the same dtype, got "
                          f"{input.dtype} and {grid.dtype}")
     return nd
@@ -302,7 +303,7 @@ def _fractional_max_pool(op: str, d: int, input: Tensor, kernel_size, output_siz
     if not isinstance(input, Tensor) or input.ndim not in (d + 1, d + 2):
         raise ShapeError(f"{op}: expected {names} input, got "
                          f"{getattr(input, 'shape', type(input).__name__)}")
-    if input.dtype.kind != "f":
+    if not B.is_float(input.dtype):
         raise DTypeError(f"{op}: expected a floating input, got {input.dtype}")
     if output_size is None and output_ratio is None:
         raise ValueError(f"{op}: give either an output_size or an output_ratio")

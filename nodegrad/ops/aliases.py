@@ -1296,7 +1296,7 @@ def segment_reduce(data, reduce: str, *, lengths=None, indices=None, offsets=Non
     if reduce not in _SEGMENT_REDUCES:
         raise ValueError(f"{op}: reduce must be one of sum, prod, mean, amax (max) or amin "
                          f"(min), got {reduce!r}")
-    if not isinstance(data, Tensor) or data.dtype.kind != "f":
+    if not isinstance(data, Tensor) or not B.is_float(data.dtype):
         raise DTypeError(f"{op}: data must be a floating-point tensor, got "
                          f"{getattr(data, 'dtype', type(data).__name__)}")
     if indices is not None:

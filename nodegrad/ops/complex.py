@@ -156,7 +156,7 @@ def angle(input) -> Tensor:
     x = _need_tensor("angle", input)
     if x.dtype.kind == "c":
         return _angle(x)
-    x = x if x.dtype.kind == "f" else astype(x, B.DEFAULT_FLOAT)
+    x = x if B.is_float(x.dtype) else astype(x, B.DEFAULT_FLOAT)
     return where(isnan(x), x, multiply(astype(less(x, 0), x.dtype), math.pi))
 
 

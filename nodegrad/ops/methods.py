@@ -256,7 +256,7 @@ def _inplace(op, name):
             if B.backend_of(o) is not be:
                 raise DeviceError(f"{name}: operands are on different devices "
                                   f"({be.name} and {B.backend_of(o).name})")
-            if (o.dtype.kind == "f" and self.dtype.kind == "f" and o.dtype != self.dtype
+            if (B.is_float(o.dtype) and B.is_float(self.dtype) and o.dtype != self.dtype
                     and o.ndim):  # a 0-d operand counts as a scalar (type promotion)
                 raise DTypeError(f"{name}: mixed float dtypes {self.dtype} and {o.dtype}")
         fn = getattr(be.xp, ufunc)

@@ -76,7 +76,7 @@ def _arr(op: str, a, like=None) -> Tensor:
         host = _np.asarray(a)
     except (ValueError, TypeError) as e:
         raise TypeError(f"{op}: cannot make a tensor of {type(a).__name__}: {e}") from None
-    if host.dtype.kind not in "biufc":
+    if host.dtype.kind not in "biufc" and host.dtype != B.bfloat16:
         raise DTypeError(f"{op}: expected numbers, got an array of dtype {host.dtype}")
     return Tensor(_backend(like).asarray(host))
 
@@ -887,7 +887,7 @@ def asarray_chkfinite(a, dtype=None, order: str | None = None) -> Tensor:
     t = _arr(op, a)
     if dtype is not None:
         t = _cast(t, B.as_dtype(dtype))
-    if t.dtype.kind in "fc":
+    if B.is_inexact(t.dtype):
         host = _read(op, t)
         if not bool(_np.isfinite(host).all()):
             raise ValueError(f"{op}: the tensor must not contain infs or NaNs")

@@ -65,7 +65,7 @@ def _arr(op: str, x) -> Tensor:
     except (TypeError, ValueError) as e:
         raise DTypeError(f"{op}: expected a tensor or array-like of numbers, got "
                          f"{type(x).__name__} ({e})") from None
-    if a.dtype.kind not in "biufc":
+    if a.dtype.kind not in "biufc" and a.dtype != B.bfloat16:
         raise DTypeError(f"{op}: expected numbers, got an array of dtype {a.dtype}")
     return Tensor(a)
 
@@ -111,7 +111,7 @@ def _1d(op: str, x, name: str = "input") -> Tensor:
 
 def _same_float(op: str, *xs) -> None:
     """Refuse two float operands of different precision (nodegrad never widens silently)."""
-    fl = {x.dtype for x in xs if x.dtype.kind == "f"}
+    fl = {x.dtype for x in xs if B.is_float(x.dtype)}
     if len(fl) > 1:
         raise DTypeError(f"{op}: mixed float dtypes {sorted(map(str, fl))}; convert one "
                          "explicitly (x.astype(...))")
@@ -278,9 +278,9 @@ def polyval(p, x) -> Tensor:
     given_p, given_x = isinstance(p, Tensor), isinstance(x, Tensor)
     p = _real("polyval", p)
     x = _real("polyval", x)
-    if given_x and not given_p and x.dtype.kind == "f" and p.dtype != x.dtype:
+    if given_x and not given_p and B.is_float(x.dtype) and p.dtype != x.dtype:
         p = astype(p, x.dtype)
-    elif given_p and not given_x and p.dtype.kind == "f" and x.dtype != p.dtype:
+    elif given_p and not given_x and B.is_float(p.dtype) and x.dtype != p.dtype:
         x = astype(x, p.dtype)
     if p.ndim == 0:
         p = S.reshape(p, (1,))
@@ -407,7 +407,7 @@ def polyfit(x, y, deg: int, rcond=None, full: bool = False, w=None, cov=False):
         raise TypeError(f"{op}: expected x and y of the same length, got {x.shape[0]} and "
                         f"{y.shape[0]}")
     _same_float(op, x, y)
-    rcond = x.shape[0] * float(_np.finfo(x.dtype).eps) if rcond is None else float(rcond)
+    rcond = x.shape[0] * float(B.finfo(x.dtype).eps) if rcond is None else float(rcond)
     lhs, rhs = vander(x, order), y
     if w is not None:
         w = _as_f64(op, w)

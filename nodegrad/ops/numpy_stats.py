@@ -145,7 +145,7 @@ def _nan_extreme(op, a, axis, out, keepdims, largest):
     axes = _axes(op, axis, x.ndim)
     _need_entries(op, x, axes, "fmax" if largest else "fmin")
     red = _max if largest else _min
-    if x.dtype.kind != "f":
+    if not B.is_float(x.dtype):
         return _out(op, out, red(x, axes, bool(keepdims)))
     nan = isnan(x)
     m = red(where(nan, -_INF if largest else _INF, x), axes, bool(keepdims))
@@ -173,7 +173,7 @@ def _nan_arg(op, a, axis, out, keepdims, largest):
     if _count(x.shape, None if ax is None else (ax,)) == 0:
         raise ValueError(f"{op}: attempt to get {'argmax' if largest else 'argmin'} of an "
                          f"empty sequence (shape {tuple(x.shape)}, axis {ax})")
-    if x.dtype.kind == "f":
+    if B.is_float(x.dtype):
         nan = isnan(x)
         if _any(_all(nan, None if ax is None else (ax,))):
             raise ValueError(f"{op}: All-NaN slice encountered (shape {tuple(x.shape)}, axis "
@@ -208,7 +208,7 @@ def ptp(a, axis=None, out=None, keepdims: bool = False) -> Tensor:
 
 # --- nanprod / nancumsum / nancumprod / cumulative_sum / cumulative_prod ------------------------
 def _nan_as(x: Tensor, fill: float) -> Tensor:
-    return where(isnan(x), fill, x) if x.dtype.kind in "fc" else x
+    return where(isnan(x), fill, x) if B.is_inexact(x.dtype) else x
 
 
 def nanprod(a, axis=None, dtype=None, out=None, keepdims: bool = False) -> Tensor:
@@ -433,9 +433,9 @@ def _quantile(op, a, q, axis, out, method, keepdims, weights, skip_nan, scale):
     qt = _t(q, x)
     if qt.ndim > 2:
         raise ShapeError(f"{op}: q must be a scalar, 1-d or 2-d, got shape {tuple(qt.shape)}")
-    if qt.dtype.kind not in "biuf":
+    if qt.dtype.kind not in "biu" and not B.is_float(qt.dtype):
         raise DTypeError(f"{op}: q must be real, got {qt.dtype}")
-    qdt = qt.dtype if qt.dtype.kind == "f" else B.float64
+    qdt = qt.dtype if B.is_float(qt.dtype) else B.float64
     qf = astype(qt, qdt) / float(scale)
     qv = values(qf)
     if qv.size and not bool(((qv >= 0) & (qv <= 1)).all()):
@@ -482,7 +482,7 @@ def _quantile(op, a, q, axis, out, method, keepdims, weights, skip_nan, scale):
         w = _lanes(S.broadcast_to(w, tuple(x.shape)), axes, n)[0]
     srt = argsort(lanes, -1)  # stable; NaN sorts last
     xs = I.take_along_axis(lanes, srt, -1)  # (*rest, n)
-    nan_kind = x.dtype.kind == "f"
+    nan_kind = B.is_float(x.dtype)
     isn = isnan(xs) if nan_kind else None
     if skip_nan and nan_kind:
         cnt = astype(_sum(~isn, axis=(xs.ndim - 1,), keepdims=True), qdt)  # (*rest, 1)
@@ -579,7 +579,7 @@ def _equal_edges(op: str, x: Tensor, n: int, rng, out_dtype) -> Tensor:
             lo, hi = lo - 0.5, hi + 0.5
         edges = Tensor(xp.linspace(lo, hi, n + 1))
         return edges if out_dtype is None else astype(edges, out_dtype)
-    dt = x.dtype if x.dtype.kind == "f" else B.float64
+    dt = x.dtype if B.is_float(x.dtype) else B.float64
     lo, hi = astype(_min(x), dt), astype(_max(x), dt)
     a, b = float(values(lo).min()), float(values(hi).max())  # every example's, inside vmap
     if not (math.isfinite(a) and math.isfinite(b)):
@@ -626,7 +626,7 @@ def histogram_bin_edges(a, bins=10, range=None, weights=None) -> Tensor:
     if weights is not None and tuple(_t(weights, x).shape) != tuple(_t(a).shape):
         raise ShapeError(f"{op}: weights should have the same shape as a "
                          f"{tuple(_t(a).shape)}, got {tuple(_t(weights, x).shape)}")
-    bin_type = x.dtype if x.dtype.kind == "f" else B.float64
+    bin_type = x.dtype if B.is_float(x.dtype) else B.float64
     if isinstance(bins, str):
         if weights is not None:
             raise TypeError(f"{op}: estimating the number of bins ({bins!r}) is not "

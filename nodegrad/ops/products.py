@@ -709,10 +709,10 @@ def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
     nobs = x.shape[1]
     # PyTorch's result dtype: input's float dtype (integers: the default) promoted with
     # aweights'; the weights are cast to it so the products below have one dtype
-    dt = x.dtype if x.dtype.kind in "fc" else B.DEFAULT_FLOAT
+    dt = x.dtype if B.is_inexact(x.dtype) else B.DEFAULT_FLOAT
     if aweights is not None:
         aweights = _t(aweights)
-    if aweights is not None and aweights.dtype.kind == "f":
+    if aweights is not None and B.is_float(aweights.dtype):
         dt = B.np.promote_types(dt, aweights.dtype)
     if x.dtype != dt:
         x = E.astype(x, dt)
@@ -794,7 +794,7 @@ def dist(input, other, p: float = 2) -> Tensor:
     takes the largest/smallest |difference|."""
     a, b = _t(input), _t(other)
     d = a - b  # promoted as PyTorch's: an integer tensor with a float one is that float
-    if d.dtype.kind not in "fc":
+    if not B.is_inexact(d.dtype):
         raise DTypeError(f"dist: expected floating-point or complex tensors, got {a.dtype} and "
                          f"{b.dtype}")
     return R.vector_norm(d, ord=p)
@@ -807,7 +807,7 @@ def renorm(input, p: float, dim: int, maxnorm: float) -> Tensor:
     x = _t(input)
     if x.ndim < 2:
         raise ShapeError(f"renorm: input needs at least 2 dims, got shape {_shape(x)}")
-    if x.dtype.kind not in "fc":
+    if not B.is_inexact(x.dtype):
         raise DTypeError(f"renorm: expected a floating-point or complex tensor, got {x.dtype}")
     if not p > 0:
         raise ValueError(f"renorm: p must be positive, got {p!r}")

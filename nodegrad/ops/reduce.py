@@ -120,7 +120,7 @@ def _mean_in(x, dtype, op: str):
     rule: a mean truncated to an integer dtype would be a silently wrong answer)."""
     if dtype is None:
         return x
-    if B.np.dtype(dtype).kind not in "fc":
+    if not B.is_inexact(B.np.dtype(dtype)):
         raise DTypeError(f"{op}: dtype= must be a floating-point or complex dtype, got "
                          f"{B.np.dtype(dtype)}")
     return astype(x, dtype)

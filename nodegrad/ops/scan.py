@@ -140,7 +140,7 @@ def _lcse_cvjp(g, ans, x, axis):
 def _log_parts(t, dtype):
     """log|t| where t > 0 and where t < 0 (a quarter of the dtype's lowest value elsewhere:
     its exp is 0, and adding x or subtracting the output cannot overflow)."""
-    low = B.np.finfo(dtype).min / 4
+    low = B.finfo(dtype).min / 4
     la = log(where(t == 0, 1, t * (2 * (t > 0).astype(dtype) - 1)))
     return where(t > 0, la, low), where(t < 0, la, low)
 

@@ -88,14 +88,19 @@ def _src(op: str, src, want: tuple, like):
 
 
 def _same_float(op: str, v, like, name: str) -> None:
-    if v.dtype.kind == "f" and like.dtype.kind == "f" and v.dtype != like.dtype:
+    if B.is_float(v.dtype) and B.is_float(like.dtype) and v.dtype != like.dtype:
         raise DTypeError(f"{op}: {name} has dtype {v.dtype} but input has {like.dtype}; "
                          "convert one explicitly")
 
 
-def _float_input(op: str, x) -> None:
-    if x.dtype.kind != "f":
+def _float_input(op: str, x, bf16: bool = True) -> None:
+    """A DTypeError unless ``x`` is floating (bfloat16 only where ``bf16``: as PyTorch, whose
+    histogram and nanquantile refuse it)."""
+    if not B.is_float(x.dtype):
         raise DTypeError(f"{op}: expected a floating-point input, got {x.dtype}")
+    if not bf16 and x.dtype == B.bfloat16:
+        raise DTypeError(f"{op}: bfloat16 is not supported (as torch.{op}); convert with "
+                         ".float()")
 
 
 def _no_vmap(op: str, *ts) -> None:
@@ -530,7 +535,7 @@ def row_stack(tensors: Sequence[Tensor]) -> Tensor:
 # --- ranges ----------------------------------------------------------------------------------
 def _float_dtype(op: str, dtype):
     dt = B.as_dtype(dtype) if dtype is not None else B.DEFAULT_FLOAT
-    if dt.kind != "f":
+    if not B.is_float(dt):
         raise DTypeError(f"{op}: expects a floating-point dtype, got {dt}")
     return dt
 
@@ -648,7 +653,7 @@ def histogram(input: Tensor, bins: int | Tensor = 100, *, range: tuple | None = 
     the data's range, widened by 0.5 each way if empty; (0, 1) for no data), or the edges of a
     1-d tensor ``bins``. Each bin holds [left, right), the last also its right edge; ``weight``
     (the input's shape) sums weights instead, ``density`` divides by total * bin width."""
-    _float_input("histogram", input)
+    _float_input("histogram", input, bf16=False)
     x = S.reshape(input, (-1,))
     xp, dt = input.backend.xp, input.dtype
     if isinstance(bins, Tensor):
@@ -797,7 +802,7 @@ def nanmedian(input: Tensor, dim: int | None = None, keepdim: bool = False):
             _float_input("nanmedian", input)
             return Tensor(input.backend.xp.asarray(float("nan"), dtype=input.dtype))
         return share_ties(input, nanmedian(S.reshape(input, (-1,)), 0).values)
-    if input.dtype.kind != "f":
+    if not B.is_float(input.dtype):
         return median(input, dim, keepdim)
     x, ax = _lane("nanmedian", input, dim)
     order = argsort(x, ax)  # NaN last
@@ -816,7 +821,7 @@ def nanquantile(input: Tensor, q: float | Tensor, dim: int | None = None, keepdi
     if interpolation not in _INTERP:
         raise ValueError(f"nanquantile: interpolation must be one of {_INTERP}, "
                          f"got {interpolation!r}")
-    _float_input("nanquantile", input)
+    _float_input("nanquantile", input, bf16=False)
     if isinstance(q, Tensor):
         if q.dtype != input.dtype:
             raise DTypeError(f"nanquantile: q has dtype {q.dtype} but input has {input.dtype}")
@@ -876,7 +881,7 @@ def _window(op: str, n, periodic: bool, dtype, device, requires_grad: bool, fn) 
     else:
         big = n + 1 if periodic else n
         w = fn(np.arange(big, dtype=np.float64), big)[:n]
-    return _tensor(w.astype(dt), device=device, requires_grad=requires_grad)
+    return _tensor(B.cast(w, dt), device=device, requires_grad=requires_grad)
 
 
 def _cosine(*coefs):

@@ -114,7 +114,7 @@ def share_ties(x, m):
     """``m`` (a full reduction that picked one entry of ``x``) with its gradient shared evenly
     among the entries equal to it, as PyTorch's median()/nanmedian() without dim (the value
     stays ``m``'s bits: s - s.detach() is 0); a NaN ``m`` is shared among the NaNs."""
-    if not (x.requires_grad and x.dtype.kind == "f"):
+    if not (x.requires_grad and B.is_float(x.dtype)):
         return m
     md = m.detach()
     tie = where(isnan(md), isnan(x), x == md)
@@ -129,7 +129,7 @@ def median(x, dim: int | None = None, keepdim: bool = False):
     gradient."""
     ordered("median", x)
     if dim is None:
-        if x.numel() == 0 and x.dtype.kind == "f":  # PyTorch: NaN for no entries
+        if x.numel() == 0 and B.is_float(x.dtype):  # PyTorch: NaN for no entries
             return Tensor(x.backend.xp.asarray(float("nan"), dtype=x.dtype))
         return share_ties(x, median(reshape(x, (-1,)), 0).values)
     ax = _dim(x, dim, "median")
@@ -139,7 +139,7 @@ def median(x, dim: int | None = None, keepdim: bool = False):
         raise ShapeError(f"median: dim {dim} is empty (shape {tuple(x.shape)})")
     idx = getitem(_argsort(v, axis=ax, descending=False),
                   (slice(None),) * ax + (slice((n - 1) // 2, (n - 1) // 2 + 1),))
-    if v.dtype.kind == "f":
+    if B.is_float(v.dtype):
         nan = isnan(v)
         idx = where(any(nan, ax, True), argmax(nan, ax, True), idx)
     return _selected(v, idx, ax, keepdim, x.ndim == 0)
@@ -155,6 +155,9 @@ def quantile(x, q, dim: int | None = None, keepdim: bool = False, *,
     if interpolation not in _INTERP:
         raise ValueError(f"quantile: interpolation must be one of {_INTERP}, "
                          f"got {interpolation!r}")
+    if x.dtype == B.bfloat16:
+        raise DTypeError("quantile: bfloat16 is not supported (as torch.quantile); convert "
+                         "with .float()")
     if x.dtype.kind != "f":
         raise DTypeError(f"quantile: expected a floating-point input, got {x.dtype}")
     qt = q if isinstance(q, Tensor) else Tensor(x.backend.xp.asarray(q, dtype=x.dtype))
@@ -239,7 +242,7 @@ def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: 
     ordered("unique", x)  # distinct values come out sorted (PyTorch refuses complex too)
     xp = x.backend.xp
     axis = None if dim is None else norm_axis(dim, x.ndim, "unique")
-    if axis is None and x.dtype.kind in "fc" and bool(xp.isnan(x.data).any()):
+    if axis is None and B.is_inexact(x.dtype) and bool(xp.isnan(x.data).any()):
         res = _unique_distinct_nan(xp, x.data.reshape(-1))
     else:
         res = xp.unique(x.data, return_inverse=True, return_counts=True, axis=axis)

@@ -408,6 +408,9 @@ def spherical_bessel_j0(input):
     formula: its Taylor series below |x| < 0.5, where the quotient loses digits."""
     if not isinstance(input, Tensor):
         raise TypeError(f"spherical_bessel_j0: expected a tensor, got {type(input).__name__}")
+    if input.dtype == B.bfloat16:
+        raise DTypeError("spherical_bessel_j0: bfloat16 is not supported (as PyTorch); convert "
+                         "with .float()")
     x = input if input.dtype.kind == "f" else astype(input, B.float32)
     small = abs(x) < 0.5
     xs = where(small, x, 0)  # the series only where it is used: no inf * 0 in its gradient
@@ -659,7 +662,7 @@ def _kinds(op: str, kinds: str, expected: str, f):
 
 def _nextafter_fwd(xp, x, y):
     arrays = [v for v in (x, y) if B.is_array(v)]
-    if not arrays or any(v.dtype.kind != "f" for v in arrays):
+    if not arrays or any(not B.is_float(v.dtype) for v in arrays):
         raise DTypeError(f"nextafter: expected a floating-point tensor and a float tensor or "
                          f"number (as PyTorch), got {getattr(x, 'dtype', type(x).__name__)} and "
                          f"{getattr(y, 'dtype', type(y).__name__)}")
@@ -670,6 +673,8 @@ nextafter = primitive("nextafter", _nextafter_fwd,
                       (lambda g, ans, x, y: g, lambda g, ans, x, y: zeros_like(g)), kind=_EW,
                       jvp=_J, doc="The next float after x towards y; its gradient is 1 in x "
                       "and 0 in y, as PyTorch's.")
+# bfloat16's next float, not float32's (which rounds back to x): NumPy's loop for ml_dtypes
+nextafter.bf16_native = True
 _INTS = "integer operands (not bool or float, as PyTorch)"
 gcd = primitive("gcd", _kinds("gcd", "iu", _INTS, lambda xp, x, y: xp.gcd(x, y)), kind=_EW,
                 doc="Greatest common divisor, non-negative; gcd(0, 0) = 0 (integers only).")
@@ -730,7 +735,7 @@ def ldexp(input, other):
         except OverflowError:
             scale = math.inf
         return multiply(input, scale)
-    if (isinstance(input, Tensor) and input.dtype.kind == "f" and other.dtype.kind in "biu"):
+    if (isinstance(input, Tensor) and B.is_float(input.dtype) and other.dtype.kind in "biu"):
         other = astype(other, input.dtype)  # a complex exponent stays complex (PyTorch's)
     return multiply(input, power(2.0, other))
 
@@ -766,7 +771,7 @@ def sgn(input):
     complex one, as PyTorch."""
     if input.dtype.kind == "c":
         return _sgn(input)  # z / |z| (0 at 0), differentiable through divide and abs
-    if input.dtype.kind == "f":
+    if B.is_float(input.dtype):
         return where(input != input, 0, sign(input))
     return sign(input)
 
@@ -774,7 +779,7 @@ def sgn(input):
 def signbit(input):
     """True where the sign bit is set: negative numbers, -0.0 and NaN with a sign."""
     _real_only("signbit", input)
-    if input.dtype.kind == "f":
+    if B.is_float(input.dtype):
         return less(copysign(1.0, input), 0)
     return less(input, 0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .._backend import backend_of, is_array
+from .._backend import backend_of, finfo, is_array
 from ..errors import GradError, ShapeError
 from .base import Optimizer, _describe, as_state_array, lerp_, match_groups
 
@@ -98,7 +98,7 @@ class Adafactor(Optimizer):
         lr, wd = h["lr"], h["weight_decay"]
         eps1, eps2 = h["eps"]
         if eps1 is None:
-            eps1 = float(xp.finfo(a.dtype).eps)
+            eps1 = float(finfo(a.dtype).eps)
         if h["maximize"]:
             g = -g
         st["step"] += 1

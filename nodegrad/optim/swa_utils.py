@@ -8,6 +8,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable
 
+from .. import _backend as B
 from ..autodiff import no_grad
 from ..nn.layers.norm import _BatchNorm
 from ..nn.module import Module
@@ -37,7 +38,7 @@ def get_ema_multi_avg_fn(decay: float = 0.999) -> Callable:
 
     def ema_update(ema_param_list, current_param_list, _n) -> None:
         for e, p in zip(ema_param_list, current_param_list, strict=True):
-            if e.dtype.kind == "f":
+            if B.is_float(e.dtype):
                 lerp_(e.data, p.data, 1 - decay)
                 e._bump()
             else:
@@ -53,7 +54,7 @@ def get_swa_multi_avg_fn() -> Callable:
     def swa_update(averaged_param_list, current_param_list, num_averaged) -> None:
         n = int(num_averaged.item() if isinstance(num_averaged, Tensor) else num_averaged)
         for a, p in zip(averaged_param_list, current_param_list, strict=True):
-            if a.dtype.kind == "f":
+            if B.is_float(a.dtype):
                 lerp_(a.data, p.data, 1 / (n + 1))
                 a._bump()
             else:

@@ -77,7 +77,7 @@ def _param(module: Module, name: str, fn: str) -> Parameter:
     if not isinstance(p, Parameter):
         raise TypeError(f"{fn}: {type(module).__name__}.{name} is a {type(p).__name__}, not a "
                         "Parameter (is the module inside functional_call?)")
-    if p.dtype.kind != "f":
+    if not B.is_float(p.dtype):
         raise TypeError(f"{fn}: {type(module).__name__}.{name} has dtype {p.dtype}; only "
                         "floating parameters can be masked")
     return p
@@ -94,7 +94,8 @@ def _as_mask(mask, p: Tensor, fn: str, what: str):
         raise ValueError(f"{fn}: the mask for {what} has shape {m.shape}, the parameter has "
                          f"shape {tuple(p.shape)}")
     if m.dtype != np.bool_:
-        if m.dtype.kind not in "biuf" or not np.all((m == 0) | (m == 1)):
+        if (m.dtype.kind not in "biu" and not B.is_float(m.dtype)) \
+                or not np.all((m == 0) | (m == 1)):
             raise ValueError(f"{fn}: the mask for {what} must hold only 0 and 1 (or be boolean)"
                              f", got dtype {m.dtype}")
     return B.backend_of(p.data).asarray(m.astype(p.dtype))

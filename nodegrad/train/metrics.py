@@ -47,7 +47,7 @@ def _np(a) -> np.ndarray:
 
 def _binary(p: np.ndarray) -> bool:
     """Whether ``p`` is one logit per sample: floating, of shape (N,) or (N, 1)."""
-    return p.dtype.kind == "f" and (p.ndim == 1 or p.ndim == 2 and p.shape[1] == 1)
+    return B.is_float(p.dtype) and (p.ndim == 1 or p.ndim == 2 and p.shape[1] == 1)
 
 
 def _target_array(t: np.ndarray, p: np.ndarray, fn: str) -> np.ndarray:
@@ -72,6 +72,8 @@ def _classes(y_true, y_pred, fn: str, ignore_index: int | None = IGNORE_INDEX,
     """Flat int64 targets without the ignored ones, the predicted classes (with ``scores``:
     the (M, C) score rows instead) and whether a prediction was NaN."""
     p, t = _np(y_pred), _np(y_true)
+    if p.dtype == B.bfloat16:  # NumPy sums ml_dtypes' bfloat16 in bfloat16; float32 holds it
+        p = p.astype(B.float32)
     if p.ndim == 2 and p.shape[1] == 1 and p.dtype.kind in "iub":
         p = p.reshape(len(p))  # labels (N, 1), not scores of one class
     binary = _binary(p) and not scores
@@ -88,7 +90,7 @@ def _classes(y_true, y_pred, fn: str, ignore_index: int | None = IGNORE_INDEX,
                          f"{_np(y_true).shape} for predictions {_np(y_pred).shape}")
     keep = np.ones(len(t), bool) if ignore_index is None else t != ignore_index
     t, p = t[keep], p[keep]
-    if t.dtype.kind == "f":
+    if B.is_float(t.dtype):
         if binary:
             t = np.where(t >= 0.5, 1, 0)
         elif not np.array_equal(t, np.round(t)):
@@ -100,7 +102,7 @@ def _classes(y_true, y_pred, fn: str, ignore_index: int | None = IGNORE_INDEX,
     if len(t) and t.min() < 0:
         raise ValueError(f"{fn}: targets hold the negative label {int(t.min())}; labels are "
                          f"0..C-1 (pass ignore_index={int(t.min())} to leave such targets out)")
-    nan = p.dtype.kind == "f" and bool(np.isnan(p).any())
+    nan = B.is_float(p.dtype) and bool(np.isnan(p).any())
     if binary:
         if len(t) and t.max() > 1:
             raise ValueError(f"{fn}: floating predictions of shape {_np(y_pred).shape} are one "

@@ -88,7 +88,7 @@ def plot_confusion(cm: np.ndarray, path: str | os.PathLike, labels=None) -> Path
     top = cm.max() if cm.size else 0
     for i in range(n):
         for j in range(n):
-            text = f"{cm[i, j]:.2f}" if np.issubdtype(cm.dtype, np.floating) else str(cm[i, j])
+            text = f"{cm[i, j]:.2f}" if B.is_float(cm.dtype) else str(cm[i, j])
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > top / 2 else "black")
     fig.tight_layout()

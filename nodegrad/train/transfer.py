@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import _backend as B
 from ..errors import ShapeError
 from ..io import load
 from ..nn import Linear, Module
@@ -269,7 +270,7 @@ def _set_requires_grad(model: Module, prefixes, value: bool, fn: str) -> list[st
     done = []
     for n, p in named:
         if any(matches(n, pre) for pre in ps):
-            if value and p.dtype.kind != "f":
+            if value and not B.is_float(p.dtype):
                 continue
             p.requires_grad = value
             if not value:

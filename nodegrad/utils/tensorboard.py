@@ -204,7 +204,7 @@ class SummaryWriter:
         a = _host(values, "add_histogram", "values").reshape(-1)
         if a.size == 0:
             raise ValueError(f"add_histogram: the values of {tag!r} are empty")
-        if a.dtype.kind == "c" or a.dtype.kind not in "biuf":
+        if a.dtype.kind not in "biu" and not B.is_float(a.dtype):
             raise TypeError(f"add_histogram: the values of {tag!r} must be real numbers, got "
                             f"dtype {a.dtype}")
         bad = int(a.size - np.count_nonzero(np.isfinite(a)))

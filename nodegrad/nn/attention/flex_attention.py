@@ -18,6 +18,7 @@ import operator
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ... import _backend as B
 from ... import ops
 from ...autodiff import no_grad
 from ...errors import DTypeError, ShapeError
@@ -199,7 +200,7 @@ def flex_attention(query: Tensor, key: Tensor, value: Tensor, score_mod: Callabl
         if not isinstance(t, Tensor) or t.ndim != 4:
             raise ShapeError(f"{op}: {name} must be a 4-d tensor (B, H, L, E), got "
                              f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
-    if not query.dtype == key.dtype == value.dtype or query.dtype.kind != "f":
+    if not query.dtype == key.dtype == value.dtype or not B.is_float(query.dtype):
         raise DTypeError(f"{op}: query, key and value must share a floating dtype, got "
                          f"{query.dtype}, {key.dtype} and {value.dtype}")
     Bq, Hq, L, E = query.shape

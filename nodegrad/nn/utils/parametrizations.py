@@ -156,7 +156,7 @@ def _mT(x: Tensor) -> Tensor:
 def _is_orthogonal(Q: Tensor) -> bool:
     """QᵀQ = I to 10·n·eps, PyTorch's test (absolute tolerance, rtol 1e-5)."""
     n, k = Q.shape[-2], Q.shape[-1]
-    eps = 10.0 * n * float(B.np.finfo(Q.dtype).eps)
+    eps = 10.0 * n * float(B.finfo(Q.dtype).eps)
     err = (_mT(Q) @ Q - eye(k, dtype=Q.dtype, device=Q.device)).numpy()
     return bool((B.np.abs(err) <= eps + 1e-5 * B.np.eye(k)).all())
 

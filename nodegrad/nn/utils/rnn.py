@@ -152,10 +152,11 @@ def _host_ints(t, fn: str, what: str, floats: bool = False):
         t._concrete(f"{fn}: {what}")  # Python reads the values: under jit, not frozen silently
     a = t.backend.to_host(t.data) if isinstance(t, Tensor) else B.np.asarray(t)
     kinds = "iuf" if floats else "iu"
-    if a.ndim != 1 or (a.size and a.dtype.kind not in kinds):
+    if a.ndim != 1 or (a.size and a.dtype.kind not in kinds
+                       and not (floats and B.is_float(a.dtype))):
         raise TypeError(f"{fn}: {what} must be a 1-D sequence of integers, got "
                         f"{a.dtype} of shape {a.shape}")
-    if a.dtype.kind == "f" and not (B.np.isfinite(a) & (a == B.np.trunc(a))).all():
+    if B.is_float(a.dtype) and not (B.np.isfinite(a) & (a == B.np.trunc(a))).all():
         raise ValueError(f"{fn}: {what} must be whole numbers, got {a.tolist()}")
     return a.astype(B.np.int64)
 
