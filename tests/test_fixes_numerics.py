@@ -310,3 +310,19 @@ def test_sinc_second_derivative_at_zero():
     (g,) = ng.autodiff.grad(ng.sinc(t).sum(), [t], create_graph=True)
     (h,) = ng.autodiff.grad(g.sum(), [t])
     np.testing.assert_allclose(h.numpy(), [-np.pi ** 2 / 3], rtol=1e-12)
+
+
+def test_float16_transposed_convolution_rounds_once_as_torch():
+    """The fold of a transposed convolution adds each tap's contribution in turn: in float16 it
+    rounded at every add (natively float16 on CPUs with AVX512-FP16); PyTorch computes in
+    float32 and rounds once, and so does nodegrad."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 7, 7)).astype(np.float16) * 8
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float16) * 8
+    for kw in ({}, {"stride": 2, "padding": 1}, {"dilation": 2}):
+        got = ng.nn.functional.conv_transpose2d(ng.tensor(x), ng.tensor(w), **kw)
+        want = torch.nn.functional.conv_transpose2d(torch.tensor(x).float(),
+                                                    torch.tensor(w).float(), **kw).half()
+        assert got.dtype == ng.float16
+        np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -7,6 +7,8 @@ gets its closure's loss and gradient the same way, and once from each library's 
 
 import copy
 
+import math
+
 import numpy as np
 import pytest
 
@@ -336,7 +338,7 @@ def _wiggly(seed):
 def test_strong_wolfe_line_search_equals_torchs(max_ls, tol):
     """The line search alone, along a 1-d direction, on wiggly functions that drive it through
     extrapolation, zooming, its moves away from the bracket's ends, its evaluation limit and its
-    tolerance: the same step, loss, gradient and number of evaluations as PyTorch's, to the bit."""
+    tolerance: the same step, loss, gradient and number of evaluations as PyTorch's."""
     from torch.optim.lbfgs import _strong_wolfe as torch_strong_wolfe
 
     from nodegrad.optim.lbfgs import _strong_wolfe
@@ -362,7 +364,11 @@ def test_strong_wolfe_line_search_equals_torchs(max_ls, tol):
             res.append((float(f), float(np.asarray(g)[0]), float(t), int(n)))
         (f, g, t, n), (tf, tg, tt, tn) = res
         assert n == tn, seed
-        assert (f, g, t) == (tf, tg, tt), seed  # bit for bit (see nodegrad.optim.lbfgs._Step)
+        # to the last bits (see nodegrad.optim.lbfgs._Step): bit for bit on AMD's AVX-512
+        # machines; where PyTorch's kernels round the step's last bit otherwise (Intel's), the
+        # wiggly functions' steep slopes carry it to ~1e-11 in the gradient
+        for a, b in ((f, tf), (g, tg), (t, tt)):
+            assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), seed
         evals.add(n)
     assert len(evals) > 2  # the searches took different paths
 

@@ -169,8 +169,17 @@ def _conv_of_cols(x, w, b, cols, out, groups):
     return y.transpose(perm).reshape((n, o) + out)
 
 
+_F16, _F32 = B.np.dtype("float16"), B.np.dtype("float32")
+
+
 def _input_grad_fwd(xp, g, w, stride, padding, dilation, groups, shape):
-    """Transposed convolution: every output position's window gradient, folded back."""
+    """Transposed convolution: every output position's window gradient, folded back. float16
+    is computed in float32 and rounded once, as PyTorch's CPU kernels do: the fold adds each
+    tap's contribution in turn, and float16 sums (natively float16 on CPUs with AVX512-FP16)
+    would round at every add."""
+    if g.dtype == _F16 or w.dtype == _F16:
+        return _input_grad_fwd(xp, g.astype(_F32), w.astype(_F32), stride, padding, dilation,
+                               groups, shape).astype(_F16)
     nd = g.ndim - 2
     n, c = shape[:2]
     cg, k = w.shape[1], tuple(w.shape[2:])
