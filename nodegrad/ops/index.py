@@ -958,10 +958,15 @@ def masked_select(input, mask):
 
 
 # --- flat positions --------------------------------------------------------------------------
-def take(input, index):
+def take(input, index, axis: int | None = None):
     """PyTorch's take: elements of the flattened input at ``index`` (negative counts back);
-    the result has the index's shape."""
+    the result has the index's shape. NumPy's ``axis=`` takes along that axis instead: the
+    index's shape replaces the axis."""
     index = _as_index("take", index, input)
+    if axis is not None:
+        ax = norm_axis(axis, input.ndim, "take")
+        _check_range("take", index, input.shape[ax], ax, negative=True)
+        return getitem(input, (slice(None),) * ax + (index,))
     _check_range("take", index, input.numel(), 0, negative=True)
     flat = _take_along(input.reshape((-1,)), index.reshape((-1,)), axis=0)
     return flat.reshape(tuple(index.shape))
@@ -1013,4 +1018,7 @@ def where(condition, input=None, other=None):
         return nonzero(condition, as_tuple=True)
     if input is None or other is None:
         raise TypeError("where: expected one argument (condition) or three")
+    if isinstance(condition, list | tuple):  # NumPy's: a nested sequence of bools
+        like = next((t for t in (input, other) if isinstance(t, Tensor)), None)
+        condition = Tensor((like.backend.xp if like is not None else B.np).asarray(condition))
     return _where(condition, input, other)

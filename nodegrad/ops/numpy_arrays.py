@@ -46,7 +46,7 @@ __all__ = [
     "matrix_transpose", "rollaxis", "identity", "tri", "geomspace", "union1d", "intersect1d",
     "setdiff1d", "setxor1d", "unique_all", "unique_counts", "unique_inverse", "unique_values",
     "lexsort", "partition", "argpartition", "put_along_axis", "choose", "compress", "extract",
-    "ix_", "indices", "fill_diagonal", "diag_indices", "diag_indices_from",
+    "array", "flatnonzero", "ix_", "indices", "fill_diagonal", "diag_indices", "diag_indices_from",
     "tril_indices_from", "triu_indices_from", "mask_indices", "ravel_multi_index",
     "asarray_chkfinite", "ascontiguousarray", "array_equal", "array_equiv", "ndim", "size",
     "isscalar",
@@ -738,6 +738,44 @@ def extract(condition, arr) -> Tensor:
         raise IndexError(f"extract: condition is true at {int(keep[-1])}, beyond arr's {n} "
                          "entries")
     return _pick(x, keep)
+
+
+# --- array ------------------------------------------------------------------------------------
+def array(object, dtype=None, *, copy: bool | None = True, order=None, subok: bool = False,
+          ndmin: int = 0, device=None, requires_grad: bool = False) -> Tensor:
+    """NumPy's ``array``: ``object`` as a new tensor (``copy=None`` may share an array's or a
+    tensor's memory and ``copy=False`` must, as ``asarray``), with ones prepended to reach
+    ``ndmin`` dims; a tensor that requires grad stays in the graph. Numbers and sequences
+    convert as NumPy converts them (Python floats become float64, unlike ``asarray``'s
+    PyTorch rule); an array keeps its dtype. ``order=``/``subok=`` are NumPy's memory-layout
+    and subclass switches, which tensors do not have."""
+    from .aliases import asarray
+
+    if order not in (None, "K", "A", "C"):
+        raise ValueError(f"array: tensors are C-ordered; got order={order!r}")
+    if subok:
+        raise TypeError("array: subok=True keeps ndarray subclasses; tensors have none")
+    if isinstance(ndmin, bool) or not isinstance(ndmin, int) or ndmin < 0:
+        raise TypeError(f"array: ndmin must be a non-negative int, got {ndmin!r}")
+    if not (isinstance(object, Tensor | bytes | bytearray | memoryview) or B.is_array(object)
+            or hasattr(object, "__dlpack__")):
+        if copy is False:
+            raise ValueError(f"array: copy=False but a {type(object).__name__} has no memory "
+                             "to share")
+        if dtype is None:  # NumPy's dtype inference: Python floats become float64
+            object, copy = _arr("array", object), None
+    out = asarray(object, dtype=dtype, device=device, copy=copy,
+                  requires_grad=requires_grad or None)
+    if out.ndim < ndmin:
+        out = S.reshape(out, (1,) * (ndmin - out.ndim) + tuple(out.shape))
+    return out
+
+
+def flatnonzero(a) -> Tensor:
+    """NumPy's ``flatnonzero``: the int64 positions of the nonzero entries of ``a`` flattened
+    (no gradient; the size depends on the values)."""
+    x = _arr("flatnonzero", a)
+    return I.nonzero(S.reshape(x, (-1,)), as_tuple=True)[0]
 
 
 # --- index helpers ---------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from .reduce import argmin as _argmin
 from .reduce import max as _max
 from .reduce import min as _min
 from .scan import _cumprod, _cumsum, _prod
-from .sort import argsort, searchsorted
+from .sort import _numpy_quantile, argsort, searchsorted
 
 __all__ = [
     "nanmax", "nanmin", "nanargmax", "nanargmin", "nanprod", "nancumsum", "nancumprod",
@@ -538,6 +538,9 @@ def _weighted_pick(op, xs, ws, isn, qb, skip_nan, qdt):
     k = _sum(below, axis=(below.ndim - 1,), keepdims=False)
     n = xs.shape[-1]
     return _pick(xs, astype(minimum(k, n - 1), qdt), n - 1)
+
+
+_numpy_quantile[0] = _quantile  # NumPy's forms of sort.quantile and sort.median
 
 
 def percentile(a, q, axis=None, out=None, overwrite_input: bool = False,

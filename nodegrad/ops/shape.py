@@ -80,9 +80,14 @@ _reshape = primitive("reshape", lambda xp, x, shape: xp.reshape(x, shape), _resh
                      doc="Same values in a new shape.")
 
 
-def reshape(x, *shape):
+def reshape(x, *shape, order: str = "C"):
     """``x`` viewed with a new shape (one entry may be -1); with ``x``'s own shape, see
-    :func:`_same_view`."""
+    :func:`_same_view`. NumPy's ``order="F"`` reads and writes the entries first index
+    fastest (a copy: the reshape of the reversed axes, reversed back)."""
+    if order == "F":
+        return transpose(reshape(transpose(x), tuple(reversed(shape_arg(shape)))))
+    if order not in ("C", "A"):
+        raise ValueError(f"reshape: order must be 'C', 'F' or 'A', got {order!r}")
     shape = shape_arg(shape)
     if shape == x.shape:
         return _same_view(x)
@@ -276,11 +281,14 @@ _concatenate = primitive("concatenate", lambda xp, *xs, axis: xp.concatenate(xs,
                          doc="Join tensors along an existing axis.")
 
 
-def concatenate(tensors, axis: int = 0):
-    """Join tensors along ``axis`` (PyTorch: ``cat``)."""
+def concatenate(tensors, axis: int | None = 0):
+    """Join tensors along ``axis`` (PyTorch: ``cat``); ``axis=None`` joins them flattened,
+    as NumPy's."""
     tensors = list(tensors)
     if not tensors:
         raise ShapeError("concatenate: expected at least one tensor")
+    if axis is None:
+        tensors, axis = [reshape(t, (-1,)) for t in tensors], 0
     ax = norm_axis(axis, tensors[0].ndim, "concatenate")
     return _concatenate(*tensors, axis=ax)
 

@@ -191,8 +191,33 @@ def _position(op: str, x, dim: int, index: int) -> tuple[int, int]:
     return ax, i
 
 
-def select(input: Tensor, dim: int, index: int) -> Tensor:
-    """The slice at ``index`` along ``dim``, without that dim (negative counts back)."""
+def _np_select(condlist, choicelist, default):
+    """NumPy's ``select``: per element the choice of the first true condition, else
+    ``default``; a composition of ``where``, so gradients reach the chosen entries."""
+    condlist, choicelist = list(condlist), list(choicelist)
+    if len(condlist) != len(choicelist):
+        raise ValueError(f"select: list of cases must be same length as list of conditions, "
+                         f"got {len(choicelist)} choices for {len(condlist)} conditions")
+    if not condlist:
+        raise ValueError("select: select with an empty condition list is not possible")
+    for k, c in enumerate(condlist):
+        if not (isinstance(c, Tensor) and c.dtype == B.bool_) and not isinstance(c, bool):
+            raise TypeError(f"select: invalid entry {k} in condlist: should be a boolean "
+                            f"tensor, got {getattr(c, 'dtype', type(c).__name__)}")
+    out = default
+    for c, v in zip(reversed(condlist), reversed(choicelist)):
+        out = where(c, v, out)
+    return out if isinstance(out, Tensor) else _tensor(out)
+
+
+def select(input: Tensor, dim: int, index: int | None = None, *, default=0) -> Tensor:
+    """The slice at ``index`` along ``dim``, without that dim (negative counts back), as
+    PyTorch's. A list of conditions first is NumPy's ``select(condlist, choicelist,
+    default=0)``: per element the choice of the first true condition, else ``default``."""
+    if isinstance(input, list | tuple):
+        return _np_select(input, dim, default if index is None else index)
+    if index is None:
+        raise TypeError("select: expected select(input, dim, index), got no index")
     ax, i = _position("select", input, dim, index)
     return _along(input, ax, i)
 
@@ -451,15 +476,33 @@ def _tri_indices(op, fn, row, col, offset, dtype, device):
     return _tensor(B.np.stack([r, c]).astype(dt).reshape(2, -1), device=device)
 
 
-def tril_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None) -> Tensor:
+def _np_tri_indices(op, fn, n, k, m, device):
+    """NumPy's ``tril_indices(n, k=0, m=None)`` form: a tuple (rows, cols) of int64 tensors."""
+    n = _int(op, n, "n")
+    m = n if m is None else _int(op, m, "m")
+    rc = _tri_indices(op, fn, n, m, 0 if k is None else k, None, device)
+    return rc[0], rc[1]
+
+
+def tril_indices(row: int, col: int | None = None, offset: int = 0, *, dtype=None,
+                 device=None, k: int | None = None, m: int | None = None):
     """The (2, N) row and column indices of the lower triangle of a ``row`` x ``col`` matrix
-    (on and below diagonal ``offset``), in row-major order."""
+    (on and below diagonal ``offset``), in row-major order (PyTorch). Without ``col``, or
+    with ``k=``/``m=``, NumPy's ``tril_indices(n, k=0, m=None)``: a tuple (rows, cols)."""
+    if col is None or k is not None or m is not None:
+        return _np_tri_indices("tril_indices", B.np.tril_indices, row, k, m if col is None
+                               else col, device)
     return _tri_indices("tril_indices", B.np.tril_indices, row, col, offset, dtype, device)
 
 
-def triu_indices(row: int, col: int, offset: int = 0, *, dtype=None, device=None) -> Tensor:
+def triu_indices(row: int, col: int | None = None, offset: int = 0, *, dtype=None,
+                 device=None, k: int | None = None, m: int | None = None):
     """The (2, N) row and column indices of the upper triangle of a ``row`` x ``col`` matrix
-    (on and above diagonal ``offset``), in row-major order."""
+    (on and above diagonal ``offset``), in row-major order (PyTorch). Without ``col``, or
+    with ``k=``/``m=``, NumPy's ``triu_indices(n, k=0, m=None)``: a tuple (rows, cols)."""
+    if col is None or k is not None or m is not None:
+        return _np_tri_indices("triu_indices", B.np.triu_indices, row, k, m if col is None
+                               else col, device)
     return _tri_indices("triu_indices", B.np.triu_indices, row, col, offset, dtype, device)
 
 
@@ -651,11 +694,14 @@ def histogram(input: Tensor, bins: int | Tensor = 100, *, range: tuple | None = 
               weight: Tensor | None = None, density: bool = False) -> Histogram:
     """(hist, bin_edges) of the flattened input: ``bins`` equal bins over ``range`` (default:
     the data's range, widened by 0.5 each way if empty; (0, 1) for no data), or the edges of a
-    1-d tensor ``bins``. Each bin holds [left, right), the last also its right edge; ``weight``
-    (the input's shape) sums weights instead, ``density`` divides by total * bin width."""
+    1-d tensor (or NumPy's sequence) ``bins``. Each bin holds [left, right), the last also its
+    right edge; ``weight`` (the input's shape) sums weights instead, ``density`` divides by
+    total * bin width."""
     _float_input("histogram", input, bf16=False)
     x = S.reshape(input, (-1,))
     xp, dt = input.backend.xp, input.dtype
+    if isinstance(bins, list | tuple) or B.is_array(bins):  # NumPy's: a sequence of edges
+        bins = Tensor(xp.asarray(bins, dtype=dt))
     if isinstance(bins, Tensor):
         if range is not None:
             raise TypeError("histogram: range= is not taken with a tensor of bin edges")

@@ -12,7 +12,7 @@ from ..batching import BatchTracer, batched, front, reduce_rule, size_of
 from ..batching import values as _values
 from ..errors import DTypeError, ShapeError
 from ..primitive import primitive
-from ..tensor import Tensor
+from ..tensor import Tensor, write_out
 from .elementwise import astype, ceil, floor, isnan, lerp, round, where
 from .index import getitem, take_along_axis
 from .elementwise import maximum
@@ -55,21 +55,49 @@ def _back(t, was0):
     return reshape(t, ()) if was0 else t
 
 
-def argsort(x, dim: int = -1, descending: bool = False, stable: bool = False):
+_NO = object()
+_KINDS = ("quicksort", "mergesort", "heapsort", "stable")
+
+
+def _np_form(op, x, dim, axis, kind, order):
+    """(x, dim) for NumPy's ``axis=``/``kind=``/``order=`` keywords: ``axis=None`` sorts the
+    flattened tensor; every ``kind`` sorts stably (a valid answer for each of NumPy's)."""
+    if order is not None:
+        raise TypeError(f"{op}: order= sorts structured arrays, which tensors are not; "
+                        f"got order={order!r}")
+    if kind is not None and kind not in _KINDS:
+        raise ValueError(f"{op}: kind must be one of {_KINDS}, got {kind!r}")
+    if axis is _NO:
+        return x, dim
+    if axis is None:
+        return reshape(x, (-1,)), 0
+    return x, axis
+
+
+def argsort(x, dim: int = -1, descending: bool = False, stable: bool = False, *,
+            axis=_NO, kind: str | None = None, order=None):
     """Indices that sort ``x`` along ``dim`` (always stable: ties keep their order); complex
-    tensors are refused, as PyTorch's (see :func:`lex_argsort` for NumPy's order)."""
+    tensors are refused, as PyTorch's (see :func:`lex_argsort` for NumPy's order). NumPy's
+    ``axis=`` (None: the flattened tensor) and ``kind=`` are taken too."""
+    x, dim = _np_form("argsort", x, dim, axis, kind, order)
     ordered("argsort", x)
     ax = _dim(x, dim, "argsort")
     return _back(_argsort(_vec(x), axis=ax, descending=bool(descending)), x.ndim == 0)
 
 
-def sort(x, dim: int = -1, descending: bool = False, stable: bool = False) -> Sorted:
-    """(values, indices) sorted along ``dim``; the gradient goes back through the gather."""
+def sort(x, dim: int = -1, descending: bool = False, stable: bool = False, *, axis=_NO,
+         kind: str | None = None, order=None):
+    """(values, indices) sorted along ``dim``; the gradient goes back through the gather.
+    With NumPy's ``axis=`` (None: the flattened tensor) or ``kind=`` the sorted values alone,
+    as ``numpy.sort`` (as ``max(x, axis=)`` gives values and ``max(x, dim=)`` both)."""
+    numpy_form = axis is not _NO or kind is not None or order is not None
+    x, dim = _np_form("sort", x, dim, axis, kind, order)
     ordered("sort", x)
     ax = _dim(x, dim, "sort")
     v = _vec(x)
     idx = _argsort(v, axis=ax, descending=bool(descending))
-    return Sorted(_back(take_along_axis(v, idx, ax), x.ndim == 0), _back(idx, x.ndim == 0))
+    val = _back(take_along_axis(v, idx, ax), x.ndim == 0)
+    return val if numpy_form else Sorted(val, _back(idx, x.ndim == 0))
 
 
 def _first(idx, ax, k):
@@ -123,10 +151,48 @@ def share_ties(x, m):
     return md + (s - s.detach()) / n
 
 
-def median(x, dim: int | None = None, keepdim: bool = False):
+# NumPy's quantile (numpy_stats._quantile), set by numpy_stats when it loads: it imports this
+# module, so this one cannot import it back.
+_numpy_quantile: list = [None]
+
+
+def _np_median(x, axis, keepdims: bool, out):
+    """``numpy.median``: the mean of the two middle entries for an even count, NaN for a lane
+    with NaN, integers and bools as float64."""
+    _quantile = _numpy_quantile[0]
+    if not isinstance(x, Tensor):
+        x = Tensor(B.np.asarray(x))
+    if not (axis is None or isinstance(axis, int)) or x.numel() == 0 or x.dtype.kind == "c":
+        # tuple axes, empty input and the errors: NumPy's quantile path (same value up to
+        # the last bit of the average)
+        return _quantile("median", x, 0.5, axis, out, "midpoint", keepdims, None, False, 1)
+    if x.dtype.kind in "biu":
+        x = astype(x, B.float64)
+    v, ax = (reshape(x, (-1,)), 0) if axis is None else (_vec(x), _dim(x, axis, "median"))
+    n = v.shape[ax]
+    xs = take_along_axis(v, _argsort(v, axis=ax, descending=False), ax)
+
+    def at(k):
+        return getitem(xs, (slice(None),) * ax + (k,))
+
+    m = at((n - 1) // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
+    m = where(any(isnan(v), ax), float("nan"), m)
+    if keepdims:
+        m = reshape(m, (1,) * x.ndim if axis is None else tuple(x.shape[:ax]) + (1,)
+                    + tuple(x.shape[ax + 1:]))
+    if out is not None:
+        return write_out("median", out, m, differentiable=True)
+    return m
+
+
+def median(x, dim: int | None = None, keepdim: bool = False, *, axis=_NO,
+           keepdims: bool | None = None, out=None, overwrite_input: bool = False):
     """The lower median (no averaging, as PyTorch); with ``dim``: (values, indices). A lane
     with NaN gives NaN; without ``dim`` no entries give NaN and tied entries share the
-    gradient."""
+    gradient. NumPy's keywords (``axis=``, ``keepdims=``, ``out=``) give ``numpy.median``:
+    the average of the two middle entries, integers as float64."""
+    if axis is not _NO or keepdims is not None or out is not None or overwrite_input:
+        return _np_median(x, None if axis is _NO else axis, bool(keepdims), out)
     ordered("median", x)
     if dim is None:
         if x.numel() == 0 and B.is_float(x.dtype):  # PyTorch: NaN for no entries
@@ -149,9 +215,21 @@ _INTERP = ("linear", "lower", "higher", "midpoint", "nearest")
 
 
 def quantile(x, q, dim: int | None = None, keepdim: bool = False, *,
-             interpolation: str = "linear"):
+             interpolation: str = "linear", axis=_NO, keepdims: bool | None = None,
+             method: str | None = None, out=None, overwrite_input: bool = False, weights=None):
     """The ``q``-quantiles (a number or a 1-d tensor in [0, 1]) along ``dim`` (all entries
-    when None), interpolated as ``torch.quantile``; a 1-d ``q`` adds a leading axis."""
+    when None), interpolated as ``torch.quantile``; a 1-d ``q`` adds a leading axis. NumPy's
+    keywords (``axis=``, ``keepdims=``, ``method=`` with its 13 methods, ``out=``,
+    ``weights=``) or an integer or bool input give ``numpy.quantile`` (integers as float64),
+    as :func:`percentile` does for percentages."""
+    numpy_form = (axis is not _NO or keepdims is not None or method is not None
+                  or out is not None or overwrite_input or weights is not None)
+    if numpy_form or not isinstance(x, Tensor) or x.dtype.kind in "biu":
+        _quantile = _numpy_quantile[0]
+        ax = dim if axis is _NO else axis
+        kd = keepdim if keepdims is None else bool(keepdims)
+        meth = method if method is not None else interpolation
+        return _quantile("quantile", x, q, ax, out, meth, kd, weights, False, 1)
     if interpolation not in _INTERP:
         raise ValueError(f"quantile: interpolation must be one of {_INTERP}, "
                          f"got {interpolation!r}")
@@ -295,6 +373,9 @@ def searchsorted(sorted_sequence, values, *, out_int32: bool = False, right: boo
             raise ValueError("searchsorted: right=True contradicts side='left'")
         right = side == "right"
     seq = sorted_sequence
+    if not isinstance(seq, Tensor):  # NumPy's: a sequence of numbers
+        xp = values.backend.xp if isinstance(values, Tensor) else B.np
+        seq = Tensor(xp.asarray(seq))
     v = _as_tensor(values, seq)
     if seq.ndim == 0:
         raise ShapeError("searchsorted: sorted_sequence must have at least 1 dim, got a scalar")
@@ -330,4 +411,10 @@ def bucketize(input, boundaries, *, out_int32: bool = False, right: bool = False
 
 
 def _as_tensor(v, like):
-    return v if isinstance(v, Tensor) else Tensor(like.backend.xp.asarray(v, dtype=like.dtype))
+    """Numbers as a tensor of ``like``'s dtype and device; floats searched in an integer
+    sequence stay float64 (3.5 goes after 3, not at 3)."""
+    if isinstance(v, Tensor):
+        return v
+    arr = like.backend.xp.asarray(v)
+    keep = arr.dtype.kind == "f" and like.dtype.kind in "biu"
+    return Tensor(arr if keep else arr.astype(like.dtype))
