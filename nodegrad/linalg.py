@@ -480,10 +480,18 @@ def matrix_norm(A, ord="fro", dim=(-2, -1), keepdim: bool = False, *, dtype=None
     return _mn(_cast(A, dtype), ord, dim, keepdim)
 
 
-def norm(A, ord=None, dim=None, keepdim: bool = False, *, dtype=None) -> Tensor:
+def norm(A, ord=None, dim=None, keepdim: bool = False, *, dtype=None, axis=None,
+         keepdims: bool | None = None) -> Tensor:
     """``torch.linalg.norm``: a vector norm over one dim, a matrix norm over two (``ord`` 2 is
     then the largest singular value, 1 the largest column sum, ...). Without ``dim``: ord None
-    is the 2-norm of all entries, any other ord needs A 1-d (vector) or 2-d (matrix)."""
+    is the 2-norm of all entries, any other ord needs A 1-d (vector) or 2-d (matrix). NumPy's
+    ``axis=`` and ``keepdims=`` (``np.linalg.norm``) name ``dim`` and ``keepdim``."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError("linalg.norm: pass dim (PyTorch) or axis (NumPy), not both")
+        dim = axis
+    if keepdims is not None:
+        keepdim = keepdims
     A = _cast(A, dtype)
     dims = None
     if dim is not None:

@@ -304,3 +304,19 @@ def test_histogram_edges_and_tri_indices():
         assert tuple(getattr(ng, name)(3, 3).shape) == (2, 6)  # PyTorch's (row, col)
     m = np.arange(16.0).reshape(4, 4)
     _same(ng.array(m)[ng.tril_indices(4)], m[np.tril_indices(4)])
+
+
+def test_numpy_keywords_of_roll_diff_cov_and_linalg_norm():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 3))
+    t = ng.tensor(a)
+    np.testing.assert_array_equal(ng.roll(t, 1, axis=0).numpy(), np.roll(a, 1, axis=0))
+    np.testing.assert_allclose(ng.diff(t, axis=0).numpy(), np.diff(a, axis=0), rtol=1e-15)
+    for kw in ({}, {"rowvar": False}, {"bias": True}, {"ddof": 0, "rowvar": False}):
+        np.testing.assert_allclose(ng.cov(t, **kw).numpy(), np.cov(a, **kw), rtol=1e-12)
+    np.testing.assert_allclose(ng.linalg.norm(t, axis=1, keepdims=True).numpy(),
+                               np.linalg.norm(a, axis=1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(ng.linalg.norm(t, ord=1, axis=(0, 1)).numpy(),
+                               np.linalg.norm(a, ord=1, axis=(0, 1)), rtol=1e-12)
+    with pytest.raises(TypeError, match="not both"):
+        ng.roll(t, 1, dims=0, axis=0)

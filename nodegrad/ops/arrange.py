@@ -88,8 +88,13 @@ def repeat(a, repeats, axis: int | None = None):
     return repeat_interleave(a, repeats, axis)
 
 
-def roll(x, shifts, dims=None):
-    """Shift elements along ``dims`` cyclically (flattened when ``dims`` is None)."""
+def roll(x, shifts, dims=None, *, axis=None):
+    """Shift elements along ``dims`` cyclically (flattened when ``dims`` is None); NumPy's
+    ``axis=`` names them too."""
+    if axis is not None:
+        if dims is not None:
+            raise TypeError("roll: pass dims (PyTorch) or axis (NumPy), not both")
+        dims = axis
     if dims is None:
         if not isinstance(shifts, int):
             if len(shifts) != 1:

@@ -512,9 +512,13 @@ def cross(input, other, dim: int | None = None) -> Tensor:
 
 
 # --- calculus -------------------------------------------------------------------------------
-def diff(input, n: int = 1, dim: int = -1, prepend=None, append=None) -> Tensor:
-    """n-th forward difference along ``dim`` (x[i+1] - x[i], for bools x[i+1] != x[i]), after
-    concatenating ``prepend``/``append`` (same dims as input, same shape off ``dim``)."""
+def diff(input, n: int = 1, dim: int = -1, prepend=None, append=None, *,
+         axis: int | None = None) -> Tensor:
+    """n-th forward difference along ``dim`` (NumPy's ``axis``) (x[i+1] - x[i], for bools
+    x[i+1] != x[i]), after concatenating ``prepend``/``append`` (same dims as input, same shape
+    off ``dim``)."""
+    if axis is not None:
+        dim = axis
     x = _t(input)
     if x.ndim == 0:
         raise ShapeError("diff: expected a tensor with at least 1 dim, got a 0-d tensor")
@@ -693,12 +697,20 @@ def cumulative_trapezoid(y, x=None, *, dx=None, dim: int = -1) -> Tensor:
 
 
 # --- statistics -----------------------------------------------------------------------------
-def cov(input, *, correction: int = 1, fweights=None, aweights=None) -> Tensor:
+def cov(input, *, correction: int = 1, fweights=None, aweights=None, rowvar: bool = True,
+        bias: bool = False, ddof: int | None = None) -> Tensor:
     """Covariance of the rows (variables) of a 2-d input over its columns (observations); a
     1-d input is one variable. ``fweights`` (integer) repeat observations, ``aweights``
     (float) weigh them; the normaliser is NumPy's (Σw − correction·Σw·a/Σw with aweights).
-    Size-1 dims of the result are squeezed."""
+    Size-1 dims of the result are squeezed. NumPy's ``rowvar=False`` (variables in columns),
+    ``bias`` and ``ddof`` are taken too (``ddof`` over ``bias``, as ``np.cov``)."""
+    if ddof is not None:
+        correction = ddof
+    elif bias:
+        correction = 0
     x = _t(input)
+    if not rowvar and x.ndim == 2:
+        x = x.T
     if x.ndim > 2:
         raise ShapeError(f"cov: expected at most 2 dims (variables, observations), got shape "
                          f"{_shape(x)}")
