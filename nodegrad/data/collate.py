@@ -65,6 +65,17 @@ def default_collate(batch: list) -> Any:
     >>> str(b["x"].dtype), [t.tolist() for t in b["y"]]
     ('float64', [[1, 3], [2, 4]])
     """
+    return _collate(batch, "default_collate")
+
+
+def collate_samples(batch: list) -> Any:
+    """:func:`default_collate` as the DataLoader applies it to samples it reads one by one
+    (its errors speak of batching samples)."""
+    return _collate(batch, "batching samples")
+
+
+def _collate(batch: list, what: str) -> Any:
+    """:func:`default_collate`, naming ``what`` in shape errors."""
     if not isinstance(batch, collections.abc.Sequence) or isinstance(batch, str | bytes):
         raise TypeError(f"default_collate: batch must be a list of samples, got "
                         f"{type(batch).__name__}")
@@ -77,7 +88,7 @@ def default_collate(batch: list) -> Any:
     if isinstance(elem, np.ndarray):
         if _STR_OR_OBJECT.search(elem.dtype.str):
             raise TypeError(_ERROR.format(elem.dtype))
-        return Tensor(stack_samples(batch, "default_collate"))
+        return Tensor(stack_samples(batch, what))
     if isinstance(elem, float):
         return Tensor(_numbers(batch, B.float64))
     if isinstance(elem, int | np.bool_ | np.number):
@@ -85,14 +96,14 @@ def default_collate(batch: list) -> Any:
     if isinstance(elem, str | bytes):
         return list(batch)
     if isinstance(elem, collections.abc.Mapping):
-        return _same_mapping(elem, {k: default_collate([d[k] for d in batch]) for k in elem})
+        return _same_mapping(elem, {k: _collate([d[k] for d in batch], what) for k in elem})
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
-        return type(elem)(*(default_collate(list(s)) for s in zip(*batch)))
+        return type(elem)(*(_collate(list(s), what) for s in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
         size = len(elem)
         if any(len(s) != size for s in batch):
             raise RuntimeError("each element in list of batch should be of equal size")
-        fields = [default_collate(list(s)) for s in zip(*batch)]
+        fields = [_collate(list(s), what) for s in zip(*batch)]
         return fields if isinstance(elem, tuple) else _same_sequence(elem, fields)
     raise TypeError(_ERROR.format(type(elem)))
 

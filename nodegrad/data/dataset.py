@@ -102,12 +102,37 @@ class TensorDataset(ArrayDataset):
         super().__init__(*tensors, classes=classes)
         self.keeps_dtype = all(isinstance(t, Tensor) for t in tensors)
 
+    def __getitem__(self, index):
+        """The sample ``index``: Tensors when built from Tensors (as PyTorch's), else arrays."""
+        if not getattr(self, "keeps_dtype", False):
+            return super().__getitem__(index)
+        from ..tensor import Tensor
+
+        return tuple(Tensor(a[index]) for a in self.arrays)
+
     @property
     def tensors(self) -> tuple:
         """The fields as CPU Tensors sharing the host arrays (PyTorch's ``tensors``)."""
         from ..tensor import Tensor
 
         return tuple(Tensor(a) for a in self.arrays)
+
+
+def gathers_arrays(dataset) -> bool:
+    """Whether ``dataset.gather`` reads host arrays throughout (array datasets and subsets,
+    concatenations and stacks of only such, or a dataset with its own ``gather``).
+
+    The DataLoader batches these with one gather per batch; any other dataset (a ``Dataset``
+    subclass with ``__getitem__``, or a combination holding one) is read sample by sample and
+    collated as PyTorch does, so its samples keep their dtypes and structure.
+    """
+    if isinstance(dataset, Subset):
+        return gathers_arrays(dataset.dataset)
+    if isinstance(dataset, ConcatDataset | StackDataset):
+        parts = dataset.datasets
+        parts = list(parts.values()) if isinstance(parts, dict) else list(parts)
+        return all(gathers_arrays(d) for d in parts)
+    return hasattr(dataset, "gather")
 
 
 def keeps_dtype(dataset) -> bool:

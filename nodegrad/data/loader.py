@@ -30,7 +30,8 @@ from typing import Any
 from .. import _backend as B
 from ..random import Generator, default_generator
 from ..tensor import Tensor, get_default_device
-from .dataset import Dataset, IterableDataset, _stack, keeps_dtype
+from .collate import collate_samples, default_convert
+from .dataset import Dataset, IterableDataset, _stack, gathers_arrays, keeps_dtype
 from .sampler import _seeded
 from .worker import WorkerPool, get_worker_info, start_context, worker_seed
 
@@ -82,7 +83,9 @@ class _Fetcher:
         elif self.vectorised:
             fields = self.dataset.gather(idx)
         else:
-            samples = [self.dataset[int(i)] for i in idx]
+            many = getattr(self.dataset, "__getitems__", None)  # PyTorch's batched read
+            samples = (many([int(i) for i in idx]) if many is not None
+                       else [self.dataset[int(i)] for i in idx])
             fields = self.collate_fn(samples) if self.collate_fn else _stack(samples)
         return self.transformed(fields, seed, (epoch, 1, b))
 
@@ -148,9 +151,13 @@ class DataLoader:
         device: where batches land (default: ``ng.get_default_device()``, the CPU unless set);
             floating host fields become ``dtype``, integer ones int64. ``dtype=None`` (the
             default) keeps the dtypes of a :class:`TensorDataset` (as PyTorch does) and gives
-            float32 for plain array datasets. Without ``collate_fn``
-            samples are batched with ``default_collate``'s structure (a sample that is one array
-            gives one tensor, nested tuples are transposed field by field) on host arrays.
+            float32 for plain array datasets and streams. Without ``collate_fn`` the samples
+            of any other map-style dataset (a ``Dataset`` subclass, or a Subset/concatenation
+            holding one) are collated by :func:`default_collate` (``batch_size=None``:
+            :func:`default_convert`), keeping their dtypes as PyTorch does, unless ``dtype`` or
+            ``transform`` is given; streams are batched with ``default_collate``'s structure
+            (a sample that is one array gives one tensor, nested tuples are transposed field by
+            field) on host arrays.
         sampler: the indices of each epoch and their order: a :class:`Sampler` (e.g.
             :class:`RandomSampler`, :class:`WeightedRandomSampler`), any iterable of indices
             with ``__len__`` (its ``set_epoch(epoch)`` is called first if it has one), or an
@@ -250,9 +257,17 @@ class DataLoader:
         self._float = (None if dtype is None and keeps_dtype(dataset)
                        else B.float32 if dtype is None else self.dtype)
         # whole batches by index: a sampler or batch sampler keeps this, per-sample options not
+        batching = self.batch_size is not None or batch_sampler is not None
         self._vectorised = (collate_fn is None and not self._iterable
-                            and hasattr(dataset, "gather")
-                            and (self.batch_size is not None or batch_sampler is not None))
+                            and gathers_arrays(dataset) and batching)
+        # samples of a map-style dataset read one by one (a Dataset subclass) are collated as
+        # PyTorch does (default_collate, or default_convert without batching): they keep their
+        # dtypes and structure; the host path (float32 batches) stays for streams and where a
+        # dtype or transform asks for host arrays
+        self._collate = collate_fn
+        if collate_fn is None and not self._iterable and not gathers_arrays(dataset) \
+                and dtype is None and transform is None:
+            self._collate = collate_samples if batching else default_convert
         self.num_workers = int(num_workers)
         self.prefetch_factor = (2 if prefetch_factor is None else int(prefetch_factor)) \
             if num_workers else None
@@ -306,7 +321,7 @@ class DataLoader:
         """PyTorch's checks of the worker options (its messages)."""
         if isinstance(num_workers, bool) or not isinstance(num_workers, int | np.integer) \
                 or num_workers < 0:
-            raise ValueError("DataLoader: num_workers option should be a non-negative int; use "
+            raise ValueError("DataLoader: num_workers option should be non-negative; use "
                              f"num_workers=0 to disable multiprocessing, got {num_workers!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
             raise ValueError(f"DataLoader: timeout option should be non-negative, got "
@@ -589,7 +604,7 @@ class DataLoader:
     def _fetcher(self) -> _Fetcher:
         """What makes this loader's batches on the host (in the caller or in a worker)."""
         return _Fetcher(self.dataset, self.batch_size, self.drop_last, self._vectorised,
-                        self.collate_fn, self.transform)
+                        self._collate, self.transform)
 
     def _indices(self, order, epoch: int, b: int):
         """The indices of batch ``b`` of the epoch: an array, or one int without batching."""
