@@ -9,7 +9,7 @@
 tensor([ 0.8, -1.6], requires_grad=True)
 """
 
-from . import lr_scheduler, swa_utils
+from . import lr_scheduler, optimizer, swa_utils
 from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adafactor import Adafactor
@@ -30,5 +30,6 @@ from .sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
            "RAdam", "Adamax", "Rprop", "ASGD", "Adafactor", "LBFGS", "Muon",
-           "lr_scheduler", "swa_utils", "clip_grad_norm_", "clip_grad_value_", "l2_penalty",
+           "lr_scheduler", "optimizer", "swa_utils", "clip_grad_norm_", "clip_grad_value_",
+           "l2_penalty",
            "register_optimizer_step_pre_hook", "register_optimizer_step_post_hook"]

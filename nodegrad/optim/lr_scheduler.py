@@ -6,7 +6,10 @@ Call ``scheduler.step()`` after ``optimizer.step()``. On its own, every schedule
 learning rates η: ``LinearWarmup(CosineAnnealingLR(opt, 1000), 100)`` warms up, then anneals.
 Inside :class:`ChainedScheduler` and :class:`SequentialLR` the schedules step as PyTorch's do
 there, by their chainable ``get_lr()``: each acts on the groups' current lrs, as the one before
-left them. A subclass defines either ``lr_at(t)`` or, PyTorch's extension point, ``get_lr()``
+left them. A chainable schedule on its own switches to that form, for good, once it finds the
+lrs changed since its last step (another schedule stepped on the same optimizer, or
+``group["lr"] = ...`` by hand): as PyTorch's, it carries the change on instead of undoing it.
+A subclass defines either ``lr_at(t)`` or, PyTorch's extension point, ``get_lr()``
 (the lrs for ``last_epoch``, from ``base_lrs`` or the groups' current lrs). PyTorch's
 deprecated ``step(epoch)`` jumps to ``epoch`` (closed form where there is one) with its
 warning. Each has ``state_dict()`` and ``load_state_dict()`` for resuming.
@@ -24,6 +27,7 @@ restarts from its first schedule.
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -97,6 +101,8 @@ class LRScheduler:
     _get_lr_called_within_step: bool = False
     _chainable: bool = False  # get_lr() acts on the groups' current lrs (PyTorch's form)
     _closed_form: bool = True  # lr_at(t) gives step t from base_lrs alone
+    _follows_groups: bool = False  # steps by the chainable get_lr() once others set the lrs
+    _lrs_written: list[float] | None = None  # the lrs its last step set (None: unknown)
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
         if not isinstance(optimizer, Optimizer):
@@ -112,6 +118,7 @@ class LRScheduler:
         self.last_epoch = last_epoch
         self._last_lr: list[float] = list(self.base_lrs)
         self._step_count = 0
+        self._lrs_written = [float(lr) for lr in self.base_lrs]
         self._is_initial = True
         try:
             self.step()
@@ -168,6 +175,11 @@ class LRScheduler:
     def step(self, epoch: int | None = None) -> None:
         """Advance one step and set every group's ``lr``; ``step(epoch)``, PyTorch's
         deprecated form, jumps to step ``epoch`` (with PyTorch's warning)."""
+        if epoch is None and self._groups_moved():
+            self._follows_groups = True
+        if epoch is None and self._follows_groups:
+            self._chain_step()
+            return
         self._step_count += 1
         if epoch is not None:
             _warn_epoch()
@@ -177,6 +189,22 @@ class LRScheduler:
         with self._within_step():
             lrs = self.get_lr() if self._steps_by_get_lr() else self.lr_at(self.last_epoch)
         self._set(lrs)
+
+    def _groups_moved(self) -> bool:
+        """Whether something else set the groups' lrs since this schedule last did (another
+        schedule stepped on the same optimizer, or ``group["lr"] = ...`` by hand). PyTorch's
+        chainable schedules then act on those lrs; the closed form would undo the change.
+        Not at the step taken when resuming with ``last_epoch=k``, which keeps the closed
+        form (see the module docstring)."""
+        if not self._chainable or _defined_at(type(self), "get_lr") > _defined_at(
+                type(self), "lr_at"):
+            return False
+        if self._is_initial and self.last_epoch >= 0:
+            return False
+        if self._lrs_written is None:  # just loaded, or wrapped: the lrs are not its own
+            return False
+        return any(float(g["lr"]) != lr
+                   for g, lr in zip(self.optimizer.param_groups, self._lrs_written))
 
     def _step_to(self, epoch: int) -> None:
         """Jump to step ``epoch``: the closed form there where the schedule has one, else its
@@ -223,6 +251,7 @@ class LRScheduler:
             else:
                 g["lr"] = lr
         self._last_lr = list(lrs)
+        self._lrs_written = [float(g["lr"]) for g in self.optimizer.param_groups]  # as stored
 
     def _current_lrs(self) -> list[float]:
         return [g["lr"] for g in self.optimizer.param_groups]
@@ -234,7 +263,7 @@ class LRScheduler:
     def state_dict(self) -> dict[str, Any]:
         """Everything but the optimizer (nested schedulers as their own state dicts)."""
         return {k: (v.state_dict() if isinstance(v, LRScheduler) else v)
-                for k, v in self.__dict__.items() if k != "optimizer"}
+                for k, v in self.__dict__.items() if k not in ("optimizer", "_lrs_written")}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for k, v in state_dict.items():
@@ -243,6 +272,7 @@ class LRScheduler:
                 cur.load_state_dict(v)
             else:
                 self.__dict__[k] = v
+        self._lrs_written = None  # the optimizer's lrs may or may not have been restored
 
 
 class _LRScheduler(LRScheduler):
@@ -412,6 +442,11 @@ class LinearWarmup(LRScheduler):
             self.inner.step(*args)
         with self._within_step():
             self._set(self.get_lr())
+
+    def _set(self, lrs: list[float]) -> None:
+        super()._set(lrs)
+        if self.inner is not None:  # the lrs are the product, not the wrapped schedule's own
+            self.inner._lrs_written = None
 
     def _step_to(self, epoch: int) -> None:
         if self.inner is not None:
@@ -645,7 +680,10 @@ class LambdaLR(LRScheduler):
         return self.lr_at(self.last_epoch)
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
+        return _lambdas_state(self, super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _load_lambdas(self, state_dict, super().load_state_dict)
 
 
 class MultiplicativeLR(LRScheduler):
@@ -687,7 +725,32 @@ class MultiplicativeLR(LRScheduler):
         self._set([lr * x for lr, x in zip(self._current_lrs(), factors)])
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
+        return _lambdas_state(self, super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _load_lambdas(self, state_dict, super().load_state_dict)
+
+
+def _lambdas_state(sched: LRScheduler, state: dict[str, Any]) -> dict[str, Any]:
+    """PyTorch's entry for the λs: None for a function (not saved), a copy of the attributes
+    of a callable object (its state)."""
+    state["lr_lambdas"] = [None if isinstance(f, types.FunctionType) else dict(vars(f))
+                           for f in sched.lr_lambdas]
+    return state
+
+
+def _load_lambdas(sched: LRScheduler, state_dict: dict[str, Any], load) -> None:
+    """Load all but the λs, which stay the ones given when built; a callable object gets
+    its saved attributes back (PyTorch's, so PyTorch's state dicts load too)."""
+    state = dict(state_dict)
+    saved = state.pop("lr_lambdas", None) or []
+    if len(saved) not in (0, len(sched.lr_lambdas)):
+        raise ValueError(f"{type(sched).__name__}.load_state_dict: the state has "
+                         f"{len(saved)} lr_lambdas, this schedule {len(sched.lr_lambdas)}")
+    load(state)
+    for f, attrs in zip(sched.lr_lambdas, saved):
+        if attrs is not None:
+            vars(f).update(attrs)
 
 
 class LinearLR(LRScheduler):
@@ -966,9 +1029,10 @@ class ChainedScheduler(_OfSchedules):
     current lrs (``StepLR`` multiplies them by γ on a decay step, ``CosineAnnealingLR`` scales
     their distance to ``eta_min``...); ``LambdaLR``, ``CosineAnnealingWarmRestarts``,
     ``CyclicLR`` and ``OneCycleLR`` set theirs outright, as PyTorch's. The schedules must share
-    one optimizer and have taken the same number of steps; built, the chain starts from the
-    initial lrs with each schedule's first step in turn, and schedules resumed with
-    ``last_epoch=k`` replay the chain to their step k + 1.
+    one optimizer and have taken the same number of steps; built, the chain keeps the lrs
+    the schedules' first steps (taken in turn as they were built) left, as PyTorch's, and
+    schedules resumed with ``last_epoch=k`` replay the chain from the initial lrs to their
+    step k + 1.
     """
 
     def __init__(self, schedulers: Sequence[LRScheduler], optimizer: Optimizer | None = None):
@@ -986,8 +1050,11 @@ class ChainedScheduler(_OfSchedules):
         self._schedulers, self.optimizer = schedulers, optimizer
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
         self._step_count = 0
+        if epochs[0] <= 0:  # just built: each took its first step, in turn (PyTorch's)
+            self.last_epoch, self._last_lr = 0, self._current_lrs()
+            return
         self._restart(initial=True)
-        for _ in range(max(epochs[0], 0)):  # resumed: replay the steps they have taken
+        for _ in range(epochs[0]):  # resumed: replay the steps they have taken
             self.step()
 
     def _restart(self, initial: bool) -> None:

@@ -126,10 +126,12 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
     recorded for autodiff); ``vec`` must hold exactly their number of elements."""
     ps = list(parameters)
     _one_device(ps, "vector_to_parameters")
-    if not isinstance(vec, Tensor) or vec.ndim != 1:
-        raise ShapeError("vector_to_parameters: expected a 1-D tensor, got "
-                         + (f"shape {tuple(vec.shape)}" if isinstance(vec, Tensor)
-                            else type(vec).__name__))
+    if not isinstance(vec, Tensor):  # PyTorch's TypeError
+        raise TypeError(f"vector_to_parameters: expected a 1-D Tensor, got "
+                        f"{type(vec).__name__}")
+    if vec.ndim != 1:
+        raise ShapeError(f"vector_to_parameters: expected a 1-D tensor, got shape "
+                         f"{tuple(vec.shape)}")
     total = sum(p.numel() for p in ps)
     if vec.shape[0] != total:
         raise ShapeError(f"vector_to_parameters: the vector has {vec.shape[0]} elements, the "

@@ -1,0 +1,9 @@
+"""PyTorch's import path ``torch.optim.optimizer``: the base class and the global step hooks.
+
+Code written against ``from torch.optim.optimizer import Optimizer`` ports by changing the
+import only; the definitions live in :mod:`.base`.
+"""
+
+from .base import Optimizer, register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+__all__ = ["Optimizer", "register_optimizer_step_pre_hook", "register_optimizer_step_post_hook"]
