@@ -64,12 +64,7 @@ class ZeroRedundancyOptimizer(Optimizer):
         self.parameters_as_bucket_view = bool(parameters_as_bucket_view)
         self.defaults = dict(defaults)
         self.step_count = 0
-        self._optimizer_step_pre_hooks: list[Callable] = []
-        self._optimizer_step_post_hooks: list[Callable] = []
-        self._optimizer_state_dict_pre_hooks: list[Callable] = []
-        self._optimizer_state_dict_post_hooks: list[Callable] = []
-        self._optimizer_load_state_dict_pre_hooks: list[Callable] = []
-        self._optimizer_load_state_dict_post_hooks: list[Callable] = []
+        self._init_hooks()
         self.param_groups: list[dict] = []
         self._buckets = []
         self._owner: dict[int, int] = {}  # id(param) -> owning group rank

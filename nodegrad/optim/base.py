@@ -274,12 +274,7 @@ class Optimizer:
         self.fused = fused
         self.foreach, self.capturable, self.differentiable = foreach, capturable, differentiable
         self.step_count = 0
-        self._optimizer_step_pre_hooks: list[Callable] = []  # PyTorch's names, in run order
-        self._optimizer_step_post_hooks: list[Callable] = []
-        self._optimizer_state_dict_pre_hooks: list[Callable] = []
-        self._optimizer_state_dict_post_hooks: list[Callable] = []
-        self._optimizer_load_state_dict_pre_hooks: list[Callable] = []
-        self._optimizer_load_state_dict_post_hooks: list[Callable] = []
+        self._init_hooks()
         self.param_groups: list[dict] = []
         self._buckets: list[list[_Bucket]] = []
         groups = [params] if isinstance(params, dict) else list(params)
@@ -294,6 +289,15 @@ class Optimizer:
     _in_step_hooks = False
     _in_state_dict_hooks = False
     _in_load_state_dict_hooks = False
+
+    def _init_hooks(self) -> None:
+        """The per-optimizer hook lists, empty (PyTorch's names, each in run order)."""
+        self._optimizer_step_pre_hooks: list[Callable] = []
+        self._optimizer_step_post_hooks: list[Callable] = []
+        self._optimizer_state_dict_pre_hooks: list[Callable] = []
+        self._optimizer_state_dict_post_hooks: list[Callable] = []
+        self._optimizer_load_state_dict_pre_hooks: list[Callable] = []
+        self._optimizer_load_state_dict_post_hooks: list[Callable] = []
 
     def __init_subclass__(cls, **kwargs) -> None:
         """A subclass's own ``step``, ``state_dict`` and ``load_state_dict`` run the hooks too
