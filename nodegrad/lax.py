@@ -393,7 +393,7 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
     nc, nx, ny = body.n_carry, body.n_x, body.n_y
     ex = [Tensor(init[0].backend.xp.zeros((1,) + shape, dtype=dt))
           for shape, dt in body.metas]
-    gc = [Tensor(e.data[0]) for e in ex[:nc]]
+    gc = [Tensor(e.data[0, ...]) for e in ex[:nc]]  # [0, ...]: a 0-d carry stays an array
     zk = [zeros_like(consts[i]) for i in fk]
     hist = [Tensor(c.data[None]) for c in init]
     bwd, f_outs = _vjp_body(body, fk, fx, consts, gc + zk, hist + list(xs) + ex[nc:])
@@ -583,13 +583,21 @@ def scan_cached(key: Any, f: Callable, consts: list, init: list, xs: list,
     return _apply(body, consts, init, xs, n, reverse)
 
 
-def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any) -> Any:
+def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any, *,
+              unroll: int | bool | None = None) -> Any:
     """JAX's ``lax.fori_loop``: ``val = body_fun(i, val)`` for i in range(lower, upper).
 
     Python int bounds make one scan over ``arange(lower, upper)`` (differentiable both ways);
     a tensor bound makes a ``while_loop`` whose trip count is decided at run time (forward-mode
-    differentiable only, as in JAX). ``i`` is a 0-d integer tensor."""
+    differentiable only, as in JAX). ``i`` is a 0-d integer tensor. ``unroll`` is passed to
+    :func:`scan` (a hint there); as in JAX, it needs Python int bounds."""
+    if unroll is not None and not isinstance(unroll, bool) and (
+            not isinstance(unroll, int) or unroll < 0):
+        raise ValueError(f"fori_loop: unroll must be a non-negative int or a bool, got {unroll!r}")
     if isinstance(lower, Tensor) or isinstance(upper, Tensor):
+        if unroll is not None:
+            raise ValueError("fori_loop: unroll needs Python int bounds (a tensor bound runs "
+                             f"as a while_loop), got unroll={unroll!r}")
         return _fori_while(lower, upper, body_fun, init_val)
     bounds = []
     for name, v in (("lower", lower), ("upper", upper)):
@@ -604,7 +612,8 @@ def fori_loop(lower: Any, upper: Any, body_fun: Callable, init_val: Any) -> Any:
     if upper <= lower:
         return init_val
     idx = arange(lower, upper, dtype="int64")
-    carry, _ = scan(lambda c, i: (body_fun(i, c), None), init_val, idx)
+    carry, _ = scan(lambda c, i: (body_fun(i, c), None), init_val, idx,
+                    unroll=1 if unroll is None else unroll)
     return carry
 
 

@@ -261,15 +261,16 @@ def checkpoint_sequential(functions: Sequence[Callable] | Any, segments: int, in
 
 
 def remat(fun: Callable | None = None, *, prevent_cse: bool = True, policy: Callable | None = None,
-          static_argnums: int | tuple = ()) -> Callable:
+          static_argnums: int | tuple = (), static_argnames: str | tuple = ()) -> Callable:
     """JAX's ``jax.checkpoint`` (``remat``): ``fun`` whose activations are recomputed in its
     backward instead of kept; composes with ``grad``, ``vjp``, ``jvp`` and ``jit``. Without
     ``fun``, a decorator. ``prevent_cse`` and ``policy`` (which values JAX may keep rather than
     recompute) are accepted and change nothing here: every activation is recomputed, which
-    gives the same values; ``static_argnums`` arguments are passed through as they are."""
+    gives the same values; ``static_argnums``/``static_argnames`` arguments are passed through
+    as they are."""
     if fun is None:
         return lambda f: remat(f, prevent_cse=prevent_cse, policy=policy,
-                               static_argnums=static_argnums)
+                               static_argnums=static_argnums, static_argnames=static_argnames)
     if not callable(fun):
         raise TypeError(f"remat: expected a function, got {type(fun).__name__}")
     if policy is not None and not callable(policy):
@@ -277,6 +278,9 @@ def remat(fun: Callable | None = None, *, prevent_cse: bool = True, policy: Call
     nums = (static_argnums,) if isinstance(static_argnums, int) else tuple(static_argnums)
     if any(isinstance(n, bool) or not isinstance(n, int) for n in nums):
         raise TypeError(f"remat: static_argnums must be ints, got {static_argnums!r}")
+    names = (static_argnames,) if isinstance(static_argnames, str) else tuple(static_argnames)
+    if any(not isinstance(n, str) for n in names):
+        raise TypeError(f"remat: static_argnames must be strs, got {static_argnames!r}")
 
     def wrapped(*args, **kwargs):
         return checkpoint(fun, *args, **kwargs)

@@ -52,7 +52,8 @@ def _argnums(argnums, nargs: int, op: str) -> tuple:
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     for n in nums:
         if not -nargs <= n < nargs:
-            raise ValueError(f"{op}: argnums {argnums} out of range for {nargs} arguments")
+            raise ValueError(f"{op}: argnums {argnums} out of range for {nargs} positional "
+                             f"arguments; pass at least {n + 1 if n >= 0 else -n} positionally")
     out = tuple(n % nargs for n in nums)
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: argnums {argnums} names an argument twice")
@@ -130,12 +131,18 @@ def value_and_grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool 
     arguments through, with zeros of their shape and dtype as their gradient (JAX's float0
     zeros); ``holomorphic`` (complex differentiation) is not supported.
     """
+    return _value_and_grad(f, argnums, has_aux, holomorphic, allow_int, "value_and_grad")
+
+
+def _value_and_grad(f: Callable, argnums, has_aux: bool, holomorphic: bool, allow_int: bool,
+                    op: str):
+    """:func:`value_and_grad`, its errors naming ``op`` (the transform the user called)."""
     if holomorphic:
         raise NotImplementedError("grad: holomorphic=True (complex differentiation) is not "
                                   "supported; nodegrad differentiates real functions")
 
     def wrapped(*args, **kwargs):
-        nums = _argnums(argnums, len(args), "value_and_grad")
+        nums = _argnums(argnums, len(args), op)
         if modes().traces:  # inside vmap: differentiate the batched computation underneath
             return _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs, allow_int)
         a, ins, defs, higher = _prepare(args, nums, "grad", allow_int)
@@ -243,7 +250,7 @@ def grad(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
     ``grad(lambda x: (grad(f)(x) * v).sum())(x)``. ``allow_int`` and ``holomorphic`` as in
     :func:`value_and_grad`.
     """
-    vg = value_and_grad(f, argnums, has_aux, holomorphic, allow_int)
+    vg = _value_and_grad(f, argnums, has_aux, holomorphic, allow_int, "grad")
 
     def wrapped(*args, **kwargs):
         (value, g) = vg(*args, **kwargs)

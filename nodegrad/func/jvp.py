@@ -199,14 +199,24 @@ def _restrict(f: Callable, args: tuple, nums: Sequence[int], leaves, defs) -> tu
     return (g, *(tree_unflatten(td, ls) for td, ls in zip(defs, leaves)))
 
 
-def jacfwd(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def _real_only(holomorphic: bool, op: str) -> None:
+    """JAX's ``holomorphic=True`` (complex Jacobians) is refused; False is accepted."""
+    if holomorphic:
+        raise NotImplementedError(f"{op}: holomorphic=True (complex differentiation) is not "
+                                  "supported; nodegrad differentiates real functions")
+
+
+def jacfwd(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+           holomorphic: bool = False):
     """The Jacobian of ``f`` by forward mode: one tangent pass per input coordinate.
 
     For an output of shape S and an input of shape T the Jacobian has shape S + T. With several
     outputs or inputs (trees, or a tuple ``argnums``) the result nests as in JAX: the output's
     structure outside, the inputs' structure inside. With ``has_aux``, ``f`` returns
-    ``(output, aux)`` and the result is ``(jacobian, aux)``.
+    ``(output, aux)`` and the result is ``(jacobian, aux)``. ``holomorphic`` as in
+    :func:`~nodegrad.func.grad.value_and_grad`.
     """
+    _real_only(holomorphic, "jacfwd")
 
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacfwd")
@@ -234,15 +244,17 @@ def jacfwd(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False)
 
 
 def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = False,
-           chunk_size: int | None = None):
+           chunk_size: int | None = None, holomorphic: bool = False):
     """The Jacobian of ``f`` by reverse mode: one backward pass per output coordinate.
 
     Same result layout (and ``has_aux``) as :func:`jacfwd`; cheaper when outputs are fewer than
     inputs. ``chunk_size`` is ``torch.func.jacrev``'s bound on how many rows are computed at
     once; the passes here run one row at a time, within any bound, so it changes nothing.
+    ``holomorphic=True`` (JAX's) is refused.
     """
     from ..ops import reshape, stack
 
+    _real_only(holomorphic, "jacrev")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(
             chunk_size, int) or chunk_size < 1):
         raise ValueError(f"jacrev: chunk_size must be None or a positive int, got {chunk_size!r}")
@@ -284,9 +296,12 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = Fal
     return wrapped
 
 
-def hessian(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False):
+def hessian(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
+            holomorphic: bool = False):
     """The Hessian of scalar ``f``: ``jacfwd(jacrev(f))`` (forward-over-reverse); with
-    ``has_aux``, ``f`` returns ``(value, aux)`` and the result is ``(hessian, aux)``."""
+    ``has_aux``, ``f`` returns ``(value, aux)`` and the result is ``(hessian, aux)``;
+    ``holomorphic=True`` (JAX's) is refused."""
+    _real_only(holomorphic, "hessian")
     return jacfwd(jacrev(f, argnums, has_aux=has_aux), argnums, has_aux=has_aux)
 
 

@@ -724,9 +724,23 @@ def _def_key(tdef):
     return (tdef.kind, aux, tuple(_def_key(c) for c in tdef.children))
 
 
+def _check_hint(name: str, value: Any, kind: type) -> None:
+    """Refuse a malformed value of an accepted-and-ignored JAX keyword (rather than ignore it)."""
+    items = (value,) if isinstance(value, kind) else value
+    try:
+        ok = all(isinstance(v, kind) and not isinstance(v, bool) for v in items)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise TypeError(f"jit: {name} must be {'an int' if kind is int else 'a str'} or a "
+                        f"sequence of them, got {value!r}")
+
+
 def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32,
         fuse: bool | None = None, optimize: bool = True, static_argnums: int | tuple = (),
-        static_argnames: str | tuple = ()):
+        static_argnames: str | tuple = (), donate_argnums: int | tuple | None = None,
+        donate_argnames: str | tuple | None = None, keep_unused: bool = False,
+        inline: bool = False):
     """Compile ``fn``: trace it on the first call per input signature, replay afterwards.
 
     Arguments that are not tensors are static (part of the signature, compared by value; they
@@ -739,7 +753,15 @@ def jit(fn: Callable | None = None, *, state: Any = None, max_cache: int = 32,
     imported, which a long-running program does itself (:data:`UPGRADE_AFTER_S`) and
     ``fuse=True`` does at once; ``optimize=False`` replays the trace as recorded (no CSE,
     folding or buffer reuse). Use as ``jit(f)`` or ``@jit(state=...)``.
+
+    JAX's ``donate_argnums``/``donate_argnames`` (let the compiler reuse an argument's buffer),
+    ``keep_unused`` and ``inline`` are accepted and have no effect: a replay never writes into
+    its arguments, so donating changes nothing but the promise the caller makes.
     """
+    if donate_argnums is not None:
+        _check_hint("donate_argnums", donate_argnums, int)
+    if donate_argnames is not None:
+        _check_hint("donate_argnames", donate_argnames, str)
     opts = dict(static_argnums=static_argnums, static_argnames=static_argnames)
     if fn is None:
         return lambda f: Jitted(f, state, max_cache, fuse, optimize, **opts)

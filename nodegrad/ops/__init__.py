@@ -333,6 +333,7 @@ from .numpy_stats import *  # noqa: E402, F403
 from .numpy_arrays import *  # noqa: E402, F403
 from .numpy_math import *  # noqa: E402, F403
 from .aliases import *  # noqa: E402, F403
+from .aliases import clip  # noqa: E402, F811  (min=/max= and NumPy's a_min/a_max)
 
 __all__ += (_products.__all__ + _special.__all__ + _slicing.__all__  # noqa: PLE0605
             + _numpy_stats.__all__ + _numpy_arrays.__all__ + _numpy_math.__all__

@@ -87,6 +87,16 @@ def clamp(input, min=None, max=None) -> Tensor:  # noqa: A002  (PyTorch's names)
     return E.clip(input, min, max)
 
 
+def clip(input, min=None, max=None, *, a_min=None, a_max=None) -> Tensor:  # noqa: A002
+    """``input`` limited to [min, max], either bound None for none: PyTorch's and JAX's
+    ``min=``/``max=`` names and NumPy's ``a_min``/``a_max`` (positional bounds as all three)."""
+    if a_min is not None or a_max is not None:
+        if min is not None or max is not None:
+            raise TypeError("clip: pass min/max (PyTorch, JAX) or a_min/a_max (NumPy), not both")
+        min, max = a_min, a_max  # noqa: A001
+    return E.clip(input, min, max)
+
+
 def concat(tensors, dim: int = 0) -> Tensor:
     """PyTorch's concat (cat): join ``tensors`` along ``dim``."""
     return S.concatenate(tensors, dim)
@@ -145,6 +155,7 @@ _FUNCTIONS: dict[str, Callable] = {
     "true_divide": E.divide, "eq": E.equal, "ne": E.not_equal, "lt": E.less,
     "le": E.less_equal, "gt": E.greater, "ge": E.greater_equal, "mul": E.multiply,
     "sub": sub, "neg": E.negative, "div": E.div, "pow": E.power, "rsub": rsub, "clamp": clamp,
+    "clip": clip,
     "concat": concat, "swapdims": swapdims, "fix": fix, "positive": positive, "numel": numel,
     "detach": detach, "t": t, "adjoint": adjoint, "is_floating_point": is_floating_point,
     "is_complex": is_complex,

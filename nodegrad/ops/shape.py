@@ -18,9 +18,13 @@ _SH = "shape"
 
 # --- argument normalisation (shared by the op families) --------------------------------------
 def norm_axis(axis: int, ndim: int, op: str) -> int:
-    """A non-negative axis, or a ShapeError naming the op."""
-    if 0 <= axis < ndim:
-        return axis
+    """A non-negative axis, or a ShapeError naming the op (a TypeError for a non-integer)."""
+    try:
+        if 0 <= axis < ndim:
+            return axis
+    except TypeError:  # a tuple or None where one axis is meant
+        raise TypeError(f"{op}: axis must be one int, got {type(axis).__name__} {axis!r}") \
+            from None
     if not -ndim <= axis < builtins.max(ndim, 1):
         raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dims")
     return axis % ndim if ndim else 0
