@@ -533,8 +533,9 @@ def _format(a) -> str:
 
 # --- creation -------------------------------------------------------------------------------
 def _has_float64_scalar(data) -> bool:
-    """Whether ``data`` is, or nests, a NumPy float64 scalar."""
-    if isinstance(data, B.generic):
+    """Whether ``data`` is, or nests, a NumPy float64 scalar, array or a float64 tensor (a list
+    of float64 tensors stays float64, as PyTorch's ``tensor([t[0], t[1]])``)."""
+    if isinstance(data, B.generic | Tensor) or B.is_array(data):
         return data.dtype == float64
     if isinstance(data, list | tuple):
         return any(_has_float64_scalar(d) for d in data)

@@ -320,3 +320,14 @@ def test_block_diag_promotes_as_pytorch_with_a_0d_tensor_as_a_scalar():
     assert y.grad.dtype == np.float64 and float(y.grad) == 1.0
     with pytest.raises(DTypeError, match="block_diag: .*float32 and float64"):
         ng.block_diag(ng.ones(2), ng.ones(2, dtype=ng.float64))
+
+
+def test_a_list_of_float64_tensors_or_arrays_stays_float64_as_torch():
+    torch = pytest.importorskip("torch")
+    a = np.array([1.0, 2.0])
+    t, tt = ng.tensor(a), torch.tensor(a)
+    assert str(ng.tensor([t[0], t[1]]).dtype) == "float64"
+    assert torch.tensor([tt[0], tt[1]]).dtype == torch.float64
+    assert str(ng.tensor([a, a]).dtype) == str(torch.tensor(np.stack([a, a])).dtype)[6:]
+    assert str(ng.asarray([t, t]).dtype) == "float64"
+    assert str(ng.tensor([1.5, 2.0]).dtype) == "float32"  # Python floats: the default
