@@ -4,6 +4,8 @@ Each subclasses the builtin a NumPy or PyTorch user would expect (ValueError for
 TypeError for dtypes, RuntimeError for autodiff), so generic handlers keep working.
 """
 
+import operator
+
 
 class ShapeError(ValueError):
     """Operands whose shapes do not fit the operation (message names the op and the shapes)."""
@@ -40,3 +42,19 @@ class LinAlgError(RuntimeError):
 
 class JitError(RuntimeError):
     """A function that ``nodegrad.jit`` cannot capture (Python reading a traced value, ...)."""
+
+
+def count_arg(op: str, name: str, value, minimum: int = 0) -> int:
+    """``value`` as an int of at least ``minimum`` (a size, a count): a TypeError for what is
+    not an integer (a float is refused, not truncated), a ValueError below ``minimum``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an int, got {value!r}") from None
+    if value < minimum:
+        need = "positive" if minimum == 1 else "non-negative" if minimum == 0 else \
+            f"at least {minimum}"
+        raise ValueError(f"{op}: {name} must be {need}, got {value}")
+    return value

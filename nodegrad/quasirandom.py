@@ -14,7 +14,7 @@ import warnings
 
 from . import _backend as B
 from .dtypes import get_default_dtype
-from .errors import DTypeError
+from .errors import DTypeError, count_arg
 from .tensor import Tensor, get_default_device
 from .tensor import tensor as _tensor
 
@@ -22,13 +22,7 @@ __all__ = ["SobolEngine"]
 
 
 def _count(op: str, n, name: str) -> int:
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"SobolEngine.{op}: {name} must be an int, got {n!r}") from None
-    if n < 0:
-        raise ValueError(f"SobolEngine.{op}: {name} must be non-negative, got {n}")
-    return n
+    return count_arg(f"SobolEngine.{op}", name, n, 0)
 
 
 class SobolEngine:

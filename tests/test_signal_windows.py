@@ -81,9 +81,9 @@ def test_requires_grad_leaf():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="non-negative window length"):
+    with pytest.raises(ValueError, match="window length M must be non-negative"):
         W.hann(-1)
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(TypeError, match="window length M must be an int"):
         W.hann(2.5)
     with pytest.raises(ng.DTypeError, match="float32 or float64"):
         W.hann(4, dtype=ng.int64)

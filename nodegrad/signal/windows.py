@@ -11,12 +11,11 @@ default (periodic)."""
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterable
 
 from .. import _backend as B
 from ..dtypes import get_default_dtype
-from ..errors import DTypeError
+from ..errors import DTypeError, count_arg
 from ..tensor import Tensor
 from ..tensor import tensor as _tensor
 
@@ -29,13 +28,7 @@ class _WindowDTypeError(DTypeError, ValueError):
 
 
 def _length(op: str, M) -> int:
-    try:
-        M = operator.index(M)
-    except TypeError:
-        raise TypeError(f"{op}: window length M must be an integer, got {M!r}") from None
-    if M < 0:
-        raise ValueError(f"{op} requires non-negative window length, got M={M}")
-    return M
+    return count_arg(op, "the window length M", M, 0)
 
 
 def _dtype(op: str, dtype):

@@ -14,14 +14,13 @@ a :class:`BlockMask` keeps PyTorch's API and block statistics, and its dense mas
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from typing import NamedTuple
 
 from ... import _backend as B
 from ... import ops
 from ...autodiff import no_grad
-from ...errors import DTypeError, ShapeError
+from ...errors import DTypeError, ShapeError, count_arg
 from ...tensor import Tensor, arange, ones
 from .. import functional as F
 
@@ -90,13 +89,7 @@ def _indices(B: int, H: int, L: int, S: int, device) -> tuple[Tensor, ...]:
 def _dim(op: str, v, name: str, allow_none: bool = False) -> int:
     if v is None and allow_none:
         return 1
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{op}: {name} must be an int, got {v!r}") from None
-    if v < 1:
-        raise ValueError(f"{op}: {name} must be positive, got {v}")
-    return v
+    return count_arg(op, name, v, 1)
 
 
 def create_mask(mod_fn: Callable, B: int | None, H: int | None, Q_LEN: int, KV_LEN: int,
