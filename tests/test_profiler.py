@@ -446,6 +446,22 @@ def test_jitted_step_shows_as_one_range():
     assert "matmul" not in c  # the replay runs its captured program, not the ops
 
 
+def test_a_step_traced_during_a_profile_replays_its_own_forwards():
+    w = ng.ones((4, 4), requires_grad=True)
+
+    @ng.jit
+    def step(x):
+        return (x @ w).sum()
+
+    x = ng.ones((2, 4))
+    with profile():
+        step(x)  # traced while the timing wrappers are in
+    with profile() as prof:
+        step(x)
+    c = _counts(prof.events())
+    assert c.get("jit#step") == 1 and "matmul" not in c  # no wrapper left in the program
+
+
 def test_autograd_profiler_alias():
     assert ng.autograd.profiler.record_function is record_function
     x = ng.ones((3, 3), requires_grad=True)

@@ -342,7 +342,7 @@ def _op_lifted(prim, params: dict, backend, out, n: int):
     ``n`` on are the index arrays that fill them."""
     template = params["index"]
     rest = {k: v for k, v in params.items() if k != "index"}
-    fwd, xp = prim.fwd, backend.xp
+    fwd, xp = _forward(prim), backend.xp
 
     def fast(*d):
         extra = d[n:]
@@ -352,12 +352,20 @@ def _op_lifted(prim, params: dict, backend, out, n: int):
     return _converting(prim, params, backend, out, fast, n)
 
 
+def _forward(prim):
+    """``prim``'s forward as a replay calls it: its own, not the timing wrapper a profile that
+    is active during the trace put in its place (which would stay in the program after it)."""
+    fwd = prim.fwd
+    return getattr(fwd, "unprofiled", fwd)
+
+
 def _op(prim, params: dict, backend, out):
     """The replay function of one primitive: its forward, with bind's result conversions.
 
     Its ``fast`` attribute is the bare forward; the program switches to it after a first replay
     showed that no conversion was needed (the result type depends only on the signature)."""
-    return _converting(prim, params, backend, out, partial(prim.fwd, backend.xp, **params))
+    return _converting(prim, params, backend, out, partial(_forward(prim), backend.xp,
+                                                           **params))
 
 
 def _converting(prim, params: dict, backend, out, fast, n: int | None = None):

@@ -183,6 +183,7 @@ def _wrap_fwd(prim, fwd):
         return _timed(recs, name, "op", shapes, fwd, (xp, *args), params, args)
 
     fwd_profiled.__wrapped__ = fwd
+    fwd_profiled.unprofiled = fwd  # what a jit trace captures (jit/trace.py: _forward)
     fwd_profiled.__name__ = getattr(fwd, "__name__", name)
     return fwd_profiled
 
