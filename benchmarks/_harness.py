@@ -391,7 +391,9 @@ def _framework_ready(framework: str) -> None:
     tensor(100, 100) @ tensor(100, 100)  # a product large enough for a BLAS thread rule
     (F.cross_entropy(logits, lib.zeros(2, dtype=lib.int64)) + y).backward()
     fused = {"fused": True} if framework == "nodegrad" and _has_numba() else {}
-    # numba too (fused updates, jit kernels): a library loaded on first use, like torch's
+    # numba too (fused updates, jit kernels, the eager loops): loaded here as a run that has
+    # trained for 10 s has it (nodegrad imports it itself then), so the figures are training's
+    # steady state, not its first seconds
     lib.optim.Adam([x, w], **fused).step()
     lib.optim.SGD([x, w], lr=0.1, **fused).step()
     if fused:  # the loops nodegrad's eager ReLU, bias add and cross-entropy take once numba

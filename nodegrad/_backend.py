@@ -10,10 +10,12 @@ branch on the device themselves. :func:`matmul` is the one matrix product of the
 from __future__ import annotations
 
 import functools
+import importlib.util
 import math
 import os
 import sys
 import threading
+import time
 
 import ml_dtypes
 import numpy as np
@@ -881,6 +883,44 @@ def numba_loaded() -> bool:
     """Whether numba is imported in this process (by anyone: a fused optimiser, a compiled
     program, the user), so that code using it pays no import."""
     return sys.modules.get("numba") is not None
+
+
+# Eager training imports numba itself once it has trained this long (seconds of optimiser steps,
+# see note_training_step): the one-pass loops below and the fused optimiser updates then run, with
+# the same bits. As jit's rule (nodegrad.jit.api.UPGRADE_AFTER_S), a ski-rental one: numba's
+# start-up (~1 s, and its kernels' load from the disk cache) costs at most a tenth of the time
+# already spent, and a short script never pays it.
+EAGER_NUMBA_AFTER_S = 10.0
+STEP_GAP_S = 1.0  # a longer interval between two steps counts as this much (a pause, evaluation)
+
+
+class _TrainingClock:
+    """Seconds of eager training counted so far and when the last optimiser step was noted."""
+
+    last: float | None = None
+    spent = 0.0
+    done = False  # numba imported (or found missing): nothing left to count
+
+
+def note_training_step() -> None:
+    """Count one optimiser step: add the interval since the previous one (at most
+    :data:`STEP_GAP_S`) and import numba once :data:`EAGER_NUMBA_AFTER_S` have been counted (when
+    it is installed and not imported yet). One clock read per step."""
+    c = _TrainingClock
+    if c.done:
+        return
+    now = time.perf_counter()
+    if c.last is not None:
+        c.spent += min(now - c.last, STEP_GAP_S)
+    c.last = now
+    if c.spent < EAGER_NUMBA_AFTER_S:
+        return
+    c.done = True
+    if not numba_loaded() and importlib.util.find_spec("numba") is not None:
+        try:
+            import numba  # noqa: F401 - loaded for cpu_kernels() and the fused updates
+        except Exception:  # noqa: BLE001 - a broken install leaves NumPy's ops, the same bits
+            pass
 
 
 def cpu_kernels():
