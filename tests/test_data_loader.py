@@ -275,3 +275,12 @@ def test_prefetch_thread_stops_when_the_loop_is_left():
     while set(threading.enumerate()) - before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not set(threading.enumerate()) - before
+
+
+def test_default_batch_size_is_pytorchs_one():
+    torch = pytest.importorskip("torch")
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    ours = list(ng.data.DataLoader(ng.data.TensorDataset(ng.tensor(x))))
+    theirs = list(torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.tensor(x))))
+    assert len(ours) == len(theirs) == 6
+    assert [tuple(b[0].shape) for b in ours] == [tuple(b[0].shape) for b in theirs] == [(1, 2)] * 6

@@ -50,7 +50,7 @@ class _DefaultBatchSize(int):
     """The default batch size, told apart from one given (which a batch_sampler excludes)."""
 
 
-_BATCH = _DefaultBatchSize(32)
+_BATCH = _DefaultBatchSize(1)  # PyTorch's default
 
 
 class _Failure:
@@ -133,7 +133,7 @@ class DataLoader:
         dataset: an ArrayDataset/Subset/ConcatDataset/StackDataset (gathered with one indexing
             call per batch and array), any object with ``__len__`` and ``__getitem__``
             (gathered sample by sample), or an :class:`IterableDataset` (read as a stream).
-        batch_size: samples per batch (default 32; the last one may be smaller unless
+        batch_size: samples per batch (default 1, as PyTorch's; the last one may be smaller unless
             ``drop_last``). None turns batching off, as in PyTorch: each sample is yielded as it
             is (through ``collate_fn`` if given), without a batch axis.
         shuffle: a fresh seeded permutation every epoch; otherwise the dataset order.
