@@ -109,6 +109,35 @@ from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # 
                       use_deterministic_algorithms)
 
 
+# --- out=: PyTorch's and NumPy's keyword on the functions that take it in either (primitives take
+# it in Primitive.__call__; these Python functions through one wrapper, here only, so that code
+# inside nodegrad calls them without it) ----------------------------------------------------------
+def _take_out(names: str) -> None:
+    from .tensor import with_out
+
+    for _n in names.split():
+        globals()[_n] = with_out(globals()[_n], _n)
+
+
+_take_out("""
+    add addbmm addcdiv addcmul addmm addmv addr all amax amin aminmax angle any argmax argmin
+    around baddbmm bernoulli bitwise_count bitwise_invert bitwise_left_shift
+    bitwise_right_shift bmm bucketize cat cholesky cholesky_inverse cholesky_solve clamp clip
+    column_stack complex concat concatenate conj conj_physical conjugate cross cummax cummin
+    cumprod cumsum deg2rad degrees diag diff div divide divmod dot dstack einsum empty
+    empty_like empty_permuted empty_strided eye fabs fix float_power frac frexp full gather
+    geqrf ger hamming_window heaviside histc histogram histogramdd hstack index_select inner
+    inverse invert isneginf isposinf kron kthvalue ldexp linspace logcumsumexp logit logspace
+    logsumexp lu_solve lu_unpack masked_select matrix_power matvec max mean min mm mod mode
+    modf msort multinomial mv mvlgamma nan_to_num nanmean nanmedian nanquantile nansum
+    narrow_copy nonzero normal ones ones_like ormqr outer polar polygamma positive prod qr
+    rad2deg radians rand rand_like randint randn randn_like randperm renorm rint round
+    row_stack searchsorted sgn signbit sort spacing stack std std_mean sub subtract sum svd
+    take take_along_dim topk trace triangular_solve tril triu var var_mean vdot vecdot vecmat
+    vstack where zeros zeros_like
+""")
+
+
 # --- constants and PyTorch's dtype names (last: ``float``, ``int`` and ``bool`` shadow the
 # builtins from here to the end of this file) --------------------------------------------------
 pi, e, inf, nan = _math.pi, _math.e, _math.inf, _math.nan

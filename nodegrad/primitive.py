@@ -20,7 +20,7 @@ from .autodiff import (ANOMALY, Node, _per_thread, anomaly_error, creation_site,
                        input_held_nan, modes, pack_saved)
 from .dtypes import _key_of, result_type_of_keys
 from .errors import AnomalyError, DeviceError, DTypeError, ShapeError
-from .tensor import Tensor
+from .tensor import Tensor, write_results
 
 REGISTRY: dict[str, Primitive] = {}
 # ops that only move or select bfloat16 values (views among them, which must stay views): they run
@@ -63,6 +63,10 @@ class Primitive:
 
 
     def __call__(self, *args, **params):
+        if "out" in params:  # PyTorch's and NumPy's out=: computed as without it, then written
+            out = params.pop("out")
+            res = bind(self, args, params)
+            return res if out is None else write_results(self.name, out, res)
         return bind(self, args, params)
 
     def __repr__(self) -> str:

@@ -872,6 +872,39 @@ def write_out(op: str, out, result: Tensor, *, differentiable: bool = False) -> 
     return out._assign(op, result)
 
 
+def write_results(op: str, out, result):
+    """``out=`` for any op: :func:`write_out` for one result, or each of a tuple of results
+    (``max(x, dim)``, ``sort``, ``frexp``) into the matching tensor of a tuple or list ``out``;
+    the result's own type (a named tuple stays one) holding the ``out`` tensors."""
+    if isinstance(result, Tensor):
+        if isinstance(out, tuple | list) and len(out) == 1:
+            out = out[0]  # NumPy's one-element tuple
+        return write_out(op, out, result)
+    if isinstance(result, tuple) and result and all(isinstance(r, Tensor) for r in result):
+        if not isinstance(out, tuple | list) or len(out) != len(result):
+            got = f"{len(out)} tensors" if isinstance(out, tuple | list) else type(out).__name__
+            raise TypeError(f"{op}: out must be a tuple of {len(result)} tensors (one per "
+                            f"result), got {got}")
+        done = [write_out(op, o, r) for o, r in zip(out, result)]
+        return type(result)(*done) if hasattr(result, "_fields") else tuple(done)
+    raise TypeError(f"{op}: out= is not supported here: the result is a "
+                    f"{type(result).__name__}, not tensors")
+
+
+def with_out(fn: Callable, name: str | None = None) -> Callable:
+    """``fn`` taking PyTorch's and NumPy's ``out=`` keyword: the result is computed as without
+    it, then written into ``out`` (:func:`write_results`), which is returned."""
+    op = name or fn.__name__
+
+    def call(*args, out=None, **kwargs):
+        result = fn(*args, **kwargs)
+        return result if out is None else write_results(op, out, result)
+
+    call.__name__, call.__qualname__, call.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    call.__module__, call.__wrapped__ = fn.__module__, fn
+    return call
+
+
 def _range_scalar(op: str, v):
     """A Python number from a number, a NumPy scalar or a one-element tensor (read eagerly)."""
     if isinstance(v, Tensor):

@@ -466,7 +466,7 @@ def _linear(r, a, p, out, tw):
 
 def _einsum(r, a, p, out, tw):
     return r.node("Einsum", [r.name_of(x) for x in a],
-                  equation=",".join(p["terms"]) + "->" + p["out"])
+                  equation=",".join(p["terms"]) + "->" + p["result"])
 
 
 def _softmax(op):

@@ -174,7 +174,8 @@ def _undiagonal(t: str, terms, out: str, x) -> tuple[str, list]:
     return new, eyes
 
 
-def _einsum_vjp(needs, g, ans, *ops, terms, out):
+def _einsum_vjp(needs, g, ans, *ops, terms, result):
+    out = result
     grads = []
     for i, need in enumerate(needs):
         if not need:
@@ -195,15 +196,16 @@ def _einsum_vjp(needs, g, ans, *ops, terms, out):
     return grads
 
 
-def _einsum_batch(vals, bdims, terms, out):
+def _einsum_batch(vals, bdims, terms, result):
+    out = result
     c = next(ch for ch in string.ascii_letters if ch not in "".join(terms) + out)
     ops = [v if b is None else front(v, b) for v, b in zip(vals, bdims)]
     ts = tuple(t if b is None else c + t for t, b in zip(terms, bdims))
-    return _einsum(*ops, terms=ts, out=c + out), 0
+    return _einsum(*ops, terms=ts, result=c + out), 0
 
 
-_einsum = primitive("einsum", lambda xp, *ops, terms, out: xp.einsum(
-    ",".join(terms) + "->" + out, *ops, optimize=len(ops) > 2),
+_einsum = primitive("einsum", lambda xp, *ops, terms, result: xp.einsum(
+    ",".join(terms) + "->" + result, *ops, optimize=len(ops) > 2),
     vjp_all=_einsum_vjp, kind="linalg", jvp="multilinear", batch=_einsum_batch, operands="all",
     doc="Einstein summation.")
 
@@ -219,7 +221,7 @@ def einsum(subscripts: str, *operands):
         bad = next(o for o in operands if not hasattr(o, "shape"))
         raise TypeError(f"einsum: operands must be tensors, got {type(bad).__name__}") from None
     terms, out = _parse(subscripts, shapes)
-    return _einsum(*operands, terms=tuple(terms), out=out)
+    return _einsum(*operands, terms=tuple(terms), result=out)
 
 
 
