@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from . import _ng as ng
 from nodegrad.tensor import Tensor
 
 from . import constraints
 from .distribution import Distribution, _shape, broadcast_all
-from .utils import logits_to_probs, probs_to_logits
+from .utils import lazy_property, logits_to_probs, probs_to_logits
 
 
 class Categorical(Distribution):
@@ -40,11 +38,11 @@ class Categorical(Distribution):
         self._num_events = self._param.shape[-1]
         super().__init__(tuple(self._param.shape[:-1]), validate_args=validate_args)
 
-    @cached_property
+    @lazy_property
     def logits(self) -> Tensor:
         return probs_to_logits(self.probs)
 
-    @cached_property
+    @lazy_property
     def probs(self) -> Tensor:
         return logits_to_probs(self.logits)
 

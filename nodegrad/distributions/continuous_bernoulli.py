@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import cached_property
 
 from nodegrad.tensor import Tensor
 
@@ -12,7 +11,7 @@ from . import constraints
 from .bernoulli import _bce_with_logits
 from .distribution import _concrete, _shape, broadcast_all
 from .exp_family import ExponentialFamily
-from .utils import clamp_probs, logits_to_probs, probs_to_logits
+from .utils import clamp_probs, lazy_property, logits_to_probs, probs_to_logits
 
 
 class ContinuousBernoulli(ExponentialFamily):
@@ -51,11 +50,11 @@ class ContinuousBernoulli(ExponentialFamily):
         new._param = new.__dict__["probs" if "probs" in self.__dict__ else "logits"]
         return new
 
-    @cached_property
+    @lazy_property
     def logits(self) -> Tensor:
         return probs_to_logits(self.probs, is_binary=True)
 
-    @cached_property
+    @lazy_property
     def probs(self) -> Tensor:
         return clamp_probs(logits_to_probs(self.logits, is_binary=True))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import operator
-from functools import cached_property
 
 from . import _ng as ng
 from nodegrad import _backend as B
@@ -19,7 +18,7 @@ from nodegrad.dtypes import get_default_dtype
 from nodegrad.tensor import Tensor
 
 from . import constraints
-from .utils import logits_to_probs, probs_to_logits
+from .utils import lazy_property, logits_to_probs, probs_to_logits
 
 __all__ = ["Distribution", "broadcast_all"]
 
@@ -289,11 +288,11 @@ class BinaryParams:
         self._param = param
         return rest
 
-    @cached_property
+    @lazy_property
     def logits(self) -> Tensor:
         return probs_to_logits(self.probs, is_binary=True)
 
-    @cached_property
+    @lazy_property
     def probs(self) -> Tensor:
         return logits_to_probs(self.logits, is_binary=True)
 

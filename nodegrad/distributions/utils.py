@@ -1,9 +1,38 @@
-"""Conversions between probabilities and logits, as PyTorch's distributions make them."""
+"""Conversions between probabilities and logits, as PyTorch's distributions make them, and the
+rest of PyTorch's ``distributions.utils`` (``lazy_property``, ``broadcast_all``, the
+lower-triangle packing ``tril_matrix_to_vec`` / ``vec_to_tril_matrix``)."""
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from . import _ng as ng
+from nodegrad.autodiff import enable_grad
 from nodegrad.tensor import Tensor
+
+
+class lazy_property(cached_property):  # noqa: N801  (PyTorch's name)
+    """A property computed once per instance and cached, as PyTorch's ``lazy_property``: it is
+    computed with the graph recorded (``enable_grad``), so a derived parameter first read inside
+    ``no_grad`` (a ``sample()`` there reads ``probs``) still carries gradients when read later."""
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        with enable_grad():
+            return super().__get__(instance, owner)
+
+
+def __getattr__(name: str):
+    """PyTorch's names defined in the modules that use them here (imported on first use: those
+    modules import this one)."""
+    if name == "broadcast_all":
+        from .distribution import broadcast_all
+        return broadcast_all
+    if name in ("tril_matrix_to_vec", "vec_to_tril_matrix"):
+        from . import transforms
+        return getattr(transforms, "_" + name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def clamp_probs(probs: Tensor) -> Tensor:

@@ -715,11 +715,71 @@ def typename(obj) -> str:
     return qual if module in ("builtins", "__builtin__", None) else f"{module}.{qual}"
 
 
+class TensorType:
+    """PyTorch's legacy typed constructors (``ng.FloatTensor``, ``ng.LongTensor``, ...), which
+    ported scripts use: ``FloatTensor(data)`` is ``ng.tensor(data, dtype=float32)`` (a copy; a
+    tensor of that dtype comes back as a detached alias), ``FloatTensor(2, 3)`` a zero-filled
+    tensor of that shape (PyTorch's is uninitialised), ``FloatTensor()`` an empty one;
+    ``isinstance(x, ng.FloatTensor)`` and ``x.type(ng.FloatTensor)`` work as PyTorch's."""
+
+    def __init__(self, name: str, dtype):
+        self.__name__ = self.__qualname__ = name
+        self.dtype = dtype
+
+    def __repr__(self) -> str:
+        return f"<class 'nodegrad.{self.__name__}'>"
+
+    def __instancecheck__(self, obj) -> bool:
+        return isinstance(obj, Tensor) and obj.dtype == self.dtype
+
+    def __call__(self, *args, device=None, size=None) -> Tensor:
+        if size is not None:
+            if args:
+                raise TypeError(f"{self.__name__}: got both positional arguments and size=")
+            return full(_shape_arg(tuple(size)), 0, dtype=self.dtype, device=device)
+        if not args:
+            return tensor(B.np.zeros(0, self.dtype), device=device)
+        if all(isinstance(a, (int, B.np.integer)) and not isinstance(a, bool) for a in args):
+            shape = tuple(int(a) for a in args)
+            if any(a < 0 for a in shape):
+                raise ValueError(f"{self.__name__}: negative dimension in size {shape}")
+            return full(shape, 0, dtype=self.dtype, device=device)
+        if len(args) > 1:
+            raise TypeError(f"{self.__name__}: expected one data argument (a sequence, array "
+                            f"or tensor) or integer sizes, got {len(args)} arguments of types "
+                            f"{[type(a).__name__ for a in args]}")
+        data = args[0]
+        if isinstance(data, Tensor):
+            if data.dtype != self.dtype:
+                raise TypeError(f"{self.__name__}: expected a tensor of dtype "
+                                f"{B.np.dtype(self.dtype).name}, got {data.dtype.name} (use "
+                                f"x.to(...) or x.type({self.__name__}) to convert)")
+            return data.detach()
+        if isinstance(data, (str, bytes, bool, float, complex)):
+            raise TypeError(f"{self.__name__}: data must be a sequence, array or tensor of "
+                            f"numbers (or integer sizes), got {type(data).__name__}")
+        try:
+            array = B.np.asarray(data).astype(self.dtype)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{self.__name__}: cannot make a tensor of this data: {err}") \
+                from None
+        return tensor(array, device=device)
+
+
+def _legacy_types() -> dict[str, TensorType]:
+    return {name: TensorType(name, B.np.dtype(dt)) for dt, name in _TYPE_NAMES.items()}
+
+
+_LEGACY_TYPES = _legacy_types()
+
+
 def _type_method(self, dtype=None, non_blocking: bool = False, **kwargs):
     """PyTorch's ``x.type()``: with no argument the type's name (``'nodegrad.FloatTensor'``);
-    with a dtype (or such a name) ``x`` cast to it."""
+    with a dtype, a legacy type (``ng.FloatTensor``) or such a name, ``x`` cast to it."""
     if dtype is None:
         return _tensor_type_name(self)
+    if isinstance(dtype, TensorType):
+        dtype = dtype.dtype
     if isinstance(dtype, str):
         want = dtype.rsplit(".", 1)[-1]
         names = {v: k for k, v in _TYPE_NAMES.items()}
@@ -1142,6 +1202,7 @@ def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch
                        tuple(Tensor(e.astype(input.dtype)) for e in edges))
 
 
+_FUNCTIONS.update(_LEGACY_TYPES)
 _FUNCTIONS.update({
     "histogramdd": histogramdd, "Size": Size, "strided": strided, "typename": typename,
     "is_tensor": is_tensor, "is_storage": is_storage, "is_nonzero": is_nonzero,
