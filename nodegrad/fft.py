@@ -27,7 +27,7 @@ from .ops.index import index_add
 from .ops.methods import register
 from .ops.shape import concatenate, reshape, swapaxes
 from .primitive import primitive
-from .tensor import Tensor, tensor
+from .tensor import Tensor, take_out, tensor
 
 _NORMS = ("backward", "ortho", "forward")
 _DUAL = {"backward": "forward", "ortho": "ortho", "forward": "backward"}
@@ -598,3 +598,9 @@ register({"stft": stft, "istft": istft})
 __all__ = ["fft", "ifft", "fft2", "ifft2", "fftn", "ifftn", "rfft", "irfft", "rfft2", "irfft2",
            "rfftn", "irfftn", "hfft", "ihfft", "hfft2", "hfftn", "ihfft2", "ihfftn", "fftfreq",
            "rfftfreq", "fftshift", "ifftshift"]
+
+
+take_out(globals(), """
+    fft fft2 fftfreq fftn hfft hfft2 hfftn ifft ifft2 ifftn ihfft ihfft2 ihfftn irfft irfft2
+    irfftn rfft rfft2 rfftfreq rfftn
+""", "fft.")

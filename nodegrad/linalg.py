@@ -35,7 +35,7 @@ from .ops.reduce import vector_norm as _vector_norm
 from .ops.reduce import max as _max
 from .ops.shape import broadcast_to, expand_dims, reshape, squeeze, stack, swapaxes
 from .primitive import primitive
-from .tensor import Tensor, tensor
+from .tensor import Tensor, take_out, tensor
 
 __all__ = ["LinAlgError", "inv", "solve", "det", "slogdet", "cholesky", "cholesky_solve",
            "solve_triangular", "triangular_solve", "qr", "eig", "eigvals", "eigh", "eigvalsh",
@@ -646,3 +646,11 @@ from .linalg_ldl import *  # noqa: E402, F403
 from .linalg_ldl import __all__ as _ldl  # noqa: E402
 
 __all__ += _ldl
+
+
+take_out(globals(), """
+    cholesky cholesky_ex cond cross det eig eigh eigvals eigvalsh householder_product inv
+    inv_ex ldl_factor ldl_factor_ex ldl_solve lu lu_factor lu_factor_ex lu_solve matmul
+    matrix_norm matrix_power matrix_rank multi_dot norm pinv qr slogdet solve solve_ex
+    solve_triangular svd svdvals tensorinv tensorsolve vecdot vector_norm
+""", "linalg.")

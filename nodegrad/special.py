@@ -26,7 +26,7 @@ from .ops.special import (airy_ai, bessel_j0, bessel_j1, bessel_y0, bessel_y1,
                           modified_bessel_k0, modified_bessel_k1, orthogonal_polynomial,
                           scaled_modified_bessel_k0, scaled_modified_bessel_k1,
                           spherical_bessel_j0)
-from .tensor import Tensor
+from .tensor import Tensor, take_out
 
 __all__ = [
     "airy_ai", "bessel_j0", "bessel_j1", "bessel_y0", "bessel_y1", "chebyshev_polynomial_t",
@@ -161,3 +161,12 @@ def laguerre_polynomial_l(input, n):
 def legendre_polynomial_p(input, n):
     """The Legendre polynomial P_n ((k+1) P_{k+1} = (2k+1) x P_k - k P_{k-1})."""
     return _polynomial("legendre_polynomial_p", "legendre_p", input, n)
+
+
+take_out(globals(), """
+    chebyshev_polynomial_t chebyshev_polynomial_u chebyshev_polynomial_v
+    chebyshev_polynomial_w hermite_polynomial_h hermite_polynomial_he laguerre_polynomial_l
+    legendre_polynomial_p logit logsumexp modified_bessel_i0 modified_bessel_i1 multigammaln
+    polygamma round shifted_chebyshev_polynomial_t shifted_chebyshev_polynomial_u
+    shifted_chebyshev_polynomial_v shifted_chebyshev_polynomial_w spherical_bessel_j0
+""", "special.")

@@ -905,6 +905,13 @@ def with_out(fn: Callable, name: str | None = None) -> Callable:
     return call
 
 
+def take_out(namespace: dict, names: str, prefix: str = "") -> None:
+    """Give the functions ``names`` of a module's ``namespace`` the ``out=`` keyword
+    (:func:`with_out`; errors name them ``prefix + name``)."""
+    for n in names.split():
+        namespace[n] = with_out(namespace[n], prefix + n)
+
+
 def _range_scalar(op: str, v):
     """A Python number from a number, a NumPy scalar or a one-element tensor (read eagerly)."""
     if isinstance(v, Tensor):

@@ -112,3 +112,32 @@ def test_numpy_style_out_of_a_ufunc_name():
     a = ng.tensor(A.copy())
     res = ng.subtract(a, ng.tensor(B), out=(a,))  # NumPy's one-element tuple
     assert res is a and np.array_equal(a.numpy(), A - B)
+
+
+SQ = (RNG.standard_normal((3, 3)) + 3 * np.eye(3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("call", [
+    lambda lib, t, **o: lib.linalg.inv(t(SQ), **o),
+    lambda lib, t, **o: lib.linalg.solve(t(SQ), t(A), **o),
+    lambda lib, t, **o: lib.linalg.vector_norm(t(A), dim=1, **o),
+    lambda lib, t, **o: lib.fft.rfft(t(A), **o),
+    lambda lib, t, **o: lib.special.logsumexp(t(A), 1, **o),
+    lambda lib, t, **o: lib.special.xlogy(t(np.abs(A)), t(np.abs(B)), **o),
+], ids=["linalg.inv", "linalg.solve", "linalg.vector_norm", "fft.rfft", "special.logsumexp",
+        "special.xlogy"])
+def test_submodule_functions_take_out_as_torch(call):
+    expect = call(torch, torch.tensor)
+    out = ng.empty(0, dtype=ng.tensor(expect.numpy()).dtype)
+    assert call(ng, ng.tensor, out=out) is out
+    np.testing.assert_allclose(out.numpy(), expect.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_tuple_results_of_a_submodule_function():
+    sign, logdet = ng.empty(0), ng.empty(0)
+    got = ng.linalg.slogdet(ng.tensor(SQ), out=(sign, logdet))
+    ts = torch.linalg.slogdet(torch.tensor(SQ))
+    assert got.sign is sign and got.logabsdet is logdet
+    np.testing.assert_allclose(logdet.numpy(), ts.logabsdet.numpy(), rtol=1e-5)
+    with pytest.raises(ShapeError, match=r"linalg.solve: out has shape \(2,\)"):
+        ng.linalg.solve(ng.tensor(SQ), ng.tensor(A), out=ng.zeros(2))
