@@ -14,8 +14,9 @@ from .autodiff import mode, run_backward
 from .tensor import Tensor, get_default_device
 
 
-class GradcheckError(AssertionError):
-    """The analytic and numerical gradients disagree (the message names the worst element)."""
+class GradcheckError(AssertionError, RuntimeError):
+    """The analytic and numerical gradients disagree (the message names the worst element); a
+    RuntimeError too, as PyTorch's, so ``except RuntimeError`` around gradcheck catches it."""
 
 
 def _outputs(res) -> list:

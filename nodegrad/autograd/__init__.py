@@ -35,6 +35,7 @@ from ..tensor import Tensor, zeros_like
 from ..testing import GradcheckError
 from ..testing import gradcheck as _gradcheck
 from . import forward_ad
+from . import function  # noqa: F401  (torch.autograd.function)
 from . import graph  # noqa: F401  (torch.autograd.graph)
 
 __all__ = ["Function", "FunctionCtx", "once_differentiable", "functional", "grad", "backward",

@@ -16,7 +16,7 @@ import inspect
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import _backend as B
 from ..autodiff import Node, creation_site, modes, no_grad, pack_tensors, unpack_tensor
@@ -24,6 +24,7 @@ from ..errors import GradError, InplaceError, ShapeError
 from ..ops import concatenate
 from ..ops.index import write_through
 from ..ops.methods import _rebind
+from ..ops.elementwise import astype
 from ..ops.shape import _reshape
 from ..primitive import Primitive
 from ..tensor import Tensor, zeros_like
@@ -74,15 +75,22 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
              if isinstance(o, Tensor) and B.is_float(o.dtype) and i not in call.nondiff]
     if not slots:
         return outs, None
-    if len({outs[i].dtype for i in slots}) > 1:
+    dtypes = [outs[i].dtype for i in slots]
+    # outputs of several float dtypes are packed in float64, which holds each of them exactly
+    joint_dt = B.float64 if len(set(dtypes)) > 1 else None
+    if joint_dt is not None and "dtypes" not in getattr(type(call), "__slots__", ()):
         raise GradError(f"{rule.name}: the differentiable outputs must share one dtype, got "
-                        f"{sorted(str(outs[i].dtype) for i in slots)}")
+                        f"{sorted(str(d) for d in dtypes)}")
     with no_grad():
         flat = [_reshape(outs[i].detach(), shape=(outs[i].data.size,)) for i in slots]
+        if joint_dt is not None:
+            flat = [astype(f, joint_dt) for f in flat]
         joint = flat[0] if len(flat) == 1 else concatenate(flat)
     parents = tuple((a.node or a) if _diff(a) else None for a in inputs)
     call.slots = slots
     call.shapes = [outs[i].shape for i in slots]
+    if joint_dt is not None:
+        call.dtypes = dtypes
     node = Node.make(rule, {"call": call}, parents, None, joint.data if keep_out else None,
                      tuple(a.shape if isinstance(a, Tensor) else () for a in inputs), versions)
     if modes().anomaly:
@@ -90,23 +98,37 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
     joint = Tensor(joint.data, node, True)
     outs = list(outs)
     start = 0
-    for i, shape in zip(slots, call.shapes):
+    for i, shape, dt in zip(slots, call.shapes, dtypes):
         n = outs[i].data.size
         part = joint if len(slots) == 1 else joint[start:start + n]
         outs[i] = _reshape(part, shape=shape)
+        if joint_dt is not None:
+            outs[i] = astype(outs[i], dt)
         start += n
     return outs, node
 
 
 def _unpack(g: Tensor, call) -> list:
+    """The node's flat value (or cotangent, tangent) cut into the outputs' shapes and, where
+    they differ, dtypes."""
     out, start = [], 0
-    for shape in call.shapes:
+    dtypes = getattr(call, "dtypes", None)  # set only where the outputs' dtypes differ
+    for k, shape in enumerate(call.shapes):
         n = 1
         for s in shape:
             n *= s
-        out.append(_reshape(g if len(call.shapes) == 1 else g[start:start + n], shape=shape))
+        part = _reshape(g if len(call.shapes) == 1 else g[start:start + n], shape=shape)
+        if dtypes is not None and part.dtype != dtypes[k]:
+            part = astype(part, dtypes[k])
+        out.append(part)
         start += n
     return out
+
+
+def _flat(t: Tensor, call) -> Tensor:
+    """One output's tangent laid flat for the node's packed value (its dtype where mixed)."""
+    t = _reshape(t, shape=(t.data.size,))
+    return t if getattr(call, "dtypes", None) is None else astype(t, B.float64)
 
 
 def _check_grads(name: str, grads, n: int, extra_none: bool = False) -> tuple:
@@ -176,7 +198,7 @@ class _Call:
     and the arguments' structure, and the residuals (vjp) or the primals (jvp)."""
 
     __slots__ = ("residuals", "primals", "out_def", "n_leaves", "in_defs", "kinds", "slots",
-                 "shapes", "nondiff", "static")
+                 "shapes", "dtypes", "nondiff", "static")
 
     def __init__(self, static: list) -> None:
         self.nondiff: tuple = ()
@@ -395,7 +417,7 @@ class custom_jvp:
             if tuple(t.shape) != tuple(shape):
                 raise ShapeError(f"{self._rule.name}: the jvp rule returned a tangent of shape "
                                  f"{tuple(t.shape)} for an output of shape {tuple(shape)}")
-            parts.append(_reshape(t, shape=(t.data.size,)))
+            parts.append(_flat(t, call))
         return parts[0] if len(parts) == 1 else concatenate(parts)
 
     def _vjp(self, needs, g, ans, *specs, call):
@@ -515,9 +537,16 @@ def _noted(t: Tensor) -> tuple:
     return cell, cell[0], t.data, t.node, t.requires_grad
 
 
+class VmapInfo(NamedTuple):
+    """What a Function's ``vmap`` staticmethod learns of the vmap it runs under (PyTorch's)."""
+
+    batch_size: int
+    randomness: str
+
+
 class _FnCall:
-    __slots__ = ("ctx", "cls", "slots", "shapes", "nondiff", "outs", "saved", "reached",
-                 "args")
+    __slots__ = ("ctx", "cls", "slots", "shapes", "dtypes", "nondiff", "outs", "saved",
+                 "reached", "args")
 
 
 class _FunctionMeta(type):
@@ -595,7 +624,9 @@ class Function(metaclass=_FunctionMeta):
     """PyTorch's ``torch.autograd.Function``: subclass with static ``forward(ctx, *args)`` (or
     ``forward(*args)`` plus ``setup_context(ctx, inputs, output)``) and ``backward(ctx,
     *grad_outputs)``; call ``MyFn.apply(*args)``. Forward runs without recording; backward
-    returns one gradient per forward argument (None where there is none)."""
+    returns one gradient per forward argument (None where there is none). Under ``vmap`` a
+    static ``vmap(info, in_dims, *args) -> (outputs, out_dims)`` batches it, or
+    ``generate_vmap_rule = True`` runs forward and backward under vmap themselves."""
 
     @staticmethod
     def forward(*args, **kwargs) -> Any:
@@ -613,6 +644,10 @@ class Function(metaclass=_FunctionMeta):
     def jvp(ctx, *grad_inputs) -> Any:
         raise NotImplementedError
 
+    @staticmethod
+    def vmap(info, in_dims, *args) -> Any:
+        raise NotImplementedError
+
     @classmethod
     def apply(cls, *args, **kwargs):
         separate = cls.setup_context is not Function.setup_context
@@ -620,6 +655,9 @@ class Function(metaclass=_FunctionMeta):
             args, kwargs = _bound_inputs(cls, args, kwargs)
         m = modes()
         top = m.traces[-1] if m.traces else None
+        if (type(top) is Level and cls.vmap is not Function.vmap
+                and any(type(a) is BatchTracer and a.level is top for a in args)):
+            return cls._user_vmap(args, kwargs, top, len(m.traces) - 1)
         if (type(top) is Level and m.grad_enabled
                 and any(type(a) is BatchTracer and a.level is top for a in args)
                 and any(_diff(_bottom(a)) for a in args)):
@@ -666,6 +704,50 @@ class Function(metaclass=_FunctionMeta):
             for k, i in enumerate(call.slots):
                 new[i].register_hook(functools.partial(_reached, call.reached, k))
         return tuple(new) if isinstance(out, tuple) else new[0]
+
+    @classmethod
+    def _user_vmap(cls, args: tuple, kwargs: dict, top: Level, n: int):
+        """Under ``vmap``, with a ``vmap(info, in_dims, *args)`` staticmethod: it gets the
+        batched arguments unwrapped (``in_dims``: each one's batch axis, None where unbatched)
+        and returns ``(outputs, out_dims)``, run one vmap level down, as PyTorch's."""
+        name = cls.__name__
+        if getattr(cls, "generate_vmap_rule", False):
+            raise RuntimeError(f"{name}: generate_vmap_rule=True and a vmap staticmethod were "
+                               "both given; keep one of them (as PyTorch requires)")
+        if kwargs:
+            raise NotImplementedError(f"{name}.apply under vmap takes positional arguments "
+                                      "only (its vmap staticmethod gets them with in_dims)")
+        vals = [a.val if type(a) is BatchTracer and a.level is top else a for a in args]
+        dims = tuple(a.bdim if type(a) is BatchTracer and a.level is top else None
+                     for a in args)
+        with lowered(n):
+            res = cls.vmap(VmapInfo(top.size, top.randomness), dims, *vals)
+        if not (isinstance(res, tuple) and len(res) == 2):
+            raise TypeError(f"{name}.vmap: expected it to return (outputs, out_dims), got "
+                            f"{type(res).__name__}")
+        out, out_dims = res
+        outs = list(out) if isinstance(out, tuple) else [out]
+        if isinstance(out_dims, int | None):
+            out_dims = (out_dims,) * len(outs)
+        elif not isinstance(out, tuple):
+            out_dims = tuple(out_dims) if len(out_dims) == 1 else (out_dims,)
+        if len(tuple(out_dims)) != len(outs):
+            raise ValueError(f"{name}.vmap: out_dims {out_dims!r} does not match the "
+                             f"{len(outs)} outputs returned; give one int (or None) per output")
+        wrapped = []
+        for i, (o, d) in enumerate(zip(outs, out_dims)):
+            if d is None:
+                wrapped.append(o)
+                continue
+            if not isinstance(o, Tensor) or not isinstance(d, int) or not -o.ndim <= d < o.ndim:
+                raise ValueError(f"{name}.vmap: out_dims[{i}] = {d!r} is not an axis of output "
+                                 f"{i} ({type(o).__name__} of shape "
+                                 f"{tuple(getattr(o, 'shape', ()))})")
+            if o.shape[d] != top.size:
+                raise ValueError(f"{name}.vmap: output {i} has size {o.shape[d]} along its "
+                                 f"batch axis {d}, expected the batch size {top.size}")
+            wrapped.append(BatchTracer(o, d % o.ndim, top))
+        return tuple(wrapped) if isinstance(out, tuple) else wrapped[0]
 
     @classmethod
     def _batched(cls, args: tuple, kwargs: dict):
@@ -765,7 +847,7 @@ class Function(metaclass=_FunctionMeta):
             if t.dtype != o.dtype:
                 raise GradError(f"{name}: returned a tangent of dtype {t.dtype} for output {i} "
                                 f"of dtype {o.dtype}")
-            parts.append(_reshape(t, shape=(t.data.size,)))
+            parts.append(_flat(t, call))
         return parts[0] if len(parts) == 1 else concatenate(parts)
 
     @classmethod

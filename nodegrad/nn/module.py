@@ -13,7 +13,7 @@ import copy
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .. import _backend as B
 from ..autodiff import RemovableHandle, effect, modes, no_grad
@@ -312,6 +312,13 @@ class Module:
     def cpu(self) -> Module:
         return self.to("cpu")
 
+    def share_memory(self) -> Module:
+        """Move the parameters and buffers into shared memory (``share_memory_``), as PyTorch's:
+        processes started afterwards update one model (A3C's shared model)."""
+        for t in [*self.parameters(), *self.buffers()]:
+            t.share_memory_()
+        return self
+
     def float(self) -> Module:
         return self.to(dtype=B.float32)
 
@@ -356,13 +363,20 @@ class Module:
         weights, a module under two names) is listed under both, as PyTorch lists it (the
         entries share memory; :func:`nodegrad.save` writes it once), and
         :meth:`load_state_dict` also takes a state dict that names it once. Every module's
-        state-dict pre-hooks run first, its post-hooks last."""
+        state-dict pre-hooks run first; its post-hooks run once its own and its submodules'
+        entries are in (so what they add sits there, as in PyTorch), once per module."""
         out = OrderedDict() if destination is None else destination
         for mp, m in self.named_modules():
             for hook in m._state_dict_pre_hooks:
                 hook(m, _join(prefix, mp), keep_vars)
         views: dict = {}  # one detached tensor per shared tensor, so the entries share it
+        open_: list = []  # (depth, path, module) whose subtree is still being written
+        posted: set = set()
         for mp, m in self.named_modules(remove_duplicate=False):  # each module's parameters,
+            depth = mp.count(".") + 1 if mp else 0
+            while open_ and open_[-1][0] >= depth:
+                _post_state_dict(out, prefix, posted, *open_.pop()[1:])
+            open_.append((depth, mp, m))
             for name, t in (*m._parameters.items(), *(  # then its buffers, as PyTorch orders
                     (n, b) for n, b in m._buffers.items() if n not in m._non_persistent)):
                 if t is not None:
@@ -371,12 +385,10 @@ class Module:
                             views[id(t)] = t.detach()
                         t = views[id(t)]
                     out[_join(prefix, mp) + name] = t
-        mods = list(self.named_modules())
-        for mp, m in mods:
-            for hook in m._state_dict_post_hooks:
-                if hook(m, out, _join(prefix, mp), {}) is not None:
-                    raise RuntimeError("state_dict post-hook: edit state_dict in place and "
-                                       "return None (as PyTorch requires)")
+            if type(m).get_extra_state is not Module.get_extra_state:
+                out[_join(prefix, mp) + _EXTRA] = m.get_extra_state()
+        while open_:
+            _post_state_dict(out, prefix, posted, *open_.pop()[1:])
         return out
 
     def _all_state_names(self) -> Iterator:
@@ -388,6 +400,33 @@ class Module:
             for name, b in m._buffers.items():
                 if b is not None and name not in m._non_persistent:
                     yield _join("", mp) + name, b
+
+    def _state_keys(self) -> Iterator[str]:
+        """The names :meth:`state_dict` gives, in its order, without touching any value."""
+        for mp, m in self.named_modules(remove_duplicate=False):
+            for name, t in m._parameters.items():
+                if t is not None:
+                    yield _join("", mp) + name
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    yield _join("", mp) + name
+            if type(m).get_extra_state is not Module.get_extra_state:
+                yield _join("", mp) + _EXTRA
+
+    def _by_reporter(self, keys: list[str]) -> list[str]:
+        """Unexpected ``keys`` in PyTorch's order: by the module whose prefix they fall under
+        (modules in order), its ``_extra_state`` first, then in the state dict's order."""
+        paths = {mp: i for i, (mp, _) in enumerate(self.named_modules(remove_duplicate=False))}
+
+        def place(item):
+            pos, k = item
+            m, path, parts = self, "", k.split(".")
+            while len(parts) > 1 and m._modules.get(parts[0]) is not None:
+                m, path = m._modules[parts[0]], f"{path}.{parts[0]}" if path else parts[0]
+                parts = parts[1:]
+            return paths.get(path, len(paths)), parts != [_EXTRA], pos
+
+        return [k for _, k in sorted(enumerate(keys), key=place)]
 
     def _optional_keys(self) -> set[str]:
         """State names a checkpoint may lack: batch norm's ``num_batches_tracked`` (PyTorch
@@ -434,8 +473,14 @@ class Module:
             if k not in own and id(t) in canon:
                 own[k] = t
                 optional.add(k)
-        missing += [k for k in own if k not in state_dict and k not in optional]
-        unexpected += [k for k in state_dict if k not in own]
+        extra = {_join("", mp) + _EXTRA: m for mp, m in self.named_modules(remove_duplicate=False)
+                 if type(m).set_extra_state is not Module.set_extra_state}
+        rank = {k: i for i, k in enumerate(self._state_keys())}  # PyTorch's order: by module
+        missing += sorted([k for k in own if k not in state_dict and k not in optional]
+                          + [k for k in extra if k not in state_dict],
+                          key=lambda k: rank.get(k, len(rank)))
+        unexpected += self._by_reporter([k for k in state_dict
+                                         if k not in own and k not in extra])
         bad = []
         for k, t in own.items():
             if k in state_dict:
@@ -459,6 +504,9 @@ class Module:
                             v = B.backend_of(v).to_host(v)
                         t.data[...] = be.asarray(v, dtype=t.dtype)
                         t._bump()
+        for k, m in extra.items():
+            if k in state_dict:
+                m.set_extra_state(state_dict[k])
         result = IncompatibleKeys(missing, unexpected)
         for _, m in mods:
             for hook in m._load_state_dict_post_hooks:
@@ -498,6 +546,18 @@ class Module:
                 (m._parameters if leaf in m._parameters else m._buffers)[leaf] = v
         if first:
             _STRUCTURE[0] += 1
+
+    def get_extra_state(self) -> Any:
+        """Override to put any picklable value in :meth:`state_dict` (under ``_extra_state``
+        after this module's tensors), given back to :meth:`set_extra_state` on loading."""
+        raise RuntimeError("Reached a code path in Module.get_extra_state() that should never be "
+                           "called; override get_extra_state together with set_extra_state")
+
+    def set_extra_state(self, state: Any) -> None:
+        """Override to take back what :meth:`get_extra_state` returned, when a state dict is
+        loaded; a module overriding it expects an ``_extra_state`` entry (missing otherwise)."""
+        raise RuntimeError("Reached a code path in Module.set_extra_state() that should never be "
+                           "called; override set_extra_state together with get_extra_state")
 
     # --- lookups PyTorch has ------------------------------------------------------------------
     def get_parameter(self, target: str) -> Parameter:
@@ -540,7 +600,12 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        for hook in self._forward_pre_hooks:
+        pre, post = self._forward_pre_hooks, self._forward_hooks
+        if _GLOBAL_PRE_HOOKS:  # every module's hooks (register_module_...) run first
+            pre = _GLOBAL_PRE_HOOKS + pre
+        if _GLOBAL_HOOKS:
+            post = _GLOBAL_HOOKS + post
+        for hook in pre:
             if type(hook) is _Hook:
                 r = hook.fn(self, args, kwargs) if hook.with_kwargs else hook.fn(self, args)
                 if r is not None and hook.with_kwargs:
@@ -560,12 +625,12 @@ class Module:
         try:
             out = self.forward(*args, **kwargs)
         except Exception:
-            for hook in self._forward_hooks:
+            for hook in post:
                 if type(hook) is _Hook and hook.always_call:
                     hook.fn(self, args, kwargs, None) if hook.with_kwargs else hook.fn(
                         self, args, None)
             raise
-        for hook in self._forward_hooks:
+        for hook in post:
             if type(hook) is _Hook:
                 r = (hook.fn(self, args, kwargs, out) if hook.with_kwargs
                      else hook.fn(self, args, out))
@@ -793,6 +858,14 @@ class IncompatibleKeys(NamedTuple):
     missing_keys: list
     unexpected_keys: list
 
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"  # what PyTorch prints
+        return (f"IncompatibleKeys(missing_keys={self.missing_keys!r}, "
+                f"unexpected_keys={self.unexpected_keys!r})")
+
+    __str__ = __repr__
+
 
 class _Hook:
     """A forward (pre-)hook registered with PyTorch's ``with_kwargs``/``always_call``."""
@@ -822,6 +895,48 @@ _HOOK_LISTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
                "_load_state_dict_post_hooks")
 
 
+_EXTRA = "_extra_state"  # the state-dict key of a module's get_extra_state()
+_GLOBAL_PRE_HOOKS: list = []  # forward pre-hooks and forward hooks that every module runs
+_GLOBAL_HOOKS: list = []
+
+
+def register_module_forward_pre_hook(hook: Callable) -> RemovableHandle:
+    """``hook(module, args)`` before every module's forward, before its own pre-hooks (as
+    ``torch.nn.modules.module.register_module_forward_pre_hook``); a returned value replaces
+    the args. For instrumenting a whole program: it slows every module call."""
+    if not callable(hook):
+        raise TypeError(f"register_module_forward_pre_hook: expected a function, got "
+                        f"{type(hook).__name__}")
+    _GLOBAL_PRE_HOOKS.append(hook)
+    _STRUCTURE[0] += 1
+    return _HookHandle(_GLOBAL_PRE_HOOKS, hook)
+
+
+def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
+                                 always_call: bool = False) -> RemovableHandle:
+    """``hook(module, args, output)`` after every module's forward, before its own hooks (as
+    ``torch.nn.modules.module.register_module_forward_hook``); a returned value replaces the
+    output. ``with_kwargs`` and ``always_call`` as in :meth:`Module.register_forward_hook`."""
+    if not callable(hook):
+        raise TypeError(f"register_module_forward_hook: expected a function, got "
+                        f"{type(hook).__name__}")
+    entry = _Hook(hook, with_kwargs, always_call) if with_kwargs or always_call else hook
+    _GLOBAL_HOOKS.append(entry)
+    _STRUCTURE[0] += 1
+    return _HookHandle(_GLOBAL_HOOKS, entry)
+
+
+def _post_state_dict(out: dict, prefix: str, posted: set, path: str, m: Module) -> None:
+    """Run ``m``'s state-dict post-hooks (the first time its subtree is written)."""
+    if id(m) in posted:
+        return
+    posted.add(id(m))
+    for hook in m._state_dict_post_hooks:
+        if hook(m, out, _join(prefix, path), {}) is not None:
+            raise RuntimeError("state_dict post-hook: edit state_dict in place and return None "
+                               "(as PyTorch requires)")
+
+
 def _join(prefix: str, path: str) -> str:
     return prefix + path + "." if path else prefix
 
@@ -833,6 +948,11 @@ def _pair(r, what: str) -> tuple:
     return (args if isinstance(args, tuple) else (args,)), kwargs
 
 
+class StateDictError(ShapeError, RuntimeError):
+    """A state dict that does not fit the module: a ShapeError, and the RuntimeError
+    PyTorch's ``load_state_dict`` raises (so ``except RuntimeError`` catches it as there)."""
+
+
 def _refuse(module: Module, missing, unexpected, bad, errors) -> None:
     parts = []
     if missing:
@@ -842,4 +962,4 @@ def _refuse(module: Module, missing, unexpected, bad, errors) -> None:
     if bad:
         parts.append("shape mismatch: " + "; ".join(bad))
     parts += [str(e) for e in errors]
-    raise ShapeError(f"load_state_dict into {type(module).__name__}: " + " | ".join(parts))
+    raise StateDictError(f"load_state_dict into {type(module).__name__}: " + " | ".join(parts))

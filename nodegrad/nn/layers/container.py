@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 from ...autodiff import modes
 from .. import functional as F
-from ..module import Module, Parameter
+from ..module import _GLOBAL_HOOKS, _GLOBAL_PRE_HOOKS, Module, Parameter
 from .activation import ReLU
 from .linear import Linear
 
@@ -164,7 +164,8 @@ def _plain(m: Module, cls: type) -> bool:
     gradients, one pass less over the product, one node less)."""
     return (type(m) is cls and cls.forward is _FORWARDS[cls]
             and not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
-                     or m._backward_pre_hooks or "forward" in m.__dict__))
+                     or m._backward_pre_hooks or "forward" in m.__dict__
+                     or _GLOBAL_PRE_HOOKS or _GLOBAL_HOOKS))
 
 
 def _fusing() -> bool:

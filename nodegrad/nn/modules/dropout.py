@@ -1,0 +1,3 @@
+"""``torch.nn.modules.dropout``: the dropout modules."""
+
+from ..layers.dropout import *  # noqa: F403

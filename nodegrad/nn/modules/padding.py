@@ -1,0 +1,3 @@
+"""``torch.nn.modules.padding``: the padding modules."""
+
+from ..layers.padding import *  # noqa: F403
