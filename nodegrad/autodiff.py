@@ -1417,8 +1417,11 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
     elif materialize_grads and not allow_unused:
         raise ValueError("grad: materialize_grads=True needs allow_unused unset or True, as in "
                          "PyTorch")
-    outputs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
-    inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    outputs = tensor_list(outputs, "grad", "outputs")
+    inputs = tensor_list(inputs, "grad", "inputs")
+    if not inputs:  # as PyTorch: an empty result would hide a mistake in the call
+        raise GradError("grad: the inputs argument cannot be empty; pass the tensors to "
+                        "differentiate with respect to")
     cots = _default_cotangents(outputs, grad_outputs)
     for t in inputs:
         if not t.requires_grad:
@@ -1431,6 +1434,23 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
         out = [type(t)(backend_of(t.data).xp.zeros_like(t.data)) if g is None else g
                for t, g in zip(inputs, out)]
     return tuple(out)
+
+
+def tensor_list(xs, op: str, what: str) -> list:
+    """``xs`` as a list of tensors: one tensor, or any iterable of them (a list, a generator
+    such as ``model.parameters()``, a dict's values), as PyTorch takes them."""
+    if hasattr(xs, "node"):
+        return [xs]
+    try:
+        out = list(xs)
+    except TypeError:
+        raise TypeError(f"{op}: {what} must be a tensor or a sequence of tensors, got "
+                        f"{type(xs).__name__}") from None
+    bad = [type(t).__name__ for t in out if not hasattr(t, "node")]
+    if bad:
+        raise TypeError(f"{op}: {what} must be a tensor or a sequence of tensors, got a "
+                        f"sequence holding {', '.join(sorted(set(bad)))}")
+    return out
 
 
 def _no_graph(msg: str) -> str:
@@ -1483,7 +1503,7 @@ def backward(tensors, grad_tensors=None, retain_graph: bool | None = None,
             raise ValueError("backward: pass grad_tensors or grad_variables (its old name), "
                              "not both")
         grad_tensors = grad_variables
-    tensors = list(tensors) if isinstance(tensors, list | tuple) else [tensors]
+    tensors = tensor_list(tensors, "backward", "tensors")
     cots = _default_cotangents(tensors, grad_tensors)
     if retain_graph is None:
         retain_graph = create_graph
@@ -1496,7 +1516,7 @@ def backward_inputs(inputs) -> list | None:
     PyTorch, rather than silently computing nothing."""
     if inputs is None:
         return None
-    inputs = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    inputs = tensor_list(inputs, "backward", "inputs")
     if not inputs:
         raise GradError("backward: the inputs argument cannot be empty; pass the tensors to "
                         "accumulate gradients into, or None for every leaf")

@@ -26,6 +26,7 @@ from ..autodiff import (ANOMALY, backward, detect_anomaly, enable_grad, inferenc
                        is_anomaly_check_nan_enabled, is_anomaly_enabled, no_grad,
                        set_anomaly, set_grad_enabled)
 from ..autodiff import grad as _engine_grad
+from ..autodiff import tensor_list
 from ..errors import GradError
 from ..func import autograd_functional as functional
 from ..func.custom import Function, FunctionCtx, once_differentiable
@@ -61,7 +62,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
     if not is_grads_batched:
         return _engine_grad(outputs, inputs, grad_outputs, retain_graph, create_graph,
                             only_inputs, allow_unused, False, materialize_grads)
-    outs = list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+    outs = tensor_list(outputs, "grad", "outputs")
     gos = list(grad_outputs) if isinstance(grad_outputs, list | tuple) else [grad_outputs]
     if len(gos) != len(outs):
         raise GradError(f"grad: got {len(outs)} output tensors and {len(gos)} gradients for "
@@ -85,7 +86,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
         raise ValueError("grad: materialize_grads=True needs allow_unused unset or True, as in "
                          "PyTorch")
     keep = create_graph if retain_graph is None else retain_graph
-    ins = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
+    ins = tensor_list(inputs, "grad", "inputs")  # a generator such as model.parameters() too
     rows = [_engine_grad(outs, ins, [g[b] for g in gos], True if b < n - 1 else keep,
                          create_graph, only_inputs, allow_unused or materialize_grads)
             for b in range(n)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .. import _backend as B
-from ..autodiff import modes, run_backward
+from ..autodiff import Node, modes, run_backward
 from ..batching import lowered
 from ..errors import GradError
 from ..primitive import primitive
@@ -73,6 +73,36 @@ def _prepare(args: tuple, nums: tuple, op: str, allow_int: bool = False):
     higher = m.grad_enabled and (m.depth > 0 or any(
         t.node is not None for ins in leaves_per_arg for t in ins))
     return args, leaves_per_arg, defs, higher
+
+
+def closes_over(outs: list, ins_per_arg: list) -> bool:
+    """Whether grad mode is on and the graph of ``outs`` reaches a tensor that requires grad
+    besides the differentiation inputs ``ins_per_arg``: a parameter ``f`` closes over. The
+    transform's results then depend on it and, as in ``torch.func`` (whose transforms compose
+    with ``Tensor.backward``), the transform records its own passes so gradients reach it.
+    A jitted call replayed compiled inside a first-order grad has a backward that cannot be
+    recorded: there the results stay cut from such tensors, as before."""
+    if not modes().grad_enabled:
+        return False
+    mine = {id(t) for ins in ins_per_arg for t in ins}
+    outs = [o for o in outs if isinstance(o, Tensor) and o.requires_grad]
+    if any(o.node is None and id(o) not in mine for o in outs):
+        return True
+    found = False
+    stack = [o.node for o in outs if o.node is not None]
+    seen = set(map(id, stack))
+    while stack:  # every reachable node once, no recursion
+        n = stack.pop()
+        if n.prim.name.startswith("jit["):  # a compiled replay (nodegrad.jit's rule)
+            return False
+        for p in n.parents:
+            if type(p) is Node:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    stack.append(p)
+            elif p is not None and id(p) not in mine:
+                found = True
+    return found
 
 
 def _call(f: Callable, args: list, kwargs: dict, first_order: bool = False):
@@ -149,6 +179,7 @@ def _value_and_grad(f: Callable, argnums, has_aux: bool, holomorphic: bool, allo
         res = _call(f, a, kwargs, first_order=not higher)
         out, aux = _split_aux(res, has_aux)
         out = _scalar_out(out, "grad")
+        higher = higher or closes_over([out], ins)
         gs = _grads([out], [out.ones_like()], ins, defs, higher, False)
         g = gs[0] if isinstance(argnums, int) else tuple(gs)
         value = out if higher else out.detach()
@@ -198,6 +229,64 @@ def from_bottom(tree, levels: tuple):
     return tree_unflatten(td, [rewrap(t, levels) for t in leaves])
 
 
+class only_levels:
+    """Run with exactly the vmap levels ``traces`` active (outermost first)."""
+
+    def __init__(self, traces: tuple):
+        self.traces = tuple(traces)
+
+    def __enter__(self):
+        m = self.m = modes()
+        self.saved = m.traces
+        m.traces = self.traces
+
+    def __exit__(self, *exc):
+        self.m.traces = self.saved
+
+
+def extra_levels(levels: tuple, op: str) -> tuple:
+    """The vmap levels active now inside the ``levels`` a vjp/jvp function was made in: that
+    function may be called in a vmap of its own (``vmap(vjp_fn)``, as the torch.func NTK
+    tutorial does) but not outside the vmaps that made it."""
+    now = modes().traces
+    if now[:len(levels)] != levels:
+        raise GradError(f"{op}: a function made inside vmap was called outside it")
+    return now[len(levels):]
+
+
+def _swap_batch_axes(x: Tensor, a: int, b: int) -> Tensor:
+    """``x`` of shape (A..., B..., rest) with ``a`` then ``b`` leading axes as (B..., A...,
+    rest)."""
+    if not a or not b:
+        return x
+    perm = tuple(range(a, a + b)) + tuple(range(a)) + tuple(range(a + b, x.ndim))
+    return x.permute(*perm)
+
+
+def to_extra(xs: list, levels: tuple, extra: tuple) -> list:
+    """``xs`` (seen at ``levels + extra``) as the graph made at ``levels`` sees them: their
+    batch axes of ``levels`` part of the example, still batched at the ``extra`` levels (plain
+    bottoms when there are none). Use the results under ``only_levels(extra)``."""
+    from .vmap import full_batch, rewrap
+
+    bottoms = [full_batch(x)[1] for x in xs]
+    with lowered(0):
+        bottoms = [_swap_batch_axes(b, len(levels), len(extra)) for b in bottoms]
+    return [rewrap(b, extra) for b in bottoms]
+
+
+def from_extra(tree, levels: tuple, extra: tuple):
+    """Inverse of :func:`to_extra`, called under ``only_levels(extra)``: results of the graph
+    at ``levels`` that the ``extra`` levels batch, seen at ``levels + extra``."""
+    from .vmap import full_batch, rewrap
+
+    leaves, td = tree_flatten(tree)
+    bottoms = [full_batch(t)[1] for t in leaves]
+    with lowered(0):
+        bottoms = [_swap_batch_axes(b, len(extra), len(levels)) for b in bottoms]
+    return tree_unflatten(td, [rewrap(b, levels + extra) for b in bottoms])
+
+
 def detach_aux(x):
     """``aux`` with its tensors cut from the graph of a transform that recorded nothing above
     it (JAX's aux carries no derivative at the level that made it); containers are rebuilt,
@@ -233,6 +322,7 @@ def _batched_value_and_grad(f, argnums, nums, has_aux, args, kwargs, allow_int=F
     if not isinstance(out, Tensor) or out.shape != ():
         _scalar_out(out, "grad")
     bottom = to_bottom([out], levels, "grad")[0]
+    higher = higher or closes_over([bottom], ins)
     with lowered(0):
         gs = _grads([bottom], [bottom.ones_like()], ins, defs, higher, False)
         value = bottom if higher else bottom.detach()
@@ -277,6 +367,7 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
     out, aux = _split_aux(res, has_aux, "vjp")
     outs, out_def = tree_flatten(out)
     bottoms = outs if levels is None else to_bottom(outs, levels, "vjp")
+    higher = higher or closes_over(bottoms, ins)
 
     def vjp_fn(cotangent):
         cots, cdef = tree_flatten(cotangent)
@@ -301,10 +392,11 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
                                                                      for c in cts)))
         if levels is None:
             return tuple(_grads(outs, cts, ins, defs, record, True))
-        cts = to_bottom(cts, levels, "vjp")
-        with lowered(0):
+        extra = extra_levels(levels, "vjp")
+        cts = to_extra(cts, levels, extra)
+        with only_levels(extra):
             gs = _grads(bottoms, cts, ins, defs, record, True)
-        return tuple(from_bottom(g, levels) for g in gs)
+            return tuple(from_extra(g, levels, extra) for g in gs)
 
     if levels is not None:
         with lowered(0):

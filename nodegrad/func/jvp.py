@@ -23,8 +23,9 @@ from ..autodiff import _key, _topo_order, modes, saved_values
 from ..errors import GradError
 from ..tensor import Tensor, zeros_like
 from ..batching import lowered
-from .grad import (_argnums, _call, _prepare, _prepare_batched, detach_aux, from_bottom,
-                   to_bottom, value_and_grad, vjp)
+from .grad import (_argnums, _call, _prepare, _prepare_batched, closes_over, detach_aux,
+                   extra_levels, from_bottom, from_extra, only_levels, to_bottom, to_extra,
+                   value_and_grad, vjp)
 from .tree import tree_flatten, tree_unflatten
 
 
@@ -81,6 +82,12 @@ def linearize(f: Callable, *primals, has_aux: bool = False):
     With ``has_aux``, ``f`` returns ``(output, aux)`` and the result is ``(output, jvp_fn,
     aux)``, ``aux`` not differentiated (JAX's).
     """
+    return _linearize(f, primals, has_aux, False)
+
+
+def _linearize(f: Callable, primals: tuple, has_aux: bool, strict: bool):
+    """:func:`linearize`; with ``strict`` the tangent pass refuses an output independent of
+    the inputs (``torch.func.jvp``'s ``strict=True``) rather than giving it zeros."""
     nums = tuple(range(len(primals)))
     levels = None
     if modes().traces:  # inside vmap: push tangents through the batched computation underneath
@@ -96,6 +103,7 @@ def linearize(f: Callable, *primals, has_aux: bool = False):
     ins = [t for per in ins_per_arg for t in per]
     if levels is not None:
         outs = to_bottom(outs, levels, "jvp")
+    higher = higher or closes_over(outs, ins_per_arg)
 
     def jvp_fn(*tangents):
         if len(tangents) != len(primals):
@@ -106,24 +114,28 @@ def linearize(f: Callable, *primals, has_aux: bool = False):
             if tdef != td:
                 raise GradError(f"jvp: tangent structure {tdef} does not match the primal {td}")
             flat.extend(leaves)
+        m = modes()
+        extra = m.traces if levels is None else extra_levels(levels, "jvp")
         if levels is not None:
-            flat = to_bottom(flat, levels, "jvp")
+            flat = to_extra(flat, levels, extra)
         flat = [_as_tangent(u, p, "jvp") for u, p in zip(flat, ins)]
         need = higher or any(u.requires_grad for u in flat)
-        m = modes()
         prev = m.grad_enabled
         m.grad_enabled = need
         m.depth += 1
         try:
-            with lowered(0 if levels is not None else len(m.traces)):
+            with only_levels(extra):
                 touts = _push(ins, flat, outs)
+                if strict and any(t is None for t in touts):
+                    raise GradError("jvp(f, primals, tangents, strict=True): the output of f "
+                                    "is independent of the inputs, which strict=True refuses")
                 touts = [zeros_like(o) if t is None else (t if need else t.detach())
                          for t, o in zip(touts, outs)]
+                res = tree_unflatten(out_def, touts)
+                return res if levels is None else from_extra(res, levels, extra)
         finally:
             m.depth -= 1
             m.grad_enabled = prev
-        res = tree_unflatten(out_def, touts)
-        return res if levels is None else from_bottom(res, levels)
 
     with lowered(0 if levels is not None else len(modes().traces)):
         shown = outs if higher else [o.detach() for o in outs]
@@ -134,19 +146,21 @@ def linearize(f: Callable, *primals, has_aux: bool = False):
     return (shown, jvp_fn, aux) if has_aux else (shown, jvp_fn)
 
 
-def jvp(f: Callable, primals: Sequence, tangents: Sequence, *, has_aux: bool = False):
+def jvp(f: Callable, primals: Sequence, tangents: Sequence, *, strict: bool = False,
+        has_aux: bool = False):
     """``(f(*primals), J u)``: the output and its directional derivative along ``tangents``.
 
     ``primals`` and ``tangents`` are tuples with one entry (a tensor or a tree) per argument of
     ``f``; the tangent output has the structure of the output. With ``has_aux``, ``f``
     returns ``(output, aux)`` and the result is ``(output, J u, aux)`` (JAX's and
-    ``torch.func``'s).
+    ``torch.func``'s). ``strict=True`` (``torch.func``'s) raises for an output that does not
+    depend on the primals, whose tangent is otherwise zeros.
     """
     primals, tangents = tuple(primals), tuple(tangents)
     if has_aux:
-        out, fn, aux = linearize(f, *primals, has_aux=True)
+        out, fn, aux = _linearize(f, primals, True, strict)
         return out, fn(*tangents), aux
-    out, fn = linearize(f, *primals)
+    out, fn = _linearize(f, primals, False, strict)
     return out, fn(*tangents)
 
 
@@ -207,16 +221,21 @@ def _real_only(holomorphic: bool, op: str) -> None:
 
 
 def jacfwd(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
-           holomorphic: bool = False):
+           holomorphic: bool = False, *, randomness: str = "error"):
     """The Jacobian of ``f`` by forward mode: one tangent pass per input coordinate.
 
     For an output of shape S and an input of shape T the Jacobian has shape S + T. With several
     outputs or inputs (trees, or a tuple ``argnums``) the result nests as in JAX: the output's
     structure outside, the inputs' structure inside. With ``has_aux``, ``f`` returns
     ``(output, aux)`` and the result is ``(jacobian, aux)``. ``holomorphic`` as in
-    :func:`~nodegrad.func.grad.value_and_grad`.
+    :func:`~nodegrad.func.grad.value_and_grad`. ``randomness`` is ``torch.func.jacfwd``'s
+    ('error', 'different', 'same'): ``f`` runs once and the tangent passes replay that one
+    run, so every column sees the same random draws whichever is chosen.
     """
     _real_only(holomorphic, "jacfwd")
+    if randomness not in ("error", "different", "same"):
+        raise ValueError(f"jacfwd: randomness must be 'error', 'different' or 'same', got "
+                         f"{randomness!r}")
 
     def wrapped(*args):
         nums = _argnums(argnums, len(args), "jacfwd")

@@ -19,15 +19,35 @@ def register_pytree_node(cls: type, flatten: Callable, unflatten: Callable) -> N
     _registry[cls] = (flatten, unflatten)
 
 
+class _Keys(tuple):
+    """A dict's keys, sorted (the leaves' order, and what structures compare by, as in JAX),
+    remembering the dict's own order in ``order`` so that a rebuilt dict iterates as the
+    original did: ``grad(f)(params).values()`` zips with ``params.values()``, as in
+    ``torch.func``."""
+
+    order: tuple
+
+    def __new__(cls, d: dict) -> _Keys:
+        keys = super().__new__(cls, sorted(d))
+        keys.order = tuple(d)
+        return keys
+
+
+def _dict_items(keys: Sequence, children: list) -> list:
+    """``(key, child)`` pairs in the original dict's order."""
+    by_key = dict(zip(keys, children))
+    return [(k, by_key[k]) for k in getattr(keys, "order", keys)]
+
+
 register_pytree_node(tuple, lambda t: (list(t), None), lambda aux, c: tuple(c))
 register_pytree_node(list, lambda t: (list(t), None), lambda aux, c: list(c))
-register_pytree_node(dict, lambda d: ([d[k] for k in sorted(d)], sorted(d)),
-                     lambda keys, c: dict(zip(keys, c)))
+register_pytree_node(dict, lambda d: ([d[k] for k in sorted(d)], _Keys(d)),
+                     lambda keys, c: dict(_dict_items(keys, c)))
 register_pytree_node(OrderedDict, lambda d: (list(d.values()), list(d)),  # insertion order
                      lambda keys, c: OrderedDict(zip(keys, c)))
 register_pytree_node(defaultdict, lambda d: ([d[k] for k in sorted(d)],
-                                             (d.default_factory, sorted(d))),
-                     lambda aux, c: defaultdict(aux[0], zip(aux[1], c)))
+                                             (d.default_factory, _Keys(d))),
+                     lambda aux, c: defaultdict(aux[0], _dict_items(aux[1], c)))
 
 
 def _registered_base(x):
