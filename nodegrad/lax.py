@@ -26,13 +26,16 @@ from .func.jvp import jvp as _jvp
 from .func.tree import tree_flatten, tree_map, tree_unflatten
 from .func.vmap import vmap as _vmap
 from .jit.program import Program
-from .jit.trace import Recorder
+from .jit.trace import Recorder, _Lifted
+from .ops.index import getitem, index_update, where
 from .ops.shape import concatenate, flip, moveaxis, reshape, stack
 from .primitive import bind, primitive
 from .tensor import Tensor, arange, tensor, zeros_like
 
 __all__ = ["scan", "fori_loop", "cond", "switch", "while_loop", "torch_cond",
-           "torch_while_loop", "map", "associative_scan", "stop_gradient"]
+           "torch_while_loop", "map", "associative_scan", "select", "stop_gradient",
+           "dynamic_slice", "dynamic_update_slice", "dynamic_slice_in_dim",
+           "dynamic_index_in_dim", "dynamic_update_slice_in_dim", "dynamic_update_index_in_dim"]
 
 
 # --- the body: traced once, run as a program (arrays) or interpreted (tensors) ----------------
@@ -51,7 +54,7 @@ class _BodyRecorder(Recorder):
     def record(self, prim, args, datas, params, out, backend) -> None:
         super().record(prim, args, datas, params, out, backend)
         i = self.instrs[-1]
-        self.eqns.append((prim, params, i.ins, i.out))
+        self.eqns.append((prim, i.params, i.ins, i.out))  # an index made an input: lifted
 
     def slot_of(self, a, d) -> int:
         if type(a) is BatchTracer:  # a batched tensor closed over: its array is a poison
@@ -87,6 +90,23 @@ class _BodyRecorder(Recorder):
             raise JitError(f"{self.what}: {what} on a traced value inside the {self.part}: it "
                            "is traced once, so Python control flow cannot depend on its values; "
                            "use ng.where, masks or nodegrad.lax.cond instead")
+
+
+def _bind_lifted(prim, params: dict, vals: tuple):
+    """An op of the body whose index holds arrays computed in the body (``xs[i]`` with the loop
+    counter ``i``): the recorder made them extra inputs (:class:`_Lifted` markers in the index);
+    here they go back into the index, as tensors for ``getitem`` (which takes batched ones)."""
+    idx = params["index"]
+    n = len(vals) - sum(type(e) is _Lifted for e in idx)
+    extra = vals[n:]
+    index = tuple(extra[e.j] if type(e) is _Lifted else e for e in idx)
+    if prim.name == "getitem":
+        return getitem(vals[0], index)
+    if any(type(t) is BatchTracer for t in extra):
+        raise NotImplementedError(f"{prim.name}: an index computed in a loop body from a value "
+                                  "batched by vmap is not supported here; index with getitem")
+    index = tuple(t.data if isinstance(t, Tensor) else t for t in index)
+    return bind(prim, vals[:n], {**params, "index": index})
 
 
 class Body:
@@ -140,7 +160,12 @@ class Body:
         env = dict(self.rec.consts)
         env.update(zip(self.in_slots, ins))
         for prim, params, args, out in self.rec.eqns:
-            env[out] = bind(prim, tuple(env[s] for s in args), params)
+            vals = tuple(env[s] for s in args)
+            idx = params.get("index") if params else None
+            if type(idx) is tuple and any(type(e) is _Lifted for e in idx):
+                env[out] = _bind_lifted(prim, params, vals)
+            else:
+                env[out] = bind(prim, vals, params)
         return [v if isinstance(v, Tensor) else Tensor(v)
                 for v in (env[s] for s in self.out_slots)]
 
@@ -168,9 +193,18 @@ class Body:
                 f"{self.n_carry} carried, {self.n_x} scanned>")
 
 
+def _first_example(t: BatchTracer):
+    """The array of the first example of a vmap tracer (whose own array is poison: an integer
+    one would be an index out of any range while the body is traced)."""
+    a = _first_example(t.val) if type(t.val) is BatchTracer else t.val.data
+    if a.shape[t.bdim]:
+        return a[(slice(None),) * t.bdim + (0, Ellipsis)]  # (a 0-d array, not a scalar)
+    return B.backend_of(a).xp.zeros(a.shape[:t.bdim] + a.shape[t.bdim + 1:], dtype=a.dtype)
+
+
 def _example(t, k: int | None) -> Tensor:
     """A fresh tensor standing for ``t`` (or its ``k``-th slice) while the body is traced."""
-    d = t.data if isinstance(t, Tensor) else t
+    d = _first_example(t) if type(t) is BatchTracer else t.data if isinstance(t, Tensor) else t
     if k is not None:
         d = d[0, ...] if d.shape[0] else B.backend_of(d).xp.zeros(d.shape[1:], dtype=d.dtype)
     return Tensor(d.view() if B.is_array(d) else d)
@@ -630,6 +664,158 @@ def _fori_while(lower: Any, upper: Any, body_fun: Callable, init_val: Any) -> An
     _, val = while_loop(lambda c: c[0] < hi, lambda c: (c[0] + 1, body_fun(c[0], c[1])),
                         (lo, init_val))
     return val
+
+
+def select(pred: Any, on_true: Any, on_false: Any) -> Tensor:
+    """JAX's ``lax.select``: ``on_true`` where ``pred`` else ``on_false``, elementwise. As in
+    JAX nothing broadcasts: ``pred`` is bool, a scalar or of the operands' shape, and the two
+    operands have one shape and dtype (``ng.where`` is the broadcasting form)."""
+    p, a, b = (x if isinstance(x, Tensor) else tensor(x) for x in (pred, on_true, on_false))
+    if p.dtype.kind != "b":
+        raise TypeError(f"select: pred must be bool, got dtype {p.dtype}")
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise TypeError(f"select: on_true and on_false must have one shape and dtype, got "
+                        f"{tuple(a.shape)} {a.dtype} and {tuple(b.shape)} {b.dtype}")
+    if p.ndim and p.shape != a.shape:
+        raise TypeError(f"select: pred must be a scalar or of shape {tuple(a.shape)}, got "
+                        f"{tuple(p.shape)}")
+    return where(p, a, b)
+
+
+# --- dynamic slices: starts that may be traced values (a loop counter, a batched index) --------
+def _slice_index(op: str, x: Tensor, starts: Any, sizes: Any, wrap: Any) -> tuple:
+    """The index of the block of ``sizes`` at ``starts`` in ``x``, JAX's way: a negative start
+    counts from the end (``wrap``), then every start is clamped so the block fits. Python int
+    starts give slices (a view); otherwise every axis gets an index array, shaped to broadcast
+    into the block (so the axes keep their order)."""
+    starts = list(starts) if isinstance(starts, list | tuple) else (
+        [starts[k] for k in range(starts.shape[0])] if isinstance(starts, Tensor)
+        and starts.ndim == 1 else [starts])
+    sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+    wraps = [wrap] * x.ndim if isinstance(wrap, bool) else list(wrap)
+    if not len(starts) == len(sizes) == len(wraps) == x.ndim:
+        raise ValueError(f"{op}: need one start and one size per axis of the operand (ndim "
+                         f"{x.ndim}), got {len(starts)} starts and {len(sizes)} sizes")
+    for n, d in zip(sizes, x.shape):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= d:
+            raise ValueError(f"{op}: slice sizes must be ints within the operand's shape "
+                             f"{tuple(x.shape)}, got {sizes}")
+    for st in starts:
+        if isinstance(st, bool) or not (isinstance(st, int | B.np.integer) or (
+                isinstance(st, Tensor) and st.ndim == 0 and st.dtype.kind in "iu")):
+            raise TypeError(f"{op}: start indices must be integer scalars (ints or 0-d "
+                            f"integer tensors), got {st!r}")
+    if all(isinstance(st, int | B.np.integer) for st in starts):
+        out = []
+        for st, n, d, w in zip(starts, sizes, x.shape, wraps):
+            st = int(st) + d if w and st < 0 else int(st)
+            st = min(max(st, 0), d - n)
+            out.append(slice(st, st + n))
+        return tuple(out)
+    out = []
+    for k, (st, n, d, w) in enumerate(zip(starts, sizes, x.shape, wraps)):
+        if not isinstance(st, Tensor):
+            st = tensor(int(st))
+        if w:
+            st = where(st < 0, st + d, st)
+        st = st.clip(0, d - n)
+        shape = [1] * x.ndim
+        shape[k] = n
+        out.append(reshape(arange(n, device=x.device) + st, tuple(shape)))
+    return tuple(out)
+
+
+def _operand(op: str, x: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op}: the operand must be a tensor, got {type(x).__name__}")
+    return x
+
+
+def dynamic_slice(operand: Tensor, start_indices: Any, slice_sizes: Any, *,
+                  allow_negative_indices: bool | Any = True) -> Tensor:
+    """JAX's ``lax.dynamic_slice``: the block of ``slice_sizes`` starting at ``start_indices``
+    (one per axis; ints or 0-d integer tensors, traced ones too), each start clamped so the
+    block fits (a negative one first counts from the end). Differentiable; under ``vmap`` the
+    starts may be batched."""
+    x = _operand("dynamic_slice", operand)
+    return getitem(x, _slice_index("dynamic_slice", x, start_indices, slice_sizes,
+                                   allow_negative_indices))
+
+
+def dynamic_update_slice(operand: Tensor, update: Tensor, start_indices: Any, *,
+                         allow_negative_indices: bool | Any = True) -> Tensor:
+    """JAX's ``lax.dynamic_update_slice``: a copy of ``operand`` with ``update`` written at
+    ``start_indices`` (clamped as in :func:`dynamic_slice`); differentiable in both."""
+    x = _operand("dynamic_update_slice", operand)
+    u = update if isinstance(update, Tensor) else tensor(update)
+    if u.ndim != x.ndim or u.dtype != x.dtype:
+        raise TypeError(f"dynamic_update_slice: the update must have the operand's rank and "
+                        f"dtype ({x.ndim}, {x.dtype}), got {u.ndim}, {u.dtype}")
+    idx = _slice_index("dynamic_update_slice", x, start_indices, tuple(u.shape),
+                       allow_negative_indices)
+    return index_update(x, idx, u)
+
+
+def _in_dim(op: str, x: Tensor, start: Any, axis: int) -> list:
+    """Starts for a slice along ``axis`` only (0 elsewhere)."""
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{op}: axis must be an int in [-{x.ndim}, {x.ndim}), got {axis!r}")
+    starts: list = [0] * x.ndim
+    starts[axis % x.ndim] = start
+    return starts
+
+
+def dynamic_slice_in_dim(operand: Tensor, start_index: Any, slice_size: int, axis: int = 0, *,
+                         allow_negative_indices: bool = True) -> Tensor:
+    """JAX's ``lax.dynamic_slice_in_dim``: :func:`dynamic_slice` along one ``axis``."""
+    return _slice_in_dim("dynamic_slice_in_dim", operand, start_index, slice_size, axis,
+                         allow_negative_indices)
+
+
+def _slice_in_dim(op: str, operand, start, size: int, axis: int, wrap) -> Tensor:
+    x = _operand(op, operand)
+    starts = _in_dim(op, x, start, axis)
+    sizes = list(x.shape)
+    sizes[axis % x.ndim] = size
+    return getitem(x, _slice_index(op, x, starts, sizes, wrap))
+
+
+def dynamic_index_in_dim(operand: Tensor, index: Any, axis: int = 0, keepdims: bool = True, *,
+                         allow_negative_indices: bool = True) -> Tensor:
+    """JAX's ``lax.dynamic_index_in_dim``: the slice at ``index`` along ``axis`` (kept as a
+    size-1 axis with ``keepdims``)."""
+    out = _slice_in_dim("dynamic_index_in_dim", operand, index, 1, axis, allow_negative_indices)
+    return out if keepdims else out.squeeze(axis % operand.ndim)
+
+
+def dynamic_update_slice_in_dim(operand: Tensor, update: Tensor, start_index: Any, axis: int, *,
+                                allow_negative_indices: bool = True) -> Tensor:
+    """JAX's ``lax.dynamic_update_slice_in_dim``: :func:`dynamic_update_slice` along ``axis``."""
+    return _update_in_dim("dynamic_update_slice_in_dim", operand, update, start_index, axis,
+                          allow_negative_indices)
+
+
+def _update_in_dim(op: str, operand, update, start, axis: int, wrap) -> Tensor:
+    x = _operand(op, operand)
+    u = update if isinstance(update, Tensor) else tensor(update)
+    if u.ndim != x.ndim or u.dtype != x.dtype:
+        raise TypeError(f"{op}: the update must have the operand's rank and dtype ({x.ndim}, "
+                        f"{x.dtype}), got {u.ndim}, {u.dtype}")
+    starts = _in_dim(op, x, start, axis)
+    return index_update(x, _slice_index(op, x, starts, tuple(u.shape), wrap), u)
+
+
+def dynamic_update_index_in_dim(operand: Tensor, update: Tensor, index: Any, axis: int, *,
+                                allow_negative_indices: bool = True) -> Tensor:
+    """JAX's ``lax.dynamic_update_index_in_dim``: ``update`` written at ``index`` along
+    ``axis`` (``update`` with or without that size-1 axis)."""
+    op = "dynamic_update_index_in_dim"
+    x = _operand(op, operand)
+    u = update if isinstance(update, Tensor) else tensor(update)
+    _in_dim(op, x, index, axis)  # the axis checked before it is used
+    if u.ndim == x.ndim - 1:
+        u = u.unsqueeze(axis % x.ndim)
+    return _update_in_dim(op, x, u, index, axis, allow_negative_indices)
 
 
 def stop_gradient(x: Any) -> Any:

@@ -268,9 +268,13 @@ def _svd_driver(op: str, driver) -> None:
                          f"got {driver!r}")
 
 
-def svd(A, full_matrices: bool = True, *, driver=None) -> SVDResult:
+def svd(A, full_matrices: bool = True, *, driver=None,
+        compute_uv: bool = True) -> SVDResult | Tensor:
     """A = U diag(S) Vh, S descending. With ``full_matrices`` (PyTorch's default) the extra
-    columns of U / rows of Vh are not unique and get no gradient, as in PyTorch."""
+    columns of U / rows of Vh are not unique and get no gradient, as in PyTorch. NumPy's and
+    JAX's ``compute_uv=False`` gives S alone (:func:`svdvals`)."""
+    if not compute_uv:
+        return svdvals(A, driver=driver)
     _svd_driver("svd", driver)
     A = _mat("svd", A, square=False, cplx=True)
     u, s, vh = L._unpack(L.svd(A, full_matrices=bool(full_matrices)),

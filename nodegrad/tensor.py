@@ -48,6 +48,12 @@ class Tensor:
     __hash__ = object.__hash__  # ``==`` is elementwise, as in PyTorch
 
     def __init__(self, data, node=None, requires_grad: bool = False):
+        if not hasattr(data, "dtype"):  # PyTorch's Tensor(sequence): the default float dtype
+            if not isinstance(data, list | tuple):
+                raise TypeError(f"Tensor: expected an array or a sequence of numbers, got "
+                                f"{type(data).__name__} (ng.tensor(x) makes a tensor of x)")
+            from .dtypes import get_default_dtype
+            data = B.np.asarray(data, dtype=get_default_dtype())
         self.data = data
         self.node = node
         self.requires_grad = requires_grad
@@ -707,7 +713,19 @@ def _sized(op: str, shape: tuple, size) -> tuple:
     return (size,) if isinstance(size, int) else (tuple(size),)
 
 
+def _numpy_form(op: str, shape: tuple, dtype) -> tuple:
+    """NumPy's and JAX's ``zeros(shape, dtype)`` (a sequence of sizes, then the dtype
+    positionally) as ``(shape, dtype)``; PyTorch's sizes one by one pass through unchanged."""
+    if len(shape) == 2 and isinstance(shape[0], list | tuple) and isinstance(
+            shape[1], B.np.dtype | type | str):
+        if dtype is not None:
+            raise TypeError(f"{op}: dtype given twice ({shape[1]!r} and dtype={dtype!r})")
+        return (shape[0],), shape[1]
+    return shape, dtype
+
+
 def _filled(op: str, fill: Callable, shape, dtype, device, requires_grad) -> Tensor:
+    shape, dtype = _numpy_form(op, shape, dtype)
     be = B.get_backend(_device(device))
     dtype = B.DEFAULT_FLOAT if dtype is None else B.as_dtype(dtype)
     shape = _shape_arg(shape)
@@ -1005,10 +1023,12 @@ def _linspace_values(start, stop, steps: int, dt):
 
 
 def linspace(start, stop=None, num: int | None = None, dtype=None, device=None,
-             requires_grad: bool = False, *, end=None, steps: int | None = None) -> Tensor:
+             requires_grad: bool = False, *, end=None, steps: int | None = None,
+             endpoint: bool = True) -> Tensor:
     """``num`` (PyTorch's ``steps``; NumPy's default 50) evenly spaced values from ``start``
-    to ``stop`` (PyTorch's ``end=``), both included, computed as PyTorch computes them; the
-    default float dtype unless ``dtype`` is given."""
+    to ``stop`` (PyTorch's ``end=``), both included (``stop`` left out with NumPy's
+    ``endpoint=False``), computed as PyTorch computes them; the default float dtype unless
+    ``dtype`` is given."""
     if end is not None:
         if stop is not None:
             raise TypeError("linspace: give stop or PyTorch's end=, not both")
@@ -1027,17 +1047,24 @@ def linspace(start, stop=None, num: int | None = None, dtype=None, device=None,
     start, stop = (_range_scalar("linspace", v) for v in (start, stop))
     dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
     be = B.get_backend(_device(device))
+    if not isinstance(endpoint, bool):
+        raise TypeError(f"linspace: endpoint must be a bool, got {type(endpoint).__name__}")
+    n = int(num) if endpoint or not num else int(num) + 1  # without the end: one more, cut
     with be.scope():
-        a = be.xp.asarray(_linspace_values(start, stop, int(num), dt), dtype=dt)
+        a = be.xp.asarray(_linspace_values(start, stop, n, dt), dtype=dt)[:int(num)]
     return _finish(a, requires_grad) if requires_grad else Tensor(a)
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None,
-        requires_grad: bool = False) -> Tensor:
+        requires_grad: bool = False, *, k: int = 0) -> Tensor:
+    """The ``n`` x ``m`` identity; ``k`` (NumPy's and JAX's) puts the ones on the k-th
+    diagonal (above the main one for k > 0)."""
     n, m = _shape_arg((n, n if m is None else m))
     if n < 0 or m < 0:
         raise ValueError(f"eye: n and m must be non-negative, got n={n}, m={m}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"eye: k must be an int, got {type(k).__name__}")
     be = B.get_backend(_device(device))
     with be.scope():
-        a = be.xp.eye(n, m, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
+        a = be.xp.eye(n, m, k, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
     return _finish(a, requires_grad) if requires_grad else Tensor(a)

@@ -1646,3 +1646,11 @@ def squashed_normal(lib, monkeypatch_noise=None):
 def test_pytorch_sac_squashed_normal(monkeypatch):
     with_normal_noise(monkeypatch, np.random.default_rng(91).standard_normal((5, 2)))
     both(squashed_normal, tol=1e-9)
+
+
+def test_tensor_constructor_of_a_sequence_is_default_float_as_torch():
+    got, want = ng.Tensor([[1, 2], [3, 4]]), torch.Tensor([[1, 2], [3, 4]])
+    assert got.dtype == ng.get_default_dtype() and want.dtype == torch.get_default_dtype()
+    assert np.array_equal(got.numpy(), want.numpy())
+    with pytest.raises(TypeError, match="Tensor: expected an array or a sequence"):
+        ng.Tensor(3.0)

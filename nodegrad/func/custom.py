@@ -226,6 +226,48 @@ def _without_node(rule, args: tuple, leaves: list) -> tuple[bool, object]:
     return False, None
 
 
+def _nondiff(fun: Callable, nums, names, name: str) -> tuple:
+    """JAX's ``nondiff_argnums`` with the positions of ``nondiff_argnames`` added, sorted (as
+    JAX: the rule gets the nondiff arguments first, in argument order)."""
+    nums = (nums,) if isinstance(nums, int) else tuple(nums)
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if names:
+        try:
+            params = list(inspect.signature(fun).parameters)
+        except (TypeError, ValueError):
+            params = []
+        for n in names:
+            if n not in params:
+                raise ValueError(f"{name}: nondiff_argnames names {n!r}, which is not a "
+                                 f"parameter of the function (it has {params})")
+        nums += tuple(params.index(n) for n in names)
+    for i in nums:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise TypeError(f"{name}: nondiff_argnums must be non-negative ints, got {i!r}")
+    return tuple(sorted(set(nums)))
+
+
+def _positional(fun: Callable, args: tuple, kwargs: dict, name: str) -> tuple:
+    """The call's arguments as positions of ``fun``'s signature, defaults filled in (JAX's
+    custom rules see positional arguments only)."""
+    try:
+        sig = inspect.signature(fun)
+    except (TypeError, ValueError):  # no signature to read (a builtin): positions as given
+        if kwargs:
+            raise TypeError(f"{name}: keyword arguments need a function with a signature; "
+                            "pass them positionally") from None
+        return args
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None
+    bound.apply_defaults()
+    if bound.kwargs:
+        raise TypeError(f"{name}: keyword arguments {sorted(bound.kwargs)} cannot be resolved "
+                        "to positions; pass them positionally")
+    return bound.args
+
+
 class custom_vjp:
     """``f`` with a VJP of your own (JAX's ``jax.custom_vjp``)::
 
@@ -236,19 +278,22 @@ class custom_vjp:
 
     ``fwd(*args) -> (out, residuals)`` computes the output and what the backward needs;
     ``bwd(residuals, g) -> tuple`` returns one cotangent per argument (of the argument's
-    structure; None for no gradient). ``nondiff_argnums`` name arguments that are passed to
-    ``bwd`` first and get no cotangent. Under ``grad`` of ``grad`` the backward's own ops are
-    differentiated, residuals included. ``jvp`` differentiates ``fwd``'s ops (JAX refuses).
+    structure; None for no gradient). ``nondiff_argnums`` (or ``nondiff_argnames``) name
+    arguments that are passed to ``bwd`` first and get no cotangent; keyword arguments are bound
+    to positions. Under ``grad`` of ``grad`` the backward's own ops are differentiated,
+    residuals included. ``jvp`` differentiates ``fwd``'s ops (JAX refuses).
     A call of ``f`` inside ``fwd`` evaluates ``f``'s own ops (JAX's idiom ``return f(x), res``;
     a second derivative through such a residual is ``f``'s true one, not the rule's).
     """
 
-    def __init__(self, fun: Callable, nondiff_argnums: tuple = ()) -> None:
+    def __init__(self, fun: Callable, nondiff_argnums: tuple = (),
+                 nondiff_argnames: tuple = ()) -> None:
         functools.update_wrapper(self, fun)
         self.fun = fun
-        self.nondiff_argnums = tuple(nondiff_argnums)
         self.fwd = self.bwd = None
         self._rule = _rule(f"custom_vjp[{getattr(fun, '__name__', 'f')}]", self._vjp)
+        self.nondiff_argnums = _nondiff(fun, nondiff_argnums, nondiff_argnames,
+                                        self._rule.name)
 
     def defvjp(self, fwd: Callable, bwd: Callable) -> None:
         self.fwd, self.bwd = fwd, bwd
@@ -258,9 +303,10 @@ class custom_vjp:
         ``def fwd(x): return f(x), res`` evaluates f, it does not apply the rule again)."""
         return _guarded(self, self.fwd, *args)
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         if self.fwd is None:
             raise TypeError(f"{self._rule.name}: no rule yet; call defvjp(fwd, bwd) first")
+        args = _positional(self.fun, args, kwargs, self._rule.name)
         if _in_rule(self):
             return self.fun(*args)
         static = [args[i] for i in self.nondiff_argnums]
@@ -320,18 +366,20 @@ class custom_jvp:
     tangents); ``defjvps(*jvps)`` gives one ``jvp_i(g, ans, *primals)`` per argument instead.
     Forward mode (``jvp``, ``jacfwd``) calls the rule; reverse mode (``grad``, ``vjp``,
     ``backward``) transposes it, by differentiating the rule's ``tangent_out`` with respect to
-    the tangents, as JAX does. ``nondiff_argnums`` name arguments passed to ``jvp`` first (and
-    not differentiated). The rule is called only when a derivative is taken, so a call of
-    ``f`` inside it is ``f`` with its rule again (higher derivatives use the rule, as in JAX).
+    the tangents, as JAX does. ``nondiff_argnums`` (or ``nondiff_argnames``) name arguments
+    passed to ``jvp`` first (and not differentiated); keyword arguments are bound to positions.
+    The rule is called only when a derivative is taken, so a call of ``f`` inside it is ``f``
+    with its rule again (higher derivatives use the rule, as in JAX).
     Under ``vmap`` ``f`` and the rule run on the whole batch.
     """
 
-    def __init__(self, fun: Callable, nondiff_argnums: tuple = ()) -> None:
+    def __init__(self, fun: Callable, nondiff_argnums: tuple = (),
+                 nondiff_argnames: tuple = ()) -> None:
         functools.update_wrapper(self, fun)
         self.fun = fun
-        self.nondiff_argnums = tuple(nondiff_argnums)
         self.jvp = None
         name = f"custom_jvp[{getattr(fun, '__name__', 'f')}]"
+        self.nondiff_argnums = _nondiff(fun, nondiff_argnums, nondiff_argnames, name)
         self._rule = _rule(name, self._vjp)
         self._rule.jvp = self._jvp
 
@@ -377,9 +425,10 @@ class custom_jvp:
                             f"tangent_out), got {type(res).__name__}")
         return res
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         if self.jvp is None:
             raise TypeError(f"{self._rule.name}: no rule yet; call defjvp(jvp) first")
+        args = _positional(self.fun, args, kwargs, self._rule.name)
         static, diff_args = self._split(args)
         leaves, _ = tree_flatten(diff_args)
         done, out = _without_node(self, args, leaves)

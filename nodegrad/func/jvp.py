@@ -263,13 +263,14 @@ def jacfwd(f: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
 
 
 def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = False,
-           chunk_size: int | None = None, holomorphic: bool = False):
+           chunk_size: int | None = None, holomorphic: bool = False, allow_int: bool = False):
     """The Jacobian of ``f`` by reverse mode: one backward pass per output coordinate.
 
     Same result layout (and ``has_aux``) as :func:`jacfwd`; cheaper when outputs are fewer than
     inputs. ``chunk_size`` is ``torch.func.jacrev``'s bound on how many rows are computed at
     once; the passes here run one row at a time, within any bound, so it changes nothing.
-    ``holomorphic=True`` (JAX's) is refused.
+    ``holomorphic=True`` (JAX's) is refused; ``allow_int`` (JAX's) lets integer inputs through,
+    their Jacobian integer zeros (JAX's float0 zeros).
     """
     from ..ops import reshape, stack
 
@@ -282,9 +283,9 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = Fal
         nums = _argnums(argnums, len(args), "jacrev")
         leaves, defs = _flat_args(args, nums)
         for x in (x for ls in leaves for x in ls):
-            if not B.is_float(x.dtype):
+            if not B.is_float(x.dtype) and not allow_int:
                 raise GradError(f"jacrev: cannot differentiate with respect to an integer "
-                                f"input (dtype {x.dtype}); pass floats")
+                                f"input (dtype {x.dtype}); pass floats or allow_int=True")
         out, fn, *aux = vjp(*_restrict(f, args, nums, leaves, defs), has_aux=has_aux)
         outs, out_def = tree_flatten(out)
         zeros = [zeros_like(o) for o in outs]

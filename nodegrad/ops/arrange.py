@@ -128,15 +128,30 @@ def _zero(x):
     return False if x.dtype.kind == "b" else 0
 
 
-def tril(x, diagonal: int = 0):
-    """The lower triangle of the last two dims (on and below ``diagonal``), zeros elsewhere."""
+def _offset(op: str, diagonal: int, k) -> int:
+    """The diagonal offset from PyTorch's ``diagonal`` or NumPy's and JAX's ``k=``."""
+    if k is None:
+        return diagonal
+    if diagonal != 0:
+        raise TypeError(f"{op}: give diagonal= (PyTorch) or k= (NumPy), not both")
+    if isinstance(k, bool) or not isinstance(k, int | B.np.integer):
+        raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
+    return int(k)
+
+
+def tril(x, diagonal: int = 0, *, k: int | None = None):
+    """The lower triangle of the last two dims (on and below ``diagonal``, NumPy's ``k``),
+    zeros elsewhere."""
+    diagonal = _offset("tril", diagonal, k)
     _matrix(x, "tril")
     m, n = x.shape[-2:]
     return where(Tensor(x.backend.asarray(B.np.tri(m, n, diagonal, dtype=bool))), x, _zero(x))
 
 
-def triu(x, diagonal: int = 0):
-    """The upper triangle of the last two dims (on and above ``diagonal``), zeros elsewhere."""
+def triu(x, diagonal: int = 0, *, k: int | None = None):
+    """The upper triangle of the last two dims (on and above ``diagonal``, NumPy's ``k``),
+    zeros elsewhere."""
+    diagonal = _offset("triu", diagonal, k)
     _matrix(x, "triu")
     m, n = x.shape[-2:]
     return where(Tensor(x.backend.asarray(~B.np.tri(m, n, diagonal - 1, dtype=bool))), x,
@@ -181,9 +196,10 @@ def diag_embed(x, offset: int = 0, dim1: int = -2, dim2: int = -1):
     return transpose(out, perm)
 
 
-def diag(x, diagonal: int = 0):
-    """A 1-d ``x``: the square matrix with ``x`` on its ``diagonal``; a 2-d ``x``: that
-    diagonal (PyTorch and NumPy)."""
+def diag(x, diagonal: int = 0, *, k: int | None = None):
+    """A 1-d ``x``: the square matrix with ``x`` on its ``diagonal`` (NumPy's ``k``); a 2-d
+    ``x``: that diagonal (PyTorch and NumPy)."""
+    diagonal = _offset("diag", diagonal, k)
     if x.ndim == 1:
         return diag_embed(x, diagonal)
     if x.ndim == 2:

@@ -25,6 +25,7 @@ from . import nn as N
 from . import reduce as R
 from . import arrange as A
 from . import arrange as AR
+from .at import IndexUpdateHelper
 from . import shape as S
 
 MaxMin = namedtuple("MaxMin", ["values", "indices"])
@@ -645,3 +646,11 @@ def register(table: dict) -> None:
     _methods.update(table)
     for name, fn in table.items():
         setattr(Tensor, name, _as_method(name, fn))
+
+
+def _at(self) -> IndexUpdateHelper:
+    """JAX's ``x.at[index].set(v)`` (``add``, ``get``, ...): functional index updates."""
+    return IndexUpdateHelper(self)
+
+
+Tensor.at = property(_at)

@@ -317,10 +317,15 @@ def _dims_list(d, op: str) -> list:
     return [int(i) for i in d]
 
 
-def tensordot(a, b, dims=2, out: Tensor | None = None) -> Tensor:
-    """Contract ``dims`` of a with dims of b: an int n pairs a's last n with b's first n, a
-    pair of lists names them (``([1, 2], [0, 1])``). One matrix product after a reshape.
-    ``out=`` receives the result and stays differentiable (PyTorch copies into it)."""
+def tensordot(a, b, dims=2, out: Tensor | None = None, *, axes=None) -> Tensor:
+    """Contract ``dims`` (NumPy's ``axes``) of a with dims of b: an int n pairs a's last n
+    with b's first n, a pair of lists names them (``([1, 2], [0, 1])``). One matrix product
+    after a reshape. ``out=`` receives the result and stays differentiable (PyTorch copies into
+    it)."""
+    if axes is not None:
+        if dims != 2:
+            raise TypeError("tensordot: give dims= (PyTorch) or axes= (NumPy), not both")
+        dims = axes
     r = _tensordot("tensordot", _t(a), _t(b), dims)
     return r if out is None else write_out("tensordot", out, r, differentiable=True)
 

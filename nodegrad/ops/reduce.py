@@ -259,15 +259,32 @@ def _kept(ans, x, axis, keepdims):
     return ans if keepdims else reshape(ans, keepdims_shape(x.shape, axis))
 
 
-def amax(x, dim=None, keepdim: bool = False):
-    """Largest value over ``dim``; tied maxima share the gradient evenly (PyTorch's amax)."""
+def _numpy_axis(op: str, dim, keepdim: bool, axis, keepdims) -> tuple:
+    """PyTorch's ``dim``/``keepdim`` or NumPy's ``axis``/``keepdims`` (not both of a pair)."""
+    if axis is not None:
+        if dim is not None:
+            raise TypeError(f"{op}: give dim= (PyTorch) or axis= (NumPy), not both")
+        dim = axis
+    if keepdims is not None:
+        if keepdim:
+            raise TypeError(f"{op}: give keepdim= (PyTorch) or keepdims= (NumPy), not both")
+        keepdim = keepdims
+    return dim, bool(keepdim)
+
+
+def amax(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):
+    """Largest value over ``dim`` (NumPy's ``axis``); tied maxima share the gradient evenly
+    (PyTorch's amax)."""
     ordered("amax", x)
+    dim, keepdim = _numpy_axis("amax", dim, keepdim, axis, keepdims)
     return max(x, scalar_dims(dim, x.ndim, "amax"), keepdim)
 
 
-def amin(x, dim=None, keepdim: bool = False):
-    """Smallest value over ``dim``; tied minima share the gradient evenly (PyTorch's amin)."""
+def amin(x, dim=None, keepdim: bool = False, *, axis=None, keepdims: bool | None = None):
+    """Smallest value over ``dim`` (NumPy's ``axis``); tied minima share the gradient evenly
+    (PyTorch's amin)."""
     ordered("amin", x)
+    dim, keepdim = _numpy_axis("amin", dim, keepdim, axis, keepdims)
     return min(x, scalar_dims(dim, x.ndim, "amin"), keepdim)
 
 
