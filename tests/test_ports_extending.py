@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
+from _ports import _one_torch_thread, arr, assert_same  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -24,36 +25,6 @@ RNG = np.random.default_rng(0)
 X = RNG.standard_normal((5, 4))
 W = RNG.standard_normal((3, 4))
 BIAS = RNG.standard_normal(3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """PyTorch on one thread: small programs run faster than with its default pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def arr(t) -> np.ndarray:
-    """A float64 copy of a tensor's values (PyTorch's ``numpy()`` shares memory)."""
-    return np.array(t.detach().numpy(), dtype=np.float64)
-
-
-def assert_same(a, b, tol: float = TOL) -> None:
-    """Nested records (dicts, lists, arrays, numbers, strings, bools) equal to ``tol``."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k], tol)
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), (a, b)
-        for x, y in zip(a, b):
-            assert_same(x, y, tol)
-    elif isinstance(a, (str, bool, type(None))):
-        assert a == b, (a, b)
-    else:
-        np.testing.assert_allclose(np.asarray(b, float), np.asarray(a, float), rtol=tol, atol=tol)
 
 
 def both(fn, *args):

@@ -18,20 +18,12 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
+from _ports import _one_torch_thread, arr, assert_same  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
 TOL = 1e-10
 RNG = np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """PyTorch on one thread: small models run faster than with its default pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def seeded(lib, build, seed: int = 0):
@@ -45,33 +37,6 @@ def seeded(lib, build, seed: int = 0):
             [(k, v.shape) for k, v in init.items()]
     model.load_state_dict({k: lib.tensor(v) for k, v in init.items()})
     return model
-
-
-def arr(x):
-    """A tensor (or a nested record of them) as NumPy arrays."""
-    if isinstance(x, dict):
-        return {k: arr(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [arr(v) for v in x]
-    if hasattr(x, "detach"):
-        return np.asarray(x.detach().numpy(), np.float64)
-    return x
-
-
-def assert_same(a, b, tol: float = TOL, where: str = "") -> None:
-    """Nested records (dicts, lists, arrays, numbers) equal to ``tol``."""
-    if isinstance(a, dict):
-        assert list(a) == list(b), where
-        for k in a:
-            assert_same(a[k], b[k], tol, f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, tol, f"{where}[{i}]")
-    else:
-        a, b = np.asarray(a, float), np.asarray(b, float)
-        assert a.shape == b.shape, f"{where}: {a.shape} != {b.shape}"
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=where)
 
 
 def both(fn, *args, tol: float = TOL):

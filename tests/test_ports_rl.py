@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
+from _ports import arr, arrays, assert_same  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -46,32 +47,6 @@ def seeded(lib, model, seed: int = 0):
         init[k] = lib.tensor(rng.uniform(-bound, bound, shape))
     model.load_state_dict(init)
     return model
-
-
-def arr(x) -> np.ndarray:
-    if isinstance(x, (torch.Tensor, ng.Tensor)):
-        return np.asarray(x.detach().numpy(), np.float64)
-    return np.asarray(x, np.float64)
-
-
-def arrays(d) -> dict[str, np.ndarray]:
-    return {k: arr(v) for k, v in d.items()}
-
-
-def assert_same(a, b, tol: float = TOL) -> None:
-    """Nested records (dicts, lists, arrays, numbers) equal to ``tol``."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k], tol)
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y, tol)
-    elif isinstance(a, str):
-        assert a == b
-    else:
-        np.testing.assert_allclose(arr(a), arr(b), rtol=tol, atol=tol)
 
 
 def both(fn, *args, tol: float = TOL, **kw):
@@ -198,7 +173,6 @@ def reinforce(lib, episodes: int = 4, baseline: bool = True, float32: bool = Fal
     return record
 
 
-
 def test_reinforce_categorical_normalised_returns():
     got = both(reinforce)
     assert got["shape"][0] == [1, "int64"]
@@ -277,7 +251,6 @@ def actor_critic(lib, episodes: int = 4, float32: bool = False):
         finish_episode()
     record["w"] = arrays(model.state_dict())
     return record
-
 
 
 def test_actor_critic_smooth_l1_entropy():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
+from _ports import _one_torch_thread, arrays, assert_same  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -20,15 +21,6 @@ TOL = 1e-10
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((32, 6))
 Y = np.tanh(X @ RNG.standard_normal((6, 2))) + 0.3 * RNG.standard_normal((32, 2))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """PyTorch on one thread: small models run faster than with its default pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(lib, bn: bool = False):
@@ -44,24 +36,6 @@ def model_for(lib, bn: bool = False):
     model = build(lib, bn).to(lib.float64)
     model.load_state_dict({k: lib.tensor(v) for k, v in init.items()})
     return model
-
-
-def arrays(d) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v.detach().numpy(), np.float64) for k, v in d.items()}
-
-
-def assert_same(a, b, tol: float = TOL) -> None:
-    """Nested records (dicts, lists, arrays, numbers) equal to ``tol``."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert_same(a[k], b[k], tol)
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y, tol)
-    else:
-        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=tol, atol=tol)
 
 
 def both(fn, *args):

@@ -1,0 +1,54 @@
+"""What the port tests (``test_ports_*.py``) share: PyTorch on one thread, and nested records
+of results compared element by element."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """PyTorch on one thread: small programs run faster than with its default pool (imported
+    into a test module, this fixture applies to that module)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def arr(x):
+    """A tensor of either library (or a nested record of them) as float64 NumPy arrays (copies);
+    other values as they are."""
+    if isinstance(x, dict):
+        return {k: arr(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [arr(v) for v in x]
+    if hasattr(x, "detach"):  # a copy: PyTorch's numpy() shares memory, written later
+        return np.array(x.detach().numpy(), np.float64)
+    return x
+
+
+def arrays(d: dict) -> dict[str, np.ndarray]:
+    """A state dict's tensors as float64 arrays."""
+    return {k: arr(v) for k, v in d.items()}
+
+
+def assert_same(a, b, tol: float = 1e-10, where: str = "") -> None:
+    """Nested records (dicts in the same key order, lists, arrays, numbers, strings, bools)
+    equal to ``tol``; ``where`` names the first difference."""
+    if isinstance(a, dict):
+        assert list(a) == list(b), f"{where}: keys {list(a)} != {list(b)}"
+        for k in a:
+            assert_same(a[k], b[k], tol, f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), f"{where}: {len(a)} != {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, tol, f"{where}[{i}]")
+    elif isinstance(a, str | bool | type(None)):
+        assert a == b, f"{where}: {a!r} != {b!r}"
+    else:
+        a, b = np.asarray(arr(a), float), np.asarray(arr(b), float)
+        assert a.shape == b.shape, f"{where}: {a.shape} != {b.shape}"
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=where)
