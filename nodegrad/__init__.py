@@ -113,14 +113,9 @@ from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # 
 # --- out=: PyTorch's and NumPy's keyword on the functions that take it in either (primitives take
 # it in Primitive.__call__; these Python functions through one wrapper, here only, so that code
 # inside nodegrad calls them without it) ----------------------------------------------------------
-def _take_out(names: str) -> None:
-    from .tensor import with_out
+from .tensor import take_out as _take_out  # noqa: E402
 
-    for _n in names.split():
-        globals()[_n] = with_out(globals()[_n], _n)
-
-
-_take_out("""
+_take_out(globals(), """
     add addbmm addcdiv addcmul addmm addmv addr all amax amin aminmax angle any argmax argmin
     around baddbmm bernoulli bitwise_count bitwise_invert bitwise_left_shift
     bitwise_right_shift bmm bucketize cat cholesky cholesky_inverse cholesky_solve clamp clip

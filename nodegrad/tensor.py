@@ -918,7 +918,8 @@ def with_out(fn: Callable, name: str | None = None) -> Callable:
         result = fn(*args, **kwargs)
         return result if out is None else write_results(op, out, result)
 
-    call.__name__, call.__qualname__, call.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    call.__name__ = call.__qualname__ = op.rsplit(".", 1)[-1]  # the public name
+    call.__doc__ = fn.__doc__
     call.__module__, call.__wrapped__ = fn.__module__, fn
     return call
 
