@@ -17,7 +17,8 @@ from . import amp as _amp
 from .errors import DeviceError
 
 __all__ = ["amp", "is_available", "device_count", "current_device", "synchronize", "manual_seed",
-           "manual_seed_all", "empty_cache", "memory_allocated", "memory_reserved"]
+           "manual_seed_all", "empty_cache", "memory_allocated", "memory_reserved",
+           "is_bf16_supported"]
 
 
 def is_available() -> bool:
@@ -28,6 +29,16 @@ def is_available() -> bool:
 def device_count() -> int:
     """The number of GPUs (0 without CuPy or a GPU)."""
     return B.cuda_device_count()
+
+
+def is_bf16_supported(including_emulation: bool = True) -> bool:
+    """Whether bfloat16 tensors can live on the GPU: always False, as CuPy's arrays have no
+    bfloat16 (PyTorch's answer without a GPU too), so scripts that ask before choosing an
+    autocast dtype pick float16 with a GradScaler."""
+    if not isinstance(including_emulation, bool):
+        raise TypeError(f"cuda.is_bf16_supported: including_emulation must be a bool, got "
+                        f"{type(including_emulation).__name__}")
+    return False
 
 
 def _index(device, what: str) -> int:

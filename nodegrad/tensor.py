@@ -31,6 +31,21 @@ def check_fill_value(value) -> None:
                          f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
 
 
+# ``ndarray op Tensor``: the ufunc NumPy calls, and the Tensor's reflected operator it means
+_NUMPY_REFLECTED = {
+    "add": "__radd__", "subtract": "__rsub__", "multiply": "__rmul__",
+    "true_divide": "__rtruediv__", "divide": "__rtruediv__", "floor_divide": "__rfloordiv__",
+    "remainder": "__rmod__", "power": "__rpow__", "matmul": "__rmatmul__",
+    "bitwise_and": "__rand__", "bitwise_or": "__ror__", "bitwise_xor": "__rxor__",
+    "left_shift": "__rlshift__", "right_shift": "__rrshift__", "equal": "__eq__",
+    "not_equal": "__ne__", "less": "__gt__", "less_equal": "__ge__", "greater": "__lt__",
+    "greater_equal": "__le__"}
+# ``arr op= t`` into a raw array (``p.data``): the in-place operators NumPy has
+_NUMPY_INPLACE = frozenset(("add", "subtract", "multiply", "true_divide", "divide",
+                            "floor_divide", "remainder", "power", "bitwise_and", "bitwise_or",
+                            "bitwise_xor", "left_shift", "right_shift", "matmul"))
+
+
 class Tensor:
     """An n-d array with reverse-mode autodiff. Create one with :func:`nodegrad.tensor`.
 
@@ -44,8 +59,23 @@ class Tensor:
     # tensor, the view's primitive, its params)
     __slots__ = ("data", "node", "requires_grad", "_grad", "_version", "_hooks", "_view",
                  "__weakref__")
-    __array_ufunc__ = None  # NumPy defers ``ndarray op Tensor`` to our reflected operators
     __hash__ = object.__hash__  # ``==`` is elementwise, as in PyTorch
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        """NumPy meets a Tensor: ``arr op t`` runs the tensor's reflected operator (``arr < t``
+        is ``t > arr``); ``arr += t`` into a raw array (``p.data += -lr * p.grad``, PyTorch's
+        idiom, ``.data`` being the array) reads the tensor's values. Other ufuncs refuse."""
+        name = ufunc.__name__
+        if method == "__call__" and not kwargs and len(inputs) == 2:
+            if (out is not None and len(out) == 1 and not isinstance(out[0], Tensor)
+                    and out[0] is inputs[0] and name in _NUMPY_INPLACE):
+                return ufunc(inputs[0], inputs[1].data if isinstance(inputs[1], Tensor)
+                             else inputs[1], out=out)
+            if out is None and inputs[1] is self and name in _NUMPY_REFLECTED:
+                return getattr(self, _NUMPY_REFLECTED[name])(inputs[0])
+        raise TypeError(f"{name}: NumPy's ufuncs do not take a Tensor (got {method} on "
+                        f"{', '.join(type(x).__name__ for x in inputs)}); call the tensor's "
+                        f"method or the nodegrad function, or pass its array, t.numpy()")
 
     def __init__(self, data, node=None, requires_grad: bool = False):
         if not hasattr(data, "dtype"):  # PyTorch's Tensor(sequence): the default float dtype

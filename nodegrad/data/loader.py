@@ -838,7 +838,8 @@ class DataLoader:
             # the batches of what the sampler yielded (its __len__ may disagree, as in PyTorch)
             stop = len(order) if isinstance(order, list) else \
                 self._split_of(epoch)[1] + self._batches_of(len(order))
-            todo = [b for b in range(start, stop) if b not in self._ahead]
+            todo = (range(start, stop) if not self._ahead  # a range: an endless order's
+                    else [b for b in range(start, stop) if b not in self._ahead])
             batches = (self._worker_batches(order, epoch, todo) if self.num_workers
                        else ((b, self._host_batch(order, epoch, b), None) for b in todo))
         if self.prefetch == 0:

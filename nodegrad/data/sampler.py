@@ -66,7 +66,59 @@ class _Seeded(Sampler):
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[int]:
-        yield from self._order(self._draw()).tolist()
+        order = self._order(self._draw())
+        yield from order.tolist() if isinstance(order, np.ndarray) else order
+
+
+class _Draws:
+    """``k`` draws with replacement from ``[0, n)`` (uniform, or with probabilities ``p``) of
+    one seed, made a block at a time from its stream as they are read (every read of an index
+    gives the same number), never held whole: makemore's endless loader asks
+    ``RandomSampler(replacement=True, num_samples=10**10)``."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, seed: int, n: int, k: int, p: np.ndarray | None = None) -> None:
+        self.seed, self.n, self.k, self.p = seed, n, k, p
+        self._restart()
+
+    def _restart(self) -> None:
+        self._rng = _host_rng(self.seed)
+        self._next = 0  # the block the stream makes next
+        self._blocks: dict[int, np.ndarray] = {}  # the last two made
+
+    def _block(self, j: int) -> np.ndarray:
+        if j not in self._blocks:
+            if j < self._next:  # behind the stream: replay it from the seed
+                self._restart()
+            while self._next <= j:
+                size = min(self.BLOCK, self.k - self._next * self.BLOCK)
+                self._blocks[self._next] = (
+                    self._rng.integers(0, self.n, size, dtype=B.int64) if self.p is None
+                    else self._rng.choice(self.n, size, p=self.p).astype(B.int64, copy=False))
+                self._blocks.pop(self._next - 2, None)
+                self._next += 1
+        return self._blocks[j]
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self.k)
+            if step != 1:
+                raise IndexError(f"RandomSampler: the order reads slices of step 1, got {step}")
+            parts = [self._block(j)[max(start - j * self.BLOCK, 0):stop - j * self.BLOCK]
+                     for j in range(start // self.BLOCK, -(-stop // self.BLOCK))]
+            return np.concatenate(parts) if parts else np.empty(0, dtype=B.int64)
+        i = int(i) + (self.k if int(i) < 0 else 0)
+        if not 0 <= i < self.k:
+            raise IndexError(f"RandomSampler: index {i} out of range for {self.k} draws")
+        return self._block(i // self.BLOCK)[i % self.BLOCK]
+
+    def __iter__(self) -> Iterator[int]:
+        for j in range(-(-self.k // self.BLOCK)):
+            yield from self._block(j).tolist()
 
 
 class SequentialSampler(_Seeded):
@@ -115,10 +167,12 @@ class RandomSampler(_Seeded):
     def _draw(self) -> int:
         return _draw_seed(self.generator)
 
-    def _order(self, seed: int | None) -> np.ndarray:
+    def _order(self, seed: int | None) -> np.ndarray | _Draws:
         n, k = len(self.data_source), int(self.num_samples)
         if n == 0:
             raise ValueError("RandomSampler: the data source is empty")
+        if self.replacement and k > _Draws.BLOCK:  # drawn as read, not held whole
+            return _Draws(seed, n, k)
         rng = _host_rng(seed)
         if self.replacement:
             return rng.integers(0, n, k, dtype=B.int64)
@@ -193,7 +247,9 @@ class WeightedRandomSampler(_Seeded):
     def _draw(self) -> int:
         return _draw_seed(self.generator)
 
-    def _order(self, seed: int | None) -> np.ndarray:
+    def _order(self, seed: int | None) -> np.ndarray | _Draws:
+        if self.replacement and self.num_samples > _Draws.BLOCK:  # drawn as read
+            return _Draws(seed, len(self._p), self.num_samples, self._p)
         rng = _host_rng(seed)
         out = rng.choice(len(self._p), self.num_samples, replace=self.replacement, p=self._p)
         return out.astype(B.int64, copy=False)
