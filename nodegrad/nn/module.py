@@ -19,7 +19,7 @@ from .. import _backend as B
 from ..autodiff import RemovableHandle, effect, modes, no_grad
 from ..errors import ShapeError
 from ..func.tree import register_pytree_node
-from ..tensor import Tensor
+from ..tensor import Tensor, check_layout
 from . import hooks as _hooks
 
 
@@ -287,8 +287,15 @@ class Module:
             else:
                 p.grad.data[...] = 0
 
-    def to(self, device=None, dtype=None) -> Module:
-        """Move (and/or cast) parameters and buffers in place; Parameter objects are kept."""
+    def to(self, device=None, dtype=None, non_blocking: bool = False, *,
+           memory_format=None) -> Module:
+        """Move (and/or cast) parameters and buffers in place; Parameter objects are kept.
+        ``model.to(tensor)`` takes the tensor's device and dtype; PyTorch's ``non_blocking`` and
+        ``memory_format`` (``channels_last``) are accepted, as arrays here stay C-ordered."""
+        if memory_format is not None:
+            check_layout("Module.to", memory_format=memory_format)
+        if isinstance(device, Tensor) and dtype is None:
+            device, dtype = device.device, device.dtype
         if isinstance(device, B.np.dtype | type) and dtype is None:
             device, dtype = None, device
         be = None if device is None else B.get_backend(device)

@@ -84,10 +84,17 @@ _reshape = primitive("reshape", lambda xp, x, shape: xp.reshape(x, shape), _resh
                      doc="Same values in a new shape.")
 
 
-def reshape(x, *shape, order: str = "C"):
-    """``x`` viewed with a new shape (one entry may be -1); with ``x``'s own shape, see
-    :func:`_same_view`. NumPy's ``order="F"`` reads and writes the entries first index
-    fastest (a copy: the reshape of the reversed axes, reversed back)."""
+def reshape(x, *dims, shape=None, order: str = "C"):
+    """``x`` viewed with a new shape (one entry may be -1), given as ``reshape(2, 3)``,
+    ``reshape((2, 3))`` or PyTorch's and NumPy's keyword ``shape=(2, 3)``; with ``x``'s own
+    shape, see :func:`_same_view`. NumPy's ``order="F"`` reads and writes the entries first
+    index fastest (a copy: the reshape of the reversed axes, reversed back)."""
+    if shape is not None:
+        if dims:
+            raise TypeError(f"reshape: pass the shape positionally or as shape=, not both "
+                            f"(got {dims} and shape={shape})")
+        dims = (shape,)
+    shape = dims
     if order == "F":
         return transpose(reshape(transpose(x), tuple(reversed(shape_arg(shape)))))
     if order not in ("C", "A"):

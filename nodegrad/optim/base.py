@@ -274,6 +274,7 @@ class Optimizer:
         self.fused = fused
         self.foreach, self.capturable, self.differentiable = foreach, capturable, differentiable
         self.step_count = 0
+        self._user_state: dict = {}  # entries a subclass's own step keeps (see _StateDict)
         self._init_hooks()
         self.param_groups: list[dict] = []
         self._buckets: list[list[_Bucket]] = []
@@ -871,14 +872,16 @@ class Optimizer:
     # --- state ------------------------------------------------------------------------------
     @property
     def state(self) -> dict:
-        """Per-parameter state, ``{param: {"step": t, name: array, ...}}`` (live views)."""
-        out = {}
+        """Per-parameter state, ``{param: {"step": t, name: array, ...}}`` (live views). As
+        PyTorch's ``defaultdict(dict)``, a missing parameter gives a new entry that is kept:
+        a subclass with its own ``step`` writes ``self.state[p]["mu"] = ...`` (LARS, SAM)."""
+        out = _StateDict(self._user_state)
         for buckets in self._buckets:
             for b in buckets:
                 for i, p in enumerate(b.params):
                     entry = self._entry(b, i, copy=False)
                     if entry is not None:
-                        out[p] = entry
+                        dict.__setitem__(out, p, entry)
         return out
 
     @staticmethod
@@ -934,6 +937,9 @@ class Optimizer:
         state, groups, start = {}, [], 0
         for gi, group in enumerate(self.param_groups):
             for pos, e in enumerate(self._extract(gi)):
+                if e is None and group["params"][pos] in self._user_state:
+                    e = {k: v.clone() if isinstance(v, Tensor) else v for k, v in
+                         self._user_state[group["params"][pos]].items()}
                 if e is not None:
                     state[start + pos] = e
             saved = {k: v for k, v in group.items() if k != "params"}
@@ -952,10 +958,16 @@ class Optimizer:
                 raise ValueError(f"{name}.load_state_dict: group {gi}'s parameter names differ: "
                                  f"saved {names}, here {g['param_names']}")
         entries = [[None] * len(g["params"]) for g in self.param_groups]
+        own = type(self).update is Optimizer.update  # a PyTorch-style step of its own
         for idx, e in state.items():
             gi, pos = where[idx]
             sg, g = saved_groups[gi], self.param_groups[gi]
             p = g["params"][pos]
+            if own:  # its entries as saved, arrays (PyTorch's tensors too) as tensors
+                self._user_state[p] = {
+                    k: Tensor(_to_backend_of(p, v)) if _is_arrayish(v) or hasattr(
+                        v, "__array__") else v for k, v in e.items()}
+                continue
             desc = _describe(g, gi, pos, p)
             h = self._hyper({k: v for k, v in sg.items() if k not in _NOT_HYPER},
                             self.step_count + 1)
@@ -992,6 +1004,33 @@ class Optimizer:
         self.step_count = int(state_dict.get("step_count", 0))
         for gi in range(len(self.param_groups)):
             self._install(gi, entries[gi])
+
+
+class _StateDict(dict):
+    """``optimizer.state``, PyTorch's ``defaultdict(dict)``: ``state[p]`` for a parameter with
+    no entry creates one in ``store`` (the optimizer's own), so it lasts across steps."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: dict):
+        super().__init__(store)
+        self._store = store
+
+    def __missing__(self, p):
+        entry = self._store[p] = {}
+        dict.__setitem__(self, p, entry)
+        return entry
+
+    def __setitem__(self, p, entry) -> None:
+        dict.__setitem__(self, p, entry)
+        self._store[p] = entry
+
+
+def _to_backend_of(p: Tensor, v):
+    """A saved state value (an array or another library's tensor) on ``p``'s backend."""
+    v = v.data if isinstance(v, Tensor) else v
+    be = B.backend_of(p.data)
+    return be.asarray(B.np.asarray(v) if not is_array(v) else B.backend_of(v).to_host(v))
 
 
 def _check_forms(name: str, fused, foreach, capturable, differentiable) -> None:

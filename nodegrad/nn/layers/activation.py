@@ -115,6 +115,9 @@ class GELU(Module):
     def forward(self, x):
         return F.gelu(x, self.approximate)
 
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
 
 class SiLU(Module):
     def __init__(self, inplace: bool = False):
