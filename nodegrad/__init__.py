@@ -104,6 +104,7 @@ from .linalg_lowrank import pca_lowrank, svd_lowrank  # noqa: E402
 from . import amp  # noqa: E402  (torch.amp)
 from . import backends, quasirandom, signal, testing  # noqa: E402  (torch.backends, ...)
 from . import library  # noqa: E402  (torch.library: custom ops)
+from . import compiler  # noqa: E402  (torch.compiler's queries)
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # noqa: E402
                       is_deterministic_algorithms_warn_only_enabled, set_num_threads,
