@@ -22,6 +22,7 @@ from ..ops import where
 from ..ops.aliases import apply_inplace
 from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor, write_out
+from .norm_functional import half_in_float32
 from .losses import (_max_every_tie, binary_cross_entropy, binary_cross_entropy_with_logits,
                      cross_entropy, huber_loss, kl_div, l1_loss, mse_loss, nll_loss,
                      smooth_l1_loss)
@@ -343,6 +344,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                 t is None or t.numel() == 0 for t in (running_mean, running_var, weight, bias)):
             return x * 1
         raise ShapeError(f"batch_norm: expected (N, C, ...) input, got {tuple(x.shape)}")
+    if half_in_float32(x, running_mean, running_var, weight, bias):
+        return ops.astype(batch_norm(ops.astype(x, B.float32), running_mean, running_var, weight,
+                                     bias, training, momentum, eps), x.dtype)
     c = x.shape[1]
     axes = (0,) + tuple(range(2, x.ndim))
     shape = (1, c) + (1,) * (x.ndim - 2)
@@ -389,6 +393,8 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     if tuple(x.shape[x.ndim - len(ns):]) != ns:
         raise ShapeError(f"layer_norm: input {tuple(x.shape)} does not end in normalized_shape "
                          f"{ns}")
+    if half_in_float32(x, weight, bias):
+        return ops.astype(layer_norm(ops.astype(x, B.float32), ns, weight, bias, eps), x.dtype)
     if x.dtype == B.float16:  # worked in float32 and rounded once, as PyTorch's: in float16
         # the squares of entries over 256 overflow, and the output would silently be 0
         def f32(t):

@@ -17,6 +17,19 @@ from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor
 
 
+_HALF = (B.bfloat16, B.np.dtype("float16"))
+
+
+def half_in_float32(x: Tensor, *params) -> bool:
+    """Whether a norm of half-precision ``x`` (bfloat16, float16) with float32 parameters or
+    statistics (an autocast region's float32 layers) runs in float32 and returns ``x``'s dtype,
+    as PyTorch's mixed-dtype norms do (instead of mixing the widths)."""
+    if x.dtype not in _HALF:
+        return False
+    given = [p for p in params if p is not None]
+    return bool(given) and all(p.dtype == B.float32 for p in given)
+
+
 def _affine(y: Tensor, weight, bias, shape) -> Tensor:
     if weight is not None:
         y = y * ops.reshape(weight, shape)
@@ -44,6 +57,9 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     if not isinstance(x, Tensor) or x.ndim < 2 or num_groups < 1 or x.shape[1] % num_groups:
         raise ShapeError(f"group_norm: expected (N, C, ...) with C divisible by num_groups="
                          f"{num_groups}, got {getattr(x, 'shape', x)!r}")
+    if half_in_float32(x, weight, bias):
+        return ops.astype(group_norm(ops.astype(x, B.float32), num_groups, weight, bias, eps),
+                          x.dtype)
     n, c = x.shape[:2]
     per_group = (c // num_groups) * math.prod(x.shape[2:])  # (no -1: n may be 0)
     g = ops.reshape(x, (n, num_groups, per_group))
