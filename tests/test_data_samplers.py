@@ -443,7 +443,8 @@ def test_loader_over_an_iterable_dataset(prefetch):
     loader = DataLoader(_Stream(7), batch_size=3, prefetch=prefetch)
     batches = list(loader)
     assert [b[0].numpy().tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6]]
-    assert batches[0][0].dtype == ng.float32 and batches[0][1].dtype == ng.int64
+    # the samples' own dtypes, as PyTorch's default_collate keeps them (np.float64: float64)
+    assert batches[0][0].dtype == ng.float64 and batches[0][1].dtype == ng.int64
     assert [b[1].numpy().tolist() for b in batches][-1] == [36]
     with pytest.raises(TypeError, match="length of _Stream, an IterableDataset without"):
         len(loader)

@@ -399,3 +399,19 @@ def test_getitems_reads_a_batch_at_once_as_torch():
         return each(D.DataLoader(Batched(), batch_size=2, sampler=[4, 0, 2])), calls
 
     same(run)
+
+
+def test_stream_of_float64_arrays_keeps_float64_as_torch():
+    class Stream(ng.data.IterableDataset):
+        def __iter__(self):
+            for i in range(4):
+                yield np.full(3, i, dtype=np.float64), np.float32(i)
+
+    class TStream(torch.utils.data.IterableDataset):
+        __iter__ = Stream.__iter__
+
+    ours = next(iter(ng.data.DataLoader(Stream(), batch_size=2)))
+    theirs = next(iter(torch.utils.data.DataLoader(TStream(), batch_size=2)))
+    assert [str(t.dtype) for t in ours] == [str(t.dtype).removeprefix("torch.") for t in theirs]
+    assert next(iter(ng.data.DataLoader(Stream(), batch_size=2, dtype=ng.float32)))[0].dtype \
+        == ng.float32  # asked for

@@ -150,8 +150,9 @@ class DataLoader:
             and 0 on the CPU, where a thread only competes with the model for the GIL.
         device: where batches land (default: ``ng.get_default_device()``, the CPU unless set);
             floating host fields become ``dtype``, integer ones int64. ``dtype=None`` (the
-            default) keeps the dtypes of a :class:`TensorDataset` (as PyTorch does) and gives
-            float32 for plain array datasets and streams. Without ``collate_fn`` the samples
+            default) keeps the dtypes of a :class:`TensorDataset` and of a stream's samples (as
+            PyTorch does) and gives float32 for plain array datasets (and a stream with a
+            ``transform``). Without ``collate_fn`` the samples
             of any other map-style dataset (a ``Dataset`` subclass, or a Subset/concatenation
             holding one) are collated by :func:`default_collate` (``batch_size=None``:
             :func:`default_convert`), keeping their dtypes as PyTorch does, unless ``dtype`` or
@@ -253,9 +254,11 @@ class DataLoader:
         self.transform = transform
         self.prefetch = prefetch
         self.dtype = None if dtype is None else B.as_dtype(dtype)
-        # PyTorch's loader keeps a TensorDataset's dtypes; plain array datasets become float32
-        self._float = (None if dtype is None and keeps_dtype(dataset)
-                       else B.float32 if dtype is None else self.dtype)
+        # PyTorch's loader keeps a TensorDataset's dtypes, and a stream's (its samples are the
+        # user's arrays, collated as default_collate does); plain array datasets become float32
+        self._float = (None if dtype is None and (keeps_dtype(dataset) or (
+            self._iterable and transform is None)) else B.float32 if dtype is None
+            else self.dtype)
         # whole batches by index: a sampler or batch sampler keeps this, per-sample options not
         batching = self.batch_size is not None or batch_sampler is not None
         self._vectorised = (collate_fn is None and not self._iterable
