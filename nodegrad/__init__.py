@@ -102,7 +102,7 @@ from .lax import torch_cond as cond  # noqa: E402  (torch.cond; linalg.cond is t
 from .lax import torch_while_loop as while_loop  # noqa: E402
 from .linalg_lowrank import pca_lowrank, svd_lowrank  # noqa: E402
 from . import amp  # noqa: E402  (torch.amp)
-from . import backends, quasirandom, signal, testing  # noqa: E402  (torch.backends, ...)
+from . import accelerator, backends, quasirandom, signal, testing  # noqa: E402  (torch.*)
 from . import library  # noqa: E402  (torch.library: custom ops)
 from . import compiler  # noqa: E402  (torch.compiler's queries)
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402

@@ -11,6 +11,7 @@ its own flag, as PyTorch's (which also leaves ``use_deterministic_algorithms`` u
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 from .settings import get_float32_matmul_precision, set_float32_matmul_precision
 
@@ -124,3 +125,8 @@ class MpsModule:
 cudnn = CudnnModule()
 cuda = CudaModule()
 mps = MpsModule()
+
+# ``import torch.backends.cudnn as cudnn``, the common spelling, imports the switches as submodules
+for _sub, _obj in (("cudnn", cudnn), ("cuda", cuda), ("mps", mps)):
+    sys.modules[f"{__name__}.{_sub}"] = _obj
+del _sub, _obj
