@@ -27,9 +27,10 @@ from .regularisation import l2_penalty
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 
 __all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW", "NAdam",
-           "RAdam", "Adamax", "Rprop", "ASGD", "Adafactor", "LBFGS", "Muon",
+           "RAdam", "Adamax", "Rprop", "ASGD", "Adafactor", "LBFGS", "Muon", "SparseAdam",
            "lr_scheduler", "optimizer", "swa_utils", "clip_grad_norm_", "clip_grad_value_",
            "l2_penalty",
            "register_optimizer_step_pre_hook", "register_optimizer_step_post_hook"]
