@@ -249,6 +249,15 @@ def _key(prog, i: Instr):
     return (tuple(shape), dt)
 
 
+def _readers(instrs: list) -> dict[int, list]:
+    """Slot -> the instructions that read it, in program order."""
+    readers: dict[int, list] = {}
+    for i in instrs:
+        for a in i.ins:
+            readers.setdefault(a, []).append(i)
+    return readers
+
+
 def _split_biases(prog, instrs: list) -> list:
     """A ``linear`` whose only reader is an op that can join a kernel becomes the product
     alone and an ``add`` of its bias, so the add joins that reader's kernel (a layer's ReLU):
@@ -260,10 +269,7 @@ def _split_biases(prog, instrs: list) -> list:
     if prog.backend.device_id is not None or not _numba_loaded():
         return instrs
     values = getattr(prog, "values", {})
-    readers: dict[int, list] = {}
-    for i in instrs:
-        for a in i.ins:
-            readers.setdefault(a, []).append(i)
+    readers = _readers(instrs)
     outs = set(prog.out_slots)
     result = []
     for i in instrs:
@@ -303,10 +309,7 @@ def _outer_square_sums(prog, instrs: list) -> list:
     the product never made. The sum is reordered (within fusion's tolerance; more accurate, as
     fewer terms are rounded)."""
     values = getattr(prog, "values", {})
-    readers: dict[int, list] = {}
-    for i in instrs:
-        for a in i.ins:
-            readers.setdefault(a, []).append(i)
+    readers = _readers(instrs)
     outs = set(prog.out_slots)
     made = {i.out: i for i in instrs if i.kind == "op" and i.out is not None}
     plan: dict[int, tuple] = {}  # id(sum) -> (a, b, own axes of a, of b); its two ops dropped
