@@ -82,8 +82,7 @@ class Tensor:
             if not isinstance(data, list | tuple):
                 raise TypeError(f"Tensor: expected an array or a sequence of numbers, got "
                                 f"{type(data).__name__} (ng.tensor(x) makes a tensor of x)")
-            from .dtypes import get_default_dtype
-            data = B.np.asarray(data, dtype=get_default_dtype())
+            data = B.np.asarray(data, dtype=B.DEFAULT_FLOAT)  # get_default_dtype()'s value
         self.data = data
         self.node = node
         self.requires_grad = requires_grad
