@@ -1491,6 +1491,37 @@ def im2col(xl, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out: tu
     return mem
 
 
+def im2col_form(xl, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out: tuple,
+                taps_first: bool):
+    """:func:`im2col` for arrays laid out as ``xl``, its checks and arguments settled once:
+    ``f(xl) -> windows``, the same kernel call (so the same values) without them, for a
+    convolution's plan (``ops.conv``); None where im2col does not apply or makes nothing."""
+    nd = len(k)
+    kern = cpu_kernels()
+    if (kern is None or nd not in (1, 2) or type(xl) is not np.ndarray
+            or xl.dtype not in _KERNEL_DTYPES or not xl.flags.c_contiguous):
+        return None
+    n, c = xl.shape[0], xl.shape[-1]
+    shape = k + (c, n) + out if taps_first else (n,) + out + k + (c,)
+    size, dtype = math.prod(shape), xl.dtype
+    if size == 0:
+        return None
+    if nd == 1:  # as two axes, the first of length one
+        sp, out, k = (1,) + xl.shape[1:2], (1,) + out, (1,) + k
+        stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
+    else:
+        sp = xl.shape[1:3]
+    args = ((n, *sp, c, *out, *k), *stride, *padding, *dilation, taps_first, dtype.type(0))
+    im2col_2d, empty = kern.im2col_2d, np.empty
+
+    def form(xl):
+        mem = empty(size, dtype)
+        im2col_2d(xl.reshape(-1), mem, *args)
+        return mem.reshape(shape)
+
+    return form
+
+
 def outer_stack(x, y):
     """``x * y`` for stacks of outer products, x (..., m, 1) and y (..., 1, n) with the same
     leading axes and float dtype (a vmap'ed layer's per-example weight gradients): a numba loop

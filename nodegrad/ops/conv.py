@@ -41,6 +41,16 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
     padding may leave room for more windows than its input had). Windows of a channels-last
     array are runs of whole rows, so the one copy here moves contiguous blocks; with numba
     loaded, one pass makes that copy (:func:`_cols_in_one_pass`)."""
+    if type(x) is B.ndarray:
+        key = (x.shape, x.strides, x.dtype, k, stride, padding, dilation, groups, out,
+               B.cpu_kernels() is not None)
+        plan = _COLS_PLANS.get(key, _UNPLANNED)
+        if plan is _UNPLANNED:
+            if len(_COLS_PLANS) >= COLS_PLANS_MAX:
+                _COLS_PLANS.clear()
+            plan = _COLS_PLANS[key] = _cols_plan(x, k, stride, padding, dilation, groups, out)
+        if plan is not None:
+            return plan(x)
     nd = len(k)
     n, c = x.shape[:2]
     xl = _channels_last(x)
@@ -78,6 +88,54 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
     if first:
         return mem.reshape(1, kk * c, n * npos).transpose(0, 2, 1), out
     return mem.reshape(1, n * npos, kk * c), out
+
+
+COLS_PLANS_MAX = 256
+_COLS_PLANS: dict = {}  # layout and parameters -> _cols_plan's form (or None)
+_UNPLANNED = object()
+
+
+def _cols_plan(x, k, stride, padding, dilation, groups, out):
+    """:func:`_cols` for NumPy inputs laid out as ``x`` where it is one pass of
+    :func:`._backend.im2col` (one group, numba loaded), its decisions made once per layout
+    (a convolution's few shapes repeat every step): ``f(x) -> (columns, output size)``, the
+    same kernel call and views, so the same values, without ~10 µs of checks and shape
+    arithmetic per call; None where _cols takes another way."""
+    if groups != 1 or B.cpu_kernels() is None:
+        return None
+    nd = len(k)
+    n, c = x.shape[:2]
+    if out is None:
+        out = tuple(_out_size(m, ki, s, p, d)
+                    for m, ki, s, p, d in zip(x.shape[2:], k, stride, padding, dilation))
+    npos, kk = math.prod(out), math.prod(k)
+    first = c == 1 and stride[-1] == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1)
+    padded = (n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,)
+    xl = _channels_last(x)
+    if not first:  # _cols_in_one_pass's rules
+        if k[-1] * c < 16:
+            return None
+        st = _c_strides(padded, xl.itemsize) if any(padding) else xl.strides
+        ws = _window_strides(st, stride, dilation)
+        shape = (padded[0],) + out + k + (c,)
+        if _merges(shape[:1 + nd], ws[:1 + nd]) and _merges(shape[1 + nd:], ws[1 + nd:]):
+            return None
+    form = B.im2col_form(xl, k, stride, padding, dilation, out, first)
+    if form is None:
+        return None
+    perm = (0,) + tuple(range(2, x.ndim)) + (1,)
+    if first:
+        rows = (1, kk * c, n * npos)
+
+        def plan(x):
+            return form(x.transpose(perm)).reshape(rows).transpose(0, 2, 1), out
+    else:
+        rows = (1, n * npos, kk * c)
+
+        def plan(x):
+            return form(x.transpose(perm)).reshape(rows), out
+
+    return plan
 
 
 def _window_strides(st: tuple, stride: tuple, dilation: tuple) -> tuple:
