@@ -8,8 +8,11 @@ where tensor values are not known to Python.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import operator
+import weakref
 
 from . import _ng as ng
 from nodegrad import _backend as B
@@ -77,14 +80,104 @@ def _concrete() -> bool:
 _LOG_2PI = math.log(2 * math.pi)
 
 
+_NUMBER_TYPES = (int, float, bool, type(None))
+
+
+def _weak_init(init):
+    """``init`` that records whether every argument was a Python number (or None, or a bool):
+    such a distribution's parameters are weakly typed (see ``_at_value_dtype``)."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)  # a subclass's call of super().__init__ runs first
+        self._weak = all(type(a) in _NUMBER_TYPES for a in (*args, *kwargs.values()))
+
+    return __init__
+
+
+def _weak_value_method(fn):
+    """``fn(self, value, ...)`` (log_prob, cdf, icdf) run on a copy of ``self`` in the dtype of
+    a float ``value`` when ``self`` was built from Python numbers only."""
+    @functools.wraps(fn)
+    def method(self, value, *args, **kwargs):
+        if self.__dict__.get("_weak") and isinstance(value, Tensor) \
+                and B.is_float(value.dtype):
+            self = self._at_value_dtype(value.dtype)
+        return fn(self, value, *args, **kwargs)
+
+    return method
+
+
+def _cast_floats(v, src, dtype):
+    """``v`` (a tensor, a distribution, a transform, or a list or tuple of them) with its
+    ``src`` tensors cast to ``dtype``: a shallow copy where anything changed, else ``v``.
+    A copied transform forgets its cache and its weakly held inverse."""
+    if isinstance(v, Tensor):
+        return v.astype(dtype) if v.dtype == src else v
+    if isinstance(v, list | tuple):
+        out = [_cast_floats(w, src, dtype) for w in v]
+        return v if all(a is b for a, b in zip(out, v)) else type(v)(out)
+    transform = hasattr(v, "_cached_x_y")
+    if not (isinstance(v, Distribution) or transform):
+        return v
+    changed = {k: w2 for k, w in v.__dict__.items()
+               if (w2 := _cast_floats(w, src, dtype)) is not w}
+    if not changed:
+        return v
+    new = copy.copy(v)
+    new.__dict__.update(changed)
+    if transform:
+        new._cached_x_y = (None, None)
+        if isinstance(new.__dict__.get("_inv"), weakref.ref):
+            new._inv = None
+    return new
+
+
+def _follow_partner(d: Distribution, other: Distribution) -> Distribution:
+    """``d`` in ``other``'s float dtype when ``d`` was built from Python numbers only and
+    ``other`` was not (``kl_divergence(q64, Normal(0., 1.))`` computes in float64)."""
+    if not d.__dict__.get("_weak") or other.__dict__.get("_weak"):
+        return d
+    dt = _own_float_dtype(other)
+    return d if dt is None else d._at_value_dtype(dt)
+
+
+def _own_float_dtype(d: Distribution):
+    """The dtype of ``d``'s parameters: its first float tensor attribute, else its inner
+    distribution's (a transformed distribution's base); None without either."""
+    for v in d.__dict__.values():
+        if isinstance(v, Tensor) and B.is_float(v.dtype):
+            return v.dtype
+    inner = (v for v in d.__dict__.values() if isinstance(v, Distribution))
+    return next((dt for v in inner if (dt := _own_float_dtype(v)) is not None), None)
+
+
 class Distribution:
-    """Base class: shapes, sampling through ``rsample``, and argument/value validation."""
+    """Base class: shapes, sampling through ``rsample``, and argument/value validation.
+
+    A distribution built from Python numbers only (``Normal(0., 1.)``) holds them in the
+    default float dtype but evaluates a float value in the value's dtype (the numbers are
+    weakly typed, as in any nodegrad op): ``Normal(0., 1.).log_prob(x64)`` is float64, as
+    PyTorch's, where nodegrad would otherwise refuse to mix float32 with float64."""
 
     has_rsample = False
     has_enumerate_support = False
     arg_constraints: dict[str, constraints.Constraint] = {}
     support: constraints.Constraint | None = None
     _validate_default = True
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _weak_init(cls.__dict__["__init__"])
+        for name in ("log_prob", "cdf", "icdf"):
+            if name in cls.__dict__:
+                setattr(cls, name, _weak_value_method(cls.__dict__[name]))
+
+    def _at_value_dtype(self, dtype) -> Distribution:
+        """This distribution with its parameters' float dtype (also in inner distributions and
+        transforms) cast to ``dtype``; itself when there is nothing to cast."""
+        src = _own_float_dtype(self)
+        return self if src in (None, dtype) else _cast_floats(self, src, dtype)
 
     @staticmethod
     def set_default_validate_args(value: bool) -> None:

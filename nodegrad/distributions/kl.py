@@ -15,7 +15,7 @@ from .categorical import Categorical, OneHotCategorical
 from .cauchy import Cauchy
 from .continuous_bernoulli import ContinuousBernoulli
 from .dirichlet import Dirichlet
-from .distribution import Distribution, _concrete, _sum_rightmost
+from .distribution import Distribution, _concrete, _follow_partner, _sum_rightmost
 from .exp_family import ExponentialFamily
 from .exponential import Exponential
 from .gamma import Gamma
@@ -65,7 +65,7 @@ def kl_divergence(p: Distribution, q: Distribution) -> Tensor:
     if fn is None:
         raise NotImplementedError(f"No KL(p || q) is implemented for p of type "
                                   f"{type(p).__name__} and q of type {type(q).__name__}")
-    return fn(p, q)
+    return fn(_follow_partner(p, q), _follow_partner(q, p))
 
 
 @register_kl(Normal, Normal)

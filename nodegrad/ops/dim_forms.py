@@ -38,9 +38,16 @@ def _method_form(fn: Callable, name: str) -> Callable:
             if name in _TORCH_ONLY and args:  # PyTorch's function: positional dims are dim=
                 return getattr(Tensor, name)(input, *args, **kwargs)
             return fn(input, *args, **kwargs)
-        if args:
-            raise TypeError(f"{name}: pass the dimension as dim= (PyTorch) or positionally "
-                            "(NumPy's axis), not both")
+        if args:  # PyTorch's positional dim with keyword keepdim: sum(x, -1, keepdim=True)
+            if dim is not _UNSET:
+                raise TypeError(f"{name}: pass the dimension as dim= (PyTorch) or positionally "
+                                "(NumPy's axis), not both")
+            if len(args) > (2 if name in ("std", "var") else 1):
+                raise TypeError(f"{name}(input, dim, keepdim=): got {len(args)} positional "
+                                "arguments after input; pass the others by keyword")
+            dim = args[0]
+            if len(args) == 2:  # std/var(input, dim, unbiased, keepdim=)
+                kwargs["unbiased"] = args[1]
         if dim is not _UNSET:
             kwargs["dim"] = dim
         if keepdim is not _UNSET:
