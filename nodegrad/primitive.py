@@ -389,6 +389,8 @@ def _through_float32(prim: Primitive, args: tuple, params: dict, m):
     up = {"dtype": _F32, "src": _BF16}
     if params.get("dtype") is _BF16:  # a bfloat16 result asked for: accumulate in float32
         params = {**params, "dtype": None}
+    if prim.kind == "elementwise" and m.grad_enabled and len(args) > 1:
+        args = _broadcast_bf16(args)
     args = tuple(bind(cast, (a,), up) if isinstance(a, Tensor) and a.data.dtype is _BF16
                  else a.astype(_F32) if B.is_array(a) and a.dtype is _BF16 else a
                  for a in args)
@@ -400,6 +402,23 @@ def _through_float32(prim: Primitive, args: tuple, params: dict, m):
     if out.dtype is not _F32 or params.get("dtype") is not None:
         return out
     return bind(cast, (out,), {"dtype": _BF16, "src": _F32})
+
+
+def _broadcast_bf16(args: tuple) -> tuple:
+    """A bfloat16 operand that needs a gradient and is broadcast by an elementwise op, first
+    broadcast in bfloat16: its gradient is then the per-element product rounded to bfloat16 and
+    summed back in float32 (rounded once), PyTorch's order (``w.grad`` of ``x * w``)."""
+    ts = [a for a in args if isinstance(a, Tensor)]
+    if not any(a.requires_grad and a.data.dtype is _BF16 for a in ts):
+        return args
+    try:
+        shape = B.np.broadcast_shapes(*(a.shape for a in ts))
+    except ValueError:  # the op itself names the shapes that do not broadcast
+        return args
+    bcast = REGISTRY["broadcast_to"]
+    return tuple(bind(bcast, (a,), {"shape": shape})
+                 if isinstance(a, Tensor) and a.requires_grad and a.data.dtype is _BF16
+                 and tuple(a.shape) != shape else a for a in args)
 
 
 def _operand_error(name: str, a) -> str:

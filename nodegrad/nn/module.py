@@ -265,9 +265,14 @@ class Module:
 
     # --- modes, devices, gradients --------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
-        """Training mode (dropout active, batch norm uses batch statistics)."""
-        for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+        """Training mode (dropout active, batch norm uses batch statistics), set through each
+        child's own ``train`` so that a subclass overriding it (LoRA's merge) sees the switch."""
+        if not isinstance(mode, bool):
+            raise ValueError(f"Module.train: training mode is expected to be boolean, got "
+                             f"{type(mode).__name__}")
+        object.__setattr__(self, "training", mode)
+        for m in self.children():
+            m.train(mode)
         return self
 
     def eval(self) -> Module:

@@ -123,17 +123,18 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
 def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
              eps: float | None = None) -> Tensor:
     """x / √(mean(x²) + eps) over the trailing ``normalized_shape`` axes, times ``weight``;
-    ``eps`` defaults to the dtype's machine epsilon, as PyTorch."""
+    ``eps`` defaults to the machine epsilon of the dtype it is computed in, as PyTorch's
+    kernel: float32's for float16 and bfloat16 (worked in float32, rounded once)."""
     x = input
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if not isinstance(x, Tensor) or tuple(x.shape[x.ndim - len(ns):]) != ns or x.ndim < len(ns):
         raise ShapeError(f"rms_norm: input {getattr(x, 'shape', x)!r} does not end in "
                          f"normalized_shape {ns}")
+    if x.dtype in (B.float16, B.bfloat16):  # in float32 (the weight's product too), rounded once
+        w = None if weight is None else ops.astype(weight, B.float32)
+        return ops.astype(rms_norm(ops.astype(x, B.float32), ns, w, eps), x.dtype)
     if eps is None:
         eps = float(B.finfo(x.dtype).eps)
-    if x.dtype == B.float16:  # worked in float32 (the weight's product too), rounded once
-        w = None if weight is None else ops.astype(weight, B.float32)
-        return ops.astype(rms_norm(ops.astype(x, B.float32), ns, w, eps), B.float16)
     axes = tuple(range(x.ndim - len(ns), x.ndim))
     y = x / ops.sqrt(ops.mean(x * x, axis=axes, keepdims=True) + eps)
     return y if weight is None else y * weight

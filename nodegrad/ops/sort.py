@@ -18,7 +18,7 @@ from .index import getitem, take_along_axis
 from .elementwise import maximum
 from .reduce import any, argmax, ordered
 from .reduce import sum as sum_
-from .shape import moveaxis, norm_axis, reshape
+from .shape import copy, moveaxis, norm_axis, reshape
 
 Sorted = namedtuple("Sorted", ["values", "indices"])
 
@@ -101,7 +101,14 @@ def sort(x, dim: int = -1, descending: bool = False, stable: bool = False, *, ax
 
 
 def _first(idx, ax, k):
-    return getitem(idx, (slice(None),) * ax + (slice(0, k),))
+    """The first ``k`` indices along ``ax``, copied: PyTorch's selections are contiguous, so
+    ``topk(...).indices.view(...)`` works."""
+    return _slice(idx, ax, 0, k)
+
+
+def _slice(idx, ax, start, stop):
+    """Indices ``start:stop`` along ``ax`` as a contiguous tensor of their own (not a view)."""
+    return copy(getitem(idx, (slice(None),) * ax + (slice(start, stop),)))
 
 
 def topk(x, k: int, dim: int = -1, largest: bool = True, sorted: bool = True) -> Sorted:
@@ -125,8 +132,7 @@ def kthvalue(x, k: int, dim: int = -1, keepdim: bool = False) -> Sorted:
     if not 1 <= k <= v.shape[ax]:
         raise ShapeError(f"kthvalue: k={k} is out of range for dim {dim} of length "
                          f"{v.shape[ax]} (shape {tuple(x.shape)})")
-    idx = getitem(_argsort(v, axis=ax, descending=False), (slice(None),) * ax
-                  + (slice(k - 1, k),))
+    idx = _slice(_argsort(v, axis=ax, descending=False), ax, k - 1, k)
     return _selected(v, idx, ax, keepdim, x.ndim == 0)
 
 
@@ -203,8 +209,7 @@ def median(x, dim: int | None = None, keepdim: bool = False, *, axis=_NO,
     n = v.shape[ax]
     if n == 0:
         raise ShapeError(f"median: dim {dim} is empty (shape {tuple(x.shape)})")
-    idx = getitem(_argsort(v, axis=ax, descending=False),
-                  (slice(None),) * ax + (slice((n - 1) // 2, (n - 1) // 2 + 1),))
+    idx = _slice(_argsort(v, axis=ax, descending=False), ax, (n - 1) // 2, (n - 1) // 2 + 1)
     if B.is_float(v.dtype):
         nan = isnan(v)
         idx = where(any(nan, ax, True), argmax(nan, ax, True), idx)
