@@ -1033,7 +1033,8 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
 def _linspace_values(start, stop, steps: int, dt):
     """PyTorch's linspace on the host: integer dtypes truncate the ends first and step in
     double; float dtypes step in their own precision. Below halfway from the start, above it
-    back from the end (so both ends are exact), as PyTorch's kernel."""
+    back from the end (so both ends are exact), each value one fused multiply-add (for float32,
+    float64 and integers), as PyTorch's kernel."""
     np_ = B.np
     dt = np_.dtype(dt)
     k = np_.arange(steps)
@@ -1048,8 +1049,35 @@ def _linspace_values(start, stop, steps: int, dt):
     step = (ct(e) - ct(s)) / ct(max(steps - 1, 1))
     kk = k.astype(ct)
     with np_.errstate(over="ignore", invalid="ignore"):
-        v = np_.where(k < steps // 2, ct(s) + step * kk, ct(e) - step * (ct(steps - 1) - kk))
+        if dt.kind in "iub" or (dt.kind == "f" and dt.itemsize >= 4):  # fused multiply-adds
+            low, high = k < steps // 2, ct(steps - 1) - kk
+            v = np_.where(low, _fma(step, kk, s), _fma(-step, high, e))
+        else:
+            v = np_.where(k < steps // 2, ct(s) + step * kk, ct(e) - step * (ct(steps - 1) - kk))
     return v.astype(dt)
+
+
+def _fma(a, b, c):
+    """a * b + c rounded once, elementwise (float32 in float64, where the product is exact;
+    float64 by Dekker's exact product and a compensated sum, off by an ulp in rare cases)."""
+    np_ = B.np
+    if np_.dtype(type(c)).itemsize < 8:
+        return np_.float64(a) * b.astype(np_.float64) + np_.float64(c)
+    a, b, c = np_.float64(a), b.astype(np_.float64), np_.float64(c)
+    p = a * b
+
+    def split(x):  # x = hi + lo, each with at most 26 significant bits
+        t = 134217729.0 * x
+        hi = t - (t - x)
+        return hi, x - hi
+
+    (ah, al), (bh, bl) = split(a), split(b)
+    err = ((ah * bh - p) + ah * bl + al * bh) + al * bl  # p + err = a * b exactly
+    s = p + c
+    bb = s - p
+    low = (p - (s - bb)) + (c - bb)  # s + low = p + c exactly
+    out = s + (low + err)
+    return np_.where(np_.isfinite(out), out, p + c)
 
 
 def linspace(start, stop=None, num: int | None = None, dtype=None, device=None,

@@ -112,14 +112,15 @@ def _extreme(fn, argfn):
 
 
 def _stat(fn):
-    def method(self, axis=None, ddof=None, keepdims=False, *, dim=None, keepdim=_UNSET,
+    def method(self, axis=None, ddof=None, keepdims=False, *, dim=_UNSET, keepdim=_UNSET,
                correction=None, unbiased=None):
         if isinstance(axis, bool):  # x.std(True): PyTorch's unbiased, never an axis
             if unbiased is not None:
                 raise TypeError(f"{fn.__name__}: got unbiased twice (a bool where the axis "
                                 "goes is PyTorch's unbiased)")
             axis, unbiased = None, axis
-        torch_call = dim is not None or keepdim is not _UNSET
+        torch_call = dim is not _UNSET or keepdim is not _UNSET  # dim=None too: PyTorch's
+        dim = None if dim is _UNSET else dim
         keepdim = False if keepdim is _UNSET else keepdim
         if correction is None:  # PyTorch's keywords (dim=, keepdim=, unbiased=) mean PyTorch's
             correction = ddof if ddof is not None else (  # correction=1; NumPy's ddof=0 else

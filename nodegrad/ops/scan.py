@@ -35,7 +35,22 @@ def _reverse(fn, t, axis):
 
 
 # --- cumsum ----------------------------------------------------------------------------------
-_cumsum = _scan("cumsum", lambda xp, x, axis: B.accumulated(xp.cumsum, x, axis),
+_WIDE = {"f": "float64", "F": "complex128"}  # float32 / complex64 codes: their accumulators
+
+
+def _widened(fn, x, axis):
+    """``fn(x, axis)`` for a running sum, product or logaddexp, accumulated in double precision
+    for float32 and complex64 and rounded once, as PyTorch's CPU kernels do: a float32 phase
+    summed over a few thousand samples drifts by many ulps otherwise (float16: see
+    ``accumulated``)."""
+    wide = _WIDE.get(x.dtype.char)
+    if wide is None:
+        return fn(x, axis)
+    return fn(x.astype(wide), axis).astype(x.dtype)
+
+
+_cumsum = _scan("cumsum", lambda xp, x, axis: _widened(
+                    lambda a, ax: B.accumulated(xp.cumsum, a, ax), x, axis),
                 lambda g, ans, x, axis: _reverse(_cumsum, g, axis), saves="none",
                 jvp="linear", doc="Running sum along an axis.")
 
@@ -85,7 +100,8 @@ def _cumprod_jvp(ts, ans, x, axis):
     return where(before, inner, tk * _cumprod(where(first, 1, x), axis=axis))
 
 
-_cumprod = _scan("cumprod", lambda xp, x, axis: B.accumulated(xp.cumprod, x, axis),
+_cumprod = _scan("cumprod", lambda xp, x, axis: _widened(
+                     lambda a, ax: B.accumulated(xp.cumprod, a, ax), x, axis),
                  _cumprod_vjp,
                  jvp=_cumprod_jvp, saves="both",
                  doc="Running product along an axis; exact gradients with zeros in the input.")
@@ -114,7 +130,8 @@ _cumarg = _scan("cumarg", _cumarg_fwd, promote=False,
 def _lcse_fwd(xp, x, axis):
     if x.dtype.kind == "c":
         return _lcse_complex(xp, x, axis)
-    return B.backend_of(x).accumulate("logaddexp", x, axis)
+    be = B.backend_of(x)
+    return _widened(lambda a, ax: be.accumulate("logaddexp", a, ax), x, axis)
 
 
 def _lcse_complex(xp, x, axis):

@@ -43,7 +43,10 @@ class _ConvNd(Module):
                                  f"stride={stride})")
         k = (kernel_size,) * self.nd if isinstance(kernel_size, int) else tuple(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        nd = self.nd  # one entry per spatial axis, as PyTorch stores them (conv.stride[0])
+        self.stride, self.padding = _per_axis(stride, nd), _per_axis(padding, nd)
+        self.dilation, self.groups = _per_axis(dilation, nd), groups
+        self.output_padding, self.transposed = (0,) * nd, False  # PyTorch's _ConvNd has them
         self.padding_mode = padding_mode
         self.weight = Parameter(empty(out_channels, in_channels // groups, *k, device=device,
                                       dtype=dtype))
@@ -150,6 +153,7 @@ class _Pool(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, **kw):
         super().__init__()
+        stride = kernel_size if stride is None else stride  # PyTorch's default, stored
         self.kernel_size, self.stride, self.padding, self.kw = kernel_size, stride, padding, kw
 
     def forward(self, x):
@@ -162,6 +166,7 @@ class _MaxPool(_Pool):
                  return_indices: bool = False, ceil_mode: bool = False):
         super().__init__(kernel_size, stride, padding, dilation=dilation,
                          ceil_mode=ceil_mode, return_indices=return_indices)
+        self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
 
     def extra_repr(self) -> str:
         """PyTorch's text: every argument but ``return_indices``, the defaults included."""
@@ -177,6 +182,8 @@ class _AvgPool(_Pool):
         if divisor_override is not None:
             kw["divisor_override"] = divisor_override
         super().__init__(kernel_size, stride, padding, **kw)
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override = divisor_override
 
     def extra_repr(self) -> str:
         """PyTorch's text: kernel size, stride and padding only."""
@@ -205,7 +212,9 @@ class AvgPool1d(_AvgPool):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True):
-        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+        stride = kernel_size if stride is None else stride
+        super().__init__(_per_axis(kernel_size, 1), _per_axis(stride, 1), _per_axis(padding, 1),
+                         ceil_mode, count_include_pad)  # 1-tuples, as PyTorch's _single
 
     def extra_repr(self) -> str:
         """PyTorch's text, which shows AvgPool1d's arguments as 1-tuples."""

@@ -8,7 +8,7 @@ from ...tensor import Tensor, empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
-from .conv import _conv_repr
+from .conv import _conv_repr, _per_axis
 
 
 class _ConvTransposeNd(Module):
@@ -29,8 +29,9 @@ class _ConvTransposeNd(Module):
         nd = self.nd
         k = (kernel_size,) * nd if isinstance(kernel_size, int) else tuple(kernel_size)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
-        self.stride, self.padding, self.output_padding = stride, padding, output_padding
-        self.groups, self.dilation, self.init = groups, dilation, init
+        self.stride, self.padding = _per_axis(stride, nd), _per_axis(padding, nd)
+        self.output_padding, self.transposed = _per_axis(output_padding, nd), True
+        self.groups, self.dilation, self.init = groups, _per_axis(dilation, nd), init
         self.weight = Parameter(empty(in_channels, out_channels // groups, *k, device=device,
                                       dtype=dtype))
         self.bias = Parameter(empty(out_channels, device=device, dtype=dtype)) if bias else None
