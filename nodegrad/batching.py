@@ -97,6 +97,15 @@ class BatchTracer(Tensor):
         """The batch cut from the graph, still batched (the tracer's own array is poison)."""
         return BatchTracer(self.val.detach(), self.bdim, self.level)
 
+    def lift_like(self, out: Tensor) -> BatchTracer:
+        """``out`` (one example) batched at this tracer's levels, the same in every example:
+        ``zeros_like(x)`` or ``x.new_zeros(n)`` of a batched ``x`` (torch.func's), so that
+        ``zeros_like(h).index_add_(0, i, h)`` may take batched values in place."""
+        out = batched(out, None, self.level.size)  # a broadcast view: in-place ops rebind
+        if type(self.val) is BatchTracer:  # nested vmaps: batched at the outer levels too
+            out = self.val.lift_like(out)
+        return BatchTracer(out, 0, self.level)
+
     def __repr__(self) -> str:
         return f"BatchTracer(shape={tuple(self.shape)}, bdim={self.bdim}, val={self.val!r})"
 

@@ -802,6 +802,13 @@ def _like(x: Tensor, dtype, device):
     return (x.dtype if dtype is None else dtype), (x.device if device is None else device)
 
 
+def _batched_as(x, out: Tensor) -> Tensor:
+    """``out`` made like ``x``: inside vmap, batched as ``x`` is when ``x`` is batched
+    (torch.func's ``*_like``), so it may then take batched values in place."""
+    lift = getattr(type(x), "lift_like", None)  # BatchTracer's (nodegrad.batching)
+    return out if lift is None else lift(x, out)
+
+
 class MemoryFormat:
     """A memory layout request, PyTorch's ``torch.memory_format``: nodegrad's arrays are
     C-contiguous, so every format gives the same values and these are accepted, not acted on."""
@@ -852,7 +859,7 @@ def zeros_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, 
     if layout is not None or memory_format is not None:
         check_layout("zeros_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
-    return zeros(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
+    return _batched_as(x, zeros(x.shape, dtype=d, device=dev, requires_grad=requires_grad))
 
 
 def ones_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, *,
@@ -861,7 +868,7 @@ def ones_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, *
     if layout is not None or memory_format is not None:
         check_layout("ones_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
-    return ones(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
+    return _batched_as(x, ones(x.shape, dtype=d, device=dev, requires_grad=requires_grad))
 
 
 def full_like(x: Tensor, fill_value, dtype=None, device=None,
@@ -870,7 +877,8 @@ def full_like(x: Tensor, fill_value, dtype=None, device=None,
     if layout is not None or memory_format is not None:
         check_layout("full_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
-    return full(x.shape, fill_value, dtype=d, device=dev, requires_grad=requires_grad)
+    out = full(x.shape, fill_value, dtype=d, device=dev, requires_grad=requires_grad)
+    return _batched_as(x, out)
 
 
 def empty_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, *,
@@ -880,7 +888,7 @@ def empty_like(x: Tensor, dtype=None, device=None, requires_grad: bool = False, 
     if layout is not None or memory_format is not None:
         check_layout("empty_like", layout, memory_format)
     d, dev = _like(x, dtype, device)
-    return empty(x.shape, dtype=d, device=dev, requires_grad=requires_grad)
+    return _batched_as(x, empty(x.shape, dtype=d, device=dev, requires_grad=requires_grad))
 
 
 def write_out(op: str, out, result: Tensor, *, differentiable: bool = False) -> Tensor:

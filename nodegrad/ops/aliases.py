@@ -43,7 +43,7 @@ from ..autodiff import RemovableHandle, creation_site, modes
 from ..batching import BatchTracer, rebind_batched, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
-from ..tensor import (Tensor, _shape_arg, check_fill_value, from_dlpack, full,
+from ..tensor import (Tensor, _batched_as, _shape_arg, check_fill_value, from_dlpack, full,
                       get_default_device, tensor)
 from . import arrange as _arrange
 from . import elementwise as E
@@ -253,15 +253,18 @@ def _new(self, dtype, device):
 
 
 def _new_zeros(self, *size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
-    """Zeros of ``size``, with this tensor's dtype and device unless given."""
+    """Zeros of ``size``, with this tensor's dtype and device unless given; inside vmap,
+    batched as this tensor is (torch.func's ``new_*``), as are new_ones/new_full/new_empty."""
     d, dev = _new(self, dtype, device)
-    return full(_shape_arg(size), 0, dtype=d, device=dev, requires_grad=requires_grad)
+    return _batched_as(self, full(_shape_arg(size), 0, dtype=d, device=dev,
+                                  requires_grad=requires_grad))
 
 
 def _new_ones(self, *size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """Ones of ``size``, with this tensor's dtype and device unless given."""
     d, dev = _new(self, dtype, device)
-    return full(_shape_arg(size), 1, dtype=d, device=dev, requires_grad=requires_grad)
+    return _batched_as(self, full(_shape_arg(size), 1, dtype=d, device=dev,
+                                  requires_grad=requires_grad))
 
 
 def _new_empty(self, *size, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
@@ -286,7 +289,8 @@ def _new_full(self, size, fill_value, *, dtype=None, device=None,
     if not isinstance(size, list | tuple):
         raise TypeError(f"new_full: size must be a tuple of ints, got {type(size).__name__}")
     d, dev = _new(self, dtype, device)
-    return full(tuple(size), fill_value, dtype=d, device=dev, requires_grad=requires_grad)
+    return _batched_as(self, full(tuple(size), fill_value, dtype=d, device=dev,
+                                  requires_grad=requires_grad))
 
 
 def _new_tensor(self, data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:

@@ -117,7 +117,10 @@ def _power_dx(g, ans, x, y):
 
 
 def _power_dy(g, ans, x, y):
-    """x^y log x; 0 where x == 0 and y >= 0 (PyTorch's), -inf where x == 0 and y < 0."""
+    """x^y log x; 0 where x == 0 and y >= 0 (PyTorch's), -inf where x == 0 and y < 0. x^y is
+    recomputed: the node keeps only its inputs, so the output may change in place afterwards
+    (PyG's ``deg.pow_(-0.5).masked_fill_(...)``), as PyTorch's pow allows."""
+    ans = x ** y
     if not isinstance(x, Tensor):
         if x == 0:
             return g * where(y >= 0, 0, ans * -math.inf)
@@ -144,7 +147,7 @@ def _power_fwd(xp, x, y):
 power = primitive(
     "power", _no_bools("power", _power_fwd),
     (_power_dx, _power_dy),
-    saves="both", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
+    saves="inputs", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
 remainder = primitive(
     "remainder", _no_bools("remainder", _int_division(
         "remainder", lambda xp, x, y: xp.remainder(x, y))),
@@ -690,12 +693,14 @@ _PI = math.pi
 
 
 def _sinc_vjp(g, ans, x):
+    """sinc x is recomputed from x (the node keeps only x, as PyTorch's, so the output may
+    change in place afterwards)."""
     if x.dtype == B.float16:  # in float32, as the forward (pi·x overflows float16 past 20860)
-        return astype(_sinc_vjp(astype(g, B.float32), astype(ans, B.float32),
-                                astype(x, B.float32)), B.float16)
+        return astype(_sinc_vjp(astype(g, B.float32), None, astype(x, B.float32)), B.float16)
     if x.dtype == B.float32:  # cos(πx) − sinc x cancels: 1.5 % off at x = 1e-3 in float32,
         x64 = astype(x, B.float64)  # so both terms (sinc too, not the rounded ans) in float64
-        return astype(_sinc_vjp(astype(g, B.float64), sinc(x64), x64), B.float32)
+        return astype(_sinc_vjp(astype(g, B.float64), None, x64), B.float32)
+    ans = sinc(x)
     # (cos(πx) − sinc x) / x, by its Taylor series −π²x/3 + π⁴x³/30 for |x| < 1e-3: exact to
     # rounding there (no cancellation), and its own derivative is right at 0 (second order)
     small = abs(x) < 1e-3
@@ -711,7 +716,7 @@ def _sinc_fwd(xp, x):
     return xp.sinc(x)
 
 
-sinc = primitive("sinc", _sinc_fwd, _sinc_vjp, saves="both", kind=_EW, jvp=_J,
+sinc = primitive("sinc", _sinc_fwd, _sinc_vjp, saves="inputs", kind=_EW, jvp=_J,
                  doc="sin(pi x) / (pi x), 1 at 0 (the normalised sinc).")
 
 
