@@ -423,7 +423,11 @@ def _broadcast_bf16(args: tuple) -> tuple:
 
 def _operand_error(name: str, a) -> str:
     """The message for an operand ``bind`` cannot take (kept out of the hot loop)."""
-    return f"{name}: expected tensors or numbers, got {type(a).__name__}"
+    msg = f"{name}: expected tensors or numbers, got {type(a).__name__}"
+    if isinstance(a, tuple) and getattr(a, "_fields", None) == ("values", "indices"):
+        msg += (" (values, indices): take its .values (max(x, 1), sort and median with a "
+                "positional dim return both, as PyTorch's; axis= gives NumPy's values only)")
+    return msg
 
 
 def bind(prim: Primitive, args: tuple, params: dict):

@@ -418,8 +418,9 @@ def reduction(name, fn, tfn, domain="real", min_len=1, nonempty=False, **kw):
 
 reduction("sum", ng.sum, lambda t, **k: t.sum(**k), min_len=0)  # empty axes sum to 0
 reduction("mean", ng.mean, lambda t, **k: t.mean(**k))
-reduction("max", ng.max, lambda t, **k: t.amax(**k), "distinct")
-reduction("min", ng.min, lambda t, **k: t.amin(**k), "distinct")
+# NumPy's call (keepdims= by keyword: a positional dim with max/min is PyTorch's)
+reduction("max", lambda x, a, k: ng.max(x, a, keepdims=k), lambda t, **k: t.amax(**k), "distinct")
+reduction("min", lambda x, a, k: ng.min(x, a, keepdims=k), lambda t, **k: t.amin(**k), "distinct")
 reduction("logsumexp", ng.logsumexp, lambda t, **k: t.logsumexp(**k), "wide", min_len=0)
 
 

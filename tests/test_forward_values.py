@@ -119,7 +119,8 @@ def test_reductions_match_numpy(rng):
     for axis in (None, 0, -1, (0, 2), ()):
         for keep in (False, True):
             for name in ("sum", "mean", "max", "min"):
-                np.testing.assert_allclose(getattr(ng, name)(t, axis, keep).numpy(),
+                # keepdims= by keyword, NumPy's call (a positional dim with max/min is PyTorch's)
+                np.testing.assert_allclose(getattr(ng, name)(t, axis, keepdims=keep).numpy(),
                                            getattr(np, name)(x, axis=axis, keepdims=keep))
             if axis != ():
                 for ddof in (0, 1):

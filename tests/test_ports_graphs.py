@@ -1089,7 +1089,7 @@ def farthest_point_sample(lib, xyz, npoint):
         dist = lib.sum((xyz - centroid) ** 2, -1)
         mask = dist < distance
         distance[mask] = dist[mask]
-        farthest = distance.max(-1)[1]  # torch.max(distance, -1)[1]: see the test below
+        farthest = lib.max(distance, -1)[1]
     return centroids
 
 
@@ -1180,12 +1180,16 @@ def test_dgcnn_edgeconv_and_pointnet2_grouping():
     both(dgcnn)
 
 
-def test_max_with_positional_axis_is_numpys():
-    """Documented: ``ng.max(x, 1)`` with a positional axis is NumPy's (values only), so
-    PointNet++'s ``torch.max(distance, -1)[1]`` is written ``distance.max(-1)[1]``; with
-    ``dim=`` or ``keepdim=`` it is PyTorch's (values, indices)."""
+def test_max_with_positional_dim_is_pytorchs():
+    """``ng.max(x, 1)`` with a positional dimension is PyTorch's (values, indices), so
+    PointNet++'s ``torch.max(distance, -1)[1]`` runs as written; ``axis=`` is NumPy's (values
+    only), and the values-and-indices pair in arithmetic names the fix."""
     d = ng.tensor([[1.0, 5.0, 2.0], [7.0, 0.0, 3.0]])
-    np.testing.assert_array_equal(ng.max(d, -1).numpy(), [5.0, 7.0])
+    assert ng.max(d, -1)[1].tolist() == [1, 0] and ng.min(d, 1).values.tolist() == [1.0, 0.0]
+    np.testing.assert_array_equal(ng.max(d, axis=-1).numpy(), [5.0, 7.0])
+    np.testing.assert_array_equal(ng.max(d, (0, 1)).numpy(), 7.0)  # a tuple: NumPy's axes
+    with pytest.raises(TypeError, match=r"take its \.values"):
+        d - ng.max(d, 1)
     assert ng.max(d, dim=-1)[1].tolist() == [1, 0]
     assert ng.max(d, -1, keepdim=True)[1].tolist() == [[1], [0]]
     assert d.max(-1)[1].tolist() == [1, 0]

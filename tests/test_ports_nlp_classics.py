@@ -75,9 +75,7 @@ def bilstm_crf(lib, draws):
     nn = lib.nn
 
     def argmax(vec):
-        # the tutorial's ``torch.max(vec, 1)``: nodegrad's positional axis is NumPy's (values
-        # only), PyTorch's (values, indices) is ``dim=``
-        _, idx = lib.max(vec, dim=1)
+        _, idx = lib.max(vec, 1)  # the tutorial's own line
         return idx.item()
 
     def log_sum_exp(vec):
@@ -220,12 +218,14 @@ def test_bilstm_crf_tutorial():
     both(bilstm_crf_tutorial)
 
 
-def test_top_level_max_with_a_positional_axis_is_numpys():
-    """Documented: ``ng.max(x, 1)`` is NumPy's (values only); ``dim=`` and the method give
-    PyTorch's (values, indices)."""
+def test_top_level_max_with_a_positional_dim_is_pytorchs():
+    """``ng.max(x, 1)`` is PyTorch's (values, indices), as ``dim=`` and the method;
+    ``axis=`` is NumPy's (values only)."""
     x = np.array([[1.0, 3.0, 2.0], [5.0, 4.0, 0.0]])
     t, n = torch.tensor(x), ng.tensor(x)
-    assert_same(arr(ng.max(n, 1)), torch.max(t, 1).values.numpy())
+    assert_same(arr(list(ng.max(n, 1))), arr(list(torch.max(t, 1))))
+    assert_same(arr(list(ng.min(n, 0, True))), arr(list(torch.min(t, 0, True))))
+    assert_same(arr(ng.max(n, axis=1)), torch.max(t, 1).values.numpy())
     assert_same(arr(list(ng.max(n, dim=1))), arr(list(torch.max(t, 1))))
     assert_same(arr(list(n.max(1))), arr(list(t.max(1))))
 

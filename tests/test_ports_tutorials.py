@@ -557,7 +557,7 @@ def blitz_cifar(lib, tmp_path, dtype):
     net = Net().to(getattr(lib, dtype))
     net.load_state_dict(lib.load(PATH, weights_only=True))
     outputs = net(images)
-    _, predicted = lib.max(outputs, dim=1)  # see test_max_positional_axis
+    _, predicted = lib.max(outputs, 1)
     pred_names = ' '.join(f'{CLASSES[predicted[j]]:5s}' for j in range(4))
     correct = 0
     total = 0
@@ -574,7 +574,7 @@ def blitz_cifar(lib, tmp_path, dtype):
         for data in trainloader:
             images, labels = data
             outputs = net(images)
-            _, predictions = lib.max(outputs, dim=1)
+            _, predictions = lib.max(outputs, 1)
             for label, prediction in zip(labels, predictions):
                 if label == prediction:
                     correct_pred[CLASSES[label]] += 1
@@ -594,14 +594,13 @@ def test_sixty_minute_blitz_classifier(tmp_path, dtype):
     both(blitz_cifar, tmp_path, dtype, tol=TOL if dtype == "float64" else 1e-5)
 
 
-def test_max_positional_axis():
-    """The classifier tutorial's ``torch.max(outputs, 1)`` is, in nodegrad, NumPy's
-    ``max(a, axis)`` (values only, documented); ``dim=1`` or ``outputs.max(1)`` give PyTorch's
-    (values, indices)."""
+def test_max_positional_dim():
+    """The classifier tutorial's ``torch.max(outputs, 1)`` is PyTorch's (values, indices) in
+    nodegrad too, as ``dim=1`` and ``outputs.max(1)``; ``axis=1`` is NumPy's values."""
     x = np.random.default_rng(5).standard_normal((4, 10))
     ref = torch.max(torch.tensor(x), 1)
-    assert_same(ng.max(ng.tensor(x), 1), ref.values)
-    for got in (ng.max(ng.tensor(x), dim=1), ng.tensor(x).max(1)):
+    assert_same(ng.max(ng.tensor(x), axis=1), ref.values)
+    for got in (ng.max(ng.tensor(x), 1), ng.max(ng.tensor(x), dim=1), ng.tensor(x).max(1)):
         assert_same(list(got), list(ref))
         assert_same(list(got[1]), list(ref.indices))
 
@@ -929,7 +928,7 @@ def transfer(lib, mode: str):
                     optimizer.zero_grad()
                     with lib.set_grad_enabled(phase == 'train'):
                         outputs = model(inputs)
-                        _, preds = lib.max(outputs, dim=1)  # the tutorial's max(outputs, 1)
+                        _, preds = lib.max(outputs, 1)
                         loss = criterion(outputs, labels)
                         if phase == 'train':
                             loss.backward()

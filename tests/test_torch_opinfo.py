@@ -43,10 +43,6 @@ KNOWN = {
     # documented choices where a name is NumPy's as well as PyTorch's
     "std": "ng.std(x) without dim is NumPy's ddof=0 (README: NumPy naming differences)",
     "var": "ng.var(x) without dim is NumPy's ddof=0 (README: NumPy naming differences)",
-    "max.reduction_with_dim": "ng.max(x, 1) is NumPy's axis form: values only; dim= gives "
-                              "PyTorch's (values, indices)",
-    "min.reduction_with_dim": "ng.min(x, 1) is NumPy's axis form: values only; dim= gives "
-                              "PyTorch's (values, indices)",
     "squeeze": "ng.squeeze(x, 2) is NumPy's: an axis of length != 1 raises; dim= and the "
                "method are PyTorch's",
     "squeeze.multiple": "ng.squeeze(x, (1, 2)) is NumPy's: an axis of length != 1 raises",

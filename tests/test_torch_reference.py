@@ -65,10 +65,10 @@ def test_max_min_ties_split_like_amax(float_dtype):
     for axis in (None, 0, 1, (0, 1)):
         dims = tuple(range(2)) if axis is None else axis
         for keep in (False, True):
-            compare(lambda t: ng.max(t, axis, keep), lambda t: torch.amax(t, dims, keep), x,
-                    dtype=float_dtype)
-            compare(lambda t: ng.min(-t, axis, keep), lambda t: torch.amin(-t, dims, keep), x,
-                    dtype=float_dtype)
+            compare(lambda t: ng.max(t, axis, keepdims=keep),
+                    lambda t: torch.amax(t, dims, keep), x, dtype=float_dtype)
+            compare(lambda t: ng.min(-t, axis, keepdims=keep),
+                    lambda t: torch.amin(-t, dims, keep), x, dtype=float_dtype)
     t = ng.tensor(x[1].astype(float_dtype), requires_grad=True)
     ng.max(t).backward()
     np.testing.assert_allclose(t.grad.numpy(), [1 / 3, 1 / 3, 1 / 3, 0], rtol=1e-6)

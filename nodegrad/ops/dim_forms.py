@@ -5,7 +5,10 @@
 Each function keeps NumPy's meaning for NumPy's arguments (``axis=``, positional axes); PyTorch's
 keywords (``dim=``, ``keepdim=``, ``dims=``) and argument forms that NumPy's cannot mean (a tensor
 as ``max``'s second argument, two axes for ``transpose``) get PyTorch's meaning, the one the
-Tensor methods already have. Imported last by :mod:`nodegrad.ops`, whose names these replace.
+Tensor methods already have. One exception, where the two differ and PyTorch code is the more
+common: ``max``/``min`` with one positional dimension (``torch.max(out, 1)``) return PyTorch's
+(values, indices), as ``sort`` and ``median`` do; ``axis=`` keeps NumPy's values. Imported
+last by :mod:`nodegrad.ops`, whose names these replace.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from .. import _backend as B
 from ..tensor import Tensor
 from . import elementwise as E
 from . import shape as S
@@ -27,6 +31,12 @@ _METHOD_FORMS = ("sum", "mean", "max", "min", "argmax", "argmin", "logsumexp", "
 _TORCH_ONLY = ("logsumexp",)
 
 
+def _one_dim(a) -> bool:
+    """Whether ``a`` is one dimension (an integer, not a bool): ``max(x, 1)`` is then
+    PyTorch's; a tuple of axes or None stays NumPy's axis."""
+    return isinstance(a, int | B.np.integer) and not isinstance(a, bool | B.np.bool_)
+
+
 def _method_form(fn: Callable, name: str) -> Callable:
     @functools.wraps(fn)
     def f(input, *args, dim=_UNSET, keepdim=_UNSET, **kwargs):
@@ -35,6 +45,9 @@ def _method_form(fn: Callable, name: str) -> Callable:
                 raise TypeError(f"{name}(a, b): the elementwise form takes two tensors only")
             return (E.maximum if name == "max" else E.minimum)(input, args[0])
         if dim is _UNSET and keepdim is _UNSET:
+            if name in ("max", "min") and args and _one_dim(args[0]) and not kwargs:
+                # torch.max(x, 1): PyTorch's (values, indices), as x.max(1), sort and median
+                return getattr(Tensor, name)(input, *args)
             if name in _TORCH_ONLY and args:  # PyTorch's function: positional dims are dim=
                 return getattr(Tensor, name)(input, *args, **kwargs)
             return fn(input, *args, **kwargs)

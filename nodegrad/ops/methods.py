@@ -95,6 +95,7 @@ def _extreme(fn, argfn):
                 return fn(self, None, k)
             return MaxMin(fn(self, None, k), argfn(self, None, k))
         if dim is not None and axis is None:
+            R.ordered(fn.__name__, self)  # named as called (the indices come first below)
             idx = argfn(self, dim, True)
             # the values as picked at the indices: their gradient goes to that one entry of
             # tied extremes, as PyTorch's (amax and max() without dim share it among ties)
