@@ -703,26 +703,6 @@ def binary_halves(ufunc, x, y):
     return out
 
 
-def elementwise_halves(fn, args: tuple, n: int) -> bool:
-    """Run ``fn(*args)``, an elementwise loop over flat NumPy arrays of length ``n`` (a fused
-    optimiser update: memory-bound, ~28 bytes a parameter for Adam), in two halves on two
-    threads from :data:`SPLIT_MIN` elements: every argument that is a 1-D NumPy array of length
-    ``n`` is cut in two (the first argument must be one), the others go to both halves whole.
-    Each element sees the same operations, so the bits are the one-thread loop's (W2's Adam
-    over 1.8 M parameters: ~0.5 ms less a step). False, having run nothing, below that size, on
-    one thread or for other arrays."""
-    if n < SPLIT_MIN or type(args[0]) is not np.ndarray or not two_threads():
-        return False
-    h = n // 2
-
-    def cut(part):
-        return tuple(a[part] if type(a) is np.ndarray and a.ndim == 1 and a.size == n else a
-                     for a in args)
-
-    _halves.run(fn, cut(slice(0, h)), cut(slice(h, n)))
-    return True
-
-
 def sum_halves(x):
     """``np.add.reduce`` of all of a C-ordered float array from :data:`SPLIT_MIN` elements as
     the sum of two halves, each on its own thread, split where NumPy's pairwise summation splits

@@ -142,51 +142,6 @@ def test_the_shapes_cover_lone_and_gathered_small_gradients_and_large_ones():
     assert small == [True, False, True, True, True, True, False]
 
 
-@pytest.mark.parametrize("cls,kw", [CASES[3], CASES[10], CASES[14], CASES[16]],
-                         ids=[IDS[3], IDS[10], IDS[14], IDS[16]])
-def test_large_updates_in_halves_on_two_threads_give_the_same_bits(cls, kw, monkeypatch):
-    """Gradients from SPLIT_MIN elements (a wide layer's) and runs of the flat gradient buffer
-    that long are updated in two halves on two threads: the one-thread kernel's bits, which
-    are the NumPy update's."""
-    from nodegrad import _backend as B
-
-    if not B.two_threads():
-        pytest.skip("one core or one BLAS thread: the update runs on one thread")
-    halves = B.elementwise_halves
-    used = []
-
-    def counted(fn, args, n):
-        done = halves(fn, args, n)
-        used.append(done)
-        return done
-
-    shapes = [(B.SPLIT_MIN // 512 + 3, 512), (30,), (B.SPLIT_MIN // 2,)]
-    for layout in ("separate", "in_place"):
-        runs = []
-        for fused in (False, True, "one thread"):
-            monkeypatch.setattr(B, "elementwise_halves",
-                                (lambda *a: False) if fused == "one thread" else counted)
-            ps = [ng.tensor(np.random.default_rng(i).standard_normal(s).astype(np.float32),
-                            requires_grad=True) for i, s in enumerate(shapes)]
-            opt = getattr(ng.optim, cls)(ps, fused=bool(fused), **kw)
-            if layout == "in_place":
-                for p in ps:
-                    p.grad = ng.zeros(p.shape)
-                opt.zero_grad(set_to_none=False)
-            for k in range(3):
-                for i, p in enumerate(ps):
-                    g = _grad(p, k, i, np.float32, layout)
-                    if layout == "in_place":
-                        p.grad.data[...] = g
-                    else:
-                        p.grad = ng.tensor(g)
-                opt.step()
-            runs.append([p.numpy().copy() for p in ps])
-        _assert_same(runs[1], runs[0])
-        _assert_same(runs[2], runs[0])
-    assert any(used)
-
-
 def test_fused_equals_numpy_update_per_tensor_and_with_float64_gradients():
     want, _ = _train("Adam", dict(lr=0.01, amsgrad=True), False, np.float32, flat=False)
     got, _ = _train("Adam", dict(lr=0.01, amsgrad=True), True, np.float32, flat=False)

@@ -793,9 +793,7 @@ class Optimizer:
         gv = b.gviews
         if e - s > 1 and gv is not None and all(grads[i] is gv[i] for i in range(s, e)):
             state = [b.flat if n is None else b.arrays[n] for n in names]
-            args = (b.flat[sl], b.grad[sl], *[a[sl] for a in state], k, flags)
-            if not B.elementwise_halves(kern, args, args[0].size):
-                kern(*args)
+            kern(b.flat[sl], b.grad[sl], *[a[sl] for a in state], k, flags)
             return
         xp = b.xp
         for i, j, work, (p, *state) in b.calls_of(s, e, names):
@@ -807,8 +805,7 @@ class Optimizer:
                 if g.dtype != dt or not g.flags.c_contiguous:
                     g = xp.ascontiguousarray(g, dtype=dt)
                 g = g.reshape(-1)
-            if not B.elementwise_halves(kern, (p, g, *state, k, flags), p.size):
-                kern(p, g, *state, k, flags)
+            kern(p, g, *state, k, flags)
 
     @staticmethod
     def _gather(b: _Bucket, grads: list, s: int, e: int, sl: slice):
