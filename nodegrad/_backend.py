@@ -1452,30 +1452,15 @@ def im2col(xl, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out: tu
     copying whole runs instead of a zeroed padded copy and NumPy's strided gather (a copy
     either way, so the same values). None without numba loaded, for other arrays or more
     axes."""
-    nd = len(k)
-    kern = cpu_kernels()
-    if (kern is None or nd not in (1, 2) or type(xl) is not np.ndarray
-            or xl.dtype not in _KERNEL_DTYPES or not xl.flags.c_contiguous):
-        return None
-    n, c = xl.shape[0], xl.shape[-1]
-    mem = np.empty(k + (c, n) + out if taps_first else (n,) + out + k + (c,), xl.dtype)
-    if mem.size == 0:
-        return mem
-    if nd == 1:  # as two axes, the first of length one
-        sp, out, k = (1,) + xl.shape[1:2], (1,) + out, (1,) + k
-        stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
-    else:
-        sp = xl.shape[1:3]
-    kern.im2col_2d(xl.reshape(-1), mem.reshape(-1), (n, *sp, c, *out, *k), *stride, *padding,
-                   *dilation, taps_first, xl.dtype.type(0))
-    return mem
+    form = im2col_form(xl, k, stride, padding, dilation, out, taps_first)
+    return None if form is None else form(xl)
 
 
 def im2col_form(xl, k: tuple, stride: tuple, padding: tuple, dilation: tuple, out: tuple,
                 taps_first: bool):
     """:func:`im2col` for arrays laid out as ``xl``, its checks and arguments settled once:
-    ``f(xl) -> windows``, the same kernel call (so the same values) without them, for a
-    convolution's plan (``ops.conv``); None where im2col does not apply or makes nothing."""
+    ``f(xl) -> windows``, one kernel call (a convolution's plan, ``ops.conv``, keeps the form
+    for its input's layout); None where the pass does not apply."""
     nd = len(k)
     kern = cpu_kernels()
     if (kern is None or nd not in (1, 2) or type(xl) is not np.ndarray
@@ -1485,7 +1470,7 @@ def im2col_form(xl, k: tuple, stride: tuple, padding: tuple, dilation: tuple, ou
     shape = k + (c, n) + out if taps_first else (n,) + out + k + (c,)
     size, dtype = math.prod(shape), xl.dtype
     if size == 0:
-        return None
+        return lambda xl: np.empty(shape, dtype)
     if nd == 1:  # as two axes, the first of length one
         sp, out, k = (1,) + xl.shape[1:2], (1,) + out, (1,) + k
         stride, padding, dilation = (1,) + stride, (0,) + padding, (1,) + dilation
