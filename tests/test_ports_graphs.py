@@ -1375,11 +1375,13 @@ def test_learnable_edge_weights_gcn_norm_in_place():
     assert_same(pow_then_fill(ng), pow_then_fill(torch))
 
 
-@pytest.mark.parametrize("op", [lambda x: x.pow(-0.5), lambda x: x ** 3, lambda x: x.sinc()])
+@pytest.mark.parametrize("op", [lambda x: x.pow(-0.5), lambda x: x ** 3, lambda x: x.sinc(),
+                                lambda x: (x / 5).erfinv()])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_output_changed_in_place_after_ops_that_keep_their_input(op, dtype):
-    """PyTorch's pow (scalar exponent) and sinc keep their input for backward, so their output
-    may change in place afterwards; the gradient is the one of the changed program."""
+    """PyTorch's pow (scalar exponent), sinc and erfinv keep their input for backward, so
+    their output may change in place afterwards; the gradient is the one of the changed
+    program."""
     def run(lib):
         x = lib.tensor(np.array([0.3, 1.5, 4.0]), dtype=getattr(lib, dtype), requires_grad=True)
         y = op(x)

@@ -228,9 +228,14 @@ zeta = primitive("zeta", _scipy("zeta"),
 erfc = primitive("erfc", _scipy("erfc"),
                  lambda g, ans, x: g * (exp(-(x * x)) * -_2_OVER_SQRT_PI), kind=_EW, jvp=_J,
                  doc="The complementary error function 1 - erf(x), accurate for large x.")
-erfinv = primitive("erfinv", _erfinv_fwd,
-                   lambda g, ans, x: g * (exp(ans * ans) * _SQRT_PI_OVER_2), saves="out",
-                   kind=_EW, jvp=_J,
+def _erfinv_vjp(g, ans, x):
+    """sqrt(pi)/2 exp(erfinv(x)^2), erfinv(x) recomputed: the node keeps only x, as PyTorch's,
+    so the output may change in place afterwards."""
+    y = erfinv(x)
+    return g * (exp(y * y) * _SQRT_PI_OVER_2)
+
+
+erfinv = primitive("erfinv", _erfinv_fwd, _erfinv_vjp, saves="inputs", kind=_EW, jvp=_J,
                    doc="The inverse error function on [-1, 1]: +-inf at +-1, NaN outside.")
 
 
