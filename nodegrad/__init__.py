@@ -105,6 +105,9 @@ from . import amp  # noqa: E402  (torch.amp)
 from . import accelerator, backends, quasirandom, signal, testing  # noqa: E402  (torch.*)
 from . import library  # noqa: E402  (torch.library: custom ops)
 from . import compiler  # noqa: E402  (torch.compiler's queries)
+from .ops.foreach import namespace as _foreach_namespace  # noqa: E402
+
+globals().update(_foreach_namespace())  # torch._foreach_add_ and the rest
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # noqa: E402
                       is_deterministic_algorithms_warn_only_enabled, set_num_threads,

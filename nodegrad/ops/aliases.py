@@ -55,7 +55,7 @@ from . import slicing as _slicing
 from . import special as _special
 from .complex import (adjoint, angle, conj, conj_physical, imag, is_conj, is_neg, real,
                       resolve_conj, resolve_neg, view_as_complex, view_as_real)
-from .methods import register
+from .methods import register, scaled
 
 _Number = int | float | bool
 
@@ -72,12 +72,7 @@ def rsub(input, other, *, alpha=1) -> Tensor:
 
 
 def _scaled(op: str, base, x, alpha):
-    if alpha == 1:
-        return x
-    kinds = [v.dtype.kind for v in (base, x) if isinstance(v, Tensor)]
-    if isinstance(alpha, float) and kinds and all(k in "iub" for k in kinds):
-        raise DTypeError(f"{op}: for integer tensors alpha must not be a float, got {alpha!r}")
-    return E.multiply(x, alpha)
+    return x if alpha == 1 else scaled(op, base, x, alpha)
 
 
 def clamp(input, min=None, max=None) -> Tensor:  # noqa: A002  (PyTorch's names)

@@ -416,16 +416,26 @@ def _r(op):
     return lambda self, other: op(other, self)
 
 
+def scaled(name: str, base, other, alpha):
+    """``alpha · other`` for PyTorch's ``base ± alpha · other`` (add, sub, rsub): a float
+    alpha is refused for integer operands; a number ``other`` times a number ``alpha`` stays a
+    Python number (weakly typed, as the other operand of any op: a float64 0-d ``base`` keeps
+    its dtype, where a default-float tensor would be refused beside it)."""
+    kinds = [v.dtype.kind for v in (base, other) if isinstance(v, Tensor)]
+    if isinstance(alpha, float) and kinds and all(k in "iub" for k in kinds):
+        raise DTypeError(f"{name}: for integer tensors alpha must not be a float, got "
+                         f"{alpha!r}")
+    if isinstance(other, int | float | complex) and isinstance(alpha, int | float | complex):
+        return other * alpha
+    return E.multiply(other, alpha)
+
+
 def _with_alpha(op, name: str):
     """``x.add(y, alpha=a)``/``x.sub(y, alpha=a)``: PyTorch's ``x ± a·y``."""
     def method(self, other, *, alpha=1):
         if alpha == 1:
             return op(self, other)
-        if isinstance(alpha, float) and self.dtype.kind in "iub" and (
-                not isinstance(other, Tensor) or other.dtype.kind in "iub"):
-            raise DTypeError(f"{name}: for integer tensors alpha must not be a float, got "
-                             f"{alpha!r}")
-        return op(self, E.multiply(other, alpha))
+        return op(self, scaled(name, self, other, alpha))
 
     method.__name__ = name
     return method
