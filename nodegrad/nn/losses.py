@@ -552,12 +552,19 @@ def pairwise_distance(x1: Tensor, x2: Tensor, p: float = 2.0, eps: float = 1e-6,
     return _pnorm(d, p, -1, keepdim)
 
 
+_CDIST_MODES = ("use_mm_for_euclid_dist_if_necessary", "use_mm_for_euclid_dist",
+                "donot_use_mm_for_euclid_dist")
+
+
 def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
           compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> Tensor:
     """p-norm distances between the rows of x1 (..., P, M) and of x2 (..., R, M): (..., P, R).
     Computed from the differences (exact; ``compute_mode`` is accepted for PyTorch's API)."""
-    if p < 0:
+    if not p >= 0:  # NaN too: a silent NaN matrix otherwise
         raise ValueError(f"cdist: p must be non-negative, got {p}")
+    if compute_mode not in _CDIST_MODES:
+        raise ValueError(f"cdist: compute_mode must be one of {', '.join(_CDIST_MODES)}, "
+                         f"got {compute_mode!r}")
     if x1.ndim < 2 or x2.ndim < 2 or x1.shape[-1] != x2.shape[-1]:
         raise ShapeError(f"cdist: expected (..., P, M) and (..., R, M) with the same M, got "
                          f"{tuple(x1.shape)} and {tuple(x2.shape)}")

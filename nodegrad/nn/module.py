@@ -748,13 +748,13 @@ class Module:
                       | set(self._modules))
 
     def __deepcopy__(self, memo):
+        """A copy whose hooks are deep-copied too, as PyTorch's: a hook that is a bound method
+        of the module or of its owner (BYOL's ``NetWrapper._hook``) is bound to the copies, so
+        a copied model fills the copied owner's state; plain functions stay shared."""
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         for k, v in self.__dict__.items():
-            if k in _HOOK_LISTS:
-                object.__setattr__(new, k, list(v))
-            else:
-                object.__setattr__(new, k, copy.deepcopy(v, memo))
+            object.__setattr__(new, k, copy.deepcopy(v, memo))
         return new
 
 
