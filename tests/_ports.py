@@ -52,3 +52,33 @@ def assert_same(a, b, tol: float = 1e-10, where: str = "") -> None:
         a, b = np.asarray(arr(a), float), np.asarray(arr(b), float)
         assert a.shape == b.shape, f"{where}: {a.shape} != {b.shape}"
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=where)
+
+
+@pytest.fixture(scope="module")
+def float64_one_thread():
+    """Both libraries default to float64 (programs that write ``lib.tensor(list)``) and PyTorch
+    runs on one thread, for one module: ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import nodegrad as ng
+
+    torch = pytest.importorskip("torch")
+    threads, tdt, ndt = torch.get_num_threads(), torch.get_default_dtype(), ng.get_default_dtype()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    ng.set_default_dtype(ng.float64)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(tdt)
+    ng.set_default_dtype(ndt)
+
+
+def seeded(lib, model, seed: int = 0):
+    """``model`` with the same initial weights in both libraries: uniform(±1/sqrt(fan_in)) from
+    a seeded NumPy generator, parameter by parameter; buffers keep their values."""
+    rng = np.random.default_rng(seed)
+    init = dict(model.state_dict())
+    for k, v in model.named_parameters():
+        shape = tuple(v.shape)
+        bound = 1 / np.sqrt(shape[1] if len(shape) > 1 else max(shape[0], 1))
+        init[k] = lib.tensor(rng.uniform(-bound, bound, shape))
+    model.load_state_dict(init)
+    return model

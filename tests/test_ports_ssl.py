@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import arr, arrays, assert_same  # noqa: F401
+from _ports import arr, arrays, assert_same, float64_one_thread, seeded  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -28,30 +28,7 @@ VIEWS = [(X + 0.1 * RNG.standard_normal(X.shape), X * RNG.uniform(0.8, 1.2, X.sh
 LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _float64_one_thread():
-    """Both libraries default to float64; PyTorch on one thread (faster for small models)."""
-    threads, tdt, ndt = torch.get_num_threads(), torch.get_default_dtype(), ng.get_default_dtype()
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
-    ng.set_default_dtype(ng.float64)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(tdt)
-    ng.set_default_dtype(ndt)
-
-
-def seeded(lib, model, seed: int = 0):
-    """``model`` with the same weights in both libraries: uniform(±1/sqrt(fan_in)) from a seeded
-    NumPy generator, parameter by parameter; buffers keep their values."""
-    rng = np.random.default_rng(seed)
-    init = dict(model.state_dict())
-    for k, v in model.named_parameters():
-        shape = tuple(v.shape)
-        bound = 1 / np.sqrt(shape[1] if len(shape) > 1 else max(shape[0], 1))
-        init[k] = lib.tensor(rng.uniform(-bound, bound, shape))
-    model.load_state_dict(init)
-    return model
+pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
 def both(fn, *args, tol: float = TOL, **kw):
