@@ -472,6 +472,9 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 odd = True
             continue
         else:
+            hook = getattr(type(a), "__nodegrad_bind__", None)  # a sparse tensor: its own rules
+            if hook is not None:
+                return hook(prim, args, params)
             raise TypeError(_operand_error(prim.name, a))
         if first is None:
             first = d

@@ -681,7 +681,7 @@ class Size(tuple):
 
 
 class Layout:
-    """A memory layout, PyTorch's ``torch.layout``: nodegrad only has ``strided`` (dense)."""
+    """A memory layout, PyTorch's ``torch.layout``: ``strided`` (dense) or ``sparse_coo``."""
 
     def __init__(self, name: str):
         self.name = name
