@@ -111,7 +111,8 @@ globals().update(_foreach_namespace())  # torch._foreach_add_ and the rest
 from .ops import sparse  # noqa: E402  (torch.sparse)
 from .ops.sparse import SparseTensor, sparse_coo, sparse_coo_tensor, spmm  # noqa: E402
 
-_register({"to_sparse": sparse.to_sparse, "to_sparse_coo": sparse.to_sparse})
+_register({"to_sparse": sparse.to_sparse, "to_sparse_coo": sparse.to_sparse,
+           "sparse_mask": sparse.sparse_mask})
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # noqa: E402
                       is_deterministic_algorithms_warn_only_enabled, set_num_threads,

@@ -114,6 +114,24 @@ def test_arithmetic_and_flags_follow_pytorch():
     _same_sparse(ng.tanh(nc), torch.tanh(tc))
 
 
+def test_sparse_mask_and_legacy_constructors():
+    t, n = _pair()
+    d = np.arange(9.0).reshape(3, 3)
+    td, nd = torch.tensor(d, requires_grad=True), ng.tensor(d, requires_grad=True)
+    for mt, mn in [(t, n), (t.coalesce(), n.coalesce())]:
+        rt, rn = td.sparse_mask(mt), nd.sparse_mask(mn)
+        assert rn.is_coalesced() == rt.is_coalesced()
+        _same_sparse(rn, rt)
+    nd.sparse_mask(n.coalesce()).to_dense().sum().backward()
+    td.sparse_mask(t.coalesce()).to_dense().sum().backward()
+    np.testing.assert_array_equal(nd.grad.numpy(), td.grad.numpy())
+    with pytest.raises(ng.ShapeError, match="differs from the mask"):
+        ng.ones((2, 3)).sparse_mask(n)
+    legacy = ng.sparse.FloatTensor(ng.tensor(IDX), ng.tensor(VAL), (3, 3))
+    assert legacy.dtype == ng.float32 and not legacy.is_coalesced()
+    assert ng.sparse.DoubleTensor(ng.tensor(IDX), ng.tensor(VAL), (3, 3)).dtype == ng.float64
+
+
 def test_sums():
     t, n = _pair()
     assert float(ng.sparse.sum(n)) == float(torch.sparse.sum(t))

@@ -20,7 +20,7 @@ from .aliases import Layout
 from .index import _scatter, norm_index
 
 __all__ = ["SparseTensor", "sparse_coo", "sparse_coo_tensor", "spmm", "mm", "addmm", "sum",
-           "softmax", "log_softmax", "to_sparse"]
+           "softmax", "log_softmax", "to_sparse", "sparse_mask", "FloatTensor", "DoubleTensor"]
 
 sparse_coo = Layout("sparse_coo")
 
@@ -432,6 +432,34 @@ def to_sparse(x, sparse_dim: int | None = None) -> SparseTensor:
     idx = xp.stack(xp.nonzero(keep)).astype(xp.int64)
     values = x[tuple(Tensor(r) for r in idx)]
     return SparseTensor(Tensor(idx), values, tuple(x.shape), True)
+
+
+def sparse_mask(x, mask: SparseTensor) -> SparseTensor:
+    """PyTorch's ``x.sparse_mask(mask)``: the entries of dense ``x`` at ``mask``'s index
+    columns (its pattern, repeats and coalesced flag kept), differentiable in ``x``."""
+    x = _dense("sparse_mask", x)
+    if not isinstance(mask, SparseTensor):
+        raise TypeError(f"sparse_mask: the mask must be a sparse tensor, got "
+                        f"{type(mask).__name__}")
+    if tuple(x.shape) != mask._size:
+        raise ShapeError(f"sparse_mask: the tensor's shape {list(x.shape)} differs from the "
+                         f"mask's {list(mask._size)}")
+    values = x[tuple(Tensor(r) for r in mask._i.data)]
+    return SparseTensor(mask._i, values, mask._size, mask._coalesced)
+
+
+def _legacy(dtype_name: str):
+    def build(indices, values, size=None):
+        return sparse_coo_tensor(indices, values, size, dtype=getattr(B.np, dtype_name))
+
+    build.__name__ = {"float32": "FloatTensor", "float64": "DoubleTensor"}[dtype_name]
+    build.__doc__ = (f"PyTorch's legacy ``torch.sparse.{build.__name__}(indices, values, size)``"
+                     f" (pygcn's): :func:`sparse_coo_tensor` with {dtype_name} values.")
+    return build
+
+
+FloatTensor = _legacy("float32")
+DoubleTensor = _legacy("float64")
 
 
 def mm(mat1, mat2):
