@@ -250,3 +250,62 @@ def test_gcn_with_a_sparse_adjacency_trains_as_pytorch():
     ln, wn = _gcn_run(ng, feats, edges, labels, w)
     np.testing.assert_allclose(ln, lt, rtol=1e-12)
     np.testing.assert_allclose(wn, wt, rtol=1e-10, atol=1e-13)
+
+
+# --- pyGAT's sparse attention layer: a custom autograd.Function around a sparse product -------
+def _sp_gat(lib, x_np, edge_np, w_np, a_np):
+    F = lib.nn.functional
+
+    class SpecialSpmmFunction(lib.autograd.Function):
+        """Special function for only sparse region backpropagation layer."""
+
+        @staticmethod
+        def forward(ctx, indices, values, shape, b):
+            assert indices.requires_grad is False
+            a = lib.sparse_coo_tensor(indices, values, shape)
+            ctx.save_for_backward(a, b)
+            ctx.N = shape[0]
+            return lib.matmul(a, b)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            a, b = ctx.saved_tensors
+            grad_values = grad_b = None
+            if ctx.needs_input_grad[1]:
+                grad_a_dense = grad_output.matmul(b.t())
+                edge_idx = a._indices()[0, :] * ctx.N + a._indices()[1, :]
+                grad_values = grad_a_dense.view(-1)[edge_idx]
+            if ctx.needs_input_grad[3]:
+                grad_b = a.t().matmul(grad_output)
+            return None, grad_values, None, grad_b
+
+    def special_spmm(indices, values, shape, b):
+        return SpecialSpmmFunction.apply(indices, values, shape, b)
+
+    x = lib.tensor(x_np)
+    edge = lib.tensor(edge_np)
+    W = lib.tensor(w_np, requires_grad=True)
+    a = lib.tensor(a_np, requires_grad=True)
+    N = x.size()[0]
+    h = lib.mm(x, W)
+    edge_h = lib.cat((h[edge[0, :], :], h[edge[1, :], :]), dim=1).t()
+    edge_e = lib.exp(-F.leaky_relu(a.mm(edge_h).squeeze(), 0.2))
+    ones = lib.ones(size=(N, 1), dtype=lib.float64)
+    e_rowsum = special_spmm(edge, edge_e, lib.Size([N, N]), ones)
+    h_prime = special_spmm(edge, edge_e, lib.Size([N, N]), h)
+    h_prime = h_prime.div(e_rowsum)
+    out = F.elu(h_prime)
+    out.pow(2).sum().backward()
+    return out.detach().numpy(), W.grad.numpy(), a.grad.numpy()
+
+
+def test_pygat_sparse_attention_layer_matches_pytorch():
+    rng = np.random.default_rng(1)
+    n = 7
+    edge = np.array([[0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 2],
+                     [1, 2, 3, 4, 5, 6, 0, 0, 1, 2, 3, 4, 5, 6, 5]])
+    x, w, a = rng.standard_normal((n, 5)), rng.standard_normal((5, 4)), rng.standard_normal((1, 8))
+    ref = _sp_gat(torch, x, edge, w, a)
+    got = _sp_gat(ng, x, edge, w, a)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-14)
