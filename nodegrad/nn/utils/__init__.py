@@ -21,6 +21,7 @@ from ...tensor import Tensor, tensor
 
 from . import rnn
 from . import parametrize, parametrizations, stateless, fusion
+from . import prune
 from .fusion import (fuse_conv_bn_eval, fuse_conv_bn_weights, fuse_linear_bn_eval,
                      fuse_linear_bn_weights)
 from .spectral_norm import remove_spectral_norm, spectral_norm
@@ -28,7 +29,7 @@ from .weight_norm import remove_weight_norm, weight_norm
 
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grads_with_norm_",
            "get_total_norm", "parameters_to_vector", "vector_to_parameters", "skip_init",
-           "rnn", "parametrize", "parametrizations", "stateless", "fusion",
+           "rnn", "parametrize", "parametrizations", "stateless", "fusion", "prune",
            "fuse_conv_bn_eval", "fuse_conv_bn_weights", "fuse_linear_bn_eval",
            "fuse_linear_bn_weights", "weight_norm", "remove_weight_norm", "spectral_norm",
            "remove_spectral_norm", "clip_grad", "convert_parameters"]
