@@ -109,10 +109,11 @@ from .ops.foreach import namespace as _foreach_namespace  # noqa: E402
 
 globals().update(_foreach_namespace())  # torch._foreach_add_ and the rest
 from .ops import sparse  # noqa: E402  (torch.sparse)
-from .ops.sparse import SparseTensor, sparse_coo, sparse_coo_tensor, spmm  # noqa: E402
+from .ops.sparse import (SparseCsrTensor, SparseTensor, sparse_coo,  # noqa: E402
+                         sparse_coo_tensor, sparse_csr, sparse_csr_tensor, spmm)
 
 _register({"to_sparse": sparse.to_sparse, "to_sparse_coo": sparse.to_sparse,
-           "sparse_mask": sparse.sparse_mask})
+           "to_sparse_csr": sparse.to_sparse_csr, "sparse_mask": sparse.sparse_mask})
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # noqa: E402
                       is_deterministic_algorithms_warn_only_enabled, set_num_threads,

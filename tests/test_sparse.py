@@ -309,3 +309,58 @@ def test_pygat_sparse_attention_layer_matches_pytorch():
     got = _sp_gat(ng, x, edge, w, a)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-14)
+
+
+# --- CSR -----------------------------------------------------------------------------------
+CROW, COL, CVAL = [0, 2, 3, 5], [0, 2, 1, 0, 2], [1.0, 2.0, 3.0, 4.0, 5.0]  # sorted in rows
+
+
+def test_csr_construction_conversions_and_products():
+    tv = torch.tensor(CVAL, dtype=torch.float64, requires_grad=True)
+    nv = ng.tensor(np.array(CVAL), requires_grad=True)
+    tc = torch.sparse_csr_tensor(torch.tensor(CROW), torch.tensor(COL), tv, (3, 3))
+    nc = ng.sparse_csr_tensor(CROW, COL, nv, (3, 3))
+    assert nc.is_sparse_csr and not nc.is_sparse and nc.layout is ng.sparse_csr
+    assert not ng.zeros(2).is_sparse_csr
+    np.testing.assert_array_equal(nc.to_dense().detach().numpy(), tc.to_dense().detach().numpy())
+    np.testing.assert_array_equal(nc.to_sparse().to_dense().detach().numpy(),
+                                  tc.to_sparse().to_dense().detach().numpy())
+    d = np.arange(6.0).reshape(3, 2)
+    td, nd = torch.tensor(d, requires_grad=True), ng.tensor(d, requires_grad=True)
+    (tc @ td).pow(2).sum().backward()
+    (nc @ nd).pow(2).sum().backward()
+    np.testing.assert_allclose(nd.grad.numpy(), td.grad.numpy(), rtol=1e-14)
+    np.testing.assert_allclose(nv.grad.numpy(), tv.grad.numpy(), rtol=1e-14)
+    vec = np.array([1.0, 1.0, 3.0])
+    np.testing.assert_allclose(ng.matmul(nc.detach(), ng.tensor(vec)).numpy(),
+                               torch.matmul(tc.detach(), torch.tensor(vec)).numpy())
+    np.testing.assert_allclose(ng.mm(nc.detach(), nd.detach()).numpy(),
+                               torch.mm(tc.detach(), td.detach()).numpy())
+    for tr, nr in [(torch.sin(tc.detach()), ng.sin(nc.detach())), (tc.detach() * 2, nc * 2)]:
+        assert nr.layout is ng.sparse_csr and tr.layout is torch.sparse_csr
+        np.testing.assert_allclose(nr.to_dense().detach().numpy(), tr.to_dense().numpy())
+    x = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 3.0]])
+    tx, nx = torch.tensor(x).to_sparse_csr(), ng.tensor(x).to_sparse_csr()
+    for a, b in [(nx.crow_indices(), tx.crow_indices()), (nx.col_indices(), tx.col_indices()),
+                 (nx.values(), tx.values())]:
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    back = ng.tensor(x).to_sparse().to_sparse_csr()
+    np.testing.assert_array_equal(back.crow_indices().numpy(), tx.crow_indices().numpy())
+
+
+def test_csr_bad_input_is_refused_clearly():
+    with pytest.raises(ValueError, match="crow_indices must start at 0"):
+        ng.sparse_csr_tensor([0, 2, 1, 5], COL, CVAL)
+    with pytest.raises(ng.ShapeError, match="column indices but"):
+        ng.sparse_csr_tensor(CROW, COL, CVAL[:4])
+    with pytest.raises(ValueError, match="does not fit"):
+        ng.sparse_csr_tensor(CROW, COL, CVAL, (3, 2))
+    with pytest.raises(NotImplementedError, match="values require grad"):
+        ng.sparse_csr_tensor(CROW, COL, CVAL, requires_grad=True)
+    with pytest.raises(ValueError, match="sorted and distinct"):
+        ng.sparse_csr_tensor(CROW, [2, 0, 1, 0, 2], CVAL, check_invariants=True)
+    ng.sparse_csr_tensor(CROW, [2, 0, 1, 0, 2], CVAL)  # not checked by default, as PyTorch's
+    c = ng.sparse_csr_tensor(CROW, COL, CVAL)
+    assert tuple(c.shape) == (3, 3)
+    with pytest.raises(TypeError, match="exp: not defined.*to_dense"):
+        ng.exp(c)

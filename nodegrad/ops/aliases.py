@@ -681,7 +681,8 @@ class Size(tuple):
 
 
 class Layout:
-    """A memory layout, PyTorch's ``torch.layout``: ``strided`` (dense) or ``sparse_coo``."""
+    """A memory layout, PyTorch's ``torch.layout``: ``strided`` (dense), ``sparse_coo`` or
+    ``sparse_csr``."""
 
     def __init__(self, name: str):
         self.name = name
@@ -1536,7 +1537,8 @@ _FUNCTIONS.update({
 
 _MORE_PROPERTIES = {
     "layout": property(lambda self: strided, doc="Always nodegrad.strided (dense arrays)."),
-    "is_sparse": property(lambda self: False, doc="False: nodegrad tensors are dense."),
+    "is_sparse": property(lambda self: False, doc="False: a Tensor is dense (see ng.sparse)."),
+    "is_sparse_csr": property(lambda self: False, doc="False: a Tensor is dense."),
     "is_meta": property(lambda self: False, doc="False: every tensor holds values."),
     "is_quantized": property(lambda self: False, doc="False: no quantized dtypes."),
     "output_nr": property(lambda self: 0, doc="0: each recorded node has one output."),

@@ -126,7 +126,7 @@ def mm(input, mat2) -> Tensor:
     """Matrix product of two matrices (no broadcasting, unlike matmul); a sparse COO
     operand goes to ``sparse.mm``."""
     if not (isinstance(input, Tensor) and isinstance(mat2, Tensor)) and (
-            getattr(input, "is_sparse", False) is True or getattr(mat2, "is_sparse", False)):
+            hasattr(type(input), "__nodegrad_bind__") or hasattr(type(mat2), "__nodegrad_bind__")):
         return input @ mat2
     a, b = _t(input), _t(mat2)
     _ndim("mm", a, 2, "input")

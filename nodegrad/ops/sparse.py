@@ -19,14 +19,16 @@ from ..tensor import Tensor, tensor, zeros
 from .aliases import Layout
 from .index import _scatter, norm_index
 
-__all__ = ["SparseTensor", "sparse_coo", "sparse_coo_tensor", "spmm", "mm", "addmm", "sum",
-           "softmax", "log_softmax", "to_sparse", "sparse_mask", "FloatTensor", "DoubleTensor"]
+__all__ = ["SparseTensor", "SparseCsrTensor", "sparse_coo", "sparse_csr", "sparse_coo_tensor",
+           "sparse_csr_tensor", "spmm", "mm", "addmm", "sum", "softmax", "log_softmax",
+           "to_sparse", "to_sparse_csr", "sparse_mask", "FloatTensor", "DoubleTensor"]
 
 sparse_coo = Layout("sparse_coo")
+sparse_csr = Layout("sparse_csr")
 
 
 def _dense(op: str, x) -> Tensor:
-    if isinstance(x, SparseTensor):
+    if isinstance(x, (SparseTensor, SparseCsrTensor)):
         raise TypeError(f"{op}: expected a dense tensor here, got a sparse COO tensor of shape "
                         f"{list(x.shape)} (call .to_dense() on it)")
     return x if isinstance(x, Tensor) else tensor(x)
@@ -194,6 +196,9 @@ class SparseTensor:
         return self
 
     to_sparse_coo = to_sparse
+
+    def to_sparse_csr(self) -> SparseCsrTensor:
+        return to_sparse_csr(self)
 
     def to(self, *args, **kwargs) -> SparseTensor:
         """``values.to(...)`` (dtype, device); the indices follow the device."""
@@ -434,6 +439,184 @@ def to_sparse(x, sparse_dim: int | None = None) -> SparseTensor:
     return SparseTensor(Tensor(idx), values, tuple(x.shape), True)
 
 
+class SparseCsrTensor:
+    """A sparse CSR matrix (PyTorch's ``layout=torch.sparse_csr``): row ``r``'s entries are
+    ``values[crow[r]:crow[r + 1]]`` at columns ``col_indices[crow[r]:crow[r + 1]]``. Build it
+    with :func:`sparse_csr_tensor` or ``x.to_sparse_csr()``; its products, sums and conversions
+    go through the COO form (:meth:`to_sparse`), so gradients reach values that require grad.
+    """
+
+    __slots__ = ("_crow", "_col", "_v", "_size")
+    is_sparse = False  # PyTorch's is_sparse names COO only
+    is_sparse_csr = True
+    layout = sparse_csr
+    __array_priority__ = 1000
+
+    def __init__(self, crow: Tensor, col: Tensor, values: Tensor, size: tuple):
+        self._crow, self._col, self._v, self._size = crow, col, values, tuple(size)
+
+    shape = SparseTensor.shape
+    size = SparseTensor.size
+    dim = SparseTensor.dim
+    ndim = SparseTensor.ndim
+    numel = SparseTensor.numel
+    dtype = SparseTensor.dtype
+    device = SparseTensor.device
+    backend = SparseTensor.backend
+    requires_grad = SparseTensor.requires_grad
+
+    def _nnz(self) -> int:
+        return int(self._v.shape[0])
+
+    def crow_indices(self) -> Tensor:
+        return self._crow
+
+    def col_indices(self) -> Tensor:
+        return self._col
+
+    def values(self) -> Tensor:
+        return self._v
+
+    def to_sparse(self, sparse_dim: int | None = None) -> SparseTensor:
+        """The COO form (coalesced when each row's columns are sorted and distinct)."""
+        if sparse_dim not in (None, 2):
+            raise ValueError(f"to_sparse: a CSR matrix has 2 sparse dims, got {sparse_dim}")
+        xp = self._crow.backend.xp
+        crow = self._crow.data
+        rows = xp.repeat(xp.arange(len(crow) - 1, dtype=xp.int64), xp.diff(crow))
+        idx = xp.stack([rows, self._col.data.astype(xp.int64)])
+        lin = _linear(xp, idx, self._size)
+        ordered = lin.shape[0] <= 1 or bool((lin[1:] > lin[:-1]).all())
+        return SparseTensor(Tensor(idx), self._v, self._size, ordered)
+
+    to_sparse_coo = to_sparse
+
+    def to_sparse_csr(self) -> SparseCsrTensor:
+        return self
+
+    def to_dense(self, dtype=None) -> Tensor:
+        return self.to_sparse().to_dense(dtype)
+
+    def _with_values(self, v: Tensor) -> SparseCsrTensor:
+        return SparseCsrTensor(self._crow, self._col, v, self._size)
+
+    def detach(self) -> SparseCsrTensor:
+        return self._with_values(self._v.detach())
+
+    def to(self, *args, **kwargs) -> SparseCsrTensor:
+        v = self._v.to(*args, **kwargs)
+        if v.device == self._crow.device:
+            return self._with_values(v)
+        return SparseCsrTensor(self._crow.to(v.device), self._col.to(v.device), v, self._size)
+
+    double = SparseTensor.double
+    float = SparseTensor.float
+
+    def __neg__(self) -> SparseCsrTensor:
+        return self._with_values(-self._v)
+
+    def mul(self, other):
+        """``self * number`` (a CSR matrix); anything else goes through the COO form."""
+        if isinstance(other, (SparseTensor, SparseCsrTensor, Tensor)) and getattr(
+                other, "ndim", 0):
+            return self.to_sparse().mul(other)
+        return self._with_values(self._v * other)
+
+    __mul__ = __rmul__ = multiply = mul
+
+    def div(self, other):
+        return self._with_values(SparseTensor.div(self.to_sparse(), other)._v)
+
+    __truediv__ = divide = div
+
+    def matmul(self, other):
+        return self.to_sparse().matmul(other)
+
+    mm = __matmul__ = matmul
+
+    def __rmatmul__(self, other):
+        return self.to_sparse().__rmatmul__(other)
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(f"a sparse CSR tensor of shape {list(self._size)} has no dense array; "
+                        "call .to_dense() first")
+
+    def __repr__(self) -> str:
+        return (f"tensor(crow_indices={self._crow!r},\n       col_indices={self._col!r},\n"
+                f"       values={self._v!r}, size={self._size}, nnz={self._nnz()}, "
+                "layout=nodegrad.sparse_csr)")
+
+    @classmethod
+    def __nodegrad_bind__(cls, prim, args: tuple, params: dict):
+        """A primitive met a CSR operand: zero-keeping unary functions keep the CSR form;
+        products and the rest go through the COO form."""
+        if len(args) == 1 and not params and prim.name in _ZERO_KEEPING:
+            return args[0]._with_values(prim(args[0]._v))
+        coo = tuple(a.to_sparse() if isinstance(a, SparseCsrTensor) else a for a in args)
+        return SparseTensor.__nodegrad_bind__(prim, coo, params)
+
+
+def sparse_csr_tensor(crow_indices, col_indices, values, size=None, *, dtype=None, device=None,
+                      requires_grad: bool = False,
+                      check_invariants: bool | None = None) -> SparseCsrTensor:
+    """PyTorch's ``torch.sparse_csr_tensor``: a sparse matrix in compressed-row form. ``size``
+    defaults to (rows, one past the largest column). Values that require grad keep their
+    graph; a leaf with ``requires_grad=True`` is refused (PyTorch's gradient of such a leaf is
+    dense: build it from values that require grad, or use COO). ``check_invariants=True`` also
+    checks that each row's columns are sorted and distinct, as PyTorch's."""
+    if requires_grad:
+        raise NotImplementedError("sparse_csr_tensor: requires_grad=True is not supported; "
+                                  "make the values require grad (the gradient reaches them) "
+                                  "or use sparse_coo_tensor")
+    v = values if isinstance(values, Tensor) else tensor(values, dtype=dtype, device=device)
+    if dtype is not None and v.dtype != dtype:
+        v = v.to(dtype)
+    if device is not None:
+        v = v.to(device)
+    crow = _int_indices(crow_indices, v.device)
+    col = _int_indices(col_indices, v.device)
+    if crow.ndim != 1 or col.ndim != 1 or v.ndim != 1:
+        raise ShapeError("sparse_csr_tensor: crow_indices, col_indices and values must be 1-D "
+                         f"(got shapes {list(crow.shape)}, {list(col.shape)}, {list(v.shape)})")
+    nnz = int(col.shape[0])
+    if int(v.shape[0]) != nnz:
+        raise ShapeError(f"sparse_csr_tensor: {nnz} column indices but {v.shape[0]} values")
+    c = crow.data
+    if c.shape[0] == 0 or int(c[0]) != 0 or int(c[-1]) != nnz or bool((c[1:] < c[:-1]).any()):
+        raise ValueError("sparse_csr_tensor: crow_indices must start at 0, never decrease and "
+                         f"end at nnz ({nnz}); got {c.tolist()}")
+    if nnz and int(col.data.min()) < 0:
+        raise ValueError("sparse_csr_tensor: col_indices must not be negative")
+    if check_invariants and nnz > 1:  # PyTorch's invariant: columns sorted and distinct in rows
+        xp = col.backend.xp
+        rows = xp.repeat(xp.arange(c.shape[0] - 1), xp.diff(c))
+        if bool(((col.data[1:] <= col.data[:-1]) & (rows[1:] == rows[:-1])).any()):
+            raise ValueError("sparse_csr_tensor: the column indices of each row must be sorted "
+                             "and distinct")
+    ncols = int(col.data.max()) + 1 if nnz else 0
+    if size is None:
+        size = (int(c.shape[0]) - 1, ncols)
+    size = tuple(int(n) for n in size)
+    if len(size) != 2 or size[0] != int(c.shape[0]) - 1 or ncols > size[1]:
+        raise ValueError(f"sparse_csr_tensor: size {list(size)} does not fit "
+                         f"{int(c.shape[0]) - 1} rows and columns up to {ncols - 1}")
+    return SparseCsrTensor(crow, col, v, size)
+
+
+def to_sparse_csr(x) -> SparseCsrTensor:
+    """``x.to_sparse_csr()``: a dense matrix's nonzero entries (or a COO matrix, coalesced)
+    in compressed-row form, differentiable in the values."""
+    if isinstance(x, SparseCsrTensor):
+        return x
+    s = x.coalesce() if isinstance(x, SparseTensor) else to_sparse(x)
+    if s.dim() != 2 or s.sparse_dim() != 2:
+        raise ShapeError(f"to_sparse_csr: expected a matrix, got shape {list(s.shape)}")
+    xp = s._i.backend.xp
+    counts = xp.bincount(s._i.data[0], minlength=s._size[0])
+    crow = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(counts).astype(xp.int64)])
+    return SparseCsrTensor(Tensor(crow), Tensor(s._i.data[1].copy()), s._v, s._size)
+
+
 def sparse_mask(x, mask: SparseTensor) -> SparseTensor:
     """PyTorch's ``x.sparse_mask(mask)``: the entries of dense ``x`` at ``mask``'s index
     columns (its pattern, repeats and coalesced flag kept), differentiable in ``x``."""
@@ -466,6 +649,10 @@ def mm(mat1, mat2):
     """PyTorch's ``torch.sparse.mm``: a sparse matrix times a dense one (a dense result,
     differentiable in both; ``nnz * mat2.shape[1]`` multiply-adds), or two sparse matrices
     (a sparse result)."""
+    if isinstance(mat1, SparseCsrTensor):
+        mat1 = mat1.to_sparse()
+    if isinstance(mat2, SparseCsrTensor):
+        mat2 = mat2.to_sparse()
     if not isinstance(mat1, SparseTensor):
         if isinstance(mat2, SparseTensor):
             return mat2.__rmatmul__(mat1)
