@@ -132,6 +132,21 @@ def test_sparse_mask_and_legacy_constructors():
     assert ng.sparse.DoubleTensor(ng.tensor(IDX), ng.tensor(VAL), (3, 3)).dtype == ng.float64
 
 
+def test_top_level_functions_route_sparse_operands():
+    t, n = _pair()
+    d = np.ones((3, 3))
+    assert float(ng.sum(n)) == float(torch.sum(t))
+    _same_sparse(ng.sum(n, 1), torch.sum(t, 1).coalesce())
+    np.testing.assert_array_equal((ng.tensor(d) - n).numpy(), (torch.tensor(d) - t).numpy())
+    np.testing.assert_array_equal(ng.add(ng.tensor(d), n).numpy(),
+                                  torch.add(torch.tensor(d), t).numpy())
+    for tr, nr in [(torch.pow(t, 2), ng.pow(n, 2)), (t ** 0.5, n ** 0.5),
+                   (torch.div(t, 4), ng.div(n, 4))]:
+        np.testing.assert_allclose(nr.to_dense().numpy(), tr.to_dense().numpy(), rtol=1e-15)
+    with pytest.raises(TypeError, match=r"add\(dense, sparse\)"):
+        n - ng.tensor(d)
+
+
 def test_sums():
     t, n = _pair()
     assert float(ng.sparse.sum(n)) == float(torch.sparse.sum(t))

@@ -288,6 +288,16 @@ class SparseTensor:
     def __rsub__(self, other):
         return _dense("sub", other) - self.to_dense()
 
+    def pow(self, exponent) -> SparseTensor:
+        """The values (coalesced) to a positive power, which keeps zeros zero."""
+        if not (type(exponent) in (int, float) and exponent > 0):
+            raise TypeError(f"pow: a sparse tensor takes a positive number as the exponent, got "
+                            f"{exponent!r} (call .to_dense() first)")
+        c = self.coalesce()
+        return c._with_values(c._v ** exponent)
+
+    __pow__ = pow
+
     def t(self) -> SparseTensor:
         """The transpose of a sparse matrix (uncoalesced, as PyTorch's)."""
         if self.dim() != 2 or self.sparse_dim() != 2:
@@ -342,9 +352,18 @@ class SparseTensor:
         if name == "multiply" and len(args) == 2:
             a, b = args
             return a.mul(b) if isinstance(a, SparseTensor) else b.mul(a)
-        if name == "add" and len(args) == 2 and not params:
+        if name in ("add", "subtract") and len(args) == 2 and not params:
             a, b = args
-            return a.add(b) if isinstance(a, SparseTensor) else b.__radd__(a)
+            if isinstance(a, SparseTensor):
+                return a.add(b) if name == "add" else a - b
+            return b.__radd__(a) if name == "add" else b.__rsub__(a)
+        if name == "divide" and len(args) == 2 and isinstance(args[0], SparseTensor):
+            return args[0].div(args[1])
+        if name == "sum" and len(args) == 1 and not params.get("keepdims"):
+            return sum(args[0], params.get("axis"))
+        if (name == "power" and len(args) == 2 and isinstance(args[0], SparseTensor)
+                and type(args[1]) in (int, float) and args[1] > 0):
+            return args[0].pow(args[1])
         if len(args) == 1 and not params and name in _ZERO_KEEPING:
             s = sp[0].coalesce()
             return s._with_values(prim(s._v))
