@@ -18,7 +18,7 @@ from .. import _backend as B
 from .. import ops
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator, keep_mask, rand
-from ..tensor import Tensor
+from ..tensor import Tensor, _linspace_values
 from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d,
                               max_pool1d, max_pool2d, max_pool3d)
 from .losses import multilabel_margin_loss, triplet_margin_with_distance_loss
@@ -40,7 +40,9 @@ def _base_axis(xp, n: int, align_corners: bool, dtype):
     ``align_corners``); a single pixel sits at 0."""
     if n <= 1:
         return xp.zeros(1, dtype=dtype)
-    r = xp.linspace(-1, 1, n, dtype=dtype)
+    # PyTorch's linspace to the bit: on the identity map the sampling points then fall exactly
+    # where PyTorch's do, on pixel centres, where the bilinear slope switches sides
+    r = xp.asarray(_linspace_values(-1, 1, n, dtype), dtype=dtype)
     if not align_corners:
         r = r * dtype.type(n - 1) / dtype.type(n)
     return r
@@ -82,12 +84,33 @@ _SAMPLE_MODES = ("bilinear", "nearest", "bicubic")
 _PADDING_MODES = ("zeros", "border", "reflection")
 
 
-def _unnormalize(g: Tensor, n: int, align_corners: bool) -> Tensor:
+def _unnormalize(g: Tensor, n: int, align_corners: bool, fused: bool = False) -> Tensor:
     """[-1, 1] -> pixel coordinates: -1 and 1 are the corner pixels' centres with
-    ``align_corners``, else the image's outer edges."""
+    ``align_corners``, else the image's outer edges. ``fused`` rounds (g + 1)·n/2 - 1/2 once
+    (exactly so near integers), as PyTorch's 2-D CPU kernel does with a fused multiply-add: the
+    pixel centres of an identity grid then fall on the same side of an integer as there, so
+    the one-sided bilinear slope (the grid's gradient) is the same."""
     if align_corners:
         return (g + 1.0) * ((n - 1) / 2)
-    return (g + 1.0) * (n / 2) - 0.5
+    s = g + 1.0
+    if not fused or g.dtype not in (B.np.float32, B.np.float64):
+        return s * (n / 2) - 0.5
+    if g.dtype == B.np.float32:  # exact in float64, then rounded once
+        return ops.astype(ops.astype(s, "float64") * (n / 2) - 0.5, "float32")
+    p = s * (n / 2)
+    return (p - 0.5) + _product_error(s.detach(), n / 2, p.detach())
+
+
+def _product_error(x: Tensor, a: float, p: Tensor) -> Tensor:
+    """x·a - p exactly, for p = x·a rounded in float64 (Dekker's product: each factor split
+    into halves of 26 bits whose products are exact); constant, so it carries no gradient."""
+    def split(v):
+        t = 134217729.0 * v
+        hi = t - (t - v)
+        return hi, v - hi
+
+    (xh, xl), (ah, al) = split(x), split(a)
+    return ((xh * ah - p) + xh * al + xl * ah) + xl * al
 
 
 def _clip_coordinates(c: Tensor, n: int) -> Tensor:
@@ -185,7 +208,7 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
     p = math.prod(out_sp)
     g = ops.reshape(grid, (n, 1, p, nd))
     # grid component k addresses spatial axis nd-1-k: x is the last axis (W)
-    src = [_unnormalize(g[..., nd - 1 - a], sizes[a], ac) for a in range(nd)]
+    src = [_unnormalize(g[..., nd - 1 - a], sizes[a], ac, fused=nd == 2) for a in range(nd)]
     axes = []  # per spatial axis: [(integer coordinate, weight or None), ...]
     if mode == "bicubic":
         for a in range(nd):
