@@ -603,8 +603,9 @@ def test_anomaly_switches_variable_and_inference_mode():
     assert ng.autograd.is_anomaly_enabled()
     ng.set_anomaly_enabled(False)
     t = ng.zeros(2)
-    v = ng.autograd.Variable(t, requires_grad=True)
-    assert v is t and t.requires_grad and isinstance(t, ng.autograd.Variable)
+    v = ng.autograd.Variable(t, requires_grad=True)  # t.detach(), as PyTorch's
+    assert v is not t and v.requires_grad and not t.requires_grad
+    assert isinstance(t, ng.autograd.Variable)
     assert not isinstance(np.zeros(1), ng.autograd.Variable)
     assert isinstance(torch.zeros(1), torch.autograd.Variable)  # torch's meaning
     with ng.autograd.inference_mode():

@@ -129,15 +129,21 @@ class _VariableMeta(type):
 
 
 class Variable(metaclass=_VariableMeta):
-    """PyTorch's deprecated ``Variable``: ``Variable(t)`` is the tensor ``t`` itself (with
-    ``requires_grad`` set when asked), and every tensor is an instance."""
+    """PyTorch's deprecated ``Variable``: ``Variable(t)`` is ``t.detach()`` (a new leaf sharing
+    t's memory, cut from its graph) with ``requires_grad`` as asked, and every tensor is an
+    instance. ``t`` may be a raw array too (``Variable(p.data)``, ``.data`` being the array)."""
 
     def __new__(cls, data, requires_grad: bool = False, volatile: bool = False) -> Tensor:
-        if not isinstance(data, Tensor):
-            raise TypeError(f"Variable: expected a tensor, got {type(data).__name__}")
-        if requires_grad and not data.requires_grad:
-            data.requires_grad_()
-        return data
+        if B.is_array(data):
+            out = Tensor(data)
+        elif isinstance(data, Tensor):
+            out = data.detach()
+        else:
+            raise TypeError(f"Variable: expected a tensor or an array, got "
+                            f"{type(data).__name__}")
+        if requires_grad:
+            out.requires_grad_()
+        return out
 
 
 def _split_inputs(op: str, inputs) -> tuple[list, list, list]:

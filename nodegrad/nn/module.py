@@ -42,6 +42,13 @@ class Parameter(Tensor):
                             f"got {data.dtype}")
         super().__init__(data, None, requires_grad)
 
+    def __setattr__(self, name: str, value) -> None:
+        # PyTorch's ``param.data = tensor`` (DLRM's initialisation): the parameter takes the
+        # tensor's values; storing the Tensor itself would break every later operation
+        if name == "data" and isinstance(value, Tensor):
+            value = value.data
+        object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 
@@ -71,7 +78,7 @@ class Module:
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", OrderedDict())
         for hooks in _HOOK_LISTS:
-            object.__setattr__(self, hooks, [])
+            object.__setattr__(self, hooks, HookList())
         object.__setattr__(self, "training", True)
 
     # --- registration ---------------------------------------------------------------------
@@ -900,6 +907,17 @@ class _HookHandle(RemovableHandle):
     def remove(self) -> None:
         super().remove()
         _STRUCTURE[0] += 1
+
+
+class HookList(list):
+    """A module's hooks of one kind, in the order they run: a list (iterating gives the
+    hooks), whose ``values()`` gives them too, as PyTorch code reads its OrderedDict of
+    hooks (``for hook in module._forward_pre_hooks.values()``, pruning's tutorial)."""
+
+    __slots__ = ()
+
+    def values(self):
+        return iter(list(self))
 
 
 _HOOK_LISTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",

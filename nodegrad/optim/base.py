@@ -286,6 +286,11 @@ class Optimizer:
         for g in groups:
             self.add_param_group(g)
 
+    #: no hooks on a subclass that never calls ``Optimizer.__init__`` (a wrapper such as
+    #: Lookahead, which keeps the optimiser it wraps), whose own step still runs the wrappers
+    _optimizer_step_pre_hooks = _optimizer_step_post_hooks = ()
+    _optimizer_state_dict_pre_hooks = _optimizer_state_dict_post_hooks = ()
+    _optimizer_load_state_dict_pre_hooks = _optimizer_load_state_dict_post_hooks = ()
     #: set while the step hooks run, so a ``step`` that calls ``super().step()`` runs them once
     _in_step_hooks = False
     _in_state_dict_hooks = False
@@ -424,11 +429,18 @@ class Optimizer:
             raise TypeError(f"a parameter group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
         ps = group["params"]
+        if isinstance(ps, set | frozenset):
+            raise TypeError("optimizer parameters need to be organized in ordered collections, "
+                            "but the ordering of tensors in sets will change between runs; "
+                            "pass a list instead")
         ps = [ps] if isinstance(ps, Tensor) else list(ps)
         if ps and isinstance(ps[0], tuple):
             group.setdefault("param_names", [n for n, _ in ps])
             ps = [p for _, p in ps]
         group["params"] = ps
+        # PyTorch's: the caller's dict keeps the list, so a generator it held (model.parameters())
+        # is not spent for an optimiser rebuilt from the same dicts (a resume)
+        param_group["params"] = ps
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         for i, p in enumerate(ps):
             where = _describe(group, len(self.param_groups), i, p)
@@ -874,7 +886,11 @@ class Optimizer:
     def state(self) -> dict:
         """Per-parameter state, ``{param: {"step": t, name: array, ...}}`` (live views). As
         PyTorch's ``defaultdict(dict)``, a missing parameter gives a new entry that is kept:
-        a subclass with its own ``step`` writes ``self.state[p]["mu"] = ...`` (LARS, SAM)."""
+        a subclass with its own ``step`` writes ``self.state[p]["mu"] = ...`` (LARS, SAM).
+        A wrapper that assigns ``self.state = defaultdict(dict)`` (Lookahead) keeps its own."""
+        own = self.__dict__.get("_assigned_state")
+        if own is not None:
+            return own
         out = _StateDict(self._user_state)
         for buckets in self._buckets:
             for b in buckets:
@@ -884,19 +900,23 @@ class Optimizer:
                         dict.__setitem__(out, p, entry)
         return out
 
+    @state.setter
+    def state(self, value: dict) -> None:
+        self.__dict__["_assigned_state"] = value
+
     @staticmethod
     def _entry(b: _Bucket, i: int, copy: bool) -> dict | None:
         sc = b.scalars[i]
         if sc["step"] == 0:
             return None
         lo, hi = b.offsets[i], b.offsets[i + 1]
-        entry = dict(sc)
+        entry = dict(sc) if copy else _LiveEntry(sc, b, i)
         for name, a in b.arrays.items():
             v = a[lo:hi]
             if b.cplx is not None:  # complex state for a complex parameter, as PyTorch's
                 v = v.view(b.cplx)
             v = v.reshape(b.pshapes[i])
-            entry[name] = v.copy() if copy else v
+            dict.__setitem__(entry, name, v.copy() if copy else v)
         return entry
 
     def _extract(self, gi: int) -> list:
@@ -1022,8 +1042,48 @@ class _StateDict(dict):
         return entry
 
     def __setitem__(self, p, entry) -> None:
+        live = dict.get(self, p)
+        if isinstance(live, _LiveEntry) and live is not entry:  # state in the flat buffers
+            for k, v in entry.items():
+                live[k] = v
+            return
         dict.__setitem__(self, p, entry)
         self._store[p] = entry
+
+
+class _LiveEntry(dict):
+    """``optimizer.state[p]`` where the state lives in the optimiser's flat buffers: assigning
+    one of its names writes there, so ``state[p]["momentum_buffer"] = zeros_like(p)`` resets
+    the momentum as in PyTorch (Lookahead's reset) rather than a copy no step reads."""
+
+    __slots__ = ("_bucket", "_i")
+
+    def __init__(self, scalars: dict, b: _Bucket, i: int):
+        super().__init__(scalars)
+        self._bucket, self._i = b, i
+
+    def __setitem__(self, name, value) -> None:
+        b, i = self._bucket, self._i
+        if name in b.arrays:
+            view = dict.__getitem__(self, name)
+            new = _to_backend(b, value)
+            if tuple(new.shape) != tuple(view.shape):
+                raise ShapeError(f"optimizer.state[p][{name!r}] = value: the parameter's state "
+                                 f"has shape {tuple(view.shape)}, got {tuple(new.shape)}")
+            view[...] = new
+        elif name in b.scalars[i]:
+            if _is_arrayish(value) or hasattr(value, "item"):  # PyTorch's 0-d tensor step
+                value = value.item()
+            if isinstance(b.scalars[i][name], int) and float(value).is_integer():
+                value = int(value)
+            b.scalars[i] = {**b.scalars[i], name: value}  # neighbours may share the dict
+            b.merge_scalars()
+            b.plans.clear()
+            dict.__setitem__(self, name, value)
+        else:
+            raise KeyError(f"optimizer.state[p][{name!r}] = ...: this optimiser keeps "
+                           f"{sorted(self)} for the parameter in its own buffers; a new name "
+                           "would not be kept (a subclass with its own step keeps any)")
 
 
 def _to_backend_of(p: Tensor, v):

@@ -118,11 +118,13 @@ class Embedding(Module):
                         padding_idx: int | None = None, max_norm: float | None = None,
                         norm_type: float = 2.0, scale_grad_by_freq: bool = False,
                         sparse: bool = False) -> Embedding:
-        """An Embedding holding a copy of the (num_embeddings, embedding_dim) ``embeddings``,
-        frozen unless ``freeze=False``, as PyTorch's (the padding row is kept as given)."""
+        """An Embedding over the (num_embeddings, embedding_dim) ``embeddings``, frozen unless
+        ``freeze=False``; the padding row is kept as given. Values are shared, as PyTorch's:
+        in-place edits and ``max_norm`` reach them (until an optimiser's flat buffer takes the
+        parameter over)."""
         n, d = pretrained_shape(embeddings, "Embedding")
         return cls(n, d, padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse,
-                   _weight=Tensor(embeddings.data.copy()), _freeze=freeze)
+                   _weight=embeddings, _freeze=freeze)
 
     def reset_parameters(self) -> None:
         """N(0, 1) as PyTorch (or ``init``), the padding row zero."""
