@@ -147,6 +147,29 @@ def test_top_level_functions_route_sparse_operands():
         n - ng.tensor(d)
 
 
+def test_product_of_two_sparse_tensors_and_edge_shapes():
+    t, n = _pair()
+    t2 = torch.sparse_coo_tensor(torch.tensor([[0, 2, 1], [2, 1, 1]]),
+                                 torch.tensor([2.0, -1.0, 5.0], dtype=torch.float64), (3, 3))
+    n2 = ng.sparse_coo_tensor([[0, 2, 1], [2, 1, 1]], np.array([2.0, -1.0, 5.0]), (3, 3))
+    # the values agree; PyTorch's result also stores a zero where only one operand stores
+    np.testing.assert_array_equal((n * n2).to_dense().numpy(), (t * t2).to_dense().numpy())
+    empty = ng.sparse_coo_tensor(ng.zeros((2, 0), dtype=ng.int64), ng.zeros(0, dtype=ng.float64),
+                                 (3, 3))
+    assert (n * empty)._nnz() == 0 and (empty * n)._nnz() == 0
+    hybrid_t = torch.sparse_coo_tensor(torch.tensor([[0, 2, 0]]),
+                                       torch.arange(6.0, dtype=torch.float64).reshape(3, 2), (3, 2))
+    hybrid_n = ng.sparse_coo_tensor([[0, 2, 0]], np.arange(6.0).reshape(3, 2), (3, 2))
+    _same_sparse(hybrid_n.coalesce(), hybrid_t.coalesce())
+    for dim in (0, 1):
+        tr, nr = torch.sparse.sum(hybrid_t, dim), ng.sparse.sum(hybrid_n, dim)
+        np.testing.assert_array_equal(
+            (nr.to_dense() if nr.is_sparse else nr).numpy(),
+            (tr.to_dense() if tr.is_sparse else tr).numpy())
+    with pytest.raises(ng.ShapeError, match="sparse matrix"):
+        ng.sparse.mm(hybrid_n, ng.ones((2, 2), dtype=ng.float64))
+
+
 def test_sums():
     t, n = _pair()
     assert float(ng.sparse.sum(n)) == float(torch.sparse.sum(t))

@@ -240,8 +240,7 @@ class SparseTensor:
         """``self * other``: a number scales the values; a dense tensor of the same shape is
         read at the stored positions (the result stays sparse); two sparse tensors refuse."""
         if isinstance(other, SparseTensor):
-            raise TypeError("mul: two sparse tensors are not multiplied here; call .to_dense() "
-                            "on one of them")
+            return self._mul_sparse(other)
         if isinstance(other, Tensor) and other.ndim:
             if tuple(other.shape) != self._size:
                 raise ShapeError(f"mul: a sparse tensor of shape {list(self._size)} times a "
@@ -252,6 +251,21 @@ class SparseTensor:
         return self._with_values(self._v * other)
 
     __mul__ = __rmul__ = multiply = mul
+
+    def _mul_sparse(self, other: SparseTensor) -> SparseTensor:
+        """Two sparse tensors of one shape: the product at the positions both store."""
+        if other._size != self._size or other.sparse_dim() != self.sparse_dim():
+            raise ShapeError(f"mul: sparse shapes {list(self._size)} and {list(other._size)} "
+                             "differ")
+        a, b = self.coalesce(), other.coalesce()
+        xp = a._i.backend.xp
+        nd = a.sparse_dim()
+        la, lb = (_linear(xp, t._i.data, a._size[:nd]) for t in (a, b))
+        pos = xp.minimum(xp.searchsorted(lb, la), max(int(lb.shape[0]) - 1, 0))
+        both = (lb[pos] == la) if lb.shape[0] else xp.zeros(la.shape, dtype=bool)
+        ia, ib = xp.nonzero(both)[0], pos[both]
+        values = a._v[Tensor(ia)] * b._v[Tensor(ib)].to(a._v.dtype)
+        return SparseTensor(Tensor(a._i.data[:, ia]), values, a._size, True)
 
     def div(self, other):
         if isinstance(other, (SparseTensor, Tensor)) and getattr(other, "ndim", 0):
