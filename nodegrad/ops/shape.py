@@ -476,7 +476,7 @@ def fresh(out, x):
     change of either tensor does not show in the other."""
     if out is x:
         return copy(x)
-    if type(out) is Tensor and type(x) is Tensor:
+    if isinstance(out, Tensor) and isinstance(x, Tensor):  # a Parameter or Buffer too
         a, b = out.data, x.data
         if (a.base if a.base is not None else a) is (b.base if b.base is not None else b):
             return copy(out)
