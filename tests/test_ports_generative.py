@@ -1596,15 +1596,16 @@ def test_glow_actnorm_lu_invconv_affine_coupling():
     assert np.abs(np.asarray(rec[0][-1][1])).max() < 1e-10  # reverse inverts forward
 
 
-def test_std_with_a_positional_axis_is_numpys_and_with_dim_pytorchs():
-    """The documented naming difference the Glow port meets: ``x.std(1)`` divides by N (NumPy's
-    ``ddof=0``), ``x.std(dim=1)`` and ``x.std(1, unbiased=True)`` by N - 1 (PyTorch's)."""
+def test_std_method_is_pytorchs_and_numpy_keywords_numpys():
+    """What Glow's ActNorm meets: ``x.std(1)`` and ``x.std()`` divide by N - 1 (PyTorch's
+    method); NumPy's ``axis=`` or ``ddof=`` (and the function ``ng.std``) by N."""
     a = draw(91, 3, 5)
     x, t = ng.tensor(a), torch.tensor(a)
-    np.testing.assert_allclose(x.std(1).numpy(), a.std(1), rtol=1e-12)
-    np.testing.assert_allclose(x.std().numpy(), a.std(), rtol=1e-12)
-    for got in (x.std(dim=1), x.std(1, unbiased=True), x.std(1, correction=1)):
+    for got in (x.std(1), x.std(dim=1), x.std(1, unbiased=True), x.std(1, correction=1)):
         np.testing.assert_allclose(got.numpy(), t.std(1).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(x.std().numpy(), t.std().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(x.std(axis=1).numpy(), a.std(1), rtol=1e-12)
+    np.testing.assert_allclose(ng.std(x).numpy(), a.std(), rtol=1e-12)
 
 
 # 13. SNGAN: spectral normalisation (both APIs), hinge loss, n_dis critic steps ----------------

@@ -122,7 +122,7 @@ def integers(xp, a8, a64):
 def reductions(xp, x):
     return (x.sum(axis=(0, 2)), x.sum(axis=(0, 2), keepdims=True), xp.max(x, axis=(1,)),
             x.mean(axis=(0, 1)), x.var(axis=(0, 2)), xp.prod(x, axis=0), x.argmax(axis=1),
-            xp.sum(x), x.std(), xp.any(x > 0, axis=(0, 1)), xp.all(x > -9), x.min(axis=-1),
+            xp.sum(x), xp.std(x), xp.any(x > 0, axis=(0, 1)), xp.all(x > -9), x.min(axis=-1),
             xp.median(x, axis=1), xp.median(x, axis=None, keepdims=True))
 
 

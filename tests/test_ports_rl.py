@@ -241,16 +241,17 @@ def test_tensor_of_zero_dim_tensors():
         assert tuple(t.shape) == (1,) and t.dtype == lib.float64 and not t.requires_grad
 
 
-def test_bare_std_is_numpy_population_std():
-    """Documented: ``x.std()``/``x.std(0)`` are NumPy's (ddof=0) in nodegrad, PyTorch's
-    ``correction=1`` needs ``dim=``, ``unbiased=`` or ``correction=``; REINFORCE's normalised
-    returns are ported with ``returns.std(dim=0)``."""
+def test_bare_std_is_pytorchs():
+    """REINFORCE's ``(returns - returns.mean()) / returns.std()``: the method is PyTorch's
+    (correction=1) bare, positional or with PyTorch's keywords; NumPy's ``ddof=``/``axis=``
+    keywords and the function ``ng.std`` are NumPy's population std."""
     v = np.array([3.0, 2.0, 1.5, 1.0])
     x, t = ng.tensor(v), torch.tensor(v)
-    assert_same(x.std(), np.std(v))
-    assert_same(x.std(0), np.std(v))
-    for kw in ({"dim": 0}, {"unbiased": True}, {"correction": 1}):
-        assert_same(x.std(**kw), t.std())
+    for got in (x.std(), x.std(0), x.std(dim=0), x.std(unbiased=True), x.std(correction=1)):
+        assert_same(got, t.std())
+    assert_same(x.std(ddof=0), np.std(v))
+    assert_same(x.std(axis=0), np.std(v))
+    assert_same(ng.std(x), np.std(v))
 
 
 # 3. PPO: clipped objective, minibatch epochs, clip_grad_norm_, Normal policy with a

@@ -1308,13 +1308,16 @@ def test_deepspeech2_ctc_matches_torch(dtype):
     both(ds2_script, ds2_build, dtype)
 
 
-def test_bare_std_is_numpy_and_torch_keywords_are_torch():
-    """A documented choice: ``x.std()`` / ``x.var()`` with no argument are NumPy's (ddof=0);
-    any of PyTorch's keywords, ``dim=None`` included, gives PyTorch's correction=1."""
+def test_bare_std_method_is_torch_and_numpy_forms_are_numpy():
+    """``x.std()`` / ``x.var()`` are PyTorch's methods (correction=1), as are PyTorch's
+    keywords, ``dim=None`` included; the functions ``ng.std``/``ng.var`` with no PyTorch
+    keyword are NumPy's (ddof=0)."""
     x = np.random.default_rng(21).standard_normal((4, 1, 17, 9))
     t, n = torch.tensor(x), ng.tensor(x)
-    assert n.std().item() == pytest.approx(x.std(), rel=1e-12)
-    assert n.var().item() == pytest.approx(x.var(), rel=1e-12)
+    assert n.std().item() == pytest.approx(t.std().item(), rel=1e-12)
+    assert n.var().item() == pytest.approx(t.var().item(), rel=1e-12)
+    assert ng.std(n).item() == pytest.approx(x.std(), rel=1e-12)
+    assert ng.var(n).item() == pytest.approx(x.var(), rel=1e-12)
     for kw in [dict(dim=None), dict(unbiased=True), dict(dim=(1, 2)), dict(dim=None,
                                                                           keepdim=True)]:
         assert_same(n.std(**kw), t.std(**kw), 1e-12, str(kw))

@@ -113,29 +113,48 @@ def _extreme(fn, argfn):
 
 
 def _stat(fn):
-    def method(self, axis=None, ddof=None, keepdims=False, *, dim=_UNSET, keepdim=_UNSET,
-               correction=None, unbiased=None):
-        if isinstance(axis, bool):  # x.std(True): PyTorch's unbiased, never an axis
-            if unbiased is not None:
-                raise TypeError(f"{fn.__name__}: got unbiased twice (a bool where the axis "
-                                "goes is PyTorch's unbiased)")
-            axis, unbiased = None, axis
-        torch_call = dim is not _UNSET or keepdim is not _UNSET  # dim=None too: PyTorch's
-        dim = None if dim is _UNSET else dim
-        keepdim = False if keepdim is _UNSET else keepdim
-        if correction is None:  # PyTorch's keywords (dim=, keepdim=, unbiased=) mean PyTorch's
-            correction = ddof if ddof is not None else (  # correction=1; NumPy's ddof=0 else
-                int(unbiased) if unbiased is not None else 1 if torch_call else 0)
+    def method(self, *args, axis=_UNSET, ddof=None, keepdims=_UNSET, dim=_UNSET,
+               keepdim=_UNSET, correction=None, unbiased=None):
+        # PyTorch's method: x.std(), x.std(1), x.std(1, True, True) (dim, unbiased, keepdim)
+        # and its keywords use correction=1; NumPy's keywords (axis=, ddof=, keepdims=) ddof=0
+        name = fn.__name__
+        if len(args) > 3:
+            raise TypeError(f"{name}: at most (dim, unbiased, keepdim) positionally, got "
+                            f"{len(args)} arguments")
+        if args and isinstance(args[0], bool):  # x.std(True): PyTorch's unbiased, not a dim
+            args = (None,) + args
+        if args:
+            if dim is not _UNSET or axis is not _UNSET:
+                raise TypeError(f"{name}: got the dim positionally and by keyword")
+            dim = args[0]
+        if len(args) > 1:
+            if unbiased is not None or correction is not None or ddof is not None:
+                raise TypeError(f"{name}: got the correction positionally and by keyword")
+            if isinstance(args[1], bool):
+                unbiased = args[1]
+            else:
+                correction = args[1]
+        if len(args) > 2:
+            if keepdim is not _UNSET or keepdims is not _UNSET:
+                raise TypeError(f"{name}: got keepdim positionally and by keyword")
+            keepdim = args[2]
+        numpy_call = axis is not _UNSET or keepdims is not _UNSET or ddof is not None
+        if correction is None:
+            correction = ddof if ddof is not None else (
+                int(unbiased) if unbiased is not None else 0 if numpy_call else 1)
         elif ddof is not None or unbiased is not None:
-            raise TypeError(f"{fn.__name__}: pass one of ddof= (NumPy), correction= or "
+            raise TypeError(f"{name}: pass one of ddof= (NumPy), correction= or "
                             "unbiased= (PyTorch)")
-        ax = _axis(axis, dim)
+        ax = _axis(None if axis is _UNSET else axis, None if dim is _UNSET else dim)
         if ax is not None and self.ndim == 0:  # PyTorch: a scalar's dim 0 / -1 is all of it
-            ax = S.scalar_dims(ax, 0, fn.__name__)
-        return fn(self, ax, correction, _keep(keepdims, keepdim))
+            ax = S.scalar_dims(ax, 0, name)
+        keep = _keep(keepdims is not _UNSET and keepdims, keepdim is not _UNSET and keepdim)
+        return fn(self, ax, correction, keep)
 
     method.__name__ = fn.__name__
-    method.__doc__ = fn.__doc__
+    method.__doc__ = (f"PyTorch's ``x.{fn.__name__}(dim, unbiased, keepdim)``: with no NumPy "
+                      "keyword the correction is 1 (N - 1), as PyTorch's; NumPy's "
+                      "``axis=``/``ddof=``/``keepdims=`` give NumPy's ddof=0 default.")
     return method
 
 
