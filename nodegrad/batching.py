@@ -156,6 +156,13 @@ class lowered:
         self.m.traces = self.saved
 
 
+def recording():
+    """The recording trace on top of the trace stack (``nodegrad.onnx``'s export), or None: an
+    in-place write tells it (``inplace(target, result)``), as it sees no primitive do it."""
+    traces = modes().traces
+    return traces[-1] if traces and type(traces[-1]) is not Level else None
+
+
 def batch_bind(bind, prim, args: tuple, params: dict):
     """``bind`` for when a vmap is active: batch the call at the innermost level."""
     traces = modes().traces

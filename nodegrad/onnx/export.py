@@ -46,6 +46,7 @@ class _Recorder:
         self.twin = twin              # the other trace's events (None: no dynamic axes)
         self.events: list = []
         self.names: dict[int, str] = {}   # id(tensor) -> value name
+        self.versions: dict[int, int] = {}  # id(tensor) -> its version counter when named
         self.keep: list = []          # keeps traced tensors alive so their ids stay unique
         self.params = names           # id(parameter or buffer) -> its dotted name
         self.nodes, self.inits, self.used = [], {}, set()
@@ -54,6 +55,9 @@ class _Recorder:
         self.leaf = None              # the layer whose forward is written as one op
         self.paths: dict[int, str] = {}
         self.windows: dict[str, tuple] = {}  # a window view not written yet -> its source
+        # (traced size, resized size) of a graph input's dynamic axis -> (its value, the axis)
+        self.dims: dict[tuple[int, int], tuple[str, int]] = {}
+        self.made: set[int] = set()  # constants written by dynamic_const
 
     # naming and emitting
     def fresh(self, hint: str) -> str:
@@ -89,6 +93,7 @@ class _Recorder:
         if isinstance(a, Tensor):
             n = self.names.get(id(a))
             if n is not None:
+                self.unchanged(a)
                 if n in self.windows:
                     self.fail("sliding_window_view: only a max over its windows, or their sum "
                               "divided by the window size, is exported (pooling as a "
@@ -107,7 +112,50 @@ class _Recorder:
 
     def set(self, t: Tensor, name: str) -> None:
         self.names[id(t)] = name
+        self.versions[id(t)] = t._ensure_version()[0]
         self.keep.append(t)
+
+    def unchanged(self, t: Tensor) -> None:
+        """Refuse a traced value changed in place by a write no op records (a graph reading
+        its name would compute the old value)."""
+        seen = self.versions.get(id(t))  # None: a parameter or buffer
+        if seen is not None and t._version is not None and t._version[0] != seen:
+            self.fail("a traced value was changed in place by a write the export does not "
+                      "see (setitem, copy_, fill_ or an in-place op on a view of it); compute "
+                      "the new value out of place (where, cat)")
+
+    def consts(self, args) -> tuple:
+        """The keys of the constants among ``args`` (the same in both traces: those that
+        ``dynamic_const`` wrote count as constants)."""
+        return tuple(_const_key(a) for a in args if isinstance(a, Tensor) and id(a) not in
+                     self.params and (id(a) not in self.names or id(a) in self.made))
+
+    def dynamic_const(self, t: Tensor, shape2) -> str | None:
+        """A constant made in the forward that holds one value throughout and whose shape
+        follows graph inputs' dynamic axes (``zeros(layers, x.size(0), hidden)``, ``shape2`` in
+        the other trace): written as that value expanded to a shape read from the inputs.
+        None where it is not one."""
+        parts = []
+        for s1, s2 in zip(t.shape, shape2):
+            if s1 != s2 and (s1, s2) not in self.dims:
+                return None
+            parts.append(s1 if s1 == s2 else self.dims[(s1, s2)])
+        d = np.asarray(B.backend_of(t.data).to_host(t.data))
+        if len(parts) != d.ndim or not d.size or not (d == d.flat[0]).all():
+            return None
+        name = self.node("Expand", [self.const(d.flat[0], d.dtype), _shape_value(self, parts)])
+        self.set(t, name)
+        self.made.add(id(t))
+        return name
+
+    def inplace(self, target: Tensor, result: Tensor) -> None:
+        """``target`` was changed in place to ``result`` (``out += x``, ``relu_``): later
+        uses of it read the result."""
+        if self.leaf is None:
+            name = self.name_of(result)
+            if result.dtype != target.dtype:  # stored in the target's dtype
+                name = self.node("Cast", [name], to=_dtype_code(self.onnx, target.dtype))
+            self.set(target, name)
 
     def event(self, key, data):
         """Note one traced step; return the other trace's note of the same step."""
@@ -133,8 +181,7 @@ class _Recorder:
         if conv is None:
             self.fail(f"primitive '{prim.name}' has no ONNX counterpart here")
         shapes = tuple(tuple(a.shape) if isinstance(a, Tensor) else a for a in args)
-        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
-                       self.names and id(a) not in self.params)
+        consts = self.consts(args)
         twin = self.event(prim.name, (params, shapes, tuple(out.shape), consts))
         if twin is not None:
             self._check_twin(prim.name, args, params, shapes, twin)
@@ -145,16 +192,16 @@ class _Recorder:
     def _check_twin(self, name, args, params, shapes, twin):
         """Refuse what would bake the traced size of a dynamic axis into the graph."""
         t_params, t_shapes, _, t_consts = twin
+        consts = self.consts(args)
         for a, s1, s2 in zip(args, shapes, t_shapes):
             traced = isinstance(a, Tensor) and (id(a) in self.names or id(a) in self.params)
-            if isinstance(a, Tensor) and not traced and s1 != s2:
+            if isinstance(a, Tensor) and not traced and s1 != s2 and \
+                    self.dynamic_const(a, s2) is None:
                 self.fail(f"{name}: a constant of shape {s1} made in the forward follows the "
                           "dynamic axes (derive it from the input, e.g. zeros_like)")
             if not isinstance(a, Tensor) and not _same(s1, s2):
                 self.fail(f"{name}: the number {s1} follows the dynamic axes (computed from a "
                           "shape?); export with dynamic_axes={} or compute it with tensor ops")
-        consts = tuple(_digest(a) for a in args if isinstance(a, Tensor) and id(a) not in
-                       self.names and id(a) not in self.params)
         if consts != t_consts:
             self.fail(f"{name}: a value computed outside the traced operations (say one_hot "
                       "or a NumPy round trip) depends on the input, or is random (dropout "
@@ -226,6 +273,24 @@ def _digest(t: Tensor) -> tuple:
     return (d.shape, str(d.dtype), hash(d.tobytes()))
 
 
+def _const_key(t: Tensor) -> tuple:
+    """What tells two traces' constants apart: one value throughout (zeros of a shape that
+    follows the dynamic axes, checked apart) or the digest of the values."""
+    d = np.asarray(B.backend_of(t.data).to_host(t.data))
+    if d.size and (d == d.flat[0]).all():
+        return (str(d.dtype), d.flat[0].item())
+    return _digest(t)
+
+
+def _shape_value(r, parts) -> str:
+    """A 1-D int64 shape from numbers and (graph input, axis) pairs read with ``Shape``."""
+    if all(isinstance(d, int) for d in parts):
+        return r.ints(parts)
+    return r.node("Concat", [r.ints([d]) if isinstance(d, int) else
+                             r.node("Shape", [d[0]], start=d[1], end=d[1] + 1) for d in parts],
+                  axis=0)
+
+
 def _same(a, b) -> bool:
     try:
         return bool(a == b)
@@ -279,6 +344,19 @@ def _slice(r: _Recorder, x: str, axes, starts, ends, steps=None) -> str:
 
 
 # --- primitives -------------------------------------------------------------------------------
+def _gru_update(r, a, p, out, tw):
+    """GRUCell's fused step (gate order r, z, n) written out: r, z = σ(gi + gh) on the first
+    2H columns, n = tanh(gi_n + r gh_n), h' = n + z (h - n)."""
+    gi, gh, h = (r.name_of(t, out) for t in a)
+    n_h = int(a[2].shape[-1])
+    rz = r.node("Sigmoid", [r.node("Add", [_slice(r, gi, [-1], [0], [2 * n_h]),
+                                           _slice(r, gh, [-1], [0], [2 * n_h])])])
+    gate_r, gate_z = _slice(r, rz, [-1], [0], [n_h]), _slice(r, rz, [-1], [n_h], [2 * n_h])
+    n = r.node("Tanh", [r.node("Add", [_slice(r, gi, [-1], [2 * n_h], [3 * n_h]), r.node(
+        "Mul", [gate_r, _slice(r, gh, [-1], [2 * n_h], [3 * n_h])])])])
+    return r.node("Add", [n, r.node("Mul", [gate_z, r.node("Sub", [h, n])])])
+
+
 def _unary(op):
     """An element-wise op; an integer input whose result is float (``sqrt`` of integers) is
     cast to the result's dtype first, as ONNX's ops keep their input's type."""
@@ -550,11 +628,14 @@ def _broadcast_to(r, a, p, out, tw):
         for i, (s1, s2) in enumerate(zip(out.shape, out2)):
             if s1 != s2:
                 j = i - off
-                if j < 0 or xs[j] != s1 or xs2[j] != s2:
+                if 0 <= j and xs[j] == s1 and xs2[j] == s2:
+                    shape[i] = 1
+                elif (s1, s2) in r.dims:  # a graph input's dynamic axis (ViT's cls_token
+                    shape[i] = r.dims[(s1, s2)]  # .expand(x.shape[0], -1, -1)): read it
+                else:
                     r.fail(f"broadcast_to {tuple(out.shape)}: a dimension that follows the "
-                           "dynamic axes is not the input's")
-                shape[i] = 1
-    return r.node("Expand", [r.name_of(a[0]), r.ints(shape)])
+                           "dynamic axes is neither the input's nor a graph input's")
+    return r.node("Expand", [r.name_of(a[0]), _shape_value(r, shape)])
 
 
 def _take_along(r, a, p, out, tw):
@@ -709,13 +790,14 @@ def _getitem(r, a, p, out, tw):
             r.fail(f"getitem with index {type(i).__name__} (boolean masks and several index "
                    "arrays are not exported)")
         ax += 1
-    if len(gathers) > 1:
-        r.fail("getitem with several index arrays")
     if gathers and (squeeze or newaxes):
         r.fail("getitem mixing an index array with integers or None")
-    if gathers and twin_shape[gathers[0][0]] != shape[gathers[0][0]]:
-        r.fail(f"getitem with an index array on the dynamic axis {gathers[0][0]}")
+    for gax, _, _ in gathers:
+        if twin_shape[gax] != shape[gax]:
+            r.fail(f"getitem with an index array on the dynamic axis {gax}")
     y = _slice(r, x, axes, starts, ends, steps) if axes else x
+    if len(gathers) > 1:
+        return _outer_gathers(r, y, gathers, shape)
     if gathers:
         gax, idx, _ = gathers[0]
         idx = np.where(idx < 0, idx + shape[gax], idx).astype(_I64)
@@ -733,6 +815,33 @@ def _getitem(r, a, p, out, tw):
         y = _unsqueeze(r, y, newaxes)
     if y == x:
         y = r.node("Identity", [x])
+    return y
+
+
+def _outer_gathers(r, y: str, gathers: list, shape) -> str:
+    """Index arrays on adjacent axes that each vary along their own block of the broadcast
+    index shape, in order (``x[:, :, rows[:, :, None, None], cols]``, adaptive max pooling's
+    bins): one Gather per axis, each putting its block where NumPy puts it."""
+    axes_ = [g[0] for g in gathers]
+    if axes_ != list(range(axes_[0], axes_[0] + len(axes_))):
+        r.fail("getitem with several index arrays on axes that are not adjacent")
+    idx = np.broadcast_arrays(*[g[1] for g in gathers])
+    full = idx[0].shape
+    varies = [[d for d in range(len(full)) if i.shape[d] > 1 and np.ptp(i, axis=d).any()]
+              for i in idx]
+    bounds, end = [], 0
+    for v in varies:
+        if v and v[0] < end:
+            r.fail("getitem with several index arrays that are not an outer product")
+        bounds.append(end)
+        end = v[-1] + 1 if v else end
+    bounds.append(len(full))
+    offset = 0
+    for (gax, _, _), i, lo, hi in zip(gathers, idx, bounds, bounds[1:]):
+        block = i[tuple(slice(None) if lo <= d < hi else 0 for d in range(len(full)))]
+        block = np.where(block < 0, block + shape[gax], block).astype(_I64)
+        y = r.node("Gather", [y, r.const(block)], axis=gax + offset)
+        offset += hi - lo - 1
     return y
 
 
@@ -913,6 +1022,7 @@ PRIMS = {
     "take_along_axis": _take_along,
     "conv_input_grad": _conv_input_grad, "vector_norm": _vector_norm,
     "cross_entropy": _cross_entropy, "sliding_window_view": _windows,
+    "gru_update": _gru_update,
 }
 
 
@@ -1292,7 +1402,8 @@ def _initial_states(r, m, args, tw) -> tuple[str | None, str | None]:
                f"{'(h0, c0)' if want == 2 else 'h0'} of shape (num_layers·D, N, H)")
     for k, t in enumerate(parts):
         if id(t) not in r.names and id(t) not in r.params and tw is not None and \
-                tuple(t.shape) != tuple(tw[0][1 + k]):
+                tuple(t.shape) != tuple(tw[0][1 + k]) and \
+                r.dynamic_const(t, tuple(tw[0][1 + k])) is None:
             r.fail(f"{type(m).__name__}: an initial state made in the forward follows the "
                    "dynamic axes (derive it from the input, e.g. zeros_like)")
     names = [r.name_of(t) for t in parts]
@@ -1393,9 +1504,13 @@ def _resized(x: Tensor, axes: dict, grow: dict) -> Tensor:
     return Tensor(Tensor(x.data).backend.asarray(d))
 
 
-def _trace(onnx, model, inputs, opset, build, twin, pnames, paths):
+def _trace(onnx, model, inputs, opset, build, twin, pnames, paths, grown=None):
     rec = _Recorder(onnx, opset, build, twin, pnames)
     rec.paths = paths
+    for i, axes in (grown or {}).items():  # {input position: {axis: resized size}}
+        for a, size in axes.items():
+            rec.dims.setdefault((inputs[i].shape[a], size),
+                                (f"input_{i}" if len(inputs) > 1 else "input", a))
     handles = []
     for _, m in model.named_modules():
         handles.append(m.register_forward_pre_hook(rec.pre))
@@ -1480,7 +1595,9 @@ def export(model: Module, example_inputs, path: str | os.PathLike | BinaryIO | N
                 f"dynamic_axes={{}} or name the axes that may change ({type(e).__name__}: "
                 f"{e})") from e
         twin = twin_rec.events
-        rec, in_names, out = _trace(onnx, model, inputs, opset, True, twin, pnames, paths)
+        grown = {i: {a: other[i].shape[a] for a in axes} for i, axes in dynamic_axes.items()}
+        rec, in_names, out = _trace(onnx, model, inputs, opset, True, twin, pnames, paths,
+                                    grown)
         if len(rec.events) != len(twin):
             rec.fail("the forward runs differently for another size of the dynamic axes")
     finally:
@@ -1506,7 +1623,9 @@ def export(model: Module, example_inputs, path: str | os.PathLike | BinaryIO | N
                 known[(inputs[i].shape[a], inputs[i].shape[a] + grow[an])] = an
     for o, t, t2, name in zip(outs, outs, twin_outs, names_out):
         src = rec.names.get(id(o))
-        if src is None:
+        if src is not None:
+            rec.unchanged(o)
+        else:
             if _digest(o) != _digest(t2):
                 rec.fail(f"output {name!r} is computed outside the traced operations (say "
                          "one_hot or a NumPy round trip) and depends on the input, or is random")

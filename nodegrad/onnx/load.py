@@ -389,6 +389,16 @@ def _expand(m, at, x, shape):
     return ops.broadcast_to(x, s)
 
 
+def _tile(m, at, x, repeats):
+    return ops.tile(x, tuple(_ints(repeats)))
+
+
+def _trilu(m, at, x, k=None):
+    """``Trilu``: the upper (``upper=1``, default) or lower triangle from diagonal ``k``."""
+    k = _ints(k)
+    return (ops.triu if at.get("upper", 1) else ops.tril)(x, k[0] if k else 0)
+
+
 def _cast(m, at, x):
     onnx = require_onnx()
     return ops.astype(x, onnx.helper.tensor_dtype_to_np_dtype(at["to"]))
@@ -941,6 +951,7 @@ OPS = {
     "PRelu": _prelu, "Softmax": _softmax(ops.softmax), "LogSoftmax": _softmax(ops.log_softmax),
     "ReduceSum": _reduce(ops.sum), "ReduceMean": _reduce(ops.mean),
     "ReduceMax": _reduce(ops.max), "ReduceMin": _reduce(ops.min),
+    "ReduceProd": _reduce(ops.prod),
     "ReduceLogSumExp": _reduce(ops.logsumexp),
     "Reshape": _reshape, "Flatten": _flatten, "Transpose": _transpose, "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze, "Concat": _concat, "Shape": _shape, "Gather": _gather,
@@ -952,7 +963,7 @@ OPS = {
     "GRU": _recurrent("GRU"), "LSTM": _recurrent("LSTM"), "RNN": _recurrent("RNN"),
     "Tan": _un(ops.tan), "ConvTranspose": _conv_transpose, "GlobalMaxPool": _global_max,
     "LpPool": _lp_pool, "Col2Im": _col2im, "MaxUnpool": _max_unpool,
-    "Range": _range,
+    "Range": _range, "Tile": _tile, "Trilu": _trilu,
     "Selu": _selu, "Celu": lambda m, at, x: ops.celu(x, at.get("alpha", 1.0)),
     "HardSigmoid": _hard_sigmoid, "HardSwish": _un(ops.hardswish), "Mish": _un(ops.mish),
     "Softsign": _un(ops.softsign), "Shrink": _shrink,

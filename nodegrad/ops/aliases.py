@@ -40,7 +40,7 @@ from .. import _backend as B
 from .. import autodiff as _autodiff
 from .. import random as _random
 from ..autodiff import RemovableHandle, creation_site, modes
-from ..batching import BatchTracer, rebind_batched, refuse_batched_into
+from ..batching import BatchTracer, rebind_batched, recording, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..tensor import (Tensor, _batched_as, _shape_arg, check_fill_value, from_dlpack, full,
@@ -438,6 +438,9 @@ def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Ten
         raise ValueError(f"{name}: cannot write into this tensor's array ({e}); clone() it "
                          "first") from None
     self._bump()
+    trace = recording()
+    if trace is not None:  # a traced forward (ONNX export): self now holds the result
+        trace.inplace(self, result)
     return self
 
 

@@ -13,7 +13,7 @@ from collections import namedtuple
 
 from .. import _backend as B
 from ..autodiff import mode
-from ..batching import BatchTracer, rebind_batched, refuse_batched_into
+from ..batching import BatchTracer, rebind_batched, recording, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
 from ..primitive import Primitive, bind
@@ -272,6 +272,22 @@ def _inplace(op, name):
             result = op(_alias(self), other)
             I.write_through(self, result, name)
             return _rebind(self, result)
+        rec = recording()
+        if rec is not None:  # a traced forward (ONNX export): the write as the op it records
+            result = op(self, other)
+            if not can_store(result.dtype, self.dtype):
+                raise DTypeError(f"{name}: result type {result.dtype} can't be cast to the "
+                                 f"desired output type {self.dtype} of the tensor changed in "
+                                 "place")
+            if result.shape != self.shape:
+                raise ShapeError(f"{name}: an operand of shape {getattr(other, 'shape', ())} "
+                                 f"does not broadcast in place into shape {self.shape}")
+            if result.dtype != self.dtype:
+                result = E.astype(result, self.dtype)
+            self.backend.xp.copyto(self.data, result.data, casting="unsafe")
+            self._bump()
+            rec.inplace(self, result)
+            return self
         be = self.backend
         o = other.data if isinstance(other, Tensor) else other
         if B.is_array(o):
