@@ -28,12 +28,12 @@ CASES = [  # lazy layer, its concrete twin built with the size, input shape
      "BatchNorm2d", (2, 3, 4, 4)),
     (lambda: lazy.LazyBatchNorm3d(), lambda n: nn.BatchNorm3d(n), "BatchNorm3d",
      (2, 3, 2, 2, 2)),
-    (lambda: lazy.LazyInstanceNorm1d(affine=True), lambda n: nn.InstanceNorm1d(n, affine=True),
-     "InstanceNorm1d", (3, 6)),
-    (lambda: lazy.LazyInstanceNorm2d(), lambda n: nn.InstanceNorm2d(n), "InstanceNorm2d",
-     (2, 3, 4, 4)),
-    (lambda: lazy.LazyInstanceNorm3d(track_running_stats=True),
-     lambda n: nn.InstanceNorm3d(n, track_running_stats=True), "InstanceNorm3d",
+    (lambda: lazy.LazyInstanceNorm1d(track_running_stats=False),  # affine: True, as PyTorch's
+     lambda n: nn.InstanceNorm1d(n, affine=True), "InstanceNorm1d", (3, 6)),
+    (lambda: lazy.LazyInstanceNorm2d(affine=False, track_running_stats=False),
+     lambda n: nn.InstanceNorm2d(n), "InstanceNorm2d", (2, 3, 4, 4)),
+    (lambda: lazy.LazyInstanceNorm3d(),  # PyTorch's code: affine and running stats by default
+     lambda n: nn.InstanceNorm3d(n, affine=True, track_running_stats=True), "InstanceNorm3d",
      (2, 3, 2, 2, 2)),
 ]
 IDS = [c[2] for c in CASES]

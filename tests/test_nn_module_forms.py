@@ -30,16 +30,17 @@ def _signature(cls):
 
 @pytest.mark.parametrize("name", MODULES)
 def test_constructors_take_torchs_argument_names(name):
-    """Every named argument of PyTorch's constructor; its default where PyTorch documents it
-    (the lazy instance norms' affine/track_running_stats default to False, as PyTorch's docs
-    and InstanceNorm say, where its signature says True)."""
+    """Every named argument of PyTorch's constructor, with its default (the lazy instance
+    norms' affine/track_running_stats default to True, as PyTorch's code does, where its docs
+    say False)."""
     theirs, ours = _signature(getattr(torch.nn, name)), _signature(getattr(nn, name))
     assert set(theirs) <= set(ours), sorted(set(theirs) - set(ours))
     for k, v in theirs.items():
-        if v.default is inspect.Parameter.empty or name.startswith("LazyInstanceNorm") or (
-                name.startswith("Lazy") and k in ("affine", "track_running_stats")):
+        if v.default is inspect.Parameter.empty:
             continue
         d = ours[k].default
+        if name.startswith("Lazy") and k in ("affine", "track_running_stats") and d is None:
+            d = getattr(nn, name)._affine_default  # None: the layer's own default
         assert d == v.default or (v.default is None and d == ()), (k, v.default, d)
 
 

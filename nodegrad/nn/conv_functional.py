@@ -238,25 +238,29 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, div
     win = _windows(x, k, s, p, d, extra, 0)
     total = ops.sum(win, axis=tuple(range(2 + nd, 2 + 2 * nd)))
     whole = x.dtype.kind in "iu"  # integer input stays integer, truncating (PyTorch's)
-    if whole and total.dtype != x.dtype:
-        total = ops.astype(total, x.dtype)
     if divisor_override is not None:
         if whole:
-            return _int_divide(total, int(divisor_override))
+            return _narrow(_int_divide(total, int(divisor_override)), x.dtype)
         return total / float(divisor_override)
     if not any(extra) and (count_include_pad or not any(p)):
         if whole:
-            return _int_divide(total, math.prod(k))
+            return _narrow(_int_divide(total, math.prod(k)), x.dtype)
         return total / float(math.prod(k))
     xp = x.backend.xp
     div = 1 if whole else 1.0
     for i in range(nd):
         c = _box_count(x.shape[2 + i], k[i], s[i], p[i], extra[i], out[i], count_include_pad,
-                       xp, x.dtype)
+                       xp, total.dtype)
         div = div * c.reshape((-1,) + (1,) * (nd - 1 - i))
     if whole:
-        return _int_divide(total, Tensor(xp.maximum(div, 1)))
+        return _narrow(_int_divide(total, Tensor(xp.maximum(div, 1))), x.dtype)
     return total / Tensor(div)
+
+
+def _narrow(mean: Tensor, dtype) -> Tensor:
+    """An integer pool's means, divided in the sum's wide type, back in the input's dtype (a
+    uint8 sum narrowed before dividing would wrap around)."""
+    return mean if mean.dtype == dtype else ops.astype(mean, dtype)
 
 
 def avg_pool1d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,

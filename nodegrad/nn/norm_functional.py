@@ -7,6 +7,7 @@ All are composites of primitives (their gradients of any order come from the eng
 from __future__ import annotations
 
 import math
+import warnings
 
 from .. import _backend as B
 from .. import ops
@@ -180,9 +181,15 @@ def _check_p(p: float, op: str) -> None:
 
 def _feature_dropout(x, p, training, generator, nd, op):
     _check_p(p, op)
-    if not isinstance(x, Tensor) or x.ndim not in (nd + 1, nd + 2):
+    odd = isinstance(x, Tensor) and x.ndim not in (nd + 1, nd + 2)
+    if not isinstance(x, Tensor) or (odd and (nd == 1 or x.ndim < 2)):
         raise ShapeError(f"{op}: expected (N, C, {nd} spatial axes) or unbatched (C, ...), got "
                          f"{getattr(x, 'shape', x)!r}")
+    if odd:  # PyTorch 2.13 warns and still drops channels: (N, C) for 2-d, axis 0 for 3-d
+        warnings.warn(f"{op}: received a {x.ndim}-d input, deprecated in PyTorch (it takes "
+                      f"{nd + 1}-d or {nd + 2}-d input); whole slices along the leading "
+                      f"{2 if nd == 2 else 1} axes are dropped, as PyTorch does", UserWarning,
+                      stacklevel=3)
     if not training or p == 0:
         return x
     if p == 1:
@@ -190,6 +197,8 @@ def _feature_dropout(x, p, training, generator, nd, op):
     lead = x.ndim - nd  # 1 unbatched, 2 batched: one draw per channel of each sample
     if nd == 2 and x.ndim == 3:
         lead = 2  # PyTorch 2.13 reads 3-d input to dropout2d as (N, C, L)
+    elif odd:
+        lead = 2 if nd == 2 else 1  # dropout2d: (N, C); dropout3d: unbatched (C, ...)
     gen = generator or default_generator(x.device)
     mask = keep_mask(gen, tuple(x.shape[:lead]) + (1,) * (x.ndim - lead), x.dtype, p,
                      1.0 / (1.0 - p))

@@ -55,7 +55,7 @@ from . import slicing as _slicing
 from . import special as _special
 from .complex import (adjoint, angle, conj, conj_physical, imag, is_conj, is_neg, real,
                       resolve_conj, resolve_neg, view_as_complex, view_as_real)
-from .methods import register, scaled
+from .methods import fits_memory_format, register, scaled
 
 _Number = int | float | bool
 
@@ -321,7 +321,9 @@ _METHODS: dict[str, Callable] = {
     "where": _where_method, "equal": _equal, "type_as": _type_as, "reshape_as": _reshape_as,
     "sum_to_size": _sum_to_size, "t": t, "adjoint": adjoint,
     # metadata
-    "is_contiguous": lambda self, memory_format=None: bool(self.data.flags.c_contiguous),
+    "is_contiguous": lambda self, memory_format=None: bool(self.data.flags.c_contiguous) and (
+        memory_format is None
+        or fits_memory_format("is_contiguous", self, memory_format, strict=False)),
     "stride": _stride, "storage_offset": _storage_offset,
     "data_ptr": lambda self: _address(self.data),
     "element_size": lambda self: self.data.itemsize, "nelement": lambda self: self.data.size,

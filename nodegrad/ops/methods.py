@@ -171,11 +171,30 @@ def _cast_method(dtype, name: str):
     return method
 
 
+_FORMAT_RANKS = {"channels_last": 4, "channels_last_3d": 5}
+
+
+def fits_memory_format(op: str, x: Tensor, memory_format, strict: bool) -> bool:
+    """Whether ``x``'s rank suits ``memory_format`` (``channels_last`` needs 4 dims,
+    ``channels_last_3d`` 5); ``strict`` raises instead, as PyTorch's ``to`` and ``contiguous``
+    do, so a layout meant for another rank is not silently ignored."""
+    check_layout(op, memory_format=memory_format)
+    name = getattr(memory_format, "name", None) or str(memory_format).removeprefix("torch.")
+    rank = _FORMAT_RANKS.get(name)
+    if rank is None or x.ndim == rank:
+        return True
+    if strict:
+        raise ShapeError(f"{op}: memory_format {name} needs a {rank}-d tensor, got shape "
+                         f"{tuple(x.shape)}")
+    return False
+
+
 def _contiguous(self, memory_format=None):
     """``self`` when its array is C-contiguous, else a C-contiguous copy (differentiable);
-    PyTorch's ``memory_format=`` is accepted (every layout holds the same values)."""
+    PyTorch's ``memory_format=`` is accepted (every layout holds the same values) where it
+    suits the tensor's rank."""
     if memory_format is not None:
-        check_layout("contiguous", memory_format=memory_format)
+        fits_memory_format("contiguous", self, memory_format, strict=True)
     return self if self.data.flags.c_contiguous else S.copy(self)  # (array.copy() is C order)
 
 
@@ -213,7 +232,7 @@ def _to(self, *args, device=None, dtype=None, non_blocking: bool = False,  # noq
             raise TypeError(f"to: at most two positional flags (non_blocking, copy), got {flags}")
         copy = flags[1] if len(flags) > 1 else copy  # flags[0]: non_blocking
     if memory_format is not None:
-        check_layout("to", memory_format=memory_format)
+        fits_memory_format("to", self, memory_format, strict=True)
     out = self
     if dtype is not None:
         out = E.astype(out, dtype)

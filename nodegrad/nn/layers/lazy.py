@@ -321,18 +321,20 @@ class LazyBatchNorm3d(_LazyNorm):
 
 
 class LazyInstanceNorm1d(_LazyNorm):
-    """``InstanceNorm1d`` whose ``num_features`` is the channel axis of the first input."""
+    """``InstanceNorm1d`` whose ``num_features`` is the channel axis of the first input. As
+    PyTorch's code (its docs say otherwise), ``affine`` and ``track_running_stats`` default to
+    True here, unlike ``InstanceNorm1d``'s."""
 
-    cls_to_become, ndims, unbatched, _affine_default = InstanceNorm1d, (2, 3), 2, False
+    cls_to_become, ndims, unbatched = InstanceNorm1d, (2, 3), 2
 
 
 class LazyInstanceNorm2d(_LazyNorm):
     """``InstanceNorm2d`` whose ``num_features`` is the channel axis of the first input."""
 
-    cls_to_become, ndims, unbatched, _affine_default = InstanceNorm2d, (3, 4), 3, False
+    cls_to_become, ndims, unbatched = InstanceNorm2d, (3, 4), 3
 
 
 class LazyInstanceNorm3d(_LazyNorm):
     """``InstanceNorm3d`` whose ``num_features`` is the channel axis of the first input."""
 
-    cls_to_become, ndims, unbatched, _affine_default = InstanceNorm3d, (4, 5), 4, False
+    cls_to_become, ndims, unbatched = InstanceNorm3d, (4, 5), 4

@@ -26,10 +26,15 @@ class AvgPool3d(_AvgPool):
 
 class _MaxUnpool(Module):
     fn: str = ""
+    dims: int = 0
 
     def __init__(self, kernel_size, stride=None, padding=0):
+        """Sizes kept as PyTorch's: one entry per spatial dim, the stride defaulting to the
+        kernel (``unpool.stride`` reads ``(2, 2, 2)``, as in PyTorch)."""
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size = _ntuple(kernel_size, self.dims)
+        self.stride = _ntuple(kernel_size if stride is None else stride, self.dims)
+        self.padding = _ntuple(padding, self.dims)
 
     def forward(self, x: Tensor, indices: Tensor, output_size=None) -> Tensor:
         return getattr(F, self.fn)(x, indices, self.kernel_size, self.stride, self.padding,
@@ -42,19 +47,19 @@ class _MaxUnpool(Module):
 class MaxUnpool1d(_MaxUnpool):
     """Inverse of MaxPool1d(return_indices=True): values back at their indices, zeros elsewhere."""
 
-    fn = "max_unpool1d"
+    fn, dims = "max_unpool1d", 1
 
 
 class MaxUnpool2d(_MaxUnpool):
     """Inverse of MaxPool2d(return_indices=True)."""
 
-    fn = "max_unpool2d"
+    fn, dims = "max_unpool2d", 2
 
 
 class MaxUnpool3d(_MaxUnpool):
     """Inverse of MaxPool3d(return_indices=True)."""
 
-    fn = "max_unpool3d"
+    fn, dims = "max_unpool3d", 3
 
 
 class _AdaptiveMax(Module):
