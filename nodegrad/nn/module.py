@@ -791,7 +791,8 @@ def _is_module_map(v) -> bool:
 
 # --- functional use ---------------------------------------------------------------------------
 def _swap(module: Module, tensors: dict) -> list:
-    """Put ``tensors`` (by dotted name) in place of parameters/buffers; return what to restore."""
+    """Put ``tensors`` (by dotted name) in place of parameters, buffers or plain tensor
+    attributes; return what to restore."""
     undo = []
     for name, t in tensors.items():
         mp, _, leaf = name.rpartition(".")
@@ -799,10 +800,15 @@ def _swap(module: Module, tensors: dict) -> list:
             owner = module.get_submodule(mp)
         except AttributeError:
             owner = None
-        if owner is None or (leaf not in owner._parameters and leaf not in owner._buffers):
-            raise KeyError(f"functional_call: {type(module).__name__} has no parameter or "
-                           f"buffer named {name!r}")
-        store = owner._parameters if leaf in owner._parameters else owner._buffers
+        if owner is not None and leaf in owner._parameters:
+            store = owner._parameters
+        elif owner is not None and leaf in owner._buffers:
+            store = owner._buffers
+        elif owner is not None and isinstance(owner.__dict__.get(leaf), Tensor):
+            store = owner.__dict__  # a plain tensor attribute: replaced too, as in PyTorch
+        else:
+            raise KeyError(f"functional_call: {type(module).__name__} has no parameter, "
+                           f"buffer or tensor attribute named {name!r}")
         undo.append((store, leaf, store[leaf]))
         store[leaf] = t
     return undo

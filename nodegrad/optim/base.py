@@ -666,8 +666,43 @@ class Optimizer:
 
         return run
 
+    def _follow_params(self, gi: int) -> None:
+        """Follow an edited ``param_groups[gi]["params"]`` (PyTorch code assigns a new list or
+        appends a new head's parameters): the group's buffers are rebuilt for the list as it
+        is now, each parameter keeping its state (a new one starts fresh)."""
+        group = self.param_groups[gi]
+        ps = group["params"]
+        followed = self.__dict__.setdefault("_followed", {})
+        last = followed.get(gi)
+        if last is not None and last[0] is ps and last[1] == len(ps):
+            return  # the list checked last time, its length unchanged: one test per step
+        buckets = self._buckets[gi]
+        if sum(len(b.params) for b in buckets) == len(ps) and all(
+                ps[pos] is p for b in buckets for pos, p in zip(b.pos, b.params)):
+            followed[gi] = (ps, len(ps))
+            return
+        ps = group["params"] = [ps] if isinstance(ps, Tensor) else list(ps)
+        others = {id(p) for g in self.param_groups if g is not group for p in g["params"]}
+        seen: set = set()
+        for pos, p in enumerate(ps):
+            where = _describe(group, gi, pos, p)
+            if not isinstance(p, Tensor) or p.node is not None or not B.is_inexact(p.dtype):
+                raise TypeError(f"{type(self).__name__}: {where} in param_groups[{gi}]['params'] "
+                                "is not a floating-point leaf tensor")
+            if id(p) in seen or id(p) in others:
+                raise ValueError(f"{type(self).__name__}: {where} appears more than once in the "
+                                 "optimizer's groups")
+            seen.add(id(p))
+        carried = {id(p): self._entry(b, i, copy=True)
+                   for b in buckets for i, p in enumerate(b.params)}
+        self._buckets[gi] = self._make_buckets(group)
+        self._install(gi, [carried.get(id(p)) for p in ps])
+        followed[gi] = (ps, len(ps))
+
     def _sync(self, gi: int) -> None:
-        """Follow parameters whose ``data`` was replaced (copy it into the flat buffer)."""
+        """Follow an edited parameter list (:meth:`_follow_params`) and parameters whose
+        ``data`` was replaced (copy it into the flat buffer)."""
+        self._follow_params(gi)
         for b in self._buckets[gi]:
             for i, (p, v) in enumerate(zip(b.params, b.views)):
                 d = p.data
@@ -857,6 +892,8 @@ class Optimizer:
         With ``set_to_none=False`` the existing gradients become zeroed views of one flat buffer
         per group, which ``backward`` then accumulates into and ``step`` reads without a copy.
         """
+        for gi in range(len(self.param_groups)):
+            self._follow_params(gi)
         for buckets in self._buckets:
             for b in buckets:
                 if set_to_none:
@@ -891,7 +928,9 @@ class Optimizer:
         own = self.__dict__.get("_assigned_state")
         if own is not None:
             return own
-        out = _StateDict(self._user_state)
+        for gi in range(len(self.param_groups)):
+            self._follow_params(gi)
+        out = _StateDict(self._user_state, self)
         for buckets in self._buckets:
             for b in buckets:
                 for i, p in enumerate(b.params):
@@ -902,7 +941,23 @@ class Optimizer:
 
     @state.setter
     def state(self, value: dict) -> None:
+        if "_buckets" in self.__dict__ and isinstance(value, dict) and not value:
+            self.state.clear()  # PyTorch's reset, ``opt.state = defaultdict(dict)``
+            return
         self.__dict__["_assigned_state"] = value
+
+    def _reset_state(self, p) -> None:
+        """Forget ``p``'s state (a later step starts it afresh), as deleting PyTorch's
+        ``state[p]`` does; a parameter the optimizer does not hold is left alone."""
+        self._user_state.pop(p, None)
+        for gi, group in enumerate(self.param_groups):
+            for pos, q in enumerate(group["params"]):
+                if q is p:
+                    entries = self._extract(gi)
+                    if entries[pos] is not None:
+                        entries[pos] = None
+                        self._install(gi, entries)
+                    return
 
     @staticmethod
     def _entry(b: _Bucket, i: int, copy: bool) -> dict | None:
@@ -921,6 +976,7 @@ class Optimizer:
 
     def _extract(self, gi: int) -> list:
         """Copies of group ``gi``'s per-parameter state, by position in the group (None: fresh)."""
+        self._follow_params(gi)
         entries: list = [None] * len(self.param_groups[gi]["params"])
         for b in self._buckets[gi]:
             for i, pos in enumerate(b.pos):
@@ -971,6 +1027,8 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict`; a clear error when it does not fit these parameters."""
         name = type(self).__name__
+        for gi in range(len(self.param_groups)):
+            self._follow_params(gi)
         saved_groups, state, where = match_groups(self, state_dict)
         for gi, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
             names = sg.get("param_names")
@@ -1030,11 +1088,32 @@ class _StateDict(dict):
     """``optimizer.state``, PyTorch's ``defaultdict(dict)``: ``state[p]`` for a parameter with
     no entry creates one in ``store`` (the optimizer's own), so it lasts across steps."""
 
-    __slots__ = ("_store",)
+    __slots__ = ("_store", "_opt")
 
-    def __init__(self, store: dict):
+    def __init__(self, store: dict, opt: Optimizer | None = None):
         super().__init__(store)
-        self._store = store
+        self._store, self._opt = store, opt
+
+    def __delitem__(self, p) -> None:
+        if p not in self:
+            raise KeyError(p)
+        dict.__delitem__(self, p)
+        self._store.pop(p, None)
+        if self._opt is not None:
+            self._opt._reset_state(p)
+
+    def pop(self, p, *default):
+        if p not in self:
+            if default:
+                return default[0]
+            raise KeyError(p)
+        entry = dict(dict.__getitem__(self, p))
+        del self[p]
+        return entry
+
+    def clear(self) -> None:
+        for p in list(self):
+            del self[p]
 
     def __missing__(self, p):
         entry = self._store[p] = {}
@@ -1043,6 +1122,10 @@ class _StateDict(dict):
 
     def __setitem__(self, p, entry) -> None:
         live = dict.get(self, p)
+        if isinstance(live, _LiveEntry) and isinstance(entry, dict) and not entry:
+            del self[p]  # ``state[p] = {}``: PyTorch's reset of one parameter
+            dict.__setitem__(self, p, self._store.setdefault(p, {}))
+            return
         if isinstance(live, _LiveEntry) and live is not entry:  # state in the flat buffers
             for k, v in entry.items():
                 live[k] = v
