@@ -32,7 +32,7 @@ from .primitive import REGISTRY, bind
 from .tensor import Tensor
 
 __all__ = ["autocast", "GradScaler", "custom_fwd", "custom_bwd", "is_autocast_available",
-           "is_autocast_enabled", "get_autocast_dtype", "float32_in_region",
+           "is_autocast_enabled", "get_autocast_dtype", "float32_in_region", "lower_in_region",
            "current_regions", "regions"]
 
 _DEVICES = ("cpu", "cuda")
@@ -335,6 +335,24 @@ def float32_in_region(*tensors):
         if isinstance(t, Tensor) and B.is_float(t.data.dtype) and t.data.dtype.itemsize < 4 and (
                 ("cpu" if type(t.data) is _ndarray else "cuda") in state):
             t = bind(_ASTYPE, (t,), {"dtype": _F32, "src": t.data.dtype})
+        out.append(t)
+    return tuple(out)
+
+
+def lower_in_region(*tensors):
+    """``tensors`` with their float32 (and lower) floats cast to the region's low precision when
+    their device's autocast region is on (else as given): for composite ops PyTorch lists as
+    lower-precision ops (``prelu``), which reach the primitives as several smaller ones."""
+    rule = modes().autocast
+    state = getattr(rule, "state", None)
+    if not state:
+        return tensors
+    out = []
+    for t in tensors:
+        if isinstance(t, Tensor) and B.is_float(t.data.dtype) and t.data.dtype != _F64:
+            low = state.get("cpu" if type(t.data) is _ndarray else "cuda")
+            if low is not None and t.data.dtype != low:
+                t = bind(_ASTYPE, (t,), {"dtype": low, "src": t.data.dtype})
         out.append(t)
     return tuple(out)
 

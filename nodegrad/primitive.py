@@ -29,6 +29,11 @@ _BF16_NATIVE_KINDS = ("shape", "control")
 _BF16_NATIVE = {"astype", "getitem", "setitem", "view_put", "take_along_axis",
                 "sliding_window_view"}
 _BF16_THROUGH = {"sum_to"}  # a shape op that adds: it accumulates in float32
+# float16 on the CPU goes the same way (PyTorch's CPU kernels compute float16 in float32 too),
+# except where the forward itself computes in float32 and rounds once (a parameter's cast
+# autocast caches then stays the node's operand) and the ops that answer in float16's own
+# grid (its next float, its largest)
+_F16_NATIVE = {"linear", "linear_relu", "conv", "nextafter", "nan_to_num"}
 _SAVES = {"inputs": (True, False), "out": (False, True), "both": (True, True),
           "none": (False, False)}
 
@@ -55,6 +60,7 @@ class Primitive:
         # whether bfloat16 operands run as they are (else through float32, _through_float32)
         self.bf16_native = (kind in _BF16_NATIVE_KINDS or name in _BF16_NATIVE) \
             and name not in _BF16_THROUGH
+        self.f16_native = self.bf16_native or name in _F16_NATIVE
         self.vjp_raw = None  # the VJP on host arrays for a first-order backward (see primitive)
         # how a complex cotangent goes back (see autodiff._complex_vjps): "holomorphic", rules
         # of its own, or None (refused); set by the op's declaration or by ops/complex.py
@@ -250,6 +256,7 @@ _CPU = B.CPU
 _DEFAULT_FLOAT = B.DEFAULT_FLOAT
 _BF16 = B.bfloat16
 _F32 = B.float32
+_F16 = _np.dtype("float16")
 _SCALARS = (float, int, bool, type(None))
 
 
@@ -380,19 +387,20 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
 
 
 
-def _through_float32(prim: Primitive, args: tuple, params: dict, m):
-    """``prim`` on bfloat16 operands, computed in float32 with its float32 result rounded back to
-    bfloat16 once, as PyTorch's CPU kernels compute bfloat16 (matmul, sums, softmax, norms and
-    convolutions accumulate in float32). The casts are the differentiable ``astype``, so a
-    gradient reaches a bfloat16 input as bfloat16. An explicit ``dtype=`` result is kept."""
+def _through_float32(prim: Primitive, args: tuple, params: dict, m, low=_BF16):
+    """``prim`` on bfloat16 operands (``low``; float16 ones on the CPU too), computed in float32
+    with its float32 result rounded back to ``low`` once, as PyTorch's CPU kernels compute
+    bfloat16 (matmul, sums, softmax, norms and convolutions accumulate in float32). The casts
+    are the differentiable ``astype``, so a gradient reaches a bfloat16 input as bfloat16. An
+    explicit ``dtype=`` result is kept."""
     cast = REGISTRY["astype"]
-    up = {"dtype": _F32, "src": _BF16}
-    if params.get("dtype") is _BF16:  # a bfloat16 result asked for: accumulate in float32
+    up = {"dtype": _F32, "src": low}
+    if params.get("dtype") is low:  # a bfloat16 result asked for: accumulate in float32
         params = {**params, "dtype": None}
     if prim.kind == "elementwise" and m.grad_enabled and len(args) > 1:
-        args = _broadcast_bf16(args)
-    args = tuple(bind(cast, (a,), up) if isinstance(a, Tensor) and a.data.dtype is _BF16
-                 else a.astype(_F32) if B.is_array(a) and a.dtype is _BF16 else a
+        args = _broadcast_bf16(args, low)
+    args = tuple(bind(cast, (a,), up) if isinstance(a, Tensor) and a.data.dtype is low
+                 else a.astype(_F32) if B.is_array(a) and a.dtype is low else a
                  for a in args)
     rule, m.autocast = m.autocast, None  # autocast already chose these operands' dtype
     try:
@@ -401,15 +409,15 @@ def _through_float32(prim: Primitive, args: tuple, params: dict, m):
         m.autocast = rule
     if out.dtype is not _F32 or params.get("dtype") is not None:
         return out
-    return bind(cast, (out,), {"dtype": _BF16, "src": _F32})
+    return bind(cast, (out,), {"dtype": low, "src": _F32})
 
 
-def _broadcast_bf16(args: tuple) -> tuple:
+def _broadcast_bf16(args: tuple, low=_BF16) -> tuple:
     """A bfloat16 operand that needs a gradient and is broadcast by an elementwise op, first
     broadcast in bfloat16: its gradient is then the per-element product rounded to bfloat16 and
     summed back in float32 (rounded once), PyTorch's order (``w.grad`` of ``x * w``)."""
     ts = [a for a in args if isinstance(a, Tensor)]
-    if not any(a.requires_grad and a.data.dtype is _BF16 for a in ts):
+    if not any(a.requires_grad and a.data.dtype is low for a in ts):
         return args
     try:
         shape = B.np.broadcast_shapes(*(a.shape for a in ts))
@@ -417,7 +425,7 @@ def _broadcast_bf16(args: tuple) -> tuple:
         return args
     bcast = REGISTRY["broadcast_to"]
     return tuple(bind(bcast, (a,), {"shape": shape})
-                 if isinstance(a, Tensor) and a.requires_grad and a.data.dtype is _BF16
+                 if isinstance(a, Tensor) and a.requires_grad and a.data.dtype is low
                  and tuple(a.shape) != shape else a for a in args)
 
 
@@ -502,6 +510,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
         backend = B.backend_of(first)
     if fdt is _BF16 and not prim.bf16_native:
         return _through_float32(prim, args, params, m)
+    if fdt is _F16 and backend is _CPU and not prim.f16_native:
+        return _through_float32(prim, args, params, m, _F16)
     try:
         if backend is _CPU:
             if params:

@@ -429,7 +429,8 @@ def _product_form(i: Instr, vals: list):
     if i.name != "linear" or i.params or len(vals) not in (2, 3):
         return None
     x, w = vals[:2]
-    if x.ndim != 2 or w.ndim != 2 or (len(vals) == 3 and vals[2].ndim != 1):
+    if x.ndim != 2 or w.ndim != 2 or (len(vals) == 3 and vals[2].ndim != 1) or (
+            x.dtype == B.np.float16):  # float16 is computed in float32 by the forward itself
         return None
     add_bias = B.add_bias  # the forward's in-place bias add
     if B.linear_transposes(x, w):  # B.linear_product's transposed product, F-ordered

@@ -22,6 +22,7 @@ from ..ops import where
 from ..ops.aliases import apply_inplace
 from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor, write_out
+from ..amp import lower_in_region
 from .norm_functional import half_in_float32
 from .losses import (_max_every_tie, binary_cross_entropy, binary_cross_entropy_with_logits,
                      cross_entropy, huber_loss, kl_div, l1_loss, mse_loss, nll_loss,
@@ -395,11 +396,12 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                          f"{ns}")
     if half_in_float32(x, weight, bias):
         return ops.astype(layer_norm(ops.astype(x, B.float32), ns, weight, bias, eps), x.dtype)
-    if x.dtype == B.float16:  # worked in float32 and rounded once, as PyTorch's: in float16
-        # the squares of entries over 256 overflow, and the output would silently be 0
+    if x.dtype in (B.float16, B.bfloat16):  # worked in float32 and rounded once, as
+        # PyTorch's CPU kernels: in float16 the squares of entries over 256 overflow (the output
+        # would silently be 0), in bfloat16 the affine step would round a second time
         def f32(t):
             return None if t is None else ops.astype(t, B.float32)
-        return ops.astype(layer_norm(f32(x), ns, f32(weight), f32(bias), eps), B.float16)
+        return ops.astype(layer_norm(f32(x), ns, f32(weight), f32(bias), eps), x.dtype)
     axes = tuple(range(x.ndim - len(ns), x.ndim))
     mean = ops.mean(x, axis=axes, keepdims=True)
     var = ops.var(x, axis=axes, keepdims=True)
@@ -648,8 +650,9 @@ def softmin(input: Tensor, dim: int | None = None, _stacklevel: int = 3, dtype=N
 
 
 def prelu(input: Tensor, weight: Tensor) -> Tensor:
-    """x for x > 0, else a·x with a learnable slope: one shared, or one per channel (axis 1)."""
-    x = input
+    """x for x > 0, else a·x with a learnable slope: one shared, or one per channel (axis 1).
+    In an autocast region both run in its low precision, as PyTorch lists ``prelu``."""
+    x, weight = lower_in_region(input, weight)
     if weight.numel() > 1:
         if x.ndim < 2 or x.shape[1] != weight.numel():
             raise ShapeError(f"prelu: {weight.numel()} slopes need input with that many "

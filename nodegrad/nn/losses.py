@@ -240,6 +240,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     ``label_smoothing`` ε the target is (1 − ε)·one-hot + ε/C. ``size_average`` and
     ``reduce`` are PyTorch's deprecated forms of ``reduction``.
     """
+    input, target, weight = float32_in_region(input, target, weight)  # autocast: float32
     if size_average is not None or reduce is not None:
         ignore_index, reduction, smoothing = _class_legacy("cross_entropy", size_average,
                                                            ignore_index, reduce, reduction)
@@ -397,6 +398,8 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      reduce: bool | None = None, reduction: str = "mean",
                                      pos_weight: Tensor | None = None) -> Tensor:
     """BCE of sigmoid(input), computed from the logits without overflow."""
+    # autocast: a float32 op (PyTorch's)
+    input, target, weight, pos_weight = float32_in_region(input, target, weight, pos_weight)
     if size_average is not None or reduce is not None:
         if isinstance(size_average, str) and pos_weight is None:  # (reduction, pos_weight)
             pos_weight, reduce = reduce, None
@@ -424,6 +427,7 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
     """KL(target ‖ q) with ``input`` = log q; 'batchmean' divides by the batch size. As in
     PyTorch, size_average/reduce override ``reduction`` and a 'batchmean' still divides
     their result by the batch size."""
+    input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     batchmean = reduction == "batchmean"
     if size_average is not None or reduce is not None:
         if isinstance(size_average, str):  # (reduction, log_target) by place
@@ -560,6 +564,7 @@ def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
           compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> Tensor:
     """p-norm distances between the rows of x1 (..., P, M) and of x2 (..., R, M): (..., P, R).
     Computed from the differences (exact; ``compute_mode`` is accepted for PyTorch's API)."""
+    x1, x2 = float32_in_region(x1, x2)  # autocast: a float32 op (PyTorch's)
     if not p >= 0:  # NaN too: a silent NaN matrix otherwise
         raise ValueError(f"cdist: p must be non-negative, got {p}")
     if compute_mode not in _CDIST_MODES:
@@ -576,6 +581,7 @@ def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin
                           size_average: bool | None = None, reduce: bool | None = None,
                           reduction: str = "mean") -> Tensor:
     """1 − cos(x1, x2) where target = 1, max(0, cos − margin) where target = −1."""
+    input1, input2 = float32_in_region(input1, input2)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("cosine_embedding_loss", size_average, reduce, reduction)
     _same_shape(input1, input2, "cosine_embedding_loss")
@@ -597,6 +603,7 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
                         size_average: bool | None = None, reduce: bool | None = None,
                         reduction: str = "mean") -> Tensor:
     """max(0, −target·(x1 − x2) + margin): rank x1 above x2 where target = 1."""
+    input1, input2 = float32_in_region(input1, input2)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("margin_ranking_loss", size_average, reduce, reduction)
     _bshape(input1, input2, "margin_ranking_loss")
@@ -612,6 +619,7 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
                         reduction: str = "mean") -> Tensor:
     """max(0, d(a, p) − d(a, n) + margin) with pairwise distances over the last axis; ``swap``
     uses min(d(a, n), d(p, n)) (the distance swap of Balntas et al.)."""
+    anchor, positive, negative = float32_in_region(anchor, positive, negative)  # autocast: float32
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("triplet_margin_loss", size_average, reduce, reduction)
     op = "triplet_margin_loss"
@@ -632,6 +640,7 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
                          size_average: bool | None = None, reduce: bool | None = None,
                          reduction: str = "mean") -> Tensor:
     """x where target = 1, max(0, margin − x) where target = −1 (x: a distance)."""
+    input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("hinge_embedding_loss", size_average, reduce, reduction)
     _bshape(input, target, "hinge_embedding_loss")
@@ -644,6 +653,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
                       weight: Tensor | None = None, size_average: bool | None = None,
                       reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Σ_{i≠y} w_y · max(0, margin − x_y + x_i)^p / C: the multi-class hinge (p = 1 or 2)."""
+    input, weight = float32_in_region(input, weight)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("multi_margin_loss", size_average, reduce, reduction)
     if p not in (1, 2):
@@ -703,6 +713,7 @@ def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | 
 def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
                      reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """log(1 + exp(−y·x)), computed without overflow (y = ±1)."""
+    input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("soft_margin_loss", size_average, reduce, reduction)
     _bshape(input, target, "soft_margin_loss")  # shapes that broadcast, as PyTorch's
@@ -714,6 +725,7 @@ def poisson_nll_loss(input: Tensor, target: Tensor, log_input: bool = True, full
                      reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Poisson negative log-likelihood: exp(x) − t·x (``log_input``) or x − t·log(x + eps);
     ``full`` adds Stirling's t·log t − t + ½ log(2πt) where t > 1."""
+    input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("poisson_nll_loss", size_average, reduce, reduction)
     _bshape(input, target, "poisson_nll_loss")
@@ -864,6 +876,7 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average: bool | N
     """Multi-label hinge: Σ_j Σ_{i ∉ targets} max(0, 1 − (x_j − x_i)) / C over the target
     classes j of each sample. ``target`` holds class indices in its leading entries, ended by
     the first -1 (PyTorch's layout: [3, 0, -1, 1] means classes 3 and 0)."""
+    (input,) = float32_in_region(input)  # autocast: a float32 op (PyTorch's)
     op = "multilabel_margin_loss"
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(op, size_average, reduce, reduction)

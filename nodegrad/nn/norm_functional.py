@@ -61,6 +61,11 @@ def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
     if half_in_float32(x, weight, bias):
         return ops.astype(group_norm(ops.astype(x, B.float32), num_groups, weight, bias, eps),
                           x.dtype)
+    if x.dtype in _HALF:  # worked in float32 and rounded once, as PyTorch's CPU kernel (the
+        # affine step in half precision would round a second time)
+        def f32(t):
+            return None if t is None else ops.astype(t, B.float32)
+        return ops.astype(group_norm(f32(x), num_groups, f32(weight), f32(bias), eps), x.dtype)
     n, c = x.shape[:2]
     per_group = (c // num_groups) * math.prod(x.shape[2:])  # (no -1: n may be 0)
     g = ops.reshape(x, (n, num_groups, per_group))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .. import _backend as B
 from .. import lax, ops
+from ..amp import autocast, lower_in_region
 from ..autodiff import is_grad_enabled, modes
 from ..batching import values
 from ..errors import DTypeError, ShapeError
@@ -157,6 +158,14 @@ def recurrent_layer(x: Tensor, h0: Tensor, c0: Tensor | None, weights: Sequence[
     ``proj`` (LSTM): one w_hr (P, H) per direction, PyTorch's ``proj_size``: h = (o ⊙ tanh c)
     w_hrᵀ, so h0, h_n and the output have P features and c0, c_n keep H.
     """
+    if getattr(modes().autocast, "state", None):  # autocast: the whole layer in the region's
+        # low precision, as PyTorch's CPU list has its RNN layer (a float32 carry would meet
+        # low-precision products inside the loop)
+        flat = lower_in_region(x, h0, c0, *(w for ws in weights for w in ws), *(proj or ()))
+        x, h0, c0, rest = flat[0], flat[1], flat[2], flat[3:]
+        k = len(weights[0])
+        weights = [tuple(rest[i * k:(i + 1) * k]) for i in range(len(weights))]
+        proj = None if not proj else list(rest[len(weights) * k:])
     steps, batch, n_in = x.shape
     n_dir, n_h = len(weights), (h0 if c0 is None else c0).shape[-1]
     m = modes()
@@ -399,9 +408,21 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if enable_gqa and query.ndim >= 3:
         key = _repeat_heads(key, query.shape[-3], "key")
         value = _repeat_heads(value, query.shape[-3], "value")
+    query, key, value = lower_in_region(query, key, value)  # autocast: PyTorch's lower list
     if not query.dtype == key.dtype == value.dtype:
         raise DTypeError(f"scaled_dot_product_attention: query, key and value must share a "
                          f"dtype, got {query.dtype}, {key.dtype} and {value.dtype}")
+    low = query.dtype
+    if low in (B.bfloat16, B.float16) and query.device == "cpu":
+        # computed in float32 and rounded once, as PyTorch's CPU kernel (the products and the
+        # softmax in half precision would round at every step)
+        def up(t):
+            return t if not isinstance(t, Tensor) or t.dtype != low else ops.astype(t, B.float32)
+        with autocast("cpu", enabled=False):
+            out = scaled_dot_product_attention(
+                up(query), up(key), up(value), up(attn_mask), dropout_p, is_causal, scale,
+                False, generator)
+        return ops.astype(out, low)
     n_q, n_k = query.shape[-2], key.shape[-2]
     bias = _causal_bias(n_q, n_k, query) if is_causal else \
         None if attn_mask is None else _mask_bias(attn_mask, query, masked_when=False)

@@ -198,6 +198,10 @@ def _grad_rows(xp, g, groups):
 
 
 def _conv_fwd(xp, x, w, b, stride, padding, dilation, groups):
+    if x.dtype is _F16 and type(x) is B.ndarray:  # on the CPU: computed in float32 and rounded
+        # once, as PyTorch's CPU kernels (the product rounded, then the bias added, rounds twice)
+        return _conv_fwd(xp, x.astype(_F32), w.astype(_F32), None if b is None else
+                         b.astype(_F32), stride, padding, dilation, groups).astype(_F16)
     cols, out = _cols(xp, x, tuple(w.shape[2:]), stride, padding, dilation, groups)
     return _conv_of_cols(x, w, b, cols, out, groups)
 

@@ -167,7 +167,14 @@ def binary_cross_entropy(p, t):
 
 
 # --- affine ---------------------------------------------------------------------------------
+_F16, _F32 = B.np.dtype("float16"), B.np.dtype("float32")
+
+
 def _linear_fwd(xp, x, w, b):
+    if x.dtype is _F16 and type(x) is B.ndarray:  # on the CPU: computed in float32 and rounded
+        # once, as PyTorch's addmm (the product rounded, then the bias added, would round twice)
+        return _linear_fwd(xp, x.astype(_F32), w.astype(_F32),
+                           None if b is None else b.astype(_F32)).astype(_F16)
     out = B.linear_product(x, w)  # transposed for a wide layer: F-ordered
     if b is not None:  # in place into the product, as addmm: no second batch-sized array
         out = B.add_bias(out, b)
@@ -243,6 +250,9 @@ def linear(x, weight, bias=None):
 
 
 def _linear_relu_fwd(xp, x, w, b):
+    if x.dtype is _F16 and type(x) is B.ndarray:  # rounded once, as _linear_fwd's float16
+        return _linear_relu_fwd(xp, x.astype(_F32), w.astype(_F32),
+                                None if b is None else b.astype(_F32)).astype(_F16)
     out = B.linear_product(x, w)
     if b is None:
         return B.relu(out, out) if type(out) is B.ndarray else xp.maximum(out, 0, out=out)

@@ -204,9 +204,10 @@ def var(x, axis=None, ddof: int = 0, keepdims: bool = False, *, correction: int 
 
     With ``ddof`` >= N it divides by 0, as PyTorch: inf, or NaN where all values are equal."""
     axis, ddof = _ddof("var", axis, ddof, correction, unbiased)
-    if x.dtype == B.float16:  # worked in float32 and rounded once, as PyTorch's: float16
-        # squares of deviations over 256 would overflow
-        return astype(var(astype(x, B.float32), axis, ddof, keepdims), B.float16)
+    if x.dtype in (B.float16, B.bfloat16):  # worked in float32 and rounded once, as PyTorch's:
+        # float16 squares of deviations over 256 would overflow, and a bfloat16 mean and
+        # deviations would each round
+        return astype(var(astype(x, B.float32), axis, ddof, keepdims), x.dtype)
     axes = norm_axes(axis, x.ndim, "var")
     n = _count(x.shape, axes) - ddof
     if n <= 0:  # inf/NaN, not -0.0 or a negative variance from 0 / -k; with the mean held
@@ -231,8 +232,9 @@ def std(x, axis=None, ddof: int = 0, keepdims: bool = False, *, correction: int 
     """Standard deviation, sqrt(var) (the same arguments); its gradient is 0 where the
     deviation is 0 (PyTorch), not 0 * inf."""
     axis, ddof = _ddof("std", axis, ddof, correction, unbiased)
-    if x.dtype == B.float16:  # in float32, rounded once (a float16 variance over 65504 is inf)
-        return astype(std(astype(x, B.float32), axis, ddof, keepdims), B.float16)
+    if x.dtype in (B.float16, B.bfloat16):  # in float32, rounded once (a float16 variance
+        # over 65504 is inf)
+        return astype(std(astype(x, B.float32), axis, ddof, keepdims), x.dtype)
     v = var(x, axis, ddof, keepdims)
     zero = v == 0
     return where(zero, 0, sqrt(where(zero, 1, v)))
