@@ -82,3 +82,41 @@ def seeded(lib, model, seed: int = 0):
         init[k] = lib.tensor(rng.uniform(-bound, bound, shape))
     model.load_state_dict(init)
     return model
+
+
+# --- programs run from PyTorch's seeded weights on arrays PyTorch draws ----------------------
+def draw(*shape, seed: int = 0, kind: str = "randn", high: int = 2) -> np.ndarray:
+    """Arrays drawn with PyTorch's generator, fed to both libraries as NumPy."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(seed)
+    if kind == "randint":
+        return torch.randint(0, high, shape, generator=g).numpy()
+    return getattr(torch, kind)(*shape, generator=g, dtype=torch.float64).numpy()
+
+
+def initial_state(build, *args, **kw) -> dict[str, np.ndarray]:
+    """``build(torch)``'s seeded float64 state dict as NumPy arrays."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    return {k: v.detach().numpy().copy()
+            for k, v in build(torch, *args, **kw).double().state_dict().items()}
+
+
+def start(lib, build, init, *args, dtype: str = "float64", **kw):
+    """``build(lib)`` holding ``init`` in ``dtype``; nodegrad's state dict must have PyTorch's
+    keys."""
+    model = build(lib, *args, **kw).to(getattr(lib, dtype))
+    assert list(model.state_dict()) == list(init)
+    model.load_state_dict({k: lib.tensor(v).to(getattr(lib, dtype)) if v.dtype.kind == "f"
+                           else lib.tensor(v) for k, v in init.items()})
+    return model
+
+
+def both(fn, *args, tol: float = 1e-10, **kw):
+    """``fn`` run with PyTorch and with nodegrad; their records must agree."""
+    import nodegrad as ng
+
+    ref = fn(pytest.importorskip("torch"), *args, **kw)
+    got = fn(ng, *args, **kw)
+    assert_same(got, ref, tol)
+    return got

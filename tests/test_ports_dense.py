@@ -16,43 +16,11 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import arr, arrays, assert_same, float64_one_thread  # noqa: F401
+from _ports import (arr, arrays, assert_same, both, draw,  # noqa: F401
+                    float64_one_thread, initial_state, start)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
-
-
-def draw(*shape, seed: int = 0, kind: str = "randn", high: int = 2) -> np.ndarray:
-    """Arrays drawn with PyTorch's generator, fed to both libraries as NumPy."""
-    g = torch.Generator().manual_seed(seed)
-    if kind == "randint":
-        return torch.randint(0, high, shape, generator=g).numpy()
-    return getattr(torch, kind)(*shape, generator=g, dtype=torch.float64).numpy()
-
-
-def initial_state(build, *args, **kw) -> dict[str, np.ndarray]:
-    """``build(torch)``'s seeded float64 state dict as NumPy arrays."""
-    torch.manual_seed(0)
-    return {k: v.detach().numpy().copy()
-            for k, v in build(torch, *args, **kw).double().state_dict().items()}
-
-
-def start(lib, build, init, *args, dtype: str = "float64", **kw):
-    """``build(lib)`` holding ``init`` in ``dtype``; nodegrad's state dict must have PyTorch's
-    keys."""
-    model = build(lib, *args, **kw).to(getattr(lib, dtype))
-    assert list(model.state_dict()) == list(init)
-    model.load_state_dict({k: lib.tensor(v).to(getattr(lib, dtype)) if v.dtype.kind == "f"
-                           else lib.tensor(v) for k, v in init.items()})
-    return model
-
-
-def both(fn, *args, tol: float = 1e-10, **kw):
-    """``fn`` run with PyTorch and with nodegrad; their records must agree."""
-    ref = fn(torch, *args, **kw)
-    got = fn(ng, *args, **kw)
-    assert_same(got, ref, tol)
-    return got
 
 
 # --- 0. interpolate: every mode with sizes, scale factors and recompute_scale_factor -----------
