@@ -112,6 +112,22 @@ def start(lib, build, init, *args, dtype: str = "float64", **kw):
     return model
 
 
+def seeded_build(lib, build, seed: int = 0):
+    """``build(lib)`` in float64 holding the initial weights PyTorch's ``build(torch)`` draws
+    for ``seed`` (nodegrad's state dict must have PyTorch's keys and shapes)."""
+    import nodegrad as ng
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(seed)
+    init = {k: v.detach().numpy().copy() for k, v in build(torch).double().state_dict().items()}
+    model = build(lib).to(lib.float64)
+    if lib is ng:
+        assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == \
+            [(k, v.shape) for k, v in init.items()]
+    model.load_state_dict({k: lib.tensor(v) for k, v in init.items()})
+    return model
+
+
 def both(fn, *args, tol: float = 1e-10, **kw):
     """``fn`` run with PyTorch and with nodegrad; their records must agree."""
     import nodegrad as ng

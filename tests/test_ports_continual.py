@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import _one_torch_thread, arr, assert_same  # noqa: F401
+from _ports import _one_torch_thread, arr, assert_same, both  # noqa: F401
+from _ports import seeded_build as seeded
 
 torch = pytest.importorskip("torch")
 
@@ -42,24 +43,6 @@ def randperm(n: int) -> np.ndarray:
     return torch.randperm(n, generator=GEN).numpy().copy()
 
 
-def seeded(lib, build, seed: int = 0):
-    """``build(lib)`` in float64 holding PyTorch's initial weights for ``seed``."""
-    torch.manual_seed(seed)
-    ref = build(torch).double()
-    init = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
-    model = build(lib).to(lib.float64)
-    if lib is ng:
-        assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == \
-            [(k, v.shape) for k, v in init.items()]
-    model.load_state_dict({k: lib.tensor(v) for k, v in init.items()})
-    return model
-
-
-def both(fn, *args, tol: float = TOL):
-    """``fn`` run with PyTorch and with nodegrad; their records must agree."""
-    ref, got = fn(torch, *args), fn(ng, *args)
-    assert_same(arr(got), arr(ref), tol)
-    return got
 
 
 # Three tasks of two classes each (global labels 2t, 2t + 1), five features.

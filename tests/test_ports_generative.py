@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import arrays, assert_same, float64_one_thread, seeded  # noqa: F401
+from _ports import arrays, assert_same, both, float64_one_thread, seeded  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -26,10 +26,6 @@ TOL = 1e-10
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
-def both(fn, *args, tol: float = TOL, **kw):
-    ref, got = fn(torch, *args, **kw), fn(ng, *args, **kw)
-    assert_same(got, ref, tol)
-    return got
 
 
 def draw(seed: int, *shape, kind: str = "randn") -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import arr, arrays, assert_same, float64_one_thread, seeded  # noqa: F401
+from _ports import (arr, arrays, assert_same, both, float64_one_thread,  # noqa: F401
+                    seeded)
 
 torch = pytest.importorskip("torch")
 
@@ -25,10 +26,6 @@ TOL = 1e-10
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
-def both(fn, *args, tol: float = TOL, **kw):
-    ref, got = fn(torch, *args, **kw), fn(ng, *args, **kw)
-    assert_same(got, ref, tol)
-    return got
 
 
 class CartPole:
