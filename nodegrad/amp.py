@@ -322,39 +322,35 @@ def is_autocast_available(device_type: str) -> bool:
     return device_type.split(":")[0] in _DEVICES
 
 
-def float32_in_region(*tensors):
-    """``tensors`` with the lower-precision floats cast to float32 when their device's autocast
-    region is on (else as given): for composite ops PyTorch lists as float32 ops (its losses),
-    which reach the primitives as several smaller ones."""
-    rule = modes().autocast
-    state = getattr(rule, "state", None)
+def _cast_in_region(tensors: tuple, target) -> tuple:
+    """``tensors`` with each floating tensor cast to ``target(its dtype, the region's low
+    dtype for its device)`` (None: kept) while an autocast region is on; as given otherwise."""
+    state = getattr(modes().autocast, "state", None)
     if not state:
         return tensors
     out = []
     for t in tensors:
-        if isinstance(t, Tensor) and B.is_float(t.data.dtype) and t.data.dtype.itemsize < 4 and (
-                ("cpu" if type(t.data) is _ndarray else "cuda") in state):
-            t = bind(_ASTYPE, (t,), {"dtype": _F32, "src": t.data.dtype})
+        if isinstance(t, Tensor) and B.is_float(t.data.dtype):
+            low = state.get("cpu" if type(t.data) is _ndarray else "cuda")
+            to = None if low is None else target(t.data.dtype, low)
+            if to is not None and to != t.data.dtype:
+                t = bind(_ASTYPE, (t,), {"dtype": to, "src": t.data.dtype})
         out.append(t)
     return tuple(out)
+
+
+def float32_in_region(*tensors):
+    """``tensors`` with the lower-precision floats cast to float32 when their device's autocast
+    region is on (else as given): for composite ops PyTorch lists as float32 ops (its losses),
+    which reach the primitives as several smaller ones."""
+    return _cast_in_region(tensors, lambda dt, low: _F32 if dt.itemsize < 4 else None)
 
 
 def lower_in_region(*tensors):
     """``tensors`` with their float32 (and lower) floats cast to the region's low precision when
     their device's autocast region is on (else as given): for composite ops PyTorch lists as
     lower-precision ops (``prelu``), which reach the primitives as several smaller ones."""
-    rule = modes().autocast
-    state = getattr(rule, "state", None)
-    if not state:
-        return tensors
-    out = []
-    for t in tensors:
-        if isinstance(t, Tensor) and B.is_float(t.data.dtype) and t.data.dtype != _F64:
-            low = state.get("cpu" if type(t.data) is _ndarray else "cuda")
-            if low is not None and t.data.dtype != low:
-                t = bind(_ASTYPE, (t,), {"dtype": low, "src": t.data.dtype})
-        out.append(t)
-    return tuple(out)
+    return _cast_in_region(tensors, lambda dt, low: None if dt == _F64 else low)
 
 
 # --- custom autograd Functions ------------------------------------------------------------------
