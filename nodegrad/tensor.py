@@ -824,7 +824,9 @@ contiguous_format = MemoryFormat("contiguous_format")
 preserve_format = MemoryFormat("preserve_format")
 channels_last = MemoryFormat("channels_last")
 channels_last_3d = MemoryFormat("channels_last_3d")
-_MEMORY_FORMATS = ("contiguous_format", "preserve_format", "channels_last", "channels_last_3d")
+legacy_contiguous_format = MemoryFormat("legacy_contiguous_format")  # in F.gumbel_softmax's code
+_MEMORY_FORMATS = ("contiguous_format", "preserve_format", "channels_last", "channels_last_3d",
+                   "legacy_contiguous_format")
 
 
 def _constant_name(v) -> str:

@@ -223,7 +223,7 @@ def test_searchsorted_sorter_is_checked():
 
 # --- memory_format= ----------------------------------------------------------------------------
 _CASTS = ["float", "double", "half", "int", "long", "short", "char", "byte", "bool"]
-_FORMATS = ["contiguous_format", "preserve_format", "channels_last"]
+_FORMATS = ["contiguous_format", "preserve_format", "channels_last", "legacy_contiguous_format"]
 
 
 @pytest.mark.parametrize("cast", _CASTS)

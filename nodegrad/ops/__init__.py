@@ -341,10 +341,10 @@ __all__ += (_products.__all__ + _special.__all__ + _slicing.__all__  # noqa: PLE
 
 # PyTorch's memory formats: accepted by the casts, contiguous() and clone(); one layout here
 from ..tensor import (MemoryFormat, channels_last, channels_last_3d,  # noqa: E402
-                      contiguous_format, preserve_format)
+                      contiguous_format, legacy_contiguous_format, preserve_format)
 
 __all__ += ["MemoryFormat", "channels_last", "channels_last_3d", "contiguous_format",
-            "preserve_format"]
+            "legacy_contiguous_format", "preserve_format"]
 
 # PyTorch's dim= (and two-tensor max/min, two-axis transpose) on the NumPy-named functions
 from . import dim_forms as _dim_forms  # noqa: E402
