@@ -52,8 +52,12 @@ def test_bad_devices_raise_clear_errors(args, err, match):
 
 
 def test_a_tensor_assigned_to_data_names_the_fix():
-    # PyTorch code writes p.data = other; here .data is the raw array
+    # PyTorch code writes p.data = other; here .data is the raw array: a parameter takes the
+    # tensor's values, a plain tensor names the fix at its first use
     p = ng.nn.Linear(2, 2).weight
     p.data = ng.zeros(2, 2)
+    assert (p * 2).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    t = ng.ones(2, 2)
+    t.data = ng.zeros(2, 2)
     with pytest.raises(ng.DeviceError, match=r"assign `t.data = other.data`"):
-        p * 2
+        t * 2

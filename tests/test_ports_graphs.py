@@ -780,13 +780,14 @@ def test_knowledge_graph_embeddings(kind, p_norm):
     both(kge, kind, p_norm)
 
 
-def test_assigning_a_tensor_to_data_is_refused_clearly():
-    """``.data`` is the raw array (documented): ``w.data = F.normalize(w)`` stores no tensor
-    inside a tensor silently; its first use names the fix."""
+def test_assigning_a_tensor_to_a_parameters_data_takes_its_values():
+    """TransE's ``w.data = F.normalize(w)``: a parameter takes the tensor's values, as
+    PyTorch's (``.data`` reads as the raw array, documented)."""
     emb = ng.nn.Embedding(4, 3)
-    emb.weight.data = ng.nn.functional.normalize(emb.weight, p=2, dim=-1)
-    with pytest.raises(ng.errors.DeviceError, match=r"t\.data = other\.data"):
-        emb(ng.tensor([0, 1]))
+    unit = ng.nn.functional.normalize(emb.weight, p=2, dim=-1)
+    emb.weight.data = unit
+    np.testing.assert_array_equal(emb(ng.tensor([0, 1])).detach().numpy(),
+                                  unit[:2].detach().numpy())
 
 
 # --- 9. node classification with masks, unique / argsort splits, index_put_ adjacency ----------
