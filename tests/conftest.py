@@ -6,8 +6,31 @@ import pytest
 import nodegrad as ng
 
 
+# the longest cases of tests whose other cases stay in the default run (or whose guarantee a
+# shorter test there also checks): they run with ``pytest -m slow``
+_SLOW_CASES = {
+    "tests/test_distributed.py::test_killed_rank_ends_the_job_and_the_run_resumes",
+    "tests/test_distributed.py::test_mid_epoch_checkpoint_resumes_on_another_number_of_ranks"
+    "[before2-after2]",
+    "tests/test_distributed.py::test_ranks_match_one_process_on_the_full_batch[4]",
+    "tests/test_torch_opinfo.py::test_opinfo_samples_match_pytorch[grid_sampler_3d-float64]",
+    "tests/test_torch_opinfo.py::test_opinfo_samples_match_pytorch[grid_sampler_3d-float16]",
+    "tests/test_examples.py::test_example_runs_and_draws_its_figures[lottery_ticket_mnist1d.py]",
+    "tests/test_examples.py::test_example_runs_and_draws_its_figures[init_activations.py]",
+    "tests/test_ports_gpt.py::test_nanogpt_training_matches_torch[True-False-tanh-True]",
+    "tests/test_memory.py::test_memory_flat_over_training[grad]",
+    "tests/test_benchmarks.py::test_workload_runs_and_frameworks_agree[J5]",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m 'not slow'`` deselects
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` skip, with the reason, where CuPy or a CUDA device is missing."""
+    """The cases in ``_SLOW_CASES`` are marked ``slow``; tests marked ``gpu`` skip, with the
+    reason, where CuPy or a CUDA device is missing."""
+    slow = pytest.mark.slow
+    for item in items:
+        if item.nodeid in _SLOW_CASES:
+            item.add_marker(slow)
     if ng.cuda_available():
         return
     skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
