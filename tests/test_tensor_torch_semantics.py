@@ -58,6 +58,11 @@ def test_sum_in_an_integer_dtype_gives_that_dtype():
 def test_small_protocol_points_as_pytorch():
     t = ng.tensor([1.0, 2.0])
     assert (t == None) is False and (t != None) is True  # noqa: E711
+    tt = torch.tensor([1.0, 2.0])
+    for other in ("mean", [1.0, 2.0], (1.0, 2.0)):  # Python's answer, as PyTorch's
+        assert (t == other) is (tt == other) is False
+        assert (t != other) is (tt != other) is True
+    assert (t == ng.tensor([1.0, 2.0])).tolist() == [True, True]
     assert f"{ng.tensor(3.14159):.2f}" == "3.14"
     with pytest.raises(TypeError, match="0-d"):
         f"{t:.2f}"

@@ -264,6 +264,10 @@ def _alias(self) -> Tensor:
     return Tensor(self.data, self.node, self.requires_grad)
 
 
+# ``t == "mean"`` or ``t == [1, 2]``: not compared elementwise, Python's answer (False), as
+# PyTorch's (``reduction == "mean"`` where reduction may be a tensor)
+_NOT_COMPARED = (str, bytes, list, tuple, dict, set)
+
 _UFUNCS = {"add": "add", "subtract": "subtract", "multiply": "multiply", "divide": "true_divide"}
 
 
@@ -525,8 +529,10 @@ _methods = {
     "__rfloordiv__": _r(E.floor_divide), "__matmul__": L.matmul, "__rmatmul__": _r(L.matmul),
     "__neg__": E.negative, "__pos__": lambda self: self, "__abs__": E.abs,
     # t == None is False, as PyTorch's (not an elementwise comparison)
-    "__eq__": lambda self, o: False if o is None else E.equal(self, o),
-    "__ne__": lambda self, o: True if o is None else E.not_equal(self, o),
+    "__eq__": lambda self, o: False if o is None else NotImplemented if isinstance(
+        o, _NOT_COMPARED) else E.equal(self, o),
+    "__ne__": lambda self, o: True if o is None else NotImplemented if isinstance(
+        o, _NOT_COMPARED) else E.not_equal(self, o),
     "__lt__": E.less, "__le__": E.less_equal,
     "__gt__": E.greater, "__ge__": E.greater_equal, "__and__": E.bitwise_and,
     "__rand__": _r(E.bitwise_and), "__or__": E.bitwise_or, "__ror__": _r(E.bitwise_or),
