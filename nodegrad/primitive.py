@@ -429,6 +429,11 @@ def _broadcast_bf16(args: tuple, low=_BF16) -> tuple:
                  and tuple(a.shape) != shape else a for a in args)
 
 
+#: operand types with their own rules for the primitives (``__nodegrad_bind__``): the sparse
+#: tensors (``ops/sparse.py`` adds them); bind asks them outside vmap on its error branch only
+DEFERRING: set = set()
+
+
 def _operand_error(name: str, a) -> str:
     """The message for an operand ``bind`` cannot take (kept out of the hot loop)."""
     msg = f"{name}: expected tensors or numbers, got {type(a).__name__}"
@@ -451,6 +456,9 @@ def bind(prim: Primitive, args: tuple, params: dict):
     if m.autocast is not None:  # an autocast region: its rule casts the operands (amp.py)
         args = m.autocast(prim, args)
     if m.traces:  # a vmap is active: promote on the examples' shapes (a 0-d example is 0-d)
+        for a in args:  # a sparse operand: its own rules, on the examples (before batching)
+            if type(a) in DEFERRING:
+                return type(a).__nodegrad_bind__(prim, args, params)
         if prim.operands is not None and len(args) > 1:
             args = _promote(prim, args)
         return batch_bind(bind, prim, args, params)

@@ -225,6 +225,17 @@ def test_jit_and_grad_compose():
     np.testing.assert_array_equal(g_jit.numpy(), g_eager.numpy())
 
 
+def test_vmap_over_dense_operands_of_a_sparse_one():
+    """A sparse matrix closed over inside vmap, on either side of a product or times a batched
+    dense tensor: each example's result, as a Python loop gives."""
+    a = ng.sparse_coo_tensor(IDX, np.array(VAL), (3, 3))
+    xs = ng.tensor(np.arange(27.0).reshape(3, 3, 3) / 7)
+    for f in (lambda x: a @ x, lambda x: x @ a, lambda x: ng.mm(x, a), lambda x: ng.matmul(a, x),
+              lambda x: (x * a).to_dense(), lambda x: x + a):
+        np.testing.assert_allclose(ng.vmap(f)(xs).numpy(),
+                                   np.stack([f(x).numpy() for x in xs]), rtol=1e-14)
+
+
 def test_bad_input_is_refused_clearly():
     with pytest.raises(ValueError, match="size is inconsistent"):
         ng.sparse_coo_tensor(IDX, VAL, (2, 3))

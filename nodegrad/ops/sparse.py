@@ -17,6 +17,7 @@ from .. import _backend as B
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, tensor, zeros
 from .aliases import Layout
+from ..primitive import DEFERRING
 from .index import _scatter, norm_index
 
 __all__ = ["SparseTensor", "SparseCsrTensor", "sparse_coo", "sparse_csr", "sparse_coo_tensor",
@@ -648,6 +649,9 @@ def to_sparse_csr(x) -> SparseCsrTensor:
     counts = xp.bincount(s._i.data[0], minlength=s._size[0])
     crow = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(counts).astype(xp.int64)])
     return SparseCsrTensor(Tensor(crow), Tensor(s._i.data[1].copy()), s._v, s._size)
+
+
+DEFERRING.update((SparseTensor, SparseCsrTensor))
 
 
 def sparse_mask(x, mask: SparseTensor) -> SparseTensor:
