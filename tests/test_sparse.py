@@ -395,6 +395,11 @@ def test_csr_construction_conversions_and_products():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     back = ng.tensor(x).to_sparse().to_sparse_csr()
     np.testing.assert_array_equal(back.crow_indices().numpy(), tx.crow_indices().numpy())
+    holes = [0, 2, 2, 3, 3, 5]  # empty rows 1 and 3
+    tz = torch.sparse_csr_tensor(torch.tensor(holes), torch.tensor(COL), torch.tensor(CVAL),
+                                 (5, 3))
+    nz = ng.sparse_csr_tensor(holes, COL, CVAL, (5, 3))
+    np.testing.assert_array_equal(nz.to_dense().numpy(), tz.to_dense().numpy())
 
 
 def test_csr_bad_input_is_refused_clearly():

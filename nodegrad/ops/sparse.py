@@ -35,6 +35,13 @@ def _dense(op: str, x) -> Tensor:
     return x if isinstance(x, Tensor) else tensor(x)
 
 
+def _csr_rows(xp, crow):
+    """The row of each stored entry of a CSR matrix: how many row ends lie at or before it
+    (a search, not ``repeat`` by counts, which CuPy does not take as an array)."""
+    nnz = int(crow[-1]) if crow.shape[0] else 0
+    return xp.searchsorted(crow[1:], xp.arange(nnz), side="right").astype(xp.int64)
+
+
 def _linear(xp, idx, shape: tuple):
     """Row-major positions of the index columns ``idx`` (sparse_dim, nnz) in ``shape``."""
     if idx.shape[0] == 0:
@@ -517,7 +524,7 @@ class SparseCsrTensor:
             raise ValueError(f"to_sparse: a CSR matrix has 2 sparse dims, got {sparse_dim}")
         xp = self._crow.backend.xp
         crow = self._crow.data
-        rows = xp.repeat(xp.arange(len(crow) - 1, dtype=xp.int64), xp.diff(crow))
+        rows = _csr_rows(xp, crow)
         idx = xp.stack([rows, self._col.data.astype(xp.int64)])
         lin = _linear(xp, idx, self._size)
         ordered = lin.shape[0] <= 1 or bool((lin[1:] > lin[:-1]).all())
@@ -623,7 +630,7 @@ def sparse_csr_tensor(crow_indices, col_indices, values, size=None, *, dtype=Non
         raise ValueError("sparse_csr_tensor: col_indices must not be negative")
     if check_invariants and nnz > 1:  # PyTorch's invariant: columns sorted and distinct in rows
         xp = col.backend.xp
-        rows = xp.repeat(xp.arange(c.shape[0] - 1), xp.diff(c))
+        rows = _csr_rows(xp, c)
         if bool(((col.data[1:] <= col.data[:-1]) & (rows[1:] == rows[:-1])).any()):
             raise ValueError("sparse_csr_tensor: the column indices of each row must be sorted "
                              "and distinct")
