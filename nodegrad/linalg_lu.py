@@ -15,6 +15,7 @@ import math
 from typing import NamedTuple
 
 from . import _backend as _B
+from .amp import lower_in_region
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import diagonal as _diagonal
 from .ops.arrange import tril, triu
@@ -274,6 +275,7 @@ def vecdot(x, y, *, dim: int = -1) -> Tensor:
         if not _B.is_inexact(t.dtype):
             raise DTypeError(f"linalg.vecdot: expected floating-point or complex tensors, got "
                              f"{t.dtype} for {name}")
+    x, y = lower_in_region(x, y)  # autocast: in its precision, as PyTorch lists vecdot
     if x.dtype != y.dtype:
         raise DTypeError(f"linalg.vecdot: x and y must have one dtype, got {x.dtype} and "
                          f"{y.dtype}")

@@ -614,3 +614,41 @@ def test_float16_ops_on_its_own_grid_stay_native():
     one, two = np.float16([1.0]), np.float16([2.0])
     np.testing.assert_array_equal(f32(ng.nextafter(ng.tensor(one), ng.tensor(two))),
                                   f32(torch.nextafter(torch.tensor(one), torch.tensor(two))))
+
+
+# --- the product family under CPU autocast: which ops PyTorch lists (lower precision) --------
+_PRODUCTS = {
+    "dot": lambda L, v, M, A, B, C: L.dot(v, v),
+    "vdot": lambda L, v, M, A, B, C: L.vdot(v, v),
+    "inner": lambda L, v, M, A, B, C: L.inner(v, v),
+    "inner-2d": lambda L, v, M, A, B, C: L.inner(M, M),
+    "mv": lambda L, v, M, A, B, C: L.mv(M, v),
+    "addmv": lambda L, v, M, A, B, C: L.addmv(A[0], M, v),
+    "matmul": lambda L, v, M, A, B, C: L.matmul(v, v),
+    "mm": lambda L, v, M, A, B, C: L.mm(M, M.t()),
+    "addmm": lambda L, v, M, A, B, C: L.addmm(A, M, M.t(), beta=0.5),
+    "baddbmm": lambda L, v, M, A, B, C: L.baddbmm(A.expand(4, 2, 2), B, C, alpha=2.0),
+    "addbmm": lambda L, v, M, A, B, C: L.addbmm(A, B, C),
+    "bmm": lambda L, v, M, A, B, C: L.bmm(B, C),
+    "linalg.vecdot": lambda L, v, M, A, B, C: L.linalg.vecdot(M, M),
+}
+
+
+@pytest.mark.parametrize("name", list(_PRODUCTS))
+def test_products_under_autocast_take_pytorchs_dtype(name):
+    """dot, vdot, inner of two vectors, mv and addmv are not on PyTorch's CPU lower-precision
+    list (float32 in, float32 out, no bfloat16 rounding of the product); addmm, baddbmm, addbmm
+    and linalg.vecdot are, with a float32 input too."""
+    g = torch.Generator().manual_seed(3)
+    arrays = [torch.randn(*s, generator=g).numpy() for s in ((3,), (2, 3), (2, 2), (4, 2, 3),
+                                                               (4, 3, 2))]
+    out = {}
+    for lib in (torch, ng):
+        with lib.autocast("cpu", dtype=lib.bfloat16):
+            r = _PRODUCTS[name](lib, *(lib.tensor(a) for a in arrays))
+        out[lib.__name__] = r
+    t, n = out["torch"], out["nodegrad"]
+    assert str(n.dtype) == str(t.dtype).replace("torch.", "")
+    exact = t.dtype == torch.float32  # else each rounds to bfloat16 in its own order
+    np.testing.assert_allclose(n.float().numpy(), t.float().numpy(),
+                               rtol=1e-6 if exact else 1e-2, atol=1e-6 if exact else 1e-2)

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 from .. import _backend as B
 from .. import linalg as LA
+from ..amp import lower_in_region
+from ..autodiff import modes
 from ..linalg_lu import powers
 from ..batching import values
 from ..errors import DTypeError, ShapeError
@@ -41,6 +43,21 @@ __all__: list[str] = [
 # --- checks ---------------------------------------------------------------------------------
 def _t(x) -> Tensor:
     return x if isinstance(x, Tensor) else tensor(x)
+
+
+def _as_is(fn, *args):
+    """``fn(*args)`` with autocast's casts off: PyTorch's CPU autocast lists ``mm``, ``matmul``,
+    ``addmm``, ... but not ``dot``, ``vdot``, ``inner``, ``mv`` or ``addmv``, which run in their
+    operands' dtype even though nodegrad builds them from the matmul primitive."""
+    m = modes()
+    rule = m.autocast
+    if rule is None:
+        return fn(*args)
+    m.autocast = None
+    try:
+        return fn(*args)
+    finally:
+        m.autocast = rule
 
 
 def _shape(x) -> tuple:
@@ -167,7 +184,7 @@ def mv(input, vec) -> Tensor:
     a, v = _t(input), _t(vec)
     _mv_check("mv", a, v)
     _same_dtype("mv", a, v)
-    return L.matmul(a, v)
+    return _as_is(L.matmul, a, v)
 
 
 def _dot(op: str, input, other) -> Tensor:
@@ -178,7 +195,7 @@ def _dot(op: str, input, other) -> Tensor:
     if a.shape[0] != b.shape[0]:
         raise ShapeError(f"{op}: vectors of different lengths {a.shape[0]} and {b.shape[0]}")
     _same_dtype(op, a, b)
-    return L.matmul(a, b)
+    return _as_is(L.matmul, a, b)
 
 
 def dot(input, other) -> Tensor:
@@ -201,7 +218,10 @@ def inner(input, other) -> Tensor:
     if a.shape[-1] != b.shape[-1]:
         raise ShapeError(f"inner: the last dims must match, got shapes {_shape(a)} and "
                          f"{_shape(b)}")
-    return _tensordot("inner", a, b, ([a.ndim - 1], [b.ndim - 1]))
+    dims = ([a.ndim - 1], [b.ndim - 1])
+    if a.ndim == 1 and b.ndim == 1:  # PyTorch's two vectors go to dot: float32 under autocast
+        return _as_is(_tensordot, "inner", a, b, dims)
+    return _tensordot("inner", a, b, dims)  # to its tensordot: lowered under autocast
 
 
 def _outer(op: str, input, vec2) -> Tensor:
@@ -223,7 +243,7 @@ def _outer_method(self, vec2) -> Tensor:
 
 def addmm(input, mat1, mat2, *, beta=1, alpha=1) -> Tensor:
     """beta·input + alpha·(mat1 @ mat2), input broadcast to (n, p)."""
-    a, b, c = _t(input), _t(mat1), _t(mat2)
+    a, b, c = lower_in_region(_t(input), _t(mat1), _t(mat2))  # autocast: all in its precision
     _ndim("addmm", b, 2, "mat1")
     _ndim("addmm", c, 2, "mat2")
     _same_dtype("addmm", a, b, c)
@@ -238,13 +258,13 @@ def addmv(input, mat, vec, *, beta=1, alpha=1) -> Tensor:
     a, m, v = _t(input), _t(mat), _t(vec)
     _mv_check("addmv", m, v)
     _same_dtype("addmv", a, m, v)
-    return _add_scaled("addmv", a, L.matmul(m, v), beta, alpha)
+    return _add_scaled("addmv", a, _as_is(L.matmul, m, v), beta, alpha)
 
 
 def addbmm(input, batch1, batch2, *, beta=1, alpha=1) -> Tensor:
     """beta·input + alpha·Σ_b batch1[b] @ batch2[b]: the batch sum is one (n, b·m) @ (b·m, p)
     product."""
-    a, b1, b2 = _t(input), _t(batch1), _t(batch2)
+    a, b1, b2 = lower_in_region(_t(input), _t(batch1), _t(batch2))  # autocast's precision
     _bmm_check("addbmm", b1, b2)
     _same_dtype("addbmm", a, b1, b2)
     nb, n, m = b1.shape
@@ -256,7 +276,7 @@ def addbmm(input, batch1, batch2, *, beta=1, alpha=1) -> Tensor:
 
 def baddbmm(input, batch1, batch2, *, beta=1, alpha=1) -> Tensor:
     """beta·input + alpha·(batch1 @ batch2), input broadcast to (b, n, p)."""
-    a, b1, b2 = _t(input), _t(batch1), _t(batch2)
+    a, b1, b2 = lower_in_region(_t(input), _t(batch1), _t(batch2))  # autocast's precision
     _bmm_check("baddbmm", b1, b2)
     _same_dtype("baddbmm", a, b1, b2)
     return _add_scaled("baddbmm", a, L.matmul(b1, b2), beta, alpha)
