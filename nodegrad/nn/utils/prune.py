@@ -248,6 +248,19 @@ class Identity(BasePruningMethod):
         return super().apply(module, name)
 
 
+def _unstructured_mask(amount, t: Tensor, default_mask: Tensor, op: str, scores,
+                       largest: bool) -> Tensor:
+    """``default_mask`` with ``amount`` more entries of ``t`` zeroed: those whose ``scores()``
+    are the largest (random draws) or the smallest (magnitudes)."""
+    size = t.numel()
+    k = _compute_nparams_toprune(amount, size)
+    _validate_pruning_amount(k, size, op)
+    mask = default_mask.clone()
+    if k:
+        mask.view(-1)[_topk_indices(scores(), k, largest=largest)] = 0
+    return mask
+
+
 class RandomUnstructured(BasePruningMethod):
     """Prune ``amount`` (int count or float fraction) of the unpruned entries at random
     (nodegrad's generator: ``ng.manual_seed`` makes it reproducible)."""
@@ -259,14 +272,8 @@ class RandomUnstructured(BasePruningMethod):
         self.amount = amount
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
-        size = t.numel()
-        k = _compute_nparams_toprune(self.amount, size)
-        _validate_pruning_amount(k, size, "RandomUnstructured")
-        mask = default_mask.clone()
-        if k:
-            prob = rand_like(t)
-            mask.view(-1)[_topk_indices(prob, k, largest=True)] = 0
-        return mask
+        return _unstructured_mask(self.amount, t, default_mask, "RandomUnstructured",
+                                  lambda: rand_like(t), largest=True)
 
     @classmethod
     def apply(cls, module: Module, name: str, amount) -> RandomUnstructured:  # type: ignore
@@ -284,13 +291,8 @@ class L1Unstructured(BasePruningMethod):
         self.amount = amount
 
     def compute_mask(self, t: Tensor, default_mask: Tensor) -> Tensor:
-        size = t.numel()
-        k = _compute_nparams_toprune(self.amount, size)
-        _validate_pruning_amount(k, size, "L1Unstructured")
-        mask = default_mask.clone()
-        if k:
-            mask.view(-1)[_topk_indices(ops.abs(t), k, largest=False)] = 0
-        return mask
+        return _unstructured_mask(self.amount, t, default_mask, "L1Unstructured",
+                                  lambda: ops.abs(t), largest=False)
 
     @classmethod
     def apply(cls, module: Module, name: str, amount,  # type: ignore[override]
