@@ -136,3 +136,19 @@ def both(fn, *args, tol: float = 1e-10, **kw):
     got = fn(ng, *args, **kw)
     assert_same(got, ref, tol)
     return got
+
+
+def accuracy(lib, output, target, topk=(1,)):
+    """The ImageNet example's top-k accuracy in percent (MoCo's and the others' copy of it),
+    written against ``lib``."""
+    with lib.no_grad():
+        maxk = max(topk)
+        batch_size = target.size(0)
+        _, pred = output.topk(maxk, 1, True, True)
+        pred = pred.t()
+        correct = pred.eq(target.view(1, -1).expand_as(pred))
+        res = []
+        for k in topk:
+            correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
+            res.append(correct_k.mul_(100.0 / batch_size))
+        return res

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import arr, arrays, assert_same, float64_one_thread, seeded  # noqa: F401
+from _ports import (accuracy, arr, arrays, assert_same,  # noqa: F401
+                    float64_one_thread, seeded)
 
 torch = pytest.importorskip("torch")
 
@@ -589,21 +590,6 @@ def test_swav_sinkhorn():
 
 
 # 10. small pieces: in-place views, zero distances, top-k accuracy, buffers
-
-def accuracy(lib, output, target, topk=(1,)):
-    """The ImageNet/MoCo reference ``accuracy``: top-k precision in percent."""
-    with lib.no_grad():
-        maxk = max(topk)
-        batch_size = target.size(0)
-        _, pred = output.topk(maxk, 1, True, True)
-        pred = pred.t()
-        correct = pred.eq(target.view(1, -1).expand_as(pred))
-        res = []
-        for k in topk:
-            correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
-            res.append(correct_k.mul_(100.0 / batch_size))
-        return res
-
 
 def pieces(lib):
     F = lib.nn.functional

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import _one_torch_thread, arrays, assert_same  # noqa: F401
+from _ports import _one_torch_thread, accuracy, arrays, assert_same  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -242,21 +242,6 @@ def warmup_cosine(warmup: int, total: int):
         progress = float(step - warmup) / float(max(1, total - warmup))
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     return lr_lambda
-
-
-def accuracy(torch, output, target, topk=(1,)):
-    """The ImageNet example's top-k accuracy, in percent."""
-    with torch.no_grad():
-        maxk = max(topk)
-        batch_size = target.size(0)
-        _, pred = output.topk(maxk, 1, True, True)
-        pred = pred.t()
-        correct = pred.eq(target.view(1, -1).expand_as(pred))
-        res = []
-        for k in topk:
-            correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
-            res.append(correct_k.mul_(100.0 / batch_size))
-        return res
 
 
 class ModelEma:
