@@ -533,7 +533,7 @@ def _split(draw, layout):
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=3)))
     if n and draw(st.booleans()):
         cuts = draw(st.sampled_from([d for d in range(1, n + 1) if n % d == 0]))
-    return Call(lambda x: tuple(ng.split(x, cuts, axis)), (arr(draw, s),))
+    return Call(lambda x: tuple(ng.split(x, cuts, axis=axis)), (arr(draw, s),))
 
 
 case("reshape", _reshape)

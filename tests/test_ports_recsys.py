@@ -1514,7 +1514,7 @@ def lightgcn(lib, propagate="index_add"):
                 embs.append(all_emb)
             light_out = lib.mean(lib.stack(embs, dim=1), dim=1)
             # ``torch.split(light_out, [n_users, n_items])`` in the original: nodegrad's
-            # top-level split is NumPy's (cut positions) unless given PyTorch's ``dim=``
+            # top-level split is NumPy's (cut positions, with a warning here) unless given ``dim=``
             return lib.split(light_out, [N_USERS, N_ITEMS], dim=0)
 
         def bpr_loss(self, users, pos, neg):

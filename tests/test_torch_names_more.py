@@ -5,6 +5,7 @@ torch.func's module ensembling, each against torch 2.13 where torch has it."""
 
 import array
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import nodegrad as ng
 import nodegrad.nn as nn
 import nodegrad.nn.functional as F
+from nodegrad.errors import ShapeError
 
 torch = pytest.importorskip("torch")
 
@@ -784,6 +786,27 @@ def test_top_level_functions_take_pytorchs_dim_forms():
     assert [p.shape for p in ng.split(n, 2, 1)] == [(3, 2), (3, 2)]  # NumPy's sections
     with pytest.raises(TypeError, match="not both"):
         ng.sum(n, 1, dim=1)
+
+
+def test_split_warns_where_a_list_reads_as_pytorchs_sizes():
+    """``ng.split`` is NumPy's; a list that adds up to the axis length (PyTorch's part sizes, as
+    ``torch.split(out, [n_users, n_items])``) splits as NumPy's with a warning naming dim=."""
+    n = ng.tensor(np.arange(20.0).reshape(10, 2))
+    with pytest.warns(UserWarning, match=r"pass dim=0 for PyTorch's split \(2 parts\)"):
+        parts = ng.split(n, [3, 7])
+    assert [p.shape for p in parts] == [(3, 2), (4, 2), (3, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [p.shape for p in ng.split(n, [3, 7], axis=0)] == [(3, 2), (4, 2), (3, 2)]
+        assert [p.shape for p in ng.split(n, [3, 7], dim=0)] == [(3, 2), (7, 2)]
+        assert [p.shape for p in ng.split(n, [2, 5])] == [(2, 2), (3, 2), (5, 2)]
+        assert [p.shape for p in ng.split(n, [1], 1)] == [(10, 1), (10, 1)]
+    with pytest.warns(UserWarning, match="axis 1"):
+        ng.split(n, [1, 1], 1)
+    with pytest.raises(ShapeError, match="pass dim=0"):
+        ng.split(n, 3)
+    with pytest.raises(TypeError, match="once"):
+        ng.split(n, 2, axis=0, dim=0)
 
 
 def test_torch_fill_pad_and_layout_names_match_torch():

@@ -14,6 +14,7 @@ last by :mod:`nodegrad.ops`, whose names these replace.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 from .. import _backend as B
@@ -92,12 +93,35 @@ def _axis_alias(fn: Callable, torch_name: str = "dim") -> Callable:
     return f
 
 
-def split(x, indices_or_sections, axis: int = 0, *, dim=_UNSET):
+def split(x, indices_or_sections, *args, axis=_UNSET, dim=_UNSET):
     """NumPy's split (``indices_or_sections``: a count of equal parts, or cut positions);
-    with PyTorch's ``dim=`` PyTorch's split (a part size, or the sizes of the parts)."""
+    with PyTorch's ``dim=`` PyTorch's split (a part size, or the sizes of the parts).
+
+    A list given without ``axis=`` whose entries add up to the axis length reads as PyTorch's
+    part sizes as well as NumPy's cut positions (``torch.split(out, [n_users, n_items])``):
+    it is split as NumPy's, with a warning that names both keywords."""
     if dim is not _UNSET:
+        if args or axis is not _UNSET:
+            raise TypeError("split: pass the dimension once, as dim= (PyTorch) or axis= (NumPy)")
         return Tensor.split(x, indices_or_sections, dim)
-    return S.split(x, indices_or_sections, axis)
+    if axis is not _UNSET:
+        if args:
+            raise TypeError("split: axis given twice (positionally and as axis=)")
+        return S.split(x, indices_or_sections, axis)
+    if len(args) > 1:
+        raise TypeError(f"split: takes (x, indices_or_sections, axis), got {2 + len(args)} "
+                        "positional arguments")
+    ax = args[0] if args else 0
+    cuts = indices_or_sections
+    if (isinstance(cuts, (list, tuple)) and cuts and isinstance(x, Tensor)
+            and all(isinstance(c, int) for c in cuts) and -x.ndim <= ax < x.ndim
+            and sum(cuts) == x.shape[ax]):
+        warnings.warn(f"split: the list {list(cuts)} is read as NumPy's cut positions "
+                      f"({len(cuts) + 1} parts); it adds up to the length of axis {ax}, as "
+                      f"PyTorch's part sizes do: pass dim={ax} for PyTorch's split "
+                      f"({len(cuts)} parts), or axis={ax} for NumPy's", UserWarning,
+                      stacklevel=2)
+    return S.split(x, cuts, ax)
 
 
 def transpose(x, *axes):

@@ -337,7 +337,8 @@ def split(x, indices_or_sections, axis: int = 0) -> list:
         k = indices_or_sections
         if k <= 0 or n % k:
             raise ShapeError(f"split: axis {ax} of length {n} does not split into {k} "
-                             "equal sections")
+                             f"equal sections (NumPy's split; for PyTorch's parts of size {k} "
+                             f"pass dim={ax})")
         cuts = [n // k * i for i in range(1, k)]
     else:
         cuts = [int(i) for i in indices_or_sections]
