@@ -114,6 +114,8 @@ from .ops.sparse import (SparseCsrTensor, SparseTensor, sparse_coo,  # noqa: E40
 
 _register({"to_sparse": sparse.to_sparse, "to_sparse_coo": sparse.to_sparse,
            "to_sparse_csr": sparse.to_sparse_csr, "sparse_mask": sparse.sparse_mask})
+from .ops.quantize import (fake_quantize_per_channel_affine,  # noqa: E402
+                           fake_quantize_per_tensor_affine)
 from .amp import autocast, get_autocast_dtype, is_autocast_enabled  # noqa: E402
 from .threads import (are_deterministic_algorithms_enabled, get_num_threads,  # noqa: E402
                       is_deterministic_algorithms_warn_only_enabled, set_num_threads,
