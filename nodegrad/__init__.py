@@ -151,6 +151,9 @@ _take_out(globals(), """
 pi, e, inf, nan = _math.pi, _math.e, _math.inf, _math.nan
 newaxis = None
 uint8, int8, int16 = (_backend.np.dtype(n) for n in ("uint8", "int8", "int16"))
+# PyTorch's wide unsigned types: NumPy arrays of them compute as NumPy's (a mix with a signed
+# type no integer dtype holds is refused by name, as PyTorch refuses their promotion)
+uint16, uint32, uint64 = (_backend.np.dtype(n) for n in ("uint16", "uint32", "uint64"))
 half, double, short, long = float16, float64, int16, int64
 complex64, complex128 = (_backend.np.dtype(n) for n in ("complex64", "complex128"))
 cfloat, cdouble = complex64, complex128

@@ -788,6 +788,19 @@ def test_top_level_functions_take_pytorchs_dim_forms():
         ng.sum(n, 1, dim=1)
 
 
+def test_wide_unsigned_dtype_names_are_pytorchs():
+    """torch.uint16/uint32/uint64: creation, conversion and PyTorch's refusal of a mix."""
+    for name in ("uint16", "uint32", "uint64"):
+        v = np.array([0, 7, 65535], dtype=name)
+        n, t = ng.tensor(v, dtype=getattr(ng, name)), torch.tensor(v.astype(np.int64)).to(
+            getattr(torch, name))
+        assert str(n.dtype) == str(t.dtype).removeprefix("torch.") == name
+        np.testing.assert_array_equal(n.float().numpy(), t.float().numpy())
+        assert ng.zeros(2, dtype=getattr(ng, name)).dtype == v.dtype
+    with pytest.raises(TypeError, match="no integer dtype holds both uint64 and int64"):
+        ng.ones(2, dtype=ng.uint64) + ng.ones(2, dtype=ng.int64)
+
+
 def test_split_warns_where_a_list_reads_as_pytorchs_sizes():
     """``ng.split`` is NumPy's; a list that adds up to the axis length (PyTorch's part sizes, as
     ``torch.split(out, [n_users, n_items])``) splits as NumPy's with a warning naming dim=."""
