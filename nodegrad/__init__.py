@@ -68,7 +68,8 @@ from .random import (binomial, get_rng_state, initial_seed, poisson, seed,  # no
 from .tensor import set_printoptions  # noqa: E402
 from .ops.methods import register as _register  # noqa: E402
 
-__version__ = "0.1.0"
+from . import version  # noqa: E402  (torch.version)
+from .version import __version__  # noqa: E402
 dtype = _backend.np.dtype
 
 

@@ -369,6 +369,14 @@ def cuda_available() -> bool:
         return False
 
 
+def cuda_version() -> str | None:
+    """The CUDA runtime version CuPy runs on ("12.4"), or None without CuPy or a GPU."""
+    if not cuda_available():
+        return None
+    v = int(_import_cupy().cuda.runtime.runtimeGetVersion())
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
 def cuda_device_count() -> int:
     """How many GPUs CuPy sees (0 without CuPy or a GPU)."""
     try:

@@ -788,6 +788,19 @@ def test_top_level_functions_take_pytorchs_dim_forms():
         ng.sum(n, 1, dim=1)
 
 
+def test_version_module_reads_as_torch_version():
+    """``torch.version.cuda`` (None on a CPU build) and ``__version__``, as environment
+    reports print them; the version is the package's."""
+    import importlib.metadata
+
+    assert ng.version.__version__ == ng.__version__ == importlib.metadata.version("nodegrad")
+    assert ng.version.cuda == (None if not ng.cuda.is_available() else ng.version.cuda)
+    assert ng.version.cuda is None or ng.version.cuda.count(".") == 1
+    assert ng.version.hip is None and ng.version.debug is False
+    with pytest.raises(AttributeError, match="no attribute 'nccl'"):
+        ng.version.nccl
+
+
 def test_wide_unsigned_dtype_names_are_pytorchs():
     """torch.uint16/uint32/uint64: creation, conversion and PyTorch's refusal of a mix."""
     for name in ("uint16", "uint32", "uint64"):
