@@ -18,20 +18,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import nodegrad as ng
-from _ports import assert_same, float64_one_thread, seeded_build  # noqa: F401
+from _ports import both, float64_one_thread, seeded_build  # noqa: F401
 
 torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("sklearn.datasets")
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 TOL = 1e-9
-
-
-def both(fn, *args, tol: float = TOL, **kw):
-    ref, got = fn(torch, *args, **kw), fn(ng, *args, **kw)
-    assert_same(got, ref, tol)
-    return got
 
 
 def wine():
@@ -164,7 +157,7 @@ def test_sparsemax_matches_its_definition_and_torch():
         (p * lib.arange(7.0)).sum().backward()
         return {"p": p, "sum": p.sum(1), "nnz": (p > 0).sum(1).double(), "grad": z.grad}
 
-    rec = both(run)
+    rec = both(run, tol=TOL)
     np.testing.assert_allclose(rec["sum"], 1.0, rtol=1e-12)
 
 
@@ -191,7 +184,7 @@ def test_tabnet_trains_with_its_sparsity_loss():
         return {"steps": rec, "logits": logits, "masks": masks,
                 "state": dict(model.state_dict())}
 
-    both(run)
+    both(run, tol=TOL)
 
 
 # --- FT-Transformer -------------------------------------------------------------------------------
@@ -286,7 +279,7 @@ def test_ft_transformer_trains_with_onecycle_and_label_smoothing():
             pred = model(lib.tensor(num[160:]), lib.tensor(cat[160:])).argmax(-1)
         return {"steps": rec, "pred": pred.double(), "state": dict(model.state_dict())}
 
-    both(run)
+    both(run, tol=TOL)
 
 
 # --- NODE: entmax-1.5 and oblivious decision trees ------------------------------------------------
@@ -367,7 +360,7 @@ def test_entmax15_and_node_trees_train():
         rec.update(losses=losses, state=dict(model.state_dict()))
         return rec
 
-    rec = both(run)
+    rec = both(run, tol=TOL)
     np.testing.assert_allclose(rec["sums"], 1.0, rtol=1e-12)
 
 
@@ -476,7 +469,7 @@ def test_dcn_v2_and_saint_train(which):
             rec.append(loss)
         return {"losses": rec, "state": dict(model.state_dict())}
 
-    both(run)
+    both(run, tol=TOL)
 
 
 # --- periodic numerical embeddings (Gorishniy et al. 2022), mixup and target encoding -------------
@@ -536,7 +529,7 @@ def test_plr_embeddings_mixup_and_target_encoding():
                 "bucket": lib.bucketize(lib.tensor(num[:9, 0]),
                                         lib.tensor([-1.0, 0.0, 1.0]), right=True).double()}
 
-    both(run)
+    both(run, tol=TOL)
 
 
 # --- preprocessing in tensors: imputation, quantile transform, label encoding, class weights ------
@@ -589,4 +582,4 @@ def test_preprocessing_and_weighted_losses():
                 "losses": [weighted, focal, binary], "grad": logits.grad,
                 "std": imputed.std(0), "var": lib.var(imputed, 0, unbiased=False)}
 
-    both(run)
+    both(run, tol=TOL)
