@@ -33,7 +33,7 @@ from .tensor import Tensor
 
 __all__ = ["autocast", "GradScaler", "custom_fwd", "custom_bwd", "is_autocast_available",
            "is_autocast_enabled", "get_autocast_dtype", "float32_in_region", "lower_in_region",
-           "current_regions", "regions"]
+           "promote_in_region", "float32_op", "current_regions", "regions"]
 
 _DEVICES = ("cpu", "cuda")
 _F16 = B.np.dtype("float16")
@@ -140,6 +140,7 @@ def _make_rule(m, state: dict, cache: dict | None, cache_on: dict) -> Callable:
         return args if out is None else tuple(out)
 
     rule.state = state  # type: ignore[attr-defined]
+    rule.seen0 = seen0  # type: ignore[attr-defined]
     rule.cache = cache  # type: ignore[attr-defined]
     rule.cache_on = cache_on  # type: ignore[attr-defined]
     # what a jit trace depends on: the regions' devices and dtypes (jit/api.py keys on it)
@@ -322,16 +323,20 @@ def is_autocast_available(device_type: str) -> bool:
     return device_type.split(":")[0] in _DEVICES
 
 
-def _cast_in_region(tensors: tuple, target) -> tuple:
+def _cast_in_region(tensors: tuple, target, cpu_only: bool = False) -> tuple:
     """``tensors`` with each floating tensor cast to ``target(its dtype, the region's low
-    dtype for its device)`` (None: kept) while an autocast region is on; as given otherwise."""
-    state = getattr(modes().autocast, "state", None)
-    if not state:
+    dtype for its device)`` (None: kept) while an autocast region is on (``cpu_only``: a
+    "cpu" one); as given otherwise (also in a backward the region's rule does not act in, as
+    ``_make_rule``'s)."""
+    m = modes()
+    rule = m.autocast
+    state = getattr(rule, "state", None)
+    if not state or m.grads_seen is not rule.seen0:
         return tensors
     out = []
     for t in tensors:
         if isinstance(t, Tensor) and B.is_float(t.data.dtype):
-            low = state.get("cpu" if type(t.data) is _ndarray else "cuda")
+            low = state.get("cpu" if type(t.data) is _ndarray else None if cpu_only else "cuda")
             to = None if low is None else target(t.data.dtype, low)
             if to is not None and to != t.data.dtype:
                 t = bind(_ASTYPE, (t,), {"dtype": to, "src": t.data.dtype})
@@ -339,11 +344,12 @@ def _cast_in_region(tensors: tuple, target) -> tuple:
     return tuple(out)
 
 
-def float32_in_region(*tensors):
+def float32_in_region(*tensors, cpu_only: bool = False):
     """``tensors`` with the lower-precision floats cast to float32 when their device's autocast
     region is on (else as given): for composite ops PyTorch lists as float32 ops (its losses),
-    which reach the primitives as several smaller ones."""
-    return _cast_in_region(tensors, lambda dt, low: _F32 if dt.itemsize < 4 else None)
+    which reach the primitives as several smaller ones. ``cpu_only``: for ops on the CPU's
+    list alone (pools, pads, trace, quantile, FFTs), cast in a "cpu" region only."""
+    return _cast_in_region(tensors, lambda dt, low: _F32 if dt.itemsize < 4 else None, cpu_only)
 
 
 def lower_in_region(*tensors):
@@ -351,6 +357,55 @@ def lower_in_region(*tensors):
     their device's autocast region is on (else as given): for composite ops PyTorch lists as
     lower-precision ops (``prelu``), which reach the primitives as several smaller ones."""
     return _cast_in_region(tensors, lambda dt, low: None if dt == _F64 else low)
+
+
+def promote_in_region(*tensors):
+    """``tensors`` with their lower-precision floats cast to float32 when one of them is
+    float32 and a CPU autocast region is on (else as given): for composite ops PyTorch's CPU
+    autocast lists as promote ops (``index_copy``), whose rule also leaves float64 out and
+    refuses bfloat16 with float16 (the op itself refuses such mixes here)."""
+    if not any(isinstance(t, Tensor) and t.data.dtype == _F32 for t in tensors):
+        return tensors
+    return float32_in_region(*tensors, cpu_only=True)
+
+
+def float32_op(fn: Callable) -> Callable:
+    """Decorate a composite op that PyTorch's autocast lists as a float32 op: inside a region
+    its lower-precision floating tensor arguments (also in lists and tuples) are cast to
+    float32 and its body runs with autocast off, as PyTorch runs a listed op, so the matrix
+    products inside stay in float32. Outside a region ``fn`` runs as given."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        m = modes()
+        rule = m.autocast
+        state = getattr(rule, "state", None)
+        if not state or m.grads_seen is not rule.seen0:
+            return fn(*args, **kwargs)
+        up = functools.partial(_up_floats, state=state)
+        args = tuple(up(a) for a in args)
+        kwargs = {k: up(v) for k, v in kwargs.items()}
+        m.autocast = None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            m.autocast = rule
+
+    return wrapper
+
+
+def _up_floats(value, state: dict):
+    """``value`` with its lower-precision floating tensors cast to float32 where their device's
+    region is on (lists and tuples walked)."""
+    if isinstance(value, Tensor):
+        dt = value.data.dtype
+        if dt.itemsize < 4 and B.is_float(dt) and (
+                state.get("cpu" if type(value.data) is _ndarray else "cuda") is not None):
+            return bind(_ASTYPE, (value,), {"dtype": _F32, "src": dt})
+        return value
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_up_floats(v, state) for v in value)
+    return value
 
 
 # --- custom autograd Functions ------------------------------------------------------------------

@@ -18,6 +18,7 @@ import builtins
 import warnings
 
 from . import _backend as B
+from .amp import float32_in_region
 from .batching import trailing_axes_rule, values
 from .errors import DTypeError
 from .ops.arrange import pad as _pad
@@ -104,13 +105,16 @@ def _as_tensor(op: str, input) -> Tensor:
 
 def _complex_input(op: str, x: Tensor) -> Tensor:
     """``x`` as complex: floats to their complex width, integers and bools through the
-    default float (PyTorch's promotion for the FFTs)."""
+    default float (PyTorch's promotion for the FFTs); lower-precision floats in float32 under
+    CPU autocast (PyTorch lists the FFTs as float32 ops)."""
     k = x.dtype.kind
     if k == "c":
         return x
     if k in "biu":
         x = astype(x, B.DEFAULT_FLOAT)
     elif x.dtype.itemsize < 4:
+        (x,) = float32_in_region(x, cpu_only=True)
+    if x.dtype.itemsize < 4:
         raise DTypeError(f"{op}: unsupported dtype {x.dtype} (float32, float64, complex64, "
                          "complex128, integers)")
     return astype(x, B.np.complex128 if x.dtype.itemsize == 8 else B.np.complex64)
@@ -122,6 +126,8 @@ def _real_input(op: str, x: Tensor) -> Tensor:
         raise DTypeError(f"{op} expects a real input tensor, but got {x.dtype}")
     if k in "biu":
         return astype(x, B.DEFAULT_FLOAT)
+    if x.dtype.itemsize < 4:
+        (x,) = float32_in_region(x, cpu_only=True)  # autocast: the FFTs are float32 ops (PyTorch's)
     if x.dtype.itemsize < 4:
         raise DTypeError(f"{op}: unsupported dtype {x.dtype} (float32, float64, integers)")
     return x
@@ -459,6 +465,7 @@ def stft(input, n_fft: int, hop_length: int | None = None, win_length: int | Non
     not where their n_fft span does. Differentiable in the input and the window."""
     op = "stft"
     x = _as_tensor(op, input)
+    x, window = float32_in_region(x, window, cpu_only=True)  # autocast: a float32 op (PyTorch's)
     if x.ndim not in (1, 2):
         raise ValueError(f"{op}: expected a 1D or 2D tensor, got shape {tuple(x.shape)}")
     if x.dtype.kind in "biu":

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from . import _backend as _B
+from .amp import float32_in_region, float32_op
 from .batching import front, values
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops import linalg as L
@@ -85,12 +86,22 @@ def _t(x) -> Tensor:
     return x if isinstance(x, Tensor) else tensor(x)
 
 
+# the ops PyTorch's CPU autocast lists as float32 ops: a lower-precision operand runs in float32
+_AUTOCAST_F32 = frozenset({
+    "inv", "inv_ex", "solve", "cholesky", "cholesky_ex", "cholesky_solve", "triangular_solve",
+    "lstsq", "qr", "svd", "svdvals", "eig", "eigvals", "eigh", "eigvalsh", "cond",
+    "matrix_rank"})
+
+
 def _mat(op: str, a, square: bool = True, name: str = "A", half: bool = False,
          cplx: bool = False) -> Tensor:
     """``a`` as a float (``cplx``: or complex) tensor of matrices, checked (square if asked).
     float16 only where ``half`` (products alone; LAPACK has no half precision, and PyTorch's
-    CPU refuses it)."""
+    CPU refuses it); under CPU autocast the ops PyTorch lists as float32 ops take it in
+    float32."""
     a = _t(a)
+    if op in _AUTOCAST_F32 and a.dtype.itemsize < 4:
+        (a,) = float32_in_region(a)
     if not _B.is_float(a.dtype) or (a.dtype.itemsize < 4 and not half):
         if not (cplx and a.dtype.kind == "c"):
             raise DTypeError(f"linalg.{op}: expected a float32 or float64"
@@ -158,6 +169,7 @@ def solve_triangular(A, B, *, upper: bool, left: bool = True,
     return _mT(L.solve_triangular(_mT(A), _mT(B), upper=not upper, unitriangular=unitriangular))
 
 
+@float32_op  # autocast: a float32 op (PyTorch's; linalg.solve_triangular is not)
 def triangular_solve(b, A, upper: bool = True, transpose: bool = False,
                      unitriangular: bool = False) -> TriangularSolveResult:
     """``torch.triangular_solve``: (X with op(T) X = b, a copy of A), op(T) = Tᵀ if
@@ -171,6 +183,7 @@ def triangular_solve(b, A, upper: bool = True, transpose: bool = False,
     return TriangularSolveResult(x, broadcast_to(A, tuple(x.shape[:-2]) + tuple(A.shape[-2:])) * 1)
 
 
+@float32_op  # autocast: a float32 op (PyTorch's)
 def cholesky_solve(B, L_, upper: bool = False) -> Tensor:
     """``torch.cholesky_solve(B, L)``: X with A X = B for A = L Lᴴ (``upper``: A = Uᴴ U), given
     the Cholesky factor (Lᴴ is Lᵀ for real L); two triangular solves."""
@@ -387,6 +400,7 @@ def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Ten
     return reshape(out, batch + (n, m))
 
 
+@float32_op  # autocast: a float32 op (PyTorch's), its products in float32 too
 def lstsq(A, B, rcond=None, *, driver=None) -> LstsqResult:
     """Least-squares solution of A X ≈ B (minimum norm), as pinv(A) B, with PyTorch's fields
     for its CPU drivers ('gelsy', the default, 'gels', 'gelsd', 'gelss'): residuals (the

@@ -15,6 +15,7 @@ import math
 from typing import NamedTuple
 
 from . import _backend as _B
+from .amp import float32_op
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import tril
 from .ops.complex import conj as _conj
@@ -70,6 +71,7 @@ def matmul(input, other) -> Tensor:
     return _matmul(input, other)
 
 
+@float32_op  # autocast: PyTorch lists orgqr and householder_product as float32 ops
 def householder_product(A, tau) -> Tensor:
     """The first n columns of H_1 H_2 ... H_k, H_i = I - tau_i v_i v_iᴴ, where v_i is column i
     of ``A`` (m x n, m >= n >= k) below the diagonal with a 1 on it: the Q of a QR
@@ -109,6 +111,7 @@ def _adj(v: Tensor) -> Tensor:
     return _conj(vt) if vt.dtype.kind == "c" else vt
 
 
+@float32_op  # autocast: a float32 op (PyTorch's)
 def geqrf(input) -> GeqrfResult:
     """``torch.geqrf``: LAPACK's QR in Householder form, (a, tau): R on and above the diagonal of
     ``a``, the reflectors' vectors below it, their min(m, n) scales in ``tau`` (what
@@ -125,6 +128,7 @@ def orgqr(input, tau) -> Tensor:
     return householder_product(input, tau)
 
 
+@float32_op  # autocast: a float32 op (PyTorch's)
 def ormqr(input, tau, other, left: bool = True, transpose: bool = False) -> Tensor:
     """``torch.ormqr``: Q·other (``transpose``: Qᴴ·other, Qᵀ for real Q; ``left=False``:
     other·Q or other·Qᴴ) for the m x m Q = H_1 … H_k that :func:`geqrf`'s (input, tau) stand

@@ -15,7 +15,7 @@ import math
 from typing import NamedTuple
 
 from . import _backend as _B
-from .amp import lower_in_region
+from .amp import float32_op, lower_in_region
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import diagonal as _diagonal
 from .ops.arrange import tril, triu
@@ -441,6 +441,7 @@ def tensorsolve(A, B, dims=None) -> Tensor:
 
 
 # --- PyTorch's older names: torch.lu, torch.lu_solve, torch.lu_unpack, and their methods ------
+@float32_op  # autocast: PyTorch's torch.lu runs _lu_with_info, a float32 op
 def torch_lu(A, pivot: bool = True, get_infos: bool = False, out=None):
     """``torch.lu``: (LU, pivots) or, with ``get_infos``, (LU, pivots, infos). ``out`` is
     accepted only as None (its default): nodegrad returns new tensors."""
@@ -450,6 +451,7 @@ def torch_lu(A, pivot: bool = True, get_infos: bool = False, out=None):
     return (LU, piv, info) if get_infos else (LU, piv)
 
 
+@float32_op  # autocast: PyTorch lists lu_solve (not linalg.lu_solve) as a float32 op
 def torch_lu_solve(b, LU_data, LU_pivots) -> Tensor:
     """``torch.lu_solve(b, LU_data, LU_pivots)``: X with A X = b (note the argument order)."""
     return lu_solve(LU_data, LU_pivots, b)

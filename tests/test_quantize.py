@@ -174,3 +174,12 @@ def test_quantisation_aware_training_on_digits_matches_pytorch():
     for a, b in zip(pn, pt):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert acc_n == acc_t and acc_n > 0.85, (acc_n, acc_t)
+
+
+def test_per_tensor_is_a_float32_op_under_cpu_autocast():
+    t, n = _inputs("bfloat16", (5, 6), lo=-3, hi=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = torch.fake_quantize_per_tensor_affine(t, 0.05, 0, -128, 127)
+    with ng.autocast("cpu", dtype=ng.bfloat16):
+        got = ng.fake_quantize_per_tensor_affine(n, 0.05, 0, -128, 127)
+    _same(want, got)  # float32, as PyTorch's CPU autocast lists it

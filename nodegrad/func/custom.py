@@ -147,26 +147,39 @@ def _check_grads(name: str, grads, n: int, extra_none: bool = False) -> tuple:
     return grads
 
 
-def _check_shapes(name: str, grads, specs) -> list:
+def _check_shapes(name: str, grads, specs, args: tuple | None = None) -> list:
     """Each gradient has its input's shape, or one that sums down to it (as PyTorch allows).
+    With the inputs ``args`` (an ``autograd.Function``'s), a gradient of another dtype is cast
+    to its floating input's, as PyTorch's engine does (a bfloat16 gradient from a backward run
+    under autocast for a float32 input, say).
 
     The user's backward may return an array it keeps (a tensor saved on ctx, a residual), so
     each is noted as one the engine did not make: a leaf that stores it as ``.grad`` copies it
     (see autodiff._add_to_grad), and a later backward's in-place accumulation cannot change
     what the user holds."""
     seen = modes().grads_seen
-    for g, s in zip(grads, specs):
+    grads = list(grads)
+    for i, (g, s) in enumerate(zip(grads, specs)):
         if g is None or not isinstance(g, Tensor):
             continue
         if seen is not None:
             seen.add(id(g.data))
-        if tuple(g.shape) == tuple(s.shape):
-            continue
-        gs, xs = tuple(g.shape), tuple(s.shape)
-        if len(gs) < len(xs) or any(a != b and b != 1 for a, b in zip(gs[len(gs) - len(xs):], xs)):
-            raise ShapeError(f"{name}: backward returned a gradient of shape {gs} for an input "
-                             f"of shape {xs}")
-    return list(grads)
+        if tuple(g.shape) != tuple(s.shape):
+            gs, xs = tuple(g.shape), tuple(s.shape)
+            if len(gs) < len(xs) or any(a != b and b != 1
+                                        for a, b in zip(gs[len(gs) - len(xs):], xs)):
+                raise ShapeError(f"{name}: backward returned gradient {i} of shape {gs} for an "
+                                 f"input of shape {xs}; expected that shape or one that sums "
+                                 "down to it")
+        if args is not None:
+            a = args[i]
+            if isinstance(a, Tensor) and g.dtype != a.dtype and (
+                    a.dtype.kind == "c" or B.is_float(a.dtype)):
+                if g.dtype.kind == "c" and a.dtype.kind != "c":
+                    raise GradError(f"{name}: backward returned a complex gradient {i} "
+                                    f"({g.dtype}) for a real input of dtype {a.dtype}")
+                grads[i] = astype(g, a.dtype)
+    return grads
 
 
 # --- JAX: custom_vjp ---------------------------------------------------------------------------
@@ -926,7 +939,8 @@ class Function(metaclass=_FunctionMeta):
             finally:
                 ctx.saved_tensors = kept  # what backward saw may hold the node: no cycle kept
         name = f"{call.cls.__name__}.backward"
-        return _check_shapes(name, _check_grads(name, grads, len(specs), extra_none=True), specs)
+        return _check_shapes(name, _check_grads(name, grads, len(specs), extra_none=True), specs,
+                             call.args)
 
 
 def _check_dirty(name: str, ctx: FunctionCtx, args: tuple, outs: list, recording: bool) -> None:

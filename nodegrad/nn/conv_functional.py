@@ -16,6 +16,7 @@ import struct
 
 from .. import _backend as B
 from .. import ops
+from ..amp import float32_in_region
 from ..autodiff import modes, no_grad
 from ..batching import values
 from ..errors import DTypeError, ShapeError
@@ -198,7 +199,9 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
 def max_pool3d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
                ceil_mode: bool = False, return_indices: bool = False):
     """Max over sliding windows of (N, C, D, H, W) or (C, D, H, W); see ``max_pool1d`` for ties
-    and indices."""
+    and indices. Under CPU autocast, without indices, it runs in float32 (PyTorch's list)."""
+    if not return_indices:
+        (input,) = float32_in_region(input, cpu_only=True)
     return _max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices, 3,
                      "max_pool3d")
 
@@ -283,7 +286,8 @@ def avg_pool2d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bo
 def avg_pool3d(input: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> Tensor:
     """Mean over sliding windows of (N, C, D, H, W) or (C, D, H, W), PyTorch's divisor
-    rules."""
+    rules; in float32 under CPU autocast (PyTorch's list)."""
+    (input,) = float32_in_region(input, cpu_only=True)
     return _avg_pool(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                      divisor_override, 3, "avg_pool3d")
 
@@ -292,7 +296,10 @@ def _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, nd, op):
     k = _ints(kernel_size, nd, "kernel_size", op)
     if not norm_type or not math.isfinite(float(norm_type)):
         raise ValueError(f"{op}: norm_type must be a finite non-zero power, got {norm_type}")
-    out = _avg_pool(x ** float(norm_type), k, stride, 0, ceil_mode, True, None, nd, op)
+    powered = x ** float(norm_type)
+    if nd == 3:  # autocast: PyTorch's lp_pool3d averages with avg_pool3d, a float32 op
+        (powered,) = float32_in_region(powered, cpu_only=True)
+    out = _avg_pool(powered, k, stride, 0, ceil_mode, True, None, nd, op)
     v = out * float(math.prod(k))  # (PyTorch's sign(out)·relu(|out|) is out itself)
     # a window of zeros has value 0 (inf for p < 0) and gradient 0, as PyTorch's, not the
     # NaN of the root's infinite slope at 0 times the zero inner derivative
@@ -321,6 +328,8 @@ def lp_pool3d(input: Tensor, norm_type: float, kernel_size, stride=None,
 
 
 def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
+    # autocast: PyTorch's CPU list has max_unpool2d and 3d (its 1d runs as 2d)
+    (x,) = float32_in_region(x, cpu_only=True)
     if F._unbatched(x, nd, op, _SPATIAL[nd]):
         if isinstance(indices, Tensor) and indices.ndim == x.ndim:
             indices = ops.expand_dims(indices, 0)
@@ -443,7 +452,9 @@ def adaptive_max_pool2d(input: Tensor, output_size, return_indices: bool = False
 
 
 def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False):
-    """Max over an (od, oh, ow) grid of bins of (N, C, D, H, W) or (C, D, H, W)."""
+    """Max over an (od, oh, ow) grid of bins of (N, C, D, H, W) or (C, D, H, W); in float32
+    under CPU autocast (PyTorch's list)."""
+    (input,) = float32_in_region(input, cpu_only=True)
     return _adaptive_max(input, output_size, return_indices, 3, "adaptive_max_pool3d")
 
 

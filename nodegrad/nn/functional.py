@@ -22,7 +22,7 @@ from ..ops import where
 from ..ops.aliases import apply_inplace
 from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor, write_out
-from ..amp import lower_in_region
+from ..amp import float32_in_region, lower_in_region
 from .norm_functional import half_in_float32
 from .losses import (_max_every_tie, binary_cross_entropy, binary_cross_entropy_with_logits,
                      cross_entropy, huber_loss, kl_div, l1_loss, mse_loss, nll_loss,
@@ -277,7 +277,9 @@ def adaptive_avg_pool2d(input: Tensor, output_size) -> Tensor:
 
 
 def adaptive_avg_pool3d(input: Tensor, output_size) -> Tensor:
-    """Average (N, C, D, H, W) or (C, D, H, W) into an (od, oh, ow) grid of bins."""
+    """Average (N, C, D, H, W) or (C, D, H, W) into an (od, oh, ow) grid of bins; in float32
+    under CPU autocast (PyTorch's list)."""
+    (input,) = float32_in_region(input, cpu_only=True)
     return _adaptive_avg(input, output_size, 3, "adaptive_avg_pool3d")
 
 
@@ -724,11 +726,14 @@ from ..ops.arrange import torch_pad as _torch_pad  # noqa: E402
 def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) -> Tensor:
     """PyTorch's pad: ``pad`` lists (left, right) widths from the last dim backwards; modes
     constant, reflect, replicate and circular; negative widths crop (in replicate mode too:
-    each output position takes the nearest input one, as PyTorch's)."""
+    each output position takes the nearest input one, as PyTorch's). Under CPU autocast,
+    reflect (1-2 dims) and replicate (1-3 dims) run in float32, as PyTorch lists them."""
     if mode == "constant" or not isinstance(input, Tensor):
         return _torch_pad(input, pad, mode, value)
     widths = tuple(int(w) for w in pad)
     k = len(widths) // 2
+    if (mode == "reflect" and k in (1, 2)) or (mode == "replicate" and k in (1, 2, 3)):
+        (input,) = float32_in_region(input, cpu_only=True)
     if mode == "replicate" and min(widths, default=0) < 0 and len(widths) % 2 == 0 and \
             1 <= k <= 3 and input.ndim in (k + 1, k + 2) and value in (None, 0):
         return _replicate(input, widths)

@@ -794,7 +794,8 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
     forward (alpha) recursion in log space over the blank-extended labels, vectorised over
     the batch. ``log_probs`` (T, N, C) or (T, C); targets padded (N, S) or concatenated.
     The gradient is the exact one in log_probs (PyTorch returns the one for the logits behind
-    a log_softmax; the two agree once passed through it)."""
+    a log_softmax; the two agree once passed through it). In float32 under CPU autocast."""
+    (log_probs,) = float32_in_region(log_probs)  # autocast: a float32 op (PyTorch's)
     if log_probs.ndim not in (2, 3):
         raise ShapeError(f"ctc_loss: log_probs must be (T, N, C) or (T, C), got "
                          f"{tuple(log_probs.shape)}")

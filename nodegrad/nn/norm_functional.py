@@ -11,6 +11,7 @@ import warnings
 
 from .. import _backend as B
 from .. import ops
+from ..amp import float32_in_region
 from ..autodiff import computes_with_values, effect, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
@@ -120,7 +121,10 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     if not isinstance(x, Tensor) or x.ndim < 3 or size < 1:
         raise ShapeError(f"local_response_norm: expected (N, C, *spatial) and size >= 1, got "
                          f"{getattr(x, 'shape', x)!r} and size={size}")
-    sq = ops.pad(x * x, ((0, 0), (size // 2, (size - 1) // 2)) + ((0, 0),) * (x.ndim - 2))
+    sq = x * x
+    if x.ndim > 3:  # autocast: PyTorch averages these with avg_pool3d, a float32 op
+        (sq,) = float32_in_region(sq, cpu_only=True)
+    sq = ops.pad(sq, ((0, 0), (size // 2, (size - 1) // 2)) + ((0, 0),) * (x.ndim - 2))
     win = ops.sliding_window_view(sq, size, axis=1)
     div = ops.sum(win, axis=-1) * (alpha / size) + k
     return x / div ** beta

@@ -16,6 +16,7 @@ import math
 
 from .. import _backend as B
 from .. import ops
+from ..amp import float32_in_region
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator, keep_mask, rand
 from ..tensor import Tensor, _linspace_values
@@ -198,8 +199,10 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
     grids (x, y, z) for 'bilinear' (trilinear) and 'nearest'. ``padding_mode`` reads points
     outside as 0 ('zeros'), the nearest border value ('border') or the mirrored image
     ('reflection'). Differentiable in the input and the grid ('nearest' gives the grid a zero
-    gradient); ``align_corners=None`` is False."""
+    gradient); ``align_corners=None`` is False. In float32 under CPU autocast (PyTorch's
+    list)."""
     op = "grid_sample"
+    input, grid = float32_in_region(input, grid, cpu_only=True)
     nd = _check_sample(input, grid, mode, padding_mode, op)
     ac = bool(align_corners)
     n, c = input.shape[:2]
@@ -320,7 +323,8 @@ _SAMPLE_AXIS = {2: (1, 0), 3: (0, 1, 2)}
 def _fractional_max_pool(op: str, d: int, input: Tensor, kernel_size, output_size,
                          output_ratio, _random_samples, generator):
     """Fractional max pooling over the last ``d`` axes of (N, C, *S) or unbatched (C, *S):
-    (values, flat indices into prod(S))."""
+    (values, flat indices into prod(S)); in float32 under CPU autocast (PyTorch's list)."""
+    input, _random_samples = float32_in_region(input, _random_samples, cpu_only=True)
     names = "(N, C, H, W) or unbatched (C, H, W)" if d == 2 else \
         "(N, C, T, H, W) or unbatched (C, T, H, W)"
     if not isinstance(input, Tensor) or input.ndim not in (d + 1, d + 2):

@@ -9,6 +9,7 @@ primitives underneath give the VJP, JVP and batching rules; no new primitive is 
 from __future__ import annotations
 
 from .. import _backend as B
+from ..amp import float32_in_region
 from ..dtypes import result_type
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor
@@ -213,7 +214,9 @@ def diagflat(x, offset: int = 0):
 
 
 def trace(x, offset: int = 0, axis1: int = 0, axis2: int = 1):
-    """The sum of the diagonal (of the (axis1, axis2) planes, as NumPy, for more than 2 dims)."""
+    """The sum of the diagonal (of the (axis1, axis2) planes, as NumPy, for more than 2 dims).
+    Under CPU autocast a lower-precision input is summed in float32, as PyTorch lists trace."""
+    (x,) = float32_in_region(x, cpu_only=True)
     return diagonal(x, offset, axis1, axis2).sum(axis=-1)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from ..amp import float32_in_region
 from ..batching import elementwise_rule, trailing_axes_rule
 from ..errors import DTypeError, ShapeError
 from ..primitive import REGISTRY, primitive
@@ -180,7 +181,9 @@ def complex(real, imag) -> Tensor:  # noqa: A001  (PyTorch's name)
 
 
 def polar(abs, angle) -> Tensor:  # noqa: A002  (PyTorch's names)
-    """``abs * (cos(angle) + i sin(angle))``, as ``torch.polar``."""
+    """``abs * (cos(angle) + i sin(angle))``, as ``torch.polar`` (in float32 under CPU
+    autocast, PyTorch's list)."""
+    abs, angle = float32_in_region(abs, angle, cpu_only=True)  # noqa: A001
     r, th = _float_pair("polar", abs, angle, ("abs", "angle"))
     return _complex(multiply(r, cos(th)), multiply(r, sin(th)))
 
@@ -198,6 +201,7 @@ def view_as_complex(input) -> Tensor:
     """A float tensor whose last axis has size 2 as a complex tensor, as
     ``torch.view_as_complex``; a copy here, differentiable."""
     x = _need_tensor("view_as_complex", input)
+    (x,) = float32_in_region(x)  # autocast: a float32 op (PyTorch's)
     if x.dtype.kind != "f" or x.dtype.itemsize < 4:
         raise DTypeError(f"view_as_complex: expected a float32 or float64 tensor, got "
                          f"{x.dtype}")

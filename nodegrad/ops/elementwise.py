@@ -723,6 +723,9 @@ sinc = primitive("sinc", _sinc_fwd, _sinc_vjp, saves="inputs", kind=_EW, jvp=_J,
 def _nan_to_num_fwd(xp, x, nan, posinf, neginf):
     if x.dtype.kind != "f":
         return x.copy()
+    if x.dtype.itemsize < 4:  # a replacement past float16's range is inf, quietly (PyTorch's)
+        with B.np.errstate(over="ignore"):
+            return xp.nan_to_num(x, copy=True, nan=nan, posinf=posinf, neginf=neginf)
     return xp.nan_to_num(x, copy=True, nan=nan, posinf=posinf, neginf=neginf)
 
 
@@ -733,7 +736,13 @@ _nan_to_num = primitive(
 
 
 def nan_to_num(x, nan: float = 0.0, posinf: float | None = None, neginf: float | None = None):
-    """NaN to ``nan``, +Inf to ``posinf``, -Inf to ``neginf`` (None: the dtype's extremes)."""
+    """NaN to ``nan``, +Inf to ``posinf``, -Inf to ``neginf`` (None: the dtype's largest and
+    smallest finite values, bfloat16's and float16's own too, as PyTorch's)."""
+    dt = getattr(x, "dtype", None)
+    if dt is not None and dt.itemsize < 4 and B.is_float(dt) and None in (posinf, neginf):
+        fi = B.finfo(dt)  # (bfloat16 is worked in float32, whose extremes would round to inf)
+        posinf = float(fi.max) if posinf is None else posinf
+        neginf = float(fi.min) if neginf is None else neginf
     return _nan_to_num(x, nan=float(nan), posinf=None if posinf is None else float(posinf),
                        neginf=None if neginf is None else float(neginf))
 

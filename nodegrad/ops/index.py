@@ -12,6 +12,7 @@ import math
 import warnings
 
 from .. import _backend as B
+from ..amp import promote_in_region
 from ..autodiff import modes
 from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
 from ..errors import DTypeError, GradError, ShapeError
@@ -867,8 +868,9 @@ def index_add(input, dim: int, index, source, *, alpha=1):
 
 def index_copy(input, dim: int, index, source):
     """PyTorch's index_copy: ``input`` with the slices ``index`` names along ``dim`` replaced
-    by those of ``source``."""
-    x, src = _scalar_to_0d(input), _scalar_to_0d(source)
+    by those of ``source``; under CPU autocast a lower-precision float with a float32 one
+    runs in float32 (PyTorch's promote list)."""
+    x, src = promote_in_region(_scalar_to_0d(input), _scalar_to_0d(source))
     index, ax = _index_1d("index_copy", x, dim, index)
     idx = _source_like("index_copy", x, ax, index, src)
     return _scatter_set(x, src, idx, axis=ax).reshape(input.shape)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from .. import _backend as B
 from .. import linalg as LA
-from ..amp import lower_in_region
+from ..amp import float32_in_region, lower_in_region
 from ..autodiff import modes
 from ..linalg_lu import powers
 from ..batching import values
@@ -439,7 +439,9 @@ def inverse(input) -> Tensor:
 
 
 def pinverse(input, rcond: float = 1e-15) -> Tensor:
-    """Pseudo-inverse; singular values below rcond·σ_max count as zero (torch.pinverse)."""
+    """Pseudo-inverse; singular values below rcond·σ_max count as zero (torch.pinverse); in
+    float32 under CPU autocast (PyTorch lists pinverse, though not linalg.pinv)."""
+    (input,) = float32_in_region(_t(input))
     return LA.pinv(input, atol=0.0, rtol=float(rcond))
 
 
@@ -479,7 +481,7 @@ def cholesky_inverse(input, upper: bool = False) -> Tensor:
     """A⁻¹ from A's Cholesky factor (A = L Lᵀ, or Uᵀ U when ``upper``): two triangular solves
     against I, reading only the factor's triangle (so the other triangle gets no gradient;
     PyTorch's formula gives it one that the forward does not use)."""
-    f = _t(input)
+    (f,) = float32_in_region(_t(input))  # autocast: a float32 op (PyTorch's)
     if f.ndim < 2 or f.shape[-1] != f.shape[-2]:
         raise ShapeError(f"cholesky_inverse: expected a square matrix or a batch of them "
                          f"(..., n, n), got shape {_shape(f)}")
@@ -495,7 +497,7 @@ def qr(input, some: bool = True) -> LA.QRResult:
 def svd(input, some: bool = True, compute_uv: bool = True) -> SVDResult:
     """torch.svd: (U, S, V) with A = U diag(S) Vᵀ — V, not linalg.svd's Vh. ``some``: reduced
     factors; ``compute_uv=False``: U and V are zero matrices of shapes (m, m) and (n, n)."""
-    x = _t(input)
+    (x,) = float32_in_region(_t(input))  # autocast: a float32 op (PyTorch's)
     if not compute_uv:
         s = LA.svdvals(x)
         xp = x.backend.xp

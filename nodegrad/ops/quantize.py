@@ -18,6 +18,7 @@ the input's dtype. A floating zero point (per channel) is added before the round
 from __future__ import annotations
 
 from .. import _backend as B
+from ..amp import float32_in_region
 from ..tensor import Tensor, as_tensor
 from . import elementwise as E
 from .shape import reshape
@@ -62,6 +63,7 @@ def fake_quantize_per_tensor_affine(input, scale, zero_point, quant_min: int,
     ``[quant_min, quant_max]``; straight-through gradient (1 inside the range, 0 where clamped).
     ``scale`` and ``zero_point`` are numbers or one-element tensors (no gradient)."""
     name = "fake_quantize_per_tensor_affine"
+    (input,) = float32_in_region(input, cpu_only=True)  # autocast: PyTorch's CPU float32 list
     x = _input(name, input)
     _check_range(name, quant_min, quant_max)
     scale = float(scale.item() if isinstance(scale, Tensor) else scale)

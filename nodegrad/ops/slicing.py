@@ -17,6 +17,7 @@ from collections import namedtuple
 from collections.abc import Sequence
 
 from .. import _backend as B
+from ..amp import float32_in_region
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..func.tree import register_pytree_node
@@ -863,10 +864,12 @@ def nanquantile(input: Tensor, q: float | Tensor, dim: int | None = None, keepdi
                 interpolation: str = "linear") -> Tensor:
     """The ``q``-quantiles of the non-NaN values along ``dim`` (all entries when None), with
     torch.quantile's interpolation modes; NaN for a lane without numbers. A 1-d ``q`` adds a
-    leading dim. The gradient flows to the one or two values each quantile interpolates."""
+    leading dim. The gradient flows to the one or two values each quantile interpolates.
+    Under CPU autocast a lower-precision input (and ``q``) is computed in float32 (PyTorch's)."""
     if interpolation not in _INTERP:
         raise ValueError(f"nanquantile: interpolation must be one of {_INTERP}, "
                          f"got {interpolation!r}")
+    input, q = float32_in_region(input, q, cpu_only=True)
     _float_input("nanquantile", input, bf16=False)
     if isinstance(q, Tensor):
         if q.dtype != input.dtype:

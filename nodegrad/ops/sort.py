@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 from .. import _backend as B
+from ..amp import float32_in_region
 from ..batching import BatchTracer, batched, front, reduce_rule, size_of
 from ..batching import values as _values
 from ..errors import DTypeError, ShapeError
@@ -226,7 +227,8 @@ def quantile(x, q, dim: int | None = None, keepdim: bool = False, *,
     when None), interpolated as ``torch.quantile``; a 1-d ``q`` adds a leading axis. NumPy's
     keywords (``axis=``, ``keepdims=``, ``method=`` with its 13 methods, ``out=``,
     ``weights=``) or an integer or bool input give ``numpy.quantile`` (integers as float64),
-    as :func:`percentile` does for percentages."""
+    as :func:`percentile` does for percentages. Under CPU autocast a lower-precision input
+    (and ``q``) is computed in float32, as PyTorch lists quantile."""
     numpy_form = (axis is not _NO or keepdims is not None or method is not None
                   or out is not None or overwrite_input or weights is not None)
     if numpy_form or not isinstance(x, Tensor) or x.dtype.kind in "biu":
@@ -238,6 +240,7 @@ def quantile(x, q, dim: int | None = None, keepdim: bool = False, *,
     if interpolation not in _INTERP:
         raise ValueError(f"quantile: interpolation must be one of {_INTERP}, "
                          f"got {interpolation!r}")
+    x, q = float32_in_region(x, q, cpu_only=True)
     if x.dtype == B.bfloat16:
         raise DTypeError("quantile: bfloat16 is not supported (as torch.quantile); convert "
                          "with .float()")
