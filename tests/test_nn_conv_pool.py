@@ -380,3 +380,23 @@ def test_composites_under_vmap_and_jvp(f, shapes):
     lhs = float((tout.numpy() * v).sum())
     rhs = sum(float((i.grad.numpy() * u.numpy()).sum()) for i, u in zip(ins, us))
     assert lhs == pytest.approx(rhs, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("name,size", [("adaptive_avg_pool3d", (0, 2, 2)),
+                                       ("adaptive_max_pool3d", (0, 2, 2)),
+                                       ("adaptive_avg_pool2d", (2, 0)),
+                                       ("adaptive_max_pool2d", (0, None)),
+                                       ("adaptive_avg_pool1d", 0), ("adaptive_max_pool1d", 0)])
+def test_adaptive_pool_to_an_empty_output_is_pytorchs(name, size):
+    """An output size of 0 gives PyTorch's empty output (its gradient: zeros)."""
+    nd = int(name[-2])
+    x = np.random.default_rng(0).random((2, 3) + (4,) * nd)
+    want = getattr(torch.nn.functional, name)(torch.tensor(x), size)
+    xn = ng.tensor(x, requires_grad=True)
+    got = getattr(ng.nn.functional, name)(xn, size)
+    assert got.shape == tuple(want.shape)
+    got.sum().backward()
+    assert not xn.grad.numpy().any()
+    if "max" in name:
+        _, idx = getattr(ng.nn.functional, name)(xn, size, return_indices=True)
+        assert idx.shape == got.shape and idx.dtype == ng.int64

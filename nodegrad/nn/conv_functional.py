@@ -413,6 +413,11 @@ def _adaptive_max(x, output_size, return_indices, nd, op):
         return F._squeeze0(_adaptive_max(ops.expand_dims(x, 0), output_size, return_indices,
                                          nd, op))
     sizes = F._adaptive_sizes(output_size, x, nd, op)
+    if min(sizes) == 0 and all(x.shape[2:]):  # an empty output, as PyTorch's
+        y = F._adaptive_empty(x, sizes)
+        if not return_indices:
+            return y
+        return y, Tensor(x.backend.xp.zeros(tuple(y.shape), dtype=x.backend.xp.int64))
     if min(sizes) < 1 or any(li < 1 for li in x.shape[2:]):
         raise ShapeError(f"{op}: output_size {sizes} and the spatial sizes of "
                          f"{tuple(x.shape)} must be positive")

@@ -255,10 +255,20 @@ def _adaptive_sizes(output_size, x: Tensor, nd: int, op: str) -> tuple:
     return tuple(n if s is None else int(s) for s, n in zip(sizes, spatial))
 
 
+def _adaptive_empty(x, sizes: tuple):
+    """An adaptive pool's output with an output size of 0 on some axis: an empty tensor of the
+    output's shape (PyTorch's), still on the graph (its gradient is zeros)."""
+    head = x[(slice(None), slice(None)) + tuple(slice(0, min(s, 1)) for s in sizes)]
+    return ops.broadcast_to(head, tuple(x.shape[:2]) + tuple(sizes))
+
+
 def _adaptive_avg(x, output_size, nd: int, op: str):
     if _unbatched(x, nd, op, _SPATIAL[nd]):
         return _squeeze0(_adaptive_avg(ops.expand_dims(x, 0), output_size, nd, op))
-    for i, size in enumerate(_adaptive_sizes(output_size, x, nd, op)):
+    sizes = _adaptive_sizes(output_size, x, nd, op)
+    if 0 in sizes and min(sizes) == 0 and all(x.shape[2:]):
+        return _adaptive_empty(x, sizes)
+    for i, size in enumerate(sizes):
         if size < 1 and x.shape[2 + i]:
             raise ShapeError(f"{op}: output_size {output_size!r} must be positive, got {size}")
         x = _adaptive_axis(x, 2 + i, size)
