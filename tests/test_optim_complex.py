@@ -99,9 +99,9 @@ def _np(v):
 
 
 def _torch_sd(sd):
-    """A nodegrad state dict with torch tensors for arrays (what torch's optimisers load)."""
-    state = {i: {k: torch.tensor(v) if isinstance(v, np.ndarray) else
-                 torch.tensor(float(v)) for k, v in e.items()} for i, e in sd["state"].items()}
+    """A nodegrad state dict with torch tensors for its tensors (what torch's optimisers load)."""
+    state = {i: {k: torch.tensor(np.asarray(v)) for k, v in e.items()}
+             for i, e in sd["state"].items()}
     return {"state": state, "param_groups": sd["param_groups"]}
 
 

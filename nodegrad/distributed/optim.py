@@ -24,9 +24,15 @@ __all__ = ["ZeroRedundancyOptimizer"]
 
 
 def _host_entry(e: dict) -> dict:
-    """A state entry with its arrays on the host (to be pickled to another rank)."""
-    return {k: (B.backend_of(v).to_host(v) if hasattr(v, "shape") and hasattr(v, "dtype")
-                and not isinstance(v, (int, float)) else v) for k, v in e.items()}
+    """A state entry with its arrays and tensors on the host (to be pickled to another rank)."""
+    out = {}
+    for k, v in e.items():
+        if isinstance(v, Tensor):
+            v = Tensor(B.backend_of(v.data).to_host(v.data))
+        elif B.is_array(v):
+            v = B.backend_of(v).to_host(v)
+        out[k] = v
+    return out
 
 
 class ZeroRedundancyOptimizer(Optimizer):

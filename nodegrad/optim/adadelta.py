@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Optimizer, check_hyper
+from .base import Optimizer, check_named
 
 
 class Adadelta(Optimizer):
@@ -25,11 +25,11 @@ class Adadelta(Optimizer):
                  foreach: bool | None = None, *, capturable: bool = False,
                  maximize: bool = False, differentiable: bool = False, strict: bool = False,
                  flat: bool = True):
-        check_hyper("lr", lr)
-        if not callable(rho) and not 0.0 <= rho <= 1.0:
-            raise ValueError(f"invalid rho: {rho} (expected [0, 1])")
-        check_hyper("eps", eps)
-        check_hyper("weight_decay", weight_decay)
+        name = type(self).__name__
+        for key, v in (("lr", lr), ("rho", rho), ("eps", eps), ("weight_decay", weight_decay)):
+            check_named(name, key, v)
+        if not callable(rho) and not rho <= 1.0:
+            raise ValueError(f"{name}: invalid rho: {rho} (expected [0, 1])")
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), strict=strict, flat=flat,
                          foreach=foreach, capturable=capturable, differentiable=differentiable)

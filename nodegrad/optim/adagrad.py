@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Optimizer, check_hyper
+from .base import Optimizer, check_named
 
 
 class Adagrad(Optimizer):
@@ -23,13 +23,15 @@ class Adagrad(Optimizer):
     ``foreach`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
+    state_at_init = True  # PyTorch's Adagrad has its state (step 0, sum) from construction
+
     def __init__(self, params: Iterable, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, foreach: bool | None = None, *,
                  maximize: bool = False, differentiable: bool = False,
                  fused: bool | None = None, strict: bool = False, flat: bool = True):
         for name, v in (("lr", lr), ("lr_decay", lr_decay), ("weight_decay", weight_decay),
                         ("initial_accumulator_value", initial_accumulator_value), ("eps", eps)):
-            check_hyper(name, v)
+            check_named(type(self).__name__, name, v)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
                                       eps=eps, maximize=maximize), strict=strict, flat=flat,

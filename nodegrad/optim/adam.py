@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Optimizer, check_hyper
+from .. import _backend as B
+from .base import Optimizer, alpha_of, check_betas, check_named, rounded
 
 
 def update_moments(xp, m, v, g, tmp, b1: float, b2: float) -> None:
@@ -45,10 +46,10 @@ class Adam(Optimizer):
                  maximize: bool = False, capturable: bool = False, differentiable: bool = False,
                  fused: bool | None = None, decoupled_weight_decay: bool = False,
                  strict: bool = False, flat: bool = True):
-        check_hyper("lr", lr)
-        check_hyper("betas", betas, 0.0, 1.0)
-        check_hyper("eps", eps)
-        check_hyper("weight_decay", weight_decay)
+        name = type(self).__name__
+        for key, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            check_named(name, key, v)
+        betas = check_betas(name, betas, floats=True)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
@@ -77,6 +78,38 @@ class Adam(Optimizer):
         xp.divide(m, tmp, out=tmp)
         tmp *= h["lr"] * s / (1 - b1 ** t)
         p -= tmp
+
+    def update_half(self, xp, p, g, st, h, decoupled: bool) -> None:
+        """PyTorch's step on float16/bfloat16 parameters, op by op as its ``_single_tensor_adam``
+        rounds: each in float32, rounded once to the parameters' dtype."""
+        (b1, b2), lr, t = h["betas"], h["lr"], st.t
+        dt, f32 = p.dtype, B.np.float32
+        gr = g.astype(f32)
+        if h["maximize"]:
+            xp.negative(gr, out=gr)
+        wd = h["weight_decay"]
+        if wd and decoupled:  # param.mul_(1 - lr * weight_decay)
+            p[...] = p.astype(f32) * f32(1 - lr * wd)
+        elif wd:  # grad.add(param, alpha=weight_decay)
+            gr = rounded(gr + alpha_of(dt, wd) * p.astype(f32), dt)
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        # exp_avg.lerp_(grad, 1 - beta1): base + coeff (grad - exp_avg) as one fused
+        # multiply-add (float64 holds the float32 product exactly)
+        m32, w = m.astype(f32), f32(1 - b1)
+        base, coeff = (m32, w) if abs(w) < 0.5 else (gr, w - f32(1))
+        m[...] = ((gr - m32).astype(B.np.float64) * coeff + base).astype(f32)
+        v2 = rounded(v.astype(f32) * f32(b2), dt)  # exp_avg_sq.mul_(beta2)
+        v[...] = v2 + f32(1 - b2) * gr * gr  # .addcmul_(grad, grad, value=1 - beta2)
+        if h["amsgrad"]:
+            vmax = st["max_exp_avg_sq"]
+            xp.maximum(vmax, v, out=vmax)
+            v = vmax
+        bc2_sqrt = (1 - b2 ** t) ** 0.5
+        d = rounded(xp.sqrt(v.astype(f32)), dt)  # (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
+        d = rounded(d / f32(bc2_sqrt), dt)
+        d = rounded(d + f32(h["eps"]), dt)
+        step_size = lr / (1 - b1 ** t)  # param.addcdiv_(exp_avg, denom, value=-step_size)
+        p[...] = p.astype(f32) + f32(-step_size) * (m.astype(f32) / d)
 
     def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
         b1, b2 = h["betas"]

@@ -31,6 +31,7 @@ registered a step pays one check.
 from __future__ import annotations
 
 import functools
+import numbers
 import operator
 import warnings
 from collections.abc import Callable, Iterable
@@ -57,12 +58,36 @@ GRAD_FREE = "_optimizer_hook_grad_free"
 SMALL_GRADIENT = 1 << 14
 
 
+class ParamList(list):
+    """A parameter group's ``params``: a list that counts its in-place edits (``edits``), so
+    that a step follows ``group["params"][i] = q`` (the same list, the same length) by
+    comparing one number (see :meth:`Optimizer._follow_params`)."""
+
+    edits = 0  # on the instance from its first edit (unpickling appends before it is set)
+
+
+def _counted(name: str) -> Callable:
+    edit = getattr(list, name)
+
+    def counted(self, *args, **kwargs):
+        self.edits += 1
+        return edit(self, *args, **kwargs)
+
+    counted.__name__ = counted.__qualname__ = name
+    return counted
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
+              "insert", "pop", "remove", "clear", "sort", "reverse"):
+    setattr(ParamList, _name, _counted(_name))
+
+
 class _Bucket:
     """Parameters of one group on one device with one dtype, stored in one flat array."""
 
     __slots__ = ("params", "pos", "backend", "xp", "shapes", "offsets", "flat", "views", "grad",
                  "gviews", "work", "tmps", "arrays", "scalars", "uniform", "fused", "pending",
-                 "loaded", "swork", "plans", "kargs", "cplx", "pshapes", "cviews")
+                 "loaded", "swork", "plans", "kargs", "cplx", "pshapes", "cviews", "half")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
         p0 = params[0].data
@@ -104,6 +129,7 @@ class _Bucket:
         self.scalars = [fresh] * len(params)  # one dict per parameter, shared while in lockstep
         self.uniform = True
         self.fused = False  # True when this bucket steps with a fused kernel
+        self.half = False  # True when it steps with Optimizer.update_half (16-bit floats)
         self.pending = False  # fused=None, left to NumPy until numba is imported (see _fused.auto)
         self.loaded = False  # its kernels are loaded (checked on the first fused step)
         self.swork = None
@@ -254,6 +280,12 @@ class Optimizer:
     #: as PyTorch does, as its real view (``view_as_real``: real and imaginary parts updated as
     #: two real numbers), with complex state; False where PyTorch refuses them
     supports_complex: bool = True
+    #: how PyTorch's optimiser of this name keeps the per-parameter ``step`` in its state dict:
+    #: "tensor" (a 0-d float32 tensor), "int" (SparseAdam's), or None (not at all: SGD, Muon)
+    step_form: str | None = "tensor"
+    #: whether PyTorch's optimiser of this name makes every parameter's state at construction
+    #: (Adagrad's ``step`` 0 and ``sum``), so its state dict has them before the first step
+    state_at_init: bool = False
 
     def __init__(self, params: Iterable, defaults: dict[str, Any], *, strict: bool = False,
                  flat: bool = True, fused: bool | None = None, foreach: bool | None = None,
@@ -416,6 +448,12 @@ class Optimizer:
         """
         raise NotImplementedError
 
+    #: ``update_half(xp, p, g, st, h, decoupled)``: :meth:`update` for float16 and bfloat16
+    #: parameters with PyTorch's roundings (each tensor operation of its step computed in
+    #: float32 and rounded once to the parameters' dtype), from the raw gradient ``g`` (the
+    #: transforms are its own); None: :meth:`update` steps them too
+    update_half: Callable | None = None
+
     def fused_args(self, st: _State, h: dict) -> tuple[str, tuple, tuple, tuple]:
         """The fused form of :meth:`update`: the kernel's name in :mod:`._fused`, the state
         arrays it updates (names; None for an unused slot), its scalars (cast to the parameters'
@@ -437,7 +475,7 @@ class Optimizer:
         if ps and isinstance(ps[0], tuple):
             group.setdefault("param_names", [n for n, _ in ps])
             ps = [p for _, p in ps]
-        group["params"] = ps
+        ps = group["params"] = ParamList(ps)
         # PyTorch's: the caller's dict keeps the list, so a generator it held (model.parameters())
         # is not spent for an optimiser rebuilt from the same dicts (a resume)
         param_group["params"] = ps
@@ -483,6 +521,9 @@ class Optimizer:
                 parts.setdefault(key, []).append(i)
             buckets = [_Bucket([ps[i] for i in pos], pos, self.scalar_init)
                        for pos in parts.values()]
+        if type(self).update_half is not None:
+            for b in buckets:
+                b.half = b.cplx is None and b.flat.dtype.itemsize == 2
         if self.fused is not False and type(self).fused_args is not Optimizer.fused_args:
             for b in buckets:
                 b.fused = (_fused.available(b.backend, b.flat.dtype) if self.fused else
@@ -667,21 +708,24 @@ class Optimizer:
         return run
 
     def _follow_params(self, gi: int) -> None:
-        """Follow an edited ``param_groups[gi]["params"]`` (PyTorch code assigns a new list or
-        appends a new head's parameters): the group's buffers are rebuilt for the list as it
-        is now, each parameter keeping its state (a new one starts fresh)."""
+        """Follow an edited ``param_groups[gi]["params"]`` (PyTorch code assigns a new list,
+        appends a new head's parameters or replaces one in place): the group's buffers are
+        rebuilt for the list as it is now, each parameter keeping its state (a new one starts
+        fresh). The group's list is a :class:`ParamList`, which counts its edits, so a step
+        that finds the same list with the same count pays two tests."""
         group = self.param_groups[gi]
         ps = group["params"]
         followed = self.__dict__.setdefault("_followed", {})
         last = followed.get(gi)
-        if last is not None and last[0] is ps and last[1] == len(ps):
-            return  # the list checked last time, its length unchanged: one test per step
+        if last is not None and last[0] is ps and last[1] == ps.edits:
+            return  # the list checked last time, not edited since
         buckets = self._buckets[gi]
+        if type(ps) is not ParamList:  # a list assigned in its place: counted from now on
+            ps = group["params"] = ParamList([ps] if isinstance(ps, Tensor) else ps)
         if sum(len(b.params) for b in buckets) == len(ps) and all(
                 ps[pos] is p for b in buckets for pos, p in zip(b.pos, b.params)):
-            followed[gi] = (ps, len(ps))
+            followed[gi] = (ps, ps.edits)
             return
-        ps = group["params"] = [ps] if isinstance(ps, Tensor) else list(ps)
         others = {id(p) for g in self.param_groups if g is not group for p in g["params"]}
         seen: set = set()
         for pos, p in enumerate(ps):
@@ -697,7 +741,7 @@ class Optimizer:
                    for b in buckets for i, p in enumerate(b.params)}
         self._buckets[gi] = self._make_buckets(group)
         self._install(gi, [carried.get(id(p)) for p in ps])
-        followed[gi] = (ps, len(ps))
+        followed[gi] = (ps, ps.edits)
 
     def _sync(self, gi: int) -> None:
         """Follow an edited parameter list (:meth:`_follow_params`) and parameters whose
@@ -748,6 +792,9 @@ class Optimizer:
             sc["step"] += 1
             if b.fused:
                 self._fused_run(b, grads, s, e, sl, _State(b, sl, sc), h, decoupled)
+            elif b.half:
+                g = self._gather(b, grads, s, e, sl)
+                self.update_half(b.xp, b.flat[sl], g, _State(b, sl, sc), h, decoupled)
             else:
                 g = self._gather(b, grads, s, e, sl)
                 g = self._transform(b, b.flat[sl], g, sl, h, decoupled)
@@ -1009,14 +1056,22 @@ class Optimizer:
             b.merge_scalars()
 
     def state_dict(self) -> dict:
-        """A copy of the state: per-parameter state by index, and the groups' settings."""
+        """A copy of the state, PyTorch's layout and types: per-parameter state by index (its
+        arrays as tensors, ``step`` as :attr:`step_form` says, no entry where PyTorch keeps
+        none), the groups' settings, and nodegrad's ``step_count`` (which PyTorch ignores)."""
         state, groups, start = {}, [], 0
         for gi, group in enumerate(self.param_groups):
             for pos, e in enumerate(self._extract(gi)):
-                if e is None and group["params"][pos] in self._user_state:
-                    e = {k: v.clone() if isinstance(v, Tensor) else v for k, v in
-                         self._user_state[group["params"][pos]].items()}
+                p = group["params"][pos]
+                if e is None and p in self._user_state:
+                    state[start + pos] = {k: v.clone() if isinstance(v, Tensor) else v
+                                          for k, v in self._user_state[p].items()}
+                    continue
+                if e is None and self.state_at_init:
+                    e = self._initial_entry(group, p)
                 if e is not None:
+                    e = self._saved_entry(e)
+                if e:  # PyTorch keeps no entry where there is no state (SGD without momentum)
                     state[start + pos] = e
             saved = {k: v for k, v in group.items() if k != "params"}
             saved["params"] = list(range(start, start + len(group["params"])))
@@ -1024,8 +1079,41 @@ class Optimizer:
             start += len(group["params"])
         return {"state": state, "param_groups": groups, "step_count": self.step_count}
 
+    def _initial_entry(self, group: dict, p: Tensor) -> dict:
+        """The state a parameter that has not stepped yet starts from: step 0, the initial
+        values of :meth:`state_init` (for :attr:`state_at_init`)."""
+        h = self._hyper(group, self.step_count + 1)
+        be = backend_of(p.data)
+        with be.scope():
+            arrays = {k: be.xp.full(p.data.shape, v, p.data.dtype)
+                      for k, v in self.state_init(h).items()}
+        return {"step": 0, **self.scalar_init, **arrays}
+
+    def _saved_entry(self, e: dict) -> dict:
+        """A state entry (copies) in PyTorch's form: arrays as tensors, ``step`` as
+        :attr:`step_form` says (a float32 0-d tensor while float32 holds it exactly, float64
+        beyond 2**24), other numbers (NAdam's ``mu_product``, ASGD's ``eta``) as float64 0-d
+        tensors, so that a resume from the state dict is bit-identical."""
+        out = {}
+        for k, v in e.items():
+            if k == "step":
+                if self.step_form == "int":
+                    out[k] = int(v)
+                elif self.step_form is not None:
+                    out[k] = Tensor(B.np.asarray(v, B.np.float32 if abs(v) < 1 << 24
+                                                 else B.np.float64))
+            elif is_array(v):
+                out[k] = Tensor(v)
+            elif isinstance(v, float | int) and not isinstance(v, bool):
+                out[k] = Tensor(B.np.asarray(v, B.np.float64))
+            else:
+                out[k] = v
+        return out
+
     def load_state_dict(self, state_dict: dict) -> None:
-        """Restore a :meth:`state_dict`; a clear error when it does not fit these parameters."""
+        """Restore a :meth:`state_dict` (nodegrad's, PyTorch's with its tensors, or an older
+        nodegrad one with arrays and int steps); a clear error when it does not fit these
+        parameters."""
         name = type(self).__name__
         for gi in range(len(self.param_groups)):
             self._follow_params(gi)
@@ -1359,7 +1447,8 @@ def post_step_masks(p: Tensor) -> list:
 
 
 def check_hyper(name: str, value, lo: float = 0.0, hi: float | None = None) -> None:
-    """Raise ValueError unless ``lo <= value`` (and ``value < hi``); callables are not checked."""
+    """Raise ValueError unless ``lo <= value`` (and ``value < hi``), TypeError for a value that
+    is not a number; callables (schedules) are not checked."""
     if isinstance(value, Tensor) or is_array(value):  # PyTorch's tensor lr: one number
         a = value.data if isinstance(value, Tensor) else value
         if a.size != 1:
@@ -1372,9 +1461,32 @@ def check_hyper(name: str, value, lo: float = 0.0, hi: float | None = None) -> N
         for i, v in enumerate(value):
             check_hyper(f"{name}[{i}]", v, lo, hi)
         return
+    rng = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+    if not isinstance(value, numbers.Real):
+        raise TypeError(f"invalid {name}: {value!r} (expected a number {rng})")
     if not value >= lo or (hi is not None and not value < hi):
-        rng = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
         raise ValueError(f"invalid {name}: {value} (expected {rng})")
+
+
+def check_betas(opt: str, betas, floats: bool = False) -> tuple:
+    """``betas`` checked as a pair in [0, 1) (``opt`` names the optimiser in the error) and
+    returned as a tuple, one-element tensors as numbers. ``floats``: as PyTorch's Adam and
+    AdamW, both must be floats (an int such as ``0`` is refused: write ``0.0``) or both
+    tensors."""
+    if callable(betas) and not isinstance(betas, Tensor):
+        return betas
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise ValueError(f"{opt}: invalid betas: {betas!r} (expected a pair (beta1, beta2) of "
+                         "numbers in [0, 1))")
+    check_named(opt, "betas", tuple(betas), 0.0, 1.0)
+    kinds = [isinstance(b, Tensor) or is_array(b) for b in betas]
+    if floats and not (all(kinds) or all(isinstance(b, float) for b in betas)):
+        bad = next(i for i, b in enumerate(betas) if not isinstance(b, float))
+        hint = "" if kinds[bad] else f"; write {float(betas[bad])!r}"
+        raise ValueError(f"{opt}: betas must be either both floats or both tensors, got "
+                         f"{tuple(betas)!r} (betas[{bad}] has type {type(betas[bad]).__name__}"
+                         f"{hint})")
+    return tuple(_plain(None, "betas", b, 0) if k else b for b, k in zip(betas, kinds))
 
 
 # --- helpers the optimisers share ----------------------------------------------------------------
@@ -1383,7 +1495,19 @@ def check_named(opt: str, name: str, value, lo: float = 0.0, hi: float | None = 
     try:
         check_hyper(name, value, lo, hi)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{opt}: {e}") from None
+        raise type(e)(f"{opt}: {e}") from None
+
+
+def rounded(a, dt):
+    """A float32 array rounded to the 16-bit float dtype ``dt`` and back: one of PyTorch's
+    tensor operations on such parameters, computed in float32 and stored in ``dt``."""
+    return a.astype(dt).astype(B.np.float32)
+
+
+def alpha_of(dt, x: float):
+    """``x`` as PyTorch's ``add(other, alpha=x)`` on a 16-bit float tensor of dtype ``dt`` takes
+    it: rounded to ``dt`` (other ops, ``mul_``, ``addcdiv_``, take their number in float32)."""
+    return B.np.float32(dt.type(x))
 
 
 def lerp_(a, end, w: float) -> None:

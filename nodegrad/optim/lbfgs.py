@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import _backend as B
 from .._backend import backend_of, is_array
 from ..autodiff import enable_grad, modes, no_grad
 from ..errors import JitError
@@ -415,6 +416,20 @@ class LBFGS(Optimizer):
         if self._lstate:
             entries[0] = _copy_state(self._lstate)
         return entries
+
+    def _saved_entry(self, e: dict) -> dict:
+        """The global state in PyTorch's types: flat vectors (and lists of them) as tensors,
+        ``ro``, ``al`` and ``H_diag`` as 0-d float64 tensors (exact, for a bit-identical
+        resume), the counts, ``t`` and ``prev_loss`` as numbers."""
+        def saved(k: str, v):
+            if is_array(v):
+                return Tensor(v)
+            if k in ("ro", "al", "H_diag") and isinstance(v, float | int):
+                return Tensor(B.np.asarray(v, B.np.float64))
+            return v
+
+        return {k: [saved(k, x) for x in v] if isinstance(v, list) else saved(k, v)
+                for k, v in e.items()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict`; a clear error when it does not fit these parameters."""

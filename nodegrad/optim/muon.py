@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from .base import Optimizer, check_hyper, lerp_
+from .base import Optimizer, check_named, lerp_
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # PyTorch's (a, b, c): the quintic's steep slope at 0
 NS_STEPS = 5
@@ -53,6 +53,7 @@ class Muon(Optimizer):
     """
 
     torch_implied = {"maximize": False, "decoupled_weight_decay": True}
+    step_form = None  # PyTorch's Muon keeps only ``momentum_buffer``
     supports_complex = False  # its orthogonalisation is a real matrix iteration, as PyTorch's
 
     def __init__(self, params: Iterable, lr=1e-3, weight_decay: float = 0.1,
@@ -60,9 +61,8 @@ class Muon(Optimizer):
                  ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
                  eps: float = 1e-7, ns_steps: int = NS_STEPS, adjust_lr_fn: str | None = None,
                  *, maximize: bool = False, strict: bool = False):
-        check_hyper("lr", lr)
-        check_hyper("momentum", momentum)
-        check_hyper("weight_decay", weight_decay)
+        for key, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            check_named(type(self).__name__, key, v)
         if adjust_lr_fn not in _ADJUST:
             raise ValueError(f"Muon: adjust_lr_fn must be None, 'original' or "
                              f"'match_rms_adamw', got {adjust_lr_fn!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .adam import update_moments
-from .base import Optimizer, check_hyper
+from .base import Optimizer, check_betas, check_named
 
 
 class NAdam(Optimizer):
@@ -30,11 +30,11 @@ class NAdam(Optimizer):
                  weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, strict: bool = False, flat: bool = True):
-        check_hyper("lr", lr)
-        check_hyper("betas", betas, 0.0, 1.0)
-        check_hyper("eps", eps)
-        check_hyper("weight_decay", weight_decay)
-        check_hyper("momentum_decay", momentum_decay)
+        name = type(self).__name__
+        for key, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay),
+                       ("momentum_decay", momentum_decay)):
+            check_named(name, key, v)
+        betas = check_betas(name, betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),

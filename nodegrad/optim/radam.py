@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 
 from .adam import update_moments
-from .base import Optimizer, check_hyper
+from .base import Optimizer, check_betas, check_named
 
 
 class RAdam(Optimizer):
@@ -29,10 +29,10 @@ class RAdam(Optimizer):
                  weight_decay=0.0, decoupled_weight_decay: bool = False, *,
                  foreach: bool | None = None, maximize: bool = False, capturable: bool = False,
                  differentiable: bool = False, strict: bool = False, flat: bool = True):
-        check_hyper("lr", lr)
-        check_hyper("betas", betas, 0.0, 1.0)
-        check_hyper("eps", eps)
-        check_hyper("weight_decay", weight_decay)
+        name = type(self).__name__
+        for key, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            check_named(name, key, v)
+        betas = check_betas(name, betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
@@ -80,10 +80,10 @@ class Adamax(Optimizer):
                  weight_decay=0.0, foreach: bool | None = None, *, maximize: bool = False,
                  differentiable: bool = False, capturable: bool = False, strict: bool = False,
                  flat: bool = True):
-        check_hyper("lr", lr)
-        check_hyper("betas", betas, 0.0, 1.0)
-        check_hyper("eps", eps)
-        check_hyper("weight_decay", weight_decay)
+        name = type(self).__name__
+        for key, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            check_named(name, key, v)
+        betas = check_betas(name, betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       maximize=maximize), strict=strict, flat=flat,
                          foreach=foreach, capturable=capturable, differentiable=differentiable)

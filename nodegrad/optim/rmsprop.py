@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Optimizer, check_hyper
+from .base import Optimizer, check_named
 
 
 class RMSprop(Optimizer):
@@ -31,11 +31,11 @@ class RMSprop(Optimizer):
                  fused: bool | None = None):
         for name, v in (("lr", lr), ("alpha", alpha), ("eps", eps),
                         ("weight_decay", weight_decay), ("momentum", momentum)):
-            check_hyper(name, v)
+            check_named(type(self).__name__, name, v)
         if not callable(alpha) and alpha > 1:  # PyTorch takes it and its steps turn NaN
-            raise ValueError(f"RMSprop: invalid alpha: {alpha} (expected a value in [0, 1]: "
-                             "above 1 the running average of g² turns negative and its square "
-                             "root NaN)")
+            raise ValueError(f"{type(self).__name__}: invalid alpha: {alpha} (expected a value "
+                             "in [0, 1]: above 1 the running average of g² turns negative "
+                             "and its square root NaN)")
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered, maximize=maximize),
                          strict=strict, flat=flat, fused=fused, foreach=foreach,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Optimizer, check_hyper
+from .. import _backend as B
+from .base import Optimizer, alpha_of, check_named, rounded
 
 
 class SGD(Optimizer):
@@ -22,15 +23,18 @@ class SGD(Optimizer):
     ``foreach`` and ``differentiable``: PyTorch's, see :class:`Optimizer`.
     """
 
+    step_form = None  # PyTorch's SGD keeps only ``momentum_buffer`` (nothing without momentum)
+
     def __init__(self, params: Iterable, lr=1e-3, momentum=0.0, dampening=0.0,
                  weight_decay=0.0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False,
                  fused: bool | None = None, strict: bool = False, flat: bool = True):
-        check_hyper("lr", lr)
-        check_hyper("momentum", momentum)
-        check_hyper("weight_decay", weight_decay)
+        name = type(self).__name__
+        for key, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            check_named(name, key, v)
         if nesterov and (momentum == 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+            raise ValueError(f"{name}: Nesterov momentum requires a momentum and zero dampening, "
+                             f"got momentum={momentum!r}, dampening={dampening!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize), strict=strict, flat=flat, fused=fused,
@@ -61,6 +65,29 @@ class SGD(Optimizer):
                 d = buf
         xp.multiply(d, h["lr"], out=tmp)
         p -= tmp
+
+    def update_half(self, xp, p, g, st, h, decoupled: bool) -> None:
+        """PyTorch's step on float16/bfloat16 parameters, rounding where it rounds: ``add``'s
+        alpha (``lr``, ``weight_decay``) in the parameters' dtype, one rounding per op."""
+        dt, f32 = p.dtype, B.np.float32
+        d = g.astype(f32)
+        if h["maximize"]:
+            xp.negative(d, out=d)
+        if h["weight_decay"]:  # grad.add(param, alpha=weight_decay)
+            d = rounded(d + alpha_of(dt, h["weight_decay"]) * p.astype(f32), dt)
+        mu = h["momentum"]
+        if mu:
+            buf = st["momentum_buffer"]
+            if st.t == 1:
+                buf[...] = d
+            else:  # buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+                b = rounded(buf.astype(f32) * f32(mu), dt)
+                buf[...] = b + alpha_of(dt, 1 - h["dampening"]) * d
+            if h["nesterov"]:  # grad.add(buf, alpha=momentum)
+                d = rounded(d + alpha_of(dt, mu) * buf.astype(f32), dt)
+            else:
+                d = buf.astype(f32)
+        p[...] = p.astype(f32) + alpha_of(dt, -h["lr"]) * d  # param.add_(grad, alpha=-lr)
 
     def fused_args(self, st, h) -> tuple[str, tuple, tuple, tuple]:
         mu, damp = h["momentum"], h["dampening"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Optimizer, check_hyper
+from .base import Optimizer, check_betas, check_named
 
 
 class SparseAdam(Optimizer):
@@ -22,11 +22,14 @@ class SparseAdam(Optimizer):
     (``nn.Embedding(sparse=True)``) except a looked-up row whose gradient sums to exactly zero.
     """
 
+    step_form = "int"  # PyTorch's SparseAdam keeps an int step
+
     def __init__(self, params: Iterable, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                  maximize: bool = False, *, strict: bool = False):
-        check_hyper("lr", lr)
-        check_hyper("betas", betas, 0.0, 1.0)
-        check_hyper("eps", eps)
+        name = type(self).__name__
+        for key, v in (("lr", lr), ("eps", eps)):
+            check_named(name, key, v)
+        betas = check_betas(name, betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize),
                          strict=strict, flat=False)
 
