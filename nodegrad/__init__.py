@@ -103,6 +103,9 @@ from .lax import torch_cond as cond  # noqa: E402  (torch.cond; linalg.cond is t
 from .lax import torch_while_loop as while_loop  # noqa: E402
 from .linalg_lowrank import pca_lowrank, svd_lowrank  # noqa: E402
 from . import amp  # noqa: E402  (torch.amp)
+
+# torch.jit.ScriptModule: in eager PyTorch a Module whose script_method methods run as written
+jit.ScriptModule = nn.Module
 from . import accelerator, backends, quasirandom, signal, testing  # noqa: E402  (torch.*)
 from . import library  # noqa: E402  (torch.library: custom ops)
 from . import compiler  # noqa: E402  (torch.compiler's queries)

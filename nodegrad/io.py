@@ -31,6 +31,7 @@ class CheckpointError(ValueError):
 _META_KEY = "nodegrad"
 _ALIAS_KEY = "nodegrad.aliases"  # {name: name written}: the second names of shared tensors
 _TREE_KEY = "nodegrad.tree"  # the nesting of a checkpoint saved as a dict of state dicts
+_C128_KEY = "nodegrad.complex128"  # names of complex128 tensors written as float64 (..., 2) pairs
 # the dtypes a safetensors file can hold that NumPy has (what save writes, load returns)
 _SAVABLE = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
             "float16", "bfloat16", "float32", "float64", "complex64")
@@ -198,7 +199,11 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
     A nested checkpoint, as ``torch.save`` takes (``{"model": model.state_dict(),
     "optimizer": opt.state_dict(), "epoch": 3}``), is saved too: its tensors under their
     slash-joined paths (``model/fc.weight``), the rest as JSON, and :func:`load` gives it back
-    with the same nesting."""
+    with the same nesting.
+
+    safetensors has no complex128: such a tensor is written as float64 (real, imaginary) pairs
+    in a trailing axis of 2 (PyTorch's ``view_as_real``), which :func:`load` turns back into
+    complex128 (another reader sees the float64 pairs)."""
     from safetensors.numpy import save
 
     if not isinstance(state, Mapping):
@@ -212,6 +217,7 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
     arrays = {}
     first: dict = {}  # id of a tensor's array -> (the array, the first name it was given)
     aliases: dict = {}
+    pairs: list = []  # complex128 tensors written as float64 pairs
     for k, v in state.items():
         if not isinstance(k, str):
             raise TypeError(f"save: keys must be strings, got {type(k).__name__}")
@@ -227,9 +233,13 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
             if type(v).__module__ not in ("builtins", None):
                 kind = f"{type(v).__module__}.{kind}"
             raise TypeError(f"save: {k!r} is {kind}, not a nodegrad tensor or array")
-        if a.dtype.name not in _SAVABLE:
+        if a.dtype.name == "complex128":
+            a = B.backend_of(a).xp.stack([a.real, a.imag], axis=-1)
+            pairs.append(k)
+        elif a.dtype.name not in _SAVABLE:
             raise TypeError(f"save: {k!r} has dtype {a.dtype.name}, which safetensors cannot "
-                            f"hold; it holds {', '.join(_SAVABLE)}")
+                            f"hold; it holds {', '.join(_SAVABLE)} (and complex128, "
+                            "as float64 pairs)")
         h = B.backend_of(a).to_host(a)
         arrays[k] = h if h.flags.c_contiguous else h.copy(order="C")  # keeps 0-d arrays 0-d
         if isinstance(v, Tensor):
@@ -239,6 +249,8 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
         header[_TREE_KEY] = json.dumps(tree)
     if aliases:
         header[_ALIAS_KEY] = json.dumps(aliases)
+    if pairs:
+        header[_C128_KEY] = json.dumps(pairs)
     atomic_write(path, save(arrays, metadata=header))
 
 
@@ -356,6 +368,17 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False, *,
     except Exception as e:  # safetensors raises its own error types for bad files
         raise CheckpointError(f"load: {path} is not a readable safetensors checkpoint "
                               f"(truncated or corrupt?): {e}") from e
+    if _C128_KEY in meta:
+        try:
+            for k in json.loads(meta.pop(_C128_KEY)):
+                a = out[k]
+                if a.dtype != B.float64 or a.shape[-1:] != (2,):
+                    raise ValueError(f"{k!r} is {a.dtype} of shape {a.shape}")
+                # a view of the pairs, not re + 1j * im (1j * inf would put NaN in the real part)
+                out[k] = B.np.ascontiguousarray(a).view(B.np.complex128)[..., 0]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"load: the complex128 tensors recorded in {path} are "
+                                  f"unreadable ({e!r})") from e
     be = B.get_backend(device)
     tensors = {k: Tensor(be.asarray(v)) for k, v in out.items()}
     if _ALIAS_KEY in meta:

@@ -319,11 +319,31 @@ def keep_mask(gen: Generator, shape: tuple, dtype, p: float, scale: float = 1.0)
 
 
 def _uniform01(gen: Generator, shape: tuple, dtype):
+    if dtype.kind == "c":  # real and imaginary parts uniform on [0, 1) each, as PyTorch's
+        return _as_complex(gen.random(tuple(shape) + (2,), _real_of(dtype)), dtype)
     return gen.random(shape, dtype)
 
 
 def _standard_normal(gen: Generator, shape: tuple, dtype):
+    if dtype.kind == "c":  # E|z|^2 = 1: each part of variance 1/2, as PyTorch's
+        pair = gen.normal(tuple(shape) + (2,), _real_of(dtype))
+        return _as_complex(pair * pair.dtype.type(math.sqrt(0.5)), dtype)
     return gen.normal(shape, dtype)
+
+
+def _real_of(dtype):
+    return B.float32 if dtype.itemsize == 8 else B.float64
+
+
+def _as_complex(pair, dtype):
+    """Fresh (..., 2) real pairs (contiguous) as one complex array of ``dtype``."""
+    return pair.view(dtype)[..., 0]
+
+
+def _continuous_dtype(op: str, dtype):
+    """``dtype`` for rand/randn: a float dtype or complex64/complex128 (both parts drawn)."""
+    dt = B.as_dtype(dtype)
+    return dt if dt is not None and dt.kind == "c" else _float_dtype(op, dt)
 
 
 def _size_arg(op: str, shape: tuple, size) -> tuple:
@@ -339,18 +359,20 @@ def _size_arg(op: str, shape: tuple, size) -> tuple:
 
 def rand(*shape, size=None, dtype=None, device=None, generator: Generator | None = None,
          requires_grad: bool = False) -> Tensor:
-    """Uniform samples in [0, 1) of a float dtype; the shape positionally or as ``size=``."""
+    """Uniform samples in [0, 1) of a float dtype (of each part, for a complex one); the shape
+    positionally or as ``size=``."""
     shape = _size_arg("rand", shape, size)
     return _finished(_sample("rand", _uniform01, _gen(generator, device), shape,
-                             _float_dtype("rand", dtype), shape_at=0), requires_grad)
+                             _continuous_dtype("rand", dtype), shape_at=0), requires_grad)
 
 
 def randn(*shape, size=None, dtype=None, device=None, generator: Generator | None = None,
           requires_grad: bool = False) -> Tensor:
-    """Standard normal samples of a float dtype; the shape positionally or as ``size=``."""
+    """Standard normal samples of a float dtype (a complex one: E|z|² = 1, each part of
+    variance 1/2, as PyTorch's); the shape positionally or as ``size=``."""
     shape = _size_arg("randn", shape, size)
     return _finished(_sample("randn", _standard_normal, _gen(generator, device), shape,
-                             _float_dtype("randn", dtype), shape_at=0), requires_grad)
+                             _continuous_dtype("randn", dtype), shape_at=0), requires_grad)
 
 
 def randint(low: int = 0, high: int | None = None, size=None, dtype=None, device=None,
@@ -421,11 +443,16 @@ def randperm(n: int, device=None, generator: Generator | None = None, *, dtype=N
 
 
 def _normal(gen: Generator, size: tuple, dtype, mean: float, std: float):
+    if dtype.kind == "c":  # PyTorch's: N(mean, std²/2) in each part, so E|z - m|² = std²
+        pair = _normal(gen, tuple(size) + (2,), _real_of(dtype), mean, std * math.sqrt(0.5))
+        return _as_complex(pair, dtype)
     z = gen.normal(size, dtype)
     return z * z.dtype.type(std) + z.dtype.type(mean)
 
 
 def _uniform(gen: Generator, size: tuple, dtype, low: float, high: float):
+    if dtype.kind == "c":  # PyTorch's: each part uniform on [low, high)
+        return _as_complex(_uniform(gen, tuple(size) + (2,), _real_of(dtype), low, high), dtype)
     u = gen.random(size, dtype)
     return u * u.dtype.type(high - low) + u.dtype.type(low)
 
@@ -632,7 +659,7 @@ def rand_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
     """Uniform [0, 1) samples shaped (and typed, and placed) like ``input``."""
     if layout is not None or memory_format is not None:
         check_layout("rand_like", layout, memory_format)
-    _float_dtype("rand_like", dtype or input.dtype)
+    _continuous_dtype("rand_like", dtype or input.dtype)
     return rand(tuple(input.shape), dtype=dtype or input.dtype, device=device or input.device,
                 generator=generator, requires_grad=requires_grad)
 
@@ -643,7 +670,7 @@ def randn_like(input: Tensor, *, dtype=None, generator: Generator | None = None,
     """Standard normal samples shaped (and typed, and placed) like ``input``."""
     if layout is not None or memory_format is not None:
         check_layout("randn_like", layout, memory_format)
-    _float_dtype("randn_like", dtype or input.dtype)
+    _continuous_dtype("randn_like", dtype or input.dtype)
     return randn(tuple(input.shape), dtype=dtype or input.dtype,
                  device=device or input.device, generator=generator,
                  requires_grad=requires_grad)
@@ -714,8 +741,8 @@ def _assign(a, sample) -> None:
     a[...] = sample
 
 
-def _floating(t: Tensor, what: str) -> None:
-    if not B.is_float(t.dtype):
+def _floating(t: Tensor, what: str, complex_ok: bool = False) -> None:
+    if not (B.is_float(t.dtype) or (complex_ok and t.dtype.kind == "c")):
         raise DTypeError(f"{what}: expected a floating-point tensor (a continuous "
                          f"distribution), got {t.dtype}")
 
@@ -749,18 +776,19 @@ def check_uniform_args(op: str, low: float, high: float) -> None:
 
 def normal_(t: Tensor, mean: float = 0.0, std: float = 1.0, *,
             generator: Generator | None = None) -> Tensor:
-    """Fill ``t`` in place with samples from N(mean, std²)."""
+    """Fill ``t`` in place with samples from N(mean, std²); a complex ``t`` gets N(mean, std²/2)
+    in each part, as PyTorch's."""
     check_normal_args("normal_", std)
-    _floating(t, "normal_")
+    _floating(t, "normal_", complex_ok=True)
     return _write_(t, "normal_", _normal, _gen(generator, t.device), tuple(t.shape), t.dtype,
                    mean, std)
 
 
 def uniform_(t: Tensor, from_: float = 0.0, to: float = 1.0, *,
              generator: Generator | None = None) -> Tensor:
-    """Fill ``t`` in place with samples from U[from_, to)."""
+    """Fill ``t`` in place with samples from U[from_, to) (each part of a complex ``t``)."""
     check_uniform_args("uniform_", from_, to)
-    _floating(t, "uniform_")
+    _floating(t, "uniform_", complex_ok=True)
     return _write_(t, "uniform_", _uniform, _gen(generator, t.device), tuple(t.shape), t.dtype,
                    from_, to)
 

@@ -255,8 +255,8 @@ def test_save_refuses_the_reserved_metadata_name(tmp_path):
 
 
 def test_save_names_dtypes_safetensors_cannot_hold(tmp_path):
-    with pytest.raises(TypeError, match="'z' has dtype complex128, which safetensors cannot"):
-        ng.save({"a": ng.ones(2), "z": np.ones(2, np.complex128)}, tmp_path / "m.safetensors")
+    with pytest.raises(TypeError, match=r"'z' has dtype timedelta64\[s\], which safetensors "):
+        ng.save({"a": ng.ones(2), "z": np.zeros(2, "timedelta64[s]")}, tmp_path / "m.safetensors")
     with pytest.raises(TypeError, match="expected a mapping"):
         ng.save([ng.ones(2)], tmp_path / "m.safetensors")
 

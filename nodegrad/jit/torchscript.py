@@ -3,7 +3,9 @@
 Model code written for PyTorch marks methods ``@torch.jit.ignore`` or ``@torch.jit.unused``,
 asks ``torch.jit.is_scripting()`` and annotates attributes ``Final[...]``. Outside a script
 these change nothing, and nodegrad never scripts, so they are the same no-ops here: a ported
-model keeps them as written.
+model keeps them as written. ``torch.jit.script`` and ``script_method`` (RWKV's and Hyena's
+``@torch.jit.script`` functions, ``torch.jit.ScriptModule`` subclasses) return what they are
+given: a scripted function computes what the Python one does.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ def _marker(name: str):
 ignore = _marker("ignore")
 unused = _marker("unused")
 export = _marker("export")
+script = _marker("script")
+script.__doc__ = ("``torch.jit.script``: PyTorch compiles ``fn`` (a function, method or "
+                  "module) to TorchScript, which computes what ``fn`` does; nodegrad never "
+                  "scripts and returns ``fn`` unchanged.")
+script_method = _marker("script_method")
 
 
 def is_scripting() -> bool:
@@ -48,4 +55,5 @@ def annotate(the_type: Any, the_value: Any) -> Any:
     return the_value
 
 
-__all__ = ["ignore", "unused", "export", "is_scripting", "is_tracing", "annotate", "Final"]
+__all__ = ["ignore", "unused", "export", "script", "script_method", "is_scripting",
+           "is_tracing", "annotate", "Final"]

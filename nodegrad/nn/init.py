@@ -18,6 +18,7 @@ from .. import _backend as B
 from ..autodiff import effect, no_grad
 from ..errors import DTypeError
 from ..random import Generator, check_normal_args, check_uniform_args, default_generator
+from ..random import _normal, _uniform
 from ..tensor import Tensor
 
 _GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0),
@@ -70,10 +71,11 @@ def _calculate_correct_fan(tensor: Tensor, mode: str) -> int:
     return fi if _check_mode("_calculate_correct_fan", mode) == "fan_in" else fo
 
 
-def _need_float(t: Tensor, op: str) -> None:
+def _need_float(t: Tensor, op: str, complex_ok: bool = False) -> None:
     """Random fills are continuous distributions: refuse an integer or bool tensor (PyTorch
-    does too) instead of truncating the samples."""
-    if not B.is_float(t.dtype):
+    does too) instead of truncating the samples. The normal and uniform families also fill
+    complex tensors (PyTorch's), part by part."""
+    if not (B.is_float(t.dtype) or (complex_ok and t.dtype.kind == "c")):
         raise DTypeError(f"{op}: expected a floating-point tensor to fill with random samples, "
                          f"got {t.dtype}")
 
@@ -85,10 +87,6 @@ def _fill(t: Tensor, sample: Callable, generator: Generator | None) -> Tensor:
         t.data[...] = sample(gen).astype(t.dtype, copy=False)
         t._bump()
     return t
-
-
-def _uniform(gen, shape, dtype, low, high):
-    return gen.random(shape, dtype) * (high - low) + low
 
 
 def _also_arrays(init: Callable) -> Callable:
@@ -126,14 +124,14 @@ def ones_(tensor: Tensor) -> Tensor:
 def _normal_fill(op: str, tensor: Tensor, mean: float, std: float,
                  generator: Generator | None) -> Tensor:
     check_normal_args(op, std)
-    _need_float(tensor, op)
-    return _fill(tensor, lambda g: g.normal(tensor.shape, tensor.dtype) * std + mean, generator)
+    _need_float(tensor, op, complex_ok=True)
+    return _fill(tensor, lambda g: _normal(g, tensor.shape, tensor.dtype, mean, std), generator)
 
 
 def _uniform_fill(op: str, tensor: Tensor, a: float, b: float,
                   generator: Generator | None) -> Tensor:
     check_uniform_args(op, a, b)
-    _need_float(tensor, op)
+    _need_float(tensor, op, complex_ok=True)
     return _fill(tensor, lambda g: _uniform(g, tensor.shape, tensor.dtype, a, b), generator)
 
 
@@ -156,7 +154,7 @@ def xavier_uniform_(tensor: Tensor, gain: float = 1.0,
                     generator: Generator | None = None) -> Tensor:
     r"""Glorot: U(±gain·√(6 / (fan_in + fan_out))); a zero-element tensor is left as it is."""
     fi, fo = fan_in_and_fan_out(tensor)
-    _need_float(tensor, "xavier_uniform_")
+    _need_float(tensor, "xavier_uniform_", complex_ok=True)
     if tensor.numel() == 0:
         return tensor
     bound = gain * math.sqrt(6.0 / (fi + fo))
@@ -168,7 +166,7 @@ def xavier_normal_(tensor: Tensor, gain: float = 1.0, generator: Generator | Non
     r"""Glorot: N(0, gain²·2 / (fan_in + fan_out)), the notes' Xavier; a zero-element tensor is
     left as it is."""
     fi, fo = fan_in_and_fan_out(tensor)
-    _need_float(tensor, "xavier_normal_")
+    _need_float(tensor, "xavier_normal_", complex_ok=True)
     if tensor.numel() == 0:
         return tensor
     return _normal_fill("xavier_normal_", tensor, 0.0, gain * math.sqrt(2.0 / (fi + fo)),
@@ -180,7 +178,7 @@ def lecun_normal_(tensor: Tensor, generator: Generator | None = None) -> Tensor:
     r"""N(0,1)·√(1/fan_in): the notes' simple Xavier (LeCun normal); a zero-element tensor is
     left as it is."""
     fi, _ = fan_in_and_fan_out(tensor)
-    _need_float(tensor, "lecun_normal_")
+    _need_float(tensor, "lecun_normal_", complex_ok=True)
     if tensor.numel() == 0:
         return tensor
     return _normal_fill("lecun_normal_", tensor, 0.0, math.sqrt(1.0 / fi), generator)
@@ -194,7 +192,7 @@ def _kaiming_std(op: str, t: Tensor, a, mode, nonlinearity) -> float | None:
     zero fan): as PyTorch, that warns and is left as it is."""
     mode = _check_mode(op, mode)
     gain = calculate_gain(nonlinearity, a)
-    _need_float(t, op)
+    _need_float(t, op, complex_ok=True)
     if t.numel() == 0:
         _warnings.warn("Initializing zero-element tensors is a no-op", stacklevel=3)
         return None

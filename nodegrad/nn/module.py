@@ -24,9 +24,9 @@ from . import hooks as _hooks
 
 
 class Parameter(Tensor):
-    """A tensor that a Module registers as trainable (``requires_grad`` by default)."""
-
-    __slots__ = ()
+    """A tensor that a Module registers as trainable (``requires_grad`` by default). Unlike a
+    plain Tensor it takes attributes of the user's (S4's ``p._optim`` hyperparameters, Mamba's
+    ``p._no_weight_decay``), which optimiser setups read back."""
 
     def __init__(self, data, requires_grad: bool = True):
         if isinstance(data, Tensor):
@@ -303,7 +303,9 @@ class Module:
            memory_format=None) -> Module:
         """Move (and/or cast) parameters and buffers in place; Parameter objects are kept.
         ``model.to(tensor)`` takes the tensor's device and dtype; PyTorch's ``non_blocking`` and
-        ``memory_format`` (``channels_last``) are accepted, as arrays here stay C-ordered."""
+        ``memory_format`` (``channels_last``) are accepted, as arrays here stay C-ordered.
+        A complex dtype casts float and complex tensors (PyTorch's rule); a float dtype casts
+        float tensors only: complex ones keep their imaginary parts, which PyTorch drops."""
         if memory_format is not None:
             check_layout("Module.to", memory_format=memory_format)
         if isinstance(device, Tensor) and dtype is None:
@@ -316,7 +318,8 @@ class Module:
             d = t.data
             if be is not None and B.backend_of(d) is not be:
                 d = be.asarray(B.backend_of(d).to_host(d))
-            if dt is not None and B.is_float(d.dtype):
+            if dt is not None and (B.is_float(d.dtype)
+                                   or (d.dtype.kind == "c" and dt.kind == "c")):
                 d = B.cast(d, dt)
             if d is not t.data:
                 t.data = d

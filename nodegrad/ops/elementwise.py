@@ -721,7 +721,7 @@ sinc = primitive("sinc", _sinc_fwd, _sinc_vjp, saves="inputs", kind=_EW, jvp=_J,
 
 
 def _nan_to_num_fwd(xp, x, nan, posinf, neginf):
-    if x.dtype.kind != "f":
+    if x.dtype.kind not in "fc":  # complex: each part replaced on its own, as PyTorch's
         return x.copy()
     if x.dtype.itemsize < 4:  # a replacement past float16's range is inf, quietly (PyTorch's)
         with B.np.errstate(over="ignore"):

@@ -135,16 +135,26 @@ def _lcse_fwd(xp, x, axis):
 
 
 def _lcse_complex(xp, x, axis):
-    """Complex logcumsumexp, a step along the axis at a time (vectorised over the rest): each
-    log(e^a + e^b) shifted by the larger real part (finite), so nothing overflows."""
+    """Complex logcumsumexp, a step along the axis at a time (vectorised over the rest), by
+    PyTorch's rule: of the running value and the next element, the one with the larger real
+    part keeps its imaginary part (no wrap into (-pi, pi]), plus log1p(e^(smaller - larger));
+    a NaN in either part gives NaN, two equal infinite real parts their own cases."""
     xm = xp.moveaxis(x, axis, 0)
     out = xp.empty_like(xm)
     if xm.shape[0]:
         acc = out[0] = xm[0]
+        nan = xp.asarray(complex(B.np.nan, B.np.nan), dtype=x.dtype)
         for k in range(1, xm.shape[0]):
-            m = xp.maximum(acc.real, xm[k].real)
-            m = xp.where(xp.isfinite(m), m, 0)
-            acc = out[k] = m + xp.log(xp.exp(acc - m) + xp.exp(xm[k] - m))
+            y = xm[k]
+            running_lower = ~(y.real < acc.real)  # ties: the running value is the smaller
+            lo, hi = xp.where(running_lower, acc, y), xp.where(running_lower, y, acc)
+            with B.np.errstate(all="ignore"):
+                val = xp.log1p(xp.exp(lo - hi)) + hi
+                inf = ~xp.isfinite(lo.real) & (lo.real == hi.real)
+                if inf.any():
+                    val = xp.where(inf, xp.where(lo.real < 0, lo,
+                                                 xp.log(xp.exp(lo) + xp.exp(hi))), val)
+            acc = out[k] = xp.where(xp.isnan(acc) | xp.isnan(y), nan, val)
     return xp.moveaxis(out, 0, axis)
 
 
