@@ -24,6 +24,11 @@ float16, float32, float64, bfloat16 = B.float16, B.float32, B.float64, B.bfloat1
 int32, int64, bool_ = B.int32, B.int64, B.bool_
 
 
+def _is_size(x) -> bool:
+    """Whether ``x`` is one integer size (``Tensor(2, 3)``), not a bool."""
+    return isinstance(x, int | B.np.integer) and not isinstance(x, bool)
+
+
 def check_fill_value(value) -> None:
     """``fill_``'s value is a number or a 0-d tensor (PyTorch's rule; copy_ copies tensors)."""
     if isinstance(value, Tensor) and value.data.ndim:
@@ -77,9 +82,23 @@ class Tensor:
                         f"{', '.join(type(x).__name__ for x in inputs)}); call the tensor's "
                         f"method or the nodegrad function, or pass its array, t.numpy()")
 
-    def __init__(self, data, node=None, requires_grad: bool = False):
-        if not hasattr(data, "dtype"):  # PyTorch's Tensor(sequence): the default float dtype
-            if not isinstance(data, list | tuple):
+    def __init__(self, data=(), node=None, requires_grad: bool = False, *more: int):
+        if isinstance(data, Tensor):  # PyTorch's Tensor(t): t's values, shared
+            if data.requires_grad and modes().grad_enabled:
+                raise GradError("Tensor(t): t requires grad, and this alias would not be "
+                                "recorded; use t.view_as(t) (recorded) or t.detach()")
+            data = data.data
+        elif not hasattr(data, "dtype"):  # PyTorch's Tensor(sequence): the default float dtype
+            if _is_size(data):  # PyTorch's Tensor(2, 3): zeros (PyTorch's are uninitialised)
+                sizes = (data, *(() if node is None else (node,)),
+                         *(() if requires_grad is False else (requires_grad,)), *more)
+                if not all(_is_size(d) for d in sizes):
+                    raise TypeError(f"Tensor: sizes must be integers, got {sizes}")
+                shape = tuple(int(d) for d in sizes)
+                if any(d < 0 for d in shape):
+                    raise ValueError(f"Tensor: negative dimension in size {shape}")
+                data, node, requires_grad = B.np.zeros(shape, dtype=B.DEFAULT_FLOAT), None, False
+            elif not isinstance(data, list | tuple):
                 raise TypeError(f"Tensor: expected an array or a sequence of numbers, got "
                                 f"{type(data).__name__} (ng.tensor(x) makes a tensor of x)")
             data = B.np.asarray(data, dtype=B.DEFAULT_FLOAT)  # get_default_dtype()'s value
@@ -948,13 +967,36 @@ def write_results(op: str, out, result):
                     f"{type(result).__name__}, not tensors")
 
 
+# PyTorch's factories given ``out=`` and no dtype (device) make their values in out's
+_FACTORIES = frozenset("empty eye full linspace logspace ones rand randint randn randperm "
+                       "zeros".split())
+
+
+def _factory_out(op: str, out: Tensor, result: Tensor) -> Tensor:
+    """A factory's result written into ``out``, which then no longer requires grad, as
+    PyTorch's (``arange(1, n + 1, out=param)`` under no_grad leaves ``param`` frozen: code
+    that means to train it calls ``param.requires_grad_()`` after)."""
+    write_out(op, out, result)
+    out.requires_grad = False
+    return out
+
+
 def with_out(fn: Callable, name: str | None = None) -> Callable:
     """``fn`` taking PyTorch's and NumPy's ``out=`` keyword: the result is computed as without
-    it, then written into ``out`` (:func:`write_results`), which is returned."""
+    it, then written into ``out`` (:func:`write_results`), which is returned. A factory
+    (``zeros``, ``linspace``, ...) without ``dtype=``/``device=`` takes out's, as PyTorch's."""
     op = name or fn.__name__
+    factory = op in _FACTORIES
 
     def call(*args, out=None, **kwargs):
+        if factory and isinstance(out, Tensor):
+            if kwargs.get("dtype") is None:
+                kwargs["dtype"] = out.dtype
+            if kwargs.get("device") is None:
+                kwargs["device"] = out.device
         result = fn(*args, **kwargs)
+        if factory and isinstance(out, Tensor):
+            return _factory_out(op, out, result)
         return result if out is None else write_results(op, out, result)
 
     call.__name__ = call.__qualname__ = op.rsplit(".", 1)[-1]  # the public name
@@ -1015,7 +1057,8 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
     """Evenly spaced values in [start, stop), as PyTorch computes them: int64 for integer
     arguments (one-element tensors and NumPy scalars count as their numbers), else the default
     float dtype; a zero step, an infinite bound or bounds against the step's sign are errors.
-    ``end=`` is PyTorch's name for stop (``arange(end=3)``), ``out`` receives the result."""
+    ``end=`` is PyTorch's name for stop (``arange(end=3)``), ``out`` receives the result (its
+    dtype is the result's when ``dtype`` is not given)."""
     if end is not None:
         if stop is not None:
             raise TypeError("arange: give stop or PyTorch's end=, not both")
@@ -1029,6 +1072,9 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
     if layout is not None:
         check_layout("arange", layout)
     start, stop, step = (_range_scalar("arange", v) for v in (start, stop, step))
+    if dtype is None and isinstance(out, Tensor):  # PyTorch's: out's dtype and device
+        dtype = out.dtype
+        device = out.device if device is None else device
     if dtype is None:
         ints = all(isinstance(v, int) for v in (start, stop, step))
         dtype = int64 if ints else B.DEFAULT_FLOAT
@@ -1037,7 +1083,7 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
     with be.scope():
         a = be.xp.asarray(_arange_values(start, stop, step, dt), dtype=dt)
     r = _finish(a, requires_grad) if requires_grad else Tensor(a)
-    return r if out is None else write_out("arange", out, r)
+    return r if out is None else _factory_out("arange", out, r)
 
 
 def _linspace_values(start, stop, steps: int, dt):

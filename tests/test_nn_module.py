@@ -268,3 +268,17 @@ def test_tied_state_dict_loads_into_torch_strictly_and_saves_once(tmp_path):
     m3.load_state_dict(back, assign=True)
     assert m3[1].weight is m3[0].weight
     assert m3[0].weight.data is back["0.weight"].data
+
+
+def test_plain_attributes_before_module_init_are_allowed_as_in_pytorch():
+    """schnetpack's Dense stores its initialisers before ``super().__init__()``: plain values
+    may be set then; a Parameter or a Module is refused, as PyTorch refuses them."""
+    class Early(nn.Module):
+        def __init__(self, what):
+            self.scale = what
+            super().__init__()
+
+    assert Early(2.0).scale == 2.0
+    for what in (nn.Parameter(ng.ones(2)), nn.Linear(2, 2)):
+        with pytest.raises(AttributeError, match="before Module.__init__"):
+            Early(what)

@@ -86,10 +86,16 @@ class Module:
         """Register Parameters, Buffers and Modules (lists and dicts of modules as ModuleList
         and ModuleDict); anything else is a plain attribute. A registered name takes only its
         kind or None, as in PyTorch: a plain tensor assigned to a parameter raises instead of
-        quietly unregistering the parameter."""
+        quietly unregistering the parameter. Before ``Module.__init__`` only plain attributes
+        may be set (schnetpack's ``Dense`` stores its initialisers before ``super().__init__``
+        calls its ``reset_parameters``), as in PyTorch."""
         d = self.__dict__
         if "_parameters" not in d:
-            raise AttributeError("call super().__init__() before assigning to a Module")
+            if isinstance(value, Parameter | Module | Buffer):
+                raise AttributeError(f"cannot assign {_kind(value)} {name!r} before "
+                                     "Module.__init__() call (call super().__init__() first)")
+            object.__setattr__(self, name, value)
+            return
         if _is_module_seq(value) or _is_module_map(value):
             from .layers.container import ModuleDict, ModuleList
 

@@ -210,9 +210,39 @@ _einsum = primitive("einsum", lambda xp, *ops, terms, result: xp.einsum(
     doc="Einstein summation.")
 
 
+def _sublists(args: tuple) -> tuple[str, tuple]:
+    """einsum's sublist form ``(x, [0, 1], y, [1, 2], [0, 2])`` as a subscript string and the
+    operands: integers 0..51 become letters in their order (so an implicit output sorts as the
+    integers do), ``...`` stays."""
+    letters = string.ascii_uppercase + string.ascii_lowercase
+    out = args[-1] if len(args) % 2 else None
+
+    def spell(sub) -> str:
+        if not isinstance(sub, list | tuple):
+            raise TypeError("einsum: a sublist must be a list of integers, got "
+                            f"{type(sub).__name__}")
+        s = ""
+        for k in sub:
+            if k is Ellipsis:
+                s += "..."
+            elif isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(letters):
+                s += letters[k]
+            else:
+                raise ValueError(f"einsum: sublist entries must be integers in [0, 52) or "
+                                 f"Ellipsis, got {k!r}")
+        return s
+
+    pairs = args[:len(args) - len(args) % 2]
+    spec = ",".join(spell(sub) for sub in pairs[1::2])
+    return spec + ("" if out is None else "->" + spell(out)), tuple(pairs[0::2])
+
+
 def einsum(subscripts: str, *operands):
     """NumPy's einsum (with '...'); differentiable in every operand. The operands come as
-    separate arguments or, as PyTorch also takes them, as one list or tuple."""
+    separate arguments or, as PyTorch also takes them, as one list or tuple; the sublist form
+    ``einsum(x, [0, 1], y, [1, 2], [0, 2])`` (NumPy's and PyTorch's) is read too."""
+    if not isinstance(subscripts, str):
+        subscripts, operands = _sublists((subscripts, *operands))
     if len(operands) == 1 and isinstance(operands[0], list | tuple):
         operands = tuple(operands[0])
     try:
