@@ -1322,6 +1322,8 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
         while ready:
             n = ready.pop()
             g = pending.pop(n, None)
+            if g is None and "call" in n.params:
+                g = _materialized(n)
             if g is not None:
                 if owned:
                     owned.pop(n, None)
@@ -1332,7 +1334,10 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                     results[n] = g
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
                     _apply_vjps(n, g, create_graph, wanted, pending, m, owned, post, seen)
-                if not retain_graph:
+                if not retain_graph and (n.args is not None or n.out is not None
+                                         or "call" in n.params):
+                    # only a node that saved values is spent (PyTorch's rule): one that saved
+                    # none (a reshape, an expand, a sum) may run again in a later backward
                     n.args = n.out = n.versions = None
                     n.alive = False
             for p in n.parents:
@@ -1384,6 +1389,23 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                 _accumulate_leaf(t, g, create_graph, seen)
         return None
     return out
+
+
+def _materialized(n: Node):
+    """Zeros for the node of a custom ``Function`` that no gradient reached (its outputs fed
+    only inputs whose backward returned None): PyTorch still runs its backward, on
+    materialised zero gradients, unless ``ctx.set_materialize_grads(False)``; what it returns
+    (zeros for the leaves, ``.grad`` set) flows on."""
+    call = n.params["call"]
+    ctx = getattr(call, "ctx", None)
+    if not getattr(ctx, "materialize_grads", False) or not n.alive:
+        return None
+    first = call.outs[call.slots[0]]
+    size = sum(call.outs[i].data.size for i in call.slots)
+    dt = "float64" if getattr(call, "dtypes", None) else first.dtype  # the joint's dtype
+    be = backend_of(first.data)
+    with be.scope():
+        return type(first).make(be.xp.zeros(size, dtype=dt))
 
 
 def _note_forward(e: Exception, n: Node) -> None:

@@ -122,6 +122,16 @@ class Tensor:
         t._hooks = None
         return t
 
+    def __getstate__(self):
+        """What pickle (and ``copy``) keep, as PyTorch pickles a tensor: its values,
+        ``requires_grad`` and ``.grad``, as a leaf: no graph, no link to the tensor it views,
+        no hooks (their functions and weak references cannot be pickled, and a copy is its
+        own tensor)."""
+        extra = getattr(self, "__dict__", None)  # a subclass's attributes (Parameter's)
+        return (dict(extra) if extra else None,
+                {"data": self.data, "node": None, "requires_grad": self.requires_grad,
+                 "_grad": self._grad, "_version": None, "_hooks": None})
+
     def _set_grad(self, value) -> None:
         """``x.grad = value``: None, or a tensor of x's shape, dtype and device (PyTorch's
         checks), so that backward can add into it in place."""

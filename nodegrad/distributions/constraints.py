@@ -242,10 +242,17 @@ class MixtureSameFamilyConstraint(Constraint):
         return self.base_constraint.event_dim
 
     def check(self, value):
-        ok = self.base_constraint.check(value)
-        if self.event_dim == 0:
-            return ok
-        return ng.all(ok, -1)
+        """One answer per batch element of ``value``: the components' constraint checked with
+        the component dim put back (as PyTorch: it must hold for every component)."""
+        if value.ndim < self.event_dim:
+            raise ValueError(f"MixtureSameFamilyConstraint: expected a value of at least "
+                             f"{self.event_dim} dims, got shape {tuple(value.shape)}")
+        ok = self.base_constraint.check(ng.unsqueeze(value, -1 - self.event_dim))
+        keep = value.ndim - self.event_dim
+        return ng.all(ng.reshape(ok, tuple(ok.shape[:keep]) + (-1,)), -1)
+
+    def __repr__(self) -> str:
+        return f"MixtureSameFamilyConstraint({self.base_constraint!r})"
 
 
 class _Simplex(Constraint):

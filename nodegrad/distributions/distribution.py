@@ -245,6 +245,16 @@ class Distribution:
         new._batch_shape = batch_shape
         return new
 
+    def _get_checked_instance(self, cls: type, _instance=None) -> Distribution:
+        """A bare instance of ``type(self)`` for a subclass's ``expand`` to fill in (PyTorch's
+        helper for custom distributions), or ``_instance`` when given; NotImplementedError
+        when ``cls.expand`` would miss what a subclass's own ``__init__`` sets."""
+        if _instance is None and type(self).__init__ != cls.__init__:
+            raise NotImplementedError(
+                f"Subclass {type(self).__name__} of {cls.__name__} that defines a custom "
+                "__init__ method must also define a custom .expand() method.")
+        return type(self).__new__(type(self)) if _instance is None else _instance
+
     # --- to override ------------------------------------------------------------------------
     @property
     def mean(self) -> Tensor:

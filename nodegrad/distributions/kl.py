@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 from . import _ng as ng
@@ -54,9 +55,20 @@ def register_kl(type_p: type, type_q: type) -> Callable:
 
 
 def _dispatch(tp: type, tq: type) -> Callable | None:
-    matches = [(tp.__mro__.index(a), tq.__mro__.index(b), fn)
-               for (a, b), fn in _KL_REGISTRY.items() if issubclass(tp, a) and issubclass(tq, b)]
-    return min(matches, key=lambda m: (m[0] + m[1], m[0]))[2] if matches else None
+    """The rule for the pair, as PyTorch picks it: the registered pair most specific in p's
+    type, ties broken by q's; a RuntimeWarning when the pair most specific in q's type first
+    is another one (register a rule for the exact pair to settle it)."""
+    matches = [(tp.__mro__.index(a), tq.__mro__.index(b), a, b)
+               for a, b in _KL_REGISTRY if issubclass(tp, a) and issubclass(tq, b)]
+    if not matches:
+        return None
+    left = min(matches, key=lambda m: (m[0], m[1]))
+    right = min(matches, key=lambda m: (m[1], m[0]))
+    if left is not right:
+        warnings.warn(f"Ambiguous kl_divergence({tp.__name__}, {tq.__name__}). Please "
+                      f"register_kl({left[2].__name__}, {right[3].__name__})", RuntimeWarning,
+                      stacklevel=3)
+    return _KL_REGISTRY[left[2], left[3]]
 
 
 def kl_divergence(p: Distribution, q: Distribution) -> Tensor:

@@ -42,6 +42,14 @@ class Transform:
         self._cached_x_y = (None, None)
         self._inv = None
 
+    def __getstate__(self) -> dict:
+        """What pickle and ``copy`` keep: everything but a weakly held inverse (made again on
+        first use), as PyTorch's ``Transform``."""
+        state = self.__dict__.copy()
+        if isinstance(state.get("_inv"), weakref.ref):
+            state["_inv"] = None
+        return state
+
     @property
     def event_dim(self) -> int:
         if self.domain.event_dim == self.codomain.event_dim:

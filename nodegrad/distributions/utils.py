@@ -1,6 +1,7 @@
 """Conversions between probabilities and logits, as PyTorch's distributions make them, and the
 rest of PyTorch's ``distributions.utils`` (``lazy_property``, ``broadcast_all``, the
-lower-triangle packing ``tril_matrix_to_vec`` / ``vec_to_tril_matrix``)."""
+lower-triangle packing ``tril_matrix_to_vec`` / ``vec_to_tril_matrix``, and the private
+``_standard_normal`` and ``_sum_rightmost`` that user-written distributions call)."""
 
 from __future__ import annotations
 
@@ -26,13 +27,19 @@ class lazy_property(cached_property):  # noqa: N801  (PyTorch's name)
 def __getattr__(name: str):
     """PyTorch's names defined in the modules that use them here (imported on first use: those
     modules import this one)."""
-    if name == "broadcast_all":
-        from .distribution import broadcast_all
-        return broadcast_all
+    if name in ("broadcast_all", "_sum_rightmost"):
+        from . import distribution
+        return getattr(distribution, name)
     if name in ("tril_matrix_to_vec", "vec_to_tril_matrix"):
         from . import transforms
         return getattr(transforms, "_" + name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _standard_normal(shape, dtype=None, device=None) -> Tensor:
+    """N(0, 1) noise of ``shape``: PyTorch's private helper, which the ``rsample`` of a
+    distribution written by a user calls."""
+    return ng.randn(tuple(shape), dtype=dtype, device=device)
 
 
 def clamp_probs(probs: Tensor) -> Tensor:

@@ -88,6 +88,8 @@ class Wishart(ExponentialFamily):
         self._unbroadcasted_scale_tril = scale_tril_of(name, mat)
 
     def __getattr__(self, name):  # the parametrisations not given, computed on demand
+        if name.startswith("_"):  # copy and pickle probe an instance with no attributes yet
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
         return parametrisation(self, name, self._event_shape)
 
     def _df_matrix(self) -> Tensor:

@@ -247,6 +247,9 @@ def quantile(x, q, dim: int | None = None, keepdim: bool = False, *,
     if x.dtype.kind != "f":
         raise DTypeError(f"quantile: expected a floating-point input, got {x.dtype}")
     qt = q if isinstance(q, Tensor) else Tensor(x.backend.xp.asarray(q, dtype=x.dtype))
+    if qt.dtype != x.dtype:
+        raise DTypeError(f"quantile: q must have the input's dtype {x.dtype} (as "
+                         f"torch.quantile), got {qt.dtype}")
     if qt.ndim > 1:
         raise ShapeError(f"quantile: q must be a number or a 1-d tensor, got shape "
                          f"{tuple(qt.shape)}")
