@@ -65,6 +65,10 @@ class Tensor:
     __slots__ = ("data", "node", "requires_grad", "_grad", "_version", "_hooks", "_view",
                  "__weakref__")
     __hash__ = object.__hash__  # ``==`` is elementwise, as in PyTorch
+    #: whether the tensor's array may move to new memory holding the same values (an optimiser
+    #: gathers a Parameter into one buffer): then even a leaf lists its ``detach()``es, so they
+    #: follow it (:func:`.ops.index.refresh_views`)
+    memory_moves = False
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         """NumPy meets a Tensor: ``arr op t`` runs the tensor's reflected operator (``arr < t``
@@ -316,7 +320,7 @@ class Tensor:
         views, so that an in-place op recorded on this tensor, or on the tensor it views, gives
         it the new values too. It holds that tensor only weakly (not its graph); ``_view`` is
         (a weak reference to the first tensor up the chain of views, None, the chain's steps)."""
-        if self.node is None or type(self) is not Tensor:
+        if (self.node is None or type(self) is not Tensor) and not type(self).memory_moves:
             t._version = self._ensure_version()
             return
         self._add_view(t)

@@ -387,3 +387,28 @@ def test_an_eps_that_is_zero_in_the_parameters_dtype_warns_at_the_callers_line()
         ng.optim.Adam([ng.nn.Parameter(ng.ones(4, dtype=ng.float16))], eps=1e-4)
         ng.optim.Adam([ng.nn.Parameter(ng.ones(4))])
         ng.optim.SGD([half], lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_views_taken_before_the_optimiser_follow_its_steps(name):
+    """The optimiser gathers its parameters into one buffer; a view taken before (an expand a
+    distribution keeps, a slice, a view of a view, a detach()) must see every step and carry
+    gradients, as views of PyTorch's parameters do."""
+    torch = pytest.importorskip("torch")
+    recs = []
+    for lib in (torch, ng):
+        a = lib.nn.Parameter(lib.tensor([1.0, -2.0]))
+        s = lib.nn.Parameter(lib.tensor([0.5, 3.0, 1.0]))
+        v, sl, d = a.expand(3, 2), s[1:], a.detach()
+        vv = v[1]
+        opt = getattr(lib.optim, name)([a, s], lr=0.1)
+        rec = []
+        for _ in range(3):
+            opt.zero_grad()
+            ((v * v).sum() + (sl * vv.sum()).sum()).backward()
+            opt.step()
+            rec.append([x.detach().numpy().copy() for x in (a, s, v, sl, d, vv, a.grad)])
+        recs.append(rec)
+    for got, want in zip(recs[1], recs[0]):
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)

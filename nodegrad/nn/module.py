@@ -28,6 +28,8 @@ class Parameter(Tensor):
     plain Tensor it takes attributes of the user's (S4's ``p._optim`` hyperparameters, Mamba's
     ``p._no_weight_decay``), which optimiser setups read back."""
 
+    memory_moves = True  # an optimiser gathers it into one buffer; views and detach()es follow
+
     def __init__(self, data, requires_grad: bool = True):
         if isinstance(data, Tensor):
             data = data.data

@@ -13,7 +13,7 @@ import warnings
 
 from .. import _backend as B
 from ..amp import promote_in_region
-from ..autodiff import modes
+from ..autodiff import enable_grad, modes, no_grad
 from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
 from ..errors import DTypeError, GradError, ShapeError
 from ..primitive import primitive
@@ -275,12 +275,16 @@ _setitem = primitive(
     doc="A copy of x with x[index] = v (v broadcasts).")
 
 
-def refresh_views(base: Tensor, refs: list) -> None:
+def refresh_views(base: Tensor, refs: list, moved: bool = False) -> None:
     """After ``base`` took a new array by an in-place op recorded for autograd: the views of
     its old array still alive (``refs``, oldest first), and views of those, become views of
     the new one, so they show the change and their gradients reach it, as PyTorch's views do
     (it regenerates a view's ``grad_fn`` after its base changes in place); a ``detach()`` of
-    one takes its new values, as it shares PyTorch's memory."""
+    one takes its new values, as it shares PyTorch's memory.
+
+    ``moved``: ``base`` holds the same values in new memory (an optimiser gathered its
+    parameters into one buffer); each view keeps whether it is on the graph, as it was made
+    (a view made under ``no_grad`` stays off it)."""
     changed = {id(base)}
     for r in list(refs):
         v = r()
@@ -308,7 +312,11 @@ def refresh_views(base: Tensor, refs: list) -> None:
         b = entry[0]
         if id(b) not in changed:
             continue
-        nv = getitem(b, entry[1]) if len(entry) == 2 else entry[1](b, **entry[2])
+        if moved:  # as the view was made: on the graph or off it
+            with (enable_grad() if v.requires_grad else no_grad()):
+                nv = getitem(b, entry[1]) if len(entry) == 2 else entry[1](b, **entry[2])
+        else:
+            nv = getitem(b, entry[1]) if len(entry) == 2 else entry[1](b, **entry[2])
         v.data, v.node, v.requires_grad = nv.data, nv.node, nv.requires_grad
         if b._version is not None and len(b._version) > 1:
             b._add_view(v)

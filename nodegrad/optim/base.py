@@ -41,6 +41,7 @@ from .. import _backend as B
 from .._backend import backend_of, is_array
 from ..autodiff import RemovableHandle, effect, enable_grad, user_stacklevel
 from ..errors import BackendUnavailable, GradError, ShapeError
+from ..ops.index import refresh_views
 from ..tensor import Tensor
 from . import _fused
 
@@ -80,6 +81,15 @@ def _counted(name: str) -> Callable:
 for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend",
               "insert", "pop", "remove", "clear", "sort", "reverse"):
     setattr(ParamList, _name, _counted(_name))
+
+
+def _follow_views(p: Tensor) -> None:
+    """After ``p.data`` moved into a bucket's buffer: the views taken of ``p`` before (an
+    ``expand`` a distribution keeps, a slice, a ``detach()``) become views of the buffer, so
+    they see every step, as views of a PyTorch parameter do."""
+    cell = p._version
+    if cell is not None and len(cell) > 1:
+        refresh_views(p, cell[1], moved=True)
 
 
 class _Bucket:
@@ -122,6 +132,7 @@ class _Bucket:
                     part[...] = p.data.reshape(-1)
                     p.data = part.reshape(shape)
                     self.views.append(p.data)
+                    _follow_views(p)
         self.grad = self.gviews = self.cviews = self.work = None
         self.tmps: list = []
         self.arrays: dict = {}
@@ -763,6 +774,7 @@ class Optimizer:
                     return
                 v[...] = d
                 p.data = v
+                _follow_views(p)
 
     def _step_bucket(self, b: _Bucket, h: dict, gi: int, given: list | None = None) -> None:
         if given is None:
