@@ -24,6 +24,22 @@ float16, float32, float64, bfloat16 = B.float16, B.float32, B.float64, B.bfloat1
 int32, int64, bool_ = B.int32, B.int64, B.bool_
 
 
+class Size(tuple):
+    """PyTorch's ``torch.Size``: a tuple of dimension lengths, what ``x.size()`` returns
+    (``x.shape`` is a plain tuple, which compares equal to it); ``Tensor(x.size())`` reads it
+    as sizes, as PyTorch's does."""
+
+    def numel(self) -> int:
+        """The number of elements a tensor of this shape holds."""
+        n = 1
+        for s in self:
+            n *= int(s)
+        return n
+
+    def __repr__(self) -> str:
+        return f"nodegrad.Size({list(self)})"
+
+
 def _is_size(x) -> bool:
     """Whether ``x`` is one integer size (``Tensor(2, 3)``), not a bool."""
     return isinstance(x, int | B.np.integer) and not isinstance(x, bool)
@@ -92,6 +108,10 @@ class Tensor:
                 raise GradError("Tensor(t): t requires grad, and this alias would not be "
                                 "recorded; use t.view_as(t) (recorded) or t.detach()")
             data = data.data
+        elif type(data) is Size:  # Tensor(x.size()): PyTorch's Tensor(*sizes), zero-filled
+            if node is not None or requires_grad is not False or more:
+                raise TypeError("Tensor(size): a Size takes no further arguments")
+            data = B.np.zeros(tuple(int(d) for d in data), dtype=B.DEFAULT_FLOAT)
         elif not hasattr(data, "dtype"):  # PyTorch's Tensor(sequence): the default float dtype
             if _is_size(data):  # PyTorch's Tensor(2, 3): zeros (PyTorch's are uninitialised)
                 sizes = (data, *(() if node is None else (node,)),
@@ -185,9 +205,9 @@ class Tensor:
         return self.device != "cpu"
 
     def size(self, dim: int | None = None):
-        """The shape (PyTorch's name), or one dimension of it."""
+        """The shape as a :class:`Size` (PyTorch's), or one dimension of it."""
         if dim is None:
-            return self.data.shape
+            return Size(self.data.shape)
         n = self.data.ndim
         if not -n <= dim < n:
             raise IndexError(f"size: dim {dim} is out of range for a tensor with {n} dims"

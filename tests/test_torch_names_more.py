@@ -801,6 +801,20 @@ def test_version_module_reads_as_torch_version():
         ng.version.nccl
 
 
+def test_size_is_torch_size_and_tensor_of_a_size_is_its_shape():
+    """``x.size()`` is a Size (a tuple); legacy ``Tensor(x.size()).normal_()`` makes a tensor of
+    that shape, as PyTorch's (a plain tuple stays data, as in PyTorch)."""
+    x, t = ng.ones(3, 2), torch.ones(3, 2)
+    assert isinstance(x.size(), ng.Size) and x.size() == (3, 2) == tuple(t.size())
+    assert repr(x.size()) == "nodegrad.Size([3, 2])"
+    assert ng.Tensor(x.size()).shape == tuple(torch.Tensor(t.size()).shape) == (3, 2)
+    assert ng.Tensor(x.size()).normal_().shape == (3, 2)
+    np.testing.assert_array_equal(ng.Tensor((3, 2)).numpy(), torch.Tensor((3, 2)).numpy())
+    assert x.size(1) == 2 and type(x.size(1)) is int
+    with pytest.raises(TypeError, match="no further arguments"):
+        ng.Tensor(x.size(), 4)
+
+
 def test_wide_unsigned_dtype_names_are_pytorchs():
     """torch.uint16/uint32/uint64: creation, conversion and PyTorch's refusal of a mix."""
     for name in ("uint16", "uint32", "uint64"):

@@ -43,8 +43,8 @@ from ..autodiff import RemovableHandle, creation_site, modes
 from ..batching import BatchTracer, rebind_batched, recording, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
-from ..tensor import (Tensor, _batched_as, _shape_arg, check_fill_value, from_dlpack, full,
-                      get_default_device, tensor)
+from ..tensor import (Size, Tensor, _batched_as, _shape_arg, check_fill_value, from_dlpack,
+                      full, get_default_device, tensor)
 from . import arrange as _arrange
 from . import elementwise as E
 from . import index as I
@@ -670,21 +670,6 @@ _PROPERTIES = {
 
 
 # === more of PyTorch's names: predicates, creation, real-valued complex views, copies =========
-class Size(tuple):
-    """PyTorch's ``torch.Size``: a tuple of dimension lengths (``x.shape`` is a plain tuple,
-    which compares equal to it)."""
-
-    def numel(self) -> int:
-        """The number of elements a tensor of this shape holds."""
-        n = 1
-        for s in self:
-            n *= int(s)
-        return n
-
-    def __repr__(self) -> str:
-        return f"nodegrad.Size({list(self)})"
-
-
 class Layout:
     """A memory layout, PyTorch's ``torch.layout``: ``strided`` (dense), ``sparse_coo`` or
     ``sparse_csr``."""
