@@ -7,8 +7,10 @@ applies the conjugation (:func:`nodegrad.autodiff._complex_vjps`) to the primiti
 :data:`HOLOMORPHIC`, whose rules are written with f'; the ops here declare rules of their own,
 and ``_OWN_RULES`` gives complex rules to ops declared elsewhere whose real rules do not hold for
 complex inputs (``sign`` as sgn's z / |z|, ``acosh`` on its principal branch).
-nodegrad has no views of complex memory: ``real``, ``imag``, ``view_as_real`` and
-``view_as_complex`` return differentiable copies.
+``real``, ``imag``, ``view_as_real`` and ``view_as_complex`` are views, as in PyTorch: their
+arrays view the input's memory (NumPy's part views and dtype views), so bind shares the version
+counter and an in-place write through one reaches the tensor it views, recorded for autograd
+(:func:`.index.write_through`, a ``view_put``); ``z.real = x`` and ``z.imag = x`` copy x in.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 
 from .. import _backend as B
 from ..amp import float32_in_region
-from ..batching import elementwise_rule, trailing_axes_rule
+from ..batching import BatchTracer, elementwise_rule, trailing_axes_rule
 from ..errors import DTypeError, ShapeError
 from ..primitive import REGISTRY, primitive
 from ..tensor import Tensor, zeros_like
@@ -62,14 +64,14 @@ _complex = primitive(
 _conj = primitive("conj", lambda xp, x: xp.conj(x), lambda g, ans, x: conj(g), saves="none",
                   kind=_EW, jvp="linear", promote=False,
                   complex=(lambda g, ans, x: conj(g),), doc="The complex conjugate.")
-_real = primitive("real", lambda xp, x: xp.real(x).copy(),
+_real = primitive("real", lambda xp, x: x.real,
                   lambda g, ans, x: _complex(g, zeros_like(g)), saves="none",
                   kind=_EW, jvp="linear",
-                  promote=False, doc="The real part of a complex tensor (a copy).")
-_imag = primitive("imag", lambda xp, x: xp.imag(x).copy(),
+                  promote=False, doc="The real part of a complex tensor (a view of it).")
+_imag = primitive("imag", lambda xp, x: x.imag,
                   lambda g, ans, x: _complex(zeros_like(g), g), saves="none",
                   kind=_EW, jvp="linear", promote=False,
-                  doc="The imaginary part of a complex tensor (a copy).")
+                  doc="The imaginary part of a complex tensor (a view of it).")
 
 
 def _angle_vjp(g, ans, x):
@@ -84,11 +86,31 @@ _angle = primitive("angle", lambda xp, x: xp.angle(x), _angle_vjp, kind=_EW, jvp
 
 
 def _view_as_real_fwd(xp, x):
-    return xp.stack((x.real, x.imag), axis=-1)
+    """A view: a trailing axis of size 1 may change its itemsize whatever x's strides."""
+    return x[..., None].view(_real_dtype(x.dtype))
+
+
+def _pairs_viewable(x) -> bool:
+    """Whether x's (re, im) pairs can be read in place as complex numbers: adjacent in memory,
+    and, in a CUDA array, each at an address a whole complex number aligns to (NumPy reads
+    unaligned memory; CUDA kernels do not)."""
+    if x.strides[-1] != x.itemsize:
+        return False
+    cuda = getattr(x, "__cuda_array_interface__", None)
+    if cuda is None:
+        return True
+    step = 2 * x.itemsize
+    return cuda["data"][0] % step == 0 and all(
+        s % step == 0 for s, n in zip(x.strides[:-1], x.shape[:-1]) if n > 1)
 
 
 def _view_as_complex_fwd(xp, x):
-    return _make_complex(xp, x[..., 0], x[..., 1])
+    """A view where the pairs can be read in place (:func:`view_as_complex` refuses, as
+    PyTorch, tensors whose pairs are not adjacent); else (a batched operand laid out otherwise,
+    a CUDA array at an address unaligned for complex numbers) a copy."""
+    if not _pairs_viewable(x):
+        return _make_complex(xp, x[..., 0], x[..., 1])
+    return x.view(_complex_dtype(x.dtype))[..., 0]
 
 
 _view_as_real = primitive(
@@ -102,13 +124,15 @@ _view_as_complex = primitive(
 
 # --- PyTorch's functions ------------------------------------------------------------------------
 def real(input) -> Tensor:
-    """The real part (PyTorch's ``torch.real``); a real tensor is returned as it is."""
+    """The real part (PyTorch's ``torch.real``): a view of a complex tensor, whose writes
+    change it; a real tensor is returned as it is."""
     x = _need_tensor("real", input)
     return _real(x) if x.dtype.kind == "c" else x
 
 
 def imag(input) -> Tensor:
-    """The imaginary part of a complex tensor (refused for real tensors, as PyTorch)."""
+    """The imaginary part of a complex tensor, a view whose writes change it (refused for
+    real tensors, as PyTorch)."""
     x = _need_tensor("imag", input)
     if x.dtype.kind != "c":
         raise DTypeError(f"imag: imag is not implemented for tensors with non-complex dtypes "
@@ -190,7 +214,7 @@ def polar(abs, angle) -> Tensor:  # noqa: A002  (PyTorch's names)
 
 def view_as_real(input) -> Tensor:
     """A complex tensor as a float tensor with a last axis of 2 (real, imaginary), as
-    ``torch.view_as_real``; a copy here, differentiable."""
+    ``torch.view_as_real``: a view (writes into it change ``input``), differentiable."""
     x = _need_tensor("view_as_real", input)
     if x.dtype.kind != "c":
         raise DTypeError(f"view_as_real: expected a complex tensor, got {x.dtype}")
@@ -199,7 +223,8 @@ def view_as_real(input) -> Tensor:
 
 def view_as_complex(input) -> Tensor:
     """A float tensor whose last axis has size 2 as a complex tensor, as
-    ``torch.view_as_complex``; a copy here, differentiable."""
+    ``torch.view_as_complex``: a view (writes into it change ``input``), differentiable. As
+    PyTorch, the pairs must be adjacent in memory (the last axis of stride 1)."""
     x = _need_tensor("view_as_complex", input)
     (x,) = float32_in_region(x)  # autocast: a float32 op (PyTorch's)
     if x.dtype.kind != "f" or x.dtype.itemsize < 4:
@@ -208,7 +233,25 @@ def view_as_complex(input) -> Tensor:
     if x.ndim == 0 or x.shape[-1] != 2:
         raise ShapeError(f"view_as_complex: the last dimension must have size 2, got shape "
                          f"{tuple(x.shape)}")
+    d = x.data
+    if type(x) is not BatchTracer and B.is_array(d):
+        _check_strides(d)
     return _view_as_complex(x)
+
+
+def _check_strides(d) -> None:
+    """PyTorch's stride conditions for a complex view: each pair adjacent in memory, and the
+    other strides (of dims longer than 1) whole complex numbers. Its storage-offset condition
+    is not checked: a parameter kept in an optimiser's flat buffer may start at an odd offset
+    there, where PyTorch's would have storage of its own (the forward copies where the
+    address does not suit the device)."""
+    st = tuple(s // d.itemsize for s in d.strides)
+    why = ("a last dimension with stride 1" if st[-1] != 1
+           else "a stride divisible by 2 for all but the last dimension"
+           if any(s % 2 for s, n in zip(st[:-1], d.shape[:-1]) if n > 1) else None)
+    if why is not None:
+        raise ShapeError(f"view_as_complex: the tensor must have {why} (got strides {st}); "
+                         f"call .contiguous() first")
 
 
 def _matrix_adjoint(x, what: str) -> Tensor:
@@ -241,7 +284,7 @@ HOLOMORPHIC = (
     "sigmoid", "sigmoid_grad",
     "where", "sum", "mean", "cumsum", "matmul", "einsum",
     "reshape", "transpose", "broadcast_to", "sum_to", "concatenate", "getitem", "flip",
-    "diagonal", "copy", "alias", "take_along_axis", "setitem", "view_put", "to_device",
+    "diagonal", "copy", "alias", "take_along_axis", "setitem", "to_device",
     "pad", "scatter_add", "scatter_add_along_axis", "scatter_along_axis",
     "sliding_window_view", "fold",
     "asin", "acos", "atan", "asinh", "atanh", "lerp", "prod", "cumprod", "logsumexp",
@@ -293,6 +336,22 @@ for _name, (_vjp, _jvp) in _OWN_RULES.items():
     if _name in REGISTRY:
         REGISTRY[_name].complex = (_vjp,)
         REGISTRY[_name].jvp = _complex_jvp(REGISTRY[_name].jvp, _jvp)
+# a write through a view (view_put): its rules pick elements or parts of g, and a part of g is
+# already that part's gradient by the convention above (imag(g) for a write into z.imag); the
+# holomorphic rule, conj(imag(conj(g))), would send -imag(g)
+if "view_put" in REGISTRY:
+    REGISTRY["view_put"].complex = REGISTRY["view_put"].vjp
+
+
+def _set_real(self, value) -> None:
+    """``z.real = value``: value copied into the real part (PyTorch's setter)."""
+    real(self).copy_(value)
+
+
+def _set_imag(self, value) -> None:
+    """``z.imag = value``: value copied into the imaginary part (PyTorch's setter)."""
+    imag(self).copy_(value)
+
 
 _METHODS = {"conj": conj, "conj_physical": conj_physical, "resolve_conj": resolve_conj,
             "resolve_neg": resolve_neg, "is_conj": is_conj, "is_neg": is_neg, "angle": angle,
@@ -301,8 +360,9 @@ _METHODS = {"conj": conj, "conj_physical": conj_physical, "resolve_conj": resolv
             "cdouble": lambda self, memory_format=None: astype(self, B.np.complex128)}
 register(_METHODS)
 _PROPERTIES = {
-    "real": property(real, doc="The real part (a copy for a complex tensor; itself if real)."),
-    "imag": property(imag, doc="The imaginary part of a complex tensor (a copy)."),
+    "real": property(real, _set_real,
+                     doc="The real part (a view for a complex tensor; itself if real)."),
+    "imag": property(imag, _set_imag, doc="The imaginary part of a complex tensor (a view)."),
     "H": property(_H, doc="The conjugate transpose of a matrix (0-d: itself)."),
     "mH": property(lambda self: _matrix_adjoint(self, "mH"),
                    doc="The conjugate transpose of the last two axes."),
