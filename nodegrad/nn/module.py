@@ -490,6 +490,9 @@ class Module:
         for mp, m in mods:
             for hook in list(m._load_state_dict_pre_hooks):
                 hook(m, state_dict, _join("", mp), {}, strict, missing, unexpected, errors)
+            if type(m)._load_from_state_dict is not Module._load_from_state_dict:
+                m._load_from_state_dict(state_dict, _join("", mp), {}, strict, missing,
+                                        unexpected, errors)
         own = OrderedDict(self.named_parameters())  # after the hooks: a lazy layer has grown
         for mp, m in mods:
             for name, b in m._buffers.items():
@@ -517,7 +520,9 @@ class Module:
                 v = state_dict[k]
                 shape = tuple(v.shape)
                 if shape != tuple(t.shape):
-                    bad.append(f"{k}: checkpoint {shape} vs model {tuple(t.shape)}")
+                    # PyTorch's words ("size mismatch for k"), which scripts test for
+                    bad.append(f"size mismatch for {k}: checkpoint {shape} vs model "
+                               f"{tuple(t.shape)}")
         post = any(m._load_state_dict_post_hooks for _, m in mods)
         if bad or errors or (strict and not post and (missing or unexpected)):
             _refuse(self, missing, unexpected, bad, errors)
@@ -546,6 +551,14 @@ class Module:
         if strict and (missing or unexpected):
             _refuse(self, missing, unexpected, [], [])
         return result
+
+    def _load_from_state_dict(self, state_dict, prefix: str, local_metadata: dict,
+                              strict: bool, missing_keys: list, unexpected_keys: list,
+                              error_msgs: list) -> None:
+        """PyTorch's per-module loading step, which subclasses override to rename or drop
+        their keys (``prefix + name``) in ``state_dict`` before calling ``super()``. Here
+        ``load_state_dict`` calls an override once per module, after that module's load
+        pre-hooks, then loads the whole tree itself; this base step does nothing."""
 
     def _assign_state(self, own: dict, state_dict: dict) -> None:
         """``load_state_dict(assign=True)``: put the given tensors in place of ``own``'s (by

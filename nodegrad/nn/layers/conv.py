@@ -118,8 +118,13 @@ class Conv1d(_ConvNd):
     nd = 1
 
     def forward(self, x):
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def _conv_forward(self, x, weight, bias):
+        """This layer's convolution with another ``weight`` and ``bias`` (PyTorch's hook for
+        subclasses: weight standardisation, LoRA on a convolution)."""
         x, padding = self._input(x)
-        return _named(self, F.conv1d, x, self.weight, self.bias, self.stride, padding,
+        return _named(self, F.conv1d, x, weight, bias, self.stride, padding,
                       self.dilation, self.groups)
 
 
@@ -129,8 +134,13 @@ class Conv2d(_ConvNd):
     nd = 2
 
     def forward(self, x):
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def _conv_forward(self, x, weight, bias):
+        """This layer's convolution with another ``weight`` and ``bias`` (PyTorch's hook for
+        subclasses: weight standardisation, LoRA on a convolution)."""
         x, padding = self._input(x)
-        return _named(self, F.conv2d, x, self.weight, self.bias, self.stride, padding,
+        return _named(self, F.conv2d, x, weight, bias, self.stride, padding,
                       self.dilation, self.groups)
 
 
@@ -141,8 +151,13 @@ class Conv3d(_ConvNd):
     nd = 3
 
     def forward(self, x):
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def _conv_forward(self, x, weight, bias):
+        """This layer's convolution with another ``weight`` and ``bias`` (PyTorch's hook for
+        subclasses: weight standardisation, LoRA on a convolution)."""
         x, padding = self._input(x)
-        return _named(self, F.conv3d, x, self.weight, self.bias, self.stride, padding,
+        return _named(self, F.conv3d, x, weight, bias, self.stride, padding,
                       self.dilation, self.groups)
 
 

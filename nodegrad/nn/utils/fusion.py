@@ -43,8 +43,9 @@ def fuse_conv_bn_weights(conv_w: Tensor, conv_b: Tensor | None, bn_rm: Tensor, b
         shape = ((1, -1) if transpose else (-1, 1)) + (1,) * (conv_w.ndim - 2)
         w = ops.astype(conv_w * ops.reshape(gamma * rstd, shape), w_dtype)
         b = ops.astype((b - bn_rm) * rstd * gamma + beta, b_dtype)
+    # a bias made from nothing is frozen, as PyTorch's (it takes zeros_like(bn_rm)'s flag)
     return (Parameter(w, conv_w.requires_grad),
-            Parameter(b, True if conv_b is None else conv_b.requires_grad))
+            Parameter(b, False if conv_b is None else conv_b.requires_grad))
 
 
 def fuse_conv_bn_eval(conv: Module, bn: Module, transpose: bool = False) -> Module:
@@ -75,7 +76,7 @@ def fuse_linear_bn_weights(linear_w: Tensor, linear_b: Tensor | None, bn_rm: Ten
         w = ops.astype(linear_w * ops.expand_dims(scale, -1), w_dtype)
         b = ops.astype((b - bn_rm) * scale + beta, b_dtype)
     return (Parameter(w, linear_w.requires_grad),
-            Parameter(b, True if linear_b is None else linear_b.requires_grad))
+            Parameter(b, False if linear_b is None else linear_b.requires_grad))
 
 
 def fuse_linear_bn_eval(linear: Module, bn: Module) -> Module:
