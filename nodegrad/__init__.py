@@ -150,6 +150,12 @@ _take_out(globals(), """
 """)
 
 
+def _assert(condition, message: str) -> None:
+    """``torch._assert``: ``assert condition, message`` as a function, which torchvision's
+    models call to check their inputs (a one-element tensor counts by its truth value)."""
+    assert condition, message
+
+
 # --- constants and PyTorch's dtype names (last: ``float``, ``int`` and ``bool`` shadow the
 # builtins from here to the end of this file) --------------------------------------------------
 pi, e, inf, nan = _math.pi, _math.e, _math.inf, _math.nan

@@ -407,6 +407,9 @@ class Module:
             while open_ and open_[-1][0] >= depth:
                 _post_state_dict(out, prefix, posted, *open_.pop()[1:])
             open_.append((depth, mp, m))
+            if type(m)._save_to_state_dict is not Module._save_to_state_dict:
+                m._save_to_state_dict(out, _join(prefix, mp), keep_vars)  # a subclass's own
+                continue
             for name, t in (*m._parameters.items(), *(  # then its buffers, as PyTorch orders
                     (n, b) for n, b in m._buffers.items() if n not in m._non_persistent)):
                 if t is not None:
@@ -420,6 +423,17 @@ class Module:
         while open_:
             _post_state_dict(out, prefix, posted, *open_.pop()[1:])
         return out
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        """PyTorch's per-module saving step, for a subclass to override (to add or change its
+        entries, calling ``super()``): this module's own parameters, then its persistent
+        buffers (detached unless ``keep_vars``), then its extra state, under ``prefix``."""
+        for name, t in (*self._parameters.items(), *(
+                (n, b) for n, b in self._buffers.items() if n not in self._non_persistent)):
+            if t is not None:
+                destination[prefix + name] = t if keep_vars else t.detach()
+        if type(self).get_extra_state is not Module.get_extra_state:
+            destination[prefix + _EXTRA] = self.get_extra_state()
 
     def _all_state_names(self) -> Iterator:
         """Every (name, tensor) of the state under every path, duplicates included."""
@@ -745,6 +759,14 @@ class Module:
         edit ``state_dict`` in place (rename old keys, say). Missing and unexpected keys it
         appends are reported with the others."""
         return self._add_hook("_load_state_dict_pre_hooks", hook, False)
+
+    def _register_load_state_dict_pre_hook(self, hook: Callable,
+                                           with_module: bool = False) -> RemovableHandle:
+        """PyTorch's older form of :meth:`register_load_state_dict_pre_hook`, still common in
+        checkpoint-converting code: ``hook`` takes no module argument unless ``with_module``."""
+        if with_module:
+            return self.register_load_state_dict_pre_hook(hook)
+        return self.register_load_state_dict_pre_hook(lambda module, *args: hook(*args))
 
     def register_load_state_dict_post_hook(self, hook: Callable) -> RemovableHandle:
         """``hook(module, incompatible_keys)`` after ``load_state_dict``; it may clear the

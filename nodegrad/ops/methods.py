@@ -96,6 +96,8 @@ def _extreme(fn, argfn):
             return MaxMin(fn(self, None, k), argfn(self, None, k))
         if dim is not None and axis is None:
             R.ordered(fn.__name__, self)  # named as called (the indices come first below)
+            R.nonempty(fn.__name__, self.shape, S.norm_axis(dim, self.ndim, fn.__name__),
+                       IndexError)  # PyTorch's error type for x.max(dim) over an empty dim
             idx = argfn(self, dim, True)
             # the values as picked at the indices: their gradient goes to that one entry of
             # tied extremes, as PyTorch's (amax and max() without dim share it among ties)

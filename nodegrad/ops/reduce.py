@@ -6,7 +6,7 @@ import warnings
 
 from .. import _backend as B
 from ..autodiff import no_grad
-from ..errors import DTypeError
+from ..errors import DTypeError, ShapeError
 from ..primitive import primitive
 from .elementwise import astype, sqrt, where
 from .shape import broadcast_to, keepdims_shape, norm_axes, reshape, scalar_dims
@@ -79,6 +79,17 @@ def ordered(op: str, x) -> None:
                          f"them (got {dt}); compare their abs() or real parts instead")
 
 
+def nonempty(op: str, shape: tuple, axis, error: type[Exception] = ShapeError) -> None:
+    """Refuse a max/min/argmax/argmin over an empty dim (``axis`` an int, a tuple, or None for
+    all): an empty dim has no extreme. NumPy raises a ValueError there (``error``'s default, a
+    ValueError), PyTorch an IndexError; both name the op and the empty dim."""
+    axes = range(len(shape)) if axis is None else axis if isinstance(axis, tuple) else (axis,)
+    for a in axes:
+        if shape[a] == 0:
+            raise error(f"{op}: reduction dim {a} is empty (shape {tuple(shape)}); an empty "
+                        f"dim has no {op.removeprefix('arg')}imum")
+
+
 def _ordered_fwd(op: str, name: str):
     """The forward of the reduction ``xp.<name>`` behind :func:`ordered`'s check."""
     def fwd(xp, x, axis, keepdims):
@@ -148,12 +159,16 @@ def mean(x, axis=None, keepdims: bool = False, *, dtype=None):
 
 def max(x, axis=None, keepdims: bool = False):
     """Largest value over ``axis`` (NumPy's max / amax; ties share the gradient)."""
-    return _max(x, axis=norm_axes(axis, x.ndim, "max"), keepdims=bool(keepdims))
+    axis = norm_axes(axis, x.ndim, "max")
+    nonempty("max", x.shape, axis)
+    return _max(x, axis=axis, keepdims=bool(keepdims))
 
 
 def min(x, axis=None, keepdims: bool = False):
     """Smallest value over ``axis`` (ties share the gradient)."""
-    return _min(x, axis=norm_axes(axis, x.ndim, "min"), keepdims=bool(keepdims))
+    axis = norm_axes(axis, x.ndim, "min")
+    nonempty("min", x.shape, axis)
+    return _min(x, axis=axis, keepdims=bool(keepdims))
 
 
 def _one_axis(axis, ndim, op):
@@ -164,12 +179,16 @@ def _one_axis(axis, ndim, op):
 
 def argmax(x, axis: int | None = None, keepdims: bool = False):
     """Index of the largest value (flattened when ``axis`` is None)."""
-    return _argmax(x, axis=_one_axis(axis, x.ndim, "argmax"), keepdims=bool(keepdims))
+    axis = _one_axis(axis, x.ndim, "argmax")
+    nonempty("argmax", x.shape, axis)
+    return _argmax(x, axis=axis, keepdims=bool(keepdims))
 
 
 def argmin(x, axis: int | None = None, keepdims: bool = False):
     """Index of the smallest value (flattened when ``axis`` is None)."""
-    return _argmin(x, axis=_one_axis(axis, x.ndim, "argmin"), keepdims=bool(keepdims))
+    axis = _one_axis(axis, x.ndim, "argmin")
+    nonempty("argmin", x.shape, axis)
+    return _argmin(x, axis=axis, keepdims=bool(keepdims))
 
 
 def any(x, axis=None, keepdims: bool = False):
