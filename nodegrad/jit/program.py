@@ -127,14 +127,15 @@ class Program:
                     if b is not None:
                         lines.append(f"    v{s} = b{b}")
                     elif s in i.group.layouts:  # laid out as NumPy laid it out
+                        # (named by slot: "dt", not a load's "d" named by instruction index)
                         shape, dtype = self.meta[s]
-                        ns[f"d{s}"], ns["_nd"] = dtype, self.backend.xp.ndarray
-                        lines.append(f"    v{s} = _nd({shape}, d{s}, _empty({math.prod(shape)}, "
-                                     f"d{s}), 0, {i.group.layouts[s]})")
+                        ns[f"dt{s}"], ns["_nd"] = dtype, self.backend.xp.ndarray
+                        lines.append(f"    v{s} = _nd({shape}, dt{s}, _empty("
+                                     f"{math.prod(shape)}, dt{s}), 0, {i.group.layouts[s]})")
                     else:
                         shape, dtype = self.meta[s]
-                        ns[f"d{s}"] = dtype
-                        lines.append(f"    v{s} = _empty({shape}, d{s})")
+                        ns[f"dt{s}"] = dtype
+                        lines.append(f"    v{s} = _empty({shape}, dt{s})")
                 lines.append(f"    f{k}({', '.join([f'v{s}' for s in i.outs] + argv)})")
                 lines += dead.get(k, ())
                 continue
