@@ -19,6 +19,7 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from . import _backend as B
 from .tensor import Tensor
@@ -32,6 +33,7 @@ _META_KEY = "nodegrad"
 _ALIAS_KEY = "nodegrad.aliases"  # {name: name written}: the second names of shared tensors
 _TREE_KEY = "nodegrad.tree"  # the nesting of a checkpoint saved as a dict of state dicts
 _C128_KEY = "nodegrad.complex128"  # names of complex128 tensors written as float64 (..., 2) pairs
+_ORDER_KEY = "nodegrad.order"  # a flat state's names in their given order (safetensors sorts)
 # the dtypes a safetensors file can hold that NumPy has (what save writes, load returns)
 _SAVABLE = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
             "float16", "bfloat16", "float32", "float64", "complex64")
@@ -188,9 +190,12 @@ def _decode_tree(obj, tensors: dict):
     return items if kind == "l" else tuple(items)
 
 
-def save(state: Mapping[str, Tensor], path: str | os.PathLike,
+def save(state: Mapping[str, Tensor], path: str | os.PathLike | BinaryIO,
          metadata: dict | None = None) -> None:
     """Save a flat mapping of tensors (e.g. ``model.state_dict()``) and JSON-able ``metadata``.
+
+    ``path`` is a file name (written atomically) or a binary file object opened for writing
+    (``io.BytesIO``, as ``torch.save(sd, buffer)`` takes), which gets the bytes at its position.
 
     A tensor given under several names (tied weights in a state dict) is written once, under
     its first name; the file records the other names, which :func:`load` gives back as the
@@ -251,7 +256,23 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike,
         header[_ALIAS_KEY] = json.dumps(aliases)
     if pairs:
         header[_C128_KEY] = json.dumps(pairs)
-    atomic_write(path, save(arrays, metadata=header))
+    if tree is None:  # torch.load gives the names back in the order they were saved
+        header[_ORDER_KEY] = json.dumps(list(state))
+    data = save(arrays, metadata=header)
+    if _is_file_object(path, "write"):
+        path.write(data)
+    else:
+        atomic_write(path, data)
+
+
+def _is_file_object(f, method: str) -> bool:
+    """Whether ``f`` is a file object (it has ``method``) rather than a path."""
+    if isinstance(f, (str, bytes, os.PathLike)):
+        return False
+    if not callable(getattr(f, method, None)):
+        raise TypeError(f"{'save' if method == 'write' else 'load'}: expected a path or a binary "
+                        f"file object with .{method}(), got {type(f).__name__}")
+    return True
 
 
 _CONVERT = ("nodegrad reads safetensors files only and never unpickles; convert it where it can "
@@ -310,9 +331,12 @@ def _bfloat16_entry(path: Path, header: dict, key: str):
     return np.frombuffer(raw, dtype="<u2").view(B.bfloat16).reshape(entry["shape"]).copy()
 
 
-def load(path: str | os.PathLike, device=None, with_metadata: bool = False, *,
+def load(path: str | os.PathLike | BinaryIO, device=None, with_metadata: bool = False, *,
          bfloat16_as_float32: bool = False, map_location=None, weights_only: bool = True):
     """Load a safetensors file into a dict of tensors (and the metadata, if asked).
+
+    ``path`` is a file name or a binary file object (``io.BytesIO`` after ``save`` into it,
+    as ``torch.load(buffer)`` reads), read from its position to its end.
 
     bfloat16 entries (PyTorch's ``torch.bfloat16``) load as bfloat16 tensors, bit for bit;
     ``bfloat16_as_float32=True`` gives them as float32 instead (exact: bfloat16 is float32's
@@ -331,6 +355,15 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False, *,
                             f"got {type(map_location).__name__}")
         device = map_location
     del weights_only  # never unpickles: the answer is the same either way
+    if _is_file_object(path, "read"):
+        data = path.read()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"load: the file object must be opened in binary mode; its read() "
+                            f"gave {type(data).__name__}, not bytes")
+        with tempfile.TemporaryDirectory() as folder:
+            tmp = Path(folder) / "checkpoint.safetensors"
+            tmp.write_bytes(bytes(data))
+            return load(tmp, device, with_metadata, bfloat16_as_float32=bfloat16_as_float32)
 
     path = Path(path)
     if not path.exists():
@@ -388,6 +421,14 @@ def load(path: str | os.PathLike, device=None, with_metadata: bool = False, *,
                 tensors[k] = tensors[target]
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as e:
             raise CheckpointError(f"load: the shared-tensor names in {path} are unreadable "
+                                  f"({e!r})") from e
+    if _ORDER_KEY in meta:
+        try:
+            order = json.loads(meta.pop(_ORDER_KEY))
+            tensors = {k: tensors[k] for k in order} if sorted(order) == sorted(tensors) \
+                else tensors
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"load: the tensor order recorded in {path} is unreadable "
                                   f"({e!r})") from e
     if _TREE_KEY in meta:
         try:

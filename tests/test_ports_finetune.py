@@ -620,8 +620,6 @@ def test_adapter_only_checkpoint_strict_false_round_trip():
     assert got["diff"] == 0.0
 
 
-@pytest.mark.xfail(reason="a flat state's names come back sorted (safetensors' order) until "
-                          "save records the order they were given in", strict=False)
 def test_save_load_flat_state_keeps_key_order():
     state = {"wte.lora_A": ng.ones(2), "h.0.c_attn.lora_A": ng.zeros(3), "a": ng.ones(1)}
     buf = io.BytesIO()
