@@ -1,5 +1,7 @@
 """Shared fixtures. Op-matrix helpers (cases, domains, layouts) live in ``_opcases.py``."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,18 @@ def _jit_kernel_cache(tmp_path_factory):
     from nodegrad.jit import fuse
 
     fuse.set_cache_dir(tmp_path_factory.mktemp("jit-kernels"))
+
+
+@pytest.fixture(autouse=True)
+def _torch_distributions_validate():
+    """PyTorch's distributions check their arguments by default, but the first use of
+    torch._dynamo (a test that calls torch.compile as a reference) switches that off for the
+    rest of the process; tests that compare refusals with PyTorch's need it on, whatever ran
+    before them in the worker."""
+    yield
+    dists = sys.modules.get("torch.distributions")
+    if dists is not None and not dists.Distribution._validate_args:
+        dists.Distribution.set_default_validate_args(True)
 
 
 @pytest.fixture
