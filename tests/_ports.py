@@ -152,3 +152,39 @@ def accuracy(lib, output, target, topk=(1,)):
             correct_k = correct[:k].reshape(-1).float().sum(0, keepdim=True)
             res.append(correct_k.mul_(100.0 / batch_size))
         return res
+
+
+def frozen_batchnorm2d(lib):
+    """torchvision's ``FrozenBatchNorm2d`` written against ``lib`` (DETR's backbones and
+    fine-tuning code use it): batch norm with fixed statistics and affine terms, all buffers,
+    whose ``_load_from_state_dict`` drops ``num_batches_tracked`` so a ``BatchNorm2d``
+    checkpoint loads strictly."""
+    nn = lib.nn
+
+    class FrozenBatchNorm2d(nn.Module):
+        def __init__(self, num_features: int, eps: float = 1e-5):
+            super().__init__()
+            self.eps = eps
+            self.register_buffer("weight", lib.ones(num_features))
+            self.register_buffer("bias", lib.zeros(num_features))
+            self.register_buffer("running_mean", lib.zeros(num_features))
+            self.register_buffer("running_var", lib.ones(num_features))
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                                  missing_keys, unexpected_keys, error_msgs):
+            num_batches_tracked_key = prefix + "num_batches_tracked"
+            if num_batches_tracked_key in state_dict:
+                del state_dict[num_batches_tracked_key]
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                          missing_keys, unexpected_keys, error_msgs)
+
+        def forward(self, x):
+            w = self.weight.reshape(1, -1, 1, 1)
+            b = self.bias.reshape(1, -1, 1, 1)
+            rv = self.running_var.reshape(1, -1, 1, 1)
+            rm = self.running_mean.reshape(1, -1, 1, 1)
+            scale = w * (rv + self.eps).rsqrt()
+            bias = b - rm * scale
+            return x * scale + bias
+
+    return FrozenBatchNorm2d

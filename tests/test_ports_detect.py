@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import both, draw, float64_one_thread, initial_state, start  # noqa: F401
+from _ports import (both, draw, float64_one_thread, frozen_batchnorm2d,  # noqa: F401
+                    initial_state, start)
 
 torch = pytest.importorskip("torch")
 linear_sum_assignment = pytest.importorskip("scipy.optimize").linear_sum_assignment
@@ -1880,31 +1881,7 @@ def frozen_backbone(lib, frozen: bool = True):
 
     nn = lib.nn
 
-    class FrozenBatchNorm2d(nn.Module):
-        def __init__(self, n):
-            super().__init__()
-            self.register_buffer("weight", lib.ones(n))
-            self.register_buffer("bias", lib.zeros(n))
-            self.register_buffer("running_mean", lib.zeros(n))
-            self.register_buffer("running_var", lib.ones(n))
-
-        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                                  missing_keys, unexpected_keys, error_msgs):
-            num_batches_tracked_key = prefix + "num_batches_tracked"
-            if num_batches_tracked_key in state_dict:
-                del state_dict[num_batches_tracked_key]
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                          missing_keys, unexpected_keys, error_msgs)
-
-        def forward(self, x):
-            w = self.weight.reshape(1, -1, 1, 1)
-            b = self.bias.reshape(1, -1, 1, 1)
-            rv = self.running_var.reshape(1, -1, 1, 1)
-            rm = self.running_mean.reshape(1, -1, 1, 1)
-            eps = 1e-5
-            scale = w * (rv + eps).rsqrt()
-            bias = b - rm * scale
-            return x * scale + bias
+    FrozenBatchNorm2d = frozen_batchnorm2d(lib)
 
     class IntermediateLayerGetter(nn.ModuleDict):
         def __init__(self, model, return_layers):

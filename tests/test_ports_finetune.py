@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import arr, arrays, both, draw, float64_one_thread, seeded_build  # noqa: F401
+from _ports import (arr, arrays, both, draw, float64_one_thread,  # noqa: F401
+                    frozen_batchnorm2d, seeded_build)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
@@ -1720,31 +1721,7 @@ def frozen_bn(lib, steps=3):
     fine-tuned."""
     nn, F = lib.nn, lib.nn.functional
 
-    class FrozenBatchNorm2d(nn.Module):
-        def __init__(self, num_features: int, eps: float = 1e-5):
-            super().__init__()
-            self.eps = eps
-            self.register_buffer("weight", lib.ones(num_features))
-            self.register_buffer("bias", lib.zeros(num_features))
-            self.register_buffer("running_mean", lib.zeros(num_features))
-            self.register_buffer("running_var", lib.ones(num_features))
-
-        def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                                  missing_keys, unexpected_keys, error_msgs):
-            num_batches_tracked_key = prefix + "num_batches_tracked"
-            if num_batches_tracked_key in state_dict:
-                del state_dict[num_batches_tracked_key]
-            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                          missing_keys, unexpected_keys, error_msgs)
-
-        def forward(self, x):
-            w = self.weight.reshape(1, -1, 1, 1)
-            b = self.bias.reshape(1, -1, 1, 1)
-            rv = self.running_var.reshape(1, -1, 1, 1)
-            rm = self.running_mean.reshape(1, -1, 1, 1)
-            scale = w * (rv + self.eps).rsqrt()
-            bias = b - rm * scale
-            return x * scale + bias
+    FrozenBatchNorm2d = frozen_batchnorm2d(lib)
 
     class Adapter(nn.Module):
         """Renamed from ``down``/``up`` to ``down_proj``/``up_proj``; old checkpoints load."""
