@@ -67,6 +67,16 @@ class _ConvNd(Module):
     def extra_repr(self) -> str:
         return _conv_repr(self)
 
+    def forward(self, x):
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def _conv_forward(self, x, weight, bias):
+        """This layer's convolution with another ``weight`` and ``bias`` (PyTorch's hook for
+        subclasses: weight standardisation, LoRA on a convolution)."""
+        x, padding = self._input(x)
+        return _named(self, self._conv, x, weight, bias, self.stride, padding, self.dilation,
+                      self.groups)
+
     def _input(self, x):
         """The input and the padding the convolution adds: with another ``padding_mode`` than
         zeros, the input padded in that mode first (PyTorch's widths) and no more."""
@@ -116,32 +126,14 @@ class Conv1d(_ConvNd):
     """Convolution over (N, C, L) or unbatched (C, L); weight (out, in/groups, k)."""
 
     nd = 1
-
-    def forward(self, x):
-        return self._conv_forward(x, self.weight, self.bias)
-
-    def _conv_forward(self, x, weight, bias):
-        """This layer's convolution with another ``weight`` and ``bias`` (PyTorch's hook for
-        subclasses: weight standardisation, LoRA on a convolution)."""
-        x, padding = self._input(x)
-        return _named(self, F.conv1d, x, weight, bias, self.stride, padding,
-                      self.dilation, self.groups)
+    _conv = staticmethod(F.conv1d)
 
 
 class Conv2d(_ConvNd):
     """Convolution over (N, C, H, W) or unbatched (C, H, W); weight (out, in/groups, kh, kw)."""
 
     nd = 2
-
-    def forward(self, x):
-        return self._conv_forward(x, self.weight, self.bias)
-
-    def _conv_forward(self, x, weight, bias):
-        """This layer's convolution with another ``weight`` and ``bias`` (PyTorch's hook for
-        subclasses: weight standardisation, LoRA on a convolution)."""
-        x, padding = self._input(x)
-        return _named(self, F.conv2d, x, weight, bias, self.stride, padding,
-                      self.dilation, self.groups)
+    _conv = staticmethod(F.conv2d)
 
 
 class Conv3d(_ConvNd):
@@ -149,16 +141,7 @@ class Conv3d(_ConvNd):
     kd, kh, kw)."""
 
     nd = 3
-
-    def forward(self, x):
-        return self._conv_forward(x, self.weight, self.bias)
-
-    def _conv_forward(self, x, weight, bias):
-        """This layer's convolution with another ``weight`` and ``bias`` (PyTorch's hook for
-        subclasses: weight standardisation, LoRA on a convolution)."""
-        x, padding = self._input(x)
-        return _named(self, F.conv3d, x, weight, bias, self.stride, padding,
-                      self.dilation, self.groups)
+    _conv = staticmethod(F.conv3d)
 
 
 class _Pool(Module):
