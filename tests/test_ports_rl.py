@@ -284,6 +284,7 @@ def ppo(lib, batches=None, updates: int = 2, target_kl: float = 0.003):
     record = {"logp": [], "loss": [], "kl": [], "norm": [], "ratio": [], "stop": [],
               "batches": [], "ent": []}
     replay = iter(batches) if batches is not None else None
+    shuffle = lib.Generator().manual_seed(SHUFFLE_SEED)  # the minibatches, drawn by nodegrad
     state = env.reset()
     for _update in range(updates):
         obs, acts, logps, rews, vals = [], [], [], [], []
@@ -318,7 +319,8 @@ def ppo(lib, batches=None, updates: int = 2, target_kl: float = 0.003):
         for _epoch in range(epochs):
             if replay is None:
                 sampler = from_data.BatchSampler(
-                    from_data.SubsetRandomSampler(range(n_steps)), mb, drop_last=False)
+                    from_data.SubsetRandomSampler(range(n_steps), generator=shuffle), mb,
+                    drop_last=False)
                 idxs = [list(i) for i in sampler]
                 record["batches"].append(idxs)
             else:
@@ -351,6 +353,9 @@ def ppo(lib, batches=None, updates: int = 2, target_kl: float = 0.003):
                 break
     record["w"] = arrays(model.state_dict())
     return record
+
+
+SHUFFLE_SEED = 0
 
 
 def test_ppo_clipped_minibatches_kl_early_stop():
