@@ -387,6 +387,27 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
 
 
 
+def _batched_view(out, args: tuple, prim: Primitive, params: dict) -> None:
+    """Inside vmap, ``out`` of a view op (transpose, diagonal, reshape, ...) names its batched
+    base and the op, as an eager view does (:func:`_share_version`), so an in-place change of
+    ``out`` also changes the base (:func:`.ops.index.write_through`) instead of being lost."""
+    level = getattr(out, "level", None)
+    if level is None or getattr(out, "_view", None) is not None:
+        return
+    d = out.val.data if type(out.val) is Tensor else None  # (nested vmap: left alone)
+    if not B.is_array(d):
+        return
+    root = d if d.base is None else d.base
+    for a in args:
+        if type(a) is type(out) and getattr(a, "level", None) is level:
+            v = a.val.data if type(a.val) is Tensor else None
+            # a view of the same dtype (not a dtype view such as .imag, whose batched write
+            # the view-put rule cannot place)
+            if B.is_array(v) and (v is root or v.base is root) and v.dtype == d.dtype:
+                out._view = (a, prim, params)
+            return
+
+
 def _through_float32(prim: Primitive, args: tuple, params: dict, m, low=_BF16):
     """``prim`` on bfloat16 operands (``low``; float16 ones on the CPU too), computed in float32
     with its float32 result rounded back to ``low`` once, as PyTorch's CPU kernels compute
@@ -461,7 +482,10 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 return type(a).__nodegrad_bind__(prim, args, params)
         if prim.operands is not None and len(args) > 1:
             args = _promote(prim, args)
-        return batch_bind(bind, prim, args, params)
+        out = batch_bind(bind, prim, args, params)
+        if prim.views:  # a batched view: an in-place change of it reaches its base
+            _batched_view(out, args, prim, params)
+        return out
     first = None  # the first array operand, its type and dtype
     ftype = fdt = None
     odd = False  # another operand of another type (device) or dtype: checked after the loop

@@ -189,3 +189,32 @@ def test_a_node_that_saved_a_tensor_rebound_later_reads_its_value_from_then():
     y.mul_(2)
     with pytest.raises(ng.errors.InplaceError):
         z.sum().backward()
+
+
+@pytest.mark.parametrize("write", ["t_setitem", "diagonal_fill", "reshape_mul", "t_mul_grad"])
+def test_writes_through_views_inside_vmap_reach_the_base(write):
+    """Inside vmap an in-place change of a transpose, diagonal or reshape view reaches the
+    tensor it views, as in eager mode and under torch.func.vmap (it was lost silently)."""
+
+    def program(lib, grad):
+        def f(x):
+            y = x.clone()
+            if write == "t_setitem":
+                y.t()[0] = 5.0
+            elif write == "diagonal_fill":
+                y.diagonal().fill_(7.0)
+            elif write == "reshape_mul":
+                y.reshape(-1).mul_(2.0)
+            else:
+                y.t().mul_(x.t())
+            return y.sum() if grad else y
+        return f
+
+    x = np.arange(12.0).reshape(3, 2, 2)
+    grad = write.endswith("grad")
+    ng_f, t_f = program(ng, grad), program(torch, grad)
+    got = ng.vmap(ng.grad(ng_f) if grad else ng_f)(ng.tensor(x))
+    want = torch.func.vmap(torch.func.grad(t_f) if grad else t_f)(torch.tensor(x))
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(got.numpy()[1], (ng.grad(ng_f) if grad else ng_f)(
+        ng.tensor(x[1])).numpy())

@@ -249,7 +249,7 @@ def write_through(view: Tensor, value, name: str) -> None:
         base[entry[1]] = value
         return
     _, prim, params = entry  # another view (transpose, reshape, diagonal, ...)
-    d = view.data
+    d = view.data if type(view) is Tensor else getattr(view, "val", None)  # (vmap: the batch)
     if B.is_array(d) and getattr(getattr(d, "flags", None), "writeable", True) is False:
         if prim.name == "sliding_window_view":
             raise ShapeError(f"{name}: this unfold (sliding window) view cannot be written in "
