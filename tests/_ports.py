@@ -188,3 +188,15 @@ def frozen_batchnorm2d(lib):
             return x * scale + bias
 
     return FrozenBatchNorm2d
+
+
+def square_distance(lib, src, dst):
+    """PointNet++'s ``square_distance`` (its reference repository's pointnet2_utils, which the
+    point-cloud and graph ports both use): every pair's squared distance, src [B, N, C] and
+    dst [B, M, C] -> [B, N, M], as ``-2 src dstᵀ + |src|² + |dst|²``."""
+    B, N, _ = src.shape
+    _, M, _ = dst.shape
+    dist = -2 * lib.matmul(src, dst.permute(0, 2, 1))
+    dist += lib.sum(src ** 2, -1).view(B, N, 1)
+    dist += lib.sum(dst ** 2, -1).view(B, 1, M)
+    return dist

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import _one_torch_thread, arr, arrays, assert_same  # noqa: F401
+from _ports import (_one_torch_thread, arr, arrays, assert_same,  # noqa: F401
+                    square_distance)
 
 torch = pytest.importorskip("torch")
 
@@ -1057,15 +1058,6 @@ def get_graph_feature(lib, x, k=4):
     feature = feature.view(batch_size, num_points, k, num_dims)
     x = x.view(batch_size, num_points, 1, num_dims).repeat(1, 1, k, 1)
     return lib.cat((feature - x, x), dim=3).permute(0, 3, 1, 2).contiguous()
-
-
-def square_distance(lib, src, dst):
-    B, N, _ = src.shape
-    _, M, _ = dst.shape
-    dist = -2 * lib.matmul(src, dst.permute(0, 2, 1))
-    dist += lib.sum(src ** 2, -1).view(B, N, 1)
-    dist += lib.sum(dst ** 2, -1).view(B, 1, M)
-    return dist
 
 
 def index_points(lib, points, idx):

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import both, draw, float64_one_thread, initial_state, start  # noqa: F401
+from _ports import (both, draw, float64_one_thread, initial_state,  # noqa: F401
+                    square_distance, start)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
@@ -34,16 +35,6 @@ def grads(model) -> dict:
 
 
 # 1. PointNet++ (the reference repository's pointnet2_utils, minus the random start point)
-
-def square_distance(lib, src, dst):
-    """Squared distance between every pair: src [B, N, C], dst [B, M, C] -> [B, N, M]."""
-    B, N, _ = src.shape
-    _, M, _ = dst.shape
-    dist = -2 * lib.matmul(src, dst.permute(0, 2, 1))
-    dist += lib.sum(src ** 2, -1).view(B, N, 1)
-    dist += lib.sum(dst ** 2, -1).view(B, 1, M)
-    return dist
-
 
 def index_points(lib, points, idx):
     """points [B, N, C], idx [B, S] or [B, S, K] -> [B, S(, K), C]."""
