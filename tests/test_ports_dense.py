@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import (arr, arrays, assert_same, both, draw,  # noqa: F401
+from _ports import (BoxCoder, arr, arrays, assert_same, both, draw,  # noqa: F401
                     float64_one_thread, initial_state, start)
 
 torch = pytest.importorskip("torch")
@@ -1063,90 +1063,6 @@ def complete_box_iou_loss(torch, boxes1, boxes2, reduction: str = "none", eps: f
     elif reduction == "sum":
         loss = loss.sum()
     return loss
-
-
-class BoxCoder:
-    """torchvision.models.detection._utils.BoxCoder: (dx, dy, dw, dh) against anchors."""
-
-    def __init__(self, torch, weights, bbox_xform_clip: float = math.log(1000.0 / 16)) -> None:
-        self.torch = torch
-        self.weights = weights
-        self.bbox_xform_clip = bbox_xform_clip
-
-    def encode_single(self, reference_boxes, proposals):
-        torch = self.torch
-        dtype = reference_boxes.dtype
-        device = reference_boxes.device
-        weights = torch.as_tensor(self.weights, dtype=dtype, device=device)
-        wx = weights[0]
-        wy = weights[1]
-        ww = weights[2]
-        wh = weights[3]
-
-        proposals_x1 = proposals[:, 0].unsqueeze(1)
-        proposals_y1 = proposals[:, 1].unsqueeze(1)
-        proposals_x2 = proposals[:, 2].unsqueeze(1)
-        proposals_y2 = proposals[:, 3].unsqueeze(1)
-
-        reference_boxes_x1 = reference_boxes[:, 0].unsqueeze(1)
-        reference_boxes_y1 = reference_boxes[:, 1].unsqueeze(1)
-        reference_boxes_x2 = reference_boxes[:, 2].unsqueeze(1)
-        reference_boxes_y2 = reference_boxes[:, 3].unsqueeze(1)
-
-        # implementation starts here
-        ex_widths = proposals_x2 - proposals_x1
-        ex_heights = proposals_y2 - proposals_y1
-        ex_ctr_x = proposals_x1 + 0.5 * ex_widths
-        ex_ctr_y = proposals_y1 + 0.5 * ex_heights
-
-        gt_widths = reference_boxes_x2 - reference_boxes_x1
-        gt_heights = reference_boxes_y2 - reference_boxes_y1
-        gt_ctr_x = reference_boxes_x1 + 0.5 * gt_widths
-        gt_ctr_y = reference_boxes_y1 + 0.5 * gt_heights
-
-        targets_dx = wx * (gt_ctr_x - ex_ctr_x) / ex_widths
-        targets_dy = wy * (gt_ctr_y - ex_ctr_y) / ex_heights
-        targets_dw = ww * torch.log(gt_widths / ex_widths)
-        targets_dh = wh * torch.log(gt_heights / ex_heights)
-
-        targets = torch.cat((targets_dx, targets_dy, targets_dw, targets_dh), dim=1)
-        return targets
-
-    def decode_single(self, rel_codes, boxes):
-        torch = self.torch
-        boxes = boxes.to(rel_codes.dtype)
-
-        widths = boxes[:, 2] - boxes[:, 0]
-        heights = boxes[:, 3] - boxes[:, 1]
-        ctr_x = boxes[:, 0] + 0.5 * widths
-        ctr_y = boxes[:, 1] + 0.5 * heights
-
-        wx, wy, ww, wh = self.weights
-        dx = rel_codes[:, 0::4] / wx
-        dy = rel_codes[:, 1::4] / wy
-        dw = rel_codes[:, 2::4] / ww
-        dh = rel_codes[:, 3::4] / wh
-
-        # Prevent sending too large values into torch.exp()
-        dw = torch.clamp(dw, max=self.bbox_xform_clip)
-        dh = torch.clamp(dh, max=self.bbox_xform_clip)
-
-        pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
-        pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-        pred_w = torch.exp(dw) * widths[:, None]
-        pred_h = torch.exp(dh) * heights[:, None]
-
-        # Distance from center to box's corner.
-        c_to_c_h = torch.tensor(0.5, dtype=pred_ctr_y.dtype, device=pred_h.device) * pred_h
-        c_to_c_w = torch.tensor(0.5, dtype=pred_ctr_x.dtype, device=pred_w.device) * pred_w
-
-        pred_boxes1 = pred_ctr_x - c_to_c_w
-        pred_boxes2 = pred_ctr_y - c_to_c_h
-        pred_boxes3 = pred_ctr_x + c_to_c_w
-        pred_boxes4 = pred_ctr_y + c_to_c_h
-        pred_boxes = torch.stack((pred_boxes1, pred_boxes2, pred_boxes3, pred_boxes4),
-                                 dim=2).flatten(1)
-        return pred_boxes
 
 
 def anchors(torch, sizes=(8.0, 16.0), aspect_ratios=(0.5, 1.0, 2.0), grid=(3, 4), stride=4):

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import (both, draw, float64_one_thread, frozen_batchnorm2d,  # noqa: F401
-                    initial_state, start)
+from _ports import (BoxCoder, both, draw, float64_one_thread,  # noqa: F401
+                    frozen_batchnorm2d, initial_state, start)
 
 torch = pytest.importorskip("torch")
 linear_sum_assignment = pytest.importorskip("scipy.optimize").linear_sum_assignment
@@ -202,64 +202,6 @@ def make_anchors(lib, image_size=32, grid_sizes=((4, 4), (2, 2)), sizes=(8, 16))
     cell = [generate_anchors(lib, (s,), (0.5, 1.0, 2.0), lib.float64) for s in sizes]
     strides = [[image_size // g[0], image_size // g[1]] for g in grid_sizes]
     return lib.cat(grid_anchors(lib, grid_sizes, strides, cell))
-
-
-class BoxCoder:
-    """torchvision's det_utils.BoxCoder (weights, clamped log-scale)."""
-
-    def __init__(self, lib, weights, bbox_xform_clip=math.log(1000.0 / 16)):
-        self.lib, self.weights, self.bbox_xform_clip = lib, weights, bbox_xform_clip
-
-    def encode_single(self, reference_boxes, proposals):
-        lib = self.lib
-        wx, wy, ww, wh = self.weights
-        proposals_x1 = proposals[:, 0].unsqueeze(1)
-        proposals_y1 = proposals[:, 1].unsqueeze(1)
-        proposals_x2 = proposals[:, 2].unsqueeze(1)
-        proposals_y2 = proposals[:, 3].unsqueeze(1)
-        reference_boxes_x1 = reference_boxes[:, 0].unsqueeze(1)
-        reference_boxes_y1 = reference_boxes[:, 1].unsqueeze(1)
-        reference_boxes_x2 = reference_boxes[:, 2].unsqueeze(1)
-        reference_boxes_y2 = reference_boxes[:, 3].unsqueeze(1)
-        ex_widths = proposals_x2 - proposals_x1
-        ex_heights = proposals_y2 - proposals_y1
-        ex_ctr_x = proposals_x1 + 0.5 * ex_widths
-        ex_ctr_y = proposals_y1 + 0.5 * ex_heights
-        gt_widths = reference_boxes_x2 - reference_boxes_x1
-        gt_heights = reference_boxes_y2 - reference_boxes_y1
-        gt_ctr_x = reference_boxes_x1 + 0.5 * gt_widths
-        gt_ctr_y = reference_boxes_y1 + 0.5 * gt_heights
-        targets_dx = wx * (gt_ctr_x - ex_ctr_x) / ex_widths
-        targets_dy = wy * (gt_ctr_y - ex_ctr_y) / ex_heights
-        targets_dw = ww * lib.log(gt_widths / ex_widths)
-        targets_dh = wh * lib.log(gt_heights / ex_heights)
-        return lib.cat((targets_dx, targets_dy, targets_dw, targets_dh), dim=1)
-
-    def decode_single(self, rel_codes, boxes):
-        lib = self.lib
-        boxes = boxes.to(rel_codes.dtype)
-        widths = boxes[:, 2] - boxes[:, 0]
-        heights = boxes[:, 3] - boxes[:, 1]
-        ctr_x = boxes[:, 0] + 0.5 * widths
-        ctr_y = boxes[:, 1] + 0.5 * heights
-        wx, wy, ww, wh = self.weights
-        dx = rel_codes[:, 0::4] / wx
-        dy = rel_codes[:, 1::4] / wy
-        dw = rel_codes[:, 2::4] / ww
-        dh = rel_codes[:, 3::4] / wh
-        dw = lib.clamp(dw, max=self.bbox_xform_clip)
-        dh = lib.clamp(dh, max=self.bbox_xform_clip)
-        pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
-        pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-        pred_w = lib.exp(dw) * widths[:, None]
-        pred_h = lib.exp(dh) * heights[:, None]
-        c_to_c_h = lib.tensor(0.5, dtype=pred_ctr_y.dtype) * pred_h
-        c_to_c_w = lib.tensor(0.5, dtype=pred_ctr_x.dtype) * pred_w
-        pred_boxes1 = pred_ctr_x - c_to_c_w
-        pred_boxes2 = pred_ctr_y - c_to_c_h
-        pred_boxes3 = pred_ctr_x + c_to_c_w
-        pred_boxes4 = pred_ctr_y + c_to_c_h
-        return lib.stack((pred_boxes1, pred_boxes2, pred_boxes3, pred_boxes4), dim=2).flatten(1)
 
 
 def point_form(lib, boxes):
