@@ -288,3 +288,33 @@ class BoxCoder:
         pred_boxes = torch.stack((pred_boxes1, pred_boxes2, pred_boxes3, pred_boxes4),
                                  dim=2).flatten(1)
         return pred_boxes
+
+
+def index_points(lib, points, idx):
+    """PointNet++'s gather by batched indices: points [B, N, C], idx [B, S] or [B, S, K] ->
+    [B, S(, K), C]."""
+    device = points.device
+    B = points.shape[0]
+    view_shape = list(idx.shape)
+    view_shape[1:] = [1] * (len(view_shape) - 1)
+    repeat_shape = list(idx.shape)
+    repeat_shape[0] = 1
+    batch_indices = lib.arange(B, dtype=lib.long).to(device).view(view_shape).repeat(repeat_shape)
+    new_points = points[batch_indices, idx, :]
+    return new_points
+
+
+def query_ball_point(lib, radius, nsample, xyz, new_xyz):
+    """PointNet++'s ball query: for each of new_xyz [B, S, 3] the first ``nsample`` indices of
+    xyz [B, N, 3] within ``radius`` (sorted), padded with the first one."""
+    device = xyz.device
+    B, N, C = xyz.shape
+    _, S, _ = new_xyz.shape
+    group_idx = lib.arange(N, dtype=lib.long).to(device).view(1, 1, N).repeat([B, S, 1])
+    sqrdists = square_distance(lib, new_xyz, xyz)
+    group_idx[sqrdists > radius ** 2] = N
+    group_idx = group_idx.sort(dim=-1)[0][:, :, :nsample]
+    group_first = group_idx[:, :, 0].view(B, S, 1).repeat([1, 1, nsample])
+    mask = group_idx == N
+    group_idx[mask] = group_first[mask]
+    return group_idx

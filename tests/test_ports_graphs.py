@@ -17,7 +17,7 @@ import pytest
 
 import nodegrad as ng
 from _ports import (_one_torch_thread, arr, arrays, assert_same,  # noqa: F401
-                    square_distance)
+                    index_points, query_ball_point, square_distance)
 
 torch = pytest.importorskip("torch")
 
@@ -1060,16 +1060,6 @@ def get_graph_feature(lib, x, k=4):
     return lib.cat((feature - x, x), dim=3).permute(0, 3, 1, 2).contiguous()
 
 
-def index_points(lib, points, idx):
-    B = points.shape[0]
-    view_shape = list(idx.shape)
-    view_shape[1:] = [1] * (len(view_shape) - 1)
-    repeat_shape = list(idx.shape)
-    repeat_shape[0] = 1
-    batch_indices = lib.arange(B, dtype=lib.long).view(view_shape).repeat(repeat_shape)
-    return points[batch_indices, idx, :]
-
-
 def farthest_point_sample(lib, xyz, npoint):
     B, N, C = xyz.shape
     centroids = lib.zeros(B, npoint, dtype=lib.long)
@@ -1084,19 +1074,6 @@ def farthest_point_sample(lib, xyz, npoint):
         distance[mask] = dist[mask]
         farthest = lib.max(distance, -1)[1]
     return centroids
-
-
-def query_ball_point(lib, radius, nsample, xyz, new_xyz):
-    B, N, C = xyz.shape
-    _, S, _ = new_xyz.shape
-    group_idx = lib.arange(N, dtype=lib.long).view(1, 1, N).repeat([B, S, 1])
-    sqrdists = square_distance(lib, new_xyz, xyz)
-    group_idx[sqrdists > radius ** 2] = N
-    group_idx = group_idx.sort(dim=-1)[0][:, :, :nsample]
-    group_first = group_idx[:, :, 0].view(B, S, 1).repeat([1, 1, nsample])
-    mask = group_idx == N
-    group_idx[mask] = group_first[mask]
-    return group_idx
 
 
 def dgcnn_build(lib):

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
-from _ports import (both, draw, float64_one_thread, initial_state,  # noqa: F401
-                    square_distance, start)
+from _ports import (both, draw, float64_one_thread, index_points,  # noqa: F401
+                    initial_state, query_ball_point, square_distance, start)
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
@@ -35,19 +35,6 @@ def grads(model) -> dict:
 
 
 # 1. PointNet++ (the reference repository's pointnet2_utils, minus the random start point)
-
-def index_points(lib, points, idx):
-    """points [B, N, C], idx [B, S] or [B, S, K] -> [B, S(, K), C]."""
-    device = points.device
-    B = points.shape[0]
-    view_shape = list(idx.shape)
-    view_shape[1:] = [1] * (len(view_shape) - 1)
-    repeat_shape = list(idx.shape)
-    repeat_shape[0] = 1
-    batch_indices = lib.arange(B, dtype=lib.long).to(device).view(view_shape).repeat(repeat_shape)
-    new_points = points[batch_indices, idx, :]
-    return new_points
-
 
 def farthest_point_sample(lib, xyz, npoint):
     device = xyz.device
@@ -64,20 +51,6 @@ def farthest_point_sample(lib, xyz, npoint):
         distance[mask] = dist[mask]
         farthest = lib.max(distance, -1)[1]
     return centroids
-
-
-def query_ball_point(lib, radius, nsample, xyz, new_xyz):
-    device = xyz.device
-    B, N, C = xyz.shape
-    _, S, _ = new_xyz.shape
-    group_idx = lib.arange(N, dtype=lib.long).to(device).view(1, 1, N).repeat([B, S, 1])
-    sqrdists = square_distance(lib, new_xyz, xyz)
-    group_idx[sqrdists > radius ** 2] = N
-    group_idx = group_idx.sort(dim=-1)[0][:, :, :nsample]
-    group_first = group_idx[:, :, 0].view(B, S, 1).repeat([1, 1, nsample])
-    mask = group_idx == N
-    group_idx[mask] = group_first[mask]
-    return group_idx
 
 
 def sample_and_group(lib, npoint, radius, nsample, xyz, points, returnfps=False):
