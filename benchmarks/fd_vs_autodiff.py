@@ -58,7 +58,7 @@ def fd_gradient(model: nn.Module, loss, eps: float = 1e-6) -> list[np.ndarray]:
     out = []
     with ng.no_grad():
         for p in model.parameters():
-            flat = p.data.reshape(-1)
+            flat = p.detach().numpy().reshape(-1)  # the parameter's memory, writable
             g = np.empty(flat.size)
             for j in range(flat.size):
                 orig = flat[j]

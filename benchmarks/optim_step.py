@@ -54,7 +54,7 @@ def nodegrad_step(d: dict, algo: str = "adam", flat: bool = True, in_place: bool
 
     def step():
         opt.step()
-        return ps[0].data
+        return ps[0].detach()
 
     return step
 

@@ -353,10 +353,9 @@ def backend_of(a) -> Backend:
         return CPU
     if _cupy is not None and isinstance(a, _cupy.ndarray):
         return cuda_backend(a.device.id)
-    if hasattr(a, "data") and hasattr(a, "requires_grad"):  # t.data = tensor, as PyTorch
-        raise DeviceError("a tensor holds a Tensor where its array belongs: `t.data` is the raw "
-                          "array here, so assign `t.data = other.data` (or use t.copy_(other)"
-                          "), not `t.data = other`")
+    if hasattr(a, "_data") and hasattr(a, "requires_grad"):
+        raise DeviceError(f"expected a NumPy or CuPy array, got a {type(a).__name__} (pass its "
+                          "array: t.numpy(), or t.detach() to nodegrad's functions)")
     raise DeviceError(f"expected a NumPy or CuPy array, got {type(a).__name__}")
 
 

@@ -108,7 +108,7 @@ def _make_rule(m, state: dict, cache: dict | None, cache_on: dict) -> Callable:
         dev = None
         for a in args:  # the device of the first tensor operand
             if isinstance(a, Tensor):
-                dev = "cpu" if type(a.data) is _ndarray else "cuda"
+                dev = "cpu" if type(a._data) is _ndarray else "cuda"
                 break
         if dev is None:
             return args
@@ -128,7 +128,7 @@ def _make_rule(m, state: dict, cache: dict | None, cache_on: dict) -> Callable:
         for i, a in enumerate(args):
             if not isinstance(a, Tensor):
                 continue
-            dt = a.data.dtype
+            dt = a._data.dtype
             if dt is target or not B.is_float(dt) or dt == target or dt == _F64:
                 continue
             if out is None:
@@ -158,7 +158,7 @@ def _cached_cast(cache: dict, a: Tensor, target) -> Tensor:
         if src is a and ver[0] == v and (cast.node is None or cast.node.alive):
             return cast
     ver = a._ensure_version()
-    cast = bind(_ASTYPE, (a,), {"dtype": target, "src": a.data.dtype})
+    cast = bind(_ASTYPE, (a,), {"dtype": target, "src": a._data.dtype})
     cache[key] = (a, ver, ver[0], cast)
     return cast
 
@@ -176,7 +176,7 @@ def _promote_mixed(prim, args: tuple, low) -> tuple:
     for i in pos:
         a = args[i]
         if isinstance(a, Tensor):
-            dt = a.data.dtype
+            dt = a._data.dtype
             if B.is_float(dt):
                 if dt == low:
                     has_low = True
@@ -187,7 +187,7 @@ def _promote_mixed(prim, args: tuple, low) -> tuple:
     out = list(args)
     for i in pos:
         a = out[i]
-        if isinstance(a, Tensor) and a.data.dtype == low:
+        if isinstance(a, Tensor) and a._data.dtype == low:
             out[i] = bind(_ASTYPE, (a,), {"dtype": widest, "src": low})
     return tuple(out)
 
@@ -335,11 +335,11 @@ def _cast_in_region(tensors: tuple, target, cpu_only: bool = False) -> tuple:
         return tensors
     out = []
     for t in tensors:
-        if isinstance(t, Tensor) and B.is_float(t.data.dtype):
-            low = state.get("cpu" if type(t.data) is _ndarray else None if cpu_only else "cuda")
-            to = None if low is None else target(t.data.dtype, low)
-            if to is not None and to != t.data.dtype:
-                t = bind(_ASTYPE, (t,), {"dtype": to, "src": t.data.dtype})
+        if isinstance(t, Tensor) and B.is_float(t._data.dtype):
+            low = state.get("cpu" if type(t._data) is _ndarray else None if cpu_only else "cuda")
+            to = None if low is None else target(t._data.dtype, low)
+            if to is not None and to != t._data.dtype:
+                t = bind(_ASTYPE, (t,), {"dtype": to, "src": t._data.dtype})
         out.append(t)
     return tuple(out)
 
@@ -364,7 +364,7 @@ def promote_in_region(*tensors):
     float32 and a CPU autocast region is on (else as given): for composite ops PyTorch's CPU
     autocast lists as promote ops (``index_copy``), whose rule also leaves float64 out and
     refuses bfloat16 with float16 (the op itself refuses such mixes here)."""
-    if not any(isinstance(t, Tensor) and t.data.dtype == _F32 for t in tensors):
+    if not any(isinstance(t, Tensor) and t._data.dtype == _F32 for t in tensors):
         return tensors
     return float32_in_region(*tensors, cpu_only=True)
 
@@ -398,9 +398,9 @@ def _up_floats(value, state: dict):
     """``value`` with its lower-precision floating tensors cast to float32 where their device's
     region is on (lists and tuples walked)."""
     if isinstance(value, Tensor):
-        dt = value.data.dtype
+        dt = value._data.dtype
         if dt.itemsize < 4 and B.is_float(dt) and (
-                state.get("cpu" if type(value.data) is _ndarray else "cuda") is not None):
+                state.get("cpu" if type(value._data) is _ndarray else "cuda") is not None):
             return bind(_ASTYPE, (value,), {"dtype": _F32, "src": dt})
         return value
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
@@ -413,7 +413,7 @@ def _cast_floats(value, device: str, dtype):
     """``value`` with its floating tensors on ``device`` cast to ``dtype`` (lists, tuples, dicts
     walked), as torch.amp's ``_cast``."""
     if isinstance(value, Tensor):
-        on = (type(value.data) is _ndarray) == (device == "cpu")
+        on = (type(value._data) is _ndarray) == (device == "cpu")
         if on and B.is_float(value.dtype) and value.dtype != _F64 and value.dtype != dtype:
             return value.astype(dtype)
         return value
@@ -602,7 +602,7 @@ class GradScaler:
                     raise ValueError("GradScaler.unscale_: attempting to unscale float16 "
                                      "gradients; keep the parameters in float32 (autocast "
                                      "casts them for the products)")
-                d = g.data
+                d = g._data
                 xp = B.backend_of(d).xp
                 if found is None:
                     found = False

@@ -4,7 +4,7 @@ Every recorded operation leaves a :class:`Node` (primitive, parameters, parents 
 needs). ``backward`` visits the nodes reachable from the outputs in reverse topological order
 (an iterative sort by child counts, so deep graphs never recurse); each node sums the cotangents
 its children sent, applies its primitive's vector-Jacobian product and sends one message to each
-parent. No Jacobian is ever formed. The engine only sees tensors through ``.data``, ``.node``,
+parent. No Jacobian is ever formed. The engine only sees tensors through ``._data``, ``.node``,
 ``.requires_grad`` and ``.grad``, so this module sits below ``tensor``. The modes (grad,
 inference, and what vmap/grad/jvp keep while they run) belong to the calling thread, as in
 PyTorch: one :class:`Modes` record per thread. Anomaly mode, as PyTorch's, is one switch for
@@ -475,7 +475,7 @@ def computes_with_values(t, what: str) -> None:
     them): under a jit trace where ``t`` is traced, those values would be baked into the
     program, so the signature is marked to run eagerly instead (``what`` says why)."""
     rec = modes().jit
-    data = getattr(t, "data", None)
+    data = getattr(t, "_data", None)
     if rec is not None and rec.fallback is None and id(data) in rec.slot:
         rec.fallback = f"{what} computes with the values of a traced tensor (at " \
                        f"{creation_site()})"
@@ -563,12 +563,12 @@ def _nan_input_of(node: Node) -> str | None:
     n = len(node.parents)
     if node.args is not None:
         for i, a in enumerate(node.args):
-            d = getattr(a, "data", a)
+            d = getattr(a, "_data", a)
             if not isinstance(a, Spec) and has_nan(d):
                 return input_held_nan(name, i, n, a, d)
     for i, p in enumerate(node.parents):  # leaves can still be looked at
-        if p is not None and type(p) is not Node and has_nan(p.data):
-            return input_held_nan(name, i, n, p, p.data)
+        if p is not None and type(p) is not Node and has_nan(p._data):
+            return input_held_nan(name, i, n, p, p._data)
     if node.out is not None and has_nan(node.out):
         return (f"the output of '{name}' already held NaN in the forward pass; run the forward "
                 "inside detect_anomaly too to see where the NaN started")
@@ -700,7 +700,7 @@ def settle_retained() -> None:
 def _check_hook_result(hook, r, g) -> None:
     """A gradient hook's replacement must be a tensor of the gradient's shape and dtype."""
     name = getattr(hook, "__name__", type(hook).__name__)
-    if not hasattr(r, "node") or not hasattr(r, "data"):
+    if not hasattr(r, "node") or not hasattr(r, "_data"):
         raise TypeError(f"gradient hook '{name}' returned {type(r).__name__}; expected a "
                         "tensor (or None to keep the gradient)")
     if tuple(r.shape) != tuple(g.shape):
@@ -770,13 +770,13 @@ def _run_node_hooks(hooks: list, g, seen: set) -> tuple:
         g = _run_hooks(plain, g, seen)
     if pre is not None:
         for h in pre:
-            seen.add(id(g.data))
+            seen.add(id(g._data))
             r = h.fn((g,))
             if r is not None:
                 (r,) = _hook_tuple("node pre-hook", h.fn, r, 1)
                 _check_hook_result(h.fn, r, g)
                 g = r
-                seen.add(id(g.data))
+                seen.add(id(g._data))
     return g, post
 
 
@@ -785,7 +785,7 @@ def _run_post_hooks(post: list, grads: list, g, seen: set) -> list:
     for h in post:
         for gi in grads:
             if gi is not None:
-                seen.add(id(gi.data))
+                seen.add(id(gi._data))
         r = h.fn(tuple(grads), (g,))
         if r is None:
             continue
@@ -799,7 +799,7 @@ def _run_post_hooks(post: list, grads: list, g, seen: set) -> list:
                 continue
             _check_hook_result(h.fn, new, old)
             grads[i] = new
-            seen.add(id(new.data))
+            seen.add(id(new._data))
     return grads
 
 
@@ -845,7 +845,7 @@ def pack_tensors(ts: Sequence, hooks: tuple | None = None) -> list | None:
     try:
         out = []
         for t in ts:
-            d = t.data
+            d = t._data
             out.append((pack(t), unpack, d.shape, d.dtype, type(d), weakref.ref(t),
                         t._ensure_version()))
         return out
@@ -858,10 +858,10 @@ def unpack_tensor(rec: tuple, name: str, what: str):
     was packed (a tensor of its shape, dtype and device); ``name`` and ``what`` (the op, the
     saved value) word the errors."""
     r = rec[1](rec[0])
-    if not (hasattr(r, "node") and hasattr(r, "data")):
+    if not (hasattr(r, "node") and hasattr(r, "_data")):
         raise TypeError(f"saved_tensors_hooks: unpack_hook returned {type(r).__name__} for "
                         f"{what} of '{name}'; expected a tensor")
-    d, shape, dtype, atype = r.data, rec[2], rec[3], rec[4]
+    d, shape, dtype, atype = r._data, rec[2], rec[3], rec[4]
     if d.shape != shape or d.dtype != dtype or type(d) is not atype:
         raise GradError(
             f"saved_tensors_hooks: unpack_hook returned a tensor of shape {tuple(d.shape)}, "
@@ -885,7 +885,7 @@ def pack_saved(node: Node, hooks: tuple, args: tuple, t) -> None:
     save_in = prim.save_in
     if not (save_in or prim.save_out):
         return
-    where = [k for k, a in enumerate(args) if hasattr(a, "node") and hasattr(a, "data")] \
+    where = [k for k, a in enumerate(args) if hasattr(a, "node") and hasattr(a, "_data")] \
         if save_in else []  # the tensors among the inputs (autodiff sits below tensor)
     ts = [args[k] for k in where]
     if prim.save_out:
@@ -894,7 +894,7 @@ def pack_saved(node: Node, hooks: tuple, args: tuple, t) -> None:
     view = list(args) if save_in else [Spec(s, None) for s in node.shapes]
     for k, a in zip(where, ts):
         if k >= 0:
-            view[k] = Spec(a.data.shape, a.data.dtype)
+            view[k] = Spec(a._data.shape, a._data.dtype)
     rec = Packed(view)
     rec.items = list(zip(where, pack_tensors(ts, hooks)))
     node.args = rec
@@ -923,7 +923,7 @@ def _unpack_saved(n: Node, rec: Packed, create_graph: bool) -> tuple:
     out = None
     for k, item in rec.items:
         r = unpack_tensor(item, name, "its output" if k < 0 else f"its input {k}")
-        d = r.data
+        d = r._data
         if k < 0:
             out = d
             continue
@@ -988,12 +988,12 @@ def _run_hooks(hooks, g, seen: set):
         if type(h) is RetainGrad:
             late = [h] if late is None else late + [h]
             continue
-        seen.add(id(g.data))
+        seen.add(id(g._data))
         r = h(g)
         if r is not None:
             _check_hook_result(h, r, g)
             g = r
-            seen.add(id(g.data))
+            seen.add(id(g._data))
     if late is not None:
         for h in late:
             h(g)
@@ -1021,7 +1021,7 @@ def _saved_args(n: Node, args: tuple) -> tuple:
     have been saved by this node too)."""
     out = list(args)
     for a, d in (e[2:] for e in n.versions):
-        if a is not None and a.data is not d:
+        if a is not None and a._data is not d:
             for k, x in enumerate(args):
                 if x is a:
                     p = n.parents[k]
@@ -1054,7 +1054,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                     f"a value that '{n.prim.name}' saved for backward was modified in place "
                     f"(version {cell[0]}, expected {e[1]}); use an out-of-place op instead")
             a = e[2]
-            if a is not None and a.data is not e[3]:
+            if a is not None and a._data is not e[3]:
                 args = _saved_args(n, args)
                 break
     out = n.out
@@ -1062,12 +1062,12 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         args, out = _unpack_saved(n, args, create_graph)
     prim = n.prim
     if args is None:
-        args = _specs((n.shapes, g.data.dtype))
+        args = _specs((n.shapes, g._data.dtype))
     params = n.params
     parents = n.parents
     rules = prim.vjp
     grads = ans = None
-    if g.data.dtype.kind == "c":  # a complex cotangent: PyTorch's convention (_complex_vjps)
+    if g._data.dtype.kind == "c":  # a complex cotangent: PyTorch's convention (_complex_vjps)
         grads = _complex_vjps(n, g, args, out, params, create_graph, wanted)
         rules = None
     elif prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
@@ -1101,10 +1101,10 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             gi = rules[i](g, ans, *args)
         if gi is None:
             continue
-        if gi.data.shape != shapes[i]:
+        if gi._data.shape != shapes[i]:
             gi = gi.sum_to(shapes[i])
         if anomaly:
-            _check_finite(backend_of(gi.data).xp, gi.data, "result", n)
+            _check_finite(backend_of(gi._data).xp, gi._data, "result", n)
         if collected is not None:
             collected[i] = gi
             continue
@@ -1113,8 +1113,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             pending[p] = gi
         elif owned is None:
             pending[p] = prev + gi
-        elif owned.get(p) is prev and prev.data.dtype == gi.data.dtype:
-            prev.data += gi.data
+        elif owned.get(p) is prev and prev._data.dtype == gi._data.dtype:
+            prev._data += gi._data
         else:
             pending[p] = owned[p] = prev + gi
     if collected is not None:  # the node's post-hooks see the messages, then they go
@@ -1173,13 +1173,13 @@ def _raw_vjps(prim, n: Node, g, args, out, wanted) -> list | None:
     """Node ``n``'s cotangents by its primitive's ``vjp_raw`` (see :func:`.primitive.primitive`)
     when ``g`` and every array the node kept (``args``: its inputs, or their specs) are NumPy
     arrays of one float dtype (integer inputs aside), as tensors; else None (the rules run)."""
-    gd = g.data
+    gd = g._data
     if type(gd) is not _ndarray:
         return None
     dt = gd.dtype
     datas = []
     for a in args:
-        d = getattr(a, "data", a)
+        d = getattr(a, "_data", a)
         if type(d) is _ndarray:
             if d.dtype != dt and d.dtype.kind not in "iub":
                 return None
@@ -1240,32 +1240,32 @@ def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
     one in ``seen`` (a root's cotangent, another leaf's ``.grad``, an array a hook saw or
     returned). Anything else is copied first, so arrays the user or a hook holds never change.
     """
-    if g.data.dtype != leaf.data.dtype:
-        if g.data.dtype.kind == "c" and leaf.data.dtype.kind != "c":
+    if g._data.dtype != leaf._data.dtype:
+        if g._data.dtype.kind == "c" and leaf._data.dtype.kind != "c":
             g = g.real  # a real leaf keeps the real part of a complex gradient, as PyTorch
-        g = g.astype(leaf.data.dtype)
+        g = g.astype(leaf._data.dtype)
     with _GRAD_LOCKS[(id(leaf) >> 4) & 63]:
         old = leaf.grad
         if create_graph:
             if old is not None:
                 leaf.grad = old + g
-            elif g.node is None and (id(g.data) in seen or not g.data.flags.owndata):
-                leaf.grad = type(g)(g.data.copy())  # a constant: later added into in place
+            elif g.node is None and (id(g._data) in seen or not g._data.flags.owndata):
+                leaf.grad = type(g)(g._data.copy())  # a constant: later added into in place
             else:
-                seen.add(id(g.data))
+                seen.add(id(g._data))
                 leaf.grad = g
             return
-        d = g.data
+        d = g._data
         if old is None:
             if id(d) in seen or not d.flags.owndata:
                 d = d.copy()
             seen.add(id(d))
             leaf.grad = type(g)(d)
         elif old.shape == d.shape and old.dtype == d.dtype and old.node is None:
-            old.data += d
+            old._data += d
             old._bump()
         else:
-            leaf.grad = type(g)(old.data + d)
+            leaf.grad = type(g)(old._data + d)
 
 
 def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = False,
@@ -1286,7 +1286,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
             raise GradError(_no_graph("backward: tensor does not require grad and has no graph "
                                       "(did you compute it under no_grad, or from data only?)"))
         k = _key(r)
-        seen.add(id(c.data))
+        seen.add(id(c._data))
         prev = pending.get(k)
         pending[k] = c if prev is None else prev + c
     starts = [_key(r) for r in roots if r.node is not None]
@@ -1401,9 +1401,9 @@ def _materialized(n: Node):
     if not getattr(ctx, "materialize_grads", False) or not n.alive:
         return None
     first = call.outs[call.slots[0]]
-    size = sum(call.outs[i].data.size for i in call.slots)
+    size = sum(call.outs[i]._data.size for i in call.slots)
     dt = "float64" if getattr(call, "dtypes", None) else first.dtype  # the joint's dtype
-    be = backend_of(first.data)
+    be = backend_of(first._data)
     with be.scope():
         return type(first).make(be.xp.zeros(size, dtype=dt))
 
@@ -1453,7 +1453,7 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph: bool | None = None,
                        else retain_graph, create_graph=create_graph, targets=inputs,
                        accumulate=False, allow_unused=allow_unused)
     if materialize_grads:
-        out = [type(t)(backend_of(t.data).xp.zeros_like(t.data)) if g is None else g
+        out = [type(t)(backend_of(t._data).xp.zeros_like(t._data)) if g is None else g
                for t, g in zip(inputs, out)]
     return tuple(out)
 
@@ -1496,11 +1496,11 @@ def _default_cotangents(outputs: list, grad_outputs) -> list:
     cots = []
     for o, c in zip(outputs, grad_outputs):
         if c is None:
-            if o.data.dtype.kind == "c":
+            if o._data.dtype.kind == "c":
                 raise GradError(f"backward: grad can be implicitly created only for real "
                                 f"scalar outputs but got {o.dtype}; pass the cotangent "
                                 "explicitly (or differentiate a real function such as .abs())")
-            if o.data.size != 1:
+            if o._data.size != 1:
                 raise GradError(
                     f"backward: a gradient can be created implicitly only for a scalar output, "
                     f"got shape {tuple(o.shape)}; pass the output's cotangent explicitly")

@@ -89,6 +89,17 @@ class BatchTracer(Tensor):
 
     numpy = item = tolist = __bool__ = __float__ = __int__ = __index__ = __array__ = _no_values
 
+    @property
+    def data(self):
+        """Refused: a batched tensor's examples are not one array (``detach()`` cuts the graph
+        and stays batched)."""
+        raise TypeError("data: inside vmap a batched tensor has no single array; use detach() "
+                        "to cut it from the graph (it stays batched)")
+
+    @data.setter
+    def data(self, value):
+        self._assign("data", value)
+
     def _assign(self, what: str, value):
         raise TypeError(f"{what}: a batched tensor inside vmap cannot be changed in place; "
                         "build a new tensor (zeros_like, full_like, where) instead")
@@ -138,7 +149,7 @@ def values(t):
     of the whole batch (so range checks see every example), else ``t.data``."""
     while type(t) is BatchTracer:
         t = t.val
-    return t.data
+    return t._data
 
 
 class lowered:

@@ -229,8 +229,8 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike | BinaryIO,
         if k == "__metadata__":  # safetensors' header keeps this name for the metadata
             raise ValueError("save: '__metadata__' is reserved by the safetensors format for "
                              "the metadata; rename that tensor")
-        if isinstance(v, Tensor) and id(v.data) in first:
-            aliases[k] = first[id(v.data)][1]
+        if isinstance(v, Tensor) and id(v._data) in first:
+            aliases[k] = first[id(v._data)][1]
             continue
         a = v.numpy() if isinstance(v, Tensor) else v
         if not B.is_array(a):
@@ -248,7 +248,7 @@ def save(state: Mapping[str, Tensor], path: str | os.PathLike | BinaryIO,
         h = B.backend_of(a).to_host(a)
         arrays[k] = h if h.flags.c_contiguous else h.copy(order="C")  # keeps 0-d arrays 0-d
         if isinstance(v, Tensor):
-            first[id(v.data)] = (v.data, k)  # (the array kept, so its id stays its own)
+            first[id(v._data)] = (v._data, k)  # (the array kept, so its id stays its own)
     header = {_META_KEY: _metadata_json(metadata)}
     if tree is not None:
         header[_TREE_KEY] = json.dumps(tree)

@@ -105,7 +105,7 @@ def _bind_lifted(prim, params: dict, vals: tuple):
     if any(type(t) is BatchTracer for t in extra):
         raise NotImplementedError(f"{prim.name}: an index computed in a loop body from a value "
                                   "batched by vmap is not supported here; index with getitem")
-    index = tuple(t.data if isinstance(t, Tensor) else t for t in index)
+    index = tuple(t._data if isinstance(t, Tensor) else t for t in index)
     return bind(prim, vals[:n], {**params, "index": index})
 
 
@@ -196,7 +196,7 @@ class Body:
 def _first_example(t: BatchTracer):
     """The array of the first example of a vmap tracer (whose own array is poison: an integer
     one would be an index out of any range while the body is traced)."""
-    a = _first_example(t.val) if type(t.val) is BatchTracer else t.val.data
+    a = _first_example(t.val) if type(t.val) is BatchTracer else t.val._data
     if a.shape[t.bdim]:
         return a[(slice(None),) * t.bdim + (0, Ellipsis)]  # (a 0-d array, not a scalar)
     return B.backend_of(a).xp.zeros(a.shape[:t.bdim] + a.shape[t.bdim + 1:], dtype=a.dtype)
@@ -204,7 +204,7 @@ def _first_example(t: BatchTracer):
 
 def _example(t, k: int | None) -> Tensor:
     """A fresh tensor standing for ``t`` (or its ``k``-th slice) while the body is traced."""
-    d = _first_example(t) if type(t) is BatchTracer else t.data if isinstance(t, Tensor) else t
+    d = _first_example(t) if type(t) is BatchTracer else t._data if isinstance(t, Tensor) else t
     if k is not None:
         d = d[0, ...] if d.shape[0] else B.backend_of(d).xp.zeros(d.shape[1:], dtype=d.dtype)
     return Tensor(d.view() if B.is_array(d) else d)
@@ -218,7 +218,7 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
     rec.fuse = _fusing()  # a nested loop's body fuses when the enclosing jitted step does
     ks, cs, xt = ([_example(t, None) for t in consts], [_example(t, None) for t in carry],
                   [_example(t, 0) for t in xs])
-    slots = [[rec._new(t.data) for t in group] for group in (ks, cs, xt)]
+    slots = [[rec._new(t._data) for t in group] for group in (ks, cs, xt)]
     for t in ks + cs + xt:
         if rec.backend is None:
             rec.backend = t.backend
@@ -232,7 +232,7 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
             if not isinstance(o, Tensor):
                 o = tensor(o)
             outs.append(o)
-        out_slots = [rec.slot_of(o, o.data) for o in outs]
+        out_slots = [rec.slot_of(o, o._data) for o in outs]
     finally:
         m.jit, m.traces, m.grad_enabled = saved
     if rec.fallback is not None:
@@ -387,7 +387,7 @@ def _vjp_body(body: Body, fk: list, fx: list, consts: list, carry: list, xs: lis
 
         outs, pull = _vjp(f, *[ks[i] for i in fk], *c, *[xt[i] for i in fx])
         rec = modes().jit
-        f_outs.extend(rec.slot.get(id(o.data)) for o in outs)
+        f_outs.extend(rec.slot.get(id(o._data)) for o in outs)
         cots = pull(list(gc_) + list(gy_))
         new_gk = [a + b for a, b in zip(gk_, cots[:len(fk)])]
         return list(cots[len(fk):len(fk) + nc]) + new_gk, list(cots[len(fk) + nc:])
@@ -427,9 +427,9 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
     nc, nx, ny = body.n_carry, body.n_x, body.n_y
     ex = [Tensor(init[0].backend.xp.zeros((1,) + shape, dtype=dt))
           for shape, dt in body.metas]
-    gc = [Tensor(e.data[0, ...]) for e in ex[:nc]]  # [0, ...]: a 0-d carry stays an array
+    gc = [Tensor(e._data[0, ...]) for e in ex[:nc]]  # [0, ...]: a 0-d carry stays an array
     zk = [zeros_like(consts[i]) for i in fk]
-    hist = [Tensor(c.data[None]) for c in init]
+    hist = [Tensor(c._data[None]) for c in init]
     bwd, f_outs = _vjp_body(body, fk, fx, consts, gc + zk, hist + list(xs) + ex[nc:])
     rec, ins = bwd.rec, bwd.in_slots
     k_sl = ins[:bwd.n_consts]

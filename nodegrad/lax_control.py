@@ -422,9 +422,9 @@ def _while_bind(loop: Loop, ins: list, group: tuple) -> Tensor:
         return out  # (under vmap the batching rule binds the loop underneath, which records)
     parents = tuple((a.node or a) if isinstance(a, Tensor) and a.requires_grad else None
                     for a in ins)
-    node = Node.make(_while_rule, params, parents, tuple(ins), out.data,
-                     tuple(a.data.shape if isinstance(a, Tensor) else () for a in ins), None)
-    return Tensor(out.data, node, True)
+    node = Node.make(_while_rule, params, parents, tuple(ins), out._data,
+                     tuple(a._data.shape if isinstance(a, Tensor) else () for a in ins), None)
+    return Tensor(out._data, node, True)
 
 
 def _while_apply(loop: Loop, ks: list, carry: list) -> list:

@@ -379,7 +379,7 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
         root = getattr(root, "base", root)  # object holds the array it views
     for a in args:
         if isinstance(a, Tensor):
-            d = a.data
+            d = a._data
             if d is root or d.base is root:
                 a._add_view(t)
                 t._view = (a, prim, params)  # an in-place change of t under autograd tells a
@@ -394,13 +394,13 @@ def _batched_view(out, args: tuple, prim: Primitive, params: dict) -> None:
     level = getattr(out, "level", None)
     if level is None or getattr(out, "_view", None) is not None:
         return
-    d = out.val.data if type(out.val) is Tensor else None  # (nested vmap: left alone)
+    d = out.val._data if type(out.val) is Tensor else None  # (nested vmap: left alone)
     if not B.is_array(d):
         return
     root = d if d.base is None else d.base
     for a in args:
         if type(a) is type(out) and getattr(a, "level", None) is level:
-            v = a.val.data if type(a.val) is Tensor else None
+            v = a.val._data if type(a.val) is Tensor else None
             # a view of the same dtype (not a dtype view such as .imag, whose batched write
             # the view-put rule cannot place)
             if B.is_array(v) and (v is root or v.base is root) and v.dtype == d.dtype:
@@ -420,7 +420,7 @@ def _through_float32(prim: Primitive, args: tuple, params: dict, m, low=_BF16):
         params = {**params, "dtype": None}
     if prim.kind == "elementwise" and m.grad_enabled and len(args) > 1:
         args = _broadcast_bf16(args, low)
-    args = tuple(bind(cast, (a,), up) if isinstance(a, Tensor) and a.data.dtype is low
+    args = tuple(bind(cast, (a,), up) if isinstance(a, Tensor) and a._data.dtype is low
                  else a.astype(_F32) if B.is_array(a) and a.dtype is low else a
                  for a in args)
     rule, m.autocast = m.autocast, None  # autocast already chose these operands' dtype
@@ -438,7 +438,7 @@ def _broadcast_bf16(args: tuple, low=_BF16) -> tuple:
     broadcast in bfloat16: its gradient is then the per-element product rounded to bfloat16 and
     summed back in float32 (rounded once), PyTorch's order (``w.grad`` of ``x * w``)."""
     ts = [a for a in args if isinstance(a, Tensor)]
-    if not any(a.requires_grad and a.data.dtype is low for a in ts):
+    if not any(a.requires_grad and a._data.dtype is low for a in ts):
         return args
     try:
         shape = B.np.broadcast_shapes(*(a.shape for a in ts))
@@ -446,7 +446,7 @@ def _broadcast_bf16(args: tuple, low=_BF16) -> tuple:
         return args
     bcast = REGISTRY["broadcast_to"]
     return tuple(bind(bcast, (a,), {"shape": shape})
-                 if isinstance(a, Tensor) and a.requires_grad and a.data.dtype is low
+                 if isinstance(a, Tensor) and a.requires_grad and a._data.dtype is low
                  and tuple(a.shape) != shape else a for a in args)
 
 
@@ -493,7 +493,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
     datas = []
     for a in args:
         if isinstance(a, Tensor):
-            d = a.data
+            d = a._data
             if a.requires_grad:
                 record = True
         elif type(a) in _SCALARS:
@@ -587,7 +587,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
     for a in args:
         if isinstance(a, Tensor):
             parents.append((a.node or a) if a.requires_grad else None)
-            d = a.data
+            d = a._data
             shapes.append(d.shape)
             if save_in:
                 cell = a._version  # Tensor._ensure_version, inlined

@@ -303,7 +303,7 @@ def _finished(t: Tensor, requires_grad: bool) -> Tensor:
             raise TypeError("requires_grad=True: a tensor drawn inside vmap is not a leaf; "
                             "draw it outside vmap")
         return t
-    return _finish(t.data, requires_grad)
+    return _finish(t._data, requires_grad)
 
 
 def _keep(gen: Generator, shape: tuple, dtype, p: float, scale: float):
@@ -459,10 +459,10 @@ def _uniform(gen: Generator, size: tuple, dtype, low: float, high: float):
 
 def _normal_like(gen: Generator, mean, std, shape: tuple, dtype):
     """N(mean, std²) samples of ``shape`` for tensor (or number) mean and std."""
-    m = mean.data if isinstance(mean, Tensor) else mean
-    sd = std.data if isinstance(std, Tensor) else std
+    m = mean._data if isinstance(mean, Tensor) else mean
+    sd = std._data if isinstance(std, Tensor) else std
     if isinstance(std, Tensor):
-        if std.data.size and not bool((sd >= 0).all()):
+        if std._data.size and not bool((sd >= 0).all()):
             raise ValueError("normal: expects all elements of std >= 0")
     z = gen.normal(shape, dtype)
     return (z * sd + m).astype(dtype, copy=False)
@@ -558,7 +558,7 @@ def bernoulli(input: Tensor, p: float | None = None, *,
 
 
 def _bernoulli(gen: Generator, input: Tensor, p: float | None):
-    probs = input.data if p is None else B.backend_of(input.data).xp.asarray(p, input.dtype)
+    probs = input._data if p is None else B.backend_of(input._data).xp.asarray(p, input.dtype)
     _check_finite_probs(probs, "bernoulli", "probabilities" if p is None else "p")
     u = gen.random(tuple(input.shape), input.dtype)
     return (u < probs).astype(input.dtype)
@@ -580,7 +580,7 @@ def multinomial(input: Tensor, num_samples: int, replacement: bool = False, *,
 
 
 def _multinomial(gen: Generator, input: Tensor, num_samples: int, replacement: bool):
-    w = input.data.reshape(-1, input.shape[-1]).astype(B.float64)
+    w = input._data.reshape(-1, input.shape[-1]).astype(B.float64)
     xp = B.backend_of(w).xp
     n = w.shape[1]
     if n == 0 or not bool(xp.isfinite(w).all()) or bool((w < 0).any()):
@@ -619,7 +619,7 @@ def poisson(input: Tensor, generator: Generator | None = None) -> Tensor:
 
 
 def _poisson(gen: Generator, input: Tensor):
-    lam = input.data
+    lam = input._data
     if lam.size and not bool((lam >= 0).all()):
         raise ValueError("poisson: rates must be non-negative (and not NaN)")
     with gen.backend.scope():
@@ -643,7 +643,7 @@ def binomial(count: Tensor, prob: Tensor, generator: Generator | None = None) ->
 
 
 def _binomial(gen: Generator, count: Tensor, prob: Tensor):
-    n, p = count.data, prob.data
+    n, p = count._data, prob._data
     if n.size and not bool((n >= 0).all()):
         raise ValueError("binomial: count must be non-negative")
     _check_finite_probs(p, "binomial", "prob")
@@ -715,7 +715,7 @@ def _write_(t: Tensor, what: str, make, *args) -> Tensor:
                 keep = Tensor(t.backend.xp.ones((), dtype=B.bool_))
             return rebind_batched(what, t, where(keep, drawn, t))
         refuse_batched_into(what, drawn)
-        sample = drawn.data
+        sample = drawn._data
     else:
         sample = _draw(make, *args)
     if m.grad_enabled and t.requires_grad:
@@ -724,15 +724,15 @@ def _write_(t: Tensor, what: str, make, *args) -> Tensor:
         be = t.backend
         with be.scope():
             keep = Tensor(be.xp.ones((), dtype=B.bool_))
-        res = where(keep, Tensor(sample), Tensor(t.data, t.node, True))
+        res = where(keep, Tensor(sample), Tensor(t._data, t.node, True))
         t._bump()  # a backward that saved the old value refuses
-        t.data, t.node, t.requires_grad = res.data, res.node, res.requires_grad
+        t._data, t.node, t.requires_grad = res._data, res.node, res.requires_grad
         return t
     rec = m.jit
     if rec is not None:  # under a jit trace: replayed in place on the same array
         rec.mutate(what, _assign, t, Tensor(sample))
     else:
-        t.data[...] = sample
+        t._data[...] = sample
     t._bump()
     return t
 
@@ -817,7 +817,7 @@ def bernoulli_(t: Tensor, p: float | Tensor = 0.5, *,
 
 def _bernoulli_fill(gen: Generator, shape: tuple, dtype, p):
     if isinstance(p, Tensor):
-        probs = p.data
+        probs = p._data
         _check_finite_probs(probs, "bernoulli_", "p")
         u = gen.random(shape, _sample_dtype(probs.dtype))
     else:

@@ -47,7 +47,7 @@ def _is_size(x) -> bool:
 
 def check_fill_value(value) -> None:
     """``fill_``'s value is a number or a 0-d tensor (PyTorch's rule; copy_ copies tensors)."""
-    if isinstance(value, Tensor) and value.data.ndim:
+    if isinstance(value, Tensor) and value._data.ndim:
         raise ShapeError(f"fill_: the value must be a number or a 0-d tensor, got a tensor "
                          f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
 
@@ -61,7 +61,7 @@ _NUMPY_REFLECTED = {
     "left_shift": "__rlshift__", "right_shift": "__rrshift__", "equal": "__eq__",
     "not_equal": "__ne__", "less": "__gt__", "less_equal": "__ge__", "greater": "__lt__",
     "greater_equal": "__le__"}
-# ``arr op= t`` into a raw array (``p.data``): the in-place operators NumPy has
+# ``arr op= t`` into a NumPy array (``t.numpy()``): the in-place operators NumPy has
 _NUMPY_INPLACE = frozenset(("add", "subtract", "multiply", "true_divide", "divide",
                             "floor_divide", "remainder", "power", "bitwise_and", "bitwise_or",
                             "bitwise_xor", "left_shift", "right_shift", "matmul"))
@@ -78,7 +78,7 @@ class Tensor:
 
     # _view (set on views): (the tensor it views, the basic index) for a slice, else (that
     # tensor, the view's primitive, its params)
-    __slots__ = ("data", "node", "requires_grad", "_grad", "_version", "_hooks", "_view",
+    __slots__ = ("_data", "node", "requires_grad", "_grad", "_version", "_hooks", "_view",
                  "__weakref__")
     __hash__ = object.__hash__  # ``==`` is elementwise, as in PyTorch
     #: whether the tensor's array may move to new memory holding the same values (an optimiser
@@ -88,13 +88,13 @@ class Tensor:
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
         """NumPy meets a Tensor: ``arr op t`` runs the tensor's reflected operator (``arr < t``
-        is ``t > arr``); ``arr += t`` into a raw array (``p.data += -lr * p.grad``, PyTorch's
-        idiom, ``.data`` being the array) reads the tensor's values. Other ufuncs refuse."""
+        is ``t > arr``); ``arr += t`` into a NumPy array (``a = t.numpy(); a += -lr * t.grad``)
+        reads the tensor's values. Other ufuncs refuse."""
         name = ufunc.__name__
         if method == "__call__" and not kwargs and len(inputs) == 2:
             if (out is not None and len(out) == 1 and not isinstance(out[0], Tensor)
                     and out[0] is inputs[0] and name in _NUMPY_INPLACE):
-                return ufunc(inputs[0], inputs[1].data if isinstance(inputs[1], Tensor)
+                return ufunc(inputs[0], inputs[1]._data if isinstance(inputs[1], Tensor)
                              else inputs[1], out=out)
             if out is None and inputs[1] is self and name in _NUMPY_REFLECTED:
                 return getattr(self, _NUMPY_REFLECTED[name])(inputs[0])
@@ -107,7 +107,7 @@ class Tensor:
             if data.requires_grad and modes().grad_enabled:
                 raise GradError("Tensor(t): t requires grad, and this alias would not be "
                                 "recorded; use t.view_as(t) (recorded) or t.detach()")
-            data = data.data
+            data = data._data
         elif type(data) is Size:  # Tensor(x.size()): PyTorch's Tensor(*sizes), zero-filled
             if node is not None or requires_grad is not False or more:
                 raise TypeError("Tensor(size): a Size takes no further arguments")
@@ -126,7 +126,7 @@ class Tensor:
                 raise TypeError(f"Tensor: expected an array or a sequence of numbers, got "
                                 f"{type(data).__name__} (ng.tensor(x) makes a tensor of x)")
             data = B.np.asarray(data, dtype=B.DEFAULT_FLOAT)  # get_default_dtype()'s value
-        self.data = data
+        self._data = data
         self.node = node
         self.requires_grad = requires_grad
         self._grad = None
@@ -138,7 +138,7 @@ class Tensor:
         """``Tensor(data, node, requires_grad)`` for the engine's hot paths, set from Python
         (a class call runs ``__init__`` through C, a costly round trip for a small op)."""
         t = _new(Tensor)
-        t.data = data
+        t._data = data
         t.node = node
         t.requires_grad = requires_grad
         t._grad = None
@@ -153,14 +153,14 @@ class Tensor:
         own tensor)."""
         extra = getattr(self, "__dict__", None)  # a subclass's attributes (Parameter's)
         return (dict(extra) if extra else None,
-                {"data": self.data, "node": None, "requires_grad": self.requires_grad,
+                {"_data": self._data, "node": None, "requires_grad": self.requires_grad,
                  "_grad": self._grad, "_version": None, "_hooks": None})
 
     def _set_grad(self, value) -> None:
         """``x.grad = value``: None, or a tensor of x's shape, dtype and device (PyTorch's
         checks), so that backward can add into it in place."""
         if value is not None:
-            d, v = self.data, getattr(value, "data", None)
+            d, v = self._data, getattr(value, "_data", None)
             if not (type(v) is type(d) and v.shape == d.shape and v.dtype == d.dtype
                     and isinstance(value, Tensor) and value is not self):
                 _check_grad(self, value)
@@ -169,27 +169,51 @@ class Tensor:
     grad = property(attrgetter("_grad"), _set_grad, doc="The accumulated gradient (a leaf's, "
                     "or a non-leaf's that called retain_grad()), or None.")
 
+    @property
+    def data(self) -> Tensor:
+        """PyTorch's ``.data``: a tensor of the same memory that does not require grad and is
+        not recorded, so ``p.data.normal_()``, ``target.data.copy_(p.data)`` and
+        ``w.data.clamp_(-c, c)`` change ``p`` unseen by autograd. Of a plain leaf it has its own
+        version counter, as PyTorch's; of a tensor in a graph, or a Parameter (whose memory an
+        optimiser may move), it is listed like ``detach()`` so it follows the tensor, and a
+        write through it is seen by a backward that saved the old values (an error there,
+        where PyTorch computes with the new ones). ``t.numpy()`` is the NumPy array."""
+        t = Tensor.make(self._data)
+        if self.node is not None or type(self).memory_moves:
+            self._add_alias(t)
+        return t
+
+    @data.setter
+    def data(self, value) -> None:
+        """``t.data = other``: ``t`` takes ``other``'s memory (a tensor's, or an array), shape
+        and dtype, keeping its place in the graph and its ``requires_grad``, as PyTorch's."""
+        if isinstance(value, Tensor):
+            value = value._data
+        elif not B.is_array(value):
+            raise TypeError(f"data: expected a Tensor (or an array), got {type(value).__name__}")
+        self._data = value
+
     # --- metadata -------------------------------------------------------------------------
     @property
     def shape(self) -> tuple:
-        return self.data.shape
+        return self._data.shape
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def ndim(self) -> int:
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def backend(self) -> B.Backend:
-        return B.backend_of(self.data)
+        return B.backend_of(self._data)
 
     @property
     def device(self) -> str:
         """``'cpu'`` or ``'cuda:N'``."""
-        return B.backend_of(self.data).name
+        return B.backend_of(self._data).name
 
     @property
     def is_leaf(self) -> bool:
@@ -207,36 +231,36 @@ class Tensor:
     def size(self, dim: int | None = None):
         """The shape as a :class:`Size` (PyTorch's), or one dimension of it."""
         if dim is None:
-            return Size(self.data.shape)
-        n = self.data.ndim
+            return Size(self._data.shape)
+        n = self._data.ndim
         if not -n <= dim < n:
             raise IndexError(f"size: dim {dim} is out of range for a tensor with {n} dims"
                              + (f" (expected one in [{-n}, {n - 1}])" if n else ""))
-        return self.data.shape[dim]
+        return self._data.shape[dim]
 
     def numel(self) -> int:
-        return self.data.size
+        return self._data.size
 
     def dim(self) -> int:
-        return self.data.ndim
+        return self._data.ndim
 
     def __len__(self) -> int:
-        if self.data.ndim == 0:
+        if self._data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self.data.shape[0]
+        return self._data.shape[0]
 
     def __contains__(self, element) -> bool:
         """``element in x``: whether any entry equals ``element`` (a number or a tensor that
         broadcasts), as PyTorch's."""
-        other = element.data if isinstance(element, Tensor) else element
+        other = element._data if isinstance(element, Tensor) else element
         if not (isinstance(other, int | float | bool) or B.is_array(other)):
             raise TypeError(f"Tensor.__contains__: expected a number or a tensor, got "
                             f"{type(element).__name__}")
-        return bool((self.data == other).any())
+        return bool((self._data == other).any())
 
     @property
     def nbytes(self) -> int:
-        return self.data.nbytes
+        return self._data.nbytes
 
     # --- conversion -----------------------------------------------------------------------
     def numpy(self):
@@ -245,7 +269,7 @@ class Tensor:
         Read-only for a tensor that requires grad: a write would change, unseen, a value the
         graph may have saved. ``.detach().numpy()`` gives a writable array, as in PyTorch."""
         self._concrete("numpy()")
-        a = B.backend_of(self.data).to_host(self.data)
+        a = B.backend_of(self._data).to_host(self._data)
         if self.requires_grad:
             a = a.view()
             a.flags.writeable = False
@@ -253,10 +277,10 @@ class Tensor:
 
     def item(self):
         self._concrete("item()")
-        if self.data.size != 1:
-            raise ValueError(f"item(): tensor of shape {self.shape} has {self.data.size} "
+        if self._data.size != 1:
+            raise ValueError(f"item(): tensor of shape {self.shape} has {self._data.size} "
                              "elements, expected 1")
-        return self.data.reshape(()).item()
+        return self._data.reshape(()).item()
 
     def tolist(self):
         return self.numpy().tolist()
@@ -273,17 +297,17 @@ class Tensor:
             raise GradError("__dlpack__: cannot export a tensor that requires grad (the other "
                             "framework could write into values the graph saved); use "
                             "tensor.detach()")
-        return self.data.__dlpack__(*args, **kwargs)
+        return self._data.__dlpack__(*args, **kwargs)
 
     def __dlpack_device__(self):
-        return self.data.__dlpack_device__()
+        return self._data.__dlpack_device__()
 
     def __bool__(self) -> bool:
         self._concrete("bool()")
-        if self.data.size != 1:
-            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is "
+        if self._data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self._data.size} elements is "
                              "ambiguous; use .any() or .all()")
-        return bool(self.data)
+        return bool(self._data)
 
     def __float__(self) -> float:
         return float(self.item())
@@ -292,13 +316,13 @@ class Tensor:
         return int(self.item())
 
     def __index__(self) -> int:
-        if self.dtype.kind not in "iub" or self.data.size != 1:
+        if self.dtype.kind not in "iub" or self._data.size != 1:
             raise TypeError("only integer tensors of one element can be used as an index")
         return int(self.item())
 
     def __format__(self, spec: str) -> str:
         """``f"{t:.2f}"``: a 0-d tensor formats as its number (PyTorch's rule)."""
-        if self.data.ndim == 0:
+        if self._data.ndim == 0:
             return format(self.item(), spec)
         if spec:
             raise TypeError(f"unsupported format string {spec!r} for a tensor of shape "
@@ -322,7 +346,7 @@ class Tensor:
         """Under a jit trace, refuse to read a traced value into Python (see nodegrad.jit)."""
         rec = modes().jit
         if rec is not None:
-            rec.concrete(self.data, what)
+            rec.concrete(self._data, what)
 
     # --- autodiff -------------------------------------------------------------------------
     def detach(self) -> Tensor:
@@ -330,7 +354,7 @@ class Tensor:
         tensor in a graph, it follows that tensor through in-place ops recorded for autograd
         (which point it at a new array), as it shares PyTorch's memory
         (:func:`.ops.index.refresh_views`)."""
-        t = Tensor(self.data)
+        t = Tensor(self._data)
         self._add_alias(t)
         return t
 
@@ -363,7 +387,7 @@ class Tensor:
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         """Mark a leaf as a variable whose gradient ``backward`` accumulates."""
-        if requires_grad and not B.is_inexact(self.data.dtype):
+        if requires_grad and not B.is_inexact(self._data.dtype):
             raise GradError(f"only floating and complex tensors can require grad, got dtype "
                             f"{self.dtype}")
         if not requires_grad and self.node is not None:
@@ -379,7 +403,7 @@ class Tensor:
         freed afterwards unless ``retain_graph``; ``create_graph`` records the backward pass
         itself, for higher-order derivatives.
         """
-        if not B.is_inexact(self.data.dtype):
+        if not B.is_inexact(self._data.dtype):
             raise GradError(f"backward: the output has integer dtype {self.dtype}")
         if not self.requires_grad:
             raise GradError(_no_graph("backward: tensor does not require grad and has no graph "
@@ -452,13 +476,27 @@ class Tensor:
         refs.append(weakref.ref(view))
         view._version = cell
 
-    def _rebound(self) -> None:
-        """Before the tensor is pointed at a new array (an in-place op recorded for autograd,
-        which writes no memory): a counter of its own moves on, so a backward that saved the
-        old value refuses, as PyTorch's would; a counter shared with views is left, since
-        their arrays, and what any node saved of them, are unchanged (the views are brought
-        up to date instead)."""
+    def _rebound(self, new=None) -> None:
+        """Before the tensor is pointed at a new array ``new`` (an in-place op recorded for
+        autograd writes the node's own array): a counter of its own moves on, so a backward
+        that saved the old value refuses, as PyTorch's would; a counter shared with views is
+        left, since their arrays, and what any node saved of them, are unchanged (the views
+        are brought up to date instead).
+
+        A tensor outside the graph until now (no node, no grad) may share its memory with
+        handles the engine does not list (``.data``, a leaf's ``detach()``, ``numpy()``,
+        ``from_numpy``'s array): its old memory takes the new values too, as PyTorch's in-place
+        op writes it (``delta.data[:n] = x.clamp(...)``), and the counter moves on for all."""
         cell = self._version
+        if new is not None and self.node is None and not self.requires_grad:
+            old = self._data
+            if (new is not old and type(new) is type(old) and new.shape == old.shape
+                    and new.dtype == old.dtype
+                    and getattr(getattr(old, "flags", None), "writeable", True)
+                    and modes().jit is None):
+                B.backend_of(old).xp.copyto(old, new)
+                if cell is not None:
+                    cell[0] += 1
         if cell is not None:
             if len(cell) > 1:
                 self._version = None
@@ -485,8 +523,8 @@ class Tensor:
     def copy_(self, src) -> Tensor:
         """Copy ``src``'s values into this tensor in place (same shape after broadcasting)."""
         self._check_inplace("copy_")
-        src_data = src.data if isinstance(src, Tensor) else src
-        be = B.backend_of(self.data)
+        src_data = src._data if isinstance(src, Tensor) else src
+        be = B.backend_of(self._data)
         if B.is_array(src_data) and B.backend_of(src_data) is not be:
             src = src_data = be.asarray(B.backend_of(src_data).to_host(src_data))
         return self._assign("copy_", src)
@@ -502,11 +540,11 @@ class Tensor:
         if rec is not None:
             rec.mutate(what, _set_all, self, value)
         else:
-            v = value.data if isinstance(value, Tensor) else value
+            v = value._data if isinstance(value, Tensor) else value
             try:
-                self.data[...] = v
+                self._data[...] = v
             except ValueError as e:
-                if not getattr(getattr(self.data, "flags", None), "writeable", True):
+                if not getattr(getattr(self._data, "flags", None), "writeable", True):
                     raise ValueError(f"{what}: cannot write into this tensor's array, a "
                                      "read-only view (an expanded or overlapping one, or a "
                                      "frozen array); clone() it first") from None
@@ -519,7 +557,7 @@ class Tensor:
         return self
 
     def ones_like(self) -> Tensor:
-        return Tensor(B.backend_of(self.data).xp.ones_like(self.data))
+        return Tensor(B.backend_of(self._data).xp.ones_like(self._data))
 
 
 def _check_grad(t: Tensor, value) -> None:
@@ -651,7 +689,7 @@ def _infer(data, dtype, backend: B.Backend):
         if getattr(data, "level", None) is not None:  # a vmap tracer: its array is poison
             raise TypeError("tensor: inside vmap a batched tensor cannot be copied into a new "
                             "tensor; use x.clone() (or x.detach()) instead")
-        data = data.data
+        data = data._data
     if B.is_array(data):
         if data.dtype.kind in "OUSMmV" and data.dtype != B.bfloat16:
             raise DTypeError(f"tensor: cannot make a tensor from an array of dtype {data.dtype} "
@@ -971,12 +1009,12 @@ def write_out(op: str, out, result: Tensor, *, differentiable: bool = False) -> 
                         "but an argument requires grad; call it without out= (or under "
                         "nodegrad.no_grad())")
     if out.shape != result.shape:
-        if out.data.size:
+        if out._data.size:
             raise ShapeError(f"{op}: out has shape {tuple(out.shape)} but the result has shape "
                              f"{tuple(result.shape)}; pass an out of that shape (or an empty "
                              "one, which is resized)")
         out._bump()
-        out.data = B.backend_of(out.data).xp.empty(result.shape, out.dtype)
+        out._data = B.backend_of(out._data).xp.empty(result.shape, out.dtype)
     if differentiable:
         return out.copy_(result)
     return out._assign(op, result)

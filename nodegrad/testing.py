@@ -116,7 +116,7 @@ def _vjp_tensors(f, ts, cots):
     prev = mode.grad_enabled
     mode.grad_enabled = True
     try:
-        ins = [t if t.requires_grad or not B.is_float(t.dtype) else Tensor(t.data, None, True)
+        ins = [t if t.requires_grad or not B.is_float(t.dtype) else Tensor(t._data, None, True)
                for t in ts]
         outs = _outputs(f(*ins))
         live = [(o, Tensor(o.backend.asarray(c))) for o, c in zip(outs, cots) if o.requires_grad]
@@ -279,7 +279,7 @@ def _compare_numbers(a, e, rtol, atol, equal_nan, check_dtype, path) -> None:
 def _host(x):
     """(host array, device name, strides in elements) of a tensor or NumPy array."""
     if isinstance(x, Tensor):
-        return B.np.asarray(x.backend.to_host(x.data)), str(x.device), tuple(x.stride())
+        return B.np.asarray(x.backend.to_host(x._data)), str(x.device), tuple(x.stride())
     return x, "cpu", tuple(s // x.itemsize for s in x.strides) if x.itemsize else x.strides
 
 

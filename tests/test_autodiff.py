@@ -57,7 +57,7 @@ def test_grad_not_shared_between_leaves():
     a = ng.tensor([1.0, 2.0], requires_grad=True)
     b = ng.tensor([3.0, 4.0], requires_grad=True)
     (a + b).sum().backward()
-    assert a.grad.data is not b.grad.data
+    assert a.grad._data is not b.grad._data
     with ng.no_grad():
         a.grad *= 10
     np.testing.assert_allclose(b.grad.numpy(), [1, 1])
@@ -86,7 +86,7 @@ def test_retain_graph_and_freed_graph_error():
 def test_graph_freed_after_backward():
     x = ng.tensor(np.ones(4, np.float32), requires_grad=True)
     h = x.exp()  # exp keeps its output for the VJP
-    ref = weakref.ref(h.data)
+    ref = weakref.ref(h._data)
     y = (h * 2).sum()
     del h
     gc.collect()

@@ -121,7 +121,7 @@ def test_gradients_with_hooks_equal_without_and_torch_on_module_mlp():
     model = ng.nn.Sequential(ng.nn.Linear(3, 8), ng.nn.ReLU(), ng.nn.Linear(8, 2))
     tmodel = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     for p, tp in zip(model.parameters(), tmodel.parameters()):
-        p.data[...] = tp.detach().numpy()
+        p._data[...] = tp.detach().numpy()
     x = np.random.default_rng(2).standard_normal((6, 3)).astype(np.float32)
     plain = model(ng.tensor(x)).square().mean()
     plain.backward()
@@ -269,10 +269,10 @@ def test_save_on_cpu_gives_torch_results_and_passes_cpu_tensors_through():
     hooks = G.save_on_cpu()
     xt = ng.tensor([1.0, 2.0], requires_grad=True)
     packed = hooks.pack_hook(xt)
-    seen.append(hooks.unpack_hook(packed).data is xt.data)  # no copy on the CPU
+    seen.append(hooks.unpack_hook(packed)._data is xt._data)  # no copy on the CPU
     pinned = G.save_on_cpu(pin_memory=True)
     got = pinned.unpack_hook(pinned.pack_hook(xt))
-    seen.append(got is not xt and got.data is not xt.data)
+    seen.append(got is not xt and got._data is not xt._data)
     assert seen == [True, True]
     with pytest.raises(TypeError, match="pin_memory must be a bool"):
         G.save_on_cpu(pin_memory="yes")

@@ -51,13 +51,16 @@ def test_bad_devices_raise_clear_errors(args, err, match):
             torch.device(*args)  # torch refuses the others too
 
 
-def test_a_tensor_assigned_to_data_names_the_fix():
-    # PyTorch code writes p.data = other; here .data is the raw array: a parameter takes the
-    # tensor's values, a plain tensor names the fix at its first use
+def test_a_tensor_assigned_to_data_takes_its_memory():
+    # PyTorch's p.data = other: the tensor takes other's memory, shape and dtype
     p = ng.nn.Linear(2, 2).weight
     p.data = ng.zeros(2, 2)
-    assert (p * 2).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert (p * 2).tolist() == [[0.0, 0.0], [0.0, 0.0]] and p.requires_grad
     t = ng.ones(2, 2)
-    t.data = ng.zeros(2, 2)
-    with pytest.raises(ng.DeviceError, match=r"assign `t.data = other.data`"):
-        t * 2
+    z = ng.zeros(3)
+    t.data = z
+    assert t.shape == (3,) and (t * 2).tolist() == [0.0, 0.0, 0.0]
+    z.add_(1.0)
+    assert t.tolist() == [1.0, 1.0, 1.0]  # the same memory
+    with pytest.raises(TypeError, match=r"data: expected a Tensor"):
+        t.data = [1.0, 2.0]

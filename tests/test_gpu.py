@@ -47,7 +47,7 @@ def on_device(monkeypatch):
 def _vjp(fn, args, device, box):
     """Outputs of ``fn`` on ``device`` and the gradients of ⟨v, outputs⟩ (v drawn per output)."""
     box["dev"] = device
-    ins = [ng.Tensor(ng.tensor(a, device=device).data, None, a.dtype.kind == "f") for a in args]
+    ins = [ng.Tensor(ng.tensor(a, device=device)._data, None, a.dtype.kind == "f") for a in args]
     with ng.enable_grad():
         out = fn(*ins)
     outs = [o for o in (out if isinstance(out, tuple | list) else [out])
@@ -252,7 +252,7 @@ def test_stand_in_leaves_no_device_state_behind():
     before = (B._cupy, dict(B._cuda), dict(R._default))
     with _fakecupy.installed():
         ng.manual_seed(1)
-        assert isinstance(ng.randn(3, device="cuda").data, _fakecupy.ndarray)
+        assert isinstance(ng.randn(3, device="cuda")._data, _fakecupy.ndarray)
     assert (B._cupy, dict(B._cuda), dict(R._default)) == before
 
 

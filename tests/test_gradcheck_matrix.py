@@ -33,7 +33,7 @@ def test_noncontig_layout_hands_ops_a_strided_transposed_view():
     seen = []
 
     def fn(x):
-        seen.append(x.data)
+        seen.append(x._data)
         return x * 2
 
     call = noncontig(Call(fn, (np.arange(6.0).reshape(2, 3),)))

@@ -79,14 +79,14 @@ def test_parameters_and_modes_are_restored_bit_exactly():
     m[1].eval()  # a mixed state must come back as it was
     before = _snapshot(m)
     ids = [id(p) for p in m.parameters()]
-    datas = [p.data for p in m.parameters()]
+    datas = [p._data for p in m.parameters()]
     L.interpolate(m, F.cross_entropy, _loader(), init, m, [-0.5, 0.3, 1.5])
     L.surface_2d(m, F.cross_entropy, _loader(), n=3)
     after = _snapshot(m)
     for k, v in before.items():
         np.testing.assert_array_equal(after[k], v)  # running statistics untouched too
     assert [id(p) for p in m.parameters()] == ids
-    assert all(p.data is d for p, d in zip(m.parameters(), datas))
+    assert all(p._data is d for p, d in zip(m.parameters(), datas))
     assert m.training and not m[1].training and m[3].training
 
 

@@ -224,7 +224,7 @@ def test_state_dicts_of_tied_weights_and_named_duplicates_as_torch():
     ours = list(n.state_dict())
     assert ours == list(t.state_dict())  # the shared tensors under both names, as PyTorch
     assert n.state_dict()["head.weight"] is n.state_dict()["emb.weight"] or \
-        n.state_dict()["head.weight"].data is n.state_dict()["emb.weight"].data
+        n.state_dict()["head.weight"]._data is n.state_dict()["emb.weight"]._data
     sd = {k: v.detach().numpy() + 1.0 for k, v in t.state_dict().items()}
     sd["bn.num_batches_tracked"] = t.state_dict()["bn.num_batches_tracked"].numpy()
     sd["alias.num_batches_tracked"] = sd["bn.num_batches_tracked"]
@@ -267,7 +267,7 @@ def test_tied_state_dict_loads_into_torch_strictly_and_saves_once(tmp_path):
     m3 = build(ng)
     m3.load_state_dict(back, assign=True)
     assert m3[1].weight is m3[0].weight
-    assert m3[0].weight.data is back["0.weight"].data
+    assert m3[0].weight._data is back["0.weight"]._data
 
 
 def test_plain_attributes_before_module_init_are_allowed_as_in_pytorch():

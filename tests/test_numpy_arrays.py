@@ -695,7 +695,7 @@ def test_ascontiguousarray():
     x = ng.tensor(RNG.standard_normal((3, 2)), requires_grad=True)
     assert ng.ascontiguousarray(x) is x
     t = ng.ascontiguousarray(x.T)
-    assert t.data.flags.c_contiguous
+    assert t._data.flags.c_contiguous
     _same(t, np.ascontiguousarray(x.detach().numpy().T))
     _same(ng.ascontiguousarray(ng.tensor(np.float32(2.0))), np.ascontiguousarray(np.float32(2.0)))
     _same(ng.ascontiguousarray([1, 2], dtype=np.float32),

@@ -172,7 +172,7 @@ def test_integer_fix_numel_detach_and_int_sub():
     assert ng.numel(ng.ones(2, 3)) == 6 == torch.numel(torch.ones(2, 3))
     y = ng.tensor([1.0, 2.0], requires_grad=True) * 2
     d = ng.detach(y)
-    assert d.node is None and not d.requires_grad and d.data is y.data
+    assert d.node is None and not d.requires_grad and d._data is y._data
     assert ng.is_floating_point(y) and not ng.is_complex(y)
 
 
@@ -278,15 +278,15 @@ def test_inplace_forms_without_a_graph_write_into_the_same_array(name, call, dom
     want = call(torch.tensor(x), torch.tensor(a), torch.tensor(b), _idx(torch)).numpy()
     for no_grad in (False, True):
         y = ng.tensor(x, requires_grad=no_grad)
-        array = y.data
+        array = y._data
         with ng.no_grad() if no_grad else ng.enable_grad():
             out = call(y, ng.tensor(a), ng.tensor(b), _idx(ng))
         assert out is y
         np.testing.assert_allclose(y.numpy(), want, **TOL)
         if name not in ("t_", "transpose_", "unsqueeze_", "swapdims_", "squeeze_"):
-            assert y.data is array  # written in place
+            assert y._data is array  # written in place
         else:
-            assert np.shares_memory(y.data, array)  # a view of the same memory
+            assert np.shares_memory(y._data, array)  # a view of the same memory
 
 
 @pytest.mark.parametrize("name", ["eq_", "ne_", "lt_", "le_", "gt_", "ge_", "greater_",
@@ -322,8 +322,8 @@ def test_top_level_and_functional_inplace_forms_match_torch(rng):
         compare(lambda t: getattr(NF, name)(t * 1, *args),
                 lambda t: getattr(F, name)(t * 1, *args), x, **tol)
         y = ng.tensor(x)
-        array = y.data
-        assert getattr(NF, name)(y, *args) is y and y.data is array
+        array = y._data
+        assert getattr(NF, name)(y, *args) is y and y._data is array
 
 
 # === in-place forms: refusals ==================================================================

@@ -90,7 +90,7 @@ def test_every_optimiser_descends():
 def test_float32_stays_float32_and_params_share_one_buffer():
     ps = _params("float32")
     opt = Adam(ps, lr=0.1)
-    assert ps[0].data.base is ps[1].data.base is opt._buckets[0][0].flat
+    assert ps[0]._data.base is ps[1]._data.base is opt._buckets[0][0].flat
     _quad_grads(ps)
     opt.step()
     assert all(p.dtype == np.float32 for p in ps)
@@ -135,11 +135,11 @@ def test_zero_grad_in_place_gives_views_of_one_flat_buffer():
     opt.step()
     opt.zero_grad(set_to_none=False)
     b = opt._buckets[0][0]
-    assert all(p.grad.data.base is b.grad for p in ps)
+    assert all(p.grad._data.base is b.grad for p in ps)
     assert all(float(abs(p.grad).sum()) == 0 for p in ps)
     before = [p.numpy().copy() for p in ps]
     (ps[0].sum() + (ps[1] * ps[1]).sum()).backward()  # accumulates into the views
-    assert all(p.grad.data.base is b.grad for p in ps)
+    assert all(p.grad._data.base is b.grad for p in ps)
     opt.step()
     np.testing.assert_allclose(ps[1].numpy(), before[1] * 0.8)
     opt.zero_grad()
@@ -149,16 +149,16 @@ def test_zero_grad_in_place_gives_views_of_one_flat_buffer():
 def test_parameter_data_replaced_is_followed():
     ps = _params()
     opt = SGD(ps, lr=0.1)
-    ps[1].data = np.array([1.0, 1.0, 1.0])  # same shape and dtype: copied into the buffer
+    ps[1]._data = np.array([1.0, 1.0, 1.0])  # same shape and dtype: copied into the buffer
     _quad_grads(ps)
     opt.step()
     np.testing.assert_allclose(ps[1].numpy(), [0.8, 0.8, 0.8])
-    assert ps[1].data.base is opt._buckets[0][0].flat
-    ps[0].data = ps[0].data.astype(np.float32)  # new dtype: the group is rebuilt, state kept
-    ps[1].data = ps[1].data.astype(np.float32)
+    assert ps[1]._data.base is opt._buckets[0][0].flat
+    ps[0]._data = ps[0]._data.astype(np.float32)  # new dtype: the group is rebuilt, state kept
+    ps[1]._data = ps[1]._data.astype(np.float32)
     _quad_grads(ps)
     opt.step()
-    assert ps[0].dtype == np.float32 and ps[0].data.base is opt._buckets[0][0].flat
+    assert ps[0].dtype == np.float32 and ps[0]._data.base is opt._buckets[0][0].flat
     np.testing.assert_allclose(ps[1].numpy(), [0.64] * 3, rtol=1e-6)
 
 
@@ -358,7 +358,7 @@ def test_with_nn_modules_named_parameters_and_dtype_change():
     first = float(((model(x) - y) ** 2).mean())
     assert train(60, x, y) < first
     model.load_state_dict(model.state_dict())  # in place: the parameters stay flat views
-    assert all(p.data.base is opt._buckets[0][0].flat for p in decay)
+    assert all(p._data.base is opt._buckets[0][0].flat for p in decay)
     model.double()  # p.data replaced by float64 arrays: the optimizer follows, state kept
     before = opt.state[decay[0]]["exp_avg"].copy()
     train(1, x.double(), y.double())

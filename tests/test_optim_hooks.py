@@ -257,7 +257,7 @@ def _pruned_adam_run(jit: bool):
     out = []
     for _ in range(4):
         f(x)
-        w = lin.weight.data  # storage, no forward or state_dict in between
+        w = lin.weight._data  # storage, no forward or state_dict in between
         assert np.all(w[~keep] == 0)
         out.append(w.copy())
     return out
@@ -281,4 +281,4 @@ def test_pruned_weights_stay_zero_under_muon_without_its_own_special_case():
         opt.zero_grad()
         (lin(x) ** 2).sum().backward()
         opt.step()
-        assert np.all(lin.weight.data[~keep] == 0) and np.any(lin.weight.data[keep] != 0)
+        assert np.all(lin.weight._data[~keep] == 0) and np.any(lin.weight._data[keep] != 0)

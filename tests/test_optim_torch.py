@@ -198,7 +198,7 @@ def test_training_loop_with_backward_matches_torch():
         assert abs(float(n1) - float(n2)) <= 1e-9 * float(n2) + 1e-14
     for w, t in zip(ws, ts):
         np.testing.assert_allclose(w.numpy(), t.detach().numpy(), rtol=1e-10, atol=1e-12)
-    assert ws[0].grad.data.base is ws[1].grad.data.base  # gradients live in one flat buffer
+    assert ws[0].grad._data.base is ws[1].grad._data.base  # gradients live in one flat buffer
 
 
 @pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])

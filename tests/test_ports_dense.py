@@ -885,17 +885,15 @@ def test_neural_style_transfer_tutorial_with_lbfgs_matches_pytorch(lbfgs_kw):
     both(style_transfer, initial_state(vgg_like), lbfgs_kw=lbfgs_kw, tol=1e-8)
 
 
-def test_style_transfer_clamp_through_data_is_the_raw_array_as_documented():
-    """``.data`` is the raw array (documented): the tutorial's older ``input_img.data.clamp_``
-    has no such method there; NumPy's in-place clip on it does the same."""
+def test_style_transfer_clamp_through_data():
+    """The tutorial's older ``input_img.data.clamp_(0, 1)``: PyTorch's ``.data``, so the clamp
+    reaches the image, which stays a leaf that requires grad."""
     img = ng.tensor(draw(1, 3, 4, 4, seed=23) * 2).requires_grad_()
-    with pytest.raises(AttributeError):
-        img.data.clamp_(0, 1)
     ref = torch.tensor(draw(1, 3, 4, 4, seed=23) * 2).requires_grad_()
-    ref.data.clamp_(0, 1)
-    img.data.clip(0, 1, out=img.data)
+    for t in (img, ref):
+        t.data.clamp_(0, 1)
     assert_same(img, ref, 0.0)
-    assert img.requires_grad and img.grad is None
+    assert img.requires_grad and img.is_leaf and img.grad is None
 
 
 # --- 6. detection losses: focal, Dice, IoU/GIoU/DIoU/CIoU, box coding, a YOLO loss ----------

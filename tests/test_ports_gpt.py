@@ -1202,14 +1202,15 @@ def test_nanogpt_chooses_its_autocast_dtype_as_torch():
 
 
 def test_raw_array_updates_from_tensors():
-    """``.data`` is the raw array (a documented difference), so ``p.data += -lr * p.grad``
-    reads the tensor's values into it, in place, as PyTorch's update does; ``arr op t`` is the
-    tensor's reflected operator; a NumPy function of a Tensor still refuses."""
+    """``p.data += -lr * p.grad`` (PyTorch's ``.data``) updates the parameter in its own memory;
+    ``arr op= t`` reads the tensor's values into a NumPy array, ``arr op t`` is the tensor's
+    reflected operator; a NumPy function of a Tensor still refuses."""
     w = ng.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
     (w * w).sum().backward()
-    raw = w.data
+    raw = w.detach().numpy()
     w.data += -0.5 * w.grad
-    assert w.data is raw and w.requires_grad and w.grad is not None
+    assert w.requires_grad and w.is_leaf and w.grad is not None
+    np.testing.assert_array_equal(raw, [[0.0, 0.0], [0.0, 0.0]])  # written in place
     np.testing.assert_array_equal(w.numpy(), [[0.0, 0.0], [0.0, 0.0]])
     a = np.arange(4.0).reshape(2, 2)
     t = ng.tensor([[1.0, 1.0], [5.0, 0.5]])

@@ -619,11 +619,13 @@ def test_dlrm_triu_indices_interaction():
 
 def test_assigning_a_tensor_to_param_data_takes_its_values():
     """DLRM's ``LL.weight.data = torch.tensor(W, requires_grad=True)``: the parameter holds W's
-    values (it stored the Tensor itself, and the next forward failed deep inside a product)."""
+    values (it stored the Tensor itself once, and the next forward failed deep inside a
+    product) and stays a parameter that requires grad; its ``.data`` is a tensor that does not."""
     lin = ng.nn.Linear(2, 3).double()
     w = np.arange(6.0).reshape(3, 2)
     lin.weight.data = ng.tensor(w, requires_grad=True)
-    assert type(lin.weight.data) is np.ndarray and lin.weight.requires_grad
+    assert isinstance(lin.weight.data, ng.Tensor) and not lin.weight.data.requires_grad
+    assert lin.weight.requires_grad and isinstance(lin.weight, ng.nn.Parameter)
     lin(ng.ones(4, 2, dtype=ng.float64)).sum().backward()
     np.testing.assert_array_equal(arr(lin.weight), w)
     np.testing.assert_array_equal(arr(lin.weight.grad), np.full((3, 2), 4.0))

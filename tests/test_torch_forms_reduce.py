@@ -260,7 +260,7 @@ def test_clone_and_contiguous_take_memory_format(rng):
     c.sum().backward()
     assert c.node is not None and np.all(n.grad.numpy() == 1.0)
     tr = ng.tensor(np.ones((3, 4))).T
-    assert tr.contiguous(memory_format=torch.contiguous_format).data.flags.c_contiguous
+    assert tr.contiguous(memory_format=torch.contiguous_format)._data.flags.c_contiguous
 
 
 def test_memory_format_is_checked():

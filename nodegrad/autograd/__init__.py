@@ -131,7 +131,7 @@ class _VariableMeta(type):
 class Variable(metaclass=_VariableMeta):
     """PyTorch's deprecated ``Variable``: ``Variable(t)`` is ``t.detach()`` (a new leaf sharing
     t's memory, cut from its graph) with ``requires_grad`` as asked, and every tensor is an
-    instance. ``t`` may be a raw array too (``Variable(p.data)``, ``.data`` being the array)."""
+    instance. ``t`` may be a NumPy or CuPy array too."""
 
     def __new__(cls, data, requires_grad: bool = False, volatile: bool = False) -> Tensor:
         if B.is_array(data):

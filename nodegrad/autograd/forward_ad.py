@@ -159,9 +159,9 @@ def make_dual(tensor: Tensor, tangent: Tensor, *, level: int | None = None) -> T
     if tensor.requires_grad and modes().grad_enabled:
         dual = _alias(tensor)  # a view of tensor in the graph: gradients reach it
     else:  # a vertex of its own above a hidden leaf, so in-place ops on it are recorded
-        hidden = Tensor(tensor.data, None, True)
-        node = Node.make(_alias, {}, (hidden,), None, None, (tensor.data.shape,), None)
-        dual = Tensor.make(tensor.data, node, True)
+        hidden = Tensor(tensor._data, None, True)
+        node = Node.make(_alias, {}, (hidden,), None, None, (tensor._data.shape,), None)
+        dual = Tensor.make(tensor._data, node, True)
     lv.memo[dual.node] = tangent
     if tensor.node is not None or tensor.requires_grad or tangent.requires_grad:
         lv.linked = True
@@ -233,5 +233,5 @@ def unpack_dual(tensor: Tensor, *, level: int | None = None) -> UnpackedDualTens
         primal = _alias(tensor)  # the same graph, as a vertex whose tangent is zero
         memo[primal.node] = None
     else:
-        primal = Tensor.make(tensor.data)
+        primal = Tensor.make(tensor._data)
     return UnpackedDualTensor(primal, tangent)

@@ -123,7 +123,7 @@ class save_on_cpu(saved_tensors_hooks):
                             f"{type(device_type).__name__}")
 
         def pack_to_cpu(t: Tensor) -> tuple:
-            d = t.data  # the array, not the tensor: an output kept would hold its own node
+            d = t._data  # the array, not the tensor: an output kept would hold its own node
             b = B.backend_of(d)
             if b.device_id is None:
                 return b, (d.copy() if pin_memory else d)

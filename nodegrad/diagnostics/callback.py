@@ -84,7 +84,7 @@ class GradientFlowMonitor(Callback):
                 return None
             t = first_tensor(out)
             if t is not None:
-                self._acts[name] = (m, t.node, t.data)
+                self._acts[name] = (m, t.node, t._data)
             return None
         return hook
 
@@ -139,9 +139,9 @@ class GradientFlowMonitor(Callback):
             sq, seen = 0.0, False
             for pname, p in m.named_parameters():
                 full = f"{own}.{pname}" if own else pname
-                g = None if p.grad is None else _norm(p.grad.data)
-                params[full] = {"layer": name, "norm": _norm(p.data), "grad_norm": g}
-                self._before[full] = (p, B.backend_of(p.data).xp.array(p.data, copy=True))
+                g = None if p.grad is None else _norm(p.grad._data)
+                params[full] = {"layer": name, "norm": _norm(p._data), "grad_norm": g}
+                self._before[full] = (p, B.backend_of(p._data).xp.array(p._data, copy=True))
                 if g is not None:
                     sq, seen = sq + g ** 2, True
             entry["grad_norm"] = math.sqrt(sq) if seen else None
@@ -163,7 +163,7 @@ class GradientFlowMonitor(Callback):
         if self._row is not None:
             for full, (p, before) in self._before.items():
                 n0 = self._row["params"][full]["norm"]
-                step = _norm(p.data - before)
+                step = _norm(p._data - before)
                 self._row["params"][full]["update_ratio"] = step / n0 if n0 > 0 else None
             self._append(tr.step, self._row)
             self._row, self._before = None, None

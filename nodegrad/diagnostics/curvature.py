@@ -80,7 +80,7 @@ class _HVP:
             raise GradError(f"{self.op}: f returned dtype {out.dtype}; need a float scalar")
 
     def _setup_reverse(self, f: Callable) -> None:
-        self.ins = [Tensor(t.data, None, True) for t in self.leaves]
+        self.ins = [Tensor(t._data, None, True) for t in self.leaves]
         with enable_grad():
             out = f(tree_unflatten(self.td, self.ins))
             self._check_out(out)

@@ -144,9 +144,9 @@ def check_gradients(model, loss_fn: Callable, x, y, eps: float = 1e-6,
                     idx = np.arange(n)
                 else:
                     idx = np.sort(rng.choice(n, size=max_per_param, replace=False))
-                if not p.data.flags.c_contiguous:
-                    p.data = p.data.copy()
-                flat = p.data.reshape(-1)  # a view of the parameter's own array
+                if not p._data.flags.c_contiguous:
+                    p._data = p._data.copy()
+                flat = p._data.reshape(-1)  # a view of the parameter's own array
                 worst = (-1.0, 0, 0.0, 0.0, 0.0)
                 for j in idx:
                     orig = flat[j].item()

@@ -87,7 +87,7 @@ def _walk(output: Tensor, max_nodes: int) -> _Graph:
     g = _Graph()
     root = _key(output)
     g.shape[root] = tuple(output.shape)
-    g.value[root] = output.data
+    g.value[root] = output._data
     seen = {root}
     queue = deque([root])
     while queue:
@@ -108,9 +108,9 @@ def _walk(output: Tensor, max_nodes: int) -> _Graph:
                 continue
             g.shape.setdefault(p, tuple(v.shapes[i]))
             if v.args is not None and isinstance(v.args[i], Tensor):
-                g.value.setdefault(p, v.args[i].data)
+                g.value.setdefault(p, v.args[i]._data)
             if type(p) is not Node:
-                g.value.setdefault(p, p.data)
+                g.value.setdefault(p, p._data)
             if p not in seen:
                 seen.add(p)
                 queue.append(p)
@@ -173,7 +173,7 @@ def _capture_grads(output: Tensor, graph: _Graph) -> dict:
 
     def capture(v):
         def hook(g):
-            got[v] = g.data
+            got[v] = g._data
         return hook
 
     try:
@@ -190,7 +190,7 @@ def _capture_grads(output: Tensor, graph: _Graph) -> dict:
             leaf._hooks = h
     for leaf, g in zip(graph.leaves, res or []):
         if g is not None:
-            got[leaf] = g.data
+            got[leaf] = g._data
     return got
 
 
@@ -209,7 +209,7 @@ def _param_names(params) -> dict:
         if not isinstance(t, Tensor):
             raise TypeError(f"draw_graph: params[{k!r}] is {type(t).__name__}, not a tensor")
         names[id(t)] = str(k)
-        names.setdefault(("data", id(t.data)), str(k))  # transforms re-wrap the same array
+        names.setdefault(("data", id(t._data)), str(k))  # transforms re-wrap the same array
     return names
 
 
@@ -269,7 +269,7 @@ def _dot(output: Tensor, graph: _Graph, names: dict, values: bool, grads: dict |
             rows.append(meta)
             fill = _COLOURS["out"] if v is root else _COLOURS["op"]
         else:
-            name = names.get(id(v)) or names.get(("data", id(v.data)))
+            name = names.get(id(v)) or names.get(("data", id(v._data)))
             rows = [name if name is not None else "leaf (requires grad)", meta]
             fill = _COLOURS["param" if name is not None else "leaf"]
         if values:
@@ -294,11 +294,11 @@ def _dot(output: Tensor, graph: _Graph, names: dict, values: bool, grads: dict |
             crows = ["constant", _shape_str(cshape)]
             if isinstance(const, Tensor):
                 crows[1] += f" {const.dtype}"
-                name = names.get(id(const)) or names.get(("data", id(const.data)))
+                name = names.get(id(const)) or names.get(("data", id(const._data)))
                 if name is not None:
                     crows[0] = name
                 if values:
-                    crows += _summary("value", const.data)
+                    crows += _summary("value", const._data)
             lines.append(f'  c{consts} [label="{_label(crows)}", fillcolor="{_COLOURS["const"]}", '
                          'style="rounded,dashed", fontcolor="#555555"];')
             edges.append(f"  c{consts} -> n{i} [style=dashed];")

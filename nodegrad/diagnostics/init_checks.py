@@ -167,8 +167,8 @@ def layer_variances(model, x, *, seed: int = 0) -> list[dict]:
             if not isinstance(out, Tensor):
                 return None
             row = {"name": names.get(id(mod), ""), "type": type(mod).__name__,
-                   "shape": tuple(out.shape), "forward_var": _var(out.data),
-                   "forward_mean": float(B.backend_of(out.data).to_host(out.data).mean()),
+                   "shape": tuple(out.shape), "forward_var": _var(out._data),
+                   "forward_mean": float(B.backend_of(out._data).to_host(out._data).mean()),
                    "backward_var": None, "weight_grad_var": None}
             rows.append(row)
             outs.append((row, out, mod))
@@ -195,7 +195,7 @@ def layer_variances(model, x, *, seed: int = 0) -> list[dict]:
     for row, out, _ in outs:
         if out.requires_grad:
             def keep(g, row=row):
-                grads[id(row)] = g.data
+                grads[id(row)] = g._data
             out.register_hook(keep)
     weights = [(row, mod.weight) for row, _, mod in outs
                if isinstance(getattr(mod, "weight", None), Tensor) and mod.weight.requires_grad]
@@ -207,7 +207,7 @@ def layer_variances(model, x, *, seed: int = 0) -> list[dict]:
         row["backward_var"] = None if g is None else _var(g)
     for row, w in weights:
         g = wg.get(id(w))
-        row["weight_grad_var"] = None if g is None else _var(g.data)
+        row["weight_grad_var"] = None if g is None else _var(g._data)
     return rows
 
 

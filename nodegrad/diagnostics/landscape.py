@@ -108,13 +108,13 @@ def _param_set(model: Module, params, fn: str, label: str) -> dict:
         t = own[k]
         if not B.is_float(t.dtype):
             continue  # counters such as num_batches_tracked are not coordinates of the loss
-        a = v.data if isinstance(v, Tensor) else v
+        a = v._data if isinstance(v, Tensor) else v
         if not B.is_array(a):
             a = np.asarray(a)
         if tuple(a.shape) != tuple(t.shape):
             raise ShapeError(f"{fn}: {label}[{k!r}] has shape {tuple(a.shape)}, the model's "
                              f"has {tuple(t.shape)}")
-        be = B.backend_of(t.data)
+        be = B.backend_of(t._data)
         if B.backend_of(a) is not be:
             a = B.backend_of(a).to_host(a)
         out[k] = be.asarray(a, dtype=t.dtype)
@@ -154,8 +154,8 @@ class _Eval:
                 total += float(loss.item()) * len(x)
                 n += len(x)
                 if y is not None and out.ndim == 2 and y.ndim == 1 and y.dtype.kind in "iu":
-                    pred = B.backend_of(out.data).to_host(out.data).argmax(-1)
-                    right += int((pred == B.backend_of(y.data).to_host(y.data)).sum())
+                    pred = B.backend_of(out._data).to_host(out._data).argmax(-1)
+                    right += int((pred == B.backend_of(y._data).to_host(y._data)).sum())
                     counted += len(y)
         return total / max(n, 1), (right / counted if counted else float("nan"))
 
@@ -210,7 +210,7 @@ def random_direction(model: Module, seed: int = 0, filter_normalize: bool = True
         if not B.is_float(p.dtype):
             continue
         d = rng.standard_normal(tuple(p.shape))
-        theta = B.backend_of(p.data).to_host(p.data).astype(np.float64)
+        theta = B.backend_of(p._data).to_host(p._data).astype(np.float64)
         if p.ndim <= 1 and ignore_bias_bn:
             d = np.zeros_like(d)
         elif filter_normalize:
@@ -220,7 +220,7 @@ def random_direction(model: Module, seed: int = 0, filter_normalize: bool = True
             wn = np.linalg.norm(w, axis=1, keepdims=True)
             rows = rows * np.divide(wn, dn, out=np.zeros_like(dn), where=dn > 0)
             d = rows.reshape(p.shape)
-        out[k] = Tensor(B.backend_of(p.data).asarray(d, dtype=p.dtype))
+        out[k] = Tensor(B.backend_of(p._data).asarray(d, dtype=p.dtype))
     return out
 
 

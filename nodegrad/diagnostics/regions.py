@@ -50,7 +50,7 @@ def _signs(model: Module, x: Any, fn: str) -> Any:
                          "so its activation pattern is undefined")
     seen: list = []
     handles = [m.register_forward_hook(
-        lambda mod, inp, out: seen.append(_sign(B.backend_of(inp[0].data).to_host(inp[0].data))))
+        lambda mod, inp, out: seen.append(_sign(B.backend_of(inp[0]._data).to_host(inp[0]._data))))
         for m in units]
     try:
         with no_grad():

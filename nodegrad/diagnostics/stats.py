@@ -67,7 +67,7 @@ SATURATING = ("tanh", "sigmoid")
 # --- summaries ----------------------------------------------------------------------------------
 def _host(a) -> np.ndarray:
     if isinstance(a, Tensor):
-        a = a.data
+        a = a._data
     return np.asarray(B.backend_of(a).to_host(a)) if B.is_array(a) else np.asarray(a)
 
 
@@ -376,7 +376,7 @@ class _Snapshot:
         from ..random import default_generator
 
         self.modes = [(m, m.training) for m in model.modules()]
-        self.buffers = [(b, b.data.copy()) for b in model.buffers()]
+        self.buffers = [(b, b._data.copy()) for b in model.buffers()]
         self.gen = default_generator("cpu")
         self.rng = self.gen.get_state()
 
@@ -384,7 +384,7 @@ class _Snapshot:
         for m, mode in self.modes:
             object.__setattr__(m, "training", mode)
         for b, data in self.buffers:
-            b.data[...] = data
+            b._data[...] = data
         self.gen.set_state(self.rng)
 
 
@@ -423,12 +423,12 @@ def layer_stats(model: Module, x, y=None, loss_fn: Callable | None = None, bins:
             if t is None:
                 return None
             # the node now: an in-place op on the output (F.relu_) rebinds t.node later
-            entry = {"module": m, "node": t.node, "data": t.data, "calls": 1, "grad": None}
+            entry = {"module": m, "node": t.node, "data": t._data, "calls": 1, "grad": None}
             seen[name] = entry
             order.append(name)
             if t.requires_grad and t.node is not None:
                 def keep(g):
-                    gd = g.data if isinstance(g, Tensor) else g
+                    gd = g._data if isinstance(g, Tensor) else g
                     entry["grad"] = gd if entry["grad"] is None else entry["grad"] + gd
                 handles.append(t.register_hook(keep))
             return None

@@ -178,7 +178,7 @@ def _array(t, fn: str, what: str = "tensor"):
     """The array a collective writes into: a tensor's own, contiguous, outside autograd."""
     if not isinstance(t, Tensor):
         raise TypeError(f"{fn}: {what} must be a nodegrad Tensor, got {type(t).__name__}")
-    a = t.data
+    a = t._data
     if not a.flags.c_contiguous:
         raise ValueError(f"{fn}: {what} must be contiguous (call .contiguous() first), got "
                          f"strides {t.stride()} for shape {tuple(t.shape)}")
@@ -264,7 +264,7 @@ def reduce(tensor: Tensor, dst: int | None = None, op=ReduceOp.SUM,
 
     def finish():
         if g.rank == root:
-            tensor.data[...] = buf
+            tensor._data[...] = buf
             tensor._bump()
     return _done(w, async_op, finish)
 
@@ -298,7 +298,7 @@ def gather(tensor: Tensor, gather_list: list | None = None, dst: int | None = No
     every = g.gather(a, root)
     if g.rank == root:
         for t, row in zip(gather_list, every):
-            t.data[...] = row
+            t._data[...] = row
             t._bump()
     return _done(None, async_op)
 
@@ -316,7 +316,7 @@ def scatter(tensor: Tensor, scatter_list: list | None = None, src: int | None = 
     stacked = None
     if g.rank == root:
         _check_list("scatter", "scatter_list", scatter_list, g.world_size, tensor)
-        stacked = B.backend_of(a).xp.stack([t.data for t in scatter_list])
+        stacked = B.backend_of(a).xp.stack([t._data for t in scatter_list])
     elif scatter_list:
         raise ValueError("scatter: scatter_list must not be given on a rank other than src "
                          f"(rank {g.rank} of the group got {len(scatter_list)} tensors)")
@@ -433,7 +433,7 @@ def all_gather(tensor_list: list, tensor: Tensor, group: Communicator | None = N
         _check_out("all_gather", t, tensor.shape, tensor.dtype, f"tensor_list[{i}]")
     every = g.allgather(a)
     for t, row in zip(tensor_list, every):
-        t.data[...] = row
+        t._data[...] = row
         t._bump()
     return _done(None, async_op)
 
@@ -454,7 +454,7 @@ def all_gather_into_tensor(output_tensor: Tensor, input_tensor: Tensor,
                          f"{(n,) + shp}) for {n} ranks' {shp}, got {tuple(output_tensor.shape)}")
     _check_out("all_gather_into_tensor", output_tensor, output_tensor.shape,
                input_tensor.dtype, "output_tensor")
-    output_tensor.data[...] = g.allgather(a).reshape(output_tensor.shape)
+    output_tensor._data[...] = g.allgather(a).reshape(output_tensor.shape)
     output_tensor._bump()
     return _done(None, async_op)
 
@@ -479,7 +479,7 @@ def reduce_scatter_tensor(output: Tensor, input: Tensor, op=ReduceOp.SUM,
     w = _reduce(g, buf, op, "reduce_scatter_tensor")
 
     def finish():
-        output.data[...] = buf.reshape((n,) + shp)[g.rank]
+        output._data[...] = buf.reshape((n,) + shp)[g.rank]
         output._bump()
     return _done(w, async_op, finish)
 
@@ -497,12 +497,12 @@ def reduce_scatter(output: Tensor, input_list: Sequence[Tensor], op=ReduceOp.SUM
                          f"rank), got {len(input_list)}")
     for i, t in enumerate(input_list):
         _check_out("reduce_scatter", t, output.shape, output.dtype, f"input_list[{i}]")
-    xp = B.backend_of(output.data).xp
-    buf = xp.stack([t.data for t in input_list])
+    xp = B.backend_of(output._data).xp
+    buf = xp.stack([t._data for t in input_list])
     w = _reduce(g, buf, op, "reduce_scatter")
 
     def finish():
-        output.data[...] = buf[g.rank]
+        output._data[...] = buf[g.rank]
         output._bump()
     return _done(w, async_op, finish)
 

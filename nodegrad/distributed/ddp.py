@@ -29,7 +29,7 @@ class _Bucket:
         self.offsets, n = [], 0
         for p in params:
             self.offsets.append(n)
-            n += p.data.size
+            n += p._data.size
         self.flat = xp.zeros(n, dtype=dtype)
         self.pending = len(params)
         self.work = None
@@ -37,7 +37,7 @@ class _Bucket:
     def view(self, i: int):
         p = self.params[i]
         o = self.offsets[i]
-        return self.flat[o:o + p.data.size].reshape(p.shape)
+        return self.flat[o:o + p._data.size].reshape(p.shape)
 
 
 def signature(module: Module) -> list:
@@ -141,7 +141,7 @@ class DistributedDataParallel(Module):
         self._forward_sync = True  # PyTorch's require_forward_param_sync
         check_same_model(module, self.comm)
         for t in list(module.parameters()) + list(module.buffers()) if init_sync else ():
-            self.comm.broadcast(t.data)
+            self.comm.broadcast(t._data)
             t._bump()
         params = [p for p in module.parameters() if p.requires_grad]
         self._buckets = self._make_buckets(params, bucket_cap_mb)
@@ -161,13 +161,13 @@ class DistributedDataParallel(Module):
         key, size = None, 0
         for p in reversed(params):
             k = (str(p.dtype), p.device)
-            nbytes = p.data.nbytes
+            nbytes = p._data.nbytes
             if not groups or k != key or size + nbytes > cap:
                 groups.append([])
                 key, size = k, 0
             groups[-1].append(p)
             size += nbytes
-        return [_Bucket(i, g, B.backend_of(g[0].data).xp, g[0].dtype)
+        return [_Bucket(i, g, B.backend_of(g[0]._data).xp, g[0].dtype)
                 for i, g in enumerate(groups)]
 
     # --- forward ------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ class DistributedDataParallel(Module):
         sync_backward = is_grad_enabled() and self._sync
         if (self._forward_sync and self.broadcast_buffers and self.comm.world_size > 1):
             for t in self.module.buffers():
-                self.comm.broadcast(t.data)
+                self.comm.broadcast(t._data)
                 t._bump()
         self._forward_sync = sync_backward
         if sync_backward and self._buckets:
@@ -244,7 +244,7 @@ class DistributedDataParallel(Module):
                     if p.grad is None:
                         v[...] = 0
                     else:
-                        v[...] = p.grad.data
+                        v[...] = p.grad._data
                     self._got.add(id(p))
                     self._unused.add(id(p))
                     b.pending -= 1
@@ -284,9 +284,9 @@ class DistributedDataParallel(Module):
             b, i = self._where[id(p)]
             v = b.view(i)
             if p.grad is None:
-                v[...] = g.data
+                v[...] = g._data
             else:  # gradients accumulated under no_sync: their sum is what is averaged
-                B.backend_of(v).xp.add(p.grad.data, g.data, out=v)
+                B.backend_of(v).xp.add(p.grad._data, g._data, out=v)
             b.pending -= 1
             if b.pending == 0 and self.overlap:
                 self._start_ready()
@@ -334,7 +334,7 @@ class DistributedDataParallel(Module):
                 elif p.grad is None:  # unused here, used on another rank
                     p.grad = Tensor(v.copy())
                 else:
-                    p.grad.data[...] = v
+                    p.grad._data[...] = v
                     p.grad._bump()
         last.grad = None
         self._armed = False

@@ -28,7 +28,7 @@ def _host_entry(e: dict) -> dict:
     out = {}
     for k, v in e.items():
         if isinstance(v, Tensor):
-            v = Tensor(B.backend_of(v.data).to_host(v.data))
+            v = Tensor(B.backend_of(v._data).to_host(v._data))
         elif B.is_array(v):
             v = B.backend_of(v).to_host(v)
         out[k] = v
@@ -96,11 +96,11 @@ class ZeroRedundancyOptimizer(Optimizer):
     def _shard(self, group: dict) -> list:
         """The parameters of ``group`` this rank owns, assigning owners to new ones (PyTorch's
         greedy partition: largest first, to the rank with the fewest elements)."""
-        for p in sorted(group["params"], key=lambda t: t.data.size, reverse=True):
+        for p in sorted(group["params"], key=lambda t: t._data.size, reverse=True):
             if id(p) not in self._owner:
                 r = min(range(len(self._sizes)), key=lambda i: self._sizes[i])
                 self._owner[id(p)] = r
-                self._sizes[r] += p.data.size
+                self._sizes[r] += p._data.size
         return [p for p in group["params"] if self._owner[id(p)] == self.rank]
 
     def add_param_group(self, param_group: dict) -> None:
@@ -160,17 +160,17 @@ class ZeroRedundancyOptimizer(Optimizer):
             for p in mine:
                 kinds.setdefault((str(p.dtype), p.device), []).append(p)
             for ps in kinds.values():
-                xp = B.backend_of(ps[0].data).xp
+                xp = B.backend_of(ps[0]._data).xp
                 if comm.rank == r:
-                    flat = xp.concatenate([p.data.reshape(-1) for p in ps])
+                    flat = xp.concatenate([p._data.reshape(-1) for p in ps])
                 else:
-                    flat = xp.empty(sum(p.data.size for p in ps), ps[0].data.dtype)
+                    flat = xp.empty(sum(p._data.size for p in ps), ps[0]._data.dtype)
                 comm.broadcast(flat, r)
                 if comm.rank != r:
                     o = 0
                     for p in ps:
-                        p.data[...] = flat[o:o + p.data.size].reshape(p.data.shape)
-                        o += p.data.size
+                        p._data[...] = flat[o:o + p._data.size].reshape(p._data.shape)
+                        o += p._data.size
                         p._bump()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -182,7 +182,7 @@ class ZeroRedundancyOptimizer(Optimizer):
                 if set_to_none:
                     p.grad = None
                 else:
-                    p.grad.data[...] = 0
+                    p.grad._data[...] = 0
                     p.grad._bump()
 
     @property

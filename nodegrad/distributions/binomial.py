@@ -15,8 +15,8 @@ from .saddle_point import log_binomial
 
 def _binomial_array(gen, n: Tensor, p: Tensor, shape: tuple):
     with gen.backend.scope():
-        counts = n.data.astype("int64")
-        return gen.rng.binomial(counts, p.data.astype("float64"), size=shape).astype(p.data.dtype)
+        counts = n._data.astype("int64")
+        return gen.rng.binomial(counts, p._data.astype("float64"), size=shape).astype(p._data.dtype)
 
 
 class Binomial(BinaryParams, Distribution):

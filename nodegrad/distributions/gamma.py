@@ -17,7 +17,7 @@ from .saddle_point import (_HALF_LOG_2PI, SERIES_FROM, digamma_tail, log_poisson
 def _standard_gamma_array(gen, concentration: Tensor, shape: tuple):
     """Gamma(concentration, 1) samples of ``shape`` as an array in concentration's dtype."""
     with gen.backend.scope():
-        alpha = concentration.data
+        alpha = concentration._data
         out = gen.rng.standard_gamma(alpha.astype("float64"), size=shape)
         tiny = float(ng.finfo(alpha.dtype).tiny)
         return out.clip(tiny, None).astype(alpha.dtype)  # 0 underflows log_prob; torch clamps

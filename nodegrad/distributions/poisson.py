@@ -13,7 +13,7 @@ from .saddle_point import log_poisson
 
 def _poisson_array(gen, rate: Tensor, shape: tuple):
     with gen.backend.scope():
-        lam = rate.data
+        lam = rate._data
         return gen.rng.poisson(lam.astype("float64"), size=shape).astype(lam.dtype)
 
 

@@ -44,8 +44,8 @@ def _von_mises_array(gen, loc: Tensor, kappa: Tensor, shape: tuple):
     """Best and Fisher's (1979) rejection sampler, in float64, as PyTorch runs it."""
     with gen.backend.scope():
         xp = gen.backend.xp
-        k = xp.broadcast_to(kappa.data.astype("float64"), shape)
-        mu = xp.broadcast_to(loc.data.astype("float64"), shape)
+        k = xp.broadcast_to(kappa._data.astype("float64"), shape)
+        mu = xp.broadcast_to(loc._data.astype("float64"), shape)
         tau = 1 + xp.sqrt(1 + 4 * k ** 2)
         rho = (tau - xp.sqrt(2 * tau)) / (2 * k)
         r = xp.where(k < 1e-5, 1 / k + k, (1 + rho ** 2) / (2 * rho))
@@ -62,7 +62,7 @@ def _von_mises_array(gen, loc: Tensor, kappa: Tensor, shape: tuple):
             x = xp.where(accept, xp.sign(u[2] - 0.5) * xp.arccos(xp.clip(f, -1, 1)), x)
             done |= accept
         out = (x + math.pi + mu) % (2 * math.pi) - math.pi
-        return out.astype(loc.data.dtype)
+        return out.astype(loc._data.dtype)
 
 
 class VonMises(Distribution):

@@ -33,7 +33,7 @@ def _inputs(inputs, what: str) -> tuple[tuple, bool]:
 
 def _vectors(v, like: tuple, what: str, name: str) -> tuple:
     if v is None:
-        if len(like) != 1 or like[0].data.size != 1:
+        if len(like) != 1 or like[0]._data.size != 1:
             raise ValueError(f"{what}: {name} can be None only when there is one single-element "
                              f"tensor, got shapes {[tuple(t.shape) for t in like]}")
         return (like[0].ones_like(),)

@@ -82,7 +82,7 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
         raise GradError(f"{rule.name}: the differentiable outputs must share one dtype, got "
                         f"{sorted(str(d) for d in dtypes)}")
     with no_grad():
-        flat = [_reshape(outs[i].detach(), shape=(outs[i].data.size,)) for i in slots]
+        flat = [_reshape(outs[i].detach(), shape=(outs[i]._data.size,)) for i in slots]
         if joint_dt is not None:
             flat = [astype(f, joint_dt) for f in flat]
         joint = flat[0] if len(flat) == 1 else concatenate(flat)
@@ -91,15 +91,15 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
     call.shapes = [outs[i].shape for i in slots]
     if joint_dt is not None:
         call.dtypes = dtypes
-    node = Node.make(rule, {"call": call}, parents, None, joint.data if keep_out else None,
+    node = Node.make(rule, {"call": call}, parents, None, joint._data if keep_out else None,
                      tuple(a.shape if isinstance(a, Tensor) else () for a in inputs), versions)
     if modes().anomaly:
         node.trace = creation_site()
-    joint = Tensor(joint.data, node, True)
+    joint = Tensor(joint._data, node, True)
     outs = list(outs)
     start = 0
     for i, shape, dt in zip(slots, call.shapes, dtypes):
-        n = outs[i].data.size
+        n = outs[i]._data.size
         part = joint if len(slots) == 1 else joint[start:start + n]
         outs[i] = _reshape(part, shape=shape)
         if joint_dt is not None:
@@ -127,7 +127,7 @@ def _unpack(g: Tensor, call) -> list:
 
 def _flat(t: Tensor, call) -> Tensor:
     """One output's tangent laid flat for the node's packed value (its dtype where mixed)."""
-    t = _reshape(t, shape=(t.data.size,))
+    t = _reshape(t, shape=(t._data.size,))
     return t if getattr(call, "dtypes", None) is None else astype(t, B.float64)
 
 
@@ -163,7 +163,7 @@ def _check_shapes(name: str, grads, specs, args: tuple | None = None) -> list:
         if g is None or not isinstance(g, Tensor):
             continue
         if seen is not None:
-            seen.add(id(g.data))
+            seen.add(id(g._data))
         if tuple(g.shape) != tuple(s.shape):
             gs, xs = tuple(g.shape), tuple(s.shape)
             if len(gs) < len(xs) or any(a != b and b != 1
@@ -596,7 +596,7 @@ class FunctionCtx:
 def _noted(t: Tensor) -> tuple:
     """What saving ``t`` notes: its version counter and version, array and graph place."""
     cell = t._ensure_version()
-    return cell, cell[0], t.data, t.node, t.requires_grad
+    return cell, cell[0], t._data, t.node, t.requires_grad
 
 
 class VmapInfo(NamedTuple):
@@ -678,7 +678,7 @@ def _saved_plan(ctx: FunctionCtx, args: tuple, outs: list, new: list, slots: lis
         ret = new[slots[k]]
         cell = ret._ensure_version()
         versions.append((cell, cell[0], None, None))  # the output returned, written in place
-        plan.append((1, k, weakref.ref(ret), ret.data))  # or rebound (see _saved)
+        plan.append((1, k, weakref.ref(ret), ret._data))  # or rebound (see _saved)
     return tuple(plan), versions
 
 
@@ -753,7 +753,7 @@ class Function(metaclass=_FunctionMeta):
                 o = outs[i]
                 if id(o) in ctx._dirty:  # the input itself becomes the output, as PyTorch's
                     write_through(o, new[i], f"{cls.__name__}.apply")
-                    _rebind(o, Tensor.make(o.data, new[i].node, True))  # its memory kept
+                    _rebind(o, Tensor.make(o._data, new[i].node, True))  # its memory kept
                     new[i] = o
         call.saved = ()
         if saved and node is not None:
@@ -978,7 +978,7 @@ def _saved(call: _FnCall, ans) -> tuple:
             saved.append(item[1])
         elif kind == 1:
             ret = item[2]()
-            if ret is not None and ret.data is not item[3]:
+            if ret is not None and ret._data is not item[3]:
                 raise InplaceError(
                     f"an output that '{call.cls._rule.name}' saved for backward was modified "
                     "in place after apply returned it; use an out-of-place op instead")
@@ -988,10 +988,10 @@ def _saved(call: _FnCall, ans) -> tuple:
         elif kind == 3:  # packed by saved_tensors_hooks: unpacked, in its graph place
             r = unpack_tensor(item[1], call.cls._rule.name, "a tensor ctx saved")
             leaf = item[4] if modes().grad_enabled else None  # a leaf in the recorded graph
-            saved.append(leaf if leaf is not None else Tensor.make(r.data, item[2], item[3]))
+            saved.append(leaf if leaf is not None else Tensor.make(r._data, item[2], item[3]))
         else:
             t, data, node, requires_grad = item[1:]
-            saved.append(t if t.data is data else Tensor.make(data, node, requires_grad))
+            saved.append(t if t._data is data else Tensor.make(data, node, requires_grad))
     return tuple(saved)
 
 
@@ -1027,4 +1027,4 @@ _NO_SECOND = _rule("once_differentiable", _no_second_vjp)
 
 def _no_second(t: Tensor, parents: tuple) -> Tensor:
     node = Node.make(_NO_SECOND, {}, parents, None, None, tuple(() for _ in parents), None)
-    return Tensor(t.data, node, True)
+    return Tensor(t._data, node, True)

@@ -319,7 +319,7 @@ class Jitted:
                     if self.state is not None:
                         return None, None, True  # the caller differentiates: build the graph
                     key.append("grad")  # a program pair with a backward (_differentiable)
-                d = x.data
+                d = x._data
             elif B.is_array(x):
                 d = x
             else:
@@ -348,7 +348,7 @@ class Jitted:
         for o in out_leaves:
             if isinstance(o, Tensor):
                 kinds.append(None)
-                slots.append(rec.slot_of(o, o.data))
+                slots.append(rec.slot_of(o, o._data))
             else:
                 kinds.append(o)
         if any(s in rec.loaded for s in slots):
@@ -359,7 +359,7 @@ class Jitted:
             fresh = []
             for o in out_leaves:
                 if isinstance(o, Tensor) and next(it) in rec.loaded and not o.requires_grad:
-                    o = Tensor(o.data)
+                    o = Tensor(o._data)
                 fresh.append(o)
             out_leaves, o = fresh, None
             out = tree_unflatten(out_def, out_leaves)
@@ -381,7 +381,7 @@ class Jitted:
             fresh = []
             for o in out_leaves:
                 if isinstance(o, Tensor) and next(it) in rec.consts and not o.requires_grad:
-                    o = Tensor(o.data.copy())
+                    o = Tensor(o._data.copy())
                 fresh.append(o)
             out_leaves, o = fresh, None
             out = tree_unflatten(out_def, out_leaves)
@@ -396,7 +396,7 @@ class Jitted:
             self.cache.popitem(last=False)
         self.last = entry
         if self.state is not None and program is not None:
-            out = tree_unflatten(out_def, [Tensor(o.data) if isinstance(o, Tensor) else o
+            out = tree_unflatten(out_def, [Tensor(o._data) if isinstance(o, Tensor) else o
                                            for o in out_leaves])
         return out
 
@@ -435,8 +435,8 @@ class Jitted:
         split = len(rec.instrs)
         be = rec.backend
         with be.scope():
-            cts = [Tensor(be.xp.ones_like(o.data)) for o in floats]
-        ct_slots = [rec.input(c.data) for c in cts]
+            cts = [Tensor(be.xp.ones_like(o._data)) for o in floats]
+        ct_slots = [rec.input(c._data) for c in cts]
         # the leaves' own hooks stay out of the program: the engine runs them on what the
         # replay's node sends each leaf, as for any gradient (they ran twice, and once at trace)
         hooked = [(t, t._hooks) for t in wrt if t.node is None and t._hooks]
@@ -455,7 +455,7 @@ class Jitted:
             raise _NotDifferentiable(rec.fallback)
         constant_loads(rec, split)
         present = [g is not None for g in gs]
-        g_slots = [rec.slot_of(g, g.data) for g in gs if g is not None]
+        g_slots = [rec.slot_of(g, g._data) for g in gs if g is not None]
         fwd_instrs, bwd_instrs = rec.instrs[:split], rec.instrs[split:]
         made = {i.out for i in bwd_instrs} | {o for i in bwd_instrs for o in (i.outs or ())}
         skip = made | set(rec.consts) | set(ct_slots)
@@ -467,7 +467,7 @@ class Jitted:
                       rec.backend, **opts)
         bwd = Program(bwd_instrs, rec.nslots, rec.consts, residuals + ct_slots, g_slots,
                       rec.backend, **opts)
-        orders = ["F" if c.data.flags.f_contiguous and not c.data.flags.c_contiguous else "C"
+        orders = ["F" if c._data.flags.f_contiguous and not c._data.flags.c_contiguous else "C"
                   for c in cts]
         return _Diff(fwd, bwd, len(out_slots), wrt_in, [weakref.ref(t) for t in loaded], present,
                      orders)
@@ -493,7 +493,7 @@ class Jitted:
             parents = tuple(t.node or t for t in wrt)
             node = Node.make(self._rule(), {"call": call}, parents, None, None,
                              tuple(t.shape for t in wrt), None)
-            outs[i] = Tensor(outs[i].data, node, True)
+            outs[i] = Tensor(outs[i]._data, node, True)
         else:
             outs = _attach(outs, wrt, self._rule(), call)
         if entry.out_def is None:
@@ -521,11 +521,11 @@ def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):
                         "again (create_graph=True); take higher derivatives of the function "
                         "itself, or call it under ng.disable_jit()")
     d = call.diff
-    xp = B.backend_of(g.data).xp
+    xp = B.backend_of(g._data).xp
     parts = [g] if call.shapes is None else _unpack(g, call)
     cts = []
     for p, o in zip(parts, d.orders):  # in the traced layout, which its kernels were made for
-        a = p.data
+        a = p._data
         if o == "C" and not a.flags.c_contiguous:
             a = xp.ascontiguousarray(a)
         elif o == "F" and not a.flags.f_contiguous:
@@ -620,7 +620,7 @@ def _matches(hot: tuple, args: tuple, m, modules: list, params: list) -> list | 
     for a, (shape, dtype) in zip(args, specs):
         if type(a) is not Tensor or (grad and a.requires_grad):
             return None
-        d = a.data
+        d = a._data
         if type(d) is not B.ndarray or d.shape != shape or d.dtype != dtype:
             return None
         arrays.append(d)

@@ -108,7 +108,7 @@ def constant_loads(rec, start: int = 0) -> None:
             continue
         t = rec.loaded[i.out]()
         # held only by the load's closure (and this frame): nothing outside can change it
-        if t is None or sys.getrefcount(t) > 3 or (tuple(t.data.shape), t.data.dtype) != \
+        if t is None or sys.getrefcount(t) > 3 or (tuple(t._data.shape), t._data.dtype) != \
                 rec.meta.get(i.out):
             continue
         if i.out in rec.before:
@@ -116,7 +116,7 @@ def constant_loads(rec, start: int = 0) -> None:
             rec.instrs[k] = Instr("op", "copy", _copy, (src,), i.out)
         else:
             rec.instrs[k] = None
-            rec.consts[i.out] = t.data
+            rec.consts[i.out] = t._data
     rec.instrs = [i for i in rec.instrs if i is not None]
 
 

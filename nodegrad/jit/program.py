@@ -144,7 +144,7 @@ class Program:
             if t is not None:  # a tensor's current array, checked as the load function does
                 ns[f"t{k}"], (ns[f"s{k}"], ns[f"d{k}"]) = t, fn.spec
                 ns[f"f{k}"] = fn
-                lines += [f"    v{i.out} = t{k}.data",
+                lines += [f"    v{i.out} = t{k}._data",
                           f"    if v{i.out}.shape != s{k} or v{i.out}.dtype != d{k}:",
                           f"        v{i.out} = f{k}()"]
                 continue

@@ -110,7 +110,7 @@ class Recorder:
         if get is not None:
             return self._load("gradient", get, d)
         if isinstance(a, Tensor):
-            s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t.data, d)
+            s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t._data, d)
             self.instrs[-1].fn.tensor = weakref.ref(a)  # (a strong one would look like a user)
             self.loaded[s] = weakref.ref(a)
             self.load_data[s] = d
@@ -141,12 +141,12 @@ class Recorder:
         """Run ``fn`` eagerly now and record it to be called again on replay."""
         # tensors holding traced values are fed from their slots on replay; any other
         # argument (an optimiser, a buffer that lives outside the program) is passed as is
-        pos = [i for i, a in enumerate(args) if isinstance(a, Tensor) and id(a.data) in self.slot]
-        ins = tuple(self.slot[id(args[i].data)] for i in pos)
+        pos = [i for i, a in enumerate(args) if isinstance(a, Tensor) and id(a._data) in self.slot]
+        ins = tuple(self.slot[id(args[i]._data)] for i in pos)
         for a in args:  # state the effect may change on every replay (a norm layer's counter)
-            if isinstance(a, Tensor) and id(a.data) not in self.slot:
-                self.changed.add(id(a.data))
-                self.keep.append(a.data)
+            if isinstance(a, Tensor) and id(a._data) not in self.slot:
+                self.changed.add(id(a._data))
+                self.keep.append(a._data)
         held = self._held_grads()
         res = self._run_untraced(fn, args, kwargs)
         self._load_lost_grads(held)
@@ -168,7 +168,7 @@ class Recorder:
 
     def accumulate(self, fn, leaf, g, create_graph: bool) -> None:
         """Record backward's ``leaf.grad += g``; later reads of ``leaf.grad`` load it afresh."""
-        s = self.slot_of(g, g.data)
+        s = self.slot_of(g, g._data)
         held = self._held_grads()
         self._run_untraced(fn, (leaf, g, create_graph, _SEEN), {})
         self._load_lost_grads(held)
@@ -183,10 +183,10 @@ class Recorder:
                                  params={"owned": acc_owned, "leaf": leaf}, access="read"))
         grad = leaf.grad
         if grad is not None:
-            self.keep.append(grad.data)
-            self.slot.pop(id(grad.data), None)  # its value is now the accumulated one
-            self.aliases[id(grad.data)] = lambda: leaf.grad.data
-            self.grad_of[id(grad.data)] = leaf
+            self.keep.append(grad._data)
+            self.slot.pop(id(grad._data), None)  # its value is now the accumulated one
+            self.aliases[id(grad._data)] = lambda: leaf.grad._data
+            self.grad_of[id(grad._data)] = leaf
 
     def _held_grads(self) -> list:
         """The gradient arrays known by where they live (``aliases``) that are their leaf's
@@ -195,8 +195,8 @@ class Recorder:
         held = []
         for k, leaf in self.grad_of.items():
             g = leaf.grad
-            if g is not None and id(g.data) == k:
-                held.append((k, leaf, g.data))
+            if g is not None and id(g._data) == k:
+                held.append((k, leaf, g._data))
         return held
 
     def check_grads(self) -> None:
@@ -205,7 +205,7 @@ class Recorder:
         (its gradients would add up across calls): such a signature runs eagerly."""
         for k, leaf in self.grad_of.items():
             g = leaf.grad
-            if (g is None or id(g.data) != k) and self.fallback is None:
+            if (g is None or id(g._data) != k) and self.fallback is None:
                 self.fallback = (
                     f"the .grad of a tensor of shape {tuple(leaf.shape)} was set by Python "
                     "code in the step (such as p.grad = None), which a replay does not repeat; "
@@ -218,22 +218,22 @@ class Recorder:
         a replay can no longer read from the leaf afterwards. Unread, such a load is dead code."""
         for k, leaf, a in held:
             g = leaf.grad
-            if g is None or g.data is not a:
+            if g is None or g._data is not a:
                 get = self.aliases.pop(k)
                 del self.grad_of[k]
                 self._load("gradient", get, a)
 
     def mutate(self, name: str, fn, target, *args, params=None) -> None:
         """Run ``fn(target_array, *arg_values)`` (it changes the target in place) and record it."""
-        vals = [a.data if isinstance(a, Tensor) else a for a in args]
-        ins = (self.slot_of(target, target.data),) + tuple(
+        vals = [a._data if isinstance(a, Tensor) else a for a in args]
+        ins = (self.slot_of(target, target._data),) + tuple(
             self.slot_of(a, v) for a, v in zip(args, vals))
         if params is not None and self.fallback is None and _holds_traced(params, self.slot):
             self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
-        for s in self._written_loads(ins[0], target.data):
+        for s in self._written_loads(ins[0], target._data):
             if s not in self.before:  # a tensor made in the step starts each call so
                 self.before[s] = self.load_data[s].copy()
-        fn(target.data, *vals)
+        fn(target._data, *vals)
         self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
 
     def _written_loads(self, s: int, data) -> list:
@@ -288,7 +288,7 @@ class Recorder:
 def _holds_traced(v, slots: dict) -> bool:
     """Whether a parameter value holds an array (or tensor) produced inside the trace."""
     if isinstance(v, Tensor):
-        v = v.data
+        v = v._data
     if B.is_array(v):
         return id(v) in slots
     if isinstance(v, dict):

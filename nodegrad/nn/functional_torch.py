@@ -127,7 +127,7 @@ def embedding_renorm_(input: Tensor, indices: Tensor, max_norm: float,
         raise GradError(f"{op}: a leaf tensor that requires grad cannot be changed in place "
                         "while recording; wrap the call in nodegrad.no_grad()")
     if idx.numel():
-        renorm_rows_(w, idx.data.reshape(-1), max_norm, norm_type)
+        renorm_rows_(w, idx._data.reshape(-1), max_norm, norm_type)
     return w
 
 

@@ -54,26 +54,26 @@ def _pack(tensors: list[Tensor], op: str):
     if len(dtypes) > 1:
         raise DTypeError(f"{op}: a module's backward hooks need the tensors of one call to "
                          f"share one dtype, got {sorted(str(d) for d in dtypes)}")
-    flat = [_reshape(t, shape=(t.data.size,)) for t in tensors]
+    flat = [_reshape(t, shape=(t._data.size,)) for t in tensors]
     joint = flat[0] if len(flat) == 1 else concatenate(flat)
     views, start = [], 0
     for t in tensors:
-        part = joint if len(tensors) == 1 else joint[start:start + t.data.size]
+        part = joint if len(tensors) == 1 else joint[start:start + t._data.size]
         views.append(_reshape(part, shape=t.shape))
-        start += t.data.size
+        start += t._data.size
     return joint, views
 
 
 def _unpack(g: Tensor, views: list[Tensor], seen: list[bool]) -> list:
     out, start = [], 0
     for v, s in zip(views, seen):
-        out.append(_reshape(g[start:start + v.data.size], shape=v.shape) if s else None)
-        start += v.data.size
+        out.append(_reshape(g[start:start + v._data.size], shape=v.shape) if s else None)
+        start += v._data.size
     return out
 
 
 def _repack(grads, views: list[Tensor], g: Tensor) -> Tensor:
-    parts = [_reshape(zeros_like(v) if r is None else r, shape=(v.data.size,))
+    parts = [_reshape(zeros_like(v) if r is None else r, shape=(v._data.size,))
              for r, v in zip(grads, views)]
     return parts[0] if len(parts) == 1 else concatenate(parts)
 

@@ -84,15 +84,15 @@ def _need_float(t: Tensor, op: str, complex_ok: bool = False) -> None:
 def _fill(t: Tensor, sample: Callable, generator: Generator | None) -> Tensor:
     gen = generator or default_generator(t.device)
     with no_grad():
-        t.data[...] = sample(gen).astype(t.dtype, copy=False)
+        t._data[...] = sample(gen).astype(t.dtype, copy=False)
         t._bump()
     return t
 
 
 def _also_arrays(init: Callable) -> Callable:
-    """``init`` that also fills a raw backend array in place and returns it: PyTorch scripts
-    initialise ``m.weight.data`` (DCGAN's ``nn.init.normal_(m.weight.data, 0.0, 0.02)``), which
-    in nodegrad is the parameter's array itself."""
+    """``init`` that also fills a raw backend array in place and returns it: code written for
+    NumPy passes arrays, and PyTorch's ``m.weight.data`` (DCGAN's
+    ``nn.init.normal_(m.weight.data, 0.0, 0.02)``) is a tensor of the parameter's memory."""
     @functools.wraps(init)
     def fill(tensor, *args, **kwargs):
         if not isinstance(tensor, Tensor) and B.is_array(tensor):
@@ -106,7 +106,7 @@ def _also_arrays(init: Callable) -> Callable:
 @effect  # under nodegrad.jit each replay writes again
 def constant_(tensor: Tensor, val: float) -> Tensor:
     with no_grad():
-        tensor.data[...] = val
+        tensor._data[...] = val
         tensor._bump()
     return tensor
 
@@ -233,12 +233,12 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None =
     rows, cols = tensor.shape[0], math.prod(tensor.shape[1:])
 
     def sample(g):
-        a = B.backend_of(tensor.data).to_host(g.normal((max(rows, cols), min(rows, cols)),
+        a = B.backend_of(tensor._data).to_host(g.normal((max(rows, cols), min(rows, cols)),
                                                        B.float64))
         q, r = B.np.linalg.qr(a)
         q = q * B.np.sign(B.np.diag(r))
         q = q if rows >= cols else q.T
-        return B.backend_of(tensor.data).asarray((gain * q).reshape(tensor.shape))
+        return B.backend_of(tensor._data).asarray((gain * q).reshape(tensor.shape))
 
     return _fill(tensor, sample, generator)
 
@@ -253,7 +253,7 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float 
         raise ValueError(f"trunc_normal_: expected a < b and std > 0, got a={a}, b={b}, "
                          f"std={std}")
     _need_float(tensor, "trunc_normal_")
-    be = B.backend_of(tensor.data)
+    be = B.backend_of(tensor._data)
     lo = (1 + math.erf((a - mean) / (std * math.sqrt(2)))) / 2
     hi = (1 + math.erf((b - mean) / (std * math.sqrt(2)))) / 2
 
@@ -270,7 +270,7 @@ def eye_(tensor: Tensor) -> Tensor:
     """The identity matrix (ones on the diagonal of a 2-d tensor), as PyTorch's."""
     if tensor.ndim != 2:
         raise ValueError(f"eye_: expected a 2-d tensor, got shape {tuple(tensor.shape)}")
-    xp = B.backend_of(tensor.data).xp
+    xp = B.backend_of(tensor._data).xp
     return _fill(tensor, lambda g: xp.eye(*tensor.shape), None)
 
 
@@ -285,7 +285,7 @@ def dirac_(tensor: Tensor, groups: int = 1) -> Tensor:
     if tensor.shape[0] % groups:
         raise ValueError(f"dirac_: {tensor.shape[0]} output channels do not divide into {groups} "
                          "groups")
-    xp = B.backend_of(tensor.data).xp
+    xp = B.backend_of(tensor._data).xp
 
     def sample(g):
         w = xp.zeros(tensor.shape)

@@ -32,7 +32,7 @@ class Parameter(Tensor):
 
     def __init__(self, data, requires_grad: bool = True):
         if isinstance(data, Tensor):
-            data = data.data
+            data = data._data
         elif not B.is_array(data):
             data = B.np.asarray(data)
             # numbers take the default float dtype, complex ones its complex counterpart
@@ -44,18 +44,11 @@ class Parameter(Tensor):
                             f"got {data.dtype}")
         super().__init__(data, None, requires_grad)
 
-    def __setattr__(self, name: str, value) -> None:
-        # PyTorch's ``param.data = tensor`` (DLRM's initialisation): the parameter takes the
-        # tensor's values; storing the Tensor itself would break every later operation
-        if name == "data" and isinstance(value, Tensor):
-            value = value.data
-        object.__setattr__(self, name, value)
-
     def __repr__(self) -> str:
         return "Parameter containing:\n" + super().__repr__()
 
     def __deepcopy__(self, memo):
-        p = Parameter(self.data.copy(), self.requires_grad)
+        p = Parameter(self._data.copy(), self.requires_grad)
         memo[id(self)] = p
         return p
 
@@ -126,7 +119,7 @@ class Module:
                 raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
                                 f"buffer {name!r} (nn.Buffer, Tensor or None expected)")
             if isinstance(value, Buffer):
-                persistent, value = value.persistent, Tensor(value.data)
+                persistent, value = value.persistent, Tensor(value._data)
             else:
                 persistent = name not in self._non_persistent
             d.pop(name, None)
@@ -305,7 +298,7 @@ class Module:
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
-                p.grad.data[...] = 0
+                p.grad._data[...] = 0
 
     def to(self, device=None, dtype=None, non_blocking: bool = False, *,
            memory_format=None) -> Module:
@@ -323,14 +316,14 @@ class Module:
         be = None if device is None else B.get_backend(device)
         dt = None if dtype is None else B.as_dtype(dtype)
         for t in list(self.parameters()) + list(self.buffers()):
-            d = t.data
+            d = t._data
             if be is not None and B.backend_of(d) is not be:
                 d = be.asarray(B.backend_of(d).to_host(d))
             if dt is not None and (B.is_float(d.dtype)
                                    or (d.dtype.kind == "c" and dt.kind == "c")):
                 d = B.cast(d, dt)
-            if d is not t.data:
-                t.data = d
+            if d is not t._data:
+                t._data = d
                 t._bump()
                 if t.grad is not None:
                     t.grad = None
@@ -547,11 +540,11 @@ class Module:
                 for k, t in own.items():
                     if k in state_dict:
                         v = state_dict[k]
-                        v = v.data if isinstance(v, Tensor) else v
-                        be = B.backend_of(t.data)
+                        v = v._data if isinstance(v, Tensor) else v
+                        be = B.backend_of(t._data)
                         if B.is_array(v) and B.backend_of(v) is not be:
                             v = B.backend_of(v).to_host(v)
-                        t.data[...] = be.asarray(v, dtype=t.dtype)
+                        t._data[...] = be.asarray(v, dtype=t.dtype)
                         t._bump()
         for k, m in extra.items():
             if k in state_dict:
@@ -592,7 +585,7 @@ class Module:
                     else:
                         v = Parameter(v, t.requires_grad)
                 elif not isinstance(v, Tensor) or isinstance(v, Parameter):
-                    v = Tensor(v.data if isinstance(v, Tensor) else v)
+                    v = Tensor(v._data if isinstance(v, Tensor) else v)
                 wrapped[id(raw)] = (raw, v)  # (raw kept alive so its id stays its own)
                 first[id(t)] = v
         for k, t in own.items():
@@ -916,7 +909,7 @@ class Buffer(Tensor):
 
     def __init__(self, data, *, persistent: bool = True):
         if isinstance(data, Tensor):
-            data = data.data
+            data = data._data
         elif not B.is_array(data):
             data = B.np.asarray(data)
         super().__init__(data, None, False)

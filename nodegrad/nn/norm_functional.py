@@ -166,13 +166,13 @@ def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var
                         "ng.func.replace_all_batch_norm_modules_(model))")
     dt = mean.dtype
     if isinstance(momentum, Tensor):
-        momentum = 1.0 / int(momentum.data)
+        momentum = 1.0 / int(momentum._data)
     m = dt.type(momentum)
-    rm, rv = running_mean.data, running_var.data
+    rm, rv = running_mean._data, running_var._data
     rm *= 1 - m
-    rm += m * mean.data.reshape(rm.shape)
+    rm += m * mean._data.reshape(rm.shape)
     rv *= 1 - m
-    rv += m * var.data.reshape(rv.shape) * dt.type(unbias)
+    rv += m * var._data.reshape(rv.shape) * dt.type(unbias)
     running_mean._bump()
     running_var._bump()
 
@@ -180,7 +180,7 @@ def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var
 @effect
 def _count_batch(counter: Tensor) -> None:
     """Add one to a norm layer's batch counter (a replayed step under nodegrad.jit)."""
-    counter.data += 1
+    counter._data += 1
 
 
 def _check_p(p: float, op: str) -> None:
@@ -334,7 +334,7 @@ def grad_by_freq(out: Tensor, rows, counted: Tensor, op: str) -> Tensor:
         raise NotImplementedError(f"{op}: scale_grad_by_freq=True inside vmap is not supported "
                                   "(the counts would span the whole batch)")
     computes_with_values(counted, "scale_grad_by_freq")
-    xp = B.backend_of(out.data).xp
+    xp = B.backend_of(out._data).xp
     uniq, counts = xp.unique(values(counted).reshape(-1), return_counts=True)
     scale = Tensor((1.0 / counts[xp.searchsorted(uniq, rows)]).astype(out.dtype)[..., None])
     scaled = out * scale
@@ -346,7 +346,7 @@ def renorm_rows_(weight: Tensor, rows, max_norm: float, norm_type: float = 2.0) 
     whose ``norm_type``-norm exceeds ``max_norm`` are scaled down to it, in place, unrecorded
     (an embedding's ``max_norm``)."""
     with no_grad():
-        rows = Tensor(B.backend_of(weight.data).xp.unique(rows))
+        rows = Tensor(B.backend_of(weight._data).xp.unique(rows))
         picked = weight[rows]
         size = ops.abs(picked)
         if norm_type == math.inf:  # the p-norm's limits and p = 0, as torch.norm has them
@@ -422,7 +422,7 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     if scale_grad_by_freq and iv.size:
         emb = grad_by_freq(emb, idx, input, op)
     mask = Tensor(valid.astype(weight.dtype))
-    count = mask.data.sum(1)
+    count = mask._data.sum(1)
     if mode == "max":
         masked = ops.where(Tensor(valid[..., None]), emb, -math.inf)
         arg = ops.argmax(masked, axis=1, keepdims=True)

@@ -103,10 +103,10 @@ class _Recorder:
             if p is not None:
                 if p not in self.inits and self.build:
                     self.inits[p] = self.onnx.numpy_helper.from_array(
-                        np.ascontiguousarray(B.backend_of(a.data).to_host(a.data)), p)
+                        np.ascontiguousarray(B.backend_of(a._data).to_host(a._data)), p)
                 self.names[id(a)] = p
                 return p
-            return self.const(B.backend_of(a.data).to_host(a.data))
+            return self.const(B.backend_of(a._data).to_host(a._data))
         dt = like.dtype if isinstance(like, Tensor) else None
         return self.const(a, dtype=dt)
 
@@ -140,7 +140,7 @@ class _Recorder:
             if s1 != s2 and (s1, s2) not in self.dims:
                 return None
             parts.append(s1 if s1 == s2 else self.dims[(s1, s2)])
-        d = np.asarray(B.backend_of(t.data).to_host(t.data))
+        d = np.asarray(B.backend_of(t._data).to_host(t._data))
         if len(parts) != d.ndim or not d.size or not (d == d.flat[0]).all():
             return None
         name = self.node("Expand", [self.const(d.flat[0], d.dtype), _shape_value(self, parts)])
@@ -251,11 +251,11 @@ class _Recorder:
         def lift(t):
             if not isinstance(t, Tensor) or t.ndim != nd:
                 return t
-            b = Tensor(t.data[None])
+            b = Tensor(t._data[None])
             self.set(b, _unsqueeze(self, self.name_of(t), [0]))
             return b
         args = tuple(lift(a) for a in self.leaf_args)
-        louts = [Tensor(o.data[None]) if o.ndim == nd else o for o in outs]
+        louts = [Tensor(o._data[None]) if o.ndim == nd else o for o in outs]
         if twin is not None:
             twin = tuple(tuple((1,) + tuple(s) if len(s) == nd else s for s in part)
                          for part in twin)
@@ -269,14 +269,14 @@ _SHAPED = ("reshape", "broadcast_to", "getitem", "conv_input_grad")
 
 def _digest(t: Tensor) -> tuple:
     """Shape, dtype and a hash of the values: tells a constant made from the input."""
-    d = np.ascontiguousarray(B.backend_of(t.data).to_host(t.data))
+    d = np.ascontiguousarray(B.backend_of(t._data).to_host(t._data))
     return (d.shape, str(d.dtype), hash(d.tobytes()))
 
 
 def _const_key(t: Tensor) -> tuple:
     """What tells two traces' constants apart: one value throughout (zeros of a shape that
     follows the dynamic axes, checked apart) or the digest of the values."""
-    d = np.asarray(B.backend_of(t.data).to_host(t.data))
+    d = np.asarray(B.backend_of(t._data).to_host(t._data))
     if d.size and (d == d.flat[0]).all():
         return (str(d.dtype), d.flat[0].item())
     return _digest(t)
@@ -1305,7 +1305,7 @@ def _nearest_gathers(r, m, x) -> str:
                 x.dtype)))
             index = [0, 0] + [0] * len(sp)
             index[2 + i] = slice(None)
-            src = np.rint(B.backend_of(picked.data).to_host(picked.data)[tuple(index)])
+            src = np.rint(B.backend_of(picked._data).to_host(picked._data)[tuple(index)])
             if len(src) != n or not np.array_equal(src, np.arange(n)):
                 y = r.node("Gather", [y, r.const(src.astype(_I64))], axis=2 + i)
     finally:
@@ -1497,11 +1497,11 @@ def _resized(x: Tensor, axes: dict, grow: dict) -> Tensor:
     """``x`` with each dynamic axis longer by its name's step in ``grow`` (1 for the first name,
     2 for the second, ...: axes of different names stay told apart even where their traced
     sizes agree) with rows repeated cyclically: the second trace's input."""
-    d = B.backend_of(x.data).to_host(x.data)
+    d = B.backend_of(x._data).to_host(x._data)
     for ax, name in axes.items():
         n = d.shape[ax]
         d = np.take(d, np.arange(n + grow[name]) % max(n, 1), axis=ax)
-    return Tensor(Tensor(x.data).backend.asarray(d))
+    return Tensor(Tensor(x._data).backend.asarray(d))
 
 
 def _trace(onnx, model, inputs, opset, build, twin, pnames, paths, grown=None):
@@ -1555,7 +1555,7 @@ def export(model: Module, example_inputs, path: str | os.PathLike | BinaryIO | N
         (example_inputs,)
     if not inputs or not all(isinstance(x, Tensor) for x in inputs):
         raise TypeError("onnx export: example_inputs must be a Tensor or a tuple of Tensors")
-    inputs = tuple(Tensor(x.data) for x in inputs)
+    inputs = tuple(Tensor(x._data) for x in inputs)
     if input_names is not None and len(input_names) != len(inputs):
         raise ValueError(f"onnx export: {len(input_names)} input names for "
                          f"{len(inputs)} inputs")

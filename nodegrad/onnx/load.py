@@ -100,9 +100,9 @@ class OnnxModule(Module):
                 continue
             taken.add(path)
             lin = Linear(wt.shape[1], wt.shape[0], bias=b is not None, dtype=wt.dtype)
-            lin.weight.data[...] = B.CPU.asarray(np.ascontiguousarray(wt))
+            lin.weight._data[...] = B.CPU.asarray(np.ascontiguousarray(wt))
             if b is not None:
-                lin.bias.data[...] = B.CPU.asarray(inits[b])
+                lin.bias._data[...] = B.CPU.asarray(inits[b])
             self._mount(path, lin)
             self._linears[k] = ".".join(path)
             self._where[w] = ("linear", k)
@@ -248,7 +248,7 @@ def load(path: str | os.PathLike | bytes | BinaryIO | ModelProto) -> OnnxModule:
 def _ints(t) -> list[int]:
     if t is None:
         return []
-    return [int(v) for v in np.asarray(B.backend_of(t.data).to_host(t.data)).reshape(-1)]
+    return [int(v) for v in np.asarray(B.backend_of(t._data).to_host(t._data)).reshape(-1)]
 
 
 def _const(arr) -> Tensor:
@@ -354,7 +354,7 @@ def _shape(m, at, x):
 
 def _gather(m, at, x, idx):
     ax = at.get("axis", 0) % x.ndim
-    i = idx.data if idx.ndim else int(idx.item())
+    i = idx._data if idx.ndim else int(idx.item())
     return x[(slice(None),) * ax + (i,)]
 
 
@@ -812,7 +812,7 @@ def _scales(arr) -> list[float]:
 
 
 def values_of(t: Tensor):
-    return B.backend_of(t.data).to_host(t.data)
+    return B.backend_of(t._data).to_host(t._data)
 
 
 def _norm(order):

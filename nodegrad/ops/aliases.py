@@ -180,7 +180,7 @@ def _equal(self, other) -> bool:
     other._concrete("equal()")
     if self.shape != other.shape:
         return False
-    return bool(self.backend.xp.array_equal(self.data, other.data))
+    return bool(self.backend.xp.array_equal(self._data, other._data))
 
 
 def _type_as(self, other) -> Tensor:
@@ -207,8 +207,8 @@ def _sum_to_size(self, *size) -> Tensor:
 
 def _stride(self, dim: int | None = None):
     """The strides in elements (PyTorch's), or the one of ``dim``."""
-    item = self.data.itemsize
-    strides = tuple(s // item for s in self.data.strides)
+    item = self._data.itemsize
+    strides = tuple(s // item for s in self._data.strides)
     if dim is None:
         return strides
     n = self.ndim
@@ -239,7 +239,7 @@ def _root(a):
 
 def _storage_offset(self) -> int:
     """Elements between the start of the memory this array views and its first element."""
-    a = self.data
+    a = self._data
     return (_address(a) - _address(_root(a))) // a.itemsize
 
 
@@ -321,13 +321,13 @@ _METHODS: dict[str, Callable] = {
     "where": _where_method, "equal": _equal, "type_as": _type_as, "reshape_as": _reshape_as,
     "sum_to_size": _sum_to_size, "t": t, "adjoint": adjoint,
     # metadata
-    "is_contiguous": lambda self, memory_format=None: bool(self.data.flags.c_contiguous) and (
+    "is_contiguous": lambda self, memory_format=None: bool(self._data.flags.c_contiguous) and (
         memory_format is None
         or fits_memory_format("is_contiguous", self, memory_format, strict=False)),
     "stride": _stride, "storage_offset": _storage_offset,
-    "data_ptr": lambda self: _address(self.data),
-    "element_size": lambda self: self.data.itemsize, "nelement": lambda self: self.data.size,
-    "ndimension": lambda self: self.data.ndim, "is_floating_point": is_floating_point,
+    "data_ptr": lambda self: _address(self._data),
+    "element_size": lambda self: self._data.itemsize, "nelement": lambda self: self._data.size,
+    "ndimension": lambda self: self._data.ndim, "is_floating_point": is_floating_point,
     "is_complex": is_complex, "is_signed": _is_signed, "get_device": _get_device,
     # constructors and casts
     "new_zeros": _new_zeros, "new_ones": _new_ones, "new_full": _new_full,
@@ -339,8 +339,14 @@ _METHODS: dict[str, Callable] = {
 
 # === in-place forms =============================================================================
 def _alias(self: Tensor) -> Tensor:
-    """Another handle on the same value and graph position, with its own version counter."""
-    return Tensor(self.data, self.node, self.requires_grad)
+    """Another handle on the same value and graph position, with its own version counter: what
+    an in-place op recorded on ``self`` computes from. Of a tensor outside the graph, a copy:
+    its memory takes the result afterwards (``Tensor._rebound``), so no node saves memory that
+    changes under it."""
+    d = self._data
+    if self.node is None and not self.requires_grad:
+        d = d.copy()
+    return Tensor(d, self.node, self.requires_grad)
 
 
 def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
@@ -372,7 +378,7 @@ def _refuse_leaf(self: Tensor, name: str) -> None:
 def _from_outside(rec, t: Tensor) -> bool:
     """Whether the traced step got ``t``'s array from outside (an input, a closed-over tensor)
     rather than making it: rebinding such a tensor is not something a replay can repeat."""
-    s = rec.slot.get(id(t.data))
+    s = rec.slot.get(id(t._data))
     return s is None or not any(i.out == s and i.kind != "load" for i in rec.instrs)
 
 
@@ -383,8 +389,8 @@ def _rebind(self: Tensor, result: Tensor, name: str) -> Tensor:
         rec.fallback = (f"'{name}' rebinds a tensor the step did not make (at "
                         f"{creation_site()})")
     old = self._version
-    self._rebound()
-    self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
+    self._rebound(result._data)
+    self._data, self.node, self.requires_grad = result._data, result.node, result.requires_grad
     if result._version is not None:  # a node that saved result's array watches this counter
         self._version = result._version
     if old is not None and len(old) > 1:  # views of the old array show the new value
@@ -435,7 +441,7 @@ def apply_inplace(self: Tensor, name: str, fn: Callable, *args, **kwargs) -> Ten
         if rec is not None:  # under a jit trace: replayed in place on the same array
             rec.mutate(name, _copy_into, self, result)
         else:
-            _copy_into(self.data, result.data)
+            _copy_into(self._data, result._data)
     except ValueError as e:  # a read-only array (a broadcast view, a frozen NumPy array)
         raise ValueError(f"{name}: cannot write into this tensor's array ({e}); clone() it "
                          "first") from None
@@ -515,7 +521,7 @@ def _reshape_inplace_method(name: str, base: str) -> Callable:
             rec.fallback = (f"'{name}' rebinds a tensor the step did not make (at "
                             f"{creation_site()})")
         self._bump()
-        self.data = result.data  # a leaf stays a leaf (and keeps requires_grad)
+        self._data = result._data  # a leaf stays a leaf (and keeps requires_grad)
         return self
 
     method.__name__ = name
@@ -546,7 +552,7 @@ def _fill_diagonal_(self, fill_value, wrap: bool = False) -> Tensor:
         step = sum(n ** i for i in range(self.ndim))
         end = n ** self.ndim
     with be.scope():
-        mask = be.xp.zeros(self.data.size, dtype=B.bool_)
+        mask = be.xp.zeros(self._data.size, dtype=B.bool_)
         mask[0:end:step] = True
         mask = Tensor(mask.reshape(shape))
         value = Tensor(be.xp.asarray(fill_value, dtype=self.dtype))
@@ -665,7 +671,7 @@ def _register_post_accumulate_grad_hook(self, hook: Callable) -> RemovableHandle
 
 _PROPERTIES = {
     "is_cpu": property(lambda self: self.backend.device_id is None, doc="On the CPU?"),
-    "itemsize": property(lambda self: self.data.itemsize, doc="Bytes per element."),
+    "itemsize": property(lambda self: self._data.itemsize, doc="Bytes per element."),
 }
 
 
@@ -839,7 +845,7 @@ def asarray(obj, *, dtype=None, device=None, copy: bool | None = None,
             raise TypeError("asarray: a buffer needs dtype= to be read")
         obj = B.np.frombuffer(obj, dtype=B.as_dtype(dtype))
     if B.is_array(obj) or hasattr(obj, "__dlpack__"):
-        arr = obj if B.is_array(obj) else from_dlpack(obj).data
+        arr = obj if B.is_array(obj) else from_dlpack(obj)._data
         same = B.backend_of(arr) is be and (dtype is None or arr.dtype == B.as_dtype(dtype))
         if not same and copy is False:
             raise ValueError(f"asarray: copy=False but an array of {arr.dtype} cannot be "
@@ -893,7 +899,7 @@ def frombuffer(buffer, *, dtype, count: int = -1, offset: int = 0,
 def _storage_positions(x: Tensor):
     """Each element's position (in elements) in the memory its array views, row-major."""
     np = B.np
-    a = x.data
+    a = x._data
     pos = np.full((), _storage_offset(x), dtype=np.int64)
     for d, (n, st) in enumerate(zip(a.shape, a.strides)):
         shape = [1] * a.ndim
@@ -973,7 +979,7 @@ def _as_strided_(self, size, stride, storage_offset: int | None = None) -> Tenso
         raise GradError(f"{name}: cannot restride a tensor that is part of a recorded graph "
                         "(its gradient would no longer fit); detach() it first")
     self._concrete(name)
-    a = self.data
+    a = self._data
     size = tuple(int(s) for s in size)
     if index.size:  # strides from the element the first output position reads
         first = B.np.unravel_index(int(index.reshape(-1)[0]), a.shape) if a.ndim else ()
@@ -983,7 +989,7 @@ def _as_strided_(self, size, stride, storage_offset: int | None = None) -> Tenso
     else:
         view = self.backend.xp.empty(size, a.dtype)
     self._bump()
-    self.data = view
+    self._data = view
     return self
 
 
@@ -1096,7 +1102,7 @@ def nonzero_static(input, *, size: int, fill_value: int = -1) -> Tensor:
     ``fill_value`` to exactly ``size`` rows, a shape known before the values."""
     if not isinstance(size, int) or size < 0:
         raise ValueError(f"nonzero_static: size must be a non-negative int, got {size!r}")
-    idx = I.nonzero(input).data[:size]
+    idx = I.nonzero(input)._data[:size]
     xp = input.backend.xp
     pad = xp.full((size - idx.shape[0], idx.shape[1]), fill_value, dtype=B.int64)
     return Tensor(xp.concatenate([idx, pad], axis=0))
@@ -1160,13 +1166,13 @@ def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch
         raise TypeError("histogramdd: inside vmap the counts of a batched tensor are not "
                         "supported (they leave the graph); loop over the examples")
     d = input.shape[-1]
-    pts = input.data.reshape(-1, d)
+    pts = input._data.reshape(-1, d)
     xp = input.backend.xp
     if isinstance(bins, int):
         bins = [bins] * d
     if len(bins) != d:
         raise ValueError(f"histogramdd: {len(bins)} bin specifications for {d}-d points")
-    w = None if weight is None else weight.data.reshape(-1)
+    w = None if weight is None else weight._data.reshape(-1)
     if any(isinstance(b, Tensor) for b in bins):
         for k, b in enumerate(bins):
             if not isinstance(b, Tensor) or b.ndim != 1 or b.shape[0] < 2:
@@ -1177,7 +1183,7 @@ def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch
             if b.dtype != input.dtype:
                 raise DTypeError(f"histogramdd: bins for dim {k} have dtype {b.dtype}, "
                                  f"expected input's {input.dtype}")
-        edges = [b.data for b in bins]
+        edges = [b._data for b in bins]
         hist = _histogram_by_edges(xp, pts, edges, w, density)
         return HistogramDD(Tensor(hist.astype(input.dtype)),
                            tuple(Tensor(e.copy()) for e in edges))
@@ -1223,10 +1229,10 @@ def _cpu_values(self: Tensor, op: str) -> None:
 def _map_values(self: Tensor, op: str, fn: Callable, *others) -> Tensor:
     _cpu_values(self, op)
     np = B.np
-    arrs = [np.broadcast_to(o.data if isinstance(o, Tensor) else np.asarray(o), self.shape)
+    arrs = [np.broadcast_to(o._data if isinstance(o, Tensor) else np.asarray(o), self.shape)
             for o in others]
-    out = np.frompyfunc(fn, 1 + len(others), 1)(self.data, *arrs)
-    self.data[...] = np.asarray(out, dtype=object).astype(self.dtype)
+    out = np.frompyfunc(fn, 1 + len(others), 1)(self._data, *arrs)
+    self._data[...] = np.asarray(out, dtype=object).astype(self.dtype)
     self._bump()
     return self
 
@@ -1268,7 +1274,7 @@ def _resize_(self, *sizes, memory_format=None) -> Tensor:
         n *= s
     if tuple(shape) == tuple(self.shape):  # as PyTorch's: the same shape changes nothing
         return self
-    a = self.data
+    a = self._data
     root = _root(a)
     start = _storage_offset(self)
     flat_root = root.flags.c_contiguous and root.dtype == a.dtype
@@ -1282,7 +1288,7 @@ def _resize_(self, *sizes, memory_format=None) -> Tensor:
         flat = a.reshape(-1)
         new = (xp.ascontiguousarray(flat[:n]) if n <= flat.size else
                xp.concatenate([flat, xp.zeros(n - flat.size, self.dtype)]))
-    self.data = new.reshape(shape)
+    self._data = new.reshape(shape)
     self._bump()
     return self
 
@@ -1304,11 +1310,11 @@ def _share_memory_(self) -> Tensor:
     if type(self) is BatchTracer:
         raise TypeError("share_memory_: a batched tensor inside vmap cannot be moved")
     self._concrete("share_memory_")
-    a = self.data
+    a = self._data
     buf = mmap.mmap(-1, builtins.max(a.nbytes, 1))
     shared = B.np.frombuffer(buf, dtype=a.dtype, count=a.size).reshape(a.shape)
     shared[...] = a
-    self.data = shared
+    self._data = shared
     return self
 
 
@@ -1317,7 +1323,7 @@ def _is_shared(self) -> bool:
     ``share_memory_``; a GPU tensor counts as shared, as PyTorch's)."""
     if self.backend.device_id is not None:
         return True
-    buf = _root(self.data).base
+    buf = _root(self._data).base
     return isinstance(buf.obj if isinstance(buf, memoryview) else buf, mmap.mmap)
 
 
@@ -1328,7 +1334,7 @@ def _as_subclass(self, cls) -> Tensor:
         raise TypeError(f"as_subclass: cls must be a subclass of nodegrad.Tensor, got {cls!r}")
     src = _reshape_view(self) if self.requires_grad else self
     out = Tensor.__new__(cls)
-    Tensor.__init__(out, src.data, src.node, src.requires_grad)
+    Tensor.__init__(out, src._data, src.node, src.requires_grad)
     return out
 
 
@@ -1425,7 +1431,7 @@ def _new_method(self, *args, device=None) -> Tensor:
         if args[0].dtype != self.dtype:
             raise TypeError(f"new: expected a tensor of dtype {self.dtype}, got "
                             f"{args[0].dtype}")
-        return Tensor(args[0].data)
+        return Tensor(args[0]._data)
     if len(args) == 1 and isinstance(args[0], Size):
         args = tuple(args[0])
     if all(isinstance(a, int) and not isinstance(a, bool) for a in args):
@@ -1499,7 +1505,7 @@ def _is_set_to(self, tensor: Tensor) -> bool:
     one set of strides and one offset."""
     if not isinstance(tensor, Tensor):
         raise TypeError(f"is_set_to: expected a tensor, got {type(tensor).__name__}")
-    a, b = self.data, tensor.data
+    a, b = self._data, tensor._data
     return (self.device == tensor.device and a.dtype == b.dtype and a.shape == b.shape
             and a.strides == b.strides and _address(a) == _address(b))
 
@@ -1514,7 +1520,7 @@ def to_dlpack(tensor: Tensor):
 
 _METHODS.update({"unsafe_split_with_sizes": unsafe_split_with_sizes,
                  "is_set_to": _is_set_to,
-                 "const_data_ptr": lambda self: _address(self.data)})
+                 "const_data_ptr": lambda self: _address(self._data)})
 
 
 _FUNCTIONS.update({

@@ -233,7 +233,7 @@ def view_as_complex(input) -> Tensor:
     if x.ndim == 0 or x.shape[-1] != 2:
         raise ShapeError(f"view_as_complex: the last dimension must have size 2, got shape "
                          f"{tuple(x.shape)}")
-    d = x.data
+    d = x._data
     if type(x) is not BatchTracer and B.is_array(d):
         _check_strides(d)
     return _view_as_complex(x)

@@ -43,9 +43,9 @@ def norm_index(index, backend: B.Backend, op: str = "getitem") -> tuple:
                             "place)")
         if isinstance(i, Tensor):
             if _int_tensor(i):  # PyTorch selects with it, as with an int: a view
-                out.append(int(i.data))
+                out.append(int(i._data))
                 continue
-            i = i.data
+            i = i._data
             if B.backend_of(i) is not backend:
                 i = backend.asarray(B.backend_of(i).to_host(i))
         elif isinstance(i, list):
@@ -87,7 +87,7 @@ def _is_int(i) -> bool:
 def _int_tensor(i: Tensor) -> bool:
     """Whether tensor ``i`` indexes as PyTorch's integer: 0-d, of an integer dtype but uint8
     (outside vmap and jit, where it stays an index array)."""
-    d = i.data
+    d = i._data
     return (d.ndim == 0 and (d.dtype.kind == "i" or d.dtype.kind == "u" and d.itemsize > 1)
             and type(i) is not BatchTracer and modes().jit is None)
 
@@ -249,7 +249,7 @@ def write_through(view: Tensor, value, name: str) -> None:
         base[entry[1]] = value
         return
     _, prim, params = entry  # another view (transpose, reshape, diagonal, ...)
-    d = view.data if type(view) is Tensor else getattr(view, "val", None)  # (vmap: the batch)
+    d = view._data if type(view) is Tensor else getattr(view, "val", None)  # (vmap: the batch)
     if B.is_array(d) and getattr(getattr(d, "flags", None), "writeable", True) is False:
         if prim.name == "sliding_window_view":
             raise ShapeError(f"{name}: this unfold (sliding window) view cannot be written in "
@@ -297,7 +297,7 @@ def refresh_views(base: Tensor, refs: list, moved: bool = False) -> None:
             b = entry[0]()
             if b is None or id(b) not in changed:
                 continue
-            old, new = v.data, b.data
+            old, new = v._data, b._data
             for step in entry[2]:  # the views between b and the tensor v was detached from
                 new = (_getitem_fwd(None, new, step[0]) if len(step) == 1
                        else step[0].fwd(B.backend_of(new).xp, new, **step[1]))
@@ -305,7 +305,7 @@ def refresh_views(base: Tensor, refs: list, moved: bool = False) -> None:
                 new = new.view(old.dtype) if new.flags.c_contiguous else old
             if new.shape == old.shape and new.base is not (old if old.base is None
                                                            else old.base):
-                v.data = new
+                v._data = new
                 b._add_view(v)
                 changed.add(id(v))
             continue
@@ -317,7 +317,7 @@ def refresh_views(base: Tensor, refs: list, moved: bool = False) -> None:
                 nv = getitem(b, entry[1]) if len(entry) == 2 else entry[1](b, **entry[2])
         else:
             nv = getitem(b, entry[1]) if len(entry) == 2 else entry[1](b, **entry[2])
-        v.data, v.node, v.requires_grad = nv.data, nv.node, nv.requires_grad
+        v._data, v.node, v.requires_grad = nv._data, nv.node, nv.requires_grad
         if b._version is not None and len(b._version) > 1:
             b._add_view(v)
         changed.add(id(v))
@@ -423,7 +423,7 @@ def _entries(index: tuple, op: str) -> list:
                                 "number of elements in each example; use where() or a 0/1 "
                                 "weight instead")
         elif isinstance(i, Tensor) or B.is_array(i):
-            a = i.data if isinstance(i, Tensor) else i
+            a = i._data if isinstance(i, Tensor) else i
             if a.dtype.kind == "b":
                 out.extend(B.backend_of(a).xp.nonzero(a))
                 continue
@@ -933,7 +933,7 @@ def _concrete_mask(op, mask, shape):
                         "depend on its values); use where()")
     mask._concrete(f"{op} (the positions depend on the mask's values; use where())")
     try:
-        return mask.backend.xp.broadcast_to(mask.data, shape)
+        return mask.backend.xp.broadcast_to(mask._data, shape)
     except ValueError:
         raise ShapeError(f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to "
                          f"shape {shape}") from None
@@ -1007,7 +1007,7 @@ def nonzero(input, *, as_tuple: bool = False):
                         "inside vmap; use where() or a mask")
     input._concrete("nonzero (the output's size depends on the values)")
     xp = input.backend.xp
-    d = input.data if input.ndim else input.data.reshape((1,))
+    d = input._data if input.ndim else input._data.reshape((1,))
     idx = xp.argwhere(d).astype(B.int64)
     if input.ndim == 0 and not as_tuple:
         idx = idx[:, :0]

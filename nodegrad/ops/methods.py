@@ -197,7 +197,7 @@ def _contiguous(self, memory_format=None):
     suits the tensor's rank."""
     if memory_format is not None:
         fits_memory_format("contiguous", self, memory_format, strict=True)
-    return self if self.data.flags.c_contiguous else S.copy(self)  # (array.copy() is C order)
+    return self if self._data.flags.c_contiguous else S.copy(self)  # (array.copy() is C order)
 
 
 def _transpose_method(self, *dims, dim0=None, dim1=None):
@@ -252,8 +252,8 @@ def _needs_graph(self, other) -> bool:
 
 def _rebind(self, result: Tensor) -> Tensor:
     old = self._version
-    self._rebound()  # the new value's readers watch the result's counter
-    self.data, self.node, self.requires_grad = result.data, result.node, result.requires_grad
+    self._rebound(result._data)  # the new value's readers watch the result's counter
+    self._data, self.node, self.requires_grad = result._data, result.node, result.requires_grad
     if result._version is not None:
         self._version = result._version
     if old is not None and len(old) > 1:  # views of the old array show the new value
@@ -262,8 +262,14 @@ def _rebind(self, result: Tensor) -> Tensor:
 
 
 def _alias(self) -> Tensor:
-    """Another handle on the same value and graph position, with its own version counter."""
-    return Tensor(self.data, self.node, self.requires_grad)
+    """Another handle on the same value and graph position, with its own version counter: what
+    an in-place op recorded on ``self`` computes from. Of a tensor outside the graph, a copy:
+    its memory takes the result afterwards (``Tensor._rebound``), so no node saves memory that
+    changes under it."""
+    d = self._data
+    if self.node is None and not self.requires_grad:
+        d = d.copy()
+    return Tensor(d, self.node, self.requires_grad)
 
 
 # ``t == "mean"`` or ``t == [1, 2]``: not compared elementwise, Python's answer (False), as
@@ -309,12 +315,12 @@ def _inplace(op, name):
                                  f"does not broadcast in place into shape {self.shape}")
             if result.dtype != self.dtype:
                 result = E.astype(result, self.dtype)
-            self.backend.xp.copyto(self.data, result.data, casting="unsafe")
+            self.backend.xp.copyto(self._data, result._data, casting="unsafe")
             self._bump()
             rec.inplace(self, result)
             return self
         be = self.backend
-        o = other.data if isinstance(other, Tensor) else other
+        o = other._data if isinstance(other, Tensor) else other
         if B.is_array(o):
             if B.backend_of(o) is not be:
                 raise DeviceError(f"{name}: operands are on different devices "
@@ -328,9 +334,9 @@ def _inplace(op, name):
             if rec is not None:  # under a jit trace: replayed in place on the same array
                 rec.mutate(name, lambda a, b: fn(a, b, out=a, casting="same_kind"), self, other)
             else:
-                fn(self.data, o, out=self.data, casting="same_kind")
+                fn(self._data, o, out=self._data, casting="same_kind")
         except TypeError:  # NumPy's same_kind refused: int tensor += 0.5, or uint8 += int16
-            res = fn(self.data, o)  # the result apart (rare): is it PyTorch-storable?
+            res = fn(self._data, o)  # the result apart (rare): is it PyTorch-storable?
             if not can_store(res.dtype, self.dtype):
                 raise DTypeError(f"{name}: result type {res.dtype} can't be cast to the "
                                  f"desired output type {self.dtype} of the tensor changed in "
@@ -340,9 +346,9 @@ def _inplace(op, name):
                 rec.mutate(name, lambda a, b: be.xp.copyto(a, fn(a, b), casting="unsafe"),
                            self, other)
             else:
-                be.xp.copyto(self.data, res, casting="unsafe")
+                be.xp.copyto(self._data, res, casting="unsafe")
         except ValueError as e:
-            if getattr(self.data, "flags", None) is not None and not self.data.flags.writeable:
+            if getattr(self._data, "flags", None) is not None and not self._data.flags.writeable:
                 raise ValueError(f"{name}: cannot write into this tensor's array, a read-only "
                                  "view (an expanded or overlapping one, or a frozen array); "
                                  "clone() it first") from None
@@ -379,7 +385,7 @@ def _setitem(self, index, value):
         I.write_through(self, result, "setitem")
         _rebind(self, result)
         return
-    v = value.data if isinstance(value, Tensor) else value
+    v = value._data if isinstance(value, Tensor) else value
     if B.is_array(v) and B.backend_of(v) is not self.backend:
         v = self.backend.asarray(B.backend_of(v).to_host(v))
     idx = I.norm_index(index, self.backend, "setitem")
@@ -388,12 +394,12 @@ def _setitem(self, index, value):
         rec.mutate("setitem", lambda a, b: a.__setitem__(idx, b), self, value, params=idx)
     else:
         try:
-            self.data[idx] = v
+            self._data[idx] = v
         except IndexError as e:
             raise IndexError(f"setitem: index {index!r} does not fit shape {self.shape}: "
                              f"{e}") from None
         except ValueError as e:
-            if getattr(self.data, "flags", None) is None or self.data.flags.writeable:
+            if getattr(self._data, "flags", None) is None or self._data.flags.writeable:
                 if "broadcast" not in str(e):
                     raise ValueError(f"setitem: {e}") from None
                 raise ShapeError(f"setitem: a value of shape {getattr(v, 'shape', ())} does not "
@@ -417,7 +423,7 @@ def _view(self, *shape, dtype=None):
             raise TypeError("view: pass a shape or a dtype, not both")
         return _view_dtype(self, dtype)
     out = S.reshape(self, *shape)
-    d, r = self.data, out.data
+    d, r = self._data, out._data
     if r is not d and r.size and type(self) is Tensor and r.base is not (
             d if d.base is None else d.base) and _strided_as_torch(self):
         raise ShapeError(f"view: a tensor of shape {tuple(self.shape)} and strides "
@@ -440,7 +446,7 @@ def _strided_as_torch(t: Tensor) -> bool:
         if t is None:
             return False
         base = getattr(t, "_view", None)
-    return bool(t.data.flags.c_contiguous)
+    return bool(t._data.flags.c_contiguous)
 
 
 def _view_dtype(self, dtype):
@@ -450,7 +456,7 @@ def _view_dtype(self, dtype):
         dt = B.as_dtype(dtype)
     except TypeError:
         raise TypeError(f"view: expected a shape or a dtype, got {dtype!r}") from None
-    d = self.data
+    d = self._data
     a, b = d.dtype.itemsize, dt.itemsize
     if a != b:
         what = f"to view {d.dtype} as {dt} (different element sizes)"
@@ -658,7 +664,7 @@ install()
 # --- the wider operator surface (PyTorch's Tensor methods) ------------------------------------
 def _is_nonzero(self) -> bool:
     """PyTorch's ``is_nonzero``: the truth of a one-element tensor (an error otherwise)."""
-    if self.data.size != 1:
+    if self._data.size != 1:
         raise ValueError(f"is_nonzero: expected a tensor with one element, got shape "
                          f"{tuple(self.shape)}")
     return bool(self.reshape(()))

@@ -182,7 +182,7 @@ def _linear_fwd(xp, x, w, b):
 
 
 def _linear_dx(g, ans, x, w, b):
-    if g.ndim == 2 and B.f_ordered(getattr(x, "data", None)):  # B.linear_input_grad's layout
+    if g.ndim == 2 and B.f_ordered(getattr(x, "_data", None)):  # B.linear_input_grad's layout
         return (w.mT @ g.mT).mT
     return g @ w
 

@@ -102,7 +102,7 @@ def _read(op: str, t, what: str = "the values"):
         except ValueError as e:
             raise TypeError(f"{op}: cannot read {what} from {t!r}: {e}") from None
     t._concrete(f"{op} (the output's size depends on {what})")
-    return t.backend.to_host(t.data)
+    return t.backend.to_host(t._data)
 
 
 def _axis(op: str, axis, ndim: int, exc: type[Exception] = ShapeError) -> int:
@@ -940,7 +940,7 @@ def ascontiguousarray(a, dtype=None) -> Tensor:
         t = _cast(t, B.as_dtype(dtype))
     if t.ndim == 0:
         return S.reshape(t, (1,))
-    if not getattr(getattr(t.data, "flags", None), "c_contiguous", True):
+    if not getattr(getattr(t._data, "flags", None), "c_contiguous", True):
         t = S.copy(t)
     return t
 

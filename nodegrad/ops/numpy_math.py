@@ -126,7 +126,7 @@ def _host(op: str, x: Tensor, what: str):
     """``x``'s values on the host, read eagerly (refused inside jit and vmap)."""
     _no_vmap(op, x)
     x._concrete(f"{op} ({what})")
-    return x.backend.to_host(x.data)
+    return x.backend.to_host(x._data)
 
 
 def _const(like: Tensor, host, dtype=None) -> Tensor:
@@ -713,7 +713,7 @@ def iscomplex(x) -> Tensor:
     x = _arr("iscomplex", x)
     xp = x.backend.xp
     if x.dtype.kind == "c":
-        return Tensor(xp.imag(x.data) != 0)
+        return Tensor(xp.imag(x._data) != 0)
     return Tensor(xp.zeros(tuple(x.shape), B.bool_))
 
 

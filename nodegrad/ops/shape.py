@@ -478,7 +478,7 @@ def fresh(out, x):
     if out is x:
         return copy(x)
     if isinstance(out, Tensor) and isinstance(x, Tensor):  # a Parameter or Buffer too
-        a, b = out.data, x.data
+        a, b = out._data, x._data
         if (a.base if a.base is not None else a) is (b.base if b.base is not None else b):
             return copy(out)
     return out
@@ -505,7 +505,7 @@ _to_device = primitive(
 def to_device(x, device):
     """``x`` on ``device`` (the same tensor if it is already there)."""
     dst = B.get_backend(device)
-    src = B.backend_of(x.data)
+    src = B.backend_of(x._data)
     if dst is src:
         return x
     return _to_device(x, dst=dst.name, src=src.name)

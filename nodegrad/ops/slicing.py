@@ -622,7 +622,7 @@ def bincount(input: Tensor, weights: Tensor | None = None, minlength: int = 0) -
         raise ShapeError(f"bincount: weights must be 1-d with one entry per input element, got "
                          f"shape {tuple(weights.shape)} for input {tuple(input.shape)}")
     input._concrete("bincount (its length depends on the largest value)")
-    v = input.data
+    v = input._data
     if v.size and int(v.min()) < 0:
         raise ShapeError(f"bincount: expected non-negative integers, got {int(v.min())}")
     n = builtins.max(int(v.max()) + 1 if v.size else 0, minlength)
@@ -756,7 +756,7 @@ def unique_consecutive(input: Tensor, return_inverse: bool = False,
     on the values, so refused inside jit (JitError) and vmap."""
     _no_vmap("unique_consecutive", input)
     input._concrete("unique_consecutive (its size depends on the values)")
-    xp, d = input.backend.xp, input.data
+    xp, d = input.backend.xp, input._data
     if dim is None:
         rows, ax = d.reshape(-1, 1), None
         inv_shape = tuple(input.shape)

@@ -331,10 +331,10 @@ def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: 
     ordered("unique", x)  # distinct values come out sorted (PyTorch refuses complex too)
     xp = x.backend.xp
     axis = None if dim is None else norm_axis(dim, x.ndim, "unique")
-    if axis is None and B.is_inexact(x.dtype) and bool(xp.isnan(x.data).any()):
-        res = _unique_distinct_nan(xp, x.data.reshape(-1))
+    if axis is None and B.is_inexact(x.dtype) and bool(xp.isnan(x._data).any()):
+        res = _unique_distinct_nan(xp, x._data.reshape(-1))
     else:
-        res = xp.unique(x.data, return_inverse=True, return_counts=True, axis=axis)
+        res = xp.unique(x._data, return_inverse=True, return_counts=True, axis=axis)
     out, inv, counts = (Tensor(r) for r in res)
     inv = reshape(inv, x.shape if axis is None else (x.shape[axis],))
     extra = ((inv,) if return_inverse else ()) + ((counts,) if return_counts else ())

@@ -156,9 +156,9 @@ class SparseTensor:
         if g is None:
             return None
         xp = self._i.backend.xp
-        lin = _linear(xp, self._i.data, self._size[:self.sparse_dim()])
+        lin = _linear(xp, self._i._data, self._size[:self.sparse_dim()])
         _, first = xp.unique(lin, return_index=True)
-        return SparseTensor(Tensor(self._i.data[:, first]), Tensor(g.data[first]), self._size,
+        return SparseTensor(Tensor(self._i._data[:, first]), Tensor(g._data[first]), self._size,
                             True)
 
     @grad.setter
@@ -181,7 +181,7 @@ class SparseTensor:
             return self
         xp = self._i.backend.xp
         nd = self.sparse_dim()
-        lin = _linear(xp, self._i.data, self._size[:nd])
+        lin = _linear(xp, self._i._data, self._size[:nd])
         uniq, inverse = xp.unique(lin, return_inverse=True)
         idx = xp.stack(xp.unravel_index(uniq, self._size[:nd])) if nd else (
             xp.zeros((0, uniq.shape[0]), dtype=xp.int64))
@@ -193,7 +193,7 @@ class SparseTensor:
     def to_dense(self, dtype=None) -> Tensor:
         """The dense tensor (repeated positions added up), differentiable in the values."""
         nd = self.sparse_dim()
-        index = norm_index(tuple(Tensor(r) for r in self._i.data), self.backend, "to_dense")
+        index = norm_index(tuple(Tensor(r) for r in self._i._data), self.backend, "to_dense")
         out = _scatter(self._v, index=index, shape=self._size) if nd else self._v.sum(0)
         return out if dtype is None else out.to(dtype)
 
@@ -254,7 +254,7 @@ class SparseTensor:
                 raise ShapeError(f"mul: a sparse tensor of shape {list(self._size)} times a "
                                  f"dense one of shape {list(other.shape)}: the shapes must match")
             s = self.coalesce()
-            picked = other[tuple(Tensor(r) for r in s._i.data)]
+            picked = other[tuple(Tensor(r) for r in s._i._data)]
             return s._with_values(s._v * picked)
         return self._with_values(self._v * other)
 
@@ -268,12 +268,12 @@ class SparseTensor:
         a, b = self.coalesce(), other.coalesce()
         xp = a._i.backend.xp
         nd = a.sparse_dim()
-        la, lb = (_linear(xp, t._i.data, a._size[:nd]) for t in (a, b))
+        la, lb = (_linear(xp, t._i._data, a._size[:nd]) for t in (a, b))
         pos = xp.minimum(xp.searchsorted(lb, la), max(int(lb.shape[0]) - 1, 0))
         both = (lb[pos] == la) if lb.shape[0] else xp.zeros(la.shape, dtype=bool)
         ia, ib = xp.nonzero(both)[0], pos[both]
         values = a._v[Tensor(ia)] * b._v[Tensor(ib)].to(a._v.dtype)
-        return SparseTensor(Tensor(a._i.data[:, ia]), values, a._size, True)
+        return SparseTensor(Tensor(a._i._data[:, ia]), values, a._size, True)
 
     def div(self, other):
         if isinstance(other, (SparseTensor, Tensor)) and getattr(other, "ndim", 0):
@@ -294,7 +294,7 @@ class SparseTensor:
                              "differ")
         ov = other._v if alpha == 1 else other._v * alpha
         from .shape import concatenate
-        both = SparseTensor(Tensor(self.backend.xp.concatenate([self._i.data, other._i.data],
+        both = SparseTensor(Tensor(self.backend.xp.concatenate([self._i._data, other._i._data],
                                                                axis=1)),
                             concatenate([self._v, ov.to(self._v.dtype)], 0), self._size, False)
         return both.coalesce() if self._coalesced and other._coalesced else both
@@ -325,7 +325,7 @@ class SparseTensor:
         if self.dim() != 2 or self.sparse_dim() != 2:
             raise ShapeError(f"t: expected a sparse matrix, got shape {list(self._size)} with "
                              f"sparse_dim {self.sparse_dim()}")
-        return SparseTensor(Tensor(self._i.data[::-1].copy()), self._v, self._size[::-1], False)
+        return SparseTensor(Tensor(self._i._data[::-1].copy()), self._v, self._size[::-1], False)
 
     def transpose(self, dim0: int, dim1: int) -> SparseTensor:
         nd = self.sparse_dim()
@@ -337,7 +337,7 @@ class SparseTensor:
         order[d0], order[d1] = d1, d0
         size = list(self._size)
         size[d0], size[d1] = size[d1], size[d0]
-        return SparseTensor(Tensor(self._i.data[order]), self._v, tuple(size), False)
+        return SparseTensor(Tensor(self._i._data[order]), self._v, tuple(size), False)
 
     def mm(self, other):
         return mm(self, other)
@@ -434,9 +434,9 @@ def sparse_coo_tensor(indices, values, size=None, *, dtype=None, device=None,
         raise ShapeError(f"sparse_coo_tensor: indices have {nnz} columns but values have "
                          f"{v.shape[0]} entries (shape {list(v.shape)})")
     xp = i.backend.xp
-    if nnz and bool((i.data < 0).any()):
+    if nnz and bool((i._data < 0).any()):
         raise ValueError("sparse_coo_tensor: indices must not be negative")
-    found = [int(m) + 1 for m in i.data.max(axis=1)] if nnz else [0] * nd
+    found = [int(m) + 1 for m in i._data.max(axis=1)] if nnz else [0] * nd
     if size is None:
         size = tuple(found) + tuple(v.shape[1:])
     else:
@@ -452,7 +452,7 @@ def sparse_coo_tensor(indices, values, size=None, *, dtype=None, device=None,
                 raise ValueError(f"sparse_coo_tensor: size is inconsistent with indices: for "
                                  f"dim {d}, size is {size[d]} but found index {found[d] - 1}")
     if is_coalesced is None:
-        lin = _linear(xp, i.data, size[:nd])
+        lin = _linear(xp, i._data, size[:nd])
         is_coalesced = nnz <= 1 and nd > 0 or bool(nnz > 1 and (lin[1:] > lin[:-1]).all())
     leaf = bool(requires_grad)
     if leaf:
@@ -473,7 +473,7 @@ def to_sparse(x, sparse_dim: int | None = None) -> SparseTensor:
     if not 0 < nd <= x.ndim:
         raise ValueError(f"to_sparse: sparse_dim must be in 1..{x.ndim}, got {sparse_dim}")
     xp = x.backend.xp
-    d = x.data
+    d = x._data
     keep = d != 0 if nd == x.ndim else (d != 0).reshape(d.shape[:nd] + (-1,)).any(-1)
     idx = xp.stack(xp.nonzero(keep)).astype(xp.int64)
     values = x[tuple(Tensor(r) for r in idx)]
@@ -523,9 +523,9 @@ class SparseCsrTensor:
         if sparse_dim not in (None, 2):
             raise ValueError(f"to_sparse: a CSR matrix has 2 sparse dims, got {sparse_dim}")
         xp = self._crow.backend.xp
-        crow = self._crow.data
+        crow = self._crow._data
         rows = _csr_rows(xp, crow)
-        idx = xp.stack([rows, self._col.data.astype(xp.int64)])
+        idx = xp.stack([rows, self._col._data.astype(xp.int64)])
         lin = _linear(xp, idx, self._size)
         ordered = lin.shape[0] <= 1 or bool((lin[1:] > lin[:-1]).all())
         return SparseTensor(Tensor(idx), self._v, self._size, ordered)
@@ -622,19 +622,19 @@ def sparse_csr_tensor(crow_indices, col_indices, values, size=None, *, dtype=Non
     nnz = int(col.shape[0])
     if int(v.shape[0]) != nnz:
         raise ShapeError(f"sparse_csr_tensor: {nnz} column indices but {v.shape[0]} values")
-    c = crow.data
+    c = crow._data
     if c.shape[0] == 0 or int(c[0]) != 0 or int(c[-1]) != nnz or bool((c[1:] < c[:-1]).any()):
         raise ValueError("sparse_csr_tensor: crow_indices must start at 0, never decrease and "
                          f"end at nnz ({nnz}); got {c.tolist()}")
-    if nnz and int(col.data.min()) < 0:
+    if nnz and int(col._data.min()) < 0:
         raise ValueError("sparse_csr_tensor: col_indices must not be negative")
     if check_invariants and nnz > 1:  # PyTorch's invariant: columns sorted and distinct in rows
         xp = col.backend.xp
         rows = _csr_rows(xp, c)
-        if bool(((col.data[1:] <= col.data[:-1]) & (rows[1:] == rows[:-1])).any()):
+        if bool(((col._data[1:] <= col._data[:-1]) & (rows[1:] == rows[:-1])).any()):
             raise ValueError("sparse_csr_tensor: the column indices of each row must be sorted "
                              "and distinct")
-    ncols = int(col.data.max()) + 1 if nnz else 0
+    ncols = int(col._data.max()) + 1 if nnz else 0
     if size is None:
         size = (int(c.shape[0]) - 1, ncols)
     size = tuple(int(n) for n in size)
@@ -653,9 +653,9 @@ def to_sparse_csr(x) -> SparseCsrTensor:
     if s.dim() != 2 or s.sparse_dim() != 2:
         raise ShapeError(f"to_sparse_csr: expected a matrix, got shape {list(s.shape)}")
     xp = s._i.backend.xp
-    counts = xp.bincount(s._i.data[0], minlength=s._size[0])
+    counts = xp.bincount(s._i._data[0], minlength=s._size[0])
     crow = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(counts).astype(xp.int64)])
-    return SparseCsrTensor(Tensor(crow), Tensor(s._i.data[1].copy()), s._v, s._size)
+    return SparseCsrTensor(Tensor(crow), Tensor(s._i._data[1].copy()), s._v, s._size)
 
 
 DEFERRING.update((SparseTensor, SparseCsrTensor))
@@ -671,7 +671,7 @@ def sparse_mask(x, mask: SparseTensor) -> SparseTensor:
     if tuple(x.shape) != mask._size:
         raise ShapeError(f"sparse_mask: the tensor's shape {list(x.shape)} differs from the "
                          f"mask's {list(mask._size)}")
-    values = x[tuple(Tensor(r) for r in mask._i.data)]
+    values = x[tuple(Tensor(r) for r in mask._i._data)]
     return SparseTensor(mask._i, values, mask._size, mask._coalesced)
 
 
@@ -717,7 +717,7 @@ def mm(mat1, mat2):
     if int(d.shape[0]) != k:
         raise ShapeError(f"sparse.mm: shapes {list(mat1._size)} and {list(d.shape)} cannot be "
                          f"multiplied ({k} columns against {d.shape[0]} rows)")
-    rows, cols = (Tensor(r) for r in mat1._i.data)
+    rows, cols = (Tensor(r) for r in mat1._i._data)
     contrib = mat1._v.unsqueeze(1) * d[cols]  # (nnz, n): each stored entry times its row of X
     return _scatter(contrib, index=norm_index(rows, d.backend, "sparse.mm"),
                     shape=(m, int(d.shape[1])))
@@ -757,7 +757,7 @@ def sum(input: SparseTensor, dim=None, dtype=None):
     if not keep:
         return v.sum(0)
     size = tuple(s for d, s in enumerate(input._size) if d not in dims)
-    return SparseTensor(Tensor(input._i.data[keep]), v, size, False).coalesce()
+    return SparseTensor(Tensor(input._i._data[keep]), v, size, False).coalesce()
 
 
 def _grouped(op: str, input: SparseTensor, dim: int):
@@ -772,7 +772,7 @@ def _grouped(op: str, input: SparseTensor, dim: int):
         raise ShapeError(f"{op}: dim {dim} is a dense dim; only sparse dims here")
     xp = s._i.backend.xp
     rest = [k for k in range(nd) if k != d]
-    key = _linear(xp, s._i.data[rest], tuple(s._size[k] for k in rest))
+    key = _linear(xp, s._i._data[rest], tuple(s._size[k] for k in rest))
     _, group = xp.unique(key, return_inverse=True)
     return s, group.reshape(-1), int(group.max()) + 1 if group.size else 0
 

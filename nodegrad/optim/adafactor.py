@@ -69,19 +69,19 @@ class Adafactor(Optimizer):
                 if grads is not None:
                     g = grads[gi][k]
                 else:
-                    g = None if p.grad is None else p.grad.data
+                    g = None if p.grad is None else p.grad._data
                 if g is None:
                     if self.strict:
                         raise GradError(f"Adafactor.step: {_describe(group, gi, k, p)} has no "
                                         "gradient (was it used in the loss, and did backward "
                                         "run?); strict=False skips such parameters")
                     continue
-                if g.shape != p.data.shape:
+                if g.shape != p._data.shape:
                     raise ShapeError(f"the gradient of {_describe(group, gi, k, p)} has shape "
                                      f"{g.shape}")
-                be = backend_of(p.data)
+                be = backend_of(p._data)
                 with be.scope():
-                    self._update_one(be.xp, p.data, g, gi, k, h)
+                    self._update_one(be.xp, p._data, g, gi, k, h)
                 p._bump()
 
     def _update_one(self, xp, a, g, gi: int, k: int, h: dict) -> None:
@@ -145,7 +145,7 @@ class Adafactor(Optimizer):
         in its dtype."""
         ps = self.param_groups[gi]["params"]
         self._fstate[gi] = [None if e is None else
-                            {k: (as_state_array(v, p.data) if k != "step" else int(v))
+                            {k: (as_state_array(v, p._data) if k != "step" else int(v))
                              for k, v in e.items()} for p, e in zip(ps, entries)]
 
     def load_state_dict(self, state_dict: dict) -> None:

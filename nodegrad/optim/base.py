@@ -7,11 +7,11 @@ of the step, the gradient transforms every algorithm shares (``maximize``, L2 or
 decay), per-parameter step counts, ``zero_grad`` and ``state_dict``.
 
 Vectorised path: at construction the parameters of a group that share a device and dtype are
-copied into one contiguous buffer and each ``p.data`` becomes a view of it. A step gathers the
-gradients with one ``concatenate`` (none at all after ``zero_grad(set_to_none=False)``, whose
-gradients are views of a flat buffer too) and runs the update as a handful of array calls over
-the whole group, however many tensors it holds. ``flat=False`` leaves every ``p.data`` where it
-is and updates tensor by tensor.
+copied into one contiguous buffer and each parameter's array becomes a view of it. A step
+gathers the gradients with one ``concatenate`` (none at all after
+``zero_grad(set_to_none=False)``, whose gradients are views of a flat buffer too) and runs the
+update as a handful of array calls over the whole group, however many tensors it holds.
+``flat=False`` leaves every parameter's array where it is and updates tensor by tensor.
 
 Fused path: an algorithm that also writes :meth:`Optimizer.fused_args` (Adam, AdamW, SGD,
 RMSprop, Adagrad) runs its step as compiled kernels instead (numba on the CPU, CuPy on CUDA;
@@ -84,7 +84,7 @@ for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "e
 
 
 def _follow_views(p: Tensor) -> None:
-    """After ``p.data`` moved into a bucket's buffer: the views taken of ``p`` before (an
+    """After ``p``'s array moved into a bucket's buffer: the views taken of ``p`` before (an
     ``expand`` a distribution keeps, a slice, a ``detach()``) become views of the buffer, so
     they see every step, as views of a PyTorch parameter do."""
     cell = p._version
@@ -100,7 +100,7 @@ class _Bucket:
                  "loaded", "swork", "plans", "kargs", "cplx", "pshapes", "cviews", "half")
 
     def __init__(self, params: list, pos: list[int], scalar_init: dict):
-        p0 = params[0].data
+        p0 = params[0]._data
         self.params, self.pos = params, pos
         self.backend = be = backend_of(p0)
         self.xp = xp = be.xp
@@ -108,12 +108,12 @@ class _Bucket:
         # PyTorch's view_as_real: ``shapes`` and ``offsets`` are the real ones, ``pshapes``
         # the parameters' own, and every elementwise update runs on the real numbers unchanged
         self.cplx = p0.dtype if p0.dtype.kind == "c" else None
-        self.pshapes = [p.data.shape for p in params]
+        self.pshapes = [p._data.shape for p in params]
         two = () if self.cplx is None else (2,)
         self.shapes = [shape + two for shape in self.pshapes]
         self.offsets = [0]
         for p in params:
-            self.offsets.append(self.offsets[-1] + p.data.size * (1 + len(two)))
+            self.offsets.append(self.offsets[-1] + p._data.size * (1 + len(two)))
         with be.scope():
             if len(params) == 1 and p0.flags.c_contiguous:
                 self.flat = p0.reshape(-1)  # a lone contiguous tensor is its own flat buffer
@@ -129,9 +129,9 @@ class _Bucket:
                     part = self.flat[lo:hi]
                     if self.cplx is not None:
                         part = part.view(self.cplx)
-                    part[...] = p.data.reshape(-1)
-                    p.data = part.reshape(shape)
-                    self.views.append(p.data)
+                    part[...] = p._data.reshape(-1)
+                    p._data = part.reshape(shape)
+                    self.views.append(p._data)
                     _follow_views(p)
         self.grad = self.gviews = self.cviews = self.work = None
         self.tmps: list = []
@@ -528,7 +528,7 @@ class Optimizer:
         else:
             parts: dict = {}
             for i, p in enumerate(ps):
-                key = (backend_of(p.data), p.dtype, bool(p.requires_grad))
+                key = (backend_of(p._data), p.dtype, bool(p.requires_grad))
                 parts.setdefault(key, []).append(i)
             buckets = [_Bucket([ps[i] for i in pos], pos, self.scalar_init)
                        for pos in parts.values()]
@@ -693,7 +693,7 @@ class Optimizer:
                 params += b.params
                 views += b.views
             plan.append((group, rows))
-        get_data, is_ = operator.attrgetter("data"), operator.is_
+        get_data, is_ = operator.attrgetter("_data"), operator.is_
         hyper, fused_run = self._hyper, self._fused_run
 
         def run(grads) -> bool:
@@ -760,7 +760,7 @@ class Optimizer:
         self._follow_params(gi)
         for b in self._buckets[gi]:
             for i, (p, v) in enumerate(zip(b.params, b.views)):
-                d = p.data
+                d = p._data
                 if d is v:
                     continue
                 if d.shape != v.shape:
@@ -773,12 +773,12 @@ class Optimizer:
                     self._install(gi, entries)
                     return
                 v[...] = d
-                p.data = v
+                p._data = v
                 _follow_views(p)
 
     def _step_bucket(self, b: _Bucket, h: dict, gi: int, given: list | None = None) -> None:
         if given is None:
-            grads = [None if (g := p.grad) is None else g.data for p in b.params]
+            grads = [None if (g := p.grad) is None else g._data for p in b.params]
         else:
             grads = [given[j] for j in b.pos]
         if b.cplx is not None:
@@ -972,7 +972,7 @@ class Optimizer:
                 for p, v in zip(b.params, b.gviews if b.cviews is None else b.cviews):
                     if p.grad is None:
                         continue
-                    if p.grad.data is v:
+                    if p.grad._data is v:
                         p.grad._bump()
                     else:
                         p.grad = Tensor(v)
@@ -1095,9 +1095,9 @@ class Optimizer:
         """The state a parameter that has not stepped yet starts from: step 0, the initial
         values of :meth:`state_init` (for :attr:`state_at_init`)."""
         h = self._hyper(group, self.step_count + 1)
-        be = backend_of(p.data)
+        be = backend_of(p._data)
         with be.scope():
-            arrays = {k: be.xp.full(p.data.shape, v, p.data.dtype)
+            arrays = {k: be.xp.full(p._data.shape, v, p._data.dtype)
                       for k, v in self.state_init(h).items()}
         return {"step": 0, **self.scalar_init, **arrays}
 
@@ -1271,8 +1271,8 @@ class _LiveEntry(dict):
 
 def _to_backend_of(p: Tensor, v):
     """A saved state value (an array or another library's tensor) on ``p``'s backend."""
-    v = v.data if isinstance(v, Tensor) else v
-    be = B.backend_of(p.data)
+    v = v._data if isinstance(v, Tensor) else v
+    be = B.backend_of(p._data)
     return be.asarray(B.np.asarray(v) if not is_array(v) else B.backend_of(v).to_host(v))
 
 
@@ -1400,7 +1400,7 @@ def _plain(opt: Optimizer, name: str, v, t: int):
     if callable(v) and not isinstance(v, Tensor):
         v = v(t)
     if isinstance(v, Tensor):
-        v = v.data
+        v = v._data
     if is_array(v):
         if v.size != 1:
             raise ValueError(f"{type(opt).__name__}: hyperparameter {name!r} is a tensor of "
@@ -1438,7 +1438,7 @@ def _is_arrayish(v) -> bool:
 def _to_backend(b: _Bucket, a):
     """``a`` (an array or Tensor from a state dict) as an array on the bucket's device."""
     if isinstance(a, Tensor):
-        a = a.data
+        a = a._data
     if is_array(a) and backend_of(a) is b.backend:
         return a
     if is_array(a):
@@ -1462,7 +1462,7 @@ def check_hyper(name: str, value, lo: float = 0.0, hi: float | None = None) -> N
     """Raise ValueError unless ``lo <= value`` (and ``value < hi``), TypeError for a value that
     is not a number; callables (schedules) are not checked."""
     if isinstance(value, Tensor) or is_array(value):  # PyTorch's tensor lr: one number
-        a = value.data if isinstance(value, Tensor) else value
+        a = value._data if isinstance(value, Tensor) else value
         if a.size != 1:
             raise ValueError(f"invalid {name}: a tensor of shape {tuple(a.shape)} (expected "
                              "a number or a tensor holding one number)")
@@ -1568,7 +1568,7 @@ def match_groups(opt: Optimizer, state_dict: dict) -> tuple[list, dict, dict]:
 def as_state_array(v, like):
     """A saved state value (array or Tensor) as a new array on ``like``'s device and dtype."""
     if isinstance(v, Tensor):
-        v = v.data
+        v = v._data
     if is_array(v):
         v = backend_of(v).to_host(v)
     return backend_of(like).asarray(v, dtype=like.dtype).copy()

@@ -45,13 +45,13 @@ def _clip_norm(ps: list, max_norm: float, p: float, error_if_nonfinite: bool):
     grads = _grads(ps)
     if not grads:  # PyTorch's default-dtype zero
         return CPU.xp.zeros((), B.DEFAULT_FLOAT)
-    xp = backend_of(grads[0].data).xp
+    xp = backend_of(grads[0]._data).xp
     # a complex gradient's norm is real (of |g|, as torch.linalg.vector_norm's)
     total_dtype = B.np.result_type(*[_real(g.dtype) for g in grads])
     with B.np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         # an empty gradient adds nothing to any p-norm of the norms, so it is left out
-        norms = [_vector_norm(xp, g.data.reshape(-1), p).astype(_real(g.dtype))
-                 for g in grads if g.data.size]
+        norms = [_vector_norm(xp, g._data.reshape(-1), p).astype(_real(g.dtype))
+                 for g in grads if g._data.size]
         total = xp.asarray(_vector_norm(xp, xp.stack(norms), p).astype(total_dtype) if norms
                            else xp.zeros((), total_dtype))
     if error_if_nonfinite and not bool(xp.isfinite(total)):
@@ -61,7 +61,7 @@ def _clip_norm(ps: list, max_norm: float, p: float, error_if_nonfinite: bool):
     with B.np.errstate(over="ignore"):  # a float16 quotient past 65504 is inf, then 1
         coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
     for g in grads:
-        xp.multiply(g.data, coef, out=g.data)
+        xp.multiply(g._data, coef, out=g._data)
         g._bump()
     return total
 
@@ -115,5 +115,5 @@ def _clip_value(ps: list, c: float) -> None:
                 "complex numbers (as in PyTorch): clip the real and imaginary parts of the real "
                 "view, or clip by norm with clip_grad_norm_")
     for g in grads:
-        backend_of(g.data).xp.clip(g.data, -c, c, out=g.data)
+        backend_of(g._data).xp.clip(g._data, -c, c, out=g._data)
         g._bump()

@@ -192,7 +192,7 @@ class LBFGS(Optimizer):
                                       history_size=history_size,
                                       line_search_fn=line_search_fn))
         ps = self._params = self.param_groups[0]["params"]
-        devices = {backend_of(p.data) for p in ps}
+        devices = {backend_of(p._data) for p in ps}
         if len(devices) > 1:
             raise ValueError(f"LBFGS: all parameters must be on one device, got "
                              f"{sorted(str(d) for d in devices)}")
@@ -209,13 +209,13 @@ class LBFGS(Optimizer):
 
     # --- flat views of the parameters and gradients --------------------------------------------
     def _xp(self):
-        return backend_of(self._params[0].data).xp
+        return backend_of(self._params[0]._data).xp
 
     def _gather_flat_grad(self):
         xp = self._xp()
-        return xp.concatenate([xp.zeros(_size(p), _real_dtype(p.data.dtype))
+        return xp.concatenate([xp.zeros(_size(p), _real_dtype(p._data.dtype))
                                if p.grad is None or not p.requires_grad else
-                               _as_real(xp, p.grad.data, p.data.dtype) for p in self._params])
+                               _as_real(xp, p.grad._data, p._data.dtype) for p in self._params])
 
     def _constraints(self) -> None:
         """Which flat ranges this step must hold fixed (parameters that are frozen or have no
@@ -228,7 +228,7 @@ class LBFGS(Optimizer):
             if held:
                 self._fixed.append((offset, offset + n))
             else:
-                self._masks += [(offset, offset + n, m.reshape(-1) if n == p.data.size else
+                self._masks += [(offset, offset + n, m.reshape(-1) if n == p._data.size else
                                  backend_of(m).xp.repeat(m.reshape(-1), 2))
                                 for m in post_step_masks(p)]
             offset += n
@@ -244,7 +244,7 @@ class LBFGS(Optimizer):
         offset = 0
         held = self._held if self._fixed else ()
         for k, p in enumerate(self._params):
-            a, n = p.data, _size(p)
+            a, n = p._data, _size(p)
             if not (held and held[k]):
                 if a.dtype.kind == "c":  # the real view (a view: the buffer is contiguous)
                     a = a.reshape(-1).view(_real_dtype(a.dtype))
@@ -253,11 +253,11 @@ class LBFGS(Optimizer):
             offset += n
 
     def _clone_param(self) -> list:
-        return [p.data.copy() for p in self._params]
+        return [p._data.copy() for p in self._params]
 
     def _set_param(self, arrays: list) -> None:
         for p, a in zip(self._params, arrays):
-            p.data[...] = a
+            p._data[...] = a
             p._bump()
 
     def _directional_evaluate(self, closure, x, t, d):
@@ -434,7 +434,7 @@ class LBFGS(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict`; a clear error when it does not fit these parameters."""
         saved_groups, state, where = match_groups(self, state_dict)
-        like = self._params[0].data
+        like = self._params[0]._data
         if like.dtype.kind == "c":  # the flat vectors are real (see _size)
             like = like.reshape(-1).view(real_dtype(like.dtype))
         n = sum(_size(p) for p in self._params)
@@ -473,7 +473,7 @@ def _real_dtype(dt):
 def _size(p: Tensor) -> int:
     """How many real numbers ``p`` holds: a complex parameter counts as its real view, as in
     PyTorch's L-BFGS (whose flat vectors are real)."""
-    return p.data.size * 2 if p.data.dtype.kind == "c" else p.data.size
+    return p._data.size * 2 if p._data.dtype.kind == "c" else p._data.size
 
 
 def _as_real(xp, g, dt):
@@ -486,7 +486,7 @@ def _as_real(xp, g, dt):
 def _number(v) -> float:
     """A saved number (a float, or a 0-d array or tensor) as a Python float."""
     if isinstance(v, Tensor):
-        v = v.data
+        v = v._data
     return float(v.item()) if hasattr(v, "item") else float(v)
 
 

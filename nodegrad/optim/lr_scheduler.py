@@ -246,7 +246,7 @@ class LRScheduler:
         for g, lr in zip(self.optimizer.param_groups, lrs):
             old = g["lr"]
             if isinstance(old, Tensor):  # PyTorch's fill_: whoever holds the tensor sees it
-                old.data[...] = float(lr)
+                old._data[...] = float(lr)
                 old._bump()
             else:
                 g["lr"] = lr

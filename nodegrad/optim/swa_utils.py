@@ -27,7 +27,7 @@ def _check_decay(decay: float) -> None:
 
 def _assign(t: Tensor, value) -> None:
     """``t ← value`` in place (cast to t's dtype, truncating for integers as PyTorch's copy_)."""
-    t.data[...] = value.data if isinstance(value, Tensor) else value
+    t._data[...] = value._data if isinstance(value, Tensor) else value
     t._bump()
 
 
@@ -39,10 +39,10 @@ def get_ema_multi_avg_fn(decay: float = 0.999) -> Callable:
     def ema_update(ema_param_list, current_param_list, _n) -> None:
         for e, p in zip(ema_param_list, current_param_list, strict=True):
             if B.is_float(e.dtype):
-                lerp_(e.data, p.data, 1 - decay)
+                lerp_(e._data, p._data, 1 - decay)
                 e._bump()
             else:
-                _assign(e, e.data * decay + p.data * (1 - decay))
+                _assign(e, e._data * decay + p._data * (1 - decay))
 
     return ema_update
 
@@ -55,10 +55,10 @@ def get_swa_multi_avg_fn() -> Callable:
         n = int(num_averaged.item() if isinstance(num_averaged, Tensor) else num_averaged)
         for a, p in zip(averaged_param_list, current_param_list, strict=True):
             if B.is_float(a.dtype):
-                lerp_(a.data, p.data, 1 / (n + 1))
+                lerp_(a._data, p._data, 1 / (n + 1))
                 a._bump()
             else:
-                _assign(a, a.data + (p.data - a.data) / (n + 1))
+                _assign(a, a._data + (p._data - a._data) / (n + 1))
 
     return swa_update
 

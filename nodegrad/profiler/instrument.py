@@ -193,9 +193,9 @@ def _wrap_apply(apply):
         recs = ACTIVE
         if not recs:
             return apply(n, g, *rest)
-        shapes = [list(g.data.shape)] if any(r.shapes for r in recs) else None
+        shapes = [list(g._data.shape)] if any(r.shapes for r in recs) else None
         return _timed(recs, n.prim.name + "_backward", "backward", shapes, apply, (n, g, *rest),
-                      {}, (g.data,))
+                      {}, (g._data,))
 
     apply_profiled.__wrapped__ = apply
     return apply_profiled

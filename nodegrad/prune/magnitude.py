@@ -37,7 +37,7 @@ def _count(amount, remaining: int, fn: str, what: str) -> int:
 
 
 def _host(t) -> np.ndarray:
-    a = t.data if isinstance(t, Tensor) else t
+    a = t._data if isinstance(t, Tensor) else t
     return B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a)
 
 

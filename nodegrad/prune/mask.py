@@ -98,7 +98,7 @@ def _as_mask(mask, p: Tensor, fn: str, what: str):
                 or not np.all((m == 0) | (m == 1)):
             raise ValueError(f"{fn}: the mask for {what} must hold only 0 and 1 (or be boolean)"
                              f", got dtype {m.dtype}")
-    return B.backend_of(p.data).asarray(m.astype(p.dtype))
+    return B.backend_of(p._data).asarray(m.astype(p.dtype))
 
 
 # --- the hooks ------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ class _GradMask:
         directions inside its line search), so the pruned entries stay exactly zero; None once
         the mask is gone."""
         mask = self.module._buffers.get(self.name + SUFFIX)
-        return None if mask is None else mask.data
+        return None if mask is None else mask._data
 
 
 def _has_grad_hook(module: Module, name: str, p: Tensor) -> bool:
@@ -169,7 +169,7 @@ def _remask_after_step(optimizer, args, kwargs) -> None:
     for p, h in _masked_of(optimizer):
         m = h.post_step_mask()
         if m is not None:
-            _multiply_into(p.data, m)
+            _multiply_into(p._data, m)
 
 
 setattr(_remask_after_step, GRAD_FREE, True)  # it never reads .grad
@@ -255,7 +255,7 @@ def remask(p: Tensor, mask: Tensor) -> None:
     if rec is not None:
         rec.mutate("remask", _multiply_into, p, mask)
     else:
-        _multiply_into(p.data, mask.data)
+        _multiply_into(p._data, mask._data)
 
 
 # --- public API -----------------------------------------------------------------------------
@@ -276,12 +276,12 @@ def apply_mask(module: Module, name: str, mask) -> Module:
     key = name + SUFFIX
     old = module._buffers.get(key)
     if old is not None and _hooked(module, name):
-        m = m * old.data
+        m = m * old._data
     if key in module._parameters or (key in module._modules):
         raise ValueError(f"apply_mask: {type(module).__name__} already has a parameter or "
                          f"submodule named {key!r}")
     if old is not None and old.shape == m.shape:
-        old.data[...] = m  # in place: whoever holds the buffer sees the new mask
+        old._data[...] = m  # in place: whoever holds the buffer sees the new mask
         old._bump()
     else:
         module.register_buffer(key, Tensor(m))
@@ -384,7 +384,7 @@ def restore_masks(model: Module, state_dict: Mapping) -> list[str]:
         if not is_pruned(owner, leaf):
             apply_mask(owner, leaf, value)
         else:
-            owner._buffers[leaf + SUFFIX].data[...] = _as_mask(value, params[dotted],
+            owner._buffers[leaf + SUFFIX]._data[...] = _as_mask(value, params[dotted],
                                                                "restore_masks", dotted)
         done.append(dotted)
     return done
@@ -403,7 +403,7 @@ def mask_optimizer_state(optimizer, model: Module) -> int:
         count += 1
         for v in entry.values():
             if B.is_array(v) and v.shape == mask.shape:
-                B.backend_of(v).xp.multiply(v, mask.data, out=v)
+                B.backend_of(v).xp.multiply(v, mask._data, out=v)
     return count
 
 

@@ -378,7 +378,7 @@ class NaNGuard(Callback):
         if not math.isfinite(tr.last_loss):
             raise NonFiniteError(f"step {tr.step + 1} (epoch {tr.epoch + 1}): the loss is "
                                  f"{tr.last_loss}; stopping before the update")
-        bad = _first_nonfinite((n, None if p.grad is None else p.grad.data)
+        bad = _first_nonfinite((n, None if p.grad is None else p.grad._data)
                                for n, p in tr.model.named_parameters())
         if bad:
             raise NonFiniteError(f"step {tr.step + 1} (epoch {tr.epoch + 1}): the gradient of "
@@ -386,7 +386,7 @@ class NaNGuard(Callback):
                                  "stopping before the update (try a lower lr or clipping)")
 
     def on_batch_end(self, tr, logs):
-        bad = _first_nonfinite((n, p.data) for n, p in tr.model.named_parameters())
+        bad = _first_nonfinite((n, p._data) for n, p in tr.model.named_parameters())
         if bad:
             raise NonFiniteError(f"step {tr.step} (epoch {tr.epoch + 1}): parameter '{bad}' "
                                  "became non-finite after the update")

@@ -48,7 +48,7 @@ def _host(x, op: str, what: str = "value") -> np.ndarray:
     """``x`` (a Tensor on any device, a NumPy/CuPy array, a number or a nested list of
     numbers) as a NumPy array."""
     if isinstance(x, Tensor):
-        x = x.detach().data
+        x = x.detach()._data
     if B.is_array(x):
         return B.backend_of(x).to_host(x)
     if isinstance(x, numbers.Number | np.generic | list | tuple):
@@ -440,7 +440,7 @@ def _graph_def(model, inputs):
         if isinstance(a, Tensor) or B.is_array(a):
             t = a.detach() if isinstance(a, Tensor) else Tensor(a)
             if B.is_inexact(t.dtype):
-                t = Tensor(t.data).requires_grad_()
+                t = Tensor(t._data).requires_grad_()
             feed.append(t)
         else:
             raise TypeError(f"add_graph: input_to_model[{i}] is {type(a).__name__}; expected "

@@ -59,7 +59,7 @@ class UninitializedBuffer(Tensor):
 
     def __init__(self, requires_grad: bool = False, device=None, dtype=None,
                  persistent: bool = True):
-        super().__init__(empty(0, device=device, dtype=dtype).data, None, requires_grad)
+        super().__init__(empty(0, device=device, dtype=dtype)._data, None, requires_grad)
         if not persistent:
             self.__class__ = _NonPersistentUninitializedBuffer
 
@@ -79,8 +79,8 @@ class _NonPersistentUninitializedBuffer(UninitializedBuffer):
 
 def _materialize(t, shape, device, dtype) -> None:
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    t.data = empty(shape, device=t.device if device is None else device,
-                   dtype=t.dtype if dtype is None else dtype).data
+    t._data = empty(shape, device=t.device if device is None else device,
+                   dtype=t.dtype if dtype is None else dtype)._data
     t.__class__ = type(t).cls_to_become
     t._bump()
 
@@ -134,7 +134,7 @@ class _Lazy(Module):
                 mine = store.get(name)
                 if isinstance(mine, UninitializedParameter | UninitializedBuffer) and \
                         p is not None:
-                    mine.data = p.data
+                    mine._data = p._data
                     mine.__class__ = type(mine).cls_to_become
                     mine._bump()
                     built[name] = mine

@@ -133,7 +133,7 @@ class Embedding(Module):
         else:
             I.init_weight(self.weight, self.init)
         if self.padding_idx is not None:
-            self.weight.data[self.padding_idx] = 0
+            self.weight._data[self.padding_idx] = 0
 
     def forward(self, idx):
         return F.embedding(idx, self.weight, self.padding_idx, self.max_norm, self.norm_type,

@@ -83,7 +83,7 @@ class EmbeddingBag(Module):
         """N(0, 1), the ``padding_idx`` row zero (PyTorch's init)."""
         I.normal_(self.weight)
         if self.padding_idx is not None:
-            self.weight.data[self.padding_idx] = 0
+            self.weight._data[self.padding_idx] = 0
 
     @classmethod
     def from_pretrained(cls, embeddings: Tensor, freeze: bool = True,

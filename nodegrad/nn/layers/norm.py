@@ -12,7 +12,7 @@ from ..module import Module, Parameter
 
 def _refill(t: Tensor, value) -> None:
     """Overwrite a parameter's or buffer's values in place (the object kept)."""
-    t.data[...] = value
+    t._data[...] = value
     t._bump()
 
 

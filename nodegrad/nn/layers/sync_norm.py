@@ -47,7 +47,7 @@ def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
         m_local = m_local * x.dtype.type(1.0 / n_local)
     m2_local = ops.sum(ops.square(x - ops.reshape(m_local, shape)), axis=axes)
     local = ops.cat([m_local, m2_local, Tensor(xp.full((1,), n_local, dtype=x.dtype))])
-    every = group.allgather(local.data.copy())  # (world, 2c + 1), the same on every rank
+    every = group.allgather(local._data.copy())  # (world, 2c + 1), the same on every rank
     counts = [float(n) for n in every[:, -1].tolist()]
     count = sum(counts)
     if count < 2:
@@ -67,16 +67,16 @@ def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
     var = m2 * x.dtype.type(1.0 / count)
     stats = ops.cat([mean, var])
     if stats.requires_grad:  # every rank's loss depends on these: their cotangents add up
-        stats.register_hook(lambda g: Tensor(group.allreduce(g.data.copy(), "sum")))
+        stats.register_hook(lambda g: Tensor(group.allreduce(g._data.copy(), "sum")))
     mean, var = stats[:c], stats[c:]
     if running_mean is not None:
         with no_grad():
             m = x.dtype.type(momentum)
-            rm, rv = running_mean.data, running_var.data
+            rm, rv = running_mean._data, running_var._data
             rm *= 1 - m
-            rm += m * mean.data
+            rm += m * mean._data
             rv *= 1 - m
-            rv += m * var.data * x.dtype.type(count / (count - 1))
+            rv += m * var._data * x.dtype.type(count / (count - 1))
             running_mean._bump()
             running_var._bump()
     y = (x - ops.reshape(mean, shape)) / ops.sqrt(ops.reshape(var, shape) + eps)
@@ -109,7 +109,7 @@ class SyncBatchNorm(_BatchNorm):
                              f"{tuple(x.shape)}")
         momentum = self.momentum
         if self.num_batches_tracked is not None:
-            self.num_batches_tracked.data += 1
+            self.num_batches_tracked._data += 1
             if momentum is None:
                 momentum = 1.0 / int(self.num_batches_tracked.item())
         group = self.process_group if self.process_group is not None else _world()

@@ -207,5 +207,5 @@ class Transformer(Module):
         """A float (sz, sz) mask: 0 on and below the diagonal, -inf above (causal)."""
         t = zeros(sz, sz, device=device, dtype=dtype)
         xp = t.backend.xp
-        t.data[...] = xp.triu(xp.full((sz, sz), -xp.inf, dtype=t.dtype), 1)
+        t._data[...] = xp.triu(xp.full((sz, sz), -xp.inf, dtype=t.dtype), 1)
         return t

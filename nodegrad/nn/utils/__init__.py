@@ -77,7 +77,7 @@ def clip_grads_with_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float
     coef = min(float(max_norm) / (float(total_norm) + 1e-6), 1.0)
     with no_grad():
         for g in grads:
-            g.data *= coef
+            g._data *= coef
             g._bump()
 
 

@@ -75,7 +75,7 @@ def _set(original: Tensor, value: Tensor) -> None:
     """Store ``value`` in ``original`` keeping the object (so an optimizer holding it still
     trains it); its shape may change."""
     if value is not original:
-        original.data = value.detach().data.copy()
+        original._data = value.detach()._data.copy()
         original._bump()
 
 

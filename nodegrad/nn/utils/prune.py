@@ -551,8 +551,8 @@ def _topk_indices(t: Tensor, k: int, largest: bool) -> Tensor:
     """The indices (sorted) of the ``k`` largest or smallest entries of ``t`` (flattened);
     among equal values at the threshold the lower indices go first (PyTorch's CPU ``topk``
     leaves such ties to its selection routine, so its choice among them may differ)."""
-    be = B.backend_of(t.data)
-    a = B.np.asarray(be.to_host(t.data), dtype=B.np.float64).reshape(-1)
+    be = B.backend_of(t._data)
+    a = B.np.asarray(be.to_host(t._data), dtype=B.np.float64).reshape(-1)
     key = B.np.where(B.np.isnan(a), B.np.inf, a)  # NaN counts as the largest, as topk's
     order = B.np.argsort(-key if largest else key, kind="stable")
     idx = B.np.sort(order[:k])

@@ -150,7 +150,7 @@ def _host_ints(t, fn: str, what: str, floats: bool = False):
     refused rather than truncated."""
     if isinstance(t, Tensor):
         t._concrete(f"{fn}: {what}")  # Python reads the values: under jit, not frozen silently
-    a = t.backend.to_host(t.data) if isinstance(t, Tensor) else B.np.asarray(t)
+    a = t.backend.to_host(t._data) if isinstance(t, Tensor) else B.np.asarray(t)
     kinds = "iuf" if floats else "iu"
     if a.ndim != 1 or (a.size and a.dtype.kind not in kinds
                        and not (floats and B.is_float(a.dtype))):
