@@ -390,22 +390,37 @@ def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -
 def _batched_view(out, args: tuple, prim: Primitive, params: dict) -> None:
     """Inside vmap, ``out`` of a view op (transpose, diagonal, reshape, ...) names its batched
     base and the op, as an eager view does (:func:`_share_version`), so an in-place change of
-    ``out`` also changes the base (:func:`.ops.index.write_through`) instead of being lost."""
+    ``out`` also changes the base (:func:`.ops.index.write_through`) instead of being lost;
+    nested vmaps too (the arrays compared are the innermost). A dtype view (``.imag``,
+    ``view_as_real``), whose batched write the view-put rule cannot place, is named as one, so
+    such a write is refused rather than lost."""
     level = getattr(out, "level", None)
     if level is None or getattr(out, "_view", None) is not None:
         return
-    d = out.val._data if type(out.val) is Tensor else None  # (nested vmap: left alone)
+    d = _innermost(out)
     if not B.is_array(d):
         return
     root = d if d.base is None else d.base
     for a in args:
         if type(a) is type(out) and getattr(a, "level", None) is level:
-            v = a.val._data if type(a.val) is Tensor else None
-            # a view of the same dtype (not a dtype view such as .imag, whose batched write
-            # the view-put rule cannot place)
-            if B.is_array(v) and (v is root or v.base is root) and v.dtype == d.dtype:
-                out._view = (a, prim, params)
+            v = _innermost(a)
+            if B.is_array(v) and (v is root or v.base is root):
+                out._view = (a, prim, params) if v.dtype == d.dtype else (a, DTYPE_VIEW,
+                                                                            prim.name)
             return
+
+
+#: the second entry of a batched dtype view's ``_view`` (see :func:`_batched_view`)
+DTYPE_VIEW = "dtype view"
+
+
+def _innermost(t):
+    """The array under a batched tensor, through nested vmaps' tracers (None if none)."""
+    while type(t) is not Tensor:
+        t = getattr(t, "val", None)
+        if t is None:
+            return None
+    return t._data
 
 
 def _through_float32(prim: Primitive, args: tuple, params: dict, m, low=_BF16):

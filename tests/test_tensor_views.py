@@ -218,3 +218,51 @@ def test_writes_through_views_inside_vmap_reach_the_base(write):
     np.testing.assert_array_equal(got.numpy(), want.numpy())
     np.testing.assert_array_equal(got.numpy()[1], (ng.grad(ng_f) if grad else ng_f)(
         ng.tensor(x[1])).numpy())
+
+
+@pytest.mark.parametrize("write", ["t_fill", "diagonal_mul_grad", "slice_of_t"])
+def test_writes_through_views_inside_nested_vmaps_reach_the_base(write):
+    """The same inside two vmaps (the base's array is found under the inner tracer): the
+    writes were lost silently."""
+
+    def program(lib, grad):
+        def f(x):
+            y = x * 1
+            if write == "t_fill":
+                y.t()[0].fill_(5.0)
+            elif write == "diagonal_mul_grad":
+                y.diagonal().mul_(x.diagonal())
+            else:
+                y.t()[1, :1] = -1.0
+            return y.sum() if grad else y
+        return f
+
+    x = np.arange(24.0).reshape(2, 3, 2, 2)
+    grad = write.endswith("grad")
+    ng_f, t_f = program(ng, grad), program(torch, grad)
+    got = ng.vmap(ng.vmap(ng.grad(ng_f) if grad else ng_f))(ng.tensor(x))
+    want = torch.func.vmap(torch.func.vmap(torch.func.grad(t_f) if grad else t_f))(
+        torch.tensor(x))
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("write", ["imag_mul", "real_fill", "view_as_real_slice"])
+def test_writes_through_dtype_views_inside_vmap_are_refused(write):
+    """``y.imag.mul_(2)`` or ``view_as_real(y)[..., 0].fill_(0)`` inside vmap cannot be placed
+    in the batched base: refused by name (they were lost silently); eagerly they work."""
+
+    def f(z):
+        y = z * 1
+        if write == "imag_mul":
+            y.imag.mul_(2.0)
+        elif write == "real_fill":
+            y.real.fill_(0.0)
+        else:
+            ng.view_as_real(y)[..., 0].fill_(0.0)
+        return y
+
+    z = ng.tensor(np.array([[1 + 2j, 3 + 4j], [5 + 6j, 7 + 8j]]))
+    with pytest.raises(ng.DTypeError, match="inside vmap, an in-place change through a dtype view"):
+        ng.vmap(f)(z)
+    want = {"imag_mul": [1 + 4j, 3 + 8j], "real_fill": [2j, 4j], "view_as_real_slice": [2j, 4j]}
+    np.testing.assert_array_equal(f(z[0]).numpy(), want[write])

@@ -16,7 +16,7 @@ from ..amp import promote_in_region
 from ..autodiff import enable_grad, modes, no_grad
 from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
 from ..errors import DTypeError, GradError, ShapeError
-from ..primitive import primitive
+from ..primitive import DTYPE_VIEW, primitive
 from ..tensor import Tensor
 from .elementwise import where as _where
 from .shape import copy as _copy
@@ -249,6 +249,11 @@ def write_through(view: Tensor, value, name: str) -> None:
         base[entry[1]] = value
         return
     _, prim, params = entry  # another view (transpose, reshape, diagonal, ...)
+    if prim is DTYPE_VIEW:  # inside vmap: .imag, view_as_real, view(dtype) of a batched tensor
+        raise DTypeError(f"{name}: inside vmap, an in-place change through a dtype view "
+                         f"({params}: .real, .imag, view_as_real, view(dtype)) cannot reach the "
+                         "tensor it views; build the new value instead (e.g. "
+                         "y = ng.complex(y.real, 2 * y.imag))")
     d = view._data if type(view) is Tensor else getattr(view, "val", None)  # (vmap: the batch)
     if B.is_array(d) and getattr(getattr(d, "flags", None), "writeable", True) is False:
         if prim.name == "sliding_window_view":
