@@ -392,8 +392,8 @@ def _batched_view(out, args: tuple, prim: Primitive, params: dict) -> None:
     base and the op, as an eager view does (:func:`_share_version`), so an in-place change of
     ``out`` also changes the base (:func:`.ops.index.write_through`) instead of being lost;
     nested vmaps too (the arrays compared are the innermost). A dtype view (``.imag``,
-    ``view_as_real``), whose batched write the view-put rule cannot place, is named as one, so
-    such a write is refused rather than lost."""
+    ``view_as_real``), whose batched write the view-put rule cannot place by position, is named
+    as one: its base takes the view's inverse of the new values."""
     level = getattr(out, "level", None)
     if level is None or getattr(out, "_view", None) is not None:
         return

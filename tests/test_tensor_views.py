@@ -246,23 +246,43 @@ def test_writes_through_views_inside_nested_vmaps_reach_the_base(write):
     np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
-@pytest.mark.parametrize("write", ["imag_mul", "real_fill", "view_as_real_slice"])
-def test_writes_through_dtype_views_inside_vmap_are_refused(write):
-    """``y.imag.mul_(2)`` or ``view_as_real(y)[..., 0].fill_(0)`` inside vmap cannot be placed
-    in the batched base: refused by name (they were lost silently); eagerly they work."""
+@pytest.mark.parametrize("write", ["imag_mul", "real_fill", "view_as_real_slice",
+                                   "view_as_complex_mul", "grad"])
+def test_writes_through_dtype_views_inside_vmap_reach_the_base(write):
+    """``y.imag.mul_(2)``, ``view_as_real(y)[..., 0].fill_(0)``, ... inside vmap: the base takes
+    the view's inverse of the new values (``complex(y.real, new)``), as under torch.func.vmap
+    (the writes were lost silently), with gradients."""
 
-    def f(z):
-        y = z * 1
-        if write == "imag_mul":
-            y.imag.mul_(2.0)
-        elif write == "real_fill":
-            y.real.fill_(0.0)
-        else:
-            ng.view_as_real(y)[..., 0].fill_(0.0)
-        return y
+    def program(lib):
+        def f(t):
+            if write == "grad":
+                y = lib.complex(t, t * 2)
+                y.imag.mul_(t)
+                lib.view_as_real(y)[..., 0].mul_(t)
+                return (y * y.conj()).real.sum()
+            y = t * 1
+            if write == "imag_mul":
+                y.imag.mul_(2.0)
+            elif write == "real_fill":
+                y.real.fill_(0.5)
+            elif write == "view_as_real_slice":
+                lib.view_as_real(y)[..., 0].fill_(0.0)
+            else:
+                lib.view_as_complex(y).mul_(2j)
+            return y
+        return f
 
-    z = ng.tensor(np.array([[1 + 2j, 3 + 4j], [5 + 6j, 7 + 8j]]))
-    with pytest.raises(ng.DTypeError, match="inside vmap, an in-place change through a dtype view"):
-        ng.vmap(f)(z)
-    want = {"imag_mul": [1 + 4j, 3 + 8j], "real_fill": [2j, 4j], "view_as_real_slice": [2j, 4j]}
-    np.testing.assert_array_equal(f(z[0]).numpy(), want[write])
+    rng = np.random.default_rng(3)
+    if write == "grad":
+        x = rng.standard_normal((3, 4))
+    elif write == "view_as_complex_mul":
+        x = rng.standard_normal((3, 2, 2))
+    else:
+        x = rng.standard_normal((3, 2)) + 1j * rng.standard_normal((3, 2))
+    ng_f, t_f = program(ng), program(torch)
+    if write == "grad":
+        ng_f, t_f = ng.grad(ng_f), torch.func.grad(t_f)
+    got = ng.vmap(ng_f)(ng.tensor(x))
+    want = torch.func.vmap(t_f)(torch.tensor(x))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got.numpy()[1], ng_f(ng.tensor(x[1])).numpy(), rtol=1e-12)

@@ -16,7 +16,7 @@ from ..amp import promote_in_region
 from ..autodiff import enable_grad, modes, no_grad
 from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
 from ..errors import DTypeError, GradError, ShapeError
-from ..primitive import DTYPE_VIEW, primitive
+from ..primitive import DTYPE_VIEW, REGISTRY, bind, primitive
 from ..tensor import Tensor
 from .elementwise import where as _where
 from .shape import copy as _copy
@@ -249,11 +249,9 @@ def write_through(view: Tensor, value, name: str) -> None:
         base[entry[1]] = value
         return
     _, prim, params = entry  # another view (transpose, reshape, diagonal, ...)
-    if prim is DTYPE_VIEW:  # inside vmap: .imag, view_as_real, view(dtype) of a batched tensor
-        raise DTypeError(f"{name}: inside vmap, an in-place change through a dtype view "
-                         f"({params}: .real, .imag, view_as_real, view(dtype)) cannot reach the "
-                         "tensor it views; build the new value instead (e.g. "
-                         "y = ng.complex(y.real, 2 * y.imag))")
+    if prim is DTYPE_VIEW:  # inside vmap: .real, .imag, view_as_real(...) of a batched tensor
+        base.copy_(_dtype_view_put(base, value, params, name))
+        return
     d = view._data if type(view) is Tensor else getattr(view, "val", None)  # (vmap: the batch)
     if B.is_array(d) and getattr(getattr(d, "flags", None), "writeable", True) is False:
         if prim.name == "sliding_window_view":
@@ -264,6 +262,25 @@ def write_through(view: Tensor, value, name: str) -> None:
                          "one of its elements refers to a single memory location (an expanded "
                          "or overlapping view); clone() it first")
     base.copy_(_view_put(base, value, view=prim, vparams=tuple(params.items())))
+
+
+def _dtype_view_put(base: Tensor, value: Tensor, view: str, name: str) -> Tensor:
+    """Inside vmap, the new value of ``base`` whose dtype view ``view`` (``real``, ``imag``,
+    ``view_as_real``, ``view_as_complex``) takes ``value``, built from the view's inverse: the
+    view-put rule places values by position, which a view of another dtype does not keep."""
+    def call(prim: str, *args):
+        return bind(REGISTRY[prim], args, {})
+
+    if view == "real":
+        return call("complex", value, call("imag", base))
+    if view == "imag":
+        return call("complex", call("real", base), value)
+    if view == "view_as_real":
+        return call("view_as_complex", value)
+    if view == "view_as_complex":
+        return call("view_as_real", value)
+    raise DTypeError(f"{name}: inside vmap, an in-place change through the dtype view {view} "
+                     "cannot reach the tensor it views; build the new value instead")
 
 
 def _setitem_fwd(xp, x, v, index):
