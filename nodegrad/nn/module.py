@@ -306,7 +306,8 @@ class Module:
         ``model.to(tensor)`` takes the tensor's device and dtype; PyTorch's ``non_blocking`` and
         ``memory_format`` (``channels_last``) are accepted, as arrays here stay C-ordered.
         A complex dtype casts float and complex tensors (PyTorch's rule); a float dtype casts
-        float tensors only: complex ones keep their imaginary parts, which PyTorch drops."""
+        float tensors only: complex ones keep their imaginary parts, which PyTorch drops.
+        Gradients are moved and cast along with their parameters, as PyTorch's."""
         if memory_format is not None:
             check_layout("Module.to", memory_format=memory_format)
         if isinstance(device, Tensor) and dtype is None:
@@ -315,18 +316,24 @@ class Module:
             device, dtype = None, device
         be = None if device is None else B.get_backend(device)
         dt = None if dtype is None else B.as_dtype(dtype)
-        for t in list(self.parameters()) + list(self.buffers()):
-            d = t._data
+
+        def moved(d):
             if be is not None and B.backend_of(d) is not be:
                 d = be.asarray(B.backend_of(d).to_host(d))
             if dt is not None and (B.is_float(d.dtype)
                                    or (d.dtype.kind == "c" and dt.kind == "c")):
                 d = B.cast(d, dt)
+            return d
+
+        for t in list(self.parameters()) + list(self.buffers()):
+            d = moved(t._data)
             if d is not t._data:
                 t._data = d
                 t._bump()
-                if t.grad is not None:
-                    t.grad = None
+                if t.grad is not None:  # PyTorch's _apply moves the gradient with it
+                    g = moved(t.grad._data)
+                    if g is not t.grad._data:
+                        t.grad = Tensor(g)
         return self
 
     def cuda(self, device: int = 0) -> Module:

@@ -30,6 +30,7 @@ registered a step pays one check.
 
 from __future__ import annotations
 
+import copy
 import functools
 import numbers
 import operator
@@ -57,6 +58,18 @@ _global_step_post_hooks: list[Callable] = []
 GRAD_FREE = "_optimizer_hook_grad_free"
 #: gradients with fewer elements go to the fused kernel gathered with their small neighbours
 SMALL_GRADIENT = 1 << 14
+
+
+class _RequiredParameter:
+    """The marker of a hyperparameter with no default (``lr=required`` in a subclass's
+    signature, PyTorch's): every parameter group must then give its own value."""
+
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+#: PyTorch's ``torch.optim.optimizer.required``
+required = _RequiredParameter()
 
 
 class ParamList(list):
@@ -431,6 +444,8 @@ class Optimizer:
         return d
 
     def __setstate__(self, state: dict) -> None:
+        if set(state) == {"state", "param_groups"}:
+            return  # PyTorch's call at the end of load_state_dict: the load put them in place
         entries = state.pop("_entries", None)
         self.__dict__.update(state)
         for name in _HOOK_LISTS:
@@ -515,6 +530,9 @@ class Optimizer:
                 raise ValueError(f"{where} appears more than once in the optimizer's groups")
             seen.add(id(p))
         for k, v in self.defaults.items():
+            if v is required and k not in group:
+                raise ValueError("parameter group didn't specify a value of required "
+                                 f"optimization parameter {k}")
             group.setdefault(k, v)
         _check_eps(type(self).__name__, group)
         self.param_groups.append(group)
@@ -1125,7 +1143,9 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore a :meth:`state_dict` (nodegrad's, PyTorch's with its tensors, or an older
         nodegrad one with arrays and int steps); a clear error when it does not fit these
-        parameters."""
+        parameters. As PyTorch's: the groups' settings are copied; a subclass with its own step
+        gets its state in its parameters' dtype and device; a subclass's own ``__setstate__``
+        runs last (``group.setdefault`` there fills settings an older checkpoint lacks)."""
         name = type(self).__name__
         for gi in range(len(self.param_groups)):
             self._follow_params(gi)
@@ -1142,9 +1162,7 @@ class Optimizer:
             sg, g = saved_groups[gi], self.param_groups[gi]
             p = g["params"][pos]
             if own:  # its entries as saved, arrays (PyTorch's tensors too) as tensors
-                self._user_state[p] = {
-                    k: Tensor(_to_backend_of(p, v)) if _is_arrayish(v) or hasattr(
-                        v, "__array__") else v for k, v in e.items()}
+                self._user_state[p] = _own_state(p, e)
                 continue
             desc = _describe(g, gi, pos, p)
             h = self._hyper({k: v for k, v in sg.items() if k not in _NOT_HYPER},
@@ -1177,11 +1195,22 @@ class Optimizer:
 
     def _finish_load(self, saved_groups: list, entries: list, state_dict: dict) -> None:
         """Take the checked groups' hyperparameters, the step count and each state entry."""
+        fills = _fills_defaults(self)
+        dropped: list[dict] = []
         for sg, g in zip(saved_groups, self.param_groups):
-            g.update({k: v for k, v in sg.items() if k not in _NOT_HYPER})
+            if fills:  # PyTorch's: the group becomes the saved one; __setstate__ fills it in
+                dropped.append({k: g.pop(k) for k in set(g) - set(sg) - set(_NOT_HYPER)})
+            # copies, as PyTorch's deepcopy: a later step that changes a mutable setting in
+            # place (a list the update keeps in its group) leaves the caller's state dict alone
+            g.update(copy.deepcopy({k: v for k, v in sg.items() if k not in _NOT_HYPER}))
         self.step_count = int(state_dict.get("step_count", 0))
         for gi in range(len(self.param_groups)):
             self._install(gi, entries[gi])
+        if fills:
+            self.__setstate__({"state": self.state, "param_groups": self.param_groups})
+            for g, old in zip(self.param_groups, dropped):  # what it left unset stays as was
+                for k, v in old.items():
+                    g.setdefault(k, v)
 
 
 class _StateDict(dict):
@@ -1274,6 +1303,22 @@ def _to_backend_of(p: Tensor, v):
     v = v._data if isinstance(v, Tensor) else v
     be = B.backend_of(p._data)
     return be.asarray(B.np.asarray(v) if not is_array(v) else B.backend_of(v).to_host(v))
+
+
+def _own_state(p: Tensor, v, key=None):
+    """A saved state value of a subclass with its own step, as PyTorch's ``load_state_dict``
+    casts it: arrays (PyTorch's tensors too) as tensors on ``p``'s device, in ``p``'s dtype
+    where ``p`` is floating (except ``step``), inside dicts, lists and tuples too."""
+    if isinstance(v, dict):
+        return {k: _own_state(p, x, k) for k, x in v.items()}
+    if isinstance(v, list | tuple):  # PyTorch's cast passes no key into a sequence
+        return type(v)(_own_state(p, x) for x in v)
+    if not (_is_arrayish(v) or hasattr(v, "__array__")):
+        return v
+    t = Tensor(_to_backend_of(p, v))
+    if key != "step" and p.is_floating_point() and t.dtype != p.dtype:
+        t = t.to(p.dtype)
+    return t
 
 
 def _check_forms(name: str, fused, foreach, capturable, differentiable) -> None:
@@ -1553,7 +1598,7 @@ def match_groups(opt: Optimizer, state_dict: dict) -> tuple[list, dict, dict]:
             raise ValueError(f"{name}.load_state_dict: group {gi} has {len(sg['params'])} "
                              f"parameter(s) in the saved state, {len(g['params'])} here")
         lacking = sorted(set(opt.defaults) - set(sg))
-        if lacking:
+        if lacking and not _fills_defaults(opt):
             raise ValueError(f"{name}.load_state_dict: group {gi} of the saved state lacks the "
                              f"hyperparameters {lacking} (was it saved by another optimiser?)")
         for pos, idx in enumerate(sg["params"]):
@@ -1563,6 +1608,14 @@ def match_groups(opt: Optimizer, state_dict: dict) -> tuple[list, dict, dict]:
             raise ValueError(f"{name}.load_state_dict: state for parameter index {idx}, which no "
                              "saved group lists")
     return saved_groups, state, where
+
+
+def _fills_defaults(opt: Optimizer) -> bool:
+    """Whether ``opt``'s class writes its own ``__setstate__``, which PyTorch's
+    ``load_state_dict`` calls last with ``{"state", "param_groups"}``: the idiom
+    ``group.setdefault(name, value)`` there fills the hyperparameters an older checkpoint
+    lacks, so a saved group may lack them."""
+    return type(opt).__setstate__ is not Optimizer.__setstate__
 
 
 def as_state_array(v, like):
