@@ -225,6 +225,27 @@ def _value_error(prim, datas, params, e: ValueError) -> ValueError:
     return ValueError(f"{prim.name} (shapes {shapes}{ps}): {e}")
 
 
+def int_range_error(name: str, v: int, dtype) -> OverflowError:
+    """The error for a Python int ``v`` that an integer ``dtype`` cannot hold. PyTorch wraps it
+    around (two's complement); nodegrad refuses, as documented, and says how to get the
+    wrapped value (hashing code multiplies int32 coordinates by primes such as 2654435761)."""
+    return OverflowError(f"{name}: the number {v} is out of range for the {dtype} operand; "
+                         "PyTorch wraps it around, nodegrad refuses: compute in int64 (x.long())"
+                         " and mask the result, or give a number the dtype holds")
+
+
+def _int_range_error(prim, datas: list, e: OverflowError) -> OverflowError:
+    """NumPy's OverflowError for an int operand as :func:`int_range_error`, naming the op."""
+    arrays = [d for d in datas if getattr(d, "dtype", None) is not None]
+    dt = B.np.result_type(*[d.dtype for d in arrays]) if arrays else None
+    big = [d for d in datas if type(d) is int]
+    if dt is None or dt.kind not in "iu" or not big:
+        return OverflowError(f"{prim.name}: {e}")
+    info = B.np.iinfo(dt)
+    bad = next((v for v in big if not info.min <= v <= info.max), big[0])
+    return int_range_error(prim.name, bad, dt)
+
+
 def _anomaly(prim, backend, args, datas, out) -> None:
     """Raise if ``out`` has NaN/Inf that its inputs did not, or NaN that came in with an input
     (detect_anomaly mode)."""
@@ -574,6 +595,8 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 out = prim.fwd(backend.xp, *datas, **params)
     except ValueError as e:
         raise _value_error(prim, datas, params, e) from e
+    except OverflowError as e:  # a Python int beyond an integer tensor's dtype
+        raise _int_range_error(prim, datas, e) from None
     if type(out) is not _ndarray and not B.is_array(out):
         out = backend.asarray(out)  # NumPy returns scalars from some 0-d ops
     odt = out.dtype
