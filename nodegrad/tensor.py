@@ -192,6 +192,16 @@ class Tensor:
         elif not B.is_array(value):
             raise TypeError(f"data: expected a Tensor (or an array), got {type(value).__name__}")
         self._data = value
+        if getattr(self, "_view", None) is not None:  # no longer a view of its old base: an
+            self._view = None  # in-place op on that base must not make it one again
+        cell = self._version
+        if cell is not None and len(cell) > 1:  # views of the old memory stay on it: a write
+            for r in cell[1]:  # through one no longer reaches this tensor (PyTorch's)
+                v = r()
+                entry = getattr(v, "_view", None) if v is not None and v is not self else None
+                if entry is not None and (entry[0]() if entry[1] is None else entry[0]) is self:
+                    v._view = None
+            self._version = None
 
     # --- metadata -------------------------------------------------------------------------
     @property

@@ -504,10 +504,49 @@ def _inplace_method(name: str) -> Callable:
     return method
 
 
+def _live_views(self: Tensor) -> list:
+    """The tensors made as views (or ``detach()``es) of ``self`` that are alive: they are
+    listed with the op that made them from ``self``'s shape, which a later in-place op
+    recorded on ``self`` replays (:func:`.index.refresh_views`)."""
+    cell = self._version
+    if cell is None or len(cell) < 2:
+        return []
+    out = []
+    for r in cell[1]:
+        v = r()
+        entry = getattr(v, "_view", None) if v is not None and v is not self else None
+        if entry is not None and (entry[0]() if entry[1] is None else entry[0]) is self:
+            out.append(v)
+    return out
+
+
+def _in_graph(t: Tensor) -> bool:
+    return t.requires_grad or t.node is not None
+
+
 def _reshape_inplace_method(name: str, base: str) -> Callable:
     def method(self, *args, **kwargs):
         _check_target(self, name)
         fn = getattr(Tensor, base)
+        # views follow their base by the op that made them from its shape: an in-place op
+        # recorded later would rebuild them wrongly, so where autograd is involved a shape
+        # change of a view, or of a tensor with live views, is refused; outside it the views
+        # keep their memory and stop following (``x, y = dataset[i]; x.unsqueeze_(0)``)
+        live = _live_views(self) if type(self) is Tensor else []
+        if live:
+            if _in_graph(self) or any(_in_graph(v) for v in live):
+                raise GradError(f"{name}: cannot change the shape of a tensor in place while "
+                                "views of it are alive in a recorded graph (they follow it by "
+                                f"the shape they were made from); use the out-of-place {base}()")
+            for v in live:
+                v._view = None
+        entry = getattr(self, "_view", None)
+        if entry is not None and entry[1] is not None:
+            if _in_graph(self) or _in_graph(entry[0]):
+                raise GradError(f"{name}: cannot change the shape of a view in place while it "
+                                "is in a recorded graph (it follows its base by the op that "
+                                f"made it); use the out-of-place {base}()")
+            self._view = None
         if modes().grad_enabled and self.requires_grad:
             _refuse_leaf(self, name)
             return _rebind(self, fn(_alias(self), *args, **kwargs), name)

@@ -245,8 +245,10 @@ def write_through(view: Tensor, value, name: str) -> None:
     if base.node is None and base.requires_grad:
         raise GradError(f"{name}: a view of a leaf tensor that requires grad cannot be changed "
                         "in place while recording; wrap the update in nodegrad.no_grad()")
+    old = view._data
     if len(entry) == 2:  # a slice: x[idx] = value
         base[entry[1]] = value
+        _stay_a_view(view, value, old)
         return
     _, prim, params = entry  # another view (transpose, reshape, diagonal, ...)
     if prim is DTYPE_VIEW:  # inside vmap: .real, .imag, view_as_real(...) of a batched tensor
@@ -262,6 +264,20 @@ def write_through(view: Tensor, value, name: str) -> None:
                          "one of its elements refers to a single memory location (an expanded "
                          "or overlapping view); clone() it first")
     base.copy_(_view_put(base, value, view=prim, vparams=tuple(params.items())))
+    _stay_a_view(view, value, old)
+
+
+def _stay_a_view(view: Tensor, value, old) -> None:
+    """After ``view``'s base took ``value`` at the view, ``view`` was made a view of the base's
+    new memory (:func:`refresh_views`); the in-place op then points ``view`` at ``value``, so
+    ``value`` takes that memory and graph position first: ``view`` stays a view of its base,
+    and a later write through either one reaches the other, as in PyTorch (pointing it at
+    ``value``'s own array cut it off: a silent wrong value)."""
+    d = view._data
+    if (type(view) is Tensor and type(value) is Tensor and d is not old
+            and d.shape == value._data.shape and d.dtype == value._data.dtype):
+        value._data, value.node, value.requires_grad = d, view.node, view.requires_grad
+        value._version = view._version
 
 
 def _dtype_view_put(base: Tensor, value: Tensor, view: str, name: str) -> Tensor:
