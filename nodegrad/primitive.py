@@ -65,6 +65,9 @@ class Primitive:
         # how a complex cotangent goes back (see autodiff._complex_vjps): "holomorphic", rules
         # of its own, or None (refused); set by the op's declaration or by ops/complex.py
         self.complex = None
+        # whether each of its two inputs' VJP reads only the other input (x * y): an input's
+        # value is then checked for in-place changes only when the other one needs a gradient
+        self.cross = False
         self.__doc__ = doc
 
 
@@ -389,6 +392,10 @@ def as_float(prim: Primitive, backend, datas: list, params: dict, out, dtype):
     return out.astype(dtype)
 
 
+#: the version cell of a saved value that no gradient reads (never moves on)
+_UNREAD = [0]
+
+
 def _share_version(t: Tensor, args: tuple, out, prim: Primitive, params: dict) -> None:
     """A view's tensor shares the version counter of the tensor whose array it views, as
     PyTorch's views do: an in-place change through either is then seen by every node that
@@ -622,6 +629,7 @@ def bind(prim: Primitive, args: tuple, params: dict):
     versions = [] if save_in or prim.save_out else None
     parents = []
     shapes = []
+    cross = prim.cross
     for a in args:
         if isinstance(a, Tensor):
             parents.append((a.node or a) if a.requires_grad else None)
@@ -631,6 +639,9 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 cell = a._version  # Tensor._ensure_version, inlined
                 if cell is None:
                     cell = a._version = [0]
+                if cross and not getattr(args[1] if a is args[0] else args[0],
+                                         "requires_grad", False):
+                    cell = _UNREAD  # no gradient reads it: PyTorch does not save it either
                 versions.append((cell, cell[0], a, d))  # the array too: see _saved_args
         else:
             parents.append(None)

@@ -625,13 +625,10 @@ def _same_grads(ga, gb) -> bool:
 
 
 def _known(diff: str) -> bool:
-    """The two differences left open (see the xfail tests below): a tensor that a recorded
+    """The difference left open (see the xfail tests below): a tensor that a recorded
     in-place op moved to new memory leaves handles that PyTorch keeps on it (``numpy()``,
-    ``.data``, ``detach()``, or the base of a ``detach()`` changed through it); a product
-    refusing an in-place change of its operand whose value no gradient reads."""
-    return diff.endswith("(memory left)") or (
-        diff.startswith("backward error: torch None") and "InplaceError" in diff
-        and "'multiply' saved" in diff)
+    ``.data``, ``detach()``, or the base of a ``detach()`` changed through it)."""
+    return diff.endswith("(memory left)")
 
 
 SEEDS = range(600)
@@ -777,14 +774,20 @@ def test_memory_handles_follow_recorded_inplace_ops(case):
         assert g.detach().numpy().tolist() == [7.0, 7.0]
 
 
-@pytest.mark.xfail(strict=False, reason="multiply saves both operands and checks both: an "
-                   "operand whose value no gradient reads is refused when changed in place")
 def test_changing_an_operand_of_a_product_by_a_constant_is_allowed():
     """``w = c * 1.5; c.mul_(2)``: the gradient of ``w`` reads only 1.5, so PyTorch saves
-    nothing of ``c`` and allows it."""
+    nothing of ``c`` and allows it (nodegrad refused it: ``multiply`` checked both operands);
+    an operand a gradient does read is still checked."""
     z = ng.ones(3, requires_grad=True)
     c = z * 1.0
     w = c * 1.5
     c.mul_(-0.5)
     (w.sum() + c.sum()).backward()
     assert z.grad.numpy().tolist() == [1.0] * 3
+    y = ng.ones(3, requires_grad=True)
+    a = y * 1.0
+    b = a * y  # b's gradient for y reads a
+    with ng.no_grad():
+        a.mul_(2)
+    with pytest.raises(ng.InplaceError, match="multiply"):
+        b.sum().backward()

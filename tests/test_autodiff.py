@@ -212,7 +212,7 @@ def test_inplace_change_of_saved_value_is_detected():
     z = y * 2
     with ng.no_grad():
         y += 1
-    with pytest.raises(ng.InplaceError, match="multiply"):
+    with pytest.raises(ng.InplaceError, match="exp"):  # (y * 2 saves nothing of y)
         z.sum().backward()
 
 

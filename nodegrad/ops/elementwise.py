@@ -92,6 +92,7 @@ def _multiply(xp, x, y):
 multiply = primitive("multiply", _multiply,
                      (lambda g, ans, x, y: g * y, lambda g, ans, x, y: g * x), kind=_EW, jvp=_J,
                      doc="x * y, broadcasting.")
+multiply.cross = True  # d/dx reads y, d/dy reads x
 divide = primitive("divide", lambda xp, x, y: xp.true_divide(x, y),
                    # -g·(x/y)/y, PyTorch's order: y·y underflows to 0 for tiny y (0/0 = NaN)
                    (lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * ((x / y) / y)),
