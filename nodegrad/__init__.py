@@ -61,7 +61,8 @@ from .linalg_lu import torch_lu as lu  # noqa: E402
 from .linalg_lu import torch_lu_solve as lu_solve  # noqa: E402
 
 from .autograd import set_anomaly_enabled  # noqa: E402
-from .dtypes import can_cast, get_default_dtype, set_default_dtype  # noqa: E402
+from .dtypes import (can_cast, get_default_dtype, set_default_dtype,  # noqa: E402
+                     set_default_tensor_type)
 from .dtypes import torch_promote_types as promote_types  # noqa: E402
 from .random import (binomial, get_rng_state, initial_seed, poisson, seed,  # noqa: E402
                      set_rng_state)

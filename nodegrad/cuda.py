@@ -15,10 +15,12 @@ import types
 from . import _backend as B
 from . import amp as _amp
 from .errors import DeviceError
+from .ops.aliases import _TYPE_NAMES, TensorType
+from .tensor import Tensor
 
 __all__ = ["amp", "is_available", "device_count", "current_device", "synchronize", "manual_seed",
            "manual_seed_all", "empty_cache", "memory_allocated", "memory_reserved",
-           "is_bf16_supported"]
+           "is_bf16_supported", *_TYPE_NAMES.values()]
 
 
 def is_available() -> bool:
@@ -101,3 +103,26 @@ amp.GradScaler = _amp.CudaGradScaler
 amp.custom_fwd = functools.partial(_amp.custom_fwd, device_type="cuda")
 amp.custom_bwd = functools.partial(_amp.custom_bwd, device_type="cuda")
 sys.modules[amp.__name__] = amp
+
+
+class _CudaTensorType(TensorType):
+    """``torch.cuda.FloatTensor`` and its kin: ``isinstance(x, ng.cuda.FloatTensor)`` holds for a
+    float32 tensor on a GPU only (the check DCGAN's ``forward`` makes before ``data_parallel``);
+    calling one makes the tensor on ``"cuda"``."""
+
+    is_cuda = True
+
+    def __repr__(self) -> str:
+        return f"<class 'nodegrad.cuda.{self.__name__}'>"
+
+    def __instancecheck__(self, obj) -> bool:
+        return (isinstance(obj, Tensor) and obj.dtype == self.dtype
+                and obj.backend.device_id is not None)
+
+    def __call__(self, *args, device=None, size=None) -> Tensor:
+        return super().__call__(*args, device="cuda" if device is None else device, size=size)
+
+
+for _dt, _name in _TYPE_NAMES.items():
+    globals()[_name] = _CudaTensorType(_name, B.np.dtype(_dt))
+del _dt, _name

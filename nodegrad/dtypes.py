@@ -233,5 +233,34 @@ def set_default_dtype(d) -> None:
     _CACHE.clear()
 
 
+_LEGACY_FLOAT_TYPES = {"HalfTensor": "float16", "FloatTensor": "float32",
+                       "DoubleTensor": "float64"}
+
+
+def set_default_tensor_type(t) -> None:
+    """PyTorch's deprecated ``set_default_tensor_type``, which code before PyTorch 2 calls
+    (``'torch.cuda.FloatTensor'`` with a GPU, else ``'torch.FloatTensor'``): a float legacy type
+    (``ng.DoubleTensor``, ``ng.cuda.FloatTensor``) or its name sets the default float dtype and
+    the default device (a CUDA type's "cuda", else the CPU), with PyTorch's warning."""
+    if isinstance(t, str):
+        *where, name = t.split(".")
+        cuda = "cuda" in where
+    else:
+        name, cuda = getattr(t, "__name__", None), bool(getattr(t, "is_cuda", False))
+    if name not in _LEGACY_FLOAT_TYPES:
+        raise TypeError(f"set_default_tensor_type: only floating-point types are supported as "
+                        f"the default type (HalfTensor, FloatTensor, DoubleTensor, or their "
+                        f"names), got {t!r}")
+    import warnings
+
+    from .tensor import set_default_device
+
+    warnings.warn("set_default_tensor_type() is deprecated (as in PyTorch 2.1); use "
+                  "set_default_dtype() and set_default_device() instead", UserWarning,
+                  stacklevel=2)
+    set_default_device("cuda" if cuda else "cpu")  # raises first when there is no GPU
+    set_default_dtype(_LEGACY_FLOAT_TYPES[name])
+
+
 __all__ = ["promote_types", "result_type", "finfo", "iinfo", "torch_promote_types", "can_cast",
-           "can_store", "get_default_dtype", "set_default_dtype"]
+           "can_store", "get_default_dtype", "set_default_dtype", "set_default_tensor_type"]

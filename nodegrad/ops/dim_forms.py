@@ -132,11 +132,15 @@ def transpose(x, *axes):
     return S.transpose(x, *axes)
 
 
-def _alpha_form(fn: Callable, method: str) -> Callable:
+def _alpha_form(fn: Callable, method: str, old_order: bool = False) -> Callable:
     """``fn(input, other)`` that also takes PyTorch's ``alpha=`` (input + alpha * other, or
-    input - alpha * other), with the Tensor method's meaning."""
+    input - alpha * other), with the Tensor method's meaning; with ``old_order`` also
+    PyTorch's deprecated ``add(input, alpha, other)`` (``add`` and ``sub``, not ``subtract``)."""
     @functools.wraps(fn)
     def f(input, other, *args, alpha=_UNSET, **kwargs):
+        if (old_order and alpha is _UNSET and len(args) == 1 and not kwargs
+                and isinstance(input, Tensor) and isinstance(args[0], Tensor)):
+            return getattr(Tensor, method)(input, other, args[0])
         if alpha is _UNSET:
             return fn(input, other, *args, **kwargs)
         if args or kwargs:
@@ -154,7 +158,7 @@ def forms(namespace: dict) -> dict:
            if name in namespace}
     for name, method in (("add", "add"), ("subtract", "sub"), ("sub", "sub")):
         if name in namespace:
-            out[name] = _alpha_form(namespace[name], method)
+            out[name] = _alpha_form(namespace[name], method, old_order=name != "subtract")
     for name in ("concatenate", "cat", "stack", "expand_dims", "unsqueeze"):
         if name in namespace:
             out[name] = _axis_alias(namespace[name])

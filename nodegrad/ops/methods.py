@@ -9,6 +9,7 @@ backward that saved the old value then refuses (as PyTorch's version counter doe
 
 from __future__ import annotations
 
+import warnings
 from collections import namedtuple
 
 from .. import _backend as B
@@ -283,7 +284,11 @@ def _inplace(op, name):
     ufunc = _UFUNCS[op.name]
     scaled = op.name in ("add", "subtract")  # x.add_(y, alpha=a): PyTorch's x ± a·y
 
-    def method(self, other, *, alpha=1):
+    def method(self, other, *rest, alpha=1):
+        if rest and scaled:  # x.add_(alpha, other), PyTorch's deprecated order
+            alpha, (other,) = _alpha_first(name, other, rest, alpha)
+        elif rest:
+            raise TypeError(f"{name}: takes 1 positional operand, got {1 + len(rest)}")
         if alpha != 1:
             if not scaled:
                 raise TypeError(f"{name}: unexpected keyword argument 'alpha'")
@@ -482,6 +487,21 @@ def _r(op):
     return lambda self, other: op(other, self)
 
 
+def scalar_first(name: str, first, rest: tuple, keyword: str) -> tuple:
+    """PyTorch's deprecated overloads that put the scale first, as code written before
+    PyTorch 1.5 does (``p.add_(-lr, grad)``, ``v.addcmul_(1 - beta2, g, g)``): ``(scale,
+    operands)`` with PyTorch's warning; ``(None, (first,))`` when no operand follows."""
+    if not rest:
+        return None, (first,)
+    if not isinstance(first, int | float | complex) or isinstance(first, bool):
+        raise TypeError(f"{name}: takes the scale as the keyword {keyword}=; got "
+                        f"{1 + len(rest)} positional operands")
+    warnings.warn(f"This overload of {name} is deprecated: {name}(Number {keyword}, Tensor "
+                  f"...); use {name}(Tensor ..., *, Number {keyword}=...)", UserWarning,
+                  stacklevel=4)  # the caller of add_ / addcmul
+    return first, rest
+
+
 def scaled(name: str, base, other, alpha):
     """``alpha · other`` for PyTorch's ``base ± alpha · other`` (add, sub, rsub): a float
     alpha is refused for integer operands; a number ``other`` times a number ``alpha`` stays a
@@ -496,9 +516,20 @@ def scaled(name: str, base, other, alpha):
     return E.multiply(other, alpha)
 
 
+def _alpha_first(name: str, first, rest: tuple, alpha) -> tuple:
+    """``(alpha, (other,))`` from ``add(alpha, other)``, the deprecated order."""
+    if alpha != 1 or len(rest) != 1:
+        raise TypeError(f"{name}: expected (other, *, alpha=1) or the deprecated "
+                        f"(alpha, other); got {1 + len(rest)} positional operands"
+                        + (f" and alpha={alpha!r}" if alpha != 1 else ""))
+    return scalar_first(name, first, rest, "alpha")
+
+
 def _with_alpha(op, name: str):
     """``x.add(y, alpha=a)``/``x.sub(y, alpha=a)``: PyTorch's ``x ± a·y``."""
-    def method(self, other, *, alpha=1):
+    def method(self, other, *rest, alpha=1):
+        if rest:  # x.add(alpha, other), PyTorch's deprecated order
+            alpha, (other,) = _alpha_first(name, other, rest, alpha)
         if alpha == 1:
             return op(self, other)
         return op(self, scaled(name, self, other, alpha))
@@ -734,3 +765,20 @@ def _at(self) -> IndexUpdateHelper:
 
 
 Tensor.at = property(_at)
+
+
+def _volatile(self) -> bool:
+    """PyTorch's removed ``Variable.volatile``: always False, with PyTorch's warning."""
+    warnings.warn("volatile was removed (Variable.volatile is always False)", UserWarning,
+                  stacklevel=2)
+    return False
+
+
+def _set_volatile(self, value) -> None:
+    """Setting ``volatile`` (the 2017 DQN tutorial's ``v.volatile = False``) does nothing, with
+    PyTorch's warning: use ``no_grad()``."""
+    warnings.warn("volatile was removed and now has no effect. Use `with nodegrad.no_grad():` "
+                  "instead.", UserWarning, stacklevel=2)
+
+
+Tensor.volatile = property(_volatile, _set_volatile)

@@ -29,6 +29,7 @@ from . import linalg as L
 from . import reduce as R
 from . import scan as C
 from . import shape as S
+from .methods import scalar_first
 
 __all__: list[str] = [
     "t", "mm", "bmm", "mv", "dot", "vdot", "inner", "ger", "addmm", "addmv", "addbmm",
@@ -290,14 +291,29 @@ def addr(input, vec1, vec2, *, beta=1, alpha=1) -> Tensor:
     return _add_scaled("addr", a, L.outer(v1, v2), beta, alpha)
 
 
-def addcmul(input, tensor1, tensor2, *, value=1) -> Tensor:
+def _value_first(name: str, tensor1, tensor2, rest: tuple, value) -> tuple:
+    """``(tensor1, tensor2, value)``, also from PyTorch's deprecated ``(value, tensor1,
+    tensor2)`` order that code before PyTorch 1.5 writes (``v.addcmul_(1 - b2, g, g)``)."""
+    if not rest:
+        return tensor1, tensor2, value
+    if value != 1 or len(rest) != 1:
+        raise TypeError(f"{name}: expected (input, tensor1, tensor2, *, value=1) or the "
+                        f"deprecated (input, value, tensor1, tensor2); got {2 + len(rest)} "
+                        "operands after input" + (f" and value={value!r}" if value != 1 else ""))
+    value, (tensor1, tensor2) = scalar_first(name, tensor1, (tensor2, *rest), "value")
+    return tensor1, tensor2, value
+
+
+def addcmul(input, tensor1, tensor2, *rest, value=1) -> Tensor:
     """input + value·tensor1·tensor2 (all three broadcast)."""
+    tensor1, tensor2, value = _value_first("addcmul", tensor1, tensor2, rest, value)
     return _t(input) + _scaled(_t(tensor1), value) * _t(tensor2)
 
 
-def addcdiv(input, tensor1, tensor2, *, value=1) -> Tensor:
+def addcdiv(input, tensor1, tensor2, *rest, value=1) -> Tensor:
     """input + value·tensor1/tensor2 (all three broadcast); two integer operands are refused,
     as in PyTorch (integer division there once truncated)."""
+    tensor1, tensor2, value = _value_first("addcdiv", tensor1, tensor2, rest, value)
     a, b = _t(tensor1), _t(tensor2)
     if a.dtype.kind in "iub" and b.dtype.kind in "iub":
         raise DTypeError(f"addcdiv: integer tensor1 and tensor2 ({a.dtype}, {b.dtype}) are not "
