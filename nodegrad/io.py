@@ -331,6 +331,16 @@ def _bfloat16_entry(path: Path, header: dict, key: str):
     return np.frombuffer(raw, dtype="<u2").view(B.bfloat16).reshape(entry["shape"]).copy()
 
 
+def _mapped(mapper, key: str, t: Tensor) -> Tensor:
+    """``mapper(t, "cpu")``, ``torch.load``'s callable ``map_location``, which must give a
+    tensor."""
+    out = mapper(t, "cpu")
+    if not isinstance(out, Tensor):
+        raise TypeError(f"load: map_location returned {type(out).__name__} for {key!r}; it "
+                        "must return a tensor (lambda storage, loc: storage keeps it)")
+    return out
+
+
 def load(path: str | os.PathLike | BinaryIO, device=None, with_metadata: bool = False, *,
          bfloat16_as_float32: bool = False, map_location=None, weights_only: bool = True):
     """Load a safetensors file into a dict of tensors (and the metadata, if asked).
@@ -342,17 +352,23 @@ def load(path: str | os.PathLike | BinaryIO, device=None, with_metadata: bool = 
     ``bfloat16_as_float32=True`` gives them as float32 instead (exact: bfloat16 is float32's
     top 16 bits), as nodegrad read them before it had bfloat16.
 
-    ``map_location`` (a device name, ``torch.load``'s keyword) is ``device``;
+    ``map_location`` (a device name, ``torch.load``'s keyword) is ``device``; a callable
+    (``lambda storage, loc: storage``, as code written for ``torch.load`` passes it) is called
+    with each tensor, read onto the CPU, and ``"cpu"``, and must return a tensor to keep;
     ``weights_only`` is taken as ``torch.load`` takes it and changes nothing: nodegrad never
     unpickles, and its nested checkpoints are read the same way either way."""
     from safetensors import safe_open
 
+    mapper = None
     if map_location is not None:
         if device is not None:
             raise TypeError("load: pass device or map_location, not both")
-        if callable(map_location) or isinstance(map_location, Mapping):
-            raise TypeError(f"load: map_location must name a device (e.g. 'cpu', 'cuda:0'), "
-                            f"got {type(map_location).__name__}")
+        if callable(map_location) and not isinstance(map_location, Mapping | str):
+            mapper, map_location = map_location, None
+        elif isinstance(map_location, Mapping):
+            raise TypeError(f"load: map_location must name a device (e.g. 'cpu', 'cuda:0') "
+                            f"or be a function of (tensor, location), got "
+                            f"{type(map_location).__name__}")
         device = map_location
     del weights_only  # never unpickles: the answer is the same either way
     if _is_file_object(path, "read"):
@@ -363,7 +379,8 @@ def load(path: str | os.PathLike | BinaryIO, device=None, with_metadata: bool = 
         with tempfile.TemporaryDirectory() as folder:
             tmp = Path(folder) / "checkpoint.safetensors"
             tmp.write_bytes(bytes(data))
-            return load(tmp, device, with_metadata, bfloat16_as_float32=bfloat16_as_float32)
+            return load(tmp, device, with_metadata, bfloat16_as_float32=bfloat16_as_float32,
+                        map_location=mapper)
 
     path = Path(path)
     if not path.exists():
@@ -414,6 +431,8 @@ def load(path: str | os.PathLike | BinaryIO, device=None, with_metadata: bool = 
                                   f"unreadable ({e!r})") from e
     be = B.get_backend(device)
     tensors = {k: Tensor(be.asarray(v)) for k, v in out.items()}
+    if mapper is not None:
+        tensors = {k: _mapped(mapper, k, t) for k, t in tensors.items()}
     if _ALIAS_KEY in meta:
         try:
             aliases = json.loads(meta.pop(_ALIAS_KEY))

@@ -233,4 +233,6 @@ def test_a_nested_checkpoint_saves_and_loads_as_torch_save_does(tmp_path):
     with pytest.raises(TypeError, match="'model/x' is object"):
         ng.save({"model": {"x": object()}}, tmp_path / "bad.pt")
     with pytest.raises(TypeError, match="map_location must name a device"):
-        ng.load(tmp_path / "ckpt.pt", map_location=lambda s, loc: s)
+        ng.load(tmp_path / "ckpt.pt", map_location={"cuda:0": "cpu"})
+    kept = ng.load(tmp_path / "ckpt.pt", map_location=lambda storage, loc: storage)
+    assert kept["epoch"] == 3  # torch.load's way of reading a GPU checkpoint on a CPU
