@@ -55,7 +55,7 @@ from . import slicing as _slicing
 from . import special as _special
 from .complex import (adjoint, angle, conj, conj_physical, imag, is_conj, is_neg, real,
                       resolve_conj, resolve_neg, view_as_complex, view_as_real)
-from .methods import fits_memory_format, register, scaled
+from .methods import fits_memory_format, inplace_source as _alias, register, scaled
 
 _Number = int | float | bool
 
@@ -338,17 +338,6 @@ _METHODS: dict[str, Callable] = {
 
 
 # === in-place forms =============================================================================
-def _alias(self: Tensor) -> Tensor:
-    """Another handle on the same value and graph position, with its own version counter: what
-    an in-place op recorded on ``self`` computes from. Of a tensor outside the graph, a copy:
-    its memory takes the result afterwards (``Tensor._rebound``), so no node saves memory that
-    changes under it."""
-    d = self._data
-    if self.node is None and not self.requires_grad:
-        d = d.copy()
-    return Tensor(d, self.node, self.requires_grad)
-
-
 def _any_requires_grad(args: tuple, kwargs: dict) -> bool:
     for a in (*args, *kwargs.values()):
         if isinstance(a, Tensor):

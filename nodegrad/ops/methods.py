@@ -262,7 +262,7 @@ def _rebind(self, result: Tensor) -> Tensor:
     return self
 
 
-def _alias(self) -> Tensor:
+def inplace_source(self) -> Tensor:
     """Another handle on the same value and graph position, with its own version counter: what
     an in-place op recorded on ``self`` computes from. Of a tensor outside the graph, a copy:
     its memory takes the result afterwards (``Tensor._rebound``), so no node saves memory that
@@ -305,7 +305,7 @@ def _inplace(op, name):
             if self.node is None and self.requires_grad:
                 raise GradError(f"{name}: a leaf tensor that requires grad cannot be changed in "
                                 "place while recording; wrap the update in nodegrad.no_grad()")
-            result = op(_alias(self), other)
+            result = op(inplace_source(self), other)
             I.write_through(self, result, name)
             return _rebind(self, result)
         rec = recording()
@@ -386,7 +386,7 @@ def _setitem(self, index, value):
                             "place while recording; wrap the update in nodegrad.no_grad()")
         if isinstance(value, Tensor) and value.dtype != self.dtype:
             value = E.astype(value, self.dtype)  # PyTorch copies the value in x's dtype
-        result = I.index_update(_alias(self), index, value)
+        result = I.index_update(inplace_source(self), index, value)
         I.write_through(self, result, "setitem")
         _rebind(self, result)
         return
