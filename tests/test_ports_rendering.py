@@ -1775,7 +1775,6 @@ def augmented_hash(lib):
     return [grid, b, f]
 
 
-@pytest.mark.xfail(strict=True, reason="fix pending in nodegrad/ops/aliases.py")
 @pytest.mark.usefixtures("float64_one_thread")
 def test_augmented_assignments_change_the_tensor_in_place_as_pytorch():
     both(augmented_hash)

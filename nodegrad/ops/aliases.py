@@ -1604,6 +1604,15 @@ def _install() -> list:
         if name not in more and hasattr(Tensor, name[:-1]) and not hasattr(Tensor, name):
             more[name] = _inplace_method(name)
     register(more)
+    # the augmented assignments PyTorch does in place (``h ^= k * prime``, ``i //= 2``), as its
+    # in-place methods: without them Python rebinds the name to a new tensor, and a view of
+    # the tensor, or another name for it, keeps the old values
+    augmented = {"__ifloordiv__": "floor_divide_", "__imod__": "remainder_", "__ipow__": "pow_",
+                 "__iand__": "bitwise_and_", "__ior__": "bitwise_or_",
+                 "__ixor__": "bitwise_xor_", "__ilshift__": "bitwise_left_shift_",
+                 "__irshift__": "bitwise_right_shift_"}
+    register({k: getattr(Tensor, m) for k, m in augmented.items()
+              if hasattr(Tensor, m) and not hasattr(Tensor, k)})
     for name in ("zero_", "fill_", "copy_"):
         setattr(Tensor, name, _assigning(name))
 

@@ -17,7 +17,7 @@ from ..autodiff import mode
 from ..batching import BatchTracer, rebind_batched, recording, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
-from ..primitive import Primitive, bind
+from ..primitive import Primitive, bind, int_range_error
 from ..tensor import Tensor, check_layout
 from . import elementwise as E
 from . import index as I
@@ -326,6 +326,9 @@ def _inplace(op, name):
             return self
         be = self.backend
         o = other._data if isinstance(other, Tensor) else other
+        if type(o) is int and self.dtype.kind in "iu" and not (
+                B.np.iinfo(self.dtype).min <= o <= B.np.iinfo(self.dtype).max):
+            raise int_range_error(name, o, self.dtype)  # PyTorch wraps (README: refused)
         if B.is_array(o):
             if B.backend_of(o) is not be:
                 raise DeviceError(f"{name}: operands are on different devices "
