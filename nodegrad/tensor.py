@@ -186,9 +186,13 @@ class Tensor:
     @data.setter
     def data(self, value) -> None:
         """``t.data = other``: ``t`` takes ``other``'s memory (a tensor's, or an array), shape
-        and dtype, keeping its place in the graph and its ``requires_grad``, as PyTorch's."""
+        and dtype, keeping its place in the graph and its ``requires_grad``, as PyTorch's.
+        A plain tensor ``other`` then follows ``t`` when that memory moves (an optimiser
+        gathers a Parameter into its flat buffer), as it shares PyTorch's storage (SAM's
+        ``p.data = old_p``, then a step that ``old_p`` sees)."""
+        other = None
         if isinstance(value, Tensor):
-            value = value._data
+            other, value = value, value._data
         elif not B.is_array(value):
             raise TypeError(f"data: expected a Tensor (or an array), got {type(value).__name__}")
         self._data = value
@@ -202,6 +206,11 @@ class Tensor:
                 if entry is not None and (entry[0]() if entry[1] is None else entry[0]) is self:
                     v._view = None
             self._version = None
+        if (other is not None and type(other) is Tensor and other.node is None
+                and getattr(other, "_view", None) is None
+                and (other._version is None or len(other._version) == 1)
+                and (self.node is not None or type(self).memory_moves)):
+            self._add_alias(other)  # listed like a detach(): it follows this tensor's memory
 
     # --- metadata -------------------------------------------------------------------------
     @property

@@ -1565,8 +1565,7 @@ def centernet_head(lib, num_classes=2):
                                     nn.Conv2d(8, num_classes, 1)),
                 "wh": nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True),
                                     nn.Conv2d(8, 2, 1))})
-            with lib.no_grad():  # CenterNet: .bias.data.fill_ (.data is the raw array here)
-                self.heads["hm"][-1].bias.fill_(-2.19)
+            self.heads["hm"][-1].bias.data.fill_(-2.19)
 
         def forward(self, x):
             x = self.base(x)

@@ -371,9 +371,8 @@ def wgan_clip_program(lib):
         for p in netD.parameters():
             p.requires_grad = True
         for i in range(3):
-            with lib.no_grad():  # ``p.data.clamp_``: nodegrad's ``.data`` is the raw array
-                for p in netD.parameters():
-                    p.clamp_(clamp_lower, clamp_upper)
+            for p in netD.parameters():
+                p.data.clamp_(clamp_lower, clamp_upper)
             netD.zero_grad()
             errD_real = netD(data[8 * i:8 * i + 8]).mean(0).view(1)
             fake = netG(noise[k]).detach()
@@ -632,15 +631,14 @@ def vq_nets(lib, ema: bool, by: str):
             if self.training:
                 embed_onehot_sum = embed_onehot.sum(0)
                 embed_sum = flatten.transpose(0, 1) @ embed_onehot
-                with lib.no_grad():  # rosinality writes ``self.cluster_size.data.mul_(...)``
-                    self.cluster_size.mul_(self.decay).add_(embed_onehot_sum,
-                                                            alpha=1 - self.decay)
-                    self.embed_avg.mul_(self.decay).add_(embed_sum, alpha=1 - self.decay)
-                    n = self.cluster_size.sum()
-                    cluster_size = ((self.cluster_size + self.eps)
-                                    / (n + self.n_embed * self.eps) * n)
-                    embed_normalized = self.embed_avg / cluster_size.unsqueeze(0)
-                    self.embed.copy_(embed_normalized)
+                self.cluster_size.data.mul_(self.decay).add_(embed_onehot_sum,
+                                                             alpha=1 - self.decay)
+                self.embed_avg.data.mul_(self.decay).add_(embed_sum, alpha=1 - self.decay)
+                n = self.cluster_size.sum()
+                cluster_size = ((self.cluster_size + self.eps)
+                                / (n + self.n_embed * self.eps) * n)
+                embed_normalized = self.embed_avg / cluster_size.unsqueeze(0)
+                self.embed.data.copy_(embed_normalized)
             diff = (quantize.detach() - input).pow(2).mean()
             quantize = input + (quantize - input).detach()
             return quantize.permute(0, 3, 1, 2), diff, embed_ind
@@ -714,8 +712,7 @@ def pixelcnn(lib, levels: int = 4):
         def __init__(self, mask_type, *args, **kwargs):
             super().__init__(*args, **kwargs)
             assert mask_type in {"A", "B"}
-            # ``self.weight.data.clone()`` in the original: nodegrad's ``.data`` is the array
-            self.register_buffer("mask", self.weight.detach().clone())
+            self.register_buffer("mask", self.weight.data.clone())
             _, _, kH, kW = self.weight.size()
             self.mask.fill_(1)
             self.mask[:, :, kH // 2, kW // 2 + (mask_type == "B"):] = 0
@@ -989,18 +986,15 @@ def ebm_program(lib):
         had_gradients_enabled = lib.is_grad_enabled()
         lib.set_grad_enabled(True)
         for i in range(steps):
-            with lib.no_grad():  # ``inp_imgs.data.add_(noise.data)`` in the tutorial
-                inp_imgs.add_(noises[i])
-                inp_imgs.clamp_(min=-1.0, max=1.0)
+            inp_imgs.data.add_(noises[i].data)
+            inp_imgs.data.clamp_(min=-1.0, max=1.0)
             out_imgs = -model(inp_imgs)
             out_imgs.sum().backward()
-            inp_imgs.grad.clamp_(-0.03, 0.03)
-            with lib.no_grad():
-                inp_imgs.add_(-step_size * inp_imgs.grad)
+            inp_imgs.grad.data.clamp_(-0.03, 0.03)
+            inp_imgs.data.add_(-step_size * inp_imgs.grad.data)
             inp_imgs.grad.detach_()
             inp_imgs.grad.zero_()
-            with lib.no_grad():
-                inp_imgs.clamp_(min=-1.0, max=1.0)
+            inp_imgs.data.clamp_(min=-1.0, max=1.0)
         for p in model.parameters():
             p.requires_grad = True
         model.train(is_training)
@@ -1227,8 +1221,7 @@ def vq_function_program(lib):
         def __init__(self, K, D):
             super().__init__()
             self.embedding = nn.Embedding(K, D)
-            # ``self.embedding.weight.data.uniform_(...)`` in the original (``.data`` is an array)
-            nn.init.uniform_(self.embedding.weight.data, -1.0 / K, 1.0 / K)
+            self.embedding.weight.data.uniform_(-1.0 / K, 1.0 / K)
 
         def forward(self, z_e_x):
             z_e_x_ = z_e_x.permute(0, 2, 3, 1).contiguous()
@@ -1407,8 +1400,8 @@ def glow(lib):
                 # (ddof=0), ``dim=`` PyTorch's (N - 1), as documented
                 std = (flatten.std(dim=1).unsqueeze(1).unsqueeze(2).unsqueeze(3)
                        .permute(1, 0, 2, 3))
-                self.loc.copy_(-mean)  # ``self.loc.data.copy_(-mean)`` in the original
-                self.scale.copy_(1 / (std + 1e-6))
+                self.loc.data.copy_(-mean)
+                self.scale.data.copy_(1 / (std + 1e-6))
 
         def forward(self, input):
             _, _, height, width = input.shape
@@ -1467,8 +1460,8 @@ def glow(lib):
         def __init__(self, in_channel, out_channel):
             super().__init__()
             self.conv = nn.Conv2d(in_channel, out_channel, 3, padding=0)
-            nn.init.zeros_(self.conv.weight.data)  # ``.data.zero_()`` in the original
-            nn.init.zeros_(self.conv.bias.data)
+            self.conv.weight.data.zero_()
+            self.conv.bias.data.zero_()
             self.scale = nn.Parameter(lib.zeros(1, out_channel, 1, 1))
 
         def forward(self, input):

@@ -20,9 +20,6 @@ torch = pytest.importorskip("torch")
 
 TOL = 1e-10
 
-# ``.data`` is the raw array: the lectures' update ``p.data += -lr * p.grad`` takes NumPy's
-# in-place operators, which read the Tensor's values (Tensor.__array_ufunc__)
-
 
 def _np(t) -> np.ndarray:
     return np.asarray(t.detach().cpu().numpy())
@@ -974,10 +971,8 @@ def _layers_script(lib, steps=4, n=16):
         lr = 0.1
         for p in parameters:
             p.data += -lr * p.grad
-        with lib.no_grad():  # the lecture's p.data.std(): .data is the raw array here, whose
-            # .std() is NumPy's (N); the tensor's is PyTorch's (N - 1), as torch's p.data
-            ud.append([((lr * p.grad).std() / p.detach().std()).log10().item()
-                       for p in parameters])
+        with lib.no_grad():
+            ud.append([((lr * p.grad).std() / p.data.std()).log10().item() for p in parameters])
         rec.append(loss.item())
     rec.append(ud)
     # the lecture's activation and gradient statistics per Tanh layer

@@ -90,10 +90,9 @@ def gcn_dense_build(lib):
             self.weight = nn.Parameter(lib.empty(in_features, out_features))
             self.bias = nn.Parameter(lib.empty(out_features)) if bias else None
             stdv = 1.0 / self.weight.size(1) ** 0.5
-            with lib.no_grad():  # pygcn's ``weight.data.uniform_``: ``.data`` is the array here
-                self.weight.uniform_(-stdv, stdv)
-                if self.bias is not None:
-                    self.bias.uniform_(-stdv, stdv)
+            self.weight.data.uniform_(-stdv, stdv)
+            if self.bias is not None:
+                self.bias.data.uniform_(-stdv, stdv)
 
         def forward(self, x, adj):
             support = lib.mm(x, self.weight)
@@ -735,8 +734,7 @@ def kge_build(lib, kind, p_norm):
             bound = 6.0 / hidden_channels ** 0.5
             nn.init.uniform_(self.node_emb.weight, -bound, bound)
             nn.init.uniform_(self.rel_emb.weight, -bound, bound)
-            with lib.no_grad():  # PyG: rel_emb.weight.data = F.normalize(...)
-                self.rel_emb.weight.copy_(F.normalize(self.rel_emb.weight, p=p_norm, dim=-1))
+            self.rel_emb.weight.data = F.normalize(self.rel_emb.weight.data, p=p_norm, dim=-1)
 
         def forward(self, head_index, rel_type, tail_index):
             head = self.node_emb(head_index)
@@ -783,7 +781,7 @@ def test_knowledge_graph_embeddings(kind, p_norm):
 
 def test_assigning_a_tensor_to_a_parameters_data_takes_its_values():
     """TransE's ``w.data = F.normalize(w)``: a parameter takes the tensor's values, as
-    PyTorch's (``.data`` reads as the raw array, documented)."""
+    PyTorch's."""
     emb = ng.nn.Embedding(4, 3)
     unit = ng.nn.functional.normalize(emb.weight, p=2, dim=-1)
     emb.weight.data = unit

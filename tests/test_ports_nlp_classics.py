@@ -488,8 +488,8 @@ def names_rnn(lib, epochs=2):
             output, hidden = rnn(line_tensor[i], hidden)
         loss = criterion(output, category_tensor)
         loss.backward()
-        for p in rnn.parameters():  # ``.data`` is the array: the in-place operator form
-            p.data += -learning_rate * p.grad
+        for p in rnn.parameters():
+            p.data.add_(p.grad.data, alpha=-learning_rate)
         return output, loss.item()
 
     def categoryFromOutput(output):
@@ -765,9 +765,8 @@ def matrix_factorization(lib, epochs=4, batch=10):
                 self.item_factors = lib_.nn.Embedding(n_items, n_factors)
                 self.user_bias = lib_.nn.Embedding(n_users, 1)
                 self.item_bias = lib_.nn.Embedding(n_items, 1)
-                with lib_.no_grad():  # ``.data`` is the raw array in nodegrad
-                    self.user_factors.weight.uniform_(0, 0.05)
-                    self.item_factors.weight.uniform_(0, 0.05)
+                self.user_factors.weight.data.uniform_(0, 0.05)
+                self.item_factors.weight.data.uniform_(0, 0.05)
                 lib_.nn.init.zeros_(self.user_bias.weight)
                 lib_.nn.init.zeros_(self.item_bias.weight)
 
@@ -923,10 +922,9 @@ def text_classification(lib, EPOCHS=3, BATCH_SIZE=3):
 
             def init_weights(self):
                 initrange = 0.5
-                with lib_.no_grad():  # ``.data`` is the raw array in nodegrad
-                    self.embedding.weight.uniform_(-initrange, initrange)
-                    self.fc.weight.uniform_(-initrange, initrange)
-                    self.fc.bias.zero_()
+                self.embedding.weight.data.uniform_(-initrange, initrange)
+                self.fc.weight.data.uniform_(-initrange, initrange)
+                self.fc.bias.data.zero_()
 
             def forward(self, text, offsets):
                 embedded = self.embedding(text, offsets)

@@ -206,7 +206,7 @@ def train_pointnet2(lib):
         loss = lib.nn.functional.nll_loss(seg_pred, target.view(-1, 1)[:, 0])
         loss.backward()
         opt.step()
-        pred_choice = seg_pred.detach().max(1)[1]  # .data is the raw array in nodegrad
+        pred_choice = seg_pred.data.max(1)[1]
         correct = pred_choice.eq(target.view(-1, 1)[:, 0]).cpu().sum()
         rec.append({"loss": loss, "correct": correct, "g": grads(model)})
     model.eval()
@@ -1351,7 +1351,7 @@ def F_leaky(lib, x):
 
 def weights_init(lib, m):
     """PointNet++'s train script's initialiser, its deterministic part: biases zeroed through
-    ``.data`` (the raw array in nodegrad, which ``nn.init`` takes)."""
+    ``.data``."""
     classname = m.__class__.__name__
     if classname.find("Conv2d") != -1 or classname.find("Conv1d") != -1:
         lib.nn.init.constant_(m.bias.data, 0.0) if m.bias is not None else None

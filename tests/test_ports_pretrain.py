@@ -235,20 +235,17 @@ def bert_classes(lib, act="gelu", attn="eager"):
             self.tie_weights()
 
         def _init_weights(self, module):
-            # ``module.weight.data.normal_(...)`` in the original: ``.data`` is the raw array in
-            # nodegrad (documented), so the in-place initialisers take it instead
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight.data, mean=0.0, std=0.02)
+                module.weight.data.normal_(mean=0.0, std=0.02)
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias.data)
+                    module.bias.data.zero_()
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight.data, mean=0.0, std=0.02)
+                module.weight.data.normal_(mean=0.0, std=0.02)
                 if module.padding_idx is not None:
-                    with lib.no_grad():
-                        module.weight[module.padding_idx].zero_()
+                    module.weight.data[module.padding_idx].zero_()
             elif isinstance(module, nn.LayerNorm):
-                nn.init.zeros_(module.bias.data)
-                nn.init.ones_(module.weight.data)
+                module.bias.data.zero_()
+                module.weight.data.fill_(1.0)
 
         def tie_weights(self):
             self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
@@ -263,12 +260,10 @@ def bert_classes(lib, act="gelu", attn="eager"):
             new.to(old.weight.device, dtype=old.weight.dtype)
             self._init_weights(new)
             n = min(old_num, new_num_tokens)
-            with lib.no_grad():
-                new.weight.data[:n, :] = old.weight.data[:n, :]
+            new.weight.data[:n, :] = old.weight.data[:n, :]
             added = new_num_tokens - old_num
             if added > 0:  # ``_init_added_embeddings_weights_with_mean``
-                # ``old.weight.data.to(torch.float32)`` there: ``.data`` is an array here
-                old_embeddings_weight = old.weight.detach().to(lib.float32)
+                old_embeddings_weight = old.weight.data.to(lib.float32)
                 mean_embeddings = lib.mean(old_embeddings_weight, axis=0)
                 old_centered = old_embeddings_weight - mean_embeddings
                 covariance = old_centered.T @ old_centered / old_num

@@ -62,10 +62,8 @@ def matrix_factorization(lib, explicit_l2: bool, opt_name: str = "SGD"):
             self.item_emb = nn.Embedding(num_items, emb_size)
             self.item_bias = nn.Embedding(num_items, 1)
             self.global_bias = nn.Parameter(lib.zeros(1))
-            # ``weight.data.uniform_`` in the original (``.data`` is the raw array here)
-            with lib.no_grad():
-                self.user_emb.weight.uniform_(0, 0.05)
-                self.item_emb.weight.uniform_(0, 0.05)
+            self.user_emb.weight.data.uniform_(0, 0.05)
+            self.item_emb.weight.data.uniform_(0, 0.05)
             nn.init.uniform_(self.user_bias.weight, -0.01, 0.01)
             nn.init.uniform_(self.item_bias.weight, -0.01, 0.01)
 

@@ -1057,8 +1057,7 @@ def rainbow(lib, steps: int = 4):
 
         def reset_parameters(self):
             mu_range = 1 / np.sqrt(self.in_features)
-            self.weight_mu.data.uniform_(-mu_range, mu_range) if lib is torch else \
-                nn.init.uniform_(self.weight_mu, -mu_range, mu_range)
+            self.weight_mu.data.uniform_(-mu_range, mu_range)
             nn.init.constant_(self.weight_sigma, self.std_init / np.sqrt(self.in_features))
             nn.init.uniform_(self.bias_mu, -mu_range, mu_range)
             nn.init.constant_(self.bias_sigma, self.std_init / np.sqrt(self.out_features))

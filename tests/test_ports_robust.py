@@ -7,9 +7,8 @@ products for influence functions (LiSSA, CG), PyHessian, TracIn; SAM, Lookahead,
 temperature scaling and ECE; distillation, mixup / CutMix, label smoothing, MC dropout) is
 written once against a library ``lib`` (``torch`` or ``nodegrad``). Both runs start from the
 same seeded weights; random draws are made with PyTorch and the same arrays fed to both, so
-losses, gradients, perturbations and weights agree in float64 step by step. Where a program
-used ``.data`` as a tensor (``x.grad.data.sign()``, ``p.data.add_(...)``), it is written the
-documented way here (``.data`` is the raw array): ``x.grad``, or ``with no_grad():``.
+losses, gradients, perturbations and weights agree in float64 step by step; ``.data`` is
+written as the programs write it (``x.grad.data``, ``p.data.add_(...)``, ``delta.data = ...``).
 """
 
 from __future__ import annotations
@@ -117,7 +116,7 @@ def fgsm_tutorial(lib):
             loss = F.nll_loss(output, target)
             model.zero_grad()
             loss.backward()
-            data_grad = data.grad  # the tutorial's ``data.grad.data``: the raw array here
+            data_grad = data.grad.data
             data_denorm = denorm(lib, data)
             perturbed_data = fgsm_attack(lib, data_denorm, epsilon, data_grad)
             perturbed_data_normalized = (perturbed_data - MEAN) / STD
@@ -156,7 +155,7 @@ def pgd_linf(lib, model, X, y, epsilon, alpha, num_iter, randomize=None):
     for _ in range(num_iter):
         loss = nn.CrossEntropyLoss()(model(X + delta), y)
         loss.backward()
-        delta.data = (delta + alpha * delta.grad.detach().sign()).clamp(-epsilon, epsilon).data
+        delta.data = (delta + alpha * delta.grad.detach().sign()).clamp(-epsilon, epsilon)
         delta.grad.zero_()
     return delta.detach()
 
@@ -168,7 +167,7 @@ def pgd_l2(lib, model, X, y, epsilon, alpha, num_iter):
         loss = nn.CrossEntropyLoss()(model(X + delta), y)
         loss.backward()
         delta.data += alpha * delta.grad.detach() / norms(delta.grad.detach())
-        delta.data = lib.min(lib.max(delta.detach(), -X), 1 - X).data  # clip X+delta to [0,1]
+        delta.data = lib.min(lib.max(delta.detach(), -X), 1 - X)  # clip X+delta to [0,1]
         delta.data *= epsilon / norms(delta.detach()).clamp(min=epsilon)
         delta.grad.zero_()
     return delta.detach()
@@ -234,13 +233,13 @@ def fast_at(lib):
         X, y = X_all[4 * (step % 2):4 * (step % 2) + 4], y_all[4 * (step % 2):4 * (step % 2) + 4]
         u = lib.tensor(draws(tuple(delta.shape), "uniform", seed=10 + step))
         delta.data = (u * 2 * epsilon - epsilon).data
-        delta.data = clamp(lib, delta, lower_limit - X, upper_limit - X).data
+        delta.data = clamp(lib, delta, lower_limit - X, upper_limit - X)
         delta.requires_grad = True
         output = model(X + delta[:X.size(0)])
         loss = F.cross_entropy(output, y)
         loss.backward()
         grad = delta.grad.detach()
-        delta.data = clamp(lib, delta + alpha * lib.sign(grad), -epsilon, epsilon).data
+        delta.data = clamp(lib, delta + alpha * lib.sign(grad), -epsilon, epsilon)
         delta.data[:X.size(0)] = clamp(lib, delta[:X.size(0)], lower_limit - X, upper_limit - X)
         delta = delta.detach()
         output = model(clamp(lib, X + delta[:X.size(0)], lower_limit, upper_limit))
@@ -293,10 +292,9 @@ def trades_loss(lib, model, x_natural, y, optimizer, noise, step_size=0.003, eps
             if (grad_norms == 0).any():
                 delta.grad[grad_norms == 0] = lib.randn_like(delta.grad[grad_norms == 0])
             optimizer_delta.step()
-            with lib.no_grad():  # the repository's ``delta.data.add_(...)``: .data is an array
-                delta.add_(x_natural)
-                delta.clamp_(0, 1).sub_(x_natural)
-                delta.renorm_(p=2, dim=0, maxnorm=epsilon)
+            delta.data.add_(x_natural)
+            delta.data.clamp_(0, 1).sub_(x_natural)
+            delta.data.renorm_(p=2, dim=0, maxnorm=epsilon)
         x_adv = Variable(x_natural + delta, requires_grad=False)
     model.train()
     x_adv = Variable(lib.clamp(x_adv, 0.0, 1.0), requires_grad=False)
@@ -331,8 +329,8 @@ def test_trades(distance):
 
 def test_variable_is_a_detached_leaf():
     """``Variable(t)`` is ``t.detach()`` with ``requires_grad`` as asked (PyTorch's legacy
-    constructor), so TRADES' ``Variable(x_natural + delta)`` cuts the graph; a raw array
-    (``Variable(p.data)``, ``.data`` being the array here) shares its memory."""
+    constructor), so TRADES' ``Variable(x_natural + delta)`` cuts the graph, and
+    ``Variable(p.data)`` shares p's memory."""
     for lib in (torch, ng):
         a = lib.ones(3, requires_grad=True)
         b = a * 2
@@ -546,7 +544,7 @@ class GuidedBackprop:
         one_hot_output = self.lib.zeros(1, model_output.size()[-1])
         one_hot_output[0][target_class] = 1
         model_output.backward(gradient=one_hot_output)
-        return input_image.grad.data[0] if self.lib is torch else input_image.grad[0]
+        return input_image.grad.data[0]
 
 
 def guided(lib):
@@ -706,7 +704,7 @@ def sam_class(lib):
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    self.state[p]["old_p"] = p.detach().clone()  # the repository: p.data.clone()
+                    self.state[p]["old_p"] = p.data.clone()
                     e_w = (lib.pow(p, 2) if group["adaptive"] else 1.0) * p.grad * scale.to(p)
                     p.add_(e_w)  # climb to the local maximum "w + e(w)"
             if zero_grad:
@@ -718,7 +716,7 @@ def sam_class(lib):
                 for p in group["params"]:
                     if p.grad is None:
                         continue
-                    p.data = self.state[p]["old_p"].data  # get back to "w" from "w + e(w)"
+                    p.data = self.state[p]["old_p"]  # get back to "w" from "w + e(w)"
             self.base_optimizer.step()  # do the actual "sharpness-aware" update
             if zero_grad:
                 self.zero_grad()
@@ -800,9 +798,11 @@ def sam_training(lib, adaptive):
             disable_running_stats(lib, model)
             smooth_crossentropy(lib, model(inputs), targets, smoothing=0.1).mean().backward()
             optimizer.second_step(zero_grad=True)
+            # p.data = old_p: old_p is p's memory from then on, and moved with the step
+            old_p.append([optimizer.state[p]["old_p"].clone() for p in model.parameters()])
+            assert all(bool((optimizer.state[p]["old_p"] == p).all()) for p in model.parameters())
             with lib.no_grad():
-                correct = lib.argmax(predictions.data if lib is torch else predictions, 1) \
-                    == targets
+                correct = lib.argmax(predictions.data, 1) == targets
             losses.append([loss, correct.sum().item()])
         scheduler.step()
         lrs.append(scheduler.get_last_lr())
@@ -837,9 +837,6 @@ def sam_training(lib, adaptive):
                                if k in ("rho", "adaptive", "lr", "momentum", "weight_decay")),
             "momentum": [fresh.base_optimizer.state[p]["momentum_buffer"]
                          for p in model.parameters()],
-            # after second_step, PyTorch's old_p shares p's memory (``p.data = old_p``) and
-            # so moves with the step; nodegrad's optimisers keep parameters in their own flat
-            # buffers, so old_p keeps the weights it saved: compared before the step
             "old_p": old_p}
 
 
@@ -901,13 +898,12 @@ def lookahead_class(lib):
                 for group in self.optimizer.param_groups:
                     for p in group["params"]:
                         param_state = self.state[p]
-                        with lib.no_grad():  # the repository: p.data.mul_(...).add_(...)
-                            p.mul_(self.la_alpha).add_(param_state["cached_params"],
-                                                       alpha=1.0 - self.la_alpha)
+                        p.data.mul_(self.la_alpha).add_(param_state["cached_params"],
+                                                        alpha=1.0 - self.la_alpha)
                         param_state["cached_params"].copy_(p.data)
                         if self.pullback_momentum == "pullback":
                             # the repository: internal_momentum.mul_(...).add_(...); the
-                            # state's arrays are raw arrays here, as .data is
+                            # optimiser's state holds arrays here
                             internal_momentum = self.optimizer.state[p]["momentum_buffer"]
                             internal_momentum *= self.la_alpha
                             internal_momentum += (1.0 - self.la_alpha) * param_state["cached_mom"]
@@ -1255,9 +1251,9 @@ def mix_training(lib, smoothing):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        _, predicted = lib.max(outputs.data if lib is torch else outputs, 1)
-        correct = (lam * predicted.eq(targets_a.data if lib is torch else targets_a).cpu().sum()
-                   .float() + (1 - lam) * predicted.eq(targets_b).cpu().sum().float())
+        _, predicted = lib.max(outputs.data, 1)
+        correct = (lam * predicted.eq(targets_a.data).cpu().sum().float()
+                   + (1 - lam) * predicted.eq(targets_b.data).cpu().sum().float())
         record.append([loss, inputs, float(correct)])
     return {"steps": record, "w": arrays(model.state_dict())}
 
@@ -1283,8 +1279,7 @@ def smoothing_losses(lib):
             with lib.no_grad():
                 true_dist = lib.zeros_like(pred)
                 true_dist.fill_(self.smoothing / (self.cls - 1))
-                # the gist: target.data.unsqueeze(1) (.data is the raw array here)
-                true_dist.scatter_(1, target.unsqueeze(1), self.confidence)
+                true_dist.scatter_(1, target.data.unsqueeze(1), self.confidence)
             return lib.mean(lib.sum(-true_dist * pred, dim=self.dim))
 
     logits = lib.tensor(TAB[:, :3] * 2, requires_grad=True)
@@ -1383,8 +1378,7 @@ def group_product(lib, xs, ys):
 
 def group_add(lib, params, update, alpha=1):
     for i, _p in enumerate(params):
-        with lib.no_grad():  # the repository: params[i].data.add_(update[i] * alpha)
-            params[i].add_(update[i] * alpha)
+        params[i].data.add_(update[i] * alpha)
     return params
 
 

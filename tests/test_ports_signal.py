@@ -471,11 +471,10 @@ def tcn_build(lib):
             self.init_weights()
 
         def init_weights(self):
-            # the original's ``weight.data.normal_``: ``.data`` is the raw array in nodegrad
-            nn.init.normal_(self.conv1.weight.data, 0, 0.01)
-            nn.init.normal_(self.conv2.weight.data, 0, 0.01)
+            self.conv1.weight.data.normal_(0, 0.01)
+            self.conv2.weight.data.normal_(0, 0.01)
             if self.downsample is not None:
-                nn.init.normal_(self.downsample.weight.data, 0, 0.01)
+                self.downsample.weight.data.normal_(0, 0.01)
 
         def forward(self, x):
             out = self.net(x)

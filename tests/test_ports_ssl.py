@@ -139,8 +139,8 @@ class BYOL:
             for p_o, p_t in zip(self.online.parameters(), self.target.parameters()):
                 if self.use_lerp:
                     p_t.lerp_(p_o, 1 - self.tau)
-                else:  # ``p_t.data.mul_`` in PyTorch: ``.data`` is the raw array here
-                    p_t.mul_(self.tau).add_((1 - self.tau) * p_o)
+                else:
+                    p_t.data.mul_(self.tau).add_((1 - self.tau) * p_o.data)
             for b_o, b_t in zip(self.online.buffers(), self.target.buffers()):
                 b_t.copy_(b_o)
 
@@ -179,9 +179,8 @@ def moco_module(lib, dim: int = 4, K: int = 16, m: float = 0.99, T: float = 0.2)
             self.encoder_k = seeded(lib, mlp(lib, D_IN, 16, dim, bn=False), 4)
             for param_q, param_k in zip(self.encoder_q.parameters(),
                                         self.encoder_k.parameters()):
-                with lib.no_grad():  # ``param_k.data.copy_(param_q.data)`` in PyTorch
-                    param_k.copy_(param_q)
-                param_k.requires_grad = False
+                param_k.data.copy_(param_q.data)  # initialize
+                param_k.requires_grad = False  # not update by gradient
             queue = np.random.default_rng(5).standard_normal((dim, K))
             queue = lib.as_tensor(queue, dtype=lib.get_default_dtype())
             self.register_buffer("queue", F.normalize(queue, dim=0))
@@ -558,8 +557,8 @@ def swav(lib, n_prototypes: int = 5, temperature: float = 0.1):
     opt = lib.optim.SGD(list(model.parameters()) + list(prototypes.parameters()), lr=0.1)
     rec = []
     for v1, v2 in VIEWS:
-        with lib.no_grad():  # ``w = prototypes.weight.data.clone()`` in PyTorch
-            w = prototypes.weight.clone()
+        with lib.no_grad():
+            w = prototypes.weight.data.clone()
             w = F.normalize(w, dim=1, p=2)
             prototypes.weight.copy_(w)
         inputs = [lib.tensor(v1), lib.tensor(v2)]
@@ -748,8 +747,7 @@ def dino_head(lib, in_dim: int, out_dim: int, bottleneck: int = 4):
             self.mlp = nn.Sequential(nn.Linear(in_dim, 8), nn.GELU(), nn.Linear(8, bottleneck))
             self.apply(self._init_weights)
             self.last_layer = nn.utils.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
-            with lib.no_grad():  # ``self.last_layer.weight_g.data.fill_(1)`` in PyTorch
-                self.last_layer.weight_g.fill_(1)
+            self.last_layer.weight_g.data.fill_(1)
             self.last_layer.weight_g.requires_grad = False
 
         def _init_weights(self, m):
@@ -779,15 +777,15 @@ def get_params_groups(model):
 
 
 def clip_gradients(model, clip):
-    """DINO's per-parameter clipping (``p.grad.data`` there: ``.data`` is the raw array)."""
+    """DINO's per-parameter clipping."""
     norms = []
     for _, p in model.named_parameters():
         if p.grad is not None:
-            param_norm = p.grad.norm(2)
+            param_norm = p.grad.data.norm(2)
             norms.append(param_norm.item())
             clip_coef = clip / (param_norm + 1e-6)
             if clip_coef < 1:
-                p.grad.mul_(clip_coef)
+                p.grad.data.mul_(clip_coef)
     return norms
 
 

@@ -531,9 +531,8 @@ def convnext(lib, layer_scale_init_value: float = 0.5, head_init_scale: float = 
             self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
             self.head = nn.Linear(dims[-1], num_classes)
             self.apply(self._init_weights)
-            with torch.no_grad():  # ``.data`` is the raw array in nodegrad (documented)
-                self.head.weight.mul_(head_init_scale)
-                self.head.bias.mul_(head_init_scale)
+            self.head.weight.data.mul_(head_init_scale)
+            self.head.bias.data.mul_(head_init_scale)
 
         def _init_weights(self, m):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -732,8 +731,7 @@ def stn(lib):
                 nn.Conv2d(1, 4, kernel_size=3), nn.MaxPool2d(2, stride=2), nn.ReLU(True))
             self.fc_loc = nn.Sequential(nn.Linear(4 * 3 * 3, 8), nn.ReLU(True), nn.Linear(8, 6))
             nn.init.normal_(self.fc_loc[2].weight.data, 0, 1e-2)
-            with torch.no_grad():
-                self.fc_loc[2].bias.copy_(torch.tensor([1, 0, 0, 0, 1, 0], dtype=torch.float))
+            self.fc_loc[2].bias.data.copy_(torch.tensor([1, 0, 0, 0, 1, 0], dtype=torch.float))
 
         def stn(self, x, align_corners):
             xs = self.localization(x)
@@ -1157,11 +1155,10 @@ def mae(lib, img_size=8, patch_size=2, in_chans=1, embed_dim=16, depth=1, num_he
             pos_embed = get_2d_sincos_pos_embed(self.pos_embed.shape[-1], grid, cls_token=True)
             decoder_pos_embed = get_2d_sincos_pos_embed(
                 self.decoder_pos_embed.shape[-1], grid, cls_token=True)
-            with torch.no_grad():  # MAE writes ``.data.copy_``: ``.data`` is an array here
-                self.pos_embed.copy_(torch.from_numpy(pos_embed).float().unsqueeze(0))
-                self.decoder_pos_embed.copy_(
-                    torch.from_numpy(decoder_pos_embed).float().unsqueeze(0))
-            w = self.patch_embed.proj.weight
+            self.pos_embed.data.copy_(torch.from_numpy(pos_embed).float().unsqueeze(0))
+            self.decoder_pos_embed.data.copy_(
+                torch.from_numpy(decoder_pos_embed).float().unsqueeze(0))
+            w = self.patch_embed.proj.weight.data
             torch.nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
             torch.nn.init.normal_(self.cls_token, std=.02)
             torch.nn.init.normal_(self.mask_token, std=.02)

@@ -257,8 +257,8 @@ def vnet_train(lib, init, elu):
         target_flat = target.view(target.numel())
         loss = F.nll_loss(output, target_flat)
         loss.backward()
-        pred = output.detach().max(1)[1]  # nodegrad's ``.data`` is the raw array
-        incorrect = pred.ne(target_flat).sum()
+        pred = output.data.max(1)[1]  # get the index of the max log-probability
+        incorrect = pred.ne(target_flat.data).sum()
         rec.append({"loss": loss, "wrong": int(incorrect), "g": grads(model)})
         opt.step()
     return {"train": rec, "state": dict(model.state_dict())}

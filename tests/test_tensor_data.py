@@ -227,3 +227,76 @@ def test_a_recorded_write_keeps_what_its_node_saved():
         grads[lib] = (arr(src.grad), kept.copy(), arr(out))
     for a, b in zip(grads[torch], grads[ng]):
         np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per_tensor"])
+def test_an_optimiser_step_leaves_the_memory_a_parameter_gave_up(flat):
+    """``a = p.data.numpy()``, then ``p.data = new`` and a step: ``a`` is ``p``'s old memory,
+    untouched, as in PyTorch (the optimiser copied ``new`` into its buffer for ``p``, which
+    was that memory, so ``a`` showed the new, stepped values)."""
+    got = {}
+    for lib in LIBS:
+        lin = linear(lib, 5, lib.float64)
+        kw = {"flat": flat} if lib is ng else {}
+        opt = lib.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9, **kw)
+        rec = []
+        for step in range(3):
+            opt.zero_grad()
+            lin(lib.ones(1, 3, dtype=lib.float64)).pow(2).sum().backward()
+            opt.step()
+            kept = lin.weight.data.numpy()
+            lin.weight.data = lib.full((2, 3), 0.5 * step, dtype=lib.float64)
+            rec += [kept, arr(lin.weight), arr(lin.bias)]
+        opt.step()
+        got[lib] = [np.array(r) for r in rec] + [arr(lin.weight)]
+    for a, b in zip(got[torch], got[ng]):
+        np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per_tensor"])
+def test_handles_on_the_old_memory_keep_it_when_data_is_replaced(flat):
+    """``w = p.data`` (or ``p.detach()``) taken before ``p.data = new`` still holds the old
+    memory and values after the optimiser steps ``p``, as PyTorch's old storage does; the
+    optimiser's buffer for ``p`` was that memory, and must not be written with ``new``."""
+    got = {}
+    for lib in LIBS:
+        lin = linear(lib, 4, lib.float64)
+        kw = {"flat": flat} if lib is ng else {}
+        opt = lib.optim.SGD(lin.parameters(), lr=0.1, **kw)
+        opt.zero_grad()
+        lin(lib.ones(1, 3, dtype=lib.float64)).sum().backward()
+        opt.step()  # the parameters live in the optimiser's buffer now
+        w, d = lin.weight.data, lin.weight.detach()
+        lin.weight.data = lib.full((2, 3), 5.0, dtype=lib.float64)
+        opt.zero_grad()
+        lin(lib.ones(1, 3, dtype=lib.float64)).sum().backward()
+        opt.step()
+        got[lib] = (arr(w), arr(d), arr(lin.weight), arr(lin.bias))
+    for a, b in zip(got[torch], got[ng]):
+        np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+@pytest.mark.parametrize("flat", [True, False], ids=["flat", "per_tensor"])
+def test_a_tensor_given_as_data_shares_the_parameters_memory_through_steps(flat):
+    """SAM's ``p.data = old_p`` before ``base_optimizer.step()``: ``old_p`` is the parameter's
+    memory from then on, so the step moves it too (it kept the values it was given when the
+    optimiser gathered the parameter into a new buffer)."""
+    got = {}
+    for lib in LIBS:
+        lin = linear(lib, 3, lib.float64)
+        kw = {"flat": flat} if lib is ng else {}
+        opt = lib.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9, **kw)
+        rec = []
+        for _ in range(3):
+            opt.zero_grad()
+            lin(lib.ones(2, 3, dtype=lib.float64)).pow(2).sum().backward()
+            with lib.no_grad():
+                old = {p: p.data.clone() for p in lin.parameters()}
+                for p in lin.parameters():
+                    p.add_(0.05 * p.grad)  # "w + e(w)"
+                    p.data = old[p]  # back to "w"
+            opt.step()
+            rec += [arr(old[lin.weight]), arr(lin.weight), arr(old[lin.bias]), arr(lin.bias)]
+        got[lib] = rec
+    for a, b in zip(got[torch], got[ng]):
+        np.testing.assert_allclose(b, a, rtol=1e-12)

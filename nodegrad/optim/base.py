@@ -774,7 +774,7 @@ class Optimizer:
 
     def _sync(self, gi: int) -> None:
         """Follow an edited parameter list (:meth:`_follow_params`) and parameters whose
-        ``data`` was replaced (copy it into the flat buffer)."""
+        ``data`` was replaced (the group's buffers built anew)."""
         self._follow_params(gi)
         for b in self._buckets[gi]:
             for i, (p, v) in enumerate(zip(b.params, b.views)):
@@ -785,14 +785,13 @@ class Optimizer:
                     raise ShapeError(f"{_describe(self.param_groups[gi], gi, b.pos[i], p)} "
                                      f"changed shape from {v.shape} to {d.shape} since the "
                                      "optimizer was built")
-                if d.dtype != v.dtype or backend_of(d) is not b.backend:
-                    entries = self._extract(gi)
-                    self._buckets[gi] = self._make_buckets(self.param_groups[gi])
-                    self._install(gi, entries)
-                    return
-                v[...] = d
-                p._data = v
-                _follow_views(p)
+                # a new buffer (the parameters keep their state): the handles on the old
+                # memory (``w = p.data`` before ``p.data = new``) keep the values they hold,
+                # as PyTorch's old storage does
+                entries = self._extract(gi)
+                self._buckets[gi] = self._make_buckets(self.param_groups[gi])
+                self._install(gi, entries)
+                return
 
     def _step_bucket(self, b: _Bucket, h: dict, gi: int, given: list | None = None) -> None:
         if given is None:
