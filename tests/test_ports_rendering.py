@@ -876,12 +876,6 @@ def test_gaussian_splatting_rasteriser_training_matches_pytorch():
     both(gaussian_splatting, densify=False, tol=1e-5)
 
 
-@pytest.mark.xfail(
-    raises=ng.errors.ShapeError,
-    strict=True,
-    reason="optimizer.state[p] entries of another shape, re-keyed to a new "
-    "parameter, are refused (fix pending in nodegrad/optim/base.py)",
-)
 @pytest.mark.usefixtures("float32_default")
 def test_gaussian_splatting_densification_through_optimizer_state_matches_pytorch():
     """3DGS's clone, split, prune and opacity reset give each new parameter its Adam state by
@@ -1607,9 +1601,6 @@ def replaced_adam_state(lib):
     return out + [p.detach().clone(), torch.as_tensor(opt.state[p]["exp_avg_sq"])]
 
 
-@pytest.mark.xfail(
-    raises=ng.errors.ShapeError, strict=True, reason="fix pending in nodegrad/optim/base.py"
-)
 @pytest.mark.usefixtures("float64_one_thread")
 def test_adam_state_masked_and_extended_for_a_new_parameter_matches_pytorch():
     both(replaced_adam_state)

@@ -982,10 +982,11 @@ def test_optimizer_state_writes_reach_the_step():
     (p,) = opt.param_groups[0]["params"]
     p.grad = ng.ones(3, dtype=ng.float64)
     opt.step()
-    with pytest.raises(ng.errors.ShapeError, match="momentum_buffer.*shape"):
-        opt.state[p]["momentum_buffer"] = ng.zeros(2, dtype=ng.float64)
     with pytest.raises(KeyError, match="'foo'.*would not be kept"):
         opt.state[p]["foo"] = 1
+    opt.state[p]["momentum_buffer"] = ng.zeros(2, dtype=ng.float64)  # taken, as in PyTorch
+    with pytest.raises(ng.errors.ShapeError, match="momentum_buffer.*shape"):
+        opt.step()  # where PyTorch's step fails too
 
 
 # 6. SWA with torch.optim.swa_utils: custom avg_fn, EMA of parameters and buffers, update_bn

@@ -769,13 +769,45 @@ class Optimizer:
         carried = {id(p): self._entry(b, i, copy=True)
                    for b in buckets for i, p in enumerate(b.params)}
         self._buckets[gi] = self._make_buckets(group)
-        self._install(gi, [carried.get(id(p)) for p in ps])
+        entries = [carried.get(id(p)) for p in ps]
+        for pos, p in enumerate(ps):  # ``state[new_p] = entry`` after a swap (3DGS's pruning)
+            if entries[pos] is None and self._adoptable(gi, p, fits=True):
+                entries[pos] = dict(self._user_state.pop(p))
+        self._install(gi, entries)
         followed[gi] = (ps, ps.edits)
+
+    def _adoptable(self, gi: int, p: Tensor, fits: bool) -> bool:
+        """Whether ``p``'s entry in the user's state (``optimizer.state[p] = entry``) is this
+        optimiser's own state (its ``step`` and arrays under its state names), so that it goes
+        into the buffers, as PyTorch's step reads ``state[p]``; ``fits``: with ``p``'s shape."""
+        e = self._user_state.get(p)
+        if not e or "step" not in e or type(self).update is Optimizer.update:
+            return False
+        h = self._hyper(self.param_groups[gi], self.step_count + 1)
+        names = set(self.state_init(h))
+        arrays = {k: v for k, v in e.items() if _is_arrayish(v)}
+        if not arrays or not set(arrays) <= names or not set(e) - set(arrays) <= (
+                set(self.scalar_init) | {"step"}):
+            return False
+        return not fits or all(tuple(v.shape) == tuple(p.shape) for v in arrays.values())
 
     def _sync(self, gi: int) -> None:
         """Follow an edited parameter list (:meth:`_follow_params`) and parameters whose
         ``data`` was replaced (the group's buffers built anew)."""
         self._follow_params(gi)
+        if self._user_state:
+            for pos, p in enumerate(self.param_groups[gi]["params"]):
+                if self._adoptable(gi, p, fits=True):
+                    entries = self._extract(gi)
+                    entries[pos] = dict(self._user_state.pop(p))
+                    self._install(gi, entries)
+                elif self._adoptable(gi, p, fits=False):
+                    e = self._user_state[p]
+                    shapes = {k: tuple(v.shape) for k, v in e.items() if _is_arrayish(v)}
+                    raise ShapeError(
+                        f"{type(self).__name__}.step: optimizer.state[p] of "
+                        f"{_describe(self.param_groups[gi], gi, pos, p)} holds state of shapes "
+                        f"{shapes}, the parameter has shape {tuple(p.shape)}")
         for b in self._buckets[gi]:
             for i, (p, v) in enumerate(zip(b.params, b.views)):
                 d = p._data
@@ -1012,6 +1044,7 @@ class Optimizer:
                 for i, p in enumerate(b.params):
                     entry = self._entry(b, i, copy=False)
                     if entry is not None:
+                        entry._opt = self
                         dict.__setitem__(out, p, entry)
         return out
 
@@ -1267,17 +1300,24 @@ class _LiveEntry(dict):
     one of its names writes there, so ``state[p]["momentum_buffer"] = zeros_like(p)`` resets
     the momentum as in PyTorch (Lookahead's reset) rather than a copy no step reads."""
 
-    __slots__ = ("_bucket", "_i")
+    __slots__ = ("_bucket", "_i", "_opt")
 
     def __init__(self, scalars: dict, b: _Bucket, i: int):
         super().__init__(scalars)
-        self._bucket, self._i = b, i
+        self._bucket, self._i, self._opt = b, i, None
 
     def __setitem__(self, name, value) -> None:
         b, i = self._bucket, self._i
+        if b is None:  # let go of the buffers (below): a plain dict, as PyTorch's
+            dict.__setitem__(self, name, value)
+            return
         if name in b.arrays:
             view = dict.__getitem__(self, name)
             new = _to_backend(b, value)
+            if tuple(new.shape) != tuple(view.shape) and self._opt is not None:
+                self._let_go()  # 3DGS's pruning: state of another shape, re-keyed to a new p
+                dict.__setitem__(self, name, value)
+                return
             if tuple(new.shape) != tuple(view.shape):
                 raise ShapeError(f"optimizer.state[p][{name!r}] = value: the parameter's state "
                                  f"has shape {tuple(view.shape)}, got {tuple(new.shape)}")
@@ -1295,6 +1335,19 @@ class _LiveEntry(dict):
             raise KeyError(f"optimizer.state[p][{name!r}] = ...: this optimiser keeps "
                            f"{sorted(self)} for the parameter in its own buffers; a new name "
                            "would not be kept (a subclass with its own step keeps any)")
+
+    def _let_go(self) -> None:
+        """Become the parameter's state in the user's hands, out of the buffers: the entry
+        keeps copies of its arrays, and the parameter's state is this entry (a step with it
+        raises unless ``optimizer.state[q] = entry`` gives it to a parameter of its shape)."""
+        b, opt = self._bucket, self._opt
+        p = b.params[self._i]
+        for k, v in list(self.items()):
+            if is_array(v):
+                dict.__setitem__(self, k, v.copy())
+        self._bucket = self._opt = None
+        opt._reset_state(p)
+        opt._user_state[p] = self
 
 
 def _to_backend_of(p: Tensor, v):
