@@ -1029,7 +1029,9 @@ class Optimizer:
     # --- state ------------------------------------------------------------------------------
     @property
     def state(self) -> dict:
-        """Per-parameter state, ``{param: {"step": t, name: array, ...}}`` (live views). As
+        """Per-parameter state, ``{param: {"step": t, name: tensor, ...}}`` (tensors on the
+        optimiser's buffers: an in-place change of one, ``state[p]["exp_avg"].zero_()``, is
+        what the next step reads, as in PyTorch). As
         PyTorch's ``defaultdict(dict)``, a missing parameter gives a new entry that is kept:
         a subclass with its own ``step`` writes ``self.state[p]["mu"] = ...`` (LARS, SAM).
         A wrapper that assigns ``self.state = defaultdict(dict)`` (Lookahead) keeps its own."""
@@ -1080,7 +1082,7 @@ class Optimizer:
             if b.cplx is not None:  # complex state for a complex parameter, as PyTorch's
                 v = v.view(b.cplx)
             v = v.reshape(b.pshapes[i])
-            dict.__setitem__(entry, name, v.copy() if copy else v)
+            dict.__setitem__(entry, name, v.copy() if copy else Tensor(v))  # live: a tensor
         return entry
 
     def _extract(self, gi: int) -> list:
@@ -1312,7 +1314,7 @@ class _LiveEntry(dict):
             dict.__setitem__(self, name, value)
             return
         if name in b.arrays:
-            view = dict.__getitem__(self, name)
+            view = dict.__getitem__(self, name)._data
             new = _to_backend(b, value)
             if tuple(new.shape) != tuple(view.shape) and self._opt is not None:
                 self._let_go()  # 3DGS's pruning: state of another shape, re-keyed to a new p
@@ -1343,8 +1345,10 @@ class _LiveEntry(dict):
         b, opt = self._bucket, self._opt
         p = b.params[self._i]
         for k, v in list(self.items()):
+            if isinstance(v, Tensor):  # a tensor on the buffers: its values, apart
+                v = v._data
             if is_array(v):
-                dict.__setitem__(self, k, v.copy())
+                dict.__setitem__(self, k, Tensor(v.copy()))
         self._bucket = self._opt = None
         opt._reset_state(p)
         opt._user_state[p] = self
