@@ -475,11 +475,9 @@ def stn_tutorial(lib):
                 nn.ReLU(True),
                 nn.Linear(8, 3 * 2),
             )
-            # Initialize the weights/bias with identity transformation (``.data`` is the raw
-            # array in nodegrad, documented: the in-place methods run under no_grad instead)
-            with torch.no_grad():
-                self.fc_loc[2].weight.zero_()
-                self.fc_loc[2].bias.copy_(torch.tensor([1, 0, 0, 0, 1, 0], dtype=torch.float))
+            # Initialize the weights/bias with identity transformation
+            self.fc_loc[2].weight.data.zero_()
+            self.fc_loc[2].bias.data.copy_(torch.tensor([1, 0, 0, 0, 1, 0], dtype=torch.float))
 
         # Spatial transformer network forward function
         def stn(self, x):

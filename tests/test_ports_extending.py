@@ -1023,7 +1023,7 @@ def module_structure(lib):
     def init_weights(mod):
         if isinstance(mod, nn.Linear):
             nn.init.constant_(mod.weight, 0.25)
-            nn.init.constant_(mod.bias, 0.01)  # (mod.bias.data.fill_: .data is an array here)
+            mod.bias.data.fill_(0.01)
 
     net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(),
                         nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)))

@@ -99,8 +99,8 @@ def loralib(lib):
                 self.scaling = self.lora_alpha / self.r
                 self.weight.requires_grad = False
             self.reset_parameters()
-            if fan_in_fan_out:  # loralib: ``.data.transpose(0, 1)``; ``.data`` is an array here
-                self.weight.data = self.weight.data.T
+            if fan_in_fan_out:
+                self.weight.data = self.weight.data.transpose(0, 1)
 
         def reset_parameters(self):
             nn.Linear.reset_parameters(self)
@@ -156,8 +156,8 @@ def loralib(lib):
                 self.lora_ind[self.enable_lora, :] = True
                 self.lora_ind = self.lora_ind.view(-1)
             self.reset_parameters()
-            if fan_in_fan_out:  # loralib: ``.data.transpose(0, 1)``; ``.data`` is an array here
-                self.weight.data = self.weight.data.T
+            if fan_in_fan_out:
+                self.weight.data = self.weight.data.transpose(0, 1)
 
         def reset_parameters(self):
             nn.Linear.reset_parameters(self)
