@@ -584,8 +584,9 @@ class ReduceLROnPlateau(LRScheduler):
 
     ``step(metric)`` once per evaluation. Improvement means beating the best value by
     ``threshold`` (relative or absolute); after a reduction, ``cooldown`` steps are ignored; the
-    lr never goes below ``min_lr`` and changes smaller than ``eps`` are skipped. As PyTorch's,
-    except that the current lr is this scheduler's own (so it composes with :class:`LinearWarmup`).
+    lr never goes below ``min_lr`` and changes smaller than ``eps`` are skipped. As PyTorch's: a
+    group's lr changed by hand is reduced from there; wrapped by :class:`LinearWarmup` the
+    current lr is this scheduler's own (the groups hold the warm-up's product).
     """
 
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
@@ -615,6 +616,7 @@ class ReduceLROnPlateau(LRScheduler):
         self.last_epoch = 0
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self._last_lr = list(self.base_lrs)
+        self._lrs_written = [float(lr) for lr in self.base_lrs]
 
     def _is_better(self, a: float) -> bool:
         best, th = self.best, self.threshold
@@ -639,6 +641,11 @@ class ReduceLROnPlateau(LRScheduler):
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0
         lrs = list(self._last_lr)
+        written = self._lrs_written  # None when wrapped (LinearWarmup) or just loaded
+        if written is not None:  # an lr changed by hand since: reduced from there, as PyTorch's
+            for i, g in enumerate(self.optimizer.param_groups):
+                if float(g["lr"]) != written[i]:
+                    lrs[i] = float(g["lr"])
         if self.num_bad_epochs > self.patience:
             for i, old in enumerate(lrs):
                 new = max(old * self.factor, self.min_lrs[i])
