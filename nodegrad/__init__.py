@@ -67,6 +67,7 @@ from .dtypes import torch_promote_types as promote_types  # noqa: E402
 from .random import (binomial, get_rng_state, initial_seed, poisson, seed,  # noqa: E402
                      set_rng_state)
 from .tensor import set_printoptions  # noqa: E402
+from .tensor import torch_range as range  # noqa: E402,A004  (torch.range; not starred)
 from .ops.methods import register as _register  # noqa: E402
 
 from . import version  # noqa: E402  (torch.version)
@@ -170,8 +171,8 @@ complex64, complex128 = (_backend.np.dtype(n) for n in ("complex64", "complex128
 cfloat, cdouble = complex64, complex128
 float, int, bool = float32, int32, bool_  # noqa: A001  (torch.float, torch.int, torch.bool)
 
-# ``from nodegrad import *`` gives every public name but these four, so a star import never
-# changes what float, int, bool and compile mean in the importing module (torch's star import
-# does)
+# ``from nodegrad import *`` gives every public name but these five, so a star import never
+# changes what float, int, bool, compile and range mean in the importing module (torch's star
+# import does)
 __all__ = [_name for _name in globals() if not _name.startswith("_")
-           and _name not in ("float", "int", "bool", "compile")]
+           and _name not in ("float", "int", "bool", "compile", "range")]

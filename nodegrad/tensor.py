@@ -1177,6 +1177,34 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
     return r if out is None else _factory_out("arange", out, r)
 
 
+def torch_range(start=0, end=None, step=1, *, dtype=None, device=None,
+                requires_grad: bool = False) -> Tensor:
+    """PyTorch's deprecated ``torch.range``: ``start, start + step, ...`` up to and including
+    ``end``, in the default float dtype whatever the arguments (``dtype=`` chooses), with
+    PyTorch's warning; :func:`arange` excludes the end. Not in ``from nodegrad import *``,
+    which leaves Python's ``range`` alone."""
+    import warnings
+
+    if end is None:
+        raise TypeError("range: missing the end (torch.range(start, end, step) includes it)")
+    start, end, step = (_range_scalar("range", v) for v in (start, end, step))
+    if step == 0:
+        raise ValueError("range: step must be nonzero")
+    if (end - start) * step < 0:
+        raise ValueError(f"range: the bounds {start} and {end} are inconsistent with the step "
+                         f"sign of {step}")
+    warnings.warn("torch.range is deprecated and will be removed in a future release because "
+                  "its behavior is inconsistent with Python's range builtin. Instead, use "
+                  "torch.arange, which produces values in [start, end).", UserWarning,
+                  stacklevel=2)
+    n = math.floor((end - start) / step) + 1
+    dt = B.as_dtype(B.DEFAULT_FLOAT if dtype is None else dtype)
+    be = B.get_backend(_device(device))
+    with be.scope():
+        a = be.xp.asarray(B.np.asarray(start + B.np.arange(n) * float(step)).astype(dt))
+    return _finish(a, requires_grad) if requires_grad else Tensor(a)
+
+
 def _linspace_values(start, stop, steps: int, dt):
     """PyTorch's linspace on the host: integer dtypes truncate the ends first and step in
     double; float dtypes step in their own precision. Below halfway from the start, above it

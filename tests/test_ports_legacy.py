@@ -2767,3 +2767,22 @@ def test_set_default_tensor_type_as_torch():
     finally:
         ng.set_default_dtype(ng.float32)
         ng.set_default_device("cpu")
+
+
+def test_range_as_torch_and_zero_d_index_names_item():
+    """``torch.range`` (deprecated: the end included, the default float dtype), kept out of
+    ``from nodegrad import *``; ``loss.data[0]`` on a 0-d loss names ``.item()``."""
+    cases = [((1, 4), {}), ((0, 1, 0.25), {}), ((1, 4.5), {}), ((4, 1, -1), {}),
+             ((1, 4), {"dtype": "int64"})]
+    for args, kw in cases:
+        with pytest.warns(UserWarning, match="range is deprecated"):
+            got = ng.range(*args, **{k: getattr(ng, v) for k, v in kw.items()})
+        with pytest.warns(UserWarning, match="range is deprecated"):
+            want = torch.range(*args, **{k: getattr(torch, v) for k, v in kw.items()})
+        assert got.tolist() == want.tolist() and str(got.dtype) == str(want.dtype)[6:]
+    with pytest.raises(ValueError, match="inconsistent with the step"):
+        ng.range(4, 1)
+    assert "range" not in ng.__all__
+    loss = ng.tensor(2.5)
+    with pytest.raises(IndexError, match=r"use tensor.item\(\)"):
+        loss.data[0]

@@ -212,7 +212,10 @@ def getitem(x, index):
         idx = norm_index(index, x.backend)
         out = _getitem(x, index=idx)
     except IndexError as e:
-        raise IndexError(f"getitem: index {index!r} does not fit shape {x.shape}: {e}") from None
+        hint = ("; a 0-d tensor has no index: use tensor.item() to get its number (the old "
+                "loss.data[0] is loss.item())") if x.ndim == 0 else ""
+        raise IndexError(f"getitem: index {index!r} does not fit shape {x.shape}: {e}"
+                         f"{hint}") from None
     if (type(x) is Tensor and type(out) is Tensor or type(out) is BatchTracer
             and type(x) is BatchTracer and out.level is x.level) and _basic(idx):
         out._view = (x, idx)  # an in-place change of out rebinds it; write_through tells x
