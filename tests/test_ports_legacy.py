@@ -2786,3 +2786,28 @@ def test_range_as_torch_and_zero_d_index_names_item():
     loss = ng.tensor(2.5)
     with pytest.raises(IndexError, match=r"use tensor.item\(\)"):
         loss.data[0]
+
+
+def test_nn_parallel_names():
+    """``torch.nn.parallel``'s names: ``data_parallel`` (the functional form) runs the module
+    on one device or none, as ``DataParallel`` does without GPUs (PyTorch's functional form
+    raises there: "device type could not be determined"), ``DataParallel`` is nn's, and
+    ``DistributedDataParallel`` is ``ng.distributed``'s, loaded on first use."""
+    import nodegrad.nn.parallel as P
+
+    w = np.arange(6.0).reshape(2, 3)
+    outs = []
+    for lib in (torch, ng):
+        m = lib.nn.Linear(3, 2).double()
+        with lib.no_grad():
+            m.weight.copy_(lib.tensor(w))
+            m.bias.zero_()
+        x = lib.ones(4, 3, dtype=lib.float64)
+        run = lib.nn.parallel.DataParallel(m) if lib is torch else (
+            lambda x, m=m: lib.nn.parallel.data_parallel(m, x))
+        outs.append(run(x).detach().numpy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    assert P.DataParallel is ng.nn.DataParallel
+    assert P.DistributedDataParallel is ng.distributed.DistributedDataParallel
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        P.nope
