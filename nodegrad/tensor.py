@@ -200,11 +200,8 @@ class Tensor:
             self._view = None  # in-place op on that base must not make it one again
         cell = self._version
         if cell is not None and len(cell) > 1:  # views of the old memory stay on it: a write
-            for r in cell[1]:  # through one no longer reaches this tensor (PyTorch's)
-                v = r()
-                entry = getattr(v, "_view", None) if v is not None and v is not self else None
-                if entry is not None and (entry[0]() if entry[1] is None else entry[0]) is self:
-                    v._view = None
+            for v in self._live_views():  # through one no longer reaches this tensor
+                v._view = None  # (PyTorch's)
             self._version = None
         if (other is not None and type(other) is Tensor and other.node is None
                 and getattr(other, "_view", None) is None
@@ -494,6 +491,21 @@ class Tensor:
             refs[:] = [r for r in refs if r() is not None]
         refs.append(weakref.ref(view))
         view._version = cell
+
+    def _live_views(self) -> list:
+        """The views (and ``detach()``es) made of this tensor that are alive and listed with
+        it: each is rebuilt by the op that made it when an in-place op recorded on this tensor
+        points it at a new array (:func:`.ops.index.refresh_views`)."""
+        cell = self._version
+        if cell is None or len(cell) < 2:
+            return []
+        out = []
+        for r in cell[1]:
+            v = r()
+            entry = getattr(v, "_view", None) if v is not None and v is not self else None
+            if entry is not None and (entry[0]() if entry[1] is None else entry[0]) is self:
+                out.append(v)
+        return out
 
     def _rebound(self, new=None) -> None:
         """Before the tensor is pointed at a new array ``new`` (an in-place op recorded for

@@ -493,22 +493,6 @@ def _inplace_method(name: str) -> Callable:
     return method
 
 
-def _live_views(self: Tensor) -> list:
-    """The tensors made as views (or ``detach()``es) of ``self`` that are alive: they are
-    listed with the op that made them from ``self``'s shape, which a later in-place op
-    recorded on ``self`` replays (:func:`.index.refresh_views`)."""
-    cell = self._version
-    if cell is None or len(cell) < 2:
-        return []
-    out = []
-    for r in cell[1]:
-        v = r()
-        entry = getattr(v, "_view", None) if v is not None and v is not self else None
-        if entry is not None and (entry[0]() if entry[1] is None else entry[0]) is self:
-            out.append(v)
-    return out
-
-
 def _in_graph(t: Tensor) -> bool:
     return t.requires_grad or t.node is not None
 
@@ -521,7 +505,7 @@ def _reshape_inplace_method(name: str, base: str) -> Callable:
         # recorded later would rebuild them wrongly, so where autograd is involved a shape
         # change of a view, or of a tensor with live views, is refused; outside it the views
         # keep their memory and stop following (``x, y = dataset[i]; x.unsqueeze_(0)``)
-        live = _live_views(self) if type(self) is Tensor else []
+        live = self._live_views() if type(self) is Tensor else []
         if live:
             if _in_graph(self) or any(_in_graph(v) for v in live):
                 raise GradError(f"{name}: cannot change the shape of a tensor in place while "
