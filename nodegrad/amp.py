@@ -529,7 +529,7 @@ class GradScaler:
         t = self._scale_tensors.get(device)
         if t is None:
             be = B.get_backend(device)
-            t = Tensor(be.xp.asarray(self._scale, dtype=_F32))
+            t = Tensor._of(be.xp.asarray(self._scale, dtype=_F32))
             self._scale_tensors[device] = t
         return t
 

@@ -1250,7 +1250,7 @@ def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
             if old is not None:
                 leaf.grad = old + g
             elif g.node is None and (id(g._data) in seen or not g._data.flags.owndata):
-                leaf.grad = type(g)(g._data.copy())  # a constant: later added into in place
+                leaf.grad = g.make(g._data.copy())  # a constant: later added into in place
             else:
                 seen.add(id(g._data))
                 leaf.grad = g
@@ -1260,12 +1260,12 @@ def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
             if id(d) in seen or not d.flags.owndata:
                 d = d.copy()
             seen.add(id(d))
-            leaf.grad = type(g)(d)
+            leaf.grad = g.make(d)
         elif old.shape == d.shape and old.dtype == d.dtype and old.node is None:
             old._data += d
             old._bump()
         else:
-            leaf.grad = type(g)(old._data + d)
+            leaf.grad = g.make(old._data + d)
 
 
 def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = False,

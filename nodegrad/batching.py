@@ -220,7 +220,7 @@ def batched(v, bd, size: int):
     if bd is not None:
         return front(v, bd)
     if not isinstance(v, Tensor):  # a number: a CPU array (callers that know a device pass one)
-        v = Tensor(B.get_backend("cpu").asarray(v))
+        v = Tensor._of(B.get_backend("cpu").asarray(v))
     return v.reshape((1,) + tuple(v.shape)).broadcast_to((size,) + tuple(v.shape))
 
 

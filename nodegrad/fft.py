@@ -53,7 +53,7 @@ def _r2c_vjp(g, ans, x, axes, norm):
     if n > m:
         zshape = list(g.shape)
         zshape[axes[-1]] = n - m
-        zeros = Tensor(g.backend.xp.zeros(tuple(zshape), g.dtype))
+        zeros = Tensor._of(g.backend.xp.zeros(tuple(zshape), g.dtype))
         g = concatenate([g, zeros], axes[-1])
     return real(_c2c(g, axes=axes, norm=_DUAL[norm], forward=False))
 
@@ -76,7 +76,7 @@ def _c2r_vjp(g, ans, x, axes, norm, n):
         w[-1] = 1.0
     shape = [1] * out.ndim
     shape[axes[-1]] = m
-    return multiply(out, Tensor(w.reshape(shape)))
+    return multiply(out, Tensor._of(w.reshape(shape)))
 
 
 _c2r = primitive(
@@ -193,7 +193,7 @@ def _resize(x: Tensor, axes: tuple, sizes) -> Tensor:
         elif have < n:
             zshape = list(x.shape)
             zshape[a] = n - have
-            x = concatenate([x, Tensor(x.backend.xp.zeros(tuple(zshape), x.dtype))], a)
+            x = concatenate([x, Tensor._of(x.backend.xp.zeros(tuple(zshape), x.dtype))], a)
     return x
 
 
@@ -423,7 +423,7 @@ def _stft_window(op: str, window, win: int, n_fft: int, like: Tensor) -> Tensor 
     if window is None:
         if win == n_fft:
             return None
-        window = Tensor(like.backend.xp.ones(win, _real_dtype_of(like.dtype)))
+        window = Tensor._of(like.backend.xp.ones(win, _real_dtype_of(like.dtype)))
     window = _as_tensor(op, window)
     if window.ndim != 1 or window.shape[0] != win:
         raise ValueError(f"{op}: expected a 1D window tensor of size equal to win_length={win}, "
@@ -506,7 +506,7 @@ def stft(input, n_fft: int, hop_length: int | None = None, win_length: int | Non
     elif onesided and complex_in:
         raise RuntimeError(f"{op}: Cannot have onesided output if window or input is complex")
     n_frames = 1 + (length - n_fft) // hop
-    frames = x[..., Tensor(_frame_index(x.backend.xp, n_frames, n_fft, hop))]
+    frames = x[..., Tensor._of(_frame_index(x.backend.xp, n_frames, n_fft, hop))]
     if w is not None:
         frames = frames * w
     norm = "ortho" if normalized else "backward"
@@ -568,15 +568,15 @@ def istft(input, n_fft: int, hop_length: int | None = None, win_length: int | No
         frames = _c2r(frames, axes=(-1,), norm=norm, n=n_fft)
     xp = x.backend.xp
     if w is None:
-        w = Tensor(xp.ones(n_fft, _real_dtype_of(x.dtype)))
+        w = Tensor._of(xp.ones(n_fft, _real_dtype_of(x.dtype)))
     frames = frames * w
     total = n_fft + hop * (n_frames - 1)
-    idx = Tensor(_frame_index(xp, n_frames, n_fft, hop).reshape(-1))
+    idx = Tensor._of(_frame_index(xp, n_frames, n_fft, hop).reshape(-1))
     lead = tuple(frames.shape[:-2])
-    y = Tensor(xp.zeros(lead + (total,), frames.dtype))
+    y = Tensor._of(xp.zeros(lead + (total,), frames.dtype))
     y = index_add(y, -1, idx, reshape(frames, lead + (n_frames * n_fft,)))
     sq = w * w if w.dtype.kind != "c" else w * conj(w)
-    env = index_add(Tensor(xp.zeros(total, sq.dtype)), 0, idx,
+    env = index_add(Tensor._of(xp.zeros(total, sq.dtype)), 0, idx,
                     reshape(sq.expand(n_frames, n_fft), (n_frames * n_fft,)))
     start = n_fft // 2 if center else 0
     if length is not None:
@@ -595,7 +595,7 @@ def istft(input, n_fft: int, hop_length: int | None = None, win_length: int | No
                            "whose overlap covers every sample, e.g. hop_length <= win_length / 2)")
     y = y / env
     if end > total:
-        zs = Tensor(xp.zeros(lead + (end - builtins.max(total, start),), y.dtype))
+        zs = Tensor._of(xp.zeros(lead + (end - builtins.max(total, start),), y.dtype))
         y = concatenate([y, zs], -1)
     return y
 

@@ -430,7 +430,7 @@ def load(path: str | os.PathLike | BinaryIO, device=None, with_metadata: bool = 
             raise CheckpointError(f"load: the complex128 tensors recorded in {path} are "
                                   f"unreadable ({e!r})") from e
     be = B.get_backend(device)
-    tensors = {k: Tensor(be.asarray(v)) for k, v in out.items()}
+    tensors = {k: Tensor._of(be.asarray(v)) for k, v in out.items()}
     if mapper is not None:
         tensors = {k: _mapped(mapper, k, t) for k, t in tensors.items()}
     if _ALIAS_KEY in meta:

@@ -166,7 +166,7 @@ class Body:
                 env[out] = _bind_lifted(prim, params, vals)
             else:
                 env[out] = bind(prim, vals, params)
-        return [v if isinstance(v, Tensor) else Tensor(v)
+        return [v if isinstance(v, Tensor) else Tensor._of(v)
                 for v in (env[s] for s in self.out_slots)]
 
     def sizes(self, length: int) -> list:
@@ -207,7 +207,7 @@ def _example(t, k: int | None) -> Tensor:
     d = _first_example(t) if type(t) is BatchTracer else t._data if isinstance(t, Tensor) else t
     if k is not None:
         d = d[0, ...] if d.shape[0] else B.backend_of(d).xp.zeros(d.shape[1:], dtype=d.dtype)
-    return Tensor(d.view() if B.is_array(d) else d)
+    return Tensor._of(d.view() if B.is_array(d) else d)
 
 
 def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan",
@@ -425,11 +425,11 @@ def _with_residuals(body: Body, consts: list, init: list, xs: list) -> Body | No
     if key in body.derived:
         return body.derived[key]
     nc, nx, ny = body.n_carry, body.n_x, body.n_y
-    ex = [Tensor(init[0].backend.xp.zeros((1,) + shape, dtype=dt))
+    ex = [Tensor._of(init[0].backend.xp.zeros((1,) + shape, dtype=dt))
           for shape, dt in body.metas]
-    gc = [Tensor(e._data[0, ...]) for e in ex[:nc]]  # [0, ...]: a 0-d carry stays an array
+    gc = [Tensor._of(e._data[0, ...]) for e in ex[:nc]]  # [0, ...]: a 0-d carry stays an array
     zk = [zeros_like(consts[i]) for i in fk]
-    hist = [Tensor(c._data[None]) for c in init]
+    hist = [Tensor._of(c._data[None]) for c in init]
     bwd, f_outs = _vjp_body(body, fk, fx, consts, gc + zk, hist + list(xs) + ex[nc:])
     rec, ins = bwd.rec, bwd.in_slots
     k_sl = ins[:bwd.n_consts]

@@ -424,7 +424,7 @@ def _while_bind(loop: Loop, ins: list, group: tuple) -> Tensor:
                     for a in ins)
     node = Node.make(_while_rule, params, parents, tuple(ins), out._data,
                      tuple(a._data.shape if isinstance(a, Tensor) else () for a in ins), None)
-    return Tensor(out._data, node, True)
+    return Tensor._of(out._data, node, True)
 
 
 def _while_apply(loop: Loop, ks: list, carry: list) -> list:

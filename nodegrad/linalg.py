@@ -229,7 +229,7 @@ def qr(A, mode: str = "reduced") -> QRResult:
     pm = "complete" if mode == "complete" else "reduced"
     q, r = L._unpack(L.qr(A, mode=pm), L._qr_shapes(A.shape, pm))
     if mode == "r":
-        q = Tensor(A.backend.xp.zeros((0,), dtype=A.dtype))
+        q = Tensor._of(A.backend.xp.zeros((0,), dtype=A.dtype))
     return QRResult(q, r)
 
 
@@ -389,7 +389,7 @@ def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Ten
     m, n = A.shape[-2], A.shape[-1]
     d = A.detach()
     s = _abs(L.eigvalsh(d, uplo="L")) if hermitian else L.svdvals(d)
-    smax = _max(s, -1) if min(m, n) else Tensor(A.backend.xp.zeros(A.shape[:-2]))
+    smax = _max(s, -1) if min(m, n) else Tensor._of(A.backend.xp.zeros(A.shape[:-2]))
     tol = _cutoff(atol, rtol, smax)
     batch = tuple(tol.shape)
     cuts = A.backend.to_host(values(tol)).reshape(-1)
@@ -431,12 +431,12 @@ def lstsq(A, B, rcond=None, *, driver=None) -> LstsqResult:
     x = L.matmul(pinv(A, rtol=rtol), B)
     xp = A.backend.xp
     real_dt = _real(A).dtype  # residuals and singular values are real for complex A
-    empty = Tensor(xp.zeros((0,), dtype=real_dt))
+    empty = Tensor._of(xp.zeros((0,), dtype=real_dt))
     rank = None
     if driver != "gels":
         s = svdvals(A).detach()
         rank = (s > s[..., :1] * rtol).astype("int64").sum(-1) if min(m, n) else \
-            Tensor(xp.zeros(A.shape[:-2], dtype="int64"))
+            Tensor._of(xp.zeros(A.shape[:-2], dtype="int64"))
     full = driver == "gels" or (driver != "gelsy" and bool((values(rank) == n).all()))
     res = empty
     if m > n and full:
@@ -548,8 +548,8 @@ def matrix_power(A, n: int) -> Tensor:
     n = int(n)
     if n == 0:
         xp = A.backend.xp
-        return where(Tensor(xp.zeros((), dtype=bool)), A,
-                     Tensor(xp.eye(A.shape[-1], dtype=A.dtype)))
+        return where(Tensor._of(xp.zeros((), dtype=bool)), A,
+                     Tensor._of(xp.eye(A.shape[-1], dtype=A.dtype)))
     if n < 0:
         A, n = inv(A), -n
     elif n == 1:
@@ -580,7 +580,7 @@ def matrix_exp(A) -> Tensor:
         norm /= 2
         s += 1
     x = A * (0.5 ** s)
-    eye = Tensor(xp.eye(n, dtype=A.dtype))
+    eye = Tensor._of(xp.eye(n, dtype=A.dtype))
     t = eye
     for k in range(_TAYLOR, 0, -1):
         t = eye + L.matmul(x, t) * (1.0 / k)

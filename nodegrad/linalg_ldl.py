@@ -95,7 +95,7 @@ def householder_product(A, tau) -> Tensor:
                          f"{A.dtype} and {tau.dtype}")
     I = eye(m, n, dtype=A.dtype, device=A.device)
     if k == 0:  # no reflectors: I, still connected to A and tau (zero gradients, as PyTorch)
-        none = Tensor(A.backend.xp.zeros((), dtype=bool))
+        none = Tensor._of(A.backend.xp.zeros((), dtype=bool))
         return where(none, A, I) + expand_dims(expand_dims(tau.sum(-1), -1), -1)
     V = tril(A, -1) + I  # the reflectors' vectors, unit diagonal
     Q = broadcast_to(I, tuple(A.shape))

@@ -111,7 +111,7 @@ def _factor(A: Tensor, pivot: bool):
             order = take_along_axis(order, swap, -1)
             pivots.append(p + 1)
         else:
-            pivots.append(broadcast_to(Tensor(be.asarray(j + 1)), batch))
+            pivots.append(broadcast_to(Tensor._of(be.asarray(j + 1)), batch))
         d = W[..., j, j]
         zero = d == 0
         if info is None:
@@ -293,8 +293,8 @@ def powers(v: Tensor, n: int) -> Tensor:
     xp = v.backend.xp
     lead = tuple(v.shape)
     if n == 0:
-        return Tensor(xp.zeros(lead + (0,), dtype=v.dtype))
-    ones = Tensor(xp.ones(lead + (1,), dtype=v.dtype))
+        return Tensor._of(xp.zeros(lead + (0,), dtype=v.dtype))
+    ones = Tensor._of(xp.ones(lead + (1,), dtype=v.dtype))
     if n == 1:
         return ones
     rest = cumprod(broadcast_to(expand_dims(v, -1), lead + (n - 1,)), -1)
@@ -405,7 +405,7 @@ def cholesky_ex(A, *, upper: bool = False, check_errors: bool = False) -> Choles
         else:
             k = 0
         infos.append(k)
-    info = Tensor(A.backend.asarray(infos, dtype=_B.int32).reshape(tuple(A.shape[:-2])))
+    info = Tensor._of(A.backend.asarray(infos, dtype=_B.int32).reshape(tuple(A.shape[:-2])))
     good = expand_dims(expand_dims(info == 0, -1), -1)
     safe = where(good, A, eye(n, dtype=A.dtype, device=A.device))
     return CholeskyExResult(where(good, la.cholesky(safe, upper=upper), _nan(A)), info)

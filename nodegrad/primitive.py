@@ -177,7 +177,7 @@ def _zero_for(a, like):
     """A zero tangent for input ``a`` (a tensor, a shape-only spec or a number)."""
     if type(a) in _SCALARS:
         return 0
-    return Tensor(like.backend.xp.zeros(_shape(a), dtype=a.dtype))
+    return Tensor._of(like.backend.xp.zeros(_shape(a), dtype=a.dtype))
 
 
 def _linear_jvp(p: Primitive):

@@ -211,7 +211,7 @@ def get_rng_state() -> Tensor:
     vals = {"state": st["state"]["state"], "inc": st["state"]["inc"],
             "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
     raw = b"".join(int(vals[k]).to_bytes(n, "little") for k, n in _STATE_LAYOUT)
-    return Tensor(B.np.frombuffer(raw, dtype=B.np.uint8).copy())
+    return Tensor._of(B.np.frombuffer(raw, dtype=B.np.uint8).copy())
 
 
 def set_rng_state(new_state: Tensor) -> None:
@@ -266,7 +266,7 @@ def _sample(what: str, make, gen: Generator, *args, shape_at: int | None = None)
     stacked."""
     traces = modes().traces
     if not traces or type(traces[-1]) is not Level:
-        return Tensor(_draw(make, gen, *args))
+        return Tensor._of(_draw(make, gen, *args))
     top = traces[-1]
     below = len(traces) - 1
     here = [type(a) is BatchTracer and a.level is top for a in args]
@@ -314,7 +314,7 @@ def keep_mask(gen: Generator, shape: tuple, dtype, p: float, scale: float = 1.0)
     """A dropout mask as a tensor (:meth:`Generator.keep_mask`): inside vmap, one mask per
     example or one shared, by vmap's ``randomness``."""
     if not modes().traces:
-        return Tensor(gen.keep_mask(shape, dtype, p, scale))
+        return Tensor._of(gen.keep_mask(shape, dtype, p, scale))
     return _sample("dropout", _keep, gen, tuple(shape), dtype, p, scale, shape_at=0)
 
 
@@ -499,7 +499,7 @@ def _zero_grad_from(sample: Tensor, sources: tuple, ref: Tensor) -> Tensor:
 
     be = ref.backend
     with be.scope():
-        keep = Tensor(be.xp.ones((), dtype=B.bool_))
+        keep = Tensor._of(be.xp.ones((), dtype=B.bool_))
     tied = sample
     for t in srcs:  # where(True, sample, t): sample's values, a zero gradient for t
         tied = where(keep, tied, astype(t, ref.dtype))
@@ -712,7 +712,7 @@ def _write_(t: Tensor, what: str, make, *args) -> Tensor:
             from .ops.elementwise import where
 
             with t.backend.scope():
-                keep = Tensor(t.backend.xp.ones((), dtype=B.bool_))
+                keep = Tensor._of(t.backend.xp.ones((), dtype=B.bool_))
             return rebind_batched(what, t, where(keep, drawn, t))
         refuse_batched_into(what, drawn)
         sample = drawn._data
@@ -723,14 +723,14 @@ def _write_(t: Tensor, what: str, make, *args) -> Tensor:
 
         be = t.backend
         with be.scope():
-            keep = Tensor(be.xp.ones((), dtype=B.bool_))
-        res = where(keep, Tensor(sample), Tensor(t._data, t.node, True))
+            keep = Tensor._of(be.xp.ones((), dtype=B.bool_))
+        res = where(keep, Tensor._of(sample), Tensor._of(t._data, t.node, True))
         t._bump()  # a backward that saved the old value refuses
         t._data, t.node, t.requires_grad = res._data, res.node, res.requires_grad
         return t
     rec = m.jit
     if rec is not None:  # under a jit trace: replayed in place on the same array
-        rec.mutate(what, _assign, t, Tensor(sample))
+        rec.mutate(what, _assign, t, Tensor._of(sample))
     else:
         t._data[...] = sample
     t._bump()

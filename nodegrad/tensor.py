@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from operator import attrgetter
@@ -43,6 +44,23 @@ class Size(tuple):
 def _is_size(x) -> bool:
     """Whether ``x`` is one integer size (``Tensor(2, 3)``), not a bool."""
     return isinstance(x, int | B.np.integer) and not isinstance(x, bool)
+
+
+def _default_float_array(a):
+    """PyTorch's ``Tensor(ndarray)``: the array itself where it has the default float dtype
+    (memory shared, as PyTorch's), else its values in that dtype (a complex array's real part,
+    with PyTorch's warning). A NumPy scalar is refused, as PyTorch refuses it."""
+    if isinstance(a, B.np.generic):
+        raise TypeError(f"Tensor: expected an array or a sequence of numbers, got "
+                        f"{type(a).__name__} (ng.tensor(x) makes a 0-d tensor of a number)")
+    d = B.DEFAULT_FLOAT
+    if a.dtype == d:
+        return a
+    if a.dtype.kind == "c":
+        warnings.warn("Tensor: casting complex values to real discards the imaginary part",
+                      UserWarning, stacklevel=3)
+        a = a.real
+    return a.astype(d)
 
 
 def check_fill_value(value) -> None:
@@ -108,6 +126,9 @@ class Tensor:
                 raise GradError("Tensor(t): t requires grad, and this alias would not be "
                                 "recorded; use t.view_as(t) (recorded) or t.detach()")
             data = data._data
+        elif hasattr(data, "dtype"):  # an array: PyTorch's Tensor(ndarray) is the default float
+            if type(self) is Tensor and node is None:  # dtype's (shared where it is already)
+                data = _default_float_array(data)
         elif type(data) is Size:  # Tensor(x.size()): PyTorch's Tensor(*sizes), zero-filled
             if node is not None or requires_grad is not False or more:
                 raise TypeError("Tensor(size): a Size takes no further arguments")
@@ -132,6 +153,16 @@ class Tensor:
         self._grad = None
         self._version = None
         self._hooks = None
+
+    @staticmethod
+    def _of(data=(), node=None, requires_grad: bool = False, *more: int) -> Tensor:
+        """``Tensor(...)`` as the engine means it: an array is kept as it is (its dtype and
+        memory), where the public ``Tensor(ndarray)`` takes PyTorch's default float dtype."""
+        if hasattr(data, "dtype") and not isinstance(data, Tensor):
+            return Tensor.make(data, node, requires_grad)
+        t = _new(Tensor)
+        t.__init__(data, node, requires_grad, *more)
+        return t
 
     @staticmethod
     def make(data, node=None, requires_grad: bool = False) -> Tensor:
@@ -370,7 +401,7 @@ class Tensor:
         tensor in a graph, it follows that tensor through in-place ops recorded for autograd
         (which point it at a new array), as it shares PyTorch's memory
         (:func:`.ops.index.refresh_views`)."""
-        t = Tensor(self._data)
+        t = Tensor._of(self._data)
         self._add_alias(t)
         return t
 
@@ -588,7 +619,7 @@ class Tensor:
         return self
 
     def ones_like(self) -> Tensor:
-        return Tensor(B.backend_of(self._data).xp.ones_like(self._data))
+        return Tensor._of(B.backend_of(self._data).xp.ones_like(self._data))
 
 
 def _check_grad(t: Tensor, value) -> None:
@@ -756,7 +787,7 @@ def _finish(data, requires_grad: bool) -> Tensor:
     if requires_grad and not B.is_inexact(data.dtype):
         raise GradError(f"only floating and complex tensors can require grad, got dtype "
                         f"{data.dtype}")
-    t = Tensor(data, None, bool(requires_grad))
+    t = Tensor._of(data, None, bool(requires_grad))
     if modes().anomaly:
         note_creation(t)  # so an anomaly error can say where this tensor came from
     return t
@@ -821,7 +852,7 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
         return data.to(device=device, dtype=dtype)
     be = B.get_backend(_device(device))
     if B.is_array(data) and B.backend_of(data) is be:
-        return Tensor(data if dtype is None else data.astype(dtype, copy=False))
+        return Tensor._of(data if dtype is None else data.astype(dtype, copy=False))
     return _finish(_infer(data, dtype, be), False)
 
 
@@ -829,7 +860,7 @@ def from_numpy(a) -> Tensor:
     """A tensor sharing memory with the NumPy array ``a``."""
     if not isinstance(a, B.ndarray):
         raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(a).__name__}")
-    return Tensor(a)
+    return Tensor._of(a)
 
 
 def from_dlpack(obj) -> Tensor:
@@ -837,7 +868,7 @@ def from_dlpack(obj) -> Tensor:
     if isinstance(obj, Tensor):  # its own tensor (a vmap tracer included): the same memory
         return obj
     be = B.dlpack_backend(obj)
-    return Tensor(be.from_dlpack(obj))
+    return Tensor._of(be.from_dlpack(obj))
 
 
 def _shape_arg(shape) -> tuple:
@@ -1185,7 +1216,7 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
     be = B.get_backend(_device(device))
     with be.scope():
         a = be.xp.asarray(_arange_values(start, stop, step, dt), dtype=dt)
-    r = _finish(a, requires_grad) if requires_grad else Tensor(a)
+    r = _finish(a, requires_grad) if requires_grad else Tensor._of(a)
     return r if out is None else _factory_out("arange", out, r)
 
 
@@ -1214,7 +1245,7 @@ def torch_range(start=0, end=None, step=1, *, dtype=None, device=None,
     be = B.get_backend(_device(device))
     with be.scope():
         a = be.xp.asarray(B.np.asarray(start + B.np.arange(n) * float(step)).astype(dt))
-    return _finish(a, requires_grad) if requires_grad else Tensor(a)
+    return _finish(a, requires_grad) if requires_grad else Tensor._of(a)
 
 
 def _linspace_values(start, stop, steps: int, dt):
@@ -1297,7 +1328,7 @@ def linspace(start, stop=None, num: int | None = None, dtype=None, device=None,
     n = int(num) if endpoint or not num else int(num) + 1  # without the end: one more, cut
     with be.scope():
         a = be.xp.asarray(_linspace_values(start, stop, n, dt), dtype=dt)[:int(num)]
-    return _finish(a, requires_grad) if requires_grad else Tensor(a)
+    return _finish(a, requires_grad) if requires_grad else Tensor._of(a)
 
 
 def eye(n: int, m: int | None = None, dtype=None, device=None,
@@ -1312,4 +1343,4 @@ def eye(n: int, m: int | None = None, dtype=None, device=None,
     be = B.get_backend(_device(device))
     with be.scope():
         a = be.xp.eye(n, m, k, dtype=B.as_dtype(dtype) or B.DEFAULT_FLOAT)
-    return _finish(a, requires_grad) if requires_grad else Tensor(a)
+    return _finish(a, requires_grad) if requires_grad else Tensor._of(a)

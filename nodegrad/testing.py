@@ -33,7 +33,7 @@ def _dot(outs, cots) -> float:
 
 def _leaf(x, requires_grad: bool = False) -> Tensor:
     """Host array ``x`` as a tensor on the default device (on the CPU, ``x`` itself)."""
-    return Tensor(B.get_backend(get_default_device()).asarray(x), None, requires_grad)
+    return Tensor._of(B.get_backend(get_default_device()).asarray(x), None, requires_grad)
 
 
 def _vjp(f, xs, cots, create_graph):
@@ -43,7 +43,8 @@ def _vjp(f, xs, cots, create_graph):
     mode.grad_enabled = True
     try:
         outs = _outputs(f(*ins))
-        live = [(o, Tensor(o.backend.asarray(c))) for o, c in zip(outs, cots) if o.requires_grad]
+        live = [(o, Tensor._of(o.backend.asarray(c))) for o, c in zip(outs, cots)
+                if o.requires_grad]
         targets = [t for t in ins if t.requires_grad]
         if not live:
             return [None] * len(targets), ins
@@ -116,10 +117,11 @@ def _vjp_tensors(f, ts, cots):
     prev = mode.grad_enabled
     mode.grad_enabled = True
     try:
-        ins = [t if t.requires_grad or not B.is_float(t.dtype) else Tensor(t._data, None, True)
+        ins = [t if t.requires_grad or not B.is_float(t.dtype) else Tensor._of(t._data, None, True)
                for t in ts]
         outs = _outputs(f(*ins))
-        live = [(o, Tensor(o.backend.asarray(c))) for o, c in zip(outs, cots) if o.requires_grad]
+        live = [(o, Tensor._of(o.backend.asarray(c))) for o, c in zip(outs, cots)
+                if o.requires_grad]
         targets = [t for t in ins if B.is_float(t.dtype)]
         gs = run_backward([o for o, _ in live], [c for _, c in live], retain_graph=True,
                           create_graph=True, targets=targets, accumulate=False)
@@ -151,7 +153,7 @@ def compare_with_torch(ng_fn: Callable, torch_fn: Callable, *arrays, atol: float
     import torch
 
     np = B.np
-    ng_in = [Tensor(np.array(a), None, grad and B.is_float(a.dtype)) for a in arrays]
+    ng_in = [Tensor._of(np.array(a), None, grad and B.is_float(a.dtype)) for a in arrays]
     t_in = [_torch_leaf(torch, a, grad and B.is_float(a.dtype)) for a in arrays]
     with _grad_on():
         out = ng_fn(*ng_in)
@@ -163,7 +165,7 @@ def compare_with_torch(ng_fn: Callable, torch_fn: Callable, *arrays, atol: float
     if not grad or not out.requires_grad:
         return
     v = B.cast(np.random.default_rng(seed).standard_normal(out.shape), out.dtype)
-    out.backward(Tensor(v))
+    out.backward(Tensor._of(v))
     ref.backward(_torch_leaf(torch, v, False))
     for k, (a, b) in enumerate(zip(ng_in, t_in)):
         if b.grad is None:
@@ -503,4 +505,4 @@ def make_tensor(*shape, dtype, device=None, low: float | None = None,
     data = B.get_backend(device if device is not None else get_default_device()).asarray(vals)
     if noncontiguous:
         data = data[..., 1::2]
-    return Tensor(data, None, bool(requires_grad))
+    return Tensor._of(data, None, bool(requires_grad))

@@ -279,7 +279,7 @@ def calls(draw, case: Case, layout: str):
 
 def recorded(call: Call) -> set:
     """Names of the primitives recorded when ``call`` runs on inputs that require grad."""
-    ins = [ng.Tensor(np.array(a), None, a.dtype.kind == "f") for a in call.args]
+    ins = [ng.tensor(np.array(a), requires_grad=a.dtype.kind == "f") for a in call.args]
     out = call.fn(*ins)
     return graph_names(out if isinstance(out, tuple | list) else [out])
 

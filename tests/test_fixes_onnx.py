@@ -51,12 +51,12 @@ def _dims(value_info):
 def test_integers_compared_with_a_float_are_not_truncated(f):
     """``x >= 0.5`` on integers compares in float64 as NumPy does (it was ``x >= 0``)."""
     model = _Fn(f)
-    proto = export(model, ng.Tensor(_ints(3, 4)))
+    proto = export(model, ng.as_tensor(_ints(3, 4)))
     for b in (3, 5):
         x = _ints(b, 4, seed=b)
-        want = model(ng.Tensor(x)).numpy()
+        want = model(ng.as_tensor(x)).numpy()
         np.testing.assert_array_equal(_session(proto).run(None, {"input": x})[0], want)
-        np.testing.assert_array_equal(load(proto.SerializeToString())(ng.Tensor(x)).numpy(), want)
+        np.testing.assert_array_equal(load(proto.SerializeToString())(ng.as_tensor(x)).numpy(), want)
 
 
 @pytest.mark.parametrize("f,make", [
@@ -68,14 +68,14 @@ def test_integers_compared_with_a_float_are_not_truncated(f):
 ], ids=["int_mean", "int32_sum", "bool_sum", "int_clip_float", "int_sqrt"])
 def test_results_of_another_dtype_than_their_input_export(f, make):
     model = _Fn(f)
-    proto = export(model, ng.Tensor(make(3)))
+    proto = export(model, ng.as_tensor(make(3)))
     for b in (3, 5):
         x = make(b)
-        want = model(ng.Tensor(x)).numpy()
+        want = model(ng.as_tensor(x)).numpy()
         got = _session(proto).run(None, {"input": x})[0]
         assert got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-6)
-        back = load(proto.SerializeToString())(ng.Tensor(x)).numpy()
+        back = load(proto.SerializeToString())(ng.as_tensor(x)).numpy()
         assert back.dtype == want.dtype
         np.testing.assert_array_equal(back, want)
 
@@ -97,7 +97,7 @@ def test_ceil_mode_pools_whose_last_window_pytorch_drops(name, args, kw, shape):
     torch = pytest.importorskip("torch")
     model = getattr(nn, name)(*args, ceil_mode=True, **kw)
     tmodel = getattr(torch.nn, name)(*args, ceil_mode=True, **kw)
-    proto = export(model, ng.Tensor(_randn(*shape)))
+    proto = export(model, ng.as_tensor(_randn(*shape)))
     for b in (2, 4):
         x = _randn(b, *shape[1:], seed=b)
         got = _session(proto).run(None, {"input": x})
@@ -112,11 +112,11 @@ def test_ceil_mode_pool_over_a_dynamic_spatial_axis():
     """A dynamic length declares no size, so nothing is cut; onnxruntime drops the window
     itself (as the ONNX spec says) at the lengths where PyTorch does."""
     pool = nn.MaxPool1d(2, 2, 1, ceil_mode=True)
-    proto = export(pool, ng.Tensor(_randn(2, 3, 6)), dynamic_axes={0: {0: "batch", 2: "length"}})
+    proto = export(pool, ng.as_tensor(_randn(2, 3, 6)), dynamic_axes={0: {0: "batch", 2: "length"}})
     for n in (5, 6, 7, 9):
         x = _randn(2, 3, n, seed=n)
         np.testing.assert_array_equal(_session(proto).run(None, {"input": x})[0],
-                                      pool(ng.Tensor(x)).numpy())
+                                      pool(ng.as_tensor(x)).numpy())
 
 
 @pytest.mark.parametrize("mode,scale", [("bilinear", 2 / 3), ("bicubic", 4 / 3),
@@ -126,7 +126,7 @@ def test_resize_scale_is_read_back_as_the_exported_float(mode, scale):
     float32(1.7) = 1.70000005) it moved source positions: the round trip differed."""
     model = nn.Upsample(scale_factor=(scale, 1.0), mode=mode)
     for n in (7, 14, 21, 28):
-        x = ng.Tensor(_randn(1, 2, n, 3, seed=n))
+        x = ng.as_tensor(_randn(1, 2, n, 3, seed=n))
         proto = export(model, x)
         np.testing.assert_array_equal(load(proto.SerializeToString())(x).numpy(),
                                       model(x).numpy())
@@ -141,7 +141,7 @@ def test_resize_nearest_exact_from_onnx_matches_onnxruntime():
                    [h.make_tensor_value_info("y", f, None)], 17,
                    [onnx.numpy_helper.from_array(np.array([1, 1, 1.7, 1.7], np.float32), "s")])
     x = np.arange(70, dtype=np.float32).reshape(1, 2, 5, 7)
-    np.testing.assert_array_equal(load(proto.SerializeToString())(ng.Tensor(x)).numpy(),
+    np.testing.assert_array_equal(load(proto.SerializeToString())(ng.as_tensor(x)).numpy(),
                                   _session(proto).run(None, {"x": x})[0])
 
 
@@ -156,35 +156,35 @@ def test_nearest_upsampling_picks_pytorchs_pixels_in_onnxruntime(mode, scale, n)
     torch = pytest.importorskip("torch")
     model = nn.Upsample(scale_factor=(scale, 1.0), mode=mode)
     x = _randn(2, 3, n, 4)
-    proto = export(model, ng.Tensor(x))
+    proto = export(model, ng.as_tensor(x))
     want = torch.nn.Upsample(scale_factor=(scale, 1.0), mode=mode)(torch.tensor(x)).numpy()
     np.testing.assert_array_equal(_session(proto).run(None, {"input": x})[0], want)
-    np.testing.assert_array_equal(load(proto.SerializeToString())(ng.Tensor(x)).numpy(), want)
+    np.testing.assert_array_equal(load(proto.SerializeToString())(ng.as_tensor(x)).numpy(), want)
 
 
 def test_upsample_by_a_scale_that_keeps_a_size_is_refused_for_bicubic():
     """onnxruntime copies an axis whose size a scale of 1.1 keeps; PyTorch resamples it."""
     with pytest.raises(UnsupportedError, match="keeps"):
-        export(nn.Upsample(scale_factor=1.1, mode="bicubic"), ng.Tensor(_randn(2, 2, 7, 9)))
+        export(nn.Upsample(scale_factor=1.1, mode="bicubic"), ng.as_tensor(_randn(2, 2, 7, 9)))
     model = nn.Upsample(scale_factor=1.1, mode="bilinear")  # PyTorch copies it too
     x = _randn(2, 2, 7, 9)
-    np.testing.assert_allclose(_session(export(model, ng.Tensor(x))).run(None, {"input": x})[0],
-                               model(ng.Tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_session(export(model, ng.as_tensor(x))).run(None, {"input": x})[0],
+                               model(ng.as_tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_upsample_whose_float32_scale_gives_another_size_exports():
     """⌊10·float32(0.9)⌋ = 8 where PyTorch gives 9: the sizes input is written instead."""
     model = nn.Upsample(scale_factor=(0.9, 1.0), mode="bilinear")
     x = _randn(2, 3, 10, 4)
-    got = _session(export(model, ng.Tensor(x))).run(None, {"input": x})[0]
-    np.testing.assert_allclose(got, model(ng.Tensor(x)).numpy(), rtol=1e-5, atol=1e-5)
+    got = _session(export(model, ng.as_tensor(x))).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, model(ng.as_tensor(x)).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_export_restores_every_submodules_mode():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
     model.train()
     model[1].eval()  # a frozen norm inside a training model
-    export(model, ng.Tensor(_randn(3, 4)))
+    export(model, ng.as_tensor(_randn(3, 4)))
     assert [m.training for m in model.modules()] == [True, True, False, True]
 
 
@@ -196,11 +196,11 @@ def test_float64_activations_keep_float64_constants(layer):
     """ONNX's activation ops take float32 attributes (Celu only float32 input): in float64
     they are written as their formula, which onnxruntime runs in float64 to 1e-12."""
     x = _randn(4, 8, dtype=np.float64) * 3
-    proto = export(layer, ng.Tensor(x))
-    want = layer(ng.Tensor(x)).numpy()
+    proto = export(layer, ng.as_tensor(x))
+    want = layer(ng.as_tensor(x)).numpy()
     np.testing.assert_allclose(_session(proto).run(None, {"input": x})[0], want, rtol=1e-13,
                                atol=1e-13)
-    np.testing.assert_allclose(load(proto.SerializeToString())(ng.Tensor(x)).numpy(), want,
+    np.testing.assert_allclose(load(proto.SerializeToString())(ng.as_tensor(x)).numpy(), want,
                                rtol=1e-13, atol=1e-15)
 
 
@@ -212,9 +212,9 @@ def test_load_reads_the_ops_export_writes():
                 ng.take_along_axis(x, ng.argmax(x, axis=1, keepdims=True), 1),
                 (i & 7) ^ ~(i | 2))
     model = _Fn(f)
-    proto = export(model, ng.Tensor(_randn(3, 4)), opset=18)
+    proto = export(model, ng.as_tensor(_randn(3, 4)), opset=18)
     x = _randn(5, 4, seed=1)
-    for got, want in zip(load(proto.SerializeToString())(ng.Tensor(x)), model(ng.Tensor(x))):
+    for got, want in zip(load(proto.SerializeToString())(ng.as_tensor(x)), model(ng.as_tensor(x))):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
     h = onnx.helper
     g = h.make_graph([h.make_node("ArgMax", ["x"], ["y"], axis=1, keepdims=0,
@@ -224,12 +224,12 @@ def test_load_reads_the_ops_export_writes():
     last = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     last.ir_version = 9
     x = np.array([[1, 3, 3, 0], [2, 2, 1, 2]], np.float32)
-    np.testing.assert_array_equal(load(last.SerializeToString())(ng.Tensor(x)).numpy(), [2, 3])
+    np.testing.assert_array_equal(load(last.SerializeToString())(ng.as_tensor(x)).numpy(), [2, 3])
 
 
 def test_file_objects_paths_and_atomic_writes(tmp_path, monkeypatch):
     model = nn.Linear(3, 2)
-    x = ng.Tensor(_randn(2, 3))
+    x = ng.as_tensor(_randn(2, 3))
     buf = io.BytesIO()
     export(model, x, buf)
     for src in (io.BytesIO(buf.getvalue()), buf.getvalue(), onnx.load_from_string(
@@ -268,28 +268,28 @@ def test_unsupported_ops_name_their_nodes():
 def test_dynamic_axes_as_torch_onnx_export_takes_them():
     """Keys may be input or output names, values lists of axes, as torch.onnx.export's."""
     model = nn.Linear(4, 2)
-    proto = export(model, ng.Tensor(_randn(3, 4)), input_names=["x"], output_names=["y"],
+    proto = export(model, ng.as_tensor(_randn(3, 4)), input_names=["x"], output_names=["y"],
                    dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     assert _dims(proto.graph.input[0]) == ["n", 4] and _dims(proto.graph.output[0]) == ["n", 2]
-    proto = export(model, ng.Tensor(_randn(3, 4)), dynamic_axes={"input": [0]})
+    proto = export(model, ng.as_tensor(_randn(3, 4)), dynamic_axes={"input": [0]})
     assert _dims(proto.graph.input[0]) == ["input_dynamic_axes_1", 4]
     x = _randn(6, 4)
     np.testing.assert_allclose(_session(proto).run(None, {"input": x})[0],
-                               model(ng.Tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
+                               model(ng.as_tensor(x)).numpy(), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="neither an input's position"):
-        export(model, ng.Tensor(_randn(3, 4)), dynamic_axes={"z": [0]})
+        export(model, ng.as_tensor(_randn(3, 4)), dynamic_axes={"z": [0]})
 
 
 def test_output_sizes_that_coincide_in_both_traces_stay_dynamic():
     """``x[::2]`` has 2 rows for a batch of 3 and of 4 (the two traces): the output's first
     axis is still dynamic, not declared 2 (onnxruntime warned for a batch of 5)."""
     model = _Fn(lambda x: x[::2] * 2.0)
-    proto = export(model, ng.Tensor(_randn(3, 4)))
+    proto = export(model, ng.as_tensor(_randn(3, 4)))
     assert _dims(proto.graph.output[0])[1:] == [4]
     assert isinstance(_dims(proto.graph.output[0])[0], str)
     x = _randn(5, 4)
     np.testing.assert_array_equal(_session(proto).run(None, {"input": x})[0],
-                                  model(ng.Tensor(x)).numpy())
+                                  model(ng.as_tensor(x)).numpy())
 
 
 class _Masked(nn.Module):
@@ -318,21 +318,21 @@ def test_attention_masks_export():
     not export."""
     ng.manual_seed(0)
     model = _Masked().eval()
-    proto = export(model, tuple(ng.Tensor(v) for v in _masked_inputs(3)))
+    proto = export(model, tuple(ng.as_tensor(v) for v in _masked_inputs(3)))
     for b in (3, 5):
         x, pad = _masked_inputs(b)
         np.testing.assert_allclose(
             _session(proto).run(None, {"input_0": x, "input_1": pad})[0],
-            model(ng.Tensor(x), ng.Tensor(pad)).numpy(), rtol=1e-5, atol=1e-6)
+            model(ng.as_tensor(x), ng.as_tensor(pad)).numpy(), rtol=1e-5, atol=1e-6)
     sdpa = _Fn(lambda x: F.scaled_dot_product_attention(x, x, x, is_causal=True))
     x = _randn(2, 2, 5, 4)
-    np.testing.assert_allclose(_session(export(sdpa, ng.Tensor(x))).run(None, {"input": x})[0],
-                               sdpa(ng.Tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_session(export(sdpa, ng.as_tensor(x))).run(None, {"input": x})[0],
+                               sdpa(ng.as_tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
     anyall = _Fn(lambda x: ng.concatenate([ng.all(x > 0, axis=1), ng.any(x > 1, axis=1),
                                            ng.all(x, axis=1)], 0))
     x = np.array([[1, 2, 0], [1, 2, 3]], np.float32)
-    np.testing.assert_array_equal(_session(export(anyall, ng.Tensor(x))).run(
-        None, {"input": x})[0], anyall(ng.Tensor(x)).numpy())
+    np.testing.assert_array_equal(_session(export(anyall, ng.as_tensor(x))).run(
+        None, {"input": x})[0], anyall(ng.as_tensor(x)).numpy())
 
 
 def test_attention_with_a_wholly_masked_sample_matches_after_export():
@@ -340,10 +340,10 @@ def test_attention_with_a_wholly_masked_sample_matches_after_export():
     zero weights (not 0/0 = NaN) was left out of the graph."""
     ng.manual_seed(0)
     model = _Masked().eval()
-    proto = export(model, tuple(ng.Tensor(v) for v in _masked_inputs(3)))
+    proto = export(model, tuple(ng.as_tensor(v) for v in _masked_inputs(3)))
     x, pad = _masked_inputs(4, dead=True)
     got = _session(proto).run(None, {"input_0": x, "input_1": pad})[0]
-    np.testing.assert_allclose(got, model(ng.Tensor(x), ng.Tensor(pad)).numpy(), rtol=1e-5,
+    np.testing.assert_allclose(got, model(ng.as_tensor(x), ng.as_tensor(pad)).numpy(), rtol=1e-5,
                                atol=1e-6)
 
 
@@ -360,27 +360,27 @@ def test_layers_on_unbatched_inputs_export(layer, shape):
     """(C, L) and (C, H, W) inputs: the batched ONNX op between Unsqueeze and Squeeze (the
     checker used to refuse a Conv or pool of rank 2 or 3)."""
     x = _randn(*shape)
-    proto = export(layer, ng.Tensor(x), dynamic_axes={})
-    want = layer(ng.Tensor(x))
+    proto = export(layer, ng.as_tensor(x), dynamic_axes={})
+    want = layer(ng.as_tensor(x))
     want = want if isinstance(want, tuple) else (want,)
     for g, w in zip(_session(proto).run(None, {"input": x}), want):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(UnsupportedError, match="cannot be dynamic"):
-        export(nn.Conv1d(2, 3, 3), ng.Tensor(_randn(2, 7)))  # axis 0 is the channels
+        export(nn.Conv1d(2, 3, 3), ng.as_tensor(_randn(2, 7)))  # axis 0 is the channels
 
 
 def test_local_response_norm_of_other_ranks_than_4_exports():
     """onnxruntime's LRN takes (N, C, H, W) only: other ranks get the formula."""
     layer = nn.LocalResponseNorm(3)
     x = _randn(2, 6, 7)
-    np.testing.assert_allclose(_session(export(layer, ng.Tensor(x))).run(None, {"input": x})[0],
-                               layer(ng.Tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_session(export(layer, ng.as_tensor(x))).run(None, {"input": x})[0],
+                               layer(ng.as_tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_dict_outputs_export_their_values_in_order():
     model = _Fn(lambda x: {"double": x * 2.0, "pair": (x + 1.0, x.sum(axis=1))})
     x = _randn(3, 4)
-    got = _session(export(model, ng.Tensor(x))).run(None, {"input": x})
+    got = _session(export(model, ng.as_tensor(x))).run(None, {"input": x})
     want = [x * 2, x + 1, x.sum(axis=1)]
     assert len(got) == 3
     for g, w in zip(got, want):
@@ -404,7 +404,7 @@ def test_mod_with_fmod_takes_the_dividends_sign():
     x, y = np.array([-3.5, 3.5, -7, 7], np.float32), np.array([2, -2, 3, -3], np.float32)
     want = _session(proto).run(None, {"x": x, "y": y})[0]
     np.testing.assert_array_equal(want, np.fmod(x, y))
-    np.testing.assert_array_equal(load(proto.SerializeToString())(ng.Tensor(x), ng.Tensor(y))
+    np.testing.assert_array_equal(load(proto.SerializeToString())(ng.as_tensor(x), ng.as_tensor(y))
                                   .numpy(), want)
 
 
@@ -418,7 +418,7 @@ def test_softmax_before_opset_13_covers_the_trailing_axes(op, axis):
                    [h.make_tensor_value_info("x", f, [2, 3, 4])],
                    [h.make_tensor_value_info("z", f, [2, 3, 4])], 11)
     x = _randn(2, 3, 4)
-    np.testing.assert_allclose(load(proto.SerializeToString())(ng.Tensor(x)).numpy(),
+    np.testing.assert_allclose(load(proto.SerializeToString())(ng.as_tensor(x)).numpy(),
                                _session(proto).run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
 
 
@@ -428,7 +428,7 @@ def test_old_pad_and_training_batch_norm_on_import():
                  [h.make_tensor_value_info("x", f, [2, 3])],
                  [h.make_tensor_value_info("z", f, [2, 6])], 10)
     x = _randn(2, 3)
-    np.testing.assert_array_equal(load(pad.SerializeToString())(ng.Tensor(x)).numpy(),
+    np.testing.assert_array_equal(load(pad.SerializeToString())(ng.as_tensor(x)).numpy(),
                                   _session(pad).run(None, {"x": x})[0])
     stats = [onnx.numpy_helper.from_array(np.full(3, v, np.float32), n)
              for n, v in (("s", 1), ("b", 0), ("m", 0), ("v", 1))]
@@ -437,7 +437,7 @@ def test_old_pad_and_training_batch_norm_on_import():
                 [h.make_tensor_value_info("x", f, [4, 3])],
                 [h.make_tensor_value_info("z", f, [4, 3])], 15, stats)
     with pytest.raises(UnsupportedError, match="training_mode=1"):
-        load(bn.SerializeToString())(ng.Tensor(_randn(4, 3)))
+        load(bn.SerializeToString())(ng.as_tensor(_randn(4, 3)))
 
 
 @pytest.mark.parametrize("f", [lambda x: F.dropout(x, 0.5, True), lambda x: x + ng.randn(4)],
@@ -446,7 +446,7 @@ def test_random_numbers_drawn_in_the_forward_are_refused_with_static_shapes(f):
     """With static shapes the one draw became a constant of the graph (the same mask on every
     run); a second trace tells it, as it does with dynamic axes."""
     with pytest.raises(UnsupportedError, match="random"):
-        export(_Fn(f), ng.Tensor(_randn(3, 4)), dynamic_axes={})
+        export(_Fn(f), ng.as_tensor(_randn(3, 4)), dynamic_axes={})
 
 
 class _WithState(nn.Module):
@@ -474,7 +474,7 @@ def test_recurrent_layers_export_with_an_initial_state(kind):
         return (_randn(b, 5, 3, seed=b),) + tuple(_randn(4, b, 4, seed=b + k + 1)
                                                  for k in range(n_state))
     dyn = {0: {0: "batch"}, **{1 + k: {1: "batch"} for k in range(n_state)}}
-    proto = export(model, tuple(ng.Tensor(v) for v in make(3)), dynamic_axes=dyn)
+    proto = export(model, tuple(ng.as_tensor(v) for v in make(3)), dynamic_axes=dyn)
     sess = _session(proto)
     for b in (3, 5):
         xs = make(b)
@@ -500,7 +500,7 @@ def test_pytorch_same_padding_convolution_imports(kernel, dilation):
     x = _randn(3, 2, 7, 6)
     with torch.no_grad():
         want = net(torch.tensor(x)).numpy()
-    np.testing.assert_allclose(load(buf.getvalue())(ng.Tensor(x)).numpy(), want, rtol=1e-5,
+    np.testing.assert_allclose(load(buf.getvalue())(ng.as_tensor(x)).numpy(), want, rtol=1e-5,
                                atol=1e-6)
 
 
@@ -510,8 +510,8 @@ def test_a_forward_hook_that_changes_a_layers_output_is_exported():
     model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU())
     model[0].register_forward_hook(lambda m, args, out: out * 2.0 - 0.5)
     x = _randn(2, 2, 7)
-    np.testing.assert_allclose(_session(export(model, ng.Tensor(x))).run(None, {"input": x})[0],
-                               model(ng.Tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_session(export(model, ng.as_tensor(x))).run(None, {"input": x})[0],
+                               model(ng.as_tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_embedding_max_norm_scales_the_rows_in_the_graph():
@@ -521,10 +521,10 @@ def test_embedding_max_norm_scales_the_rows_in_the_graph():
     emb = nn.Embedding(10, 4, max_norm=1.0).eval()
     with ng.no_grad():
         emb.weight.data[...] = emb.weight.data * 3.0  # every row's norm above 1
-    proto = export(emb, ng.Tensor(np.array([[0, 1]])))
+    proto = export(emb, ng.as_tensor(np.array([[0, 1]])))
     x = np.array([[2, 3], [4, 9]])
     got = _session(proto).run(None, {"input": x})[0]
-    want = emb(ng.Tensor(x)).numpy()
+    want = emb(ng.as_tensor(x)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     assert np.all(np.linalg.norm(got, axis=-1) <= 1.0 + 1e-6)
 
@@ -535,9 +535,9 @@ def test_layers_whose_weight_a_pre_hook_computes_export(wrap):
     written as one op reads it, but the export took it for a keyword argument and refused."""
     layer = getattr(nn.utils, wrap)(nn.Conv1d(2, 3, 3)).eval()
     x = _randn(3, 2, 7)
-    proto = export(layer, ng.Tensor(x))
+    proto = export(layer, ng.as_tensor(x))
     np.testing.assert_allclose(_session(proto).run(None, {"input": x})[0],
-                               layer(ng.Tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
+                               layer(ng.as_tensor(x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_graph_outputs_that_are_inputs_or_initializers_import():
@@ -547,7 +547,7 @@ def test_graph_outputs_that_are_inputs_or_initializers_import():
                    [h.make_tensor_value_info(n, f, [2]) for n in ("y", "x", "w")], 17,
                    [onnx.numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "w")])
     x = np.array([-1.0, 2.0], np.float32)
-    for got, want in zip(load(proto.SerializeToString())(ng.Tensor(x)),
+    for got, want in zip(load(proto.SerializeToString())(ng.as_tensor(x)),
                          _session(proto).run(None, {"x": x})):
         np.testing.assert_array_equal(got.numpy(), want)
 
@@ -557,11 +557,11 @@ def test_dynamic_axes_of_equal_traced_size_stay_apart():
     ``x.reshape(T, -1)`` was written as "keep N, keep T" (a (3, 6) input gave (3, 6), not
     (6, 3)) and outputs got the wrong axis names; now each name grows by its own step."""
     with pytest.raises(UnsupportedError, match="several dimensions"):
-        export(_Fn(lambda x: x.reshape(x.shape[1], -1) * 2.0), ng.Tensor(_randn(4, 4)),
+        export(_Fn(lambda x: x.reshape(x.shape[1], -1) * 2.0), ng.as_tensor(_randn(4, 4)),
                dynamic_axes={0: {0: "N", 1: "T"}})
     model = _Fn(lambda x: (x.sum(axis=1), x.sum(axis=0)))
-    proto = export(model, ng.Tensor(_randn(4, 4)), dynamic_axes={0: {0: "N", 1: "T"}})
+    proto = export(model, ng.as_tensor(_randn(4, 4)), dynamic_axes={0: {0: "N", 1: "T"}})
     assert [_dims(o) for o in proto.graph.output] == [["N"], ["T"]]
     x = _randn(3, 6)
-    for got, want in zip(_session(proto).run(None, {"input": x}), model(ng.Tensor(x))):
+    for got, want in zip(_session(proto).run(None, {"input": x}), model(ng.as_tensor(x))):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6)

@@ -47,7 +47,7 @@ def on_device(monkeypatch):
 def _vjp(fn, args, device, box):
     """Outputs of ``fn`` on ``device`` and the gradients of ⟨v, outputs⟩ (v drawn per output)."""
     box["dev"] = device
-    ins = [ng.Tensor(ng.tensor(a, device=device)._data, None, a.dtype.kind == "f") for a in args]
+    ins = [ng.tensor(a, device=device, requires_grad=a.dtype.kind == "f") for a in args]
     with ng.enable_grad():
         out = fn(*ins)
     outs = [o for o in (out if isinstance(out, tuple | list) else [out])

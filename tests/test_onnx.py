@@ -54,7 +54,7 @@ def _batch_axes(make):
 
 
 def _randn(*shape, seed=0):
-    return ng.Tensor(np.random.default_rng(seed + shape[0]).standard_normal(shape)
+    return ng.as_tensor(np.random.default_rng(seed + shape[0]).standard_normal(shape)
                      .astype(np.float32))
 
 
@@ -177,7 +177,7 @@ LAYERS = [
     ("dropout_flatten_identity", lambda: _seq(nn.Dropout(0.5), nn.Flatten(), nn.Identity(),
                                               nn.Linear(12, 2)), lambda b: _randn(b, 3, 4)),
     ("embedding", lambda: _seq(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2)),
-     lambda b: ng.Tensor(np.random.default_rng(b).integers(0, 10, (b, 3)))),
+     lambda b: ng.as_tensor(np.random.default_rng(b).integers(0, 10, (b, 3)))),
     ("gru", lambda: nn.GRU(3, 4), lambda b: _randn(6, b, 3)),
     ("gru_bi_batch_first", lambda: nn.GRU(3, 4, batch_first=True, bidirectional=True),
      lambda b: _randn(b, 6, 3)),
@@ -365,7 +365,7 @@ def test_cross_entropy_exports_as_softmax_cross_entropy_loss():
     ng.manual_seed(0)
 
     def make(b):
-        return _randn(b, 4), ng.Tensor(np.random.default_rng(b).integers(0, 3, b))
+        return _randn(b, 4), ng.as_tensor(np.random.default_rng(b).integers(0, 3, b))
     proto = _check_export(_Losses(), make)
     assert "SoftmaxCrossEntropyLoss" in {n.op_type for n in proto.graph.node}
     back, model = load(proto.SerializeToString()), _Losses()
@@ -385,7 +385,7 @@ def test_cross_entropy_exports_as_softmax_cross_entropy_loss():
     nll = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     nll.ir_version = 9
     xs, ts = _randn(5, 3).numpy(), np.array([0, 1, 2, 2, 0])
-    np.testing.assert_allclose(load(nll.SerializeToString())(ng.Tensor(xs), ng.Tensor(ts))
+    np.testing.assert_allclose(load(nll.SerializeToString())(ng.as_tensor(xs), ng.as_tensor(ts))
                                .numpy(), _session(nll).run(None, {"x": xs, "t": ts})[0],
                                rtol=RTOL, atol=ATOL)
 
@@ -432,8 +432,8 @@ class _OneHot(nn.Module):
      r"AvgPool2d with divisor_override=3.*'0'"),
     (lambda: nn.AdaptiveMaxPool1d(2, return_indices=True), lambda: _randn(2, 1, 4),
      "AdaptiveMaxPool1d with return_indices"),
-    (lambda: _seq(_Bag()), lambda: ng.Tensor(np.arange(6).reshape(2, 3)), r"'0.bag'"),
-    (_OneHot, lambda: ng.Tensor(np.arange(3)), "computed outside the traced operations"),
+    (lambda: _seq(_Bag()), lambda: ng.as_tensor(np.arange(6).reshape(2, 3)), r"'0.bag'"),
+    (_OneHot, lambda: ng.as_tensor(np.arange(3)), "computed outside the traced operations"),
 ])
 def test_what_has_no_counterpart_still_raises(model, x, needle):
     with pytest.raises(UnsupportedError, match=needle):
@@ -713,10 +713,10 @@ def test_pytorch_models_import_with_outputs_and_gradients(build, shape):
     ty = tm(tx)
     w = torch.tensor(np.random.default_rng(4).standard_normal(ty.shape).astype(np.float32))
     (ty * w).sum().backward()
-    nx = ng.Tensor(x, requires_grad=True)
+    nx = ng.tensor(x, requires_grad=True)
     ny = model(nx)
     np.testing.assert_allclose(ny.numpy(), ty.detach().numpy(), rtol=1e-4, atol=1e-5)
-    (ny * ng.Tensor(w.numpy())).sum().backward()
+    (ny * ng.as_tensor(w.numpy())).sum().backward()
     np.testing.assert_allclose(nx.grad.numpy(), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
     checked = 0
     for n, p in model.named_parameters():
@@ -789,7 +789,7 @@ def test_recurrent_import_reverse_and_sequence_lens_match_onnxruntime(kind, gate
     x = rng.standard_normal((T, N, I)).astype(np.float32)
     want = _session(proto).run(None, {"x": x})
     model = load(proto.SerializeToString())
-    nx = ng.Tensor(x, requires_grad=True)
+    nx = ng.tensor(x, requires_grad=True)
     got = model(nx)
     for a, b in zip(want, got):
         np.testing.assert_allclose(b.numpy(), a, rtol=RTOL, atol=ATOL)

@@ -65,7 +65,7 @@ def _run(name, kw, dtype, which, fused=None, steps=5):
     topt = getattr(torch.optim, name)(tps, **kw)
     for g in grads[:steps]:
         for p, tp, i in zip(ps, tps, which):
-            p.grad = ng.Tensor(g[i].copy())
+            p.grad = ng.as_tensor(g[i].copy())
             tp.grad = torch.tensor(g[i])
         opt.step()
         topt.step()
@@ -126,7 +126,7 @@ def test_complex_state_dict_round_trips_with_torch(name, kw):
     topt2.load_state_dict(_torch_sd(sd))
     for g in grads[3:]:
         for p, p2, tp, tp2, gi in zip(ps, ps2, tps, tps2, g):
-            p.grad, p2.grad = ng.Tensor(gi.copy()), ng.Tensor(gi.copy())
+            p.grad, p2.grad = ng.as_tensor(gi.copy()), ng.as_tensor(gi.copy())
             tp.grad, tp2.grad = torch.tensor(gi), torch.tensor(gi)
         for o in (opt, opt2, topt, topt2):
             o.step()
@@ -165,7 +165,7 @@ def test_complex_parameter_in_module_trains():
     target = np.array([0.3 - 1j, 2 + 0.5j])
     for _ in range(200):
         opt.zero_grad()
-        (ng.abs(lin.w - ng.Tensor(target)) ** 2).sum().backward()
+        (ng.abs(lin.w - ng.as_tensor(target)) ** 2).sum().backward()
         opt.step()
     np.testing.assert_allclose(lin.w.data, target, atol=1e-8)
 
@@ -194,14 +194,14 @@ def test_complex_step_is_the_real_pairs_step_bit_for_bit(name, kw):
     r = ng.nn.Parameter(init[0].view(np.float64).copy())
     oz, orr = getattr(optim, name)([z], **kw), getattr(optim, name)([r], **kw)
     for g in grads:
-        z.grad, r.grad = ng.Tensor(g[0].copy()), ng.Tensor(g[0].view(np.float64).copy())
+        z.grad, r.grad = ng.as_tensor(g[0].copy()), ng.as_tensor(g[0].view(np.float64).copy())
         oz.step()
         orr.step()
     np.testing.assert_array_equal(z.data.view(np.float64), r.data)
 
 
 def test_integer_parameter_still_refused():
-    p = ng.Tensor(np.arange(3))
+    p = ng.as_tensor(np.arange(3))
     with pytest.raises(TypeError, match="only floating and complex"):
         optim.SGD([p], lr=0.1)
 
@@ -218,7 +218,7 @@ def test_lbfgs_complex_matches_torch(ls):
 
     def closure():
         opt.zero_grad()
-        loss = (ng.abs(p * p - ng.Tensor(target)) ** 2).sum() + ((q - 1) ** 4).sum()
+        loss = (ng.abs(p * p - ng.as_tensor(target)) ** 2).sum() + ((q - 1) ** 4).sum()
         loss.backward()
         return loss
 
@@ -268,7 +268,7 @@ def test_clip_grad_norm_complex_gradients_as_torch(norm_type):
     ps = [ng.nn.Parameter(a.copy()) for a in init]
     tps = [torch.nn.Parameter(torch.tensor(a)) for a in init]
     for p, tp, g in zip(ps, tps, grads[0]):
-        p.grad, tp.grad = ng.Tensor(np.asarray(3 * g)), torch.tensor(3 * g)
+        p.grad, tp.grad = ng.as_tensor(np.asarray(3 * g)), torch.tensor(3 * g)
     n = ng.nn.utils.clip_grad_norm_(ps, 1.0, norm_type)
     tn = torch.nn.utils.clip_grad_norm_(tps, 1.0, norm_type)
     assert n.dtype == np.float64
@@ -279,7 +279,7 @@ def test_clip_grad_norm_complex_gradients_as_torch(norm_type):
 
 def test_clip_grad_value_refuses_complex_gradients():
     p = ng.nn.Parameter(np.array([1 + 2j]))
-    p.grad = ng.Tensor(np.array([3 - 1j]))
+    p.grad = ng.as_tensor(np.array([3 - 1j]))
     with pytest.raises(NotImplementedError, match="clip_grad_value_: .* complex128"):
         ng.nn.utils.clip_grad_value_([p], 0.5)
     np.testing.assert_array_equal(p.grad.data, [3 - 1j])  # left as it was

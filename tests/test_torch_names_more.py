@@ -815,6 +815,35 @@ def test_size_is_torch_size_and_tensor_of_a_size_is_its_shape():
         ng.Tensor(x.size(), 4)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int64", "bool", "float16", "float32", "float64"])
+def test_tensor_of_an_array_is_pytorchs_default_float_tensor(dtype):
+    """``Tensor(ndarray)`` is PyTorch's: the default float dtype whatever the array's (an image's
+    uint8 less 128 is negative, not wrapped around), its memory shared where it already has
+    that dtype; ``tensor``/``as_tensor``/``from_numpy`` keep the array's dtype."""
+    a = (np.arange(6).reshape(2, 3) * 50 % 256).astype(dtype)
+    x, t = ng.Tensor(a), torch.Tensor(a)
+    assert str(x.dtype) == str(t.dtype).split(".")[-1] == "float32"
+    np.testing.assert_array_equal((x - 128).numpy(), (t - 128).numpy())
+    a[0, 0] = 1
+    assert x[0, 0].item() == t[0, 0].item()  # shared only where no conversion was needed
+    assert ng.as_tensor(a).dtype == ng.from_numpy(a).dtype == ng.tensor(a).dtype == ng.dtype(dtype)
+
+
+def test_tensor_of_an_array_follows_the_default_dtype_and_refuses_scalars():
+    ng.set_default_dtype(ng.float64)
+    try:
+        assert ng.Tensor(np.ones(2, np.float32)).dtype == ng.float64
+    finally:
+        ng.set_default_dtype(ng.float32)
+    with pytest.warns(UserWarning, match="discards the imaginary part"):
+        x = ng.Tensor(np.array([3 - 1j]))
+    assert x.dtype == ng.float32 and x.item() == 3
+    with pytest.raises(TypeError, match="float64"):
+        ng.Tensor(np.float64(3.0))  # PyTorch: "data must be a sequence"
+    p = ng.nn.Parameter(ng.zeros(2, dtype=ng.float64))
+    assert p.dtype == ng.float64  # a Parameter keeps its tensor's dtype, as PyTorch's
+
+
 def test_wide_unsigned_dtype_names_are_pytorchs():
     """torch.uint16/uint32/uint64: creation, conversion and PyTorch's refusal of a mix."""
     for name in ("uint16", "uint32", "uint64"):

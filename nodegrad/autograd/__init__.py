@@ -135,7 +135,7 @@ class Variable(metaclass=_VariableMeta):
 
     def __new__(cls, data, requires_grad: bool = False, volatile: bool = False) -> Tensor:
         if B.is_array(data):
-            out = Tensor(data)
+            out = Tensor._of(data)
         elif isinstance(data, Tensor):
             out = data.detach()
         else:
@@ -221,7 +221,7 @@ def gradgradcheck(func: Callable, inputs, grad_outputs: Sequence | Tensor | None
         outs = _as_list(f(*xs64))
     if grad_outputs is None:
         rng = B.np.random.default_rng(0)
-        vs = [Tensor(o.backend.asarray(rng.standard_normal(o.shape))) for o in outs]
+        vs = [Tensor._of(o.backend.asarray(rng.standard_normal(o.shape))) for o in outs]
     else:
         given = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
         vs = [g.detach().astype(B.float64) for g in given]

@@ -159,7 +159,7 @@ def make_dual(tensor: Tensor, tangent: Tensor, *, level: int | None = None) -> T
     if tensor.requires_grad and modes().grad_enabled:
         dual = _alias(tensor)  # a view of tensor in the graph: gradients reach it
     else:  # a vertex of its own above a hidden leaf, so in-place ops on it are recorded
-        hidden = Tensor(tensor._data, None, True)
+        hidden = Tensor._of(tensor._data, None, True)
         node = Node.make(_alias, {}, (hidden,), None, None, (tensor._data.shape,), None)
         dual = Tensor.make(tensor._data, node, True)
     lv.memo[dual.node] = tangent
@@ -201,7 +201,7 @@ def _push(lv: _Level, start: Node) -> None:
                             "a backward pass freed its saved values; unpack before backward "
                             "(or pass retain_graph=True)")
         args, out = saved_values(n, like.dtype, modes().grad_enabled)
-        ans = None if out is None else Tensor(out, n, True)
+        ans = None if out is None else Tensor._of(out, n, True)
         memo[n] = n.prim.jvp(ts, ans, *args, **n.params)
 
 

@@ -131,7 +131,7 @@ class save_on_cpu(saved_tensors_hooks):
 
         def unpack_from_cpu(packed: tuple) -> Tensor:
             b, h = packed
-            return Tensor(h if b.device_id is None else b.asarray(h))
+            return Tensor._of(h if b.device_id is None else b.asarray(h))
 
         super().__init__(pack_to_cpu, unpack_from_cpu)
 

@@ -63,7 +63,7 @@ def run(argv: Sequence[str]) -> int:
                          "it out to write member-K/model.onnx for each)")
     dirs = [out / f"member-{i}" for i in range(members)] if members > 1 else [out]
     data = load_data(o["dataset"])
-    example = Tensor(data.x_test[:2])
+    example = Tensor._of(data.x_test[:2])
     for d in dirs:
         weights = _weights(d)
         model = build_model(o, o["seed"])

@@ -172,7 +172,7 @@ def _user(target: str, input_shape, seed: int):
         dt = next((p.dtype for p in model.parameters()), B.float32)
         x = x.astype(dt)
         try:
-            out = model(Tensor(x))
+            out = model(Tensor._of(x))
         except Exception as e:
             raise UsageError(f"--module: the model on input of shape {input_shape} raised "
                              f"{_one_line(e)}") from None

@@ -40,7 +40,7 @@ def default_convert(data: Any) -> Any:
     if _is_numpy(data) and not isinstance(data, np.str_ | np.bytes_):
         if isinstance(data, np.ndarray) and _STR_OR_OBJECT.search(data.dtype.str):
             return data
-        return Tensor(np.asarray(data))
+        return Tensor._of(np.asarray(data))
     if isinstance(data, collections.abc.Mapping):
         return _same_mapping(data, {k: default_convert(data[k]) for k in data})
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # namedtuple
@@ -88,11 +88,11 @@ def _collate(batch: list, what: str) -> Any:
     if isinstance(elem, np.ndarray):
         if _STR_OR_OBJECT.search(elem.dtype.str):
             raise TypeError(_ERROR.format(elem.dtype))
-        return Tensor(stack_samples(batch, what))
+        return Tensor._of(stack_samples(batch, what))
     if isinstance(elem, float):
-        return Tensor(_numbers(batch, B.float64))
+        return Tensor._of(_numbers(batch, B.float64))
     if isinstance(elem, int | np.bool_ | np.number):
-        return Tensor(_numbers(batch))
+        return Tensor._of(_numbers(batch))
     if isinstance(elem, str | bytes):
         return list(batch)
     if isinstance(elem, collections.abc.Mapping):

@@ -108,14 +108,14 @@ class TensorDataset(ArrayDataset):
             return super().__getitem__(index)
         from ..tensor import Tensor
 
-        return tuple(Tensor(a[index]) for a in self.arrays)
+        return tuple(Tensor._of(a[index]) for a in self.arrays)
 
     @property
     def tensors(self) -> tuple:
         """The fields as CPU Tensors sharing the host arrays (PyTorch's ``tensors``)."""
         from ..tensor import Tensor
 
-        return tuple(Tensor(a) for a in self.arrays)
+        return tuple(Tensor._of(a) for a in self.arrays)
 
 
 def gathers_arrays(dataset) -> bool:

@@ -786,7 +786,7 @@ class DataLoader:
         top-level list becomes a tuple; numbers, strings and the like stay as they are."""
         if type(fields) is tuple and all(type(a) is np.ndarray and _numeric(a.dtype)
                                          for a in fields):  # the usual flat batch, directly
-            return tuple(Tensor(a) for a in self.backend.upload(
+            return tuple(Tensor._of(a) for a in self.backend.upload(
                 [self._convert(a) for a in fields], stream))
         host: list = []
 
@@ -809,7 +809,7 @@ class DataLoader:
 
         def fill(x):
             if isinstance(x, _Slot):
-                return Tensor(moved[x.index])
+                return Tensor._of(moved[x.index])
             if isinstance(x, dict):
                 return {k: fill(v) for k, v in x.items()}
             if isinstance(x, tuple) and hasattr(x, "_fields"):

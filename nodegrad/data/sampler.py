@@ -235,7 +235,7 @@ class WeightedRandomSampler(_Seeded):
             raise ValueError(f"WeightedRandomSampler: num_samples={num_samples} without "
                              f"replacement needs as many non-zero weights, got "
                              f"{np.count_nonzero(w)}")
-        self.weights = Tensor(w)
+        self.weights = Tensor._of(w)
         self._p = w / w.sum()
         self.num_samples = int(num_samples)
         self.replacement = replacement

@@ -51,7 +51,7 @@ class _HVP:
         for i, leaf in enumerate(leaves):
             if not isinstance(leaf, Tensor):
                 if B.is_array(leaf):
-                    leaf = Tensor(leaf)
+                    leaf = Tensor._of(leaf)
                 else:
                     raise TypeError(f"{op}: params must be a tree of tensors; leaf {i} is "
                                     f"{type(leaf).__name__}")
@@ -80,7 +80,7 @@ class _HVP:
             raise GradError(f"{self.op}: f returned dtype {out.dtype}; need a float scalar")
 
     def _setup_reverse(self, f: Callable) -> None:
-        self.ins = [Tensor(t._data, None, True) for t in self.leaves]
+        self.ins = [Tensor._of(t._data, None, True) for t in self.leaves]
         with enable_grad():
             out = f(tree_unflatten(self.td, self.ins))
             self._check_out(out)
@@ -117,7 +117,7 @@ class _HVP:
         vs, i = [], 0
         for t, shape, size in zip(self.leaves, self.shapes, self.sizes):
             piece = v[i:i + size].reshape(shape).astype(t.dtype)
-            vs.append(Tensor(t.backend.asarray(piece)))
+            vs.append(Tensor._of(t.backend.asarray(piece)))
             i += size
         hv = self._apply(vs)
         parts = [np.zeros(size) if h is None else h.numpy().astype(np.float64).ravel()

@@ -35,7 +35,7 @@ def _as_float64(a, op: str, what: str):
     if isinstance(a, Tensor):
         t = a.detach()
     elif B.is_array(a) or isinstance(a, list | tuple | int | float):
-        t = Tensor(B.np.asarray(a))
+        t = Tensor._of(B.np.asarray(a))
     else:
         raise TypeError(f"{op}: {what} must be a tensor or an array, got {type(a).__name__}")
     if B.is_float(t.dtype) and t.dtype != B.float64:

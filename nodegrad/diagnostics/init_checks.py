@@ -156,7 +156,7 @@ def layer_variances(model, x, *, seed: int = 0) -> list[dict]:
 
     if not isinstance(model, Module):
         raise TypeError(f"layer_variances: expected an nn.Module, got {type(model).__name__}")
-    x = x if isinstance(x, Tensor) else Tensor(B.np.asarray(x))
+    x = x if isinstance(x, Tensor) else Tensor._of(B.np.asarray(x))
     rows: list = []
     outs: list = []
     handles = []
@@ -190,7 +190,7 @@ def layer_variances(model, x, *, seed: int = 0) -> list[dict]:
     if not y.requires_grad:
         return rows
     rng = np.random.default_rng(seed)
-    cot = Tensor(y.backend.asarray(rng.standard_normal(y.shape).astype(y.dtype)))
+    cot = Tensor._of(y.backend.asarray(rng.standard_normal(y.shape).astype(y.dtype)))
     grads: dict = {}
     for row, out, _ in outs:
         if out.requires_grad:

@@ -56,7 +56,7 @@ def _as_tensor(a, device: str):
     if a is None or isinstance(a, Tensor):
         return a
     if B.is_array(a) and B.backend_of(a) is B.get_backend(device):
-        return Tensor(a)
+        return Tensor._of(a)
     return tensor(B.backend_of(a).to_host(a) if B.is_array(a) else np.asarray(a),
                   device=device)
 
@@ -142,7 +142,7 @@ class _Eval:
 
     def __call__(self, arrays: dict) -> tuple[float, float]:
         """Mean loss over all samples (batch means weighted by batch size), and accuracy."""
-        tensors = {k: Tensor(a) for k, a in arrays.items()}
+        tensors = {k: Tensor._of(a) for k, a in arrays.items()}
         total, n, right, counted = 0.0, 0, 0, 0
         with no_grad():
             for x, y in self.batches:
@@ -220,7 +220,7 @@ def random_direction(model: Module, seed: int = 0, filter_normalize: bool = True
             wn = np.linalg.norm(w, axis=1, keepdims=True)
             rows = rows * np.divide(wn, dn, out=np.zeros_like(dn), where=dn > 0)
             d = rows.reshape(p.shape)
-        out[k] = Tensor(B.backend_of(p._data).asarray(d, dtype=p.dtype))
+        out[k] = Tensor._of(B.backend_of(p._data).asarray(d, dtype=p.dtype))
     return out
 
 

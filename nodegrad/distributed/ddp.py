@@ -330,9 +330,9 @@ class DistributedDataParallel(Module):
                 if id(p) in unused:
                     continue
                 if p is last:
-                    out = Tensor(v.copy())
+                    out = Tensor._of(v.copy())
                 elif p.grad is None:  # unused here, used on another rank
-                    p.grad = Tensor(v.copy())
+                    p.grad = Tensor._of(v.copy())
                 else:
                     p.grad._data[...] = v
                     p.grad._bump()

@@ -28,7 +28,7 @@ def _host_entry(e: dict) -> dict:
     out = {}
     for k, v in e.items():
         if isinstance(v, Tensor):
-            v = Tensor(B.backend_of(v._data).to_host(v._data))
+            v = Tensor._of(B.backend_of(v._data).to_host(v._data))
         elif B.is_array(v):
             v = B.backend_of(v).to_host(v)
         out[k] = v

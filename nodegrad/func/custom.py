@@ -95,7 +95,7 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
                      tuple(a.shape if isinstance(a, Tensor) else () for a in inputs), versions)
     if modes().anomaly:
         node.trace = creation_site()
-    joint = Tensor(joint._data, node, True)
+    joint = Tensor._of(joint._data, node, True)
     outs = list(outs)
     start = 0
     for i, shape, dt in zip(slots, call.shapes, dtypes):
@@ -489,7 +489,7 @@ class custom_jvp:
         leaves, pdef = tree_flatten(call.primals)
         prim = [x if not isinstance(x, Tensor) else
                 (x if create and x.requires_grad else x.detach()) for x in leaves]
-        holes = [Tensor(x.backend.xp.zeros(x.shape, dtype=x.dtype), None, True)
+        holes = [Tensor._of(x.backend.xp.zeros(x.shape, dtype=x.dtype), None, True)
                  if _diff(x) and needs[k] else None for k, x in enumerate(leaves)]
         primals, at = [], 0
         for td, n in zip(call.in_defs, call.kinds):
@@ -1027,4 +1027,4 @@ _NO_SECOND = _rule("once_differentiable", _no_second_vjp)
 
 def _no_second(t: Tensor, parents: tuple) -> Tensor:
     node = Node.make(_NO_SECOND, {}, parents, None, None, tuple(() for _ in parents), None)
-    return Tensor(t._data, node, True)
+    return Tensor._of(t._data, node, True)

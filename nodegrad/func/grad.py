@@ -28,7 +28,7 @@ def _make_input(x, op: str, allow_int: bool = False) -> Tensor:
     ``allow_int`` an integer or bool ``x`` is passed as it is (its gradient is zeros)."""
     if allow_int and (isinstance(x, bool | int) or (isinstance(x, Tensor)
                                                      and x.dtype.kind in "biu")):
-        return Tensor(x._data, None, False) if isinstance(x, Tensor) else tensor(x)
+        return Tensor._of(x._data, None, False) if isinstance(x, Tensor) else tensor(x)
     if isinstance(x, Tensor):
         if x.dtype.kind == "c":  # JAX's and PyTorch's conventions differ by a conjugate
             raise GradError(f"{op}: complex inputs are not supported by the function "
@@ -40,7 +40,7 @@ def _make_input(x, op: str, allow_int: bool = False) -> Tensor:
                             f"(dtype {x.dtype}){hint}")
         if x.requires_grad and modes().grad_enabled:
             return _alias(x)
-        return Tensor(x._data, None, True)
+        return Tensor._of(x._data, None, True)
     t = tensor(x)
     if not B.is_float(t.dtype):
         raise GradError(f"{op}: cannot differentiate with respect to integer input {x!r}; "
@@ -375,7 +375,7 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
             raise GradError(f"vjp: cotangent structure {cdef} does not match the output {out_def}")
         cts = []
         for o, c in zip(outs, cots):
-            c = c if isinstance(c, Tensor) else Tensor(o.backend.asarray(c, dtype=o.dtype))
+            c = c if isinstance(c, Tensor) else Tensor._of(o.backend.asarray(c, dtype=o.dtype))
             if tuple(c.shape) != tuple(o.shape):
                 raise GradError(f"vjp: cotangent shape {tuple(c.shape)} does not match the "
                                 f"output shape {tuple(o.shape)}")

@@ -31,7 +31,7 @@ from .tree import tree_flatten, tree_unflatten
 
 def _as_tangent(t, like: Tensor, op: str) -> Tensor:
     if not isinstance(t, Tensor):
-        t = Tensor(like.backend.asarray(t, dtype=like.dtype))
+        t = Tensor._of(like.backend.asarray(t, dtype=like.dtype))
     if tuple(t.shape) != tuple(like.shape):
         raise GradError(f"{op}: tangent shape {tuple(t.shape)} does not match the primal shape "
                         f"{tuple(like.shape)}")
@@ -58,7 +58,7 @@ def _push(ins: list, tans: list, outs: list) -> list:
             raise GradError(f"jvp through '{n.prim.name}' after its saved values were freed by "
                             "a backward pass")
         args, out = saved_values(n, like.dtype, modes().grad_enabled)
-        ans = None if out is None else Tensor(out, n, True)
+        ans = None if out is None else Tensor._of(out, n, True)
         t = n.prim.jvp(ts, ans, *args, **n.params)
         if t is not None:
             tan[n] = t
@@ -170,7 +170,7 @@ def _basis(x: Tensor):
     xp = x.backend.xp
     n = x.numel()
     eye = xp.eye(n, dtype=x.dtype) if n else xp.zeros((0, 0), dtype=x.dtype)
-    return [Tensor(eye[i].reshape(x.shape)) for i in range(n)]
+    return [Tensor._of(eye[i].reshape(x.shape)) for i in range(n)]
 
 
 def _stack_last(parts: list, out: Tensor, inp: Tensor) -> Tensor:
@@ -179,7 +179,7 @@ def _stack_last(parts: list, out: Tensor, inp: Tensor) -> Tensor:
 
     shape = tuple(out.shape) + tuple(inp.shape)
     if not parts:
-        return Tensor(out.backend.xp.zeros(shape, dtype=out.dtype))
+        return Tensor._of(out.backend.xp.zeros(shape, dtype=out.dtype))
     return reshape(stack(parts, axis=-1), shape)
 
 
@@ -196,7 +196,7 @@ def _flat_args(args, nums):
     leaves, defs = [], []
     for n in nums:
         ls, td = tree_flatten(args[n])
-        leaves.append([x if isinstance(x, Tensor) else Tensor(x) for x in ls])
+        leaves.append([x if isinstance(x, Tensor) else Tensor._of(x) for x in ls])
         defs.append(td)
     return leaves, defs
 

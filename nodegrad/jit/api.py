@@ -359,7 +359,7 @@ class Jitted:
             fresh = []
             for o in out_leaves:
                 if isinstance(o, Tensor) and next(it) in rec.loaded and not o.requires_grad:
-                    o = Tensor(o._data)
+                    o = Tensor._of(o._data)
                 fresh.append(o)
             out_leaves, o = fresh, None
             out = tree_unflatten(out_def, out_leaves)
@@ -381,7 +381,7 @@ class Jitted:
             fresh = []
             for o in out_leaves:
                 if isinstance(o, Tensor) and next(it) in rec.consts and not o.requires_grad:
-                    o = Tensor(o._data.copy())
+                    o = Tensor._of(o._data.copy())
                 fresh.append(o)
             out_leaves, o = fresh, None
             out = tree_unflatten(out_def, out_leaves)
@@ -396,7 +396,7 @@ class Jitted:
             self.cache.popitem(last=False)
         self.last = entry
         if self.state is not None and program is not None:
-            out = tree_unflatten(out_def, [Tensor(o._data) if isinstance(o, Tensor) else o
+            out = tree_unflatten(out_def, [Tensor._of(o._data) if isinstance(o, Tensor) else o
                                            for o in out_leaves])
         return out
 
@@ -435,7 +435,7 @@ class Jitted:
         split = len(rec.instrs)
         be = rec.backend
         with be.scope():
-            cts = [Tensor(be.xp.ones_like(o._data)) for o in floats]
+            cts = [Tensor._of(be.xp.ones_like(o._data)) for o in floats]
         ct_slots = [rec.input(c._data) for c in cts]
         # the leaves' own hooks stay out of the program: the engine runs them on what the
         # replay's node sends each leaf, as for any gradient (they ran twice, and once at trace)
@@ -483,7 +483,7 @@ class Jitted:
             del self.cache[key]
             return self(*args, **kwargs)
         res = d.fwd.run(arrays)
-        outs = [Tensor(a) for a in res[:d.n_out]]
+        outs = [Tensor._of(a) for a in res[:d.n_out]]
         wrt = [leaves[k] for k in d.wrt_in] + loaded
         call = _DiffCall(d, res[d.n_out:])
         floats = [i for i, o in enumerate(outs) if B.is_float(o.dtype)]
@@ -493,7 +493,7 @@ class Jitted:
             parents = tuple(t.node or t for t in wrt)
             node = Node.make(self._rule(), {"call": call}, parents, None, None,
                              tuple(t.shape for t in wrt), None)
-            outs[i] = Tensor(outs[i]._data, node, True)
+            outs[i] = Tensor._of(outs[i]._data, node, True)
         else:
             outs = _attach(outs, wrt, self._rule(), call)
         if entry.out_def is None:
@@ -532,7 +532,7 @@ def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):
             a = xp.asfortranarray(a)
         cts.append(a)
     grads = iter(d.bwd.run(list(call.residuals) + cts))
-    return [Tensor(next(grads)) if p else None for p in d.present]
+    return [Tensor._of(next(grads)) if p else None for p in d.present]
 
 
 def _is_module(o) -> bool:
@@ -638,9 +638,9 @@ def _matches(hot: tuple, args: tuple, m, modules: list, params: list) -> list | 
 def _outputs(entry: _Entry, outs: list):
     """The replay's arrays as the function's outputs (tensors in its output tree)."""
     if entry.out_def is None:  # the function returned one tensor
-        return Tensor(outs[0])
+        return Tensor._of(outs[0])
     it = iter(outs)
-    res = [Tensor(next(it)) if k is None else k for k in entry.out_kinds]
+    res = [Tensor._of(next(it)) if k is None else k for k in entry.out_kinds]
     return tree_unflatten(entry.out_def, res)
 
 

@@ -156,7 +156,7 @@ class Recorder:
             def call(*vals):
                 a = list(args)
                 for i, v in zip(pos, vals):
-                    a[i] = Tensor(v)
+                    a[i] = Tensor._of(v)
                 return fn(*a, **kwargs)
         else:
             def call():
@@ -174,10 +174,10 @@ class Recorder:
         self._load_lost_grads(held)
 
         def acc(v):
-            fn(leaf, Tensor(v), False, _SEEN)
+            fn(leaf, Tensor._of(v), False, _SEEN)
 
         def acc_owned(v):  # v is a new array of this call that nothing else reads (.passes)
-            fn(leaf, Tensor(v), False, set())
+            fn(leaf, Tensor._of(v), False, set())
 
         self.instrs.append(Instr("effect", "accumulate_grad", acc, (s,), None,
                                  params={"owned": acc_owned, "leaf": leaf}, access="read"))

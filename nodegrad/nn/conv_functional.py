@@ -174,7 +174,7 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     if not return_indices:
         return y
     xp = x.backend.xp
-    pos = Tensor(xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:]))
+    pos = Tensor._of(xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:]))
     pwin = ops.reshape(_windows(pos, k, s, p, d, extra, -1), out + (-1,))
     idx = ops.take_along_axis(ops.broadcast_to(pwin, tuple(flat.shape)), arg, -1)
     return y, ops.squeeze(idx, -1).detach()
@@ -256,8 +256,8 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, div
                        xp, total.dtype)
         div = div * c.reshape((-1,) + (1,) * (nd - 1 - i))
     if whole:
-        return _narrow(_int_divide(total, Tensor(xp.maximum(div, 1))), x.dtype)
-    return total / Tensor(div)
+        return _narrow(_int_divide(total, Tensor._of(xp.maximum(div, 1))), x.dtype)
+    return total / Tensor._of(div)
 
 
 def _narrow(mean: Tensor, dtype) -> Tensor:
@@ -368,7 +368,7 @@ def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
     flat = ops.reshape(x, (n, c, math.prod(x.shape[2:])))
     y = _scatter_along(flat, idx, axis=2, shape=(n, c, size))
     with no_grad():
-        ones = Tensor(x.backend.xp.ones(flat.shape, flat.dtype))
+        ones = Tensor._of(x.backend.xp.ones(flat.shape, flat.dtype))
         count = _scatter_along(ones, idx, axis=2, shape=(n, c, size))
     if iv.size and (modes().jit is not None or float(values(count).max()) > 1):
         # (under a jit trace always: a later call's indices may repeat where these do not)
@@ -417,7 +417,7 @@ def _adaptive_max(x, output_size, return_indices, nd, op):
         y = F._adaptive_empty(x, sizes)
         if not return_indices:
             return y
-        return y, Tensor(x.backend.xp.zeros(tuple(y.shape), dtype=x.backend.xp.int64))
+        return y, Tensor._of(x.backend.xp.zeros(tuple(y.shape), dtype=x.backend.xp.int64))
     if min(sizes) < 1 or any(li < 1 for li in x.shape[2:]):
         raise ShapeError(f"{op}: output_size {sizes} and the spatial sizes of "
                          f"{tuple(x.shape)} must be positive")
@@ -438,7 +438,7 @@ def _adaptive_max(x, output_size, return_indices, nd, op):
     if not return_indices:
         return y
     pos = xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:])
-    pflat = Tensor(pos[tuple(grid)].transpose(tuple(q - 2 for q in perm[2:]))
+    pflat = Tensor._of(pos[tuple(grid)].transpose(tuple(q - 2 for q in perm[2:]))
                    .reshape(sizes + (-1,)))
     idx = ops.take_along_axis(ops.broadcast_to(pflat, tuple(flat.shape)), arg, -1)
     return y, ops.squeeze(idx, -1).detach()
@@ -574,7 +574,7 @@ def _take(x: Tensor, idx, axis: int) -> Tensor:
 
 
 def _weights(w, x: Tensor, axis: int) -> Tensor:
-    return Tensor(w.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - axis - 1)))
+    return Tensor._of(w.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - axis - 1)))
 
 
 def _f32(v: float) -> float:
@@ -778,7 +778,7 @@ def _resample_axis_aa(x, axis, out, scale, mode, align_corners):
         term = _take(x, xp.minimum(first + j, n - 1), axis) * _weights(weights[:, j], x, axis)
         if (counts <= j).any():  # a padding tap: 0, not 0 · x (an inf pixel would give NaN)
             keep = xp.asarray(counts > j).reshape((-1,) + (1,) * (x.ndim - axis - 1))
-            term = ops.where(Tensor(keep), term, 0.0)
+            term = ops.where(Tensor._of(keep), term, 0.0)
         y = term if y is None else y + term
     return y
 
@@ -792,7 +792,7 @@ def _fixed_point_taps(x, axis, first, weights, prec: int):
     y = None
     for j in range(weights.shape[1]):
         term = _take(xi, xp.minimum(first + j, n - 1), axis) * \
-            Tensor(weights[:, j].reshape((-1,) + (1,) * (x.ndim - axis - 1)))
+            Tensor._of(weights[:, j].reshape((-1,) + (1,) * (x.ndim - axis - 1)))
         y = term if y is None else y + term
     y = ops.floor_divide(y + (1 << (prec - 1)), 1 << prec)
     return ops.astype(ops.clip(y, 0, 255), x.dtype)

@@ -477,11 +477,11 @@ def one_hot(tensor: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
         raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got range "
                          f"[{int(d.min())}, {int(d.max())}]")
     if isinstance(labels, BatchTracer):  # inside vmap: with batchable ops
-        classes = Tensor(B.backend_of(d).xp.arange(num_classes))
+        classes = Tensor._of(B.backend_of(d).xp.arange(num_classes))
         return ops.astype(ops.expand_dims(labels, -1) == classes, B.as_dtype(dtype))
     xp = B.backend_of(d).xp
     eye = xp.eye(num_classes, dtype=B.as_dtype(dtype))
-    return Tensor(eye[d])
+    return Tensor._of(eye[d])
 
 
 # --- activations: PyTorch's signatures; ``inplace=True`` stores the result into ``input`` -----
@@ -772,7 +772,7 @@ def _replicate(x: Tensor, widths: tuple) -> Tensor:
                              "'replicate'; expected a non-empty dim and a non-negative output")
         if lo or hi:
             idx = xp.clip(xp.arange(n + lo + hi) - lo, 0, n - 1)
-            x = x[(slice(None),) * axis + (Tensor(idx),)]
+            x = x[(slice(None),) * axis + (Tensor._of(idx),)]
     return x
 
 
@@ -827,7 +827,7 @@ def gumbel_softmax(logits: Tensor, tau: float = 1.0, hard: bool = False, eps: fl
         return y
     shape = [1] * y.ndim
     shape[dim] = y.shape[dim]
-    positions = Tensor(y.backend.xp.arange(y.shape[dim]).reshape(shape))
+    positions = Tensor._of(y.backend.xp.arange(y.shape[dim]).reshape(shape))
     y_hard = ops.astype(positions == ops.argmax(y, axis=dim, keepdims=True), y.dtype)
     return y_hard - y.detach() + y
 
@@ -842,7 +842,7 @@ def pdist(input: Tensor, p: float = 2.0) -> Tensor:
     n = input.shape[0]
     xp = input.backend.xp
     i, j = xp.triu_indices(n, 1)
-    diff = input[Tensor(i)] - input[Tensor(j)]
+    diff = input[Tensor._of(i)] - input[Tensor._of(j)]
     if p == float("inf"):  # PyTorch's pdist gives every tied maximum the whole gradient
         return _max_every_tie(ops.abs(diff), -1, False)
     return ops.vector_norm(diff, p, -1)

@@ -109,7 +109,7 @@ def embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor,
             rows = ix[s:e][kept[s:e]]
             if rows.size:
                 max_idx[b] = rows[np.argmax(w[rows], axis=0)]
-    return (out,) + tuple(Tensor(weight.backend.asarray(a))
+    return (out,) + tuple(Tensor._of(weight.backend.asarray(a))
                           for a in (offset2bag, bag_size, max_idx))
 
 

@@ -96,7 +96,7 @@ def _also_arrays(init: Callable) -> Callable:
     @functools.wraps(init)
     def fill(tensor, *args, **kwargs):
         if not isinstance(tensor, Tensor) and B.is_array(tensor):
-            init(Tensor(tensor), *args, **kwargs)  # a view on the same memory
+            init(Tensor._of(tensor), *args, **kwargs)  # a view on the same memory
             return tensor
         return init(tensor, *args, **kwargs)
     return fill

@@ -682,7 +682,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
         z = z * z
     if weight is not None:
         z = z * ops.expand_dims(weight[target], -1)
-    other = Tensor(input.backend.xp.arange(c)) != ops.expand_dims(target, -1)
+    other = Tensor._of(input.backend.xp.arange(c)) != ops.expand_dims(target, -1)
     loss = ops.sum(ops.where(other, z, 0.0), axis=1) / c
     if out_shape != (n,):
         loss = ops.reshape(loss, out_shape)
@@ -747,7 +747,7 @@ def gaussian_nll_loss(input: Tensor, target: Tensor, var: Tensor | float, full: 
     input's shape, that shape less its last axis, or that shape with one axis of size 1."""
     number = not isinstance(var, Tensor)
     if number:  # a number, or array data: the same as a tensor of it
-        var = Tensor(input.backend.asarray(var, dtype=input.dtype))
+        var = Tensor._of(input.backend.asarray(var, dtype=input.dtype))
         number = var.ndim == 0  # broadcasts over the input
     shp, vs = tuple(input.shape), tuple(var.shape)
     if vs != shp and not number:
@@ -838,29 +838,30 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
     skip[:, 3::2] = (ext[:, 3::2] != ext[:, 1:-2:2])
     xp = lp.backend.xp
     idx = B.np.broadcast_to(ext[None], (t_max, n, length))
-    em = ops.take_along_axis(lp, Tensor(xp.asarray(idx)), 2)  # (T, N, L)
-    neg = Tensor(xp.full((n, 1), _NEG, dtype=lp.dtype))
+    em = ops.take_along_axis(lp, Tensor._of(xp.asarray(idx)), 2)  # (T, N, L)
+    neg = Tensor._of(xp.full((n, 1), _NEG, dtype=lp.dtype))
     start = B.np.full((n, length), _NEG)
     start[:, 0] = 0.0
     if length > 1:
         start[:, 1] = 0.0
-    alpha = em[0] + Tensor(xp.asarray(start, dtype=lp.dtype))
-    skip_t = Tensor(xp.asarray(skip))
+    alpha = em[0] + Tensor._of(xp.asarray(start, dtype=lp.dtype))
+    skip_t = Tensor._of(xp.asarray(skip))
     for t in range(1, t_max):
         a1 = ops.concatenate([neg, alpha[:, :-1]], 1)
         a2 = ops.where(skip_t, ops.concatenate([neg, neg, alpha[:, :-2]], 1)[:, :length], _NEG)
         new = ops.logsumexp(ops.stack([alpha, a1, a2]), axis=0) + em[t]
-        live = Tensor(xp.asarray((t < in_len)[:, None]))
+        live = Tensor._of(xp.asarray((t < in_len)[:, None]))
         alpha = ops.where(live, new, alpha)
     last = 2 * tg_len  # the final blank; the final label is last − 1
     ends = B.np.stack([last, B.np.maximum(last - 1, 0)], 1)
-    picked = ops.take_along_axis(alpha, Tensor(xp.asarray(ends)), 1)
-    one = Tensor(xp.asarray((tg_len == 0)[:, None] & (B.np.arange(2) == 1)[None]))
+    picked = ops.take_along_axis(alpha, Tensor._of(xp.asarray(ends)), 1)
+    one = Tensor._of(xp.asarray((tg_len == 0)[:, None] & (B.np.arange(2) == 1)[None]))
     picked = ops.where(one, _NEG, picked)
     nll = -ops.logsumexp(picked, axis=1)
     if (in_len == 0).any():  # no frames: only an empty target has (probability-one) paths
         empty = B.np.where(tg_len == 0, 0.0, -_NEG)
-        nll = ops.where(Tensor(xp.asarray(in_len == 0)), Tensor(xp.asarray(empty, lp.dtype)), nll)
+        nll = ops.where(Tensor._of(xp.asarray(in_len == 0)),
+                        Tensor._of(xp.asarray(empty, lp.dtype)), nll)
     inf = nll > -_NEG / 2  # no alignment exists (target too long for the input)
     nll = ops.where(inf, 0.0 if zero_infinity else float("inf"), nll)
     if unbatched:
@@ -868,7 +869,7 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
         if reduction == "mean":
             return nll / max(int(tg_len[0]), 1)
     if reduction == "mean":
-        return ops.mean(nll / Tensor(xp.asarray(B.np.maximum(tg_len, 1), dtype=lp.dtype)))
+        return ops.mean(nll / Tensor._of(xp.asarray(B.np.maximum(tg_len, 1), dtype=lp.dtype)))
     return _reduce(nll, reduction, "ctc_loss")
 
 
@@ -902,7 +903,7 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average: bool | N
     with no_grad():  # the entries before the first -1 name the targets
         valid = ops.cumprod(ops.astype(target != -1, "int64"), -1) > 0
     safe = ops.where(valid, target, 0)
-    classes = Tensor(xp.arange(c))
+    classes = Tensor._of(xp.arange(c))
     hit = (ops.expand_dims(safe, -1) == classes) & ops.expand_dims(valid, -1)   # (.., K, C)
     is_target = ops.any(hit, axis=-2)                                            # (.., C)
     picked = ops.take_along_axis(input, safe, -1)                                # (.., K)

@@ -119,7 +119,7 @@ class Module:
                 raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
                                 f"buffer {name!r} (nn.Buffer, Tensor or None expected)")
             if isinstance(value, Buffer):
-                persistent, value = value.persistent, Tensor(value._data)
+                persistent, value = value.persistent, Tensor._of(value._data)
             else:
                 persistent = name not in self._non_persistent
             d.pop(name, None)
@@ -333,7 +333,7 @@ class Module:
                 if t.grad is not None:  # PyTorch's _apply moves the gradient with it
                     g = moved(t.grad._data)
                     if g is not t.grad._data:
-                        t.grad = Tensor(g)
+                        t.grad = Tensor._of(g)
         return self
 
     def cuda(self, device: int = 0) -> Module:
@@ -592,7 +592,7 @@ class Module:
                     else:
                         v = Parameter(v, t.requires_grad)
                 elif not isinstance(v, Tensor) or isinstance(v, Parameter):
-                    v = Tensor(v._data if isinstance(v, Tensor) else v)
+                    v = Tensor._of(v._data if isinstance(v, Tensor) else v)
                 wrapped[id(raw)] = (raw, v)  # (raw kept alive so its id stays its own)
                 first[id(t)] = v
         for k, t in own.items():

@@ -336,7 +336,7 @@ def grad_by_freq(out: Tensor, rows, counted: Tensor, op: str) -> Tensor:
     computes_with_values(counted, "scale_grad_by_freq")
     xp = B.backend_of(out._data).xp
     uniq, counts = xp.unique(values(counted).reshape(-1), return_counts=True)
-    scale = Tensor((1.0 / counts[xp.searchsorted(uniq, rows)]).astype(out.dtype)[..., None])
+    scale = Tensor._of((1.0 / counts[xp.searchsorted(uniq, rows)]).astype(out.dtype)[..., None])
     scaled = out * scale
     return out.detach() + (scaled - scaled.detach())
 
@@ -346,7 +346,7 @@ def renorm_rows_(weight: Tensor, rows, max_norm: float, norm_type: float = 2.0) 
     whose ``norm_type``-norm exceeds ``max_norm`` are scaled down to it, in place, unrecorded
     (an embedding's ``max_norm``)."""
     with no_grad():
-        rows = Tensor(B.backend_of(weight._data).xp.unique(rows))
+        rows = Tensor._of(B.backend_of(weight._data).xp.unique(rows))
         picked = weight[rows]
         size = ops.abs(picked)
         if norm_type == math.inf:  # the p-norm's limits and p = 0, as torch.norm has them
@@ -421,15 +421,15 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     emb = weight[idx]                                                    # (B, Lmax, D)
     if scale_grad_by_freq and iv.size:
         emb = grad_by_freq(emb, idx, input, op)
-    mask = Tensor(valid.astype(weight.dtype))
+    mask = Tensor._of(valid.astype(weight.dtype))
     count = mask._data.sum(1)
     if mode == "max":
-        masked = ops.where(Tensor(valid[..., None]), emb, -math.inf)
+        masked = ops.where(Tensor._of(valid[..., None]), emb, -math.inf)
         arg = ops.argmax(masked, axis=1, keepdims=True)
         out = ops.squeeze(ops.take_along_axis(masked, arg, 1), 1)
-        return ops.where(Tensor(count[:, None] > 0), out, 0.0)
+        return ops.where(Tensor._of(count[:, None] > 0), out, 0.0)
     w = mask if psw is None else mask * psw
     out = ops.sum(emb * ops.expand_dims(w, -1), axis=1)
     if mode == "mean":
-        out = out / Tensor(xp.maximum(count, 1)[:, None])
+        out = out / Tensor._of(xp.maximum(count, 1)[:, None])
     return out

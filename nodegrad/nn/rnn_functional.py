@@ -80,7 +80,7 @@ def _cell_args(op: str, x: Tensor, h, w_ih: Tensor, w_hh: Tensor, gates: int):
 
 
 def _zeros_state(x: Tensor, n_h: int) -> Tensor:
-    return Tensor(x.backend.xp.zeros((x.shape[0], n_h), dtype=x.dtype))
+    return Tensor._of(x.backend.xp.zeros((x.shape[0], n_h), dtype=x.dtype))
 
 
 def rnn_cell(input: Tensor, hx: Tensor | None, w_ih: Tensor, w_hh: Tensor,
@@ -312,7 +312,7 @@ def _step(mode: str, n_h: int, consts: list, carry: list, x: list) -> tuple[list
 def _as_tensor(m, like: Tensor) -> Tensor:
     if isinstance(m, Tensor):
         return m
-    return Tensor(like.backend.asarray(m))
+    return Tensor._of(like.backend.asarray(m))
 
 
 def _mask_bias(mask, like: Tensor, masked_when: bool) -> Tensor:
@@ -322,7 +322,7 @@ def _mask_bias(mask, like: Tensor, masked_when: bool) -> Tensor:
     if m.dtype.kind == "b":  # with ops, so a jitted step reads each call's mask
         xp = like.backend.xp
         with like.backend.scope():
-            neg, zero = (Tensor(xp.full((), v, like.dtype)) for v in (-xp.inf, 0))
+            neg, zero = (Tensor._of(xp.full((), v, like.dtype)) for v in (-xp.inf, 0))
         return ops.where(m if masked_when else ~m, neg, zero)
     if not B.is_float(m.dtype):
         raise TypeError(f"attention: a mask must be boolean or floating, got {m.dtype}")
@@ -332,7 +332,7 @@ def _mask_bias(mask, like: Tensor, masked_when: bool) -> Tensor:
 def _causal_bias(n_q: int, n_k: int, like: Tensor) -> Tensor:
     xp = like.backend.xp
     keep = xp.tril(xp.ones((n_q, n_k), dtype=bool))
-    return Tensor(xp.where(keep, 0, -xp.inf).astype(like.dtype))
+    return Tensor._of(xp.where(keep, 0, -xp.inf).astype(like.dtype))
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float,

@@ -76,7 +76,7 @@ def affine_grid(theta: Tensor, size, align_corners: bool | None = None) -> Tenso
     mesh = xp.meshgrid(*axes, indexing="ij")          # per spatial axis, outermost first
     ones = xp.ones(spatial, dtype=theta.dtype)
     base = xp.stack(list(reversed(mesh)) + [ones], axis=-1).reshape(-1, nd + 1)   # (x, y, z, 1)
-    grid = Tensor(base) @ ops.swapaxes(theta, -1, -2)                              # (N, P, nd)
+    grid = Tensor._of(base) @ ops.swapaxes(theta, -1, -2)                              # (N, P, nd)
     return ops.reshape(grid, (size[0],) + spatial + (nd,))
 
 
@@ -226,7 +226,7 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
             if mode == "nearest":
                 # weight 1 whose gradient is zero: the grid stays in the graph, so it gets a
                 # zero gradient (PyTorch's) rather than none; where() keeps NaNs out of it
-                never = Tensor(s.backend.xp.zeros((), dtype=bool))
+                never = Tensor._of(s.backend.xp.zeros((), dtype=bool))
                 axes.append([(ops.round(s), ops.where(never, s, 1.0))])
             else:
                 lo = ops.floor(s)
@@ -306,11 +306,11 @@ def _intervals(s: Tensor, n: int, out: int, k: int) -> Tensor:
     (PyTorch's sequence): ⌊(i + u)·α⌋ − ⌊u·α⌋ with α = (n − k) / (out − 1), the last window
     flush with the end. Computed in the input's dtype, as PyTorch does."""
     xp = s.backend.xp
-    last = Tensor(xp.full(tuple(s.shape) + (1,), n - k, dtype=xp.int64))
+    last = Tensor._of(xp.full(tuple(s.shape) + (1,), n - k, dtype=xp.int64))
     if out == 1:
         return last
     alpha = s.dtype.type(n - k) / s.dtype.type(out - 1)
-    i = Tensor(xp.arange(out - 1, dtype=s.dtype))
+    i = Tensor._of(xp.arange(out - 1, dtype=s.dtype))
     u = ops.expand_dims(s, -1)
     starts = ops.astype((i + u) * alpha, "int64") - ops.astype(u * alpha, "int64")
     return ops.concatenate([starts, last], axis=-1)
@@ -363,7 +363,7 @@ def _fractional_max_pool(op: str, d: int, input: Tensor, kernel_size, output_siz
     flat, stride = None, 1
     for a in reversed(range(d)):  # input positions (N, C, *outs, *ks), row-major over S
         starts = _intervals(samples[..., _SAMPLE_AXIS[d][a]], size[a], outs[a], ks[a])
-        pos = ops.expand_dims(starts, -1) + Tensor(xp.arange(ks[a], dtype=xp.int64))
+        pos = ops.expand_dims(starts, -1) + Tensor._of(xp.arange(ks[a], dtype=xp.int64))
         shape = [n, c] + [1] * (2 * d)
         shape[2 + a], shape[2 + d + a] = outs[a], ks[a]
         term = ops.reshape(pos, tuple(shape)) * stride

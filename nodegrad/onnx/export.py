@@ -251,11 +251,11 @@ class _Recorder:
         def lift(t):
             if not isinstance(t, Tensor) or t.ndim != nd:
                 return t
-            b = Tensor(t._data[None])
+            b = Tensor._of(t._data[None])
             self.set(b, _unsqueeze(self, self.name_of(t), [0]))
             return b
         args = tuple(lift(a) for a in self.leaf_args)
-        louts = [Tensor(o._data[None]) if o.ndim == nd else o for o in outs]
+        louts = [Tensor._of(o._data[None]) if o.ndim == nd else o for o in outs]
         if twin is not None:
             twin = tuple(tuple((1,) + tuple(s) if len(s) == nd else s for s in part)
                          for part in twin)
@@ -1301,7 +1301,7 @@ def _nearest_gathers(r, m, x) -> str:
             shape = [1, 1] + [1] * len(sp)
             shape[2 + i] = n
             probe = np.broadcast_to(np.arange(n).reshape(shape), (1, 1) + sp)
-            picked = m.forward(Tensor(x.backend.asarray(np.ascontiguousarray(probe)).astype(
+            picked = m.forward(Tensor._of(x.backend.asarray(np.ascontiguousarray(probe)).astype(
                 x.dtype)))
             index = [0, 0] + [0] * len(sp)
             index[2 + i] = slice(None)
@@ -1501,7 +1501,7 @@ def _resized(x: Tensor, axes: dict, grow: dict) -> Tensor:
     for ax, name in axes.items():
         n = d.shape[ax]
         d = np.take(d, np.arange(n + grow[name]) % max(n, 1), axis=ax)
-    return Tensor(Tensor(x._data).backend.asarray(d))
+    return Tensor._of(Tensor._of(x._data).backend.asarray(d))
 
 
 def _trace(onnx, model, inputs, opset, build, twin, pnames, paths, grown=None):
@@ -1555,7 +1555,7 @@ def export(model: Module, example_inputs, path: str | os.PathLike | BinaryIO | N
         (example_inputs,)
     if not inputs or not all(isinstance(x, Tensor) for x in inputs):
         raise TypeError("onnx export: example_inputs must be a Tensor or a tuple of Tensors")
-    inputs = tuple(Tensor(x._data) for x in inputs)
+    inputs = tuple(Tensor._of(x._data) for x in inputs)
     if input_names is not None and len(input_names) != len(inputs):
         raise ValueError(f"onnx export: {len(input_names)} input names for "
                          f"{len(inputs)} inputs")

@@ -112,7 +112,7 @@ class OnnxModule(Module):
         for name, arr in inits.items():
             if name in self._where:
                 continue
-            t = Tensor(B.CPU.asarray(np.array(arr)))
+            t = Tensor._of(B.CPU.asarray(np.array(arr)))
             if arr.dtype.kind != "f":
                 self._consts[name] = t
                 continue
@@ -156,7 +156,7 @@ class OnnxModule(Module):
                             f"({', '.join(self.input_names)}), got {len(inputs)}")
         env: dict[str, Tensor | None] = {"": None}
         for name, x in zip(self.input_names, inputs):
-            env[name] = x if isinstance(x, Tensor) else Tensor(B.CPU.asarray(x))
+            env[name] = x if isinstance(x, Tensor) else Tensor._of(B.CPU.asarray(x))
         self._run(self.nodes, env, self._linears)
         out = tuple(env[o] if o in env else self._value(o) for o in self.output_names)
         return out[0] if len(out) == 1 else out
@@ -252,7 +252,7 @@ def _ints(t) -> list[int]:
 
 
 def _const(arr) -> Tensor:
-    return Tensor(B.CPU.asarray(np.asarray(arr)))
+    return Tensor._of(B.CPU.asarray(np.asarray(arr)))
 
 
 def _axes(m, at, args, pos: int):
@@ -905,9 +905,9 @@ def _recurrent(kind):
             weights.append((_reorder(W[d], H, order), _reorder(R[d], H, order), b_ih, b_hh))
         n = x.shape[1]
         if h0 is None:
-            h0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
+            h0 = Tensor._of(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
         if kind == "LSTM" and c0 is None:
-            c0 = Tensor(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
+            c0 = Tensor._of(x.backend.xp.zeros((D, n, H), dtype=x.dtype))
         lens = None
         if seq_lens is not None:
             lens = np.asarray(values_of(seq_lens)).astype(np.int64).reshape(-1)

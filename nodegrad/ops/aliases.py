@@ -566,8 +566,8 @@ def _fill_diagonal_(self, fill_value, wrap: bool = False) -> Tensor:
     with be.scope():
         mask = be.xp.zeros(self._data.size, dtype=B.bool_)
         mask[0:end:step] = True
-        mask = Tensor(mask.reshape(shape))
-        value = Tensor(be.xp.asarray(fill_value, dtype=self.dtype))
+        mask = Tensor._of(mask.reshape(shape))
+        value = Tensor._of(be.xp.asarray(fill_value, dtype=self.dtype))
     return apply_inplace(self, "fill_diagonal_", lambda x: E.where(mask, value, x))
 
 
@@ -863,7 +863,7 @@ def asarray(obj, *, dtype=None, device=None, copy: bool | None = None,
             raise ValueError(f"asarray: copy=False but an array of {arr.dtype} cannot be "
                              f"aliased as dtype={dtype} on {be.name}")
         if same:
-            out = Tensor(arr.copy() if copy else arr)
+            out = Tensor._of(arr.copy() if copy else arr)
         else:
             out = tensor(arr, dtype=dtype, device=be.name)
     else:
@@ -889,7 +889,7 @@ def empty_strided(size, stride, *, dtype=None, layout=None, device=None,
         buf = be.xp.zeros(max(extent, 1), dt)
         arr = be.xp.lib.stride_tricks.as_strided(buf, size, tuple(s * dt.itemsize
                                                                   for s in stride))
-    t = Tensor(arr)
+    t = Tensor._of(arr)
     return t.requires_grad_() if requires_grad else t
 
 
@@ -904,7 +904,7 @@ def frombuffer(buffer, *, dtype, count: int = -1, offset: int = 0,
     except (TypeError, ValueError) as e:
         raise ValueError(f"frombuffer: cannot read {count} elements of {dt} at byte {offset} "
                          f"of a {type(buffer).__name__}: {e}") from None
-    t = Tensor(arr)
+    t = Tensor._of(arr)
     return t.requires_grad_() if requires_grad else t
 
 
@@ -953,7 +953,7 @@ def as_strided(input, size, stride, storage_offset: int | None = None) -> Tensor
     the memory ``input`` views (its own offset by default), as a differentiable gather, so the
     result is a new tensor and overlapping positions add their gradients."""
     index = _strided_index(input, size, stride, storage_offset, "as_strided")
-    return I.take(input, Tensor(input.backend.asarray(index)))
+    return I.take(input, Tensor._of(input.backend.asarray(index)))
 
 
 def as_strided_scatter(input, src, size, stride, storage_offset: int | None = None) -> Tensor:
@@ -970,7 +970,7 @@ def as_strided_scatter(input, src, size, stride, storage_offset: int | None = No
                          f"{tuple(int(s) for s in size)}")
     index = _strided_index(input, size, stride, storage_offset, op).reshape(-1)
     flat = S.reshape(input, (-1,))
-    out = I.index_update(flat, Tensor(input.backend.asarray(index)),
+    out = I.index_update(flat, Tensor._of(input.backend.asarray(index)),
                          S.reshape(E.astype(src, input.dtype), (-1,)))
     return S.reshape(out, tuple(input.shape))
 
@@ -985,7 +985,7 @@ def _as_strided_(self, size, stride, storage_offset: int | None = None) -> Tenso
     index = _strided_index(self, size, stride, storage_offset, name)
     if modes().grad_enabled and self.requires_grad:
         _refuse_leaf(self, name)
-        out = I.take(_alias(self), Tensor(self.backend.asarray(index)))
+        out = I.take(_alias(self), Tensor._of(self.backend.asarray(index)))
         return _rebind(self, out, name)
     if self.node is not None:
         raise GradError(f"{name}: cannot restride a tensor that is part of a recorded graph "
@@ -1054,7 +1054,7 @@ def fill(input, value) -> Tensor:
     if isinstance(value, Tensor) and value.ndim:
         raise ShapeError(f"fill: value must be a number or a 0-d tensor, got shape "
                          f"{tuple(value.shape)}")
-    full_mask = Tensor(input.backend.xp.ones(input.shape, bool))
+    full_mask = Tensor._of(input.backend.xp.ones(input.shape, bool))
     out = E.where(full_mask, value, E.multiply(input, 0) if input.requires_grad else input)
     return out if out.dtype == input.dtype else E.astype(out, input.dtype)
 
@@ -1117,7 +1117,7 @@ def nonzero_static(input, *, size: int, fill_value: int = -1) -> Tensor:
     idx = I.nonzero(input)._data[:size]
     xp = input.backend.xp
     pad = xp.full((size - idx.shape[0], idx.shape[1]), fill_value, dtype=B.int64)
-    return Tensor(xp.concatenate([idx, pad], axis=0))
+    return Tensor._of(xp.concatenate([idx, pad], axis=0))
 
 
 def bitwise_left_shift(input, other) -> Tensor:
@@ -1197,8 +1197,8 @@ def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch
                                  f"expected input's {input.dtype}")
         edges = [b._data for b in bins]
         hist = _histogram_by_edges(xp, pts, edges, w, density)
-        return HistogramDD(Tensor(hist.astype(input.dtype)),
-                           tuple(Tensor(e.copy()) for e in edges))
+        return HistogramDD(Tensor._of(hist.astype(input.dtype)),
+                           tuple(Tensor._of(e.copy()) for e in edges))
     pairs = None
     if range is not None:
         if len(range) != 2 * d:
@@ -1206,8 +1206,8 @@ def histogramdd(input, bins, *, range=None, weight=None,  # noqa: A002  (PyTorch
                              f"{len(range)}")
         pairs = [(float(range[2 * k]), float(range[2 * k + 1])) for k in builtins.range(d)]
     hist, edges = xp.histogramdd(pts, bins=bins, range=pairs, weights=w, density=density)
-    return HistogramDD(Tensor(hist.astype(input.dtype)),
-                       tuple(Tensor(e.astype(input.dtype)) for e in edges))
+    return HistogramDD(Tensor._of(hist.astype(input.dtype)),
+                       tuple(Tensor._of(e.astype(input.dtype)) for e in edges))
 
 
 _FUNCTIONS.update(_LEGACY_TYPES)
@@ -1443,7 +1443,7 @@ def _new_method(self, *args, device=None) -> Tensor:
         if args[0].dtype != self.dtype:
             raise TypeError(f"new: expected a tensor of dtype {self.dtype}, got "
                             f"{args[0].dtype}")
-        return Tensor(args[0]._data)
+        return Tensor._of(args[0]._data)
     if len(args) == 1 and isinstance(args[0], Size):
         args = tuple(args[0])
     if all(isinstance(a, int) and not isinstance(a, bool) for a in args):

@@ -55,7 +55,7 @@ def repeat_interleave(input, repeats=None, dim: int | None = None, *,
     if repeats is None:  # torch.repeat_interleave(repeats)
         counts = input
         n = counts.shape[0] if counts.ndim else 1
-        return repeat_interleave(Tensor(counts.backend.xp.arange(n)), counts)
+        return repeat_interleave(Tensor._of(counts.backend.xp.arange(n)), counts)
     x = input
     if dim is None:
         x, ax = reshape(x, (-1,)), 0
@@ -146,7 +146,7 @@ def tril(x, diagonal: int = 0, *, k: int | None = None):
     diagonal = _offset("tril", diagonal, k)
     _matrix(x, "tril")
     m, n = x.shape[-2:]
-    return where(Tensor(x.backend.asarray(B.np.tri(m, n, diagonal, dtype=bool))), x, _zero(x))
+    return where(Tensor._of(x.backend.asarray(B.np.tri(m, n, diagonal, dtype=bool))), x, _zero(x))
 
 
 def triu(x, diagonal: int = 0, *, k: int | None = None):
@@ -155,7 +155,7 @@ def triu(x, diagonal: int = 0, *, k: int | None = None):
     diagonal = _offset("triu", diagonal, k)
     _matrix(x, "triu")
     m, n = x.shape[-2:]
-    return where(Tensor(x.backend.asarray(~B.np.tri(m, n, diagonal - 1, dtype=bool))), x,
+    return where(Tensor._of(x.backend.asarray(~B.np.tri(m, n, diagonal - 1, dtype=bool))), x,
                  _zero(x))
 
 
@@ -188,7 +188,7 @@ def diag_embed(x, offset: int = 0, dim1: int = -2, dim2: int = -1):
     if a1 == a2:
         raise ShapeError(f"diag_embed: dim1 and dim2 must differ, got {dim1} and {dim2}")
     n = x.shape[-1] + abs(offset)
-    base = Tensor(x.backend.xp.zeros(tuple(x.shape[:-1]) + (n, n), x.dtype))
+    base = Tensor._of(x.backend.xp.zeros(tuple(x.shape[:-1]) + (n, n), x.dtype))
     out = index_update(base, (Ellipsis,) + _diag_index(n, n, offset), x)
     perm = [0] * nd
     for k, d in enumerate(d for d in range(nd) if d not in (a1, a2)):

@@ -30,7 +30,7 @@ class _IndexedRef:
         """``v`` as a tensor of ``x``'s dtype on its device (JAX casts the update)."""
         x = self.x
         if not isinstance(v, Tensor):
-            return Tensor(x.backend.asarray(v, dtype=x.dtype))
+            return Tensor._of(x.backend.asarray(v, dtype=x.dtype))
         return v if v.dtype == x.dtype else E.astype(v, x.dtype)
 
     def _basic_only(self, op: str) -> None:

@@ -173,7 +173,7 @@ def _setitem_batch(vals, bdims, index):
     sub = _example_sub(x.backend.xp, ex, index, x.dtype)
     value = vals[1]
     if not isinstance(value, Tensor):  # a number: on x's device, in x's dtype
-        value = Tensor(x.backend.asarray(value, dtype=x.dtype))
+        value = Tensor._of(x.backend.asarray(value, dtype=x.dtype))
     v = rank_up(batched(value, bdims[1], n), 0, len(sub))
     v = moveaxis(v, 0, _adv_bdim(index))
     return _setitem(x, v, index=(slice(None),) + index), 0
@@ -383,7 +383,7 @@ def _view_put_batch(vals, bdims, view, vparams):
     pos = view.fwd(xp, xp.arange(math.prod(ex)).reshape(ex), **dict(vparams))
     value = vals[1]
     if not isinstance(value, Tensor):  # a number: on x's device, in x's dtype
-        value = Tensor(x.backend.asarray(value, dtype=x.dtype))
+        value = Tensor._of(x.backend.asarray(value, dtype=x.dtype))
     v = batched(value, bdims[1], n).broadcast_to((n,) + tuple(pos.shape))
     flat = _setitem(x.reshape((n, -1)), v.reshape((n, -1)),
                     index=(slice(None), xp.ascontiguousarray(pos).reshape(-1)))
@@ -437,7 +437,7 @@ def _masked_update(add: bool, x, mask, v):
     if type(mask) is not BatchTracer or mask.dtype.kind != "b" or mask.ndim > x.ndim:
         return None
     if not isinstance(v, Tensor):
-        v = Tensor(x.backend.asarray(v, dtype=x.dtype))
+        v = Tensor._of(x.backend.asarray(v, dtype=x.dtype))
     after = x.ndim - mask.ndim
     if v.ndim == after + 1 and v.shape[0] == 1:
         v = v.reshape(tuple(v.shape[1:]))
@@ -525,7 +525,7 @@ def _batched_index(op: str, fn, x, index, *value):
     if value:
         v = value[0]
         if not isinstance(v, Tensor):
-            v = Tensor(x.backend.asarray(v, dtype=x.dtype))
+            v = Tensor._of(x.backend.asarray(v, dtype=x.dtype))
         sub = sum(isinstance(i, slice) or i is None for i in idx) + rest + rank  # its rank
         vb = batched(v.val, v.bdim, n) if here[1] else batched(v, None, n)
         if vb.ndim - 1 > sub:
@@ -652,7 +652,7 @@ def _along_set_batch(prim):
 
 def _zeros_at(g, idx, axis):
     """``g`` with the positions that ``idx`` addresses set to 0."""
-    return _scatter_set(g, Tensor(g.backend.xp.zeros(idx.shape, g.dtype)), idx, axis=axis)
+    return _scatter_set(g, Tensor._of(g.backend.xp.zeros(idx.shape, g.dtype)), idx, axis=axis)
 
 
 def _gather_fit(x, idx, axis):
@@ -690,7 +690,7 @@ def _scatter_reduce_vjp(g, ans, x, src, idx, axis, reduce, include_self):
 
 def _scatter_reduce_jvp(ts, ans, x, src, idx, axis, reduce, include_self):
     # the VJP is g times coefficients: the JVP applies their transpose to the tangents
-    ones = Tensor(ans.backend.xp.ones(ans.shape, ans.dtype))
+    ones = Tensor._of(ans.backend.xp.ones(ans.shape, ans.dtype))
     cx, cs = _scatter_reduce_vjp(ones, ans, x, src, idx, axis, reduce, include_self)
     out = None if ts[0] is None else cx * ts[0]
     if ts[1] is not None:
@@ -719,7 +719,7 @@ _scatter_reduce.batch = _along_set_batch(_scatter_reduce)
 def _as_index(op: str, index, like, name: str = "index"):
     """``index`` as an integer tensor on ``like``'s device, or a DTypeError naming ``op``."""
     if not isinstance(index, Tensor):
-        index = Tensor(like.backend.asarray(index))
+        index = Tensor._of(like.backend.asarray(index))
         if index.dtype.kind == "f" and index.numel() == 0:
             index = index.astype(B.int64)
     if index.dtype.kind not in "iu":
@@ -787,7 +787,7 @@ def _src_arg(op, input, index, src, value):
         v = value if src is None else src
         if isinstance(v, Tensor):
             return v.broadcast_to(tuple(index.shape))
-        return Tensor(input.backend.xp.full(index.shape, v, dtype=input.dtype))
+        return Tensor._of(input.backend.xp.full(index.shape, v, dtype=input.dtype))
     _same_rank(op, src, index, "src")
     _not_larger(op, index, src, None, "src", skip_dim=False)
     return _fit(src, index.shape, None)
@@ -856,7 +856,7 @@ def scatter_reduce(input, dim: int, index, src, reduce: str, *, include_self: bo
         return total
     xp = input.backend.xp
     ft = input.dtype if B.is_float(input.dtype) else B.DEFAULT_FLOAT
-    count = _scatter_along(Tensor(xp.ones(index.shape, ft)), index, axis=ax, shape=shape)
+    count = _scatter_along(Tensor._of(xp.ones(index.shape, ft)), index, axis=ax, shape=shape)
     if include_self:
         count = count + 1
     hit = count > 0
@@ -934,7 +934,7 @@ def index_fill(input, dim: int, index, value):
     if isinstance(value, Tensor) and value.ndim:
         raise ShapeError(f"index_fill: value must be a number or a 0-d tensor, got shape "
                          f"{tuple(value.shape)}")
-    ones = Tensor(x.backend.xp.ones(shape, B.DEFAULT_FLOAT))
+    ones = Tensor._of(x.backend.xp.ones(shape, B.DEFAULT_FLOAT))
     hit = _scatter_along(ones, _spread_index(index, ax, shape), axis=ax, shape=tuple(x.shape))
     return _where(hit > 0, value, x).reshape(input.shape)  # each position once, repeats or not
 
@@ -942,7 +942,7 @@ def index_fill(input, dim: int, index, value):
 # --- masks -----------------------------------------------------------------------------------
 def _mask(op, mask, like):
     if not isinstance(mask, Tensor):
-        mask = Tensor(like.backend.asarray(mask))
+        mask = Tensor._of(like.backend.asarray(mask))
     if mask.dtype.kind != "b":
         raise DTypeError(f"{op}: mask must be a bool tensor, got dtype {mask.dtype}")
     return mask
@@ -1053,8 +1053,8 @@ def nonzero(input, *, as_tuple: bool = False):
     if input.ndim == 0 and not as_tuple:
         idx = idx[:, :0]
     if as_tuple:
-        return tuple(Tensor(xp.ascontiguousarray(idx[:, k])) for k in range(idx.shape[1]))
-    return Tensor(idx)
+        return tuple(Tensor._of(xp.ascontiguousarray(idx[:, k])) for k in range(idx.shape[1]))
+    return Tensor._of(idx)
 
 
 def argwhere(input):
@@ -1071,5 +1071,5 @@ def where(condition, input=None, other=None):
         raise TypeError("where: expected one argument (condition) or three")
     if isinstance(condition, list | tuple):  # NumPy's: a nested sequence of bools
         like = next((t for t in (input, other) if isinstance(t, Tensor)), None)
-        condition = Tensor((like.backend.xp if like is not None else B.np).asarray(condition))
+        condition = Tensor._of((like.backend.xp if like is not None else B.np).asarray(condition))
     return _where(condition, input, other)

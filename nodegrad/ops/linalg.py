@@ -167,7 +167,7 @@ def _undiagonal(t: str, terms, out: str, x) -> tuple[str, list]:
     for k, c in enumerate(t):
         if c in new:
             d = next(free)
-            eye = Tensor(x.backend.xp.eye(x.shape[k], dtype=x.dtype))
+            eye = Tensor._of(x.backend.xp.eye(x.shape[k], dtype=x.dtype))
             eyes.append((c + d, eye))
             c = d
         new += c
@@ -266,11 +266,11 @@ def _tri(x, upper: bool = False, k: int = 0):
     xp = x.backend.xp
     m, n = x.shape[-2], x.shape[-1]
     mask = 1 - xp.tri(m, n, k - 1, dtype=x.dtype) if upper else xp.tri(m, n, k, dtype=x.dtype)
-    return x * Tensor(mask)
+    return x * Tensor._of(mask)
 
 
 def _eye(x, n: int | None = None):
-    return Tensor(x.backend.xp.eye(x.shape[-1] if n is None else n, dtype=x.dtype))
+    return Tensor._of(x.backend.xp.eye(x.shape[-1] if n is None else n, dtype=x.dtype))
 
 
 def _diag(x):
@@ -833,8 +833,8 @@ def _svd_jvp(ts, ans, a, full_matrices):
         dv = dv + (matmul(_mT(da), u) - matmul(v, _mT(dp))) / sj
     if full_matrices:
         xp = ds.backend.xp
-        du = concatenate([du, Tensor(xp.zeros(du.shape[:-1] + (m - k,), dtype=du.dtype))], -1)
-        dv = concatenate([dv, Tensor(xp.zeros(dv.shape[:-1] + (n - k,), dtype=dv.dtype))], -1)
+        du = concatenate([du, Tensor._of(xp.zeros(du.shape[:-1] + (m - k,), dtype=du.dtype))], -1)
+        dv = concatenate([dv, Tensor._of(xp.zeros(dv.shape[:-1] + (n - k,), dtype=dv.dtype))], -1)
     lead = _lead(ds)
     return concatenate([reshape(du, lead + (_size(du),)), ds,
                         reshape(_mT(dv), lead + (_size(dv),))], -1)

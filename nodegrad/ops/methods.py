@@ -270,7 +270,7 @@ def inplace_source(self) -> Tensor:
     d = self._data
     if self.node is None and not self.requires_grad:
         d = d.copy()
-    return Tensor(d, self.node, self.requires_grad)
+    return Tensor._of(d, self.node, self.requires_grad)
 
 
 # ``t == "mean"`` or ``t == [1, 2]``: not compared elementwise, Python's answer (False), as
@@ -481,7 +481,7 @@ def _view_dtype(self, dtype):
     except ValueError as e:
         raise ShapeError(f"view: cannot view {d.dtype} of shape {tuple(d.shape)} as {dt}: "
                          f"{e}") from None
-    t = Tensor(r)
+    t = Tensor._of(r)
     self._add_alias(t)  # one memory, one version counter, as detach()
     return t
 

@@ -78,12 +78,12 @@ def _arr(op: str, a, like=None) -> Tensor:
         raise TypeError(f"{op}: cannot make a tensor of {type(a).__name__}: {e}") from None
     if host.dtype.kind not in "biufc" and host.dtype != B.bfloat16:
         raise DTypeError(f"{op}: expected numbers, got an array of dtype {host.dtype}")
-    return Tensor(_backend(like).asarray(host))
+    return Tensor._of(_backend(like).asarray(host))
 
 
 def _new(host, like=None) -> Tensor:
     """A tensor holding a host array made here (indices, masks, ranges)."""
-    return Tensor(_backend(like).asarray(host))
+    return Tensor._of(_backend(like).asarray(host))
 
 
 def _cast(t: Tensor, dt) -> Tensor:

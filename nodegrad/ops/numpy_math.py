@@ -67,7 +67,7 @@ def _arr(op: str, x) -> Tensor:
                          f"{type(x).__name__} ({e})") from None
     if a.dtype.kind not in "biufc" and a.dtype != B.bfloat16:
         raise DTypeError(f"{op}: expected numbers, got an array of dtype {a.dtype}")
-    return Tensor(a)
+    return Tensor._of(a)
 
 
 def _real(op: str, x) -> Tensor:
@@ -132,7 +132,7 @@ def _host(op: str, x: Tensor, what: str):
 def _const(like: Tensor, host, dtype=None) -> Tensor:
     """A constant tensor from host values on ``like``'s device."""
     a = like.backend.asarray(host)
-    return Tensor(a if dtype is None else a.astype(dtype))
+    return Tensor._of(a if dtype is None else a.astype(dtype))
 
 
 # --- elementwise math ------------------------------------------------------------------------
@@ -677,7 +677,7 @@ def vecmat(x1, x2, /) -> Tensor:
 def _window(op: str, M, fn, *args) -> Tensor:
     if isinstance(M, (bool, Tensor)) or not isinstance(M, numbers.Real):
         raise DTypeError(f"{op}: M must be a number (the window length), got {M!r}")
-    return Tensor(_np.asarray(fn(M, *args), dtype=_np.float64))
+    return Tensor._of(_np.asarray(fn(M, *args), dtype=_np.float64))
 
 
 def hamming(M: int) -> Tensor:
@@ -713,8 +713,8 @@ def iscomplex(x) -> Tensor:
     x = _arr("iscomplex", x)
     xp = x.backend.xp
     if x.dtype.kind == "c":
-        return Tensor(xp.imag(x._data) != 0)
-    return Tensor(xp.zeros(tuple(x.shape), B.bool_))
+        return Tensor._of(xp.imag(x._data) != 0)
+    return Tensor._of(xp.zeros(tuple(x.shape), B.bool_))
 
 
 def _dtype_of(x):

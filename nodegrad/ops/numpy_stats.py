@@ -48,7 +48,7 @@ def _t(a, like: Tensor | None = None) -> Tensor:
     if isinstance(a, Tensor):
         return a
     xp = like.backend.xp if like is not None else B.np
-    return Tensor(xp.asarray(a))
+    return Tensor._of(xp.asarray(a))
 
 
 def _axes_in_order(op: str, axis, ndim: int) -> tuple | None:
@@ -253,7 +253,7 @@ def _cumulative(op, scan, identity, x, axis, dtype, out, include_initial):
     r = scan(_accumulator(x, dtype), axis=ax)
     if include_initial:
         shape = tuple(1 if i == ax else s for i, s in enumerate(r.shape))
-        first = Tensor(r.backend.xp.full(shape, identity, dtype=r.dtype))
+        first = Tensor._of(r.backend.xp.full(shape, identity, dtype=r.dtype))
         r = S.concatenate([first, r], ax)
     return _out(op, out, r)
 
@@ -353,7 +353,7 @@ def average(a, axis=None, weights=None, returned: bool = False, *, keepdims: boo
             avg = s * _NAN
         else:
             avg = s / float(n)
-        scl = Tensor(avg.backend.xp.full(tuple(avg.shape), n, dtype=avg.dtype))
+        scl = Tensor._of(avg.backend.xp.full(tuple(avg.shape), n, dtype=avg.dtype))
     else:
         w = _weights_like("average", weights, x, order)
         dt = B.np.result_type(x.dtype, w.dtype, *(("f8",) if x.dtype.kind in "biu" else ()))
@@ -462,7 +462,7 @@ def _quantile(op, a, q, axis, out, method, keepdims, weights, skip_nan, scale):
         if n == 0 and math.prod(rest):
             _warn(op, "Mean of empty slice")
         kept = _kept_shape(x.shape, axes) if keepdims else rest
-        return _out(op, out, Tensor(x.backend.xp.full(kept, _NAN, dtype=_inexact(x).dtype)))
+        return _out(op, out, Tensor._of(x.backend.xp.full(kept, _NAN, dtype=_inexact(x).dtype)))
     lanes, rest = _lanes(x, axes, n)
     m = qf.numel()
     qshape = tuple(qt.shape)
@@ -473,7 +473,7 @@ def _quantile(op, a, q, axis, out, method, keepdims, weights, skip_nan, scale):
                              f"{tuple(x.shape)}, axis {order})")
         if math.prod(rest):
             _warn(op, "Mean of empty slice")
-        return _out(op, out, Tensor(x.backend.xp.full(shape, _NAN, dtype=dt)))
+        return _out(op, out, Tensor._of(x.backend.xp.full(shape, _NAN, dtype=dt)))
     w = None
     if weights is not None:
         w = _weights_like(op, weights, x, order)
@@ -487,7 +487,7 @@ def _quantile(op, a, q, axis, out, method, keepdims, weights, skip_nan, scale):
     if skip_nan and nan_kind:
         cnt = astype(_sum(~isn, axis=(xs.ndim - 1,), keepdims=True), qdt)  # (*rest, 1)
     else:
-        cnt = Tensor(x.backend.xp.full(rest + (1,), n, dtype=qdt))
+        cnt = Tensor._of(x.backend.xp.full(rest + (1,), n, dtype=qdt))
     qb = S.reshape(qf, (1,) * len(rest) + (m,))
     if w is not None:
         res = _weighted_pick(op, xs, I.take_along_axis(w, srt, -1), isn, qb, skip_nan, qdt)
@@ -580,7 +580,7 @@ def _equal_edges(op: str, x: Tensor, n: int, rng, out_dtype) -> Tensor:
         lo, hi = _range_pair(op, rng) if rng is not None else (0.0, 1.0)
         if lo == hi:
             lo, hi = lo - 0.5, hi + 0.5
-        edges = Tensor(xp.linspace(lo, hi, n + 1))
+        edges = Tensor._of(xp.linspace(lo, hi, n + 1))
         return edges if out_dtype is None else astype(edges, out_dtype)
     dt = x.dtype if B.is_float(x.dtype) else B.float64
     lo, hi = astype(_min(x), dt), astype(_max(x), dt)
@@ -589,7 +589,7 @@ def _equal_edges(op: str, x: Tensor, n: int, rng, out_dtype) -> Tensor:
         raise ValueError(f"{op}: the autodetected range [{a}, {b}] is not finite")
     same = lo == hi
     lo, hi = where(same, lo - 0.5, lo), where(same, hi + 0.5, hi)
-    k = Tensor(xp.arange(n + 1, dtype=dt))
+    k = Tensor._of(xp.arange(n + 1, dtype=dt))
     step = (hi - lo) / float(n)
     y = k * step + lo
     if n >= 1:  # the last edge is exactly the maximum
@@ -706,7 +706,7 @@ def histogram2d(x, y, bins=10, range=None, density: bool | None = None, weights=
     inside = (ix >= 1) & (ix <= nx) & (iy >= 1) & (iy <= ny)
     flat = where(inside, (ix - 1) * ny + (iy - 1), 0)
     if weights is None:
-        w = Tensor(xt.backend.xp.ones(tuple(xt.shape), dtype=B.float64))
+        w = Tensor._of(xt.backend.xp.ones(tuple(xt.shape), dtype=B.float64))
     else:
         w = _t(weights, xt)
         if tuple(w.shape) != tuple(xt.shape):
@@ -714,7 +714,7 @@ def histogram2d(x, y, bins=10, range=None, density: bool | None = None, weights=
                              f"{tuple(xt.shape)}, got {tuple(w.shape)}")
         w = astype(w, B.float64)
     size = max(nx, 0) * max(ny, 0)
-    h = I.scatter_add(Tensor(xt.backend.xp.zeros((size,), dtype=B.float64)), 0, flat,
+    h = I.scatter_add(Tensor._of(xt.backend.xp.zeros((size,), dtype=B.float64)), 0, flat,
                       where(inside, w, 0.0))
     h = S.reshape(h, (max(nx, 0), max(ny, 0)))
     if density:
@@ -794,7 +794,7 @@ def digitize(x, bins, right: bool = False) -> Tensor:
     if not inc and not bool((bv[1:] <= bv[:-1]).all()):
         raise ValueError(f"{op}: bins must be monotonically increasing or decreasing")
     if b.shape[0] == 0:
-        return Tensor(xt.backend.xp.zeros(tuple(xt.shape), dtype=B.int64))
+        return Tensor._of(xt.backend.xp.zeros(tuple(xt.shape), dtype=B.int64))
     if inc:
         return searchsorted(b, xt, right=not right)
     return b.shape[0] - searchsorted(S.flip(b, 0), xt, right=not right)

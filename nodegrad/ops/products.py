@@ -501,7 +501,7 @@ def cholesky_inverse(input, upper: bool = False) -> Tensor:
     if f.ndim < 2 or f.shape[-1] != f.shape[-2]:
         raise ShapeError(f"cholesky_inverse: expected a square matrix or a batch of them "
                          f"(..., n, n), got shape {_shape(f)}")
-    eye = Tensor(f.backend.xp.eye(f.shape[-1], dtype=f.dtype))
+    eye = Tensor._of(f.backend.xp.eye(f.shape[-1], dtype=f.dtype))
     return LA.cholesky_solve(eye, f, upper=upper)
 
 
@@ -518,8 +518,8 @@ def svd(input, some: bool = True, compute_uv: bool = True) -> SVDResult:
         s = LA.svdvals(x)
         xp = x.backend.xp
         lead, (m, n) = _shape(x)[:-2], _shape(x)[-2:]
-        return SVDResult(Tensor(xp.zeros(lead + (m, m), dtype=x.dtype)), s,
-                         Tensor(xp.zeros(lead + (n, n), dtype=x.dtype)))
+        return SVDResult(Tensor._of(xp.zeros(lead + (m, m), dtype=x.dtype)), s,
+                         Tensor._of(xp.zeros(lead + (n, n), dtype=x.dtype)))
     u, s, vh = LA.svd(x, full_matrices=not some)
     return SVDResult(u, s, S.swapaxes(vh, -1, -2))
 
@@ -718,7 +718,7 @@ def trapezoid(y, x=None, *, dx=None, dim: int = -1) -> Tensor:
     y, ax = _trap_setup("trapezoid", y, x, dx, dim)
     if y.shape[ax] == 0:
         shape = _shape(y)[:ax] + _shape(y)[ax + 1:]
-        return Tensor(y.backend.xp.zeros(shape, dtype=y.dtype))
+        return Tensor._of(y.backend.xp.zeros(shape, dtype=y.dtype))
     if x is not None:
         d = _trap_dx("trapezoid", y, x, ax)
         return R.sum((_sl(y, ax, None, -1) + _sl(y, ax, 1)) * d, ax) / 2.0

@@ -83,8 +83,8 @@ def _cumprod_vjp_poly(g, x, axis):
     n = x.shape[axis]
     xl, gl = moveaxis(x, axis, -1), moveaxis(g, axis, -1)
     xp = x.backend.xp
-    eye = Tensor(xp.eye(n, dtype=bool))
-    upper = Tensor(xp.triu(xp.ones((n, n), dtype=bool)))
+    eye = Tensor._of(xp.eye(n, dtype=bool))
+    upper = Tensor._of(xp.triu(xp.ones((n, n), dtype=bool)))
     table = _cumprod(where(eye, 1, expand_dims(xl, -2)), axis=xl.ndim)  # [.., i, j]
     out = _sum(where(upper, expand_dims(gl, -2) * table, 0), axis=(xl.ndim,), keepdims=False)
     return moveaxis(out, -1, axis)

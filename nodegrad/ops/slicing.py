@@ -80,7 +80,7 @@ def _ints(op: str, v, name: str) -> list[int]:
 def _src(op: str, src, want: tuple, like):
     """``src`` as a tensor of exactly shape ``want`` and a dtype ``like`` can take."""
     if not isinstance(src, Tensor):
-        src = Tensor(like.backend.xp.asarray(src, dtype=like.dtype))
+        src = Tensor._of(like.backend.xp.asarray(src, dtype=like.dtype))
     if tuple(src.shape) != tuple(want):
         raise ShapeError(f"{op}: src has shape {tuple(src.shape)}, expected {tuple(want)} (the "
                          f"shape of the part of input {tuple(like.shape)} it replaces)")
@@ -339,7 +339,7 @@ def _put_index(op: str, x, indices) -> tuple:
     for i in indices:
         if i is None:
             raise DTypeError(f"{op}: indices must be integer or bool tensors, got None")
-        t = i if isinstance(i, Tensor) else Tensor(x.backend.asarray(i))
+        t = i if isinstance(i, Tensor) else Tensor._of(x.backend.asarray(i))
         if t.dtype == B.np.uint8:  # PyTorch reads a byte tensor as a mask
             t = astype(t, B.bool_)
         if t.dtype.kind not in "iub":
@@ -362,7 +362,7 @@ def index_put(input: Tensor, indices: tuple | list | Tensor, values: Tensor | fl
     position then sums every value sent to it."""
     index = _put_index("index_put", input, indices)
     xp = input.backend.xp
-    v = values if isinstance(values, Tensor) else Tensor(xp.asarray(values, dtype=input.dtype))
+    v = values if isinstance(values, Tensor) else Tensor._of(xp.asarray(values, dtype=input.dtype))
     _same_float("index_put", v, input, "values")
     if accumulate and v.dtype != input.dtype:
         v = astype(v, input.dtype)
@@ -397,7 +397,7 @@ def index_reduce(input: Tensor, dim: int, index: Tensor, source: Tensor, reduce:
         raise ShapeError(f"index_reduce: index must be 0-d or 1-d, got shape "
                          f"{tuple(idx.shape)}")
     if not isinstance(source, Tensor):
-        source = Tensor(input.backend.xp.asarray(source, dtype=input.dtype))
+        source = Tensor._of(input.backend.xp.asarray(source, dtype=input.dtype))
     if source.dtype != input.dtype:
         raise DTypeError(f"index_reduce: source has dtype {source.dtype} but input has "
                          f"{input.dtype}; they must match")
@@ -628,11 +628,11 @@ def bincount(input: Tensor, weights: Tensor | None = None, minlength: int = 0) -
     n = builtins.max(int(v.max()) + 1 if v.size else 0, minlength)
     xp = input.backend.xp
     if weights is None:
-        dt, w = B.int64, Tensor(xp.ones(input.shape, B.int64))
+        dt, w = B.int64, Tensor._of(xp.ones(input.shape, B.int64))
     else:
         dt = B.float32 if weights.dtype == B.float32 else B.float64
         w = weights if weights.dtype == dt else astype(weights, dt)
-    return I.scatter_add(Tensor(xp.zeros((n,), dt)), 0, input, w)
+    return I.scatter_add(Tensor._of(xp.zeros((n,), dt)), 0, input, w)
 
 
 def _finite_range(op: str, lo, hi) -> None:
@@ -648,7 +648,7 @@ def _counts(x, bins: int, pos, inside, weight=None):
     if w.dtype != x.dtype:
         w = astype(w, x.dtype)
     pos = where(inside, pos, 0)
-    return I.scatter_add(Tensor(x.backend.xp.zeros((bins,), x.dtype)), 0, pos, w)
+    return I.scatter_add(Tensor._of(x.backend.xp.zeros((bins,), x.dtype)), 0, pos, w)
 
 
 def histc(input: Tensor, bins: int = 100, min: float = 0, max: float = 0) -> Tensor:
@@ -673,7 +673,7 @@ def histc(input: Tensor, bins: int = 100, min: float = 0, max: float = 0) -> Ten
         _finite_range("histc", lo, hi)
         if not lo < hi:
             raise ShapeError(f"histc: max must be larger than min, got min={lo} max={hi}")
-        a, b = Tensor(xp.asarray(lo, dtype=dt)), Tensor(xp.asarray(hi, dtype=dt))
+        a, b = Tensor._of(xp.asarray(lo, dtype=dt)), Tensor._of(xp.asarray(hi, dtype=dt))
     inside = (x >= a) & (x <= b)
     # the bin as PyTorch computes it, in the input's dtype: ((x - lo) * bins) / (hi - lo)
     raw = where(inside, ((x - a) * float(bins)) / (b - a), 0.0)
@@ -685,9 +685,9 @@ def _linspace_edges(a, b, bins: int):
     """PyTorch's linspace in the operands' dtype: from the start below halfway, else from the
     end (so both ends are exact)."""
     xp = a.backend.xp
-    k = Tensor(xp.arange(bins + 1).astype(a.dtype))
+    k = Tensor._of(xp.arange(bins + 1).astype(a.dtype))
     step = (b - a) / float(bins)
-    low = Tensor(xp.arange(bins + 1) < (bins + 1) // 2)
+    low = Tensor._of(xp.arange(bins + 1) < (bins + 1) // 2)
     return where(low, a + step * k, b - step * (float(bins) - k))
 
 
@@ -702,7 +702,7 @@ def histogram(input: Tensor, bins: int | Tensor = 100, *, range: tuple | None = 
     x = S.reshape(input, (-1,))
     xp, dt = input.backend.xp, input.dtype
     if isinstance(bins, list | tuple) or B.is_array(bins):  # NumPy's: a sequence of edges
-        bins = Tensor(xp.asarray(bins, dtype=dt))
+        bins = Tensor._of(xp.asarray(bins, dtype=dt))
     if isinstance(bins, Tensor):
         if range is not None:
             raise TypeError("histogram: range= is not taken with a tensor of bin edges")
@@ -725,7 +725,7 @@ def histogram(input: Tensor, bins: int | Tensor = 100, *, range: tuple | None = 
                 raise ShapeError(f"histogram: range min must not exceed max, got ({lo}, {hi})")
             if lo == hi:
                 lo, hi = lo - 0.5, hi + 0.5
-            a, b = Tensor(xp.asarray(lo, dtype=dt)), Tensor(xp.asarray(hi, dtype=dt))
+            a, b = Tensor._of(xp.asarray(lo, dtype=dt)), Tensor._of(xp.asarray(hi, dtype=dt))
         else:
             a, b = amin(x), amax(x)
             _finite_range("histogram", a, b)
@@ -779,11 +779,11 @@ def unique_consecutive(input: Tensor, return_inverse: bool = False,
         out = d.reshape(-1)[starts]
     else:
         out = xp.take(d, starts, axis=ax)
-    res = [Tensor(xp.ascontiguousarray(out))]
+    res = [Tensor._of(xp.ascontiguousarray(out))]
     if return_inverse:
-        res.append(Tensor((xp.cumsum(change) - 1).astype(B.int64).reshape(inv_shape)))
+        res.append(Tensor._of((xp.cumsum(change) - 1).astype(B.int64).reshape(inv_shape)))
     if return_counts:
-        res.append(Tensor(xp.diff(xp.append(starts, n)).astype(B.int64)))
+        res.append(Tensor._of(xp.diff(xp.append(starts, n)).astype(B.int64)))
     return res[0] if len(res) == 1 else tuple(res)
 
 
@@ -816,14 +816,14 @@ def mode(input: Tensor, dim: int = -1, keepdim: bool = False) -> Mode:
     xp = x.backend.xp
     order = argsort(xm, -1)
     s = I.take_along_axis(xm, order, -1)
-    pos = Tensor(xp.arange(n, dtype=B.int64))
+    pos = Tensor._of(xp.arange(n, dtype=B.int64))
     if n > 1:
         diff = _along(s, s.ndim - 1, slice(1, None)) != _along(s, s.ndim - 1, slice(0, n - 1))
-        edge = Tensor(xp.ones(tuple(s.shape[:-1]) + (1,), bool))
+        edge = Tensor._of(xp.ones(tuple(s.shape[:-1]) + (1,), bool))
         new = S.concatenate([edge, diff], -1)
         ends = S.concatenate([diff, edge], -1)
     else:
-        new = ends = Tensor(xp.ones(tuple(s.shape), bool))
+        new = ends = Tensor._of(xp.ones(tuple(s.shape), bool))
     start = cummax(where(new, pos, 0), -1).values
     end = S.flip(cummin(S.flip(where(ends, pos, n), -1), -1).values, -1)
     best = argmax(end - start, -1, True)  # the first (smallest value) of the longest runs
@@ -847,7 +847,7 @@ def nanmedian(input: Tensor, dim: int | None = None, keepdim: bool = False):
     if dim is None:
         if input.numel() == 0:
             _float_input("nanmedian", input)
-            return Tensor(input.backend.xp.asarray(float("nan"), dtype=input.dtype))
+            return Tensor._of(input.backend.xp.asarray(float("nan"), dtype=input.dtype))
         return share_ties(input, nanmedian(S.reshape(input, (-1,)), 0).values)
     if not B.is_float(input.dtype):
         return median(input, dim, keepdim)
@@ -876,7 +876,7 @@ def nanquantile(input: Tensor, q: float | Tensor, dim: int | None = None, keepdi
             raise DTypeError(f"nanquantile: q has dtype {q.dtype} but input has {input.dtype}")
         qt = q
     else:
-        qt = Tensor(input.backend.xp.asarray(q, dtype=input.dtype))
+        qt = Tensor._of(input.backend.xp.asarray(q, dtype=input.dtype))
     if qt.ndim > 1:
         raise ShapeError(f"nanquantile: q must be a number or a 1-d tensor, got shape "
                          f"{tuple(qt.shape)}")

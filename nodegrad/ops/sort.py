@@ -168,7 +168,7 @@ def _np_median(x, axis, keepdims: bool, out):
     with NaN, integers and bools as float64."""
     _quantile = _numpy_quantile[0]
     if not isinstance(x, Tensor):
-        x = Tensor(B.np.asarray(x))
+        x = Tensor._of(B.np.asarray(x))
     if not (axis is None or isinstance(axis, int)) or x.numel() == 0 or x.dtype.kind == "c":
         # tuple axes, empty input and the errors: NumPy's quantile path (same value up to
         # the last bit of the average)
@@ -203,7 +203,7 @@ def median(x, dim: int | None = None, keepdim: bool = False, *, axis=_NO,
     ordered("median", x)
     if dim is None:
         if x.numel() == 0 and B.is_float(x.dtype):  # PyTorch: NaN for no entries
-            return Tensor(x.backend.xp.asarray(float("nan"), dtype=x.dtype))
+            return Tensor._of(x.backend.xp.asarray(float("nan"), dtype=x.dtype))
         return share_ties(x, median(reshape(x, (-1,)), 0).values)
     ax = _dim(x, dim, "median")
     v = _vec(x)
@@ -246,7 +246,7 @@ def quantile(x, q, dim: int | None = None, keepdim: bool = False, *,
                          "with .float()")
     if x.dtype.kind != "f":
         raise DTypeError(f"quantile: expected a floating-point input, got {x.dtype}")
-    qt = q if isinstance(q, Tensor) else Tensor(x.backend.xp.asarray(q, dtype=x.dtype))
+    qt = q if isinstance(q, Tensor) else Tensor._of(x.backend.xp.asarray(q, dtype=x.dtype))
     if qt.dtype != x.dtype:
         raise DTypeError(f"quantile: q must have the input's dtype {x.dtype} (as "
                          f"torch.quantile), got {qt.dtype}")
@@ -335,7 +335,7 @@ def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: 
         res = _unique_distinct_nan(xp, x._data.reshape(-1))
     else:
         res = xp.unique(x._data, return_inverse=True, return_counts=True, axis=axis)
-    out, inv, counts = (Tensor(r) for r in res)
+    out, inv, counts = (Tensor._of(r) for r in res)
     inv = reshape(inv, x.shape if axis is None else (x.shape[axis],))
     extra = ((inv,) if return_inverse else ()) + ((counts,) if return_counts else ())
     return (out,) + extra if extra else out
@@ -386,7 +386,7 @@ def searchsorted(sorted_sequence, values, *, out_int32: bool = False, right: boo
     seq = sorted_sequence
     if not isinstance(seq, Tensor):  # NumPy's: a sequence of numbers
         xp = values.backend.xp if isinstance(values, Tensor) else B.np
-        seq = Tensor(xp.asarray(seq))
+        seq = Tensor._of(xp.asarray(seq))
     v = _as_tensor(values, seq)
     if seq.ndim == 0:
         raise ShapeError("searchsorted: sorted_sequence must have at least 1 dim, got a scalar")
@@ -428,4 +428,4 @@ def _as_tensor(v, like):
         return v
     arr = like.backend.xp.asarray(v)
     keep = arr.dtype.kind == "f" and like.dtype.kind in "biu"
-    return Tensor(arr if keep else arr.astype(like.dtype))
+    return Tensor._of(arr if keep else arr.astype(like.dtype))

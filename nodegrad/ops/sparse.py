@@ -158,8 +158,8 @@ class SparseTensor:
         xp = self._i.backend.xp
         lin = _linear(xp, self._i._data, self._size[:self.sparse_dim()])
         _, first = xp.unique(lin, return_index=True)
-        return SparseTensor(Tensor(self._i._data[:, first]), Tensor(g._data[first]), self._size,
-                            True)
+        return SparseTensor(Tensor._of(self._i._data[:, first]), Tensor._of(g._data[first]),
+                            self._size, True)
 
     @grad.setter
     def grad(self, value) -> None:
@@ -186,14 +186,14 @@ class SparseTensor:
         idx = xp.stack(xp.unravel_index(uniq, self._size[:nd])) if nd else (
             xp.zeros((0, uniq.shape[0]), dtype=xp.int64))
         shape = (int(uniq.shape[0]),) + tuple(self._v.shape[1:])
-        values = _scatter(self._v, index=norm_index(Tensor(inverse.reshape(-1)), self.backend,
+        values = _scatter(self._v, index=norm_index(Tensor._of(inverse.reshape(-1)), self.backend,
                                                     "coalesce"), shape=shape)
-        return SparseTensor(Tensor(idx.astype(xp.int64)), values, self._size, True)
+        return SparseTensor(Tensor._of(idx.astype(xp.int64)), values, self._size, True)
 
     def to_dense(self, dtype=None) -> Tensor:
         """The dense tensor (repeated positions added up), differentiable in the values."""
         nd = self.sparse_dim()
-        index = norm_index(tuple(Tensor(r) for r in self._i._data), self.backend, "to_dense")
+        index = norm_index(tuple(Tensor._of(r) for r in self._i._data), self.backend, "to_dense")
         out = _scatter(self._v, index=index, shape=self._size) if nd else self._v.sum(0)
         return out if dtype is None else out.to(dtype)
 
@@ -254,7 +254,7 @@ class SparseTensor:
                 raise ShapeError(f"mul: a sparse tensor of shape {list(self._size)} times a "
                                  f"dense one of shape {list(other.shape)}: the shapes must match")
             s = self.coalesce()
-            picked = other[tuple(Tensor(r) for r in s._i._data)]
+            picked = other[tuple(Tensor._of(r) for r in s._i._data)]
             return s._with_values(s._v * picked)
         return self._with_values(self._v * other)
 
@@ -272,8 +272,8 @@ class SparseTensor:
         pos = xp.minimum(xp.searchsorted(lb, la), max(int(lb.shape[0]) - 1, 0))
         both = (lb[pos] == la) if lb.shape[0] else xp.zeros(la.shape, dtype=bool)
         ia, ib = xp.nonzero(both)[0], pos[both]
-        values = a._v[Tensor(ia)] * b._v[Tensor(ib)].to(a._v.dtype)
-        return SparseTensor(Tensor(a._i._data[:, ia]), values, a._size, True)
+        values = a._v[Tensor._of(ia)] * b._v[Tensor._of(ib)].to(a._v.dtype)
+        return SparseTensor(Tensor._of(a._i._data[:, ia]), values, a._size, True)
 
     def div(self, other):
         if isinstance(other, (SparseTensor, Tensor)) and getattr(other, "ndim", 0):
@@ -294,7 +294,7 @@ class SparseTensor:
                              "differ")
         ov = other._v if alpha == 1 else other._v * alpha
         from .shape import concatenate
-        both = SparseTensor(Tensor(self.backend.xp.concatenate([self._i._data, other._i._data],
+        both = SparseTensor(Tensor._of(self.backend.xp.concatenate([self._i._data, other._i._data],
                                                                axis=1)),
                             concatenate([self._v, ov.to(self._v.dtype)], 0), self._size, False)
         return both.coalesce() if self._coalesced and other._coalesced else both
@@ -325,7 +325,8 @@ class SparseTensor:
         if self.dim() != 2 or self.sparse_dim() != 2:
             raise ShapeError(f"t: expected a sparse matrix, got shape {list(self._size)} with "
                              f"sparse_dim {self.sparse_dim()}")
-        return SparseTensor(Tensor(self._i._data[::-1].copy()), self._v, self._size[::-1], False)
+        return SparseTensor(Tensor._of(self._i._data[::-1].copy()), self._v, self._size[::-1],
+                            False)
 
     def transpose(self, dim0: int, dim1: int) -> SparseTensor:
         nd = self.sparse_dim()
@@ -337,7 +338,7 @@ class SparseTensor:
         order[d0], order[d1] = d1, d0
         size = list(self._size)
         size[d0], size[d1] = size[d1], size[d0]
-        return SparseTensor(Tensor(self._i._data[order]), self._v, tuple(size), False)
+        return SparseTensor(Tensor._of(self._i._data[order]), self._v, tuple(size), False)
 
     def mm(self, other):
         return mm(self, other)
@@ -476,8 +477,8 @@ def to_sparse(x, sparse_dim: int | None = None) -> SparseTensor:
     d = x._data
     keep = d != 0 if nd == x.ndim else (d != 0).reshape(d.shape[:nd] + (-1,)).any(-1)
     idx = xp.stack(xp.nonzero(keep)).astype(xp.int64)
-    values = x[tuple(Tensor(r) for r in idx)]
-    return SparseTensor(Tensor(idx), values, tuple(x.shape), True)
+    values = x[tuple(Tensor._of(r) for r in idx)]
+    return SparseTensor(Tensor._of(idx), values, tuple(x.shape), True)
 
 
 class SparseCsrTensor:
@@ -528,7 +529,7 @@ class SparseCsrTensor:
         idx = xp.stack([rows, self._col._data.astype(xp.int64)])
         lin = _linear(xp, idx, self._size)
         ordered = lin.shape[0] <= 1 or bool((lin[1:] > lin[:-1]).all())
-        return SparseTensor(Tensor(idx), self._v, self._size, ordered)
+        return SparseTensor(Tensor._of(idx), self._v, self._size, ordered)
 
     to_sparse_coo = to_sparse
 
@@ -655,7 +656,7 @@ def to_sparse_csr(x) -> SparseCsrTensor:
     xp = s._i.backend.xp
     counts = xp.bincount(s._i._data[0], minlength=s._size[0])
     crow = xp.concatenate([xp.zeros(1, dtype=xp.int64), xp.cumsum(counts).astype(xp.int64)])
-    return SparseCsrTensor(Tensor(crow), Tensor(s._i._data[1].copy()), s._v, s._size)
+    return SparseCsrTensor(Tensor._of(crow), Tensor._of(s._i._data[1].copy()), s._v, s._size)
 
 
 DEFERRING.update((SparseTensor, SparseCsrTensor))
@@ -671,7 +672,7 @@ def sparse_mask(x, mask: SparseTensor) -> SparseTensor:
     if tuple(x.shape) != mask._size:
         raise ShapeError(f"sparse_mask: the tensor's shape {list(x.shape)} differs from the "
                          f"mask's {list(mask._size)}")
-    values = x[tuple(Tensor(r) for r in mask._i._data)]
+    values = x[tuple(Tensor._of(r) for r in mask._i._data)]
     return SparseTensor(mask._i, values, mask._size, mask._coalesced)
 
 
@@ -717,7 +718,7 @@ def mm(mat1, mat2):
     if int(d.shape[0]) != k:
         raise ShapeError(f"sparse.mm: shapes {list(mat1._size)} and {list(d.shape)} cannot be "
                          f"multiplied ({k} columns against {d.shape[0]} rows)")
-    rows, cols = (Tensor(r) for r in mat1._i._data)
+    rows, cols = (Tensor._of(r) for r in mat1._i._data)
     contrib = mat1._v.unsqueeze(1) * d[cols]  # (nnz, n): each stored entry times its row of X
     return _scatter(contrib, index=norm_index(rows, d.backend, "sparse.mm"),
                     shape=(m, int(d.shape[1])))
@@ -757,7 +758,7 @@ def sum(input: SparseTensor, dim=None, dtype=None):
     if not keep:
         return v.sum(0)
     size = tuple(s for d, s in enumerate(input._size) if d not in dims)
-    return SparseTensor(Tensor(input._i._data[keep]), v, size, False).coalesce()
+    return SparseTensor(Tensor._of(input._i._data[keep]), v, size, False).coalesce()
 
 
 def _grouped(op: str, input: SparseTensor, dim: int):
@@ -780,15 +781,15 @@ def _grouped(op: str, input: SparseTensor, dim: int):
 def _group_log_normaliser(v: Tensor, group, n: int, backend):
     """``log(sum(exp(v)))`` for each group, gathered back to each entry, stably (shifted by
     the group's largest value, which carries no gradient)."""
-    g = Tensor(group.reshape((-1,) + (1,) * (v.ndim - 1)))
+    g = Tensor._of(group.reshape((-1,) + (1,) * (v.ndim - 1)))
     g = g.expand(tuple(v.shape)) if v.ndim > 1 else g
     rest = tuple(v.shape[1:])
     top = zeros((n,) + rest, dtype=v.dtype, device=v.device).scatter_reduce(
         0, g, v.detach(), "amax", include_self=False)
-    shift = top[Tensor(group)]
+    shift = top[Tensor._of(group)]
     e = (v - shift).exp()
-    total = _scatter(e, index=norm_index(Tensor(group), backend, "softmax"), shape=(n,) + rest)
-    return shift + total[Tensor(group)].log()
+    total = _scatter(e, index=norm_index(Tensor._of(group), backend, "softmax"), shape=(n,) + rest)
+    return shift + total[Tensor._of(group)].log()
 
 
 def softmax(input: SparseTensor, dim: int, *, dtype=None) -> SparseTensor:

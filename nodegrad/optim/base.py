@@ -680,7 +680,7 @@ class Optimizer:
         for group, pos in zip(self.param_groups, layout):
             for p, j in zip(group["params"], pos):
                 if j is not None and p.grad is None:
-                    p.grad = Tensor(grads[j].copy())
+                    p.grad = Tensor._of(grads[j].copy())
                     put.append(p)
         try:
             return fn(*args, **kwargs)
@@ -1024,7 +1024,7 @@ class Optimizer:
                     if p.grad._data is v:
                         p.grad._bump()
                     else:
-                        p.grad = Tensor(v)
+                        p.grad = Tensor._of(v)
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -1082,7 +1082,7 @@ class Optimizer:
             if b.cplx is not None:  # complex state for a complex parameter, as PyTorch's
                 v = v.view(b.cplx)
             v = v.reshape(b.pshapes[i])
-            dict.__setitem__(entry, name, v.copy() if copy else Tensor(v))  # live: a tensor
+            dict.__setitem__(entry, name, v.copy() if copy else Tensor._of(v))  # live: a tensor
         return entry
 
     def _extract(self, gi: int) -> list:
@@ -1164,12 +1164,12 @@ class Optimizer:
                 if self.step_form == "int":
                     out[k] = int(v)
                 elif self.step_form is not None:
-                    out[k] = Tensor(B.np.asarray(v, B.np.float32 if abs(v) < 1 << 24
+                    out[k] = Tensor._of(B.np.asarray(v, B.np.float32 if abs(v) < 1 << 24
                                                  else B.np.float64))
             elif is_array(v):
-                out[k] = Tensor(v)
+                out[k] = Tensor._of(v)
             elif isinstance(v, float | int) and not isinstance(v, bool):
-                out[k] = Tensor(B.np.asarray(v, B.np.float64))
+                out[k] = Tensor._of(B.np.asarray(v, B.np.float64))
             else:
                 out[k] = v
         return out
@@ -1348,7 +1348,7 @@ class _LiveEntry(dict):
             if isinstance(v, Tensor):  # a tensor on the buffers: its values, apart
                 v = v._data
             if is_array(v):
-                dict.__setitem__(self, k, Tensor(v.copy()))
+                dict.__setitem__(self, k, Tensor._of(v.copy()))
         self._bucket = self._opt = None
         opt._reset_state(p)
         opt._user_state[p] = self
@@ -1371,7 +1371,7 @@ def _own_state(p: Tensor, v, key=None):
         return type(v)(_own_state(p, x) for x in v)
     if not (_is_arrayish(v) or hasattr(v, "__array__")):
         return v
-    t = Tensor(_to_backend_of(p, v))
+    t = Tensor._of(_to_backend_of(p, v))
     if key != "step" and p.is_floating_point() and t.dtype != p.dtype:
         t = t.to(p.dtype)
     return t

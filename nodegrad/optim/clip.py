@@ -36,7 +36,7 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float,
     are no gradients; float16 gradients are summed in float32 so their squares cannot
     overflow. ``foreach`` (PyTorch's choice of kernel, the same values) is accepted and ignored.
     """
-    return Tensor(_clip_norm(_params(parameters), float(max_norm), float(norm_type),
+    return Tensor._of(_clip_norm(_params(parameters), float(max_norm), float(norm_type),
                              error_if_nonfinite))
 
 

@@ -423,9 +423,9 @@ class LBFGS(Optimizer):
         resume), the counts, ``t`` and ``prev_loss`` as numbers."""
         def saved(k: str, v):
             if is_array(v):
-                return Tensor(v)
+                return Tensor._of(v)
             if k in ("ro", "al", "H_diag") and isinstance(v, float | int):
-                return Tensor(B.np.asarray(v, B.np.float64))
+                return Tensor._of(B.np.asarray(v, B.np.float64))
             return v
 
         return {k: [saved(k, x) for x in v] if isinstance(v, list) else saved(k, v)

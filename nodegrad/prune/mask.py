@@ -284,7 +284,7 @@ def apply_mask(module: Module, name: str, mask) -> Module:
         old._data[...] = m  # in place: whoever holds the buffer sees the new mask
         old._bump()
     else:
-        module.register_buffer(key, Tensor(m))
+        module.register_buffer(key, Tensor._of(m))
     remask(p, module._buffers[key])
     p._bump()
     _changed()

@@ -256,7 +256,7 @@ class EarlyStopping(Callback):
         if self.restore_best_weights and self.best_weights is not None \
                 and self.best_epoch != last:
             from ..tensor import Tensor
-            tr.model.load_state_dict({k: Tensor(v) for k, v in self.best_weights.items()})
+            tr.model.load_state_dict({k: Tensor._of(v) for k, v in self.best_weights.items()})
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch,

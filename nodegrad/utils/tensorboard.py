@@ -438,9 +438,9 @@ def _graph_def(model, inputs):
     feed = []
     for i, a in enumerate(args):  # inputs as leaves that require grad: every op is recorded
         if isinstance(a, Tensor) or B.is_array(a):
-            t = a.detach() if isinstance(a, Tensor) else Tensor(a)
+            t = a.detach() if isinstance(a, Tensor) else Tensor._of(a)
             if B.is_inexact(t.dtype):
-                t = Tensor(t._data).requires_grad_()
+                t = Tensor._of(t._data).requires_grad_()
             feed.append(t)
         else:
             raise TypeError(f"add_graph: input_to_model[{i}] is {type(a).__name__}; expected "

@@ -76,21 +76,21 @@ class AdaptiveLogSoftmaxWithLoss(Module):
             raise IndexError(f"{name}: target values should be in [0, {self.n_classes - 1}], "
                              f"but values in range [{tv.min()}, {tv.max()}] were found")
         xp = x.backend.xp
-        output = Tensor(xp.zeros(tv.shape[0], dtype=x.dtype))
+        output = Tensor._of(xp.zeros(tv.shape[0], dtype=x.dtype))
         gather = tv.copy()
         for i in range(1, self.n_clusters + 1):
             lo, hi = self.cutoffs[i - 1], self.cutoffs[i]
             rows = ((tv >= lo) & (tv < hi)).nonzero()[0]
             if rows.size == 0:
                 continue
-            r = Tensor(xp.asarray(rows))
+            r = Tensor._of(xp.asarray(rows))
             logp = F.log_softmax(self.tail[i - 1](x[r]), 1)
-            rel = Tensor(xp.asarray(tv[rows] - lo)[:, None])
+            rel = Tensor._of(xp.asarray(tv[rows] - lo)[:, None])
             local = ops.squeeze(ops.take_along_axis(logp, rel, 1), 1)
             output = ops.index_add(output, 0, r, local)
             gather[rows] = self.shortlist_size + i - 1
         head = F.log_softmax(self.head(x), 1)
-        g = Tensor(xp.asarray(gather)[:, None])
+        g = Tensor._of(xp.asarray(gather)[:, None])
         output = output + ops.squeeze(ops.take_along_axis(head, g, 1), 1)
         loss = ops.mean(-output)
         return _ASMoutput(output if batched else output[0], loss)
@@ -124,7 +124,7 @@ class AdaptiveLogSoftmaxWithLoss(Module):
         out = xp.array(values(best))
         rows = (out >= self.shortlist_size).nonzero()[0]
         if rows.size:
-            r = Tensor(rows)
+            r = Tensor._of(rows)
             full = self._full_log_prob(input[r], head[r])
             out[rows] = values(ops.argmax(full, axis=1))
-        return Tensor(out)
+        return Tensor._of(out)

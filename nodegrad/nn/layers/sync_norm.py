@@ -46,7 +46,7 @@ def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
     if n_local:
         m_local = m_local * x.dtype.type(1.0 / n_local)
     m2_local = ops.sum(ops.square(x - ops.reshape(m_local, shape)), axis=axes)
-    local = ops.cat([m_local, m2_local, Tensor(xp.full((1,), n_local, dtype=x.dtype))])
+    local = ops.cat([m_local, m2_local, Tensor._of(xp.full((1,), n_local, dtype=x.dtype))])
     every = group.allgather(local._data.copy())  # (world, 2c + 1), the same on every rank
     counts = [float(n) for n in every[:, -1].tolist()]
     count = sum(counts)
@@ -54,7 +54,7 @@ def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
         raise ValueError(f"SyncBatchNorm: need more than one value per channel over all ranks "
                          f"when training, got {count:g} (input {tuple(x.shape)} on this rank)")
     me = group.rank
-    rows = [local if r == me else Tensor(every[r]) for r in range(len(counts))]
+    rows = [local if r == me else Tensor._of(every[r]) for r in range(len(counts))]
     mean = None
     for r, row in enumerate(rows):
         term = row[:c] * x.dtype.type(counts[r] / count)
@@ -67,7 +67,7 @@ def sync_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor 
     var = m2 * x.dtype.type(1.0 / count)
     stats = ops.cat([mean, var])
     if stats.requires_grad:  # every rank's loss depends on these: their cotangents add up
-        stats.register_hook(lambda g: Tensor(group.allreduce(g._data.copy(), "sum")))
+        stats.register_hook(lambda g: Tensor._of(group.allreduce(g._data.copy(), "sum")))
     mean, var = stats[:c], stats[c:]
     if running_mean is not None:
         with no_grad():

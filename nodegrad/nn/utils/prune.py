@@ -556,4 +556,4 @@ def _topk_indices(t: Tensor, k: int, largest: bool) -> Tensor:
     key = B.np.where(B.np.isnan(a), B.np.inf, a)  # NaN counts as the largest, as topk's
     order = B.np.argsort(-key if largest else key, kind="stable")
     idx = B.np.sort(order[:k])
-    return Tensor(be.asarray(B.np.asarray(idx, dtype=B.np.int64)))
+    return Tensor._of(be.asarray(B.np.asarray(idx, dtype=B.np.int64)))
