@@ -300,3 +300,39 @@ def test_a_tensor_given_as_data_shares_the_parameters_memory_through_steps(flat)
         got[lib] = rec
     for a, b in zip(got[torch], got[ng]):
         np.testing.assert_allclose(b, a, rtol=1e-12)
+
+
+def test_set_shares_memory_as_pytorchs():
+    """``set_``: the tensor takes the source's memory and shape (writes reach both), a strided
+    window of it with size/stride/offset, or nothing; a parameter set under no_grad keeps
+    training; the refusals are PyTorch's."""
+    def run(lib):
+        a, b = lib.zeros(3), lib.arange(6.0).reshape(2, 3)
+        a.set_(b)
+        b[0, 0] = 9.0
+        s = lib.arange(10.0)
+        d = lib.zeros(0)
+        d.set_(s, 2, (2, 2), (3, 1))
+        s[2] = -1.0
+        m = linear(lib, 0)
+        opt = lib.optim.SGD(m.parameters(), lr=0.1)
+        m(lib.ones(1, 3)).sum().backward()
+        opt.step()
+        with lib.no_grad():
+            m.bias.set_(lib.zeros(2))
+        opt.zero_grad()
+        m(lib.ones(1, 3)).sum().backward()
+        opt.step()
+        return [arr(a), arr(d), tuple(lib.ones(2).set_().shape), arr(m.bias), arr(m.weight)]
+
+    for x, y in zip(run(torch), run(ng)):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+    w = ng.zeros(2, requires_grad=True)
+    with pytest.raises(ng.GradError, match="set_: a leaf"):
+        w.set_(ng.ones(2))
+    with pytest.raises(ng.DTypeError, match="set_: cannot set a float32"):
+        ng.zeros(2).set_(ng.zeros(2, dtype=ng.float64))
+    with pytest.raises(ng.GradError, match="recorded graph"):
+        (w * 2).set_(ng.ones(2))
+    with pytest.raises(ValueError, match="reach memory outside"):
+        ng.zeros(0).set_(ng.arange(4.0), 2, (3,), (1,))

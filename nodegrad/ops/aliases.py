@@ -43,8 +43,8 @@ from ..autodiff import RemovableHandle, creation_site, modes
 from ..batching import BatchTracer, rebind_batched, recording, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
-from ..tensor import (Size, Tensor, _batched_as, _shape_arg, check_fill_value, from_dlpack,
-                      full, get_default_device, tensor)
+from ..tensor import (Size, Tensor, _batched_as, _is_size, _shape_arg, check_fill_value,
+                      from_dlpack, full, get_default_device, tensor)
 from . import arrange as _arrange
 from . import elementwise as E
 from . import index as I
@@ -747,8 +747,8 @@ class TensorType:
             return full(_shape_arg(tuple(size)), 0, dtype=self.dtype, device=device)
         if not args:
             return tensor(B.np.zeros(0, self.dtype), device=device)
-        if all(isinstance(a, (int, B.np.integer)) and not isinstance(a, bool) for a in args):
-            shape = tuple(int(a) for a in args)
+        if (len(args) > 1 or not isinstance(args[0], Tensor)) and all(map(_is_size, args)):
+            shape = tuple(int(a) for a in args)  # a 0-d integer tensor among them is a size
             if any(a < 0 for a in shape):
                 raise ValueError(f"{self.__name__}: negative dimension in size {shape}")
             return full(shape, 0, dtype=self.dtype, device=device)
@@ -1305,6 +1305,53 @@ def _resize_(self, *sizes, memory_format=None) -> Tensor:
     return self
 
 
+def _set_(self, source=None, storage_offset: int | None = None, size=None,
+          stride=None) -> Tensor:
+    """PyTorch's ``set_``: this tensor takes ``source``'s memory, shape and strides (writes
+    through either reach both), keeping its ``requires_grad`` and its place among the
+    parameters, as ``t.data = source``; with ``size`` (and ``stride``, row-major by default;
+    ``storage_offset`` in elements from the start of the memory ``source`` views), the view of
+    that memory they describe, within source's elements; with no source, an empty tensor.
+    Refused for a leaf that requires grad while recording, for a tensor in a recorded graph,
+    and for another dtype or device, as PyTorch's."""
+    name = "set_"
+    self._check_inplace(name)
+    if type(self) is BatchTracer:
+        raise TypeError("set_: inside vmap a batched tensor cannot take other memory; build "
+                        "the result out of place")
+    if self.node is not None and modes().grad_enabled:
+        raise GradError("set_: cannot replace the memory of a tensor that is part of a recorded "
+                        "graph; detach() it first")
+    self._concrete(name)
+    if source is None:
+        if size is not None or stride is not None or storage_offset is not None:
+            raise TypeError("set_: size, stride and storage_offset need a source")
+        new = Tensor._of(self.backend.xp.empty((0,), self.dtype))
+    else:
+        if not isinstance(source, Tensor) or type(source) is BatchTracer:
+            raise TypeError(f"set_: expected a tensor source, got {type(source).__name__}")
+        if source.dtype != self.dtype:
+            raise DTypeError(f"set_: cannot set a {self.dtype} tensor to the memory of a "
+                             f"{source.dtype} one; convert the source first")
+        if source.device != self.device:
+            raise DeviceError(f"set_: the source is on {source.device}, this tensor on "
+                              f"{self.device}; move one first")
+        new = Tensor._of(source._data)
+        if size is not None:
+            size = _shape_arg((size,))
+            if stride is None:
+                stride, step = [], 1
+                for n in reversed(size):
+                    stride.insert(0, step)
+                    step *= builtins.max(int(n), 1)
+            _as_strided_(new, size, stride, storage_offset)
+        elif stride is not None or storage_offset is not None:
+            raise TypeError("set_: stride and storage_offset need a size")
+    Tensor.data.fset(self, new._data)
+    self._bump()
+    return self
+
+
 def _resize_as_(self, the_template: Tensor, memory_format=None) -> Tensor:
     """``resize_`` to ``the_template``'s shape."""
     return _resize_(self, *the_template.shape)
@@ -1446,8 +1493,8 @@ def _new_method(self, *args, device=None) -> Tensor:
         return Tensor._of(args[0]._data)
     if len(args) == 1 and isinstance(args[0], Size):
         args = tuple(args[0])
-    if all(isinstance(a, int) and not isinstance(a, bool) for a in args):
-        return full(args, 0, dtype=self.dtype, device=dev)
+    if all(map(_is_size, args)):  # ints, NumPy integers, 0-d integer tensors: PyTorch's sizes
+        return full(tuple(int(a) for a in args), 0, dtype=self.dtype, device=dev)
     if len(args) == 1:
         return tensor(args[0], dtype=self.dtype, device=dev)
     raise TypeError(f"new: expected sizes (ints), one sequence of values or one tensor, got "
@@ -1472,7 +1519,7 @@ def _pin_memory(self, device=None) -> Tensor:
 _METHODS.update({
     "as_strided": as_strided, "unsafe_split": unsafe_split,
     "unsafe_chunk": unsafe_chunk, "nonzero_static": nonzero_static, "apply_": _apply_,
-    "map_": _map_, "map2_": _map2_, "resize_": _resize_, "resize_as_": _resize_as_,
+    "map_": _map_, "map2_": _map2_, "resize_": _resize_, "resize_as_": _resize_as_, "set_": _set_,
     "new": _new_method, "dim_order": _dim_order, "pin_memory": _pin_memory,
     "to_dense": lambda self, dtype=None, *, masked_grad=None: (
         self if dtype is None else E.astype(self, dtype)),
