@@ -48,13 +48,11 @@ from .testing import gradcheck
 
 # PyTorch's top-level names for functions of nn.functional with the same arguments (torch's
 # top-level losses, batch_norm, instance_norm and embedding differ from F's: not here)
-from .nn.functional import (alpha_dropout, avg_pool1d, bilinear, cdist,  # noqa: E402
+from .nn.functional import (avg_pool1d, bilinear, cdist,  # noqa: E402
                             channel_shuffle, conv1d, conv2d, conv3d, conv_transpose1d,
-                            conv_transpose2d, conv_transpose3d, cosine_similarity, dropout,
-                            feature_alpha_dropout, group_norm, layer_norm, max_pool1d,
+                            conv_transpose2d, conv_transpose3d, cosine_similarity, max_pool1d,
                             max_pool1d_with_indices, max_pool2d, max_pool3d, pairwise_distance,
-                            pdist, pixel_shuffle, pixel_unshuffle, prelu, rms_norm, rrelu,
-                            rrelu_)
+                            pdist, pixel_shuffle, pixel_unshuffle, prelu, rms_norm, rrelu_)
 from .dtypes import finfo, iinfo  # noqa: E402
 from .linalg_lu import lu_unpack  # noqa: E402
 from .linalg_lu import torch_lu as lu  # noqa: E402

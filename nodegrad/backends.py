@@ -1,4 +1,5 @@
-"""PyTorch's ``torch.backends`` switches: ``cudnn``, ``cuda.matmul`` and ``mps``.
+"""PyTorch's ``torch.backends`` switches: ``cudnn``, ``cuda.matmul``, ``cuda``'s attention kernels
+and ``mps``.
 
 nodegrad computes with NumPy on the CPU and CuPy on CUDA devices and calls no cuDNN kernels, so
 no algorithm is chosen by these switches: they are recorded and read back so that training
@@ -12,7 +13,11 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from .nn.attention import _ACTIVE, _ALL, SDPBackend, enabled_backends
 from .settings import get_float32_matmul_precision, set_float32_matmul_precision
 
 __all__ = ["cudnn", "cuda", "mps"]
@@ -96,7 +101,11 @@ class _Matmul(_Flags):
 
 
 class CudaModule:
-    """``torch.backends.cuda``: ``matmul`` switches and ``is_built()``."""
+    """``torch.backends.cuda``: ``matmul`` switches, ``is_built()`` and the switches of the
+    kernels behind scaled_dot_product_attention (``enable_flash_sdp(False)``,
+    ``flash_sdp_enabled()``, the deprecated ``sdp_kernel(...)`` block). Those are the backends
+    :func:`nodegrad.nn.attention.sdpa_kernel` records, read and set in the same place, as
+    PyTorch's; nodegrad has the one math implementation, so they change no result."""
 
     def __init__(self) -> None:
         self.matmul = _Matmul()
@@ -106,6 +115,75 @@ class CudaModule:
         """Whether CUDA support is installed: CuPy can be imported (without importing it;
         a GPU need not be present, as torch's answer for a CUDA build)."""
         return importlib.util.find_spec("cupy") is not None
+
+    @staticmethod
+    def flash_sdp_enabled() -> bool:
+        """Whether the flash-attention kernel is allowed (recorded only)."""
+        return SDPBackend.FLASH_ATTENTION in enabled_backends()
+
+    @staticmethod
+    def mem_efficient_sdp_enabled() -> bool:
+        """Whether the memory-efficient kernel is allowed (recorded only)."""
+        return SDPBackend.EFFICIENT_ATTENTION in enabled_backends()
+
+    @staticmethod
+    def math_sdp_enabled() -> bool:
+        """Whether the math kernel is allowed (nodegrad's only one, used whatever is set)."""
+        return SDPBackend.MATH in enabled_backends()
+
+    @staticmethod
+    def cudnn_sdp_enabled() -> bool:
+        """Whether the cuDNN attention kernel is allowed (recorded only)."""
+        return SDPBackend.CUDNN_ATTENTION in enabled_backends()
+
+    @staticmethod
+    def enable_flash_sdp(enabled: bool) -> None:
+        """Allow or forbid the flash-attention kernel (recorded only)."""
+        _enable_sdp("enable_flash_sdp", SDPBackend.FLASH_ATTENTION, enabled)
+
+    @staticmethod
+    def enable_mem_efficient_sdp(enabled: bool) -> None:
+        """Allow or forbid the memory-efficient kernel (recorded only)."""
+        _enable_sdp("enable_mem_efficient_sdp", SDPBackend.EFFICIENT_ATTENTION, enabled)
+
+    @staticmethod
+    def enable_math_sdp(enabled: bool) -> None:
+        """Allow or forbid the math kernel (recorded only: nodegrad computes with it anyway,
+        as PyTorch does on the CPU)."""
+        _enable_sdp("enable_math_sdp", SDPBackend.MATH, enabled)
+
+    @staticmethod
+    def enable_cudnn_sdp(enabled: bool) -> None:
+        """Allow or forbid the cuDNN attention kernel (recorded only)."""
+        _enable_sdp("enable_cudnn_sdp", SDPBackend.CUDNN_ATTENTION, enabled)
+
+    @staticmethod
+    @contextmanager
+    def sdp_kernel(enable_flash: bool = True, enable_math: bool = True,
+                   enable_mem_efficient: bool = True,
+                   enable_cudnn: bool = True) -> Iterator[None]:
+        """PyTorch's deprecated block form (a FutureWarning, as torch's): within it, only the
+        kernels enabled here are allowed; the previous switches come back after it."""
+        warnings.warn("backends.cuda.sdp_kernel() is deprecated, as in PyTorch: use "
+                      "nn.attention.sdpa_kernel()", FutureWarning, stacklevel=3)
+        chosen = {SDPBackend.FLASH_ATTENTION: enable_flash, SDPBackend.MATH: enable_math,
+                  SDPBackend.EFFICIENT_ATTENTION: enable_mem_efficient,
+                  SDPBackend.CUDNN_ATTENTION: enable_cudnn}
+        for on in chosen.values():
+            _flag("cuda", "sdp_kernel", on)
+        _ACTIVE.append(tuple(b for b in _ALL if chosen.get(b, True)))
+        try:
+            yield
+        finally:
+            _ACTIVE.pop()
+
+
+def _enable_sdp(name: str, backend: SDPBackend, enabled: bool) -> None:
+    """Add ``backend`` to the allowed attention kernels, or take it out (in the innermost
+    ``sdpa_kernel`` block, which restores the outer switches when it ends, as PyTorch's)."""
+    on = _flag("cuda", name, enabled)
+    _ACTIVE[-1] = tuple(b for b in _ALL if (b is backend and on) or
+                        (b is not backend and b in _ACTIVE[-1]))
 
 
 class MpsModule:

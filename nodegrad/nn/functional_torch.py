@@ -403,6 +403,47 @@ def rnn_relu_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
     return F.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, "relu")
 
 
+# === forms whose arguments differ from nn.functional's ===========================================
+def dropout(input: Tensor, p: float, train: bool) -> Tensor:
+    """``torch.dropout(input, p, train)``: nn.functional's dropout under torch's argument name
+    ``train`` (the reference formula of ``scaled_dot_product_attention`` in PyTorch's documentation
+    writes ``torch.dropout(attn_weight, dropout_p, train=True)``)."""
+    return F.dropout(input, p, train)
+
+
+def alpha_dropout(input: Tensor, p: float, train: bool) -> Tensor:
+    """``torch.alpha_dropout(input, p, train)``: nn.functional's alpha_dropout, torch's names."""
+    return F.alpha_dropout(input, p, train)
+
+
+def feature_alpha_dropout(input: Tensor, p: float, train: bool) -> Tensor:
+    """``torch.feature_alpha_dropout(input, p, train)``: nn.functional's, torch's names."""
+    return F.feature_alpha_dropout(input, p, train)
+
+
+def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5,
+               cudnn_enable: bool = True) -> Tensor:
+    """``torch.layer_norm``: nn.functional's, with torch's trailing ``cudnn_enable`` (a kernel
+    choice, which selects nothing here)."""
+    return F.layer_norm(input, normalized_shape, weight, bias, eps)
+
+
+def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None,
+               bias: Tensor | None = None, eps: float = 1e-5,
+               cudnn_enabled: bool = True) -> Tensor:
+    """``torch.group_norm``: nn.functional's, with torch's trailing ``cudnn_enabled`` (a kernel
+    choice, which selects nothing here)."""
+    return F.group_norm(input, num_groups, weight, bias, eps)
+
+
+def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False,
+          generator=None) -> Tensor:
+    """``torch.rrelu(input, lower, upper, training, generator)``: nn.functional's rrelu, whose
+    fifth positional argument is ``inplace`` rather than the generator."""
+    return F.rrelu(input, lower, upper, training, generator=generator)
+
+
 # === dropout forms =============================================================================
 def feature_dropout(input: Tensor, p: float, train: bool) -> Tensor:
     """``torch.feature_dropout``: while training, zero whole channels (axis 1 of each sample,
@@ -496,6 +537,7 @@ __all__ = ["embedding", "embedding_bag", "batch_norm", "instance_norm", "native_
            "kl_div", "ctc_loss", "triplet_margin_loss", "cosine_embedding_loss",
            "margin_ranking_loss", "hinge_embedding_loss", "poisson_nll_loss", "grid_sampler",
            "affine_grid_generator", "gru_cell", "lstm_cell", "rnn_tanh_cell", "rnn_relu_cell",
-           "feature_dropout", "dropout_", "alpha_dropout_", "feature_dropout_",
+           "dropout", "alpha_dropout", "feature_alpha_dropout", "layer_norm", "group_norm",
+           "rrelu", "feature_dropout", "dropout_", "alpha_dropout_", "feature_dropout_",
            "feature_alpha_dropout_", "native_dropout", "convolution", "conv_tbc",
            "embedding_renorm_", "grid_sampler_2d", "grid_sampler_3d", "native_channel_shuffle"]

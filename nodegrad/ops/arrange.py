@@ -44,7 +44,7 @@ def tensor_repeat(x, *sizes):
 def tile(x, dims):
     """``x`` repeated ``dims[d]`` times along each dim (missing leading dims count as 1), as
     torch.tile and np.tile."""
-    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    dims = (dims,) if isinstance(dims, int | B.np.integer) else tuple(dims)
     return tensor_repeat(x, (1,) * (x.ndim - len(dims)) + dims)
 
 
@@ -97,13 +97,13 @@ def roll(x, shifts, dims=None, *, axis=None):
             raise TypeError("roll: pass dims (PyTorch) or axis (NumPy), not both")
         dims = axis
     if dims is None:
-        if not isinstance(shifts, int):
+        if not isinstance(shifts, int | B.np.integer):
             if len(shifts) != 1:
                 raise ShapeError(f"roll: with dims=None, expected one shift, got {shifts}")
             shifts = shifts[0]
         return S.fresh(reshape(roll(reshape(x, (-1,)), shifts, 0), x.shape), x)
-    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
-    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    shifts = (shifts,) if isinstance(shifts, int | B.np.integer) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int | B.np.integer) else tuple(dims)
     if len(shifts) != len(dims):
         raise ShapeError(f"roll: {len(shifts)} shifts for {len(dims)} dims; expected one each")
     out = x
@@ -321,8 +321,8 @@ def unbind(x, dim: int = 0) -> tuple:
 def movedim(x, source, destination):
     """Move dims ``source`` to positions ``destination`` (ints or sequences), the others
     keeping their order (PyTorch; NumPy's moveaxis)."""
-    src = (source,) if isinstance(source, int) else tuple(source)
-    dst = (destination,) if isinstance(destination, int) else tuple(destination)
+    src = (source,) if isinstance(source, int | B.np.integer) else tuple(source)
+    dst = (destination,) if isinstance(destination, int | B.np.integer) else tuple(destination)
     if len(src) != len(dst):
         raise ShapeError(f"movedim: {len(src)} source dims but {len(dst)} destinations")
     src = tuple(norm_axis(d, x.ndim, "movedim") for d in src)

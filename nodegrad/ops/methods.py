@@ -208,8 +208,8 @@ def _transpose_method(self, *dims, dim0=None, dim1=None):
         if dims or dim0 is None or dim1 is None:
             raise TypeError("transpose: pass both dim0= and dim1=, or the dims positionally")
         dims = (dim0, dim1)
-    if len(dims) == 2 and all(isinstance(d, int) for d in dims):
-        return S.swapaxes(self, dims[0], dims[1])
+    if len(dims) == 2 and all(isinstance(d, int | B.np.integer) for d in dims):
+        return S.swapaxes(self, int(dims[0]), int(dims[1]))
     if not dims:
         return S.transpose(self)
     return S.transpose(self, S.shape_arg(dims))

@@ -34,7 +34,7 @@ def norm_axes(axis, ndim: int, op: str):
     """None, or a sorted tuple of distinct non-negative axes."""
     if axis is None:
         return None
-    if isinstance(axis, int | Tensor):
+    if isinstance(axis, int | B.np.integer | Tensor):  # NumPy's integers are ints, as torch's
         axis = (int(axis),)
     axes = tuple(sorted({norm_axis(int(a), ndim, op) for a in axis}))
     if len(axes) != len(tuple(axis)):
@@ -48,7 +48,7 @@ def scalar_dims(dim, ndim: int, op: str):
     ``axis`` does not pass through here: NumPy rejects any axis of a 0-d array."""
     if ndim or dim is None:
         return dim
-    dims = (dim,) if isinstance(dim, int | Tensor) else tuple(dim)
+    dims = (dim,) if isinstance(dim, int | B.np.integer | Tensor) else tuple(dim)
     for d in dims:
         if int(d) not in (0, -1):
             raise ShapeError(f"{op}: dim {int(d)} is out of range for a 0-d tensor; expected "
@@ -189,8 +189,15 @@ def transpose(x, axes=None):
     return _transpose(x, axes=axes)
 
 
-def permute(x, *dims):
-    """PyTorch's name for :func:`transpose` with explicit axes."""
+def permute(x, *dims, **kw):
+    """PyTorch's name for :func:`transpose` with explicit axes: positionally, as one sequence
+    or as ``dims=`` (``torch.permute(x, dims=(0, 2, 1))``)."""
+    if "dims" in kw:
+        if dims or len(kw) > 1:
+            raise TypeError("permute: pass the dims positionally or as dims=, not both")
+        dims = (kw["dims"],)
+    elif kw:
+        raise TypeError(f"permute: unexpected keyword arguments {sorted(kw)}")
     return transpose(x, shape_arg(dims))
 
 
@@ -246,10 +253,12 @@ _sum_to = primitive("sum_to", _sum_to_fwd, lambda g, ans, x, shape: broadcast_to
                     doc="Sum over broadcast axes to reach ``shape`` (the adjoint of broadcast_to).")
 
 
-def broadcast_to(x, shape):
+def broadcast_to(x, shape=None, *, size=None):
     """``x`` broadcast to ``shape`` (a read-only view); to its own shape, a new (writable) view
-    of it, as PyTorch's ``expand``."""
-    shape = tuple(shape)
+    of it, as PyTorch's ``expand``. ``size=`` is PyTorch's name for ``shape``."""
+    if (shape is None) == (size is None):
+        raise TypeError("broadcast_to: pass the shape once, as shape (NumPy) or size= (PyTorch)")
+    shape = tuple(shape if size is None else size)
     return _same_view(x) if x.shape == shape else _broadcast_to(x, shape=shape)
 
 
@@ -259,8 +268,12 @@ def sum_to(x, shape):
     return x if x.shape == shape else _sum_to(x, shape=shape)
 
 
-def expand(x, *sizes):
-    """PyTorch's expand: broadcast to ``sizes`` (-1 keeps a size)."""
+def expand(x, *sizes, size=None):
+    """PyTorch's expand: broadcast to ``sizes`` (-1 keeps a size; also as ``size=``)."""
+    if size is not None:
+        if sizes:
+            raise TypeError("expand: pass the sizes positionally or as size=, not both")
+        sizes = (size,)
     sizes = shape_arg(sizes)
     lead = len(sizes) - x.ndim
     shape = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
@@ -333,8 +346,8 @@ def split(x, indices_or_sections, axis: int = 0) -> list:
     """NumPy's split: ``n`` equal sections, or cut before each index in a list."""
     ax = norm_axis(axis, x.ndim, "split")
     n = x.shape[ax]
-    if isinstance(indices_or_sections, int):
-        k = indices_or_sections
+    if isinstance(indices_or_sections, int | B.np.integer):
+        k = int(indices_or_sections)
         if k <= 0 or n % k:
             raise ShapeError(f"split: axis {ax} of length {n} does not split into {k} "
                              f"equal sections (NumPy's split; for PyTorch's parts of size {k} "
@@ -370,6 +383,9 @@ def split_sizes(x, split_size_or_sections, dim: int = 0) -> list:
 def chunk(x, chunks: int, dim: int = 0) -> list:
     """PyTorch's chunk: ``chunks`` pieces of size ceil(n / chunks); an empty axis gives
     ``chunks`` empty pieces, as PyTorch's."""
+    if isinstance(chunks, B.np.integer) or (isinstance(chunks, Tensor) and chunks.ndim == 0
+                                              and chunks.dtype.kind in "iu"):
+        chunks = int(chunks)  # a NumPy integer or a 0-d integer tensor, as PyTorch takes
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks <= 0:
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
     ax = norm_axis(dim, x.ndim, "chunk")
@@ -412,11 +428,11 @@ def pad(x, pad_width, mode: str = "constant", constant_values=0):
 def pad_widths(x, pad_width) -> tuple:
     """NumPy's ``pad_width`` (an int, a (before, after) pair or one pair per axis) as one
     non-negative (before, after) pair per axis of ``x``."""
-    if isinstance(pad_width, int):
+    if isinstance(pad_width, int | B.np.integer):
         pw = ((pad_width, pad_width),) * x.ndim
     else:
         pw = tuple(pad_width)
-        if len(pw) == 2 and all(isinstance(p, int) for p in pw):
+        if len(pw) == 2 and all(isinstance(p, int | B.np.integer) for p in pw):
             pw = (tuple(pw),) * x.ndim
         pw = tuple((int(a), int(b)) for a, b in pw)
     if len(pw) != x.ndim or builtins.min((v for p in pw for v in p), default=0) < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ... import _backend as B
 from ... import ops
 from ...errors import ShapeError
 from ...tensor import Tensor, int64, ones, tensor, zeros
@@ -105,7 +106,8 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None):
         super().__init__()
-        ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        ns = ((int(normalized_shape),) if isinstance(normalized_shape, int | B.np.integer)
+              else tuple(normalized_shape))
         self.normalized_shape, self.eps = ns, eps
         self.elementwise_affine = elementwise_affine
         self.weight = Parameter(ones(*ns, device=device, dtype=dtype)) if elementwise_affine \
