@@ -2746,6 +2746,13 @@ def test_volatile_is_gone_as_in_torch():
     with pytest.warns(UserWarning, match="always False"):
         assert x.volatile is False
     assert not x.requires_grad
+    for lib in (torch, ng):  # Variable(..., volatile=True) warns too; volatile=False does not
+        with pytest.warns(UserWarning, match="volatile was removed"):
+            v = lib.autograd.Variable(lib.ones(2), volatile=True)
+        assert not v.requires_grad
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            lib.autograd.Variable(lib.ones(2), volatile=False)
 
 
 def test_set_default_tensor_type_as_torch():

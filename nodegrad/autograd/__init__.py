@@ -19,6 +19,8 @@ tensor([12.])
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable, Sequence
 
 from .. import _backend as B
@@ -141,6 +143,9 @@ class Variable(metaclass=_VariableMeta):
         else:
             raise TypeError(f"Variable: expected a tensor or an array, got "
                             f"{type(data).__name__}")
+        if volatile:  # PyTorch's warning: the flag has had no effect since 0.4
+            warnings.warn("volatile was removed and now has no effect. Use `with "
+                          "nodegrad.no_grad():` instead.", UserWarning, stacklevel=2)
         if requires_grad:
             out.requires_grad_()
         return out
