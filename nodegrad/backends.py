@@ -73,6 +73,22 @@ class CudnnModule(_Flags):
         """None, as PyTorch's when cuDNN is not available."""
         return None
 
+    @contextmanager
+    def flags(self, enabled: bool = False, benchmark: bool = False, benchmark_limit: int = 10,
+              deterministic: bool = False, allow_tf32: bool = True,
+              fp32_precision: str = "none", depthwise_kernel: str = "auto") -> Iterator[None]:
+        """PyTorch's ``with torch.backends.cudnn.flags(enabled=False):`` (Hugging Face's CTC
+        losses run in one): every switch as given, PyTorch's defaults for the others, for
+        the block; the previous values come back after it."""
+        before = {n: getattr(self, n) for n in self._switches}
+        try:
+            for n, v in zip(self._switches, (enabled, benchmark, deterministic, allow_tf32)):
+                setattr(self, n, v)
+            yield
+        finally:
+            for n, v in before.items():
+                object.__setattr__(self, n, v)
+
 
 class _Matmul(_Flags):
     """``torch.backends.cuda.matmul``. ``allow_tf32`` is PyTorch's other spelling of the

@@ -42,7 +42,10 @@ class Size(tuple):
 
 
 def _is_size(x) -> bool:
-    """Whether ``x`` is one integer size (``Tensor(2, 3)``), not a bool."""
+    """Whether ``x`` is one integer size (``Tensor(2, 3)``): an int, a NumPy integer or a 0-d
+    integer tensor (``LongTensor(n, lengths[0])``), as PyTorch's sizes; not a bool."""
+    if isinstance(x, Tensor):
+        return x.ndim == 0 and x.dtype.kind in "iu"
     return isinstance(x, int | B.np.integer) and not isinstance(x, bool)
 
 
@@ -121,6 +124,8 @@ class Tensor:
                         f"method or the nodegrad function, or pass its array, t.numpy()")
 
     def __init__(self, data=(), node=None, requires_grad: bool = False, *more: int):
+        if isinstance(data, Tensor) and _is_size(node) and _is_size(data):
+            data = int(data)  # Tensor(n, 2) with a 0-d integer n: sizes, as PyTorch's
         if isinstance(data, Tensor):  # PyTorch's Tensor(t): t's values, shared
             if data.requires_grad and modes().grad_enabled:
                 raise GradError("Tensor(t): t requires grad, and this alias would not be "
@@ -204,14 +209,19 @@ class Tensor:
     def data(self) -> Tensor:
         """PyTorch's ``.data``: a tensor of the same memory that does not require grad and is
         not recorded, so ``p.data.normal_()``, ``target.data.copy_(p.data)`` and
-        ``w.data.clamp_(-c, c)`` change ``p`` unseen by autograd. Of a plain leaf it has its own
-        version counter, as PyTorch's; of a tensor in a graph, or a Parameter (whose memory an
-        optimiser may move), it is listed like ``detach()`` so it follows the tensor, and a
-        write through it is seen by a backward that saved the old values (an error there,
-        where PyTorch computes with the new ones). ``t.numpy()`` is the NumPy array."""
+        ``w.data.clamp_(-c, c)`` change ``p`` unseen by autograd. It has its own version
+        counter, as PyTorch's, so a backward that saved the old values computes with the new
+        ones (Tacotron 2 masks its decoder's outputs through ``.data`` after its postnet read
+        them); of a tensor in a graph it is listed like ``detach()``, so it follows the tensor
+        through in-place ops recorded for autograd. A Parameter's (whose memory an optimiser
+        may move) is listed and shares the counter: a write through it is seen by a backward
+        that saved the old values (an error there, where PyTorch computes with the new ones).
+        ``t.numpy()`` is the NumPy array."""
         t = Tensor.make(self._data)
         if self.node is not None or type(self).memory_moves:
             self._add_alias(t)
+            if not type(self).memory_moves:
+                t._version = [0]  # listed to follow the tensor; its writes go unseen
         return t
 
     @data.setter

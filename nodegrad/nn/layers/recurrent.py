@@ -14,6 +14,7 @@ import warnings
 
 from ... import _backend as B
 from ... import ops
+from ...amp import current_regions
 from ...errors import DTypeError, ShapeError
 from ...tensor import Tensor, empty, tensor, zeros
 from .. import functional as F
@@ -21,6 +22,9 @@ from .. import init as I
 from .. import rnn_functional as R
 from ..module import Module, Parameter
 from ..utils.rnn import PackedSequence, pad_packed_sequence
+
+#: the float dtypes an autocast region mixes in a recurrent layer's input, states and weights
+_REGION_FLOATS = (B.np.dtype(B.np.float32), B.np.dtype(B.np.float16), B.bfloat16)
 
 
 def _reset(module: Module, hidden_size: int, init) -> None:
@@ -181,10 +185,14 @@ class RNNBase(Module):
 
     def _check_dtypes(self, x: Tensor, h0: Tensor, c0) -> None:
         """The input and initial states must have the weights' dtype (as PyTorch, nothing is
-        converted): one clear error here, not a mixed-dtype one from inside the time loop."""
+        converted): one clear error here, not a mixed-dtype one from inside the time loop. In
+        an autocast region float32, float16 and bfloat16 mix, as PyTorch's check is off there
+        (a Linear's bfloat16 output feeds an LSTM; the layer runs in the region's precision)."""
         w = next(self.parameters(), None)
+        low = _REGION_FLOATS if x.device.type in current_regions() else ()
         for t, what in ((x, "input"), (h0, "h0"), (c0, "c0")):
-            if t is not None and w is not None and t.dtype != w.dtype:
+            if t is not None and w is not None and t.dtype != w.dtype \
+                    and not (t.dtype in low and w.dtype in low):
                 raise DTypeError(f"{type(self).__name__}: the {what} has dtype {t.dtype} but "
                                  f"the layer's weights are {w.dtype}; convert the {what} (or "
                                  f"the layer, with .to(dtype)) first")
