@@ -377,18 +377,23 @@ def set_default_float(dtype) -> None:
 
 
 def as_float(prim: Primitive, backend, datas: list, params: dict, out, dtype):
-    """``prim``'s result ``out`` of integer or bool operands as float ``dtype``. NumPy computes
-    ops of 8-bit integers and bools in float16: where every array operand is an integer or a
-    bool and the result came out narrower than ``dtype``, it is computed again from the
-    operands cast to ``dtype``, as PyTorch computes it (``exp`` of a uint8 image is float32's
-    ``exp``, not float16's rounded up)."""
-    if out.dtype.itemsize < dtype.itemsize and all(
-            d.dtype.kind in "biu" for d in datas if B.is_array(d)):
+    """``prim``'s result ``out`` of integer or bool operands as float ``dtype``. Where every
+    array operand is an integer or a bool, it is computed again from the operands cast to
+    ``dtype``, as PyTorch computes it: NumPy computes ops of 8-bit integers and bools in
+    float16 (``exp`` of a uint8 image is float32's ``exp``, not float16's rounded up) and those
+    of wider integers in float64 (``int_tensor * 0.9`` is float32's product of the integers
+    and 0.9 in float32, not the float64 product rounded, which can round the other way:
+    ``(3 * 0.9 + 3 * 0.1)`` truncates to 2 in PyTorch, as EMA code averaging
+    ``num_batches_tracked`` relies on)."""
+    if out.dtype != dtype and all(d.dtype.kind in "biu" for d in datas if B.is_array(d)):
         cast = [d.astype(dtype) if B.is_array(d) else d for d in datas]
-        with backend.scope():
-            again = prim.fwd(backend.xp, *cast, **params)
+        try:
+            with backend.scope():
+                again = prim.fwd(backend.xp, *cast, **params)
+        except (TypeError, ValueError, IndexError):  # an operand that must stay an integer
+            again = None
         if getattr(again, "dtype", None) == dtype:
-            return again
+            return again if B.is_array(again) else backend.asarray(again)  # (a 0-d result)
     return out.astype(dtype)
 
 

@@ -1,7 +1,9 @@
 """PyTorch's ``torch._foreach_*`` functions: one op over each tensor of a list (EMA updates,
 hand-written optimisers, gradient clipping code call them).
 
-Each is the op applied tensor by tensor, with the same arguments PyTorch takes: a list of
+Each is the op applied tensor by tensor, with the same arguments PyTorch takes (by position or
+under PyTorch's keyword names: ``scalar=``, ``scalars=``, ``other=``, ``exponent=``,
+``weight=``/``weights=``, ``value=``): a list of
 tensors and, for binary ops, a number, a list of numbers, a tensor or a list of tensors; the
 results come as a tuple (the names ending in ``_`` change the tensors in place and return
 None). PyTorch fuses the loop into
@@ -58,7 +60,28 @@ def _unary(name: str) -> tuple[Callable, Callable]:
     return out_of_place, in_place
 
 
+_MISSING = object()
+
+
+def _second(op: str, other, kw: dict, names: tuple[str, ...]):
+    """The second operand, given by position or under one of PyTorch's keyword names for it
+    (``scalar``, ``scalars``, ``other``, ``exponent``, ``weight``...: one of them)."""
+    for k in kw:
+        if k not in names:
+            raise TypeError(f"_foreach_{op}() got an unexpected keyword argument {k!r}")
+    given = list(kw.values()) + ([] if other is _MISSING else [other])
+    if len(given) != 1:
+        raise TypeError(f"_foreach_{op}: expected one second operand (by position or as one "
+                        f"of {', '.join(names)}), got {len(given)}")
+    v = given[0]
+    if isinstance(v, Tensor) and "scalars" in kw and v.ndim == 1:
+        v = v.tolist()  # a 1-D tensor of per-tensor numbers, as PyTorch takes ``scalars``
+    return v
+
+
 def _binary(name: str) -> tuple[Callable, Callable]:
+    names = ("exponent",) if name == "pow" else ("other", "scalar", "scalars")
+
     def apply(x, y, alpha, inplace: bool):
         if name in ("maximum", "minimum") and not isinstance(y, Tensor):
             y = x.new_full((), y)
@@ -69,13 +92,15 @@ def _binary(name: str) -> tuple[Callable, Callable]:
             return x.copy_(getattr(x, name)(y))
         return fn(y)
 
-    def out_of_place(self, other, *, alpha=None):
+    def out_of_place(self, other=_MISSING, *, alpha=None, **kw):
+        other = _second(name, other, kw, names)
         if not isinstance(self, Sequence) and name == "pow":  # pow(number, list)
             return tuple(x.new_full((), self) ** x for x in _tensors(name, other))
         xs = _tensors(name, self)
         return tuple(apply(x, y, alpha, False) for x, y in zip(xs, _others(name, other, len(xs))))
 
-    def in_place(self, other, *, alpha=None) -> None:
+    def in_place(self, other=_MISSING, *, alpha=None, **kw) -> None:
+        other = _second(name + "_", other, kw, names)
         xs = _tensors(name + "_", self)
         for x, y in zip(xs, _others(name + "_", other, len(xs))):
             apply(x, y, alpha, True)
@@ -87,15 +112,20 @@ def _binary(name: str) -> tuple[Callable, Callable]:
 
 
 def _pointwise(name: str):
-    def out_of_place(self, tensor1, tensor2, value=1):
+    names = ("value", "scalars")
+
+    def values(op: str, value, kw: dict):
+        return 1 if value is _MISSING and not kw else _second(op, value, kw, names)
+
+    def out_of_place(self, tensor1, tensor2, value=_MISSING, **kw):
         xs = _tensors(name, self)
-        vs = _others(name, value, len(xs))
+        vs = _others(name, values(name, value, kw), len(xs))
         return tuple(getattr(x, name)(a, b, value=v) for x, a, b, v in
                      zip(xs, _tensors(name, tensor1), _tensors(name, tensor2), vs))
 
-    def in_place(self, tensor1, tensor2, value=1) -> None:
+    def in_place(self, tensor1, tensor2, value=_MISSING, **kw) -> None:
         xs = _tensors(name + "_", self)
-        vs = _others(name + "_", value, len(xs))
+        vs = _others(name + "_", values(name + "_", value, kw), len(xs))
         for x, a, b, v in zip(xs, _tensors(name, tensor1), _tensors(name, tensor2), vs):
             getattr(x, name + "_")(a, b, value=v)
 
@@ -104,17 +134,19 @@ def _pointwise(name: str):
     return out_of_place, in_place
 
 
-def _foreach_lerp(self, tensors1, weight) -> tuple:
+def _foreach_lerp(self, tensors1, weight=_MISSING, **kw) -> tuple:
     """``x.lerp(end, weight)`` for each tensor ``x`` of ``self`` (``weight`` a number, a
-    tensor, or a list of either)."""
+    tensor, or a list of either; ``weights=`` as PyTorch names a list of tensors)."""
     xs = _tensors("lerp", self)
+    weight = _second("lerp", weight, kw, ("weight", "weights"))
     return tuple(x.lerp(e, w) for x, e, w in zip(xs, _tensors("lerp", tensors1),
                                                  _others("lerp", weight, len(xs))))
 
 
-def _foreach_lerp_(self, tensors1, weight) -> None:
+def _foreach_lerp_(self, tensors1, weight=_MISSING, **kw) -> None:
     """``x.lerp_(end, weight)`` for each tensor of ``self``: an EMA's update."""
     xs = _tensors("lerp_", self)
+    weight = _second("lerp_", weight, kw, ("weight", "weights"))
     for x, e, w in zip(xs, _tensors("lerp_", tensors1), _others("lerp_", weight, len(xs))):
         x.lerp_(e, w)
 

@@ -331,6 +331,7 @@ class Optimizer:
         self.foreach, self.capturable, self.differentiable = foreach, capturable, differentiable
         self.step_count = 0
         self._user_state: dict = {}  # entries a subclass's own step keeps (see _StateDict)
+        self._extra: dict = {}  # names a wrapper adds to a live entry (timm's Lookahead)
         self._init_hooks()
         self.param_groups: list[dict] = []
         self._buckets: list[list[_Bucket]] = []
@@ -772,7 +773,7 @@ class Optimizer:
         entries = [carried.get(id(p)) for p in ps]
         for pos, p in enumerate(ps):  # ``state[new_p] = entry`` after a swap (3DGS's pruning)
             if entries[pos] is None and self._adoptable(gi, p, fits=True):
-                entries[pos] = dict(self._user_state.pop(p))
+                entries[pos] = self._taken(gi, p)
         self._install(gi, entries)
         followed[gi] = (ps, ps.edits)
 
@@ -781,15 +782,29 @@ class Optimizer:
         optimiser's own state (its ``step`` and arrays under its state names), so that it goes
         into the buffers, as PyTorch's step reads ``state[p]``; ``fits``: with ``p``'s shape."""
         e = self._user_state.get(p)
-        if not e or "step" not in e or type(self).update is Optimizer.update:
+        if not e or type(self).update is Optimizer.update:
             return False
+        own = self._own_names(gi)
+        e = self._own_form({k: v for k, v in e.items() if k in own})
+        if "step" not in e:
+            return False
+        arrays = [v for v in e.values() if _is_arrayish(v)]
+        return bool(arrays) and (not fits or all(tuple(v.shape) == tuple(p.shape)
+                                                 for v in arrays))
+
+    def _own_names(self, gi: int) -> set:
+        """The names this optimiser keeps in its buffers for group ``gi``'s parameters."""
         h = self._hyper(self.param_groups[gi], self.step_count + 1)
-        names = set(self.state_init(h))
-        arrays = {k: v for k, v in e.items() if _is_arrayish(v)}
-        if not arrays or not set(arrays) <= names or not set(e) - set(arrays) <= (
-                set(self.scalar_init) | {"step"}):
-            return False
-        return not fits or all(tuple(v.shape) == tuple(p.shape) for v in arrays.values())
+        return set(self.state_init(h)) | set(self.scalar_init) | {"step"}
+
+    def _taken(self, gi: int, p: Tensor) -> dict:
+        """``p``'s entry taken from the user's state into the buffers (see :meth:`_adoptable`):
+        its own names in the buffers' form; other names (a wrapper's) kept beside them."""
+        e, own = self._user_state.pop(p), self._own_names(gi)
+        rest = {k: v for k, v in e.items() if k not in own}
+        if rest:
+            self.__dict__.setdefault("_extra", {}).setdefault(p, {}).update(rest)
+        return self._own_form({k: v for k, v in e.items() if k in own})
 
     def _sync(self, gi: int) -> None:
         """Follow an edited parameter list (:meth:`_follow_params`) and parameters whose
@@ -799,11 +814,12 @@ class Optimizer:
             for pos, p in enumerate(self.param_groups[gi]["params"]):
                 if self._adoptable(gi, p, fits=True):
                     entries = self._extract(gi)
-                    entries[pos] = dict(self._user_state.pop(p))
+                    entries[pos] = self._taken(gi, p)
                     self._install(gi, entries)
                 elif self._adoptable(gi, p, fits=False):
-                    e = self._user_state[p]
-                    shapes = {k: tuple(v.shape) for k, v in e.items() if _is_arrayish(v)}
+                    e, own = self._user_state[p], self._own_names(gi)
+                    shapes = {k: tuple(v.shape) for k, v in e.items()
+                              if k in own and _is_arrayish(v)}
                     raise ShapeError(
                         f"{type(self).__name__}.step: optimizer.state[p] of "
                         f"{_describe(self.param_groups[gi], gi, pos, p)} holds state of shapes "
@@ -1000,6 +1016,15 @@ class Optimizer:
         With ``set_to_none=False`` the existing gradients become zeroed views of one flat buffer
         per group, which ``backward`` then accumulates into and ``step`` reads without a copy.
         """
+        if "_buckets" not in self.__dict__:  # a wrapper that never called Optimizer.__init__
+            for group in self.param_groups:  # (timm's Lookahead): PyTorch's loop
+                for p in group["params"]:
+                    if p.grad is not None:
+                        if set_to_none:
+                            p.grad = None
+                        else:
+                            p.grad.zero_()
+            return
         for gi in range(len(self.param_groups)):
             self._follow_params(gi)
         for buckets in self._buckets:
@@ -1031,7 +1056,9 @@ class Optimizer:
     def state(self) -> dict:
         """Per-parameter state, ``{param: {"step": t, name: tensor, ...}}`` (tensors on the
         optimiser's buffers: an in-place change of one, ``state[p]["exp_avg"].zero_()``, is
-        what the next step reads, as in PyTorch). As
+        what the next step reads, as in PyTorch), ``step`` in PyTorch's form (a 0-d float
+        tensor; SGD keeps none); assigning it (``state[p]["step"] += 1``) is what the next
+        step reads. As
         PyTorch's ``defaultdict(dict)``, a missing parameter gives a new entry that is kept:
         a subclass with its own ``step`` writes ``self.state[p]["mu"] = ...`` (LARS, SAM).
         A wrapper that assigns ``self.state = defaultdict(dict)`` (Lookahead) keeps its own."""
@@ -1047,8 +1074,34 @@ class Optimizer:
                     entry = self._entry(b, i, copy=False)
                     if entry is not None:
                         entry._opt = self
+                        self._show_step(entry)
+                        dict.update(entry, self.__dict__.get("_extra", {}).get(p, {}))
                         dict.__setitem__(out, p, entry)
         return out
+
+    def _show_step(self, entry: dict) -> None:
+        """A live entry's ``step`` in PyTorch's form (:attr:`step_form`): a 0-d float tensor
+        (float32 while it holds the count exactly), an int, or none at all (SGD's)."""
+        t = dict.pop(entry, "step")
+        if self.step_form == "int":
+            dict.__setitem__(entry, "step", t)
+        elif self.step_form is not None:
+            step = B.np.asarray(t, B.np.float32 if abs(t) < 1 << 24 else B.np.float64)
+            dict.__setitem__(entry, "step", Tensor._of(step))
+
+    def _own_form(self, e: dict) -> dict:
+        """A state entry given back by the user (``optimizer.state[q] = entry`` after a swap)
+        in the buffers' form: the step and scalars PyTorch keeps as 0-d tensors as numbers,
+        and SGD's entry, which has no step in PyTorch's form, with the optimiser's count."""
+        e = dict(e)
+        for k in set(self.scalar_init) | {"step"}:
+            v = e.get(k)
+            if _is_arrayish(v) and tuple(v.shape) == ():
+                v = v.item() if hasattr(v, "item") else v[()]
+                e[k] = int(v) if k == "step" and float(v).is_integer() else v
+        if "step" not in e and self.step_form is None and any(map(_is_arrayish, e.values())):
+            e["step"] = max(self.step_count, 1)
+        return e
 
     @state.setter
     def state(self, value: dict) -> None:
@@ -1061,6 +1114,7 @@ class Optimizer:
         """Forget ``p``'s state (a later step starts it afresh), as deleting PyTorch's
         ``state[p]`` does; a parameter the optimizer does not hold is left alone."""
         self._user_state.pop(p, None)
+        self.__dict__.get("_extra", {}).pop(p, None)
         for gi, group in enumerate(self.param_groups):
             for pos, q in enumerate(group["params"]):
                 if q is p:
@@ -1135,6 +1189,8 @@ class Optimizer:
                     e = self._initial_entry(group, p)
                 if e is not None:
                     e = self._saved_entry(e)
+                    e.update({k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v)
+                              for k, v in self.__dict__.get("_extra", {}).get(p, {}).items()})
                 if e:  # PyTorch keeps no entry where there is no state (SGD without momentum)
                     state[start + pos] = e
             saved = {k: v for k, v in group.items() if k != "params"}
@@ -1190,6 +1246,7 @@ class Optimizer:
                 raise ValueError(f"{name}.load_state_dict: group {gi}'s parameter names differ: "
                                  f"saved {names}, here {g['param_names']}")
         entries = [[None] * len(g["params"]) for g in self.param_groups]
+        extra: dict = {}  # names beyond this optimiser's own, kept as given (Lookahead's)
         own = type(self).update is Optimizer.update  # a PyTorch-style step of its own
         for idx, e in state.items():
             gi, pos = where[idx]
@@ -1210,11 +1267,13 @@ class Optimizer:
             if "step" not in e and e:  # PyTorch's SGD keeps no step: the optimiser's count
                 e["step"] = max(int(state_dict.get("step_count", 0)), 1)
             got = set(e)
-            if got != expected:
-                missing, extra = sorted(expected - got), sorted(got - expected)
+            if not expected <= got:
+                missing, unexpected = sorted(expected - got), sorted(got - expected)
                 raise ValueError(f"{name}.load_state_dict: the state of {desc} does not match "
                                  f"{name} with these settings: missing {missing}, unexpected "
-                                 f"{extra} (was it saved by another optimiser?)")
+                                 f"{unexpected} (was it saved by another optimiser?)")
+            if got != expected:  # a wrapper's own names (timm's Lookahead's slow weights)
+                extra[p] = {k: _own_state(p, e.pop(k), k) for k in sorted(got - expected)}
             for k in set(self.scalar_init) | {"step"}:  # PyTorch keeps these as 0-d tensors
                 v = e.get(k)
                 if _is_arrayish(v) and tuple(v.shape) == ():
@@ -1225,6 +1284,7 @@ class Optimizer:
                     raise ShapeError(f"{name}.load_state_dict: state '{k}' of {desc} has shape "
                                      f"{tuple(v.shape)}, the parameter has shape {p.shape}")
             entries[gi][pos] = e
+        self.__dict__["_extra"] = extra
         self._finish_load(saved_groups, entries, state_dict)
 
     def _finish_load(self, saved_groups: list, entries: list, state_dict: dict) -> None:
@@ -1325,18 +1385,38 @@ class _LiveEntry(dict):
                                  f"has shape {tuple(view.shape)}, got {tuple(new.shape)}")
             view[...] = new
         elif name in b.scalars[i]:
-            if _is_arrayish(value) or hasattr(value, "item"):  # PyTorch's 0-d tensor step
+            shown = value  # what reading it back gives (PyTorch's 0-d tensor step)
+            if _is_arrayish(value) or hasattr(value, "item"):
                 value = value.item()
             if isinstance(b.scalars[i][name], int) and float(value).is_integer():
                 value = int(value)
             b.scalars[i] = {**b.scalars[i], name: value}  # neighbours may share the dict
             b.merge_scalars()
             b.plans.clear()
+            dict.__setitem__(self, name, shown)
+        elif self._opt is not None:  # a name of a wrapper's own (timm's Lookahead's slow
+            # weights): kept beside the buffers, in state_dict() and loaded back
+            self._opt.__dict__.setdefault("_extra", {}).setdefault(b.params[i], {})[name] = value
             dict.__setitem__(self, name, value)
         else:
             raise KeyError(f"optimizer.state[p][{name!r}] = ...: this optimiser keeps "
                            f"{sorted(self)} for the parameter in its own buffers; a new name "
                            "would not be kept (a subclass with its own step keeps any)")
+
+    def setdefault(self, name, default=None):
+        if name not in self:
+            self[name] = default
+        return dict.__getitem__(self, name)
+
+    def update(self, *args, **kwargs) -> None:
+        for k, v in dict(*args, **kwargs).items():
+            self[k] = v
+
+    def __delitem__(self, name) -> None:
+        if self._opt is not None and self._bucket is not None:  # a wrapper's own name
+            self._opt.__dict__.get("_extra", {}).get(self._bucket.params[self._i], {}).pop(
+                name, None)
+        dict.__delitem__(self, name)
 
     def _let_go(self) -> None:
         """Become the parameter's state in the user's hands, out of the buffers: the entry

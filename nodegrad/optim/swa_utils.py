@@ -31,9 +31,17 @@ def _assign(t: Tensor, value) -> None:
     t._bump()
 
 
+def _in_default_float(a):
+    """An integer array as the default float dtype (PyTorch computes ``int_tensor * 0.9`` in
+    it: the integers cast, then the default float's arithmetic)."""
+    return a.astype(B.DEFAULT_FLOAT)
+
+
 def get_ema_multi_avg_fn(decay: float = 0.999) -> Callable:
     """``f(ema_params, params, n)``: every EMA tensor moves in place toward the model's,
-    ``ema ← decay · ema + (1 - decay) · p`` (a lerp for floating tensors)."""
+    ``ema ← decay · ema + (1 - decay) · p`` (a lerp for floating tensors; for integer ones,
+    such as ``num_batches_tracked`` with ``use_buffers=True``, PyTorch's arithmetic in the
+    default float dtype, truncated back)."""
     _check_decay(decay)
 
     def ema_update(ema_param_list, current_param_list, _n) -> None:
@@ -42,14 +50,19 @@ def get_ema_multi_avg_fn(decay: float = 0.999) -> Callable:
                 lerp_(e._data, p._data, 1 - decay)
                 e._bump()
             else:
-                _assign(e, e._data * decay + p._data * (1 - decay))
+                _assign(e, _in_default_float(e._data) * decay
+                        + _in_default_float(p._data) * (1 - decay))
 
     return ema_update
 
 
 def get_swa_multi_avg_fn() -> Callable:
     """``f(avg_params, params, n)``: the running mean in place, ``avg ← avg + (p - avg)/(n + 1)``
-    (a lerp with weight 1/(n + 1) for floating tensors)."""
+    (a lerp with weight 1/(n + 1) for floating tensors). The weight is the exact quotient:
+    PyTorch's, ``1 / (n_averaged + 1)`` of the tensor ``n_averaged``, is in its default dtype,
+    so float64 parameters under a float32 default are averaged with ``1/3`` rounded to float32
+    there (a relative difference of about 1e-8; float32 parameters get the same values).
+    Integer tensors get the truncated running mean (PyTorch's refuses them)."""
 
     def swa_update(averaged_param_list, current_param_list, num_averaged) -> None:
         n = int(num_averaged.item() if isinstance(num_averaged, Tensor) else num_averaged)

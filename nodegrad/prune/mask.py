@@ -402,6 +402,7 @@ def mask_optimizer_state(optimizer, model: Module) -> int:
             continue
         count += 1
         for v in entry.values():
+            v = v._data if isinstance(v, Tensor) else v  # (live state: tensors on its buffers)
             if B.is_array(v) and v.shape == mask.shape:
                 B.backend_of(v).xp.multiply(v, mask._data, out=v)
     return count
