@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,31 @@ class OptimizedModule(Module):
 
     def forward(self, *args, **kwargs):
         return _call(self._jitted, self._fullgraph, args, kwargs)
+
+    def __getattr__(self, name: str):
+        """The original module's attributes (``model.fc``, ``model.bn1.training``, its own
+        methods), as PyTorch's OptimizedModule forwards them."""
+        mods = self.__dict__.get("_modules")
+        if mods is None or "_orig_mod" not in mods:  # (while being built or copied)
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        if name == "_orig_mod":
+            return mods["_orig_mod"]
+        return getattr(mods["_orig_mod"], name)
+
+    def __deepcopy__(self, memo):
+        """A compiled copy of a deep copy of the original module, with programs of its own, as
+        PyTorch's (a teacher or an EMA model made by ``copy.deepcopy`` of a compiled student):
+        the jitted call is made anew for the copy, not copied."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k != "_jitted":
+                object.__setattr__(new, k, copy.deepcopy(v, memo))
+        j = self._jitted
+        jitted = jit(new._orig_mod, max_cache=j.max_cache, fuse=j.fuse)
+        jitted.graph_breaks = j.graph_breaks
+        object.__setattr__(new, "_jitted", jitted)
+        return new
 
 
 def _call(jitted: Jitted, fullgraph: bool, args: tuple, kwargs: dict):

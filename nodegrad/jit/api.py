@@ -431,7 +431,8 @@ class Jitted:
                 seen.add(id(t))
                 loaded.append(t)
         wrt = [leaves[k] for k in wrt_in] + loaded
-        constant_loads(rec)
+        held = _graph_refs(floats)  # a one-hot filled in place is the step's, not outside's
+        constant_loads(rec, held=held)
         split = len(rec.instrs)
         be = rec.backend
         with be.scope():
@@ -453,7 +454,7 @@ class Jitted:
                 t._hooks = hooks
         if rec.fallback is not None:
             raise _NotDifferentiable(rec.fallback)
-        constant_loads(rec, split)
+        constant_loads(rec, split, held)
         present = [g is not None for g in gs]
         g_slots = [rec.slot_of(g, g._data) for g in gs if g is not None]
         fwd_instrs, bwd_instrs = rec.instrs[:split], rec.instrs[split:]
@@ -509,6 +510,28 @@ class Jitted:
 
             rule = self.__dict__["_rule_p"] = _rule(f"jit[{self.__name__}]", _diff_vjp)
         return rule
+
+
+def _graph_refs(outputs: list) -> dict[int, int]:
+    """How many references the graph recorded under ``outputs`` holds to each tensor (by id):
+    its nodes' saved inputs and their version records. A differentiable trace keeps that
+    graph for the traced call's backward; :func:`.passes.constant_loads` discounts them when
+    it asks whether a tensor made in the step is reachable from outside."""
+    refs: dict[int, int] = {}
+    stack = [o.node for o in outputs if isinstance(o.node, Node)]
+    seen: set[int] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        saved = list(n.args) if type(n.args) is tuple else []
+        saved += [e[2] for e in n.versions or ()]
+        for t in saved:
+            if isinstance(t, Tensor):
+                refs[id(t)] = refs.get(id(t), 0) + 1
+        stack.extend(p for p in n.parents if isinstance(p, Node))
+    return refs
 
 
 def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):

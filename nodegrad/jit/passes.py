@@ -96,20 +96,24 @@ def _is_array_const(prog, a: int) -> bool:
 
 
 # --- tensors made inside the step ------------------------------------------------------------
-def constant_loads(rec, start: int = 0) -> None:
+def constant_loads(rec, start: int = 0, held: dict[int, int] | None = None) -> None:
     """Turn the loads of tensors that only the program still references (made inside the step:
     ``zeros``, a VJP's ``Tensor(xp.zeros(...))``) into constants, so the passes below see them;
     one changed in place starts each call from a fresh copy of its value at the trace. Only
-    the instructions from ``start`` on (those recorded since an earlier call)."""
+    the instructions from ``start`` on (those recorded since an earlier call). ``held``: how
+    many references to a tensor (by id) the traced call's own graph holds, kept alive for that
+    call's backward; they do not make the tensor reachable from outside."""
     import sys
 
     for k, i in enumerate(rec.instrs):
         if k < start or i.kind != "load" or i.out not in rec.loaded:
             continue
         t = rec.loaded[i.out]()
+        if t is None:
+            continue
         # held only by the load's closure (and this frame): nothing outside can change it
-        if t is None or sys.getrefcount(t) > 3 or (tuple(t._data.shape), t._data.dtype) != \
-                rec.meta.get(i.out):
+        if sys.getrefcount(t) > 3 + (held.get(id(t), 0) if held else 0) or (
+                tuple(t._data.shape), t._data.dtype) != rec.meta.get(i.out):
             continue
         if i.out in rec.before:
             src = rec.const(rec.before[i.out])

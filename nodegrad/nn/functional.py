@@ -13,7 +13,7 @@ import warnings as _warnings
 
 from .. import _backend as B
 from .. import ops
-from ..autodiff import computes_with_values, modes, no_grad
+from ..autodiff import computes_with_values, effect, modes, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..ops import activation as _A
@@ -460,6 +460,14 @@ def _padding_index(padding_idx: int, n: int, op: str) -> int:
     return padding_idx % n
 
 
+@effect  # under nodegrad.jit a replayed step: every call's labels are checked
+def _check_one_hot(labels: Tensor, num_classes: int) -> None:
+    d = values(labels)
+    if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
+        raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got range "
+                         f"[{int(d.min())}, {int(d.max())}]")
+
+
 def one_hot(tensor: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
     """(…,) integer labels -> (…, num_classes) indicator vectors, int64 as PyTorch's (or
     ``dtype``); ``num_classes=-1`` takes one more than the largest label."""
@@ -473,10 +481,9 @@ def one_hot(tensor: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
             raise ValueError("one_hot: cannot infer num_classes from empty labels")
         num_classes = int(d.max()) + 1
     dtype = B.int64 if dtype is None else dtype
-    if d.size and (int(d.min()) < 0 or int(d.max()) >= num_classes):
-        raise ValueError(f"one_hot: labels must lie in [0, {num_classes}), got range "
-                         f"[{int(d.min())}, {int(d.max())}]")
-    if isinstance(labels, BatchTracer):  # inside vmap: with batchable ops
+    _check_one_hot(labels, num_classes)
+    if isinstance(labels, BatchTracer) or modes().jit is not None:
+        # inside vmap, or traced by jit (a replay makes each call's rows): recorded ops
         classes = Tensor._of(B.backend_of(d).xp.arange(num_classes))
         return ops.astype(ops.expand_dims(labels, -1) == classes, B.as_dtype(dtype))
     xp = B.backend_of(d).xp

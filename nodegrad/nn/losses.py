@@ -442,6 +442,9 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
         pos = target > 0
         safe = ops.where(pos, target, 1.0)
         loss = ops.where(pos, target * (ops.log(safe) - input), 0.0)
+        # PyTorch's xlogy(target, target) is NaN below 0 (teacher logits passed where
+        # probabilities belong show as NaN, not as a finite loss); input gradient -target
+        loss = ops.where(target < 0, math.nan - target * input, loss)
     if not batchmean:
         return _reduce(loss, reduction, "kl_div")
     if reduction == "batchmean":
@@ -563,7 +566,9 @@ _CDIST_MODES = ("use_mm_for_euclid_dist_if_necessary", "use_mm_for_euclid_dist",
 def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
           compute_mode: str = "use_mm_for_euclid_dist_if_necessary") -> Tensor:
     """p-norm distances between the rows of x1 (..., P, M) and of x2 (..., R, M): (..., P, R).
-    Computed from the differences (exact; ``compute_mode`` is accepted for PyTorch's API)."""
+    As PyTorch's: for p = 2 with more than 25 rows on either side (or ``compute_mode=
+    'use_mm_for_euclid_dist'``) by one matrix product (:func:`_euclid_mm`, memory (P, R)),
+    else from the differences (exact, memory (P, R, M))."""
     x1, x2 = float32_in_region(x1, x2)  # autocast: a float32 op (PyTorch's)
     if not p >= 0:  # NaN too: a silent NaN matrix otherwise
         raise ValueError(f"cdist: p must be non-negative, got {p}")
@@ -573,8 +578,26 @@ def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
     if x1.ndim < 2 or x2.ndim < 2 or x1.shape[-1] != x2.shape[-1]:
         raise ShapeError(f"cdist: expected (..., P, M) and (..., R, M) with the same M, got "
                          f"{tuple(x1.shape)} and {tuple(x2.shape)}")
+    if p == 2 and x1.numel() and x2.numel() and B.is_float(x1.dtype) and (
+            compute_mode == "use_mm_for_euclid_dist" or compute_mode == _CDIST_MODES[0]
+            and (x1.shape[-2] > 25 or x2.shape[-2] > 25)):
+        return _euclid_mm(x1, x2)
     d = ops.expand_dims(x1, -2) - ops.expand_dims(x2, -3)
     return _pnorm(d, p, -1, every_tie=True)
+
+
+def _euclid_mm(x1: Tensor, x2: Tensor) -> Tensor:
+    """PyTorch's Euclidean distances by one matrix product (its ``_euclidean_dist``): rows
+    [−2a, ‖a‖², 1] times [b, 1, ‖b‖²], clamped at 0, square-rooted. Rounding leaves about
+    sqrt(eps)·‖a‖ where a = b, as there; the gradient at a zero is 0 (PyTorch's subgradient)."""
+    xp = x1.backend.xp
+    n1 = ops.sum(x1 * x1, axis=-1, keepdims=True)
+    n2 = ops.sum(x2 * x2, axis=-1, keepdims=True)
+    a = ops.concatenate([x1 * -2.0, n1, Tensor._of(xp.ones(n1.shape, n1.dtype))], axis=-1)
+    b = ops.concatenate([x2, Tensor._of(xp.ones(n2.shape, n2.dtype)), n2], axis=-1)
+    sq = ops.matmul(a, ops.swapaxes(b, -1, -2))
+    pos = sq > 0
+    return ops.where(pos, ops.sqrt(ops.where(pos, sq, 1.0)), 0.0)
 
 
 def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,

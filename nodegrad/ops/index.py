@@ -13,7 +13,7 @@ import warnings
 
 from .. import _backend as B
 from ..amp import promote_in_region
-from ..autodiff import enable_grad, modes, no_grad
+from ..autodiff import computes_with_values, enable_grad, modes, no_grad
 from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
 from ..errors import DTypeError, GradError, ShapeError
 from ..primitive import DTYPE_VIEW, REGISTRY, bind, primitive
@@ -208,6 +208,8 @@ def getitem(x, index):
         return getitem(getitem(x, split[0]), split[1])
     if has_batched(index):
         return _batched_index("getitem", getitem, x, index)
+    if modes().jit is not None:
+        _mask_counts_under_jit(index)
     try:
         idx = norm_index(index, x.backend)
         out = _getitem(x, index=idx)
@@ -220,6 +222,15 @@ def getitem(x, index):
             and type(x) is BatchTracer and out.level is x.level) and _basic(idx):
         out._view = (x, idx)  # an in-place change of out rebinds it; write_through tells x
     return out
+
+
+def _mask_counts_under_jit(index) -> None:
+    """A boolean mask selects as many elements as it holds True values: a jit trace would
+    freeze that count into the program (a later call's ``x[mask].size(0)``, and the shapes
+    its backward builds, would be the traced call's), so such a signature runs eagerly."""
+    for i in index if isinstance(index, tuple) else (index,):
+        if isinstance(i, Tensor) and (i.dtype == B.bool_ or i.dtype == B.np.uint8 and i.ndim):
+            computes_with_values(i, "getitem with a boolean mask (the count it selects)")
 
 
 _BASIC = (slice, int, type(None), type(Ellipsis))
