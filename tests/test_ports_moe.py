@@ -3148,7 +3148,9 @@ def test_numpy_integers_serve_as_dims_and_sizes():
                 "squeeze": t[None].squeeze(n(0)),
                 "chunk": [t.chunk(n(2), 2), lib.chunk(t, n(3), dim=1), t.chunk(lib.tensor(2))],
                 "roll_movedim": [t.roll(n(1), n(2)), t.movedim(n(0), 2)],
-                "layer_norm": lib.nn.LayerNorm(n(4))(t)}
+                "layer_norm": lib.nn.LayerNorm(n(4))(t),
+                "functional": [F.max_pool1d(t, n(2)), F.interpolate(t, size=n(8)),
+                               F.adaptive_avg_pool1d(t, n(3)), F.layer_norm(t, (n(4),))]}
 
     both(run)
 

@@ -2684,8 +2684,6 @@ def test_recurrent_layers_take_a_lower_precision_input_in_an_autocast_region():
         ng.nn.LSTM(4, 3)(ng.tensor(x).to(ng.bfloat16))
 
 
-@pytest.mark.xfail(strict=False, reason="refresh_views gives a .data handle the tensor's version "
-                   "counter again after an in-place op recorded on the tensor")
 def test_data_taken_before_a_recorded_inplace_op_keeps_its_own_counter():
     """A ``.data`` handle taken before an in-place op recorded on its (graph) tensor follows
     the tensor's new values and still writes unseen by autograd, as PyTorch's."""

@@ -44,7 +44,7 @@ __all__ = [
 
 def _tuple(v, n: int, name: str, op: str) -> tuple:
     """An int or ``n`` ints as ``n`` ints; one int in a sequence is repeated, as PyTorch's."""
-    t = (int(v),) * n if isinstance(v, int) else tuple(int(i) for i in v)
+    t = (int(v),) * n if isinstance(v, int | B.np.integer) else tuple(int(i) for i in v)
     if len(t) != n:
         if len(t) != 1:
             raise ValueError(f"{op}: {name} must be an int or {n} ints, got {v!r}")
@@ -246,10 +246,11 @@ def _adaptive_sizes(output_size, x: Tensor, nd: int, op: str) -> tuple:
     """An adaptive pool's output size per spatial axis: an int for all of them or one per
     axis, where ``None`` keeps that axis's input size (PyTorch's rule)."""
     spatial = tuple(x.shape[x.ndim - nd:])
-    if isinstance(output_size, int):
+    if isinstance(output_size, int | B.np.integer):
         return (int(output_size),) * nd
     sizes = tuple(output_size)
-    if len(sizes) != nd or not all(s is None or isinstance(s, int) for s in sizes):
+    if len(sizes) != nd or not all(s is None or isinstance(s, int | B.np.integer)
+                                   for s in sizes):
         raise ValueError(f"{op}: output_size must be an int or {nd} ints (None keeps an axis's "
                          f"size), got {output_size!r}")
     return tuple(n if s is None else int(s) for s, n in zip(sizes, spatial))
@@ -402,7 +403,8 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Normalise over the trailing ``normalized_shape`` axes of each sample."""
     x = input
-    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    ns = (normalized_shape,) if isinstance(normalized_shape, int | B.np.integer) \
+        else tuple(normalized_shape)
     if tuple(x.shape[x.ndim - len(ns):]) != ns:
         raise ShapeError(f"layer_norm: input {tuple(x.shape)} does not end in normalized_shape "
                          f"{ns}")

@@ -358,7 +358,10 @@ def refresh_views(base: Tensor, refs: list, moved: bool = False) -> None:
             if new.shape == old.shape and new.base is not (old if old.base is None
                                                            else old.base):
                 v._data = new
+                own = v._version is not None and len(v._version) == 1  # a .data: unseen writes
                 b._add_view(v)
+                if own:
+                    v._version = [0]
                 changed.add(id(v))
             continue
         b = entry[0]
