@@ -80,3 +80,40 @@ def test_bad_arguments_name_the_parameter():
         ng.compile(lambda x: x, options={"triton.cudagraphs": True})
     with pytest.raises(TypeError, match="expected a module or a function"):
         ng.compile(3)
+
+
+def test_forward_hooks_that_store_features_see_every_call():
+    """A forward hook that returns nothing runs for its side effects (FitNets-style features
+    stored in a dict): the compiled module then runs eagerly and says why, so the features are
+    each call's, not the traced call's; a hook returning a new output is replayed."""
+    m = _model().eval()
+    c = ng.compile(m)
+    c(ng.randn(2, 6))
+    feats = {}
+    m[0].register_forward_hook(lambda mod, i, o: feats.__setitem__("h", o.detach()))
+    for seed in range(3):
+        ng.manual_seed(seed)
+        x = ng.randn(2, 6)
+        c(x)
+        np.testing.assert_array_equal(feats["h"].numpy(), F.linear(x, m[0].weight,
+                                                                   m[0].bias).detach().numpy())
+    assert "forward hook" in c._jitted.last.reason
+    m2 = _model().eval()
+    m2[0].register_forward_hook(lambda mod, i, o: o * 2)
+    c2 = ng.compile(m2)
+    for _ in range(2):
+        x = ng.randn(2, 6)
+        np.testing.assert_allclose(c2(x).numpy(), m2(x).numpy(), rtol=1e-6)
+    assert c2._jitted.last.reason is None
+
+
+def test_a_pruned_module_still_compiles():
+    from nodegrad.nn.utils import prune
+
+    m = _model().eval()
+    prune.l1_unstructured(m[0], "weight", amount=0.5)
+    c = ng.compile(m)
+    for _ in range(2):
+        x = ng.randn(2, 6)
+        np.testing.assert_allclose(c(x).numpy(), m(x).numpy(), rtol=1e-6)
+    assert c._jitted.last.reason is None

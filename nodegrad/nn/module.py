@@ -695,6 +695,8 @@ class Module:
                 r = hook(self, args, out)
             if r is not None:
                 out = r
+            elif modes().jit is not None:
+                _for_effects(hook)
         if call is not None:
             out = _hooks.wrap_outputs(out, call)
         return out
@@ -936,6 +938,19 @@ class IncompatibleKeys(NamedTuple):
                 f"unexpected_keys={self.unexpected_keys!r})")
 
     __str__ = __repr__
+
+
+def _for_effects(hook) -> None:
+    """Under a jit trace, a forward hook that returned nothing ran for its side effects (a
+    layer's output stored in a dict, as feature extraction does): a replay would skip it and
+    leave the traced call's values there, so the signature runs eagerly instead. Hooks whose
+    effect a replay keeps say so with a true ``replay_safe`` attribute."""
+    fn = hook.fn if type(hook) is _Hook else hook
+    rec = modes().jit
+    if rec is not None and rec.fallback is None and not getattr(fn, "replay_safe", False):
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        rec.fallback = (f"the forward hook {name} returns None, so it runs for its side "
+                        "effects, which a replay would skip")
 
 
 class _Hook:

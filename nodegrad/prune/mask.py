@@ -205,6 +205,7 @@ class _ForwardRestore:
     """Forward hook: put back a tensor that :class:`_ForwardMask` swapped for ``t * mask``."""
 
     __slots__ = ("name",)
+    replay_safe = True  # under jit: the swap is Python bookkeeping, the product is recorded
 
     def __init__(self, name: str):
         self.name = name
