@@ -136,13 +136,29 @@ def result_type(*operands):
     return out
 
 
-def finfo(dtype=None):
-    """Machine limits of a float dtype (``eps``, ``max``, ``min``, ``tiny``, ``bits``,
-    ``resolution``), PyTorch's ``torch.finfo``; the default float dtype when none is given."""
-    dt = _np.dtype(B.DEFAULT_FLOAT if dtype is None else dtype)
-    if not B.is_float(dt):
-        raise TypeError(f"finfo: expected a floating dtype, got {dt} (use iinfo)")
-    return B.finfo(dt)
+class finfo:
+    """Machine limits of a float dtype, PyTorch's ``torch.finfo``: ``bits``, and ``eps``,
+    ``max``, ``min``, ``tiny``, ``smallest_normal``, ``resolution`` as Python floats (so
+    ``finfo(x.dtype).max * 2`` is a Python number, not a float32 overflow), ``dtype`` the
+    dtype's name; the default float dtype when none is given."""
+
+    __slots__ = ("bits", "eps", "max", "min", "tiny", "smallest_normal", "resolution", "dtype")
+
+    def __init__(self, dtype=None):
+        dt = _np.dtype(B.DEFAULT_FLOAT if dtype is None else dtype)
+        if not B.is_float(dt):
+            raise TypeError(f"finfo: expected a floating dtype, got {dt} (use iinfo)")
+        f = B.finfo(dt)
+        self.bits = int(f.bits)
+        for name in ("eps", "max", "min", "tiny", "smallest_normal"):
+            setattr(self, name, float(getattr(f, name)))
+        self.resolution = 10.0 ** -int(f.precision)  # PyTorch's: exact, not rounded to dtype
+        self.dtype = str(dt)
+
+    def __repr__(self) -> str:
+        return (f"finfo(resolution={self.resolution:g}, min={self.min:g}, max={self.max:g}, "
+                f"eps={self.eps:g}, smallest_normal={self.smallest_normal:g}, "
+                f"tiny={self.tiny:g}, dtype={self.dtype})")
 
 
 def iinfo(dtype):

@@ -28,7 +28,11 @@ def test_finfo_and_iinfo_as_torch():
     for dt, tdt in ((ng.float32, torch.float32), (ng.float64, torch.float64),
                     (ng.float16, torch.float16)):
         f, t = ng.finfo(dt), torch.finfo(tdt)
-        assert (f.eps, f.max, f.tiny, f.bits) == (t.eps, t.max, t.tiny, t.bits)
+        for name in ("bits", "eps", "max", "min", "tiny", "smallest_normal", "resolution",
+                     "dtype"):
+            assert getattr(f, name) == getattr(t, name) and type(getattr(f, name)) is type(
+                getattr(t, name)), name  # Python numbers: finfo(x.dtype).max * 2 is no overflow
+        assert repr(f) == repr(t)
     assert ng.finfo().eps == torch.finfo().eps  # the default float dtype
     assert ng.iinfo(ng.int32).max == torch.iinfo(torch.int32).max
     with pytest.raises(TypeError, match="use iinfo"):
