@@ -26,7 +26,7 @@ from enum import Enum
 from typing import Any
 
 from . import _backend as B
-from .autodiff import modes
+from .autodiff import effect, modes
 from .errors import DTypeError
 from .primitive import REGISTRY, bind
 from .tensor import Tensor
@@ -542,7 +542,8 @@ class GradScaler:
 
         def apply(v):
             if isinstance(v, Tensor):
-                s = self._scale_on(v.device)
+                s = (self._scale_on(v.device) if modes().jit is None else
+                     Tensor._of(self._current_scale(v.device)))
                 dt = v.dtype
                 if v.ndim == 0 and B.is_float(dt) and dt != _F32:  # 0-d with 0-d: promoted,
                     wide = dt if dt.itemsize > 4 else _F32  # as PyTorch's product
@@ -561,11 +562,11 @@ class GradScaler:
             raise RuntimeError(f"GradScaler.{what}: the scale is not set yet; call "
                                "scaler.scale(loss) earlier in the iteration")
 
-    def _check_eager(self, what: str) -> None:
-        if modes().jit is not None:
-            raise RuntimeError(f"GradScaler.{what}: not available inside a jit trace (whether "
-                               "a step runs depends on the gradients' values); jit the "
-                               "forward and backward and call the scaler outside")
+    @effect  # under nodegrad.jit each replay reads the scale that update() left
+    def _current_scale(self, device: str):
+        """The scale as a new 0-d float32 array on ``device`` (inside a jit trace, where
+        the cached tensor would be read as it was when traced)."""
+        return B.get_backend(device).xp.asarray(self._scale, dtype=_F32)
 
     def _state(self, optimizer) -> dict:
         st = self._per_optimizer.get(id(optimizer))
@@ -574,13 +575,15 @@ class GradScaler:
         return st[1]
 
     # -- the step -------------------------------------------------------------------------
+    # unscale_, step and update are effects: under nodegrad.jit each replay runs them on that
+    # call's gradients (whether a step runs, and the next scale, depend on their values)
+    @effect
     def unscale_(self, optimizer) -> None:
         """Divide ``optimizer``'s gradients by the scale in place, noting whether any is inf
         or NaN; at most once between :meth:`update` calls (clip gradients after it)."""
         if not self._enabled:
             return
         self._check_scale("unscale_")
-        self._check_eager("unscale_")
         st = self._state(optimizer)
         if st["stage"] is _Stage.UNSCALED:
             raise RuntimeError("GradScaler.unscale_: already called on this optimizer since "
@@ -614,6 +617,7 @@ class GradScaler:
         st["found_inf"] = found
         st["stage"] = _Stage.UNSCALED
 
+    @effect
     def step(self, optimizer, *args, **kwargs):
         """Unscale (unless :meth:`unscale_` did) and call ``optimizer.step(*args, **kwargs)``,
         skipping it when a gradient holds inf or NaN; returns what step returned (or None)."""
@@ -623,7 +627,6 @@ class GradScaler:
             raise RuntimeError("GradScaler.step: a closure is not supported while the scaler "
                                "is enabled")
         self._check_scale("step")
-        self._check_eager("step")
         st = self._state(optimizer)
         if st["stage"] is _Stage.STEPPED:
             raise RuntimeError("GradScaler.step: already called since the last update()")
@@ -638,13 +641,13 @@ class GradScaler:
         st["stage"] = _Stage.STEPPED
         return ret
 
+    @effect
     def update(self, new_scale: float | Tensor | None = None) -> None:
         """Set the scale for the next iteration: ``new_scale`` if given, else backed off after
         a skipped step, grown after ``growth_interval`` clean ones."""
         if not self._enabled:
             return
         self._check_scale("update")
-        self._check_eager("update")
         if new_scale is not None:
             if isinstance(new_scale, Tensor):
                 if new_scale.numel() != 1 or new_scale.dtype != _F32 or new_scale.requires_grad:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import _backend as B
 from ..amp import current_regions, regions
-from ..autodiff import enable_grad, grad as _grad, modes
+from ..autodiff import effect, enable_grad, grad as _grad, modes
 from ..errors import GradError
 from ..random import _default as _generators
 from ..tensor import Tensor
@@ -56,6 +56,18 @@ def _put_rng(states: list) -> list:
         else:
             g.rng = copy.deepcopy(state)
     return now
+
+
+@effect  # under nodegrad.jit each replay notes the generators' states of that call
+def _note_rng(box: list) -> None:
+    """Fill ``box`` with :func:`_rng_states` (a list the segment keeps: a replay refills it)."""
+    box[:] = _rng_states()
+
+
+@effect  # and puts them back for the recomputation, which then draws the forward's masks
+def _swap_rng(box: list, replaced: list) -> None:
+    """Put ``box``'s states back, keeping the ones they replace in ``replaced``."""
+    replaced[:] = _put_rng(box)
 
 
 def _run_unhooked(fn: Callable, args: tuple, kwargs: dict):
@@ -128,13 +140,15 @@ def _vjp(needs, g, ans, *specs, call):
     # (their graph leads on to what the outer derivative wants); otherwise from copies
     detached = [t if t.requires_grad else t.detach() for t in inputs] if create else \
         _detached(inputs)
-    saved = _put_rng(seg.rng) if seg.rng is not None else None
+    saved: list = []
+    if seg.rng is not None:
+        _swap_rng(seg.rng, saved)
     try:
         with enable_grad(), regions(seg.autocast):
             out = _run_unhooked(seg.fn, _rebuilt(seg, detached), seg.kwargs)
     finally:
-        if saved is not None:
-            _put_rng(saved)
+        if seg.rng is not None:
+            _swap_rng(saved, [])
     outs = tree_flatten(out)[0]
     cts = _unpack(g, seg)
     roots, root_cts = [], []
@@ -166,13 +180,15 @@ def _jvp(tangents, ans, *specs, call):
     record = modes().grad_enabled  # the tangents are differentiated again: keep the links
     fresh = [t if t.requires_grad else t.detach() for t in inputs] if record else \
         _detached(inputs)
-    saved = _put_rng(seg.rng) if seg.rng is not None else None
+    saved: list = []
+    if seg.rng is not None:
+        _swap_rng(seg.rng, saved)
     try:
         with enable_grad(), regions(seg.autocast):
             out = _run_unhooked(seg.fn, _rebuilt(seg, fresh), seg.kwargs)
     finally:
-        if saved is not None:
-            _put_rng(saved)
+        if seg.rng is not None:
+            _swap_rng(saved, [])
     outs = [tree_flatten(out)[0][i] for i in seg.slots]
     ins = fresh + list(seg.params)
     tans = list(tangents)
@@ -205,7 +221,10 @@ def checkpoint(function: Callable, *args, use_reentrant: bool | None = None,
     tensor_pos = [i for i, a in enumerate(arg_leaves) if isinstance(a, Tensor)]
     inputs = [arg_leaves[i] for i in tensor_pos]
     detached = _detached(inputs)
-    rng = _rng_states() if preserve_rng_state else None
+    rng = None
+    if preserve_rng_state:
+        rng = []
+        _note_rng(rng)
     seg = _Segment()
     seg.fn, seg.args_def, seg.kwargs, seg.tensor_pos = function, args_def, kwargs, tensor_pos
     seg.arg_leaves = arg_leaves

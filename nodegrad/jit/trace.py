@@ -56,6 +56,8 @@ class Recorder:
         self.load_data: dict[int, object] = {}  # load slot -> the array it read at trace
         self.before: dict[int, object] = {}  # load slot -> its value before an in-place change
         self.changed: set[int] = set()  # id(array) of tensors outside the program an effect got
+        self.owned: set[int] = set()  # load slots find_owners looked at
+        self.read_out: dict[int, str] = {}  # id(array) of tensors outside read into Python: where
 
     # --- slots --------------------------------------------------------------------------------
     def _new(self, value) -> int:
@@ -82,17 +84,7 @@ class Recorder:
         return s
 
     def _load(self, name: str, getter, array) -> int:
-        shape, dtype = array.shape, array.dtype
-
-        def load():
-            a = getter()
-            if a.shape != shape or a.dtype != dtype:
-                raise JitError(f"jit: {name} changed from shape {shape} {dtype} to "
-                               f"{a.shape} {a.dtype} since the trace; call the jitted "
-                               "function's clear_cache() after changing it")
-            return a
-
-        load.spec = (shape, dtype)  # the program inlines a tensor's load (.tensor) with it
+        load = _load_fn(name, getter, array.shape, array.dtype)
         s = self._new(array)
         if self.backend is None:  # a step without array inputs works on its state's device
             self.backend = B.backend_of(array)
@@ -110,6 +102,7 @@ class Recorder:
         if get is not None:
             return self._load("gradient", get, d)
         if isinstance(a, Tensor):
+            a = _owner(a, d)
             s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t._data, d)
             self.instrs[-1].fn.tensor = weakref.ref(a)  # (a strong one would look like a user)
             self.loaded[s] = weakref.ref(a)
@@ -139,25 +132,32 @@ class Recorder:
 
     def effect(self, fn, args: tuple, kwargs: dict):
         """Run ``fn`` eagerly now and record it to be called again on replay."""
-        # tensors holding traced values are fed from their slots on replay; any other
-        # argument (an optimiser, a buffer that lives outside the program) is passed as is
+        # tensors holding traced values, positional or keyword (``sched.step(metrics=loss)``),
+        # are fed from their slots on replay; any other argument (an optimiser, a buffer that
+        # lives outside the program) is passed as is
         pos = [i for i, a in enumerate(args) if isinstance(a, Tensor) and id(a._data) in self.slot]
-        ins = tuple(self.slot[id(args[i]._data)] for i in pos)
-        for a in args:  # state the effect may change on every replay (a norm layer's counter)
-            if isinstance(a, Tensor) and id(a._data) not in self.slot:
+        names = [k for k, a in kwargs.items()
+                 if isinstance(a, Tensor) and id(a._data) in self.slot]
+        ins = tuple(self.slot[id(args[i]._data)] for i in pos) + tuple(
+            self.slot[id(kwargs[k]._data)] for k in names)
+        for a in (*args, *kwargs.values()):  # state the effect may change on every replay
+            if isinstance(a, Tensor) and id(a._data) not in self.slot:  # (a norm's counter)
                 self.changed.add(id(a._data))
                 self.keep.append(a._data)
+                self._read_before(a._data, getattr(fn, "__qualname__", "an effect"))
         held = self._held_grads()
         res = self._run_untraced(fn, args, kwargs)
         self._load_lost_grads(held)
         out = self._new(res) if B.is_array(res) else None
         name = getattr(fn, "__qualname__", "effect")
-        if pos:
+        if pos or names:
             def call(*vals):
-                a = list(args)
+                a, kw = list(args), dict(kwargs)
                 for i, v in zip(pos, vals):
                     a[i] = Tensor._of(v)
-                return fn(*a, **kwargs)
+                for k, v in zip(names, vals[len(pos):]):
+                    kw[k] = Tensor._of(v)
+                return fn(*a, **kw)
         else:
             def call():
                 return fn(*args, **kwargs)
@@ -199,10 +199,55 @@ class Recorder:
                 held.append((k, leaf, g._data))
         return held
 
+    def find_owners(self) -> None:
+        """Point each load of a short-lived handle on an outside tensor's memory that
+        :func:`_owner` could not place (``b.data`` of a buffer, ``w.detach()`` of a plain
+        tensor, made in the step, which only the program holds now) at a tensor outside that
+        holds the same array: else the passes take it for a tensor made in the step, and
+        ``ema_buffer.data.copy_(b)`` writes into a fresh copy on each call. Arrays that
+        nothing but the handle and the recorder hold are skipped before the search
+        (``gc.get_referrers``, one pass over the heap for all of them)."""
+        import gc
+        import sys
+
+        found = {}
+        for s, ref in self.loaded.items():
+            t = ref()
+            if t is None or s in self.owned or sys.getrefcount(t) > 3:  # held elsewhere
+                continue
+            self.owned.add(s)
+            d = self.load_data[s]
+            # the handle, keep, load_data, this frame and getrefcount's argument, and the
+            # recorded views of it (their base)
+            if t._data is d and sys.getrefcount(d) > 5 + sum(
+                    1 for a in self.keep if getattr(a, "base", None) is d):
+                found[id(d)] = (s, t)
+        if not found:
+            return
+        for r in gc.get_referrers(*(t._data for _, t in found.values())):
+            if not isinstance(r, Tensor) or id(r._data) not in found:
+                continue
+            s, t = found[id(r._data)]
+            if r is t:
+                continue
+            del found[id(r._data)]
+            self.loaded[s] = weakref.ref(r)
+            for k, i in enumerate(self.instrs):
+                if i.kind == "load" and i.out == s:
+                    d = self.load_data[s]
+                    fn = _load_fn(i.name, lambda r=r: r._data, d.shape, d.dtype)
+                    fn.tensor = weakref.ref(r)
+                    self.instrs[k] = Instr("load", i.name, fn, (), s)
+                    break
+            if not found:
+                return
+
     def check_grads(self) -> None:
         """A ``.grad`` that backward set and that is no longer there, though no recorded step
         changed it, was assigned by Python (``p.grad = None``), which a replay would not repeat
-        (its gradients would add up across calls): such a signature runs eagerly."""
+        (its gradients would add up across calls): such a signature runs eagerly. So does one
+        whose loaded tensor was pointed at a value computed in the step (``p.data = ...``)."""
+        self.find_owners()
         for k, leaf in self.grad_of.items():
             g = leaf.grad
             if (g is None or id(g._data) != k) and self.fallback is None:
@@ -210,6 +255,15 @@ class Recorder:
                     f"the .grad of a tensor of shape {tuple(leaf.shape)} was set by Python "
                     "code in the step (such as p.grad = None), which a replay does not repeat; "
                     "use opt.zero_grad() or model.zero_grad(), or p.grad.zero_()")
+        for s, ref in self.loaded.items():  # ``p.data = <a value computed in the step>``
+            t = ref()
+            if (t is not None and t._data is not self.load_data[s]
+                    and self.slot.get(id(t._data), s) != s and self.fallback is None):
+                self.fallback = (
+                    f"the memory of a tensor of shape {tuple(t.shape)} the step reads was "
+                    "replaced by a value computed in the step (such as p.data = ...), which a "
+                    "replay does not repeat; write it in place (p.data.copy_(...), or "
+                    "p.copy_(...) under no_grad)")
 
     def _load_lost_grads(self, held: list) -> None:
         """Load, before the effect that just ran, each gradient array of ``held`` that is no
@@ -233,6 +287,7 @@ class Recorder:
         for s in self._written_loads(ins[0], target._data):
             if s not in self.before:  # a tensor made in the step starts each call so
                 self.before[s] = self.load_data[s].copy()
+            self._read_before(self.load_data[s], name)
         fn(target._data, *vals)
         self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
 
@@ -245,6 +300,15 @@ class Recorder:
         if overlap is None:
             return list(self.load_data)
         return [k for k, a in self.load_data.items() if overlap(a, data)]
+
+    def _read_before(self, data, name: str) -> None:
+        """A tensor outside the program that Python read earlier in the step is now changed
+        by a recorded write (a queue pointer: ``ptr = int(self.ptr)`` ... ``self.ptr[0] =
+        ...``): the value read was the traced call's, so the signature runs eagerly."""
+        site = self.read_out.get(id(data))
+        if site is not None and self.fallback is None:
+            self.fallback = (f"Python read the value of a tensor (at {site}) that the step "
+                             f"then changes ({name}): a replay would reuse the traced value")
 
     def concrete(self, data, what: str) -> None:
         """Refuse to turn a traced value into a Python value (it would be frozen at trace). A
@@ -266,6 +330,9 @@ class Recorder:
                 "when the step is captured, and Python code that depends on it would be frozen "
                 "into the program. Return the tensor from the jitted function and read it "
                 "outside, or wrap this call in nodegrad.jit.disable_jit().")
+        if id(data) not in self.read_out:  # a tensor outside: fine unless the step changes it
+            self.read_out[id(data)] = creation_site()
+            self.keep.append(data)
 
     def _run_untraced(self, fn, args, kwargs):
         m = modes()
@@ -283,6 +350,35 @@ class Recorder:
         values = {self.slot[id(a)]: a for a in self.keep if id(a) in self.slot}
         return Program(self.instrs, self.nslots, self.consts, in_slots, out_slots,
                        self.backend, meta=self.meta, values=values, **options)
+
+
+def _load_fn(name: str, getter, shape, dtype):
+    """A load's function: ``getter()``, checked to keep its shape and dtype."""
+
+    def load():
+        a = getter()
+        if a.shape != shape or a.dtype != dtype:
+            raise JitError(f"jit: {name} changed from shape {shape} {dtype} to "
+                           f"{a.shape} {a.dtype} since the trace; call the jitted "
+                           "function's clear_cache() after changing it")
+        return a
+
+    load.spec = (shape, dtype)  # the program inlines a tensor's load (.tensor) with it
+    return load
+
+
+def _owner(t: Tensor, d) -> Tensor:
+    """The tensor whose memory ``t`` is a handle on, where it says so (``p.data`` or
+    ``p.detach()`` of a Parameter or of a tensor in a graph: ``_view`` is (that tensor, None,
+    no steps)), else ``t``. A load reads the owner: a handle made inside the step is held by
+    the program alone, which would take it for a tensor made there (a constant, or a fresh
+    copy on every call) and lose ``ema.data.mul_(d)``'s or ``w.data.clamp_(-c, c)``'s writes."""
+    entry = getattr(t, "_view", None)
+    if entry is not None and entry[1] is None and not entry[2]:
+        o = entry[0]()
+        if o is not None and o._data is d:
+            return o
+    return t
 
 
 def _holds_traced(v, slots: dict) -> bool:

@@ -40,7 +40,7 @@ from typing import Any
 
 from .. import _backend as B
 from .._backend import backend_of, is_array
-from ..autodiff import RemovableHandle, effect, enable_grad, user_stacklevel
+from ..autodiff import RemovableHandle, effect, enable_grad, modes, user_stacklevel
 from ..errors import BackendUnavailable, GradError, ShapeError
 from ..ops.index import refresh_views
 from ..tensor import Tensor
@@ -1571,6 +1571,28 @@ Optimizer.load_state_dict = _with_load_state_dict_hooks(  # type: ignore[method-
 Optimizer.step._runs_hooks = True  # type: ignore[attr-defined]
 _STEP = Optimizer.step.__wrapped__  # what a jit trace records for step() and zero_grad()
 _ZERO_GRAD = Optimizer.zero_grad.__wrapped__
+
+
+def _closure_in_trace(step: Callable) -> Callable:
+    """``Optimizer.step`` that, inside a jit trace, runs a closure as the traced step's own code
+    and then the update alone (one effect): a replay then computes the closure's loss and
+    gradients from that call's inputs (replayed inside the update's effect, the closure made
+    by the traced call would run again on the traced call's batch)."""
+
+    def step_with_closure(self, closure: Callable[[], Any] | None = None):
+        if closure is None:
+            return step(self)
+        if modes().jit is not None:
+            with enable_grad():
+                loss = closure()
+            step(self)
+            return loss
+        return step(self, closure)
+
+    return functools.update_wrapper(step_with_closure, step)
+
+
+Optimizer.step = _closure_in_trace(Optimizer.step)  # type: ignore[method-assign]
 
 
 _PLAIN = frozenset({float, int, bool, str, tuple, type(None), B.np.float64, B.np.float32})

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import _backend as B
 from .._backend import backend_of, is_array
-from ..autodiff import enable_grad, modes, no_grad
+from ..autodiff import creation_site, enable_grad, modes, no_grad
 from ..errors import JitError
 from ..tensor import Tensor
 from .base import (_NOT_HYPER, Optimizer, as_state_array, match_groups, post_step_masks,
@@ -272,10 +272,11 @@ class LBFGS(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None):  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations; returns the loss of the first closure call."""
         if modes().jit is not None:
-            raise JitError("LBFGS.step cannot be captured by nodegrad.jit: it calls the closure "
-                           "a data-dependent number of times (its iterations and line search "
-                           "depend on the loss values); run it eagerly, or jit the closure's "
-                           "loss computation instead")
+            raise JitError("LBFGS.step cannot be captured by nodegrad.jit (at "
+                           f"{creation_site()}): it calls the closure a data-dependent number "
+                           "of times (its iterations and line search depend on the loss "
+                           "values); run it eagerly, or jit the closure's loss computation "
+                           "instead")
         if closure is None:
             raise TypeError("LBFGS.step needs a closure that zeroes the gradients, computes the "
                             "loss, calls backward and returns the loss; got None")

@@ -34,8 +34,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ..autodiff import effect
 from ..tensor import Tensor
-from .base import Optimizer
+from .base import _EFFECT_CODE, Optimizer
 
 EPOCH_DEPRECATION_WARNING = (
     "The epoch parameter in `scheduler.step()` was not necessary and is being "
@@ -103,6 +104,15 @@ class LRScheduler:
     _closed_form: bool = True  # lr_at(t) gives step t from base_lrs alone
     _follows_groups: bool = False  # steps by the chainable get_lr() once others set the lrs
     _lrs_written: list[float] | None = None  # the lrs its last step set (None: unknown)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A subclass's own ``step`` is recorded whole under :mod:`nodegrad.jit`, as the base's
+        is: a schedule stepped inside a jitted step then steps on every call, not only when
+        the step was traced."""
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("step")
+        if callable(fn) and getattr(fn, "__code__", None) is not _EFFECT_CODE:
+            cls.step = effect(fn)
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1):
         if not isinstance(optimizer, Optimizer):
@@ -172,6 +182,7 @@ class LRScheduler:
         ``get_lr`` below the ``lr_at`` it inherits (PyTorch's extension point)."""
         return _defined_at(cls, "get_lr") < _defined_at(cls, "lr_at")
 
+    @effect  # under nodegrad.jit a replayed step: the lrs live outside the program
     def step(self, epoch: int | None = None) -> None:
         """Advance one step and set every group's ``lr``; ``step(epoch)``, PyTorch's
         deprecated form, jumps to step ``epoch`` (with PyTorch's warning)."""

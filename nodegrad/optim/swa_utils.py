@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from .. import _backend as B
-from ..autodiff import no_grad
+from ..autodiff import effect, no_grad
 from ..nn.layers.norm import _BatchNorm
 from ..nn.module import Module
 from ..tensor import Tensor, int64, zeros
@@ -128,6 +128,7 @@ class AveragedModel(Module):
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
+    @effect  # under nodegrad.jit a replayed step: it writes the averages' arrays directly
     def update_parameters(self, model: Module) -> None:
         """Average ``model``'s parameters (and buffers, with ``use_buffers``) into this copy."""
         with no_grad():
