@@ -150,6 +150,13 @@ _take_out(globals(), """
 """)
 
 
+# PyTorch's keyword names where nodegrad's differ (ng.mul(a, other=b), x.div(other=y)): last, so
+# that every function and method defined above is covered
+from .ops import keywords as _keywords  # noqa: E402
+
+_keywords.apply(globals(), Tensor)
+
+
 def _assert(condition, message: str) -> None:
     """``torch._assert``: ``assert condition, message`` as a function, which torchvision's
     models call to check their inputs (a one-element tensor counts by its truth value)."""

@@ -68,14 +68,19 @@ class Primitive:
         # whether each of its two inputs' VJP reads only the other input (x * y): an input's
         # value is then checked for in-place changes only when the other one needs a gradient
         self.cross = False
+        # PyTorch's names of its operands (ops/keywords.Keywords), taken as keywords: exp(input=x)
+        self.keywords = None
         self.__doc__ = doc
 
 
     def __call__(self, *args, **params):
-        if "out" in params:  # PyTorch's and NumPy's out=: computed as without it, then written
-            out = params.pop("out")
-            res = bind(self, args, params)
-            return res if out is None else write_results(self.name, out, res)
+        if params:
+            if self.keywords is not None and not self.keywords.isdisjoint(params):
+                args = self.keywords.bind(args, params)  # mul(a, other=b): b is the operand
+            if "out" in params:  # PyTorch's and NumPy's out=: computed as without it, written
+                out = params.pop("out")
+                res = bind(self, args, params)
+                return res if out is None else write_results(self.name, out, res)
         return bind(self, args, params)
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from ..autodiff import computes_with_values, effect, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator, keep_mask
-from ..tensor import Tensor
+from ..tensor import Tensor, _shape_arg
 
 
 _HALF = (B.bfloat16, B.np.dtype("float16"))
@@ -136,7 +136,10 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     ``eps`` defaults to the machine epsilon of the dtype it is computed in, as PyTorch's
     kernel: float32's for float16 and bfloat16 (worked in float32, rounded once)."""
     x = input
-    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    try:  # an int or a sequence of them; NumPy integers too
+        ns = _shape_arg((normalized_shape,))
+    except TypeError as e:
+        raise TypeError(f"rms_norm: normalized_shape: {e}") from None
     if not isinstance(x, Tensor) or tuple(x.shape[x.ndim - len(ns):]) != ns or x.ndim < len(ns):
         raise ShapeError(f"rms_norm: input {getattr(x, 'shape', x)!r} does not end in "
                          f"normalized_shape {ns}")

@@ -803,14 +803,14 @@ trunc_divide = _stepwise("trunc_divide", _trunc_divide_fwd,
                          "x / y rounded toward zero (zero gradient).", arity=2)
 
 
-def div(x, y, *, rounding_mode: str | None = None):
+def div(input, other, *, rounding_mode: str | None = None):
     """PyTorch's divide: true division, or rounded with ``rounding_mode`` "trunc" / "floor"
     (rounded quotients have zero gradient, as PyTorch's)."""
     if rounding_mode is None:
-        return divide(x, y)
+        return divide(input, other)
     if rounding_mode == "floor":
-        return floor_divide(x, y)
+        return floor_divide(input, other)
     if rounding_mode == "trunc":
-        return trunc_divide(x, y)
+        return trunc_divide(input, other)
     raise ValueError(f"divide: rounding_mode must be None, 'trunc' or 'floor', "
                      f"got {rounding_mode!r}")

@@ -70,7 +70,12 @@ _UNSET = object()
 
 
 def _extreme(fn, argfn):
-    def method(self, *args, axis=None, keepdims=_UNSET, dim=None, keepdim=False):
+    def method(self, *args, axis=None, keepdims=_UNSET, dim=None, keepdim=False, other=None):
+        if other is not None:  # x.max(other=y): PyTorch's keyword of the elementwise form
+            if args or dim is not None or axis is not None or not isinstance(other, Tensor):
+                raise TypeError(f"{fn.__name__}(other=): the elementwise form takes one tensor, "
+                                f"got {type(other).__name__}")
+            args = (other,)
         if len(args) > 2:
             raise TypeError(f"{fn.__name__}: expected at most 2 positional arguments (dim, "
                             f"keepdim), got {len(args)}")
@@ -205,9 +210,12 @@ def _transpose_method(self, *dims, dim0=None, dim1=None):
     """Two dims: swap them (PyTorch; also as ``dim0=, dim1=``). A full permutation: permute
     (NumPy). None: reverse."""
     if dim0 is not None or dim1 is not None:
-        if dims or dim0 is None or dim1 is None:
+        if len(dims) == 1 and dim0 is None and dim1 is not None:  # x.transpose(0, dim1=1)
+            dims = (dims[0], dim1)
+        elif dims or dim0 is None or dim1 is None:
             raise TypeError("transpose: pass both dim0= and dim1=, or the dims positionally")
-        dims = (dim0, dim1)
+        else:
+            dims = (dim0, dim1)
     if len(dims) == 2 and all(isinstance(d, int | B.np.integer) for d in dims):
         return S.swapaxes(self, int(dims[0]), int(dims[1]))
     if not dims:
@@ -419,10 +427,15 @@ def _setitem(self, index, value):
     self._bump()
 
 
-def _view(self, *shape, dtype=None):
+def _view(self, *shape, dtype=None, size=None):
     """``x.view(*shape)``: the same memory in a new shape, refused where the strides need a
     copy (PyTorch's rule; ``reshape`` copies instead). ``x.view(dtype)`` reads the same bytes
-    as ``dtype`` (a view without a gradient; a size that differs changes the last dim)."""
+    as ``dtype`` (a view without a gradient; a size that differs changes the last dim);
+    PyTorch's ``size=`` keyword takes the shape as well."""
+    if size is not None:
+        if shape:
+            raise TypeError("view: pass the shape positionally or as size=, not both")
+        shape = (size,)
     if (len(shape) == 1 and dtype is None
             and not isinstance(shape[0], int | list | tuple | B.np.integer | Tensor)):
         dtype = shape[0]  # x.view(ng.int32)
@@ -669,6 +682,10 @@ def _as_method(name: str, fn):
             return bind(fn, (self, other), _NO_PARAMS)
     else:
         def method(self, *args, **params):
+            if params:  # PyTorch's operand names as keywords: x.lerp(end=y, weight=w)
+                names = getattr(fn, "keywords", None)
+                if names is not None and not names.isdisjoint(params):
+                    args = names.bind((self, *args), params)[1:]
             return bind(fn, (self, *args), params)
     method.__name__ = name
     method.__doc__ = fn.__doc__

@@ -71,7 +71,7 @@ _fold = primitive(
 
 
 def _per_axis(v, n: int, name: str) -> tuple:
-    t = (v,) * n if isinstance(v, int) else tuple(int(i) for i in v)
+    t = (int(v),) * n if isinstance(v, int | B.np.integer) else tuple(int(i) for i in v)
     if len(t) != n or min(t, default=1) < 1:
         raise ShapeError(f"sliding_window_view: {name} {v!r} must be positive, one per axis ({n})")
     return t
@@ -83,11 +83,12 @@ def sliding_window_view(x, window_shape, axis=None, *, stride=1, dilation=1):
     The result has ``x``'s shape with each windowed axis replaced by its number of windows,
     followed by the window axes: for (N, C, L) with a window of 3 on axis 2, (N, C, L - 2, 3).
     """
-    window = (window_shape,) if isinstance(window_shape, int) else tuple(window_shape)
+    window = (window_shape,) if isinstance(window_shape, int | B.np.integer) \
+        else tuple(window_shape)
     m = len(window)
     if axis is None:
         axis = tuple(range(x.ndim - m, x.ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (int(axis),) if isinstance(axis, int | B.np.integer) else tuple(axis)
     axes = tuple(norm_axis(a, x.ndim, "sliding_window_view") for a in axes)
     if len(set(axes)) != len(axes) or len(axes) != m:
         raise ShapeError(f"sliding_window_view: need one distinct axis per window dim, got "
@@ -106,7 +107,7 @@ def sliding_window_view(x, window_shape, axis=None, *, stride=1, dilation=1):
 def fold_windows(v, shape, axis, *, stride=1, dilation=1):
     """Add every window of ``v`` back into zeros of ``shape`` (col2im): the adjoint of
     ``sliding_window_view`` with the same axes, stride and dilation; windows may overlap."""
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (int(axis),) if isinstance(axis, int | B.np.integer) else tuple(axis)
     m = len(axes)
     shape = tuple(int(s) for s in shape)
     axes = tuple(norm_axis(a, len(shape), "fold_windows") for a in axes)

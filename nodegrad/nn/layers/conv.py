@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ... import _backend as B
 from ...errors import ShapeError
 from ...tensor import empty
 from .. import functional as F
@@ -41,7 +42,7 @@ class _ConvNd(Module):
                 raise ValueError(f"{type(self).__name__}: padding='same' is not supported for "
                                  f"strided convolutions (padding='same' needs stride 1, got "
                                  f"stride={stride})")
-        k = (kernel_size,) * self.nd if isinstance(kernel_size, int) else tuple(kernel_size)
+        k = per_axis_ints(kernel_size, self.nd)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         nd = self.nd  # one entry per spatial axis, as PyTorch stores them (conv.stride[0])
         self.stride, self.padding = _per_axis(stride, nd), _per_axis(padding, nd)
@@ -83,21 +84,29 @@ class _ConvNd(Module):
         if self.padding_mode == "zeros":
             return x, self.padding
         nd, p = self.nd, self.padding
-        d = (self.dilation,) * nd if isinstance(self.dilation, int) else tuple(self.dilation)
+        d = per_axis_ints(self.dilation, nd)
         if p == "valid":
             return x, 0
         if p == "same":
             pairs = F._same_padding(self.kernel_size, d)
         else:
-            p = (p,) * nd if isinstance(p, int) else tuple(p)
+            p = per_axis_ints(p, nd)
             pairs = [(q, q) for q in p]
         return F.pad(x, F._pad_widths(pairs), _PADDING_MODES[self.padding_mode]), 0
+
+
+def per_axis_ints(v, nd: int) -> tuple:
+    """An int-or-tuple setting as one int per spatial axis; NumPy integers become ints (a
+    size computed with NumPy, ``kernel_size=np.int64(3)``, as PyTorch takes it)."""
+    if isinstance(v, int | B.np.integer):
+        return (int(v),) * nd
+    return tuple(int(i) if isinstance(i, B.np.integer) else i for i in v)
 
 
 def _per_axis(v, nd: int):
     """A layer's int-or-tuple setting as PyTorch stores it: one entry per spatial axis (a
     padding string as it is)."""
-    return v if isinstance(v, str) else (v,) * nd if isinstance(v, int) else tuple(v)
+    return v if isinstance(v, str) else per_axis_ints(v, nd)
 
 
 def _conv_repr(layer: Module) -> str:

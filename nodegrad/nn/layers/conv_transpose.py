@@ -8,7 +8,7 @@ from ...tensor import Tensor, empty
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
-from .conv import _conv_repr, _per_axis
+from .conv import _conv_repr, _per_axis, per_axis_ints
 
 
 class _ConvTransposeNd(Module):
@@ -27,7 +27,7 @@ class _ConvTransposeNd(Module):
             raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels "
                              f"({out_channels}) must be divisible by groups ({groups})")
         nd = self.nd
-        k = (kernel_size,) * nd if isinstance(kernel_size, int) else tuple(kernel_size)
+        k = per_axis_ints(kernel_size, nd)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding = _per_axis(stride, nd), _per_axis(padding, nd)
         self.output_padding, self.transposed = _per_axis(output_padding, nd), True
@@ -52,7 +52,7 @@ class _ConvTransposeNd(Module):
         nd, name = self.nd, type(self).__name__
 
         def per_axis(v):
-            return (v,) * nd if isinstance(v, int) else tuple(v)
+            return per_axis_ints(v, nd)
 
         if output_size is None:
             return per_axis(self.output_padding)

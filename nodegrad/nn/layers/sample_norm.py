@@ -4,7 +4,7 @@ LocalResponseNorm and RMSNorm, with PyTorch's parameters, buffers and defaults."
 from __future__ import annotations
 
 from ...errors import ShapeError
-from ...tensor import Tensor, int64, ones, zeros
+from ...tensor import Tensor, _shape_arg, int64, ones, zeros
 from .. import functional as F
 from .. import init as I
 from ..module import Module, Parameter
@@ -128,7 +128,10 @@ class RMSNorm(Module):
     def __init__(self, normalized_shape, eps: float | None = None,
                  elementwise_affine: bool = True, device=None, dtype=None):
         super().__init__()
-        ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        try:  # an int or a sequence of them; NumPy integers too
+            ns = _shape_arg((normalized_shape,))
+        except TypeError as e:
+            raise TypeError(f"RMSNorm: normalized_shape: {e}") from None
         self.normalized_shape, self.eps = ns, eps
         self.elementwise_affine = elementwise_affine
         self.weight = Parameter(ones(*ns, device=device, dtype=dtype)) if elementwise_affine \
