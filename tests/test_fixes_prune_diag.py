@@ -3,6 +3,7 @@ the diagnostics' warnings, region counts, figures and layer statistics, the ``di
 command's step count and exit statuses, and the errors of transfer, curvature and regions."""
 
 import json
+import warnings as _warnings
 
 import numpy as np
 import pytest
@@ -164,13 +165,22 @@ def test_gradient_flow_monitor_records_the_same_with_jit():
         assert None not in rec["layers"][name]["dead_frac"]
 
 
-def test_gradient_flow_monitor_warns_when_its_hooks_see_nothing():
-    model = _mlp()
-    compiled = ng.compile(model)  # replays run no hooks of the modules inside
-    monitor = GradientFlowMonitor(every=1, plots=False)
-    with pytest.warns(RuntimeWarning, match="GradientFlowMonitor: the forward hooks saw no"):
-        T.fit(compiled, F.cross_entropy, ng.optim.SGD(model.parameters(), lr=0.01),
-              _loader(0), epochs=1, callbacks=[monitor], progress=False)
+def test_gradient_flow_monitor_sees_a_compiled_model():
+    """Its forward hooks store activations (they return nothing), so a compiled model runs
+    them on every call (eagerly) and the monitor records what it records without compiling."""
+    recs = []
+    for compile_it in (False, True):
+        model = _mlp()
+        monitor = GradientFlowMonitor(every=1, plots=False)
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("error", RuntimeWarning)
+            T.fit(ng.compile(model) if compile_it else model, F.cross_entropy,
+                  ng.optim.SGD(model.parameters(), lr=0.01), _loader(0), epochs=1,
+                  callbacks=[monitor], progress=False)
+        recs.append(monitor.record)
+    # (the compiled model's names carry the _orig_mod. prefix)
+    assert json.dumps(recs[0]) == json.dumps(recs[1]).replace("_orig_mod.", "")
+    assert recs[1]["layers"] and all(None not in v["act_std"] for v in recs[1]["layers"].values())
 
 
 # --- 4. L-BFGS leaves frozen parameters alone ------------------------------------------------
