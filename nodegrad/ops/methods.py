@@ -556,13 +556,7 @@ def _with_alpha(op, name: str):
 
 def _permute(self, *dims, **kw):
     """PyTorch's permute: the dims positionally, as one sequence, or as ``dims=``."""
-    if "dims" in kw:
-        if dims or len(kw) > 1:
-            raise TypeError("permute: pass the dims positionally or as dims=, not both")
-        dims = (kw["dims"],)
-    elif kw:
-        raise TypeError(f"permute: unexpected keyword arguments {sorted(kw)}")
-    return S.permute(self, *dims)
+    return S.permute(self, *dims, **kw)
 
 
 def _split_method(self, split_size_or_sections=None, dim: int = 0, *, split_size=None):
