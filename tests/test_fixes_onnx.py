@@ -56,7 +56,8 @@ def test_integers_compared_with_a_float_are_not_truncated(f):
         x = _ints(b, 4, seed=b)
         want = model(ng.as_tensor(x)).numpy()
         np.testing.assert_array_equal(_session(proto).run(None, {"input": x})[0], want)
-        np.testing.assert_array_equal(load(proto.SerializeToString())(ng.as_tensor(x)).numpy(), want)
+        back = load(proto.SerializeToString())
+        np.testing.assert_array_equal(back(ng.as_tensor(x)).numpy(), want)
 
 
 @pytest.mark.parametrize("f,make", [
