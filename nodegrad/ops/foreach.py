@@ -51,12 +51,13 @@ def _unary(name: str) -> tuple[Callable, Callable]:
     def out_of_place(self):
         return tuple(getattr(x, name)() for x in _tensors(name, self))
 
-    def in_place(self) -> None:
+    def in_place(self):
         for x in _tensors(name + "_", self):
             getattr(x, name + "_")()
+        return self  # the list given, as PyTorch's in-place forms return it
 
     out_of_place.__doc__ = f"``[x.{name}() for x in self]``."
-    in_place.__doc__ = f"``x.{name}_()`` for each tensor of ``self``."
+    in_place.__doc__ = f"``x.{name}_()`` for each tensor of ``self``; ``self``."
     return out_of_place, in_place
 
 
@@ -99,15 +100,16 @@ def _binary(name: str) -> tuple[Callable, Callable]:
         xs = _tensors(name, self)
         return tuple(apply(x, y, alpha, False) for x, y in zip(xs, _others(name, other, len(xs))))
 
-    def in_place(self, other=_MISSING, *, alpha=None, **kw) -> None:
+    def in_place(self, other=_MISSING, *, alpha=None, **kw):
         other = _second(name + "_", other, kw, names)
         xs = _tensors(name + "_", self)
         for x, y in zip(xs, _others(name + "_", other, len(xs))):
             apply(x, y, alpha, True)
+        return self
 
     out_of_place.__doc__ = (f"``x.{name}(y)`` for each tensor ``x`` of ``self`` and its ``y`` "
                             "(a number, a tensor, or one of a list of either).")
-    in_place.__doc__ = f"``x.{name}_(y)`` for each tensor of ``self``."
+    in_place.__doc__ = f"``x.{name}_(y)`` for each tensor of ``self``; ``self``."
     return out_of_place, in_place
 
 
@@ -123,14 +125,15 @@ def _pointwise(name: str):
         return tuple(getattr(x, name)(a, b, value=v) for x, a, b, v in
                      zip(xs, _tensors(name, tensor1), _tensors(name, tensor2), vs))
 
-    def in_place(self, tensor1, tensor2, value=_MISSING, **kw) -> None:
+    def in_place(self, tensor1, tensor2, value=_MISSING, **kw):
         xs = _tensors(name + "_", self)
         vs = _others(name + "_", values(name + "_", value, kw), len(xs))
         for x, a, b, v in zip(xs, _tensors(name, tensor1), _tensors(name, tensor2), vs):
             getattr(x, name + "_")(a, b, value=v)
+        return self
 
     out_of_place.__doc__ = f"``x.{name}(t1, t2, value=v)`` for each tensor of ``self``."
-    in_place.__doc__ = f"``x.{name}_(t1, t2, value=v)`` for each tensor of ``self``."
+    in_place.__doc__ = f"``x.{name}_(t1, t2, value=v)`` for each tensor of ``self``; ``self``."
     return out_of_place, in_place
 
 
@@ -143,27 +146,30 @@ def _foreach_lerp(self, tensors1, weight=_MISSING, **kw) -> tuple:
                                                  _others("lerp", weight, len(xs))))
 
 
-def _foreach_lerp_(self, tensors1, weight=_MISSING, **kw) -> None:
-    """``x.lerp_(end, weight)`` for each tensor of ``self``: an EMA's update."""
+def _foreach_lerp_(self, tensors1, weight=_MISSING, **kw):
+    """``x.lerp_(end, weight)`` for each tensor of ``self``: an EMA's update; ``self``."""
     xs = _tensors("lerp_", self)
     weight = _second("lerp_", weight, kw, ("weight", "weights"))
     for x, e, w in zip(xs, _tensors("lerp_", tensors1), _others("lerp_", weight, len(xs))):
         x.lerp_(e, w)
+    return self
 
 
-def _foreach_copy_(self, src, non_blocking: bool = False) -> None:
-    """``x.copy_(s)`` for each tensor of ``self`` and of ``src``."""
+def _foreach_copy_(self, src, non_blocking: bool = False):
+    """``x.copy_(s)`` for each tensor of ``self`` and of ``src``; ``self``."""
     xs, ss = _tensors("copy_", self), _tensors("copy_", src)
     if len(xs) != len(ss):
         raise ShapeError(f"_foreach_copy_: got {len(xs)} tensors but {len(ss)} sources")
     for x, s in zip(xs, ss):
         x.copy_(s)
+    return self
 
 
-def _foreach_zero_(self) -> None:
-    """``x.zero_()`` for each tensor of ``self``."""
+def _foreach_zero_(self):
+    """``x.zero_()`` for each tensor of ``self``; ``self``."""
     for x in _tensors("zero_", self):
         x.zero_()
+    return self
 
 
 def _foreach_clone(self) -> tuple:
