@@ -75,10 +75,10 @@ dtype = _backend.np.dtype
 
 # --- PyTorch's top-level names with torch's own arguments where they differ from F's ------------
 def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
-                                     reduction: _py.int | str = 1):
+                                     reduction: _py.int | str = 0):
     """``torch.binary_cross_entropy_with_logits``: nn.functional's loss with torch's low-level
-    argument order (weight, pos_weight, reduction) and reduction as an int (0 none, 1 mean,
-    2 sum; the names are taken too)."""
+    argument order (weight, pos_weight, reduction) and reduction as an int (0 none, torch's
+    default for this top-level form, 1 mean, 2 sum; the names are taken too)."""
     names = {0: "none", 1: "mean", 2: "sum"}
     red = reduction if isinstance(reduction, _py.bool) else names.get(reduction, reduction)
     if red not in ("none", "mean", "sum"):

@@ -69,3 +69,27 @@ def test_var_and_std_methods_take_torch_defaults_with_dim_and_numpy_with_axis():
                                    rtol=1e-14)
     with pytest.raises(TypeError, match="one of ddof"):
         x.var(dim=0, ddof=1, correction=1)
+
+
+def test_top_level_losses_default_to_torchs_unreduced_losses():
+    """Called without a reduction, torch's top-level loss forms return the unreduced losses
+    (their bindings do, whatever the schemas' ``reduction=Mean`` says); so do nodegrad's, and
+    an explicit int reduction still reduces."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 4)), rng.random((3, 4))
+    y, s = np.sign(rng.standard_normal(3)), np.sign(b - 0.5)
+    lp = rng.standard_normal((6, 2, 4))
+    calls = [lambda L, T: L.cosine_embedding_loss(T(a), T(b), T(y)),
+             lambda L, T: L.margin_ranking_loss(T(a[:, 0]), T(b[:, 0]), T(y)),
+             lambda L, T: L.triplet_margin_loss(T(a), T(b), T(a * 2)),
+             lambda L, T: L.kl_div(T(a), T(b)),
+             lambda L, T: L.binary_cross_entropy_with_logits(T(a), T(b)),
+             lambda L, T: L.hinge_embedding_loss(T(a), T(s)),
+             lambda L, T: L.ctc_loss(T(lp).log_softmax(2), T(np.array([[1, 2], [1, 1]])),
+                                     [6, 6], [2, 2]),
+             lambda L, T: L.kl_div(T(a), T(b), 1),
+             lambda L, T: L.hinge_embedding_loss(T(a), T(s), 1.0, 2)]
+    for call in calls:
+        want, got = call(torch, torch.tensor), call(ng, ng.tensor)
+        assert tuple(got.shape) == tuple(want.shape)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10)

@@ -279,16 +279,18 @@ def norm_except_dim(v: Tensor, pow: int = 2, dim: int = 0) -> Tensor:  # noqa: A
 
 
 # === losses with torch's int reduction ===========================================================
-def kl_div(input: Tensor, target: Tensor, reduction: int = 1, *,
+# Called without a reduction, torch's top-level forms return the unreduced losses (their Python
+# bindings do, whatever the schemas' ``reduction=Mean`` says): 0 is the default here too.
+def kl_div(input: Tensor, target: Tensor, reduction: int = 0, *,
            log_target: bool = False) -> Tensor:
-    """``torch.kl_div``: the elementwise KL terms reduced by ``reduction`` (0 none, 1 mean over
-    every element, 2 sum; torch's low-level form has no 'batchmean')."""
+    """``torch.kl_div``: the elementwise KL terms reduced by ``reduction`` (0 none, the default
+    as torch's, 1 mean over every element, 2 sum; torch's low-level form has no 'batchmean')."""
     return F.kl_div(input, target, reduction=_reduction("kl_div", reduction),
                     log_target=log_target)
 
 
 def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: int = 0,
-             reduction: int = 1, zero_infinity: bool = False) -> Tensor:
+             reduction: int = 0, zero_infinity: bool = False) -> Tensor:
     """``torch.ctc_loss``: ``F.ctc_loss`` with the reduction as an int (0 none, 1 mean of the
     losses divided by the target lengths, 2 sum)."""
     return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank,
@@ -297,28 +299,28 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
 
 def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor,
                         margin: float = 1.0, p: float = 2.0, eps: float = 1e-6,
-                        swap: bool = False, reduction: int = 1) -> Tensor:
+                        swap: bool = False, reduction: int = 0) -> Tensor:
     """``torch.triplet_margin_loss``: ``F.triplet_margin_loss`` with an int reduction."""
     return F.triplet_margin_loss(anchor, positive, negative, margin, p, eps, swap,
                                  reduction=_reduction("triplet_margin_loss", reduction))
 
 
 def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
-                          reduction: int = 1) -> Tensor:
+                          reduction: int = 0) -> Tensor:
     """``torch.cosine_embedding_loss``: ``F.cosine_embedding_loss`` with an int reduction."""
     return F.cosine_embedding_loss(input1, input2, target, margin,
                                    reduction=_reduction("cosine_embedding_loss", reduction))
 
 
 def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0.0,
-                        reduction: int = 1) -> Tensor:
+                        reduction: int = 0) -> Tensor:
     """``torch.margin_ranking_loss``: ``F.margin_ranking_loss`` with an int reduction."""
     return F.margin_ranking_loss(input1, input2, target, margin,
                                  reduction=_reduction("margin_ranking_loss", reduction))
 
 
 def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
-                         reduction: int = 1) -> Tensor:
+                         reduction: int = 0) -> Tensor:
     """``torch.hinge_embedding_loss``: ``F.hinge_embedding_loss`` with an int reduction."""
     return F.hinge_embedding_loss(input, target, margin,
                                   reduction=_reduction("hinge_embedding_loss", reduction))
