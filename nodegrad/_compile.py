@@ -114,3 +114,42 @@ def compile(model: Callable | None = None, *, fullgraph: bool = False, dynamic: 
         return compiled
 
     return wrap if model is None else wrap(model)
+
+
+class _InPlace:
+    """What :meth:`Module.compile` puts on a module: its calls go through ``ng.compile`` with
+    the arguments given, built on the first call (so a deep copy of the module, which gets a
+    fresh one, compiles itself rather than calling the original's programs)."""
+
+    def __init__(self, args: tuple, kwargs: dict):
+        self.args, self.kwargs = args, kwargs
+        self.owner = self.compiled = None
+
+    def __call__(self, module: Module, args: tuple, kwargs: dict):
+        if self.owner is not module:
+            self.owner, self.compiled = module, compile(module, *self.args, **self.kwargs)
+        d = module.__dict__
+        d["_compiled_call"] = None  # the traced (or eager) call inside runs the module itself
+        try:
+            return self.compiled.forward(*args, **kwargs)
+        finally:
+            d["_compiled_call"] = self
+
+    def __deepcopy__(self, memo):
+        return _InPlace(copy.deepcopy(self.args, memo), copy.deepcopy(self.kwargs, memo))
+
+
+def _module_compile(self: Module, *args, **kwargs) -> None:
+    """PyTorch's ``Module.compile(...)``: from now on this module's calls go through
+    ``ng.compile(self, ...)`` with these arguments, in place (the module stays itself: its
+    parameters, state dict keys, hooks and type); ``backend="eager"`` or ``disable=True``
+    leave it as written."""
+    if kwargs.get("disable") or kwargs.get("backend") == "eager":
+        self.__dict__.pop("_compiled_call", None)
+        return
+    compile(lambda: None, *args, **kwargs)  # the arguments checked now, as PyTorch's
+    self.__dict__["_compiled_call"] = _InPlace(args, kwargs)
+
+
+Module.compile = _module_compile
+

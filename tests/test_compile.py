@@ -117,3 +117,34 @@ def test_a_pruned_module_still_compiles():
         x = ng.randn(2, 6)
         np.testing.assert_allclose(c(x).numpy(), m(x).numpy(), rtol=1e-6)
     assert c._jitted.last.reason is None
+
+
+def test_module_compile_in_place():
+    """PyTorch's ``model.compile()``: the module itself now calls through ``ng.compile`` (the
+    same object, type and state-dict keys), trains as eagerly, and a deep copy compiles
+    itself; ``backend="eager"`` undoes it; bad arguments are refused at once."""
+    import copy
+
+    eager, m = _model(), _model()
+    assert m.compile() is None and type(m) is nn.Sequential
+    assert list(m.state_dict()) == list(eager.state_dict())
+    x, y = ng.randn(8, 6), ng.randint(0, 3, (8,))
+    opts = [ng.optim.SGD(mod.parameters(), lr=0.1) for mod in (eager, m)]
+    for step in range(4):
+        for mod, opt in ((eager, opts[0]), (m, opts[1])):
+            ng.manual_seed(step)
+            opt.zero_grad()
+            F.cross_entropy(mod(x), y).backward()
+            opt.step()
+    for a, b in zip(eager.parameters(), m.parameters()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    inplace = m.__dict__["_compiled_call"]
+    assert inplace.compiled._jitted.last.reason is None  # replayed, not run eagerly
+    twin = copy.deepcopy(m)
+    m.eval(), twin.eval()
+    np.testing.assert_allclose(twin(x).numpy(), m(x).numpy(), rtol=1e-6)
+    assert twin.__dict__["_compiled_call"].owner is twin
+    with pytest.raises(ValueError, match="mode must be one of"):
+        m.compile(mode="bogus")
+    m.compile(backend="eager")
+    assert "_compiled_call" not in m.__dict__

@@ -657,6 +657,9 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
+        compiled = self.__dict__.get("_compiled_call")  # Module.compile() (nodegrad._compile)
+        if compiled is not None:
+            return compiled(self, args, kwargs)
         pre, post = self._forward_pre_hooks, self._forward_hooks
         if _GLOBAL_PRE_HOOKS:  # every module's hooks (register_module_...) run first
             pre = _GLOBAL_PRE_HOOKS + pre
