@@ -118,12 +118,13 @@ def compile(model: Callable | None = None, *, fullgraph: bool = False, dynamic: 
 
 class _InPlace:
     """What :meth:`Module.compile` puts on a module: its calls go through ``ng.compile`` with
-    the arguments given, built on the first call (so a deep copy of the module, which gets a
-    fresh one, compiles itself rather than calling the original's programs)."""
+    the arguments given (a deep copy of the module gets a fresh one, which compiles the copy
+    on its first call rather than calling the original's programs)."""
 
-    def __init__(self, args: tuple, kwargs: dict):
+    def __init__(self, args: tuple, kwargs: dict, module: Module | None = None):
         self.args, self.kwargs = args, kwargs
-        self.owner = self.compiled = None
+        self.owner = module
+        self.compiled = None if module is None else compile(module, *args, **kwargs)
 
     def __call__(self, module: Module, args: tuple, kwargs: dict):
         if self.owner is not module:
@@ -141,14 +142,14 @@ class _InPlace:
 
 def _module_compile(self: Module, *args, **kwargs) -> None:
     """PyTorch's ``Module.compile(...)``: from now on this module's calls go through
-    ``ng.compile(self, ...)`` with these arguments, in place (the module stays itself: its
-    parameters, state dict keys, hooks and type); ``backend="eager"`` or ``disable=True``
-    leave it as written."""
-    if kwargs.get("disable") or kwargs.get("backend") == "eager":
+    ``ng.compile(self, ...)`` with these arguments (checked now), in place (the module stays
+    itself: its parameters, state dict keys, hooks and type); ``backend="eager"`` or
+    ``disable=True`` leave it as written."""
+    inplace = _InPlace(args, kwargs, self)
+    if inplace.compiled is self:  # compile's eager backend or disable: the module as written
         self.__dict__.pop("_compiled_call", None)
-        return
-    compile(lambda: None, *args, **kwargs)  # the arguments checked now, as PyTorch's
-    self.__dict__["_compiled_call"] = _InPlace(args, kwargs)
+    else:
+        self.__dict__["_compiled_call"] = inplace
 
 
 Module.compile = _module_compile
