@@ -1094,14 +1094,18 @@ class Optimizer:
         in the buffers' form: the step and scalars PyTorch keeps as 0-d tensors as numbers,
         and SGD's entry, which has no step in PyTorch's form, with the optimiser's count."""
         e = dict(e)
+        self._scalars_as_numbers(e)
+        if "step" not in e and self.step_form is None and any(map(_is_arrayish, e.values())):
+            e["step"] = max(self.step_count, 1)
+        return e
+
+    def _scalars_as_numbers(self, e: dict) -> None:
+        """The step and the scalars PyTorch keeps as 0-d tensors, as numbers in ``e``."""
         for k in set(self.scalar_init) | {"step"}:
             v = e.get(k)
             if _is_arrayish(v) and tuple(v.shape) == ():
                 v = v.item() if hasattr(v, "item") else v[()]
                 e[k] = int(v) if k == "step" and float(v).is_integer() else v
-        if "step" not in e and self.step_form is None and any(map(_is_arrayish, e.values())):
-            e["step"] = max(self.step_count, 1)
-        return e
 
     @state.setter
     def state(self, value: dict) -> None:
@@ -1274,11 +1278,7 @@ class Optimizer:
                                  f"{unexpected} (was it saved by another optimiser?)")
             if got != expected:  # a wrapper's own names (timm's Lookahead's slow weights)
                 extra[p] = {k: _own_state(p, e.pop(k), k) for k in sorted(got - expected)}
-            for k in set(self.scalar_init) | {"step"}:  # PyTorch keeps these as 0-d tensors
-                v = e.get(k)
-                if _is_arrayish(v) and tuple(v.shape) == ():
-                    v = v.item() if hasattr(v, "item") else v[()]
-                    e[k] = int(v) if k == "step" and float(v).is_integer() else v
+            self._scalars_as_numbers(e)
             for k, v in e.items():
                 if _is_arrayish(v) and tuple(v.shape) != tuple(p.shape):
                     raise ShapeError(f"{name}.load_state_dict: state '{k}' of {desc} has shape "
