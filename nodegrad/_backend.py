@@ -217,7 +217,11 @@ class Backend:
 
     def erf(self, x):
         """The error function, elementwise, in x's float dtype (SciPy's has no float16 loop:
-        it answers a float16 array in float64)."""
+        it answers a float16 array in float64); float32 host arrays by :func:`erf32`."""
+        if type(x) is np.ndarray and x.dtype == float32 and x.size >= ERF32_MIN_SIZE:
+            out = erf32(x)
+            if out is not None:
+                return out
         return _in_dtype_of(x, self._special_module().erf(x))
 
     def erfinv(self, x):
@@ -993,6 +997,66 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
+ERF32_MIN_SIZE = 64
+"""float32 elements from which :func:`erf32` takes an array (below, SciPy's call costs less)."""
+ERF_SPLIT, ERF_END = 1.0, 4.0
+_TWO_OVER_SQRT_PI = 1.1283791670955126  # 2/√π rounded once
+_erf_coefs = None
+
+
+def _erf_coefficients() -> tuple:
+    """:func:`erf32`'s two polynomials, highest power first, as tuples of floats: erf(x)/x for
+    x² in [0, 1] (2/√π plus x² times a degree-9 polynomial in x², so that it is 2/√π to the
+    last bit at tiny x) and erfcx(x) = exp(x²) erfc(x) for x in [1, 4] (degree 18 in
+    t = (x - 5/2)·2/3), Chebyshev interpolants of the series and of SciPy's float64 erfcx
+    (made once: a few ms). The kernel's constants (1, 4, 5/2, 2/3) follow ERF_SPLIT and
+    ERF_END."""
+    global _erf_coefs
+    if _erf_coefs is None:
+        import scipy.special as special
+        from numpy.polynomial import Chebyshev, Polynomial
+
+        def powers(f, degree, lo, hi, shifted=True):
+            c = Chebyshev.interpolate(f, degree, domain=[lo, hi])  # (never at an end: no 0/0)
+            window = [-1, 1] if shifted else [lo, hi]
+            return tuple(float(v) for v in c.convert(kind=Polynomial, domain=[lo, hi],
+                                                     window=window).coef[::-1])
+
+        def slope(u):  # (erf(x)/x - 2/√π)/x² by its series, exact where x is tiny
+            u = np.asarray(u, np.float64)
+            term, total = np.full(u.shape, -_TWO_OVER_SQRT_PI / 3), 0.0
+            for n in range(1, 40):
+                total = total + term
+                term = term * -u * (2 * n + 1) / ((n + 1) * (2 * n + 3))
+            return total
+
+        small = powers(slope, 9, 0.0, ERF_SPLIT ** 2, shifted=False) + (_TWO_OVER_SQRT_PI,)
+        tail = powers(special.erfcx, 18, ERF_SPLIT, ERF_END)
+        _erf_coefs = small, tail
+    return _erf_coefs
+
+
+def erf32(x: np.ndarray) -> np.ndarray | None:
+    """erf of a float32 NumPy array where numba is loaded (:func:`cpu_kernels`; else None),
+    computed in float64 and rounded once: x·P(x²) for |x| < 1, ±(1 - exp(-x²)·Q(|x|)) up to
+    4, ±1 beyond (float32's erf there; NaN stays NaN), the polynomials of
+    :func:`_erf_coefficients` (within ~2e-15 of erf). The values are SciPy's, which computes
+    in float64 and rounds, for every float32 (checked one by one), at a fraction of its cost:
+    its scalar loop takes 4.4 ms for 12 x 64 x 512 elements (a GPT MLP's GELU), the two numba
+    loops around NumPy's exp ~1 ms."""
+    k = cpu_kernels()
+    if k is None:
+        return None
+    small, tail = _erf_coefficients()
+    flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
+    e = np.empty(flat.size, np.float64)
+    k.erf32_arg(flat, e)
+    np.exp(e, out=e)
+    out = np.empty(x.shape, float32)
+    k.erf32(flat, e, out.reshape(-1), small, tail)
+    return out
+
+
 def _bias_loop(out, b, relu: bool) -> bool:
     """Whether :func:`cpu_kernels`' one-pass loop added bias ``b`` into ``out`` in place (and,
     with ``relu``, applied the ReLU): for a C- or F-ordered float matrix of RELU_MIN_SIZE
@@ -1685,7 +1749,15 @@ def matmul_into(a, b, out):
 
 def _matmul_small(a, b, out=None):
     """``np.matmul(a, b, out=out)``, on one BLAS thread when the product is small and BLAS's
-    workers are asleep (see :func:`matmul` and :data:`BLAS_AWAKE_PRODUCTS`)."""
+    workers are asleep (see :func:`matmul` and :data:`BLAS_AWAKE_PRODUCTS`). A stack of
+    matrices times one matrix (a linear layer on (batch, tokens, features)) is one product of
+    all their rows, as PyTorch folds it: NumPy runs one small GEMM per matrix of the stack
+    (12 x 64 x 128 @ 128 x 384: 440-830 µs against 190)."""
+    if a.ndim > 2 and b.ndim == 2:
+        rows = _rows_of(a)
+        if rows is not None and (out is None or out.flags.c_contiguous):
+            flat = _matmul_small(rows, b, None if out is None else out.reshape(-1, b.shape[1]))
+            return flat.reshape(a.shape[:-1] + b.shape[1:]) if out is None else out
     k = a.shape[-1] if a.ndim else 1
     m = a.shape[-2] if a.ndim > 1 else 1
     n = b.shape[-1] if b.ndim > 1 else 1
@@ -1706,6 +1778,17 @@ def _matmul_small(a, b, out=None):
         return np.matmul(a, b, out=out)
     finally:
         _BlasThreads.set(threads)
+
+
+def _rows_of(a):
+    """NumPy stack ``a`` (..., m, k) as its rows (M, k), a view; None where its leading axes
+    do not merge without a copy (a transposed stack), or where it has no rows."""
+    if not a.size:
+        return None
+    axes = [(m, s) for m, s in zip(a.shape[:-1], a.strides[:-1]) if m != 1]
+    if any(x[1] != y[0] * y[1] for x, y in zip(axes, axes[1:])):
+        return None
+    return a.reshape(-1, a.shape[-1])
 
 
 def _matmul_large(a, b, out=None):

@@ -1005,3 +1005,98 @@ def test_one_thread_setting_keeps_the_halves_on_the_callers_thread(monkeypatch):
         assert len(calls) == (2 if split else 0)
     finally:
         ng.set_num_threads(n)
+
+
+def test_a_stack_times_a_matrix_is_one_product_of_its_rows():
+    """(..., m, k) @ (k, n), a linear layer on (batch, tokens, features), is one product of
+    all the stack's rows where they merge without a copy (NumPy runs one small GEMM per matrix:
+    several times slower), into ``out`` too; other layouts keep NumPy's stacked product. The
+    values are the stack's, eager and compiled alike (both come here)."""
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((16, 7)).astype(np.float32)
+    calls = []
+    seen = B._matmul_small
+
+    def spy(a, b, out=None):
+        calls.append(a.shape)
+        return seen(a, b, out)
+
+    cases = [rng.standard_normal((3, 5, 16)), rng.standard_normal((2, 1, 4, 16)),
+             rng.standard_normal((1, 6, 16)), rng.standard_normal((4, 3, 5, 16))[:, 1],
+             rng.standard_normal((5, 3, 16)).transpose(1, 0, 2),  # rows do not merge
+             rng.standard_normal((3, 0, 16))]
+    for a in cases:
+        a = a.astype(np.float32) if a.base is None else a.astype(np.float32, copy=False)
+        x = rng.standard_normal((5, 3, 16)).astype(np.float32).transpose(1, 0, 2) \
+            if a.shape == (3, 5, 16) and not a.flags.c_contiguous else a
+        want = np.matmul(x.astype(np.float64), w.astype(np.float64))
+        calls.clear()
+        B._matmul_small = spy
+        try:
+            got = B.matmul(x, w)
+            out = np.full(x.shape[:-1] + (7,), np.nan, np.float32)
+            assert B.matmul_into(x, w, out) is out
+        finally:
+            B._matmul_small = seen
+        assert got.shape == want.shape and got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert out.tobytes() == got.tobytes()
+        merged = B._rows_of(x) is not None
+        assert merged == (x.size > 0 and (x.flags.c_contiguous or x.shape[0] == 1
+                                          or x.strides[0] == x.strides[1] * x.shape[1]))
+        assert ((-1, 16) in [(-1, s[-1]) for s in calls if len(s) == 2]) == merged
+    # a transformer's linear layer: the same bits eager and compiled, close to PyTorch's
+    torch = pytest.importorskip("torch")
+    lin = ng.nn.Linear(16, 7)
+    x = ng.tensor(rng.standard_normal((4, 9, 16)).astype(np.float32), requires_grad=True)
+    y = lin(x)
+    y.sum().backward()
+    tl = torch.nn.Linear(16, 7)
+    with torch.no_grad():
+        tl.weight.copy_(torch.tensor(lin.weight.numpy()))
+        tl.bias.copy_(torch.tensor(lin.bias.numpy()))
+    tx = torch.tensor(x.numpy(), requires_grad=True)
+    tl(tx).sum().backward()
+    np.testing.assert_allclose(y.detach().numpy(), tl(tx).detach().numpy(), rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(x.grad.numpy(), tx.grad.numpy(), rtol=1e-5, atol=1e-5)
+    f = ng.jit(lambda v: lin(v))
+    for _ in range(3):
+        assert f(x.detach()).numpy().tobytes() == lin(x.detach()).numpy().tobytes()
+
+
+def test_float32_erf_is_scipys_to_the_bit():
+    """With numba loaded, float32 erf (GELU's) runs by two loops around NumPy's exp instead of
+    SciPy's scalar loop, with SciPy's values: checked here on samples from every part of its
+    range (the whole float32 range was checked one value at a time when it was written), odd,
+    ±1 from 4 on, NaN kept; small arrays and other dtypes keep SciPy's call."""
+    pytest.importorskip("numba")
+    import scipy.special as sp
+
+    from nodegrad import _backend as B
+
+    rng = np.random.default_rng(5)
+    parts = [rng.uniform(-4.5, 4.5, 200_000), rng.standard_normal(20_000) * 1e-4,
+             np.geomspace(1e-45, 1.0, 20_000), rng.uniform(0.999, 1.001, 20_000),
+             rng.uniform(3.8, 4.01, 20_000),
+             [0.0, 1.0, 3.8325, 3.84, 4.0, 5.0, 1e30, np.inf, np.nan, 1e-45, 3e38]]
+    x = np.concatenate(parts).astype(np.float32)
+    x = np.concatenate([x, -x])
+    import numba  # noqa: F401 - loaded, as a compiled program or eager training loads it
+
+    got = B.erf32(x)
+    assert got is not None and got.dtype == np.float32
+    assert np.array_equal(got, sp.erf(x), equal_nan=True)
+    assert np.array_equal(np.signbit(got[x == 0]), np.signbit(x[x == 0]))
+    m = x[:1200].reshape(30, 40)
+    assert np.array_equal(B.CPU.erf(m.T), sp.erf(m.T))  # another layout
+    assert np.array_equal(ng.erf(ng.tensor(m)).numpy(), sp.erf(m))
+    g = ng.nn.functional.gelu(ng.tensor(m))
+    xd = m.astype(np.float64)
+    # (1 + erf) of a negative x cancels in float32, as in PyTorch's: an absolute tolerance
+    np.testing.assert_allclose(g.numpy(), xd * 0.5 * (1 + sp.erf(xd / np.sqrt(2))), rtol=2e-7,
+                               atol=2e-7)
+    d = rng.standard_normal(500)
+    assert B.CPU.erf(d).tobytes() == sp.erf(d).tobytes()  # float64: SciPy's own
