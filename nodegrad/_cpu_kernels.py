@@ -308,3 +308,49 @@ def erf32(x, e, out, small, tail):
         sign = 1.0 if xd > 0 else -1.0
         r = sign * (1.0 - e[i] * q) if ax < 4.0 else (xd if xd != xd else sign)
         out[i] = numba.float32(xd * p if ax < 1.0 else r)
+
+
+@numba.njit(**_OPTS)
+def select(c, a, b, out):
+    """``out = where(c, a, b)`` over flat arrays of one dtype, without a branch per element."""
+    for i in range(out.size):
+        out[i] = a[i] if c[i] else b[i]
+
+
+@numba.njit(**_OPTS)
+def select_else(c, a, b, out):
+    """``out = where(c, a, b)`` over flat arrays, ``b`` a scalar of their dtype."""
+    for i in range(out.size):
+        out[i] = a[i] if c[i] else b
+
+
+@numba.njit(**_OPTS)
+def select_scalars(c, a, b, out):
+    """``out = where(c, a, b)`` for two scalars of out's dtype."""
+    for i in range(out.size):
+        out[i] = a if c[i] else b
+
+
+@numba.njit(**_OPTS)
+def neg_abs(x, out):
+    """``out = -|x|`` over flat arrays (sigmoid's argument of exp)."""
+    for i in range(x.size):
+        out[i] = -abs(x[i])
+
+
+@numba.njit(**_OPTS)
+def sigmoid_of_exp(x, e, out, one):
+    """``out = 1 / (1 + e)`` where ``x >= 0``, else ``e / (1 + e)``, ``e = exp(-|x|)``, in the
+    arrays' dtype (``one`` a 1 of it): ``ops.elementwise``'s sigmoid after its exp."""
+    for i in range(x.size):
+        ei = e[i]
+        d = one + ei
+        out[i] = one / d if x[i] >= 0 else ei / d
+
+
+@numba.njit(**_OPTS)
+def sigmoid_grad(g, ans, out, one):
+    """``out = g * ((1 - ans) * ans)`` over flat arrays of one dtype (``one`` a 1 of it)."""
+    for i in range(g.size):
+        a = ans[i]
+        out[i] = g[i] * ((one - a) * a)

@@ -1100,3 +1100,74 @@ def test_float32_erf_is_scipys_to_the_bit():
                                atol=2e-7)
     d = rng.standard_normal(500)
     assert B.CPU.erf(d).tobytes() == sp.erf(d).tobytes()  # float64: SciPy's own
+
+
+@pytest.mark.parametrize("loops", [False, True], ids=["numpy-bits", "numba"])
+def test_where_of_large_arrays_is_numpys_to_the_bit(loops, monkeypatch):
+    """Large NumPy selects run branch-free (NumPy's own loop mispredicts a branch per element
+    of a mixed condition): by numba's loop where loaded, else by integer ops on the values'
+    bits; both give np.where's values, dtype and shape, NaN payloads, signed zeros and
+    infinities included, for arrays, scalars and 0-d arrays of any of the operand dtypes."""
+    from nodegrad import _backend as B
+
+    if loops:
+        pytest.importorskip("numba")
+        import numba  # noqa: F401 - loaded, as eager training or a compiled program loads it
+        monkeypatch.setattr(B, "_kernels", None)
+        assert B.cpu_kernels() is not None
+    else:
+        monkeypatch.setattr(B, "_kernels", False)  # as where numba never loads
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 600)).astype(np.float32)
+    x.reshape(-1)[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 3e38]
+    c = x >= 0
+    i = rng.integers(-5, 5, x.shape)
+    cases = [(c, x, -x), (c, x, 0.0), (c, 0.0, x), (c, 1, 0), (c, np.float32(2), x),
+             (c, x, np.float64(0.5)), (c, x.astype(np.float64), x), (c, 1.5, -2.5),
+             (c, i, 7), (c, i.astype(np.int32), i), (c, c, ~c), (c, np.array(3.0), x),
+             (c, x.astype(np.float16), 1.0), (c, x, x.T.copy().T), (c[:, :5], x[:, :5], 1.0),
+             (c, x[:1], -x), (c, np.broadcast_to(np.float32(1), x.shape), x[:, 0:1]),
+             (c, x[None], 0.0)]
+    for cond, a, b in cases:
+        want, got = np.where(cond, a, b), B.where(cond, a, b)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+    t = ng.tensor(x, requires_grad=True)
+    y = ng.where(t > 0, t * 2.0, t * -3.0)
+    y.sum().backward()
+    assert y.numpy().tobytes() == np.where(x > 0, x * 2, x * -3).astype(np.float32).tobytes()
+    assert t.grad.numpy().tobytes() == np.where(x > 0, 2.0, -3.0).astype(np.float32).tobytes()
+
+
+def test_sigmoid_loops_give_the_numpy_forms_bits(monkeypatch):
+    """With numba loaded, sigmoid runs as two loops around NumPy's exp and its gradient as one
+    loop: the bits of the NumPy forms (exp(-|x|), 1/(1+e) or e/(1+e), g (1 - s) s), saturated
+    ends, NaN and signed zeros included, in float32 and float64."""
+    pytest.importorskip("numba")
+    import importlib
+
+    import numba  # noqa: F401 - loaded, as eager training or a compiled program loads it
+
+    from nodegrad import _backend as B
+
+    E = importlib.import_module("nodegrad.ops.elementwise")
+    rng = np.random.default_rng(2)
+    for dt in (np.float32, np.float64):
+        x = (rng.standard_normal((40, 300)) * 20).astype(dt)
+        x.reshape(-1)[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 1e30]
+        g = rng.standard_normal(x.shape).astype(dt)
+        monkeypatch.setattr(B, "_kernels", None)
+        s, gs = E._sigmoid(np, x), None
+        gs = E._sigmoid_grad_fwd(np, g, s)
+        assert B.sigmoid(x) is not None and B.sigmoid_grad(g, s) is not None
+        monkeypatch.setattr(B, "_kernels", False)
+        assert B.sigmoid(x) is None
+        assert E._sigmoid(np, x).tobytes() == s.tobytes() and s.dtype == dt
+        assert E._sigmoid_grad_fwd(np, g, s).tobytes() == gs.tobytes()
+    monkeypatch.setattr(B, "_kernels", None)
+    torch = pytest.importorskip("torch")
+    t = ng.tensor(x[:, :50].astype(np.float32), requires_grad=True)
+    tt = torch.tensor(t.numpy(), requires_grad=True)
+    ng.sigmoid(t).sum().backward()
+    torch.sigmoid(tt).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=1e-6, atol=1e-7)

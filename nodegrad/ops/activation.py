@@ -62,7 +62,7 @@ def _hardswish_fwd(xp, x):
     with B.np.errstate(**_QUIET):  # x (x + 3) overflows for huge x: that x takes its own piece
         mid = x * ((x + 3) / 6)
     # a NaN fails both tests and stays NaN
-    return xp.where(x >= 3, x, xp.where(x <= -3, xp.zeros((), x.dtype), mid))
+    return B.where(x >= 3, x, B.where(x <= -3, xp.zeros((), x.dtype), mid))
 
 
 def _hardswish_vjp(g, ans, x):
@@ -127,7 +127,7 @@ def _limits(xp, r, x, at_neg, at_pos):
     is NaN (the one place the formulas meet inf · 0); otherwise ``r`` itself, unselected."""
     if x.dtype.kind != "f" or not xp.isnan(r).any():
         return r
-    return xp.where(x == -math.inf, at_neg, xp.where(x == math.inf, at_pos, r))
+    return B.where(x == -math.inf, at_neg, B.where(x == math.inf, at_pos, r))
 
 
 def _times(xp, t, g):

@@ -286,11 +286,17 @@ def _sigmoid(xp, x):
         return 1 / (1 + xp.exp(-x))
     if kind != "f":  # ints and bools as float32, as PyTorch
         x = x.astype(B.float32)
+    out = B.sigmoid(x)  # the same operations in three passes, where numba is loaded
+    if out is not None:
+        return out
     e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return B.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def _sigmoid_grad_fwd(xp, g, ans):
+    out = B.sigmoid_grad(g, ans)  # the same operations in one pass, where numba is loaded
+    if out is not None:
+        return out
     t = 1 - ans
     if B.is_array(t):
         t *= ans
@@ -341,7 +347,7 @@ relu = primitive("relu", _ordered("relu", lambda xp, x: B.relu(x) if type(x) is 
                  doc="max(x, 0); its gradient is 0 at 0 and 1 at NaN (PyTorch's).",
                  vjp_raw=lambda needs, g, ans, x: (_relu_grad_fwd(B.np, g, ans),))
 _leaky_relu = primitive(
-    "leaky_relu", lambda xp, x, negative_slope: xp.where(x > 0, x, x * negative_slope),
+    "leaky_relu", lambda xp, x, negative_slope: B.where(x > 0, x, x * negative_slope),
     lambda g, ans, x, negative_slope: where(x > 0, g, g * negative_slope),
     kind=_EW, jvp=_J, doc="x for x > 0, else negative_slope * x.")
 
@@ -354,7 +360,7 @@ def leaky_relu(x, negative_slope: float = 0.01):
 def _softplus_fwd(xp, x, beta, threshold):
     bx = x * beta
     soft = (xp.log1p(xp.exp(-xp.abs(bx))) + xp.maximum(bx, 0)) / beta
-    return xp.where(bx > threshold, x, soft)
+    return B.where(bx > threshold, x, soft)
 
 
 _softplus = primitive(
@@ -476,7 +482,7 @@ clip = primitive(
 
 
 def _where_fwd(xp, cond, x, y):
-    return xp.where(cond, x, y)
+    return B.where(cond, x, y)
 
 
 where = primitive("where", _where_fwd,

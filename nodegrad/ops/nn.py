@@ -27,7 +27,7 @@ from .shape import (broadcast_to, concatenate, expand_dims, flip, keepdims_shape
 def _shifted(xp, x, axis):
     # max has no identity: an empty tensor takes the sum (zeros of the same shape) as its shift
     m = xp.max(x, axis=axis, keepdims=True) if x.size else xp.sum(x, axis=axis, keepdims=True)
-    return x - xp.where(xp.isfinite(m), m, 0), m
+    return x - B.where(xp.isfinite(m), m, 0), m
 
 
 def _log_pos(xp, s):
@@ -35,12 +35,12 @@ def _log_pos(xp, s):
     # (an empty axis, or every input -inf); elsewhere the sum is >= 1 after the shift, or NaN
     # (a NaN input), which stays NaN
     zero = s == 0
-    return xp.where(zero, -xp.inf, xp.log(xp.where(zero, 1, s)))
+    return B.where(zero, -xp.inf, xp.log(B.where(zero, 1, s)))
 
 
 def _lse_fwd(xp, x, axis, keepdims):
     z, m = _shifted(xp, x, axis)
-    out = _log_pos(xp, xp.sum(xp.exp(z), axis=axis, keepdims=True)) + xp.where(xp.isfinite(m), m, 0)
+    out = _log_pos(xp, xp.sum(xp.exp(z), axis=axis, keepdims=True)) + B.where(xp.isfinite(m), m, 0)
     return out if keepdims else xp.squeeze(out, axis=axis) if axis is not None else out.reshape(())
 
 
@@ -144,7 +144,7 @@ _BCE_EPS = 9.99999996e-13  # PyTorch's EPSILON (1e-12 as a float32) under p(1 - 
 
 def _clamped_log(xp, x, at):
     # max(log x, -100) without a divide-by-zero warning where x == 0 (NaN still propagates)
-    return xp.where(at, -100.0, xp.maximum(xp.log(xp.where(at, 1, x)), -100.0))
+    return B.where(at, -100.0, xp.maximum(xp.log(B.where(at, 1, x)), -100.0))
 
 
 def _bce_fwd(xp, p, t):
