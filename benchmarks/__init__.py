@@ -9,7 +9,7 @@ import importlib
 
 # The workload files (each holds one or more workloads); rows are printed sorted by id.
 SUITE = ("mlp", "mlp_large", "conv", "gru_step", "overhead", "per_example", "optim_step",
-         "data_loader", "jit")
+         "data_loader", "jit", "transformer")
 
 
 def all_workloads() -> list:
