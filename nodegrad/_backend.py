@@ -1057,6 +1057,55 @@ def erf32(x: np.ndarray) -> np.ndarray | None:
     return out
 
 
+def _gelu_ready(x):
+    """The kernels and erf's polynomials for :func:`gelu32` and :func:`gelu32_grad` on ``x``,
+    or None: float32 C-ordered NumPy arrays of RELU_MIN_SIZE elements or more, numba loaded."""
+    if (type(x) is not np.ndarray or x.dtype != float32 or x.size < RELU_MIN_SIZE
+            or not x.flags.c_contiguous):
+        return None
+    k = cpu_kernels()
+    return None if k is None else (k, *_erf_coefficients())
+
+
+def gelu32(x, c: float):
+    """``0.5 * x * (1 + erf(x * c))`` (``c`` = 1/√2) for a float32 NumPy array in the
+    operations and order of ``ops.elementwise``'s exact GELU, so its bits: three passes (a loop,
+    NumPy's exp, a loop) for its nine; None where :func:`_gelu_ready` says no."""
+    ready = _gelu_ready(x)
+    if ready is None:
+        return None
+    k, small, tail = ready
+    flat, cf = x.reshape(-1), float32.type(c)
+    e = np.empty(flat.size, np.float64)
+    k.gelu32_arg(flat, e, cf)
+    np.exp(e, out=e)
+    out = np.empty(x.shape, float32)
+    k.gelu32(flat, e, out.reshape(-1), small, tail, cf, float32.type(0.5), float32.type(1))
+    return out
+
+
+def gelu32_grad(g, x, c: float, c2: float):
+    """The exact GELU's VJP ``g * ((erf(x * c) + 1) * 0.5 + x * (exp(x * x * -0.5) * c2))``
+    (``c2`` = 1/√(2π)) in the operations and order of its rules, so their bits: NumPy's exp
+    between two loops, for the rules' ~15 passes; None unless ``g`` and ``x`` are both as
+    :func:`_gelu_ready` asks, of one shape."""
+    ready = _gelu_ready(x)
+    if (ready is None or type(g) is not np.ndarray or g.dtype != float32 or g.shape != x.shape
+            or not g.flags.c_contiguous):
+        return None
+    k, small, tail = ready
+    flat, cf = x.reshape(-1), float32.type(c)
+    e = np.empty(flat.size, np.float64)
+    p = np.empty(flat.size, float32)
+    k.gelu32_grad_args(flat, e, p, cf, float32.type(-0.5))
+    np.exp(e, out=e)
+    np.exp(p, out=p)
+    out = np.empty(x.shape, float32)
+    k.gelu32_grad(g.reshape(-1), flat, e, p, out.reshape(-1), small, tail, cf,
+                  float32.type(0.5), float32.type(1), float32.type(c2))
+    return out
+
+
 def sigmoid(x) -> np.ndarray | None:
     """1 / (1 + e), or e / (1 + e) where x < 0, with e = exp(-|x|) (ops.elementwise's sigmoid,
     its operations in its order, so its bits) for a C-ordered float32/float64 NumPy array of

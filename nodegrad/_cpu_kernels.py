@@ -264,50 +264,96 @@ def erf32_arg(x, e):
         e[i] = -(xd * xd)
 
 
+@numba.njit(inline="always")
+def _erf32_of(v, e, small, tail):
+    """erf of float32 ``v`` as a float32, ``e = exp(-v²)`` in float64: ``_backend.erf32``'s
+    polynomials (11 and 19 coefficients, highest first), its operations in its order, so its
+    bits. Horner's steps spelt out and the three cases selected, not branched to, so that
+    LLVM vectorises the loops that inline it."""
+    xd = numba.float64(v)
+    ax = abs(xd)
+    u = xd * xd
+    p = small[0]
+    p = p * u + small[1]
+    p = p * u + small[2]
+    p = p * u + small[3]
+    p = p * u + small[4]
+    p = p * u + small[5]
+    p = p * u + small[6]
+    p = p * u + small[7]
+    p = p * u + small[8]
+    p = p * u + small[9]
+    p = p * u + small[10]
+    t = (ax - 2.5) * (2.0 / 3.0)
+    q = tail[0]
+    q = q * t + tail[1]
+    q = q * t + tail[2]
+    q = q * t + tail[3]
+    q = q * t + tail[4]
+    q = q * t + tail[5]
+    q = q * t + tail[6]
+    q = q * t + tail[7]
+    q = q * t + tail[8]
+    q = q * t + tail[9]
+    q = q * t + tail[10]
+    q = q * t + tail[11]
+    q = q * t + tail[12]
+    q = q * t + tail[13]
+    q = q * t + tail[14]
+    q = q * t + tail[15]
+    q = q * t + tail[16]
+    q = q * t + tail[17]
+    q = q * t + tail[18]
+    sign = 1.0 if xd > 0 else -1.0
+    r = sign * (1.0 - e * q) if ax < 4.0 else (xd if xd != xd else sign)
+    return numba.float32(xd * p if ax < 1.0 else r)
+
+
 @numba.njit(**_OPTS)
 def erf32(x, e, out, small, tail):
-    """``out = erf(x)`` for flat float32 arrays, ``e = exp(-x²)`` in float64, by
-    ``_backend.erf32``'s polynomials (11 and 19 coefficients, highest first), its operations in
-    its order, so its bits. Horner's steps spelt out and the three cases selected, not
-    branched to: LLVM vectorises the loop."""
+    """``out = erf(x)`` for flat float32 arrays, ``e = exp(-x²)`` in float64."""
     for i in range(x.size):
-        xd = numba.float64(x[i])
-        ax = abs(xd)
-        u = xd * xd
-        p = small[0]
-        p = p * u + small[1]
-        p = p * u + small[2]
-        p = p * u + small[3]
-        p = p * u + small[4]
-        p = p * u + small[5]
-        p = p * u + small[6]
-        p = p * u + small[7]
-        p = p * u + small[8]
-        p = p * u + small[9]
-        p = p * u + small[10]
-        t = (ax - 2.5) * (2.0 / 3.0)
-        q = tail[0]
-        q = q * t + tail[1]
-        q = q * t + tail[2]
-        q = q * t + tail[3]
-        q = q * t + tail[4]
-        q = q * t + tail[5]
-        q = q * t + tail[6]
-        q = q * t + tail[7]
-        q = q * t + tail[8]
-        q = q * t + tail[9]
-        q = q * t + tail[10]
-        q = q * t + tail[11]
-        q = q * t + tail[12]
-        q = q * t + tail[13]
-        q = q * t + tail[14]
-        q = q * t + tail[15]
-        q = q * t + tail[16]
-        q = q * t + tail[17]
-        q = q * t + tail[18]
-        sign = 1.0 if xd > 0 else -1.0
-        r = sign * (1.0 - e[i] * q) if ax < 4.0 else (xd if xd != xd else sign)
-        out[i] = numba.float32(xd * p if ax < 1.0 else r)
+        out[i] = _erf32_of(x[i], e[i], small, tail)
+
+
+@numba.njit(**_OPTS)
+def gelu32_arg(x, e, c):
+    """``e = -(v * v)`` in float64, ``v = x * c`` in float32 (GELU's erf argument, ``c`` the
+    float32 1/√2), for flat float32 arrays."""
+    for i in range(x.size):
+        v = numba.float64(x[i] * c)
+        e[i] = -(v * v)
+
+
+@numba.njit(**_OPTS)
+def gelu32(x, e, out, small, tail, c, half, one):
+    """``out = (half * x) * (one + erf(x * c))`` in float32 (``ops.elementwise``'s exact GELU,
+    its operations in its order), ``e`` from :func:`gelu32_arg` after exp."""
+    for i in range(x.size):
+        xi = x[i]
+        out[i] = (half * xi) * (one + _erf32_of(xi * c, e[i], small, tail))
+
+
+@numba.njit(**_OPTS)
+def gelu32_grad_args(x, e, a, c, mhalf):
+    """GELU's gradient's two exp arguments: ``e`` as :func:`gelu32_arg`, ``a = (x * x) *
+    mhalf`` in float32 (``mhalf`` -1/2)."""
+    for i in range(x.size):
+        xi = x[i]
+        v = numba.float64(xi * c)
+        e[i] = -(v * v)
+        a[i] = (xi * xi) * mhalf
+
+
+@numba.njit(**_OPTS)
+def gelu32_grad(g, x, e, p, out, small, tail, c, half, one, c2):
+    """``out = g * (cdf + x * pdf)``, ``cdf = (erf(x * c) + one) * half``, ``pdf = p * c2``
+    (``p = exp((x * x) * -1/2)``, ``c2`` the float32 1/√(2π)), in float32: ``ops.elementwise``'s
+    exact GELU VJP, its operations in its order."""
+    for i in range(x.size):
+        xi = x[i]
+        cdf = (_erf32_of(xi * c, e[i], small, tail) + one) * half
+        out[i] = g[i] * (cdf + xi * (p[i] * c2))
 
 
 @numba.njit(**_OPTS)

@@ -1171,3 +1171,49 @@ def test_sigmoid_loops_give_the_numpy_forms_bits(monkeypatch):
     ng.sigmoid(t).sum().backward()
     torch.sigmoid(tt).sum().backward()
     np.testing.assert_allclose(t.grad.numpy(), tt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_exact_gelu_loops_give_the_composite_bits(monkeypatch):
+    """Exact GELU's forward and its first-order VJP run as loops around NumPy's exp where numba
+    is loaded, with the bits of the NumPy operations they replace (x·½·(1 + erf(x/√2)) and
+    the rules' g (Φ + x φ)); a jitted step (which replays the rules) equals eager."""
+    pytest.importorskip("numba")
+    import importlib
+
+    import numba  # noqa: F401 - loaded, as eager training or a compiled program loads it
+
+    from nodegrad import _backend as B
+
+    E = importlib.import_module("nodegrad.ops.elementwise")
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((40, 300)) * 3).astype(np.float32)
+    x.reshape(-1)[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, 30.0]
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    monkeypatch.setattr(B, "_kernels", None)
+    fast = E._gelu_fwd(np, x, "none")
+    dx = E._gelu_raw((True,), g, None, x, "none")[0]
+    with np.errstate(invalid="ignore"):
+        rules = E._gelu_vjp(ng.tensor(g), None, ng.tensor(x), "none").numpy()
+        monkeypatch.setattr(B, "_kernels", False)
+        assert B.gelu32(x, E._INV_SQRT2) is None
+        plain = E._gelu_fwd(np, x, "none")
+    assert fast.tobytes() == plain.tobytes() and dx.tobytes() == rules.tobytes()
+    monkeypatch.setattr(B, "_kernels", None)
+    assert E._gelu_raw((True,), g, None, x, "tanh") is None
+    model = ng.nn.Sequential(ng.nn.Linear(30, 64), ng.nn.GELU(), ng.nn.Linear(64, 3))
+    opt = ng.optim.SGD(model.parameters(), lr=0.1)
+    xb = ng.tensor(rng.standard_normal((32, 30)).astype(np.float32))
+    yb = ng.tensor(rng.integers(0, 3, 32))
+
+    def step():
+        loss = ng.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    start = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    eager = [step().item() for _ in range(3)]
+    model.load_state_dict({k: ng.tensor(v) for k, v in start.items()})
+    jitted = ng.jit(step, state=(model, opt), fuse=False)
+    assert [jitted().item() for _ in range(3)] == eager

@@ -384,6 +384,9 @@ def _gelu_fwd(xp, x, approximate):
     if approximate == "tanh":
         return 0.5 * x * (1 + xp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
     x = xp.asarray(x)  # a Python number too, as every elementwise primitive takes
+    out = B.gelu32(x, _INV_SQRT2)  # the same operations in three passes, where numba is loaded
+    if out is not None:
+        return out
     return 0.5 * x * (1 + B.backend_of(x).erf(x * _INV_SQRT2))
 
 
@@ -401,7 +404,16 @@ def _gelu_vjp(g, ans, x, approximate):
     return g * (cdf + x * pdf)
 
 
-_gelu = primitive("gelu", _gelu_fwd, _gelu_vjp, kind=_EW, jvp=_J,
+def _gelu_raw(needs, g, ans, x, approximate):
+    """The exact GELU's VJP on host float32 arrays in three passes (:func:`._backend.
+    gelu32_grad`: the rules' operations, so their bits); None otherwise (the rules run)."""
+    if approximate != "none":
+        return None
+    dx = B.gelu32_grad(g, x, _INV_SQRT2, _INV_SQRT_2PI)
+    return None if dx is None else (dx,)
+
+
+_gelu = primitive("gelu", _gelu_fwd, _gelu_vjp, kind=_EW, jvp=_J, vjp_raw=_gelu_raw,
                   doc="x * Phi(x) (exact, with erf) or its tanh approximation.")
 
 
