@@ -1106,6 +1106,51 @@ def gelu32_grad(g, x, c: float, c2: float):
     return out
 
 
+def _loopable(*arrays) -> bool:
+    """Whether the one-pass loops take these NumPy arrays: numba loaded, one float dtype of
+    :data:`_KERNEL_DTYPES`, one shape of RELU_MIN_SIZE elements or more, C-ordered."""
+    a = arrays[0]
+    if (type(a) is not np.ndarray or a.dtype not in _KERNEL_DTYPES or a.size < RELU_MIN_SIZE
+            or cpu_kernels() is None):
+        return False
+    return all(type(b) is np.ndarray and b.dtype == a.dtype and b.shape == a.shape
+               and b.flags.c_contiguous for b in arrays)
+
+
+def leaky_relu(x, slope: float, g=None):
+    """``where(x > 0, x, x * slope)`` (``g`` given: ``where(x > 0, g, g * slope)``, its VJP)
+    in one numba pass for the where's three, the same operations so the same bits; None where
+    :func:`_loopable` says no."""
+    if not _loopable(x) if g is None else not _loopable(x, g):
+        return None
+    out = np.empty(x.shape, x.dtype)
+    s = x.dtype.type(slope)
+    if g is None:
+        cpu_kernels().leaky(x.reshape(-1), out.reshape(-1), s)
+    else:
+        cpu_kernels().leaky_grad(g.reshape(-1), x.reshape(-1), out.reshape(-1), s)
+    return out
+
+
+def silu(x, g=None):
+    """silu's forward ``x * (1 / (exp(-x) + 1))`` (``g`` given: its gradient) as
+    ops.activation computes it, limits at ±inf included, in NumPy's exp between two loops;
+    None where :func:`_loopable` says no."""
+    if not _loopable(x) if g is None else not _loopable(x, g):
+        return None
+    k, dt = cpu_kernels(), x.dtype.type
+    e = np.negative(x)
+    with np.errstate(over="ignore"):  # exp(-x) = inf is meant: s is then 0
+        np.exp(e, out=e)
+    out = np.empty(x.shape, x.dtype)
+    args = (dt(1), dt(0), dt(np.inf))
+    if g is None:
+        k.silu_of_exp(x.reshape(-1), e.reshape(-1), out.reshape(-1), *args)
+    else:
+        k.silu_grad_of_exp(g.reshape(-1), x.reshape(-1), e.reshape(-1), out.reshape(-1), *args)
+    return out
+
+
 def sigmoid(x) -> np.ndarray | None:
     """1 / (1 + e), or e / (1 + e) where x < 0, with e = exp(-|x|) (ops.elementwise's sigmoid,
     its operations in its order, so its bits) for a C-ordered float32/float64 NumPy array of

@@ -400,3 +400,41 @@ def sigmoid_grad(g, ans, out, one):
     for i in range(g.size):
         a = ans[i]
         out[i] = g[i] * ((one - a) * a)
+
+
+@numba.njit(**_OPTS)
+def leaky(x, out, slope):
+    """``out = x`` where ``x > 0``, else ``x * slope`` (leaky_relu, and its VJP with ``x`` the
+    cotangent where ``c`` decides: :func:`leaky_grad`), in the arrays' dtype."""
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if v > 0 else v * slope
+
+
+@numba.njit(**_OPTS)
+def leaky_grad(g, x, out, slope):
+    """``out = g`` where ``x > 0``, else ``g * slope``: leaky_relu's VJP."""
+    for i in range(x.size):
+        v = g[i]
+        out[i] = v if x[i] > 0 else v * slope
+
+
+@numba.njit(**_OPTS)
+def silu_of_exp(x, e, out, one, zero, inf):
+    """``out = x * (1 / (e + 1))``, ``e = exp(-x)``, with -0.0 at ``x = -inf`` (ops.activation's
+    silu forward and its limit, its operations in its order)."""
+    for i in range(x.size):
+        v = x[i]
+        y = v * (one / (e[i] + one))
+        out[i] = -zero if v == -inf else y
+
+
+@numba.njit(**_OPTS)
+def silu_grad_of_exp(g, x, e, out, one, zero, inf):
+    """``out = ((((1 - s) * x) + 1) * s) * g``, ``s = 1 / (e + 1)``, ``e = exp(-x)``, with the
+    limits ``g * 0`` at ``x = -inf`` and ``g`` at ``+inf`` (ops.activation's silu gradient)."""
+    for i in range(x.size):
+        v, gi = x[i], g[i]
+        s = one / (e[i] + one)
+        r = (((one - s) * v + one) * s) * gi
+        out[i] = gi * zero if v == -inf else (gi if v == inf else r)

@@ -1217,3 +1217,61 @@ def test_exact_gelu_loops_give_the_composite_bits(monkeypatch):
     model.load_state_dict({k: ng.tensor(v) for k, v in start.items()})
     jitted = ng.jit(step, state=(model, opt), fuse=False)
     assert [jitted().item() for _ in range(3)] == eager
+
+
+def test_silu_and_leaky_relu_loops_give_the_numpy_forms_bits(monkeypatch):
+    """With numba loaded, silu, its gradient and leaky_relu (forward and first-order VJP) run as
+    loops (around NumPy's exp for silu), with the bits of the NumPy forms, the limits at ±inf
+    included, NaN where they give NaN, in float32 and float64; a jitted step (replaying the
+    rules) equals eager."""
+    pytest.importorskip("numba")
+    import importlib
+
+    import numba  # noqa: F401 - loaded, as eager training or a compiled program loads it
+
+    from nodegrad import _backend as B
+
+    A = importlib.import_module("nodegrad.ops.activation")
+    E = importlib.import_module("nodegrad.ops.elementwise")
+    rng = np.random.default_rng(6)
+    for dt in (np.float32, np.float64):
+        x = (rng.standard_normal((40, 300)) * 30).astype(dt)
+        x.reshape(-1)[:8] = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-45, -1e-45, -1e30]
+        g = rng.standard_normal(x.shape).astype(dt)
+        g.reshape(-1)[8:11] = [np.inf, -np.inf, np.nan]
+        results = []
+        for kernels in (None, False):
+            monkeypatch.setattr(B, "_kernels", kernels)
+            with np.errstate(all="ignore"):
+                results.append([A._silu_fwd(np, x), A._silu_grad_fwd(np, g, x),
+                                E._leaky_relu_fwd(np, x, 0.2)])
+                if kernels is None:
+                    results[-1].append(E._leaky_relu_raw((True,), g, None, x, 0.2)[0])
+                    assert B.silu(x) is not None
+                else:
+                    rule = E._leaky_relu.vjp[0]
+                    results[-1].append(rule(ng.tensor(g), None, ng.tensor(x), 0.2).numpy())
+                    assert B.silu(x) is None
+        for a, b in zip(*results, strict=True):  # a NaN's sign aside (NumPy keeps no rule)
+            nan = np.isnan(a)
+            assert a.dtype == b.dtype and np.array_equal(nan, np.isnan(b))
+            assert a[~nan].tobytes() == b[~nan].tobytes()
+    monkeypatch.setattr(B, "_kernels", None)
+    model = ng.nn.Sequential(ng.nn.Linear(30, 64), ng.nn.LeakyReLU(0.1), ng.nn.Linear(64, 64),
+                             ng.nn.SiLU(), ng.nn.Linear(64, 3))
+    opt = ng.optim.SGD(model.parameters(), lr=0.1)
+    xb = ng.tensor(rng.standard_normal((32, 30)).astype(np.float32))
+    yb = ng.tensor(rng.integers(0, 3, 32))
+
+    def step():
+        loss = ng.nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    start = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    eager = [step().item() for _ in range(3)]
+    model.load_state_dict({k: ng.tensor(v) for k, v in start.items()})
+    jitted = ng.jit(step, state=(model, opt), fuse=False)
+    assert [jitted().item() for _ in range(3)] == eager

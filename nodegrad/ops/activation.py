@@ -146,6 +146,9 @@ def _sigmoid_of(xp, x):
 
 def _silu_fwd(xp, x):
     x = _floating(xp, x)
+    out = B.silu(x)  # these operations in three passes, where numba is loaded
+    if out is not None:
+        return out
     with B.np.errstate(**_QUIET):
         s = _sigmoid_of(xp, x)
         y = xp.multiply(x, s, out=s)  # PyTorch's x / (1 + e⁻ˣ), to its rounding
@@ -156,6 +159,9 @@ def _silu_grad_fwd(xp, g, x):
     """g · s (1 + x (1 − s)), s = sigmoid(x): where x (1 − s) could be large (x → −max), s
     is 0 first; where x is large (→ max), 1 − s is 0 first: no intermediate overflows."""
     x = _floating(xp, x, g)
+    out = B.silu(x, g)  # these operations in three passes, where numba is loaded
+    if out is not None:
+        return out
     with B.np.errstate(**_QUIET):
         s = _sigmoid_of(xp, x)
         t = xp.asarray(1 - s)

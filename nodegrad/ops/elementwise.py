@@ -346,10 +346,21 @@ relu = primitive("relu", _ordered("relu", lambda xp, x: B.relu(x) if type(x) is 
                  saves="out", kind=_EW, jvp=_J,
                  doc="max(x, 0); its gradient is 0 at 0 and 1 at NaN (PyTorch's).",
                  vjp_raw=lambda needs, g, ans, x: (_relu_grad_fwd(B.np, g, ans),))
+def _leaky_relu_fwd(xp, x, negative_slope):
+    out = B.leaky_relu(x, negative_slope)  # one pass where numba is loaded, the same bits
+    return B.where(x > 0, x, x * negative_slope) if out is None else out
+
+
+def _leaky_relu_raw(needs, g, ans, x, negative_slope):
+    """The rule's ``where(x > 0, g, g * negative_slope)`` on host arrays in one pass."""
+    dx = B.leaky_relu(x, negative_slope, g)
+    return None if dx is None else (dx,)
+
+
 _leaky_relu = primitive(
-    "leaky_relu", lambda xp, x, negative_slope: B.where(x > 0, x, x * negative_slope),
+    "leaky_relu", _leaky_relu_fwd,
     lambda g, ans, x, negative_slope: where(x > 0, g, g * negative_slope),
-    kind=_EW, jvp=_J, doc="x for x > 0, else negative_slope * x.")
+    kind=_EW, jvp=_J, vjp_raw=_leaky_relu_raw, doc="x for x > 0, else negative_slope * x.")
 
 
 def leaky_relu(x, negative_slope: float = 0.01):
