@@ -38,8 +38,11 @@ def _make_input(x, op: str, allow_int: bool = False) -> Tensor:
             hint = "; pass allow_int=True to get zeros for it" if op == "grad" else ""
             raise GradError(f"{op}: cannot differentiate with respect to an integer tensor "
                             f"(dtype {x.dtype}){hint}")
-        if x.requires_grad and modes().grad_enabled:
+        m = modes()
+        if x.requires_grad and m.grad_enabled:
             return _alias(x)
+        if m.jit is not None:  # a trace reads a closed-over x as itself, not as this leaf (a
+            m.jit.slot_of(x, x._data)  # loop body's outputs would claim to require grad)
         return Tensor._of(x._data, None, True)
     t = tensor(x)
     if not B.is_float(t.dtype):

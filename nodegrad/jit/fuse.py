@@ -117,8 +117,8 @@ LIBM_MAX_SIZE = 512
 # A ``sum`` at the end of a group (over all axes or some) is added up inside its kernel, so the
 # summed array is never written. A kernel whose only result is the sum is compiled with LLVM's
 # reassociation flags (never the NaN/Inf ones), so the innermost loop's running sum splits into
-# vector accumulators: faster than NumPy's multiply-then-sum at every size (docs/jit.md); the
-# flags may reorder the terms' arithmetic too, which only the (toleranced) sum shows. The
+# vector accumulators: faster than NumPy's multiply-then-sum at every size (docs/jit.md); each
+# term comes from a function without the flags, so only the sum's adds reorder. The
 # innermost axis is added in blocks of REDUCE_BLOCK elements (float32 terms in float32 lanes,
 # 16 per lane as in NumPy's pairwise sum; float64 ones in float64), the blocks' sums and the
 # other axes in float64, cast once at the end: the error stays at NumPy's pairwise sum's. A
@@ -848,6 +848,17 @@ def _numba_source(g: Group, body, results, in_specs, out_specs, nscalars,
     loads = [f"x{j} = a{j}[{_index(sh, shape)}]" for j, (sh, _dt) in enumerate(in_specs)]
     work = loads + [f"{name} = {expr}" for name, expr in body]
     work += [f"bad |= _vbad({x})" for x in dict.fromkeys(checks)]
+    if flags and not checks:
+        # Each term from a function compiled without the flags (LLVM inlines it, so the loop
+        # still vectorises): with them LLVM reassociated the term's own arithmetic into the
+        # running sum, ``r += x*x - a`` as ``(r - a) + x*x``, which rounds at ``a``'s scale
+        # instead of the terms' (a Newton residual's sum came out 0). Only the sum reorders.
+        targs = ", ".join([f"x{j}" for j in range(len(in_specs))]
+                          + [f"k{j}" for j in range(nscalars)] + ["_0", "_1"])
+        lines[head:head] = ["", "", "@numba.njit(error_model='numpy', nogil=True)",
+                            f"def _term({targs}):"] + [
+            f"    {name} = {expr}" for name, expr in body] + [f"    return {summed}"]
+        work, summed = loads + [f"v = _term({targs})"], "v"
     if _scratch(len(plain), len(in_specs), nd, summed is not None and not flags and inner,
                 out_specs):
         # The loop writes its results into one fresh array (LLVM then needs no run-time
