@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from . import _backend as B
-from .autodiff import effect, modes
+from .autodiff import creation_site, effect, modes
 from .batching import BatchTracer, Level, front, lowered, rebind_batched, refuse_batched_into
 from .errors import DeviceError, DTypeError, ShapeError
 from .tensor import Tensor, _device, _finish, _shape_arg, check_layout
@@ -24,20 +24,25 @@ class Generator:
 
     def __init__(self, device="cpu", seed: int | None = None):
         self.backend = B.get_backend(device)
-        self.manual_seed(seed)
+        self._reseed(seed)  # (not recorded: a generator made while a step is traced)
 
     @property
     def device(self) -> str:
         return self.backend.name
 
+    @effect  # under nodegrad.jit a step that seeds seeds again on every replay
     def manual_seed(self, seed: int | None) -> Generator:
         """Restart the stream from ``seed``: any integer (NumPy's too) in [-2**63, 2**64), a
         negative one taken mod 2**64 as PyTorch does; None draws a fresh 63-bit seed."""
+        self._reseed(seed)
+        return self
+
+    def _reseed(self, seed: int | None) -> None:
         seed = _fresh_seed() if seed is None else _seed_value(seed, "manual_seed")
         self._seed = seed
         self.rng = self.backend.generator(seed)
-        return self
 
+    @effect
     def seed(self) -> int:
         """Restart the stream from a fresh non-deterministic 63-bit seed and return it, as
         ``torch.Generator.seed`` (``manual_seed`` with it later repeats the stream)."""
@@ -51,11 +56,17 @@ class Generator:
         return self._seed
 
     def get_state(self) -> dict:
-        """The generator state as plain data (CPU), for checkpoints."""
+        """The generator state as plain data (CPU), for checkpoints. A jitted step that reads it
+        runs eagerly: a replay would have the traced call's state."""
         if self.backend.device_id is not None:
             raise NotImplementedError("get_state: only CPU generator state can be exported")
+        rec = modes().jit
+        if rec is not None and rec.fallback is None:
+            rec.fallback = (f"Generator.get_state() reads the generator's state into Python (at "
+                            f"{creation_site()}): a replay would reuse the traced call's state")
         return self.rng.bit_generator.state
 
+    @effect  # under nodegrad.jit set again on every replay
     def set_state(self, state: dict) -> None:
         if self.backend.device_id is not None:
             raise NotImplementedError("set_state: only CPU generator state can be imported")
@@ -146,6 +157,7 @@ def default_generator(device=None) -> Generator:
     return g
 
 
+@effect  # under nodegrad.jit a step that seeds seeds again on every replay
 def manual_seed(seed: int) -> Generator:
     """Seed the default generators of every device, for reproducible runs, and return the
     CPU's, as ``torch.manual_seed``. ``seed`` is any integer (NumPy's too) in [-2**63, 2**64);
@@ -163,6 +175,7 @@ def initial_seed() -> int:
     return default_generator("cpu").initial_seed()
 
 
+@effect
 def seed() -> int:
     """Seed every device's default generator with a fresh random 63-bit number and return it,
     as ``torch.seed`` (``manual_seed(seed())`` later repeats the stream)."""
@@ -187,12 +200,26 @@ def fork_rng(devices: Iterable | None = None, enabled: bool = True, *,
         raise NotImplementedError(f"fork_rng: only the CPU generator can be forked, got "
                                   f"devices={devs}; pass devices=None or devices=[]")
     g = default_generator("cpu")
-    rng, initial, state = g.rng, g._seed, g.get_state()
+    saved: list = []
+    _fork_save(g, saved)
     try:
         yield
-    finally:  # the stream object too: a manual_seed inside replaced it
-        g.rng, g._seed = rng, initial
-        g.set_state(state)
+    finally:
+        _fork_restore(g, saved)
+
+
+@effect  # under nodegrad.jit each replay saves the state that call finds
+def _fork_save(g: Generator, saved: list) -> None:
+    """Keep ``g``'s stream, initial seed and state in ``saved`` (a list the fork holds)."""
+    saved[:] = (g.rng, g._seed, g.rng.bit_generator.state)
+
+
+@effect  # and puts it back
+def _fork_restore(g: Generator, saved: list) -> None:
+    """Put back what :func:`_fork_save` kept (the stream object too: a manual_seed inside the
+    fork replaced it)."""
+    g.rng, g._seed = saved[0], saved[1]
+    g.rng.bit_generator.state = saved[2]
 
 
 # The CPU state as bytes: PCG64's 128-bit state and increment, then the cached half-word flag
@@ -204,14 +231,20 @@ _STATE_BYTES = sum(n for _, n in _STATE_LAYOUT)
 def get_rng_state() -> Tensor:
     """The CPU default generator's state as a uint8 tensor (37 bytes of PCG64 state), as
     ``torch.get_rng_state``; :func:`set_rng_state` puts it back and the draws repeat exactly."""
-    st = default_generator("cpu").get_state()
+    return Tensor._of(_state_bytes(default_generator("cpu")))
+
+
+@effect  # under nodegrad.jit read again on every replay: the state that call finds
+def _state_bytes(g: Generator):
+    """``g``'s PCG64 state as a uint8 array (:data:`_STATE_LAYOUT`)."""
+    st = g.get_state()
     if st.get("bit_generator") != "PCG64":
         raise NotImplementedError(f"get_rng_state: the CPU generator is "
                                   f"{st.get('bit_generator')}, only PCG64 state is exported")
     vals = {"state": st["state"]["state"], "inc": st["state"]["inc"],
             "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
     raw = b"".join(int(vals[k]).to_bytes(n, "little") for k, n in _STATE_LAYOUT)
-    return Tensor._of(B.np.frombuffer(raw, dtype=B.np.uint8).copy())
+    return B.np.frombuffer(raw, dtype=B.np.uint8).copy()
 
 
 def set_rng_state(new_state: Tensor) -> None:
@@ -219,15 +252,21 @@ def set_rng_state(new_state: Tensor) -> None:
     if not isinstance(new_state, Tensor) or new_state.dtype != B.np.uint8:
         got = getattr(new_state, "dtype", type(new_state).__name__)
         raise TypeError(f"set_rng_state: expected a uint8 tensor from get_rng_state, got {got}")
-    raw = bytes(B.np.ascontiguousarray(new_state.numpy()).reshape(-1))
-    if len(raw) != _STATE_BYTES:
+    if new_state.numel() != _STATE_BYTES:
         raise ValueError(f"set_rng_state: expected {_STATE_BYTES} bytes of PCG64 state, got "
-                         f"{len(raw)}")
+                         f"{new_state.numel()}")
+    _set_state_bytes(default_generator("cpu"), new_state)
+
+
+@effect  # under nodegrad.jit set again on every replay, from that call's state tensor
+def _set_state_bytes(g: Generator, new_state: Tensor) -> None:
+    """Set ``g`` from the bytes of a :func:`get_rng_state` tensor."""
+    raw = bytes(B.np.ascontiguousarray(new_state.numpy()).reshape(-1))
     vals, at = {}, 0
     for k, n in _STATE_LAYOUT:
         vals[k] = int.from_bytes(raw[at:at + n], "little")
         at += n
-    default_generator("cpu").set_state({
+    g.set_state({
         "bit_generator": "PCG64", "state": {"state": vals["state"], "inc": vals["inc"]},
         "has_uint32": vals["has_uint32"], "uinteger": vals["uinteger"]})
 
@@ -241,12 +280,16 @@ def _gen(generator, device) -> Generator:
 
 
 @effect  # under nodegrad.jit each replay draws afresh, as the eager code would
-def _draw(make, *args):
-    """``make(*args)``: a sampler's array, drawn from a generator among ``args``. A jitted step
+def _draw(make, gen: Generator, *args):
+    """``make(gen, *args)``: a sampler's array, drawn from the generator ``gen``. A jitted step
     records the draw and calls it again on every replay, so its numbers are new each time and
     the generator's stream moves on as in eager code (a tensor among ``args`` is fed its
     replayed value)."""
-    return make(*args)
+    out = make(gen, *args)
+    # NumPy returns a scalar, not a 0-d array, from some 0-d draws (a clipped standard_gamma, a
+    # comparison with a 0-d probability): a tensor's data is an array (in-place ops write into
+    # it), and a scalar would be a constant of a jitted program, drawn once
+    return out if B.is_array(out) else gen.backend.asarray(out)
 
 
 # --- draws inside vmap: each level's ``randomness`` ------------------------------------------
@@ -623,7 +666,7 @@ def _poisson(gen: Generator, input: Tensor):
     if lam.size and not bool((lam >= 0).all()):
         raise ValueError("poisson: rates must be non-negative (and not NaN)")
     with gen.backend.scope():
-        return gen.rng.poisson(lam.astype(B.float64)).astype(input.dtype)
+        return gen.rng.poisson(lam.astype(B.float64), size=lam.shape).astype(input.dtype)
 
 
 def binomial(count: Tensor, prob: Tensor, generator: Generator | None = None) -> Tensor:
