@@ -83,7 +83,7 @@ ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "ge
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
           "conv_weight_grad", "cross_entropy", "cross_entropy_grad", "tanh_grad", "sigmoid_grad",
-          "gru_update", "gru_scan", "sin_grad", "cos_grad")
+          "gru_update", "gru_scan", "sin_grad", "cos_grad", "layer_norm")
 
 
 @dataclass(frozen=True)
@@ -721,6 +721,30 @@ def _linear(draw, layout):
 
 
 case("linear", _linear, layouts=("vector", "matrix", "wide", "3d", "empty"))
+
+
+def _layer_norm(draw, layout):
+    """Layer normalisation over the last one or two axes, with and without its affine step."""
+    from nodegrad.ops.nn import layer_norm
+
+    lead = {"vector": (), "matrix": (draw(st.integers(1, 3)),),
+            "3d": (draw(st.integers(1, 3)), draw(st.integers(1, 2)))}[layout]
+    ns = tuple(draw(st.integers(2, 4)) for _ in range(draw(st.integers(1, 2))))
+    x = arr(draw, lead + ns)
+    assume(np.all(np.std(x.reshape(-1, math.prod(ns)), axis=1) > 0.1))  # away from var = 0
+    affine = draw(st.booleans())
+    args = (x, arr(draw, ns), arr(draw, ns)) if affine else (x,)
+
+    def ours(x, w=None, b=None):
+        return layer_norm(x, w, b, k=len(ns), eps=1e-5)
+
+    def theirs(x, w=None, b=None):
+        return torch.nn.functional.layer_norm(x, ns, w, b, 1e-5)
+
+    return Call(ours, args, theirs)
+
+
+case("layer_norm", _layer_norm, layouts=("vector", "matrix", "3d"))
 
 
 def _linear_relu(draw, layout):

@@ -120,6 +120,19 @@ class _MoreOps(nn.Module):
         return ng.concatenate([a, b, c, d, e], axis=1), ng.argmax(x, axis=1)
 
 
+class _FunctionalLayerNorm(nn.Module):
+    """nanoGPT's LayerNorm (``F.layer_norm`` with an optional bias) and one without a scale:
+    the primitive's own export."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(ng.as_tensor(np.linspace(0.5, 1.5, 6, dtype=np.float32)))
+
+    def forward(self, x):
+        y = nn.functional.layer_norm(x, (6,), self.weight, None, 1e-5)
+        return nn.functional.layer_norm(y * 3.0, (5, 6), None, None, 1e-3)
+
+
 class _MHA(nn.Module):
     def __init__(self, batch_first, **kw):
         super().__init__()
@@ -161,6 +174,7 @@ LAYERS = [
      lambda b: _randn(b, 4, 6)),
     ("batchnorm2d", lambda: _trained_bn(nn.BatchNorm2d(3)), lambda b: _randn(b, 3, 4, 4)),
     ("layernorm", lambda: nn.LayerNorm((3, 4)), lambda b: _randn(b, 5, 3, 4)),
+    ("functional_layer_norm", lambda: _FunctionalLayerNorm(), lambda b: _randn(b, 5, 6)),
     ("groupnorm_instancenorm_rmsnorm", lambda: _seq(nn.GroupNorm(2, 4), nn.InstanceNorm1d(
         4, affine=True), nn.RMSNorm(6)), lambda b: _randn(b, 4, 6)),
     ("conv3d", lambda: nn.Conv3d(2, 3, 2, stride=(1, 2, 1), padding=1),

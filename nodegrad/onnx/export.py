@@ -542,6 +542,18 @@ def _linear(r, a, p, out, tw):
     return r.node("Add", [y, b]) if b else y
 
 
+def _layer_norm_prim(r, a, p, out, tw):
+    """``F.layer_norm`` (the primitive) as ONNX's LayerNormalization, ones for a missing
+    scale."""
+    x, k = a[0], p["k"]
+    w = a[1] if len(a) > 1 else None
+    b = a[2] if len(a) > 2 else None
+    scale = r.name_of(w) if w is not None else r.const(np.ones(x.shape[x.ndim - k:],
+                                                               _np_dtype(out)))
+    ins = [r.name_of(x), scale] + ([r.name_of(b)] if b is not None else [])
+    return r.node("LayerNormalization", ins, axis=-k, epsilon=float(p["eps"]))
+
+
 def _einsum(r, a, p, out, tw):
     return r.node("Einsum", [r.name_of(x) for x in a],
                   equation=",".join(p["terms"]) + "->" + p["result"])
@@ -1012,6 +1024,7 @@ PRIMS = {
     "bitwise_and": _bitwise("And", "BitwiseAnd"), "bitwise_or": _bitwise("Or", "BitwiseOr"),
     "bitwise_xor": _bitwise("Xor", "BitwiseXor"), "bitwise_not": _bitwise("Not", "BitwiseNot"),
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
+    "layer_norm": _layer_norm_prim,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
     "all": _truth("ReduceMin"), "any": _truth("ReduceMax"),
     "logsumexp": _logsumexp, "sum": _sum, "mean": _reducer("ReduceMean"),

@@ -18,8 +18,8 @@ from ..primitive import REGISTRY, primitive
 from .elementwise import _sigmoid as _sigmoid_np
 from .elementwise import _relu_grad, _relu_grad_fwd, relu
 from .elementwise import (_sigmoid_grad, _tanh_grad, astype, exp, log, log1p, maximum,
-                          sigmoid, tanh)
-from .reduce import _sum
+                          sigmoid, sqrt, tanh)
+from .reduce import _mean, _sum
 from .shape import (broadcast_to, concatenate, expand_dims, flip, keepdims_shape, moveaxis,
                     norm_axes, norm_axis, reshape, stack, swapaxes, transpose)
 
@@ -290,6 +290,147 @@ def linear_relu(x, weight, bias=None):
     ``Linear`` followed by a ``ReLU``): one pass over the product for the bias and the ReLU,
     one node to record, and the same bits as the two ops."""
     return _linear_relu(x, weight, bias)
+
+
+# --- layer normalisation ---------------------------------------------------------------------
+# One primitive for what was ~13 binds (two means, a variance, the quotient, the affine step)
+# forward and ~20 backward. Its forward and rules are written once (_ln_*), run on host arrays
+# by the forward and the first-order VJP (vjp_raw) and on tensors by the rules, which higher
+# derivatives, the jit and vmap differentiate: the same NumPy operations in the same order
+# either way (the tensor ops' forwards), so the same bits.
+class _Arrays:
+    """The few operations of the _ln_* formulas on host arrays: the primitives' forwards."""
+
+    @staticmethod
+    def mean(a, axes):
+        return _mean.fwd(B.np, a, axes, True)
+
+    @staticmethod
+    def sum(a, axes):
+        return _sum.fwd(B.np, a, axes, False)
+
+    @staticmethod
+    def sqrt(a):
+        return B.np.sqrt(a)
+
+
+class _Tensors:
+    """The same operations on tensors, recorded."""
+
+    @staticmethod
+    def mean(a, axes):
+        return _mean(a, axis=axes, keepdims=True)
+
+    @staticmethod
+    def sum(a, axes):
+        return _sum(a, axis=axes, keepdims=False)
+
+    sqrt = staticmethod(sqrt)
+
+
+def _ln_norm(m, x, k: int, eps: float):
+    """(x̂, 1/σ): x centred and scaled over its last ``k`` axes, and the scale (kept dims)."""
+    axes = tuple(range(x.ndim - k, x.ndim))
+    xc = x - m.mean(x, axes)
+    rstd = 1 / m.sqrt(m.mean(xc * xc, axes) + eps)
+    return xc * rstd, rstd
+
+
+def _ln_fwd(xp, x, w, b, k, eps):
+    y, _ = _ln_norm(_Arrays if type(x) is B.ndarray else _ArraysOf(xp), x, k, eps)
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y
+
+
+class _ArraysOf(_Arrays):
+    """:class:`_Arrays` for another backend's arrays (CuPy)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def mean(self, a, axes):
+        return _mean.fwd(self.xp, a, axes, True)
+
+    def sum(self, a, axes):
+        return _sum.fwd(self.xp, a, axes, False)
+
+    def sqrt(self, a):
+        return self.xp.sqrt(a)
+
+
+def _ln_grads(m, needs, g, x, w, k, eps):
+    """(dx, dw, db) of ``x̂ w + b`` for cotangent ``g`` (None where not needed)."""
+    xhat, rstd = _ln_norm(m, x, k, eps)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    lead = tuple(range(x.ndim - k))
+    dx = dw = db = None
+    if needs[0]:
+        gx = g if w is None else g * w
+        dx = (gx - m.mean(gx, axes) - xhat * m.mean(gx * xhat, axes)) * rstd
+    if needs[1] and w is not None:
+        dw = m.sum(g * xhat, lead)
+    if needs[2]:
+        db = m.sum(g, lead)
+    return dx, dw, db
+
+
+def _ln_vjp(needs, g, ans, x, w, b, k, eps):
+    return _ln_grads(_Tensors, needs, g, x, w, k, eps)
+
+
+def _ln_raw(needs, g, ans, x, w, b, k, eps):
+    if type(x) is not B.ndarray:
+        return None
+    with B.np.errstate(divide="ignore", invalid="ignore"):  # as the rules' ops: no warnings
+        return _ln_grads(_Arrays, needs, g, x, w, k, eps)
+
+
+def _ln_jvp(ts, ans, x, w, b, k, eps):
+    tx, tw, tb = ts
+    xhat, rstd = _ln_norm(_Tensors, x, k, eps)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    out = None
+    if tx is not None:
+        out = (tx - _mean(tx, axis=axes, keepdims=True)
+               - xhat * _mean(tx * xhat, axis=axes, keepdims=True)) * rstd
+        if w is not None:
+            out = out * w
+    if tw is not None:
+        out = xhat * tw if out is None else out + xhat * tw
+    if tb is not None:
+        out = broadcast_to(tb, x.shape) if out is None else out + tb
+    return out
+
+
+def _ln_batch(vals, bdims, k, eps):
+    (x, w, b), (bx, bw, bb) = vals, bdims
+    if bw is None and bb is None:  # a batch of inputs through one layer: the same op
+        return _layer_norm(front(x, bx), w, b, k=k, eps=eps), 0
+    n = size_of(vals, bdims)
+    x = batched(x, bx, n)
+    xhat, _ = _ln_norm(_Tensors, x, k, eps)
+    rank = x.ndim - 1
+    if w is not None:
+        xhat = xhat * rank_up(batched(w, bw, n), None, rank)
+    if b is not None:
+        xhat = xhat + rank_up(batched(b, bb, n), None, rank)
+    return xhat, 0
+
+
+_layer_norm = primitive(
+    "layer_norm", _ln_fwd, vjp_all=_ln_vjp, jvp=_ln_jvp, batch=_ln_batch, kind="nn",
+    operands="all", vjp_raw=_ln_raw,
+    doc="(x - mean) / sqrt(var + eps) over the last k axes, times w plus b, in one node.")
+
+
+def layer_norm(x, weight=None, bias=None, *, k: int, eps: float):
+    """Layer normalisation over the last ``k`` axes of ``x``; ``weight`` and ``bias`` (None or
+    of those axes' shape) scale and shift the result: one primitive, for the ~13 ops of its
+    formula."""
+    return _layer_norm(x, weight, bias, k=int(k), eps=float(eps))
 
 
 # --- softmax cross-entropy against class indices ----------------------------------------------
