@@ -200,6 +200,9 @@ class Tensor:
             if not (type(v) is type(d) and v.shape == d.shape and v.dtype == d.dtype
                     and isinstance(value, Tensor) and value is not self):
                 _check_grad(self, value)
+        elif (rec := modes().jit) is not None:  # under a jit trace: each replay clears it
+            rec.effect(_drop_grad, ((self,),), {})  # (in a tuple: this tensor, not its value)
+            return
         self._grad = value
 
     grad = property(attrgetter("_grad"), _set_grad, doc="The accumulated gradient (a leaf's, "
@@ -630,6 +633,14 @@ class Tensor:
 
     def ones_like(self) -> Tensor:
         return Tensor._of(B.backend_of(self._data).xp.ones_like(self._data))
+
+
+def _drop_grad(ts: tuple) -> None:
+    """``t.grad = None`` for each ``t`` of ``ts``, written in a jitted step (the performance
+    guide's ``p.grad = None`` for ``zero_grad()``): recorded, so each replay clears the
+    gradients again (the jit's passes take it for ``zero_grad()`` of those tensors)."""
+    for t in ts:
+        t._grad = None
 
 
 def _check_grad(t: Tensor, value) -> None:

@@ -273,7 +273,7 @@ def test_a_grad_set_to_none_by_python_in_the_step_is_not_lost_on_replay():
             with ng.no_grad():
                 for p in m.parameters():
                     p -= 0.1 * p.grad
-                    p.grad = None  # Python: a replay could not repeat it
+                    p.grad = None  # a recorded step: each replay clears it again
             return loss
 
         s = ng.jit(step, state=(m,)) if use_jit else step
@@ -282,7 +282,7 @@ def test_a_grad_set_to_none_by_python_in_the_step_is_not_lost_on_replay():
 
     (a, _), (b, s) = run(False), run(True)
     assert all(_same(p, q) for p, q in zip(a, b))
-    assert "p.grad = None" in s.last.reason
+    assert s.last.program is not None
 
 
 def test_a_forward_whose_backward_cannot_be_captured_still_runs():

@@ -21,6 +21,7 @@ from __future__ import annotations
 from .. import _backend as B
 from ..ops.conv import conv_shared_forms
 from ..ops.nn import ce_shared_forms
+from ..tensor import _drop_grad
 from .program import Instr, eliminate_dead_code
 
 # ops whose result is a new array (never a view of an input), with their out= form: the ufunc
@@ -606,7 +607,8 @@ def _post_hooked(leaf) -> bool:
 
 def _lowering(params: dict):
     """An effect's lowering as its first argument describes it (``Optimizer._jit_lowering``)
-    or, for ``Module.zero_grad()``, ("zero_grad", its parameters); else None."""
+    or, for ``Module.zero_grad()`` and ``p.grad = None``, ("zero_grad", the parameters); else
+    None."""
     fn, args, kwargs = params.get("fn"), params.get("args"), params.get("kwargs") or {}
     if fn is None or not args:
         return None
@@ -616,6 +618,8 @@ def _lowering(params: dict):
     if getattr(fn, "__qualname__", "") == "Module.zero_grad" and hasattr(args[0], "parameters"):
         if kwargs.get("set_to_none", args[1] if len(args) > 1 else True):
             return ("zero_grad", list(args[0].parameters()))
+    if fn is _drop_grad:  # p.grad = None in the step
+        return ("zero_grad", list(args[0]))
     return None
 
 
