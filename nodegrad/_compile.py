@@ -29,6 +29,22 @@ class OptimizedModule(Module):
     def forward(self, *args, **kwargs):
         return _call(self._jitted, self._fullgraph, args, kwargs)
 
+    @property
+    def training(self) -> bool:
+        """The original module's mode, as PyTorch's (``model.eval()`` shows here too)."""
+        mods = self.__dict__.get("_modules")
+        orig = None if mods is None else mods.get("_orig_mod")
+        return self.__dict__.get("_training", True) if orig is None else orig.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        mods = self.__dict__.get("_modules")
+        orig = None if mods is None else mods.get("_orig_mod")
+        if orig is None:  # (while being built)
+            self.__dict__["_training"] = mode
+        else:
+            object.__setattr__(orig, "training", mode)
+
     def __getattr__(self, name: str):
         """The original module's attributes (``model.fc``, ``model.bn1.training``, its own
         methods), as PyTorch's OptimizedModule forwards them."""

@@ -766,8 +766,9 @@ def _run_node_hooks(hooks: list, g, seen: set) -> tuple:
             post = [h] if post is None else post + [h]
         else:
             plain.append(h)
+    rec = modes().jit  # under a trace: hooks run for their effects make it run eagerly
     if plain:
-        g = _run_hooks(plain, g, seen)
+        g = _run_hooks(plain, g, seen, rec)
     if pre is not None:
         for h in pre:
             seen.add(id(g._data))
@@ -777,6 +778,8 @@ def _run_node_hooks(hooks: list, g, seen: set) -> tuple:
                 _check_hook_result(h.fn, r, g)
                 g = r
                 seen.add(id(g._data))
+            elif rec is not None:
+                _for_effects(rec, h.fn)
     return g, post
 
 
@@ -788,6 +791,9 @@ def _run_post_hooks(post: list, grads: list, g, seen: set) -> list:
                 seen.add(id(gi._data))
         r = h.fn(tuple(grads), (g,))
         if r is None:
+            rec = modes().jit
+            if rec is not None:
+                _for_effects(rec, h.fn)
             continue
         r = _hook_tuple("node hook", h.fn, r, len(grads))
         for i, (old, new) in enumerate(zip(grads, r)):
@@ -979,10 +985,11 @@ def _key(t):
     return t.node if t.node is not None else t
 
 
-def _run_hooks(hooks, g, seen: set):
+def _run_hooks(hooks, g, seen: set, rec=None):
     """Run a vertex's gradient hooks on ``g`` in order, retain_grad's last, and return the
     gradient they leave. User code has seen that array (and may keep it), or gave its own:
-    both go into ``seen``, so a leaf that stores one as its ``.grad`` copies it."""
+    both go into ``seen``, so a leaf that stores one as its ``.grad`` copies it. ``rec``: the
+    jit trace recording a non-leaf's hooks (see :func:`_for_effects`)."""
     late = None
     for h in list(hooks):
         if type(h) is RetainGrad:
@@ -994,10 +1001,26 @@ def _run_hooks(hooks, g, seen: set):
             _check_hook_result(h, r, g)
             g = r
             seen.add(id(g._data))
+        elif rec is not None:
+            _for_effects(rec, h)
     if late is not None:
         for h in late:
+            if rec is not None:
+                _for_effects(rec, h)
             h(g)
     return g
+
+
+def _for_effects(rec, hook) -> None:
+    """Under a jit trace, a gradient hook on a tensor the step made that returned nothing ran
+    for its effects (a gradient stored for Grad-CAM, ``retain_grad()``'s ``.grad``): a replay
+    would skip it and leave the traced call's values there, so the signature runs eagerly
+    instead. Hooks whose effect a replay keeps say so with a true ``replay_safe`` attribute."""
+    if rec.fallback is None and not getattr(hook, "replay_safe", False):
+        name = ("retain_grad()" if type(hook) is RetainGrad else "the gradient hook "
+                + getattr(hook, "__qualname__", type(hook).__name__))
+        rec.fallback = (f"{name} on a tensor the step made runs for its effects during "
+                        "backward, which a replay would skip")
 
 
 def _specs(key: tuple) -> tuple:

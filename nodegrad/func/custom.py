@@ -25,7 +25,7 @@ from ..ops import concatenate
 from ..ops.index import write_through
 from ..ops.methods import _rebind
 from ..ops.elementwise import astype
-from ..ops.shape import _reshape
+from ..ops.shape import _reshape, _transpose
 from ..primitive import Primitive
 from ..tensor import Tensor, zeros_like
 from ..batching import BatchTracer, Level, batched, front, lowered
@@ -81,8 +81,17 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
     if joint_dt is not None and "dtypes" not in getattr(type(call), "__slots__", ()):
         raise GradError(f"{rule.name}: the differentiable outputs must share one dtype, got "
                         f"{sorted(str(d) for d in dtypes)}")
+    # a call that keeps layouts (a jitted call's replay) lays an F-ordered output out
+    # transposed in the flat value and hands out an F-ordered view of it, as its forward made
+    # it: the sums over it, and the cotangents computed from it, then add as eagerly
+    orders = None
+    if getattr(call, "keep_layout", False):
+        orders = [_f_ordered(outs[i]._data) for i in slots]
+        call.orders = orders = orders if any(orders) else None
     with no_grad():
-        flat = [_reshape(outs[i].detach(), shape=(outs[i]._data.size,)) for i in slots]
+        flat = [_reshape(_reversed(outs[i].detach()) if orders and orders[k] else
+                         outs[i].detach(), shape=(outs[i]._data.size,))
+                for k, i in enumerate(slots)]
         if joint_dt is not None:
             flat = [astype(f, joint_dt) for f in flat]
         joint = flat[0] if len(flat) == 1 else concatenate(flat)
@@ -98,10 +107,11 @@ def _attach_node(outs: list, inputs: list, rule: Primitive, call,
     joint = Tensor._of(joint._data, node, True)
     outs = list(outs)
     start = 0
-    for i, shape, dt in zip(slots, call.shapes, dtypes):
+    for k, (i, shape, dt) in enumerate(zip(slots, call.shapes, dtypes)):
         n = outs[i]._data.size
         part = joint if len(slots) == 1 else joint[start:start + n]
-        outs[i] = _reshape(part, shape=shape)
+        outs[i] = (_reversed(_reshape(part, shape=shape[::-1])) if orders and orders[k]
+                   else _reshape(part, shape=shape))
         if joint_dt is not None:
             outs[i] = astype(outs[i], dt)
         start += n
@@ -113,16 +123,30 @@ def _unpack(g: Tensor, call) -> list:
     they differ, dtypes."""
     out, start = [], 0
     dtypes = getattr(call, "dtypes", None)  # set only where the outputs' dtypes differ
+    orders = getattr(call, "orders", None)  # set only where an output is kept F-ordered
     for k, shape in enumerate(call.shapes):
         n = 1
         for s in shape:
             n *= s
-        part = _reshape(g if len(call.shapes) == 1 else g[start:start + n], shape=shape)
+        part = g if len(call.shapes) == 1 else g[start:start + n]
+        if orders is not None and orders[k]:
+            part = _reversed(_reshape(part, shape=shape[::-1]))
+        else:
+            part = _reshape(part, shape=shape)
         if dtypes is not None and part.dtype != dtypes[k]:
             part = astype(part, dtypes[k])
         out.append(part)
         start += n
     return out
+
+
+def _f_ordered(a) -> bool:
+    return a.ndim > 1 and a.flags.f_contiguous and not a.flags.c_contiguous
+
+
+def _reversed(t: Tensor) -> Tensor:
+    """``t`` with its axes in reverse order (an F-ordered array's C-ordered view)."""
+    return _transpose(t, axes=tuple(range(t.ndim - 1, -1, -1)))
 
 
 def _flat(t: Tensor, call) -> Tensor:
@@ -764,7 +788,9 @@ class Function(metaclass=_FunctionMeta):
         if node is not None and not ctx.materialize_grads and len(call.slots) > 1:
             call.reached = set()  # which outputs a gradient reached, for None in the others
             for k, i in enumerate(call.slots):
-                new[i].register_hook(functools.partial(_reached, call.reached, k))
+                hook = functools.partial(_reached, call.reached, k)
+                hook.replay_safe = True  # read by this backward only: a replay needs none
+                new[i].register_hook(hook)
         return tuple(new) if isinstance(out, tuple) else new[0]
 
     @classmethod

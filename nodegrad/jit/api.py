@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import _backend as B
-from ..autodiff import POST_ACCUMULATE, Node, modes
+from ..autodiff import POST_ACCUMULATE, Node, RetainGrad, modes
 from ..errors import JitError
 from ..func.tree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
@@ -27,6 +27,7 @@ from .trace import Recorder
 #: traces caused only by a changed Python number before jit warns (once per function)
 RETRACE_WARN = 8
 _local = threading.local()  # .disabled: disable_jit depth in this thread
+_ALL: weakref.WeakSet = weakref.WeakSet()  # every jitted function alive (reset_all)
 
 
 class disable_jit:
@@ -51,10 +52,10 @@ UPGRADE_AFTER_S = 10.0
 
 
 class _Entry:
-    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait", "diff", "hooks")
+    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait", "diff", "hooks", "frozen")
 
     def __init__(self, program, out_def, out_kinds, reason=None, wait=None, diff=None,
-                 hooks=None):
+                 hooks=None, frozen=None):
         self.program, self.out_def, self.out_kinds, self.reason = program, out_def, out_kinds, \
             reason
         self.wait = wait  # replay seconds left until numba is imported for it (None: never)
@@ -63,6 +64,9 @@ class _Entry:
         # ran them as Python, and a lowered step skips the post-accumulate ones): (leaf, hooks,
         # post-accumulate hooks) each, checked before a replay (_hooks_moved); None: no leaves
         self.hooks = hooks
+        # the leaves it read that did not require grad in a call that recorded gradients (a
+        # frozen layer): unfreezing one traces again, else the program would give them none
+        self.frozen = frozen
 
 
 class _Diff:
@@ -81,10 +85,12 @@ class _Diff:
 class _DiffCall:
     """One replayed call's residuals, for the backward (``func.custom._attach``'s call)."""
 
-    __slots__ = ("diff", "residuals", "nondiff", "slots", "shapes")
+    __slots__ = ("diff", "residuals", "nondiff", "slots", "shapes", "orders")
+    keep_layout = True  # outputs keep the layouts the forward program gave them (_attach)
 
     def __init__(self, diff: _Diff, residuals: list):
         self.diff, self.residuals, self.nondiff = diff, residuals, ()
+        self.orders = None
 
 
 class _NotDifferentiable(Exception):
@@ -123,6 +129,7 @@ class Jitted:
         self.__name__ = getattr(fn, "__name__", "jitted")
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
+        _ALL.add(self)
 
     def _read_state(self) -> None:
         """Read the modules among the state (and ``fn`` itself when it is one, and those it
@@ -151,8 +158,9 @@ class Jitted:
         self._held = tuple(id(x) for mod in mods for name in ("_parameters", "_buffers",
                                                               "_modules")
                            for x in getattr(mod, name, {}).values()) + tuple(
-            id(h) for mod in mods for name in ("_forward_pre_hooks", "_forward_hooks")
-            for h in getattr(mod, name, ()))  # forward hooks run at trace: a new one retraces
+            id(h) for mod in mods for name in ("_forward_pre_hooks", "_forward_hooks",
+                                               "_backward_hooks", "_backward_pre_hooks")
+            for h in getattr(mod, name, ()))  # hooks run at trace: a new one retraces
         count = getattr(mods[0], "_structure", None) if mods else None
         self._struct = count[0] if count is not None else None
         self._hot = None
@@ -189,7 +197,8 @@ class Jitted:
         hot = self._hot
         if hot is not None and not kwargs and m.autocast is None:
             arrays = _matches(hot, args, m, self._modules, self._params)
-            if arrays is not None and (hot[0].hooks is None or not _hooks_moved(hot[0].hooks)):
+            if arrays is not None and (hot[0].hooks is None or not _hooks_moved(
+                    hot[0].hooks)) and (hot[0].frozen is None or not _thawed(hot[0].frozen)):
                 entry = self.last = hot[0]
                 if entry.wait is not None:
                     return _outputs(entry, self._timed(entry, arrays))
@@ -212,8 +221,9 @@ class Jitted:
         if eager:
             return self.fn(*args, **kwargs)
         entry = self.cache.get(key)
-        if entry is not None and entry.hooks is not None and _hooks_moved(entry.hooks):
-            del self.cache[key]  # a gradient hook was added or removed since the trace
+        if entry is not None and (entry.hooks is not None and _hooks_moved(entry.hooks) or (
+                entry.frozen is not None and _thawed(entry.frozen))):
+            del self.cache[key]  # a gradient hook added or removed, a layer unfrozen since
             self._hot = entry = None
         if entry is None:
             if self.cache and not self._warned:
@@ -307,6 +317,10 @@ class Jitted:
             key.append(getattr(m.autocast, "key", m.autocast))
         if self._modules:  # train() and eval() change what a module computes
             key.append(tuple(mod.training for mod in self._modules))
+        if tdef is not None:  # modules passed as arguments (a decorated method's self)
+            mods = _tree_modules(tdef, [])
+            if mods:
+                key.append(_modules_key(mods))
         if self._params:
             key.append(tuple(q.requires_grad for q in self._params))
         if self._modules:
@@ -386,8 +400,13 @@ class Jitted:
             out_leaves, o = fresh, None
             out = tree_unflatten(out_def, out_leaves)
         wait = UPGRADE_AFTER_S if program is not None and self._waits_for_numba(program) else None
+        frozen = None
+        if self.state is None and m.grad_enabled and reason is None:  # (state: keyed on them)
+            bufs = {id(b) for mod in self._modules for b in getattr(mod, "_buffers", {}).values()}
+            frozen = tuple(r for r in rec.loaded.values()
+                           if _frozen_leaf(r()) and id(r()) not in bufs) or None
         entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason, wait,
-                       diff, hooks)
+                       diff, hooks, frozen)
         self.cache[key] = entry
         if self._hot is not None and self._hot[-1] in self.cache:  # its calls skip the cache
             self.cache.move_to_end(self._hot[-1])
@@ -431,6 +450,9 @@ class Jitted:
                 seen.add(id(t))
                 loaded.append(t)
         wrt = [leaves[k] for k in wrt_in] + loaded
+        why = _made_hooks(floats, wrt)
+        if why is not None:
+            raise _NotDifferentiable(why)
         held = _graph_refs(floats)  # a one-hot filled in place is the step's, not outside's
         constant_loads(rec, held=held)
         split = len(rec.instrs)
@@ -438,11 +460,16 @@ class Jitted:
         with be.scope():
             cts = [Tensor._of(be.xp.ones_like(o._data)) for o in floats]
         ct_slots = [rec.input(c._data) for c in cts]
-        # the leaves' own hooks stay out of the program: the engine runs them on what the
-        # replay's node sends each leaf, as for any gradient (they ran twice, and once at trace)
+        # the hooks of what it differentiates with respect to stay out of the program: the
+        # engine runs them on what the replay's node sends each (they ran twice, and once at
+        # trace on the placeholder); a non-leaf's (retain_grad's too) live on its node
         hooked = [(t, t._hooks) for t in wrt if t.node is None and t._hooks]
+        hooked += [(t.node, t.node.hooks) for t in wrt if t.node is not None and t.node.hooks]
         for t, _ in hooked:
-            t._hooks = None
+            if type(t) is Node:
+                t.hooks = None
+            else:
+                t._hooks = None
         m.jit = rec
         try:
             gs = _grad(floats, wrt, grad_outputs=cts, retain_graph=True, allow_unused=True)
@@ -451,7 +478,10 @@ class Jitted:
         finally:
             m.jit = None
             for t, hooks in hooked:
-                t._hooks = hooks
+                if type(t) is Node:
+                    t.hooks = hooks
+                else:
+                    t._hooks = hooks
         if rec.fallback is not None:
             raise _NotDifferentiable(rec.fallback)
         constant_loads(rec, split, held)
@@ -468,8 +498,12 @@ class Jitted:
                       rec.backend, **opts)
         bwd = Program(bwd_instrs, rec.nslots, rec.consts, residuals + ct_slots, g_slots,
                       rec.backend, **opts)
-        orders = ["F" if c._data.flags.f_contiguous and not c._data.flags.c_contiguous else "C"
-                  for c in cts]
+        # a program with kernels gets its cotangents in the traced layout, which they were made
+        # for; one without takes them as they come, as eager's backward does (a sum over rows
+        # of an F-ordered copy adds in another order: other bits)
+        orders = None if not opts["fuse"] else [
+            "F" if c._data.flags.f_contiguous and not c._data.flags.c_contiguous else "C"
+            for c in cts]
         return _Diff(fwd, bwd, len(out_slots), wrt_in, [weakref.ref(t) for t in loaded], present,
                      orders)
 
@@ -512,6 +546,13 @@ class Jitted:
         return rule
 
 
+def reset_all() -> None:
+    """Forget the captured programs of every jitted function (``torch.compiler.reset``)."""
+    for j in list(_ALL):
+        j.clear_cache()
+        j._number_traces, j._warned = 0, False
+
+
 def _graph_refs(outputs: list) -> dict[int, int]:
     """How many references the graph recorded under ``outputs`` holds to each tensor (by id):
     its nodes' saved inputs and their version records. A differentiable trace keeps that
@@ -534,6 +575,67 @@ def _graph_refs(outputs: list) -> dict[int, int]:
     return refs
 
 
+def _made_hooks(outputs: list, wrt: list) -> str | None:
+    """Why a differentiable trace cannot be replayed when the graph the function built (from
+    ``outputs`` back to ``wrt``) holds gradient hooks it registered (Grad-CAM's
+    ``h.register_hook(save)``, ``retain_grad()``): they run Python during backward, which the
+    backward program would not repeat; None when there are none. Found before the backward is
+    traced, so that they never see its placeholder cotangents."""
+    stop = {id(t.node) for t in wrt if t.node is not None}
+    stack = [o.node for o in outputs if isinstance(o.node, Node)]
+    seen: set[int] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen or id(n) in stop:
+            continue
+        seen.add(id(n))
+        for h in n.hooks or ():
+            if not getattr(h, "replay_safe", False):
+                name = ("retain_grad()" if type(h) is RetainGrad else "the gradient hook "
+                        + getattr(h, "__qualname__", type(h).__name__))
+                return (f"jit: {name} on a tensor the function made runs Python during "
+                        "backward, which a replay would skip")
+        stack.extend(p for p in n.parents if isinstance(p, Node))
+    return None
+
+
+def _tree_modules(tdef, out: list) -> list:
+    """The modules among a call's arguments (flattened to their parameters, with the module in
+    the tree's structure): ``self`` of a method decorated with ``ng.compile``/``ng.jit``."""
+    aux = tdef.aux
+    if type(aux) is tuple and len(aux) == 2 and _is_module(aux[0]):
+        out.append(aux[0])
+    for c in tdef.children:
+        _tree_modules(c, out)
+    return out
+
+
+def _modules_key(mods: list) -> tuple:
+    """What the signature of a call taking ``mods`` as arguments holds of them, as of the
+    state's modules (``Jitted._read_state``): their and their submodules' train()/eval()
+    flags, and which buffers and forward/backward hooks they hold."""
+    subs = [s for mod in mods for s in mod.modules()]
+    held = tuple(id(x) for s in subs for x in s._buffers.values()) + tuple(
+        id(h) for s in subs for name in ("_forward_pre_hooks", "_forward_hooks",
+                                         "_backward_hooks", "_backward_pre_hooks")
+        for h in getattr(s, name, ()))
+    return tuple(s.training for s in subs), held
+
+
+def _frozen_leaf(t) -> bool:
+    """A leaf tensor that does not require grad (a frozen parameter), not yet collected."""
+    return t is not None and t.node is None and not t.requires_grad
+
+
+def _thawed(frozen: tuple) -> bool:
+    """Whether a leaf that a program read without requiring grad requires it now."""
+    for r in frozen:
+        t = r()
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
 def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):
     """The VJP of a replayed differentiable call: its backward program."""
     from ..errors import GradError
@@ -546,14 +648,13 @@ def _diff_vjp(needs, g, ans, *specs, call: _DiffCall):
     d = call.diff
     xp = B.backend_of(g._data).xp
     parts = [g] if call.shapes is None else _unpack(g, call)
-    cts = []
-    for p, o in zip(parts, d.orders):  # in the traced layout, which its kernels were made for
-        a = p._data
+    cts = [p._data for p in parts]
+    for k, o in enumerate(d.orders or ()):  # the traced layout, which its kernels were made for
+        a = cts[k]
         if o == "C" and not a.flags.c_contiguous:
-            a = xp.ascontiguousarray(a)
+            cts[k] = xp.ascontiguousarray(a)
         elif o == "F" and not a.flags.f_contiguous:
-            a = xp.asfortranarray(a)
-        cts.append(a)
+            cts[k] = xp.asfortranarray(a)
     grads = iter(d.bwd.run(list(call.residuals) + cts))
     return [Tensor._of(next(grads)) if p else None for p in d.present]
 

@@ -677,10 +677,14 @@ class Module:
                 args = r if isinstance(r, tuple) else (r,)
         call = None
         if (self._backward_hooks or self._backward_pre_hooks) and modes().grad_enabled:
-            if modes().jit is not None:
+            rec = modes().jit
+            if rec is not None and not rec.graph_breaks:
                 raise NotImplementedError(
                     f"{type(self).__name__}: backward hooks run Python during backward, which "
                     "ng.jit cannot capture; remove them or run under ng.disable_jit()")
+            if rec is not None and rec.fallback is None:  # ng.compile: a graph break
+                rec.fallback = (f"{type(self).__name__} has backward hooks, which run Python "
+                                "during backward: the call runs eagerly")
             args, call = _hooks.wrap_inputs(self, args)
         try:
             out = self.forward(*args, **kwargs)
@@ -878,11 +882,13 @@ def module_device(module: Module) -> str:
 def functional_call(module: Module, params: dict, *args, **kwargs):
     """Call ``module`` with ``params`` (dotted name -> tensor) in place of its own tensors."""
     undo = _swap(module, dict(params))
+    _STRUCTURE[0] += 1  # a compiled module reads the tensors it holds again (jit)
     try:
         return module(*args, **kwargs)
     finally:
         for store, leaf, old in reversed(undo):
             store[leaf] = old
+        _STRUCTURE[0] += 1
 
 
 def _flatten_module(m: Module):
