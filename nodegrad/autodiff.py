@@ -1136,7 +1136,11 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             pending[p] = gi
         elif owned is None:
             pending[p] = prev + gi
-        elif owned.get(p) is prev and prev._data.dtype == gi._data.dtype:
+        elif owned.get(p) is prev and prev._data.dtype == gi._data.dtype and (
+                prev._data.flags.c_contiguous or prev._data.strides == gi._data.strides):
+            # in place only where the new sum would be laid out as prev is (NumPy lays out
+            # an F-ordered prev plus a C-ordered message C-ordered): a jit trace adds out of
+            # place, and a later reduction over another layout adds in another order
             prev._data += gi._data
         else:
             pending[p] = owned[p] = prev + gi

@@ -724,13 +724,6 @@ def test_transforms_inside_loop_bodies_match_jax(kind):
     assert jf.traces == 1 and _replayed(jf)
 
 
-_ARRAYS_AS_TENSORS = hasattr(__import__("nodegrad.jit.api", fromlist=["_"]),
-                             "_tensors_for_arrays")
-
-
-@pytest.mark.xfail(not _ARRAYS_AS_TENSORS, strict=True,
-                   reason="jit traces raw NumPy arguments as arrays: Python indexing of one "
-                          "is frozen into the program")
 def test_numpy_batches_are_traced_as_inputs():
     """JAX users feed NumPy batches straight into the jitted update: Python indexing of a raw
     array argument (``y[:, None]``) is traced, so each replay reads that call's batch."""
@@ -775,8 +768,6 @@ def test_grad_through_a_jitted_adaptation_keeps_second_order_terms():
     assert jadapt.traces == 1 and _replayed(jadapt)
 
 
-@pytest.mark.xfail(not hasattr(__import__("nodegrad.jit.api", fromlist=["_"]), "_number_type"),
-                   strict=True, reason="jit warns of retraces by Python numbers only")
 def test_numpy_scalar_schedules_warn_like_python_numbers():
     """A cosine schedule computed with NumPy passes ``numpy.float64`` learning rates: static,
     so each value traces again (eager's results), and jit warns as for Python floats."""

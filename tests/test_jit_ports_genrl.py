@@ -517,7 +517,6 @@ def test_dqn_target_network_synced_between_calls(kind):
     check(dqn(kind))
 
 
-@pytest.mark.xfail(strict=True, reason="load_state_dict's copies are host writes a replay skips")
 @pytest.mark.parametrize("sync", ["soft", "hard"])
 def test_dqn_target_network_synced_inside_the_step(sync):
     # the tutorial's soft update writes values computed in the step through load_state_dict;
@@ -725,8 +724,6 @@ def ppo(continuous, norm_adv=True):
 @pytest.mark.parametrize("continuous", [False, True], ids=["categorical", "normal"])
 @pytest.mark.parametrize("fuse", FUSE_SLOW)
 def test_ppo_epochs_of_minibatches(continuous, fuse):
-    if not continuous and fuse is False:
-        pytest.xfail("eager backward sums a third cotangent into an F-ordered sum in place")
     check(ppo(continuous), fuse)
 
 
@@ -759,7 +756,6 @@ def cleanrl_ppo(draw):
     return make
 
 
-@pytest.mark.xfail(strict=True, reason="host random draws are frozen into the program")
 @pytest.mark.parametrize("draw", ["numpy", "python"])
 def test_host_random_draws_in_the_step_run_eagerly(draw):
     # np.random.shuffle's permutation (and random.random()'s branch) were the traced call's on
@@ -1631,7 +1627,6 @@ def test_grads_set_to_none_in_the_step(where):
 
 # --- 25. a cotangent summed from three messages of mixed memory layouts -------------------------
 
-@pytest.mark.xfail(strict=True, reason="eager backward sums a third cotangent in place")
 def test_summed_cotangent_keeps_the_layout_a_replay_gives():
     # a wide hidden layer makes the logits F-ordered; the Categorical's log_prob, entropy and
     # probabilities send three cotangents to them (two F-ordered, one C-ordered). Eager backward

@@ -594,8 +594,6 @@ def global_draws(kind: str):
     return make
 
 
-@pytest.mark.xfail(reason="the jit keeps numbers drawn from NumPy's or Python's global "
-                          "generator as constants of the program", strict=True)
 @pytest.mark.parametrize("kind", ["np_beta", "py_random"])
 def test_global_generator_draws_run_eagerly(kind):
     # each replay repeated the traced lam (or the traced flip decision)
@@ -711,8 +709,6 @@ def _train_eval(dtype: str, kind: str, jit: bool, fuse, model_calls: bool):
     return snaps, (train_step, eval_step)
 
 
-@pytest.mark.xfail(reason="a replayed step does not leave the train()/eval() flags it set",
-                   strict=True)
 @pytest.mark.parametrize("dtype,kind,fuse", [("float32", "sgd", False),
                                              ("float64", "adamw", False),
                                              ("float32", "adamw", True)])
@@ -1151,8 +1147,6 @@ def _phases(jit: bool, fuse):
     return out + [v.numpy().copy() for v in model.state_dict().values()], (run_batch, predict)
 
 
-@pytest.mark.xfail(reason="a replayed step does not leave the train()/eval() flags it set",
-                   strict=True)
 @pytest.mark.parametrize("fuse", [UNFUSED, pytest.param(True, id="fused")])
 def test_one_step_for_train_and_val_phases(fuse):
     # the replayed phases left model.training as the call found it, not as the phase set it

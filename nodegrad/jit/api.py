@@ -8,6 +8,7 @@ Tensor, Node or dispatch work. Programs live in a bounded least-recently-used ca
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import warnings
@@ -22,6 +23,7 @@ from ..autodiff import POST_ACCUMULATE, Node, RetainGrad, modes
 from ..errors import JitError
 from ..func.tree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
+from .program import Instr
 from .trace import Recorder
 
 #: traces caused only by a changed Python number before jit warns (once per function)
@@ -67,6 +69,29 @@ class _Entry:
         # the leaves it read that did not require grad in a call that recorded gradients (a
         # frozen layer): unfreezing one traces again, else the program would give them none
         self.frozen = frozen
+
+
+def _global_draws() -> tuple:
+    """Where NumPy's and Python's global random generators stand (read only when tracing): a
+    step that moves them drew numbers the program cannot draw again."""
+    _, key, pos, has_gauss, gauss = B.np.random.get_state()
+    return key.tobytes(), pos, has_gauss, gauss, random.getstate()
+
+
+def _replay_modes(rec: Recorder, modules: list, before: list) -> None:
+    """A step that leaves modules in another mode than it found them (an evaluation step that
+    calls ``model.eval()``, a training step its ``model.train()``) leaves them so on every
+    replay too: one effect at the end of the program sets the flags the trace left (a step
+    that switches nothing gets none). The signature keys the flags a call starts with."""
+    changed = [(mod, mod.training) for mod, b in zip(modules, before) if mod.training is not b]
+    if not changed:
+        return
+
+    def set_modes() -> None:
+        for mod, flag in changed:
+            object.__setattr__(mod, "training", flag)  # as Module.train sets it
+
+    rec.instrs.append(Instr("effect", "Module.train", set_modes, (), None))
 
 
 class _Diff:
@@ -254,7 +279,7 @@ class Jitted:
         changed = [k for k, (a, b) in enumerate(zip(last, key)) if a != b]
         if not changed or not all(
                 type(key[k]) is tuple and len(key[k]) > 1 and key[k][0] == "static"
-                and key[k][1] in (int, float, complex) and type(last[k]) is tuple
+                and _number_type(key[k][1]) and type(last[k]) is tuple
                 and last[k][:2] == key[k][:2] for k in changed):
             return
         self._number_traces += 1
@@ -349,12 +374,25 @@ class Jitted:
         rec.graph_breaks = self.graph_breaks
         in_slots = [rec.input(a) for a in arrays]
         rec.fuse = rec.backend is not None and self._fuse(rec)  # scan bodies read it
+        if any(B.is_array(x) for x in leaves):  # fn gets tensors on the arrays' memory
+            args, kwargs = _tensors_for_arrays(args), _tensors_for_arrays(kwargs)
+        modules = self._modules
+        flags = [mod.training for mod in modules]
+        drawn = _global_draws()
         m.jit = rec
         try:
             out = self.fn(*args, **kwargs)
         finally:
             m.jit = None
         rec.check_grads()
+        _replay_modes(rec, modules, flags)
+        if rec.fallback is None and _global_draws() != drawn:
+            rec.fallback = ("the step drew from NumPy's global random generator (np.random) "
+                            "or Python's random module: a replay would repeat the traced "
+                            "numbers (they are constants of the program); draw with nodegrad's "
+                            "samplers (ng.rand, ng.randint, ng.randperm, ng.distributions), "
+                            "which draw afresh on each call, or draw outside the step and pass "
+                            "a tensor")
         self.traces += 1
         out_leaves, out_def = tree_flatten(out)
         reason = rec.fallback
@@ -768,6 +806,20 @@ def _outputs(entry: _Entry, outs: list):
     return tree_unflatten(entry.out_def, res)
 
 
+def _tensors_for_arrays(x):
+    """``x`` (an argument, or the tuple, list or dict of them) with each raw NumPy/CuPy array
+    as a Tensor on its memory, as ``jax.jit`` hands its function traced arrays: Python that
+    indexes or reshapes a raw array (``y[:, None]``) computes outside the trace, and every
+    replay would repeat the first call's value."""
+    if B.is_array(x):
+        return Tensor._of(x, None, False)
+    if type(x) in (list, tuple):
+        return type(x)(_tensors_for_arrays(v) for v in x)
+    if type(x) is dict:
+        return {k: _tensors_for_arrays(v) for k, v in x.items()}
+    return x
+
+
 def _static_args(fn: Callable, nums, names) -> tuple[frozenset, frozenset]:
     """``static_argnums`` and ``static_argnames`` as sets, each completed from the other
     through ``fn``'s signature where it has one (JAX's rule: an argument named either way is
@@ -791,6 +843,13 @@ def _static_args(fn: Callable, nums, names) -> tuple[frozenset, frozenset]:
     more_nums = {positional.index(a) for a in names if a in positional}
     more_names = {positional[k] for k in nums if -len(positional) <= k < len(positional)}
     return frozenset(nums) | more_nums, frozenset(names) | more_names
+
+
+def _number_type(t) -> bool:
+    """Whether a static argument of type ``t`` is a number whose value may change every call
+    (a step count, a scheduled learning rate): Python's or NumPy's scalars, not bools."""
+    return t is not bool and isinstance(t, type) and (
+        issubclass(t, int | float | complex) or (t.__module__ == "numpy" and t is not B.np.bool_))
 
 
 def _static_key(x, where) -> tuple:

@@ -543,14 +543,23 @@ class Module:
         if assign:
             self._assign_state(own, state_dict)
         else:
+            traced = modes().jit is not None
             with no_grad():
                 for k, t in own.items():
                     if k in state_dict:
                         v = state_dict[k]
-                        v = v._data if isinstance(v, Tensor) else v
                         be = B.backend_of(t._data)
+                        if traced and isinstance(v, Tensor) and B.backend_of(v._data) is be:
+                            # recorded: each replay copies the values again (a target network
+                            # synced inside a jitted step)
+                            t._assign("load_state_dict", v)
+                            continue
+                        v = v._data if isinstance(v, Tensor) else v
                         if B.is_array(v) and B.backend_of(v) is not be:
                             v = B.backend_of(v).to_host(v)
+                        if traced:
+                            t._assign("load_state_dict", be.asarray(v, dtype=t.dtype))
+                            continue
                         t._data[...] = be.asarray(v, dtype=t.dtype)
                         t._bump()
         for k, m in extra.items():
