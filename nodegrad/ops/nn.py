@@ -314,6 +314,22 @@ class _Arrays:
         return B.np.sqrt(a)
 
 
+class _ArraysOf(_Arrays):
+    """:class:`_Arrays` for another backend's arrays (CuPy)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def mean(self, a, axes):
+        return _mean.fwd(self.xp, a, axes, True)
+
+    def sum(self, a, axes):
+        return _sum.fwd(self.xp, a, axes, False)
+
+    def sqrt(self, a):
+        return self.xp.sqrt(a)
+
+
 class _Tensors:
     """The same operations on tensors, recorded."""
 
@@ -343,22 +359,6 @@ def _ln_fwd(xp, x, w, b, k, eps):
     if b is not None:
         y = y + b
     return y
-
-
-class _ArraysOf(_Arrays):
-    """:class:`_Arrays` for another backend's arrays (CuPy)."""
-
-    def __init__(self, xp):
-        self.xp = xp
-
-    def mean(self, a, axes):
-        return _mean.fwd(self.xp, a, axes, True)
-
-    def sum(self, a, axes):
-        return _sum.fwd(self.xp, a, axes, False)
-
-    def sqrt(self, a):
-        return self.xp.sqrt(a)
 
 
 def _ln_grads(m, needs, g, x, w, k, eps):
