@@ -1151,6 +1151,21 @@ def silu(x, g=None):
     return out
 
 
+def hardswish(x, g=None):
+    """ops.activation's hardswish (``g`` given: its VJP) in one numba pass for its seven (two
+    of them selects), the same operations so the same bits; None where :func:`_loopable` says
+    no."""
+    if not _loopable(x) if g is None else not _loopable(x, g):
+        return None
+    dt, out = x.dtype.type, np.empty(x.shape, x.dtype)
+    if g is None:
+        cpu_kernels().hardswish(x.reshape(-1), out.reshape(-1), dt(3), dt(6), dt(0))
+    else:
+        cpu_kernels().hardswish_grad(g.reshape(-1), x.reshape(-1), out.reshape(-1), dt(3),
+                                     dt(0.5), dt(0))
+    return out
+
+
 def sigmoid(x) -> np.ndarray | None:
     """1 / (1 + e), or e / (1 + e) where x < 0, with e = exp(-|x|) (ops.elementwise's sigmoid,
     its operations in its order, so its bits) for a C-ordered float32/float64 NumPy array of

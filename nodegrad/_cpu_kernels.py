@@ -438,3 +438,21 @@ def silu_grad_of_exp(g, x, e, out, one, zero, inf):
         s = one / (e[i] + one)
         r = (((one - s) * v + one) * s) * gi
         out[i] = gi * zero if v == -inf else (gi if v == inf else r)
+
+
+@numba.njit(**_OPTS)
+def hardswish(x, out, three, six, zero):
+    """``out = x`` from 3 up, ``zero`` from -3 down, ``x * ((x + 3) / 6)`` between (NaN stays
+    NaN): ops.activation's hardswish, its operations in its order, in the arrays' dtype."""
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if v >= three else (zero if v <= -three else v * ((v + three) / six))
+
+
+@numba.njit(**_OPTS)
+def hardswish_grad(g, x, out, three, half, zero):
+    """``out = g`` from 3 up, ``zero`` from -3 down, ``g * (x / 3 + 1/2)`` between: hardswish's
+    VJP rule, its operations in its order."""
+    for i in range(x.size):
+        v, gi = x[i], g[i]
+        out[i] = gi if v >= three else (zero if v <= -three else gi * (v / three + half))

@@ -1220,10 +1220,10 @@ def test_exact_gelu_loops_give_the_composite_bits(monkeypatch):
 
 
 def test_silu_and_leaky_relu_loops_give_the_numpy_forms_bits(monkeypatch):
-    """With numba loaded, silu, its gradient and leaky_relu (forward and first-order VJP) run as
-    loops (around NumPy's exp for silu), with the bits of the NumPy forms, the limits at ±inf
-    included, NaN where they give NaN, in float32 and float64; a jitted step (replaying the
-    rules) equals eager."""
+    """With numba loaded, silu, its gradient, leaky_relu and hardswish (forward and first-order
+    VJP) run as loops (around NumPy's exp for silu), with the bits of the NumPy forms, the
+    limits at ±inf included, NaN where they give NaN, in float32 and float64; a jitted step
+    (replaying the rules) equals eager."""
     pytest.importorskip("numba")
     import importlib
 
@@ -1244,13 +1244,16 @@ def test_silu_and_leaky_relu_loops_give_the_numpy_forms_bits(monkeypatch):
             monkeypatch.setattr(B, "_kernels", kernels)
             with np.errstate(all="ignore"):
                 results.append([A._silu_fwd(np, x), A._silu_grad_fwd(np, g, x),
-                                E._leaky_relu_fwd(np, x, 0.2)])
+                                E._leaky_relu_fwd(np, x, 0.2), A._hardswish_fwd(np, x)])
                 if kernels is None:
                     results[-1].append(E._leaky_relu_raw((True,), g, None, x, 0.2)[0])
+                    results[-1].append(A._hardswish_raw((True,), g, None, x)[0])
                     assert B.silu(x) is not None
                 else:
                     rule = E._leaky_relu.vjp[0]
                     results[-1].append(rule(ng.tensor(g), None, ng.tensor(x), 0.2).numpy())
+                    rule = A._hardswish.vjp[0]
+                    results[-1].append(rule(ng.tensor(g), None, ng.tensor(x)).numpy())
                     assert B.silu(x) is None
         for a, b in zip(*results, strict=True):  # a NaN's sign aside (NumPy keeps no rule)
             nan = np.isnan(a)
@@ -1258,7 +1261,8 @@ def test_silu_and_leaky_relu_loops_give_the_numpy_forms_bits(monkeypatch):
             assert a[~nan].tobytes() == b[~nan].tobytes()
     monkeypatch.setattr(B, "_kernels", None)
     model = ng.nn.Sequential(ng.nn.Linear(30, 64), ng.nn.LeakyReLU(0.1), ng.nn.Linear(64, 64),
-                             ng.nn.SiLU(), ng.nn.Linear(64, 3))
+                             ng.nn.SiLU(), ng.nn.Linear(64, 64), ng.nn.Hardswish(),
+                             ng.nn.Linear(64, 3))
     opt = ng.optim.SGD(model.parameters(), lr=0.1)
     xb = ng.tensor(rng.standard_normal((32, 30)).astype(np.float32))
     yb = ng.tensor(rng.integers(0, 3, 32))

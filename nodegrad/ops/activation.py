@@ -59,6 +59,9 @@ def hardsigmoid(x):
 
 def _hardswish_fwd(xp, x):
     x = _floating(xp, x)
+    out = B.hardswish(x)  # these operations in one pass, where numba is loaded
+    if out is not None:
+        return out
     with B.np.errstate(**_QUIET):  # x (x + 3) overflows for huge x: that x takes its own piece
         mid = x * ((x + 3) / 6)
     # a NaN fails both tests and stays NaN
@@ -70,8 +73,15 @@ def _hardswish_vjp(g, ans, x):
     return where(x >= 3.0, g, where(x <= -3.0, 0.0, g * (x / 3.0 + 0.5)))
 
 
+def _hardswish_raw(needs, g, ans, x):
+    """The rule on host arrays in one pass (:func:`._backend.hardswish`), its bits."""
+    dx = B.hardswish(x, g)
+    return None if dx is None else (dx,)
+
+
 _hardswish = primitive(
     "hardswish", _hardswish_fwd, _hardswish_vjp, kind="elementwise", jvp="vjp",
+    vjp_raw=_hardswish_raw,
     doc="x relu6(x + 3) / 6 in one bind: x from 3 up, 0 from -3 down (no overflow).")
 
 
