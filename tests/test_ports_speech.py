@@ -2708,6 +2708,8 @@ def test_cudnn_flags_block_sets_every_switch_and_restores_them():
         c = lib.backends.cudnn
         names = ("enabled", "benchmark", "deterministic", "allow_tf32")
         before = {n: getattr(c, n) for n in names}
+        for n, v in zip(names, (True, False, False, True)):  # PyTorch's defaults, whatever an
+            setattr(c, n, v)  # earlier test in this process left
         c.benchmark = True
         try:
             with c.flags(deterministic=True):
