@@ -513,17 +513,20 @@ def test_reading_state_that_the_step_changes_runs_eagerly():
     assert jf.program is None and "changes in place" in jf.last.reason
 
 
-def test_a_traced_index_makes_the_signature_run_eagerly():
+def test_a_traced_index_of_setitem_is_an_input_of_the_replay():
+    """``h[i] = v`` with ``i`` computed in the step (a cache written at a position passed as a
+    tensor, a mask of the batch) writes where each call's index says (it ran eagerly before)."""
     def f(x, i):
         h = x * 1.0
         h[i.argmax()] = 0.0
+        h[x > 1] = 1.0
         return h
 
     jf = _jit(f)
     for _ in range(3):
         x, i = ng.randn(4), ng.randn(4)
         assert _same(jf(x, i).numpy(), f(x, i).numpy())
-    assert jf.program is None and jf.traces == 1
+    assert jf.program is not None and jf.traces == 1
 
 
 @pytest.mark.parametrize("name,f", [

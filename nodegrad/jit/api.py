@@ -9,6 +9,7 @@ Tensor, Node or dispatch work. Programs live in a bounded least-recently-used ca
 from __future__ import annotations
 
 import random
+import functools
 import threading
 import time
 import warnings
@@ -140,6 +141,11 @@ class Jitted:
         self._n_state = len(self._objs)  # then the modules and optimisers fn names (_call)
         self._struct = None  # the modules' structure count when last read (_read_state)
         self._scanned = False  # whether the modules fn closes over joined _objs (_call)
+        # the Python numbers fn reads from its closure and globals (_python_reads), read
+        # again on every call, and why every call runs eagerly when the step changes one
+        self._reads: tuple = ()
+        self._read_names: tuple = ()
+        self._volatile: str | None = None
         self._read_state()
         self.max_cache = max_cache
         self.cache: OrderedDict = OrderedDict()
@@ -180,6 +186,7 @@ class Jitted:
                     params.setdefault(id(q), q)
         self._modules = mods
         self._params = list(params.values())
+        self._numbers = _module_numbers(mods)
         self._held = tuple(id(x) for mod in mods for name in ("_parameters", "_buffers",
                                                               "_modules")
                            for x in getattr(mod, name, {}).values()) + tuple(
@@ -194,6 +201,7 @@ class Jitted:
         """Forget every captured program (the next call traces again)."""
         self.cache.clear()
         self._hot = None
+        self._volatile = None
 
     @property
     def program(self):
@@ -220,7 +228,8 @@ class Jitted:
             leaves, tdef = tree_flatten(sig)
             return self._call(leaves, tdef, args, kwargs, m)
         hot = self._hot
-        if hot is not None and not kwargs and m.autocast is None:
+        if hot is not None and not kwargs and m.autocast is None and (
+                not self._reads or _same_reads(self._reads, hot[6])):
             arrays = _matches(hot, args, m, self._modules, self._params)
             if arrays is not None and (hot[0].hooks is None or not _hooks_moved(
                     hot[0].hooks)) and (hot[0].frozen is None or not _thawed(hot[0].frozen)):
@@ -239,10 +248,15 @@ class Jitted:
         if not self._scanned:  # modules fn reaches by name: their train()/eval() key it too
             self._scanned = True
             found = [o for o in _closure_modules(self.fn) if all(o is not x for x in self._objs)]
+            self._reads, self._read_names = _python_reads(self.fn)
             if found:
                 self._objs += tuple(found)
                 self._read_state()
-        key, arrays, eager = self._signature(leaves, tdef, m)
+        if self._volatile is not None:  # the step changes a Python number it reads
+            self.last = _Entry(None, None, None, self._volatile)
+            return self.fn(*args, **kwargs)
+        raw = tuple(r() for r in self._reads)
+        key, arrays, eager = self._signature(leaves, tdef, m, raw)
         if eager:
             return self.fn(*args, **kwargs)
         entry = self.cache.get(key)
@@ -253,7 +267,7 @@ class Jitted:
         if entry is None:
             if self.cache and not self._warned:
                 self._note_number_retrace(key)
-            return self._trace(key, leaves, arrays, args, kwargs, m)
+            return self._trace(key, leaves, arrays, args, kwargs, m, raw)
         self.cache.move_to_end(key)
         self.last = entry
         if entry.diff is not None:
@@ -264,15 +278,41 @@ class Jitted:
                 type(d) is B.ndarray for d in arrays) and len(set(map(id, arrays))) == len(arrays):
             self._hot = (entry, tuple((d.shape, d.dtype) for d in arrays), m.grad_enabled,
                          tuple(mod.training for mod in self._modules),
-                         tuple(q.requires_grad for q in self._params), B.DEFAULT_FLOAT, key)
+                         tuple(q.requires_grad for q in self._params), B.DEFAULT_FLOAT, raw,
+                         key)
         if entry.wait is not None:
             return _outputs(entry, self._timed(entry, arrays))
         return _outputs(entry, entry.program.run(arrays))
 
+    def _python_changed(self, raw: tuple) -> str | None:
+        """Why every call must run eagerly when the traced call changed a Python number that
+        the step reads (a module's attribute, a variable of its closure or globals), else None:
+        the program holds the traced value, and a replay would neither change it nor read the
+        new one."""
+        where = None
+        if self._modules:
+            now = _module_numbers(self._modules)
+            old = dict(zip(self._numbers.names, self._numbers.values))
+            for (k, name), v in zip(now.names, now.values):
+                if old.get((k, name), v) != v:
+                    where = f"{type(self._modules[k]).__name__}.{name}"
+                    break
+        if where is None:
+            for r, v, name in zip(self._reads, raw, self._read_names):
+                if _plain_key(r()) != _plain_key(v):
+                    where = name
+                    break
+        if where is None:
+            return None
+        return (f"jit: the step changes {where}, a Python value it reads, which a replay "
+                "would neither change nor read again: every call runs eagerly; keep such a "
+                "counter in a tensor changed in place (a registered buffer) or pass it as an "
+                "argument")
+
     def _note_number_retrace(self, key: tuple) -> None:
-        """Warn once when Python numbers passed as arguments keep changing value: each value
-        is a signature of its own, so a loop that passes its step count or a scheduled
-        learning rate as a number traces every call (``RETRACE_WARN`` such traces)."""
+        """Warn once when Python numbers passed as arguments (or read by name) keep changing
+        value: each value is a signature of its own, so a loop that passes its step count or a
+        scheduled learning rate as a number traces every call (``RETRACE_WARN`` such traces)."""
         last = next(reversed(self.cache))
         if len(last) != len(key):
             return
@@ -280,15 +320,17 @@ class Jitted:
         if not changed or not all(
                 type(key[k]) is tuple and len(key[k]) > 1 and key[k][0] == "static"
                 and _number_type(key[k][1]) and type(last[k]) is tuple
-                and last[k][:2] == key[k][:2] for k in changed):
+                and last[k][:2] == key[k][:2] or _same_names(key[k], last[k])
+                for k in changed):
             return
         self._number_traces += 1
         if self._number_traces >= RETRACE_WARN:
             self._warned = True
             warnings.warn(
                 f"jit: {self.__name__} was traced {self._number_traces + 1} times because a "
-                "Python number argument changed value: numbers are static, part of the "
-                "signature (as jax.jit's static_argnums), so each new value traces and "
+                "Python number argument changed value (or one it reads by name: a module's "
+                "attribute, a variable of its closure or globals): numbers are static, part "
+                "of the signature (as jax.jit's static_argnums), so each new value traces and "
                 "compiles again; pass it as a tensor (ng.tensor(value)) to trace once, or "
                 "keep it in the state (an optimiser's lr is read afresh on every replay)",
                 RuntimeWarning, stacklevel=4)
@@ -334,8 +376,9 @@ class Jitted:
             return False
         return "all" if self.fuse else True
 
-    def _signature(self, leaves: list, tdef, m):
-        """The cache key, the input arrays, and whether this call must run eagerly."""
+    def _signature(self, leaves: list, tdef, m, raw: tuple = ()):
+        """The cache key, the input arrays, and whether this call must run eagerly. ``raw``:
+        the values of the Python numbers ``fn`` reads by name (``_python_reads``)."""
         # the default float dtype: what the step's factories and Python floats give
         key = [len(leaves) if tdef is None else _def_key(tdef), m.grad_enabled, B.DEFAULT_FLOAT]
         if m.autocast is not None:  # an autocast region casts the operands (amp.py)
@@ -350,6 +393,8 @@ class Jitted:
             key.append(tuple(q.requires_grad for q in self._params))
         if self._modules:
             key.append(self._held)
+            key.append(self._numbers)  # a dropout's p, a position kept as an attribute
+        key.extend(_plain_key(v) for v in raw)
         arrays = []
         firsts: dict = {}
         for x in leaves:
@@ -369,7 +414,7 @@ class Jitted:
             arrays.append(d)
         return tuple(key), arrays, False
 
-    def _trace(self, key, leaves, arrays, args, kwargs, m):
+    def _trace(self, key, leaves, arrays, args, kwargs, m, raw: tuple = ()):
         rec = Recorder()
         rec.graph_breaks = self.graph_breaks
         in_slots = [rec.input(a) for a in arrays]
@@ -379,12 +424,20 @@ class Jitted:
         modules = self._modules
         flags = [mod.training for mod in modules]
         drawn = _global_draws()
+        holders = _tensor_holders(self._modules, self.fn)
+        rec.through = _through_reads(holders)
         m.jit = rec
         try:
             out = self.fn(*args, **kwargs)
         finally:
             m.jit = None
         rec.check_grads()
+        self._volatile = self._python_changed(raw)
+        if self._volatile is not None and rec.fallback is None:
+            rec.fallback = self._volatile
+        if rec.fallback is None:
+            rec.fallback = _replaced_reads(holders, rec)
+        del holders
         _replay_modes(rec, modules, flags)
         if rec.fallback is None and _global_draws() != drawn:
             rec.fallback = ("the step drew from NumPy's global random generator (np.random) "
@@ -744,6 +797,196 @@ def _closure_modules(fn) -> list:
     return found
 
 
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_key(v) -> tuple:
+    """A Python value's entry in the signature: numbers and strings by value (floats by their
+    bits, as static arguments), anything else by its type only."""
+    return _static_key(v, 0) if type(v) in _PLAIN else ("other", type(v))
+
+
+class _Numbers:
+    """The public plain attributes (numbers, strings, None) of a jitted function's modules, but
+    ``training``: Python code reads them into the program as constants (a dropout's ``p``, a
+    decoding position kept as ``self.pos``), so a changed value traces again
+    (``Module.__setattr__`` counts a change as one of structure). One entry of the signature,
+    hashed once."""
+
+    __slots__ = ("names", "values", "_hash")
+
+    def __init__(self, names: tuple, values: tuple):
+        self.names, self.values = names, values  # names as (module index, attribute name)
+        self._hash = hash((names, values))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        return self is other or (type(other) is _Numbers and self._hash == other._hash
+                                 and self.values == other.values and self.names == other.names)
+
+
+def _same_names(a, b) -> bool:
+    """Whether two signature entries are the :class:`_Numbers` of the same attributes."""
+    return type(a) is _Numbers and type(b) is _Numbers and a.names == b.names
+
+
+def _module_numbers(mods: list) -> _Numbers:
+    """The :class:`_Numbers` of ``mods`` as they are now."""
+    names, values = [], []
+    for k, mod in enumerate(mods):
+        for name, v in vars(mod).items():
+            if type(v) in _PLAIN and name[0] != "_" and name != "training":
+                names.append((k, name))
+                values.append(_plain_key(v))
+    return _Numbers(tuple(names), tuple(values))
+
+
+def _python_reads(fn) -> tuple[tuple, tuple]:
+    """Readers of the Python numbers and strings ``fn`` names in its closure and among its
+    globals (its nested functions' too), and their names: a replay holds the traced values, so
+    every call compares them (a learning rate annealed as ``lr /= 4`` between epochs)."""
+    f = getattr(fn, "__func__", fn)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return (), ()
+    reads, names = [], []
+    for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or ()):
+        try:
+            v = cell.cell_contents
+        except ValueError:
+            continue
+        if type(v) in _PLAIN:
+            reads.append(functools.partial(_cell_value, cell))
+            names.append(name)
+    g = getattr(f, "__globals__", {})
+    codes, seen = [code], set()
+    while codes:
+        c = codes.pop()
+        codes += [k for k in c.co_consts if hasattr(k, "co_names")]
+        for name in c.co_names:
+            if name not in seen and name in g and type(g[name]) in _PLAIN:
+                seen.add(name)
+                reads.append(functools.partial(g.get, name))
+                names.append(name)
+    return tuple(reads), tuple(names)
+
+
+def _tensor_holders(mods: list, fn) -> list:
+    """``(where, read, value, items, arrays by id)`` for each public plain attribute of
+    ``mods``, each variable of ``fn``'s closure and each global it names, and each public
+    attribute or item of the objects and dicts those hold, that holds a tensor or a tuple or
+    list of tensors now (a recurrent state kept as ``self.hidden``, rebound through ``nonlocal
+    hidden``, or kept as ``trainer.hidden``): see :func:`_replaced_reads`."""
+    found = []
+
+    def add(where, read, v):
+        items = (v,) if isinstance(v, Tensor) else tuple(v) if type(v) in (tuple, list) else ()
+        if items and all(isinstance(t, Tensor) for t in items):
+            found.append((where, read, v, items, {id(t._data): t._data for t in items}))
+
+    def add_inside(where, v):  # one level down: a trainer object's attributes, a dict's items
+        if type(v) is dict:
+            for key, x in v.items():
+                if type(key) is str:
+                    add(f"{where}[{key!r}]", functools.partial(v.get, key), x)
+        elif not (isinstance(v, type | ModuleType) or callable(v) or _is_module(v)
+                  or _is_optimizer(v)):
+            d = getattr(v, "__dict__", None)
+            if type(d) is dict:
+                for key, x in d.items():
+                    if key[:1] != "_":
+                        add(f"{where}.{key}", functools.partial(d.get, key), x)
+
+    f = getattr(fn, "__func__", fn)  # the nearest first: a tensor several hold is read
+    code = getattr(f, "__code__", None)  # through the first (_through_reads)
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        add_inside("self", owner)
+    if code is not None:
+        for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or ()):
+            v = _cell_value(cell)
+            add(name, functools.partial(_cell_value, cell), v)
+            add_inside(name, v)
+        g = getattr(f, "__globals__", {})
+        for name in dict.fromkeys(code.co_names):
+            if name in g:
+                add(name, functools.partial(g.get, name), g[name])
+                add_inside(name, g[name])
+    for mod in mods:
+        d = vars(mod)
+        for name, v in d.items():
+            if name[0] != "_":
+                add(f"{type(mod).__name__}.{name}", functools.partial(d.get, name), v)
+    if found:  # a handle on a parameter or buffer (spectral_norm's ``weight`` at first) is
+        # read as that tensor: the variable is not the state it carries
+        state = {id(t._data) for mod in mods for name in ("_parameters", "_buffers")
+                 for t in getattr(mod, name, {}).values() if t is not None}
+        found = [(w, r, v, items, {k: a for k, a in arrays.items() if k not in state})
+                 for w, r, v, items, arrays in found]
+    return found
+
+
+def _through_reads(holders: list) -> dict:
+    """``Recorder.through``: for each array a holder's tensors have now, a getter of the array
+    the holder has at that place on a later call (the caller may rebind the variable between
+    calls: ``hidden = h.detach()``), checked to still hold a tensor there, and the tensor."""
+    through = {}
+    for where, read, v, items, arrays in holders:
+        for k, t in enumerate(items):
+            if id(t._data) in arrays:  # (the array kept: its id stays its own)
+                through.setdefault(id(t._data), (functools.partial(
+                    _read_through, read, None if isinstance(v, Tensor) else k, where), t,
+                    t._data))
+    return through
+
+
+def _read_through(read, k: int | None, where: str):
+    """The array of the tensor a variable holds now (at ``[k]`` of the tuple or list it holds)."""
+    v = read()
+    t = v if k is None else v[k] if type(v) in (tuple, list) and len(v) > k else None
+    if not isinstance(t, Tensor):
+        raise JitError(f"jit: {where} held a tensor{'' if k is None else f' at [{k}]'} when "
+                       f"the step was traced and holds {type(v).__name__} now; call the jitted "
+                       "function's clear_cache() after changing it")
+    return t._data
+
+
+def _replaced_reads(holders: list, rec) -> str | None:
+    """Why the traced signature must run eagerly when the step replaced a tensor it read from a
+    Python variable (``out, self.hidden = rnn(x, self.hidden)``): a replay would read the
+    traced call's tensor on every call, and never replace it."""
+    if not holders:
+        return None
+    loaded = {id(d) for d in rec.load_data.values()}
+    for where, read, v, items, arrays in holders:
+        now = read()
+        if (now is not v or (type(v) is list and (len(v) != len(items) or any(
+                a is not b for a, b in zip(v, items))))) and not loaded.isdisjoint(arrays):
+            return (f"jit: the step replaces {where}, a tensor it read: state carried from "
+                    "call to call in a Python variable, which a replay would neither read "
+                    "anew nor replace, so this signature runs eagerly; return the new value "
+                    "and pass it back in (out, hidden = step(x, hidden)), or keep it in a "
+                    "tensor written in place (a registered buffer's copy_)")
+    return None
+
+
+def _cell_value(cell):
+    try:
+        return cell.cell_contents
+    except ValueError:  # emptied (del) since
+        return None
+
+
+def _same_reads(reads: tuple, values: tuple) -> bool:
+    """Whether each read gives the very object of ``values`` (else the signature is built)."""
+    for r, v in zip(reads, values):
+        if r() is not v:
+            return False
+    return True
+
+
 def _hook_guard(rec) -> tuple | None:
     """The leaves that the trace's backward accumulated into, with their gradient hooks and
     post-accumulate hooks as they were (see ``_Entry.hooks``); None when there are none."""
@@ -775,7 +1018,7 @@ def _matches(hot: tuple, args: tuple, m, modules: list, params: list) -> list | 
     """The argument arrays when this call has the signature of the ``hot`` entry (tensors of
     the same shapes and dtypes on the CPU, distinct arrays, the same modes and parameters
     requiring grad), else None."""
-    entry, specs, grad, training, flags, dflt, _ = hot
+    entry, specs, grad, training, flags, dflt, _, _ = hot
     if len(args) != len(specs) or m.grad_enabled is not grad or B.DEFAULT_FLOAT is not dflt:
         return None
     arrays = []

@@ -54,6 +54,11 @@ class Recorder:
         self.meta: dict[int, tuple] = {}  # slot -> (shape, dtype) of the array it held at trace
         self.loaded: dict[int, object] = {}  # load slot -> weak reference to its tensor
         self.load_data: dict[int, object] = {}  # load slot -> the array it read at trace
+        # id(array) -> (a getter of the array a Python variable holds now, the tensor it holds
+        # at the trace, that array): a tensor the step reads from its closure, its globals or a
+        # module's plain attribute, which the caller may rebind between calls (``hidden =
+        # h.detach()``); a replay reads the variable
+        self.through: dict[int, tuple] = {}
         self.before: dict[int, object] = {}  # load slot -> its value before an in-place change
         self.changed: set[int] = set()  # id(array) of tensors outside the program an effect got
         self.owned: set[int] = set()  # load slots find_owners looked at
@@ -103,8 +108,16 @@ class Recorder:
             return self._load("gradient", get, d)
         if isinstance(a, Tensor):
             a = _owner(a, d)
-            s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t._data, d)
-            self.instrs[-1].fn.tensor = weakref.ref(a)  # (a strong one would look like a user)
+            through = self.through.get(id(d)) if self.through and not a.requires_grad else None
+            if through is not None:  # read through the variable, as the tensor it holds
+                getter, a, _ = through
+                s = self._load(f"tensor{tuple(d.shape)}", getter, d)
+                self.instrs[-1].fn.held = a  # as a plain load's getter holds it
+                self.owned.add(s)  # (find_owners: its owner is the variable's tensor)
+            else:
+                s = self._load(f"tensor{tuple(d.shape)}", lambda t=a: t._data, d)
+                # (a strong reference would look like a user)
+                self.instrs[-1].fn.tensor = weakref.ref(a)
             self.loaded[s] = weakref.ref(a)
             self.load_data[s] = d
             return s
@@ -282,14 +295,20 @@ class Recorder:
         vals = [a._data if isinstance(a, Tensor) else a for a in args]
         ins = (self.slot_of(target, target._data),) + tuple(
             self.slot_of(a, v) for a, v in zip(args, vals))
+        replay = fn
         if params is not None and self.fallback is None and _holds_traced(params, self.slot):
-            self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
+            lifted = _setitem_lifted(params, self.slot) if name == "setitem" else None
+            if lifted is None:
+                self.fallback = f"'{name}' takes a traced index (at {creation_site()})"
+            else:  # an index computed in the step (a decoding position): inputs too
+                replay, arrays = lifted
+                ins += tuple(self.slot[id(a)] for a in arrays)
         for s in self._written_loads(ins[0], target._data):
             if s not in self.before:  # a tensor made in the step starts each call so
                 self.before[s] = self.load_data[s].copy()
             self._read_before(self.load_data[s], name)
         fn(target._data, *vals)
-        self.instrs.append(Instr("effect", name, fn, ins, None, access="mutate"))
+        self.instrs.append(Instr("effect", name, replay, ins, None, access="mutate"))
 
     def _written_loads(self, s: int, data) -> list:
         """The loaded tensors whose memory a write into ``data`` (slot ``s``) changes: its own
@@ -431,6 +450,24 @@ def _lift_index(params: dict, slots: dict):
         else:
             template.append(e)
     return {**rest, "index": tuple(template)}, arrays
+
+
+def _setitem_lifted(index, slots: dict):
+    """``(replay, arrays)`` for ``a[index] = b`` whose index holds integer arrays computed in
+    the step (a cache written at a position passed as a tensor): ``replay(a, b, *arrays)``
+    writes at the index those arrays give on each call; None where a traced value sits
+    anywhere else (the step then runs eagerly)."""
+    single = type(index) is not tuple
+    lifted = _lift_index({"index": (index,) if single else index}, slots)
+    if lifted is None:
+        return None
+    template, arrays = lifted[0]["index"], lifted[1]
+
+    def replay(a, b, *extra):
+        at = tuple(extra[e.j] if type(e) is _Lifted else e for e in template)
+        a[at[0] if single else at] = b
+
+    return replay, arrays
 
 
 def _op_lifted(prim, params: dict, backend, out, n: int):

@@ -54,9 +54,12 @@ class Parameter(Tensor):
 
 
 _STRUCTURE = [0]
-"""How many times any module's parameters, buffers or submodules were set or removed: a
-jitted function holding modules as state compares it to see that its captured tensors are
-still the modules' own (a replaced layer or parameter makes it trace again)."""
+"""How many times any module's parameters, buffers or submodules were set or removed, or a
+public plain number or string attribute changed value: a jitted function holding modules as state
+compares it to see that its captured tensors are still the modules' own (a replaced layer or
+parameter makes it trace again) and that the Python values it read are unchanged."""
+_PLAIN_TYPES = (bool, int, float, str, type(None))  # plain attributes a jitted step keys on
+_ABSENT = object()
 
 
 class Module:
@@ -126,6 +129,10 @@ class Module:
             self.register_buffer(name, value, persistent)
             return
         else:
+            old = d.get(name, _ABSENT)
+            if (type(value) in _PLAIN_TYPES or type(old) in _PLAIN_TYPES) and name[0] != "_" and (
+                    type(old) is not type(value) or old != value):
+                _STRUCTURE[0] += 1  # a number that Python code reads: a jitted step retraces
             object.__setattr__(self, name, value)
             return
         d.pop(name, None)
