@@ -17,6 +17,8 @@ from nodegrad import nn, optim
 from nodegrad.distributions import Categorical, Normal, kl_divergence
 from nodegrad.nn import functional as F
 from tests.test_jit_real_steps import Run, check
+# (an autouse fixture: slow cases skip unless asked for, the default dtype is restored)
+from tests.test_jit_real_steps import _restore_dtype  # noqa: F401
 
 STEPS = 12
 FUSE = [pytest.param(False, id="unfused"), pytest.param(True, id="fused")]
@@ -24,16 +26,6 @@ FUSE = [pytest.param(False, id="unfused"), pytest.param(True, id="fused")]
 # ones run fused under ``pytest -m slow``
 FUSE_SLOW = [pytest.param(False, id="unfused"),
              pytest.param(True, id="fused", marks=pytest.mark.slow)]
-
-
-@pytest.fixture(autouse=True)
-def _restore_dtype(request):
-    if request.node.get_closest_marker("slow") and "slow" not in (
-            request.config.getoption("markexpr", "") or "").replace("not slow", ""):
-        pytest.skip("a slow case: run with -m slow")
-    old = ng.get_default_dtype()
-    yield
-    ng.set_default_dtype(old)
 
 
 def _f(rng, *shape, dtype=np.float32):
@@ -601,7 +593,6 @@ def a2c():
 @pytest.mark.parametrize("fuse", FUSE_SLOW)
 def test_a2c_categorical_sampled_in_the_step(fuse):
     check(a2c(), fuse)
-
 
 
 def masked_policy(kind):
@@ -1413,7 +1404,6 @@ def test_c51_projection():
 def test_c51_masked_index_fixup_runs_eagerly():
     j = check(c51(True), replays=False)
     assert j.last.program is None and "boolean mask" in j.last.reason
-
 
 
 # --- 20. a VQ-VAE: nearest codes by argmin, the straight-through estimator, an EMA codebook -----

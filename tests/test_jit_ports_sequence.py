@@ -20,19 +20,10 @@ from nodegrad.errors import JitError
 from nodegrad.nn import functional as F
 from nodegrad.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tests.test_jit_real_steps import FUSE, FUSE_SLOW, Run, _close, _snapshot, check
+# (an autouse fixture: slow cases skip unless asked for, the default dtype is restored)
+from tests.test_jit_real_steps import _restore_dtype  # noqa: F401
 
 VOCAB = 17
-
-
-@pytest.fixture(autouse=True)
-def _restore_dtype(request):
-    # the fused larger programs (marked slow) run only when asked for, ``-m slow``
-    if request.node.get_closest_marker("slow") and "slow" not in (
-            request.config.getoption("markexpr", "") or "").replace("not slow", ""):
-        pytest.skip("a slow case: run with -m slow")
-    old = ng.get_default_dtype()
-    yield
-    ng.set_default_dtype(old)
 
 
 def _dtype(name):
@@ -189,7 +180,6 @@ def test_word_lm_truncated_bptt_tied(rnn_type, fuse):
 def test_word_lm_adam_warmup_float64(rnn_type):
     kind = "RNN" if rnn_type == "RNN_TANH" else rnn_type
     check_carried(word_lm(kind, "float64", "adam_warmup"))
-
 
 
 lr = 20.0  # the example's global learning rate, annealed by ``lr /= 4.0``
@@ -371,7 +361,6 @@ def packed_batches(n, batch=5, maxlen=7, seed=2, fixed=False):
         out.append((ng.tensor(text), ng.tensor(lengths.astype(np.int64)),
                     ng.tensor(rng.integers(0, 3, batch))))
     return out
-
 
 
 def packed(kind, lengths_as="tensor", dtype="float32"):

@@ -18,20 +18,10 @@ from nodegrad import nn, optim
 from nodegrad.errors import JitError
 from nodegrad.nn import functional as F
 from tests.test_jit_real_steps import Run, _arrays, _close, _snapshot, check, data
+# (an autouse fixture: slow cases skip unless asked for, the default dtype is restored)
+from tests.test_jit_real_steps import _restore_dtype  # noqa: F401
 
 STEPS = 10
-
-
-@pytest.fixture(autouse=True)
-def _restore_dtype(request):
-    # the fused larger programs (marked slow: numba compiles their kernels, ~0.5 s each) run
-    # only when asked for, ``-m slow``, even where the project's ``-m 'not slow'`` is overridden
-    if request.node.get_closest_marker("slow") and "slow" not in (
-            request.config.getoption("markexpr", "") or "").replace("not slow", ""):
-        pytest.skip("a slow case: run with -m slow")
-    old = ng.get_default_dtype()
-    yield
-    ng.set_default_dtype(old)
 
 
 def _np(dtype: str):
