@@ -1171,11 +1171,9 @@ def sigmoid(x) -> np.ndarray | None:
     its operations in its order, so its bits) for a C-ordered float32/float64 NumPy array of
     RELU_MIN_SIZE elements or more where numba is loaded: NumPy's exp between two loops, three
     passes over memory instead of nine (one of them a where: see :func:`where`); else None."""
-    k = cpu_kernels()
-    if (k is None or type(x) is not np.ndarray or x.dtype not in _KERNEL_DTYPES
-            or x.size < RELU_MIN_SIZE or not x.flags.c_contiguous):
+    if not _loopable(x):
         return None
-    flat = x.reshape(-1)
+    k, flat = cpu_kernels(), x.reshape(-1)
     e = np.empty_like(flat)
     k.neg_abs(flat, e)
     np.exp(e, out=e)
@@ -1188,13 +1186,10 @@ def sigmoid_grad(g, ans) -> np.ndarray | None:
     """``g * ((1 - ans) * ans)``, sigmoid's VJP from its output, in one numba pass (the same
     operations in the same order, so the same bits) for C-ordered NumPy arrays of one shape
     and float dtype where numba is loaded; else None."""
-    k = cpu_kernels()
-    if (k is None or type(g) is not np.ndarray or type(ans) is not np.ndarray
-            or g.dtype not in _KERNEL_DTYPES or ans.dtype != g.dtype or g.shape != ans.shape
-            or g.size < RELU_MIN_SIZE or not (g.flags.c_contiguous and ans.flags.c_contiguous)):
+    if not _loopable(g, ans):
         return None
     out = np.empty(g.shape, g.dtype)
-    k.sigmoid_grad(g.reshape(-1), ans.reshape(-1), out.reshape(-1), g.dtype.type(1))
+    cpu_kernels().sigmoid_grad(g.reshape(-1), ans.reshape(-1), out.reshape(-1), g.dtype.type(1))
     return out
 
 

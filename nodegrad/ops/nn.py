@@ -299,23 +299,8 @@ def linear_relu(x, weight, bias=None):
 # derivatives, the jit and vmap differentiate: the same NumPy operations in the same order
 # either way (the tensor ops' forwards), so the same bits.
 class _Arrays:
-    """The few operations of the _ln_* formulas on host arrays: the primitives' forwards."""
-
-    @staticmethod
-    def mean(a, axes):
-        return _mean.fwd(B.np, a, axes, True)
-
-    @staticmethod
-    def sum(a, axes):
-        return _sum.fwd(B.np, a, axes, False)
-
-    @staticmethod
-    def sqrt(a):
-        return B.np.sqrt(a)
-
-
-class _ArraysOf(_Arrays):
-    """:class:`_Arrays` for another backend's arrays (CuPy)."""
+    """The few operations of the _ln_* formulas on one backend's arrays (``xp``): the
+    primitives' forwards."""
 
     def __init__(self, xp):
         self.xp = xp
@@ -328,6 +313,9 @@ class _ArraysOf(_Arrays):
 
     def sqrt(self, a):
         return self.xp.sqrt(a)
+
+
+_HOST = _Arrays(B.np)
 
 
 class _Tensors:
@@ -353,7 +341,7 @@ def _ln_norm(m, x, k: int, eps: float):
 
 
 def _ln_fwd(xp, x, w, b, k, eps):
-    y, _ = _ln_norm(_Arrays if type(x) is B.ndarray else _ArraysOf(xp), x, k, eps)
+    y, _ = _ln_norm(_HOST if xp is B.np else _Arrays(xp), x, k, eps)
     if w is not None:
         y = y * w
     if b is not None:
@@ -385,7 +373,7 @@ def _ln_raw(needs, g, ans, x, w, b, k, eps):
     if type(x) is not B.ndarray:
         return None
     with B.np.errstate(divide="ignore", invalid="ignore"):  # as the rules' ops: no warnings
-        return _ln_grads(_Arrays, needs, g, x, w, k, eps)
+        return _ln_grads(_HOST, needs, g, x, w, k, eps)
 
 
 def _ln_jvp(ts, ans, x, w, b, k, eps):
