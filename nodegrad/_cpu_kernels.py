@@ -87,6 +87,24 @@ def relu_grad(g, ans, out, zero, one):
 
 
 @numba.njit(**_OPTS)
+def scatter_rows(out, index, values):
+    """``out[index[i]] += values[i]`` for each row ``i`` in order (``np.add.at``'s order, so its
+    bits) on 2-D ``out`` and ``values``; False, writing nothing, where an index is out of
+    range (NumPy then raises its error). An embedding's gradient: ~30x faster than add.at."""
+    n = out.shape[0]
+    for i in range(index.shape[0]):
+        if index[i] < -n or index[i] >= n:
+            return False
+    for i in range(index.shape[0]):
+        j = index[i]
+        if j < 0:
+            j += n
+        for c in range(out.shape[1]):
+            out[j, c] += values[i, c]
+    return True
+
+
+@numba.njit(**_OPTS)
 def ce_shift(x, t, z, picked):
     """``z[j, i] = x[i, j] - max(x[i])`` (z the transposed shift) and ``picked[i] = z[t[i], i]``
     for (n, c) logits ``x`` and n integer targets; returns 1 when a target is not a class
