@@ -1053,17 +1053,31 @@ def _saved_args(n: Node, args: tuple) -> tuple:
 
 
 def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
-                owned: dict | None = None, post: list | None = None, seen=None) -> None:
+                owned: dict | None = None, post: list | None = None, seen=None,
+                clean: dict | None = None) -> None:
     """Send node ``n``'s VJP messages to its parents (summed into ``pending``).
 
     ``owned`` maps a vertex to the pending sum the engine made itself (no one else holds its
     array): a further message is added into it in place, with no new array and no bind.
+    ``clean``: the owned sums known to hold no -0.0 (one of their terms was a scatter of
+    zeros), into which a primitive's ``add_into`` (a basic slice's message) adds in place with
+    the bits of adding its zero-padded message: x + 0.0 is x for every x but -0.0.
     ``post``: the node's post-hooks, which see (and may replace) the messages first.
     """
     tracked = anomaly = m.anomaly
     if tracked:
         m.in_backward = n  # (anomaly mode: an error below names where n was created)
         anomaly = ANOMALY[1]  # whether to check the results for NaN/Inf
+    into = n.prim.add_into if clean is not None else None
+    if into is not None and not tracked and post is None:
+        p = n.parents[0]
+        prev = pending.get(p)
+        if prev is not None and clean.get(p) is prev and owned.get(p) is prev:
+            pd, gd = prev._data, g._data
+            if (pd.dtype == gd.dtype and pd.dtype.kind == "f" and type(pd) is type(gd)
+                    and pd.flags.c_contiguous and (wanted is None or p in wanted)
+                    and into(pd, gd, **n.params)):
+                return
     if not n.alive:
         raise GradError(
             f"backward through '{n.prim.name}' a second time: its saved values were freed by "
@@ -1134,6 +1148,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
         prev = pending.get(p)
         if prev is None:
             pending[p] = gi
+            if into is not None:  # a scatter into new zeros: the engine's, and clean
+                owned[p] = clean[p] = gi
         elif owned is None:
             pending[p] = prev + gi
         elif owned.get(p) is prev and prev._data.dtype == gi._data.dtype and (
@@ -1142,8 +1158,12 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
             # an F-ordered prev plus a C-ordered message C-ordered): a jit trace adds out of
             # place, and a later reduction over another layout adds in another order
             prev._data += gi._data
+            if into is not None:
+                clean[p] = prev
         else:
-            pending[p] = owned[p] = prev + gi
+            pending[p] = owned[p] = s = prev + gi
+            if clean is not None and (into is not None or clean.get(p) is prev):
+                clean[p] = s
     if collected is not None:  # the node's post-hooks see the messages, then they go
         for p, gi in zip(parents, _run_post_hooks(post, collected, g, seen)):
             if gi is not None:
@@ -1151,6 +1171,7 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
                 pending[p] = gi if prev is None else prev + gi
                 if owned:
                     owned.pop(p, None)
+                    clean.pop(p, None)
     if tracked:
         m.in_backward = None
 
@@ -1204,6 +1225,8 @@ def _raw_vjps(prim, n: Node, g, args, out, wanted) -> list | None:
     if type(gd) is not _ndarray:
         return None
     dt = gd.dtype
+    if dt.kind == "f" and dt.itemsize == 2:  # float16: the rules' products run in float32 and
+        return None  # round once (bind), NumPy's float16 product rounds otherwise (jit's bits)
     datas = []
     for a in args:
         d = getattr(a, "_data", a)
@@ -1338,6 +1361,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
     # a jit trace that replays every op it saw, or batched values inside vmap, whose arrays
     # are the batch's stand-ins)
     owned = None if create_graph or m.jit is not None or m.traces else {}
+    clean = None if owned is None else {}
     try:
         counts = _toposort_counts(starts)
         m.task = Task(counts, wanted)
@@ -1354,13 +1378,15 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
             if g is not None:
                 if owned:
                     owned.pop(n, None)
+                    clean.pop(n, None)
                 post = None
                 if n.hooks:
                     g, post = _run_node_hooks(n.hooks, g, seen)
                 if tkeys is not None and n in tset:
                     results[n] = g
                 if wanted is None or any(p in wanted for p in n.parents if p is not None):
-                    _apply_vjps(n, g, create_graph, wanted, pending, m, owned, post, seen)
+                    _apply_vjps(n, g, create_graph, wanted, pending, m, owned, post, seen,
+                                clean)
                 if not retain_graph and (n.args is not None or n.out is not None
                                          or "call" in n.params):
                     # only a node that saved values is spent (PyTorch's rule): one that saved
@@ -1380,6 +1406,7 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
                         g = pending.pop(p)  # gradient hooks (DDP) run while backward goes on
                         if owned:
                             owned.pop(p, None)
+                            clean.pop(p, None)
                         if p._hooks:
                             g = _run_hooks(p._hooks, g, seen)
                         _accumulate_leaf(p, g, create_graph, seen)

@@ -62,6 +62,10 @@ class Primitive:
             and name not in _BF16_THROUGH
         self.f16_native = self.bf16_native or name in _F16_NATIVE
         self.vjp_raw = None  # the VJP on host arrays for a first-order backward (see primitive)
+        # ``add_into(acc, g, **params) -> bool``: add the VJP message for input 0 into the
+        # engine's own pending sum ``acc`` (that input's shape) in place, as adding the message
+        # would, where it can (a basic slice: see autodiff._apply_vjps); None for most
+        self.add_into = None
         # how a complex cotangent goes back (see autodiff._complex_vjps): "holomorphic", rules
         # of its own, or None (refused); set by the op's declaration or by ops/complex.py
         self.complex = None

@@ -128,7 +128,7 @@ def ints_first(index):
 def _scatter_fwd(xp, g, index, shape):
     out = xp.zeros(shape, dtype=g.dtype)
     if _is_basic(index):
-        out[index] = g
+        out[index] += g  # 0 + g, as add.at below and _getitem_add_into: -0.0 becomes 0.0
     else:
         B.backend_of(out).scatter_add(out, index, g)
     return out
@@ -194,6 +194,21 @@ _scatter = primitive("scatter_add", _scatter_fwd,
                      lambda g, ans, v, index, shape: _getitem(g, index=index),
                      saves="none", kind=_IX, jvp=_L, batch=_scatter_batch,
                      doc="zeros(shape) with v added at index (repeats add up).")
+
+
+def _getitem_add_into(acc, g, index) -> bool:
+    """getitem's VJP message ``g`` added into the engine's pending sum ``acc`` for ``x`` in
+    place: ``acc[index] += g`` for a basic index, the bits of ``acc + scatter(g)`` where ``acc``
+    holds no -0.0 (the engine's ``clean`` sums), with no zero-filled array of x's shape per
+    part (split, chunk, unbind, x[:, t] in a loop over time: each part's backward then costs
+    its own size, not its base's); False for an advanced index (repeats: add.at's order)."""
+    if not _is_basic(index):
+        return False
+    acc[index] += g
+    return True
+
+
+_getitem.add_into = _getitem_add_into
 
 
 def getitem(x, index):
