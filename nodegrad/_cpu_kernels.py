@@ -142,6 +142,78 @@ def ce_grad(p, s, t, scale, one):
             p[j, i] = q * scale
 
 
+# --- layer norm ---
+# Layer normalisation's element-wise passes over (rows, n) views, each row's mean and 1/σ given
+# (NumPy's sums computed them): NumPy's subtract, multiply and add in the rules' order, one
+# rounding each in the dtype. x̂ = (x - μ) · r is recomputed where needed, the same two roundings.
+@numba.njit(**_OPTS)
+def ln_sq_dev(x, mu, out):
+    """``out[i, j] = d * d`` with ``d = x[i, j] - mu[i]``: the squared deviations."""
+    rows, n = x.shape
+    for i in range(rows):
+        m = mu[i]
+        for j in range(n):
+            d = x[i, j] - m
+            out[i, j] = d * d
+
+
+@numba.njit(**_OPTS)
+def ln_affine(x, mu, r, w, b, out, has_w, has_b):
+    """``out[i, j] = ((x[i, j] - mu[i]) * r[i]) * w[j] + b[j]``, without the weight or the bias
+    where ``has_w`` / ``has_b`` are false (``w``, ``b`` then unread)."""
+    rows, n = x.shape
+    for i in range(rows):
+        m, s = mu[i], r[i]
+        if has_w and has_b:
+            for j in range(n):
+                out[i, j] = ((x[i, j] - m) * s) * w[j] + b[j]
+        elif has_w:
+            for j in range(n):
+                out[i, j] = ((x[i, j] - m) * s) * w[j]
+        elif has_b:
+            for j in range(n):
+                out[i, j] = ((x[i, j] - m) * s) + b[j]
+        else:
+            for j in range(n):
+                out[i, j] = (x[i, j] - m) * s
+
+
+@numba.njit(**_OPTS)
+def ln_grad_parts(x, g, gs, mu, r, w, gx, gxh, gh, has_w, want_gxh, want_gh):
+    """The products the VJP sums, with ``xh = (x[i, j] - mu[i]) * r[i]`` and ``v = g[i * gs, j]
+    * w[j]`` (``g[i * gs, j]`` without the weight; ``gs`` 0 for one row of ``g`` repeated):
+    ``gx = v`` (with the weight), ``gxh = v * xh`` and ``gh = g * xh`` where wanted."""
+    rows, n = x.shape
+    for i in range(rows):
+        m, s, gi = mu[i], r[i], i * gs
+        for j in range(n):
+            xh = (x[i, j] - m) * s
+            gv = g[gi, j]
+            v = gv
+            if has_w:
+                v = gv * w[j]
+                gx[i, j] = v
+            if want_gxh:
+                gxh[i, j] = v * xh
+            if want_gh:
+                gh[i, j] = gv * xh
+
+
+@numba.njit(**_OPTS)
+def ln_grad_dx(x, g, gs, mu, r, w, m1, m2, out, has_w):
+    """``out[i, j] = ((v - m1[i]) - xh * m2[i]) * r[i]`` with ``xh`` and ``v`` as in
+    :func:`ln_grad_parts`; ``m1``, ``m2`` the rows' means of ``v`` and ``v * xh``."""
+    rows, n = x.shape
+    for i in range(rows):
+        m, s, a, c, gi = mu[i], r[i], m1[i], m2[i], i * gs
+        if has_w:
+            for j in range(n):
+                out[i, j] = ((g[gi, j] * w[j] - a) - ((x[i, j] - m) * s) * c) * s
+        else:
+            for j in range(n):
+                out[i, j] = ((g[gi, j] - a) - ((x[i, j] - m) * s) * c) * s
+
+
 @numba.njit(**_OPTS)
 def outer_stack(x, y, out):
     """``out[b, i, j] = x[b, i] * y[b, j]`` for (B, m) ``x``, (B, n) ``y`` and (B, m, n)

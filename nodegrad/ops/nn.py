@@ -297,7 +297,8 @@ def linear_relu(x, weight, bias=None):
 # forward and ~20 backward. Its forward and rules are written once (_ln_*), run on host arrays
 # by the forward and the first-order VJP (vjp_raw) and on tensors by the rules, which higher
 # derivatives, the jit and vmap differentiate: the same NumPy operations in the same order
-# either way (the tensor ops' forwards), so the same bits.
+# either way (the tensor ops' forwards), so the same bits. Where numba is loaded, the host forms'
+# element-wise steps run as loops between the very same sums (_backend.layer_norm, _grads).
 class _Arrays:
     """The few operations of the _ln_* formulas on one backend's arrays (``xp``): the
     primitives' forwards."""
@@ -341,6 +342,10 @@ def _ln_norm(m, x, k: int, eps: float):
 
 
 def _ln_fwd(xp, x, w, b, k, eps):
+    if xp is B.np:  # the same operations and sums in four passes, where numba is loaded
+        y = B.layer_norm(x, w, b, k, eps, _HOST.mean)
+        if y is not None:
+            return y
     y, _ = _ln_norm(_HOST if xp is B.np else _Arrays(xp), x, k, eps)
     if w is not None:
         y = y * w
@@ -373,7 +378,8 @@ def _ln_raw(needs, g, ans, x, w, b, k, eps):
     if type(x) is not B.ndarray:
         return None
     with B.np.errstate(divide="ignore", invalid="ignore"):  # as the rules' ops: no warnings
-        return _ln_grads(_HOST, needs, g, x, w, k, eps)
+        out = B.layer_norm_grads(needs, g, x, w, k, eps, _HOST.mean, _HOST.sum)  # in loops
+        return out if out is not None else _ln_grads(_HOST, needs, g, x, w, k, eps)
 
 
 def _ln_jvp(ts, ans, x, w, b, k, eps):
