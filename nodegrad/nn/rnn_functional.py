@@ -336,14 +336,19 @@ def _causal_bias(n_q: int, n_k: int, like: Tensor) -> Tensor:
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, dropout_p: float,
-            scale: float, generator: Generator | None) -> tuple[Tensor, Tensor]:
+            scale: float, generator: Generator | None,
+            live: bool = False) -> tuple[Tensor, Tensor]:
     """softmax(q kᵀ · scale + bias) v; returns the output and the (dropped-out) weights.
 
     A query whose every key is masked (its bias row all -inf) gets zero weights, so a zero
-    output and zero gradients, as PyTorch's scaled_dot_product_attention (not 0/0 = NaN)."""
+    output and zero gradients, as PyTorch's scaled_dot_product_attention (not 0/0 = NaN).
+    ``live``: the bias leaves every query a key (a causal mask: key 0), so no row is checked
+    (nor, traced, masked again on every call)."""
     scores = (q * scale) @ k.mT
     dead = None
-    if bias is not None:
+    if bias is not None and live:
+        scores = scores + bias
+    elif bias is not None:
         # traced (jit, an export, vmap): a later call's mask may hide a whole row
         traced = modes().jit is not None or bool(modes().traces)
         if B.is_float(bias.dtype) and (traced or bool(
@@ -435,7 +440,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                              f"(..., L={n_q}, S={n_k}) of query {tuple(query.shape)} and key "
                              f"{tuple(key.shape)}")
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    return _attend(query, key, value, bias, dropout_p, scale, generator)[0]
+    return _attend(query, key, value, bias, dropout_p, scale, generator,
+                   is_causal and n_k > 0)[0]
 
 
 def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, num_heads: int,
