@@ -546,3 +546,151 @@ def hardswish_grad(g, x, out, three, half, zero):
     for i in range(x.size):
         v, gi = x[i], g[i]
         out[i] = gi if v >= three else (zero if v <= -three else gi * (v / three + half))
+
+
+# --- softmax ---
+# softmax and log_softmax over the last axis of C-ordered (rows, n) arrays, around NumPy's exp
+# (and log of the row sums): each row's maximum and shift, then its sum and divide (or
+# subtract), in the NumPy form's operations and order. A row's sum is NumPy's:
+# ``np.add.reduce`` over a contiguous axis is 0 plus the pairwise sum of its elements
+# (:func:`_pairwise`).
+
+
+@numba.njit(inline="always", **_OPTS)
+def _pairwise_block(a, lo, n, zero):
+    """:func:`_pairwise` of up to 128 elements: below 8 in turn from ``zero``, else in eight
+    running sums combined as ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the tail in turn.
+    Indices are unsigned (``_U``, as in :func:`im2col_2d`): with signed ones numba's
+    wraparound checks kept the eight sums from vectorising (3x slower)."""
+    if n < 8:
+        res = zero
+        for i in range(n):
+            res += a[lo + _U(i)]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + _U(1)], a[lo + _U(2)], a[lo + _U(3)]
+    r4, r5, r6, r7 = a[lo + _U(4)], a[lo + _U(5)], a[lo + _U(6)], a[lo + _U(7)]
+    end = n - n % 8
+    b, stop = lo + _U(8), lo + _U(end)
+    while b < stop:
+        r0 += a[b]
+        r1 += a[b + _U(1)]
+        r2 += a[b + _U(2)]
+        r3 += a[b + _U(3)]
+        r4 += a[b + _U(4)]
+        r5 += a[b + _U(5)]
+        r6 += a[b + _U(6)]
+        r7 += a[b + _U(7)]
+        b += _U(8)
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for j in range(end, n):
+        res += a[lo + _U(j)]
+    return res
+
+
+@numba.njit(**_OPTS)
+def _pairwise(a, lo, n, zero):
+    """``a[lo:lo + n]``'s sum by NumPy's ``pairwise_sum`` (numpy/_core/src/umath/
+    loops_utils.h.src), its adds in its order: up to 128 elements as :func:`_pairwise_block`;
+    above, the two halves' sums, split at n/2 less its remainder by 8."""
+    if n <= 128:
+        return _pairwise_block(a, lo, n, zero)
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise(a, lo, n2, zero) + _pairwise(a, lo + _U(n2), n - n2, zero)
+
+
+@numba.njit(inline="always", **_OPTS)
+def _row_sum(a, lo, n, zero):
+    """The sum of the row ``a[lo:lo + n]`` as ``np.add.reduce`` adds a contiguous axis:
+    ``zero`` (its identity, where it starts) plus the pairwise sum of the elements (so an
+    all -0.0 row sums to 0.0, as NumPy's)."""
+    return zero + _pairwise(a, lo, n, zero)
+
+
+@numba.njit(**_OPTS)
+def softmax_shift(x, z, n, zero):
+    """``z = x - where(isfinite(m), m, zero)``, ``m`` each row's maximum (NaN where it holds a
+    NaN), for flat C-ordered ``x`` and ``z`` of rows of ``n``: the shift before the exp, in one
+    pass. The maximum is taken in eight running maxima and a NaN flag (~4x faster than one
+    chain; NumPy's max over short rows costs ~0.1 µs a row). It is NumPy's up to the sign of
+    a zero maximum, which changes no result: the shifted zeros differ only in sign, their exp
+    is 1 either way, and both signs there mean two zeros, so a sum >= 2 whose log, subtracted,
+    is no zero."""
+    for r in range(x.size // n):
+        o = _U(r * n)
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = x[o]
+        bad = False
+        end = n - n % 8
+        for b in range(0, end, 8):
+            p = o + _U(b)
+            v0, v1, v2, v3 = x[p], x[p + _U(1)], x[p + _U(2)], x[p + _U(3)]
+            v4, v5, v6, v7 = x[p + _U(4)], x[p + _U(5)], x[p + _U(6)], x[p + _U(7)]
+            m0 = v0 if v0 > m0 else m0
+            m1 = v1 if v1 > m1 else m1
+            m2 = v2 if v2 > m2 else m2
+            m3 = v3 if v3 > m3 else m3
+            m4 = v4 if v4 > m4 else m4
+            m5 = v5 if v5 > m5 else m5
+            m6 = v6 if v6 > m6 else m6
+            m7 = v7 if v7 > m7 else m7
+            bad |= ((v0 != v0) | (v1 != v1) | (v2 != v2) | (v3 != v3) | (v4 != v4)
+                    | (v5 != v5) | (v6 != v6) | (v7 != v7))
+        m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+        for j in range(end, n):
+            v = x[o + _U(j)]
+            m = v if v > m else m
+            bad |= v != v
+        sh = zero if bad or not m - m == zero else m
+        for j in range(n):
+            z[o + _U(j)] = x[o + _U(j)] - sh
+
+
+@numba.njit(**_OPTS)
+def softmax_divide(e, n, zero):
+    """``e /= e.sum(axis=1, keepdims=True)`` in place for flat C-ordered rows of ``n`` (each row
+    summed as :func:`_row_sum`), one row at a time while it is in cache."""
+    for r in range(e.size // n):
+        o = _U(r * n)
+        s = _row_sum(e, o, n, zero)
+        for j in range(n):
+            e[o + _U(j)] = e[o + _U(j)] / s
+
+
+@numba.njit(**_OPTS)
+def row_sums(e, s, n, zero):
+    """``s = e.sum(axis=1)`` for flat C-ordered rows of ``n``, each as :func:`_row_sum`."""
+    for r in range(s.size):
+        s[r] = _row_sum(e, _U(r * n), n, zero)
+
+
+@numba.njit(**_OPTS)
+def subtract_rows(z, c, n):
+    """``z -= c[:, None]`` in place for flat C-ordered rows of ``n``: log_softmax's last
+    step."""
+    for r in range(c.size):
+        cr = c[r]
+        o = _U(r * n)
+        for j in range(n):
+            z[o + _U(j)] = z[o + _U(j)] - cr
+
+
+@numba.njit(**_OPTS)
+def softmax_grad(g, ans, s, out, n):
+    """``out = ans * (g - s[:, None])`` for flat C-ordered rows of ``n`` (``out`` may be
+    ``g``): softmax's VJP rule after its sum, ``s`` the rows' sums of g * ans."""
+    for r in range(s.size):
+        sr = s[r]
+        o = _U(r * n)
+        for j in range(n):
+            out[o + _U(j)] = ans[o + _U(j)] * (g[o + _U(j)] - sr)
+
+
+@numba.njit(**_OPTS)
+def log_softmax_grad(g, e, s, out, n):
+    """``out = g - e * s[:, None]`` for flat C-ordered rows of ``n`` (``out`` may be ``e``):
+    log_softmax's VJP rule, ``e = exp(ans)`` and ``s`` the rows' sums of g."""
+    for r in range(s.size):
+        sr = s[r]
+        o = _U(r * n)
+        for j in range(n):
+            out[o + _U(j)] = g[o + _U(j)] - e[o + _U(j)] * sr

@@ -73,6 +73,10 @@ def _softmax_fwd(xp, x, axis):
             _, e, s = parts
             e /= s
             return B.np.ascontiguousarray(e.T)
+    else:  # the same bits in loops around NumPy's exp where numba is loaded (slower than
+        e = B.softmax_last(x, axis)  # the form above on narrow rows)
+        if e is not None:
+            return e
     z, _ = _shifted(xp, x, axis)
     e = xp.exp(z)
     return e / xp.sum(e, axis=axis, keepdims=True)
@@ -85,20 +89,39 @@ def _log_softmax_fwd(xp, x, axis):
             z, _, s = parts
             z -= B.np.log(s)
             return B.np.ascontiguousarray(z.T)
+    else:  # as softmax's
+        z = B.log_softmax_last(x, axis, _log_pos)
+        if z is not None:
+            return z
     z, _ = _shifted(xp, x, axis)
     return z - _log_pos(xp, xp.sum(xp.exp(z), axis=axis, keepdims=True))
+
+
+def _softmax_raw(needs, g, ans, x, axis):
+    """The rule below on host arrays over the last axis (:func:`._backend.softmax_last_grad`:
+    its sum, then one loop, so its bits); None otherwise (the rule runs)."""
+    dx = B.softmax_last_grad(g, ans, axis)
+    return None if dx is None else (dx,)
+
+
+def _log_softmax_raw(needs, g, ans, x, axis):
+    """As :func:`_softmax_raw`, for log_softmax's rule (:func:`._backend.
+    log_softmax_last_grad`)."""
+    dx = B.log_softmax_last_grad(g, ans, axis)
+    return None if dx is None else (dx,)
 
 
 _softmax = primitive(
     "softmax", _softmax_fwd,
     lambda g, ans, x, axis: ans * (g - _sum(g * ans, axis=(axis,), keepdims=True)),
     saves="out", kind="reduce", doc="exp(x) / sum(exp(x)) along an axis.",
-    jvp="vjp")  # the softmax Jacobian diag(s) - s sᵀ is symmetric
+    jvp="vjp", vjp_raw=_softmax_raw)  # the softmax Jacobian diag(s) - s sᵀ is symmetric
 _log_softmax = primitive(
     "log_softmax", _log_softmax_fwd,
     lambda g, ans, x, axis: g - exp(ans) * _sum(g, axis=(axis,), keepdims=True),
     saves="out", kind="reduce", doc="x - logsumexp(x) along an axis.",
-    jvp=lambda ts, ans, x, axis: ts[0] - _sum(ts[0] * exp(ans), axis=(axis,), keepdims=True))
+    jvp=lambda ts, ans, x, axis: ts[0] - _sum(ts[0] * exp(ans), axis=(axis,), keepdims=True),
+    vjp_raw=_log_softmax_raw)
 
 
 def _scalar_axis(axis, dim, op: str) -> None:
