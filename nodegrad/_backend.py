@@ -218,11 +218,10 @@ class Backend:
 
     def erf(self, x):
         """The error function, elementwise, in x's float dtype (SciPy's has no float16 loop:
-        it answers a float16 array in float64); float32 host arrays by :func:`erf32`."""
-        if type(x) is np.ndarray and x.dtype == float32 and x.size >= ERF32_MIN_SIZE:
-            out = erf32(x)
-            if out is not None:
-                return out
+        it answers a float16 array in float64); float32 host arrays and scalars by
+        :func:`erf32` (float32 arithmetic, within 1 ulp), float64 by SciPy."""
+        if (type(x) is np.ndarray or type(x) is np.float32) and x.dtype == float32:
+            return erf32(x)
         return _in_dtype_of(x, self._special_module().erf(x))
 
     def erfinv(self, x):
@@ -1116,111 +1115,128 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-ERF32_MIN_SIZE = 64
-"""float32 elements from which :func:`erf32` takes an array (below, SciPy's call costs less)."""
-ERF_SPLIT, ERF_END = 1.0, 4.0
-_TWO_OVER_SQRT_PI = 1.1283791670955126  # 2/√π rounded once
-_erf_coefs = None
+ERF32_LOOP_MIN = 1
+"""float32 elements from which :func:`erf32` runs numba's loop where numba is loaded: every
+array and scalar (a call costs ~4 µs, the NumPy form's ~30 calls ~50 µs; the same bits)."""
+# erf in float32 arithmetic (erf32): x + x·q(x²) for |x| < 1; 1 - P(|x| - 1.625) up to 2.25 and
+# 1 - R(|x| - 3) up to ERF32_ONE, P and R approximating erfc there; ±1 from ERF32_ONE on. The
+# polynomials were fitted by least squares on Chebyshev nodes (q weighted by 1/(1 + q), P and R
+# absolute: erf = 1 - erfc needs erfc to ~3e-8 absolute) and rounded to float32 one coefficient
+# at a time, lowest first, the others refitted after each (fit errors 1.5e-9, 1.2e-9, 1.2e-9).
+# Highest power first, in Horner's order; mid and tail of one degree (the loop runs one
+# Horner for both, picking either's coefficient at each step).
+_ERF32_NEAR = (7.842288323445246e-05, -0.0008006793214008212, 0.005187962669879198,
+               -0.026853643357753754, 0.1128358244895935, -0.3761262595653534,
+               0.12837916612625122)
+_ERF32_MID = (0.00025365431793034077, -0.001273390487767756, 0.0006252597668208182,
+              0.0061302799731493, -0.014426086097955704, 0.0021442107390612364,
+              0.04972013831138611, -0.1148412749171257, 0.130767360329628,
+              -0.08047224581241608, 0.021556267514824867)
+_ERF32_TAIL = (-1.2301814422244206e-05, 2.334477585463901e-06, 0.00012626574607566,
+               -0.0003997115127276629, 0.0007429489633068442, -0.001014231238514185,
+               0.0010433248244225979, -0.000789349724072963, 0.0004178387753199786,
+               -0.00013924515224061906, 2.2089574486017227e-05)
+ERF32_ONE = float.fromhex("0x1.f5a88ap+1")  # 3.919206: the least float32 whose erf rounds to 1
+# the pieces' ends and centres: |x| < 1 near; < 2.25 mid (about 1.625); < ERF32_ONE tail (about 3)
+_ERF32_ENDS = (1.0, 2.25, ERF32_ONE, 1.625, 3.0)
+_ERF32 = tuple(tuple(float32.type(v) for v in c)
+               for c in (_ERF32_NEAR, _ERF32_MID, _ERF32_TAIL, _ERF32_ENDS))
+"""erf32's float32 constants as the loops take them: (near, mid, tail, ends)."""
 
 
-def _erf_coefficients() -> tuple:
-    """:func:`erf32`'s two polynomials, highest power first, as tuples of floats: erf(x)/x for
-    x² in [0, 1] (2/√π plus x² times a degree-9 polynomial in x², so that it is 2/√π to the
-    last bit at tiny x) and erfcx(x) = exp(x²) erfc(x) for x in [1, 4] (degree 18 in
-    t = (x - 5/2)·2/3), Chebyshev interpolants of the series and of SciPy's float64 erfcx
-    (made once: a few ms). The kernel's constants (1, 4, 5/2, 2/3) follow ERF_SPLIT and
-    ERF_END."""
-    global _erf_coefs
-    if _erf_coefs is None:
-        import scipy.special as special
-        from numpy.polynomial import Chebyshev, Polynomial
-
-        def powers(f, degree, lo, hi, shifted=True):
-            c = Chebyshev.interpolate(f, degree, domain=[lo, hi])  # (never at an end: no 0/0)
-            window = [-1, 1] if shifted else [lo, hi]
-            return tuple(float(v) for v in c.convert(kind=Polynomial, domain=[lo, hi],
-                                                     window=window).coef[::-1])
-
-        def slope(u):  # (erf(x)/x - 2/√π)/x² by its series, exact where x is tiny
-            u = np.asarray(u, np.float64)
-            term, total = np.full(u.shape, -_TWO_OVER_SQRT_PI / 3), 0.0
-            for n in range(1, 40):
-                total = total + term
-                term = term * -u * (2 * n + 1) / ((n + 1) * (2 * n + 3))
-            return total
-
-        small = powers(slope, 9, 0.0, ERF_SPLIT ** 2, shifted=False) + (_TWO_OVER_SQRT_PI,)
-        tail = powers(special.erfcx, 18, ERF_SPLIT, ERF_END)
-        _erf_coefs = small, tail
-    return _erf_coefs
+def _horner32(coefs: tuple, t: np.ndarray) -> np.ndarray:
+    """``coefs`` (float32, highest power first) at float32 ``t`` by Horner's rule: the
+    kernel's multiply-then-add steps in its order (NumPy fuses no multiply-add), in place."""
+    p = t * coefs[0]
+    for c in coefs[1:-1]:
+        p += c
+        p *= t
+    p += coefs[-1]
+    return p
 
 
-def erf32(x: np.ndarray) -> np.ndarray | None:
-    """erf of a float32 NumPy array where numba is loaded (:func:`cpu_kernels`; else None),
-    computed in float64 and rounded once: x·P(x²) for |x| < 1, ±(1 - exp(-x²)·Q(|x|)) up to
-    4, ±1 beyond (float32's erf there; NaN stays NaN), the polynomials of
-    :func:`_erf_coefficients` (within ~2e-15 of erf). The values are SciPy's, which computes
-    in float64 and rounds, for every float32 (checked one by one), at a fraction of its cost:
-    its scalar loop takes 4.4 ms for 12 x 64 x 512 elements (a GPT MLP's GELU), the two numba
-    loops around NumPy's exp ~1 ms."""
-    k = cpu_kernels()
-    if k is None:
-        return None
-    small, tail = _erf_coefficients()
-    flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
-    e = np.empty(flat.size, np.float64)
-    k.erf32_arg(flat, e)
-    np.exp(e, out=e)
-    out = np.empty(x.shape, float32)
-    k.erf32(flat, e, out.reshape(-1), small, tail)
+def _erf32_numpy(x: np.ndarray) -> np.ndarray:
+    """:func:`erf32` by NumPy's ufuncs: every piece over the whole array, then selected (the
+    kernel's ``_erf32_of`` picks mid's or tail's coefficients per element instead: the same
+    operations on each element, in its order, so its bits), ``x``'s layout kept. (Gathering
+    each piece's elements first saved little: NumPy's boolean gathers and scatters cost as much
+    as the polynomials.)"""
+    near, mid, tail, ends = _ERF32
+    one = float32.type(1)
+    with np.errstate(all="ignore"):  # the pieces not selected overflow at large x: inf - inf
+        a = np.abs(x)
+        small = _horner32(near, x * x)
+        small *= x
+        small += x  # x + x * q
+        big = np.where(a < ends[1], _horner32(mid, a - ends[3]), _horner32(tail, a - ends[4]))
+        np.subtract(one, big, out=big)
+        np.copyto(big, one, where=~(a < ends[2]))
+        np.negative(big, out=big, where=x < 0)
+        out = np.where(a < ends[0], small, big)
+        np.copyto(out, x, where=np.isnan(x))
     return out
 
 
+def erf32(x):
+    """erf of a float32 NumPy array or scalar, computed in float32: within 1 ulp of the
+    correctly rounded value for every float32 (checked one by one: ~94% of them are correctly
+    rounded), exactly odd, ±0 kept, ±1 from :data:`ERF32_ONE` on, NaN kept. Three polynomial
+    pieces (:data:`_ERF32`), evaluated without branches by numba's loop where numba is loaded
+    (:func:`cpu_kernels`; ~0.55 ms for 12 x 64 x 512 elements, SciPy's scalar loop 4.4), else by
+    the same float32 operations in NumPy's ufuncs (~1.5x SciPy's time): the same bits either
+    way. A 0-d array or a scalar gives a NumPy scalar, as a ufunc does."""
+    a = np.asarray(x)
+    if a.dtype != float32:
+        raise TypeError(f"erf32: expected a float32 array, got {a.dtype}")
+    k = cpu_kernels() if a.size >= ERF32_LOOP_MIN else None
+    if k is None:
+        out = _erf32_numpy(a)
+    else:
+        pair = _flat_pair(a, None) or _flat_pair(np.ascontiguousarray(a), None)
+        flat, out, dst = pair
+        k.erf32(flat, dst, *_ERF32)
+    return out[()] if out.ndim == 0 else out
+
+
 def _gelu_ready(x):
-    """The kernels and erf's polynomials for :func:`gelu32` and :func:`gelu32_grad` on ``x``,
-    or None: float32 C-ordered NumPy arrays of RELU_MIN_SIZE elements or more, numba loaded."""
+    """The kernels for :func:`gelu32` and :func:`gelu32_grad` on ``x``, or None: float32
+    C-ordered NumPy arrays of RELU_MIN_SIZE elements or more, numba loaded."""
     if (type(x) is not np.ndarray or x.dtype != float32 or x.size < RELU_MIN_SIZE
             or not x.flags.c_contiguous):
         return None
-    k = cpu_kernels()
-    return None if k is None else (k, *_erf_coefficients())
+    return cpu_kernels()
 
 
 def gelu32(x, c: float):
     """``0.5 * x * (1 + erf(x * c))`` (``c`` = 1/√2) for a float32 NumPy array in the
-    operations and order of ``ops.elementwise``'s exact GELU, so its bits: three passes (a loop,
-    NumPy's exp, a loop) for its nine; None where :func:`_gelu_ready` says no."""
-    ready = _gelu_ready(x)
-    if ready is None:
+    operations and order of ``ops.elementwise``'s exact GELU, erf as :func:`erf32`, so its bits,
+    in one loop for its nine passes; None where :func:`_gelu_ready` says no."""
+    k = _gelu_ready(x)
+    if k is None:
         return None
-    k, small, tail = ready
-    flat, cf = x.reshape(-1), float32.type(c)
-    e = np.empty(flat.size, np.float64)
-    k.gelu32_arg(flat, e, cf)
-    np.exp(e, out=e)
     out = np.empty(x.shape, float32)
-    k.gelu32(flat, e, out.reshape(-1), small, tail, cf, float32.type(0.5), float32.type(1))
+    k.gelu32(x.reshape(-1), out.reshape(-1), *_ERF32, float32.type(c), float32.type(0.5),
+             float32.type(1))
     return out
 
 
 def gelu32_grad(g, x, c: float, c2: float):
     """The exact GELU's VJP ``g * ((erf(x * c) + 1) * 0.5 + x * (exp(x * x * -0.5) * c2))``
-    (``c2`` = 1/√(2π)) in the operations and order of its rules, so their bits: NumPy's exp
-    between two loops, for the rules' ~15 passes; None unless ``g`` and ``x`` are both as
-    :func:`_gelu_ready` asks, of one shape."""
-    ready = _gelu_ready(x)
-    if (ready is None or type(g) is not np.ndarray or g.dtype != float32 or g.shape != x.shape
-            or not g.flags.c_contiguous):
+    (``c2`` = 1/√(2π)) in the operations and order of its rules, erf as :func:`erf32` and exp
+    NumPy's (the rules' primitives), so their bits: NumPy's exp between two loops, for the
+    rules' ~15 passes; None unless ``x`` is as :func:`_gelu_ready` asks and ``g`` a float32
+    NumPy array of its shape (copied to C order first where it is not: a sum's cotangent is a
+    broadcast one)."""
+    k = _gelu_ready(x)
+    if k is None or type(g) is not np.ndarray or g.dtype != float32 or g.shape != x.shape:
         return None
-    k, small, tail = ready
-    flat, cf = x.reshape(-1), float32.type(c)
-    e = np.empty(flat.size, np.float64)
+    g = np.ascontiguousarray(g)
+    flat = x.reshape(-1)
     p = np.empty(flat.size, float32)
-    k.gelu32_grad_args(flat, e, p, cf, float32.type(-0.5))
-    np.exp(e, out=e)
+    k.gelu32_grad_arg(flat, p, float32.type(-0.5))
     np.exp(p, out=p)
     out = np.empty(x.shape, float32)
-    k.gelu32_grad(g.reshape(-1), flat, e, p, out.reshape(-1), small, tail, cf,
+    k.gelu32_grad(g.reshape(-1), flat, p, out.reshape(-1), *_ERF32, float32.type(c),
                   float32.type(0.5), float32.type(1), float32.type(c2))
     return out
 

@@ -22,7 +22,10 @@ Each loop computes every element with NumPy's operations in NumPy's order and in
 dtype, so the bits are NumPy's (an outer product is one multiply per element):
 ``maximum(x, 0)`` keeps ``x`` where it is greater or NaN, else returns the zero (so ``-0.0``
 becomes ``0.0``); ``g * (ans != 0)`` multiplies by one or zero; a fold adds each element's
-taps to a zero in NumPy's tap order.
+taps to a zero in NumPy's tap order. ``erf32`` is float32 erf in float32 arithmetic (three
+polynomial pieces, all computed and then selected, so the loop vectorises), with the bits of
+:mod:`._backend`'s NumPy form of the same operations; ``gelu32`` and ``gelu32_grad`` inline it
+into the exact GELU's forward and VJP (the latter after NumPy's exp).
 The cross-entropy loops leave every transcendental function and every sum to NumPy; what they
 compute (row maxima, shifts, picks, quotients) is exact or one rounding in the dtype.
 """
@@ -346,103 +349,78 @@ def im2col_2d(x, out, dims, s0, s1, p0, p1, d0, d1, taps_first, zero):
                     o += _U(row)
 
 
-@numba.njit(**_OPTS)
-def erf32_arg(x, e):
-    """``e = -(x * x)`` in float64 for a flat float32 ``x`` (the argument of erf32's exp)."""
-    for i in range(x.size):
-        xd = numba.float64(x[i])
-        e[i] = -(xd * xd)
-
-
 @numba.njit(inline="always")
-def _erf32_of(v, e, small, tail):
-    """erf of float32 ``v`` as a float32, ``e = exp(-v²)`` in float64: ``_backend.erf32``'s
-    polynomials (11 and 19 coefficients, highest first), its operations in its order, so its
-    bits. Horner's steps spelt out and the three cases selected, not branched to, so that
-    LLVM vectorises the loops that inline it."""
-    xd = numba.float64(v)
-    ax = abs(xd)
-    u = xd * xd
-    p = small[0]
-    p = p * u + small[1]
-    p = p * u + small[2]
-    p = p * u + small[3]
-    p = p * u + small[4]
-    p = p * u + small[5]
-    p = p * u + small[6]
-    p = p * u + small[7]
-    p = p * u + small[8]
-    p = p * u + small[9]
-    p = p * u + small[10]
-    t = (ax - 2.5) * (2.0 / 3.0)
-    q = tail[0]
-    q = q * t + tail[1]
-    q = q * t + tail[2]
-    q = q * t + tail[3]
-    q = q * t + tail[4]
-    q = q * t + tail[5]
-    q = q * t + tail[6]
-    q = q * t + tail[7]
-    q = q * t + tail[8]
-    q = q * t + tail[9]
-    q = q * t + tail[10]
-    q = q * t + tail[11]
-    q = q * t + tail[12]
-    q = q * t + tail[13]
-    q = q * t + tail[14]
-    q = q * t + tail[15]
-    q = q * t + tail[16]
-    q = q * t + tail[17]
-    q = q * t + tail[18]
-    sign = 1.0 if xd > 0 else -1.0
-    r = sign * (1.0 - e * q) if ax < 4.0 else (xd if xd != xd else sign)
-    return numba.float32(xd * p if ax < 1.0 else r)
+def _erf32_of(v, near, mid, tail, ends):
+    """erf of float32 ``v`` in float32 arithmetic: ``_backend.erf32``'s three polynomials
+    (``near``, ``mid``, ``tail``: 7, 11 and 11 coefficients, highest first) and pieces
+    (``ends``: 1, 2.25, ERF32_ONE, then the centres 1.625 and 3), its operations in its order,
+    so its bits. Horner's steps spelt out, the near piece and the farther one (mid's or tail's
+    coefficients, picked per step: one polynomial's work for the two) computed, then selected,
+    not branched to, so that LLVM vectorises the loops that inline it (8 lanes)."""
+    one = numba.float32(1)
+    a = abs(v)
+    u = v * v
+    q = near[0]
+    q = q * u + near[1]
+    q = q * u + near[2]
+    q = q * u + near[3]
+    q = q * u + near[4]
+    q = q * u + near[5]
+    q = q * u + near[6]
+    small = v + v * q
+    m = a < ends[1]
+    t = a - (ends[3] if m else ends[4])
+    p = mid[0] if m else tail[0]
+    p = p * t + (mid[1] if m else tail[1])
+    p = p * t + (mid[2] if m else tail[2])
+    p = p * t + (mid[3] if m else tail[3])
+    p = p * t + (mid[4] if m else tail[4])
+    p = p * t + (mid[5] if m else tail[5])
+    p = p * t + (mid[6] if m else tail[6])
+    p = p * t + (mid[7] if m else tail[7])
+    p = p * t + (mid[8] if m else tail[8])
+    p = p * t + (mid[9] if m else tail[9])
+    p = p * t + (mid[10] if m else tail[10])
+    big = one - p
+    big = big if a < ends[2] else one
+    big = -big if v < numba.float32(0) else big
+    res = small if a < ends[0] else big
+    return v if v != v else res
 
 
 @numba.njit(**_OPTS)
-def erf32(x, e, out, small, tail):
-    """``out = erf(x)`` for flat float32 arrays, ``e = exp(-x²)`` in float64."""
+def erf32(x, out, near, mid, tail, ends):
+    """``out = erf(x)`` for flat float32 arrays (:func:`_erf32_of`)."""
     for i in range(x.size):
-        out[i] = _erf32_of(x[i], e[i], small, tail)
+        out[i] = _erf32_of(x[i], near, mid, tail, ends)
 
 
 @numba.njit(**_OPTS)
-def gelu32_arg(x, e, c):
-    """``e = -(v * v)`` in float64, ``v = x * c`` in float32 (GELU's erf argument, ``c`` the
-    float32 1/√2), for flat float32 arrays."""
-    for i in range(x.size):
-        v = numba.float64(x[i] * c)
-        e[i] = -(v * v)
-
-
-@numba.njit(**_OPTS)
-def gelu32(x, e, out, small, tail, c, half, one):
+def gelu32(x, out, near, mid, tail, ends, c, half, one):
     """``out = (half * x) * (one + erf(x * c))`` in float32 (``ops.elementwise``'s exact GELU,
-    its operations in its order), ``e`` from :func:`gelu32_arg` after exp."""
+    its operations in its order, ``c`` the float32 1/√2), for flat float32 arrays."""
     for i in range(x.size):
         xi = x[i]
-        out[i] = (half * xi) * (one + _erf32_of(xi * c, e[i], small, tail))
+        out[i] = (half * xi) * (one + _erf32_of(xi * c, near, mid, tail, ends))
 
 
 @numba.njit(**_OPTS)
-def gelu32_grad_args(x, e, a, c, mhalf):
-    """GELU's gradient's two exp arguments: ``e`` as :func:`gelu32_arg`, ``a = (x * x) *
-    mhalf`` in float32 (``mhalf`` -1/2)."""
+def gelu32_grad_arg(x, a, mhalf):
+    """``a = (x * x) * mhalf`` in float32 (``mhalf`` -1/2): the argument of GELU's gradient's
+    exp."""
     for i in range(x.size):
         xi = x[i]
-        v = numba.float64(xi * c)
-        e[i] = -(v * v)
         a[i] = (xi * xi) * mhalf
 
 
 @numba.njit(**_OPTS)
-def gelu32_grad(g, x, e, p, out, small, tail, c, half, one, c2):
+def gelu32_grad(g, x, p, out, near, mid, tail, ends, c, half, one, c2):
     """``out = g * (cdf + x * pdf)``, ``cdf = (erf(x * c) + one) * half``, ``pdf = p * c2``
     (``p = exp((x * x) * -1/2)``, ``c2`` the float32 1/√(2π)), in float32: ``ops.elementwise``'s
     exact GELU VJP, its operations in its order."""
     for i in range(x.size):
         xi = x[i]
-        cdf = (_erf32_of(xi * c, e[i], small, tail) + one) * half
+        cdf = (_erf32_of(xi * c, near, mid, tail, ends) + one) * half
         out[i] = g[i] * (cdf + xi * (p[i] * c2))
 
 

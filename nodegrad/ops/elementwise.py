@@ -395,7 +395,7 @@ def _gelu_fwd(xp, x, approximate):
     if approximate == "tanh":
         return 0.5 * x * (1 + xp.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
     x = xp.asarray(x)  # a Python number too, as every elementwise primitive takes
-    out = B.gelu32(x, _INV_SQRT2)  # the same operations in three passes, where numba is loaded
+    out = B.gelu32(x, _INV_SQRT2)  # the same operations in one loop, where numba is loaded
     if out is not None:
         return out
     return 0.5 * x * (1 + B.backend_of(x).erf(x * _INV_SQRT2))
