@@ -159,7 +159,8 @@ def test_a_small_product_keeps_the_users_threads_while_blas_workers_are_awake(mo
 
 def test_a_wide_layers_products_run_transposed_with_the_same_values():
     """linear_product: a layer LINEAR_WIDE times wider than its batch takes (W xᵀ)ᵀ, F-ordered,
-    with the bytes of x Wᵀ (x C-ordered); a narrower one the plain product, C-ordered. The next
+    with the bytes of x Wᵀ (x C-ordered) on the SkylakeX-family kernels, within rounding on
+    others; a narrower one the plain product, C-ordered. The next
     layer's input gradient (linear_input_grad) takes the layout of its input, (Wᵀ gᵀ)ᵀ for an
     F-ordered one, with the values of g W."""
     from nodegrad import _backend as B
@@ -172,7 +173,10 @@ def test_a_wide_layers_products_run_transposed_with_the_same_values():
         wide = width >= B.LINEAR_WIDE * rows
         z = B.linear_product(x, w)
         wt = np.ascontiguousarray(w.T) if B.linear_copies_weight(x, w) else w.T
-        assert z.tobytes() == (x @ wt).tobytes()  # the same bits, in logical order
+        if B._small_kernels() or not wide:  # the same bits, in logical order
+            assert z.tobytes() == (x @ wt).tobytes()
+        else:  # other kernels (Haswell's) may round the transposed product otherwise
+            np.testing.assert_allclose(z, x @ wt, rtol=1e-5, atol=1e-3)
         assert z.flags.f_contiguous if wide else z.flags.c_contiguous
         # the next layer, from width inputs to k outputs: its input gradient takes z's layout
         g, wl = rng.standard_normal((rows, k), np.float32), w.T.copy()
@@ -855,8 +859,10 @@ def test_a_strided_input_gradient_folds_with_the_numpy_bits(case, monkeypatch):
         g = rng.standard_normal((shape[0], ws[0]) + out).astype(dt)
         w = rng.standard_normal(ws).astype(dt)
         monkeypatch.setattr(B, "_kernels", False)
-        want = conv._input_grad_strided(np, g, w, s, p, d, shape)
+        monkeypatch.setattr(B._BlasThreads, "awake_left", 0)  # each at one point of the
+        want = conv._input_grad_strided(np, g, w, s, p, d, shape)  # products' thread count
         monkeypatch.setattr(B, "_kernels", None)
+        monkeypatch.setattr(B._BlasThreads, "awake_left", 0)
         assert B.cpu_kernels() is not None
         got = conv._input_grad_strided(np, g, w, s, p, d, shape)
         assert got.shape == want.shape == shape and got.dtype == want.dtype

@@ -21,6 +21,7 @@ op_db = pytorch_database("common_methods_invocations", "op_db")
 SAMPLES = 40  # the first samples of each operator (most have fewer)
 RANDOM = "random: values differ by design"
 UNINITIALISED = "uninitialised memory: values may or may not differ"
+BY_CPU = "PyTorch's kernel depends on the CPU: values may or may not differ"
 KNOWN = {
     # random number generators: the same distribution, other draws
     **{name: RANDOM for name in (
@@ -88,6 +89,10 @@ KNOWN = {
        for name in ("complex", "view_as_complex")},
     "nn.functional.soft_margin_loss:float16": "PyTorch's float16 loss overflows to inf where "
                                               "log(1 + e^-yx) is finite (nodegrad's, stable)",
+    **{f"nn.functional.{name}:float16": f"{BY_CPU} (on AVX2 its float16 transposed "
+                                        "convolution is up to 2 ulp from the float32 value "
+                                        "rounded, which nodegrad's is)"
+       for name in ("conv_transpose2d", "conv_transpose3d")},
     "nn.functional.embedding:float16": "sparse=True: nodegrad's gradients are dense",
     "nn.functional.embedding_bag:float16": "sparse=True: nodegrad's gradients are dense",
 }
@@ -139,7 +144,7 @@ def test_opinfo_samples_match_pytorch(op, dtype_name):
         elif key in KNOWN:
             return
     if key in KNOWN:
-        if KNOWN[key] != UNINITIALISED:
+        if KNOWN[key] != UNINITIALISED and not KNOWN[key].startswith(BY_CPU):
             assert bad, f"{key} now agrees with PyTorch: remove it from KNOWN ({KNOWN[key]})"
         return
     assert not bad, "\n".join(bad)

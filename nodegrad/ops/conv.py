@@ -272,8 +272,9 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
     C-long runs (~1.5x faster at 16 channels). With one or two spatial axes and numba loaded,
     the products go into one stack and one numba pass adds them up (:func:`._backend.fold_taps`:
     the same adds in the same order, so the same bits, without the padded buffer; J3's second
-    layer: ~130 against ~180 µs); with one axis the rows go batch first (a view of a
-    channels-last gradient) and the result comes out channels-last."""
+    layer: ~130 against ~180 µs). With one axis the rows go batch first (a view of a
+    channels-last gradient), with numba or without (the products' rows in one order: a BLAS
+    may round a row by its place), and the result comes out channels-last."""
     nd = g.ndim - 2
     n, c = shape[:2]
     out = tuple(g.shape[2:])
@@ -297,16 +298,27 @@ def _input_grad_strided(xp, g, w, stride, padding, dilation, shape):
             return buf.transpose(0, 2, 1)                                  # (N, C, L)
         if buf is not None:  # (L0, L1, N, C)
             return buf.transpose((nd, nd + 1) + tuple(range(nd)))          # (N, C, *spatial)
-    rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])  # (P·N, O)
+    # each tap's product on the fold's rows (a BLAS's bits may depend on a row's place in
+    # the product: OpenBLAS's Haswell kernels), added into a zeroed padded buffer in tap order
+    # as the fold adds them: the same bits, with numba or without
+    if nd == 1 and type(g) is B.ndarray:
+        rows, lead, first = _channels_last(g).reshape(-1, g.shape[1]), (n,), 1  # (N·P, O)
+    else:
+        rows = g.transpose(tuple(range(2, 2 + nd)) + (0, 1)).reshape(-1, g.shape[1])
+        lead, first = (), 0                                                # (P·N, O)
     padded = tuple(s + 2 * p for s, p in zip(shape[2:], padding))
+    tail = () if first else (n,)
     buf = None
-    for t, wt in zip(taps, wts):  # each tap's product as the fold's (the same bits)
-        part = B.matmul_row_blocks(rows, wt).reshape(out + (n, c))
+    for t, wt in zip(taps, wts):
+        part = B.matmul_row_blocks(rows, wt).reshape(lead + out + tail + (c,))
         if buf is None:
-            buf = xp.zeros(padded + (n, c), dtype=part.dtype)
-        buf[tuple(slice(ti * d, ti * d + s * (m - 1) + 1, s)
-                  for ti, m, s, d in zip(t, out, stride, dilation))] += part
-    buf = buf[tuple(slice(p, p + s) for p, s in zip(padding, shape[2:]))]
+            buf = xp.zeros(lead + padded + tail + (c,), dtype=part.dtype)
+        buf[(slice(None),) * first + tuple(slice(ti * d, ti * d + s * (m - 1) + 1, s) for ti,
+                                           m, s, d in zip(t, out, stride, dilation))] += part
+    buf = buf[(slice(None),) * first + tuple(slice(p, p + s)
+                                             for p, s in zip(padding, shape[2:]))]
+    if first:  # (N, L, C)
+        return buf.transpose(0, 2, 1)                                      # (N, C, L)
     return buf.transpose((nd, nd + 1) + tuple(range(nd)))                  # (N, C, *spatial)
 
 
