@@ -8,7 +8,7 @@ formula (no optax dependency). Only imported in a worker when ``jax`` is install
 
 from __future__ import annotations
 
-from . import conv, gru_step, mlp, mlp_large, overhead, per_example
+from . import conv, gru_step, mlp, mlp_large, overhead, per_example, transformer
 
 
 def _jax():
@@ -57,6 +57,26 @@ def _adam(lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
         return params, (m, v, t)
 
     return init, update
+
+
+def _adamw(lr: float, decay: dict, weight_decay: float, max_norm: float,
+           b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    """PyTorch's ``clip_grad_norm_`` (the gradients times min(1, max_norm / (‖g‖ + 1e-6)),
+    ‖g‖ the norm of all of them) then AdamW: p *= 1 - lr · wd where ``decay[key]``, then Adam's
+    update."""
+    adam_init, adam_update = _adam(lr, b1, b2, eps)
+
+    def update(jax, params, grads, state):
+        import jax.numpy as jnp
+
+        leaves = jax.tree_util.tree_leaves(grads)
+        norm = jnp.sqrt(sum((g * g).sum() for g in leaves))
+        coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g * coef, grads)
+        params = {k: p * (1 - lr * weight_decay) if decay[k] else p for k, p in params.items()}
+        return adam_update(jax, params, grads, state)
+
+    return adam_init, update
 
 
 def _train(loss_fn, params: dict, opt, x, y):
@@ -197,3 +217,41 @@ def per_example_grads(d: dict):
     p = {k: jnp.asarray(v) for k, v in d.items() if k[0] in "wb"}
     x, y = jnp.asarray(d["x"]), jnp.asarray(d["y"])
     return lambda: norms(p, x, y).block_until_ready()
+
+
+def gpt_adamw(d: dict):
+    """J9: W9's GPT (4 blocks of 128, 4 heads, context 64, exact GELU, causal attention, the
+    embedding tied to the output), cross-entropy, gradients clipped to norm 1, AdamW lr 1e-3
+    with weight decay 0.1 on the matrices."""
+    jax, jnp = _jax()
+    H, C, V = transformer.HEADS, transformer.WIDTH, transformer.VOCAB
+
+    def layer_norm(x, w, b):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / jnp.sqrt(var + 1e-5) * w + b
+
+    def linear(p, name, x):
+        return x @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+
+    def loss(p, x, y):
+        B, L = x.shape
+        h = p["wte.weight"][x] + p["wpe.weight"][:L]
+        causal = jnp.tril(jnp.ones((L, L), bool))
+        for i in range(transformer.LAYERS):
+            b = f"h.{i}."
+            qkv = linear(p, b + "attn", layer_norm(h, p[b + "ln1.weight"], p[b + "ln1.bias"]))
+            q, k, v = (z.reshape(B, L, H, C // H).transpose(0, 2, 1, 3)
+                       for z in jnp.split(qkv, 3, axis=-1))
+            att = (q @ k.transpose(0, 1, 3, 2)) / jnp.sqrt(jnp.float32(C // H))
+            att = jax.nn.softmax(jnp.where(causal, att, -jnp.inf), axis=-1)
+            h = h + linear(p, b + "proj", (att @ v).transpose(0, 2, 1, 3).reshape(B, L, C))
+            f = linear(p, b + "fc", layer_norm(h, p[b + "ln2.weight"], p[b + "ln2.bias"]))
+            h = h + linear(p, b + "out", jax.nn.gelu(f, approximate=False))
+        logits = layer_norm(h, p["lnf.weight"], p["lnf.bias"]) @ p["wte.weight"].T
+        return _xent(jnp, jax, logits.reshape(-1, V), y.reshape(-1))
+
+    keys = [k for k, _ in transformer._shapes()]
+    ps = {k: d[k] for k in keys}
+    opt = _adamw(1e-3, {k: d[k].ndim >= 2 for k in keys}, 0.1, 1.0)
+    return _train(loss, ps, opt, d["x"], d["y"])

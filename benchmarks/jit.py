@@ -1,9 +1,10 @@
-"""J1-J5, J8: the W1-W5 and W8 steps under ``nodegrad.jit`` (captured once, then replayed).
+"""J1-J5, J8, J9: the W1-W5, W8 and W9 steps under ``nodegrad.jit`` (captured once, then replayed).
 
-Same data, weights and PyTorch step as W1-W5/W8; the floor column is nodegrad eager, so its
+Same data, weights and PyTorch step as W1-W5/W8/W9; the floor column is nodegrad eager, so its
 ratio is jit / eager, and the JAX column (when ``jax`` is installed) is JAX's ``jit`` of the
-same step from the same weights (``benchmarks/jax_steps.py``). J1-J4 jit the whole training
-step (forward, backward, optimiser update, zero_grad) with ``state=(model, opt)``; J4's GRU runs
+same step from the same weights (``benchmarks/jax_steps.py``). J1-J4 and J9 jit the whole
+training step (forward, backward, optimiser update, zero_grad; J9's gradient clipping too) with
+``state=(model, opt)``; J4's GRU runs
 its 40 steps as one ``lax.scan``; J5 jits ``value_and_grad`` of the 100-op chain and J8
 ``vmap(grad(loss))`` with the squared norms, as JAX users write them. The ``1st`` column is
 the first call (trace and compile) of nodegrad and JAX.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from . import conv, gru_step, jax_steps, mlp, mlp_large, overhead, per_example
+from . import conv, gru_step, jax_steps, mlp, mlp_large, overhead, per_example, transformer
 from ._harness import Workload, main
 
 
@@ -82,6 +83,29 @@ def per_example_jit(d: dict):
         return total
 
     return lambda: norms(params, x, y)
+
+
+def gpt_jit(d: dict):
+    """W9's GPT step under jit, written as W9's: zero_grad, backward, clip, AdamW."""
+    import nodegrad as ng
+
+    model = transformer._gpt(ng, d)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    opt = ng.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                          {"params": other, "weight_decay": 0.0}], lr=1e-3)
+
+    @ng.jit(state=(model, opt))
+    def step(x, y):
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ng.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    x, y = ng.from_numpy(d["x"]), ng.from_numpy(d["y"])
+    return lambda: step(x, y)
 
 
 def conv_jit(d: dict, spec: dict):
@@ -180,6 +204,14 @@ def per_example_eager(d: dict):
     return per_example.nodegrad_vmap(d)
 
 
+def gpt_torch(d: dict):
+    return transformer.torch_step(d)
+
+
+def gpt_eager(d: dict):
+    return transformer.nodegrad_step(d)
+
+
 # the floor: nodegrad eager, in a worker warmed up as the W workloads' nodegrad workers are
 _EAGER = {"floor_name": "nodegrad eager", "floor_framework": "nodegrad"}
 WORKLOADS = [
@@ -204,6 +236,9 @@ WORKLOADS = [
     Workload("J8", "W8 under jit (per-example grads, vmap(grad))", per_example.make_data,
              per_example_jit, per_example_torch, per_example_eager, **_EAGER,
              jax=jax_steps.per_example_grads),
+    Workload("J9", "W9 under jit (GPT 4 x 128, context 64, AdamW, clipped)",
+             transformer.make_data, gpt_jit, gpt_torch, gpt_eager, **_EAGER,
+             jax=jax_steps.gpt_adamw),
 ]
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ FRESH = set(_UFUNC) | {"copy", "relu", "sigmoid", "sum", "mean", "where", "relu_
                        "log2", "log10", "reciprocal", "rsqrt", "log_softmax", "softmax",
                        "logsumexp", "silu", "silu_grad", "mish", "mish_grad", "glu", "hardswish",
                        # a new array or a view of one the op made, never of an input
-                       "linear", "conv", "conv_input_grad", "conv_weight_grad", "matmul_t"}
+                       "linear", "conv", "conv_input_grad", "conv_weight_grad", "matmul_t",
+                       "join_scatters"}
 
 
 # --- alias classes --------------------------------------------------------------------------
@@ -309,6 +310,114 @@ def plan_memory(prog, instrs: list) -> Plan:
         for spec, b in release.pop(k, ()):
             free.setdefault(spec, []).append(b)
     return plan
+
+
+def _slab(index, shape) -> tuple[int, int, int] | None:
+    """``(axis, start, stop)`` when ``x[index]`` of an array of ``shape`` is a slab of whole
+    rows along one axis (full slices elsewhere, a step of 1): a piece of a ``split``."""
+    index = index if type(index) is tuple else (index,)
+    if any(type(i) is not slice and i is not Ellipsis for i in index):
+        return None  # an int, an index array, None
+    dots = [k for k, i in enumerate(index) if i is Ellipsis]
+    if len(dots) == 1:
+        k = dots[0]
+        index = index[:k] + (slice(None),) * (len(shape) - len(index) + 1) + index[k + 1:]
+    index += (slice(None),) * (len(shape) - len(index))
+    if len(index) != len(shape):
+        return None
+    found = None
+    for ax, (i, n) in enumerate(zip(index, shape)):
+        if type(i) is not slice or i.step not in (None, 1):
+            return None
+        start, stop, _ = i.indices(n)
+        if (start, stop) == (0, n):
+            continue
+        if found is not None or start >= stop:
+            return None
+        found = (ax, start, stop)
+    return found
+
+
+def join_scatters(prog, instrs: list) -> list:
+    """A sum of ``scatter_add``s into zeros whose pieces tile the array along one axis (the
+    gradient of ``split``/``chunk``: attention's q, k, v from one projection) becomes one
+    ``join_scatters``: the pieces concatenated, then ``+ 0.0``. The same bits: each element is
+    its piece's value plus zeros (``-0.0`` becomes ``0.0``, as ``0.0 + -0.0``), and the sum
+    allocates and fills one array instead of one zeroed array per piece and the adds between
+    them (J9's attention: ~0.7 against ~0.1 ms a layer)."""
+    values = getattr(prog, "values", {})
+    if prog.backend is None or prog.backend.xp is not B.np:
+        return instrs
+    outs = set(prog.out_slots)
+    made: dict[int, Instr] = {}
+    readers: dict[int, int] = {}
+    for i in instrs:
+        for a in i.ins:
+            readers[a] = readers.get(a, 0) + 1
+        if i.out is not None:
+            made[i.out] = i
+
+    def one_use(s: int) -> bool:
+        return readers.get(s) == 1 and s not in outs
+
+    def pieces(s: int, shape) -> list | None:
+        """The scatters an add tree at slot ``s`` sums, each used by the tree alone."""
+        i = made.get(s)
+        if i is None or i.kind != "op":
+            return None
+        if i.name == "scatter_add" and len(i.ins) == 1 and isinstance(i.params, dict):
+            if i.params.get("shape") != shape:
+                return None
+            cut = _slab(i.params.get("index"), shape)
+            return None if cut is None else [(cut, i)]
+        if i.name == "add" and not i.params and len(i.ins) == 2 and all(
+                one_use(a) for a in i.ins) and i.ins[0] != i.ins[1]:
+            left, right = pieces(i.ins[0], shape), pieces(i.ins[1], shape)
+            if left is not None and right is not None:
+                return left + right + [(None, i)]
+        return None
+
+    replace: dict[int, Instr] = {}
+    drop: set[int] = set()
+    for i in reversed(instrs):
+        if i.kind != "op" or i.name != "add" or id(i) in drop or i.params:
+            continue
+        out = values.get(i.out)
+        if type(out) is not B.np.ndarray or out.dtype.kind != "f":
+            continue
+        found = pieces(i.out, tuple(out.shape))
+        if found is None:
+            continue
+        cuts = sorted(((c, j) for c, j in found if c is not None), key=lambda t: t[0])
+        axis = cuts[0][0][0]
+        end = 0
+        for (ax, start, stop), j in cuts:
+            g = values.get(j.ins[0])
+            want = out.shape[:ax] + (stop - start,) + out.shape[ax + 1:]
+            if ax != axis or start != end or type(g) is not B.np.ndarray or (
+                    g.dtype != out.dtype or g.shape != want):
+                break
+            end = stop
+        else:
+            if end != out.shape[axis]:
+                continue
+            concatenate, add = B.np.concatenate, B.np.add
+
+            def joined(*gs, axis=axis):
+                r = concatenate(gs, axis)
+                add(r, 0.0, out=r)
+                return r
+
+            joined.converts = False
+            joined.fast = joined
+            replace[id(i)] = Instr("op", "join_scatters", joined,
+                                   tuple(j.ins[0] for _, j in cuts), i.out,
+                                   params={"axis": axis})
+            drop.update(id(j) for _, j in found if j is not i)
+    if not replace:
+        return instrs
+    prog.stats["joined_scatters"] = len(replace)
+    return [replace.get(id(i), i) for i in instrs if id(i) not in drop]
 
 
 def fold_transposes(prog, instrs: list) -> list:

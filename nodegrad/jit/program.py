@@ -52,6 +52,7 @@ class Program:
 
             self.values = values or {}  # the traced arrays (kernels are compiled for them)
             instrs = passes.optimise(self, instrs)
+            instrs = passes.join_scatters(self, instrs)
             if fuse:
                 from . import fuse as F
 
