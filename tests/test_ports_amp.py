@@ -99,7 +99,7 @@ def test_autocast_mlp_training_loop_matches_torch(dtype):
     compare(ref, got)
 
 
-# --- 2. a CNN under bfloat16 autocast with BatchNorm, pooling and Adam ------------------------
+# --- 2. a CNN under bfloat16 autocast with BatchNorm, pooling and SGD with momentum --------
 
 def cnn(lib):
     nn = lib.nn
@@ -110,18 +110,23 @@ def cnn(lib):
 def autocast_cnn(lib, steps=3):
     F = lib.nn.functional
     model = init_from_torch(cnn, lib)
-    opt = lib.optim.Adam(model.parameters(), lr=1e-2)
+    # SGD, not Adam: Adam's first step moves each weight by ±lr whatever the gradient's size,
+    # so a tiny bfloat16 gradient whose sign is rounding noise (PyTorch's kernels differ by CPU)
+    # would move it by 2·lr; SGD moves it by its gradient
+    opt = lib.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = lib.tensor(IMG), lib.tensor(Y[:4])
     rec = []
-    for _ in range(steps):
+    for step in range(steps):
         opt.zero_grad()
         with lib.autocast("cpu", dtype=lib.bfloat16):
             c = model[0](x)
             h = model[1](c)
             out = model[2:](h)
             loss = F.cross_entropy(out, y)
+        # the first step's convolution (the same weights) bit for bit; later ones follow weights
+        # that agree to ~1e-2 (PyTorch's bfloat16 weight gradient depends on the CPU's kernels)
         rec += [("dtype", dt(c)), ("dtype", dt(h)), ("dtype", dt(out)), ("dtype", dt(loss)),
-                ("exact conv", f32(c)), ("loss", f32(loss))]
+                ("exact conv" if step == 0 else "conv", f32(c)), ("loss", f32(loss))]
         loss.backward()
         rec += [("dtype", dt(model[0].weight.grad)), ("grad", f32(model[0].weight.grad))]
         opt.step()
@@ -239,7 +244,11 @@ def autocast_lstm(lib, steps=3):
 
 
 def test_autocast_lstm_matches_torch():
-    ref, got = autocast_lstm(torch), autocast_lstm(ng)
+    try:
+        ref = autocast_lstm(torch)
+    except RuntimeError as e:  # oneDNN's bfloat16 LSTM needs CPU instructions some CPUs lack
+        pytest.skip(f"PyTorch cannot run its bfloat16 LSTM on this CPU: {e}")
+    got = autocast_lstm(ng)
     compare(ref, got, tol=2e-2)
 
 

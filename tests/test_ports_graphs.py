@@ -1034,7 +1034,9 @@ def gin(lib):
 
 
 def test_gin_learnable_eps_jumping_knowledge():
-    both(gin)
+    # four Adam steps through batch norms carry the BLASes' float64 rounding (OpenBLAS's and
+    # PyTorch's kernels differ by CPU) to ~1e-10 in a bias: 1e-8
+    both(gin, tol=1e-8)
 
 
 # --- 12. DGCNN EdgeConv (kNN graph by topk) and PointNet++ sampling and grouping ----------------

@@ -1929,8 +1929,12 @@ def test_float32(float32, monkeypatch, test, args):
     rounding of a small gradient element (1e-8 of 3e-4) shows at 4e-5; Muon's float64
     Newton-Schulz step added to float32 weights is a mixed-dtype add, which nodegrad refuses
     by design (``.to(p.dtype)`` first)."""
-    monkeypatch.setitem(globals(), "TOL", 2e-5)
-    monkeypatch.setitem(globals(), "RESUME", 2e-5)
+    # Adan's betas here (0.02, 0.08, 0.01) make each step nearly m/|m|: a float32 gradient
+    # element near 0, whose rounding depends on the BLAS (OpenBLAS's and PyTorch's kernels differ
+    # by CPU), moves its weight by another amount (1.2e-4 seen): 2e-4 there
+    tol = 2e-4 if test is test_adan_restart_condition else 2e-5
+    monkeypatch.setitem(globals(), "TOL", tol)
+    monkeypatch.setitem(globals(), "RESUME", tol)
     test(*args)
 
 
