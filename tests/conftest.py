@@ -61,6 +61,20 @@ def _torch_distributions_validate():
         dists.Distribution.set_default_validate_args(True)
 
 
+@pytest.fixture(params=["numpy", "numba"])
+def cpu_kernels(request, monkeypatch):
+    """Runs a test with _backend's numba loops off, then on (as where numba is imported)."""
+    from nodegrad import _backend as B
+
+    if request.param == "numpy":
+        monkeypatch.setattr(B, "_kernels", False)
+    else:
+        pytest.importorskip("numba")
+        monkeypatch.setattr(B, "_kernels", None)
+        assert B.cpu_kernels() is not None
+    return request.param
+
+
 @pytest.fixture
 def rng():
     """A NumPy generator with a fixed seed, fresh for each test."""

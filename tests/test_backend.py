@@ -361,20 +361,6 @@ def test_a_bias_gradients_sum_matches_numpy(shape, axis):
                 np.testing.assert_allclose(got, exact, rtol=tol, atol=tol * shape[0])
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def cpu_kernels(request, monkeypatch):
-    """Runs a test with _backend's numba loops off, then on (as where numba is imported)."""
-    from nodegrad import _backend as B
-
-    if request.param == "numpy":
-        monkeypatch.setattr(B, "_kernels", False)
-    else:
-        pytest.importorskip("numba")
-        monkeypatch.setattr(B, "_kernels", None)
-        assert B.cpu_kernels() is not None
-    return request.param
-
-
 def test_relu_equals_numpys_maximum_in_every_layout(cpu_kernels):
     """The same bytes and the same strides as np.maximum(x, 0), against kept zeros or in the
     numba loop: C-ordered, channels-last, Fortran, reversed, strided, broadcast, small,

@@ -43,19 +43,7 @@ def _sample() -> np.ndarray:
     return np.concatenate([x, -x])
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def kernels(request, monkeypatch):
-    """Runs a test with _backend's numba loops off, then on (as where numba is imported)."""
-    if request.param == "numpy":
-        monkeypatch.setattr(B, "_kernels", False)
-    else:
-        pytest.importorskip("numba")
-        monkeypatch.setattr(B, "_kernels", None)
-        assert B.cpu_kernels() is not None
-    return request.param
-
-
-def test_erf32_is_within_an_ulp_odd_and_keeps_the_special_values(kernels):
+def test_erf32_is_within_an_ulp_odd_and_keeps_the_special_values(cpu_kernels):
     """On a dense sample of every binade, the pieces' ends and the special values: within 1 ulp
     of the correctly rounded erf (the exhaustive check is the slow test below), erf(-x) is
     -erf(x) to the bit, ±0 keeps its sign, ±inf and everything from ERF32_ONE on give ±1, NaN
@@ -110,7 +98,7 @@ def test_erf32_loop_and_numpy_form_give_the_same_bits():
         assert np.array([got]).tobytes() == B._erf32_numpy(np.array([v])).tobytes()
 
 
-def test_float32_erf_never_calls_scipy_and_other_dtypes_keep_theirs(kernels, monkeypatch):
+def test_float32_erf_never_calls_scipy_and_other_dtypes_keep_theirs(cpu_kernels, monkeypatch):
     """Host float32 erf is erf32 at every size, with or without numba (the same bits); float64
     stays SciPy's to the bit and float16 SciPy's rounded, as before."""
     rng = np.random.default_rng(7)

@@ -24,6 +24,7 @@ import nodegrad as ng
 from nodegrad import nn, optim
 from nodegrad.nn import functional as F
 # (an autouse fixture: slow cases skip unless asked for, the default dtype is restored)
+from tests.test_jit_ports_compile import _arrays, _close
 from tests.test_jit_real_steps import _restore_dtype  # noqa: F401
 
 VOCAB = 19
@@ -71,18 +72,6 @@ class Wrap:
         return out
 
 
-def _arrays(x) -> list:
-    if x is None:
-        return [None]
-    if isinstance(x, ng.Tensor):
-        return [x.detach().numpy().copy()]
-    if isinstance(x, tuple | list):
-        return [a for o in x for a in _arrays(o)]
-    if isinstance(x, dict):
-        return [a for k in sorted(x) for a in _arrays(x[k])]
-    return [np.asarray(x).copy()]
-
-
 def snap(model: nn.Module, *values, opt: optim.Optimizer | None = None) -> list:
     """The values given, the model's state dict, every parameter's gradient and the
     optimiser's state and learning rates."""
@@ -96,18 +85,6 @@ def snap(model: nn.Module, *values, opt: optim.Optimizer | None = None) -> list:
                 s += _arrays(sd["state"][k][name])
         s.append(np.array([g["lr"] for g in opt.param_groups]))
     return s
-
-
-def _close(a, b, exact: bool, where: str) -> None:
-    if a is None or b is None:
-        assert a is None and b is None, f"{where}: {a} against {b}"
-        return
-    assert a.shape == b.shape and a.dtype == b.dtype, f"{where}: {a.shape} {b.shape}"
-    if exact or a.dtype.kind not in "fc":
-        assert a.tobytes() == b.tobytes(), f"{where}: {a} != {b}"
-    else:
-        rtol = 1e-6 if a.dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol, err_msg=where)
 
 
 def compare(program: Callable[[Wrap], list], mode: str = "jit", fuse: bool | None = False,
