@@ -89,21 +89,8 @@ def gpt_jit(d: dict):
     """W9's GPT step under jit, written as W9's: zero_grad, backward, clip, AdamW."""
     import nodegrad as ng
 
-    model = transformer._gpt(ng, d)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    opt = ng.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                          {"params": other, "weight_decay": 0.0}], lr=1e-3)
-
-    @ng.jit(state=(model, opt))
-    def step(x, y):
-        loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ng.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss
-
+    model, opt, eager = transformer.model_and_step(ng, d)
+    step = ng.jit(eager, state=(model, opt))
     x, y = ng.from_numpy(d["x"]), ng.from_numpy(d["y"])
     return lambda: step(x, y)
 

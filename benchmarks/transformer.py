@@ -85,15 +85,16 @@ def _gpt(lib, d: dict):
     return model
 
 
-def _step(lib, d: dict):
+def model_and_step(lib, d: dict):
+    """The model, its AdamW (decay on matrices only) and ``step(x, y)``: forward, zero_grad,
+    backward, clipping, update (J9 jits this same step)."""
     model = _gpt(lib, d)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = lib.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                            {"params": other, "weight_decay": 0.0}], lr=1e-3)
-    x, y = lib.from_numpy(d["x"]), lib.from_numpy(d["y"])
 
-    def step():
+    def step(x, y):
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -101,7 +102,13 @@ def _step(lib, d: dict):
         opt.step()
         return loss
 
-    return step
+    return model, opt, step
+
+
+def _step(lib, d: dict):
+    _, _, step = model_and_step(lib, d)
+    x, y = lib.from_numpy(d["x"]), lib.from_numpy(d["y"])
+    return lambda: step(x, y)
 
 
 def nodegrad_step(d: dict):

@@ -1115,9 +1115,6 @@ def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(x, 0, out=out)
 
 
-ERF32_LOOP_MIN = 1
-"""float32 elements from which :func:`erf32` runs numba's loop where numba is loaded: every
-array and scalar (a call costs ~4 µs, the NumPy form's ~30 calls ~50 µs; the same bits)."""
 # erf in float32 arithmetic (erf32): x + x·q(x²) for |x| < 1; 1 - P(|x| - 1.625) up to 2.25 and
 # 1 - R(|x| - 3) up to ERF32_ONE, P and R approximating erfc there; ±1 from ERF32_ONE on. The
 # polynomials were fitted by least squares on Chebyshev nodes (q weighted by 1/(1 + q), P and R
@@ -1188,7 +1185,7 @@ def erf32(x):
     a = np.asarray(x)
     if a.dtype != float32:
         raise TypeError(f"erf32: expected a float32 array, got {a.dtype}")
-    k = cpu_kernels() if a.size >= ERF32_LOOP_MIN else None
+    k = cpu_kernels() if a.size else None  # any size: ~4 µs a call, the NumPy form's ~50
     if k is None:
         out = _erf32_numpy(a)
     else:
@@ -1333,6 +1330,18 @@ def _last_axis_loopable(x, axis) -> bool:
     return axis == x.ndim - 1 and _loopable(x)
 
 
+def _shifted_rows(x, axis: int):
+    """The softmax loops' first pass: ``x`` less its rows' maxima, in a new array, with the
+    kernels, a zero of its dtype and the row length; None where :func:`_last_axis_loopable`
+    says no."""
+    if not _last_axis_loopable(x, axis):
+        return None
+    k, zero, n = cpu_kernels(), x.dtype.type(0), x.shape[-1]
+    z = np.empty(x.shape, x.dtype)
+    k.softmax_shift(x.reshape(-1), z.reshape(-1), n, zero)
+    return z, k, zero, n
+
+
 def softmax_last(x, axis: int):
     """``e / e.sum(axis, keepdims=True)``, ``e = exp(x - where(isfinite(m), m, 0))`` and ``m``
     the rows' maxima (ops.nn's softmax) over the last axis of a C-ordered float32/float64 NumPy
@@ -1340,12 +1349,11 @@ def softmax_last(x, axis: int):
     maximum and shifts it and one that sums and divides it, in the NumPy form's operations and
     order, so its bits (the rows summed in NumPy's pairwise order: ``_cpu_kernels._pairwise``).
     Three passes for the form's six, and no NumPy reduction over short rows (~0.1 µs a row)."""
-    if not _last_axis_loopable(x, axis):
+    shifted = _shifted_rows(x, axis)
+    if shifted is None:
         return None
-    k, zero, n = cpu_kernels(), x.dtype.type(0), x.shape[-1]
-    e = np.empty(x.shape, x.dtype)
+    e, k, zero, n = shifted
     flat = e.reshape(-1)
-    k.softmax_shift(x.reshape(-1), flat, n, zero)
     np.exp(flat, out=flat)
     k.softmax_divide(flat, n, zero)
     return e
@@ -1355,12 +1363,11 @@ def log_softmax_last(x, axis: int, log_pos):
     """``z - log_pos(e.sum(axis, keepdims=True))``, ``z`` the shifted ``x`` and ``e = exp(z)``
     (ops.nn's log_softmax, ``log_pos`` its log of the sums), as :func:`softmax_last`: NumPy's
     exp (and log of the sums) between loops that shift, sum and subtract."""
-    if not _last_axis_loopable(x, axis):
+    shifted = _shifted_rows(x, axis)
+    if shifted is None:
         return None
-    k, zero, n = cpu_kernels(), x.dtype.type(0), x.shape[-1]
-    z = np.empty(x.shape, x.dtype)
+    z, k, zero, n = shifted
     flat = z.reshape(-1)
-    k.softmax_shift(x.reshape(-1), flat, n, zero)
     s = np.empty(x.size // n, x.dtype)
     k.row_sums(np.exp(flat), s, n, zero)
     k.subtract_rows(flat, log_pos(np, s), n)
