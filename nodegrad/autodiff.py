@@ -1229,20 +1229,27 @@ def _raw_vjps(prim, n: Node, g, args, out, wanted) -> list | None:
         return None  # round once (bind), NumPy's float16 product rounds otherwise (jit's bits)
     datas = []
     for a in args:
+        t = type(a)
+        if t is Spec or t is float or t is int:  # (no getattr that fails: ~0.5 µs each)
+            datas.append(a)
+            continue
         d = getattr(a, "_data", a)
         if type(d) is _ndarray:
             if d.dtype != dt and d.dtype.kind not in "iub":
                 return None
-        elif hasattr(d, "shape") and not isinstance(a, Spec):
+        elif hasattr(d, "shape"):
             return None  # another device's array
         datas.append(d)
-    needs = tuple(p is not None and (wanted is None or p in wanted) for p in n.parents)
+    if wanted is None:
+        needs = tuple([p is not None for p in n.parents])
+    else:
+        needs = tuple([p is not None and p in wanted for p in n.parents])
     res = prim.vjp_raw(needs, gd, out, *datas, **n.params)
     if res is None:
         return None
     make = type(g).make
-    return [None if r is None else make(r if type(r) is _ndarray else backend_of(gd).asarray(r))
-            for r in res]
+    return [None if r is None else make(r) if type(r) is _ndarray else
+            make(backend_of(gd).asarray(r)) for r in res]
 
 
 #: Tensor.register_post_accumulate_grad_hook's hooks: id(leaf) -> (weak reference, hooks)

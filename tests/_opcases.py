@@ -83,7 +83,7 @@ ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "ge
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
           "conv_weight_grad", "cross_entropy", "cross_entropy_grad", "tanh_grad", "sigmoid_grad",
-          "gru_update", "gru_scan", "sin_grad", "cos_grad", "layer_norm")
+          "gru_update", "gru_scan", "sin_grad", "cos_grad", "layer_norm", "gelu_grad")
 
 
 @dataclass(frozen=True)
@@ -358,6 +358,9 @@ ew("softplus", ng.softplus, lambda x: F.softplus(x), "wide")
 ew("softplus_beta", lambda x: ng.softplus(x, beta=2.0, threshold=1.5),
    lambda x: F.softplus(x, beta=2.0, threshold=1.5), "softplus2", prims=("softplus",))
 ew("gelu", ng.gelu, lambda x: F.gelu(x), "wide")
+ew("gelu_grad", lambda g, x: P["gelu_grad"](g, x),
+   lambda g, x: g * ((torch.erf(x * (0.5 ** 0.5)) + 1) * 0.5
+                     + x * (torch.exp(x * x * -0.5) * (2 * math.pi) ** -0.5)), "real", "wide")
 ew("gelu_tanh", lambda x: ng.gelu(x, approximate="tanh"),
    lambda x: F.gelu(x, approximate="tanh"), "wide", prims=("gelu",))
 # selection
@@ -2668,6 +2671,7 @@ SCALAR_FORMS.update({
     "sin_grad": [lambda x: P["sin_grad"](x, 0.5), lambda x: P["sin_grad"](2.0, x)],
     "cos_grad": [lambda x: P["cos_grad"](x, 0.5), lambda x: P["cos_grad"](2.0, x)],
     "sigmoid_grad": [lambda x: P["sigmoid_grad"](x, 0.25), lambda x: P["sigmoid_grad"](2.0, x)],
+    "gelu_grad": [lambda x: P["gelu_grad"](x, 0.5), lambda x: P["gelu_grad"](2.0, x)],
     "atan2": [lambda x: ng.atan2(x, 1.5), lambda x: ng.atan2(0.5, x)],
     "hypot": [lambda x: ng.hypot(x, 2.0)],
     "copysign": [lambda x: ng.copysign(x, -1.0), lambda x: ng.copysign(2.0, x)],

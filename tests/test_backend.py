@@ -1201,10 +1201,10 @@ def jitted_training_equals_eager(model, optimizer, steps: int = 3, lr: float = 0
 
 
 def test_exact_gelu_loops_give_the_composite_bits(monkeypatch):
-    """Exact GELU's forward (one loop) and its first-order VJP (a loop after NumPy's exp) run
-    where numba is loaded, with the bits of the NumPy operations they replace (x·½·(1 +
-    erf(x/√2)) and the rules' g (Φ + x φ)), erf as float32 erf32 in both, with or without numba;
-    a jitted step (which replays the rules) equals eager."""
+    """Exact GELU's forward (one loop) and its VJP, the ``gelu_grad`` op (a loop after NumPy's
+    exp), run where numba is loaded, with the bits of the NumPy operations they replace (x·½·(1
+    + erf(x/√2)) and g (Φ + x φ)), erf as float32 erf32 in both, with or without numba; a jitted
+    step (whose trace records the same two ops) equals eager."""
     pytest.importorskip("numba")
     import importlib
 
@@ -1220,7 +1220,7 @@ def test_exact_gelu_loops_give_the_composite_bits(monkeypatch):
     g = rng.standard_normal(x.shape).astype(np.float32)
     monkeypatch.setattr(B, "_kernels", None)
     fast = E._gelu_fwd(np, x, "none")
-    dx = E._gelu_raw((True,), g, None, x, "none")[0]
+    dx = E._gelu_grad_fwd(np, g, x)
     with np.errstate(invalid="ignore"):
         rules = E._gelu_vjp(ng.tensor(g), None, ng.tensor(x), "none").numpy()
         monkeypatch.setattr(B, "_kernels", False)
@@ -1233,8 +1233,7 @@ def test_exact_gelu_loops_give_the_composite_bits(monkeypatch):
     for gv in (np.broadcast_to(np.float32(0.5), x.shape), np.asfortranarray(g)):  # a sum's g
         with np.errstate(invalid="ignore"):
             want = E._gelu_vjp(ng.tensor(np.array(gv)), None, ng.tensor(x), "none").numpy()
-        assert E._gelu_raw((True,), gv, None, x, "none")[0].tobytes() == want.tobytes()
-    assert E._gelu_raw((True,), g, None, x, "tanh") is None
+        assert E._gelu_grad_fwd(np, gv, x).tobytes() == want.tobytes()
     jitted_training_equals_eager(
         ng.nn.Sequential(ng.nn.Linear(30, 64), ng.nn.GELU(), ng.nn.Linear(64, 3)), ng.optim.SGD)
 

@@ -1006,6 +1006,24 @@ def test_tanh_and_sigmoid_gradients_fuse_bit_for_bit():
         assert "tanh_grad" in fused and "sigmoid_grad" in fused
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_the_exact_gelu_gradient_is_one_op_in_a_trace(fuse):
+    """A trace records the exact GELU's VJP as the one ``gelu_grad`` op eager's backward runs
+    (its float32 loops where numba is loaded), not erf, exp and the passes between them, so
+    the replay gives eager's bits, fused or not."""
+    if fuse:
+        pytest.importorskip("numba")
+    f = ng.grad(lambda x: (ng.gelu(x * 1.5) * x).sum())
+    for dt in (ng.float32, ng.float64):
+        x = ng.randn(64, 50, dtype=dt)
+        jf = ng.jit(f, fuse=fuse)
+        for _ in range(2):
+            assert _same(jf(x).numpy(), f(x).numpy())
+        ops = [i.name for i in jf.program.instrs if i.kind == "op"]
+        ops += [m.name for i in jf.program.instrs if i.kind == "fused" for m in i.group.members]
+        assert ops.count("gelu_grad") == 1 and "erf" not in ops and "exp" not in ops
+
+
 @needs_numba
 def test_sin_and_cos_gradients_join_the_kernels():
     f = ng.grad(lambda x: (ng.sin(ng.cos(x * 1.5) * 2.0) * x).sum())

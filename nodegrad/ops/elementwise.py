@@ -410,21 +410,34 @@ def _gelu_vjp(g, ans, x, approximate):
         ts = tanh((xs + xs * xs * xs * 0.044715) * _GELU_C)
         d_inner = (xs * xs * (3 * 0.044715) + 1) * _GELU_C
         return g * ((t + 1) * 0.5 + xs * 0.5 * (1 - ts * ts) * d_inner)
-    cdf = (erf(x * _INV_SQRT2) + 1) * 0.5
-    pdf = exp(x * x * -0.5) * _INV_SQRT_2PI
-    return g * (cdf + x * pdf)
+    return _gelu_grad(g, x)
 
 
-def _gelu_raw(needs, g, ans, x, approximate):
-    """The exact GELU's VJP on host float32 arrays in three passes (:func:`._backend.
-    gelu32_grad`: the rules' operations, so their bits); None otherwise (the rules run)."""
-    if approximate != "none":
-        return None
-    dx = B.gelu32_grad(g, x, _INV_SQRT2, _INV_SQRT_2PI)
-    return None if dx is None else (dx,)
+def _gelu_grad_fwd(xp, g, x):
+    """``g * ((erf(x / √2) + 1) * 0.5 + x * (exp(x * x * -0.5) / √(2π)))``, these operations in
+    this order: on host float32 arrays in three passes (:func:`._backend.gelu32_grad`, NumPy's
+    exp between two loops, where numba is loaded), else in the backend's ufuncs, the same bits."""
+    if type(x) is _ndarray:
+        out = B.gelu32_grad(g, x, _INV_SQRT2, _INV_SQRT_2PI)
+        if out is not None:
+            return out
+    if not B.is_array(x):  # a Python number stays one (a NumPy float64 would upcast g)
+        cdf = (math.erf(x * _INV_SQRT2) + 1) * 0.5
+        return g * (cdf + x * (math.exp(x * x * -0.5) * _INV_SQRT_2PI))
+    cdf = (B.backend_of(x).erf(x * _INV_SQRT2) + 1) * 0.5
+    return g * (cdf + x * (xp.exp(x * x * -0.5) * _INV_SQRT_2PI))
 
 
-_gelu = primitive("gelu", _gelu_fwd, _gelu_vjp, kind=_EW, jvp=_J, vjp_raw=_gelu_raw,
+def _gelu_grad_dx(c, out, g, x):
+    """The second derivative's rule: ``c g φ(x) (2 - x²)``, as GELU'' = φ (2 - x²)."""
+    return c * g * (exp(x * x * -0.5) * _INV_SQRT_2PI) * (2 - x * x)
+
+
+_gelu_grad = primitive(
+    "gelu_grad", _gelu_grad_fwd, (lambda c, out, g, x: _gelu_grad(c, x), _gelu_grad_dx),
+    kind=_EW, jvp=_J,
+    doc="g (Φ(x) + x φ(x)): the exact GELU's VJP as one op, in eager and in a jit trace alike.")
+_gelu = primitive("gelu", _gelu_fwd, _gelu_vjp, kind=_EW, jvp=_J,
                   doc="x * Phi(x) (exact, with erf) or its tanh approximation.")
 
 
