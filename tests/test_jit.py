@@ -513,6 +513,69 @@ def test_reading_state_that_the_step_changes_runs_eagerly():
     assert jf.program is None and "changes in place" in jf.last.reason
 
 
+class _Config:
+    """A training script's settings object (argparse's Namespace and dataclasses alike)."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+
+CONFIG = _Config(2.0)
+SETTINGS = {"scale": 2.0}
+
+
+class _Scaler:
+    scale = 2.0  # a class attribute, read through the class
+
+    def __init__(self):
+        self.offset = 1.0
+
+    def step(self, x):
+        return x * self.offset + _Scaler.scale
+
+
+def test_numbers_one_attribute_or_item_down_are_read_on_every_call():
+    """``args.lr``, ``cfg["lr"]``, ``self.offset`` and a class attribute that the caller
+    changes between calls take effect: each is compared on every call (one more trace for
+    the new value), as a number read by name is, never replayed stale."""
+    local = _Config(2.0)
+    x = ng.ones(3)
+    steps = {
+        "global attribute": (lambda x: x * CONFIG.scale, lambda v: setattr(CONFIG, "scale", v)),
+        "closure attribute": (lambda x: x * local.scale, lambda v: setattr(local, "scale", v)),
+        "global item": (lambda x: x * SETTINGS["scale"], lambda v: SETTINGS.update(scale=v)),
+        "class attribute": (_Scaler().step, lambda v: setattr(_Scaler, "scale", v)),
+    }
+    for what, (fn, set_) in steps.items():
+        set_(2.0)
+        jf = ng.jit(fn)
+        want = fn(x).numpy()
+        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
+        set_(5.0)
+        assert _same(jf(x).numpy(), fn(x).numpy()), what
+        assert jf.traces == 2, what
+        set_(2.0)
+    scaler = _Scaler()
+    jf = ng.jit(scaler.step)
+    jf(x)
+    scaler.offset = 3.0
+    assert _same(jf(x).numpy(), scaler.step(x).numpy()) and jf.traces == 2
+
+
+def test_a_counter_one_attribute_down_that_the_step_changes_runs_eagerly():
+    """A step that advances a plain number of an object it reads (``state.calls += 1``) would
+    not advance it on replay: the signature runs eagerly and names it."""
+    state = _Config(0)
+
+    def f(x):
+        state.scale += 1
+        return x * state.scale
+
+    jf = ng.jit(f)
+    got = [jf(ng.ones(2)).numpy()[0] for _ in range(3)]
+    assert got == [1.0, 2.0, 3.0] and jf.program is None and "state.scale" in jf.last.reason
+
+
 def test_a_traced_index_of_setitem_is_an_input_of_the_replay():
     """``h[i] = v`` with ``i`` computed in the step (a cache written at a position passed as a
     tensor, a mask of the batch) writes where each call's index says (it ran eagerly before)."""

@@ -329,7 +329,8 @@ class Jitted:
             warnings.warn(
                 f"jit: {self.__name__} was traced {self._number_traces + 1} times because a "
                 "Python number argument changed value (or one it reads by name: a module's "
-                "attribute, a variable of its closure or globals): numbers are static, part "
+                "attribute, a variable of its closure or globals, or an attribute or item of "
+                "one): numbers are static, part "
                 "of the signature (as jax.jit's static_argnums), so each new value traces and "
                 "compiles again; pass it as a tensor (ng.tensor(value)) to trace once, or "
                 "keep it in the state (an optimiser's lr is read afresh on every replay)",
@@ -846,12 +847,25 @@ def _module_numbers(mods: list) -> _Numbers:
 def _python_reads(fn) -> tuple[tuple, tuple]:
     """Readers of the Python numbers and strings ``fn`` names in its closure and among its
     globals (its nested functions' too), and their names: a replay holds the traced values, so
-    every call compares them (a learning rate annealed as ``lr /= 4`` between epochs)."""
+    every call compares them (a learning rate annealed as ``lr /= 4`` between epochs). One
+    level down too: the plain attributes and string-keyed items ``fn`` names of the objects,
+    classes, modules and dicts those variables (and a bound method's ``self``) hold
+    (``args.lr``, ``cfg["lr"]``, ``self.scale``); nn modules and optimisers are left out (a
+    module's numbers are keyed with its state, an optimiser's read afresh on every replay)."""
     f = getattr(fn, "__func__", fn)
     code = getattr(f, "__code__", None)
     if code is None:
         return (), ()
-    reads, names = [], []
+    codes, k = [code], 0
+    while k < len(codes):  # the function's code and its nested functions'
+        codes += [c for c in codes[k].co_consts if hasattr(c, "co_names")]
+        k += 1
+    attrs = dict.fromkeys(n for c in codes for n in c.co_names)
+    keys = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is str)
+    reads, names, holders = [], [], []
+    owner = getattr(fn, "__self__", None)
+    if owner is not None:
+        holders.append(("self", functools.partial(_same, owner), owner))
     for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or ()):
         try:
             v = cell.cell_contents
@@ -860,17 +874,52 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
         if type(v) in _PLAIN:
             reads.append(functools.partial(_cell_value, cell))
             names.append(name)
+        else:
+            holders.append((name, functools.partial(_cell_value, cell), v))
     g = getattr(f, "__globals__", {})
-    codes, seen = [code], set()
-    while codes:
-        c = codes.pop()
-        codes += [k for k in c.co_consts if hasattr(k, "co_names")]
-        for name in c.co_names:
-            if name not in seen and name in g and type(g[name]) in _PLAIN:
-                seen.add(name)
+    for name in attrs:
+        if name in g:
+            v = g[name]
+            if type(v) in _PLAIN:
                 reads.append(functools.partial(g.get, name))
                 names.append(name)
+            else:
+                holders.append((name, functools.partial(g.get, name), v))
+    for where, read, v in holders:
+        if type(v) is dict:
+            for key in keys:
+                if type(v.get(key, ())) in _PLAIN:
+                    reads.append(functools.partial(_item_now, read, key))
+                    names.append(f"{where}[{key!r}]")
+            continue
+        if isinstance(v, Tensor) or _is_module(v) or _is_optimizer(v) or (
+                callable(v) and not isinstance(v, type)):
+            continue
+        d = getattr(v, "__dict__", None)
+        if d is None or not hasattr(d, "get"):
+            continue
+        for a in attrs:
+            if a[:2] != "__" and type(d.get(a, ())) in _PLAIN:
+                reads.append(functools.partial(_attr_now, read, a))
+                names.append(f"{where}.{a}")
     return tuple(reads), tuple(names)
+
+
+def _same(v):
+    return v
+
+
+def _attr_now(read, a: str):
+    """Attribute ``a`` of the object ``read()`` gives now, from its ``__dict__`` (no property
+    or other descriptor runs), or None."""
+    d = getattr(read(), "__dict__", None)
+    return d.get(a) if d is not None and hasattr(d, "get") else None
+
+
+def _item_now(read, key: str):
+    """Item ``key`` of the dict ``read()`` gives now, or None."""
+    v = read()
+    return v.get(key) if type(v) is dict else None
 
 
 def _tensor_holders(mods: list, fn) -> list:
