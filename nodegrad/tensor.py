@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -200,6 +201,8 @@ class Tensor:
             if not (type(v) is type(d) and v.shape == d.shape and v.dtype == d.dtype
                     and isinstance(value, Tensor) and value is not self):
                 _check_grad(self, value)
+            if (rec := modes().jit) is not None and _grad_recorded(rec, self, value):
+                return
         elif (rec := modes().jit) is not None:  # under a jit trace: each replay clears it
             rec.effect(_drop_grad, ((self,),), {})  # (in a tuple: this tensor, not its value)
             return
@@ -641,6 +644,36 @@ def _drop_grad(ts: tuple) -> None:
     gradients again (the jit's passes take it for ``zero_grad()`` of those tensors)."""
     for t in ts:
         t._grad = None
+
+
+def _grad_recorded(rec, t: Tensor, value: Tensor) -> bool:
+    """Record ``t.grad = value`` in a jit trace as a step each replay repeats: a value the step
+    computed comes from the program, a tensor made in the step and held by nothing else
+    (``zeros_like(p)``) is a constant of it. A tensor held elsewhere (a variable, a buffer made
+    outside) is left to run eagerly: backward adds into it in place on every call, which a
+    replay would not repeat. False where the caller is to assign it as eager code does."""
+    if id(value._data) not in rec.slot:
+        if sys.getrefcount(value) > 4:  # (this frame's, the setter's, its caller's, the call's)
+            if rec.fallback is None:
+                rec.fallback = (
+                    f"the .grad of a tensor of shape {tuple(t.shape)} was set to a tensor "
+                    "held elsewhere, into which backward adds on every call (a replay would "
+                    "not); assign a new tensor (p.grad = ng.zeros_like(p)) or write into it "
+                    "(p.grad.copy_(v))")
+            return False
+        value = Tensor.make(value._data.copy())
+        rec.const(value._data)
+    rec.effect(_put_grad, ((t,), value), {})
+    return True
+
+
+def _put_grad(ts: tuple, value) -> None:
+    """``t.grad = value`` for the ``t`` of ``ts``, written in a jitted step (``p.grad =
+    zeros_like(p)``): recorded, so each replay assigns it again (the gradients of successive
+    calls added up before). A copy of the value, in the traced call too: backward adds into
+    the ``.grad`` in place, which must change neither a constant of the program nor a buffer
+    it reuses."""
+    ts[0]._grad = type(value).make(value._data.copy())
 
 
 def _check_grad(t: Tensor, value) -> None:

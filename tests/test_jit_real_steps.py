@@ -799,6 +799,42 @@ def test_backward_only_step_accumulates_across_calls(set_to_none):
     check(backward_only(set_to_none))
 
 
+def grads_assigned(how):
+    """``p.grad = <tensor>`` in the step before backward (zeros made in the step, a value
+    computed from the parameter, a tensor made outside): each replay assigns it again, and
+    backward adds into it as eagerly (a replay skipped the assignment, so the gradients of
+    successive calls added up)."""
+    def make():
+        ng.set_default_dtype(ng.float64)
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+        opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        outside = {id(p): ng.full(p.shape, 0.01, dtype=ng.float64) for p in model.parameters()}
+
+        def step(x, y):
+            for p in model.parameters():
+                if how == "zeros":
+                    p.grad = ng.zeros_like(p)
+                elif how == "computed":  # an L2 term put in by hand
+                    p.grad = p.detach() * 1e-3
+                else:
+                    p.grad = outside[id(p)]
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        return Run((model, opt), step, data(8, (16, 6), 3, dtype=np.float64))
+    return make
+
+
+@pytest.mark.parametrize("how", ["zeros", "computed", "outside"])
+def test_grads_assigned_in_the_step_are_assigned_on_every_replay(how):
+    """A tensor made outside the step (which backward adds into on every call) runs eagerly,
+    saying why; the others replay."""
+    j = check(grads_assigned(how), replays=how != "outside")
+    if how == "outside":
+        assert j.last.program is None and "held elsewhere" in j.last.reason
+
+
 def closure_step(kind):
     def make():
         ng.set_default_dtype(ng.float64)
