@@ -906,6 +906,7 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
 
 
 def _same(v):
+    """``v`` itself: the reader of a holder that never changes (a bound method's ``self``)."""
     return v
 
 
