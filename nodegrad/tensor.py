@@ -661,8 +661,7 @@ def _grad_recorded(rec, t: Tensor, value: Tensor) -> bool:
                     "not); assign a new tensor (p.grad = ng.zeros_like(p)) or write into it "
                     "(p.grad.copy_(v))")
             return False
-        value = Tensor.make(value._data.copy())
-        rec.const(value._data)
+        rec.const(value._data)  # (nothing else holds it: _put_grad copies it, here too)
     rec.effect(_put_grad, ((t,), value), {})
     return True
 

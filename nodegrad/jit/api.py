@@ -866,25 +866,12 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
     owner = getattr(fn, "__self__", None)
     if owner is not None:
         holders.append(("self", functools.partial(_same, owner), owner))
-    for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or ()):
-        try:
-            v = cell.cell_contents
-        except ValueError:
-            continue
+    for name, read, v in _named_values(f, code, attrs):
         if type(v) in _PLAIN:
-            reads.append(functools.partial(_cell_value, cell))
+            reads.append(read)
             names.append(name)
         else:
-            holders.append((name, functools.partial(_cell_value, cell), v))
-    g = getattr(f, "__globals__", {})
-    for name in attrs:
-        if name in g:
-            v = g[name]
-            if type(v) in _PLAIN:
-                reads.append(functools.partial(g.get, name))
-                names.append(name)
-            else:
-                holders.append((name, functools.partial(g.get, name), v))
+            holders.append((name, read, v))
     for where, read, v in holders:
         if type(v) is dict:
             for key in keys:
@@ -903,6 +890,21 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
                 reads.append(functools.partial(_attr_now, read, a))
                 names.append(f"{where}.{a}")
     return tuple(reads), tuple(names)
+
+
+def _named_values(f, code, names) -> list:
+    """``(name, reader, value)`` for each variable of function ``f``'s closure that holds a
+    value (the reader reads it again), then each of ``names`` among its globals."""
+    found = []
+    for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or ()):
+        try:
+            v = cell.cell_contents
+        except ValueError:  # emptied (del)
+            continue
+        found.append((name, functools.partial(_cell_value, cell), v))
+    g = getattr(f, "__globals__", {})
+    found += [(name, functools.partial(g.get, name), g[name]) for name in names if name in g]
+    return found
 
 
 def _same(v):
@@ -955,15 +957,9 @@ def _tensor_holders(mods: list, fn) -> list:
     if owner is not None:
         add_inside("self", owner)
     if code is not None:
-        for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or ()):
-            v = _cell_value(cell)
-            add(name, functools.partial(_cell_value, cell), v)
+        for name, read, v in _named_values(f, code, dict.fromkeys(code.co_names)):
+            add(name, read, v)
             add_inside(name, v)
-        g = getattr(f, "__globals__", {})
-        for name in dict.fromkeys(code.co_names):
-            if name in g:
-                add(name, functools.partial(g.get, name), g[name])
-                add_inside(name, g[name])
     for mod in mods:
         d = vars(mod)
         for name, v in d.items():
