@@ -896,28 +896,32 @@ def numba_loaded() -> bool:
     return sys.modules.get("numba") is not None
 
 
-# Eager training imports numba itself once it has trained this long (seconds of optimiser steps,
-# see note_training_step): the one-pass loops below and the fused optimiser updates then run, with
-# the same bits. As jit's rule (nodegrad.jit.api.UPGRADE_AFTER_S), a ski-rental one: numba's
-# start-up (~1 s, and its kernels' load from the disk cache) costs at most a tenth of the time
-# already spent, and a short script never pays it.
+# Eager work imports numba itself once it has gone on this long (seconds of optimiser steps, and
+# of ops that would take one of the one-pass loops below but ran NumPy's form: see
+# note_eager_work): the loops and the fused optimiser updates then run, with the same bits. As
+# jit's rule (nodegrad.jit.api.UPGRADE_AFTER_S), a ski-rental one: numba's start-up (~1 s, and
+# its kernels' load from the disk cache) costs at most a tenth of the time already spent, and a
+# short script never pays it.
 EAGER_NUMBA_AFTER_S = 10.0
-STEP_GAP_S = 1.0  # a longer interval between two steps counts as this much (a pause, evaluation)
+STEP_GAP_S = 1.0  # a longer interval between two noted events counts as this much (a pause)
 
 
-class _TrainingClock:
-    """Seconds of eager training counted so far and when the last optimiser step was noted."""
+class _EagerClock:
+    """Seconds of eager work counted so far and when the last event was noted."""
 
     last: float | None = None
     spent = 0.0
     done = False  # numba imported (or found missing): nothing left to count
 
 
-def note_training_step() -> None:
-    """Count one optimiser step: add the interval since the previous one (at most
-    :data:`STEP_GAP_S`) and import numba once :data:`EAGER_NUMBA_AFTER_S` have been counted (when
-    it is installed and not imported yet). One clock read per step."""
-    c = _TrainingClock
+def note_eager_work() -> None:
+    """Count one event of eager work that numba would speed up (an optimiser step, an op that
+    wanted :func:`cpu_kernels` without numba imported): add the interval since the previous
+    one (at most :data:`STEP_GAP_S`) and import numba once :data:`EAGER_NUMBA_AFTER_S` have
+    been counted (when it is installed and not imported yet). A training loop counts its
+    steps, an inference loop (a model's evaluation, text generation) its activations, GELUs,
+    softmaxes and layer norms. One clock read per event."""
+    c = _EagerClock
     if c.done:
         return
     now = time.perf_counter()
@@ -1022,13 +1026,17 @@ def layer_norm_grads(needs, g, x, w, k: int, eps: float, mean, total) -> tuple |
 
 def cpu_kernels():
     """The one-pass loops of :mod:`._cpu_kernels` when numba is imported already (by a fused
-    optimiser or a compiled program), else None: importing numba only for them would cost more
-    than they save. A failed load (no writable cache directory) leaves NumPy's ops for good."""
+    optimiser, a compiled program, or :func:`note_eager_work` once the calls that found it
+    missing have gone on for :data:`EAGER_NUMBA_AFTER_S`), else None: importing numba for a
+    short script's few calls would cost more than they save. A failed load (no writable cache
+    directory) leaves NumPy's ops for good."""
     global _kernels
     k = _kernels
     if k is None:
         if not numba_loaded():
-            return None
+            note_eager_work()  # wanted often enough, numba is imported (the same bits)
+            if not numba_loaded():
+                return None
         try:
             from . import _cpu_kernels as k
         except Exception:  # noqa: BLE001 - any failure leaves NumPy's ops, which give the same bits

@@ -591,7 +591,7 @@ class Optimizer:
         if closure is not None:
             with enable_grad():
                 loss = closure()
-        B.note_training_step()  # eager training long enough imports numba (its loops, kernels)
+        B.note_eager_work()  # eager training long enough imports numba (its loops, kernels)
         self._step(None)
         return loss
 
