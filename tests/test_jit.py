@@ -562,6 +562,53 @@ def test_numbers_one_attribute_or_item_down_are_read_on_every_call():
     assert _same(jf(x).numpy(), scaler.step(x).numpy()) and jf.traces == 2
 
 
+NESTED = {"optim": {"scale": 2.0}}
+
+
+def test_numbers_several_attributes_or_items_down_are_read_on_every_call():
+    """Nested settings (``args.opt.lr``, ``cfg["optim"]["lr"]``, ``cfg.train["lr"]``, three
+    levels down) changed between calls take effect, as one level down does: compared on every
+    call, one more trace for the new value, never replayed stale."""
+    args = _Config(_Config(2.0))
+    mixed = _Config({"scale": 2.0})
+    deep = _Config(_Config(_Config(2.0)))
+    x = ng.ones(3)
+    steps = {
+        "two attributes": (lambda x: x * args.scale.scale,
+                           lambda v: setattr(args.scale, "scale", v)),
+        "two items": (lambda x: x * NESTED["optim"]["scale"],
+                      lambda v: NESTED["optim"].update(scale=v)),
+        "attribute, item": (lambda x: x * mixed.scale["scale"],
+                            lambda v: mixed.scale.update(scale=v)),
+        "three attributes": (lambda x: x * deep.scale.scale.scale,
+                             lambda v: setattr(deep.scale.scale, "scale", v)),
+        "replaced holder": (lambda x: x * args.scale.scale,
+                            lambda v: setattr(args, "scale", _Config(v))),
+    }
+    for what, (fn, set_) in steps.items():
+        set_(2.0)
+        jf = ng.jit(fn)
+        want = fn(x).numpy()
+        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
+        set_(5.0)
+        assert _same(jf(x).numpy(), fn(x).numpy()), what
+        assert jf.traces == 2, what
+        set_(2.0)
+
+
+def test_a_counter_two_attributes_down_that_the_step_changes_runs_eagerly():
+    state = _Config(_Config(0))
+
+    def f(x):
+        state.scale.scale += 1
+        return x * state.scale.scale
+
+    jf = ng.jit(f)
+    got = [jf(ng.ones(2)).numpy()[0] for _ in range(3)]
+    assert got == [1.0, 2.0, 3.0] and jf.program is None
+    assert "state.scale.scale" in jf.last.reason
+
+
 def test_a_counter_one_attribute_down_that_the_step_changes_runs_eagerly():
     """A step that advances a plain number of an object it reads (``state.calls += 1``) would
     not advance it on replay: the signature runs eagerly and names it."""

@@ -844,14 +844,20 @@ def _module_numbers(mods: list) -> _Numbers:
     return _Numbers(tuple(names), tuple(values))
 
 
+READ_DEPTH = 3
+"""How many attributes or items down from a variable :func:`_python_reads` follows the names a
+step uses (``cfg.train.optim.lr``: three)."""
+
+
 def _python_reads(fn) -> tuple[tuple, tuple]:
     """Readers of the Python numbers and strings ``fn`` names in its closure and among its
     globals (its nested functions' too), and their names: a replay holds the traced values, so
-    every call compares them (a learning rate annealed as ``lr /= 4`` between epochs). One
-    level down too: the plain attributes and string-keyed items ``fn`` names of the objects,
-    classes, modules and dicts those variables (and a bound method's ``self``) hold
-    (``args.lr``, ``cfg["lr"]``, ``self.scale``); nn modules and optimisers are left out (a
-    module's numbers are keyed with its state, an optimiser's read afresh on every replay)."""
+    every call compares them (a learning rate annealed as ``lr /= 4`` between epochs). Down to
+    :data:`READ_DEPTH` levels too: the plain attributes and string-keyed items ``fn`` names of
+    the objects, classes, modules and dicts those variables (and a bound method's ``self``)
+    hold, and of those these hold under names ``fn`` uses (``args.lr``, ``cfg["lr"]``,
+    ``self.scale``, ``cfg.optim.lr``); nn modules and optimisers are left out (a module's
+    numbers are keyed with its state, an optimiser's read afresh on every replay)."""
     f = getattr(fn, "__func__", fn)
     code = getattr(f, "__code__", None)
     if code is None:
@@ -865,31 +871,40 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
     reads, names, holders = [], [], []
     owner = getattr(fn, "__self__", None)
     if owner is not None:
-        holders.append(("self", functools.partial(_same, owner), owner))
+        holders.append(("self", functools.partial(_same, owner), owner, 1))
     for name, read, v in _named_values(f, code, attrs):
         if type(v) in _PLAIN:
             reads.append(read)
             names.append(name)
         else:
-            holders.append((name, read, v))
-    for where, read, v in holders:
-        if type(v) is dict:
-            for key in keys:
-                if type(v.get(key, ())) in _PLAIN:
-                    reads.append(functools.partial(_item_now, read, key))
-                    names.append(f"{where}[{key!r}]")
+            holders.append((name, read, v, 1))
+    seen = set()
+    for where, read, v, depth in holders:  # grows as deeper holders are found
+        if id(v) in seen:  # one path to each object (a cycle, a config shared by two names)
             continue
-        if isinstance(v, Tensor) or _is_module(v) or _is_optimizer(v) or (
+        seen.add(id(v))
+        if type(v) is dict:
+            inside = [(f"{where}[{key!r}]", functools.partial(_item_now, read, key), v[key])
+                      for key in keys if key in v]
+        elif isinstance(v, Tensor) or _is_module(v) or _is_optimizer(v) or (
                 callable(v) and not isinstance(v, type)):
             continue
-        d = getattr(v, "__dict__", None)
-        if d is None or not hasattr(d, "get"):
-            continue
-        for a in attrs:
-            if a[:2] != "__" and type(d.get(a, ())) in _PLAIN:
-                reads.append(functools.partial(_attr_now, read, a))
-                names.append(f"{where}.{a}")
+        else:
+            d = getattr(v, "__dict__", None)
+            if d is None or not hasattr(d, "get"):
+                continue
+            inside = [(f"{where}.{a}", functools.partial(_attr_now, read, a), d[a])
+                      for a in attrs if a[:2] != "__" and a in d]
+        for name, get, x in inside:
+            if type(x) in _PLAIN:
+                reads.append(get)
+                names.append(name)
+            elif depth < READ_DEPTH and type(x) not in _NOT_HOLDERS:
+                holders.append((name, get, x, depth + 1))
     return tuple(reads), tuple(names)
+
+
+_NOT_HOLDERS = (tuple, list, set, frozenset, bytes, bytearray)
 
 
 def _named_values(f, code, names) -> list:
