@@ -567,11 +567,12 @@ NESTED = {"optim": {"scale": 2.0}}
 
 def test_numbers_several_attributes_or_items_down_are_read_on_every_call():
     """Nested settings (``args.opt.lr``, ``cfg["optim"]["lr"]``, ``cfg.train["lr"]``, three
-    levels down) changed between calls take effect, as one level down does: compared on every
-    call, one more trace for the new value, never replayed stale."""
+    levels down, ``lrs[0]``) changed between calls take effect, as one level down does:
+    compared on every call, one more trace for the new value, never replayed stale."""
     args = _Config(_Config(2.0))
     mixed = _Config({"scale": 2.0})
     deep = _Config(_Config(_Config(2.0)))
+    lrs, betas = [2.0], {"b": (0.9, 2.0)}
     x = ng.ones(3)
     steps = {
         "two attributes": (lambda x: x * args.scale.scale,
@@ -584,6 +585,9 @@ def test_numbers_several_attributes_or_items_down_are_read_on_every_call():
                              lambda v: setattr(deep.scale.scale, "scale", v)),
         "replaced holder": (lambda x: x * args.scale.scale,
                             lambda v: setattr(args, "scale", _Config(v))),
+        "list item": (lambda x: x * lrs[0], lambda v: lrs.__setitem__(0, v)),
+        "tuple in a dict": (lambda x: x * betas["b"][1],
+                            lambda v: betas.update(b=(0.9, v))),
     }
     for what, (fn, set_) in steps.items():
         set_(2.0)

@@ -856,7 +856,8 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
     :data:`READ_DEPTH` levels too: the plain attributes and string-keyed items ``fn`` names of
     the objects, classes, modules and dicts those variables (and a bound method's ``self``)
     hold, and of those these hold under names ``fn`` uses (``args.lr``, ``cfg["lr"]``,
-    ``self.scale``, ``cfg.optim.lr``); nn modules and optimisers are left out (a module's
+    ``self.scale``, ``cfg.optim.lr``), and the items of lists and tuples at the integers its
+    code holds (``lr[0]``); nn modules and optimisers are left out (a module's
     numbers are keyed with its state, an optimiser's read afresh on every replay)."""
     f = getattr(fn, "__func__", fn)
     code = getattr(f, "__code__", None)
@@ -868,6 +869,7 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
         k += 1
     attrs = dict.fromkeys(n for c in codes for n in c.co_names)
     keys = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is str)
+    ints = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is int)
     reads, names, holders = [], [], []
     owner = getattr(fn, "__self__", None)
     if owner is not None:
@@ -886,6 +888,9 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
         if type(v) is dict:
             inside = [(f"{where}[{key!r}]", functools.partial(_item_now, read, key), v[key])
                       for key in keys if key in v]
+        elif type(v) in (list, tuple):  # lr[0]: at the integers the step's code holds
+            inside = [(f"{where}[{i}]", functools.partial(_index_now, read, i), v[i])
+                      for i in ints if -len(v) <= i < len(v)]
         elif isinstance(v, Tensor) or _is_module(v) or _is_optimizer(v) or (
                 callable(v) and not isinstance(v, type)):
             continue
@@ -904,7 +909,7 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
     return tuple(reads), tuple(names)
 
 
-_NOT_HOLDERS = (tuple, list, set, frozenset, bytes, bytearray)
+_NOT_HOLDERS = (set, frozenset, bytes, bytearray)
 
 
 def _named_values(f, code, names) -> list:
@@ -932,6 +937,12 @@ def _attr_now(read, a: str):
     or other descriptor runs), or None."""
     d = getattr(read(), "__dict__", None)
     return d.get(a) if d is not None and hasattr(d, "get") else None
+
+
+def _index_now(read, i: int):
+    """Item ``i`` of the list or tuple ``read()`` gives now, or None."""
+    v = read()
+    return v[i] if type(v) in (list, tuple) and -len(v) <= i < len(v) else None
 
 
 def _item_now(read, key: str):
