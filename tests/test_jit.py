@@ -600,6 +600,46 @@ def test_numbers_several_attributes_or_items_down_are_read_on_every_call():
         set_(2.0)
 
 
+HELPER_SCALE = 2.0
+
+
+def _scaled(x):
+    return x * HELPER_SCALE
+
+
+def _scaled_twice(x):
+    return _scaled(x) + CONFIG.scale
+
+
+def test_numbers_a_called_helper_reads_are_read_on_every_call():
+    """A global read by a helper the step calls (``update(p)`` reading ``LR``), or by one
+    that helper calls, or by a helper held by an object, changed between calls takes effect:
+    compared on every call, one more trace for the new value, never replayed stale."""
+    holder = _Config(_scaled)
+    x = ng.ones(3)
+
+    def set_global(v):
+        global HELPER_SCALE
+        HELPER_SCALE = v
+
+    steps = {
+        "helper": (lambda x: _scaled(x) - 1.0, set_global),
+        "helper's helper": (lambda x: _scaled_twice(x), set_global),
+        "helper's attribute": (lambda x: _scaled_twice(x),
+                               lambda v: setattr(CONFIG, "scale", v)),
+        "held helper": (lambda x: holder.scale(x), set_global),
+    }
+    for what, (fn, set_) in steps.items():
+        set_(2.0)
+        jf = ng.jit(fn)
+        want = fn(x).numpy()
+        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
+        set_(5.0)
+        assert _same(jf(x).numpy(), fn(x).numpy()), what
+        assert jf.traces == 2, what
+        set_(2.0)
+
+
 def test_a_counter_two_attributes_down_that_the_step_changes_runs_eagerly():
     state = _Config(_Config(0))
 

@@ -9,6 +9,7 @@ Tensor, Node or dispatch work. Programs live in a bounded least-recently-used ca
 from __future__ import annotations
 
 import random
+import sys
 import functools
 import threading
 import time
@@ -16,7 +17,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 from .. import _backend as B
@@ -849,6 +850,13 @@ READ_DEPTH = 3
 step uses (``cfg.train.optim.lr``: three)."""
 
 
+CALL_DEPTH = 2
+"""How far :func:`_python_reads` follows the Python functions a step names (a helper it calls:
+one; a function that helper names: two)."""
+
+_LIBRARIES = frozenset({"nodegrad", "numpy", "scipy", "cupy", "numba", "torch", "jax"})
+
+
 def _python_reads(fn) -> tuple[tuple, tuple]:
     """Readers of the Python numbers and strings ``fn`` names in its closure and among its
     globals (its nested functions' too), and their names: a replay holds the traced values, so
@@ -857,12 +865,37 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
     the objects, classes, modules and dicts those variables (and a bound method's ``self``)
     hold, and of those these hold under names ``fn`` uses (``args.lr``, ``cfg["lr"]``,
     ``self.scale``, ``cfg.optim.lr``), and the items of lists and tuples at the integers its
-    code holds (``lr[0]``); nn modules and optimisers are left out (a module's
-    numbers are keyed with its state, an optimiser's read afresh on every replay)."""
+    code holds (``lr[0]``); nn modules and optimisers are left out (a module's numbers are
+    keyed with its state, an optimiser's read afresh on every replay). The same for the
+    Python functions ``fn`` names (a helper reading a global ``LR``), to :data:`CALL_DEPTH`,
+    but those of the libraries in :data:`_LIBRARIES` and of Python's own."""
     f = getattr(fn, "__func__", fn)
-    code = getattr(f, "__code__", None)
-    if code is None:
+    if getattr(f, "__code__", None) is None:
         return (), ()
+    reads, names = [], []
+    funcs, done = [(f, getattr(fn, "__self__", None), "", 0)], {id(f.__code__)}
+    for g, owner, label, depth in funcs:  # grows as named functions are found
+        for h in _reads_of(g, owner, label, reads, names):
+            if depth < CALL_DEPTH and id(h.__code__) not in done:
+                done.add(id(h.__code__))
+                funcs.append((h, None, f" (read by {h.__qualname__})", depth + 1))
+    return tuple(reads), tuple(names)
+
+
+def _followed(v) -> bool:
+    """Whether :func:`_python_reads` looks into function ``v``: a Python function of the
+    program's own code, not of a library's or Python's."""
+    if type(v) is not FunctionType:
+        return False
+    top = (getattr(v, "__module__", None) or "").partition(".")[0]
+    return top not in _LIBRARIES and top not in sys.stdlib_module_names
+
+
+def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
+    """:func:`_python_reads` of one function ``f`` (a bound method's ``self``: ``owner``),
+    appending to ``reads`` and ``names`` (each name followed by ``label``); returns the
+    Python functions it names, to look into next."""
+    code = f.__code__
     codes, k = [code], 0
     while k < len(codes):  # the function's code and its nested functions'
         codes += [c for c in codes[k].co_consts if hasattr(c, "co_names")]
@@ -870,14 +903,15 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
     attrs = dict.fromkeys(n for c in codes for n in c.co_names)
     keys = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is str)
     ints = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is int)
-    reads, names, holders = [], [], []
-    owner = getattr(fn, "__self__", None)
+    holders, funcs = [], []
     if owner is not None:
         holders.append(("self", functools.partial(_same, owner), owner, 1))
     for name, read, v in _named_values(f, code, attrs):
         if type(v) in _PLAIN:
             reads.append(read)
-            names.append(name)
+            names.append(name + label)
+        elif _followed(v):
+            funcs.append(v)
         else:
             holders.append((name, read, v, 1))
     seen = set()
@@ -903,10 +937,12 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
         for name, get, x in inside:
             if type(x) in _PLAIN:
                 reads.append(get)
-                names.append(name)
+                names.append(name + label)
+            elif _followed(x):  # utils.update: a helper reached through a module
+                funcs.append(x)
             elif depth < READ_DEPTH and type(x) not in _NOT_HOLDERS:
                 holders.append((name, get, x, depth + 1))
-    return tuple(reads), tuple(names)
+    return funcs
 
 
 _NOT_HOLDERS = (set, frozenset, bytes, bytearray)
