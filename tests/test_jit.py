@@ -640,6 +640,36 @@ def test_numbers_a_called_helper_reads_are_read_on_every_call():
         set_(2.0)
 
 
+TEMPERATURE = 2.0
+
+
+class _Tempered(ng.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = ng.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x) / TEMPERATURE + _scaled(x).sum()
+
+
+def test_numbers_a_modules_forward_reads_are_read_on_every_call():
+    """A global a module's ``forward`` divides by (or a helper it calls reads), changed between
+    calls of a jitted step or module, takes effect: one more trace, never replayed stale."""
+    global TEMPERATURE, HELPER_SCALE
+    ng.manual_seed(0)
+    model = _Tempered()
+    x = ng.ones(4, 3)
+    for jf in (ng.jit(lambda x: model(x) * 1.0), ng.jit(model)):
+        TEMPERATURE = HELPER_SCALE = 2.0
+        want = model(x).numpy()
+        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want)
+        TEMPERATURE = 5.0
+        assert _same(jf(x).numpy(), model(x).numpy()) and jf.traces == 2
+        HELPER_SCALE = 3.0
+        assert _same(jf(x).numpy(), model(x).numpy()) and jf.traces == 3
+    TEMPERATURE = HELPER_SCALE = 2.0
+
+
 def test_a_counter_two_attributes_down_that_the_step_changes_runs_eagerly():
     state = _Config(_Config(0))
 

@@ -249,10 +249,10 @@ class Jitted:
         if not self._scanned:  # modules fn reaches by name: their train()/eval() key it too
             self._scanned = True
             found = [o for o in _closure_modules(self.fn) if all(o is not x for x in self._objs)]
-            self._reads, self._read_names = _python_reads(self.fn)
             if found:
                 self._objs += tuple(found)
                 self._read_state()
+            self._reads, self._read_names = _python_reads(self.fn, self._modules)
         if self._volatile is not None:  # the step changes a Python number it reads
             self.last = _Entry(None, None, None, self._volatile)
             return self.fn(*args, **kwargs)
@@ -857,7 +857,7 @@ one; a function that helper names: two)."""
 _LIBRARIES = frozenset({"nodegrad", "numpy", "scipy", "cupy", "numba", "torch", "jax"})
 
 
-def _python_reads(fn) -> tuple[tuple, tuple]:
+def _python_reads(fn, mods: list = ()) -> tuple[tuple, tuple]:
     """Readers of the Python numbers and strings ``fn`` names in its closure and among its
     globals (its nested functions' too), and their names: a replay holds the traced values, so
     every call compares them (a learning rate annealed as ``lr /= 4`` between epochs). Down to
@@ -868,12 +868,19 @@ def _python_reads(fn) -> tuple[tuple, tuple]:
     code holds (``lr[0]``); nn modules and optimisers are left out (a module's numbers are
     keyed with its state, an optimiser's read afresh on every replay). The same for the
     Python functions ``fn`` names (a helper reading a global ``LR``), to :data:`CALL_DEPTH`,
-    but those of the libraries in :data:`_LIBRARIES` and of Python's own."""
+    and for the ``forward`` of each class of ``mods`` (the step's modules: a global
+    ``TEMPERATURE`` a model divides by), but those of the libraries in :data:`_LIBRARIES` and
+    of Python's own."""
     f = getattr(fn, "__func__", fn)
-    if getattr(f, "__code__", None) is None:
-        return (), ()
-    reads, names = [], []
-    funcs, done = [(f, getattr(fn, "__self__", None), "", 0)], {id(f.__code__)}
+    reads, names, funcs, done = [], [], [], set()
+    if getattr(f, "__code__", None) is not None:
+        funcs.append((f, getattr(fn, "__self__", None), "", 0))
+        done.add(id(f.__code__))
+    for mod in mods:
+        fwd = getattr(type(mod), "forward", None)
+        if _followed(fwd) and id(fwd.__code__) not in done:
+            done.add(id(fwd.__code__))
+            funcs.append((fwd, None, f" (read by {fwd.__qualname__})", 1))
     for g, owner, label, depth in funcs:  # grows as named functions are found
         for h in _reads_of(g, owner, label, reads, names):
             if depth < CALL_DEPTH and id(h.__code__) not in done:
