@@ -670,6 +670,47 @@ def test_numbers_a_modules_forward_reads_are_read_on_every_call():
     TEMPERATURE = HELPER_SCALE = 2.0
 
 
+NP_SCALE = np.float64(2.0)
+
+
+def test_numpy_scalars_the_step_reads_are_read_on_every_call():
+    """A learning rate computed with NumPy (``0.1 * np.cos(...)``: an ``np.float64``), an
+    ``np.float32`` in a closure or a module's attribute, changed between calls, takes effect
+    as a Python float does: one more trace, never replayed stale."""
+    global NP_SCALE
+    local = {"s": np.float32(2.0)}
+    x = ng.ones(3)
+
+    def set_global(v):
+        global NP_SCALE
+        NP_SCALE = np.float64(v)
+
+    steps = {
+        "global float64": (lambda x: x * NP_SCALE, set_global),
+        "float32 item": (lambda x: x * local["s"], lambda v: local.update(s=np.float32(v))),
+        "int64": (lambda x: x * local["s"], lambda v: local.update(s=np.int64(v))),
+    }
+    for what, (fn, set_) in steps.items():
+        set_(2.0)
+        jf = ng.jit(fn)
+        want = fn(x).numpy()
+        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
+        set_(5.0)
+        assert _same(jf(x).numpy(), fn(x).numpy()), what
+        assert jf.traces == 2, what
+    NP_SCALE = np.float64(2.0)
+    model = ng.nn.Linear(3, 2)
+    model.gain = np.float32(2.0)
+
+    def step(x):
+        return model(x) * model.gain
+
+    jf = ng.jit(step)
+    jf(x), jf(x)
+    model.gain = np.float32(4.0)
+    assert _same(jf(x).numpy(), step(x).numpy()) and jf.traces == 2
+
+
 def test_a_counter_two_attributes_down_that_the_step_changes_runs_eagerly():
     state = _Config(_Config(0))
 

@@ -800,12 +800,20 @@ def _closure_modules(fn) -> list:
 
 
 _PLAIN = (bool, int, float, str, type(None))
+_NUMPY_SCALARS = (B.np.number, B.np.bool_)  # np.float64(0.1) * cos(...): a schedule's value
+
+
+def _is_plain(v) -> bool:
+    """Whether ``v`` is a value the signature holds by value: a Python number, string or None,
+    or a NumPy scalar (what a learning rate computed with ``np.cos`` is)."""
+    return type(v) in _PLAIN or isinstance(v, _NUMPY_SCALARS)
+
 
 
 def _plain_key(v) -> tuple:
     """A Python value's entry in the signature: numbers and strings by value (floats by their
     bits, as static arguments), anything else by its type only."""
-    return _static_key(v, 0) if type(v) in _PLAIN else ("other", type(v))
+    return _static_key(v, 0) if _is_plain(v) else ("other", type(v))
 
 
 class _Numbers:
@@ -839,7 +847,7 @@ def _module_numbers(mods: list) -> _Numbers:
     names, values = [], []
     for k, mod in enumerate(mods):
         for name, v in vars(mod).items():
-            if type(v) in _PLAIN and name[0] != "_" and name != "training":
+            if _is_plain(v) and name[0] != "_" and name != "training":
                 names.append((k, name))
                 values.append(_plain_key(v))
     return _Numbers(tuple(names), tuple(values))
@@ -914,7 +922,7 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
     if owner is not None:
         holders.append(("self", functools.partial(_same, owner), owner, 1))
     for name, read, v in _named_values(f, code, attrs):
-        if type(v) in _PLAIN:
+        if _is_plain(v):
             reads.append(read)
             names.append(name + label)
         elif _followed(v):
@@ -942,7 +950,7 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
             inside = [(f"{where}.{a}", functools.partial(_attr_now, read, a), d[a])
                       for a in attrs if a[:2] != "__" and a in d]
         for name, get, x in inside:
-            if type(x) in _PLAIN:
+            if _is_plain(x):
                 reads.append(get)
                 names.append(name + label)
             elif _followed(x):  # utils.update: a helper reached through a module
