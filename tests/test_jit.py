@@ -711,6 +711,38 @@ def test_numpy_scalars_the_step_reads_are_read_on_every_call():
     assert _same(jf(x).numpy(), step(x).numpy()) and jf.traces == 2
 
 
+NP_MASK = np.ones(3, np.float32)
+
+
+def test_a_numpy_array_the_step_reads_rebound_between_calls_traces_again():
+    """A NumPy array read by name (a global mask, class weights in a dict, turned into a
+    tensor in the step or used as an operand) and rebound to another array between calls is
+    a new signature: the program would otherwise keep the first array, a stale value."""
+    global NP_MASK
+    weights = {"w": np.ones(3, np.float32)}
+    x = ng.ones(3)
+
+    def set_global(v):
+        global NP_MASK
+        NP_MASK = np.full(3, v, np.float32)
+
+    steps = {
+        "global operand": (lambda x: x * NP_MASK, set_global),
+        "item as a tensor": (lambda x: x * ng.tensor(weights["w"]),
+                             lambda v: weights.update(w=np.full(3, v, np.float32))),
+    }
+    for what, (fn, set_) in steps.items():
+        set_(2.0)
+        jf = ng.jit(fn)
+        want = fn(x).numpy()
+        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
+        set_(5.0)
+        assert _same(jf(x).numpy(), fn(x).numpy()), what
+        assert jf.traces == 2, what
+        assert _same(jf(x).numpy(), fn(x).numpy()) and jf.traces == 2, what  # replayed
+    NP_MASK = np.ones(3, np.float32)
+
+
 def test_a_counter_two_attributes_down_that_the_step_changes_runs_eagerly():
     state = _Config(_Config(0))
 

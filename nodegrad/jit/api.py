@@ -813,7 +813,25 @@ def _is_plain(v) -> bool:
 def _plain_key(v) -> tuple:
     """A Python value's entry in the signature: numbers and strings by value (floats by their
     bits, as static arguments), anything else by its type only."""
-    return _static_key(v, 0) if _is_plain(v) else ("other", type(v))
+    if _is_plain(v):
+        return _static_key(v, 0)
+    return ("array", _Ident(v)) if B.is_array(v) else ("other", type(v))
+
+
+class _Ident:
+    """A NumPy/CuPy array the step reads by name, in the signature by identity (rebound to
+    another array between calls: traced again), held so that its id is not reused."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other) -> bool:
+        return type(other) is _Ident and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
 
 
 class _Numbers:
@@ -922,7 +940,7 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
     if owner is not None:
         holders.append(("self", functools.partial(_same, owner), owner, 1))
     for name, read, v in _named_values(f, code, attrs):
-        if _is_plain(v):
+        if _is_plain(v) or B.is_array(v):
             reads.append(read)
             names.append(name + label)
         elif _followed(v):
@@ -950,7 +968,7 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
             inside = [(f"{where}.{a}", functools.partial(_attr_now, read, a), d[a])
                       for a in attrs if a[:2] != "__" and a in d]
         for name, get, x in inside:
-            if _is_plain(x):
+            if _is_plain(x) or B.is_array(x):
                 reads.append(get)
                 names.append(name + label)
             elif _followed(x):  # utils.update: a helper reached through a module
