@@ -743,6 +743,53 @@ def test_a_numpy_array_the_step_reads_rebound_between_calls_traces_again():
     NP_MASK = np.ones(3, np.float32)
 
 
+class _Trainer:
+    def __init__(self):
+        self.cfg = _Config(2.0)
+
+    def loss(self, x):
+        return x * self.cfg.scale * HELPER_SCALE
+
+    def step(self, x):
+        return self.loss(x) + 1.0
+
+
+class _Attends(ng.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = ng.nn.Linear(3, 3)
+
+    def attend(self, x):
+        return x / TEMPERATURE
+
+    def forward(self, x):
+        return self.attend(self.fc(x))
+
+
+def test_numbers_the_methods_a_step_calls_read_are_read_on_every_call():
+    """A method the step calls on its object (``self.loss`` reading ``self.cfg.scale`` and a
+    global), or a module's method its ``forward`` calls (reading a global), changed between
+    calls, takes effect: one more trace, never replayed stale."""
+    global HELPER_SCALE, TEMPERATURE
+    trainer = _Trainer()
+    x = ng.ones(3)
+    jf = ng.jit(trainer.step)
+    want = trainer.step(x).numpy()
+    assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want)
+    trainer.cfg.scale = 3.0
+    assert _same(jf(x).numpy(), trainer.step(x).numpy()) and jf.traces == 2
+    HELPER_SCALE = 4.0
+    assert _same(jf(x).numpy(), trainer.step(x).numpy()) and jf.traces == 3
+    HELPER_SCALE = 2.0
+    ng.manual_seed(0)
+    model = _Attends()
+    jm = ng.jit(model)
+    jm(x), jm(x)
+    TEMPERATURE = 5.0
+    assert _same(jm(x).numpy(), model(x).numpy()) and jm.traces == 2
+    TEMPERATURE = 2.0
+
+
 def test_a_counter_two_attributes_down_that_the_step_changes_runs_eagerly():
     state = _Config(_Config(0))
 

@@ -903,16 +903,26 @@ def _python_reads(fn, mods: list = ()) -> tuple[tuple, tuple]:
         funcs.append((f, getattr(fn, "__self__", None), "", 0))
         done.add(id(f.__code__))
     for mod in mods:
-        fwd = getattr(type(mod), "forward", None)
-        if _followed(fwd) and id(fwd.__code__) not in done:
+        fwd = _method(mod, "forward")
+        if fwd is not None and id(fwd.__code__) not in done:
             done.add(id(fwd.__code__))
-            funcs.append((fwd, None, f" (read by {fwd.__qualname__})", 1))
+            funcs.append((fwd, mod, f" (read by {fwd.__qualname__})", 1))
     for g, owner, label, depth in funcs:  # grows as named functions are found
-        for h in _reads_of(g, owner, label, reads, names):
+        for h, o in _reads_of(g, owner, label, reads, names):
             if depth < CALL_DEPTH and id(h.__code__) not in done:
                 done.add(id(h.__code__))
-                funcs.append((h, None, f" (read by {h.__qualname__})", depth + 1))
+                funcs.append((h, o, f" (read by {h.__qualname__})", depth + 1))
     return tuple(reads), tuple(names)
+
+
+def _method(obj, name: str):
+    """The Python function ``type(obj)`` defines (or inherits) as ``name`` where
+    :func:`_followed` looks into it (``self.compute_loss``), else None; no descriptor runs."""
+    for c in type(obj).__mro__:
+        if name in c.__dict__:
+            v = c.__dict__[name]
+            return v if _followed(v) else None
+    return None
 
 
 def _followed(v) -> bool:
@@ -927,7 +937,9 @@ def _followed(v) -> bool:
 def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
     """:func:`_python_reads` of one function ``f`` (a bound method's ``self``: ``owner``),
     appending to ``reads`` and ``names`` (each name followed by ``label``); returns the
-    Python functions it names, to look into next."""
+    Python functions it names, and the methods of the objects it reaches that it names (an
+    nn module's too: ``self.attend``), as ``(function, its self or None)``, to look into
+    next."""
     code = f.__code__
     codes, k = [code], 0
     while k < len(codes):  # the function's code and its nested functions'
@@ -944,7 +956,7 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
             reads.append(read)
             names.append(name + label)
         elif _followed(v):
-            funcs.append(v)
+            funcs.append((v, None))
         else:
             holders.append((name, read, v, 1))
     seen = set()
@@ -958,12 +970,17 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
         elif type(v) in (list, tuple):  # lr[0]: at the integers the step's code holds
             inside = [(f"{where}[{i}]", functools.partial(_index_now, read, i), v[i])
                       for i in ints if -len(v) <= i < len(v)]
-        elif isinstance(v, Tensor) or _is_module(v) or _is_optimizer(v) or (
-                callable(v) and not isinstance(v, type)):
+        elif isinstance(v, Tensor) or _is_optimizer(v) or (
+                callable(v) and not isinstance(v, type | ModuleType) and not _is_module(v)):
             continue
         else:
             d = getattr(v, "__dict__", None)
             if d is None or not hasattr(d, "get"):
+                continue
+            if not isinstance(v, type | ModuleType):  # an instance: the methods it names
+                funcs += [(m, v) for a in attrs if a[:2] != "__" and a not in d
+                          for m in (_method(v, a),) if m is not None]
+            if _is_module(v):  # its numbers are keyed with its state
                 continue
             inside = [(f"{where}.{a}", functools.partial(_attr_now, read, a), d[a])
                       for a in attrs if a[:2] != "__" and a in d]
@@ -972,7 +989,7 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
                 reads.append(get)
                 names.append(name + label)
             elif _followed(x):  # utils.update: a helper reached through a module
-                funcs.append(x)
+                funcs.append((x, None))
             elif depth < READ_DEPTH and type(x) not in _NOT_HOLDERS:
                 holders.append((name, get, x, depth + 1))
     return funcs
