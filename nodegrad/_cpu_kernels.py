@@ -290,18 +290,18 @@ def _span(off, step, m, n):
 def im2col_2d(x, out, dims, s0, s1, p0, p1, d0, d1, taps_first, zero):
     """A convolution's windows, flat: ``x`` the channels-last (N, H, W, C) input, ``out``
     (N, OH, OW, KH, KW, C) with element ``x[n, i s0 - p0 + a d0, j s1 - p1 + b d1, c]``, or
-    ``zero`` where that falls in the padding; with ``taps_first`` (one channel, ``s1`` 1)
-    the same elements in (KH, KW, C, N, OH, OW) order. ``dims`` = (N, H, W, C, OH, OW, KH,
+    ``zero`` where that falls in the padding; with ``taps_first`` (one channel) the same
+    elements in (KH, KW, C, N, OH, OW) order. ``dims`` = (N, H, W, C, OH, OW, KH,
     KW). Runs of the input are copied as runs: a window row's KW·C elements, or an output
     row's OW. Indices are unsigned (``_U``): numba then adds no negative-index wraparound,
     which kept these copies from vectorising (3-7x slower)."""
     nb, h, w, nc, oh, ow, kh, kw = dims
     o = _U(0)
-    if taps_first:  # one channel, unit stride along the rows (the caller's rule)
+    if taps_first:  # one channel (the caller's rule)
         for a in range(kh):
             for b in range(kw):
                 off = b * d1 - p1
-                j0, j1 = _span(off, 1, w, ow)
+                j0, j1 = _span(off, s1, w, ow)
                 for n in range(nb):
                     for i in range(oh):
                         r = i * s0 - p0 + a * d0
@@ -309,12 +309,16 @@ def im2col_2d(x, out, dims, s0, s1, p0, p1, d0, d1, taps_first, zero):
                             for j in range(ow):
                                 out[o + _U(j)] = zero
                         else:
-                            src = _U((n * h + r) * w + off + j0)
+                            src = _U((n * h + r) * w + off + j0 * s1)
                             for j in range(j0):
                                 out[o + _U(j)] = zero
                             dst = o + _U(j0)
-                            for j in range(j1 - j0):
-                                out[dst + _U(j)] = x[src + _U(j)]
+                            if s1 == 1:  # runs of the input: a copy that vectorises
+                                for j in range(j1 - j0):
+                                    out[dst + _U(j)] = x[src + _U(j)]
+                            else:
+                                for j in range(j1 - j0):
+                                    out[dst + _U(j)] = x[src + _U(j * s1)]
                             for j in range(j1, ow):
                                 out[o + _U(j)] = zero
                         o += _U(ow)
