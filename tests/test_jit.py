@@ -534,6 +534,22 @@ class _Scaler:
         return x * self.offset + _Scaler.scale
 
 
+def _changed_between_calls(steps: dict, x) -> None:
+    """For each ``name: (fn, set_)``: ``ng.jit(fn)`` replays ``fn``'s value with ``set_(2.0)``,
+    then, after ``set_(5.0)``, traces once more and replays the new value (never the stale
+    one); ``set_(2.0)`` again afterwards."""
+    for what, (fn, set_) in steps.items():
+        set_(2.0)
+        jf = ng.jit(fn)
+        want = fn(x).numpy()
+        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
+        set_(5.0)
+        for _ in range(2):  # traced again, then replayed
+            assert _same(jf(x).numpy(), fn(x).numpy()), what
+            assert jf.traces == 2, what
+        set_(2.0)
+
+
 def test_numbers_one_attribute_or_item_down_are_read_on_every_call():
     """``args.lr``, ``cfg["lr"]``, ``self.offset`` and a class attribute that the caller
     changes between calls take effect: each is compared on every call (one more trace for
@@ -546,15 +562,7 @@ def test_numbers_one_attribute_or_item_down_are_read_on_every_call():
         "global item": (lambda x: x * SETTINGS["scale"], lambda v: SETTINGS.update(scale=v)),
         "class attribute": (_Scaler().step, lambda v: setattr(_Scaler, "scale", v)),
     }
-    for what, (fn, set_) in steps.items():
-        set_(2.0)
-        jf = ng.jit(fn)
-        want = fn(x).numpy()
-        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
-        set_(5.0)
-        assert _same(jf(x).numpy(), fn(x).numpy()), what
-        assert jf.traces == 2, what
-        set_(2.0)
+    _changed_between_calls(steps, x)
     scaler = _Scaler()
     jf = ng.jit(scaler.step)
     jf(x)
@@ -589,15 +597,7 @@ def test_numbers_several_attributes_or_items_down_are_read_on_every_call():
         "tuple in a dict": (lambda x: x * betas["b"][1],
                             lambda v: betas.update(b=(0.9, v))),
     }
-    for what, (fn, set_) in steps.items():
-        set_(2.0)
-        jf = ng.jit(fn)
-        want = fn(x).numpy()
-        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
-        set_(5.0)
-        assert _same(jf(x).numpy(), fn(x).numpy()), what
-        assert jf.traces == 2, what
-        set_(2.0)
+    _changed_between_calls(steps, x)
 
 
 HELPER_SCALE = 2.0
@@ -629,15 +629,7 @@ def test_numbers_a_called_helper_reads_are_read_on_every_call():
                                lambda v: setattr(CONFIG, "scale", v)),
         "held helper": (lambda x: holder.scale(x), set_global),
     }
-    for what, (fn, set_) in steps.items():
-        set_(2.0)
-        jf = ng.jit(fn)
-        want = fn(x).numpy()
-        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
-        set_(5.0)
-        assert _same(jf(x).numpy(), fn(x).numpy()), what
-        assert jf.traces == 2, what
-        set_(2.0)
+    _changed_between_calls(steps, x)
 
 
 TEMPERATURE = 2.0
@@ -690,14 +682,7 @@ def test_numpy_scalars_the_step_reads_are_read_on_every_call():
         "float32 item": (lambda x: x * local["s"], lambda v: local.update(s=np.float32(v))),
         "int64": (lambda x: x * local["s"], lambda v: local.update(s=np.int64(v))),
     }
-    for what, (fn, set_) in steps.items():
-        set_(2.0)
-        jf = ng.jit(fn)
-        want = fn(x).numpy()
-        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
-        set_(5.0)
-        assert _same(jf(x).numpy(), fn(x).numpy()), what
-        assert jf.traces == 2, what
+    _changed_between_calls(steps, x)
     NP_SCALE = np.float64(2.0)
     model = ng.nn.Linear(3, 2)
     model.gain = np.float32(2.0)
@@ -731,15 +716,7 @@ def test_a_numpy_array_the_step_reads_rebound_between_calls_traces_again():
         "item as a tensor": (lambda x: x * ng.tensor(weights["w"]),
                              lambda v: weights.update(w=np.full(3, v, np.float32))),
     }
-    for what, (fn, set_) in steps.items():
-        set_(2.0)
-        jf = ng.jit(fn)
-        want = fn(x).numpy()
-        assert _same(jf(x).numpy(), want) and _same(jf(x).numpy(), want), what
-        set_(5.0)
-        assert _same(jf(x).numpy(), fn(x).numpy()), what
-        assert jf.traces == 2, what
-        assert _same(jf(x).numpy(), fn(x).numpy()) and jf.traces == 2, what  # replayed
+    _changed_between_calls(steps, x)
     NP_MASK = np.ones(3, np.float32)
 
 
