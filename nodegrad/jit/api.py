@@ -809,10 +809,9 @@ def _is_plain(v) -> bool:
     return type(v) in _PLAIN or isinstance(v, _NUMPY_SCALARS)
 
 
-
 def _plain_key(v) -> tuple:
     """A Python value's entry in the signature: numbers and strings by value (floats by their
-    bits, as static arguments), anything else by its type only."""
+    bits, as static arguments), a NumPy/CuPy array by identity, anything else by its type."""
     if _is_plain(v):
         return _static_key(v, 0)
     return ("array", _Ident(v)) if B.is_array(v) else ("other", type(v))
@@ -884,9 +883,10 @@ _LIBRARIES = frozenset({"nodegrad", "numpy", "scipy", "cupy", "numba", "torch", 
 
 
 def _python_reads(fn, mods: list = ()) -> tuple[tuple, tuple]:
-    """Readers of the Python numbers and strings ``fn`` names in its closure and among its
-    globals (its nested functions' too), and their names: a replay holds the traced values, so
-    every call compares them (a learning rate annealed as ``lr /= 4`` between epochs). Down to
+    """Readers of the Python numbers and strings, NumPy scalars and arrays (these by identity)
+    ``fn`` names in its closure and among its globals (its nested functions' too), and their
+    names: a replay holds the traced values, so every call compares them (a learning rate
+    annealed as ``lr /= 4`` between epochs). Down to
     :data:`READ_DEPTH` levels too: the plain attributes and string-keyed items ``fn`` names of
     the objects, classes, modules and dicts those variables (and a bound method's ``self``)
     hold, and of those these hold under names ``fn`` uses (``args.lr``, ``cfg["lr"]``,
@@ -894,9 +894,10 @@ def _python_reads(fn, mods: list = ()) -> tuple[tuple, tuple]:
     code holds (``lr[0]``); nn modules and optimisers are left out (a module's numbers are
     keyed with its state, an optimiser's read afresh on every replay). The same for the
     Python functions ``fn`` names (a helper reading a global ``LR``), to :data:`CALL_DEPTH`,
-    and for the ``forward`` of each class of ``mods`` (the step's modules: a global
-    ``TEMPERATURE`` a model divides by), but those of the libraries in :data:`_LIBRARIES` and
-    of Python's own."""
+    for the ``forward`` of each class of ``mods`` (the step's modules: a global
+    ``TEMPERATURE`` a model divides by) and for the methods these name on the objects they
+    reach (``self.compute_loss``), but not the functions of the libraries in
+    :data:`_LIBRARIES` or of Python's own."""
     f = getattr(fn, "__func__", fn)
     reads, names, funcs, done = [], [], [], set()
     if getattr(f, "__code__", None) is not None:
