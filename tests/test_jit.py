@@ -767,6 +767,33 @@ def test_numbers_the_methods_a_step_calls_read_are_read_on_every_call():
     TEMPERATURE = 2.0
 
 
+def test_a_dead_weakref_proxy_the_step_names_is_left_alone():
+    """The number reads and the search for tensors held in variables look at what a step
+    names; a ``weakref.proxy`` whose object is gone raises at any look, and must not make the
+    jitted function fail (it read the proxy on no path that runs)."""
+    import weakref
+
+    obj = _Config(2.0)
+    gone = weakref.proxy(obj)
+    live = weakref.proxy(_TRAINER_HELD)
+    del obj
+
+    def f(x):
+        if x.shape[0] < 0:  # never: the names are in the code, not on the path
+            return x * gone.scale
+        return x * live.scale
+
+    jf = ng.jit(f)
+    x = ng.ones(2)
+    assert _same(jf(x).numpy(), f(x).numpy()) and _same(jf(x).numpy(), f(x).numpy())
+    _TRAINER_HELD.scale = 3.0  # through a live proxy: still read on every call
+    assert _same(jf(x).numpy(), f(x).numpy()) and jf.traces == 2
+    _TRAINER_HELD.scale = 2.0
+
+
+_TRAINER_HELD = _Config(2.0)
+
+
 def test_a_counter_two_attributes_down_that_the_step_changes_runs_eagerly():
     state = _Config(_Config(0))
 

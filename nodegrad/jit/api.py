@@ -793,7 +793,7 @@ def _closure_modules(fn) -> list:
         cands += [g[n] for n in code.co_names if n in g]
     found, seen = [], set()
     for o in cands:  # modules, and optimisers (their parameters' requires_grad keys it)
-        if (_is_module(o) or _is_optimizer(o)) and id(o) not in seen:
+        if _alive(o) and (_is_module(o) or _is_optimizer(o)) and id(o) not in seen:
             seen.add(id(o))
             found.append(o)
     return found
@@ -949,51 +949,52 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
     attrs = dict.fromkeys(n for c in codes for n in c.co_names)
     keys = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is str)
     ints = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is int)
-    holders, funcs = [], []
-    if owner is not None:
-        holders.append(("self", functools.partial(_same, owner), owner, 1))
-    for name, read, v in _named_values(f, code, attrs):
-        if _is_plain(v) or B.is_array(v):
-            reads.append(read)
-            names.append(name + label)
-        elif _followed(v):
-            funcs.append((v, None))
-        else:
-            holders.append((name, read, v, 1))
+    funcs: list = []
+    found = [(name, read, v, 1) for name, read, v in _named_values(f, code, attrs)]
+    if owner is not None:  # a bound method's self
+        found.append(("self", functools.partial(_same, owner), owner, 1))
     seen = set()
-    for where, read, v, depth in holders:  # grows as deeper holders are found
-        if id(v) in seen:  # one path to each object (a cycle, a config shared by two names)
-            continue
-        seen.add(id(v))
-        if type(v) is dict:
-            inside = [(f"{where}[{key!r}]", functools.partial(_item_now, read, key), v[key])
-                      for key in keys if key in v]
-        elif type(v) in (list, tuple):  # lr[0]: at the integers the step's code holds
-            inside = [(f"{where}[{i}]", functools.partial(_index_now, read, i), v[i])
-                      for i in ints if -len(v) <= i < len(v)]
-        elif isinstance(v, Tensor) or _is_optimizer(v) or (
-                callable(v) and not isinstance(v, type | ModuleType) and not _is_module(v)):
-            continue
-        else:
-            d = getattr(v, "__dict__", None)
-            if d is None or not hasattr(d, "get"):
-                continue
-            if not isinstance(v, type | ModuleType):  # an instance: the methods it names
-                funcs += [(m, v) for a in attrs if a[:2] != "__" and a not in d
-                          for m in (_method(v, a),) if m is not None]
-            if _is_module(v):  # its numbers are keyed with its state
-                continue
-            inside = [(f"{where}.{a}", functools.partial(_attr_now, read, a), d[a])
-                      for a in attrs if a[:2] != "__" and a in d]
-        for name, get, x in inside:
-            if _is_plain(x) or B.is_array(x):
-                reads.append(get)
+    for name, read, v, depth in found:  # grows as holders are looked into
+        try:  # a value that cannot be inspected (a dead weakref.proxy) is left alone
+            if _is_plain(v) or B.is_array(v):
+                reads.append(read)
                 names.append(name + label)
-            elif _followed(x):  # utils.update: a helper reached through a module
-                funcs.append((x, None))
-            elif depth < READ_DEPTH and type(x) not in _NOT_HOLDERS:
-                holders.append((name, get, x, depth + 1))
+            elif _followed(v):  # a helper, named or reached through a module or a dict
+                funcs.append((v, None))
+            elif depth <= READ_DEPTH and type(v) not in _NOT_HOLDERS and id(v) not in seen:
+                seen.add(id(v))  # one path to each object (a cycle, a shared config)
+                found += [(n, r, x, depth + 1)
+                          for n, r, x in _inside(name, read, v, attrs, keys, ints, funcs)]
+        except Exception:  # noqa: BLE001 - such a value is read once, at the trace, as before
+            continue
     return funcs
+
+
+def _inside(where: str, read, v, attrs: dict, keys: dict, ints: dict, funcs: list) -> list:
+    """``(name, reader, value)`` of what :func:`_reads_of` reads inside holder ``v`` (a dict's
+    items, a list's or tuple's, an object's, class's or module's attributes, under the names
+    and constants the code holds); the methods of an instance that the code names go to
+    ``funcs``. Nothing inside tensors, optimisers and other callables, nor inside nn modules
+    but their methods (their numbers are keyed with their state)."""
+    if type(v) is dict:
+        return [(f"{where}[{key!r}]", functools.partial(_item_now, read, key), v[key])
+                for key in keys if key in v]
+    if type(v) in (list, tuple):  # lr[0]: at the integers the step's code holds
+        return [(f"{where}[{i}]", functools.partial(_index_now, read, i), v[i])
+                for i in ints if -len(v) <= i < len(v)]
+    if isinstance(v, Tensor) or _is_optimizer(v) or (
+            callable(v) and not isinstance(v, type | ModuleType) and not _is_module(v)):
+        return []
+    d = getattr(v, "__dict__", None)
+    if d is None or not hasattr(d, "get"):
+        return []
+    if not isinstance(v, type | ModuleType):  # an instance: the methods it names
+        funcs += [(m, v) for a in attrs if a[:2] != "__" and a not in d
+                  for m in (_method(v, a),) if m is not None]
+    if _is_module(v):
+        return []
+    return [(f"{where}.{a}", functools.partial(_attr_now, read, a), d[a])
+            for a in attrs if a[:2] != "__" and a in d]
 
 
 _NOT_HOLDERS = (set, frozenset, bytes, bytearray)
@@ -1011,7 +1012,21 @@ def _named_values(f, code, names) -> list:
         found.append((name, functools.partial(_cell_value, cell), v))
     g = getattr(f, "__globals__", {})
     found += [(name, functools.partial(g.get, name), g[name]) for name in names if name in g]
-    return found
+    return [x for x in found if _alive(x[2])]
+
+
+_PROXIES = (weakref.ProxyType, weakref.CallableProxyType)
+
+
+def _alive(v) -> bool:
+    """False for a ``weakref.proxy`` whose object is gone (any look at it raises)."""
+    if type(v) not in _PROXIES:
+        return True
+    try:
+        v.__class__  # noqa: B018 - the look that raises
+    except ReferenceError:
+        return False
+    return True
 
 
 def _same(v):
