@@ -253,9 +253,9 @@ class StatefulLM(nn.Module):
 
 def hidden_in_a_variable(where, rnn_type="GRU"):
     """The step reads the state from a Python variable; ``where`` says who rebinds it: the
-    caller between calls ("outside", or "box": an attribute of an object the step closes over;
-    read afresh on each replay), or the step itself ("nonlocal", "global", "attribute": the
-    signature runs eagerly)."""
+    caller between calls ("outside", or "box": an attribute of an object the step closes over,
+    "deepbox": one of an object that object holds; read afresh on each replay), or the step
+    itself ("nonlocal", "global", "attribute": the signature runs eagerly)."""
     def make():
         global HIDDEN
         ng.set_default_dtype(ng.float32)
@@ -263,15 +263,17 @@ def hidden_in_a_variable(where, rnn_type="GRU"):
         model = StatefulLM(rnn_type)
         opt = optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
         box = types.SimpleNamespace()  # a trainer object holding the state
-        hidden, HIDDEN, model.hidden, box.hidden = (
+        box.state = types.SimpleNamespace()  # and its state object holding it
+        hidden, HIDDEN, model.hidden, box.hidden, box.state.hidden = (
             (ng.zeros(1, bsz, 8), ng.zeros(1, bsz, 8)) if rnn_type == "LSTM" else
-            ng.zeros(1, bsz, 8) for _ in range(4))
+            ng.zeros(1, bsz, 8) for _ in range(5))
 
         def step(data, targets):
             nonlocal hidden
             global HIDDEN
             h = {"outside": hidden, "nonlocal": hidden, "global": HIDDEN,
-                 "attribute": model.hidden, "box": box.hidden}[where]
+                 "attribute": model.hidden, "box": box.hidden,
+                 "deepbox": box.state.hidden}[where]
             output, h = model(data, repackage_hidden(h))
             loss = F.nll_loss(output, targets)
             opt.zero_grad()
@@ -292,10 +294,12 @@ def hidden_in_a_variable(where, rnn_type="GRU"):
                 hidden = repackage_hidden(out[1])
             elif where == "box":
                 box.hidden = repackage_hidden(out[1])
+            elif where == "deepbox":
+                box.state.hidden = repackage_hidden(out[1])
         batches = bptt_batches(batchify(corpus(), bsz), 5, 10)
         run = Run((model, opt), step, batches, between,
                   extra=lambda: list(repackage_hidden((hidden, HIDDEN, model.hidden,
-                                                       box.hidden))))
+                                                       box.hidden, box.state.hidden))))
         return run
     return make
 
@@ -305,7 +309,7 @@ def _flat(h):
 
 
 @pytest.mark.parametrize("where,rnn_type", [("outside", "GRU"), ("outside", "LSTM"),
-                                            ("box", "GRU")])
+                                            ("box", "GRU"), ("deepbox", "GRU")])
 def test_hidden_rebound_by_the_caller_is_read_on_each_replay(where, rnn_type):
     # the replays read the variable's tensor at the trace, the first state, on every call
     j = check(lambda: _with_flat_extra(hidden_in_a_variable(where, rnn_type)()))

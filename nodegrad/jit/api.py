@@ -942,13 +942,7 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
     nn module's too: ``self.attend``), as ``(function, its self or None)``, to look into
     next."""
     code = f.__code__
-    codes, k = [code], 0
-    while k < len(codes):  # the function's code and its nested functions'
-        codes += [c for c in codes[k].co_consts if hasattr(c, "co_names")]
-        k += 1
-    attrs = dict.fromkeys(n for c in codes for n in c.co_names)
-    keys = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is str)
-    ints = dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is int)
+    attrs, keys, ints = _code_names(code)
     funcs: list = []
     found = [(name, read, v, 1) for name, read, v in _named_values(f, code, attrs)]
     if owner is not None:  # a bound method's self
@@ -968,6 +962,18 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
         except Exception:  # noqa: BLE001 - such a value is read once, at the trace, as before
             continue
     return funcs
+
+
+def _code_names(code) -> tuple[dict, dict, dict]:
+    """The names, string constants and integer constants of ``code`` and of the functions
+    nested in it: the attributes, keys and indices it may read."""
+    codes, k = [code], 0
+    while k < len(codes):
+        codes += [c for c in codes[k].co_consts if hasattr(c, "co_names")]
+        k += 1
+    return (dict.fromkeys(n for c in codes for n in c.co_names),
+            dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is str),
+            dict.fromkeys(v for c in codes for v in c.co_consts if type(v) is int))
 
 
 def _inside(where: str, read, v, attrs: dict, keys: dict, ints: dict, funcs: list) -> list:
@@ -1055,10 +1061,12 @@ def _item_now(read, key: str):
 
 def _tensor_holders(mods: list, fn) -> list:
     """``(where, read, value, items, arrays by id)`` for each public plain attribute of
-    ``mods``, each variable of ``fn``'s closure and each global it names, and each public
-    attribute or item of the objects and dicts those hold, that holds a tensor or a tuple or
-    list of tensors now (a recurrent state kept as ``self.hidden``, rebound through ``nonlocal
-    hidden``, or kept as ``trainer.hidden``): see :func:`_replaced_reads`."""
+    ``mods``, each variable of ``fn``'s closure and each global it names, each public
+    attribute or item of the objects and dicts those hold, and, down to :data:`READ_DEPTH`,
+    the attributes and items inside those that ``fn``'s code names, that holds a tensor or a
+    tuple or list of tensors now (a recurrent state kept as ``self.hidden``, rebound through
+    ``nonlocal hidden``, or kept as ``trainer.hidden`` or ``trainer.state.hidden``): see
+    :func:`_replaced_reads`."""
     found = []
 
     def add(where, read, v):
@@ -1085,9 +1093,28 @@ def _tensor_holders(mods: list, fn) -> list:
     if owner is not None:
         add_inside("self", owner)
     if code is not None:
-        for name, read, v in _named_values(f, code, dict.fromkeys(code.co_names)):
+        named = _named_values(f, code, dict.fromkeys(code.co_names))
+        for name, read, v in named:
             add(name, read, v)
             add_inside(name, v)
+        # deeper, along the names the code uses (``trainer.state.hidden``), read through the
+        # path on each call: an object on the way may be replaced too
+        attrs, keys, ints = _code_names(code)
+        deeper = [(name, read, v, 1) for name, read, v in named]
+        if owner is not None:
+            deeper.append(("self", functools.partial(_same, owner), owner, 1))
+        seen = set()
+        for where, read, v, depth in deeper:  # grows as holders are looked into
+            try:  # as _reads_of: a value that cannot be inspected is left alone
+                if depth >= 3:  # the first two levels were added above
+                    add(where, read, v)
+                if (depth <= READ_DEPTH and not isinstance(v, Tensor)
+                        and type(v) not in _NOT_HOLDERS and id(v) not in seen):
+                    seen.add(id(v))
+                    deeper += [(n, r, x, depth + 1)
+                               for n, r, x in _inside(where, read, v, attrs, keys, ints, [])]
+            except Exception:  # noqa: BLE001
+                continue
     for mod in mods:
         d = vars(mod)
         for name, v in d.items():
