@@ -886,10 +886,10 @@ def _python_reads(fn, mods: list = ()) -> tuple[tuple, tuple]:
     """Readers of the Python numbers and strings, NumPy scalars and arrays (these by identity)
     ``fn`` names in its closure and among its globals (its nested functions' too), and their
     names: a replay holds the traced values, so every call compares them (a learning rate
-    annealed as ``lr /= 4`` between epochs). Down to
-    :data:`READ_DEPTH` levels too: the plain attributes and string-keyed items ``fn`` names of
-    the objects, classes, modules and dicts those variables (and a bound method's ``self``)
-    hold, and of those these hold under names ``fn`` uses (``args.lr``, ``cfg["lr"]``,
+    annealed as ``lr /= 4`` between epochs). Down to :data:`READ_DEPTH` levels too: the plain
+    attributes and string-keyed items ``fn`` names of the objects, classes, modules and dicts
+    those variables (and a bound method's ``self``) hold, and of those these hold under names
+    ``fn`` uses (``args.lr``, ``cfg["lr"]``,
     ``self.scale``, ``cfg.optim.lr``), and the items of lists and tuples at the integers its
     code holds (``lr[0]``); nn modules and optimisers are left out (a module's numbers are
     keyed with its state, an optimiser's read afresh on every replay). The same for the
@@ -944,24 +944,38 @@ def _reads_of(f, owner, label: str, reads: list, names: list) -> list:
     code = f.__code__
     attrs, keys, ints = _code_names(code)
     funcs: list = []
+    for name, read, v, _ in _walk(f, code, owner, attrs, keys, ints, funcs):
+        if _is_plain(v) or B.is_array(v):
+            reads.append(read)
+            names.append(name + label)
+        elif _followed(v):  # a helper, named or reached through a module or a dict
+            funcs.append((v, None))
+    return funcs
+
+
+def _walk(f, code, owner, attrs: dict, keys: dict, ints: dict, funcs: list):
+    """``(name, reader, value, depth)`` for each variable of ``f``'s closure and each global
+    ``attrs`` names (depth 1), a bound method's ``self`` (``owner``, depth 1), and, down to
+    :data:`READ_DEPTH`, what the holders among them hold under the code's names and
+    constants (:func:`_inside`, depth + 1), nearest first, each object looked into once (a
+    cycle, a config two names share). A value that cannot be inspected (a dead
+    ``weakref.proxy``) is left out; the methods the code names on the objects go to
+    ``funcs``."""
     found = [(name, read, v, 1) for name, read, v in _named_values(f, code, attrs)]
-    if owner is not None:  # a bound method's self
+    if owner is not None:
         found.append(("self", functools.partial(_same, owner), owner, 1))
     seen = set()
     for name, read, v, depth in found:  # grows as holders are looked into
-        try:  # a value that cannot be inspected (a dead weakref.proxy) is left alone
-            if _is_plain(v) or B.is_array(v):
-                reads.append(read)
-                names.append(name + label)
-            elif _followed(v):  # a helper, named or reached through a module or a dict
-                funcs.append((v, None))
-            elif depth <= READ_DEPTH and type(v) not in _NOT_HOLDERS and id(v) not in seen:
-                seen.add(id(v))  # one path to each object (a cycle, a shared config)
+        if not _alive(v):
+            continue
+        yield name, read, v, depth
+        if depth <= READ_DEPTH and type(v) not in _NOT_HOLDERS and id(v) not in seen:
+            seen.add(id(v))
+            try:
                 found += [(n, r, x, depth + 1)
                           for n, r, x in _inside(name, read, v, attrs, keys, ints, funcs)]
-        except Exception:  # noqa: BLE001 - such a value is read once, at the trace, as before
-            continue
-    return funcs
+            except Exception:  # noqa: BLE001 - what it holds is read once, at the trace
+                continue
 
 
 def _code_names(code) -> tuple[dict, dict, dict]:
@@ -1093,28 +1107,15 @@ def _tensor_holders(mods: list, fn) -> list:
     if owner is not None:
         add_inside("self", owner)
     if code is not None:
-        named = _named_values(f, code, dict.fromkeys(code.co_names))
-        for name, read, v in named:
+        for name, read, v in _named_values(f, code, dict.fromkeys(code.co_names)):
             add(name, read, v)
             add_inside(name, v)
         # deeper, along the names the code uses (``trainer.state.hidden``), read through the
         # path on each call: an object on the way may be replaced too
         attrs, keys, ints = _code_names(code)
-        deeper = [(name, read, v, 1) for name, read, v in named]
-        if owner is not None:
-            deeper.append(("self", functools.partial(_same, owner), owner, 1))
-        seen = set()
-        for where, read, v, depth in deeper:  # grows as holders are looked into
-            try:  # as _reads_of: a value that cannot be inspected is left alone
-                if depth >= 3:  # the first two levels were added above
-                    add(where, read, v)
-                if (depth <= READ_DEPTH and not isinstance(v, Tensor)
-                        and type(v) not in _NOT_HOLDERS and id(v) not in seen):
-                    seen.add(id(v))
-                    deeper += [(n, r, x, depth + 1)
-                               for n, r, x in _inside(where, read, v, attrs, keys, ints, [])]
-            except Exception:  # noqa: BLE001
-                continue
+        for where, read, v, depth in _walk(f, code, owner, attrs, keys, ints, []):
+            if depth >= 3:  # the first two levels were added above
+                add(where, read, v)
     for mod in mods:
         d = vars(mod)
         for name, v in d.items():
