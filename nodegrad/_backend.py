@@ -445,6 +445,8 @@ def is_array(x) -> bool:
 
 ndarray = np.ndarray
 generic = np.generic
+NUMPY_SCALARS = (np.number, np.bool_)
+"""NumPy's number and bool scalars: values a jitted step compares as it compares Python's."""
 
 
 # --- matrix products -------------------------------------------------------------------------

@@ -800,13 +800,12 @@ def _closure_modules(fn) -> list:
 
 
 _PLAIN = (bool, int, float, str, type(None))
-_NUMPY_SCALARS = (B.np.number, B.np.bool_)  # np.float64(0.1) * cos(...): a schedule's value
 
 
 def _is_plain(v) -> bool:
     """Whether ``v`` is a value the signature holds by value: a Python number, string or None,
     or a NumPy scalar (what a learning rate computed with ``np.cos`` is)."""
-    return type(v) in _PLAIN or isinstance(v, _NUMPY_SCALARS)
+    return type(v) in _PLAIN or isinstance(v, B.NUMPY_SCALARS)
 
 
 def _plain_key(v) -> tuple:

@@ -59,7 +59,7 @@ public plain number or string attribute changed value: a jitted function holding
 compares it to see that its captured tensors are still the modules' own (a replaced layer or
 parameter makes it trace again) and that the Python values it read are unchanged."""
 _PLAIN_TYPES = (bool, int, float, str, type(None))  # plain attributes a jitted step keys on
-_NUMPY_SCALARS = (B.np.number, B.np.bool_)  # and NumPy scalars (np.float32(0.5))
+# (and NumPy scalars, _backend.NUMPY_SCALARS)
 _ABSENT = object()
 
 
@@ -132,7 +132,7 @@ class Module:
         else:
             old = d.get(name, _ABSENT)
             if (type(value) in _PLAIN_TYPES or type(old) in _PLAIN_TYPES
-                    or isinstance(value, _NUMPY_SCALARS) or isinstance(old, _NUMPY_SCALARS)
+                    or isinstance(value, B.NUMPY_SCALARS) or isinstance(old, B.NUMPY_SCALARS)
                     ) and name[0] != "_" and (type(old) is not type(value) or old != value):
                 _STRUCTURE[0] += 1  # a number that Python code reads: a jitted step retraces
             object.__setattr__(self, name, value)
