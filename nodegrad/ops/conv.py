@@ -62,11 +62,7 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
         cols = B.im2col_cuda(x, tuple(k), tuple(stride), tuple(padding), tuple(dilation), out)
         if cols is not None:
             return cols, out
-    # one input channel: copied taps-major, the runs are whole output rows rather than one
-    # kernel row (~3x faster; strided, a window row of a few taps cost more per element than
-    # the copy: MNIST-1D's first layer, 1900 windows of 5, ~35 against ~8 µs); the product
-    # takes the transposed view as is
-    first = g == 1 and c == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1)
+    first = g == 1 and _taps_first(c, k, dilation, out)
     padded = (n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,)
     mem = _cols_in_one_pass(xl, k, stride, padding, dilation, out, first, padded) if g == 1 \
         else None
@@ -91,6 +87,15 @@ def _cols(xp, x, k, stride, padding, dilation, groups, out=None):
     return mem.reshape(1, n * npos, kk * c), out
 
 
+def _taps_first(c: int, k: tuple, dilation: tuple, out: tuple) -> bool:
+    """Whether one group's windows are copied taps-major, (*k, C, N, *out): for one input
+    channel, where the runs are then whole output rows rather than one kernel row (~3x
+    faster; strided, a window row of a few taps costs more per element than the copy:
+    MNIST-1D's first layer, 1900 windows of 5, ~17 against ~35 µs). The product takes the
+    transposed view as it is."""
+    return c == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1)
+
+
 COLS_PLANS_MAX = 256
 _COLS_PLANS: dict = {}  # layout and parameters -> _cols_plan's form (or None)
 _UNPLANNED = object()
@@ -110,7 +115,7 @@ def _cols_plan(x, k, stride, padding, dilation, groups, out):
         out = tuple(_out_size(m, ki, s, p, d)
                     for m, ki, s, p, d in zip(x.shape[2:], k, stride, padding, dilation))
     npos, kk = math.prod(out), math.prod(k)
-    first = c == 1 and out[-1] > (k[-1] if dilation[-1] == 1 else 1)
+    first = _taps_first(c, k, dilation, out)
     padded = (n,) + tuple(m + 2 * p for m, p in zip(x.shape[2:], padding)) + (c,)
     xl = _channels_last(x)
     if not first:  # _cols_in_one_pass's rules
