@@ -415,8 +415,9 @@ def _gelu_vjp(g, ans, x, approximate):
 
 def _gelu_grad_fwd(xp, g, x):
     """``g * ((erf(x / √2) + 1) * 0.5 + x * (exp(x * x * -0.5) / √(2π)))``, these operations in
-    this order: on host float32 arrays in three passes (:func:`._backend.gelu32_grad`, NumPy's
-    exp between two loops, where numba is loaded), else in the backend's ufuncs, the same bits."""
+    this order: on host float32 arrays in two loops (:func:`._backend.gelu32_grad`, where numba is
+    loaded), else in the backend's ufuncs, the same bits (float32 erf and exp computed in float32
+    arithmetic either way)."""
     if type(x) is _ndarray:
         out = B.gelu32_grad(g, x, _INV_SQRT2, _INV_SQRT_2PI)
         if out is not None:
@@ -425,7 +426,7 @@ def _gelu_grad_fwd(xp, g, x):
         cdf = (math.erf(x * _INV_SQRT2) + 1) * 0.5
         return g * (cdf + x * (math.exp(x * x * -0.5) * _INV_SQRT_2PI))
     cdf = (B.backend_of(x).erf(x * _INV_SQRT2) + 1) * 0.5
-    return g * (cdf + x * (xp.exp(x * x * -0.5) * _INV_SQRT_2PI))
+    return g * (cdf + x * (B.exp_nonpositive(xp, x * x * -0.5) * _INV_SQRT_2PI))
 
 
 def _gelu_grad_dx(c, out, g, x):
