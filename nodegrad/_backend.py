@@ -1192,16 +1192,23 @@ def erf32(x):
     (:func:`cpu_kernels`; ~0.55 ms for 12 x 64 x 512 elements, SciPy's scalar loop 4.4), else by
     the same float32 operations in NumPy's ufuncs (~1.5x SciPy's time): the same bits either
     way. A 0-d array or a scalar gives a NumPy scalar, as a ufunc does."""
+    return _float32_map("erf32", x, _erf32_numpy, _ERF32)
+
+
+def _float32_map(name: str, x, numpy_form, consts: tuple):
+    """``x`` (a float32 array or scalar) through the float32 function whose numba loop is
+    ``_cpu_kernels.<name>`` (taking ``consts``) where numba is loaded, at any size (~4 µs a
+    call, a NumPy form's ~50), else through ``numpy_form``, the same operations in NumPy's
+    ufuncs (the same bits); ``x``'s layout kept, a NumPy scalar for a 0-d array or a scalar."""
     a = np.asarray(x)
     if a.dtype != float32:
-        raise TypeError(f"erf32: expected a float32 array, got {a.dtype}")
-    k = cpu_kernels() if a.size else None  # any size: ~4 µs a call, the NumPy form's ~50
+        raise TypeError(f"{name}: expected a float32 array, got {a.dtype}")
+    k = cpu_kernels() if a.size else None
     if k is None:
-        out = _erf32_numpy(a)
+        out = numpy_form(a)
     else:
-        pair = _flat_pair(a, None) or _flat_pair(np.ascontiguousarray(a), None)
-        flat, out, dst = pair
-        k.erf32(flat, dst, *_ERF32)
+        flat, out, dst = _flat_pair(a, None) or _flat_pair(np.ascontiguousarray(a), None)
+        getattr(k, name)(flat, dst, *consts)
     return out[()] if out.ndim == 0 else out
 
 
@@ -1220,7 +1227,8 @@ _EXP32_CONSTS = tuple(float32.type(v) for v in (
 
 def _exp32_neg_numpy(a: np.ndarray) -> np.ndarray:
     """:func:`exp32_neg` by NumPy's ufuncs: the loop's operations on each element, in its
-    order, so its bits (the scale as exact powers of two from ``ldexp``)."""
+    order, so its bits (the scale as exact powers of two from ``ldexp``); C-ordered."""
+    shape, a = a.shape, a.reshape(-1)  # 1-d, so that a 0-d array's steps stay arrays
     lo, log2e, big, c1, c2, one = _EXP32_CONSTS
     nan = np.isnan(a)
     b = np.where(a < lo, lo, a)
@@ -1239,7 +1247,7 @@ def _exp32_neg_numpy(a: np.ndarray) -> np.ndarray:
     q *= s1
     q *= np.where(low, float32.type(2.0 ** -64), one)
     q[nan] = a[nan]
-    return q
+    return q.reshape(shape)
 
 
 def exp32_neg(x):
@@ -1247,17 +1255,7 @@ def exp32_neg(x):
     within 1 ulp of the correctly rounded value (:data:`_EXP32_POLY`), by numba's loop where
     numba is loaded, else the same operations in NumPy's ufuncs: the same bits either way (NumPy's
     own exp differs from both in ~40% of the values). Positive values are outside its range."""
-    a = np.asarray(x)
-    if a.dtype != float32:
-        raise TypeError(f"exp32_neg: expected a float32 array, got {a.dtype}")
-    k = cpu_kernels() if a.size else None
-    if k is None:
-        out = _exp32_neg_numpy(a.reshape(-1)).reshape(a.shape)
-    else:
-        pair = _flat_pair(a, None) or _flat_pair(np.ascontiguousarray(a), None)
-        flat, out, dst = pair
-        k.exp32_neg(flat, dst, _EXP32_POLY, _EXP32_CONSTS)
-    return out[()] if out.ndim == 0 else out
+    return _float32_map("exp32_neg", x, _exp32_neg_numpy, (_EXP32_POLY, _EXP32_CONSTS))
 
 
 def exp_nonpositive(xp, a):
