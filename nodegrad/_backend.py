@@ -443,6 +443,30 @@ def is_array(x) -> bool:
     return isinstance(x, np.ndarray) or (_cupy is not None and isinstance(x, _cupy.ndarray))
 
 
+def stand_ins(layouts: dict) -> dict:
+    """NumPy arrays with the shapes, strides and dtypes of ``layouts`` (key -> (shape, strides,
+    dtype)) that hold no memory of their own: views of one anonymous mapping as large as the
+    largest of them, which the system backs with pages only where something reads or writes.
+    A compiler pass inspects a traced array's layout after the array itself is gone (their
+    values are meaningless: they overlap)."""
+    import mmap
+
+    spans = {}
+    for k, (shape, strides, dtype) in layouts.items():
+        dtype = np.dtype(dtype)
+        if 0 in shape:
+            spans[k] = (0, 0)
+            continue
+        lo = sum(min(0, st * (n - 1)) for n, st in zip(shape, strides))
+        hi = sum(max(0, st * (n - 1)) for n, st in zip(shape, strides)) + dtype.itemsize
+        spans[k] = (-lo, hi - lo)
+    if not spans:
+        return {}
+    buf = mmap.mmap(-1, max(1, max(n for _, n in spans.values())))
+    return {k: np.ndarray(shape, dtype, buf, spans[k][0], strides)
+            for k, (shape, strides, dtype) in layouts.items()}
+
+
 ndarray = np.ndarray
 generic = np.generic
 NUMPY_SCALARS = (np.number, np.bool_)

@@ -250,9 +250,8 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
         raise DTypeError(f"{what}: the carry and the per-step outputs must share one dtype, got "
                         f"{sorted(str(d) for d in dts)}; cast them with .astype()")
     rec.metas = [(tuple(o.shape), o.dtype) for o in outs]
-    rec.avals = {rec.slot[id(a)]: (tuple(a.shape), a.dtype) for a in rec.keep
-                 if id(a) in rec.slot}
-    rec.keep, rec.slot = [], {}  # only the trace needed the example arrays
+    rec.avals = {s: (tuple(a.shape), a.dtype) for s, a in rec.values().items()}
+    rec.keep, rec.slot, rec.weak = [], {}, {}  # only the trace needed the example arrays
     return Body(rec, slots[0], slots[1], slots[2], out_slots, len(cs))
 
 

@@ -585,7 +585,7 @@ class Jitted:
         skip = made | set(rec.consts) | set(ct_slots)
         residuals = list(dict.fromkeys(a for a in [x for i in bwd_instrs for x in i.ins] + g_slots
                                        if a not in skip))
-        values = {rec.slot[id(a)]: a for a in rec.keep if id(a) in rec.slot}
+        values = rec.values()
         opts = dict(meta=rec.meta, values=values, optimize=self.optimize, fuse=self._fuse(rec))
         fwd = Program(fwd_instrs, rec.nslots, rec.consts, in_slots, out_slots + residuals,
                       rec.backend, **opts)

@@ -43,6 +43,11 @@ class Recorder:
         self.nslots = 0
         self.slot: dict[int, int] = {}  # id(array) -> slot
         self.keep: list = []  # every object whose id is a key above, kept alive while tracing
+        # but the results of recorded operations on the CPU, held weakly: eager code frees
+        # them as it would untraced (a trace's peak memory is eager's), and one that is gone
+        # leaves its id (which a new array may reuse) and its layout for the passes
+        self.weak: dict[int, weakref.ref] = {}  # slot -> the result it held
+        self.gone: dict[int, tuple] = {}  # slot -> (shape, strides, dtype) of a freed result
         self.consts: dict[int, object] = {}
         self.aliases: dict[int, object] = {}  # id(array) -> getter of where it lives now
         self.grad_of: dict[int, object] = {}  # id(array) in aliases -> the leaf whose .grad it is
@@ -65,14 +70,36 @@ class Recorder:
         self.read_out: dict[int, str] = {}  # id(array) of tensors outside read into Python: where
 
     # --- slots --------------------------------------------------------------------------------
-    def _new(self, value) -> int:
+    def _new(self, value, weak: bool = False) -> int:
         s = self.nslots
         self.nslots += 1
         if B.is_array(value):
             self.slot[id(value)] = s
-            self.keep.append(value)
+            if weak and type(value) is B.ndarray:
+                self.weak[s] = weakref.ref(value, partial(
+                    _freed, self.slot, self.gone, id(value), s,
+                    (value.shape, value.strides, value.dtype)))
+            else:
+                self.keep.append(value)
             self.meta[s] = (tuple(value.shape), value.dtype)
         return s
+
+    def _held(self):
+        """Every array the trace knows by its id now: those it keeps and the live results."""
+        yield from self.keep
+        for r in self.weak.values():
+            v = r()
+            if v is not None:
+                yield v
+
+    def values(self) -> dict:
+        """slot -> the array it held at trace, where the passes can still look at one: the
+        array itself, or for a result since freed a stand-in with its layout
+        (:func:`~nodegrad._backend.stand_ins`)."""
+        out = {self.slot[id(a)]: a for a in self._held() if id(a) in self.slot}
+        if self.gone:
+            out.update(B.stand_ins(self.gone))
+        return out
 
     def input(self, array) -> int:
         """A slot for an input array (the same array twice gets one slot)."""
@@ -137,7 +164,7 @@ class Recorder:
                 params, arrays = lifted
                 fn = _op_lifted(prim, params, backend, out, len(ins))
                 ins += tuple(self.slot[id(a)] for a in arrays)
-        s = self._new(out)
+        s = self._new(out, weak=True)
         if self.backend is None:  # a step without array inputs (it reads only state)
             self.backend = backend
         self.instrs.append(Instr("op", prim.name, fn or _op(prim, params, backend, out), ins, s,
@@ -233,7 +260,7 @@ class Recorder:
             # the handle, keep, load_data, this frame and getrefcount's argument, and the
             # recorded views of it (their base)
             if t._data is d and sys.getrefcount(d) > 5 + sum(
-                    1 for a in self.keep if getattr(a, "base", None) is d):
+                    1 for a in self._held() if getattr(a, "base", None) is d):
                 found[id(d)] = (s, t)
         if not found:
             return
@@ -366,9 +393,17 @@ class Recorder:
         from .passes import constant_loads
 
         constant_loads(self)  # a correctness step (fresh copies of changed ones), always
-        values = {self.slot[id(a)]: a for a in self.keep if id(a) in self.slot}
+        values = self.values()
         return Program(self.instrs, self.nslots, self.consts, in_slots, out_slots,
                        self.backend, meta=self.meta, values=values, **options)
+
+
+def _freed(slot: dict, gone: dict, key: int, s: int, layout: tuple, _ref) -> None:
+    """A weakly held result ``s`` was freed: its id is free for a new array, and its layout is
+    kept for the passes if the id still named it."""
+    if slot.get(key) == s:
+        del slot[key]
+        gone[s] = layout
 
 
 def _load_fn(name: str, getter, shape, dtype):
