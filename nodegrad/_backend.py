@@ -755,57 +755,6 @@ def sum_halves(x):
     return total if total != 0 else _add_reduce(flat)
 
 
-SUM_STRIPES, SUM_LANES = 32, 256
-
-
-def sum32(x):
-    """The sum of all of a C- or F-ordered float32 array from :data:`SPLIT_MIN` elements, as a
-    float32 scalar; None for any other array.
-
-    Its memory is cut into 32 stripes of whole 256-element rows: the stripes are added
-    elementwise in float32 (32 terms an element: a rounding error bound of 32 units, pairwise
-    summation's here is ~35), then each half of the rows is added up per lane in float64, and
-    the lanes, then the few elements past the stripes, in float64 in order; the total is
-    rounded once. A numba loop over each half where numba is loaded, the two halves on two
-    threads (0.3 ms a thread for 2.56 million elements against NumPy's pairwise sum's 0.6, in
-    halves 0.5), else NumPy's elementwise adds and reductions in the same order: the same bits
-    either way. A total of zero (whose sign the order could change) is NumPy's own."""
-    if type(x) is not np.ndarray or x.dtype != float32 or x.size < SPLIT_MIN:
-        return None
-    if x.flags.c_contiguous:
-        flat = x.reshape(-1)
-    elif x.flags.f_contiguous:
-        flat = x.T.reshape(-1)
-    else:
-        return None
-    s, lanes = SUM_STRIPES, SUM_LANES
-    rows = flat.size // (s * lanes)
-    r = flat[:s * rows * lanes].reshape(s, rows, lanes)
-    h = rows // 2
-    k = cpu_kernels()
-    if k is None:
-        parts = [_stripe_sums_numpy(r[:, :h]), _stripe_sums_numpy(r[:, h:])]
-    else:
-        def half(c0, c1):
-            acc = np.zeros(lanes, np.float64)
-            k.stripe_sums(r, c0, c1, np.empty(lanes, float32), acc)
-            return acc
-
-        parts = list(_halves.run(half, (0, h), (h, rows)) if two_threads()
-                     else (half(0, h), half(h, rows)))
-    parts.append(flat[s * rows * lanes:].astype(np.float64))
-    total = np.float32(np.cumsum(np.concatenate(parts))[-1])
-    return total if total != 0 else _add_reduce(flat)
-
-
-def _stripe_sums_numpy(r):
-    """:func:`._cpu_kernels.stripe_sums`'s lanes for all of ``r``'s rows, in NumPy."""
-    p = r[0].copy()
-    for i in range(1, r.shape[0]):
-        np.add(p, r[i], out=p)
-    return np.add.reduce(p, axis=0, dtype=np.float64, initial=0.0)
-
-
 def _fork_child() -> None:
     _halves._pid = None  # the helper thread is the parent's
     _halves._use = threading.Lock()
@@ -827,9 +776,7 @@ def sum_outer(x, axis, keepdims: bool):
     if type(x) is not np.ndarray:
         return np.sum(x, axis=axis, keepdims=keepdims)
     if (axis is None or (type(axis) is tuple and len(axis) == x.ndim)) and x.size >= SPLIT_MIN:
-        total = sum32(x)
-        if total is None:
-            total = sum_halves(x)
+        total = sum_halves(x)
         if total is not None:
             total = np.asarray(total)
             return total.reshape((1,) * x.ndim) if keepdims else total
@@ -867,10 +814,8 @@ def sum_form(shape: tuple, strides: tuple, dtype, axis, keepdims: bool):
     ones, each chosen once per layout (sum_outer's, and a compiled program's replay form; the
     same calls, so the same bits). An array laid out otherwise goes back to sum_outer."""
     dtype = np.dtype(dtype)
-    if dtype == float16 or (dtype == float32 and math.prod(shape) >= SPLIT_MIN and (
-            axis is None or (type(axis) is tuple and len(axis) == len(shape)))):
-        # in float32; a large float32 total in sum32's order
-        return functools.partial(sum_outer, axis=axis, keepdims=keepdims)
+    if dtype == float16:
+        return functools.partial(sum_outer, axis=axis, keepdims=keepdims)  # in float32
     if not (type(axis) is tuple and dtype.kind == "f" and dtype.itemsize >= 4
             and math.prod(shape) >= 4096):  # NumPy's reduction in any layout
         anywhere = functools.partial(_add_reduce, axis=axis, keepdims=keepdims)

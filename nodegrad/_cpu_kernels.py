@@ -7,10 +7,8 @@ passes and a temporary) each become one loop that reads its inputs once and writ
 once: 1.5-2x faster for arrays that are no longer in cache; ``add_bias_relu`` adds a linear
 layer's bias and applies the ReLU after it in one pass over the product. Softmax cross-entropy
 on narrow rows (``ce_shift``, ``ce_grad``) takes two loops around NumPy's ``exp``, ``log`` and
-sums in place of a dozen short NumPy calls. ``stripe_sums`` adds up a large float32 array in
-the lanes of one vectorised loop (NumPy's pairwise sum runs ~2x slower). ``outer_stack`` writes
-stacks of outer products (a vmap'ed layer's per-example weight gradients) row by row, where
-NumPy's einsum and broadcast
+sums in place of a dozen short NumPy calls. ``outer_stack`` writes stacks of outer products (a
+vmap'ed layer's per-example weight gradients) row by row, where NumPy's einsum and broadcast
 multiply run 3-8x slower. ``fold_taps_1d``/``_2d`` add a strided transposed convolution's per-tap
 products into its input gradient in one pass, where NumPy zeroes a padded buffer and makes one
 strided add per tap. ``im2col_2d`` gathers a convolution's windows (one or two spatial axes)
@@ -232,21 +230,6 @@ def outer_stack(x, y, out):
             a = x[b, i]
             for j in range(y.shape[1]):
                 out[b, i, j] = a * y[b, j]
-
-
-@numba.njit(**_OPTS)
-def stripe_sums(r, c0, c1, p, acc):
-    """For chunks ``c0 <= c < c1`` of (S, C, L) float32 ``r``: ``p = r[0, c] + r[1, c] + ...``
-    in float32 (in that order: one elementwise add per stripe, as NumPy's), then ``acc +=
-    float64(p)``: a float32 sum's lanes (:func:`nodegrad._backend.sum32`)."""
-    for c in range(c0, c1):
-        for j in range(r.shape[2]):
-            p[j] = r[0, c, j]
-        for i in range(1, r.shape[0]):
-            for j in range(r.shape[2]):
-                p[j] += r[i, c, j]
-        for j in range(r.shape[2]):
-            acc[j] += numba.float64(p[j])
 
 
 @numba.njit(**_OPTS)

@@ -726,8 +726,7 @@ def test_softmax_and_log_softmax_on_narrow_rows(dt, shape):
 @pytest.mark.parametrize("shape", [(256, 100, 100), (1 << 20,), (3, 1000, 701), (2 ** 20 + 3,)])
 def test_large_loops_in_halves_give_numpys_bits(shape):
     """Full sums and same-shape multiply/add/subtract from SPLIT_MIN elements run in two halves
-    on two threads: NumPy's results bit for bit (the sum split where its pairwise sum splits;
-    a float32 tensor's total is sum32's, tested below)."""
+    on two threads: NumPy's results bit for bit (the sum split where its pairwise sum splits)."""
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(0)
@@ -746,63 +745,13 @@ def test_large_loops_in_halves_give_numpys_bits(shape):
         ta, tb = ng.tensor(a), ng.tensor(b)
         np.testing.assert_array_equal((ta * tb).numpy(), a * b)
         np.testing.assert_array_equal((ta - tb).numpy(), a - b)
-        total = np.add.reduce(a, axis=None) if dt == np.float64 else B.sum32(a)  # (its order)
-        assert np.array_equal(ta.sum().numpy(), total, equal_nan=True)
+        assert np.array_equal(ta.sum().numpy(), np.add.reduce(a, axis=None), equal_nan=True)
         assert ta.sum(keepdims=True).shape == (1,) * a.ndim
     # anything else is left to NumPy's one loop
     small = np.ones(B.SPLIT_MIN - 1, np.float32)
     assert B.sum_halves(small) is None and B.binary_halves(np.add, small, small) is None
     assert B.binary_halves(np.add, a, a.astype(np.float32)) is None
     assert B.sum_halves(a.T) is None or a.ndim == 1
-
-
-@pytest.mark.parametrize("n", [1 << 19, (1 << 19) + 8191, 1_000_003, 2_560_000])
-def test_sum32_gives_one_answer_with_or_without_numba_and_threads(n, monkeypatch):
-    """A large float32 total: the numba loop (its halves on two threads or one) and the NumPy
-    form give the same bits, in C and F order; it is closer to the exact sum than NumPy's
-    pairwise sum's bound; a zero total keeps NumPy's sign, NaN and inf propagate."""
-    import numba  # noqa: F401  (the loop needs numba loaded)
-
-    from nodegrad import _backend as B
-
-    rng = np.random.default_rng(n)
-    x = (rng.standard_normal(n) * 3 + 0.25).astype(np.float32)
-    got = []
-    for kernels, threads in ((None, True), (None, False), (False, True)):
-        monkeypatch.setattr(B, "_kernels", kernels)
-        monkeypatch.setattr(B._halves, "enabled", threads)
-        got.append(B.sum32(x))
-    assert all(type(g) is np.float32 and g == got[0] for g in got)
-    exact = np.sum(x.astype(np.float64))
-    bound = 40 * np.finfo(np.float32).eps * np.sum(np.abs(x.astype(np.float64)))
-    assert abs(float(got[0]) - exact) <= bound
-    # the bits follow memory order: an F-ordered array sums as its transpose
-    m = x[: (n // 512) * 512].reshape(512, -1)
-    assert B.sum32(np.asfortranarray(m)) == B.sum32(np.ascontiguousarray(m.T))
-    assert B.sum32(m[:, ::2]) is None and B.sum32(m.astype(np.float64)) is None
-    assert B.sum32(x[: B.SPLIT_MIN - 1]) is None
-    nz = np.full(n, -0.0, np.float32)
-    assert np.signbit(B.sum32(nz)) == np.signbit(np.add.reduce(nz))
-    y = x.copy()
-    y[7] = np.nan
-    assert np.isnan(B.sum32(y))
-    y[7] = np.inf
-    assert B.sum32(y) == np.inf
-
-
-def test_float32_totals_through_the_ops_and_jit_take_sum32():
-    from nodegrad import _backend as B
-
-    rng = np.random.default_rng(3)
-    a = rng.standard_normal((64, 100, 100)).astype(np.float32)
-    t = ng.tensor(a)
-    want = B.sum32(a)
-    assert t.sum().numpy() == want and t.sum(dim=(0, 1, 2)).numpy() == want
-    assert t.mean().numpy() == np.float32(want / np.float32(a.size))
-    assert t.permute(2, 1, 0).sum().numpy() == want  # F-ordered: the same memory, one order
-    f = ng.jit(lambda x: (x * 2.0).sum(), fuse=False)  # (a kernel's own sum: within 1e-6)
-    for _ in range(3):  # the trace, then the replay's form of the sum
-        assert f(t).numpy() == B.sum32(a * np.float32(2.0))
 
 
 def test_halves_keep_the_callers_error_state_and_threads():
