@@ -475,16 +475,11 @@ NUMPY_SCALARS = (np.number, np.bool_)
 
 # --- matrix products -------------------------------------------------------------------------
 SMALL_PRODUCT = 1 << 25
-"""Multiply-adds per matrix below which a product runs on one BLAS thread (~1 ms of one core)."""
-
-BLAS_AWAKE_PRODUCTS = 8
-"""How many of the smaller products that follow a product of SMALL_PRODUCT multiply-adds or
-more keep the user's thread count: OpenBLAS's workers spin for ~0.1 s after a multithreaded
-product, so a second thread then costs nothing it was not costing already (a 784-1024-1024-10
-MLP's last layer, 256 x 1024 x 10: 90-100 µs on two threads against 140-170 on one). Counted,
-not timed: a few shapes' bits depend on the thread count (25 x 1000 x 75), so each product's
-count follows from the sequence of products alone, however long each took (a resumed run
-repeats the bits)."""
+"""Multiply-adds per matrix below which a product runs on one BLAS thread (~1 ms of one core).
+The thread count follows from the product's shape alone: some shapes' bits depend on it (32 x
+128 x 128, 25 x 1000 x 75), so a rule that looked at what ran before (the products after a
+large one on the user's threads, while OpenBLAS's workers still spin) gave a model other bits
+after an unrelated product, and a resumed run other bits than the run it continues."""
 
 BLAS_ONE_THREAD = 1 << 18
 """Multiply-adds per matrix up to which OpenBLAS itself runs a product on one thread (its GEMM
@@ -500,7 +495,6 @@ class _BlasThreads:
     get = set = None
     looked = False
     arch = ""  # OpenBLAS's kernel family ("SkylakeX", "Haswell", ...), once found
-    awake_left = 0  # smaller products still to keep the user's count (BLAS_AWAKE_PRODUCTS)
 
     @classmethod
     def find(cls) -> bool:
@@ -2161,8 +2155,6 @@ def _small_blocks(a, b, per: int, total: int) -> int:
     units = SMALL_KERNEL_MNK // per // 16 * 16
     if units < 128 or not _small_kernels():
         return 0
-    if _BlasThreads.awake_left:  # counted as the one product it replaces
-        _BlasThreads.awake_left -= 1
     return units
 
 
@@ -2173,8 +2165,7 @@ def matmul_row_blocks(a, b, out=None):
     that) as blocks of rows, each small enough for the small-matrix kernels: faster than the
     packed product for the few channels of a convolution (1000 x 75 x 25: 47 against 56 µs;
     8192 x 9 x 16: 35 against 47; 2048 x 32 x 16: 22 against 28). Each block runs on one
-    thread, whatever the thread count (one product of :data:`BLAS_AWAKE_PRODUCTS`' count);
-    the rows' sums are the small kernel's."""
+    thread, whatever the thread count; the rows' sums are the small kernel's."""
     m = a.shape[0] if a.ndim == 2 else 0
     k, n = b.shape if b.ndim == 2 else (0, 0)
     rows = _small_blocks(a, b, k * n, m * k * n) if b.flags.c_contiguous else 0
@@ -2194,8 +2185,7 @@ def matmul_k_blocks(a, b):
     sum of products over blocks of the inner dimension, each small enough for the small-matrix
     kernels (25 x 1000 x 75: 47 against 58 µs; 32 x 2048 x 144: 197 against 226). The blocks'
     sums are added in order, so the bits are the blocked sum's, the same wherever it runs (one
-    thread, whatever the thread count; one product of :data:`BLAS_AWAKE_PRODUCTS`' count),
-    within the rounding of the whole product."""
+    thread, whatever the thread count), within the rounding of the whole product."""
     m, k = a.shape if a.ndim == 2 else (0, 0)
     n = b.shape[1] if b.ndim == 2 else 0
     terms = _small_blocks(a, b, m * n, m * k * n)
@@ -2257,8 +2247,8 @@ def matmul_into(a, b, out):
 
 
 def _matmul_small(a, b, out=None):
-    """``np.matmul(a, b, out=out)``, on one BLAS thread when the product is small and BLAS's
-    workers are asleep (see :func:`matmul` and :data:`BLAS_AWAKE_PRODUCTS`). A stack of
+    """``np.matmul(a, b, out=out)``, on one BLAS thread when the product is small (see
+    :func:`matmul` and :data:`SMALL_PRODUCT`). A stack of
     matrices times one matrix (a linear layer on (batch, tokens, features)) is one product of
     all their rows, as PyTorch folds it: NumPy runs one small GEMM per matrix of the stack
     (12 x 64 x 128 @ 128 x 384: 440-830 µs against 190)."""
@@ -2271,13 +2261,7 @@ def _matmul_small(a, b, out=None):
     m = a.shape[-2] if a.ndim > 1 else 1
     n = b.shape[-1] if b.ndim > 1 else 1
     mkn = m * k * n
-    if mkn >= SMALL_PRODUCT:
-        return _matmul_large(a, b, out)
-    if not _switches_threads(mkn):
-        return np.matmul(a, b, out=out)
-    left = _BlasThreads.awake_left
-    if left:
-        _BlasThreads.awake_left = left - 1
+    if mkn >= SMALL_PRODUCT or not _switches_threads(mkn):
         return np.matmul(a, b, out=out)
     threads = _BlasThreads.get()
     if threads == 1:
@@ -2300,21 +2284,11 @@ def _rows_of(a):
     return a.reshape(-1, a.shape[-1])
 
 
-def _matmul_large(a, b, out=None):
-    """``np.matmul(a, b, out=out)`` on the user's threads, noting that BLAS's workers are awake."""
-    res = np.matmul(a, b, out=out)
-    _BlasThreads.awake_left = BLAS_AWAKE_PRODUCTS
-    return res
-
-
 def product_for(m: int, k: int, n: int):
     """The function a compiled program calls for an (m, k) @ (k, n) NumPy product,
     ``f(a, b[, out])``: ``np.matmul`` itself where :func:`_matmul_small` would not change the
-    thread count or note the workers awake, else that wrapper. Decided once per program instead
-    of per call."""
-    mkn = m * k * n
-    return (_matmul_large if mkn >= SMALL_PRODUCT else
-            _matmul_small if _switches_threads(mkn) else np.matmul)
+    thread count, else that wrapper. Decided once per program instead of per call."""
+    return _matmul_small if _switches_threads(m * k * n) else np.matmul
 
 
 def _switches_threads(mkn: int) -> bool:

@@ -214,16 +214,6 @@ def _jit_kernel_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _blas_awake_count():
-    """Each test starts with BLAS's workers counted asleep: a product's thread count, and for a
-    few shapes its bits, follow the products before it (``_backend.BLAS_AWAKE_PRODUCTS``), so a
-    test that compares two runs must not inherit the count of an earlier test's large ones."""
-    from nodegrad import _backend as B
-
-    B._BlasThreads.awake_left = 0
-
-
-@pytest.fixture(autouse=True)
 def _torch_distributions_validate():
     """PyTorch's distributions check their arguments by default, but the first use of
     torch._dynamo (a test that calls torch.compile as a reference) switches that off for the
