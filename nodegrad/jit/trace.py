@@ -97,8 +97,9 @@ class Recorder:
         array itself, or for a result since freed a stand-in with its layout
         (:func:`~nodegrad._backend.stand_ins`)."""
         out = {self.slot[id(a)]: a for a in self._held() if id(a) in self.slot}
-        if self.gone:
-            out.update(B.stand_ins(self.gone))
+        gone = dict(self.gone)  # (held now, the live ones cannot join it while it is read)
+        if gone:
+            out.update(B.stand_ins(gone))
         return out
 
     def input(self, array) -> int:
