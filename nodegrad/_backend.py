@@ -495,6 +495,7 @@ class _BlasThreads:
     get = set = None
     looked = False
     arch = ""  # OpenBLAS's kernel family ("SkylakeX", "Haswell", ...), once found
+    lib = None  # the library (ctypes), once found
 
     @classmethod
     def find(cls) -> bool:
@@ -507,6 +508,7 @@ class _BlasThreads:
             if "numpy" not in c.filepath or c.threading_layer != "pthreads":
                 continue
             cls.arch = getattr(c, "architecture", "") or ""
+            cls.lib = c.dynlib
             for name in ("scipy_openblas_{}64_", "scipy_openblas_{}", "openblas_{}64_",
                          "openblas_{}"):
                 get = getattr(c.dynlib, name.format("get_num_threads"), None)
@@ -515,6 +517,78 @@ class _BlasThreads:
                     cls.get, cls.set = get, set_
                     return True
         return False
+
+
+POOL_MIN = 1 << 15
+"""Elements from which a float32 loop of :mod:`._cpu_kernels` (the exact GELU's, softmax's)
+runs in two halves, the second on OpenBLAS's worker thread (:func:`pool_split`)."""
+
+
+class _BlasPool:
+    """OpenBLAS's ``exec_blas`` (its thread pool's entry: a queue of jobs, the first run by the
+    caller, the others by its workers), where NumPy's OpenBLAS 0.3 on x86-64 Linux exports it
+    and a split loop gives the unsplit loop's values on first use; 0 elsewhere."""
+
+    exec_blas = 0
+    job = 0  # _cpu_kernels.pool_job's address
+    looked = False
+    consts = None  # the loops' float32 constants (_cpu_kernels.pool_job's order)
+
+    @classmethod
+    def find(cls, k) -> None:
+        import ctypes
+        import platform
+
+        cls.looked = True
+        if sys.platform != "linux" or platform.machine() != "x86_64" or not (
+                _BlasThreads.get is not None or (not _BlasThreads.looked and _BlasThreads.find())):
+            return
+        lib = _BlasThreads.lib
+        fn = getattr(lib, "exec_blas", None)
+        config = next((getattr(lib, n) for n in ("scipy_openblas_get_config64_",
+                                                 "scipy_openblas_get_config",
+                                                 "openblas_get_config64_", "openblas_get_config")
+                       if hasattr(lib, n)), None)
+        if fn is None or config is None:
+            return
+        config.restype = ctypes.c_char_p
+        if not (config() or b"").startswith(b"OpenBLAS 0.3."):
+            return
+        near, mid, tail, ends = _ERF32
+        cls.consts = np.array(near + mid + tail + ends + (
+            _INV_SQRT2_32, 0.5, 1.0, _INV_SQRT_2PI_32, -0.5) + _EXP32_POLY + _EXP32_CONSTS,
+            float32)
+        cls.job = k.pool_job.address
+        cls.exec_blas = ctypes.cast(fn, ctypes.c_void_p).value or 0
+        x = np.linspace(-6, 6, POOL_MIN + 7, dtype=float32)  # the first use: a GELU both ways
+        whole, halves = np.empty_like(x), np.empty_like(x)
+        k.gelu32(x, whole, near, mid, tail, ends, *cls.consts[34:37])
+        if _BlasThreads.get() < 2 or not pool_split(k.GELU, x.size, 1, x, halves) or not \
+                np.array_equal(whole, halves):
+            cls.exec_blas = 0
+
+
+def pool_split(kind: int, rows: int, n: int, *arrays) -> bool:
+    """Run ``_cpu_kernels.pool_job``'s loop ``kind`` over ``rows`` rows of ``n`` elements of
+    ``arrays`` (flat C-ordered float32 NumPy arrays, the loop's, in its order) in two halves,
+    the first on this thread, the second on OpenBLAS's worker (:class:`_BlasPool`); False
+    (nothing run) where that is not to be: under :data:`POOL_MIN` elements, numba not loaded,
+    no ``exec_blas``, or OpenBLAS set to one thread. Elementwise loops and loops by rows give
+    the same bits in halves."""
+    if rows * n < POOL_MIN or rows < 2:
+        return False
+    k = cpu_kernels()
+    if k is None:
+        return False
+    if not _BlasPool.looked:
+        _BlasPool.find(k)
+    if not _BlasPool.exec_blas or _BlasThreads.get() < 2:
+        return False
+    split = rows // 2 if n > 1 else (rows // 2 + 15) & ~15  # a flat loop: 64-byte halves
+    a = arrays + (arrays[0],) * (4 - len(arrays))
+    return k.pool_run(_BlasPool.exec_blas, _BlasPool.job, np.zeros((2, 21), np.int64),
+                      np.zeros((2, k.POOL_ARGS), np.int64), kind, rows, n, split,
+                      _BlasPool.consts, *a) == 0
 
 
 # --- LAPACK's symmetric indefinite factorisation (host) ----------------------------------------
@@ -1167,6 +1241,8 @@ _ERF32_ENDS = (1.0, 2.25, ERF32_ONE, 1.625, 3.0)
 _ERF32 = tuple(tuple(float32.type(v) for v in c)
                for c in (_ERF32_NEAR, _ERF32_MID, _ERF32_TAIL, _ERF32_ENDS))
 """erf32's float32 constants as the loops take them: (near, mid, tail, ends)."""
+_INV_SQRT2_32, _INV_SQRT_2PI_32 = float32.type(0.5 ** 0.5), float32.type((2 * np.pi) ** -0.5)
+"""The exact GELU's 1/√2 and 1/√(2π) in float32, as its loops take them."""
 
 
 def _horner32(coefs: tuple, t: np.ndarray) -> np.ndarray:
@@ -1301,8 +1377,9 @@ def gelu32(x, c: float):
     if k is None:
         return None
     out = np.empty(x.shape, float32)
-    k.gelu32(x.reshape(-1), out.reshape(-1), *_ERF32, float32.type(c), float32.type(0.5),
-             float32.type(1))
+    flat, dst, c = x.reshape(-1), out.reshape(-1), float32.type(c)
+    if c != _INV_SQRT2_32 or not pool_split(k.GELU, flat.size, 1, flat, dst):
+        k.gelu32(flat, dst, *_ERF32, c, float32.type(0.5), float32.type(1))
     return out
 
 
@@ -1315,13 +1392,16 @@ def gelu32_grad(g, x, c: float, c2: float):
     k = _gelu_ready(x)
     if k is None or type(g) is not np.ndarray or g.dtype != float32 or g.shape != x.shape:
         return None
-    g = np.ascontiguousarray(g)
+    g = np.ascontiguousarray(g).reshape(-1)
     flat = x.reshape(-1)
     p = np.empty(flat.size, float32)
-    k.gelu32_density(flat, p, _EXP32_POLY, _EXP32_CONSTS, float32.type(-0.5))
     out = np.empty(x.shape, float32)
-    k.gelu32_grad(g.reshape(-1), flat, p, out.reshape(-1), *_ERF32, float32.type(c),
-                  float32.type(0.5), float32.type(1), float32.type(c2))
+    dst, c, c2 = out.reshape(-1), float32.type(c), float32.type(c2)
+    pooled = c == _INV_SQRT2_32 and c2 == _INV_SQRT_2PI_32  # the pool's constants
+    if not (pooled and pool_split(k.GELU_DENSITY, flat.size, 1, flat, p)):
+        k.gelu32_density(flat, p, _EXP32_POLY, _EXP32_CONSTS, float32.type(-0.5))
+    if not (pooled and pool_split(k.GELU_GRAD, flat.size, 1, g, flat, p, dst)):
+        k.gelu32_grad(g, flat, p, dst, *_ERF32, c, float32.type(0.5), float32.type(1), c2)
     return out
 
 
@@ -1425,7 +1505,9 @@ def _shifted_rows(x, axis: int):
         return None
     k, zero, n = cpu_kernels(), x.dtype.type(0), x.shape[-1]
     z = np.empty(x.shape, x.dtype)
-    k.softmax_shift(x.reshape(-1), z.reshape(-1), n, zero)
+    flat, dst = x.reshape(-1), z.reshape(-1)
+    if x.dtype != float32 or not pool_split(k.SOFTMAX_SHIFT, x.size // n, n, flat, dst):
+        k.softmax_shift(flat, dst, n, zero)
     return z, k, zero, n
 
 
@@ -1442,7 +1524,8 @@ def softmax_last(x, axis: int):
     e, k, zero, n = shifted
     flat = e.reshape(-1)
     np.exp(flat, out=flat)
-    k.softmax_divide(flat, n, zero)
+    if e.dtype != float32 or not pool_split(k.SOFTMAX_DIVIDE, e.size // n, n, flat):
+        k.softmax_divide(flat, n, zero)
     return e
 
 

@@ -724,3 +724,120 @@ def log_softmax_grad(g, e, s, out, n):
         o = _U(r * n)
         for j in range(n):
             out[o + _U(j)] = g[o + _U(j)] - e[o + _U(j)] * sr
+
+
+# --- loops split with OpenBLAS's worker thread ----------------------------------------------
+# A long loop runs in two halves, the second on the worker thread of NumPy's OpenBLAS
+# (``_backend.pool_split``): OpenBLAS's ``exec_blas`` takes a queue of two jobs, runs the first
+# on the calling thread and hands the second to its worker, which after a matrix product still
+# spins waiting for work. A thread of our own would compete with that spinning worker for the
+# second core (the GELU loops in halves on one made a W9 step 2.2x slower); on OpenBLAS's own
+# worker the halves gain as its products do. Each job is ``pool_job`` with an argument block of
+# POOL_ARGS int64s: the loop's kind, its first and last row, the row length, the address of the
+# float32 constants (``_backend._BlasPool.consts``) and of up to four flat float32 arrays.
+POOL_ARGS = 9
+QUEUE_BYTES = 168
+"""sizeof(blas_queue_t) in OpenBLAS 0.3 on x86-64 Linux: routine, position, assigned, args,
+range_m, range_n, sa, sb, next (8 bytes each), a pthread mutex (40) and condition (48), mode
+and status (4 each)."""
+_Q_ROUTINE, _Q_ARGS, _Q_NEXT, _Q_MODE = 0, 3, 8, 20  # int64 slots (mode: the low half of 20)
+BLAS_PTHREAD = 0x4000  # a job's mode: call routine(args)
+
+GELU, GELU_DENSITY, GELU_GRAD, SOFTMAX_SHIFT, SOFTMAX_DIVIDE = range(5)
+"""The loops ``pool_job`` runs, on float32 arrays."""
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """An integer address as a void pointer."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+    return types.voidptr(types.int64), codegen
+
+
+@intrinsic
+def _exec_blas(typingctx, fn, num, queue):
+    """``exec_blas(num, queue)`` through its address ``fn`` (``int exec_blas(BLASLONG,
+    blas_queue_t *)``)."""
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.IntType(32), [i64, ir.IntType(8).as_pointer()])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        return builder.call(f, [args[1], builder.inttoptr(args[2], ir.IntType(8).as_pointer())])
+    return types.int32(types.int64, types.int64, types.int64), codegen
+
+
+@numba.njit(inline="always")
+def _f32(address, start, size):
+    """``size`` float32s from element ``start`` of the array at ``address``."""
+    return numba.carray(_pointer(address + 4 * start), (size,), numba.float32)
+
+
+@numba.njit(inline="always")
+def _t5(c, o):
+    return (c[o], c[o + 1], c[o + 2], c[o + 3], c[o + 4])
+
+
+@numba.njit(inline="always")
+def _t6(c, o):
+    return (c[o], c[o + 1], c[o + 2], c[o + 3], c[o + 4], c[o + 5])
+
+
+@numba.njit(inline="always")
+def _t7(c, o):
+    return (c[o], c[o + 1], c[o + 2], c[o + 3], c[o + 4], c[o + 5], c[o + 6])
+
+
+@numba.njit(inline="always")
+def _t11(c, o):
+    return (c[o], c[o + 1], c[o + 2], c[o + 3], c[o + 4], c[o + 5], c[o + 6], c[o + 7],
+            c[o + 8], c[o + 9], c[o + 10])
+
+
+@numba.cfunc(types.void(types.voidptr), cache=True)
+def pool_job(argp):
+    """One half of a split loop (see above): rows ``lo`` to ``hi`` (of ``n`` elements) of the
+    arrays. The constants: erf32's near
+    (7), mid (11), tail (11) and ends (5), then 1/√2, 1/2, 1, 1/√(2π) and -1/2, exp32_neg's
+    polynomial (6) and constants (6)."""
+    a = numba.carray(argp, (POOL_ARGS,), numba.int64)
+    kind, lo, hi, n = a[0], a[1], a[2], a[3]
+    c = _f32(a[4], 0, 51)
+    near, mid, tail, ends = _t7(c, 0), _t11(c, 7), _t11(c, 18), _t5(c, 29)
+    b, m = lo * n, (hi - lo) * n
+    p0, p1, p2, p3 = a[5], a[6], a[7], a[8]
+    if kind == GELU:
+        gelu32(_f32(p0, b, m), _f32(p1, b, m), near, mid, tail, ends, c[34], c[35], c[36])
+    elif kind == GELU_DENSITY:
+        gelu32_density(_f32(p0, b, m), _f32(p1, b, m), _t6(c, 39), _t6(c, 45), c[38])
+    elif kind == GELU_GRAD:
+        gelu32_grad(_f32(p0, b, m), _f32(p1, b, m), _f32(p2, b, m), _f32(p3, b, m),
+                    near, mid, tail, ends, c[34], c[35], c[36], c[37])
+    elif kind == SOFTMAX_SHIFT:
+        softmax_shift(_f32(p0, b, m), _f32(p1, b, m), n, numba.float32(0))
+    elif kind == SOFTMAX_DIVIDE:
+        softmax_divide(_f32(p0, b, m), n, numba.float32(0))
+
+
+@numba.njit(**_OPTS)
+def pool_run(exec_blas, job, q, args, kind, rows, n, split, consts, p0, p1, p2, p3):
+    """Loop ``kind`` over ``rows`` rows of ``n``: rows up to ``split`` on this thread, the rest
+    on OpenBLAS's worker, through ``exec_blas`` (its address; ``job`` is :func:`pool_job`'s),
+    ``q`` and ``args`` zeroed int64 arrays of (2, QUEUE_BYTES // 8) and (2, POOL_ARGS) for the
+    queue and the argument blocks, ``consts`` the float32 constants, ``p0``-``p3`` the loop's
+    flat float32 arrays. Returns exec_blas's status."""
+    for t in range(2):
+        args[t, 0] = kind
+        args[t, 1] = 0 if t == 0 else split
+        args[t, 2] = split if t == 0 else rows
+        args[t, 3] = n
+        args[t, 4] = consts.ctypes.data
+        args[t, 5] = p0.ctypes.data
+        args[t, 6] = p1.ctypes.data
+        args[t, 7] = p2.ctypes.data
+        args[t, 8] = p3.ctypes.data
+        q[t, _Q_ROUTINE] = job
+        q[t, _Q_ARGS] = args.ctypes.data + t * POOL_ARGS * 8
+        q[t, _Q_MODE] = BLAS_PTHREAD
+    q[0, _Q_NEXT] = q.ctypes.data + QUEUE_BYTES
+    return _exec_blas(exec_blas, 2, q.ctypes.data)
