@@ -568,15 +568,20 @@ class _BlasPool:
             cls.exec_blas = 0
 
 
-def pool_split(kind: int, rows: int, n: int, *arrays) -> bool:
+def pool_split(kind: int, rows: int, n: int, *arrays, job: int = 0, consts=None,
+               least: int = POOL_MIN) -> bool:
     """Run ``_cpu_kernels.pool_job``'s loop ``kind`` over ``rows`` rows of ``n`` elements of
     ``arrays`` (flat C-ordered float32 NumPy arrays, the loop's, in its order) in two halves,
     the first on this thread, the second on OpenBLAS's worker (:class:`_BlasPool`); False
-    (nothing run) where that is not to be: under :data:`POOL_MIN` elements, numba not loaded,
-    no ``exec_blas``, or OpenBLAS set to one thread. Elementwise loops and loops by rows give
-    the same bits in halves."""
-    if rows * n < POOL_MIN or rows < 2:
+    (nothing run) where that is not to be: under ``least`` elements, an array of another kind,
+    numba not loaded, no ``exec_blas``, or OpenBLAS set to one thread. ``job`` and ``consts``:
+    another job of the same argument block and its constants (the fused Adam update's).
+    Elementwise loops and loops by rows give the same bits in halves."""
+    if rows * n < least or rows < 2:
         return False
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != float32 or not a.flags.c_contiguous:
+            return False
     k = cpu_kernels()
     if k is None:
         return False
@@ -586,9 +591,9 @@ def pool_split(kind: int, rows: int, n: int, *arrays) -> bool:
         return False
     split = rows // 2 if n > 1 else (rows // 2 + 15) & ~15  # a flat loop: 64-byte halves
     a = arrays + (arrays[0],) * (4 - len(arrays))
-    return k.pool_run(_BlasPool.exec_blas, _BlasPool.job, np.zeros((2, 21), np.int64),
+    return k.pool_run(_BlasPool.exec_blas, job or _BlasPool.job, np.zeros((2, 21), np.int64),
                       np.zeros((2, k.POOL_ARGS), np.int64), kind, rows, n, split,
-                      _BlasPool.consts, *a) == 0
+                      _BlasPool.consts if consts is None else consts, *a) == 0
 
 
 # --- LAPACK's symmetric indefinite factorisation (host) ----------------------------------------

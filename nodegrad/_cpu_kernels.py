@@ -768,7 +768,7 @@ def _exec_blas(typingctx, fn, num, queue):
 
 
 @numba.njit(inline="always")
-def _f32(address, start, size):
+def f32_at(address, start, size):
     """``size`` float32s from element ``start`` of the array at ``address``."""
     return numba.carray(_pointer(address + 4 * start), (size,), numba.float32)
 
@@ -802,21 +802,21 @@ def pool_job(argp):
     polynomial (6) and constants (6)."""
     a = numba.carray(argp, (POOL_ARGS,), numba.int64)
     kind, lo, hi, n = a[0], a[1], a[2], a[3]
-    c = _f32(a[4], 0, 51)
+    c = f32_at(a[4], 0, 51)
     near, mid, tail, ends = _t7(c, 0), _t11(c, 7), _t11(c, 18), _t5(c, 29)
     b, m = lo * n, (hi - lo) * n
     p0, p1, p2, p3 = a[5], a[6], a[7], a[8]
     if kind == GELU:
-        gelu32(_f32(p0, b, m), _f32(p1, b, m), near, mid, tail, ends, c[34], c[35], c[36])
+        gelu32(f32_at(p0, b, m), f32_at(p1, b, m), near, mid, tail, ends, c[34], c[35], c[36])
     elif kind == GELU_DENSITY:
-        gelu32_density(_f32(p0, b, m), _f32(p1, b, m), _t6(c, 39), _t6(c, 45), c[38])
+        gelu32_density(f32_at(p0, b, m), f32_at(p1, b, m), _t6(c, 39), _t6(c, 45), c[38])
     elif kind == GELU_GRAD:
-        gelu32_grad(_f32(p0, b, m), _f32(p1, b, m), _f32(p2, b, m), _f32(p3, b, m),
+        gelu32_grad(f32_at(p0, b, m), f32_at(p1, b, m), f32_at(p2, b, m), f32_at(p3, b, m),
                     near, mid, tail, ends, c[34], c[35], c[36], c[37])
     elif kind == SOFTMAX_SHIFT:
-        softmax_shift(_f32(p0, b, m), _f32(p1, b, m), n, numba.float32(0))
+        softmax_shift(f32_at(p0, b, m), f32_at(p1, b, m), n, numba.float32(0))
     elif kind == SOFTMAX_DIVIDE:
-        softmax_divide(_f32(p0, b, m), n, numba.float32(0))
+        softmax_divide(f32_at(p0, b, m), n, numba.float32(0))
 
 
 @numba.njit(**_OPTS)

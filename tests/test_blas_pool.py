@@ -36,9 +36,9 @@ def pool(monkeypatch, request):
     calls = []
     real = B.pool_split
 
-    def counted(kind, *a):
-        ran = real(kind, *a)
-        calls.append((kind, ran))
+    def counted(kind, *a, **kw):
+        ran = real(kind, *a, **kw)
+        calls.append((kind if "job" not in kw else "adam", ran))
         return ran
 
     monkeypatch.setattr(B, "pool_split", counted)
@@ -192,3 +192,32 @@ def test_a_gpt_blocks_step_has_the_same_bits_with_and_without_the_pool(pool):
     assert {k for k, r in pool if r} >= {B.cpu_kernels().GELU, B.cpu_kernels().GELU_GRAD,
                                           B.cpu_kernels().SOFTMAX_SHIFT}
     assert got == _without_pool(run)
+
+
+@pytest.mark.parametrize("opt", ["Adam", "AdamW"])
+def test_a_large_adam_update_in_halves_has_the_same_bits(pool, opt):
+    """A float32 fused Adam/AdamW step over more than ADAM_POOL_MIN parameters runs in halves
+    (the second on OpenBLAS's worker): the same parameters and state as in one pass; AMSGrad
+    stays whole."""
+    from nodegrad.optim import _fused
+
+    def run(**kw):
+        ng.manual_seed(0)
+        layer = ng.nn.Linear(512, _fused.ADAM_POOL_MIN // 512 + 3)
+        o = getattr(ng.optim, opt)(layer.parameters(), lr=1e-2, weight_decay=0.1, fused=True,
+                                   **kw)
+        x = ng.tensor(np.random.default_rng(3).standard_normal((16, 512)), dtype=ng.float32)
+        for _ in range(3):
+            o.zero_grad()
+            (layer(x) ** 2).mean().backward()
+            o.step()
+        return [p.numpy().tobytes() for p in layer.parameters()], [
+            a.tobytes() for s in o.state.values() for a in
+            (s["exp_avg"].numpy(), s["exp_avg_sq"].numpy())]
+
+    got = run()
+    assert ("adam", True) in pool
+    assert got == _without_pool(run)
+    pool.clear()
+    run(amsgrad=True)
+    assert ("adam", True) not in pool

@@ -84,12 +84,28 @@ def kernel(backend, name: str):
         if k is None:
             from . import _fused_cpu  # imports numba
 
-            k = _cpu.setdefault(name, getattr(_fused_cpu, name))
+            k = _cpu.setdefault(name, _adam_cpu if name == "adam" else getattr(_fused_cpu, name))
         return k
     k = _cuda.get(backend)
     if k is None:
         k = _cuda.setdefault(backend, _CudaKernels(backend))
     return getattr(k, name)
+
+
+ADAM_POOL_MIN = 1 << 17
+"""Parameters from which a float32 Adam update runs in two halves, the second on OpenBLAS's
+worker thread (the pass costs ~1 ns a parameter, the hand-over ~25 µs)."""
+
+
+def _adam_cpu(p, g, m, v, vmax, k, flags) -> None:
+    """The Adam kernel, in halves with OpenBLAS's worker (:func:`._backend.pool_split`) where
+    it is large and float32 and without AMSGrad (the same bits: each element's update is its
+    own)."""
+    from . import _fused_cpu
+
+    if flags & 8 or not B.pool_split(flags, p.size, 1, p, g, m, v, least=ADAM_POOL_MIN,
+                                     job=_fused_cpu.adam_half.address, consts=k):
+        _fused_cpu.adam(p, g, m, v, vmax, k, flags)
 
 
 # --- CUDA: the same updates as CuPy ElementwiseKernels --------------------------------------

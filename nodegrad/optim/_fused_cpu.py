@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 
 import numba
+from numba.core import types
+
+from .._cpu_kernels import POOL_ARGS, f32_at
 
 _OPTS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
@@ -108,3 +111,15 @@ def adagrad(p, g, s, k, flags):
         si = s[i] + gi * gi
         s[i] = si
         p[i] = pi - (gi / (math.sqrt(si) + eps)) * clr
+
+
+@numba.cfunc(types.void(types.voidptr), cache=True)
+def adam_half(argp):
+    """One half of a float32 Adam/AdamW update (without AMSGrad) split with OpenBLAS's worker
+    thread (``_backend.pool_split``, its argument block): the flags, the first and last
+    element, 1, the scalars' address, then p, g, m and v's."""
+    a = numba.carray(argp, (POOL_ARGS,), numba.int64)
+    lo, n = a[1], a[2] - a[1]
+    p = f32_at(a[5], lo, n)
+    adam(p, f32_at(a[6], lo, n), f32_at(a[7], lo, n), f32_at(a[8], lo, n), p,
+         f32_at(a[4], 0, 6), a[0])
