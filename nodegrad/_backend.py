@@ -530,9 +530,9 @@ class _BlasPool:
     and a split loop gives the unsplit loop's values on first use; 0 elsewhere."""
 
     exec_blas = 0
-    job = 0  # _cpu_kernels.pool_job's address
+    job = 0  # _cpu_kernels.pool_job()'s address
     looked = False
-    consts = None  # the loops' float32 constants (_cpu_kernels.pool_job's order)
+    consts = None  # the loops' float32 constants (_cpu_kernels._pool_job's order)
 
     @classmethod
     def find(cls, k) -> None:
@@ -558,7 +558,7 @@ class _BlasPool:
         cls.consts = np.array(near + mid + tail + ends + (
             _INV_SQRT2_32, 0.5, 1.0, _INV_SQRT_2PI_32, -0.5) + _EXP32_POLY + _EXP32_CONSTS,
             float32)
-        cls.job = k.pool_job.address
+        cls.job = k.pool_job()
         cls.exec_blas = ctypes.cast(fn, ctypes.c_void_p).value or 0
         x = np.linspace(-6, 6, POOL_MIN + 7, dtype=float32)  # the first use: a GELU both ways
         whole, halves = np.empty_like(x), np.empty_like(x)
@@ -570,7 +570,7 @@ class _BlasPool:
 
 def pool_split(kind: int, rows: int, n: int, *arrays, job: int = 0, consts=None,
                least: int = POOL_MIN) -> bool:
-    """Run ``_cpu_kernels.pool_job``'s loop ``kind`` over ``rows`` rows of ``n`` elements of
+    """Run ``_cpu_kernels._pool_job``'s loop ``kind`` over ``rows`` rows of ``n`` elements of
     ``arrays`` (flat C-ordered float32 NumPy arrays, the loop's, in its order) in two halves,
     the first on this thread, the second on OpenBLAS's worker (:class:`_BlasPool`); False
     (nothing run) where that is not to be: under ``least`` elements, an array of another kind,

@@ -732,7 +732,7 @@ def log_softmax_grad(g, e, s, out, n):
 # on the calling thread and hands the second to its worker, which after a matrix product still
 # spins waiting for work. A thread of our own would compete with that spinning worker for the
 # second core (the GELU loops in halves on one made a W9 step 2.2x slower); on OpenBLAS's own
-# worker the halves gain as its products do. Each job is ``pool_job`` with an argument block of
+# worker the halves gain as its products do. Each job is ``_pool_job`` with an argument block of
 # POOL_ARGS int64s: the loop's kind, its first and last row, the row length, the address of the
 # float32 constants (``_backend._BlasPool.consts``) and of up to four flat float32 arrays.
 POOL_ARGS = 9
@@ -794,12 +794,10 @@ def _t11(c, o):
             c[o + 8], c[o + 9], c[o + 10])
 
 
-@numba.cfunc(types.void(types.voidptr), cache=True)
-def pool_job(argp):
+def _pool_job(argp):
     """One half of a split loop (see above): rows ``lo`` to ``hi`` (of ``n`` elements) of the
-    arrays. The constants: erf32's near
-    (7), mid (11), tail (11) and ends (5), then 1/√2, 1/2, 1, 1/√(2π) and -1/2, exp32_neg's
-    polynomial (6) and constants (6)."""
+    arrays. The constants: erf32's near (7), mid (11), tail (11) and ends (5), then 1/√2, 1/2,
+    1, 1/√(2π) and -1/2, exp32_neg's polynomial (6) and constants (6)."""
     a = numba.carray(argp, (POOL_ARGS,), numba.int64)
     kind, lo, hi, n = a[0], a[1], a[2], a[3]
     c = f32_at(a[4], 0, 51)
@@ -819,10 +817,21 @@ def pool_job(argp):
         softmax_divide(f32_at(p0, b, m), n, numba.float32(0))
 
 
+_POOL_JOB = []
+
+
+def pool_job() -> int:
+    """The address of :func:`_pool_job` compiled as a C callback, made on first use (not on
+    import: a process that imports this module and runs none of its loops pays nothing)."""
+    if not _POOL_JOB:
+        _POOL_JOB.append(numba.cfunc(types.void(types.voidptr), cache=True)(_pool_job))
+    return _POOL_JOB[0].address
+
+
 @numba.njit(**_OPTS)
 def pool_run(exec_blas, job, q, args, kind, rows, n, split, consts, p0, p1, p2, p3):
     """Loop ``kind`` over ``rows`` rows of ``n``: rows up to ``split`` on this thread, the rest
-    on OpenBLAS's worker, through ``exec_blas`` (its address; ``job`` is :func:`pool_job`'s),
+    on OpenBLAS's worker, through ``exec_blas`` (its address; ``job``: :func:`pool_job`'s),
     ``q`` and ``args`` zeroed int64 arrays of (2, QUEUE_BYTES // 8) and (2, POOL_ARGS) for the
     queue and the argument blocks, ``consts`` the float32 constants, ``p0``-``p3`` the loop's
     flat float32 arrays. Returns exec_blas's status."""

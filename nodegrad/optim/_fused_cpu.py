@@ -6,6 +6,9 @@ kernel repeats its NumPy path's operations in the same order and dtype (the scal
 already cast to the arrays' dtype, numba contracts nothing into FMAs without ``fastmath``), so
 both paths give the same bits.
 
+``adam_half`` runs half of a large float32 Adam update on OpenBLAS's worker thread, called
+through ``_backend.pool_split``.
+
 Every kernel takes ``(p, g, *state, k, flags)``: flat arrays, ``k`` its scalars as one array of
 the parameters' dtype (``k[0]`` the weight decay), ``flags`` a bit set: 1 negates the gradient
 (``maximize``), 2 adds ``k[0] * p`` to it (L2 weight decay), 4 multiplies ``p`` by ``k[0]``
