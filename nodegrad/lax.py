@@ -250,7 +250,7 @@ def _trace(fn: Callable, consts: list, carry: list, xs: list, what: str = "scan"
         raise DTypeError(f"{what}: the carry and the per-step outputs must share one dtype, got "
                         f"{sorted(str(d) for d in dts)}; cast them with .astype()")
     rec.metas = [(tuple(o.shape), o.dtype) for o in outs]
-    rec.avals = {s: (tuple(a.shape), a.dtype) for s, a in rec.values().items()}
+    rec.avals = rec.shapes()
     rec.keep, rec.slot, rec.weak = [], {}, {}  # only the trace needed the example arrays
     return Body(rec, slots[0], slots[1], slots[2], out_slots, len(cs))
 

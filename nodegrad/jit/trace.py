@@ -92,6 +92,14 @@ class Recorder:
             if v is not None:
                 yield v
 
+    def shapes(self) -> dict:
+        """slot -> (shape, dtype) of the arrays :meth:`values` gives, without making stand-ins
+        for the freed results (their layouts suffice)."""
+        out = {self.slot[id(a)]: (tuple(a.shape), a.dtype) for a in self._held()
+               if id(a) in self.slot}
+        out.update({s: (tuple(shape), dtype) for s, (shape, _, dtype) in dict(self.gone).items()})
+        return out
+
     def values(self) -> dict:
         """slot -> the array it held at trace, where the passes can still look at one: the
         array itself, or for a result since freed a stand-in with its layout
