@@ -596,6 +596,165 @@ def pool_split(kind: int, rows: int, n: int, *arrays, job: int = 0, consts=None,
                       _BlasPool.consts if consts is None else consts, *a) == 0
 
 
+# --- attention ------------------------------------------------------------------------------
+def attention_form(xp, q, k, v, scale: float, causal: bool, g=None):
+    """``softmax(q kᵀ · scale [+ causal mask]) v`` over (..., L, E) arrays of one shape, or with
+    ``g`` its VJP stacked as (3, ...) (dq, dk, dv): ops.attention's definition in ``xp``'s
+    operations. Host float32 takes :func:`exp32_neg` (the exp of the shifted scores) and NumPy's
+    pairwise row sums, which :func:`attention` and :func:`attention_grad` reproduce row by row."""
+    qs = xp.empty(q.shape, q.dtype)
+    xp.multiply(q, scale, out=qs)
+    s = xp.matmul(qs, xp.swapaxes(k, -1, -2))
+    if causal:
+        n = q.shape[-2]
+        s += xp.where(xp.tril(xp.ones((n, n), dtype=bool)), 0, -xp.inf).astype(q.dtype)
+    s -= xp.max(s, axis=-1, keepdims=True)
+    host = xp is np
+    p = exp_nonpositive(xp, s)
+    p /= (np.add.reduce(p, axis=-1, keepdims=True) if host
+          else xp.sum(p, axis=-1, keepdims=True))
+    if g is None:
+        return xp.matmul(p, v)
+    out = xp.empty((3,) + q.shape, q.dtype)
+    xp.matmul(xp.swapaxes(p, -1, -2), g, out=out[2])
+    dp = xp.matmul(g, xp.swapaxes(v, -1, -2))
+    t = dp * p
+    r = np.add.reduce(t, axis=-1, keepdims=True) if host else xp.sum(t, axis=-1, keepdims=True)
+    ds = (dp - r) * p
+    xp.multiply(xp.matmul(ds, k), scale, out=out[0])
+    xp.matmul(xp.swapaxes(ds, -1, -2), qs, out=out[1])
+    return out
+
+
+class _Attention:
+    """NumPy's ``cblas_sgemm`` (ILP64) for :func:`attention`'s loops, and whether they give
+    :func:`attention_form`'s bits on first use (0 where not found or not)."""
+
+    sgemm = 0
+    job = 0
+    looked = False
+
+    @classmethod
+    def find(cls, k) -> None:
+        import ctypes
+
+        cls.looked = True
+        if not _BlasPool.looked:
+            _BlasPool.find(k)
+        lib = _BlasThreads.lib
+        fn = next((getattr(lib, n) for n in ("scipy_cblas_sgemm64_", "cblas_sgemm64_")
+                   if lib is not None and hasattr(lib, n)), None)
+        if fn is None:
+            return
+        cls.sgemm = ctypes.cast(fn, ctypes.c_void_p).value or 0
+        cls.job = k.attention_job()
+        rng = np.random.default_rng(0)
+        q, kk, v, g = (rng.standard_normal((2, 3, 16, 8), dtype=float32) for _ in range(4))
+        for causal in (False, True):
+            want = (attention_form(np, q, kk, v, 0.35, causal),
+                    attention_form(np, q, kk, v, 0.35, causal, g))
+            got = (_attention_run(k, q, kk, v, 0.35, causal, None, split=False),
+                   _attention_run(k, q, kk, v, 0.35, causal, g, split=False))
+            if not all(a is not None and a.tobytes() == b.tobytes() for a, b in zip(got, want)):
+                cls.sgemm = 0
+                return
+
+
+ATTENTION_MIN = 1 << 14
+"""Score entries (batch x heads x L x S) from which :func:`attention` runs its loops."""
+
+_GEMM_SERIAL = 65536 * 4
+"""OpenBLAS's threading threshold for one product (M·N·K, SMP_THRESHOLD_MIN times
+GEMM_MULTITHREAD_THRESHOLD): below it a product runs on the calling thread, as the units on
+OpenBLAS's worker must."""
+
+
+def _att_layout(a) -> tuple | None:
+    """(address, batch, head and row strides in elements) of a float32 (B, H, L, E) or (N, L, E)
+    NumPy array whose rows NumPy's matmul passes to BLAS as they are (unit element stride, row
+    stride at least E); None otherwise."""
+    st = a.strides
+    if st[-1] != 4 or st[-2] % 4 or st[-2] // 4 < a.shape[-1] or any(x % 4 for x in st):
+        return None
+    if a.ndim == 3:
+        return a.ctypes.data, st[0] // 4, 0, st[1] // 4
+    return a.ctypes.data, st[0] // 4, st[1] // 4, st[2] // 4
+
+
+def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = True):
+    """The loops' forward (``g`` None: y) or backward ((3, ...) dq, dk, dv) on checked arrays;
+    None where an array's layout is not one they take."""
+    lays = [_att_layout(a) for a in (q, kk, v) + (() if g is None else (g,))]
+    if any(x is None for x in lays):
+        return None
+    heads = q.shape[1] if q.ndim == 4 else 1
+    units = q.size // (q.shape[-2] * q.shape[-1])
+    n, e = q.shape[-2], q.shape[-1]
+    out = np.empty(((3,) if g is not None else ()) + q.shape, float32)
+    if g is None:
+        lays.append((out.ctypes.data, heads * n * e, n * e, e))
+    scratch = n * e + 2 * n * n + n
+    two = split and units >= 2 and n * n * e <= _GEMM_SERIAL and _BlasPool.exec_blas != 0 \
+        and _BlasThreads.get() >= 2
+    args = np.zeros((2, k.ATT_ARGS), np.int64)
+    work = np.empty((2, scratch), float32)
+    consts = np.array((scale,) + _EXP32_POLY + _EXP32_CONSTS, float32)
+    half = units // 2 if two else units
+    for t in range(2):
+        a = args[t]
+        a[0] = k.ATT_FORWARD if g is None else k.ATT_BACKWARD
+        a[1], a[2] = (0, half) if t == 0 else (half, units)
+        a[3:9] = heads, n, n, e, _Attention.sgemm, int(causal)
+        for i, lay in enumerate(lays):
+            a[9 + 4 * i:13 + 4 * i] = lay
+        a[25], a[26] = work[t].ctypes.data, consts.ctypes.data
+        if g is not None:
+            a[27:30] = out[0].ctypes.data, out[1].ctypes.data, out[2].ctypes.data
+        a[30] = a[31] = 112
+    if two:
+        if k.exec_two(_BlasPool.exec_blas, _Attention.job, np.zeros((2, 21), np.int64),
+                      args) != 0:
+            return None
+    else:
+        k.attention_units(args[0])
+    return out
+
+
+def _attention_ready(arrays) -> object | None:
+    """The kernels where :func:`attention`'s loops take these arrays: float32 C-able NumPy
+    arrays of one 3-D or 4-D shape, L and E of 2 or more, :data:`ATTENTION_MIN` scores or more,
+    numba loaded and NumPy's cblas_sgemm found."""
+    q = arrays[0]
+    if type(q) is not np.ndarray or q.dtype != float32 or q.ndim not in (3, 4):
+        return None
+    for a in arrays[1:]:
+        if type(a) is not np.ndarray or a.dtype != float32 or a.shape != q.shape:
+            return None
+    n, e = q.shape[-2], q.shape[-1]
+    if n < 2 or e < 2 or q.size // e * n < ATTENTION_MIN:
+        return None
+    k = cpu_kernels()
+    if k is None:
+        return None
+    if not _Attention.looked:
+        _Attention.find(k)
+    return k if _Attention.sgemm else None
+
+
+def attention(q, k, v, scale: float, causal: bool):
+    """:func:`attention_form`'s forward in numba loops over the (batch, head) units, the same
+    bits (see ``_cpu_kernels``, attention), half of them on OpenBLAS's worker; None where
+    :func:`_attention_ready` or the layouts say no."""
+    kern = _attention_ready((q, k, v))
+    return None if kern is None else _attention_run(kern, q, k, v, scale, causal, None)
+
+
+def attention_grad(g, q, k, v, scale: float, causal: bool):
+    """:func:`attention_form`'s VJP (3, ...) likewise; None where :func:`attention` would be."""
+    kern = _attention_ready((q, k, v, g))
+    return None if kern is None else _attention_run(kern, q, k, v, scale, causal, g)
+
+
 # --- LAPACK's symmetric indefinite factorisation (host) ----------------------------------------
 def sytrf(a):
     """LAPACK's ``sytrf`` (Bunch-Kaufman LDLᵀ, lower triangle) of one symmetric float32/float64

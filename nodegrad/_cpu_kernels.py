@@ -33,6 +33,8 @@ compute (row maxima, shifts, picks, quotients) is exact or one rounding in the d
 
 from __future__ import annotations
 
+import math
+
 import numba
 from llvmlite import ir
 from numba.core import types
@@ -847,6 +849,162 @@ def pool_run(exec_blas, job, q, args, kind, rows, n, split, consts, p0, p1, p2, 
         args[t, 8] = p3.ctypes.data
         q[t, _Q_ROUTINE] = job
         q[t, _Q_ARGS] = args.ctypes.data + t * POOL_ARGS * 8
+        q[t, _Q_MODE] = BLAS_PTHREAD
+    q[0, _Q_NEXT] = q.ctypes.data + QUEUE_BYTES
+    return _exec_blas(exec_blas, 2, q.ctypes.data)
+
+
+# --- attention ------------------------------------------------------------------------------
+# softmax(q kᵀ · scale [+ causal mask]) v and its VJP, one (batch, head) unit at a time, each
+# unit's scores and weights in a scratch that stays in cache (a stack of them is ~4x a core's
+# L2 in a small GPT). The products are OpenBLAS's ``cblas_sgemm`` (NumPy's library, ILP64,
+# through its address), called with the flags and leading dimensions NumPy's matmul passes for
+# the arrays of ``ops.attention``'s NumPy form, so they give its products' bits; between them
+# that form's operations in its order: NumPy's row maxima, exp32_neg, pairwise row sums. Units
+# split between this thread and OpenBLAS's worker (its products stay single-threaded: each is
+# below OpenBLAS's threading threshold, which the caller checks).
+ATT_ARGS = 32
+"""The argument block (int64s): 0 the job (ATT_FORWARD, ATT_BACKWARD), 1-2 the first and last
+unit, 3 heads, 4 L, 5 S, 6 E (the rows, keys and width), 7 cblas_sgemm's address, 8 causal,
+9-12 q's address and its element strides by batch, head and row, 13-16 k's, 17-20 v's, 21-24
+the output's (forward: y's, C-ordered) or the cotangent's (backward), 25 the unit's scratch
+(float32: L·E + 2·L·S + S), 26 the float32 constants (scale, exp32_neg's polynomial (6) and
+constants (6)), 27-29 dq, dk and dv (backward, C-ordered), 30-31 the transpose flags of the
+products that read k and v as NumPy would pass them (q kᵀ and g vᵀ: 112 for a transposed
+right operand, as NumPy's matmul passes a swapped-axes view)."""
+ATT_FORWARD, ATT_BACKWARD = 0, 1
+_NOTRANS, _TRANS = 111, 112
+
+
+@intrinsic
+def _sgemm(typingctx, fn, ta, tb, m, n, k, a, lda, b, ldb, c, ldc):
+    """``cblas_sgemm(RowMajor, ta, tb, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)`` through its
+    address ``fn`` (ILP64: 64-bit sizes), ``a``, ``b`` and ``c`` addresses."""
+    def codegen(context, builder, signature, args):
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        vp = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, f32, vp, i64, vp,
+                                               i64, f32, vp, i64])
+        f = builder.inttoptr(args[0], fnty.as_pointer())
+        one, zero = ir.Constant(f32, 1.0), ir.Constant(f32, 0.0)
+
+        def ptr(v):
+            return builder.inttoptr(v, vp)
+
+        builder.call(f, [ir.Constant(i32, 101), builder.trunc(args[1], i32),
+                         builder.trunc(args[2], i32), args[3], args[4], args[5], one,
+                         ptr(args[6]), args[7], ptr(args[8]), args[9], zero, ptr(args[10]),
+                         args[11]])
+        return context.get_dummy_value()
+    return types.void(*([types.int64] * 12)), codegen
+
+
+@numba.njit(inline="always", **_OPTS)
+def _att_base(a, at, u, heads):
+    """The address of unit ``u``'s matrix of the array described at ``a[at:at + 4]``."""
+    return a[at] + 4 * ((u // heads) * a[at + 1] + (u % heads) * a[at + 2])
+
+
+@numba.njit(inline="always", **_OPTS)
+def _att_weights(a, u, qs, p, c):
+    """Unit ``u``'s scaled queries ``qs`` (L x E) and softmax weights ``p`` (L x S), both
+    C-ordered scratch, as the NumPy form: q·scale, (q·scale) kᵀ, plus the causal mask's 0 or
+    -inf, then each row less its maximum (NaN where it holds one), exp32_neg, over its sum."""
+    heads, rows, keys, width, sg = a[3], a[4], a[5], a[6], a[7]
+    q0, qr = _att_base(a, 9, u, heads), a[12]
+    scale, poly, consts = c[0], _t6(c, 1), _t6(c, 7)
+    zero = numba.float32(0)
+    for i in range(rows):
+        src = f32_at(q0, i * qr, width)
+        for j in range(width):
+            qs[_U(i * width + j)] = src[j] * scale
+    _sgemm(sg, _NOTRANS, a[30], rows, keys, width, qs.ctypes.data, width,
+           _att_base(a, 13, u, heads), a[16], p.ctypes.data, keys)
+    ninf = numba.float32(-math.inf)
+    for i in range(rows):
+        o = _U(i * keys)
+        if a[8]:
+            for j in range(keys):
+                p[o + _U(j)] = p[o + _U(j)] + (zero if j <= i else ninf)
+        m = p[o]
+        nan = m != m
+        for j in range(1, keys):
+            v = p[o + _U(j)]
+            m = v if v > m else m
+            nan |= v != v
+        if nan:
+            m = zero * ninf
+        for j in range(keys):
+            p[o + _U(j)] = _exp32_neg_of(p[o + _U(j)] - m, poly, consts)
+        s = _row_sum(p, o, keys, zero)
+        for j in range(keys):
+            p[o + _U(j)] = p[o + _U(j)] / s
+
+
+@numba.njit(**_OPTS)
+def attention_units(a):
+    """Units ``a[1]`` to ``a[2]`` of the forward or backward (see ATT_ARGS)."""
+    heads, rows, keys, width, sg = a[3], a[4], a[5], a[6], a[7]
+    c = f32_at(a[26], 0, 13)
+    qs = f32_at(a[25], 0, rows * width)
+    p = f32_at(a[25], rows * width, rows * keys)
+    for u in range(a[1], a[2]):
+        _att_weights(a, u, qs, p, c)
+        k0, v0, x0 = _att_base(a, 13, u, heads), _att_base(a, 17, u, heads), \
+            _att_base(a, 21, u, heads)
+        if a[0] == ATT_FORWARD:  # y = p v
+            _sgemm(sg, _NOTRANS, _NOTRANS, rows, width, keys, p.ctypes.data, keys, v0, a[20],
+                   x0, width)
+            continue
+        dp = f32_at(a[25], rows * width + rows * keys, rows * keys)
+        t = f32_at(a[25], rows * width + 2 * rows * keys, keys)
+        off = 4 * u * rows * width
+        # dv = pᵀ g; dp = g vᵀ; ds = (dp - Σ dp·p) · p; dq = (ds k) · scale; dk = dsᵀ (q·scale)
+        _sgemm(sg, _TRANS, _NOTRANS, keys, width, rows, p.ctypes.data, keys, x0, a[24],
+               a[29] + off, width)
+        _sgemm(sg, _NOTRANS, a[31], rows, keys, width, x0, a[24], v0, a[20], dp.ctypes.data,
+               keys)
+        zero = numba.float32(0)
+        for i in range(rows):
+            o = _U(i * keys)
+            for j in range(keys):
+                t[j] = dp[o + _U(j)] * p[o + _U(j)]
+            r = _row_sum(t, _U(0), keys, zero)
+            for j in range(keys):
+                dp[o + _U(j)] = (dp[o + _U(j)] - r) * p[o + _U(j)]
+        _sgemm(sg, _NOTRANS, _NOTRANS, rows, width, keys, dp.ctypes.data, keys, k0, a[16],
+               a[27] + off, width)
+        dq = f32_at(a[27] + off, 0, rows * width)
+        for j in range(rows * width):
+            dq[j] = dq[j] * c[0]
+        _sgemm(sg, _TRANS, _NOTRANS, keys, width, rows, dp.ctypes.data, keys, qs.ctypes.data,
+               width, a[28] + off, width)
+
+
+def _attention_job(argp):
+    """One thread's share of :func:`attention_units`, as an ``exec_blas`` job."""
+    attention_units(numba.carray(argp, (ATT_ARGS,), numba.int64))
+
+
+_ATT_JOB = []
+
+
+def attention_job() -> int:
+    """The address of :func:`_attention_job` compiled as a C callback, made on first use."""
+    if not _ATT_JOB:
+        _ATT_JOB.append(numba.cfunc(types.void(types.voidptr), cache=True)(_attention_job))
+    return _ATT_JOB[0].address
+
+
+@numba.njit(**_OPTS)
+def exec_two(exec_blas, job, q, args):
+    """The two jobs ``job(args[0])`` (on this thread) and ``job(args[1])`` (on OpenBLAS's
+    worker) through ``exec_blas``; ``q`` a zeroed int64 (2, QUEUE_BYTES // 8) queue. Returns
+    exec_blas's status."""
+    width = args.shape[1]
+    for t in range(2):
+        q[t, _Q_ROUTINE] = job
+        q[t, _Q_ARGS] = args.ctypes.data + t * width * 8
         q[t, _Q_MODE] = BLAS_PTHREAD
     q[0, _Q_NEXT] = q.ctypes.data + QUEUE_BYTES
     return _exec_blas(exec_blas, 2, q.ctypes.data)

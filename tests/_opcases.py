@@ -83,7 +83,8 @@ ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "ge
           "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
           "conv_weight_grad", "cross_entropy", "cross_entropy_grad", "tanh_grad", "sigmoid_grad",
-          "gru_update", "gru_scan", "sin_grad", "cos_grad", "layer_norm", "gelu_grad")
+          "gru_update", "gru_scan", "sin_grad", "cos_grad", "layer_norm", "gelu_grad",
+          "attention")
 
 
 @dataclass(frozen=True)
@@ -748,6 +749,28 @@ def _layer_norm(draw, layout):
 
 
 case("layer_norm", _layer_norm, layouts=("vector", "matrix", "3d"))
+
+
+def _attention(draw, layout):
+    """Self-attention (the attention primitive, through scaled_dot_product_attention), causal or
+    not, over (L, E) or (B, L, E) queries, keys and values of one shape."""
+    lead = () if layout == "matrix" else (draw(st.integers(1, 2)),)
+    shape = lead + (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    causal, scale = draw(st.booleans()), draw(st.sampled_from([None, 0.7]))
+    args = tuple(arr(draw, shape) for _ in range(3))
+
+    def ours(q, k, v):
+        return ng.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                             scale=scale)
+
+    def theirs(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                                scale=scale)
+
+    return Call(ours, args, theirs)
+
+
+case("attention", _attention, layouts=("matrix", "3d", "noncontig"))
 
 
 def _linear_relu(draw, layout):
@@ -2528,6 +2551,29 @@ def _trunc_div_ref(x, y):
     return (np.abs(x) // np.abs(y)) * np.sign(x) * np.sign(y)
 
 
+def _attention_grad_ref(g, q, k, v, scale, causal):
+    """scaled_dot_product_attention's VJP in float64 NumPy, stacked (dq, dk, dv)."""
+    s = (q * scale) @ np.swapaxes(k, -1, -2)
+    if causal:
+        s = np.where(np.tri(q.shape[-2], dtype=bool), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    dp = g @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    return np.stack([ds @ k * scale, np.swapaxes(ds, -1, -2) @ q * scale,
+                     np.swapaxes(p, -1, -2) @ g])
+
+
+def _attention_grad_build(draw):
+    shape = tuple(draw(st.integers(1, 3)) for _ in range(draw(st.integers(0, 1)))) + (
+        draw(st.integers(1, 5)), draw(st.integers(1, 4)))
+    args = tuple(arr(draw, shape) for _ in range(4))
+    return args, {"scale": draw(st.sampled_from([0.3, 1.0])), "causal": draw(st.booleans())}
+
+
+FORWARD.append(Forward("attention_grad", lambda g, q, k, v, scale, causal: P[
+    "attention_grad"](g, q, k, v, scale=scale, causal=causal), _attention_grad_ref,
+    _attention_grad_build, rtol=1e-9))
 FORWARD.append(Forward("argsort", lambda x, axis, descending: P["argsort"](
     x, axis=axis, descending=descending), _argsort_ref,
     _axis_build(("coarse", "int"), descending=st.booleans())))

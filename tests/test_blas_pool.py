@@ -189,8 +189,9 @@ def test_a_gpt_blocks_step_has_the_same_bits_with_and_without_the_pool(pool):
                         list(out.parameters())]
 
     got = run()
-    assert {k for k, r in pool if r} >= {B.cpu_kernels().GELU, B.cpu_kernels().GELU_GRAD,
-                                          B.cpu_kernels().SOFTMAX_SHIFT}
+    # (the attention is one primitive, whose units split with the worker too: without the
+    # pool they run on this thread)
+    assert {k for k, r in pool if r} >= {B.cpu_kernels().GELU, B.cpu_kernels().GELU_GRAD}
     assert got == _without_pool(run)
 
 

@@ -428,6 +428,11 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
                 up(query), up(key), up(value), up(attn_mask), dropout_p, is_causal, scale,
                 False, generator)
         return ops.astype(out, low)
+    if (attn_mask is None and dropout_p == 0 and query.shape == key.shape == value.shape
+            and query.shape[-1] > 0 and query.shape[-2] > 0 and query.dtype.char in "fd"):
+        # self-attention without a mask or dropout: one primitive (ops.attention)
+        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        return ops.attention(query, key, value, scale=scale, causal=is_causal)
     n_q, n_k = query.shape[-2], key.shape[-2]
     bias = _causal_bias(n_q, n_k, query) if is_causal else \
         None if attn_mask is None else _mask_bias(attn_mask, query, masked_when=False)

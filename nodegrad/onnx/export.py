@@ -878,6 +878,19 @@ def _matmul(r, a, p, out, tw):
     return r.node("MatMul", [r.name_of(a[0]), r.name_of(a[1])])
 
 
+def _attention_prim(r, a, p, out, tw):
+    """``ops.attention`` (scaled_dot_product_attention without a mask or dropout) as ONNX's
+    Mul, Transpose, MatMul, the causal mask's Add, Softmax and MatMul."""
+    q, k, v = a[0], a[1], a[2]
+    dt, nd, n = _np_dtype(out), q.ndim, q.shape[-2]
+    qs = r.node("Mul", [r.name_of(q), r.const(np.asarray(p["scale"], dt))])
+    kt = r.node("Transpose", [r.name_of(k)], perm=list(range(nd - 2)) + [nd - 1, nd - 2])
+    s = r.node("MatMul", [qs, kt])
+    if p["causal"]:
+        s = r.node("Add", [s, r.const(np.where(np.tri(n, dtype=bool), 0, -np.inf).astype(dt))])
+    return r.node("MatMul", [r.node("Softmax", [s], axis=-1), r.name_of(v)])
+
+
 def _conv_prim(r, a, p, out, tw):
     """The fused convolution primitive (``F.conv1d``/``conv2d``/``conv3d`` in a custom forward)."""
     ins = [r.name_of(a[0]), r.name_of(a[1])] + ([r.name_of(a[2])] if len(a) > 2 and
@@ -1024,7 +1037,7 @@ PRIMS = {
     "bitwise_and": _bitwise("And", "BitwiseAnd"), "bitwise_or": _bitwise("Or", "BitwiseOr"),
     "bitwise_xor": _bitwise("Xor", "BitwiseXor"), "bitwise_not": _bitwise("Not", "BitwiseNot"),
     "astype": _astype, "matmul": _matmul, "linear": _linear, "einsum": _einsum,
-    "layer_norm": _layer_norm_prim,
+    "layer_norm": _layer_norm_prim, "attention": _attention_prim,
     "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"),
     "all": _truth("ReduceMin"), "any": _truth("ReduceMax"),
     "logsumexp": _logsumexp, "sum": _sum, "mean": _reducer("ReduceMean"),

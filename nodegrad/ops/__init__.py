@@ -108,6 +108,7 @@ from .arrange import (  # PyTorch's rearranging ops, NumPy's pad modes
 from .linalg import einsum, matmul, outer
 from .conv import conv, conv_transpose
 from .nn import linear, log_softmax, logsumexp, softmax
+from .attention import attention
 from .reduce import all, any, argmax, argmin, max, mean, min, std, sum, var
 from .shape import (
                           broadcast_to,
@@ -140,6 +141,7 @@ __all__ = [
     "add",
     "all",
     "any",
+    "attention",
     "argmax",
     "argmin",
     "astype",
