@@ -819,15 +819,21 @@ def _pool_job(argp):
         softmax_divide(f32_at(p0, b, m), n, numba.float32(0))
 
 
-_POOL_JOB = []
+_CALLBACKS: dict = {}
+
+
+def _callback(fn) -> int:
+    """The address of ``fn`` compiled as a C callback ``void (void *)``, made on first use (not
+    on import: a process that imports this module and runs none of its loops pays nothing)."""
+    cb = _CALLBACKS.get(fn)
+    if cb is None:
+        cb = _CALLBACKS[fn] = numba.cfunc(types.void(types.voidptr), cache=True)(fn)
+    return cb.address
 
 
 def pool_job() -> int:
-    """The address of :func:`_pool_job` compiled as a C callback, made on first use (not on
-    import: a process that imports this module and runs none of its loops pays nothing)."""
-    if not _POOL_JOB:
-        _POOL_JOB.append(numba.cfunc(types.void(types.voidptr), cache=True)(_pool_job))
-    return _POOL_JOB[0].address
+    """The address of :func:`_pool_job` as a C callback."""
+    return _callback(_pool_job)
 
 
 @numba.njit(**_OPTS)
@@ -847,11 +853,7 @@ def pool_run(exec_blas, job, q, args, kind, rows, n, split, consts, p0, p1, p2, 
         args[t, 6] = p1.ctypes.data
         args[t, 7] = p2.ctypes.data
         args[t, 8] = p3.ctypes.data
-        q[t, _Q_ROUTINE] = job
-        q[t, _Q_ARGS] = args.ctypes.data + t * POOL_ARGS * 8
-        q[t, _Q_MODE] = BLAS_PTHREAD
-    q[0, _Q_NEXT] = q.ctypes.data + QUEUE_BYTES
-    return _exec_blas(exec_blas, 2, q.ctypes.data)
+    return exec_two(exec_blas, job, q, args)
 
 
 # --- attention ------------------------------------------------------------------------------
@@ -986,14 +988,9 @@ def _attention_job(argp):
     attention_units(numba.carray(argp, (ATT_ARGS,), numba.int64))
 
 
-_ATT_JOB = []
-
-
 def attention_job() -> int:
-    """The address of :func:`_attention_job` compiled as a C callback, made on first use."""
-    if not _ATT_JOB:
-        _ATT_JOB.append(numba.cfunc(types.void(types.voidptr), cache=True)(_attention_job))
-    return _ATT_JOB[0].address
+    """The address of :func:`_attention_job` as a C callback."""
+    return _callback(_attention_job)
 
 
 @numba.njit(**_OPTS)
