@@ -685,8 +685,8 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
     """The loops' forward (``g`` None: y) or backward ((3, ...) dq, dk, dv) on checked arrays;
     None where an array's layout is not one they take."""
     lays = [_att_layout(a) for a in (q, kk, v) + (() if g is None else (g,))]
-    if any(x is None for x in lays):
-        return None
+    if any(x is None for x in lays) or (g is not None and lays[3] == lays[2]):
+        return None  # (g the very array v: NumPy's matmul takes g vᵀ as a syrk, not a gemm)
     heads = q.shape[1] if q.ndim == 4 else 1
     units = q.size // (q.shape[-2] * q.shape[-1])
     n, e = q.shape[-2], q.shape[-1]
