@@ -591,7 +591,8 @@ def pool_split(kind: int, rows: int, n: int, *arrays, job: int = 0, consts=None,
         return False
     split = rows // 2 if n > 1 else (rows // 2 + 15) & ~15  # a flat loop: 64-byte halves
     a = arrays + (arrays[0],) * (4 - len(arrays))
-    return k.pool_run(_BlasPool.exec_blas, job or _BlasPool.job, np.zeros((2, 21), np.int64),
+    queue = np.zeros((2, k.QUEUE_BYTES // 8), np.int64)
+    return k.pool_run(_BlasPool.exec_blas, job or _BlasPool.job, queue,
                       np.zeros((2, k.POOL_ARGS), np.int64), kind, rows, n, split,
                       _BlasPool.consts if consts is None else consts, *a) == 0
 
@@ -712,8 +713,8 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
             a[27:30] = out[0].ctypes.data, out[1].ctypes.data, out[2].ctypes.data
         a[30] = a[31] = 112
     if two:
-        if k.exec_two(_BlasPool.exec_blas, _Attention.job, np.zeros((2, 21), np.int64),
-                      args) != 0:
+        queue = np.zeros((2, k.QUEUE_BYTES // 8), np.int64)
+        if k.exec_two(_BlasPool.exec_blas, _Attention.job, queue, args) != 0:
             return None
     else:
         k.attention_units(args[0])

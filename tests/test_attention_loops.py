@@ -4,8 +4,6 @@ OpenBLAS's worker, give the NumPy form's bits (forward and VJP, strided views, c
 NaN and infinities), so eager code has the same bits with numba and without, the raw VJP the
 rules' bits, and a jitted step eager's; layouts the loops do not take go to the NumPy form."""
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -14,6 +12,7 @@ pytest.importorskip("numba")
 import nodegrad as ng  # noqa: E402
 from nodegrad import _backend as B  # noqa: E402
 from nodegrad.primitive import REGISTRY  # noqa: E402
+from tests._threads import at_once  # noqa: E402
 from tests.test_backend import jitted_training_equals_eager  # noqa: E402
 
 
@@ -87,21 +86,14 @@ def test_one_blas_thread_and_many_threads_give_the_same_bits(loops):
     with threadpool_limits(1):
         one = B.attention(q, k, v, 0.2, True), B.attention_grad(q, q, k, v, 0.2, True)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(one, want))
-    got, errors = [None] * 4, []
+    got = [None] * 4
 
     def run(i):
-        try:
-            for _ in range(10):
-                got[i] = B.attention(q, k, v, 0.2, True), B.attention_grad(q, q, k, v, 0.2, True)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(10):
+            got[i] = B.attention(q, k, v, 0.2, True), B.attention_grad(q, q, k, v, 0.2, True)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors and not any(t.is_alive() for t in threads)
+    errors, stuck = at_once(run, 4, timeout=120)
+    assert not errors and not stuck
     for pair in got:
         assert all(a.tobytes() == b.tobytes() for a, b in zip(pair, want))
 
@@ -190,3 +182,9 @@ def test_second_order_through_the_rules():
     q, k, v = (ng.tensor(rng.standard_normal((2, 5, 3)), requires_grad=True) for _ in range(3))
     assert ng.gradcheck(lambda a, b, c: ng.nn.functional.scaled_dot_product_attention(
         a, b, c, is_causal=True), q, k, v, order=2)
+
+
+def test_shapes_the_primitive_does_not_take_are_refused_by_name():
+    for shapes in (((2, 3), (2, 4), (2, 3)), ((3,), (3,), (3,))):
+        with pytest.raises(ng.errors.ShapeError, match="attention: expected queries, keys"):
+            ng.attention(*[ng.ones(s) for s in shapes], scale=1.0, causal=False)

@@ -6,7 +6,6 @@ import math
 import multiprocessing
 import platform
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ pytest.importorskip("numba")
 
 import nodegrad as ng  # noqa: E402
 from nodegrad import _backend as B  # noqa: E402
+from tests._threads import at_once  # noqa: E402
 
 C, C2 = 1 / math.sqrt(2), 1 / math.sqrt(2 * math.pi)
 
@@ -128,21 +128,14 @@ def test_split_loops_from_many_threads_at_once(pool):
     rng = np.random.default_rng(1)
     xs = [(rng.standard_normal(5 * B.POOL_MIN + i) * 3).astype(np.float32) for i in range(4)]
     want = [_without_pool(lambda x=x: _gelu_both(x, x)) for x in xs]
-    got, errors = [None] * 4, []
+    got = [None] * 4
 
     def run(i):
-        try:
-            for _ in range(20):
-                got[i] = _gelu_both(xs[i], xs[i])
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(20):
+            got[i] = _gelu_both(xs[i], xs[i])
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors and not any(t.is_alive() for t in threads)
+    errors, stuck = at_once(run, 4, timeout=60)
+    assert not errors and not stuck
     for g, w in zip(got, want):
         assert g[0].tobytes() == w[0].tobytes() and g[1].tobytes() == w[1].tobytes()
     assert sum(r for _, r in pool) >= 4 * 20 * 3

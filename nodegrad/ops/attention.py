@@ -16,6 +16,7 @@ from __future__ import annotations
 from .. import _backend as B
 from ..autodiff import modes
 from ..batching import batched, size_of
+from ..errors import ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor
 from .linalg import matmul
@@ -125,4 +126,9 @@ _attention = primitive(
 def attention(q, k, v, *, scale: float, causal: bool):
     """Self-attention of (..., L, E) queries, keys and values of one shape as one primitive
     (``nn.functional.scaled_dot_product_attention`` takes it without a mask or dropout)."""
+    shapes = [tuple(getattr(t, "shape", ())) for t in (q, k, v)]
+    if len(shapes[0]) < 2 or shapes.count(shapes[0]) != 3:
+        raise ShapeError(f"attention: expected queries, keys and values of one shape (..., L, "
+                         f"E), got {shapes[0]}, {shapes[1]} and {shapes[2]} (other shapes, masks "
+                         "and dropout: nn.functional.scaled_dot_product_attention)")
     return _attention(q, k, v, scale=float(scale), causal=bool(causal))

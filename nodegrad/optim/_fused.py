@@ -104,7 +104,7 @@ def _adam_cpu(p, g, m, v, vmax, k, flags) -> None:
     from . import _fused_cpu
 
     if flags & 8 or not B.pool_split(flags, p.size, 1, p, g, m, v, least=ADAM_POOL_MIN,
-                                     job=_fused_cpu.adam_half.address, consts=k):
+                                     job=_fused_cpu.adam_half_job(), consts=k):
         _fused_cpu.adam(p, g, m, v, vmax, k, flags)
 
 

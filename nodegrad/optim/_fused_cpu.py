@@ -6,8 +6,8 @@ kernel repeats its NumPy path's operations in the same order and dtype (the scal
 already cast to the arrays' dtype, numba contracts nothing into FMAs without ``fastmath``), so
 both paths give the same bits.
 
-``adam_half`` runs half of a large float32 Adam update on OpenBLAS's worker thread, called
-through ``_backend.pool_split``.
+``adam_half_job`` gives a C callback that runs half of a large float32 Adam update on
+OpenBLAS's worker thread, called through ``_backend.pool_split``.
 
 Every kernel takes ``(p, g, *state, k, flags)``: flat arrays, ``k`` its scalars as one array of
 the parameters' dtype (``k[0]`` the weight decay), ``flags`` a bit set: 1 negates the gradient
@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 
 import numba
-from numba.core import types
 
-from .._cpu_kernels import POOL_ARGS, f32_at
+from .._cpu_kernels import POOL_ARGS, _callback, f32_at
 
 _OPTS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
 
@@ -116,8 +115,12 @@ def adagrad(p, g, s, k, flags):
         p[i] = pi - (gi / (math.sqrt(si) + eps)) * clr
 
 
-@numba.cfunc(types.void(types.voidptr), cache=True)
-def adam_half(argp):
+def adam_half_job() -> int:
+    """The address of :func:`_adam_half` as a C callback (made on first use)."""
+    return _callback(_adam_half)
+
+
+def _adam_half(argp):
     """One half of a float32 Adam/AdamW update (without AMSGrad) split with OpenBLAS's worker
     thread (``_backend.pool_split``, its argument block): the flags, the first and last
     element, 1, the scalars' address, then p, g, m and v's."""
