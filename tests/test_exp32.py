@@ -67,6 +67,9 @@ def test_exp32_neg_loop_numpy_form_and_gelu_vjp_give_the_same_bits(monkeypatch):
     for n in (0, 1, 7, 8, 9, 100, 1025):
         v = -(rng.standard_normal(n) ** 2 * 10).astype(np.float32)
         assert B.exp32_neg(v).tobytes() == B._exp32_neg_numpy(v).tobytes()
+    edge = np.array([-103.9, -103.97208, -103.97209, -104.0, -104.00001, -200.0, -np.inf, -0.0,
+                     np.nan] * 3, np.float32)  # about the lowest argument kept, in every lane
+    assert B.exp32_neg(edge).tobytes() == B._exp32_neg_numpy(edge).tobytes()
     m = -(rng.standard_normal((37, 53)) ** 2).astype(np.float32)
     want = B._exp32_neg_numpy(m.reshape(-1)).reshape(m.shape)
     for view, ref in ((np.asfortranarray(m), want), (m.T, want.T), (m[::2, 1::3], want[::2, 1::3])):
