@@ -1,4 +1,5 @@
-"""Differential test of ``ng.jit`` against eager execution on random programs.
+"""Differential test of ``ng.jit`` against eager execution on random programs and random
+training steps.
 
 Programs drawn from fixed seeds chain element-wise ops (unary and broadcasting binary ones),
 reductions, softmax-like rows and shape ops (transposes, flips, slices, concatenation, rolls,
@@ -9,6 +10,12 @@ equal eager per-example gradients, within the compiler's contract: bit for bit u
 within 1e-6 relative in float32 and 1e-12 in float64 (relative to the largest entry), or, in
 float32, as close to the program's float64 result as eager is (within twice its distance). A
 difference, or an error only under jit, is what this file exists to catch.
+
+Random training steps (a small MLP or 1-D CNN with random activations, normalisation and
+dropout, one of 13 optimisers, a learning-rate schedule, optional gradient clipping, an
+evaluation-mode forward between steps) run eagerly and under ``ng.jit(step, state=(model,
+opt))`` from the same weights and seed: with ``tests/test_jit_real_steps.check``, every loss,
+parameter, buffer, gradient and optimiser state agrees after every step, bit for bit unfused.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ import numpy as np
 import pytest
 
 import nodegrad as ng
+from nodegrad import nn, optim
+from tests.test_jit_real_steps import Run, check, data
+# (an autouse fixture: slow cases skip unless asked for, the default dtype is restored)
+from tests.test_jit_real_steps import _restore_dtype  # noqa: F401
 
 F = ng.nn.functional
 
@@ -184,3 +195,102 @@ def test_random_programs_jit_equals_eager(seed, fuse):
 def test_the_generator_covers_every_op():
     seen = {op[1] for s in SEEDS for op in program(s)}
     assert seen >= set(UNARY) | set(BINARY) | set(REDUCE) | set(SHAPE)
+
+
+# --- random training steps ----------------------------------------------------------------
+OPTIMIZERS = {
+    "SGD": lambda p: optim.SGD(p, lr=0.05),
+    "SGD-nesterov": lambda p: optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True,
+                                        weight_decay=1e-3),
+    "Adam": lambda p: optim.Adam(p, lr=1e-2),
+    "Adam-amsgrad": lambda p: optim.Adam(p, lr=1e-2, amsgrad=True, weight_decay=1e-2),
+    "AdamW": lambda p: optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    "RMSprop": lambda p: optim.RMSprop(p, lr=1e-2, momentum=0.5, centered=True),
+    "Adagrad": lambda p: optim.Adagrad(p, lr=1e-2),
+    "NAdam": lambda p: optim.NAdam(p, lr=1e-2),
+    "RAdam": lambda p: optim.RAdam(p, lr=1e-2),
+    "Adamax": lambda p: optim.Adamax(p, lr=1e-2),
+    "Adadelta": lambda p: optim.Adadelta(p),
+    "Rprop": lambda p: optim.Rprop(p, lr=1e-2),
+    "ASGD": lambda p: optim.ASGD(p, lr=1e-2),
+}
+SCHEDULERS = {
+    "none": None,
+    "StepLR": lambda o: optim.lr_scheduler.StepLR(o, 2, 0.5),
+    "CosineAnnealingLR": lambda o: optim.lr_scheduler.CosineAnnealingLR(o, 5),
+    "OneCycleLR": lambda o: optim.lr_scheduler.OneCycleLR(
+        o, 0.05, total_steps=20, cycle_momentum=any(k in o.defaults for k in ("momentum",
+                                                                             "betas"))),
+}
+ACTIVATIONS = [nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.ELU, lambda: nn.LeakyReLU(0.1)]
+STEP_SEEDS = range(100)
+STEP_CASES = list(STEP_SEEDS)  # each a few tenths of a second: all in the default run
+
+
+def training(seed: int):
+    """A random training program (see the module's docstring) for ``check``."""
+    r = random.Random(seed)
+    dtype = r.choice(["float32", "float64"])
+    cnn, width = r.random() < 0.5, r.choice([8, 16])
+    blocks = [(r.choice(ACTIVATIONS), r.choice(["none", "none", "layer", "batch", "dropout"]))
+              for _ in range(r.randint(1, 3))]
+    opt_name, sched_name = r.choice(sorted(OPTIMIZERS)), r.choice(sorted(SCHEDULERS))
+    clip = r.choice([None, 1.0, 0.1])
+    conv = (r.choice([0, 1]), r.choice([1, 2]), r.random() < 0.5, r.choice(ACTIVATIONS))
+
+    def make():
+        ng.set_default_dtype(getattr(ng, dtype))
+        layers, features = [], 12
+        if cnn:
+            pad, stride, norm, act = conv
+            layers += [nn.Conv1d(2, 4, 3, padding=pad, stride=stride), act()]
+            layers += [nn.BatchNorm1d(4)] if norm else []
+            layers.append(nn.Flatten())
+            features = 4 * ((12 + 2 * pad - 3) // stride + 1)
+        for act, extra in blocks:
+            layers += [nn.Linear(features, width), act()]
+            features = width
+            layers += {"none": [], "layer": [nn.LayerNorm(width)],
+                       "batch": [nn.BatchNorm1d(width)], "dropout": [nn.Dropout(0.2)]}[extra]
+        model = nn.Sequential(*layers, nn.Linear(features, 5))
+        opt = OPTIMIZERS[opt_name](model.parameters())
+        sched = SCHEDULERS[sched_name]
+        sched = None if sched is None else sched(opt)
+
+        def train_step(x, y):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            if clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+
+        def between(i, out):
+            if sched is not None:
+                sched.step()
+            if i == 2:  # an evaluation-mode forward between steps (batch norm, dropout)
+                model.eval()
+                with ng.no_grad():
+                    model(batches[0][0])
+                model.train()
+
+        shape = (16, 2, 12) if cnn else (16, 12)
+        batches = data(6, shape, 5, seed=seed, dtype=np.dtype(dtype).type)
+        return Run((model, opt), train_step, batches, between)
+
+    return make, (dtype, "cnn" if cnn else "mlp", opt_name, sched_name, clip)
+
+
+@pytest.mark.parametrize("seed", STEP_CASES)
+def test_random_training_steps_jit_equals_eager(seed):
+    make, _ = training(seed)
+    check(make, fuse=False)
+
+
+def test_the_training_generator_covers_every_optimizer_and_schedule():
+    drawn = [training(s)[1] for s in STEP_SEEDS]
+    assert {d[2] for d in drawn} == set(OPTIMIZERS)
+    assert {d[3] for d in drawn} == set(SCHEDULERS)
+    assert {d[0] for d in drawn} == {"float32", "float64"} and {d[1] for d in drawn} == {
+        "cnn", "mlp"}
