@@ -31,8 +31,9 @@ def _is_basic(index: tuple) -> bool:
     return all(i is None or i is Ellipsis or isinstance(i, int | slice) for i in index)
 
 
-def norm_index(index, backend: B.Backend, op: str = "getitem") -> tuple:
-    """A tuple index whose tensors and lists became arrays on ``backend``."""
+def norm_index(index, backend: B.Backend, op: str = "getitem", ndim: int | None = None) -> tuple:
+    """A tuple index whose tensors and lists became arrays on ``backend``; given the indexed
+    tensor's ``ndim``, without an Ellipsis that covers no dims (:func:`_drop_empty_ellipsis`)."""
     if not isinstance(index, tuple):
         index = (index,)
     out = []
@@ -70,7 +71,30 @@ def norm_index(index, backend: B.Backend, op: str = "getitem") -> tuple:
                               "a mask, as there: use a bool tensor", UserWarning, stacklevel=3)
                 i = i.astype(bool)
         out.append(i)
-    return tuple(out)
+    return tuple(out) if ndim is None else _drop_empty_ellipsis(tuple(out), ndim)
+
+
+def _drop_empty_ellipsis(idx: tuple, ndim: int) -> tuple:
+    """``idx`` without its Ellipsis where that covers none of the ``ndim`` dims and the index
+    holds index arrays. PyTorch places the dims of index arrays by the dims they index: two
+    arrays with only an empty Ellipsis between them index adjacent dims, whose result dims
+    stay in place (``x[:, i, ..., j]`` of a 3-d x: (x.shape[0], len(i))); NumPy's rule reads
+    positions in the index, where any Ellipsis separates them and moves their dims to the
+    front. Without it, both rules agree."""
+    at, used, arrays = None, 0, False
+    for k, i in enumerate(idx):
+        if i is Ellipsis:
+            at = k
+        elif i is None:
+            continue
+        elif getattr(i, "ndim", 0):
+            arrays = True
+            used += i.ndim if i.dtype.kind == "b" else 1
+        elif getattr(i, "dtype", None) is None or i.dtype.kind != "b":
+            used += 1  # an int or a slice (a 0-d bool array adds a dim and indexes none)
+    if at is None or not arrays or used != ndim:
+        return idx
+    return idx[:at] + idx[at + 1:]
 
 
 def _is_advanced(i) -> bool:
@@ -226,7 +250,7 @@ def getitem(x, index):
     if modes().jit is not None:
         _mask_counts_under_jit(index)
     try:
-        idx = norm_index(index, x.backend)
+        idx = norm_index(index, x.backend, ndim=x.ndim)
         out = _getitem(x, index=idx)
     except IndexError as e:
         hint = ("; a 0-d tensor has no index: use tensor.item() to get its number (the old "
@@ -435,7 +459,7 @@ def index_update(x, index, value):
         return index_update(x, split[0], index_update(getitem(x, split[0]), split[1], value))
     if has_batched(index):
         return _batched_index("setitem", index_update, x, index, value)
-    return _setitem(x, value, index=norm_index(index, x.backend, "setitem"))
+    return _setitem(x, value, index=norm_index(index, x.backend, "setitem", x.ndim))
 
 
 def index_add_at(x, index, value):
@@ -444,7 +468,7 @@ def index_add_at(x, index, value):
     both."""
     if has_batched(index):
         return _batched_index("index_put", index_add_at, x, index, value)
-    idx = norm_index(index, x.backend, "index_put")
+    idx = norm_index(index, x.backend, "index_put", x.ndim)
     sub = _example_sub(x.backend.xp, tuple(x.shape), idx, x.dtype)
     if tuple(value.shape) != sub:
         value = value.broadcast_to(sub)

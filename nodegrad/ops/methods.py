@@ -404,7 +404,7 @@ def _setitem(self, index, value):
     v = value._data if isinstance(value, Tensor) else value
     if B.is_array(v) and B.backend_of(v) is not self.backend:
         v = self.backend.asarray(B.backend_of(v).to_host(v))
-    idx = I.norm_index(index, self.backend, "setitem")
+    idx = I.norm_index(index, self.backend, "setitem", self.ndim)
     rec = mode.jit
     if rec is not None:  # under a jit trace: replayed in place on the same array
         rec.mutate("setitem", lambda a, b: a.__setitem__(idx, b), self, value, params=idx)
