@@ -114,3 +114,35 @@ def test_a_numpy_float64_scalar_in_a_list_keeps_float64():
     for data in ([1.0, np.float64(2.0)], [[1.0], [np.float64(2.0)]], [np.float32(1.0), 2.0],
                  [1.0, 2.0], np.float64(1.0)):
         assert str(ng.tensor(data).dtype) == str(torch.tensor(data).dtype).replace("torch.", "")
+
+
+_ZERO_D_OK = ["flip(0)", "flip(-1)", "movedim(0, -1)", "movedim(-1, 0)", "movedim((0,), (-1,))",
+              "sum(-1)", "mean(0)", "amax(-1)", "softmax(-1)", "cumsum(0)", "squeeze(-1)",
+              "unsqueeze(-1)", "transpose(0, -1)"]
+_ZERO_D_REFUSED = ["narrow(0, 0, 1)", "unbind(0)", "chunk(1, 0)", "unflatten(0, (1,))",
+                   "movedim(1, 0)", "flip(1)"]
+
+
+@pytest.mark.parametrize("call", _ZERO_D_OK)
+def test_a_0d_tensor_takes_dim_0_or_minus_1_as_pytorch(call):
+    """``movedim`` of a 0-d tensor failed inside (an IndexError of a list), ``flip(0)`` and
+    ``flip(-1)`` refused what PyTorch returns as it is; the value and its gradient as
+    PyTorch's."""
+    x = ng.tensor(1.5, requires_grad=True)
+    t = torch.tensor(1.5, requires_grad=True)
+    got, want = eval(f"x.{call}"), eval(f"t.{call}")
+    assert tuple(got.shape) == tuple(want.shape), call
+    np.testing.assert_array_equal(got.detach().numpy(), want.detach().numpy())
+    (got * 3).sum().backward()
+    (want * 3).sum().backward()
+    assert x.grad.item() == t.grad.item()
+
+
+@pytest.mark.parametrize("call", _ZERO_D_REFUSED)
+def test_a_0d_tensor_refuses_a_real_dim_with_the_ops_name(call):
+    """``narrow``, ``unbind``, ``chunk`` and ``unflatten`` of a 0-d tensor raised "tuple index
+    out of range" from inside; now an error naming the op, where PyTorch refuses too."""
+    with pytest.raises(Exception):  # noqa: B017 - PyTorch's own types differ by op
+        eval(f"torch.tensor(1.5).{call}")
+    with pytest.raises((ng.ShapeError, IndexError), match=call.split("(")[0]):
+        eval(f"ng.tensor(1.5).{call}")

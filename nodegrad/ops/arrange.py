@@ -16,7 +16,7 @@ from ..tensor import Tensor
 from . import shape as S
 from .elementwise import astype, where
 from .index import getitem, index_update
-from .shape import broadcast_to, concatenate, norm_axis, reshape, shape_arg, transpose
+from .shape import broadcast_to, concatenate, dim_of, norm_axis, reshape, shape_arg, transpose
 
 
 def _along(x, ax: int, index):
@@ -286,7 +286,7 @@ def block_diag(*tensors):
 # --- views of one tensor ---------------------------------------------------------------------
 def unflatten(x, dim: int, sizes):
     """Split dim ``dim`` into ``sizes`` (one entry may be -1)."""
-    ax = norm_axis(dim, x.ndim, "unflatten")
+    ax = dim_of(x, dim, "unflatten")
     sizes = tuple(sizes)
     known = 1
     for s in sizes:
@@ -303,7 +303,7 @@ def unflatten(x, dim: int, sizes):
 
 def narrow(x, dim: int, start: int, length: int):
     """The slice ``start:start + length`` along ``dim`` (a negative start counts back)."""
-    ax = norm_axis(dim, x.ndim, "narrow")
+    ax = dim_of(x, dim, "narrow")
     n = x.shape[ax]
     s = int(start) + n if int(start) < 0 else int(start)
     if not 0 <= s <= n or length < 0 or s + length > n:
@@ -314,7 +314,7 @@ def narrow(x, dim: int, start: int, length: int):
 
 def unbind(x, dim: int = 0) -> tuple:
     """The slices along ``dim``, each without that dim."""
-    ax = norm_axis(dim, x.ndim, "unbind")
+    ax = dim_of(x, dim, "unbind")
     return tuple(_along(x, ax, i) for i in range(x.shape[ax]))
 
 
@@ -330,6 +330,8 @@ def movedim(x, source, destination):
     if len(set(src)) != len(src) or len(set(dst)) != len(dst):
         raise ShapeError(f"movedim: repeated dim in source {source} or destination "
                          f"{destination}")
+    if x.ndim == 0:  # PyTorch's 0-d rule: dim 0 or -1 names the tensor itself
+        return transpose(x, ())
     perm = [None] * x.ndim
     for s, d in zip(src, dst):
         perm[d] = s

@@ -18,16 +18,26 @@ _SH = "shape"
 
 # --- argument normalisation (shared by the op families) --------------------------------------
 def norm_axis(axis: int, ndim: int, op: str) -> int:
-    """A non-negative axis, or a ShapeError naming the op (a TypeError for a non-integer)."""
+    """A non-negative axis, or a ShapeError naming the op (a TypeError for a non-integer). A
+    0-d tensor takes axis 0 or -1, as PyTorch's dims do."""
     try:
         if 0 <= axis < ndim:
             return axis
     except TypeError:  # a tuple or None where one axis is meant
         raise TypeError(f"{op}: axis must be one int, got {type(axis).__name__} {axis!r}") \
             from None
-    if not -ndim <= axis < builtins.max(ndim, 1):
+    if not -builtins.max(ndim, 1) <= axis < builtins.max(ndim, 1):
         raise ShapeError(f"{op}: axis {axis} is out of range for a tensor with {ndim} dims")
     return axis % ndim if ndim else 0
+
+
+def dim_of(x, dim: int, op: str) -> int:
+    """``norm_axis`` of ``dim`` for an op that needs a real dim of ``x`` (narrow, unbind,
+    chunk, unflatten): a 0-d tensor, whose 0 or -1 names no dim, raises a ShapeError naming
+    the op, as PyTorch refuses it."""
+    if getattr(x, "ndim", 1) == 0:
+        raise ShapeError(f"{op}: expected a tensor with at least 1 dim, got a 0-d tensor")
+    return norm_axis(dim, x.ndim, op)
 
 
 def norm_axes(axis, ndim: int, op: str):
@@ -388,7 +398,7 @@ def chunk(x, chunks: int, dim: int = 0) -> list:
         chunks = int(chunks)  # a NumPy integer or a 0-d integer tensor, as PyTorch takes
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks <= 0:
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
-    ax = norm_axis(dim, x.ndim, "chunk")
+    ax = dim_of(x, dim, "chunk")
     n = x.shape[ax]
     if n == 0:
         return [x[(slice(None),) * ax + (slice(0, 0),)] for _ in range(chunks)]
@@ -478,6 +488,8 @@ def flip(x, axis=None):
     """Reverse the order of elements along ``axis`` (all axes when None), in new memory as
     PyTorch's ``flip`` (NumPy's is a view)."""
     axes = norm_axes(axis, x.ndim, "flip")
+    if x.ndim == 0:  # PyTorch's 0-d rule: dim 0 or -1 names the tensor itself, all of it
+        axes = None
     return fresh(_flip(x, axis=axes), x)
 
 
