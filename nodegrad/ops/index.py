@@ -36,7 +36,7 @@ def norm_index(index, backend: B.Backend, op: str = "getitem", ndim: int | None 
     tensor's ``ndim``, without an Ellipsis that covers no dims (:func:`_drop_empty_ellipsis`)."""
     if not isinstance(index, tuple):
         index = (index,)
-    out = []
+    out, ellipsis = [], False
     for i in index:
         if isinstance(i, BatchTracer):
             raise TypeError(f"{op}: inside vmap an unbatched tensor cannot be changed in "
@@ -70,8 +70,11 @@ def norm_index(index, backend: B.Backend, op: str = "getitem", ndim: int | None 
                 warnings.warn(f"{op}: indexing with a uint8 tensor is deprecated (PyTorch); it is "
                               "a mask, as there: use a bool tensor", UserWarning, stacklevel=3)
                 i = i.astype(bool)
+        elif i is Ellipsis:
+            ellipsis = True
         out.append(i)
-    return tuple(out) if ndim is None else _drop_empty_ellipsis(tuple(out), ndim)
+    out = tuple(out)
+    return _drop_empty_ellipsis(out, ndim) if ellipsis and ndim is not None else out
 
 
 def _drop_empty_ellipsis(idx: tuple, ndim: int) -> tuple:
