@@ -27,7 +27,9 @@ REGISTRY: dict[str, Primitive] = {}
 # on bfloat16 arrays as they are; every other op computes bfloat16 operands in float32
 _BF16_NATIVE_KINDS = ("shape", "control")
 _BF16_NATIVE = {"astype", "getitem", "setitem", "view_put", "take_along_axis",
-                "sliding_window_view"}
+                "sliding_window_view",
+                # exact in the operands' own dtype (a number rounded to it, as PyTorch's)
+                "equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
 _BF16_THROUGH = {"sum_to"}  # a shape op that adds: it accumulates in float32
 # float16 on the CPU goes the same way (PyTorch's CPU kernels compute float16 in float32 too),
 # except where the forward itself computes in float32 and rounds once (a parameter's cast
@@ -465,6 +467,17 @@ def _innermost(t):
     return t._data
 
 
+#: binary ops whose float16 and bfloat16 CPU kernels in PyTorch take a Python number rounded to
+#: the tensor's dtype (multiply and the divisions keep it in float32)
+ROUNDS_NUMBER = frozenset({"add", "subtract", "power", "remainder", "fmod"})
+
+
+def low_number(v, low) -> float:
+    """The Python number ``v`` rounded to float16 or bfloat16 ``low`` (out of range: inf)."""
+    with B.np.errstate(over="ignore"):
+        return float(B.cast(B.np.asarray(float(v)), low))
+
+
 def _through_float32(prim: Primitive, args: tuple, params: dict, m, low=_BF16):
     """``prim`` on bfloat16 operands (``low``; float16 ones on the CPU too), computed in float32
     with its float32 result rounded back to ``low`` once, as PyTorch's CPU kernels compute
@@ -477,6 +490,9 @@ def _through_float32(prim: Primitive, args: tuple, params: dict, m, low=_BF16):
         params = {**params, "dtype": None}
     if prim.kind == "elementwise" and m.grad_enabled and len(args) > 1:
         args = _broadcast_bf16(args, low)
+    if prim.name in ROUNDS_NUMBER:
+        args = tuple(low_number(a, low) if type(a) is float or type(a) is int else a
+                     for a in args)
     args = tuple(bind(cast, (a,), up) if isinstance(a, Tensor) and a._data.dtype is low
                  else a.astype(_F32) if B.is_array(a) and a.dtype is low else a
                  for a in args)

@@ -38,7 +38,7 @@ def _no_bools(name, f):
 
 def _int_divisor(name: str, xp, x, y) -> None:
     """Refuse an integer division by zero, as PyTorch does (NumPy returns 0 with a warning)."""
-    if getattr(y, "dtype", None) is not None or type(y) is int:
+    if getattr(y, "dtype", None) is not None or type(y) is int or type(y) is bool:
         if xp.result_type(x, y).kind in "iu" and not xp.all(y):
             raise ZeroDivisionError(f"{name}: integer division by zero")
 
@@ -550,12 +550,50 @@ def _nodiff(name, f, doc):
     return primitive(name, f, kind=_EW, promote=False, doc=doc)
 
 
-equal = _nodiff("equal", lambda xp, x, y: xp.equal(x, y), "x == y.")
-not_equal = _nodiff("not_equal", lambda xp, x, y: xp.not_equal(x, y), "x != y.")
-less = _nodiff("less", lambda xp, x, y: xp.less(x, y), "x < y.")
-less_equal = _nodiff("less_equal", lambda xp, x, y: xp.less_equal(x, y), "x <= y.")
-greater = _nodiff("greater", lambda xp, x, y: xp.greater(x, y), "x > y.")
-greater_equal = _nodiff("greater_equal", lambda xp, x, y: xp.greater_equal(x, y), "x >= y.")
+def _compared(x, y) -> tuple:
+    """A comparison's operands as PyTorch compares them where one is a Python float or int:
+    in the tensor's dtype when it is a float (a float16 tensor == 0.1 compares with 0.1
+    rounded to float16, out-of-range numbers as inf), in the default float when the tensor is
+    an integer or bool and the number a float (int64 16777216 == 16777217.0 in float32)."""
+    tx, ty = type(x), type(y)
+    if tx in _NUMBERS:
+        a, v = y, x
+    elif ty in _NUMBERS:
+        a, v = x, y
+    else:
+        return x, y
+    dt = getattr(a, "dtype", None)
+    if dt is None:
+        return x, y
+    if dt is B.bfloat16 or dt is B.float16:
+        with B.np.errstate(over="ignore"):
+            v = B.cast(B.np.asarray(float(v)), dt)
+    elif dt.kind in "biu" and type(v) is float:
+        a, v = a.astype(B.DEFAULT_FLOAT), B.DEFAULT_FLOAT.type(v)
+    else:
+        return x, y
+    return (v, a) if tx in _NUMBERS else (a, v)
+
+
+_NUMBERS = (int, float)
+
+
+def _comparison(name: str, doc: str):
+    ufunc = getattr(B.np, name)
+
+    def fwd(xp, x, y):
+        if type(x) in _NUMBERS or type(y) in _NUMBERS:
+            x, y = _compared(x, y)
+        return (ufunc if xp is B.np else getattr(xp, name))(x, y)
+    return _nodiff(name, fwd, doc)
+
+
+equal = _comparison("equal", "x == y.")
+not_equal = _comparison("not_equal", "x != y.")
+less = _comparison("less", "x < y.")
+less_equal = _comparison("less_equal", "x <= y.")
+greater = _comparison("greater", "x > y.")
+greater_equal = _comparison("greater_equal", "x >= y.")
 logical_and = _nodiff("logical_and", lambda xp, x, y: xp.logical_and(x, y), "x and y.")
 logical_or = _nodiff("logical_or", lambda xp, x, y: xp.logical_or(x, y), "x or y.")
 logical_xor = _nodiff("logical_xor", lambda xp, x, y: xp.logical_xor(x, y), "x xor y.")
@@ -843,7 +881,7 @@ def _trunc_divide_fwd(xp, x, y):
 
 
 trunc_divide = _stepwise("trunc_divide", _trunc_divide_fwd,
-                         "x / y rounded toward zero (zero gradient).", arity=2)
+                         "x / y rounded toward zero (zero gradient).", arity=2, promote=True)
 
 
 def div(input, other, *, rounding_mode: str | None = None):

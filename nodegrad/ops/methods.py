@@ -17,7 +17,7 @@ from ..autodiff import mode
 from ..batching import BatchTracer, rebind_batched, recording, refuse_batched_into
 from ..dtypes import can_store
 from ..errors import DeviceError, DTypeError, GradError, ShapeError
-from ..primitive import Primitive, bind, int_range_error
+from ..primitive import ROUNDS_NUMBER, Primitive, bind, int_range_error, low_number
 from ..tensor import Tensor, check_layout
 from . import elementwise as E
 from . import index as I
@@ -347,7 +347,13 @@ def _inplace(op, name):
         fn = getattr(be.xp, ufunc)
         try:
             rec = mode.jit
-            if rec is not None:  # under a jit trace: replayed in place on the same array
+            if self.dtype in _LOW and be.xp is B.np:  # computed in float32, rounded once
+                run = _in_float32(name, fn)
+                if rec is not None:
+                    rec.mutate(name, run, self, other)
+                else:
+                    run(self._data, o)
+            elif rec is not None:  # under a jit trace: replayed in place on the same array
                 rec.mutate(name, lambda a, b: fn(a, b, out=a, casting="same_kind"), self, other)
             else:
                 fn(self._data, o, out=self._data, casting="same_kind")
@@ -375,6 +381,30 @@ def _inplace(op, name):
 
     method.__name__ = name
     return method
+
+
+_LOW = (B.float16, B.bfloat16)
+
+
+def _in_float32(name: str, fn):
+    """``a = fn(a, b)`` in place for a host float16 or bfloat16 ``a``, as the op out of place
+    and PyTorch's CPU kernels compute it: in float32, rounded to ``a``'s dtype once, a Python
+    number rounded first only for add and subtract (NumPy's float16 ufunc rounds it for every
+    op: ``x.mul_(2.0**40)`` made 0 * inf = NaN)."""
+    rounds = fn.__name__ in ROUNDS_NUMBER
+
+    def run(a, b):
+        if B.is_array(b) and b.dtype == a.dtype:
+            b = b.astype(B.float32)
+        elif rounds and (type(b) is float or type(b) is int):
+            b = low_number(b, a.dtype)
+        res = fn(a.astype(B.float32), b)
+        if not can_store(res.dtype, a.dtype):
+            raise DTypeError(f"{name}: result type {res.dtype} can't be cast to the desired "
+                             f"output type {a.dtype} of the tensor changed in place")
+        with B.np.errstate(over="ignore"):
+            a[...] = B.cast(res, a.dtype)
+    return run
 
 
 def _setitem(self, index, value):
