@@ -13,7 +13,17 @@ map unconstrained values onto constraints (``biject_to``, ``transform_to``).
 (2,)
 """
 
-from . import constraints, transforms
+# every submodule PyTorch's package holds as an attribute (``log_normal`` and
+# ``one_hot_categorical`` re-export classes defined elsewhere, so nothing else imports them)
+from . import (  # noqa: F401
+    bernoulli, beta, binomial, categorical, cauchy, chi2, constraint_registry, constraints,
+    continuous_bernoulli, dirichlet, distribution, exp_family, exponential, fishersnedecor, gamma,
+    generalized_pareto, geometric, gumbel, half_cauchy, half_normal, independent, inverse_gamma,
+    kl, kumaraswamy, laplace, lkj_cholesky, log_normal, logistic_normal,
+    lowrank_multivariate_normal, mixture_same_family, multinomial, multivariate_normal,
+    negative_binomial, normal, one_hot_categorical, pareto, poisson, relaxed_bernoulli,
+    relaxed_categorical, studentT, transformed_distribution, transforms, uniform, utils,
+    von_mises, weibull, wishart)
 from .bernoulli import Bernoulli
 from .beta import Beta
 from .binomial import Binomial

@@ -213,7 +213,11 @@ def _kl_transformed_transformed(p: TransformedDistribution, q: TransformedDistri
 
 @register_kl(ExponentialFamily, ExponentialFamily)
 def _kl_expfamily_expfamily(p: ExponentialFamily, q: ExponentialFamily) -> Tensor:
-    """The Bregman divergence of the log normalizer, for two members of one family."""
+    """The Bregman divergence of the log normalizer, for two members of one family.
+
+    Each natural parameter's term <θq - θp, ∇F(θp)> is summed over that parameter's own event
+    dims (its dims past p's batch shape: none for a scalar one such as Wishart's df), so the
+    terms of parameters of different ranks never sum across batch elements."""
     if type(p) is not type(q):
         raise NotImplementedError(f"No KL(p || q) is implemented for p of type "
                                   f"{type(p).__name__} and q of type {type(q).__name__}")
@@ -222,8 +226,9 @@ def _kl_expfamily_expfamily(p: ExponentialFamily, q: ExponentialFamily) -> Tenso
     grads = ng.func_grad(lambda *a: ng.sum(p._log_normalizer(*a)),
                          argnums=tuple(range(len(p_np))))(*p_np)
     result = q._log_normalizer(*q_np) - lg
+    n_batch = len(p.batch_shape)
     for a, b, g in zip(p_np, q_np, grads):
-        result = result - _sum_rightmost((b - a) * g, len(q.event_shape))
+        result = result - _sum_rightmost((b - a) * g, max(a.ndim - n_batch, 0))
     return result
 
 

@@ -26,8 +26,9 @@ class Multinomial(OverCategorical):
                                       f"{type(total_count).__name__}")
         self.total_count = total_count
         self._categorical = Categorical(probs=probs, logits=logits, validate_args=validate_args)
-        self._binomial = Binomial(total_count=total_count, probs=self.probs,
-                                  validate_args=False)
+        # validated by the default setting whatever ``validate_args`` says, as PyTorch's inner
+        # Binomial is: a negative total_count raises unless validation is off by default
+        self._binomial = Binomial(total_count=total_count, probs=self.probs)
         super().__init__(self._categorical.batch_shape, self._categorical.param_shape[-1:],
                          validate_args=False)
         self._validate_args = self._categorical._validate_args
