@@ -27,6 +27,7 @@ restarts from its first schedule.
 from __future__ import annotations
 
 import math
+import numbers
 import types
 import warnings
 from bisect import bisect_left, bisect_right
@@ -62,6 +63,13 @@ def _check_last_epoch(name: str, last_epoch) -> None:
     if isinstance(last_epoch, bool) or not isinstance(last_epoch, int) or last_epoch < -1:
         raise ValueError(f"{name}: last_epoch must be -1 (start) or the index of the last step "
                          f"taken (>= 0, to resume), got {last_epoch!r}")
+
+
+def _check_positive_int(name: str, arg: str, value) -> None:
+    """PyTorch's check of a step count: a positive ``int`` (a float such as 20.0, or a NumPy
+    integer, is refused there too)."""
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}: expected a positive integer {arg}, got {value!r}")
 
 
 def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> None:
@@ -203,13 +211,16 @@ class LRScheduler:
 
     def _groups_moved(self) -> bool:
         """Whether something else set the groups' lrs since this schedule last did (another
-        schedule stepped on the same optimizer, or ``group["lr"] = ...`` by hand). PyTorch's
-        chainable schedules then act on those lrs; the closed form would undo the change.
+        schedule stepped on the same optimizer, ``group["lr"] = ...`` by hand, or a group
+        added with ``add_param_group``). PyTorch's chainable schedules then act on those lrs
+        (a new group's from its own lr); the closed form would undo the change.
         Not at the step taken when resuming with ``last_epoch=k``, which keeps the closed
         form (see the module docstring)."""
         if not self._chainable or _defined_at(type(self), "get_lr") > _defined_at(
                 type(self), "lr_at"):
             return False
+        if len(self.optimizer.param_groups) != len(self.base_lrs):
+            return True  # a group added since it was built: PyTorch's form takes it on from its lr
         if self._is_initial and self.last_epoch >= 0:
             return False
         if self._lrs_written is None:  # just loaded, or wrapped: the lrs are not its own
@@ -223,8 +234,13 @@ class LRScheduler:
         self.last_epoch = epoch
         closed = self._closed_form and self._has_lr_at()
         with self._within_step():
-            lrs = self.lr_at(epoch) if closed else self.get_lr()
+            lrs = self._closed_lr_at(epoch) if closed else self.get_lr()
         self._set(lrs)
+
+    def _closed_lr_at(self, t: int) -> list[float]:
+        """PyTorch's closed form (``step(epoch)``, a SequentialLR milestone): ``lr_at`` unless
+        a non-integer argument makes the stepped (chainable) rates differ from it."""
+        return self.lr_at(t)
 
     def _chain_step(self) -> None:
         """One step inside a ChainedScheduler or SequentialLR: PyTorch's ``step()`` there,
@@ -254,7 +270,14 @@ class LRScheduler:
             self._is_initial = False
 
     def _set(self, lrs: list[float]) -> None:
-        for g, lr in zip(self.optimizer.param_groups, lrs):
+        groups = self.optimizer.param_groups
+        if len(lrs) != len(groups):  # PyTorch's strict zip fails here too, less clearly
+            raise ValueError(
+                f"{type(self).__name__}: the optimizer has {len(groups)} param groups, but the "
+                f"schedule gives {len(lrs)} lrs: a group added with add_param_group after the "
+                "schedule was built has no initial lr (or per-group arguments) here; build the "
+                "schedule after adding the group")
+        for g, lr in zip(groups, lrs):
             old = g["lr"]
             if isinstance(old, Tensor):  # PyTorch's fill_: whoever holds the tensor sees it
                 old._data[...] = float(lr)
@@ -291,18 +314,32 @@ class _LRScheduler(LRScheduler):
 
 
 class StepLR(LRScheduler):
-    """``η γ^⌊t / step_size⌋``: multiply by γ every ``step_size`` steps."""
+    """``η γ^⌊t / step_size⌋``: multiply by γ every ``step_size`` steps.
+
+    A non-integer ``step_size`` is used as given, as PyTorch's: the lr decays at the steps t
+    with ``t % step_size == 0`` (2.5: at 5, 10, ...), while ``step(epoch)`` takes PyTorch's
+    closed form, ``γ^(epoch // step_size)``.
+    """
 
     _chainable = True
 
-    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1,
+    def __init__(self, optimizer: Optimizer, step_size: float, gamma: float = 0.1,
                  last_epoch: int = -1):
-        if step_size < 1:
-            raise ValueError(f"step_size must be a positive integer, got {step_size}")
-        self.step_size, self.gamma = int(step_size), gamma
+        if not step_size > 0:
+            raise ValueError(f"StepLR: step_size must be positive, got {step_size}")
+        self.step_size, self.gamma = step_size, gamma
         super().__init__(optimizer, last_epoch)
 
+    def _period(self) -> int:
+        """The decay steps' spacing: the t ≥ 1 with ``t % step_size == 0`` (exact in floats)
+        are the multiples of ``step_size``'s numerator in lowest terms."""
+        s = self.step_size
+        return int(s) if isinstance(s, numbers.Integral) else float(s).as_integer_ratio()[0]
+
     def lr_at(self, t: int) -> list[float]:
+        return [b * self.gamma ** (t // self._period()) for b in self.base_lrs]
+
+    def _closed_lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** (t // self.step_size) for b in self.base_lrs]
 
     def get_lr(self) -> list[float]:
@@ -313,16 +350,24 @@ class StepLR(LRScheduler):
 
 
 class MultiStepLR(LRScheduler):
-    """``η γ^k`` where k counts the milestones reached (``t >= m``)."""
+    """``η γ^k`` where k counts the milestones reached (``t >= m``).
+
+    Milestones are used as given, as PyTorch's: one that is not a whole number (2.5) is never
+    reached by ``step()``, though ``step(epoch)``, PyTorch's closed form, counts it.
+    """
 
     _chainable = True
 
-    def __init__(self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1,
+    def __init__(self, optimizer: Optimizer, milestones: Iterable[float], gamma: float = 0.1,
                  last_epoch: int = -1):
-        self.milestones, self.gamma = sorted(int(m) for m in milestones), gamma
+        self.milestones, self.gamma = sorted(milestones), gamma
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
+        k = sum(1 for m in self.milestones if 0 <= m <= t and m == math.floor(m))
+        return [b * self.gamma ** k for b in self.base_lrs]
+
+    def _closed_lr_at(self, t: int) -> list[float]:
         return [b * self.gamma ** bisect_right(self.milestones, t) for b in self.base_lrs]
 
     def get_lr(self) -> list[float]:
@@ -367,11 +412,11 @@ class CosineAnnealingLR(LRScheduler):
 
     _chainable = True
 
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0,
+    def __init__(self, optimizer: Optimizer, T_max: float, eta_min: float = 0.0,
                  last_epoch: int = -1):
-        if T_max < 1:
-            raise ValueError(f"T_max must be a positive integer, got {T_max}")
-        self.T_max, self.eta_min = int(T_max), eta_min
+        if not T_max > 0:  # a non-integer T_max is used as given, as PyTorch's
+            raise ValueError(f"CosineAnnealingLR: T_max must be positive, got {T_max}")
+        self.T_max, self.eta_min = T_max, eta_min
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
@@ -488,20 +533,17 @@ class OneCycleLR(LRScheduler):
                  max_momentum: float | Sequence[float] = 0.95, div_factor: float = 25.0,
                  final_div_factor: float = 1e4, three_phase: bool = False,
                  last_epoch: int = -1):
-        if total_steps is None:  # PyTorch's other way to give it: epochs × steps per epoch
-            if epochs is None or steps_per_epoch is None:
-                raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
-            if epochs < 1 or steps_per_epoch < 1:
-                raise ValueError(f"OneCycleLR: epochs and steps_per_epoch must be positive, got "
-                                 f"{epochs} and {steps_per_epoch}")
-            total_steps = int(epochs) * int(steps_per_epoch)
-        elif epochs is not None or steps_per_epoch is not None:
-            raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch, not "
-                             "both")
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be a positive integer, got {total_steps}")
-        if not 0 <= pct_start <= 1:
-            raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
+        if total_steps is not None:  # PyTorch's: it wins over epochs and steps_per_epoch
+            _check_positive_int("OneCycleLR", "total_steps", total_steps)
+        elif epochs is not None and steps_per_epoch is not None:
+            _check_positive_int("OneCycleLR", "epochs", epochs)
+            _check_positive_int("OneCycleLR", "steps_per_epoch", steps_per_epoch)
+            total_steps = epochs * steps_per_epoch
+        else:
+            raise ValueError("OneCycleLR: give total_steps, or epochs and steps_per_epoch")
+        if not isinstance(pct_start, float) or not 0 <= pct_start <= 1:
+            raise ValueError(f"OneCycleLR: expected a float pct_start between 0 and 1 (PyTorch "
+                             f"refuses an int), got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
         if not isinstance(optimizer, Optimizer):
@@ -572,6 +614,11 @@ class OneCycleLR(LRScheduler):
         if t > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {t} times, but total_steps is "
                              f"{self.total_steps}")
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.max_lrs):  # PyTorch's KeyError: the group lacks the keys
+            raise KeyError(f"OneCycleLR: param_groups[{len(self.max_lrs)}] was added after the "
+                           "schedule was built and has no 'initial_lr', 'max_lr' or 'min_lr'; "
+                           "build the schedule after adding the group")
         ph, pct = self._phase(t)
         lrs = {"initial": self.initial_lrs, "max": self.max_lrs, "min": self.min_lrs}
         return [self._anneal(lrs[ph[1]][i], lrs[ph[2]][i], pct) for i in range(len(self.max_lrs))]
@@ -596,8 +643,11 @@ class ReduceLROnPlateau(LRScheduler):
     ``step(metric)`` once per evaluation. Improvement means beating the best value by
     ``threshold`` (relative or absolute); after a reduction, ``cooldown`` steps are ignored; the
     lr never goes below ``min_lr`` and changes smaller than ``eps`` are skipped. As PyTorch's: a
-    group's lr changed by hand is reduced from there; wrapped by :class:`LinearWarmup` the
-    current lr is this scheduler's own (the groups hold the warm-up's product).
+    group's lr changed by hand is reduced from there; a group added with ``add_param_group``
+    is reduced too, from its own lr (with one ``min_lr`` for all; a list ``min_lr`` then needs
+    ``min_lrs`` set to one per group, PyTorch's RuntimeError says so); wrapped by
+    :class:`LinearWarmup` the current lr is this scheduler's own (the groups hold the
+    warm-up's product).
     """
 
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1,
@@ -615,9 +665,9 @@ class ReduceLROnPlateau(LRScheduler):
         if isinstance(min_lr, list | tuple):
             if len(min_lr) != n:
                 raise ValueError(f"expected {n} min_lrs, got {len(min_lr)}")
-            self.min_lrs = list(min_lr)
+            self.min_lrs, self.default_min_lr = list(min_lr), None
         else:
-            self.min_lrs = [min_lr] * n
+            self.min_lrs, self.default_min_lr = [min_lr] * n, min_lr
         self.optimizer = optimizer
         self.mode, self.factor, self.patience = mode, factor, patience
         self.threshold, self.threshold_mode = threshold, threshold_mode
@@ -628,6 +678,18 @@ class ReduceLROnPlateau(LRScheduler):
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self._last_lr = list(self.base_lrs)
         self._lrs_written = [float(lr) for lr in self.base_lrs]
+
+    def _match_min_lrs(self) -> None:
+        """One ``min_lr`` per group once groups were added (PyTorch's, at a reduction)."""
+        n = len(self.optimizer.param_groups)
+        if len(self.min_lrs) == n:
+            return
+        if getattr(self, "default_min_lr", None) is None:
+            raise RuntimeError(
+                f"ReduceLROnPlateau: the optimizer has {n} param groups, but min_lr gave "
+                f"{len(self.min_lrs)} (a group was added with add_param_group since it was "
+                "built); set scheduler.min_lrs to one value per group")
+        self.min_lrs = [self.default_min_lr] * n
 
     def _is_better(self, a: float) -> bool:
         best, th = self.best, self.threshold
@@ -651,13 +713,15 @@ class ReduceLROnPlateau(LRScheduler):
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0
-        lrs = list(self._last_lr)
+        groups = self.optimizer.param_groups
+        lrs = list(self._last_lr) + [float(g["lr"]) for g in groups[len(self._last_lr):]]
         written = self._lrs_written  # None when wrapped (LinearWarmup) or just loaded
         if written is not None:  # an lr changed by hand since: reduced from there, as PyTorch's
-            for i, g in enumerate(self.optimizer.param_groups):
-                if float(g["lr"]) != written[i]:
+            for i, (g, w) in enumerate(zip(groups, written)):
+                if float(g["lr"]) != w:
                     lrs[i] = float(g["lr"])
         if self.num_bad_epochs > self.patience:
+            self._match_min_lrs()
             for i, old in enumerate(lrs):
                 new = max(old * self.factor, self.min_lrs[i])
                 if old - new > self.eps:
@@ -774,24 +838,31 @@ def _load_lambdas(sched: LRScheduler, state_dict: dict[str, Any], load) -> None:
 class LinearLR(LRScheduler):
     """``η f(t)``, f going linearly from ``start_factor`` to ``end_factor`` over
     ``total_iters`` steps and staying there (PyTorch's). With ``total_iters=0`` it stays at
-    ``start_factor``, as PyTorch's does (its chainable form never moves past step 0)."""
+    ``start_factor``, as PyTorch's does (its chainable form never moves past step 0); a
+    non-integer ``total_iters`` T is used as given, f stopping at its last step ⌊T⌋ (PyTorch's
+    chainable form), short of ``end_factor``."""
 
     _chainable = True
 
     def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3,
-                 end_factor: float = 1.0, total_iters: int = 5, last_epoch: int = -1):
+                 end_factor: float = 1.0, total_iters: float = 5, last_epoch: int = -1):
         if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
             raise ValueError(f"LinearLR: start_factor must be in (0, 1] and end_factor in "
                              f"[0, 1], got {start_factor} and {end_factor}")
         self.start_factor, self.end_factor = start_factor, end_factor
-        self.total_iters = int(total_iters)
+        self.total_iters = total_iters
         super().__init__(optimizer, last_epoch)
 
+    def _factor(self, t: float) -> float:
+        f, T = self.start_factor, self.total_iters
+        return f + (self.end_factor - f) * min(t, T) / T if T > 0 else f
+
     def lr_at(self, t: int) -> list[float]:
-        f = self.start_factor
-        if self.total_iters > 0:
-            f += (self.end_factor - self.start_factor) * min(t, self.total_iters) / self.total_iters
+        f = self._factor(math.floor(min(t, self.total_iters)))
         return [b * f for b in self.base_lrs]
+
+    def _closed_lr_at(self, t: int) -> list[float]:
+        return [b * self._factor(t) for b in self.base_lrs]
 
     def get_lr(self) -> list[float]:
         """PyTorch's chainable form: the current lrs times the ratio of successive factors."""
@@ -808,27 +879,27 @@ class LinearLR(LRScheduler):
 
 class ConstantLR(LRScheduler):
     """``η factor`` for the first ``total_iters`` steps, then ``η`` (PyTorch's). With
-    ``total_iters <= 0`` a run stays at ``η factor``, as PyTorch's (its chainable form applies
-    the factor at step 0 and never reaches the step that undoes it), while ``step(epoch)`` and
-    a SequentialLR milestone take its closed form, ``η``, as there."""
+    ``total_iters <= 0`` or not a whole number a run stays at ``η factor``, as PyTorch's (its
+    chainable form applies the factor at step 0 and never reaches the step that undoes it),
+    while ``step(epoch)`` and a SequentialLR milestone take its closed form, as there."""
 
     _chainable = True
 
-    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5,
+    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: float = 5,
                  last_epoch: int = -1):
         if not 0 <= factor <= 1:
             raise ValueError(f"ConstantLR: factor must be in [0, 1], got {factor}")
-        self.factor, self.total_iters = factor, int(total_iters)
+        self.factor, self.total_iters = factor, total_iters
         super().__init__(optimizer, last_epoch)
 
     def lr_at(self, t: int) -> list[float]:
-        f = self.factor if t < self.total_iters or self.total_iters <= 0 else 1.0
+        T = self.total_iters
+        f = 1.0 if 0 < T <= t and T == math.floor(T) else self.factor
         return [b * f for b in self.base_lrs]
 
-    def _step_to(self, epoch: int) -> None:
-        self.last_epoch = epoch
-        f = self.factor if epoch < self.total_iters else 1.0
-        self._set([b * f for b in self.base_lrs])
+    def _closed_lr_at(self, t: int) -> list[float]:
+        f = self.factor if t < self.total_iters else 1.0
+        return [b * f for b in self.base_lrs]
 
     def get_lr(self) -> list[float]:
         """PyTorch's chainable form: the current lrs times ``factor`` at step 0, divided by it
@@ -847,20 +918,31 @@ class ConstantLR(LRScheduler):
 
 
 class PolynomialLR(LRScheduler):
-    """``η (1 − min(t, T) / T)^power`` over ``total_iters`` T steps, then 0 (PyTorch's)."""
+    """``η (1 − min(t, T) / T)^power`` over ``total_iters`` T steps, then 0 (PyTorch's).
+
+    As PyTorch's chainable form: ``total_iters=0`` keeps η; a non-integer T is used as given,
+    the lr stopping at its last step ⌊T⌋ (``step(epoch)`` takes PyTorch's closed form).
+    """
 
     _chainable = True
 
-    def __init__(self, optimizer: Optimizer, total_iters: int = 5, power: float = 1.0,
+    def __init__(self, optimizer: Optimizer, total_iters: float = 5, power: float = 1.0,
                  last_epoch: int = -1):
-        if total_iters < 1:
-            raise ValueError(f"PolynomialLR: total_iters must be positive, got {total_iters}")
-        self.total_iters, self.power = int(total_iters), power
+        if not total_iters >= 0:
+            raise ValueError(f"PolynomialLR: total_iters must be >= 0, got {total_iters}")
+        self.total_iters, self.power = total_iters, power
         super().__init__(optimizer, last_epoch)
 
+    def _factor(self, t: float) -> float:
+        T = self.total_iters
+        return (1.0 - min(t, T) / T) ** self.power if T > 0 else 1.0
+
     def lr_at(self, t: int) -> list[float]:
-        f = (1.0 - min(t, self.total_iters) / self.total_iters) ** self.power
+        f = self._factor(math.floor(min(t, self.total_iters)))
         return [b * f for b in self.base_lrs]
+
+    def _closed_lr_at(self, t: int) -> list[float]:
+        return [b * self._factor(t) for b in self.base_lrs]
 
     def get_lr(self) -> list[float]:
         """PyTorch's chainable form: the current lrs times the ratio of successive factors."""
@@ -884,10 +966,14 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0,
                  last_epoch: int = -1):
-        if T_0 < 1 or T_mult < 1 or int(T_mult) != T_mult:
-            raise ValueError(f"CosineAnnealingWarmRestarts: T_0 must be positive and T_mult an "
-                             f"integer >= 1, got T_0={T_0}, T_mult={T_mult}")
-        self.T_0, self.T_mult, self.eta_min = int(T_0), int(T_mult), eta_min
+        name = "CosineAnnealingWarmRestarts"  # PyTorch's checks: ints, a number eta_min
+        _check_positive_int(name, "T_0", T_0)
+        if not isinstance(T_mult, int) or T_mult < 1:
+            raise ValueError(f"{name}: expected an integer T_mult >= 1, got {T_mult!r}")
+        if not isinstance(eta_min, float | int):
+            raise ValueError(f"{name}: expected a float or int eta_min, got {eta_min!r} of type "
+                             f"{type(eta_min).__name__}")
+        self.T_0, self.T_mult, self.eta_min = T_0, T_mult, eta_min
         _check_last_epoch("CosineAnnealingWarmRestarts", last_epoch)
         self.T_cur, self.T_i = self.cycle(last_epoch) if last_epoch >= 0 else (-1, self.T_0)
         super().__init__(optimizer, last_epoch)
@@ -959,6 +1045,9 @@ class _OfSchedules(LRScheduler):
     def _check(name: str, schedulers: Sequence[LRScheduler], optimizer: Optimizer,
                refuse: tuple[type, ...]) -> None:
         for i, s in enumerate(schedulers):
+            if isinstance(s, ReduceLROnPlateau):  # PyTorch's ValueError
+                raise ValueError(f"{name} does not support ReduceLROnPlateau, whose step needs "
+                                 f"the metric, got one at index {i}")
             if not isinstance(s, LRScheduler) or isinstance(s, refuse):
                 raise TypeError(f"{name}: expected schedules of a step count (not "
                                 f"{', '.join(c.__name__ for c in refuse)}), got "
@@ -1177,4 +1266,19 @@ class CyclicLR(LRScheduler):
                     g["momentum"] = mom
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in super().state_dict().items() if k != "scale_fn_custom"}
+        """As PyTorch's: a ``scale_fn`` that is a callable object keeps its state (a copy of
+        its attributes); a function is not saved (rebuild it on resume)."""
+        state = super().state_dict()
+        fn = state.pop("scale_fn_custom", None)
+        state["scale_fn_custom"] = (dict(vars(fn)) if fn is not None and hasattr(fn, "__dict__")
+                                    and not isinstance(fn, types.FunctionType) else None)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load all but ``scale_fn``, which stays the one given when built; a callable object
+        gets its saved attributes back (PyTorch's)."""
+        state = dict(state_dict)
+        saved = state.pop("scale_fn_custom", None)
+        super().load_state_dict(state)
+        if saved is not None and self.scale_fn_custom is not None:
+            vars(self.scale_fn_custom).update(saved)
