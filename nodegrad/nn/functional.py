@@ -747,18 +747,16 @@ from ..ops.arrange import torch_pad as _torch_pad  # noqa: E402
 
 def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) -> Tensor:
     """PyTorch's pad: ``pad`` lists (left, right) widths from the last dim backwards; modes
-    constant, reflect, replicate and circular; negative widths crop (in replicate mode too:
-    each output position takes the nearest input one, as PyTorch's). Under CPU autocast,
-    reflect (1-2 dims) and replicate (1-3 dims) run in float32, as PyTorch lists them."""
+    constant, reflect, replicate and circular; negative widths crop (reflect and replicate
+    still read the whole input: output j takes input reflect(j - left) or clip(j - left), as
+    PyTorch's). Under CPU autocast, reflect (1-2 dims) and replicate (1-3 dims) run in
+    float32, as PyTorch lists them."""
     if mode == "constant" or not isinstance(input, Tensor):
         return _torch_pad(input, pad, mode, value)
     widths = tuple(int(w) for w in pad)
     k = len(widths) // 2
     if (mode == "reflect" and k in (1, 2)) or (mode == "replicate" and k in (1, 2, 3)):
         (input,) = float32_in_region(input, cpu_only=True)
-    if mode == "replicate" and min(widths, default=0) < 0 and len(widths) % 2 == 0 and \
-            1 <= k <= 3 and input.ndim in (k + 1, k + 2) and value in (None, 0):
-        return _replicate(input, widths)
     if input.numel() == 0 and len(widths) % 2 == 0 and 0 < k <= input.ndim and \
             mode in ("reflect", "circular") and value in (None, 0):
         # nothing to reflect or wrap: only the padded dims must fit, as PyTorch checks them
@@ -770,22 +768,6 @@ def pad(input: Tensor, pad, mode: str = "constant", value: float | None = None) 
         else:
             return _torch_pad(input, widths, "constant")
     return _torch_pad(input, widths, mode, value)
-
-
-def _replicate(x: Tensor, widths: tuple) -> Tensor:
-    """Replicate padding with some negative widths: output position j of a dim of length n
-    padded by (lo, hi) takes input position clip(j - lo, 0, n - 1)."""
-    xp = x.backend.xp
-    for i in range(len(widths) // 2):
-        axis = x.ndim - 1 - i
-        n, (lo, hi) = x.shape[axis], widths[2 * i:2 * i + 2]
-        if n == 0 or n + lo + hi < 0:
-            raise ShapeError(f"pad: widths {(lo, hi)} do not fit a dim of length {n} in mode "
-                             "'replicate'; expected a non-empty dim and a non-negative output")
-        if lo or hi:
-            idx = xp.clip(xp.arange(n + lo + hi) - lo, 0, n - 1)
-            x = x[(slice(None),) * axis + (Tensor._of(idx),)]
-    return x
 
 
 # --- distances and margin, ranking, count and sequence losses --------------------------------

@@ -8,6 +8,8 @@ primitives underneath give the VJP, JVP and batching rules; no new primitive is 
 
 from __future__ import annotations
 
+import math
+
 from .. import _backend as B
 from ..amp import float32_in_region
 from ..dtypes import result_type
@@ -460,6 +462,65 @@ def pad(x, pad_width, mode: str = "constant", constant_values=0):
     return _pad_axes(x, S.pad_widths(x, pad_width), mode, "pad")
 
 
+def _torch_pad_index(n: int, lo: int, hi: int, mode: str):
+    """Positions along an axis of length ``n`` that PyTorch's ``mode`` padding by (lo, hi)
+    reads. Reflect and replicate measure from the whole input, so a negative width crops what
+    the other side reflects or repeats (output j reads reflect(j - lo), clip(j - lo)); circular
+    wraps the cropped piece, as PyTorch's copies do."""
+    np = B.np
+    if mode == "circular":
+        return np.pad(np.arange(n)[max(-lo, 0):n - max(-hi, 0)], (max(lo, 0), max(hi, 0)),
+                      mode="wrap")
+    t = np.arange(n + lo + hi) - lo
+    if mode == "replicate":
+        return np.clip(t, 0, n - 1)
+    return np.where(t < 0, -t, np.where(t >= n, 2 * (n - 1) - t, t))  # one reflection fits
+
+
+def _check_torch_widths(shape: tuple, widths: list, mode: str, k: int) -> bool:
+    """PyTorch's checks of non-constant widths over the last ``k`` dims; True when some of them
+    comes out empty. Reflect needs each width below the input's length and circular at most
+    that; no output dim may be negative; reflect and replicate need one non-empty among them."""
+    outs = []
+    for (lo, hi), s in zip(widths[-k:], shape[-k:]):
+        outs.append(s + lo + hi)
+        if not (lo or hi):
+            continue
+        limit = s - 1 if mode == "reflect" else s
+        if mode != "replicate" and max(lo, hi) > limit:
+            raise ShapeError(f"pad: widths {(lo, hi)} do not fit a dim of length {s} in mode "
+                             f"{mode!r}; expected each at most {limit}")
+        if s == 0:
+            raise ShapeError(f"pad: mode {mode!r} cannot pad an empty dim (widths {(lo, hi)})")
+        if s + lo + hi < 0:
+            raise ShapeError(f"pad: widths {(lo, hi)} crop a dim of length {s} below zero in "
+                             f"mode {mode!r}")
+    if max(outs) == 0 and mode != "circular":
+        raise ShapeError(f"pad: widths {widths[-k:]} leave the padded dims of shape {shape} "
+                         f"all empty in mode {mode!r}; expected one of them non-empty")
+    return 0 in outs
+
+
+def _check_pad_value(x, value) -> None:
+    """PyTorch refuses a constant that overflows the dtype (NaN and ±inf fit the floats)."""
+    if value is None or not isinstance(value, int | float | complex | B.np.number):
+        return
+    kind = B.np.dtype(x.dtype).kind
+    if kind == "b":
+        return
+    parts = (value.real, value.imag) if isinstance(value, complex | B.np.complexfloating) \
+        else (value,)
+    if kind in "iu":
+        info = B.np.iinfo(x.dtype)
+        ok = all(math.isfinite(v) and info.min <= int(v) <= info.max for v in parts)
+    else:
+        real = B.np.dtype(x.dtype) if kind != "c" else B.np.empty(0, x.dtype).real.dtype
+        top = float(B.finfo(real).max)
+        ok = all(not math.isfinite(v) or abs(v) <= top for v in parts)
+    if not ok:
+        raise OverflowError(f"pad: value {value} does not fit the input's dtype {x.dtype}")
+
+
 def torch_pad(input, pad, mode: str = "constant", value=None):
     """PyTorch's ``nn.functional.pad``: ``pad`` lists (left, right) widths from the last dim
     backwards; modes constant, reflect, replicate, circular; negative widths crop."""
@@ -476,6 +537,11 @@ def torch_pad(input, pad, mode: str = "constant", value=None):
     for i in range(k):
         widths[nd - 1 - i] = (pad[2 * i], pad[2 * i + 1])
     if mode == "constant":
+        for d, ((lo, hi), s) in enumerate(zip(widths, input.shape)):
+            if s + min(lo, 0) + min(hi, 0) < 0:  # PyTorch crops before it pads
+                raise ShapeError(f"pad: widths {(lo, hi)} crop more than dim {d} holds "
+                                 f"(length {s})")
+        _check_pad_value(input, value)
         crop = tuple(slice(max(-lo, 0), s - max(-hi, 0)) for (lo, hi), s in zip(widths,
                                                                                input.shape))
         x = getitem(input, crop) if any(lo < 0 or hi < 0 for lo, hi in widths) else input
@@ -488,9 +554,19 @@ def torch_pad(input, pad, mode: str = "constant", value=None):
     if not 1 <= k <= 3 or nd not in (k + 1, k + 2):
         raise ShapeError(f"pad: mode {mode!r} pads the last 1 to 3 dims of a batched or "
                          f"unbatched input; got {k} dims to pad for shape {tuple(input.shape)}")
-    for (lo, hi), s in zip(widths, input.shape):
-        limit = s - 1 if mode == "reflect" else s
-        if (mode != "replicate" and max(lo, hi) > limit) or s + min(lo, 0) + min(hi, 0) < 0:
-            raise ShapeError(f"pad: widths {(lo, hi)} do not fit a dim of length {s} in mode "
-                             f"{mode!r}; expected each at most {limit}")
-    return S.fresh(_pad_axes(input, widths, _TORCH_MODES[mode], "pad"), input)
+    shape = tuple(input.shape)
+    if _check_torch_widths(shape, widths, mode, k):  # an empty result: nothing to read
+        x = input
+        for d, (lo, hi) in enumerate(widths):
+            if lo or hi:
+                x = _along(x, d, B.np.zeros(shape[d] + lo + hi, dtype=B.np.int64))
+        return x
+    for d, ((lo, hi), s) in enumerate(zip(widths, shape)):
+        if mode == "circular" and (lo or hi) and s + min(lo, 0) + min(hi, 0) <= 0:
+            raise ShapeError(f"pad: widths {(lo, hi)} crop dim {d} (length {s}) to nothing, "
+                             "leaving nothing to wrap around in mode 'circular'")
+    x = input
+    for d, (lo, hi) in enumerate(widths):
+        if lo or hi:
+            x = _along(x, d, _torch_pad_index(shape[d], lo, hi, mode))
+    return S.fresh(x, input)
