@@ -861,8 +861,11 @@ def interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neares
         out = tuple(int(math.floor(li * f)) for li, f in zip(x.shape[2:], scales))
         if recompute_scale_factor:
             scales = (None,) * nd
-    if min(out) < 1:
-        raise ShapeError(f"{op}: output size {out} must be positive")
+    if mode == "area":  # adaptive average pooling, which takes an empty output (PyTorch's)
+        if min(out) < 0:
+            raise ShapeError(f"{op}: output size {out} must be non-negative in mode 'area'")
+    elif min(out) < 1:
+        raise ShapeError(f"{op}: output size {out} must be positive in mode {mode!r}")
     if mode == "area":
         return (F.adaptive_avg_pool1d(x, out[0]) if nd == 1 else
                 F.adaptive_avg_pool2d(x, out) if nd == 2 else F.adaptive_avg_pool3d(x, out))

@@ -397,6 +397,9 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     xp = weight.backend.xp
     iv = values(input)
     num = weight.shape[0]
+    if padding_idx is not None and not -num <= padding_idx < num:  # not taken modulo num
+        raise ValueError(f"{op}: padding_idx must be within the number of embeddings, -{num} "
+                         f"through {num - 1}, but got {padding_idx}")
     check_rows(input, num, op)
     if max_norm is not None and iv.size:
         computes_with_values(input, "embedding_bag's max_norm")

@@ -99,7 +99,8 @@ def _unnormalize(g: Tensor, n: int, align_corners: bool, fused: bool = False) ->
     if g.dtype == B.np.float32:  # exact in float64, then rounded once
         return ops.astype(ops.astype(s, "float64") * (n / 2) - 0.5, "float32")
     p = s * (n / 2)
-    return (p - 0.5) + _product_error(s.detach(), n / 2, p.detach())
+    err = _product_error(s.detach(), n / 2, p.detach())  # NaN at ±inf, whose sign must stay
+    return (p - 0.5) + ops.where(ops.isfinite(err), err, 0.0)
 
 
 def _product_error(x: Tensor, a: float, p: Tensor) -> Tensor:
@@ -114,12 +115,14 @@ def _product_error(x: Tensor, a: float, p: Tensor) -> Tensor:
     return ((xh * ah - p) + xh * al + xl * ah) + xl * al
 
 
-def _clip_coordinates(c: Tensor, n: int) -> Tensor:
-    """c clipped to [0, n - 1]; on or beyond a border the gradient is 0 (PyTorch's rule: there
-    the bilinear slope would see a missing neighbour)."""
+def _clip_coordinates(c: Tensor, n: int, nan_to: float) -> Tensor:
+    """c clipped to [0, n - 1] (±inf onto the borders, NaN onto ``nan_to``, as PyTorch's
+    kernels); on or beyond a border the gradient is 0 (PyTorch's rule: there the bilinear
+    slope would see a missing neighbour)."""
     hi = float(n - 1)
     inside = (c > 0.0) & (c < hi)
-    return ops.where(inside, c, ops.clip(c.detach(), 0.0, hi))
+    d = c.detach()
+    return ops.where(inside, c, ops.where(ops.isnan(d), nan_to, ops.clip(d, 0.0, hi)))
 
 
 def _reflect_coordinates(c: Tensor, n: int, align_corners: bool) -> Tensor:
@@ -136,11 +139,15 @@ def _reflect_coordinates(c: Tensor, n: int, align_corners: bool) -> Tensor:
     return ops.where(e > span, period - e, e) + lo
 
 
-def _pad_coordinates(c: Tensor, n: int, padding_mode: str, align_corners: bool) -> Tensor:
+def _pad_coordinates(c: Tensor, n: int, padding_mode: str, align_corners: bool,
+                     nd: int) -> Tensor:
+    """c moved inside by ``padding_mode``. A coordinate that is NaN there (a NaN one, or ±inf
+    reflected) lands on index 0 in 2-D and on n - 1 in 3-D, where PyTorch's kernels put it."""
+    nan_to = 0.0 if nd == 2 else float(n - 1)
     if padding_mode == "border":
-        return _clip_coordinates(c, n)
+        return _clip_coordinates(c, n, nan_to)
     if padding_mode == "reflection":
-        return _clip_coordinates(_reflect_coordinates(c, n, align_corners), n)
+        return _clip_coordinates(_reflect_coordinates(c, n, align_corners), n, nan_to)
     return c
 
 
@@ -212,17 +219,29 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
     g = ops.reshape(grid, (n, 1, p, nd))
     # grid component k addresses spatial axis nd-1-k: x is the last axis (W)
     src = [_unnormalize(g[..., nd - 1 - a], sizes[a], ac, fused=nd == 2) for a in range(nd)]
+    landed = None
+    if nd == 3 and padding_mode == "zeros":
+        # PyTorch's 3-D kernel skips the corners outside, weights and all: a non-finite
+        # coordinate reads nothing (0, and zero gradients) where 2-D's weights give NaN
+        src = [ops.where(ops.isfinite(s), s, -2.0) for s in src]
+    elif nd == 3 and mode != "bicubic":
+        # where its backward finds the coordinate NaN (a NaN one; ±inf reflected), PyTorch's
+        # 3-D kernel gives the point no gradient at all, though the forward reads the border
+        test = ops.isnan if padding_mode == "border" else (lambda s: ~ops.isfinite(s))
+        for s in src:
+            landed = test(s) if landed is None else landed | test(s)
+        src = [ops.where(landed, s.detach(), s) for s in src]
     axes = []  # per spatial axis: [(integer coordinate, weight or None), ...]
     if mode == "bicubic":
         for a in range(nd):
             lo = ops.floor(src[a])
             w = _cubic_weights(src[a] - lo)
-            taps = [_pad_coordinates(lo + float(j - 1), sizes[a], padding_mode, ac)
+            taps = [_pad_coordinates(lo + float(j - 1), sizes[a], padding_mode, ac, nd)
                     for j in range(4)]
             axes.append(list(zip(taps, w)))
     else:
         for a in range(nd):
-            s = _pad_coordinates(src[a], sizes[a], padding_mode, ac)
+            s = _pad_coordinates(src[a], sizes[a], padding_mode, ac, nd)
             if mode == "nearest":
                 # weight 1 whose gradient is zero: the grid stays in the graph, so it gets a
                 # zero gradient (PyTorch's) rather than none; where() keeps NaNs out of it
@@ -249,7 +268,11 @@ def grid_sample(input: Tensor, grid: Tensor, mode: str = "bilinear",
     idx = index[0] if k == 1 else ops.concatenate(index, axis=-1)             # (N, 1, K·P)
     wts = weight[0] if k == 1 else ops.concatenate(weight, axis=-1)
     whole = (n, c, math.prod(sizes))  # (not -1: N or C may be 0)
-    vals = ops.take_along_axis(ops.reshape(input, whole), idx, 2) * wts  # (N, C, K·P)
+    vals = ops.take_along_axis(ops.reshape(input, whole), idx, 2)  # (N, C, K·P)
+    if landed is not None:
+        landed = landed if k == 1 else ops.concatenate([landed] * k, axis=-1)
+        vals = ops.where(landed, vals.detach(), vals)
+    vals = vals * wts
     if k > 1:
         vals = ops.sum(ops.reshape(vals, (n, c, k, p)), axis=2)
     return ops.reshape(vals, (n, c) + out_sp)
