@@ -48,8 +48,12 @@ def is_inexact(dtype) -> bool:
 
 def cast(a, dtype):
     """``a.astype(dtype)``, float64 going to bfloat16 through float32 as PyTorch's conversion
-    does (rounded twice: a direct rounding differs where float32's lands on a bfloat16 tie)."""
+    does (rounded twice: a direct rounding differs where float32's lands on a bfloat16 tie),
+    and bfloat16 to integers through float32 too (ml_dtypes gives 0 for values out of the
+    integer's range, NaN and inf; PyTorch's CPU cast gives float32's results)."""
     if dtype is bfloat16 and a.dtype == float64:
+        a = a.astype(float32)
+    elif a.dtype == bfloat16 and np.dtype(dtype).kind in "iu":
         a = a.astype(float32)
     return a.astype(dtype)
 

@@ -137,7 +137,8 @@ def result_type(*operands):
 
 
 class finfo:
-    """Machine limits of a float dtype, PyTorch's ``torch.finfo``: ``bits``, and ``eps``,
+    """Machine limits of a float (or a complex dtype's parts') dtype, PyTorch's
+    ``torch.finfo``: ``bits``, and ``eps``,
     ``max``, ``min``, ``tiny``, ``smallest_normal``, ``resolution`` as Python floats (so
     ``finfo(x.dtype).max * 2`` is a Python number, not a float32 overflow), ``dtype`` the
     dtype's name; the default float dtype when none is given."""
@@ -146,6 +147,8 @@ class finfo:
 
     def __init__(self, dtype=None):
         dt = _np.dtype(B.DEFAULT_FLOAT if dtype is None else dtype)
+        if dt.kind == "c":  # a complex dtype: its parts' float (PyTorch's)
+            dt = _np.dtype(_np.float32 if dt.itemsize == 8 else _np.float64)
         if not B.is_float(dt):
             raise TypeError(f"finfo: expected a floating dtype, got {dt} (use iinfo)")
         f = B.finfo(dt)
@@ -171,7 +174,8 @@ def iinfo(dtype):
 
 # --- PyTorch's dtype queries ---------------------------------------------------------------------
 _TORCH_DTYPES = {_np.dtype(n) for n in ("bool", "uint8", "int8", "int16", "int32", "int64",
-                                        "float16", "float32", "float64")} | {_BF16}
+                                        "float16", "float32", "float64", "complex64",
+                                        "complex128")} | {_BF16}
 
 
 def _torch_dtype(dtype, op: str):
@@ -181,7 +185,8 @@ def _torch_dtype(dtype, op: str):
         raise TypeError(f"{op}: expected a dtype, got {dtype!r}") from None
     if dt not in _TORCH_DTYPES:
         raise TypeError(f"{op}: dtype {dt} is not one of nodegrad's (bool, uint8, int8, int16, "
-                        "int32, int64, float16, bfloat16, float32, float64)")
+                        "int32, int64, float16, bfloat16, float32, float64, complex64, "
+                        "complex128)")
     return dt
 
 
@@ -193,6 +198,10 @@ def torch_promote_types(type1, type2):
     a = _torch_dtype(type1, "promote_types")
     b = _torch_dtype(type2, "promote_types")
     ak, bk = _kind(a), _kind(b)
+    if ak == "c" or bk == "c":  # complex, as wide as the widest float part (no complex32)
+        width = max(x.itemsize // 2 if k == "c" else x.itemsize if k == "f" else 0
+                    for x, k in ((a, ak), (b, bk)))
+        return _np.dtype(_np.complex128 if width >= 8 else _np.complex64)
     if ak == "f" or bk == "f":
         if ak == "f" and bk == "f":
             if a != b and a.itemsize == b.itemsize:  # bfloat16 with float16: neither holds

@@ -74,6 +74,35 @@ def check_fill_value(value) -> None:
                          f"of shape {tuple(value.shape)} (use copy_ to copy a tensor in)")
 
 
+def check_fill_fits(op: str, value, dtype):
+    """``value`` as ``dtype`` stores it, refusing a Python float or complex number that
+    ``dtype`` cannot hold, as PyTorch's checked conversion does: NaN, inf, out of range or a
+    nonzero imaginary part for an integer dtype, a finite value beyond a float (or complex)
+    dtype's largest, a nonzero imaginary part for a real one (NumPy would store INT_MIN, inf
+    or the real part). A complex number with no imaginary part comes back as its real part."""
+    if not isinstance(value, float | complex) or dtype is None:
+        return value
+    dt = B.as_dtype(dtype)
+    if dt.kind == "b":
+        return value
+    parts = [value.real, value.imag] if isinstance(value, complex) else [value]
+    if isinstance(value, complex) and dt.kind != "c":
+        if value.imag != 0:
+            raise OverflowError(f"{op}: value {value} cannot be converted to {dt} without "
+                                "losing its imaginary part")
+        value, parts = value.real, [value.real]
+    for v in parts:
+        if dt.kind in "iu":
+            info = B.np.iinfo(dt)
+            ok = v == v and info.min <= v <= info.max
+        else:
+            ok = v != v or abs(v) == float("inf") or abs(v) <= float(B.finfo(dt).max)
+        if not ok:
+            raise OverflowError(f"{op}: value {value} cannot be converted to {dt} without "
+                                "overflow")
+    return value
+
+
 # ``ndarray op Tensor``: the ufunc NumPy calls, and the Tensor's reflected operator it means
 _NUMPY_REFLECTED = {
     "add": "__radd__", "subtract": "__rsub__", "multiply": "__rmul__",
@@ -326,14 +355,15 @@ class Tensor:
         return self._data.nbytes
 
     # --- conversion -----------------------------------------------------------------------
-    def numpy(self):
+    def numpy(self, *, force: bool = False):
         """The values as a NumPy array (shares memory on the CPU, copies from a GPU).
 
         Read-only for a tensor that requires grad: a write would change, unseen, a value the
-        graph may have saved. ``.detach().numpy()`` gives a writable array, as in PyTorch."""
+        graph may have saved. ``.detach().numpy()`` (or PyTorch's ``numpy(force=True)``)
+        gives a writable array, as in PyTorch."""
         self._concrete("numpy()")
         a = B.backend_of(self._data).to_host(self._data)
-        if self.requires_grad:
+        if self.requires_grad and not force:
             a = a.view()
             a.flags.writeable = False
         return a
@@ -373,10 +403,13 @@ class Tensor:
         return bool(self._data)
 
     def __float__(self) -> float:
-        return float(self.item())
+        return float(_real_item(self, "float"))
 
     def __int__(self) -> int:
-        return int(self.item())
+        return int(_real_item(self, "int"))
+
+    def __complex__(self) -> complex:
+        return complex(self.item())
 
     def __index__(self) -> int:
         if self.dtype.kind not in "iub" or self._data.size != 1:
@@ -596,7 +629,7 @@ class Tensor:
     def fill_(self, value) -> Tensor:
         """Set every element to ``value``: a number or a 0-d tensor (PyTorch's rule)."""
         check_fill_value(value)
-        return self._assign("fill_", value)
+        return self._assign("fill_", check_fill_fits("fill_", value, self.dtype))
 
     def copy_(self, src) -> Tensor:
         """Copy ``src``'s values into this tensor in place (same shape after broadcasting)."""
@@ -797,6 +830,70 @@ def _has_numpy_scalar(data, kind: str) -> bool:
     return False
 
 
+def _real_item(t, op: str):
+    """``t.item()`` for float() and int(): a complex value's real part when its imaginary part
+    is 0, else PyTorch's refusal."""
+    v = t.item()
+    if isinstance(v, complex):
+        if v.imag != 0:
+            raise ValueError(f"{op}() of a complex tensor with a nonzero imaginary part ({v})")
+        return v.real
+    return v
+
+
+def _untensor(data):
+    """Nested lists and tuples with their tensors replaced by host arrays (NumPy would read a
+    complex 0-d tensor through float())."""
+    if isinstance(data, Tensor):
+        if getattr(data, "level", None) is not None:
+            return data  # a vmap tracer: _infer's own error
+        d = data._data
+        return d if type(d) is B.ndarray else B.backend_of(d).to_host(d)
+    if isinstance(data, list | tuple):
+        return [_untensor(d) for d in data]
+    return data
+
+
+def _holds_tensor(data) -> bool:
+    """Whether nested lists and tuples ``data`` hold a tensor (their first items looked at)."""
+    while isinstance(data, list | tuple) and data:
+        if any(isinstance(d, Tensor) for d in data):
+            return True
+        data = data[0]
+    return False
+
+
+def _leaf_kinds(data, kinds: set) -> set:
+    """The kinds of Python numbers in nested lists and tuples ``data``: "c", "f", "i", "b"."""
+    if isinstance(data, list | tuple):
+        for d in data:
+            _leaf_kinds(d, kinds)
+    elif isinstance(data, bool):
+        kinds.add("b")
+    elif isinstance(data, int):
+        kinds.add("i")
+    elif isinstance(data, float):
+        kinds.add("f")
+    elif isinstance(data, complex):
+        kinds.add("c")
+    return kinds
+
+
+def _wide_ints(data, a):
+    """``data`` holding an int beyond int64 (NumPy inferred object, or float64 from mixing
+    int64 with uint64) as PyTorch reads it: a float or complex tensor where a float or complex
+    number is among them, else the overflow PyTorch raises."""
+    kinds = _leaf_kinds(data, set())
+    if "c" in kinds:
+        return B.np.asarray(data, dtype=B.np.complex128)
+    if "f" in kinds:
+        return B.np.asarray(data, dtype=float64)
+    if a.dtype == float64 or kinds <= {"i", "b"}:
+        raise OverflowError("tensor: a Python int beyond int64's range (-2**63 to 2**63 - 1), "
+                            "PyTorch's integer; pass dtype= a float dtype to keep it")
+    return a
+
+
 def _infer(data, dtype, backend: B.Backend):
     """Array for ``data``: Python floats become float32, arrays keep their dtype."""
     dtype = B.as_dtype(dtype)
@@ -817,10 +914,18 @@ def _infer(data, dtype, backend: B.Backend):
         return backend.asarray(data, dtype=dtype).copy()
     if hasattr(data, "__dlpack__") and not isinstance(data, list | tuple):
         return backend.asarray(from_dlpack(data).numpy(), dtype=dtype).copy()
+    if isinstance(data, list | tuple) and _holds_tensor(data):
+        data = _untensor(data)
     if dtype == bfloat16:  # Python floats are float64 first, rounded as PyTorch's (B.cast)
-        a = B.cast(B.np.asarray(data), dtype)
+        a = B.np.asarray(data)
+        if a.dtype.kind == "c":
+            raise TypeError("tensor: complex values cannot be converted to bfloat16")
+        a = B.cast(a, dtype)
     else:
         a = B.np.asarray(data) if dtype is None else B.np.asarray(data, dtype=dtype)
+    if dtype is None and (a.dtype.kind == "O" or (a.dtype == float64 and (
+            B.np.abs(a) >= 2.0 ** 63).any())):
+        a = _wide_ints(data, a)
     if dtype is None and a.dtype == float64 and not _has_float64_scalar(data):
         # Python floats become float32; a NumPy float64 scalar keeps its dtype, alone or in a
         # list (as PyTorch)
@@ -913,6 +1018,14 @@ def from_numpy(a) -> Tensor:
     """A tensor sharing memory with the NumPy array ``a``."""
     if not isinstance(a, B.ndarray):
         raise TypeError(f"from_numpy expects a numpy.ndarray, got {type(a).__name__}")
+    dt = a.dtype
+    if dt != bfloat16 and (dt.kind not in "biufc" or dt.itemsize > 16 or (
+            dt.kind == "f" and dt.itemsize > 8)):
+        raise TypeError(f"from_numpy: cannot share an array of dtype {dt} (bool, integers, "
+                        "floats and complex numbers only)")
+    if not dt.isnative:
+        raise ValueError(f"from_numpy: the array's byte order ({dt.str}) is not this machine's; "
+                         "convert it first with a.astype(a.dtype.newbyteorder('='))")
     return Tensor._of(a)
 
 
@@ -998,6 +1111,8 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False
         dtype = int64
     elif dtype is None and isinstance(fill_value, complex):
         dtype = _default_complex()
+    fill_value = check_fill_fits("full", fill_value,
+                                 dtype if dtype is not None else B.DEFAULT_FLOAT)
     if isinstance(fill_value, float) and dtype is not None and B.as_dtype(dtype) == bfloat16:
         fill_value = B.np.float32(fill_value)  # rounded as PyTorch's fill (B.cast)
     return _filled("full", lambda xp, s, d: xp.full(s, fill_value, d), (shape,), dtype, device,
@@ -1199,18 +1314,29 @@ def take_out(namespace: dict, names: str, prefix: str = "") -> None:
         namespace[n] = with_out(namespace[n], prefix + n)
 
 
-def _range_scalar(op: str, v):
-    """A Python number from a number, a NumPy scalar or a one-element tensor (read eagerly)."""
+def _range_scalar(op: str, v, complex_ok: bool = False):
+    """A Python number from a number, a NumPy scalar or a one-element tensor (read eagerly);
+    complex numbers where ``complex_ok`` (linspace's and logspace's ends)."""
     if isinstance(v, Tensor):
         if v.numel() != 1:
             raise ShapeError(f"{op}: expects a number or a one-element tensor, got a tensor "
                              f"of shape {tuple(v.shape)}")
-        return v.item()
-    if isinstance(v, B.generic):
-        return v.item()
-    if not isinstance(v, int | float):
+        v = v.item()
+    elif isinstance(v, B.generic):
+        v = v.item()
+    if not isinstance(v, int | float) and not (complex_ok and isinstance(v, complex)):
         raise TypeError(f"{op}: expects a real number, got {type(v).__name__}")
     return v
+
+
+def range_dtype(op: str, ends: tuple, dtype):
+    """linspace's and logspace's dtype: ``dtype``, else the default complex for a complex end
+    and the default float otherwise; a complex end with a real dtype raises, as PyTorch's."""
+    cplx = any(isinstance(v, complex) for v in ends)
+    dt = B.as_dtype(dtype) or (_default_complex() if cplx else B.DEFAULT_FLOAT)
+    if cplx and dt.kind != "c":
+        raise TypeError(f"{op}: complex ends {ends} cannot be cast to {dt}")
+    return dt
 
 
 def _arange_values(start, stop, step, dt):
@@ -1373,8 +1499,8 @@ def linspace(start, stop=None, num: int | None = None, dtype=None, device=None,
         raise TypeError(f"linspace: the number of steps must be an int, got {type(num).__name__}")
     if num < 0:
         raise ValueError(f"linspace: number of steps must be non-negative, got {num}")
-    start, stop = (_range_scalar("linspace", v) for v in (start, stop))
-    dt = B.as_dtype(dtype) or B.DEFAULT_FLOAT
+    start, stop = (_range_scalar("linspace", v, True) for v in (start, stop))
+    dt = range_dtype("linspace", (start, stop), dtype)
     be = B.get_backend(_device(device))
     if not isinstance(endpoint, bool):
         raise TypeError(f"linspace: endpoint must be a bool, got {type(endpoint).__name__}")

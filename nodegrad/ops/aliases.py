@@ -387,6 +387,19 @@ def _rebind(self: Tensor, result: Tensor, name: str) -> Tensor:
     return self
 
 
+def _div_inplace(plain: Callable) -> Callable:
+    """``x.div_(y, rounding_mode=...)``: PyTorch's rounded division in place (``plain``, the
+    true division's in-place method, without one)."""
+    name = plain.__name__
+
+    def div_(self, other, *, rounding_mode: str | None = None):
+        if rounding_mode is None:
+            return plain(self, other)
+        return apply_inplace(self, name, E.div, other, rounding_mode=rounding_mode)
+    div_.__name__ = name
+    return div_
+
+
 def _fitted(self: Tensor, result, name: str) -> Tensor:
     """``result`` checked to fit in place into ``self``: a tensor of its shape, in a dtype it can
     hold (PyTorch's rule: no float into int, no number into bool)."""
@@ -825,8 +838,10 @@ def is_signed(input) -> bool:
 
 def scalar_tensor(s, *, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """A 0-d tensor holding the number ``s``, in the default float dtype unless ``dtype``."""
-    if isinstance(s, Tensor) or not isinstance(s, int | float | bool):
-        raise TypeError(f"scalar_tensor: expected a Python number, got {type(s).__name__}")
+    if isinstance(s, Tensor) and s.numel() == 1 or isinstance(s, B.generic):
+        s = s.item()  # a one-element tensor or NumPy scalar: its number (PyTorch's Scalar)
+    if not isinstance(s, int | float | bool):
+        raise TypeError(f"scalar_tensor: expected a number, got {type(s).__name__}")
     return tensor(s, dtype=B.DEFAULT_FLOAT if dtype is None else dtype, device=device,
                   requires_grad=requires_grad)
 
@@ -1646,6 +1661,7 @@ def _install() -> list:
               if hasattr(Tensor, m) and not hasattr(Tensor, k)})
     for name in ("zero_", "fill_", "copy_"):
         setattr(Tensor, name, _assigning(name))
+    Tensor.div_, Tensor.divide_ = _div_inplace(Tensor.div_), _div_inplace(Tensor.divide_)
 
     taken = _taken()
     exported = [k for k in _FUNCTIONS if k not in taken]

@@ -17,7 +17,8 @@ from ..autodiff import computes_with_values, enable_grad, modes, no_grad
 from ..batching import BatchTracer, Level, batched, front, lowered, rank_up, size_of, values
 from ..errors import DTypeError, GradError, ShapeError
 from ..primitive import DTYPE_VIEW, REGISTRY, bind, primitive
-from ..tensor import Tensor
+from ..tensor import Tensor, check_fill_fits
+from .elementwise import astype as _astype
 from .elementwise import where as _where
 from .shape import copy as _copy
 from .shape import moveaxis, norm_axis
@@ -990,9 +991,31 @@ def index_fill(input, dim: int, index, value):
     if isinstance(value, Tensor) and value.ndim:
         raise ShapeError(f"index_fill: value must be a number or a 0-d tensor, got shape "
                          f"{tuple(value.shape)}")
+    value = _fill_as("index_fill", value, x)
     ones = Tensor._of(x.backend.xp.ones(shape, B.DEFAULT_FLOAT))
     hit = _scatter_along(ones, _spread_index(index, ax, shape), axis=ax, shape=tuple(x.shape))
     return _where(hit > 0, value, x).reshape(input.shape)  # each position once, repeats or not
+
+
+def _fill_as(op: str, value, x):
+    """A fill value in ``x``'s dtype, as PyTorch's masked_fill and index_fill take it (the
+    result keeps the input's dtype: a float into an integer tensor truncates, a 0-d tensor is
+    cast); a number the dtype cannot hold raises, as PyTorch's checked conversion."""
+    dt = x.dtype
+    if isinstance(value, Tensor):
+        return value if value.dtype == dt else _astype(value, dt)
+    if isinstance(value, B.generic):
+        value = value.item()
+    value = check_fill_fits(op, value, dt)
+    if dt.kind in "iu" and isinstance(value, int | float) and not isinstance(value, bool):
+        value = int(value)
+        info = B.np.iinfo(dt)
+        if not info.min <= value <= info.max:
+            raise OverflowError(f"{op}: value {value} cannot be converted to {dt} without "
+                                "overflow")
+    elif dt.kind == "b" and isinstance(value, int | float | complex):
+        value = bool(value)
+    return value
 
 
 # --- masks -----------------------------------------------------------------------------------
@@ -1021,6 +1044,8 @@ def masked_fill(input, mask, value):
     if isinstance(value, Tensor) and value.ndim:
         raise ShapeError(f"masked_fill: value must be a number or a 0-d tensor, got shape "
                          f"{tuple(value.shape)}")
+    if isinstance(input, Tensor):
+        value = _fill_as("masked_fill", value, input)
     return _where(mask, value, input)
 
 

@@ -22,6 +22,8 @@ from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..func.tree import register_pytree_node
 from ..tensor import Tensor
+from ..tensor import _range_scalar as range_scalar
+from ..tensor import range_dtype
 from ..tensor import tensor as _tensor
 from . import arrange as A
 from . import index as I
@@ -587,13 +589,21 @@ def _float_dtype(op: str, dtype):
 def logspace(start: float, end: float, steps: int, base: float = 10.0, *, dtype=None, device=None,
              requires_grad: bool = False) -> Tensor:
     """``steps`` values ``base ** t`` for ``t`` evenly spaced from ``start`` to ``end``
-    (computed in float64 from both ends, as PyTorch, then cast to ``dtype``)."""
+    (computed in float64, complex128 for complex ends or dtype, from both ends, as PyTorch,
+    then cast to ``dtype``; the ends cast to ``dtype`` first, but a single step's ``base **
+    start`` is PyTorch's, from the end as given)."""
     np = B.np
     steps = _int("logspace", steps, "steps")
     if steps < 0:
         raise ShapeError(f"logspace: steps must be non-negative, got {steps}")
-    dt = B.as_dtype(dtype) if dtype is not None else B.DEFAULT_FLOAT
-    s, e = (float(np.asarray(v).astype(dt)) for v in (start, end))
+    start, end = (range_scalar("logspace", v, True) for v in (start, end))
+    dt = range_dtype("logspace", (start, end), dtype)
+    num = complex if dt.kind == "c" else float
+    if steps == 1:
+        s = e = num(start)
+    else:
+        with np.errstate(invalid="ignore", over="ignore"):
+            s, e = (num(np.asarray(v).astype(dt)) for v in (start, end))
     k = np.arange(steps, dtype=np.float64)
     if steps > 1:
         step = (e - s) / (steps - 1)
@@ -601,7 +611,8 @@ def logspace(start: float, end: float, steps: int, base: float = 10.0, *, dtype=
     else:
         t = np.full(steps, s)
     out = np.power(float(base), t)
-    return _tensor(out.astype(dt), device=device, requires_grad=requires_grad)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _tensor(out.astype(dt), device=device, requires_grad=requires_grad)
 
 
 # --- counting --------------------------------------------------------------------------------
