@@ -19,6 +19,7 @@ from operator import attrgetter
 from . import _backend as B
 from .autodiff import (RETAIN_MOVED, RETAINING, RemovableHandle, RetainGrad, _default_cotangents,
                        _no_graph, backward_inputs, modes, note_creation, retaining, run_backward)
+from .dtypes import torch_promote_types
 from .errors import DeviceError, DTypeError, GradError, ShapeError
 
 _new = object.__new__
@@ -821,6 +822,44 @@ def _default_complex():
     return B.np.result_type(B.DEFAULT_FLOAT, B.np.complex64)
 
 
+def _typed_dtype(data):
+    """PyTorch's dtype for nested lists holding NumPy scalars beside Python numbers: each
+    scalar counts with its own dtype, a Python bool, int, float or complex number with bool,
+    int64, the default float or the default complex, promoted together (``[np.float16(1.5),
+    2]`` is float16, ``[np.complex64(1j), 1.0]`` complex64); None where no NumPy scalar of a
+    dtype PyTorch has is among them."""
+    found: set = set()
+    kinds: set = set()
+
+    def walk(d) -> None:
+        if isinstance(d, list | tuple):
+            for x in d:
+                walk(x)
+        elif isinstance(d, B.generic):
+            found.add(d.dtype)
+        elif isinstance(d, bool):
+            kinds.add(bool_)
+        elif isinstance(d, int):
+            kinds.add(int64)
+        elif isinstance(d, float):
+            kinds.add(B.DEFAULT_FLOAT)
+        elif isinstance(d, complex):
+            kinds.add(_default_complex())
+        elif B.is_array(d):
+            found.add(d.dtype)
+
+    walk(data)
+    if not found:
+        return None
+    out = None
+    try:
+        for dt in found | kinds:
+            out = dt if out is None else torch_promote_types(out, dt)
+    except TypeError:  # a dtype PyTorch lacks: NumPy's inference stands
+        return None
+    return out
+
+
 def _has_numpy_scalar(data, kind: str) -> bool:
     """Whether ``data`` is, or nests, a NumPy scalar of dtype kind ``kind`` ("c")."""
     if isinstance(data, B.generic):
@@ -926,6 +965,11 @@ def _infer(data, dtype, backend: B.Backend):
     if dtype is None and (a.dtype.kind == "O" or (a.dtype == float64 and (
             B.np.abs(a) >= 2.0 ** 63).any())):
         a = _wide_ints(data, a)
+    if dtype is None and isinstance(data, list | tuple) and (
+            a.dtype == float64 or a.dtype.kind == "c"):
+        typed = _typed_dtype(data)  # NumPy scalars beside Python numbers: PyTorch's promotion
+        if typed is not None:
+            return backend.asarray(a if typed == a.dtype else B.cast(a, typed))
     if dtype is None and a.dtype == float64 and not _has_float64_scalar(data):
         # Python floats become float32; a NumPy float64 scalar keeps its dtype, alone or in a
         # list (as PyTorch)

@@ -123,3 +123,17 @@ def test_numpy_force_gives_a_writable_array_of_a_graph_tensor():
     a = x.numpy(force=True)
     assert a.tolist() == [1.0, 2.0]
     assert torch.tensor([1.0], requires_grad=True).numpy(force=True).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("data", [
+    [np.float16(1.5), 2], [np.float16(1.5), 2.5], [np.complex64(1 + 1j), 1.0],
+    [np.float32(1.5), 2], [np.int32(3), 2], [np.int8(3), True], [np.float16(1), np.float32(2)],
+    [np.int32(1), 2.5], [np.float64(1.5), 2.5], [[np.float16(1)], [2]], [np.uint8(3), -1],
+    [1.5, 2.5], [1j, 2.0], [np.float32(1), 1j], [np.complex128(1j), np.float32(1)],
+    [np.float16(1), 1j], [np.float64(2), 1j]])
+def test_numpy_scalars_in_lists_promote_as_pytorch(data):
+    """A NumPy scalar counts with its own dtype beside Python numbers (the default dtypes)."""
+    want = torch.tensor(data)
+    got = ng.tensor(data)
+    assert str(got.dtype) == str(want.dtype).split(".")[-1]
+    assert got.tolist() == want.tolist()
