@@ -807,66 +807,9 @@ def _format(a) -> str:
 
 
 # --- creation -------------------------------------------------------------------------------
-def _has_float64_scalar(data) -> bool:
-    """Whether ``data`` is, or nests, a NumPy float64 scalar, array or a float64 tensor (a list
-    of float64 tensors stays float64, as PyTorch's ``tensor([t[0], t[1]])``)."""
-    if isinstance(data, B.generic | Tensor) or B.is_array(data):
-        return data.dtype == float64
-    if isinstance(data, list | tuple):
-        return any(_has_float64_scalar(d) for d in data)
-    return False
-
-
 def _default_complex():
     """PyTorch's default complex dtype: complex64 beside float32, complex128 beside float64."""
     return B.np.result_type(B.DEFAULT_FLOAT, B.np.complex64)
-
-
-def _typed_dtype(data):
-    """PyTorch's dtype for nested lists holding NumPy scalars beside Python numbers: each
-    scalar counts with its own dtype, a Python bool, int, float or complex number with bool,
-    int64, the default float or the default complex, promoted together (``[np.float16(1.5),
-    2]`` is float16, ``[np.complex64(1j), 1.0]`` complex64); None where no NumPy scalar of a
-    dtype PyTorch has is among them."""
-    found: set = set()
-    kinds: set = set()
-
-    def walk(d) -> None:
-        if isinstance(d, list | tuple):
-            for x in d:
-                walk(x)
-        elif isinstance(d, B.generic):
-            found.add(d.dtype)
-        elif isinstance(d, bool):
-            kinds.add(bool_)
-        elif isinstance(d, int):
-            kinds.add(int64)
-        elif isinstance(d, float):
-            kinds.add(B.DEFAULT_FLOAT)
-        elif isinstance(d, complex):
-            kinds.add(_default_complex())
-        elif B.is_array(d):
-            found.add(d.dtype)
-
-    walk(data)
-    if not found:
-        return None
-    out = None
-    try:
-        for dt in found | kinds:
-            out = dt if out is None else torch_promote_types(out, dt)
-    except TypeError:  # a dtype PyTorch lacks: NumPy's inference stands
-        return None
-    return out
-
-
-def _has_numpy_scalar(data, kind: str) -> bool:
-    """Whether ``data`` is, or nests, a NumPy scalar of dtype kind ``kind`` ("c")."""
-    if isinstance(data, B.generic):
-        return data.dtype.kind == kind
-    if isinstance(data, list | tuple):
-        return any(_has_numpy_scalar(d, kind) for d in data)
-    return False
 
 
 def _real_item(t, op: str):
@@ -878,6 +821,49 @@ def _real_item(t, op: str):
             raise ValueError(f"{op}() of a complex tensor with a nonzero imaginary part ({v})")
         return v.real
     return v
+
+
+_PY_KINDS = {bool: "b", int: "i", float: "f", complex: "c"}
+
+
+class _Leaves:
+    """What nested lists and tuples hold (:func:`_scan`): the kinds of their Python numbers
+    ("b", "i", "f", "c"), the dtypes of their NumPy scalars, arrays and tensors, whether a
+    tensor is among them and whether anything else is (None, a string)."""
+
+    __slots__ = ("kinds", "typed", "tensor", "other")
+
+    def __init__(self):
+        self.kinds: set = set()
+        self.typed: set = set()
+        self.tensor = self.other = False
+
+
+def _scan(data, out: _Leaves) -> _Leaves:
+    """One pass over ``data``'s leaves (a flat list of Python numbers at C speed)."""
+    types = set(map(type, data))
+    for t in types:
+        k = _PY_KINDS.get(t)
+        if k is not None:
+            out.kinds.add(k)
+    if types.issubset(_PY_KINDS):
+        return out
+    for d in data:
+        if type(d) in _PY_KINDS:
+            continue
+        if isinstance(d, list | tuple):
+            _scan(d, out)
+        elif isinstance(d, Tensor):
+            out.tensor = True
+            out.typed.add(d.dtype)
+        elif isinstance(d, B.generic) or B.is_array(d):
+            out.typed.add(d.dtype)
+        elif isinstance(d, bool | int | float | complex):  # subclasses of Python numbers
+            out.kinds.add(_PY_KINDS[bool if isinstance(d, bool) else int if isinstance(d, int)
+                                    else float if isinstance(d, float) else complex])
+        else:
+            out.other = True
+    return out
 
 
 def _untensor(data):
@@ -893,44 +879,34 @@ def _untensor(data):
     return data
 
 
-def _holds_tensor(data) -> bool:
-    """Whether nested lists and tuples ``data`` hold a tensor (their first items looked at)."""
-    while isinstance(data, list | tuple) and data:
-        if any(isinstance(d, Tensor) for d in data):
-            return True
-        data = data[0]
-    return False
+def _list_dtype(leaves: _Leaves):
+    """PyTorch's dtype for a list's leaves: each NumPy scalar, array or tensor with its own
+    dtype, a Python bool, int, float or complex number with bool, int64, the default float or
+    the default complex, promoted together (``[np.float16(1.5), 2]`` is float16,
+    ``[np.complex64(1j), 1.0]`` complex64, a list of float64 tensors float64); None where no
+    typed leaf is among them or one has a dtype PyTorch lacks (NumPy's inference stands)."""
+    if not leaves.typed:
+        return None
+    defaults = {"b": bool_, "i": int64, "f": B.DEFAULT_FLOAT, "c": _default_complex()}
+    out = None
+    try:
+        for dt in leaves.typed | {defaults[k] for k in leaves.kinds}:
+            out = dt if out is None else torch_promote_types(out, dt)
+    except TypeError:
+        return None
+    return out
 
 
-def _leaf_kinds(data, kinds: set) -> set:
-    """The kinds of Python numbers in nested lists and tuples ``data``: "c", "f", "i", "b"."""
-    if isinstance(data, list | tuple):
-        for d in data:
-            _leaf_kinds(d, kinds)
-    elif isinstance(data, bool):
-        kinds.add("b")
-    elif isinstance(data, int):
-        kinds.add("i")
-    elif isinstance(data, float):
-        kinds.add("f")
-    elif isinstance(data, complex):
-        kinds.add("c")
-    return kinds
-
-
-def _wide_ints(data, a):
+def _wide_ints(data, kinds: set):
     """``data`` holding an int beyond int64 (NumPy inferred object, or float64 from mixing
     int64 with uint64) as PyTorch reads it: a float or complex tensor where a float or complex
     number is among them, else the overflow PyTorch raises."""
-    kinds = _leaf_kinds(data, set())
     if "c" in kinds:
         return B.np.asarray(data, dtype=B.np.complex128)
     if "f" in kinds:
         return B.np.asarray(data, dtype=float64)
-    if a.dtype == float64 or kinds <= {"i", "b"}:
-        raise OverflowError("tensor: a Python int beyond int64's range (-2**63 to 2**63 - 1), "
-                            "PyTorch's integer; pass dtype= a float dtype to keep it")
-    return a
+    raise OverflowError("tensor: a Python int beyond int64's range (-2**63 to 2**63 - 1), "
+                        "PyTorch's integer; pass dtype= a float dtype to keep it")
 
 
 def _infer(data, dtype, backend: B.Backend):
@@ -953,7 +929,8 @@ def _infer(data, dtype, backend: B.Backend):
         return backend.asarray(data, dtype=dtype).copy()
     if hasattr(data, "__dlpack__") and not isinstance(data, list | tuple):
         return backend.asarray(from_dlpack(data).numpy(), dtype=dtype).copy()
-    if isinstance(data, list | tuple) and _holds_tensor(data):
+    leaves = _scan(data, _Leaves()) if isinstance(data, list | tuple) else None
+    if leaves is not None and leaves.tensor:
         data = _untensor(data)
     if dtype == bfloat16:  # Python floats are float64 first, rounded as PyTorch's (B.cast)
         a = B.np.asarray(data)
@@ -962,19 +939,17 @@ def _infer(data, dtype, backend: B.Backend):
         a = B.cast(a, dtype)
     else:
         a = B.np.asarray(data) if dtype is None else B.np.asarray(data, dtype=dtype)
-    if dtype is None and (a.dtype.kind == "O" or (a.dtype == float64 and (
-            B.np.abs(a) >= 2.0 ** 63).any())):
-        a = _wide_ints(data, a)
-    if dtype is None and isinstance(data, list | tuple) and (
-            a.dtype == float64 or a.dtype.kind == "c"):
-        typed = _typed_dtype(data)  # NumPy scalars beside Python numbers: PyTorch's promotion
+    if dtype is None and leaves is not None:
+        if not leaves.typed and not leaves.other and "i" in leaves.kinds and (
+                a.dtype.kind == "O" or (a.dtype == float64 and leaves.kinds <= {"i", "b"})):
+            a = _wide_ints(data, leaves.kinds)  # an int beyond int64
+        typed = _list_dtype(leaves)
         if typed is not None:
             return backend.asarray(a if typed == a.dtype else B.cast(a, typed))
-    if dtype is None and a.dtype == float64 and not _has_float64_scalar(data):
-        # Python floats become float32; a NumPy float64 scalar keeps its dtype, alone or in a
-        # list (as PyTorch)
-        a = a.astype(B.DEFAULT_FLOAT)
-    if dtype is None and a.dtype.kind == "c" and not _has_numpy_scalar(data, "c"):
+    if dtype is None and a.dtype == float64 and not isinstance(data, B.generic):
+        a = a.astype(B.DEFAULT_FLOAT)  # Python floats: the default float (a NumPy float64
+        # scalar, alone or in a list, keeps its dtype, as PyTorch)
+    if dtype is None and a.dtype.kind == "c" and not isinstance(data, B.generic):
         a = a.astype(_default_complex())  # Python complex numbers: the default complex dtype
     if dtype is None and a.dtype == B.np.uint64 and not isinstance(data, B.generic):
         raise OverflowError("tensor: a Python int of 2**63 or more does not fit int64, "
