@@ -2662,5 +2662,12 @@ def fft(xp, kind: str, x, axes: tuple, norm: str, n_last: int | None = None):
 def fftfreq(xp, n: int, d: float, onesided: bool, dtype):
     """The sample frequencies of an ``n``-point DFT with spacing ``d`` (``rfftfreq`` when
     ``onesided``), as ``dtype``."""
-    f = xp.fft.rfftfreq if onesided else xp.fft.fftfreq
-    return f(n, d).astype(dtype, copy=False)
+    nd = n * d
+    # PyTorch's ``arange * (1 / (n d))``: a zero n d gives ±inf, times 0 NaN, not an error
+    scale = math.copysign(math.inf, nd) if nd == 0 else 1.0 / nd
+    k = xp.arange(n // 2 + 1) if onesided else \
+        xp.concatenate([xp.arange((n - 1) // 2 + 1), xp.arange(-(n // 2), 0)])
+    acc = np.float64 if np.dtype(dtype).itemsize >= 8 else np.float32 if \
+        np.dtype(dtype).itemsize == 4 else dtype  # in the dtype's precision, as PyTorch's
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (k.astype(acc) * np.asarray(scale).astype(acc)).astype(dtype, copy=False)

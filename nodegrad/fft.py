@@ -133,9 +133,12 @@ def _real_input(op: str, x: Tensor) -> Tensor:
     return x
 
 
-def _axes(op: str, x: Tensor, s, dim, default_all: bool, one: bool = False) -> tuple:
+def _axes(op: str, x: Tensor, s, dim, default_all: bool, one: bool = False,
+          half: bool = False) -> tuple:
     """The (negative) axes and sizes of a transform, PyTorch's rules: ``dim`` defaults to the
-    last len(s) axes when ``s`` is given, else to every axis (or the last one)."""
+    last len(s) axes when ``s`` is given, else to every axis (or the last one). A -1 in an
+    n-d ``s`` keeps the axis' size, or at the last axis of a ``half`` (c2r) transform gives
+    its default 2*(size - 1); a 1-d ``n`` must be positive."""
     nd = x.ndim
     if one:
         dim = -1 if dim is None else dim
@@ -173,7 +176,10 @@ def _axes(op: str, x: Tensor, s, dim, default_all: bool, one: bool = False) -> t
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: FFT dims must be unique, got {tuple(dims)}")
     if sizes is not None:
-        sizes = [x.shape[a] if n == -1 else n for a, n in zip(out, sizes)]
+        if not one:
+            sizes = [x.shape[a] if n == -1 else n for a, n in zip(out, sizes)]
+            if half and sizes and s[-1] == -1:
+                sizes[-1] = 2 * (x.shape[out[-1]] - 1)
         for n in sizes:
             if not isinstance(n, int) or n < 1:
                 raise ValueError(f"{op}: Invalid number of data points ({n}) specified")
@@ -244,10 +250,16 @@ def ifftn(input, s=None, dim=None, norm: str | None = None) -> Tensor:
 
 
 # --- real to complex and back ---------------------------------------------------------------------
+def _some_axis(op: str, axes: tuple) -> None:
+    if not axes:
+        raise ValueError(f"{op} must transform at least one axis")
+
+
 def _rfft(op: str, input, s, dim, norm, default_all: bool, one: bool):
     x = _real_input(op, _as_tensor(op, input))
     norm = _check_norm(op, norm)
     axes, sizes = _axes(op, x, s, dim, default_all, one)
+    _some_axis(op, axes)
     x = _resize(x, axes, sizes)
     _no_empty(op, x, axes)
     return _r2c(x, axes=axes, norm=norm)
@@ -256,7 +268,8 @@ def _rfft(op: str, input, s, dim, norm, default_all: bool, one: bool):
 def _irfft(op: str, input, s, dim, norm, default_all: bool, one: bool):
     x = _complex_input(op, _as_tensor(op, input))
     norm = _check_norm(op, norm)
-    axes, sizes = _axes(op, x, s, dim, default_all, one)
+    axes, sizes = _axes(op, x, s, dim, default_all, one, half=True)
+    _some_axis(op, axes)
     if sizes is None:
         sizes = [x.shape[a] for a in axes]
         sizes[-1] = 2 * (x.shape[axes[-1]] - 1)

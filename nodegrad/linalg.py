@@ -215,9 +215,7 @@ def cholesky(A, *, upper: bool = False) -> Tensor:
     read, or (``upper``) U with A = Uᵀ U, its upper triangle read, as PyTorch.
     :class:`LinAlgError` if A is not positive-definite."""
     A = _mat("cholesky", A, cplx=True)
-    if upper:  # A's upper triangle is the lower one of Aᵀ
-        return _mT(L.cholesky(_mT(A)))
-    return L.cholesky(A)
+    return L.cholesky(A, upper=bool(upper))
 
 
 def qr(A, mode: str = "reduced") -> QRResult:
@@ -360,9 +358,9 @@ def _pinvh_batch(vals, bdims, **params):
 _pinv_hermitian = primitive(
     "pinv_hermitian", _pinvh_fwd, L._pinv_vjp, saves="both", kind="linalg", jvp=L._pinv_jvp,
     batch=_pinvh_batch, complex=(L._pinv_cvjp,),
-    doc="Pseudo-inverse of a symmetric matrix from its eigendecomposition (|λ| ≤ "
-        "max(atol, rtol·max|λ|) cut); pinv's gradient. pinv(hermitian=True) builds the "
-        "symmetric input from the lower triangle first, as PyTorch reads it.")
+    doc="Pseudo-inverse of a symmetric (Hermitian) matrix given by its lower triangle, from "
+        "its eigendecomposition (|λ| ≤ max(atol, rtol·max|λ|) cut); the gradient is pinv's "
+        "unstructured rule in A itself, every entry getting its own, as PyTorch's.")
 
 
 def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Tensor:
@@ -379,9 +377,6 @@ def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Ten
                             "both")
         atol, rtol = 0.0, rcond
     atol, rtol = _tolerances("pinv", A, atol, rtol)
-    if hermitian:  # the symmetric matrix the lower triangle stands for: its gradient is the
-        # lower triangle's (the off-diagonal entries count twice), and none reaches the upper
-        A = L._tri(A) + _conj(swapaxes(L._tri(A, k=-1), -1, -2))
     f = _pinv_hermitian if hermitian else L.pinv
     if not isinstance(atol, Tensor) and not isinstance(rtol, Tensor):
         return f(A, atol=atol, rtol=rtol)
@@ -670,5 +665,9 @@ take_out(globals(), """
     cholesky cholesky_ex cond cross det eig eigh eigvals eigvalsh householder_product inv
     inv_ex ldl_factor ldl_factor_ex ldl_solve lu lu_factor lu_factor_ex lu_solve matmul
     matrix_norm matrix_power matrix_rank multi_dot norm pinv qr slogdet solve solve_ex
-    solve_triangular svd svdvals tensorinv tensorsolve vecdot vector_norm
+    solve_triangular svd svdvals tensorinv tensorsolve vecdot vector_norm lstsq
 """, "linalg.")
+
+from .ops import keywords as _keywords  # noqa: E402
+
+_keywords.apply(globals(), None, _keywords.LINALG)

@@ -134,8 +134,23 @@ def _factor(A: Tensor, pivot: bool):
 def lu_factor(A, *, pivot: bool = True) -> LUFactorResult:
     """(LU, pivots): L (unit lower, below the diagonal) and U packed in one matrix, and
     LAPACK's 1-based row interchanges, as ``torch.linalg.lu_factor``; differentiable."""
-    LU, _, piv, _ = _factor(A, pivot)
+    LU, _, piv, info = _factor(A, pivot)
+    _zero_pivot("torch.linalg.lu_factor", info)
     return LUFactorResult(LU, piv)
+
+
+def _zero_pivot(op: str, info: Tensor) -> None:
+    """Raise, as PyTorch's ``lu_factor``, where a factor's U has an exact zero on its diagonal
+    (``lu_factor_ex`` returns that as ``info``)."""
+    flat = info.numpy().reshape(-1)
+    bad = [i for i in range(flat.size) if flat[i] != 0]
+    if bad:
+        where_ = f"(Batch element {bad[0]}): " if info.ndim else ""
+        k = int(flat[bad[0]])
+        raise LinAlgError(f"{op}: {where_}U[{k},{k}] is zero and using it on lu_solve would "
+                          "result in a division by zero. If you still want to perform the "
+                          "factorization, consider calling linalg.lu(A, pivot) or "
+                          "linalg.lu_factor_ex(A, pivot)")
 
 
 def lu_factor_ex(A, *, pivot: bool = True, check_errors: bool = False) -> LUFactorExResult:

@@ -142,6 +142,14 @@ METHODS: dict[str, tuple] = {
     "pow": ("exponent",), "pow_": ("exponent",),  # a binary operator's method: (self, other)
 }
 
+# torch.linalg's functions (nodegrad names their first argument A, x): PyTorch's names
+LINALG: dict[str, tuple] = {
+    **{n: _IN for n in """cholesky cholesky_ex eigh eigvalsh eig eigvals pinv matrix_rank
+        matrix_exp matrix_norm vector_norm norm cond matrix_power ldl_factor ldl_factor_ex
+        solve_triangular householder_product""".split()},
+    "lstsq": ("input", "b"), "tensorsolve": ("input", "other"),
+}
+
 
 def _takes(fn: Callable, places: tuple, method: bool = False) -> bool:
     """Whether ``fn`` already takes every name of ``places`` as a keyword (then it is not
@@ -167,10 +175,11 @@ def _takes(fn: Callable, places: tuple, method: bool = False) -> bool:
     return True
 
 
-def apply(namespace: dict, tensor: type) -> None:
-    """Give ``namespace``'s functions of :data:`FUNCTIONS` and ``tensor``'s methods of
-    :data:`METHODS` PyTorch's keyword names (a primitive its :class:`Keywords`)."""
-    for name, places in FUNCTIONS.items():
+def apply(namespace: dict, tensor: type | None, functions: dict | None = None) -> None:
+    """Give ``namespace``'s functions of ``functions`` (:data:`FUNCTIONS` by default) and
+    ``tensor``'s methods of :data:`METHODS` PyTorch's keyword names (a primitive its
+    :class:`Keywords`)."""
+    for name, places in (FUNCTIONS if functions is None else functions).items():
         fn = namespace.get(name)
         if fn is None:
             continue
@@ -183,10 +192,10 @@ def apply(namespace: dict, tensor: type) -> None:
             fn.keywords = names
         elif callable(fn) and not _takes(fn, places):
             namespace[name] = _wrap(fn, Keywords(places))
-    for name, places in METHODS.items():
+    for name, places in METHODS.items() if tensor is not None else ():
         fn = tensor.__dict__.get(name)
         if fn is not None and callable(fn) and not _takes(fn, places, method=True):
             setattr(tensor, name, _wrap(fn, Keywords(places), offset=1))
 
 
-__all__ = ["FUNCTIONS", "METHODS", "Keywords", "apply"]
+__all__ = ["FUNCTIONS", "LINALG", "METHODS", "Keywords", "apply"]

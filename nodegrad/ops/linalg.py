@@ -521,49 +521,62 @@ def _phi(x):
     return _tri(x) - _diag_embed(_diag(x)) * 0.5
 
 
-def _cholesky_vjp(g, ans, a):
+def _lower(ans, upper: bool):
+    """The lower factor L of a Cholesky result (Uᴴ for ``upper``)."""
+    return _mH(ans) if upper else ans
+
+
+def _cholesky_vjp(g, ans, a, upper=False):
+    ans, g = _lower(ans, upper), _lower(g, upper)
     linv = solve_triangular(ans, _eye(ans), upper=False, unitriangular=False)
     ga = matmul(matmul(_mT(linv), _phi(matmul(_mT(ans), g))), linv)
     return _sym(ga)
 
 
-def _cholesky_cjvp(ts, ans, a):
-    """Complex A: dL = L Φ(L⁻¹ herm(dA) L⁻ᴴ)."""
-    da = ts[0]
-    x = solve_triangular(ans, (da + _mH(da)) * 0.5, upper=False, unitriangular=False)
-    x = _mH(solve_triangular(ans, _mH(x), upper=False, unitriangular=False))
-    return matmul(ans, _phi(x))
+def _cholesky_cjvp(da, ans):
+    """Complex A, the transpose of the VJP: with Y = L⁻¹ dA L⁻ᴴ, dL = L (strictly lower
+    herm(Y) + diag(Y)/2); the diagonal keeps Im Y (PyTorch's gradient does not project it)."""
+    y = solve_triangular(ans, da, upper=False, unitriangular=False)
+    y = _mH(solve_triangular(ans, _mH(y), upper=False, unitriangular=False))
+    return matmul(ans, _tri((y + _mH(y)) * 0.5, k=-1) + _diag_embed(_diag(y)) * 0.5)
 
 
-def _cholesky_jvp(ts, ans, a):
+def _cholesky_jvp(ts, ans, a, upper=False):
+    ans = _lower(ans, upper)
     if a.dtype.kind == "c":
-        return _cholesky_cjvp(ts, ans, a)
+        return _lower(_cholesky_cjvp(ts[0], ans), upper)
     x = solve_triangular(ans, _sym(ts[0]), upper=False, unitriangular=False)  # L⁻¹ dA
     x = _mT(solve_triangular(ans, _mT(x), upper=False, unitriangular=False))  # L⁻¹ dA L⁻ᵀ
-    return matmul(ans, _phi(x))
+    return _lower(matmul(ans, _phi(x)), upper)
 
 
-def _cholesky_fwd(xp, a):
+def _cholesky_fwd(xp, a, upper=False):
+    if upper:  # A's upper triangle is the lower one of Aᴴ, and U = Lᴴ
+        a = xp.conj(xp.swapaxes(a, -1, -2))
     out = _call("cholesky", "the matrix is not positive-definite", xp.linalg.cholesky, a)
     if out.size and bool(xp.isnan(xp.diagonal(out, 0, -2, -1)).any()):
         # LAPACK's reference potrf stops at a NaN pivot (PyTorch raises there); some optimised
         # builds carry the NaN through the factor instead
         raise LinAlgError("cholesky: the matrix is not positive-definite (a NaN in the "
                           "triangle read)")
-    return out
+    return xp.conj(xp.swapaxes(out, -1, -2)) if upper else out
 
 
-def _cholesky_cvjp(g, ans, a):
-    """Hermitian A = L Lᴴ: Ā = L⁻ᴴ Φ(Lᴴ L̄) L⁻¹, made Hermitian (PyTorch's)."""
+def _cholesky_cvjp(g, ans, a, upper=False):
+    """Hermitian A = L Lᴴ, PyTorch's rule: with P = tril(Lᴴ L̄), Ā = L⁻ᴴ (P + P₋ᴴ)/2 L⁻¹
+    (P₋ its strictly lower part): Hermitian off the diagonal, which keeps P's imaginary part;
+    for ``upper`` the same rule of L = Uᴴ and its cotangent Ūᴴ."""
+    ans, g = _lower(ans, upper), _lower(g, upper)
     linv = solve_triangular(ans, _eye(ans), upper=False, unitriangular=False)
-    ga = matmul(matmul(_mH(linv), _phi(matmul(_mH(ans), g))), linv)
-    return (ga + _mH(ga)) * 0.5
+    p = _tri(matmul(_mH(ans), g))
+    return matmul(matmul(_mH(linv), (p + _mH(_tri(p, k=-1))) * 0.5), linv)
 
 
 cholesky = primitive(
     "cholesky", _cholesky_fwd, _cholesky_vjp, saves="out", kind="linalg", jvp=_cholesky_jvp,
     batch=_batch1("cholesky"), complex=(_cholesky_cvjp,),
-    doc="Lower Cholesky factor L (A = L Lᵀ, A read as symmetric); gradient symmetric.")
+    doc="Cholesky factor: lower L with A = L Lᴴ (the lower triangle read), or (``upper``) U "
+        "with A = Uᴴ U (the upper triangle read); PyTorch's gradient rule.")
 
 
 # --- qr -------------------------------------------------------------------------------------
