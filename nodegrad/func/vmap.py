@@ -18,9 +18,13 @@ from ..autodiff import modes
 from ..batching import BatchTracer, Level, lowered, pushed
 from ..errors import ShapeError
 from ..ops.shape import broadcast_to, concatenate, expand_dims, moveaxis, norm_axis
-from ..random import RANDOMNESS
+from ..random import RANDOMNESS, default_generator
 from ..tensor import Tensor, tensor
 from .tree import broadcast_prefix, tree_flatten, tree_unflatten
+
+
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<not given>"})()
+"""Default of ``in_dims``/``out_dims``: not given (None is a value there, as in torch.func)."""
 
 
 def _check_axis(a, what: str):
@@ -69,8 +73,9 @@ def _size_error(found: list, names: list) -> ShapeError:
                       f"{parts}")
 
 
-def vmap(f: Callable, in_axes=0, out_axes=0, randomness: str = "error", *, in_dims=None,
-         out_dims=None, chunk_size: int | None = None, axis_size: int | None = None,
+def vmap(f: Callable, in_axes: Any = 0, out_axes: Any = 0, randomness: str = "error", *,
+         in_dims: Any = _UNSET, out_dims: Any = _UNSET, chunk_size: int | None = None,
+         axis_size: int | None = None,
          axis_name: Any = None, spmd_axis_name: Any = None) -> Callable:
     """Vectorise ``f`` over axis ``in_axes`` of its inputs, stacking results on ``out_axes``.
 
@@ -82,25 +87,30 @@ def vmap(f: Callable, in_axes=0, out_axes=0, randomness: str = "error", *, in_di
     ``axis_size`` gives the batch size where no input is mapped (and is checked otherwise);
     ``axis_name`` and ``spmd_axis_name`` are accepted for JAX's signature and unused (nodegrad
     has no collectives over a named axis). ``in_dims`` and ``out_dims`` are
-    ``torch.func.vmap``'s names for ``in_axes`` and ``out_axes``.
+    ``torch.func.vmap``'s names for ``in_axes`` and ``out_axes`` (None included: an unbatched
+    output returned once; a one-entry tuple ``out_dims`` applies to every output, as there).
 
     ``randomness`` (``torch.func``'s) says what a random draw inside ``f`` (``randn``, dropout,
     ``bernoulli``, ``normal_``, ...) does: ``'error'`` refuses it, ``'different'`` gives each
     example its own numbers, ``'same'`` draws one example's and shares them. ``chunk_size``
-    runs the batch that many examples at a time (less memory, the same results; each chunk
-    draws afresh).
+    runs the batch that many examples at a time (less memory, the same results; with
+    ``'same'`` every chunk starts from the CPU default generator's state of the first, as
+    ``torch.func`` does, so the batch shares one draw; with ``'different'`` each chunk draws
+    afresh).
     """
     del axis_name, spmd_axis_name  # names for collectives, which nodegrad does not have
     if randomness not in RANDOMNESS:
         raise ValueError(f"vmap: randomness must be one of {RANDOMNESS}, got {randomness!r}")
-    if in_dims is not None:
+    if in_dims is not _UNSET:
         if in_axes != 0:
             raise TypeError("vmap: pass in_axes or in_dims (its torch.func name), not both")
         in_axes = in_dims
-    if out_dims is not None:
+    if out_dims is not _UNSET:
         if out_axes != 0:
             raise TypeError("vmap: pass out_axes or out_dims (its torch.func name), not both")
-        out_axes = out_dims
+        # torch.func's rule: a one-entry tuple gives its axis to every output
+        out_axes = out_dims[0] if (isinstance(out_dims, tuple) and len(out_dims) == 1 and (
+            out_dims[0] is None or isinstance(out_dims[0], int))) else out_dims
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(
             chunk_size, bool) or chunk_size < 1):
         raise ValueError(f"vmap: chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -148,7 +158,11 @@ def vmap(f: Callable, in_axes=0, out_axes=0, randomness: str = "error", *, in_di
             res, _, out_def = run(td, prepared, size)
             return tree_unflatten(out_def, res)
         parts = []
+        gen = default_generator("cpu") if randomness == "same" else None
+        state = None if gen is None else gen.get_state()
         for lo in range(0, size, chunk_size):
+            if lo and gen is not None:  # one draw for the whole batch (torch.func's rule)
+                gen.set_state(state)
             hi = min(lo + chunk_size, size)
             part = [(x, ax) if ax is None else
                     (x[(slice(None),) * ax + (slice(lo, hi),)], ax) for x, ax in prepared]

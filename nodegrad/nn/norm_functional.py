@@ -12,10 +12,11 @@ import warnings
 from .. import _backend as B
 from .. import ops
 from ..amp import float32_in_region
-from ..autodiff import computes_with_values, effect, no_grad
-from ..batching import BatchTracer, values
+from ..autodiff import computes_with_values, effect, modes, no_grad
+from ..batching import BatchTracer, lowered, values
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator, keep_mask
+from ..ops.shape import broadcast_to, expand_dims, moveaxis
 from ..tensor import Tensor, _shape_arg
 
 
@@ -161,13 +162,17 @@ def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var
     may be a norm layer's batch counter instead (PyTorch's ``momentum=None``, a cumulative
     average): ``m = 1 / count``, read when the update runs, so a replayed step reads its own
     count, not the traced one's."""
-    if BatchTracer in (type(running_mean), type(running_var), type(mean), type(var)):
-        raise TypeError("batch/instance norm: inside vmap the running statistics cannot be "
-                        "updated in place from each example's statistics (they would store "
-                        "the tracer's NaN); as with torch.func, pass training=False or no "
-                        "running statistics (for modules: "
-                        "ng.func.replace_all_batch_norm_modules_(model))")
     dt = mean.dtype
+    if BatchTracer in (type(running_mean), type(running_var), type(mean), type(var),
+                       type(momentum)):
+        # inside vmap: batched statistics (an ensemble's stacked buffers) are updated per model
+        if isinstance(momentum, Tensor):
+            momentum = 1.0 / momentum.astype(dt)
+        _write_batched(running_mean, running_mean * (1 - momentum)
+                       + momentum * mean.reshape(running_mean.shape))
+        _write_batched(running_var, running_var * (1 - momentum)
+                       + momentum * var.reshape(running_var.shape) * unbias)
+        return
     if isinstance(momentum, Tensor):
         momentum = 1.0 / int(momentum._data)
     m = dt.type(momentum)
@@ -182,8 +187,42 @@ def _update_running(running_mean: Tensor, running_var: Tensor, mean: Tensor, var
 
 @effect
 def _count_batch(counter: Tensor) -> None:
-    """Add one to a norm layer's batch counter (a replayed step under nodegrad.jit)."""
+    """Add one to a norm layer's batch counter (a replayed step under nodegrad.jit); inside
+    vmap, to each model's counter of a batched (stacked) one."""
+    if type(counter) is BatchTracer:
+        _write_batched(counter, counter + 1)
+        return
     counter._data += 1
+
+
+_PER_EXAMPLE = ("batch/instance norm: inside vmap the running statistics cannot be updated in "
+                "place from each example's statistics (they would store the tracer's NaN); as "
+                "with torch.func, pass training=False or no running statistics (for modules: "
+                "ng.func.replace_all_batch_norm_modules_(model))")
+
+
+def _write_batched(target: Tensor, value: Tensor) -> None:
+    """Store ``value`` in the memory under ``target`` (both seen inside the active vmaps):
+    each batched level of ``target`` takes its own slice; a level where ``value`` is batched
+    and ``target`` is not has no memory to take it, and is refused."""
+    traces = modes().traces
+    if type(target) is not BatchTracer:
+        if any(type(value) is BatchTracer and value.level is lv for lv in traces):
+            raise TypeError(_PER_EXAMPLE)
+        target._data[...] = value._data.reshape(target._data.shape).astype(
+            target._data.dtype, copy=False)
+        target._bump()
+        return
+    i = traces.index(target.level)
+    if any(type(value) is BatchTracer and value.level is lv for lv in traces[i + 1:]):
+        raise TypeError(_PER_EXAMPLE)
+    with lowered(i):
+        if type(value) is BatchTracer and value.level is target.level:
+            v = moveaxis(value.val, value.bdim, target.bdim)
+        else:
+            v = expand_dims(value, target.bdim)
+        v = broadcast_to(v, tuple(target.val.shape))
+        _write_batched(target.val, v)
 
 
 def _check_p(p: float, op: str) -> None:
