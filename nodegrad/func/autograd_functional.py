@@ -13,10 +13,10 @@ from ..autodiff import enable_grad
 from ..autodiff import grad as _engine_grad
 from ..errors import GradError, ShapeError
 from ..tensor import Tensor, zeros_like
-from .grad import vjp as _vjp
+from .grad import _vjp
 from .jvp import hessian as _hessian
 from .jvp import hvp as _hvp
-from .jvp import jacfwd, jacrev
+from .jvp import _jacrev, jacfwd
 from .jvp import jvp as _jvp
 
 __all__ = ["vjp", "jvp", "jacobian", "hessian", "hvp", "vhp"]
@@ -107,7 +107,7 @@ def vjp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool
     func = _tensor_outputs(func, "vjp")
     if strict:
         _strict(func, ins, "vjp")
-    out, pull = _vjp(func, *ins)
+    out, pull = _vjp(func, ins, int_outputs=True)
     outs, many_out = _inputs(out, "vjp (outputs)")
     grads = pull(_one(_vectors(v, outs, "vjp", "v"), many_out))
     grads = tuple(zeros_like(t) if g is None else g for g, t in zip(grads, ins))
@@ -124,6 +124,24 @@ def jvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool
     return _out(out, create_graph), _out(tangent, create_graph)
 
 
+def _forward_mode_check(strategy: str, create_graph: bool, strict: bool, vectorize: bool,
+                        what: str) -> None:
+    """PyTorch's limits on a forward-mode Jacobian: no ``create_graph``, no ``strict``, and
+    ``vectorize=True`` only."""
+    if strategy != "forward-mode":
+        return
+    if create_graph:
+        raise NotImplementedError(f"{what}: create_graph=True and forward-mode are not "
+                                  "supported together (as in PyTorch); set create_graph=False "
+                                  "or use reverse-mode")
+    if strict:
+        raise ValueError(f"{what}: strict=True and forward-mode are not supported together "
+                         "(as in PyTorch); set strict=False or use reverse-mode")
+    if not vectorize:
+        raise NotImplementedError(f"{what}: forward-mode is only implemented with "
+                                  "vectorize=True (as in PyTorch)")
+
+
 def jacobian(func: Callable, inputs, create_graph: bool = False, strict: bool = False,
              vectorize: bool = False, strategy: str = "reverse-mode"):
     """The Jacobian of ``func`` at ``inputs``, shaped ``output.shape + input.shape``; tuples
@@ -131,6 +149,7 @@ def jacobian(func: Callable, inputs, create_graph: bool = False, strict: bool = 
     if strategy not in ("reverse-mode", "forward-mode"):
         raise ValueError(f"jacobian: strategy must be 'reverse-mode' or 'forward-mode', got "
                          f"{strategy!r}")
+    _forward_mode_check(strategy, create_graph, strict, vectorize, "jacobian")
     if strict and vectorize:
         raise ValueError("jacobian: strict=True and vectorize=True are not supported "
                          "together (as in PyTorch); set one of them to False")
@@ -138,8 +157,9 @@ def jacobian(func: Callable, inputs, create_graph: bool = False, strict: bool = 
     func = _tensor_outputs(func, "jacobian")
     if strict:
         _strict(func, ins, "jacobian", per_output=True)
-    transform = jacrev if strategy == "reverse-mode" else jacfwd
-    jac = transform(func, argnums=tuple(range(len(ins))))(*ins)
+    nums = tuple(range(len(ins)))
+    jac = (_jacrev(func, nums, int_outputs=True) if strategy == "reverse-mode"
+           else jacfwd(func, argnums=nums))(*ins)
     if isinstance(jac, tuple | list) and jac and isinstance(jac[0], tuple | list):
         return _out(tuple(_one(tuple(j), many) for j in jac), create_graph)  # several outputs
     return _out(_one(tuple(jac), many), create_graph)
@@ -152,6 +172,7 @@ def hessian(func: Callable, inputs, create_graph: bool = False, strict: bool = F
     if outer_jacobian_strategy not in ("reverse-mode", "forward-mode"):
         raise ValueError("hessian: outer_jacobian_strategy must be 'reverse-mode' or "
                          f"'forward-mode', got {outer_jacobian_strategy!r}")
+    _forward_mode_check(outer_jacobian_strategy, create_graph, strict, vectorize, "hessian")
     if strict and vectorize:
         raise ValueError("hessian: strict=True and vectorize=True are not supported "
                          "together (as in PyTorch); set one of them to False")
@@ -174,15 +195,33 @@ def hessian(func: Callable, inputs, create_graph: bool = False, strict: bool = F
 
 def hvp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
     """``(func(*inputs), H v)`` for scalar ``func``, as ``torch.autograd.functional.hvp``."""
-    ins, many = _inputs(inputs, "hvp")
-    func = _tensor_outputs(func, "hvp")
+    return _hvp_vhp(func, inputs, v, create_graph, strict, "hvp")
+
+
+def _hvp_vhp(func: Callable, inputs, v, create_graph: bool, strict: bool, what: str):
+    """``hvp``/``vhp``: ``func`` returns one tensor of a single element, of any shape (the
+    output keeps it)."""
+    ins, many = _inputs(inputs, what)
+    func = _tensor_outputs(func, what)
+    shape: list = []
+
+    def scalar(*args):
+        out = func(*args)
+        if not isinstance(out, Tensor) or math.prod(out.shape) != 1:
+            got = (f"shape {tuple(out.shape)}" if isinstance(out, Tensor)
+                   else f"{len(out)} outputs")
+            raise ShapeError(f"{what}: the function must return a single tensor of a single "
+                             f"element, got {got}")
+        shape[:] = [tuple(out.shape)]
+        return out.reshape(())
+
     if strict:
-        _strict(func, ins, "hvp", second=True)
-    out, hv = _hvp(func, ins, _vectors(v, ins, "hvp", "v"))
+        _strict(scalar, ins, what, second=True)
+    out, hv = _hvp(scalar, ins, _vectors(v, ins, what, "v"))
     hv = tuple(hv) if isinstance(hv, tuple | list) else (hv,)
-    return _out(out, create_graph), _out(_one(hv, many), create_graph)
+    return _out(out.reshape(shape[0]), create_graph), _out(_one(hv, many), create_graph)
 
 
 def vhp(func: Callable, inputs, v=None, create_graph: bool = False, strict: bool = False):
     """``(func(*inputs), vᵀ H)``: the Hessian is symmetric, so this is ``hvp``'s result."""
-    return hvp(func, inputs, v, create_graph, strict)
+    return _hvp_vhp(func, inputs, v, create_graph, strict, "vhp")

@@ -358,8 +358,28 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
 
     ``f`` may return a tensor or a tree of tensors; the cotangent has the same structure.
     ``vjp_fn`` can be called more than once. Integer and bool primals are passed through and
-    get zeros of their shape and dtype (JAX's float0 zeros).
+    get zeros of their shape and dtype (JAX's float0 zeros). Every output must be a float
+    tensor (``torch.func``'s rule: an integer output has no cotangent).
     """
+    return _vjp(f, primals, has_aux)
+
+
+def check_outputs(outs: list, op: str, int_outputs: bool = False) -> None:
+    """Refuse outputs of ``f`` that are not tensors, and (unless ``int_outputs``) integer or
+    bool ones, which have no derivative to take."""
+    for o in outs:
+        if not isinstance(o, Tensor):
+            raise GradError(f"{op}: f must return only tensors (or a tree of them), got "
+                            f"{type(o).__name__}")
+        if not int_outputs and not B.is_float(o.dtype) and o.dtype.kind != "c":
+            raise GradError(f"{op}: every output of f must be a floating-point tensor, got "
+                            f"dtype {o.dtype}")
+
+
+def _vjp(f: Callable, primals: tuple, has_aux: bool = False, op: str = "vjp",
+         int_outputs: bool = False):
+    """:func:`vjp`, its errors naming ``op``; ``int_outputs`` lets integer outputs through
+    (their cotangents ignored, as ``torch.autograd.functional`` does)."""
     nums = tuple(range(len(primals)))
     levels = None
     if modes().traces:  # inside vmap: differentiate the batched computation underneath
@@ -367,8 +387,9 @@ def vjp(f: Callable, *primals, has_aux: bool = False):
     else:
         a, ins, defs, higher = _prepare(primals, nums, "vjp", True)
     res = _call(f, a, {})
-    out, aux = _split_aux(res, has_aux, "vjp")
+    out, aux = _split_aux(res, has_aux, op)
     outs, out_def = tree_flatten(out)
+    check_outputs(outs, op, int_outputs)
     bottoms = outs if levels is None else to_bottom(outs, levels, "vjp")
     higher = higher or closes_over(bottoms, ins)
 

@@ -25,7 +25,7 @@ from ..tensor import Tensor, zeros_like
 from ..batching import lowered
 from .grad import (_argnums, _call, _prepare, _prepare_batched, closes_over, detach_aux,
                    extra_levels, from_bottom, from_extra, only_levels, to_bottom, to_extra,
-                   value_and_grad, vjp)
+                   _vjp, value_and_grad)
 from .tree import tree_flatten, tree_unflatten
 
 
@@ -270,8 +270,17 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = Fal
     inputs. ``chunk_size`` is ``torch.func.jacrev``'s bound on how many rows are computed at
     once; the passes here run one row at a time, within any bound, so it changes nothing.
     ``holomorphic=True`` (JAX's) is refused; ``allow_int`` (JAX's) lets integer inputs through,
-    their Jacobian integer zeros (JAX's float0 zeros).
+    their Jacobian integer zeros (JAX's float0 zeros). ``f`` must return float tensors.
     """
+    return _jacrev(f, argnums, has_aux=has_aux, chunk_size=chunk_size,
+                   holomorphic=holomorphic, allow_int=allow_int)
+
+
+def _jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = False,
+            chunk_size: int | None = None, holomorphic: bool = False, allow_int: bool = False,
+            int_outputs: bool = False):
+    """:func:`jacrev`; ``int_outputs`` lets integer outputs through with zero rows
+    (``torch.autograd.functional.jacobian``'s rule)."""
     from ..ops import reshape, stack
 
     _real_only(holomorphic, "jacrev")
@@ -286,7 +295,8 @@ def jacrev(f: Callable, argnums: int | Sequence[int] = 0, *, has_aux: bool = Fal
             if not B.is_float(x.dtype) and not allow_int:
                 raise GradError(f"jacrev: cannot differentiate with respect to an integer "
                                 f"input (dtype {x.dtype}); pass floats or allow_int=True")
-        out, fn, *aux = vjp(*_restrict(f, args, nums, leaves, defs), has_aux=has_aux)
+        g, *diff = _restrict(f, args, nums, leaves, defs)
+        out, fn, *aux = _vjp(g, tuple(diff), has_aux, "jacrev", int_outputs)
         outs, out_def = tree_flatten(out)
         zeros = [zeros_like(o) for o in outs]
         per_out = []
