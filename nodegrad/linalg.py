@@ -358,9 +358,9 @@ def _pinvh_batch(vals, bdims, **params):
 _pinv_hermitian = primitive(
     "pinv_hermitian", _pinvh_fwd, L._pinv_vjp, saves="both", kind="linalg", jvp=L._pinv_jvp,
     batch=_pinvh_batch, complex=(L._pinv_cvjp,),
-    doc="Pseudo-inverse of a symmetric (Hermitian) matrix given by its lower triangle, from "
-        "its eigendecomposition (|λ| ≤ max(atol, rtol·max|λ|) cut); the gradient is pinv's "
-        "unstructured rule in A itself, every entry getting its own, as PyTorch's.")
+    doc="Pseudo-inverse of a symmetric matrix from its eigendecomposition (|λ| ≤ "
+        "max(atol, rtol·max|λ|) cut); pinv's gradient. pinv(hermitian=True) builds the "
+        "symmetric input from the lower triangle first, as PyTorch reads it.")
 
 
 def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Tensor:
@@ -377,6 +377,9 @@ def pinv(A, rcond=None, hermitian: bool = False, *, atol=None, rtol=None) -> Ten
                             "both")
         atol, rtol = 0.0, rcond
     atol, rtol = _tolerances("pinv", A, atol, rtol)
+    if hermitian:  # the symmetric matrix the lower triangle stands for: its gradient is the
+        # lower triangle's (the off-diagonal entries count twice), and none reaches the upper
+        A = L._tri(A) + _conj(swapaxes(L._tri(A, k=-1), -1, -2))
     f = _pinv_hermitian if hermitian else L.pinv
     if not isinstance(atol, Tensor) and not isinstance(rtol, Tensor):
         return f(A, atol=atol, rtol=rtol)
