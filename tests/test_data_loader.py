@@ -177,7 +177,7 @@ def test_generic_dataset_and_collate_fn():
         return {"x": np.array([s[0] for s in samples]), "n": len(samples)}
 
     b = next(iter(DataLoader(_Squares(), batch_size=6, collate_fn=collate)))
-    assert b["n"] == 6 and b["x"].dtype == ng.float32
+    assert b["n"] == 6 and isinstance(b["x"], np.ndarray)  # as collate made it (PyTorch's)
 
 
 def test_tensor_dataset_and_subset_gather():
@@ -228,8 +228,7 @@ def test_kfold_indices_validate_every_sample_once():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="empty"):
-        DataLoader([], batch_size=4)
+    assert list(DataLoader([], batch_size=4)) == []  # an empty loader, as PyTorch's
     with pytest.raises(ValueError, match="empty"):
         ArrayDataset(np.zeros((0, 3)), np.zeros(0, dtype=int))
     for bad in (0, -1, 2.5, True):

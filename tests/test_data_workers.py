@@ -229,7 +229,7 @@ def test_sample_by_sample_and_unbatched_reading_in_workers():
     assert [int(u[1]) for u in a] == [int(u[1]) for u in b] == list(range(37))
     assert all(u[0].numpy().tobytes() == v[0].numpy().tobytes() for u, v in zip(a, b))
     c = list(DataLoader(_Plain(), 5, collate_fn=default_collate, num_workers=2, timeout=WAIT))
-    assert c[0][0].dtype == ng.float32 and c[0][2] == ["s0", "s1", "s2", "s3", "s4"]
+    assert c[0][0].dtype == ng.float32 and c[0][2] == ("s0", "s1", "s2", "s3", "s4")
 
 
 def test_prefetch_thread_over_workers_on_a_cuda_device(cuda):

@@ -1,9 +1,10 @@
 """PyTorch's ``default_collate`` and ``default_convert``, giving nodegrad tensors.
 
 They follow ``torch.utils.data``: a batch of samples keeps the samples' structure (dicts by key,
-namedtuples by field, tuples become lists, other sequences keep their type) with the leaves
-stacked along a new first axis; dtypes are torch's: Python floats give float64, Python ints
-int64, bools bool, and NumPy arrays and scalars keep their dtype. Tensors land on the host (as
+namedtuples by field, tuples become lists, other sequences keep their type, strings stay the
+group they came in) with the leaves stacked along a new first axis; dtypes are torch's: Python
+floats give float64, Python ints int64, bools bool, NumPy arrays and scalars keep their dtype,
+and mixed dtypes promote as ``torch.stack`` does. Tensors land on the host (as
 torch's do); the DataLoader moves them to its device.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from .. import _backend as B
 from ..tensor import Tensor
-from .dataset import stack_samples
+from .dataset import StackError, promote, stack_samples
 
 np = B.np
 
@@ -57,7 +58,9 @@ def default_collate(batch: list) -> Any:
 
     Tensors and arrays are stacked along a new first axis; Python floats give a float64
     tensor, ints int64, bools bool (as torch, whose default dtype does not apply here);
-    strings stay a list; dicts collate per key, namedtuples per field, tuples give a list.
+    strings stay as grouped (the batch itself, or a tuple within a transposed field); dicts
+    collate per key, namedtuples per field, tuples give a list. Samples of different shapes
+    raise a :class:`~nodegrad.data.dataset.StackError` (a RuntimeError, as in PyTorch).
     A batch of mixed numbers gets the dtype ``torch.tensor`` would give it (``[1, 2.5]``: the
     default float dtype) unless a Python float comes first (float64), as in PyTorch.
 
@@ -84,6 +87,11 @@ def _collate(batch: list, what: str) -> Any:
     elem = batch[0]
     if isinstance(elem, Tensor):
         from ..ops import stack
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else None for t in batch]
+        k = next((i for i, sh in enumerate(shapes) if sh != shapes[0]), None)
+        if k is not None and shapes[k] is not None:
+            raise StackError(f"{what}: stack expects each tensor to be equal size, but got "
+                             f"{shapes[0]} at entry 0 and {shapes[k]} at entry {k}")
         return stack(list(batch))
     if isinstance(elem, np.ndarray):
         if _STR_OR_OBJECT.search(elem.dtype.str):
@@ -94,16 +102,16 @@ def _collate(batch: list, what: str) -> Any:
     if isinstance(elem, int | np.bool_ | np.number):
         return Tensor._of(_numbers(batch))
     if isinstance(elem, str | bytes):
-        return list(batch)
+        return batch  # as PyTorch: the group as it is
     if isinstance(elem, collections.abc.Mapping):
         return _same_mapping(elem, {k: _collate([d[k] for d in batch], what) for k in elem})
     if isinstance(elem, tuple) and hasattr(elem, "_fields"):  # namedtuple
-        return type(elem)(*(_collate(list(s), what) for s in zip(*batch)))
+        return type(elem)(*(_collate(s, what) for s in zip(*batch)))
     if isinstance(elem, collections.abc.Sequence):
         size = len(elem)
         if any(len(s) != size for s in batch):
             raise RuntimeError("each element in list of batch should be of equal size")
-        fields = [_collate(list(s), what) for s in zip(*batch)]
+        fields = [_collate(s, what) for s in zip(*batch)]
         return fields if isinstance(elem, tuple) else _same_sequence(elem, fields)
     raise TypeError(_ERROR.format(type(elem)))
 
@@ -130,12 +138,10 @@ def _numbers(batch: list, dtype=None) -> np.ndarray:
     promoted as torch promotes (a float among ints gives the default float dtype, a bool among
     ints int64), unless ``dtype`` is given (a Python float first: float64, as torch's
     ``default_collate``)."""
-    from ..dtypes import torch_promote_types as promote_types
-
     if dtype is None:
         dtype = _scalar_dtype(batch[0])
         for x in batch[1:]:
-            dtype = np.dtype(promote_types(dtype, _scalar_dtype(x)))
+            dtype = promote(dtype, _scalar_dtype(x))
     else:
         for x in batch:
             _scalar_dtype(x)  # a number of another kind is refused, as torch does

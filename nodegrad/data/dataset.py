@@ -1,6 +1,7 @@
-"""Datasets: the protocol, array datasets with vectorised gathering, splits and k-fold indices.
+"""Datasets: the base class, array datasets with vectorised gathering, splits and k-fold indices.
 
-A dataset is anything with ``__len__`` and ``__getitem__``. Array datasets also offer
+A dataset is anything with ``__len__`` and ``__getitem__`` (:class:`Dataset` is PyTorch's base
+class for them, :class:`SizedDataset` the protocol they follow). Array datasets also offer
 ``gather(indices)``, which returns a whole batch with one fancy-indexing call per array; the
 DataLoader uses it when present, so no Python loop runs per sample. ``ConcatDataset``,
 ``StackDataset`` and ``Subset`` gather through their parts. An :class:`IterableDataset` is a
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from .. import _backend as B
 from ..errors import ShapeError
@@ -20,13 +21,40 @@ from ..random import default_generator
 np = B.np
 
 
+T_co = TypeVar("T_co", covariant=True)
+
+
 @runtime_checkable
-class Dataset(Protocol):
-    """What the DataLoader needs: a length and one sample per index."""
+class SizedDataset(Protocol):
+    """What the DataLoader needs of a map-style dataset: a length and one sample per index
+    (any such object, a list included, whether or not it subclasses :class:`Dataset`)."""
 
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> Any: ...
+
+
+class Dataset(Generic[T_co]):
+    """PyTorch's base class of map-style datasets: subclasses define ``__getitem__`` (and
+    usually ``__len__``); ``a + b`` concatenates two datasets (a :class:`ConcatDataset`).
+
+    A plain base class as in PyTorch, so ``isinstance(x, Dataset)`` holds for subclasses only;
+    :class:`SizedDataset` is the structural check.
+    """
+
+    def __getitem__(self, index) -> T_co:
+        raise NotImplementedError("Subclasses of Dataset should implement __getitem__.")
+
+    def __add__(self, other: Dataset) -> ConcatDataset:
+        return ConcatDataset([self, other])
+
+
+def _has_gather(dataset) -> bool:
+    """Whether ``dataset`` has the batch-gathering hook ``gather(indices)`` (a Tensor used as
+    a dataset does not: its ``gather`` is the tensor operation; it is indexed per sample)."""
+    from ..tensor import Tensor
+
+    return hasattr(dataset, "gather") and not isinstance(dataset, Tensor)
 
 
 def _host(a) -> np.ndarray:
@@ -49,12 +77,14 @@ def check_labels(labels: np.ndarray, classes: int, name: str = "labels") -> None
                          f"e.g. {bad.flat[0]}")
 
 
-class ArrayDataset:
+class ArrayDataset(Dataset):
     """Samples are the rows of equally long host arrays, e.g. ``ArrayDataset(x, y)``.
 
     ``ds[i]`` is the tuple ``(x[i], y[i])``; ``ds.gather(idx)`` the batch ``(x[idx], y[idx])``.
     With ``classes`` the last array holds integer labels and must lie in ``[0, classes)``.
     """
+
+    _empty_ok = False  # an empty ArrayDataset is refused (most likely a bad split)
 
     def __init__(self, *arrays, classes: int | None = None):
         if not arrays:
@@ -66,7 +96,7 @@ class ArrayDataset:
         lengths = [len(a) for a in self.arrays]
         if len(set(lengths)) > 1:
             raise ShapeError(f"ArrayDataset: inputs and labels have different lengths {lengths}")
-        if lengths[0] == 0:
+        if lengths[0] == 0 and not self._empty_ok:
             raise ValueError("ArrayDataset: the dataset is empty")
         self.classes = classes
         if classes is not None:
@@ -93,8 +123,11 @@ class ArrayDataset:
 class TensorDataset(ArrayDataset):
     """An ArrayDataset built from nodegrad Tensors (kept as host arrays; the loader moves them).
 
-    Built from Tensors only, its float fields keep their dtype through a DataLoader, as in
-    PyTorch; built from NumPy arrays, it is an ArrayDataset (float32 batches by default)."""
+    Built from Tensors only, its fields keep their dtype through a DataLoader, as in PyTorch;
+    built from NumPy arrays, it is an ArrayDataset (float32 batches by default). It may be
+    empty, as PyTorch's."""
+
+    _empty_ok = True
 
     def __init__(self, *tensors, classes: int | None = None):
         from ..tensor import Tensor
@@ -108,6 +141,8 @@ class TensorDataset(ArrayDataset):
             return super().__getitem__(index)
         from ..tensor import Tensor
 
+        if isinstance(index, int | np.integer):  # a 0-d view of a 1-d field, not a copy
+            return tuple(Tensor._of(a[index, ...]) for a in self.arrays)
         return tuple(Tensor._of(a[index]) for a in self.arrays)
 
     @property
@@ -132,15 +167,15 @@ def gathers_arrays(dataset) -> bool:
         parts = dataset.datasets
         parts = list(parts.values()) if isinstance(parts, dict) else list(parts)
         return all(gathers_arrays(d) for d in parts)
-    return hasattr(dataset, "gather")
+    return _has_gather(dataset)
 
 
 def keeps_dtype(dataset) -> bool:
-    """Whether the DataLoader's default should keep the dataset's float dtypes, as PyTorch does.
+    """Whether the DataLoader's default should keep the dataset's dtypes, as PyTorch does.
 
     True for a :class:`TensorDataset` of Tensors (they chose their dtype) and for subsets,
     concatenations and stacks made only of such; False for array datasets, whose floating
-    fields the loader turns into float32 unless told another ``dtype``.
+    fields the loader turns into float32 (integer ones int64) unless told another ``dtype``.
     """
     if isinstance(dataset, TensorDataset):
         return getattr(dataset, "keeps_dtype", False)
@@ -153,7 +188,7 @@ def keeps_dtype(dataset) -> bool:
     return False
 
 
-class Subset:
+class Subset(Dataset):
     """The samples ``indices`` of ``dataset``, still vectorised when the parent gathers.
 
     ``indices`` is kept as given (PyTorch's attribute: :func:`random_split` gives lists of
@@ -182,8 +217,12 @@ class Subset:
         return len(self._idx)
 
     def __getitem__(self, index):
+        """Sample ``index``; a list of positions reads the parent at the list of its indices
+        (PyTorch's ``Subset``: a TensorDataset gives tensors); other keys gather the batch."""
         if isinstance(index, int | np.integer):
             return self.dataset[int(self._idx[index])]
+        if isinstance(index, list):
+            return self.dataset[[int(i) for i in self._idx[index]]]
         return self.gather(index)
 
     @property
@@ -208,12 +247,12 @@ class Subset:
 
 def _gather(dataset: Dataset, indices: np.ndarray):
     """The batch ``indices`` of ``dataset``: vectorised when it gathers, else sample by sample."""
-    if hasattr(dataset, "gather"):
+    if _has_gather(dataset):
         return dataset.gather(indices)
     return _stack([dataset[int(i)] for i in indices])
 
 
-class ConcatDataset:
+class ConcatDataset(Dataset):
     """The datasets one after another (PyTorch's ConcatDataset): index ``i`` reads the dataset
     whose span in ``cumulative_sizes`` holds it; negative indices count from the end.
 
@@ -298,7 +337,7 @@ def _scatter(n: int, sels: list, arrays: list) -> np.ndarray:
     return a
 
 
-class StackDataset:
+class StackDataset(Dataset):
     """Equally long datasets side by side (PyTorch's StackDataset): sample ``i`` is the tuple
     of their samples ``i`` (positional datasets) or a dict of them (keyword datasets).
 
@@ -340,7 +379,7 @@ class StackDataset:
         return f"StackDataset({len(self)} samples from {len(self.datasets)} datasets)"
 
 
-class IterableDataset:
+class IterableDataset(Dataset):
     """A dataset read as a stream (PyTorch's IterableDataset): ``__iter__`` yields samples.
 
     For data without random access (files, generators, endless synthetic data). A DataLoader
@@ -377,19 +416,24 @@ class ChainDataset(IterableDataset):
 
 
 def _stack(samples: Sequence):
-    """Collate samples on the host (the loader's default collate), with the structure rules of
-    PyTorch's ``default_collate`` but host arrays as leaves.
+    """Collate samples on the host (the loader's collation where it makes host arrays), with
+    the structure of PyTorch's ``default_collate`` but host arrays as leaves.
 
-    A tuple/list sample gives a tuple of fields (a namedtuple keeps its type), a dict one a
-    dict, an array or a number one stacked array. Inside, sequences are transposed field by
-    field (``(label, weight)`` gives a batch of labels and one of weights, a tuple as a tuple,
-    a list as a list), dicts collated per key, strings kept as a list; the rest (arrays,
-    tensors, numbers) is stacked along a new first axis.
+    Tuple and list samples give a list of fields, transposed field by field (a namedtuple
+    keeps its type), dicts a dict per key, strings the group as it is (a tuple within a
+    transposed field); the rest (arrays, tensors, numbers) is stacked along a new first axis.
     """
     first = samples[0]
-    if isinstance(first, tuple | list) and not hasattr(first, "_fields"):
-        return tuple(_stack_field(list(f)) for f in _transposed(samples))
-    return _stack_field(samples)
+    if isinstance(first, Mapping):
+        return {k: _stack([v[k] for v in samples]) for k in first}
+    if isinstance(first, str | bytes):
+        return samples
+    if isinstance(first, tuple | list):
+        fields = [_stack(f) for f in _transposed(samples)]
+        if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
+            return type(first)(*fields)
+        return fields
+    return stack_samples([_host(v) for v in samples], "batching samples")
 
 
 def _transposed(values: Sequence) -> list[tuple]:
@@ -401,30 +445,43 @@ def _transposed(values: Sequence) -> list[tuple]:
     return list(zip(*values))
 
 
-def _stack_field(values: Sequence):
-    first = values[0]
-    if isinstance(first, Mapping):
-        return {k: _stack_field([v[k] for v in values]) for k in first}
-    if isinstance(first, str | bytes):
-        return list(values)
-    if isinstance(first, tuple | list):
-        fields = [_stack_field(list(f)) for f in _transposed(values)]
-        if isinstance(first, tuple) and hasattr(first, "_fields"):  # namedtuple
-            return type(first)(*fields)
-        return tuple(fields) if isinstance(first, tuple) else fields
-    return stack_samples([_host(v) for v in values], "batching samples")
+class StackError(ShapeError, RuntimeError):
+    """Samples of different shapes stacked into one batch: a ShapeError (a ValueError) that is
+    also the RuntimeError PyTorch's ``default_collate`` raises."""
+
+
+def promote(a, b) -> np.dtype:
+    """The dtype of a batch mixing dtypes ``a`` and ``b``, as ``torch.stack`` promotes them
+    (int32 with float32 gives float32); dtypes torch does not promote (uint16, ...) as NumPy."""
+    from ..dtypes import torch_promote_types
+
+    a, b = np.dtype(a), np.dtype(b)
+    if a == b:
+        return a
+    try:
+        return np.dtype(torch_promote_types(a, b))
+    except TypeError:
+        return np.promote_types(a, b)
 
 
 def stack_samples(arrays: Sequence, what: str) -> np.ndarray:
-    """``np.stack(arrays)``, whose error names ``what`` and the first two shapes that differ."""
+    """``np.stack(arrays)`` with torch's dtype promotion; samples of different shapes raise a
+    :class:`StackError` naming ``what`` and the first two shapes that differ."""
+    dtypes = {a.dtype for a in arrays if isinstance(a, np.ndarray | np.generic)}
+    dtype = None
+    if len(dtypes) > 1:
+        dtype = dtypes.pop()
+        for d in dtypes:
+            dtype = promote(dtype, d)
     try:
-        return np.stack(arrays)
+        return np.stack(arrays) if dtype is None else np.stack(arrays, dtype=dtype,
+                                                                casting="unsafe")
     except ValueError:
         shapes = [np.shape(a) for a in arrays]
         k = next((i for i, sh in enumerate(shapes) if sh != shapes[0]), None)
         if k is None:
             raise
-        raise ValueError(f"{what}: each sample must have the same shape to stack them into a "
+        raise StackError(f"{what}: each sample must have the same shape to stack them into a "
                          f"batch, got {shapes[0]} at entry 0 and {shapes[k]} at entry {k}; "
                          "pad them or pass a collate_fn") from None
 

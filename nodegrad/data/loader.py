@@ -32,7 +32,7 @@ from ..random import Generator, default_generator
 from ..tensor import Tensor, get_default_device
 from .collate import collate_samples, default_convert
 from .dataset import Dataset, IterableDataset, _stack, gathers_arrays, keeps_dtype
-from .sampler import _seeded
+from .sampler import BatchSampler, RandomSampler, Sampler, SequentialSampler, _seeded
 from .worker import WorkerPool, get_worker_info, start_context, worker_seed
 
 np = B.np
@@ -51,6 +51,50 @@ class _DefaultBatchSize(int):
 
 
 _BATCH = _DefaultBatchSize(1)  # PyTorch's default
+
+
+class _InfiniteConstantSampler(Sampler):
+    """PyTorch's sampler of an IterableDataset: ``None`` forever (the stream sets the order)."""
+
+    def __iter__(self) -> Iterator[None]:
+        while True:
+            yield None
+
+
+def _listed(fields):
+    """A gathered batch in ``default_collate``'s structure: tuples (not namedtuples) become
+    lists, at any depth, dicts keep their keys."""
+    if type(fields) is tuple:
+        return [_listed(f) for f in fields]
+    if type(fields) is dict:
+        return {k: _listed(v) for k, v in fields.items()}
+    return fields
+
+
+def _moved(x, device: str):
+    """``x`` with its Tensors moved to ``device``; the rest (NumPy arrays included) and the
+    containers as they are (``x`` itself where nothing moves)."""
+    if isinstance(x, Tensor):
+        return x if x.device == device else x.to(device)
+    if isinstance(x, tuple | list | dict):
+        items = list(x.values()) if isinstance(x, dict) else list(x)
+        moved = [_moved(v, device) for v in items]
+        if all(a is b for a, b in zip(moved, items)):
+            return x
+        if isinstance(x, dict):
+            return _rebuilt(x, dict(zip(x.keys(), moved)))
+        if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
+            return type(x)(*moved)
+        return _rebuilt(x, moved)
+    return x
+
+
+def _rebuilt(like, values):
+    """``values`` in a container of ``like``'s type where one can be built from them."""
+    try:
+        return type(like)(values)
+    except TypeError:
+        return values
 
 
 class _Failure:
@@ -79,9 +123,9 @@ class _Fetcher:
         """Batch ``b`` of ``epoch`` from ``idx``: an index array, or one int (no batching)."""
         if isinstance(idx, int):
             sample = self.dataset[idx]
-            fields = self.collate_fn(sample) if self.collate_fn else sample
+            fields = self.collate_fn(sample) if self.collate_fn else _listed(sample)
         elif self.vectorised:
-            fields = self.dataset.gather(idx)
+            fields = _listed(self.dataset.gather(idx))
         else:
             many = getattr(self.dataset, "__getitems__", None)  # PyTorch's batched read
             samples = (many([int(i) for i in idx]) if many is not None
@@ -142,7 +186,8 @@ class DataLoader:
             (an ng.Generator) supplies one instead; with neither, ng's default generator does
             (``ng.manual_seed``). Other values are refused here, not at the first epoch.
         collate_fn: builds a batch from a list of samples (switches to per-sample gathering),
-            e.g. :func:`default_collate`; its tensors keep their dtype and move to ``device``.
+            e.g. :func:`default_collate`; its batch is returned as made (NumPy arrays stay
+            arrays, as in PyTorch), its tensors moved to ``device``.
         transform: applied to the input batch (the first field) on the host as
             ``transform(x, rng=rng)``, e.g. an augmentation from :mod:`nodegrad.data.augment`.
         prefetch: batches prepared ahead by a background thread (0: none, in the caller).
@@ -235,18 +280,11 @@ class DataLoader:
             prefetch = 0 if self.backend.device_id is None else 2
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"DataLoader: prefetch must be an int >= 0, got {prefetch!r}")
-        self.sampler = sampler
-        self.batch_sampler = batch_sampler
+        self._sampler = sampler
+        self._batch_sampler = batch_sampler
         self.dataset = dataset
-        if not self._iterable:
-            try:
-                empty = len(dataset) == 0  # type: ignore[arg-type]
-            except TypeError:  # no __len__: fine where a sampler says which indices to read
-                if sampler is None and batch_sampler is None:
-                    raise
-                empty = False
-            if empty:  # (a sampler or batch sampler of no indices gives an empty loader)
-                raise ValueError("DataLoader: the dataset is empty")
+        if not self._iterable and sampler is None and batch_sampler is None:
+            len(dataset)  # type: ignore[arg-type]  # no __len__: needs a sampler (TypeError)
         self.batch_size = None if batch_size is None else int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -256,9 +294,10 @@ class DataLoader:
         self.dtype = None if dtype is None else B.as_dtype(dtype)
         # PyTorch's loader keeps a TensorDataset's dtypes, and a stream's (its samples are the
         # user's arrays, collated as default_collate does); plain array datasets become float32
-        self._float = (None if dtype is None and (keeps_dtype(dataset) or (
-            self._iterable and transform is None)) else B.float32 if dtype is None
-            else self.dtype)
+        # (integers int64)
+        self._keep = dtype is None and (keeps_dtype(dataset) or (self._iterable
+                                                                  and transform is None))
+        self._float = None if self._keep else B.float32 if dtype is None else self.dtype
         # whole batches by index: a sampler or batch sampler keeps this, per-sample options not
         batching = self.batch_size is not None or batch_sampler is not None
         self._vectorised = (collate_fn is None and not self._iterable
@@ -268,8 +307,8 @@ class DataLoader:
         # dtypes and structure; the host path (float32 batches) stays for streams and where a
         # dtype or transform asks for host arrays
         self._collate = collate_fn
-        if collate_fn is None and not self._iterable and not gathers_arrays(dataset) \
-                and dtype is None and transform is None:
+        if collate_fn is None and dtype is None and transform is None and (
+                self._iterable or not gathers_arrays(dataset)):
             self._collate = collate_samples if batching else default_convert
         self.num_workers = int(num_workers)
         self.prefetch_factor = (2 if prefetch_factor is None else int(prefetch_factor)) \
@@ -300,6 +339,38 @@ class DataLoader:
         self._ended = False  # a stream (IterableDataset) ran out in the current epoch
         self._ahead: set[int] = set()  # batches handed out past _batch (in_order=False)
         self._wpos: tuple[int, list[int]] | None = None  # a stream's batches per worker
+        self._default_sampler = self._default_batch_sampler = None
+        if sampler is None and batch_sampler is None:
+            # PyTorch's attributes; the default order is drawn from the loader's seed instead
+            self._default_sampler = (_InfiniteConstantSampler() if self._iterable
+                                     else RandomSampler(dataset, generator=self.generator)
+                                     if self.shuffle else SequentialSampler(dataset))
+        if batch_sampler is None and self.batch_size is not None:
+            self._default_batch_sampler = BatchSampler(self.sampler, self.batch_size,
+                                                       self.drop_last)
+
+    @property
+    def sampler(self):
+        """The sampler given, else PyTorch's default one (a SequentialSampler, a RandomSampler
+        with ``shuffle``), which describes the order: the loader draws a shuffled order from
+        its seed, as :meth:`state_dict` records it."""
+        return self._sampler if self._sampler is not None else self._default_sampler
+
+    @sampler.setter
+    def sampler(self, value) -> None:
+        self._sampler = value
+
+    @property
+    def batch_sampler(self):
+        """The batch sampler given, else PyTorch's default (a :class:`BatchSampler` of
+        :attr:`sampler` with ``batch_size`` and ``drop_last``; None without batching)."""
+        if self._batch_sampler is not None:
+            return self._batch_sampler
+        return self._default_batch_sampler
+
+    @batch_sampler.setter
+    def batch_sampler(self, value) -> None:
+        self._batch_sampler = value
 
     @staticmethod
     def _check_seed(seed, generator) -> None:
@@ -363,11 +434,11 @@ class DataLoader:
         """Samples per epoch (with a batch_sampler: batches; None: a stream), read now: as
         PyTorch's samplers do, each epoch reads the dataset's current length, so samples added
         to a dataset between epochs are read. A sampler without ``__len__`` raises TypeError."""
-        if self.batch_sampler is not None:
-            return len(self.batch_sampler)
+        if self._batch_sampler is not None:
+            return len(self._batch_sampler)
         if self._iterable:
             return None
-        return len(self.dataset) if self.sampler is None else len(self.sampler)
+        return len(self.dataset) if self._sampler is None else len(self._sampler)
 
     def _known_n(self) -> int | None:
         """:attr:`_n`, or None where a sampler or batch sampler has no ``__len__`` (it is
@@ -375,7 +446,7 @@ class DataLoader:
         try:
             return self._n
         except TypeError:
-            if self.sampler is None and self.batch_sampler is None:
+            if self._sampler is None and self._batch_sampler is None:
                 raise
             return None
 
@@ -393,7 +464,7 @@ class DataLoader:
             except TypeError:
                 raise TypeError(f"DataLoader: the length of {type(self.dataset).__name__}, an "
                                 "IterableDataset without __len__, is unknown") from None
-        elif self.batch_sampler is not None:
+        elif self._batch_sampler is not None:
             return self._n
         else:
             start, first = self._split_of(self._epoch)
@@ -418,23 +489,23 @@ class DataLoader:
 
     def _world(self) -> int:
         """How many ranks share each epoch's order (1 without a distributed sampler)."""
-        return int(getattr(self.sampler, "num_replicas", 1)) if self.sampler is not None else 1
+        return int(getattr(self._sampler, "num_replicas", 1)) if self._sampler is not None else 1
 
     def _share(self, start: int) -> int:
         """Samples this loader reads of an epoch's order from global position ``start`` on."""
-        if self.sampler is None:
+        if self._sampler is None:
             return max(self._n - start, 0)
-        return int(self.sampler.size(start))
+        return int(self._sampler.size(start))
 
     def _order_key(self) -> dict | None:
         """What fixes the epoch's global order (None: a sampler that cannot re-split it)."""
-        if self._iterable or self.batch_sampler is not None:
+        if self._iterable or self._batch_sampler is not None:
             return None
-        if self.sampler is None:
+        if self._sampler is None:
             return {"num_samples": self._n, "shuffle": self.shuffle,
                     "seed": self.seed if self.shuffle else None}
-        if hasattr(self.sampler, "order_state") and hasattr(self.sampler, "size"):
-            return self.sampler.order_state()
+        if hasattr(self._sampler, "order_state") and hasattr(self._sampler, "size"):
+            return self._sampler.order_state()
         return None
 
     @property
@@ -486,8 +557,8 @@ class DataLoader:
         if self._iterable and batch and self.num_workers and self._wpos is not None \
                 and self._wpos[0] == epoch:
             state["workers"] = {"num_workers": self.num_workers, "batches": list(self._wpos[1])}
-        if self.sampler is not None and hasattr(self.sampler, "state_dict"):
-            state["sampler"] = self.sampler.state_dict()
+        if self._sampler is not None and hasattr(self._sampler, "state_dict"):
+            state["sampler"] = self._sampler.state_dict()
         if gens := {k: g.get_state() for k, g in self._sampler_generators().items()}:
             state["generators"] = gens
         return state
@@ -496,8 +567,8 @@ class DataLoader:
         """The CPU ``ng.Generator`` of the sampler, the batch sampler and the batch sampler's
         sampler, by role: what draws the next epochs' orders, so a state holds where they are."""
         out = {}
-        for key, obj in (("sampler", self.sampler), ("batch_sampler", self.batch_sampler),
-                         ("batch_sampler.sampler", getattr(self.batch_sampler, "sampler", None))):
+        for key, obj in (("sampler", self._sampler), ("batch_sampler", self._batch_sampler),
+                         ("batch_sampler.sampler", getattr(self._batch_sampler, "sampler", None))):
             g = getattr(obj, "generator", None)
             if isinstance(g, Generator) and g.backend.device_id is None:
                 out[key] = g
@@ -520,7 +591,7 @@ class DataLoader:
         mine = {"num_samples": self._known_n(), "batch_size": self.batch_size,
                 "shuffle": self.shuffle,
                 "drop_last": self.drop_last,
-                "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
+                "sampler": self._sampler.state_dict() if hasattr(self._sampler, "state_dict")
                 else None}
         epoch, batch = int(state["epoch"]), int(state["batch"])
         if self._iterable and batch:
@@ -550,7 +621,7 @@ class DataLoader:
             key, a, b = "drop_last", self.drop_last, state.get("drop_last")
         elif theirs is None or ours is None:
             key = next(k for k, v in mine.items() if state.get(k) != v)
-            if batch == 0 and self.sampler is not None:  # a fresh epoch: the sampler's order
+            if batch == 0 and self._sampler is not None:  # a fresh epoch: the sampler's order
                 key = "shuffle" if state.get("shuffle") != self.shuffle else None
             a, b = mine.get(key), state.get(key)
         elif (theirs["num_samples"], theirs["shuffle"]) != (ours["num_samples"], ours["shuffle"]):
@@ -560,15 +631,15 @@ class DataLoader:
         if key is not None:
             hint = ("; a state without the epoch's global position (or from a sampler that "
                     "cannot re-split it) resumes mid-epoch only on as many ranks"
-                    if self.sampler is not None or "sampler" in state else "")
+                    if self._sampler is not None or "sampler" in state else "")
             raise ValueError(f"load_state_dict: {key} is {a} here but {b} in the state; the "
                              f"batch order would differ{hint}")
         self.seed = state["seed"]  # the augmentation stream goes on; the order's seed is theirs
-        if self.sampler is None:
+        if self._sampler is None:
             if self.shuffle:
                 self.seed = theirs["seed"]
         elif theirs is not None and theirs["seed"] is not None:
-            self.sampler.seed = int(theirs["seed"])
+            self._sampler.seed = int(theirs["seed"])
         self._split = (epoch, int(state["position"]), batch) if batch else None
         self._epoch, self._batch, self._resume, self._ended = epoch, batch, True, False
         self._ahead, self._wpos = set(), None
@@ -580,8 +651,8 @@ class DataLoader:
         with a batch sampler, the list of the epoch's batches. ``first``: the batch to start
         at (past 0, a resume, which reuses the epoch's recorded sampler seed)."""
         start = self._split_of(epoch)[0]
-        src = self.batch_sampler if self.batch_sampler is not None else self.sampler
-        for obj in (src, getattr(self.batch_sampler, "sampler", None)):
+        src = self._batch_sampler if self._batch_sampler is not None else self._sampler
+        for obj in (src, getattr(self._batch_sampler, "sampler", None)):
             if obj is not None and not hasattr(obj, "indices") and hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
         if src is not None and _seeded(src):  # nodegrad's samplers: the order of one seed
@@ -589,16 +660,16 @@ class DataLoader:
             seed = self._drawn[1] if resumed else src._draw()
             self._drawn = (epoch, seed)
             return src._order(seed)
-        if self.batch_sampler is not None:
-            return [np.asarray(b, dtype=B.int64).reshape(-1) for b in self.batch_sampler]
-        if self.sampler is not None:
+        if self._batch_sampler is not None:
+            return [np.asarray(b, dtype=B.int64).reshape(-1) for b in self._batch_sampler]
+        if self._sampler is not None:
             # a sampler whose set_epoch was called draws that epoch's order (PyTorch's use)
-            epoch = getattr(self.sampler, "epoch_of", lambda e: e)(epoch)
+            epoch = getattr(self._sampler, "epoch_of", lambda e: e)(epoch)
             if start:
-                return np.asarray(self.sampler.indices(epoch, start))
-            if hasattr(self.sampler, "indices"):
-                return np.asarray(self.sampler.indices(epoch))
-            return np.fromiter(iter(self.sampler), dtype=B.int64)
+                return np.asarray(self._sampler.indices(epoch, start))
+            if hasattr(self._sampler, "indices"):
+                return np.asarray(self._sampler.indices(epoch))
+            return np.fromiter(iter(self._sampler), dtype=B.int64)
         if not self.shuffle:
             return np.arange(start, self._n)
         ss = np.random.SeedSequence(self.seed, spawn_key=(epoch, 0))
@@ -770,8 +841,9 @@ class DataLoader:
                 b += 1
 
     def _convert(self, a):
-        """Floating host arrays to ``dtype``, integer ones to int64; anything else as it is."""
-        if isinstance(a, np.ndarray):
+        """Floating host arrays to ``dtype``, integer ones to int64, unless the loader keeps
+        the dataset's dtypes (as PyTorch's); anything else as it is."""
+        if isinstance(a, np.ndarray) and not self._keep:
             if B.is_float(a.dtype):
                 return a if self._float is None else a.astype(self._float, copy=False)
             if a.dtype.kind in "iu":
@@ -782,15 +854,18 @@ class DataLoader:
         """Host batch -> tensors on the device, any nesting of tuples, lists and dicts alike.
 
         Host arrays (and NumPy scalars) are converted (:meth:`_convert`) and uploaded together;
-        tensors (e.g. from :func:`default_collate`) keep their dtype and move to the device; a
-        top-level list becomes a tuple; numbers, strings and the like stay as they are."""
-        if type(fields) is tuple and all(type(a) is np.ndarray and _numeric(a.dtype)
-                                         for a in fields):  # the usual flat batch, directly
-            return tuple(Tensor._of(a) for a in self.backend.upload(
+        tensors (e.g. from :func:`default_collate`) keep their dtype and move to the device;
+        the structure, numbers, strings and the like stay as they are. A ``collate_fn``'s batch
+        is returned as it made it (as PyTorch's), only its tensors moved to the device."""
+        if self.collate_fn is not None and self.transform is None:
+            return _moved(fields, self.backend.name)
+        if type(fields) in (tuple, list) and all(type(a) is np.ndarray and _numeric(a.dtype)
+                                                 for a in fields):  # the usual flat batch
+            return type(fields)(Tensor._of(a) for a in self.backend.upload(
                 [self._convert(a) for a in fields], stream))
         host: list = []
 
-        def walk(x, top: bool = False):
+        def walk(x):
             if isinstance(x, Tensor):
                 return x if x.device == self.backend.name else x.to(self.backend.name)
             if isinstance(x, np.generic) and _numeric(x.dtype):
@@ -804,7 +879,7 @@ class DataLoader:
                 return type(x)(*(walk(v) for v in x))
             if isinstance(x, tuple | list):
                 items = [walk(v) for v in x]
-                return tuple(items) if top or isinstance(x, tuple) else items
+                return tuple(items) if isinstance(x, tuple) else items
             return x
 
         def fill(x):
@@ -818,7 +893,7 @@ class DataLoader:
                 return type(x)(fill(v) for v in x)
             return x
 
-        skeleton = walk(fields, top=True)
+        skeleton = walk(fields)
         moved = self.backend.upload(host, stream) if host else []
         return fill(skeleton)
 

@@ -45,7 +45,9 @@ def shard(loader: DataLoader, comm: Communicator) -> DataLoader:
     """``loader`` itself when it already has a sampler (or one rank runs), else a loader over
     the same data whose DistributedSampler gives this rank its share: same batch size (per rank),
     shuffling seeded by the loader's seed, the same transform, device, dtype and workers."""
-    if getattr(loader, "sampler", None) is not None or comm.world_size == 1:
+    sampler = getattr(loader, "sampler", None)  # a DataLoader's default one is not "given"
+    if sampler is not None and sampler is not getattr(loader, "_default_sampler", None) \
+            or comm.world_size == 1:
         return loader
     if not isinstance(loader, DataLoader):
         raise TypeError(f"fit(distributed=True): cannot shard a {type(loader).__name__}; pass a "
