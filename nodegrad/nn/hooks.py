@@ -19,6 +19,14 @@ from ..tensor import Tensor, zeros_like
 
 __all__ = ["wrap_inputs", "wrap_outputs"]
 
+# hooks of every module (``nn.modules.module.register_module_...``), run before a module's own
+GLOBAL_BACKWARD_HOOKS: list = []
+GLOBAL_BACKWARD_PRE_HOOKS: list = []
+GLOBAL_BACKWARD_FULL: list = [None]  # full (True) or deprecated (False) global backward hooks
+PARAMETER_REGISTRATION_HOOKS: list = []
+BUFFER_REGISTRATION_HOOKS: list = []
+MODULE_REGISTRATION_HOOKS: list = []
+
 
 class _Call:
     """What one call's hooks share between its output and its input side."""
@@ -33,7 +41,7 @@ class _Call:
 
     def run_full_hooks(self, grad_input: tuple) -> tuple:
         """Call every full backward hook; a returned tuple replaces ``grad_input``."""
-        for hook in list(self.module._backward_hooks):
+        for hook in [*GLOBAL_BACKWARD_HOOKS, *self.module._backward_hooks]:
             r = hook(self.module, grad_input, self.grad_output)
             if r is not None:
                 grad_input = _checked(r, len(grad_input), "full backward hook", "grad_input")
@@ -135,7 +143,7 @@ def wrap_outputs(out, call: _Call):
         for i, gi in zip(slots, _unpack(g, views, seen)):
             grad_output[i] = gi
         grad_output = tuple(grad_output)
-        for hook in list(call.module._backward_pre_hooks):
+        for hook in [*GLOBAL_BACKWARD_PRE_HOOKS, *call.module._backward_pre_hooks]:
             r = hook(call.module, grad_output)
             if r is not None:
                 grad_output = _checked(r, len(outs), "full backward pre-hook", "grad_output")

@@ -22,7 +22,7 @@ from ..random import _normal, _uniform
 from ..tensor import Tensor
 
 _GAINS = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0),
-          "selu": 0.75, "gelu": math.sqrt(2.0),
+          "selu": 0.75,
           **{f"conv{k}": 1.0 for k in ("1d", "2d", "3d", "_transpose1d", "_transpose2d",
                                         "_transpose3d")}}
 

@@ -30,7 +30,9 @@ class Parameter(Tensor):
 
     memory_moves = True  # an optimiser gathers it into one buffer; views and detach()es follow
 
-    def __init__(self, data, requires_grad: bool = True):
+    def __init__(self, data=None, requires_grad: bool = True):
+        if data is None:  # PyTorch's ``nn.Parameter()``: an empty (0,) parameter
+            data = B.np.zeros((0,), B.DEFAULT_FLOAT)
         if isinstance(data, Tensor):
             data = data._data
         elif not B.is_array(data):
@@ -70,6 +72,9 @@ class Module:
     _structure = _STRUCTURE  # read by nodegrad.jit, which does not import nn
     # buffers ``load_state_dict`` may find absent (added after older checkpoints were written)
     _optional_buffers: tuple[str, ...] = ()
+    # the version of this module's state-dict format, saved in ``state_dict()._metadata`` and
+    # given back to ``_load_from_state_dict`` (batch norm's is 2, as PyTorch's)
+    _version: int = 1
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -103,7 +108,7 @@ class Module:
         if isinstance(value, Parameter):
             _drop(name, d, buffers, modules)
             self._non_persistent.discard(name)
-            params[name] = value
+            params[name] = _registered(_hooks.PARAMETER_REGISTRATION_HOOKS, self, name, value)
         elif name in params:
             if value is not None:
                 raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
@@ -112,12 +117,12 @@ class Module:
         elif isinstance(value, Module):
             _drop(name, d, params, buffers)
             self._non_persistent.discard(name)
-            modules[name] = value
+            modules[name] = _registered(_hooks.MODULE_REGISTRATION_HOOKS, self, name, value)
         elif name in modules:
             if value is not None:
                 raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
                                 f"child module {name!r} (nn.Module or None expected)")
-            modules[name] = None
+            modules[name] = _registered(_hooks.MODULE_REGISTRATION_HOOKS, self, name, None)
         elif isinstance(value, Buffer) or name in buffers:
             if value is not None and not isinstance(value, Tensor):
                 raise TypeError(f"{type(self).__name__}.{name}: cannot assign {_kind(value)} as "
@@ -179,6 +184,8 @@ class Module:
             raise TypeError(f"{type(self).__name__}.register_parameter: cannot assign "
                             f"{_kind(param)} to parameter {name!r} (nn.Parameter or None "
                             "required)")
+        if param is not None:
+            param = _registered(_hooks.PARAMETER_REGISTRATION_HOOKS, self, name, param)
         self._parameters[name] = param
         _STRUCTURE[0] += 1
 
@@ -189,6 +196,7 @@ class Module:
         if tensor is not None and not isinstance(tensor, Tensor):
             raise TypeError(f"{type(self).__name__}.register_buffer: cannot assign "
                             f"{_kind(tensor)} to buffer {name!r} (Tensor or None required)")
+        tensor = _registered(_hooks.BUFFER_REGISTRATION_HOOKS, self, name, tensor)
         self._buffers[name] = tensor
         _STRUCTURE[0] += 1
         if persistent:
@@ -202,7 +210,7 @@ class Module:
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(self).__name__}.add_module: {_kind(module)} is not a Module "
                             f"(for {name!r})")
-        self._modules[name] = module
+        self._modules[name] = _registered(_hooks.MODULE_REGISTRATION_HOOKS, self, name, module)
         _STRUCTURE[0] += 1
 
     # --- traversal ------------------------------------------------------------------------
@@ -226,8 +234,12 @@ class Module:
             yield m
 
     def named_children(self) -> Iterator:
+        """(name, child) pairs; a child registered under two names is listed once, under the
+        first (PyTorch's)."""
+        seen: set = set()
         for name, m in self._modules.items():
-            if m is not None:
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
                 yield name, m
 
     def children(self) -> Iterator[Module]:
@@ -307,7 +319,10 @@ class Module:
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
-                p.grad._data[...] = 0
+                g = p.grad
+                g.node = None  # a gradient in a graph (create_graph=True) is detached first,
+                g.requires_grad = False  # then zeroed in place, as PyTorch's
+                g._data[...] = 0
 
     def to(self, device=None, dtype=None, non_blocking: bool = False, *,
            memory_format=None) -> Module:
@@ -325,6 +340,9 @@ class Module:
             device, dtype = None, device
         be = None if device is None else B.get_backend(device)
         dt = None if dtype is None else B.as_dtype(dtype)
+        if dt is not None and not B.is_inexact(dt):
+            raise TypeError("nn.Module.to only accepts floating point or complex dtypes, but got "
+                            f"desired dtype={dt}")
 
         def moved(d):
             if be is not None and B.backend_of(d) is not be:
@@ -373,8 +391,23 @@ class Module:
         return self.to(dtype=B.bfloat16)
 
     def type(self, dst_type) -> Module:
-        """Cast floating parameters and buffers to ``dst_type`` (PyTorch's ``Module.type``)."""
-        return self.to(dtype=dst_type)
+        """Cast every parameter and buffer (integer ones included) and every gradient to
+        ``dst_type``, as PyTorch's ``Module.type``; a parameter that requires grad cannot
+        take an integer dtype."""
+        for t in list(self.parameters()) + list(self.buffers()):
+            with no_grad():
+                d = t.type(dst_type)._data
+            if d.dtype == t._data.dtype:
+                continue
+            if t.requires_grad and not B.is_inexact(d.dtype):
+                raise RuntimeError("data set to a tensor that requires gradients must be floating "
+                                   f"point or complex dtype (Module.type to {d.dtype})")
+            t._data = d
+            t._bump()
+            if t.grad is not None:
+                with no_grad():
+                    t.grad = Tensor._of(t.grad.type(dst_type)._data)
+        return self
 
     def to_empty(self, *, device=None, recurse: bool = True) -> Module:
         """PyTorch moves storage to ``device`` without its values; here the values come along
@@ -405,6 +438,9 @@ class Module:
         state-dict pre-hooks run first; its post-hooks run once its own and its submodules'
         entries are in (so what they add sits there, as in PyTorch), once per module."""
         out = OrderedDict() if destination is None else destination
+        if destination is None:
+            out._metadata = OrderedDict()  # each module's local metadata, by path
+        meta = getattr(out, "_metadata", None)
         for mp, m in self.named_modules():
             for hook in m._state_dict_pre_hooks:
                 hook(m, _join(prefix, mp), keep_vars)
@@ -416,6 +452,8 @@ class Module:
             while open_ and open_[-1][0] >= depth:
                 _post_state_dict(out, prefix, posted, *open_.pop()[1:])
             open_.append((depth, mp, m))
+            if meta is not None:
+                meta[_join(prefix, mp)[:-1]] = {"version": m._version}
             if type(m)._save_to_state_dict is not Module._save_to_state_dict:
                 m._save_to_state_dict(out, _join(prefix, mp), keep_vars)  # a subclass's own
                 continue
@@ -481,11 +519,16 @@ class Module:
 
         return [k for _, k in sorted(enumerate(keys), key=place)]
 
-    def _optional_keys(self) -> set[str]:
+    def _optional_keys(self, metadata: dict | None = None) -> set[str]:
         """State names a checkpoint may lack: batch norm's ``num_batches_tracked`` (PyTorch
-        checkpoints before 0.4.1 lack it) and the second names of shared tensors (which
-        state dicts before PyTorch's form listed once); loading keeps their current values."""
-        keys = {f"{mp}.{n}" if mp else n for mp, m in self.named_modules()
+        checkpoints before 0.4.1 lack it), unless the checkpoint's ``metadata`` gives the
+        module's current version (its format has them), and the second names of shared tensors
+        (which state dicts before PyTorch's form listed once); loading keeps their values."""
+        def old(mp: str, m: Module) -> bool:
+            version = (metadata or {}).get(mp, {}).get("version")
+            return version is None or version < m._version
+
+        keys = {f"{mp}.{n}" if mp else n for mp, m in self.named_modules() if old(mp, m)
                 for n in m._optional_buffers if m._buffers.get(n) is not None}
         seen: set = set()
         for k, t in self._all_state_names():
@@ -507,21 +550,25 @@ class Module:
         or unexpected: one error lists all of them. Load pre-hooks may rename keys first; when
         a module has load post-hooks, the matching values are loaded and the post-hooks run
         (they may clear the lists) before ``strict`` judges what is left, as in PyTorch."""
+        metadata = getattr(state_dict, "_metadata", None)
         state_dict = OrderedDict(state_dict)  # hooks may edit it; the caller's stays as it was
+        if metadata is not None:
+            state_dict._metadata = metadata
         mods = list(self.named_modules())
         missing, unexpected, errors = [], [], []
         for mp, m in mods:
+            local = {} if metadata is None else metadata.get(mp, {})  # as state_dict saved it
             for hook in list(m._load_state_dict_pre_hooks):
-                hook(m, state_dict, _join("", mp), {}, strict, missing, unexpected, errors)
+                hook(m, state_dict, _join("", mp), local, strict, missing, unexpected, errors)
             if type(m)._load_from_state_dict is not Module._load_from_state_dict:
-                m._load_from_state_dict(state_dict, _join("", mp), {}, strict, missing,
+                m._load_from_state_dict(state_dict, _join("", mp), local, strict, missing,
                                         unexpected, errors)
         own = OrderedDict(self.named_parameters())  # after the hooks: a lazy layer has grown
         for mp, m in mods:
             for name, b in m._buffers.items():
                 if b is not None and name not in m._non_persistent:
                     own[f"{mp}.{name}" if mp else name] = b
-        optional = self._optional_keys()  # absent from older checkpoints: kept as they are
+        optional = self._optional_keys(metadata)  # absent from older checkpoints: kept as they are
         # the other names of shared tensors (tied weights, a module under two names), which
         # PyTorch's state dicts list as well: loaded when given, never required
         canon = {id(t) for t in own.values()}
@@ -541,6 +588,10 @@ class Module:
         for k, t in own.items():
             if k in state_dict:
                 v = state_dict[k]
+                if not isinstance(v, Tensor) and not B.is_array(v):
+                    errors.append(f'While copying the parameter named "{k}", expected a Tensor '
+                                  f"or Tensor-like object from checkpoint but received {type(v)}")
+                    continue
                 shape = tuple(v.shape)
                 if shape != tuple(t.shape):
                     # PyTorch's words ("size mismatch for k"), which scripts test for
@@ -668,7 +719,7 @@ class Module:
         if strict and name not in m._modules:
             raise AttributeError(f"set_submodule: {type(m).__name__} has no submodule "
                                  f"{name!r} (strict=True)")
-        m._modules[name] = module
+        m._modules[name] = _registered(_hooks.MODULE_REGISTRATION_HOOKS, m, name, module)
 
     # --- calling --------------------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -694,7 +745,8 @@ class Module:
             if r is not None:
                 args = r if isinstance(r, tuple) else (r,)
         call = None
-        if (self._backward_hooks or self._backward_pre_hooks) and modes().grad_enabled:
+        if (self._backward_hooks or self._backward_pre_hooks or _hooks.GLOBAL_BACKWARD_HOOKS
+                or _hooks.GLOBAL_BACKWARD_PRE_HOOKS) and modes().grad_enabled:
             rec = modes().jit
             if rec is not None and not rec.graph_breaks:
                 raise NotImplementedError(
@@ -709,8 +761,13 @@ class Module:
         except Exception:
             for hook in post:
                 if type(hook) is _Hook and hook.always_call:
-                    hook.fn(self, args, kwargs, None) if hook.with_kwargs else hook.fn(
-                        self, args, None)
+                    try:
+                        hook.fn(self, args, kwargs, None) if hook.with_kwargs else hook.fn(
+                            self, args, None)
+                    except Exception as e:  # forward's error wins; the hook's is a warning
+                        warnings.warn("module forward hook with ``always_call=True`` raised an "
+                                      "exception that was silenced as another error was raised "
+                                      f"in forward: {e}", stacklevel=2)
             raise
         for hook in post:
             if type(hook) is _Hook:
@@ -1050,13 +1107,81 @@ def register_module_forward_hook(hook: Callable, *, with_kwargs: bool = False,
     return _HookHandle(_GLOBAL_HOOKS, entry)
 
 
+def _registered(hooks: list, module: Module, name: str, value):
+    """Run the global registration ``hooks``: each may return a value that replaces ``value``."""
+    for hook in list(hooks):
+        r = hook(module, name, value)
+        if r is not None:
+            value = r
+    return value
+
+
+def _add_global(store: list, hook: Callable, what: str) -> RemovableHandle:
+    if not callable(hook):
+        raise TypeError(f"{what}: expected a function, got {type(hook).__name__}")
+    store.append(hook)
+    _STRUCTURE[0] += 1
+    return _HookHandle(store, hook)
+
+
+def register_module_buffer_registration_hook(hook: Callable) -> RemovableHandle:
+    """``hook(module, name, buffer)`` each time any module registers a buffer; a returned
+    value is registered instead (PyTorch's)."""
+    return _add_global(_hooks.BUFFER_REGISTRATION_HOOKS, hook,
+                       "register_module_buffer_registration_hook")
+
+
+def register_module_parameter_registration_hook(hook: Callable) -> RemovableHandle:
+    """``hook(module, name, param)`` each time any module registers a parameter; a returned
+    value is registered instead (PyTorch's)."""
+    return _add_global(_hooks.PARAMETER_REGISTRATION_HOOKS, hook,
+                       "register_module_parameter_registration_hook")
+
+
+def register_module_module_registration_hook(hook: Callable) -> RemovableHandle:
+    """``hook(module, name, submodule)`` each time any module registers a submodule; a
+    returned value is registered instead (PyTorch's)."""
+    return _add_global(_hooks.MODULE_REGISTRATION_HOOKS, hook,
+                       "register_module_module_registration_hook")
+
+
+def register_module_full_backward_pre_hook(hook: Callable) -> RemovableHandle:
+    """A full backward pre-hook (:meth:`Module.register_full_backward_pre_hook`) of every
+    module, run before the module's own."""
+    return _add_global(_hooks.GLOBAL_BACKWARD_PRE_HOOKS, hook,
+                       "register_module_full_backward_pre_hook")
+
+
+def _backward_kind(full: bool) -> None:
+    if _hooks.GLOBAL_BACKWARD_FULL[0] is (not full):
+        raise RuntimeError("Cannot use both regular backward hooks and full backward hooks as a "
+                           "global Module hook. Please use only one of them.")
+    _hooks.GLOBAL_BACKWARD_FULL[0] = full
+
+
+def register_module_full_backward_hook(hook: Callable) -> RemovableHandle:
+    """A full backward hook (:meth:`Module.register_full_backward_hook`) of every module, run
+    before the module's own. It cannot be mixed with :func:`register_module_backward_hook`
+    (a RuntimeError, as in PyTorch)."""
+    _backward_kind(True)
+    return _add_global(_hooks.GLOBAL_BACKWARD_HOOKS, hook, "register_module_full_backward_hook")
+
+
+def register_module_backward_hook(hook: Callable) -> RemovableHandle:
+    """PyTorch's deprecated global backward hook: here a full backward hook of every module,
+    as :meth:`Module.register_backward_hook` is; it cannot be mixed with
+    :func:`register_module_full_backward_hook` (a RuntimeError, as in PyTorch)."""
+    _backward_kind(False)
+    return _add_global(_hooks.GLOBAL_BACKWARD_HOOKS, hook, "register_module_backward_hook")
+
+
 def _post_state_dict(out: dict, prefix: str, posted: set, path: str, m: Module) -> None:
     """Run ``m``'s state-dict post-hooks (the first time its subtree is written)."""
     if id(m) in posted:
         return
     posted.add(id(m))
     for hook in m._state_dict_post_hooks:
-        if hook(m, out, _join(prefix, path), {}) is not None:
+        if hook(m, out, _join(prefix, path), {"version": m._version}) is not None:
             raise RuntimeError("state_dict post-hook: edit state_dict in place and return None "
                                "(as PyTorch requires)")
 
@@ -1073,8 +1198,9 @@ def _pair(r, what: str) -> tuple:
 
 
 class StateDictError(ShapeError, RuntimeError):
-    """A state dict that does not fit the module: a ShapeError, and the RuntimeError
-    PyTorch's ``load_state_dict`` raises (so ``except RuntimeError`` catches it as there)."""
+    """A state dict that does not fit the module (names missing or unexpected, a shape that
+    differs, a value that is not a tensor): a ShapeError, and the RuntimeError PyTorch's
+    ``load_state_dict`` raises (so ``except RuntimeError`` catches it as there)."""
 
 
 def _refuse(module: Module, missing, unexpected, bad, errors) -> None:

@@ -7,7 +7,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 from ...autodiff import modes
+from ...tensor import Tensor
 from .. import functional as F
+from .. import hooks as _hooks
 from ..module import _GLOBAL_HOOKS, _GLOBAL_PRE_HOOKS, Module, Parameter
 from .activation import ReLU
 from .linear import Linear
@@ -165,7 +167,8 @@ def _plain(m: Module, cls: type) -> bool:
     return (type(m) is cls and cls.forward is _FORWARDS[cls]
             and not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
                      or m._backward_pre_hooks or "forward" in m.__dict__
-                     or _GLOBAL_PRE_HOOKS or _GLOBAL_HOOKS))
+                     or _GLOBAL_PRE_HOOKS or _GLOBAL_HOOKS or _hooks.GLOBAL_BACKWARD_HOOKS
+                     or _hooks.GLOBAL_BACKWARD_PRE_HOOKS))
 
 
 def _fusing() -> bool:
@@ -284,61 +287,100 @@ class ModuleDict(Module):
 
 
 class ParameterDict(Module):
-    """A dict of parameters registered under their keys, as PyTorch's: a tensor (or array)
-    stored in it becomes a Parameter; keys keep their insertion order."""
+    """A dict of parameters registered under their keys, as PyTorch's: a tensor stored in it
+    becomes a Parameter; any other value (a number, a string, None) is kept as it is, as a
+    plain attribute outside ``state_dict``. Keys keep their insertion order."""
 
     def __init__(self, parameters=None):
         super().__init__()
+        self._keys: dict[str, None] = {}
         if parameters is not None:
             self.update(parameters)
 
     def __setitem__(self, key: str, value) -> None:
         if not isinstance(key, str):
             raise TypeError(f"ParameterDict: keys must be strings, got {type(key).__name__}")
-        self.register_parameter(key, value if isinstance(value, Parameter) or value is None
-                                else Parameter(value))
+        _store(self, key, value)
+        self._keys[key] = None
 
-    def __getitem__(self, key: str) -> Parameter:
-        return self._parameters[key]
+    def __getitem__(self, key: str):
+        if key not in self._keys:
+            raise KeyError(key)
+        return getattr(self, key)
 
     def __delitem__(self, key: str) -> None:
-        del self._parameters[key]
+        del self._keys[key]
+        delattr(self, key)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._parameters
+        return key in self._keys
 
     def __len__(self) -> int:
-        return len(self._parameters)
+        return len(self._keys)
 
-    def __iter__(self):
-        return iter(self._parameters)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(self._keys)
 
     def keys(self):
-        return self._parameters.keys()
+        return self._keys.keys()
 
     def values(self):
-        return self._parameters.values()
+        return (self[k] for k in self._keys)
 
     def items(self):
-        return self._parameters.items()
+        return ((k, self[k]) for k in self._keys)
 
     def get(self, key: str, default=None):
-        return self._parameters.get(key, default)
+        return self[key] if key in self else default
 
-    def pop(self, key: str) -> Parameter:
-        return self._parameters.pop(key)
+    def pop(self, key: str):
+        v = self[key]
+        del self[key]
+        return v
 
-    def setdefault(self, key: str, default=None) -> Parameter:
-        if key not in self._parameters:
+    def popitem(self) -> tuple:
+        """Remove and return the last inserted (key, value) pair."""
+        if not self._keys:
+            raise KeyError("popitem(): ParameterDict is empty")
+        k = next(reversed(self._keys))
+        return k, self.pop(k)
+
+    def setdefault(self, key: str, default=None):
+        if key not in self:
             self[key] = default
-        return self._parameters[key]
+        return self[key]
+
+    def copy(self) -> ParameterDict:
+        """A new ParameterDict holding the same values (the same Parameter objects)."""
+        return ParameterDict(OrderedDict((k, self[k]) for k in self._keys))
+
+    def fromkeys(self, keys: Iterable[str], default=None) -> ParameterDict:
+        """A new ParameterDict with ``keys``, each holding ``default``."""
+        return ParameterDict((k, default) for k in keys)
+
+    def __or__(self, other: ParameterDict) -> ParameterDict:
+        new = self.copy()
+        new.update(other)
+        return new
+
+    def __ror__(self, other: ParameterDict) -> ParameterDict:
+        new = other.copy()
+        new.update(self)
+        return new
+
+    def __ior__(self, other: ParameterDict) -> ParameterDict:
+        self.update(other)
+        return self
 
     def update(self, parameters) -> None:
-        """From an iterable of (key, tensor) pairs, an OrderedDict or a ParameterDict in their
+        """From an iterable of (key, value) pairs, an OrderedDict or a ParameterDict in their
         order, or from another mapping in sorted key order (PyTorch's rule, so that a plain
         dict gives PyTorch's parameter order)."""
         if isinstance(parameters, OrderedDict | ParameterDict):
-            pairs = parameters.items()
+            pairs = list(parameters.items())
         elif hasattr(parameters, "items"):
             pairs = sorted(parameters.items())
         else:
@@ -347,19 +389,34 @@ class ParameterDict(Module):
             self[k] = v
 
     def clear(self) -> None:
-        self._parameters.clear()
+        for k in list(self._keys):
+            del self[k]
 
     def extra_repr(self) -> str:
         """PyTorch's: one line per entry, ``(key): Parameter containing: [type of size AxB]``."""
-        return "\n".join(f"  ({k}): " + _entry_repr(p, p.type() if p is not None else "")
-                         for k, p in self._parameters.items())
+        return "\n".join(f"  ({k}): " + _entry_repr(p, p.type() if isinstance(p, Tensor)
+                                                    else "")
+                         for k, p in self.items())
+
+
+def _store(module: Module, key: str, value) -> None:
+    """Put ``value`` under ``key`` as PyTorch's containers do: a tensor as a Parameter (a
+    plain one wrapped), anything else as a plain attribute."""
+    if isinstance(value, Tensor) and not isinstance(value, Parameter):
+        value = Parameter(value)
+    if isinstance(value, Parameter):
+        for store in (module.__dict__, module._buffers, module._modules):
+            store.pop(key, None)
+        module.register_parameter(key, value)
+    else:
+        setattr(module, key, value)
 
 
 def _entry_repr(p, kind: str) -> str:
     """How PyTorch's ParameterList/ParameterDict show an entry: its class, ``kind`` (dtype or
     tensor type), shape and a device other than the CPU."""
-    if p is None:
-        return "Object of type: NoneType"
+    if not isinstance(p, Tensor):
+        return f"Object of type: {type(p).__name__}"
     device = f" ({p.device})" if str(p.device) != "cpu" else ""
     return (f"{'Parameter' if isinstance(p, Parameter) else 'Tensor'} containing: [{kind} of "
             f"size {'x'.join(str(n) for n in p.shape)}{device}]")
@@ -367,23 +424,28 @@ def _entry_repr(p, kind: str) -> str:
 
 class ParameterList(Module):
     """A list of parameters registered under '0', '1', ... (PyTorch's ``values=``): a tensor
-    (or array) put in it becomes a Parameter."""
+    put in it becomes a Parameter; any other value is kept as it is (a plain attribute)."""
 
     def __init__(self, values: Iterable | None = None):
         super().__init__()
+        self._size = 0
         if values is not None:
             self.extend(values)
 
-    @staticmethod
-    def _param(p) -> Parameter | None:
-        return p if isinstance(p, Parameter) or p is None else Parameter(p)
+    def _index(self, i) -> str:
+        i = operator.index(i)
+        n = self._size
+        if not -n <= i < n:
+            raise IndexError(f"ParameterList: index {i} is out of range for {n} entries")
+        return str(i % n)
 
     def append(self, value) -> ParameterList:
-        self.register_parameter(str(len(self._parameters)), self._param(value))
+        self._size += 1
+        self[self._size - 1] = value
         return self
 
     def extend(self, values: Iterable) -> ParameterList:
-        if isinstance(values, str) or not hasattr(values, "__iter__"):
+        if isinstance(values, str | Tensor) or not hasattr(values, "__iter__"):
             raise TypeError(f"ParameterList.extend: expected an iterable of tensors, got "
                             f"{type(values).__name__}")
         for p in values:
@@ -394,23 +456,21 @@ class ParameterList(Module):
         return self.extend(values)
 
     def __getitem__(self, i):
-        ps = list(self._parameters.values())
-        return ParameterList(ps[i]) if isinstance(i, slice) else ps[i]
+        if isinstance(i, slice):
+            return ParameterList([self[j] for j in range(*i.indices(self._size))])
+        return getattr(self, self._index(i))
 
     def __setitem__(self, i: int, value) -> None:
-        n = len(self._parameters)
-        if not -n <= i < n:
-            raise IndexError(f"ParameterList: index {i} is out of range for {n} parameters")
-        self._parameters[str(i % n)] = self._param(value)
+        _store(self, self._index(i), value)
 
     def __len__(self) -> int:
-        return len(self._parameters)
+        return self._size
 
     def __iter__(self):
-        return iter(self._parameters.values())
+        return (self[i] for i in range(self._size))
 
     def extra_repr(self) -> str:
         """PyTorch's: one line per entry, ``(i): Parameter containing: [dtype of size AxB]``."""
-        return "\n".join(f"  ({i}): " + _entry_repr(p, f"nodegrad.{p.dtype}" if p is not None
-                                                    else "")
-                         for i, p in enumerate(self._parameters.values()))
+        return "\n".join(f"  ({i}): " + _entry_repr(p, f"nodegrad.{p.dtype}"
+                                                    if isinstance(p, Tensor) else "")
+                         for i, p in enumerate(self))

@@ -28,6 +28,7 @@ class _BatchNorm(Module):
     dims: tuple = ()
     # PyTorch before 0.4.1 wrote no counter: such a checkpoint loads and keeps the current one
     _optional_buffers = ("num_batches_tracked",)
+    _version = 2  # a state dict saved with version 2 metadata must hold the counter
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device=None,

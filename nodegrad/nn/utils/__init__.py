@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterable
 
 from ... import ops
-from ...autodiff import no_grad
+from ...autodiff import modes, no_grad
 from ...errors import DeviceError, ShapeError
 from ...optim.clip import clip_grad_norm_, clip_grad_value_
 from ...ops import concatenate, reshape
@@ -123,8 +123,10 @@ def parameters_to_vector(parameters: Iterable[Tensor]) -> Tensor:
 
 
 def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
-    """Copy consecutive slices of the 1-D ``vec`` into the parameters, in order (in place, not
-    recorded for autodiff); ``vec`` must hold exactly their number of elements."""
+    """Point each parameter's ``data`` at the next slice of the 1-D ``vec``, in order, as
+    PyTorch's: the parameters view ``vec`` (a later change of ``vec`` shows in them) and take
+    its dtype; ``vec`` must hold exactly their number of elements. Under a jit trace the
+    slices are copied in instead (recorded, so each replay writes them again)."""
     ps = list(parameters)
     _one_device(ps, "vector_to_parameters")
     if not isinstance(vec, Tensor):  # PyTorch's TypeError
@@ -137,12 +139,16 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
     if vec.shape[0] != total:
         raise ShapeError(f"vector_to_parameters: the vector has {vec.shape[0]} elements, the "
                          f"parameters {total}")
-    i = 0
+    i, traced = 0, modes().jit is not None
     with no_grad():
         for p in ps:
             n = p.numel()
-            p.copy_(vec.to(p.device)[i:i + n].reshape(p.shape).astype(p.dtype))  # (recorded
-            i += n  # for nodegrad.jit's replays, and bumps the version)
+            piece = vec.to(p.device)[i:i + n]
+            if traced:
+                p.copy_(piece.reshape(p.shape).astype(p.dtype))
+            else:
+                p.data = piece.view(tuple(p.shape))
+            i += n
 
 
 # PyTorch's submodule import paths (nn.utils.clip_grad, nn.utils.convert_parameters): they
