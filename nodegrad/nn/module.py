@@ -526,7 +526,8 @@ class Module:
         (which state dicts before PyTorch's form listed once); loading keeps their values."""
         def old(mp: str, m: Module) -> bool:
             version = (metadata or {}).get(mp, {}).get("version")
-            return version is None or version < m._version
+            return not (isinstance(version, int) and isinstance(m._version, int)
+                        and version >= m._version)
 
         keys = {f"{mp}.{n}" if mp else n for mp, m in self.named_modules() if old(mp, m)
                 for n in m._optional_buffers if m._buffers.get(n) is not None}

@@ -147,7 +147,7 @@ def vector_to_parameters(vec: Tensor, parameters: Iterable[Tensor]) -> None:
             if traced:
                 p.copy_(piece.reshape(p.shape).astype(p.dtype))
             else:
-                p.data = piece.view(tuple(p.shape))
+                p.data = piece.reshape(tuple(p.shape))
             i += n
 
 
