@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 from . import _backend as _B
 from .amp import float32_op, lower_in_region
+from .autodiff import computes_with_values, modes
+from .batching import values
 from .errors import DTypeError, LinAlgError, ShapeError
 from .ops.arrange import diagonal as _diagonal
 from .ops.arrange import tril, triu
@@ -141,11 +143,17 @@ def lu_factor(A, *, pivot: bool = True) -> LUFactorResult:
 
 def _zero_pivot(op: str, info: Tensor) -> None:
     """Raise, as PyTorch's ``lu_factor``, where a factor's U has an exact zero on its diagonal
-    (``lu_factor_ex`` returns that as ``info``)."""
-    flat = info.numpy().reshape(-1)
+    (``lu_factor_ex`` returns that as ``info``). Under a jit trace the values are not known
+    yet: that signature then runs eagerly, each call checking its own matrix."""
+    d = values(info)  # inside vmap, the whole batch's
+    rec = modes().jit
+    if rec is not None and id(d) in rec.slot:
+        computes_with_values(info, "lu_factor's zero-pivot check")
+        return
+    flat = _B.np.asarray(_B.backend_of(d).to_host(d)).reshape(-1)
     bad = [i for i in range(flat.size) if flat[i] != 0]
     if bad:
-        where_ = f"(Batch element {bad[0]}): " if info.ndim else ""
+        where_ = f"(Batch element {bad[0]}): " if d.ndim else ""
         k = int(flat[bad[0]])
         raise LinAlgError(f"{op}: {where_}U[{k},{k}] is zero and using it on lu_solve would "
                           "result in a division by zero. If you still want to perform the "

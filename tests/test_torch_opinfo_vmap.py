@@ -30,8 +30,6 @@ REFUSES = {
                                  "linspace.tensor_overload", "logspace.tensor_overload",
                                  "linalg.ldl_factor", "linalg.ldl_factor_ex",
                                  "linalg.ldl_solve")},
-    **{name: "running statistics updated in place from each example's statistics"
-       for name in ("nn.functional.batch_norm", "nn.functional.instance_norm")},
     "nn.functional.embedding_bag": "batched offsets (each example's bags)",
     "as_strided": "strides address the whole batch's memory",
     "as_strided_copy": "strides address the whole batch's memory",
