@@ -921,30 +921,6 @@ def _is_module_map(v) -> bool:
 
 
 # --- functional use ---------------------------------------------------------------------------
-def _swap(module: Module, tensors: dict) -> list:
-    """Put ``tensors`` (by dotted name) in place of parameters, buffers or plain tensor
-    attributes; return what to restore."""
-    undo = []
-    for name, t in tensors.items():
-        mp, _, leaf = name.rpartition(".")
-        try:
-            owner = module.get_submodule(mp)
-        except AttributeError:
-            owner = None
-        if owner is not None and leaf in owner._parameters:
-            store = owner._parameters
-        elif owner is not None and leaf in owner._buffers:
-            store = owner._buffers
-        elif owner is not None and isinstance(owner.__dict__.get(leaf), Tensor):
-            store = owner.__dict__  # a plain tensor attribute: replaced too, as in PyTorch
-        else:
-            raise KeyError(f"functional_call: {type(module).__name__} has no parameter, "
-                           f"buffer or tensor attribute named {name!r}")
-        undo.append((store, leaf, store[leaf]))
-        store[leaf] = t
-    return undo
-
-
 def module_device(module: Module) -> str:
     """The device of ``module``'s first parameter (or buffer); "cpu" for a module of neither.
     Where a function makes the inputs it runs ``module`` on, it makes them there."""
@@ -956,15 +932,12 @@ def module_device(module: Module) -> str:
 
 
 def functional_call(module: Module, params: dict, *args, **kwargs):
-    """Call ``module`` with ``params`` (dotted name -> tensor) in place of its own tensors."""
-    undo = _swap(module, dict(params))
-    _STRUCTURE[0] += 1  # a compiled module reads the tensors it holds again (jit)
-    try:
-        return module(*args, **kwargs)
-    finally:
-        for store, leaf, old in reversed(undo):
-            store[leaf] = old
-        _STRUCTURE[0] += 1
+    """Call ``module`` with ``params`` (dotted name -> tensor) in place of its own tensors:
+    the short form of :func:`nodegrad.func.functional_call`, whose rules it follows (tied
+    weights, names the module lacks, the module restored whatever happens)."""
+    from ..func.module_state import functional_call as call  # (func imports nn lazily too)
+
+    return call(module, params, args, kwargs)
 
 
 def _flatten_module(m: Module):
