@@ -606,18 +606,15 @@ def attention_form(xp, q, k, v, scale: float, causal: bool, g=None):
     """``softmax(q kᵀ · scale [+ causal mask]) v`` over (..., L, E) arrays of one shape, or with
     ``g`` its VJP stacked as (3, ...) (dq, dk, dv): ops.attention's definition in ``xp``'s
     operations. Host float32 takes :func:`exp32_neg` (the exp of the shifted scores) and NumPy's
-    pairwise row sums, which :func:`attention` and :func:`attention_grad` reproduce row by row.
-    On the host, kᵀ and vᵀ are C-ordered copies: OpenBLAS's small products with a transposed
-    right operand take ~1.8x as long as on a copy (q kᵀ of 48 units of 64 x 32: 149 against 85
-    µs on one thread, plus 23 for the copy)."""
-    host = xp is np
+    pairwise row sums, which :func:`attention` and :func:`attention_grad` reproduce row by row."""
     qs = xp.empty(q.shape, q.dtype)
     xp.multiply(q, scale, out=qs)
-    s = xp.matmul(qs, _attention_t(xp, k, host))
+    s = xp.matmul(qs, xp.swapaxes(k, -1, -2))
     if causal:
         n = q.shape[-2]
         s += xp.where(xp.tril(xp.ones((n, n), dtype=bool)), 0, -xp.inf).astype(q.dtype)
     s -= xp.max(s, axis=-1, keepdims=True)
+    host = xp is np
     p = exp_nonpositive(xp, s)
     p /= (np.add.reduce(p, axis=-1, keepdims=True) if host
           else xp.sum(p, axis=-1, keepdims=True))
@@ -625,20 +622,13 @@ def attention_form(xp, q, k, v, scale: float, causal: bool, g=None):
         return xp.matmul(p, v)
     out = xp.empty((3,) + q.shape, q.dtype)
     xp.matmul(xp.swapaxes(p, -1, -2), g, out=out[2])
-    dp = xp.matmul(g, _attention_t(xp, v, host))
+    dp = xp.matmul(g, xp.swapaxes(v, -1, -2))
     t = dp * p
     r = np.add.reduce(t, axis=-1, keepdims=True) if host else xp.sum(t, axis=-1, keepdims=True)
     ds = (dp - r) * p
     xp.multiply(xp.matmul(ds, k), scale, out=out[0])
     xp.matmul(xp.swapaxes(ds, -1, -2), qs, out=out[1])
     return out
-
-
-def _attention_t(xp, a, host: bool):
-    """``a``'s last two axes swapped: on the host a C-ordered copy (see :func:`attention_form`),
-    which the numba loops make of each unit too."""
-    t = xp.swapaxes(a, -1, -2)
-    return np.ascontiguousarray(t) if host else t
 
 
 class _Attention:
@@ -700,15 +690,15 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
     """The loops' forward (``g`` None: y) or backward ((3, ...) dq, dk, dv) on checked arrays;
     None where an array's layout is not one they take."""
     lays = [_att_layout(a) for a in (q, kk, v) + (() if g is None else (g,))]
-    if any(x is None for x in lays):
-        return None
+    if any(x is None for x in lays) or (g is not None and lays[3] == lays[2]):
+        return None  # (g the very array v: NumPy's matmul takes g vᵀ as a syrk, not a gemm)
     heads = q.shape[1] if q.ndim == 4 else 1
     units = q.size // (q.shape[-2] * q.shape[-1])
     n, e = q.shape[-2], q.shape[-1]
     out = np.empty(((3,) if g is not None else ()) + q.shape, float32)
     if g is None:
         lays.append((out.ctypes.data, heads * n * e, n * e, e))
-    scratch = n * e + 2 * n * n + n + e * n
+    scratch = n * e + 2 * n * n + n
     two = split and units >= 2 and n * n * e <= _GEMM_SERIAL and _BlasPool.exec_blas != 0 \
         and _BlasThreads.get() >= 2
     args = np.zeros((2, k.ATT_ARGS), np.int64)
@@ -725,6 +715,7 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
         a[25], a[26] = work[t].ctypes.data, consts.ctypes.data
         if g is not None:
             a[27:30] = out[0].ctypes.data, out[1].ctypes.data, out[2].ctypes.data
+        a[30] = a[31] = 112
     if two:
         queue = np.zeros((2, k.QUEUE_BYTES // 8), np.int64)
         if k.exec_two(_BlasPool.exec_blas, _Attention.job, queue, args) != 0:

@@ -879,13 +879,15 @@ def pool_run(exec_blas, job, q, args, kind, rows, n, split, consts, p0, p1, p2, 
 # that form's operations in its order: NumPy's row maxima, exp32_neg, pairwise row sums. Units
 # split between this thread and OpenBLAS's worker (its products stay single-threaded: each is
 # below OpenBLAS's threading threshold, which the caller checks).
-ATT_ARGS = 30
+ATT_ARGS = 32
 """The argument block (int64s): 0 the job (ATT_FORWARD, ATT_BACKWARD), 1-2 the first and last
 unit, 3 heads, 4 L, 5 S, 6 E (the rows, keys and width), 7 cblas_sgemm's address, 8 causal,
 9-12 q's address and its element strides by batch, head and row, 13-16 k's, 17-20 v's, 21-24
 the output's (forward: y's, C-ordered) or the cotangent's (backward), 25 the unit's scratch
-(float32: L·E + 2·L·S + S + E·S), 26 the float32 constants (scale, exp32_neg's polynomial (6)
-and constants (6)), 27-29 dq, dk and dv (backward, C-ordered)."""
+(float32: L·E + 2·L·S + S), 26 the float32 constants (scale, exp32_neg's polynomial (6) and
+constants (6)), 27-29 dq, dk and dv (backward, C-ordered), 30-31 the transpose flags of the
+products that read k and v as NumPy would pass them (q kᵀ and g vᵀ: 112 for a transposed
+right operand, as NumPy's matmul passes a swapped-axes view)."""
 ATT_FORWARD, ATT_BACKWARD = 0, 1
 _NOTRANS, _TRANS = 111, 112
 
@@ -920,22 +922,10 @@ def _att_base(a, at, u, heads):
 
 
 @numba.njit(inline="always", **_OPTS)
-def _att_transposed(a, at, u, heads, keys, width, kt):
-    """Unit ``u``'s matrix (S x E) of the array described at ``a[at:at + 4]`` into ``kt``
-    (E x S, C-ordered scratch), as the NumPy form's contiguous copy of its swapped axes."""
-    b0, br = _att_base(a, at, u, heads), a[at + 3]
-    for i in range(keys):
-        src = f32_at(b0, i * br, width)
-        for j in range(width):
-            kt[_U(j * keys + i)] = src[j]
-
-
-@numba.njit(inline="always", **_OPTS)
-def _att_weights(a, u, qs, p, kt, c):
+def _att_weights(a, u, qs, p, c):
     """Unit ``u``'s scaled queries ``qs`` (L x E) and softmax weights ``p`` (L x S), both
-    C-ordered scratch, as the NumPy form: q·scale, (q·scale) kᵀ (kᵀ copied into ``kt``), plus
-    the causal mask's 0 or -inf, then each row less its maximum (NaN where it holds one),
-    exp32_neg, over its sum."""
+    C-ordered scratch, as the NumPy form: q·scale, (q·scale) kᵀ, plus the causal mask's 0 or
+    -inf, then each row less its maximum (NaN where it holds one), exp32_neg, over its sum."""
     heads, rows, keys, width, sg = a[3], a[4], a[5], a[6], a[7]
     q0, qr = _att_base(a, 9, u, heads), a[12]
     scale, poly, consts = c[0], _t6(c, 1), _t6(c, 7)
@@ -944,9 +934,8 @@ def _att_weights(a, u, qs, p, kt, c):
         src = f32_at(q0, i * qr, width)
         for j in range(width):
             qs[_U(i * width + j)] = src[j] * scale
-    _att_transposed(a, 13, u, heads, keys, width, kt)
-    _sgemm(sg, _NOTRANS, _NOTRANS, rows, keys, width, qs.ctypes.data, width, kt.ctypes.data,
-           keys, p.ctypes.data, keys)
+    _sgemm(sg, _NOTRANS, a[30], rows, keys, width, qs.ctypes.data, width,
+           _att_base(a, 13, u, heads), a[16], p.ctypes.data, keys)
     ninf = numba.float32(-math.inf)
     for i in range(rows):
         o = _U(i * keys)
@@ -970,9 +959,8 @@ def attention_units(a):
     c = f32_at(a[26], 0, 13)
     qs = f32_at(a[25], 0, rows * width)
     p = f32_at(a[25], rows * width, rows * keys)
-    kt = f32_at(a[25], rows * width + 2 * rows * keys + keys, width * keys)
     for u in range(a[1], a[2]):
-        _att_weights(a, u, qs, p, kt, c)
+        _att_weights(a, u, qs, p, c)
         k0, v0, x0 = _att_base(a, 13, u, heads), _att_base(a, 17, u, heads), \
             _att_base(a, 21, u, heads)
         if a[0] == ATT_FORWARD:  # y = p v
@@ -985,9 +973,8 @@ def attention_units(a):
         # dv = pᵀ g; dp = g vᵀ; ds = (dp - Σ dp·p) · p; dq = (ds k) · scale; dk = dsᵀ (q·scale)
         _sgemm(sg, _TRANS, _NOTRANS, keys, width, rows, p.ctypes.data, keys, x0, a[24],
                a[29] + off, width)
-        _att_transposed(a, 17, u, heads, keys, width, kt)
-        _sgemm(sg, _NOTRANS, _NOTRANS, rows, keys, width, x0, a[24], kt.ctypes.data, keys,
-               dp.ctypes.data, keys)
+        _sgemm(sg, _NOTRANS, a[31], rows, keys, width, x0, a[24], v0, a[20], dp.ctypes.data,
+               keys)
         zero = numba.float32(0)
         for i in range(rows):
             o = _U(i * keys)

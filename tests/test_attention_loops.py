@@ -109,9 +109,8 @@ def test_other_arrays_go_to_the_numpy_form(loops):
     assert B.attention(q, k[:, :, :32], v, 0.5, False) is None
     assert B.attention(q[..., None, :, :], k[..., None, :, :], v[..., None, :, :], 0.5,
                        False) is None  # 5-D
-    # g the very array v: the NumPy form multiplies by a copy of vᵀ (a gemm, not a syrk)
-    same = B.attention_grad(v, q, k, v, 0.5, False)
-    assert same.tobytes() == B.attention_form(np, q, k, v, 0.5, False, v).tobytes()
+    assert B.attention_grad(v, q, k, v, 0.5, False) is None  # g v^T a syrk in NumPy's matmul
+    assert B.attention_grad(v.copy(), q, k, v, 0.5, False) is not None
     loops(False)
     assert B.attention(q, k, v, 0.5, False) is None
 
