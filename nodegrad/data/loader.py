@@ -64,8 +64,9 @@ class _InfiniteConstantSampler(Sampler):
 def _listed(fields):
     """A gathered batch in ``default_collate``'s structure: tuples (not namedtuples) become
     lists, at any depth, dicts keep their keys."""
-    if type(fields) is tuple:
-        return [_listed(f) for f in fields]
+    if type(fields) is tuple:  # (the usual flat batch without a call per field)
+        return [f if type(f) is not tuple and type(f) is not dict else _listed(f)
+                for f in fields]
     if type(fields) is dict:
         return {k: _listed(v) for k, v in fields.items()}
     return fields
