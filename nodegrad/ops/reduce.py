@@ -179,24 +179,31 @@ def _one_axis(axis, ndim, op):
 
 def argmax(x, axis: int | None = None, keepdims: bool = False):
     """Index of the largest value (flattened when ``axis`` is None)."""
-    axis = _one_axis(axis, x.ndim, "argmax")
+    axis = _one_axis(scalar_dims(axis, x.ndim, "argmax"), x.ndim, "argmax")  # 0-d: 0 / -1 is all
     nonempty("argmax", x.shape, axis)
     return _argmax(x, axis=axis, keepdims=bool(keepdims))
 
 
 def argmin(x, axis: int | None = None, keepdims: bool = False):
     """Index of the smallest value (flattened when ``axis`` is None)."""
-    axis = _one_axis(axis, x.ndim, "argmin")
+    axis = _one_axis(scalar_dims(axis, x.ndim, "argmin"), x.ndim, "argmin")  # 0-d: 0 / -1 is all
     nonempty("argmin", x.shape, axis)
     return _argmin(x, axis=axis, keepdims=bool(keepdims))
 
 
+def _truth_dtype(out, x):
+    """An any/all result: bool, but uint8 for a uint8 input (PyTorch's rule)."""
+    return astype(out, x.dtype) if x.dtype == B.np.uint8 else out
+
+
 def any(x, axis=None, keepdims: bool = False):
-    return _any(x, axis=norm_axes(axis, x.ndim, "any"), keepdims=bool(keepdims))
+    """Whether any element over ``axis`` is nonzero (uint8 for a uint8 input, as PyTorch)."""
+    return _truth_dtype(_any(x, axis=norm_axes(axis, x.ndim, "any"), keepdims=bool(keepdims)), x)
 
 
 def all(x, axis=None, keepdims: bool = False):
-    return _all(x, axis=norm_axes(axis, x.ndim, "all"), keepdims=bool(keepdims))
+    """Whether every element over ``axis`` is nonzero (uint8 for a uint8 input, as PyTorch)."""
+    return _truth_dtype(_all(x, axis=norm_axes(axis, x.ndim, "all"), keepdims=bool(keepdims)), x)
 
 
 def _ddof(op: str, axis, ddof, correction, unbiased):
