@@ -164,31 +164,29 @@ def _cached_cast(cache: dict, a: Tensor, target) -> Tensor:
 
 
 def _promote_mixed(prim, args: tuple, low) -> tuple:
-    """Operands in ``low`` precision cast up to the widest float operand, for an op that mixes
-    them (PyTorch promotes such a mix; nodegrad otherwise refuses it)."""
+    """Float operands of an op that mixes float dtypes cast to their promoted type: the widest,
+    float32 for bfloat16 with float16 (PyTorch promotes such a mix; nodegrad otherwise refuses
+    it)."""
     pos = prim.operands
     if pos is None:
         return args
     if pos is True:
         pos = range(len(args))
-    widest = None
-    has_low = False
+    dts = set()
     for i in pos:
         a = args[i]
-        if isinstance(a, Tensor):
-            dt = a._data.dtype
-            if B.is_float(dt):
-                if dt == low:
-                    has_low = True
-                elif widest is None or dt.itemsize > widest.itemsize:
-                    widest = dt
-    if not has_low or widest is None or widest.itemsize <= low.itemsize:
+        if isinstance(a, Tensor) and B.is_float(a._data.dtype):
+            dts.add(a._data.dtype)
+    if len(dts) < 2:
         return args
+    widest = max(dts, key=lambda d: d.itemsize)
+    if widest.itemsize == 2:  # bfloat16 with float16
+        widest = _F32
     out = list(args)
     for i in pos:
         a = out[i]
-        if isinstance(a, Tensor) and a._data.dtype == low:
-            out[i] = bind(_ASTYPE, (a,), {"dtype": widest, "src": low})
+        if isinstance(a, Tensor) and B.is_float(a._data.dtype) and a._data.dtype != widest:
+            out[i] = bind(_ASTYPE, (a,), {"dtype": widest, "src": a._data.dtype})
     return tuple(out)
 
 
@@ -210,8 +208,8 @@ class autocast:  # noqa: N801  (PyTorch's name)
     def __init__(self, device_type: str, dtype: Any = None, enabled: bool = True,
                  cache_enabled: bool | None = None) -> None:
         self.device = _check_device(device_type, "autocast")
-        self.fast_dtype = (_DEFAULT_DTYPE[self.device] if dtype is None
-                           else _as_dtype(dtype, "autocast"))
+        self.fast_dtype = (get_autocast_dtype(self.device) if dtype is None  # as PyTorch: the
+                           else _as_dtype(dtype, "autocast"))  # enclosing region's dtype
         if self.fast_dtype == _BF16 and self.device == "cuda":
             raise DTypeError("autocast: CuPy arrays have no bfloat16, so a 'cuda' region runs in "
                              "float16 (dtype=ng.float16); bfloat16 regions are for 'cpu'")
@@ -258,7 +256,7 @@ class autocast:  # noqa: N801  (PyTorch's name)
 
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
-            with autocast(self.device, self._dtype_arg, self._enabled, self._cache_enabled):
+            with autocast(self.device, self.fast_dtype, self._enabled, self._cache_enabled):
                 return func(*args, **kwargs)
 
         return wrapper
@@ -510,6 +508,7 @@ class GradScaler:
         self._init_scale = float(init_scale)
         self._scale: float | None = None  # float32 value, set by the first scale()
         self._growth_tracker: int | None = None
+        self._init_growth_tracker = 0
         self._growth_factor = float(growth_factor)
         self._backoff_factor = float(backoff_factor)
         self._growth_interval = int(growth_interval)
@@ -519,7 +518,7 @@ class GradScaler:
     # -- the scale ------------------------------------------------------------------------
     def _lazy_init(self) -> None:
         self._scale = float(B.np.float32(self._init_scale))
-        self._growth_tracker = 0
+        self._growth_tracker = self._init_growth_tracker
 
     def _set_scale(self, value: float) -> None:
         self._scale = float(B.np.float32(value))
@@ -710,7 +709,7 @@ class GradScaler:
     def _get_growth_tracker(self) -> int:
         if not self._enabled:
             return 0
-        return 0 if self._growth_tracker is None else self._growth_tracker
+        return self._init_growth_tracker if self._growth_tracker is None else self._growth_tracker
 
     def is_enabled(self) -> bool:
         """Whether the scaler scales (False when made disabled, or for CUDA without a GPU)."""
@@ -739,6 +738,7 @@ class GradScaler:
         self._growth_factor = float(state_dict["growth_factor"])
         self._backoff_factor = float(state_dict["backoff_factor"])
         self._growth_interval = int(state_dict["growth_interval"])
+        self._init_growth_tracker = int(state_dict["_growth_tracker"])
         if self._scale is not None:
             self._set_scale(self._init_scale)
         if self._growth_tracker is not None:

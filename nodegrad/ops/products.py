@@ -149,6 +149,7 @@ def mm(input, mat2) -> Tensor:
     a, b = _t(input), _t(mat2)
     _ndim("mm", a, 2, "input")
     _ndim("mm", b, 2, "mat2")
+    a, b = lower_in_region(a, b)  # autocast: both in its precision
     _same_dtype("mm", a, b)
     if a.shape[1] != b.shape[0]:
         raise ShapeError(f"mm: shapes {_shape(a)} and {_shape(b)} cannot be multiplied "
@@ -168,6 +169,7 @@ def bmm(input, mat2) -> Tensor:
     """Batched matrix product (b, n, m) @ (b, m, p) -> (b, n, p); batches must be equal."""
     a, b = _t(input), _t(mat2)
     _bmm_check("bmm", a, b)
+    a, b = lower_in_region(a, b)  # autocast: both in its precision
     _same_dtype("bmm", a, b)
     return L.matmul(a, b)
 
