@@ -1123,7 +1123,7 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad: bool = False
     complex (a one-element tensor or NumPy scalar counts as its Python number)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if isinstance(fill_value, Tensor | B.generic):
-        fill_value = _range_scalar("full", fill_value)
+        fill_value = range_scalar("full", fill_value)
     if dtype is None and isinstance(fill_value, bool):
         dtype = bool_
     elif dtype is None and isinstance(fill_value, int):
@@ -1333,7 +1333,7 @@ def take_out(namespace: dict, names: str, prefix: str = "") -> None:
         namespace[n] = with_out(namespace[n], prefix + n)
 
 
-def _range_scalar(op: str, v, complex_ok: bool = False):
+def range_scalar(op: str, v, complex_ok: bool = False):
     """A Python number from a number, a NumPy scalar or a one-element tensor (read eagerly);
     complex numbers where ``complex_ok`` (linspace's and logspace's ends)."""
     if isinstance(v, Tensor):
@@ -1403,7 +1403,7 @@ def arange(start=None, stop=None, step=1, dtype=None, device=None,
         start, stop = 0, start
     if layout is not None:
         check_layout("arange", layout)
-    start, stop, step = (_range_scalar("arange", v) for v in (start, stop, step))
+    start, stop, step = (range_scalar("arange", v) for v in (start, stop, step))
     if dtype is None and isinstance(out, Tensor):  # PyTorch's: out's dtype and device
         dtype = out.dtype
         device = out.device if device is None else device
@@ -1428,7 +1428,7 @@ def torch_range(start=0, end=None, step=1, *, dtype=None, device=None,
 
     if end is None:
         raise TypeError("range: missing the end (torch.range(start, end, step) includes it)")
-    start, end, step = (_range_scalar("range", v) for v in (start, end, step))
+    start, end, step = (range_scalar("range", v) for v in (start, end, step))
     if step == 0:
         raise ValueError("range: step must be nonzero")
     if (end - start) * step < 0:
@@ -1518,7 +1518,7 @@ def linspace(start, stop=None, num: int | None = None, dtype=None, device=None,
         raise TypeError(f"linspace: the number of steps must be an int, got {type(num).__name__}")
     if num < 0:
         raise ValueError(f"linspace: number of steps must be non-negative, got {num}")
-    start, stop = (_range_scalar("linspace", v, True) for v in (start, stop))
+    start, stop = (range_scalar("linspace", v, True) for v in (start, stop))
     dt = range_dtype("linspace", (start, stop), dtype)
     be = B.get_backend(_device(device))
     if not isinstance(endpoint, bool):

@@ -22,7 +22,7 @@ from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..func.tree import register_pytree_node
 from ..tensor import Tensor
-from ..tensor import _range_scalar as range_scalar
+from ..tensor import range_scalar
 from ..tensor import range_dtype
 from ..tensor import tensor as _tensor
 from . import arrange as A
