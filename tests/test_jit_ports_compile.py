@@ -666,12 +666,12 @@ class RebindsABuffer(nn.Module):
         return out
 
 
-def buffers_written_in_forward(wrap, cls):
+def buffers_written_in_forward(wrap, cls, steps=6):
     model = cls()
     m = wrap(model)
     opt = optim.SGD(model.parameters(), lr=0.1)
     out = []
-    for x, y in batches(6, 8, (10,), 3):
+    for x, y in batches(steps, 8, (10,), 3):
         x = x.clone()
         logits = m(x)
         loss = F.cross_entropy(logits, y)
@@ -685,6 +685,31 @@ def buffers_written_in_forward(wrap, cls):
 @pytest.mark.parametrize("cls", [InPlaceNormaliser, RebindsABuffer])
 def test_buffers_written_in_forward(cls):
     compare(lambda wrap: buffers_written_in_forward(wrap, cls), Compiler())
+
+
+def test_a_rebound_buffer_over_many_steps():
+    """Each call binds a new tensor to the buffer and the last one is freed: a later tensor
+    that reuses its id must not match the signature of a program traced on the freed one (a
+    signature keyed by id() replayed stale programs after a few steps). Only copies of the
+    buffer are kept, so that the freed tensors' memory comes back."""
+
+    def run(wrap):
+        ng.manual_seed(0)
+        model = RebindsABuffer()
+        m = wrap(model)
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        out = []
+        for x, y in batches(80, 8, (10,), 3):
+            loss = F.cross_entropy(m(x.clone()), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(model.ema.numpy().copy())
+        return out
+
+    ref, got = run(lambda obj: obj), run(Compiler())
+    for i, (r, g) in enumerate(zip(ref, got)):
+        assert np.array_equal(r, g), f"step {i}"
 
 
 class MomentumEncoder(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import sys
 import functools
+import itertools
 import threading
 import time
 import warnings
@@ -188,10 +189,10 @@ class Jitted:
         self._modules = mods
         self._params = list(params.values())
         self._numbers = _module_numbers(mods)
-        self._held = tuple(id(x) for mod in mods for name in ("_parameters", "_buffers",
-                                                              "_modules")
+        self._held = tuple(_serial(x) for mod in mods for name in ("_parameters", "_buffers",
+                                                                   "_modules")
                            for x in getattr(mod, name, {}).values()) + tuple(
-            id(h) for mod in mods for name in ("_forward_pre_hooks", "_forward_hooks",
+            _serial(h) for mod in mods for name in ("_forward_pre_hooks", "_forward_hooks",
                                                "_backward_hooks", "_backward_pre_hooks")
             for h in getattr(mod, name, ()))  # hooks run at trace: a new one retraces
         count = getattr(mods[0], "_structure", None) if mods else None
@@ -703,13 +704,41 @@ def _tree_modules(tdef, out: list) -> list:
     return out
 
 
+_SERIALS: dict = {}  # id(obj) -> (a weak reference to obj, its serial number)
+_NEXT_SERIAL = itertools.count()
+
+
+def _serial(obj) -> int:
+    """A number for ``obj`` that no other object ever gets, what signatures name held objects
+    (a module's buffers, layers and hooks) by: an ``id()`` is reused by a later object once
+    this one is gone (a buffer rebound on every call), and would match the signature of a
+    program traced on the old one."""
+    k = id(obj)
+    e = _SERIALS.get(k)
+    if e is not None and e[0]() is obj:
+        return e[1]
+    n = next(_NEXT_SERIAL)
+    try:
+        ref = weakref.ref(obj, functools.partial(_forget_serial, k))
+    except TypeError:  # no weak references (a builtin function as a hook): held for good
+        ref = functools.partial(_same, obj)
+    _SERIALS[k] = (ref, n)
+    return n
+
+
+def _forget_serial(k: int, ref) -> None:
+    e = _SERIALS.get(k)
+    if e is not None and e[0] is ref:
+        del _SERIALS[k]
+
+
 def _modules_key(mods: list) -> tuple:
     """What the signature of a call taking ``mods`` as arguments holds of them, as of the
     state's modules (``Jitted._read_state``): their and their submodules' train()/eval()
     flags, and which buffers and forward/backward hooks they hold."""
     subs = [s for mod in mods for s in mod.modules()]
-    held = tuple(id(x) for s in subs for x in s._buffers.values()) + tuple(
-        id(h) for s in subs for name in ("_forward_pre_hooks", "_forward_hooks",
+    held = tuple(_serial(x) for s in subs for x in s._buffers.values()) + tuple(
+        _serial(h) for s in subs for name in ("_forward_pre_hooks", "_forward_hooks",
                                          "_backward_hooks", "_backward_pre_hooks")
         for h in getattr(s, name, ()))
     return tuple(s.training for s in subs), held
@@ -1347,7 +1376,7 @@ def _def_key(tdef):
     try:
         hash(aux)
     except TypeError:
-        aux = tuple(aux) if isinstance(aux, list) else id(aux)
+        aux = tuple(aux) if isinstance(aux, list) else ("object", _serial(aux))
     return (tdef.kind, aux, tuple(_def_key(c) for c in tdef.children))
 
 
