@@ -27,7 +27,7 @@ from ..errors import JitError
 from ..func.tree import tree_flatten, tree_unflatten
 from ..tensor import Tensor
 from .program import Instr
-from .trace import Recorder
+from .trace import Recorder, load_fn
 
 #: traces caused only by a changed Python number before jit warns (once per function)
 RETRACE_WARN = 8
@@ -57,10 +57,11 @@ UPGRADE_AFTER_S = 10.0
 
 
 class _Entry:
-    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait", "diff", "hooks", "frozen")
+    __slots__ = ("program", "out_def", "out_kinds", "reason", "wait", "diff", "hooks", "frozen",
+                 "binds")
 
     def __init__(self, program, out_def, out_kinds, reason=None, wait=None, diff=None,
-                 hooks=None, frozen=None):
+                 hooks=None, frozen=None, binds=None):
         self.program, self.out_def, self.out_kinds, self.reason = program, out_def, out_kinds, \
             reason
         self.wait = wait  # replay seconds left until numba is imported for it (None: never)
@@ -72,6 +73,9 @@ class _Entry:
         # the leaves it read that did not require grad in a call that recorded gradients (a
         # frozen layer): unfreezing one traces again, else the program would give them none
         self.frozen = frozen
+        # the buffers the step binds anew (``self.ema = 0.9 * self.ema + ...``): (module held
+        # weakly, name) each, bound to the program's last outputs after each replay; or None
+        self.binds = binds
 
 
 def _global_draws() -> tuple:
@@ -103,11 +107,12 @@ class _Diff:
     gradients of ``wrt``: the inputs that require grad, by leaf position, then the tensors the
     function read that require grad, held weakly)."""
 
-    __slots__ = ("fwd", "bwd", "n_out", "wrt_in", "loaded", "present", "orders")
+    __slots__ = ("fwd", "bwd", "n_out", "wrt_in", "loaded", "present", "orders", "n_bind")
 
-    def __init__(self, fwd, bwd, n_out, wrt_in, loaded, present, orders):
+    def __init__(self, fwd, bwd, n_out, wrt_in, loaded, present, orders, n_bind=0):
         self.fwd, self.bwd, self.n_out, self.wrt_in = fwd, bwd, n_out, wrt_in
         self.loaded, self.present, self.orders = loaded, present, orders
+        self.n_bind = n_bind  # the forward's outputs after n_out bound to buffers (_Entry.binds)
 
 
 class _DiffCall:
@@ -148,6 +153,9 @@ class Jitted:
         self._reads: tuple = ()
         self._read_names: tuple = ()
         self._volatile: str | None = None
+        # (module serial, buffer name) of the buffers a traced step bound anew: programs read
+        # them by name and bind them after each replay; the signature keys their shape and dtype
+        self._by_name: set = set()
         self._read_state()
         self.max_cache = max_cache
         self.cache: OrderedDict = OrderedDict()
@@ -189,12 +197,8 @@ class Jitted:
         self._modules = mods
         self._params = list(params.values())
         self._numbers = _module_numbers(mods)
-        self._held = tuple(_serial(x) for mod in mods for name in ("_parameters", "_buffers",
-                                                                   "_modules")
-                           for x in getattr(mod, name, {}).values()) + tuple(
-            _serial(h) for mod in mods for name in ("_forward_pre_hooks", "_forward_hooks",
-                                               "_backward_hooks", "_backward_pre_hooks")
-            for h in getattr(mod, name, ()))  # hooks run at trace: a new one retraces
+        # (hooks run at trace: a new one retraces)
+        self._held = _held_key(mods, self._by_name, ("_parameters", "_buffers", "_modules"))
         count = getattr(mods[0], "_structure", None) if mods else None
         self._struct = count[0] if count is not None else None
         self._hot = None
@@ -285,6 +289,57 @@ class Jitted:
         if entry.wait is not None:
             return _outputs(entry, self._timed(entry, arrays))
         return _outputs(entry, entry.program.run(arrays))
+
+    def _bound_buffers(self, rec, bound: list) -> tuple:
+        """The buffers the traced step bound anew (``self.ema = 0.9 * self.ema + ...``, where
+        ``bound`` lists the buffers as the call found them), as ``(binds, slots)``: the
+        program reads each by name (the tensor it loaded is not its constant: a replay reads
+        the tensor the last call bound) and gives its new value as an extra output, which
+        :func:`_bind` binds after each replay, as PyTorch's compiled modules do. The buffers
+        any earlier trace found bound anew are read by name too, bound or not. A new value that
+        the program cannot give (another shape or dtype, one that requires grad, None) makes
+        the signature run eagerly."""
+        binds, slots = [], []
+        for mod, name, old in bound:
+            new = mod._buffers.get(name, old)
+            ms = _serial(mod)
+            if new is old and (ms, name) not in self._by_name:
+                continue
+            where = f"{type(mod).__name__}.{name}"
+            if new is not old:
+                why = None
+                if not isinstance(new, Tensor):
+                    why = f"binds {type(new).__name__} to"
+                elif new.shape != old.shape or new.dtype != old.dtype:
+                    why = (f"binds a tensor of shape {tuple(new.shape)} {new.dtype} to "
+                           f"{tuple(old.shape)} {old.dtype}")
+                elif new.requires_grad:
+                    why = "binds a tensor that requires grad to"
+                elif mod.__class__._buffer_hooks:
+                    why = "runs buffer registration hooks when it binds"
+                elif _not_computed(rec, new):
+                    why = ("binds a tensor it did not compute (made by a factory such as "
+                           "ng.zeros, or held elsewhere; write such a value in place, "
+                           f"self.{name}.zero_()) to")
+                if why is not None:
+                    if rec.fallback is None:
+                        rec.fallback = (f"jit: the step {why} the buffer {where}, which a "
+                                        "replay cannot repeat: this signature runs eagerly")
+                    continue
+            for s, r in list(rec.loaded.items()):  # read through the module from now on
+                if r() is old:
+                    k = next(k for k, i in enumerate(rec.instrs)
+                             if i.kind == "load" and i.out == s)
+                    rec.instrs[k] = Instr("load", f"buffer {where}", load_fn(
+                        f"buffer {where}", functools.partial(_buffer_now, weakref.ref(mod),
+                                                             name, where),
+                        tuple(old._data.shape), old._data.dtype), (), s)
+                    del rec.loaded[s]  # (not a constant however few hold the tensor now)
+            if new is not old:
+                self._by_name.add((ms, name))
+                binds.append((weakref.ref(mod), name))
+                slots.append(rec.slot_of(new, new._data))
+        return tuple(binds) or None, slots
 
     def _python_changed(self, raw: tuple) -> str | None:
         """Why every call must run eagerly when the traced call changed a Python number that
@@ -391,7 +446,7 @@ class Jitted:
         if tdef is not None:  # modules passed as arguments (a decorated method's self)
             mods = _tree_modules(tdef, [])
             if mods:
-                key.append(_modules_key(mods))
+                key.append(_modules_key(mods, self._by_name))
         if self._params:
             key.append(tuple(q.requires_grad for q in self._params))
         if self._modules:
@@ -429,6 +484,8 @@ class Jitted:
         drawn = _global_draws()
         holders = _tensor_holders(self._modules, self.fn)
         rec.through = _through_reads(holders)
+        bound = [(mod, name, t) for mod in modules for name, t in mod._buffers.items()
+                 if isinstance(t, Tensor)] if modules else None
         m.jit = rec
         try:
             out = self.fn(*args, **kwargs)
@@ -441,6 +498,8 @@ class Jitted:
         if rec.fallback is None:
             rec.fallback = _replaced_reads(holders, rec)
         del holders
+        binds, bind_slots = self._bound_buffers(rec, bound) if bound else (None, [])
+        del bound
         _replay_modes(rec, modules, flags)
         if rec.fallback is None and _global_draws() != drawn:
             rec.fallback = ("the step drew from NumPy's global random generator (np.random) "
@@ -479,11 +538,12 @@ class Jitted:
         if reason is None and self.state is None and m.grad_enabled and hooks is None and any(
                 isinstance(o, Tensor) and o.requires_grad for o in out_leaves):
             try:
-                diff = self._differentiable(rec, in_slots, leaves, out_leaves, slots, m)
+                diff = self._differentiable(rec, in_slots, leaves, out_leaves, slots, m,
+                                            bind_slots)
             except _NotDifferentiable as e:
                 reason = str(e)
         program = None if reason is not None or diff is not None else rec.program(
-            in_slots, slots, optimize=self.optimize, fuse=self._fuse(rec))
+            in_slots, slots + bind_slots, optimize=self.optimize, fuse=self._fuse(rec))
         if any(s in rec.consts for s in slots):  # the program keeps it: the caller gets a copy
             it = iter(slots)
             fresh = []
@@ -500,7 +560,7 @@ class Jitted:
             frozen = tuple(r for r in rec.loaded.values()
                            if _frozen_leaf(r()) and id(r()) not in bufs) or None
         entry = _Entry(program, None if isinstance(out, Tensor) else out_def, kinds, reason, wait,
-                       diff, hooks, frozen)
+                       diff, hooks, frozen, binds if reason is None else None)
         self.cache[key] = entry
         if self._hot is not None and self._hot[-1] in self.cache:  # its calls skip the cache
             self.cache.move_to_end(self._hot[-1])
@@ -516,7 +576,7 @@ class Jitted:
 
     # --- differentiable calls: a forward and a backward program under one graph node ---------
     def _differentiable(self, rec, in_slots: list, leaves: list, out_leaves: list,
-                        out_slots: list, m) -> _Diff:
+                        out_slots: list, m, bind_slots: list) -> _Diff:
         """The program pair of a signature whose outputs require grad (the inputs do, or the
         tensors the function reads, such as a model's parameters), from the forward just
         traced: its backward is traced too, with placeholder cotangents, on the graph the
@@ -588,8 +648,8 @@ class Jitted:
                                        if a not in skip))
         values = rec.values()
         opts = dict(meta=rec.meta, values=values, optimize=self.optimize, fuse=self._fuse(rec))
-        fwd = Program(fwd_instrs, rec.nslots, rec.consts, in_slots, out_slots + residuals,
-                      rec.backend, **opts)
+        fwd = Program(fwd_instrs, rec.nslots, rec.consts, in_slots,
+                      out_slots + bind_slots + residuals, rec.backend, **opts)
         bwd = Program(bwd_instrs, rec.nslots, rec.consts, residuals + ct_slots, g_slots,
                       rec.backend, **opts)
         # a program with kernels gets its cotangents in the traced layout, which they were made
@@ -599,7 +659,7 @@ class Jitted:
             "F" if c._data.flags.f_contiguous and not c._data.flags.c_contiguous else "C"
             for c in cts]
         return _Diff(fwd, bwd, len(out_slots), wrt_in, [weakref.ref(t) for t in loaded], present,
-                     orders)
+                     orders, len(bind_slots))
 
     def _replay_diff(self, key, entry: _Entry, leaves: list, arrays: list, args, kwargs):
         """Replay a differentiable signature: the forward program, and one graph node over the
@@ -614,7 +674,9 @@ class Jitted:
         res = d.fwd.run(arrays)
         outs = [Tensor._of(a) for a in res[:d.n_out]]
         wrt = [leaves[k] for k in d.wrt_in] + loaded
-        call = _DiffCall(d, res[d.n_out:])
+        if d.n_bind:
+            _bind(entry.binds, res[d.n_out:d.n_out + d.n_bind])
+        call = _DiffCall(d, res[d.n_out + d.n_bind:])
         floats = [i for i, o in enumerate(outs) if B.is_float(o.dtype)]
         if len(floats) == 1:  # one node holding the output itself: no packing, no reshapes
             i = floats[0]
@@ -732,16 +794,35 @@ def _forget_serial(k: int, ref) -> None:
         del _SERIALS[k]
 
 
-def _modules_key(mods: list) -> tuple:
+def _modules_key(mods: list, by_name: set) -> tuple:
     """What the signature of a call taking ``mods`` as arguments holds of them, as of the
     state's modules (``Jitted._read_state``): their and their submodules' train()/eval()
     flags, and which buffers and forward/backward hooks they hold."""
     subs = [s for mod in mods for s in mod.modules()]
-    held = tuple(_serial(x) for s in subs for x in s._buffers.values()) + tuple(
-        _serial(h) for s in subs for name in ("_forward_pre_hooks", "_forward_hooks",
-                                         "_backward_hooks", "_backward_pre_hooks")
-        for h in getattr(s, name, ()))
-    return tuple(s.training for s in subs), held
+    return tuple(s.training for s in subs), _held_key(subs, by_name, ("_buffers",))
+
+
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _held_key(mods: list, by_name: set, kinds: tuple) -> tuple:
+    """Which tensors and submodules (``kinds``: of ``_parameters``, ``_buffers``,
+    ``_modules``) and which hooks ``mods`` hold, each by its :func:`_serial`, but a buffer
+    that a traced step binds anew (``by_name``: the programs read it by name) by its shape and
+    dtype."""
+    out = []
+    for mod in mods:
+        ms = _serial(mod) if by_name else None
+        for kind in kinds:
+            d = getattr(mod, kind, None) or {}
+            if kind == "_buffers" and by_name:
+                out.extend(("by name", x.shape, x.dtype.str)
+                           if (ms, k) in by_name and isinstance(x, Tensor) else _serial(x)
+                           for k, x in d.items())
+            else:
+                out.extend(_serial(x) for x in d.values())
+    out.extend(_serial(h) for mod in mods for name in _HOOKS for h in getattr(mod, name, ()))
+    return tuple(out)
 
 
 def _frozen_leaf(t) -> bool:
@@ -1271,12 +1352,47 @@ def _matches(hot: tuple, args: tuple, m, modules: list, params: list) -> list | 
 
 
 def _outputs(entry: _Entry, outs: list):
-    """The replay's arrays as the function's outputs (tensors in its output tree)."""
+    """The replay's arrays as the function's outputs (tensors in its output tree), the last
+    ones bound to the buffers the step binds anew."""
+    if entry.binds is not None:
+        k = len(outs) - len(entry.binds)
+        _bind(entry.binds, outs[k:])
+        outs = outs[:k]
     if entry.out_def is None:  # the function returned one tensor
         return Tensor._of(outs[0])
     it = iter(outs)
     res = [Tensor._of(next(it)) if k is None else k for k in entry.out_kinds]
     return tree_unflatten(entry.out_def, res)
+
+
+def _not_computed(rec, t: Tensor) -> bool:
+    """Whether the step did not compute ``t`` (nor was it handed ``t``): a tensor made by a
+    factory, or one from outside, which the program loads or holds as a constant. Bound to a
+    buffer, a replay could give neither a new tensor each call nor the same one."""
+    s = rec.slot.get(id(t._data))
+    return s is None or s in rec.consts or any(
+        i.kind == "load" and i.out == s for i in rec.instrs)
+
+
+def _bind(binds: tuple, arrays: list) -> None:
+    """Bind each buffer a replayed step binds anew to a tensor on its new array, as the step's
+    ``self.name = ...`` did when traced (into the module's buffers: its structure is as it
+    was, the signature unchanged)."""
+    for (ref, name), a in zip(binds, arrays):
+        mod = ref()
+        if mod is not None:
+            mod._buffers[name] = Tensor._of(a)
+
+
+def _buffer_now(ref, name: str, where: str):
+    """The array of the buffer ``name`` of the module ``ref()`` now (a load by name)."""
+    mod = ref()
+    t = None if mod is None else mod._buffers.get(name)
+    if not isinstance(t, Tensor):
+        raise JitError(f"jit: the buffer {where} read by the step holds "
+                       f"{type(t).__name__} now, not a tensor; call the jitted function's "
+                       "clear_cache() after changing it")
+    return t._data
 
 
 def _tensors_for_arrays(x):

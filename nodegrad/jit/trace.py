@@ -125,7 +125,7 @@ class Recorder:
         return s
 
     def _load(self, name: str, getter, array) -> int:
-        load = _load_fn(name, getter, array.shape, array.dtype)
+        load = load_fn(name, getter, array.shape, array.dtype)
         s = self._new(array)
         if self.backend is None:  # a step without array inputs works on its state's device
             self.backend = B.backend_of(array)
@@ -284,7 +284,7 @@ class Recorder:
             for k, i in enumerate(self.instrs):
                 if i.kind == "load" and i.out == s:
                     d = self.load_data[s]
-                    fn = _load_fn(i.name, lambda r=r: r._data, d.shape, d.dtype)
+                    fn = load_fn(i.name, lambda r=r: r._data, d.shape, d.dtype)
                     fn.tensor = weakref.ref(r)
                     self.instrs[k] = Instr("load", i.name, fn, (), s)
                     break
@@ -415,7 +415,7 @@ def _freed(slot: dict, gone: dict, key: int, s: int, layout: tuple, _ref) -> Non
         gone[s] = layout
 
 
-def _load_fn(name: str, getter, shape, dtype):
+def load_fn(name: str, getter, shape, dtype):
     """A load's function: ``getter()``, checked to keep its shape and dtype."""
 
     def load():

@@ -70,6 +70,7 @@ class Module:
 
     training: bool
     _structure = _STRUCTURE  # read by nodegrad.jit, which does not import nn
+    _buffer_hooks = _hooks.BUFFER_REGISTRATION_HOOKS  # (so is this: register_buffer runs them)
     # buffers ``load_state_dict`` may find absent (added after older checkpoints were written)
     _optional_buffers: tuple[str, ...] = ()
     # the version of this module's state-dict format, saved in ``state_dict()._metadata`` and
