@@ -210,3 +210,28 @@ def test_a_value_the_step_did_not_compute_runs_eagerly():
     assert float(model.count) == 0.0 and float(before) == 7.0
     assert np.array_equal(got.numpy(), [2.0, 2.0])
     assert m.last.program is None and "did not compute" in m.last.reason
+
+
+def test_a_compiled_forward_method_replays_and_binds():
+    """``@ng.compile`` on ``forward``: the module is an argument of the compiled function."""
+
+    class Decorated(Ema):
+        @ng.compile(options={"fuse": False})
+        def forward(self, x):
+            return super().forward(x)
+
+    ref, _, _ = train(lambda m: m)
+    ng.manual_seed(0)
+    model = Decorated()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    got = []
+    for x, y in data(12):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        got.append((loss.item(), model.ema.numpy().copy(), int(model.steps),
+                    model.lin.weight.numpy().copy()))
+    assert_same(ref, got)
+    j = Decorated.forward.jitted
+    assert j.traces == 2 and j.last.binds is not None

@@ -273,7 +273,7 @@ class Jitted:
         if entry is None:
             if self.cache and not self._warned:
                 self._note_number_retrace(key)
-            return self._trace(key, leaves, arrays, args, kwargs, m, raw)
+            return self._trace(key, leaves, arrays, args, kwargs, m, raw, tdef)
         self.cache.move_to_end(key)
         self.last = entry
         if entry.diff is not None:
@@ -472,7 +472,7 @@ class Jitted:
             arrays.append(d)
         return tuple(key), arrays, False
 
-    def _trace(self, key, leaves, arrays, args, kwargs, m, raw: tuple = ()):
+    def _trace(self, key, leaves, arrays, args, kwargs, m, raw: tuple = (), tdef=None):
         rec = Recorder()
         rec.graph_breaks = self.graph_breaks
         in_slots = [rec.input(a) for a in arrays]
@@ -484,8 +484,11 @@ class Jitted:
         drawn = _global_draws()
         holders = _tensor_holders(self._modules, self.fn)
         rec.through = _through_reads(holders)
-        bound = [(mod, name, t) for mod in modules for name, t in mod._buffers.items()
-                 if isinstance(t, Tensor)] if modules else None
+        # the buffers of the state's modules and of those passed (a decorated method's self)
+        mods = modules + [s for mod in _tree_modules(tdef, []) for s in mod.modules()
+                          if all(s is not o for o in modules)] if tdef is not None else modules
+        bound = [(mod, name, t) for mod in mods for name, t in mod._buffers.items()
+                 if isinstance(t, Tensor)] if mods else None
         m.jit = rec
         try:
             out = self.fn(*args, **kwargs)
