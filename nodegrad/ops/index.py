@@ -94,8 +94,10 @@ def _drop_empty_ellipsis(idx: tuple, ndim: int) -> tuple:
         elif getattr(i, "ndim", 0):
             arrays = True
             used += i.ndim if i.dtype.kind == "b" else 1
-        elif getattr(i, "dtype", None) is None or i.dtype.kind != "b":
-            used += 1  # an int or a slice (a 0-d bool array adds a dim and indexes none)
+        elif _bool_scalar(i):
+            arrays = True  # adds a dim and indexes it with an index array: none of x's dims
+        else:
+            used += 1  # an int or a slice
     if at is None or not arrays or used != ndim:
         return idx
     return idx[:at] + idx[at + 1:]
@@ -120,11 +122,19 @@ def _int_tensor(i: Tensor) -> bool:
             and type(i) is not BatchTracer and modes().jit is None)
 
 
+def _bool_scalar(i) -> bool:
+    """Whether index entry ``i`` is a Python bool or a 0-d bool tensor or array: PyTorch
+    adds a dim of size 1 (True) or 0 (False) there and indexes it with an index array."""
+    return isinstance(i, bool) or (isinstance(i, Tensor) or B.is_array(i)) and (
+        i.ndim == 0 and i.dtype == B.bool_)
+
+
 def ints_first(index):
     """PyTorch's order for an index that mixes integers with index arrays: the integers
     select first (their dims go), then the arrays index what is left, so ``x[0, :, [1, 2]]``
     is ``x[0][:, [1, 2]]``. NumPy counts the integers among the arrays instead, which moves
-    the arrays' dims to the front when a slice separates them. ``(first, rest)`` for such an
+    the arrays' dims to the front when a slice separates them. A bool scalar (``x[0, True]``)
+    counts as an index array that indexes no dim of ``x``. ``(first, rest)`` for such an
     index, else None."""
     if type(index) is not tuple or len(index) < 2:
         return None
@@ -133,7 +143,7 @@ def ints_first(index):
         if (isinstance(i, int | B.np.integer) and not isinstance(i, bool)
                 or isinstance(i, Tensor) and _int_tensor(i)):
             ints = True
-        elif _is_advanced(i):
+        elif _is_advanced(i) or _bool_scalar(i):
             adv = True
     if not (ints and adv):
         return None
@@ -141,6 +151,8 @@ def ints_first(index):
     for i in index:
         if _is_int(i):
             first.append(i)
+        elif _bool_scalar(i):
+            rest.append(i)
         elif _is_advanced(i):
             k = getattr(i, "ndim", 1)
             is_mask = getattr(i, "dtype", None) == B.bool_ or (
@@ -456,8 +468,20 @@ _view_put = primitive(
         "an in-place change through a view gives its base.")
 
 
+def drop_leading_ones(value):
+    """``value`` (a tensor or an array) without its leading dims of size 1: PyTorch's
+    ``x[index] = value`` drops them before it broadcasts, so a value of shape (1, 1, 4) fits
+    x[0] of a (5, 4) x, and (1,) fits an element."""
+    shape = tuple(getattr(value, "shape", ()))
+    k = 0
+    while k < len(shape) and shape[k] == 1:
+        k += 1
+    return value.reshape(shape[k:]) if k else value
+
+
 def index_update(x, index, value):
     """Functional ``x[index] = value``: a new tensor, differentiable in both x and value."""
+    value = drop_leading_ones(value)
     split = ints_first(index)
     if split is not None:  # PyTorch's order, as x[index] = value
         return index_update(x, split[0], index_update(getitem(x, split[0]), split[1], value))

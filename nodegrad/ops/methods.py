@@ -431,7 +431,7 @@ def _setitem(self, index, value):
         I.write_through(self, result, "setitem")
         _rebind(self, result)
         return
-    v = value._data if isinstance(value, Tensor) else value
+    v = I.drop_leading_ones(value._data if isinstance(value, Tensor) else value)
     if B.is_array(v) and B.backend_of(v) is not self.backend:
         v = self.backend.asarray(B.backend_of(v).to_host(v))
     idx = I.norm_index(index, self.backend, "setitem", self.ndim)
