@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .base import Optimizer, check_betas, check_named
+from ..tensor import Tensor
+from .base import Optimizer, _plain, check_betas, check_named
 
 
 class SparseAdam(Optimizer):
@@ -29,11 +30,18 @@ class SparseAdam(Optimizer):
         name = type(self).__name__
         for key, v in (("lr", lr), ("eps", eps)):
             check_named(name, key, v)
+            if not callable(v) and not _plain(None, key, v, 0) > 0:  # PyTorch's 0 < lr, 0 < eps
+                raise ValueError(f"{name}: invalid {key}: {v} (expected > 0)")
         betas = check_betas(name, betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize),
                          strict=strict, flat=False)
 
     def add_param_group(self, param_group: dict) -> None:
+        ps = param_group.get("params") if isinstance(param_group, dict) else None
+        ps = [ps] if isinstance(ps, Tensor) else list(ps) if isinstance(ps, list | tuple) else []
+        if any(isinstance(p, Tensor) and p.is_complex() for p in ps):
+            raise ValueError("SparseAdam does not support complex parameters (as PyTorch's); "
+                             "optimise their real view (view_as_real) or use Adam")
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
             if p.ndim == 0:
