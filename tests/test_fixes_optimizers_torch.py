@@ -28,3 +28,29 @@ def test_sparse_adam_refuses_complex_parameters_as_torch():
         torch.optim.SparseAdam([torch.nn.Parameter(torch.ones(2, 2, dtype=torch.complex64))])
     with pytest.raises(ValueError, match="SparseAdam does not support complex"):
         ng.optim.SparseAdam([ng.tensor(np.ones((2, 2), np.complex64), requires_grad=True)])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_adagrad_has_its_state_before_the_first_step_as_torch(dtype):
+    init = [np.ones(3, dtype), np.full((2, 2), 2.0, dtype)]
+    ps, tps, opt, topt = _both("Adagrad", init, dict(lr=0.1, initial_accumulator_value=0.5))
+    for p, tp in zip(ps, tps):
+        e, te = opt.state[p], topt.state[tp]
+        assert set(e) == set(te) == {"step", "sum"}
+        assert e["step"].dtype == np.float32 and e["step"].item() == te["step"].item() == 0
+        np.testing.assert_array_equal(e["sum"].numpy(), te["sum"].numpy())
+    for i, (e, te) in enumerate(zip(opt.state_dict()["state"].values(),
+                                    topt.state_dict()["state"].values())):
+        np.testing.assert_array_equal(e["sum"].numpy(), te["sum"].numpy())
+    # a change made through the state before the first step is what that step reads
+    opt.state[ps[1]]["sum"].fill_(4.0)
+    topt.state[tps[1]]["sum"].fill_(4.0)
+    np.testing.assert_array_equal(opt.state_dict()["state"][1]["sum"].numpy(),
+                                  topt.state_dict()["state"][1]["sum"].numpy())
+    for p, tp in zip(ps, tps):
+        p.grad = ng.ones_like(p)
+        tp.grad = torch.ones_like(tp)
+    opt.step()
+    topt.step()
+    for p, tp in zip(ps, tps):
+        np.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=1e-14)

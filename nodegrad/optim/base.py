@@ -1068,10 +1068,14 @@ class Optimizer:
         for gi in range(len(self.param_groups)):
             self._follow_params(gi)
         out = _StateDict(self._user_state, self)
-        for buckets in self._buckets:
+        for gi, buckets in enumerate(self._buckets):
             for b in buckets:
+                if self.state_at_init and any(sc["step"] == 0 for sc in b.scalars):
+                    # PyTorch's Adagrad has each parameter's state (step 0, sum) from the start
+                    b.ensure(self.state_init(self._hyper(self.param_groups[gi],
+                                                         self.step_count + 1)))
                 for i, p in enumerate(b.params):
-                    entry = self._entry(b, i, copy=False)
+                    entry = self._entry(b, i, copy=False, fresh=self.state_at_init)
                     if entry is not None:
                         entry._opt = self
                         self._show_step(entry)
@@ -1129,9 +1133,11 @@ class Optimizer:
                     return
 
     @staticmethod
-    def _entry(b: _Bucket, i: int, copy: bool) -> dict | None:
+    def _entry(b: _Bucket, i: int, copy: bool, fresh: bool = False) -> dict | None:
+        """Parameter ``i``'s state (copies, or a live entry on the buffers); None before its
+        first step unless ``fresh`` (then the state it starts from, step 0)."""
         sc = b.scalars[i]
-        if sc["step"] == 0:
+        if sc["step"] == 0 and not fresh:
             return None
         lo, hi = b.offsets[i], b.offsets[i + 1]
         entry = dict(sc) if copy else _LiveEntry(sc, b, i)
@@ -1190,7 +1196,7 @@ class Optimizer:
                                           for k, v in self._user_state[p].items()}
                     continue
                 if e is None and self.state_at_init:
-                    e = self._initial_entry(group, p)
+                    e = self._initial_entry(gi, pos)
                 if e is not None:
                     e = self._saved_entry(e)
                     e.update({k: v.clone() if isinstance(v, Tensor) else copy.deepcopy(v)
@@ -1203,15 +1209,16 @@ class Optimizer:
             start += len(group["params"])
         return {"state": state, "param_groups": groups, "step_count": self.step_count}
 
-    def _initial_entry(self, group: dict, p: Tensor) -> dict:
-        """The state a parameter that has not stepped yet starts from: step 0, the initial
-        values of :meth:`state_init` (for :attr:`state_at_init`)."""
-        h = self._hyper(group, self.step_count + 1)
-        be = backend_of(p._data)
-        with be.scope():
-            arrays = {k: be.xp.full(p._data.shape, v, p._data.dtype)
-                      for k, v in self.state_init(h).items()}
-        return {"step": 0, **self.scalar_init, **arrays}
+    def _initial_entry(self, gi: int, pos: int) -> dict:
+        """The state group ``gi``'s parameter ``pos``, which has not stepped yet, starts from
+        (for :attr:`state_at_init`): step 0 and its state arrays as they are now (the initial
+        values of :meth:`state_init`, complex ``v + vj`` for a complex parameter, as PyTorch's,
+        unless changed through :attr:`state` since)."""
+        for b in self._buckets[gi]:
+            if pos in b.pos:
+                b.ensure(self.state_init(self._hyper(self.param_groups[gi], self.step_count + 1)))
+                return self._entry(b, b.pos.index(pos), copy=True, fresh=True)
+        raise AssertionError(f"parameter {pos} of group {gi} is in no bucket")
 
     def _saved_entry(self, e: dict) -> dict:
         """A state entry (copies) in PyTorch's form: arrays as tensors, ``step`` as
