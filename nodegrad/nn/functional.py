@@ -369,13 +369,20 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     def up(t):  # squares of deviations over 256 overflow, and the output would silently be 0
         return ops.astype(t, B.float32) if half and t is not None else t
 
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var must both be given or both "
+                         "be None")
+    if not training and running_mean is None and x.numel():
+        raise ValueError("batch_norm: training=False normalises by running_mean and "
+                         "running_var, which must be given (pass training=True to use the "
+                         "batch's statistics)")
     if x.numel() == 0 and c:  # an empty batch: an empty result (zero gradients for the
         # affine parameters) and the running statistics as they were, as PyTorch
         y = x * 1
         if weight is not None:
             y = y * ops.reshape(weight, shape)
         return y if bias is None else y + ops.reshape(bias, shape)
-    if training or running_mean is None:
+    if training:
         count = x.numel() // c
         if training and count < 2:
             raise ValueError(f"batch_norm: need more than one value per channel when "
