@@ -374,7 +374,10 @@ def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
         # (under a jit trace always: a later call's indices may repeat where these do not)
         # a position picked by several windows holds its value once (PyTorch writes, not adds)
         # while each window still receives the full gradient there, as PyTorch's backward does
-        y = y - (y - y / ops.maximum(count, 1.0)).detach()
+        # (an infinite value stays itself, where its sum less itself would be NaN)
+        once = (y / ops.maximum(count, 1.0)).detach()
+        finite = ops.where(ops.isfinite(y), y, 0.0)
+        y = ops.where(count > 1, once - (finite.detach() - finite), y)
     return ops.reshape(y, (n, c) + out)
 
 

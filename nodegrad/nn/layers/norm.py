@@ -70,13 +70,18 @@ class _BatchNorm(Module):
             raise ShapeError(f"{type(self).__name__}({self.num_features}): expected {want} input "
                              f"with {self.num_features} channels on axis 1, got "
                              f"{tuple(x.shape)}")
-        momentum = self.momentum
-        if self.training and self.num_batches_tracked is not None:
+        momentum = 0.0 if self.momentum is None else self.momentum
+        # as PyTorch: with track_running_stats turned off after construction, training neither
+        # counts nor moves the statistics, and evaluation still normalises by them
+        tracking = self.training and self.track_running_stats
+        if tracking and self.num_batches_tracked is not None:
             F._count_batch(self.num_batches_tracked)
-            if momentum is None:  # cumulative moving average, as PyTorch: 1 / the count,
-                momentum = self.num_batches_tracked  # read by the update when it runs
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            self.training, momentum, self.eps)
+            if self.momentum is None:  # cumulative moving average, as PyTorch: 1 / the
+                momentum = self.num_batches_tracked  # count, read by the update when it runs
+        stats = not self.training or self.track_running_stats
+        return F.batch_norm(x, self.running_mean if stats else None,
+                            self.running_var if stats else None, self.weight, self.bias,
+                            self.training or self.running_mean is None, momentum, self.eps)
 
     def extra_repr(self) -> str:
         return _norm_repr(self)

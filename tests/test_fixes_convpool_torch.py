@@ -1,0 +1,88 @@
+"""Convolution, pooling and normalisation layers against PyTorch: values, running statistics,
+gradients and the errors PyTorch raises."""
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+import nodegrad.nn.functional as F
+
+torch = pytest.importorskip("torch")
+TF = torch.nn.functional
+
+
+@pytest.mark.parametrize("x", [
+    [1.0, np.inf, 2.0, -np.inf, 3.0, 0.0],
+    [1.0, -np.inf, -np.inf, 0.5, np.inf, np.inf],
+    [1.0, 5.0, 2.0, 7.0, 3.0, 0.0],
+])
+def test_max_unpool_repeated_index_keeps_infinite_values(x):
+    # overlapping windows pick one position several times: it holds the value once, inf too
+    x = np.array(x, dtype=np.float64)[None, None]
+    y, idx = TF.max_pool1d(torch.tensor(x), 3, 1, return_indices=True)
+    g = np.arange(1.0, 7.0).reshape(1, 1, 6)
+    ty = y.detach().requires_grad_()
+    want = TF.max_unpool1d(ty, idx, 3, 1, output_size=(6,))
+    want.backward(torch.tensor(g))
+    ny = ng.tensor(y.numpy(), requires_grad=True)
+    got = F.max_unpool1d(ny, ng.tensor(idx.numpy()), 3, 1, output_size=(6,))
+    got.backward(ng.tensor(g))
+    np.testing.assert_array_equal(got.numpy(), want.detach().numpy())
+    finite = np.isfinite(y.numpy())
+    np.testing.assert_array_equal(ny.grad.numpy()[finite], ty.grad.numpy()[finite])
+
+
+@pytest.mark.parametrize("stats", ["none", "mean only", "var only"])
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_norm_missing_running_statistics(stats, training):
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    rm = None if stats in ("none", "var only") else np.zeros(3)
+    rv = None if stats in ("none", "mean only") else np.ones(3)
+
+    def run(lib, fn):
+        def t(a):
+            return None if a is None else lib.tensor(a)
+
+        return fn(t(x), t(rm), t(rv), training=training)
+
+    try:
+        want = run(torch, TF.batch_norm).numpy()
+    except (RuntimeError, ValueError):
+        with pytest.raises(ValueError, match="batch_norm"):
+            run(ng, F.batch_norm)
+        return
+    np.testing.assert_allclose(run(ng, F.batch_norm).numpy(), want, rtol=1e-12)
+
+
+def test_batch_norm_empty_input_without_statistics_in_eval():
+    x = np.zeros((0, 3))
+    assert F.batch_norm(ng.tensor(x), None, None).shape == TF.batch_norm(
+        torch.tensor(x), None, None).shape
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("cls", ["BatchNorm1d", "BatchNorm2d"])
+def test_batchnorm_track_running_stats_turned_off(cls, momentum):
+    # PyTorch: training then neither counts batches nor moves the statistics, and eval still
+    # normalises by them
+    rng = np.random.default_rng(1)
+    tm = getattr(torch.nn, cls)(3, momentum=momentum).double()
+    nm = getattr(ng.nn, cls)(3, momentum=momentum, dtype=ng.float64)
+    shape = (4, 3) if cls == "BatchNorm1d" else (4, 3, 2, 2)
+    for m in (tm, nm):
+        m.train()
+    for _ in range(2):  # some tracked steps first
+        x = rng.standard_normal(shape)
+        tm(torch.tensor(x))
+        nm(ng.tensor(x))
+    for m in (tm, nm):
+        m.track_running_stats = False
+    for training in (True, True, False):
+        tm.train(training)
+        nm.train(training)
+        x = rng.standard_normal(shape) * 2 + 1
+        np.testing.assert_allclose(nm(ng.tensor(x)).numpy(), tm(torch.tensor(x)).detach().numpy(),
+                                   rtol=1e-10, atol=1e-12)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            np.testing.assert_allclose(getattr(nm, name).numpy(),
+                                       getattr(tm, name).numpy(), rtol=1e-12)
