@@ -86,3 +86,25 @@ def test_batchnorm_track_running_stats_turned_off(cls, momentum):
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             np.testing.assert_allclose(getattr(nm, name).numpy(),
                                        getattr(tm, name).numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("extra", [-1, 0, 1, 2])
+def test_conv_transpose_output_size_length(batched, extra):
+    # output_size gives the spatial sizes, optionally led by the batch and channel sizes
+    # (PyTorch's rule); another length is an error, not its last entries
+    rng = np.random.default_rng(2)
+    tm = torch.nn.ConvTranspose2d(2, 3, 3, stride=2).double()
+    nm = ng.nn.ConvTranspose2d(2, 3, 3, stride=2, dtype=ng.float64)
+    nm.weight._data[...] = tm.weight.detach().numpy()
+    nm.bias._data[...] = tm.bias.detach().numpy()
+    x = rng.standard_normal((1, 2, 4, 5) if batched else (2, 4, 5))
+    size = list(x.shape[:-2]) + [10, 12]
+    size = size[len(size) - 2 - extra:] if extra >= 0 else size[-1:]
+    try:
+        want = tm(torch.tensor(x), output_size=size).detach().numpy()
+    except ValueError:
+        with pytest.raises(ValueError, match="output_size"):
+            nm(ng.tensor(x), output_size=size)
+        return
+    np.testing.assert_allclose(nm(ng.tensor(x), output_size=size).numpy(), want, rtol=1e-12)

@@ -56,7 +56,13 @@ class _ConvTransposeNd(Module):
 
         if output_size is None:
             return per_axis(self.output_padding)
-        size = tuple(int(o) for o in output_size)[-nd:]
+        size = tuple(int(o) for o in output_size)
+        lead = 2 if x.ndim == nd + 2 else 1  # the batch and channel sizes may lead, as PyTorch
+        if len(size) == lead + nd:
+            size = size[lead:]
+        if len(size) != nd:
+            raise ValueError(f"{name}: for {x.ndim}-d input, output_size must have {nd} or "
+                             f"{lead + nd} elements, got {tuple(output_size)}")
         s, p, d = per_axis(self.stride), per_axis(self.padding), per_axis(self.dilation)
         lo = tuple((li - 1) * si - 2 * pi + di * (ki - 1) + 1 for li, si, pi, di, ki in
                    zip(x.shape[x.ndim - nd:], s, p, d, self.kernel_size))
