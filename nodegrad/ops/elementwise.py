@@ -37,7 +37,10 @@ def _no_bools(name, f):
 
 
 def _int_divisor(name: str, xp, x, y) -> None:
-    """Refuse an integer division by zero, as PyTorch does (NumPy returns 0 with a warning)."""
+    """Refuse an integer division by zero, as PyTorch does (NumPy returns 0 with a warning);
+    an empty dividend divides nothing, so it is not refused."""
+    if getattr(x, "size", 1) == 0:
+        return
     if getattr(y, "dtype", None) is not None or type(y) is int or type(y) is bool:
         if xp.result_type(x, y).kind in "iu" and not xp.all(y):
             raise ZeroDivisionError(f"{name}: integer division by zero")
@@ -75,7 +78,20 @@ _multiply_any = _binary("multiply")
 add = primitive("add", _binary("add"),
                 (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
-subtract = primitive("subtract", _no_bools("subtract", _binary("subtract")),
+def _no_bool_operand(f):
+    """A subtract forward that refuses a bool operand, as PyTorch does: two bool tensors, or
+    bool with a Python number on either side (a bool tensor with a tensor of another dtype
+    arrives here promoted)."""
+    def fwd(xp, x, y):
+        if _is_bool(x) or _is_bool(y):
+            raise DTypeError("subtract: not defined for a bool operand (as in PyTorch); to "
+                             "invert a mask use ~ or logical_not, else convert with .long() "
+                             "or .float() first")
+        return f(xp, x, y)
+    return fwd
+
+
+subtract = primitive("subtract", _no_bool_operand(_binary("subtract")),
                      (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
                      kind=_EW, jvp=_J,
                      doc="x - y, broadcasting.")
@@ -149,9 +165,18 @@ power = primitive(
     "power", _no_bools("power", _power_fwd),
     (_power_dx, _power_dy),
     saves="inputs", kind=_EW, jvp=_J, doc="x ** y; d/dy uses log x (0 where x == 0).")
+def _remainder_fwd(xp, x, y):
+    """x mod y with the sign of y; a zero result has the sign of x, as PyTorch's (fmod's zero
+    kept), where NumPy's takes y's."""
+    out = xp.remainder(x, y)
+    if getattr(out, "dtype", None) is not None and out.dtype.kind == "f":
+        out = xp.where(out == 0, xp.where(xp.signbit(x), -0.0, 0.0), out).astype(
+            out.dtype, copy=False)
+    return out
+
+
 remainder = primitive(
-    "remainder", _no_bools("remainder", _int_division(
-        "remainder", lambda xp, x, y: xp.remainder(x, y))),
+    "remainder", _no_bools("remainder", _int_division("remainder", _remainder_fwd)),
     (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * floor_divide(x, y)),
     kind=_EW, jvp=_J, doc="x mod y with the sign of y (Python's %).")
 
@@ -743,7 +768,8 @@ lerp = primitive("lerp", _lerp_fwd,
                  (lambda g, ans, a, b, w: g * (1 - w), lambda g, ans, a, b, w: g * w,
                   lambda g, ans, a, b, w: g * (b - a)),
                  kind=_EW, jvp=_J, doc="start + weight * (end - start).")
-fmod = primitive("fmod", _int_division("fmod", lambda xp, x, y: xp.fmod(x, y)),
+fmod = primitive("fmod", _no_bools("fmod", _int_division(
+                     "fmod", lambda xp, x, y: xp.fmod(x, y))),
                  (lambda g, ans, x, y: g, lambda g, ans, x, y: -g * trunc(x / y)),
                  kind=_EW, jvp=_J, doc="C's fmod: x - trunc(x / y) * y (the sign of x).")
 

@@ -133,7 +133,10 @@ def _polygamma_fwd(xp, x, n):
 
 
 def _erfinv_fwd(xp, x):
-    return _kept(_backend_of((x,)).erfinv(*_as_float((x,))), _float_dtype((x,)))
+    """SciPy's erfinv, keeping the sign of a zero (erfinv(-0.0) is -0.0, as PyTorch's)."""
+    dt = _float_dtype((x,))
+    out = _kept(_backend_of((x,)).erfinv(*_as_float((x,))), dt)
+    return out if dt is None else xp.where(x == 0, x, out)
 
 
 # --- gamma family ----------------------------------------------------------------------------
@@ -675,9 +678,10 @@ def _nextafter_fwd(xp, x, y):
 
 
 nextafter = primitive("nextafter", _nextafter_fwd,
-                      (lambda g, ans, x, y: g, lambda g, ans, x, y: zeros_like(g)), kind=_EW,
+                      (lambda g, ans, x, y: where(equal(x, y), 0, g),
+                       lambda g, ans, x, y: zeros_like(g)), kind=_EW,
                       jvp=_J, doc="The next float after x towards y; its gradient is 1 in x "
-                      "and 0 in y, as PyTorch's.")
+                      "(0 where x == y, which gives y) and 0 in y, as PyTorch's.")
 # bfloat16's next float, not float32's (which rounds back to x): NumPy's loop for ml_dtypes
 nextafter.bf16_native = True
 _INTS = "integer operands (not bool or float, as PyTorch)"

@@ -1,0 +1,92 @@
+"""Elementwise math and ``torch.special`` functions against PyTorch: values (signs of zero,
+NaN), gradients at edge points, and the operands PyTorch refuses."""
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+
+torch = pytest.importorskip("torch")
+
+
+def _same(a, b):
+    """Equal values, NaN where NaN, and the same sign on every zero."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.signbit(a), np.signbit(b))
+
+
+def _grads(name, *arrays):
+    """The gradients of sum(f(*arrays)) for ``name`` in torch and in nodegrad (float64)."""
+    ts = [torch.tensor(a, requires_grad=True) for a in arrays]
+    getattr(torch, name)(*ts).sum().backward()
+    ns = [ng.tensor(a, requires_grad=True) for a in arrays]
+    getattr(ng, name)(*ns).sum().backward()
+    return [t.grad.numpy() for t in ts], [n.grad.numpy() for n in ns]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_erfinv_keeps_the_sign_of_zero(dtype):
+    x = np.array([-0.0, 0.0, -0.5, 0.5, 1.0, -1.0], dtype=dtype)
+    _same(ng.erfinv(ng.tensor(x)).numpy(), torch.erfinv(torch.tensor(x)).numpy())
+    _same(ng.special.erfinv(ng.tensor(x)).numpy(),
+          torch.special.erfinv(torch.tensor(x)).numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("divisor", [3.0, -3.0, 2.0, -2.0])
+def test_remainder_zero_has_the_sign_of_the_dividend(dtype, divisor):
+    x = np.array([0.0, -0.0, 4.0, -4.0, 6.0, -6.0, 1.0, -1.0], dtype=dtype)
+    y = np.full_like(x, divisor)
+    _same(ng.remainder(ng.tensor(x), ng.tensor(y)).numpy(),
+          torch.remainder(torch.tensor(x), torch.tensor(y)).numpy())
+    _same(ng.remainder(ng.tensor(x), divisor).numpy(),
+          torch.remainder(torch.tensor(x), divisor).numpy())
+    _same((ng.tensor(x) % divisor).numpy(), (torch.tensor(x) % divisor).numpy())
+
+
+def test_nextafter_gradient_is_zero_where_x_equals_y():
+    x = np.array([-3.5, 1.0, 0.0, -0.0, 2.0, np.inf, np.nan, 5.0])
+    y = np.array([-3.5, 2.0, -0.0, 0.0, np.nan, np.inf, np.nan, 5.0 + 1e-15])
+    want, got = _grads("nextafter", x, y)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("other", [np.array([True, False]), 2.5, 3, True])
+def test_subtract_refuses_a_bool_operand(other):
+    mask = np.array([True, False])
+    for a, b in ((mask, other), (other, mask)):
+        ta = torch.tensor(a) if isinstance(a, np.ndarray) else a
+        tb = torch.tensor(b) if isinstance(b, np.ndarray) else b
+        with pytest.raises(RuntimeError):
+            torch.sub(ta, tb)
+        na = ng.tensor(a) if isinstance(a, np.ndarray) else a
+        nb = ng.tensor(b) if isinstance(b, np.ndarray) else b
+        with pytest.raises(ng.errors.DTypeError, match="subtract"):
+            ng.subtract(na, nb)
+        with pytest.raises(ng.errors.DTypeError, match="subtract"):
+            na - nb
+
+
+@pytest.mark.parametrize("name", ["floor_divide", "fmod", "remainder"])
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (2, 0)])
+def test_integer_division_of_an_empty_tensor_by_zero_is_empty(name, shape):
+    x = np.zeros(shape, dtype=np.int64)
+    y = np.zeros((1,), dtype=np.int64)
+    want = getattr(torch, name)(torch.tensor(x), torch.tensor(y)).numpy()
+    got = getattr(ng, name)(ng.tensor(x), ng.tensor(y)).numpy()
+    assert got.shape == want.shape and got.dtype == want.dtype
+    with pytest.raises(ZeroDivisionError):
+        getattr(ng, name)(ng.tensor(np.ones(3, dtype=np.int64)), ng.tensor(y))
+
+
+def test_fmod_refuses_two_bools():
+    a, b = np.array([True, False]), np.array([True, True])
+    with pytest.raises(NotImplementedError):
+        torch.fmod(torch.tensor(a), torch.tensor(b))
+    with pytest.raises(ng.errors.DTypeError, match="fmod"):
+        ng.fmod(ng.tensor(a), ng.tensor(b))
+    _same(ng.fmod(ng.tensor(a), ng.tensor(np.array([2, 2]))).numpy(),
+          torch.fmod(torch.tensor(a), torch.tensor(np.array([2, 2]))).numpy())
