@@ -70,7 +70,10 @@ def _cell_args(op: str, x: Tensor, h, w_ih: Tensor, w_hh: Tensor, gates: int):
     want = (x.shape[0], n_h)
     hs = [] if h is None else list(h) if isinstance(h, tuple | list) else [h]
     for i, t in enumerate(hs):
-        if unbatched and t.ndim == 1:
+        if unbatched:  # as PyTorch: an unbatched input takes only unbatched (H,) states
+            if tuple(t.shape) != (n_h,):
+                raise ShapeError(f"{op}: expected hidden state of shape ({n_h},) for the "
+                                 f"unbatched input, got {tuple(t.shape)}")
             t = hs[i] = ops.reshape(t, (1, n_h))
         if tuple(t.shape) != want:
             shape = (n_h,) if unbatched else want
@@ -417,6 +420,9 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if not query.dtype == key.dtype == value.dtype:
         raise DTypeError(f"scaled_dot_product_attention: query, key and value must share a "
                          f"dtype, got {query.dtype}, {key.dtype} and {value.dtype}")
+    if not B.is_float(query.dtype):
+        raise DTypeError(f"scaled_dot_product_attention: expected floating-point query, key and "
+                         f"value (as PyTorch), got {query.dtype}")
     low = query.dtype
     if low in (B.bfloat16, B.float16) and query.device == "cpu":
         # computed in float32 and rounded once, as PyTorch's CPU kernel (the products and the

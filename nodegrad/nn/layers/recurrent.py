@@ -10,6 +10,7 @@ backward direction; G = 1 (RNN), 3 (GRU: r, z, n) or 4 (LSTM: i, f, g, o). The t
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 from ... import _backend as B
@@ -71,8 +72,9 @@ class RNNBase(Module):
         if hidden_size <= 0 or num_layers <= 0 or input_size <= 0:
             raise ValueError(f"{name}: input_size, hidden_size and num_layers must be positive, "
                              f"got {input_size}, {hidden_size}, {num_layers}")
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"{name}: dropout must be in [0, 1], got {dropout}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) \
+                or not 0.0 <= dropout <= 1.0:  # as PyTorch: a bool is no probability
+            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
         if dropout > 0 and num_layers == 1:  # as PyTorch: it would never act
             warnings.warn(f"{name}: dropout acts between recurrent layers, after all but the "
                           f"last, so with num_layers=1 dropout={dropout} has no effect",

@@ -215,6 +215,8 @@ def pack_padded_sequence(input: Tensor, lengths, batch_first: bool = False,
     if lens.size != n:
         raise ShapeError(f"{fn}: expected {n} lengths (one per sequence of the batch), got "
                          f"{lens.size}")
+    if lens.size == 0:
+        raise ValueError(f"{fn}: cannot pack an empty batch (no lengths)")
     if (lens <= 0).any():
         raise ValueError(f"{fn}: every length must be greater than 0, got {lens.tolist()}")
     if lens.max() > steps:
