@@ -81,3 +81,51 @@ def test_setitem_value_with_leading_ones(shape, index, vshape, grad):
         (ty * torch.tensor(w)).sum().backward()
         _close(nx.grad, tx.grad)
         _close(nv.grad, tv.grad)
+
+
+_WRITES = {
+    "scatter": lambda M, x, s: M.scatter(x, 0, M.tensor([[0, 1, 0]]), s[:1]),
+    "scatter_add": lambda M, x, s: M.scatter_add(x, 0, M.tensor([[0, 1, 0]]), s[:1]),
+    "scatter_reduce": lambda M, x, s: M.scatter_reduce(x, 0, M.tensor([[0, 1, 0]]), s[:1],
+                                                       "mean"),
+    "scatter_inplace": lambda M, x, s: x.clone().scatter_(0, M.tensor([[0, 1, 0]]), s[:1]),
+    "index_add": lambda M, x, s: M.index_add(x, 0, M.tensor([0, 1]), s),
+    "index_copy": lambda M, x, s: M.index_copy(x, 0, M.tensor([0, 1]), s),
+    "masked_scatter": lambda M, x, s: M.masked_scatter(x, x > 2, s),
+    "put_": lambda M, x, s: x.clone().put_(M.tensor([0, 4]), s[0, :2]),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_WRITES))
+@pytest.mark.parametrize("xd, sd", [("float64", "int64"), ("int64", "float64"),
+                                    ("int32", "int64"), ("float32", "bool")])
+def test_writes_refuse_a_source_of_another_dtype(op, xd, sd):
+    """PyTorch's scatters, index_add, index_copy, masked_scatter and put_ neither promote nor
+    cast their source: a dtype that differs from the input's raises."""
+    a = np.arange(6).reshape(2, 3)
+    with pytest.raises(RuntimeError):
+        _WRITES[op](torch, torch.tensor(a).to(getattr(torch, xd)),
+                    torch.ones(2, 3).to(getattr(torch, sd)))
+    with pytest.raises(ng.DTypeError, match=op.split("_inplace")[0].rstrip("_")):
+        _WRITES[op](ng, ng.tensor(a).astype(getattr(ng, xd)), ng.ones(2, 3).astype(getattr(ng, sd)))
+    same = _WRITES[op](ng, ng.tensor(a).astype(getattr(ng, xd)),
+                       ng.ones(2, 3).astype(getattr(ng, xd)))
+    ref = _WRITES[op](torch, torch.tensor(a).to(getattr(torch, xd)),
+                      torch.ones(2, 3).to(getattr(torch, xd)))
+    np.testing.assert_array_equal(same.numpy(), ref.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint8", "bool"])
+@pytest.mark.parametrize("alpha", [2.5, -2.7, True, 0, 3])
+def test_index_add_alpha_in_the_input_integer_dtype(dtype, alpha):
+    """For an integer (or bool) input PyTorch takes alpha in the input's dtype: 2.5 adds the
+    source twice and the result keeps the input's dtype."""
+    if dtype == "uint8" and alpha < 0:
+        pytest.skip("negative alpha wraps in uint8")
+    x, s = np.array([1, 0, 2]), np.array([3, 1])
+    tx = torch.tensor(x).to(getattr(torch, dtype))
+    nx = ng.tensor(x).astype(getattr(ng, dtype))
+    tr = torch.index_add(tx, 0, torch.tensor([0, 0]), torch.tensor(s).to(tx.dtype), alpha=alpha)
+    nr = ng.index_add(nx, 0, ng.tensor([0, 0]), ng.tensor(s).astype(nx.dtype), alpha=alpha)
+    assert str(nr.dtype).split(".")[-1] == str(tr.dtype).split(".")[-1]
+    np.testing.assert_array_equal(nr.numpy(), tr.numpy())

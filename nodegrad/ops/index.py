@@ -836,6 +836,14 @@ def _not_larger(op: str, index, x, ax, name: str = "input", skip_dim: bool = Tru
                              f"{name}.size({d})")
 
 
+def _same_dtype(op: str, input, src, name: str = "src") -> None:
+    """A DTypeError unless tensor ``src`` has ``input``'s dtype: PyTorch's scatters, index_add,
+    index_copy, masked_scatter and put neither promote nor cast the values they write."""
+    if src.dtype != input.dtype:
+        raise DTypeError(f"{op}: {name} has dtype {src.dtype} but input has {input.dtype}; "
+                         "they must match (convert one explicitly)")
+
+
 def _scalar_to_0d(x):
     return x.reshape((1,)) if x.ndim == 0 else x
 
@@ -869,6 +877,7 @@ def _src_arg(op, input, index, src, value):
         if isinstance(v, Tensor):
             return v.broadcast_to(tuple(index.shape))
         return Tensor._of(input.backend.xp.full(index.shape, v, dtype=input.dtype))
+    _same_dtype(op, input, src)
     _same_rank(op, src, index, "src")
     _not_larger(op, index, src, None, "src", skip_dim=False)
     return _fit(src, index.shape, None)
@@ -989,6 +998,9 @@ def index_add(input, dim: int, index, source, *, alpha=1):
     """PyTorch's index_add: ``input`` plus ``alpha * source`` added at the slices ``index``
     names along ``dim`` (repeats add up)."""
     x, src = _scalar_to_0d(input), _scalar_to_0d(source)
+    _same_dtype("index_add", x, src, "source")
+    if x.dtype.kind in "iub":  # PyTorch takes alpha in the input's dtype (2.5 adds twice)
+        alpha = bool(alpha) if x.dtype.kind == "b" else int(alpha)
     index, ax = _index_1d("index_add", x, dim, index)
     idx = _source_like("index_add", x, ax, index, src)
     if alpha != 1:
@@ -1001,6 +1013,7 @@ def index_copy(input, dim: int, index, source):
     by those of ``source``; under CPU autocast a lower-precision float with a float32 one
     runs in float32 (PyTorch's promote list)."""
     x, src = promote_in_region(_scalar_to_0d(input), _scalar_to_0d(source))
+    _same_dtype("index_copy", x, src, "source")
     index, ax = _index_1d("index_copy", x, dim, index)
     idx = _source_like("index_copy", x, ax, index, src)
     return _scatter_set(x, src, idx, axis=ax).reshape(input.shape)
@@ -1089,6 +1102,7 @@ def masked_scatter(input, mask, source):
     """PyTorch's masked_scatter: the positions where ``mask`` is True, in row-major order,
     take ``source``'s leading elements (row-major); input and mask broadcast together."""
     mask = _mask("masked_scatter", mask, input)
+    _same_dtype("masked_scatter", input, source, "source")
     shape = _mask_shape("masked_scatter", input, mask)
     if shape != tuple(input.shape):
         input = input.broadcast_to(shape)
@@ -1132,6 +1146,7 @@ def put(input, index, source, accumulate: bool = False):
     """PyTorch's put: a copy of ``input`` whose flattened positions ``index`` get ``source``
     (its elements in order); ``accumulate=True`` adds instead (repeats add up)."""
     index = _as_index("put", index, input)
+    _same_dtype("put", input, source, "source")
     if index.numel() != source.numel():
         raise ShapeError(f"put: index has {index.numel()} elements but source has {source.numel()} "
                          f"(shapes {tuple(index.shape)} and {tuple(source.shape)})")
