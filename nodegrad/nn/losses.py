@@ -168,16 +168,21 @@ def _class_target(target: Tensor, n_classes: int, ignore_index: int, op: str,
         check_class_targets(t, n_classes, ignore_index, op)
 
 
-def _check_logits(input: Tensor, target: Tensor, op: str) -> None:
+def _check_logits(input: Tensor, target: Tensor, op: str) -> Tensor:
+    """The class targets, of the shape (N, d1, ...) the input (N, C, d1, ...) asks for; a (C,)
+    input takes a scalar target or, as in PyTorch, a (1,) one (returned as a scalar)."""
     if input.ndim < 1:
         raise ShapeError(f"{op}: input needs a class axis, got a scalar")
     if input.ndim == 1:
         want = ()
+        if tuple(target.shape) == (1,):
+            return ops.reshape(target, ())
     else:
         want = (input.shape[0],) + tuple(input.shape[2:])
     if tuple(target.shape) != want:
         raise ShapeError(f"{op}: for input of shape {tuple(input.shape)} (N, C, ...) class "
                          f"targets must have shape {want}, got {tuple(target.shape)}")
+    return target
 
 
 def _class_weight(weight, c: int, op: str) -> None:
@@ -208,7 +213,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
         ignore_index, reduction, _ = _class_legacy("nll_loss", size_average, ignore_index,
                                                    reduce, reduction)
     (input,) = float32_in_region(input)
-    _check_logits(input, target, "nll_loss")
+    target = _check_logits(input, target, "nll_loss")
     axis = 0 if input.ndim == 1 else 1
     c = input.shape[axis]
     _class_target(target, c, ignore_index, "nll_loss")
@@ -250,10 +255,11 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got "
                          f"{label_smoothing}")
     axis = 0 if input.ndim == 1 else 1
+    if target.dtype.kind in "iu":
+        target = _check_logits(input, target, "cross_entropy")
     if (target.dtype.kind in "iu" and weight is None and label_smoothing == 0
             and reduction in _REDUCTIONS and B.is_float(input.dtype)):
         # the common case in one fused primitive: log-softmax, pick and reduce in one pass
-        _check_logits(input, target, "cross_entropy")
         _class_target(target, input.shape[axis], ignore_index, "cross_entropy",
                       host_checked=True)
         return _fused_ce(input, target, axis=axis, ignore_index=ignore_index,
@@ -273,13 +279,18 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
         if ignore_index != -100:
             raise ValueError(f"cross_entropy: ignore_index ({ignore_index}) is not supported "
                              "with class-probability (float) targets, as in PyTorch")
-        t = target if label_smoothing == 0 else target * (1 - label_smoothing) + label_smoothing / c
-        # a class of probability 0 adds 0 (0 · log 0 = 0, as kl_div), also at a -inf logit
-        # (a masked class), where PyTorch's 0 · -inf is NaN
-        terms = -ops.where(t == 0, 0.0, logp) * t
+        t = target if label_smoothing == 0 or c == 0 else (
+            target * (1 - label_smoothing) + label_smoothing / c)
+        # a class of probability 0 at a -inf logit (a masked class) adds 0 (0 · log 0 = 0, as
+        # kl_div), where PyTorch's 0 · -inf is NaN; elsewhere the target's gradient is −log p
+        # there, as PyTorch's
+        terms = -ops.where((t == 0) & (logp == -math.inf), 0.0, logp) * t
         if weight is not None:
             terms = terms * ops.reshape(weight, wshape)
-        return _reduce(ops.sum(terms, axis=axis), reduction, "cross_entropy")
+        loss = ops.sum(terms, axis=axis)
+        if reduction == "mean" and c == 0:  # PyTorch's mean divides by numel / C: 0 / 0
+            return loss.sum() * math.nan
+        return _reduce(loss, reduction, "cross_entropy")
     loss = nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
     if label_smoothing == 0:
         return loss
@@ -603,14 +614,22 @@ def _euclid_mm(x1: Tensor, x2: Tensor) -> Tensor:
 def cosine_embedding_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: float = 0,
                           size_average: bool | None = None, reduce: bool | None = None,
                           reduction: str = "mean") -> Tensor:
-    """1 − cos(x1, x2) where target = 1, max(0, cos − margin) where target = −1."""
+    """1 − cos(x1, x2) where target = 1, max(0, cos − margin) where target = −1: inputs (N, D)
+    with target (N,), or (D,) with a scalar target; inputs and target broadcast, as PyTorch's."""
     input1, input2 = float32_in_region(input1, input2)  # autocast: a float32 op (PyTorch's)
+    op = "cosine_embedding_loss"
     if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction("cosine_embedding_loss", size_average, reduce, reduction)
-    _same_shape(input1, input2, "cosine_embedding_loss")
-    if input1.ndim not in (1, 2) or tuple(target.shape) != tuple(input1.shape[:-1]):
-        raise ShapeError(f"cosine_embedding_loss: expected inputs (N, D) or (D,) and target (N,)"
-                         f" or (), got {tuple(input1.shape)} and target {tuple(target.shape)}")
+        reduction = _legacy_reduction(op, size_average, reduce, reduction)
+    if target.ndim > 1 or not input1.ndim == input2.ndim == target.ndim + 1:
+        raise ShapeError(f"{op}: expected inputs (N, D) with target (N,), or (D,) with a scalar "
+                         f"target, got {tuple(input1.shape)}, {tuple(input2.shape)} and target "
+                         f"{tuple(target.shape)}")
+    rows = _bshape(input1, input2, op)[:-1]
+    try:
+        B.np.broadcast_shapes(rows, tuple(target.shape))
+    except ValueError:
+        raise ShapeError(f"{op}: target of shape {tuple(target.shape)} does not broadcast with "
+                         f"the inputs' {rows} rows") from None
     ax = input1.ndim - 1
     prod = ops.sum(input1 * input2, axis=ax)
     m1 = ops.sum(input1 * input1, axis=ax) + 1e-12
@@ -629,6 +648,10 @@ def margin_ranking_loss(input1: Tensor, input2: Tensor, target: Tensor, margin: 
     input1, input2 = float32_in_region(input1, input2)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("margin_ranking_loss", size_average, reduce, reduction)
+    if not input1.ndim == input2.ndim == target.ndim:  # PyTorch's rule; then they broadcast
+        raise ShapeError(f"margin_ranking_loss: input1, input2 and target must have the same "
+                         f"number of dims, got shapes {tuple(input1.shape)}, "
+                         f"{tuple(input2.shape)} and {tuple(target.shape)}")
     _bshape(input1, input2, "margin_ranking_loss")
     # clamp_min, not relu: at the hinge (tied scores with margin 0, as at a start) the gradient
     # passes, as PyTorch's clamp_min_
@@ -648,10 +671,10 @@ def triplet_margin_loss(anchor: Tensor, positive: Tensor, negative: Tensor, marg
     op = "triplet_margin_loss"
     if margin <= 0:
         raise ValueError(f"{op}: margin must be greater than 0, got {margin}")
-    if not anchor.ndim == positive.ndim == negative.ndim or anchor.ndim == 0:
+    if not anchor.ndim == positive.ndim == negative.ndim:  # (N, D), (D,) or scalars
         raise ShapeError(f"{op}: anchor, positive and negative must have the same number of "
-                         f"dims, at least 1 ((N, D) or (D,)), got {tuple(anchor.shape)}, "
-                         f"{tuple(positive.shape)} and {tuple(negative.shape)}")
+                         f"dims, got {tuple(anchor.shape)}, {tuple(positive.shape)} and "
+                         f"{tuple(negative.shape)}")
     d_pos = pairwise_distance(anchor, positive, p, eps)
     d_neg = pairwise_distance(anchor, negative, p, eps)
     if swap:
@@ -720,17 +743,21 @@ def _log_sigmoid(x: Tensor) -> Tensor:
 def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
                                 size_average: bool | None = None, reduce: bool | None = None,
                                 reduction: str = "mean") -> Tensor:
-    """Per-class logistic loss averaged over the C classes (last axis): one-vs-all."""
+    """Per-class logistic loss averaged over the C classes (the input's last axis): one-vs-all.
+    As in PyTorch, a target (and weight) of another shape is broadcast, and the sum runs over
+    the axis numbered as the input's last."""
+    op = "multilabel_soft_margin_loss"
     if size_average is not None or reduce is not None:
-        reduction = _legacy_reduction("multilabel_soft_margin_loss", size_average, reduce,
-                                      reduction)
-    _same_shape(input, target, "multilabel_soft_margin_loss")
+        reduction = _legacy_reduction(op, size_average, reduce, reduction)
+    if input.ndim == 0:
+        raise ShapeError(f"{op}: input needs a class axis ((N, C) or (C,)), got a scalar")
+    _bshape(input, target, op)
     loss = -(target * _log_sigmoid(input) + (1 - target) * _log_sigmoid(-input))
     if weight is not None:
         loss = loss * weight
     ax = input.ndim - 1
-    loss = ops.sum(loss, axis=ax) / input.shape[ax] if input.ndim else loss
-    return _reduce(loss, reduction, "multilabel_soft_margin_loss")
+    loss = ops.sum(loss, axis=ax) / input.shape[ax]
+    return _reduce(loss, reduction, op)
 
 
 def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
@@ -739,7 +766,8 @@ def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = 
     input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("soft_margin_loss", size_average, reduce, reduction)
-    _bshape(input, target, "soft_margin_loss")  # shapes that broadcast, as PyTorch's
+    # a target that broadcasts to the input's shape (PyTorch's: the loss has the input's shape)
+    _check_weight_fits(target, input, "target", "soft_margin_loss")
     return _reduce(-_log_sigmoid(target * input), reduction, "soft_margin_loss")
 
 
@@ -815,12 +843,16 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
              reduction: str = "mean", zero_infinity: bool = False) -> Tensor:
     """Connectionist temporal classification: −log Σ over alignments of the targets, by the
     forward (alpha) recursion in log space over the blank-extended labels, vectorised over
-    the batch. ``log_probs`` (T, N, C) or (T, C); targets padded (N, S) or concatenated.
+    the batch. ``log_probs`` (T, N, C) or (T, C); targets padded (N, S) or concatenated (1-D,
+    also for unbatched (T, C) input, as PyTorch's: there (1, S) is the padded form).
     The gradient is the exact one in log_probs (PyTorch returns the one for the logits behind
     a log_softmax; the two agree once passed through it). In float32 under CPU autocast."""
     (log_probs,) = float32_in_region(log_probs)  # autocast: a float32 op (PyTorch's)
     if log_probs.ndim not in (2, 3):
         raise ShapeError(f"ctc_loss: log_probs must be (T, N, C) or (T, C), got "
+                         f"{tuple(log_probs.shape)}")
+    if log_probs.numel() == 0:
+        raise ValueError(f"ctc_loss: log_probs must not be empty, got shape "
                          f"{tuple(log_probs.shape)}")
     unbatched = log_probs.ndim == 2
     lp = ops.expand_dims(log_probs, 1) if unbatched else log_probs
@@ -836,8 +868,8 @@ def ctc_loss(log_probs: Tensor, targets, input_lengths, target_lengths, blank: i
         raise ValueError(f"ctc_loss: input_lengths must lie in [0, T={t_max}] and target "
                          f"lengths be non-negative, got {in_len.tolist()} / {tg_len.tolist()}")
     s_max = int(tg_len.max()) if n else 0
-    if unbatched:
-        tg = tg.reshape(1, -1)
+    if unbatched and tg.ndim == 0:
+        tg = tg.reshape(1)
     if tg.ndim == 1:  # concatenated: split into padded rows
         if tg.shape[0] != tg_len.sum():
             raise ShapeError(f"ctc_loss: concatenated targets have {tg.shape[0]} entries, "
@@ -917,6 +949,9 @@ def multilabel_margin_loss(input: Tensor, target: Tensor, size_average: bool | N
     if target.dtype.kind not in "iu":
         raise DTypeError(f"{op}: target must hold integer class indices, got {target.dtype}")
     c = input.shape[-1]
+    if c == 0:
+        raise ShapeError(f"{op}: expected a non-empty class axis (C > 0), got input "
+                         f"{tuple(input.shape)}")
     xp = input.backend.xp
     t = values(target)
     bad = (t < -1) | (t >= c)
