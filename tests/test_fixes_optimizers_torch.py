@@ -39,8 +39,7 @@ def test_adagrad_has_its_state_before_the_first_step_as_torch(dtype):
         assert set(e) == set(te) == {"step", "sum"}
         assert e["step"].dtype == np.float32 and e["step"].item() == te["step"].item() == 0
         np.testing.assert_array_equal(e["sum"].numpy(), te["sum"].numpy())
-    for i, (e, te) in enumerate(zip(opt.state_dict()["state"].values(),
-                                    topt.state_dict()["state"].values())):
+    for e, te in zip(opt.state_dict()["state"].values(), topt.state_dict()["state"].values()):
         np.testing.assert_array_equal(e["sum"].numpy(), te["sum"].numpy())
     # a change made through the state before the first step is what that step reads
     opt.state[ps[1]]["sum"].fill_(4.0)
@@ -54,3 +53,17 @@ def test_adagrad_has_its_state_before_the_first_step_as_torch(dtype):
     topt.step()
     for p, tp in zip(ps, tps):
         np.testing.assert_allclose(p.numpy(), tp.detach().numpy(), rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_a_tensor_lr_with_foreach_is_refused_as_torch(name):
+    with pytest.raises(ValueError, match="lr as a Tensor is not supported"):
+        getattr(torch.optim, name)([torch.nn.Parameter(torch.ones(2))], lr=torch.tensor(0.01),
+                                   foreach=True)
+    p = ng.tensor(np.ones(2, np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match=f"{name}: lr as a Tensor is not supported"):
+        getattr(ng.optim, name)([p], lr=ng.tensor(0.01), foreach=True)
+    for kw in (dict(foreach=False), dict(foreach=True, capturable=True), dict()):
+        getattr(torch.optim, name)([torch.nn.Parameter(torch.ones(2))], lr=torch.tensor(0.01),
+                                   **kw)
+        getattr(ng.optim, name)([p], lr=ng.tensor(0.01), **kw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .. import _backend as B
+from ..tensor import Tensor
 from .base import Optimizer, alpha_of, check_betas, check_named, rounded
 
 
@@ -47,6 +48,9 @@ class Adam(Optimizer):
                  fused: bool | None = None, decoupled_weight_decay: bool = False,
                  strict: bool = False, flat: bool = True):
         name = type(self).__name__
+        if isinstance(lr, Tensor) and foreach and not capturable:  # PyTorch's refusal
+            raise ValueError(f"{name}: lr as a Tensor is not supported for capturable=False and "
+                             "foreach=True (pass a float lr, or leave foreach=None)")
         for key, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
             check_named(name, key, v)
         betas = check_betas(name, betas, floats=True)
