@@ -90,3 +90,15 @@ def test_fmod_refuses_two_bools():
         ng.fmod(ng.tensor(a), ng.tensor(b))
     _same(ng.fmod(ng.tensor(a), ng.tensor(np.array([2, 2]))).numpy(),
           torch.fmod(torch.tensor(a), torch.tensor(np.array([2, 2]))).numpy())
+
+
+@pytest.mark.parametrize("kw", [{"atol": float("inf")}, {"rtol": float("inf")},
+                                {"atol": float("inf"), "equal_nan": True}])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_isclose_with_an_infinite_tolerance_keeps_inf_close_only_to_itself(kw, dtype):
+    a = np.array([np.inf, -np.inf, np.inf, 1.0, np.nan, np.nan, 1e30], dtype=dtype)
+    b = np.array([1e-8, -89.0, np.inf, -np.inf, np.nan, 2.0, -1e30], dtype=dtype)
+    want = torch.isclose(torch.tensor(a), torch.tensor(b), **kw).numpy()
+    np.testing.assert_array_equal(ng.isclose(ng.tensor(a), ng.tensor(b), **kw).numpy(), want)
+    assert ng.allclose(ng.tensor(a[:1]), ng.tensor(b[:1]), **kw) is torch.allclose(
+        torch.tensor(a[:1]), torch.tensor(b[:1]), **kw)

@@ -880,10 +880,17 @@ def frac(x):
     return x - trunc(x)
 
 
-_isclose = primitive(
-    "isclose", lambda xp, a, b, rtol, atol, equal_nan: xp.isclose(a, b, rtol=rtol, atol=atol,
-                                                                 equal_nan=equal_nan),
-    kind=_EW, promote=False, doc="|a - b| <= atol + rtol * |b|, elementwise.")
+def _isclose_fwd(xp, a, b, rtol, atol, equal_nan):
+    """NumPy's isclose; an infinite value is close only to itself, as PyTorch's (NumPy's
+    finds inf close to any finite number once a tolerance is infinite)."""
+    out = xp.isclose(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan)
+    if math.isinf(rtol) or math.isinf(atol):
+        out = out & ~((xp.isinf(a) | xp.isinf(b)) & (a != b))
+    return out
+
+
+_isclose = primitive("isclose", _isclose_fwd, kind=_EW, promote=False,
+                     doc="|a - b| <= atol + rtol * |b|, elementwise.")
 
 
 def isclose(a, b, rtol: float = 1e-05, atol: float = 1e-08, equal_nan: bool = False):
