@@ -73,8 +73,9 @@ class _Entry:
         # the leaves it read that did not require grad in a call that recorded gradients (a
         # frozen layer): unfreezing one traces again, else the program would give them none
         self.frozen = frozen
-        # the buffers the step binds anew (``self.ema = 0.9 * self.ema + ...``): (module held
-        # weakly, name) each, bound to the program's last outputs after each replay; or None
+        # what the step binds anew (a buffer: ``self.ema = 0.9 * self.ema + ...``, an attribute:
+        # ``self.hidden = h.detach()``) to the program's last outputs after each replay: (the
+        # setters, each with how many arrays it takes, and their total), or None
         self.binds = binds
 
 
@@ -241,8 +242,8 @@ class Jitted:
                     hot[0].hooks)) and (hot[0].frozen is None or not _thawed(hot[0].frozen)):
                 entry = self.last = hot[0]
                 if entry.wait is not None:
-                    return _outputs(entry, self._timed(entry, arrays))
-                return _outputs(entry, entry.program.run(arrays))
+                    return _outputs(entry, self._timed(entry, arrays), self._params)
+                return _outputs(entry, entry.program.run(arrays), self._params)
         if not kwargs and all(type(a) is Tensor for a in args):  # the common case, quickly
             leaves, tdef = list(args), None
         else:
@@ -287,8 +288,8 @@ class Jitted:
                          tuple(q.requires_grad for q in self._params), B.DEFAULT_FLOAT, raw,
                          key)
         if entry.wait is not None:
-            return _outputs(entry, self._timed(entry, arrays))
-        return _outputs(entry, entry.program.run(arrays))
+            return _outputs(entry, self._timed(entry, arrays), self._params)
+        return _outputs(entry, entry.program.run(arrays), self._params)
 
     def _bound_buffers(self, rec, bound: list) -> tuple:
         """The buffers the traced step bound anew (``self.ema = 0.9 * self.ema + ...``, where
@@ -337,9 +338,9 @@ class Jitted:
                     del rec.loaded[s]  # (not a constant however few hold the tensor now)
             if new is not old:
                 self._by_name.add((ms, name))
-                binds.append((weakref.ref(mod), name))
+                binds.append((functools.partial(_set_buffer, weakref.ref(mod), name), 1))
                 slots.append(rec.slot_of(new, new._data))
-        return tuple(binds) or None, slots
+        return binds, slots
 
     def _python_changed(self, raw: tuple) -> str | None:
         """Why every call must run eagerly when the traced call changed a Python number that
@@ -489,6 +490,9 @@ class Jitted:
                           if all(s is not o for o in modules)] if tdef is not None else modules
         bound = [(mod, name, t) for mod in mods for name, t in mod._buffers.items()
                  if isinstance(t, Tensor)] if mods else None
+        owner = getattr(self.fn, "__self__", None)  # a bound method's object
+        attrs = _attributes(mods if owner is None or any(owner is o for o in mods)
+                            else mods + [owner])
         m.jit = rec
         try:
             out = self.fn(*args, **kwargs)
@@ -498,11 +502,12 @@ class Jitted:
         self._volatile = self._python_changed(raw)
         if self._volatile is not None and rec.fallback is None:
             rec.fallback = self._volatile
+        binds, bind_slots = self._bound_buffers(rec, bound) if bound else ([], [])
+        kept = _bound_attributes(rec, attrs, binds, bind_slots)
         if rec.fallback is None:
-            rec.fallback = _replaced_reads(holders, rec)
-        del holders
-        binds, bind_slots = self._bound_buffers(rec, bound) if bound else (None, [])
-        del bound
+            rec.fallback = _replaced_reads(holders, rec, kept)
+        del holders, bound, attrs, kept
+        binds = (tuple(binds), len(bind_slots)) if binds else None
         _replay_modes(rec, modules, flags)
         if rec.fallback is None and _global_draws() != drawn:
             rec.fallback = ("the step drew from NumPy's global random generator (np.random) "
@@ -678,7 +683,7 @@ class Jitted:
         outs = [Tensor._of(a) for a in res[:d.n_out]]
         wrt = [leaves[k] for k in d.wrt_in] + loaded
         if d.n_bind:
-            _bind(entry.binds, res[d.n_out:d.n_out + d.n_bind])
+            _bind(entry.binds[0], res[d.n_out:d.n_out + d.n_bind], wrt)
         call = _DiffCall(d, res[d.n_out + d.n_bind:])
         floats = [i for i, o in enumerate(outs) if B.is_float(o.dtype)]
         if len(floats) == 1:  # one node holding the output itself: no packing, no reshapes
@@ -1267,14 +1272,17 @@ def _read_through(read, k: int | None, where: str):
     return t._data
 
 
-def _replaced_reads(holders: list, rec) -> str | None:
+def _replaced_reads(holders: list, rec, kept: set = frozenset()) -> str | None:
     """Why the traced signature must run eagerly when the step replaced a tensor it read from a
     Python variable (``out, self.hidden = rnn(x, self.hidden)``): a replay would read the
-    traced call's tensor on every call, and never replace it."""
+    traced call's tensor on every call, and never replace it. ``kept``: the ids of the values
+    of the attributes whose new tensors the replays bind (:func:`_bound_attributes`)."""
     if not holders:
         return None
     loaded = {id(d) for d in rec.load_data.values()}
     for where, read, v, items, arrays in holders:
+        if id(v) in kept:
+            continue
         now = read()
         if (now is not v or (type(v) is list and (len(v) != len(items) or any(
                 a is not b for a, b in zip(v, items))))) and not loaded.isdisjoint(arrays):
@@ -1354,12 +1362,12 @@ def _matches(hot: tuple, args: tuple, m, modules: list, params: list) -> list | 
     return arrays
 
 
-def _outputs(entry: _Entry, outs: list):
+def _outputs(entry: _Entry, outs: list, params: list = ()):
     """The replay's arrays as the function's outputs (tensors in its output tree), the last
-    ones bound to the buffers the step binds anew."""
+    ones bound to what the step binds anew (``params``: the state's parameters)."""
     if entry.binds is not None:
-        k = len(outs) - len(entry.binds)
-        _bind(entry.binds, outs[k:])
+        k = len(outs) - entry.binds[1]
+        _bind(entry.binds[0], outs[k:], [q for q in params if q.requires_grad])
         outs = outs[:k]
     if entry.out_def is None:  # the function returned one tensor
         return Tensor._of(outs[0])
@@ -1377,14 +1385,125 @@ def _not_computed(rec, t: Tensor) -> bool:
         i.kind == "load" and i.out == s for i in rec.instrs)
 
 
-def _bind(binds: tuple, arrays: list) -> None:
-    """Bind each buffer a replayed step binds anew to a tensor on its new array, as the step's
-    ``self.name = ...`` did when traced (into the module's buffers: its structure is as it
-    was, the signature unchanged)."""
-    for (ref, name), a in zip(binds, arrays):
-        mod = ref()
-        if mod is not None:
-            mod._buffers[name] = Tensor._of(a)
+def _bind(binds: tuple, arrays: list, parents: list) -> None:
+    """Bind what a replayed step binds anew to tensors on its new arrays, as the step's
+    ``self.name = ...`` did when traced: each setter takes its count of ``arrays`` (and the
+    tensors the replay differentiates with respect to, ``parents``)."""
+    k = 0
+    for setter, n in binds:
+        setter(arrays[k:k + n], parents)
+        k += n
+
+
+def _set_buffer(ref, name: str, arrays: list, parents: list) -> None:
+    """Into the module's buffers: its structure is as it was, the signature unchanged."""
+    mod = ref()
+    if mod is not None:
+        mod._buffers[name] = Tensor._of(arrays[0])
+
+
+def _set_attribute(ref, name: str, kind, grad: bool, arrays: list, parents: list) -> None:
+    """Into the object's ``__dict__``: a tensor, or a tuple or list of them (``kind``). One that
+    required grad when traced (``module.weight`` set by pruning's forward pre-hook) requires
+    grad, on a node whose VJP refuses (:func:`_unrecorded_vjp`): a replay records no graph
+    behind it, and a gradient must not be dropped without a word."""
+    obj = ref()
+    if obj is None:
+        return
+    if grad and parents:
+        where = f"{type(obj).__name__}.{name}"
+        shapes = tuple(t.shape for t in parents)
+        ts = [Tensor._of(a, Node.make(_unrecorded_rule(), {"where": where}, tuple(
+            t.node or t for t in parents), None, None, shapes, None), True) for a in arrays]
+    else:
+        ts = [Tensor._of(a) for a in arrays]
+    obj.__dict__[name] = ts[0] if kind is None else kind(ts)
+
+
+_UNRECORDED: list = []
+
+
+def _unrecorded_rule():
+    """The rule of the nodes of :func:`_set_attribute`'s tensors that require grad."""
+    if not _UNRECORDED:
+        from ..func.custom import _rule
+
+        _UNRECORDED.append(_rule("jit[bound attribute]", _unrecorded_vjp))
+    return _UNRECORDED[0]
+
+
+def _unrecorded_vjp(needs, g, ans, *specs, where: str):
+    from ..errors import GradError
+
+    raise GradError(f"jit: backward reached {where}, a tensor that a replayed step bound to "
+                    "an attribute: a replay does not record the graph behind it; "
+                    "differentiate what the step returns, or run this step eagerly "
+                    "(ng.disable_jit())")
+
+
+def _attributes(objs: list) -> list:
+    """``(object, its __dict__, its public attributes now)`` for each of ``objs`` (the modules
+    a step runs, a bound method's object), to find the tensors the step binds to them."""
+    out = []
+    for o in objs:
+        d = getattr(o, "__dict__", None)
+        if type(d) is dict:
+            out.append((o, d, {k: v for k, v in d.items() if k[:1] != "_"}))
+    return out
+
+
+def _tensors_of(v) -> tuple | None:
+    """The tensors of a tensor, or of a non-empty tuple or list of tensors, else None."""
+    if isinstance(v, Tensor):
+        return (v,)
+    if type(v) in (tuple, list) and v and all(isinstance(t, Tensor) for t in v):
+        return tuple(v)
+    return None
+
+
+def _bound_attributes(rec, attrs: list, binds: list, slots: list) -> set:
+    """The tensors the traced step bound to the public attributes of its modules (or of a
+    bound method's object): ``self.hidden = h.detach()``, ``self.last = out.detach()``.
+    Each becomes extra outputs of the program and a setter in ``binds`` that binds the
+    replay's values after it (a replay otherwise left the traced call's tensor there); a
+    tensor the step reads back through such an attribute is read through it on each replay
+    (``Recorder.through``). A tensor that requires grad is bound requiring grad, on a node
+    that refuses backward (:func:`_set_attribute`); read back by the next call it would chain
+    the calls' graphs, which runs eagerly (:func:`_replaced_reads`). A tensor the step did not
+    compute runs the signature eagerly. Returns the ids of the values replaced without grad
+    (no reason to run eagerly)."""
+    kept: set = set()
+    for obj, d, before in attrs:
+        for name, v in list(d.items()):
+            if name[:1] == "_" or name == "training":
+                continue
+            old = before.get(name, _same)
+            items = None if v is old else _tensors_of(v)
+            if items is None:  # unchanged, or not tensors (numbers key the signature)
+                continue
+            where = f"{type(obj).__name__}.{name}"
+            why = None
+            grad = any(t.requires_grad for t in items)
+            if grad and not all(t.requires_grad for t in items):
+                why = f"binds tensors that require grad and some that do not to {where}"
+            elif any(_not_computed(rec, t) for t in items):
+                why = (f"binds a tensor it did not compute (made by a factory such as "
+                       f"ng.zeros, or held elsewhere) to the attribute {where}")
+            if why is not None:
+                if rec.fallback is None:
+                    rec.fallback = (f"jit: the step {why}, which a replay cannot repeat: "
+                                    "this signature runs eagerly")
+                continue
+            try:
+                ref = weakref.ref(obj)
+            except TypeError:
+                ref = functools.partial(_same, obj)
+            binds.append((functools.partial(_set_attribute, ref, name, None if isinstance(
+                v, Tensor) else type(v), grad), len(items)))
+            slots.extend(rec.slot_of(t, t._data) for t in items)
+            if not grad:  # (one that requires grad and is read back chains graphs: eager)
+                kept.add(id(old))
+    return kept
 
 
 def _buffer_now(ref, name: str, where: str):

@@ -235,3 +235,129 @@ def test_a_compiled_forward_method_replays_and_binds():
     assert_same(ref, got)
     j = Decorated.forward.jitted
     assert j.traces == 2 and j.last.binds is not None
+
+
+# --- tensors bound to plain attributes -------------------------------------------------------
+class Stateful(nn.Module):
+    """A recurrent model that carries its state across calls in attributes (truncated
+    backpropagation through time), and keeps its last output for inspection."""
+
+    def __init__(self, lstm: bool = False):
+        super().__init__()
+        self.rnn = (nn.LSTM if lstm else nn.GRU)(3, 4, batch_first=True)
+        self.head = nn.Linear(4, 2)
+        self.state = (ng.zeros(1, 2, 4), ng.zeros(1, 2, 4)) if lstm else ng.zeros(1, 2, 4)
+
+    def forward(self, x):
+        out, state = self.rnn(x, self.state)
+        self.state = tuple(s.detach() for s in state) if isinstance(state, tuple) else \
+            state.detach()
+        y = self.head(out[:, -1])
+        self.last = y.detach()
+        return y
+
+
+@pytest.mark.parametrize("lstm", [False, True])
+@pytest.mark.parametrize("how", ["eager", "compile", "jit"])
+def test_state_carried_in_attributes_replays(lstm, how):
+    def run(how):
+        ng.manual_seed(0)
+        model = Stateful(lstm)
+        m = {"eager": model, "compile": ng.compile(model, options={"fuse": False}),
+             "jit": ng.jit(model, fuse=False)}[how]
+        opt = optim.SGD(model.parameters(), lr=0.1)
+        rng = np.random.default_rng(1)
+        seen = []
+        for _ in range(8):
+            x = ng.tensor(rng.standard_normal((2, 5, 3)).astype(np.float32))
+            loss = (m(x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            state = model.state if lstm else (model.state,)
+            seen.append([loss.item(), model.last.numpy().copy()]
+                        + [s.numpy().copy() for s in state])
+        return seen, m
+
+    ref, _ = run("eager")
+    got, m = run(how)
+    for i, (r, g) in enumerate(zip(ref, got)):
+        assert r[0] == g[0], f"step {i}"
+        for a, b in zip(r[1:], g[1:]):
+            assert np.array_equal(a, b), f"step {i}"
+    if how != "eager":
+        j = m._jitted if how == "compile" else m
+        assert j.last.diff is not None and j.last.binds is not None
+        assert j.traces <= 2
+
+
+def test_an_attribute_set_in_the_step_follows_each_replay():
+    """``self.last = out.detach()``, never read by the step: a replay left the traced call's
+    tensor there."""
+
+    class Keeps(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            out = self.lin(x)
+            self.last = out.detach()
+            return out * 2
+
+    model = Keeps()
+    m = ng.jit(model)
+    with ng.no_grad():
+        for k in range(5):
+            y = m(ng.full((1, 3), float(k)))
+            assert np.array_equal(model.last.numpy() * 2, y.numpy()), f"call {k}"
+    assert m.last.program is not None
+
+
+def test_an_attribute_that_keeps_the_graph_refuses_backward_after_a_replay():
+    """``self.activation = out`` (not detached): a replay binds the new values requiring grad,
+    but records no graph behind them; a backward through them says so rather than drop the
+    gradient."""
+
+    class KeepsGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x):
+            out = self.lin(x)
+            self.activation = out
+            return out.sum()
+
+    model = KeepsGraph()
+    m = ng.jit(model)
+    for k in range(3):
+        x = ng.full((1, 3), float(k))
+        loss = m(x)
+        assert model.activation.requires_grad
+        assert np.array_equal(model.activation.detach().numpy(), model.lin(x).detach().numpy())
+        loss.backward()  # what the step returns differentiates as ever
+    assert m.last.diff is not None
+    with pytest.raises(ng.errors.GradError, match="KeepsGraph.activation"):
+        model.activation.sum().backward()
+
+
+def test_a_pruned_layer_shows_its_masked_weight_after_each_replay():
+    """Pruning's forward pre-hook sets ``module.weight = weight_orig * weight_mask`` on each
+    call: after a replay ``weight`` holds the current product (it held the traced call's)."""
+    from nodegrad.nn.utils import prune
+
+    ng.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    m = ng.compile(model)
+    opt = optim.SGD(model.parameters(), lr=0.5)
+    for x, y in data(5):
+        loss = F.cross_entropy(m(x), y % 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m(x)  # (a call after the step: its hook reads the updated weight_orig)
+        want = (model[0].weight_orig * model[0].weight_mask).detach().numpy()
+        assert np.array_equal(model[0].weight.detach().numpy(), want)
+    assert m._jitted.last.diff is not None
