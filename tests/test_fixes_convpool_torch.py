@@ -108,3 +108,42 @@ def test_conv_transpose_output_size_length(batched, extra):
             nm(ng.tensor(x), output_size=size)
         return
     np.testing.assert_allclose(nm(ng.tensor(x), output_size=size).numpy(), want, rtol=1e-12)
+
+
+def _same_error_or_values(tfn, nfn, x, **kw):
+    """Both raise (nodegrad a ValueError naming the operation) or both give the same values."""
+    try:
+        want = tfn(torch.tensor(x), **kw).numpy()
+    except RuntimeError:
+        with pytest.raises(ValueError, match=nfn.__name__):
+            nfn(ng.tensor(x), **kw)
+        return
+    np.testing.assert_allclose(nfn(ng.tensor(x), **kw).numpy(), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape, kw", [
+    ((1, 2, 2, 4, 4), dict(kernel_size=3, padding=1)),
+    ((1, 2, 4, 3, 3), dict(kernel_size=4, ceil_mode=True)),
+    ((2, 4, 2, 4, 1), dict(kernel_size=(2, 2, 2), padding=(0, 0, 1))),
+    ((1, 2, 3, 3, 3), dict(kernel_size=3, padding=1)),
+    ((2, 3, 4, 5), dict(kernel_size=(2, 2, 3), padding=1, ceil_mode=True)),
+])
+def test_avg_pool3d_input_smaller_than_kernel(shape, kw):
+    # PyTorch's avg_pool3d needs the unpadded input at least as large as the kernel
+    x = np.random.default_rng(3).standard_normal(shape)
+    _same_error_or_values(TF.avg_pool3d, F.avg_pool3d, x, **kw)
+    _same_error_or_values(TF.lp_pool3d, F.lp_pool3d, np.abs(x), norm_type=2, **{
+        k: v for k, v in kw.items() if k != "padding"})
+
+
+@pytest.mark.parametrize("kw", [
+    dict(kernel_size=(2,)), dict(kernel_size=2, dilation=(1,)), dict(kernel_size=2, padding=(1,)),
+    dict(kernel_size=2, stride=(1,)), dict(kernel_size=(2, 1, 1)), dict(kernel_size=[2, 1]),
+    dict(kernel_size=2, stride=(2, 1), padding=[1, 0]),
+])
+def test_fold_unfold_take_an_int_or_two(kw):
+    x = np.random.default_rng(4).standard_normal((1, 2, 4, 4))
+    _same_error_or_values(TF.unfold, F.unfold, x, **kw)
+    cols = TF.unfold(torch.tensor(x), 2).numpy()
+    for size in ((4,), (4, 4), 4):
+        _same_error_or_values(TF.fold, F.fold, cols, output_size=size, kernel_size=2)

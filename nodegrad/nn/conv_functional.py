@@ -230,6 +230,10 @@ def _avg_pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, div
         return F._squeeze0(_avg_pool(ops.expand_dims(x, 0), kernel_size, stride, padding,
                                      ceil_mode, count_include_pad, divisor_override, nd, op))
     k, s, p, d, out, extra = _pool_setup(x, kernel_size, stride, padding, 1, ceil_mode, nd, op)
+    if nd == 3 and any(li < ki for li, ki in zip(x.shape[2:], k)):
+        # PyTorch's 3-d kernel refuses it even where padding or ceil_mode would make it fit
+        raise ShapeError(f"{op}: input {tuple(x.shape)} is smaller than the kernel {k} (without "
+                         f"padding)")
     if divisor_override is not None:
         try:
             divisor_override = operator.index(divisor_override)
@@ -467,6 +471,13 @@ def adaptive_max_pool3d(input: Tensor, output_size, return_indices: bool = False
 
 
 # --- im2col -----------------------------------------------------------------------------------
+def _pair_exact(v, name: str, op: str) -> tuple:
+    """An int or exactly two ints: ``fold`` and ``unfold`` take no other length, as PyTorch."""
+    if not isinstance(v, int | B.np.integer) and len(v) != 2:
+        raise ValueError(f"{op}: {name} must be an int or 2 ints, got {v!r}")
+    return _ints(v, 2, name, op)
+
+
 def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tensor:
     """im2col: (N, C, H, W) -> (N, C·kh·kw, L), one column per sliding window (PyTorch order)."""
     op = "unfold"
@@ -475,10 +486,10 @@ def unfold(input: Tensor, kernel_size, dilation=1, padding=0, stride=1) -> Tenso
     if unbatched:
         x = ops.expand_dims(x, 0)
     F._check_input(x, 2, op, "(N, C, H, W) or (C, H, W)")
-    k = _ints(kernel_size, 2, "kernel_size", op)
-    d = _ints(dilation, 2, "dilation", op)
-    p = _ints(padding, 2, "padding", op)
-    s = _ints(stride, 2, "stride", op)
+    k = _pair_exact(kernel_size, "kernel_size", op)
+    d = _pair_exact(dilation, "dilation", op)
+    p = _pair_exact(padding, "padding", op)
+    s = _pair_exact(stride, "stride", op)
     n, c = x.shape[:2]
     F._check_window(x, k, d, p, op)
     win = _windows(x, k, s, p, d, (0, 0), 0.0)                       # (N, C, oh, ow, kh, kw)
@@ -497,11 +508,11 @@ def fold(input: Tensor, output_size, kernel_size, dilation=1, padding=0, stride=
     if not isinstance(x, Tensor) or x.ndim != 3:
         raise ShapeError(f"{op}: expected input of shape (N, C·kh·kw, L) or (C·kh·kw, L), got "
                          f"{getattr(x, 'shape', x)!r}")
-    size = _ints(output_size, 2, "output_size", op)
-    k = _ints(kernel_size, 2, "kernel_size", op)
-    d = _ints(dilation, 2, "dilation", op)
-    p = _ints(padding, 2, "padding", op)
-    s = _ints(stride, 2, "stride", op)
+    size = _pair_exact(output_size, "output_size", op)
+    k = _pair_exact(kernel_size, "kernel_size", op)
+    d = _pair_exact(dilation, "dilation", op)
+    p = _pair_exact(padding, "padding", op)
+    s = _pair_exact(stride, "stride", op)
     padded = tuple(o + 2 * pi for o, pi in zip(size, p))
     blocks = tuple((li - di * (ki - 1) - 1) // si + 1 for li, di, ki, si in zip(padded, d, k, s))
     n, ck, nb = x.shape
