@@ -75,3 +75,17 @@ def test_pack_padded_sequence_empty_batch(batch_first):
         lambda: ng.nn.utils.rnn.pack_padded_sequence(ng.zeros(*shape), [],
                                                      batch_first=batch_first),
         ValueError, "pack_padded_sequence: cannot pack an empty batch")
+
+
+@pytest.mark.parametrize("shapes", [
+    [(1, 4, 2, 3), (1, 2, 2, 3), (1, 2, 2, 3)],   # fewer key/value heads without enable_gqa
+    [(2, 2, 3), (3, 2, 3), (3, 2, 3)],
+    [(2, 2, 3), (2, 2, 3), (3, 2, 3)],
+])
+def test_sdpa_batch_dims_that_do_not_broadcast(shapes):
+    """A shape error that names scaled_dot_product_attention, not the inner matmul's."""
+    arrs = [np.ones(s, np.float32) for s in shapes]
+    _raises_like_torch(
+        lambda: torch.nn.functional.scaled_dot_product_attention(*map(torch.tensor, arrs)),
+        lambda: ng.nn.functional.scaled_dot_product_attention(*map(ng.tensor, arrs)),
+        ng.ShapeError, "scaled_dot_product_attention: the batch dimensions")

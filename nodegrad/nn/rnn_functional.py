@@ -416,6 +416,14 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if enable_gqa and query.ndim >= 3:
         key = _repeat_heads(key, query.shape[-3], "key")
         value = _repeat_heads(value, query.shape[-3], "value")
+    lead = _broadcast(tuple(query.shape[:-2]), tuple(key.shape[:-2]))
+    if lead is None or _broadcast(lead, tuple(value.shape[:-2])) is None:
+        hint = " (key and value with fewer heads than the query need enable_gqa=True)" if (
+            not enable_gqa and query.ndim >= 3 and key.ndim >= 3
+            and 0 < key.shape[-3] < query.shape[-3]) else ""
+        raise ShapeError(f"scaled_dot_product_attention: the batch dimensions of query "
+                         f"{tuple(query.shape)}, key {tuple(key.shape)} and value "
+                         f"{tuple(value.shape)} do not broadcast{hint}")
     query, key, value = lower_in_region(query, key, value)  # autocast: PyTorch's lower list
     if not query.dtype == key.dtype == value.dtype:
         raise DTypeError(f"scaled_dot_product_attention: query, key and value must share a "
@@ -443,9 +451,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     bias = _causal_bias(n_q, n_k, query) if is_causal else \
         None if attn_mask is None else _mask_bias(attn_mask, query, masked_when=False)
     if bias is not None:
-        lead = _broadcast(tuple(query.shape[:-2]), tuple(key.shape[:-2]))
-        scores = None if lead is None else lead + (n_q, n_k)
-        if scores is None or _broadcast(tuple(bias.shape), scores) != scores:
+        scores = lead + (n_q, n_k)
+        if _broadcast(tuple(bias.shape), scores) != scores:
             raise ShapeError(f"scaled_dot_product_attention: attn_mask of shape "
                              f"{tuple(bias.shape)} does not broadcast to the scores' shape "
                              f"(..., L={n_q}, S={n_k}) of query {tuple(query.shape)} and key "
