@@ -183,6 +183,9 @@ def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: st
     if groups < 1 or c != cg * groups or o % groups:
         raise ShapeError(f"{op}: input has {c} channels but the weight expects "
                          f"{cg} x groups={groups} (weight {tuple(w.shape)})")
+    if n and c and 0 in x.shape[2:]:  # (padding would make room, but PyTorch refuses it)
+        raise ShapeError(f"{op}: an empty input must have no samples or no channels, got "
+                         f"{tuple(x.shape)}")
     stride = _tuple(stride, nd, "stride", op)
     dilation = _tuple(dilation, nd, "dilation", op)
     if isinstance(padding, str):
