@@ -147,3 +147,27 @@ def test_fold_unfold_take_an_int_or_two(kw):
     cols = TF.unfold(torch.tensor(x), 2).numpy()
     for size in ((4,), (4, 4), 4):
         _same_error_or_values(TF.fold, F.fold, cols, output_size=size, kernel_size=2)
+
+
+@pytest.mark.parametrize("fn, xs, ws, kw", [
+    ("conv2d", (1, 2, 0, 3), (1, 2, 1, 1), dict(padding=1)),
+    ("conv2d", (1, 2, 0, 3), (1, 2, 2, 2), dict(padding="same")),
+    ("conv1d", (2, 1, 0), (1, 1, 1), dict(padding=2)),
+    ("conv3d", (1, 1, 2, 0, 2), (1, 1, 1, 1, 1), dict(padding=(0, 1, 0))),
+    ("conv_transpose2d", (1, 2, 0, 3), (2, 1, 3, 3), {}),
+    ("conv_transpose1d", (1, 2, 0), (2, 1, 3), dict(stride=2)),
+    ("conv2d", (0, 2, 0, 3), (1, 2, 1, 1), dict(padding=1)),
+    ("conv_transpose2d", (0, 2, 0, 3), (2, 1, 3, 3), {}),
+])
+def test_conv_empty_spatial_input(fn, xs, ws, kw):
+    # PyTorch takes an empty input only when it has no samples or no channels
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    try:
+        want = getattr(TF, fn)(torch.tensor(x), torch.tensor(w), **kw).numpy()
+    except RuntimeError:
+        with pytest.raises(ValueError, match=fn):
+            getattr(F, fn)(ng.tensor(x), ng.tensor(w), **kw)
+        return
+    got = getattr(F, fn)(ng.tensor(x), ng.tensor(w), **kw).numpy()
+    assert got.shape == want.shape

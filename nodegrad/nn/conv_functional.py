@@ -81,6 +81,9 @@ def _conv_transpose(x, w, b, stride, padding, output_padding, groups, dilation, 
         raise ValueError(f"{op}: output_padding {op_} must be smaller than stride {s} or "
                          f"dilation {d}")
     in_sp = tuple(x.shape[2:])
+    if n and c and 0 in in_sp:  # as PyTorch's
+        raise ShapeError(f"{op}: an empty input must have no samples or no channels, got "
+                         f"{tuple(x.shape)}")
     full = tuple((li - 1) * si + di * (ki - 1) + 1 + oi
                  for li, si, di, ki, oi in zip(in_sp, s, d, k, op_))
     out_sp = tuple(f - 2 * pi for f, pi in zip(full, p))
