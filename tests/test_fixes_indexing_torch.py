@@ -129,3 +129,43 @@ def test_index_add_alpha_in_the_input_integer_dtype(dtype, alpha):
     nr = ng.index_add(nx, 0, ng.tensor([0, 0]), ng.tensor(s).astype(nx.dtype), alpha=alpha)
     assert str(nr.dtype).split(".")[-1] == str(tr.dtype).split(".")[-1]
     np.testing.assert_array_equal(nr.numpy(), tr.numpy())
+
+
+@pytest.mark.parametrize("op", ["median", "nanmedian"])
+@pytest.mark.parametrize("a", [[-np.inf], [np.inf, 1.0, np.inf], [1.0, -np.inf, -np.inf, 2.0],
+                               [np.inf, np.nan, 0.0]])
+def test_median_without_dim_of_infinite_ties(op, a):
+    """An infinite median shares its gradient among the entries equal to it (it was NaN)."""
+    nx, tx = _both(np.array(a), requires_grad=True)
+    nm, tm = getattr(ng, op)(nx), getattr(torch, op)(tx)
+    np.testing.assert_array_equal(nm.numpy(), tm.detach().numpy())
+    nm.backward()
+    tm.backward()
+    np.testing.assert_array_equal(nx.grad.numpy(), tx.grad.numpy())
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("int32", [False, True])
+def test_searchsorted_rows_put_nan_values_last(side, int32):
+    """With one sorted row per leading index, a NaN value goes after every entry (as with a
+    1-d sequence, and in PyTorch)."""
+    seq = np.array([[-1.0, 0.0, 0.0, 2.0], [-np.inf, 1.0, 3.0, np.inf]])
+    v = np.array([[np.nan, 0.0, 5.0], [np.inf, np.nan, -np.inf]])
+    n = ng.searchsorted(ng.tensor(seq), ng.tensor(v), side=side, out_int32=int32)
+    t = torch.searchsorted(torch.tensor(seq), torch.tensor(v), side=side, out_int32=int32)
+    assert str(n.dtype).split(".")[-1] == str(t.dtype).split(".")[-1]
+    np.testing.assert_array_equal(n.numpy(), t.numpy())
+
+
+@pytest.mark.parametrize("shape, dim", [((3, 3, 0), 1), ((0, 3), -1), ((0, 3, 0), 2),
+                                        ((2, 0), 1), ((0, 2), 0)])
+def test_unique_over_a_dim_with_another_empty_dim(shape, dim):
+    """PyTorch's unique(dim=) refuses a tensor with an empty dim other than ``dim``."""
+    a = np.zeros(shape, dtype=np.int64)
+    try:
+        ref = torch.unique(torch.tensor(a), dim=dim)
+    except RuntimeError:
+        with pytest.raises(ng.ShapeError, match="unique"):
+            ng.unique(ng.tensor(a), dim=dim)
+        return
+    assert tuple(ng.unique(ng.tensor(a), dim=dim).shape) == tuple(ref.shape)

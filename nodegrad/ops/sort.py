@@ -14,7 +14,7 @@ from ..batching import values as _values
 from ..errors import DTypeError, ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor, write_out
-from .elementwise import astype, ceil, floor, isnan, lerp, round, where
+from .elementwise import astype, ceil, floor, isinf, isnan, lerp, round, where
 from .index import getitem, take_along_axis
 from .elementwise import maximum
 from .reduce import any, argmax, ordered
@@ -148,14 +148,17 @@ def _selected(v, idx, ax, keepdim, was0):
 def share_ties(x, m):
     """``m`` (a full reduction that picked one entry of ``x``) with its gradient shared evenly
     among the entries equal to it, as PyTorch's median()/nanmedian() without dim (the value
-    stays ``m``'s bits: s - s.detach() is 0); a NaN ``m`` is shared among the NaNs."""
+    stays ``m``'s bits: s - s.detach() is 0); a NaN ``m`` is shared among the NaNs, and an
+    infinite ``m`` among the entries equal to it (their sum over their count keeps it)."""
     if not (x.requires_grad and B.is_float(x.dtype)):
         return m
     md = m.detach()
     tie = where(isnan(md), isnan(x), x == md)
     s = sum_(where(tie, x, 0.0))
     n = maximum(sum_(astype(tie, x.dtype)), 1.0)
-    return md + (s - s.detach()) / n
+    inf = isinf(md)
+    f = where(inf, 0.0, s)  # inf - inf would be NaN
+    return where(inf, s / n, md + (f - f.detach()) / n)
 
 
 # NumPy's quantile (numpy_stats._quantile), set by numpy_stats when it loads: it imports this
@@ -331,6 +334,9 @@ def unique(x, sorted: bool = True, return_inverse: bool = False, return_counts: 
     ordered("unique", x)  # distinct values come out sorted (PyTorch refuses complex too)
     xp = x.backend.xp
     axis = None if dim is None else norm_axis(dim, x.ndim, "unique")
+    if axis is not None and 0 in x.shape[:axis] + x.shape[axis + 1:]:
+        raise ShapeError(f"unique: shape {tuple(x.shape)} has an empty dim other than dim "
+                         f"{axis} (PyTorch refuses it)")
     if axis is None and B.is_inexact(x.dtype) and bool(xp.isnan(x._data).any()):
         res = _unique_distinct_nan(xp, x._data.reshape(-1))
     else:
@@ -345,10 +351,11 @@ def _searchsorted_fwd(xp, seq, v, right, int32):
     side = "right" if right else "left"
     if seq.ndim == 1:
         out = xp.searchsorted(seq, v, side=side)
-    else:  # one sorted row per leading index: count the entries below each value
-        below = (seq[..., None, :] <= v[..., :, None]) if right else (
-            seq[..., None, :] < v[..., :, None])
-        out = below.sum(-1)
+    else:  # one sorted row per leading index: count the entries below each value (a NaN
+        # value goes after every entry, as in the 1-d search)
+        after = (seq[..., None, :] > v[..., :, None]) if right else (
+            seq[..., None, :] >= v[..., :, None])
+        out = seq.shape[-1] - after.sum(-1)
     return xp.asarray(out).astype(xp.int32 if int32 else xp.int64)
 
 
