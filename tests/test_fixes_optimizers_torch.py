@@ -67,3 +67,37 @@ def test_a_tensor_lr_with_foreach_is_refused_as_torch(name):
         getattr(torch.optim, name)([torch.nn.Parameter(torch.ones(2))], lr=torch.tensor(0.01),
                                    **kw)
         getattr(ng.optim, name)([p], lr=ng.tensor(0.01), **kw)
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_lbfgs_state_holds_tensors_as_torch(line_search_fn):
+    rng = np.random.default_rng(3)
+    a, y = rng.standard_normal((5, 3)), rng.standard_normal(5)
+    ps, tps, opt, topt = _both("LBFGS", [rng.standard_normal(3)],
+                               dict(max_iter=3, line_search_fn=line_search_fn))
+
+    def loss(lib, w, o):
+        o.zero_grad()
+        r = lib.tensor(a) @ w - lib.tensor(y)
+        out = (r * r).sum()
+        out.backward()
+        return out
+
+    for _ in range(2):
+        opt.step(lambda: loss(ng, ps[0], opt))
+        topt.step(lambda: loss(torch, tps[0], topt))
+    e, te = opt.state[ps[0]], topt.state[tps[0]]
+    assert set(e) == set(te)
+    for key in ("d", "prev_flat_grad", "old_dirs", "old_stps"):
+        v, tv = e[key], te[key]
+        if key.startswith("old"):
+            assert len(v) == len(tv) and all(isinstance(x, ng.Tensor) for x in v)
+            v, tv = v[-1], tv[-1]
+        assert isinstance(v, ng.Tensor), (key, type(v))
+        np.testing.assert_allclose(v.numpy(), tv.numpy(), rtol=1e-10, atol=1e-14)
+    assert e["n_iter"] == te["n_iter"] and e["func_evals"] == te["func_evals"]
+    # the tensors are the state the next step reads, and a name assigned is kept
+    e["d"].mul_(0.0)
+    assert not opt.state[ps[0]]["d"].numpy().any()
+    e["n_iter"] = 0
+    assert opt.state[ps[0]]["n_iter"] == 0

@@ -409,8 +409,9 @@ class LBFGS(Optimizer):
     @property
     def state(self) -> dict:
         """``{first parameter: {"func_evals", "n_iter", "d", "t", "old_dirs", ...}}`` (live), as
-        PyTorch keeps the global state of L-BFGS under its first parameter."""
-        return {self._params[0]: self._lstate} if self._lstate else {}
+        PyTorch keeps the global state of L-BFGS under its first parameter; its vectors are
+        tensors on the state's memory, as PyTorch's."""
+        return {self._params[0]: _LiveState(self._lstate)} if self._lstate else {}
 
     def _extract(self, gi: int) -> list:
         entries: list = [None] * len(self._params)
@@ -489,6 +490,39 @@ def _number(v) -> float:
     if isinstance(v, Tensor):
         v = v._data
     return float(v.item()) if hasattr(v, "item") else float(v)
+
+
+def _as_tensor(v):
+    """A state value with its arrays (alone or in a list) as tensors on the same memory."""
+    if isinstance(v, list):
+        return [_as_tensor(x) for x in v]
+    return Tensor._of(v) if is_array(v) else v
+
+
+def _as_array(v):
+    """:func:`_as_tensor` undone: tensors (alone or in a list) as their arrays."""
+    if isinstance(v, list):
+        return [_as_array(x) for x in v]
+    return v._data if isinstance(v, Tensor) else v
+
+
+class _LiveState(dict):
+    """L-BFGS's state as ``optimizer.state`` shows it: the vectors as tensors (PyTorch's
+    types) on the state's own arrays; assigning a name sets the state the next step reads."""
+
+    __slots__ = ("_st",)
+
+    def __init__(self, st: dict):
+        super().__init__({k: _as_tensor(v) for k, v in st.items()})
+        self._st = st
+
+    def __setitem__(self, k, v) -> None:
+        super().__setitem__(k, v)
+        self._st[k] = _as_array(v)
+
+    def __delitem__(self, k) -> None:
+        super().__delitem__(k)
+        del self._st[k]
 
 
 def _copy_state(st: dict) -> dict:
