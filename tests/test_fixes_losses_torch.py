@@ -134,3 +134,25 @@ def test_ctc_loss_unbatched_targets_are_concatenated(reduction):
 def test_ctc_loss_of_an_empty_batch_raises():
     _raise_both("ctc_loss", [np.zeros((4, 0, 3)), np.zeros((0, 2), np.int64),
                              np.zeros(0, np.int64), np.zeros(0, np.int64)])
+
+
+@pytest.mark.parametrize("name, dtypes", [
+    ("mse_loss", ("int64", "int64")), ("l1_loss", ("int32", "int64")),
+    ("smooth_l1_loss", ("int64", "bool")), ("huber_loss", ("int64", "float64")),
+    ("soft_margin_loss", ("int64", "float64")), ("kl_div", ("float64", "int64")),
+    ("kl_div", ("int64", "float64")), ("hinge_embedding_loss", ("int64", "float64")),
+    ("binary_cross_entropy_with_logits", ("int64", "float64")),
+    ("multilabel_soft_margin_loss", ("int64", "float64")),
+    ("binary_cross_entropy", ("float64", "int64")), ("binary_cross_entropy", ("int64", "int64")),
+])
+def test_integer_operands_raise(name, dtypes):
+    x, t = (np.array([[0, 1], [1, 0]]).astype(d) for d in dtypes)
+    with pytest.raises(RuntimeError):
+        getattr(TF, name)(torch.tensor(x), torch.tensor(t))
+    with pytest.raises(TypeError, match=name):  # DTypeError
+        getattr(F, name)(ng.tensor(x), ng.tensor(t))
+
+
+@pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "smooth_l1_loss"])
+def test_an_integer_input_with_a_float_target_is_accepted(name):
+    _compare(name, [np.array([1, 2, 4]), np.array([0.5, 2.5, 1.0])])

@@ -56,6 +56,15 @@ def _broadcast_target(a: Tensor, b: Tensor, op: str, stacklevel: int = 3) -> Non
                   "Please ensure they have the same size.", UserWarning, stacklevel=stacklevel)
 
 
+def _float_input(op: str, *operands: Tensor) -> None:
+    """Refuse operands none of which is floating: PyTorch computes these losses in a floating
+    dtype and raises for integer or bool ones (here they gave a float32 loss of them)."""
+    if all(isinstance(x, Tensor) and not B.is_inexact(x.dtype) for x in operands):
+        got = " and ".join(str(x.dtype) for x in operands)
+        raise DTypeError(f"{op}: expected a floating-point input, got {got} (as PyTorch); "
+                         "convert it with .float()")
+
+
 def _legacy_reduction(op: str, size_average, reduce, reduction: str,
                       stacklevel: int = 3) -> str:
     """PyTorch's deprecated ``size_average``/``reduce`` flags as a ``reduction``, by PyTorch's
@@ -98,6 +107,7 @@ def mse_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     weighted squares, whose 'mean' is Σ w·d² / Σ w (PyTorch's)."""
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("mse_loss", size_average, reduce, reduction)
+    _float_input("mse_loss", input, target)
     _broadcast_target(input, target, "mse_loss")
     input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     d = input - target
@@ -112,6 +122,7 @@ def l1_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
     """|input − target|; with ``weight`` (input's shape) a 'mean' of Σ w·|d| / Σ w."""
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("l1_loss", size_average, reduce, reduction)
+    _float_input("l1_loss", input, target)
     _broadcast_target(input, target, "l1_loss")
     input, target = float32_in_region(input, target)
     if weight is None:
@@ -124,6 +135,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: fl
     """½d² for |d| < delta, else delta·(|d| − ½delta): quadratic near 0, linear in the tails.
     With ``weight`` (input's shape) each term is scaled and 'mean' stays the plain mean of the
     weighted terms (PyTorch's)."""
+    _float_input("huber_loss", input)
     return _huber(input, target, reduction, delta, weight, "huber_loss")
 
 
@@ -150,6 +162,7 @@ def smooth_l1_loss(input: Tensor, target: Tensor, size_average: bool | None = No
         reduction = _legacy_reduction("smooth_l1_loss", size_average, reduce, reduction)
     if beta < 0:
         raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+    _float_input("smooth_l1_loss", input, target)
     if beta == 0:
         _broadcast_target(input, target, "smooth_l1_loss", stacklevel=3)
         input, target = float32_in_region(input, target)
@@ -395,6 +408,10 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = 
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("binary_cross_entropy", size_average, reduce, reduction)
     _same_shape(input, target, "binary_cross_entropy")
+    if target.dtype != input.dtype or not B.is_float(input.dtype):  # PyTorch's rule
+        raise DTypeError(f"binary_cross_entropy: input and target must have the same floating "
+                         f"dtype, got {input.dtype} and {target.dtype}; convert the target "
+                         "with .to(input.dtype)")
     _check_probabilities(input, target)
     loss = _bce(input, target)
     if weight is not None:
@@ -410,6 +427,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      pos_weight: Tensor | None = None) -> Tensor:
     """BCE of sigmoid(input), computed from the logits without overflow."""
     # autocast: a float32 op (PyTorch's)
+    _float_input("binary_cross_entropy_with_logits", input)
     input, target, weight, pos_weight = float32_in_region(input, target, weight, pos_weight)
     if size_average is not None or reduce is not None:
         if isinstance(size_average, str) and pos_weight is None:  # (reduction, pos_weight)
@@ -438,6 +456,8 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
     """KL(target ‖ q) with ``input`` = log q; 'batchmean' divides by the batch size. As in
     PyTorch, size_average/reduce override ``reduction`` and a 'batchmean' still divides
     their result by the batch size."""
+    _float_input("kl_div", input)
+    _float_input("kl_div", target)
     input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     batchmean = reduction == "batchmean"
     if size_average is not None or reduce is not None:
@@ -686,6 +706,7 @@ def hinge_embedding_loss(input: Tensor, target: Tensor, margin: float = 1.0,
                          size_average: bool | None = None, reduce: bool | None = None,
                          reduction: str = "mean") -> Tensor:
     """x where target = 1, max(0, margin − x) where target = −1 (x: a distance)."""
+    _float_input("hinge_embedding_loss", input)
     input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("hinge_embedding_loss", size_average, reduce, reduction)
@@ -751,6 +772,7 @@ def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | 
         reduction = _legacy_reduction(op, size_average, reduce, reduction)
     if input.ndim == 0:
         raise ShapeError(f"{op}: input needs a class axis ((N, C) or (C,)), got a scalar")
+    _float_input(op, input)
     _bshape(input, target, op)
     loss = -(target * _log_sigmoid(input) + (1 - target) * _log_sigmoid(-input))
     if weight is not None:
@@ -763,6 +785,7 @@ def multilabel_soft_margin_loss(input: Tensor, target: Tensor, weight: Tensor | 
 def soft_margin_loss(input: Tensor, target: Tensor, size_average: bool | None = None,
                      reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """log(1 + exp(−y·x)), computed without overflow (y = ±1)."""
+    _float_input("soft_margin_loss", input)
     input, target = float32_in_region(input, target)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("soft_margin_loss", size_average, reduce, reduction)
