@@ -169,3 +169,22 @@ def test_unique_over_a_dim_with_another_empty_dim(shape, dim):
             ng.unique(ng.tensor(a), dim=dim)
         return
     assert tuple(ng.unique(ng.tensor(a), dim=dim).shape) == tuple(ref.shape)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("index", [("u1",), ("u0",), (1, "u1"), ("u2",), ([0, 2], "u1", 1)])
+def test_zero_dim_uint8_tensor_indexes_as_a_mask(index):
+    """A 0-d uint8 tensor is PyTorch's (deprecated) byte mask, as a 0-d bool one: it adds a
+    dim of size 1 or 0, it does not select as an integer."""
+    a = np.arange(12.0).reshape(3, 4)
+
+    def conv(lib):
+        return tuple(lib.tensor(np.uint8(int(i[1]))) if isinstance(i, str) else i for i in index)
+
+    nx, tx = _both(a, requires_grad=True)
+    nr, tr = nx[conv(ng)], tx[conv(torch)]
+    _close(nr, tr)
+    ny, ty = nx.detach().clone(), tx.detach().clone()
+    ny[conv(ng)] = -1.0
+    ty[conv(torch)] = -1.0
+    _close(ny, ty)

@@ -39,6 +39,7 @@ def norm_index(index, backend: B.Backend, op: str = "getitem", ndim: int | None 
         index = (index,)
     out, ellipsis = [], False
     for i in index:
+        tensor = isinstance(i, Tensor)
         if isinstance(i, BatchTracer):
             raise TypeError(f"{op}: inside vmap an unbatched tensor cannot be changed in "
                             "place at batched indices; use index_update or index_put (out of "
@@ -67,7 +68,7 @@ def norm_index(index, backend: B.Backend, op: str = "getitem", ndim: int | None 
         if hasattr(i, "dtype"):
             if i.dtype.kind not in "iub":
                 raise DTypeError(f"{op}: index arrays must be integer or boolean, got {i.dtype}")
-            if i.dtype == B.np.uint8 and i.ndim:  # PyTorch's (deprecated) byte mask
+            if i.dtype == B.np.uint8 and (i.ndim or tensor):  # PyTorch's (deprecated) byte mask
                 warnings.warn(f"{op}: indexing with a uint8 tensor is deprecated (PyTorch); it is "
                               "a mask, as there: use a bool tensor", UserWarning, stacklevel=3)
                 i = i.astype(bool)
@@ -123,10 +124,11 @@ def _int_tensor(i: Tensor) -> bool:
 
 
 def _bool_scalar(i) -> bool:
-    """Whether index entry ``i`` is a Python bool or a 0-d bool tensor or array: PyTorch
-    adds a dim of size 1 (True) or 0 (False) there and indexes it with an index array."""
-    return isinstance(i, bool) or (isinstance(i, Tensor) or B.is_array(i)) and (
-        i.ndim == 0 and i.dtype == B.bool_)
+    """Whether index entry ``i`` is a Python bool or a 0-d bool tensor or array (or uint8
+    tensor, PyTorch's byte mask): PyTorch adds a dim of size 1 (True) or 0 (False) there and
+    indexes it with an index array."""
+    return isinstance(i, bool) or (isinstance(i, Tensor) or B.is_array(i)) and i.ndim == 0 and (
+        i.dtype == B.bool_ or isinstance(i, Tensor) and i.dtype == B.np.uint8)
 
 
 def ints_first(index):
