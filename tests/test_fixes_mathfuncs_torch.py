@@ -54,7 +54,8 @@ def test_nextafter_gradient_is_zero_where_x_equals_y():
         np.testing.assert_array_equal(g, w)
 
 
-@pytest.mark.parametrize("other", [np.array([True, False]), 2.5, 3, True])
+@pytest.mark.parametrize("other", [np.array([1.0, 2.0]), np.array([1, 2]), np.array(0.5),
+                                   np.array([True, False]), 2.5, 3, True])
 def test_subtract_refuses_a_bool_operand(other):
     mask = np.array([True, False])
     for a, b in ((mask, other), (other, mask)):
