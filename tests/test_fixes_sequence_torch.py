@@ -89,3 +89,32 @@ def test_sdpa_batch_dims_that_do_not_broadcast(shapes):
         lambda: torch.nn.functional.scaled_dot_product_attention(*map(torch.tensor, arrs)),
         lambda: ng.nn.functional.scaled_dot_product_attention(*map(ng.tensor, arrs)),
         ng.ShapeError, "scaled_dot_product_attention: the batch dimensions")
+
+
+@pytest.mark.parametrize("qd, md", [("float32", "float64"), ("float32", "float16"),
+                                    ("float64", "float16")])
+def test_sdpa_float_mask_dtype(qd, md):
+    """PyTorch takes a bool mask, a float32 one or one of the query's dtype, and refuses the
+    rest rather than converting it."""
+    q, m = np.ones((2, 3, 4), qd), np.zeros((3, 3), md)
+    _raises_like_torch(
+        lambda: torch.nn.functional.scaled_dot_product_attention(
+            *(torch.tensor(q),) * 3, attn_mask=torch.tensor(m)),
+        lambda: ng.nn.functional.scaled_dot_product_attention(
+            *(ng.tensor(q),) * 3, attn_mask=ng.tensor(m)),
+        ng.DTypeError, "attn_mask")
+
+
+@pytest.mark.parametrize("qd, md", [("float64", "float32"), ("float64", "float64"),
+                                    ("float32", "float32"), ("float16", "float32")])
+def test_sdpa_float_mask_dtype_accepted(qd, md):
+    rng = np.random.default_rng(0)
+    q, m = rng.standard_normal((2, 3, 4)).astype(qd), rng.standard_normal((3, 3)).astype(md)
+    out_t = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.tensor(q),) * 3, attn_mask=torch.tensor(m))
+    out_n = ng.nn.functional.scaled_dot_product_attention(
+        *(ng.tensor(q),) * 3, attn_mask=ng.tensor(m))
+    assert str(out_n.dtype) == str(out_t.dtype).removeprefix("torch.")
+    tol = 1e-3 if qd == "float16" else 1e-5
+    np.testing.assert_allclose(out_n.numpy().astype(np.float64),
+                               out_t.numpy().astype(np.float64), rtol=tol, atol=tol)

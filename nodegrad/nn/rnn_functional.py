@@ -431,6 +431,10 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     if not B.is_float(query.dtype):
         raise DTypeError(f"scaled_dot_product_attention: expected floating-point query, key and "
                          f"value (as PyTorch), got {query.dtype}")
+    if isinstance(attn_mask, Tensor) and B.is_float(attn_mask.dtype) \
+            and attn_mask.dtype not in (query.dtype, B.float32):
+        raise DTypeError(f"scaled_dot_product_attention: a float attn_mask must be float32 or "
+                         f"the query's dtype {query.dtype} (as PyTorch), got {attn_mask.dtype}")
     low = query.dtype
     if low in (B.bfloat16, B.float16) and query.device == "cpu":
         # computed in float32 and rounded once, as PyTorch's CPU kernel (the products and the
