@@ -188,3 +188,18 @@ def test_zero_dim_uint8_tensor_indexes_as_a_mask(index):
     ny[conv(ng)] = -1.0
     ty[conv(torch)] = -1.0
     _close(ny, ty)
+
+
+@pytest.mark.parametrize("expr", ["M.tril(t, 1.5)", "M.triu(t, True)", "M.rot90(t, 1.5)",
+                                  "M.rot90(t, True)", "M.roll(t, [], [])", "M.roll(t, (), ())"])
+def test_arrange_refuses_what_pytorch_refuses(expr):
+    """tril/triu's diagonal and rot90's k are ints (a float or bool raises), and roll needs
+    at least one shift."""
+    a = np.arange(12.0).reshape(3, 4)
+    with pytest.raises((TypeError, RuntimeError)):
+        eval(expr, {"M": torch, "t": torch.tensor(a)})
+    with pytest.raises((TypeError, ng.ShapeError), match=expr[2:].split("(")[0]):
+        eval(expr, {"M": ng, "t": ng.tensor(a)})
+    ok = expr.replace("1.5", "1").replace("True", "1").replace("[], []", "1, 0").replace(
+        "(), ()", "(1,), (1,)")
+    _close(eval(ok, {"M": ng, "t": ng.tensor(a)}), eval(ok, {"M": torch, "t": torch.tensor(a)}))

@@ -106,8 +106,9 @@ def roll(x, shifts, dims=None, *, axis=None):
         return S.fresh(reshape(roll(reshape(x, (-1,)), shifts, 0), x.shape), x)
     shifts = (shifts,) if isinstance(shifts, int | B.np.integer) else tuple(shifts)
     dims = (dims,) if isinstance(dims, int | B.np.integer) else tuple(dims)
-    if len(shifts) != len(dims):
-        raise ShapeError(f"roll: {len(shifts)} shifts for {len(dims)} dims; expected one each")
+    if len(shifts) != len(dims) or not shifts:
+        raise ShapeError(f"roll: {len(shifts)} shifts for {len(dims)} dims; expected one each "
+                         "(at least one)")
     out = x
     for s, d in zip(shifts, dims):
         ax = norm_axis(d, max(x.ndim, 1), "roll")
@@ -132,9 +133,12 @@ def _zero(x):
 
 
 def _offset(op: str, diagonal: int, k) -> int:
-    """The diagonal offset from PyTorch's ``diagonal`` or NumPy's and JAX's ``k=``."""
+    """The diagonal offset from PyTorch's ``diagonal`` or NumPy's and JAX's ``k=``, an int
+    (PyTorch refuses a float)."""
     if k is None:
-        return diagonal
+        if isinstance(diagonal, bool) or not isinstance(diagonal, int | B.np.integer):
+            raise TypeError(f"{op}: diagonal must be an int, got {type(diagonal).__name__}")
+        return int(diagonal)
     if diagonal != 0:
         raise TypeError(f"{op}: give diagonal= (PyTorch) or k= (NumPy), not both")
     if isinstance(k, bool) or not isinstance(k, int | B.np.integer):
@@ -357,6 +361,8 @@ def rot90(x, k: int = 1, dims=(0, 1)):
     a, b = norm_axis(dims[0], x.ndim, "rot90"), norm_axis(dims[1], x.ndim, "rot90")
     if a == b:
         raise ShapeError(f"rot90: the two dims must differ, got {dims}")
+    if isinstance(k, bool) or not isinstance(k, int | B.np.integer):
+        raise TypeError(f"rot90: k must be an int, got {type(k).__name__}")
     k %= 4
     if k == 1:
         return S.swapaxes(S.flip(x, b), a, b)
