@@ -103,3 +103,16 @@ def test_isclose_with_an_infinite_tolerance_keeps_inf_close_only_to_itself(kw, d
     np.testing.assert_array_equal(ng.isclose(ng.tensor(a), ng.tensor(b), **kw).numpy(), want)
     assert ng.allclose(ng.tensor(a[:1]), ng.tensor(b[:1]), **kw) is torch.allclose(
         torch.tensor(a[:1]), torch.tensor(b[:1]), **kw)
+
+
+@pytest.mark.parametrize("decimals", [1, 2, 3, 5, -1, -2])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_round_decimals_of_half_precision_works_in_float32(dtype, decimals):
+    x = np.array([1.2345, 65.43, 123.456, -0.125, 0.0049, 6000.5, 60000.0, -0.0], np.float32)
+    want = torch.round(torch.tensor(x).to(getattr(torch, dtype)), decimals=decimals)
+    got = ng.round(ng.astype(ng.tensor(x), getattr(ng, dtype)), decimals=decimals)
+    assert str(got.dtype) == dtype
+    _same(ng.astype(got, ng.float32).numpy(), want.float().numpy())
+    _same(ng.astype(ng.special.round(ng.astype(ng.tensor(x), getattr(ng, dtype)),
+                                     decimals=decimals), ng.float32).numpy(),
+          want.float().numpy())

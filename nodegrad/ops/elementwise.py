@@ -671,6 +671,10 @@ def round(x, decimals: int = 0):  # noqa: A001  (NumPy's and PyTorch's name)
         raise TypeError(f"round: decimals must be an int, got {decimals!r}")
     if decimals == 0:
         return _round(x)
+    dt = getattr(x, "dtype", None)
+    if dt == B.float16 or dt == B.bfloat16:  # in float32, rounded once, as PyTorch's: in
+        # float16, x·10^d overflows (123.4 at d = 3) and each step rounds
+        return astype(round(astype(x, B.float32), decimals), dt)
     if decimals > 0:
         scale = 10.0 ** decimals
         return divide(_round(multiply(x, scale)), scale)
