@@ -156,3 +156,18 @@ def test_integer_operands_raise(name, dtypes):
 @pytest.mark.parametrize("name", ["mse_loss", "l1_loss", "smooth_l1_loss"])
 def test_an_integer_input_with_a_float_target_is_accepted(name):
     _compare(name, [np.array([1, 2, 4]), np.array([0.5, 2.5, 1.0])])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_kl_div_nan_and_infinite_targets(dtype):
+    # a NaN target gave 0 (a NaN from a teacher vanished) and an infinite one inf
+    vals = [np.inf, np.nan, 0.0, 1.0, 0.5, -1.0]
+    x = np.array([v for v in vals for _ in vals], dtype)
+    t = np.array(vals * len(vals), dtype)
+    for reduction in ("none", "sum"):
+        lt = TF.kl_div(torch.tensor(x), torch.tensor(t), reduction=reduction).numpy()
+        ln = F.kl_div(ng.tensor(x), ng.tensor(t), reduction=reduction).numpy()
+        np.testing.assert_allclose(ln, lt, rtol=1e-3)
+    finite = np.abs(rng.standard_normal((3, 4)))
+    finite[0, 0] = 0.0
+    _compare("kl_div", [rng.standard_normal((3, 4)), finite], grad=(0,), reduction="batchmean")

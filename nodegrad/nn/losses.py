@@ -470,12 +470,13 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
     if log_target:
         loss = ops.exp(target) * (target - input)
     else:
+        # PyTorch's xlogy(target, target) − target·input: 0 at a zero target, NaN at a negative
+        # or NaN one (teacher logits passed where probabilities belong show as NaN, not as a
+        # finite loss), and NaN at an infinite target against input ≥ 0 (∞ − ∞)
         pos = target > 0
-        safe = ops.where(pos, target, 1.0)
-        loss = ops.where(pos, target * (ops.log(safe) - input), 0.0)
-        # PyTorch's xlogy(target, target) is NaN below 0 (teacher logits passed where
-        # probabilities belong show as NaN, not as a finite loss); input gradient -target
-        loss = ops.where(target < 0, math.nan - target * input, loss)
+        xlogx = ops.where(pos, target * ops.log(ops.where(pos, target, 1.0)),
+                          ops.astype(ops.where(target == 0, 0.0, math.nan), target.dtype))
+        loss = xlogx - target * input
     if not batchmean:
         return _reduce(loss, reduction, "kl_div")
     if reduction == "batchmean":
