@@ -270,6 +270,8 @@ def _adaptive_avg(x, output_size, nd: int, op: str):
     if _unbatched(x, nd, op, _SPATIAL[nd]):
         return _squeeze0(_adaptive_avg(ops.expand_dims(x, 0), output_size, nd, op))
     sizes = _adaptive_sizes(output_size, x, nd, op)
+    if 0 in x.shape[2:]:  # as PyTorch (the means of empty bins would be NaN)
+        raise ShapeError(f"{op}: expected non-empty spatial axes, got input {tuple(x.shape)}")
     if 0 in sizes and min(sizes) == 0 and all(x.shape[2:]):
         return _adaptive_empty(x, sizes)
     for i, size in enumerate(sizes):
