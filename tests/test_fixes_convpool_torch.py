@@ -171,3 +171,55 @@ def test_conv_empty_spatial_input(fn, xs, ws, kw):
         return
     got = getattr(F, fn)(ng.tensor(x), ng.tensor(w), **kw).numpy()
     assert got.shape == want.shape
+
+
+@pytest.mark.parametrize("fn, x, kw", [
+    ("max_pool1d", [[[-np.inf, -np.inf, 2.0]]], dict(kernel_size=3, stride=1, padding=1)),
+    ("max_pool1d", [[[-np.inf, -np.inf, -np.inf, 2.0]]],
+     dict(kernel_size=2, stride=2, padding=1, ceil_mode=True)),
+    ("max_pool2d", np.where(np.arange(20).reshape(1, 1, 4, 5) == 19, 1.0, -np.inf),
+     dict(kernel_size=3, stride=2, padding=1)),
+    ("max_pool3d", np.full((1, 1, 2, 3, 3), -np.inf), dict(kernel_size=2, padding=1)),
+])
+def test_max_pool_all_minus_inf_window_never_picks_padding(fn, x, kw):
+    # PyTorch gives such a window its first position inside the input: index and gradient
+    x = np.asarray(x, dtype=np.float64)
+    t = torch.tensor(x, requires_grad=True)
+    ty, ti = getattr(TF, fn)(t, return_indices=True, **kw)
+    ty.sum().backward()
+    n = ng.tensor(x, requires_grad=True)
+    ny, ni = getattr(F, fn)(n, return_indices=True, **kw)
+    ny.sum().backward()
+    np.testing.assert_array_equal(ni.numpy(), ti.numpy())
+    np.testing.assert_array_equal(n.grad.numpy(), t.grad.numpy())
+    m = ng.tensor(x, requires_grad=True)
+    getattr(F, fn)(m, **kw).sum().backward()
+    np.testing.assert_array_equal(m.grad.numpy(), t.grad.numpy())
+
+
+@pytest.mark.parametrize("fn", ["adaptive_avg_pool1d", "adaptive_max_pool1d",
+                                "adaptive_avg_pool2d", "adaptive_max_pool2d",
+                                "adaptive_avg_pool3d", "adaptive_max_pool3d"])
+@pytest.mark.parametrize("lead, at", [((1, 2), 0), ((0, 2), -1), ((2,), 0), ((0,), None)])
+def test_adaptive_pool_empty_spatial_axis(fn, lead, at):
+    # PyTorch refuses an empty spatial axis (the leading axis alone may be empty)
+    nd = int(fn[-2])
+    sp = [3] * nd
+    if at is not None:
+        sp[at] = 0
+    x = np.zeros(lead + tuple(sp))
+    try:
+        want = getattr(TF, fn)(torch.tensor(x), 2)
+    except RuntimeError:
+        with pytest.raises(ValueError, match=fn):
+            getattr(F, fn)(ng.tensor(x), 2)
+        return
+    want = want[0] if isinstance(want, tuple) else want
+    assert getattr(F, fn)(ng.tensor(x), 2).shape == tuple(want.shape)
+
+
+def test_max_unpool_empty_output_ignores_indices():
+    x, idx = np.ones((2, 1, 1)), np.zeros((2, 1, 1), dtype=np.int64)
+    want = TF.max_unpool1d(torch.tensor(x), torch.tensor(idx), 2, padding=1)
+    got = F.max_unpool1d(ng.tensor(x), ng.tensor(idx), 2, padding=1)
+    assert got.shape == tuple(want.shape) == (2, 1, 0)

@@ -173,12 +173,18 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     # as the zeros after a ReLU, are common); also faster than a max over the window axes
     flat = ops.reshape(win, tuple(win.shape[:2 + nd]) + (math.prod(k),))  # (N may be 0)
     arg = ops.argmax(flat, axis=-1, keepdims=True)
+    pwin = None
+    if any(p) or return_indices:  # each window position's flat index in the input (-1: padding)
+        xp = x.backend.xp
+        pos = Tensor._of(xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:]))
+        pwin = ops.reshape(_windows(pos, k, s, p, d, extra, -1), out + (-1,))
+    if any(p):  # a window of -inf inputs ties with its left padding: PyTorch picks the first
+        # position inside the input (its index and gradient), never the padding
+        picked = ops.take_along_axis(ops.broadcast_to(pwin, tuple(flat.shape)), arg, -1)
+        arg = ops.where(picked < 0, ops.argmax(pwin >= 0, axis=-1, keepdims=True), arg)
     y = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1)
     if not return_indices:
         return y
-    xp = x.backend.xp
-    pos = Tensor._of(xp.arange(math.prod(x.shape[2:]), dtype=xp.int64).reshape(x.shape[2:]))
-    pwin = ops.reshape(_windows(pos, k, s, p, d, extra, -1), out + (-1,))
     idx = ops.take_along_axis(ops.broadcast_to(pwin, tuple(flat.shape)), arg, -1)
     return y, ops.squeeze(idx, -1).detach()
 
@@ -368,6 +374,9 @@ def _max_unpool(x, indices, kernel_size, stride, padding, output_size, nd, op):
     n, c = x.shape[:2]
     size = math.prod(out)
     idx = ops.reshape(indices, (n, c, math.prod(x.shape[2:])))  # (N may be 0)
+    if size == 0:  # an empty output, whatever the indices, as PyTorch's
+        return ops.reshape(ops.reshape(x, (n, c, math.prod(x.shape[2:])))[..., :0],
+                           (n, c) + out)
     iv = values(indices)
     if iv.size and (int(iv.min()) < 0 or int(iv.max()) >= size):
         raise IndexError(f"{op}: index {int(iv.max()) if iv.max() >= size else int(iv.min())} "
@@ -423,7 +432,9 @@ def _adaptive_max(x, output_size, return_indices, nd, op):
         return F._squeeze0(_adaptive_max(ops.expand_dims(x, 0), output_size, return_indices,
                                          nd, op))
     sizes = F._adaptive_sizes(output_size, x, nd, op)
-    if min(sizes) == 0 and all(x.shape[2:]):  # an empty output, as PyTorch's
+    if 0 in x.shape[2:]:
+        raise ShapeError(f"{op}: expected non-empty spatial axes, got input {tuple(x.shape)}")
+    if min(sizes) == 0:  # an empty output, as PyTorch's
         y = F._adaptive_empty(x, sizes)
         if not return_indices:
             return y
