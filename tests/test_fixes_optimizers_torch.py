@@ -101,3 +101,26 @@ def test_lbfgs_state_holds_tensors_as_torch(line_search_fn):
     assert not opt.state[ps[0]]["d"].numpy().any()
     e["n_iter"] = 0
     assert opt.state[ps[0]]["n_iter"] == 0
+
+
+@pytest.mark.parametrize("name,key", [("NAdam", "mu_product"), ("ASGD", "eta"), ("ASGD", "mu")])
+def test_per_parameter_numbers_in_the_state_are_tensors_as_torch(name, key):
+    ps, tps, opt, topt = _both(name, [np.ones(3)], dict(lr=0.1, t0=1.0) if name == "ASGD"
+                               else dict(lr=0.1))
+    for _ in range(3):
+        ps[0].grad = ng.ones_like(ps[0])
+        tps[0].grad = torch.ones_like(tps[0])
+        opt.step()
+        topt.step()
+    v, tv = opt.state[ps[0]][key], topt.state[tps[0]][key]
+    assert isinstance(v, ng.Tensor) and v.shape == () and isinstance(tv, torch.Tensor)
+    assert v.dtype == np.float32 and tv.dtype == torch.float32
+    np.testing.assert_allclose(v.item(), tv.item(), rtol=1e-7)
+    # assigning one is what the next step reads
+    opt.state[ps[0]][key] = ng.tensor(0.5)
+    topt.state[tps[0]][key].fill_(0.5)
+    ps[0].grad = ng.ones_like(ps[0])
+    tps[0].grad = torch.ones_like(tps[0])
+    opt.step()
+    topt.step()
+    np.testing.assert_allclose(ps[0].numpy(), tps[0].detach().numpy(), rtol=1e-7)

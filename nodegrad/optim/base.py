@@ -1085,13 +1085,21 @@ class Optimizer:
 
     def _show_step(self, entry: dict) -> None:
         """A live entry's ``step`` in PyTorch's form (:attr:`step_form`): a 0-d float tensor
-        (float32 while it holds the count exactly), an int, or none at all (SGD's)."""
+        (float32 while it holds the count exactly), an int, or none at all (SGD's); the
+        per-parameter numbers (NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``) as 0-d
+        tensors too, in PyTorch's dtype for them (float32, float64 under a float64 default
+        dtype; the step keeps them in float64, as :meth:`state_dict` saves them)."""
         t = dict.pop(entry, "step")
         if self.step_form == "int":
             dict.__setitem__(entry, "step", t)
         elif self.step_form is not None:
             step = B.np.asarray(t, B.np.float32 if abs(t) < 1 << 24 else B.np.float64)
             dict.__setitem__(entry, "step", Tensor._of(step))
+        dt = B.np.float64 if B.np.dtype(B.DEFAULT_FLOAT) == B.np.float64 else B.np.float32
+        for k in self.scalar_init:
+            v = dict.get(entry, k)
+            if isinstance(v, float | int) and not isinstance(v, bool):
+                dict.__setitem__(entry, k, Tensor._of(B.np.asarray(v, dt)))
 
     def _own_form(self, e: dict) -> dict:
         """A state entry given back by the user (``optimizer.state[q] = entry`` after a swap)
