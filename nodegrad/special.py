@@ -26,6 +26,7 @@ from .ops.special import (airy_ai, bessel_j0, bessel_j1, bessel_y0, bessel_y1,
                           modified_bessel_k0, modified_bessel_k1, orthogonal_polynomial,
                           scaled_modified_bessel_k0, scaled_modified_bessel_k1,
                           spherical_bessel_j0)
+from .ops import keywords as _keywords
 from .tensor import Tensor, take_out
 
 __all__ = [
@@ -55,8 +56,9 @@ def logsumexp(input, dim, keepdim: bool = False):
     return _scalar_as_vector(_logsumexp, input, dim, keepdim)
 
 
-def softmax(input, dim: int, *, dtype=None):
-    """Softmax along ``dim``; ``dtype`` casts the input first (as PyTorch)."""
+def softmax(input, dim: int, dtype=None):
+    """Softmax along ``dim``; ``dtype`` casts the input first (as PyTorch, whose
+    ``special.softmax`` takes it positionally too, unlike ``log_softmax``)."""
     return _scalar_as_vector(_softmax, input if dtype is None else astype(input, dtype), dim)
 
 
@@ -170,3 +172,20 @@ take_out(globals(), """
     polygamma round shifted_chebyshev_polynomial_t shifted_chebyshev_polynomial_u
     shifted_chebyshev_polynomial_v shifted_chebyshev_polynomial_w spherical_bessel_j0
 """, "special.")
+
+# PyTorch's keyword names: its schemas call most operands ``self`` (``input`` from Python, which
+# takes ``x`` too), the Bessel-type functions added later ``x``, the polynomials ``x, n``
+_EITHER = (("input", "x"),)
+_keywords.apply(globals(), None, {
+    **{n: _EITHER for n in """entr erfcx i0e i1 i1e ndtr ndtri log_ndtr bessel_j0 bessel_j1
+        bessel_y0 bessel_y1 modified_bessel_i0 modified_bessel_i1 modified_bessel_k0
+        modified_bessel_k1""".split()},
+    **{n: ("x",) for n in """scaled_modified_bessel_k0 scaled_modified_bessel_k1 airy_ai
+        spherical_bessel_j0""".split()},
+    "xlog1py": ("input", "other"), "zeta": ("input", "other"),
+    **{n: (("x", "input"), "n") for n in """chebyshev_polynomial_t chebyshev_polynomial_u
+        chebyshev_polynomial_v chebyshev_polynomial_w shifted_chebyshev_polynomial_t
+        shifted_chebyshev_polynomial_u shifted_chebyshev_polynomial_v
+        shifted_chebyshev_polynomial_w hermite_polynomial_h hermite_polynomial_he
+        laguerre_polynomial_l legendre_polynomial_p""".split()},
+})

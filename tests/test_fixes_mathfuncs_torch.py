@@ -116,3 +116,38 @@ def test_round_decimals_of_half_precision_works_in_float32(dtype, decimals):
     _same(ng.astype(ng.special.round(ng.astype(ng.tensor(x), getattr(ng, dtype)),
                                      decimals=decimals), ng.float32).numpy(),
           want.float().numpy())
+
+
+@pytest.mark.parametrize("name,kw", [
+    *[(n, k) for n in ("entr", "erfcx", "i0e", "i1", "i1e", "ndtr", "ndtri", "log_ndtr",
+                       "bessel_j0", "bessel_y1", "modified_bessel_i0", "modified_bessel_k1")
+      for k in ("input", "x")],
+    *[(n, "x") for n in ("scaled_modified_bessel_k0", "scaled_modified_bessel_k1", "airy_ai",
+                         "spherical_bessel_j0")],
+])
+def test_special_functions_take_pytorchs_keyword(name, kw):
+    x = np.array([0.3, 0.6])
+    want = getattr(torch.special, name)(**{kw: torch.tensor(x)}).numpy()
+    np.testing.assert_allclose(getattr(ng.special, name)(**{kw: ng.tensor(x)}).numpy(), want,
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("xlog1py", {"input": np.array([0.3, 0.6]), "other": np.array([0.5, 2.0])}),
+    ("zeta", {"input": np.array([2.3, 3.6]), "other": np.array([0.5, 2.0])}),
+    ("chebyshev_polynomial_t", {"x": np.array([0.3, 0.6]), "n": np.array([2.0, 3.0])}),
+    ("hermite_polynomial_he", {"x": np.array([0.3, 0.6]), "n": np.array([2.0, 3.0])}),
+    ("legendre_polynomial_p", {"x": np.array([0.3, 0.6]), "n": np.array([2.0, 3.0])}),
+])
+def test_special_binary_functions_take_pytorchs_keywords(name, kw):
+    want = getattr(torch.special, name)(**{k: torch.tensor(v) for k, v in kw.items()})
+    got = getattr(ng.special, name)(**{k: ng.tensor(v) for k, v in kw.items()})
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10)
+
+
+def test_special_softmax_takes_dtype_positionally():
+    x = np.array([[0.3, 0.6], [1.0, -2.0]], np.float32)
+    want = torch.special.softmax(torch.tensor(x), 1, torch.float64)
+    got = ng.special.softmax(ng.tensor(x), 1, ng.float64)
+    assert got.dtype == ng.float64
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
