@@ -33,7 +33,7 @@ def _compare(name, args, grad=(), **kw):
 def _raise_both(name, args, **kw):
     with pytest.raises((RuntimeError, ValueError, IndexError)):
         getattr(TF, name)(*[torch.tensor(a) for a in args], **kw)
-    with pytest.raises((ValueError, IndexError), match=name):  # ShapeError is a ValueError
+    with pytest.raises((ValueError, IndexError, TypeError), match=name):  # nodegrad.errors
         getattr(F, name)(*[ng.tensor(a) for a in args], **kw)
 
 
@@ -171,3 +171,12 @@ def test_kl_div_nan_and_infinite_targets(dtype):
     finite = np.abs(rng.standard_normal((3, 4)))
     finite[0, 0] = 0.0
     _compare("kl_div", [rng.standard_normal((3, 4)), finite], grad=(0,), reduction="batchmean")
+
+
+@pytest.mark.parametrize("which", [2, 3])
+def test_ctc_loss_float_lengths_raise(which):
+    x = rng.standard_normal((6, 2, 4))
+    args = [x - np.log(np.exp(x).sum(-1, keepdims=True)), np.array([[1, 3, 2], [2, 2, 0]]),
+            np.array([6, 5]), np.array([3, 2])]
+    args[which] = args[which].astype(np.float64)
+    _raise_both("ctc_loss", args)

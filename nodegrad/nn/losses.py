@@ -856,7 +856,10 @@ def _host(x):
 
 
 def _lengths(x, n: int, name: str):
-    a = _host(x).reshape(-1).astype(B.np.int64)
+    a = _host(x).reshape(-1)
+    if a.dtype.kind not in "iu" and a.size:
+        raise DTypeError(f"ctc_loss: {name} must be integral, got {a.dtype}")
+    a = a.astype(B.np.int64)
     if a.shape != (n,):
         raise ShapeError(f"ctc_loss: {name} must have one entry per batch element ({n}), got "
                          f"{a.shape[0]}")
