@@ -417,6 +417,8 @@ def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
     x = input
     ns = (normalized_shape,) if isinstance(normalized_shape, int | B.np.integer) \
         else tuple(normalized_shape)
+    if not ns:  # as PyTorch
+        raise ValueError("layer_norm: normalized_shape must have at least one element, got ()")
     if tuple(x.shape[x.ndim - len(ns):]) != ns:
         raise ShapeError(f"layer_norm: input {tuple(x.shape)} does not end in normalized_shape "
                          f"{ns}")
