@@ -223,3 +223,19 @@ def test_max_unpool_empty_output_ignores_indices():
     want = TF.max_unpool1d(torch.tensor(x), torch.tensor(idx), 2, padding=1)
     got = F.max_unpool1d(ng.tensor(x), ng.tensor(idx), 2, padding=1)
     assert got.shape == tuple(want.shape) == (2, 1, 0)
+
+
+@pytest.mark.parametrize("fn", ["layer_norm", "rms_norm"])
+def test_norm_over_no_axes_raises(fn):
+    x = np.ones((2, 3))
+    with pytest.raises(RuntimeError):
+        getattr(TF, fn)(torch.tensor(x), [])
+    with pytest.raises(ValueError, match=fn):
+        getattr(F, fn)(ng.tensor(x), [])
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 3), (2, 0, 3, 3), (0, 2, 3)])
+def test_local_response_norm_without_channels(shape):
+    x = np.zeros(shape)
+    want = TF.local_response_norm(torch.tensor(x), 2)
+    assert F.local_response_norm(ng.tensor(x), 2).shape == tuple(want.shape)

@@ -122,6 +122,8 @@ def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: flo
     if not isinstance(x, Tensor) or x.ndim < 3 or size < 1:
         raise ShapeError(f"local_response_norm: expected (N, C, *spatial) and size >= 1, got "
                          f"{getattr(x, 'shape', x)!r} and size={size}")
+    if x.shape[1] == 0:  # no channels: an empty result, as PyTorch's
+        return x * 1
     sq = x * x
     if x.ndim > 3:  # autocast: PyTorch averages these with avg_pool3d, a float32 op
         (sq,) = float32_in_region(sq, cpu_only=True)
@@ -141,6 +143,8 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None,
         ns = _shape_arg((normalized_shape,))
     except TypeError as e:
         raise TypeError(f"rms_norm: normalized_shape: {e}") from None
+    if not ns:  # as PyTorch
+        raise ValueError("rms_norm: normalized_shape must have at least one element, got ()")
     if not isinstance(x, Tensor) or tuple(x.shape[x.ndim - len(ns):]) != ns or x.ndim < len(ns):
         raise ShapeError(f"rms_norm: input {getattr(x, 'shape', x)!r} does not end in "
                          f"normalized_shape {ns}")
