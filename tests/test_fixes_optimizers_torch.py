@@ -124,3 +124,24 @@ def test_per_parameter_numbers_in_the_state_are_tensors_as_torch(name, key):
     opt.step()
     topt.step()
     np.testing.assert_allclose(ps[0].numpy(), tps[0].detach().numpy(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "ASGD", "Adagrad"])
+def test_zero_d_state_follows_a_float64_default_dtype_as_torch(name):
+    torch.set_default_dtype(torch.float64)
+    ng.set_default_dtype(ng.float64)
+    try:
+        ps, tps, opt, topt = _both(name, [np.ones(2)], {})
+        ps[0].grad = ng.ones_like(ps[0])
+        tps[0].grad = torch.ones_like(tps[0])
+        opt.step()
+        topt.step()
+        for e, te in ((opt.state[ps[0]], topt.state[tps[0]]),
+                      (opt.state_dict()["state"][0], topt.state_dict()["state"][0])):
+            zero_d = {k: str(v.dtype) for k, v in e.items() if v.ndim == 0}
+            assert zero_d == {k: str(v.dtype).replace("torch.", "") for k, v in te.items()
+                              if v.ndim == 0}
+            assert zero_d["step"] == "float64"
+    finally:
+        torch.set_default_dtype(torch.float32)
+        ng.set_default_dtype(ng.float32)

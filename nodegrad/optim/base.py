@@ -1093,9 +1093,8 @@ class Optimizer:
         if self.step_form == "int":
             dict.__setitem__(entry, "step", t)
         elif self.step_form is not None:
-            step = B.np.asarray(t, B.np.float32 if abs(t) < 1 << 24 else B.np.float64)
-            dict.__setitem__(entry, "step", Tensor._of(step))
-        dt = B.np.float64 if B.np.dtype(B.DEFAULT_FLOAT) == B.np.float64 else B.np.float32
+            dict.__setitem__(entry, "step", Tensor._of(B.np.asarray(t, _step_dtype(t))))
+        dt = _scalar_dtype()
         for k in self.scalar_init:
             v = dict.get(entry, k)
             if isinstance(v, float | int) and not isinstance(v, bool):
@@ -1230,17 +1229,17 @@ class Optimizer:
 
     def _saved_entry(self, e: dict) -> dict:
         """A state entry (copies) in PyTorch's form: arrays as tensors, ``step`` as
-        :attr:`step_form` says (a float32 0-d tensor while float32 holds it exactly, float64
-        beyond 2**24), other numbers (NAdam's ``mu_product``, ASGD's ``eta``) as float64 0-d
-        tensors, so that a resume from the state dict is bit-identical."""
+        :attr:`step_form` says (a 0-d tensor of :func:`_step_dtype`: float32, as PyTorch's,
+        unless the default dtype is float64 or the count is beyond 2**24), other numbers
+        (NAdam's ``mu_product``, ASGD's ``eta``) as float64 0-d tensors, so that a resume from
+        the state dict is bit-identical."""
         out = {}
         for k, v in e.items():
             if k == "step":
                 if self.step_form == "int":
                     out[k] = int(v)
                 elif self.step_form is not None:
-                    out[k] = Tensor._of(B.np.asarray(v, B.np.float32 if abs(v) < 1 << 24
-                                                 else B.np.float64))
+                    out[k] = Tensor._of(B.np.asarray(v, _step_dtype(v)))
             elif is_array(v):
                 out[k] = Tensor._of(v)
             elif isinstance(v, float | int) and not isinstance(v, bool):
@@ -1626,6 +1625,18 @@ def _plain(opt: Optimizer, name: str, v, t: int):
                              "number")
         v = v.reshape(()).item()
     return v
+
+
+def _scalar_dtype():
+    """PyTorch's dtype for an optimiser's 0-d state (``_get_scalar_dtype``): float64 under a
+    float64 default dtype, else float32."""
+    return B.np.float64 if B.np.dtype(B.DEFAULT_FLOAT) == B.np.float64 else B.np.float32
+
+
+def _step_dtype(t):
+    """The dtype of a 0-d ``step``: PyTorch's (:func:`_scalar_dtype`), float64 beyond 2**24,
+    where float32 no longer holds the count exactly."""
+    return _scalar_dtype() if abs(t) < 1 << 24 else B.np.float64
 
 
 def _describe(group: dict, gi: int, pos: int, p) -> str:
