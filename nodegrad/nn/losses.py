@@ -225,6 +225,7 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if size_average is not None or reduce is not None:
         ignore_index, reduction, _ = _class_legacy("nll_loss", size_average, ignore_index,
                                                    reduce, reduction)
+    _float_input("nll_loss", input)
     (input,) = float32_in_region(input)
     target = _check_logits(input, target, "nll_loss")
     axis = 0 if input.ndim == 1 else 1
@@ -258,6 +259,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     ``label_smoothing`` ε the target is (1 − ε)·one-hot + ε/C. ``size_average`` and
     ``reduce`` are PyTorch's deprecated forms of ``reduction``.
     """
+    _float_input("cross_entropy", input)
     input, target, weight = float32_in_region(input, target, weight)  # autocast: float32
     if size_average is not None or reduce is not None:
         ignore_index, reduction, smoothing = _class_legacy("cross_entropy", size_average,
@@ -721,6 +723,7 @@ def multi_margin_loss(input: Tensor, target: Tensor, p: int = 1, margin: float =
                       weight: Tensor | None = None, size_average: bool | None = None,
                       reduce: bool | None = None, reduction: str = "mean") -> Tensor:
     """Σ_{i≠y} w_y · max(0, margin − x_y + x_i)^p / C: the multi-class hinge (p = 1 or 2)."""
+    _float_input("multi_margin_loss", input)
     input, weight = float32_in_region(input, weight)  # autocast: a float32 op (PyTorch's)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction("multi_margin_loss", size_average, reduce, reduction)
