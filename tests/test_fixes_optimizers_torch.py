@@ -145,3 +145,17 @@ def test_zero_d_state_follows_a_float64_default_dtype_as_torch(name):
     finally:
         torch.set_default_dtype(torch.float32)
         ng.set_default_dtype(ng.float32)
+
+
+@pytest.mark.parametrize("name", ["Adam", "LBFGS"])
+@pytest.mark.parametrize("saved,here", [("w", "v"), ("w", None), (None, "v")])
+def test_param_names_never_refuse_a_load_and_saved_ones_win_as_torch(name, saved, here):
+    def make(lib, names):
+        p = (ng.tensor(np.ones(2), requires_grad=True) if lib is ng
+             else torch.nn.Parameter(torch.ones(2, dtype=torch.float64)))
+        return getattr(lib.optim, name)([(names, p)] if names else [p])
+
+    for lib in (torch, ng):
+        src, dst = make(lib, saved), make(lib, here)
+        dst.load_state_dict(src.state_dict())
+        assert dst.param_groups[0].get("param_names") == ([saved] if saved else [here])

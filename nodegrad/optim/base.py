@@ -1258,11 +1258,6 @@ class Optimizer:
         for gi in range(len(self.param_groups)):
             self._follow_params(gi)
         saved_groups, state, where = match_groups(self, state_dict)
-        for gi, (sg, g) in enumerate(zip(saved_groups, self.param_groups)):
-            names = sg.get("param_names")
-            if names is not None and g.get("param_names") not in (None, names):
-                raise ValueError(f"{name}.load_state_dict: group {gi}'s parameter names differ: "
-                                 f"saved {names}, here {g['param_names']}")
         entries = [[None] * len(g["params"]) for g in self.param_groups]
         extra: dict = {}  # names beyond this optimiser's own, kept as given (Lookahead's)
         own = type(self).update is Optimizer.update  # a PyTorch-style step of its own
@@ -1311,6 +1306,8 @@ class Optimizer:
             # copies, as PyTorch's deepcopy: a later step that changes a mutable setting in
             # place (a list the update keeps in its group) leaves the caller's state dict alone
             g.update(copy.deepcopy({k: v for k, v in sg.items() if k not in _NOT_HYPER}))
+            if "param_names" in sg:  # PyTorch's: saved names replace these, and never refuse
+                g["param_names"] = list(sg["param_names"])
         self.step_count = int(state_dict.get("step_count", 0))
         for gi in range(len(self.param_groups)):
             self._install(gi, entries[gi])

@@ -463,6 +463,8 @@ class LBFGS(Optimizer):
                 new[k] = v
         self.param_groups[0].update({k: v for k, v in saved_groups[0].items()
                                      if k not in _NOT_HYPER})
+        if "param_names" in saved_groups[0]:  # PyTorch's: the saved names replace these
+            self.param_groups[0]["param_names"] = list(saved_groups[0]["param_names"])
         self.step_count = int(state_dict.get("step_count", 0))
         self._lstate = new
 
