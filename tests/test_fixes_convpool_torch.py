@@ -239,3 +239,28 @@ def test_local_response_norm_without_channels(shape):
     x = np.zeros(shape)
     want = TF.local_response_norm(torch.tensor(x), 2)
     assert F.local_response_norm(ng.tensor(x), 2).shape == tuple(want.shape)
+
+
+@pytest.mark.parametrize("fn, kw", [
+    ("max_pool1d", dict(kernel_size=3, stride=1)), ("max_pool2d", dict(kernel_size=2, padding=1)),
+    ("max_pool3d", dict(kernel_size=2, stride=1)), ("adaptive_max_pool1d", dict(output_size=4)),
+    ("adaptive_max_pool2d", dict(output_size=(3, 2))),
+])
+def test_max_pool_nan_takes_the_last_nan(fn, kw):
+    # PyTorch's scan keeps the latest NaN of a window: its index and gradient
+    rng = np.random.default_rng(6)
+    nd = int(fn[-2])
+    x = rng.integers(-2, 3, (2, 2) + (5,) * nd).astype(np.float64)
+    x[rng.random(x.shape) < 0.3] = np.nan
+    t = torch.tensor(x, requires_grad=True)
+    ty, ti = getattr(TF, fn)(t, return_indices=True, **kw)
+    g = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(g))
+    for indices in (True, False):
+        n = ng.tensor(x, requires_grad=True)
+        out = getattr(F, fn)(n, return_indices=indices, **kw)
+        ny = out[0] if indices else out
+        ny.backward(ng.tensor(g))
+        np.testing.assert_allclose(n.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
+        if indices:
+            np.testing.assert_array_equal(out[1].numpy(), ti.numpy())

@@ -159,6 +159,17 @@ def _windows(x, k, s, p, d, extra, value):
                                    dilation=d)
 
 
+def _last_nan(x: Tensor, flat: Tensor, arg: Tensor) -> Tensor:
+    """``arg`` (the first maximum along the last axis of ``flat``), but the last NaN where a
+    window holds one: PyTorch's scan keeps the latest NaN it meets (its index and gradient)."""
+    if not B.is_float(x.dtype) or (modes().jit is None and not
+                                    bool(x.backend.xp.isnan(values(x)).any())):
+        return arg
+    nan = ops.isnan(flat)
+    last = (flat.shape[-1] - 1) - ops.argmax(ops.flip(nan, -1), axis=-1, keepdims=True)
+    return ops.where(ops.any(nan, axis=-1, keepdims=True), last, arg)
+
+
 def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, nd, op):
     if F._unbatched(x, nd, op, _SPATIAL[nd]):
         return F._squeeze0(_max_pool(ops.expand_dims(x, 0), kernel_size, stride, padding,
@@ -172,7 +183,7 @@ def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indic
     # the first maximum in scan order takes the whole gradient, as PyTorch's (tied maxima, such
     # as the zeros after a ReLU, are common); also faster than a max over the window axes
     flat = ops.reshape(win, tuple(win.shape[:2 + nd]) + (math.prod(k),))  # (N may be 0)
-    arg = ops.argmax(flat, axis=-1, keepdims=True)
+    arg = _last_nan(x, flat, ops.argmax(flat, axis=-1, keepdims=True))
     pwin = None
     if any(p) or return_indices:  # each window position's flat index in the input (-1: padding)
         xp = x.backend.xp
@@ -454,7 +465,7 @@ def _adaptive_max(x, output_size, return_indices, nd, op):
     perm = (0, 1) + tuple(2 + 2 * i for i in range(nd)) + tuple(3 + 2 * i for i in range(nd))
     width = math.prod(b.shape[1] for b in bins)  # (not -1: N may be 0)
     flat = ops.reshape(ops.transpose(g, perm), (x.shape[0], x.shape[1]) + sizes + (width,))
-    arg = ops.argmax(flat, axis=-1, keepdims=True)
+    arg = _last_nan(x, flat, ops.argmax(flat, axis=-1, keepdims=True))
     y = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1)
     if not return_indices:
         return y
