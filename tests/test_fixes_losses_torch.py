@@ -184,3 +184,14 @@ def test_ctc_loss_float_lengths_raise(which):
             np.array([6, 5]), np.array([3, 2])]
     args[which] = args[which].astype(np.float64)
     _raise_both("ctc_loss", args)
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("cross_entropy", {}), ("cross_entropy", {"label_smoothing": 0.1}),
+    ("cross_entropy", {"weight": np.zeros(0), "label_smoothing": 0.1}),
+    ("nll_loss", {}), ("nll_loss", {"weight": np.zeros(0)}),
+])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_class_losses_without_classes_and_every_target_ignored(name, kw, reduction):
+    _compare(name, [np.zeros((2, 0)), np.array([1, 1])], grad=(0,), ignore_index=1,
+             reduction=reduction, **kw)

@@ -235,10 +235,13 @@ def nll_loss(input: Tensor, target: Tensor, weight: Tensor | None = None,
         _class_weight(weight, c, "nll_loss")
     keep = target != ignore_index
     safe = ops.where(keep, target, 0)
-    picked = ops.squeeze(ops.take_along_axis(input, ops.expand_dims(safe, axis), axis), axis)
+    if c:
+        picked = ops.squeeze(ops.take_along_axis(input, ops.expand_dims(safe, axis), axis), axis)
+    else:  # no classes: every target is ignored (checked above), as PyTorch allows
+        picked = ops.sum(input, axis=axis)
     picked = ops.where(keep, picked, 0.0)  # an ignored row's -inf (a masked one) counts 0, not NaN
     w = keep.astype(input.dtype)
-    if weight is not None:
+    if weight is not None and c:
         w = w * weight[safe]
     loss = -picked * w
     if reduction == "mean":
@@ -273,7 +276,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     if target.dtype.kind in "iu":
         target = _check_logits(input, target, "cross_entropy")
     if (target.dtype.kind in "iu" and weight is None and label_smoothing == 0
-            and reduction in _REDUCTIONS and B.is_float(input.dtype)):
+            and reduction in _REDUCTIONS and B.is_float(input.dtype) and input.shape[axis]):
         # the common case in one fused primitive: log-softmax, pick and reduce in one pass
         _class_target(target, input.shape[axis], ignore_index, "cross_entropy",
                       host_checked=True)
@@ -315,13 +318,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None,
     # ignored rows count 0 (their -inf logits too, which times 0 would be NaN)
     smooth = ops.where(kept, ops.sum(smooth, axis=axis), 0.0)
     if reduction == "mean":
-        total = keep.sum() if weight is None else (
+        total = keep.sum() if weight is None or not c else (
             weight[ops.where(kept, target, 0)] * keep).sum()
         empty = total == 0  # every target ignored: NaN with zero gradients, as nll_loss
         smooth = ops.where(empty, float("nan"), smooth.sum() / ops.where(empty, 1.0, total))
     else:
         smooth = _reduce(smooth, reduction, "cross_entropy")
-    return loss * (1 - label_smoothing) + smooth * (label_smoothing / c)
+    return loss * (1 - label_smoothing) + smooth * (label_smoothing / c if c else math.nan)
 
 
 def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *,
