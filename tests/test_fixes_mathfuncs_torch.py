@@ -151,3 +151,11 @@ def test_special_softmax_takes_dtype_positionally():
     got = ng.special.softmax(ng.tensor(x), 1, ng.float64)
     assert got.dtype == ng.float64
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12)
+
+
+def test_negating_a_bool_tensor_is_refused_naming_the_op():
+    with pytest.raises(RuntimeError):
+        torch.neg(torch.tensor([True, False]))
+    for f in (ng.neg, ng.negative, lambda t: -t):
+        with pytest.raises(ng.errors.DTypeError, match="negative"):
+            f(ng.tensor(np.array([True, False])))

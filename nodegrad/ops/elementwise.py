@@ -118,7 +118,17 @@ divide = primitive("divide", lambda xp, x, y: xp.true_divide(x, y),
                    # -g·(x/y)/y, PyTorch's order: y·y underflows to 0 for tiny y (0/0 = NaN)
                    (lambda g, ans, x, y: g / y, lambda g, ans, x, y: -g * ((x / y) / y)),
                    kind=_EW, jvp=_J, doc="x / y (true division), broadcasting.")
-negative = primitive("negative", lambda xp, x: xp.negative(x), lambda g, ans, x: -g,
+def _negative_fwd(xp, x):
+    try:
+        return xp.negative(x)
+    except TypeError:  # NumPy's refusal of a bool, reworded: the op and the way out
+        if _is_bool(x):
+            raise DTypeError("negative: not defined for a bool tensor (as in PyTorch); to "
+                             "invert a mask use ~ or logical_not") from None
+        raise
+
+
+negative = primitive("negative", _negative_fwd, lambda g, ans, x: -g,
                      saves="none", kind=_EW, jvp=_J, doc="-x.")
 
 
