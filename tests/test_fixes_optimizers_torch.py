@@ -159,3 +159,18 @@ def test_param_names_never_refuse_a_load_and_saved_ones_win_as_torch(name, saved
         src, dst = make(lib, saved), make(lib, here)
         dst.load_state_dict(src.state_dict())
         assert dst.param_groups[0].get("param_names") == ([saved] if saved else [here])
+
+
+@pytest.mark.parametrize("first,added", [("named", "plain"), ("plain", "named")])
+def test_groups_with_and_without_names_are_not_mixed_as_torch(first, added):
+    for lib in (torch, ng):
+        def mk(named, lib=lib):
+            p = (torch.nn.Parameter(torch.ones(2)) if lib is torch
+                 else ng.tensor(np.ones(2, np.float32), requires_grad=True))
+            return [("w", p)] if named == "named" else [p]
+
+        opt = lib.optim.SGD(mk(first), lr=0.1)
+        with pytest.raises(ValueError, match="all optimizer param groups should be with/without"):
+            opt.add_param_group({"params": mk(added)})
+        with pytest.raises(ValueError, match="(?i)some param names are missing"):
+            lib.optim.SGD(mk("named") + mk("plain"), lr=0.1)

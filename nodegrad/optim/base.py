@@ -499,9 +499,18 @@ class Optimizer:
                             "but the ordering of tensors in sets will change between runs; "
                             "pass a list instead")
         ps = [ps] if isinstance(ps, Tensor) else list(ps)
-        if ps and isinstance(ps[0], tuple):
+        named = [isinstance(p, tuple) for p in ps]
+        if any(named):
+            if not all(named):
+                raise ValueError("all optimizer params should be with/without names (pairs "
+                                 f"(name, tensor)); some param names are missing: "
+                                 f"{named.count(False)} of {len(ps)} have none")
             group.setdefault("param_names", [n for n, _ in ps])
             ps = [p for _, p in ps]
+        if any(("param_names" in group) != ("param_names" in g) for g in self.param_groups):
+            with_ = "with" if "param_names" in group else "without"
+            raise ValueError("all optimizer param groups should be with/without names; cannot "
+                             f"add a param group {with_} names to this optimizer")
         ps = group["params"] = ParamList(ps)
         # PyTorch's: the caller's dict keeps the list, so a generator it held (model.parameters())
         # is not spent for an optimiser rebuilt from the same dicts (a resume)
