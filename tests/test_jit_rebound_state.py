@@ -361,3 +361,53 @@ def test_a_pruned_layer_shows_its_masked_weight_after_each_replay():
         want = (model[0].weight_orig * model[0].weight_mask).detach().numpy()
         assert np.array_equal(model[0].weight.detach().numpy(), want)
     assert m._jitted.last.diff is not None
+
+
+# --- tensors bound to globals, closure variables, dict items and objects' attributes ---------
+LAST = None
+
+
+def test_globals_closures_dicts_and_objects_follow_each_replay():
+    import types
+
+    w = ng.ones(3)
+    box = {"v": None}
+    trainer = types.SimpleNamespace(last=None)
+    seen = None
+
+    def step(x):
+        global LAST
+        nonlocal seen
+        y = x * w
+        LAST = y * 2
+        seen = (y + 1, y - 1)
+        box["v"] = y * 3
+        trainer.last = [y * 4]
+        return y.sum()
+
+    j = ng.jit(step)
+    for k in range(5):
+        j(ng.full((3,), float(k)))
+        assert np.array_equal(LAST.numpy(), np.full(3, 2.0 * k, np.float32)), f"call {k}"
+        assert type(seen) is tuple and np.array_equal(seen[1].numpy(), np.full(3, k - 1.0))
+        assert np.array_equal(box["v"].numpy(), np.full(3, 3.0 * k, np.float32))
+        assert type(trainer.last) is list
+        assert np.array_equal(trainer.last[0].numpy(), np.full(3, 4.0 * k, np.float32))
+    assert j.last.program is not None and j.traces <= 2
+
+
+def test_a_cache_filled_once_still_replays():
+    """A dict filled on the first call with a tensor made by a factory (a table of positions)
+    keeps the traced tensor; the step replays."""
+    cache = {}
+
+    def step(x):
+        if "pos" not in cache:
+            cache["pos"] = ng.arange(3.0)
+        return x + cache["pos"]
+
+    j = ng.jit(step)
+    for k in range(4):
+        got = j(ng.full((3,), float(k)))
+        assert np.array_equal(got.numpy(), k + np.arange(3.0, dtype=np.float32))
+    assert j.last.program is not None

@@ -357,7 +357,8 @@ class Jitted:
                     break
         if where is None:
             for r, v, name in zip(self._reads, raw, self._read_names):
-                if _plain_key(r()) != _plain_key(v):
+                now = r()  # (now tensors: bound after each replay, _bound_places)
+                if _plain_key(now) != _plain_key(v) and _tensors_of(now) is None:
                     where = name
                     break
         if where is None:
@@ -491,8 +492,8 @@ class Jitted:
         bound = [(mod, name, t) for mod in mods for name, t in mod._buffers.items()
                  if isinstance(t, Tensor)] if mods else None
         owner = getattr(self.fn, "__self__", None)  # a bound method's object
-        attrs = _attributes(mods if owner is None or any(owner is o for o in mods)
-                            else mods + [owner])
+        places = _places(mods if owner is None or any(owner is o for o in mods)
+                         else mods + [owner], self.fn)
         m.jit = rec
         try:
             out = self.fn(*args, **kwargs)
@@ -503,10 +504,10 @@ class Jitted:
         if self._volatile is not None and rec.fallback is None:
             rec.fallback = self._volatile
         binds, bind_slots = self._bound_buffers(rec, bound) if bound else ([], [])
-        kept = _bound_attributes(rec, attrs, binds, bind_slots)
+        kept = _bound_places(rec, places, binds, bind_slots)
         if rec.fallback is None:
             rec.fallback = _replaced_reads(holders, rec, kept)
-        del holders, bound, attrs, kept
+        del holders, bound, places, kept
         binds = (tuple(binds), len(bind_slots)) if binds else None
         _replay_modes(rec, modules, flags)
         if rec.fallback is None and _global_draws() != drawn:
@@ -1367,7 +1368,7 @@ def _outputs(entry: _Entry, outs: list, params: list = ()):
     ones bound to what the step binds anew (``params``: the state's parameters)."""
     if entry.binds is not None:
         k = len(outs) - entry.binds[1]
-        _bind(entry.binds[0], outs[k:], [q for q in params if q.requires_grad])
+        _bind(entry.binds[0], outs[k:], params)
         outs = outs[:k]
     if entry.out_def is None:  # the function returned one tensor
         return Tensor._of(outs[0])
@@ -1402,29 +1403,27 @@ def _set_buffer(ref, name: str, arrays: list, parents: list) -> None:
         mod._buffers[name] = Tensor._of(arrays[0])
 
 
-def _set_attribute(ref, name: str, kind, grad: bool, arrays: list, parents: list) -> None:
-    """Into the object's ``__dict__``: a tensor, or a tuple or list of them (``kind``). One that
-    required grad when traced (``module.weight`` set by pruning's forward pre-hook) requires
-    grad, on a node whose VJP refuses (:func:`_unrecorded_vjp`): a replay records no graph
-    behind it, and a gradient must not be dropped without a word."""
-    obj = ref()
-    if obj is None:
-        return
-    if grad and parents:
-        where = f"{type(obj).__name__}.{name}"
+def _set_place(store, key: str, where: str, kind, grad: bool, arrays: list,
+               parents: list) -> None:
+    """``store[key] =`` a tensor, or a tuple or list of them (``kind``). One that required grad
+    when traced (``module.weight`` set by pruning's forward pre-hook) requires grad, on a node
+    whose VJP refuses (:func:`_unrecorded_vjp`): a replay records no graph behind it, and a
+    gradient must not be dropped without a word."""
+    parents = [t for t in parents if t.requires_grad] if grad else None
+    if parents:
         shapes = tuple(t.shape for t in parents)
         ts = [Tensor._of(a, Node.make(_unrecorded_rule(), {"where": where}, tuple(
             t.node or t for t in parents), None, None, shapes, None), True) for a in arrays]
     else:
         ts = [Tensor._of(a) for a in arrays]
-    obj.__dict__[name] = ts[0] if kind is None else kind(ts)
+    store[key] = ts[0] if kind is None else kind(ts)
 
 
 _UNRECORDED: list = []
 
 
 def _unrecorded_rule():
-    """The rule of the nodes of :func:`_set_attribute`'s tensors that require grad."""
+    """The rule of the nodes of :func:`_set_place`'s tensors that require grad."""
     if not _UNRECORDED:
         from ..func.custom import _rule
 
@@ -1435,20 +1434,64 @@ def _unrecorded_rule():
 def _unrecorded_vjp(needs, g, ans, *specs, where: str):
     from ..errors import GradError
 
-    raise GradError(f"jit: backward reached {where}, a tensor that a replayed step bound to "
-                    "an attribute: a replay does not record the graph behind it; "
+    raise GradError(f"jit: backward reached {where}, a tensor that a replayed step bound "
+                    "there: a replay does not record the graph behind it; "
                     "differentiate what the step returns, or run this step eagerly "
                     "(ng.disable_jit())")
 
 
-def _attributes(objs: list) -> list:
-    """``(object, its __dict__, its public attributes now)`` for each of ``objs`` (the modules
-    a step runs, a bound method's object), to find the tensors the step binds to them."""
+class _Cell:
+    """A variable of a closure as a mapping of one name (a place of :func:`_places`)."""
+
+    __slots__ = ("cell", "name")
+
+    def __init__(self, cell, name: str) -> None:
+        self.cell, self.name = cell, name
+
+    def items(self) -> list:
+        v = _cell_value(self.cell)
+        return [] if v is None else [(self.name, v)]
+
+    def get(self, key: str, default=None):
+        v = _cell_value(self.cell) if key == self.name else None
+        return default if v is None else v
+
+    def __setitem__(self, key: str, value) -> None:
+        self.cell.cell_contents = value
+
+
+def _places(objs: list, fn) -> list:
+    """``(label, mapping, its items now, public only)`` for each place a step may bind a tensor
+    to: the attributes of ``objs`` (the modules it runs, a bound method's object), the
+    variables of ``fn``'s closure and the globals its code names, and the items of the dicts
+    and the attributes of the plain objects those hold (``box["last"]``, ``trainer.last``)."""
     out = []
+
+    def add(label: str, d, public: bool, names=None) -> None:
+        out.append((label, d, {k: v for k, v in d.items() if type(k) is str and (
+            not public or k[:1] != "_") and (names is None or k in names)}, public))
+
     for o in objs:
         d = getattr(o, "__dict__", None)
         if type(d) is dict:
-            out.append((o, d, {k: v for k, v in d.items() if k[:1] != "_"}))
+            add(f"{type(o).__name__}.", d, True)
+    f = getattr(fn, "__func__", fn)
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return out
+    for name, cell in zip(code.co_freevars, getattr(f, "__closure__", None) or ()):
+        add("", _Cell(cell, name), False)
+    g = getattr(f, "__globals__", None)
+    if type(g) is dict:
+        add("", g, False, frozenset(code.co_names))
+    for name, _, v in _named_values(f, code, dict.fromkeys(code.co_names)):
+        if type(v) is dict:
+            add(f"{name}[", v, False)
+        elif not (isinstance(v, type | ModuleType) or callable(v) or _is_module(v)
+                  or _is_optimizer(v) or isinstance(v, Tensor)):
+            d = getattr(v, "__dict__", None)
+            if type(d) is dict:
+                add(f"{name}.", d, True)
     return out
 
 
@@ -1461,44 +1504,37 @@ def _tensors_of(v) -> tuple | None:
     return None
 
 
-def _bound_attributes(rec, attrs: list, binds: list, slots: list) -> set:
-    """The tensors the traced step bound to the public attributes of its modules (or of a
-    bound method's object): ``self.hidden = h.detach()``, ``self.last = out.detach()``.
-    Each becomes extra outputs of the program and a setter in ``binds`` that binds the
-    replay's values after it (a replay otherwise left the traced call's tensor there); a
-    tensor the step reads back through such an attribute is read through it on each replay
-    (``Recorder.through``). A tensor that requires grad is bound requiring grad, on a node
-    that refuses backward (:func:`_set_attribute`); read back by the next call it would chain
-    the calls' graphs, which runs eagerly (:func:`_replaced_reads`). A tensor the step did not
-    compute runs the signature eagerly. Returns the ids of the values replaced without grad
-    (no reason to run eagerly)."""
+def _bound_places(rec, places: list, binds: list, slots: list) -> set:
+    """The tensors the traced step bound to the places of :func:`_places`:
+    ``self.hidden = h.detach()``, ``self.last = out.detach()``, ``global last``,
+    ``box["v"] = y``. Each becomes extra outputs of the program and a setter in ``binds`` that
+    binds the replay's values after it (a replay otherwise left the traced call's tensor
+    there); a tensor the step reads back through such a place is read through it on each
+    replay (``Recorder.through``). A tensor that requires grad is bound requiring grad, on a
+    node that refuses backward (:func:`_set_place`); read back by the next call it would
+    chain the calls' graphs, which runs eagerly (:func:`_replaced_reads`). A tensor the step
+    did not compute (a factory's, one from outside) is left as the trace bound it. Returns
+    the ids of the values replaced without grad (no reason to run eagerly)."""
     kept: set = set()
-    for obj, d, before in attrs:
+    for label, d, before, public in places:
         for name, v in list(d.items()):
-            if name[:1] == "_" or name == "training":
+            if type(name) is not str or (public and name[:1] == "_"):
                 continue
             old = before.get(name, _same)
             items = None if v is old else _tensors_of(v)
             if items is None:  # unchanged, or not tensors (numbers key the signature)
                 continue
-            where = f"{type(obj).__name__}.{name}"
-            why = None
+            if any(_not_computed(rec, t) for t in items):  # a cache filled once, a reset to
+                continue  # ng.zeros: the traced tensor stays (the programs hold it as it was)
+            where = f"{label}{name!r}]" if label[-1:] == "[" else f"{label}{name}"
             grad = any(t.requires_grad for t in items)
             if grad and not all(t.requires_grad for t in items):
-                why = f"binds tensors that require grad and some that do not to {where}"
-            elif any(_not_computed(rec, t) for t in items):
-                why = (f"binds a tensor it did not compute (made by a factory such as "
-                       f"ng.zeros, or held elsewhere) to the attribute {where}")
-            if why is not None:
                 if rec.fallback is None:
-                    rec.fallback = (f"jit: the step {why}, which a replay cannot repeat: "
+                    rec.fallback = (f"jit: the step binds tensors that require grad and some "
+                                    f"that do not to {where}, which a replay cannot repeat: "
                                     "this signature runs eagerly")
                 continue
-            try:
-                ref = weakref.ref(obj)
-            except TypeError:
-                ref = functools.partial(_same, obj)
-            binds.append((functools.partial(_set_attribute, ref, name, None if isinstance(
+            binds.append((functools.partial(_set_place, d, name, where, None if isinstance(
                 v, Tensor) else type(v), grad), len(items)))
             slots.extend(rec.slot_of(t, t._data) for t in items)
             if not grad:  # (one that requires grad and is read back chains graphs: eager)
