@@ -264,3 +264,15 @@ def test_max_pool_nan_takes_the_last_nan(fn, kw):
         np.testing.assert_allclose(n.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
         if indices:
             np.testing.assert_array_equal(out[1].numpy(), ti.numpy())
+
+
+@pytest.mark.parametrize("fn, args", [("max_pool2d", (2,)), ("avg_pool2d", (2,)),
+                                      ("lp_pool2d", (2.0, 2)), ("max_pool1d", (3,)),
+                                      ("avg_pool3d", (2,))])
+@pytest.mark.parametrize("stride", [[], ()])
+def test_pool_empty_stride_is_the_kernel(fn, args, stride):
+    nd = int(fn[-2])
+    x = np.abs(np.random.default_rng(7).standard_normal((1, 2) + (6,) * nd))
+    want = getattr(TF, fn)(torch.tensor(x), *args, stride=stride).numpy()
+    got = getattr(F, fn)(ng.tensor(x), *args, stride=stride).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -127,7 +127,8 @@ def _pool_setup(x, kernel, stride, padding, dilation, ceil_mode, nd, op):
     needs; PyTorch's rule: the last window must start inside the input or the left padding."""
     F._check_input(x, nd, op, _SPATIAL[nd])
     k = _ints(kernel, nd, "kernel_size", op)
-    s = k if stride is None or stride == () else _ints(stride, nd, "stride", op)
+    empty = isinstance(stride, tuple | list) and not stride  # (PyTorch's default too)
+    s = k if stride is None or empty else _ints(stride, nd, "stride", op)
     p = _ints(padding, nd, "padding", op)
     d = _ints(dilation, nd, "dilation", op)
     if min(k + s + d) < 1 or min(p) < 0:
