@@ -276,3 +276,20 @@ def test_pool_empty_stride_is_the_kernel(fn, args, stride):
     want = getattr(TF, fn)(torch.tensor(x), *args, stride=stride).numpy()
     got = getattr(F, fn)(ng.tensor(x), *args, stride=stride).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_instance_norm_eps_zero_constant_channel(dtype):
+    # PyTorch's kernel takes a zero variance with eps = 0 as an inverse deviation of 0
+    x = np.ones((3, 2, 4), dtype=dtype)
+    x[:, 1] = np.arange(12.0).reshape(3, 4)
+    g = np.random.default_rng(8).standard_normal(x.shape).astype(dtype)
+    t = torch.tensor(x, requires_grad=True)
+    want = TF.instance_norm(t, eps=0.0)
+    want.backward(torch.tensor(g))
+    n = ng.tensor(x, requires_grad=True)
+    got = F.instance_norm(n, eps=0.0)
+    got.backward(ng.tensor(g))
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(n.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-6)

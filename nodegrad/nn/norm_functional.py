@@ -99,6 +99,12 @@ def instance_norm(input: Tensor, running_mean: Tensor | None = None,
             raise ValueError(f"instance_norm: need more than one spatial element per channel, "
                              f"got input of shape {tuple(x.shape)}")
         y, mean, var = _normalise(x, axes, eps)
+        if eps == 0:  # PyTorch's kernel: a constant channel normalises to 0 with a zero
+            # gradient (its inverse deviation is taken as 0), not to 0 / 0
+            const = (var == 0).detach()
+            xp = x.backend.xp
+            ramp = Tensor._of(xp.arange(count, dtype=x.dtype).reshape(x.shape[2:]))
+            y = ops.where(const, 0.0, _normalise(ops.where(const, ramp, x), axes, eps)[0])
         if running_mean is not None:
             with no_grad():
                 bm = ops.mean(ops.reshape(mean, x.shape[:2]), axis=0)
