@@ -293,3 +293,23 @@ def test_instance_norm_eps_zero_constant_channel(dtype):
     assert got.dtype == np.dtype(dtype)
     np.testing.assert_allclose(got.numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(n.grad.numpy(), t.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_fractional_max_pool_nan_takes_the_last_nan(nd):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 2) + (6,) * nd)
+    x[rng.random(x.shape) < 0.25] = np.nan
+    samples = rng.random((2, 2, nd))
+    fn = f"fractional_max_pool{nd}d"
+    t = torch.tensor(x, requires_grad=True)
+    ty, ti = getattr(TF, fn)(t, 2, output_size=3, return_indices=True,
+                             _random_samples=torch.tensor(samples))
+    g = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(g))
+    n = ng.tensor(x, requires_grad=True)
+    ny, ni = getattr(F, fn)(n, 2, output_size=3, return_indices=True,
+                            _random_samples=ng.tensor(samples))
+    ny.backward(ng.tensor(g))
+    np.testing.assert_array_equal(ni.numpy(), ti.numpy())
+    np.testing.assert_allclose(n.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)

@@ -20,8 +20,8 @@ from ..amp import float32_in_region
 from ..errors import DTypeError, ShapeError
 from ..random import Generator, default_generator, keep_mask, rand
 from ..tensor import Tensor, _linspace_values
-from .conv_functional import (adaptive_max_pool1d, adaptive_max_pool2d, adaptive_max_pool3d,
-                              max_pool1d, max_pool2d, max_pool3d)
+from .conv_functional import (_last_nan, adaptive_max_pool1d, adaptive_max_pool2d,
+                              adaptive_max_pool3d, max_pool1d, max_pool2d, max_pool3d)
 from .losses import multilabel_margin_loss, triplet_margin_with_distance_loss
 from .norm_functional import _SELU_ALPHA_PRIME, _check_p
 
@@ -397,7 +397,8 @@ def _fractional_max_pool(op: str, d: int, input: Tensor, kernel_size, output_siz
     win = ops.take_along_axis(ops.reshape(x, (n, c, math.prod(size))),  # (N may be 0)
                               ops.reshape(flat, (n, c, math.prod(outs) * kk)), 2)
     win = ops.reshape(win, (n, c) + outs + (kk,))
-    arg = ops.argmax(win, axis=-1, keepdims=True)       # the first maximum, as PyTorch's scan
+    # the first maximum (the last NaN), as PyTorch's scan
+    arg = _last_nan(x, win, ops.argmax(win, axis=-1, keepdims=True))
     y = ops.squeeze(ops.take_along_axis(win, arg, -1), -1)
     idx = ops.squeeze(ops.take_along_axis(flat, arg, -1), -1).detach()
     if unbatched:
