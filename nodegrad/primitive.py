@@ -76,9 +76,6 @@ class Primitive:
         self.cross = False
         # PyTorch's names of its operands (ops/keywords.Keywords), taken as keywords: exp(input=x)
         self.keywords = None
-        # ``refuse_mix(args)``: raise for operands of different dtypes the op does not take
-        # (before promotion casts them: subtract's bool with a number tensor); None for most
-        self.refuse_mix = None
         self.__doc__ = doc
 
 
@@ -332,8 +329,6 @@ def _promote(prim: Primitive, args: tuple) -> tuple:
     else:
         if not cnum or dt is None or dt.kind == "c":
             return args
-    if prim.refuse_mix is not None:
-        prim.refuse_mix(args)
     try:
         target = result_type_of_keys(tuple(_key_of(args[i]) for i in pos))
     except DTypeError as e:

@@ -78,28 +78,11 @@ _multiply_any = _binary("multiply")
 add = primitive("add", _binary("add"),
                 (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
-def _refuse_bool(x, y) -> None:
-    """Refuse a bool operand of subtract on either side, as PyTorch does."""
-    if _is_bool(x) or _is_bool(y):
-        raise DTypeError("subtract: not defined for a bool operand (as in PyTorch); to invert "
-                         "a mask use ~ or logical_not, else convert with .long() or .float() "
-                         "first")
-
-
-def _no_bool_operand(f):
-    """A subtract forward that refuses a bool operand (a bool tensor with a tensor of another
-    dtype is refused before promotion casts it: ``refuse_mix``)."""
-    def fwd(xp, x, y):
-        _refuse_bool(x, y)
-        return f(xp, x, y)
-    return fwd
-
-
-subtract = primitive("subtract", _no_bool_operand(_binary("subtract")),
+subtract = primitive("subtract", _no_bools("subtract", _binary("subtract")),
                      (lambda g, ans, x, y: g, lambda g, ans, x, y: -g), saves="none",
                      kind=_EW, jvp=_J,
-                     doc="x - y, broadcasting.")
-subtract.refuse_mix = lambda args: _refuse_bool(*args)
+                     doc="x - y, broadcasting (a bool operand with a number counts as 0/1, as "
+                         "NumPy's; two bools are refused, as PyTorch does).")
 
 
 def _multiply(xp, x, y):
