@@ -307,9 +307,15 @@ def _value_first(name: str, tensor1, tensor2, rest: tuple, value) -> tuple:
 
 
 def addcmul(input, tensor1, tensor2, *rest, value=1) -> Tensor:
-    """input + value·tensor1·tensor2 (all three broadcast)."""
+    """input + value·tensor1·tensor2 (all three broadcast). On three integer tensors a float
+    ``value`` is truncated toward zero, as PyTorch casts it to the tensors' dtype (the result
+    stays integer)."""
     tensor1, tensor2, value = _value_first("addcmul", tensor1, tensor2, rest, value)
-    return _t(input) + _scaled(_t(tensor1), value) * _t(tensor2)
+    x, a, b = _t(input), _t(tensor1), _t(tensor2)
+    if (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+            and all(t.dtype.kind in "iu" for t in (x, a, b))):
+        value = int(value)
+    return x + _scaled(a, value) * b
 
 
 def addcdiv(input, tensor1, tensor2, *rest, value=1) -> Tensor:

@@ -1,0 +1,25 @@
+"""Small differences from PyTorch found beside the larger areas, each fixed (compared with
+PyTorch 2.13)."""
+
+import numpy as np
+import pytest
+
+import nodegrad as ng
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("value", [2.5, -2.5, 0.9, 3, True])
+@pytest.mark.parametrize("dtypes", [("int64",) * 3, ("int32", "int64", "int16"),
+                                    ("float32", "int64", "int64"), ("int64", "float32", "int64")])
+def test_addcmul_truncates_a_float_value_on_integer_tensors(value, dtypes):
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(-5, 6, (2, 3)).astype(d) for d in dtypes]
+    want = torch.addcmul(*(torch.tensor(a) for a in arrays), value=value)
+    got = ng.addcmul(*(ng.tensor(a) for a in arrays), value=value)
+    assert str(got.dtype) == str(want.dtype).removeprefix("torch.")
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    x = ng.tensor(arrays[0])
+    if x.dtype == got.dtype:
+        x.addcmul_(ng.tensor(arrays[1]), ng.tensor(arrays[2]), value=value)
+        np.testing.assert_array_equal(x.numpy(), want.numpy())
