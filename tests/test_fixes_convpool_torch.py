@@ -313,3 +313,16 @@ def test_fractional_max_pool_nan_takes_the_last_nan(nd):
     ny.backward(ng.tensor(g))
     np.testing.assert_array_equal(ni.numpy(), ti.numpy())
     np.testing.assert_allclose(n.grad.numpy(), t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("norm_type", [1, 2, 3, 2.0, 1.5])
+@pytest.mark.parametrize("fn, k", [("lp_pool1d", 3), ("lp_pool2d", 2), ("lp_pool3d", 2)])
+def test_lp_pool_integer_input(fn, k, norm_type):
+    # an int norm_type keeps integer input integer until the root (PyTorch's pow), so the
+    # average rounds toward zero; a float one works in float32
+    nd = int(fn[-2])
+    x = np.random.default_rng(10).integers(-4, 5, (2, 2) + (5,) * nd)
+    want = getattr(TF, fn)(torch.tensor(x), norm_type, k, ceil_mode=True)
+    got = getattr(F, fn)(ng.tensor(x), norm_type, k, ceil_mode=True)
+    assert str(got.dtype) == str(want.dtype).removeprefix("torch.")
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, equal_nan=True)

@@ -321,7 +321,10 @@ def _lp_pool(x, norm_type, kernel_size, stride, ceil_mode, nd, op):
     k = _ints(kernel_size, nd, "kernel_size", op)
     if not norm_type or not math.isfinite(float(norm_type)):
         raise ValueError(f"{op}: norm_type must be a finite non-zero power, got {norm_type}")
-    powered = x ** float(norm_type)
+    # an integer power of integer input stays integer (averaged rounding toward zero), as
+    # PyTorch's pow: a float power makes it float32
+    whole = x.dtype.kind in "iu" and isinstance(norm_type, int | B.np.integer)
+    powered = x ** (int(norm_type) if whole else float(norm_type))
     if nd == 3:  # autocast: PyTorch's lp_pool3d averages with avg_pool3d, a float32 op
         (powered,) = float32_in_region(powered, cpu_only=True)
     out = _avg_pool(powered, k, stride, 0, ceil_mode, True, None, nd, op)
