@@ -23,3 +23,17 @@ def test_addcmul_truncates_a_float_value_on_integer_tensors(value, dtypes):
     if x.dtype == got.dtype:
         x.addcmul_(ng.tensor(arrays[1]), ng.tensor(arrays[2]), value=value)
         np.testing.assert_array_equal(x.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("name", ["median", "nanmedian"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_median_of_no_entries_is_nan_on_the_graph(name, dtype):
+    """NaN, and a backward through it gives the empty gradient (it raised: no graph)."""
+    t = torch.zeros(0, 2, dtype=getattr(torch, dtype), requires_grad=True)
+    want = getattr(t, name)()
+    want.backward()
+    x = ng.zeros(0, 2, dtype=getattr(ng, dtype), requires_grad=True)
+    got = getattr(x, name)()
+    assert str(got.dtype) == dtype and np.isnan(got.item()) and got.requires_grad
+    got.backward()
+    assert x.grad.shape == tuple(t.grad.shape)

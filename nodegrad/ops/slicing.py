@@ -32,7 +32,7 @@ from .elementwise import astype, ceil, floor, isnan, lerp, minimum, round, where
 from .reduce import amax, amin, argmax, ordered
 from .reduce import sum as _sum
 from .scan import cummax, cummin
-from .sort import _INTERP, argsort, median, searchsorted, share_ties, sort
+from .sort import _INTERP, argsort, empty_nan, median, searchsorted, share_ties, sort
 from .window import _windows, sliding_window_view
 
 __all__ = [
@@ -858,7 +858,7 @@ def nanmedian(input: Tensor, dim: int | None = None, keepdim: bool = False):
     if dim is None:
         if input.numel() == 0:
             _float_input("nanmedian", input)
-            return Tensor._of(input.backend.xp.asarray(float("nan"), dtype=input.dtype))
+            return empty_nan(input)
         return share_ties(input, nanmedian(S.reshape(input, (-1,)), 0).values)
     if not B.is_float(input.dtype):
         return median(input, dim, keepdim)

@@ -206,7 +206,7 @@ def median(x, dim: int | None = None, keepdim: bool = False, *, axis=_NO,
     ordered("median", x)
     if dim is None:
         if x.numel() == 0 and B.is_float(x.dtype):  # PyTorch: NaN for no entries
-            return Tensor._of(x.backend.xp.asarray(float("nan"), dtype=x.dtype))
+            return empty_nan(x)
         return share_ties(x, median(reshape(x, (-1,)), 0).values)
     ax = _dim(x, dim, "median")
     v = _vec(x)
@@ -218,6 +218,14 @@ def median(x, dim: int | None = None, keepdim: bool = False, *, axis=_NO,
         nan = isnan(v)
         idx = where(any(nan, ax, True), argmax(nan, ax, True), idx)
     return _selected(v, idx, ax, keepdim, x.ndim == 0)
+
+
+def empty_nan(x: Tensor) -> Tensor:
+    """NaN, the median of no entries, in ``x``'s dtype; on ``x``'s graph when it requires grad
+    (its gradient is empty, as PyTorch's: a backward through it works)."""
+    if x.requires_grad:
+        return reshape(x, (-1,)).sum() + float("nan")
+    return Tensor._of(x.backend.xp.asarray(float("nan"), dtype=x.dtype))
 
 
 _INTERP = ("linear", "lower", "higher", "midpoint", "nearest")
