@@ -20,6 +20,7 @@ from ..amp import float32_in_region, lower_in_region
 from ..autodiff import modes
 from ..linalg_lu import powers
 from ..batching import values
+from ..dtypes import result_type
 from ..errors import DTypeError, ShapeError
 from ..tensor import Tensor, tensor, write_out
 from . import complex as CX
@@ -99,18 +100,23 @@ def _scaled(x, s):
     return x if _is(s, 1) else x * s
 
 
-def _int_coefs(op: str, beta, alpha) -> tuple:
+def _int_coefs(beta, alpha) -> tuple:
     """PyTorch's integer rule for beta and alpha: on integer tensors a float coefficient is
-    truncated toward zero (its Scalar cast), except in ``addr``, which refuses it."""
-    coefs = []
+    truncated toward zero (its Scalar cast)."""
+    return tuple(int(c) if isinstance(c, numbers.Real) and not isinstance(c, numbers.Integral)
+                 else c for c in (beta, alpha))
+
+
+def _addr_coefs(dtype, beta, alpha) -> None:
+    """PyTorch's addr checks its coefficients against the result's dtype: a bool one only for
+    a bool result, a float one only for a float or complex result."""
     for name, c in (("beta", beta), ("alpha", alpha)):
-        if isinstance(c, numbers.Real) and not isinstance(c, numbers.Integral):
-            if op == "addr":
-                raise DTypeError(f"addr: for integer input, {name} must be an integer, got "
-                                 f"{c!r}")
-            c = int(c)
-        coefs.append(c)
-    return tuple(coefs)
+        if isinstance(c, bool) and dtype.kind != "b":
+            raise DTypeError(f"addr: a bool {name} needs a bool result, got {dtype}")
+        if (dtype.kind in "biu" and isinstance(c, numbers.Number)
+                and not isinstance(c, numbers.Integral)):
+            raise DTypeError(f"addr: for integer input, {name} must be an integer (the "
+                             f"result is {dtype}), got {c!r}")
 
 
 def _add_scaled(op: str, input, prod: Tensor, beta, alpha) -> Tensor:
@@ -118,7 +124,7 @@ def _add_scaled(op: str, input, prod: Tensor, beta, alpha) -> Tensor:
     NaN and Inf included (PyTorch's rule)."""
     _fits(op, "input", _shape(input), _shape(prod))
     if prod.dtype.kind in "iu":
-        beta, alpha = _int_coefs(op, beta, alpha)
+        beta, alpha = _int_coefs(beta, alpha)
     out = _scaled(prod, alpha)
     if _is(beta, 0):
         return out
@@ -286,11 +292,19 @@ def baddbmm(input, batch1, batch2, *, beta=1, alpha=1) -> Tensor:
 
 
 def addr(input, vec1, vec2, *, beta=1, alpha=1) -> Tensor:
-    """beta·input + alpha·outer(vec1, vec2), input broadcast to (n, m)."""
+    """beta·input + alpha·outer(vec1, vec2), input broadcast to (n, m), in the operands'
+    promoted dtype; a bool result is ``(beta and input) or (alpha and outer)``, as PyTorch's."""
     a, v1, v2 = _t(input), _t(vec1), _t(vec2)
     _ndim("addr", v1, 1, "vec1")
     _ndim("addr", v2, 1, "vec2")
-    return _add_scaled("addr", a, L.outer(v1, v2), beta, alpha)
+    dt = result_type(a, v1, v2)
+    _addr_coefs(dt, beta, alpha)
+    a, prod = (x if x.dtype == dt else x.astype(dt) for x in (a, L.outer(v1, v2)))
+    if dt.kind != "b":
+        return _add_scaled("addr", a, prod, beta, alpha)
+    _fits("addr", "input", _shape(a), _shape(prod))
+    out = prod & bool(alpha)
+    return a | out if beta else out
 
 
 def _value_first(name: str, tensor1, tensor2, rest: tuple, value) -> tuple:
