@@ -111,7 +111,24 @@ def _check_dtype(x: Tensor, weight: Tensor, layer: str) -> None:
 
 # --- affine -----------------------------------------------------------------------------------
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in)."""
+    """x Wᵀ + b, the notes' affine map μ(A, x, b) with weight of shape (out, in). As PyTorch's,
+    a 1-d weight (in,) without bias contracts the last axis away (x · w), and a bias that
+    broadcasts to the output's shape, not only (out,), is added."""
+    if weight.ndim == 1 and input.ndim and (bias is None or input.ndim == bias.ndim + 1 == 1):
+        _check_dtype(input, weight, "Linear")
+        if input.shape[-1] != weight.shape[0]:
+            raise ShapeError(f"linear: input has {input.shape[-1]} features (shape "
+                             f"{tuple(input.shape)}) but the weight expects {weight.shape[0]}")
+        out = ops.matmul(input, weight)
+        return out if bias is None else out + bias
+    if bias is not None and weight.ndim == 2 and input.ndim and bias.shape != weight.shape[:1]:
+        out = input.shape[:-1] + weight.shape[:1]
+        try:
+            fits = B.np.broadcast_shapes(bias.shape, out) == out
+        except ValueError:
+            fits = False
+        if fits:
+            return linear(input, weight) + bias
     _check_linear(input, weight, bias)
     return ops.linear(input, weight, bias)
 
@@ -127,7 +144,7 @@ def _linear_relu(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
 def _check_linear(x, weight, bias) -> None:
     """:func:`linear`'s checks of its operands' dtypes and shapes."""
     _check_dtype(x, weight, "Linear")
-    if x.shape[-1:] != weight.shape[1:]:
+    if weight.ndim == 2 and x.shape[-1:] != weight.shape[1:]:
         raise ShapeError(f"linear: input has {x.shape[-1] if x.ndim else 0} features (shape "
                          f"{tuple(x.shape)}) but the weight expects {weight.shape[1]}")
     if x.ndim == 0 or weight.ndim != 2 or (bias is not None and bias.shape != weight.shape[:1]):
@@ -494,6 +511,9 @@ def one_hot(tensor: Tensor, num_classes: int = -1, dtype=None) -> Tensor:
     if labels.dtype.kind not in "iu":
         raise DTypeError(f"one_hot: labels must be integers, got {labels.dtype}")
     d = values(labels)
+    if num_classes <= 0 and not d.size:  # PyTorch's: no classes to infer from empty labels
+        raise ValueError(f"one_hot: cannot infer num_classes from empty labels (got "
+                         f"num_classes={num_classes})")
     if num_classes == -1:
         computes_with_values(labels, "one_hot's inferred num_classes")
         if not d.size:
@@ -691,7 +711,10 @@ def prelu(input: Tensor, weight: Tensor) -> Tensor:
     """x for x > 0, else a·x with a learnable slope: one shared, or one per channel (axis 1).
     In an autocast region both run in its low precision, as PyTorch lists ``prelu``."""
     x, weight = lower_in_region(input, weight)
-    if weight.numel() > 1:
+    if weight.ndim > 1:
+        raise ShapeError(f"prelu: weight must be a scalar or 1-d tensor, got shape "
+                         f"{tuple(weight.shape)}")
+    if weight.numel() != 1:  # one slope per channel (none for an input of no channels)
         if x.ndim < 2 or x.shape[1] != weight.numel():
             raise ShapeError(f"prelu: {weight.numel()} slopes need input with that many "
                              f"channels on axis 1, got {tuple(x.shape)}")

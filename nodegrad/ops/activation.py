@@ -270,8 +270,9 @@ def mish(x):
 
 
 def logsigmoid(x):
-    """log(sigmoid(x)) = −softplus(−x), finite for large |x|."""
-    return -softplus(-x)
+    """log(sigmoid(x)) = −softplus(−x), finite for large |x|; written 0 − softplus(−x) so that
+    where softplus(−x) underflows (x large, +inf) the result is +0, as PyTorch's, not −0."""
+    return 0.0 - softplus(-x)
 
 
 def softsign(x):
