@@ -49,3 +49,29 @@ def test_addr_refuses_coefficients_like_torch(dt, beta, alpha):
         torch.addr(torch.tensor(a), torch.tensor(v), torch.tensor(v), beta=beta, alpha=alpha)
     with pytest.raises(DTypeError, match="addr"):
         ng.addr(ng.tensor(a), ng.tensor(v), ng.tensor(v), beta=beta, alpha=alpha)
+
+
+# --- einsum gradients: size-1 letters broadcast, diagonals under an infinite cotangent -------
+def _grads(lib, eq, arrays, weight=None):
+    ts = [lib.tensor(a, requires_grad=True) for a in arrays]
+    out = lib.einsum(eq, *ts)
+    if weight is not None:
+        out = out * lib.tensor(weight)
+    out.sum().backward()
+    return [t.grad.numpy() for t in ts]
+
+
+@pytest.mark.parametrize("eq,shapes,weight", [
+    ("e,e", [(1,), (3,)], None),                  # a size-1 letter broadcast against 3
+    ("c,ac", [(2,), (2, 1)], None),
+    ("bbe,be->b", [(2, 2, 1), (2, 3)], None),
+    ("ab,b->ab", [(2, 1), (3,)], np.array([[1.0, -2, 3], [0.5, 4, -1]])),
+    ("dd->d", [(2, 2)], np.array([np.inf, 1.0])),  # off the diagonal: 0, not 0·inf
+    ("abab->ab", [(2, 3, 2, 3)], np.array([[np.inf, 1, 2], [3, -np.inf, 5]])),
+])
+def test_einsum_gradients_match_torch(eq, shapes, weight):
+    rng = np.random.default_rng(1)
+    arrays = [rng.standard_normal(s) for s in shapes]
+    for got, want in zip(_grads(ng, eq, arrays, weight), _grads(torch, eq, arrays, weight)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+

@@ -174,6 +174,20 @@ def _undiagonal(t: str, terms, out: str, x) -> tuple[str, list]:
     return new, eyes
 
 
+def _on_diagonals(t: str, eyes: list, x) -> Tensor:
+    """Where every repeated letter of operand ``x`` (renamed in ``t`` by :func:`_undiagonal`)
+    takes one value: the places its gradient can reach."""
+    xp = x.backend.xp
+    mask = xp.ones((1,) * len(t), dtype=bool)
+    for (c, d), _ in eyes:
+        p, q = t.index(c), t.index(d)
+        n = x.shape[p]
+        ar = xp.arange(n)
+        mask = mask & (ar.reshape([n if k == p else 1 for k in range(len(t))])
+                       == ar.reshape([n if k == q else 1 for k in range(len(t))]))
+    return Tensor._of(mask)
+
+
 def _einsum_vjp(needs, g, ans, *ops, terms, result):
     out = result
     grads = []
@@ -189,9 +203,13 @@ def _einsum_vjp(needs, g, ans, *ops, terms, result):
         have = set(out).union(*oterms) if oterms else set(out)
         kept = "".join(c for c in t if c in have)
         gi = einsum(",".join([out] + oterms) + "->" + kept, g, *others)
-        if kept != t:  # letters summed only inside operand i: broadcast back over them
-            shape = tuple(ops[i].shape[t.index(c)] if c in kept else 1 for c in t)
-            gi = reshape(gi, shape).expand(*ops[i].shape)
+        if kept != t:  # letters summed only inside operand i: size 1 until broadcast below
+            gi = reshape(gi, tuple(gi.shape[kept.index(c)] if c in kept else 1 for c in t))
+        if tuple(gi.shape) != tuple(ops[i].shape):  # and letters broadcast from size 1 in
+            # another operand (the engine sums those of size 1 in operand i back)
+            gi = gi.expand(*B.np.broadcast_shapes(tuple(gi.shape), tuple(ops[i].shape)))
+        if eyes:  # off a diagonal the gradient is 0, not the identity's 0 times an inf
+            gi = where(_on_diagonals(t, eyes, ops[i]), gi, 0)
         grads.append(gi)
     return grads
 
