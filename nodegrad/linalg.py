@@ -595,7 +595,8 @@ def cross(input, other, *, dim: int = -1) -> Tensor:
         raise ShapeError(f"linalg.cross: inputs must have the same number of dimensions, got "
                          f"shapes {tuple(a.shape)} and {tuple(b.shape)}")
     shape = tuple(_B.np.broadcast_shapes(tuple(a.shape), tuple(b.shape)))
-    if not shape or not -len(shape) <= dim < len(shape) or shape[dim] != 3:
+    if (not shape or not -len(shape) <= dim < len(shape)
+            or a.shape[dim] != 3 or b.shape[dim] != 3):  # that dim is never broadcast
         raise ShapeError(f"linalg.cross: dim={dim} must have length 3, got shapes "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     a, b = broadcast_to(a, shape), broadcast_to(b, shape)

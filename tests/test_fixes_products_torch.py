@@ -75,3 +75,12 @@ def test_einsum_gradients_match_torch(eq, shapes, weight):
     for got, want in zip(_grads(ng, eq, arrays, weight), _grads(torch, eq, arrays, weight)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
+
+
+# --- linalg.cross: the product's dim must have length 3 in both inputs (never broadcast) ----
+@pytest.mark.parametrize("s1,s2", [((3,), (1,)), ((2, 1), (2, 3))])
+def test_linalg_cross_refuses_a_broadcast_product_dim(s1, s2):
+    with pytest.raises(RuntimeError, match="must have length 3"):
+        torch.linalg.cross(torch.ones(s1), torch.ones(s2))
+    with pytest.raises(ng.errors.ShapeError, match="linalg.cross"):
+        ng.linalg.cross(ng.ones(s1), ng.ones(s2))
