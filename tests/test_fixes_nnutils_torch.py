@@ -6,6 +6,7 @@ import pytest
 import nodegrad as ng
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("torch.nn.utils.prune")  # a submodule torch.nn.utils does not import
 
 
 def _chain_no_right_inverse(lib):
@@ -37,3 +38,37 @@ def test_chained_parametrization_without_right_inverse():
     nw, nk = _chain_no_right_inverse(ng)
     np.testing.assert_allclose(nw, tw)
     assert nk == tk
+
+
+def _prune_bias_twice(lib, first_mask, amount, n, dim):
+    """A Linear's 1-d bias pruned by a custom mask, then by ln_structured along ``dim``."""
+    P = lib.nn.utils.prune
+    m = lib.nn.Linear(2, 4)
+    with lib.no_grad():
+        m.bias.copy_(lib.tensor([0.5, -2.0, 3.0, 1.0]))
+    P.custom_from_mask(m, "bias", lib.tensor(first_mask))
+    P.ln_structured(m, "bias", amount, n, dim)
+    return m.bias_mask.numpy(), m.bias.detach().numpy()
+
+
+@pytest.mark.parametrize("first_mask, amount, n, dim", [
+    ([1.0, 1.0, 1.0, 1.0], 2, 1, -1),
+    ([1.0, 0.0, 1.0, 1.0], 1, 1, -1),
+    ([1.0, 0.0, 1.0, 1.0], 0.5, 2, -1),
+    ([0.0, 0.0, 0.0, 0.0], 1, 2, -1),
+])
+def test_structured_pruning_of_a_1d_tensor_in_a_container(first_mask, amount, n, dim):
+    t_mask, t_val = _prune_bias_twice(torch, first_mask, amount, n, dim)
+    n_mask, n_val = _prune_bias_twice(ng, first_mask, amount, n, dim)
+    np.testing.assert_array_equal(n_mask, t_mask)
+    np.testing.assert_allclose(n_val, t_val)
+
+
+@pytest.mark.parametrize("dim", [1, 2, -3])
+def test_structured_pruning_in_a_container_dim_out_of_range(dim):
+    """Stacked on an earlier pruning, a dim past the tensor's axes is an IndexError."""
+    for lib in (torch, ng):
+        m = lib.nn.Linear(3, 2)
+        lib.nn.utils.prune.identity(m, "weight" if dim != 1 else "bias")
+        with pytest.raises(IndexError):
+            lib.nn.utils.prune.ln_structured(m, "weight" if dim != 1 else "bias", 1, 2, dim)

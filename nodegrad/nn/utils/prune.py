@@ -218,11 +218,13 @@ class PruningContainer(BasePruningMethod):
                                      '"structured" need to have the attribute `dim` defined.')
             n_dims = t.ndim
             dim = method.dim + n_dims if method.dim < 0 else method.dim
-            if dim < 0:
+            if not 0 <= dim < n_dims:
                 raise IndexError(f"PruningContainer: dim {method.dim} is out of bounds for a "
                                  f"tensor with {n_dims} dimensions")
             others = [d for d in range(n_dims) if d != dim]
-            keep_channel = default_mask.sum(dim=others) != 0 if others else default_mask != 0
+            # a 1-d tensor has no other axes: PyTorch's sum over none of them is the sum of
+            # all, a 0-d flag that selects the whole tensor as one row of channels (or none)
+            keep_channel = (default_mask.sum(dim=others) if others else default_mask.sum()) != 0
             slc = (slice(None),) * dim + (keep_channel,)
         elif kind == "global":
             slc = (slice(None),) * t.ndim
