@@ -1644,7 +1644,8 @@ def hardswish(x, g=None):
         return None
     dt, out = x.dtype.type, np.empty(x.shape, x.dtype)
     if g is None:
-        cpu_kernels().hardswish(x.reshape(-1), out.reshape(-1), dt(3), dt(6), dt(0))
+        # -0 from -3 down: PyTorch's x · 0 there
+        cpu_kernels().hardswish(x.reshape(-1), out.reshape(-1), dt(3), dt(6), dt(-0.0))
     else:
         cpu_kernels().hardswish_grad(g.reshape(-1), x.reshape(-1), out.reshape(-1), dt(3),
                                      dt(0.5), dt(0))

@@ -64,8 +64,8 @@ def _hardswish_fwd(xp, x):
         return out
     with B.np.errstate(**_QUIET):  # x (x + 3) overflows for huge x: that x takes its own piece
         mid = x * ((x + 3) / 6)
-    # a NaN fails both tests and stays NaN
-    return B.where(x >= 3, x, B.where(x <= -3, xp.zeros((), x.dtype), mid))
+    # a NaN fails both tests and stays NaN; -0 from -3 down, as PyTorch's x · 0 there
+    return B.where(x >= 3, x, B.where(x <= -3, xp.full((), -0.0, x.dtype), mid))
 
 
 def _hardswish_vjp(g, ans, x):
