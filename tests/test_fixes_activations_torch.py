@@ -85,3 +85,21 @@ def test_one_hot_of_empty_labels_needs_classes(num_classes):
     with pytest.raises(ValueError, match="one_hot"):
         F.one_hot(ng.tensor(np.zeros(0, dtype=np.int64)), num_classes)
     assert F.one_hot(ng.tensor(np.zeros(0, dtype=np.int64)), 3).shape == (0, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 200])  # the short form and the one-pass loop on long arrays
+def test_hardswish_is_negative_zero_from_minus_three_down(dtype, n):
+    x = np.tile(np.array([-3.0, -5.0, -1e30, -0.0, 0.0, -1.0, 3.0, 7.0]), n).astype(dtype)
+    want = TF.hardswish(torch.tensor(x)).numpy()
+    got = F.hardswish(ng.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert (np.signbit(got) == np.signbit(want)).all()
+
+
+@pytest.mark.parametrize("name, args", [
+    ("Softplus", ()), ("Softplus", (2, 1)), ("Softshrink", ()), ("Softshrink", (1.0,)),
+    ("Hardshrink", ()), ("Hardshrink", (0.25,)), ("GLU", ()), ("GLU", (0,)),
+])
+def test_activation_module_repr(name, args):
+    assert repr(getattr(ng.nn, name)(*args)).split("  #")[0] == repr(getattr(torch.nn, name)(*args))

@@ -139,6 +139,9 @@ class Softplus(Module):
     def forward(self, x):
         return F.softplus(x, self.beta, self.threshold)
 
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
+
 
 class Softmax(Module):
     """F.softmax along ``dim``; without one, PyTorch's implicit dimension (with its warning)."""
@@ -310,6 +313,9 @@ class Softshrink(Module):
     def forward(self, x):
         return F.softshrink(x, self.lambd)
 
+    def extra_repr(self) -> str:
+        return str(self.lambd)  # PyTorch's repr: Softshrink(0.5)
+
 
 class Hardshrink(Module):
     def __init__(self, lambd: float = 0.5):
@@ -318,6 +324,9 @@ class Hardshrink(Module):
 
     def forward(self, x):
         return F.hardshrink(x, self.lambd)
+
+    def extra_repr(self) -> str:
+        return str(self.lambd)  # PyTorch's repr: Hardshrink(0.5)
 
 
 class Threshold(Module):
@@ -341,3 +350,6 @@ class GLU(Module):
 
     def forward(self, x):
         return F.glu(x, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
