@@ -72,3 +72,22 @@ def test_structured_pruning_in_a_container_dim_out_of_range(dim):
         lib.nn.utils.prune.identity(m, "weight" if dim != 1 else "bias")
         with pytest.raises(IndexError):
             lib.nn.utils.prune.ln_structured(m, "weight" if dim != 1 else "bias", 1, 2, dim)
+
+
+def _fusion_case(lib, case):
+    nn = lib.nn
+    if case == "train":
+        return lambda: nn.utils.fusion.fuse_conv_bn_eval(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+    if case == "no_stats":
+        conv, bn = nn.Conv2d(2, 3, 1).eval(), nn.BatchNorm2d(3, track_running_stats=False).eval()
+        return lambda: nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+    linear, bn = nn.Linear(2, 3).eval(), nn.BatchNorm1d(2).eval()
+    return lambda: nn.utils.fusion.fuse_linear_bn_eval(linear, bn)
+
+
+@pytest.mark.parametrize("case", ["train", "no_stats", "features"])
+def test_fusion_refusals_are_assertion_errors(case):
+    """PyTorch refuses these fusions with an AssertionError; code catching it works on both."""
+    for lib in (torch, ng):
+        with pytest.raises(AssertionError):
+            _fusion_case(lib, case)()

@@ -14,13 +14,17 @@ __all__ = ["fuse_conv_bn_eval", "fuse_conv_bn_weights", "fuse_linear_bn_eval",
            "fuse_linear_bn_weights"]
 
 
+class _FusionError(ValueError, AssertionError):
+    """Modules that cannot be fused: a ValueError, and the AssertionError PyTorch raises."""
+
+
 def _eval_only(fn: str, layer: Module, bn: Module) -> None:
     if layer.training or bn.training:
-        raise ValueError(f"{fn}: fusion is for evaluation mode only; call .eval() on both "
-                         "modules first")
+        raise _FusionError(f"{fn}: fusion is for evaluation mode only; call .eval() on both "
+                            "modules first")
     if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
-        raise ValueError(f"{fn}: the batch norm must track running statistics "
-                         "(track_running_stats=True)")
+        raise _FusionError(f"{fn}: the batch norm must track running statistics "
+                            "(track_running_stats=True)")
 
 
 def fuse_conv_bn_weights(conv_w: Tensor, conv_b: Tensor | None, bn_rm: Tensor, bn_rv: Tensor,
@@ -84,8 +88,8 @@ def fuse_linear_bn_eval(linear: Module, bn: Module) -> Module:
     both in evaluation mode; ``bn`` has ``out_features`` channels, or 1."""
     _eval_only("fuse_linear_bn_eval", linear, bn)
     if linear.out_features != bn.num_features and bn.num_features != 1:
-        raise ValueError(f"fuse_linear_bn_eval: linear.out_features ({linear.out_features}) "
-                         f"must equal bn.num_features ({bn.num_features}), or bn must have 1")
+        raise _FusionError(f"fuse_linear_bn_eval: linear.out_features ({linear.out_features}) "
+                            f"must equal bn.num_features ({bn.num_features}), or bn must have 1")
     fused = copy.deepcopy(linear)
     fused.weight, fused.bias = fuse_linear_bn_weights(
         fused.weight, fused.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
