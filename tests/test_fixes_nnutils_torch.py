@@ -91,3 +91,12 @@ def test_fusion_refusals_are_assertion_errors(case):
     for lib in (torch, ng):
         with pytest.raises(AssertionError):
             _fusion_case(lib, case)()
+
+
+@pytest.mark.parametrize("lib", [torch, ng], ids=["torch", "nodegrad"])
+def test_get_total_norm_refuses_a_missing_tensor(lib):
+    """A None among the tensors (a parameter without a gradient) is the caller's to leave out."""
+    with pytest.raises((TypeError, RuntimeError, AttributeError)):
+        lib.nn.utils.get_total_norm([lib.ones(2), None])
+    assert float(lib.nn.utils.get_total_norm([lib.ones(2) * 2, lib.ones(2)])) == \
+        pytest.approx(10 ** 0.5)

@@ -36,7 +36,9 @@ __all__ = ["clip_grad_norm_", "clip_grad_value_", "clip_grad_norm", "clip_grads_
 
 
 def _tensors(ts, fn: str) -> list[Tensor]:
-    out = [ts] if isinstance(ts, Tensor) else [t for t in ts if t is not None]
+    """``ts`` as a list of tensors; anything else in it (None included: a missing gradient
+    must be left out by the caller, as PyTorch requires) is a TypeError."""
+    out = [ts] if isinstance(ts, Tensor) else list(ts)
     for t in out:
         if not isinstance(t, Tensor):
             raise TypeError(f"{fn}: expected tensors, got {type(t).__name__}")
