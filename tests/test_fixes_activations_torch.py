@@ -103,3 +103,12 @@ def test_hardswish_is_negative_zero_from_minus_three_down(dtype, n):
 ])
 def test_activation_module_repr(name, args):
     assert repr(getattr(ng.nn, name)(*args)).split("  #")[0] == repr(getattr(torch.nn, name)(*args))
+
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "uint8", "bool"])
+def test_dropout_p1_keeps_an_integer_dtype(dtype):
+    x = np.array([1, 0, 1, 1]).astype(dtype)
+    want = TF.dropout(torch.tensor(x), 1.0, True)
+    got = F.dropout(ng.tensor(x), 1.0, True)
+    assert str(got.dtype) == str(want.dtype).removeprefix("torch.")
+    np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -355,8 +355,8 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
         return x if mode == "inverted" or p == 0 else x * (1.0 - p)
     if p == 0:
         return x
-    if p == 1:
-        return x * 0.0
+    if p == 1:  # x · 0 in x's dtype (an integer or bool x stays so), as PyTorch's
+        return x * 0.0 if B.is_float(x.dtype) else ops.astype(x * 0, x.dtype)
     gen = generator or default_generator(x.device)
     mask = keep_mask(gen, tuple(x.shape), x.dtype, p,
                      1.0 / (1.0 - p) if mode == "inverted" else 1.0)
