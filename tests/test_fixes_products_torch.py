@@ -16,7 +16,8 @@ def _pair(a: np.ndarray):
 def _same(got, want) -> None:
     assert str(got.dtype) == str(want.dtype).replace("torch.", "")
     assert tuple(got.shape) == tuple(want.shape)
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), rtol=1e-12,
+                               atol=1e-12)
 
 
 # --- addr: the coefficients and the dtype are those of the promoted result -------------------
@@ -84,3 +85,18 @@ def test_linalg_cross_refuses_a_broadcast_product_dim(s1, s2):
         torch.linalg.cross(torch.ones(s1), torch.ones(s2))
     with pytest.raises(ng.errors.ShapeError, match="linalg.cross"):
         ng.linalg.cross(ng.ones(s1), ng.ones(s2))
+
+
+# --- cdist and pdist with p = inf over rows of no features: distance 0 -----------------------
+@pytest.mark.parametrize("which", ["cdist", "pdist"])
+def test_inf_distance_of_empty_rows_is_zero(which):
+    a = np.zeros((3, 0))
+    out = {}
+    for lib in (ng, torch):
+        x = lib.tensor(a, requires_grad=True)
+        r = (lib.cdist(x[None], x[None], float("inf")) if which == "cdist"
+             else lib.nn.functional.pdist(x, float("inf")))
+        r.sum().backward()
+        out[lib] = r, x.grad
+    _same(out[ng][0], out[torch][0])
+    assert tuple(out[ng][1].shape) == tuple(out[torch][1].shape) == (3, 0)

@@ -496,7 +496,9 @@ def kl_div(input: Tensor, target: Tensor, size_average: bool | None = None,
 # gives their gradients. Norms at a zero vector have gradient 0 there (PyTorch's subgradient).
 def _max_every_tie(a: Tensor, axis: int, keepdims: bool) -> Tensor:
     """max(a) along ``axis`` whose gradient reaches every tied maximum in full (PyTorch's
-    pdist and cdist for p = inf), not shared among them."""
+    pdist and cdist for p = inf), not shared among them; 0 over no entries (PyTorch's)."""
+    if a.shape[axis] == 0:
+        return ops.sum(a, axis=axis, keepdims=keepdims)
     if _values_only():
         return ops.max(a, axis=axis, keepdims=keepdims)
     m = ops.max(a, axis=axis, keepdims=True).detach()
