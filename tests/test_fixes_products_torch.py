@@ -100,3 +100,11 @@ def test_inf_distance_of_empty_rows_is_zero(which):
         out[lib] = r, x.grad
     _same(out[ng][0], out[torch][0])
     assert tuple(out[ng][1].shape) == tuple(out[torch][1].shape) == (3, 0)
+
+
+# --- count_nonzero over an empty tuple or list of dims: over all of them ---------------------
+@pytest.mark.parametrize("dim", [(), []])
+def test_count_nonzero_empty_dims_counts_everything(dim):
+    a = np.array([[0.0, 1.5, -2.0], [0.0, 0.0, 3.0]])
+    _same(ng.count_nonzero(ng.tensor(a), dim=dim), torch.count_nonzero(torch.tensor(a), dim=dim))
+    _same(ng.tensor(a).count_nonzero(dim=dim), torch.tensor(a).count_nonzero(dim=dim))

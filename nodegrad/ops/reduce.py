@@ -339,7 +339,10 @@ def nanmean(x, dim=None, keepdim: bool = False, *, dtype=None):
 
 
 def count_nonzero(x, dim=None):
-    """How many entries are nonzero over ``dim`` (int64)."""
+    """How many entries are nonzero over ``dim`` (int64); an empty tuple or list of dims
+    counts over all of them, as PyTorch's."""
+    if isinstance(dim, tuple | list) and not dim:
+        dim = None
     return sum(x != 0, scalar_dims(dim, x.ndim, "count_nonzero"))
 
 
