@@ -112,3 +112,18 @@ def test_dropout_p1_keeps_an_integer_dtype(dtype):
     got = F.dropout(ng.tensor(x), 1.0, True)
     assert str(got.dtype) == str(want.dtype).removeprefix("torch.")
     np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("lower, upper", [(-0.1, 0.3), (-0.5, -0.1), (0.2, 0.2), (0.5, 0.1)])
+def test_rrelu_bounds_checked_as_pytorch(lower, upper):
+    x = np.array([-1.0, 2.0, -3.0, 0.0])
+    want, terr = _outcome(lambda: TF.rrelu(torch.tensor(x), lower, upper, False))
+    if terr is not None:
+        with pytest.raises(ValueError, match="rrelu"):
+            F.rrelu(ng.tensor(x), lower, upper, False)
+        return
+    np.testing.assert_allclose(F.rrelu(ng.tensor(x), lower, upper, False).numpy(), want.numpy())
+    got = F.rrelu(ng.tensor(x), lower, upper, True).numpy()  # a drawn in [lower, upper]
+    slopes = got[[0, 2]] / x[[0, 2]]
+    assert ((slopes >= lower - 1e-12) & (slopes <= upper + 1e-12)).all()
+    assert got[1] == 2.0

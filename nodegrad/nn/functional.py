@@ -830,9 +830,8 @@ def rrelu(input: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, trainin
     if inplace:
         return _stored(input, inplace, "rrelu", rrelu, lower, upper, training,
                        generator=generator)
-    if not 0 <= lower <= upper:
-        raise ValueError(f"rrelu: expected 0 <= lower <= upper, got lower={lower}, "
-                         f"upper={upper}")
+    if not lower <= upper:  # PyTorch's only check: negative slopes are allowed
+        raise ValueError(f"rrelu: expected lower <= upper, got lower={lower}, upper={upper}")
     if not training:
         return leaky_relu(input, (lower + upper) / 2)
     from ..random import uniform
