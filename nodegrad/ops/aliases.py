@@ -93,8 +93,9 @@ def clip(input, min=None, max=None, *, a_min=None, a_max=None) -> Tensor:  # noq
 
 
 def concat(tensors, dim: int = 0) -> Tensor:
-    """PyTorch's concat (cat): join ``tensors`` along ``dim``."""
-    return S.concatenate(tensors, dim)
+    """PyTorch's concat (cat): join ``tensors`` along ``dim``, with cat's rule for legacy
+    empty tensors."""
+    return S.cat(tensors, dim)
 
 
 def swapdims(input, dim0: int, dim1: int) -> Tensor:

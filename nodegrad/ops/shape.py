@@ -8,6 +8,7 @@ import builtins
 
 from .. import _backend as B
 from ..batching import batched, front, size_of
+from ..dtypes import result_type
 from ..errors import ShapeError
 from ..primitive import primitive
 from ..tensor import Tensor, check_layout
@@ -155,11 +156,13 @@ def squeeze(x, axis=None, *, dim=None):
 
 def flatten(x, start_dim: int = 0, end_dim: int = -1):
     """Merge axes ``start_dim..end_dim`` into one (PyTorch's flatten: with nothing to merge,
-    ``x`` itself, as PyTorch returns it)."""
-    if x.ndim == 0:
-        return reshape(x, (1,))
+    ``x`` itself, as PyTorch returns it; ``start_dim`` after ``end_dim`` raises, as PyTorch's)."""
     s = norm_axis(start_dim, x.ndim, "flatten")
     e = norm_axis(end_dim, x.ndim, "flatten")
+    if x.ndim == 0:
+        return reshape(x, (1,))
+    if s > e:
+        raise ShapeError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
     if s == e:
         return x
     n = 1
@@ -222,12 +225,25 @@ def swapaxes(x, axis1: int, axis2: int):
     return _transpose(x, axes=tuple(perm))
 
 
-def moveaxis(x, source: int, destination: int):
-    s = norm_axis(source, x.ndim, "moveaxis")
-    d = norm_axis(destination, x.ndim, "moveaxis")
-    perm = [i for i in range(x.ndim) if i != s]
-    perm.insert(d, s)
-    return transpose(x, perm)
+def moveaxis(x, source, destination):
+    """Move axes ``source`` to positions ``destination`` (ints or sequences, as NumPy's and
+    PyTorch's), the others keeping their order; a 0-d tensor takes 0 or -1, as PyTorch's."""
+    src = (source,) if isinstance(source, int | B.np.integer) else tuple(source)
+    dst = (destination,) if isinstance(destination, int | B.np.integer) else tuple(destination)
+    if len(src) != len(dst):
+        raise ShapeError(f"moveaxis: {len(src)} source axes but {len(dst)} destinations")
+    src = tuple(norm_axis(a, x.ndim, "moveaxis") for a in src)
+    dst = tuple(norm_axis(a, x.ndim, "moveaxis") for a in dst)
+    if len(set(src)) != len(src) or len(set(dst)) != len(dst):
+        raise ShapeError(f"moveaxis: repeated axis in source {source} or destination "
+                         f"{destination}")
+    if x.ndim == 0:
+        return _same_view(x)
+    perm = [None] * x.ndim
+    for a, b in zip(src, dst):
+        perm[b] = a
+    rest = iter(a for a in range(x.ndim) if a not in src)
+    return transpose(x, [p if p is not None else next(rest) for p in perm])
 
 
 # --- broadcasting ----------------------------------------------------------------------------
@@ -269,6 +285,8 @@ def broadcast_to(x, shape=None, *, size=None):
     if (shape is None) == (size is None):
         raise TypeError("broadcast_to: pass the shape once, as shape (NumPy) or size= (PyTorch)")
     shape = tuple(shape if size is None else size)
+    if -1 in shape:  # PyTorch's -1 keeps a size, as in expand
+        return expand(x, shape)
     return _same_view(x) if x.shape == shape else _broadcast_to(x, shape=shape)
 
 
@@ -286,6 +304,12 @@ def expand(x, *sizes, size=None):
         sizes = (size,)
     sizes = shape_arg(sizes)
     lead = len(sizes) - x.ndim
+    if lead < 0:
+        raise ShapeError(f"expand: {len(sizes)} sizes {tuple(sizes)} for a tensor with "
+                         f"{x.ndim} dims; give at least one size per dim")
+    if -1 in sizes[:lead]:
+        raise ShapeError(f"expand: size -1 is not allowed in a new leading dim "
+                         f"({sizes.index(-1)}), as PyTorch's; sizes {tuple(sizes)}")
     shape = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(sizes))
     return broadcast_to(x, shape)
 
@@ -329,15 +353,20 @@ def concatenate(tensors, axis: int | None = 0):
 
 def cat(tensors, axis: int = 0):
     """PyTorch's cat: ``concatenate``, where a 1-d empty tensor (shape (0,)) among tensors of
-    another rank is left out, as PyTorch does for its legacy empty tensors."""
+    another rank is left out, as PyTorch does for its legacy empty tensors: it takes no part in
+    the shapes or the range of ``axis``, only in the result's dtype."""
     tensors = list(tensors)
     try:
         return concatenate(tensors, axis)
     except ShapeError:  # only then: tensors of several ranks never concatenate otherwise
         kept = [t for t in tensors if t.ndim != 1 or t.shape[0] != 0]
+        if not kept and isinstance(axis, int | B.np.integer):
+            return concatenate(tensors, 0)  # all legacy empties: any dim, as PyTorch's
         if len(kept) == len(tensors) or not builtins.any(t.ndim != 1 for t in tensors):
             raise
-    return concatenate(kept, axis)
+    out = concatenate(kept, axis)
+    dt = result_type(*tensors)
+    return out if out.dtype == dt else out.astype(dt)
 
 
 def stack(tensors, axis: int = 0):
@@ -376,13 +405,20 @@ def split_sizes(x, split_size_or_sections, dim: int = 0) -> list:
     n = x.shape[ax]
     if isinstance(split_size_or_sections, int):
         s = split_size_or_sections
-        if s <= 0:
-            raise ShapeError(f"split: split_size must be positive, got {s}")
+        if s < 0 or (s == 0 and n):
+            raise ShapeError(f"split: split_size must be positive (or 0 for an empty axis), "
+                             f"got {s}")
+        if n == 0:  # an empty axis is one empty piece, as PyTorch's
+            return [x[(slice(None),) * ax + (slice(0, 0),)]]
         sizes = [builtins.min(s, n - i) for i in range(0, n, s)]
     else:
         sizes = [int(s) for s in split_size_or_sections]
+        if builtins.min(sizes, default=0) < 0:
+            raise ShapeError(f"split: sizes {sizes} must not be negative")
         if builtins.sum(sizes) != n:
             raise ShapeError(f"split: sizes {sizes} do not add up to {n} (axis {ax})")
+        if not sizes:  # no sizes for an empty axis: no pieces, as PyTorch's
+            return []
     cuts, acc = [], 0
     for s in sizes[:-1]:
         acc += s
