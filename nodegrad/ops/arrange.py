@@ -43,10 +43,15 @@ def tensor_repeat(x, *sizes):
                            tuple(r * s for r, s in zip(sizes, shape))), x)
 
 
-def tile(x, dims):
+def tile(x, *dims, **kw):
     """``x`` repeated ``dims[d]`` times along each dim (missing leading dims count as 1), as
-    torch.tile and np.tile."""
-    dims = (dims,) if isinstance(dims, int | B.np.integer) else tuple(dims)
+    torch.tile and np.tile (``dims=`` or ``reps=``); the sizes may come spread
+    (``x.tile(2, 1)``), as PyTorch's method takes them."""
+    if kw:
+        if dims or len(kw) > 1 or not kw.keys() <= {"dims", "reps"}:
+            raise TypeError(f"tile: pass the sizes positionally or as dims=, got {sorted(kw)}")
+        dims = tuple(kw.values())
+    dims = shape_arg(dims)
     return tensor_repeat(x, (1,) * (x.ndim - len(dims)) + dims)
 
 
@@ -62,9 +67,7 @@ def repeat_interleave(input, repeats=None, dim: int | None = None, *,
     if dim is None:
         x, ax = reshape(x, (-1,)), 0
     else:
-        ax = norm_axis(dim, max(x.ndim, 1), "repeat_interleave")
-        if x.ndim == 0:
-            x = reshape(x, (1,))
+        ax = dim_of(x, dim, "repeat_interleave")  # a 0-d input has no dim, as PyTorch's
     n = x.shape[ax]
     if isinstance(repeats, int):
         if repeats < 0:
@@ -294,6 +297,8 @@ def unflatten(x, dim: int, sizes):
     """Split dim ``dim`` into ``sizes`` (one entry may be -1)."""
     ax = dim_of(x, dim, "unflatten")
     sizes = tuple(sizes)
+    if not sizes:
+        raise ShapeError("unflatten: sizes must be non-empty, as PyTorch's")
     known = 1
     for s in sizes:
         known *= s if s != -1 else 1
@@ -421,7 +426,7 @@ def _list(op, tensors):
 def hstack(tensors):
     """Join along the second dim (the first for 1-d tensors)."""
     ts = [atleast_1d(t) for t in _list("hstack", tensors)]
-    return concatenate(ts, 0 if ts[0].ndim == 1 else 1)
+    return S.cat(ts, 0 if ts[0].ndim == 1 else 1)  # PyTorch's cat, legacy empties left out
 
 
 def vstack(tensors):
