@@ -108,3 +108,24 @@ def test_count_nonzero_empty_dims_counts_everything(dim):
     a = np.array([[0.0, 1.5, -2.0], [0.0, 0.0, 3.0]])
     _same(ng.count_nonzero(ng.tensor(a), dim=dim), torch.count_nonzero(torch.tensor(a), dim=dim))
     _same(ng.tensor(a).count_nonzero(dim=dim), torch.tensor(a).count_nonzero(dim=dim))
+
+
+# --- einsum of integers and bools: a letter summed inside one operand sums in int64 ----------
+@pytest.mark.parametrize("eq,shapes,dt", [
+    ("i->", [(3,)], "int8"),          # 300 does not wrap
+    ("ij->i", [(2, 3)], "uint8"),
+    ("ii->", [(3, 3)], "int8"),
+    ("ii", [(3, 3)], "bool"),         # bools are counted
+    ("ij->j", [(3, 2)], "bool"),
+    ("ij,jk->", [(2, 3), (3, 2)], "int8"),
+    ("i,j->", [(2,), (3,)], "int16"),
+    ("ij->ji", [(2, 3)], "int8"),     # nothing summed: the dtype stays
+    ("i,i->", [(3,)] * 2, "int8"),    # shared letters stay too (wrapping, as PyTorch's)
+    ("dcc,", [(2, 1, 1), ()], "int8"),  # a length-1 letter beside another operand
+])
+def test_einsum_integer_sums_like_torch(eq, shapes, dt):
+    arrays = [np.full(s, 100 if dt != "bool" else True, dtype=dt) for s in shapes]
+    got = ng.einsum(eq, *(ng.tensor(a) for a in arrays))
+    want = torch.einsum(eq, *(torch.tensor(a) for a in arrays))
+    assert str(got.dtype) == str(want.dtype).replace("torch.", "")
+    np.testing.assert_array_equal(got.numpy(), want.numpy())

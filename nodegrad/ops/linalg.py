@@ -19,7 +19,7 @@ from ..batching import front, rank_up, size_of, values
 from ..errors import GradError, LinAlgError, ShapeError
 from ..primitive import REGISTRY, primitive
 from ..tensor import Tensor
-from .elementwise import logical_and, where
+from .elementwise import astype, logical_and, where
 from .index import getitem
 from .shape import concatenate, expand_dims, reshape, swapaxes
 
@@ -269,7 +269,20 @@ def einsum(subscripts: str, *operands):
         bad = next(o for o in operands if not hasattr(o, "shape"))
         raise TypeError(f"einsum: operands must be tensors, got {type(bad).__name__}") from None
     terms, out = _parse(subscripts, shapes)
+    if _sums_alone(terms, out, shapes) and all(getattr(o, "dtype", B.np.dtype("f")).kind in "biu"
+                                       for o in operands):
+        operands = tuple(astype(o, B.np.int64) for o in operands)
     return _einsum(*operands, terms=tuple(terms), result=out)
+
+
+def _sums_alone(terms, out: str, shapes: list) -> bool:
+    """Whether a letter is summed within one operand alone (in no other and not kept): PyTorch
+    sums it first, which takes integer and bool operands to int64 (``'ij->'`` of int8 counts
+    past 127, ``'ii->'`` of bools counts); letters shared by operands keep their dtype, and so
+    do, beside other operands, letters of length 1 (squeezed, not summed)."""
+    return any(c not in out and all(c not in u for j, u in enumerate(terms) if j != i)
+               and (len(terms) == 1 or s[k] != 1)
+               for i, (t, s) in enumerate(zip(terms, shapes)) for k, c in enumerate(t))
 
 
 
