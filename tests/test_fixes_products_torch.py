@@ -129,3 +129,16 @@ def test_einsum_integer_sums_like_torch(eq, shapes, dt):
     want = torch.einsum(eq, *(torch.tensor(a) for a in arrays))
     assert str(got.dtype) == str(want.dtype).replace("torch.", "")
     np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# --- cartesian_prod takes 1-d tensors only; block_diag of nothing is an empty (1, 0) ---------
+@pytest.mark.parametrize("shapes", [[(2, 2)], [(2,), ()], [(2,), (2, 1)]])
+def test_cartesian_prod_refuses_non_vectors(shapes):
+    with pytest.raises(RuntimeError, match="1D"):
+        torch.cartesian_prod(*(torch.ones(s) for s in shapes))
+    with pytest.raises(ng.errors.ShapeError, match="cartesian_prod"):
+        ng.cartesian_prod(*(ng.ones(s) for s in shapes))
+
+
+def test_block_diag_of_no_tensors():
+    _same(ng.block_diag(), torch.block_diag())

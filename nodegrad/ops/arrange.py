@@ -14,7 +14,7 @@ from .. import _backend as B
 from ..amp import float32_in_region
 from ..dtypes import result_type
 from ..errors import DTypeError, ShapeError
-from ..tensor import Tensor
+from ..tensor import Tensor, tensor
 from . import shape as S
 from .elementwise import astype, where
 from .index import getitem, index_update
@@ -263,16 +263,20 @@ def meshgrid(*tensors, indexing: str = "ij") -> tuple:
 def cartesian_prod(*tensors):
     """Every combination of the 1-d tensors' elements, one per row (itertools.product order)."""
     ts = _tensors(tensors)
+    for t in ts:
+        if t.ndim != 1:
+            raise ShapeError(f"cartesian_prod: expected 1-d tensors, got shape {tuple(t.shape)}")
     if len(ts) == 1:
         return ts[0]
     return S.stack([reshape(g, (-1,)) for g in meshgrid(*ts, indexing="ij")], 1)
 
 
 def block_diag(*tensors):
-    """A block-diagonal matrix of the 0-d, 1-d or 2-d tensors (a 1-d one is a row)."""
+    """A block-diagonal matrix of the 0-d, 1-d or 2-d tensors (a 1-d one is a row); of none,
+    an empty (1, 0) one in the default dtype, as PyTorch's."""
     ts = _tensors(tensors)
     if not ts:
-        raise ShapeError("block_diag: expected at least one tensor")
+        return tensor(B.np.zeros((1, 0)), dtype=B.DEFAULT_FLOAT)
     try:
         target = result_type(*ts)  # PyTorch's promotion: a 0-d tensor counts as a scalar
     except DTypeError as e:
