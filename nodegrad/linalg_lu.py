@@ -31,6 +31,7 @@ from .ops.reduce import argmax
 from .ops.reduce import max as _max
 from .ops.scan import cumprod
 from .ops.reduce import sum as _sum
+from .ops.shape import scalar_dims
 from .ops.shape import broadcast_to, concatenate, expand_dims, reshape, swapaxes
 from .tensor import Tensor, arange, eye, zeros
 
@@ -302,7 +303,8 @@ def vecdot(x, y, *, dim: int = -1) -> Tensor:
     if x.dtype != y.dtype:
         raise DTypeError(f"linalg.vecdot: x and y must have one dtype, got {x.dtype} and "
                          f"{y.dtype}")
-    return _sum(_conj(x) * y, dim)
+    prod = _conj(x) * y  # of two 0-d tensors, dim 0 or -1 names the whole (PyTorch's)
+    return _sum(prod, scalar_dims(dim, prod.ndim, "linalg.vecdot"))
 
 
 def diagonal(A, *, offset: int = 0, dim1: int = -2, dim2: int = -1) -> Tensor:

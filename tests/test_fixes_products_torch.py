@@ -142,3 +142,16 @@ def test_cartesian_prod_refuses_non_vectors(shapes):
 
 def test_block_diag_of_no_tensors():
     _same(ng.block_diag(), torch.block_diag())
+
+
+# --- linalg.vecdot of two 0-d tensors: their product ------------------------------------------
+@pytest.mark.parametrize("dim", [-1, 0])
+def test_vecdot_of_0d_tensors(dim):
+    a, b = np.array(2.0), np.array(-3.5)
+    xa, ta = ng.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    got = ng.linalg.vecdot(xa, ng.tensor(b), dim=dim)
+    want = torch.linalg.vecdot(ta, torch.tensor(b), dim=dim)
+    _same(got, want)
+    got.backward()
+    want.backward()
+    _same(xa.grad, ta.grad)
