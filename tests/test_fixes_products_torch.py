@@ -155,3 +155,13 @@ def test_vecdot_of_0d_tensors(dim):
     got.backward()
     want.backward()
     _same(xa.grad, ta.grad)
+
+
+# --- cdist refuses integer and bool tensors, as pdist does -----------------------------------
+@pytest.mark.parametrize("dt1,dt2", [("int64", "float32"), ("float32", "int64"), ("bool", "bool")])
+def test_cdist_refuses_non_float(dt1, dt2):
+    a, b = np.ones((2, 3), dt1), np.ones((4, 3), dt2)
+    with pytest.raises(RuntimeError, match="floating-point"):
+        torch.cdist(torch.tensor(a), torch.tensor(b))
+    with pytest.raises(DTypeError, match="cdist"):
+        ng.cdist(ng.tensor(a), ng.tensor(b))

@@ -617,6 +617,9 @@ def cdist(x1: Tensor, x2: Tensor, p: float = 2.0,
     if x1.ndim < 2 or x2.ndim < 2 or x1.shape[-1] != x2.shape[-1]:
         raise ShapeError(f"cdist: expected (..., P, M) and (..., R, M) with the same M, got "
                          f"{tuple(x1.shape)} and {tuple(x2.shape)}")
+    for name, x in (("x1", x1), ("x2", x2)):
+        if not B.is_float(x.dtype):  # PyTorch's: floats only (pdist's vector_norm too)
+            raise DTypeError(f"cdist: expected floating-point tensors, got {x.dtype} for {name}")
     if p == 2 and x1.numel() and x2.numel() and B.is_float(x1.dtype) and (
             compute_mode == "use_mm_for_euclid_dist" or compute_mode == _CDIST_MODES[0]
             and (x1.shape[-2] > 25 or x2.shape[-2] > 25)):
