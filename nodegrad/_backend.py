@@ -1699,7 +1699,7 @@ def _shifted_rows(x, axis: int):
 
 
 def softmax_last(x, axis: int):
-    """``e / e.sum(axis, keepdims=True)``, ``e = exp(x - where(isfinite(m), m, 0))`` and ``m``
+    """``e / e.sum(axis, keepdims=True)``, ``e = exp(x - where(m == -inf, 0, m))`` and ``m``
     the rows' maxima (ops.nn's softmax) over the last axis of a C-ordered float32/float64 NumPy
     array where numba is loaded, else None: NumPy's exp between a loop that finds each row's
     maximum and shifts it and one that sums and divides it, in the NumPy form's operations and

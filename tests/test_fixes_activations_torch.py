@@ -127,3 +127,22 @@ def test_rrelu_bounds_checked_as_pytorch(lower, upper):
     slopes = got[[0, 2]] / x[[0, 2]]
     assert ((slopes >= lower - 1e-12) & (slopes <= upper + 1e-12)).all()
     assert got[1] == 2.0
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "softmin"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 5), (64, 9), (6, 300), (2, 3, 70)])
+def test_softmax_rows_with_infinities(name, dtype, shape):
+    """A row holding +inf (for softmin -inf) is NaN throughout, as PyTorch's (inf - inf); an
+    all -inf row is NaN, a row with some -inf has zeros there."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    f = x.reshape(-1, shape[-1])
+    f[0, 0] = np.inf
+    f[1] = -np.inf
+    f[2, 1] = np.nan
+    f[3, :2] = (np.inf, -np.inf)
+    f[4, 0] = -np.inf
+    f[5, -1] = -np.inf
+    want = getattr(TF, name)(torch.tensor(x), -1).numpy()
+    got = getattr(F, name)(ng.tensor(x), -1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

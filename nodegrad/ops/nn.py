@@ -30,6 +30,15 @@ def _shifted(xp, x, axis):
     return x - B.where(xp.isfinite(m), m, 0), m
 
 
+def _softmax_shifted(xp, x, axis):
+    """x less its maxima along ``axis`` for softmax and log_softmax: a row whose maximum is
+    -inf (all -inf, or empty) is not shifted; one with +inf is, so the whole row is NaN
+    (inf - inf), as PyTorch's softmax (logsumexp keeps :func:`_shifted`'s +inf)."""
+    m = xp.max(x, axis=axis, keepdims=True) if x.size else xp.sum(x, axis=axis, keepdims=True)
+    with B.np.errstate(invalid="ignore"):  # inf - inf: the NaN meant, without a warning
+        return x - B.where(m == -xp.inf, 0, m)
+
+
 def _log_pos(xp, s):
     # log of a sum of exponentials: -inf, without a divide-by-zero warning, where the sum is 0
     # (an empty axis, or every input -inf); elsewhere the sum is >= 1 after the shift, or NaN
@@ -77,8 +86,7 @@ def _softmax_fwd(xp, x, axis):
         e = B.softmax_last(x, axis)  # the form above on narrow rows)
         if e is not None:
             return e
-    z, _ = _shifted(xp, x, axis)
-    e = xp.exp(z)
+    e = xp.exp(_softmax_shifted(xp, x, axis))
     return e / xp.sum(e, axis=axis, keepdims=True)
 
 
@@ -93,7 +101,7 @@ def _log_softmax_fwd(xp, x, axis):
         z = B.log_softmax_last(x, axis, _log_pos)
         if z is not None:
             return z
-    z, _ = _shifted(xp, x, axis)
+    z = _softmax_shifted(xp, x, axis)
     return z - _log_pos(xp, xp.sum(xp.exp(z), axis=axis, keepdims=True))
 
 
