@@ -155,3 +155,29 @@ def test_repeat_interleave_with_a_dim_refuses_a_0d_tensor(dim):
 def test_unflatten_refuses_empty_sizes():
     _both_raise(lambda m, x: m.unflatten(x, 0, ()), np.zeros((1, 3)))
     _both_raise(lambda m, x: x.unflatten(-1, []), np.zeros((3, 1)))
+
+
+@pytest.mark.parametrize("fn", [lambda m, x: m.broadcast_to(x, (1, 1, 2, 3)),
+                                lambda m, x: x.expand(1, 2, 3),
+                                lambda m, x: x.expand(1, -1, -1).contiguous(),
+                                lambda m, x: x.expand_as(m.zeros(1, 2, 3)).view(-1)])
+def test_expanding_by_new_length_1_dims_is_a_writable_view(fn):
+    """No element is repeated, so PyTorch's view takes in-place writes, which reach the base."""
+    bases = []
+    for m in (torch, ng):
+        x = m.tensor(A[0, :2, :3].copy())
+        fn(m, x).mul_(2)
+        bases.append(x.numpy().copy())
+    np.testing.assert_array_equal(bases[1], bases[0])
+    assert (bases[1] == 2 * A[0, :2, :3]).all()
+
+
+def test_expanding_by_new_length_1_dims_gradient():
+    a = np.random.default_rng(0).standard_normal((2, 3))
+    w = np.random.default_rng(1).standard_normal((1, 1, 2, 3))
+    grads = []
+    for m in (torch, ng):
+        x = m.tensor(a, requires_grad=True)
+        (x.expand(1, 1, 2, 3) * m.tensor(w)).sum().backward()
+        grads.append(x.grad.numpy())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-12)

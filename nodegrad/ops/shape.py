@@ -287,7 +287,12 @@ def broadcast_to(x, shape=None, *, size=None):
     shape = tuple(shape if size is None else size)
     if -1 in shape:  # PyTorch's -1 keeps a size, as in expand
         return expand(x, shape)
-    return _same_view(x) if x.shape == shape else _broadcast_to(x, shape=shape)
+    if x.shape == shape:
+        return _same_view(x)
+    lead = len(shape) - x.ndim
+    if lead > 0 and shape[lead:] == x.shape and builtins.all(s == 1 for s in shape[:lead]):
+        return reshape(x, shape)  # only new length-1 dims: a writable view, as PyTorch's
+    return _broadcast_to(x, shape=shape)
 
 
 def sum_to(x, shape):
