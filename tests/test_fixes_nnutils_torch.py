@@ -100,3 +100,23 @@ def test_get_total_norm_refuses_a_missing_tensor(lib):
         lib.nn.utils.get_total_norm([lib.ones(2), None])
     assert float(lib.nn.utils.get_total_norm([lib.ones(2) * 2, lib.ones(2)])) == \
         pytest.approx(10 ** 0.5)
+
+
+@pytest.mark.parametrize("mean, std, a, b", [
+    (0.0, 0.02, 0.5, 1.0),     # 25 std above the mean: PyTorch's rejection sampling copes
+    (0.0, 1.0, -9.0, -8.0),
+    (0.0, 1.0, 39.0, 40.0),    # past where the normal CDF underflows
+    (0.0, -1.0, -1.0, 2.0),    # a negative std acts as its magnitude
+    (0.5, 2.0, -1.0, 3.0),
+    (1.0, 1.0, 1.0, 1.0),      # a == b: a constant fill
+])
+def test_trunc_normal_matches_pytorch_in_the_tails(mean, std, a, b):
+    torch.manual_seed(0)
+    t = torch.nn.init.trunc_normal_(torch.empty(20000, dtype=torch.float64), mean, std, a, b)
+    w = ng.nn.init.trunc_normal_(ng.empty(20000, dtype=ng.float64), mean, std, a, b,
+                                 generator=ng.random.Generator(seed=0))
+    t, x = t.numpy(), w.numpy()
+    assert a <= x.min() and x.max() <= b
+    spread = max(t.std(), 1e-12)
+    assert abs(x.mean() - t.mean()) < 6 * spread / np.sqrt(x.size) + 1e-12
+    assert abs(x.std() - t.std()) < 0.05 * spread + 1e-12

@@ -246,21 +246,33 @@ def orthogonal_(tensor: Tensor, gain: float = 1.0, generator: Generator | None =
 @_also_arrays
 def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
                   b: float = 2.0, generator: Generator | None = None) -> Tensor:
-    """N(mean, std²) truncated to [a, b] (absolute bounds, as PyTorch's): uniform draws
-    between the bounds' normal CDFs mapped back through the inverse CDF, then clipped against
-    rounding. The init of vision transformers (``std=0.02``)."""
-    if not a < b or std <= 0:
-        raise ValueError(f"trunc_normal_: expected a < b and std > 0, got a={a}, b={b}, "
-                         f"std={std}")
+    """N(mean, std²) truncated to [a, b] (absolute bounds, as PyTorch's; a == b fills with a,
+    and a negative std acts as its magnitude, as there): uniform draws between the bounds'
+    normal CDFs mapped back through the inverse CDF, then clipped against rounding. The bounds
+    are taken in the lower tail (the interval mirrored when it lies mostly above the mean),
+    where the CDF keeps its precision, so a window many std from the mean is still sampled
+    from the right shape. The init of vision transformers (``std=0.02``)."""
+    if not a <= b or std == 0:
+        raise ValueError(f"trunc_normal_: expected a < b (or a == b, a constant fill) and "
+                         f"std != 0, got a={a}, b={b}, std={std}")
     _need_float(tensor, "trunc_normal_")
     be = B.backend_of(tensor._data)
-    lo = (1 + math.erf((a - mean) / (std * math.sqrt(2)))) / 2
-    hi = (1 + math.erf((b - mean) / (std * math.sqrt(2)))) / 2
+    std = abs(std)
+    lo_z, hi_z = (a - mean) / std, (b - mean) / std
+    flip = lo_z + hi_z > 0  # mostly above the mean: sample its mirror image below it
+    if flip:
+        lo_z, hi_z = -hi_z, -lo_z
+    lo, hi = (math.erfc(-z / math.sqrt(2)) / 2 for z in (lo_z, hi_z))
 
     def sample(g):
-        u = _uniform(g, tensor.shape, B.float64, 2 * lo - 1, 2 * hi - 1)
-        x = be.erfinv(u) * (std * math.sqrt(2.0)) + mean
-        return be.xp.clip(x, a, b)
+        u = _uniform(g, tensor.shape, B.float64, 0.0, 1.0)
+        if hi > 1e-300:
+            z = be.special("ndtri", lo + u * (hi - lo))
+        else:  # past ~37 std the CDF underflows: the density there is exp(t·z), t = -hi_z
+            t = -hi_z
+            z = hi_z + be.xp.log1p(u * math.expm1(-t * (hi_z - lo_z))) / t
+        z = be.xp.clip(z, lo_z, hi_z)
+        return be.xp.clip(mean + std * (-z if flip else z), a, b)
 
     return _fill(tensor, sample, generator)
 
