@@ -181,3 +181,15 @@ def test_expanding_by_new_length_1_dims_gradient():
         (x.expand(1, 1, 2, 3) * m.tensor(w)).sum().backward()
         grads.append(x.grad.numpy())
     np.testing.assert_allclose(grads[1], grads[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda m, x: m.split(x, split_size_or_sections=2),
+    lambda m, x: m.split(x, split_size_or_sections=[1, 2], dim=1),
+    lambda m, x: m.split(x, split_size_or_sections=3, dim=-1),
+    lambda m, x: x.split(m.tensor(2)),
+    lambda m, x: x.split(m.tensor(3), 2),
+    lambda m, x: m.split(x, m.tensor(1), dim=0),
+])
+def test_split_takes_pytorchs_keyword_and_a_0d_size(fn):
+    _same(fn, A)

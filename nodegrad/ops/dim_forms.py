@@ -93,13 +93,25 @@ def _axis_alias(fn: Callable, torch_name: str = "dim") -> Callable:
     return f
 
 
-def split(x, indices_or_sections, *args, axis=_UNSET, dim=_UNSET):
+def split(x, indices_or_sections=_UNSET, *args, axis=_UNSET, dim=_UNSET,
+          split_size_or_sections=_UNSET):
     """NumPy's split (``indices_or_sections``: a count of equal parts, or cut positions);
-    with PyTorch's ``dim=`` PyTorch's split (a part size, or the sizes of the parts).
+    with PyTorch's ``dim=`` or ``split_size_or_sections=`` PyTorch's split (a part size, or the
+    sizes of the parts).
 
     A list given without ``axis=`` whose entries add up to the axis length reads as PyTorch's
     part sizes as well as NumPy's cut positions (``torch.split(out, [n_users, n_items])``):
     it is split as NumPy's, with a warning that names both keywords."""
+    if split_size_or_sections is not _UNSET:  # PyTorch's keyword: PyTorch's split
+        if indices_or_sections is not _UNSET or axis is not _UNSET:
+            raise TypeError("split: pass the sizes once, and the dimension as dim= (PyTorch)")
+        if len(args) > 1:
+            raise TypeError("split: takes (tensor, split_size_or_sections, dim)")
+        d = args[0] if args else (0 if dim is _UNSET else dim)
+        return Tensor.split(x, split_size_or_sections, d)
+    if indices_or_sections is _UNSET:
+        raise TypeError("split: missing indices_or_sections (NumPy) or split_size_or_sections "
+                        "(PyTorch)")
     if dim is not _UNSET:
         if args or axis is not _UNSET:
             raise TypeError("split: pass the dimension once, as dim= (PyTorch) or axis= (NumPy)")

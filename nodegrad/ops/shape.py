@@ -408,6 +408,9 @@ def split_sizes(x, split_size_or_sections, dim: int = 0) -> list:
     """PyTorch's split: chunks of ``split_size`` (the last may be smaller), or listed sizes."""
     ax = norm_axis(dim, x.ndim, "split")
     n = x.shape[ax]
+    if isinstance(split_size_or_sections, B.np.integer) or (
+            isinstance(split_size_or_sections, Tensor) and split_size_or_sections.ndim == 0):
+        split_size_or_sections = int(split_size_or_sections)  # as PyTorch takes a 0-d tensor
     if isinstance(split_size_or_sections, int):
         s = split_size_or_sections
         if s < 0 or (s == 0 and n):
