@@ -82,7 +82,7 @@ class _SpectralNorm(Module):
                  eps: float = 1e-12):
         super().__init__()
         nd = weight.ndim
-        if not -nd <= dim < max(nd, 1):
+        if not -nd <= dim < nd:
             raise IndexError(f"spectral_norm: dim {dim} is out of range for a weight of shape "
                              f"{tuple(weight.shape)}")
         if n_power_iterations <= 0:
