@@ -1303,6 +1303,12 @@ def _add_to_grad(leaf, g, create_graph: bool, seen: set) -> None:
         g = g.astype(leaf._data.dtype)
     with _GRAD_LOCKS[(id(leaf) >> 4) & 63]:
         old = leaf.grad
+        if old is not None and old.shape != g.shape:
+            raise GradError(f"backward: the .grad of a tensor of shape {tuple(leaf.shape)} has "
+                            f"shape {tuple(old.shape)}, which the new gradient of shape "
+                            f"{tuple(g.shape)} cannot be added into (the tensor changed shape "
+                            "since, through .data?); set its .grad to None first, as PyTorch "
+                            "refuses this too")
         if create_graph:
             if old is not None:
                 leaf.grad = old + g

@@ -37,3 +37,21 @@ def test_the_median_of_no_entries_is_nan_on_the_graph(name, dtype):
     assert str(got.dtype) == dtype and np.isnan(got.item()) and got.requires_grad
     got.backward()
     assert x.grad.shape == tuple(t.grad.shape)
+
+
+def test_a_grad_of_another_shape_is_refused_not_broadcast():
+    """``p.data`` given another shape after a backward: the next backward raises, as PyTorch's,
+    instead of broadcasting the old ``.grad`` into a gradient of the new shape."""
+    t = torch.nn.Parameter(torch.ones(3))
+    (t * 2).sum().backward()
+    t.data = torch.ones(2, 3)
+    with pytest.raises(RuntimeError):
+        (t * 2).sum().backward()
+    p = ng.nn.Parameter(ng.ones(3))
+    (p * 2).sum().backward()
+    p.data = ng.ones(2, 3)
+    with pytest.raises(ng.errors.GradError, match=r"shape \(3,\)"):
+        (p * 2).sum().backward()
+    p.grad = None
+    (p * 2).sum().backward()
+    assert p.grad.shape == (2, 3)
