@@ -336,23 +336,7 @@ def unbind(x, dim: int = 0) -> tuple:
 def movedim(x, source, destination):
     """Move dims ``source`` to positions ``destination`` (ints or sequences), the others
     keeping their order (PyTorch; NumPy's moveaxis)."""
-    src = (source,) if isinstance(source, int | B.np.integer) else tuple(source)
-    dst = (destination,) if isinstance(destination, int | B.np.integer) else tuple(destination)
-    if len(src) != len(dst):
-        raise ShapeError(f"movedim: {len(src)} source dims but {len(dst)} destinations")
-    src = tuple(norm_axis(d, x.ndim, "movedim") for d in src)
-    dst = tuple(norm_axis(d, x.ndim, "movedim") for d in dst)
-    if len(set(src)) != len(src) or len(set(dst)) != len(dst):
-        raise ShapeError(f"movedim: repeated dim in source {source} or destination "
-                         f"{destination}")
-    if x.ndim == 0:  # PyTorch's 0-d rule: dim 0 or -1 names the tensor itself
-        return transpose(x, ())
-    perm = [None] * x.ndim
-    for s, d in zip(src, dst):
-        perm[d] = s
-    rest = iter(d for d in range(x.ndim) if d not in src)
-    perm = [p if p is not None else next(rest) for p in perm]
-    return transpose(x, perm)
+    return S.move_dims(x, source, destination, "movedim")
 
 
 def view_as(x, other):

@@ -228,16 +228,23 @@ def swapaxes(x, axis1: int, axis2: int):
 def moveaxis(x, source, destination):
     """Move axes ``source`` to positions ``destination`` (ints or sequences, as NumPy's and
     PyTorch's), the others keeping their order; a 0-d tensor takes 0 or -1, as PyTorch's."""
+    return move_dims(x, source, destination, "moveaxis")
+
+
+def move_dims(x, source, destination, name: str):
+    """``moveaxis``/``movedim`` (``name``, and the word its errors use)."""
+    what = "dim" if name == "movedim" else "axis"
     src = (source,) if isinstance(source, int | B.np.integer) else tuple(source)
     dst = (destination,) if isinstance(destination, int | B.np.integer) else tuple(destination)
     if len(src) != len(dst):
-        raise ShapeError(f"moveaxis: {len(src)} source axes but {len(dst)} destinations")
-    src = tuple(norm_axis(a, x.ndim, "moveaxis") for a in src)
-    dst = tuple(norm_axis(a, x.ndim, "moveaxis") for a in dst)
+        raise ShapeError(f"{name}: {len(src)} source {'dims' if what == 'dim' else 'axes'} "
+                         f"but {len(dst)} destinations")
+    src = tuple(norm_axis(a, x.ndim, name) for a in src)
+    dst = tuple(norm_axis(a, x.ndim, name) for a in dst)
     if len(set(src)) != len(src) or len(set(dst)) != len(dst):
-        raise ShapeError(f"moveaxis: repeated axis in source {source} or destination "
+        raise ShapeError(f"{name}: repeated {what} in source {source} or destination "
                          f"{destination}")
-    if x.ndim == 0:
+    if x.ndim == 0:  # PyTorch's 0-d rule: dim 0 or -1 names the tensor itself
         return _same_view(x)
     perm = [None] * x.ndim
     for a, b in zip(src, dst):
