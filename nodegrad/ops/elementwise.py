@@ -168,8 +168,7 @@ def _remainder_fwd(xp, x, y):
     kept), where NumPy's takes y's."""
     out = xp.remainder(x, y)
     if getattr(out, "dtype", None) is not None and out.dtype.kind == "f":
-        out = xp.where(out == 0, xp.where(xp.signbit(x), -0.0, 0.0), out).astype(
-            out.dtype, copy=False)
+        out = xp.where(out == 0, xp.copysign(out, x), out).astype(out.dtype, copy=False)
     return out
 
 
