@@ -1203,88 +1203,77 @@ def note_eager_work() -> None:
 
 def _ln_rows(x, w, b, k: int, g=None):
     """(rows, n): ``x`` read as rows of its last ``k`` axes, for layer norm's loops; None where
-    they do not take these arrays: not :func:`_loopable`, a weight or bias not C-ordered of
-    those axes' shape and ``x``'s dtype, or a cotangent that is neither C-ordered nor one value
-    broadcast (whose products NumPy would then lay out otherwise, and sum in another order)."""
-    if not 1 <= k <= getattr(x, "ndim", 0) or not _loopable(x):
+    they do not take these arrays: not :func:`_loopable` (with ``g``), or a weight or bias not
+    C-ordered of those axes' shape and ``x``'s dtype."""
+    if not 1 <= k <= getattr(x, "ndim", 0) or not (_loopable(x) if g is None else
+                                                   _loopable(x, g)):
         return None
     tail = x.shape[x.ndim - k:]
     for a in (w, b):
         if a is not None and (type(a) is not np.ndarray or a.dtype != x.dtype
                               or a.shape != tail or not a.flags.c_contiguous):
             return None
-    if g is not None and (type(g) is not np.ndarray or g.dtype != x.dtype or g.shape != x.shape
-                          or not (g.flags.c_contiguous or not any(g.strides))):
-        return None
     n = math.prod(tail)
     return x.size // n, n
 
 
-def _ln_stats(x, rows: int, n: int, k: int, eps: float, mean):
-    """(μ, 1/σ) per row, and a scratch array of ``x``'s shape: the rules' ``mean(x)`` and
-    ``1 / sqrt(mean((x - μ)²) + eps)`` with ``mean`` itself, the squares in one loop."""
-    axes = tuple(range(x.ndim - k, x.ndim))
-    mu = mean(x, axes)
-    sq = np.empty(x.shape, x.dtype)
-    cpu_kernels().ln_sq_dev(x.reshape(rows, n), mu.reshape(rows), sq.reshape(rows, n))
-    r = 1 / np.sqrt(mean(sq, axes) + eps)
-    return mu.reshape(rows), r.reshape(rows), sq
+def _ln_consts(x, n: int, eps: float) -> tuple:
+    """The loops' n, eps, 0 and 1 in ``x``'s dtype (eps rounded to it, as NumPy rounds a
+    Python float added to an array)."""
+    t = x.dtype.type
+    return t(n), t(eps), t(0), t(1)
 
 
-def layer_norm(x, w, b, k: int, eps: float, mean) -> np.ndarray | None:
-    """Layer norm over the last ``k`` axes, ``((x - μ) / σ) w + b`` (ops.nn's formula, with its
-    ``mean(a, axes)``: the same sums in the same order, and the same operations between them,
-    so the same bits) in two loops around the two means where numba is loaded: four passes over
-    memory instead of five to seven, and two temporaries fewer. None where :func:`_ln_rows` says
-    no."""
+def layer_norm(x, w, b, k: int, eps: float) -> np.ndarray | None:
+    """Layer norm over the last ``k`` axes, ``((x - μ) / σ) w + b``, in one numba pass per row:
+    ops.nn's rules, the same operations in the same order and their sums as NumPy's
+    ``np.add.reduce`` adds them, so the same bits; rows split over two threads as
+    :func:`pool_split`'s loops are. None where :func:`_ln_rows` says no."""
     shape = _ln_rows(x, w, b, k)
     if shape is None:
         return None
     rows, n = shape
-    mu, r, out = _ln_stats(x, rows, n, k, eps, mean)
+    out = np.empty(x.shape, x.dtype)
     none = x.reshape(-1)[:0]
-    cpu_kernels().ln_affine(x.reshape(rows, n), mu, r, none if w is None else w.reshape(-1),
-                            none if b is None else b.reshape(-1), out.reshape(rows, n),
-                            w is not None, b is not None)
+    kern = cpu_kernels()
+    block = kern.LN_BLOCK
+    kern.ln_forward(x.reshape(-1), none if w is None else w.reshape(-1),
+                    none if b is None else b.reshape(-1), out.reshape(-1),
+                    np.empty(block * n, x.dtype), np.empty(block, x.dtype),
+                    np.empty(block, x.dtype), 0, rows, n, *_ln_consts(x, n, eps),
+                    w is not None, b is not None)
     return out
 
 
-def layer_norm_grads(needs, g, x, w, k: int, eps: float, mean, total) -> tuple | None:
-    """Layer norm's first-order VJP (dx, dw, db), None where not needed, as ops.nn's rules:
-    ``dx = (v - mean(v) - x̂ mean(v x̂)) / σ`` with ``v = g w``, ``dw = Σ g x̂`` and ``db = Σ g``
-    over the leading axes, each sum by ``mean``/``total`` on arrays laid out as the rules' and
-    every element-wise step in a loop (the same bits). None where :func:`_ln_rows` says no."""
+def layer_norm_grads(needs, g, x, w, k: int, eps: float, out=None) -> tuple | None:
+    """Layer norm's first-order VJP (dx, dw, db), None where not needed, in one numba pass
+    over the rows: ops.nn's rules (``dx = (v - mean(v) - x̂ mean(v x̂)) / σ`` with ``v = g w``,
+    ``dw = Σ g x̂`` and ``db = Σ g`` over the leading axes), the same operations and sums, so
+    the same bits. ``out``: a flat buffer the wanted results are written into, in that order
+    (a compiled program's); None where :func:`_ln_rows` says no."""
+    if type(g) is np.ndarray and g.shape == x.shape and g.size and not any(g.strides):
+        g = np.ascontiguousarray(g)  # one value broadcast (y.sum().backward()): written out
     shape = _ln_rows(x, w, None, k, g)
-    if shape is None:
+    if shape is None or shape[1] == 1:  # rows of one: NumPy adds the leading axes pairwise
         return None
     rows, n = shape
-    axes = tuple(range(x.ndim - k, x.ndim))
-    lead = tuple(range(x.ndim - k))
-    has_w, want_dx = w is not None, bool(needs[0])
-    want_gh = bool(needs[1]) and has_w
-    dx = dw = db = None
-    if want_dx or want_gh:
-        mu, r, gxh = _ln_stats(x, rows, n, k, eps, mean)
-        gx = np.empty(x.shape, x.dtype) if want_dx and has_w else None
-        gh = np.empty(x.shape, x.dtype) if want_gh else None
-        kern, none = cpu_kernels(), x.reshape(-1)[:0]
-        x2, wf = x.reshape(rows, n), none if w is None else w.reshape(-1)
-        gs = int(g.flags.c_contiguous)  # else one value broadcast: a row of it, read repeatedly
-        g2 = g.reshape(rows, n) if gs else np.full((1, n), g.reshape(-1)[0], g.dtype)
-        kern.ln_grad_parts(x2, g2, gs, mu, r, wf, none.reshape(0, 0) if gx is None else
-                           gx.reshape(rows, n), gxh.reshape(rows, n),
-                           none.reshape(0, 0) if gh is None else gh.reshape(rows, n),
-                           has_w and want_dx, want_dx, want_gh)
-        if want_dx:
-            m1 = mean(g if gx is None else gx, axes).reshape(rows)
-            m2 = mean(gxh, axes).reshape(rows)
-            kern.ln_grad_dx(x2, g2, gs, mu, r, wf, m1, m2, gxh.reshape(rows, n), has_w)
-            dx = gxh
-        if want_gh:
-            dw = total(gh, lead)
-    if needs[2]:
-        db = total(g, lead)
-    return dx, dw, db
+    has_w = w is not None
+    want = (bool(needs[0]), bool(needs[1]) and has_w, bool(needs[2]))
+    sizes = (x.size, n, n)
+    if out is None:
+        out = np.empty(sum(s for s, on in zip(sizes, want) if on), x.dtype)
+    parts, at = [], 0
+    for s, on in zip(sizes, want):
+        parts.append(out[at:at + s] if on else out[:0])
+        at += s if on else 0
+    kern = cpu_kernels()
+    block = kern.LN_BLOCK
+    kern.ln_backward(x.reshape(-1), g.reshape(-1), w.reshape(-1) if has_w else parts[0],
+                     *parts, np.empty(2 * block * n, x.dtype), np.empty(4 * block, x.dtype),
+                     np.empty(block, x.dtype), n, *_ln_consts(x, n, eps), has_w, *want)
+    tail = x.shape[x.ndim - k:]
+    return tuple(p.reshape(s) if on else None
+                 for p, on, s in zip(parts, want, (x.shape, tail, tail)))
 
 
 def cpu_kernels():

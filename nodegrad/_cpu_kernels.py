@@ -151,78 +151,6 @@ def ce_grad(p, s, t, scale, one):
             p[j, i] = q * scale
 
 
-# --- layer norm ---
-# Layer normalisation's element-wise passes over (rows, n) views, each row's mean and 1/σ given
-# (NumPy's sums computed them): NumPy's subtract, multiply and add in the rules' order, one
-# rounding each in the dtype. x̂ = (x - μ) · r is recomputed where needed, the same two roundings.
-@numba.njit(**_OPTS)
-def ln_sq_dev(x, mu, out):
-    """``out[i, j] = d * d`` with ``d = x[i, j] - mu[i]``: the squared deviations."""
-    rows, n = x.shape
-    for i in range(rows):
-        m = mu[i]
-        for j in range(n):
-            d = x[i, j] - m
-            out[i, j] = d * d
-
-
-@numba.njit(**_OPTS)
-def ln_affine(x, mu, r, w, b, out, has_w, has_b):
-    """``out[i, j] = ((x[i, j] - mu[i]) * r[i]) * w[j] + b[j]``, without the weight or the bias
-    where ``has_w`` / ``has_b`` are false (``w``, ``b`` then unread)."""
-    rows, n = x.shape
-    for i in range(rows):
-        m, s = mu[i], r[i]
-        if has_w and has_b:
-            for j in range(n):
-                out[i, j] = ((x[i, j] - m) * s) * w[j] + b[j]
-        elif has_w:
-            for j in range(n):
-                out[i, j] = ((x[i, j] - m) * s) * w[j]
-        elif has_b:
-            for j in range(n):
-                out[i, j] = ((x[i, j] - m) * s) + b[j]
-        else:
-            for j in range(n):
-                out[i, j] = (x[i, j] - m) * s
-
-
-@numba.njit(**_OPTS)
-def ln_grad_parts(x, g, gs, mu, r, w, gx, gxh, gh, has_w, want_gxh, want_gh):
-    """The products the VJP sums, with ``xh = (x[i, j] - mu[i]) * r[i]`` and ``v = g[i * gs, j]
-    * w[j]`` (``g[i * gs, j]`` without the weight; ``gs`` 0 for one row of ``g`` repeated):
-    ``gx = v`` (with the weight), ``gxh = v * xh`` and ``gh = g * xh`` where wanted."""
-    rows, n = x.shape
-    for i in range(rows):
-        m, s, gi = mu[i], r[i], i * gs
-        for j in range(n):
-            xh = (x[i, j] - m) * s
-            gv = g[gi, j]
-            v = gv
-            if has_w:
-                v = gv * w[j]
-                gx[i, j] = v
-            if want_gxh:
-                gxh[i, j] = v * xh
-            if want_gh:
-                gh[i, j] = gv * xh
-
-
-@numba.njit(**_OPTS)
-def ln_grad_dx(x, g, gs, mu, r, w, m1, m2, out, has_w):
-    """``out[i, j] = ((v - m1[i]) - xh * m2[i]) * r[i]`` with ``xh`` and ``v`` as in
-    :func:`ln_grad_parts`; ``m1``, ``m2`` the rows' means of ``v`` and ``v * xh``."""
-    rows, n = x.shape
-    for i in range(rows):
-        m, s, a, c, gi = mu[i], r[i], m1[i], m2[i], i * gs
-        if has_w:
-            for j in range(n):
-                out[i, j] = ((g[gi, j] * w[j] - a) - ((x[i, j] - m) * s) * c) * s
-        else:
-            for j in range(n):
-                out[i, j] = ((g[gi, j] - a) - ((x[i, j] - m) * s) * c) * s
-
-
 @numba.njit(**_OPTS)
 def outer_stack(x, y, out):
     """``out[b, i, j] = x[b, i] * y[b, j]`` for (B, m) ``x``, (B, n) ``y`` and (B, m, n)
@@ -593,32 +521,61 @@ def hardswish_grad(g, x, out, three, half, zero):
 # (:func:`_pairwise`).
 
 
+@intrinsic
+def _lanes8(typingctx, a, lo, blocks):
+    """``((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))`` for the running sums
+    ``r_l = a[lo + l] + a[lo + 8 + l] + ...`` over ``blocks`` (>= 1) blocks of eight elements of
+    the C-ordered float array ``a``: the eight sums in one vector register. numba leaves LLVM's
+    SLP vectoriser off, so the same eight sums written as scalars ran one add at a time (a
+    128-element row: 4x slower); each lane adds in the scalars' order, the same bits."""
+    if not (isinstance(a, types.Array) and a.layout == "C"
+            and a.dtype in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ary, start, count = args
+        vty = ir.VectorType(context.get_value_type(a.dtype), 8)
+        i64, align = ir.IntType(64), a.dtype.bitwidth // 8
+        data = context.make_array(a)(context, builder, ary).data
+        base = builder.bitcast(builder.gep(data, [start]), vty.as_pointer())
+        first = builder.load(base, align=align)
+        entry = builder.block
+        loop = builder.append_basic_block("lanes8.loop")
+        done = builder.append_basic_block("lanes8.done")
+        one = ir.Constant(i64, 1)
+        builder.cbranch(builder.icmp_signed(">", count, one), loop, done)
+        builder.position_at_end(loop)
+        i, acc = builder.phi(i64), builder.phi(vty)
+        nxt = builder.fadd(acc, builder.load(builder.gep(base, [i]), align=align))
+        inc = builder.add(i, one)
+        i.add_incoming(one, entry)
+        i.add_incoming(inc, loop)
+        acc.add_incoming(first, entry)
+        acc.add_incoming(nxt, loop)
+        builder.cbranch(builder.icmp_signed("<", inc, count), loop, done)
+        builder.position_at_end(done)
+        res = builder.phi(vty)
+        res.add_incoming(first, entry)
+        res.add_incoming(nxt, loop)
+        r = [builder.extract_element(res, ir.Constant(ir.IntType(32), k)) for k in range(8)]
+        f = builder.fadd
+        return f(f(f(r[0], r[1]), f(r[2], r[3])), f(f(r[4], r[5]), f(r[6], r[7])))
+    return a.dtype(a, types.uint64, types.int64), codegen
+
+
 @numba.njit(inline="always", **_OPTS)
 def _pairwise_block(a, lo, n, zero):
     """:func:`_pairwise` of up to 128 elements: below 8 in turn from ``zero``, else in eight
-    running sums combined as ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the tail in turn.
-    Indices are unsigned (``_U``, as in :func:`im2col_2d`): with signed ones numba's
-    wraparound checks kept the eight sums from vectorising (3x slower)."""
+    running sums combined as ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)) (:func:`_lanes8`), then the
+    tail in turn. Indices are unsigned (``_U``, as in :func:`im2col_2d`): no wraparound
+    checks."""
     if n < 8:
         res = zero
         for i in range(n):
             res += a[lo + _U(i)]
         return res
-    r0, r1, r2, r3 = a[lo], a[lo + _U(1)], a[lo + _U(2)], a[lo + _U(3)]
-    r4, r5, r6, r7 = a[lo + _U(4)], a[lo + _U(5)], a[lo + _U(6)], a[lo + _U(7)]
     end = n - n % 8
-    b, stop = lo + _U(8), lo + _U(end)
-    while b < stop:
-        r0 += a[b]
-        r1 += a[b + _U(1)]
-        r2 += a[b + _U(2)]
-        r3 += a[b + _U(3)]
-        r4 += a[b + _U(4)]
-        r5 += a[b + _U(5)]
-        r6 += a[b + _U(6)]
-        r7 += a[b + _U(7)]
-        b += _U(8)
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    res = _lanes8(a, lo, end // 8)
     for j in range(end, n):
         res += a[lo + _U(j)]
     return res
@@ -640,8 +597,103 @@ def _pairwise(a, lo, n, zero):
 def _row_sum(a, lo, n, zero):
     """The sum of the row ``a[lo:lo + n]`` as ``np.add.reduce`` adds a contiguous axis:
     ``zero`` (its identity, where it starts) plus the pairwise sum of the elements (so an
-    all -0.0 row sums to 0.0, as NumPy's)."""
+    all -0.0 row sums to 0.0, as NumPy's). Up to 128 elements inline, without the call to
+    the recursive :func:`_pairwise` (~13 ns a row)."""
+    if n <= 128:
+        return zero + _pairwise_block(a, lo, n, zero)
     return zero + _pairwise(a, lo, n, zero)
+
+
+# --- layer norm ---
+# Layer normalisation over flat C-ordered rows of ``n``, LN_BLOCK rows at a time while they are
+# in cache: ops.nn's rules in their order, each step one rounding in the dtype, and their sums
+# as NumPy's ``np.add.reduce`` adds a C-ordered array (the rules' ``layer_norm_sum``): a row's
+# as :func:`_row_sum`, the leading axes' (the weight's and bias's gradients) row by row from
+# zero. Each pass runs over the block's rows in turn, so that the rows' sums, each one chain of
+# dependent adds, overlap in the core (one row at a time: 1.7x slower).
+LN_BLOCK = 16
+
+
+@numba.njit(inline="always", **_OPTS)
+def _ln_block_stats(x, i0, rows, n, nf, eps, zero, one, d, mu, r):
+    """``mu[k]`` and ``r[k]``, (μ, 1/σ) of the rows ``i0 + k`` for ``k < rows``: ``μ = Σx / n``,
+    ``1/σ = 1 / sqrt(Σ(x - μ)² / n + eps)``, the squares in the scratch ``d[:rows * n]``."""
+    for k in range(rows):
+        mu[k] = _row_sum(x, _U((i0 + k) * n), n, zero) / nf
+    for k in range(rows):
+        o, q, m = _U((i0 + k) * n), _U(k * n), mu[k]
+        for j in range(n):
+            t = x[o + _U(j)] - m
+            d[q + _U(j)] = t * t
+    for k in range(rows):
+        r[k] = one / math.sqrt(_row_sum(d, _U(k * n), n, zero) / nf + eps)
+
+
+@numba.njit(**_OPTS)
+def ln_forward(x, w, b, out, d, mu, r, lo, hi, n, nf, eps, zero, one, has_w, has_b):
+    """Rows ``lo`` to ``hi`` of ``out = ((x - μ) · (1/σ)) · w + b`` (without the weight or the
+    bias where ``has_w`` / ``has_b`` are false: ``w``, ``b`` then unread); ``d`` a scratch of
+    ``LN_BLOCK * n``, ``mu`` and ``r`` of ``LN_BLOCK``."""
+    for i0 in range(lo, hi, LN_BLOCK):
+        rows = min(LN_BLOCK, hi - i0)
+        _ln_block_stats(x, i0, rows, n, nf, eps, zero, one, d, mu, r)
+        for k in range(rows):
+            o, m, s = _U((i0 + k) * n), mu[k], r[k]
+            if has_w and has_b:
+                for j in range(n):
+                    out[o + _U(j)] = ((x[o + _U(j)] - m) * s) * w[_U(j)] + b[_U(j)]
+            elif has_w:
+                for j in range(n):
+                    out[o + _U(j)] = ((x[o + _U(j)] - m) * s) * w[_U(j)]
+            elif has_b:
+                for j in range(n):
+                    out[o + _U(j)] = ((x[o + _U(j)] - m) * s) + b[_U(j)]
+            else:
+                for j in range(n):
+                    out[o + _U(j)] = (x[o + _U(j)] - m) * s
+
+
+@numba.njit(**_OPTS)
+def ln_backward(x, g, w, dx, dw, db, d, mu, r, n, nf, eps, zero, one, has_w, want_dx, want_dw,
+                want_db):
+    """Layer norm's VJP for cotangent ``g``, with ``x̂ = (x - μ) · (1/σ)`` and ``v = g · w``
+    (``g`` without the weight): ``dx = ((v - Σv / n) - x̂ · (Σ(v x̂) / n)) · (1/σ)`` by rows,
+    ``dw = Σ g x̂`` and ``db = Σ g`` over the rows, each where wanted (the others unwritten);
+    ``d`` a scratch of ``2 * LN_BLOCK * n``, ``mu`` and ``r`` of ``4 * LN_BLOCK``."""
+    if want_dw:
+        for j in range(n):
+            dw[_U(j)] = zero
+    if want_db:
+        for j in range(n):
+            db[_U(j)] = zero
+    rows_all, half = x.size // n, _U(LN_BLOCK * n)
+    m1, m2 = mu[2 * LN_BLOCK:3 * LN_BLOCK], mu[3 * LN_BLOCK:]
+    for i0 in range(0, rows_all, LN_BLOCK):
+        rows = min(LN_BLOCK, rows_all - i0)
+        _ln_block_stats(x, i0, rows, n, nf, eps, zero, one, d, mu, r)
+        if want_dx:  # v in d's first half, v x̂ in its second
+            for k in range(rows):
+                o, q, m, s = _U((i0 + k) * n), _U(k * n), mu[k], r[k]
+                for j in range(n):
+                    gj = g[o + _U(j)]
+                    vj = gj * w[_U(j)] if has_w else gj
+                    d[q + _U(j)] = vj
+                    d[half + q + _U(j)] = vj * ((x[o + _U(j)] - m) * s)
+            for k in range(rows):
+                m1[k] = _row_sum(d, _U(k * n), n, zero) / nf
+                m2[k] = _row_sum(d, half + _U(k * n), n, zero) / nf
+            for k in range(rows):
+                o, q, m, s, a, c = _U((i0 + k) * n), _U(k * n), mu[k], r[k], m1[k], m2[k]
+                for j in range(n):
+                    dx[o + _U(j)] = ((d[q + _U(j)] - a) - ((x[o + _U(j)] - m) * s) * c) * s
+        for k in range(rows):
+            o, m, s = _U((i0 + k) * n), mu[k], r[k]
+            if want_dw:
+                for j in range(n):
+                    dw[_U(j)] += g[o + _U(j)] * ((x[o + _U(j)] - m) * s)
+            if want_db:
+                for j in range(n):
+                    db[_U(j)] += g[o + _U(j)]
 
 
 @numba.njit(inline="always")

@@ -80,7 +80,8 @@ ND = ("matrix", "3d", "size1", "empty", "noncontig")  # at least two dims
 # Second-order checks run on these cases (by name); the matrix test keeps the list honest.
 ORDER2 = ("multiply", "divide", "exp", "log", "tanh", "sigmoid", "softplus", "gelu",
           "gelu_tanh", "matmul", "logsumexp", "softmax", "log_softmax", "sum", "mean", "max",
-          "getitem_repeat", "take_along_axis", "sliding_window_view", "concatenate", "pad",
+          "layer_norm_sum", "getitem_repeat", "take_along_axis", "sliding_window_view",
+          "concatenate", "pad",
           "einsum", "power", "linear", "binary_cross_entropy", "conv", "conv_input_grad",
           "conv_weight_grad", "cross_entropy", "cross_entropy_grad", "tanh_grad", "sigmoid_grad",
           "gru_update", "gru_scan", "sin_grad", "cos_grad", "layer_norm", "gelu_grad",
@@ -408,6 +409,13 @@ case("binary_cross_entropy", _bce)
 
 
 # --- reductions ----------------------------------------------------------------------------
+def _axis_tuple(x, axis) -> tuple:
+    """``axis`` (None, an int or a tuple) as the tuple of non-negative axes a primitive takes."""
+    if axis is None:
+        return tuple(range(x.ndim))
+    return tuple(a % max(x.ndim, 1) for a in ((axis,) if isinstance(axis, int) else axis))
+
+
 def reduction(name, fn, tfn, domain="real", min_len=1, nonempty=False, **kw):
     """``fn(x, axis, keepdims)`` over drawn axes, with its torch twin ``tfn(t, dims, keep)``."""
     def build(draw, layout):
@@ -422,6 +430,9 @@ def reduction(name, fn, tfn, domain="real", min_len=1, nonempty=False, **kw):
 
 reduction("sum", ng.sum, lambda t, **k: t.sum(**k), min_len=0)  # empty axes sum to 0
 reduction("mean", ng.mean, lambda t, **k: t.mean(**k))
+reduction("layer_norm_sum", lambda x, a, k: P["layer_norm_sum"](x, axis=_axis_tuple(x, a),
+                                                                keepdims=k),
+          lambda t, **k: t.sum(**k), min_len=0)  # NumPy's own reduction: layer norm's sums
 # NumPy's call (keepdims= by keyword: a positional dim with max/min is PyTorch's)
 reduction("max", lambda x, a, k: ng.max(x, a, keepdims=k), lambda t, **k: t.amax(**k), "distinct")
 reduction("min", lambda x, a, k: ng.min(x, a, keepdims=k), lambda t, **k: t.amin(**k), "distinct")
@@ -2574,6 +2585,30 @@ def _attention_grad_build(draw):
 FORWARD.append(Forward("attention_grad", lambda g, q, k, v, scale, causal: P[
     "attention_grad"](g, q, k, v, scale=scale, causal=causal), _attention_grad_ref,
     _attention_grad_build, rtol=1e-9))
+def _layer_norm_grad_ref(g, x, w, k, eps, want):
+    """Layer norm's VJP in float64 NumPy: the wanted dx, dw, db flattened and joined."""
+    axes, lead = tuple(range(x.ndim - k, x.ndim)), tuple(range(x.ndim - k))
+    xc = x - x.mean(axes, keepdims=True)
+    r = 1 / np.sqrt((xc * xc).mean(axes, keepdims=True) + eps)
+    xh, v = xc * r, g * w
+    dx = (v - v.mean(axes, keepdims=True) - xh * (v * xh).mean(axes, keepdims=True)) * r
+    parts = (dx, (g * xh).sum(lead), g.sum(lead))
+    return np.concatenate([p.reshape(-1) for p, on in zip(parts, want) if on])
+
+
+def _layer_norm_grad_build(draw):
+    k = draw(st.integers(1, 2))
+    tail = tuple(draw(st.integers(2, 5)) for _ in range(k))
+    lead = tuple(draw(st.integers(1, 4)) for _ in range(draw(st.integers(1, 2))))
+    x = arr(draw, lead + tail)
+    assume(np.all(np.std(x.reshape(-1, math.prod(tail)), axis=1) > 0.1))  # away from var = 0
+    want = draw(st.sampled_from([(True, True, True), (True, False, False), (False, True, True),
+                                 (False, False, True)]))
+    return (arr(draw, lead + tail), x, arr(draw, tail)), {"k": k, "eps": 1e-5, "want": want}
+
+
+FORWARD.append(Forward("layer_norm_grad", lambda g, x, w, k, eps, want: P["layer_norm_grad"](
+    g, x, w, k=k, eps=eps, want=want), _layer_norm_grad_ref, _layer_norm_grad_build, rtol=1e-9))
 FORWARD.append(Forward("argsort", lambda x, axis, descending: P["argsort"](
     x, axis=axis, descending=descending), _argsort_ref,
     _axis_build(("coarse", "int"), descending=st.booleans())))

@@ -58,3 +58,17 @@ def test_a_jitted_layer_norm_model_equals_eager():
     jitted_training_equals_eager(ng.nn.Sequential(
         ng.nn.Linear(30, 32), ng.nn.LayerNorm(32), ng.nn.GELU(), ng.nn.Linear(32, 3)),
         ng.optim.AdamW, steps=4, lr=1e-2)
+
+
+def test_the_packed_vjp_batches_over_weights_and_inputs_as_a_loop():
+    """``layer_norm_grad`` (the first-order VJP as one op) under vmap, with the weights batched
+    too: each example's dx, dw and db, as one call per example gives them."""
+    rng = np.random.default_rng(4)
+    gs, xs = (ng.tensor(rng.standard_normal((3, 4, 5, 6))) for _ in range(2))
+    ws = ng.tensor(rng.standard_normal((3, 6)))
+    op = ng.primitives["layer_norm_grad"]
+    for want in ((True, True, True), (False, True, False)):
+        got = ng.vmap(lambda g, x, w: op(g, x, w, k=1, eps=1e-5, want=want))(gs, xs, ws)
+        loop = np.stack([op(gs[i], xs[i], ws[i], k=1, eps=1e-5, want=want).numpy()
+                         for i in range(3)])
+        np.testing.assert_allclose(got.numpy(), loop, rtol=1e-12, atol=1e-12)

@@ -19,7 +19,7 @@ from .elementwise import _sigmoid as _sigmoid_np
 from .elementwise import _relu_grad, _relu_grad_fwd, relu
 from .elementwise import (_sigmoid_grad, _tanh_grad, astype, exp, log, log1p, maximum,
                           sigmoid, sqrt, tanh)
-from .reduce import _mean, _sum
+from .reduce import _spread, _sum
 from .shape import (broadcast_to, concatenate, expand_dims, flip, keepdims_shape, moveaxis,
                     norm_axes, norm_axis, reshape, stack, swapaxes, transpose)
 
@@ -327,9 +327,29 @@ def linear_relu(x, weight, bias=None):
 # One primitive for what was ~13 binds (two means, a variance, the quotient, the affine step)
 # forward and ~20 backward. Its forward and rules are written once (_ln_*), run on host arrays
 # by the forward and the first-order VJP (vjp_raw) and on tensors by the rules, which higher
-# derivatives, the jit and vmap differentiate: the same NumPy operations in the same order
-# either way (the tensor ops' forwards), so the same bits. Where numba is loaded, the host forms'
-# element-wise steps run as loops between the very same sums (_backend.layer_norm, _grads).
+# derivatives and vmap differentiate: the same NumPy operations in the same order either way
+# (the tensor ops' forwards), so the same bits. Its sums are NumPy's own reductions
+# (layer_norm_sum: a row's pairwise sum, the leading axes row by row), whose order a loop can
+# follow: where numba is loaded, the forward and the VJP run as one pass over the rows each
+# (_backend.layer_norm, layer_norm_grads), the same bits. A first-order backward, eager or
+# compiled, runs the VJP as one more primitive, layer_norm_grad.
+def _ln_sum_fwd(xp, x, axis, keepdims):
+    if xp is B.np:  # a C-ordered row as 0 plus its pairwise sum, leading axes row by row
+        return xp.add.reduce(x, axis=axis, keepdims=keepdims)
+    return xp.sum(x, axis=axis, keepdims=keepdims)
+
+
+_ln_sum = primitive(
+    "layer_norm_sum", _ln_sum_fwd, lambda g, ans, x, axis, keepdims: _spread(g, x, axis, keepdims),
+    saves="none", kind="reduce", jvp="linear",
+    doc="Sum over axes as NumPy's np.add.reduce adds them: layer norm's sums, in the order its "
+        "loops follow.")
+
+
+def _count(shape, axes) -> int:
+    return math.prod(shape[a] for a in axes)
+
+
 class _Arrays:
     """The few operations of the _ln_* formulas on one backend's arrays (``xp``): the
     primitives' forwards."""
@@ -338,10 +358,10 @@ class _Arrays:
         self.xp = xp
 
     def mean(self, a, axes):
-        return _mean.fwd(self.xp, a, axes, True)
+        return _ln_sum_fwd(self.xp, a, axes, True) / _count(a.shape, axes)
 
     def sum(self, a, axes):
-        return _sum.fwd(self.xp, a, axes, False)
+        return _ln_sum_fwd(self.xp, a, axes, False)
 
     def sqrt(self, a):
         return self.xp.sqrt(a)
@@ -355,11 +375,11 @@ class _Tensors:
 
     @staticmethod
     def mean(a, axes):
-        return _mean(a, axis=axes, keepdims=True)
+        return _ln_sum(a, axis=axes, keepdims=True) / _count(a.shape, axes)
 
     @staticmethod
     def sum(a, axes):
-        return _sum(a, axis=axes, keepdims=False)
+        return _ln_sum(a, axis=axes, keepdims=False)
 
     sqrt = staticmethod(sqrt)
 
@@ -373,8 +393,8 @@ def _ln_norm(m, x, k: int, eps: float):
 
 
 def _ln_fwd(xp, x, w, b, k, eps):
-    if xp is B.np:  # the same operations and sums in four passes, where numba is loaded
-        y = B.layer_norm(x, w, b, k, eps, _HOST.mean)
+    if xp is B.np:  # the same operations and sums in one pass, where numba is loaded
+        y = B.layer_norm(x, w, b, k, eps)
         if y is not None:
             return y
     y, _ = _ln_norm(_HOST if xp is B.np else _Arrays(xp), x, k, eps)
@@ -385,11 +405,12 @@ def _ln_fwd(xp, x, w, b, k, eps):
     return y
 
 
-def _ln_grads(m, needs, g, x, w, k, eps):
-    """(dx, dw, db) of ``x̂ w + b`` for cotangent ``g`` (None where not needed)."""
+def _ln_grads(m, needs, g, x, w, k, eps, first: int = 0):
+    """(dx, dw, db) of ``x̂ w + b`` for cotangent ``g`` (None where not needed); ``first``
+    leading axes are a batch's (not summed)."""
     xhat, rstd = _ln_norm(m, x, k, eps)
     axes = tuple(range(x.ndim - k, x.ndim))
-    lead = tuple(range(x.ndim - k))
+    lead = tuple(range(first, x.ndim - k))
     dx = dw = db = None
     if needs[0]:
         gx = g if w is None else g * w
@@ -401,16 +422,65 @@ def _ln_grads(m, needs, g, x, w, k, eps):
     return dx, dw, db
 
 
+def _ln_host_grads(needs, g, x, w, k, eps, out=None):
+    """:func:`_ln_grads` on host arrays: in the loops where they take them, else NumPy's."""
+    with B.np.errstate(divide="ignore", invalid="ignore"):  # as the rules' ops: no warnings
+        res = B.layer_norm_grads(needs, g, x, w, k, eps, out)
+        return res if res is not None else _ln_grads(_HOST, needs, g, x, w, k, eps)
+
+
 def _ln_vjp(needs, g, ans, x, w, b, k, eps):
+    m = modes()
+    if (not m.grad_enabled and not m.traces and g._data.flags.c_contiguous
+            and x._data.flags.c_contiguous):  # a first-order backward, eager or traced, of
+        # C-ordered arrays (whose results the rules lay out C-ordered too, as the packed ones)
+        want = (bool(needs[0]), bool(needs[1]) and w is not None, bool(needs[2]))
+        packed = _layer_norm_grad(g, x, w, k=k, eps=eps, want=want)
+        tail = x.shape[x.ndim - k:]
+        out, at = [], 0
+        for on, shape in zip(want, (x.shape, tail, tail)):
+            size = math.prod(shape) if on else 0
+            out.append(packed[at:at + size].reshape(shape) if on else None)
+            at += size
+        return tuple(out)
     return _ln_grads(_Tensors, needs, g, x, w, k, eps)
 
 
 def _ln_raw(needs, g, ans, x, w, b, k, eps):
     if type(x) is not B.ndarray:
         return None
-    with B.np.errstate(divide="ignore", invalid="ignore"):  # as the rules' ops: no warnings
-        out = B.layer_norm_grads(needs, g, x, w, k, eps, _HOST.mean, _HOST.sum)  # in loops
-        return out if out is not None else _ln_grads(_HOST, needs, g, x, w, k, eps)
+    return _ln_host_grads(needs, g, x, w, k, eps)
+
+
+def _ln_grad_fwd(xp, g, x, w, k, eps, want):
+    """The wanted (dx, dw, db) flattened one after the other in one array: written there by
+    the loops where they take the arrays, else the rules' NumPy (or CuPy) form, joined."""
+    if xp is B.np:
+        tail = math.prod(x.shape[x.ndim - k:])
+        out = xp.empty(sum(s for s, on in zip((x.size, tail, tail), want) if on), x.dtype)
+        with xp.errstate(divide="ignore", invalid="ignore"):
+            if B.layer_norm_grads(want, g, x, w, k, eps, out) is not None:
+                return out
+    res = _ln_grads(_HOST if xp is B.np else _Arrays(xp), want, g, x, w, k, eps)
+    return xp.concatenate([r.reshape(-1) for r in res if r is not None])
+
+
+def _ln_grad_batch(vals, bdims, k, eps, want):
+    """A batch of examples: the rules with the batch axis first and kept out of the sums, each
+    example's results joined as its own row."""
+    n = size_of(vals, bdims)
+    g, x = (batched(v, b, n) for v, b in zip(vals[:2], bdims[:2], strict=True))
+    w = vals[2] if bdims[2] is None else rank_up(batched(vals[2], bdims[2], n), None,
+                                                  x.ndim - 1)
+    res = _ln_grads(_Tensors, want, g, x, w, k, eps, first=1)
+    return concatenate([r.reshape((n, -1)) for r in res if r is not None], axis=1), 0
+
+
+_layer_norm_grad = primitive(
+    "layer_norm_grad", _ln_grad_fwd, kind="nn", operands="all", batch=_ln_grad_batch,
+    doc="layer norm's VJP (the wanted dx, dw, db flattened one after the other) in one bind: "
+        "eager and compiled first-order backward passes run it; its own derivatives are the "
+        "rules'.")
 
 
 def _ln_jvp(ts, ans, x, w, b, k, eps):
@@ -419,8 +489,7 @@ def _ln_jvp(ts, ans, x, w, b, k, eps):
     axes = tuple(range(x.ndim - k, x.ndim))
     out = None
     if tx is not None:
-        out = (tx - _mean(tx, axis=axes, keepdims=True)
-               - xhat * _mean(tx * xhat, axis=axes, keepdims=True)) * rstd
+        out = (tx - _Tensors.mean(tx, axes) - xhat * _Tensors.mean(tx * xhat, axes)) * rstd
         if w is not None:
             out = out * w
     if tw is not None:
