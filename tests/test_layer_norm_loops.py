@@ -1,8 +1,9 @@
 """Layer norm's loops (``_backend.layer_norm``, ``layer_norm_grads``): where numba is loaded, the
-forward and the first-order VJP of host float arrays run as loops around the very sums of the
-NumPy form, and give its bits and the tensor rules' bits, over many row lengths, one or two
-normalised axes, with and without the affine parameters, in float32 and float64, with constant
-rows, large offsets, NaN and infinities; a jitted step equals eager."""
+forward and the first-order VJP of host float arrays run as one pass over blocks of rows whose
+sums follow NumPy's own reductions (a row's pairwise sum, the leading axes row by row), and give
+the NumPy form's bits and the tensor rules' bits, over many row lengths, one or two normalised
+axes, with and without the affine parameters, in float32 and float64, with constant rows, large
+offsets, NaN and infinities; a jitted step equals eager."""
 
 from __future__ import annotations
 
