@@ -605,95 +605,75 @@ def _row_sum(a, lo, n, zero):
 
 
 # --- layer norm ---
-# Layer normalisation over flat C-ordered rows of ``n``, LN_BLOCK rows at a time while they are
-# in cache: ops.nn's rules in their order, each step one rounding in the dtype, and their sums
-# as NumPy's ``np.add.reduce`` adds a C-ordered array (the rules' ``layer_norm_sum``): a row's
-# as :func:`_row_sum`, the leading axes' (the weight's and bias's gradients) row by row from
-# zero. Each pass runs over the block's rows in turn, so that the rows' sums, each one chain of
-# dependent adds, overlap in the core (one row at a time: 1.7x slower).
-LN_BLOCK = 16
-
-
+# Layer normalisation over flat C-ordered rows of ``n``, one row at a time while it is in
+# cache: ops.nn's rules in their order, each step one rounding in the dtype, and their sums as
+# NumPy's ``np.add.reduce`` adds a C-ordered array (the rules' ``layer_norm_sum``): a row's as
+# :func:`_row_sum`, the leading axes' (the weight's and bias's gradients) row by row from zero.
 @numba.njit(inline="always", **_OPTS)
-def _ln_block_stats(x, i0, rows, n, nf, eps, zero, one, d, mu, r):
-    """``mu[k]`` and ``r[k]``, (μ, 1/σ) of the rows ``i0 + k`` for ``k < rows``: ``μ = Σx / n``,
-    ``1/σ = 1 / sqrt(Σ(x - μ)² / n + eps)``, the squares in the scratch ``d[:rows * n]``."""
-    for k in range(rows):
-        mu[k] = _row_sum(x, _U((i0 + k) * n), n, zero) / nf
-    for k in range(rows):
-        o, q, m = _U((i0 + k) * n), _U(k * n), mu[k]
-        for j in range(n):
-            t = x[o + _U(j)] - m
-            d[q + _U(j)] = t * t
-    for k in range(rows):
-        r[k] = one / math.sqrt(_row_sum(d, _U(k * n), n, zero) / nf + eps)
+def _ln_row_stats(x, o, n, nf, eps, zero, one, d):
+    """(μ, 1/σ) of the row ``x[o:o + n]``: ``μ = Σx / n``, ``1/σ = 1 / sqrt(Σ(x - μ)² / n +
+    eps)``, the squares in the scratch ``d[:n]``."""
+    mu = _row_sum(x, o, n, zero) / nf
+    for j in range(n):
+        t = x[o + _U(j)] - mu
+        d[_U(j)] = t * t
+    return mu, one / math.sqrt(_row_sum(d, _U(0), n, zero) / nf + eps)
 
 
 @numba.njit(**_OPTS)
-def ln_forward(x, w, b, out, d, mu, r, lo, hi, n, nf, eps, zero, one, has_w, has_b):
-    """Rows ``lo`` to ``hi`` of ``out = ((x - μ) · (1/σ)) · w + b`` (without the weight or the
-    bias where ``has_w`` / ``has_b`` are false: ``w``, ``b`` then unread); ``d`` a scratch of
-    ``LN_BLOCK * n``, ``mu`` and ``r`` of ``LN_BLOCK``."""
-    for i0 in range(lo, hi, LN_BLOCK):
-        rows = min(LN_BLOCK, hi - i0)
-        _ln_block_stats(x, i0, rows, n, nf, eps, zero, one, d, mu, r)
-        for k in range(rows):
-            o, m, s = _U((i0 + k) * n), mu[k], r[k]
-            if has_w and has_b:
-                for j in range(n):
-                    out[o + _U(j)] = ((x[o + _U(j)] - m) * s) * w[_U(j)] + b[_U(j)]
-            elif has_w:
-                for j in range(n):
-                    out[o + _U(j)] = ((x[o + _U(j)] - m) * s) * w[_U(j)]
-            elif has_b:
-                for j in range(n):
-                    out[o + _U(j)] = ((x[o + _U(j)] - m) * s) + b[_U(j)]
-            else:
-                for j in range(n):
-                    out[o + _U(j)] = (x[o + _U(j)] - m) * s
+def ln_forward(x, w, b, out, d, n, nf, eps, zero, one, has_w, has_b):
+    """``out = ((x - μ) · (1/σ)) · w + b`` by rows (without the weight or the bias where
+    ``has_w`` / ``has_b`` are false: ``w``, ``b`` then unread); ``d`` a scratch of ``n``."""
+    for i in range(x.size // n):
+        o = _U(i * n)
+        mu, r = _ln_row_stats(x, o, n, nf, eps, zero, one, d)
+        if has_w and has_b:
+            for j in range(n):
+                out[o + _U(j)] = ((x[o + _U(j)] - mu) * r) * w[_U(j)] + b[_U(j)]
+        elif has_w:
+            for j in range(n):
+                out[o + _U(j)] = ((x[o + _U(j)] - mu) * r) * w[_U(j)]
+        elif has_b:
+            for j in range(n):
+                out[o + _U(j)] = ((x[o + _U(j)] - mu) * r) + b[_U(j)]
+        else:
+            for j in range(n):
+                out[o + _U(j)] = (x[o + _U(j)] - mu) * r
 
 
 @numba.njit(**_OPTS)
-def ln_backward(x, g, w, dx, dw, db, d, mu, r, n, nf, eps, zero, one, has_w, want_dx, want_dw,
+def ln_backward(x, g, w, dx, dw, db, d, n, nf, eps, zero, one, has_w, want_dx, want_dw,
                 want_db):
     """Layer norm's VJP for cotangent ``g``, with ``x̂ = (x - μ) · (1/σ)`` and ``v = g · w``
     (``g`` without the weight): ``dx = ((v - Σv / n) - x̂ · (Σ(v x̂) / n)) · (1/σ)`` by rows,
     ``dw = Σ g x̂`` and ``db = Σ g`` over the rows, each where wanted (the others unwritten);
-    ``d`` a scratch of ``2 * LN_BLOCK * n``, ``mu`` and ``r`` of ``4 * LN_BLOCK``."""
+    ``d`` a scratch of ``3 n``."""
     if want_dw:
         for j in range(n):
             dw[_U(j)] = zero
     if want_db:
         for j in range(n):
             db[_U(j)] = zero
-    rows_all, half = x.size // n, _U(LN_BLOCK * n)
-    m1, m2 = mu[2 * LN_BLOCK:3 * LN_BLOCK], mu[3 * LN_BLOCK:]
-    for i0 in range(0, rows_all, LN_BLOCK):
-        rows = min(LN_BLOCK, rows_all - i0)
-        _ln_block_stats(x, i0, rows, n, nf, eps, zero, one, d, mu, r)
-        if want_dx:  # v in d's first half, v x̂ in its second
-            for k in range(rows):
-                o, q, m, s = _U((i0 + k) * n), _U(k * n), mu[k], r[k]
-                for j in range(n):
-                    gj = g[o + _U(j)]
-                    vj = gj * w[_U(j)] if has_w else gj
-                    d[q + _U(j)] = vj
-                    d[half + q + _U(j)] = vj * ((x[o + _U(j)] - m) * s)
-            for k in range(rows):
-                m1[k] = _row_sum(d, _U(k * n), n, zero) / nf
-                m2[k] = _row_sum(d, half + _U(k * n), n, zero) / nf
-            for k in range(rows):
-                o, q, m, s, a, c = _U((i0 + k) * n), _U(k * n), mu[k], r[k], m1[k], m2[k]
-                for j in range(n):
-                    dx[o + _U(j)] = ((d[q + _U(j)] - a) - ((x[o + _U(j)] - m) * s) * c) * s
-        for k in range(rows):
-            o, m, s = _U((i0 + k) * n), mu[k], r[k]
-            if want_dw:
-                for j in range(n):
-                    dw[_U(j)] += g[o + _U(j)] * ((x[o + _U(j)] - m) * s)
-            if want_db:
-                for j in range(n):
-                    db[_U(j)] += g[o + _U(j)]
+    nv, np_ = _U(n), _U(2 * n)  # v at d[n:2n], v x̂ at d[2n:3n]
+    for i in range(x.size // n):
+        o = _U(i * n)
+        mu, r = _ln_row_stats(x, o, n, nf, eps, zero, one, d)
+        if want_dx:
+            for j in range(n):
+                gj = g[o + _U(j)]
+                vj = gj * w[_U(j)] if has_w else gj
+                d[nv + _U(j)] = vj
+                d[np_ + _U(j)] = vj * ((x[o + _U(j)] - mu) * r)
+            m1 = _row_sum(d, nv, n, zero) / nf
+            m2 = _row_sum(d, np_, n, zero) / nf
+            for j in range(n):
+                dx[o + _U(j)] = ((d[nv + _U(j)] - m1) - ((x[o + _U(j)] - mu) * r) * m2) * r
+        if want_dw:
+            for j in range(n):
+                dw[_U(j)] += g[o + _U(j)] * ((x[o + _U(j)] - mu) * r)
+        if want_db:
+            for j in range(n):
+                db[_U(j)] += g[o + _U(j)]
 
 
 @numba.njit(inline="always")
