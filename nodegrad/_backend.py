@@ -1257,12 +1257,10 @@ def layer_norm_grads(needs, g, x, w, k: int, eps: float, out=None) -> tuple | No
     rows, n = shape
     has_w = w is not None
     want = (bool(needs[0]), bool(needs[1]) and has_w, bool(needs[2]))
-    sizes = (x.size, n, n)
-    if out is None:
-        out = np.empty(sum(s for s, on in zip(sizes, want) if on), x.dtype)
     parts, at = [], 0
-    for s, on in zip(sizes, want):
-        parts.append(out[at:at + s] if on else out[:0])
+    for s, on in zip((x.size, n, n), want):  # arrays of their own, or the parts of ``out``
+        parts.append((np.empty(s, x.dtype) if out is None else out[at:at + s]) if on else
+                     x.reshape(-1)[:0])
         at += s if on else 0
     cpu_kernels().ln_backward(x.reshape(-1), g.reshape(-1), w.reshape(-1) if has_w else
                               parts[0], *parts, np.empty(3 * n, x.dtype), n,
