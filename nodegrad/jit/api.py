@@ -1277,7 +1277,7 @@ def _replaced_reads(holders: list, rec, kept: set = frozenset()) -> str | None:
     """Why the traced signature must run eagerly when the step replaced a tensor it read from a
     Python variable (``out, self.hidden = rnn(x, self.hidden)``): a replay would read the
     traced call's tensor on every call, and never replace it. ``kept``: the ids of the values
-    of the attributes whose new tensors the replays bind (:func:`_bound_attributes`)."""
+    of the attributes whose new tensors the replays bind (:func:`_bound_places`)."""
     if not holders:
         return None
     loaded = {id(d) for d in rec.load_data.values()}
