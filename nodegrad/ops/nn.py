@@ -458,10 +458,12 @@ def _ln_grad_fwd(xp, g, x, w, k, eps, want):
     if xp is B.np:
         tail = math.prod(x.shape[x.ndim - k:])
         out = xp.empty(sum(s for s, on in zip((x.size, tail, tail), want) if on), x.dtype)
-        with xp.errstate(divide="ignore", invalid="ignore"):
+        with xp.errstate(divide="ignore", invalid="ignore"):  # as _ln_host_grads
             if B.layer_norm_grads(want, g, x, w, k, eps, out) is not None:
                 return out
-    res = _ln_grads(_HOST if xp is B.np else _Arrays(xp), want, g, x, w, k, eps)
+            res = _ln_grads(_HOST, want, g, x, w, k, eps)
+    else:
+        res = _ln_grads(_Arrays(xp), want, g, x, w, k, eps)
     return xp.concatenate([r.reshape(-1) for r in res if r is not None])
 
 
