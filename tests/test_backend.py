@@ -1260,6 +1260,31 @@ def test_exact_gelu_loops_give_the_composite_bits(monkeypatch):
         ng.nn.Sequential(ng.nn.Linear(30, 64), ng.nn.GELU(), ng.nn.Linear(64, 3)), ng.optim.SGD)
 
 
+def test_polynomial_loops_ask_for_the_widest_vectors():
+    """erf's, exp's and the GELU's loops carry LLVM's ``prefer-vector-width`` of 512 bits
+    (``_cpu_kernels._wide``: AVX-512 chips then run 16 float32 lanes, where LLVM's tuning for
+    them takes 8), with the bits of the cached kernels that eager runs."""
+    numba = pytest.importorskip("numba")
+    from nodegrad import _backend as B
+    from nodegrad import _cpu_kernels as K
+
+    attr = '"prefer-vector-width"="512"'
+    x = -np.abs(np.random.default_rng(5).standard_normal(1000).astype(np.float32)) * 4
+    near, mid, tail, ends = B._ERF32
+    f32 = np.float32
+    cases = [(K.erf32, (x, np.empty_like(x), near, mid, tail, ends)),
+             (K.exp32_neg, (x, np.empty_like(x), B._EXP32_POLY, B._EXP32_CONSTS)),
+             (K.gelu32, (x, np.empty_like(x), near, mid, tail, ends, f32(0.70710677),
+                         f32(0.5), f32(1.0)))]
+    for kernel, args in cases:
+        fresh = numba.njit(kernel.py_func)  # uncached, so that its IR can be read
+        fresh(*args)
+        assert all(attr in ir for ir in fresh.inspect_llvm().values()), kernel.__name__
+        want = args[1].copy()
+        kernel(*args)  # the cached kernel eager calls
+        assert args[1].tobytes() == want.tobytes()
+
+
 def test_silu_and_leaky_relu_loops_give_the_numpy_forms_bits(monkeypatch):
     """With numba loaded, silu, its gradient, leaky_relu and hardswish (forward and first-order
     VJP) run as loops (around NumPy's exp for silu), with the bits of the NumPy forms, the
