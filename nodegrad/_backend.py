@@ -606,7 +606,8 @@ def attention_form(xp, q, k, v, scale: float, causal: bool, g=None):
     """``softmax(q kᵀ · scale [+ causal mask]) v`` over (..., L, E) arrays of one shape, or with
     ``g`` its VJP stacked as (3, ...) (dq, dk, dv): ops.attention's definition in ``xp``'s
     operations. Host float32 takes :func:`exp32_neg` (the exp of the shifted scores) and NumPy's
-    pairwise row sums, which :func:`attention` and :func:`attention_grad` reproduce row by row."""
+    pairwise row sums, which :func:`attention` and :func:`attention_grad` reproduce row by row.
+    Host results are laid out as ``q`` (:func:`ordered_like`), as the loops'."""
     qs = xp.empty(q.shape, q.dtype)
     xp.multiply(q, scale, out=qs)
     s = xp.matmul(qs, xp.swapaxes(k, -1, -2))
@@ -619,15 +620,22 @@ def attention_form(xp, q, k, v, scale: float, causal: bool, g=None):
     p /= (np.add.reduce(p, axis=-1, keepdims=True) if host
           else xp.sum(p, axis=-1, keepdims=True))
     if g is None:
-        return xp.matmul(p, v)
-    out = xp.empty((3,) + q.shape, q.dtype)
-    xp.matmul(xp.swapaxes(p, -1, -2), g, out=out[2])
-    dp = xp.matmul(g, xp.swapaxes(v, -1, -2))
-    t = dp * p
-    r = np.add.reduce(t, axis=-1, keepdims=True) if host else xp.sum(t, axis=-1, keepdims=True)
-    ds = (dp - r) * p
-    xp.multiply(xp.matmul(ds, k), scale, out=out[0])
-    xp.matmul(xp.swapaxes(ds, -1, -2), qs, out=out[1])
+        out = xp.matmul(p, v)
+    else:
+        out = xp.empty((3,) + q.shape, q.dtype)
+        xp.matmul(xp.swapaxes(p, -1, -2), g, out=out[2])
+        dp = xp.matmul(g, xp.swapaxes(v, -1, -2))
+        t = dp * p
+        r = (np.add.reduce(t, axis=-1, keepdims=True) if host
+             else xp.sum(t, axis=-1, keepdims=True))
+        ds = (dp - r) * p
+        xp.multiply(xp.matmul(ds, k), scale, out=out[0])
+        xp.matmul(xp.swapaxes(ds, -1, -2), qs, out=out[1])
+    if host and not q.flags.c_contiguous:  # laid out as q, as the loops' (ordered_like)
+        like = ordered_like(q, 1 if g is None else 3)
+        like = like[0] if g is None else like
+        np.copyto(like, out)
+        out = like
     return out
 
 
@@ -686,18 +694,31 @@ def _att_layout(a) -> tuple | None:
     return a.ctypes.data, st[0] // 4, st[1] // 4, st[2] // 4
 
 
+def ordered_like(q, n: int):
+    """``n`` new arrays of ``q``'s shape and dtype laid out in its memory order (its axes by
+    decreasing stride, as ``np.empty_like`` orders one), stacked on a new first axis.
+    Attention's results follow its queries' layout, as PyTorch's do: the heads of a split
+    projection (``qkv.split(...)``, ``view``, ``transpose(1, 2)``) give an output whose
+    ``transpose(1, 2).contiguous()`` is free and gradients whose reshape back is a view."""
+    perm = sorted(range(q.ndim), key=lambda i: -abs(q.strides[i]))
+    buf = np.empty((n,) + tuple(q.shape[i] for i in perm), q.dtype)
+    return buf.transpose((0,) + tuple(1 + perm.index(i) for i in range(q.ndim)))
+
+
 def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = True):
-    """The loops' forward (``g`` None: y) or backward ((3, ...) dq, dk, dv) on checked arrays;
-    None where an array's layout is not one they take."""
+    """The loops' forward (``g`` None: y) or backward ((3, ...) dq, dk, dv) on checked arrays,
+    laid out as ``q`` (:func:`ordered_like`); None where an array's layout is not one they
+    take."""
     lays = [_att_layout(a) for a in (q, kk, v) + (() if g is None else (g,))]
     if any(x is None for x in lays) or (g is not None and lays[3] == lays[2]):
         return None  # (g the very array v: NumPy's matmul takes g vᵀ as a syrk, not a gemm)
     heads = q.shape[1] if q.ndim == 4 else 1
     units = q.size // (q.shape[-2] * q.shape[-1])
     n, e = q.shape[-2], q.shape[-1]
-    out = np.empty(((3,) if g is not None else ()) + q.shape, float32)
+    out = ordered_like(q, 1 if g is None else 3)
     if g is None:
-        lays.append((out.ctypes.data, heads * n * e, n * e, e))
+        out = out[0]
+        lays.append(_att_layout(out))
     scratch = n * e + 2 * n * n + n
     two = split and units >= 2 and n * n * e <= _GEMM_SERIAL and _BlasPool.exec_blas != 0 \
         and _BlasThreads.get() >= 2
@@ -715,6 +736,7 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
         a[25], a[26] = work[t].ctypes.data, consts.ctypes.data
         if g is not None:
             a[27:30] = out[0].ctypes.data, out[1].ctypes.data, out[2].ctypes.data
+            a[32:35] = _att_layout(out[0])[1:]
         a[30] = a[31] = 112
     if two:
         queue = np.zeros((2, k.QUEUE_BYTES // 8), np.int64)

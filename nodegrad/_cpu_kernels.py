@@ -939,15 +939,17 @@ def pool_run(exec_blas, job, q, args, kind, rows, n, split, consts, p0, p1, p2, 
 # that form's operations in its order: NumPy's row maxima, exp32_neg, pairwise row sums. Units
 # split between this thread and OpenBLAS's worker (its products stay single-threaded: each is
 # below OpenBLAS's threading threshold, which the caller checks).
-ATT_ARGS = 32
+ATT_ARGS = 35
 """The argument block (int64s): 0 the job (ATT_FORWARD, ATT_BACKWARD), 1-2 the first and last
 unit, 3 heads, 4 L, 5 S, 6 E (the rows, keys and width), 7 cblas_sgemm's address, 8 causal,
 9-12 q's address and its element strides by batch, head and row, 13-16 k's, 17-20 v's, 21-24
-the output's (forward: y's, C-ordered) or the cotangent's (backward), 25 the unit's scratch
-(float32: L·E + 2·L·S + S), 26 the float32 constants (scale, exp32_neg's polynomial (6) and
-constants (6)), 27-29 dq, dk and dv (backward, C-ordered), 30-31 the transpose flags of the
-products that read k and v as NumPy would pass them (q kᵀ and g vᵀ: 112 for a transposed
-right operand, as NumPy's matmul passes a swapped-axes view)."""
+the output's (forward: y's) or the cotangent's (backward), 25 the unit's scratch (float32: L·E
++ 2·L·S + S), 26 the float32 constants (scale, exp32_neg's polynomial (6) and constants (6)),
+27-29 dq, dk and dv's addresses (backward), 30-31 the transpose flags of the products that
+read k and v as NumPy would pass them (q kᵀ and g vᵀ: 112 for a transposed right operand, as
+NumPy's matmul passes a swapped-axes view), 32-34 dq, dk and dv's strides by batch, head and
+row (one layout for the three). A result's row stride is the products' ``ldc``, which places
+the rows and changes no sum."""
 ATT_FORWARD, ATT_BACKWARD = 0, 1
 _NOTRANS, _TRANS = 111, 112
 
@@ -1026,14 +1028,14 @@ def attention_units(a):
             _att_base(a, 21, u, heads)
         if a[0] == ATT_FORWARD:  # y = p v
             _sgemm(sg, _NOTRANS, _NOTRANS, rows, width, keys, p.ctypes.data, keys, v0, a[20],
-                   x0, width)
+                   x0, a[24])
             continue
         dp = f32_at(a[25], rows * width + rows * keys, rows * keys)
         t = f32_at(a[25], rows * width + 2 * rows * keys, keys)
-        off = 4 * u * rows * width
+        off, gr = 4 * ((u // heads) * a[32] + (u % heads) * a[33]), a[34]
         # dv = pᵀ g; dp = g vᵀ; ds = (dp - Σ dp·p) · p; dq = (ds k) · scale; dk = dsᵀ (q·scale)
         _sgemm(sg, _TRANS, _NOTRANS, keys, width, rows, p.ctypes.data, keys, x0, a[24],
-               a[29] + off, width)
+               a[29] + off, gr)
         _sgemm(sg, _NOTRANS, a[31], rows, keys, width, x0, a[24], v0, a[20], dp.ctypes.data,
                keys)
         zero = numba.float32(0)
@@ -1045,12 +1047,14 @@ def attention_units(a):
             for j in range(keys):
                 dp[o + _U(j)] = (dp[o + _U(j)] - r) * p[o + _U(j)]
         _sgemm(sg, _NOTRANS, _NOTRANS, rows, width, keys, dp.ctypes.data, keys, k0, a[16],
-               a[27] + off, width)
-        dq = f32_at(a[27] + off, 0, rows * width)
-        for j in range(rows * width):
-            dq[j] = dq[j] * c[0]
+               a[27] + off, gr)
+        dq = f32_at(a[27] + off, 0, (rows - 1) * gr + width)
+        for i in range(rows):
+            o = _U(i * gr)
+            for j in range(width):
+                dq[o + _U(j)] = dq[o + _U(j)] * c[0]
         _sgemm(sg, _TRANS, _NOTRANS, keys, width, rows, dp.ctypes.data, keys, qs.ctypes.data,
-               width, a[28] + off, width)
+               width, a[28] + off, gr)
 
 
 def _attention_job(argp):

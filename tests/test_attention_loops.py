@@ -76,6 +76,41 @@ def test_the_loops_give_the_numpy_forms_bits(loops, shape, causal, special):
         assert np.isnan(y).any() == special
 
 
+@pytest.mark.parametrize("on", [True, False], ids=["loops", "numpy-form"])
+def test_results_are_laid_out_as_the_queries_as_pytorchs(loops, on):
+    """The output and the gradients follow the queries' memory order, as PyTorch's: heads split
+    from one projection give a y whose ``transpose(1, 2).contiguous()`` is free and gradients
+    whose reshape back to the projection's width is a view (the strides PyTorch gives for the
+    same model), with the bits of contiguous inputs; contiguous queries give contiguous
+    results. The same with the loops and with the NumPy form."""
+    torch = pytest.importorskip("torch")
+    F = ng.nn.functional
+    loops(on)
+    x = np.random.default_rng(3).standard_normal((3, 64, 3 * 4 * 16)).astype(np.float32)
+    g = np.random.default_rng(4).standard_normal((3, 4, 64, 16)).astype(np.float32)
+
+    def heads(lib, t):
+        q, k, v = t.split(64, dim=2)
+        return [z.view(3, 64, 4, 16).transpose(1, 2) for z in (q, k, v)]
+
+    qkv = ng.tensor(x, requires_grad=True)
+    q, k, v = heads(ng, qkv)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grads = ng.autograd.grad(y, [q, k, v], ng.tensor(g))
+    tq, tk, tv = heads(torch, torch.tensor(x, requires_grad=True))
+    ty = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    tgrads = torch.autograd.grad(ty, [tq, tk, tv], torch.tensor(g))
+    assert y.stride() == ty.stride() == (4096, 16, 64, 1)
+    assert [d.stride() for d in grads] == [d.stride() for d in tgrads]
+    assert y.transpose(1, 2).is_contiguous() and grads[0].transpose(1, 2).is_contiguous()
+    plain = [ng.tensor(np.ascontiguousarray(t.numpy()), requires_grad=True) for t in (q, k, v)]
+    yc = F.scaled_dot_product_attention(*plain, is_causal=True)
+    assert yc.is_contiguous() and y.numpy().tobytes() == yc.numpy().tobytes()
+    for d, dc, td in zip(grads, ng.autograd.grad(yc, plain, ng.tensor(g)), tgrads):
+        assert dc.is_contiguous() and d.numpy().tobytes() == dc.numpy().tobytes()
+        np.testing.assert_allclose(d.numpy(), td.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_one_blas_thread_and_many_threads_give_the_same_bits(loops):
     """Units split with OpenBLAS's worker, on one thread (OpenBLAS set to one), and from four
     threads at once: the same bits."""
