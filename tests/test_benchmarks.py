@@ -102,6 +102,28 @@ def test_separate_process_mode_times_jax_and_first_calls():
     assert "J5" in table_row(r)
 
 
+def test_each_block_follows_a_rewarm_of_at_least_rewarm_s():
+    """A block is timed after untimed steps lasting ``rewarm_s`` (a worker woken from the
+    settle's sleep runs slower for tens of milliseconds), and after ``rewarm`` steps however
+    long they take."""
+    import time
+
+    from benchmarks._harness import Settings, _time_block
+
+    calls = []
+
+    def step():
+        calls.append(time.perf_counter())
+        time.sleep(0.002)
+
+    per_step = _time_block(step, 3, Settings(rewarm=1, rewarm_s=0.03))
+    assert len(calls) >= 3 + 10 and calls[-3] - calls[0] >= 0.03
+    assert 0.002 <= per_step < 0.03
+    calls.clear()
+    _time_block(step, 2, Settings(rewarm=4, rewarm_s=0.0))
+    assert len(calls) == 6
+
+
 def test_suite_ids_are_unique():
     ids = [w.id for w in WORKLOADS]
     assert len(ids) == len(set(ids))
