@@ -696,11 +696,12 @@ def _att_layout(a) -> tuple | None:
 
 def ordered_like(q, n: int):
     """``n`` new arrays of ``q``'s shape and dtype laid out in its memory order (its axes by
-    decreasing stride, as ``np.empty_like`` orders one), stacked on a new first axis.
-    Attention's results follow its queries' layout, as PyTorch's do: the heads of a split
-    projection (``qkv.split(...)``, ``view``, ``transpose(1, 2)``) give an output whose
-    ``transpose(1, 2).contiguous()`` is free and gradients whose reshape back is a view."""
-    perm = sorted(range(q.ndim), key=lambda i: -abs(q.strides[i]))
+    decreasing stride, as ``np.empty_like`` orders one; a broadcast axis, of stride 0,
+    outermost), stacked on a new first axis. Attention's results follow its queries' layout,
+    as PyTorch's do: the heads of a split projection (``qkv.split(...)``, ``view``,
+    ``transpose(1, 2)``) give an output whose ``transpose(1, 2).contiguous()`` is free and
+    gradients whose reshape back is a view."""
+    perm = sorted(range(q.ndim), key=lambda i: (q.strides[i] != 0, -abs(q.strides[i])))
     buf = np.empty((n,) + tuple(q.shape[i] for i in perm), q.dtype)
     return buf.transpose((0,) + tuple(1 + perm.index(i) for i in range(q.ndim)))
 

@@ -111,6 +111,28 @@ def test_results_are_laid_out_as_the_queries_as_pytorchs(loops, on):
         np.testing.assert_allclose(d.numpy(), td.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("on", [True, False], ids=["loops", "numpy-form"])
+def test_broadcast_queries_give_contiguous_results_with_the_bits_of_copies(loops, on):
+    """Queries expanded along the batch (stride 0) give C-ordered results (a broadcast axis is
+    laid out outermost), with the bits of the same attention on copies, forward and VJP."""
+    F = ng.nn.functional
+    loops(on)
+    rng = np.random.default_rng(6)
+    q1 = ng.tensor(rng.standard_normal((1, 2, 64, 16)).astype(np.float32), requires_grad=True)
+    k, v = (ng.tensor(rng.standard_normal((8, 2, 64, 16)).astype(np.float32),
+                      requires_grad=True) for _ in range(2))
+    q = q1.expand(8, 2, 64, 16)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    qc = ng.tensor(np.ascontiguousarray(q.numpy()), requires_grad=True)
+    yc = F.scaled_dot_product_attention(qc, k, v, is_causal=True)
+    assert y.is_contiguous() and y.numpy().tobytes() == yc.numpy().tobytes()
+    g = ng.tensor(rng.standard_normal(y.shape).astype(np.float32))
+    d = ng.autograd.grad(y, [q, k, v], g)
+    dc = ng.autograd.grad(yc, [qc, k, v], g)
+    assert all(a.is_contiguous() and a.numpy().tobytes() == b.numpy().tobytes()
+               for a, b in zip(d, dc))
+
+
 def test_one_blas_thread_and_many_threads_give_the_same_bits(loops):
     """Units split with OpenBLAS's worker, on one thread (OpenBLAS set to one), and from four
     threads at once: the same bits."""
