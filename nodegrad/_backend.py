@@ -717,6 +717,8 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
     units = q.size // (q.shape[-2] * q.shape[-1])
     n, e = q.shape[-2], q.shape[-1]
     out = ordered_like(q, 1 if g is None else 3)
+    if _att_layout(out[0]) is None:  # rows not laid out as the loops write them: C order
+        out = np.empty(out.shape, float32)
     if g is None:
         out = out[0]
         lays.append(_att_layout(out))
