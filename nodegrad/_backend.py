@@ -717,11 +717,13 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
     units = q.size // (q.shape[-2] * q.shape[-1])
     n, e = q.shape[-2], q.shape[-1]
     out = ordered_like(q, 1 if g is None else 3)
-    if _att_layout(out[0]) is None:  # rows not laid out as the loops write them: C order
+    res = _att_layout(out[0])
+    if res is None:  # rows not laid out as the loops write them: C order
         out = np.empty(out.shape, float32)
+        res = _att_layout(out[0])
     if g is None:
         out = out[0]
-        lays.append(_att_layout(out))
+        lays.append(res)
     scratch = n * e + 2 * n * n + n
     two = split and units >= 2 and n * n * e <= _GEMM_SERIAL and _BlasPool.exec_blas != 0 \
         and _BlasThreads.get() >= 2
@@ -739,7 +741,7 @@ def _attention_run(k, q, kk, v, scale: float, causal: bool, g, split: bool = Tru
         a[25], a[26] = work[t].ctypes.data, consts.ctypes.data
         if g is not None:
             a[27:30] = out[0].ctypes.data, out[1].ctypes.data, out[2].ctypes.data
-            a[32:35] = _att_layout(out[0])[1:]
+            a[32:35] = res[1:]
         a[30] = a[31] = 112
     if two:
         queue = np.zeros((2, k.QUEUE_BYTES // 8), np.int64)
