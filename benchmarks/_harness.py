@@ -18,6 +18,7 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -199,6 +200,8 @@ def header(env: dict, settings: Settings, separate: bool = True) -> str:
         f"  cpu {env['cpu']}",
         f"# median of {settings.reps} interleaved repetitions (~{settings.block_s * 1e3:g} ms "
         "each); ng/X = median of per-repetition ratios nodegrad / X, < 1: nodegrad is faster",
+        "# 95% CI = a distribution-free 95 % interval for ng/PT's median (order statistics of "
+        "the per-repetition ratios); one that holds 1.00 is a tie at this run's noise",
         "# each framework in its own process" if separate else
         "# IN-PROCESS mode: all frameworks in one process (their thread pools contend; "
         "ratios differ from what a user running one framework sees)",
@@ -545,17 +548,36 @@ def _summarise(w: Workload, samples: dict, inner: dict, check: str,
         if other in med:
             # the ratio within each repetition, then the median: blocks of one repetition run
             # back to back, so a change of machine speed between repetitions cancels out
-            res[key] = statistics.median(a / b for a, b in zip(samples["nodegrad"],
-                                                               samples[other]))
+            ratios = [a / b for a, b in zip(samples["nodegrad"], samples[other])]
+            res[key] = statistics.median(ratios)
+            res[key + "_ci"] = median_interval(ratios)
             res[key + "_of_medians"] = med["nodegrad"] / med[other]
         else:
-            res[key] = res[key + "_of_medians"] = None
+            res[key] = res[key + "_ci"] = res[key + "_of_medians"] = None
     return res
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> tuple | None:
+    """A distribution-free interval for the median of ``values``' population: the order
+    statistics ``(x_(j), x_(n+1-j))`` for the largest ``j`` whose coverage,
+    ``1 - 2 P(Binomial(n, 1/2) < j)``, is at least ``level`` (15 repetitions: the 4th and
+    12th of the sorted ratios, 96.5 %). None where no such pair exists (under 6 values at 95 %).
+    A ratio whose interval holds 1.0 is a tie at this run's noise."""
+    xs = sorted(values)
+    n = len(xs)
+    below, best = 0.0, None  # P(B < j), for j = 1, 2, ...
+    for j in range(1, n // 2 + 1):
+        below += math.comb(n, j - 1) / 2 ** n
+        if 1 - 2 * below < level:
+            break
+        best = j
+    return None if best is None else (xs[best - 1], xs[n - best])
 
 
 # --- the table -------------------------------------------------------------------------------
 _COLS = (("id", 3, "<"), ("workload", 45, "<"), ("unit", 7, "<"), ("nodegrad", 8, ">"),
-         ("PyTorch", 8, ">"), ("ng/PT", 6, ">"), ("floor", 8, ">"), ("ng/floor", 8, ">"),
+         ("PyTorch", 8, ">"), ("ng/PT", 6, ">"), ("95% CI", 9, "<"), ("floor", 8, ">"),
+         ("ng/floor", 8, ">"),
          ("floor is", 15, "<"), ("JAX", 8, ">"), ("ng/JAX", 6, ">"), ("1st", 11, ">"),
          ("ng MiB", 6, ">"), ("PT MiB", 6, ">"), ("bg", 4, ">"), ("check", 5, "<"))
 
@@ -573,6 +595,10 @@ def _num(x, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
+def _interval(ci) -> str:
+    return "-" if ci is None else f"{ci[0]:.2f}-{ci[1]:.2f}"
+
+
 def table_row(r: dict) -> str:
     def med(name):
         return None if r.get(name) is None else r[name]["median"]
@@ -587,7 +613,8 @@ def table_row(r: dict) -> str:
 
     return _row([r["id"], r["label"], r["unit"], _num(med("nodegrad"), ".3g"),
                  _num(med("torch"), ".3g"), _num(r["ratio_torch"], ".2f"),
-                 _num(med("floor"), ".3g"), _num(r["ratio_floor"], ".2f"),
+                 _interval(r.get("ratio_torch_ci")), _num(med("floor"), ".3g"),
+                 _num(r["ratio_floor"], ".2f"),
                  r["floor_name"] if r["floor"] is not None else "-",
                  _num(med("jax"), ".3g"), _num(r.get("ratio_jax"), ".2f"), firsts,
                  _num(mib("nodegrad"), ".1f"), _num(mib("torch"), ".1f"),

@@ -124,6 +124,35 @@ def test_each_block_follows_a_rewarm_of_at_least_rewarm_s():
     assert len(calls) == 6
 
 
+def test_median_interval_is_the_order_statistics_of_its_coverage():
+    """The ratio's interval: the j-th smallest and largest of n values for the largest j whose
+    binomial coverage is at least the level; none where even the extremes fall short."""
+    from math import comb
+
+    from benchmarks._harness import median_interval
+
+    def coverage(n, j):
+        return 1 - 2 * sum(comb(n, i) for i in range(j)) / 2 ** n
+
+    assert median_interval([float(v) for v in range(15, 0, -1)]) == (4.0, 12.0)  # unsorted in
+    assert median_interval(range(1, 42)) == (14, 28)
+    assert median_interval(range(1, 6)) is None  # 5 values: the extremes cover 93.75 %
+    for n in range(6, 60):
+        lo, hi = median_interval(range(1, n + 1))
+        assert hi == n + 1 - lo and coverage(n, lo) >= 0.95 > coverage(n, lo + 1)
+
+
+def test_results_and_table_carry_the_ratios_interval():
+    from benchmarks._harness import Workload, _summarise, table_row
+
+    w = Workload("X1", "a workload", dict, dict)
+    ng, pt = [1.0 + 0.01 * k for k in range(15)], [1.0] * 15
+    r = _summarise(w, {"nodegrad": ng, "torch": pt}, {"nodegrad": 1, "torch": 1}, "ok")
+    r["background_cores"] = 0.0
+    assert r["ratio_torch_ci"] == (ng[3], ng[11]) and r["ratio_floor_ci"] is None
+    assert "1.03-1.11" in table_row(r)
+
+
 def test_suite_ids_are_unique():
     ids = [w.id for w in WORKLOADS]
     assert len(ids) == len(set(ids))
