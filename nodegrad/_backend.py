@@ -573,14 +573,16 @@ class _BlasPool:
 
 
 def pool_split(kind: int, rows: int, n: int, *arrays, job: int = 0, consts=None,
-               least: int = POOL_MIN) -> bool:
+               least: int = POOL_MIN, split: int = 0) -> bool:
     """Run ``_cpu_kernels._pool_job``'s loop ``kind`` over ``rows`` rows of ``n`` elements of
     ``arrays`` (flat C-ordered float32 NumPy arrays, the loop's, in its order) in two halves,
     the first on this thread, the second on OpenBLAS's worker (:class:`_BlasPool`); False
     (nothing run) where that is not to be: under ``least`` elements, an array of another kind,
     numba not loaded, no ``exec_blas``, or OpenBLAS set to one thread. ``job`` and ``consts``:
     another job of the same argument block and its constants (the fused Adam update's).
-    Elementwise loops and loops by rows give the same bits in halves."""
+    Elementwise loops and loops by rows give the same bits in halves. ``split``: the first
+    row of the second half (by default the middle row, or for a flat loop the middle rounded
+    to 64 bytes)."""
     if rows * n < least or rows < 2:
         return False
     for a in arrays:
@@ -593,7 +595,8 @@ def pool_split(kind: int, rows: int, n: int, *arrays, job: int = 0, consts=None,
         _BlasPool.find(k)
     if not _BlasPool.exec_blas or _BlasThreads.get() < 2:
         return False
-    split = rows // 2 if n > 1 else (rows // 2 + 15) & ~15  # a flat loop: 64-byte halves
+    if not split:
+        split = rows // 2 if n > 1 else (rows // 2 + 15) & ~15  # a flat loop: 64-byte halves
     a = arrays + (arrays[0],) * (4 - len(arrays))
     queue = np.zeros((2, k.QUEUE_BYTES // 8), np.int64)
     return k.pool_run(_BlasPool.exec_blas, job or _BlasPool.job, queue,
@@ -891,9 +894,10 @@ def diagonal_view(x, offset: int, axis1: int, axis2: int):
 SPLIT_MIN = 1 << 19
 """Elements (2 MiB of float32) from which a full sum or a same-shape multiply, add or subtract
 of C-ordered float arrays runs in two halves, one on a helper thread (NumPy releases the GIL
-inside its loops): such loops are limited by one core's memory rate (a 2.56 M-element float32
-multiply: 1.0 ms on one thread, 0.57 on two; W8's step was 7 % faster from 2^19 than from
-2^20, which left its 1.02 M-element arrays on one thread), where PyTorch uses its intra-op
+inside its loops), or for float32 with numba loaded as numba loops on OpenBLAS's worker
+(:func:`_pool_halves`): such loops are limited by one core's memory rate (a 2.56 M-element
+float32 multiply: 1.0 ms on one thread, 0.57 on two; W8's step was 7 % faster from 2^19 than
+from 2^20, which left its 1.02 M-element arrays on one thread), where PyTorch uses its intra-op
 threads. The halves give the one-thread result bit for bit (a sum is split where NumPy's
 pairwise sum splits it)."""
 
@@ -991,17 +995,38 @@ def _halvable(x) -> bool:
             and x.dtype.itemsize >= 4 and x.flags.c_contiguous and two_threads())
 
 
+_POOL_UFUNCS = {np.multiply: "MULTIPLY", np.add: "ADD", np.subtract: "SUBTRACT"}
+
+
 def binary_halves(ufunc, x, y):
     """``ufunc(x, y)`` for two C-ordered float arrays of one shape and dtype from
-    :data:`SPLIT_MIN` elements, in halves on two threads; None for any other operands."""
+    :data:`SPLIT_MIN` elements, in halves on two threads (float32 on OpenBLAS's worker, see
+    :func:`_pool_halves`); None for any other operands."""
     if not (_halvable(x) and type(y) is np.ndarray and y.shape == x.shape
             and y.dtype == x.dtype and y.flags.c_contiguous):
         return None
     out = np.empty_like(x)
     xf, yf, of = x.reshape(-1), y.reshape(-1), out.reshape(-1)
+    kind = _POOL_UFUNCS.get(ufunc)
+    if kind is not None and x.dtype == float32 and _pool_halves():
+        bad = np.zeros(2, float32)
+        if pool_split(getattr(cpu_kernels(), kind), xf.size, 1, xf, yf, of, bad):
+            if bad.any():  # an inf or NaN: NumPy's loop, for its warnings (the same values)
+                ufunc(x, y, out=out)
+            return out
     h = xf.size // 2
     _halves.run(ufunc, (xf[:h], yf[:h], of[:h]), (xf[h:], yf[h:], of[h:]))
     return out
+
+
+def _pool_halves() -> bool:
+    """Whether a memory-bound loop's float32 halves go to OpenBLAS's worker
+    (:func:`pool_split`) rather than the halves helper: where numba's loops are loaded and the
+    worker is found. The helper thread, woken from its wait, began its half 40-120 µs after the
+    call on these VMs (W8's 2.56 M-element multiply: the first half done in ~220 µs, the
+    second ~125 µs after it); OpenBLAS's worker spins for ~0.1 s after each job, so the loops of
+    a training step find it awake."""
+    return cpu_kernels() is not None
 
 
 def sum_halves(x):
@@ -1014,9 +1039,17 @@ def sum_halves(x):
     flat = x.reshape(-1)
     h = flat.size // 2
     h -= h % 8
-    a, b = _halves.run(_add_reduce, (flat[:h],), (flat[h:],))
+    parts = np.empty(2, float32)
+    if x.dtype == float32 and _pool_halves() and pool_split(cpu_kernels().SUM, flat.size, 1,
+                                                            flat, parts, split=h):
+        a, b = parts  # numba's pairwise sums in NumPy's order: its bits (_cpu_kernels._pairwise)
+        if not np.isfinite(a + b):  # NumPy's loops, for their warnings (the same value)
+            a, b = _halves.run(_add_reduce, (flat[:h],), (flat[h:],))
+    else:
+        a, b = _halves.run(_add_reduce, (flat[:h],), (flat[h:],))
     total = x.dtype.type(0) + (a + b)
     return total if total != 0 else _add_reduce(flat)
+
 
 
 def _fork_child() -> None:
@@ -2360,11 +2393,29 @@ def outer_stack(x, y):
         b = math.prod(lead)
         x, y, o = x.reshape(b, m), y.reshape(b, n), out.reshape(b, m, n)
         if out.size >= SPLIT_MIN and b > 1 and two_threads():  # memory-bound: two cores
+            if x.dtype == float32 and k is not None and _outer_pool(x, y, o, m):
+                return out
             h = b // 2
             _halves.run(fn, (x[:h], y[:h], o[:h]), (x[h:], y[h:], o[h:]))
         else:
             fn(x, y, o)
     return out
+
+
+def _outer_pool(x, y, out, m: int) -> bool:
+    """:func:`outer_stack`'s float32 loop in halves of its output rows on OpenBLAS's worker
+    (:func:`pool_split`; ``m``, the rows of one example's product, goes in the constants);
+    False where the pool is not to be used (nothing written)."""
+    if not (_pool_halves() and m < 1 << 24 and x.flags.c_contiguous and y.flags.c_contiguous):
+        return False
+    k = cpu_kernels()
+    if not _BlasPool.looked:
+        _BlasPool.find(k)
+    if _BlasPool.consts is None:
+        return False
+    consts = np.append(_BlasPool.consts, np.float32(m))
+    return pool_split(k.OUTER, x.size, y.shape[1], x.reshape(-1), y.reshape(-1),
+                      out.reshape(-1), consts=consts, least=0)
 
 
 def _einsum_outer(x, y, out) -> None:

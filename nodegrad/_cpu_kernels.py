@@ -819,7 +819,12 @@ _Q_ROUTINE, _Q_ARGS, _Q_NEXT, _Q_MODE = 0, 3, 8, 20  # int64 slots (mode: the lo
 BLAS_PTHREAD = 0x4000  # a job's mode: call routine(args)
 
 GELU, GELU_DENSITY, GELU_GRAD, SOFTMAX_SHIFT, SOFTMAX_DIVIDE = range(5)
-"""The loops ``pool_job`` runs, on float32 arrays."""
+MULTIPLY, ADD, SUBTRACT, OUTER, SUM = range(5, 10)
+"""The loops ``pool_job`` runs, on float32 arrays. MULTIPLY, ADD and SUBTRACT: ``p2 = p0 op
+p1`` elementwise, ``p3[0]`` (the half from 0) or ``p3[1]`` set to 1 where it made an inf or a
+NaN; OUTER: rows of the per-example outer products ``p2[r] = p0[r] · p1[r // m]``
+(``m`` the constants' last entry); SUM: the pairwise sum (NumPy's order) of each half of
+``p0`` into ``p1[0]`` (the half from 0) or ``p1[1]``."""
 
 
 @intrinsic
@@ -891,6 +896,36 @@ def _pool_job(argp):
         softmax_shift(f32_at(p0, b, m), f32_at(p1, b, m), n, numba.float32(0))
     elif kind == SOFTMAX_DIVIDE:
         softmax_divide(f32_at(p0, b, m), n, numba.float32(0))
+    elif kind <= SUBTRACT:
+        x, y, out = f32_at(p0, b, m), f32_at(p1, b, m), f32_at(p2, b, m)
+        bad = 0  # an inf or NaN made (o - o is then NaN): the caller redoes the op as NumPy's
+        if kind == MULTIPLY:  # ufunc, which warns (or raises) under its np.errstate
+            for i in range(m):
+                o = x[i] * y[i]
+                out[i] = o
+                bad |= numba.int32(o - o != 0)
+        elif kind == ADD:
+            for i in range(m):
+                o = x[i] + y[i]
+                out[i] = o
+                bad |= numba.int32(o - o != 0)
+        else:
+            for i in range(m):
+                o = x[i] - y[i]
+                out[i] = o
+                bad |= numba.int32(o - o != 0)
+        f32_at(p3, 0, 2)[0 if lo == 0 else 1] = numba.float32(bad)
+    elif kind == OUTER:
+        rows = numba.int64(f32_at(a[4], 51, 1)[0])  # m, the rows of one example's product
+        x, y, out = f32_at(p0, lo, hi - lo), f32_at(p1, 0, (hi + rows - 1) // rows * n), \
+            f32_at(p2, b, m)
+        for r in range(hi - lo):
+            xr, yo, o = x[r], _U((lo + r) // rows * n), _U(r * n)
+            for j in range(n):
+                out[o + _U(j)] = xr * y[yo + _U(j)]
+    elif kind == SUM:
+        f32_at(p1, 0, 2)[0 if lo == 0 else 1] = _pairwise(f32_at(p0, b, m), _U(0), m,
+                                                           numba.float32(0))
 
 
 _CALLBACKS: dict = {}

@@ -3,6 +3,7 @@
 import os
 import pathlib
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -748,9 +749,10 @@ def test_softmax_and_log_softmax_on_narrow_rows(dt, shape):
 
 
 @pytest.mark.parametrize("shape", [(256, 100, 100), (1 << 20,), (3, 1000, 701), (2 ** 20 + 3,)])
-def test_large_loops_in_halves_give_numpys_bits(shape):
+def test_large_loops_in_halves_give_numpys_bits(shape, cpu_kernels):
     """Full sums and same-shape multiply/add/subtract from SPLIT_MIN elements run in two halves
-    on two threads: NumPy's results bit for bit (the sum split where its pairwise sum splits)."""
+    on two threads (float32 with numba on OpenBLAS's worker, numba's pairwise sum in NumPy's
+    order): NumPy's results bit for bit (the sum split where its pairwise sum splits)."""
     from nodegrad import _backend as B
 
     rng = np.random.default_rng(0)
@@ -776,6 +778,50 @@ def test_large_loops_in_halves_give_numpys_bits(shape):
     assert B.sum_halves(small) is None and B.binary_halves(np.add, small, small) is None
     assert B.binary_halves(np.add, a, a.astype(np.float32)) is None
     assert B.sum_halves(a.T) is None or a.ndim == 1
+
+
+def test_float32_halves_on_the_blas_worker_keep_numpys_warnings(cpu_kernels):
+    """With numba, float32 halves run as loops on OpenBLAS's worker; one that makes an inf or a
+    NaN is redone by NumPy's ufunc (a sum that comes out non-finite by NumPy's reduce), so the
+    caller's np.errstate warns or raises as NumPy's own, with NumPy's values. The per-example
+    outer products take the worker too."""
+    from nodegrad import _backend as B
+
+    n = B.SPLIT_MIN
+    calls = []
+    pool = B.pool_split
+
+    def counted(kind, *args, **kw):
+        ok = pool(kind, *args, **kw)
+        calls.append((kind, ok))
+        return ok
+
+    B.pool_split = counted
+    try:
+        a = np.full(2 * n, 1.5, np.float32)
+        np.testing.assert_array_equal(B.binary_halves(np.multiply, a, a), a * a)
+        assert B.sum_halves(a) == np.add.reduce(a)
+        x, y = np.ones((600, 100, 1), np.float32), np.full((600, 1, 10), 2.0, np.float32)
+        np.testing.assert_array_equal(B.outer_stack(x, y), x * y)
+        if cpu_kernels == "numba" and B.two_threads() and B._BlasPool.exec_blas:
+            k = B.cpu_kernels()
+            assert {(k.MULTIPLY, True), (k.SUM, True), (k.OUTER, True)} <= set(calls)
+        elif cpu_kernels == "numpy":
+            assert calls == []
+        a[-1] = 3e38  # overflows in the second half only
+        with pytest.warns(RuntimeWarning, match="overflow"):
+            assert np.isinf(B.binary_halves(np.multiply, a, a)[-1])
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+            B.binary_halves(np.multiply, a, a)
+        with pytest.warns(RuntimeWarning, match="overflow"):
+            assert np.isinf(B.sum_halves(np.full(2 * n, 3e38, np.float32)))
+        a[-1] = np.nan  # NaN in, NaN out, without a warning, as NumPy
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert np.isnan(B.binary_halves(np.add, a, a)[-1])
+            assert np.isnan(B.sum_halves(a))
+    finally:
+        B.pool_split = pool
 
 
 def test_halves_keep_the_callers_error_state_and_threads():
@@ -1001,9 +1047,10 @@ def test_one_thread_setting_keeps_the_halves_on_the_callers_thread(monkeypatch):
 
     a = np.arange(2 * B.SPLIT_MIN, dtype=np.float32) / B.SPLIT_MIN
     ta = ng.tensor(a)
-    calls = []
-    run = B._halves.run
+    calls = []  # halves run on the helper thread or on OpenBLAS's worker (float32, numba)
+    run, pool = B._halves.run, B.pool_split
     monkeypatch.setattr(B._halves, "run", lambda *args: calls.append(1) or run(*args))
+    monkeypatch.setattr(B, "pool_split", lambda *args, **kw: calls.append(2) or pool(*args, **kw))
     want_sum, want_prod = np.add.reduce(a, axis=None), a * a
     n = ng.get_num_threads()
     try:
