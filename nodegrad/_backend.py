@@ -597,6 +597,7 @@ def pool_split(kind: int, rows: int, n: int, *arrays, job: int = 0, consts=None,
         return False
     if not split:
         split = rows // 2 if n > 1 else (rows // 2 + 15) & ~15  # a flat loop: 64-byte halves
+    split = min(split, rows)
     a = arrays + (arrays[0],) * (4 - len(arrays))
     queue = np.zeros((2, k.QUEUE_BYTES // 8), np.int64)
     return k.pool_run(_BlasPool.exec_blas, job or _BlasPool.job, queue,
@@ -1022,11 +1023,13 @@ def binary_halves(ufunc, x, y):
 def _pool_halves() -> bool:
     """Whether a memory-bound loop's float32 halves go to OpenBLAS's worker
     (:func:`pool_split`) rather than the halves helper: where numba's loops are loaded and the
-    worker is found. The helper thread, woken from its wait, began its half 40-120 µs after the
-    call on these VMs (W8's 2.56 M-element multiply: the first half done in ~220 µs, the
-    second ~125 µs after it); OpenBLAS's worker spins for ~0.1 s after each job, so the loops of
-    a training step find it awake."""
-    return cpu_kernels() is not None
+    worker is found, and underflow is ignored (NumPy's default; the loops flag only an inf or a
+    NaN they make, so ``np.errstate(under=...)`` keeps NumPy's own loops). The helper thread,
+    woken from its wait, began its half 40-120 µs after the call on these VMs (W8's 2.56
+    M-element multiply: the first half done in ~220 µs, the second ~125 µs after it);
+    OpenBLAS's worker spins for ~0.1 s after each job, so the loops of a training step find it
+    awake."""
+    return cpu_kernels() is not None and np.geterr()["under"] == "ignore"
 
 
 def sum_halves(x):

@@ -815,6 +815,9 @@ def test_float32_halves_on_the_blas_worker_keep_numpys_warnings(cpu_kernels):
             B.binary_halves(np.multiply, a, a)
         with pytest.warns(RuntimeWarning, match="overflow"):
             assert np.isinf(B.sum_halves(np.full(2 * n, 3e38, np.float32)))
+        tiny = np.full(2 * n, 1e-30, np.float32)  # underflows: NumPy's loop where it is watched
+        with np.errstate(under="raise"), pytest.raises(FloatingPointError):
+            B.binary_halves(np.multiply, tiny, tiny)
         a[-1] = np.nan  # NaN in, NaN out, without a warning, as NumPy
         with warnings.catch_warnings():
             warnings.simplefilter("error")
