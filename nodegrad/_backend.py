@@ -1054,7 +1054,6 @@ def sum_halves(x):
     return total if total != 0 else _add_reduce(flat)
 
 
-
 def _fork_child() -> None:
     _halves._pid = None  # the helper thread is the parent's
     _halves._use = threading.Lock()
