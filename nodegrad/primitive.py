@@ -657,28 +657,72 @@ def bind(prim: Primitive, args: tuple, params: dict):
     # version of each kept tensor, so an in-place change before backward is caught)
     save_in = prim.save_in
     versions = [] if save_in or prim.save_out else None
-    parents = []
-    shapes = []
-    cross = prim.cross
-    for a in args:
-        if isinstance(a, Tensor):
-            parents.append((a.node or a) if a.requires_grad else None)
-            d = a._data
-            shapes.append(d.shape)
-            if save_in:
-                cell = a._version  # Tensor._ensure_version, inlined
+    if len(args) == 1:  # a unary op (the one operand is a tensor that requires grad): the
+        a = args[0]  # loop below, unrolled
+        d = a._data
+        parents = (a.node or a,)
+        shapes = (d.shape,)
+        if save_in:
+            cell = a._version  # Tensor._ensure_version, inlined
+            if cell is None:
+                cell = a._version = [0]
+            versions.append((cell, cell[0], a, d))  # the array too: see _saved_args
+    elif len(args) == 2 and type(args[0]) is type(args[1]) is Tensor:  # two tensors, unrolled
+        a, b = args
+        da, db = a._data, b._data
+        ra, rb = a.requires_grad, b.requires_grad
+        parents = ((a.node or a) if ra else None, (b.node or b) if rb else None)
+        shapes = (da.shape, db.shape)
+        if save_in:
+            cell = a._version
+            if cell is None:
+                cell = a._version = [0]
+            if prim.cross and not rb:
+                cell = _UNREAD  # no gradient reads it: PyTorch does not save it either
+            versions.append((cell, cell[0], a, da))
+            cell = b._version
+            if cell is None:
+                cell = b._version = [0]
+            if prim.cross and not ra:
+                cell = _UNREAD
+            versions.append((cell, cell[0], b, db))
+    elif len(args) == 2 and type(args[0]) is Tensor and type(args[1]) in _SCALARS:
+        a = args[0]  # a tensor and a number (x * 0.5), unrolled
+        d = a._data
+        parents = (a.node or a, None)
+        shapes = (d.shape, ())
+        if save_in:
+            if prim.cross:
+                cell = _UNREAD  # only the number's gradient would read the tensor
+            else:
+                cell = a._version
                 if cell is None:
                     cell = a._version = [0]
-                if cross and not getattr(args[1] if a is args[0] else args[0],
-                                         "requires_grad", False):
-                    cell = _UNREAD  # no gradient reads it: PyTorch does not save it either
-                versions.append((cell, cell[0], a, d))  # the array too: see _saved_args
-        else:
-            parents.append(None)
-            shapes.append(())
+            versions.append((cell, cell[0], a, d))
+    else:
+        parents = []
+        shapes = []
+        cross = prim.cross
+        for a in args:
+            if isinstance(a, Tensor):
+                parents.append((a.node or a) if a.requires_grad else None)
+                d = a._data
+                shapes.append(d.shape)
+                if save_in:
+                    cell = a._version
+                    if cell is None:
+                        cell = a._version = [0]
+                    if cross and not getattr(args[1] if a is args[0] else args[0],
+                                             "requires_grad", False):
+                        cell = _UNREAD
+                    versions.append((cell, cell[0], a, d))
+            else:
+                parents.append(None)
+                shapes.append(())
+        parents, shapes = tuple(parents), tuple(shapes)
     save_out = prim.save_out
-    node = _node(prim, params, tuple(parents), args if save_in else None,
-                 out if save_out else None, tuple(shapes), versions)
+    node = _node(prim, params, parents, args if save_in else None,
+                 out if save_out else None, shapes, versions)
     t = _make(out, node, True)
     if prim.views and (out.base is not None or out is first):
         _share_version(t, args, out, prim, params)

@@ -12,6 +12,7 @@ import math
 
 from .. import _backend as B
 from ..errors import DTypeError
+from ..primitive import bind as _bind
 from ..primitive import primitive
 from ..tensor import Tensor, zeros_like
 
@@ -65,16 +66,20 @@ def _binary(name: str):
     host = getattr(B.np, name)
 
     def fwd(xp, x, y):
-        if getattr(x, "size", 0) >= _SPLIT_MIN:
+        if xp is not _np:
+            return getattr(xp, name)(x, y)
+        if type(x) is _ndarray and x.size >= _SPLIT_MIN:
             out = B.binary_halves(host, x, y)
             if out is not None:
                 return out
-        return getattr(xp, name)(x, y)
+        return host(x, y)
     return fwd
 
 
 _SPLIT_MIN = B.SPLIT_MIN
-_multiply_any = _binary("multiply")
+_NO: dict = {}  # no parameters (bind's third argument)
+_np = B.np
+_host_multiply = B.np.multiply
 add = primitive("add", _binary("add"),
                 (lambda g, ans, x, y: g, lambda g, ans, x, y: g), saves="none", kind=_EW, jvp=_J,
                 doc="x + y, broadcasting.")
@@ -86,11 +91,20 @@ subtract = primitive("subtract", _no_bools("subtract", _binary("subtract")),
 
 
 def _multiply(xp, x, y):
-    if getattr(x, "ndim", 0) > 2 and getattr(y, "ndim", 0) > 2:  # per-example weight gradients
-        out = B.outer_stack(x, y)
-        if out is not None:
-            return out
-    return _multiply_any(xp, x, y)
+    """``x * y``: the binary forward above, inlined (the most frequent op), with a vmapped
+    layer's per-example weight gradients (stacks of outer products) by ``outer_stack``."""
+    if xp is not _np:
+        return xp.multiply(x, y)
+    if type(x) is _ndarray:
+        if x.ndim > 2 and getattr(y, "ndim", 0) > 2:
+            out = B.outer_stack(x, y)
+            if out is not None:
+                return out
+        if x.size >= _SPLIT_MIN:
+            out = B.binary_halves(_host_multiply, x, y)
+            if out is not None:
+                return out
+    return _host_multiply(x, y)
 
 
 multiply = primitive("multiply", _multiply,
@@ -275,10 +289,11 @@ _cos_grad = primitive(
     "cos_grad", _cos_grad_fwd,
     (lambda c, out, g, x: _cos_grad(c, x), lambda c, out, g, x: -(c * g * cos(x))),
     kind=_EW, jvp=_J, doc="-g sin(x): cos's VJP in one bind, not three.")
-sin = primitive("sin", lambda xp, x: xp.sin(x), lambda g, ans, x: _sin_grad(g, x), kind=_EW,
-                jvp=_J, doc="Sine.")
-cos = primitive("cos", lambda xp, x: xp.cos(x), lambda g, ans, x: _cos_grad(g, x), kind=_EW,
-                jvp=_J, doc="Cosine.")
+# (the VJPs bind their one op directly: a primitive's __call__ is one more Python frame per node)
+sin = primitive("sin", lambda xp, x: xp.sin(x), lambda g, ans, x: _bind(_sin_grad, (g, x), _NO),
+                kind=_EW, jvp=_J, doc="Sine.")
+cos = primitive("cos", lambda xp, x: xp.cos(x), lambda g, ans, x: _bind(_cos_grad, (g, x), _NO),
+                kind=_EW, jvp=_J, doc="Cosine.")
 tan = primitive("tan", lambda xp, x: xp.tan(x), lambda g, ans, x: g * (ans * ans + 1),
                 saves="out", kind=_EW, jvp=_J, doc="Tangent.")
 def _tanh_grad_fwd(xp, g, ans):
@@ -294,7 +309,8 @@ _tanh_grad = primitive(
     "tanh_grad", _tanh_grad_fwd,
     (lambda c, out, g, ans: _tanh_grad(c, ans), lambda c, out, g, ans: c * g * ans * -2),
     kind=_EW, jvp=_J, doc="g (1 - ans²): tanh's VJP from its output in one bind, not three.")
-tanh = primitive("tanh", lambda xp, x: xp.tanh(x), lambda g, ans, x: _tanh_grad(g, ans),
+tanh = primitive("tanh", lambda xp, x: xp.tanh(x),
+                 lambda g, ans, x: _bind(_tanh_grad, (g, ans), _NO),
                  saves="out", kind=_EW, jvp=_J, doc="Hyperbolic tangent.")
 _SQRT_2_OVER_PI = 2.0 / math.sqrt(math.pi)
 erf = primitive("erf", lambda xp, x: B.backend_of(xp.asarray(x)).erf(x),
