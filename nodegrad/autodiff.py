@@ -159,7 +159,8 @@ class Node:
     @staticmethod
     def make(prim, params, parents, args, out, shapes, versions) -> Node:
         """``Node(...)`` for bind's hot path, set from Python (a class call runs ``__init__``
-        through C, a costly round trip for a small op)."""
+        through C, a costly round trip for a small op). ``primitive.bind`` sets the same
+        attributes inline."""
         n = _new(Node)
         n.prim = prim
         n.params = params
@@ -1068,7 +1069,8 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     if tracked:
         m.in_backward = n  # (anomaly mode: an error below names where n was created)
         anomaly = ANOMALY[1]  # whether to check the results for NaN/Inf
-    into = n.prim.add_into if clean is not None else None
+    prim = n.prim
+    into = prim.add_into if clean is not None else None
     if into is not None and not tracked and post is None:
         p = n.parents[0]
         prev = pending.get(p)
@@ -1097,14 +1099,14 @@ def _apply_vjps(n: Node, g, create_graph: bool, wanted, pending: dict, m: Modes,
     out = n.out
     if type(args) is Packed:  # saved_tensors_hooks packed them: unpack
         args, out = _unpack_saved(n, args, create_graph)
-    prim = n.prim
+    gdt = g._data.dtype
     if args is None:
-        args = _specs((n.shapes, g._data.dtype))
+        args = _specs((n.shapes, gdt))
     params = n.params
     parents = n.parents
     rules = prim.vjp
     grads = ans = None
-    if g._data.dtype.kind == "c":  # a complex cotangent: PyTorch's convention (_complex_vjps)
+    if gdt.kind == "c":  # a complex cotangent: PyTorch's convention (_complex_vjps)
         grads = _complex_vjps(n, g, args, out, params, create_graph, wanted)
         rules = None
     elif prim.vjp_raw is not None and not create_graph and m.jit is None and not m.traces \
@@ -1389,9 +1391,8 @@ def run_backward(roots: Sequence, cotangents: Sequence, *, retain_graph: bool = 
             if g is None and "call" in n.params:
                 g = _materialized(n)
             if g is not None:
-                if owned:
-                    owned.pop(n, None)
-                    clean.pop(n, None)
+                if owned and owned.pop(n, None) is not None:
+                    clean.pop(n, None)  # (clean's vertices are owned ones)
                 post = None
                 if n.hooks:
                     g, post = _run_node_hooks(n.hooks, g, seen)

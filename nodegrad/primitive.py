@@ -285,7 +285,7 @@ def _anomaly(prim, backend, args, datas, out) -> None:
 
 _ndarray = B.ndarray
 _make = Tensor.make
-_node = Node.make
+_new = object.__new__
 _np = B.np
 _CPU = B.CPU
 _DEFAULT_FLOAT = B.DEFAULT_FLOAT
@@ -649,7 +649,12 @@ def bind(prim: Primitive, args: tuple, params: dict):
     if not (record and m.grad_enabled and prim.differentiable
             and (odt is _DEFAULT_FLOAT or odt.kind in "fc" or odt is _BF16)):
         if not prim.views or (out.base is None and out is not first):
-            return _make(out)
+            t = _new(Tensor)  # Tensor.make(out), inlined (one call less per op)
+            t._data = out
+            t.node = None
+            t.requires_grad = False
+            t._grad = t._version = t._hooks = None
+            return t
         t = _make(out)
         _share_version(t, args, out, prim, params)
         return t
@@ -721,9 +726,21 @@ def bind(prim: Primitive, args: tuple, params: dict):
                 shapes.append(())
         parents, shapes = tuple(parents), tuple(shapes)
     save_out = prim.save_out
-    node = _node(prim, params, parents, args if save_in else None,
-                 out if save_out else None, shapes, versions)
-    t = _make(out, node, True)
+    node = _new(Node)  # Node.make and Tensor.make, inlined (two calls less per op)
+    node.prim = prim
+    node.params = params
+    node.parents = parents
+    node.args = args if save_in else None
+    node.out = out if save_out else None
+    node.shapes = shapes
+    node.versions = versions
+    node.alive = True
+    node.hooks = node.trace = None
+    t = _new(Tensor)
+    t._data = out
+    t.node = node
+    t.requires_grad = True
+    t._grad = t._version = t._hooks = None
     if prim.views and (out.base is not None or out is first):
         _share_version(t, args, out, prim, params)
     if save_out:

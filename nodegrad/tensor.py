@@ -203,7 +203,8 @@ class Tensor:
     @staticmethod
     def make(data, node=None, requires_grad: bool = False) -> Tensor:
         """``Tensor(data, node, requires_grad)`` for the engine's hot paths, set from Python
-        (a class call runs ``__init__`` through C, a costly round trip for a small op)."""
+        (a class call runs ``__init__`` through C, a costly round trip for a small op).
+        ``primitive.bind`` sets the same attributes inline."""
         t = _new(Tensor)
         t._data = data
         t.node = node
