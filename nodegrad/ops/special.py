@@ -674,6 +674,10 @@ def _nextafter_fwd(xp, x, y):
         raise DTypeError(f"nextafter: expected a floating-point tensor and a float tensor or "
                          f"number (as PyTorch), got {getattr(x, 'dtype', type(x).__name__)} and "
                          f"{getattr(y, 'dtype', type(y).__name__)}")
+    bf16 = [v.dtype for v in arrays if v.dtype == B.bfloat16]
+    if bf16 and len(arrays) == 1:  # a number beside a bfloat16 tensor: rounded to bfloat16, as
+        # PyTorch's, so the step is bfloat16's (older ml_dtypes promote it to float32 instead)
+        x, y = (v if B.is_array(v) else xp.asarray(v, bf16[0]) for v in (x, y))
     return xp.nextafter(x, y)
 
 
