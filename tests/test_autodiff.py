@@ -225,6 +225,37 @@ def test_inplace_on_saved_input_is_detected():
         y.backward()
 
 
+@pytest.mark.parametrize("form", ["tensor, constant", "constant, tensor", "number",
+                                  "same tensor", "unary", "both require grad"])
+@pytest.mark.parametrize("changed", ["h", "c"])
+def test_an_op_saves_what_its_gradients_read_as_pytorch(form, changed):
+    # each operand form bind records (one operand; two tensors; a tensor and a number): a
+    # value changed in place after the op fails backward exactly where PyTorch's does
+    torch = pytest.importorskip("torch")
+
+    def run(lib, no_grad):
+        a = lib.tensor([1.0, 2.0], requires_grad=True)
+        c = lib.tensor([3.0, 4.0], requires_grad=form == "both require grad")
+        h = a * 1.0  # not a leaf, so it may change in place
+        y = {"tensor, constant": lambda: h * c, "constant, tensor": lambda: c * h,
+             "number": lambda: h * 0.5, "same tensor": lambda: h * h,
+             "unary": lambda: h.sin(), "both require grad": lambda: h * c}[form]()
+        with no_grad():
+            (h if changed == "h" else c).add_(1.0)
+        try:
+            y.sum().backward()
+        except RuntimeError:
+            return "refused"
+        return a.grad.tolist()
+
+    want = run(torch, torch.no_grad)
+    got = run(ng, ng.no_grad)
+    if want == "refused" or got == "refused":
+        assert got == want
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_inplace_on_leaf_requiring_grad_is_refused():
     x = ng.ones(2, requires_grad=True)
     with pytest.raises(ng.GradError, match="leaf"):
