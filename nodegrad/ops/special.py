@@ -18,7 +18,7 @@ from ..batching import elementwise_rule
 from ..errors import DTypeError, GradError
 from ..primitive import primitive
 from ..tensor import Tensor, ones_like, zeros_like
-from .elementwise import (_ordered, _sgn, _x_over, astype, copysign, equal, exp, exp2,
+from .elementwise import (_compared, _ordered, _sgn, _x_over, astype, copysign, equal, exp, exp2,
                           floor_divide, less, log, logical_and, logical_not, logical_or, minimum,
                           multiply, power, sign, sin, square, where, xlogy)
 from .index import take
@@ -674,11 +674,9 @@ def _nextafter_fwd(xp, x, y):
         raise DTypeError(f"nextafter: expected a floating-point tensor and a float tensor or "
                          f"number (as PyTorch), got {getattr(x, 'dtype', type(x).__name__)} and "
                          f"{getattr(y, 'dtype', type(y).__name__)}")
-    bf16 = [v.dtype for v in arrays if v.dtype == B.bfloat16]
-    if bf16 and len(arrays) == 1:  # a number beside a bfloat16 tensor: rounded to bfloat16, as
-        # PyTorch's, so the step is bfloat16's (older ml_dtypes promote it to float32 instead)
-        x, y = (v if B.is_array(v) else xp.asarray(v, bf16[0]) for v in (x, y))
-    return xp.nextafter(x, y)
+    # a number beside a bfloat16 tensor rounded to bfloat16, as a comparison's (PyTorch's), so
+    # the step is bfloat16's (ml_dtypes before 0.7 would promote it to float32 instead)
+    return xp.nextafter(*_compared(x, y))
 
 
 nextafter = primitive("nextafter", _nextafter_fwd,
