@@ -45,7 +45,8 @@ _F64 = B.np.dtype("float64")
 # --- the op lists, by primitive name ------------------------------------------------------------
 # PyTorch's lower-precision list: mm/bmm/addmm/baddbmm/matmul/linear (matmul, linear), conv1d-3d
 # and their transposes (conv, conv_input_grad), einsum, scaled_dot_product_attention (matmuls)
-_LOWER = frozenset({"matmul", "linear", "linear_relu", "conv", "conv_input_grad", "einsum"})
+_LOWER = frozenset({"matmul", "linear", "linear_relu", "conv", "conv_relu", "conv_input_grad",
+                    "einsum"})
 # PyTorch's CPU float32 list: losses, prod, linear algebra and FFTs
 _FP32_CPU = frozenset({
     "cross_entropy", "cross_entropy_weights", "binary_cross_entropy", "prod", "cholesky", "inv",

@@ -35,7 +35,7 @@ _BF16_THROUGH = {"sum_to"}  # a shape op that adds: it accumulates in float32
 # except where the forward itself computes in float32 and rounds once (a parameter's cast
 # autocast caches then stays the node's operand) and the ops that answer in float16's own
 # grid (its next float, its largest)
-_F16_NATIVE = {"linear", "linear_relu", "conv", "nextafter", "nan_to_num"}
+_F16_NATIVE = {"linear", "linear_relu", "conv", "conv_relu", "nextafter", "nan_to_num"}
 _SAVES = {"inputs": (True, False), "out": (False, True), "both": (True, True),
           "none": (False, False)}
 

@@ -1015,8 +1015,25 @@ def _gru_scan_case(draw, layout):
 case("gru_scan", _gru_scan_case, layouts=("matrix", "3d", "noncontig"))
 
 
+def _conv_relu_case(draw, layout):
+    """``conv`` then ``relu`` as one op (``nn.Sequential``'s fused pair, through
+    ``F._conv_relu``), its outputs away from the ReLU's kink by more than a finite difference's
+    step."""
+    xs, ws, s, p, d, g = draw(conv_geometry(layout))
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    args = (arr(draw, xs), arr(draw, ws)) + ((arr(draw, ws[:1]),) if draw(st.booleans()) else ())
+    z = _tconv(len(s))(*(torch.from_numpy(np.asarray(a, np.float64)) for a in args), **kw)
+    assume(np.all(np.abs(z.numpy()) > 0.05))
+
+    def ours(x, w, b=None):
+        return ng.nn.functional._conv_relu(x, w, b, s, p, d, g, len(s))
+
+    return Call(ours, args, lambda *a: torch.relu(_tconv(len(s))(*a, **kw)))
+
+
 CONV = ("vector", "matrix", "3d", "empty", "noncontig")
 case("conv", _conv_case, layouts=CONV)
+case("conv_relu", _conv_relu_case, layouts=CONV)
 case("conv_input_grad", _conv_input_grad_case, layouts=CONV)
 case("conv_weight_grad", _conv_weight_grad_case, layouts=CONV)
 

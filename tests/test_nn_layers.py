@@ -421,6 +421,100 @@ def test_fused_linear_relu_takes_the_one_pass_loop_in_either_layout(monkeypatch)
     assert downs == [True, False, False]
 
 
+# --- Sequential's fused convolution + ReLU ------------------------------------------------------
+def _conv_stack(nd, bias=True, groups=1, dtype=ng.float32):
+    ng.manual_seed(5)
+    conv = nn.Conv1d if nd == 1 else nn.Conv2d
+    return nn.Sequential(conv(3, 6, 3, stride=2, padding=1, bias=bias, groups=groups,
+                              dtype=dtype), nn.ReLU(),
+                         conv(6, 6, 3, padding=1, padding_mode="circular", dtype=dtype),
+                         nn.ReLU(inplace=True))
+
+
+@pytest.mark.parametrize("nd, shape", [(1, (4, 3, 11)), (1, (40, 3, 40)), (2, (5, 3, 8, 8)),
+                                       (1, (3, 11))])
+@pytest.mark.parametrize("dtype", [ng.float16, ng.float32, ng.float64])
+@pytest.mark.parametrize("bias, groups", [(True, 1), (False, 1), (True, 3)])
+def test_sequential_fuses_conv_relu_with_the_bits_of_the_two_ops(nd, shape, dtype, bias,
+                                                                  groups):
+    """A convolution and the ReLU after it run as one node with the two ops' values, layout
+    and gradients: float32 with one group and a bias adds the bias and takes the maximum in one
+    pass over the product, anything else runs the two forwards; an unbatched input and another
+    padding mode go through the layer's own handling."""
+    seq = _conv_stack(nd, bias, groups, dtype)
+    x = np.random.default_rng(1).standard_normal(shape).astype(ng.dtype(dtype).name)
+    x.reshape(-1)[:3] = [np.nan, -0.0, 0.0]  # NaN propagates; a zero gives +0
+    out, grads = _run(seq, x, lambda s, t: s(t))
+    ref, rgrads = _run(seq, x, _layer_by_layer)
+    np.testing.assert_array_equal(out, ref)
+    assert seq(ng.tensor(x)).numpy().strides == _layer_by_layer(seq, ng.tensor(x)).numpy().strides
+    for g, r in zip(grads, rgrads):
+        np.testing.assert_array_equal(g, r)
+    for y in (seq[:2](ng.tensor(x)), seq(ng.tensor(x))):  # the circular one too
+        n = y.node
+        if len(shape) == nd + 1:  # unbatched: the result is the batch of one's, reshaped
+            assert n.prim.name == "reshape"
+            n = n.parents[0]
+        assert n.prim.name == "conv_relu"
+
+
+def test_conv_relu_matches_pytorch_and_takes_the_one_pass_loop(monkeypatch):
+    """The fused pair against PyTorch's conv1d then relu, values and gradients; float32 with a
+    bias goes through the bias-and-ReLU loop (numba loaded)."""
+    pytest.importorskip("numba")
+    torch = pytest.importorskip("torch")
+    from nodegrad import _backend as B
+
+    calls = []
+    real = B.add_bias_relu
+    monkeypatch.setattr(B, "add_bias_relu", lambda out, b: (calls.append(out.shape),
+                                                            real(out, b))[1])
+    seq = _conv_stack(1)[:2]
+    x = np.random.default_rng(2).standard_normal((50, 3, 40)).astype(np.float32)
+    out, grads = _run(seq, x, lambda s, t: s(t))
+    assert calls == [(50 * 20, 6)]
+    conv = torch.nn.Conv1d(3, 6, 3, stride=2, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(seq[0].weight.numpy()))
+        conv.bias.copy_(torch.from_numpy(seq[0].bias.numpy()))
+    xt = torch.tensor(x, requires_grad=True)
+    y = torch.relu(conv(xt))
+    (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+    np.testing.assert_allclose(out, y.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, [xt.grad, conv.weight.grad, conv.bias.grad]):
+        np.testing.assert_allclose(g, r.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_conv_relu_helper_fuses_a_plain_layer_and_calls_a_hooked_one():
+    """The zoo's CNNs write ``conv_relu(self.conv1, x)``: one node for a plain convolution, the
+    layer's call then relu for a hooked or subclassed one, the same bits."""
+    from nodegrad.models.mnist1d import CNN
+    from nodegrad.nn.layers.container import conv_relu
+
+    ng.manual_seed(0)
+    model = CNN()
+    x = ng.randn(16, 40)
+    h = x.reshape(16, 1, 40)
+    for conv in (model.conv1, model.conv2, model.conv3):
+        h = F.relu(conv(h))
+    np.testing.assert_array_equal(model(x).numpy(), model.linear(h.reshape(16, -1)).numpy())
+    x3 = x.reshape(16, 1, 40)
+    assert conv_relu(model.conv1, x3).node.prim.name == "conv_relu"
+    seen = []
+    model.conv1.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    out = conv_relu(model.conv1, x3)
+    assert seen == [(16, 25, 19)] and out.node.prim.name == "relu"
+
+    class Doubled(nn.Conv1d):
+        def forward(self, t):
+            return super().forward(t) * 2
+
+    ng.manual_seed(0)
+    d = Doubled(1, 4, 3)
+    assert conv_relu(d, x3).node.prim.name == "relu"
+    assert nn.Sequential(d, nn.ReLU())(x3).node.prim.name == "relu"
+
+
 def test_linear_relu_helper_fuses_a_plain_layer_and_calls_a_hooked_one():
     """The zoo's MLPs write ``linear_relu(self.linear1, x)``: one node for a plain Linear, the
     layer's call then relu for a hooked one (whose hook sees the call), the same bits."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import nn
-from ..nn.layers.container import linear_relu
+from ..nn.layers.container import conv_relu, linear_relu
 from ..tensor import Tensor
 
 
@@ -36,6 +36,6 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.reshape(x.shape[0], 1, 8, 8)
-        h = self.pool(self.conv1(x).relu())          # (N, C, 4, 4)
-        h = self.pool(self.conv2(h).relu())          # (N, 2C, 2, 2)
+        h = self.pool(conv_relu(self.conv1, x))      # (N, C, 4, 4); each pair one fused op
+        h = self.pool(conv_relu(self.conv2, h))      # (N, 2C, 2, 2)
         return self.linear(self.dropout(h.reshape(h.shape[0], -1)))

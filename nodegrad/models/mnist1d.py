@@ -7,7 +7,7 @@ with Adam, lr 1e-2, no weight decay, batch 100, for 6,000 steps; :data:`PAPER` h
 from __future__ import annotations
 
 from .. import nn
-from ..nn.layers.container import linear_relu
+from ..nn.layers.container import conv_relu, linear_relu
 from ..tensor import Tensor
 
 PAPER = {"optimizer": "adam", "lr": 1e-2, "weight_decay": 0.0, "batch_size": 100,
@@ -60,9 +60,9 @@ class CNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.reshape(x.shape[0], 1, x.shape[-1])
-        h = self.conv1(x).relu()
-        h = self.conv2(h).relu()
-        h = self.conv3(h).relu()
+        h = conv_relu(self.conv1, x)  # each pair one fused op in eager mode
+        h = conv_relu(self.conv2, h)
+        h = conv_relu(self.conv3, h)
         return self.linear(self.dropout(_flat(h)))
 
 

@@ -12,6 +12,7 @@ from .. import functional as F
 from .. import hooks as _hooks
 from ..module import _GLOBAL_HOOKS, _GLOBAL_PRE_HOOKS, Module, Parameter
 from .activation import ReLU
+from .conv import Conv1d, Conv2d, Conv3d
 from .linear import Linear
 
 
@@ -63,16 +64,16 @@ class Sequential(_Positional):
             for m in mods:
                 x = m(x)
             return x
-        held = None  # a plain Linear, run with the ReLU after it when one follows
+        held = None  # a plain Linear or convolution, run with the ReLU after it when one follows
         for m in mods:
             if held is not None:
                 if _plain(m, ReLU):
-                    x = F._linear_relu(x, held.weight, held.bias)
+                    x = _with_relu(held, x)
                     held = None
                     continue
                 x = held(x)
                 held = None
-            if _plain(m, Linear):
+            if type(m) in _FUSED and _plain(m, type(m)):
                 held = m
             else:
                 x = m(x)
@@ -156,17 +157,30 @@ def _renumber(c: Module, ms: list | None = None) -> None:
         c.add_module(str(k), mod)
 
 
-_FORWARDS = {Linear: Linear.forward, ReLU: ReLU.forward}
+_CONVS = (Conv1d, Conv2d, Conv3d)
+_FORWARDS = {Linear: Linear.forward, ReLU: ReLU.forward,
+             **{c: (c.forward, c._conv_forward) for c in _CONVS}}
+_FUSED = frozenset((Linear,) + _CONVS)  # the layers a following ReLU runs fused with
+
+
+def _own_forward(cls: type) -> bool:
+    """Whether ``cls``'s forward (and a convolution's ``_conv_forward``) is still its own."""
+    f = _FORWARDS[cls]
+    if type(f) is tuple:
+        return cls.forward is f[0] and cls._conv_forward is f[1]
+    return cls.forward is f
 
 
 def _plain(m: Module, cls: type) -> bool:
     """Whether ``m`` is a ``cls`` whose call only runs that class's own forward: no subclass,
-    no hooks, no ``forward`` set on the instance or patched on the class. Such a ``Linear``
-    followed by such a ``ReLU`` runs as one fused op (``F._linear_relu``: the same values and
-    gradients, one pass less over the product, one node less)."""
-    return (type(m) is cls and cls.forward is _FORWARDS[cls]
+    no hooks, no ``forward`` set on the instance or patched on the class. Such a ``Linear`` or
+    convolution followed by such a ``ReLU`` runs as one fused op (``F._linear_relu``,
+    ``F._conv_relu``: the same values and gradients, one pass less over the product, one node
+    less)."""
+    return (type(m) is cls and _own_forward(cls)
             and not (m._forward_pre_hooks or m._forward_hooks or m._backward_hooks
                      or m._backward_pre_hooks or "forward" in m.__dict__
+                     or "_conv_forward" in m.__dict__
                      or _GLOBAL_PRE_HOOKS or _GLOBAL_HOOKS or _hooks.GLOBAL_BACKWARD_HOOKS
                      or _hooks.GLOBAL_BACKWARD_PRE_HOOKS))
 
@@ -178,11 +192,27 @@ def _fusing() -> bool:
     return not (md.traces or md.jit is not None or md.anomaly)
 
 
+def _with_relu(layer: Module, x):
+    """``relu(layer(x))`` as one fused op for a plain layer of :data:`_FUSED`."""
+    if type(layer) is Linear:
+        return F._linear_relu(x, layer.weight, layer.bias)
+    return layer._forward_relu(x)
+
+
 def linear_relu(layer: Module, x):
     """``layer(x).relu()``, as one fused op where ``layer`` is a plain ``Linear`` in plain eager
     mode (see :class:`Sequential`): for models that write the pair in their own forward."""
     if _plain(layer, Linear) and _fusing():
         return F._linear_relu(x, layer.weight, layer.bias)
+    return F.relu(layer(x))
+
+
+def conv_relu(layer: Module, x):
+    """``layer(x).relu()``, as one fused op where ``layer`` is a plain ``Conv1d``, ``Conv2d`` or
+    ``Conv3d`` in plain eager mode (see :class:`Sequential`): for models that write the pair in
+    their own forward."""
+    if type(layer) in _CONVS and _plain(layer, type(layer)) and _fusing():
+        return layer._forward_relu(x)
     return F.relu(layer(x))
 
 

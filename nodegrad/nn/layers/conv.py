@@ -78,6 +78,13 @@ class _ConvNd(Module):
         return _named(self, self._conv, x, weight, bias, self.stride, padding, self.dilation,
                       self.groups)
 
+    def _forward_relu(self, x):
+        """``relu(self(x))`` as one fused op (``F._conv_relu``), for :class:`Sequential` and
+        :func:`conv_relu` to call on a plain layer: the same values and gradients."""
+        x, padding = self._input(x)
+        return _named(self, F._conv_relu, x, self.weight, self.bias, self.stride, padding,
+                      self.dilation, self.groups, self.nd)
+
     def _input(self, x):
         """The input and the padding the convolution adds: with another ``padding_mode`` than
         zeros, the input padded in that mode first (PyTorch's widths) and no more."""
