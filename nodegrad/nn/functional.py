@@ -17,10 +17,10 @@ from ..autodiff import computes_with_values, effect, modes, no_grad
 from ..batching import BatchTracer, values
 from ..errors import DTypeError, ShapeError
 from ..ops import activation as _A
-from ..ops.conv import conv_relu as _conv_relu_op
 from ..ops import nn as _ops_nn
 from ..ops import where
 from ..ops.aliases import apply_inplace
+from ..ops.conv import conv_relu as _conv_relu_op
 from ..random import Generator, default_generator, keep_mask
 from ..tensor import Tensor, write_out
 from ..amp import float32_in_region, lower_in_region
@@ -218,7 +218,6 @@ def _conv(x, w, b, stride, padding, dilation, groups, nd: int, op: str, what: st
     _check_window(x, k, dilation, padding, op)
     return (_conv_relu_op if relu else ops.conv)(
         x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
-
 
 
 def _conv_relu(input: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation,
